@@ -1,0 +1,299 @@
+"""The trial table shared by the local backends (memory and pickle file).
+
+:class:`TrialTable` holds experiments and trials in memory and implements the
+semantics of every storage verb, with no locking and no I/O. Each mutation is
+expressed as *records* (plain dicts of builtins) that are applied to the
+table; the pickle backend appends the same records to its log, and replaying
+a log into an empty table rebuilds the state exactly.
+
+Records::
+
+    {"op": "experiment", "record": {...ExperimentRecord...}}
+    {"op": "trial", "trial": {...Trial.to_dict()...}}
+    {"op": "drop", "experiment": experiment_id}
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import uuid
+from collections import OrderedDict
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from orchard.errors import (
+    BudgetExhaustedError,
+    DuplicateTrialError,
+    ExperimentNotFoundError,
+    ReservationLostError,
+    TrialNotFoundError,
+)
+from orchard.space import to_builtin, trial_id
+from orchard.storages.base import ExperimentRecord
+from orchard.trial import Trial, TrialStatus
+
+__all__ = ["Record", "TrialTable"]
+
+Record = dict[str, Any]
+
+
+class _ExperimentTrials:
+    """Per-experiment indexes that keep every verb's cost independent of history size."""
+
+    def __init__(self) -> None:
+        self.trials: dict[str, Trial] = {}
+        self.changed: OrderedDict[str, int] = OrderedDict()  # trial id -> seq, last change last
+        self.waiting: dict[TrialStatus, dict[str, None]] = {
+            TrialStatus.INTERRUPTED: {},
+            TrialStatus.NEW: {},
+        }
+        self.reserved: dict[str, None] = {}
+        self.counts: dict[TrialStatus, int] = {status: 0 for status in TrialStatus}
+
+
+class TrialTable:
+    """In-memory experiments and trials; every verb returns the records it applied."""
+
+    def __init__(self) -> None:
+        self.experiments: dict[str, ExperimentRecord] = {}
+        self.names: dict[str, str] = {}
+        self.by_experiment: dict[str, _ExperimentTrials] = {}
+        self.owner_of: dict[str, str] = {}  # trial id -> experiment id
+        self.seq = 0
+
+    # -- applying records (the only place state changes) -------------------------
+
+    def apply(self, record: Record) -> None:
+        """Apply one record to the table."""
+        self.seq += 1
+        op = record["op"]
+        if op == "experiment":
+            exp = ExperimentRecord(**record["record"])
+            self.experiments[exp.id] = exp
+            self.names[exp.name] = exp.id
+            self.by_experiment.setdefault(exp.id, _ExperimentTrials())
+        elif op == "trial":
+            self._put_trial(Trial.from_dict(record["trial"]))
+        elif op == "drop":
+            exp_id = record["experiment"]
+            exp = self.experiments.pop(exp_id, None)
+            if exp is not None:
+                self.names.pop(exp.name, None)
+            for tid in self.by_experiment.pop(exp_id, _ExperimentTrials()).trials:
+                self.owner_of.pop(tid, None)
+        else:  # pragma: no cover - guarded by the pickle loader
+            raise ValueError(f"unknown record op {op!r}")
+
+    def _put_trial(self, trial: Trial) -> None:
+        table = self.by_experiment.setdefault(trial.experiment, _ExperimentTrials())
+        old = table.trials.get(trial.id)
+        if old is not None:
+            table.counts[old.status] -= 1
+            table.waiting.get(old.status, {}).pop(trial.id, None)
+            table.reserved.pop(trial.id, None)
+        table.trials[trial.id] = trial
+        table.counts[trial.status] += 1
+        if trial.status in table.waiting:
+            table.waiting[trial.status][trial.id] = None
+        elif trial.status is TrialStatus.RESERVED:
+            table.reserved[trial.id] = None
+        table.changed[trial.id] = self.seq
+        table.changed.move_to_end(trial.id)
+        self.owner_of[trial.id] = trial.experiment
+
+    def apply_all(self, records: Iterable[Record]) -> list[Record]:
+        """Apply records in order and return them as a list."""
+        applied = []
+        for record in records:
+            self.apply(record)
+            applied.append(record)
+        return applied
+
+    def snapshot(self) -> list[Record]:
+        """Records that rebuild the current state from an empty table (for compaction)."""
+        records: list[Record] = [
+            {"op": "experiment", "record": exp.to_dict()} for exp in self.experiments.values()
+        ]
+        for table in self.by_experiment.values():
+            records.extend({"op": "trial", "trial": table.trials[tid].to_dict()} for tid in table.changed)
+        return records
+
+    # -- lookups ---------------------------------------------------------------
+
+    def _experiment(self, experiment_id: str) -> _ExperimentTrials:
+        if experiment_id not in self.experiments:
+            raise ExperimentNotFoundError(f"no experiment with id {experiment_id!r} in the storage")
+        return self.by_experiment[experiment_id]
+
+    def trial(self, trial_id_: str) -> Trial | None:
+        exp_id = self.owner_of.get(trial_id_)
+        if exp_id is None:
+            return None
+        return self.by_experiment[exp_id].trials.get(trial_id_)
+
+    def _owned(self, trial_id_: str, worker: str | None) -> Trial:
+        trial = self.trial(trial_id_)
+        if trial is None:
+            raise TrialNotFoundError(f"no trial with id {trial_id_!r} in the storage")
+        if trial.status is not TrialStatus.RESERVED or (worker is not None and trial.worker != worker):
+            owner = f"owned by {trial.worker}" if trial.worker else "unowned"
+            raise ReservationLostError(
+                f"trial {trial_id_} is {trial.status.value} and {owner}, not reserved by "
+                f"{worker or 'anyone'}; its reservation was released (stale heartbeat?) "
+                "or taken by another worker, so this write was refused"
+            )
+        return trial
+
+    @staticmethod
+    def _copy(trial: Trial) -> Trial:
+        """A copy callers may mutate without touching the table."""
+        return dataclasses.replace(trial, params=dict(trial.params), results=dict(trial.results),
+                                   error=dict(trial.error) if trial.error else None)
+
+    @staticmethod
+    def _put(trial: Trial, **changes: Any) -> Record:
+        return {"op": "trial", "trial": dataclasses.replace(trial, **changes).to_dict()}
+
+    # -- verbs: each returns the records to apply (and apply() them) -------------
+
+    def create_experiment(self, name: str, config: Mapping[str, Any], now: float) -> list[Record]:
+        if name in self.names:
+            return []
+        record = ExperimentRecord(uuid.uuid4().hex, name, to_builtin(dict(config)), now)
+        return self.apply_all([{"op": "experiment", "record": record.to_dict()}])
+
+    def update_experiment(self, experiment_id: str, changes: Mapping[str, Any]) -> list[Record]:
+        self._experiment(experiment_id)
+        exp = self.experiments[experiment_id]
+        config = {**exp.config, **to_builtin(dict(changes))}
+        record = dataclasses.replace(exp, config=config)
+        return self.apply_all([{"op": "experiment", "record": record.to_dict()}])
+
+    def delete_experiment(self, experiment_id: str) -> tuple[int, list[Record]]:
+        count = len(self.by_experiment.get(experiment_id, _ExperimentTrials()).trials)
+        if experiment_id not in self.experiments:
+            return 0, []
+        return count, self.apply_all([{"op": "drop", "experiment": experiment_id}])
+
+    def register_trial(
+        self,
+        experiment_id: str,
+        params: Mapping[str, Any],
+        worker: str | None,
+        budget: int | None,
+        now: float,
+    ) -> tuple[Trial, list[Record]]:
+        table = self._experiment(experiment_id)
+        params = to_builtin(dict(params))
+        tid = trial_id(experiment_id, params)
+        if tid in table.trials:
+            raise DuplicateTrialError(
+                f"experiment {self.experiments[experiment_id].name!r} already has a trial "
+                f"with params {params!r} (trial {tid})"
+            )
+        if budget is not None:
+            held = sum(table.counts.values()) - table.counts[TrialStatus.BROKEN]
+            if held >= budget:
+                raise BudgetExhaustedError(
+                    f"experiment {self.experiments[experiment_id].name!r} has used its budget: "
+                    f"{held} of max_trials={budget} trials exist; raise max_trials to add more"
+                )
+        trial = Trial(id=tid, experiment=experiment_id, params=params, submit_time=now)
+        if worker is not None:
+            trial = dataclasses.replace(
+                trial, status=TrialStatus.RESERVED, worker=worker, heartbeat=now,
+                start_time=now, attempts=1,
+            )
+        records = self.apply_all([{"op": "trial", "trial": trial.to_dict()}])
+        return self._copy(trial), records
+
+    def restore_trials(self, experiment_id: str, trials: Iterable[Trial]) -> tuple[int, list[Record]]:
+        table = self._experiment(experiment_id)
+        records: list[Record] = []
+        for trial in trials:
+            tid = trial_id(experiment_id, trial.params)
+            if tid in table.trials:
+                continue
+            fresh = dataclasses.replace(trial, id=tid, experiment=experiment_id)
+            records.append(self.apply_all([{"op": "trial", "trial": fresh.to_dict()}])[0])
+        return len(records), records
+
+    def reserve_trial(self, experiment_id: str, worker: str, now: float) -> tuple[Trial | None, list[Record]]:
+        table = self._experiment(experiment_id)
+        for status in (TrialStatus.INTERRUPTED, TrialStatus.NEW):
+            if table.waiting[status]:
+                tid = next(iter(table.waiting[status]))
+                trial = table.trials[tid]
+                record = self._put(
+                    trial, status=TrialStatus.RESERVED, worker=worker, heartbeat=now,
+                    start_time=now, end_time=None, attempts=trial.attempts + 1,
+                )
+                self.apply(record)
+                return self._copy(table.trials[tid]), [record]
+        return None, []
+
+    def heartbeat_trial(self, trial_id_: str, worker: str, now: float) -> list[Record]:
+        trial = self._owned(trial_id_, worker)
+        return self.apply_all([self._put(trial, heartbeat=now)])
+
+    def complete_trial(
+        self, trial_id_: str, worker: str, objective: float, results: Mapping[str, Any] | None, now: float
+    ) -> tuple[Trial, list[Record]]:
+        trial = self._owned(trial_id_, worker)
+        record = self._put(
+            trial, status=TrialStatus.COMPLETED, objective=float(objective),
+            results=to_builtin(dict(results or {})), end_time=now, heartbeat=now,
+        )
+        self.apply(record)
+        return self._copy(self.trial(trial_id_)), [record]  # type: ignore[arg-type]
+
+    def fail_trial(
+        self, trial_id_: str, worker: str, error: Mapping[str, Any], now: float
+    ) -> tuple[Trial, list[Record]]:
+        trial = self._owned(trial_id_, worker)
+        record = self._put(
+            trial, status=TrialStatus.BROKEN, error=to_builtin(dict(error)), end_time=now, heartbeat=now
+        )
+        self.apply(record)
+        return self._copy(self.trial(trial_id_)), [record]  # type: ignore[arg-type]
+
+    def release_trial(self, trial_id_: str, worker: str | None) -> tuple[Trial, list[Record]]:
+        trial = self._owned(trial_id_, worker)
+        record = self._put(trial, status=TrialStatus.INTERRUPTED, worker=None)
+        self.apply(record)
+        return self._copy(self.trial(trial_id_)), [record]  # type: ignore[arg-type]
+
+    def release_stale(self, experiment_id: str, cutoff: float) -> tuple[list[Trial], list[Record]]:
+        table = self._experiment(experiment_id)
+        stale = [
+            table.trials[tid] for tid in table.reserved
+            if (table.trials[tid].heartbeat or 0.0) < cutoff
+        ]
+        records = self.apply_all(
+            self._put(trial, status=TrialStatus.INTERRUPTED, worker=None) for trial in stale
+        )
+        return [self._copy(table.trials[t.id]) for t in stale], records
+
+    # -- reads -----------------------------------------------------------------
+
+    def fetch_trials(self, experiment_id: str, statuses: Iterable[TrialStatus | str] | None) -> list[Trial]:
+        table = self._experiment(experiment_id)
+        trials = table.trials.values()
+        if statuses is not None:
+            wanted = {TrialStatus(s) for s in statuses}
+            trials = [t for t in trials if t.status in wanted]  # type: ignore[assignment]
+        return [self._copy(t) for t in sorted(trials, key=lambda t: (t.submit_time or 0.0))]
+
+    def changes_since(self, experiment_id: str, seq: int) -> list[Trial]:
+        """Trials of the experiment changed after global sequence number ``seq``."""
+        table = self._experiment(experiment_id)
+        changed: list[Trial] = []
+        for tid in reversed(table.changed):
+            if table.changed[tid] <= seq:
+                break
+            changed.append(self._copy(table.trials[tid]))
+        changed.reverse()
+        return changed
+
+    def count_trials(self, experiment_id: str) -> dict[TrialStatus, int]:
+        return dict(self._experiment(experiment_id).counts)

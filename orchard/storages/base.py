@@ -1,0 +1,290 @@
+"""The storage contract every backend implements.
+
+A storage is the only thing Orchard workers share. There is no master: every
+race between workers is settled by one of the atomic verbs below, each
+conditional on the state the caller expects (the owner of a reservation, the
+status a trial must be in) and each returning what was won or raising a
+specific :mod:`orchard.errors` leaf when it was not.
+
+Guarantees every backend gives (the conformance suite in
+:mod:`orchard.testing` checks them, with real processes where it matters):
+
+* **Process safety.** Every verb is atomic with respect to every other verb
+  called from any thread or process sharing the storage (``memory://`` is
+  shared by threads of one process only).
+* **Durability.** Once a verb returns, its effect survives the death of the
+  calling process at any later instant.
+* **Unique params.** An experiment never holds two trials with the same
+  params: the trial id is a hash of the experiment id and the params
+  (:func:`orchard.space.trial_id`), and the storage enforces uniqueness.
+* **Exclusive reservations.** Only the worker named in a reservation may
+  heartbeat, complete, fail or release it; anyone else gets
+  :class:`~orchard.errors.ReservationLostError`.
+* **Exact budget.** ``register_trial(..., budget=M)`` admits a trial only
+  while fewer than ``M`` trials of the experiment hold a unit of budget. Every
+  trial holds one unit except broken ones, so racing workers can never push
+  the number of completed trials beyond ``M``.
+* **Picklable.** ``pickle.loads(pickle.dumps(storage))`` reconnects to the
+  same data from any process (through the URI), so executors can ship a
+  storage to workers.
+* **Driver errors are translated**: callers only ever see
+  :class:`~orchard.errors.OrchardError` subclasses.
+"""
+
+from __future__ import annotations
+
+import abc
+import dataclasses
+import time
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from orchard.trial import Trial, TrialStatus
+
+__all__ = ["BaseStorage", "ExperimentRecord"]
+
+
+@dataclasses.dataclass
+class ExperimentRecord:
+    """An experiment as stored: its id, unique name and configuration."""
+
+    id: str
+    name: str
+    config: dict[str, Any]
+    created: float
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return a plain ``dict`` (for dumps and JSON output)."""
+        return dataclasses.asdict(self)
+
+
+class BaseStorage(abc.ABC):
+    """A shared trial history that many worker processes read and write.
+
+    Subclasses implement the abstract verbs; the concrete helpers defined
+    here are built on them. Times are POSIX timestamps from ``time.time()``;
+    workers on different hosts must have clocks that agree to well within the
+    heartbeat timeout (NTP is enough).
+    """
+
+    #: The URI this storage was opened with (credentials included; never print it).
+    uri: str
+
+    # -- experiments -----------------------------------------------------------
+
+    @abc.abstractmethod
+    def create_experiment(self, name: str, config: Mapping[str, Any]) -> str:
+        """Create the experiment ``name`` unless it exists; return its id.
+
+        Get-or-create, atomic across processes: N processes racing to create
+        the same name all receive the same id and exactly one record exists.
+        ``config`` is stored only by the call that creates the record.
+
+        Raises:
+            StorageError: the storage could not be written.
+        """
+
+    @abc.abstractmethod
+    def get_experiment(self, name: str) -> ExperimentRecord | None:
+        """Return the experiment called ``name``, or ``None`` if there is none."""
+
+    @abc.abstractmethod
+    def list_experiments(self) -> list[ExperimentRecord]:
+        """Return every experiment in the storage, oldest first."""
+
+    @abc.abstractmethod
+    def update_experiment(self, experiment_id: str, changes: Mapping[str, Any]) -> ExperimentRecord:
+        """Merge ``changes`` into the experiment's config (top-level keys) atomically.
+
+        Raises:
+            ExperimentNotFoundError: no experiment has that id.
+        """
+
+    @abc.abstractmethod
+    def delete_experiment(self, experiment_id: str) -> int:
+        """Delete the experiment and all its trials; return how many trials went."""
+
+    # -- trials: creation ------------------------------------------------------
+
+    @abc.abstractmethod
+    def register_trial(
+        self,
+        experiment_id: str,
+        params: Mapping[str, Any],
+        *,
+        worker: str | None = None,
+        budget: int | None = None,
+    ) -> Trial:
+        """Store a new trial for ``params`` and return it.
+
+        With ``worker=None`` the trial is ``new``; otherwise it is created
+        already ``reserved`` by ``worker`` (fresh heartbeat, one attempt), in
+        the same atomic step, so no other worker can take it.
+
+        With ``budget=M`` the insertion also claims one unit of a budget of
+        ``M``: it is refused when ``M`` trials of the experiment that are not
+        broken already exist. Both checks and the insertion are one atomic
+        step.
+
+        Raises:
+            DuplicateTrialError: a trial with the same params exists
+                (checked before the budget).
+            BudgetExhaustedError: ``budget`` units are all held.
+        """
+
+    @abc.abstractmethod
+    def restore_trials(self, experiment_id: str, trials: Iterable[Trial]) -> int:
+        """Insert trials as they are (status, times, results), for loading dumps.
+
+        Trials whose id already exists are skipped. The trials' ``experiment``
+        field is rewritten to ``experiment_id``. Returns how many were added.
+        """
+
+    # -- trials: the reservation lifecycle -------------------------------------
+
+    @abc.abstractmethod
+    def reserve_trial(self, experiment_id: str, worker: str) -> Trial | None:
+        """Atomically reserve one ``interrupted`` or ``new`` trial for ``worker``.
+
+        Interrupted trials go first, then new ones, oldest first. The trial
+        becomes ``reserved`` with ``worker`` as owner, a fresh heartbeat, a
+        start time and one more attempt. Returns ``None`` if none is waiting.
+        Two callers never win the same trial.
+        """
+
+    @abc.abstractmethod
+    def heartbeat_trial(self, trial_id: str, worker: str) -> None:
+        """Refresh the heartbeat of a trial ``worker`` has reserved.
+
+        Raises:
+            ReservationLostError: the trial is not reserved by ``worker``
+                (it was released as stale, or completed by someone else).
+        """
+
+    @abc.abstractmethod
+    def complete_trial(
+        self,
+        trial_id: str,
+        worker: str,
+        objective: float,
+        results: Mapping[str, Any] | None = None,
+    ) -> Trial:
+        """Record the result of a trial ``worker`` has reserved; it becomes ``completed``.
+
+        Raises:
+            ReservationLostError: the trial is not reserved by ``worker``;
+                nothing is written.
+        """
+
+    @abc.abstractmethod
+    def fail_trial(self, trial_id: str, worker: str, error: Mapping[str, Any]) -> Trial:
+        """Mark a trial ``worker`` has reserved as ``broken`` with ``error``.
+
+        ``error`` holds at least ``type`` and ``message``. The trial stops
+        holding a unit of budget.
+
+        Raises:
+            ReservationLostError: the trial is not reserved by ``worker``.
+        """
+
+    @abc.abstractmethod
+    def release_trial(self, trial_id: str, worker: str | None) -> Trial:
+        """Give a reservation back: the trial becomes ``interrupted``, unowned.
+
+        ``worker=None`` releases whoever holds it (administrative use, e.g.
+        ``orchard db release``).
+
+        Raises:
+            ReservationLostError: the trial is not reserved (by ``worker``).
+            TrialNotFoundError: no trial has that id.
+        """
+
+    @abc.abstractmethod
+    def release_stale(
+        self, experiment_id: str, timeout: float, now: float | None = None
+    ) -> list[Trial]:
+        """Release reservations whose heartbeat is older than ``now - timeout``.
+
+        Each such trial becomes ``interrupted`` and unowned, atomically per
+        trial (a late heartbeat or result from the old owner is then refused).
+        Returns the trials released by this call.
+        """
+
+    # -- trials: reading -------------------------------------------------------
+
+    @abc.abstractmethod
+    def get_trial(self, trial_id: str) -> Trial | None:
+        """Return the trial with that id, or ``None``."""
+
+    @abc.abstractmethod
+    def fetch_trials(
+        self, experiment_id: str, statuses: Iterable[TrialStatus | str] | None = None
+    ) -> list[Trial]:
+        """Return the experiment's trials (only those in ``statuses`` if given), oldest first."""
+
+    @abc.abstractmethod
+    def fetch_changes(self, experiment_id: str, cursor: Any = None) -> tuple[list[Trial], Any]:
+        """Return the trials that changed since ``cursor``, and a new cursor.
+
+        ``cursor=None`` returns every trial. Feeding each returned cursor to
+        the next call and keeping the last version of each trial by id
+        reproduces the experiment's current state, at a cost that depends on
+        how much changed, not on the size of the history. A trial may be
+        returned again even if it did not change; cursors are opaque,
+        picklable, and only meaningful to the storage that issued them.
+        """
+
+    @abc.abstractmethod
+    def count_trials(self, experiment_id: str) -> dict[TrialStatus, int]:
+        """Return how many trials the experiment has in each status (all statuses present)."""
+
+    # -- lifecycle of the handle -----------------------------------------------
+
+    def close(self) -> None:
+        """Release connections and file handles. The storage may be reopened by URI."""
+
+    def __enter__(self) -> BaseStorage:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    # -- helpers built on the verbs --------------------------------------------
+
+    @property
+    def redacted_uri(self) -> str:
+        """The URI with any password replaced by ``***``, safe to print or log."""
+        from orchard.storages._uri import redact
+
+        return redact(self.uri)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.redacted_uri!r})"
+
+    def best_trial(self, experiment_id: str) -> Trial | None:
+        """Return the completed trial with the lowest objective, or ``None``."""
+        completed = self.fetch_trials(experiment_id, [TrialStatus.COMPLETED])
+        scored = [t for t in completed if t.objective is not None]
+        return min(scored, key=lambda t: t.objective, default=None)  # type: ignore[arg-type, return-value]
+
+    def require_experiment(self, name: str) -> ExperimentRecord:
+        """Return the experiment called ``name``.
+
+        Raises:
+            ExperimentNotFoundError: no such experiment; the message lists those that exist.
+        """
+        from orchard.errors import ExperimentNotFoundError
+
+        record = self.get_experiment(name)
+        if record is None:
+            names = ", ".join(sorted(r.name for r in self.list_experiments())) or "none"
+            raise ExperimentNotFoundError(
+                f"no experiment named {name!r} in storage {self.redacted_uri} "
+                f"(experiments there: {names}); check the name and --storage"
+            )
+        return record
+
+    @staticmethod
+    def now() -> float:
+        """The clock every backend stamps times with."""
+        return time.time()

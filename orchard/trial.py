@@ -1,0 +1,112 @@
+"""The trial record, its statuses and the transitions between them.
+
+This module imports nothing else from Orchard so that every layer (storages,
+algorithms, the worker) can depend on it.
+
+Lifecycle (SPEC §4)::
+
+    new ──reserve──> reserved ──complete──> completed
+     ^                  │ ──fail─────────> broken
+     │                  │
+     └──────────────────┴ ──lost/release─> interrupted ──reserve──> reserved …
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+from typing import Any
+
+__all__ = ["ALLOWED_TRANSITIONS", "Trial", "TrialStatus", "can_transition"]
+
+
+class TrialStatus(str, enum.Enum):
+    """Where a trial is in its lifecycle. Values are the strings stored on disk."""
+
+    NEW = "new"
+    RESERVED = "reserved"
+    COMPLETED = "completed"
+    BROKEN = "broken"
+    INTERRUPTED = "interrupted"
+
+    @property
+    def is_terminal(self) -> bool:
+        """Whether no transition leaves this status (completed or broken)."""
+        return self in (TrialStatus.COMPLETED, TrialStatus.BROKEN)
+
+    @property
+    def is_pending(self) -> bool:
+        """Whether the trial holds a point that is being, or will be, evaluated."""
+        return self in (TrialStatus.NEW, TrialStatus.RESERVED, TrialStatus.INTERRUPTED)
+
+    @property
+    def is_reservable(self) -> bool:
+        """Whether a worker may reserve the trial (new or interrupted)."""
+        return self in (TrialStatus.NEW, TrialStatus.INTERRUPTED)
+
+    def __str__(self) -> str:
+        return self.value
+
+
+ALLOWED_TRANSITIONS: dict[TrialStatus, frozenset[TrialStatus]] = {
+    TrialStatus.NEW: frozenset({TrialStatus.RESERVED}),
+    TrialStatus.RESERVED: frozenset(
+        {TrialStatus.COMPLETED, TrialStatus.BROKEN, TrialStatus.INTERRUPTED}
+    ),
+    TrialStatus.INTERRUPTED: frozenset({TrialStatus.RESERVED}),
+    TrialStatus.COMPLETED: frozenset(),
+    TrialStatus.BROKEN: frozenset(),
+}
+
+
+def can_transition(old: TrialStatus, new: TrialStatus) -> bool:
+    """Return whether the lifecycle allows moving a trial from ``old`` to ``new``."""
+    return new in ALLOWED_TRANSITIONS[old]
+
+
+@dataclasses.dataclass
+class Trial:
+    """One evaluation of the objective at one point of the search space.
+
+    Times are POSIX timestamps (seconds). ``params`` hold plain Python values
+    only (``int``, ``float``, ``str``, ``bool``). ``error`` is ``None`` unless
+    the trial is broken, then ``{"type": ..., "message": ...}`` plus optional
+    details such as ``"reason"`` (e.g. ``"timeout"``) or ``"stderr"``.
+    """
+
+    id: str
+    experiment: str
+    params: dict[str, Any]
+    status: TrialStatus = TrialStatus.NEW
+    objective: float | None = None
+    results: dict[str, Any] = dataclasses.field(default_factory=dict)
+    worker: str | None = None
+    heartbeat: float | None = None
+    submit_time: float | None = None
+    start_time: float | None = None
+    end_time: float | None = None
+    error: dict[str, Any] | None = None
+    attempts: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return a plain ``dict`` of builtins (status as its string value)."""
+        data = dataclasses.asdict(self)
+        data["status"] = self.status.value
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Trial:
+        """Build a trial from :meth:`to_dict` output; unknown keys are ignored."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        kwargs = {k: v for k, v in data.items() if k in names}
+        kwargs["status"] = TrialStatus(kwargs.get("status", TrialStatus.NEW))
+        kwargs["params"] = dict(kwargs.get("params") or {})
+        kwargs["results"] = dict(kwargs.get("results") or {})
+        return cls(**kwargs)
+
+    @property
+    def duration(self) -> float | None:
+        """Seconds between start and end, when both are known."""
+        if self.start_time is None or self.end_time is None:
+            return None
+        return self.end_time - self.start_time
