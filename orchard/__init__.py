@@ -1,11 +1,49 @@
-"""Orchard: masterless, database-coordinated hyperparameter optimization."""
+"""Orchard: masterless, database-coordinated hyperparameter optimization.
+
+``import orchard`` stays cheap (scripts evaluated by ``orchard hunt`` import it
+to report results): the client, storages and algorithms load on first use.
+"""
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
 from orchard.errors import *  # noqa: F403
 from orchard.errors import __all__ as _errors_all
+from orchard.report import report_objective, report_results
 from orchard.trial import Trial, TrialStatus
+
+if TYPE_CHECKING:  # pragma: no cover
+    from orchard.experiment import Experiment, build_experiment, get_experiment
+    from orchard.storages import get_storage
 
 __version__ = "0.1.0"
 
-__all__ = ["Trial", "TrialStatus", "__version__", *_errors_all]
+_LAZY = {
+    "Experiment": "orchard.experiment",
+    "build_experiment": "orchard.experiment",
+    "get_experiment": "orchard.experiment",
+    "get_storage": "orchard.storages",
+}
+
+__all__ = [
+    "Experiment",
+    "Trial",
+    "TrialStatus",
+    "__version__",
+    "build_experiment",
+    "get_experiment",
+    "get_storage",
+    "report_objective",
+    "report_results",
+    *_errors_all,
+]
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'orchard' has no attribute {name!r}")
+    import importlib
+
+    return getattr(importlib.import_module(module), name)

@@ -1,0 +1,129 @@
+"""Evaluating a Python objective: result validation, errors, and per-trial timeouts.
+
+An objective ``fn(**params)`` returns a float, or a mapping with key
+``"objective"`` plus any extra metrics. Anything else, an exception, or a
+timeout produces an :class:`Outcome` carrying an error record instead, and
+the trial is marked broken by the worker.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import multiprocessing
+import traceback
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from orchard.space import to_builtin
+
+__all__ = ["Outcome", "call_objective", "interpret_result"]
+
+
+@dataclasses.dataclass
+class Outcome:
+    """What one evaluation produced: an objective (and extra results), or an error."""
+
+    objective: float | None = None
+    results: dict[str, Any] = dataclasses.field(default_factory=dict)
+    error: dict[str, Any] | None = None
+
+    @property
+    def ok(self) -> bool:
+        """Whether the evaluation produced a usable objective."""
+        return self.error is None
+
+    @classmethod
+    def failure(cls, type_: str, message: str, **details: Any) -> Outcome:
+        """An outcome that marks the trial broken with ``type_`` and ``message``."""
+        return cls(error={"type": type_, "message": message, **details})
+
+    @classmethod
+    def from_exception(cls, err: BaseException) -> Outcome:
+        """An outcome for an exception raised by the objective (type, message, traceback tail)."""
+        tail = "".join(traceback.format_exception(type(err), err, err.__traceback__)[-3:])
+        return cls.failure(type(err).__name__, str(err), traceback=tail[-2000:])
+
+
+def interpret_result(value: Any) -> Outcome:
+    """Turn what an objective returned into an :class:`Outcome`.
+
+    A finite number is the objective; a mapping must hold a finite numeric
+    ``"objective"``, and its other keys become extra results. NaN, infinity,
+    strings, ``None`` and mappings without ``"objective"`` are errors.
+    """
+    results: dict[str, Any] = {}
+    if isinstance(value, Mapping):
+        if "objective" not in value:
+            return Outcome.failure(
+                "InvalidResult", f"result mapping has no 'objective' key (keys: {sorted(map(str, value))})"
+            )
+        results = {str(k): to_builtin(v) for k, v in value.items() if k != "objective"}
+        value = value["objective"]
+    value = to_builtin(value)
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return Outcome.failure(
+            "InvalidResult", f"objective must be a number, got {type(value).__name__} {value!r:.80}"
+        )
+    if not math.isfinite(value):
+        return Outcome.failure("InvalidResult", f"objective is {value!r}; it must be a finite number")
+    return Outcome(objective=float(value), results=results)
+
+
+def call_objective(
+    fn: Callable[..., Any], params: Mapping[str, Any], timeout: float | None = None
+) -> Outcome:
+    """Call ``fn(**params)`` and interpret the result; never raises for objective failures.
+
+    With ``timeout``, the call runs in a child process that is killed when
+    the time is up; the outcome is then an error with ``reason="timeout"``.
+    ``KeyboardInterrupt`` propagates so the worker can release the trial.
+    """
+    if timeout is None:
+        try:
+            return interpret_result(fn(**params))
+        except Exception as err:  # the objective's own failure marks the trial broken
+            return Outcome.from_exception(err)
+    return _call_in_child(fn, dict(params), timeout)
+
+
+def _child_main(fn: Callable[..., Any], params: dict[str, Any], conn: Any) -> None:
+    try:
+        outcome = interpret_result(fn(**params))
+    except BaseException as err:  # report everything, including SystemExit, to the parent
+        outcome = Outcome.from_exception(err)
+    conn.send(outcome)
+    conn.close()
+
+
+def _call_in_child(fn: Callable[..., Any], params: dict[str, Any], timeout: float) -> Outcome:
+    """Run the objective in a killable child process (fork where available: no pickling of fn)."""
+    methods = multiprocessing.get_all_start_methods()
+    ctx = multiprocessing.get_context("fork" if "fork" in methods else "spawn")
+    receiver, sender = ctx.Pipe(duplex=False)
+    child = ctx.Process(target=_child_main, args=(fn, params, sender), daemon=True)
+    try:
+        child.start()
+    except AssertionError:  # "daemonic processes are not allowed to have children"
+        child = ctx.Process(target=_child_main, args=(fn, params, sender))
+        child.start()
+    sender.close()
+    try:
+        if receiver.poll(timeout):
+            try:
+                return receiver.recv()  # type: ignore[no-any-return]
+            except EOFError:
+                pass
+            child.join(5)
+            return Outcome.failure(
+                "WorkerCrashed", f"the objective's process died with exit code {child.exitcode}"
+            )
+        return Outcome.failure(
+            "TimeoutError", f"objective ran longer than trial_timeout={timeout:g} s and was killed",
+            reason="timeout",
+        )
+    finally:
+        if child.is_alive():
+            child.kill()
+        child.join(5)
+        receiver.close()

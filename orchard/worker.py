@@ -1,0 +1,316 @@
+"""The worker loop every Orchard worker runs, however it was started.
+
+There is no master. Each iteration of :meth:`Worker.run` is::
+
+    refresh the history view (incremental)
+    stop if the budget is met or max_broken trials are broken
+    release stale reservations (rate-limited)
+    reserve an interrupted/new trial, or
+        claim budget + register a pending-aware suggestion as our reservation
+    evaluate it while a thread heartbeats
+    complete or fail it (a lost reservation's result is refused by the storage)
+
+Every race is settled by an atomic storage verb; the loop itself keeps no
+state another worker depends on.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import socket
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+from orchard.algorithms import make_algorithm
+from orchard.algorithms.base import BaseAlgorithm, Observation
+from orchard.errors import (
+    BudgetExhaustedError,
+    DuplicateTrialError,
+    ReservationLostError,
+    SpaceExhaustedError,
+    StorageError,
+)
+from orchard.objective import Outcome
+from orchard.space import Space
+from orchard.storages.base import BaseStorage
+from orchard.trial import Trial, TrialStatus
+
+__all__ = ["History", "Worker", "WorkerReport", "WorkerSettings", "worker_name"]
+
+log = logging.getLogger(__name__)
+
+#: ``evaluate(trial) -> Outcome``; called with a reserved trial.
+Evaluator = Callable[[Trial], Outcome]
+
+_MAX_DUPLICATE_RETRIES = 20
+_MIN_POLL, _MAX_POLL = 0.02, 1.0
+
+
+def worker_name() -> str:
+    """A unique worker identity: ``host:pid:uuid``."""
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+
+
+@dataclasses.dataclass
+class WorkerSettings:
+    """Plain settings of one worker (resolved by the caller; never read from the environment)."""
+
+    space: Space
+    algorithm: Any
+    max_trials: int | None
+    max_broken: int = 3
+    heartbeat: float = 30.0
+    idle_timeout: float | None = None
+    seed: int | None = None
+    max_trials_per_worker: int | None = None
+
+    @property
+    def stale_after(self) -> float:
+        """Age of a heartbeat past which a reservation is lost (3 × heartbeat)."""
+        return 3.0 * self.heartbeat
+
+
+@dataclasses.dataclass
+class WorkerReport:
+    """What one worker did, returned when its loop ends."""
+
+    worker: str
+    completed: int = 0
+    broken: int = 0
+    lost: int = 0
+    reason: str = ""
+
+
+class History:
+    """A worker's incrementally refreshed view of one experiment's trials."""
+
+    def __init__(self, storage: BaseStorage, experiment_id: str) -> None:
+        self._storage = storage
+        self._experiment_id = experiment_id
+        self._cursor: Any = None
+        self.trials: dict[str, Trial] = {}
+        self.completed: dict[str, Observation] = {}
+        self._pending: dict[str, dict[str, Any]] = {}
+        self.counts: dict[TrialStatus, int] = {status: 0 for status in TrialStatus}
+
+    def refresh(self) -> None:
+        """Fold in the trials that changed since the last refresh."""
+        changed, self._cursor = self._storage.fetch_changes(self._experiment_id, self._cursor)
+        for trial in changed:
+            old = self.trials.get(trial.id)
+            if old is not None:
+                self.counts[old.status] -= 1
+            self.trials[trial.id] = trial
+            self.counts[trial.status] += 1
+            if trial.status.is_pending:
+                self._pending[trial.id] = trial.params
+            else:
+                self._pending.pop(trial.id, None)
+            if trial.status is TrialStatus.COMPLETED and trial.objective is not None:
+                self.completed[trial.id] = Observation(trial.params, trial.objective)
+
+    def pending(self, extra: list[dict[str, Any]] | None = None) -> list[dict[str, Any]]:
+        """Params being, or about to be, evaluated by anyone (plus ``extra``)."""
+        return [*self._pending.values(), *(extra or [])]
+
+    def others_reserved(self) -> bool:
+        """Whether any trial is waiting or being evaluated (so waiting can pay off)."""
+        return any(self.counts[s] for s in (TrialStatus.RESERVED, TrialStatus.NEW, TrialStatus.INTERRUPTED))
+
+
+class _Heartbeat:
+    """A daemon thread that refreshes one reservation until stopped; notes a lost reservation."""
+
+    def __init__(self, storage: BaseStorage, trial: Trial, worker: str, every: float) -> None:
+        self.lost = threading.Event()
+        self._stop = threading.Event()
+        self._args = (storage, trial.id, worker, every)
+        self._thread = threading.Thread(target=self._beat, name=f"orchard-heartbeat-{trial.id[:8]}", daemon=True)
+
+    def __enter__(self) -> _Heartbeat:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _beat(self) -> None:
+        storage, trial_id, worker, every = self._args
+        while not self._stop.wait(every):
+            try:
+                storage.heartbeat_trial(trial_id, worker)
+            except ReservationLostError:
+                self.lost.set()
+                return
+            except StorageError as err:  # transient: try again next beat
+                log.warning("heartbeat of trial %s failed: %s", trial_id, err)
+
+
+class Worker:
+    """One masterless worker: runs trials of one experiment until there is nothing left to do.
+
+    Args:
+        storage: the shared storage.
+        experiment_id: the experiment to work on.
+        settings: budget, heartbeat and algorithm settings.
+        evaluate: called with each reserved trial; returns its :class:`Outcome`.
+        name: the worker identity written into reservations (default: host:pid:uuid).
+        on_outcome: called after each finished trial with ``(trial, outcome)``.
+    """
+
+    def __init__(
+        self,
+        storage: BaseStorage,
+        experiment_id: str,
+        settings: WorkerSettings,
+        evaluate: Evaluator,
+        name: str | None = None,
+        on_outcome: Callable[[Trial, Outcome], None] | None = None,
+    ) -> None:
+        self.storage = storage
+        self.experiment_id = experiment_id
+        self.settings = settings
+        self.evaluate = evaluate
+        self.name = name or worker_name()
+        self.on_outcome = on_outcome
+        self.history = History(storage, experiment_id)
+        self.algorithm: BaseAlgorithm = make_algorithm(settings.algorithm, settings.space, settings.seed)
+        self.report = WorkerReport(self.name)
+        self._last_release = 0.0
+        self._poll = _MIN_POLL
+        self._idle_since: float | None = None
+
+    # -- the loop --------------------------------------------------------------
+
+    def run(self) -> WorkerReport:
+        """Run trials until the budget is met, the experiment is broken, or nothing is left.
+
+        ``KeyboardInterrupt`` releases the current trial as ``interrupted`` and propagates.
+        """
+        while True:
+            self.history.refresh()
+            reason = self._stop_reason()
+            if reason:
+                self.report.reason = reason
+                return self.report
+            self._release_stale()
+            trial = self._acquire()
+            if trial is None:
+                if self._idle_expired():
+                    self.report.reason = "idle"
+                    return self.report
+                time.sleep(self._poll)
+                self._poll = min(self._poll * 2, _MAX_POLL, self.settings.heartbeat)
+                continue
+            self._poll, self._idle_since = _MIN_POLL, None
+            self._run_trial(trial)
+
+    def _stop_reason(self) -> str:
+        counts, settings = self.history.counts, self.settings
+        if settings.max_trials is not None and counts[TrialStatus.COMPLETED] >= settings.max_trials:
+            return "budget"
+        if counts[TrialStatus.BROKEN] >= settings.max_broken:
+            return "broken"
+        if settings.max_trials_per_worker is not None:
+            if self.report.completed + self.report.broken >= settings.max_trials_per_worker:
+                return "worker-budget"
+        if self.report.reason == "exhausted" and not self.history.others_reserved():
+            return "exhausted"
+        return ""
+
+    def _release_stale(self) -> None:
+        now = time.time()
+        if now - self._last_release < self.settings.heartbeat:
+            return
+        self._last_release = now
+        for trial in self.storage.release_stale(self.experiment_id, self.settings.stale_after, now=now):
+            log.info("released trial %s of lost worker %s", trial.id, trial.worker)
+
+    def _idle_expired(self) -> bool:
+        now = time.monotonic()
+        if self._idle_since is None:
+            self._idle_since = now
+        timeout = self.settings.idle_timeout
+        return timeout is not None and now - self._idle_since >= timeout
+
+    # -- getting a trial -------------------------------------------------------
+
+    def _acquire(self) -> Trial | None:
+        """Reserve a waiting trial, or register a new suggestion as ours; ``None`` if neither."""
+        trial = self.storage.reserve_trial(self.experiment_id, self.name)
+        if trial is not None:
+            return trial
+        return self._register_suggestion()
+
+    def _register_suggestion(self) -> Trial | None:
+        collided: list[dict[str, Any]] = []
+        for _ in range(_MAX_DUPLICATE_RETRIES):
+            params = self._suggest(collided)
+            if params is None:
+                return None
+            try:
+                return self.storage.register_trial(
+                    self.experiment_id, params, worker=self.name, budget=self.settings.max_trials
+                )
+            except DuplicateTrialError:
+                collided.append(params)  # a racing worker registered it: treat it as pending
+            except BudgetExhaustedError:
+                return None
+        log.warning("worker %s: %d suggestions in a row collided", self.name, _MAX_DUPLICATE_RETRIES)
+        return None
+
+    def _suggest(self, collided: list[dict[str, Any]]) -> dict[str, Any] | None:
+        if collided:
+            self.history.refresh()
+        try:
+            suggestions = self.algorithm.suggest(
+                list(self.history.completed.values()), self.history.pending(collided), n=1
+            )
+        except SpaceExhaustedError:
+            self.report.reason = "exhausted"
+            return None
+        if self.report.reason == "exhausted":
+            self.report.reason = ""
+        return suggestions[0] if suggestions else None
+
+    # -- running a trial -------------------------------------------------------
+
+    def _run_trial(self, trial: Trial) -> None:
+        try:
+            with _Heartbeat(self.storage, trial, self.name, self.settings.heartbeat) as beat:
+                outcome = self.evaluate(trial)
+        except KeyboardInterrupt:
+            self._release(trial)
+            raise
+        if beat.lost.is_set():
+            log.warning("worker %s lost its reservation of trial %s; result dropped", self.name, trial.id)
+        self._record(trial, outcome)
+
+    def _record(self, trial: Trial, outcome: Outcome) -> None:
+        try:
+            if outcome.ok:
+                trial = self.storage.complete_trial(
+                    trial.id, self.name, outcome.objective, outcome.results  # type: ignore[arg-type]
+                )
+                self.report.completed += 1
+            else:
+                trial = self.storage.fail_trial(trial.id, self.name, outcome.error or {})
+                self.report.broken += 1
+        except ReservationLostError as err:
+            self.report.lost += 1
+            log.warning("%s", err)
+            return
+        if self.on_outcome is not None:
+            self.on_outcome(trial, outcome)
+
+    def _release(self, trial: Trial) -> None:
+        try:
+            self.storage.release_trial(trial.id, self.name)
+        except (ReservationLostError, StorageError) as err:
+            log.warning("could not release trial %s: %s", trial.id, err)

@@ -1,0 +1,125 @@
+"""Search space: prior parsing, sampling, validation, params identity."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from orchard.errors import SpaceError
+from orchard.space import (
+    Choices, LogUniform, Normal, RandInt, Space, Uniform, params_hash, parse_prior, to_builtin, trial_id,
+)
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("uniform(-5, 10)", Uniform(-5.0, 10.0)),
+        ("uniform(0, 4, discrete=True)", Uniform(0, 4, True)),
+        ("loguniform(1e-5, 1.0)", LogUniform(1e-5, 1.0)),
+        ("randint(1, 6)", RandInt(1, 6)),
+        ("choices(['a', 'b', 3, True, 0.5])", Choices(("a", "b", 3, True, 0.5))),
+        ("normal(0, 2)", Normal(0.0, 2.0)),
+        ("  uniform( 0 , 1 ) ", Uniform(0.0, 1.0)),
+    ],
+)
+def test_parse_every_prior(text: str, expected: object) -> None:
+    prior = parse_prior("x", text)
+    assert prior == expected
+    assert parse_prior("x", str(prior)) == prior  # canonical strings round-trip
+
+
+@pytest.mark.parametrize(
+    ("text", "fragment"),
+    [
+        ("gaussian(0, 1)", "unknown prior 'gaussian'"),
+        ("uniform(1)", "takes 2 positional"),
+        ("uniform(0, 1, 2)", "takes 2 positional"),
+        ("uniform(1, 1)", "must be < high"),
+        ("uniform(2, 1)", "must be < high"),
+        ("loguniform(0, 1)", "0 < low"),
+        ("randint(0.5, 3)", "integers"),
+        ("choices([])", "non-empty list"),
+        ("choices(['a', 'a'])", "twice"),
+        ("uniform(0, __import__('os').getpid())", "literal"),
+        ("uniform(0, 1, log=True)", "unexpected keyword"),
+        ("normal(0, 0)", "sigma"),
+        ("uniform(0,", "not a valid expression"),
+        ("os.system('x')", "expected one of"),
+    ],
+)
+def test_bad_priors_name_dimension_and_quote_text(text: str, fragment: str) -> None:
+    with pytest.raises(SpaceError) as info:
+        parse_prior("lr", text)
+    message = str(info.value)
+    assert "'lr'" in message and repr(text) in message and fragment in message
+    assert "\n" not in message
+
+
+def test_parsing_never_evaluates_code(tmp_path) -> None:
+    marker = tmp_path / "pwned"
+    with pytest.raises(SpaceError):
+        parse_prior("x", f"uniform(0, open({str(marker)!r}, 'w').close())")
+    assert not marker.exists()
+
+
+def test_sampling_is_seeded_plain_and_inside_priors() -> None:
+    space = Space.from_config({
+        "a": "uniform(-1, 1)", "b": "loguniform(1e-4, 1)", "c": "randint(1, 4)",
+        "d": "choices(['x', 2, False])", "e": "normal(5, 1)", "f": "uniform(2, 3, discrete=True)",
+    })
+    first = [space.sample(np.random.default_rng(7)) for _ in range(3)]
+    again = [space.sample(np.random.default_rng(7)) for _ in range(3)]
+    assert first == again
+    rng = np.random.default_rng(0)
+    for _ in range(200):
+        point = space.sample(rng)
+        assert space.validate(point) == point
+        assert all(type(v) in (int, float, str, bool) for v in point.values())
+        assert 1 <= point["c"] < 4 and isinstance(point["c"], int)
+        assert point["f"] in (2, 3)
+
+
+def test_validate_rejects_points_outside_space() -> None:
+    space = Space.from_config({"x": "uniform(0, 1)", "k": "randint(0, 3)"})
+    assert space.validate({"x": np.float64(0.5), "k": 2}) == {"x": 0.5, "k": 2}
+    for bad in ({"x": 2.0, "k": 0}, {"x": 0.5, "k": 3}, {"x": 0.5}, {"x": 0.5, "k": 1, "z": 1}, {"x": "a", "k": 0}):
+        with pytest.raises(SpaceError):
+            space.validate(bad)
+
+
+def test_params_hash_is_stable_across_order_and_numpy_types() -> None:
+    a = params_hash({"x": 1.5, "y": "a", "k": 3})
+    assert a == params_hash({"k": np.int64(3), "y": "a", "x": np.float64(1.5)})
+    assert a != params_hash({"x": 1.5, "y": "b", "k": 3})
+    assert params_hash({"flag": True}) != params_hash({"flag": 1})
+    assert trial_id("e1", {"x": 1}) != trial_id("e2", {"x": 1})
+    assert len(a) == 32 and a == params_hash({"x": 1.5, "y": "a", "k": 3})
+
+
+def test_to_builtin_converts_numpy_scalars() -> None:
+    value = to_builtin({"a": np.int64(2), "b": [np.float32(0.5)], "c": np.bool_(True)})
+    assert value == {"a": 2, "b": [0.5], "c": True}
+    assert type(value["a"]) is int and type(value["b"][0]) is float and type(value["c"]) is bool
+
+
+def test_skopt_round_trip_preserves_choices_and_types() -> None:
+    space = Space.from_config({"opt": "choices(['adam', 1, True])", "n": "randint(1, 5)", "lr": "loguniform(1e-3, 1)"})
+    dims = space.to_skopt()
+    assert [d.name for d in dims] == ["opt", "n", "lr"]
+    params = {"opt": True, "n": 4, "lr": 0.01}
+    assert space.from_skopt_point(space.to_skopt_point(params)) == params
+    decoded = space.from_skopt_point([np.int64(0), np.int64(2), np.float64(0.5)])
+    assert decoded == {"opt": "adam", "n": 2, "lr": 0.5} and type(decoded["n"]) is int
+
+
+def test_space_errors_and_diff() -> None:
+    with pytest.raises(SpaceError, match="empty"):
+        Space.from_config({})
+    with pytest.raises(SpaceError, match="identifier"):
+        Space.from_config({"bad name": "uniform(0, 1)"})
+    a = Space.from_config({"x": "uniform(0, 1)", "y": "randint(0, 3)"})
+    b = Space.from_config({"x": "uniform(0, 2)", "z": "randint(0, 3)"})
+    assert a.diff(b) == ["x: uniform(0.0, 1.0) != uniform(0.0, 2.0)", "y: randint(0, 3) != (absent)",
+                         "z: (absent) != randint(0, 3)"]
+    assert a == Space.from_config({"x": "uniform(0.0, 1)", "y": "randint(0, 3)"})
