@@ -87,6 +87,7 @@ def resolve(
     flag: Any = None,
     environ: Mapping[str, str] | None = None,
     files: list[Path] | None = None,
+    use_default: bool = True,
 ) -> Any:
     """Resolve one setting: argument > flag > ``ORCHARD_<KEY>`` > config files > default.
 
@@ -96,6 +97,9 @@ def resolve(
         flag: the value given on the command line (``None`` if not given).
         environ: the environment (default ``os.environ``).
         files: config files to consult (default :func:`config_files`).
+        use_default: with ``False``, return ``None`` instead of the default when no
+            source sets the key (so a caller joining an experiment passes on only
+            what the user asked for).
 
     Returns:
         The resolved value.
@@ -109,4 +113,4 @@ def resolve(
         data = load_config_file(path)
         if data.get(key) is not None:
             return data[key]
-    return DEFAULTS[key]
+    return DEFAULTS[key] if use_default else None

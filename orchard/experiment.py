@@ -8,6 +8,7 @@ on every machine runs with the same space, algorithm and budget.
 from __future__ import annotations
 
 import dataclasses
+import pickle
 import sys
 import threading
 from collections.abc import Callable, Iterable, Mapping
@@ -154,12 +155,18 @@ class WorkerTask:
 
 
 def run_worker(task: WorkerTask) -> WorkerReport:
-    """Run one worker loop to its end (the function executors run remotely)."""
+    """Run one worker loop to its end (the function executors run remotely).
+
+    An ``fn`` whose ``evaluates_trials`` attribute is true (``orchard hunt``'s
+    :class:`orchard.runner.ScriptRunner`) is called with the whole reserved
+    trial and returns the :class:`Outcome` itself, timeout included.
+    """
 
     def evaluate(trial: Trial) -> Outcome:
         return call_objective(task.fn, trial.params, task.trial_timeout)
 
-    worker = Worker(task.storage, task.experiment_id, task.settings, evaluate)
+    whole_trial = getattr(task.fn, "evaluates_trials", False)
+    worker = Worker(task.storage, task.experiment_id, task.settings, task.fn if whole_trial else evaluate)
     try:
         return worker.run()
     finally:
@@ -253,6 +260,8 @@ class Experiment:
         budget = self._call_budget(max_trials)
         settings = self._settings(max_trials=budget, idle_timeout=idle_timeout)
         task = WorkerTask(self.storage, self.id, settings, fn, trial_timeout)
+        if executor not in ("single", "thread"):
+            pickle.dumps(self.storage)  # fail fast, with the storage's own message, if it cannot travel
         tasks = [dataclasses.replace(task, settings=self._seeded(settings, i)) for i in range(n_workers)]
         monitor = _Monitor(self, on_result, on_error, progress and sys.stderr.isatty())
         with monitor, make_executor(executor, n_workers, executor_config) as pool:

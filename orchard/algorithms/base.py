@@ -1,0 +1,228 @@
+"""The algorithm contract: history in, suggestions out.
+
+An algorithm is a pure function of the history it is handed. It never touches
+a storage, a file, the network or the environment, so every worker can run
+its own copy on its own view of the shared history and the workers still
+cooperate: what one worker is evaluating reaches the others as ``pending``.
+"""
+
+from __future__ import annotations
+
+import abc
+import dataclasses
+import itertools
+import math
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from typing import Any, ClassVar
+
+import numpy as np
+
+from orchard.errors import ConfigurationError, SpaceExhaustedError
+from orchard.space import Choices, Prior, RandInt, Space, Uniform, params_hash
+
+__all__ = ["BaseAlgorithm", "Observation", "SeenPoints"]
+
+#: Finite spaces up to this many points are enumerated to find what is left.
+_ENUMERATION_LIMIT = 100_000
+#: Random draws tried before concluding that a finite space is (nearly) covered.
+_RANDOM_RETRIES = 100
+
+
+@dataclasses.dataclass(frozen=True)
+class Observation:
+    """One completed evaluation: the params and the objective (minimized)."""
+
+    params: dict[str, Any]
+    objective: float
+
+
+class SeenPoints:
+    """The set of points that are completed or pending, compared by :func:`params_hash`."""
+
+    def __init__(self, points: Iterable[Mapping[str, Any]] = ()) -> None:
+        self._hashes = {params_hash(p) for p in points}
+
+    def __contains__(self, params: object) -> bool:
+        return isinstance(params, Mapping) and params_hash(params) in self._hashes
+
+    def __len__(self) -> int:
+        return len(self._hashes)
+
+    def add(self, params: Mapping[str, Any]) -> None:
+        """Mark ``params`` as seen."""
+        self._hashes.add(params_hash(params))
+
+
+class BaseAlgorithm(abc.ABC):
+    """A search algorithm: turns a history into new points to evaluate.
+
+    Guarantees every implementation keeps:
+
+    * **Pure.** :meth:`suggest` depends only on the space, the seed, the options
+      and its arguments. No storage, no I/O, no environment reads, no state
+      carried from one call to the next.
+    * **Plain values.** Suggested params are dicts of plain Python ``int``,
+      ``float``, ``str`` and ``bool`` values inside the space, never numpy scalars.
+    * **Unseen.** A suggestion equals no completed and no pending point, nor
+      another suggestion of the same call.
+    * **Pending-aware.** ``pending`` holds the points other workers are evaluating
+      (new, reserved or interrupted trials). Growing ``pending`` changes the
+      suggestions, so a worker whose suggestion collided with a racing worker's
+      registration gets a different point when it asks again with that point in
+      ``pending``.
+    * **Reproducible.** With a seed, the same history gives the same suggestions;
+      the random stream is derived from the seed *and* the history size, so one
+      seeded worker replays its run exactly and workers with different seeds
+      explore differently.
+    * **Exhaustion is an error.** When no unseen point is left (a finished grid,
+      a fully covered small discrete space) :meth:`suggest` raises
+      :class:`~orchard.errors.SpaceExhaustedError` rather than returning nothing.
+
+    Args:
+        space: the search space.
+        seed: seed of the algorithm's random streams (``None``: fresh entropy).
+        **options: algorithm options, checked against :attr:`OPTIONS`.
+
+    Raises:
+        ConfigurationError: an unknown option, or an invalid option value.
+    """
+
+    #: The registry name of the algorithm.
+    name: ClassVar[str] = ""
+    #: Every option the algorithm accepts, with its default.
+    OPTIONS: ClassVar[dict[str, Any]] = {}
+
+    def __init__(self, space: Space, seed: int | None = None, **options: Any) -> None:
+        self.space = space
+        self.seed = seed
+        self.options = self.check_options(options)
+
+    @classmethod
+    def check_options(cls, options: Mapping[str, Any]) -> dict[str, Any]:
+        """Return ``options`` with defaults filled in, after checking names and values.
+
+        Raises:
+            ConfigurationError: an unknown option or an invalid value.
+        """
+        unknown = sorted(set(options) - set(cls.OPTIONS))
+        if unknown:
+            valid = ", ".join(sorted(cls.OPTIONS)) or "(none)"
+            raise ConfigurationError(
+                f"algorithm {cls.name!r} has no option {', '.join(map(repr, unknown))}; valid options: {valid}"
+            )
+        merged = {**cls.OPTIONS, **options}
+        cls._check_values(merged)
+        return merged
+
+    @classmethod
+    def _check_values(cls, options: dict[str, Any]) -> None:
+        """Validate option values (subclasses override); raise ``ConfigurationError``."""
+
+    @abc.abstractmethod
+    def suggest(
+        self, completed: Sequence[Observation], pending: Sequence[Mapping[str, Any]], n: int = 1
+    ) -> list[dict[str, Any]]:
+        """Return up to ``n`` new points to evaluate.
+
+        Args:
+            completed: the completed trials (params and objective).
+            pending: params of trials being, or about to be, evaluated by anyone.
+            n: how many points to return.
+
+        Returns:
+            Between 1 and ``n`` params dicts of plain Python values, none equal
+            to a completed or pending point, nor to each other.
+
+        Raises:
+            SpaceExhaustedError: no unseen point is left.
+        """
+
+    def max_suggestions(self) -> int | None:
+        """The number of distinct points this algorithm can ever suggest, if finite."""
+        return space_size(self.space)
+
+    # -- helpers shared by the implementations ---------------------------------
+
+    def rng(self, completed: Sequence[Any], pending: Sequence[Any]) -> np.random.Generator:
+        """A generator derived from the seed and the history size (see the class docstring)."""
+        sequence = np.random.SeedSequence(self.seed, spawn_key=(len(completed), len(pending)))
+        return np.random.default_rng(sequence)
+
+    def random_unseen(self, rng: np.random.Generator, seen: SeenPoints) -> dict[str, Any]:
+        """Draw a random point of the space that is not in ``seen``.
+
+        Raises:
+            SpaceExhaustedError: every point of a finite space has been seen, or
+                no unseen point turned up in many draws.
+        """
+        for _ in range(_RANDOM_RETRIES):
+            params = self.space.sample(rng)
+            if params not in seen:
+                return params
+        left = unseen_points(self.space, seen)
+        if left:
+            return left[int(rng.integers(len(left)))]
+        raise SpaceExhaustedError(self._exhausted_message(seen))
+
+    def check_unseen_left(self, seen: SeenPoints) -> None:
+        """Raise if ``seen`` covers every point of a finite space (cheap otherwise).
+
+        Raises:
+            SpaceExhaustedError: no unseen point is left.
+        """
+        size = space_size(self.space)
+        if size is not None and len(seen) >= size and not unseen_points(self.space, seen):
+            raise SpaceExhaustedError(self._exhausted_message(seen))
+
+    def _exhausted_message(self, seen: SeenPoints) -> str:
+        return (
+            f"algorithm {self.name!r} found no unseen point in the space {self.space.config()} "
+            f"({len(seen)} points completed or pending); widen the space or lower max_trials"
+        )
+
+
+# -- finite spaces ----------------------------------------------------------------
+
+
+def prior_size(prior: Prior) -> int | None:
+    """The number of values of a discrete prior; ``None`` for a continuous one."""
+    if isinstance(prior, Choices):
+        return len(prior.values)
+    if isinstance(prior, RandInt):
+        return prior.high - prior.low
+    if isinstance(prior, Uniform) and prior.discrete:
+        return int(prior.high) - int(prior.low) + 1
+    return None
+
+
+def space_size(space: Space) -> int | None:
+    """The number of points of an all-discrete space; ``None`` if any dimension is continuous."""
+    sizes = [prior_size(prior) for prior in space.values()]
+    if any(size is None for size in sizes):
+        return None
+    return math.prod(sizes)  # type: ignore[arg-type]
+
+
+def _all_values(prior: Prior) -> list[Any]:
+    size = prior_size(prior)
+    assert size is not None
+    return prior.grid(size)
+
+
+def iter_points(space: Space) -> Iterator[dict[str, Any]]:
+    """Every point of an all-discrete space, in a deterministic order."""
+    names = list(space)
+    for values in itertools.product(*(_all_values(space[name]) for name in names)):
+        yield dict(zip(names, values))
+
+
+def unseen_points(space: Space, seen: SeenPoints) -> list[dict[str, Any]]:
+    """The unseen points of a finite space of at most 100,000 points, in a deterministic order.
+
+    A continuous or larger space gives ``[]``: callers ask only after many random
+    draws all hit seen points, and then treat ``[]`` as exhaustion.
+    """
+    size = space_size(space)
+    if size is None or size > _ENUMERATION_LIMIT:
+        return []
+    return [point for point in iter_points(space) if point not in seen]

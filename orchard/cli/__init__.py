@@ -1,0 +1,140 @@
+"""The ``orchard`` command line: one module per command family.
+
+=========================  ======================================================
+module                     commands
+=========================  ======================================================
+:mod:`orchard.cli.hunt`    ``hunt``: run a script as trials of an experiment
+:mod:`orchard.cli.status`  ``status``, ``list``, ``info``: look at experiments
+:mod:`orchard.cli.insert`  ``insert``: add a point for the next worker
+:mod:`orchard.cli.db`      ``db test|dump|load|rm|release``: storage tools
+:mod:`orchard.cli.plot`    ``plot``: figures (registered only if importable)
+=========================  ======================================================
+
+Each module has ``add_parser(subparsers)`` adding its parser(s); a parser's
+``func`` default is its ``run(args) -> int``. Failures print one line,
+``orchard: error: …``, and exit 1 (2 for a bad command line or configuration,
+130 on Ctrl-C, 143 on SIGTERM); ``--debug`` adds the traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+import traceback
+from collections.abc import Sequence
+from typing import Any
+
+from orchard.cli._args import PROG, OneLineParser, UsageError, add_common
+
+__all__ = ["build_parser", "main"]
+
+_COMMAND_MODULES = ("hunt", "status", "insert", "db")
+EXIT_INTERRUPTED = 130
+EXIT_TERMINATED = 143
+EXIT_BROKEN_PIPE = 141
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, turned into an interruption so the running trial is released like on Ctrl-C."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Build the ``orchard`` parser with every command registered."""
+    from orchard import __version__
+
+    parser = OneLineParser(prog=PROG, description="Masterless hyperparameter optimization.")
+    parser.add_argument("--version", action="version", version=f"orchard {__version__}")
+    add_common(parser, top=True)
+    commands = parser.add_subparsers(dest="subcommand", metavar="COMMAND", parser_class=OneLineParser)
+    commands.required = True
+    for name in _COMMAND_MODULES:
+        module: Any = importlib.import_module(f"orchard.cli.{name}")
+        module.add_parser(commands)
+    _add_plot(commands)
+    return parser
+
+
+def _add_plot(commands: Any) -> None:
+    """Register ``plot`` from :mod:`orchard.cli.plot`; a broken import becomes a one-line error."""
+    try:
+        module: Any = importlib.import_module("orchard.cli.plot")
+        parser = module.add_parser(commands)
+    except ImportError as err:
+        if getattr(err, "name", None) == "orchard.cli.plot":
+            return
+        parser = commands.add_parser("plot", help="draw a figure (unavailable: see the error)")
+        parser.add_argument("rest", nargs=argparse.REMAINDER)
+        parser.set_defaults(func=lambda args, error=err: _unavailable(error))
+    if isinstance(parser, argparse.ArgumentParser):
+        add_common(parser)
+
+
+def _unavailable(err: ImportError) -> int:
+    from orchard.errors import ConfigurationError
+
+    raise ConfigurationError(f"orchard plot is unavailable: {err}")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line ``argv`` (default ``sys.argv[1:]``) and return its exit code."""
+    args: argparse.Namespace | None = None
+    try:
+        args = build_parser().parse_args(list(sys.argv[1:] if argv is None else argv))
+        _configure_logging(args.debug)
+        return int(args.func(args))
+    except SystemExit as exit_:  # --help, --version
+        return exit_.code if isinstance(exit_.code, int) else 0
+    except BrokenPipeError:  # the reader went away (orchard status | head): stop quietly
+        _silence_stdout()
+        return EXIT_BROKEN_PIPE
+    except KeyboardInterrupt as err:  # Ctrl-C, or SIGTERM during hunt
+        stopped = "stopped by SIGTERM" if isinstance(err, Terminated) else "interrupted"
+        released = "; the running trial was released (status interrupted)"
+        hunting = args is not None and args.subcommand == "hunt"
+        print(f"{PROG}: {stopped}{released if hunting else ''}", file=sys.stderr)
+        return EXIT_TERMINATED if isinstance(err, Terminated) else EXIT_INTERRUPTED
+    except BaseException as err:  # noqa: BLE001 - every other failure: one line, exit code by kind
+        return _report(err, bool(args is not None and args.debug))
+
+
+def _report(err: BaseException, debug: bool) -> int:
+    """Print the one-line error (and the traceback with --debug); return the exit code."""
+    from orchard.errors import ConfigurationError, OrchardError
+
+    if debug:
+        traceback.print_exception(type(err), err, err.__traceback__)
+    message = " ".join(str(err).split()) or type(err).__name__
+    if isinstance(err, (UsageError, ConfigurationError)):
+        code = 2
+    elif isinstance(err, OrchardError):
+        code = 1
+    elif isinstance(err, OSError):
+        code, message = 1, f"{message} ({type(err).__name__})"
+    else:
+        code = 1
+        message = f"unexpected {type(err).__name__}: {message}"
+        if not debug:
+            message += "; run again with --debug for the traceback"
+    print(f"{PROG}: error: {message}", file=sys.stderr)
+    return code
+
+
+def _silence_stdout() -> None:
+    """Point stdout at /dev/null so flushing it at exit does not raise again."""
+    import os
+
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):
+        pass
+
+
+def _configure_logging(debug: bool) -> None:
+    logging.basicConfig(
+        level=logging.DEBUG if debug else logging.WARNING,
+        format=f"{PROG}: %(levelname)s: " + ("%(name)s: %(message)s" if debug else "%(message)s"),
+        stream=sys.stderr,
+    )

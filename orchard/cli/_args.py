@@ -1,0 +1,140 @@
+"""What every command shares: the one-line argument parser, common options, output helpers.
+
+Kept free of heavy imports: ``orchard --help`` must start fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import datetime
+import sys
+from typing import TYPE_CHECKING, Any, NoReturn
+
+if TYPE_CHECKING:  # pragma: no cover
+    from orchard.experiment import Experiment
+    from orchard.storages import BaseStorage
+
+__all__ = [
+    "OneLineParser",
+    "UsageError",
+    "add_common",
+    "format_age",
+    "format_params",
+    "open_experiment",
+    "open_storage",
+    "parse_literal",
+]
+
+PROG = "orchard"
+
+
+class UsageError(Exception):
+    """A command line the parser rejected; exit code 2 with one line."""
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """An ``ArgumentParser`` whose errors are one line (no usage block) and raise :class:`UsageError`."""
+
+    def error(self, message: str) -> NoReturn:
+        raise UsageError(f"{message}; see '{self.prog} --help'")
+
+
+def add_common(parser: argparse.ArgumentParser, top: bool = False) -> None:
+    """Add the options every command takes: ``--storage`` and ``--debug``.
+
+    They are accepted before the command (``top=True``: the main parser, with the
+    defaults) and after it (the commands' parsers, with suppressed defaults so
+    they do not reset a value given before the command). An option the parser
+    already has is left as it is.
+    """
+    default: dict[str, Any] = {} if top else {"default": argparse.SUPPRESS}
+    options: list[tuple[str, dict[str, Any]]] = [
+        ("--storage", {"metavar": "URI", "help": "path ending in .pkl, pickle://PATH, mongodb://HOST/DB, "
+                       "mongomock:// or memory:// (default: $ORCHARD_STORAGE, then orchard.yaml, "
+                       "then ./orchard.pkl)"}),
+        ("--debug", {"action": "store_true", "help": "log debug messages; show tracebacks of errors"}),
+    ]
+    for flag, settings in options:
+        try:
+            parser.add_argument(flag, **settings, **default)
+        except argparse.ArgumentError:  # defined by the command itself (e.g. plot's --storage)
+            pass
+
+
+def add_name(parser: argparse.ArgumentParser, required: bool = True) -> None:
+    """Add ``-n/--name``, the experiment's name."""
+    parser.add_argument("-n", "--name", required=required, metavar="NAME", help="the experiment's name")
+
+
+def open_storage(args: argparse.Namespace) -> BaseStorage:
+    """Open the storage named by ``--storage`` (flag > ``ORCHARD_STORAGE`` > config file > default).
+
+    Raises:
+        ConfigurationError: unknown scheme or malformed URI.
+        StorageError: the storage cannot be opened.
+    """
+    from orchard import config
+    from orchard.storages import get_storage
+
+    return get_storage(config.resolve("storage", flag=getattr(args, "storage", None)))
+
+
+def open_experiment(args: argparse.Namespace) -> Experiment:
+    """Open the existing experiment ``--name`` in the storage.
+
+    Raises:
+        ExperimentNotFoundError: no such experiment (the message lists those that exist).
+    """
+    from orchard.experiment import Experiment
+
+    storage = open_storage(args)
+    return Experiment(storage, storage.require_experiment(args.name))
+
+
+def parse_literal(text: str) -> Any:
+    """A Python literal (``1``, ``0.5``, ``True``, ``'a'``), or the text itself if it is none."""
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError, MemoryError, RecursionError):
+        return text
+
+
+def format_params(params: dict[str, Any] | None) -> str:
+    """``x=0.31, y=2`` (floats with 6 significant digits)."""
+    if not params:
+        return "-"
+    return ", ".join(f"{k}={format_value(v)}" for k, v in params.items())
+
+
+def format_value(value: Any) -> str:
+    """A compact rendering of one value (floats with 6 significant digits)."""
+    if isinstance(value, float):
+        return f"{value:.6g}"
+    return str(value)
+
+
+def format_age(seconds: float | None) -> str:
+    """``3.2 s``, ``4 min``, ``2.5 h`` (``-`` when unknown)."""
+    if seconds is None:
+        return "-"
+    if seconds < 120:
+        return f"{seconds:.1f} s"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
+def format_time(stamp: float | None) -> str:
+    """A POSIX time as local ``YYYY-MM-DD HH:MM:SS`` (``-`` when unknown)."""
+    if not stamp:
+        return "-"
+    return datetime.datetime.fromtimestamp(stamp).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def confirm(question: str) -> bool:
+    """Ask a yes/no question on the terminal; only ``y``/``yes`` is a yes."""
+    sys.stderr.write(f"{question} [y/N] ")
+    sys.stderr.flush()
+    answer = sys.stdin.readline().strip().lower()
+    return answer in ("y", "yes")

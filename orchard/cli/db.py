@@ -1,0 +1,132 @@
+"""``orchard db {test,dump,load,rm,release}``: storage tools.
+
+``dump`` writes experiments (configuration and every trial) to a JSON file,
+``load`` restores them into any storage (e.g. from a pickle file to MongoDB);
+``rm`` deletes an experiment after confirmation; ``release`` gives a stuck
+reservation back (reserved → interrupted); ``test`` checks a storage end to end.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Any
+
+from orchard.cli._args import add_common, add_name, confirm, open_experiment, open_storage
+
+__all__ = ["add_parser"]
+
+
+def add_parser(subparsers: Any) -> argparse.ArgumentParser:
+    """Register ``db`` and its sub-commands on the CLI's subparsers."""
+    from orchard.cli._args import OneLineParser
+
+    parser: argparse.ArgumentParser = subparsers.add_parser(
+        "db", help="storage tools: test, dump, load, rm, release"
+    )
+    commands = parser.add_subparsers(dest="db_command", metavar="SUBCOMMAND", parser_class=OneLineParser)
+    commands.required = True
+
+    test = commands.add_parser(
+        "test", help="check the storage: connect, write, atomic reserve, lock; with timings"
+    )
+    test.set_defaults(func=_run_test)
+
+    dump = commands.add_parser("dump", help="write experiments and their trials to a JSON file")
+    add_name(dump, required=False)
+    dump.add_argument("-o", "--output", required=True, metavar="FILE.json", help="output file ('-': stdout)")
+    dump.set_defaults(func=_run_dump)
+
+    load = commands.add_parser("load", help="restore experiments from a dump (into any storage)")
+    load.add_argument("file", metavar="FILE.json", help="a file written by 'orchard db dump'")
+    load.add_argument("-n", "--name", metavar="NEWNAME", help="load the (single) experiment under this name")
+    load.set_defaults(func=_run_load)
+
+    rm = commands.add_parser("rm", help="delete an experiment and all its trials")
+    add_name(rm)
+    rm.add_argument("--yes", "-y", action="store_true", help="do not ask for confirmation")
+    rm.set_defaults(func=_run_rm)
+
+    release = commands.add_parser("release", help="give a stuck reserved trial back (it becomes interrupted)")
+    add_name(release)
+    release.add_argument("trial", metavar="TRIAL_ID", help="the trial's id (or a unique prefix)")
+    release.set_defaults(func=_run_release)
+
+    for sub in (test, dump, load, rm, release):
+        add_common(sub)
+    return parser
+
+
+def _run_test(args: argparse.Namespace) -> int:
+    from orchard.cli._dbtest import check_storage
+
+    for line in check_storage(lambda: open_storage(args)):
+        print(line, flush=True)
+    return 0
+
+
+def _run_dump(args: argparse.Namespace) -> int:
+    from orchard.cli._dumps import dump_experiments, write_dump
+
+    storage = open_storage(args)
+    data = dump_experiments(storage, args.name)
+    write_dump(data, args.output)
+    n_trials = sum(len(e["trials"]) for e in data["experiments"])
+    where = "stdout" if args.output == "-" else args.output
+    print(f"dumped {len(data['experiments'])} experiment(s), {n_trials} trials, to {where}",
+          file=sys.stderr if args.output == "-" else sys.stdout)
+    return 0
+
+
+def _run_load(args: argparse.Namespace) -> int:
+    from orchard.cli._dumps import load_experiments, read_dump
+
+    data = read_dump(args.file)
+    storage = open_storage(args)
+    for name, added, total in load_experiments(storage, data, args.name):
+        print(f"loaded experiment {name!r} into {storage.redacted_uri}: {added} of {total} trials added"
+              + (f" ({total - added} were already there)" if added < total else ""))
+    return 0
+
+
+def _run_rm(args: argparse.Namespace) -> int:
+    from orchard.errors import ConfigurationError
+
+    experiment = open_experiment(args)
+    storage = experiment.storage
+    n_trials = sum(storage.count_trials(experiment.id).values())
+    if not args.yes:
+        if not sys.stdin.isatty():
+            raise ConfigurationError(
+                f"refusing to delete experiment {experiment.name!r} ({n_trials} trials) without "
+                "confirmation: no terminal to ask on; add --yes"
+            )
+        if not confirm(f"delete experiment {experiment.name!r} and its {n_trials} trials "
+                       f"from {storage.redacted_uri}?"):
+            print("nothing deleted")
+            return 1
+    deleted = storage.delete_experiment(experiment.id)
+    print(f"deleted experiment {experiment.name!r} and its {deleted} trials from {storage.redacted_uri}")
+    return 0
+
+
+def _run_release(args: argparse.Namespace) -> int:
+    from orchard.errors import TrialNotFoundError
+    from orchard.trial import TrialStatus
+
+    experiment = open_experiment(args)
+    trial = experiment.storage.get_trial(args.trial)
+    if trial is None or trial.experiment != experiment.id:
+        matches = [t for t in experiment.fetch_trials() if t.id.startswith(args.trial)]
+        if len(matches) != 1:
+            reserved = [t.id[:12] for t in experiment.fetch_trials([TrialStatus.RESERVED])]
+            what = "no trial" if not matches else f"{len(matches)} trials"
+            raise TrialNotFoundError(
+                f"{what} of experiment {experiment.name!r} match {args.trial!r}; "
+                f"reserved trials: {', '.join(reserved) or 'none'} (see orchard status -n {experiment.name})"
+            )
+        trial = matches[0]
+    released = experiment.storage.release_trial(trial.id, None)
+    print(f"released trial {released.id} of experiment {experiment.name!r} (was reserved by {trial.worker}); "
+          "it is now interrupted and the next worker takes it")
+    return 0

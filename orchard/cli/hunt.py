@@ -1,0 +1,281 @@
+"""``orchard hunt -n NAME [options] COMMAND…``: run a script as the trials of an experiment.
+
+The first ``hunt`` on a name creates the experiment; every later one (another
+terminal, another node, a SLURM array task) joins it as one more worker.
+Settings come, in this order, from the flags, the ``--config`` file,
+``ORCHARD_*`` variables, ``./orchard.yaml``, ``~/.config/orchard/config.yaml``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import threading
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from orchard.cli._args import UsageError, add_common, add_name, format_params
+
+if TYPE_CHECKING:  # pragma: no cover
+    from orchard.experiment import Experiment
+    from orchard.runner import CommandTemplate
+    from orchard.storages import BaseStorage
+
+__all__ = ["add_parser", "run"]
+
+_INTS = ("max_trials", "max_broken", "n_workers", "seed")
+_FLOATS = ("heartbeat", "idle_timeout", "trial_timeout")
+
+EXAMPLE = ("orchard hunt -n exp --max-trials 50 python train.py --lr~'loguniform(1e-5, 1)' "
+           "--layers~'randint(1, 6)'")
+
+
+def _positive(cast: Callable[[str], Any]) -> Callable[[str], Any]:
+    def parse(text: str) -> Any:
+        try:
+            value = cast(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a valid {cast.__name__}") from None
+        if value <= 0:
+            raise argparse.ArgumentTypeError(f"{text!r} must be positive")
+        return value
+
+    parse.__name__ = cast.__name__
+    return parse
+
+
+def add_parser(subparsers: Any) -> argparse.ArgumentParser:
+    """Register ``hunt`` on the CLI's subparsers."""
+    parser: argparse.ArgumentParser = subparsers.add_parser(
+        "hunt", help="run a script as trials of an experiment (one worker per hunt; join at will)",
+        usage="orchard hunt -n NAME [options] COMMAND...",
+        description="Run COMMAND once per trial. Tokens --name~'prior' define the search space and are "
+                    f"replaced by each trial's value. Example: {EXAMPLE}",
+    )
+    add_name(parser, required=False)
+    option = parser.add_argument
+    option("--max-trials", type=_positive(int), metavar="N",
+           help="budget of completed trials (can be raised later)")
+    option("--max-broken", type=_positive(int), metavar="N", help="stop after N broken trials (default 3)")
+    option("--algorithm", metavar="ALGO",
+           help="random, grid, bayes, or a mapping such as '{bayes: {acq_func: EI}}'")
+    option("--n-workers", type=_positive(int), metavar="K", help="run K local workers through the executor")
+    option("--executor", metavar="NAME", help="joblib (default), process, dask, thread, single")
+    option("--executor-config", metavar="MAPPING", help="executor options, e.g. '{address: tcp://host:8786}'")
+    option("--trial-timeout", type=_positive(float), metavar="SECONDS",
+           help="kill a trial's process group after this long; the trial is broken with reason timeout")
+    option("--heartbeat", type=_positive(float), metavar="SECONDS",
+           help="seconds between heartbeats (default 30)")
+    option("--idle-timeout", type=_positive(float), metavar="SECONDS",
+           help="exit after this long with nothing to do")
+    option("--working-dir", metavar="DIR",
+           help="folder of the per-trial folders (default ./orchard-runs/NAME)")
+    option("--config", metavar="FILE", help="YAML file with the same settings (and name, space)")
+    option("--seed", type=int, help="seed of the algorithm")
+    parser.add_argument("command", nargs=argparse.REMAINDER, metavar="COMMAND", help="the command to run")
+    add_common(parser)
+    parser.set_defaults(func=run)
+    return parser
+
+
+def run(args: argparse.Namespace) -> int:
+    """Create or join the experiment and work on it until there is nothing left to do.
+
+    Returns:
+        0 when the budget is met (or was already met).
+
+    Raises:
+        ExperimentBrokenError: ``max_broken`` trials broke.
+        ConfigurationError: bad options, priors or command.
+    """
+    with _sigterm_interrupts():
+        return _hunt(args, _settings_source(args))
+
+
+@contextmanager
+def _sigterm_interrupts() -> Iterator[None]:
+    """Turn SIGTERM (kill, scancel) into an interruption: the script stops, the trial is released."""
+    from orchard.cli import Terminated
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum: int, frame: Any) -> None:
+        raise Terminated()
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _settings_source(args: argparse.Namespace) -> Callable[[str], Any]:
+    """``setting(key)``: flag > --config file > ORCHARD_* > orchard.yaml > user config (no default)."""
+    from orchard import config
+    from orchard.errors import ConfigurationError
+
+    explicit: dict[str, Any] = {}
+    if args.config:
+        path = Path(args.config)
+        if not path.is_file():
+            raise ConfigurationError(f"config file {args.config} not found; check --config")
+        explicit = config.load_config_file(path)
+
+    def setting(key: str) -> Any:
+        if key not in config.DEFAULTS:  # name, space (flag or --config), executor_config (flag)
+            return getattr(args, key, None) or explicit.get(key)
+        value = config.resolve(key, getattr(args, key, None), explicit.get(key), use_default=False)
+        return _cast(key, value)
+
+    return setting
+
+
+def _cast(key: str, value: Any) -> Any:
+    from orchard.errors import ConfigurationError
+
+    if value is None or key not in _INTS + _FLOATS:
+        return value
+    try:
+        return int(value) if key in _INTS else float(value)
+    except (TypeError, ValueError):
+        raise ConfigurationError(
+            f"setting {key}={value!r} is not a number; fix it in the config file"
+        ) from None
+
+
+def _hunt(args: argparse.Namespace, setting: Callable[[str], Any]) -> int:
+    from orchard.storages import get_storage
+
+    name = setting("name")
+    if not name:
+        raise UsageError("hunt needs an experiment name: -n NAME (or name: in --config)")
+    tokens = list(args.command)
+    if tokens[:1] == ["--"]:
+        tokens = tokens[1:]
+    template = _template(tokens, setting("space"))
+    storage = get_storage(setting("storage") or "orchard.pkl")
+    template = _complete_space(template, storage, name)
+    experiment = _experiment(name, template, storage, setting)
+    if _budget_met(experiment):
+        return 0
+    return _work(experiment, template, setting)
+
+
+def _template(tokens: list[str], file_space: Mapping[str, str] | None) -> CommandTemplate:
+    from orchard.errors import ConfigurationError
+    from orchard.runner import CommandTemplate, resolve_program
+
+    template = CommandTemplate.parse(tokens)
+    if template.slots[0].dimension is not None:
+        raise ConfigurationError(f"the command starts with the prior {tokens[0]!r}; start it with the "
+                                 f"program to run, e.g. {EXAMPLE}")
+    if file_space:
+        if not isinstance(file_space, Mapping):
+            raise ConfigurationError("space in the config file must be a mapping of names to priors")
+        template = template.with_dimensions(file_space)
+    program, script = resolve_program(tokens)
+    return template.with_program(program, script)
+
+
+def _complete_space(template: CommandTemplate, storage: BaseStorage, name: str) -> CommandTemplate:
+    """Without priors in the command, join the stored experiment and pass all its dimensions."""
+    from orchard.errors import ConfigurationError
+
+    if template.space:
+        return template
+    record = storage.get_experiment(name)
+    if record is None:
+        raise ConfigurationError(
+            f"the command defines no dimension and experiment {name!r} does not exist in "
+            f"{storage.redacted_uri}; mark hyperparameters as --name~'prior', e.g. {EXAMPLE}"
+        )
+    return template.with_dimensions(record.config["space"])
+
+
+def _experiment(name: str, template: CommandTemplate, storage: BaseStorage,
+                setting: Callable[[str], Any]) -> Experiment:
+    from orchard.experiment import build_experiment
+
+    return build_experiment(
+        name, space=template.space, algorithm=_mapping_or_name("algorithm", setting("algorithm")),
+        storage=storage, max_trials=setting("max_trials"), max_broken=setting("max_broken"),
+        heartbeat=setting("heartbeat"), seed=setting("seed"), working_dir=setting("working_dir"),
+    )
+
+
+def _mapping_or_name(option: str, value: Any) -> Any:
+    """A name, or a JSON/YAML mapping given as a string (``'{bayes: {acq_func: EI}}'``)."""
+    from orchard.errors import ConfigurationError
+
+    if not isinstance(value, str) or not (value.lstrip().startswith("{") or ":" in value):
+        return value
+    import yaml
+
+    try:
+        data = yaml.safe_load(value)
+    except yaml.YAMLError as err:
+        raise ConfigurationError(f"--{option.replace('_', '-')} {value!r} is not a valid JSON/YAML mapping: "
+                                 f"{' '.join(str(err).split())}") from None
+    if not isinstance(data, dict):
+        raise ConfigurationError(f"--{option.replace('_', '-')} {value!r} must be a name or a mapping")
+    return data
+
+
+def _budget_met(experiment: Experiment) -> bool:
+    from orchard.trial import TrialStatus
+
+    done = experiment.storage.count_trials(experiment.id)[TrialStatus.COMPLETED]
+    if experiment.max_trials is None or done < experiment.max_trials:
+        return False
+    print(f"experiment {experiment.name!r} has already completed its {done} trials "
+          f"(max_trials={experiment.max_trials}); nothing to do. Raise --max-trials to run more")
+    return True
+
+
+def _interrupt_local_workers() -> None:
+    """Pass SIGTERM on, as SIGINT, to local worker processes so they release their trials.
+
+    Ctrl-C in a terminal reaches the whole process group; a SIGTERM sent to this
+    process alone would leave the workers running (and the exit waiting for them).
+    """
+    import multiprocessing
+
+    for child in multiprocessing.active_children():
+        if child.pid is not None:
+            try:
+                os.kill(child.pid, signal.SIGINT)
+            except ProcessLookupError:
+                pass
+
+
+def _work(experiment: Experiment, template: CommandTemplate, setting: Callable[[str], Any]) -> int:
+    from orchard.cli import Terminated
+    from orchard.runner import ScriptRunner
+
+    base = setting("working_dir") or experiment.config.get("working_dir") or os.path.join("orchard-runs",
+                                                                                         experiment.name)
+    runner = ScriptRunner(template, experiment.name, os.path.abspath(base), setting("trial_timeout"))
+    n_workers = setting("n_workers") or 1
+    executor = setting("executor") or "joblib"
+    if n_workers == 1 and executor in ("joblib", "loky"):
+        executor = "single"  # one worker: run it here, no process pool to start
+    try:
+        stats = experiment.workon(
+            runner, n_workers=n_workers, executor=executor, idle_timeout=setting("idle_timeout"),
+            executor_config=_mapping_or_name("executor_config", setting("executor_config")),
+        )
+    except Terminated:
+        _interrupt_local_workers()
+        raise
+    counts = stats["counts"]
+    best = ""
+    if stats["best_objective"] is not None:
+        best = f"; best objective {stats['best_objective']:.6g} at {format_params(stats['best_params'])}"
+    print(f"experiment {experiment.name!r}: {counts['completed']} completed, {counts['broken']} broken"
+          f"{best}")
+    return 0

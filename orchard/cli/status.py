@@ -1,0 +1,203 @@
+"""``orchard status``, ``orchard list`` and ``orchard info``: look at experiments.
+
+Workers are not registered anywhere (there is no master): the live workers
+shown are the owners of reserved trials, with the age of their heartbeats. A
+heartbeat older than 3 × the experiment's heartbeat marks a lost worker.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from typing import TYPE_CHECKING, Any
+
+from orchard.cli._args import (
+    add_common,
+    add_name,
+    format_age,
+    format_params,
+    format_time,
+    format_value,
+    open_experiment,
+    open_storage,
+)
+
+if TYPE_CHECKING:  # pragma: no cover
+    from orchard.experiment import Experiment
+
+__all__ = ["add_parser", "experiment_status", "run_info", "run_list", "run_status"]
+
+_CLEAR = "\x1b[H\x1b[2J"
+
+
+def add_parser(subparsers: Any) -> None:
+    """Register ``status``, ``list`` and ``info`` on the CLI's subparsers."""
+    status = subparsers.add_parser("status", help="progress, best trial and live workers of experiments")
+    add_name(status, required=False)
+    status.add_argument("--watch", action="store_true", help="refresh in place until Ctrl-C")
+    status.add_argument("--interval", type=float, default=2.0, metavar="SECONDS",
+                        help="refresh period (--watch)")
+    status.add_argument("--json", action="store_true", help="print JSON (an object with -n, else a list)")
+    add_common(status)
+    status.set_defaults(func=run_status)
+
+    listing = subparsers.add_parser("list", help="the experiments in the storage")
+    listing.add_argument("--json", action="store_true", help="print JSON")
+    add_common(listing)
+    listing.set_defaults(func=run_list)
+
+    info = subparsers.add_parser("info", help="space, algorithm, budget, config, best trial and stats")
+    add_name(info)
+    info.add_argument("--json", action="store_true", help="print JSON")
+    add_common(info)
+    info.set_defaults(func=run_info)
+
+
+# -- status ---------------------------------------------------------------------------
+
+
+def experiment_status(experiment: Experiment, now: float | None = None) -> dict[str, Any]:
+    """Counts by status, best trial, trials/s and live workers of one experiment, as plain data."""
+    from orchard.trial import TrialStatus
+
+    now = time.time() if now is None else now
+    stats = experiment.stats
+    best = experiment.best_trial
+    stale_after = 3.0 * float(experiment.config.get("heartbeat", 30.0))
+    workers = []
+    for trial in experiment.fetch_trials([TrialStatus.RESERVED]):
+        age = None if trial.heartbeat is None else max(now - trial.heartbeat, 0.0)
+        workers.append({"worker": trial.worker, "trial": trial.id, "params": trial.params,
+                        "heartbeat_age": age, "stale": age is not None and age > stale_after})
+    return {
+        "name": experiment.name, "storage": experiment.storage.redacted_uri, "counts": stats["counts"],
+        "max_trials": experiment.max_trials, "best_trial": best.id if best else None,
+        "best_objective": stats["best_objective"], "best_params": stats["best_params"],
+        "elapsed": stats["elapsed"], "trials_per_second": stats["trials_per_second"], "workers": workers,
+    }
+
+
+def _counts(counts: dict[str, int]) -> str:
+    order = ("completed", "broken", "reserved", "interrupted", "new")
+    return ", ".join(f"{counts.get(k, 0)} {k}" for k in order)
+
+
+def _speed(stats: dict[str, Any]) -> str:
+    return f"{stats['trials_per_second']:.3g} trials/s over {format_age(stats['elapsed'])}"
+
+
+def _status_lines(status: dict[str, Any]) -> list[str]:
+    counts = status["counts"]
+    budget = f" of max_trials={status['max_trials']}" if status["max_trials"] is not None else ""
+    lines = [
+        f"experiment {status['name']!r} ({status['storage']})",
+        "  trials:  " + _counts(counts) + budget,
+    ]
+    if status["best_objective"] is not None:
+        lines.append(f"  best:    {status['best_objective']:.6g} at {format_params(status['best_params'])} "
+                     f"(trial {status['best_trial'][:12]})")
+    lines.append(f"  speed:   {_speed(status)}")
+    lines.append(f"  workers: {len(status['workers'])} evaluating")
+    for worker in status["workers"]:
+        stale = "  LOST (stale heartbeat)" if worker["stale"] else ""
+        lines.append(f"    {worker['worker']}  trial {worker['trial'][:12]}  "
+                     f"heartbeat {format_age(worker['heartbeat_age'])} ago{stale}")
+    return lines
+
+
+def _collect(args: argparse.Namespace) -> list[dict[str, Any]]:
+    from orchard.experiment import Experiment
+
+    if args.name:
+        return [experiment_status(open_experiment(args))]
+    storage = open_storage(args)
+    return [experiment_status(Experiment(storage, record)) for record in storage.list_experiments()]
+
+
+def _render(args: argparse.Namespace, statuses: list[dict[str, Any]]) -> str:
+    if args.json:
+        return json.dumps(statuses[0] if args.name else statuses, indent=2, default=str)
+    if not statuses:
+        return "no experiments in this storage"
+    return "\n\n".join("\n".join(_status_lines(s)) for s in statuses)
+
+
+def run_status(args: argparse.Namespace) -> int:
+    """Print the status of one experiment (``-n``) or of all; ``--watch`` refreshes until Ctrl-C."""
+    if not args.watch:
+        print(_render(args, _collect(args)))
+        return 0
+    in_place = sys.stdout.isatty()
+    try:
+        while True:
+            text = _render(args, _collect(args))
+            stamp = time.strftime("%H:%M:%S")
+            sys.stdout.write((_CLEAR if in_place else "") + f"{text}\n(updated {stamp}; Ctrl-C to stop)\n\n")
+            sys.stdout.flush()
+            time.sleep(max(args.interval, 0.1))
+    except KeyboardInterrupt:
+        return 0  # stopping a watch is its normal end
+
+
+# -- list and info ----------------------------------------------------------------------
+
+
+def run_list(args: argparse.Namespace) -> int:
+    """Print one line per experiment: name, completed of budget, broken, running."""
+    from orchard.trial import TrialStatus
+
+    storage = open_storage(args)
+    rows: list[dict[str, Any]] = []
+    for record in storage.list_experiments():
+        counts = storage.count_trials(record.id)
+        rows.append({"name": record.name, "created": record.created,
+                     "max_trials": record.config.get("max_trials"),
+                     "counts": {status.value: counts[status] for status in TrialStatus}})
+    if args.json:
+        print(json.dumps(rows, indent=2))
+    elif not rows:
+        print(f"no experiments in {storage.redacted_uri}")
+    else:
+        width = max(len(r["name"]) for r in rows)
+        for row in rows:
+            c, budget = row["counts"], row["max_trials"] or "-"
+            print(f"{row['name']:<{width}}  {c['completed']}/{budget} completed  {c['broken']} broken  "
+                  f"{c['reserved']} running  {c['new'] + c['interrupted']} waiting")
+    return 0
+
+
+def run_info(args: argparse.Namespace) -> int:
+    """Print an experiment's space, algorithm, budget, config, best trial and stats."""
+    experiment = open_experiment(args)
+    best = experiment.best_trial
+    record = experiment.storage.require_experiment(experiment.name)
+    info = {
+        "name": experiment.name, "id": experiment.id, "storage": experiment.storage.redacted_uri,
+        "created": record.created, "space": experiment.space.config(), "algorithm": experiment.algorithm,
+        "config": {k: v for k, v in experiment.config.items() if k not in ("space", "algorithm")},
+        "best_trial": best.to_dict() if best else None, "stats": experiment.stats,
+    }
+    if args.json:
+        print(json.dumps(info, indent=2, default=str))
+        return 0
+    print("\n".join(_info_lines(info)))
+    return 0
+
+
+def _info_lines(info: dict[str, Any]) -> list[str]:
+    lines = [f"experiment {info['name']!r} (id {info['id']}, {info['storage']})",
+             f"  created:   {format_time(info['created'])}", "  space:"]
+    lines += [f"    {name}: {prior}" for name, prior in info["space"].items()]
+    lines.append(f"  algorithm: {json.dumps(info['algorithm'])}")
+    config = sorted(info["config"].items())
+    lines.append("  config:    " + ", ".join(f"{k}={format_value(v)}" for k, v in config))
+    best = info["best_trial"]
+    if best is not None:
+        lines.append(f"  best:      {best['objective']:.6g} at {format_params(best['params'])} "
+                     f"(trial {best['id'][:12]}, worker {best['worker']})")
+    stats = info["stats"]
+    lines.append("  trials:    " + _counts(stats["counts"]))
+    lines.append(f"  speed:     {_speed(stats)}")
+    return lines

@@ -1,0 +1,396 @@
+"""Running a user's script for ``orchard hunt``: command rendering, results file, timeouts.
+
+The command given to ``hunt`` is a template. Tokens that carry a prior define
+the search space, and are replaced by the trial's value when it runs:
+
+=============================  =====================  =================================
+token                          dimension              rendered as
+=============================  =====================  =================================
+``--lr~'loguniform(1e-5, 1)'``  ``lr``                 ``--lr=0.0031``
+``-lr~'loguniform(1e-5, 1)'``   ``lr``                 ``-lr 0.0031`` (two tokens)
+``lr~'loguniform(1e-5, 1)'``    ``lr``                 ``lr=0.0031`` (Hydra-style override)
+=============================  =====================  =================================
+
+Dashes and dots in an option name become underscores in the dimension name
+(``--learning-rate~…`` is the dimension ``learning_rate`` but is still rendered
+as ``--learning-rate=…``). The bare form is only recognised when what follows
+``~`` looks like a prior call, so paths such as ``~/data`` are left alone.
+The placeholders ``{trial.id}``, ``{trial.working_dir}`` and ``{exp.name}`` are
+substituted in every other token.
+
+Each trial runs in its own folder ``WORKING_DIR/TRIAL_ID`` (relative paths in
+the command resolve there; the script itself is made absolute), in a new
+process group, with ``ORCHARD_EXPERIMENT_NAME``, ``ORCHARD_TRIAL_ID``,
+``ORCHARD_WORKING_DIR`` and ``ORCHARD_RESULTS_PATH`` set. Its stdout and stderr
+go to ``stdout.log`` and ``stderr.log`` in that folder. The result is the JSON
+the script wrote to ``ORCHARD_RESULTS_PATH`` (see :mod:`orchard.report`).
+POSIX only: process groups are stopped with ``os.killpg``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import re
+import shutil
+import signal
+import subprocess
+import threading
+from collections.abc import Mapping, Sequence
+from typing import Any, ClassVar
+
+from orchard.errors import ConfigurationError, SpaceError
+from orchard.objective import Outcome, interpret_result
+from orchard.report import RESULTS_ENV
+from orchard.trial import Trial
+
+__all__ = ["CommandTemplate", "ScriptRunner", "resolve_program"]
+
+RESULTS_FILE = "results.json"
+STDOUT_FILE = "stdout.log"
+STDERR_FILE = "stderr.log"
+STDERR_TAIL_LINES = 20
+
+_DIMENSION = re.compile(r"^(?P<dashes>-{0,2})(?P<option>[A-Za-z_][A-Za-z0-9_.-]*)~(?P<prior>.*)$", re.DOTALL)
+_PRIOR_CALL = re.compile(r"^\s*[A-Za-z_]\w*\s*\(")
+_INTERPRETERS = re.compile(r"^(python[\d.]*|pypy[\d.]*|bash|sh|zsh|Rscript|julia|node|perl|ruby)$")
+_SCRIPT_SUFFIXES = (".py", ".sh", ".R", ".r", ".jl", ".js", ".pl", ".rb")
+
+
+# -- the command template ---------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class _Slot:
+    """One token of the command: literal text, or a dimension rendered per trial."""
+
+    text: str
+    dimension: str | None = None
+    dashes: str = ""
+
+
+@dataclasses.dataclass(frozen=True)
+class CommandTemplate:
+    """A parsed ``hunt`` command: its tokens and the search space they define."""
+
+    slots: tuple[_Slot, ...]
+    space: dict[str, str]
+
+    @classmethod
+    def parse(cls, tokens: Sequence[str]) -> CommandTemplate:
+        """Find the ``name~prior`` tokens of a command.
+
+        Raises:
+            SpaceError: a prior cannot be parsed, or a dimension is defined twice.
+            ConfigurationError: the command is empty.
+        """
+        from orchard.space import parse_prior
+
+        if not tokens:
+            raise ConfigurationError(
+                "no command given to run; put it after the hunt options, "
+                "e.g. orchard hunt -n exp python train.py --lr~'loguniform(1e-5, 1)'"
+            )
+        slots: list[_Slot] = []
+        space: dict[str, str] = {}
+        for token in tokens:
+            match = _DIMENSION.match(token)
+            if match is None or (not match["dashes"] and not _PRIOR_CALL.match(match["prior"])):
+                slots.append(_Slot(token))
+                continue
+            name = re.sub(r"[-.]", "_", match["option"])
+            if name in space:
+                raise SpaceError(f"dimension {name!r} is defined twice in the command (token {token!r})")
+            parse_prior(name, match["prior"])  # fail early, naming the dimension
+            space[name] = match["prior"]
+            slots.append(_Slot(match["option"], name, match["dashes"]))
+        return cls(tuple(slots), space)
+
+    def with_dimensions(self, space: Mapping[str, str]) -> CommandTemplate:
+        """Return a template that also passes the dimensions of ``space`` it lacks, as ``--name=value``."""
+        extra = [_Slot(name, name, "--") for name in space if name not in self.space]
+        merged = {**self.space, **{name: space[name] for name in space if name not in self.space}}
+        return CommandTemplate(self.slots + tuple(extra), merged)
+
+    def with_program(self, program: str, script: tuple[int, str] | None = None) -> CommandTemplate:
+        """Return a template whose first token (and script token ``(index, path)``) are replaced."""
+        slots = list(self.slots)
+        slots[0] = _Slot(program)
+        if script is not None:
+            slots[script[0]] = _Slot(script[1])
+        return dataclasses.replace(self, slots=tuple(slots))
+
+    @property
+    def tokens(self) -> list[str]:
+        """The literal tokens (dimension slots as their option names)."""
+        return [slot.text for slot in self.slots]
+
+    def render(self, params: Mapping[str, Any], placeholders: Mapping[str, str]) -> list[str]:
+        """Return the argv of one trial: values in place of priors, placeholders substituted."""
+        argv: list[str] = []
+        for slot in self.slots:
+            if slot.dimension is None:
+                argv.append(_substitute(slot.text, placeholders))
+            elif slot.dashes == "-":
+                argv += [f"-{slot.text}", _format_value(params[slot.dimension])]
+            else:
+                argv.append(f"{slot.dashes}{slot.text}={_format_value(params[slot.dimension])}")
+        return argv
+
+
+def _substitute(text: str, placeholders: Mapping[str, str]) -> str:
+    if "{" not in text:
+        return text
+    for key, value in placeholders.items():
+        text = text.replace("{" + key + "}", value)
+    return text
+
+
+def _format_value(value: Any) -> str:
+    return repr(value) if isinstance(value, float) else str(value)
+
+
+def resolve_program(tokens: Sequence[str], cwd: str | None = None) -> tuple[str, tuple[int, str] | None]:
+    """Check that a command's program (and the script an interpreter runs) exist.
+
+    Args:
+        tokens: the command's tokens.
+        cwd: the directory relative paths are resolved against (default: the current one).
+
+    Returns:
+        The program's absolute path, and ``(index, absolute path)`` of the script
+        token when the program is an interpreter such as ``python`` (else ``None``).
+
+    Raises:
+        ConfigurationError: the program or script does not exist or cannot be executed.
+    """
+    here = cwd or os.getcwd()
+    program = tokens[0]
+    found = shutil.which(program)
+    if os.sep in program or (found is None and os.path.isfile(os.path.join(here, program))):
+        found = _check_file(program, here)
+    if found is None:
+        raise ConfigurationError(
+            f"command {program!r} not found on PATH nor as a file in {here}; "
+            "check the command given to hunt, e.g. 'python train.py ...'"
+        )
+    script = _find_script(tokens, here) if _INTERPRETERS.match(os.path.basename(program)) else None
+    return os.path.abspath(found), script
+
+
+def _check_file(program: str, here: str) -> str:
+    path = os.path.join(here, program)
+    if not os.path.isfile(path):
+        raise ConfigurationError(f"script {program!r} not found (no such file in {here}); check the command")
+    if not os.access(path, os.X_OK):
+        raise ConfigurationError(
+            f"script {program!r} is not executable; run 'chmod +x {program}' "
+            f"or start it through its interpreter, e.g. 'python {program}'"
+        )
+    return path
+
+
+def _find_script(tokens: Sequence[str], here: str) -> tuple[int, str] | None:
+    """The interpreter's script argument, made absolute (trials run in their own folders)."""
+    for index, token in enumerate(tokens[1:], start=1):
+        if token in ("-m", "-c", "-e", "--eval"):
+            return None
+        if token.startswith("-") or "~" in token:
+            continue
+        path = os.path.join(here, token)
+        if os.path.isfile(path):
+            return index, os.path.abspath(path)
+        if token.endswith(_SCRIPT_SUFFIXES):
+            raise ConfigurationError(f"script {token!r} not found in {here}; check the command given to hunt")
+        return None
+    return None
+
+
+# -- running one trial --------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class ScriptRunner:
+    """Evaluates trials by running the command; picklable, so executors can ship it.
+
+    Args:
+        template: the parsed command (its program already made absolute).
+        experiment: the experiment's name (``{exp.name}``, ``ORCHARD_EXPERIMENT_NAME``).
+        working_dir: absolute folder under which each trial gets ``TRIAL_ID/``.
+        timeout: seconds after which the script's process group is killed.
+        grace: seconds between SIGTERM and SIGKILL when stopping a script.
+    """
+
+    evaluates_trials: ClassVar[bool] = True
+
+    template: CommandTemplate
+    experiment: str
+    working_dir: str
+    timeout: float | None = None
+    grace: float = 5.0
+
+    def __call__(self, trial: Trial) -> Outcome:
+        """Run the command for ``trial`` and return its outcome (never raises for script failures).
+
+        ``KeyboardInterrupt`` stops the script's process group and propagates, so the
+        worker releases the trial.
+        """
+        folder = os.path.join(self.working_dir, trial.id)
+        results = os.path.join(folder, RESULTS_FILE)
+        try:
+            os.makedirs(folder, exist_ok=True)
+            if os.path.exists(results):
+                os.remove(results)  # left by an earlier, interrupted attempt
+        except OSError as err:
+            return Outcome.failure("OSError", f"cannot prepare trial folder {folder}: {err}", reason="setup")
+        argv = self.template.render(trial.params, {
+            "trial.id": trial.id, "trial.working_dir": folder, "exp.name": self.experiment,
+        })
+        env = {**os.environ, "ORCHARD_EXPERIMENT_NAME": self.experiment, "ORCHARD_TRIAL_ID": trial.id,
+               "ORCHARD_WORKING_DIR": folder, RESULTS_ENV: results}
+        returncode, timed_out = self._run(argv, folder, env)
+        if isinstance(returncode, Outcome):
+            return returncode
+        return _outcome(folder, returncode, timed_out, self.timeout)
+
+    def _run(self, argv: list[str], folder: str, env: dict[str, str]) -> tuple[int | Outcome, bool]:
+        with open(os.path.join(folder, STDOUT_FILE), "wb") as out, \
+                open(os.path.join(folder, STDERR_FILE), "wb") as err:
+            try:
+                proc = subprocess.Popen(argv, cwd=folder, env=env, stdin=subprocess.DEVNULL,
+                                        stdout=out, stderr=err, start_new_session=True)
+            except OSError as error:
+                return Outcome.failure("OSError", f"cannot start {argv[0]!r}: {error}", reason="start"), False
+            deadline = _Deadline(proc, self.timeout, self.grace)
+            try:
+                returncode = proc.wait()
+            except BaseException:  # Ctrl-C (KeyboardInterrupt) or SIGTERM: stop the script first
+                stop_group(proc, self.grace)
+                raise
+            finally:
+                deadline.cancel()
+            if deadline.fired:
+                _signal_group(proc.pid, signal.SIGKILL)  # children that outlived the leader
+            return returncode, deadline.fired
+
+
+class _Deadline:
+    """Stops a process group after ``timeout`` seconds, from a daemon thread (no polling)."""
+
+    def __init__(self, proc: subprocess.Popen[bytes], timeout: float | None, grace: float) -> None:
+        self.fired = False
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        if timeout is not None:
+            self._thread = threading.Thread(target=self._watch, args=(proc, timeout, grace),
+                                            name="orchard-trial-timeout", daemon=True)
+            self._thread.start()
+
+    def _watch(self, proc: subprocess.Popen[bytes], timeout: float, grace: float) -> None:
+        if self._stop.wait(timeout):
+            return
+        self.fired = True
+        _signal_group(proc.pid, signal.SIGTERM)
+        if not self._stop.wait(grace):
+            _signal_group(proc.pid, signal.SIGKILL)
+
+    def cancel(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+
+
+def _signal_group(pgid: int, sig: signal.Signals) -> None:
+    try:
+        os.killpg(pgid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass  # the group is gone already
+
+
+def stop_group(proc: subprocess.Popen[bytes], grace: float) -> None:
+    """Stop a script's process group: SIGTERM, then SIGKILL after ``grace`` seconds.
+
+    A second Ctrl-C during the grace period kills the group at once.
+    """
+    _signal_group(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(grace)
+    except (subprocess.TimeoutExpired, KeyboardInterrupt):
+        pass
+    _signal_group(proc.pid, signal.SIGKILL)
+    proc.wait()
+
+
+# -- reading the outcome -------------------------------------------------------------
+
+
+def _outcome(folder: str, returncode: int, timed_out: bool, timeout: float | None) -> Outcome:
+    stderr = _tail(os.path.join(folder, STDERR_FILE))
+    last = stderr.strip().splitlines()[-1][:200] if stderr.strip() else ""
+    hint = f" (last stderr line: {last})" if last else f"; see {os.path.join(folder, STDERR_FILE)}"
+    if timed_out:
+        return Outcome.failure("TimeoutError", f"script ran longer than --trial-timeout={timeout:g} s; "
+                               "its process group was killed", reason="timeout", stderr=stderr)
+    if returncode != 0:
+        how = (f"was killed by {_signal_name(-returncode)}" if returncode < 0
+               else f"exited with code {returncode}")
+        return Outcome.failure("ScriptError", f"script {how}{hint}", reason="exit-code",
+                               returncode=returncode, stderr=stderr)
+    outcome = _read_results(os.path.join(folder, RESULTS_FILE))
+    if outcome.error is not None:
+        outcome.error.setdefault("stderr", stderr)
+    return outcome
+
+
+def _read_results(path: str) -> Outcome:
+    def failure(reason: str, message: str, type_: str = "InvalidResult") -> Outcome:
+        return Outcome.failure(type_, message, reason=reason)
+
+    try:
+        with open(path, encoding="utf-8") as handle:
+            text = handle.read()
+    except FileNotFoundError:
+        return failure("missing", f"the script exited 0 without reporting a result ({path} was not written); "
+                       "call orchard.report_objective(value) or write JSON to $ORCHARD_RESULTS_PATH",
+                       "MissingResult")
+    except (OSError, UnicodeDecodeError) as err:
+        return failure("unreadable", f"cannot read the results file {path}: {err}")
+    if not text.strip():
+        return failure("empty", f"the results file {path} is empty")
+    try:
+        data = json.loads(text)
+    except ValueError as err:
+        return failure("not-json", f"the results file {path} is not JSON ({err}): {text[:80]!r}")
+    outcome = interpret_result(data)
+    if outcome.error is not None:
+        value = data.get("objective") if isinstance(data, dict) else data
+        outcome.error["reason"] = _invalid_reason(data, value)
+    return outcome
+
+
+def _invalid_reason(data: Any, value: Any) -> str:
+    if isinstance(data, dict) and "objective" not in data:
+        return "no-objective"
+    if isinstance(value, float):
+        return "nan" if math.isnan(value) else "infinite"
+    return "not-a-number"
+
+
+def _tail(path: str, lines: int = STDERR_TAIL_LINES, limit: int = 8192) -> str:
+    try:
+        with open(path, "rb") as handle:
+            handle.seek(0, os.SEEK_END)
+            handle.seek(max(handle.tell() - limit, 0))
+            data = handle.read()
+    except OSError:
+        return ""
+    return "\n".join(data.decode("utf-8", "replace").splitlines()[-lines:])
+
+
+def _signal_name(number: int) -> str:
+    try:
+        return signal.Signals(number).name
+    except ValueError:
+        return f"signal {number}"

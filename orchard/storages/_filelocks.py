@@ -1,0 +1,209 @@
+"""The inter-process locks of the pickle storage.
+
+``kernel``: an exclusive ``flock`` on the lock file, dropped by the kernel when
+its holder dies. ``soft``: :class:`filelock.SoftFileLock`, an existence marker
+for filesystems without working ``flock`` (NFS, Lustre), plus breaking of
+markers whose holder is gone. Both are polled with a short randomized backoff,
+since verbs hold the lock for well under a millisecond.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import logging
+import os
+import random
+import socket
+import time
+import uuid
+from typing import Protocol
+
+import filelock
+
+try:
+    import fcntl
+except ImportError:  # pragma: no cover - Windows
+    fcntl = None  # type: ignore[assignment]
+
+__all__ = ["FileLockLike", "KernelLock", "SoftLock", "acquire", "make_lock", "pid_alive"]
+
+log = logging.getLogger(__name__)
+
+
+class FileLockLike(Protocol):
+    """What the storage needs from a lock: one non-blocking attempt, and release."""
+
+    path: str
+
+    def try_acquire(self) -> bool: ...
+
+    def release(self) -> None: ...
+
+
+class KernelLock:
+    """An exclusive ``flock`` on the lock file; the kernel drops it when the holder dies.
+
+    The same lock as :class:`filelock.FileLock` on POSIX (the two interoperate),
+    without its per-acquire bookkeeping, which costs ~50 µs against ~2 µs here.
+    """
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self._fd: int | None = None
+
+    def try_acquire(self) -> bool:
+        """Take the lock if it is free; return whether this call took it."""
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as err:
+            os.close(fd)
+            if err.errno in (errno.EAGAIN, errno.EACCES):
+                return False
+            raise
+        try:
+            same = os.path.samestat(os.fstat(fd), os.stat(self.path))
+        except FileNotFoundError:
+            same = False
+        if not same:  # the lock file was deleted or replaced between open and flock
+            os.close(fd)
+            return False
+        self._fd = fd
+        return True
+
+    def release(self) -> None:
+        """Drop the lock."""
+        fd, self._fd = self._fd, None
+        if fd is not None:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_UN)  # explicit: a forked child may share the descriptor
+            finally:
+                os.close(fd)
+
+
+class _PortableKernelLock:  # pragma: no cover - platforms without fcntl (Windows)
+    """:class:`filelock.FileLock` where ``fcntl`` is missing."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self._lock = filelock.FileLock(path, thread_local=False)
+
+    def try_acquire(self) -> bool:
+        try:
+            self._lock.acquire(timeout=0)
+        except filelock.Timeout:
+            return False
+        return True
+
+    def release(self) -> None:
+        self._lock.release()
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether process ``pid`` of this host is running (a zombie counts as dead)."""
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:
+        return True  # e.g. another user's process
+    try:  # a killed but unreaped child still answers kill(0)
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            return f.read().rsplit(b")", 1)[1].split()[0] != b"Z"
+    except (OSError, IndexError):
+        return True
+
+
+class SoftLock:
+    """:class:`filelock.SoftFileLock` that breaks stale markers.
+
+    filelock (3.22 and later) writes the holder's pid and host into the marker;
+    its mtime is when it was taken. A marker is stale when its holder is a dead
+    process on this host, or when it is older than ``stale_after`` seconds
+    (verbs hold the lock for milliseconds). Breaking renames the marker to a
+    unique name first, so of several breakers only one wins, and puts it back
+    if what it renamed turns out to be a fresh marker.
+    """
+
+    def __init__(self, path: str, stale_after: float) -> None:
+        self.path = path
+        self.stale_after = stale_after
+        self._lock = filelock.SoftFileLock(path, thread_local=False)
+
+    def try_acquire(self) -> bool:
+        """Take the lock if it is free (breaking a stale marker first); return whether taken."""
+        try:
+            self._lock.acquire(timeout=0)
+        except filelock.Timeout:
+            self.break_if_stale()
+            return False
+        return True
+
+    def release(self) -> None:
+        """Drop the lock (filelock removes the marker)."""
+        self._lock.release()
+
+    def break_if_stale(self) -> bool:
+        """Remove the marker if its holder is gone; return whether this call removed it."""
+        try:
+            judged = os.lstat(self.path)
+            with open(self.path, "rb") as f:
+                content = f.read(1024)
+        except OSError:
+            return False
+        if not self._is_stale(judged, content):
+            return False
+        aside = f"{self.path}.stale-{uuid.uuid4().hex}"
+        try:
+            os.rename(self.path, aside)
+        except OSError:
+            return False  # another breaker won, or the holder released it
+        try:
+            taken = os.lstat(aside)
+            if (taken.st_ino, taken.st_mtime_ns) != (judged.st_ino, judged.st_mtime_ns):
+                with contextlib.suppress(OSError):
+                    os.link(aside, self.path)  # a fresh marker replaced the stale one: put it back
+                return False
+            log.warning("broke stale lock %s (holder record: %r)", self.path, content.decode(errors="replace"))
+            return True
+        finally:
+            with contextlib.suppress(OSError):
+                os.unlink(aside)
+
+    def _is_stale(self, marker: os.stat_result, content: bytes) -> bool:
+        if time.time() - marker.st_mtime > self.stale_after:
+            return True
+        lines = content.decode(errors="replace").splitlines()
+        if len(lines) < 2 or not lines[0].isdigit() or lines[1] != socket.gethostname():
+            return False  # no owner recorded (yet), or a holder on another host: wait for the age limit
+        pid = int(lines[0])
+        return 0 < pid < 2**31 and not pid_alive(pid)
+
+
+def make_lock(kind: str, path: str, stale_after: float) -> FileLockLike:
+    """Return a ``"kernel"`` or ``"soft"`` lock on ``path``."""
+    if kind == "soft":
+        return SoftLock(path, stale_after)
+    if fcntl is not None:
+        return KernelLock(path)
+    return _PortableKernelLock(path)  # pragma: no cover - Windows
+
+
+def acquire(lock: FileLockLike, timeout: float, max_delay: float) -> bool:
+    """Poll ``lock`` with a randomized exponential backoff; return ``False`` after ``timeout`` seconds.
+
+    Raises:
+        OSError: the lock file cannot be created or locked at all.
+    """
+    deadline = time.monotonic() + timeout
+    delay = 1e-4
+    while not lock.try_acquire():
+        left = deadline - time.monotonic()
+        if left <= 0:
+            return False
+        time.sleep(min(delay * random.uniform(0.5, 1.0), left))
+        delay = min(delay * 2, max_delay)
+    return True

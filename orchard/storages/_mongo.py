@@ -1,0 +1,181 @@
+"""Plumbing for :mod:`orchard.storages.mongodb`: clients, indexes, driver errors, documents.
+
+Nothing here decides anything about trials; :class:`~orchard.storages.mongodb.MongoStorage`
+does. This module opens a pymongo (or mongomock) client for a URI without
+touching the network, creates the indexes the verbs rely on, turns driver
+exceptions into :mod:`orchard.errors` leaves with credential-free messages,
+and converts between :class:`~orchard.trial.Trial` and stored documents.
+"""
+
+from __future__ import annotations
+
+import threading
+import urllib.parse
+import uuid
+from typing import Any
+
+import pymongo
+from bson.errors import BSONError
+from pymongo.errors import ConfigurationError as PyMongoConfigurationError
+from pymongo.errors import ConnectionFailure, DuplicateKeyError, OperationFailure, PyMongoError
+from pymongo.uri_parser import parse_uri
+
+from orchard.errors import ConfigurationError, StorageError, StorageUnavailableError
+from orchard.storages._uri import redact, split_options
+from orchard.trial import Trial
+
+__all__ = [
+    "DEFAULT_DATABASE",
+    "Client",
+    "doc_to_trial",
+    "duplicate_key_field",
+    "ensure_indexes",
+    "name_anonymous_mock",
+    "open_client",
+    "translate",
+    "trial_to_doc",
+]
+
+#: Database used when the URI names none.
+DEFAULT_DATABASE = "orchard"
+
+#: Client options applied unless the URI sets them: fail fast when the server is down.
+_CLIENT_DEFAULTS: dict[str, int] = {"serverSelectionTimeoutMS": 5000, "connectTimeoutMS": 5000}
+
+#: Server codes meaning "who you are" or "what you may do" was refused.
+_AUTH_CODES = frozenset({11, 13, 18})  # UserNotFound, Unauthorized, AuthenticationFailed
+
+Client = Any  # pymongo.MongoClient or mongomock.MongoClient (mongomock ships no type hints)
+
+_mock_clients: dict[str, Any] = {}
+_mock_lock = threading.Lock()
+
+
+# -- opening ------------------------------------------------------------------
+
+
+def name_anonymous_mock(uri: str) -> str:
+    """Give ``mongomock://`` a unique name, so the storage (and its pickles) see one database."""
+    if uri.rstrip("/").lower() == "mongomock:":
+        return f"mongomock://anonymous-{uuid.uuid4().hex[:12]}"
+    return uri
+
+
+def open_client(uri: str) -> tuple[Client, str]:
+    """Return a client for ``uri`` and the database name; never touches the network.
+
+    Raises:
+        ConfigurationError: the URI is malformed or has invalid options.
+    """
+    if uri.lower().startswith("mongomock://"):
+        return _mock_client(uri)
+    options = split_options(uri)[1]
+    given = {key.lower() for key in options}
+    defaults = {k: v for k, v in _CLIENT_DEFAULTS.items() if k.lower() not in given}
+    try:
+        if uri.lower().startswith("mongodb://"):  # strict: typos in options raise instead of warning
+            parse_uri(uri)  # (not for +srv, whose parsing resolves DNS; the client only warns there)
+        client: pymongo.MongoClient[dict[str, Any]] = pymongo.MongoClient(
+            uri, connect=False, **defaults  # type: ignore[arg-type]
+        )
+        name = client.get_default_database(DEFAULT_DATABASE).name
+    except (PyMongoConfigurationError, ValueError, TypeError) as err:
+        raise ConfigurationError(
+            f"invalid MongoDB URI {redact(uri)!r}: {scrub(str(err), uri)}; expected "
+            "mongodb://[user:pass@]host[:port]/dbname[?options] or mongodb+srv://…"
+        ) from err
+    return client, name
+
+
+def _mock_client(uri: str) -> tuple[Client, str]:
+    """The process-wide mongomock client for ``mongomock://NAME[/DB]``."""
+    import mongomock  # type: ignore[import-untyped]
+
+    rest = uri.split("://", 1)[1].split("?", 1)[0]
+    name, _, database = rest.partition("/")
+    with _mock_lock:
+        client = _mock_clients.setdefault(name, mongomock.MongoClient())
+    return client, urllib.parse.unquote(database) or DEFAULT_DATABASE
+
+
+def ensure_indexes(db: Any) -> None:
+    """Create the indexes every verb relies on (idempotent; one round trip each)."""
+    db.experiments.create_index("name", unique=True, name="name_unique")
+    trials = db.trials
+    # reserve (waiting trials oldest first), fetch by status, release_stale, count_trials
+    trials.create_index(
+        [("experiment", 1), ("status", 1), ("submit_time", 1)], name="experiment_status_submit"
+    )
+    # fetch_changes: trials written since a time
+    trials.create_index([("experiment", 1), ("mtime", 1)], name="experiment_mtime")
+    # budget slots (see orchard.storages._mongo_slots): one per non-broken trial
+    trials.create_index("slot", name="slot_unique", unique=True, sparse=True)
+
+
+# -- errors -------------------------------------------------------------------
+
+
+def scrub(text: str, uri: str) -> str:
+    """Remove the URI's password (plain or percent-encoded) from ``text``."""
+    text = redact(text)
+    try:
+        password = urllib.parse.urlsplit(uri.split(",", 1)[0]).password
+    except ValueError:
+        password = None
+    for secret in {password, urllib.parse.unquote(password or "")} - {None, ""}:
+        text = text.replace(secret, "***")  # type: ignore[arg-type]
+    return text
+
+
+def _detail(err: BaseException, uri: str) -> str:
+    first_line = (str(err).strip().splitlines() or [type(err).__name__])[0]
+    return scrub(first_line[:300], uri)
+
+
+def translate(err: PyMongoError | BSONError, uri: str, action: str) -> StorageError:
+    """Return the :mod:`orchard.errors` leaf for a driver error raised while doing ``action``."""
+    where, detail = redact(uri), _detail(err, uri)
+    if isinstance(err, OperationFailure) and err.code in _AUTH_CODES:
+        return StorageUnavailableError(
+            f"MongoDB at {where} refused to {action}: {detail}; check the user name, password "
+            "and authSource in the URI, and that the user may read and write the database"
+        )
+    if isinstance(err, ConnectionFailure):  # includes ServerSelectionTimeoutError, NetworkTimeout
+        return StorageUnavailableError(
+            f"cannot reach MongoDB at {where} to {action}: {detail}; check that the server is "
+            "running and reachable from this host (host, port, firewall, TLS options); raise "
+            "serverSelectionTimeoutMS in the URI on slow networks"
+        )
+    if isinstance(err, BSONError):
+        return StorageError(f"cannot {action} in MongoDB at {where}: a value is not storable ({detail})")
+    return StorageError(f"MongoDB at {where} failed to {action}: {detail}")
+
+
+def duplicate_key_field(err: DuplicateKeyError) -> str | None:
+    """The field whose unique index ``err`` hit (``"_id"``, ``"slot"``, ``"name"``), if the server says.
+
+    MongoDB (and SecantusDB) report the index's ``keyPattern``; mongomock does
+    not, and then ``None`` is returned and the caller must look.
+    """
+    pattern = (err.details or {}).get("keyPattern") or {}
+    fields = [field for field in pattern if field != "experiment"]
+    return fields[0] if fields else None
+
+
+# -- documents ----------------------------------------------------------------
+
+
+def trial_to_doc(trial: Trial, mtime: float) -> dict[str, Any]:
+    """The stored form of ``trial``: its id as ``_id``, plus the write stamp and version."""
+    doc = trial.to_dict()
+    doc["_id"] = doc.pop("id")
+    doc["mtime"] = mtime
+    doc["version"] = 1
+    return doc
+
+
+def doc_to_trial(doc: dict[str, Any]) -> Trial:
+    """The trial stored in ``doc`` (storage-only fields such as ``slot`` are dropped)."""
+    data = dict(doc)
+    data["id"] = data.pop("_id")
+    return Trial.from_dict(data)

@@ -1,0 +1,1 @@
+"""Helpers for testing Orchard and third-party storage backends."""

@@ -1,0 +1,211 @@
+"""Conformance checks of the reservation lifecycle: reserve, ownership, staleness.
+
+Collected through :class:`orchard.testing.conformance.StorageConformance`,
+which provides the ``exp`` fixture these checks use.
+"""
+
+from __future__ import annotations
+
+import uuid
+
+import pytest
+
+from orchard.errors import ReservationLostError, TrialNotFoundError
+from orchard.storages.base import BaseStorage
+from orchard.testing._checks import (
+    W1,
+    W2,
+    beat,
+    frozen,
+    one_of_each_status,
+    register_many,
+    reserve_as,
+    stored,
+    tick,
+)
+from orchard.trial import TrialStatus
+
+__all__ = ["OwnershipChecks", "ReservationChecks", "StaleReservationChecks"]
+
+_ERROR = {"type": "RuntimeError", "message": "late"}
+
+
+def _assert_every_write_refused(storage: BaseStorage, trial_id: str, worker: str | None) -> None:
+    """Every owner-conditional verb by ``worker`` must raise ReservationLostError."""
+    if worker is not None:
+        with pytest.raises(ReservationLostError):
+            storage.heartbeat_trial(trial_id, worker)
+        with pytest.raises(ReservationLostError):
+            storage.complete_trial(trial_id, worker, 0.0, {"late": True})
+        with pytest.raises(ReservationLostError):
+            storage.fail_trial(trial_id, worker, _ERROR)
+    with pytest.raises(ReservationLostError):
+        storage.release_trial(trial_id, worker)
+
+
+class ReservationChecks:
+    """reserve_trial: order, fields, exclusivity, None when nothing waits."""
+
+    def test_reserve_none_when_nothing_waits(self, storage: BaseStorage, exp: str) -> None:
+        assert storage.reserve_trial(exp, W1) is None
+        done = storage.register_trial(exp, {"x": 0.0}, worker=W1)
+        storage.complete_trial(done.id, W1, 1.0)
+        failed = storage.register_trial(exp, {"x": 1.0}, worker=W1)
+        storage.fail_trial(failed.id, W1, _ERROR)
+        storage.register_trial(exp, {"x": 2.0}, worker=W1)
+        before = frozen(storage, exp)
+        assert storage.reserve_trial(exp, W2) is None
+        assert frozen(storage, exp) == before
+
+    def test_reserve_new_trials_oldest_first(self, storage: BaseStorage, exp: str) -> None:
+        trials = register_many(storage, exp, 5)
+        won = [reserve_as(storage, exp, (W1, W2)[i % 2]) for i in range(5)]
+        assert [t.id for t in won] == [t.id for t in trials]
+        assert [t.worker for t in won] == [W1, W2, W1, W2, W1]
+        assert storage.reserve_trial(exp, W1) is None
+
+    def test_reserve_interrupted_before_new_oldest_first(self, storage: BaseStorage, exp: str) -> None:
+        a, b, c, d = register_many(storage, exp, 4)
+        for expected in (a, b, c):
+            assert reserve_as(storage, exp, W1).id == expected.id
+        storage.release_trial(a.id, W1)
+        tick()
+        storage.release_trial(b.id, W1)
+        order = [reserve_as(storage, exp, W2) for _ in range(3)]
+        assert [t.id for t in order] == [a.id, b.id, d.id], "interrupted trials go first, oldest first"
+        assert [t.attempts for t in order] == [2, 2, 1]
+        assert storage.reserve_trial(exp, W2) is None
+
+    def test_reserve_sets_owner_heartbeat_and_attempts(self, storage: BaseStorage, exp: str) -> None:
+        (trial,) = register_many(storage, exp, 1)
+        first = reserve_as(storage, exp, W1)
+        assert (first.id, first.status, first.worker, first.attempts) == (
+            trial.id, TrialStatus.RESERVED, W1, 1)
+        assert first.heartbeat is not None and first.start_time is not None
+        assert (stored(storage, trial.id).status, stored(storage, trial.id).worker) == (TrialStatus.RESERVED, W1)
+        storage.release_trial(trial.id, W1)
+        second = reserve_as(storage, exp, W2)
+        assert (second.id, second.worker, second.attempts) == (trial.id, W2, 2)
+
+    def test_reservations_are_exclusive(self, storage: BaseStorage, exp: str) -> None:
+        register_many(storage, exp, 6)
+        won = [reserve_as(storage, exp, f"host:{i}:w") for i in range(6)]
+        assert len({t.id for t in won}) == 6
+        for i, trial in enumerate(won):
+            assert stored(storage, trial.id).worker == f"host:{i}:w"
+
+
+class OwnershipChecks:
+    """heartbeat/complete/fail/release: only the owner may write; refusals write nothing."""
+
+    def test_owner_heartbeat_refreshes(self, storage: BaseStorage, exp: str) -> None:
+        trial = storage.register_trial(exp, {"x": 0.0}, worker=W1)
+        tick()
+        assert storage.heartbeat_trial(trial.id, W1) is None
+        now = stored(storage, trial.id)
+        assert beat(now) >= beat(trial)
+        assert (now.status, now.worker) == (TrialStatus.RESERVED, W1)
+
+    def test_non_owner_is_refused_and_nothing_is_written(self, storage: BaseStorage, exp: str) -> None:
+        trial = storage.register_trial(exp, {"x": 0.0}, worker=W1)
+        before = frozen(storage, exp)
+        _assert_every_write_refused(storage, trial.id, W2)
+        assert frozen(storage, exp) == before, "a refused write changed the trial"
+        assert storage.complete_trial(trial.id, W1, 2.0).status is TrialStatus.COMPLETED
+
+    def test_writes_to_unreserved_trials_are_refused(self, storage: BaseStorage, exp: str) -> None:
+        made = one_of_each_status(storage, exp)
+        before = frozen(storage, exp)
+        for status in (TrialStatus.NEW, TrialStatus.INTERRUPTED, TrialStatus.COMPLETED, TrialStatus.BROKEN):
+            _assert_every_write_refused(storage, made[status].id, W1)
+            _assert_every_write_refused(storage, made[status].id, None)
+        assert frozen(storage, exp) == before, "a refused write changed a trial"
+
+    def test_complete_records_the_result_once(self, storage: BaseStorage, exp: str) -> None:
+        reserved = storage.register_trial(exp, {"x": 0.0}, worker=W1)
+        done = storage.complete_trial(reserved.id, W1, 1.25, {"acc": 0.9})
+        assert (done.status, done.objective, done.results) == (TrialStatus.COMPLETED, 1.25, {"acc": 0.9})
+        assert done.end_time is not None and done.error is None
+        assert stored(storage, reserved.id).to_dict() == done.to_dict()
+        with pytest.raises(ReservationLostError):
+            storage.complete_trial(reserved.id, W1, 0.0)
+        assert stored(storage, reserved.id).objective == 1.25
+
+    def test_fail_records_the_error(self, storage: BaseStorage, exp: str) -> None:
+        reserved = storage.register_trial(exp, {"x": 0.0}, worker=W1)
+        error = {"type": "ValueError", "message": "bad x", "reason": "exception"}
+        broken = storage.fail_trial(reserved.id, W1, error)
+        assert broken.status is TrialStatus.BROKEN and broken.end_time is not None
+        assert broken.error == error and broken.objective is None
+        assert stored(storage, reserved.id).to_dict() == broken.to_dict()
+        assert storage.reserve_trial(exp, W1) is None, "a broken trial must not be reserved again"
+
+    def test_owner_release_makes_trial_interrupted(self, storage: BaseStorage, exp: str) -> None:
+        reserved = storage.register_trial(exp, {"x": 0.0}, worker=W1)
+        released = storage.release_trial(reserved.id, W1)
+        assert (released.id, released.status, released.worker) == (reserved.id, TrialStatus.INTERRUPTED, None)
+        assert stored(storage, reserved.id).to_dict() == released.to_dict()
+        _assert_every_write_refused(storage, reserved.id, W1)
+        assert reserve_as(storage, exp, W2).id == reserved.id
+
+    def test_admin_release_without_worker(self, storage: BaseStorage, exp: str) -> None:
+        reserved = storage.register_trial(exp, {"x": 0.0}, worker=W1)
+        released = storage.release_trial(reserved.id, None)
+        assert (released.status, released.worker) == (TrialStatus.INTERRUPTED, None)
+        _assert_every_write_refused(storage, reserved.id, W1)
+        _assert_every_write_refused(storage, reserved.id, None)
+
+    def test_unknown_trial_ids(self, storage: BaseStorage, exp: str) -> None:
+        unknown = uuid.uuid4().hex
+        for worker in (W1, None):
+            with pytest.raises(TrialNotFoundError):
+                storage.release_trial(unknown, worker)
+        with pytest.raises((ReservationLostError, TrialNotFoundError)):
+            storage.heartbeat_trial(unknown, W1)
+        with pytest.raises((ReservationLostError, TrialNotFoundError)):
+            storage.complete_trial(unknown, W1, 0.0)
+        with pytest.raises((ReservationLostError, TrialNotFoundError)):
+            storage.fail_trial(unknown, W1, _ERROR)
+        assert storage.fetch_trials(exp) == []
+
+
+class StaleReservationChecks:
+    """release_stale with an injected ``now``: no sleeps."""
+
+    TIMEOUT = 30.0
+
+    def test_release_stale_releases_only_stale_reservations(self, storage: BaseStorage, exp: str) -> None:
+        made = one_of_each_status(storage, exp)
+        old = made[TrialStatus.RESERVED]
+        fresh = storage.register_trial(exp, {"x": 100.0}, worker=W2)
+        assert beat(fresh) > beat(old)
+        assert storage.release_stale(exp, self.TIMEOUT, now=beat(fresh)) == []
+        cutoff = (beat(old) + beat(fresh)) / 2
+        released = storage.release_stale(exp, self.TIMEOUT, now=cutoff + self.TIMEOUT)
+        assert [(t.id, t.status, t.worker) for t in released] == [(old.id, TrialStatus.INTERRUPTED, None)]
+        assert storage.release_stale(exp, self.TIMEOUT, now=cutoff + self.TIMEOUT) == []
+        counts = storage.count_trials(exp)
+        assert (counts[TrialStatus.RESERVED], counts[TrialStatus.INTERRUPTED]) == (1, 2)
+        assert stored(storage, fresh.id).worker == W2
+
+    def test_stale_owner_is_refused_and_trial_re_reserved(self, storage: BaseStorage, exp: str) -> None:
+        trial = storage.register_trial(exp, {"x": 0.0}, worker=W1)
+        released = storage.release_stale(exp, self.TIMEOUT, now=beat(trial) + self.TIMEOUT + 1)
+        assert [t.id for t in released] == [trial.id]
+        _assert_every_write_refused(storage, trial.id, W1)
+        again = reserve_as(storage, exp, W2)
+        assert (again.id, again.worker, again.attempts) == (trial.id, W2, 2)
+        with pytest.raises(ReservationLostError):
+            storage.complete_trial(trial.id, W1, -100.0)
+        assert storage.complete_trial(trial.id, W2, 3.0).objective == 3.0
+        assert stored(storage, trial.id).objective == 3.0
+
+    def test_heartbeat_keeps_reservation_alive(self, storage: BaseStorage, exp: str) -> None:
+        trial = storage.register_trial(exp, {"x": 0.0}, worker=W1)
+        tick()
+        storage.heartbeat_trial(trial.id, W1)
+        refreshed = beat(stored(storage, trial.id))
+        assert refreshed > beat(trial)
+        now = (beat(trial) + refreshed) / 2 + self.TIMEOUT
+        assert storage.release_stale(exp, self.TIMEOUT, now=now) == []
+        assert storage.release_stale(exp, self.TIMEOUT, now=refreshed + self.TIMEOUT + 1)[0].id == trial.id

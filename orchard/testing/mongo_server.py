@@ -1,0 +1,127 @@
+"""A MongoDB wire-protocol server for tests, started and stopped around a block.
+
+There is rarely a ``mongod`` on a developer machine or CI runner, so tests use
+SecantusDB (a pip-installable server speaking the MongoDB wire protocol, on
+WiredTiger) run as a separate process. It is correct under contention but slow
+(tens of operations per second with several processes racing): keep trial
+counts small in tests that use it. Set ``ORCHARD_TEST_MONGODB_URI`` to run the
+same tests against a real ``mongod`` instead::
+
+    ORCHARD_TEST_MONGODB_URI=mongodb://localhost:27017/orchard_test pytest -m slow
+
+Typical fixture::
+
+    @pytest.fixture(scope="session")
+    def mongodb_uri(tmp_path_factory):
+        with mongodb_for_tests(tmp_path_factory.mktemp("mongo")) as uri:
+            yield uri
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+__all__ = ["ENV_VAR", "mongodb_for_tests", "running_mongo_server", "test_mongodb_uri"]
+
+#: Environment variable naming a real MongoDB server to test against.
+ENV_VAR = "ORCHARD_TEST_MONGODB_URI"
+
+_LISTENING = re.compile(r"secantus listening on (?P<host>[^\s:]+):(?P<port>\d+)")
+
+
+def test_mongodb_uri() -> str | None:
+    """Return the URI in ``ORCHARD_TEST_MONGODB_URI`` (a real server), or ``None``."""
+    return os.environ.get(ENV_VAR) or None
+
+
+test_mongodb_uri.__test__ = False  # type: ignore[attr-defined]  # not a test for pytest to collect
+
+
+@contextlib.contextmanager
+def running_mongo_server(
+    tmpdir: str | os.PathLike[str], *, database: str = "orchard_test", startup_timeout: float = 60.0
+) -> Iterator[str]:
+    """Run a SecantusDB server for the duration of the block and yield its URI.
+
+    The server runs as a separate process (``sys.executable -m secantus``) on
+    an OS-assigned port of 127.0.0.1, with its data and log in a fresh
+    directory under ``tmpdir``. On exit it is sent SIGTERM and waited for,
+    then killed if it does not stop within 10 s.
+
+    Args:
+        tmpdir: a directory for the server's data and log.
+        database: the database named in the yielded URI.
+        startup_timeout: seconds to wait for the server to listen.
+
+    Yields:
+        ``mongodb://127.0.0.1:PORT/DATABASE``.
+
+    Raises:
+        RuntimeError: the server exited or did not listen in time; the
+            message quotes the end of its log.
+    """
+    home = Path(tempfile.mkdtemp(prefix="secantus-", dir=tmpdir))
+    log_path = home / "server.log"
+    with open(log_path, "wb") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "secantus", "--host", "127.0.0.1", "--port", "0",
+             "--storage-path", str(home / "data"), "--log-level", "INFO"],
+            stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+        )
+    try:
+        host, port = _wait_listening(process, log_path, startup_timeout)
+        yield f"mongodb://{host}:{port}/{database}"
+    finally:
+        _stop(process)
+
+
+def _wait_listening(process: subprocess.Popen[bytes], log_path: Path, timeout: float) -> tuple[str, str]:
+    """Poll the server's log for its listening line (it logs to stderr)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        text = log_path.read_text(errors="replace")
+        match = _LISTENING.search(text)
+        if match:
+            return match["host"], match["port"]
+        if process.poll() is not None:
+            raise RuntimeError(
+                f"the SecantusDB test server exited with code {process.returncode} before "
+                f"listening; end of {log_path}:\n{text[-2000:]}"
+            )
+        if time.monotonic() > deadline:
+            raise RuntimeError(
+                f"the SecantusDB test server did not listen within {timeout:.0f} s; "
+                f"end of {log_path}:\n{text[-2000:]}"
+            )
+        time.sleep(0.05)
+
+
+def _stop(process: subprocess.Popen[bytes]) -> None:
+    if process.poll() is not None:
+        return
+    process.send_signal(signal.SIGTERM)
+    try:
+        process.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
+@contextlib.contextmanager
+def mongodb_for_tests(tmpdir: str | os.PathLike[str]) -> Iterator[str]:
+    """Yield ``ORCHARD_TEST_MONGODB_URI`` if set, else the URI of a SecantusDB server run for the block."""
+    uri = test_mongodb_uri()
+    if uri is not None:
+        yield uri
+        return
+    with running_mongo_server(tmpdir) as uri:
+        yield uri

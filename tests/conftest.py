@@ -1,0 +1,94 @@
+"""Shared fixtures: every storage backend, and one MongoDB wire server per session.
+
+* ``storage`` — a fresh, empty storage, parametrized over the backends
+  (ids ``memory``, ``pickle``, ``mongomock``, ``mongodb``; the last is marked
+  slow and talks to a real server process over the wire).
+* ``mongo_uri`` — the session's MongoDB: ``$ORCHARD_TEST_MONGODB_URI`` if set,
+  else a SecantusDB server started once in a temporary directory. If it
+  cannot start, every test that needs it fails loudly; nothing is skipped.
+* ``mongo_db_uri`` — ``mongo_uri`` pointing at a database of its own, dropped
+  after the test, so tests never see each other's data.
+"""
+
+from __future__ import annotations
+
+import faulthandler
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from orchard.storages import BaseStorage, get_storage
+from orchard.testing._mongo_uri import with_database
+
+faulthandler.enable()
+
+BACKENDS = [
+    pytest.param("memory", id="memory"),
+    pytest.param("pickle", id="pickle"),
+    pytest.param("mongomock", id="mongomock"),
+    pytest.param("mongodb", id="mongodb", marks=pytest.mark.slow),
+]
+
+
+@pytest.fixture(scope="session")
+def mongo_uri(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A MongoDB URI for the whole session (see the module docstring)."""
+    from orchard.testing import mongo_server
+
+    uri = mongo_server.test_mongodb_uri()
+    if uri:
+        yield uri
+        return
+    try:
+        server = mongo_server.running_mongo_server(tmp_path_factory.mktemp("mongo"))
+        uri = server.__enter__()
+    except Exception as err:  # noqa: BLE001 - the server must run; say why it did not
+        pytest.fail(f"could not start the SecantusDB test server ({type(err).__name__}: {err}); "
+                    "install SecantusDB or set ORCHARD_TEST_MONGODB_URI", pytrace=False)
+    try:
+        yield uri
+    finally:
+        server.__exit__(None, None, None)
+
+
+@pytest.fixture(scope="session")
+def _mongo_admin(mongo_uri: str) -> Iterator[Any]:
+    import pymongo
+
+    client: Any = pymongo.MongoClient(mongo_uri, serverSelectionTimeoutMS=20000)
+    yield client
+    client.close()
+
+
+@pytest.fixture
+def mongo_db_uri(mongo_uri: str, _mongo_admin: Any) -> Iterator[str]:
+    """``mongo_uri`` with a database used by this test only (dropped afterwards)."""
+    database = f"orchard_test_{uuid.uuid4().hex[:12]}"
+    yield with_database(mongo_uri, database)
+    _mongo_admin.drop_database(database)
+
+
+def backend_uri(backend: str, request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A URI of a fresh, empty storage of the named backend."""
+    if backend == "memory":
+        return "memory://"
+    if backend == "pickle":
+        return str(tmp_path / "db.pkl")
+    if backend == "mongomock":
+        return f"mongomock://test-{uuid.uuid4().hex[:12]}"
+    if backend == "mongodb":
+        return str(request.getfixturevalue("mongo_db_uri"))
+    raise ValueError(f"unknown backend {backend!r}")
+
+
+@pytest.fixture(params=BACKENDS)
+def storage(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[BaseStorage]:
+    """A fresh, empty storage of each backend."""
+    store = get_storage(backend_uri(request.param, request, tmp_path))
+    try:
+        yield store
+    finally:
+        store.close()

@@ -1,0 +1,391 @@
+"""Algorithms: the registry, the suggest contract, and each algorithm's own promises.
+
+Everything runs in-process on small histories; the whole module takes well
+under a minute.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import math
+import warnings
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import numpy as np
+import pytest
+
+from orchard.algorithms import (
+    ALGORITHMS,
+    BaseAlgorithm,
+    Observation,
+    make_algorithm,
+    normalize_algorithm_config,
+)
+from orchard.algorithms._grid import GridSearch, choose_n_values
+from orchard.errors import ConfigurationError, SpaceExhaustedError
+from orchard.space import Space, params_hash
+
+BRANIN_SPACE = {"x": "uniform(-5, 10)", "y": "uniform(0, 15)"}
+BRANIN_MIN = 0.397887
+MIXED_SPACE = {
+    "kind": "choices(['adam', 'sgd', 'rmsprop'])",
+    "flag": "choices([True, False])",
+    "layers": "randint(1, 6)",
+    "lr": "loguniform(1e-5, 1.0)",
+    "shift": "normal(0, 2)",
+    "units": "uniform(8, 64, discrete=True)",
+    "dropout": "uniform(0, 0.5)",
+}
+PLAIN_TYPES = (int, float, str, bool)
+ALGO_CONFIGS: list[Any] = [
+    "random",
+    {"grid": {"n_values": 4}},
+    {"bayes": {"n_initial_points": 4}},
+    {"bayes": {"n_initial_points": 4, "base_estimator": "ET"}},
+]
+ALGO_IDS = ["random", "grid", "bayes-gp", "bayes-et"]
+
+
+def branin(x: float, y: float) -> float:
+    b, c, t = 5.1 / (4 * math.pi**2), 5 / math.pi, 1 / (8 * math.pi)
+    return (y - b * x**2 + c * x - 6) ** 2 + 10 * (1 - t) * math.cos(x) + 10
+
+
+def mixed_objective(params: Mapping[str, Any]) -> float:
+    penalty = {"adam": 0.0, "sgd": 1.0, "rmsprop": 0.5}[params["kind"]] + (0.3 if params["flag"] else 0.0)
+    return (
+        penalty
+        + (params["layers"] - 3) ** 2 * 0.1
+        + (math.log10(params["lr"]) + 3) ** 2
+        + params["shift"] ** 2 * 0.1
+        + abs(params["units"] - 32) / 32
+        + params["dropout"]
+    )
+
+
+def run(algo: BaseAlgorithm, fn: Callable[[Mapping[str, Any]], float], trials: int) -> list[Observation]:
+    """Sequential ask/observe loop of one worker."""
+    completed: list[Observation] = []
+    for _ in range(trials):
+        (params,) = algo.suggest(completed, [])
+        completed.append(Observation(params, fn(params)))
+    return completed
+
+
+def assert_plain_point(space: Space, params: dict[str, Any]) -> None:
+    assert set(params) == set(space)
+    for name, value in params.items():
+        assert type(value) in PLAIN_TYPES, f"{name}={value!r} is a {type(value).__name__}"
+    assert space.validate(params) == params
+
+
+def hashes(points: list[Mapping[str, Any]]) -> set[str]:
+    return {params_hash(p) for p in points}
+
+
+# -- registry -----------------------------------------------------------------------
+
+
+def test_registry_lists_the_three_algorithms() -> None:
+    assert list(ALGORITHMS) == ["random", "grid", "bayes"]
+    space = Space.from_config(BRANIN_SPACE)
+    for name in ALGORITHMS:
+        algo = make_algorithm(name, space, seed=1)
+        assert isinstance(algo, BaseAlgorithm)
+        assert algo.name == name
+
+
+def test_unknown_algorithm_lists_the_valid_ones() -> None:
+    with pytest.raises(ConfigurationError, match="unknown algorithm 'tpe'.*random, grid, bayes"):
+        make_algorithm("tpe", Space.from_config(BRANIN_SPACE))
+    with pytest.raises(ConfigurationError, match="unknown algorithm"):
+        normalize_algorithm_config({"hyperband": {}})
+
+
+def test_unknown_option_is_named_with_the_valid_ones() -> None:
+    with pytest.raises(ConfigurationError, match=r"no option 'n_random'.*valid options: .*n_initial_points"):
+        normalize_algorithm_config({"bayes": {"n_random": 3}})
+    with pytest.raises(ConfigurationError, match="no option 'seed'.*valid options: budget, n_values, shuffle"):
+        make_algorithm({"grid": {"seed": 3}}, Space.from_config(BRANIN_SPACE))
+
+
+@pytest.mark.parametrize("config, match", [
+    ({"bayes": {"base_estimator": "GBRT"}}, "base_estimator must be one of 'GP', 'RF', 'ET'"),
+    ({"bayes": {"acq_func": "gp_hedge"}}, "acq_func must be one of"),
+    ({"bayes": {"n_initial_points": -1}}, "n_initial_points must be an integer >= 0"),
+    ({"bayes": {"xi": "big"}}, "xi must be a number"),
+    ({"bayes": {"liar": "cl_median"}}, "liar must be one of"),
+    ({"bayes": {"base_estimator": "ET", "acq_optimizer": "lbfgs"}}, "needs base_estimator='GP'"),
+    ({"grid": {"n_values": 1}}, "n_values must be an integer >= 2"),
+    ({"grid": {"shuffle": "yes"}}, "shuffle must be True or False"),
+    ({"bayes": 3}, "must be a mapping"),
+    ({"bayes": {}, "random": {}}, "one-key mapping"),
+])
+def test_invalid_configurations_are_rejected(config: Any, match: str) -> None:
+    with pytest.raises(ConfigurationError, match=match):
+        normalize_algorithm_config(config)
+
+
+def test_normalized_config_spells_out_defaults_and_is_stable() -> None:
+    short = normalize_algorithm_config("bayes")
+    explicit = normalize_algorithm_config({"bayes": {"base_estimator": "GP", "n_initial_points": 10, "acq_func": "EI"}})
+    assert short == explicit
+    assert short["bayes"]["acq_func"] == "EI" and short["bayes"]["max_gp_points"] == 200
+    assert normalize_algorithm_config(short) == short  # stored form normalizes to itself
+    assert json.loads(json.dumps(short)) == short  # storable as JSON/BSON
+    assert normalize_algorithm_config({"bayes": {"n_initial_points": 5}}) != short  # a conflict shows
+    assert normalize_algorithm_config("random") == {"random": {}}
+    assert normalize_algorithm_config({"grid": None}) == {"grid": {"n_values": None, "budget": None, "shuffle": False}}
+
+
+# -- the suggest contract, for every algorithm ----------------------------------------
+
+
+@pytest.mark.parametrize("config", ALGO_CONFIGS, ids=ALGO_IDS)
+def test_suggestions_are_plain_unseen_points_of_a_mixed_space(config: Any) -> None:
+    space = Space.from_config(MIXED_SPACE)
+    algo = make_algorithm(config, space, seed=3)
+    completed: list[Observation] = []
+    pending: list[dict[str, Any]] = []
+    for step in range(12):
+        suggestions = algo.suggest(completed, pending, n=2)
+        assert len(suggestions) == 2
+        for params in suggestions:
+            assert_plain_point(space, params)
+        seen = hashes([*(o.params for o in completed), *pending])
+        assert not hashes(suggestions) & seen
+        assert len(hashes(suggestions)) == 2
+        # one suggestion is evaluated, the other stays pending for a while
+        completed.append(Observation(suggestions[0], mixed_objective(suggestions[0])))
+        pending.append(suggestions[1])
+        if step % 3 == 2:
+            done = pending.pop(0)
+            completed.append(Observation(done, mixed_objective(done)))
+
+
+@pytest.mark.parametrize("config", ALGO_CONFIGS, ids=ALGO_IDS)
+def test_same_seed_same_history_gives_same_suggestions(config: Any) -> None:
+    space = Space.from_config(MIXED_SPACE)
+    first = run(make_algorithm(config, space, seed=11), mixed_objective, 8)
+    second = run(make_algorithm(config, space, seed=11), mixed_objective, 8)
+    assert [o.params for o in first] == [o.params for o in second]
+
+
+@pytest.mark.parametrize("config", ["random", {"grid": {"shuffle": True}}, "bayes"], ids=["random", "grid", "bayes"])
+def test_different_seeds_explore_differently(config: Any) -> None:
+    space = Space.from_config(BRANIN_SPACE)
+    runs = [run(make_algorithm(config, space, seed=seed), lambda p: branin(**p), 5) for seed in (1, 2)]
+    assert not hashes([o.params for o in runs[0]]) & hashes([o.params for o in runs[1]])
+
+
+@pytest.mark.parametrize("config", ALGO_CONFIGS, ids=ALGO_IDS)
+def test_a_collision_gives_a_new_point_when_asked_again(config: Any) -> None:
+    """The worker's retry: the suggestion was registered by a racer, so it is now pending."""
+    space = Space.from_config(BRANIN_SPACE)
+    algo = make_algorithm(config, space, seed=5)
+    completed = run(make_algorithm(config, space, seed=6), lambda p: branin(**p), 8)
+    (first,) = algo.suggest(completed, [])
+    (second,) = algo.suggest(completed, [first])
+    assert params_hash(second) != params_hash(first)
+    assert params_hash(second) not in hashes([o.params for o in completed])
+
+
+@pytest.mark.parametrize("config", ["random", "grid", {"bayes": {"n_initial_points": 2}}], ids=["random", "grid", "bayes"])
+def test_a_tiny_discrete_space_is_covered_once_then_exhausted(config: Any) -> None:
+    space = Space.from_config({"opt": "choices(['a', 'b', True])", "k": "randint(0, 2)"})
+    algo = make_algorithm(config, space, seed=0)
+    completed: list[Observation] = []
+    for _ in range(6):
+        (params,) = algo.suggest(completed, [])
+        completed.append(Observation(params, float(params["k"]) + (params["opt"] == "a")))
+    assert len(hashes([o.params for o in completed])) == 6
+    with pytest.raises(SpaceExhaustedError):
+        algo.suggest(completed, [])
+    with pytest.raises(SpaceExhaustedError):  # pending points count as seen too
+        algo.suggest(completed[:4], [o.params for o in completed[4:]])
+    assert algo.suggest(completed[:5], [], n=3) == [completed[5].params]  # up to n: what is left
+
+
+def test_seedless_algorithms_still_work() -> None:
+    space = Space.from_config(BRANIN_SPACE)
+    for name in ALGORITHMS:
+        assert len(run(make_algorithm(name, space, seed=None), lambda p: branin(**p), 3)) == 3
+
+
+# -- grid ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("shuffle", [False, True])
+def test_grid_covers_every_point_exactly_once_then_is_exhausted(shuffle: bool) -> None:
+    space = Space.from_config({"x": "uniform(0, 1)", "c": "choices(['a', 'b'])", "k": "randint(0, 3)"})
+    algo = make_algorithm({"grid": {"n_values": 4, "shuffle": shuffle}}, space, seed=2)
+    assert algo.max_suggestions() == 4 * 2 * 3
+    expected = {
+        params_hash({"x": x, "c": c, "k": k})
+        for x in np.linspace(0, 1, 4).tolist() for c in ("a", "b") for k in range(3)
+    }
+    completed: list[Observation] = []
+    pending: list[dict[str, Any]] = []
+    while True:
+        try:
+            batch = algo.suggest(completed, pending, n=5)
+        except SpaceExhaustedError as err:
+            assert "exhausted" in str(err)
+            break
+        assert not hashes(batch) & hashes([*(o.params for o in completed), *pending])
+        completed += [Observation(p, 0.0) for p in pending]
+        pending = batch
+    seen = [*(o.params for o in completed), *pending]
+    assert len(seen) == 24 and hashes(seen) == expected
+
+
+def test_grid_order_is_lexicographic_unless_shuffled() -> None:
+    space = Space.from_config({"x": "uniform(0, 1)", "y": "randint(0, 2)"})
+    plain = make_algorithm({"grid": {"n_values": 3}}, space).suggest([], [], n=6)
+    assert plain == [{"x": x, "y": y} for x in (0.0, 0.5, 1.0) for y in (0, 1)]
+    shuffled = make_algorithm({"grid": {"n_values": 3, "shuffle": True}}, space, seed=4).suggest([], [], n=6)
+    assert shuffled != plain and hashes(shuffled) == hashes(plain)
+
+
+def test_grid_resolution_follows_the_budget() -> None:
+    space = Space.from_config({"x": "uniform(0, 1)", "y": "loguniform(1e-3, 1)", "c": "choices([1, 2])"})
+    assert choose_n_values(space, 50) == 5  # 5 * 5 * 2 = 50
+    algo = make_algorithm({"grid": {"budget": 100}}, space)
+    assert isinstance(algo, GridSearch) and algo.n_values == 7 and algo.max_suggestions() == 98
+    assert make_algorithm("grid", space).max_suggestions() == 200  # 10 per continuous dimension
+    assert make_algorithm("random", space).max_suggestions() is None
+
+
+def test_grid_skips_seen_points_given_as_equal_numbers_of_another_type() -> None:
+    space = Space.from_config({"x": "uniform(0, 2)", "k": "uniform(0, 1, discrete=True)"})
+    algo = make_algorithm({"grid": {"n_values": 3}}, space)
+    seen = [Observation({"x": 0, "k": 0}, 1.0), Observation({"x": 0.0, "k": 1.0}, 1.0)]
+    assert algo.suggest(seen, [], n=1) == [{"x": 1.0, "k": 0}]
+
+
+# -- bayes ---------------------------------------------------------------------------
+
+
+def test_bayes_does_not_suggest_pending_points_and_moves_away_from_them() -> None:
+    space = Space.from_config(BRANIN_SPACE)
+    algo = make_algorithm({"bayes": {"n_initial_points": 8}}, space, seed=0)
+    completed = run(algo, lambda p: branin(**p), 12)
+    (favourite,) = algo.suggest(completed, [])
+    (next_best,) = algo.suggest(completed, [favourite])
+    distance = math.hypot((favourite["x"] - next_best["x"]) / 15, (favourite["y"] - next_best["y"]) / 15)
+    assert distance > 0.01, "the lie at the pending point should push the acquisition elsewhere"
+
+
+def test_bayes_four_simulated_workers_spread_out() -> None:
+    space = Space.from_config(BRANIN_SPACE)
+    workers = [make_algorithm({"bayes": {"n_initial_points": 8}}, space, seed=k) for k in range(4)]
+    completed: list[Observation] = []
+    for _ in range(5):
+        batch: list[dict[str, Any]] = []
+        for worker in workers:
+            batch += worker.suggest(completed, batch)
+        assert len(batch) == 4
+        assert not hashes(batch) & hashes([o.params for o in completed])
+        unit = [((p["x"] + 5) / 15, p["y"] / 15) for p in batch]
+        closest = min(math.dist(a, b) for a, b in itertools.combinations(unit, 2))
+        assert closest > 0.01, f"parallel suggestions piled up: {batch}"
+        completed += [Observation(p, branin(**p)) for p in batch]
+    assert len(hashes([o.params for o in completed])) == 20
+
+
+def test_bayes_beats_random_on_branin() -> None:
+    space = Space.from_config(BRANIN_SPACE)
+
+    def regret(config: Any, seed: int) -> float:
+        completed = run(make_algorithm(config, space, seed=seed), lambda p: branin(**p), 30)
+        return min(o.objective for o in completed) - BRANIN_MIN
+
+    seeds = range(5)
+    bayes = [regret({"bayes": {"n_initial_points": 10}}, s) for s in seeds]
+    rand = [regret("random", s) for s in seeds]
+    assert np.median(bayes) < 0.05
+    assert np.mean(np.log10(bayes)) < np.mean(np.log10(rand)) - 1  # ten times closer, on average
+
+
+def test_bayes_random_phase_counts_pending_points() -> None:
+    space = Space.from_config(BRANIN_SPACE)
+    algo = make_algorithm({"bayes": {"n_initial_points": 5}}, space, seed=0)
+    random = make_algorithm("random", space, seed=0)
+    completed = run(random, lambda p: branin(**p), 2)
+    pending = [random.suggest(completed, [])[0]]
+    # 2 completed + 1 pending < 5: the random phase uses the same seeded stream as ``random``
+    assert algo.suggest(completed, pending) == random.suggest(completed, pending)
+
+
+def test_bayes_caps_the_points_its_surrogate_sees() -> None:
+    from orchard.algorithms._bayes import select_for_fit
+
+    rng = np.random.default_rng(0)
+    completed = [Observation({"x": float(i)}, float((i * 37) % 101)) for i in range(101)]
+    chosen = select_for_fit(completed, 20, rng)
+    assert len(chosen) == 20 and len({o.params["x"] for o in chosen}) == 20
+    best = sorted(o.objective for o in completed)[:10]
+    assert sorted(o.objective for o in chosen)[:10] == best
+    assert select_for_fit(completed[:20], 20, rng) == completed[:20]
+    # and a capped suggestion is still a valid unseen point
+    space = Space.from_config({"x": "uniform(0, 200)"})
+    (params,) = make_algorithm({"bayes": {"max_gp_points": 20}}, space, seed=1).suggest(completed, [])
+    assert_plain_point(space, params) and params_hash(params) not in hashes([o.params for o in completed])
+
+
+def test_fast_gp_predicts_like_skopt() -> None:
+    from skopt.learning import GaussianProcessRegressor
+
+    from orchard.algorithms._gp import make_gp
+
+    dims = Space.from_config({"a": "uniform(0, 1)", "b": "uniform(0, 1)", "c": "uniform(0, 1)"}).to_skopt()
+    rng = np.random.default_rng(0)
+    x, query = rng.uniform(size=(40, 3)), rng.uniform(size=(500, 3))
+    y = np.sin(5 * x).sum(axis=1)
+    fast = make_gp(dims, random_state=0, n_restarts_optimizer=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        fast.fit(x, y)
+    reference = GaussianProcessRegressor(**fast.get_params(deep=False))
+    for name in ("kernel_", "X_train_", "alpha_", "K_inv_", "y_train_std_", "y_train_mean_", "L_", "noise_"):
+        setattr(reference, name, getattr(fast, name))
+    mean, std = fast.predict(query, return_std=True)
+    ref_mean, ref_std = reference.predict(query, return_std=True)
+    assert mean.shape == ref_mean.shape and std.shape == ref_std.shape
+    np.testing.assert_allclose(fast.predict(query), reference.predict(query), rtol=1e-8, atol=1e-10)
+    np.testing.assert_allclose(mean, ref_mean, rtol=1e-8, atol=1e-10)
+    np.testing.assert_allclose(std, ref_std, rtol=1e-6, atol=1e-8)
+    assert std.max() > 0.01  # not a degenerate comparison
+
+
+@pytest.mark.parametrize("dims", [1, 3])
+def test_fast_gp_gradients_match_skopt(dims: int) -> None:
+    from skopt.acquisition import gaussian_acquisition_1D
+    from skopt.learning import GaussianProcessRegressor
+
+    from orchard.algorithms._gp import make_gp
+
+    space = Space.from_config({f"x{i}": "uniform(0, 1)" for i in range(dims)})
+    rng = np.random.default_rng(dims)
+    x = rng.uniform(size=(30, dims))
+    y = np.cos(4 * x).sum(axis=1) + 0.01 * rng.normal(size=30)
+    fast = make_gp(space.to_skopt(), random_state=0, n_restarts_optimizer=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        fast.fit(x, y)
+    reference = GaussianProcessRegressor(**fast.get_params(deep=False))
+    reference.__dict__.update({k: v for k, v in fast.__dict__.items() if k.endswith("_")})
+    for point in rng.uniform(size=(5, dims)):
+        ours = fast.predict(point[None, :], return_std=True, return_mean_grad=True, return_std_grad=True)
+        theirs = reference.predict(point[None, :], return_std=True, return_mean_grad=True, return_std_grad=True)
+        for a, b in zip(ours, theirs):
+            assert np.shape(a) == np.shape(b)
+            np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-9)
+        for acq in ("EI", "PI", "LCB"):
+            a_val, a_grad = gaussian_acquisition_1D(point, fast, y.min(), acq, {"xi": 0.01, "kappa": 1.96})
+            b_val, b_grad = gaussian_acquisition_1D(point, reference, y.min(), acq, {"xi": 0.01, "kappa": 1.96})
+            assert np.shape(a_grad) == np.shape(b_grad)
+            np.testing.assert_allclose(np.hstack([a_val, np.ravel(a_grad)]), np.hstack([b_val, np.ravel(b_grad)]),
+                                       rtol=1e-6, atol=1e-7)

@@ -1,0 +1,416 @@
+"""The command line: ``orchard hunt`` around real scripts, and the inspection and db tools.
+
+Scripts are tiny Python files written to ``tmp_path``; ``hunt`` runs them with
+``sys.executable``. Multi-process behaviour (racing hunts, Ctrl-C) uses real
+``orchard`` processes; everything else calls :func:`orchard.cli.main` in-process.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+
+import orchard
+from orchard.cli import main
+from orchard.runner import CommandTemplate
+from orchard.trial import TrialStatus
+
+TRAIN = r'''
+import argparse, os, sys, time
+parser = argparse.ArgumentParser()
+parser.add_argument("--x", type=float, required=True)
+parser.add_argument("--y", type=float, default=0.0)
+parser.add_argument("--mode", default="ok")
+parser.add_argument("--tag", default="")
+parser.add_argument("--marker", default="")
+args = parser.parse_args()
+path = os.environ["ORCHARD_RESULTS_PATH"]
+def write(text):
+    with open(path, "w") as handle:
+        handle.write(text)
+if args.marker and not os.path.exists(args.marker):
+    with open(args.marker, "w") as handle:  # the first trial to get here hangs until stopped
+        handle.write(str(os.getpid()))
+    time.sleep(60)
+if args.mode == "fail":
+    print("step 1 fine", file=sys.stderr)
+    print("RuntimeError: the loss exploded", file=sys.stderr)
+    sys.exit(3)
+if args.mode == "missing":
+    sys.exit(0)
+if args.mode == "empty":
+    write("")
+elif args.mode == "not-json":
+    write("objective = 1")
+elif args.mode == "nan":
+    write('{"objective": NaN}')
+elif args.mode == "not-a-number":
+    write('{"objective": "low"}')
+else:
+    import orchard
+    orchard.report_objective((args.x - 0.3) ** 2 + (args.y - 0.2) ** 2, tag=args.tag,
+                             cwd=os.getcwd(), trial=os.environ["ORCHARD_TRIAL_ID"],
+                             experiment=os.environ["ORCHARD_EXPERIMENT_NAME"])
+'''
+
+PRIORS = ["--x~uniform(0, 1)", "--y~uniform(0, 1)"]
+
+
+@pytest.fixture
+def workdir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """``tmp_path`` as the current directory, with ``train.py`` in it and no ambient config."""
+    (tmp_path / "train.py").write_text(TRAIN)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    for key in list(os.environ):
+        if key.startswith("ORCHARD_"):
+            monkeypatch.delenv(key)
+    return tmp_path
+
+
+def train(*extra: str) -> list[str]:
+    return [sys.executable, "train.py", *PRIORS, *extra]
+
+
+def hunt(name: str, *options: str, command: list[str] | None = None) -> int:
+    return main(["hunt", "-n", name, "--storage", "orchard.pkl", *options, *(command or train())])
+
+
+def cli(*args: str, cwd: Path, timeout: float = 120, **kwargs: object) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ORCHARD_")}
+    env["HOME"] = str(cwd)
+    return subprocess.run([sys.executable, "-m", "orchard.cli", *args], cwd=cwd, env=env, text=True,
+                          check=False, capture_output=True, timeout=timeout,
+                          **kwargs)  # type: ignore[call-overload]
+
+
+def trials(name: str, storage: str = "orchard.pkl") -> list[orchard.Trial]:
+    return orchard.get_experiment(name, storage=storage).fetch_trials()
+
+
+def interrupted_line(stderr: str) -> str:
+    """The one line an interrupted hunt prints."""
+    lines = stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("orchard: "), stderr
+    return lines[0]
+
+
+def error_line(stderr: str) -> str:
+    lines = stderr.strip().splitlines()
+    assert len(lines) == 1, f"expected one error line, got: {stderr!r}"
+    assert lines[0].startswith("orchard: error: "), lines[0]
+    return lines[0]
+
+
+# -- the command template ------------------------------------------------------------------
+
+
+def test_command_template_finds_priors_in_every_form() -> None:
+    template = CommandTemplate.parse([
+        "python", "t.py", "--learning-rate~loguniform(1e-5, 1)", "-k~randint(1, 4)",
+        "opt~choices(['adam', 'sgd'])", "--data=~/data", "~/other", "--id={trial.id}",
+    ])
+    assert template.space == {"learning_rate": "loguniform(1e-5, 1)", "k": "randint(1, 4)",
+                              "opt": "choices(['adam', 'sgd'])"}
+    argv = template.render({"learning_rate": 0.001, "k": 2, "opt": "sgd"}, {"trial.id": "abc"})
+    assert argv == ["python", "t.py", "--learning-rate=0.001", "-k", "2", "opt=sgd", "--data=~/data",
+                    "~/other", "--id=abc"]
+
+
+def test_command_template_rejects_bad_and_duplicate_priors() -> None:
+    with pytest.raises(orchard.SpaceError, match=r"'x'.*uniform\(1, 0\)"):
+        CommandTemplate.parse(["python", "t.py", "--x~uniform(1, 0)"])
+    with pytest.raises(orchard.SpaceError, match="defined twice"):
+        CommandTemplate.parse(["python", "t.py", "--x~uniform(0, 1)", "-x~uniform(0, 2)"])
+
+
+# -- hunt ---------------------------------------------------------------------------------------
+
+
+def test_hunt_runs_the_script_per_trial_in_its_folder(
+    workdir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert hunt("e", "--max-trials", "4", command=train("--tag={trial.id}/{exp.name}")) == 0
+    assert "4 completed" in capsys.readouterr().out
+    done = trials("e")
+    assert [t.status for t in done] == [TrialStatus.COMPLETED] * 4
+    for trial in done:
+        folder = workdir / "orchard-runs" / "e" / trial.id
+        assert trial.results["tag"] == f"{trial.id}/e"
+        assert trial.results["trial"] == trial.id and trial.results["experiment"] == "e"
+        assert Path(trial.results["cwd"]) == folder
+        assert (folder / "stdout.log").exists() and (folder / "stderr.log").exists()
+        x, y = trial.params["x"], trial.params["y"]
+        assert trial.objective == pytest.approx((x - 0.3) ** 2 + (y - 0.2) ** 2)
+
+
+def test_hunt_on_a_finished_experiment_exits_at_once(
+    workdir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert hunt("e", "--max-trials", "2") == 0
+    capsys.readouterr()
+    assert hunt("e") == 0
+    assert "already completed its 2 trials" in capsys.readouterr().out
+    assert len(trials("e")) == 2
+
+
+def test_hunt_joining_with_another_space_is_one_clear_error(
+    workdir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert hunt("e", "--max-trials", "1") == 0
+    capsys.readouterr()
+    code = hunt("e", command=[sys.executable, "train.py", "--x~uniform(0, 2)", "--y~uniform(0, 1)"])
+    line = error_line(capsys.readouterr().err)
+    assert code == 1 and "different configuration" in line and "uniform(0.0, 2.0)" in line
+
+
+def test_hunt_reads_settings_from_a_config_file(workdir: Path) -> None:
+    (workdir / "exp.yaml").write_text("name: fromfile\nmax_trials: 3\nalgorithm: {random: {}}\nseed: 7\n")
+    assert main(["hunt", "--config", "exp.yaml", "--storage", "orchard.pkl", *train()]) == 0
+    experiment = orchard.get_experiment("fromfile", storage="orchard.pkl")
+    assert experiment.max_trials == 3 and experiment.config["seed"] == 7
+    assert len(experiment.fetch_trials([TrialStatus.COMPLETED])) == 3
+
+
+def test_failing_script_breaks_trials_and_stops_at_max_broken(workdir: Path) -> None:
+    proc = cli("hunt", "-n", "e", "--max-trials", "5", "--max-broken", "2", *train("--mode=fail"),
+               cwd=workdir)
+    assert proc.returncode == 1
+    line = error_line(proc.stderr)
+    assert "stopped: 2 trials are broken" in line and "the loss exploded" in line
+    broken = trials("e")
+    assert [t.status for t in broken] == [TrialStatus.BROKEN] * 2
+    for trial in broken:
+        assert trial.error is not None
+        assert trial.error["reason"] == "exit-code" and trial.error["returncode"] == 3
+        assert trial.error["stderr"].splitlines()[-2:] == ["step 1 fine", "RuntimeError: the loss exploded"]
+
+
+def test_trial_timeout_kills_the_process_group(workdir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    marker = workdir / "started"
+    start = time.monotonic()
+    code = hunt("e", "--max-trials", "1", "--max-broken", "1", "--trial-timeout", "2",
+                command=train(f"--marker={marker}"))
+    assert code == 1 and time.monotonic() - start < 10
+    (trial,) = trials("e")
+    assert trial.status is TrialStatus.BROKEN and trial.error is not None
+    assert trial.error["reason"] == "timeout"
+    pid = int(marker.read_text())
+    with pytest.raises(ProcessLookupError):
+        os.kill(pid, 0)
+
+
+@pytest.mark.parametrize("mode", ["missing", "empty", "not-json", "nan", "not-a-number"])
+def test_bad_results_break_the_trial_with_the_reason(workdir: Path, mode: str) -> None:
+    assert hunt("e", "--max-trials", "1", "--max-broken", "1", command=train(f"--mode={mode}")) == 1
+    (trial,) = trials("e")
+    assert trial.status is TrialStatus.BROKEN and trial.error is not None
+    assert trial.error["reason"] == mode, trial.error
+
+
+@pytest.mark.slow
+def test_three_hunts_started_together_complete_exactly_the_budget(workdir: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ORCHARD_")}
+    command = [sys.executable, "-m", "orchard.cli", "hunt", "-n", "race", "--max-trials", "24", *train()]
+    procs = [subprocess.Popen(command, cwd=workdir, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              text=True) for _ in range(3)]
+    outputs = [p.communicate(timeout=150) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0, 0], [err for _, err in outputs]
+    done = trials("race")
+    assert len(done) == 24 and all(t.status is TrialStatus.COMPLETED for t in done)
+    assert len({t.id for t in done}) == 24
+    assert len({t.worker for t in done}) >= 2, "the three hunts should share the work"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("sig", "code"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)],
+                         ids=["SIGINT", "SIGTERM"])
+def test_ctrl_c_releases_the_trial_and_the_next_hunt_takes_it(workdir: Path, sig: int, code: int) -> None:
+    marker = workdir / "started"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ORCHARD_")}
+    command = [sys.executable, "-m", "orchard.cli", "hunt", "-n", "e", "--max-trials", "2",
+               *train(f"--marker={marker}")]
+    proc = subprocess.Popen(command, cwd=workdir, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    deadline = time.monotonic() + 60
+    while not marker.exists() or not marker.read_text():
+        assert time.monotonic() < deadline and proc.poll() is None, proc.communicate()
+        time.sleep(0.05)
+    proc.send_signal(sig)
+    _, err = proc.communicate(timeout=20)
+    assert proc.returncode == code, err
+    assert "released" in interrupted_line(err)
+    with pytest.raises(ProcessLookupError):
+        os.kill(int(marker.read_text()), 0)
+    (trial,) = trials("e")
+    assert trial.status is TrialStatus.INTERRUPTED and trial.worker is None
+    follow = cli("hunt", "-n", "e", *train(f"--marker={marker}"), cwd=workdir)
+    assert follow.returncode == 0, follow.stderr
+    done = {t.id: t for t in trials("e")}
+    assert done[trial.id].status is TrialStatus.COMPLETED and done[trial.id].attempts == 2
+    assert len(done) == 2
+
+
+@pytest.mark.slow
+def test_n_workers_runs_local_workers_through_the_executor(workdir: Path) -> None:
+    proc = cli("hunt", "-n", "e", "--max-trials", "8", "--n-workers", "2", *train(), cwd=workdir)
+    assert proc.returncode == 0, proc.stderr
+    done = trials("e")
+    assert len(done) == 8 and all(t.status is TrialStatus.COMPLETED for t in done)
+    assert len({t.worker.split(":")[1] for t in done if t.worker}) == 2
+
+
+# -- status, list, info, insert -----------------------------------------------------------------
+
+
+def test_status_list_and_info(workdir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert hunt("e", "--max-trials", "3") == 0
+    experiment = orchard.get_experiment("e", storage="orchard.pkl")
+    experiment.storage.register_trial(experiment.id, {"x": 0.5, "y": 0.5}, worker="node7:42:abcd")
+    capsys.readouterr()
+    assert main(["status", "--storage", "orchard.pkl"]) == 0
+    out = capsys.readouterr().out
+    assert "experiment 'e'" in out and "3 completed" in out and "1 reserved" in out
+    assert "node7:42:abcd" in out and "heartbeat" in out
+    assert main(["status", "-n", "e", "--json", "--storage", "orchard.pkl"]) == 0
+    status = json.loads(capsys.readouterr().out)
+    assert status["counts"]["completed"] == 3 and status["best_objective"] == min(
+        t.objective for t in trials("e") if t.objective is not None)
+    assert status["workers"][0]["worker"] == "node7:42:abcd" and status["workers"][0]["stale"] is False
+    assert main(["list", "--storage", "orchard.pkl"]) == 0
+    assert "3/3 completed" in capsys.readouterr().out
+    assert main(["info", "-n", "e", "--storage", "orchard.pkl"]) == 0
+    out = capsys.readouterr().out
+    assert "x: uniform(0.0, 1.0)" in out and "max_trials=3" in out and "best:" in out
+    assert main(["info", "-n", "e", "--json", "--storage", "orchard.pkl"]) == 0
+    assert json.loads(capsys.readouterr().out)["space"]["y"] == "uniform(0.0, 1.0)"
+
+
+def test_status_watch_refreshes_until_ctrl_c(workdir: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ORCHARD_")}
+    proc = subprocess.Popen([sys.executable, "-m", "orchard.cli", "status", "--watch", "--interval", "0.2"],
+                            cwd=workdir, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    time.sleep(2.0)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=20)
+    assert proc.returncode == 0, err
+    assert out.count("no experiments") >= 2 and "Ctrl-C to stop" in out
+
+
+def test_status_of_an_empty_storage(workdir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["status"]) == 0
+    assert "no experiments" in capsys.readouterr().out
+
+
+def test_inserted_point_is_evaluated_first(workdir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    orchard.build_experiment("e", space={"x": "uniform(0, 1)", "y": "uniform(0, 1)"}, storage="orchard.pkl",
+                             max_trials=3)
+    assert main(["insert", "-n", "e", "x=0.3", "y=0.2"]) == 0
+    assert "inserted trial" in capsys.readouterr().out
+    assert hunt("e") == 0
+    first = min(trials("e"), key=lambda t: t.start_time or 0)
+    assert first.params == {"x": 0.3, "y": 0.2} and first.objective == pytest.approx(0.0)
+    assert main(["insert", "-n", "e", "x=7", "y=0.2"]) == 2
+    line = error_line(capsys.readouterr().err)
+    assert "'x'" in line and "outside" in line
+
+
+# -- db ------------------------------------------------------------------------------------------
+
+
+def test_db_dump_and_load_round_trip(workdir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert hunt("e", "--max-trials", "3") == 0
+    assert main(["db", "dump", "-n", "e", "-o", "dump.json"]) == 0
+    assert main(["db", "load", "dump.json", "-n", "copy", "--storage", "other.pkl"]) == 0
+    assert "3 of 3 trials added" in capsys.readouterr().out
+    original, copy = trials("e"), trials("copy", "other.pkl")
+    assert sorted((t.objective, t.status) for t in original) == sorted((t.objective, t.status) for t in copy)
+    assert main(["db", "load", "dump.json", "-n", "copy", "--storage", "other.pkl"]) == 0
+    assert "0 of 3 trials added" in capsys.readouterr().out
+    mock = f"mongomock://cli-{uuid.uuid4().hex[:8]}"
+    assert main(["db", "load", "dump.json", "--storage", mock]) == 0
+    assert len(orchard.get_experiment("e", storage=mock).fetch_trials([TrialStatus.COMPLETED])) == 3
+
+
+def test_db_rm_asks_unless_yes(workdir: Path, capsys: pytest.CaptureFixture[str],
+                               monkeypatch: pytest.MonkeyPatch) -> None:
+    assert hunt("e", "--max-trials", "1") == 0
+    capsys.readouterr()
+    monkeypatch.setattr(sys, "stdin", io.StringIO(""))  # no terminal to ask on
+    assert main(["db", "rm", "-n", "e"]) == 2
+    assert "add --yes" in error_line(capsys.readouterr().err)
+    assert main(["db", "rm", "-n", "e", "--yes"]) == 0
+    assert "deleted experiment 'e'" in capsys.readouterr().out
+    assert orchard.get_storage("orchard.pkl").get_experiment("e") is None
+
+
+def test_db_release_sets_a_reserved_trial_back(workdir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    experiment = orchard.build_experiment("e", space={"x": "uniform(0, 1)"}, storage="orchard.pkl")
+    stuck = experiment.storage.register_trial(experiment.id, {"x": 0.5}, worker="dead:1:beef")
+    assert main(["db", "release", "-n", "e", stuck.id[:10]]) == 0
+    assert "released trial" in capsys.readouterr().out
+    trial = experiment.storage.get_trial(stuck.id)
+    assert trial is not None and trial.status is TrialStatus.INTERRUPTED and trial.worker is None
+    assert main(["db", "release", "-n", "e", "ffff"]) == 1
+    assert "no trial" in error_line(capsys.readouterr().err)
+
+
+@pytest.mark.parametrize("storage", ["orchard.pkl", "mongomock://dbtest"])
+def test_db_test_checks_and_cleans_up(
+    workdir: Path, capsys: pytest.CaptureFixture[str], storage: str
+) -> None:
+    assert main(["db", "test", "--storage", storage]) == 0
+    out = capsys.readouterr().out
+    for step in ("connect", "write", "reserve", "lock", "cleanup", "all checks passed"):
+        assert step in out
+    if storage.endswith(".pkl"):
+        assert not (workdir / storage).exists(), "db test should remove the file it created"
+    assert orchard.get_storage(storage).list_experiments() == []
+
+
+# -- errors ----------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("args", "code", "expected"), [
+    (["hunt", "-n", "e", sys.executable, "train.py", "--x~uniform(1, 0)"], 2,
+     "cannot parse prior 'uniform(1, 0)'"),
+    (["hunt", "-n", "e", sys.executable, "train.py", "--x~gauss(0, 1)"], 2, "unknown prior 'gauss'"),
+    (["hunt", "-n", "e", sys.executable, "nothere.py", "--x~uniform(0, 1)"], 2, "'nothere.py' not found"),
+    (["hunt", "-n", "e", "no-such-program-xyz", "--x~uniform(0, 1)"], 2, "not found on PATH"),
+    (["hunt", "-n", "e", "--bogus", "1", sys.executable, "train.py"], 2, "unrecognized arguments: --bogus"),
+    (["hunt", "-n", "e", sys.executable, "train.py"], 2, "defines no dimension"),
+    (["list", "--storage", "foo://bar"], 2, "unknown scheme 'foo'"),
+    (["info", "-n", "nope"], 1, "no experiment named 'nope'"),
+    (["frobnicate"], 2, "invalid choice"),
+])
+def test_errors_are_one_line(workdir: Path, capsys: pytest.CaptureFixture[str],
+                             args: list[str], code: int, expected: str) -> None:
+    assert main(args) == code
+    captured = capsys.readouterr()
+    assert expected in error_line(captured.err)
+    assert "Traceback" not in captured.err
+
+
+def test_errors_in_a_real_process_are_one_line(workdir: Path) -> None:
+    unreachable = "mongodb://user:secret@127.0.0.1:1/db?serverSelectionTimeoutMS=300"
+    proc = cli("hunt", "-n", "e", "--storage", unreachable, *train(), cwd=workdir)
+    assert proc.returncode == 1
+    line = error_line(proc.stderr)
+    assert "secret" not in line and "127.0.0.1" in line
+    debug = cli("info", "-n", "nope", "--debug", cwd=workdir)
+    assert debug.returncode == 1 and "Traceback" in debug.stderr
+
+
+def test_python_dash_m_orchard_and_version(workdir: Path) -> None:
+    proc = subprocess.run([sys.executable, "-m", "orchard", "--version"], capture_output=True, text=True,
+                          timeout=60, check=False)
+    assert proc.returncode == 0 and proc.stdout.startswith("orchard ")

@@ -1,0 +1,141 @@
+"""The Python client in one process: create/join, ask and tell, workon, errors."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+import orchard
+from orchard.errors import (
+    BudgetExhaustedError, ConfigurationError, DuplicateTrialError, ExperimentBrokenError,
+    ExperimentConflictError, ExperimentNotFoundError, ReservationLostError, SpaceError,
+)
+from orchard.trial import TrialStatus
+from tests import workloads
+
+
+@pytest.fixture
+def store(tmp_path) -> str:
+    return str(tmp_path / "orchard.pkl")
+
+
+def build(store: str, **options) -> orchard.Experiment:
+    options.setdefault("space", workloads.SPACE)
+    options.setdefault("max_trials", 10)
+    return orchard.build_experiment("exp", storage=store, **options)
+
+
+def test_workon_single_completes_exact_budget_with_plain_params(store) -> None:
+    exp = build(store, max_trials=12, seed=3)
+    stats = exp.workon(workloads.quadratic, executor="single", progress=False)
+    assert stats["counts"]["completed"] == 12
+    trials = exp.fetch_trials()
+    assert len(trials) == 12 and len({t.id for t in trials}) == 12
+    for trial in trials:
+        assert trial.status is TrialStatus.COMPLETED and trial.attempts == 1
+        assert all(type(v) is float for v in trial.params.values())
+        assert trial.objective == pytest.approx(workloads.quadratic(**trial.params))
+    assert exp.best_trial.objective == min(t.objective for t in trials)
+    # a second workon on a finished experiment returns at once
+    assert exp.workon(workloads.quadratic, executor="single", progress=False)["counts"]["completed"] == 12
+
+
+def test_join_uses_stored_config_and_detects_conflicts(store) -> None:
+    build(store, algorithm="random", max_trials=5)
+    joined = orchard.build_experiment("exp", storage=store)
+    assert joined.max_trials == 5 and joined.space.config()["x"] == "uniform(-5.0, 10.0)"
+    with pytest.raises(ExperimentConflictError) as info:
+        build(store, space={"x": "uniform(-5, 11)", "y": "uniform(0, 15)"})
+    assert "x: uniform(-5.0, 10.0) != uniform(-5.0, 11.0)" in str(info.value)
+    with pytest.raises(ExperimentConflictError, match="algorithm"):
+        build(store, algorithm="grid", max_trials=5)
+    with pytest.raises(ExperimentConflictError, match="only be raised"):
+        build(store, max_trials=3)
+    assert build(store, max_trials=8).max_trials == 8
+    assert orchard.get_experiment("exp", storage=store).max_trials == 8
+    with pytest.raises(ExperimentNotFoundError, match="exp"):
+        orchard.get_experiment("nope", storage=store)
+    with pytest.raises(ConfigurationError, match="give a space"):
+        orchard.build_experiment("other", storage=store)
+
+
+def test_suggest_observe_release_insert(store) -> None:
+    exp = build(store, max_trials=3)
+    inserted = exp.insert({"x": 1.0, "y": 2.0})
+    with pytest.raises(DuplicateTrialError):
+        exp.insert({"x": 1.0, "y": 2.0})
+    with pytest.raises(SpaceError):
+        exp.insert({"x": 100.0, "y": 2.0})
+    first = exp.suggest()
+    assert first.id == inserted.id and first.status is TrialStatus.RESERVED  # inserted trials go first
+    exp.release(first)
+    again = exp.suggest()
+    assert again.id == first.id and again.attempts == 2
+    done = exp.observe(again, {"objective": 1.5, "loss": 0.1})
+    assert done.status is TrialStatus.COMPLETED and done.results == {"loss": 0.1}
+    with pytest.raises(ReservationLostError):
+        exp.observe(again, 2.0)
+    broken = exp.observe(exp.suggest(), float("nan"))
+    assert broken.status is TrialStatus.BROKEN and "nan" in broken.error["message"]
+    exp.observe(exp.suggest(), 0.5)
+    exp.observe(exp.suggest(), 0.7)
+    with pytest.raises(BudgetExhaustedError):
+        exp.suggest()
+    assert exp.stats["counts"] == {"new": 0, "reserved": 0, "completed": 3, "broken": 1, "interrupted": 0}
+
+
+def test_always_raising_objective_stops_at_max_broken(store) -> None:
+    exp = build(store, max_trials=20, max_broken=3)
+    with pytest.raises(ExperimentBrokenError) as info:
+        exp.workon(workloads.always_raises, executor="single", progress=False)
+    assert "3 trials are broken" in str(info.value) and "ValueError: bad x=" in str(info.value)
+    broken = exp.fetch_trials([TrialStatus.BROKEN])
+    assert len(broken) == 3 and broken[0].error["type"] == "ValueError"
+    assert len(exp.fetch_trials()) == 3
+
+
+def test_dict_results_callbacks_and_pandas(store) -> None:
+    exp = build(store, max_trials=4)
+    seen: list[str] = []
+    exp.workon(workloads.with_metrics, executor="single", progress=False, on_result=lambda t: seen.append(t.id))
+    assert sorted(seen) == sorted(t.id for t in exp.fetch_trials())
+    frame = exp.to_pandas()
+    assert len(frame) == 4 and {"params.x", "params.y", "results.accuracy", "objective"} <= set(frame.columns)
+
+
+def test_trial_timeout_breaks_with_reason(store) -> None:
+    exp = build(store, max_trials=1, max_broken=1)
+    with pytest.raises(ExperimentBrokenError, match="timeout"):
+        exp.workon(workloads.sleepy, executor="single", trial_timeout=0.5, progress=False)
+    (trial,) = exp.fetch_trials()
+    assert trial.error["reason"] == "timeout" and trial.duration < 10
+
+
+def test_workon_max_trials_caps_one_call(store) -> None:
+    exp = build(store, max_trials=10)
+    exp.workon(workloads.quadratic, executor="single", max_trials=4, progress=False)
+    assert exp.stats["counts"]["completed"] == 4
+    exp.workon(workloads.quadratic, executor="single", progress=False)
+    assert exp.stats["counts"]["completed"] == 10
+
+
+def test_bad_options_are_clear(store) -> None:
+    exp = build(store)
+    with pytest.raises(ConfigurationError, match="unknown executor 'nope'; valid executors: joblib"):
+        exp.workon(workloads.quadratic, executor="nope")
+    with pytest.raises(ConfigurationError, match="n_workers"):
+        exp.workon(workloads.quadratic, n_workers=0)
+    with pytest.raises(ConfigurationError, match="max_trials"):
+        build(store, max_trials=-1)
+    with pytest.raises(ConfigurationError, match="memory://"):
+        orchard.build_experiment("m", space=workloads.SPACE, storage="memory://x", max_trials=2).workon(
+            workloads.quadratic, n_workers=2, executor="process")
+
+
+def test_memory_storage_with_threads() -> None:
+    exp = orchard.build_experiment("t", space=workloads.SPACE, storage="memory://threads", max_trials=30)
+    exp.workon(workloads.quadratic, n_workers=4, executor="thread", progress=False)
+    trials = exp.fetch_trials()
+    assert len(trials) == 30 and all(t.status is TrialStatus.COMPLETED for t in trials)
+    assert not math.isnan(exp.best_trial.objective)

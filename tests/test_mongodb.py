@@ -1,0 +1,601 @@
+"""MongoStorage: every verb on mongomock, URI and error handling, and the wire protocol for real.
+
+The mongomock tests are single-threaded (mongomock is not atomic under
+threads). The ``slow`` tests run against a MongoDB wire-protocol server
+process (SecantusDB, or ``$ORCHARD_TEST_MONGODB_URI``), including races
+between spawned processes.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import pickle
+import time
+import uuid
+from collections import Counter
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import numpy as np
+import pytest
+from pymongo.errors import AutoReconnect, OperationFailure
+
+from orchard.errors import (
+    BudgetExhaustedError,
+    ConfigurationError,
+    DuplicateTrialError,
+    ExperimentNotFoundError,
+    ReservationLostError,
+    StorageError,
+    StorageUnavailableError,
+    TrialNotFoundError,
+)
+from orchard.storages import _mongo, get_storage
+from orchard.storages.mongodb import MongoStorage
+from orchard.testing.mongo_server import mongodb_for_tests
+from orchard.trial import Trial, TrialStatus
+
+SPAWN = multiprocessing.get_context("spawn")
+SECRET = "s3cr3t-Pa55"
+
+
+def _mock_uri() -> str:
+    return f"mongomock://test-{uuid.uuid4().hex[:12]}"
+
+
+@pytest.fixture
+def storage() -> Iterator[MongoStorage]:
+    store = MongoStorage(_mock_uri())
+    yield store
+    store.close()
+
+
+@pytest.fixture
+def exp(storage: MongoStorage) -> str:
+    return storage.create_experiment("exp", {"space": {"x": "uniform(0, 1)"}, "max_trials": 5})
+
+
+def _doc(storage: MongoStorage, trial_id: str) -> dict[str, Any]:
+    return dict(storage._trials.find_one({"_id": trial_id}))
+
+
+def _slot(storage: MongoStorage, trial_id: str) -> int | None:
+    """The budget slot a trial holds (``None`` if it holds none)."""
+    key = _doc(storage, trial_id).get("slot")
+    return None if key is None else int(key.rpartition(":")[2])
+
+
+def _slots(storage: MongoStorage, exp: str) -> list[int]:
+    return sorted(int(d["slot"].rpartition(":")[2])
+                  for d in storage._trials.find({"experiment": exp, "slot": {"$exists": True}}))
+
+
+# -- URIs, connection, errors ---------------------------------------------------
+
+
+def test_get_storage_opens_mongo_uris_without_connecting() -> None:
+    start = time.monotonic()
+    for uri in ("mongodb://127.0.0.1:1/orchard", "mongomock://x", f"mongodb+srv://u:{SECRET}@c0.example.com/db"):
+        assert isinstance(get_storage(uri), MongoStorage)
+    assert time.monotonic() - start < 1.0
+
+
+@pytest.mark.parametrize(
+    ("uri", "database"),
+    [
+        ("mongodb://db-host:27017/runs", "runs"),
+        ("mongodb://db-host", "orchard"),
+        ("mongodb://a:1,b:2/runs?replicaSet=rs0", "runs"),
+        (f"mongodb://user:{SECRET}@db-host/runs?authSource=admin", "runs"),
+        ("mongomock://shared/other", "other"),
+        ("mongomock://shared", "orchard"),
+    ],
+)
+def test_database_comes_from_the_uri_path(uri: str, database: str) -> None:
+    assert MongoStorage(uri)._db_name == database
+
+
+@pytest.mark.parametrize(
+    "uri",
+    [
+        f"mongodb://user:{SECRET}@host:notaport/db",
+        "mongodb://",
+        "mongodb://host/db?serverSelectionTimeoutMS=soon",
+        f"mongodb+srv://user:{SECRET}@host:27017/db",
+        "mongodb+srv://a.example.com,b.example.com/db",
+        "mongodb://host/bad$name",
+    ],
+)
+def test_malformed_uri_is_a_configuration_error_without_credentials(uri: str) -> None:
+    with pytest.raises(ConfigurationError) as info:
+        get_storage(uri)
+    assert SECRET not in str(info.value)
+
+
+def test_srv_uri_is_accepted_offline_and_redacted() -> None:
+    storage = MongoStorage(f"mongodb+srv://admin:{SECRET}@cluster0.example.com/prod?retryWrites=true")
+    assert storage._db_name == "prod"
+    assert SECRET not in repr(storage) and "***" in repr(storage)
+    clone = pickle.loads(pickle.dumps(storage))
+    assert clone.uri == storage.uri and SECRET not in repr(clone)
+
+
+def test_unreachable_server_fails_fast_with_a_redacted_message() -> None:
+    storage = get_storage(f"mongodb://alice:{SECRET}@127.0.0.1:1/x?serverSelectionTimeoutMS=500")
+    start = time.monotonic()
+    with pytest.raises(StorageUnavailableError) as info:
+        storage.create_experiment("e", {})
+    assert time.monotonic() - start < 2.5
+    message = str(info.value)
+    assert SECRET not in message and "alice:***@127.0.0.1:1" in message
+    assert "reach" in message and isinstance(info.value.__cause__, AutoReconnect)
+    assert SECRET not in repr(storage)
+
+
+@pytest.mark.parametrize(
+    ("error", "leaf", "words"),
+    [
+        (OperationFailure("Authentication failed.", code=18), StorageUnavailableError, "password"),
+        (OperationFailure("not authorized on runs", code=13), StorageUnavailableError, "authSource"),
+        (AutoReconnect("connection reset"), StorageUnavailableError, "reach"),
+        (OperationFailure("something odd", code=2), StorageError, "failed to"),
+    ],
+)
+def test_driver_errors_become_orchard_errors(
+    storage: MongoStorage, monkeypatch: pytest.MonkeyPatch, error: Exception, leaf: type, words: str
+) -> None:
+    def broken_db() -> Any:
+        raise error
+
+    monkeypatch.setattr(storage, "_db", broken_db)
+    with pytest.raises(leaf) as info:
+        storage.get_experiment("exp")
+    assert type(info.value) is leaf and words in str(info.value)
+    assert info.value.__cause__ is error
+
+
+def test_scrub_removes_plain_and_encoded_passwords() -> None:
+    uri = "mongodb://bob:p%40ss@host/db"
+    assert "p@ss" not in _mongo.scrub("auth failed for bob with p@ss and p%40ss", uri)
+
+
+def test_anonymous_mongomock_is_fresh_but_pickles_to_the_same_data() -> None:
+    first, second = get_storage("mongomock://"), get_storage("mongomock://")
+    exp = first.create_experiment("e", {})
+    assert second.list_experiments() == []
+    assert pickle.loads(pickle.dumps(first)).get_experiment("e").id == exp  # type: ignore[union-attr]
+
+
+def test_named_mongomock_is_shared_in_the_process() -> None:
+    uri = _mock_uri()
+    exp = get_storage(uri).create_experiment("e", {})
+    assert get_storage(uri).require_experiment("e").id == exp
+
+
+def test_close_then_use_reconnects(storage: MongoStorage, exp: str) -> None:
+    storage.close()
+    assert storage.get_experiment("exp").id == exp  # type: ignore[union-attr]
+
+
+def test_a_forked_child_gets_its_own_client(storage: MongoStorage, exp: str) -> None:
+    inherited = storage._client
+    storage._pid = -1  # as if this were a child process after fork
+    storage.count_trials(exp)
+    assert storage._pid > 0 and storage._indexed
+    assert storage._client is inherited  # mongomock: the process-wide client is shared by name
+
+
+# -- experiments ----------------------------------------------------------------
+
+
+def test_create_is_get_or_create_and_keeps_the_first_config(storage: MongoStorage) -> None:
+    exp = storage.create_experiment("e", {"a": 1})
+    assert storage.create_experiment("e", {"a": 2}) == exp
+    record = storage.require_experiment("e")
+    assert (record.id, record.config) == (exp, {"a": 1})
+    assert [r.name for r in storage.list_experiments()] == ["e"]
+
+
+def test_update_merges_config_keys(storage: MongoStorage, exp: str) -> None:
+    record = storage.update_experiment(exp, {"max_trials": np.int64(9), "new": {"k": 1}})
+    assert record.config["max_trials"] == 9 and type(record.config["max_trials"]) is int
+    assert record.config["space"] == {"x": "uniform(0, 1)"} and record.config["new"] == {"k": 1}
+    with pytest.raises(ExperimentNotFoundError):
+        storage.update_experiment("nope", {"a": 1})
+
+
+def test_list_is_oldest_first_and_delete_removes_trials(storage: MongoStorage) -> None:
+    first = storage.create_experiment("b-first", {})
+    storage.create_experiment("a-second", {})
+    storage.register_trial(first, {"x": 1})
+    storage.register_trial(first, {"x": 2})
+    assert [r.name for r in storage.list_experiments()] == ["b-first", "a-second"]
+    assert storage.delete_experiment(first) == 2
+    assert storage.delete_experiment(first) == 0
+    assert storage.get_experiment("b-first") is None
+    assert storage._trials.count_documents({"experiment": first}) == 0
+
+
+@pytest.mark.parametrize(
+    "verb",
+    [
+        lambda s: s.register_trial("nope", {"x": 1}),
+        lambda s: s.reserve_trial("nope", "w"),
+        lambda s: s.fetch_trials("nope"),
+        lambda s: s.fetch_changes("nope"),
+        lambda s: s.count_trials("nope"),
+        lambda s: s.release_stale("nope", 1.0),
+        lambda s: s.restore_trials("nope", []),
+    ],
+)
+def test_per_experiment_verbs_reject_an_unknown_experiment(
+    storage: MongoStorage, verb: Callable[[MongoStorage], Any]
+) -> None:
+    with pytest.raises(ExperimentNotFoundError, match="nope"):
+        verb(storage)
+
+
+# -- registering and the budget -------------------------------------------------
+
+
+def test_register_new_and_reserved_trials(storage: MongoStorage, exp: str) -> None:
+    new = storage.register_trial(exp, {"x": np.float64(0.5), "n": np.int64(3)})
+    assert new.status is TrialStatus.NEW and new.attempts == 0 and new.worker is None
+    stored = _doc(storage, new.id)
+    assert stored["params"] == {"x": 0.5, "n": 3} and type(stored["params"]["n"]) is int
+    mine = storage.register_trial(exp, {"x": 0.7}, worker="w1")
+    assert (mine.status, mine.worker, mine.attempts) == (TrialStatus.RESERVED, "w1", 1)
+    assert mine.heartbeat == mine.start_time == mine.submit_time
+    assert storage.get_trial(mine.id) == mine
+    assert storage.reserve_trial(exp, "w2").id == new.id  # type: ignore[union-attr]
+
+
+def test_duplicate_params_are_refused_before_the_budget(storage: MongoStorage, exp: str) -> None:
+    storage.register_trial(exp, {"x": 1}, budget=1)
+    with pytest.raises(DuplicateTrialError, match="already has a trial"):
+        storage.register_trial(exp, {"x": 1})
+    with pytest.raises(DuplicateTrialError):
+        storage.register_trial(exp, {"x": 1}, budget=1)
+    with pytest.raises(BudgetExhaustedError, match="1 of max_trials=1"):
+        storage.register_trial(exp, {"x": 2}, budget=1)
+
+
+def test_every_non_broken_trial_holds_one_slot(storage: MongoStorage, exp: str) -> None:
+    trials = [storage.register_trial(exp, {"x": i}, worker="w", budget=3) for i in range(3)]
+    assert [_slot(storage, t.id) for t in trials] == [0, 1, 2]
+    assert _doc(storage, trials[0].id)["slot"] == f"{exp}:0000000000"
+    with pytest.raises(BudgetExhaustedError):
+        storage.register_trial(exp, {"x": 9}, budget=3)
+    storage.fail_trial(trials[1].id, "w", {"type": "E", "message": "m"})
+    assert _slot(storage, trials[1].id) is None
+    refill = storage.register_trial(exp, {"x": 10}, budget=3)  # takes the freed unit, slot 1
+    assert _slot(storage, refill.id) == 1
+    with pytest.raises(BudgetExhaustedError, match="3 of max_trials=3"):
+        storage.register_trial(exp, {"x": 11}, budget=3)
+    storage.register_trial(exp, {"x": 12})  # no budget: admitted, and holds a unit
+    assert _slots(storage, exp) == [0, 1, 2, 3]
+    with pytest.raises(BudgetExhaustedError, match="4 of max_trials=4"):
+        storage.register_trial(exp, {"x": 13}, budget=4)
+    assert storage.register_trial(exp, {"x": 14}, budget=5).status is TrialStatus.NEW
+
+
+def test_a_slot_taken_by_a_racer_is_skipped(
+    storage: MongoStorage, exp: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    other = MongoStorage(storage.uri)
+    storage.register_trial(exp, {"x": 0}, budget=3)
+    real_top, reads = other._slots._top, []
+
+    def stale_top(trials: Any, experiment_id: str) -> int:  # read before the racer's insert landed
+        reads.append(experiment_id)
+        return 0 if len(reads) == 1 else real_top(trials, experiment_id)
+
+    monkeypatch.setattr(other._slots, "_top", stale_top)
+    trial = other.register_trial(exp, {"x": 1}, budget=3)
+    assert _slot(other, trial.id) == 1 and len(reads) == 2
+    with pytest.raises(DuplicateTrialError):  # a collision on _id is not mistaken for a slot one
+        other.register_trial(exp, {"x": 0}, budget=3)
+    other._slots._floor[exp] = 0  # a floor of zero only widens the read
+    other.register_trial(exp, {"x": 2}, budget=3)
+    assert _slots(storage, exp) == [0, 1, 2]
+    with pytest.raises(BudgetExhaustedError):
+        storage.register_trial(exp, {"x": 3}, budget=3)
+
+
+def test_budget_zero_admits_nothing(storage: MongoStorage, exp: str) -> None:
+    with pytest.raises(BudgetExhaustedError, match="0 of max_trials=0"):
+        storage.register_trial(exp, {"x": 1}, budget=0)
+
+
+def test_restore_keeps_statuses_skips_existing_and_counts_against_the_budget(
+    storage: MongoStorage, exp: str
+) -> None:
+    storage.register_trial(exp, {"x": 0})
+    dumped = [
+        Trial(id="old", experiment="elsewhere", params={"x": i}, status=status, objective=float(i),
+              submit_time=float(i))
+        for i, status in enumerate([TrialStatus.NEW, TrialStatus.COMPLETED, TrialStatus.BROKEN])
+    ]
+    assert storage.restore_trials(exp, dumped) == 2  # {"x": 0} exists already
+    restored = {t.params["x"]: t for t in storage.fetch_trials(exp)}
+    assert restored[1].status is TrialStatus.COMPLETED and restored[1].experiment == exp
+    assert _slot(storage, restored[2].id) is None and _slot(storage, restored[1].id) is not None
+    assert storage.restore_trials(exp, dumped) == 0
+    with pytest.raises(BudgetExhaustedError, match="2 of max_trials=2"):
+        storage.register_trial(exp, {"x": 5}, budget=2)
+
+
+# -- the reservation lifecycle ----------------------------------------------------
+
+
+def test_reserve_takes_interrupted_first_then_oldest_new(storage: MongoStorage, exp: str) -> None:
+    first, second = (storage.register_trial(exp, {"x": i}) for i in range(2))
+    taken = storage.reserve_trial(exp, "w1")
+    assert taken is not None and taken.id == first.id
+    assert (taken.status, taken.worker, taken.attempts) == (TrialStatus.RESERVED, "w1", 1)
+    storage.release_trial(first.id, "w1")
+    again = storage.reserve_trial(exp, "w2")
+    assert again is not None and (again.id, again.attempts) == (first.id, 2)
+    assert storage.reserve_trial(exp, "w3").id == second.id  # type: ignore[union-attr]
+    assert storage.reserve_trial(exp, "w4") is None
+
+
+def test_only_the_owner_writes_a_reservation(storage: MongoStorage, exp: str) -> None:
+    trial = storage.register_trial(exp, {"x": 1}, worker="owner")
+    for write in (
+        lambda w: storage.heartbeat_trial(trial.id, w),
+        lambda w: storage.complete_trial(trial.id, w, 1.0),
+        lambda w: storage.fail_trial(trial.id, w, {"type": "E", "message": "m"}),
+        lambda w: storage.release_trial(trial.id, w),
+    ):
+        with pytest.raises(ReservationLostError, match="owned by owner, not reserved by thief"):
+            write("thief")
+    assert _doc(storage, trial.id)["version"] == 1  # nothing was written
+    storage.heartbeat_trial(trial.id, "owner")
+    done = storage.complete_trial(trial.id, "owner", np.float64(0.25), {"acc": np.float32(0.5)})
+    assert (done.status, done.objective, done.results) == (TrialStatus.COMPLETED, 0.25, {"acc": 0.5})
+    assert done.end_time is not None
+    with pytest.raises(ReservationLostError, match="is completed"):
+        storage.complete_trial(trial.id, "owner", 2.0)
+    with pytest.raises(TrialNotFoundError):
+        storage.heartbeat_trial("missing", "owner")
+    with pytest.raises(TrialNotFoundError):
+        storage.release_trial("missing", None)
+
+
+def test_fail_and_release(storage: MongoStorage, exp: str) -> None:
+    a = storage.register_trial(exp, {"x": 1}, worker="w")
+    b = storage.register_trial(exp, {"x": 2}, worker="w")
+    broken = storage.fail_trial(a.id, "w", {"type": "ValueError", "message": "bad", "reason": "x"})
+    assert broken.status is TrialStatus.BROKEN and broken.error == {"type": "ValueError", "message": "bad",
+                                                                     "reason": "x"}
+    released = storage.release_trial(b.id, None)  # administrative: whoever holds it
+    assert (released.status, released.worker) == (TrialStatus.INTERRUPTED, None)
+    with pytest.raises(ReservationLostError, match="unowned, not reserved by anyone"):
+        storage.release_trial(b.id, None)
+
+
+def test_release_stale_takes_only_stale_reservations(storage: MongoStorage, exp: str) -> None:
+    old = storage.register_trial(exp, {"x": 1}, worker="lost")
+    fresh = storage.register_trial(exp, {"x": 2}, worker="alive")
+    now = time.time() + 100
+    storage._trials.update_one({"_id": fresh.id}, {"$set": {"heartbeat": now - 1}})
+    released = storage.release_stale(exp, timeout=30, now=now)
+    assert [(t.id, t.status, t.worker) for t in released] == [(old.id, TrialStatus.INTERRUPTED, None)]
+    assert storage.get_trial(fresh.id).status is TrialStatus.RESERVED  # type: ignore[union-attr]
+    with pytest.raises(ReservationLostError):
+        storage.heartbeat_trial(old.id, "lost")
+    assert storage.release_stale(exp, timeout=30, now=now) == []
+
+
+# -- reading ----------------------------------------------------------------------
+
+
+def test_fetch_and_count(storage: MongoStorage, exp: str) -> None:
+    trials = [storage.register_trial(exp, {"x": i}, worker="w") for i in range(3)]
+    storage.complete_trial(trials[0].id, "w", 3.0)
+    storage.complete_trial(trials[2].id, "w", 1.0)
+    assert [t.id for t in storage.fetch_trials(exp)] == [t.id for t in trials]
+    assert [t.id for t in storage.fetch_trials(exp, ["completed"])] == [trials[0].id, trials[2].id]
+    assert storage.best_trial(exp).id == trials[2].id  # type: ignore[union-attr]
+    counts = storage.count_trials(exp)
+    assert counts == {**{s: 0 for s in TrialStatus}, TrialStatus.COMPLETED: 2, TrialStatus.RESERVED: 1}
+
+
+def _replay(storage: MongoStorage, exp: str, view: dict[str, Trial], cursor: Any) -> tuple[list[Trial], Any]:
+    changed, cursor = storage.fetch_changes(exp, cursor)
+    view.update((t.id, t) for t in changed)
+    return changed, pickle.loads(pickle.dumps(cursor))
+
+
+def test_fetch_changes_replays_the_state_incrementally(storage: MongoStorage, exp: str) -> None:
+    view: dict[str, Trial] = {}
+    a = storage.register_trial(exp, {"x": 1}, worker="w")
+    changed, cursor = _replay(storage, exp, view, None)
+    assert [t.id for t in changed] == [a.id]
+    assert _replay(storage, exp, view, cursor)[0] == []  # nothing changed: nothing returned
+    b = storage.register_trial(exp, {"x": 2})
+    storage.complete_trial(a.id, "w", 1.0)
+    changed, cursor = _replay(storage, exp, view, cursor)
+    assert sorted(t.id for t in changed) == sorted([a.id, b.id])
+    storage.reserve_trial(exp, "w2")
+    storage.heartbeat_trial(b.id, "w2")
+    changed, cursor = _replay(storage, exp, view, cursor)
+    assert [(t.id, t.status) for t in changed] == [(b.id, TrialStatus.RESERVED)]
+    assert view == {t.id: t for t in storage.fetch_trials(exp)}
+
+
+def test_a_write_hidden_from_the_window_is_recovered_by_the_count_check(exp: str, storage: MongoStorage) -> None:
+    trial = storage.register_trial(exp, {"x": 1}, worker="w")
+    cursor = storage.fetch_changes(exp)[1]
+    storage.complete_trial(trial.id, "w", 1.0)
+    # as if the writer's clock were an hour behind: the window cannot see the write
+    storage._trials.update_one({"_id": trial.id}, {"$set": {"mtime": time.time() - 3600}})
+    assert storage.fetch_changes(exp, cursor)[0] == []  # missed until the next count check
+    checking = MongoStorage(storage.uri, check_interval=0.0)
+    changed, cursor = checking.fetch_changes(exp, cursor)
+    assert [(t.id, t.status) for t in changed] == [(trial.id, TrialStatus.COMPLETED)]
+    assert checking.fetch_changes(exp, cursor)[0] == []
+
+
+def test_a_cursor_of_another_experiment_restarts_from_scratch(storage: MongoStorage, exp: str) -> None:
+    other = storage.create_experiment("other", {})
+    storage.register_trial(other, {"x": 1})
+    cursor = storage.fetch_changes(other)[1]
+    trial = storage.register_trial(exp, {"x": 1})
+    assert [t.id for t in storage.fetch_changes(exp, cursor)[0]] == [trial.id]
+    assert [t.id for t in storage.fetch_changes(exp, 17)[0]] == [trial.id]
+
+
+def test_the_storage_pickles_by_uri(storage: MongoStorage, exp: str) -> None:
+    storage.register_trial(exp, {"x": 1})
+    clone = pickle.loads(pickle.dumps(storage))
+    assert isinstance(clone, MongoStorage) and clone is not storage
+    assert clone.count_trials(exp)[TrialStatus.NEW] == 1
+    assert len(pickle.dumps(storage)) < 300  # the URI and two numbers, never a client
+
+
+# -- over the wire (SecantusDB or $ORCHARD_TEST_MONGODB_URI) ----------------------
+
+
+@pytest.fixture(scope="module")
+def wire_uri(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    with mongodb_for_tests(tmp_path_factory.mktemp("mongo")) as uri:
+        yield uri
+
+
+@pytest.fixture
+def wire(wire_uri: str) -> Iterator[MongoStorage]:
+    store = MongoStorage(wire_uri)
+    created: list[str] = []
+    real_create = store.create_experiment
+
+    def create(name: str, config: Any) -> str:  # unique names: a real server may hold other data
+        created.append(real_create(f"{name}-{uuid.uuid4().hex[:8]}", config))
+        return created[-1]
+
+    store.create_experiment = create  # type: ignore[method-assign]
+    yield store
+    for exp_id in created:
+        store.delete_experiment(exp_id)
+    store.close()
+
+
+def _run_racers(target: Callable[..., None], args: list[tuple[Any, ...]], timeout: float = 120) -> list[Any]:
+    """Run ``target(*args, barrier, results)`` in spawned processes; return what each put."""
+    barrier, results = SPAWN.Barrier(len(args)), SPAWN.Queue()
+    processes = [SPAWN.Process(target=target, args=(*a, barrier, results)) for a in args]
+    for process in processes:
+        process.start()
+    try:
+        out = [results.get(timeout=timeout) for _ in processes]
+    finally:
+        for process in processes:
+            process.join(timeout=30)
+            if process.is_alive():
+                process.kill()
+    assert all(p.exitcode == 0 for p in processes), [p.exitcode for p in processes]
+    return out
+
+
+def _reserve_and_complete(storage: MongoStorage, exp: str, worker: str, barrier: Any, results: Any) -> None:
+    barrier.wait(60)
+    won: list[str] = []
+    while (trial := storage.reserve_trial(exp, worker)) is not None:
+        storage.complete_trial(trial.id, worker, float(len(won)))
+        won.append(trial.id)
+    results.put(won)
+
+
+def _claim_budget(storage: MongoStorage, exp: str, worker: str, points: list[int], budget: int,
+                  barrier: Any, results: Any) -> None:
+    barrier.wait(60)
+    won = []
+    for x in points:
+        try:
+            won.append(storage.register_trial(exp, {"x": x}, worker=worker, budget=budget).id)
+        except BudgetExhaustedError:
+            continue
+    results.put((worker, won))
+
+
+def _count_in_child(storage: MongoStorage, exp: str, results: Any) -> None:
+    results.put(storage.count_trials(exp)[TrialStatus.NEW])
+
+
+@pytest.mark.slow
+def test_every_verb_over_the_wire(wire: MongoStorage) -> None:
+    exp = wire.create_experiment("verbs", {"a": 1})
+    names = {i["name"] for i in wire._trials.list_indexes()}
+    assert {"experiment_status_submit", "experiment_mtime", "slot_unique"} <= names
+    a = wire.register_trial(exp, {"x": 1}, budget=2)
+    with pytest.raises(DuplicateTrialError):  # the server names the _id index
+        wire.register_trial(exp, {"x": 1}, budget=2)
+    b = wire.register_trial(exp, {"x": 2}, worker="w", budget=2)
+    with pytest.raises(BudgetExhaustedError):
+        wire.register_trial(exp, {"x": 3}, budget=2)
+    changed, cursor = wire.fetch_changes(exp)
+    assert {t.id for t in changed} == {a.id, b.id}
+    assert wire.reserve_trial(exp, "v").id == a.id  # type: ignore[union-attr]
+    wire.heartbeat_trial(a.id, "v")
+    with pytest.raises(ReservationLostError):
+        wire.complete_trial(a.id, "w", 1.0)
+    wire.fail_trial(a.id, "v", {"type": "E", "message": "m"})
+    c = wire.register_trial(exp, {"x": 3}, budget=2)  # the broken trial's unit is free again
+    wire.complete_trial(b.id, "w", 0.5)
+    assert wire.release_stale(exp, timeout=0, now=time.time() + 1) == []
+    changed, cursor = wire.fetch_changes(exp, cursor)
+    assert {t.id: t.status for t in changed} == {
+        a.id: TrialStatus.BROKEN, b.id: TrialStatus.COMPLETED, c.id: TrialStatus.NEW}
+    assert wire.count_trials(exp) == {TrialStatus.NEW: 1, TrialStatus.RESERVED: 0, TrialStatus.COMPLETED: 1,
+                                      TrialStatus.BROKEN: 1, TrialStatus.INTERRUPTED: 0}
+    assert wire.best_trial(exp).id == b.id  # type: ignore[union-attr]
+    assert wire.reserve_trial(exp, "z").id == c.id  # type: ignore[union-attr]
+    [stale] = wire.release_stale(exp, timeout=10, now=time.time() + 60)
+    assert (stale.id, stale.status) == (c.id, TrialStatus.INTERRUPTED)
+
+
+@pytest.mark.slow
+def test_a_forked_child_reconnects_with_its_own_client(wire: MongoStorage) -> None:
+    exp = wire.create_experiment("fork", {})
+    wire.register_trial(exp, {"x": 1})  # the parent's client is connected now
+    fork = multiprocessing.get_context("fork")
+    results = fork.Queue()
+    child = fork.Process(target=_count_in_child, args=(wire, exp, results))
+    child.start()
+    assert results.get(timeout=60) == 1
+    child.join(30)
+    assert child.exitcode == 0
+    assert wire.count_trials(exp)[TrialStatus.NEW] == 1  # the parent's client still works
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(180)
+def test_racing_processes_reserve_and_complete_each_trial_exactly_once(wire: MongoStorage) -> None:
+    exp = wire.create_experiment("race", {})
+    registered = {wire.register_trial(exp, {"x": i}).id for i in range(50)}
+    won = _run_racers(_reserve_and_complete, [(wire, exp, f"racer-{i}") for i in range(4)])
+    ids = [tid for per_process in won for tid in per_process]
+    assert Counter(ids).most_common(1)[0][1] == 1, "a trial was completed by two processes"
+    assert set(ids) == registered
+    trials = wire.fetch_trials(exp)
+    assert {t.status for t in trials} == {TrialStatus.COMPLETED} and {t.attempts for t in trials} == {1}
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(180)
+def test_racing_budget_claims_never_exceed_the_budget(wire: MongoStorage) -> None:
+    budget, exp = 10, wire.create_experiment("budget", {})
+    args = [(wire, exp, f"racer-{i}", list(range(i * 8, i * 8 + 8)), budget) for i in range(4)]
+    admitted = dict(_run_racers(_claim_budget, args))
+    assert sum(len(ids) for ids in admitted.values()) == budget  # non-broken only grows: the peak
+    # break three trials; their units are reclaimed by a second race through the hole-filling path
+    victims = [(worker, tid) for worker, ids in admitted.items() for tid in ids][:3]
+    for worker, tid in victims:
+        wire.fail_trial(tid, worker, {"type": "E", "message": "m"})
+    args = [(wire, exp, f"second-{i}", list(range(100 + i * 4, 104 + i * 4)), budget) for i in range(4)]
+    refilled = dict(_run_racers(_claim_budget, args))
+    assert sum(len(ids) for ids in refilled.values()) == 3
+    counts = wire.count_trials(exp)
+    assert counts[TrialStatus.RESERVED] == budget and counts[TrialStatus.BROKEN] == 3
+    assert _slots(wire, exp) == list(range(budget))

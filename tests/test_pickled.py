@@ -1,0 +1,539 @@
+"""The pickle-file storage: format, crash safety, locks, compaction, hostile files.
+
+Multi-process tests use real processes (spawn context) and SIGKILL; they are
+marked ``slow``.
+"""
+
+from __future__ import annotations
+
+import datetime
+import multiprocessing
+import os
+import pickle
+import random
+import signal
+import socket
+import struct
+import threading
+import time
+import uuid
+import zlib
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from orchard.errors import (
+    ConfigurationError,
+    ExperimentNotFoundError,
+    ReservationLostError,
+    StorageCorruptedError,
+    StorageError,
+    StorageUnavailableError,
+)
+from orchard.storages import get_storage
+from orchard.storages import _logfile
+from orchard.storages._filelocks import SoftLock
+from orchard.storages.pickled import PickledStorage
+from orchard.trial import TrialStatus
+
+SPAWN = multiprocessing.get_context("spawn")
+WAIT = 60.0  # generous bound on a child getting ready (spawn imports take a while on loaded CI)
+
+
+# -- helpers ------------------------------------------------------------------------
+
+
+def _frame(payload: bytes) -> bytes:
+    """A frame built from the documented layout (independently of the module's encoder)."""
+    head = struct.pack("<II", len(payload), zlib.crc32(payload))
+    return head + struct.pack("<I", zlib.crc32(head)) + payload
+
+
+def _generation(path: Path) -> bytes:
+    return _logfile.decode_header(path.read_bytes()[: _logfile.HEADER_SIZE], str(path)).generation
+
+
+def _scan_file(path: Path) -> _logfile.Scan:
+    data = path.read_bytes()
+    return _logfile.scan(data[_logfile.HEADER_SIZE :], _logfile.HEADER_SIZE, str(path))
+
+
+def _populate(storage: PickledStorage, n: int, name: str = "exp") -> str:
+    """An experiment with ``n`` trials in a mix of statuses."""
+    exp_id = storage.create_experiment(name, {"space": {"x": "uniform(0, 1)"}})
+    for i in range(n):
+        trial = storage.register_trial(exp_id, {"x": i / n}, worker="w1")
+        if i % 4 == 0:
+            storage.complete_trial(trial.id, "w1", float(i), {"i": i})
+        elif i % 4 == 1:
+            storage.fail_trial(trial.id, "w1", {"type": "ValueError", "message": "no"})
+        elif i % 4 == 2:
+            storage.release_trial(trial.id, "w1")
+    return exp_id
+
+
+@pytest.fixture
+def path(tmp_path: Path) -> Path:
+    return tmp_path / "runs" / "orchard.pkl"
+
+
+# -- opening, URIs, pickling ------------------------------------------------------------
+
+
+def test_uri_forms_and_options(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    plain = get_storage("runs/a.pkl")
+    assert isinstance(plain, PickledStorage)
+    assert plain.path == str(tmp_path / "runs" / "a.pkl")
+    assert (tmp_path / "runs").is_dir()  # parent directories are created
+    relative = get_storage("pickle://rel/b.pkl")
+    assert relative.path == str(tmp_path / "rel" / "b.pkl")  # type: ignore[attr-defined]
+    absolute = get_storage(f"pickle://{tmp_path}/abs/c.pkl?lock=soft&timeout=5")
+    assert absolute.path == str(tmp_path / "abs" / "c.pkl")  # type: ignore[attr-defined]
+    assert absolute.uri == f"pickle://{tmp_path}/abs/c.pkl?lock=soft&timeout=5"
+    assert get_storage(absolute.uri).uri == absolute.uri
+    assert plain.uri == f"pickle://{tmp_path}/runs/a.pkl"
+    for bad in ("pickle://x.pkl?lock=nfs", "pickle://x.pkl?timeout=soon", "pickle://x.pkl?colour=red", "pickle://"):
+        with pytest.raises(ConfigurationError):
+            get_storage(bad)
+    with pytest.raises(ConfigurationError):
+        PickledStorage(tmp_path / "d.pkl", timeout=0)
+
+
+def test_reads_do_not_create_the_file(path: Path) -> None:
+    storage = PickledStorage(path)
+    assert storage.get_experiment("nope") is None
+    assert storage.list_experiments() == []
+    with pytest.raises(ExperimentNotFoundError):
+        storage.fetch_trials("nope")
+    assert not path.exists()
+    storage.create_experiment("exp", {})
+    assert path.exists()
+
+
+def test_round_trip_between_two_storage_objects(path: Path) -> None:
+    first, second = PickledStorage(path), PickledStorage(path)
+    exp_id = first.create_experiment("exp", {"max_trials": 3})
+    assert second.create_experiment("exp", {"ignored": True}) == exp_id
+    registered = first.register_trial(exp_id, {"x": 1})
+    reserved = second.reserve_trial(exp_id, "w2")
+    assert reserved is not None and reserved.id == registered.id
+    with pytest.raises(ReservationLostError):
+        first.complete_trial(registered.id, "w1", 0.5)
+    second.complete_trial(registered.id, "w2", 0.5, {"loss": 0.5})
+    assert first.get_trial(registered.id).status is TrialStatus.COMPLETED  # type: ignore[union-attr]
+    first.update_experiment(exp_id, {"max_trials": 5})
+    assert second.get_experiment("exp").config == {"max_trials": 5}  # type: ignore[union-attr]
+    first.close()
+    second.close()
+    reopened = PickledStorage(path)
+    assert reopened.fetch_trials(exp_id) == first.fetch_trials(exp_id)
+    assert reopened.best_trial(exp_id).objective == 0.5  # type: ignore[union-attr]
+    assert reopened.delete_experiment(exp_id) == 1
+    assert first.list_experiments() == []
+
+
+def test_fetch_changes_cursor(path: Path) -> None:
+    writer, reader = PickledStorage(path), PickledStorage(path)
+    exp_id = writer.create_experiment("exp", {})
+    a = writer.register_trial(exp_id, {"x": 1})
+    changed, cursor = reader.fetch_changes(exp_id)
+    assert [t.id for t in changed] == [a.id]
+    assert reader.fetch_changes(exp_id, cursor)[0] == []
+    b = writer.register_trial(exp_id, {"x": 2})
+    writer.reserve_trial(exp_id, "w")
+    changed, cursor = reader.fetch_changes(exp_id, cursor)
+    assert sorted(t.id for t in changed) == sorted([a.id, b.id])
+    assert pickle.loads(pickle.dumps(cursor)) == cursor
+    # a cursor issued by another storage object means nothing here: everything comes back
+    _, foreign = writer.fetch_changes(exp_id)
+    assert len(reader.fetch_changes(exp_id, foreign)[0]) == 2
+
+
+def test_threads_share_one_storage(path: Path) -> None:
+    storage = PickledStorage(path)
+    exp_id = storage.create_experiment("exp", {})
+    errors: list[BaseException] = []
+
+    def work(k: int) -> None:
+        try:
+            for i in range(40):
+                trial = storage.register_trial(exp_id, {"k": k, "i": i}, worker=f"t{k}")
+                storage.heartbeat_trial(trial.id, f"t{k}")
+                storage.complete_trial(trial.id, f"t{k}", float(i))
+        except BaseException as err:  # pragma: no cover - reported below
+            errors.append(err)
+
+    threads = [threading.Thread(target=work, args=(k,)) for k in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == []
+    assert PickledStorage(path).count_trials(exp_id)[TrialStatus.COMPLETED] == 160
+
+
+def test_non_plain_values_are_refused_and_nothing_is_written(path: Path) -> None:
+    storage = PickledStorage(path)
+    exp_id = storage.create_experiment("exp", {})
+    trial = storage.register_trial(exp_id, {"x": 1}, worker="w")
+    size = path.stat().st_size
+    with pytest.raises(StorageError, match="only plain values"):
+        storage.complete_trial(trial.id, "w", 1.0, {"when": datetime.datetime.now()})
+    assert path.stat().st_size == size
+    assert storage.get_trial(trial.id).status is TrialStatus.RESERVED  # type: ignore[union-attr]
+    assert storage.complete_trial(trial.id, "w", 1.0, {"when": "today"}).results == {"when": "today"}
+
+
+def test_os_errors_are_translated_and_name_the_path(tmp_path: Path) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("x")
+    with pytest.raises(StorageError, match="a-file"):
+        PickledStorage(blocker / "orchard.pkl")
+    with pytest.raises(StorageError, match="directory"):
+        PickledStorage(tmp_path)
+
+
+def test_fsync_option(path: Path) -> None:
+    storage = get_storage(f"pickle://{path}?fsync=1")
+    assert storage.uri.endswith("?fsync=1")
+    exp_id = storage.create_experiment("exp", {})
+    storage.register_trial(exp_id, {"x": 1})
+    assert len(PickledStorage(path).fetch_trials(exp_id)) == 1
+
+
+# -- hostile and damaged files ------------------------------------------------------
+
+
+@pytest.mark.parametrize("content", [os.urandom(4096), pickle.dumps({"my": "own data"}), b"x"])
+def test_foreign_file_is_refused_and_left_untouched(path: Path, content: bytes) -> None:
+    path.parent.mkdir(parents=True)
+    path.write_bytes(content)
+    with pytest.raises(StorageCorruptedError) as info:
+        PickledStorage(path)
+    assert str(path) in str(info.value) and "not an Orchard storage file" in str(info.value)
+    assert path.read_bytes() == content
+
+
+def test_file_turned_foreign_is_not_overwritten(path: Path) -> None:
+    storage = PickledStorage(path)
+    content = pickle.dumps(["someone", "else's", "pickle"])
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(content)
+    with pytest.raises(StorageCorruptedError, match="not an Orchard storage file"):
+        storage.create_experiment("exp", {})
+    with pytest.raises(StorageCorruptedError):
+        storage.get_experiment("exp")
+    assert path.read_bytes() == content
+
+
+def test_empty_file_is_initialised(path: Path) -> None:
+    path.parent.mkdir(parents=True)
+    path.write_bytes(b"")
+    storage = PickledStorage(path)
+    storage.create_experiment("exp", {})
+    assert path.read_bytes().startswith(_logfile.MAGIC)
+
+
+class _Evil:
+    """Unpickling this runs a shell command: what a tampered record would do."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (os.system, (f"touch {self.marker}",))
+
+
+@pytest.mark.parametrize("followed_by_more", [False, True])
+def test_tampered_record_never_runs_code(path: Path, tmp_path: Path, followed_by_more: bool) -> None:
+    storage = PickledStorage(path)
+    exp_id = storage.create_experiment("exp", {})
+    marker = tmp_path / "pwned"
+    evil = pickle.dumps([{"op": "trial", "trial": _Evil(marker)}], protocol=5)
+    with path.open("ab") as f:
+        f.write(_frame(evil))
+    if followed_by_more:
+        with path.open("ab") as f:
+            f.write(_frame(pickle.dumps([{"op": "drop", "experiment": exp_id}])))
+    content = path.read_bytes()
+    for victim in (PickledStorage(path), storage):
+        with pytest.raises(StorageCorruptedError, match="refusing to load .*system.*tampered"):
+            victim.fetch_trials(exp_id)
+        with pytest.raises(StorageCorruptedError):
+            victim.register_trial(exp_id, {"x": 1})
+    assert not marker.exists()
+    assert path.read_bytes() == content
+
+
+def test_torn_tail_is_ignored_then_truncated(path: Path) -> None:
+    storage = PickledStorage(path)
+    exp_id = _populate(storage, 8)
+    before = storage.fetch_trials(exp_id)
+    size = path.stat().st_size
+    frame = _frame(pickle.dumps([{"op": "drop", "experiment": exp_id}], protocol=5))
+    reader = PickledStorage(path)
+    for tail in (frame[:5], frame[:20], frame[:-1], frame[:-1] + bytes([frame[-1] ^ 1]), bytes(300)):
+        with path.open("ab") as f:
+            f.write(tail)
+        assert reader.fetch_trials(exp_id) == before  # readers ignore the torn last frame
+        assert PickledStorage(path).fetch_trials(exp_id) == before
+        assert path.stat().st_size == size + len(tail)  # ... and do not modify the file
+        writer = PickledStorage(path)
+        added = writer.register_trial(exp_id, {"x": 2.0 + size})  # the next writer truncates it
+        size = path.stat().st_size
+        scan = _scan_file(path)
+        assert scan.damage is None and scan.end == size
+        before = [*before, added]
+        assert reader.fetch_trials(exp_id) == before
+
+
+@pytest.mark.parametrize("where", ["payload", "header"])
+def test_damage_before_the_tail_is_corruption(path: Path, where: str) -> None:
+    storage = PickledStorage(path)
+    exp_id = _populate(storage, 4)
+    data = bytearray(path.read_bytes())
+    offset = _logfile.HEADER_SIZE + (_logfile.FRAME.size + 3 if where == "payload" else 1)
+    data[offset] ^= 0xFF
+    path.write_bytes(bytes(data))
+    with pytest.raises(StorageCorruptedError, match="corrupted.*not at the end"):
+        PickledStorage(path).fetch_trials(exp_id)
+    with pytest.raises(StorageCorruptedError):
+        PickledStorage(path).register_trial(exp_id, {"x": 9})
+    assert path.read_bytes() == bytes(data)
+
+
+# -- compaction -------------------------------------------------------------------------
+
+
+def test_compaction_keeps_state_and_old_readers_catch_up(path: Path) -> None:
+    compacting = PickledStorage(path, compact_bytes=4096)
+    exp_id = _populate(compacting, 10)
+    other = compacting.create_experiment("other", {"n": 1})
+    lagging = PickledStorage(path)
+    seen, cursor = lagging.fetch_changes(exp_id)
+    assert len(seen) == 10
+    first_generation = _generation(path)
+    for i in range(150):
+        trial = compacting.register_trial(exp_id, {"x": 10.0 + i}, worker="w")
+        compacting.heartbeat_trial(trial.id, "w")
+        compacting.complete_trial(trial.id, "w", float(i))
+    assert _generation(path) != first_generation
+    assert not [p for p in path.parent.iterdir() if p.name.endswith(".tmp")]
+    expected = compacting.fetch_trials(exp_id)
+    assert len(expected) == 160
+    assert lagging.fetch_trials(exp_id) == expected
+    assert PickledStorage(path).fetch_trials(exp_id) == expected
+    assert lagging.get_experiment("other").id == other  # type: ignore[union-attr]
+    changed, _ = lagging.fetch_changes(exp_id, cursor)  # replayed from scratch: everything again
+    assert {t.id for t in changed} == {t.id for t in expected}
+    assert lagging.register_trial(exp_id, {"x": -1.0}).id in {t.id for t in compacting.fetch_trials(exp_id)}
+    assert path.stat().st_size < 160 * 3 * 400  # far less than the log of every write
+
+
+def test_compaction_leftovers_do_not_matter(path: Path) -> None:
+    """A process killed mid-compaction leaves a temporary file beside an intact log."""
+    storage = PickledStorage(path, compact_bytes=4096)
+    exp_id = _populate(storage, 4)
+    leftover = path.parent / f".{path.name}.{uuid.uuid4().hex}.tmp"
+    leftover.write_bytes(_logfile.encode_header(os.urandom(16), 0)[:10])
+    assert len(PickledStorage(path).fetch_trials(exp_id)) == 4
+    for i in range(100):
+        storage.register_trial(exp_id, {"x": 100.0 + i})
+    assert not leftover.exists()  # removed by the next compaction
+    assert len(PickledStorage(path).fetch_trials(exp_id)) == 104
+
+
+# -- locks --------------------------------------------------------------------------------
+
+
+def _hold_lock(path: str, lock: str, ready: Any) -> None:
+    storage = PickledStorage(path, lock=lock)
+    storage._acquire_lock()
+    ready.set()
+    time.sleep(120)
+
+
+def _start_holder(path: Path, lock: str) -> Any:
+    ready = SPAWN.Event()
+    holder = SPAWN.Process(target=_hold_lock, args=(str(path), lock, ready), daemon=True)
+    holder.start()
+    assert ready.wait(WAIT), "lock holder did not start"
+    return holder
+
+
+@pytest.mark.slow
+def test_kernel_lock_of_a_dead_process_does_not_block(path: Path) -> None:
+    PickledStorage(path).create_experiment("exp", {})
+    holder = _start_holder(path, "kernel")
+    with pytest.raises(StorageUnavailableError, match="lock=soft") as info:
+        PickledStorage(path, timeout=0.3).create_experiment("other", {})
+    assert str(path) in str(info.value) and "Likely causes" in str(info.value)
+    assert PickledStorage(path, timeout=0.3).get_experiment("exp") is not None  # reads need no lock
+    os.kill(holder.pid, signal.SIGKILL)
+    holder.join()
+    start = time.monotonic()
+    PickledStorage(path, timeout=5).create_experiment("other", {})
+    assert time.monotonic() - start < 1.0
+
+
+@pytest.mark.slow
+def test_soft_lock_of_a_dead_process_is_broken(path: Path) -> None:
+    PickledStorage(path, lock="soft").create_experiment("exp", {})
+    holder = _start_holder(path, "soft")
+    lock_file = Path(f"{path}.lock")
+    assert lock_file.exists()
+    os.kill(holder.pid, signal.SIGKILL)
+    holder.join()
+    start = time.monotonic()
+    PickledStorage(path, lock="soft", timeout=10).create_experiment("other", {})
+    assert time.monotonic() - start < 5.0
+    assert not lock_file.exists()
+
+
+def _dead_pid() -> int:
+    child = SPAWN.Process(target=time.sleep, args=(0,))
+    child.start()
+    child.join()
+    assert child.pid is not None
+    return child.pid
+
+
+def test_stale_soft_lock_markers_are_broken(path: Path) -> None:
+    path.parent.mkdir(parents=True)
+    lock_file = Path(f"{path}.lock")
+    lock = SoftLock(str(lock_file), stale_after=60)
+    lock_file.write_text(f"{os.getpid()}\n{socket.gethostname()}\n")
+    assert not lock.break_if_stale()  # a live holder on this host
+    lock_file.write_text(f"{_dead_pid()}\n{socket.gethostname()}\n")
+    assert lock.break_if_stale()  # a dead holder on this host
+    assert not lock_file.exists()
+    lock_file.write_text(f"{os.getpid()}\nsome-other-host\n")
+    assert not lock.break_if_stale()  # cannot tell: wait for the age limit
+    old = time.time() - 600
+    os.utime(lock_file, (old, old))
+    assert lock.break_if_stale()  # too old whoever holds it
+    assert not [p for p in path.parent.iterdir() if ".stale-" in p.name]
+
+
+def test_soft_lock_timeout_and_old_marker(path: Path) -> None:
+    storage = PickledStorage(path, lock="soft", timeout=0.3)
+    lock_file = Path(f"{path}.lock")
+    lock_file.write_text(f"{os.getpid()}\n{socket.gethostname()}\n")
+    with pytest.raises(StorageUnavailableError, match="stale lock") as info:
+        storage.create_experiment("exp", {})
+    assert str(lock_file) in str(info.value)
+    old = time.time() - 600
+    os.utime(lock_file, (old, old))
+    storage.create_experiment("exp", {})
+    assert storage.get_experiment("exp") is not None
+
+
+# -- processes -----------------------------------------------------------------------------
+
+
+def _register_from_child(storage: PickledStorage, exp_id: str, x: float) -> None:
+    storage.register_trial(exp_id, {"x": x})
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("method", ["spawn", "fork"])
+def test_storage_travels_to_other_processes(path: Path, method: str) -> None:
+    storage = PickledStorage(path, lock="soft", timeout=30)
+    exp_id = storage.create_experiment("exp", {})
+    storage.register_trial(exp_id, {"x": 0.0})
+    child = multiprocessing.get_context(method).Process(target=_register_from_child, args=(storage, exp_id, 1.0))
+    child.start()
+    child.join(WAIT)
+    assert child.exitcode == 0
+    assert sorted(t.params["x"] for t in storage.fetch_trials(exp_id)) == [0.0, 1.0]
+    assert pickle.loads(pickle.dumps(storage)).uri == storage.uri
+
+
+def _reserve_all(path: str, exp_id: str, worker: str, out: Any) -> None:
+    storage = PickledStorage(path)
+    won = []
+    while (trial := storage.reserve_trial(exp_id, worker)) is not None:
+        won.append(trial.id)
+        storage.complete_trial(trial.id, worker, 0.0)
+    out.put(won)
+
+
+@pytest.mark.slow
+def test_racing_processes_reserve_each_trial_once(path: Path) -> None:
+    storage = PickledStorage(path, compact_bytes=16384)
+    exp_id = storage.create_experiment("exp", {})
+    for i in range(300):
+        storage.register_trial(exp_id, {"x": i})
+    out = SPAWN.Queue()
+    procs = [SPAWN.Process(target=_reserve_all, args=(str(path), exp_id, f"w{k}", out)) for k in range(4)]
+    for proc in procs:
+        proc.start()
+    won = [trial_id for _ in procs for trial_id in out.get(timeout=WAIT)]
+    for proc in procs:
+        proc.join(WAIT)
+    assert len(won) == len(set(won)) == 300
+    assert storage.count_trials(exp_id)[TrialStatus.COMPLETED] == 300
+
+
+def _crash_loop(path: str, log_path: str, name: str, ready: Any) -> None:
+    """Register, reserve and complete trials forever, noting each op once it returned."""
+    storage = PickledStorage(path, compact_bytes=8192)
+    exp_id = storage.create_experiment(name, {})
+    worker = f"w{os.getpid()}"
+    with open(log_path, "a", buffering=1) as log:
+        ready.set()
+        while True:
+            trial = storage.register_trial(exp_id, {"x": uuid.uuid4().hex})
+            log.write(f"reg {trial.id}\n")
+            got = storage.reserve_trial(exp_id, worker)
+            assert got is not None
+            log.write(f"res {got.id}\n")
+            storage.complete_trial(got.id, worker, 1.5, {"by": worker})
+            log.write(f"done {got.id}\n")
+
+
+def _check_log(storage: PickledStorage, exp_id: str, log_path: Path) -> int:
+    """Every op the child saw return is in the storage; return how many ops were checked."""
+    trials = {t.id: t for t in storage.fetch_trials(exp_id)}
+    lines = [line.split() for line in log_path.read_text().split("\n")[:-1]]  # drop a partial last line
+    for op, trial_id in lines:
+        trial = trials[trial_id]
+        if op == "res":
+            assert trial.status in (TrialStatus.RESERVED, TrialStatus.COMPLETED)
+        elif op == "done":
+            assert trial.status is TrialStatus.COMPLETED and trial.objective == 1.5
+    return len(lines)
+
+
+@pytest.mark.slow
+def test_sigkilled_writer_loses_nothing_that_returned(path: Path, tmp_path: Path) -> None:
+    """20 writers SIGKILLed at random instants, some of them mid-compaction.
+
+    Every 5 rounds the experiment is deleted, which keeps the live state small
+    so that compactions are frequent and short enough for kills to land in them.
+    """
+    generations: set[bytes] = set()
+    checked = 0
+    for round_ in range(20):
+        name, log_path = f"crash-{round_ // 5}", tmp_path / f"returned-{round_ // 5}.log"
+        ready = SPAWN.Event()
+        child = SPAWN.Process(target=_crash_loop, args=(str(path), str(log_path), name, ready), daemon=True)
+        child.start()
+        assert ready.wait(WAIT), "writer did not start"
+        time.sleep(random.uniform(0.02, 0.3))
+        os.kill(child.pid, signal.SIGKILL)  # type: ignore[arg-type]
+        child.join()
+        start = time.monotonic()
+        storage = PickledStorage(path, timeout=5)
+        exp_id = storage.get_experiment(name).id  # type: ignore[union-attr]
+        checked += _check_log(storage, exp_id, log_path)
+        storage.register_trial(exp_id, {"x": f"parent-{round_}"})  # writes after the torn tail, if any
+        assert time.monotonic() - start < 5.0
+        assert _scan_file(path).damage is None
+        generations.add(_generation(path))
+        if round_ % 5 == 4:
+            storage.delete_experiment(exp_id)
+    assert checked > 100
+    assert len(generations) >= 5, "compaction did not happen while writers were being killed"

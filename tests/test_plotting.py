@@ -1,0 +1,311 @@
+"""Figures: what the builders compute, and the files ``save`` and ``orchard plot`` write."""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import re
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import orchard
+from orchard import plotting
+from orchard.errors import ConfigurationError, ExperimentNotFoundError
+from orchard.space import Space
+from orchard.trial import Trial, TrialStatus
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+KINDS = list(plotting.FIGURES)
+SPACE = {"lr": "loguniform(1e-4, 1.0)", "opt": "choices(['sgd', 'adam'])", "depth": "randint(1, 8)"}
+
+
+def make_trial(n: int, status: TrialStatus = TrialStatus.COMPLETED, objective: float | None = None,
+               worker: str = "h:1:a", start: float = 0.0, end: float | None = 1.0,
+               **params: Any) -> Trial:
+    return Trial(id=f"{n:032x}", experiment="e", params=params or {"x": float(n)}, status=status,
+                 objective=objective, worker=worker, start_time=start, end_time=end)
+
+
+# -- builders --------------------------------------------------------------------------
+
+
+def test_regret_orders_by_completion_and_tracks_the_best() -> None:
+    trials = [
+        make_trial(1, objective=3.0, end=30.0),
+        make_trial(2, objective=5.0, end=10.0),
+        make_trial(3, TrialStatus.BROKEN, end=20.0),
+        make_trial(4, objective=1.0, end=40.0),
+        make_trial(5, TrialStatus.RESERVED, end=None),
+    ]
+    fig = plotting.regret(trials, "exp")
+    assert fig.x == [1, 3, 4]
+    assert fig.objectives == [5.0, 3.0, 1.0]
+    assert fig.best == [5.0, 3.0, 1.0]
+    assert fig.broken_x == [2]
+    assert fig.broken_y == [5.0]  # on the best-so-far line when it broke
+    assert fig.note is None
+    assert "exp" in fig.title and "best 1" in fig.title
+
+
+def test_regret_best_so_far_never_rises() -> None:
+    objectives = [4.0, 2.0, 6.0, 1.5, 3.0]
+    trials = [make_trial(i, objective=o, end=float(i)) for i, o in enumerate(objectives)]
+    assert plotting.regret(trials, "exp").best == [4.0, 2.0, 2.0, 1.5, 1.5]
+
+
+def test_parallel_maps_choices_to_indices_in_space_order() -> None:
+    space = Space.from_config(SPACE)
+    trials = [
+        make_trial(1, objective=2.0, lr=1e-3, opt="adam", depth=3),
+        make_trial(2, objective=1.0, lr=1e-1, opt="adam", depth=5),
+        make_trial(3, TrialStatus.BROKEN, lr=1e-2, opt="sgd", depth=2),
+    ]
+    fig = plotting.parallel(trials, "exp", space)
+    axes = {a.label: a for a in fig.axes}
+    assert list(axes) == ["lr (log)", "opt", "depth", "objective"]
+    assert axes["opt"].ticktext == ["sgd", "adam"]  # the space's order, even for unseen values
+    assert axes["opt"].values == [1.0, 1.0]
+    assert axes["lr (log)"].values == pytest.approx([-3.0, -1.0])
+    assert axes["lr (log)"].ticktext == ["1e-4", "0.001", "0.01", "0.1", "1"]
+    assert axes["depth"].ticks is None
+    assert fig.objectives == [2.0, 1.0]  # worst first, so the best lines are drawn on top
+
+
+def test_parallel_without_space_treats_strings_and_bools_as_categories() -> None:
+    trials = [make_trial(1, objective=1.0, kind="b", flag=True, units=2),
+              make_trial(2, objective=2.0, kind="a", flag=False, units=4)]
+    axes = {a.label: a for a in plotting.parallel(trials, "exp").axes}
+    assert axes["kind"].ticktext == ["a", "b"] and axes["kind"].values == [0.0, 1.0]  # worst first
+    assert axes["flag"].ticktext == ["False", "True"]
+    assert axes["units"].values == [4.0, 2.0] and axes["units"].ticks is None
+
+
+def test_timeline_rows_bars_and_busy_fractions() -> None:
+    trials = [
+        make_trial(1, worker="nodeA:10:u1", start=100.0, end=104.0),
+        make_trial(2, TrialStatus.BROKEN, worker="nodeA:10:u1", start=105.0, end=110.0),
+        make_trial(3, worker="nodeB:20:u2", start=101.0, end=102.0),
+        make_trial(4, worker="nodeB:20:u2", start=106.0, end=107.0),
+        make_trial(5, TrialStatus.NEW, worker=None, start=None, end=None),  # type: ignore[arg-type]
+    ]
+    fig = plotting.timeline(trials, "exp")
+    assert fig.rows == ["nodeA:10  busy 90%", "nodeB:20  busy 33%"]
+    assert [(b.row, b.start, b.end, b.status) for b in fig.bars] == [
+        (0, 0.0, 4.0, TrialStatus.COMPLETED),
+        (0, 5.0, 10.0, TrialStatus.BROKEN),
+        (1, 1.0, 2.0, TrialStatus.COMPLETED),
+        (1, 6.0, 7.0, TrialStatus.COMPLETED),
+    ]
+    assert "2 workers" in fig.title and "busy 55%" in fig.title  # (9 + 2) / (2 * 10)
+
+
+def test_timeline_running_trial_ends_at_its_heartbeat_and_overlaps_count_once() -> None:
+    running = make_trial(1, TrialStatus.RESERVED, worker="w", start=0.0, end=None)
+    running.heartbeat = 6.0
+    overlapping = make_trial(2, worker="w", start=2.0, end=8.0)
+    fig = plotting.timeline([running, overlapping], "exp")
+    assert fig.bars[0].end == 6.0
+    assert fig.rows == ["w  busy 100%"]
+
+
+def test_timeline_keeps_full_worker_ids_when_short_ones_collide() -> None:
+    trials = [make_trial(1, worker="h:1:aaa"), make_trial(2, worker="h:1:bbb")]
+    assert [r.split()[0] for r in plotting.timeline(trials, "exp").rows] == ["h:1:aaa", "h:1:bbb"]
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_figures_of_no_trials_carry_a_note(kind: str) -> None:
+    fig = plotting.make_figure(kind, [], "exp")
+    assert fig.note and "yet" in fig.note
+
+
+def test_unknown_figure_kind_lists_the_known_ones() -> None:
+    with pytest.raises(ConfigurationError, match="regret, parallel, timeline"):
+        plotting.make_figure("heatmap", [], "exp")
+
+
+# -- files -----------------------------------------------------------------------------
+
+
+def storage_uri(tmp_path: Path) -> str:
+    return str(tmp_path / "o.pkl")
+
+
+@pytest.fixture
+def experiment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Any:
+    """Four completed and one broken trial on two workers, on a fake clock (1 s per step)."""
+    exp = orchard.build_experiment("plot-exp", space=SPACE, storage=storage_uri(tmp_path))
+    clock = itertools.count(1000.0)
+    monkeypatch.setattr(exp.storage, "now", lambda: float(next(clock)))
+    points = [(1e-3, "sgd", 2, 0.9), (1e-2, "adam", 3, 0.5), (1e-1, "sgd", 4, None),
+              (0.3, "adam", 5, 0.7), (0.05, "adam", 6, 0.2)]
+    for i, (lr, opt, depth, objective) in enumerate(points):
+        worker = ("hostA:11:aaaa", "hostB:22:bbbb")[i % 2]
+        trial = exp.storage.register_trial(exp.id, {"lr": lr, "opt": opt, "depth": depth}, worker=worker)
+        if objective is None:
+            exp.storage.fail_trial(trial.id, worker, {"type": "ValueError", "message": "diverged"})
+        else:
+            exp.storage.complete_trial(trial.id, worker, objective)
+    return exp
+
+
+def figure_of(exp: Any, kind: str) -> plotting.Figure:
+    return plotting.make_figure(kind, exp.fetch_trials(), exp.name, exp.space)
+
+
+def plotly_traces(html: str) -> list[dict[str, Any]]:
+    """The trace list plotly embeds in the page, as JSON."""
+    match = re.search(r"Plotly\.newPlot\(\s*\"[^\"]+\",\s*(\[.*?\])\s*,\s*\{", html, re.DOTALL)
+    assert match, "no Plotly.newPlot call in the page"
+    return json.loads(match.group(1))  # type: ignore[no-any-return]
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_html_is_self_contained_and_titled(experiment: Any, kind: str, tmp_path: Path) -> None:
+    out = plotting.save(figure_of(experiment, kind), tmp_path / f"{kind}.html")
+    html = out.read_text(encoding="utf-8")
+    assert "plot-exp" in html
+    assert "<script src=" not in html  # nothing fetched from a CDN
+    assert "Plotly.newPlot" in html and len(html) > 1_000_000  # plotly.js is inlined
+    assert plotly_traces(html), "the figure has no trace"
+
+
+def test_html_traces_hold_the_trials(experiment: Any, tmp_path: Path) -> None:
+    html = plotting.save(figure_of(experiment, "regret"), tmp_path / "r.html").read_text(encoding="utf-8")
+    traces = {t["name"]: t for t in plotly_traces(html)}
+    assert traces["objective"]["y"] == [0.9, 0.5, 0.7, 0.2]
+    assert traces["best so far"]["y"] == [0.9, 0.5, 0.5, 0.2]
+    assert traces["broken"]["x"] == [3]
+    html = plotting.save(figure_of(experiment, "timeline"), tmp_path / "t.html").read_text(encoding="utf-8")
+    rows = {y for t in plotly_traces(html) for y in t["y"]}
+    assert {r.split()[0] for r in rows} == {"hostA:11", "hostB:22"}
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_png_is_a_valid_image(experiment: Any, kind: str, tmp_path: Path) -> None:
+    out = plotting.save(figure_of(experiment, kind), tmp_path / f"{kind}.PNG")
+    data = out.read_bytes()
+    assert data.startswith(PNG_MAGIC) and len(data) > 10_000
+    width, height = int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
+    assert width >= 800 and height >= 400
+    assert not list(tmp_path.glob(".*tmp*")), "temporary file left behind"
+
+
+@pytest.mark.parametrize("suffix", [".html", ".png"])
+@pytest.mark.parametrize("kind", KINDS)
+def test_empty_experiment_still_gives_a_figure(tmp_path: Path, kind: str, suffix: str) -> None:
+    exp = orchard.build_experiment("empty", space=SPACE, storage=storage_uri(tmp_path))
+    out = plotting.save(figure_of(exp, kind), tmp_path / f"{kind}{suffix}")
+    assert out.stat().st_size > 10_000
+    if suffix == ".html":
+        assert "yet" in out.read_text(encoding="utf-8")
+
+
+def test_unknown_suffix_lists_the_formats(tmp_path: Path) -> None:
+    with pytest.raises(ConfigurationError, match=r"'\.svg'.*\.html or \.png"):
+        plotting.save(plotting.regret([], "exp"), tmp_path / "plot.svg")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_missing_folder_is_a_configuration_error(tmp_path: Path) -> None:
+    with pytest.raises(ConfigurationError, match="folder .*nowhere.* does not exist"):
+        plotting.save(plotting.regret([], "exp"), tmp_path / "nowhere" / "plot.png")
+
+
+@pytest.mark.parametrize("missing, suffix", [("plotly", ".html"), ("matplotlib", ".png")])
+def test_missing_library_gives_the_install_hint(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, missing: str, suffix: str
+) -> None:
+    for module in [m for m in sys.modules if m.split(".")[0] == missing] + [missing]:
+        monkeypatch.setitem(sys.modules, module, None)  # None in sys.modules: import raises ImportError
+    with pytest.raises(ConfigurationError, match=re.escape("pip install 'orchard-hpo[plot]'")):
+        plotting.save(plotting.regret([], "exp"), tmp_path / f"plot{suffix}")
+
+
+# -- the command -----------------------------------------------------------------------
+
+
+def cli_args(**kwargs: Any) -> argparse.Namespace:
+    from orchard.cli import plot as cli_plot
+
+    parser = argparse.ArgumentParser(prog="orchard")
+    cli_plot.add_parser(parser.add_subparsers(dest="command"))
+    argv = ["plot", kwargs["kind"], "-n", kwargs["name"], "-o", kwargs["output"]]
+    if "storage" in kwargs:
+        argv += ["--storage", kwargs["storage"]]
+    return parser.parse_args(argv)
+
+
+def test_cli_kinds_match_the_figures() -> None:
+    from orchard.cli import plot as cli_plot
+
+    assert list(cli_plot.KINDS) == KINDS
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_cli_run_writes_the_file_and_prints_its_path(
+    experiment: Any, kind: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / f"{kind}.png"
+    args = cli_args(kind=kind, name="plot-exp", output=str(out), storage=experiment.storage.uri)
+    assert args.func(args) == 0
+    assert out.read_bytes().startswith(PNG_MAGIC)
+    assert capsys.readouterr().out.strip() == str(out)
+
+
+def test_cli_run_with_a_plain_namespace(experiment: Any, tmp_path: Path) -> None:
+    from orchard.cli.plot import run
+
+    out = tmp_path / "p.html"
+    args = argparse.Namespace(kind="parallel", name="plot-exp", output=str(out),
+                              storage=experiment.storage.uri)
+    assert run(args) == 0
+    (trace,) = plotly_traces(out.read_text(encoding="utf-8"))
+    assert trace["type"] == "parcoords"
+    assert [d["label"] for d in trace["dimensions"]] == ["lr (log)", "opt", "depth", "objective"]
+
+
+def test_cli_unknown_experiment_is_an_orchard_error(experiment: Any, tmp_path: Path) -> None:
+    from orchard.cli.plot import run
+
+    args = argparse.Namespace(kind="regret", name="nope", output=str(tmp_path / "r.png"),
+                              storage=experiment.storage.uri)
+    with pytest.raises(ExperimentNotFoundError, match="plot-exp"):
+        run(args)
+
+
+def test_cli_checks_the_suffix_before_opening_the_storage(tmp_path: Path) -> None:
+    from orchard.cli.plot import run
+
+    args = argparse.Namespace(kind="regret", name="x", output=str(tmp_path / "r.pdf"),
+                              storage="mongodb://127.0.0.1:1/unreachable")
+    with pytest.raises(ConfigurationError, match=r"\.html or \.png"):
+        run(args)
+
+
+def test_trials_from_suggest_and_observe_are_drawn(experiment: Any, tmp_path: Path) -> None:
+    trial = experiment.suggest()
+    experiment.observe(trial, 0.05)
+    fig = plotting.regret(experiment.fetch_trials(), experiment.name)
+    assert fig.best[-1] == 0.05 and len(fig.x) == 5
+    timeline = plotting.timeline(experiment.fetch_trials(), experiment.name)
+    assert len(timeline.rows) == 3  # the client is a third worker
+    assert plotting.save(timeline, tmp_path / "t.png").read_bytes().startswith(PNG_MAGIC)
+
+
+def test_orchard_plot_through_the_command_line(
+    experiment: Any, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from orchard.cli import main
+
+    uri = experiment.storage.uri
+    out = tmp_path / "timeline.html"
+    assert main(["plot", "timeline", "-n", "plot-exp", "-o", str(out), "--storage", uri, "--debug"]) == 0
+    assert "hostA:11" in out.read_text(encoding="utf-8")
+    assert main(["--storage", uri, "plot", "regret", "-n", "plot-exp", "-o", str(tmp_path / "r.svg")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and ".html or .png" in err

@@ -1,0 +1,112 @@
+"""Masterless workers in real processes: exact budget, executors, crash recovery."""
+
+from __future__ import annotations
+
+import itertools
+import math
+import multiprocessing
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+import orchard
+from orchard.trial import TrialStatus
+from tests import workloads
+
+pytestmark = pytest.mark.slow
+
+SPAWN = multiprocessing.get_context("spawn")
+
+
+def _assert_exact(exp: orchard.Experiment, budget: int) -> None:
+    trials = exp.fetch_trials()
+    completed = [t for t in trials if t.status is TrialStatus.COMPLETED]
+    assert len(completed) == budget
+    assert len(trials) == budget, [t.status for t in trials]
+    params = [tuple(sorted(t.params.items())) for t in trials]
+    assert len(set(params)) == len(params)
+
+
+def _run_independent_processes(storage: str, n: int, budget: int, timeout: float) -> None:
+    with SPAWN.Pool(n) as pool:
+        results = [pool.apply_async(workloads.workon_process, (storage, "race", budget)) for _ in range(n)]
+        reports = [r.get(timeout=timeout) for r in results]  # every process exits by itself
+    assert all(r["counts"]["completed"] == budget for r in reports)
+
+
+def test_six_independent_processes_share_one_pickle_file(tmp_path) -> None:
+    storage = str(tmp_path / "orchard.pkl")
+    _run_independent_processes(storage, 6, 120, timeout=180)
+    _assert_exact(orchard.get_experiment("race", storage=storage), 120)
+
+
+def test_three_independent_processes_over_mongodb_wire(mongo_uri) -> None:
+    _run_independent_processes(mongo_uri, 3, 15, timeout=240)
+    _assert_exact(orchard.get_experiment("race", storage=mongo_uri), 15)
+
+
+@pytest.mark.parametrize("executor", ["joblib", "process", "dask"])
+def test_workon_two_workers_with_each_executor(tmp_path, executor: str) -> None:
+    exp = orchard.build_experiment("ex", space=workloads.SPACE, storage=str(tmp_path / "o.pkl"), max_trials=16)
+    stats = exp.workon(workloads.slow_quadratic, n_workers=2, executor=executor, progress=False)
+    assert stats["counts"]["completed"] == 16
+    _assert_exact(exp, 16)
+    workers = {t.worker.split(":")[1] for t in exp.fetch_trials()}
+    assert len(workers) == 2, f"expected two worker processes, saw pids {workers}"
+
+
+def test_sigkilled_worker_trial_is_recovered_by_another(tmp_path) -> None:
+    storage = str(tmp_path / "orchard.pkl")
+    marker = tmp_path / "marker"
+    env = {**os.environ, "ORCHARD_TEST_MARKER": str(marker)}
+    code = ("from tests import workloads; workloads.workon_process("
+            f"{storage!r}, 'crash', 6, fn_name='marker_then_slow', heartbeat=1.0)")
+    victim = subprocess.Popen([sys.executable, "-c", code], env=env, cwd=Path(__file__).parent.parent)
+    deadline = time.monotonic() + 60
+    while not marker.exists():
+        assert victim.poll() is None and time.monotonic() < deadline
+        time.sleep(0.05)
+    victim.send_signal(signal.SIGKILL)
+    victim.wait(10)
+    exp = orchard.get_experiment("crash", storage=storage)
+    (lost,) = exp.fetch_trials([TrialStatus.RESERVED])
+    rescuer = subprocess.run([sys.executable, "-c", code], env=env, cwd=Path(__file__).parent.parent, timeout=120)
+    assert rescuer.returncode == 0
+    recovered = exp.storage.get_trial(lost.id)
+    assert recovered.status is TrialStatus.COMPLETED and recovered.attempts == 2
+    assert recovered.worker != lost.worker
+    _assert_exact(exp, 6)
+
+
+def test_always_raising_objective_stops_all_workers_promptly(tmp_path) -> None:
+    exp = orchard.build_experiment("broken", space=workloads.SPACE, storage=str(tmp_path / "o.pkl"),
+                                   max_trials=50, max_broken=3)
+    start = time.monotonic()
+    with pytest.raises(orchard.ExperimentBrokenError, match="max_broken=3"):
+        exp.workon(workloads.always_raises, n_workers=3, progress=False)
+    assert time.monotonic() - start < 60
+    counts = exp.storage.count_trials(exp.id)
+    assert 3 <= counts[TrialStatus.BROKEN] <= 5 and counts[TrialStatus.COMPLETED] == 0
+    assert counts[TrialStatus.RESERVED] == 0
+
+
+def test_parallel_bayes_workers_do_not_collapse(tmp_path) -> None:
+    exp = orchard.build_experiment(
+        "spread", space={"x": "uniform(-5, 10)", "y": "uniform(0, 15)"}, storage=str(tmp_path / "o.pkl"),
+        algorithm={"bayes": {"n_initial_points": 8}}, max_trials=32, seed=5)
+    exp.workon(workloads.slow_branin, n_workers=4, progress=False)
+    _assert_exact(exp, 32)
+    trials = exp.fetch_trials()
+    # trials that were being evaluated at the same time must be far apart (pending-aware suggestions)
+    concurrent = [(a, b) for a, b in itertools.combinations(trials, 2)
+                  if a.start_time < b.end_time and b.start_time < a.end_time]
+    assert len(concurrent) >= 24, "the four workers did not run in parallel"
+    closest = min(math.dist((a.params["x"], a.params["y"]), (b.params["x"], b.params["y"]))
+                  for a, b in concurrent)
+    assert closest > 1e-3, f"two concurrently evaluated trials nearly coincide (distance {closest})"
+    assert exp.best_trial.objective < 1.0

@@ -1,0 +1,62 @@
+"""Objectives and process entry points for worker tests (importable by spawned processes)."""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from pathlib import Path
+
+import orchard
+
+
+def quadratic(x: float, y: float = 0.0) -> float:
+    return (x - 0.3) ** 2 + (y - 0.2) ** 2
+
+
+def branin(x: float, y: float) -> float:
+    b, c, t = 5.1 / (4 * math.pi**2), 5 / math.pi, 1 / (8 * math.pi)
+    return (y - b * x**2 + c * x - 6) ** 2 + 10 * (1 - t) * math.cos(x) + 10
+
+
+def slow_branin(x: float, y: float) -> float:
+    time.sleep(0.2)
+    return branin(x, y)
+
+
+def slow_quadratic(x: float, y: float = 0.0) -> float:
+    time.sleep(0.05)
+    return quadratic(x, y)
+
+
+def always_raises(x: float, y: float = 0.0) -> float:
+    raise ValueError(f"bad x={x:.3f}")
+
+
+def with_metrics(x: float, y: float = 0.0) -> dict[str, float]:
+    return {"objective": quadratic(x, y), "accuracy": 1.0 - x}
+
+
+def sleepy(x: float, y: float = 0.0) -> float:
+    time.sleep(30)
+    return x
+
+
+def marker_then_slow(x: float, y: float = 0.0) -> float:
+    """Writes a marker with this pid, then sleeps: lets a test SIGKILL the worker mid-trial."""
+    marker = Path(os.environ["ORCHARD_TEST_MARKER"])
+    if not marker.exists():
+        marker.write_text(f"{os.getpid()} {x!r}")
+        time.sleep(60)
+    return quadratic(x, y)
+
+
+SPACE = {"x": "uniform(-5, 10)", "y": "uniform(0, 15)"}
+
+
+def workon_process(storage: str, name: str, max_trials: int, fn_name: str = "slow_quadratic",
+                   algorithm: str = "random", heartbeat: float = 30.0) -> dict:
+    """One independent process joining the experiment and running workon with one worker."""
+    exp = orchard.build_experiment(name, space=SPACE, algorithm=algorithm, storage=storage,
+                                   max_trials=max_trials, heartbeat=heartbeat)
+    return exp.workon(globals()[fn_name], n_workers=1, executor="single", progress=False)
