@@ -24,7 +24,7 @@ from orchard.errors import (
     OrchardError,
 )
 from orchard.executors import make_executor
-from orchard.objective import Outcome, call_objective, interpret_result
+from orchard.objective import Outcome, TrialEvaluator, call_objective, interpret_result
 from orchard.space import Space
 from orchard.storages import BaseStorage, get_storage
 from orchard.storages.base import ExperimentRecord
@@ -157,16 +157,16 @@ class WorkerTask:
 def run_worker(task: WorkerTask) -> WorkerReport:
     """Run one worker loop to its end (the function executors run remotely).
 
-    An ``fn`` whose ``evaluates_trials`` attribute is true (``orchard hunt``'s
-    :class:`orchard.runner.ScriptRunner`) is called with the whole reserved
-    trial and returns the :class:`Outcome` itself, timeout included.
+    A :class:`~orchard.objective.TrialEvaluator` ``fn`` (``orchard hunt``'s script
+    runner) is called with the whole reserved trial and returns the Outcome itself.
     """
 
     def evaluate(trial: Trial) -> Outcome:
         return call_objective(task.fn, trial.params, task.trial_timeout)
 
-    whole_trial = getattr(task.fn, "evaluates_trials", False)
-    worker = Worker(task.storage, task.experiment_id, task.settings, task.fn if whole_trial else evaluate)
+    fn = task.fn
+    worker = Worker(task.storage, task.experiment_id, task.settings,
+                    fn if isinstance(fn, TrialEvaluator) else evaluate)
     try:
         return worker.run()
     finally:

@@ -8,6 +8,7 @@ the trial is marked broken by the worker.
 
 from __future__ import annotations
 
+import abc
 import dataclasses
 import math
 import multiprocessing
@@ -16,8 +17,9 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from orchard.space import to_builtin
+from orchard.trial import Trial
 
-__all__ = ["Outcome", "call_objective", "interpret_result"]
+__all__ = ["Outcome", "TrialEvaluator", "call_objective", "interpret_result"]
 
 
 @dataclasses.dataclass
@@ -43,6 +45,20 @@ class Outcome:
         """An outcome for an exception raised by the objective (type, message, traceback tail)."""
         tail = "".join(traceback.format_exception(type(err), err, err.__traceback__)[-3:])
         return cls.failure(type(err).__name__, str(err), traceback=tail[-2000:])
+
+
+class TrialEvaluator(abc.ABC):
+    """An objective that takes the whole reserved trial instead of ``**params``.
+
+    ``workon`` calls it as ``evaluator(trial)``; it returns the :class:`Outcome`
+    itself, handles its own timeout, and must let ``KeyboardInterrupt``
+    propagate so the worker can release the trial. ``orchard hunt``'s script
+    runner is one. It must be picklable to run in worker processes.
+    """
+
+    @abc.abstractmethod
+    def __call__(self, trial: Trial) -> Outcome:
+        """Evaluate ``trial``; never raise for a failure of the objective itself."""
 
 
 def interpret_result(value: Any) -> Outcome:

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import math
 import os
 import re
@@ -39,14 +40,16 @@ import signal
 import subprocess
 import threading
 from collections.abc import Mapping, Sequence
-from typing import Any, ClassVar
+from typing import Any
 
 from orchard.errors import ConfigurationError, SpaceError
-from orchard.objective import Outcome, interpret_result
+from orchard.objective import Outcome, TrialEvaluator, interpret_result
 from orchard.report import RESULTS_ENV
 from orchard.trial import Trial
 
 __all__ = ["CommandTemplate", "ScriptRunner", "resolve_program"]
+
+log = logging.getLogger(__name__)
 
 RESULTS_FILE = "results.json"
 STDOUT_FILE = "stdout.log"
@@ -212,7 +215,7 @@ def _find_script(tokens: Sequence[str], here: str) -> tuple[int, str] | None:
 
 
 @dataclasses.dataclass
-class ScriptRunner:
+class ScriptRunner(TrialEvaluator):
     """Evaluates trials by running the command; picklable, so executors can ship it.
 
     Args:
@@ -222,8 +225,6 @@ class ScriptRunner:
         timeout: seconds after which the script's process group is killed.
         grace: seconds between SIGTERM and SIGKILL when stopping a script.
     """
-
-    evaluates_trials: ClassVar[bool] = True
 
     template: CommandTemplate
     experiment: str
@@ -250,10 +251,13 @@ class ScriptRunner:
         })
         env = {**os.environ, "ORCHARD_EXPERIMENT_NAME": self.experiment, "ORCHARD_TRIAL_ID": trial.id,
                "ORCHARD_WORKING_DIR": folder, RESULTS_ENV: results}
+        log.debug("trial %s: running %s in %s", trial.id, argv, folder)
         returncode, timed_out = self._run(argv, folder, env)
-        if isinstance(returncode, Outcome):
-            return returncode
-        return _outcome(folder, returncode, timed_out, self.timeout)
+        outcome = returncode if isinstance(returncode, Outcome) else _outcome(
+            folder, returncode, timed_out, self.timeout)
+        if outcome.error is not None:
+            log.debug("trial %s broken: %s", trial.id, outcome.error["message"])
+        return outcome
 
     def _run(self, argv: list[str], folder: str, env: dict[str, str]) -> tuple[int | Outcome, bool]:
         with open(os.path.join(folder, STDOUT_FILE), "wb") as out, \

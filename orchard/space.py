@@ -205,8 +205,10 @@ class RandInt(Prior):
         return int(rng.integers(self.low, self.high))
 
     def to_skopt(self, name: str) -> Any:
-        from skopt.space import Integer
+        from skopt.space import Categorical, Integer
 
+        if self.high - self.low == 1:  # skopt's Integer needs low < high
+            return Categorical([self.low], name=name, transform="onehot")
         return Integer(self.low, self.high - 1, name=name)
 
     def contains(self, value: Any) -> bool:
@@ -452,6 +454,28 @@ class Space(Mapping[str, Prior]):
                 raise SpaceError(f"dimension {name!r}: value {value!r} is outside {prior}")
             point[name] = prior.cast(value)
         return point
+
+    def nearly_equal(self, a: Mapping[str, Any], b: Mapping[str, Any], tol: float = 1e-3) -> bool:
+        """Whether two points differ by at most ``tol`` of each dimension's range.
+
+        Discrete dimensions must match exactly; ``loguniform`` compares logs;
+        ``normal`` uses a range of 8 sigma.
+        """
+        for name, prior in self._priors.items():
+            x, y = a[name], b[name]
+            if isinstance(prior, Uniform) and not prior.discrete:
+                span = prior.high - prior.low
+            elif isinstance(prior, LogUniform):
+                x, y, span = math.log(x), math.log(y), math.log(prior.high / prior.low)
+            elif isinstance(prior, Normal):
+                span = 8 * prior.sigma
+            else:
+                if type(x) is not type(y) or x != y:
+                    return False
+                continue
+            if abs(x - y) > tol * span:
+                return False
+        return True
 
     # -- scikit-optimize bridge -------------------------------------------------
 

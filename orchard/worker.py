@@ -98,9 +98,10 @@ class History:
         self._pending: dict[str, dict[str, Any]] = {}
         self.counts: dict[TrialStatus, int] = {status: 0 for status in TrialStatus}
 
-    def refresh(self) -> None:
-        """Fold in the trials that changed since the last refresh."""
+    def refresh(self) -> list[dict[str, Any]]:
+        """Fold in the trials that changed since the last refresh; return newly pending params."""
         changed, self._cursor = self._storage.fetch_changes(self._experiment_id, self._cursor)
+        arrived: list[dict[str, Any]] = []
         for trial in changed:
             old = self.trials.get(trial.id)
             if old is not None:
@@ -108,11 +109,14 @@ class History:
             self.trials[trial.id] = trial
             self.counts[trial.status] += 1
             if trial.status.is_pending:
+                if trial.id not in self._pending:
+                    arrived.append(trial.params)
                 self._pending[trial.id] = trial.params
             else:
                 self._pending.pop(trial.id, None)
             if trial.status is TrialStatus.COMPLETED and trial.objective is not None:
                 self.completed[trial.id] = Observation(trial.params, trial.objective)
+        return arrived
 
     def pending(self, extra: list[dict[str, Any]] | None = None) -> list[dict[str, Any]]:
         """Params being, or about to be, evaluated by anyone (plus ``extra``)."""
@@ -254,6 +258,8 @@ class Worker:
             params = self._suggest(collided)
             if params is None:
                 return None
+            if self._taken_meanwhile(params):
+                continue  # another worker registered (nearly) this point while we computed it
             try:
                 return self.storage.register_trial(
                     self.experiment_id, params, worker=self.name, budget=self.settings.max_trials
@@ -264,6 +270,16 @@ class Worker:
                 return None
         log.warning("worker %s: %d suggestions in a row collided", self.name, _MAX_DUPLICATE_RETRIES)
         return None
+
+    def _taken_meanwhile(self, params: dict[str, Any]) -> bool:
+        """Refresh the view and check the suggestion against points registered since it was asked.
+
+        Two workers fitting the same surrogate at the same moment converge to the same
+        acquisition maximum before either has registered it; exact duplicates are refused
+        by the storage, near-duplicates are caught here.
+        """
+        arrived = self.history.refresh()
+        return any(self.settings.space.nearly_equal(params, other) for other in arrived)
 
     def _suggest(self, collided: list[dict[str, Any]]) -> dict[str, Any] | None:
         if collided:

@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import faulthandler
 import uuid
 from collections.abc import Iterator
@@ -42,16 +43,13 @@ def mongo_uri(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     if uri:
         yield uri
         return
-    try:
-        server = mongo_server.running_mongo_server(tmp_path_factory.mktemp("mongo"))
-        uri = server.__enter__()
-    except Exception as err:  # noqa: BLE001 - the server must run; say why it did not
-        pytest.fail(f"could not start the SecantusDB test server ({type(err).__name__}: {err}); "
-                    "install SecantusDB or set ORCHARD_TEST_MONGODB_URI", pytrace=False)
-    try:
+    with contextlib.ExitStack() as stack:
+        try:
+            uri = stack.enter_context(mongo_server.running_mongo_server(tmp_path_factory.mktemp("mongo")))
+        except Exception as err:  # noqa: BLE001 - the server must run: fail and say why
+            pytest.fail(f"could not start the SecantusDB test server ({type(err).__name__}: {err}); "
+                        "install SecantusDB or set ORCHARD_TEST_MONGODB_URI", pytrace=False)
         yield uri
-    finally:
-        server.__exit__(None, None, None)
 
 
 @pytest.fixture(scope="session")

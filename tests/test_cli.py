@@ -38,8 +38,11 @@ def write(text):
     with open(path, "w") as handle:
         handle.write(text)
 if args.marker and not os.path.exists(args.marker):
-    with open(args.marker, "w") as handle:  # the first trial to get here hangs until stopped
-        handle.write(str(os.getpid()))
+    import subprocess  # the first trial to get here hangs, with a child, until stopped
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    with open(args.marker + ".tmp", "w") as handle:
+        handle.write(f"{os.getpid()} {child.pid}")
+    os.replace(args.marker + ".tmp", args.marker)
     time.sleep(60)
 if args.mode == "fail":
     print("step 1 fine", file=sys.stderr)
@@ -102,6 +105,21 @@ def interrupted_line(stderr: str) -> str:
     lines = stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("orchard: "), stderr
     return lines[0]
+
+
+def assert_dead(marker: Path) -> None:
+    """The script and its child, whose pids the marker holds, are gone (zombies count as gone)."""
+    deadline = time.monotonic() + 10
+    for pid in map(int, marker.read_text().split()):
+        while True:
+            try:
+                state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+            except (FileNotFoundError, ProcessLookupError):
+                break
+            if state == "Z":
+                break
+            assert time.monotonic() < deadline, f"process {pid} of the trial is still running"
+            time.sleep(0.05)
 
 
 def error_line(stderr: str) -> str:
@@ -204,9 +222,7 @@ def test_trial_timeout_kills_the_process_group(workdir: Path, capsys: pytest.Cap
     (trial,) = trials("e")
     assert trial.status is TrialStatus.BROKEN and trial.error is not None
     assert trial.error["reason"] == "timeout"
-    pid = int(marker.read_text())
-    with pytest.raises(ProcessLookupError):
-        os.kill(pid, 0)
+    assert_dead(marker)
 
 
 @pytest.mark.parametrize("mode", ["missing", "empty", "not-json", "nan", "not-a-number"])
@@ -242,15 +258,14 @@ def test_ctrl_c_releases_the_trial_and_the_next_hunt_takes_it(workdir: Path, sig
     proc = subprocess.Popen(command, cwd=workdir, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True)
     deadline = time.monotonic() + 60
-    while not marker.exists() or not marker.read_text():
+    while not marker.exists():
         assert time.monotonic() < deadline and proc.poll() is None, proc.communicate()
         time.sleep(0.05)
     proc.send_signal(sig)
     _, err = proc.communicate(timeout=20)
     assert proc.returncode == code, err
     assert "released" in interrupted_line(err)
-    with pytest.raises(ProcessLookupError):
-        os.kill(int(marker.read_text()), 0)
+    assert_dead(marker)
     (trial,) = trials("e")
     assert trial.status is TrialStatus.INTERRUPTED and trial.worker is None
     follow = cli("hunt", "-n", "e", *train(f"--marker={marker}"), cwd=workdir)
@@ -299,11 +314,15 @@ def test_status_watch_refreshes_until_ctrl_c(workdir: Path) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("ORCHARD_")}
     proc = subprocess.Popen([sys.executable, "-m", "orchard.cli", "status", "--watch", "--interval", "0.2"],
                             cwd=workdir, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    time.sleep(2.0)
+    seen: list[str] = []
+    deadline = time.monotonic() + 60
+    while sum("no experiments" in line for line in seen) < 2:  # wait for two refreshes, not a fixed time
+        assert time.monotonic() < deadline and proc.poll() is None, seen
+        seen.append(proc.stdout.readline())
     proc.send_signal(signal.SIGINT)
     out, err = proc.communicate(timeout=20)
     assert proc.returncode == 0, err
-    assert out.count("no experiments") >= 2 and "Ctrl-C to stop" in out
+    assert "Ctrl-C to stop" in "".join(seen) + out
 
 
 def test_status_of_an_empty_storage(workdir: Path, capsys: pytest.CaptureFixture[str]) -> None:

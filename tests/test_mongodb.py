@@ -177,12 +177,11 @@ def test_close_then_use_reconnects(storage: MongoStorage, exp: str) -> None:
     assert storage.get_experiment("exp").id == exp  # type: ignore[union-attr]
 
 
-def test_a_forked_child_gets_its_own_client(storage: MongoStorage, exp: str) -> None:
-    inherited = storage._client
+def test_a_forked_child_gets_its_own_client_and_lock(storage: MongoStorage, exp: str) -> None:
+    storage._lock.acquire()  # as if a parent thread held it at the instant of the fork
     storage._pid = -1  # as if this were a child process after fork
     storage.count_trials(exp)
-    assert storage._pid > 0 and storage._indexed
-    assert storage._client is inherited  # mongomock: the process-wide client is shared by name
+    assert storage._pid > 0 and storage._indexed and not storage._lock.locked()
 
 
 # -- experiments ----------------------------------------------------------------
@@ -202,6 +201,12 @@ def test_update_merges_config_keys(storage: MongoStorage, exp: str) -> None:
     assert record.config["space"] == {"x": "uniform(0, 1)"} and record.config["new"] == {"k": 1}
     with pytest.raises(ExperimentNotFoundError):
         storage.update_experiment("nope", {"a": 1})
+
+
+def test_update_refuses_option_names_that_would_be_paths(storage: MongoStorage, exp: str) -> None:
+    for bad in ("a.b", "$set"):
+        with pytest.raises(ConfigurationError, match="rename"):
+            storage.update_experiment(exp, {bad: 1})
 
 
 def test_list_is_oldest_first_and_delete_removes_trials(storage: MongoStorage) -> None:
@@ -436,6 +441,15 @@ def test_a_write_hidden_from_the_window_is_recovered_by_the_count_check(exp: str
     changed, cursor = checking.fetch_changes(exp, cursor)
     assert [(t.id, t.status) for t in changed] == [(trial.id, TrialStatus.COMPLETED)]
     assert checking.fetch_changes(exp, cursor)[0] == []
+
+
+def test_a_writer_clock_running_ahead_does_not_hide_other_writes(storage: MongoStorage, exp: str) -> None:
+    ahead = storage.register_trial(exp, {"x": 1})
+    storage._trials.update_one({"_id": ahead.id}, {"$set": {"mtime": time.time() + 3600}})
+    changed, cursor = storage.fetch_changes(exp)
+    assert [t.id for t in changed] == [ahead.id]
+    later = storage.register_trial(exp, {"x": 2})
+    assert [t.id for t in storage.fetch_changes(exp, cursor)[0]] == [later.id]
 
 
 def test_a_cursor_of_another_experiment_restarts_from_scratch(storage: MongoStorage, exp: str) -> None:

@@ -31,8 +31,7 @@ from orchard.errors import (
     StorageError,
     StorageUnavailableError,
 )
-from orchard.storages import get_storage
-from orchard.storages import _logfile
+from orchard.storages import _logfile, get_storage
 from orchard.storages._filelocks import SoftLock
 from orchard.storages.pickled import PickledStorage
 from orchard.trial import TrialStatus
@@ -82,6 +81,7 @@ def path(tmp_path: Path) -> Path:
 
 
 def test_uri_forms_and_options(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    tmp_path = tmp_path.resolve()
     monkeypatch.chdir(tmp_path)
     plain = get_storage("runs/a.pkl")
     assert isinstance(plain, PickledStorage)
@@ -162,7 +162,7 @@ def test_threads_share_one_storage(path: Path) -> None:
                 trial = storage.register_trial(exp_id, {"k": k, "i": i}, worker=f"t{k}")
                 storage.heartbeat_trial(trial.id, f"t{k}")
                 storage.complete_trial(trial.id, f"t{k}", float(i))
-        except BaseException as err:  # pragma: no cover - reported below
+        except Exception as err:  # noqa: BLE001  # pragma: no cover - reported by the assert below
             errors.append(err)
 
     threads = [threading.Thread(target=work, args=(k,)) for k in range(4)]
@@ -193,6 +193,19 @@ def test_os_errors_are_translated_and_name_the_path(tmp_path: Path) -> None:
         PickledStorage(blocker / "orchard.pkl")
     with pytest.raises(StorageError, match="directory"):
         PickledStorage(tmp_path)
+    fifo = tmp_path / "fifo.pkl"
+    os.mkfifo(fifo)
+    with pytest.raises(StorageError, match="not a regular file"):
+        PickledStorage(fifo)
+
+
+def test_symlinked_path_stays_a_symlink(tmp_path: Path) -> None:
+    target, link = tmp_path / "real" / "orchard.pkl", tmp_path / "link.pkl"
+    target.parent.mkdir()
+    link.symlink_to(target)
+    storage = PickledStorage(link, compact_bytes=1024)
+    exp_id = _populate(storage, 20)  # compacts several times
+    assert link.is_symlink() and len(PickledStorage(target).fetch_trials(exp_id)) == 20
 
 
 def test_fsync_option(path: Path) -> None:
@@ -443,7 +456,8 @@ def test_storage_travels_to_other_processes(path: Path, method: str) -> None:
     storage = PickledStorage(path, lock="soft", timeout=30)
     exp_id = storage.create_experiment("exp", {})
     storage.register_trial(exp_id, {"x": 0.0})
-    child = multiprocessing.get_context(method).Process(target=_register_from_child, args=(storage, exp_id, 1.0))
+    context = SPAWN if method == "spawn" else multiprocessing.get_context("fork")
+    child = context.Process(target=_register_from_child, args=(storage, exp_id, 1.0))
     child.start()
     child.join(WAIT)
     assert child.exitcode == 0

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 import orchard
-from orchard.trial import TrialStatus
+from orchard.trial import Trial, TrialStatus
 from tests import workloads
 
 pytestmark = pytest.mark.slow
@@ -106,7 +106,10 @@ def test_parallel_bayes_workers_do_not_collapse(tmp_path) -> None:
     concurrent = [(a, b) for a, b in itertools.combinations(trials, 2)
                   if a.start_time < b.end_time and b.start_time < a.end_time]
     assert len(concurrent) >= 24, "the four workers did not run in parallel"
-    closest = min(math.dist((a.params["x"], a.params["y"]), (b.params["x"], b.params["y"]))
-                  for a, b in concurrent)
-    assert closest > 1e-3, f"two concurrently evaluated trials nearly coincide (distance {closest})"
+    def distance(pair: tuple[Trial, Trial]) -> float:
+        a, b = pair
+        return math.dist((a.params["x"], a.params["y"]), (b.params["x"], b.params["y"]))
+
+    pair = min(concurrent, key=distance)
+    assert distance(pair) > 1e-3, f"two concurrently evaluated trials nearly coincide: {pair}"
     assert exp.best_trial.objective < 1.0

@@ -47,8 +47,8 @@ from __future__ import annotations
 
 import math
 import warnings
-from collections.abc import Mapping, Sequence
-from typing import Any
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, ClassVar
 
 import numpy as np
 from threadpoolctl import threadpool_limits
@@ -62,7 +62,7 @@ __all__ = ["BayesianOptimization"]
 _ESTIMATORS = ("GP", "RF", "ET")
 _ACQ_FUNCS = ("EI", "PI", "LCB")
 _ACQ_OPTIMIZERS = ("auto", "lbfgs", "sampling")
-_LIARS = {"cl_min": np.min, "cl_mean": np.mean, "cl_max": np.max}
+_LIARS: dict[str, Callable[[list[float]], Any]] = {"cl_min": np.min, "cl_mean": np.mean, "cl_max": np.max}
 #: Random candidates scored when skopt's pick collides with a seen point.
 _FALLBACK_CANDIDATES = 2_000
 
@@ -111,7 +111,7 @@ class BayesianOptimization(BaseAlgorithm):
     """
 
     name = "bayes"
-    OPTIONS: dict[str, Any] = {
+    OPTIONS: ClassVar[dict[str, Any]] = {
         "base_estimator": "GP",
         "n_initial_points": 10,
         "acq_func": "EI",

@@ -26,6 +26,7 @@ import math
 from typing import Any
 
 import numpy as np
+from scipy.linalg import cho_solve, cholesky
 from scipy.spatial.distance import cdist
 from skopt.learning import GaussianProcessRegressor
 from skopt.learning.gaussian_process.kernels import ConstantKernel, Matern, Product, Sum, WhiteKernel
@@ -48,8 +49,75 @@ def _matern52_parts(kernel: Any) -> tuple[float, np.ndarray] | None:
     return float(kernel.k1.constant_value), np.atleast_1d(np.asarray(matern.length_scale, dtype=float))
 
 
+def _fittable_parts(kernel: Any, n_dims: int) -> bool:
+    """Whether ``kernel`` is constant x Matern 5/2 (one length scale per dimension) + white noise,
+    all three hyperparameters free, so that its theta is ``log [c, l_1..l_d, noise]``."""
+    if not (isinstance(kernel, Sum) and isinstance(kernel.k2, WhiteKernel)):
+        return False
+    parts = _matern52_parts(kernel)
+    hyperparameters = kernel.hyperparameters
+    return (
+        parts is not None
+        and len(parts[1]) == n_dims
+        and len(hyperparameters) == 3
+        and not any(h.fixed for h in hyperparameters)
+        and sum(h.n_elements for h in hyperparameters) == n_dims + 2
+    )
+
+
+def _matern52_lml(
+    theta: np.ndarray, x: np.ndarray, y: np.ndarray, nugget: Any, eval_gradient: bool
+) -> tuple[float, np.ndarray] | float:
+    """Log marginal likelihood (and its gradient in log-hyperparameters) of constant x Matern 5/2
+    + white noise, computed as scikit-learn's ``GaussianProcessRegressor.log_marginal_likelihood``
+    does for that kernel, without its per-call overhead."""
+    constant, length_scale, noise = np.exp(theta[0]), np.exp(theta[1:-1]), np.exp(theta[-1])
+    n = x.shape[0]
+    scaled = x / length_scale
+    sq_parts = (scaled[:, None, :] - scaled[None, :, :]) ** 2  # (n, n, d)
+    dist = np.sqrt(sq_parts.sum(axis=-1))
+    decay = np.exp(-_SQRT5 * dist)
+    matern = (1.0 + _SQRT5 * dist + (5.0 / 3.0) * dist**2) * decay
+    k = constant * matern
+    k[np.diag_indices(n)] += noise + nugget
+    try:
+        lower = cholesky(k, lower=True, check_finite=False)
+    except np.linalg.LinAlgError:
+        return (-np.inf, np.zeros_like(theta)) if eval_gradient else -np.inf
+    alpha = cho_solve((lower, True), y, check_finite=False)
+    lml = -0.5 * float(y @ alpha) - float(np.log(np.diag(lower)).sum()) - n / 2 * math.log(2 * math.pi)
+    if not eval_gradient:
+        return lml
+    inner = np.outer(alpha, alpha) - cho_solve((lower, True), np.eye(n), check_finite=False)
+    weight = inner * (constant * (5.0 / 3.0) * (1.0 + _SQRT5 * dist) * decay)
+    gradient = np.empty_like(theta)
+    gradient[0] = 0.5 * float(np.sum(inner * (constant * matern)))
+    gradient[1:-1] = 0.5 * (weight.reshape(-1) @ sq_parts.reshape(n * n, -1))
+    gradient[-1] = 0.5 * noise * float(np.trace(inner))
+    return lml, gradient
+
+
 class FastGaussianProcess(GaussianProcessRegressor):  # type: ignore[misc]
     """skopt's GP regressor with vectorized, low-overhead prediction (see the module docstring)."""
+
+    def log_marginal_likelihood(
+        self, theta: Any = None, eval_gradient: bool = False, clone_kernel: bool = True
+    ) -> Any:
+        """scikit-learn's log marginal likelihood; computed directly for the kernel of :func:`make_gp`."""
+        y = getattr(self, "y_train_", None)
+        if theta is None or y is None or y.ndim != 1 or not self._lml_is_direct():
+            return super().log_marginal_likelihood(theta, eval_gradient, clone_kernel)
+        return _matern52_lml(np.asarray(theta, dtype=float), self.X_train_, y, self.alpha, eval_gradient)
+
+    def _lml_is_direct(self) -> bool:
+        """Whether ``kernel_`` has the form :func:`_matern52_lml` computes (cached per kernel object:
+        reading scikit-learn's ``hyperparameters`` costs as much as the likelihood itself)."""
+        kernel = self.kernel_
+        key = (kernel, getattr(kernel, "k1", None), getattr(kernel, "k2", None))
+        cached = getattr(self, "_direct_kernel", None)
+        if cached is None or any(a is not b for a, b in zip(cached[0], key)):
+            cached = self._direct_kernel = (key, _fittable_parts(kernel, self.X_train_.shape[1]))
+        return bool(cached[1])
 
     def predict(
         self,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import itertools
 import math
 from collections.abc import Iterator, Mapping, Sequence
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
@@ -66,7 +66,7 @@ class GridSearch(BaseAlgorithm):
     """
 
     name = "grid"
-    OPTIONS: dict[str, Any] = {"n_values": None, "budget": None, "shuffle": False}
+    OPTIONS: ClassVar[dict[str, Any]] = {"n_values": None, "budget": None, "shuffle": False}
 
     def __init__(self, space: Space, seed: int | None = None, **options: Any) -> None:
         super().__init__(space, seed, **options)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, ClassVar
 
 from orchard.algorithms.base import BaseAlgorithm, Observation, SeenPoints
 from orchard.errors import SpaceExhaustedError
@@ -20,7 +20,7 @@ class RandomSearch(BaseAlgorithm):
     """
 
     name = "random"
-    OPTIONS: dict[str, Any] = {}
+    OPTIONS: ClassVar[dict[str, Any]] = {}
 
     def suggest(
         self, completed: Sequence[Observation], pending: Sequence[Mapping[str, Any]], n: int = 1

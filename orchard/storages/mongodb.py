@@ -37,6 +37,7 @@ from pymongo import ReturnDocument
 from pymongo.errors import DuplicateKeyError, PyMongoError
 
 from orchard.errors import (
+    ConfigurationError,
     DuplicateTrialError,
     ExperimentNotFoundError,
     ReservationLostError,
@@ -97,9 +98,10 @@ class MongoStorage(BaseStorage):
 
     Guarantees (beyond :class:`~orchard.storages.base.BaseStorage`'s):
 
-    * Every verb is a single-document atomic operation (or a sequence of them,
-      each conditional on the state it expects), so a process killed at any
-      instant leaves nothing half-written and holds no lock or budget unit.
+    * Every write is one single-document atomic operation conditional on the
+      state it expects (a verb may read first, or retry another candidate),
+      so a process killed at any instant leaves nothing half-written, and
+      there is no lock to leave held.
     * Exact budget through unique slots (see the module docstring): racing
       budgeted registrations never admit more than ``M`` non-broken trials.
     * Duplicate params are refused by the unique ``_id``, never by a local check.
@@ -156,10 +158,12 @@ class MongoStorage(BaseStorage):
 
     def _db(self) -> Any:
         """The database, (re)connecting after ``close`` or in a forked child; indexes ensured."""
+        if self._pid != os.getpid():  # forked: the parent's client and lock (maybe held) are not ours
+            self._client, self._lock, self._pid = None, threading.Lock(), os.getpid()
         with self._lock:
-            if self._client is None or self._pid != os.getpid():
-                self._client, self._db_name = _mongo.open_client(self.uri)  # never reuse across fork
-                self._pid, self._indexed = os.getpid(), False
+            if self._client is None:
+                self._client, self._db_name = _mongo.open_client(self.uri)
+                self._indexed = False
             db = self._client[self._db_name]
             if not self._indexed:
                 _mongo.ensure_indexes(db)
@@ -214,6 +218,11 @@ class MongoStorage(BaseStorage):
 
     @_translated("update an experiment")
     def update_experiment(self, experiment_id: str, changes: Mapping[str, Any]) -> ExperimentRecord:
+        bad = [key for key in changes if "." in key or key.startswith("$")]
+        if bad:
+            raise ConfigurationError(
+                f"experiment option names {bad!r} contain '.' or start with '$'; rename them"
+            )
         fields = {f"config.{key}": value for key, value in to_builtin(dict(changes)).items()}
         experiments = self._db().experiments
         if fields:
@@ -442,8 +451,11 @@ class MongoStorage(BaseStorage):
         counts the trials per status on the server; if the reader's view then
         holds fewer trials, or fewer completed or broken ones (both only ever
         grow) than were counted, it returns every trial (a full resync).
-        Deleted trials are not reported. The cursor holds the version and
-        status of each trial returned (memory grows with the experiment).
+        The window ends no later than the reader's own clock, so a writer
+        whose clock runs ahead cannot hide the others' writes. Deleted trials
+        are not reported. The cursor holds the version and status of each
+        trial returned (memory, and a copy per call, grow with the experiment;
+        no I/O does).
         """
         now = self.now()
         if not isinstance(cursor, _ChangeCursor) or cursor.experiment != experiment_id:
@@ -457,7 +469,8 @@ class MongoStorage(BaseStorage):
         seen = {**cursor.seen, **{d["_id"]: (d.get("version", 1), d["status"]) for d in fresh}}
         if counts is not None and _misses_writes(seen, counts):
             return self._full_changes(experiment_id, now)
-        since = max([cursor.since, *(d.get("mtime", 0.0) for d in docs)])
+        # a writer whose clock runs ahead must not push the window past everyone else's writes
+        since = min(max([cursor.since, *(d.get("mtime", 0.0) for d in docs)]), now)
         checked = cursor.checked if counts is None else now
         return [_mongo.doc_to_trial(d) for d in fresh], _ChangeCursor(experiment_id, since, checked, seen)
 
@@ -466,7 +479,7 @@ class MongoStorage(BaseStorage):
         if not docs:
             self._experiment_name(experiment_id)
         seen = {d["_id"]: (d.get("version", 1), d["status"]) for d in docs}
-        since = max((d.get("mtime", 0.0) for d in docs), default=0.0)
+        since = min(max((d.get("mtime", 0.0) for d in docs), default=0.0), now)
         trials = sorted((_mongo.doc_to_trial(d) for d in docs), key=lambda t: t.submit_time or 0.0)
         return trials, _ChangeCursor(experiment_id, since, now, seen)
 

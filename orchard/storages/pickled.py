@@ -46,7 +46,7 @@ __all__ = ["PickledStorage"]
 log = logging.getLogger(__name__)
 
 _T = TypeVar("_T")
-_OPEN_FLAGS = getattr(os, "O_BINARY", 0)
+_OPEN_FLAGS = getattr(os, "O_BINARY", 0) | getattr(os, "O_NONBLOCK", 0)  # no hang on a FIFO
 _SNAPSHOT_CHUNK = 1000  # records per frame in a snapshot
 # -- the storage ---------------------------------------------------------------------
 
@@ -114,7 +114,8 @@ class PickledStorage(BaseStorage):
             StorageCorruptedError: ``path`` exists and is not an Orchard storage file.
             StorageError: the directory cannot be created.
         """
-        self._path = os.path.abspath(os.path.expanduser(os.fspath(path)))
+        # realpath: compaction replaces the file, which must not turn a symlink into a copy
+        self._path = os.path.realpath(os.path.expanduser(os.fspath(path)))
         self._options = _validated(lock, timeout, fsync, compact_bytes, stale_lock_after)
         self._lock_kind, self._timeout = lock, float(timeout)
         self._fsync, self._compact_bytes, self._stale_lock_after = bool(fsync), compact_bytes, stale_lock_after
@@ -275,18 +276,26 @@ class PickledStorage(BaseStorage):
         except FileNotFoundError:
             return None
 
+    def _size_of(self, fd: int) -> int:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise StorageError(
+                f"storage path {self._path} is not a regular file; pass a file path such as runs/orchard.pkl"
+            )
+        return info.st_size
+
     def _check_header(self) -> None:
         fd = self._open(os.O_RDONLY)
         if fd is not None:
             try:
-                if os.fstat(fd).st_size:
+                if self._size_of(fd):
                     _logfile.decode_header(_logfile.pread(fd, HEADER_SIZE, 0), self._path)
             finally:
                 os.close(fd)
 
     def _sync(self, fd: int, locked: bool) -> bool:
         """Replay what was appended since our offset; ``False`` if an unlocked read must be redone locked."""
-        size = os.fstat(fd).st_size
+        size = self._size_of(fd)
         if size == 0:  # nothing stored yet (the writer that creates the file holds the lock)
             if self._generation is not None:
                 self._reset(None)
@@ -350,8 +359,12 @@ class PickledStorage(BaseStorage):
         """Open the log for appending (under the lock), creating it if missing or empty."""
         fd = self._open(os.O_RDWR)
         if fd is not None:
-            if os.fstat(fd).st_size > 0:
-                return fd
+            try:
+                if self._size_of(fd) > 0:
+                    return fd
+            except BaseException:
+                os.close(fd)
+                raise
             os.close(fd)
         self._remove_leftovers()
         self._replace_file([_logfile.encode_header(os.urandom(16), HEADER_SIZE)])
