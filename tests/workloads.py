@@ -20,7 +20,7 @@ def branin(x: float, y: float) -> float:
 
 
 def slow_branin(x: float, y: float) -> float:
-    time.sleep(0.2)
+    time.sleep(0.5)
     return branin(x, y)
 
 

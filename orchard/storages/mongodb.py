@@ -357,13 +357,13 @@ class MongoStorage(BaseStorage):
     def release_stale(self, experiment_id: str, timeout: float, now: float | None = None) -> list[Trial]:
         cutoff = (self.now() if now is None else now) - timeout
         trials = self._trials
-        stale = list(trials.find(
-            {"experiment": experiment_id, "status": TrialStatus.RESERVED.value,
-             "$or": [{"heartbeat": {"$lt": cutoff}}, {"heartbeat": None}]},
+        reserved = list(trials.find(  # few (about one per live worker): filter them here
+            {"experiment": experiment_id, "status": TrialStatus.RESERVED.value},
             projection={"worker": 1, "heartbeat": 1},
         ))
-        if not stale:
+        if not reserved:
             self._experiment_name(experiment_id)
+        stale = [doc for doc in reserved if (doc.get("heartbeat") or 0.0) < cutoff]
         released = []
         for seen in stale:  # each conditional on the stale heartbeat: a late heartbeat wins cleanly
             doc = trials.find_one_and_update(
