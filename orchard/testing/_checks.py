@@ -6,6 +6,8 @@ import time
 from collections.abc import Iterable
 from typing import Any
 
+import pytest
+
 from orchard.storages.base import BaseStorage
 from orchard.trial import Trial, TrialStatus
 
@@ -13,6 +15,7 @@ __all__ = [
     "CONFIG",
     "W1",
     "W2",
+    "Checks",
     "assert_plain_params",
     "beat",
     "frozen",
@@ -32,6 +35,15 @@ W1 = "host-a:101:0000aaaa"
 W2 = "host-b:202:0000bbbb"
 
 _PLAIN_TYPES = {"x": float, "n": int, "c": str, "b": bool}
+
+
+class Checks:
+    """Base of every group of checks: provides the ``exp`` fixture they work in."""
+
+    @pytest.fixture
+    def exp(self, storage: BaseStorage) -> str:
+        """The id of a fresh experiment called ``exp`` in the ``storage`` under test."""
+        return storage.create_experiment("exp", CONFIG)
 
 
 def tick() -> None:

@@ -1,7 +1,7 @@
 """Conformance checks of the reservation lifecycle: reserve, ownership, staleness.
 
-Collected through :class:`orchard.testing.conformance.StorageConformance`,
-which provides the ``exp`` fixture these checks use.
+Collected through :class:`orchard.testing.conformance.StorageConformance`;
+the ``exp`` fixture comes from :class:`~orchard.testing._checks.Checks`.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from orchard.storages.base import BaseStorage
 from orchard.testing._checks import (
     W1,
     W2,
+    Checks,
     beat,
     frozen,
     one_of_each_status,
@@ -43,7 +44,7 @@ def _assert_every_write_refused(storage: BaseStorage, trial_id: str, worker: str
         storage.release_trial(trial_id, worker)
 
 
-class ReservationChecks:
+class ReservationChecks(Checks):
     """reserve_trial: order, fields, exclusivity, None when nothing waits."""
 
     def test_reserve_none_when_nothing_waits(self, storage: BaseStorage, exp: str) -> None:
@@ -95,7 +96,7 @@ class ReservationChecks:
             assert stored(storage, trial.id).worker == f"host:{i}:w"
 
 
-class OwnershipChecks:
+class OwnershipChecks(Checks):
     """heartbeat/complete/fail/release: only the owner may write; refusals write nothing."""
 
     def test_owner_heartbeat_refreshes(self, storage: BaseStorage, exp: str) -> None:
@@ -169,7 +170,7 @@ class OwnershipChecks:
         assert storage.fetch_trials(exp) == []
 
 
-class StaleReservationChecks:
+class StaleReservationChecks(Checks):
     """release_stale with an injected ``now``: no sleeps."""
 
     TIMEOUT = 30.0

@@ -20,8 +20,7 @@ needs only pytest (and numpy, an Orchard dependency). Subclass
 The fixture may also be defined as a method of the subclass, or in a
 ``conftest.py`` (Orchard's own parametrizes it over every backend). The
 groups of checks (``ExperimentChecks``, ``BudgetChecks``, ...) are exported
-too, for a backend that wants to run a subset while it grows; each needs the
-``exp`` fixture that :class:`StorageConformance` defines. Every
+too, for a backend that wants to run a subset while it grows. Every
 check is single-process and uses no sleeps: staleness is tested with the
 injected ``now`` of ``release_stale``. Races between real processes are
 exercised with :mod:`orchard.testing.races`.
@@ -51,6 +50,7 @@ from orchard.testing._checks import (
     CONFIG,
     W1,
     W2,
+    Checks,
     assert_plain_params,
     frozen,
     one_of_each_status,
@@ -81,7 +81,7 @@ __all__ = [
 ]
 
 
-class ExperimentChecks:
+class ExperimentChecks(Checks):
     """Experiments: get-or-create, lookup, listing, update, deletion."""
 
     def test_create_experiment_is_get_or_create(self, storage: BaseStorage) -> None:
@@ -152,7 +152,7 @@ class ExperimentChecks:
             storage.require_experiment("unknown")
 
 
-class RegistrationChecks:
+class RegistrationChecks(Checks):
     """register_trial: new vs reserved, deterministic ids, unique params, plain values."""
 
     def test_register_new_trial(self, storage: BaseStorage, exp: str) -> None:
@@ -222,7 +222,7 @@ class RegistrationChecks:
         assert (kept.params, kept.results) == ({"x": 1.0}, {"acc": 0.5})
 
 
-class BudgetChecks:
+class BudgetChecks(Checks):
     """register_trial(..., budget=M): exactly M units; broken trials free theirs."""
 
     def test_exactly_budget_trials_are_admitted(self, storage: BaseStorage, exp: str) -> None:
@@ -270,7 +270,7 @@ class BudgetChecks:
             storage.register_trial(other, {"i": 1}, budget=1)
 
 
-class ReadingChecks:
+class ReadingChecks(Checks):
     """fetch_trials, get_trial, count_trials, best_trial, restore_trials."""
 
     def test_fetch_trials_oldest_first_with_status_filter(self, storage: BaseStorage, exp: str) -> None:
@@ -325,7 +325,7 @@ class ReadingChecks:
         assert storage.restore_trials(dest, [*source, extra]) == 1
 
 
-class ChangeFeedChecks:
+class ChangeFeedChecks(Checks):
     """fetch_changes: pages applied by id reproduce fetch_trials."""
 
     def _follow(self, storage: BaseStorage, exp: str, state: dict[str, Trial], cursor: Any) -> Any:
@@ -372,7 +372,7 @@ class ChangeFeedChecks:
         assert len(page) == len(made)
 
 
-class HandleChecks:
+class HandleChecks(Checks):
     """The storage object itself: pickling, reopening by URI, copies handed out."""
 
     def test_pickled_storage_sees_the_same_data(self, storage: BaseStorage, exp: str) -> None:
@@ -437,12 +437,7 @@ class StorageConformance(
     """Every guarantee of :class:`~orchard.storages.base.BaseStorage`, as pytest tests.
 
     Subclass it as ``Test...`` in a module where a ``storage`` fixture yields a
-    fresh, empty storage (see the module docstring). The ``exp`` fixture below
-    gives each check an experiment to work in.
+    fresh, empty storage (see the module docstring). Each check also gets an
+    ``exp`` fixture: the id of a fresh experiment in that storage.
     """
-
-    @pytest.fixture
-    def exp(self, storage: BaseStorage) -> str:
-        """The id of a fresh experiment called ``exp``."""
-        return storage.create_experiment("exp", CONFIG)
 
