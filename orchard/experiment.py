@@ -29,7 +29,7 @@ from orchard.space import Space
 from orchard.storages import BaseStorage, get_storage
 from orchard.storages.base import ExperimentRecord
 from orchard.trial import Trial, TrialStatus
-from orchard.worker import History, Worker, WorkerReport, WorkerSettings, _Heartbeat
+from orchard.worker import History, Worker, WorkerReport, WorkerSettings
 
 __all__ = ["Experiment", "build_experiment", "get_experiment", "run_worker"]
 
@@ -181,7 +181,6 @@ class Experiment:
         self._record = record
         self.space = Space.from_config(record.config["space"])
         self._client: Worker | None = None
-        self._beats: dict[str, _Heartbeat] = {}
 
     def __repr__(self) -> str:
         return f"Experiment(name={self.name!r}, storage={self.storage.redacted_uri!r})"
@@ -325,8 +324,7 @@ class Experiment:
                 f"experiment {self.name!r} has no trial to suggest: the budget of {self.max_trials} "
                 "is fully reserved or the space is exhausted; raise max_trials or wait for other workers"
             )
-        beat = _Heartbeat(self.storage, trial, worker.name, worker.settings.heartbeat)
-        self._beats[trial.id] = beat.__enter__()
+        worker.pacemaker.watch(trial.id)
         return trial
 
     def observe(self, trial: Trial, result: float | Mapping[str, Any]) -> Trial:
@@ -348,9 +346,8 @@ class Experiment:
         return self.storage.release_trial(trial.id, self._client_worker().name)
 
     def _stop_beat(self, trial: Trial) -> None:
-        beat = self._beats.pop(trial.id, None)
-        if beat is not None:
-            beat.__exit__(None, None, None)
+        if self._client is not None:
+            self._client.pacemaker.unwatch(trial.id)
 
     def insert(self, params: Mapping[str, Any]) -> Trial:
         """Add a ``new`` trial at ``params``; the next free worker evaluates it first.

@@ -40,7 +40,7 @@ from orchard.space import Space
 from orchard.storages.base import BaseStorage
 from orchard.trial import Trial, TrialStatus
 
-__all__ = ["History", "Worker", "WorkerReport", "WorkerSettings", "worker_name"]
+__all__ = ["History", "Pacemaker", "Worker", "WorkerReport", "WorkerSettings", "worker_name"]
 
 log = logging.getLogger(__name__)
 
@@ -127,33 +127,64 @@ class History:
         return any(self.counts[s] for s in (TrialStatus.RESERVED, TrialStatus.NEW, TrialStatus.INTERRUPTED))
 
 
-class _Heartbeat:
-    """A daemon thread that refreshes one reservation until stopped; notes a lost reservation."""
+class Pacemaker:
+    """One daemon thread that heartbeats every reservation it watches.
 
-    def __init__(self, storage: BaseStorage, trial: Trial, worker: str, every: float) -> None:
-        self.lost = threading.Event()
+    Started on the first :meth:`watch`; beats every ``every`` seconds, so a watched
+    trial's heartbeat is never older than ``every`` plus one storage write. A trial
+    found no longer reserved by ``worker`` is dropped and reported by :meth:`unwatch`.
+    """
+
+    def __init__(self, storage: BaseStorage, worker: str, every: float) -> None:
+        self._storage, self._worker, self._every = storage, worker, every
+        self._lock = threading.Lock()
+        self._watched: set[str] = set()
+        self._lost: set[str] = set()
         self._stop = threading.Event()
-        self._args = (storage, trial.id, worker, every)
-        self._thread = threading.Thread(target=self._beat, name=f"orchard-heartbeat-{trial.id[:8]}", daemon=True)
+        self._thread: threading.Thread | None = None
 
-    def __enter__(self) -> _Heartbeat:
-        self._thread.start()
-        return self
+    def watch(self, trial_id: str) -> None:
+        """Start heartbeating ``trial_id``."""
+        with self._lock:
+            self._watched.add(trial_id)
+            self._lost.discard(trial_id)
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._beat, name="orchard-pacemaker", daemon=True)
+                self._thread.start()
 
-    def __exit__(self, *exc_info: object) -> None:
+    def unwatch(self, trial_id: str) -> bool:
+        """Stop heartbeating ``trial_id``; return whether its reservation was found lost."""
+        with self._lock:
+            self._watched.discard(trial_id)
+            lost = trial_id in self._lost
+            self._lost.discard(trial_id)
+            return lost
+
+    def is_lost(self, trial_id: str) -> bool:
+        """Whether a heartbeat found ``trial_id`` no longer reserved by this worker."""
+        with self._lock:
+            return trial_id in self._lost
+
+    def close(self) -> None:
+        """Stop the thread (idempotent)."""
         self._stop.set()
-        self._thread.join()
+        if self._thread is not None:
+            self._thread.join()
 
     def _beat(self) -> None:
-        storage, trial_id, worker, every = self._args
-        while not self._stop.wait(every):
-            try:
-                storage.heartbeat_trial(trial_id, worker)
-            except ReservationLostError:
-                self.lost.set()
-                return
-            except StorageError as err:  # transient: try again next beat
-                log.warning("heartbeat of trial %s failed: %s", trial_id, err)
+        while not self._stop.wait(self._every):
+            with self._lock:
+                watched = list(self._watched)
+            for trial_id in watched:
+                try:
+                    self._storage.heartbeat_trial(trial_id, self._worker)
+                except ReservationLostError:
+                    with self._lock:
+                        if trial_id in self._watched:
+                            self._watched.discard(trial_id)
+                            self._lost.add(trial_id)
+                except StorageError as err:  # transient: try again next beat
+                    log.warning("heartbeat of trial %s failed: %s", trial_id, err)
 
 
 class Worker:
@@ -186,6 +217,7 @@ class Worker:
         self.history = History(storage, experiment_id)
         self.algorithm: BaseAlgorithm = make_algorithm(settings.algorithm, settings.space, settings.seed)
         self.report = WorkerReport(self.name)
+        self.pacemaker = Pacemaker(storage, self.name, settings.heartbeat)
         self._last_release = 0.0
         self._poll = _MIN_POLL
         self._idle_since: float | None = None
@@ -197,6 +229,12 @@ class Worker:
 
         ``KeyboardInterrupt`` releases the current trial as ``interrupted`` and propagates.
         """
+        try:
+            return self._loop()
+        finally:
+            self.pacemaker.close()
+
+    def _loop(self) -> WorkerReport:
         while True:
             self.history.refresh()
             reason = self._stop_reason()
@@ -298,13 +336,14 @@ class Worker:
     # -- running a trial -------------------------------------------------------
 
     def _run_trial(self, trial: Trial) -> None:
+        self.pacemaker.watch(trial.id)
         try:
-            with _Heartbeat(self.storage, trial, self.name, self.settings.heartbeat) as beat:
-                outcome = self.evaluate(trial)
+            outcome = self.evaluate(trial)
         except KeyboardInterrupt:
+            self.pacemaker.unwatch(trial.id)
             self._release(trial)
             raise
-        if beat.lost.is_set():
+        if self.pacemaker.unwatch(trial.id):
             log.warning("worker %s lost its reservation of trial %s; result dropped", self.name, trial.id)
         self._record(trial, outcome)
 
