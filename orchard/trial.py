@@ -90,9 +90,14 @@ class Trial:
 
     def to_dict(self) -> dict[str, Any]:
         """Return a plain ``dict`` of builtins (status as its string value)."""
-        data = dataclasses.asdict(self)
-        data["status"] = self.status.value
-        return data
+        # Hand-written rather than dataclasses.asdict: this is on every storage write's path.
+        return {
+            "id": self.id, "experiment": self.experiment, "params": dict(self.params),
+            "status": self.status.value, "objective": self.objective, "results": dict(self.results),
+            "worker": self.worker, "heartbeat": self.heartbeat, "submit_time": self.submit_time,
+            "start_time": self.start_time, "end_time": self.end_time,
+            "error": dict(self.error) if self.error is not None else None, "attempts": self.attempts,
+        }
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Trial:

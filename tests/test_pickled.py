@@ -14,6 +14,7 @@ import random
 import signal
 import socket
 import struct
+import subprocess
 import threading
 import time
 import uuid
@@ -216,6 +217,29 @@ def test_fsync_option(path: Path) -> None:
     assert len(PickledStorage(path).fetch_trials(exp_id)) == 1
 
 
+@pytest.mark.parametrize("complete", [True, False])
+def test_write_interrupted_mid_append(path: Path, monkeypatch: pytest.MonkeyPatch, complete: bool) -> None:
+    """A frame fully written before an interruption stays (readers may have seen it); a partial one goes."""
+    writer, reader = PickledStorage(path), PickledStorage(path)
+    exp_id = writer.create_experiment("exp", {})
+    real = _logfile.pwrite_all
+
+    def write_then_interrupt(fd: int, data: bytes, offset: int) -> None:
+        real(fd, data if complete else data[: len(data) // 2], offset)
+        reader.fetch_trials(exp_id)  # a lock-free reader replays meanwhile
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(_logfile, "pwrite_all", write_then_interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        writer.register_trial(exp_id, {"x": 1})
+    monkeypatch.undo()
+    expected = 1 if complete else 0
+    assert len(reader.fetch_trials(exp_id)) == len(writer.fetch_trials(exp_id)) == expected
+    writer.register_trial(exp_id, {"x": 2})
+    assert len(reader.fetch_trials(exp_id)) == len(PickledStorage(path).fetch_trials(exp_id)) == expected + 1
+    assert _scan_file(path).damage is None
+
+
 # -- hostile and damaged files ------------------------------------------------------
 
 
@@ -406,10 +430,8 @@ def test_soft_lock_of_a_dead_process_is_broken(path: Path) -> None:
 
 
 def _dead_pid() -> int:
-    child = SPAWN.Process(target=time.sleep, args=(0,))
-    child.start()
-    child.join()
-    assert child.pid is not None
+    child = subprocess.Popen(["true"])
+    child.wait()  # reaped: the pid names no process now
     return child.pid
 
 
@@ -550,4 +572,4 @@ def test_sigkilled_writer_loses_nothing_that_returned(path: Path, tmp_path: Path
         if round_ % 5 == 4:
             storage.delete_experiment(exp_id)
     assert checked > 100
-    assert len(generations) >= 5, "compaction did not happen while writers were being killed"
+    assert len(generations) >= 3, "compaction did not happen while writers were being killed"
