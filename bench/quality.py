@@ -10,6 +10,9 @@ Simple regret = best objective found - the known global minimum. Methods:
 * ``tpe``        Optuna's TPE sampler (seeded)
 * ``gp_minimize`` scikit-optimize's gp_minimize (its defaults: gp_hedge, 10 random points)
 
+Every run uses one BLAS thread (``threadpoolctl``), so ``--jobs 2`` on 2 cores
+does not oversubscribe; seconds per run are printed for orientation only.
+
     python bench/quality.py                         # 10 seeds, both problems, all methods
     python bench/quality.py --quick                 # 3 seeds, Branin only
     python bench/quality.py --seeds 5 --problems hartmann6 --methods bayes gp_minimize --jobs 2
@@ -117,9 +120,12 @@ METHODS: dict[str, Callable[[dict[str, Any], int], float]] = {
 
 
 def one_run(problem_name: str, method: str, seed: int) -> tuple[str, str, int, float, float]:
+    from threadpoolctl import threadpool_limits
+
     problem = PROBLEMS[problem_name]
     start = time.perf_counter()
-    best = METHODS[method](problem, seed)
+    with threadpool_limits(limits=1, user_api="blas"):  # every method alike; --jobs runs side by side
+        best = METHODS[method](problem, seed)
     return problem_name, method, seed, best - problem["minimum"], time.perf_counter() - start
 
 
