@@ -21,6 +21,7 @@ from orchard.errors import (
     ConfigurationError,
     ExperimentBrokenError,
     ExperimentConflictError,
+    ExecutorError,
     OrchardError,
 )
 from orchard.executors import make_executor
@@ -256,6 +257,8 @@ class Experiment:
             ExperimentBrokenError: ``max_broken`` trials broke; the message shows the last error.
         """
         _check_positive("trial_timeout", trial_timeout)
+        pool_manager = make_executor(executor, n_workers, executor_config)  # validates name and size
+        self.refresh()  # another process may have raised the budget since this handle was made
         budget = self._call_budget(max_trials)
         settings = self._settings(max_trials=budget, idle_timeout=idle_timeout)
         task = WorkerTask(self.storage, self.id, settings, fn, trial_timeout)
@@ -263,14 +266,29 @@ class Experiment:
             pickle.dumps(self.storage)  # fail fast, with the storage's own message, if it cannot travel
         tasks = [dataclasses.replace(task, settings=self._seeded(settings, i)) for i in range(n_workers)]
         monitor = _Monitor(self, on_result, on_error, progress and sys.stderr.isatty())
-        with monitor, make_executor(executor, n_workers, executor_config) as pool:
+        with monitor, pool_manager as pool:
             futures = [pool.submit(run_worker, t) for t in tasks]
             errors = [f.exception() for f in futures]
-        failures = [e for e in errors if e is not None]
-        if failures:
-            raise failures[0]
+        self._raise_worker_failure([e for e in errors if e is not None], executor)
         self._raise_if_broken()
         return self.stats
+
+    def refresh(self) -> None:
+        """Re-read the experiment's stored configuration (e.g. a budget raised elsewhere)."""
+        self._record = self.storage.require_experiment(self.name)
+
+    def _raise_worker_failure(self, failures: list[BaseException], executor: str) -> None:
+        if not failures:
+            return
+        err = failures[0]
+        if isinstance(err, (OrchardError, KeyboardInterrupt)):
+            raise err
+        summary = (str(err).strip().splitlines() or [""])[0].rstrip(".")
+        raise ExecutorError(
+            f"a worker of experiment {self.name!r} died under executor {executor!r}: "
+            f"{type(err).__name__}: {summary}. If the objective crashed its process (segfault, out of "
+            "memory, os._exit), run it with trial_timeout=... so it runs in a child process"
+        ) from err
 
     @staticmethod
     def _seeded(settings: WorkerSettings, index: int) -> WorkerSettings:

@@ -36,9 +36,10 @@ def report_results(results: Mapping[str, Any]) -> None:
             f"{RESULTS_ENV} is not set: report_objective only works inside a trial started by "
             "'orchard hunt'; run your script through it"
         )
+    text = json.dumps({str(k): _plain(v) for k, v in results.items()})  # fails before touching files
     tmp = f"{path}.tmp"
     with open(tmp, "w", encoding="utf-8") as handle:
-        json.dump({str(k): _plain(v) for k, v in results.items()}, handle)
+        handle.write(text)
     os.replace(tmp, path)
 
 

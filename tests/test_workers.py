@@ -113,3 +113,14 @@ def test_parallel_bayes_workers_do_not_collapse(tmp_path) -> None:
     pair = min(concurrent, key=distance)
     assert distance(pair) > 1e-3, f"two concurrently evaluated trials nearly coincide: {pair}"
     assert exp.best_trial.objective < 1.0
+
+
+def test_objective_that_kills_its_worker_process_gives_one_clear_error(tmp_path) -> None:
+    exp = orchard.build_experiment("dies", space=workloads.SPACE, storage=str(tmp_path / "o.pkl"), max_trials=4)
+    with pytest.raises(orchard.ExecutorError, match="died under executor 'joblib'.*trial_timeout"):
+        exp.workon(workloads.exits_process, n_workers=1, progress=False)
+    # with a trial_timeout the objective runs in a child process: its death breaks the trial, not the worker
+    exp2 = orchard.build_experiment("dies2", space=workloads.SPACE, storage=str(tmp_path / "o.pkl"),
+                                    max_trials=4, max_broken=2)
+    with pytest.raises(orchard.ExperimentBrokenError, match="WorkerCrashed"):
+        exp2.workon(workloads.exits_process, n_workers=1, trial_timeout=30, progress=False)

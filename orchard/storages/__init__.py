@@ -65,6 +65,23 @@ STORAGES: dict[str, Callable[[str], BaseStorage]] = {
 }
 
 
+_LAZY_CLASSES = {
+    "MemoryStorage": "orchard.storages.memory",
+    "MongoStorage": "orchard.storages.mongodb",
+    "PickledStorage": "orchard.storages.pickled",
+}
+
+
+def __getattr__(name: str) -> type[BaseStorage]:
+    """Import backend classes on first use (pymongo and friends load only when needed)."""
+    module = _LAZY_CLASSES.get(name)
+    if module is None:
+        raise AttributeError(f"module 'orchard.storages' has no attribute {name!r}")
+    import importlib
+
+    return getattr(importlib.import_module(module), name)  # type: ignore[no-any-return]
+
+
 def get_storage(uri: str | BaseStorage | None = None) -> BaseStorage:
     """Open the storage named by ``uri`` (see the module docstring for the forms).
 

@@ -89,7 +89,13 @@ def open_client(uri: str) -> tuple[Client, str]:
 
 def _mock_client(uri: str) -> tuple[Client, str]:
     """The process-wide mongomock client for ``mongomock://NAME[/DB]``."""
-    import mongomock  # type: ignore[import-untyped]
+    try:
+        import mongomock  # type: ignore[import-untyped]
+    except ImportError:
+        raise ConfigurationError(
+            "storage mongomock:// needs the mongomock package, which is not installed; "
+            "pip install mongomock (it is in orchard-hpo[test])"
+        ) from None
 
     rest = uri.split("://", 1)[1].split("?", 1)[0]
     name, _, database = rest.partition("/")

@@ -50,7 +50,7 @@ class MemoryStorage(BaseStorage):
         raise ConfigurationError(
             f"storage {self.uri} lives in one process's memory and cannot be sent to other "
             "processes; use a pickle file (e.g. runs/orchard.pkl) or MongoDB for several "
-            "workers, or executor='single'"
+            "workers, or executor='thread' / 'single'"
         )
 
     def __copy__(self) -> MemoryStorage:
