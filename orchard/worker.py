@@ -27,7 +27,7 @@ from collections.abc import Callable
 from typing import Any
 
 from orchard.algorithms import make_algorithm
-from orchard.algorithms.base import BaseAlgorithm, Observation
+from orchard.algorithms.base import BaseAlgorithm, Observation, SeenPoints
 from orchard.errors import (
     BudgetExhaustedError,
     DuplicateTrialError,
@@ -96,6 +96,7 @@ class History:
         self.trials: dict[str, Trial] = {}
         self.completed: dict[str, Observation] = {}
         self._pending: dict[str, dict[str, Any]] = {}
+        self.seen = SeenPoints()  # every trial's params, kept incrementally
         self.counts: dict[TrialStatus, int] = {status: 0 for status in TrialStatus}
 
     def refresh(self) -> list[dict[str, Any]]:
@@ -106,6 +107,8 @@ class History:
             old = self.trials.get(trial.id)
             if old is not None:
                 self.counts[old.status] -= 1
+            else:
+                self.seen.add(trial.params)
             self.trials[trial.id] = trial
             self.counts[trial.status] += 1
             if trial.status.is_pending:
@@ -324,7 +327,8 @@ class Worker:
             self.history.refresh()
         try:
             suggestions = self.algorithm.suggest(
-                list(self.history.completed.values()), self.history.pending(collided), n=1
+                list(self.history.completed.values()), self.history.pending(collided), n=1,
+                seen=self.history.seen,
             )
         except SpaceExhaustedError:
             self.report.reason = "exhausted"

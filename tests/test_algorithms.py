@@ -427,3 +427,21 @@ def test_fast_gp_log_marginal_likelihood_matches_scikit_learn() -> None:
             theirs = SkGP.log_marginal_likelihood(fast, theta, eval_gradient=True)
         np.testing.assert_allclose(ours[0], theirs[0], rtol=1e-8)
         np.testing.assert_allclose(ours[1], theirs[1], rtol=1e-6, atol=1e-8)
+
+
+def test_seen_overlay_matches_history_and_never_mutates_the_base() -> None:
+    from orchard.algorithms import make_algorithm
+    from orchard.algorithms.base import Observation, SeenPoints
+    from orchard.space import Space
+
+    space = Space.from_config({"k": "randint(0, 6)"})
+    completed = [Observation({"k": k}, float(k)) for k in range(4)]
+    base = SeenPoints(o.params for o in completed)
+    overlay = SeenPoints([{"k": 4}], base=base)
+    assert {"k": 4} in overlay and {"k": 0} in overlay and {"k": 4} not in base
+    assert len(overlay) == 5 and len(base) == 4
+    for name in ("random", "bayes"):
+        with_seen = make_algorithm(name, space, seed=3).suggest(completed, [{"k": 4}], n=1, seen=base)
+        without = make_algorithm(name, space, seed=3).suggest(completed, [{"k": 4}], n=1)
+        assert with_seen == without == [{"k": 5}]
+    assert len(base) == 4

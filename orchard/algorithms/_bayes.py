@@ -141,7 +141,11 @@ class BayesianOptimization(BaseAlgorithm):
             )
 
     def suggest(
-        self, completed: Sequence[Observation], pending: Sequence[Mapping[str, Any]], n: int = 1
+        self,
+        completed: Sequence[Observation],
+        pending: Sequence[Mapping[str, Any]],
+        n: int = 1,
+        seen: SeenPoints | None = None,
     ) -> list[dict[str, Any]]:
         """Return up to ``n`` unseen points; the k-th is chosen with the first k-1 as pending.
 
@@ -151,7 +155,7 @@ class BayesianOptimization(BaseAlgorithm):
         """
         completed = [o for o in completed if math.isfinite(o.objective)]
         pending = list(pending)
-        seen = SeenPoints([*(o.params for o in completed), *pending])
+        seen = self.seen_points(completed, pending, seen)
         suggestions: list[dict[str, Any]] = []
         for _ in range(n):
             try:

@@ -9,7 +9,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from orchard.algorithms.base import BaseAlgorithm, Observation
+from orchard.algorithms.base import BaseAlgorithm, Observation, SeenPoints
 from orchard.errors import ConfigurationError, SpaceExhaustedError
 from orchard.space import Space
 
@@ -105,9 +105,15 @@ class GridSearch(BaseAlgorithm):
         return self.size
 
     def suggest(
-        self, completed: Sequence[Observation], pending: Sequence[Mapping[str, Any]], n: int = 1
+        self,
+        completed: Sequence[Observation],
+        pending: Sequence[Mapping[str, Any]],
+        n: int = 1,
+        seen: SeenPoints | None = None,
     ) -> list[dict[str, Any]]:
         """Return the next ``n`` (or fewer) unseen grid points in the grid's order.
+
+        A grid is bounded by its size, so it indexes the history itself and ignores ``seen``.
 
         Raises:
             SpaceExhaustedError: every grid point is completed or pending.

@@ -23,11 +23,15 @@ class RandomSearch(BaseAlgorithm):
     OPTIONS: ClassVar[dict[str, Any]] = {}
 
     def suggest(
-        self, completed: Sequence[Observation], pending: Sequence[Mapping[str, Any]], n: int = 1
+        self,
+        completed: Sequence[Observation],
+        pending: Sequence[Mapping[str, Any]],
+        n: int = 1,
+        seen: SeenPoints | None = None,
     ) -> list[dict[str, Any]]:
         """Return up to ``n`` unseen random points (see :meth:`BaseAlgorithm.suggest`)."""
         rng = self.rng(completed, pending)
-        seen = SeenPoints([*(o.params for o in completed), *pending])
+        seen = self.seen_points(completed, pending, seen)
         suggestions: list[dict[str, Any]] = []
         for _ in range(n):
             try:

@@ -37,16 +37,33 @@ class Observation:
 
 
 class SeenPoints:
-    """The set of points that are completed or pending, compared by :func:`params_hash`."""
+    """The set of points that are completed or pending, compared by :func:`params_hash`.
 
-    def __init__(self, points: Iterable[Mapping[str, Any]] = ()) -> None:
+    With ``base``, the set is an overlay: it holds ``points`` plus everything in
+    ``base``, and additions never touch ``base``. A caller that keeps one
+    :class:`SeenPoints` up to date incrementally (the worker does) passes it as
+    ``seen`` to :meth:`BaseAlgorithm.suggest`, so no suggestion re-hashes the
+    whole history.
+    """
+
+    def __init__(self, points: Iterable[Mapping[str, Any]] = (), base: SeenPoints | None = None) -> None:
         self._hashes = {params_hash(p) for p in points}
+        self._base = base
 
     def __contains__(self, params: object) -> bool:
-        return isinstance(params, Mapping) and params_hash(params) in self._hashes
+        if not isinstance(params, Mapping):
+            return False
+        digest = params_hash(params)
+        return digest in self._hashes or (self._base is not None and self._base.has_hash(digest))
+
+    def has_hash(self, digest: str) -> bool:
+        """Whether a point with this :func:`params_hash` digest is in the set."""
+        return digest in self._hashes or (self._base is not None and self._base.has_hash(digest))
 
     def __len__(self) -> int:
-        return len(self._hashes)
+        if self._base is None:
+            return len(self._hashes)
+        return len(self._base) + sum(1 for h in self._hashes if not self._base.has_hash(h))
 
     def add(self, params: Mapping[str, Any]) -> None:
         """Mark ``params`` as seen."""
@@ -120,7 +137,11 @@ class BaseAlgorithm(abc.ABC):
 
     @abc.abstractmethod
     def suggest(
-        self, completed: Sequence[Observation], pending: Sequence[Mapping[str, Any]], n: int = 1
+        self,
+        completed: Sequence[Observation],
+        pending: Sequence[Mapping[str, Any]],
+        n: int = 1,
+        seen: SeenPoints | None = None,
     ) -> list[dict[str, Any]]:
         """Return up to ``n`` new points to evaluate.
 
@@ -128,6 +149,9 @@ class BaseAlgorithm(abc.ABC):
             completed: the completed trials (params and objective).
             pending: params of trials being, or about to be, evaluated by anyone.
             n: how many points to return.
+            seen: optional points known to be taken (at least every completed
+                point; pending ones are added); kept by the caller so the cost
+                of a suggestion does not grow with the history. Not modified.
 
         Returns:
             Between 1 and ``n`` params dicts of plain Python values, none equal
@@ -142,6 +166,15 @@ class BaseAlgorithm(abc.ABC):
         return space_size(self.space)
 
     # -- helpers shared by the implementations ---------------------------------
+
+    @staticmethod
+    def seen_points(
+        completed: Sequence[Observation], pending: Sequence[Mapping[str, Any]], seen: SeenPoints | None
+    ) -> SeenPoints:
+        """A private set of taken points: an overlay on ``seen`` if given, else built from the history."""
+        if seen is not None:
+            return SeenPoints(pending, base=seen)
+        return SeenPoints([*(o.params for o in completed), *pending])
 
     def rng(self, completed: Sequence[Any], pending: Sequence[Any]) -> np.random.Generator:
         """A generator derived from the seed and the history size (see the class docstring)."""
