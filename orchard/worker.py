@@ -95,6 +95,7 @@ class History:
         self._cursor: Any = None
         self.trials: dict[str, Trial] = {}
         self.completed: dict[str, Observation] = {}
+        self.observations: list[Observation] = []  # the values of ``completed``, kept in order
         self._pending: dict[str, dict[str, Any]] = {}
         self.seen = SeenPoints()  # every trial's params, kept incrementally
         self.counts: dict[TrialStatus, int] = {status: 0 for status in TrialStatus}
@@ -118,7 +119,9 @@ class History:
             else:
                 self._pending.pop(trial.id, None)
             if trial.status is TrialStatus.COMPLETED and trial.objective is not None:
-                self.completed[trial.id] = Observation(trial.params, trial.objective)
+                if trial.id not in self.completed:
+                    self.completed[trial.id] = Observation(trial.params, trial.objective)
+                    self.observations.append(self.completed[trial.id])
         return arrived
 
     def pending(self, extra: list[dict[str, Any]] | None = None) -> list[dict[str, Any]]:
@@ -327,7 +330,7 @@ class Worker:
             self.history.refresh()
         try:
             suggestions = self.algorithm.suggest(
-                list(self.history.completed.values()), self.history.pending(collided), n=1,
+                self.history.observations, self.history.pending(collided), n=1,
                 seen=self.history.seen,
             )
         except SpaceExhaustedError:
