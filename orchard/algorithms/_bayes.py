@@ -60,7 +60,8 @@ from orchard.errors import AlgorithmError, ConfigurationError, SpaceExhaustedErr
 __all__ = ["BayesianOptimization"]
 
 _ESTIMATORS = ("GP", "RF", "ET")
-_ACQ_FUNCS = ("EI", "PI", "LCB")
+_ACQ_FUNCS = ("EI", "PI", "LCB", "portfolio")
+_PORTFOLIO = ("EI", "PI", "LCB")
 _ACQ_OPTIMIZERS = ("auto", "lbfgs", "sampling")
 _LIARS: dict[str, Callable[[list[float]], Any]] = {"cl_min": np.min, "cl_mean": np.mean, "cl_max": np.max}
 #: Random candidates scored when skopt's pick collides with a seen point.
@@ -99,7 +100,8 @@ class BayesianOptimization(BaseAlgorithm):
             (random forest, extra trees).
         n_initial_points: random points before the surrogate takes over (default
             10); completed and pending points both count.
-        acq_func: ``"EI"`` (default), ``"PI"`` or ``"LCB"``.
+        acq_func: ``"EI"`` (default), ``"PI"``, ``"LCB"``, or ``"portfolio"``: each
+            suggestion draws one of the three with the seeded stream.
         acq_optimizer: ``"auto"`` (L-BFGS for the GP, sampling for trees),
             ``"lbfgs"`` (GP only) or ``"sampling"``.
         xi: exploration of ``EI``/``PI`` (default 0.01).
@@ -215,7 +217,7 @@ class BayesianOptimization(BaseAlgorithm):
             dimensions,
             base_estimator=estimator,
             n_initial_points=0,
-            acq_func=options["acq_func"],
+            acq_func=acq_func,
             acq_optimizer=options["acq_optimizer"],
             random_state=random_state,
             acq_func_kwargs={"xi": options["xi"], "kappa": options["kappa"]},
@@ -235,7 +237,7 @@ class BayesianOptimization(BaseAlgorithm):
             X=optimizer.space.transform(candidates),
             model=optimizer.models[-1],
             y_opt=np.min(optimizer.yi),
-            acq_func=self.options["acq_func"],
+            acq_func=optimizer.acq_func,
             acq_func_kwargs=optimizer.acq_func_kwargs,
         )
         for index in np.argsort(values, kind="stable"):
