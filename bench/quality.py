@@ -6,6 +6,8 @@ Simple regret = best objective found - the known global minimum. Methods:
 * ``bayes-4``    Orchard's bayes, 4 simulated parallel workers: each round, worker k
                  suggests with the k-1 earlier suggestions of the round as pending
                  (constant liar), then the 4 points are evaluated and observed
+* ``bayes-portfolio``, ``bayes-portfolio-4``  the same with ``acq_func="portfolio"``
+                 (each suggestion draws one of EI, PI, LCB)
 * ``random``     Orchard's random search
 * ``tpe``        Optuna's TPE sampler (seeded)
 * ``gp_minimize`` scikit-optimize's gp_minimize (its defaults: gp_hedge, 10 random points)
@@ -60,7 +62,10 @@ PROBLEMS: dict[str, dict[str, Any]] = {
 # -- methods: each returns the best objective found ----------------------------------
 
 
-def run_orchard(problem: dict[str, Any], seed: int, algorithm: str, workers: int = 1) -> float:
+_PORTFOLIO = {"bayes": {"acq_func": "portfolio"}}
+
+
+def run_orchard(problem: dict[str, Any], seed: int, algorithm: Any, workers: int = 1) -> float:
     from orchard.algorithms import Observation, make_algorithm
     from orchard.space import Space
 
@@ -113,6 +118,8 @@ def run_gp_minimize(problem: dict[str, Any], seed: int) -> float:
 METHODS: dict[str, Callable[[dict[str, Any], int], float]] = {
     "bayes": lambda problem, seed: run_orchard(problem, seed, "bayes"),
     "bayes-4": lambda problem, seed: run_orchard(problem, seed, "bayes", workers=4),
+    "bayes-portfolio": lambda problem, seed: run_orchard(problem, seed, _PORTFOLIO),
+    "bayes-portfolio-4": lambda problem, seed: run_orchard(problem, seed, _PORTFOLIO, workers=4),
     "random": lambda problem, seed: run_orchard(problem, seed, "random"),
     "tpe": run_tpe,
     "gp_minimize": run_gp_minimize,

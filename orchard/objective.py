@@ -12,6 +12,11 @@ import abc
 import dataclasses
 import math
 import multiprocessing
+import os
+import pickle
+import select
+import signal
+import time
 import traceback
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -103,41 +108,103 @@ def call_objective(
     return _call_in_child(fn, dict(params), timeout)
 
 
-def _child_main(fn: Callable[..., Any], params: dict[str, Any], conn: Any) -> None:
+def _evaluate_for_parent(fn: Callable[..., Any], params: dict[str, Any]) -> Outcome:
     try:
-        outcome = interpret_result(fn(**params))
+        return interpret_result(fn(**params))
     except BaseException as err:  # report everything, including SystemExit, to the parent
-        outcome = Outcome.from_exception(err)
-    conn.send(outcome)
-    conn.close()
+        return Outcome.from_exception(err)
 
 
 def _call_in_child(fn: Callable[..., Any], params: dict[str, Any], timeout: float) -> Outcome:
-    """Run the objective in a killable child process (fork where available: no pickling of fn)."""
-    methods = multiprocessing.get_all_start_methods()
-    ctx = multiprocessing.get_context("fork" if "fork" in methods else "spawn")
-    receiver, sender = ctx.Pipe(duplex=False)
-    child = ctx.Process(target=_child_main, args=(fn, params, sender), daemon=True)
+    """Run the objective in a killable child process.
+
+    On POSIX a bare ``os.fork`` is used (no pickling of ``fn``, and it works inside
+    daemonic processes such as Dask workers, where multiprocessing refuses children).
+    """
+    if not hasattr(os, "fork"):
+        return _call_in_spawned_child(fn, params, timeout)
+    read_fd, write_fd = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: evaluate, send the pickled outcome, leave without cleanup
+        os.close(read_fd)
+        try:
+            payload = pickle.dumps(_evaluate_for_parent(fn, params))
+            with os.fdopen(write_fd, "wb") as pipe:
+                pipe.write(payload)
+        finally:
+            os._exit(0)
+    os.close(write_fd)
     try:
-        child.start()
-    except AssertionError:  # "daemonic processes are not allowed to have children"
-        child = ctx.Process(target=_child_main, args=(fn, params, sender))
-        child.start()
+        payload, finished = _read_until(read_fd, time.monotonic() + timeout)
+    finally:
+        os.close(read_fd)
+        if not finished:
+            _kill(pid)
+        _, status = os.waitpid(pid, 0)
+    if not finished:
+        return _timed_out(timeout)
+    if not payload:
+        return Outcome.failure(
+            "WorkerCrashed", f"the objective's process died with {_describe_status(status)}"
+        )
+    return pickle.loads(payload)  # type: ignore[no-any-return]
+
+
+def _read_until(fd: int, deadline: float) -> tuple[bytes, bool]:
+    """Read ``fd`` to EOF; return what was read and whether EOF came before ``deadline``."""
+    chunks: list[bytes] = []
+    while True:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0 or not select.select([fd], [], [], remaining)[0]:
+            return b"".join(chunks), False
+        chunk = os.read(fd, 1 << 16)
+        if not chunk:
+            return b"".join(chunks), True
+        chunks.append(chunk)
+
+
+def _kill(pid: int) -> None:
+    try:
+        os.kill(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+
+
+def _describe_status(status: int) -> str:
+    if os.WIFSIGNALED(status):
+        return f"signal {signal.Signals(os.WTERMSIG(status)).name}"
+    return f"exit code {os.WEXITSTATUS(status)}"
+
+
+def _timed_out(timeout: float) -> Outcome:
+    return Outcome.failure(
+        "TimeoutError", f"objective ran longer than trial_timeout={timeout:g} s and was killed",
+        reason="timeout",
+    )
+
+
+def _spawned_child_main(fn: Callable[..., Any], params: dict[str, Any], conn: Any) -> None:
+    conn.send(_evaluate_for_parent(fn, params))
+    conn.close()
+
+
+def _call_in_spawned_child(fn: Callable[..., Any], params: dict[str, Any], timeout: float) -> Outcome:
+    """The fallback where ``os.fork`` does not exist: a spawned process (``fn`` must pickle)."""
+    ctx = multiprocessing.get_context("spawn")
+    receiver, sender = ctx.Pipe(duplex=False)
+    child = ctx.Process(target=_spawned_child_main, args=(fn, params, sender))  # type: ignore[attr-defined]
+    child.start()
     sender.close()
     try:
-        if receiver.poll(timeout):
-            try:
-                return receiver.recv()  # type: ignore[no-any-return]
-            except EOFError:
-                pass
+        if not receiver.poll(timeout):
+            return _timed_out(timeout)
+        try:
+            return receiver.recv()  # type: ignore[no-any-return]
+        except EOFError:
             child.join(5)
             return Outcome.failure(
                 "WorkerCrashed", f"the objective's process died with exit code {child.exitcode}"
             )
-        return Outcome.failure(
-            "TimeoutError", f"objective ran longer than trial_timeout={timeout:g} s and was killed",
-            reason="timeout",
-        )
     finally:
         if child.is_alive():
             child.kill()

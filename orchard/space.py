@@ -327,10 +327,10 @@ def parse_prior(name: str, text: str) -> Prior:
         raise _fail(name, text, "arguments must be literal numbers, strings or lists") from None
     if len(args) != _ARITY[kind]:
         raise _fail(name, text, f"{kind} takes {_ARITY[kind]} positional argument(s), got {len(args)}")
-    unknown = set(kwargs) - _KEYWORDS.get(kind, set())
-    if None in unknown or unknown:
-        raise _fail(name, text, f"unexpected keyword argument(s) {sorted(map(str, unknown))}")
-    return _build(name, text, kind, args, kwargs)
+    unknown = {str(key) for key in kwargs} - _KEYWORDS.get(kind, set())
+    if unknown:  # a **spread argument has key None, which shows up here as 'None'
+        raise _fail(name, text, f"unexpected keyword argument(s) {sorted(unknown)}")
+    return _build(name, text, kind, args, {str(k): v for k, v in kwargs.items()})
 
 
 def _build(name: str, text: str, kind: str, args: list[Any], kwargs: dict[str, Any]) -> Prior:

@@ -53,7 +53,8 @@ def test_three_independent_processes_over_mongodb_wire(mongo_uri) -> None:
 @pytest.mark.parametrize("executor", ["joblib", "process", "dask"])
 def test_workon_two_workers_with_each_executor(tmp_path, executor: str) -> None:
     exp = orchard.build_experiment("ex", space=workloads.SPACE, storage=str(tmp_path / "o.pkl"), max_trials=16)
-    stats = exp.workon(workloads.slow_quadratic, n_workers=2, executor=executor, progress=False)
+    # trial_timeout runs each objective in a child process: this must work inside every executor's workers
+    stats = exp.workon(workloads.slow_quadratic, n_workers=2, executor=executor, trial_timeout=60, progress=False)
     assert stats["counts"]["completed"] == 16
     _assert_exact(exp, 16)
     workers = {t.worker.split(":")[1] for t in exp.fetch_trials()}

@@ -201,14 +201,18 @@ class BayesianOptimization(BaseAlgorithm):
         points = [self.space.to_skopt_point(o.params) for o in fit_on]
         points += [self.space.to_skopt_point(p) for p in pending]
         values = [float(o.objective) for o in fit_on] + [lie] * len(pending)
-        optimizer = self._optimizer(len(points), int(rng.integers(2**31 - 1)))
+        optimizer = self._optimizer(len(points), rng)
         optimizer.tell(points, values)
         return optimizer
 
-    def _optimizer(self, n_points: int, random_state: int) -> Any:
+    def _optimizer(self, n_points: int, rng: np.random.Generator) -> Any:
         from skopt import Optimizer
 
         options = self.options
+        random_state = int(rng.integers(2**31 - 1))
+        acq_func = options["acq_func"]
+        if acq_func == "portfolio":
+            acq_func = _PORTFOLIO[int(rng.integers(len(_PORTFOLIO)))]
         dimensions = self.space.to_skopt()
         estimator: Any = options["base_estimator"]
         if estimator == "GP":

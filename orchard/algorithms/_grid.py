@@ -118,8 +118,8 @@ class GridSearch(BaseAlgorithm):
         Raises:
             SpaceExhaustedError: every grid point is completed or pending.
         """
-        seen = [*(o.params for o in completed), *pending]
-        taken = {i for i in map(self._index_of, seen) if i is not None}
+        points = [*(o.params for o in completed), *pending]
+        taken = {i for i in map(self._index_of, points) if i is not None}
         suggestions = [self._point(index) for index in itertools.islice(self._walk(taken), n)]
         if suggestions:
             return suggestions

@@ -76,9 +76,9 @@ class TrialTable:
             self._put_trial(Trial.from_dict(record["trial"]))
         elif op == "drop":
             exp_id = record["experiment"]
-            exp = self.experiments.pop(exp_id, None)
-            if exp is not None:
-                self.names.pop(exp.name, None)
+            dropped = self.experiments.pop(exp_id, None)
+            if dropped is not None:
+                self.names.pop(dropped.name, None)
             for tid in self.by_experiment.pop(exp_id, _ExperimentTrials()).trials:
                 self.owner_of.pop(tid, None)
         else:  # pragma: no cover - guarded by the pickle loader
@@ -184,12 +184,12 @@ class TrialTable:
         now: float,
     ) -> tuple[Trial, list[Record]]:
         table = self._experiment(experiment_id)
-        params = to_builtin(dict(params))
-        tid = trial_id(experiment_id, params)
+        point: dict[str, Any] = to_builtin(dict(params))
+        tid = trial_id(experiment_id, point)
         if tid in table.trials:
             raise DuplicateTrialError(
                 f"experiment {self.experiments[experiment_id].name!r} already has a trial "
-                f"with params {params!r} (trial {tid})"
+                f"with params {point!r} (trial {tid})"
             )
         if budget is not None:
             held = sum(table.counts.values()) - table.counts[TrialStatus.BROKEN]
@@ -198,7 +198,7 @@ class TrialTable:
                     f"experiment {self.experiments[experiment_id].name!r} has used its budget: "
                     f"{held} of max_trials={budget} trials exist; raise max_trials to add more"
                 )
-        trial = Trial(id=tid, experiment=experiment_id, params=params, submit_time=now)
+        trial = Trial(id=tid, experiment=experiment_id, params=point, submit_time=now)
         if worker is not None:
             trial = dataclasses.replace(
                 trial, status=TrialStatus.RESERVED, worker=worker, heartbeat=now,
