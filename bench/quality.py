@@ -160,8 +160,10 @@ def report(problem: str, method: str, runs: list[tuple[float, float]]) -> None:
     regrets = sorted(r for r, _ in runs)
     q1, median, q3 = np.percentile(regrets, [25, 50, 75])
     seconds = statistics.median(s for _, s in runs)
-    print(f"{problem:<10} {PROBLEMS[problem]['trials']:>4} trials  {method:<12} median regret {median:.2e}"
-          f"  (IQR {q1:.1e}..{q3:.1e}, worst {regrets[-1]:.1e})  {seconds:6.1f} s/run", flush=True)
+    hits = sum(r < 0.01 for r in regrets)
+    print(f"{problem:<10} {PROBLEMS[problem]['trials']:>4} trials  {method:<17} median regret {median:.2e}"
+          f"  (IQR {q1:.1e}..{q3:.1e}, worst {regrets[-1]:.1e}, {hits}/{len(regrets)} below 0.01)"
+          f"  {seconds:6.1f} s/run", flush=True)
 
 
 if __name__ == "__main__":

@@ -165,7 +165,8 @@ def test_suggestions_are_plain_unseen_points_of_a_mixed_space(config: Any) -> No
             completed.append(Observation(done, mixed_objective(done)))
 
 
-@pytest.mark.parametrize("config", ALGO_CONFIGS, ids=ALGO_IDS)
+@pytest.mark.parametrize("config", [*ALGO_CONFIGS, {"bayes": {"n_initial_points": 4, "acq_func": "portfolio"}}],
+                         ids=[*ALGO_IDS, "bayes-portfolio"])
 def test_same_seed_same_history_gives_same_suggestions(config: Any) -> None:
     space = Space.from_config(MIXED_SPACE)
     first = run(make_algorithm(config, space, seed=11), mixed_objective, 8)
