@@ -125,3 +125,37 @@ def test_objective_that_kills_its_worker_process_gives_one_clear_error(tmp_path)
                                     max_trials=4, max_broken=2)
     with pytest.raises(orchard.ExperimentBrokenError, match="WorkerCrashed"):
         exp2.workon(workloads.exits_process, n_workers=1, trial_timeout=30, progress=False)
+
+
+MAIN_SCRIPT = """
+import sys, orchard
+def objective(x, y):          # defined in __main__: loky ships it with cloudpickle
+    return (x - 1) ** 2 + y
+{guard}exp = orchard.build_experiment("m", space={{"x": "uniform(0, 2)", "y": "uniform(0, 1)"}},
+{indent}                           storage=sys.argv[2], max_trials=6)
+{indent}exp.workon(objective, n_workers=2, executor=sys.argv[1], progress=False)
+{indent}print("completed", exp.stats["counts"]["completed"])
+"""
+
+
+def _run_main_script(tmp_path, executor: str, guarded: bool) -> subprocess.CompletedProcess:
+    guard, indent = ('if __name__ == "__main__":\n    ', "    ") if guarded else ("", "")
+    script = tmp_path / "script.py"
+    script.write_text(MAIN_SCRIPT.format(guard=guard, indent=indent))
+    return subprocess.run([sys.executable, str(script), executor, str(tmp_path / "o.pkl")],
+                          capture_output=True, text=True, timeout=180)
+
+
+def test_objective_defined_in_main_works_with_loky_without_a_guard(tmp_path) -> None:
+    result = _run_main_script(tmp_path, "joblib", guarded=False)
+    assert result.returncode == 0, result.stderr
+    assert "completed 6" in result.stdout
+
+
+def test_dask_without_main_guard_fails_with_one_clear_line(tmp_path) -> None:
+    result = _run_main_script(tmp_path, "dask", guarded=False)
+    assert result.returncode != 0
+    last = result.stderr.strip().splitlines()[-1]
+    assert "could not start a LocalCluster" in last and 'if __name__ == "__main__":' in last
+    guarded = _run_main_script(tmp_path, "dask", guarded=True)
+    assert guarded.returncode == 0 and "completed 6" in guarded.stdout, guarded.stderr

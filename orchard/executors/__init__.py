@@ -90,7 +90,15 @@ def _dask(n_workers: int, config: Mapping[str, Any]) -> Iterator[Executor]:
         else:
             cluster_options = {"n_workers": n_workers, "threads_per_worker": 1,
                                "processes": True, "dashboard_address": None, **options}
-            cluster = stack.enter_context(LocalCluster(**cluster_options))
+            try:
+                cluster = stack.enter_context(LocalCluster(**cluster_options))
+            except (RuntimeError, OSError, TimeoutError) as err:
+                raise ExecutorError(
+                    f"executor 'dask' could not start a LocalCluster of {n_workers} workers "
+                    f"({type(err).__name__}: {err}). Dask starts workers with 'spawn', which re-imports "
+                    "your script: put the code that calls workon under `if __name__ == \"__main__\":`, "
+                    "or pass executor_config={'address': ...} to use a running scheduler"
+                ) from err
             client = stack.enter_context(Client(cluster))
         yield client.get_executor(pure=False)
 
