@@ -74,6 +74,15 @@ def run(algo: BaseAlgorithm, fn: Callable[[Mapping[str, Any]], float], trials: i
     return completed
 
 
+def skopt_twin(fast: Any) -> Any:
+    """skopt's own GP regressor with the parameters of ``fast`` (a FastGaussianProcess)."""
+    from skopt.learning import GaussianProcessRegressor
+
+    params = fast.get_params(deep=False)
+    del params["hyperparameter_points"]
+    return GaussianProcessRegressor(**params)
+
+
 def assert_plain_point(space: Space, params: dict[str, Any]) -> None:
     assert set(params) == set(space)
     for name, value in params.items():
@@ -132,7 +141,7 @@ def test_normalized_config_spells_out_defaults_and_is_stable() -> None:
     short = normalize_algorithm_config("bayes")
     explicit = normalize_algorithm_config({"bayes": {"base_estimator": "GP", "n_initial_points": 10, "acq_func": "EI"}})
     assert short == explicit
-    assert short["bayes"]["acq_func"] == "EI" and short["bayes"]["max_gp_points"] == 200
+    assert short["bayes"]["acq_func"] == "EI" and short["bayes"]["max_gp_points"] == 1000
     assert normalize_algorithm_config(short) == short  # stored form normalizes to itself
     assert json.loads(json.dumps(short)) == short  # storable as JSON/BSON
     assert normalize_algorithm_config({"bayes": {"n_initial_points": 5}}) != short  # a conflict shows
@@ -351,8 +360,6 @@ def test_bayes_caps_the_points_its_surrogate_sees() -> None:
 
 
 def test_fast_gp_predicts_like_skopt() -> None:
-    from skopt.learning import GaussianProcessRegressor
-
     from orchard.algorithms._gp import make_gp
 
     dims = Space.from_config({"a": "uniform(0, 1)", "b": "uniform(0, 1)", "c": "uniform(0, 1)"}).to_skopt()
@@ -363,7 +370,7 @@ def test_fast_gp_predicts_like_skopt() -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         fast.fit(x, y)
-    reference = GaussianProcessRegressor(**fast.get_params(deep=False))
+    reference = skopt_twin(fast)
     for name in ("kernel_", "X_train_", "alpha_", "K_inv_", "y_train_std_", "y_train_mean_", "L_", "noise_"):
         setattr(reference, name, getattr(fast, name))
     mean, std = fast.predict(query, return_std=True)
@@ -378,7 +385,6 @@ def test_fast_gp_predicts_like_skopt() -> None:
 @pytest.mark.parametrize("dims", [1, 3])
 def test_fast_gp_gradients_match_skopt(dims: int) -> None:
     from skopt.acquisition import gaussian_acquisition_1D
-    from skopt.learning import GaussianProcessRegressor
 
     from orchard.algorithms._gp import make_gp
 
@@ -390,7 +396,7 @@ def test_fast_gp_gradients_match_skopt(dims: int) -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         fast.fit(x, y)
-    reference = GaussianProcessRegressor(**fast.get_params(deep=False))
+    reference = skopt_twin(fast)
     reference.__dict__.update({k: v for k, v in fast.__dict__.items() if k.endswith("_")})
     for point in rng.uniform(size=(5, dims)):
         ours = fast.predict(point[None, :], return_std=True, return_mean_grad=True, return_std_grad=True)
@@ -446,3 +452,25 @@ def test_seen_overlay_matches_history_and_never_mutates_the_base() -> None:
         without = make_algorithm(name, space, seed=3).suggest(completed, [{"k": 4}], n=1)
         assert with_seen == without == [{"k": 5}]
     assert len(base) == 4
+
+
+def test_fast_gp_learns_hyperparameters_on_a_subsample_and_conditions_on_all_points() -> None:
+    from orchard.algorithms._gp import best_and_random, make_gp
+
+    dims = Space.from_config({"a": "uniform(0, 1)", "b": "uniform(0, 1)"}).to_skopt()
+    rng = np.random.default_rng(3)
+    x = rng.uniform(size=(60, 2))
+    y = np.sin(4 * x[:, 0]) + x[:, 1] ** 2
+    subsampled = make_gp(dims, random_state=5, n_restarts_optimizer=0, hyperparameter_points=20)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        subsampled.fit(x, y)
+        subset = best_and_random(y, 20, np.random.default_rng(5))
+        on_subset = make_gp(dims, random_state=5, n_restarts_optimizer=0).fit(x[subset], y[subset])
+    assert len(subset) == 20 and set(np.argsort(y)[:10]) <= set(subset)
+    assert subsampled.X_train_.shape == (60, 2)  # the posterior uses every point
+    np.testing.assert_allclose(subsampled.kernel_.k1.k2.length_scale, on_subset.kernel_.k1.k2.length_scale)
+    assert subsampled.noise_ == pytest.approx(on_subset.noise_)
+    mean = subsampled.predict(x)
+    np.testing.assert_allclose(mean, y, atol=0.05)  # interpolates all 60 points, not only the 20
+    assert subsampled.get_params()["hyperparameter_points"] == 20
