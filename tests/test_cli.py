@@ -433,3 +433,11 @@ def test_python_dash_m_orchard_and_version(workdir: Path) -> None:
     proc = subprocess.run([sys.executable, "-m", "orchard", "--version"], capture_output=True, text=True,
                           timeout=60, check=False)
     assert proc.returncode == 0 and proc.stdout.startswith("orchard ")
+
+
+@pytest.mark.parametrize("position", ["before", "after"])
+def test_storage_option_is_accepted_before_or_after_db_subcommand(workdir: Path, position: str) -> None:
+    target = str(workdir / f"{position}.pkl")
+    argv = ["db", "--storage", target, "test"] if position == "before" else ["db", "test", "--storage", target]
+    assert main(argv) == 0
+    assert not Path(target).exists()  # db test removes the file it created, and only there

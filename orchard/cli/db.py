@@ -52,7 +52,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     release.add_argument("trial", metavar="TRIAL_ID", help="the trial's id (or a unique prefix)")
     release.set_defaults(func=_run_release)
 
-    for sub in (test, dump, load, rm, release):
+    for sub in (parser, test, dump, load, rm, release):  # `db --storage X test` and `db test --storage X`
         add_common(sub)
     return parser
 
