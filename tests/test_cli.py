@@ -436,8 +436,10 @@ def test_python_dash_m_orchard_and_version(workdir: Path) -> None:
 
 
 @pytest.mark.parametrize("position", ["before", "after"])
-def test_storage_option_is_accepted_before_or_after_db_subcommand(workdir: Path, position: str) -> None:
+def test_storage_option_is_accepted_before_or_after_db_subcommand(
+    workdir: Path, position: str, capsys: pytest.CaptureFixture[str]
+) -> None:
     target = str(workdir / f"{position}.pkl")
     argv = ["db", "--storage", target, "test"] if position == "before" else ["db", "test", "--storage", target]
     assert main(argv) == 0
-    assert not Path(target).exists()  # db test removes the file it created, and only there
+    assert target in capsys.readouterr().out  # the named storage was tested, not the default one
