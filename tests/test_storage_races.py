@@ -118,7 +118,9 @@ def test_stale_reservation_is_released_and_re_reserved_by_another_process(
     exp = _experiment(uri, 1)
     (held,) = races.run_racing(races.reserve_and_hold, [(uri, exp, dead)])
     assert held is not None and held["worker"] == dead
-    late = held["heartbeat"] + timeout + 1.0  # injected clock: the heartbeat is stale at `late`
+    # injected clock: just past the dead worker's staleness. A fresh reservation by a racer is stamped
+    # later than the dead heartbeat (process start-up takes far longer than 1 ms), so it is not stale.
+    late = held["heartbeat"] + timeout + 0.001
     outcomes = races.run_racing(races.recover_stale, [(uri, exp, timeout, late)] * n_procs)
     released = [tid for o in outcomes for tid in o["released"]]
     winners = [o for o in outcomes if o["won"] is not None]
