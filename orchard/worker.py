@@ -49,6 +49,9 @@ Evaluator = Callable[[Trial], Outcome]
 
 _MAX_DUPLICATE_RETRIES = 20
 _MIN_POLL, _MAX_POLL = 0.02, 1.0
+#: Suggestions slower than this (a surrogate fit) are checked against points registered meanwhile;
+#: faster ones leave racers no time to register a near-identical point (exact ones are refused anyway).
+_RACE_CHECK_AFTER = 0.005
 
 
 def worker_name() -> str:
@@ -299,10 +302,12 @@ class Worker:
     def _register_suggestion(self) -> Trial | None:
         collided: list[dict[str, Any]] = []
         for _ in range(_MAX_DUPLICATE_RETRIES):
+            asked = time.perf_counter()
             params = self._suggest(collided)
             if params is None:
                 return None
-            if self._taken_meanwhile(params):
+            slow = time.perf_counter() - asked > _RACE_CHECK_AFTER
+            if slow and self._taken_meanwhile(params):
                 continue  # another worker registered (nearly) this point while we computed it
             try:
                 return self.storage.register_trial(
