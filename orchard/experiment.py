@@ -333,8 +333,10 @@ class Experiment:
         """
         worker = self._client_worker()
         worker.history.refresh()
-        self._raise_if_broken()
-        if worker._stop_reason() == "budget":
+        reason = worker._stop_reason()
+        if reason == "broken":
+            self._raise_if_broken()
+        if reason == "budget":
             raise BudgetExhaustedError(f"experiment {self.name!r} has completed its {self.max_trials} trials")
         trial = worker._acquire()
         if trial is None:
@@ -490,7 +492,7 @@ class _Monitor:
             self._bar = tqdm(total=self._experiment.max_trials, desc=self._experiment.name, unit="trial")
         counts = history.counts
         self._bar.n = counts[TrialStatus.COMPLETED]
-        best = min((o.objective for o in history.completed.values()), default=None)
+        best = min((o.objective for o in history.observations), default=None)
         self._bar.set_postfix(best=best, running=counts[TrialStatus.RESERVED],
                               broken=counts[TrialStatus.BROKEN], refresh=False)
         self._bar.refresh()

@@ -97,8 +97,7 @@ class History:
         self._experiment_id = experiment_id
         self._cursor: Any = None
         self.trials: dict[str, Trial] = {}
-        self.completed: dict[str, Observation] = {}
-        self.observations: list[Observation] = []  # the values of ``completed``, kept in order
+        self.observations: list[Observation] = []  # completed trials, in the order they were seen
         self._pending: dict[str, dict[str, Any]] = {}
         self.seen = SeenPoints()  # every trial's params, kept incrementally
         self.counts: dict[TrialStatus, int] = {status: 0 for status in TrialStatus}
@@ -113,6 +112,7 @@ class History:
                 self.counts[old.status] -= 1
             else:
                 self.seen.add(trial.params)
+            newly_completed = old is None or old.status is not TrialStatus.COMPLETED
             self.trials[trial.id] = trial
             self.counts[trial.status] += 1
             if trial.status.is_pending:
@@ -121,10 +121,8 @@ class History:
                 self._pending[trial.id] = trial.params
             else:
                 self._pending.pop(trial.id, None)
-            if trial.status is TrialStatus.COMPLETED and trial.objective is not None:
-                if trial.id not in self.completed:
-                    self.completed[trial.id] = Observation(trial.params, trial.objective)
-                    self.observations.append(self.completed[trial.id])
+            if trial.status is TrialStatus.COMPLETED and trial.objective is not None and newly_completed:
+                self.observations.append(Observation(trial.params, trial.objective))
         return arrived
 
     def pending(self, extra: list[dict[str, Any]] | None = None) -> list[dict[str, Any]]:
@@ -379,5 +377,5 @@ class Worker:
     def _release(self, trial: Trial) -> None:
         try:
             self.storage.release_trial(trial.id, self.name)
-        except (ReservationLostError, StorageError) as err:
+        except StorageError as err:  # includes ReservationLostError
             log.warning("could not release trial %s: %s", trial.id, err)

@@ -59,7 +59,10 @@ def test_history_view_is_incremental_and_reports_new_pending_points(storage, exp
     storage.complete_trial(a.id, "w1", 1.0)
     storage.register_trial(exp_id, {"x": 0.2})
     assert history.refresh() == [{"x": 0.2}]
-    assert [o.params for o in history.completed.values()] == [{"x": 0.1}]
+    assert [o.params for o in history.observations] == [{"x": 0.1}]
+    history._cursor = None  # a full re-read re-sends every trial: completed ones are not observed twice
+    history.refresh()
+    assert len(history.observations) == 1 and history.counts[TrialStatus.COMPLETED] == 1
     assert history.pending() == [{"x": 0.2}]
     assert history.counts[TrialStatus.COMPLETED] == 1 and history.counts[TrialStatus.NEW] == 1
 
