@@ -87,6 +87,7 @@ class Trial:
     end_time: float | None = None
     error: dict[str, Any] | None = None
     attempts: int = 0
+    parent: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """Return a plain ``dict`` of builtins (status as its string value)."""
@@ -97,6 +98,7 @@ class Trial:
             "worker": self.worker, "heartbeat": self.heartbeat, "submit_time": self.submit_time,
             "start_time": self.start_time, "end_time": self.end_time,
             "error": dict(self.error) if self.error is not None else None, "attempts": self.attempts,
+            "parent": self.parent,
         }
 
     @classmethod

@@ -182,6 +182,7 @@ class TrialTable:
         worker: str | None,
         budget: int | None,
         now: float,
+        parent: str | None = None,
     ) -> tuple[Trial, list[Record]]:
         table = self._experiment(experiment_id)
         point: dict[str, Any] = to_builtin(dict(params))
@@ -198,7 +199,7 @@ class TrialTable:
                     f"experiment {self.experiments[experiment_id].name!r} has used its budget: "
                     f"{held} of max_trials={budget} trials exist; raise max_trials to add more"
                 )
-        trial = Trial(id=tid, experiment=experiment_id, params=point, submit_time=now)
+        trial = Trial(id=tid, experiment=experiment_id, params=point, submit_time=now, parent=parent)
         if worker is not None:
             trial = dataclasses.replace(
                 trial, status=TrialStatus.RESERVED, worker=worker, heartbeat=now,

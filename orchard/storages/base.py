@@ -114,6 +114,7 @@ class BaseStorage(abc.ABC):
         *,
         worker: str | None = None,
         budget: int | None = None,
+        parent: str | None = None,
     ) -> Trial:
         """Store a new trial for ``params`` and return it.
 
@@ -125,6 +126,9 @@ class BaseStorage(abc.ABC):
         ``M``: it is refused when ``M`` trials of the experiment that are not
         broken already exist. Both checks and the insertion are one atomic
         step.
+
+        ``parent`` is the id of the trial this one was promoted from by a
+        multi-fidelity algorithm (stored as :attr:`Trial.parent`), else ``None``.
 
         Raises:
             DuplicateTrialError: a trial with the same params exists

@@ -93,9 +93,10 @@ class MemoryStorage(BaseStorage):
         *,
         worker: str | None = None,
         budget: int | None = None,
+        parent: str | None = None,
     ) -> Trial:
         with self._lock:
-            return self._table.register_trial(experiment_id, params, worker, budget, self.now())[0]
+            return self._table.register_trial(experiment_id, params, worker, budget, self.now(), parent)[0]
 
     def restore_trials(self, experiment_id: str, trials: Iterable[Trial]) -> int:
         with self._lock:

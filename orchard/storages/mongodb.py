@@ -275,12 +275,13 @@ class MongoStorage(BaseStorage):
         *,
         worker: str | None = None,
         budget: int | None = None,
+        parent: str | None = None,
     ) -> Trial:
         name = self._experiment_name(experiment_id)
         plain: dict[str, Any] = to_builtin(dict(params))
         now = self.now()
         trial = Trial(id=trial_id(experiment_id, plain), experiment=experiment_id, params=plain,
-                      submit_time=now)
+                      submit_time=now, parent=parent)
         if worker is not None:
             trial = dataclasses.replace(trial, status=TrialStatus.RESERVED, worker=worker,
                                         heartbeat=now, start_time=now, attempts=1)

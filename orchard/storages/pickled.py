@@ -535,9 +535,12 @@ class PickledStorage(BaseStorage):
         *,
         worker: str | None = None,
         budget: int | None = None,
+        parent: str | None = None,
     ) -> Trial:
         """See :meth:`BaseStorage.register_trial`."""
-        return self._write(lambda table, now: table.register_trial(experiment_id, params, worker, budget, now))
+        return self._write(
+            lambda table, now: table.register_trial(experiment_id, params, worker, budget, now, parent)
+        )
 
     def restore_trials(self, experiment_id: str, trials: Iterable[Trial]) -> int:
         """See :meth:`BaseStorage.restore_trials`."""

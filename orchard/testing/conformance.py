@@ -175,6 +175,13 @@ class RegistrationChecks(Checks):
         assert (kept.status, kept.worker) == (TrialStatus.RESERVED, W1)
         storage.complete_trial(trial.id, W1, 0.5)
 
+    def test_register_keeps_the_parent(self, storage: BaseStorage, exp: str) -> None:
+        parent = storage.register_trial(exp, {"x": 1.5, "epochs": 1})
+        child = storage.register_trial(exp, {"x": 1.5, "epochs": 3}, worker=W1, parent=parent.id)
+        assert child.parent == parent.id and parent.parent is None
+        assert stored(storage, child.id).parent == parent.id
+        assert stored(storage, parent.id).parent is None
+
     def test_duplicate_params_are_refused(self, storage: BaseStorage, exp: str) -> None:
         first = storage.register_trial(exp, {"x": 1.5, "n": 2, "c": "a"})
         variants: list[dict[str, Any]] = [
