@@ -1,39 +1,78 @@
 """Settings and their single resolution: argument > flag > ORCHARD_* env > config file > default.
 
-Only the edges (the Python client's constructors and the command line) call
-:func:`resolve`; storages, algorithms, executors and the worker take plain
-arguments and never read the environment.
+Only the edges (the Python client's constructors and the command line) read
+settings, through :class:`Settings` (or :func:`resolve` for one key); each
+value comes back cast and validated, whatever its source (``--seed 3``,
+``ORCHARD_SEED=3``, ``seed: 3`` in a file). Storages, algorithms, executors
+and the worker take plain arguments and never read the environment.
+
+Every setting is declared once in :data:`SETTINGS`, with its rule and its
+default; the defaults of experiment settings come from
+:class:`~orchard.experiment_config.ExperimentConfig`.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
 from orchard.errors import ConfigurationError
+from orchard.experiment_config import (
+    EXPERIMENT_RULES,
+    ExperimentConfig,
+    Rule,
+    check_setting,
+    optional,
+    positive_int,
+    positive_number,
+    text,
+)
+from orchard.storages import DEFAULT_STORAGE
 
-__all__ = ["DEFAULTS", "config_files", "load_config_file", "resolve"]
+__all__ = ["DEFAULTS", "SETTINGS", "Setting", "Settings", "config_files", "load_config_file", "resolve"]
 
-#: Every setting Orchard resolves, with its default.
-DEFAULTS: dict[str, Any] = {
-    "storage": "orchard.pkl",
-    "algorithm": "random",
-    "max_trials": None,
-    "max_broken": 3,
-    "heartbeat": 30.0,
-    "idle_timeout": None,
-    "trial_timeout": None,
-    "executor": "joblib",
-    "n_workers": 1,
-    "seed": None,
-    "working_dir": None,
+
+@dataclasses.dataclass(frozen=True)
+class Setting:
+    """How one setting is read.
+
+    Attributes:
+        rule: casts and checks a value from any source (``None``: taken as given).
+        default: the value when no source sets it.
+        env: whether ``ORCHARD_<KEY>`` may set it.
+    """
+
+    rule: Rule | None = None
+    default: Any = None
+    env: bool = True
+
+
+def _experiment(key: str) -> Setting:
+    return Setting(EXPERIMENT_RULES.get(key), ExperimentConfig.default(key))
+
+
+#: Every setting Orchard resolves. ``name``, ``space`` and ``executor_config`` come
+#: only from flags, arguments and config files.
+SETTINGS: dict[str, Setting] = {
+    "name": Setting(optional(text), env=False),
+    "space": Setting(env=False),
+    "storage": Setting(default=DEFAULT_STORAGE),  # a URI, a path or a BaseStorage
+    **{key: _experiment(key) for key in
+       ("algorithm", "max_trials", "max_broken", "max_attempts", "heartbeat", "seed", "working_dir")},
+    "idle_timeout": Setting(optional(positive_number)),
+    "trial_timeout": Setting(optional(positive_number)),
+    "executor": Setting(text, "joblib"),
+    "executor_config": Setting(env=False),
+    "n_workers": Setting(positive_int, 1),
 }
 
+#: Every setting's default.
+DEFAULTS: dict[str, Any] = {key: setting.default for key, setting in SETTINGS.items()}
+
 _ENV_PREFIX = "ORCHARD_"
-_NUMERIC = {"max_trials": int, "max_broken": int, "n_workers": int, "seed": int,
-            "heartbeat": float, "idle_timeout": float, "trial_timeout": float}
 
 
 def config_files(cwd: Path | None = None) -> list[Path]:
@@ -58,27 +97,79 @@ def load_config_file(path: Path) -> dict[str, Any]:
         raise ConfigurationError(f"config file {path} cannot be read: {err}") from err
     if not isinstance(data, dict):
         raise ConfigurationError(f"config file {path} must hold a mapping of settings, got {type(data).__name__}")
-    unknown = sorted(set(data) - set(DEFAULTS) - {"space", "name"})
+    unknown = sorted(set(data) - set(SETTINGS))
     if unknown:
         raise ConfigurationError(
-            f"config file {path} has unknown setting(s) {unknown}; valid: {', '.join(sorted(DEFAULTS))}"
+            f"config file {path} has unknown setting(s) {unknown}; valid: {', '.join(sorted(SETTINGS))}"
         )
     return data
 
 
-def _from_env(key: str, environ: Mapping[str, str]) -> Any:
-    raw = environ.get(_ENV_PREFIX + key.upper())
-    if raw is None or raw == "":
-        return None
-    cast = _NUMERIC.get(key)
-    if cast is None:
-        return raw
-    try:
-        return cast(raw)
-    except ValueError:
-        raise ConfigurationError(
-            f"environment variable {_ENV_PREFIX + key.upper()}={raw!r} is not a valid {cast.__name__}"
-        ) from None
+class Settings:
+    """The settings of one call or command, each resolved on demand.
+
+    Precedence: the Python argument > ``flags`` > ``config_file`` (``--config``) >
+    ``ORCHARD_<KEY>`` > ``./orchard.yaml`` > ``~/.config/orchard/config.yaml`` > default.
+
+    Args:
+        flags: values given on the command line (``None``: not given).
+        config_file: a file named explicitly (``--config``); it must exist.
+        environ: the environment (default ``os.environ``).
+        files: the ambient config files (default :func:`config_files`).
+
+    Raises:
+        ConfigurationError: ``config_file`` does not exist or cannot be read.
+    """
+
+    def __init__(
+        self,
+        flags: Mapping[str, Any] | None = None,
+        config_file: str | Path | None = None,
+        environ: Mapping[str, str] | None = None,
+        files: list[Path] | None = None,
+    ) -> None:
+        self._flags = dict(flags or {})
+        self._environ = os.environ if environ is None else environ
+        self._files = config_files() if files is None else files
+        self._explicit: dict[str, Any] = {}
+        self._explicit_path = str(config_file) if config_file else ""
+        if config_file:
+            if not Path(config_file).is_file():
+                raise ConfigurationError(f"config file {config_file} not found; check --config")
+            self._explicit = load_config_file(Path(config_file))
+
+    def get(self, key: str, argument: Any = None, use_default: bool = True) -> Any:
+        """The value of ``key``, cast and checked.
+
+        Args:
+            key: a key of :data:`SETTINGS`.
+            argument: the value given explicitly in Python (``None``: not given).
+            use_default: with ``False``, return ``None`` instead of the default when
+                no source sets the key (so a caller joining an experiment passes on
+                only what the user asked for).
+
+        Raises:
+            ConfigurationError: unknown key, or a value that breaks the setting's rule
+                (the message names the source).
+        """
+        setting = SETTINGS.get(key)
+        if setting is None:
+            raise ConfigurationError(f"unknown setting {key!r}; valid: {', '.join(sorted(SETTINGS))}")
+        for value, source in self._sources(key, argument, setting):
+            if value is not None:
+                return value if setting.rule is None else check_setting(key, value, setting.rule, source)
+        return setting.default if use_default else None
+
+    def _sources(self, key: str, argument: Any, setting: Setting) -> Iterator[tuple[Any, str]]:
+        """``(value, where it came from)`` in precedence order; files are read only if reached."""
+        yield argument, ""
+        yield self._flags.get(key), "--" + key.replace("_", "-")
+        yield self._explicit.get(key), f"config file {self._explicit_path}"
+        if setting.env:
+            variable = _ENV_PREFIX + key.upper()
+            yield self._environ.get(variable) or None, variable
+        for path in self._files:
+            yield load_config_file(path).get(key), f"config file {path}"
 
 
 def resolve(
@@ -92,25 +183,18 @@ def resolve(
     """Resolve one setting: argument > flag > ``ORCHARD_<KEY>`` > config files > default.
 
     Args:
-        key: a key of :data:`DEFAULTS`.
+        key: a key of :data:`SETTINGS`.
         argument: the value given explicitly in Python (``None`` if not given).
         flag: the value given on the command line (``None`` if not given).
         environ: the environment (default ``os.environ``).
         files: config files to consult (default :func:`config_files`).
         use_default: with ``False``, return ``None`` instead of the default when no
-            source sets the key (so a caller joining an experiment passes on only
-            what the user asked for).
+            source sets the key.
 
     Returns:
-        The resolved value.
+        The resolved value, cast and checked.
+
+    Raises:
+        ConfigurationError: unknown key, or an invalid value.
     """
-    if key not in DEFAULTS:
-        raise ConfigurationError(f"unknown setting {key!r}; valid: {', '.join(sorted(DEFAULTS))}")
-    for value in (argument, flag, _from_env(key, os.environ if environ is None else environ)):
-        if value is not None:
-            return value
-    for path in config_files() if files is None else files:
-        data = load_config_file(path)
-        if data.get(key) is not None:
-            return data[key]
-    return DEFAULTS[key] if use_default else None
+    return Settings({key: flag}, environ=environ, files=files).get(key, argument, use_default)

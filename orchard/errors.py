@@ -16,17 +16,23 @@ a failure. Messages say what happened, to which object, and what to try.
     │   ├── DuplicateTrialError       params already registered in the experiment
     │   ├── ReservationLostError      the worker no longer owns the trial it writes
     │   └── TrialNotFoundError        no trial with that id
-    ├── BudgetExhaustedError          every unit of ``max_trials`` is taken
+    ├── WorkerStoppedError            a worker has no trial to run; ``reason`` (a StopReason) says why
+    │   ├── BudgetExhaustedError      every unit of ``max_trials`` is taken, or nothing is left to run
+    │   └── ExperimentBrokenError     ``max_broken`` trials failed (also an ExperimentError)
     ├── ExperimentError
     │   ├── ExperimentNotFoundError   no experiment with that name in the storage
     │   ├── ExperimentConflictError   joined with a different space or algorithm
-    │   └── ExperimentBrokenError     ``max_broken`` trials failed
+    │   └── ExperimentBrokenError     (see above)
     ├── AlgorithmError
     │   └── SpaceExhaustedError       the algorithm has nothing new to suggest
     └── ExecutorError                 an executor backend could not run the workers
 """
 
 from __future__ import annotations
+
+import enum
+from collections.abc import Mapping
+from typing import Any
 
 __all__ = [
     "AlgorithmError",
@@ -42,10 +48,12 @@ __all__ = [
     "ReservationLostError",
     "SpaceError",
     "SpaceExhaustedError",
+    "StopReason",
     "StorageCorruptedError",
     "StorageError",
     "StorageUnavailableError",
     "TrialNotFoundError",
+    "WorkerStoppedError",
 ]
 
 
@@ -80,13 +88,72 @@ class DuplicateTrialError(StorageError):
 class ReservationLostError(StorageError):
     """The worker does not own the reservation it tried to write to."""
 
+    @classmethod
+    def refused(cls, trial_id: str, status: str, owner: str | None, worker: str | None) -> ReservationLostError:
+        """The storage's refusal of a write by ``worker`` to a trial it does not hold."""
+        held = f"owned by {owner}" if owner else "unowned"
+        return cls(
+            f"trial {trial_id} is {status} and {held}, not reserved by {worker or 'anyone'}; its "
+            "reservation was released (stale heartbeat?) or taken by another worker, so this write was refused"
+        )
+
+    @classmethod
+    def dropped(cls, trial_id: str, worker: str) -> ReservationLostError:
+        """A worker's heartbeat found its reservation taken, so the result is not written."""
+        return cls(
+            f"worker {worker} lost its reservation of trial {trial_id} during the evaluation "
+            "(its heartbeat was found stale or taken by another worker); the result was dropped. "
+            "Raise heartbeat if the objective starves the worker's heartbeat thread"
+        )
+
 
 class TrialNotFoundError(StorageError):
     """No trial with the given id exists."""
 
 
-class BudgetExhaustedError(OrchardError):
-    """No unit of the experiment's ``max_trials`` budget is left to claim."""
+class StopReason(str, enum.Enum):
+    """Why a worker stops asking for trials (carried by :class:`WorkerStoppedError`)."""
+
+    BUDGET = "budget"
+    """``max_trials`` trials are completed (or, for a storage refusal, all held)."""
+    BROKEN = "broken"
+    """``max_broken`` trials are broken."""
+    WORKER_BUDGET = "worker-budget"
+    """This worker ran its own ``max_trials_per_worker``."""
+    EXHAUSTED = "exhausted"
+    """The algorithm has nothing new to suggest and no other trial is pending."""
+    IDLE = "idle"
+    """Nothing could be reserved within the caller's timeout."""
+
+
+class WorkerStoppedError(OrchardError):
+    """A worker has no trial to run; :attr:`reason` says why.
+
+    Args:
+        message: the one-line explanation.
+        reason: the :class:`StopReason`.
+    """
+
+    def __init__(self, message: str, reason: StopReason) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Executors ship errors between processes; subclasses take fewer arguments.
+        return _restore_stop, (type(self), str(self), self.reason)
+
+
+def _restore_stop(cls: type[WorkerStoppedError], message: str, reason: StopReason) -> WorkerStoppedError:
+    err = cls.__new__(cls)
+    WorkerStoppedError.__init__(err, message, reason)
+    return err
+
+
+class BudgetExhaustedError(WorkerStoppedError):
+    """No unit of the experiment's ``max_trials`` budget is left to claim, or nothing is left to run."""
+
+    def __init__(self, message: str, reason: StopReason = StopReason.BUDGET) -> None:
+        super().__init__(message, reason)
 
 
 class ExperimentError(OrchardError):
@@ -101,8 +168,22 @@ class ExperimentConflictError(ExperimentError):
     """An experiment was joined with a configuration that differs from the stored one."""
 
 
-class ExperimentBrokenError(ExperimentError):
+class ExperimentBrokenError(ExperimentError, WorkerStoppedError):
     """The experiment reached ``max_broken`` broken trials and stops."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, StopReason.BROKEN)
+
+    @classmethod
+    def limit_reached(cls, experiment: str, broken: int, max_broken: int,
+                      last_error: Mapping[str, Any] | None) -> ExperimentBrokenError:
+        """The error for ``broken`` >= ``max_broken``, showing the last trial's error."""
+        last = last_error or {}
+        return cls(
+            f"experiment {experiment!r} stopped: {broken} trials are broken (max_broken={max_broken}); "
+            f"last error: {last.get('type')}: {last.get('message')}. "
+            "Fix the objective, then raise max_broken or start a new experiment"
+        )
 
 
 class AlgorithmError(OrchardError):

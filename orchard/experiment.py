@@ -10,14 +10,12 @@ from __future__ import annotations
 import dataclasses
 import pickle
 import sys
-import threading
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from orchard import config as _config
 from orchard.algorithms import normalize_algorithm_config
 from orchard.errors import (
-    BudgetExhaustedError,
     ConfigurationError,
     ExperimentBrokenError,
     ExperimentConflictError,
@@ -25,14 +23,16 @@ from orchard.errors import (
     OrchardError,
 )
 from orchard.executors import make_executor
-from orchard.objective import Outcome, TrialEvaluator, call_objective, interpret_result
+from orchard.experiment_config import EXPERIMENT_RULES, ExperimentConfig, check_setting
+from orchard.monitor import ProgressMonitor
+from orchard.objective import Outcome, interpret_result
 from orchard.space import Space
 from orchard.storages import BaseStorage, get_storage
 from orchard.storages.base import ExperimentRecord
 from orchard.trial import Trial, TrialStatus
-from orchard.worker import History, Worker, WorkerReport, WorkerSettings
+from orchard.worker import Worker, WorkerSettings, WorkerTask, run_worker
 
-__all__ = ["Experiment", "build_experiment", "get_experiment", "run_worker"]
+__all__ = ["Experiment", "build_experiment", "get_experiment"]
 
 
 def build_experiment(
@@ -45,8 +45,13 @@ def build_experiment(
     heartbeat: float | None = None,
     seed: int | None = None,
     working_dir: str | None = None,
+    max_attempts: int | None = None,
 ) -> Experiment:
     """Create the experiment ``name``, or join it if it exists.
+
+    Each setting not given here is taken from ``ORCHARD_<SETTING>`` or the config
+    file (see :mod:`orchard.config`), else from the stored experiment when joining,
+    else from :class:`~orchard.experiment_config.ExperimentConfig`'s defaults.
 
     Args:
         name: the experiment's unique name in the storage.
@@ -58,42 +63,40 @@ def build_experiment(
         max_trials: the budget of completed trials; may be raised when joining.
         max_broken: broken trials after which the experiment stops (default 3).
         heartbeat: seconds between a worker's heartbeats (default 30); a reservation
-            whose heartbeat is older than 3 × heartbeat is lost.
-        seed: seed of the algorithm (one worker with a seed reproduces its trials).
+            whose heartbeat has not changed for 3 × heartbeat is lost.
+        seed: seed of the algorithm, an integer >= 0 (one worker with a seed reproduces its trials).
         working_dir: base folder for per-trial working directories (scripts).
+        max_attempts: reservations of one trial lost to dead or frozen workers after
+            which it is broken (default 3).
 
     Returns:
         The experiment client.
 
     Raises:
         ExperimentConflictError: joining with a different space or algorithm, or a lower budget.
-        ConfigurationError: invalid options, or no space to create a new experiment.
+        ConfigurationError: an invalid setting (nothing is stored), or no space to create
+            a new experiment.
         StorageError: the storage cannot be used.
     """
-    store = get_storage(_config.resolve("storage", storage))
+    settings = _config.Settings()
+    given = {"max_trials": max_trials, "max_broken": max_broken, "max_attempts": max_attempts,
+             "heartbeat": heartbeat, "seed": seed, "working_dir": working_dir}
+    chosen = {key: settings.get(key, value, use_default=False) for key, value in given.items()}
+    chosen = {key: value for key, value in chosen.items() if value is not None}
+    wanted_algo = settings.get("algorithm", algorithm, use_default=False)
+    wanted_algo = normalize_algorithm_config(wanted_algo) if wanted_algo is not None else None
     wanted_space = Space.from_config(space) if space is not None else None
-    wanted_algo = normalize_algorithm_config(algorithm) if algorithm is not None else None
-    _check_positive("max_trials", max_trials)
-    _check_positive("max_broken", max_broken)
-    _check_positive("heartbeat", heartbeat)
+    store = get_storage(settings.get("storage", storage))
     record = store.get_experiment(name)
     if record is None:
         if wanted_space is None:
             raise ConfigurationError(
                 f"experiment {name!r} does not exist in {store.redacted_uri}; give a space to create it"
             )
-        fresh = {
-            "space": wanted_space.config(),
-            "algorithm": wanted_algo or normalize_algorithm_config(_config.DEFAULTS["algorithm"]),
-            "max_trials": max_trials,
-            "max_broken": max_broken or _config.DEFAULTS["max_broken"],
-            "heartbeat": float(heartbeat or _config.DEFAULTS["heartbeat"]),
-            "seed": seed,
-            "working_dir": working_dir,
-        }
-        store.create_experiment(name, fresh)
+        algo = {"algorithm": wanted_algo} if wanted_algo is not None else {}
+        store.create_experiment(name, ExperimentConfig(space=wanted_space, **algo, **chosen).to_dict())
         record = store.require_experiment(name)
-    record = _join(store, record, wanted_space, wanted_algo, max_trials, max_broken)
+    record = _join(store, record, wanted_space, wanted_algo, chosen)
     return Experiment(store, record)
 
 
@@ -107,71 +110,36 @@ def get_experiment(name: str, storage: str | BaseStorage | None = None) -> Exper
     return Experiment(store, store.require_experiment(name))
 
 
-def _check_positive(name: str, value: float | None) -> None:
-    if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0):
-        raise ConfigurationError(f"{name} must be a positive number, got {value!r}")
-
-
 def _join(
     store: BaseStorage,
     record: ExperimentRecord,
     space: Space | None,
     algorithm: dict[str, Any] | None,
-    max_trials: int | None,
-    max_broken: int | None,
+    chosen: Mapping[str, Any],
 ) -> ExperimentRecord:
     """Check a joiner's settings against the stored ones; raise budgets if asked."""
-    stored = record.config
+    stored = ExperimentConfig.from_dict(record.config)
     problems: list[str] = []
     if space is not None:
-        problems += [f"space {line}" for line in Space.from_config(stored["space"]).diff(space)]
-    if algorithm is not None and algorithm != stored["algorithm"]:
-        problems.append(f"algorithm: stored {stored['algorithm']} != given {algorithm}")
-    old_max = stored.get("max_trials")
-    if max_trials is not None and old_max is not None and max_trials < old_max:
-        problems.append(f"max_trials: stored {old_max} > given {max_trials} (it can only be raised)")
+        problems += [f"space {line}" for line in stored.space.diff(space)]
+    if algorithm is not None and algorithm != stored.algorithm:
+        problems.append(f"algorithm: stored {stored.algorithm} != given {algorithm}")
+    max_trials = chosen.get("max_trials")
+    if max_trials is not None and stored.max_trials is not None and max_trials < stored.max_trials:
+        problems.append(f"max_trials: stored {stored.max_trials} > given {max_trials} (it can only be raised)")
     if problems:
         raise ExperimentConflictError(
             f"experiment {record.name!r} exists with a different configuration: "
             + "; ".join(problems)
             + ". Use the stored settings, or a new experiment name"
         )
-    changes: dict[str, Any] = {}
-    if max_trials is not None and max_trials != old_max:
-        changes["max_trials"] = max_trials
-    if max_broken is not None and max_broken != stored.get("max_broken"):
-        changes["max_broken"] = max_broken
+    changes = {key: chosen[key] for key in _RAISABLE
+               if chosen.get(key) is not None and chosen[key] != getattr(stored, key)}
     return store.update_experiment(record.id, changes) if changes else record
 
 
-@dataclasses.dataclass
-class WorkerTask:
-    """Everything one worker process needs; picklable so executors can ship it."""
-
-    storage: BaseStorage
-    experiment_id: str
-    settings: WorkerSettings
-    fn: Callable[..., Any]
-    trial_timeout: float | None = None
-
-
-def run_worker(task: WorkerTask) -> WorkerReport:
-    """Run one worker loop to its end (the function executors run remotely).
-
-    A :class:`~orchard.objective.TrialEvaluator` ``fn`` (``orchard hunt``'s script
-    runner) is called with the whole reserved trial and returns the Outcome itself.
-    """
-
-    def evaluate(trial: Trial) -> Outcome:
-        return call_objective(task.fn, trial.params, task.trial_timeout)
-
-    fn = task.fn
-    worker = Worker(task.storage, task.experiment_id, task.settings,
-                    fn if isinstance(fn, TrialEvaluator) else evaluate)
-    try:
-        return worker.run()
-    finally:
-        task.storage.close()
+#: Settings a joiner may change in the stored experiment.
+_RAISABLE = ("max_trials", "max_broken", "max_attempts")
 
 
 class Experiment:
@@ -180,7 +148,7 @@ class Experiment:
     def __init__(self, storage: BaseStorage, record: ExperimentRecord) -> None:
         self.storage = storage
         self._record = record
-        self.space = Space.from_config(record.config["space"])
+        self._settings = ExperimentConfig.from_dict(record.config)
         self._client: Worker | None = None
 
     def __repr__(self) -> str:
@@ -200,28 +168,28 @@ class Experiment:
 
     @property
     def config(self) -> dict[str, Any]:
-        """The stored configuration (space, algorithm, budget, heartbeat, seed, …)."""
+        """The stored configuration (space, algorithm, budget, heartbeat, seed, …) as a plain dict."""
         return dict(self._record.config)
+
+    @property
+    def settings(self) -> ExperimentConfig:
+        """The stored configuration, typed and with every default filled in."""
+        return self._settings
+
+    @property
+    def space(self) -> Space:
+        """The search space."""
+        return self._settings.space
 
     @property
     def max_trials(self) -> int | None:
         """The experiment's budget of completed trials (``None``: unlimited)."""
-        return self._record.config.get("max_trials")  # type: ignore[no-any-return]
+        return self._settings.max_trials
 
     @property
     def algorithm(self) -> dict[str, Any]:
         """The normalized algorithm configuration ``{name: options}``."""
-        return dict(self._record.config["algorithm"])
-
-    def _settings(self, **overrides: Any) -> WorkerSettings:
-        cfg = self._record.config
-        values: dict[str, Any] = {
-            "space": self.space, "algorithm": cfg["algorithm"], "max_trials": cfg.get("max_trials"),
-            "max_broken": cfg.get("max_broken", 3), "heartbeat": cfg.get("heartbeat", 30.0),
-            "seed": cfg.get("seed"),
-        }
-        values.update({k: v for k, v in overrides.items() if v is not None})
-        return WorkerSettings(**values)
+        return dict(self._settings.algorithm)
 
     # -- running workers -------------------------------------------------------
 
@@ -229,7 +197,7 @@ class Experiment:
         self,
         fn: Callable[..., Any],
         n_workers: int = 1,
-        executor: str = "joblib",
+        executor: str | None = None,
         executor_config: Mapping[str, Any] | None = None,
         max_trials: int | None = None,
         trial_timeout: float | None = None,
@@ -243,8 +211,11 @@ class Experiment:
         Args:
             fn: the objective, called as ``fn(**params)``; returns a float or a dict
                 with ``"objective"``. An exception marks the trial broken.
-            n_workers: how many worker processes to run.
-            executor: ``joblib`` (default), ``process``, ``dask``, ``thread`` or ``single``.
+            n_workers: how many workers to run.
+            executor: ``joblib`` (processes; the default for several workers),
+                ``process``, ``dask``, ``thread`` or ``single``. With one worker and
+                no executor named, the worker runs in this thread (``single``), so
+                ``fn`` need not be picklable.
             executor_config: options for the executor (Dask: passed to ``Client``).
             max_trials: run at most this many more trials in this call.
             trial_timeout: seconds after which an evaluation is killed and the trial broken.
@@ -255,17 +226,23 @@ class Experiment:
 
         Raises:
             ExperimentBrokenError: ``max_broken`` trials broke; the message shows the last error.
+            ConfigurationError: an invalid option.
+            ExecutorError: a worker process died.
         """
-        _check_positive("trial_timeout", trial_timeout)
+        trial_timeout = check_setting("trial_timeout", trial_timeout, _config.SETTINGS["trial_timeout"].rule)
+        if executor is None:
+            executor = "single" if n_workers == 1 else _config.DEFAULTS["executor"]
         pool_manager = make_executor(executor, n_workers, executor_config)  # validates name and size
         self.refresh()  # another process may have raised the budget since this handle was made
-        budget = self._call_budget(max_trials)
-        settings = self._settings(max_trials=budget, idle_timeout=idle_timeout)
-        task = WorkerTask(self.storage, self.id, settings, fn, trial_timeout)
+        settings = WorkerSettings.for_experiment(
+            self._settings, idle_timeout=idle_timeout, max_trials_per_worker=None)
+        settings = dataclasses.replace(settings, max_trials=self._call_budget(max_trials))
         if executor not in ("single", "thread"):
             pickle.dumps(self.storage)  # fail fast, with the storage's own message, if it cannot travel
-        tasks = [dataclasses.replace(task, settings=self._seeded(settings, i)) for i in range(n_workers)]
-        monitor = _Monitor(self, on_result, on_error, progress and sys.stderr.isatty())
+        tasks = [WorkerTask(self.storage, self.id, self._seeded(settings, i), fn, trial_timeout, self.name)
+                 for i in range(n_workers)]
+        monitor = ProgressMonitor(self.storage, self.id, self.name, self.max_trials, on_result, on_error,
+                                  show_bar=progress and sys.stderr.isatty())
         with monitor, pool_manager as pool:
             futures = [pool.submit(run_worker, t) for t in tasks]
             errors = [f.exception() for f in futures]
@@ -276,6 +253,7 @@ class Experiment:
     def refresh(self) -> None:
         """Re-read the experiment's stored configuration (e.g. a budget raised elsewhere)."""
         self._record = self.storage.require_experiment(self.name)
+        self._settings = ExperimentConfig.from_dict(self._record.config)
 
     def _raise_worker_failure(self, failures: list[BaseException], executor: str) -> None:
         if not failures:
@@ -299,7 +277,7 @@ class Experiment:
     def _call_budget(self, max_trials: int | None) -> int | None:
         if max_trials is None:
             return self.max_trials
-        _check_positive("max_trials", max_trials)
+        max_trials = check_setting("max_trials", max_trials, EXPERIMENT_RULES["max_trials"])
         counts = self.storage.count_trials(self.id)
         held = sum(counts.values()) - counts[TrialStatus.BROKEN]
         cap = held + max_trials
@@ -307,67 +285,49 @@ class Experiment:
 
     def _raise_if_broken(self) -> None:
         counts = self.storage.count_trials(self.id)
-        limit = self._record.config.get("max_broken", 3)
+        limit = self._settings.max_broken
         if counts[TrialStatus.BROKEN] >= limit:
             broken = self.storage.fetch_trials(self.id, [TrialStatus.BROKEN])
-            last = broken[-1].error or {} if broken else {}
-            raise ExperimentBrokenError(
-                f"experiment {self.name!r} stopped: {counts[TrialStatus.BROKEN]} trials are broken "
-                f"(max_broken={limit}); last error: {last.get('type')}: {last.get('message')}. "
-                "Fix the objective, then raise max_broken or start a new experiment"
-            )
+            raise ExperimentBrokenError.limit_reached(
+                self.name, counts[TrialStatus.BROKEN], limit, broken[-1].error if broken else None)
 
     # -- ask and tell ----------------------------------------------------------
 
     def _client_worker(self) -> Worker:
         if self._client is None:
-            self._client = Worker(self.storage, self.id, self._settings(), evaluate=lambda t: Outcome())
+            settings = WorkerSettings.for_experiment(self._settings)
+            self._client = Worker(self.storage, self.id, settings, evaluate=_told_later, label=self.name)
         return self._client
 
     def suggest(self) -> Trial:
         """Reserve a trial for the caller to evaluate, and heartbeat it until observed.
 
+        This is :meth:`orchard.worker.Worker.next_trial` without waiting.
+
         Raises:
-            BudgetExhaustedError: the budget is met or fully reserved.
+            BudgetExhaustedError: the budget is met or fully reserved, or the space is exhausted.
             ExperimentBrokenError: ``max_broken`` trials broke.
         """
-        worker = self._client_worker()
-        worker.history.refresh()
-        reason = worker._stop_reason()
-        if reason == "broken":
-            self._raise_if_broken()
-        if reason == "budget":
-            raise BudgetExhaustedError(f"experiment {self.name!r} has completed its {self.max_trials} trials")
-        trial = worker._acquire()
-        if trial is None:
-            raise BudgetExhaustedError(
-                f"experiment {self.name!r} has no trial to suggest: the budget of {self.max_trials} "
-                "is fully reserved or the space is exhausted; raise max_trials or wait for other workers"
-            )
-        worker.pacemaker.watch(trial.id)
-        return trial
+        return self._client_worker().next_trial(timeout=0)
 
     def observe(self, trial: Trial, result: float | Mapping[str, Any]) -> Trial:
         """Record the result of a trial from :meth:`suggest`; a non-numeric result breaks it.
 
+        Returns:
+            The stored trial, ``completed`` or ``broken``.
+
         Raises:
             ReservationLostError: the reservation was lost (heartbeat stale).
         """
-        self._stop_beat(trial)
-        worker = self._client_worker()
-        outcome = interpret_result(result)
-        if outcome.ok:
-            return self.storage.complete_trial(trial.id, worker.name, outcome.objective, outcome.results)  # type: ignore[arg-type]
-        return self.storage.fail_trial(trial.id, worker.name, outcome.error or {})
+        return self._client_worker().finish(trial, interpret_result(result))
 
     def release(self, trial: Trial) -> Trial:
-        """Give a suggested trial back unevaluated (it becomes ``interrupted``)."""
-        self._stop_beat(trial)
-        return self.storage.release_trial(trial.id, self._client_worker().name)
+        """Give a suggested trial back unevaluated (it becomes ``interrupted``).
 
-    def _stop_beat(self, trial: Trial) -> None:
-        if self._client is not None:
-            self._client.pacemaker.unwatch(trial.id)
+        Raises:
+            ReservationLostError: the reservation was lost meanwhile.
+        """
+        return self._client_worker().release(trial)
 
     def insert(self, params: Mapping[str, Any]) -> Trial:
         """Add a ``new`` trial at ``params``; the next free worker evaluates it first.
@@ -431,68 +391,6 @@ class Experiment:
         return pd.DataFrame(rows)
 
 
-class _Monitor:
-    """Watches the experiment from the calling process: progress bar and callbacks."""
-
-    def __init__(
-        self,
-        experiment: Experiment,
-        on_result: Callable[[Trial], None] | None,
-        on_error: Callable[[Trial], None] | None,
-        show_bar: bool,
-    ) -> None:
-        self._experiment = experiment
-        self._callbacks = {TrialStatus.COMPLETED: on_result, TrialStatus.BROKEN: on_error}
-        self._show_bar = show_bar
-        self._active = show_bar or on_result is not None or on_error is not None
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._watch, name="orchard-monitor", daemon=True)
-        self._seen: set[str] = set()
-        self._bar: Any = None
-
-    def __enter__(self) -> _Monitor:
-        if self._active:
-            self._history = History(self._experiment.storage, self._experiment.id)
-            self._history.refresh()
-            self._seen = {t.id for t in self._history.trials.values() if t.status.is_terminal}
-            self._thread.start()
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        if self._active:
-            self._stop.set()
-            self._thread.join()
-            self._tick()
-            if self._bar is not None:
-                self._bar.close()
-
-    def _watch(self) -> None:
-        while not self._stop.wait(0.5):
-            try:
-                self._tick()
-            except OrchardError:  # the workers report storage problems themselves
-                pass
-
-    def _tick(self) -> None:
-        history = self._history
-        history.refresh()
-        for trial in history.trials.values():
-            callback = self._callbacks.get(trial.status)
-            if trial.status.is_terminal and trial.id not in self._seen:
-                self._seen.add(trial.id)
-                if callback is not None:
-                    callback(trial)
-        if self._show_bar:
-            self._draw(history)
-
-    def _draw(self, history: History) -> None:
-        from tqdm import tqdm
-
-        if self._bar is None:
-            self._bar = tqdm(total=self._experiment.max_trials, desc=self._experiment.name, unit="trial")
-        counts = history.counts
-        self._bar.n = counts[TrialStatus.COMPLETED]
-        best = min((o.objective for o in history.observations), default=None)
-        self._bar.set_postfix(best=best, running=counts[TrialStatus.RESERVED],
-                              broken=counts[TrialStatus.BROKEN], refresh=False)
-        self._bar.refresh()
+def _told_later(trial: Trial) -> Outcome:
+    """The ask-and-tell client's evaluator: the caller evaluates and calls ``observe``."""
+    raise AssertionError("an ask-and-tell worker never evaluates")

@@ -1,17 +1,19 @@
 """The worker loop every Orchard worker runs, however it was started.
 
-There is no master. Each iteration of :meth:`Worker.run` is::
+There is no master. :meth:`Worker.run` repeats three public steps::
 
-    refresh the history view (incremental)
-    stop if the budget is met or max_broken trials are broken
-    release stale reservations (rate-limited)
-    reserve an interrupted/new trial, or
-        claim budget + register a pending-aware suggestion as our reservation
-    evaluate it while a thread heartbeats
-    complete or fail it (a lost reservation's result is refused by the storage)
+    next_trial()        refresh the history view (incremental)
+                        stop (raise) if the budget is met, max_broken trials are broken, ...
+                        release stale reservations (rate-limited)
+                        reserve an interrupted/new trial, or
+                          claim budget + register a pending-aware suggestion as our reservation
+                        start heartbeating it
+    evaluate(trial)     while the pacemaker heartbeats (a lost reservation cancels it)
+    finish(trial, o)    complete or fail it (a lost reservation's result is dropped/refused)
 
+``Experiment.suggest/observe/release`` (ask and tell) call the same steps.
 Every race is settled by an atomic storage verb; the loop itself keeps no
-state another worker depends on.
+state another worker depends on. :func:`run_worker` is what executors run.
 """
 
 from __future__ import annotations
@@ -20,27 +22,48 @@ import dataclasses
 import logging
 import os
 import socket
-import threading
 import time
 import uuid
 from collections.abc import Callable
 from typing import Any
 
 from orchard.algorithms import make_algorithm
-from orchard.algorithms.base import BaseAlgorithm, Observation, SeenPoints
+from orchard.algorithms.base import BaseAlgorithm
 from orchard.errors import (
     BudgetExhaustedError,
     DuplicateTrialError,
+    ExperimentBrokenError,
     ReservationLostError,
     SpaceExhaustedError,
+    StopReason,
     StorageError,
+    WorkerStoppedError,
 )
-from orchard.objective import Outcome
+from orchard.experiment_config import (
+    ExperimentConfig,
+    check_setting,
+    optional,
+    positive_int,
+    positive_number,
+)
+from orchard.history import History
+from orchard.pacemaker import Pacemaker
+from orchard.objective import Outcome, TrialEvaluator, call_objective
 from orchard.space import Space
 from orchard.storages.base import BaseStorage
 from orchard.trial import Trial, TrialStatus
 
-__all__ = ["History", "Pacemaker", "Worker", "WorkerReport", "WorkerSettings", "worker_name"]
+__all__ = [
+    "History",  # re-exported: the view the worker keeps (orchard.history)
+    "Pacemaker",  # re-exported: the heartbeat thread (orchard.pacemaker)
+    "StopReason",
+    "Worker",
+    "WorkerReport",
+    "WorkerSettings",
+    "WorkerTask",
+    "run_worker",
+    "worker_name",
+]
 
 log = logging.getLogger(__name__)
 
@@ -59,23 +82,33 @@ def worker_name() -> str:
     return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
 
 
-@dataclasses.dataclass
-class WorkerSettings:
-    """Plain settings of one worker (resolved by the caller; never read from the environment)."""
+@dataclasses.dataclass(frozen=True)
+class WorkerSettings(ExperimentConfig):
+    """An experiment's settings plus the limits of one worker's run.
 
-    space: Space
-    algorithm: Any
-    max_trials: int | None
-    max_broken: int = 3
-    heartbeat: float = 30.0
+    Resolved by the caller; never read from the environment. Validated like
+    :class:`~orchard.experiment_config.ExperimentConfig`.
+
+    Args:
+        idle_timeout: seconds :meth:`Worker.run` waits for a trial before it stops
+            (``None``: as long as other workers hold trials).
+        max_trials_per_worker: trials (completed or broken) after which this worker stops.
+    """
+
     idle_timeout: float | None = None
-    seed: int | None = None
     max_trials_per_worker: int | None = None
 
-    @property
-    def stale_after(self) -> float:
-        """Age of a heartbeat past which a reservation is lost (3 × heartbeat)."""
-        return 3.0 * self.heartbeat
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        for key, rule in (("idle_timeout", optional(positive_number)),
+                          ("max_trials_per_worker", optional(positive_int))):
+            object.__setattr__(self, key, check_setting(key, getattr(self, key), rule))
+
+    @classmethod
+    def for_experiment(cls, config: ExperimentConfig, **limits: Any) -> WorkerSettings:
+        """``config`` plus this run's ``limits`` (``idle_timeout``, ``max_trials_per_worker``)."""
+        fields = {field.name: getattr(config, field.name) for field in dataclasses.fields(config)}
+        return cls(**fields, **limits)
 
 
 @dataclasses.dataclass
@@ -86,124 +119,33 @@ class WorkerReport:
     completed: int = 0
     broken: int = 0
     lost: int = 0
-    reason: str = ""
-
-
-class History:
-    """A worker's incrementally refreshed view of one experiment's trials."""
-
-    def __init__(self, storage: BaseStorage, experiment_id: str) -> None:
-        self._storage = storage
-        self._experiment_id = experiment_id
-        self._cursor: Any = None
-        self.trials: dict[str, Trial] = {}
-        self.observations: list[Observation] = []  # completed trials, in the order they were seen
-        self._pending: dict[str, dict[str, Any]] = {}
-        self.seen = SeenPoints()  # every trial's params, kept incrementally
-        self.counts: dict[TrialStatus, int] = {status: 0 for status in TrialStatus}
-
-    def refresh(self) -> list[dict[str, Any]]:
-        """Fold in the trials that changed since the last refresh; return newly pending params."""
-        changed, self._cursor = self._storage.fetch_changes(self._experiment_id, self._cursor)
-        arrived: list[dict[str, Any]] = []
-        for trial in changed:
-            old = self.trials.get(trial.id)
-            if old is not None:
-                self.counts[old.status] -= 1
-            else:
-                self.seen.add(trial.params)
-            newly_completed = old is None or old.status is not TrialStatus.COMPLETED
-            self.trials[trial.id] = trial
-            self.counts[trial.status] += 1
-            if trial.status.is_pending:
-                if trial.id not in self._pending:
-                    arrived.append(trial.params)
-                self._pending[trial.id] = trial.params
-            else:
-                self._pending.pop(trial.id, None)
-            if trial.status is TrialStatus.COMPLETED and trial.objective is not None and newly_completed:
-                self.observations.append(Observation(trial.params, trial.objective))
-        return arrived
-
-    def pending(self, extra: list[dict[str, Any]] | None = None) -> list[dict[str, Any]]:
-        """Params being, or about to be, evaluated by anyone (plus ``extra``)."""
-        return [*self._pending.values(), *(extra or [])]
-
-    def others_reserved(self) -> bool:
-        """Whether any trial is waiting or being evaluated (so waiting can pay off)."""
-        return any(self.counts[s] for s in (TrialStatus.RESERVED, TrialStatus.NEW, TrialStatus.INTERRUPTED))
-
-
-class Pacemaker:
-    """One daemon thread that heartbeats every reservation it watches.
-
-    Started on the first :meth:`watch`; beats every ``every`` seconds, so a watched
-    trial's heartbeat is never older than ``every`` plus one storage write. A trial
-    found no longer reserved by ``worker`` is dropped and reported by :meth:`unwatch`.
-    """
-
-    def __init__(self, storage: BaseStorage, worker: str, every: float) -> None:
-        self._storage, self._worker, self._every = storage, worker, every
-        self._lock = threading.Lock()
-        self._watched: set[str] = set()
-        self._lost: set[str] = set()
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-
-    def watch(self, trial_id: str) -> None:
-        """Start heartbeating ``trial_id``."""
-        with self._lock:
-            self._watched.add(trial_id)
-            self._lost.discard(trial_id)
-            if self._thread is None:
-                self._thread = threading.Thread(target=self._beat, name="orchard-pacemaker", daemon=True)
-                self._thread.start()
-
-    def unwatch(self, trial_id: str) -> bool:
-        """Stop heartbeating ``trial_id``; return whether its reservation was found lost."""
-        with self._lock:
-            self._watched.discard(trial_id)
-            lost = trial_id in self._lost
-            self._lost.discard(trial_id)
-            return lost
-
-    def is_lost(self, trial_id: str) -> bool:
-        """Whether a heartbeat found ``trial_id`` no longer reserved by this worker."""
-        with self._lock:
-            return trial_id in self._lost
-
-    def close(self) -> None:
-        """Stop the thread (idempotent)."""
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join()
-
-    def _beat(self) -> None:
-        while not self._stop.wait(self._every):
-            with self._lock:
-                watched = list(self._watched)
-            for trial_id in watched:
-                try:
-                    self._storage.heartbeat_trial(trial_id, self._worker)
-                except ReservationLostError:
-                    with self._lock:
-                        if trial_id in self._watched:
-                            self._watched.discard(trial_id)
-                            self._lost.add(trial_id)
-                except StorageError as err:  # transient: try again next beat
-                    log.warning("heartbeat of trial %s failed: %s", trial_id, err)
+    reason: StopReason | None = None
 
 
 class Worker:
     """One masterless worker: runs trials of one experiment until there is nothing left to do.
 
+    The loop is built from public steps, which ask-and-tell clients
+    (:meth:`orchard.Experiment.suggest` / ``observe`` / ``release``) use too:
+
+    * :meth:`next_trial` reserves a trial (and heartbeats it from then on), or
+      raises a :class:`~orchard.errors.WorkerStoppedError` whose ``reason`` says
+      why there is nothing to run;
+    * :meth:`finish` records its outcome (complete or broken) and stops the heartbeat;
+    * :meth:`release` gives it back unevaluated (``interrupted``).
+
+    :meth:`run` is ``next_trial`` → evaluate → ``finish`` until a stop.
+
     Args:
         storage: the shared storage.
         experiment_id: the experiment to work on.
         settings: budget, heartbeat and algorithm settings.
-        evaluate: called with each reserved trial; returns its :class:`Outcome`.
+        evaluate: called with each reserved trial; returns its :class:`Outcome`. If it
+            has a ``cancel(trial)`` method, that is called (from the heartbeat thread)
+            when the trial's reservation is found lost, and the result is dropped.
         name: the worker identity written into reservations (default: host:pid:uuid).
         on_outcome: called after each finished trial with ``(trial, outcome)``.
+        label: how messages name the experiment (default: its id).
     """
 
     def __init__(
@@ -214,6 +156,7 @@ class Worker:
         evaluate: Evaluator,
         name: str | None = None,
         on_outcome: Callable[[Trial, Outcome], None] | None = None,
+        label: str | None = None,
     ) -> None:
         self.storage = storage
         self.experiment_id = experiment_id
@@ -221,57 +164,147 @@ class Worker:
         self.evaluate = evaluate
         self.name = name or worker_name()
         self.on_outcome = on_outcome
+        self.label = label or experiment_id
         self.history = History(storage, experiment_id)
         self.algorithm: BaseAlgorithm = make_algorithm(settings.algorithm, settings.space, settings.seed)
         self.report = WorkerReport(self.name)
-        self.pacemaker = Pacemaker(storage, self.name, settings.heartbeat)
+        self.pacemaker = Pacemaker(storage, self.name, settings.heartbeat, on_lost=self._cancel)
         self._last_release = 0.0
-        self._poll = _MIN_POLL
-        self._idle_since: float | None = None
+        self._exhausted = False  # the algorithm's last answer was "nothing new"
+        self._evaluating: Trial | None = None
 
     # -- the loop --------------------------------------------------------------
 
     def run(self) -> WorkerReport:
         """Run trials until the budget is met, the experiment is broken, or nothing is left.
 
+        Returns:
+            The report; its ``reason`` is the :class:`StopReason`.
+
         ``KeyboardInterrupt`` releases the current trial as ``interrupted`` and propagates.
         """
         try:
-            return self._loop()
+            while True:
+                try:
+                    trial = self.next_trial(self.settings.idle_timeout)
+                except WorkerStoppedError as stop:
+                    self.report.reason = stop.reason
+                    return self.report
+                self._run_trial(trial)
         finally:
             self.pacemaker.close()
 
-    def _loop(self) -> WorkerReport:
+    def _run_trial(self, trial: Trial) -> None:
+        self._evaluating = trial
+        try:
+            outcome = self.evaluate(trial)
+        except KeyboardInterrupt:
+            self._release_quietly(trial)
+            raise
+        finally:
+            self._evaluating = None
+        try:
+            self.finish(trial, outcome)
+        except ReservationLostError as err:
+            log.warning("%s", err)
+
+    # -- the steps -------------------------------------------------------------
+
+    def next_trial(self, timeout: float | None = None) -> Trial:
+        """Reserve the next trial to evaluate, and heartbeat it until :meth:`finish`/:meth:`release`.
+
+        Interrupted and inserted trials come first; otherwise the algorithm's
+        pending-aware suggestion is registered as this worker's reservation. While
+        other workers hold the rest of the budget, it polls (with backoff).
+
+        Args:
+            timeout: seconds to wait for a trial (``0``: one attempt; ``None``: as long
+                as other workers hold trials).
+
+        Returns:
+            The reserved trial.
+
+        Raises:
+            ExperimentBrokenError: ``max_broken`` trials are broken (reason ``BROKEN``).
+            BudgetExhaustedError: nothing to run: the budget is met (``BUDGET``), this
+                worker ran its ``max_trials_per_worker`` (``WORKER_BUDGET``), the space is
+                exhausted (``EXHAUSTED``), or ``timeout`` passed (``IDLE``).
+        """
+        deadline = None if timeout is None else time.monotonic() + timeout
+        poll = _MIN_POLL
         while True:
             self.history.refresh()
-            reason = self._stop_reason()
-            if reason:
-                self.report.reason = reason
-                return self.report
+            self._check_stop()
             self._release_stale()
             trial = self._acquire()
-            if trial is None:
-                if self._idle_expired():
-                    self.report.reason = "idle"
-                    return self.report
-                time.sleep(self._poll)
-                self._poll = min(self._poll * 2, _MAX_POLL, self.settings.heartbeat)
-                continue
-            self._poll, self._idle_since = _MIN_POLL, None
-            self._run_trial(trial)
+            if trial is not None:
+                self.pacemaker.watch(trial.id)
+                return trial
+            if deadline is not None and time.monotonic() >= deadline:
+                raise BudgetExhaustedError(
+                    f"experiment {self.label!r} has no trial to run now: the budget of "
+                    f"{self.settings.max_trials} is fully reserved or the space is exhausted; "
+                    "raise max_trials or wait for other workers", StopReason.IDLE)
+            time.sleep(poll)
+            poll = min(poll * 2, _MAX_POLL, self.settings.heartbeat)
 
-    def _stop_reason(self) -> str:
+    def finish(self, trial: Trial, outcome: Outcome) -> Trial:
+        """Record the outcome of a trial from :meth:`next_trial` and stop heartbeating it.
+
+        Args:
+            trial: the reserved trial.
+            outcome: what its evaluation produced; an error marks it broken.
+
+        Returns:
+            The stored trial, ``completed`` or ``broken``.
+
+        Raises:
+            ReservationLostError: the reservation was lost (a heartbeat found it taken,
+                or the storage refused the write); the outcome is dropped.
+        """
+        lost = self.pacemaker.unwatch(trial.id)
+        try:
+            if lost:
+                raise ReservationLostError.dropped(trial.id, self.name)
+            stored = self._record(trial, outcome)
+        except ReservationLostError:
+            self.report.lost += 1
+            raise
+        if self.on_outcome is not None:
+            self.on_outcome(stored, outcome)
+        return stored
+
+    def release(self, trial: Trial) -> Trial:
+        """Give a trial from :meth:`next_trial` back unevaluated (it becomes ``interrupted``).
+
+        Returns:
+            The stored trial.
+
+        Raises:
+            ReservationLostError: this worker no longer holds the reservation.
+        """
+        self.pacemaker.unwatch(trial.id)
+        return self.storage.release_trial(trial.id, self.name)
+
+    # -- deciding to stop ------------------------------------------------------
+
+    def _check_stop(self) -> None:
+        """Raise the stop that applies to the refreshed history, if any."""
         counts, settings = self.history.counts, self.settings
         if settings.max_trials is not None and counts[TrialStatus.COMPLETED] >= settings.max_trials:
-            return "budget"
+            raise BudgetExhaustedError(
+                f"experiment {self.label!r} has completed its {settings.max_trials} trials")
         if counts[TrialStatus.BROKEN] >= settings.max_broken:
-            return "broken"
-        if settings.max_trials_per_worker is not None:
-            if self.report.completed + self.report.broken >= settings.max_trials_per_worker:
-                return "worker-budget"
-        if self.report.reason == "exhausted" and not self.history.others_reserved():
-            return "exhausted"
-        return ""
+            broken = [t for t in self.history.trials.values() if t.status is TrialStatus.BROKEN]
+            raise ExperimentBrokenError.limit_reached(
+                self.label, counts[TrialStatus.BROKEN], settings.max_broken, broken[-1].error)
+        done = self.report.completed + self.report.broken
+        if settings.max_trials_per_worker is not None and done >= settings.max_trials_per_worker:
+            raise BudgetExhaustedError(
+                f"worker {self.name} ran its {settings.max_trials_per_worker} trials", StopReason.WORKER_BUDGET)
+        if self._exhausted and not self.history.others_reserved():
+            raise BudgetExhaustedError(
+                f"experiment {self.label!r}: the algorithm has no new point to suggest", StopReason.EXHAUSTED)
 
     def _release_stale(self) -> None:
         now = time.time()
@@ -280,13 +313,6 @@ class Worker:
         self._last_release = now
         for trial in self.storage.release_stale(self.experiment_id, self.settings.stale_after, now=now):
             log.info("released trial %s of lost worker %s", trial.id, trial.worker)
-
-    def _idle_expired(self) -> bool:
-        now = time.monotonic()
-        if self._idle_since is None:
-            self._idle_since = now
-        timeout = self.settings.idle_timeout
-        return timeout is not None and now - self._idle_since >= timeout
 
     # -- getting a trial -------------------------------------------------------
 
@@ -337,45 +363,75 @@ class Worker:
                 seen=self.history.seen,
             )
         except SpaceExhaustedError:
-            self.report.reason = "exhausted"
+            self._exhausted = True
             return None
-        if self.report.reason == "exhausted":
-            self.report.reason = ""
+        self._exhausted = False
         return suggestions[0] if suggestions else None
 
-    # -- running a trial -------------------------------------------------------
+    # -- recording -------------------------------------------------------------
 
-    def _run_trial(self, trial: Trial) -> None:
-        self.pacemaker.watch(trial.id)
-        try:
-            outcome = self.evaluate(trial)
-        except KeyboardInterrupt:
-            self.pacemaker.unwatch(trial.id)
-            self._release(trial)
-            raise
-        if self.pacemaker.unwatch(trial.id):
-            log.warning("worker %s lost its reservation of trial %s; result dropped", self.name, trial.id)
-        self._record(trial, outcome)
+    def _record(self, trial: Trial, outcome: Outcome) -> Trial:
+        if outcome.ok:
+            assert outcome.objective is not None  # an ok Outcome carries its objective
+            stored = self.storage.complete_trial(trial.id, self.name, outcome.objective, outcome.results)
+            self.report.completed += 1
+        else:
+            stored = self.storage.fail_trial(trial.id, self.name, outcome.error or {})
+            self.report.broken += 1
+        return stored
 
-    def _record(self, trial: Trial, outcome: Outcome) -> None:
+    def _release_quietly(self, trial: Trial) -> None:
         try:
-            if outcome.ok:
-                trial = self.storage.complete_trial(
-                    trial.id, self.name, outcome.objective, outcome.results  # type: ignore[arg-type]
-                )
-                self.report.completed += 1
-            else:
-                trial = self.storage.fail_trial(trial.id, self.name, outcome.error or {})
-                self.report.broken += 1
-        except ReservationLostError as err:
-            self.report.lost += 1
-            log.warning("%s", err)
-            return
-        if self.on_outcome is not None:
-            self.on_outcome(trial, outcome)
-
-    def _release(self, trial: Trial) -> None:
-        try:
-            self.storage.release_trial(trial.id, self.name)
+            self.release(trial)
         except StorageError as err:  # includes ReservationLostError
             log.warning("could not release trial %s: %s", trial.id, err)
+
+    def _cancel(self, trial_id: str) -> None:
+        """From the heartbeat thread: a reservation was found lost, so stop its evaluation now."""
+        trial = self._evaluating
+        cancel = getattr(self.evaluate, "cancel", None)
+        if trial is None or trial.id != trial_id or cancel is None:
+            return
+        log.warning("worker %s lost its reservation of trial %s; stopping its evaluation", self.name, trial_id)
+        try:
+            cancel(trial)
+        except Exception as err:  # the heartbeat thread must survive a faulty cancel
+            log.warning("cancelling trial %s failed: %s: %s", trial_id, type(err).__name__, err)
+
+
+@dataclasses.dataclass
+class WorkerTask:
+    """Everything one worker process needs; picklable so executors can ship it."""
+
+    storage: BaseStorage
+    experiment_id: str
+    settings: WorkerSettings
+    fn: Callable[..., Any]
+    trial_timeout: float | None = None
+    label: str | None = None
+
+
+def run_worker(task: WorkerTask) -> WorkerReport:
+    """Run one worker loop to its end (the function executors run remotely).
+
+    A :class:`~orchard.objective.TrialEvaluator` ``fn`` (``orchard hunt``'s script
+    runner) is called with the whole reserved trial and returns the Outcome itself;
+    any other callable is called as ``fn(**params)``.
+
+    Args:
+        task: the storage, experiment, settings and objective.
+
+    Returns:
+        The worker's report.
+    """
+
+    def evaluate(trial: Trial) -> Outcome:
+        return call_objective(task.fn, trial.params, task.trial_timeout)
+
+    fn = task.fn
+    worker = Worker(task.storage, task.experiment_id, task.settings,
+                    fn if isinstance(fn, TrialEvaluator) else evaluate, label=task.label)
+    try:
+        return worker.run()
+    finally:
+        task.storage.close()

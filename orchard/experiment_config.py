@@ -1,0 +1,208 @@
+"""An experiment's settings as one typed, validated, frozen record.
+
+The storage keeps an experiment's configuration as a plain dict
+(:meth:`ExperimentConfig.to_dict`); everything that reads it goes through
+:meth:`ExperimentConfig.from_dict`, so each default is written once, here, and
+every value is checked before it is stored.
+
+The checks are small *rules*, ``rule(value) -> cast value``, that raise
+``ValueError`` naming what the value must be; :func:`check_setting` turns that
+into one :class:`~orchard.errors.ConfigurationError` line that names the
+setting, where it came from, and what to do. :mod:`orchard.config` applies the
+same rules to settings that do not belong to an experiment (``n_workers``,
+timeouts).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from orchard.algorithms import normalize_algorithm_config
+from orchard.errors import ConfigurationError
+from orchard.space import Space
+
+__all__ = [
+    "ExperimentConfig",
+    "Rule",
+    "check_setting",
+    "non_negative_int",
+    "optional",
+    "positive_int",
+    "positive_number",
+    "text",
+]
+
+#: ``rule(value) -> cast value``; raises ``ValueError("<what the value must be>")``.
+Rule = Callable[[Any], Any]
+
+
+def positive_int(value: Any) -> int:
+    """``value`` as an int >= 1 (strings are parsed)."""
+    return _integer(value, 1, "a positive integer")
+
+
+def non_negative_int(value: Any) -> int:
+    """``value`` as an int >= 0 (strings are parsed)."""
+    return _integer(value, 0, "an integer >= 0")
+
+
+def positive_number(value: Any) -> float:
+    """``value`` as a finite float > 0 (strings are parsed)."""
+    requirement = "a positive number of seconds"
+    if isinstance(value, bool):
+        raise ValueError(requirement)
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(requirement) from None
+    if not math.isfinite(number) or number <= 0:
+        raise ValueError(requirement)
+    return number
+
+
+def text(value: Any) -> str:
+    """``value`` as a non-empty string."""
+    if not isinstance(value, str) or not value:
+        raise ValueError("a non-empty string")
+    return value
+
+
+def optional(rule: Rule) -> Rule:
+    """``rule``, letting ``None`` (unset) through."""
+
+    def check(value: Any) -> Any:
+        return None if value is None else rule(value)
+
+    check.__doc__ = rule.__doc__
+    return check
+
+
+def _integer(value: Any, minimum: int, requirement: str) -> int:
+    if isinstance(value, bool) or isinstance(value, float) and not value.is_integer():
+        raise ValueError(requirement)
+    try:
+        number = int(value.strip() if isinstance(value, str) else value)
+    except (TypeError, ValueError):
+        raise ValueError(requirement) from None
+    if number < minimum:
+        raise ValueError(requirement)
+    return number
+
+
+def check_setting(key: str, value: Any, rule: Rule, source: str = "") -> Any:
+    """Apply ``rule`` to ``value``; return the cast value.
+
+    Args:
+        key: the setting's name (for the message).
+        value: the value given.
+        rule: the setting's rule.
+        source: where the value came from (``"--seed"``, ``"ORCHARD_SEED"``, a file), if known.
+
+    Raises:
+        ConfigurationError: the value breaks the rule; nothing was stored.
+    """
+    try:
+        return rule(value)
+    except ValueError as err:
+        where = f" (from {source})" if source else ""
+        unset = " (or unset)" if _allows_unset(rule) else ""
+        raise ConfigurationError(
+            f"invalid setting {key}={value!r}{where}: it must be {err}{unset}; "
+            "nothing was stored, correct it and try again"
+        ) from None
+
+
+def _allows_unset(rule: Rule) -> bool:
+    try:
+        return rule(None) is None
+    except ValueError:
+        return False
+
+
+#: Rules of the experiment settings; ``space`` and ``algorithm`` check themselves.
+EXPERIMENT_RULES: dict[str, Rule] = {
+    "max_trials": optional(positive_int),
+    "max_broken": positive_int,
+    "max_attempts": positive_int,
+    "heartbeat": positive_number,
+    "seed": optional(non_negative_int),
+    "working_dir": optional(text),
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class ExperimentConfig:
+    """The settings of one experiment, shared by every worker through the storage.
+
+    Constructing one validates and casts every field (``ConfigurationError``
+    naming the bad setting), so a stored configuration is always usable.
+
+    Args:
+        space: the search space.
+        algorithm: ``"random"``, ``"bayes"`` or ``{name: {options}}``; kept normalized.
+        max_trials: the budget of completed trials (``None``: unlimited).
+        max_broken: broken trials after which the experiment stops.
+        max_attempts: reservations of one trial lost to dead or frozen workers
+            after which the trial is broken (graceful releases do not count).
+        heartbeat: seconds between a worker's heartbeats.
+        seed: seed of the algorithm (``None``: fresh entropy).
+        working_dir: base folder of per-trial working directories.
+    """
+
+    space: Space
+    algorithm: dict[str, dict[str, Any]] = dataclasses.field(default_factory=lambda: {"random": {}})
+    max_trials: int | None = None
+    max_broken: int = 3
+    max_attempts: int = 3
+    heartbeat: float = 30.0
+    seed: int | None = None
+    working_dir: str | None = None
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.space, Space):
+            raise ConfigurationError(f"space must be a Space or a mapping of priors, got {self.space!r}")
+        object.__setattr__(self, "algorithm", normalize_algorithm_config(self.algorithm))
+        for key, rule in EXPERIMENT_RULES.items():
+            object.__setattr__(self, key, check_setting(key, getattr(self, key), rule))
+
+    @property
+    def stale_after(self) -> float:
+        """Seconds a reservation's heartbeat may stay unchanged before it is lost (3 × heartbeat)."""
+        return 3.0 * self.heartbeat
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> ExperimentConfig:
+        """Read a stored (or user-given) configuration; missing keys take their defaults.
+
+        Keys this version does not know are ignored, so a record written by a newer
+        release can still be read.
+
+        Raises:
+            ConfigurationError: a value is invalid, or ``space`` is missing.
+        """
+        if "space" not in data:
+            raise ConfigurationError("an experiment configuration needs a space")
+        known = {field.name for field in dataclasses.fields(cls)} - {"space"}
+        values = {key: data[key] for key in known if data.get(key) is not None}
+        space = data["space"]
+        return cls(space=space if isinstance(space, Space) else Space.from_config(space), **values)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The plain dict the storage keeps (JSON/BSON-friendly)."""
+        values = {field.name: getattr(self, field.name) for field in dataclasses.fields(self)}
+        values["space"] = self.space.config()
+        values["algorithm"] = {name: dict(options) for name, options in self.algorithm.items()}
+        return values
+
+    @classmethod
+    def default(cls, key: str) -> Any:
+        """The default of field ``key`` (``None`` for ``space``)."""
+        for field in dataclasses.fields(cls):
+            if field.name == key:
+                if field.default_factory is not dataclasses.MISSING:
+                    return field.default_factory()
+                return None if field.default is dataclasses.MISSING else field.default
+        raise KeyError(key)

@@ -1,0 +1,72 @@
+"""A worker's incrementally refreshed view of one experiment's trials.
+
+:meth:`History.refresh` folds in only the trials that changed since the last
+call, through the storage's change feed (``fetch_changes``), so its cost
+follows the changes, not the size of the history. The worker fits its
+algorithm on it; the progress monitor draws from it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from orchard.algorithms.base import Observation, SeenPoints
+from orchard.storages.base import BaseStorage
+from orchard.trial import Trial, TrialStatus
+
+__all__ = ["History"]
+
+
+class History:
+    """A worker's incrementally refreshed view of one experiment's trials."""
+
+    def __init__(self, storage: BaseStorage, experiment_id: str) -> None:
+        self._storage = storage
+        self._experiment_id = experiment_id
+        self._cursor: Any = None
+        self.trials: dict[str, Trial] = {}
+        self.observations: list[Observation] = []  # completed trials, in the order they were seen
+        self._pending: dict[str, dict[str, Any]] = {}
+        self.seen = SeenPoints()  # every trial's params, kept incrementally
+        self.counts: dict[TrialStatus, int] = {status: 0 for status in TrialStatus}
+        self.finished: list[Trial] = []  # trials that became completed/broken in the last refresh
+
+    def refresh(self) -> list[dict[str, Any]]:
+        """Fold in the trials that changed since the last refresh.
+
+        Returns:
+            The params of trials that became pending (new, reserved or interrupted)
+            since the last refresh. :attr:`finished` lists those that became
+            completed or broken.
+        """
+        changed, self._cursor = self._storage.fetch_changes(self._experiment_id, self._cursor)
+        arrived: list[dict[str, Any]] = []
+        self.finished = []
+        for trial in changed:
+            old = self.trials.get(trial.id)
+            if old is not None:
+                self.counts[old.status] -= 1
+            else:
+                self.seen.add(trial.params)
+            newly_completed = old is None or old.status is not TrialStatus.COMPLETED
+            if trial.status.is_terminal and (old is None or not old.status.is_terminal):
+                self.finished.append(trial)
+            self.trials[trial.id] = trial
+            self.counts[trial.status] += 1
+            if trial.status.is_pending:
+                if trial.id not in self._pending:
+                    arrived.append(trial.params)
+                self._pending[trial.id] = trial.params
+            else:
+                self._pending.pop(trial.id, None)
+            if trial.status is TrialStatus.COMPLETED and trial.objective is not None and newly_completed:
+                self.observations.append(Observation(trial.params, trial.objective))
+        return arrived
+
+    def pending(self, extra: list[dict[str, Any]] | None = None) -> list[dict[str, Any]]:
+        """Params being, or about to be, evaluated by anyone (plus ``extra``)."""
+        return [*self._pending.values(), *(extra or [])]
+
+    def others_reserved(self) -> bool:
+        """Whether any trial is waiting or being evaluated (so waiting can pay off)."""
+        return any(self.counts[s] for s in (TrialStatus.RESERVED, TrialStatus.NEW, TrialStatus.INTERRUPTED))
