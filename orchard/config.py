@@ -160,6 +160,15 @@ class Settings:
                 return value if setting.rule is None else check_setting(key, value, setting.rule, source)
         return setting.default if use_default else None
 
+    def check(self) -> None:
+        """Resolve every setting once, so an invalid value anywhere is refused now.
+
+        Raises:
+            ConfigurationError: the first invalid value, naming its source.
+        """
+        for key in SETTINGS:
+            self.get(key, use_default=False)
+
     def _sources(self, key: str, argument: Any, setting: Setting) -> Iterator[tuple[Any, str]]:
         """``(value, where it came from)`` in precedence order; files are read only if reached."""
         yield argument, ""

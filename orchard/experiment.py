@@ -17,9 +17,9 @@ from orchard import config as _config
 from orchard.algorithms import normalize_algorithm_config
 from orchard.errors import (
     ConfigurationError,
+    ExecutorError,
     ExperimentBrokenError,
     ExperimentConflictError,
-    ExecutorError,
     OrchardError,
 )
 from orchard.executors import make_executor

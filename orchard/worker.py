@@ -47,9 +47,8 @@ from orchard.experiment_config import (
     positive_number,
 )
 from orchard.history import History
-from orchard.pacemaker import Pacemaker
 from orchard.objective import Outcome, TrialEvaluator, call_objective
-from orchard.space import Space
+from orchard.pacemaker import Pacemaker
 from orchard.storages.base import BaseStorage
 from orchard.trial import Trial, TrialStatus
 
@@ -395,7 +394,7 @@ class Worker:
         log.warning("worker %s lost its reservation of trial %s; stopping its evaluation", self.name, trial_id)
         try:
             cancel(trial)
-        except Exception as err:  # the heartbeat thread must survive a faulty cancel
+        except Exception as err:  # noqa: BLE001 -- the heartbeat thread must survive a faulty cancel
             log.warning("cancelling trial %s failed: %s: %s", trial_id, type(err).__name__, err)
 
 

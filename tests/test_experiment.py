@@ -139,3 +139,22 @@ def test_memory_storage_with_threads() -> None:
     trials = exp.fetch_trials()
     assert len(trials) == 30 and all(t.status is TrialStatus.COMPLETED for t in trials)
     assert not math.isnan(exp.best_trial.objective)
+
+
+def test_one_worker_runs_in_the_calling_process_so_unpicklable_objectives_work(store) -> None:
+    import os
+    import socket
+    import threading
+
+    exp = build(store, max_trials=3)
+    lock, calls = threading.Lock(), []
+    with socket.socket() as sock:  # neither a lock nor a socket can be pickled
+
+        def objective(x: float, y: float) -> float:
+            with lock:
+                calls.append((os.getpid(), sock.fileno()))
+            return x + y
+
+        stats = exp.workon(objective, progress=False)  # n_workers=1, no executor named
+    assert stats["counts"]["completed"] == 3
+    assert calls and {pid for pid, _ in calls} == {os.getpid()}

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import threading
 import time
 import uuid
 
 import pytest
 
+from orchard.errors import BudgetExhaustedError, ExperimentBrokenError, ReservationLostError, StopReason
 from orchard.objective import Outcome
 from orchard.space import Space
 from orchard.storages import get_storage
@@ -107,3 +109,81 @@ def test_exhausted_grid_ends_the_worker(storage) -> None:
                     lambda t: Outcome(objective=float(t.params["k"])))
     report = worker.run()
     assert report.reason == "exhausted" and report.completed == 3
+
+
+# -- the public steps ---------------------------------------------------------------------------
+
+
+def test_steps_reserve_finish_and_release(storage, exp_id) -> None:
+    worker = Worker(storage, exp_id, settings(max_trials=2, heartbeat=0.05), lambda t: Outcome())
+    first = worker.next_trial()
+    assert storage.get_trial(first.id).status is TrialStatus.RESERVED
+    wait_for(lambda: storage.get_trial(first.id).heartbeat > first.heartbeat)  # heartbeated until finished
+    assert worker.release(first).status is TrialStatus.INTERRUPTED
+    again = worker.next_trial()
+    assert again.id == first.id  # interrupted trials come first
+    done = worker.finish(again, Outcome(objective=0.5))
+    assert done.status is TrialStatus.COMPLETED and worker.report.completed == 1
+    broken = worker.finish(worker.next_trial(), Outcome.failure("ValueError", "boom"))
+    assert broken.status is TrialStatus.BROKEN and broken.error["message"] == "boom"
+    with pytest.raises(ReservationLostError):
+        worker.finish(again, Outcome(objective=1.0))  # already recorded: the storage refuses
+    worker.pacemaker.close()
+
+
+def test_next_trial_raises_a_stop_carrying_its_reason(storage, exp_id) -> None:
+    worker = Worker(storage, exp_id, settings(max_trials=1), lambda t: Outcome())
+    worker.finish(worker.next_trial(), Outcome(objective=1.0))
+    with pytest.raises(BudgetExhaustedError) as budget:
+        worker.next_trial()
+    assert budget.value.reason is StopReason.BUDGET
+    other = storage.create_experiment("b", {"space": SPACE.config()})
+    breaker = Worker(storage, other, settings(max_trials=5, max_broken=1), lambda t: Outcome())
+    breaker.finish(breaker.next_trial(), Outcome.failure("ValueError", "bad x"))
+    with pytest.raises(ExperimentBrokenError, match="1 trials are broken.*ValueError: bad x") as broken:
+        breaker.next_trial()
+    assert broken.value.reason is StopReason.BROKEN
+    busy = storage.create_experiment("c", {"space": SPACE.config()})
+    storage.register_trial(busy, {"x": 0.5}, worker="someone-else", budget=1)
+    waiter = Worker(storage, busy, settings(max_trials=1), lambda t: Outcome())
+    with pytest.raises(BudgetExhaustedError) as idle:
+        waiter.next_trial(timeout=0)  # the only unit of budget is held by another worker
+    assert idle.value.reason is StopReason.IDLE
+    for w in (worker, breaker, waiter):
+        w.pacemaker.close()
+
+
+class CancellableEvaluation:
+    """An evaluation that runs until cancelled, like a script the runner can kill."""
+
+    def __init__(self) -> None:
+        self.cancelled: list[str] = []
+        self.started = threading.Event()
+        self._stop = threading.Event()
+
+    def __call__(self, trial: Trial) -> Outcome:
+        self.started.set()
+        assert self._stop.wait(20), "the evaluation was never cancelled"
+        return Outcome(objective=0.0)
+
+    def cancel(self, trial: Trial) -> None:
+        self.cancelled.append(trial.id)
+        self._stop.set()
+
+
+def test_lost_reservation_cancels_the_evaluation_and_drops_its_result(storage, exp_id) -> None:
+    evaluation = CancellableEvaluation()
+    worker = Worker(storage, exp_id, settings(max_trials=1, heartbeat=0.05), evaluation)
+    reports = []
+    runner = threading.Thread(target=lambda: reports.append(worker.run()))
+    runner.start()
+    assert evaluation.started.wait(10)
+    (trial,) = storage.fetch_trials(exp_id)
+    storage.release_trial(trial.id, None)  # another worker judged the lease lost
+    runner.join(20)
+    assert not runner.is_alive() and evaluation.cancelled == [trial.id]
+    # the cancelled attempt's result was dropped; the trial was then reserved again and completed once
+    (report,) = reports
+    assert report.lost == 1 and report.completed == 1 and report.reason is StopReason.BUDGET
+    done = storage.get_trial(trial.id)
+    assert done.status is TrialStatus.COMPLETED and done.attempts == 2

@@ -119,7 +119,7 @@ def test_parallel_bayes_workers_do_not_collapse(tmp_path) -> None:
 def test_objective_that_kills_its_worker_process_gives_one_clear_error(tmp_path) -> None:
     exp = orchard.build_experiment("dies", space=workloads.SPACE, storage=str(tmp_path / "o.pkl"), max_trials=4)
     with pytest.raises(orchard.ExecutorError, match="died under executor 'joblib'.*trial_timeout"):
-        exp.workon(workloads.exits_process, n_workers=1, progress=False)
+        exp.workon(workloads.exits_process, n_workers=1, executor="joblib", progress=False)
     # with a trial_timeout the objective runs in a child process: its death breaks the trial, not the worker
     exp2 = orchard.build_experiment("dies2", space=workloads.SPACE, storage=str(tmp_path / "o.pkl"),
                                     max_trials=4, max_broken=2)

@@ -2,8 +2,9 @@
 
 The first ``hunt`` on a name creates the experiment; every later one (another
 terminal, another node, a SLURM array task) joins it as one more worker.
-Settings come, in this order, from the flags, the ``--config`` file,
-``ORCHARD_*`` variables, ``./orchard.yaml``, ``~/.config/orchard/config.yaml``.
+Settings are resolved by :class:`orchard.config.Settings`, in this order: the
+flags, the ``--config`` file, ``ORCHARD_*`` variables, ``./orchard.yaml``,
+``~/.config/orchard/config.yaml``, the defaults.
 """
 
 from __future__ import annotations
@@ -12,39 +13,22 @@ import argparse
 import os
 import signal
 import threading
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from orchard.cli._args import UsageError, add_common, add_name, format_params
 
 if TYPE_CHECKING:  # pragma: no cover
+    from orchard.config import Settings
     from orchard.experiment import Experiment
     from orchard.runner import CommandTemplate
     from orchard.storages import BaseStorage
 
 __all__ = ["add_parser", "run"]
 
-_INTS = ("max_trials", "max_broken", "n_workers", "seed")
-_FLOATS = ("heartbeat", "idle_timeout", "trial_timeout")
-
 EXAMPLE = ("orchard hunt -n exp --max-trials 50 python train.py --lr~'loguniform(1e-5, 1)' "
            "--layers~'randint(1, 6)'")
-
-
-def _positive(cast: Callable[[str], Any]) -> Callable[[str], Any]:
-    def parse(text: str) -> Any:
-        try:
-            value = cast(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{text!r} is not a valid {cast.__name__}") from None
-        if value <= 0:
-            raise argparse.ArgumentTypeError(f"{text!r} must be positive")
-        return value
-
-    parse.__name__ = cast.__name__
-    return parse
 
 
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
@@ -57,24 +41,26 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     )
     add_name(parser, required=False)
     option = parser.add_argument
-    option("--max-trials", type=_positive(int), metavar="N",
+    option("--max-trials", metavar="N",
            help="budget of completed trials (can be raised later)")
-    option("--max-broken", type=_positive(int), metavar="N", help="stop after N broken trials (default 3)")
+    option("--max-broken", metavar="N", help="stop after N broken trials (default 3)")
+    option("--max-attempts", metavar="N",
+           help="break a trial after its reservation was lost N times (default 3)")
     option("--algorithm", metavar="ALGO",
            help="random, grid, bayes, or a mapping such as '{bayes: {acq_func: EI}}'")
-    option("--n-workers", type=_positive(int), metavar="K", help="run K local workers through the executor")
+    option("--n-workers", metavar="K", help="run K local workers through the executor")
     option("--executor", metavar="NAME", help="joblib (default), process, dask, thread, single")
     option("--executor-config", metavar="MAPPING", help="executor options, e.g. '{address: tcp://host:8786}'")
-    option("--trial-timeout", type=_positive(float), metavar="SECONDS",
+    option("--trial-timeout", metavar="SECONDS",
            help="kill a trial's process group after this long; the trial is broken with reason timeout")
-    option("--heartbeat", type=_positive(float), metavar="SECONDS",
+    option("--heartbeat", metavar="SECONDS",
            help="seconds between heartbeats (default 30)")
-    option("--idle-timeout", type=_positive(float), metavar="SECONDS",
+    option("--idle-timeout", metavar="SECONDS",
            help="exit after this long with nothing to do")
     option("--working-dir", metavar="DIR",
            help="folder of the per-trial folders (default ./orchard-runs/NAME)")
     option("--config", metavar="FILE", help="YAML file with the same settings (and name, space)")
-    option("--seed", type=int, help="seed of the algorithm")
+    option("--seed", metavar="N", help="seed of the algorithm (an integer >= 0)")
     parser.add_argument("command", nargs=argparse.REMAINDER, metavar="COMMAND", help="the command to run")
     add_common(parser)
     parser.set_defaults(func=run)
@@ -92,7 +78,9 @@ def run(args: argparse.Namespace) -> int:
         ConfigurationError: bad options, priors or command.
     """
     with _sigterm_interrupts():
-        return _hunt(args, _settings_source(args))
+        from orchard.config import Settings
+
+        return _hunt(args, Settings(flags=vars(args), config_file=args.config))
 
 
 @contextmanager
@@ -114,56 +102,23 @@ def _sigterm_interrupts() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
-def _settings_source(args: argparse.Namespace) -> Callable[[str], Any]:
-    """``setting(key)``: flag > --config file > ORCHARD_* > orchard.yaml > user config (no default)."""
-    from orchard import config
-    from orchard.errors import ConfigurationError
-
-    explicit: dict[str, Any] = {}
-    if args.config:
-        path = Path(args.config)
-        if not path.is_file():
-            raise ConfigurationError(f"config file {args.config} not found; check --config")
-        explicit = config.load_config_file(path)
-
-    def setting(key: str) -> Any:
-        if key not in config.DEFAULTS:  # name, space (flag or --config), executor_config (flag)
-            return getattr(args, key, None) or explicit.get(key)
-        value = config.resolve(key, getattr(args, key, None), explicit.get(key), use_default=False)
-        return _cast(key, value)
-
-    return setting
-
-
-def _cast(key: str, value: Any) -> Any:
-    from orchard.errors import ConfigurationError
-
-    if value is None or key not in _INTS + _FLOATS:
-        return value
-    try:
-        return int(value) if key in _INTS else float(value)
-    except (TypeError, ValueError):
-        raise ConfigurationError(
-            f"setting {key}={value!r} is not a number; fix it in the config file"
-        ) from None
-
-
-def _hunt(args: argparse.Namespace, setting: Callable[[str], Any]) -> int:
+def _hunt(args: argparse.Namespace, settings: Settings) -> int:
     from orchard.storages import get_storage
 
-    name = setting("name")
+    settings.check()  # every bad value is refused before anything is stored
+    name = settings.get("name")
     if not name:
         raise UsageError("hunt needs an experiment name: -n NAME (or name: in --config)")
     tokens = list(args.command)
     if tokens[:1] == ["--"]:
         tokens = tokens[1:]
-    template = _template(tokens, setting("space"))
-    storage = get_storage(setting("storage") or "orchard.pkl")
+    template = _template(tokens, settings.get("space"))
+    storage = get_storage(settings.get("storage"))
     template = _complete_space(template, storage, name)
-    experiment = _experiment(name, template, storage, setting)
+    experiment = _experiment(name, template, storage, settings)
     if _budget_met(experiment):
         return 0
-    return _work(experiment, template, setting)
+    return _work(experiment, template, settings)
 
 
 def _template(tokens: list[str], file_space: Mapping[str, str] | None) -> CommandTemplate:
@@ -197,14 +152,17 @@ def _complete_space(template: CommandTemplate, storage: BaseStorage, name: str) 
     return template.with_dimensions(record.config["space"])
 
 
-def _experiment(name: str, template: CommandTemplate, storage: BaseStorage,
-                setting: Callable[[str], Any]) -> Experiment:
+def _experiment(name: str, template: CommandTemplate, storage: BaseStorage, settings: Settings) -> Experiment:
     from orchard.experiment import build_experiment
 
+    def given(key: str) -> Any:  # unset stays unset: a joiner keeps the stored value
+        return settings.get(key, use_default=False)
+
     return build_experiment(
-        name, space=template.space, algorithm=_mapping_or_name("algorithm", setting("algorithm")),
-        storage=storage, max_trials=setting("max_trials"), max_broken=setting("max_broken"),
-        heartbeat=setting("heartbeat"), seed=setting("seed"), working_dir=setting("working_dir"),
+        name, space=template.space, algorithm=_mapping_or_name("algorithm", given("algorithm")),
+        storage=storage, max_trials=given("max_trials"), max_broken=given("max_broken"),
+        max_attempts=given("max_attempts"), heartbeat=given("heartbeat"), seed=given("seed"),
+        working_dir=given("working_dir"),
     )
 
 
@@ -253,21 +211,21 @@ def _interrupt_local_workers() -> None:
                 pass
 
 
-def _work(experiment: Experiment, template: CommandTemplate, setting: Callable[[str], Any]) -> int:
+def _work(experiment: Experiment, template: CommandTemplate, settings: Settings) -> int:
     from orchard.cli import Terminated
     from orchard.runner import ScriptRunner
 
-    base = setting("working_dir") or experiment.config.get("working_dir") or os.path.join("orchard-runs",
-                                                                                         experiment.name)
-    runner = ScriptRunner(template, experiment.name, os.path.abspath(base), setting("trial_timeout"))
-    n_workers = setting("n_workers") or 1
-    executor = setting("executor") or "joblib"
+    base = (settings.get("working_dir") or experiment.settings.working_dir
+            or os.path.join("orchard-runs", experiment.name))
+    runner = ScriptRunner(template, experiment.name, os.path.abspath(base), settings.get("trial_timeout"))
+    n_workers = settings.get("n_workers")
+    executor = settings.get("executor", use_default=False)
     if n_workers == 1 and executor in ("joblib", "loky"):
         executor = "single"  # one worker: run it here, no process pool to start
     try:
         stats = experiment.workon(
-            runner, n_workers=n_workers, executor=executor, idle_timeout=setting("idle_timeout"),
-            executor_config=_mapping_or_name("executor_config", setting("executor_config")),
+            runner, n_workers=n_workers, executor=executor, idle_timeout=settings.get("idle_timeout"),
+            executor_config=_mapping_or_name("executor_config", settings.get("executor_config")),
         )
     except Terminated:
         _interrupt_local_workers()

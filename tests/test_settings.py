@@ -1,0 +1,100 @@
+"""Settings: the typed experiment record, and the one resolver for Python and the command line."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+import orchard
+from orchard import config
+from orchard.cli import main
+from orchard.errors import ConfigurationError
+from orchard.experiment_config import ExperimentConfig
+from orchard.space import Space
+from orchard.storages import get_storage
+
+SPACE = {"x": "uniform(0, 1)"}
+
+
+@pytest.fixture
+def no_ambient(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """``tmp_path`` as current and home directory, and no ORCHARD_* variables."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    for key in list(os.environ):
+        if key.startswith("ORCHARD_"):
+            monkeypatch.delenv(key)
+    return tmp_path
+
+
+def test_experiment_config_round_trips_through_the_stored_dict() -> None:
+    cfg = ExperimentConfig(Space.from_config(SPACE), algorithm="grid", max_trials="7", seed=0)
+    stored = cfg.to_dict()
+    assert list(stored["algorithm"]) == ["grid"]
+    assert stored["max_trials"] == 7 and stored["max_broken"] == 3 and stored["max_attempts"] == 3
+    assert ExperimentConfig.from_dict(stored) == cfg
+    assert cfg.stale_after == 3 * cfg.heartbeat == 90.0
+    # an older record without the newer keys gets the defaults; unknown keys are ignored
+    old = {"space": stored["space"], "algorithm": {"random": {}}, "max_trials": 5, "future": 1}
+    assert ExperimentConfig.from_dict(old).max_attempts == 3
+
+
+@pytest.mark.parametrize(("key", "value", "expected"), [
+    ("seed", -1, "seed=-1: it must be an integer >= 0 (or unset)"),
+    ("heartbeat", 0, "heartbeat=0: it must be a positive number of seconds"),
+    ("heartbeat", float("nan"), "heartbeat=nan"),
+    ("max_broken", 0, "max_broken=0: it must be a positive integer"),
+    ("max_attempts", -2, "max_attempts=-2: it must be a positive integer"),
+    ("max_trials", 2.5, "max_trials=2.5"),
+])
+def test_build_experiment_refuses_bad_settings_and_stores_nothing(tmp_path, key, value, expected) -> None:
+    store = str(tmp_path / "o.pkl")
+    with pytest.raises(ConfigurationError) as info:
+        orchard.build_experiment("e", space=SPACE, storage=store, **{key: value})
+    message = str(info.value)
+    assert expected in message and "nothing was stored" in message and "\n" not in message
+    assert get_storage(store).list_experiments() == []
+
+
+def test_hunt_refuses_a_negative_seed_before_storing_anything(no_ambient: Path, capsys) -> None:
+    (no_ambient / "train.py").write_text("import orchard, sys; orchard.report_objective(0.0)\n")
+    code = main(["hunt", "-n", "e", "--storage", "o.pkl", "--seed", "-1",
+                 sys.executable, "train.py", "--x~uniform(0, 1)"])
+    line = capsys.readouterr().err.strip()
+    assert code != 0 and "seed=" in line and "(from --seed)" in line and len(line.splitlines()) == 1
+    assert get_storage(str(no_ambient / "o.pkl")).list_experiments() == []
+
+
+def test_hunt_refuses_a_bad_timeout_before_storing_anything(no_ambient: Path, capsys) -> None:
+    (no_ambient / "train.py").write_text("import orchard, sys; orchard.report_objective(0.0)\n")
+    code = main(["hunt", "-n", "e", "--storage", "o.pkl", "--trial-timeout", "-5",
+                 sys.executable, "train.py", "--x~uniform(0, 1)"])
+    assert code != 0 and "trial_timeout='-5' (from --trial-timeout)" in capsys.readouterr().err
+    assert get_storage(str(no_ambient / "o.pkl")).list_experiments() == []
+
+
+def test_one_resolver_casts_every_source_in_precedence_order(no_ambient: Path) -> None:
+    (no_ambient / "orchard.yaml").write_text("max_trials: 9\nheartbeat: '2.5'\nn_workers: 2\n")
+    explicit = no_ambient / "exp.yaml"
+    explicit.write_text("max_trials: 8\n")
+    env = {"ORCHARD_MAX_TRIALS": "7", "ORCHARD_SEED": "11"}
+    settings = config.Settings(flags={"max_trials": "6"}, config_file=explicit, environ=env)
+    assert settings.get("max_trials", argument=5) == 5   # argument
+    assert settings.get("max_trials") == 6               # flag (a string from the command line, cast)
+    assert config.Settings(config_file=explicit, environ=env).get("max_trials") == 8   # --config file
+    assert config.Settings(environ=env).get("max_trials") == 7                          # ORCHARD_*
+    assert config.Settings(environ={}).get("max_trials") == 9                           # ./orchard.yaml
+    assert settings.get("seed") == 11 and settings.get("heartbeat") == 2.5 and settings.get("n_workers") == 2
+    assert config.Settings(environ={}, files=[]).get("max_broken") == 3                 # default
+    assert config.Settings(environ={}, files=[]).get("max_broken", use_default=False) is None
+    with pytest.raises(ConfigurationError, match=r"heartbeat='soon' \(from ORCHARD_HEARTBEAT\)"):
+        config.Settings(environ={"ORCHARD_HEARTBEAT": "soon"}).get("heartbeat")
+
+
+def test_python_and_cli_share_the_defaults() -> None:
+    assert config.DEFAULTS["max_broken"] == ExperimentConfig.default("max_broken") == 3
+    assert config.DEFAULTS["heartbeat"] == ExperimentConfig.default("heartbeat") == 30.0
+    assert config.DEFAULTS["storage"] == "orchard.pkl"
