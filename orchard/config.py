@@ -32,7 +32,16 @@ from orchard.experiment_config import (
 )
 from orchard.storages import DEFAULT_STORAGE
 
-__all__ = ["DEFAULTS", "SETTINGS", "Setting", "Settings", "config_files", "load_config_file", "resolve"]
+__all__ = [
+    "DEFAULTS",
+    "SETTINGS",
+    "Setting",
+    "Settings",
+    "check",
+    "config_files",
+    "load_config_file",
+    "resolve",
+]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -179,6 +188,16 @@ class Settings:
             yield self._environ.get(variable) or None, variable
         for path in self._files:
             yield load_config_file(path).get(key), f"config file {path}"
+
+
+def check(key: str, value: Any) -> Any:
+    """Cast and check ``value`` of setting ``key`` given in Python (``None`` passes through).
+
+    Raises:
+        ConfigurationError: the value breaks the setting's rule.
+    """
+    rule = SETTINGS[key].rule
+    return value if value is None or rule is None else check_setting(key, value, rule)
 
 
 def resolve(

@@ -125,6 +125,9 @@ class StopReason(str, enum.Enum):
     IDLE = "idle"
     """Nothing could be reserved within the caller's timeout."""
 
+    def __str__(self) -> str:
+        return self.value
+
 
 class WorkerStoppedError(OrchardError):
     """A worker has no trial to run; :attr:`reason` says why.

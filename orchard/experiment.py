@@ -23,7 +23,7 @@ from orchard.errors import (
     OrchardError,
 )
 from orchard.executors import make_executor
-from orchard.experiment_config import EXPERIMENT_RULES, ExperimentConfig, check_setting
+from orchard.experiment_config import ExperimentConfig
 from orchard.monitor import ProgressMonitor
 from orchard.objective import Outcome, interpret_result
 from orchard.space import Space
@@ -93,8 +93,10 @@ def build_experiment(
             raise ConfigurationError(
                 f"experiment {name!r} does not exist in {store.redacted_uri}; give a space to create it"
             )
-        algo = {"algorithm": wanted_algo} if wanted_algo is not None else {}
-        store.create_experiment(name, ExperimentConfig(space=wanted_space, **algo, **chosen).to_dict())
+        fields: dict[str, Any] = {**chosen, "space": wanted_space}
+        if wanted_algo is not None:
+            fields["algorithm"] = wanted_algo
+        store.create_experiment(name, ExperimentConfig(**fields).to_dict())
         record = store.require_experiment(name)
     record = _join(store, record, wanted_space, wanted_algo, chosen)
     return Experiment(store, record)
@@ -229,7 +231,8 @@ class Experiment:
             ConfigurationError: an invalid option.
             ExecutorError: a worker process died.
         """
-        trial_timeout = check_setting("trial_timeout", trial_timeout, _config.SETTINGS["trial_timeout"].rule)
+        trial_timeout = _config.check("trial_timeout", trial_timeout)
+        idle_timeout = _config.check("idle_timeout", idle_timeout)
         if executor is None:
             executor = "single" if n_workers == 1 else _config.DEFAULTS["executor"]
         pool_manager = make_executor(executor, n_workers, executor_config)  # validates name and size
@@ -277,7 +280,7 @@ class Experiment:
     def _call_budget(self, max_trials: int | None) -> int | None:
         if max_trials is None:
             return self.max_trials
-        max_trials = check_setting("max_trials", max_trials, EXPERIMENT_RULES["max_trials"])
+        max_trials = _config.check("max_trials", max_trials)
         counts = self.storage.count_trials(self.id)
         held = sum(counts.values()) - counts[TrialStatus.BROKEN]
         cap = held + max_trials

@@ -187,3 +187,19 @@ def test_lost_reservation_cancels_the_evaluation_and_drops_its_result(storage, e
     assert report.lost == 1 and report.completed == 1 and report.reason is StopReason.BUDGET
     done = storage.get_trial(trial.id)
     assert done.status is TrialStatus.COMPLETED and done.attempts == 2
+
+
+def test_progress_monitor_reports_each_trial_finished_while_it_runs_once(storage, exp_id) -> None:
+    from orchard.monitor import ProgressMonitor
+
+    before = storage.register_trial(exp_id, {"x": 0.1}, worker="w")
+    storage.complete_trial(before.id, "w", 1.0)
+    completed: list[Trial] = []
+    broken: list[Trial] = []
+    with ProgressMonitor(storage, exp_id, "e", 5, on_result=completed.append, on_error=broken.append):
+        good = storage.register_trial(exp_id, {"x": 0.2}, worker="w")
+        storage.complete_trial(good.id, "w", 0.5)
+        bad = storage.register_trial(exp_id, {"x": 0.3}, worker="w")
+        storage.fail_trial(bad.id, "w", {"type": "ValueError", "message": "boom"})
+        wait_for(lambda: bool(completed and broken))  # seen by the monitor's thread, not only at exit
+    assert [t.id for t in completed] == [good.id] and [t.id for t in broken] == [bad.id]

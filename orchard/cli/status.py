@@ -65,7 +65,7 @@ def experiment_status(experiment: Experiment, now: float | None = None) -> dict[
     now = time.time() if now is None else now
     stats = experiment.stats
     best = experiment.best_trial
-    stale_after = 3.0 * float(experiment.config.get("heartbeat", 30.0))
+    stale_after = experiment.settings.stale_after
     workers = []
     for trial in experiment.fetch_trials([TrialStatus.RESERVED]):
         age = None if trial.heartbeat is None else max(now - trial.heartbeat, 0.0)
