@@ -240,10 +240,11 @@ class Worker:
                 self.pacemaker.watch(trial.id)
                 return trial
             if deadline is not None and time.monotonic() >= deadline:
+                budget = "" if self.settings.max_trials is None else f" of {self.settings.max_trials}"
                 raise BudgetExhaustedError(
-                    f"experiment {self.label!r} has no trial to run now: the budget of "
-                    f"{self.settings.max_trials} is fully reserved or the space is exhausted; "
-                    "raise max_trials or wait for other workers", StopReason.IDLE)
+                    f"experiment {self.label!r} has no trial to run now: the budget{budget} is fully "
+                    "reserved or the space is exhausted; raise max_trials or wait for other workers",
+                    StopReason.IDLE)
             time.sleep(poll)
             poll = min(poll * 2, _MAX_POLL, self.settings.heartbeat)
 
