@@ -59,8 +59,24 @@ class Setting:
     env: bool = True
 
 
+def name_or_mapping(value: Any) -> Any:
+    """A name, a mapping, or a mapping written as YAML/JSON text (``'{bayes: {acq_func: EI}}'``)."""
+    if not isinstance(value, str) or not (value.lstrip().startswith("{") or ":" in value):
+        return value
+    import yaml
+
+    requirement = "a name or a YAML/JSON mapping such as '{bayes: {acq_func: EI}}'"
+    try:
+        data = yaml.safe_load(value)
+    except yaml.YAMLError:
+        raise ValueError(requirement) from None
+    if not isinstance(data, dict):
+        raise ValueError(requirement)
+    return data
+
+
 def _experiment(key: str) -> Setting:
-    return Setting(EXPERIMENT_RULES.get(key), ExperimentConfig.default(key))
+    return Setting(EXPERIMENT_RULES[key], ExperimentConfig.default(key))
 
 
 #: Every setting Orchard resolves. ``name``, ``space`` and ``executor_config`` come
@@ -69,12 +85,13 @@ SETTINGS: dict[str, Setting] = {
     "name": Setting(optional(text), env=False),
     "space": Setting(env=False),
     "storage": Setting(default=DEFAULT_STORAGE),  # a URI, a path or a BaseStorage
-    **{key: _experiment(key) for key in
-       ("algorithm", "max_trials", "max_broken", "max_attempts", "heartbeat", "seed", "working_dir")},
+    # the algorithm's name and options are checked when the experiment is built
+    "algorithm": Setting(name_or_mapping, ExperimentConfig.default("algorithm")),
+    **{key: _experiment(key) for key in EXPERIMENT_RULES},
     "idle_timeout": Setting(optional(positive_number)),
     "trial_timeout": Setting(optional(positive_number)),
     "executor": Setting(text, "joblib"),
-    "executor_config": Setting(env=False),
+    "executor_config": Setting(name_or_mapping, env=False),
     "n_workers": Setting(positive_int, 1),
 }
 

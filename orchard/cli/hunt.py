@@ -159,29 +159,11 @@ def _experiment(name: str, template: CommandTemplate, storage: BaseStorage, sett
         return settings.get(key, use_default=False)
 
     return build_experiment(
-        name, space=template.space, algorithm=_mapping_or_name("algorithm", given("algorithm")),
+        name, space=template.space, algorithm=given("algorithm"),
         storage=storage, max_trials=given("max_trials"), max_broken=given("max_broken"),
         max_attempts=given("max_attempts"), heartbeat=given("heartbeat"), seed=given("seed"),
         working_dir=given("working_dir"),
     )
-
-
-def _mapping_or_name(option: str, value: Any) -> Any:
-    """A name, or a JSON/YAML mapping given as a string (``'{bayes: {acq_func: EI}}'``)."""
-    from orchard.errors import ConfigurationError
-
-    if not isinstance(value, str) or not (value.lstrip().startswith("{") or ":" in value):
-        return value
-    import yaml
-
-    try:
-        data = yaml.safe_load(value)
-    except yaml.YAMLError as err:
-        raise ConfigurationError(f"--{option.replace('_', '-')} {value!r} is not a valid JSON/YAML mapping: "
-                                 f"{' '.join(str(err).split())}") from None
-    if not isinstance(data, dict):
-        raise ConfigurationError(f"--{option.replace('_', '-')} {value!r} must be a name or a mapping")
-    return data
 
 
 def _budget_met(experiment: Experiment) -> bool:
@@ -225,7 +207,7 @@ def _work(experiment: Experiment, template: CommandTemplate, settings: Settings)
     try:
         stats = experiment.workon(
             runner, n_workers=n_workers, executor=executor, idle_timeout=settings.get("idle_timeout"),
-            executor_config=_mapping_or_name("executor_config", settings.get("executor_config")),
+            executor_config=settings.get("executor_config"),
         )
     except Terminated:
         _interrupt_local_workers()
