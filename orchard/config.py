@@ -71,7 +71,7 @@ def name_or_mapping(value: Any) -> Any:
     except yaml.YAMLError:
         raise ValueError(requirement) from None
     if not isinstance(data, dict):
-        raise ValueError(requirement)
+        raise ValueError(requirement)  # noqa: TRY004 -- rules report every misfit as ValueError
     return data
 
 

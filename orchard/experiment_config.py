@@ -25,6 +25,7 @@ from orchard.errors import ConfigurationError
 from orchard.space import Space
 
 __all__ = [
+    "EXPERIMENT_RULES",
     "ExperimentConfig",
     "Rule",
     "check_setting",
@@ -53,7 +54,7 @@ def positive_number(value: Any) -> float:
     """``value`` as a finite float > 0 (strings are parsed)."""
     requirement = "a positive number of seconds"
     if isinstance(value, bool):
-        raise ValueError(requirement)
+        raise ValueError(requirement)  # noqa: TRY004 -- rules report every misfit as ValueError
     try:
         number = float(value)
     except (TypeError, ValueError):
@@ -163,7 +164,9 @@ class ExperimentConfig:
 
     def __post_init__(self) -> None:
         if not isinstance(self.space, Space):
-            raise ConfigurationError(f"space must be a Space or a mapping of priors, got {self.space!r}")
+            raise ConfigurationError(
+                f"space must be a Space, got {type(self.space).__name__}; "
+                "use ExperimentConfig.from_dict for a mapping of priors")
         object.__setattr__(self, "algorithm", normalize_algorithm_config(self.algorithm))
         for key, rule in EXPERIMENT_RULES.items():
             object.__setattr__(self, key, check_setting(key, getattr(self, key), rule))
