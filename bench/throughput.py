@@ -27,10 +27,11 @@ def trivial(x: float, y: float) -> float:
 def _orchard_process(path: str, budget: int, barrier) -> tuple[float, float, int]:
     import orchard
     from orchard.objective import call_objective
-    from orchard.worker import Worker
+    from orchard.worker import Worker, WorkerSettings
 
     exp = orchard.build_experiment("tp", space=SPACE, algorithm="random", storage=path, max_trials=budget)
-    worker = Worker(exp.storage, exp.id, exp._settings(), lambda t: call_objective(trivial, t.params))
+    settings = WorkerSettings.for_experiment(exp.settings)
+    worker = Worker(exp.storage, exp.id, settings, lambda t: call_objective(trivial, t.params))
     barrier.wait()
     start = time.perf_counter_ns() / 1e9
     report = worker.run()
@@ -102,13 +103,14 @@ def flatness(total: int = 11_000, window: int = 1_000) -> None:
 
     import orchard
     from orchard.objective import call_objective
-    from orchard.worker import Worker
+    from orchard.worker import Worker, WorkerSettings
 
     with tempfile.TemporaryDirectory() as tmp:
         exp = orchard.build_experiment("flat", space=SPACE, algorithm="random",
                                        storage=os.path.join(tmp, "o.pkl"), max_trials=total)
         stamps: list[float] = []
-        worker = Worker(exp.storage, exp.id, exp._settings(), lambda t: call_objective(trivial, t.params),
+        settings = WorkerSettings.for_experiment(exp.settings)
+        worker = Worker(exp.storage, exp.id, settings, lambda t: call_objective(trivial, t.params),
                         on_outcome=lambda t, o: stamps.append(time.perf_counter()))
         worker.run()
     gaps = [b - a for a, b in zip(stamps, stamps[1:])]
