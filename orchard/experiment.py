@@ -150,7 +150,7 @@ class Experiment:
     def __init__(self, storage: BaseStorage, record: ExperimentRecord) -> None:
         self.storage = storage
         self._record = record
-        self._settings = ExperimentConfig.from_dict(record.config)
+        self._settings: ExperimentConfig | None = None  # read on first use: `db rm` needs none
         self._client: Worker | None = None
 
     def __repr__(self) -> str:
@@ -175,23 +175,35 @@ class Experiment:
 
     @property
     def settings(self) -> ExperimentConfig:
-        """The stored configuration, typed and with every default filled in."""
+        """The stored configuration, typed and with every default filled in.
+
+        Raises:
+            ConfigurationError: the stored configuration is invalid (written by an older release).
+        """
+        if self._settings is None:
+            try:
+                self._settings = ExperimentConfig.from_dict(self._record.config)
+            except ConfigurationError as err:
+                raise ConfigurationError(
+                    f"experiment {self.name!r} in {self.storage.redacted_uri} has an unusable stored "
+                    f"configuration ({err}); delete it with `orchard db rm -n {self.name}` or use a new name"
+                ) from None
         return self._settings
 
     @property
     def space(self) -> Space:
         """The search space."""
-        return self._settings.space
+        return self.settings.space
 
     @property
     def max_trials(self) -> int | None:
         """The experiment's budget of completed trials (``None``: unlimited)."""
-        return self._settings.max_trials
+        return self.settings.max_trials
 
     @property
     def algorithm(self) -> dict[str, Any]:
         """The normalized algorithm configuration ``{name: options}``."""
-        return dict(self._settings.algorithm)
+        return dict(self.settings.algorithm)
 
     # -- running workers -------------------------------------------------------
 
@@ -238,7 +250,7 @@ class Experiment:
         pool_manager = make_executor(executor, n_workers, executor_config)  # validates name and size
         self.refresh()  # another process may have raised the budget since this handle was made
         settings = WorkerSettings.for_experiment(
-            self._settings, idle_timeout=idle_timeout, max_trials_per_worker=None)
+            self.settings, idle_timeout=idle_timeout, max_trials_per_worker=None)
         settings = dataclasses.replace(settings, max_trials=self._call_budget(max_trials))
         if executor not in ("single", "thread"):
             pickle.dumps(self.storage)  # fail fast, with the storage's own message, if it cannot travel
@@ -256,7 +268,7 @@ class Experiment:
     def refresh(self) -> None:
         """Re-read the experiment's stored configuration (e.g. a budget raised elsewhere)."""
         self._record = self.storage.require_experiment(self.name)
-        self._settings = ExperimentConfig.from_dict(self._record.config)
+        self._settings = None
 
     def _raise_worker_failure(self, failures: list[BaseException], executor: str) -> None:
         if not failures:
@@ -288,7 +300,7 @@ class Experiment:
 
     def _raise_if_broken(self) -> None:
         counts = self.storage.count_trials(self.id)
-        limit = self._settings.max_broken
+        limit = self.settings.max_broken
         if counts[TrialStatus.BROKEN] >= limit:
             broken = self.storage.fetch_trials(self.id, [TrialStatus.BROKEN])
             raise ExperimentBrokenError.limit_reached(
@@ -298,7 +310,7 @@ class Experiment:
 
     def _client_worker(self) -> Worker:
         if self._client is None:
-            settings = WorkerSettings.for_experiment(self._settings)
+            settings = WorkerSettings.for_experiment(self.settings)
             self._client = Worker(self.storage, self.id, settings, evaluate=_told_later, label=self.name)
         return self._client
 

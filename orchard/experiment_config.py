@@ -103,7 +103,7 @@ def check_setting(key: str, value: Any, rule: Rule, source: str = "") -> Any:
         source: where the value came from (``"--seed"``, ``"ORCHARD_SEED"``, a file), if known.
 
     Raises:
-        ConfigurationError: the value breaks the rule; nothing was stored.
+        ConfigurationError: the value breaks the rule.
     """
     try:
         return rule(value)
@@ -111,8 +111,7 @@ def check_setting(key: str, value: Any, rule: Rule, source: str = "") -> Any:
         where = f" (from {source})" if source else ""
         unset = " (or unset)" if _allows_unset(rule) else ""
         raise ConfigurationError(
-            f"invalid setting {key}={value!r}{where}: it must be {err}{unset}; "
-            "nothing was stored, correct it and try again"
+            f"invalid setting {key}={value!r}{where}: it must be {err}{unset}; correct it and try again"
         ) from None
 
 

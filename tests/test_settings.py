@@ -55,7 +55,7 @@ def test_build_experiment_refuses_bad_settings_and_stores_nothing(tmp_path, key,
     with pytest.raises(ConfigurationError) as info:
         orchard.build_experiment("e", space=SPACE, storage=store, **{key: value})
     message = str(info.value)
-    assert expected in message and "nothing was stored" in message and "\n" not in message
+    assert expected in message and "correct it" in message and "\n" not in message
     assert get_storage(store).list_experiments() == []
 
 
@@ -98,3 +98,13 @@ def test_python_and_cli_share_the_defaults() -> None:
     assert config.DEFAULTS["max_broken"] == ExperimentConfig.default("max_broken") == 3
     assert config.DEFAULTS["heartbeat"] == ExperimentConfig.default("heartbeat") == 30.0
     assert config.DEFAULTS["storage"] == "orchard.pkl"
+
+
+def test_an_experiment_stored_with_a_bad_setting_says_so_and_can_be_deleted(no_ambient: Path) -> None:
+    store = str(no_ambient / "o.pkl")
+    storage = get_storage(store)
+    storage.create_experiment("old", {"space": SPACE, "seed": -1})  # as an older release stored it
+    with pytest.raises(ConfigurationError, match=r"unusable stored configuration .*seed=-1.*db rm -n old"):
+        orchard.get_experiment("old", storage=store).workon(lambda x: x, progress=False)
+    assert main(["db", "rm", "-n", "old", "--storage", store, "--yes"]) == 0
+    assert get_storage(store).list_experiments() == []
