@@ -108,3 +108,11 @@ def test_an_experiment_stored_with_a_bad_setting_says_so_and_can_be_deleted(no_a
         orchard.get_experiment("old", storage=store).workon(lambda x: x, progress=False)
     assert main(["db", "rm", "-n", "old", "--storage", store, "--yes"]) == 0
     assert get_storage(store).list_experiments() == []
+
+
+def test_build_experiment_uses_the_same_resolver_as_hunt(no_ambient: Path, monkeypatch) -> None:
+    (no_ambient / "orchard.yaml").write_text("max_broken: 5\nstorage: from-file.pkl\n")
+    monkeypatch.setenv("ORCHARD_MAX_TRIALS", "4")
+    exp = orchard.build_experiment("e", space=SPACE, max_broken=2)
+    assert exp.max_trials == 4 and exp.settings.max_broken == 2  # env, then the argument wins over the file
+    assert exp.storage.redacted_uri.endswith("from-file.pkl")
