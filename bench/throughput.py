@@ -1,12 +1,18 @@
-"""Coordination overhead: trials/s with a trivial objective and random search.
+"""Coordination overhead at equal durability: trials/s with a trivial objective and random search.
 
-Orchard (pickle file) next to Optuna's JournalFileBackend, both with N
-independent processes racing on one file, measured in the same run. Also the
-per-trial cost early (trials 100-600) and late (10,000-10,500) in one long
-single-process run on the pickle file.
+Orchard (pickle file) next to Optuna's ``JournalFileBackend``, both with N
+independent processes racing on one file, both flushing every write to disk
+(Orchard's default; Optuna's journal fsyncs each append), alternated run by
+run in the same invocation: the table gives the median of the pair ratios and
+their range. Study sizes are equal (N processes share the same total). Also:
 
-    python bench/throughput.py                 # 1, 2, 4, 8 processes, 2,000 trials each
-    python bench/throughput.py --quick         # fewer trials, no 10k run
+* fsyncs per trial for both, counted by ``strace -c -f`` on a one-process run
+  (``apt-get install strace``; skipped with a note where strace is missing);
+* Orchard with ``?fsync=0`` (not durable: labelled, never compared with a durable peer);
+* per-trial cost early (trials 100-1,100) and late (10,000-11,000) in one long run.
+
+    python bench/throughput.py                 # 1, 2, 4, 8 processes, 2,000 trials, 3 pairs
+    python bench/throughput.py --quick         # 400 trials, 2 pairs, no 10k run
 """
 
 from __future__ import annotations
@@ -14,8 +20,15 @@ from __future__ import annotations
 import argparse
 import multiprocessing
 import os
+import re
+import shutil
+import statistics
+import subprocess
+import sys
 import tempfile
 import time
+
+from _harness import alternate, machine_load
 
 SPACE = {"x": "uniform(-5, 10)", "y": "uniform(0, 15)"}
 
@@ -24,18 +37,14 @@ def trivial(x: float, y: float) -> float:
     return x * x + y
 
 
-def _orchard_process(path: str, budget: int, barrier) -> tuple[float, float, int]:
+def _orchard_process(uri: str, budget: int, barrier) -> tuple[float, float, int]:
     import orchard
-    from orchard.objective import call_objective
-    from orchard.worker import Worker, WorkerSettings
 
-    exp = orchard.build_experiment("tp", space=SPACE, algorithm="random", storage=path, max_trials=budget)
-    settings = WorkerSettings.for_experiment(exp.settings)
-    worker = Worker(exp.storage, exp.id, settings, lambda t: call_objective(trivial, t.params))
+    exp = orchard.build_experiment("tp", space=SPACE, algorithm="random", storage=uri, max_trials=budget)
     barrier.wait()
     start = time.perf_counter_ns() / 1e9
-    report = worker.run()
-    return start, time.perf_counter_ns() / 1e9, report.completed
+    exp.workon(trivial, n_workers=1, executor="single", progress=False)
+    return start, time.perf_counter_ns() / 1e9, 0
 
 
 def _optuna_process(path: str, n_trials: int, barrier) -> tuple[float, float, int]:
@@ -57,40 +66,99 @@ def _optuna_process(path: str, n_trials: int, barrier) -> tuple[float, float, in
     return start, time.perf_counter_ns() / 1e9, n_trials
 
 
-def _race(target, args_for, n: int) -> float:
+def _race(target, args: tuple, n: int) -> float:
+    """Wall time from the barrier every process passes after connecting to the last one's end."""
     ctx = multiprocessing.get_context("spawn")
     with ctx.Manager() as manager:
         barrier = manager.Barrier(n)
         with ctx.Pool(n) as pool:
-            results = [pool.apply_async(target, (*args_for(i), barrier)) for i in range(n)]
+            results = [pool.apply_async(target, (*args, barrier)) for _ in range(n)]
             spans = [r.get(timeout=1800) for r in results]
-    start = min(s for s, _, _ in spans)
-    end = max(e for _, e, _ in spans)
-    return sum(c for _, _, c in spans) / (end - start)
+    return max(e for _, e, _ in spans) - min(s for s, _, _ in spans)
 
 
-def _prepare_optuna(path: str) -> None:
+def orchard_rate(n: int, trials: int, fsync: bool = True) -> float:
+    import orchard
+
+    with tempfile.TemporaryDirectory() as tmp:
+        uri = f"pickle://{os.path.join(tmp, 'orchard.pkl')}?fsync={int(fsync)}"
+        exp = orchard.build_experiment("tp", space=SPACE, algorithm="random", storage=uri, max_trials=trials)
+        wall = _race(_orchard_process, (uri, trials), n)
+        completed = exp.stats["counts"]["completed"]
+    assert completed == trials, f"orchard completed {completed} of {trials}"
+    return trials / wall
+
+
+def optuna_rate(n: int, trials: int) -> float:
     import optuna
     from optuna.storages import JournalStorage
     from optuna.storages.journal import JournalFileBackend
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    optuna.create_study(study_name="tp", storage=JournalStorage(JournalFileBackend(path)))
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "optuna.log")
+        optuna.create_study(study_name="tp", storage=JournalStorage(JournalFileBackend(path)))
+        wall = _race(_optuna_process, (path, trials // n), n)
+    return (trials // n) * n / wall
 
 
-def throughput(workers: list[int], trials: int) -> None:
-    print(f"{'processes':>9} {'orchard trials/s':>17} {'optuna trials/s':>16} {'ratio':>6}")
+def throughput(workers: list[int], trials: int, pairs: int) -> None:
+    print(f"durable (both fsync every write), {trials} trials per run, {pairs} alternated pairs")
     for n in workers:
-        with tempfile.TemporaryDirectory() as tmp:
-            orch_path = os.path.join(tmp, "orchard.pkl")
-            import orchard
+        measured = alternate(lambda: orchard_rate(n, trials), lambda: optuna_rate(n, trials), pairs)
+        print(f"  {n} processes: Orchard vs Optuna trials/s {measured.summary()}", flush=True)
+    loose = [orchard_rate(1, trials, fsync=False) for _ in range(pairs)]
+    print(f"  NOT durable, Orchard ?fsync=0 alone (Optuna's journal has no such mode): 1 process "
+          f"{statistics.median(loose):,.0f} trials/s [{min(loose):,.0f}-{max(loose):,.0f}]", flush=True)
 
-            orchard.build_experiment("tp", space=SPACE, algorithm="random", storage=orch_path, max_trials=trials)
-            ours = _race(_orchard_process, lambda i: (orch_path, trials), n)
-            opt_path = os.path.join(tmp, "optuna.log")
-            _prepare_optuna(opt_path)
-            theirs = _race(_optuna_process, lambda i: (opt_path, trials // n), n)
-        print(f"{n:>9} {ours:>17.0f} {theirs:>16.0f} {ours / theirs:>5.1f}x", flush=True)
+
+FSYNC_CHILD = """
+import sys
+sys.path.insert(0, {bench!r})
+import throughput
+throughput.{func}({args})
+"""
+
+
+def _one_process_orchard(trials: int) -> None:
+    import orchard
+
+    with tempfile.TemporaryDirectory() as tmp:
+        exp = orchard.build_experiment("tp", space=SPACE, algorithm="random",
+                                       storage=os.path.join(tmp, "o.pkl"), max_trials=trials)
+        exp.workon(trivial, n_workers=1, executor="single", progress=False)
+
+
+def _one_process_optuna(trials: int) -> None:
+    import optuna
+    from optuna.storages import JournalStorage
+    from optuna.storages.journal import JournalFileBackend
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    with tempfile.TemporaryDirectory() as tmp:
+        study = optuna.create_study(storage=JournalStorage(JournalFileBackend(os.path.join(tmp, "j.log"))),
+                                    sampler=optuna.samplers.RandomSampler())
+        study.optimize(lambda t: trivial(t.suggest_float("x", -5, 10), t.suggest_float("y", 0, 15)),
+                       n_trials=trials)
+
+
+def _fsyncs(func: str, trials: int) -> int:
+    code = FSYNC_CHILD.format(bench=os.path.dirname(os.path.abspath(__file__)), func=func, args=trials)
+    proc = subprocess.run(["strace", "-c", "-f", "-e", "trace=fsync,fdatasync", sys.executable, "-c", code],
+                          capture_output=True, text=True, check=True)
+    return sum(int(m.group(1)) for m in re.finditer(r"^\s*[\d.]+\s+[\d.]+\s+\d+\s+(\d+)\s+(?:\d+\s+)?f(?:data)?sync",
+                                                       proc.stderr, re.MULTILINE))
+
+
+def fsync_counts(trials: int = 200) -> None:
+    if shutil.which("strace") is None:
+        print("fsyncs per trial: not counted (strace missing: apt-get install strace)")
+        return
+    # Each count includes the set-up's writes (creating the experiment or study): subtract a 10-trial run.
+    for label, func in (("Orchard", "_one_process_orchard"), ("Optuna", "_one_process_optuna")):
+        base, full = _fsyncs(func, 10), _fsyncs(func, 10 + trials)
+        print(f"fsyncs per trial, 1 process: {label} {(full - base) / trials:.2f} "
+              f"({full - base} over {trials} trials)", flush=True)
 
 
 def flatness(total: int = 11_000, window: int = 1_000) -> None:
@@ -99,40 +167,36 @@ def flatness(total: int = 11_000, window: int = 1_000) -> None:
     Means include the amortized cost of the pickle log's compactions; medians show
     the typical trial without them.
     """
-    import statistics
-
     import orchard
-    from orchard.objective import call_objective
-    from orchard.worker import Worker, WorkerSettings
 
     with tempfile.TemporaryDirectory() as tmp:
         exp = orchard.build_experiment("flat", space=SPACE, algorithm="random",
                                        storage=os.path.join(tmp, "o.pkl"), max_trials=total)
-        stamps: list[float] = []
-        settings = WorkerSettings.for_experiment(exp.settings)
-        worker = Worker(exp.storage, exp.id, settings, lambda t: call_objective(trivial, t.params),
-                        on_outcome=lambda t, o: stamps.append(time.perf_counter()))
-        worker.run()
-    gaps = [b - a for a, b in zip(stamps, stamps[1:])]
+        exp.workon(trivial, n_workers=1, executor="single", progress=False)
+        ends = sorted(t.end_time for t in exp.fetch_trials() if t.end_time is not None)
+    gaps = [b - a for a, b in zip(ends, ends[1:])]
     early, late = gaps[100:100 + window], gaps[10_000:10_000 + window]
     for label, pick in (("mean", statistics.fmean), ("median", statistics.median)):
         a, b = pick(early), pick(late)
-        print(f"per-trial cost ({label}), 1 process, pickle: {a * 1e3:.3f} ms at 100-{100 + window} trials, "
-              f"{b * 1e3:.3f} ms at 10,000-{10_000 + window} (ratio {b / a:.2f}; target <= 1.5)")
+        print(f"per-trial cost ({label}), 1 process, pickle (durable): {a * 1e3:.3f} ms at 100-{100 + window} "
+              f"trials, {b * 1e3:.3f} ms at 10,000-{10_000 + window} (ratio {b / a:.2f}; target <= 1.5)")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 2, 4, 8])
     parser.add_argument("--trials", type=int, default=2000)
+    parser.add_argument("--pairs", type=int, default=3)
     parser.add_argument("--quick", action="store_true")
     args = parser.parse_args()
     if args.quick:
-        args.trials = 400
-    print(f"random search, trivial objective, {args.trials} trials per run, {os.cpu_count()} cores")
-    throughput(args.workers, args.trials)
+        args.trials, args.pairs = 400, 2
+    print(f"random search, trivial objective; {machine_load()}", flush=True)
+    throughput(args.workers, args.trials, args.pairs)
+    fsync_counts()
     if not args.quick:
         flatness()
+    print(f"after: {machine_load()}")
 
 
 if __name__ == "__main__":
