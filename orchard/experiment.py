@@ -8,10 +8,12 @@ on every machine runs with the same space, algorithm and budget.
 from __future__ import annotations
 
 import dataclasses
+import os
 import pickle
 import sys
 import threading
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from concurrent.futures import Executor
 from typing import Any
 
 from orchard import config as _config
@@ -24,8 +26,9 @@ from orchard.errors import (
     ExecutorError,
     OrchardError,
 )
-from orchard.executors import make_executor
-from orchard.objective import Outcome, TrialEvaluator, call_objective, interpret_result
+from orchard.executors import make_executor, shares_environment
+from orchard.objective import ObjectiveEvaluator, Outcome, TrialEvaluator, interpret_result
+from orchard.resources import DEVICES_ENV, assign_devices, parse_gpus, parse_memory, visible_devices, worker_label
 from orchard.space import Space
 from orchard.storages import BaseStorage, get_storage
 from orchard.storages.base import ExperimentRecord
@@ -153,6 +156,9 @@ class WorkerTask:
     settings: WorkerSettings
     fn: Callable[..., Any]
     trial_timeout: float | None = None
+    # -- resources (orchard.resources) --
+    memory_limit: int | None = None  # bytes, for a Python fn (a TrialEvaluator has its own)
+    devices: str | None = None  # CUDA_VISIBLE_DEVICES of this worker, None: leave the environment alone
 
 
 def run_worker(task: WorkerTask) -> WorkerReport:
@@ -161,17 +167,16 @@ def run_worker(task: WorkerTask) -> WorkerReport:
     A :class:`~orchard.objective.TrialEvaluator` ``fn`` (``orchard hunt``'s script
     runner) is called with the whole reserved trial and returns the Outcome itself.
     """
-
-    def evaluate(trial: Trial) -> Outcome:
-        return call_objective(task.fn, trial.params, task.trial_timeout)
-
     fn = task.fn
-    worker = Worker(task.storage, task.experiment_id, task.settings,
-                    fn if isinstance(fn, TrialEvaluator) else evaluate)
-    try:
-        return worker.run()
-    finally:
-        task.storage.close()
+    evaluate = fn if isinstance(fn, TrialEvaluator) else ObjectiveEvaluator(
+        fn, task.trial_timeout, task.memory_limit)
+    with visible_devices(task.devices):
+        worker = Worker(task.storage, task.experiment_id, task.settings, evaluate,
+                        name=worker_label(os.environ.get(DEVICES_ENV)))
+        try:
+            return worker.run()
+        finally:
+            task.storage.close()
 
 
 class Experiment:
@@ -229,7 +234,7 @@ class Experiment:
         self,
         fn: Callable[..., Any],
         n_workers: int = 1,
-        executor: str = "joblib",
+        executor: str | Executor | Any = "joblib",
         executor_config: Mapping[str, Any] | None = None,
         max_trials: int | None = None,
         trial_timeout: float | None = None,
@@ -237,6 +242,9 @@ class Experiment:
         on_error: Callable[[Trial], None] | None = None,
         progress: bool = True,
         idle_timeout: float | None = None,
+        trial_memory_limit: int | float | str | None = None,
+        gpus: str | int | Sequence[int | str] | None = None,
+        gpus_per_worker: int = 1,
     ) -> dict[str, Any]:
         """Run ``n_workers`` workers on ``fn`` until the budget is met; return :attr:`stats`.
 
@@ -244,32 +252,44 @@ class Experiment:
             fn: the objective, called as ``fn(**params)``; returns a float or a dict
                 with ``"objective"``. An exception marks the trial broken.
             n_workers: how many worker processes to run.
-            executor: ``joblib`` (default), ``process``, ``dask``, ``thread`` or ``single``.
-            executor_config: options for the executor (Dask: passed to ``Client``).
+            executor: ``joblib`` (default), ``process``, ``dask``, ``thread`` or ``single``; or an
+                executor you already have (a ``concurrent.futures.Executor`` or a
+                ``dask.distributed.Client``), used as it is and left open.
+            executor_config: options for the executor (Dask: passed to ``Client``, plus
+                ``worker_timeout`` and ``resources``; see :func:`orchard.executors.make_executor`).
             max_trials: run at most this many more trials in this call.
             trial_timeout: seconds after which an evaluation is killed and the trial broken.
             on_result: called in this process with each newly completed trial.
             on_error: called in this process with each newly broken trial.
             progress: show a progress bar when stderr is a terminal.
             idle_timeout: a worker exits after this many seconds with nothing to do.
+            trial_memory_limit: bytes or ``"4GB"``: an evaluation whose process tree's resident
+                memory passes it is killed and the trial broken with reason ``memory``.
+            gpus: devices (``[0, 1]`` or ``"0,1"``) dealt round-robin to the workers as
+                ``CUDA_VISIBLE_DEVICES``; ``None`` leaves the environment alone.
+            gpus_per_worker: how many of ``gpus`` each worker gets.
 
         Raises:
             ExperimentBrokenError: ``max_broken`` trials broke; the message shows the last error.
+            ConfigurationError: a bad setting, or ``gpus`` with threads that share one environment.
         """
         _check_positive("trial_timeout", trial_timeout)
+        memory_limit = parse_memory(trial_memory_limit)
+        devices = assign_devices(parse_gpus(gpus), gpus_per_worker, n_workers, shares_environment(executor))
         pool_manager = make_executor(executor, n_workers, executor_config)  # validates name and size
         self.refresh()  # another process may have raised the budget since this handle was made
         budget = self._call_budget(max_trials)
         settings = self._settings(max_trials=budget, idle_timeout=idle_timeout)
-        task = WorkerTask(self.storage, self.id, settings, fn, trial_timeout)
-        if executor not in ("single", "thread"):
+        task = WorkerTask(self.storage, self.id, settings, fn, trial_timeout, memory_limit)
+        if executor not in ("single", "thread") and not shares_environment(executor):
             pickle.dumps(self.storage)  # fail fast, with the storage's own message, if it cannot travel
-        tasks = [dataclasses.replace(task, settings=self._seeded(settings, i)) for i in range(n_workers)]
+        tasks = [dataclasses.replace(task, settings=self._seeded(settings, i), devices=devices[i])
+                 for i in range(n_workers)]
         monitor = _Monitor(self, on_result, on_error, progress and sys.stderr.isatty())
         with monitor, pool_manager as pool:
             futures = [pool.submit(run_worker, t) for t in tasks]
             errors = [f.exception() for f in futures]
-        self._raise_worker_failure([e for e in errors if e is not None], executor)
+        self._raise_worker_failure([e for e in errors if e is not None], str(executor))
         self._raise_if_broken()
         return self.stats
 

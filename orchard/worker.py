@@ -142,8 +142,10 @@ class Pacemaker:
     found no longer reserved by ``worker`` is dropped and reported by :meth:`unwatch`.
     """
 
-    def __init__(self, storage: BaseStorage, worker: str, every: float) -> None:
+    def __init__(self, storage: BaseStorage, worker: str, every: float,
+                 on_lost: Callable[[str], None] | None = None) -> None:
         self._storage, self._worker, self._every = storage, worker, every
+        self._on_lost = on_lost  # called from this thread with a trial found lost (cancellation)
         self._lock = threading.Lock()
         self._watched: set[str] = set()
         self._lost: set[str] = set()
@@ -187,9 +189,12 @@ class Pacemaker:
                     self._storage.heartbeat_trial(trial_id, self._worker)
                 except ReservationLostError:
                     with self._lock:
-                        if trial_id in self._watched:
+                        found = trial_id in self._watched
+                        if found:
                             self._watched.discard(trial_id)
                             self._lost.add(trial_id)
+                    if found and self._on_lost is not None:
+                        self._on_lost(trial_id)
                 except StorageError as err:  # transient: try again next beat
                     log.warning("heartbeat of trial %s failed: %s", trial_id, err)
 
@@ -224,7 +229,8 @@ class Worker:
         self.history = History(storage, experiment_id)
         self.algorithm: BaseAlgorithm = make_algorithm(settings.algorithm, settings.space, settings.seed)
         self.report = WorkerReport(self.name)
-        self.pacemaker = Pacemaker(storage, self.name, settings.heartbeat)
+        self.pacemaker = Pacemaker(storage, self.name, settings.heartbeat, on_lost=self._cancel_lost)
+        self._evaluating: Trial | None = None
         self._last_release = 0.0
         self._poll = _MIN_POLL
         self._idle_since: float | None = None
@@ -345,7 +351,16 @@ class Worker:
 
     # -- running a trial -------------------------------------------------------
 
+    def _cancel_lost(self, trial_id: str) -> None:
+        """Stop the evaluation of a trial whose reservation the heartbeat found lost (contract 4)."""
+        trial = self._evaluating
+        cancel = getattr(self.evaluate, "cancel", None)
+        if trial is not None and trial.id == trial_id and cancel is not None:
+            log.warning("worker %s lost its reservation of trial %s; stopping its evaluation", self.name, trial_id)
+            cancel(trial)
+
     def _run_trial(self, trial: Trial) -> None:
+        self._evaluating = trial
         self.pacemaker.watch(trial.id)
         try:
             outcome = self.evaluate(trial)
@@ -353,6 +368,8 @@ class Worker:
             self.pacemaker.unwatch(trial.id)
             self._release(trial)
             raise
+        finally:
+            self._evaluating = None
         if self.pacemaker.unwatch(trial.id):
             log.warning("worker %s lost its reservation of trial %s; result dropped", self.name, trial.id)
         self._record(trial, outcome)
