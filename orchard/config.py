@@ -29,10 +29,14 @@ DEFAULTS: dict[str, Any] = {
     "n_workers": 1,
     "seed": None,
     "working_dir": None,
+    # resources of the workers (orchard.resources)
+    "trial_memory_limit": None,
+    "gpus": None,
+    "gpus_per_worker": 1,
 }
 
 _ENV_PREFIX = "ORCHARD_"
-_NUMERIC = {"max_trials": int, "max_broken": int, "n_workers": int, "seed": int,
+_NUMERIC = {"max_trials": int, "max_broken": int, "n_workers": int, "seed": int, "gpus_per_worker": int,
             "heartbeat": float, "idle_timeout": float, "trial_timeout": float}
 
 

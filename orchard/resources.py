@@ -175,10 +175,12 @@ def parse_gpus(value: str | int | Sequence[int | str] | None) -> list[str] | Non
     """
     if value is None:
         return None
+    if isinstance(value, bool):
+        raise ConfigurationError(f"gpus {value!r} is not a list of device ids; give e.g. gpus=[0, 1] or --gpus 0,1")
     items: list[Any]
     if isinstance(value, str):
         items = [part.strip() for part in value.split(",")]
-    elif isinstance(value, int) and not isinstance(value, bool):
+    elif isinstance(value, int):
         items = [value]
     else:
         items = list(value)

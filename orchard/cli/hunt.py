@@ -26,7 +26,7 @@ if TYPE_CHECKING:  # pragma: no cover
 
 __all__ = ["add_parser", "run"]
 
-_INTS = ("max_trials", "max_broken", "n_workers", "seed")
+_INTS = ("max_trials", "max_broken", "n_workers", "seed", "gpus_per_worker")
 _FLOATS = ("heartbeat", "idle_timeout", "trial_timeout")
 
 EXAMPLE = ("orchard hunt -n exp --max-trials 50 python train.py --lr~'loguniform(1e-5, 1)' "
@@ -67,6 +67,10 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     option("--executor-config", metavar="MAPPING", help="executor options, e.g. '{address: tcp://host:8786}'")
     option("--trial-timeout", type=_positive(float), metavar="SECONDS",
            help="kill a trial's process group after this long; the trial is broken with reason timeout")
+    option("--trial-memory-limit", metavar="SIZE",
+           help="kill a trial whose process tree's resident memory passes SIZE (e.g. 4GB); reason memory")
+    option("--gpus", metavar="IDS", help="devices dealt to the local workers as CUDA_VISIBLE_DEVICES, e.g. 0,1")
+    option("--gpus-per-worker", type=_positive(int), metavar="N", help="devices per worker (default 1)")
     option("--heartbeat", type=_positive(float), metavar="SECONDS",
            help="seconds between heartbeats (default 30)")
     option("--idle-timeout", type=_positive(float), metavar="SECONDS",
@@ -255,11 +259,13 @@ def _interrupt_local_workers() -> None:
 
 def _work(experiment: Experiment, template: CommandTemplate, setting: Callable[[str], Any]) -> int:
     from orchard.cli import Terminated
+    from orchard.resources import parse_memory
     from orchard.runner import ScriptRunner
 
     base = setting("working_dir") or experiment.config.get("working_dir") or os.path.join("orchard-runs",
                                                                                          experiment.name)
-    runner = ScriptRunner(template, experiment.name, os.path.abspath(base), setting("trial_timeout"))
+    runner = ScriptRunner(template, experiment.name, os.path.abspath(base), setting("trial_timeout"),
+                          memory_limit=parse_memory(setting("trial_memory_limit")))
     n_workers = setting("n_workers") or 1
     executor = setting("executor") or "joblib"
     if n_workers == 1 and executor in ("joblib", "loky"):
@@ -268,6 +274,7 @@ def _work(experiment: Experiment, template: CommandTemplate, setting: Callable[[
         stats = experiment.workon(
             runner, n_workers=n_workers, executor=executor, idle_timeout=setting("idle_timeout"),
             executor_config=_mapping_or_name("executor_config", setting("executor_config")),
+            gpus=setting("gpus"), gpus_per_worker=setting("gpus_per_worker") or 1,
         )
     except Terminated:
         _interrupt_local_workers()
