@@ -265,3 +265,50 @@ def test_dask_without_workers_fails_within_the_timeout(tmp_path: Path) -> None:
                    executor_config={"n_workers": 0, "processes": False, "worker_timeout": 2}, progress=False)
     assert time.monotonic() - started < 30
     assert exp.fetch_trials() == []
+
+
+def test_dask_worker_resources_are_asked_for_each_worker(tmp_path: Path) -> None:
+    exp = orchard.build_experiment("dr", space={"x": "uniform(0, 1)"}, storage=str(tmp_path / "o.pkl"),
+                                   max_trials=4)
+    stats = exp.workon(loads.visible_devices, n_workers=2, executor="dask", progress=False,
+                       executor_config={"processes": False, "resources": {"GPU": 1}, "worker_timeout": 60})
+    assert stats["counts"]["completed"] == 4
+
+
+MPI_MAIN = r'''
+import sys
+from mpi4py.futures import MPIPoolExecutor
+import orchard
+from tests import workloads
+
+if __name__ == "__main__":
+    exp = orchard.build_experiment("mpi", space=workloads.SPACE, storage=sys.argv[1], max_trials=12)
+    with MPIPoolExecutor() as pool:
+        stats = exp.workon(workloads.slow_quadratic, n_workers=2, executor=pool, progress=False)
+        print("completed", stats["counts"]["completed"], "open", pool.submit(pow, 2, 5).result())
+'''
+
+
+def test_mpi_pool_executor_runs_the_workers_under_mpiexec(tmp_path: Path) -> None:
+    import shutil
+
+    mpiexec = shutil.which("mpiexec")
+    try:
+        import mpi4py  # noqa: F401
+    except ImportError:
+        mpiexec = None
+    if mpiexec is None:
+        if os.environ.get("CI"):
+            pytest.fail("CI installs openmpi-bin and mpi4py (.ci/run): mpiexec or mpi4py is missing")
+        pytest.skip("needs an MPI runtime (apt-get install openmpi-bin) and mpi4py")
+    (tmp_path / "main.py").write_text(MPI_MAIN)
+    version = subprocess.run([mpiexec, "--version"], capture_output=True, text=True, check=False).stdout
+    extra = ["--allow-run-as-root", "--oversubscribe"] if "Open MPI" in version or "OpenRTE" in version else []
+    env = {**_env(), "PYTHONPATH": str(ROOT)}
+    proc = subprocess.run([mpiexec, *extra, "-n", "3", sys.executable, "-m", "mpi4py.futures",
+                           str(tmp_path / "main.py"), str(tmp_path / "o.pkl")],
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=180, check=False)
+    assert proc.returncode == 0, proc.stderr
+    assert "completed 12 open 32" in proc.stdout  # the pool ran the workers and was left open
+    trials = orchard.get_experiment("mpi", storage=str(tmp_path / "o.pkl")).fetch_trials()
+    assert len({t.worker.split(":")[1] for t in trials}) == 2, "two MPI worker processes shared the work"
