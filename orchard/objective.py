@@ -82,7 +82,7 @@ class TrialEvaluator(abc.ABC):
     def __call__(self, trial: Trial) -> Outcome:
         """Evaluate ``trial``; never raise for a failure of the objective itself."""
 
-    def cancel(self, trial: Trial) -> None:  # noqa: B027 - optional hook, a no-op by default
+    def cancel(self, trial: Trial) -> None:
         """Stop ``trial``'s evaluation at once, if it can be stopped (default: do nothing).
 
         Called from another thread than ``__call__``; must be idempotent and must not
@@ -245,15 +245,15 @@ class _ForkedEvaluation:
             if deadline is not None and now >= deadline:
                 kill_tree(self.pid)
                 return _timed_out(timeout)  # type: ignore[arg-type]
-            if watch is not None and watch.sample():
-                kill_tree(self.pid)
-                message, details = watch.failure_details("the objective's process tree")
-                return Outcome.failure("MemoryError", message, **details)
             wait = SAMPLE_INTERVAL if watch is not None else _EXIT_CHECK
             if deadline is not None:
                 wait = min(wait, deadline - now)
             if not self._read(wait):
                 return self._frame_or_crash()
+            if watch is not None and self._frame() is None and watch.sample():
+                kill_tree(self.pid)
+                message, details = watch.failure_details("the objective's process tree")
+                return Outcome.failure("MemoryError", message, **details)
 
     def _read(self, wait: float) -> bool:
         """Read what arrives within ``wait`` seconds; return False once the child is gone."""

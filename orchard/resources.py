@@ -30,8 +30,8 @@ from orchard.errors import ConfigurationError
 
 __all__ = [
     "DEVICES_MARK",
-    "MemoryWatch",
     "SAMPLE_INTERVAL",
+    "MemoryWatch",
     "assign_devices",
     "devices_of",
     "format_bytes",
@@ -59,7 +59,7 @@ _MEMORY = re.compile(r"^\s*(?P<number>\d+(?:\.\d*)?|\.\d+)\s*(?P<unit>[a-zA-Z]*)
 # -- memory -------------------------------------------------------------------------
 
 
-def parse_memory(value: str | int | float | None) -> int | None:
+def parse_memory(value: str | float | None) -> int | None:
     """Parse a memory size: bytes (a number) or text with a unit (``"4GB"``, ``"512 MiB"``).
 
     Units are B, KB, MB, GB, TB (powers of 1000) and KiB, MiB, GiB, TiB (powers of 1024),
@@ -149,7 +149,7 @@ def kill_tree(pid: int, group: bool = True) -> None:
         import psutil
 
         descendants = psutil.Process(pid).children(recursive=True)
-    except Exception:  # noqa: BLE001 - psutil missing, or the process is gone already
+    except Exception:
         descendants = []
     if group:
         with contextlib.suppress(ProcessLookupError, PermissionError):
