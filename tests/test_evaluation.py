@@ -104,22 +104,25 @@ with open(os.environ["ORCHARD_RESULTS_PATH"], "w") as handle:
 '''
 
 
-def _hunt(folder: Path, *options: str) -> subprocess.Popen[str]:
-    command = [sys.executable, "-m", "orchard.cli", "hunt", "-n", "e", "--storage", str(folder / "o.pkl"),
-               "--max-trials", "1", "--heartbeat", "0.5", *options,
+def _hunt(folder: Path, storage: str) -> subprocess.Popen[str]:
+    command = [sys.executable, "-m", "orchard.cli", "hunt", "-n", "e", "--storage", storage,
+               "--max-trials", "1", "--heartbeat", "0.5",
                sys.executable, str(folder / "work.py"), str(folder), "--x~uniform(0, 1)"]
     return subprocess.Popen(command, cwd=folder, env=_env(), text=True, start_new_session=True,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
 
 
-def test_a_frozen_hunt_that_lost_its_trial_does_not_finish_the_script_again(tmp_path: Path) -> None:
+def test_a_frozen_hunt_that_lost_its_trial_does_not_finish_the_script_again(
+    tmp_path: Path, mongo_db_uri: str
+) -> None:
+    # MongoDB, not the pickle file: a hunt frozen while holding the file's lock would block the other
     (tmp_path / "work.py").write_text(WORK)
-    first = _hunt(tmp_path)
+    first = _hunt(tmp_path, mongo_db_uri)
     script = int(_wait_for(tmp_path / "started", first))
     os.killpg(first.pid, signal.SIGSTOP)  # the node freezes: the hunt and its script
     os.killpg(script, signal.SIGSTOP)
     try:
-        second = _hunt(tmp_path)  # takes the trial once its lease is lost, runs it to its end
+        second = _hunt(tmp_path, mongo_db_uri)  # takes the trial once its lease is lost, runs it to its end
         _, err = second.communicate(timeout=90)
         assert second.returncode == 0, err
         assert (tmp_path / "finished.log").read_text().count("\n") == 1
@@ -129,7 +132,7 @@ def test_a_frozen_hunt_that_lost_its_trial_does_not_finish_the_script_again(tmp_
     _, err = first.communicate(timeout=60)
     assert first.returncode == 0, err
     assert _gone(script)
-    (trial,) = orchard.get_experiment("e", storage=str(tmp_path / "o.pkl")).fetch_trials()
+    (trial,) = orchard.get_experiment("e", storage=mongo_db_uri).fetch_trials()
     assert trial.status is TrialStatus.COMPLETED
     assert (tmp_path / "finished.log").read_text().splitlines() == [trial.id], "the script's work ran twice"
 
