@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -94,3 +96,30 @@ def test_unknown_executor_lists_names_and_instances() -> None:
     exp = orchard.build_experiment("u", space={"x": "uniform(0, 1)"}, storage="memory://", max_trials=1)
     with pytest.raises(ConfigurationError, match="unknown executor 'ray'.*concurrent.futures.Executor"):
         exp.workon(workloads.quadratic, executor="ray", progress=False)
+
+
+REPORT_DEVICES = r'''
+import json, os
+with open(os.environ["ORCHARD_RESULTS_PATH"], "w") as handle:
+    json.dump({"objective": 1.0, "devices": os.environ.get("CUDA_VISIBLE_DEVICES", "<unset>")}, handle)
+'''
+
+
+def test_gpus_and_memory_limit_come_from_the_config_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    (tmp_path / "t.py").write_text(REPORT_DEVICES)
+    (tmp_path / "orchard.yaml").write_text("gpus: [3]\ntrial_memory_limit: 2GB\n")
+    command = [sys.executable, "t.py", "--x~uniform(0, 1)"]
+    assert main(["hunt", "-n", "e", "--storage", "o.pkl", "--max-trials", "2", *command]) == 0
+    trials = orchard.get_experiment("e", storage="o.pkl").fetch_trials()
+    assert [t.results["devices"] for t in trials] == ["3", "3"]
+    assert all(devices_of(t.worker) == "3" for t in trials)
+    assert "CUDA_VISIBLE_DEVICES" not in os.environ  # restored after the worker
+    (tmp_path / "orchard.yaml").write_text("trial_memory_limit: 4 parsecs\n")
+    capsys.readouterr()
+    assert main(["hunt", "-n", "e", "--storage", "o.pkl", "--max-trials", "3", *command]) != 0
+    assert "trial_memory_limit '4 parsecs'" in capsys.readouterr().err
