@@ -137,6 +137,26 @@ def test_a_frozen_hunt_that_lost_its_trial_does_not_finish_the_script_again(
     assert (tmp_path / "finished.log").read_text().splitlines() == [trial.id], "the script's work ran twice"
 
 
+def test_cancelling_a_python_evaluation_kills_its_child_at_once(tmp_path: Path) -> None:
+    import threading
+
+    from orchard.objective import ObjectiveEvaluator, Outcome
+    from orchard.trial import Trial
+
+    evaluate = ObjectiveEvaluator(functools.partial(loads.pid_then_sleep, folder=str(tmp_path)), timeout=120)
+    trial = Trial(id="t1", experiment="e", params={"x": 0.5})
+    outcomes: list[Outcome] = []
+    runner = threading.Thread(target=lambda: outcomes.append(evaluate(trial)))
+    runner.start()
+    child = int(_wait_for(tmp_path / "child.pid"))
+    started = time.monotonic()
+    evaluate.cancel(trial)  # what the worker's heartbeat thread does when the lease is lost
+    runner.join(30)
+    assert not runner.is_alive() and time.monotonic() - started < 5
+    assert outcomes[0].error is not None and outcomes[0].error["reason"] == "cancelled"
+    assert _gone(child)
+
+
 # -- memory limits ---------------------------------------------------------------------
 
 
