@@ -275,7 +275,8 @@ class Experiment:
         """
         _check_positive("trial_timeout", trial_timeout)
         memory_limit = parse_memory(trial_memory_limit)
-        devices = assign_devices(parse_gpus(gpus), gpus_per_worker, n_workers, shares_environment(executor))
+        devices = assign_devices(parse_gpus(gpus), gpus_per_worker, n_workers,
+                                 shares_environment(executor, executor_config))
         pool_manager = make_executor(executor, n_workers, executor_config)  # validates name and size
         self.refresh()  # another process may have raised the budget since this handle was made
         budget = self._call_budget(max_trials)

@@ -69,6 +69,9 @@ def test_gpus_with_thread_workers_are_refused() -> None:
         exp.workon(workloads.quadratic, n_workers=2, executor="thread", gpus=[0, 1], progress=False)
     with ThreadPoolExecutor(2) as pool, pytest.raises(ConfigurationError, match="share one environment"):
         exp.workon(workloads.quadratic, n_workers=2, executor=pool, gpus=[0, 1], progress=False)
+    with pytest.raises(ConfigurationError, match="share one environment"):
+        exp.workon(workloads.quadratic, n_workers=2, executor="dask", executor_config={"processes": False},
+                   gpus=[0, 1], progress=False)
 
 
 def test_status_shows_the_devices_of_each_live_worker() -> None:

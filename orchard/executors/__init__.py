@@ -181,9 +181,10 @@ def is_dask_client(executor: object) -> bool:
     return type(executor).__module__.startswith("distributed.") and hasattr(executor, "get_executor")
 
 
-def shares_environment(executor: str | Executor | Any) -> bool:
+def shares_environment(executor: str | Executor | Any, config: Mapping[str, Any] | None = None) -> bool:
     """Whether the executor runs worker loops as threads of one process (one shared ``os.environ``)."""
-    return executor == "thread" or isinstance(executor, ThreadPoolExecutor)
+    in_process_dask = executor == "dask" and (config or {}).get("processes") is False
+    return executor == "thread" or in_process_dask or isinstance(executor, ThreadPoolExecutor)
 
 
 @contextlib.contextmanager
