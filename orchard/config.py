@@ -93,6 +93,10 @@ SETTINGS: dict[str, Setting] = {
     "executor": Setting(text, "joblib"),
     "executor_config": Setting(name_or_mapping, env=False),
     "n_workers": Setting(positive_int, 1),
+    # resources of the workers, parsed by orchard.resources where they are used
+    "trial_memory_limit": Setting(),
+    "gpus": Setting(),
+    "gpus_per_worker": Setting(positive_int, 1),
 }
 
 #: Every setting's default.

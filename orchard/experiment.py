@@ -10,7 +10,8 @@ from __future__ import annotations
 import dataclasses
 import pickle
 import sys
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from concurrent.futures import Executor
 from typing import Any
 
 from orchard import config as _config
@@ -22,10 +23,11 @@ from orchard.errors import (
     ExperimentConflictError,
     OrchardError,
 )
-from orchard.executors import make_executor
+from orchard.executors import make_executor, shares_environment
 from orchard.experiment_config import ExperimentConfig
 from orchard.monitor import ProgressMonitor
 from orchard.objective import Outcome, interpret_result
+from orchard.resources import assign_devices, parse_gpus, parse_memory
 from orchard.space import Space
 from orchard.storages import BaseStorage, get_storage
 from orchard.storages.base import ExperimentRecord
@@ -211,7 +213,7 @@ class Experiment:
         self,
         fn: Callable[..., Any],
         n_workers: int = 1,
-        executor: str | None = None,
+        executor: str | Executor | Any | None = None,
         executor_config: Mapping[str, Any] | None = None,
         max_trials: int | None = None,
         trial_timeout: float | None = None,
@@ -219,6 +221,9 @@ class Experiment:
         on_error: Callable[[Trial], None] | None = None,
         progress: bool = True,
         idle_timeout: float | None = None,
+        trial_memory_limit: int | float | str | None = None,
+        gpus: str | int | Sequence[int | str] | None = None,
+        gpus_per_worker: int = 1,
     ) -> dict[str, Any]:
         """Run ``n_workers`` workers on ``fn`` until the budget is met; return :attr:`stats`.
 
@@ -227,41 +232,54 @@ class Experiment:
                 with ``"objective"``. An exception marks the trial broken.
             n_workers: how many workers to run.
             executor: ``joblib`` (processes; the default for several workers),
-                ``process``, ``dask``, ``thread`` or ``single``. With one worker and
-                no executor named, the worker runs in this thread (``single``), so
-                ``fn`` need not be picklable.
-            executor_config: options for the executor (Dask: passed to ``Client``).
+                ``process``, ``dask``, ``thread`` or ``single``; or an executor you
+                already have (a ``concurrent.futures.Executor`` or a
+                ``dask.distributed.Client``), used as it is and left open. With one
+                worker and no executor named, the worker runs in this thread
+                (``single``), so ``fn`` need not be picklable.
+            executor_config: options for the executor (Dask: passed to ``Client``, plus
+                ``worker_timeout`` and ``resources``; see :func:`orchard.executors.make_executor`).
             max_trials: run at most this many more trials in this call.
             trial_timeout: seconds after which an evaluation is killed and the trial broken.
             on_result: called in this process with each newly completed trial.
             on_error: called in this process with each newly broken trial.
             progress: show a progress bar when stderr is a terminal.
             idle_timeout: a worker exits after this many seconds with nothing to do.
+            trial_memory_limit: bytes or ``"4GB"``: an evaluation whose process tree's resident
+                memory passes it is killed and the trial broken with reason ``memory``.
+            gpus: devices (``[0, 1]`` or ``"0,1"``) dealt round-robin to the workers as
+                ``CUDA_VISIBLE_DEVICES``; ``None`` leaves the environment alone.
+            gpus_per_worker: how many of ``gpus`` each worker gets.
 
         Raises:
             ExperimentBrokenError: ``max_broken`` trials broke; the message shows the last error.
-            ConfigurationError: an invalid option.
+            ConfigurationError: an invalid option, or ``gpus`` with threads that share one
+                environment.
             ExecutorError: a worker process died.
         """
         trial_timeout = _config.check("trial_timeout", trial_timeout)
         idle_timeout = _config.check("idle_timeout", idle_timeout)
+        memory_limit = parse_memory(trial_memory_limit)
         if executor is None:
-            executor = "single" if n_workers == 1 else _config.DEFAULTS["executor"]
+            executor = "single" if n_workers == 1 and gpus is None else _config.DEFAULTS["executor"]
+        devices = assign_devices(parse_gpus(gpus), gpus_per_worker, n_workers,
+                                 shares_environment(executor, executor_config))
         pool_manager = make_executor(executor, n_workers, executor_config)  # validates name and size
         self.refresh()  # another process may have raised the budget since this handle was made
         settings = WorkerSettings.for_experiment(
             self.settings, idle_timeout=idle_timeout, max_trials_per_worker=None)
         settings = dataclasses.replace(settings, max_trials=self._call_budget(max_trials))
-        if executor not in ("single", "thread"):
+        if executor not in ("single", "thread") and not shares_environment(executor):
             pickle.dumps(self.storage)  # fail fast, with the storage's own message, if it cannot travel
-        tasks = [WorkerTask(self.storage, self.id, self._seeded(settings, i), fn, trial_timeout, self.name)
+        tasks = [WorkerTask(self.storage, self.id, self._seeded(settings, i), fn, trial_timeout, self.name,
+                            memory_limit, devices[i])
                  for i in range(n_workers)]
         monitor = ProgressMonitor(self.storage, self.id, self.name, self.max_trials, on_result, on_error,
                                   show_bar=progress and sys.stderr.isatty())
         with monitor, pool_manager as pool:
             futures = [pool.submit(run_worker, t) for t in tasks]
             errors = [f.exception() for f in futures]
-        self._raise_worker_failure([e for e in errors if e is not None], executor)
+        self._raise_worker_failure([e for e in errors if e is not None], str(executor))
         self._raise_if_broken()
         return self.stats
 

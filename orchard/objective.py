@@ -1,14 +1,24 @@
-"""Evaluating a Python objective: result validation, errors, and per-trial timeouts.
+"""Evaluating a Python objective: result validation, errors, per-trial time and memory limits.
 
 An objective ``fn(**params)`` returns a float, or a mapping with key
-``"objective"`` plus any extra metrics. Anything else, an exception, or a
-timeout produces an :class:`Outcome` carrying an error record instead, and
-the trial is marked broken by the worker.
+``"objective"`` plus any extra metrics. Anything else, an exception, a
+timeout or too much memory produces an :class:`Outcome` carrying an error
+record instead, and the trial is marked broken by the worker.
+
+Under a limit the objective runs in a forked child, in a process group of its
+own, that sends its outcome back as one length-prefixed frame::
+
+    worker ──fork──> child: setpgid, PR_SET_PDEATHSIG, fn(**params), write frame, _exit
+      └─ reads the frame as soon as it is whole (not at end-of-file: a process the
+         objective left running may hold the pipe), samples the tree's memory,
+         watches the clock; kills the whole group on return, timeout, memory,
+         cancellation or KeyboardInterrupt
 """
 
 from __future__ import annotations
 
 import abc
+import contextlib
 import dataclasses
 import math
 import multiprocessing
@@ -16,15 +26,18 @@ import os
 import pickle
 import select
 import signal
+import struct
 import time
 import traceback
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from orchard.errors import ConfigurationError
+from orchard.resources import SAMPLE_INTERVAL, MemoryWatch, kill_tree
 from orchard.space import to_builtin
 from orchard.trial import Trial
 
-__all__ = ["Outcome", "TrialEvaluator", "call_objective", "interpret_result"]
+__all__ = ["ObjectiveEvaluator", "Outcome", "TrialEvaluator", "call_objective", "interpret_result"]
 
 
 @dataclasses.dataclass
@@ -59,11 +72,22 @@ class TrialEvaluator(abc.ABC):
     itself, handles its own timeout, and must let ``KeyboardInterrupt``
     propagate so the worker can release the trial. ``orchard hunt``'s script
     runner is one. It must be picklable to run in worker processes.
+
+    The worker calls :meth:`cancel` from its heartbeat thread, while ``__call__``
+    runs, when it finds the trial's reservation lost (another worker owns the
+    trial now); the worker drops whatever ``__call__`` then returns.
     """
 
     @abc.abstractmethod
     def __call__(self, trial: Trial) -> Outcome:
         """Evaluate ``trial``; never raise for a failure of the objective itself."""
+
+    def cancel(self, trial: Trial) -> None:
+        """Stop ``trial``'s evaluation at once, if it can be stopped (default: do nothing).
+
+        Called from another thread than ``__call__``; must be idempotent and must not
+        raise. ``__call__`` should then return soon (its outcome is dropped).
+        """
 
 
 def interpret_result(value: Any) -> Outcome:
@@ -92,20 +116,68 @@ def interpret_result(value: Any) -> Outcome:
 
 
 def call_objective(
-    fn: Callable[..., Any], params: Mapping[str, Any], timeout: float | None = None
+    fn: Callable[..., Any],
+    params: Mapping[str, Any],
+    timeout: float | None = None,
+    memory_limit: int | None = None,
 ) -> Outcome:
     """Call ``fn(**params)`` and interpret the result; never raises for objective failures.
 
-    With ``timeout``, the call runs in a child process that is killed when
-    the time is up; the outcome is then an error with ``reason="timeout"``.
-    ``KeyboardInterrupt`` propagates so the worker can release the trial.
+    With ``timeout`` or ``memory_limit`` (bytes), the call runs in a child process
+    (see :class:`ObjectiveEvaluator`) that is killed when the time is up (reason
+    ``timeout``) or when its process tree's resident memory passes the limit
+    (reason ``memory``). ``KeyboardInterrupt`` kills the child and propagates so
+    the worker can release the trial.
     """
-    if timeout is None:
+    if timeout is None and memory_limit is None:
         try:
             return interpret_result(fn(**params))
         except Exception as err:  # the objective's own failure marks the trial broken
             return Outcome.from_exception(err)
-    return _call_in_child(fn, dict(params), timeout)
+    if not hasattr(os, "fork"):
+        if memory_limit is not None:
+            raise ConfigurationError("trial_memory_limit needs os.fork (Linux, macOS); drop it on this platform")
+        return _call_in_spawned_child(fn, dict(params), timeout)  # type: ignore[arg-type]
+    return _ForkedEvaluation(fn, dict(params)).result(timeout, memory_limit)
+
+
+class ObjectiveEvaluator(TrialEvaluator):
+    """Evaluates a Python objective ``fn(**params)`` for each trial ``workon`` reserves.
+
+    Without limits the objective runs in the worker's own thread, and
+    :meth:`cancel` cannot stop it (Python offers no safe way to kill a thread):
+    the worker drops its result. With ``timeout`` or ``memory_limit`` each
+    evaluation runs in a forked child in its own process group, and
+    :meth:`cancel` kills that group at once.
+
+    Args:
+        fn: the objective.
+        timeout: seconds after which the evaluation is killed (reason ``timeout``).
+        memory_limit: bytes of resident memory (whole process tree) past which it is
+            killed (reason ``memory``).
+    """
+
+    def __init__(self, fn: Callable[..., Any], timeout: float | None = None,
+                 memory_limit: int | None = None) -> None:
+        self.fn, self.timeout, self.memory_limit = fn, timeout, memory_limit
+        self._running: dict[str, _ForkedEvaluation] = {}
+
+    def __call__(self, trial: Trial) -> Outcome:
+        """Evaluate ``trial``'s params (see :func:`call_objective`)."""
+        if (self.timeout is None and self.memory_limit is None) or not hasattr(os, "fork"):
+            return call_objective(self.fn, trial.params, self.timeout, self.memory_limit)
+        child = _ForkedEvaluation(self.fn, dict(trial.params))
+        self._running[trial.id] = child
+        try:
+            return child.result(self.timeout, self.memory_limit)
+        finally:
+            self._running.pop(trial.id, None)
+
+    def cancel(self, trial: Trial) -> None:
+        """Kill ``trial``'s evaluation child, if it has one (thread-safe; idempotent)."""
+        child = self._running.get(trial.id)
+        if child is not None:
+            child.cancel()
 
 
 def _evaluate_for_parent(fn: Callable[..., Any], params: dict[str, Any]) -> Outcome:
@@ -115,65 +187,144 @@ def _evaluate_for_parent(fn: Callable[..., Any], params: dict[str, Any]) -> Outc
         return Outcome.from_exception(err)
 
 
-def _call_in_child(fn: Callable[..., Any], params: dict[str, Any], timeout: float) -> Outcome:
-    """Run the objective in a killable child process.
+_FRAME_HEADER = struct.Struct(">Q")
+#: Seconds between checks that the child is still alive, when nothing else wakes the reader.
+_EXIT_CHECK = 0.5
 
-    On POSIX a bare ``os.fork`` is used (no pickling of ``fn``, and it works inside
-    daemonic processes such as Dask workers, where multiprocessing refuses children).
+
+class _ForkedEvaluation:
+    """One evaluation in a bare ``os.fork`` child, in a process group of its own.
+
+    ``os.fork`` needs no pickling of ``fn`` and works inside daemonic processes such
+    as Dask workers, where multiprocessing refuses children. The child sends one
+    length-prefixed frame and exits, so the result is read as soon as the objective
+    returns, even if it left processes running that inherited the pipe. On Linux the
+    child dies with the worker (``PR_SET_PDEATHSIG``).
     """
-    if not hasattr(os, "fork"):
-        return _call_in_spawned_child(fn, params, timeout)
-    read_fd, write_fd = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # the child: evaluate, send the pickled outcome, leave without cleanup
-        os.close(read_fd)
+
+    def __init__(self, fn: Callable[..., Any], params: dict[str, Any]) -> None:
+        read_fd, write_fd = os.pipe()
+        pid = os.fork()
+        if pid == 0:
+            _child_main(fn, params, read_fd, write_fd)
+        os.close(write_fd)
+        with contextlib.suppress(OSError):
+            os.setpgid(pid, pid)  # also done by the child: whichever runs first
+        self.pid, self._fd = pid, read_fd
+        self._buffer = bytearray()
+        self._cancelled = False
+
+    def cancel(self) -> None:
+        """Kill the evaluation's process group now; :meth:`result` then reports it cancelled."""
+        self._cancelled = True
+        kill_tree(self.pid)
+
+    def result(self, timeout: float | None, memory_limit: int | None) -> Outcome:
+        """Wait for the outcome, enforcing the limits; the child and its group are gone on return.
+
+        ``KeyboardInterrupt`` (and any other exception) kills the child before it propagates.
+        """
         try:
-            payload = pickle.dumps(_evaluate_for_parent(fn, params))
-            with os.fdopen(write_fd, "wb") as pipe:
-                pipe.write(payload)
+            return self._collect(timeout, memory_limit)
         finally:
-            os._exit(0)
-    os.close(write_fd)
+            kill_tree(self.pid)  # processes the objective left running, or the child itself
+            with contextlib.suppress(ChildProcessError):
+                os.waitpid(self.pid, 0)
+            os.close(self._fd)
+
+    def _collect(self, timeout: float | None, memory_limit: int | None) -> Outcome:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        watch = MemoryWatch(self.pid, memory_limit) if memory_limit is not None else None
+        while True:
+            frame = self._frame()
+            if frame is not None:
+                return pickle.loads(frame)  # type: ignore[no-any-return]
+            if self._cancelled:
+                return _cancelled()
+            now = time.monotonic()
+            if deadline is not None and now >= deadline:
+                kill_tree(self.pid)
+                return _timed_out(timeout)  # type: ignore[arg-type]
+            wait = SAMPLE_INTERVAL if watch is not None else _EXIT_CHECK
+            if deadline is not None:
+                wait = min(wait, deadline - now)
+            if not self._read(wait):
+                return self._frame_or_crash()
+            if watch is not None and self._frame() is None and watch.sample():
+                kill_tree(self.pid)
+                message, details = watch.failure_details("the objective's process tree")
+                return Outcome.failure("MemoryError", message, **details)
+
+    def _read(self, wait: float) -> bool:
+        """Read what arrives within ``wait`` seconds; return False once the child is gone."""
+        if select.select([self._fd], [], [], max(wait, 0.0))[0]:
+            chunk = os.read(self._fd, 1 << 16)
+            self._buffer += chunk
+            return bool(chunk)
+        return not self._exited()
+
+    def _exited(self) -> bool:
+        """Whether the child has exited (it stays a zombie, so its pid cannot be reused yet)."""
+        try:
+            return os.waitid(os.P_PID, self.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None
+        except ChildProcessError:
+            return True
+
+    def _frame(self) -> bytes | None:
+        if len(self._buffer) < _FRAME_HEADER.size:
+            return None
+        (size,) = _FRAME_HEADER.unpack_from(self._buffer)
+        end = _FRAME_HEADER.size + size
+        return bytes(self._buffer[_FRAME_HEADER.size:end]) if len(self._buffer) >= end else None
+
+    def _frame_or_crash(self) -> Outcome:
+        """The child is gone: read what it left in the pipe; without a whole frame, it crashed."""
+        while select.select([self._fd], [], [], 0)[0]:
+            chunk = os.read(self._fd, 1 << 16)
+            if not chunk:
+                break
+            self._buffer += chunk
+        frame = self._frame()
+        if frame is not None:
+            return pickle.loads(frame)  # type: ignore[no-any-return]
+        if self._cancelled:
+            return _cancelled()
+        return Outcome.failure("WorkerCrashed", f"the objective's process died with {self._exit_status()}")
+
+    def _exit_status(self) -> str:
+        """How the child ended, without reaping it (so ``kill_tree`` cannot hit a reused pid)."""
+        try:
+            info = os.waitid(os.P_PID, self.pid, os.WEXITED | os.WNOWAIT)
+        except ChildProcessError:
+            return "an unknown status"
+        if info is not None and info.si_code in (os.CLD_KILLED, os.CLD_DUMPED):
+            return f"signal {signal.Signals(info.si_status).name}"
+        return f"exit code {info.si_status if info is not None else '?'}"
+
+
+def _child_main(fn: Callable[..., Any], params: dict[str, Any], read_fd: int, write_fd: int) -> None:
+    """The forked child: evaluate, send one frame, leave without cleanup (never returns)."""
     try:
-        payload, finished = _read_until(read_fd, time.monotonic() + timeout)
-    finally:
         os.close(read_fd)
-        if not finished:
-            _kill(pid)
-        _, status = os.waitpid(pid, 0)
-    if not finished:
-        return _timed_out(timeout)
-    if not payload:
-        return Outcome.failure(
-            "WorkerCrashed", f"the objective's process died with {_describe_status(status)}"
-        )
-    return pickle.loads(payload)  # type: ignore[no-any-return]
+        with contextlib.suppress(OSError):
+            os.setpgid(0, 0)
+        _die_with_parent()
+        payload = pickle.dumps(_evaluate_for_parent(fn, params))
+        with os.fdopen(write_fd, "wb") as pipe:
+            pipe.write(_FRAME_HEADER.pack(len(payload)) + payload)
+    finally:
+        os._exit(0)
 
 
-def _read_until(fd: int, deadline: float) -> tuple[bytes, bool]:
-    """Read ``fd`` to EOF; return what was read and whether EOF came before ``deadline``."""
-    chunks: list[bytes] = []
-    while True:
-        remaining = deadline - time.monotonic()
-        if remaining <= 0 or not select.select([fd], [], [], remaining)[0]:
-            return b"".join(chunks), False
-        chunk = os.read(fd, 1 << 16)
-        if not chunk:
-            return b"".join(chunks), True
-        chunks.append(chunk)
-
-
-def _kill(pid: int) -> None:
+def _die_with_parent() -> None:
+    """Ask Linux to SIGKILL this process when the thread that forked it dies (no-op elsewhere)."""
     try:
-        os.kill(pid, signal.SIGKILL)
-    except ProcessLookupError:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
         pass
-
-
-def _describe_status(status: int) -> str:
-    if os.WIFSIGNALED(status):
-        return f"signal {signal.Signals(os.WTERMSIG(status)).name}"
-    return f"exit code {os.WEXITSTATUS(status)}"
 
 
 def _timed_out(timeout: float) -> Outcome:
@@ -181,6 +332,11 @@ def _timed_out(timeout: float) -> Outcome:
         "TimeoutError", f"objective ran longer than trial_timeout={timeout:g} s and was killed",
         reason="timeout",
     )
+
+
+def _cancelled() -> Outcome:
+    return Outcome.failure("Cancelled", "the evaluation was killed because the worker lost its reservation",
+                           reason="cancelled")
 
 
 def _spawned_child_main(fn: Callable[..., Any], params: dict[str, Any], conn: Any) -> None:

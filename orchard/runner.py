@@ -1,4 +1,4 @@
-"""Running a user's script for ``orchard hunt``: command rendering, results file, timeouts.
+"""Running a user's script for ``orchard hunt``: command rendering, results file, limits.
 
 The command given to ``hunt`` is a template. Tokens that carry a prior define
 the search space, and are replaced by the trial's value when it runs:
@@ -24,11 +24,14 @@ process group, with ``ORCHARD_EXPERIMENT_NAME``, ``ORCHARD_TRIAL_ID``,
 ``ORCHARD_WORKING_DIR`` and ``ORCHARD_RESULTS_PATH`` set. Its stdout and stderr
 go to ``stdout.log`` and ``stderr.log`` in that folder. The result is the JSON
 the script wrote to ``ORCHARD_RESULTS_PATH`` (see :mod:`orchard.report`).
-POSIX only: process groups are stopped with ``os.killpg``.
+A timeout stops the group (SIGTERM, then SIGKILL after a grace period); a memory
+limit (the tree's resident memory) or a cancellation (the worker lost the trial)
+kills it at once. POSIX only: process groups are stopped with ``os.killpg``.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
@@ -39,12 +42,14 @@ import shutil
 import signal
 import subprocess
 import threading
+import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 from orchard.errors import ConfigurationError, SpaceError
 from orchard.objective import Outcome, TrialEvaluator, interpret_result
 from orchard.report import RESULTS_ENV
+from orchard.resources import SAMPLE_INTERVAL, MemoryWatch, kill_tree
 from orchard.trial import Trial
 
 __all__ = ["CommandTemplate", "ScriptRunner", "resolve_program"]
@@ -222,8 +227,10 @@ class ScriptRunner(TrialEvaluator):
         template: the parsed command (its program already made absolute).
         experiment: the experiment's name (``{exp.name}``, ``ORCHARD_EXPERIMENT_NAME``).
         working_dir: absolute folder under which each trial gets ``TRIAL_ID/``.
-        timeout: seconds after which the script's process group is killed.
+        timeout: seconds after which the script's process group is stopped.
         grace: seconds between SIGTERM and SIGKILL when stopping a script.
+        memory_limit: bytes of resident memory (the script's whole process tree)
+            past which its process group is killed.
     """
 
     template: CommandTemplate
@@ -231,6 +238,14 @@ class ScriptRunner(TrialEvaluator):
     working_dir: str
     timeout: float | None = None
     grace: float = 5.0
+    memory_limit: int | None = None
+    _running: dict[str, subprocess.Popen[bytes]] = dataclasses.field(
+        default_factory=dict, init=False, repr=False, compare=False)
+    _cancelled: set[str] = dataclasses.field(default_factory=set, init=False, repr=False, compare=False)
+
+    def __getstate__(self) -> dict[str, Any]:
+        """Ship the settings only: running processes belong to the process that started them."""
+        return {**self.__dict__, "_running": {}, "_cancelled": set()}
 
     def __call__(self, trial: Trial) -> Outcome:
         """Run the command for ``trial`` and return its outcome (never raises for script failures).
@@ -252,55 +267,91 @@ class ScriptRunner(TrialEvaluator):
         env = {**os.environ, "ORCHARD_EXPERIMENT_NAME": self.experiment, "ORCHARD_TRIAL_ID": trial.id,
                "ORCHARD_WORKING_DIR": folder, RESULTS_ENV: results}
         log.debug("trial %s: running %s in %s", trial.id, argv, folder)
-        returncode, timed_out = self._run(argv, folder, env)
-        outcome = returncode if isinstance(returncode, Outcome) else _outcome(
-            folder, returncode, timed_out, self.timeout)
+        returncode, stopped = self._run(trial.id, argv, folder, env)
+        outcome = returncode if isinstance(returncode, Outcome) else _outcome(folder, returncode, stopped)
         if outcome.error is not None:
             log.debug("trial %s broken: %s", trial.id, outcome.error["message"])
         return outcome
 
-    def _run(self, argv: list[str], folder: str, env: dict[str, str]) -> tuple[int | Outcome, bool]:
+    def cancel(self, trial: Trial) -> None:
+        """Kill ``trial``'s script, its whole process group at once (the worker lost the trial)."""
+        self._cancelled.add(trial.id)
+        proc = self._running.get(trial.id)
+        if proc is not None:
+            kill_tree(proc.pid)
+
+    def _run(self, trial_id: str, argv: list[str], folder: str,
+             env: dict[str, str]) -> tuple[int | Outcome, Outcome | None]:
+        """Run the script; return its exit code and, if Orchard stopped it, the failure why."""
+        self._cancelled.discard(trial_id)
         with open(os.path.join(folder, STDOUT_FILE), "wb") as out, \
                 open(os.path.join(folder, STDERR_FILE), "wb") as err:
             try:
                 proc = subprocess.Popen(argv, cwd=folder, env=env, stdin=subprocess.DEVNULL,
                                         stdout=out, stderr=err, start_new_session=True)
             except OSError as error:
-                return Outcome.failure("OSError", f"cannot start {argv[0]!r}: {error}", reason="start"), False
-            deadline = _Deadline(proc, self.timeout, self.grace)
+                return Outcome.failure("OSError", f"cannot start {argv[0]!r}: {error}", reason="start"), None
+            self._running[trial_id] = proc
+            if trial_id in self._cancelled:  # the reservation was lost before the script started
+                kill_tree(proc.pid)
+            watch = _Watch(proc, self.timeout, self.grace, self.memory_limit)
             try:
                 returncode = proc.wait()
             except BaseException:  # Ctrl-C (KeyboardInterrupt) or SIGTERM: stop the script first
                 stop_group(proc, self.grace)
                 raise
             finally:
-                deadline.cancel()
-            if deadline.fired:
+                watch.stop()
+                self._running.pop(trial_id, None)
+            if watch.failure is not None or trial_id in self._cancelled:
                 _signal_group(proc.pid, signal.SIGKILL)  # children that outlived the leader
-            return returncode, deadline.fired
+            if trial_id in self._cancelled:
+                return returncode, Outcome.failure(
+                    "Cancelled", "the script was killed because the worker lost its reservation",
+                    reason="cancelled")
+            return returncode, watch.failure
 
 
-class _Deadline:
-    """Stops a process group after ``timeout`` seconds, from a daemon thread (no polling)."""
+class _Watch:
+    """Stops a script's process group past its timeout or memory limit, from a daemon thread."""
 
-    def __init__(self, proc: subprocess.Popen[bytes], timeout: float | None, grace: float) -> None:
-        self.fired = False
+    def __init__(self, proc: subprocess.Popen[bytes], timeout: float | None, grace: float,
+                 memory_limit: int | None) -> None:
+        self.failure: Outcome | None = None
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        if timeout is not None:
+        self._memory: MemoryWatch | None = None
+        if memory_limit is not None:
+            with contextlib.suppress(Exception):  # psutil: the script may have exited already
+                self._memory = MemoryWatch(proc.pid, memory_limit)
+        if timeout is not None or self._memory is not None:
             self._thread = threading.Thread(target=self._watch, args=(proc, timeout, grace),
-                                            name="orchard-trial-timeout", daemon=True)
+                                            name="orchard-trial-watch", daemon=True)
             self._thread.start()
 
-    def _watch(self, proc: subprocess.Popen[bytes], timeout: float, grace: float) -> None:
-        if self._stop.wait(timeout):
-            return
-        self.fired = True
-        _signal_group(proc.pid, signal.SIGTERM)
-        if not self._stop.wait(grace):
-            _signal_group(proc.pid, signal.SIGKILL)
+    def _watch(self, proc: subprocess.Popen[bytes], timeout: float | None, grace: float) -> None:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            wait = SAMPLE_INTERVAL if self._memory is not None else float(timeout or 0)
+            if deadline is not None:
+                wait = max(min(wait, deadline - time.monotonic()), 0.0)
+            if self._stop.wait(wait):
+                return
+            if self._memory is not None and self._memory.sample():
+                message, details = self._memory.failure_details("the script's process tree")
+                self.failure = Outcome.failure("MemoryError", message, **details)
+                kill_tree(proc.pid)
+                return
+            if deadline is not None and time.monotonic() >= deadline:
+                self.failure = Outcome.failure(
+                    "TimeoutError", f"script ran longer than --trial-timeout={timeout:g} s; "
+                    "its process group was killed", reason="timeout")
+                _signal_group(proc.pid, signal.SIGTERM)
+                if not self._stop.wait(grace):
+                    _signal_group(proc.pid, signal.SIGKILL)
+                return
 
-    def cancel(self) -> None:
+    def stop(self) -> None:
         self._stop.set()
         if self._thread is not None:
             self._thread.join()
@@ -330,13 +381,13 @@ def stop_group(proc: subprocess.Popen[bytes], grace: float) -> None:
 # -- reading the outcome -------------------------------------------------------------
 
 
-def _outcome(folder: str, returncode: int, timed_out: bool, timeout: float | None) -> Outcome:
+def _outcome(folder: str, returncode: int, stopped: Outcome | None) -> Outcome:
     stderr = _tail(os.path.join(folder, STDERR_FILE))
     last = stderr.strip().splitlines()[-1][:200] if stderr.strip() else ""
     hint = f" (last stderr line: {last})" if last else f"; see {os.path.join(folder, STDERR_FILE)}"
-    if timed_out:
-        return Outcome.failure("TimeoutError", f"script ran longer than --trial-timeout={timeout:g} s; "
-                               "its process group was killed", reason="timeout", stderr=stderr)
+    if stopped is not None and stopped.error is not None:  # timeout, memory or cancellation
+        stopped.error["stderr"] = stderr
+        return stopped
     if returncode != 0:
         how = (f"was killed by {_signal_name(-returncode)}" if returncode < 0
                else f"exited with code {returncode}")

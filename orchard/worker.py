@@ -47,8 +47,9 @@ from orchard.experiment_config import (
     positive_number,
 )
 from orchard.history import History
-from orchard.objective import Outcome, TrialEvaluator, call_objective
+from orchard.objective import ObjectiveEvaluator, Outcome, TrialEvaluator
 from orchard.pacemaker import Pacemaker
+from orchard.resources import DEVICES_ENV, visible_devices, worker_label
 from orchard.storages.base import BaseStorage
 from orchard.trial import Trial, TrialStatus
 
@@ -409,6 +410,8 @@ class WorkerTask:
     fn: Callable[..., Any]
     trial_timeout: float | None = None
     label: str | None = None
+    memory_limit: int | None = None  # bytes, for a Python fn (a TrialEvaluator has its own)
+    devices: str | None = None  # CUDA_VISIBLE_DEVICES of this worker; None leaves the environment alone
 
 
 def run_worker(task: WorkerTask) -> WorkerReport:
@@ -416,22 +419,23 @@ def run_worker(task: WorkerTask) -> WorkerReport:
 
     A :class:`~orchard.objective.TrialEvaluator` ``fn`` (``orchard hunt``'s script
     runner) is called with the whole reserved trial and returns the Outcome itself;
-    any other callable is called as ``fn(**params)``.
+    any other callable is called as ``fn(**params)``, in a watched child when a
+    timeout or memory limit is set. The worker sees ``task.devices`` as
+    ``CUDA_VISIBLE_DEVICES`` for its lifetime and carries them in its name.
 
     Args:
-        task: the storage, experiment, settings and objective.
+        task: the storage, experiment, settings, objective and resources.
 
     Returns:
         The worker's report.
     """
-
-    def evaluate(trial: Trial) -> Outcome:
-        return call_objective(task.fn, trial.params, task.trial_timeout)
-
     fn = task.fn
-    worker = Worker(task.storage, task.experiment_id, task.settings,
-                    fn if isinstance(fn, TrialEvaluator) else evaluate, label=task.label)
-    try:
-        return worker.run()
-    finally:
-        task.storage.close()
+    evaluate = fn if isinstance(fn, TrialEvaluator) else ObjectiveEvaluator(
+        fn, task.trial_timeout, task.memory_limit)
+    with visible_devices(task.devices):
+        worker = Worker(task.storage, task.experiment_id, task.settings, evaluate,
+                        name=worker_label(os.environ.get(DEVICES_ENV)), label=task.label)
+        try:
+            return worker.run()
+        finally:
+            task.storage.close()

@@ -95,7 +95,7 @@ def _matern52_lml(
     alpha = cho_solve((lower, True), y, check_finite=False)
     lml = -0.5 * float(y @ alpha) - float(np.log(np.diag(lower)).sum()) - n / 2 * math.log(2 * math.pi)
     if not eval_gradient:
-        return lml
+        return float(lml)
     inner = np.outer(alpha, alpha) - cho_solve((lower, True), np.eye(n), check_finite=False)
     weight = inner * (constant * (5.0 / 3.0) * (1.0 + _SQRT5 * dist) * decay)
     gradient = np.empty_like(theta)

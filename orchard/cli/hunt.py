@@ -53,6 +53,10 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     option("--executor-config", metavar="MAPPING", help="executor options, e.g. '{address: tcp://host:8786}'")
     option("--trial-timeout", metavar="SECONDS",
            help="kill a trial's process group after this long; the trial is broken with reason timeout")
+    option("--trial-memory-limit", metavar="SIZE",
+           help="kill a trial whose process tree's resident memory passes SIZE (e.g. 4GB); reason memory")
+    option("--gpus", metavar="IDS", help="devices dealt to the local workers as CUDA_VISIBLE_DEVICES, e.g. 0,1")
+    option("--gpus-per-worker", metavar="N", help="devices per worker (default 1)")
     option("--heartbeat", metavar="SECONDS",
            help="seconds between heartbeats (default 30)")
     option("--idle-timeout", metavar="SECONDS",
@@ -195,11 +199,13 @@ def _interrupt_local_workers() -> None:
 
 def _work(experiment: Experiment, template: CommandTemplate, settings: Settings) -> int:
     from orchard.cli import Terminated
+    from orchard.resources import parse_memory
     from orchard.runner import ScriptRunner
 
     base = (settings.get("working_dir") or experiment.settings.working_dir
             or os.path.join("orchard-runs", experiment.name))
-    runner = ScriptRunner(template, experiment.name, os.path.abspath(base), settings.get("trial_timeout"))
+    runner = ScriptRunner(template, experiment.name, os.path.abspath(base), settings.get("trial_timeout"),
+                          memory_limit=parse_memory(settings.get("trial_memory_limit")))
     n_workers = settings.get("n_workers")
     executor = settings.get("executor", use_default=False)
     if n_workers == 1 and executor in ("joblib", "loky"):
@@ -208,6 +214,7 @@ def _work(experiment: Experiment, template: CommandTemplate, settings: Settings)
         stats = experiment.workon(
             runner, n_workers=n_workers, executor=executor, idle_timeout=settings.get("idle_timeout"),
             executor_config=settings.get("executor_config"),
+            gpus=settings.get("gpus"), gpus_per_worker=settings.get("gpus_per_worker"),
         )
     except Terminated:
         _interrupt_local_workers()

@@ -2,7 +2,9 @@
 
 Workers are not registered anywhere (there is no master): the live workers
 shown are the owners of reserved trials, with the age of their heartbeats. A
-heartbeat older than 3 × the experiment's heartbeat marks a lost worker.
+heartbeat older than 3 × the experiment's heartbeat marks a lost worker. A
+worker's GPUs are read from its name (``host:pid:uuid/gpus=0,1``, see
+:mod:`orchard.resources`).
 """
 
 from __future__ import annotations
@@ -60,6 +62,7 @@ def add_parser(subparsers: Any) -> None:
 
 def experiment_status(experiment: Experiment, now: float | None = None) -> dict[str, Any]:
     """Counts by status, best trial, trials/s and live workers of one experiment, as plain data."""
+    from orchard.resources import devices_of
     from orchard.trial import TrialStatus
 
     now = time.time() if now is None else now
@@ -70,7 +73,8 @@ def experiment_status(experiment: Experiment, now: float | None = None) -> dict[
     for trial in experiment.fetch_trials([TrialStatus.RESERVED]):
         age = None if trial.heartbeat is None else max(now - trial.heartbeat, 0.0)
         workers.append({"worker": trial.worker, "trial": trial.id, "params": trial.params,
-                        "heartbeat_age": age, "stale": age is not None and age > stale_after})
+                        "heartbeat_age": age, "stale": age is not None and age > stale_after,
+                        "devices": devices_of(trial.worker)})
     return {
         "name": experiment.name, "storage": experiment.storage.redacted_uri, "counts": stats["counts"],
         "max_trials": experiment.max_trials, "best_trial": best.id if best else None,
@@ -102,8 +106,9 @@ def _status_lines(status: dict[str, Any]) -> list[str]:
     lines.append(f"  workers: {len(status['workers'])} evaluating")
     for worker in status["workers"]:
         stale = "  LOST (stale heartbeat)" if worker["stale"] else ""
+        devices = f"  devices {worker['devices']}" if worker.get("devices") else ""
         lines.append(f"    {worker['worker']}  trial {worker['trial'][:12]}  "
-                     f"heartbeat {format_age(worker['heartbeat_age'])} ago{stale}")
+                     f"heartbeat {format_age(worker['heartbeat_age'])} ago{devices}{stale}")
     return lines
 
 

@@ -12,10 +12,15 @@ joblib     loky reusable process pool (default; alias ``loky``); cloudpickle shi
            functions defined in ``__main__`` or notebooks
 process    standard library :class:`~concurrent.futures.ProcessPoolExecutor`
 dask       ``dask.distributed``: ``config`` goes to ``Client`` (e.g. ``address``);
-           without an address a ``LocalCluster`` of ``n_workers`` processes is started
+           without an address a ``LocalCluster`` of ``n_workers`` processes is started;
+           ``worker_timeout`` and ``resources`` are Orchard's (see :func:`make_executor`)
 thread     threads of this process (for ``memory://`` storages)
 single     this thread, one worker (for debugging with pdb)
 ========== =====================================================================
+
+An executor instance the caller already has (a ``concurrent.futures.Executor``
+such as ``mpi4py.futures.MPIPoolExecutor``, or a ``dask.distributed.Client``)
+is used as it is and left open.
 """
 
 from __future__ import annotations
@@ -28,7 +33,7 @@ from typing import Any
 
 from orchard.errors import ConfigurationError, ExecutorError, OrchardError
 
-__all__ = ["EXECUTORS", "InlineExecutor", "make_executor"]
+__all__ = ["EXECUTORS", "InlineExecutor", "is_dask_client", "make_executor", "shares_environment"]
 
 ExecutorFactory = Callable[[int, Mapping[str, Any]], contextlib.AbstractContextManager[Executor]]
 
@@ -74,6 +79,11 @@ def _single(n_workers: int, config: Mapping[str, Any]) -> Iterator[Executor]:
     yield InlineExecutor()
 
 
+#: Seconds to wait for a first Dask worker before giving up (``executor_config["worker_timeout"]``).
+DASK_WORKER_TIMEOUT = 300.0
+_DASK_ORCHARD_KEYS = ("worker_timeout", "resources")
+
+
 @contextlib.contextmanager
 def _dask(n_workers: int, config: Mapping[str, Any]) -> Iterator[Executor]:
     if importlib.util.find_spec("distributed") is None:
@@ -83,15 +93,15 @@ def _dask(n_workers: int, config: Mapping[str, Any]) -> Iterator[Executor]:
         )
     from dask.distributed import Client, LocalCluster
 
-    options = dict(config)
+    options = {k: v for k, v in config.items() if k not in _DASK_ORCHARD_KEYS}
     with contextlib.ExitStack() as stack:
         if "address" in options or "scheduler_file" in options:
-            client = stack.enter_context(Client(**options))
+            client = stack.enter_context(Client(**options))  # type: ignore[no-untyped-call]
         else:
-            cluster_options = {"n_workers": n_workers, "threads_per_worker": 1,
-                               "processes": True, "dashboard_address": None, **options}
+            cluster_options = {"n_workers": n_workers, "threads_per_worker": 1, "processes": True,
+                               "dashboard_address": None, "resources": config.get("resources"), **options}
             try:
-                cluster = stack.enter_context(LocalCluster(**cluster_options))
+                cluster = stack.enter_context(LocalCluster(**cluster_options))  # type: ignore[no-untyped-call]
             except (RuntimeError, OSError, TimeoutError) as err:
                 raise ExecutorError(
                     f"executor 'dask' could not start a LocalCluster of {n_workers} workers "
@@ -99,8 +109,28 @@ def _dask(n_workers: int, config: Mapping[str, Any]) -> Iterator[Executor]:
                     "your script: put the code that calls workon under `if __name__ == \"__main__\":`, "
                     "or pass executor_config={'address': ...} to use a running scheduler"
                 ) from err
-            client = stack.enter_context(Client(cluster))
-        yield client.get_executor(pure=False)
+            client = stack.enter_context(Client(cluster))  # type: ignore[no-untyped-call]
+        yield _dask_executor(client, config)
+
+
+def _dask_executor(client: Any, config: Mapping[str, Any]) -> Executor:
+    """The client's executor, once a worker has joined (else one clear error, not a hang).
+
+    ``config["resources"]`` (e.g. ``{"GPU": 1}``) is what each Orchard worker needs:
+    Dask runs it only on a Dask worker that offers it.
+    """
+    timeout = config.get("worker_timeout", DASK_WORKER_TIMEOUT)
+    if timeout is not None:
+        try:
+            client.wait_for_workers(1, timeout=timeout)
+        except TimeoutError as err:
+            raise ExecutorError(
+                f"no Dask worker joined the scheduler {client.scheduler.address} within {timeout:g} s; "
+                "start workers (dask worker ADDRESS, or cluster.scale(N)), check that they can reach "
+                "the scheduler, or raise executor_config={'worker_timeout': SECONDS}"
+            ) from err
+    resources = config.get("resources")
+    return client.get_executor(pure=False, **({"resources": dict(resources)} if resources else {}))  # type: ignore[no-any-return]
 
 
 #: Executor name -> factory. Unknown names are an error listing these.
@@ -115,21 +145,52 @@ EXECUTORS: dict[str, ExecutorFactory] = {
 
 
 def make_executor(
-    name: str, n_workers: int, config: Mapping[str, Any] | None = None
+    executor: str | Executor | Any, n_workers: int, config: Mapping[str, Any] | None = None
 ) -> contextlib.AbstractContextManager[Executor]:
-    """Return a context manager yielding the executor ``name`` sized for ``n_workers``.
+    """Return a context manager yielding the executor to run ``n_workers`` worker loops on.
+
+    Args:
+        executor: a name of :data:`EXECUTORS`; or an executor the caller already has, used
+            as it is and left open: a :class:`concurrent.futures.Executor` (a thread or process
+            pool, ``mpi4py.futures.MPIPoolExecutor``, ...) or a ``dask.distributed.Client``.
+        n_workers: how many worker loops will be submitted.
+        config: options of a named executor; for Dask (a name or a client) also
+            ``worker_timeout`` (seconds to wait for a first worker, default 300; ``None``
+            waits forever) and ``resources`` (what each worker loop needs, e.g. ``{"GPU": 1}``).
 
     Raises:
         ConfigurationError: unknown name, bad ``n_workers``, or a missing optional dependency.
     """
-    factory = EXECUTORS.get(name)
+    if not isinstance(n_workers, int) or isinstance(n_workers, bool) or n_workers < 1:
+        raise ConfigurationError(f"n_workers must be a positive integer, got {n_workers!r}")
+    if is_dask_client(executor):
+        return _translated(_borrowed(_dask_executor(executor, config or {})), "dask client")
+    if isinstance(executor, Executor):
+        return _translated(_borrowed(executor), type(executor).__name__)
+    factory = EXECUTORS.get(executor) if isinstance(executor, str) else None
     if factory is None:
         raise ConfigurationError(
-            f"unknown executor {name!r}; valid executors: {', '.join(EXECUTORS)}"
+            f"unknown executor {executor!r}; valid executors: {', '.join(EXECUTORS)}, "
+            "or a concurrent.futures.Executor or dask.distributed.Client instance"
         )
-    if not isinstance(n_workers, int) or n_workers < 1:
-        raise ConfigurationError(f"n_workers must be a positive integer, got {n_workers!r}")
-    return _translated(factory(n_workers, config or {}), name)
+    return _translated(factory(n_workers, config or {}), executor)
+
+
+def is_dask_client(executor: object) -> bool:
+    """Whether ``executor`` is a ``dask.distributed.Client`` (checked without importing Dask)."""
+    return type(executor).__module__.startswith("distributed.") and hasattr(executor, "get_executor")
+
+
+def shares_environment(executor: str | Executor | Any, config: Mapping[str, Any] | None = None) -> bool:
+    """Whether the executor runs worker loops as threads of one process (one shared ``os.environ``)."""
+    in_process_dask = executor == "dask" and (config or {}).get("processes") is False
+    return executor == "thread" or in_process_dask or isinstance(executor, ThreadPoolExecutor)
+
+
+@contextlib.contextmanager
+def _borrowed(executor: Executor) -> Iterator[Executor]:
+    """Use an executor the caller owns without shutting it down."""
+    yield executor
 
 
 @contextlib.contextmanager

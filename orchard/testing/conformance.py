@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import pickle
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -353,7 +354,7 @@ class ChangeFeedChecks(Checks):
         trials = register_many(storage, exp, 4)
         page, cursor = self._follow(storage, exp, state, cursor)
         assert {t.id for t in trials} <= {t.id for t in page}
-        steps = [
+        steps: list[Callable[[], object]] = [
             lambda: reserve_as(storage, exp, W1),
             lambda: storage.complete_trial(trials[0].id, W1, 1.0, {"m": 2}),
             lambda: reserve_as(storage, exp, W2),

@@ -1,0 +1,265 @@
+"""Per-trial and per-worker resources: memory limits and GPU assignment.
+
+Memory: ``trial_memory_limit`` is parsed once at the edge by :func:`parse_memory`
+(bytes, or text such as ``"4GB"``, ``"512 MiB"``). An evaluation under a limit runs
+in a child process (as under ``trial_timeout``) whose whole process tree's
+*resident* memory a :class:`MemoryWatch` samples every :data:`SAMPLE_INTERVAL`
+seconds; past the limit the evaluation is killed and the trial broken with
+reason ``memory`` and the peak seen. Resident memory, not address space, so a
+process that maps large (e.g. GPU) address ranges it does not touch is not
+killed for them.
+
+GPUs: :func:`assign_devices` deals ``CUDA_VISIBLE_DEVICES`` values to local
+workers round-robin from the list the user gave; :func:`visible_devices` sets
+one for the duration of a worker and restores the previous value (executors
+reuse their processes). A worker with devices carries them in its name, after
+:data:`DEVICES_MARK` (``host:pid:uuid/gpus=0,1``), which is what ``orchard
+status`` shows: no storage field is needed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import signal
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+from orchard.errors import ConfigurationError
+
+__all__ = [
+    "DEVICES_MARK",
+    "SAMPLE_INTERVAL",
+    "MemoryWatch",
+    "assign_devices",
+    "devices_of",
+    "format_bytes",
+    "kill_tree",
+    "parse_gpus",
+    "parse_memory",
+    "visible_devices",
+    "worker_label",
+]
+
+#: Seconds between two samples of an evaluation's resident memory.
+SAMPLE_INTERVAL = 0.1
+#: What separates a worker's identity from the devices it was given, in its name.
+DEVICES_MARK = "/gpus="
+DEVICES_ENV = "CUDA_VISIBLE_DEVICES"
+
+_UNITS = {
+    "": 1, "b": 1,
+    "k": 10**3, "kb": 10**3, "m": 10**6, "mb": 10**6, "g": 10**9, "gb": 10**9, "t": 10**12, "tb": 10**12,
+    "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40,
+}
+_MEMORY = re.compile(r"^\s*(?P<number>\d+(?:\.\d*)?|\.\d+)\s*(?P<unit>[a-zA-Z]*)\s*$")
+
+
+# -- memory -------------------------------------------------------------------------
+
+
+def parse_memory(value: str | float | None) -> int | None:
+    """Parse a memory size: bytes (a number) or text with a unit (``"4GB"``, ``"512 MiB"``).
+
+    Units are B, KB, MB, GB, TB (powers of 1000) and KiB, MiB, GiB, TiB (powers of 1024),
+    in any case.
+
+    Args:
+        value: the size, or ``None`` for no limit.
+
+    Returns:
+        The size in bytes, or ``None``.
+
+    Raises:
+        ConfigurationError: not a positive size with a known unit.
+    """
+    if value is None:
+        return None
+    hint = "give bytes or a size with a unit, e.g. 4GB, 512MiB"
+    if isinstance(value, bool):
+        raise ConfigurationError(f"trial_memory_limit {value!r} is not a memory size; {hint}")
+    if isinstance(value, (int, float)):
+        number, unit = float(value), ""
+    else:
+        match = _MEMORY.match(str(value))
+        if match is None or match["unit"].lower() not in _UNITS:
+            raise ConfigurationError(f"trial_memory_limit {value!r} is not a memory size; {hint}")
+        number, unit = float(match["number"]), match["unit"].lower()
+    size = int(number * _UNITS[unit])
+    if size <= 0:
+        raise ConfigurationError(f"trial_memory_limit must be positive, got {value!r}; {hint}")
+    return size
+
+
+def format_bytes(size: float) -> str:
+    """``1536000000`` -> ``"1.54 GB"`` (powers of 1000, as limits are usually written)."""
+    for unit, scale in (("TB", 1e12), ("GB", 1e9), ("MB", 1e6), ("KB", 1e3)):
+        if size >= scale:
+            return f"{size / scale:.3g} {unit}"
+    return f"{int(size)} B"
+
+
+class MemoryWatch:
+    """Samples the resident memory of a process and all its descendants.
+
+    Args:
+        pid: the root of the process tree (an evaluation's child or script).
+        limit: bytes; :meth:`sample` reports when the tree's total passes it.
+    """
+
+    def __init__(self, pid: int, limit: int) -> None:
+        import psutil
+
+        self.limit = limit
+        self.peak = 0
+        self._root = psutil.Process(pid)
+
+    def sample(self) -> bool:
+        """Measure the tree once, keep the peak; return whether the limit is passed."""
+        import psutil
+
+        total = 0
+        try:
+            processes = [self._root, *self._root.children(recursive=True)]
+        except psutil.Error:  # the root is gone: nothing left to measure
+            return False
+        for process in processes:
+            try:
+                total += process.memory_info().rss
+            except psutil.Error:  # exited between the listing and the reading
+                continue
+        self.peak = max(self.peak, total)
+        return total > self.limit
+
+    def failure_details(self, what: str) -> tuple[str, dict[str, Any]]:
+        """The message and error fields of a trial killed for its memory."""
+        message = (f"{what} used {format_bytes(self.peak)} of resident memory, more than "
+                   f"trial_memory_limit={format_bytes(self.limit)}, and was killed")
+        return message, {"reason": "memory", "peak_memory": self.peak, "memory_limit": self.limit}
+
+
+def kill_tree(pid: int, group: bool = True) -> None:
+    """SIGKILL the process group led by ``pid`` and every descendant of ``pid`` at once.
+
+    Descendants are listed before anything is killed, so those that left the group
+    (``setsid``) are found while they are still the tree's.
+    """
+    try:
+        import psutil
+
+        descendants = psutil.Process(pid).children(recursive=True)
+    except Exception:
+        descendants = []
+    if group:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(pid, signal.SIGKILL)
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.kill(pid, signal.SIGKILL)
+    for process in descendants:
+        with contextlib.suppress(Exception):
+            process.kill()
+
+
+# -- GPUs ---------------------------------------------------------------------------
+
+
+def parse_gpus(value: str | int | Sequence[int | str] | None) -> list[str] | None:
+    """Parse a device list: ``"0,1"``, ``[0, 1]``, ``3`` or ``None``.
+
+    Returns:
+        The device ids as strings (``CUDA_VISIBLE_DEVICES`` entries), or ``None``.
+
+    Raises:
+        ConfigurationError: an empty list, or an entry with a comma or a space.
+    """
+    if value is None:
+        return None
+    if isinstance(value, bool):
+        raise ConfigurationError(f"gpus {value!r} is not a list of device ids; give e.g. gpus=[0, 1] or --gpus 0,1")
+    items: list[Any]
+    if isinstance(value, str):
+        items = [part.strip() for part in value.split(",")]
+    elif isinstance(value, int):
+        items = [value]
+    else:
+        items = list(value)
+    devices = [str(item).strip() for item in items]
+    if not devices or any(not d or "," in d or " " in d for d in devices):
+        raise ConfigurationError(
+            f"gpus {value!r} is not a list of device ids; give e.g. gpus=[0, 1] or --gpus 0,1"
+        )
+    return devices
+
+
+def assign_devices(gpus: Sequence[str] | None, per_worker: int, n_workers: int,
+                   shared_environment: bool = False) -> list[str | None]:
+    """Deal devices to ``n_workers`` local workers, ``per_worker`` each, round-robin.
+
+    ``["0", "1"]`` to 4 workers gives ``"0", "1", "0", "1"``; ``["0", "1", "2", "3"]``
+    with ``per_worker=2`` to 2 workers gives ``"0,1", "2,3"``.
+
+    Args:
+        gpus: the device ids (from :func:`parse_gpus`), or ``None``.
+        per_worker: how many devices each worker gets.
+        n_workers: how many workers.
+        shared_environment: the workers are threads of one process (one ``os.environ``).
+
+    Returns:
+        One ``CUDA_VISIBLE_DEVICES`` value per worker, or ``None`` each when ``gpus`` is ``None``.
+
+    Raises:
+        ConfigurationError: ``per_worker`` is not a positive integer or exceeds the devices
+            given, or devices were asked for workers that share one environment.
+    """
+    if gpus is None:
+        return [None] * n_workers
+    if shared_environment:
+        raise ConfigurationError(
+            "gpus cannot be given to thread workers: they share one environment, so one "
+            "CUDA_VISIBLE_DEVICES; use executor='joblib' or 'process'"
+        )
+    if isinstance(per_worker, bool) or not isinstance(per_worker, int) or per_worker < 1:
+        raise ConfigurationError(f"gpus_per_worker must be a positive integer, got {per_worker!r}")
+    if per_worker > len(gpus):
+        raise ConfigurationError(
+            f"gpus_per_worker={per_worker} but only {len(gpus)} device(s) were given ({','.join(gpus)}); "
+            "list more devices or lower gpus_per_worker"
+        )
+    return [",".join(gpus[(i * per_worker + k) % len(gpus)] for k in range(per_worker))
+            for i in range(n_workers)]
+
+
+@contextlib.contextmanager
+def visible_devices(devices: str | None) -> Iterator[None]:
+    """Set ``CUDA_VISIBLE_DEVICES`` to ``devices`` while the block runs (nothing when ``None``).
+
+    The previous value is restored afterwards, because executors reuse their processes.
+    """
+    if devices is None:
+        yield
+        return
+    previous = os.environ.get(DEVICES_ENV)
+    os.environ[DEVICES_ENV] = devices
+    try:
+        yield
+    finally:
+        if previous is None:
+            os.environ.pop(DEVICES_ENV, None)
+        else:
+            os.environ[DEVICES_ENV] = previous
+
+
+def devices_of(worker: str | None) -> str | None:
+    """The devices recorded in a worker's name (``host:pid:uuid/gpus=0,1`` -> ``"0,1"``), if any."""
+    if not worker or DEVICES_MARK not in worker:
+        return None
+    return worker.rpartition(DEVICES_MARK)[2]
+
+
+def worker_label(devices: str | None) -> str:
+    """A new worker identity, ``host:pid:uuid``, followed by ``/gpus=DEVICES`` when it has devices."""
+    from orchard.worker import worker_name
+
+    name = worker_name()
+    return f"{name}{DEVICES_MARK}{devices}" if devices else name

@@ -1,0 +1,67 @@
+"""Objectives and entry points for the evaluation tests (importable by spawned processes)."""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import time
+from pathlib import Path
+
+import orchard
+
+#: The ``x`` of the trial that allocates 1.5 GB (inserted by the memory tests; random search never hits it).
+HUNGRY_X = 0.9995
+
+
+def hungry_or_small(x: float) -> float:
+    """Allocates (and touches) 1.5 GB when ``x == HUNGRY_X``, else returns at once."""
+    if x == HUNGRY_X:
+        import numpy as np
+
+        block = np.ones(int(1.5e9 // 8))
+        time.sleep(30)
+        return float(block[0])
+    return x
+
+
+def pid_then_sleep(x: float, folder: str) -> float:
+    """Writes this pid to ``folder/child.pid``, then sleeps: a test interrupts the worker meanwhile."""
+    path = Path(folder) / "child.pid"
+    path.with_suffix(".tmp").write_text(str(os.getpid()))
+    os.replace(path.with_suffix(".tmp"), path)
+    time.sleep(60)
+    return x
+
+
+def leaves_a_process_running(x: float, folder: str) -> float:
+    """Starts a forked multiprocessing child that outlives the call (a DataLoader worker, say)."""
+    child = multiprocessing.get_context("fork").Process(target=time.sleep, args=(60,))
+    child.start()
+    (Path(folder) / "left.pid").write_text(str(child.pid))
+    return x
+
+
+def devices_barrier(x: float, folder: str, workers: int = 2) -> dict[str, object]:
+    """Records this process's CUDA_VISIBLE_DEVICES, then waits until ``workers`` processes have.
+
+    The wait makes every worker evaluate at the same time, so each one's devices are seen.
+    """
+    seen = Path(folder)
+    (seen / f"{os.getpid()}").write_text(os.environ.get("CUDA_VISIBLE_DEVICES", "<unset>"))
+    deadline = time.monotonic() + 90
+    while len(list(seen.iterdir())) < workers and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return {"objective": x, "devices": os.environ.get("CUDA_VISIBLE_DEVICES", "<unset>")}
+
+
+def visible_devices(x: float) -> dict[str, object]:
+    return {"objective": x, "devices": os.environ.get("CUDA_VISIBLE_DEVICES", "<unset>")}
+
+
+def workon_until_interrupted(storage: str, folder: str) -> None:
+    """A process whose one worker evaluates ``pid_then_sleep`` in a timeout child (for Ctrl-C tests)."""
+    import functools
+
+    exp = orchard.build_experiment("stop", space={"x": "uniform(0, 1)"}, storage=storage, max_trials=1)
+    exp.workon(functools.partial(pid_then_sleep, folder=folder), executor="single", trial_timeout=120,
+               progress=False)

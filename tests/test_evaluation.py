@@ -1,0 +1,337 @@
+"""Evaluations with real processes: interruption, cancellation, memory limits, GPUs, executors you own."""
+
+from __future__ import annotations
+
+import functools
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+import orchard
+from orchard.cli import main
+from orchard.errors import ExecutorError
+from orchard.resources import devices_of
+from orchard.trial import TrialStatus
+from tests import evaluation_workloads as loads
+
+pytestmark = pytest.mark.slow
+
+ROOT = Path(__file__).resolve().parent.parent
+LIMIT = "400MB"
+
+
+def _env() -> dict[str, str]:
+    return {k: v for k, v in os.environ.items() if not k.startswith("ORCHARD_")}
+
+
+def _wait_for(path: Path, proc: subprocess.Popen[str] | None = None, timeout: float = 60) -> str:
+    deadline = time.monotonic() + timeout
+    while not path.exists():
+        assert proc is None or proc.poll() is None, proc.communicate() if proc else ""
+        assert time.monotonic() < deadline, f"{path} never appeared"
+        time.sleep(0.05)
+    return path.read_text()
+
+
+def _gone(pid: int, timeout: float = 10) -> bool:
+    """Whether ``pid`` has exited (a zombie counts as gone) within ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        except FileNotFoundError:
+            return True
+        if state in ("Z", "X"):
+            return True
+        time.sleep(0.05)
+    return False
+
+
+# -- interruption and left-over processes (issue 9 items 5 and 6) -----------------------
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_stopping_a_worker_during_a_timeout_evaluation_kills_its_child(tmp_path: Path, sig: int) -> None:
+    storage = str(tmp_path / "o.pkl")
+    code = f"from tests import evaluation_workloads as w; w.workon_until_interrupted({storage!r}, {str(tmp_path)!r})"
+    proc = subprocess.Popen([sys.executable, "-c", code], cwd=ROOT, env=_env(), text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    child = int(_wait_for(tmp_path / "child.pid", proc))
+    started = time.monotonic()
+    proc.send_signal(sig)
+    _, stderr = proc.communicate(timeout=30)
+    assert time.monotonic() - started < 10, "the worker must exit promptly"
+    assert "UnboundLocalError" not in stderr, stderr
+    assert _gone(child), "the objective's child process outlived its worker"
+    (trial,) = orchard.get_experiment("stop", storage=storage).fetch_trials()
+    if sig == signal.SIGINT:  # Ctrl-C: the trial is given back at once
+        assert trial.status is TrialStatus.INTERRUPTED, stderr
+        assert "KeyboardInterrupt" in stderr
+
+
+def test_an_objective_that_leaves_a_process_running_still_completes(tmp_path: Path) -> None:
+    exp = orchard.build_experiment("left", space={"x": "uniform(0, 1)"}, storage=str(tmp_path / "o.pkl"),
+                                   max_trials=1)
+    started = time.monotonic()
+    stats = exp.workon(functools.partial(loads.leaves_a_process_running, folder=str(tmp_path)),
+                       executor="single", trial_timeout=8, progress=False)
+    assert stats["counts"]["completed"] == 1, exp.fetch_trials()[0].error
+    assert time.monotonic() - started < 6, "the result must be read when the objective returns"
+    assert _gone(int((tmp_path / "left.pid").read_text())), "what the objective left running is killed"
+
+
+# -- cancellation: a worker that lost its reservation stops its evaluation (issue 9 item 4) --
+
+WORK = r'''
+import json, os, sys, time
+folder = sys.argv[1]
+marker = os.path.join(folder, "started")
+if not os.path.exists(marker):
+    with open(marker + ".tmp", "w") as handle:
+        handle.write(str(os.getpid()))
+    os.replace(marker + ".tmp", marker)
+for step in range(60):  # 6 s of work in small steps (one long sleep would end during a SIGSTOP)
+    time.sleep(0.1)
+with open(os.path.join(folder, "finished.log"), "a") as log:
+    log.write(os.environ["ORCHARD_TRIAL_ID"] + "\n")
+with open(os.environ["ORCHARD_RESULTS_PATH"], "w") as handle:
+    json.dump({"objective": 1.0}, handle)
+'''
+
+
+def _hunt(folder: Path, storage: str) -> subprocess.Popen[str]:
+    command = [sys.executable, "-m", "orchard.cli", "hunt", "-n", "e", "--storage", storage,
+               "--max-trials", "1", "--heartbeat", "0.5",
+               sys.executable, str(folder / "work.py"), str(folder), "--x~uniform(0, 1)"]
+    return subprocess.Popen(command, cwd=folder, env=_env(), text=True, start_new_session=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+
+
+def test_a_frozen_hunt_that_lost_its_trial_does_not_finish_the_script_again(
+    tmp_path: Path, mongo_db_uri: str
+) -> None:
+    # MongoDB, not the pickle file: a hunt frozen while holding the file's lock would block the other
+    (tmp_path / "work.py").write_text(WORK)
+    first = _hunt(tmp_path, mongo_db_uri)
+    script = int(_wait_for(tmp_path / "started", first))
+    os.killpg(first.pid, signal.SIGSTOP)  # the node freezes: the hunt and its script
+    os.killpg(script, signal.SIGSTOP)
+    try:
+        second = _hunt(tmp_path, mongo_db_uri)  # takes the trial once its lease is lost, runs it to its end
+        _, err = second.communicate(timeout=90)
+        assert second.returncode == 0, err
+        assert (tmp_path / "finished.log").read_text().count("\n") == 1
+    finally:
+        os.killpg(first.pid, signal.SIGCONT)
+        os.killpg(script, signal.SIGCONT)
+    _, err = first.communicate(timeout=60)
+    assert first.returncode == 0, err
+    assert _gone(script)
+    (trial,) = orchard.get_experiment("e", storage=mongo_db_uri).fetch_trials()
+    assert trial.status is TrialStatus.COMPLETED
+    assert (tmp_path / "finished.log").read_text().splitlines() == [trial.id], "the script's work ran twice"
+
+
+def test_cancelling_a_python_evaluation_kills_its_child_at_once(tmp_path: Path) -> None:
+    import threading
+
+    from orchard.objective import ObjectiveEvaluator, Outcome
+    from orchard.trial import Trial
+
+    evaluate = ObjectiveEvaluator(functools.partial(loads.pid_then_sleep, folder=str(tmp_path)), timeout=120)
+    trial = Trial(id="t1", experiment="e", params={"x": 0.5})
+    outcomes: list[Outcome] = []
+    runner = threading.Thread(target=lambda: outcomes.append(evaluate(trial)))
+    runner.start()
+    child = int(_wait_for(tmp_path / "child.pid"))
+    started = time.monotonic()
+    evaluate.cancel(trial)  # what the worker's heartbeat thread does when the lease is lost
+    runner.join(30)
+    assert not runner.is_alive() and time.monotonic() - started < 5
+    assert outcomes[0].error is not None and outcomes[0].error["reason"] == "cancelled"
+    assert _gone(child)
+
+
+# -- memory limits ---------------------------------------------------------------------
+
+
+def _memory_experiment(storage: str, name: str = "mem") -> orchard.Experiment:
+    exp = orchard.build_experiment(name, space={"x": "uniform(0, 1)"}, storage=storage, max_trials=3, seed=3)
+    exp.insert({"x": loads.HUNGRY_X})
+    return exp
+
+
+def _assert_broken_for_memory(exp: orchard.Experiment) -> None:
+    trials = exp.fetch_trials()
+    (broken,) = [t for t in trials if t.status is TrialStatus.BROKEN]
+    assert broken.params == {"x": loads.HUNGRY_X} and broken.error is not None
+    assert broken.error["reason"] == "memory", broken.error
+    assert broken.error["memory_limit"] == 400_000_000 and broken.error["peak_memory"] > 400_000_000
+    assert "trial_memory_limit=400 MB" in broken.error["message"]
+    assert len([t for t in trials if t.status is TrialStatus.COMPLETED]) == 3
+
+
+@pytest.mark.parametrize("executor", ["single", "dask"])
+def test_a_trial_past_its_memory_limit_is_broken_and_the_worker_goes_on(tmp_path: Path, executor: str) -> None:
+    exp = _memory_experiment(str(tmp_path / "o.pkl"))
+    started = time.monotonic()
+    stats = exp.workon(loads.hungry_or_small, n_workers=1, executor=executor, trial_memory_limit=LIMIT,
+                       progress=False)
+    assert stats["counts"] == {**stats["counts"], "completed": 3, "broken": 1}
+    assert time.monotonic() - started < 25, "the hungry trial must be killed, not run to its end"
+    _assert_broken_for_memory(exp)
+
+
+HUNGRY_SCRIPT = r'''
+import json, os, sys, time
+x = float(sys.argv[1].split("=")[1])
+if x == 0.9995:
+    block = b"x" * int(1.5e9)
+    time.sleep(30)
+with open(os.environ["ORCHARD_RESULTS_PATH"], "w") as handle:
+    json.dump({"objective": x}, handle)
+'''
+
+
+def test_hunt_breaks_a_script_past_its_memory_limit(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "hungry.py").write_text(HUNGRY_SCRIPT)
+    exp = _memory_experiment("o.pkl")
+    code = main(["hunt", "-n", "mem", "--storage", "o.pkl", "--trial-memory-limit", LIMIT,
+                 sys.executable, "hungry.py", "--x~uniform(0, 1)"])
+    assert code == 0
+    _assert_broken_for_memory(exp)
+
+
+# -- GPUs per worker -------------------------------------------------------------------
+
+
+def test_two_workers_see_one_device_each(tmp_path: Path) -> None:
+    seen = tmp_path / "seen"
+    seen.mkdir()
+    exp = orchard.build_experiment("gpu", space={"x": "uniform(0, 1)"}, storage=str(tmp_path / "o.pkl"),
+                                   max_trials=2)
+    exp.workon(functools.partial(loads.devices_barrier, folder=str(seen)), n_workers=2, gpus=[0, 1],
+               progress=False)
+    assert sorted(p.read_text() for p in seen.iterdir()) == ["0", "1"]
+    for trial in exp.fetch_trials():
+        assert devices_of(trial.worker) == trial.results["devices"], trial.worker
+    if "CUDA_VISIBLE_DEVICES" not in os.environ:  # the reused worker processes got their environment back
+        exp = orchard.build_experiment("gpu", storage=str(tmp_path / "o.pkl"), max_trials=4)
+        stats = exp.workon(loads.visible_devices, n_workers=2, progress=False)
+        assert stats["counts"]["completed"] == 4
+        assert {t.results["devices"] for t in exp.fetch_trials()[2:]} == {"<unset>"}
+
+
+DEVICES_SCRIPT = r'''
+import json, os, sys, time
+folder = sys.argv[1]
+with open(os.path.join(folder, str(os.getpid())), "w") as handle:
+    handle.write(os.environ.get("CUDA_VISIBLE_DEVICES", "<unset>"))
+deadline = time.monotonic() + 90
+while len(os.listdir(folder)) < 2 and time.monotonic() < deadline:
+    time.sleep(0.05)
+with open(os.environ["ORCHARD_RESULTS_PATH"], "w") as handle:
+    json.dump({"objective": 1.0}, handle)
+'''
+
+
+def test_hunt_gives_two_workers_one_device_each(tmp_path: Path) -> None:
+    seen = tmp_path / "seen"
+    seen.mkdir()
+    (tmp_path / "devices.py").write_text(DEVICES_SCRIPT)
+    proc = subprocess.run(
+        [sys.executable, "-m", "orchard.cli", "hunt", "-n", "g", "--storage", "o.pkl", "--max-trials", "2",
+         "--n-workers", "2", "--gpus", "0,1", sys.executable, "devices.py", str(seen), "--x~uniform(0, 1)"],
+        cwd=tmp_path, env=_env(), text=True, capture_output=True, timeout=180, check=False)
+    assert proc.returncode == 0, proc.stderr
+    assert sorted(p.read_text() for p in seen.iterdir()) == ["0", "1"]
+    workers = {devices_of(t.worker) for t in orchard.get_experiment("g", storage=str(tmp_path / "o.pkl"))
+               .fetch_trials()}
+    assert workers == {"0", "1"}
+
+
+# -- executors you already have --------------------------------------------------------
+
+
+def test_a_dask_client_you_own_is_used_and_left_open(tmp_path: Path) -> None:
+    from dask.distributed import Client, LocalCluster
+
+    exp = orchard.build_experiment("d", space={"x": "uniform(0, 1)"}, storage=str(tmp_path / "o.pkl"),
+                                   max_trials=4)
+    with LocalCluster(n_workers=1, processes=False, dashboard_address=None) as cluster, Client(cluster) as client:
+        stats = exp.workon(loads.visible_devices, n_workers=1, executor=client, progress=False)
+        assert stats["counts"]["completed"] == 4
+        assert client.status == "running"
+        assert client.submit(sum, [1, 2]).result(timeout=30) == 3  # still open and usable
+
+
+def test_dask_without_workers_fails_within_the_timeout(tmp_path: Path) -> None:
+    from dask.distributed import Client, LocalCluster
+
+    exp = orchard.build_experiment("d0", space={"x": "uniform(0, 1)"}, storage=str(tmp_path / "o.pkl"),
+                                   max_trials=2)
+    with LocalCluster(n_workers=0, processes=False, dashboard_address=None) as cluster, Client(cluster) as client:
+        started = time.monotonic()
+        with pytest.raises(ExecutorError, match=r"no Dask worker joined the scheduler .* within 2 s"):
+            exp.workon(loads.visible_devices, executor=client, executor_config={"worker_timeout": 2},
+                       progress=False)
+        assert time.monotonic() - started < 15
+    started = time.monotonic()
+    with pytest.raises(ExecutorError, match="no Dask worker joined"):
+        exp.workon(loads.visible_devices, executor="dask",
+                   executor_config={"n_workers": 0, "processes": False, "worker_timeout": 2}, progress=False)
+    assert time.monotonic() - started < 30
+    assert exp.fetch_trials() == []
+
+
+def test_dask_worker_resources_are_asked_for_each_worker(tmp_path: Path) -> None:
+    exp = orchard.build_experiment("dr", space={"x": "uniform(0, 1)"}, storage=str(tmp_path / "o.pkl"),
+                                   max_trials=4)
+    stats = exp.workon(loads.visible_devices, n_workers=2, executor="dask", progress=False,
+                       executor_config={"processes": False, "resources": {"GPU": 1}, "worker_timeout": 60})
+    assert stats["counts"]["completed"] == 4
+
+
+MPI_MAIN = r'''
+import sys
+from mpi4py.futures import MPIPoolExecutor
+import orchard
+from tests import workloads
+
+if __name__ == "__main__":
+    exp = orchard.build_experiment("mpi", space=workloads.SPACE, storage=sys.argv[1], max_trials=12)
+    with MPIPoolExecutor() as pool:
+        stats = exp.workon(workloads.slow_quadratic, n_workers=2, executor=pool, progress=False)
+        print("completed", stats["counts"]["completed"], "open", pool.submit(pow, 2, 5).result())
+'''
+
+
+def test_mpi_pool_executor_runs_the_workers_under_mpiexec(tmp_path: Path) -> None:
+    import shutil
+
+    mpiexec = shutil.which("mpiexec")
+    try:
+        import mpi4py  # noqa: F401
+    except ImportError:
+        mpiexec = None
+    if mpiexec is None:
+        if os.environ.get("CI"):
+            pytest.fail("CI installs openmpi-bin and mpi4py (.ci/run): mpiexec or mpi4py is missing")
+        pytest.skip("needs an MPI runtime (apt-get install openmpi-bin) and mpi4py")
+    (tmp_path / "main.py").write_text(MPI_MAIN)
+    version = subprocess.run([mpiexec, "--version"], capture_output=True, text=True, check=False).stdout
+    extra = ["--allow-run-as-root", "--oversubscribe"] if "Open MPI" in version or "OpenRTE" in version else []
+    env = {**_env(), "PYTHONPATH": str(ROOT)}
+    proc = subprocess.run([mpiexec, *extra, "-n", "3", sys.executable, "-m", "mpi4py.futures",
+                           str(tmp_path / "main.py"), str(tmp_path / "o.pkl")],
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=180, check=False)
+    assert proc.returncode == 0, proc.stderr
+    assert "completed 12 open 32" in proc.stdout  # the pool ran the workers and was left open
+    trials = orchard.get_experiment("mpi", storage=str(tmp_path / "o.pkl")).fetch_trials()
+    assert len({t.worker.split(":")[1] for t in trials}) == 2, "two MPI worker processes shared the work"

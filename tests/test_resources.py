@@ -1,0 +1,128 @@
+"""Resource settings a user gives: memory sizes, GPU lists, executor instances, and status of devices."""
+
+from __future__ import annotations
+
+import os
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+
+import orchard
+from orchard.cli import main
+from orchard.cli.status import _status_lines, experiment_status
+from orchard.errors import ConfigurationError
+from orchard.resources import assign_devices, devices_of, parse_gpus, parse_memory
+from tests import workloads
+
+
+@pytest.mark.parametrize(("text", "size"), [
+    ("4GB", 4 * 10**9), ("400 MB", 400 * 10**6), ("1.5gb", 1_500_000_000), ("512MiB", 512 * 2**20),
+    ("2 GiB", 2 * 2**30), (1_000_000, 1_000_000), ("123", 123), (None, None),
+])
+def test_memory_sizes_parse_to_bytes(text: str | int | None, size: int | None) -> None:
+    assert parse_memory(text) == size
+
+
+@pytest.mark.parametrize("bad", ["4 parsecs", -1, "-1GB", 0, "", "GB", "4 GB extra", True])
+def test_bad_memory_sizes_are_one_clear_error(bad: object) -> None:
+    with pytest.raises(ConfigurationError, match="trial_memory_limit") as info:
+        parse_memory(bad)  # type: ignore[arg-type]
+    assert "\n" not in str(info.value)
+
+
+def test_bad_memory_limit_fails_workon_before_anything_runs(tmp_path: Path) -> None:
+    exp = orchard.build_experiment("m", space={"x": "uniform(0, 1)"}, storage="memory://", max_trials=2)
+    for bad in ("4 parsecs", -1):
+        with pytest.raises(ConfigurationError, match="trial_memory_limit"):
+            exp.workon(workloads.quadratic, trial_memory_limit=bad, executor="single", progress=False)
+    assert exp.fetch_trials() == []
+
+
+def test_bad_memory_limit_on_the_command_line_is_one_error_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    (tmp_path / "t.py").write_text("print('never run')\n")
+    code = main(["hunt", "-n", "e", "--storage", "o.pkl", "--trial-memory-limit", "4 parsecs",
+                 "python", "t.py", "--x~uniform(0, 1)"])
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert code != 0 and len(lines) == 1 and "trial_memory_limit '4 parsecs'" in lines[0], lines
+
+
+def test_devices_are_dealt_round_robin() -> None:
+    assert assign_devices(parse_gpus([0, 1]), 1, 4) == ["0", "1", "0", "1"]
+    assert assign_devices(parse_gpus("0,1,2,3"), 2, 2) == ["0,1", "2,3"]
+    assert assign_devices(parse_gpus("0, 1, 2"), 2, 3) == ["0,1", "2,0", "1,2"]
+    assert assign_devices(None, 1, 3) == [None, None, None]  # nothing set unless asked
+    with pytest.raises(ConfigurationError, match="gpus_per_worker=3 but only 2"):
+        assign_devices(["0", "1"], 3, 2)
+    with pytest.raises(ConfigurationError, match="not a list of device ids"):
+        parse_gpus("0,,1")
+
+
+def test_gpus_with_thread_workers_are_refused() -> None:
+    exp = orchard.build_experiment("g", space={"x": "uniform(0, 1)"}, storage="memory://", max_trials=2)
+    with pytest.raises(ConfigurationError, match="share one environment"):
+        exp.workon(workloads.quadratic, n_workers=2, executor="thread", gpus=[0, 1], progress=False)
+    with ThreadPoolExecutor(2) as pool, pytest.raises(ConfigurationError, match="share one environment"):
+        exp.workon(workloads.quadratic, n_workers=2, executor=pool, gpus=[0, 1], progress=False)
+    with pytest.raises(ConfigurationError, match="share one environment"):
+        exp.workon(workloads.quadratic, n_workers=2, executor="dask", executor_config={"processes": False},
+                   gpus=[0, 1], progress=False)
+
+
+def test_status_shows_the_devices_of_each_live_worker() -> None:
+    exp = orchard.build_experiment("s", space={"x": "uniform(0, 1)"}, storage="memory://", max_trials=4)
+    exp.storage.register_trial(exp.id, {"x": 0.1}, worker="node1:12:ab12cd34/gpus=0,1")
+    exp.storage.register_trial(exp.id, {"x": 0.2}, worker="node1:13:ef56ab78")
+    status = experiment_status(exp)
+    assert sorted((w["worker"], w["devices"]) for w in status["workers"]) == [
+        ("node1:12:ab12cd34/gpus=0,1", "0,1"), ("node1:13:ef56ab78", None)]
+    lines = _status_lines(status)
+    assert any("node1:12:ab12cd34/gpus=0,1" in line and "devices 0,1" in line for line in lines)
+    assert not any("node1:13" in line and "devices" in line for line in lines)
+    assert devices_of("h:1:u") is None
+
+
+def test_a_thread_pool_you_own_is_used_and_left_open() -> None:
+    exp = orchard.build_experiment("t", space={"x": "uniform(0, 1)"}, storage="memory://", max_trials=6)
+    with ThreadPoolExecutor(2, thread_name_prefix="mine") as pool:
+        stats = exp.workon(workloads.quadratic, n_workers=2, executor=pool, progress=False)
+        assert stats["counts"]["completed"] == 6
+        assert pool.submit(lambda: 41 + 1).result(timeout=10) == 42  # still open and usable
+
+
+def test_unknown_executor_lists_names_and_instances() -> None:
+    exp = orchard.build_experiment("u", space={"x": "uniform(0, 1)"}, storage="memory://", max_trials=1)
+    with pytest.raises(ConfigurationError, match="unknown executor 'ray'.*concurrent.futures.Executor"):
+        exp.workon(workloads.quadratic, executor="ray", progress=False)
+
+
+REPORT_DEVICES = r'''
+import json, os
+with open(os.environ["ORCHARD_RESULTS_PATH"], "w") as handle:
+    json.dump({"objective": 1.0, "devices": os.environ.get("CUDA_VISIBLE_DEVICES", "<unset>")}, handle)
+'''
+
+
+def test_gpus_and_memory_limit_come_from_the_config_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    (tmp_path / "t.py").write_text(REPORT_DEVICES)
+    (tmp_path / "orchard.yaml").write_text("gpus: [3]\ntrial_memory_limit: 2GB\n")
+    command = [sys.executable, "t.py", "--x~uniform(0, 1)"]
+    assert main(["hunt", "-n", "e", "--storage", "o.pkl", "--max-trials", "2", *command]) == 0
+    trials = orchard.get_experiment("e", storage="o.pkl").fetch_trials()
+    assert [t.results["devices"] for t in trials] == ["3", "3"]
+    assert all(devices_of(t.worker) == "3" for t in trials)
+    assert "CUDA_VISIBLE_DEVICES" not in os.environ  # restored after the worker
+    (tmp_path / "orchard.yaml").write_text("trial_memory_limit: 4 parsecs\n")
+    capsys.readouterr()
+    assert main(["hunt", "-n", "e", "--storage", "o.pkl", "--max-trials", "3", *command]) != 0
+    assert "trial_memory_limit '4 parsecs'" in capsys.readouterr().err
