@@ -60,6 +60,7 @@ from orchard.testing._checks import (
     stored,
     tick,
 )
+from orchard.testing._checks_copies import CopyChecks
 from orchard.testing._checks_lifecycle import (
     OwnershipChecks,
     ReservationChecks,
@@ -70,6 +71,7 @@ from orchard.trial import Trial, TrialStatus
 __all__ = [
     "BudgetChecks",
     "ChangeFeedChecks",
+    "CopyChecks",
     "ExperimentChecks",
     "HandleChecks",
     "OwnershipChecks",
@@ -440,6 +442,7 @@ class StorageConformance(
     ReadingChecks,
     ChangeFeedChecks,
     HandleChecks,
+    CopyChecks,
 ):
     """Every guarantee of :class:`~orchard.storages.base.BaseStorage`, as pytest tests.
 

@@ -1,0 +1,282 @@
+"""The pickle storage's log: one process's replay of the file, and the mechanics of changing it.
+
+A :class:`LogFile` keeps a :class:`~orchard.storages._table.TrialTable` plus
+the byte offset of the file it has replayed up to. It catches up by decoding
+only the frames appended since (:meth:`LogFile.sync`), appends a verb's
+records as one frame (:meth:`LogFile.append`, undone if cut short), and
+rewrites the file as a snapshot when the log has grown
+(:meth:`LogFile.maybe_compact`, through :meth:`LogFile.replace_file`:
+temporary file, fsync, ``os.replace``). It takes no lock: the storage calls
+the writing methods under its file lock. The byte format is
+:mod:`orchard.storages._logfile`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import pickle
+import stat
+import uuid
+from collections.abc import Callable, Iterable, Iterator
+from typing import TypeVar
+
+from orchard.errors import StorageCorruptedError, StorageError
+from orchard.storages import _logfile
+from orchard.storages._logfile import HEADER_SIZE, Header
+from orchard.storages._table import Record, TrialTable
+
+__all__ = ["LogFile"]
+
+log = logging.getLogger(__name__)
+
+_T = TypeVar("_T")
+_OPEN_FLAGS = getattr(os, "O_BINARY", 0) | getattr(os, "O_NONBLOCK", 0)  # no hang on a FIFO
+_SNAPSHOT_CHUNK = 1000  # records per frame in a snapshot
+
+
+class LogFile:
+    """One process's replay of a log file, and the operations that change the file.
+
+    Not thread-safe and takes no lock: the caller serialises calls within the
+    process and holds the file lock around :meth:`commit`.
+    """
+
+    def __init__(self, path: str, fsync: bool, compact_bytes: int) -> None:
+        self.path = path
+        self.fsync = fsync
+        self.compact_bytes = compact_bytes
+        self._dir, name = os.path.split(path)
+        self._tmp_prefix = f".{name}."
+        self.reset(None)
+
+    def reset(self, header: Header | None) -> None:
+        """Start over from an empty table, to replay the file (of ``header``'s generation)."""
+        self.table = TrialTable()
+        self.token = uuid.uuid4().hex  # names this replay in fetch_changes cursors
+        self._generation = None if header is None else header.generation
+        self._base = HEADER_SIZE if header is None else header.base
+        self._offset = HEADER_SIZE
+        self._size = 0
+        self._compact_floor = 0
+
+    # -- opening ---------------------------------------------------------------------
+
+    def open(self, flags: int) -> int | None:
+        """Open the file with ``flags``; ``None`` if it does not exist."""
+        try:
+            return os.open(self.path, flags | _OPEN_FLAGS)
+        except FileNotFoundError:
+            return None
+
+    def _size_of(self, fd: int) -> int:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise StorageError(
+                f"storage path {self.path} is not a regular file; pass a file path such as runs/orchard.pkl"
+            )
+        return info.st_size
+
+    def check_header(self) -> None:
+        """Raise :class:`StorageCorruptedError` if the file exists and is not Orchard's."""
+        fd = self.open(os.O_RDONLY)
+        if fd is not None:
+            try:
+                if self._size_of(fd):
+                    _logfile.decode_header(_logfile.pread(fd, HEADER_SIZE, 0), self.path)
+            finally:
+                os.close(fd)
+
+    def open_for_write(self) -> int:
+        """Open the log for appending (under the lock), creating it if missing or empty."""
+        fd = self.open(os.O_RDWR)
+        if fd is not None:
+            try:
+                if self._size_of(fd) > 0:
+                    return fd
+            except BaseException:
+                os.close(fd)
+                raise
+            os.close(fd)
+        self.remove_leftovers()
+        self.replace_file([_logfile.encode_header(os.urandom(16), HEADER_SIZE)])
+        return os.open(self.path, os.O_RDWR | _OPEN_FLAGS)
+
+    # -- catching up -----------------------------------------------------------------
+
+    def sync(self, fd: int, locked: bool) -> bool:
+        """Replay what was appended since our offset; ``False`` if an unlocked read must be redone locked."""
+        size = self._size_of(fd)
+        if size == 0:  # nothing stored yet (the writer that creates the file holds the lock)
+            if self._generation is not None:
+                self.reset(None)
+            return True
+        header = _logfile.decode_header(_logfile.pread(fd, HEADER_SIZE, 0), self.path)
+        if header.generation != self._generation:
+            self.reset(header)  # first read, or compacted by another process: replay from scratch
+        self._size = size
+        if size < self._offset:
+            if not locked:
+                return False
+            raise StorageCorruptedError(
+                f"storage file {self.path} shrank below data already read ({size} < {self._offset} "
+                "bytes); it was modified by another program. Restore it from a backup"
+            )
+        if size > self._offset:
+            scan = _logfile.scan(_logfile.pread(fd, size - self._offset, self._offset), self._offset, self.path)
+            self._apply(scan.batches)
+            self._offset = scan.end
+            if scan.damage is not None:
+                if not locked:
+                    return False
+                raise StorageCorruptedError(
+                    f"storage file {self.path} is corrupted: {scan.damage} (not at the end of the "
+                    "file, so not a torn last write). Restore it from a backup or move it away"
+                )
+        return True
+
+    def _apply(self, batches: list[list[Record]]) -> None:
+        try:
+            for batch in batches:
+                self.table.apply_all(batch)
+        except Exception as err:  # a record with valid framing but meaningless content
+            self.reset(None)
+            raise StorageCorruptedError(
+                f"storage file {self.path} holds a record Orchard cannot apply ({err!r}); "
+                "restore it from a backup or move it away"
+            ) from err
+
+    def refresh(self, locked: Callable[[], contextlib.AbstractContextManager[None]]) -> None:
+        """Catch up with the file, without the lock unless a damaged frame needs a second look."""
+        fd = self.open(os.O_RDONLY)
+        if fd is None:
+            if self._generation is not None:
+                self.reset(None)
+            return
+        try:
+            if self.sync(fd, locked=False):
+                return
+        finally:
+            os.close(fd)
+        with locked():
+            fd = self.open(os.O_RDONLY)
+            if fd is not None:
+                try:
+                    self.sync(fd, locked=True)
+                finally:
+                    os.close(fd)
+
+    # -- writing ---------------------------------------------------------------------
+
+    def commit(self, verb: Callable[[TrialTable], tuple[_T, list[Record]]]) -> _T:
+        """Run ``verb`` on the up-to-date table and append the records it produced (under the lock)."""
+        fd = self.open_for_write()
+        try:
+            self.sync(fd, locked=True)
+            seq = self.table.seq
+            try:
+                result, records = verb(self.table)
+            except BaseException:
+                if self.table.seq != seq:  # applied in memory but not written
+                    self.reset(None)
+                raise
+            if records:
+                self.append(fd, records)
+        finally:
+            os.close(fd)
+        if records:
+            self.maybe_compact()
+        return result
+
+    def _encode(self, records: list[Record]) -> bytes:
+        try:
+            return _logfile.encode_frame(records)
+        except (TypeError, pickle.PicklingError, RecursionError) as err:
+            raise StorageError(
+                f"cannot store {err} in storage file {self.path}: only plain values (numbers, "
+                "strings, booleans, None, lists and dicts of them) can be stored; convert params, "
+                "results and configuration values to those"
+            ) from err
+
+    def append(self, fd: int, records: list[Record]) -> None:
+        """Append one frame at our offset (under the lock), dropping a torn tail first.
+
+        Once the whole frame is in the file it is committed: lock-free readers
+        may have replayed it, so it is never cut off again, even if an
+        exception (an interrupt, a failed ``fsync``) arrives afterwards.
+        """
+        try:
+            frame = self._encode(records)
+            if self._size > self._offset:
+                os.ftruncate(fd, self._offset)  # a writer killed mid-write left a partial frame
+        except BaseException:
+            self.reset(None)  # the table holds records the file does not: rebuild it from the file
+            raise
+        try:
+            _logfile.pwrite_all(fd, frame, self._offset)
+        except BaseException:
+            self._undo_append(fd, len(frame))
+            raise
+        self._offset += len(frame)
+        self._size = self._offset
+        if self.fsync:
+            os.fsync(fd)
+
+    def _undo_append(self, fd: int, length: int) -> None:
+        with contextlib.suppress(OSError):
+            if os.fstat(fd).st_size >= self._offset + length:
+                self._offset += length  # fully written before the interruption: committed
+                self._size = self._offset
+                return
+            os.ftruncate(fd, self._offset)  # a partial frame, which no reader accepts
+        self.reset(None)  # the table holds records the file does not: rebuild it from the file
+
+    def replace_file(self, chunks: Iterable[bytes]) -> None:
+        """Write ``chunks`` to a temporary file, flush it to disk and rename it over the log."""
+        tmp = os.path.join(self._dir, f"{self._tmp_prefix}{uuid.uuid4().hex}.tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _OPEN_FLAGS, 0o666)
+        try:
+            with contextlib.suppress(OSError):
+                os.fchmod(fd, stat.S_IMODE(os.stat(self.path).st_mode))  # keep the old file's mode
+            with os.fdopen(fd, "wb") as f:
+                for chunk in chunks:
+                    f.write(chunk)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, self.path)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise
+        _logfile.fsync_dir(self._dir)
+
+    def remove_leftovers(self) -> None:
+        """Delete temporary files of killed compactions (only called under the lock, so none is live)."""
+        with contextlib.suppress(OSError), os.scandir(self._dir) as entries:
+            for entry in entries:
+                if entry.name.startswith(self._tmp_prefix) and entry.name.endswith(".tmp"):
+                    with contextlib.suppress(OSError):
+                        os.unlink(entry.path)
+
+    def snapshot_frames(self) -> Iterator[bytes]:
+        """The current state as frames of at most :data:`_SNAPSHOT_CHUNK` records each."""
+        records = self.table.snapshot()
+        for i in range(0, len(records), _SNAPSHOT_CHUNK):
+            yield self._encode(records[i : i + _SNAPSHOT_CHUNK])
+
+    def maybe_compact(self) -> None:
+        """Rewrite the file as a snapshot if the log has grown enough since the last one."""
+        growth = self._offset - self._base
+        if growth <= max(self.compact_bytes, 4 * self._base) or self._offset < self._compact_floor:
+            return
+        frames = list(self.snapshot_frames())
+        generation, base = os.urandom(16), HEADER_SIZE + sum(map(len, frames))
+        try:
+            self.remove_leftovers()
+            self.replace_file([_logfile.encode_header(generation, base), *frames])
+        except OSError as err:
+            self._compact_floor = self._offset + self.compact_bytes  # retry later, not on every write
+            log.warning("could not compact storage file %s (%s); will retry later", self.path, err)
+            return
+        self._generation, self._base, self._offset, self._size = generation, base, base, base
