@@ -20,20 +20,36 @@ import pickle
 import stat
 import uuid
 from collections.abc import Callable, Iterable, Iterator
-from typing import TypeVar
+from typing import NamedTuple, TypeVar
 
-from orchard.errors import StorageCorruptedError, StorageError
+from orchard.errors import StorageCorruptedError, StorageError, StorageUnavailableError
 from orchard.storages import _logfile
-from orchard.storages._logfile import HEADER_SIZE, Header
+from orchard.storages._logfile import HEADER_SIZE, Damage, Header
 from orchard.storages._table import Record, TrialTable
 
-__all__ = ["LogFile"]
+__all__ = ["Fence", "Health", "LogFile"]
 
 log = logging.getLogger(__name__)
 
 _T = TypeVar("_T")
+Fence = Callable[[], bool]  # whether this process still holds the (soft) lock
 _OPEN_FLAGS = getattr(os, "O_BINARY", 0) | getattr(os, "O_NONBLOCK", 0)  # no hang on a FIFO
-_SNAPSHOT_CHUNK = 1000  # records per frame in a snapshot
+_SNAPSHOT_CHUNK = 64  # records per frame of a snapshot: a damaged byte costs at most these
+
+
+class Health(NamedTuple):
+    """What a full read of the file found (see :meth:`LogFile.inspect`)."""
+
+    size: int  # bytes in the file
+    frames: int  # good frames
+    records: int  # records in the good frames
+    damaged: list[Damage]  # byte ranges readers skip
+    torn_tail: int  # bytes after the last good frame (a write cut short, or one in progress)
+
+    @property
+    def clean(self) -> bool:
+        """Whether every byte of the file belongs to a good frame."""
+        return not self.damaged and not self.torn_tail
 
 
 class LogFile:
@@ -49,6 +65,8 @@ class LogFile:
         self.compact_bytes = compact_bytes
         self._dir, name = os.path.split(path)
         self._tmp_prefix = f".{name}."
+        self._holder = f"{os.getpid()}-{uuid.uuid4().hex[:12]}"  # names this process in fence records
+        self._unflushed: int | None = None
         self.reset(None)
 
     def reset(self, header: Header | None) -> None:
@@ -88,9 +106,10 @@ class LogFile:
             finally:
                 os.close(fd)
 
-    def open_for_write(self) -> int:
-        """Open the log for appending (under the lock), creating it if missing or empty."""
-        fd = self.open(os.O_RDWR)
+    def open_for_write(self, append: bool = False) -> int:
+        """Open the log for writing (under the lock), creating it if missing or empty."""
+        flags = os.O_RDWR | (os.O_APPEND if append else 0)
+        fd = self.open(flags)
         if fd is not None:
             try:
                 if self._size_of(fd) > 0:
@@ -101,7 +120,7 @@ class LogFile:
             os.close(fd)
         self.remove_leftovers()
         self.replace_file([_logfile.encode_header(os.urandom(16), HEADER_SIZE)])
-        return os.open(self.path, os.O_RDWR | _OPEN_FLAGS)
+        return os.open(self.path, flags | _OPEN_FLAGS)
 
     # -- catching up -----------------------------------------------------------------
 
@@ -119,20 +138,22 @@ class LogFile:
         if size < self._offset:
             if not locked:
                 return False
-            raise StorageCorruptedError(
-                f"storage file {self.path} shrank below data already read ({size} < {self._offset} "
-                "bytes); it was modified by another program. Restore it from a backup"
+            log.warning(
+                "storage file %s shrank below what this process had read (%d < %d bytes): another "
+                "program truncated or restored it; replaying it from the start (records that were in "
+                "the lost bytes are gone)", self.path, size, self._offset,
             )
+            self.reset(header)
         if size > self._offset:
             scan = _logfile.scan(_logfile.pread(fd, size - self._offset, self._offset), self._offset, self.path)
+            if scan.damaged and not locked:
+                return False  # maybe a writer truncating a torn tail under our feet: look again, locked
             self._apply(scan.batches)
             self._offset = scan.end
-            if scan.damage is not None:
-                if not locked:
-                    return False
-                raise StorageCorruptedError(
-                    f"storage file {self.path} is corrupted: {scan.damage} (not at the end of the "
-                    "file, so not a torn last write). Restore it from a backup or move it away"
+            for damage in scan.damaged:
+                log.warning(
+                    "storage file %s: skipped damaged %s; every other record was kept. `orchard db "
+                    "check` lists the damage, `orchard db repair` rewrites a clean file", self.path, damage,
                 )
         return True
 
@@ -167,11 +188,47 @@ class LogFile:
                 finally:
                     os.close(fd)
 
+    def inspect(self) -> Health:
+        """Read the whole file afresh and say what is damaged (changes nothing, not even the table).
+
+        Raises:
+            StorageCorruptedError: the file is not Orchard's, or its header is damaged.
+        """
+        fd = self.open(os.O_RDONLY)
+        if fd is None:
+            return Health(0, 0, 0, [], 0)
+        try:
+            size = self._size_of(fd)
+            if size == 0:
+                return Health(0, 0, 0, [], 0)
+            _logfile.decode_header(_logfile.pread(fd, HEADER_SIZE, 0), self.path)
+            scan = _logfile.scan(_logfile.pread(fd, size - HEADER_SIZE, HEADER_SIZE), HEADER_SIZE, self.path)
+        finally:
+            os.close(fd)
+        records = sum(map(len, scan.batches))
+        return Health(size, len(scan.batches), records, scan.damaged, size - scan.end)
+
+    def replay_all(self) -> None:
+        """Replay the file from the start (under the lock): every readable record, damage skipped."""
+        self.reset(None)
+        fd = self.open(os.O_RDONLY)
+        if fd is not None:
+            try:
+                self.sync(fd, locked=True)
+            finally:
+                os.close(fd)
+
     # -- writing ---------------------------------------------------------------------
 
-    def commit(self, verb: Callable[[TrialTable], tuple[_T, list[Record]]]) -> _T:
-        """Run ``verb`` on the up-to-date table and append the records it produced (under the lock)."""
-        fd = self.open_for_write()
+    def commit(self, verb: Callable[[TrialTable], tuple[_T, list[Record]]], owns: Fence | None = None) -> _T:
+        """Run ``verb`` on the up-to-date table and append the records it produced (under the lock).
+
+        ``owns`` is given under a soft lock: it says whether this process still
+        holds the lock, and the append is fenced (see :meth:`_append_fenced`).
+        With ``fsync``, the flush of a kernel-locked append is left to
+        :meth:`flush`, after the lock is released.
+        """
+        fd = self.open_for_write(append=owns is not None)
         try:
             self.sync(fd, locked=True)
             seq = self.table.seq
@@ -181,13 +238,29 @@ class LogFile:
                 if self.table.seq != seq:  # applied in memory but not written
                     self.reset(None)
                 raise
-            if records:
+            if records and owns is not None:
+                self._append_fenced(fd, records, owns)
+            elif records:
                 self.append(fd, records)
-        finally:
+        except BaseException:
             os.close(fd)
+            raise
+        if records and self.fsync and owns is None:
+            self._unflushed = fd  # flushed once the lock is free: other writers need not wait for the disk
+        else:
+            os.close(fd)  # on NFS, close() also sends the appended bytes to the server
         if records:
-            self.maybe_compact()
+            self.maybe_compact(owns)
         return result
+
+    def flush(self) -> None:
+        """Make the last append durable (``fsync``), outside the lock: concurrent flushes share the disk's work."""
+        fd, self._unflushed = self._unflushed, None
+        if fd is not None:
+            try:
+                _fdatasync(fd)
+            finally:
+                os.close(fd)
 
     def _encode(self, records: list[Record]) -> bytes:
         try:
@@ -220,8 +293,46 @@ class LogFile:
             raise
         self._offset += len(frame)
         self._size = self._offset
-        if self.fsync:
-            os.fsync(fd)
+
+    def _append_fenced(self, fd: int, records: list[Record], owns: Fence) -> None:
+        """Append under a soft lock, so that a broken lock never lets two writers interleave unseen.
+
+        Nothing is truncated (a process that lost the lock could cut off a new
+        holder's frame); the frame is appended (``O_APPEND``: never over
+        another writer's bytes) with a fence record naming the offset it was
+        computed for, after checking the lock marker is still ours; then it is
+        flushed to the file server and read back through a fresh ``open()``
+        (close-to-open revalidation on NFS). A frame that did not land at its
+        offset, or in a file that was replaced meanwhile, is ignored by every
+        reader, and this write raises instead of returning.
+        """
+        at = self._size  # after any torn bytes, which readers skip as damage
+        frame = self._encode([{"op": "fence", "at": at, "lock": self._holder}, *records])
+        if not owns():
+            self.reset(None)
+            raise StorageUnavailableError(_fenced_message(self.path, "nothing was written"))
+        try:
+            _logfile.write_all(fd, frame)
+            if self.fsync:
+                _fdatasync(fd)
+            landed = self._landed(fd, frame, at)
+        except BaseException:
+            self.reset(None)  # whether the frame landed is unknown: rebuild the table from the file
+            raise
+        if not landed:
+            self.reset(None)
+            raise StorageUnavailableError(_fenced_message(self.path, "this write was fenced out and is not stored"))
+        self._offset = self._size = at + len(frame)
+
+    def _landed(self, fd: int, frame: bytes, at: int) -> bool:
+        check = self.open(os.O_RDONLY)
+        if check is None:
+            return False
+        try:
+            same_file = os.path.samestat(os.fstat(check), os.fstat(fd))
+            return same_file and _logfile.pread(check, len(frame), at) == frame
+        finally:
+            os.close(check)
 
     def _undo_append(self, fd: int, length: int) -> None:
         with contextlib.suppress(OSError):
@@ -265,18 +376,35 @@ class LogFile:
         for i in range(0, len(records), _SNAPSHOT_CHUNK):
             yield self._encode(records[i : i + _SNAPSHOT_CHUNK])
 
-    def maybe_compact(self) -> None:
+    def maybe_compact(self, owns: Fence | None = None) -> None:
         """Rewrite the file as a snapshot if the log has grown enough since the last one."""
         growth = self._offset - self._base
         if growth <= max(self.compact_bytes, 4 * self._base) or self._offset < self._compact_floor:
             return
-        frames = list(self.snapshot_frames())
-        generation, base = os.urandom(16), HEADER_SIZE + sum(map(len, frames))
+        if owns is not None and not owns():
+            return  # the lock was broken: replacing the file could drop the new holder's writes
         try:
-            self.remove_leftovers()
-            self.replace_file([_logfile.encode_header(generation, base), *frames])
+            self.rewrite()
         except OSError as err:
             self._compact_floor = self._offset + self.compact_bytes  # retry later, not on every write
             log.warning("could not compact storage file %s (%s); will retry later", self.path, err)
-            return
+
+    def rewrite(self) -> None:
+        """Replace the file by a snapshot of the table (under the lock): compaction, and repair."""
+        frames = list(self.snapshot_frames())
+        generation, base = os.urandom(16), HEADER_SIZE + sum(map(len, frames))
+        self.remove_leftovers()
+        self.replace_file([_logfile.encode_header(generation, base), *frames])
         self._generation, self._base, self._offset, self._size = generation, base, base, base
+
+
+def _fdatasync(fd: int) -> None:
+    getattr(os, "fdatasync", os.fsync)(fd)
+
+
+def _fenced_message(path: str, outcome: str) -> str:
+    return (
+        f"the soft lock of storage file {path} was broken while this process held it (it stalled "
+        f"longer than the lock's stale age, e.g. suspended or on a slow filesystem) and another "
+        f"process took it: {outcome}; retry the operation"
+    )
