@@ -78,6 +78,7 @@ class LogFile:
         self._offset = HEADER_SIZE
         self._size = 0
         self._compact_floor = 0
+        self._seen: tuple[int, int, int] | None = None  # (device, inode, size) of the file fully replayed
 
     # -- opening ---------------------------------------------------------------------
 
@@ -89,12 +90,15 @@ class LogFile:
             return None
 
     def _size_of(self, fd: int) -> int:
+        return self._stat_of(fd).st_size
+
+    def _stat_of(self, fd: int) -> os.stat_result:
         info = os.fstat(fd)
         if not stat.S_ISREG(info.st_mode):
             raise StorageError(
                 f"storage path {self.path} is not a regular file; pass a file path such as runs/orchard.pkl"
             )
-        return info.st_size
+        return info
 
     def check_header(self) -> None:
         """Raise :class:`StorageCorruptedError` if the file exists and is not Orchard's."""
@@ -126,7 +130,10 @@ class LogFile:
 
     def sync(self, fd: int, locked: bool) -> bool:
         """Replay what was appended since our offset; ``False`` if an unlocked read must be redone locked."""
-        size = self._size_of(fd)
+        info = self._stat_of(fd)
+        size, seen = info.st_size, (info.st_dev, info.st_ino, info.st_size)
+        if seen == self._seen:
+            return True  # the same file, of the size we replayed to its end: nothing new
         if size == 0:  # nothing stored yet (the writer that creates the file holds the lock)
             if self._generation is not None:
                 self.reset(None)
@@ -155,6 +162,7 @@ class LogFile:
                     "storage file %s: skipped damaged %s; every other record was kept. `orchard db "
                     "check` lists the damage, `orchard db repair` rewrites a clean file", self.path, damage,
                 )
+        self._seen = seen if self._offset == size else None  # an append replaces a torn tail: look again
         return True
 
     def _apply(self, batches: list[list[Record]]) -> None:
@@ -220,15 +228,50 @@ class LogFile:
 
     # -- writing ---------------------------------------------------------------------
 
-    def commit(self, verb: Callable[[TrialTable], tuple[_T, list[Record]]], owns: Fence | None = None) -> _T:
+    def catch_up(self, keep: bool) -> int | None:
+        """Before the lock: replay what others appended, so the lock holder replays only the tail.
+
+        Returns the open file when ``keep`` (under a kernel lock the same
+        descriptor can be written once locked: taking the lock revalidates an
+        NFS client's cache; a soft lock does not, so its holder reopens).
+        """
+        fd = self.open(os.O_RDWR if keep else os.O_RDONLY)
+        if fd is None:
+            return None
+        try:
+            self.sync(fd, locked=False)
+        except BaseException:
+            os.close(fd)
+            raise
+        if keep:
+            return fd
+        os.close(fd)
+        return None
+
+    def _is_current(self, fd: int) -> bool:
+        """Whether ``fd`` is still the file at our path (not one compaction replaced), and not empty."""
+        try:
+            info = os.stat(self.path)
+        except FileNotFoundError:
+            return False
+        return info.st_size > 0 and os.path.samestat(info, os.fstat(fd))
+
+    def commit(
+        self, verb: Callable[[TrialTable], tuple[_T, list[Record]]], owns: Fence | None = None, fd: int | None = None
+    ) -> _T:
         """Run ``verb`` on the up-to-date table and append the records it produced (under the lock).
 
         ``owns`` is given under a soft lock: it says whether this process still
         holds the lock, and the append is fenced (see :meth:`_append_fenced`).
-        With ``fsync``, the flush of a kernel-locked append is left to
-        :meth:`flush`, after the lock is released.
+        ``fd`` is the file :meth:`catch_up` opened before the lock (this call
+        closes it). With ``fsync``, the flush of a kernel-locked append is left
+        to :meth:`flush`, after the lock is released.
         """
-        fd = self.open_for_write(append=owns is not None)
+        if fd is not None and not self._is_current(fd):
+            os.close(fd)
+            fd = None
+        if fd is None:
+            fd = self.open_for_write(append=owns is not None)
         try:
             self.sync(fd, locked=True)
             seq = self.table.seq

@@ -44,11 +44,13 @@ def _plain_copy(value: Any) -> Any:
 
 def _detached(value: Any) -> Any:
     """A copy of ``value`` sharing nothing mutable with the table (trials, experiments, lists of them)."""
-    if isinstance(value, Trial):
-        return dataclasses.replace(
-            value, params=dict(value.params), results=_plain_copy(value.results),
-            error=_plain_copy(value.error),
-        )
+    if isinstance(value, Trial):  # field by field: dataclasses.replace would re-run __init__
+        copied = object.__new__(type(value))
+        copied.__dict__.update(value.__dict__)
+        copied.params = dict(value.params)
+        copied.results = _plain_copy(value.results)
+        copied.error = _plain_copy(value.error)
+        return copied
     if isinstance(value, ExperimentRecord):
         return dataclasses.replace(value, config=_plain_copy(value.config))
     if isinstance(value, list):

@@ -302,12 +302,15 @@ class PickledStorage(TableStorage):
         """
         owns = self._lock.owns if isinstance(self._lock, _filelocks.SoftLock) else None
         with self._exclusive(), self._translate("write to"):
-            self._log.refresh(self._locked)
+            fd = self._log.catch_up(keep=owns is None)
             try:
                 with self._locked():
                     now = self.now()
-                    return self._log.commit(lambda table: verb(table, now), owns)
+                    opened, fd = fd, None  # commit() closes it
+                    return self._log.commit(lambda table: verb(table, now), owns, opened)
             finally:
+                if fd is not None:
+                    os.close(fd)
                 self._log.flush()
 
     def _replay_token(self) -> str:
