@@ -300,8 +300,8 @@ class PickledStorage(TableStorage):
         The log is caught up before the lock is taken, so the holder replays
         only what was appended while it waited.
         """
-        owns = self._lock.owns if isinstance(self._lock, _filelocks.SoftLock) else None
         with self._exclusive(), self._translate("write to"):
+            owns = self._lock.owns if isinstance(self._lock, _filelocks.SoftLock) else None  # after a fork: the new lock
             fd = self._log.catch_up(keep=owns is None)
             try:
                 with self._locked():
