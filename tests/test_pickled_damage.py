@@ -142,3 +142,23 @@ def test_db_check_and_repair_on_a_clean_file_and_other_storages(
     assert not [p for p in tmp_path.iterdir() if p.name.endswith(".damaged")]
     assert main(["db", "check", "--storage", "memory://"]) != 0
     assert "pickle files" in capsys.readouterr().err
+
+
+def test_records_readers_would_skip_are_refused_when_written(tmp_path: Path) -> None:
+    """A write never returns for a record that readers would treat as damage."""
+    from orchard.errors import StorageError
+
+    path = tmp_path / "orchard.pkl"
+    storage = PickledStorage(path)
+    exp_id = storage.create_experiment("exp", {})
+    size = path.stat().st_size
+    with pytest.raises(StorageError, match="params flat"):
+        storage.register_trial(exp_id, {"x": [1, 2]})
+    trial = storage.register_trial(exp_id, {"x": 1}, worker="w")
+    deep: dict[str, object] = {}
+    for _ in range(40):
+        deep = {"d": deep}
+    with pytest.raises(StorageError, match="nested at most"):
+        storage.complete_trial(trial.id, "w", 1.0, deep)
+    assert path.stat().st_size > size and storage.check().clean
+    assert PickledStorage(path).get_trial(trial.id).status is TrialStatus.RESERVED  # type: ignore[union-attr]

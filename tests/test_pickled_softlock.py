@@ -24,9 +24,19 @@ import pytest
 
 from orchard.errors import StorageUnavailableError
 from orchard.storages.pickled import PickledStorage
+from orchard.testing.conformance import StorageConformance
 
 SPAWN = multiprocessing.get_context("spawn")
 WAIT = 60.0
+
+
+class TestSoftLockedFileConformance(StorageConformance):
+    """Every storage guarantee holds for a soft-locked file (fenced appends, no truncation)."""
+
+    @pytest.fixture
+    def storage(self, tmp_path: Path) -> Any:
+        with PickledStorage(tmp_path / "soft.pkl", lock="soft") as store:
+            yield store
 
 _WRITER = textwrap.dedent(
     """

@@ -25,6 +25,7 @@ from typing import NamedTuple, TypeVar
 from orchard.errors import StorageCorruptedError, StorageError, StorageUnavailableError
 from orchard.storages import _logfile
 from orchard.storages._logfile import HEADER_SIZE, Damage, Header
+from orchard.storages._records import MAX_DEPTH, RecordError, check_batch
 from orchard.storages._table import Record, TrialTable
 
 __all__ = ["Fence", "Health", "LogFile"]
@@ -307,13 +308,16 @@ class LogFile:
 
     def _encode(self, records: list[Record]) -> bytes:
         try:
-            return _logfile.encode_frame(records)
-        except (TypeError, pickle.PicklingError, RecursionError) as err:
+            frame = _logfile.encode_frame(records)
+            check_batch(records, len(frame))  # what readers would skip as damage is refused here
+        except (TypeError, pickle.PicklingError, RecursionError, RecordError) as err:
             raise StorageError(
                 f"cannot store {err} in storage file {self.path}: only plain values (numbers, "
-                "strings, booleans, None, lists and dicts of them) can be stored; convert params, "
-                "results and configuration values to those"
+                "strings, booleans, None, lists and dicts of them, nested at most "
+                f"{MAX_DEPTH} deep; params flat) can be stored; convert params, results and "
+                "configuration values to those"
             ) from err
+        return frame
 
     def append(self, fd: int, records: list[Record]) -> None:
         """Append one frame at our offset (under the lock), dropping a torn tail first.
@@ -350,10 +354,13 @@ class LogFile:
         reader, and this write raises instead of returning.
         """
         at = self._size  # after any torn bytes, which readers skip as damage
-        frame = self._encode([{"op": "fence", "at": at, "lock": self._holder}, *records])
-        if not owns():
-            self.reset(None)
-            raise StorageUnavailableError(_fenced_message(self.path, "nothing was written"))
+        try:
+            frame = self._encode([{"op": "fence", "at": at, "lock": self._holder}, *records])
+            if not owns():
+                raise StorageUnavailableError(_fenced_message(self.path, "nothing was written"))
+        except BaseException:
+            self.reset(None)  # the table holds records the file does not: rebuild it from the file
+            raise
         try:
             _logfile.write_all(fd, frame)
             if self.fsync:

@@ -18,6 +18,8 @@ Shapes::
 
 PLAIN is None, bool, int, float, str, or lists and dicts (str keys) of PLAIN,
 nested at most :data:`MAX_DEPTH` deep; SCALAR is a PLAIN that is not a list or dict.
+Writers check their records the same way before appending them, so a record
+that returned is never one that readers would skip.
 """
 
 from __future__ import annotations
@@ -26,14 +28,15 @@ from typing import Any
 
 from orchard.trial import TrialStatus
 
-__all__ = ["MAX_DEPTH", "MAX_STRING", "RecordError", "check_batch"]
+__all__ = ["MAX_DEPTH", "RecordError", "check_batch"]
 
 MAX_DEPTH = 32  # nesting of lists and dicts in configuration and results
-MAX_STRING = 1 << 20  # characters in one string (a script's stderr tail is far shorter)
 _NODE_FLOOR = 10_000  # nodes any frame may hold, beyond its size in bytes
 _SCALARS = (bool, int, float, str, type(None))
 _STATUSES = frozenset(status.value for status in TrialStatus)
 _OPTIONAL_NUMBERS = ("objective", "heartbeat", "submit_time", "start_time", "end_time")
+_NUMBERS = (int, float, type(None))
+_NAMES = (str, type(None))
 
 
 class RecordError(ValueError):
@@ -41,38 +44,66 @@ class RecordError(ValueError):
 
 
 class _Budget:
-    """Counts the nodes walked in one frame, so shared sub-lists cannot make the walk explode."""
+    """Counts the values walked in one frame, so shared sub-lists cannot make the walk explode."""
+
+    __slots__ = ("left",)
 
     def __init__(self, limit: int) -> None:
         self.left = limit
 
-    def spend(self) -> None:
-        self.left -= 1
+    def spend(self, count: int) -> None:
+        self.left -= count
         if self.left < 0:
             raise RecordError("it holds more values than its size allows (nested shared lists?)")
 
 
 def _plain(value: Any, budget: _Budget, depth: int = 0) -> None:
-    budget.spend()
+    """Check a PLAIN value that is not a scalar (scalars are checked inline by the callers: speed)."""
     kind = type(value)
-    if kind is str:
-        if len(value) > MAX_STRING:
-            raise RecordError(f"a string of {len(value)} characters")
-        return
-    if kind in _SCALARS:
-        return
     if depth >= MAX_DEPTH:
         raise RecordError(f"values nested more than {MAX_DEPTH} deep")
     if kind is list:
+        budget.spend(len(value))
         for item in value:
-            _plain(item, budget, depth + 1)
+            if type(item) not in _SCALARS:
+                _plain(item, budget, depth + 1)
     elif kind is dict:
+        budget.spend(len(value))
         for key, item in value.items():
             if type(key) is not str:
                 raise RecordError(f"a dict key of type {type(key).__name__}")
-            _plain(item, budget, depth + 1)
+            if type(item) not in _SCALARS:
+                _plain(item, budget, depth + 1)
     else:
         raise RecordError(f"a value of type {kind.__name__}")
+
+
+def _check_trial(trial: Any, budget: _Budget) -> None:
+    if type(trial) is not dict:
+        raise RecordError("a trial that is not a dict")
+    if type(trial.get("id")) is not str or type(trial.get("experiment")) is not str:
+        raise RecordError("a trial without a string id and experiment")
+    if trial.get("status") not in _STATUSES:
+        raise RecordError(f"unknown trial status {trial.get('status')!r}")
+    params = trial.get("params")
+    if type(params) is not dict:
+        raise RecordError("trial params that are not a dict")
+    budget.spend(len(params))
+    for name, value in params.items():
+        if type(name) is not str or type(value) not in _SCALARS:
+            raise RecordError(f"param {name!r} is not a plain scalar (params must be flat)")
+    if type(trial.get("results")) is not dict:
+        raise RecordError("trial results that are not a dict")
+    _plain(trial["results"], budget)
+    if trial.get("error") is not None:
+        _plain(trial["error"], budget)
+    for name in _OPTIONAL_NUMBERS:
+        if type(trial.get(name)) not in _NUMBERS:
+            raise RecordError(f"field {name!r} is {type(trial.get(name)).__name__}")
+    if type(trial.get("worker")) not in _NAMES or type(trial.get("parent")) not in _NAMES:
+        raise RecordError("a trial whose worker or parent is not a string or None")
+    if type(trial.get("attempts", 0)) is not int:  # absent from records of older releases
+        raise RecordError("a trial whose attempts are not an int")
 
 
 def _field(record: dict[str, Any], name: str, *kinds: type) -> Any:
@@ -82,31 +113,7 @@ def _field(record: dict[str, Any], name: str, *kinds: type) -> Any:
     return value
 
 
-def _check_trial(trial: Any, budget: _Budget) -> None:
-    if type(trial) is not dict:
-        raise RecordError("a trial that is not a dict")
-    _field(trial, "id", str)
-    _field(trial, "experiment", str)
-    if trial.get("status") not in _STATUSES:
-        raise RecordError(f"unknown trial status {trial.get('status')!r}")
-    params = _field(trial, "params", dict)
-    for name, value in params.items():
-        budget.spend()
-        if type(name) is not str or type(value) not in _SCALARS:
-            raise RecordError(f"param {name!r} is not a plain scalar (params must be flat)")
-        if type(value) is str and len(value) > MAX_STRING:
-            raise RecordError(f"param {name!r} is a string of {len(value)} characters")
-    _plain(_field(trial, "results", dict), budget)
-    _plain(_field(trial, "error", dict, type(None)), budget)
-    for name in _OPTIONAL_NUMBERS:
-        _field(trial, name, int, float, type(None))
-    _field(trial, "attempts", int)
-    _field(trial, "worker", str, type(None))
-    _field(trial, "parent", str, type(None))
-
-
 def _check_record(record: Any, budget: _Budget) -> None:
-    budget.spend()
     if type(record) is not dict:
         raise RecordError("a record that is not a dict")
     op = record.get("op")
@@ -136,6 +143,7 @@ def check_batch(batch: Any, payload_size: int) -> None:
     if type(batch) is not list:
         raise RecordError("a frame that is not a list of records")
     budget = _Budget(_NODE_FLOOR + 2 * payload_size)
+    budget.spend(len(batch))
     for position, record in enumerate(batch):
         _check_record(record, budget)
         if record["op"] == "fence" and position != 0:
