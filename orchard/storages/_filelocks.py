@@ -195,7 +195,6 @@ class SoftLock:
         pid = int(lines[0])
         return 0 < pid < 2**31 and not pid_alive(pid)
 
-
     def _unchanged_for(self, marker: os.stat_result, content: bytes) -> float:
         """Seconds of this process's monotonic clock for which the marker has stayed the same."""
         seen, now = (marker.st_ino, marker.st_mtime_ns, content), time.monotonic()

@@ -49,10 +49,10 @@ __all__ = [
     "encode_frame",
     "encode_header",
     "fsync_dir",
-    "write_all",
     "pread",
     "pwrite_all",
     "scan",
+    "write_all",
 ]
 
 MAGIC = b"\x89ORCHARD-LOG\r\n\x1a\n"  # binary, recognisable, and broken by text-mode copies
