@@ -2,11 +2,15 @@
 
 The file is a log of the records :class:`~orchard.storages._table.TrialTable`
 produces (format in :mod:`orchard.storages._logfile`). Every process keeps a
-table in memory plus the byte offset it has replayed up to. A verb that writes
-takes the file lock (:mod:`orchard.storages._filelocks`), replays only what
-others appended since its offset, computes its records on the table and appends
-them in one ``write()``; a verb that reads replays without the lock. The cost of
-a verb therefore depends on what changed, not on the size of the history.
+table in memory plus the byte offset it has replayed up to
+(:class:`~orchard.storages._log.LogFile`). A verb that writes replays what
+others appended since its offset, then takes the file lock
+(:mod:`orchard.storages._filelocks`), replays only what was appended while it
+waited, computes its records on the table and appends them in one ``write()``;
+a verb that reads replays without the lock. The cost of a verb therefore
+depends on what changed, not on the size of the history, and the lock is held
+for as little work as possible. The verbs themselves are
+:class:`~orchard.storages._tabled.TableStorage`'s, shared with ``memory://``.
 
 Compaction rewrites the log as a snapshot of the current state into a temporary
 file that replaces the log with ``os.replace``, under a new generation id;
