@@ -142,7 +142,6 @@ class LogFile:
         header = _logfile.decode_header(_logfile.pread(fd, HEADER_SIZE, 0), self.path)
         if header.generation != self._generation:
             self.reset(header)  # first read, or compacted by another process: replay from scratch
-        self._size = size
         if size < self._offset:
             if not locked:
                 return False
@@ -152,6 +151,7 @@ class LogFile:
                 "the lost bytes are gone)", self.path, size, self._offset,
             )
             self.reset(header)
+        self._size = size
         if size > self._offset:
             scan = _logfile.scan(_logfile.pread(fd, size - self._offset, self._offset), self._offset, self.path)
             if scan.damaged and not locked:

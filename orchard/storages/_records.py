@@ -37,6 +37,7 @@ _STATUSES = frozenset(status.value for status in TrialStatus)
 _OPTIONAL_NUMBERS = ("objective", "heartbeat", "submit_time", "start_time", "end_time")
 _NUMBERS = (int, float, type(None))
 _NAMES = (str, type(None))
+_EXPERIMENT_FIELDS = frozenset({"id", "name", "config", "created"})
 
 
 class RecordError(ValueError):
@@ -121,6 +122,8 @@ def _check_record(record: Any, budget: _Budget) -> None:
         _check_trial(record.get("trial"), budget)
     elif op == "experiment":
         exp = _field(record, "record", dict)
+        if not set(exp) <= _EXPERIMENT_FIELDS:
+            raise RecordError(f"an experiment with unknown fields {sorted(set(exp) - _EXPERIMENT_FIELDS)}")
         _field(exp, "id", str)
         _field(exp, "name", str)
         _field(exp, "created", int, float)
