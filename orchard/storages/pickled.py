@@ -94,7 +94,7 @@ class PickledStorage(TableStorage):
         timeout: float = 60.0,
         fsync: bool = True,
         compact_bytes: int = 1 << 20,
-        stale_lock_after: float = 60.0,
+        stale_lock_after: float = 30.0,
     ) -> None:
         """Open (lazily create) the storage file at ``path``.
 
@@ -108,7 +108,9 @@ class PickledStorage(TableStorage):
                 loss and NFS client crashes); ``False`` is faster and survives
                 only the death of processes.
             compact_bytes: log growth below which the file is never compacted.
-            stale_lock_after: age in seconds past which a soft lock is broken.
+            stale_lock_after: seconds a waiter must watch a soft lock stay
+                unchanged before it breaks it (below ``timeout``, so a waiter
+                breaks a dead holder's lock before it gives up).
 
         Raises:
             ConfigurationError: an option is invalid.
@@ -277,8 +279,8 @@ class PickledStorage(TableStorage):
 
     def _timeout_message(self) -> str:
         hint = (
-            "a stale lock file left by a crashed process on another host (it is broken after "
-            f"{self._stale_lock_after:g} s)"
+            "a stale lock file left by a crashed process on another host (it is broken once a "
+            f"waiter has watched it unchanged for {self._stale_lock_after:g} s)"
             if self._lock_kind == "soft"
             else "a filesystem without working flock (NFS, Lustre): use ?lock=soft there"
         )
