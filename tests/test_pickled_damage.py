@@ -64,7 +64,8 @@ def test_garbage_in_the_middle_costs_only_the_records_it_touches(
     with caplog.at_level(logging.WARNING):
         after = _by_id(PickledStorage(path).fetch_trials(exp_id))
     lost = [tid for tid in before if after.get(tid) != before[tid]]
-    assert 0 < len(lost) <= 64, f"{len(lost)} records lost to 64 damaged bytes"
+    # 64 bytes touch at most two frames, of at most 64 records each in a snapshot
+    assert 0 < len(lost) <= 128, f"{len(lost)} records lost to 64 damaged bytes"
     assert all(after[tid] == trial for tid, trial in before.items() if tid not in lost)
     assert "skipped damaged bytes" in caplog.text
     start, end = (int(b) for b in caplog.text.split("damaged bytes ")[1].split(" ")[0].split("-"))
