@@ -622,3 +622,29 @@ def test_sigkilled_writer_loses_nothing_that_returned(path: Path, tmp_path: Path
             storage.delete_experiment(exp_id)
     assert checked > 100
     assert len(generations) >= 3, "compaction did not happen while writers were being killed"
+
+
+def test_a_compaction_while_a_writer_waits_for_the_lock_loses_nothing(
+    path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A writer opens and replays the file before it takes the lock; if another process replaces
+    the file meanwhile (compaction), the writer must append to the new file, not the old one."""
+    waiting = PickledStorage(path)
+    compacting = PickledStorage(path, compact_bytes=4096)
+    exp_id = _populate(compacting, 4)
+    waiting.fetch_trials(exp_id)
+    generation = _generation(path)
+    real = PickledStorage._acquire_lock
+
+    def compact_first(self: PickledStorage) -> None:
+        if self is waiting:
+            for i in range(40):  # grows the log past compact_bytes: replaces the file
+                compacting.register_trial(exp_id, {"x": 100.0 + i})
+        real(self)
+
+    monkeypatch.setattr(PickledStorage, "_acquire_lock", compact_first)
+    added = waiting.register_trial(exp_id, {"x": -1.0})
+    monkeypatch.undo()
+    assert _generation(path) != generation, "the file was not compacted while the writer waited"
+    assert added.id in {t.id for t in PickledStorage(path).fetch_trials(exp_id)}
+    assert len(PickledStorage(path).fetch_trials(exp_id)) == 45
