@@ -1,9 +1,10 @@
-"""``orchard db {test,dump,load,rm,release}``: storage tools.
+"""``orchard db {test,dump,load,rm,release,check,repair}``: storage tools.
 
 ``dump`` writes experiments (configuration and every trial) to a JSON file,
 ``load`` restores them into any storage (e.g. from a pickle file to MongoDB);
 ``rm`` deletes an experiment after confirmation; ``release`` gives a stuck
-reservation back (reserved → interrupted); ``test`` checks a storage end to end.
+reservation back (reserved → interrupted); ``test`` checks a storage end to end;
+``check`` lists damaged bytes of a pickle file and ``repair`` rewrites it clean.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     from orchard.cli._args import OneLineParser
 
     parser: argparse.ArgumentParser = subparsers.add_parser(
-        "db", help="storage tools: test, dump, load, rm, release"
+        "db", help="storage tools: test, dump, load, rm, release, check, repair"
     )
     commands = parser.add_subparsers(dest="db_command", metavar="SUBCOMMAND", parser_class=OneLineParser)
     commands.required = True
@@ -52,7 +53,15 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     release.add_argument("trial", metavar="TRIAL_ID", help="the trial's id (or a unique prefix)")
     release.set_defaults(func=_run_release)
 
-    for sub in (parser, test, dump, load, rm, release):  # `db --storage X test` and `db test --storage X`
+    check = commands.add_parser("check", help="read a whole pickle file and list damaged byte ranges (exit 1 if any)")
+    check.set_defaults(func=_run_check)
+
+    repair = commands.add_parser(
+        "repair", help="rewrite a damaged pickle file with every readable record, keeping a backup"
+    )
+    repair.set_defaults(func=_run_repair)
+
+    for sub in (parser, test, dump, load, rm, release, check, repair):  # `db --storage X test` and `db test --storage X`
         add_common(sub)
     return parser
 
@@ -63,6 +72,18 @@ def _run_test(args: argparse.Namespace) -> int:
     for line in check_storage(lambda: open_storage(args)):
         print(line, flush=True)
     return 0
+
+
+def _run_check(args: argparse.Namespace) -> int:
+    from orchard.cli._dbrepair import run_check
+
+    return run_check(open_storage(args), args)
+
+
+def _run_repair(args: argparse.Namespace) -> int:
+    from orchard.cli._dbrepair import run_repair
+
+    return run_repair(open_storage(args), args)
 
 
 def _run_dump(args: argparse.Namespace) -> int:

@@ -118,20 +118,27 @@ def pid_alive(pid: int) -> bool:
 
 
 class SoftLock:
-    """:class:`filelock.SoftFileLock` that breaks stale markers.
+    """:class:`filelock.SoftFileLock` that breaks stale markers, and can tell whether it still holds.
 
-    filelock (3.22 and later) writes the holder's pid and host into the marker;
-    its mtime is when it was taken. A marker is stale when its holder is a dead
-    process on this host, or when it is older than ``stale_after`` seconds
-    (verbs hold the lock for milliseconds). Breaking renames the marker to a
-    unique name first, so of several breakers only one wins, and puts it back
-    if what it renamed turns out to be a fresh marker.
+    filelock (3.22 and later) writes the holder's pid and host into the marker,
+    plus a random nonce. A marker is stale when its holder is a dead process on
+    this host, or when this process has watched it stay exactly the same
+    (inode, mtime, content) for ``stale_after`` seconds of its own monotonic
+    clock (verbs hold the lock for milliseconds). The marker's mtime is never
+    compared with this host's clock: the file server's clock and ours may
+    disagree by minutes. Breaking renames the marker to a unique name first,
+    so of several breakers only one wins, and puts it back if what it renamed
+    turns out to be a fresh marker. A holder whose marker was broken learns it
+    from :meth:`owns` (its marker's content is gone), which the storage checks
+    before it appends.
     """
 
     def __init__(self, path: str, stale_after: float) -> None:
         self.path = path
         self.stale_after = stale_after
         self._lock = filelock.SoftFileLock(path, thread_local=False)
+        self._mine: bytes | None = None  # the content of the marker this lock wrote (unique: a nonce)
+        self._watched: tuple[tuple[int, int, bytes], float] | None = None  # marker seen, since (monotonic)
 
     def try_acquire(self) -> bool:
         """Take the lock if it is free (breaking a stale marker first); return whether taken."""
@@ -140,10 +147,16 @@ class SoftLock:
         except filelock.Timeout:
             self.break_if_stale()
             return False
+        self._mine = _read_marker(self.path)
         return True
 
+    def owns(self) -> bool:
+        """Whether the marker is still the one this lock wrote (it was not broken and retaken)."""
+        return self._mine is not None and _read_marker(self.path) == self._mine
+
     def release(self) -> None:
-        """Drop the lock (filelock removes the marker)."""
+        """Drop the lock (filelock removes the marker, only if it is still ours)."""
+        self._mine = None
         self._lock.release()
 
     def break_if_stale(self) -> bool:
@@ -174,13 +187,28 @@ class SoftLock:
                 os.unlink(aside)
 
     def _is_stale(self, marker: os.stat_result, content: bytes) -> bool:
-        if time.time() - marker.st_mtime > self.stale_after:
+        if self._unchanged_for(marker, content) > self.stale_after:
             return True
         lines = content.decode(errors="replace").splitlines()
         if len(lines) < 2 or not lines[0].isdigit() or lines[1] != socket.gethostname():
             return False  # no owner recorded (yet), or a holder on another host: wait for the age limit
         pid = int(lines[0])
         return 0 < pid < 2**31 and not pid_alive(pid)
+
+    def _unchanged_for(self, marker: os.stat_result, content: bytes) -> float:
+        """Seconds of this process's monotonic clock for which the marker has stayed the same."""
+        seen, now = (marker.st_ino, marker.st_mtime_ns, content), time.monotonic()
+        if self._watched is None or self._watched[0] != seen:
+            self._watched = (seen, now)
+        return now - self._watched[1]
+
+
+def _read_marker(path: str) -> bytes | None:
+    try:
+        with open(path, "rb") as f:
+            return f.read(1024)
+    except OSError:
+        return None
 
 
 def make_lock(kind: str, path: str, stale_after: float) -> FileLockLike:

@@ -10,9 +10,20 @@ Layout::
 A payload is a pickled list of :class:`~orchard.storages._table.TrialTable`
 records (protocol 5, plain values only), written by one ``write()``. A frame
 cut short at the end of the file is a *torn tail* (a writer killed mid-write):
-:func:`scan` stops before it. A bad frame followed by more data is *damage*.
-The header's own checksum keeps a flipped length from passing for a torn tail.
-Loading refuses every global, so a tampered file cannot run code.
+:func:`scan` stops before it. A bad frame followed by a valid one is *damage*:
+:func:`scan` skips it, resynchronising at the next valid frame (a payload
+starts with the bytes of pickle protocol 5 and both checksums must match), and
+reports the damaged byte range, so a damaged byte costs the records of one
+frame. A frame holding anything but Orchard records (see
+:mod:`orchard.storages._records`) is damage too. Loading refuses every
+global, so a tampered file cannot run code, and walks a bounded number of
+values, so a small frame cannot expand into an unbounded one.
+
+Frames appended under a soft lock start with a *fence* record naming the byte
+offset the writer appended it for. A frame found anywhere else was written by
+a process that had lost the lock while another wrote (the two interleaved):
+it is damage, and its writer, which checks where its frame landed, reports
+the write as failed.
 """
 
 from __future__ import annotations
@@ -26,10 +37,12 @@ import zlib
 from typing import Any, NamedTuple
 
 from orchard.errors import StorageCorruptedError
+from orchard.storages._records import RecordError, check_batch
 from orchard.storages._table import Record
 
 __all__ = [
     "HEADER_SIZE",
+    "Damage",
     "Header",
     "Scan",
     "decode_header",
@@ -39,6 +52,7 @@ __all__ = [
     "pread",
     "pwrite_all",
     "scan",
+    "write_all",
 ]
 
 MAGIC = b"\x89ORCHARD-LOG\r\n\x1a\n"  # binary, recognisable, and broken by text-mode copies
@@ -47,7 +61,7 @@ _HEADER = struct.Struct(f"<{len(MAGIC)}sH16sQ")  # magic, version, generation, b
 _U32 = struct.Struct("<I")
 HEADER_SIZE = _HEADER.size + _U32.size
 FRAME = struct.Struct("<III")  # payload length, crc32(payload), crc32(first 8 bytes)
-_OPS = frozenset({"experiment", "trial", "drop"})
+_PROTO = b"\x80\x05"  # every payload is a protocol-5 pickle, which starts with these two bytes
 
 
 class Header(NamedTuple):
@@ -112,71 +126,101 @@ def encode_frame(records: list[Record]) -> bytes:
 
 
 class _RecordUnpickler(pickle.Unpickler):
-    """Loads plain values only; a global in a record means the file was tampered with."""
-
-    def __init__(self, payload: memoryview, path: str) -> None:
-        super().__init__(io.BytesIO(payload))
-        self._path = path
+    """Loads plain values only: a global in a record means the file was tampered with."""
 
     def find_class(self, module: str, name: str) -> Any:
-        raise StorageCorruptedError(
-            f"refusing to load {module}.{name} from storage file {self._path}: Orchard records "
-            "hold plain values only, so the file was tampered with or written by another "
-            "program. Nothing was executed; move the file away or restore it from a backup"
-        )
+        raise RecordError(f"it refers to {module}.{name} (tampered with? nothing was executed)")
 
 
-def _load_batch(payload: memoryview, path: str) -> list[Record]:
+def _load_batch(payload: memoryview, at: int) -> list[Record]:
+    """The records of the frame at file offset ``at``, checked (see :mod:`~orchard.storages._records`).
+
+    Raises:
+        RecordError: the payload is not a batch of Orchard records.
+    """
     try:
-        batch = _RecordUnpickler(payload, path).load()
-    except StorageCorruptedError:
+        batch = _RecordUnpickler(io.BytesIO(payload)).load()
+    except RecordError:
         raise
     except Exception as err:  # any failure to decode a frame whose checksum is right
-        raise StorageCorruptedError(
-            f"storage file {path} holds a record Orchard cannot decode ({err!r}); "
-            "restore the file from a backup or move it away"
-        ) from err
-    if not (isinstance(batch, list) and all(isinstance(r, dict) and r.get("op") in _OPS for r in batch)):
-        raise StorageCorruptedError(
-            f"storage file {path} holds a record that is not an Orchard record; "
-            "restore the file from a backup or move it away"
-        )
-    return batch
+        raise RecordError(f"it cannot be decoded ({type(err).__name__})") from err
+    check_batch(batch, len(payload))
+    if batch and batch[0]["op"] == "fence":
+        if batch[0]["at"] != at:
+            raise RecordError(
+                f"it was written for byte {batch[0]['at']} by a holder of lock {batch[0]['lock']} "
+                "that had lost the lock (fenced out)"
+            )
+        batch = batch[1:]
+    return batch  # type: ignore[no-any-return]
+
+
+class Damage(NamedTuple):
+    """A byte range of the file that holds no valid frame, and why."""
+
+    start: int
+    end: int
+    reason: str
+
+    def __str__(self) -> str:
+        return f"bytes {self.start}-{self.end} ({self.end - self.start} bytes: {self.reason})"
 
 
 class Scan(NamedTuple):
     """The result of :func:`scan`."""
 
     batches: list[list[Record]]  # the records of each good frame, in order
-    end: int  # file offset just past the last good frame
-    damage: str | None  # what is wrong with a bad frame that is not a torn tail
+    end: int  # file offset just past the last good frame (a torn tail starts here)
+    damaged: list[Damage]  # bad byte ranges before ``end``, which readers skip
+
+
+def _frame_end(view: memoryview, pos: int) -> int | None:
+    """Where the frame starting at ``pos`` ends, if a whole frame with valid checksums is there."""
+    if len(view) - pos < FRAME.size:
+        return None
+    length, crc, head_crc = FRAME.unpack_from(view, pos)
+    end = pos + FRAME.size + length
+    if zlib.crc32(view[pos : pos + 8]) != head_crc or end > len(view):
+        return None
+    return end if zlib.crc32(view[pos + FRAME.size : end]) == crc else None
+
+
+def _next_frame(data: bytes, view: memoryview, pos: int) -> int | None:
+    """The offset of the next valid frame at or after ``pos`` (every payload starts with PROTO 5)."""
+    found = data.find(_PROTO, pos + FRAME.size)
+    while found >= 0:
+        if _frame_end(view, found - FRAME.size) is not None:
+            return found - FRAME.size
+        found = data.find(_PROTO, found + 1)
+    return None
 
 
 def scan(data: bytes, start: int, path: str) -> Scan:
-    """Decode the frames of ``data`` (read from file offset ``start``), stopping at a torn tail.
+    """Decode the frames of ``data`` (read from file offset ``start``), resynchronising after damage.
 
-    Raises:
-        StorageCorruptedError: a frame with a valid checksum does not hold
-            Orchard records (tampering).
+    A bad frame (wrong checksum, or content that is not Orchard records) is
+    skipped up to the next valid frame and reported in :attr:`Scan.damaged`;
+    bad bytes with no valid frame after them are a torn tail, where the scan
+    stops. ``path`` names the file in messages.
     """
     view, size, pos = memoryview(data), len(data), 0
     batches: list[list[Record]] = []
+    damaged: list[Damage] = []
     while size - pos >= FRAME.size:
-        length, crc, head_crc = FRAME.unpack_from(data, pos)
-        body, end = pos + FRAME.size, pos + FRAME.size + length
-        if zlib.crc32(view[pos : pos + 8]) != head_crc:
-            if data.count(0, pos) == size - pos:
-                break  # a zero-filled tail (power loss before the data reached the disk)
-            return Scan(batches, start + pos, f"a damaged record header at byte {start + pos}")
-        if end > size:
-            break  # the last frame was cut short
-        if zlib.crc32(view[body:end]) != crc:
-            if end == size:
-                break  # the last frame was not fully written
-            return Scan(batches, start + pos, f"a record with a bad checksum at byte {start + pos}")
-        batches.append(_load_batch(view[body:end], path))
+        end = _frame_end(view, pos)
+        if end is None:
+            resume = _next_frame(data, view, pos + 1)
+            if resume is None:
+                break  # a torn tail (a writer killed mid-write, or power lost before the data reached the disk)
+            damaged.append(Damage(start + pos, start + resume, "not a valid record frame"))
+            pos = resume
+            continue
+        try:
+            batches.append(_load_batch(view[pos + FRAME.size : end], start + pos))
+        except RecordError as err:
+            damaged.append(Damage(start + pos, start + end, f"a frame that is not Orchard's records: {err}"))
         pos = end
-    return Scan(batches, start + pos, None)
+    return Scan(batches, start + pos, damaged)
 
 
 def pread(fd: int, count: int, offset: int) -> bytes:
@@ -206,6 +250,13 @@ def pwrite_all(fd: int, data: bytes, offset: int) -> None:
             os.lseek(fd, offset, os.SEEK_SET)
             written = os.write(fd, view)
         view, offset = view[written:], offset + written
+
+
+def write_all(fd: int, data: bytes) -> None:
+    """Write all of ``data`` at the file position (the end, for a descriptor opened ``O_APPEND``)."""
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
 
 
 def fsync_dir(directory: str) -> None:

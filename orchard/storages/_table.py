@@ -52,13 +52,18 @@ class _ExperimentTrials:
 
 
 class TrialTable:
-    """In-memory experiments and trials; every verb returns the records it applied."""
+    """In-memory experiments and trials; every verb returns the records it applied.
+
+    The objects it returns are the stored ones (never mutated in place: a
+    change replaces them), so a storage must copy them before handing them
+    out (:class:`~orchard.storages._tabled.TableStorage` does, in one place).
+    """
 
     def __init__(self) -> None:
-        self.experiments: dict[str, ExperimentRecord] = {}
-        self.names: dict[str, str] = {}
-        self.by_experiment: dict[str, _ExperimentTrials] = {}
-        self.owner_of: dict[str, str] = {}  # trial id -> experiment id
+        self._experiments: dict[str, ExperimentRecord] = {}
+        self._names: dict[str, str] = {}
+        self._by_experiment: dict[str, _ExperimentTrials] = {}
+        self._owner_of: dict[str, str] = {}  # trial id -> experiment id
         self.seq = 0
 
     # -- applying records (the only place state changes) -------------------------
@@ -69,23 +74,23 @@ class TrialTable:
         op = record["op"]
         if op == "experiment":
             exp = ExperimentRecord(**record["record"])
-            self.experiments[exp.id] = exp
-            self.names[exp.name] = exp.id
-            self.by_experiment.setdefault(exp.id, _ExperimentTrials())
+            self._experiments[exp.id] = exp
+            self._names[exp.name] = exp.id
+            self._by_experiment.setdefault(exp.id, _ExperimentTrials())
         elif op == "trial":
             self._put_trial(Trial.from_dict(record["trial"]))
         elif op == "drop":
             exp_id = record["experiment"]
-            dropped = self.experiments.pop(exp_id, None)
+            dropped = self._experiments.pop(exp_id, None)
             if dropped is not None:
-                self.names.pop(dropped.name, None)
-            for tid in self.by_experiment.pop(exp_id, _ExperimentTrials()).trials:
-                self.owner_of.pop(tid, None)
+                self._names.pop(dropped.name, None)
+            for tid in self._by_experiment.pop(exp_id, _ExperimentTrials()).trials:
+                self._owner_of.pop(tid, None)
         else:  # pragma: no cover - guarded by the pickle loader
             raise ValueError(f"unknown record op {op!r}")
 
     def _put_trial(self, trial: Trial) -> None:
-        table = self.by_experiment.setdefault(trial.experiment, _ExperimentTrials())
+        table = self._by_experiment.setdefault(trial.experiment, _ExperimentTrials())
         old = table.trials.get(trial.id)
         if old is not None:
             table.counts[old.status] -= 1
@@ -99,7 +104,7 @@ class TrialTable:
             table.reserved[trial.id] = None
         table.changed[trial.id] = self.seq
         table.changed.move_to_end(trial.id)
-        self.owner_of[trial.id] = trial.experiment
+        self._owner_of[trial.id] = trial.experiment
 
     def apply_all(self, records: Iterable[Record]) -> list[Record]:
         """Apply records in order and return them as a list."""
@@ -112,24 +117,51 @@ class TrialTable:
     def snapshot(self) -> list[Record]:
         """Records that rebuild the current state from an empty table (for compaction)."""
         records: list[Record] = [
-            {"op": "experiment", "record": exp.to_dict()} for exp in self.experiments.values()
+            {"op": "experiment", "record": exp.to_dict()} for exp in self._experiments.values()
         ]
-        for table in self.by_experiment.values():
+        for table in self._by_experiment.values():
             records.extend({"op": "trial", "trial": table.trials[tid].to_dict()} for tid in table.changed)
         return records
 
     # -- lookups ---------------------------------------------------------------
 
     def _experiment(self, experiment_id: str) -> _ExperimentTrials:
-        if experiment_id not in self.experiments:
+        if experiment_id not in self._experiments:
             raise ExperimentNotFoundError(f"no experiment with id {experiment_id!r} in the storage")
-        return self.by_experiment[experiment_id]
+        return self._by_experiment[experiment_id]
+
+    def experiment_named(self, name: str) -> ExperimentRecord | None:
+        """The experiment called ``name``, or ``None``."""
+        exp_id = self._names.get(name)
+        return None if exp_id is None else self._experiments[exp_id]
+
+    def experiment(self, experiment_id: str) -> ExperimentRecord:
+        """The experiment with that id (raises :class:`ExperimentNotFoundError`)."""
+        self._experiment(experiment_id)
+        return self._experiments[experiment_id]
+
+    def list_experiments(self) -> list[ExperimentRecord]:
+        """Every experiment, oldest first."""
+        return sorted(self._experiments.values(), key=lambda e: e.created)
+
+    def waiting(self, experiment_id: str) -> int:
+        """How many trials of the experiment a worker could reserve now."""
+        table = self._experiment(experiment_id)
+        return len(table.waiting[TrialStatus.NEW]) + len(table.waiting[TrialStatus.INTERRUPTED])
+
+    def has_stale(self, experiment_id: str, cutoff: float) -> bool:
+        """Whether a reservation of the experiment has a heartbeat older than ``cutoff``."""
+        table = self._experiment(experiment_id)
+        return any((table.trials[tid].heartbeat or 0.0) < cutoff for tid in table.reserved)
 
     def trial(self, trial_id_: str) -> Trial | None:
-        exp_id = self.owner_of.get(trial_id_)
+        exp_id = self._owner_of.get(trial_id_)
         if exp_id is None:
             return None
-        return self.by_experiment[exp_id].trials.get(trial_id_)
+        return self._by_experiment[exp_id].trials.get(trial_id_)
+
+    def _stored(self, trial_id_: str) -> Trial:
+        return self._by_experiment[self._owner_of[trial_id_]].trials[trial_id_]
 
     def _owned(self, trial_id_: str, worker: str | None) -> Trial:
         trial = self.trial(trial_id_)
@@ -145,33 +177,29 @@ class TrialTable:
         return trial
 
     @staticmethod
-    def _copy(trial: Trial) -> Trial:
-        """A copy callers may mutate without touching the table."""
-        return dataclasses.replace(trial, params=dict(trial.params), results=dict(trial.results),
-                                   error=dict(trial.error) if trial.error else None)
-
-    @staticmethod
     def _put(trial: Trial, **changes: Any) -> Record:
         return {"op": "trial", "trial": dataclasses.replace(trial, **changes).to_dict()}
 
     # -- verbs: each returns the records to apply (and apply() them) -------------
 
-    def create_experiment(self, name: str, config: Mapping[str, Any], now: float) -> list[Record]:
-        if name in self.names:
-            return []
+    def create_experiment(self, name: str, config: Mapping[str, Any], now: float) -> tuple[str, list[Record]]:
+        if name in self._names:
+            return self._names[name], []
         record = ExperimentRecord(uuid.uuid4().hex, name, to_builtin(dict(config)), now)
-        return self.apply_all([{"op": "experiment", "record": record.to_dict()}])
+        return record.id, self.apply_all([{"op": "experiment", "record": record.to_dict()}])
 
-    def update_experiment(self, experiment_id: str, changes: Mapping[str, Any]) -> list[Record]:
-        self._experiment(experiment_id)
-        exp = self.experiments[experiment_id]
+    def update_experiment(
+        self, experiment_id: str, changes: Mapping[str, Any]
+    ) -> tuple[ExperimentRecord, list[Record]]:
+        exp = self.experiment(experiment_id)
         config = {**exp.config, **to_builtin(dict(changes))}
         record = dataclasses.replace(exp, config=config)
-        return self.apply_all([{"op": "experiment", "record": record.to_dict()}])
+        records = self.apply_all([{"op": "experiment", "record": record.to_dict()}])
+        return self._experiments[experiment_id], records
 
     def delete_experiment(self, experiment_id: str) -> tuple[int, list[Record]]:
-        count = len(self.by_experiment.get(experiment_id, _ExperimentTrials()).trials)
-        if experiment_id not in self.experiments:
+        count = len(self._by_experiment.get(experiment_id, _ExperimentTrials()).trials)
+        if experiment_id not in self._experiments:
             return 0, []
         return count, self.apply_all([{"op": "drop", "experiment": experiment_id}])
 
@@ -189,14 +217,14 @@ class TrialTable:
         tid = trial_id(experiment_id, point)
         if tid in table.trials:
             raise DuplicateTrialError(
-                f"experiment {self.experiments[experiment_id].name!r} already has a trial "
+                f"experiment {self._experiments[experiment_id].name!r} already has a trial "
                 f"with params {point!r} (trial {tid})"
             )
         if budget is not None:
             held = sum(table.counts.values()) - table.counts[TrialStatus.BROKEN]
             if held >= budget:
                 raise BudgetExhaustedError(
-                    f"experiment {self.experiments[experiment_id].name!r} has used its budget: "
+                    f"experiment {self._experiments[experiment_id].name!r} has used its budget: "
                     f"{held} of max_trials={budget} trials exist; raise max_trials to add more"
                 )
         trial = Trial(id=tid, experiment=experiment_id, params=point, submit_time=now, parent=parent)
@@ -206,7 +234,7 @@ class TrialTable:
                 start_time=now, attempts=1,
             )
         records = self.apply_all([{"op": "trial", "trial": trial.to_dict()}])
-        return self._copy(trial), records
+        return trial, records
 
     def restore_trials(self, experiment_id: str, trials: Iterable[Trial]) -> tuple[int, list[Record]]:
         table = self._experiment(experiment_id)
@@ -230,7 +258,7 @@ class TrialTable:
                     start_time=now, end_time=None, attempts=trial.attempts + 1,
                 )
                 self.apply(record)
-                return self._copy(table.trials[tid]), [record]
+                return table.trials[tid], [record]
         return None, []
 
     def heartbeat_trial(self, trial_id_: str, worker: str, now: float) -> list[Record]:
@@ -246,7 +274,7 @@ class TrialTable:
             results=to_builtin(dict(results or {})), end_time=now, heartbeat=now,
         )
         self.apply(record)
-        return self._copy(self.trial(trial_id_)), [record]  # type: ignore[arg-type]
+        return self._stored(trial_id_), [record]
 
     def fail_trial(
         self, trial_id_: str, worker: str, error: Mapping[str, Any], now: float
@@ -256,13 +284,13 @@ class TrialTable:
             trial, status=TrialStatus.BROKEN, error=to_builtin(dict(error)), end_time=now, heartbeat=now
         )
         self.apply(record)
-        return self._copy(self.trial(trial_id_)), [record]  # type: ignore[arg-type]
+        return self._stored(trial_id_), [record]
 
     def release_trial(self, trial_id_: str, worker: str | None) -> tuple[Trial, list[Record]]:
         trial = self._owned(trial_id_, worker)
         record = self._put(trial, status=TrialStatus.INTERRUPTED, worker=None)
         self.apply(record)
-        return self._copy(self.trial(trial_id_)), [record]  # type: ignore[arg-type]
+        return self._stored(trial_id_), [record]
 
     def release_stale(self, experiment_id: str, cutoff: float) -> tuple[list[Trial], list[Record]]:
         table = self._experiment(experiment_id)
@@ -273,7 +301,7 @@ class TrialTable:
         records = self.apply_all(
             self._put(trial, status=TrialStatus.INTERRUPTED, worker=None) for trial in stale
         )
-        return [self._copy(table.trials[t.id]) for t in stale], records
+        return [table.trials[t.id] for t in stale], records
 
     # -- reads -----------------------------------------------------------------
 
@@ -283,7 +311,7 @@ class TrialTable:
         if statuses is not None:
             wanted = {TrialStatus(s) for s in statuses}
             trials = [t for t in trials if t.status in wanted]  # type: ignore[assignment]
-        return [self._copy(t) for t in sorted(trials, key=lambda t: (t.submit_time or 0.0))]
+        return sorted(trials, key=lambda t: (t.submit_time or 0.0))
 
     def changes_since(self, experiment_id: str, seq: int) -> list[Trial]:
         """Trials of the experiment changed after global sequence number ``seq``."""
@@ -292,7 +320,7 @@ class TrialTable:
         for tid in reversed(table.changed):
             if table.changed[tid] <= seq:
                 break
-            changed.append(self._copy(table.trials[tid]))
+            changed.append(table.trials[tid])
         changed.reverse()
         return changed
 

@@ -61,6 +61,7 @@ from orchard.testing._checks import (
     stored,
     tick,
 )
+from orchard.testing._checks_copies import CopyChecks
 from orchard.testing._checks_lifecycle import (
     OwnershipChecks,
     ReservationChecks,
@@ -71,6 +72,7 @@ from orchard.trial import Trial, TrialStatus
 __all__ = [
     "BudgetChecks",
     "ChangeFeedChecks",
+    "CopyChecks",
     "ExperimentChecks",
     "HandleChecks",
     "OwnershipChecks",
@@ -441,6 +443,7 @@ class StorageConformance(
     ReadingChecks,
     ChangeFeedChecks,
     HandleChecks,
+    CopyChecks,
 ):
     """Every guarantee of :class:`~orchard.storages.base.BaseStorage`, as pytest tests.
 

@@ -1,0 +1,153 @@
+"""The shape of the records in a pickle log, checked when they are loaded.
+
+A frame whose checksum is right may still hold something Orchard never
+writes: a tampered or foreign record, or a pathological one (a 534-byte
+pickle of nested lists sharing each other expands to 2**100 nodes when
+walked, and would hang every worker that hashes its params). Every record is
+checked against the shapes below, walking at most a bounded number of nodes,
+before it reaches the table; anything else makes the whole frame *damaged*
+(skipped, with a warning, like a frame with a bad checksum).
+
+Shapes::
+
+    {"op": "experiment", "record": {"id": str, "name": str, "config": PLAIN, "created": number}}
+    {"op": "trial", "trial": {"id": str, "experiment": str, "params": {str: SCALAR},
+                              "status": a TrialStatus value, "results": {str: PLAIN}, ...}}
+    {"op": "drop", "experiment": str}
+    {"op": "fence", "at": int, "lock": str}     # first record of a frame written under a soft lock
+
+PLAIN is None, bool, int, float, str, or lists and dicts (str keys) of PLAIN,
+nested at most :data:`MAX_DEPTH` deep; SCALAR is a PLAIN that is not a list or dict.
+Writers check their records the same way before appending them, so a record
+that returned is never one that readers would skip.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from orchard.trial import TrialStatus
+
+__all__ = ["MAX_DEPTH", "RecordError", "check_batch"]
+
+MAX_DEPTH = 32  # nesting of lists and dicts in configuration and results
+_NODE_FLOOR = 10_000  # nodes any frame may hold, beyond its size in bytes
+_SCALARS = (bool, int, float, str, type(None))
+_STATUSES = frozenset(status.value for status in TrialStatus)
+_OPTIONAL_NUMBERS = ("objective", "heartbeat", "submit_time", "start_time", "end_time")
+_NUMBERS = (int, float, type(None))
+_NAMES = (str, type(None))
+_EXPERIMENT_FIELDS = frozenset({"id", "name", "config", "created"})
+
+
+class RecordError(ValueError):
+    """A record that is not one Orchard writes (its frame is damaged)."""
+
+
+class _Budget:
+    """Counts the values walked in one frame, so shared sub-lists cannot make the walk explode."""
+
+    __slots__ = ("left",)
+
+    def __init__(self, limit: int) -> None:
+        self.left = limit
+
+    def spend(self, count: int) -> None:
+        self.left -= count
+        if self.left < 0:
+            raise RecordError("it holds more values than its size allows (nested shared lists?)")
+
+
+def _plain(value: Any, budget: _Budget, depth: int = 0) -> None:
+    """Check a PLAIN value that is not a scalar (scalars are checked inline by the callers: speed)."""
+    kind = type(value)
+    if depth >= MAX_DEPTH:
+        raise RecordError(f"values nested more than {MAX_DEPTH} deep")
+    if kind is list:
+        budget.spend(len(value))
+        for item in value:
+            if type(item) not in _SCALARS:
+                _plain(item, budget, depth + 1)
+    elif kind is dict:
+        budget.spend(len(value))
+        for key, item in value.items():
+            if type(key) is not str:
+                raise RecordError(f"a dict key of type {type(key).__name__}")
+            if type(item) not in _SCALARS:
+                _plain(item, budget, depth + 1)
+    else:
+        raise RecordError(f"a value of type {kind.__name__}")
+
+
+def _check_trial(trial: Any, budget: _Budget) -> None:
+    if type(trial) is not dict:
+        raise RecordError("a trial that is not a dict")
+    if type(trial.get("id")) is not str or type(trial.get("experiment")) is not str:
+        raise RecordError("a trial without a string id and experiment")
+    if trial.get("status") not in _STATUSES:
+        raise RecordError(f"unknown trial status {trial.get('status')!r}")
+    params = trial.get("params")
+    if type(params) is not dict:
+        raise RecordError("trial params that are not a dict")
+    budget.spend(len(params))
+    for name, value in params.items():
+        if type(name) is not str or type(value) not in _SCALARS:
+            raise RecordError(f"param {name!r} is not a plain scalar (params must be flat)")
+    if type(trial.get("results")) is not dict:
+        raise RecordError("trial results that are not a dict")
+    _plain(trial["results"], budget)
+    if trial.get("error") is not None:
+        _plain(trial["error"], budget)
+    for name in _OPTIONAL_NUMBERS:
+        if type(trial.get(name)) not in _NUMBERS:
+            raise RecordError(f"field {name!r} is {type(trial.get(name)).__name__}")
+    if type(trial.get("worker")) not in _NAMES or type(trial.get("parent")) not in _NAMES:
+        raise RecordError("a trial whose worker or parent is not a string or None")
+    if type(trial.get("attempts", 0)) is not int:  # absent from records of older releases
+        raise RecordError("a trial whose attempts are not an int")
+
+
+def _field(record: dict[str, Any], name: str, *kinds: type) -> Any:
+    value = record.get(name)
+    if type(value) not in kinds:
+        raise RecordError(f"field {name!r} is {type(value).__name__}")
+    return value
+
+
+def _check_record(record: Any, budget: _Budget) -> None:
+    if type(record) is not dict:
+        raise RecordError("a record that is not a dict")
+    op = record.get("op")
+    if op == "trial":
+        _check_trial(record.get("trial"), budget)
+    elif op == "experiment":
+        exp = _field(record, "record", dict)
+        if not set(exp) <= _EXPERIMENT_FIELDS:
+            raise RecordError(f"an experiment with unknown fields {sorted(set(exp) - _EXPERIMENT_FIELDS)}")
+        _field(exp, "id", str)
+        _field(exp, "name", str)
+        _field(exp, "created", int, float)
+        _plain(_field(exp, "config", dict), budget)
+    elif op == "drop":
+        _field(record, "experiment", str)
+    elif op == "fence":
+        _field(record, "at", int)
+        _field(record, "lock", str)
+    else:
+        raise RecordError(f"unknown record op {op!r}")
+
+
+def check_batch(batch: Any, payload_size: int) -> None:
+    """Check that ``batch`` (a decoded frame of ``payload_size`` bytes) holds only Orchard records.
+
+    Raises:
+        RecordError: it does not; the message says what is wrong.
+    """
+    if type(batch) is not list:
+        raise RecordError("a frame that is not a list of records")
+    budget = _Budget(_NODE_FLOOR + 2 * payload_size)
+    budget.spend(len(batch))
+    for position, record in enumerate(batch):
+        _check_record(record, budget)
+        if record["op"] == "fence" and position != 0:
+            raise RecordError("a fence record that is not first in its frame")
