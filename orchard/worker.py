@@ -35,9 +35,11 @@ from orchard.errors import (
     SpaceExhaustedError,
     StorageError,
 )
+from orchard.leases import LeaseObserver
 from orchard.objective import Outcome
 from orchard.space import Space
 from orchard.storages.base import BaseStorage
+from orchard.storages.retrying import RetryingStorage
 from orchard.trial import Trial, TrialStatus
 
 __all__ = ["History", "Pacemaker", "Worker", "WorkerReport", "WorkerSettings", "worker_name"]
@@ -67,6 +69,7 @@ class WorkerSettings:
     algorithm: Any
     max_trials: int | None
     max_broken: int = 3
+    max_attempts: int = 3
     heartbeat: float = 30.0
     idle_timeout: float | None = None
     seed: int | None = None
@@ -215,6 +218,7 @@ class Worker:
         name: str | None = None,
         on_outcome: Callable[[Trial, Outcome], None] | None = None,
     ) -> None:
+        storage = RetryingStorage(storage, patience=settings.stale_after)  # outages cost time, not results
         self.storage = storage
         self.experiment_id = experiment_id
         self.settings = settings
@@ -225,7 +229,7 @@ class Worker:
         self.algorithm: BaseAlgorithm = make_algorithm(settings.algorithm, settings.space, settings.seed)
         self.report = WorkerReport(self.name)
         self.pacemaker = Pacemaker(storage, self.name, settings.heartbeat)
-        self._last_release = 0.0
+        self._leases = LeaseObserver(settings.stale_after)
         self._poll = _MIN_POLL
         self._idle_since: float | None = None
 
@@ -274,12 +278,17 @@ class Worker:
         return ""
 
     def _release_stale(self) -> None:
-        now = time.time()
-        if now - self._last_release < self.settings.heartbeat:
+        """Take back reservations whose heartbeat this worker saw stand still for ``stale_after``."""
+        self._leases.observe(t for t in self.history.trials.values() if t.status is TrialStatus.RESERVED)
+        lost = self._leases.lost()
+        if not lost:
             return
-        self._last_release = now
-        for trial in self.storage.release_stale(self.experiment_id, self.settings.stale_after, now=now):
-            log.info("released trial %s of lost worker %s", trial.id, trial.worker)
+        self._leases.forget(lost)
+        for trial in self.storage.release_lost(self.experiment_id, lost, self.settings.max_attempts):
+            verb = "broke" if trial.status is TrialStatus.BROKEN else "released"
+            log.warning("%s trial %s: worker %s stopped heartbeating it for %g s (attempt %d of %d)",
+                        verb, trial.id, lost[trial.id].worker, self.settings.stale_after,
+                        trial.attempts, self.settings.max_attempts)
 
     def _idle_expired(self) -> bool:
         now = time.monotonic()

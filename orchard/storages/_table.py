@@ -30,7 +30,8 @@ from orchard.errors import (
 )
 from orchard.space import to_builtin, trial_id
 from orchard.storages.base import ExperimentRecord
-from orchard.trial import Trial, TrialStatus
+from orchard.leases import lost_error
+from orchard.trial import Lease, Trial, TrialStatus
 
 __all__ = ["Record", "TrialTable"]
 
@@ -260,20 +261,24 @@ class TrialTable:
 
     def release_trial(self, trial_id_: str, worker: str | None) -> tuple[Trial, list[Record]]:
         trial = self._owned(trial_id_, worker)
-        record = self._put(trial, status=TrialStatus.INTERRUPTED, worker=None)
+        record = self._put(trial, status=TrialStatus.INTERRUPTED, worker=None,
+                           attempts=max(trial.attempts - 1, 0))  # a graceful release gives it back
         self.apply(record)
         return self._copy(self.trial(trial_id_)), [record]  # type: ignore[arg-type]
 
-    def release_stale(self, experiment_id: str, cutoff: float) -> tuple[list[Trial], list[Record]]:
+    def release_lost(
+        self, experiment_id: str, leases: Mapping[str, Lease], max_attempts: int, now: float
+    ) -> tuple[list[Trial], list[Record]]:
         table = self._experiment(experiment_id)
-        stale = [
-            table.trials[tid] for tid in table.reserved
-            if (table.trials[tid].heartbeat or 0.0) < cutoff
-        ]
-        records = self.apply_all(
-            self._put(trial, status=TrialStatus.INTERRUPTED, worker=None) for trial in stale
-        )
-        return [self._copy(table.trials[t.id]) for t in stale], records
+        taken = [table.trials[tid] for tid, lease in leases.items()
+                 if tid in table.reserved and table.trials[tid].lease == lease]
+        records = self.apply_all(self._take_back(trial, max_attempts, now) for trial in taken)
+        return [self._copy(table.trials[t.id]) for t in taken], records
+
+    def _take_back(self, trial: Trial, max_attempts: int, now: float) -> Record:
+        if trial.attempts >= max_attempts:
+            return self._put(trial, status=TrialStatus.BROKEN, error=lost_error(trial.attempts), end_time=now)
+        return self._put(trial, status=TrialStatus.INTERRUPTED, worker=None)
 
     # -- reads -----------------------------------------------------------------
 

@@ -15,7 +15,7 @@ from typing import Any, ClassVar
 from orchard.errors import ConfigurationError
 from orchard.storages._table import TrialTable
 from orchard.storages.base import BaseStorage, ExperimentRecord
-from orchard.trial import Trial, TrialStatus
+from orchard.trial import Lease, Trial, TrialStatus
 
 __all__ = ["MemoryStorage"]
 
@@ -124,10 +124,9 @@ class MemoryStorage(BaseStorage):
         with self._lock:
             return self._table.release_trial(trial_id, worker)[0]
 
-    def release_stale(self, experiment_id: str, timeout: float, now: float | None = None) -> list[Trial]:
-        cutoff = (self.now() if now is None else now) - timeout
+    def release_lost(self, experiment_id: str, leases: Mapping[str, Lease], max_attempts: int) -> list[Trial]:
         with self._lock:
-            return self._table.release_stale(experiment_id, cutoff)[0]
+            return self._table.release_lost(experiment_id, leases, max_attempts, self.now())[0]
 
     def get_trial(self, trial_id: str) -> Trial | None:
         with self._lock:

@@ -39,7 +39,7 @@ from orchard.storages._logfile import HEADER_SIZE, Header
 from orchard.storages._table import Record, TrialTable
 from orchard.storages._uri import split_options
 from orchard.storages.base import BaseStorage, ExperimentRecord
-from orchard.trial import Trial, TrialStatus
+from orchard.trial import Lease, Trial, TrialStatus
 
 __all__ = ["PickledStorage"]
 
@@ -576,20 +576,9 @@ class PickledStorage(BaseStorage):
         """See :meth:`BaseStorage.release_trial`."""
         return self._write(lambda table, now: table.release_trial(trial_id, worker))
 
-    def release_stale(self, experiment_id: str, timeout: float, now: float | None = None) -> list[Trial]:
-        """See :meth:`BaseStorage.release_stale`."""
-
-        def any_stale(table: TrialTable) -> bool:
-            cutoff = (self.now() if now is None else now) - timeout
-            table.count_trials(experiment_id)  # raises if the experiment does not exist
-            trials = table.by_experiment[experiment_id]
-            return any((trials.trials[tid].heartbeat or 0.0) < cutoff for tid in trials.reserved)
-
-        if not self._read(any_stale):  # nothing stale right now: no need for the lock
-            return []
-        return self._write(
-            lambda table, t: table.release_stale(experiment_id, (t if now is None else now) - timeout)
-        )
+    def release_lost(self, experiment_id: str, leases: Mapping[str, Lease], max_attempts: int) -> list[Trial]:
+        """See :meth:`BaseStorage.release_lost`."""
+        return self._write(lambda table, now: table.release_lost(experiment_id, leases, max_attempts, now))
 
     # -- reading --------------------------------------------------------------------------
 
