@@ -109,7 +109,7 @@ def assert_one_result_stored(storage_uri: str, name: str) -> None:
 
 def test_a_wire_server_down_for_8_s_as_an_evaluation_ends_loses_nothing(
         tmp_path: Path, spawn: Callable[..., Worker]) -> None:
-    with WireServer(tmp_path) as server:
+    with WireServer(tmp_path, durable=True) as server:  # acknowledged writes survive its SIGKILL
         uri = with_database(server.uri, "outage")
         worker = spawn(uri, "outage", "waits_for_go", max_trials=1, heartbeat=10.0)  # lease: 30 s
         wait_for(lambda: (tmp_path / "started").exists() or worker.process.poll() is not None, 60,

@@ -58,13 +58,17 @@ class WireServer:
         tmpdir: a directory under which the server's data and logs are kept.
         database: the database named in :attr:`uri`.
         startup_timeout: seconds to wait for the server to listen.
+        durable: flush the server's log on every commit (``--sync-on-commit``), as a
+            journaled ``mongod`` does for acknowledged writes; without it a
+            SIGKILL loses the writes since the last checkpoint.
     """
 
     def __init__(self, tmpdir: str | os.PathLike[str], *, database: str = "orchard_test",
-                 startup_timeout: float = 60.0) -> None:
+                 startup_timeout: float = 60.0, durable: bool = False) -> None:
         self.home = Path(tempfile.mkdtemp(prefix="secantus-", dir=tmpdir))
         self.database = database
         self.startup_timeout = startup_timeout
+        self.durable = durable
         self.host, self.port = "127.0.0.1", "0"
         self._process: subprocess.Popen[bytes] | None = None
         self._starts = 0
@@ -86,7 +90,8 @@ class WireServer:
         with open(log_path, "wb") as log:
             self._process = subprocess.Popen(
                 [sys.executable, "-m", "secantus", "--host", self.host, "--port", self.port,
-                 "--storage-path", str(self.home / "data"), "--log-level", "INFO"],
+                 "--storage-path", str(self.home / "data"), "--log-level", "INFO",
+                 *(["--sync-on-commit"] if self.durable else [])],
                 stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
             )
         self.host, self.port = _wait_listening(self._process, log_path, self.startup_timeout)
