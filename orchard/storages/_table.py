@@ -28,9 +28,9 @@ from orchard.errors import (
     ReservationLostError,
     TrialNotFoundError,
 )
+from orchard.leases import lost_error
 from orchard.space import to_builtin, trial_id
 from orchard.storages.base import ExperimentRecord
-from orchard.leases import lost_error
 from orchard.trial import Lease, Trial, TrialStatus
 
 __all__ = ["Record", "TrialTable"]

@@ -29,6 +29,12 @@ Guarantees every backend gives (the conformance suite in
   storage to workers.
 * **Driver errors are translated**: callers only ever see
   :class:`~orchard.errors.OrchardError` subclasses.
+* **Transient failures say so.** A verb that could not reach the storage
+  (server down, lock not obtained in time) raises
+  :class:`~orchard.errors.StorageUnavailableError`; a write may then have
+  taken effect or not. Callers retry such errors
+  (:class:`orchard.storages.retrying.RetryingStorage`); every other error is
+  an answer.
 """
 
 from __future__ import annotations

@@ -72,11 +72,11 @@ __all__ = [
     "ChangeFeedChecks",
     "ExperimentChecks",
     "HandleChecks",
+    "LostReservationChecks",
     "OwnershipChecks",
     "ReadingChecks",
     "RegistrationChecks",
     "ReservationChecks",
-    "LostReservationChecks",
     "StorageConformance",
 ]
 

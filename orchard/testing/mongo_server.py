@@ -29,6 +29,7 @@ import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Self
 
 __all__ = ["ENV_VAR", "WireServer", "mongodb_for_tests", "running_mongo_server", "test_mongodb_uri"]
 
@@ -108,7 +109,7 @@ class WireServer:
         if self._process is not None:
             _stop(self._process)
 
-    def __enter__(self) -> WireServer:
+    def __enter__(self) -> Self:
         self.start()
         return self
 
