@@ -29,7 +29,6 @@ import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Self
 
 __all__ = ["ENV_VAR", "WireServer", "mongodb_for_tests", "running_mongo_server", "test_mongodb_uri"]
 
@@ -109,7 +108,7 @@ class WireServer:
         if self._process is not None:
             _stop(self._process)
 
-    def __enter__(self) -> Self:
+    def __enter__(self) -> WireServer:  # noqa: PYI034 - Self needs Python 3.11
         self.start()
         return self
 
