@@ -67,6 +67,10 @@ class History:
         """Params being, or about to be, evaluated by anyone (plus ``extra``)."""
         return [*self._pending.values(), *(extra or [])]
 
+    def reserved(self) -> list[Trial]:
+        """The trials reserved right now, as last seen (costs the pending trials, not the history)."""
+        return [trial for tid in self._pending if (trial := self.trials[tid]).status is TrialStatus.RESERVED]
+
     def others_reserved(self) -> bool:
         """Whether any trial is waiting or being evaluated (so waiting can pay off)."""
         return any(self.counts[s] for s in (TrialStatus.RESERVED, TrialStatus.NEW, TrialStatus.INTERRUPTED))

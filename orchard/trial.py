@@ -9,15 +9,16 @@ Lifecycle (SPEC §4)::
      ^                  │ ──fail─────────> broken
      │                  │
      └──────────────────┴ ──lost/release─> interrupted ──reserve──> reserved …
+                        └──lost for the max_attempts-th time──> broken (reason "lost")
 """
 
 from __future__ import annotations
 
 import dataclasses
 import enum
-from typing import Any
+from typing import Any, NamedTuple
 
-__all__ = ["ALLOWED_TRANSITIONS", "Trial", "TrialStatus", "can_transition"]
+__all__ = ["ALLOWED_TRANSITIONS", "Lease", "Trial", "TrialStatus", "can_transition"]
 
 
 class TrialStatus(str, enum.Enum):
@@ -62,6 +63,17 @@ ALLOWED_TRANSITIONS: dict[TrialStatus, frozenset[TrialStatus]] = {
 def can_transition(old: TrialStatus, new: TrialStatus) -> bool:
     """Return whether the lifecycle allows moving a trial from ``old`` to ``new``."""
     return new in ALLOWED_TRANSITIONS[old]
+
+
+class Lease(NamedTuple):
+    """A reservation as an observer saw it: its owner and the exact heartbeat value stored.
+
+    A lease is judged lost by watching its heartbeat value not change, never by
+    comparing the value with a clock (see :mod:`orchard.leases`).
+    """
+
+    worker: str
+    heartbeat: float
 
 
 @dataclasses.dataclass
@@ -110,6 +122,13 @@ class Trial:
         kwargs["params"] = dict(kwargs.get("params") or {})
         kwargs["results"] = dict(kwargs.get("results") or {})
         return cls(**kwargs)
+
+    @property
+    def lease(self) -> Lease | None:
+        """The reservation's owner and heartbeat, or ``None`` unless the trial is reserved."""
+        if self.status is not TrialStatus.RESERVED or self.worker is None or self.heartbeat is None:
+            return None
+        return Lease(self.worker, self.heartbeat)
 
     @property
     def duration(self) -> float | None:

@@ -47,10 +47,12 @@ from orchard.experiment_config import (
     positive_number,
 )
 from orchard.history import History
+from orchard.leases import LeaseObserver
 from orchard.objective import ObjectiveEvaluator, Outcome, TrialEvaluator
 from orchard.pacemaker import Pacemaker
 from orchard.resources import DEVICES_ENV, visible_devices, worker_label
 from orchard.storages.base import BaseStorage
+from orchard.storages.retrying import RetryingStorage
 from orchard.trial import Trial, TrialStatus
 
 __all__ = [
@@ -158,6 +160,7 @@ class Worker:
         on_outcome: Callable[[Trial, Outcome], None] | None = None,
         label: str | None = None,
     ) -> None:
+        storage = RetryingStorage(storage, patience=settings.stale_after)  # outages cost time, not results
         self.storage = storage
         self.experiment_id = experiment_id
         self.settings = settings
@@ -169,7 +172,7 @@ class Worker:
         self.algorithm: BaseAlgorithm = make_algorithm(settings.algorithm, settings.space, settings.seed)
         self.report = WorkerReport(self.name)
         self.pacemaker = Pacemaker(storage, self.name, settings.heartbeat, on_lost=self._cancel)
-        self._last_release = 0.0
+        self._leases = LeaseObserver(settings.stale_after)
         self._exhausted = False  # the algorithm's last answer was "nothing new"
         self._evaluating: Trial | None = None
 
@@ -308,12 +311,17 @@ class Worker:
                 f"experiment {self.label!r}: the algorithm has no new point to suggest", StopReason.EXHAUSTED)
 
     def _release_stale(self) -> None:
-        now = time.time()
-        if now - self._last_release < self.settings.heartbeat:
+        """Take back reservations whose heartbeat this worker saw stand still for ``stale_after``."""
+        self._leases.observe(self.history.reserved())
+        lost = self._leases.lost()
+        if not lost:
             return
-        self._last_release = now
-        for trial in self.storage.release_stale(self.experiment_id, self.settings.stale_after, now=now):
-            log.info("released trial %s of lost worker %s", trial.id, trial.worker)
+        self._leases.forget(lost)
+        for trial in self.storage.release_lost(self.experiment_id, lost, self.settings.max_attempts):
+            verb = "broke" if trial.status is TrialStatus.BROKEN else "released"
+            log.warning("%s trial %s: worker %s stopped heartbeating it for %g s (attempt %d of %d)",
+                        verb, trial.id, lost[trial.id].worker, self.settings.stale_after,
+                        trial.attempts, self.settings.max_attempts)
 
     # -- getting a trial -------------------------------------------------------
 

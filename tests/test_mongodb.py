@@ -8,6 +8,7 @@ between spawned processes.
 
 from __future__ import annotations
 
+import datetime
 import multiprocessing
 import pickle
 import time
@@ -35,7 +36,7 @@ from orchard.storages import _mongo, get_storage
 from orchard.storages.mongodb import MongoStorage
 from orchard.testing._mongo_uri import with_database
 from orchard.testing.mongo_server import mongodb_for_tests
-from orchard.trial import Trial, TrialStatus
+from orchard.trial import Lease, Trial, TrialStatus
 
 SPAWN = multiprocessing.get_context("spawn")
 SECRET = "s3cr3t-Pa55"
@@ -231,7 +232,7 @@ def test_list_is_oldest_first_and_delete_removes_trials(storage: MongoStorage) -
         lambda s: s.fetch_trials("nope"),
         lambda s: s.fetch_changes("nope"),
         lambda s: s.count_trials("nope"),
-        lambda s: s.release_stale("nope", 1.0),
+        lambda s: s.release_lost("nope", {}, 3),
         lambda s: s.restore_trials("nope", []),
     ],
 )
@@ -342,7 +343,7 @@ def test_reserve_takes_interrupted_first_then_oldest_new(storage: MongoStorage, 
     assert (taken.status, taken.worker, taken.attempts) == (TrialStatus.RESERVED, "w1", 1)
     storage.release_trial(first.id, "w1")
     again = storage.reserve_trial(exp, "w2")
-    assert again is not None and (again.id, again.attempts) == (first.id, 2)
+    assert again is not None and (again.id, again.attempts) == (first.id, 1)  # a graceful release gives the attempt back
     assert storage.reserve_trial(exp, "w3").id == second.id  # type: ignore[union-attr]
     assert storage.reserve_trial(exp, "w4") is None
 
@@ -382,17 +383,22 @@ def test_fail_and_release(storage: MongoStorage, exp: str) -> None:
         storage.release_trial(b.id, None)
 
 
-def test_release_stale_takes_only_stale_reservations(storage: MongoStorage, exp: str) -> None:
-    old = storage.register_trial(exp, {"x": 1}, worker="lost")
-    fresh = storage.register_trial(exp, {"x": 2}, worker="alive")
-    now = time.time() + 100
-    storage._trials.update_one({"_id": fresh.id}, {"$set": {"heartbeat": now - 1}})
-    released = storage.release_stale(exp, timeout=30, now=now)
-    assert [(t.id, t.status, t.worker) for t in released] == [(old.id, TrialStatus.INTERRUPTED, None)]
-    assert storage.get_trial(fresh.id).status is TrialStatus.RESERVED  # type: ignore[union-attr]
-    with pytest.raises(ReservationLostError):
-        storage.heartbeat_trial(old.id, "lost")
-    assert storage.release_stale(exp, timeout=30, now=now) == []
+def test_every_write_is_stamped_by_the_server_not_by_a_client_clock(storage: MongoStorage, exp: str) -> None:
+    storage.now = lambda: 1.0  # type: ignore[method-assign]  # a client clock decades behind
+    trial = storage.register_trial(exp, {"x": 1}, worker="w")
+    stamps = [_doc(storage, trial.id)["mtime"]]
+    storage.heartbeat_trial(trial.id, "w")
+    stamps.append(_doc(storage, trial.id)["mtime"])
+    storage.release_lost(exp, {trial.id: Lease("w", 1.0)}, 3)
+    stamps.append(_doc(storage, trial.id)["mtime"])
+    now = datetime.datetime.now(datetime.timezone.utc).replace(tzinfo=None)
+    assert all(isinstance(s, datetime.datetime) and abs((s - now).total_seconds()) < 60 for s in stamps), stamps
+    assert _doc(storage, trial.id)["status"] == TrialStatus.INTERRUPTED.value
+
+
+def test_writes_default_to_majority_write_concern() -> None:
+    assert MongoStorage("mongodb://localhost/db")._client.write_concern.document == {"w": "majority"}
+    assert MongoStorage("mongodb://localhost/db?w=1")._client.write_concern.document == {"w": 1}
 
 
 # -- reading ----------------------------------------------------------------------
@@ -436,8 +442,8 @@ def test_a_write_hidden_from_the_window_is_recovered_by_the_count_check(exp: str
     trial = storage.register_trial(exp, {"x": 1}, worker="w")
     cursor = storage.fetch_changes(exp)[1]
     storage.complete_trial(trial.id, "w", 1.0)
-    # as if the writer's clock were an hour behind: the window cannot see the write
-    storage._trials.update_one({"_id": trial.id}, {"$set": {"mtime": time.time() - 3600}})
+    # as if the write had stayed in flight for an hour: the window cannot see it
+    storage._trials.update_one({"_id": trial.id}, {"$set": {"mtime": datetime.datetime(2000, 1, 1)}})
     assert storage.fetch_changes(exp, cursor)[0] == []  # missed until the next count check
     checking = MongoStorage(storage.uri, check_interval=0.0)
     changed, cursor = checking.fetch_changes(exp, cursor)
@@ -445,13 +451,16 @@ def test_a_write_hidden_from_the_window_is_recovered_by_the_count_check(exp: str
     assert checking.fetch_changes(exp, cursor)[0] == []
 
 
-def test_a_writer_clock_running_ahead_does_not_hide_other_writes(storage: MongoStorage, exp: str) -> None:
-    ahead = storage.register_trial(exp, {"x": 1})
-    storage._trials.update_one({"_id": ahead.id}, {"$set": {"mtime": time.time() + 3600}})
+@pytest.mark.parametrize("offset", [3600.0, -3600.0])
+def test_writer_clocks_hours_apart_hide_no_writes(storage: MongoStorage, exp: str, offset: float) -> None:
+    skewed = MongoStorage(storage.uri)
+    skewed.now = lambda: time.time() + offset  # type: ignore[method-assign]
+    first = skewed.register_trial(exp, {"x": 1})
     changed, cursor = storage.fetch_changes(exp)
-    assert [t.id for t in changed] == [ahead.id]
+    assert [t.id for t in changed] == [first.id]
     later = storage.register_trial(exp, {"x": 2})
-    assert [t.id for t in storage.fetch_changes(exp, cursor)[0]] == [later.id]
+    skewed_later = skewed.register_trial(exp, {"x": 3})
+    assert sorted(t.id for t in storage.fetch_changes(exp, cursor)[0]) == sorted([later.id, skewed_later.id])
 
 
 def test_a_cursor_of_another_experiment_restarts_from_scratch(storage: MongoStorage, exp: str) -> None:
@@ -559,16 +568,18 @@ def test_every_verb_over_the_wire(wire: MongoStorage) -> None:
     wire.fail_trial(a.id, "v", {"type": "E", "message": "m"})
     c = wire.register_trial(exp, {"x": 3}, budget=2)  # the broken trial's unit is free again
     wire.complete_trial(b.id, "w", 0.5)
-    assert wire.release_stale(exp, timeout=0, now=time.time() + 1) == []
+    assert wire.release_lost(exp, {a.id: Lease("v", 0.0)}, 3) == []
     changed, cursor = wire.fetch_changes(exp, cursor)
     assert {t.id: t.status for t in changed} == {
         a.id: TrialStatus.BROKEN, b.id: TrialStatus.COMPLETED, c.id: TrialStatus.NEW}
     assert wire.count_trials(exp) == {TrialStatus.NEW: 1, TrialStatus.RESERVED: 0, TrialStatus.COMPLETED: 1,
                                       TrialStatus.BROKEN: 1, TrialStatus.INTERRUPTED: 0}
     assert wire.best_trial(exp).id == b.id  # type: ignore[union-attr]
-    assert wire.reserve_trial(exp, "z").id == c.id  # type: ignore[union-attr]
-    [stale] = wire.release_stale(exp, timeout=10, now=time.time() + 60)
+    reserved = wire.reserve_trial(exp, "z")
+    assert reserved is not None and reserved.id == c.id and reserved.lease is not None
+    [stale] = wire.release_lost(exp, {c.id: reserved.lease}, 3)
     assert (stale.id, stale.status) == (c.id, TrialStatus.INTERRUPTED)
+    assert isinstance(_doc(wire, c.id)["mtime"], datetime.datetime), "the wire server stamps writes itself"
 
 
 @pytest.mark.slow

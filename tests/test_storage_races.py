@@ -112,19 +112,18 @@ def test_concurrent_create_experiment_gives_one_id(
     pytest.param("pickle", 4, id="pickle-4-procs"),
     pytest.param("mongodb", 3, id="mongodb-3-procs"),
 ])
-def test_stale_reservation_is_released_and_re_reserved_by_another_process(
+def test_lost_reservation_is_released_once_and_re_reserved_by_another_process(
         backend: str, n_procs: int, request: pytest.FixtureRequest, tmp_path: Path) -> None:
-    uri, timeout, dead = backend_uri(backend, request, tmp_path), 30.0, "host:1:dead-worker"
+    uri, dead = backend_uri(backend, request, tmp_path), "host:1:dead-worker"
     exp = _experiment(uri, 1)
     (held,) = races.run_racing(races.reserve_and_hold, [(uri, exp, dead)])
     assert held is not None and held["worker"] == dead
-    # injected clock: just past the dead worker's staleness. A fresh reservation by a racer is stamped
-    # later than the dead heartbeat (process start-up takes far longer than 1 ms), so it is not stale.
-    late = held["heartbeat"] + timeout + 0.001
-    outcomes = races.run_racing(races.recover_stale, [(uri, exp, timeout, late)] * n_procs)
+    # every racer observed the same lost lease; only its exact (worker, heartbeat) is released
+    leases = {held["id"]: (dead, held["heartbeat"])}
+    outcomes = races.run_racing(races.recover_lost, [(uri, exp, leases, 3)] * n_procs)
     released = [tid for o in outcomes for tid in o["released"]]
     winners = [o for o in outcomes if o["won"] is not None]
-    assert released == [held["id"]], "the stale trial must be released by exactly one call"
+    assert released == [held["id"]], "the lost trial must be released by exactly one call"
     assert [w["won"] for w in winners] == [held["id"]], "exactly one process re-reserves it"
     with get_storage(uri) as storage:
         with pytest.raises(ReservationLostError):

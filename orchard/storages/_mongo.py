@@ -30,6 +30,7 @@ __all__ = [
     "doc_to_trial",
     "duplicate_key_field",
     "ensure_indexes",
+    "insert_stamped",
     "name_anonymous_mock",
     "open_client",
     "translate",
@@ -39,8 +40,12 @@ __all__ = [
 #: Database used when the URI names none.
 DEFAULT_DATABASE = "orchard"
 
-#: Client options applied unless the URI sets them: fail fast when the server is down.
-_CLIENT_DEFAULTS: dict[str, int] = {"serverSelectionTimeoutMS": 5000, "connectTimeoutMS": 5000}
+#: Client options applied unless the URI sets them: fail fast when the server is down, and
+#: acknowledge a write only once a majority of the replica set has it, so an acknowledged
+#: result survives a failover (``w=majority`` is plain ``w=1`` on a standalone server).
+_CLIENT_DEFAULTS: dict[str, int | str] = {
+    "serverSelectionTimeoutMS": 5000, "connectTimeoutMS": 5000, "w": "majority",
+}
 
 #: Server codes meaning "who you are" or "what you may do" was refused.
 _AUTH_CODES = frozenset({11, 13, 18})  # UserNotFound, Unauthorized, AuthenticationFailed
@@ -108,11 +113,11 @@ def ensure_indexes(db: Any) -> None:
     """Create the indexes every verb relies on (idempotent; one round trip each)."""
     db.experiments.create_index("name", unique=True, name="name_unique")
     trials = db.trials
-    # reserve (waiting trials oldest first), fetch by status, release_stale, count_trials
+    # reserve (waiting trials oldest first), fetch by status, count_trials
     trials.create_index(
         [("experiment", 1), ("status", 1), ("submit_time", 1)], name="experiment_status_submit"
     )
-    # fetch_changes: trials written since a time
+    # fetch_changes: trials written since a server stamp (orchard.storages._mongo_changes)
     trials.create_index([("experiment", 1), ("mtime", 1)], name="experiment_mtime")
     # budget slots (see orchard.storages._mongo_slots): one per non-broken trial
     trials.create_index("slot", name="slot_unique", unique=True, sparse=True)
@@ -171,13 +176,27 @@ def duplicate_key_field(err: DuplicateKeyError) -> str | None:
 # -- documents ----------------------------------------------------------------
 
 
-def trial_to_doc(trial: Trial, mtime: float) -> dict[str, Any]:
-    """The stored form of ``trial``: its id as ``_id``, plus the write stamp and version."""
+def trial_to_doc(trial: Trial) -> dict[str, Any]:
+    """The stored form of ``trial``: its id as ``_id``, plus its version (the server stamps ``mtime``)."""
     doc = trial.to_dict()
     doc["_id"] = doc.pop("id")
-    doc["mtime"] = mtime
     doc["version"] = 1
     return doc
+
+
+def insert_stamped(trials: Any, doc: dict[str, Any]) -> None:
+    """Insert ``doc`` with ``mtime`` stamped by the server, like every update.
+
+    An upsert whose filter can never match an existing trial: an insert
+    cannot use ``$currentDate``. A trial with the same ``_id`` makes it fail
+    with :class:`~pymongo.errors.DuplicateKeyError`, as ``insert_one`` would.
+    """
+    fields = {key: value for key, value in doc.items() if key not in ("_id", "mtime")}
+    trials.update_one(
+        {"_id": doc["_id"], "version": {"$exists": False}},
+        {"$setOnInsert": fields, "$currentDate": {"mtime": True}},
+        upsert=True,
+    )
 
 
 def doc_to_trial(doc: dict[str, Any]) -> Trial:

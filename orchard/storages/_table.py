@@ -28,9 +28,10 @@ from orchard.errors import (
     ReservationLostError,
     TrialNotFoundError,
 )
+from orchard.leases import lost_error
 from orchard.space import to_builtin, trial_id
 from orchard.storages.base import ExperimentRecord
-from orchard.trial import Trial, TrialStatus
+from orchard.trial import Lease, Trial, TrialStatus
 
 __all__ = ["Record", "TrialTable"]
 
@@ -149,10 +150,10 @@ class TrialTable:
         table = self._experiment(experiment_id)
         return len(table.waiting[TrialStatus.NEW]) + len(table.waiting[TrialStatus.INTERRUPTED])
 
-    def has_stale(self, experiment_id: str, cutoff: float) -> bool:
-        """Whether a reservation of the experiment has a heartbeat older than ``cutoff``."""
+    def holds_any(self, experiment_id: str, leases: Mapping[str, Lease]) -> bool:
+        """Whether any of ``leases`` still holds: its trial reserved with that worker and heartbeat."""
         table = self._experiment(experiment_id)
-        return any((table.trials[tid].heartbeat or 0.0) < cutoff for tid in table.reserved)
+        return any(tid in table.reserved and table.trials[tid].lease == lease for tid, lease in leases.items())
 
     def trial(self, trial_id_: str) -> Trial | None:
         exp_id = self._owner_of.get(trial_id_)
@@ -288,20 +289,24 @@ class TrialTable:
 
     def release_trial(self, trial_id_: str, worker: str | None) -> tuple[Trial, list[Record]]:
         trial = self._owned(trial_id_, worker)
-        record = self._put(trial, status=TrialStatus.INTERRUPTED, worker=None)
+        record = self._put(trial, status=TrialStatus.INTERRUPTED, worker=None,
+                           attempts=max(trial.attempts - 1, 0))  # a graceful release gives it back
         self.apply(record)
         return self._stored(trial_id_), [record]
 
-    def release_stale(self, experiment_id: str, cutoff: float) -> tuple[list[Trial], list[Record]]:
+    def release_lost(
+        self, experiment_id: str, leases: Mapping[str, Lease], max_attempts: int, now: float
+    ) -> tuple[list[Trial], list[Record]]:
         table = self._experiment(experiment_id)
-        stale = [
-            table.trials[tid] for tid in table.reserved
-            if (table.trials[tid].heartbeat or 0.0) < cutoff
-        ]
-        records = self.apply_all(
-            self._put(trial, status=TrialStatus.INTERRUPTED, worker=None) for trial in stale
-        )
-        return [table.trials[t.id] for t in stale], records
+        taken = [table.trials[tid] for tid, lease in leases.items()
+                 if tid in table.reserved and table.trials[tid].lease == lease]
+        records = self.apply_all(self._take_back(trial, max_attempts, now) for trial in taken)
+        return [table.trials[t.id] for t in taken], records
+
+    def _take_back(self, trial: Trial, max_attempts: int, now: float) -> Record:
+        if trial.attempts >= max_attempts:
+            return self._put(trial, status=TrialStatus.BROKEN, error=lost_error(trial.attempts), end_time=now)
+        return self._put(trial, status=TrialStatus.INTERRUPTED, worker=None)
 
     # -- reads -----------------------------------------------------------------
 

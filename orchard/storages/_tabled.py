@@ -24,7 +24,7 @@ from typing import Any, TypeVar
 
 from orchard.storages._table import Record, TrialTable
 from orchard.storages.base import BaseStorage, ExperimentRecord
-from orchard.trial import Trial, TrialStatus
+from orchard.trial import Lease, Trial, TrialStatus
 
 __all__ = ["Query", "TableStorage", "Verb"]
 
@@ -154,15 +154,11 @@ class TableStorage(BaseStorage):
         """See :meth:`BaseStorage.release_trial`."""
         return self._change(lambda table, now: table.release_trial(trial_id, worker))
 
-    def release_stale(self, experiment_id: str, timeout: float, now: float | None = None) -> list[Trial]:
-        """See :meth:`BaseStorage.release_stale`."""
-
-        def cutoff(clock: float) -> float:
-            return (clock if now is None else now) - timeout
-
-        if not self._read(lambda table: table.has_stale(experiment_id, cutoff(self.now()))):
-            return []  # nothing stale right now: no need to write
-        return self._change(lambda table, clock: table.release_stale(experiment_id, cutoff(clock)))
+    def release_lost(self, experiment_id: str, leases: Mapping[str, Lease], max_attempts: int) -> list[Trial]:
+        """See :meth:`BaseStorage.release_lost`."""
+        if not self._read(lambda table: table.holds_any(experiment_id, leases)):
+            return []  # every lease moved on (or none was given): no need to write
+        return self._change(lambda table, now: table.release_lost(experiment_id, leases, max_attempts, now))
 
     # -- trials: reading -------------------------------------------------------
 

@@ -29,6 +29,12 @@ Guarantees every backend gives (the conformance suite in
   storage to workers.
 * **Driver errors are translated**: callers only ever see
   :class:`~orchard.errors.OrchardError` subclasses.
+* **Transient failures say so.** A verb that could not reach the storage
+  (server down, lock not obtained in time) raises
+  :class:`~orchard.errors.StorageUnavailableError`; a write may then have
+  taken effect or not. Callers retry such errors
+  (:class:`orchard.storages.retrying.RetryingStorage`); every other error is
+  an answer.
 """
 
 from __future__ import annotations
@@ -39,7 +45,7 @@ import time
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from orchard.trial import Trial, TrialStatus
+from orchard.trial import Lease, Trial, TrialStatus
 
 __all__ = ["BaseStorage", "ExperimentRecord"]
 
@@ -62,9 +68,12 @@ class BaseStorage(abc.ABC):
     """A shared trial history that many worker processes read and write.
 
     Subclasses implement the abstract verbs; the concrete helpers defined
-    here are built on them. Times are POSIX timestamps from ``time.time()``;
-    workers on different hosts must have clocks that agree to well within the
-    heartbeat timeout (NTP is enough).
+    here are built on them. Times are POSIX timestamps from ``time.time()``,
+    for people to read: no verb decides anything by comparing one host's
+    clock with another's (SPEC §5.8). Ownership is settled by conditional
+    writes; lost reservations are judged by observers
+    (:class:`orchard.leases.LeaseObserver`) and taken back with
+    :meth:`release_lost`, conditional on the exact lease they saw.
     """
 
     #: The URI this storage was opened with (credentials included; never print it).
@@ -195,6 +204,10 @@ class BaseStorage(abc.ABC):
     def release_trial(self, trial_id: str, worker: str | None) -> Trial:
         """Give a reservation back: the trial becomes ``interrupted``, unowned.
 
+        A graceful release (Ctrl-C, SIGTERM, preemption) gives the attempt
+        back: ``attempts`` goes down by one, so only reservations lost to dead
+        or frozen workers count towards ``max_attempts``.
+
         ``worker=None`` releases whoever holds it (administrative use, e.g.
         ``orchard db release``).
 
@@ -204,14 +217,25 @@ class BaseStorage(abc.ABC):
         """
 
     @abc.abstractmethod
-    def release_stale(
-        self, experiment_id: str, timeout: float, now: float | None = None
+    def release_lost(
+        self, experiment_id: str, leases: Mapping[str, Lease], max_attempts: int
     ) -> list[Trial]:
-        """Release reservations whose heartbeat is older than ``now - timeout``.
+        """Take back reservations an observer judged lost; return the trials changed.
 
-        Each such trial becomes ``interrupted`` and unowned, atomically per
-        trial (a late heartbeat or result from the old owner is then refused).
-        Returns the trials released by this call.
+        ``leases`` maps trial ids to the :class:`~orchard.trial.Lease` the
+        observer saw (see :class:`orchard.leases.LeaseObserver`). Each trial
+        is taken back only if it is still reserved by exactly that worker with
+        exactly that heartbeat value, atomically per trial, so a heartbeat
+        written meanwhile wins and no clock is compared. A taken-back trial
+        with ``attempts < max_attempts`` becomes ``interrupted`` and unowned;
+        one with ``attempts >= max_attempts`` becomes ``broken`` with
+        ``error = {"type": "TrialLost", "reason": "lost", "message": ...}``
+        (:func:`orchard.leases.lost_error`) and stops holding budget. Either
+        way a late heartbeat or result from the old owner is then refused.
+        Ids that are unknown, or whose lease changed, are skipped.
+
+        Raises:
+            ExperimentNotFoundError: no experiment has that id.
         """
 
     # -- trials: reading -------------------------------------------------------

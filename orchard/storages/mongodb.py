@@ -17,9 +17,15 @@ and a registration with ``budget=M`` only claims slots below ``M``. The trial
 and its slot are one insert; ``fail_trial`` frees the slot in the update that
 marks the trial broken. Details in :mod:`orchard.storages._mongo_slots`.
 
-**Change feed.** Every write stamps ``mtime`` (the writer's ``time.time()``)
-and increments ``version``. See :meth:`MongoStorage.fetch_changes` for the
-cursor and its guarantee.
+**Change feed.** Every write has the server stamp ``mtime`` and increments
+``version``; :mod:`orchard.storages._mongo_changes` reads by that stamp, so no
+client clock orders anything.
+
+**Lost leases.** :meth:`MongoStorage.release_lost` takes a trial back only if
+it still holds the exact worker and heartbeat value an observer saw
+(:mod:`orchard.leases`); no clock is compared.
+
+**Durability.** Writes use ``w=majority`` unless the URI sets ``w``.
 """
 
 from __future__ import annotations
@@ -44,11 +50,13 @@ from orchard.errors import (
     StorageError,
     TrialNotFoundError,
 )
+from orchard.leases import lost_error
 from orchard.space import to_builtin, trial_id
 from orchard.storages import _mongo
+from orchard.storages._mongo_changes import STAMP, ChangeFeed
 from orchard.storages._mongo_slots import BudgetSlots
 from orchard.storages.base import BaseStorage, ExperimentRecord
-from orchard.trial import Trial, TrialStatus
+from orchard.trial import Lease, Trial, TrialStatus
 
 __all__ = ["MongoStorage"]
 
@@ -57,7 +65,6 @@ R = TypeVar("R")
 
 _AFTER = ReturnDocument.AFTER
 _WAITING = [TrialStatus.INTERRUPTED.value, TrialStatus.NEW.value]  # sorts interrupted first
-_WINDOW_BATCH = 1000  # change windows usually fit one reply (the default first batch is 101 docs)
 
 
 _Verb = Callable[Concatenate["MongoStorage", P], R]
@@ -77,16 +84,6 @@ def _translated(action: str) -> Callable[[_Verb[P, R]], _Verb[P, R]]:
         return wrapper
 
     return decorate
-
-
-@dataclasses.dataclass(frozen=True)
-class _ChangeCursor:
-    """Where a reader of :meth:`MongoStorage.fetch_changes` stands."""
-
-    experiment: str
-    since: float  # highest mtime returned so far
-    checked: float  # when the reader's view was last checked against the server's counts
-    seen: Mapping[str, tuple[int, str]]  # trial id -> (version, status) last returned
 
 
 def _reopen(uri: str, change_margin: float, check_interval: float) -> MongoStorage:
@@ -119,8 +116,7 @@ class MongoStorage(BaseStorage):
         uri: ``mongodb://[user:pass@]host[:port]/dbname[?options]``,
             ``mongodb+srv://…`` or ``mongomock://[NAME]``.
         change_margin: seconds :meth:`fetch_changes` looks back before the
-            newest write it returned, to cover clock skew between writers and
-            writes still in flight.
+            newest server stamp it returned, to cover writes still in flight.
         check_interval: seconds between the count checks that make
             :meth:`fetch_changes` self-correcting.
 
@@ -132,6 +128,7 @@ class MongoStorage(BaseStorage):
         self.uri = _mongo.name_anonymous_mock(uri)
         self._margin = change_margin
         self._check_interval = check_interval
+        self._changes = ChangeFeed(change_margin, check_interval)
         self._lock = threading.Lock()
         self._client, self._db_name = _mongo.open_client(self.uri)
         self._pid = os.getpid()
@@ -179,8 +176,9 @@ class MongoStorage(BaseStorage):
     ) -> dict[str, Any]:
         """An update setting ``changes`` plus the write stamp every write carries."""
         update: dict[str, Any] = {
-            "$set": {**changes, "mtime": self.now()},
+            "$set": dict(changes),
             "$inc": {**(inc or {}), "version": 1},
+            **STAMP,
         }
         if unset:
             update["$unset"] = {field: "" for field in unset}
@@ -285,7 +283,7 @@ class MongoStorage(BaseStorage):
         if worker is not None:
             trial = dataclasses.replace(trial, status=TrialStatus.RESERVED, worker=worker,
                                         heartbeat=now, start_time=now, attempts=1)
-        self._slots.insert(self._trials, _mongo.trial_to_doc(trial, now), budget, name)
+        self._slots.insert(self._trials, _mongo.trial_to_doc(trial), budget, name)
         return trial
 
     @_translated("restore trials")
@@ -295,10 +293,10 @@ class MongoStorage(BaseStorage):
         for trial in trials:
             tid = trial_id(experiment_id, trial.params)
             fresh = dataclasses.replace(trial, id=tid, experiment=experiment_id)
-            doc = _mongo.trial_to_doc(fresh, self.now())
+            doc = _mongo.trial_to_doc(fresh)
             try:
                 if fresh.status is TrialStatus.BROKEN:
-                    self._trials.insert_one(doc)
+                    _mongo.insert_stamped(self._trials, doc)
                 else:
                     self._slots.insert(self._trials, doc, None, name)
             except (DuplicateKeyError, DuplicateTrialError):
@@ -350,32 +348,33 @@ class MongoStorage(BaseStorage):
 
     @_translated("release a trial")
     def release_trial(self, trial_id: str, worker: str | None) -> Trial:
-        return self._owned_update(
-            trial_id, worker, self._stamp({"status": TrialStatus.INTERRUPTED.value, "worker": None})
+        return self._owned_update(  # a graceful release gives its attempt back
+            trial_id, worker,
+            self._stamp({"status": TrialStatus.INTERRUPTED.value, "worker": None}, inc={"attempts": -1}),
         )
 
-    @_translated("release stale trials")
-    def release_stale(self, experiment_id: str, timeout: float, now: float | None = None) -> list[Trial]:
-        cutoff = (self.now() if now is None else now) - timeout
-        trials = self._trials
-        reserved = list(trials.find(  # few (about one per live worker): filter them here
-            {"experiment": experiment_id, "status": TrialStatus.RESERVED.value},
-            projection={"worker": 1, "heartbeat": 1},
-        ))
-        if not reserved:
-            self._experiment_name(experiment_id)
-        stale = [doc for doc in reserved if (doc.get("heartbeat") or 0.0) < cutoff]
-        released = []
-        for seen in stale:  # each conditional on the stale heartbeat: a late heartbeat wins cleanly
-            doc = trials.find_one_and_update(
-                {"_id": seen["_id"], "status": TrialStatus.RESERVED.value,
-                 "worker": seen.get("worker"), "heartbeat": seen.get("heartbeat")},
-                self._stamp({"status": TrialStatus.INTERRUPTED.value, "worker": None}),
-                return_document=_AFTER,
-            )
-            if doc is not None:
-                released.append(_mongo.doc_to_trial(doc))
-        return released
+    @_translated("release lost trials")
+    def release_lost(self, experiment_id: str, leases: Mapping[str, Lease], max_attempts: int) -> list[Trial]:
+        self._experiment_name(experiment_id)  # raise if the experiment does not exist
+        taken = (self._take_back(experiment_id, tid, lease, max_attempts) for tid, lease in leases.items())
+        return [trial for trial in taken if trial is not None]
+
+    def _take_back(self, experiment_id: str, trial_id: str, lease: Lease, max_attempts: int) -> Trial | None:
+        """Interrupt or break one trial if it still holds ``lease``; each write conditional on it."""
+        held = {"_id": trial_id, "experiment": experiment_id, "status": TrialStatus.RESERVED.value,
+                "worker": lease.worker, "heartbeat": lease.heartbeat}
+        seen = self._trials.find_one(held, projection={"attempts": 1})
+        if seen is None:
+            return None
+        attempts = int(seen.get("attempts") or 0)
+        if attempts >= max_attempts:  # broken frees its unit of budget in the same update
+            update = self._stamp({"status": TrialStatus.BROKEN.value, "error": lost_error(attempts),
+                                  "end_time": self.now()}, unset=["slot"])
+        else:
+            update = self._stamp({"status": TrialStatus.INTERRUPTED.value, "worker": None})
+        doc = self._trials.find_one_and_update({**held, "attempts": seen.get("attempts")}, update,
+                                               return_document=_AFTER)
+        return None if doc is None else _mongo.doc_to_trial(doc)
 
     @staticmethod
     def _owned(trial_id: str, worker: str | None) -> dict[str, Any]:
@@ -435,62 +434,10 @@ class MongoStorage(BaseStorage):
 
     @_translated("fetch changed trials")
     def fetch_changes(self, experiment_id: str, cursor: Any = None) -> tuple[list[Trial], Any]:
-        """Return the trials written since ``cursor``, and the next cursor.
-
-        Every write stamps the trial with its writer's clock (``mtime``) and
-        bumps its ``version``. A call reads the trials whose ``mtime`` is at
-        least the newest one already returned minus ``change_margin`` (an
-        index range: the cost follows the recent writes, not the history) and
-        returns those whose version the cursor has not seen.
-
-        Guarantee: a write is returned by the first call made after it is
-        visible, unless it became visible more than ``change_margin`` seconds
-        after a write stamped later (writer clocks apart by more than the
-        margin, or a write stalled in flight that long). Such a miss is
-        repaired when the trial is written again, and at the latest by the
-        next count check: every ``check_interval`` seconds the call first
-        counts the trials per status on the server; if the reader's view then
-        holds fewer trials, or fewer completed or broken ones (both only ever
-        grow) than were counted, it returns every trial (a full resync).
-        The window ends no later than the reader's own clock, so a writer
-        whose clock runs ahead cannot hide the others' writes. Deleted trials
-        are not reported. The cursor holds the version and status of each
-        trial returned (memory, and a copy per call, grow with the experiment;
-        no I/O does).
-        """
-        now = self.now()
-        if not isinstance(cursor, _ChangeCursor) or cursor.experiment != experiment_id:
-            return self._full_changes(experiment_id, now)
-        counts = self.count_trials(experiment_id) if now - cursor.checked >= self._check_interval else None
-        docs = list(self._trials.find(
-            {"experiment": experiment_id, "mtime": {"$gte": cursor.since - self._margin}},
-            batch_size=_WINDOW_BATCH,
-        ))
-        fresh = [d for d in docs if cursor.seen.get(d["_id"], (0, ""))[0] < d.get("version", 1)]
-        seen = {**cursor.seen, **{d["_id"]: (d.get("version", 1), d["status"]) for d in fresh}}
-        if counts is not None and _misses_writes(seen, counts):
-            return self._full_changes(experiment_id, now)
-        # a writer whose clock runs ahead must not push the window past everyone else's writes
-        since = min(max([cursor.since, *(d.get("mtime", 0.0) for d in docs)]), now)
-        checked = cursor.checked if counts is None else now
-        return [_mongo.doc_to_trial(d) for d in fresh], _ChangeCursor(experiment_id, since, checked, seen)
-
-    def _full_changes(self, experiment_id: str, now: float) -> tuple[list[Trial], _ChangeCursor]:
-        docs = list(self._trials.find({"experiment": experiment_id}))
-        if not docs:
-            self._experiment_name(experiment_id)
-        seen = {d["_id"]: (d.get("version", 1), d["status"]) for d in docs}
-        since = min(max((d.get("mtime", 0.0) for d in docs), default=0.0), now)
-        trials = sorted((_mongo.doc_to_trial(d) for d in docs), key=lambda t: t.submit_time or 0.0)
-        return trials, _ChangeCursor(experiment_id, since, now, seen)
-
-
-def _misses_writes(seen: Mapping[str, tuple[int, str]], counts: Mapping[TrialStatus, int]) -> bool:
-    """Whether a view built after ``counts`` were taken lacks trials the counts prove exist."""
-    if len(seen) < sum(counts.values()):
-        return True
-    held = {status: 0 for status in (TrialStatus.COMPLETED.value, TrialStatus.BROKEN.value)}
-    for _, status in seen.values():
-        if status in held:
-            held[status] += 1
-    return any(held[s.value] < counts[s] for s in (TrialStatus.COMPLETED, TrialStatus.BROKEN))
+        """See :meth:`BaseStorage.fetch_changes`; the guarantee is in :mod:`orchard.storages._mongo_changes`."""
+        trials, cursor = self._changes.fetch(
+            self._trials, experiment_id, cursor, lambda: self.count_trials(experiment_id)
+        )
+        if not cursor.seen:
+            self._experiment_name(experiment_id)  # raise if the experiment does not exist
+        return trials, cursor

@@ -69,7 +69,9 @@ class CopyChecks(Checks):
         handed_out.append(storage.fail_trial(failed.id, W2, {"type": "ValueError", "message": "boom"}))
         handed_out.append(storage.release_trial(released.id, W2))
         stale = reserve_as(storage, exp, W1)
-        handed_out += storage.release_stale(exp, timeout=0.0, now=(stale.heartbeat or 0.0) + 1e6)
+        lost = storage.release_lost(exp, {stale.id: stale.lease}, max_attempts=3)
+        assert [t.id for t in lost] == [stale.id]
+        handed_out += lost
         before = frozen(storage, exp)
         for trial in handed_out:
             _vandalise_trial(trial)

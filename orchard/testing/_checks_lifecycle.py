@@ -1,4 +1,4 @@
-"""Conformance checks of the reservation lifecycle: reserve, ownership, staleness.
+"""Conformance checks of the reservation lifecycle: reserve, ownership, lost leases.
 
 Collected through :class:`orchard.testing.conformance.StorageConformance`;
 the ``exp`` fixture comes from :class:`~orchard.testing._checks.Checks`.
@@ -10,7 +10,7 @@ import uuid
 
 import pytest
 
-from orchard.errors import ReservationLostError, TrialNotFoundError
+from orchard.errors import ExperimentNotFoundError, ReservationLostError, TrialNotFoundError
 from orchard.storages.base import BaseStorage
 from orchard.testing._checks import (
     W1,
@@ -24,9 +24,9 @@ from orchard.testing._checks import (
     stored,
     tick,
 )
-from orchard.trial import TrialStatus
+from orchard.trial import Lease, Trial, TrialStatus
 
-__all__ = ["OwnershipChecks", "ReservationChecks", "StaleReservationChecks"]
+__all__ = ["LostReservationChecks", "OwnershipChecks", "ReservationChecks", "lease_of"]
 
 _ERROR = {"type": "RuntimeError", "message": "late"}
 
@@ -74,7 +74,7 @@ class ReservationChecks(Checks):
         storage.release_trial(b.id, W1)
         order = [reserve_as(storage, exp, W2) for _ in range(3)]
         assert [t.id for t in order] == [a.id, b.id, d.id], "interrupted trials go first, oldest first"
-        assert [t.attempts for t in order] == [2, 2, 1]
+        assert [t.attempts for t in order] == [1, 1, 1], "a graceful release gives the attempt back"
         assert storage.reserve_trial(exp, W2) is None
 
     def test_reserve_sets_owner_heartbeat_and_attempts(self, storage: BaseStorage, exp: str) -> None:
@@ -86,7 +86,7 @@ class ReservationChecks(Checks):
         assert (stored(storage, trial.id).status, stored(storage, trial.id).worker) == (TrialStatus.RESERVED, W1)
         storage.release_trial(trial.id, W1)
         second = reserve_as(storage, exp, W2)
-        assert (second.id, second.worker, second.attempts) == (trial.id, W2, 2)
+        assert (second.id, second.worker, second.attempts) == (trial.id, W2, 1)
 
     def test_reservations_are_exclusive(self, storage: BaseStorage, exp: str) -> None:
         register_many(storage, exp, 6)
@@ -170,43 +170,89 @@ class OwnershipChecks(Checks):
         assert storage.fetch_trials(exp) == []
 
 
-class StaleReservationChecks(Checks):
-    """release_stale with an injected ``now``: no sleeps."""
+class LostReservationChecks(Checks):
+    """release_lost: conditional on the exact lease observed; max_attempts; graceful releases are free."""
 
-    TIMEOUT = 30.0
-
-    def test_release_stale_releases_only_stale_reservations(self, storage: BaseStorage, exp: str) -> None:
+    def test_release_lost_takes_back_only_the_exact_lease(self, storage: BaseStorage, exp: str) -> None:
         made = one_of_each_status(storage, exp)
         old = made[TrialStatus.RESERVED]
         fresh = storage.register_trial(exp, {"x": 100.0}, worker=W2)
-        assert beat(fresh) > beat(old)
-        assert storage.release_stale(exp, self.TIMEOUT, now=beat(fresh)) == []
-        cutoff = (beat(old) + beat(fresh)) / 2
-        released = storage.release_stale(exp, self.TIMEOUT, now=cutoff + self.TIMEOUT)
+        not_held = {  # each differs from what is stored in one way, or is not reserved at all
+            fresh.id: Lease(W2, beat(fresh) + 1.0),
+            uuid.uuid4().hex: Lease(W1, beat(old)),
+            **{made[s].id: Lease(W1, beat(old)) for s in (TrialStatus.NEW, TrialStatus.INTERRUPTED,
+                                                          TrialStatus.COMPLETED, TrialStatus.BROKEN)},
+        }
+        before = frozen(storage, exp)
+        assert storage.release_lost(exp, not_held, 3) == []
+        assert storage.release_lost(exp, {fresh.id: Lease(W1, beat(fresh))}, 3) == []
+        assert frozen(storage, exp) == before, "release_lost changed a trial whose lease it did not hold"
+        released = storage.release_lost(exp, {old.id: lease_of(old)}, 3)
         assert [(t.id, t.status, t.worker) for t in released] == [(old.id, TrialStatus.INTERRUPTED, None)]
-        assert storage.release_stale(exp, self.TIMEOUT, now=cutoff + self.TIMEOUT) == []
-        counts = storage.count_trials(exp)
-        assert (counts[TrialStatus.RESERVED], counts[TrialStatus.INTERRUPTED]) == (1, 2)
+        assert stored(storage, old.id).to_dict() == released[0].to_dict()
+        assert storage.release_lost(exp, {old.id: lease_of(old)}, 3) == []
         assert stored(storage, fresh.id).worker == W2
 
-    def test_stale_owner_is_refused_and_trial_re_reserved(self, storage: BaseStorage, exp: str) -> None:
+    def test_lost_owner_is_refused_and_trial_re_reserved(self, storage: BaseStorage, exp: str) -> None:
         trial = storage.register_trial(exp, {"x": 0.0}, worker=W1)
-        released = storage.release_stale(exp, self.TIMEOUT, now=beat(trial) + self.TIMEOUT + 1)
-        assert [t.id for t in released] == [trial.id]
+        assert [t.id for t in storage.release_lost(exp, {trial.id: lease_of(trial)}, 3)] == [trial.id]
         _assert_every_write_refused(storage, trial.id, W1)
         again = reserve_as(storage, exp, W2)
-        assert (again.id, again.worker, again.attempts) == (trial.id, W2, 2)
+        assert (again.id, again.worker, again.attempts) == (trial.id, W2, 2), "a lost attempt counts"
         with pytest.raises(ReservationLostError):
             storage.complete_trial(trial.id, W1, -100.0)
         assert storage.complete_trial(trial.id, W2, 3.0).objective == 3.0
         assert stored(storage, trial.id).objective == 3.0
 
-    def test_heartbeat_keeps_reservation_alive(self, storage: BaseStorage, exp: str) -> None:
+    def test_a_heartbeat_written_after_the_observation_wins(self, storage: BaseStorage, exp: str) -> None:
         trial = storage.register_trial(exp, {"x": 0.0}, worker=W1)
         tick()
         storage.heartbeat_trial(trial.id, W1)
-        refreshed = beat(stored(storage, trial.id))
-        assert refreshed > beat(trial)
-        now = (beat(trial) + refreshed) / 2 + self.TIMEOUT
-        assert storage.release_stale(exp, self.TIMEOUT, now=now) == []
-        assert storage.release_stale(exp, self.TIMEOUT, now=refreshed + self.TIMEOUT + 1)[0].id == trial.id
+        assert storage.release_lost(exp, {trial.id: lease_of(trial)}, 3) == []
+        assert (stored(storage, trial.id).status, stored(storage, trial.id).worker) == (TrialStatus.RESERVED, W1)
+        storage.heartbeat_trial(trial.id, W1)
+
+    def test_lost_max_attempts_times_the_trial_breaks(self, storage: BaseStorage, exp: str) -> None:
+        trial = storage.register_trial(exp, {"x": 0.0}, worker=W1, budget=2)
+        assert storage.release_lost(exp, {trial.id: lease_of(trial)}, 2)[0].status is TrialStatus.INTERRUPTED
+        again = reserve_as(storage, exp, W2)
+        assert again.attempts == 2
+        storage.register_trial(exp, {"x": 1.0}, budget=2)
+        (broken,) = storage.release_lost(exp, {trial.id: lease_of(again)}, 2)
+        assert (broken.id, broken.status, broken.objective) == (trial.id, TrialStatus.BROKEN, None)
+        assert broken.error is not None and (broken.error["type"], broken.error["reason"]) == ("TrialLost", "lost")
+        assert "OOM" in broken.error["message"] and "segfault" in broken.error["message"]
+        assert stored(storage, trial.id).to_dict() == broken.to_dict()
+        _assert_every_write_refused(storage, trial.id, W2)
+        assert reserve_as(storage, exp, W1).id != trial.id, "a broken trial must not be reserved again"
+        assert storage.register_trial(exp, {"x": 2.0}, budget=2).status is TrialStatus.NEW, \
+            "a trial broken by lost leases must stop holding budget"
+
+    def test_graceful_releases_give_the_attempt_back(self, storage: BaseStorage, exp: str) -> None:
+        storage.register_trial(exp, {"x": 0.0})
+        for _ in range(4):
+            trial = reserve_as(storage, exp, W1)
+            assert trial.attempts == 1
+            assert storage.release_trial(trial.id, W1).attempts == 0
+        trial = reserve_as(storage, exp, W2)
+        released = storage.release_lost(exp, {trial.id: lease_of(trial)}, 2)
+        assert [(t.status, t.attempts) for t in released] == [(TrialStatus.INTERRUPTED, 1)]
+
+    def test_a_heartbeat_is_a_change(self, storage: BaseStorage, exp: str) -> None:
+        trial = storage.register_trial(exp, {"x": 0.0}, worker=W1)
+        _, cursor = storage.fetch_changes(exp)
+        tick()
+        storage.heartbeat_trial(trial.id, W1)
+        changed, _ = storage.fetch_changes(exp, cursor)
+        assert [(t.id, t.heartbeat) for t in changed] == [(trial.id, stored(storage, trial.id).heartbeat)]
+        assert changed[0].heartbeat != trial.heartbeat, "observers judge leases by seeing heartbeats change"
+
+    def test_release_lost_in_unknown_experiment(self, storage: BaseStorage, exp: str) -> None:
+        with pytest.raises(ExperimentNotFoundError):
+            storage.release_lost(uuid.uuid4().hex, {}, 3)
+
+
+def lease_of(trial: Trial) -> Lease:
+    """The lease of a reserved trial (which must have one)."""
+    assert trial.lease is not None, f"trial {trial.id} is {trial.status.value}, not reserved"
+    return trial.lease

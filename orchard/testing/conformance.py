@@ -21,8 +21,8 @@ The fixture may also be defined as a method of the subclass, or in a
 ``conftest.py`` (Orchard's own parametrizes it over every backend). The
 groups of checks (``ExperimentChecks``, ``BudgetChecks``, ...) are exported
 too, for a backend that wants to run a subset while it grows. Every
-check is single-process and uses no sleeps: staleness is tested with the
-injected ``now`` of ``release_stale``. Races between real processes are
+check is single-process and uses no sleeps: lost leases are tested by
+passing ``release_lost`` the leases an observer would report. Races between real processes are
 exercised with :mod:`orchard.testing.races`.
 
 A ``memory://`` storage is the one backend that may refuse to be pickled; it
@@ -63,9 +63,9 @@ from orchard.testing._checks import (
 )
 from orchard.testing._checks_copies import CopyChecks
 from orchard.testing._checks_lifecycle import (
+    LostReservationChecks,
     OwnershipChecks,
     ReservationChecks,
-    StaleReservationChecks,
 )
 from orchard.trial import Trial, TrialStatus
 
@@ -75,11 +75,11 @@ __all__ = [
     "CopyChecks",
     "ExperimentChecks",
     "HandleChecks",
+    "LostReservationChecks",
     "OwnershipChecks",
     "ReadingChecks",
     "RegistrationChecks",
     "ReservationChecks",
-    "StaleReservationChecks",
     "StorageConformance",
 ]
 
@@ -439,7 +439,7 @@ class StorageConformance(
     BudgetChecks,
     ReservationChecks,
     OwnershipChecks,
-    StaleReservationChecks,
+    LostReservationChecks,
     ReadingChecks,
     ChangeFeedChecks,
     HandleChecks,

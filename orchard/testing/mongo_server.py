@@ -30,7 +30,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-__all__ = ["ENV_VAR", "mongodb_for_tests", "running_mongo_server", "test_mongodb_uri"]
+__all__ = ["ENV_VAR", "WireServer", "mongodb_for_tests", "running_mongo_server", "test_mongodb_uri"]
 
 #: Environment variable naming a real MongoDB server to test against.
 ENV_VAR = "ORCHARD_TEST_MONGODB_URI"
@@ -44,6 +44,76 @@ def test_mongodb_uri() -> str | None:
 
 
 test_mongodb_uri.__test__ = False  # type: ignore[attr-defined]  # not a test for pytest to collect
+
+
+class WireServer:
+    """A SecantusDB server process that a test can kill and start again on the same port and data.
+
+    Used by the outage tests: :meth:`kill` takes the server down at once
+    (SIGKILL by default, as a crash would), :meth:`start` brings it back on
+    the port it had and the data directory it wrote. Each start logs to a new
+    file in the server's directory.
+
+    Args:
+        tmpdir: a directory under which the server's data and logs are kept.
+        database: the database named in :attr:`uri`.
+        startup_timeout: seconds to wait for the server to listen.
+        durable: flush the server's log on every commit (``--sync-on-commit``), as a
+            journaled ``mongod`` does for acknowledged writes; without it a
+            SIGKILL loses the writes since the last checkpoint.
+    """
+
+    def __init__(self, tmpdir: str | os.PathLike[str], *, database: str = "orchard_test",
+                 startup_timeout: float = 60.0, durable: bool = False) -> None:
+        self.home = Path(tempfile.mkdtemp(prefix="secantus-", dir=tmpdir))
+        self.database = database
+        self.startup_timeout = startup_timeout
+        self.durable = durable
+        self.host, self.port = "127.0.0.1", "0"
+        self._process: subprocess.Popen[bytes] | None = None
+        self._starts = 0
+
+    @property
+    def uri(self) -> str:
+        """``mongodb://HOST:PORT/DATABASE`` (the port is known after the first :meth:`start`)."""
+        return f"mongodb://{self.host}:{self.port}/{self.database}"
+
+    def start(self) -> str:
+        """Start the server (on the port it had, if it ran before) and return :attr:`uri`.
+
+        Raises:
+            RuntimeError: the server exited or did not listen in time; the
+                message quotes the end of its log.
+        """
+        self._starts += 1
+        log_path = self.home / f"server-{self._starts}.log"
+        with open(log_path, "wb") as log:
+            self._process = subprocess.Popen(
+                [sys.executable, "-m", "secantus", "--host", self.host, "--port", self.port,
+                 "--storage-path", str(self.home / "data"), "--log-level", "INFO",
+                 *(["--sync-on-commit"] if self.durable else [])],
+                stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+            )
+        self.host, self.port = _wait_listening(self._process, log_path, self.startup_timeout)
+        return self.uri
+
+    def kill(self, sig: signal.Signals = signal.SIGKILL) -> None:
+        """Send ``sig`` to the server and wait for it to exit."""
+        if self._process is not None and self._process.poll() is None:
+            self._process.send_signal(sig)
+            self._process.wait()
+
+    def stop(self) -> None:
+        """Stop the server gracefully (SIGTERM, then SIGKILL after 10 s); idempotent."""
+        if self._process is not None:
+            _stop(self._process)
+
+    def __enter__(self) -> WireServer:  # noqa: PYI034 - Self needs Python 3.11
+        self.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
 
 
 @contextlib.contextmanager
@@ -69,19 +139,8 @@ def running_mongo_server(
         RuntimeError: the server exited or did not listen in time; the
             message quotes the end of its log.
     """
-    home = Path(tempfile.mkdtemp(prefix="secantus-", dir=tmpdir))
-    log_path = home / "server.log"
-    with open(log_path, "wb") as log:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "secantus", "--host", "127.0.0.1", "--port", "0",
-             "--storage-path", str(home / "data"), "--log-level", "INFO"],
-            stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-        )
-    try:
-        host, port = _wait_listening(process, log_path, startup_timeout)
-        yield f"mongodb://{host}:{port}/{database}"
-    finally:
-        _stop(process)
+    with WireServer(tmpdir, database=database, startup_timeout=startup_timeout) as server:
+        yield server.uri
 
 
 def _wait_listening(process: subprocess.Popen[bytes], log_path: Path, timeout: float) -> tuple[str, str]:

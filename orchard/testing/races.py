@@ -33,12 +33,13 @@ from typing import Any, Protocol
 
 from orchard.errors import BudgetExhaustedError, DuplicateTrialError
 from orchard.storages import get_storage
+from orchard.trial import Lease
 
 __all__ = [
     "RaceError",
     "claim_budget",
     "create_same_experiment",
-    "recover_stale",
+    "recover_lost",
     "register_same_params",
     "reserve_and_complete_loop",
     "reserve_and_hold",
@@ -154,18 +155,19 @@ def reserve_and_hold(uri: str, experiment_id: str, worker: str, *,
         return None if trial is None else trial.to_dict()
 
 
-def recover_stale(uri: str, experiment_id: str, timeout: float, now: float, *,
-                  start: _Start | None = None) -> dict[str, Any]:
-    """Release stale reservations as of ``now``, then reserve and complete one trial.
+def recover_lost(uri: str, experiment_id: str, leases: dict[str, tuple[str, float]], max_attempts: int, *,
+                 start: _Start | None = None) -> dict[str, Any]:
+    """Take back the lost ``leases`` (trial id -> (worker, heartbeat)), then reserve and complete one trial.
 
     Returns:
         ``{"worker": name, "released": [ids released by this call],
         "won": id reserved and completed, or None}``.
     """
     worker = _worker_name("recover")
+    lost = {tid: Lease(*lease) for tid, lease in leases.items()}
     with get_storage(uri) as storage:
         _go(start)
-        released = [t.id for t in storage.release_stale(experiment_id, timeout, now=now)]
+        released = [t.id for t in storage.release_lost(experiment_id, lost, max_attempts)]
         trial = storage.reserve_trial(experiment_id, worker)
         if trial is not None:
             storage.complete_trial(trial.id, worker, 0.0, {"worker": worker})

@@ -1,0 +1,96 @@
+"""Judging reservations lost without trusting any clock but the observer's own.
+
+A worker that reserved a trial keeps writing a new ``heartbeat`` value into
+it every ``heartbeat`` seconds. Nodes' wall clocks may disagree by minutes
+(SPEC §5.8), so the value is never compared with a clock: an observer only
+notes *when, on its own monotonic clock,* it first saw each value. A lease
+whose value has not changed for ``stale_after`` seconds of the observer's
+time belongs to a dead, frozen or partitioned worker; the observer reports
+it, and :meth:`~orchard.storages.base.BaseStorage.release_lost` takes the
+trial back only if it still holds exactly that lease, so a heartbeat that
+lands meanwhile wins. Observing late or rarely only delays a release, never
+makes it early: the observer can only under-estimate how long a value has
+stood.
+
+A trial lost ``max_attempts`` times is not handed out again but marked
+broken with :func:`lost_error`, so a trial that kills every worker that
+evaluates it (a segfault, the OOM killer) cannot take the cluster down one
+worker at a time.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from orchard.trial import Lease, Trial
+
+__all__ = ["LeaseObserver", "lost_error"]
+
+
+def lost_error(attempts: int) -> dict[str, Any]:
+    """The ``error`` of a trial whose reservation was lost for the last allowed time.
+
+    Args:
+        attempts: how many of its reservations were lost.
+
+    Returns:
+        ``{"type": "TrialLost", "reason": "lost", "message": ...}``.
+    """
+    return {
+        "type": "TrialLost",
+        "reason": "lost",
+        "message": (
+            f"the reservation of this trial was lost {attempts} times: each worker that evaluated "
+            "it died or froze before finishing. Likely causes: the evaluation crashed its worker "
+            "(a segfault in native code), the OOM killer, or the job step was taken down (a "
+            "wall-time or memory limit); check the workers' logs and the evaluation's memory use, "
+            "or raise max_attempts"
+        ),
+    }
+
+
+class LeaseObserver:
+    """Watches reservations and reports those whose heartbeat stopped changing.
+
+    Args:
+        stale_after: seconds of the observer's own clock a heartbeat value
+            must stand unchanged before its lease counts as lost.
+        clock: a monotonic clock in seconds (injectable for tests).
+    """
+
+    def __init__(self, stale_after: float, clock: Callable[[], float] = time.monotonic) -> None:
+        self.stale_after = stale_after
+        self._clock = clock
+        self._since: dict[str, tuple[Lease, float]] = {}  # trial id -> (lease, first seen at)
+
+    def observe(self, reserved: Iterable[Trial]) -> None:
+        """Fold in what is reserved now: pass every trial currently reserved, and only those.
+
+        A trial whose lease differs from the one last seen starts a new watch
+        at the observer's current time; a watched trial not passed (completed,
+        released, or no longer reserved) is forgotten.
+        """
+        now = self._clock()
+        watched: dict[str, tuple[Lease, float]] = {}
+        for trial in reserved:
+            lease = trial.lease
+            if lease is None:
+                continue
+            before = self._since.get(trial.id)
+            watched[trial.id] = before if before is not None and before[0] == lease else (lease, now)
+        self._since = watched
+
+    def lost(self) -> dict[str, Lease]:
+        """The leases whose heartbeat has stood unchanged for ``stale_after`` seconds, by trial id."""
+        cutoff = self._clock() - self.stale_after
+        return {tid: lease for tid, (lease, seen) in self._since.items() if seen <= cutoff}
+
+    def forget(self, trial_ids: Iterable[str]) -> None:
+        """Stop watching trials (e.g. once they were released)."""
+        for trial_id in trial_ids:
+            self._since.pop(trial_id, None)
+
+    def __len__(self) -> int:
+        return len(self._since)

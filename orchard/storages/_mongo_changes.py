@@ -1,0 +1,125 @@
+"""The change feed of :class:`~orchard.storages.mongodb.MongoStorage`: trials written since a cursor.
+
+Every write to a trial document is stamped by the *server*: ``mtime`` is set
+to the server's date with ``$currentDate`` (inserts go through an upsert for
+the same reason) and ``version`` is incremented. No client clock is involved
+(SPEC §5.8), so a worker whose clock is minutes off neither hides its writes
+from the others nor misses theirs.
+
+A call reads the trials whose ``mtime`` is at least the newest stamp already
+returned minus ``margin`` seconds (an index range: the cost follows the recent
+writes, not the history), and returns those whose version the cursor has not
+seen. The margin covers writes stamped before, but made visible after, a
+write stamped later (writes in flight; after a failover, the clocks of two
+servers).
+
+Guarantee: a write is returned by the first call made after it is visible,
+unless it became visible more than ``margin`` seconds after a later-stamped
+write. Such a miss is repaired when the trial is written again, and at the
+latest by the next count check: every ``check_interval`` seconds (of the
+reader's monotonic clock) the call first counts the trials per status; if the
+reader's view then holds fewer trials, or fewer completed or broken ones (both
+only ever grow) than were counted, it returns every trial (a full resync).
+Deleted trials are not reported. The cursor holds the version and status of
+each trial returned (memory, and a copy per call, grow with the experiment;
+no I/O does).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import time
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from orchard.storages import _mongo
+from orchard.trial import Trial, TrialStatus
+
+__all__ = ["STAMP", "ChangeCursor", "ChangeFeed"]
+
+#: The update operator that stamps a write with the server's date (a BSON date: millisecond
+#: resolution, and range queries on it work on every server and in mongomock).
+STAMP: dict[str, Any] = {"$currentDate": {"mtime": True}}
+
+_WINDOW_BATCH = 1000  # change windows usually fit one reply (the default first batch is 101 docs)
+_ORIGIN = datetime.datetime(1970, 1, 1)  # naive UTC, as pymongo returns dates
+
+
+@dataclasses.dataclass(frozen=True)
+class ChangeCursor:
+    """Where a reader of the change feed stands."""
+
+    experiment: str
+    since: datetime.datetime  # highest server stamp returned so far
+    checked: float  # reader's monotonic time of the last count check
+    seen: Mapping[str, tuple[int, str]]  # trial id -> (version, status) last returned
+
+
+class ChangeFeed:
+    """Reads the trials of one collection changed since a :class:`ChangeCursor`.
+
+    Args:
+        margin: seconds the window reaches back before the newest stamp seen.
+        check_interval: seconds between count checks (see the module docstring).
+        clock: the reader's monotonic clock (injectable for tests).
+    """
+
+    def __init__(self, margin: float, check_interval: float,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.margin = margin
+        self.check_interval = check_interval
+        self._clock = clock
+
+    def fetch(self, trials: Any, experiment_id: str, cursor: Any,
+              count: Callable[[], dict[TrialStatus, int]]) -> tuple[list[Trial], ChangeCursor]:
+        """Return the trials changed since ``cursor`` and the next cursor.
+
+        Args:
+            trials: the trials collection.
+            experiment_id: the experiment read.
+            cursor: a cursor from an earlier call, or anything else for every trial.
+            count: counts the experiment's trials per status on the server.
+
+        Returns:
+            The changed trials and the cursor to pass next time.
+        """
+        now = self._clock()
+        if not isinstance(cursor, ChangeCursor) or cursor.experiment != experiment_id:
+            return self.full(trials, experiment_id)
+        counts = count() if now - cursor.checked >= self.check_interval else None
+        start = cursor.since - datetime.timedelta(seconds=self.margin)
+        docs = list(trials.find({"experiment": experiment_id, "mtime": {"$gte": start}},
+                                batch_size=_WINDOW_BATCH))
+        fresh = [d for d in docs if cursor.seen.get(d["_id"], (0, ""))[0] < d.get("version", 1)]
+        seen = {**cursor.seen, **{d["_id"]: (d.get("version", 1), d["status"]) for d in fresh}}
+        if counts is not None and misses_writes(seen, counts):
+            return self.full(trials, experiment_id)
+        since = max([cursor.since, *_stamps(docs)])
+        checked = cursor.checked if counts is None else now
+        return [_mongo.doc_to_trial(d) for d in fresh], ChangeCursor(experiment_id, since, checked, seen)
+
+    def full(self, trials: Any, experiment_id: str) -> tuple[list[Trial], ChangeCursor]:
+        """Every trial of the experiment, oldest first, and a cursor after them."""
+        now = self._clock()
+        docs = list(trials.find({"experiment": experiment_id}))
+        seen = {d["_id"]: (d.get("version", 1), d["status"]) for d in docs}
+        since = max(_stamps(docs), default=_ORIGIN)
+        ordered = sorted((_mongo.doc_to_trial(d) for d in docs), key=lambda t: t.submit_time or 0.0)
+        return ordered, ChangeCursor(experiment_id, since, now, seen)
+
+
+def _stamps(docs: list[dict[str, Any]]) -> list[datetime.datetime]:
+    """The server stamps of ``docs`` (documents written by older versions hold a client time)."""
+    return [d["mtime"] for d in docs if isinstance(d.get("mtime"), datetime.datetime)]
+
+
+def misses_writes(seen: Mapping[str, tuple[int, str]], counts: Mapping[TrialStatus, int]) -> bool:
+    """Whether a view built after ``counts`` were taken lacks trials the counts prove exist."""
+    if len(seen) < sum(counts.values()):
+        return True
+    held = {status: 0 for status in (TrialStatus.COMPLETED.value, TrialStatus.BROKEN.value)}
+    for _, status in seen.values():
+        if status in held:
+            held[status] += 1
+    return any(held[s.value] < counts[s] for s in (TrialStatus.COMPLETED, TrialStatus.BROKEN))

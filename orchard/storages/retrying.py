@@ -1,0 +1,216 @@
+"""A storage wrapper that rides out outages: transient errors are retried with backoff.
+
+A MongoDB restart or election, an NFS stall, a lock held a few seconds too
+long: each raises :class:`~orchard.errors.StorageUnavailableError` for a
+while, then the storage works again. A worker must not lose a finished
+result to that (SPEC §5.9), so the worker wraps its storage in
+:class:`RetryingStorage`, which retries every verb that failed that way,
+waiting longer each time, until it succeeds or ``patience`` seconds (the
+lease, ``3 × heartbeat``) have passed. A reservation cannot be proved lost
+sooner: until then a result write keeps being tried, and afterwards the
+storage itself says whether the reservation was lost
+(:class:`~orchard.errors.ReservationLostError`). Each outage a call rode out
+costs one log line saying what happened.
+
+A write whose reply was lost may have been applied: its retry then meets its
+own effect (the trial already completed by this worker, the params already
+registered and reserved by it). Such a retry is *settled*: the stored trial is
+read, and returned if it shows the write took effect.
+
+Errors before the first call that succeeded are not retried: a storage that
+never answered is misconfigured (a wrong host, password or lock kind) more
+likely than down, and the user should hear so at once.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any, TypeVar
+
+from orchard.errors import DuplicateTrialError, ReservationLostError, StorageUnavailableError
+from orchard.space import to_builtin, trial_id
+from orchard.storages.base import BaseStorage, ExperimentRecord
+from orchard.trial import Lease, Trial, TrialStatus
+
+__all__ = ["RetryingStorage"]
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+#: Reads the storage after a retry was refused; returns the write's result if it had taken effect.
+Settle = Callable[[], "Trial | None"]
+
+_FIRST_DELAY, _MAX_DELAY = 0.1, 2.0
+
+
+class RetryingStorage(BaseStorage):
+    """Wraps a storage; retries its :class:`~orchard.errors.StorageUnavailableError` with backoff.
+
+    Guarantees: a verb returns what the wrapped storage's verb returns, once
+    it succeeds within ``patience`` seconds of its first transient failure;
+    otherwise the last :class:`~orchard.errors.StorageUnavailableError` is
+    raised. Every other error passes through at once, except a
+    refusal met by the retry of a write that had in fact been applied (it
+    is settled, see the module docstring).
+
+    Args:
+        storage: the storage to wrap.
+        patience: seconds to keep retrying one call (the lease: ``3 × heartbeat``).
+        clock: a monotonic clock (injectable for tests).
+        sleep: waits between tries (injectable for tests).
+    """
+
+    def __init__(self, storage: BaseStorage, patience: float, *,
+                 clock: Callable[[], float] = time.monotonic,
+                 sleep: Callable[[float], None] = time.sleep) -> None:
+        self.storage = storage
+        self.uri = storage.uri
+        self.patience = patience
+        self._clock, self._sleep = clock, sleep
+        self._answered = False
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (RetryingStorage, (self.storage, self.patience))
+
+    def close(self) -> None:
+        """Close the wrapped storage."""
+        self.storage.close()
+
+    # -- the retry loop ---------------------------------------------------------
+
+    def _retry(self, action: str, call: Callable[[], T], settle: Settle | None = None) -> T:
+        """Run ``call`` until it succeeds or ``patience`` runs out (see the class docstring)."""
+        started: float | None = None
+        tries, delay = 0, _FIRST_DELAY
+        while True:
+            try:
+                result = call()
+            except StorageUnavailableError as err:
+                if not self._answered:
+                    raise
+                tries += 1
+                now = self._clock()
+                started = now if started is None else started
+                left = started + self.patience - now
+                if left <= 0:
+                    log.error("storage %s: could not %s for %.1f s (%d tries), giving up: %s",
+                              self.redacted_uri, action, now - started, tries, err)
+                    raise
+                self._sleep(min(delay * random.uniform(0.5, 1.0), left))
+                delay = min(2 * delay, _MAX_DELAY)
+                continue
+            except (ReservationLostError, DuplicateTrialError):
+                settled = settle() if settle is not None and started is not None else None
+                if settled is None:
+                    raise
+                result = settled  # type: ignore[assignment]  # the settled verbs return a Trial
+            self._answered = True
+            if started is not None:
+                log.warning("storage %s was unavailable for %.1f s while trying to %s; "
+                            "succeeded after %d retries", self.redacted_uri, self._clock() - started,
+                            action, tries)
+            return result
+
+    def _stored(self, trial_id_: str, expect: Callable[[Trial], bool]) -> Trial | None:
+        trial = self.storage.get_trial(trial_id_)
+        return trial if trial is not None and expect(trial) else None
+
+    # -- experiments ------------------------------------------------------------
+
+    def create_experiment(self, name: str, config: Mapping[str, Any]) -> str:
+        """See :meth:`BaseStorage.create_experiment`."""
+        return self._retry(f"create experiment {name!r}", lambda: self.storage.create_experiment(name, config))
+
+    def get_experiment(self, name: str) -> ExperimentRecord | None:
+        """See :meth:`BaseStorage.get_experiment`."""
+        return self._retry(f"read experiment {name!r}", lambda: self.storage.get_experiment(name))
+
+    def list_experiments(self) -> list[ExperimentRecord]:
+        """See :meth:`BaseStorage.list_experiments`."""
+        return self._retry("list experiments", self.storage.list_experiments)
+
+    def update_experiment(self, experiment_id: str, changes: Mapping[str, Any]) -> ExperimentRecord:
+        """See :meth:`BaseStorage.update_experiment`."""
+        return self._retry("update an experiment", lambda: self.storage.update_experiment(experiment_id, changes))
+
+    def delete_experiment(self, experiment_id: str) -> int:
+        """See :meth:`BaseStorage.delete_experiment`."""
+        return self._retry("delete an experiment", lambda: self.storage.delete_experiment(experiment_id))
+
+    # -- trials -----------------------------------------------------------------
+
+    def register_trial(self, experiment_id: str, params: Mapping[str, Any], *, worker: str | None = None,
+                       budget: int | None = None, parent: str | None = None) -> Trial:
+        """See :meth:`BaseStorage.register_trial`."""
+        tid = trial_id(experiment_id, to_builtin(dict(params)))
+        return self._retry(
+            "register a trial",
+            lambda: self.storage.register_trial(experiment_id, params, worker=worker, budget=budget, parent=parent),
+            None if worker is None else lambda: self._stored(tid, lambda t: t.lease is not None and t.worker == worker),
+        )
+
+    def restore_trials(self, experiment_id: str, trials: Iterable[Trial]) -> int:
+        """See :meth:`BaseStorage.restore_trials`."""
+        trials = list(trials)
+        return self._retry("restore trials", lambda: self.storage.restore_trials(experiment_id, trials))
+
+    def reserve_trial(self, experiment_id: str, worker: str) -> Trial | None:
+        """See :meth:`BaseStorage.reserve_trial`."""
+        return self._retry("reserve a trial", lambda: self.storage.reserve_trial(experiment_id, worker))
+
+    def heartbeat_trial(self, trial_id: str, worker: str) -> None:
+        """See :meth:`BaseStorage.heartbeat_trial`."""
+        self._retry(f"heartbeat trial {trial_id}", lambda: self.storage.heartbeat_trial(trial_id, worker))
+
+    def complete_trial(self, trial_id: str, worker: str, objective: float,
+                       results: Mapping[str, Any] | None = None) -> Trial:
+        """See :meth:`BaseStorage.complete_trial`."""
+        return self._retry(
+            f"complete trial {trial_id}",
+            lambda: self.storage.complete_trial(trial_id, worker, objective, results),
+            lambda: self._stored(trial_id, lambda t: t.status is TrialStatus.COMPLETED
+                                 and t.worker == worker and t.objective == float(objective)),
+        )
+
+    def fail_trial(self, trial_id: str, worker: str, error: Mapping[str, Any]) -> Trial:
+        """See :meth:`BaseStorage.fail_trial`."""
+        return self._retry(
+            f"mark trial {trial_id} broken",
+            lambda: self.storage.fail_trial(trial_id, worker, error),
+            lambda: self._stored(trial_id, lambda t: t.status is TrialStatus.BROKEN and t.worker == worker
+                                 and (t.error or {}).get("type") == error.get("type")),
+        )
+
+    def release_trial(self, trial_id: str, worker: str | None) -> Trial:
+        """See :meth:`BaseStorage.release_trial`."""
+        return self._retry(
+            f"release trial {trial_id}",
+            lambda: self.storage.release_trial(trial_id, worker),
+            lambda: self._stored(trial_id, lambda t: t.status is TrialStatus.INTERRUPTED),
+        )
+
+    def release_lost(self, experiment_id: str, leases: Mapping[str, Lease], max_attempts: int) -> list[Trial]:
+        """See :meth:`BaseStorage.release_lost`."""
+        return self._retry("release lost trials",
+                           lambda: self.storage.release_lost(experiment_id, leases, max_attempts))
+
+    def get_trial(self, trial_id: str) -> Trial | None:
+        """See :meth:`BaseStorage.get_trial`."""
+        return self._retry(f"read trial {trial_id}", lambda: self.storage.get_trial(trial_id))
+
+    def fetch_trials(self, experiment_id: str,
+                     statuses: Iterable[TrialStatus | str] | None = None) -> list[Trial]:
+        """See :meth:`BaseStorage.fetch_trials`."""
+        wanted = None if statuses is None else list(statuses)
+        return self._retry("fetch trials", lambda: self.storage.fetch_trials(experiment_id, wanted))
+
+    def fetch_changes(self, experiment_id: str, cursor: Any = None) -> tuple[list[Trial], Any]:
+        """See :meth:`BaseStorage.fetch_changes`."""
+        return self._retry("fetch changed trials", lambda: self.storage.fetch_changes(experiment_id, cursor))
+
+    def count_trials(self, experiment_id: str) -> dict[TrialStatus, int]:
+        """See :meth:`BaseStorage.count_trials`."""
+        return self._retry("count trials", lambda: self.storage.count_trials(experiment_id))

@@ -1,0 +1,199 @@
+"""Chaos: six workers on one experiment while a driver kills, freezes and restarts them and the server.
+
+For about a minute a driver, at random, SIGKILLs a worker with its script (a
+node dying) and starts another, SIGSTOPs one with its script for 1 to 10 s
+(a frozen node; the lease is 6 s, so some of them lose their trial) then
+SIGCONTs it, and SIGKILLs the MongoDB wire server and starts it again on its
+port and data. Afterwards:
+
+* exactly ``max_trials`` trials are completed;
+* every result a worker reported as written (``reported.log``) is stored, with its value;
+* no trial was reported completed twice;
+* no trial's script ran to its end twice, except where the worker that ran it
+  first was SIGKILLed before it could record the result (an evaluation a dead
+  node finished is lost with the node; SPEC §5.4), or where a frozen script
+  ended within ``WAKE_GRACE`` seconds of being SIGCONTed (it wakes together
+  with its worker, which needs one storage round trip to learn that the
+  reservation is gone and stop it).
+
+Workers run ``tests/chaos_script.py`` through :class:`orchard.runner.ScriptRunner`
+(``python -m tests.fault_workers ... script``). The seed is printed; set
+``ORCHARD_CHAOS_SEED`` to replay a run's choices.
+"""
+
+from __future__ import annotations
+
+import collections
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+
+from orchard.errors import StorageError
+from orchard.storages import get_storage
+from orchard.testing._mongo_uri import with_database
+from orchard.testing.mongo_server import WireServer
+from orchard.trial import TrialStatus
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
+
+ROOT = Path(__file__).resolve().parents[1]
+N_WORKERS, MAX_TRIALS, HEARTBEAT, CHAOS_SECONDS = 6, 100, 2.0, 60.0
+WAKE_GRACE = 1.0
+
+
+class Cluster:
+    """The worker processes, and what the driver did to them."""
+
+    def __init__(self, tmp: Path, uri: str) -> None:
+        self.tmp, self.uri = tmp, uri
+        self.live: list[subprocess.Popen[bytes]] = []
+        self.killed: set[int] = set()
+        self.stopped: dict[int, float] = {}  # pid -> when to resume it
+        self.woken: dict[int, list[float]] = collections.defaultdict(list)  # pid -> wall times of SIGCONT
+        self.done = collections.Counter[str]()
+
+    def start(self) -> None:
+        index = len(self.live) + len(self.killed)
+        with open(self.tmp / f"worker-{index}.log", "wb") as log:
+            self.live.append(subprocess.Popen(
+                [sys.executable, "-m", "tests.fault_workers", self.uri, "chaos", "script", "--dir", str(self.tmp),
+                 "--max-trials", str(MAX_TRIALS), "--heartbeat", str(HEARTBEAT), "--max-broken", "1000"],
+                cwd=ROOT, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+            ))
+
+    def running(self) -> list[subprocess.Popen[bytes]]:
+        return [p for p in self.live if p.poll() is None and p.pid not in self.stopped]
+
+    def kill(self, proc: subprocess.Popen[bytes]) -> None:
+        """SIGKILL a worker and its script, as a node dying would; start another worker."""
+        for member in _stopped_tree(proc.pid):
+            _signal(member, signal.SIGKILL)
+        proc.wait()
+        self.live.remove(proc)
+        self.killed.add(proc.pid)
+        self.done["kill"] += 1
+        self.start()
+
+    def freeze(self, proc: subprocess.Popen[bytes], seconds: float) -> None:
+        """SIGSTOP a worker and its script for ``seconds`` (resumed by :meth:`thaw`)."""
+        _stopped_tree(proc.pid)
+        self.stopped[proc.pid] = time.monotonic() + seconds
+        self.done["stop"] += 1
+        self.done["stop longer than the lease"] += seconds > 3 * HEARTBEAT
+
+    def thaw(self, everyone: bool = False) -> None:
+        now = time.monotonic()
+        for pid, until in list(self.stopped.items()):
+            if everyone or until <= now:
+                for member in _tree(pid):
+                    _signal(member, signal.SIGCONT)
+                self.woken[pid].append(time.time())
+                del self.stopped[pid]
+
+
+def _tree(pid: int) -> list[psutil.Process]:
+    try:
+        parent = psutil.Process(pid)
+        return [parent, *parent.children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return []
+
+
+def _stopped_tree(pid: int) -> list[psutil.Process]:
+    """SIGSTOP the worker first (it can start no script then), then every descendant."""
+    members = _tree(pid)
+    for member in members[:1]:
+        _signal(member, signal.SIGSTOP)
+    members = _tree(pid)
+    for member in members[1:]:
+        _signal(member, signal.SIGSTOP)
+    return members
+
+
+def _signal(process: psutil.Process, sig: signal.Signals) -> None:
+    try:
+        process.send_signal(sig)
+    except psutil.NoSuchProcess:
+        pass
+
+
+def _completed(uri: str) -> int:
+    try:
+        with get_storage(uri) as storage:
+            record = storage.get_experiment("chaos")
+            return 0 if record is None else storage.count_trials(record.id)[TrialStatus.COMPLETED]
+    except StorageError:
+        return 0
+
+
+def _drive(cluster: Cluster, server: WireServer, rng: random.Random) -> None:
+    deadline = time.monotonic() + CHAOS_SECONDS
+    while time.monotonic() < deadline and _completed(cluster.uri) < MAX_TRIALS:
+        time.sleep(rng.uniform(0.5, 2.0))
+        cluster.thaw()
+        action = rng.choices(["kill", "stop", "server"], weights=[2, 3, 1])[0]
+        running = cluster.running()
+        if action == "server":
+            server.kill()
+            server.start()
+            cluster.done["server restart"] += 1
+        elif running and action == "kill":
+            cluster.kill(rng.choice(running))
+        elif running and len(cluster.stopped) < 2:
+            cluster.freeze(rng.choice(running), rng.uniform(1.0, 10.0))
+
+
+def _lines(path: Path) -> list[list[str]]:
+    return [line.split() for line in path.read_text().splitlines()] if path.exists() else []
+
+
+def test_six_workers_survive_a_minute_of_kills_freezes_and_server_restarts(tmp_path: Path) -> None:
+    seed = int(os.environ.get("ORCHARD_CHAOS_SEED", random.randrange(10**6)))
+    rng = random.Random(seed)
+    with WireServer(tmp_path, durable=True) as server:
+        uri = with_database(server.uri, "chaos")
+        cluster = Cluster(tmp_path, uri)
+        try:
+            for _ in range(N_WORKERS):
+                cluster.start()
+            _drive(cluster, server, rng)
+            cluster.thaw(everyone=True)
+            codes = [proc.wait(timeout=120) for proc in cluster.live]
+        finally:
+            cluster.thaw(everyone=True)
+            for proc in cluster.live:
+                if proc.poll() is None:
+                    proc.kill()
+        with get_storage(uri) as storage:
+            trials = storage.fetch_trials(storage.require_experiment("chaos").id)
+    stored = {t.id: t for t in trials}
+    statuses = collections.Counter(t.status.value for t in trials)
+    reported = _lines(tmp_path / "reported.log")
+    ends: dict[str, list[tuple[int, float]]] = collections.defaultdict(list)
+    for trial_id, worker_pid, when in _lines(tmp_path / "ends.log"):
+        ends[trial_id].append((int(worker_pid), float(when)))
+
+    def excused(pid: int, when: float) -> bool:
+        return pid in cluster.killed or any(0 <= when - woke <= WAKE_GRACE for woke in cluster.woken[pid])
+
+    twice = {tid: runs for tid, runs in ends.items() if len([r for r in runs if not excused(*r)]) > 1}
+    print(f"chaos seed {seed}: {dict(cluster.done)}; trials {dict(statuses)}; {len(reported)} results "
+          f"reported; {sum(len(p) for p in ends.values())} script ends; "
+          f"{sum(len(p) > 1 for p in ends.values())} trials whose script ended twice "
+          f"({len(twice)} explained neither by a SIGKILL nor by waking up)")
+    assert codes == [0] * len(codes), f"workers exited with {codes}; logs in {tmp_path}"
+    assert statuses[TrialStatus.COMPLETED.value] == MAX_TRIALS
+    duplicates = [tid for tid, n in collections.Counter(tid for tid, _ in reported).items() if n > 1]
+    assert not duplicates, f"trials reported completed twice: {duplicates}"
+    for trial_id, objective in reported:
+        trial = stored.get(trial_id)
+        assert trial is not None and trial.status is TrialStatus.COMPLETED, f"reported result of {trial_id} lost"
+        assert repr(trial.objective) == objective
+    assert not twice, f"scripts that ran to their end twice (worker pid, time): {twice}"

@@ -1,0 +1,198 @@
+"""LeaseObserver (an injected clock, no sleeps) and RetryingStorage's retry rules.
+
+The faults themselves (outages, skewed clocks, killed workers) are shown with
+real processes in tests/test_faults.py; these tests pin the rules those rely on.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+from orchard.errors import ReservationLostError, StorageError, StorageUnavailableError
+from orchard.leases import LeaseObserver, lost_error
+from orchard.storages import get_storage
+from orchard.storages.base import BaseStorage
+from orchard.storages.retrying import RetryingStorage
+from orchard.trial import Lease, Trial, TrialStatus
+
+W = "host:1:w"
+
+
+class FakeClock:
+    """A monotonic clock moved by hand."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.now += seconds
+
+
+def reserved(tid: str, heartbeat: float, worker: str = W) -> Trial:
+    return Trial(id=tid, experiment="e", params={}, status=TrialStatus.RESERVED, worker=worker,
+                 heartbeat=heartbeat)
+
+
+# -- LeaseObserver -----------------------------------------------------------------
+
+
+def test_a_heartbeat_standing_still_for_stale_after_is_lost() -> None:
+    clock = FakeClock()
+    observer = LeaseObserver(30.0, clock=clock)
+    observer.observe([reserved("a", 5.0), reserved("b", 7.0)])
+    clock.now += 29.9
+    observer.observe([reserved("a", 5.0), reserved("b", 7.5)])  # b beat, a did not
+    assert observer.lost() == {}
+    clock.now += 0.1
+    assert observer.lost() == {"a": Lease(W, 5.0)}
+    clock.now += 29.8
+    assert observer.lost() == {"a": Lease(W, 5.0)}
+    clock.now += 0.2
+    assert observer.lost() == {"a": Lease(W, 5.0), "b": Lease(W, 7.5)}
+
+
+def test_heartbeat_values_are_never_compared_with_a_clock() -> None:
+    """Values from clocks far ahead of, or behind, the observer's are judged alike."""
+    clock = FakeClock()
+    observer = LeaseObserver(3.0, clock=clock)
+    observer.observe([reserved("ahead", clock.now + 1e6), reserved("behind", -1e6)])
+    assert observer.lost() == {}
+    clock.now += 3.0
+    assert set(observer.lost()) == {"ahead", "behind"}
+
+
+def test_a_new_owner_or_a_finished_trial_starts_over() -> None:
+    clock = FakeClock()
+    observer = LeaseObserver(3.0, clock=clock)
+    observer.observe([reserved("a", 5.0), reserved("b", 5.0)])
+    clock.now += 2.0
+    observer.observe([reserved("a", 5.0, worker="host:2:other")])  # re-reserved by another; b finished
+    clock.now += 2.0
+    assert observer.lost() == {} and len(observer) == 1
+    clock.now += 1.0
+    assert observer.lost() == {"a": Lease("host:2:other", 5.0)}
+    observer.forget(["a"])
+    assert observer.lost() == {} and len(observer) == 0
+
+
+def test_unreserved_trials_are_not_watched() -> None:
+    observer = LeaseObserver(0.0, clock=FakeClock())
+    observer.observe([Trial(id="n", experiment="e", params={}),
+                      Trial(id="c", experiment="e", params={}, status=TrialStatus.COMPLETED, worker=W,
+                            heartbeat=1.0)])
+    assert observer.lost() == {}
+
+
+def test_lost_error_names_the_likely_causes() -> None:
+    error = lost_error(3)
+    assert (error["type"], error["reason"]) == ("TrialLost", "lost")
+    for cause in ("3 times", "segfault", "OOM killer", "job step", "max_attempts"):
+        assert cause in error["message"]
+
+
+# -- RetryingStorage ---------------------------------------------------------------
+
+
+class Outage:
+    """Makes the wrapped storage's verbs raise StorageUnavailableError while ``down``."""
+
+    def __init__(self, storage: BaseStorage, applied_before_failing: bool = False) -> None:
+        self.storage = storage
+        self.down = 0  # how many more calls fail
+        self.applied_before_failing = applied_before_failing  # the reply, not the write, was lost
+
+    def wrap(self, verb: str) -> None:
+        real: Callable[..., Any] = getattr(self.storage, verb)
+
+        def flaky(*args: Any, **kwargs: Any) -> Any:
+            if self.down:
+                self.down -= 1
+                if self.applied_before_failing:
+                    real(*args, **kwargs)
+                raise StorageUnavailableError("server gone")
+            return real(*args, **kwargs)
+
+        setattr(self.storage, verb, flaky)
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()
+
+
+def _retrying(clock: FakeClock, patience: float = 30.0) -> tuple[RetryingStorage, str]:
+    inner = get_storage("memory://")
+    storage = RetryingStorage(inner, patience, clock=clock, sleep=clock.sleep)
+    return storage, storage.create_experiment("e", {})
+
+
+def test_an_outage_shorter_than_the_patience_costs_time_and_one_log_line(
+        clock: FakeClock, caplog: pytest.LogCaptureFixture) -> None:
+    storage, exp = _retrying(clock)
+    trial = storage.register_trial(exp, {"x": 1}, worker=W)
+    outage = Outage(storage.storage)
+    outage.wrap("complete_trial")
+    outage.down = 6
+    with caplog.at_level(logging.INFO, logger="orchard.storages.retrying"):
+        done = storage.complete_trial(trial.id, W, 1.5)
+    assert (done.status, done.objective) == (TrialStatus.COMPLETED, 1.5)
+    assert 0 < clock.now - 1000.0 < 30.0
+    [line] = caplog.messages
+    assert f"complete trial {trial.id}" in line and "unavailable" in line and "6 retries" in line
+
+
+def test_an_outage_longer_than_the_patience_raises(clock: FakeClock, caplog: pytest.LogCaptureFixture) -> None:
+    storage, exp = _retrying(clock, patience=10.0)
+    outage = Outage(storage.storage)
+    outage.wrap("count_trials")
+    outage.down = 10**6
+    with pytest.raises(StorageUnavailableError):
+        storage.count_trials(exp)
+    assert 10.0 <= clock.now - 1000.0 < 10.5
+    assert len(caplog.messages) == 1 and "giving up" in caplog.messages[0]
+
+
+def test_a_result_whose_reply_was_lost_is_settled_not_refused(clock: FakeClock) -> None:
+    storage, exp = _retrying(clock)
+    trial = storage.register_trial(exp, {"x": 1}, worker=W)
+    outage = Outage(storage.storage, applied_before_failing=True)
+    for verb in ("complete_trial", "register_trial"):
+        outage.wrap(verb)
+    outage.down = 1
+    assert storage.complete_trial(trial.id, W, 2.0).status is TrialStatus.COMPLETED
+    outage.down = 1
+    again = storage.register_trial(exp, {"x": 2}, worker=W)
+    assert (again.status, again.worker) == (TrialStatus.RESERVED, W)
+
+
+def test_a_real_refusal_after_an_outage_is_still_refused(clock: FakeClock) -> None:
+    storage, exp = _retrying(clock)
+    trial = storage.register_trial(exp, {"x": 1}, worker=W)
+    storage.complete_trial(trial.id, W, 2.0)
+    outage = Outage(storage.storage)
+    outage.wrap("complete_trial")
+    outage.down = 2
+    with pytest.raises(ReservationLostError):
+        storage.complete_trial(trial.id, W, 3.0)  # a different result: not ours, refused
+
+
+def test_other_errors_and_errors_before_the_first_answer_are_not_retried(clock: FakeClock) -> None:
+    inner = get_storage("memory://")
+    outage = Outage(inner)
+    outage.wrap("list_experiments")
+    outage.down = 1
+    storage = RetryingStorage(inner, 30.0, clock=clock, sleep=clock.sleep)
+    with pytest.raises(StorageUnavailableError):  # never answered: likely misconfigured, say so now
+        storage.list_experiments()
+    exp = storage.create_experiment("e", {})
+    with pytest.raises(StorageError):
+        storage.heartbeat_trial("nope", W)
+    assert clock.now == 1000.0
+    assert storage.count_trials(exp)[TrialStatus.NEW] == 0
