@@ -69,6 +69,7 @@ class CopyChecks(Checks):
         handed_out.append(storage.fail_trial(failed.id, W2, {"type": "ValueError", "message": "boom"}))
         handed_out.append(storage.release_trial(released.id, W2))
         stale = reserve_as(storage, exp, W1)
+        assert stale.lease is not None
         lost = storage.release_lost(exp, {stale.id: stale.lease}, max_attempts=3)
         assert [t.id for t in lost] == [stale.id]
         handed_out += lost
