@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from orchard.errors import ConfigurationError
-from orchard.space import Choices, LogUniform, Prior, Space
+from orchard.space import Prior, Space
 from orchard.trial import Trial, TrialStatus
 
 __all__ = [
@@ -295,10 +295,12 @@ def _param_names(trials: Iterable[Trial]) -> list[str]:
 def _axis(name: str, values: list[Any], prior: Prior | None) -> Axis:
     """Place one parameter's values on an axis (category index, log10, or as is)."""
     numeric = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values)
-    if isinstance(prior, Choices) or not numeric:
-        return _categorical_axis(name, values, list(prior.values) if isinstance(prior, Choices) else [])
-    if isinstance(prior, LogUniform) and all(v > 0 for v in values):
-        low, high = math.floor(math.log10(prior.low)), math.ceil(math.log10(prior.high))
+    categories = prior.categories() if prior is not None else None
+    if categories is not None or not numeric:
+        return _categorical_axis(name, values, categories or [])
+    log_range = prior.log_range() if prior is not None else None
+    if log_range is not None and all(v > 0 for v in values):
+        low, high = math.floor(math.log10(log_range[0])), math.ceil(math.log10(log_range[1]))
         ticks = [float(p) for p in range(low, high + 1)]
         return Axis(f"{name} (log)", [math.log10(v) for v in values], ticks, [_decade(p) for p in ticks])
     return Axis(name, [float(v) for v in values])

@@ -12,6 +12,8 @@ name      what                                                    options
 random    independent draws from the priors                       none
 grid      a regular grid, each point once                         n_values, budget, shuffle
 bayes     scikit-optimize surrogate + acquisition, constant liar  see ``BayesianOptimization``
+asha      asynchronous successive halving over a ``fidelity``     see ``Asha``
+hyperband several ASHA brackets starting at different rungs       see ``Hyperband``
 ========  ======================================================  ===================
 
 ``bayes`` imports scikit-optimize (and scikit-learn) only when first used.
@@ -22,7 +24,9 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from orchard.algorithms._asha import Asha
 from orchard.algorithms._grid import GridSearch
+from orchard.algorithms._hyperband import Hyperband
 from orchard.algorithms._random import RandomSearch
 from orchard.algorithms.base import BaseAlgorithm, Observation
 from orchard.errors import ConfigurationError
@@ -30,8 +34,10 @@ from orchard.space import Space
 
 __all__ = [
     "ALGORITHMS",
+    "Asha",
     "BaseAlgorithm",
     "GridSearch",
+    "Hyperband",
     "Observation",
     "RandomSearch",
     "algorithm_class",
@@ -53,6 +59,8 @@ ALGORITHMS: dict[str, Callable[[], type[BaseAlgorithm]]] = {
     "random": lambda: RandomSearch,
     "grid": lambda: GridSearch,
     "bayes": _bayes,
+    "asha": lambda: Asha,
+    "hyperband": lambda: Hyperband,
 }
 
 

@@ -1,0 +1,109 @@
+"""The ``fidelity(low, high, base=3)`` prior: the training budget multi-fidelity algorithms vary.
+
+Its rungs are ``low·base^k`` for ``k = 0, 1, …``, capped at ``high`` (so
+``fidelity(1, 81, base=3)`` has the rungs 1, 3, 9, 27, 81 and ``fidelity(1,
+100)`` the rungs 1, 3, 9, 27, 81, 100). A space has at most one. ``asha`` and
+``hyperband`` (:mod:`orchard.algorithms`) evaluate trials at every rung;
+``random``, ``grid`` and ``bayes`` see a single value, ``high``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any, ClassVar
+
+import numpy as np
+
+from orchard.priors import Fail, Prior, Scalar, bounds, is_integral, is_number
+
+__all__ = ["Fidelity"]
+
+
+@dataclasses.dataclass(frozen=True)
+class Fidelity(Prior):
+    """The training budget of multi-fidelity algorithms (epochs, samples, …).
+
+    Its rungs are ``low·base^k`` for ``k = 0, 1, …``, capped at ``high`` (so
+    ``high`` is always the last rung); ints when ``low`` and ``high`` are ints.
+    Algorithms that are not multi-fidelity see a single value, ``high``: they
+    sample it, grid it and fit it as a constant.
+    """
+
+    NAME: ClassVar[str] = "fidelity"
+    KEYWORDS: ClassVar[tuple[str, ...]] = ("base",)
+
+    low: float
+    high: float
+    base: float = 3
+
+    @classmethod
+    def parse(cls, fail: Fail, args: list[Any], kwargs: dict[str, Any]) -> Prior:
+        low, high = args
+        bounds(fail, low, high)
+        base = kwargs.get("base", 3)
+        if low <= 0:
+            raise fail("fidelity needs 0 < low")
+        if not is_number(base) or base <= 1:
+            raise fail(f"base ({base!r}) must be a number > 1")
+        if isinstance(low, int) and isinstance(high, int):
+            return cls(low, high, base)
+        return cls(float(low), float(high), base)
+
+    @property
+    def integral(self) -> bool:
+        """Whether the fidelity's values are ints (``low`` and ``high`` were written as ints)."""
+        return isinstance(self.low, int) and isinstance(self.high, int)
+
+    def rungs(self) -> tuple[Scalar, ...]:
+        """The fidelity of each rung, lowest first: ``low·base^k`` capped at ``high``."""
+        values: list[Scalar] = []
+        k = 0
+        while True:
+            value = self.low * self.base**k
+            if value >= self.high * (1 - 1e-9):
+                values.append(self.high)
+                return tuple(values)
+            values.append(int(round(value)) if self.integral else float(value))
+            k += 1
+
+    def rung_of(self, value: Any) -> int | None:
+        """The index of the rung whose fidelity is ``value``, or ``None``."""
+        for index, rung in enumerate(self.rungs()):
+            if is_number(value) and math.isclose(float(rung), float(value), rel_tol=1e-9):
+                return index
+        return None
+
+    def sample(self, rng: np.random.Generator) -> Scalar:
+        return self.high
+
+    def to_skopt(self, name: str) -> Any:
+        from skopt.space import Categorical
+
+        return Categorical([self.high], name=name, transform="onehot")
+
+    def contains(self, value: Any) -> bool:
+        if not is_number(value) or (self.integral and not is_integral(value)):
+            return False
+        return bool(self.low <= value <= self.high)
+
+    def cast(self, value: Any) -> Scalar:
+        return int(value) if self.integral else float(value)
+
+    def size(self) -> int | None:
+        return 1
+
+    def encode(self, value: Any) -> Any:
+        return self.high
+
+    def decode(self, value: Any) -> Scalar:
+        return self.high
+
+    def grid(self, n: int) -> list[Scalar]:
+        return [self.high]
+
+    def log_range(self) -> tuple[float, float] | None:
+        return float(self.low), float(self.high)
+
+    def __str__(self) -> str:
+        return f"fidelity({self.low!r}, {self.high!r}, base={self.base!r})"
