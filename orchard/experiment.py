@@ -8,6 +8,7 @@ on every machine runs with the same space, algorithm and budget.
 from __future__ import annotations
 
 import dataclasses
+import os
 import pickle
 import sys
 import threading
@@ -25,7 +26,7 @@ from orchard.errors import (
     OrchardError,
 )
 from orchard.executors import make_executor
-from orchard.objective import Outcome, TrialEvaluator, call_objective, interpret_result
+from orchard.objective import Outcome, TrialEvaluator, call_objective, evaluating, interpret_result
 from orchard.space import Space
 from orchard.storages import BaseStorage, get_storage
 from orchard.storages.base import ExperimentRecord
@@ -60,7 +61,8 @@ def build_experiment(
         heartbeat: seconds between a worker's heartbeats (default 30); a reservation
             whose heartbeat is older than 3 × heartbeat is lost.
         seed: seed of the algorithm (one worker with a seed reproduces its trials).
-        working_dir: base folder for per-trial working directories (scripts).
+        working_dir: base folder for per-trial working directories (scripts; and
+            ``orchard.current_trial().working_dir`` of Python objectives).
 
     Returns:
         The experiment client.
@@ -153,6 +155,7 @@ class WorkerTask:
     settings: WorkerSettings
     fn: Callable[..., Any]
     trial_timeout: float | None = None
+    working_dir: str | None = None
 
 
 def run_worker(task: WorkerTask) -> WorkerReport:
@@ -163,7 +166,8 @@ def run_worker(task: WorkerTask) -> WorkerReport:
     """
 
     def evaluate(trial: Trial) -> Outcome:
-        return call_objective(task.fn, trial.params, task.trial_timeout)
+        with evaluating(trial, task.working_dir):  # orchard.current_trial() inside the objective
+            return call_objective(task.fn, trial.params, task.trial_timeout)
 
     fn = task.fn
     worker = Worker(task.storage, task.experiment_id, task.settings,
@@ -261,7 +265,9 @@ class Experiment:
         self.refresh()  # another process may have raised the budget since this handle was made
         budget = self._call_budget(max_trials)
         settings = self._settings(max_trials=budget, idle_timeout=idle_timeout)
-        task = WorkerTask(self.storage, self.id, settings, fn, trial_timeout)
+        base = self._record.config.get("working_dir")
+        task = WorkerTask(self.storage, self.id, settings, fn, trial_timeout,
+                          working_dir=None if base is None else os.path.abspath(base))
         if executor not in ("single", "thread"):
             pickle.dumps(self.storage)  # fail fast, with the storage's own message, if it cannot travel
         tasks = [dataclasses.replace(task, settings=self._seeded(settings, i)) for i in range(n_workers)]

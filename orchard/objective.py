@@ -4,11 +4,18 @@ An objective ``fn(**params)`` returns a float, or a mapping with key
 ``"objective"`` plus any extra metrics. Anything else, an exception, or a
 timeout produces an :class:`Outcome` carrying an error record instead, and
 the trial is marked broken by the worker.
+
+While it runs, :func:`current_trial` tells the objective which trial it is
+evaluating (id, params, the ``parent`` a multi-fidelity promotion came from,
+and the working directories of both), so a promoted trial can resume from
+its parent's checkpoint.
 """
 
 from __future__ import annotations
 
 import abc
+import contextlib
+import contextvars
 import dataclasses
 import math
 import multiprocessing
@@ -18,13 +25,80 @@ import select
 import signal
 import time
 import traceback
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 from orchard.space import to_builtin
 from orchard.trial import Trial
 
-__all__ = ["Outcome", "TrialEvaluator", "call_objective", "interpret_result"]
+__all__ = [
+    "CurrentTrial",
+    "Outcome",
+    "TrialEvaluator",
+    "call_objective",
+    "current_trial",
+    "evaluating",
+    "interpret_result",
+]
+
+
+@dataclasses.dataclass(frozen=True)
+class CurrentTrial:
+    """The trial an objective is evaluating (see :func:`current_trial`).
+
+    Attributes:
+        id: the trial's id.
+        params: its params (the fidelity included).
+        parent: the id of the trial it was promoted from by ``asha``/``hyperband``, else ``None``.
+        working_dir: the trial's own folder (created), or ``None`` when the
+            experiment has no ``working_dir``.
+        parent_working_dir: the parent's folder (where it saved its checkpoint), or ``None``.
+    """
+
+    id: str
+    params: dict[str, Any]
+    parent: str | None
+    working_dir: str | None
+    parent_working_dir: str | None
+
+
+_CURRENT: contextvars.ContextVar[CurrentTrial | None] = contextvars.ContextVar("orchard_trial", default=None)
+
+
+def current_trial() -> CurrentTrial | None:
+    """The trial the calling objective is evaluating; ``None`` outside an evaluation.
+
+    Workers set it around each call of a Python objective (in the objective's
+    own process when it runs with a timeout). Scripts run by ``orchard hunt``
+    read the same facts from ``ORCHARD_TRIAL_ID``, ``ORCHARD_WORKING_DIR``,
+    ``ORCHARD_PARENT_TRIAL_ID`` and ``ORCHARD_PARENT_WORKING_DIR``.
+    """
+    return _CURRENT.get()
+
+
+@contextlib.contextmanager
+def evaluating(trial: Trial, working_dir: str | None = None) -> Iterator[CurrentTrial]:
+    """Make ``trial`` the :func:`current_trial` of this thread for the ``with`` block.
+
+    Args:
+        trial: the reserved trial about to be evaluated.
+        working_dir: the folder under which each trial gets ``TRIAL_ID/`` (created
+            here), or ``None`` for no folders.
+
+    Raises:
+        OSError: the trial's folder cannot be created.
+    """
+    folder = parent_folder = None
+    if working_dir is not None:
+        folder = os.path.join(working_dir, trial.id)
+        os.makedirs(folder, exist_ok=True)
+        parent_folder = None if trial.parent is None else os.path.join(working_dir, trial.parent)
+    info = CurrentTrial(trial.id, dict(trial.params), trial.parent, folder, parent_folder)
+    token = _CURRENT.set(info)
+    try:
+        yield info
+    finally:
+        _CURRENT.reset(token)
 
 
 @dataclasses.dataclass
