@@ -61,7 +61,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
            help="budget of completed trials (can be raised later)")
     option("--max-broken", type=_positive(int), metavar="N", help="stop after N broken trials (default 3)")
     option("--algorithm", metavar="ALGO",
-           help="random, grid, bayes, or a mapping such as '{bayes: {acq_func: EI}}'")
+           help="random, grid, bayes, asha, hyperband, or a mapping such as '{bayes: {acq_func: EI}}'")
     option("--n-workers", type=_positive(int), metavar="K", help="run K local workers through the executor")
     option("--executor", metavar="NAME", help="joblib (default), process, dask, thread, single")
     option("--executor-config", metavar="MAPPING", help="executor options, e.g. '{address: tcp://host:8786}'")
