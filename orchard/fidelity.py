@@ -11,13 +11,15 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Iterable
 from typing import Any, ClassVar
 
 import numpy as np
 
 from orchard.priors import Fail, Prior, Scalar, bounds, is_integral, is_number
+from orchard.trial import Trial, TrialStatus
 
-__all__ = ["Fidelity"]
+__all__ = ["Fidelity", "format_rungs", "rung_counts"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -107,3 +109,44 @@ class Fidelity(Prior):
 
     def __str__(self) -> str:
         return f"fidelity({self.low!r}, {self.high!r}, base={self.base!r})"
+
+
+def rung_counts(prior: Fidelity, name: str, trials: Iterable[Trial]) -> list[dict[str, Any]]:
+    """Trials per rung of a fidelity dimension, for ``orchard status``/``info``.
+
+    Args:
+        prior: the space's fidelity prior.
+        name: its dimension's name.
+        trials: the experiment's trials.
+
+    Returns:
+        One dict per rung, lowest first: ``fidelity``, ``completed``, ``pending``
+        (new, reserved or interrupted), ``broken``, and ``promoted`` (trials that
+        reached the rung by promotion). Trials at a fidelity that is no rung
+        (inserted by hand) are not counted.
+    """
+    rows: list[dict[str, Any]] = [{"fidelity": rung, "completed": 0, "pending": 0, "broken": 0, "promoted": 0}
+            for rung in prior.rungs()]
+    for trial in trials:
+        index = prior.rung_of(trial.params.get(name))
+        if index is None:
+            continue
+        row = rows[index]
+        if trial.status is TrialStatus.COMPLETED:
+            row["completed"] += 1
+        elif trial.status is TrialStatus.BROKEN:
+            row["broken"] += 1
+        else:
+            row["pending"] += 1
+        row["promoted"] += trial.parent is not None
+    return rows
+
+
+def format_rungs(rows: list[dict[str, Any]]) -> str:
+    """One line: ``1: 27 completed, 2 pending | 3: 9 completed (9 promoted) | …``."""
+    parts = []
+    for row in rows:
+        text = f"{row['fidelity']}: {row['completed']} completed"
+        text += "".join(f", {row[key]} {key}" for key in ("pending", "broken") if row[key])
+        parts.append(text + (f" ({row['promoted']} promoted)" if row["promoted"] else ""))
+    return " | ".join(parts)

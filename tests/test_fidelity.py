@@ -6,11 +6,16 @@ In-process and fast; the races between real worker processes are in
 
 from __future__ import annotations
 
+import json
 import math
+from pathlib import Path
 from typing import Any
 
 import pytest
 
+import orchard
+from orchard import plotting
+from orchard.cli import main
 from orchard.algorithms import Asha, Hyperband, Observation, make_algorithm, normalize_algorithm_config
 from orchard.algorithms._hyperband import bracket_weights
 from orchard.errors import ConfigurationError, SpaceError
@@ -294,3 +299,47 @@ def test_num_brackets_keeps_the_most_aggressive() -> None:
     assert isinstance(algo, Hyperband)
     assert list(algo.brackets()) == [0, 1]
     assert {algo.bracket_of({"x": i / 100, "epochs": 1}) for i in range(100)} == {0, 1}
+
+
+# -- status, info and the rungs plot ------------------------------------------------------
+
+
+def run_small_asha(storage: str) -> orchard.Experiment:
+    exp = orchard.build_experiment("mf", space={"x": "uniform(0, 1)", "epochs": "fidelity(1, 27)"},
+                                   algorithm="asha", storage=storage, max_trials=30, seed=1)
+    exp.workon(lambda x, epochs: (x - 0.3) ** 2 + 1 / epochs, executor="single", progress=False)
+    return exp
+
+
+def test_status_and_info_show_rung_counts(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    storage = str(tmp_path / "o.pkl")
+    exp = run_small_asha(storage)
+    assert main(["status", "-n", "mf", "--storage", storage, "--json"]) == 0
+    status = json.loads(capsys.readouterr().out)
+    rows = status["rungs"]["rungs"]
+    assert status["rungs"]["dimension"] == "epochs"
+    assert [r["fidelity"] for r in rows] == [1, 3, 9, 27]
+    assert sum(r["completed"] for r in rows) == 30
+    assert rows[0]["promoted"] == 0
+    promoted = sum(t.parent is not None for t in exp.fetch_trials())
+    assert sum(r["promoted"] for r in rows) == promoted > 0
+    for command in ("status", "info"):
+        assert main([command, "-n", "mf", "--storage", storage]) == 0
+        line = next(ln for ln in capsys.readouterr().out.splitlines() if "rungs:" in ln)
+        assert f"1: {rows[0]['completed']} completed" in line and "(by epochs)" in line
+
+
+def test_rungs_plot_draws_promotions_as_lines(tmp_path: Path) -> None:
+    exp = run_small_asha(str(tmp_path / "o.pkl"))
+    trials = exp.fetch_trials()
+    figure = plotting.make_figure("rungs", trials, "mf", exp.space)
+    assert isinstance(figure, plotting.RungsFigure)
+    assert sorted(figure.x) == sorted(float(t.params["epochs"]) for t in trials)
+    by_id = {t.id: t for t in trials}
+    expected = sorted(((float(by_id[t.parent].params["epochs"]), by_id[t.parent].objective),
+                       (float(t.params["epochs"]), t.objective)) for t in trials if t.parent)
+    assert sorted(figure.promotions) == expected and expected
+    for suffix in (".png", ".html"):
+        out = tmp_path / f"rungs{suffix}"
+        assert main(["plot", "rungs", "-n", "mf", "--storage", str(tmp_path / "o.pkl"), "-o", str(out)]) == 0
+        assert out.stat().st_size > 10_000
