@@ -66,7 +66,7 @@ class Fidelity(Prior):
             if value >= self.high * (1 - 1e-9):
                 values.append(self.high)
                 return tuple(values)
-            values.append(int(round(value)) if self.integral else float(value))
+            values.append(round(value) if self.integral else float(value))
             k += 1
 
     def rung_of(self, value: Any) -> int | None:

@@ -36,7 +36,8 @@ from orchard.errors import (
     StorageError,
 )
 from orchard.objective import Outcome
-from orchard.space import Space, trial_id
+from orchard.space import Space
+from orchard.space import trial_id as params_trial_id
 from orchard.storages.base import BaseStorage
 from orchard.trial import Trial, TrialStatus
 
@@ -311,7 +312,7 @@ class Worker:
                 parent = self.algorithm.parent_of(params)  # a multi-fidelity promotion's parent
                 return self.storage.register_trial(
                     self.experiment_id, params, worker=self.name, budget=self.settings.max_trials,
-                    parent=None if parent is None else trial_id(self.experiment_id, parent),
+                    parent=None if parent is None else params_trial_id(self.experiment_id, parent),
                 )
             except DuplicateTrialError:
                 collided.append(params)  # a racing worker registered it: treat it as pending

@@ -15,9 +15,9 @@ import pytest
 
 import orchard
 from orchard import plotting
-from orchard.cli import main
 from orchard.algorithms import Asha, Hyperband, Observation, make_algorithm, normalize_algorithm_config
 from orchard.algorithms._hyperband import bracket_weights
+from orchard.cli import main
 from orchard.errors import ConfigurationError, SpaceError
 from orchard.fidelity import Fidelity
 from orchard.space import Space, parse_prior

@@ -36,7 +36,6 @@ from typing import Any, ClassVar
 
 from orchard.algorithms.base import BaseAlgorithm, Observation, SeenPoints, space_size
 from orchard.errors import ConfigurationError, SpaceExhaustedError
-from orchard.fidelity import Fidelity
 from orchard.space import Space, params_hash
 
 __all__ = ["Asha"]
