@@ -209,9 +209,8 @@ def test_several_suggestions_in_one_call_are_distinct() -> None:
 
 def test_bayes_sampler_fits_on_the_highest_rung_with_enough_results() -> None:
     algo = asha(sampler={"bayes": {"n_initial_points": 3}}, min_points=3)
-    assert algo._fit_rung(algo.ladder([obs(0.1, 1, 1.0), obs(0.2, 1, 2.0), obs(0.3, 1, 3.0),
-                                       obs(0.1, 3, 1.0)])) == [obs(0.1, 1, 1.0), obs(0.2, 1, 2.0),
-                                                               obs(0.3, 1, 3.0)]
+    algo.ladder.update([obs(0.1, 1, 1.0), obs(0.2, 1, 2.0), obs(0.3, 1, 3.0), obs(0.1, 3, 1.0)])
+    assert algo._fit_rung() == [obs(0.1, 1, 1.0), obs(0.2, 1, 2.0), obs(0.3, 1, 3.0)]
     # the rung-1 fit is then used: the surrogate's point lands at the lowest rung, unseen
     history = [obs(x / 20, 1, (x / 20 - 0.7) ** 2) for x in range(1, 7)] + [obs(0.05, 3, 0.4)]
     (params,) = algo.suggest(history, [{"x": 0.3, "epochs": 3}, {"x": 0.25, "epochs": 3}])
@@ -343,3 +342,29 @@ def test_rungs_plot_draws_promotions_as_lines(tmp_path: Path) -> None:
         out = tmp_path / f"rungs{suffix}"
         assert main(["plot", "rungs", "-n", "mf", "--storage", str(tmp_path / "o.pkl"), "-o", str(out)]) == 0
         assert out.stat().st_size > 10_000
+
+
+def test_the_incremental_ladder_suggests_what_a_fresh_one_does() -> None:
+    """The worker hands the same, growing list each time: the cache must change no suggestion."""
+    space = Space.from_config({"x": "uniform(0, 1)", "y": "uniform(0, 1)", "epochs": "fidelity(1, 27)"})
+    for name in ("asha", "hyperband"):
+        cached = make_algorithm(name, space, seed=7)
+        history: list[Observation] = []  # one list, appended to, as the worker's
+        for _ in range(80):
+            pending = [{"x": 0.5, "y": 0.5, "epochs": 1}]
+            (params,) = cached.suggest(history, pending)
+            assert make_algorithm(name, space, seed=7).suggest(list(history), pending) == [params]
+            history.append(Observation(params, (params["x"] - 0.3) ** 2 + params["y"] / params["epochs"]))
+        shuffled = history[::-1]  # another sequence: rebuilt, same answer
+        assert cached.suggest(shuffled, []) == make_algorithm(name, space, seed=7).suggest(shuffled, [])
+
+
+def test_a_registered_but_not_completed_promotion_uses_its_slot() -> None:
+    """A promotion that broke is neither completed nor pending, but it is taken: no second slot for it."""
+    from orchard.algorithms.base import SeenPoints
+
+    algo = asha()
+    rung0 = [obs(0.1, 1, 5.0), obs(0.2, 1, 1.0), obs(0.3, 1, 3.0)]
+    seen = SeenPoints([o.params for o in rung0] + [{"x": 0.2, "epochs": 3}])
+    (params,) = algo.suggest(rung0, [], seen=seen)
+    assert params["epochs"] == 1

@@ -20,6 +20,11 @@ winner's trial as pending when it asks again, and moves on. No lock, no
 master. Ties in a ranking are broken by the params' hash, so two workers with
 the same view choose the same trial (and collide) rather than two different ones.
 
+The rungs are kept by a :class:`~orchard.algorithms._rungs.Ladder`, a cache
+that folds in only the trials completed since the last call, so a suggestion
+costs what is new (plus the pending points and the head of each rung's
+ranking), not the whole history.
+
 Because a promotion needs a free slot in its rung's quota, no rung ever holds
 more promotions than ``floor(completed below / eta)`` of the view that made
 them; racers whose views lag by a registration or two can exceed a rung's final
@@ -34,9 +39,10 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar
 
+from orchard.algorithms._rungs import Ladder, Place, config_key
 from orchard.algorithms.base import BaseAlgorithm, Observation, SeenPoints, space_size
 from orchard.errors import ConfigurationError, SpaceExhaustedError
-from orchard.space import Space, params_hash
+from orchard.space import Space
 
 __all__ = ["Asha"]
 
@@ -45,8 +51,6 @@ SAMPLERS = ("random", "bayes")
 #: Draws tried before a sampler's points are taken to be exhausted.
 _SAMPLER_RETRIES = 50
 
-#: ``(bracket, rung index) -> completed observations`` of that rung.
-Ladder = dict[tuple[int, int], list[Observation]]
 
 
 class Asha(BaseAlgorithm):
@@ -96,6 +100,8 @@ class Asha(BaseAlgorithm):
         self.rungs = rungs[len(rungs) - num_rungs:]
         self.eta = float(self.options["reduction_factor"] or self.fidelity.base)
         self.min_points = self.options["min_points"] or len(space) + 1
+        #: The completed trials by rung: a cache extended as the history grows (see :mod:`._rungs`).
+        self.ladder = Ladder(self.locate)
 
     @classmethod
     def _check_values(cls, options: dict[str, Any]) -> None:
@@ -115,7 +121,11 @@ class Asha(BaseAlgorithm):
     # -- brackets (one for ASHA; Hyperband overrides) ---------------------------
 
     def bracket_of(self, params: Mapping[str, Any]) -> int:
-        """The bracket a point belongs to (ASHA has one, bracket 0)."""
+        """The bracket a point belongs to, the same on every worker."""
+        return self.bracket_of_key(config_key(params, self.fidelity_name))
+
+    def bracket_of_key(self, key: str) -> int:
+        """The bracket of the configuration whose :func:`config_key` is ``key`` (ASHA: bracket 0)."""
         return 0
 
     def start_rung(self, bracket: int) -> int:
@@ -153,11 +163,12 @@ class Asha(BaseAlgorithm):
             SpaceExhaustedError: nothing is left to promote and no unseen new point turned up.
         """
         taken = self.seen_points(completed, pending, seen)
-        ladder = self.ladder(completed)
+        self.ladder.update(completed)
+        pending_keys = self._pending_keys(pending)
         suggestions: list[dict[str, Any]] = []
         for _ in range(n):
             try:
-                params = self.promotion(ladder, taken) or self._new_point(ladder, completed, pending, taken)
+                params = self.promotion(pending_keys, taken) or self._new_point(completed, pending, taken)
             except SpaceExhaustedError:
                 if suggestions:
                     break
@@ -177,44 +188,58 @@ class Asha(BaseAlgorithm):
         """``params`` with the fidelity of rung ``rung``."""
         return {**params, self.fidelity_name: self.rungs[rung]}
 
-    def ladder(self, completed: Sequence[Observation]) -> Ladder:
-        """Group the completed observations by ``(bracket, rung)``; others are ignored."""
-        ladder: Ladder = {}
-        for observation in completed:
-            rung = self.rung_index(observation.params)
-            if rung is None:
-                continue
-            bracket = self.bracket_of(observation.params)
-            if rung >= self.start_rung(bracket):
-                ladder.setdefault((bracket, rung), []).append(observation)
-        return ladder
+    def locate(self, params: Mapping[str, Any]) -> tuple[int, int, str] | None:
+        """``(bracket, rung, config key)`` of a point, or ``None`` if it is on no rung of its bracket."""
+        rung = self.rung_index(params)
+        if rung is None:
+            return None
+        key = config_key(params, self.fidelity_name)
+        bracket = self.bracket_of_key(key)
+        return None if rung < self.start_rung(bracket) else (bracket, rung, key)
 
-    def promotion(self, ladder: Ladder, taken: SeenPoints) -> dict[str, Any] | None:
-        """The next promotion, scanning rungs from the top; ``None`` if no rung has a free slot."""
+    def _pending_keys(self, pending: Sequence[Mapping[str, Any]]) -> dict[Place, set[str]]:
+        keys: dict[Place, set[str]] = {}
+        for params in pending:
+            where = self.locate(params)
+            if where is not None:
+                keys.setdefault(where[:2], set()).add(where[2])
+        return keys
+
+    def promotion(self, pending_keys: dict[Place, set[str]], taken: SeenPoints) -> dict[str, Any] | None:
+        """The next promotion, scanning rungs from the top; ``None`` if no rung has a free slot.
+
+        Args:
+            pending_keys: the configurations of pending trials by ``(bracket, rung)``.
+            taken: every point completed, pending or otherwise registered.
+        """
         for rung in reversed(range(len(self.rungs) - 1)):
             for bracket in self.brackets():
-                if rung < self.start_rung(bracket):
-                    continue
-                child = self._promote_from(ladder.get((bracket, rung), []), rung, taken)
-                if child is not None:
-                    return child
+                if rung >= self.start_rung(bracket):
+                    child = self._promote_from(bracket, rung, pending_keys.get((bracket, rung + 1), set()), taken)
+                    if child is not None:
+                        return child
         return None
 
-    def _promote_from(self, results: list[Observation], rung: int, taken: SeenPoints) -> dict[str, Any] | None:
-        quota = int(len(results) // self.eta)
-        if quota == 0:
-            return None
-        ranked = sorted(results, key=lambda o: (o.objective, params_hash(o.params)))
-        children = [self.at_rung(o.params, rung + 1) for o in ranked]
-        if sum(1 for child in children if child in taken) >= quota:
-            return None
-        return next((child for child in children[:quota] if child not in taken), None)
+    def _promote_from(self, bracket: int, rung: int, pending: set[str], taken: SeenPoints) -> dict[str, Any] | None:
+        entries = self.ladder.rungs.get((bracket, rung), [])
+        quota = int(len(entries) // self.eta)
+        above = self.ladder.keys.get((bracket, rung + 1), set())
+        promoted = len(above) + len(pending - above)  # every trial above is a promotion from here
+        for entry in entries[:quota]:
+            if promoted >= quota:
+                return None
+            if entry.key in above or entry.key in pending:
+                continue
+            child = self.at_rung(entry.observation.params, rung + 1)
+            if child not in taken:
+                return child
+            promoted += 1  # registered but neither completed nor pending (broken): its slot is used
+        return None
 
     # -- new points -------------------------------------------------------------
 
     def _new_point(
         self,
-        ladder: Ladder,
         completed: Sequence[Observation],
         pending: Sequence[Mapping[str, Any]],
         taken: SeenPoints,
@@ -222,7 +247,7 @@ class Asha(BaseAlgorithm):
         """A sampler's point, placed at the lowest rung of its bracket, not yet taken."""
         seed = int(self.rng(completed, pending).integers(2**31))
         sampler = _make_sampler(self.options["sampler"], self.space, seed)
-        fit = [Observation(self._top(o.params), o.objective) for o in self._fit_rung(ladder)]
+        fit = [Observation(self._top(o.params), o.objective) for o in self._fit_rung()]
         lies = [self._top(p) for p in pending]
         for _ in range(_SAMPLER_RETRIES):
             point = sampler.suggest(fit, lies, n=1)[0]
@@ -232,12 +257,12 @@ class Asha(BaseAlgorithm):
             lies.append(point)
         raise SpaceExhaustedError(self._exhausted_message(taken))
 
-    def _fit_rung(self, ladder: Ladder) -> list[Observation]:
+    def _fit_rung(self) -> list[Observation]:
         """The highest rung with at least ``min_points`` results (all brackets); ``[]`` if none."""
         if next(iter(self.options["sampler"])) == "random":
             return []
         for rung in reversed(range(len(self.rungs))):
-            results = [o for (_, r), group in ladder.items() if r == rung for o in group]
+            results = self.ladder.results(rung)
             if len(results) >= self.min_points:
                 return results
         return []
@@ -263,9 +288,3 @@ def _make_sampler(config: Mapping[str, Any], space: Space, seed: int) -> BaseAlg
     from orchard.algorithms import make_algorithm
 
     return make_algorithm(config, space, seed)
-
-
-def hash_fraction(params: Mapping[str, Any], skip: str) -> float:
-    """A number in [0, 1) derived from ``params`` without ``skip``: the same on every worker."""
-    digest = params_hash({k: v for k, v in params.items() if k != skip})
-    return int(digest[:13], 16) / float(16**13)

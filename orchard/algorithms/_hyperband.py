@@ -10,7 +10,7 @@ proportional to its ``n``, so the brackets receive new points in the paper's
 proportions.
 
 No worker assigns brackets: a point's bracket is a function of the hash of
-its params without the fidelity (:func:`~orchard.algorithms._asha.hash_fraction`),
+its params without the fidelity (:func:`~orchard.algorithms._rungs.config_key`),
 so every worker, whatever its seed, puts every trial in the same bracket, and
 a promotion stays in its parent's bracket. Promotions are decided within each
 bracket exactly as in :class:`~orchard.algorithms._asha.Asha`.
@@ -21,10 +21,9 @@ from __future__ import annotations
 import bisect
 import itertools
 import math
-from collections.abc import Mapping
 from typing import Any, ClassVar
 
-from orchard.algorithms._asha import Asha, hash_fraction
+from orchard.algorithms._asha import Asha
 from orchard.errors import ConfigurationError
 from orchard.space import Space
 
@@ -67,9 +66,9 @@ class Hyperband(Asha):
     def _extra_int_options(cls) -> tuple[str, ...]:
         return ("num_brackets",)
 
-    def bracket_of(self, params: Mapping[str, Any]) -> int:
-        """The bracket of a point: its params' hash placed on the brackets' cumulative weights."""
-        fraction = hash_fraction(params, skip=self.fidelity_name)
+    def bracket_of_key(self, key: str) -> int:
+        """The bracket of a configuration: its hash placed on the brackets' cumulative weights."""
+        fraction = int(key[:13], 16) / float(16**13)
         return min(bisect.bisect_right(self._cumulative, fraction), len(self._cumulative) - 1)
 
     def brackets(self) -> range:
