@@ -63,7 +63,9 @@ class Ladder:
     def _reset(self, source: Sequence[Observation] | None) -> None:
         self.rungs: dict[Place, list[Entry]] = {}
         self.keys: dict[Place, set[str]] = {}
-        self._source, self._count, self._last = source, 0, None
+        self._source = source
+        self._count = 0
+        self._last: Observation | None = None
 
     def update(self, completed: Sequence[Observation]) -> None:
         """Fold in ``completed``: only its new tail when it is the sequence seen last time, grown."""
