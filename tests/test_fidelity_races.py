@@ -27,7 +27,7 @@ pytestmark = pytest.mark.slow
 
 SPAWN = multiprocessing.get_context("spawn")
 WORKERS = 4
-BUDGET = 60
+BUDGET = 120
 
 
 def race(storage: str, algorithm: str) -> orchard.Experiment:
