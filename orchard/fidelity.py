@@ -58,15 +58,20 @@ class Fidelity(Prior):
         return isinstance(self.low, int) and isinstance(self.high, int)
 
     def rungs(self) -> tuple[Scalar, ...]:
-        """The fidelity of each rung, lowest first: ``low·base^k`` capped at ``high``."""
+        """The fidelity of each rung, lowest first: ``low·base^k`` capped at ``high``.
+
+        Integer fidelities are rounded, and a power that rounds to the previous rung
+        (``fidelity(1, 10, base=1.5)``: 1, 2, 2, …) is skipped, so rungs strictly increase.
+        """
         values: list[Scalar] = []
         k = 0
         while True:
             value = self.low * self.base**k
             if value >= self.high * (1 - 1e-9):
-                values.append(self.high)
-                return tuple(values)
-            values.append(round(value) if self.integral else float(value))
+                return (*values, self.high) if not values or values[-1] != self.high else tuple(values)
+            rung = round(value) if self.integral else float(value)
+            if not values or rung != values[-1]:
+                values.append(rung)
             k += 1
 
     def rung_of(self, value: Any) -> int | None:

@@ -45,6 +45,8 @@ def asha(**options: Any) -> Asha:
         ("fidelity(1, 100)", (1, 3, 9, 27, 81, 100)),
         ("fidelity(2, 16, base=2)", (2, 4, 8, 16)),
         ("fidelity(0.5, 4.0, base=2)", (0.5, 1.0, 2.0, 4.0)),
+        ("fidelity(1, 10, base=1.5)", (1, 2, 3, 5, 8, 10)),  # 1.5 and 2.25 both round to 2: one rung
+        ("fidelity(1, 9, base=9)", (1, 9)),
     ],
 )
 def test_rungs_are_low_times_base_powers_capped_at_high(text: str, rungs: tuple[Any, ...]) -> None:
