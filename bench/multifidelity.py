@@ -311,7 +311,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS))
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--wall", type=float, default=120.0, help="wall budget of each run, seconds")
-    parser.add_argument("--target", type=float, default=0.03, help="target validation error")
+    parser.add_argument("--target", type=float, default=0.02, help="target validation error")
     parser.add_argument("--orion-venv", type=Path,
                         default=Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "orchard-bench" / "orion-0.2.7")
     parser.add_argument("--json", type=Path, help="also write every run's evaluations here")
