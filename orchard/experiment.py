@@ -8,7 +8,6 @@ on every machine runs with the same space, algorithm and budget.
 from __future__ import annotations
 
 import dataclasses
-import os
 import pickle
 import sys
 import threading
@@ -61,8 +60,7 @@ def build_experiment(
         heartbeat: seconds between a worker's heartbeats (default 30); a reservation
             whose heartbeat is older than 3 × heartbeat is lost.
         seed: seed of the algorithm (one worker with a seed reproduces its trials).
-        working_dir: base folder for per-trial working directories (scripts; and
-            ``orchard.current_trial().working_dir`` of Python objectives).
+        working_dir: base folder of per-trial folders (scripts' and ``orchard.current_trial()``'s).
 
     Returns:
         The experiment client.
@@ -265,9 +263,7 @@ class Experiment:
         self.refresh()  # another process may have raised the budget since this handle was made
         budget = self._call_budget(max_trials)
         settings = self._settings(max_trials=budget, idle_timeout=idle_timeout)
-        base = self._record.config.get("working_dir")
-        task = WorkerTask(self.storage, self.id, settings, fn, trial_timeout,
-                          working_dir=None if base is None else os.path.abspath(base))
+        task = WorkerTask(self.storage, self.id, settings, fn, trial_timeout, self._record.config.get("working_dir"))
         if executor not in ("single", "thread"):
             pickle.dumps(self.storage)  # fail fast, with the storage's own message, if it cannot travel
         tasks = [dataclasses.replace(task, settings=self._seeded(settings, i)) for i in range(n_workers)]

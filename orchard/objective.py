@@ -83,13 +83,14 @@ def evaluating(trial: Trial, working_dir: str | None = None) -> Iterator[Current
     Args:
         trial: the reserved trial about to be evaluated.
         working_dir: the folder under which each trial gets ``TRIAL_ID/`` (created
-            here), or ``None`` for no folders.
+            here; relative to the current directory), or ``None`` for no folders.
 
     Raises:
         OSError: the trial's folder cannot be created.
     """
     folder = parent_folder = None
     if working_dir is not None:
+        working_dir = os.path.abspath(working_dir)
         folder = os.path.join(working_dir, trial.id)
         os.makedirs(folder, exist_ok=True)
         parent_folder = None if trial.parent is None else os.path.join(working_dir, trial.parent)
