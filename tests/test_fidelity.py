@@ -370,3 +370,16 @@ def test_a_registered_but_not_completed_promotion_uses_its_slot() -> None:
     seen = SeenPoints([o.params for o in rung0] + [{"x": 0.2, "epochs": 3}])
     (params,) = algo.suggest(rung0, [], seen=seen)
     assert params["epochs"] == 1
+
+
+def test_ask_and_tell_register_promotions_with_their_parent() -> None:
+    exp = orchard.build_experiment("ask", space=SPACE, algorithm="asha", storage="memory://", max_trials=12)
+    for _ in range(12):
+        trial = exp.suggest()
+        exp.observe(trial, (trial.params["x"] - 0.3) ** 2 + 1 / trial.params["epochs"])
+    trials = {t.id: t for t in exp.fetch_trials()}
+    promoted = [t for t in trials.values() if t.parent is not None]
+    assert promoted
+    for child in promoted:
+        parent = trials[child.parent]  # type: ignore[index]
+        assert parent.params == {**child.params, "epochs": 1} and child.params["epochs"] == 3
