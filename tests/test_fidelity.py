@@ -383,3 +383,13 @@ def test_ask_and_tell_register_promotions_with_their_parent() -> None:
     for child in promoted:
         parent = trials[child.parent]  # type: ignore[index]
         assert parent.params == {**child.params, "epochs": 1} and child.params["epochs"] == 3
+
+
+def test_bohb_style_sampler_runs_a_whole_experiment() -> None:
+    algorithm = {"hyperband": {"sampler": {"bayes": {"n_initial_points": 4}}, "min_points": 4}}
+    exp = orchard.build_experiment("bohb", space=SPACE, algorithm=algorithm, storage="memory://",
+                                   max_trials=30, seed=3)
+    exp.workon(lambda x, epochs: (x - 0.3) ** 2 + 1 / epochs, executor="single", progress=False)
+    trials = exp.fetch_trials()
+    assert len(trials) == 30 and all(t.status.value == "completed" for t in trials)
+    assert any(t.parent is not None for t in trials)
