@@ -45,6 +45,7 @@ def assert_promotions_are_sound(exp: orchard.Experiment) -> None:
     trials = {t.id: t for t in exp.fetch_trials()}
     statuses = Counter(t.status for t in trials.values())
     assert statuses == {TrialStatus.COMPLETED: BUDGET}, statuses  # exact budget, nothing broken
+    assert len({t.worker for t in trials.values()}) >= 2, "the workers did not race"
     promotions = [t for t in trials.values() if t.parent is not None]
     assert promotions, "no trial was ever promoted"
     for child in promotions:
