@@ -22,7 +22,7 @@ orion-asha          Oríon 0.2.7's ``asha`` (its own venv, created here; Oríon 
 ==================  ============================================================================
 
 Every evaluation (and, for Optuna, every rung a trial reaches) appends
-``wall-time epochs error`` to a log; the figures come from those logs, the same
+``wall-time epochs error epochs-trained`` to a log; the figures come from those logs, the same
 way for every method: the time from the start to the first model whose
 validation error is at most ``--target``, and the best error within the wall
 budget. Random search at full fidelity is the baseline of the ratios.
@@ -104,10 +104,13 @@ def error(model: Any) -> float:
     return float(1.0 - model.score(X_valid, y_valid))
 
 
-def log_evaluation(epochs: int, err: float) -> None:
-    """Append ``time epochs error`` to the run's log (one small O_APPEND write: atomic)."""
+def log_evaluation(epochs: int, err: float, trained: int) -> None:
+    """Append ``time epochs error trained`` to the run's log (one small O_APPEND write: atomic).
+
+    ``trained`` is the epochs this evaluation actually ran (a resumed trial trains only the rest).
+    """
     with open(os.environ["MF_LOG"], "a") as handle:
-        handle.write(f"{time.time():.4f} {epochs} {err:.6f}\n")
+        handle.write(f"{time.time():.4f} {epochs} {err:.6f} {trained}\n")
 
 
 # -- workers ------------------------------------------------------------------------------------
@@ -127,7 +130,7 @@ def orchard_objective(lr: float, alpha: float, hidden: int, epochs: int) -> floa
         with open(os.path.join(trial.working_dir, "model.pkl"), "wb") as handle:
             pickle.dump((model, epochs), handle)
     err = error(model)
-    log_evaluation(epochs, err)
+    log_evaluation(epochs, err, epochs - done)
     return err
 
 
@@ -155,13 +158,14 @@ def optuna_worker(seed: int, index: int, workdir: str) -> None:
     def objective(trial: Any) -> float:
         model = new_model(trial.suggest_float("lr", *LR, log=True), trial.suggest_float("alpha", *ALPHA, log=True),
                           trial.suggest_int("hidden", *HIDDEN))
-        err = 1.0
+        err, logged = 1.0, 0
         for epoch in range(1, RUNGS[-1] + 1):
             train(model, 1)
             err = error(model)
             trial.report(err, epoch)
             if epoch in RUNGS:
-                log_evaluation(epoch, err)
+                log_evaluation(epoch, err, epoch - logged)
+                logged = epoch
             if trial.should_prune():
                 raise optuna.TrialPruned()
         return err
@@ -182,7 +186,7 @@ def orion_worker(seed: int, workdir: str) -> None:
         model = new_model(lr, alpha, hidden)
         train(model, epochs)
         err = error(model)
-        log_evaluation(epochs, err)
+        log_evaluation(epochs, err, epochs)
         return [{"name": "error", "type": "objective", "value": err}]
 
     experiment.workon(objective, max_trials=100_000)
@@ -253,8 +257,8 @@ def stop(procs: list[subprocess.Popen[bytes]]) -> None:
             time.sleep(0.1)
 
 
-def run_one(method: str, seed: int, wall: float, orion_python: str | None) -> list[tuple[float, int, float]]:
-    """Run one method for ``wall`` seconds; return ``(seconds since start, epochs, error)`` per evaluation."""
+def run_one(method: str, seed: int, wall: float, orion_python: str | None) -> list[tuple[float, int, float, int]]:
+    """Run one method for ``wall`` seconds; return ``(seconds since start, epochs, error, trained)`` each."""
     with tempfile.TemporaryDirectory(prefix=f"mf-{method}-") as workdir:
         log = os.path.join(workdir, "evaluations.log")
         Path(log).touch()
@@ -267,14 +271,14 @@ def run_one(method: str, seed: int, wall: float, orion_python: str | None) -> li
         if not rows:
             errors = "".join(p.read_text()[-400:] for p in Path(workdir).glob("stderr-*.log"))
             print(f"  {method} seed {seed}: no evaluation logged. {errors.strip()[-400:]}", file=sys.stderr)
-    return sorted((float(t) - start, int(e), float(v)) for t, e, v in rows if float(t) - start <= wall)
+    return sorted((float(t) - start, int(e), float(v), int(n)) for t, e, v, n in rows if float(t) - start <= wall)
 
 
-def summarize(evaluations: list[tuple[float, int, float]], target: float) -> dict[str, Any]:
-    hit = next((t for t, _, err in evaluations if err <= target), None)
+def summarize(evaluations: list[tuple[float, int, float, int]], target: float) -> dict[str, Any]:
+    hit = next((t for t, _, err, _ in evaluations if err <= target), None)
     full = [e for e in evaluations if e[1] == RUNGS[-1]]
-    return {"time_to_target": hit, "best": min((err for _, _, err in evaluations), default=None),
-            "evaluations": len(evaluations), "epochs_trained": sum(e for _, e, _ in evaluations),
+    return {"time_to_target": hit, "best": min((err for _, _, err, _ in evaluations), default=None),
+            "evaluations": len(evaluations), "epochs_trained": sum(n for *_, n in evaluations),
             "full_fidelity": len(full)}
 
 
