@@ -72,7 +72,7 @@ def build_experiment(
     """
     store = get_storage(_config.resolve("storage", storage))
     wanted_space = Space.from_config(space) if space is not None else None
-    wanted_algo = normalize_algorithm_config(algorithm) if algorithm is not None else None
+    wanted_algo = normalize_algorithm_config(algorithm, wanted_space) if algorithm is not None else None
     _check_positive("max_trials", max_trials)
     _check_positive("max_broken", max_broken)
     _check_positive("heartbeat", heartbeat)

@@ -393,3 +393,8 @@ def test_bohb_style_sampler_runs_a_whole_experiment() -> None:
     trials = exp.fetch_trials()
     assert len(trials) == 30 and all(t.status.value == "completed" for t in trials)
     assert any(t.parent is not None for t in trials)
+
+
+def test_an_experiment_whose_algorithm_needs_a_fidelity_is_refused_before_it_is_stored() -> None:
+    with pytest.raises(ConfigurationError, match="algorithm 'asha' needs a fidelity dimension"):
+        orchard.build_experiment("nofid", space={"x": "uniform(0, 1)"}, algorithm="asha", storage="memory://")

@@ -93,20 +93,27 @@ def _split(config: AlgorithmConfig) -> tuple[str, Mapping[str, Any]]:
     )
 
 
-def normalize_algorithm_config(config: AlgorithmConfig) -> dict[str, dict[str, Any]]:
+def normalize_algorithm_config(config: AlgorithmConfig, space: Space | None = None) -> dict[str, dict[str, Any]]:
     """Return the canonical ``{name: {option: value}}`` form, defaults filled in.
 
     Args:
         config: ``"bayes"`` or ``{"bayes": {...options}}``.
+        space: the experiment's space, if known: the algorithm is then built once
+            for it, so a setting that does not fit the space (``asha`` without a
+            ``fidelity`` dimension, more rungs than the fidelity has) is refused here.
 
     Returns:
         A new dict with one key, the algorithm's name, mapped to all its options.
 
     Raises:
-        ConfigurationError: unknown algorithm, unknown option or invalid option value.
+        ConfigurationError: unknown algorithm, unknown option, invalid option value,
+            or an algorithm that does not fit ``space``.
     """
     name, options = _split(config)
-    return {name: algorithm_class(name).check_options(options)}
+    normalized = {name: algorithm_class(name).check_options(options)}
+    if space is not None:
+        make_algorithm(normalized, space)
+    return normalized
 
 
 def make_algorithm(config: AlgorithmConfig, space: Space, seed: int | None = None) -> BaseAlgorithm:
