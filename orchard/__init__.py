@@ -15,11 +15,14 @@ from orchard.trial import Trial, TrialStatus
 
 if TYPE_CHECKING:  # pragma: no cover
     from orchard.experiment import Experiment, build_experiment, get_experiment
+    from orchard.objective import CurrentTrial, current_trial
     from orchard.storages import get_storage
 
 __version__ = "0.1.0"
 
 _LAZY = {
+    "CurrentTrial": "orchard.objective",
+    "current_trial": "orchard.objective",
     "Experiment": "orchard.experiment",
     "build_experiment": "orchard.experiment",
     "get_experiment": "orchard.experiment",
@@ -27,11 +30,13 @@ _LAZY = {
 }
 
 __all__ = [
+    "CurrentTrial",
     "Experiment",
     "Trial",
     "TrialStatus",
     "__version__",
     "build_experiment",
+    "current_trial",
     "get_experiment",
     "get_storage",
     "report_objective",

@@ -67,7 +67,7 @@ def build_experiment(
         heartbeat: seconds between a worker's heartbeats (default 30); a reservation
             whose heartbeat has not changed for 3 × heartbeat is lost.
         seed: seed of the algorithm, an integer >= 0 (one worker with a seed reproduces its trials).
-        working_dir: base folder for per-trial working directories (scripts).
+        working_dir: base folder of per-trial folders (scripts' and ``orchard.current_trial()``'s).
         max_attempts: reservations of one trial lost to dead or frozen workers after
             which it is broken (default 3).
 
@@ -85,9 +85,9 @@ def build_experiment(
              "heartbeat": heartbeat, "seed": seed, "working_dir": working_dir}
     chosen = {key: settings.get(key, value, use_default=False) for key, value in given.items()}
     chosen = {key: value for key, value in chosen.items() if value is not None}
-    wanted_algo = settings.get("algorithm", algorithm, use_default=False)
-    wanted_algo = normalize_algorithm_config(wanted_algo) if wanted_algo is not None else None
     wanted_space = Space.from_config(space) if space is not None else None
+    wanted_algo = settings.get("algorithm", algorithm, use_default=False)
+    wanted_algo = normalize_algorithm_config(wanted_algo, wanted_space) if wanted_algo is not None else None
     store = get_storage(settings.get("storage", storage))
     record = store.get_experiment(name)
     if record is None:
@@ -272,7 +272,7 @@ class Experiment:
         if executor not in ("single", "thread") and not shares_environment(executor):
             pickle.dumps(self.storage)  # fail fast, with the storage's own message, if it cannot travel
         tasks = [WorkerTask(self.storage, self.id, self._seeded(settings, i), fn, trial_timeout, self.name,
-                            memory_limit, devices[i])
+                            self.settings.working_dir, memory_limit, devices[i])
                  for i in range(n_workers)]
         monitor = ProgressMonitor(self.storage, self.id, self.name, self.max_trials, on_result, on_error,
                                   show_bar=progress and sys.stderr.isatty())

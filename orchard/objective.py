@@ -13,12 +13,18 @@ own, that sends its outcome back as one length-prefixed frame::
          objective left running may hold the pipe), samples the tree's memory,
          watches the clock; kills the whole group on return, timeout, memory,
          cancellation or KeyboardInterrupt
+
+While it runs, :func:`current_trial` tells the objective which trial it is
+evaluating (id, params, the ``parent`` a multi-fidelity promotion came from,
+and the working directories of both), so a promoted trial can resume from
+its parent's checkpoint.
 """
 
 from __future__ import annotations
 
 import abc
 import contextlib
+import contextvars
 import dataclasses
 import math
 import multiprocessing
@@ -29,7 +35,7 @@ import signal
 import struct
 import time
 import traceback
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 from orchard.errors import ConfigurationError
@@ -37,7 +43,76 @@ from orchard.resources import SAMPLE_INTERVAL, MemoryWatch, kill_tree
 from orchard.space import to_builtin
 from orchard.trial import Trial
 
-__all__ = ["ObjectiveEvaluator", "Outcome", "TrialEvaluator", "call_objective", "interpret_result"]
+__all__ = [
+    "CurrentTrial",
+    "ObjectiveEvaluator",
+    "Outcome",
+    "TrialEvaluator",
+    "call_objective",
+    "current_trial",
+    "evaluating",
+    "interpret_result",
+]
+
+
+@dataclasses.dataclass(frozen=True)
+class CurrentTrial:
+    """The trial an objective is evaluating (see :func:`current_trial`).
+
+    Attributes:
+        id: the trial's id.
+        params: its params (the fidelity included).
+        parent: the id of the trial it was promoted from by ``asha``/``hyperband``, else ``None``.
+        working_dir: the trial's own folder (created), or ``None`` when the
+            experiment has no ``working_dir``.
+        parent_working_dir: the parent's folder (where it saved its checkpoint), or ``None``.
+    """
+
+    id: str
+    params: dict[str, Any]
+    parent: str | None
+    working_dir: str | None
+    parent_working_dir: str | None
+
+
+_CURRENT: contextvars.ContextVar[CurrentTrial | None] = contextvars.ContextVar("orchard_trial", default=None)
+
+
+def current_trial() -> CurrentTrial | None:
+    """The trial the calling objective is evaluating; ``None`` outside an evaluation.
+
+    Workers set it around each call of a Python objective (in the objective's
+    own process when it runs with a timeout). Scripts run by ``orchard hunt``
+    read the same facts from ``ORCHARD_TRIAL_ID``, ``ORCHARD_WORKING_DIR``,
+    ``ORCHARD_PARENT_TRIAL_ID`` and ``ORCHARD_PARENT_WORKING_DIR``.
+    """
+    return _CURRENT.get()
+
+
+@contextlib.contextmanager
+def evaluating(trial: Trial, working_dir: str | None = None) -> Iterator[CurrentTrial]:
+    """Make ``trial`` the :func:`current_trial` of this thread for the ``with`` block.
+
+    Args:
+        trial: the reserved trial about to be evaluated.
+        working_dir: the folder under which each trial gets ``TRIAL_ID/`` (created
+            here; relative to the current directory), or ``None`` for no folders.
+
+    Raises:
+        OSError: the trial's folder cannot be created.
+    """
+    folder = parent_folder = None
+    if working_dir is not None:
+        working_dir = os.path.abspath(working_dir)
+        folder = os.path.join(working_dir, trial.id)
+        os.makedirs(folder, exist_ok=True)
+        parent_folder = None if trial.parent is None else os.path.join(working_dir, trial.parent)
+    info = CurrentTrial(trial.id, dict(trial.params), trial.parent, folder, parent_folder)
+    token = _CURRENT.set(info)
+    try:
+        yield info
+    finally:
+        _CURRENT.reset(token)
 
 
 @dataclasses.dataclass
@@ -155,23 +230,27 @@ class ObjectiveEvaluator(TrialEvaluator):
         timeout: seconds after which the evaluation is killed (reason ``timeout``).
         memory_limit: bytes of resident memory (whole process tree) past which it is
             killed (reason ``memory``).
+        working_dir: the folder of per-trial folders :func:`current_trial` reports
+            (``None``: no folders).
     """
 
     def __init__(self, fn: Callable[..., Any], timeout: float | None = None,
-                 memory_limit: int | None = None) -> None:
+                 memory_limit: int | None = None, working_dir: str | None = None) -> None:
         self.fn, self.timeout, self.memory_limit = fn, timeout, memory_limit
+        self.working_dir = working_dir
         self._running: dict[str, _ForkedEvaluation] = {}
 
     def __call__(self, trial: Trial) -> Outcome:
-        """Evaluate ``trial``'s params (see :func:`call_objective`)."""
-        if (self.timeout is None and self.memory_limit is None) or not hasattr(os, "fork"):
-            return call_objective(self.fn, trial.params, self.timeout, self.memory_limit)
-        child = _ForkedEvaluation(self.fn, dict(trial.params))
-        self._running[trial.id] = child
-        try:
-            return child.result(self.timeout, self.memory_limit)
-        finally:
-            self._running.pop(trial.id, None)
+        """Evaluate ``trial``'s params (see :func:`call_objective`) as the :func:`current_trial`."""
+        with evaluating(trial, self.working_dir):  # a forked child inherits it
+            if (self.timeout is None and self.memory_limit is None) or not hasattr(os, "fork"):
+                return call_objective(self.fn, trial.params, self.timeout, self.memory_limit)
+            child = _ForkedEvaluation(self.fn, dict(trial.params))
+            self._running[trial.id] = child
+            try:
+                return child.result(self.timeout, self.memory_limit)
+            finally:
+                self._running.pop(trial.id, None)
 
     def cancel(self, trial: Trial) -> None:
         """Kill ``trial``'s evaluation child, if it has one (thread-safe; idempotent)."""

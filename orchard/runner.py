@@ -15,13 +15,17 @@ Dashes and dots in an option name become underscores in the dimension name
 (``--learning-rate~…`` is the dimension ``learning_rate`` but is still rendered
 as ``--learning-rate=…``). The bare form is only recognised when what follows
 ``~`` looks like a prior call, so paths such as ``~/data`` are left alone.
-The placeholders ``{trial.id}``, ``{trial.working_dir}`` and ``{exp.name}`` are
-substituted in every other token.
+The placeholders ``{trial.id}``, ``{trial.working_dir}``,
+``{trial.parent_working_dir}`` and ``{exp.name}`` are substituted in every
+other token (``{trial.parent_working_dir}`` is empty unless the trial is a
+multi-fidelity promotion).
 
 Each trial runs in its own folder ``WORKING_DIR/TRIAL_ID`` (relative paths in
 the command resolve there; the script itself is made absolute), in a new
 process group, with ``ORCHARD_EXPERIMENT_NAME``, ``ORCHARD_TRIAL_ID``,
-``ORCHARD_WORKING_DIR`` and ``ORCHARD_RESULTS_PATH`` set. Its stdout and stderr
+``ORCHARD_WORKING_DIR`` and ``ORCHARD_RESULTS_PATH`` set, and for a trial promoted
+by ``asha``/``hyperband`` also ``ORCHARD_PARENT_TRIAL_ID`` and
+``ORCHARD_PARENT_WORKING_DIR`` (the parent's folder, where it left its checkpoint). Its stdout and stderr
 go to ``stdout.log`` and ``stderr.log`` in that folder. The result is the JSON
 the script wrote to ``ORCHARD_RESULTS_PATH`` (see :mod:`orchard.report`).
 A timeout stops the group (SIGTERM, then SIGKILL after a grace period); a memory
@@ -261,11 +265,17 @@ class ScriptRunner(TrialEvaluator):
                 os.remove(results)  # left by an earlier, interrupted attempt
         except OSError as err:
             return Outcome.failure("OSError", f"cannot prepare trial folder {folder}: {err}", reason="setup")
+        parent_folder = "" if trial.parent is None else os.path.join(self.working_dir, trial.parent)
         argv = self.template.render(trial.params, {
             "trial.id": trial.id, "trial.working_dir": folder, "exp.name": self.experiment,
+            "trial.parent_working_dir": parent_folder,
         })
         env = {**os.environ, "ORCHARD_EXPERIMENT_NAME": self.experiment, "ORCHARD_TRIAL_ID": trial.id,
                "ORCHARD_WORKING_DIR": folder, RESULTS_ENV: results}
+        for key in ("ORCHARD_PARENT_TRIAL_ID", "ORCHARD_PARENT_WORKING_DIR"):
+            env.pop(key, None)  # never inherited from a hunt that itself runs inside a trial
+        if trial.parent is not None:
+            env.update(ORCHARD_PARENT_TRIAL_ID=trial.parent, ORCHARD_PARENT_WORKING_DIR=parent_folder)
         log.debug("trial %s: running %s in %s", trial.id, argv, folder)
         returncode, stopped = self._run(trial.id, argv, folder, env)
         outcome = returncode if isinstance(returncode, Outcome) else _outcome(folder, returncode, stopped)

@@ -1,41 +1,33 @@
-"""Search spaces: priors parsed safely from strings, sampling, and params identity.
+"""Search spaces: named priors, sampling, validation, and params identity.
 
-A space maps dimension names to priors, written the same way on the command
-line (``--lr~'loguniform(1e-5, 1.0)'``) and in Python
-(``space={"lr": "loguniform(1e-5, 1.0)"}``):
+A space maps dimension names to priors (:mod:`orchard.priors`), written the same
+way on the command line (``--lr~'loguniform(1e-5, 1.0)'``) and in Python
+(``space={"lr": "loguniform(1e-5, 1.0)"}``). At most one dimension is a
+``fidelity``: the training budget multi-fidelity algorithms vary.
 
-=====================================  =============================================
-prior                                  values
-=====================================  =============================================
-``uniform(low, high)``                 float in [low, high]
-``uniform(low, high, discrete=True)``  int in [low, high]
-``loguniform(low, high)``              float, log-uniform, 0 < low < high
-``randint(low, high)``                 int, low <= v < high (numpy convention)
-``choices(['a', 'b', 3])``             one of the listed values
-``normal(mu, sigma)``                  float, Gaussian; BO bounds it to mu ± 4 sigma
-=====================================  =============================================
-
-Prior strings are parsed with :mod:`ast` and :func:`ast.literal_eval`, never
-``eval``. Values handed to objectives and storages are plain Python scalars.
+Values handed to objectives and storages are plain Python scalars; a trial's id
+is a hash of its experiment's id and its params (:func:`trial_id`), so two
+workers registering the same point register the same trial.
 """
 
 from __future__ import annotations
 
-import abc
 import ast
-import dataclasses
 import hashlib
 import json
-import math
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import numpy as np
 
 from orchard.errors import SpaceError
+from orchard.fidelity import Fidelity
+from orchard.priors import Choices, LogUniform, Normal, Prior, RandInt, Scalar, Uniform, to_builtin
 
 __all__ = [
+    "PRIORS",
     "Choices",
+    "Fidelity",
     "LogUniform",
     "Normal",
     "Prior",
@@ -48,21 +40,7 @@ __all__ = [
     "trial_id",
 ]
 
-Scalar = int | float | str | bool
-
-
 # -- params identity -------------------------------------------------------------
-
-
-def to_builtin(value: Any) -> Any:
-    """Convert numpy scalars (and containers of them) to plain Python values."""
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, Mapping):
-        return {str(k): to_builtin(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [to_builtin(v) for v in value]
-    return value
 
 
 def _canonical(params: Mapping[str, Any]) -> str:
@@ -88,211 +66,10 @@ def trial_id(experiment_id: str, params: Mapping[str, Any]) -> str:
     return digest.hexdigest()[:32]
 
 
-# -- priors ---------------------------------------------------------------------
-
-
-class Prior(abc.ABC):
-    """One dimension's distribution. Subclasses are immutable dataclasses."""
-
-    @abc.abstractmethod
-    def sample(self, rng: np.random.Generator) -> Scalar:
-        """Draw one plain Python value."""
-
-    @abc.abstractmethod
-    def to_skopt(self, name: str) -> Any:
-        """Return the scikit-optimize dimension for this prior."""
-
-    @abc.abstractmethod
-    def contains(self, value: Any) -> bool:
-        """Whether ``value`` is a point of this prior."""
-
-    @abc.abstractmethod
-    def grid(self, n: int) -> list[Scalar]:
-        """Return at most ``n`` evenly spread values (all of them for finite priors)."""
-
-    @abc.abstractmethod
-    def __str__(self) -> str:
-        """The canonical prior string, parseable by :func:`parse_prior`."""
-
-    def cast(self, value: Any) -> Scalar:
-        """Return ``value`` as this prior's plain Python type."""
-        return to_builtin(value)  # type: ignore[no-any-return]
-
-
-def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-
-
-@dataclasses.dataclass(frozen=True)
-class Uniform(Prior):
-    """Uniform on [low, high]; integers if ``discrete``."""
-
-    low: float
-    high: float
-    discrete: bool = False
-
-    def sample(self, rng: np.random.Generator) -> Scalar:
-        if self.discrete:
-            return int(rng.integers(int(self.low), int(self.high) + 1))
-        return float(rng.uniform(self.low, self.high))
-
-    def to_skopt(self, name: str) -> Any:
-        from skopt.space import Integer, Real
-
-        if self.discrete:
-            return Integer(int(self.low), int(self.high), name=name)
-        return Real(float(self.low), float(self.high), name=name)
-
-    def contains(self, value: Any) -> bool:
-        if not _is_number(value):
-            return False
-        if self.discrete and float(value) != int(value):
-            return False
-        return bool(self.low <= value <= self.high)
-
-    def cast(self, value: Any) -> Scalar:
-        return int(value) if self.discrete else float(value)
-
-    def grid(self, n: int) -> list[Scalar]:
-        if self.discrete:
-            count = int(self.high) - int(self.low) + 1
-            if count <= n:
-                return list(range(int(self.low), int(self.high) + 1))
-            return sorted({int(round(v)) for v in np.linspace(self.low, self.high, n)})
-        return [float(v) for v in np.linspace(self.low, self.high, max(n, 1))]
-
-    def __str__(self) -> str:
-        suffix = ", discrete=True" if self.discrete else ""
-        return f"uniform({self.low!r}, {self.high!r}{suffix})"
-
-
-@dataclasses.dataclass(frozen=True)
-class LogUniform(Prior):
-    """Log-uniform on [low, high], 0 < low < high."""
-
-    low: float
-    high: float
-
-    def sample(self, rng: np.random.Generator) -> Scalar:
-        return float(math.exp(rng.uniform(math.log(self.low), math.log(self.high))))
-
-    def to_skopt(self, name: str) -> Any:
-        from skopt.space import Real
-
-        return Real(float(self.low), float(self.high), prior="log-uniform", name=name)
-
-    def contains(self, value: Any) -> bool:
-        return _is_number(value) and bool(self.low <= value <= self.high)
-
-    def cast(self, value: Any) -> Scalar:
-        return float(value)
-
-    def grid(self, n: int) -> list[Scalar]:
-        return [float(v) for v in np.geomspace(self.low, self.high, max(n, 1))]
-
-    def __str__(self) -> str:
-        return f"loguniform({self.low!r}, {self.high!r})"
-
-
-@dataclasses.dataclass(frozen=True)
-class RandInt(Prior):
-    """Integers ``low <= v < high`` (numpy convention)."""
-
-    low: int
-    high: int
-
-    def sample(self, rng: np.random.Generator) -> Scalar:
-        return int(rng.integers(self.low, self.high))
-
-    def to_skopt(self, name: str) -> Any:
-        from skopt.space import Categorical, Integer
-
-        if self.high - self.low == 1:  # skopt's Integer needs low < high
-            return Categorical([self.low], name=name, transform="onehot")
-        return Integer(self.low, self.high - 1, name=name)
-
-    def contains(self, value: Any) -> bool:
-        return (
-            _is_number(value) and float(value) == int(value) and self.low <= value < self.high
-        )
-
-    def cast(self, value: Any) -> Scalar:
-        return int(value)
-
-    def grid(self, n: int) -> list[Scalar]:
-        if self.high - self.low <= n:
-            return list(range(self.low, self.high))
-        return sorted({int(round(v)) for v in np.linspace(self.low, self.high - 1, n)})
-
-    def __str__(self) -> str:
-        return f"randint({self.low!r}, {self.high!r})"
-
-
-@dataclasses.dataclass(frozen=True)
-class Choices(Prior):
-    """One of a fixed list of str, int, float or bool values."""
-
-    values: tuple[Scalar, ...]
-
-    def sample(self, rng: np.random.Generator) -> Scalar:
-        return self.values[int(rng.integers(len(self.values)))]
-
-    def to_skopt(self, name: str) -> Any:
-        from skopt.space import Categorical
-
-        # Categorical would coerce mixed types; index the options instead.
-        return Categorical(list(range(len(self.values))), name=name, transform="onehot")
-
-    def contains(self, value: Any) -> bool:
-        return any(type(value) is type(v) and value == v for v in self.values)
-
-    def cast(self, value: Any) -> Scalar:
-        return value  # type: ignore[no-any-return]
-
-    def grid(self, n: int) -> list[Scalar]:
-        return list(self.values)
-
-    def __str__(self) -> str:
-        return f"choices({list(self.values)!r})"
-
-
-@dataclasses.dataclass(frozen=True)
-class Normal(Prior):
-    """Gaussian with mean ``mu`` and standard deviation ``sigma``."""
-
-    mu: float
-    sigma: float
-
-    def sample(self, rng: np.random.Generator) -> Scalar:
-        return float(rng.normal(self.mu, self.sigma))
-
-    def to_skopt(self, name: str) -> Any:
-        from skopt.space import Real
-
-        return Real(self.mu - 4 * self.sigma, self.mu + 4 * self.sigma, name=name)
-
-    def contains(self, value: Any) -> bool:
-        return _is_number(value)
-
-    def cast(self, value: Any) -> Scalar:
-        return float(value)
-
-    def grid(self, n: int) -> list[Scalar]:
-        return [float(v) for v in np.linspace(self.mu - 2 * self.sigma, self.mu + 2 * self.sigma, max(n, 1))]
-
-    def __str__(self) -> str:
-        return f"normal({self.mu!r}, {self.sigma!r})"
-
-
-# -- parsing --------------------------------------------------------------------
-
-
-def _fail(name: str, text: str, why: str) -> SpaceError:
-    return SpaceError(f"dimension {name!r}: cannot parse prior {text!r}: {why}")
-
-
-_ARITY = {"uniform": 2, "loguniform": 2, "randint": 2, "choices": 1, "normal": 2}
-_KEYWORDS = {"uniform": {"discrete"}}
+#: Every prior by the name used in prior strings.
+PRIORS: dict[str, type[Prior]] = {
+    cls.NAME: cls for cls in (Uniform, LogUniform, RandInt, Choices, Normal, Fidelity)
+}
 
 
 def parse_prior(name: str, text: str) -> Prior:
@@ -309,65 +86,32 @@ def parse_prior(name: str, text: str) -> Prior:
         SpaceError: unknown prior, wrong arity, non-literal argument or bad bounds;
             the message names the dimension and quotes ``text``.
     """
+
+    def fail(why: str, quoted: str = text) -> SpaceError:
+        return SpaceError(f"dimension {name!r}: cannot parse prior {quoted!r}: {why}")
+
     if not isinstance(text, str):
-        raise _fail(name, repr(text), "a prior is a string such as 'uniform(0, 1)'")
+        raise fail("a prior is a string such as 'uniform(0, 1)'", repr(text))
     try:
         tree = ast.parse(text.strip(), mode="eval").body
     except SyntaxError as err:
-        raise _fail(name, text, f"not a valid expression ({err.msg})") from None
+        raise fail(f"not a valid expression ({err.msg})") from None
     if not (isinstance(tree, ast.Call) and isinstance(tree.func, ast.Name)):
-        raise _fail(name, text, f"expected one of {', '.join(_ARITY)} followed by (arguments)")
-    kind = tree.func.id
-    if kind not in _ARITY:
-        raise _fail(name, text, f"unknown prior {kind!r}; valid priors: {', '.join(_ARITY)}")
+        raise fail(f"expected one of {', '.join(PRIORS)} followed by (arguments)")
+    cls = PRIORS.get(tree.func.id)
+    if cls is None:
+        raise fail(f"unknown prior {tree.func.id!r}; valid priors: {', '.join(PRIORS)}")
     try:
         args = [ast.literal_eval(a) for a in tree.args]
-        kwargs = {k.arg: ast.literal_eval(k.value) for k in tree.keywords}
+        kwargs = {str(k.arg): ast.literal_eval(k.value) for k in tree.keywords}
     except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError):
-        raise _fail(name, text, "arguments must be literal numbers, strings or lists") from None
-    if len(args) != _ARITY[kind]:
-        raise _fail(name, text, f"{kind} takes {_ARITY[kind]} positional argument(s), got {len(args)}")
-    unknown = {str(key) for key in kwargs} - _KEYWORDS.get(kind, set())
+        raise fail("arguments must be literal numbers, strings or lists") from None
+    if len(args) != cls.ARITY:
+        raise fail(f"{cls.NAME} takes {cls.ARITY} positional argument(s), got {len(args)}")
+    unknown = set(kwargs) - set(cls.KEYWORDS)
     if unknown:  # a **spread argument has key None, which shows up here as 'None'
-        raise _fail(name, text, f"unexpected keyword argument(s) {sorted(unknown)}")
-    return _build(name, text, kind, args, {str(k): v for k, v in kwargs.items()})
-
-
-def _build(name: str, text: str, kind: str, args: list[Any], kwargs: dict[str, Any]) -> Prior:
-    if kind == "choices":
-        (values,) = args
-        if not isinstance(values, (list, tuple)) or not values:
-            raise _fail(name, text, "choices takes a non-empty list, e.g. choices(['a', 'b'])")
-        if not all(isinstance(v, (str, int, float, bool)) for v in values):
-            raise _fail(name, text, "choices may only list str, int, float or bool values")
-        if len({(type(v), v) for v in values}) != len(values):
-            raise _fail(name, text, "choices lists a value twice")
-        return Choices(tuple(values))
-    low, high = args
-    if not (_is_number(low) and _is_number(high)):
-        raise _fail(name, text, "both arguments must be finite numbers")
-    if kind == "normal":
-        if high <= 0:
-            raise _fail(name, text, "sigma must be > 0")
-        return Normal(float(low), float(high))
-    if low >= high:
-        raise _fail(name, text, f"low ({low!r}) must be < high ({high!r})")
-    if kind == "loguniform":
-        if low <= 0:
-            raise _fail(name, text, "loguniform needs 0 < low")
-        return LogUniform(float(low), float(high))
-    if kind == "randint":
-        if low != int(low) or high != int(high):
-            raise _fail(name, text, "randint bounds must be integers")
-        return RandInt(int(low), int(high))
-    discrete = kwargs.get("discrete", False)
-    if not isinstance(discrete, bool):
-        raise _fail(name, text, "discrete must be True or False")
-    if discrete:
-        if low != int(low) or high != int(high):
-            raise _fail(name, text, "discrete uniform bounds must be integers")
-        return Uniform(int(low), int(high), True)
-    return Uniform(float(low), float(high))
+        raise fail(f"unexpected keyword argument(s) {sorted(unknown)}")
+    return cls.parse(fail, args, kwargs)
 
 
 # -- the space ------------------------------------------------------------------
@@ -379,6 +123,12 @@ class Space(Mapping[str, Prior]):
     def __init__(self, priors: Mapping[str, Prior]) -> None:
         if not priors:
             raise SpaceError("the search space is empty; define at least one dimension")
+        fidelities = [name for name, prior in priors.items() if isinstance(prior, Fidelity)]
+        if len(fidelities) > 1:
+            raise SpaceError(
+                f"dimensions {fidelities!r} are all fidelity priors; a space has at most one fidelity, "
+                "keep one and make the others ordinary priors"
+            )
         self._priors = dict(priors)
 
     @classmethod
@@ -459,23 +209,17 @@ class Space(Mapping[str, Prior]):
         """Whether two points differ by at most ``tol`` of each dimension's range.
 
         Discrete dimensions must match exactly; ``loguniform`` compares logs;
-        ``normal`` uses a range of 8 sigma.
+        ``normal`` uses a range of 8 sigma (see :meth:`Prior.close`).
         """
+        return all(prior.close(a[name], b[name], tol) for name, prior in self._priors.items())
+
+    @property
+    def fidelity(self) -> tuple[str, Fidelity] | None:
+        """The ``(name, prior)`` of the space's fidelity dimension, if it has one."""
         for name, prior in self._priors.items():
-            x, y = a[name], b[name]
-            if isinstance(prior, Uniform) and not prior.discrete:
-                span = prior.high - prior.low
-            elif isinstance(prior, LogUniform):
-                x, y, span = math.log(x), math.log(y), math.log(prior.high / prior.low)
-            elif isinstance(prior, Normal):
-                span = 8 * prior.sigma
-            else:
-                if type(x) is not type(y) or x != y:
-                    return False
-                continue
-            if abs(x - y) > tol * span:
-                return False
-        return True
+            if isinstance(prior, Fidelity):
+                return name, prior
+        return None
 
     # -- scikit-optimize bridge -------------------------------------------------
 
@@ -488,20 +232,8 @@ class Space(Mapping[str, Prior]):
 
         Values outside a bounded dimension (a ``normal`` tail) are clipped.
         """
-        point: list[Any] = []
-        for name, prior in self._priors.items():
-            value = params[name]
-            if isinstance(prior, Choices):
-                value = next(i for i, v in enumerate(prior.values) if type(v) is type(value) and v == value)
-            elif isinstance(prior, Normal):
-                value = min(max(value, prior.mu - 4 * prior.sigma), prior.mu + 4 * prior.sigma)
-            point.append(value)
-        return point
+        return [prior.encode(params[name]) for name, prior in self._priors.items()]
 
     def from_skopt_point(self, point: Sequence[Any]) -> dict[str, Scalar]:
         """Decode a scikit-optimize point into plain Python params."""
-        params: dict[str, Scalar] = {}
-        for (name, prior), value in zip(self._priors.items(), point):
-            value = to_builtin(value)
-            params[name] = prior.values[int(value)] if isinstance(prior, Choices) else prior.cast(value)
-        return params
+        return {name: prior.decode(value) for (name, prior), value in zip(self._priors.items(), point)}

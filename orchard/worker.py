@@ -51,6 +51,7 @@ from orchard.leases import LeaseObserver
 from orchard.objective import ObjectiveEvaluator, Outcome, TrialEvaluator
 from orchard.pacemaker import Pacemaker
 from orchard.resources import DEVICES_ENV, visible_devices, worker_label
+from orchard.space import trial_id as params_trial_id
 from orchard.storages.base import BaseStorage
 from orchard.storages.retrying import RetryingStorage
 from orchard.trial import Trial, TrialStatus
@@ -343,8 +344,10 @@ class Worker:
             if slow and self._taken_meanwhile(params):
                 continue  # another worker registered (nearly) this point while we computed it
             try:
+                parent = self.algorithm.parent_of(params)  # a multi-fidelity promotion's parent
                 return self.storage.register_trial(
-                    self.experiment_id, params, worker=self.name, budget=self.settings.max_trials
+                    self.experiment_id, params, worker=self.name, budget=self.settings.max_trials,
+                    parent=None if parent is None else params_trial_id(self.experiment_id, parent),
                 )
             except DuplicateTrialError:
                 collided.append(params)  # a racing worker registered it: treat it as pending
@@ -418,6 +421,7 @@ class WorkerTask:
     fn: Callable[..., Any]
     trial_timeout: float | None = None
     label: str | None = None
+    working_dir: str | None = None  # per-trial folders of orchard.current_trial()
     memory_limit: int | None = None  # bytes, for a Python fn (a TrialEvaluator has its own)
     devices: str | None = None  # CUDA_VISIBLE_DEVICES of this worker; None leaves the environment alone
 
@@ -439,7 +443,7 @@ def run_worker(task: WorkerTask) -> WorkerReport:
     """
     fn = task.fn
     evaluate = fn if isinstance(fn, TrialEvaluator) else ObjectiveEvaluator(
-        fn, task.trial_timeout, task.memory_limit)
+        fn, task.trial_timeout, task.memory_limit, task.working_dir)
     with visible_devices(task.devices):
         worker = Worker(task.storage, task.experiment_id, task.settings, evaluate,
                         name=worker_label(os.environ.get(DEVICES_ENV)), label=task.label)

@@ -29,6 +29,8 @@ from orchard.space import Space, params_hash
 
 BRANIN_SPACE = {"x": "uniform(-5, 10)", "y": "uniform(0, 15)"}
 BRANIN_MIN = 0.397887
+#: Branin with a training budget: every algorithm accepts it (multi-fidelity ones need it).
+FIDELITY_BRANIN_SPACE = {**BRANIN_SPACE, "epochs": "fidelity(1, 9)"}
 MIXED_SPACE = {
     "kind": "choices(['adam', 'sgd', 'rmsprop'])",
     "flag": "choices([True, False])",
@@ -97,9 +99,9 @@ def hashes(points: list[Mapping[str, Any]]) -> set[str]:
 # -- registry -----------------------------------------------------------------------
 
 
-def test_registry_lists_the_three_algorithms() -> None:
-    assert list(ALGORITHMS) == ["random", "grid", "bayes"]
-    space = Space.from_config(BRANIN_SPACE)
+def test_registry_lists_the_algorithms() -> None:
+    assert list(ALGORITHMS) == ["random", "grid", "bayes", "asha", "hyperband"]
+    space = Space.from_config(FIDELITY_BRANIN_SPACE)
     for name in ALGORITHMS:
         algo = make_algorithm(name, space, seed=1)
         assert isinstance(algo, BaseAlgorithm)
@@ -110,7 +112,7 @@ def test_unknown_algorithm_lists_the_valid_ones() -> None:
     with pytest.raises(ConfigurationError, match="unknown algorithm 'tpe'.*random, grid, bayes"):
         make_algorithm("tpe", Space.from_config(BRANIN_SPACE))
     with pytest.raises(ConfigurationError, match="unknown algorithm"):
-        normalize_algorithm_config({"hyperband": {}})
+        normalize_algorithm_config({"tpe": {}})
 
 
 def test_unknown_option_is_named_with_the_valid_ones() -> None:
@@ -233,9 +235,9 @@ def test_bayes_handles_degenerate_and_all_categorical_spaces(config: dict[str, s
 
 
 def test_seedless_algorithms_still_work() -> None:
-    space = Space.from_config(BRANIN_SPACE)
+    space = Space.from_config(FIDELITY_BRANIN_SPACE)
     for name in ALGORITHMS:
-        assert len(run(make_algorithm(name, space, seed=None), lambda p: branin(**p), 3)) == 3
+        assert len(run(make_algorithm(name, space, seed=None), lambda p: branin(p["x"], p["y"]), 3)) == 3
 
 
 # -- grid ----------------------------------------------------------------------------

@@ -110,6 +110,31 @@ def test_dask_local_example_runs_workers_on_a_local_cluster(tmp_path: Path) -> N
     assert completed("dask-rosenbrock", storage) == 6
 
 
+@pytest.mark.slow
+def test_asha_checkpoint_example_resumes_parents_under_workon(tmp_path: Path) -> None:
+    storage = str(tmp_path / "asha.pkl")
+    proc = run([sys.executable, str(EXAMPLES / "asha_checkpoint.py"), "--workon", "--max-trials", "12",
+                "--n-workers", "2", "--storage", storage, "--working-dir", str(tmp_path / "runs")], tmp_path)
+    assert "best validation error" in proc.stdout
+    assert completed("asha-checkpoint", storage) == 12
+    trials = orchard.get_experiment("asha-checkpoint", storage=storage).fetch_trials()
+    assert any(t.parent is not None for t in trials)
+    for trial in trials:
+        assert (tmp_path / "runs" / trial.id / "checkpoint.pkl").exists()
+
+
+@pytest.mark.slow
+def test_asha_checkpoint_example_runs_under_orchard_hunt(tmp_path: Path) -> None:
+    storage = str(tmp_path / "hunt.pkl")
+    run([orchard_cli(), "hunt", "-n", "digits", "--storage", storage, "--max-trials", "10",
+         "--algorithm", "asha", sys.executable, str(EXAMPLES / "asha_checkpoint.py"),
+         "--lr~loguniform(1e-4, 1e-1)", "--alpha~loguniform(1e-6, 1e-2)", "--epochs~fidelity(1, 9, base=3)"],
+        tmp_path)
+    assert completed("digits", storage) == 10
+    trials = orchard.get_experiment("digits", storage=storage).fetch_trials()
+    assert any(t.parent is not None for t in trials)
+
+
 # -- scripts under `orchard hunt` -------------------------------------------------------------
 
 

@@ -12,6 +12,8 @@ name      what                                                    options
 random    independent draws from the priors                       none
 grid      a regular grid, each point once                         n_values, budget, shuffle
 bayes     scikit-optimize surrogate + acquisition, constant liar  see ``BayesianOptimization``
+asha      asynchronous successive halving over a ``fidelity``     see ``Asha``
+hyperband several ASHA brackets starting at different rungs       see ``Hyperband``
 ========  ======================================================  ===================
 
 ``bayes`` imports scikit-optimize (and scikit-learn) only when first used.
@@ -22,7 +24,9 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from orchard.algorithms._asha import Asha
 from orchard.algorithms._grid import GridSearch
+from orchard.algorithms._hyperband import Hyperband
 from orchard.algorithms._random import RandomSearch
 from orchard.algorithms.base import BaseAlgorithm, Observation
 from orchard.errors import ConfigurationError
@@ -30,8 +34,10 @@ from orchard.space import Space
 
 __all__ = [
     "ALGORITHMS",
+    "Asha",
     "BaseAlgorithm",
     "GridSearch",
+    "Hyperband",
     "Observation",
     "RandomSearch",
     "algorithm_class",
@@ -53,6 +59,8 @@ ALGORITHMS: dict[str, Callable[[], type[BaseAlgorithm]]] = {
     "random": lambda: RandomSearch,
     "grid": lambda: GridSearch,
     "bayes": _bayes,
+    "asha": lambda: Asha,
+    "hyperband": lambda: Hyperband,
 }
 
 
@@ -85,20 +93,27 @@ def _split(config: AlgorithmConfig) -> tuple[str, Mapping[str, Any]]:
     )
 
 
-def normalize_algorithm_config(config: AlgorithmConfig) -> dict[str, dict[str, Any]]:
+def normalize_algorithm_config(config: AlgorithmConfig, space: Space | None = None) -> dict[str, dict[str, Any]]:
     """Return the canonical ``{name: {option: value}}`` form, defaults filled in.
 
     Args:
         config: ``"bayes"`` or ``{"bayes": {...options}}``.
+        space: the experiment's space, if known: the algorithm is then built once
+            for it, so a setting that does not fit the space (``asha`` without a
+            ``fidelity`` dimension, more rungs than the fidelity has) is refused here.
 
     Returns:
         A new dict with one key, the algorithm's name, mapped to all its options.
 
     Raises:
-        ConfigurationError: unknown algorithm, unknown option or invalid option value.
+        ConfigurationError: unknown algorithm, unknown option, invalid option value,
+            or an algorithm that does not fit ``space``.
     """
     name, options = _split(config)
-    return {name: algorithm_class(name).check_options(options)}
+    normalized = {name: algorithm_class(name).check_options(options)}
+    if space is not None:
+        make_algorithm(normalized, space)
+    return normalized
 
 
 def make_algorithm(config: AlgorithmConfig, space: Space, seed: int | None = None) -> BaseAlgorithm:

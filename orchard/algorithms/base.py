@@ -18,7 +18,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from orchard.errors import ConfigurationError, SpaceExhaustedError
-from orchard.space import Choices, Prior, RandInt, Space, Uniform, params_hash
+from orchard.space import Prior, Space, params_hash
 
 __all__ = ["BaseAlgorithm", "Observation", "SeenPoints"]
 
@@ -161,6 +161,16 @@ class BaseAlgorithm(abc.ABC):
             SpaceExhaustedError: no unseen point is left.
         """
 
+    def parent_of(self, params: Mapping[str, Any]) -> dict[str, Any] | None:
+        """The params of the trial a suggestion was promoted from, if it is a promotion.
+
+        Multi-fidelity algorithms (``asha``, ``hyperband``) promote a trial by
+        suggesting its params at the next fidelity; the worker registers the
+        suggestion with ``parent`` set to this point's trial id. A pure function of
+        ``params``. Others never promote: ``None``.
+        """
+        return None
+
     def max_suggestions(self) -> int | None:
         """The number of distinct points this algorithm can ever suggest, if finite."""
         return space_size(self.space)
@@ -219,13 +229,7 @@ class BaseAlgorithm(abc.ABC):
 
 def prior_size(prior: Prior) -> int | None:
     """The number of values of a discrete prior; ``None`` for a continuous one."""
-    if isinstance(prior, Choices):
-        return len(prior.values)
-    if isinstance(prior, RandInt):
-        return prior.high - prior.low
-    if isinstance(prior, Uniform) and prior.discrete:
-        return int(prior.high) - int(prior.low) + 1
-    return None
+    return prior.size()
 
 
 def space_size(space: Space) -> int | None:

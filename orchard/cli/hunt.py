@@ -47,7 +47,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     option("--max-attempts", metavar="N",
            help="break a trial after its reservation was lost N times (default 3)")
     option("--algorithm", metavar="ALGO",
-           help="random, grid, bayes, or a mapping such as '{bayes: {acq_func: EI}}'")
+           help="random, grid, bayes, asha, hyperband, or a mapping such as '{bayes: {acq_func: EI}}'")
     option("--n-workers", metavar="K", help="run K local workers through the executor")
     option("--executor", metavar="NAME", help="joblib (default), process, dask, thread, single")
     option("--executor-config", metavar="MAPPING", help="executor options, e.g. '{address: tcp://host:8786}'")

@@ -80,7 +80,25 @@ def experiment_status(experiment: Experiment, now: float | None = None) -> dict[
         "max_trials": experiment.max_trials, "best_trial": best.id if best else None,
         "best_objective": stats["best_objective"], "best_params": stats["best_params"],
         "elapsed": stats["elapsed"], "trials_per_second": stats["trials_per_second"], "workers": workers,
+        "rungs": _rungs(experiment),
     }
+
+
+def _rungs(experiment: Experiment) -> dict[str, Any] | None:
+    """Trials per rung of the fidelity dimension (multi-fidelity experiments), else ``None``."""
+    from orchard.fidelity import rung_counts
+
+    found = experiment.space.fidelity
+    if found is None:
+        return None
+    name, prior = found
+    return {"dimension": name, "rungs": rung_counts(prior, name, experiment.fetch_trials())}
+
+
+def _rung_lines(rungs: dict[str, Any] | None, indent: str) -> list[str]:
+    from orchard.fidelity import format_rungs
+
+    return [] if rungs is None else [f"{indent}{format_rungs(rungs['rungs'])}  (by {rungs['dimension']})"]
 
 
 def _counts(counts: dict[str, int]) -> str:
@@ -99,6 +117,7 @@ def _status_lines(status: dict[str, Any]) -> list[str]:
         f"experiment {status['name']!r} ({status['storage']})",
         "  trials:  " + _counts(counts) + budget,
     ]
+    lines += _rung_lines(status["rungs"], "  rungs:   ")
     if status["best_objective"] is not None:
         lines.append(f"  best:    {status['best_objective']:.6g} at {format_params(status['best_params'])} "
                      f"(trial {status['best_trial'][:12]})")
@@ -183,6 +202,7 @@ def run_info(args: argparse.Namespace) -> int:
         "created": record.created, "space": experiment.space.config(), "algorithm": experiment.algorithm,
         "config": {k: v for k, v in experiment.config.items() if k not in ("space", "algorithm")},
         "best_trial": best.to_dict() if best else None, "stats": experiment.stats,
+        "rungs": _rungs(experiment),
     }
     if args.json:
         print(json.dumps(info, indent=2, default=str))
@@ -204,5 +224,6 @@ def _info_lines(info: dict[str, Any]) -> list[str]:
                      f"(trial {best['id'][:12]}, worker {best['worker']})")
     stats = info["stats"]
     lines.append("  trials:    " + _counts(stats["counts"]))
+    lines += _rung_lines(info["rungs"], "  rungs:     ")
     lines.append(f"  speed:     {_speed(stats)}")
     return lines

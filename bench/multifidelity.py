@@ -1,0 +1,349 @@
+"""Multi-fidelity on a real training task: time to a target score, and the best score in a wall budget.
+
+The task: scikit-learn's ``MLPClassifier`` on the digits data set (shipped with
+scikit-learn), trained with ``partial_fit``, one call per epoch, for ``epochs``
+epochs; the objective is the validation error rate (30 % held out). The search
+space is the learning rate, the L2 penalty and the hidden layer's width, with
+``epochs`` as the fidelity: ``fidelity(1, 81, base=3)``.
+
+Methods, each with 4 workers, each started at the same instant and stopped
+after the same wall budget, for several seeds:
+
+==================  ============================================================================
+orchard-asha        ``asha``; a promoted trial resumes its parent's checkpoint (``current_trial``)
+orchard-hyperband   ``hyperband``; the same checkpoint handoff
+orchard-random      ``random``: every trial at full fidelity (81 epochs)
+optuna-sha          Optuna, ``RandomSampler`` + ``SuccessiveHalvingPruner(min_resource=1,
+                    reduction_factor=3)``: a trial trains on, and is pruned at a rung; 4
+                    processes sharing a ``JournalFileBackend`` file
+orion-asha          Oríon 0.2.7's ``asha`` (its own venv, created here; Oríon hands no
+                    checkpoint over, so each trial trains from scratch, as Oríon's ASHA
+                    examples do); 4 processes sharing a ``pickleddb`` file
+==================  ============================================================================
+
+Every evaluation (and, for Optuna, every rung a trial reaches) appends
+``wall-time epochs error epochs-trained`` to a log; the figures come from those logs, the same
+way for every method: the time from the start to the first model whose
+validation error is at most ``--target``, and the best error within the wall
+budget. Random search at full fidelity is the baseline of the ratios.
+
+    python bench/multifidelity.py                                 # 3 seeds, 120 s each
+    python bench/multifidelity.py --seeds 1 --wall 20 --methods orchard-asha orchard-random
+
+Each worker process runs one BLAS thread (``OPENBLAS_NUM_THREADS=1``…), so four
+workers use four cores' worth of work, not sixteen threads fighting for them.
+The Oríon venv is created at ``--orion-venv`` with ``python3 -m venv`` and
+``pip install orion==0.2.7 scikit-learn typing_extensions`` (Oríon 0.2.7 imports
+``typing_extensions`` without declaring it); if that fails, the reason is printed
+and the other methods still run. Not a timed test: run it on a quiet machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import pickle
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve()
+METHODS = ("orchard-asha", "orchard-hyperband", "orchard-random", "optuna-sha", "orion-asha")
+WORKERS = 4
+RUNGS = (1, 3, 9, 27, 81)
+LR, ALPHA, HIDDEN = (1e-4, 1e-1), (1e-6, 1e-1), (16, 128)
+#: The same space in Orchard's and Oríon's prior syntax (Optuna's suggest_* calls use the same bounds).
+SPACE = {"lr": f"loguniform{LR}", "alpha": f"loguniform{ALPHA}", "hidden": f"uniform({HIDDEN[0]}, {HIDDEN[1]}, discrete=True)",
+         "epochs": "fidelity(1, 81, base=3)"}
+SINGLE_THREAD = {key: "1" for key in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")}
+
+# -- the training task (runs in every framework's worker processes) -----------------------------
+
+_DATA: Any = None
+
+
+def data() -> Any:
+    """The digits split, loaded once per process."""
+    global _DATA
+    if _DATA is None:
+        from sklearn.datasets import load_digits
+        from sklearn.model_selection import train_test_split
+
+        X, y = load_digits(return_X_y=True)
+        _DATA = train_test_split(X / 16.0, y, test_size=0.3, random_state=0)
+    return _DATA
+
+
+def new_model(lr: float, alpha: float, hidden: int) -> Any:
+    from sklearn.neural_network import MLPClassifier
+
+    return MLPClassifier(hidden_layer_sizes=(int(hidden),), learning_rate_init=lr, alpha=alpha, random_state=0)
+
+
+def train(model: Any, epochs: int) -> None:
+    """``epochs`` more epochs of ``partial_fit`` (one pass over the training set each)."""
+    import warnings
+
+    import numpy as np
+
+    X_train, _, y_train, _ = data()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for _ in range(epochs):
+            model.partial_fit(X_train, y_train, classes=np.arange(10))
+
+
+def error(model: Any) -> float:
+    _, X_valid, _, y_valid = data()
+    return float(1.0 - model.score(X_valid, y_valid))
+
+
+def log_evaluation(epochs: int, err: float, trained: int) -> None:
+    """Append ``time epochs error trained`` to the run's log (one small O_APPEND write: atomic).
+
+    ``trained`` is the epochs this evaluation actually ran (a resumed trial trains only the rest).
+    """
+    with open(os.environ["MF_LOG"], "a") as handle:
+        handle.write(f"{time.time():.4f} {epochs} {err:.6f} {trained}\n")
+
+
+# -- workers ------------------------------------------------------------------------------------
+
+
+def orchard_objective(lr: float, alpha: float, hidden: int, epochs: int) -> float:
+    """Train to ``epochs``, resuming the parent's checkpoint when the trial is a promotion."""
+    import orchard
+
+    trial = orchard.current_trial()
+    model, done = new_model(lr, alpha, hidden), 0
+    if trial is not None and trial.parent_working_dir:
+        with open(os.path.join(trial.parent_working_dir, "model.pkl"), "rb") as handle:
+            model, done = pickle.load(handle)  # written below by this benchmark
+    train(model, epochs - done)
+    if trial is not None and trial.working_dir:
+        with open(os.path.join(trial.working_dir, "model.pkl"), "wb") as handle:
+            pickle.dump((model, epochs), handle)
+    err = error(model)
+    log_evaluation(epochs, err, epochs - done)
+    return err
+
+
+def orchard_workers(algorithm: str, seed: int, workdir: str) -> None:
+    import orchard
+
+    exp = orchard.build_experiment(
+        f"mf-{algorithm}", space=SPACE, algorithm=algorithm, storage=os.path.join(workdir, "orchard.pkl"),
+        max_trials=100_000, seed=seed, working_dir=os.path.join(workdir, "runs"))
+    exp.workon(orchard_objective, n_workers=WORKERS, executor="process", progress=False)
+
+
+def optuna_worker(seed: int, index: int, workdir: str) -> None:
+    import optuna
+    from optuna.storages import JournalStorage
+    from optuna.storages.journal import JournalFileBackend
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    storage = JournalStorage(JournalFileBackend(os.path.join(workdir, "optuna.log")))
+    study = optuna.create_study(
+        study_name="mf", storage=storage, load_if_exists=True,
+        sampler=optuna.samplers.RandomSampler(seed=seed * 100 + index),
+        pruner=optuna.pruners.SuccessiveHalvingPruner(min_resource=1, reduction_factor=3))
+
+    def objective(trial: Any) -> float:
+        model = new_model(trial.suggest_float("lr", *LR, log=True), trial.suggest_float("alpha", *ALPHA, log=True),
+                          trial.suggest_int("hidden", *HIDDEN))
+        err, logged = 1.0, 0
+        for epoch in range(1, RUNGS[-1] + 1):
+            train(model, 1)
+            err = error(model)
+            trial.report(err, epoch)
+            if epoch in RUNGS:
+                log_evaluation(epoch, err, epoch - logged)
+                logged = epoch
+            if trial.should_prune():
+                raise optuna.TrialPruned()
+        return err
+
+    study.optimize(objective, n_trials=100_000)
+
+
+def orion_worker(seed: int, workdir: str) -> None:
+    from orion.client import build_experiment
+
+    experiment = build_experiment(
+        "mf", space={k: v for k, v in SPACE.items()},
+        algorithm={"asha": {"seed": seed, "num_rungs": len(RUNGS), "num_brackets": 1}},
+        storage={"type": "legacy", "database": {"type": "pickleddb", "host": os.path.join(workdir, "orion.pkl")}},
+        max_trials=100_000)
+
+    def objective(lr: float, alpha: float, hidden: int, epochs: int) -> list[dict[str, Any]]:
+        model = new_model(lr, alpha, hidden)
+        train(model, epochs)
+        err = error(model)
+        log_evaluation(epochs, err, epochs)
+        return [{"name": "error", "type": "objective", "value": err}]
+
+    experiment.workon(objective, max_trials=100_000)
+
+
+def worker_main(argv: list[str]) -> None:
+    """``--role METHOD --seed S --index I --workdir DIR``: one method's worker(s), run until killed."""
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--role", required=True)
+    parser.add_argument("--seed", type=int, required=True)
+    parser.add_argument("--index", type=int, default=0)
+    parser.add_argument("--workdir", required=True)
+    args = parser.parse_args(argv)
+    if args.role.startswith("orchard-"):
+        orchard_workers(args.role.split("-", 1)[1], args.seed, args.workdir)
+    elif args.role == "optuna-sha":
+        optuna_worker(args.seed, args.index, args.workdir)
+    elif args.role == "orion-asha":
+        orion_worker(args.seed, args.workdir)
+
+
+# -- the driver ---------------------------------------------------------------------------------
+
+
+def ensure_orion_venv(path: Path) -> tuple[str | None, str]:
+    """The Python of a venv with Oríon 0.2.7 (created on first use), or ``None`` and why not."""
+    python = path / "bin" / "python"
+    probe = [str(python), "-c", "import orion.client, sklearn; print(orion.core.__version__)"]
+    if python.exists() and subprocess.run(probe, capture_output=True, check=False).returncode == 0:
+        return str(python), "ok"
+    steps = [["python3", "-m", "venv", str(path)],
+             # Oríon 0.2.7 imports typing_extensions without declaring it (ModuleNotFoundError otherwise)
+             [str(python), "-m", "pip", "install", "-q", "orion==0.2.7", "scikit-learn", "typing_extensions"], probe]
+    for step in steps:
+        proc = subprocess.run(step, capture_output=True, text=True, check=False)
+        if proc.returncode != 0:
+            tail = (proc.stderr or proc.stdout).strip().splitlines()[-3:]
+            return None, f"`{' '.join(step[:4])}` failed: {' | '.join(tail)}"
+    return str(python), "ok"
+
+
+def launch(method: str, seed: int, workdir: str, log: str, orion_python: str | None) -> list[subprocess.Popen[bytes]]:
+    env = {**os.environ, **SINGLE_THREAD, "MF_LOG": log}
+    base = [str(HERE), "--seed", str(seed), "--workdir", workdir, "--role", method]
+    if method.startswith("orchard-"):  # one workon with 4 worker processes
+        commands = [[sys.executable, *base]]
+    else:  # 4 independent processes sharing one storage file
+        python = orion_python if method == "orion-asha" else sys.executable
+        assert python is not None
+        commands = [[python, *base, "--index", str(i)] for i in range(WORKERS)]
+    procs = []
+    for i, command in enumerate(commands):
+        with open(os.path.join(workdir, f"stderr-{i}.log"), "wb") as stderr:
+            procs.append(subprocess.Popen(command, env=env, start_new_session=True,
+                                          stdout=subprocess.DEVNULL, stderr=stderr))
+    return procs
+
+
+def stop(procs: list[subprocess.Popen[bytes]]) -> None:
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        for proc in procs:
+            try:
+                os.killpg(proc.pid, sig)
+            except ProcessLookupError:
+                pass
+        deadline = time.monotonic() + 5
+        while any(p.poll() is None for p in procs) and time.monotonic() < deadline:
+            time.sleep(0.1)
+
+
+def run_one(method: str, seed: int, wall: float, orion_python: str | None) -> list[tuple[float, int, float, int]]:
+    """Run one method for ``wall`` seconds; return ``(seconds since start, epochs, error, trained)`` each."""
+    with tempfile.TemporaryDirectory(prefix=f"mf-{method}-") as workdir:
+        log = os.path.join(workdir, "evaluations.log")
+        Path(log).touch()
+        start = time.time()
+        procs = launch(method, seed, workdir, log, orion_python)
+        while time.time() - start < wall and any(p.poll() is None for p in procs):
+            time.sleep(0.2)
+        stop(procs)
+        rows = [line.split() for line in Path(log).read_text().splitlines()]
+        if not rows:
+            errors = "".join(p.read_text()[-400:] for p in Path(workdir).glob("stderr-*.log"))
+            print(f"  {method} seed {seed}: no evaluation logged. {errors.strip()[-400:]}", file=sys.stderr)
+    return sorted((float(t) - start, int(e), float(v), int(n)) for t, e, v, n in rows if float(t) - start <= wall)
+
+
+def summarize(evaluations: list[tuple[float, int, float, int]], target: float) -> dict[str, Any]:
+    hit = next((t for t, _, err, _ in evaluations if err <= target), None)
+    full = [e for e in evaluations if e[1] == RUNGS[-1]]
+    return {"time_to_target": hit, "best": min((err for _, _, err, _ in evaluations), default=None),
+            "evaluations": len(evaluations), "epochs_trained": sum(n for *_, n in evaluations),
+            "full_fidelity": len(full)}
+
+
+def report(results: dict[str, list[dict[str, Any]]], wall: float, target: float) -> None:
+    print(f"\nmedian over seeds; wall budget {wall:g} s; target validation error <= {target:g}; "
+          f"{WORKERS} workers each")
+    print(f"{'method':<18} {'time to target':>15} {'vs random':>10} {'best error':>11} {'evals':>7} {'reached':>8}")
+    random_runs = results.get("orchard-random", [])
+    baseline = _median_time(random_runs, wall)
+    # when random search missed the target, its time is the wall budget and every ratio a lower bound
+    at_least = ">=" if random_runs and sum(r["time_to_target"] is None for r in random_runs) * 2 >= len(random_runs) else ""
+    for method, runs in results.items():
+        if not runs:
+            continue
+        hit = _median_time(runs, wall)
+        best = statistics.median(r["best"] for r in runs if r["best"] is not None) if any(
+            r["best"] is not None for r in runs) else float("nan")
+        reached = sum(r["time_to_target"] is not None for r in runs)
+        ratio = f"{at_least}{baseline / hit:.2f}x" if baseline and hit else "-"
+        shown = f"{hit:.1f} s" if hit is not None and reached * 2 > len(runs) else f">{wall:g} s"
+        print(f"{method:<18} {shown:>15} {ratio:>10} {best:>11.4f} "
+              f"{statistics.median(r['evaluations'] for r in runs):>7.0f} {reached:>5}/{len(runs)}")
+    print("time to target: runs that missed it count as the wall budget; 'vs random' = random's time / this one's")
+
+
+def _median_time(runs: list[dict[str, Any]], wall: float) -> float | None:
+    if not runs:
+        return None
+    return statistics.median(wall if r["time_to_target"] is None else r["time_to_target"] for r in runs)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS))
+    parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--wall", type=float, default=120.0, help="wall budget of each run, seconds")
+    parser.add_argument("--target", type=float, default=0.02, help="target validation error")
+    parser.add_argument("--orion-venv", type=Path,
+                        default=Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "orchard-bench" / "orion-0.2.7")
+    parser.add_argument("--json", type=Path, help="also write every run's evaluations here")
+    parser.add_argument("--label", default="", help="printed above the table, e.g. 'under load, not a result'")
+    args = parser.parse_args(argv)
+    orion_python = None
+    if "orion-asha" in args.methods:
+        orion_python, why = ensure_orion_venv(args.orion_venv)
+        if orion_python is None:
+            print(f"orion-asha skipped: {why}")
+            args.methods.remove("orion-asha")
+    print(f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores. {args.label}".rstrip())
+    results: dict[str, list[dict[str, Any]]] = {m: [] for m in args.methods}
+    raw: dict[str, list[Any]] = {m: [] for m in args.methods}
+    for seed in range(args.seeds):
+        for method in args.methods:
+            evaluations = run_one(method, seed, args.wall, orion_python)
+            summary = summarize(evaluations, args.target)
+            results[method].append(summary)
+            raw[method].append(evaluations)
+            print(f"  seed {seed} {method:<18} {json.dumps(summary)}", flush=True)
+    report(results, args.wall, args.target)
+    if args.json:
+        args.json.write_text(json.dumps({"wall": args.wall, "target": args.target, "runs": raw}))
+
+
+if __name__ == "__main__":
+    if "--role" in sys.argv[1:]:
+        worker_main(sys.argv[1:])
+    else:
+        main()

@@ -1,0 +1,290 @@
+"""Asynchronous successive halving (ASHA), decided from the shared history by whichever worker asks.
+
+A space with a ``fidelity`` dimension has rungs ``r_0 < r_1 < … < r_top``
+(:meth:`orchard.fidelity.Fidelity.rungs`). Each call of :meth:`Asha.suggest`
+is a pure function of the history::
+
+    for each rung k from the one below the top down to the lowest:
+        R   = the completed trials at rung k (real objectives only: pending
+              trials, and the constant-liar values a sampler tells, never rank)
+        q   = floor(len(R) / eta)                      the rung's promotion quota
+        P   = trials of R already promoted             (a pending promotion counts)
+        if len(P) < q: promote the best trial among the q best of R not in P
+    otherwise: sample a new point at the lowest rung
+
+A promotion is a new trial with its parent's params and the next rung's
+fidelity; its ``parent`` is the parent's trial id (:meth:`Asha.parent_of`).
+Two workers promoting the same trial register the same params, so the
+storage's unique constraint lets exactly one of them win; the loser sees the
+winner's trial as pending when it asks again, and moves on. No lock, no
+master. Ties in a ranking are broken by the params' hash, so two workers with
+the same view choose the same trial (and collide) rather than two different ones.
+
+The rungs are kept by a :class:`~orchard.algorithms._rungs.Ladder`, a cache
+that folds in only the trials completed since the last call, so a suggestion
+costs what is new (plus the pending points and the head of each rung's
+ranking), not the whole history.
+
+Because a promotion needs a free slot in its rung's quota, no rung ever holds
+more promotions than ``floor(completed below / eta)`` of the view that made
+them; racers whose views lag by a registration or two can exceed a rung's final
+quota only by what their own views justified.
+
+:class:`~orchard.algorithms._hyperband.Hyperband` runs several of these ladders
+(brackets) side by side, each starting at a different rung.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any, ClassVar
+
+from orchard.algorithms._rungs import Ladder, Place, config_key
+from orchard.algorithms.base import BaseAlgorithm, Observation, SeenPoints, space_size
+from orchard.errors import ConfigurationError, SpaceExhaustedError
+from orchard.space import Space
+
+__all__ = ["Asha"]
+
+#: Samplers that may draw the new points of the lowest rung.
+SAMPLERS = ("random", "bayes")
+#: Draws tried before a sampler's points are taken to be exhausted.
+_SAMPLER_RETRIES = 50
+
+
+
+class Asha(BaseAlgorithm):
+    """Asynchronous successive halving over the space's ``fidelity`` dimension.
+
+    Options:
+        reduction_factor: ``eta``: the top ``1/eta`` of a rung is promoted
+            (default: the fidelity's ``base``). A number > 1.
+        num_rungs: use only the top ``num_rungs`` rungs of the fidelity, which
+            raises the lowest fidelity (default: all of them). An int >= 1.
+        sampler: the algorithm drawing new points of the lowest rung:
+            ``"random"`` (default) or ``"bayes"``, or ``{"bayes": {...options}}``.
+            ``bayes`` is fitted on the highest rung with at least ``min_points``
+            completed results (as BOHB does), with every pending point told as a lie.
+        min_points: completed results a rung needs before ``bayes`` is fitted on
+            it (default: the number of dimensions + 1).
+
+    Raises:
+        ConfigurationError: the space has no fidelity dimension, or an option is invalid.
+    """
+
+    name = "asha"
+    OPTIONS: ClassVar[dict[str, Any]] = {
+        "reduction_factor": None,
+        "num_rungs": None,
+        "sampler": "random",
+        "min_points": None,
+    }
+
+    def __init__(self, space: Space, seed: int | None = None, **options: Any) -> None:
+        super().__init__(space, seed, **options)
+        found = space.fidelity
+        if found is None:
+            raise ConfigurationError(
+                f"algorithm {self.name!r} needs a fidelity dimension in the space {space.config()}; "
+                "add one such as epochs='fidelity(1, 81, base=3)'"
+            )
+        self.fidelity_name, self.fidelity = found
+        rungs = self.fidelity.rungs()
+        num_rungs = self.options["num_rungs"] or len(rungs)
+        if num_rungs > len(rungs):
+            raise ConfigurationError(
+                f"{self.name} option num_rungs={num_rungs} exceeds the {len(rungs)} rungs of "
+                f"{self.fidelity} ({list(rungs)}); lower num_rungs or widen the fidelity"
+            )
+        #: The fidelity of each rung used, lowest first.
+        self.rungs = rungs[len(rungs) - num_rungs:]
+        self.eta = float(self.options["reduction_factor"] or self.fidelity.base)
+        self.min_points = self.options["min_points"] or len(space) + 1
+        #: The completed trials by rung: a cache extended as the history grows (see :mod:`._rungs`).
+        self.ladder = Ladder(self.locate)
+
+    @classmethod
+    def _check_values(cls, options: dict[str, Any]) -> None:
+        eta = options["reduction_factor"]
+        if eta is not None and (isinstance(eta, bool) or not isinstance(eta, (int, float)) or not eta > 1):
+            raise ConfigurationError(f"{cls.name} option reduction_factor must be a number > 1, got {eta!r}")
+        for key in ("num_rungs", "min_points", *cls._extra_int_options()):
+            value = options[key]
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+                raise ConfigurationError(f"{cls.name} option {key} must be an int >= 1, got {value!r}")
+        options["sampler"] = _normalize_sampler(cls.name, options["sampler"])
+
+    @classmethod
+    def _extra_int_options(cls) -> tuple[str, ...]:
+        return ()
+
+    # -- brackets (one for ASHA; Hyperband overrides) ---------------------------
+
+    def bracket_of(self, params: Mapping[str, Any]) -> int:
+        """The bracket a point belongs to, the same on every worker."""
+        return self.bracket_of_key(config_key(params, self.fidelity_name))
+
+    def bracket_of_key(self, key: str) -> int:
+        """The bracket of the configuration whose :func:`config_key` is ``key`` (ASHA: bracket 0)."""
+        return 0
+
+    def start_rung(self, bracket: int) -> int:
+        """The index of the lowest rung of ``bracket``."""
+        return bracket
+
+    def brackets(self) -> range:
+        """Every bracket's number."""
+        return range(1)
+
+    # -- the contract -----------------------------------------------------------
+
+    def parent_of(self, params: Mapping[str, Any]) -> dict[str, Any] | None:
+        """The params of the trial ``params`` was promoted from; ``None`` for a new point."""
+        rung = self.rung_index(params)
+        if rung is None or rung <= self.start_rung(self.bracket_of(params)):
+            return None
+        return self.at_rung(params, rung - 1)
+
+    def max_suggestions(self) -> int | None:
+        """Every point of a finite space at every rung."""
+        size = space_size(self.space)
+        return None if size is None else size * len(self.rungs)
+
+    def suggest(
+        self,
+        completed: Sequence[Observation],
+        pending: Sequence[Mapping[str, Any]],
+        n: int = 1,
+        seen: SeenPoints | None = None,
+    ) -> list[dict[str, Any]]:
+        """Return up to ``n`` promotions or new lowest-rung points (see the module docstring).
+
+        Raises:
+            SpaceExhaustedError: nothing is left to promote and no unseen new point turned up.
+        """
+        taken = self.seen_points(completed, pending, seen)
+        self.ladder.update(completed)
+        pending_keys = self._pending_keys(pending)
+        suggestions: list[dict[str, Any]] = []
+        for _ in range(n):
+            try:
+                params = self.promotion(pending_keys, taken) or self._new_point(completed, pending, taken)
+            except SpaceExhaustedError:
+                if suggestions:
+                    break
+                raise
+            taken.add(params)
+            suggestions.append(params)
+        return suggestions
+
+    # -- rungs ------------------------------------------------------------------
+
+    def rung_index(self, params: Mapping[str, Any]) -> int | None:
+        """The index (in :attr:`rungs`) of the rung ``params`` is at, or ``None`` if none."""
+        value = params.get(self.fidelity_name)
+        return next((i for i, rung in enumerate(self.rungs) if rung == value), None)
+
+    def at_rung(self, params: Mapping[str, Any], rung: int) -> dict[str, Any]:
+        """``params`` with the fidelity of rung ``rung``."""
+        return {**params, self.fidelity_name: self.rungs[rung]}
+
+    def locate(self, params: Mapping[str, Any]) -> tuple[int, int, str] | None:
+        """``(bracket, rung, config key)`` of a point, or ``None`` if it is on no rung of its bracket."""
+        rung = self.rung_index(params)
+        if rung is None:
+            return None
+        key = config_key(params, self.fidelity_name)
+        bracket = self.bracket_of_key(key)
+        return None if rung < self.start_rung(bracket) else (bracket, rung, key)
+
+    def _pending_keys(self, pending: Sequence[Mapping[str, Any]]) -> dict[Place, set[str]]:
+        keys: dict[Place, set[str]] = {}
+        for params in pending:
+            where = self.locate(params)
+            if where is not None:
+                keys.setdefault(where[:2], set()).add(where[2])
+        return keys
+
+    def promotion(self, pending_keys: dict[Place, set[str]], taken: SeenPoints) -> dict[str, Any] | None:
+        """The next promotion, scanning rungs from the top; ``None`` if no rung has a free slot.
+
+        Args:
+            pending_keys: the configurations of pending trials by ``(bracket, rung)``.
+            taken: every point completed, pending or otherwise registered.
+        """
+        for rung in reversed(range(len(self.rungs) - 1)):
+            for bracket in self.brackets():
+                if rung >= self.start_rung(bracket):
+                    child = self._promote_from(bracket, rung, pending_keys.get((bracket, rung + 1), set()), taken)
+                    if child is not None:
+                        return child
+        return None
+
+    def _promote_from(self, bracket: int, rung: int, pending: set[str], taken: SeenPoints) -> dict[str, Any] | None:
+        entries = self.ladder.rungs.get((bracket, rung), [])
+        quota = int(len(entries) // self.eta)
+        above = self.ladder.keys.get((bracket, rung + 1), set())
+        promoted = len(above) + len(pending - above)  # every trial above is a promotion from here
+        for entry in entries[:quota]:
+            if promoted >= quota:
+                return None
+            if entry.key in above or entry.key in pending:
+                continue
+            child = self.at_rung(entry.observation.params, rung + 1)
+            if child not in taken:
+                return child
+            promoted += 1  # registered but neither completed nor pending (broken): its slot is used
+        return None
+
+    # -- new points -------------------------------------------------------------
+
+    def _new_point(
+        self,
+        completed: Sequence[Observation],
+        pending: Sequence[Mapping[str, Any]],
+        taken: SeenPoints,
+    ) -> dict[str, Any]:
+        """A sampler's point, placed at the lowest rung of its bracket, not yet taken."""
+        seed = int(self.rng(completed, pending).integers(2**31))
+        sampler = _make_sampler(self.options["sampler"], self.space, seed)
+        fit = [Observation(self._top(o.params), o.objective) for o in self._fit_rung()]
+        lies = [self._top(p) for p in pending]
+        for _ in range(_SAMPLER_RETRIES):
+            point = sampler.suggest(fit, lies, n=1)[0]
+            params = self.at_rung(point, self.start_rung(self.bracket_of(point)))
+            if params not in taken:
+                return params
+            lies.append(point)
+        raise SpaceExhaustedError(self._exhausted_message(taken))
+
+    def _fit_rung(self) -> list[Observation]:
+        """The highest rung with at least ``min_points`` results (all brackets); ``[]`` if none."""
+        if next(iter(self.options["sampler"])) == "random":
+            return []
+        for rung in reversed(range(len(self.rungs))):
+            results = self.ladder.results(rung)
+            if len(results) >= self.min_points:
+                return results
+        return []
+
+    def _top(self, params: Mapping[str, Any]) -> dict[str, Any]:
+        """``params`` at the fidelity the sampler's space gives every point (``high``)."""
+        return {**params, self.fidelity_name: self.fidelity.high}
+
+
+def _normalize_sampler(owner: str, sampler: Any) -> dict[str, dict[str, Any]]:
+    from orchard.algorithms import normalize_algorithm_config
+
+    name = sampler if isinstance(sampler, str) else next(iter(sampler), None) if isinstance(sampler, Mapping) else None
+    if name not in SAMPLERS:
+        raise ConfigurationError(
+            f"{owner} option sampler must be one of {', '.join(SAMPLERS)} (or {{'bayes': {{...}}}}), "
+            f"got {sampler!r}"
+        )
+    return normalize_algorithm_config(sampler)
+
+
+def _make_sampler(config: Mapping[str, Any], space: Space, seed: int) -> BaseAlgorithm:
+    from orchard.algorithms import make_algorithm
+
+    return make_algorithm(config, space, seed)

@@ -1,0 +1,157 @@
+"""The ``fidelity(low, high, base=3)`` prior: the training budget multi-fidelity algorithms vary.
+
+Its rungs are ``low·base^k`` for ``k = 0, 1, …``, capped at ``high`` (so
+``fidelity(1, 81, base=3)`` has the rungs 1, 3, 9, 27, 81 and ``fidelity(1,
+100)`` the rungs 1, 3, 9, 27, 81, 100). A space has at most one. ``asha`` and
+``hyperband`` (:mod:`orchard.algorithms`) evaluate trials at every rung;
+``random``, ``grid`` and ``bayes`` see a single value, ``high``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Iterable
+from typing import Any, ClassVar
+
+import numpy as np
+
+from orchard.priors import Fail, Prior, Scalar, bounds, is_integral, is_number
+from orchard.trial import Trial, TrialStatus
+
+__all__ = ["Fidelity", "format_rungs", "rung_counts"]
+
+
+@dataclasses.dataclass(frozen=True)
+class Fidelity(Prior):
+    """The training budget of multi-fidelity algorithms (epochs, samples, …).
+
+    Its rungs are ``low·base^k`` for ``k = 0, 1, …``, capped at ``high`` (so
+    ``high`` is always the last rung); ints when ``low`` and ``high`` are ints.
+    Algorithms that are not multi-fidelity see a single value, ``high``: they
+    sample it, grid it and fit it as a constant.
+    """
+
+    NAME: ClassVar[str] = "fidelity"
+    KEYWORDS: ClassVar[tuple[str, ...]] = ("base",)
+
+    low: float
+    high: float
+    base: float = 3
+
+    @classmethod
+    def parse(cls, fail: Fail, args: list[Any], kwargs: dict[str, Any]) -> Prior:
+        low, high = args
+        bounds(fail, low, high)
+        base = kwargs.get("base", 3)
+        if low <= 0:
+            raise fail("fidelity needs 0 < low")
+        if not is_number(base) or base <= 1:
+            raise fail(f"base ({base!r}) must be a number > 1")
+        if isinstance(low, int) and isinstance(high, int):
+            return cls(low, high, base)
+        return cls(float(low), float(high), base)
+
+    @property
+    def integral(self) -> bool:
+        """Whether the fidelity's values are ints (``low`` and ``high`` were written as ints)."""
+        return isinstance(self.low, int) and isinstance(self.high, int)
+
+    def rungs(self) -> tuple[Scalar, ...]:
+        """The fidelity of each rung, lowest first: ``low·base^k`` capped at ``high``.
+
+        Integer fidelities are rounded, and a power that rounds to the previous rung
+        (``fidelity(1, 10, base=1.5)``: 1, 2, 2, …) is skipped, so rungs strictly increase.
+        """
+        values: list[Scalar] = []
+        k = 0
+        while True:
+            value = self.low * self.base**k
+            if value >= self.high * (1 - 1e-9):
+                return (*values, self.high) if not values or values[-1] != self.high else tuple(values)
+            rung = round(value) if self.integral else float(value)
+            if not values or rung != values[-1]:
+                values.append(rung)
+            k += 1
+
+    def rung_of(self, value: Any) -> int | None:
+        """The index of the rung whose fidelity is ``value``, or ``None``."""
+        for index, rung in enumerate(self.rungs()):
+            if is_number(value) and math.isclose(float(rung), float(value), rel_tol=1e-9):
+                return index
+        return None
+
+    def sample(self, rng: np.random.Generator) -> Scalar:
+        return self.high
+
+    def to_skopt(self, name: str) -> Any:
+        from skopt.space import Categorical
+
+        return Categorical([self.high], name=name, transform="onehot")
+
+    def contains(self, value: Any) -> bool:
+        if not is_number(value) or (self.integral and not is_integral(value)):
+            return False
+        return bool(self.low <= value <= self.high)
+
+    def cast(self, value: Any) -> Scalar:
+        return int(value) if self.integral else float(value)
+
+    def size(self) -> int | None:
+        return 1
+
+    def encode(self, value: Any) -> Any:
+        return self.high
+
+    def decode(self, value: Any) -> Scalar:
+        return self.high
+
+    def grid(self, n: int) -> list[Scalar]:
+        return [self.high]
+
+    def log_range(self) -> tuple[float, float] | None:
+        return float(self.low), float(self.high)
+
+    def __str__(self) -> str:
+        return f"fidelity({self.low!r}, {self.high!r}, base={self.base!r})"
+
+
+def rung_counts(prior: Fidelity, name: str, trials: Iterable[Trial]) -> list[dict[str, Any]]:
+    """Trials per rung of a fidelity dimension, for ``orchard status``/``info``.
+
+    Args:
+        prior: the space's fidelity prior.
+        name: its dimension's name.
+        trials: the experiment's trials.
+
+    Returns:
+        One dict per rung, lowest first: ``fidelity``, ``completed``, ``pending``
+        (new, reserved or interrupted), ``broken``, and ``promoted`` (trials that
+        reached the rung by promotion). Trials at a fidelity that is no rung
+        (inserted by hand) are not counted.
+    """
+    rows: list[dict[str, Any]] = [{"fidelity": rung, "completed": 0, "pending": 0, "broken": 0, "promoted": 0}
+            for rung in prior.rungs()]
+    for trial in trials:
+        index = prior.rung_of(trial.params.get(name))
+        if index is None:
+            continue
+        row = rows[index]
+        if trial.status is TrialStatus.COMPLETED:
+            row["completed"] += 1
+        elif trial.status is TrialStatus.BROKEN:
+            row["broken"] += 1
+        else:
+            row["pending"] += 1
+        row["promoted"] += trial.parent is not None
+    return rows
+
+
+def format_rungs(rows: list[dict[str, Any]]) -> str:
+    """One line: ``1: 27 completed, 2 pending | 3: 9 completed (9 promoted) | …``."""
+    parts = []
+    for row in rows:
+        text = f"{row['fidelity']}: {row['completed']} completed"
+        text += "".join(f", {row[key]} {key}" for key in ("pending", "broken") if row[key])
+        parts.append(text + (f" ({row['promoted']} promoted)" if row["promoted"] else ""))
+    return " | ".join(parts)

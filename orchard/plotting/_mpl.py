@@ -1,0 +1,122 @@
+"""Drawing figure records as static matplotlib images (``.png``, Agg canvas, no display)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from orchard.plotting._libs import require
+from orchard.plotting.figures import STATUS_COLORS, Axis, ParallelFigure, RegretFigure, TimelineFigure
+from orchard.plotting.rungs import RungsFigure, rungs_mpl
+from orchard.trial import TrialStatus
+
+__all__ = ["write_png"]
+
+
+def write_png(figure: Any, path: Path) -> None:
+    """Draw ``figure`` into ``path`` as a PNG image."""
+    mpl_figure = require("matplotlib.figure")
+    agg = require("matplotlib.backends.backend_agg")
+    height = max(4.5, 1.5 + 0.35 * len(figure.rows)) if isinstance(figure, TimelineFigure) else 5.5
+    fig = mpl_figure.Figure(figsize=(11, height), layout="constrained")
+    agg.FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    draw = {RegretFigure: _regret_mpl, ParallelFigure: _parallel_mpl, TimelineFigure: _timeline_mpl,
+            RungsFigure: rungs_mpl}
+    draw[type(figure)](figure, fig, ax)
+    fig.suptitle(figure.title, fontsize=12)
+    if figure.note:
+        ax.text(0.5, 0.75, figure.note, transform=ax.transAxes, ha="center", va="center",
+                fontsize=16, color="gray")
+    fig.savefig(path, format="png", dpi=110)
+
+
+def _regret_mpl(figure: Any, fig: Any, ax: Any) -> None:
+    if figure.x:
+        ax.plot(figure.x, figure.objectives, "o", color="#1f77b4", alpha=0.7, label="objective")
+        ax.step(figure.x, figure.best, where="post", color="#ff7f0e", linewidth=2, label="best so far")
+    else:
+        ax.set_yticks([])
+    if figure.broken_x:
+        ax.plot(figure.broken_x, figure.broken_y, "x", color=STATUS_COLORS[TrialStatus.BROKEN],
+                markersize=10, markeredgewidth=2, label="broken")
+    if figure.x or figure.broken_x:
+        ax.xaxis.set_major_locator(require("matplotlib.ticker").MaxNLocator(integer=True))
+        ax.legend(loc="upper right")
+    else:
+        ax.set_xticks([])
+    ax.set_xlabel("trial (completion order)")
+    ax.set_ylabel("objective")
+    ax.grid(alpha=0.3)
+
+
+def _parallel_mpl(figure: Any, fig: Any, ax: Any) -> None:
+    ax.set_yticks([])
+    for side in ("left", "right", "top", "bottom"):
+        ax.spines[side].set_visible(False)
+    if not figure.objectives:
+        ax.set_xticks([])
+        return
+    collections = require("matplotlib.collections")
+    colors = require("matplotlib.colors")
+    scaled = [_unit_scale(axis) for axis in figure.axes]
+    lines = [list(enumerate(point)) for point in zip(*(s for s, _ in scaled))]
+    norm = colors.Normalize(min(figure.objectives), max(figure.objectives))
+    paths = collections.LineCollection(lines, array=figure.objectives, cmap="viridis", norm=norm,
+                                       linewidths=1.2, alpha=0.8)
+    ax.add_collection(paths)
+    for i, (axis, (_, to_unit)) in enumerate(zip(figure.axes, scaled)):
+        _draw_axis(ax, i, axis, to_unit)
+    ax.set_xlim(-0.3, len(figure.axes) - 0.7)
+    ax.set_ylim(-0.05, 1.05)
+    ax.set_xticks(range(len(figure.axes)), [a.label for a in figure.axes])
+    ax.tick_params(axis="x", length=0, pad=8)
+    fig.colorbar(paths, ax=ax, label="objective", pad=0.01)
+
+
+def _unit_scale(axis: Axis) -> tuple[list[float], Callable[[float], float]]:
+    """Map an axis's values (and ticks) onto [0, 1]; a constant axis sits at 0.5."""
+    points = axis.values + (axis.ticks or [])
+    low, high = min(points), max(points)
+
+    def to_unit(v: float) -> float:
+        return 0.5 if high == low else (v - low) / (high - low)
+
+    return [to_unit(v) for v in axis.values], to_unit
+
+
+def _draw_axis(ax: Any, i: int, axis: Axis, to_unit: Callable[[float], float]) -> None:
+    ax.axvline(i, color="black", linewidth=1)
+    if axis.ticks is not None:
+        ticks = list(zip(axis.ticks, axis.ticktext or []))
+    else:
+        low, high = min(axis.values), max(axis.values)
+        ticks = [(low + (high - low) * k / 4, "") for k in range(5)] if high > low else [(low, "")]
+        ticks = [(v, f"{v:.3g}") for v, _ in ticks]
+    for value, text in ticks:
+        y = to_unit(value)
+        ax.plot([i - 0.03, i], [y, y], color="black", linewidth=1)
+        ax.text(i - 0.05, y, text, ha="right", va="center", fontsize=8,
+                bbox={"facecolor": "white", "edgecolor": "none", "alpha": 0.7, "pad": 0.5})
+
+
+def _timeline_mpl(figure: Any, fig: Any, ax: Any) -> None:
+    patches = require("matplotlib.patches")
+    bars = figure.bars
+    ax.barh([b.row for b in bars], [b.end - b.start for b in bars], left=[b.start for b in bars], height=0.7,
+            color=[STATUS_COLORS[b.status] for b in bars], edgecolor="white", linewidth=0.5)
+    ax.set_yticks(range(len(figure.rows)), figure.rows)
+    if figure.rows:
+        ax.set_ylim(len(figure.rows) - 0.5, -0.5)
+    else:
+        ax.set_xticks([])
+    ax.set_xlabel("seconds since the first trial started")
+    ax.grid(axis="x", alpha=0.3)
+    shown = [s for s in STATUS_COLORS if any(b.status is s for b in bars)]
+    if shown:
+        handles = [patches.Patch(color=STATUS_COLORS[s], label=s.value) for s in shown]
+        ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.0, 1.0), title="status")
+
+
+#: File suffix -> renderer writing a figure to a path.

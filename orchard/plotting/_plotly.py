@@ -1,0 +1,79 @@
+"""Drawing figure records as interactive plotly pages (``.html``, plotly.js inlined)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from orchard.plotting._libs import require
+from orchard.plotting.figures import STATUS_COLORS, ParallelFigure, RegretFigure, TimelineFigure
+from orchard.plotting.rungs import RungsFigure, rungs_plotly
+from orchard.trial import TrialStatus
+
+__all__ = ["write_html"]
+
+
+def write_html(figure: Any, path: Path) -> None:
+    """Draw ``figure`` into ``path`` as a self-contained plotly page."""
+    go = require("plotly.graph_objects")
+    draw = {RegretFigure: _regret_plotly, ParallelFigure: _parallel_plotly, TimelineFigure: _timeline_plotly,
+            RungsFigure: rungs_plotly}
+    fig = go.Figure()
+    draw[type(figure)](figure, fig, go)
+    fig.update_layout(title={"text": figure.title}, template="plotly_white")
+    if figure.note:
+        fig.add_annotation(text=figure.note, x=0.5, y=0.75, xref="paper", yref="paper",
+                           showarrow=False, font={"size": 18, "color": "gray"})
+    fig.write_html(str(path), include_plotlyjs=True, full_html=True)
+
+
+def _regret_plotly(figure: Any, fig: Any, go: Any) -> None:
+    hover = "%{text}<extra></extra>"
+    if figure.x:
+        fig.add_trace(go.Scatter(x=figure.x, y=figure.objectives, mode="markers", name="objective",
+                                 text=figure.labels, hovertemplate=hover, marker={"color": "#1f77b4"}))
+        fig.add_trace(go.Scatter(x=figure.x, y=figure.best, mode="lines", line_shape="hv", name="best so far",
+                                 line={"color": "#ff7f0e", "width": 2}, hoverinfo="skip"))
+    if figure.broken_x:
+        marker = {"symbol": "x", "size": 10, "color": STATUS_COLORS[TrialStatus.BROKEN]}
+        fig.add_trace(go.Scatter(x=figure.broken_x, y=figure.broken_y, mode="markers", name="broken",
+                                 text=figure.broken_labels, hovertemplate=hover, marker=marker))
+    fig.update_layout(xaxis_title="trial (completion order)", yaxis_title="objective", showlegend=True)
+    fig.update_xaxes(tickformat="d")
+
+
+def _parallel_plotly(figure: Any, fig: Any, go: Any) -> None:
+    if not figure.objectives:
+        fig.update_xaxes(visible=False)
+        fig.update_yaxes(visible=False)
+        return
+    dims = []
+    for axis in figure.axes:
+        dim: dict[str, Any] = {"label": axis.label, "values": axis.values}
+        if axis.ticks is not None:
+            dim.update(tickvals=axis.ticks, ticktext=axis.ticktext, range=_padded(axis.ticks))
+        dims.append(dim)
+    line = {"color": figure.objectives, "colorscale": "Viridis", "showscale": True,
+            "colorbar": {"title": {"text": "objective"}}}
+    fig.add_trace(go.Parcoords(dimensions=dims, line=line))
+
+
+def _padded(ticks: list[float]) -> list[float]:
+    low, high = min(ticks), max(ticks)
+    return [low - 0.1, high + 0.1] if high - low < 1 else [low, high]
+
+
+def _timeline_plotly(figure: Any, fig: Any, go: Any) -> None:
+    for status, color in STATUS_COLORS.items():
+        bars = [b for b in figure.bars if b.status is status]
+        if bars:
+            fig.add_trace(go.Bar(
+                orientation="h", name=status.value, y=[figure.rows[b.row] for b in bars],
+                base=[b.start for b in bars], x=[b.end - b.start for b in bars],
+                text=[b.label for b in bars],
+                hovertemplate="%{text}<br>from %{base:.3g} s for %{x:.3g} s<extra></extra>",
+                textposition="none", marker={"color": color, "line": {"width": 0.5, "color": "white"}},
+            ))
+    fig.update_layout(barmode="overlay", xaxis_title="seconds since the first trial started",
+                      height=max(400, 120 + 28 * len(figure.rows)))
+    fig.update_yaxes(categoryorder="array", categoryarray=figure.rows, autorange="reversed", title="worker")

@@ -1,0 +1,298 @@
+"""The figure records and their builders: pure functions of a list of trials.
+
+Each builder (:func:`regret`, :func:`parallel`, :func:`timeline`) returns a
+small, backend-neutral record that :func:`orchard.plotting.save` draws.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Iterable
+from typing import Any
+
+from orchard.space import Prior, Space
+from orchard.trial import Trial, TrialStatus
+
+__all__ = [
+    "STATUS_COLORS",
+    "Axis",
+    "Bar",
+    "ParallelFigure",
+    "RegretFigure",
+    "TimelineFigure",
+    "describe",
+    "no_results_note",
+    "parallel",
+    "regret",
+    "scored",
+    "timeline",
+]
+
+#: Colour of each status in the timeline (and of broken trials in the regret plot).
+STATUS_COLORS: dict[TrialStatus, str] = {
+    TrialStatus.COMPLETED: "#2ca02c",
+    TrialStatus.BROKEN: "#d62728",
+    TrialStatus.RESERVED: "#1f77b4",
+    TrialStatus.INTERRUPTED: "#ff7f0e",
+    TrialStatus.NEW: "#7f7f7f",
+}
+
+
+# -- figure records ------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class RegretFigure:
+    """Objective of each completed trial in completion order, and the best so far.
+
+    ``x`` values are 1-based ranks among finished (completed or broken) trials,
+    so broken trials take their place on the same axis.
+    """
+
+    title: str
+    note: str | None
+    x: list[int]
+    objectives: list[float]
+    labels: list[str]
+    best: list[float]
+    broken_x: list[int]
+    broken_y: list[float]
+    broken_labels: list[str]
+
+
+@dataclasses.dataclass(frozen=True)
+class Axis:
+    """One vertical axis of a parallel-coordinates plot.
+
+    ``values`` are positions on the axis: the value itself, its ``log10`` for
+    log-uniform dimensions, or the category index. ``ticks``/``ticktext`` are
+    set for categorical and log axes and ``None`` for plain numeric ones.
+    """
+
+    label: str
+    values: list[float]
+    ticks: list[float] | None = None
+    ticktext: list[str] | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class ParallelFigure:
+    """Completed trials as lines across one axis per parameter, plus the objective."""
+
+    title: str
+    note: str | None
+    axes: list[Axis]
+    objectives: list[float]
+
+
+@dataclasses.dataclass(frozen=True)
+class Bar:
+    """One trial on the timeline; times are seconds since the first trial started."""
+
+    row: int
+    start: float
+    end: float
+    status: TrialStatus
+    label: str
+
+
+@dataclasses.dataclass(frozen=True)
+class TimelineFigure:
+    """One row per worker (label includes its busy fraction), one bar per trial."""
+
+    title: str
+    note: str | None
+    rows: list[str]
+    bars: list[Bar]
+
+
+
+
+# -- builders ------------------------------------------------------------------------
+
+
+def regret(trials: Iterable[Trial], name: str) -> RegretFigure:
+    """Build the regret figure: objectives in completion order and the best so far.
+
+    Args:
+        trials: the experiment's trials (any statuses; unfinished ones are ignored).
+        name: the experiment's name, used in the title.
+
+    Returns:
+        The figure record; empty, with a note, when no trial has completed.
+    """
+    finished = sorted((t for t in trials if scored(t) or t.status is TrialStatus.BROKEN), key=_end_key)
+    x: list[int] = []
+    objectives: list[float] = []
+    best: list[float] = []
+    broken_x: list[int] = []
+    broken_at: list[float | None] = []
+    for rank, trial in enumerate(finished, start=1):
+        if trial.status is TrialStatus.BROKEN:
+            broken_x.append(rank)
+            broken_at.append(best[-1] if best else None)
+            continue
+        x.append(rank)
+        objectives.append(float(trial.objective))  # type: ignore[arg-type]
+        best.append(min(objectives[-1], best[-1]) if best else objectives[-1])
+    # Broken trials sit on the best-so-far line; those before any result on the first one.
+    broken_y = [objectives[0] if y is None else y for y in broken_at] if objectives else [0.0] * len(broken_x)
+    labels = [describe(t) for t in finished if t.status is not TrialStatus.BROKEN]
+    broken_labels = [describe(t) for t in finished if t.status is TrialStatus.BROKEN]
+    title = f"{name}: regret"
+    if best:
+        title += f" (best {best[-1]:.4g} after {len(x)} completed, {len(broken_x)} broken)"
+    note = None if x else no_results_note(len(broken_x))
+    return RegretFigure(title, note, x, objectives, labels, best, broken_x, broken_y, broken_labels)
+
+
+def parallel(trials: Iterable[Trial], name: str, space: Space | None = None) -> ParallelFigure:
+    """Build a parallel-coordinates figure of the completed trials, coloured by objective.
+
+    Args:
+        trials: the experiment's trials; only completed ones are drawn.
+        name: the experiment's name, used in the title.
+        space: the experiment's space, if known: it orders the axes, keeps the
+            order of ``choices`` and puts ``loguniform`` dimensions on a log axis.
+            Without it, dimensions with any non-numeric value are categorical.
+
+    Returns:
+        The figure record; empty, with a note, when no trial has completed.
+    """
+    all_trials = list(trials)
+    # Worst first, so the best lines are drawn last, on top.
+    done = sorted(filter(scored, all_trials), key=lambda t: -float(t.objective))  # type: ignore[arg-type]
+    names = list(space) if space is not None else _param_names(done)
+    done = [t for t in done if all(n in t.params for n in names)]
+    objectives = [float(t.objective) for t in done]  # type: ignore[arg-type]
+    axes = [_axis(n, [t.params[n] for t in done], space.get(n) if space else None) for n in names]
+    axes.append(Axis("objective", objectives))
+    broken = sum(t.status is TrialStatus.BROKEN for t in all_trials)
+    note = None if done else no_results_note(broken)
+    title = f"{name}: parallel coordinates of {len(done)} completed trials (darker = lower objective)"
+    return ParallelFigure(title, note, axes, objectives)
+
+
+def timeline(trials: Iterable[Trial], name: str) -> TimelineFigure:
+    """Build the per-worker timeline: a row per worker, a bar per trial it ran.
+
+    A worker's busy fraction is the time its trials ran over the time from its
+    first start to its last end; the title gives the fraction over all workers
+    and the whole span. Running trials end at their last heartbeat. Trials
+    never started, or released (unowned), are not drawn.
+
+    Args:
+        trials: the experiment's trials.
+        name: the experiment's name, used in the title.
+
+    Returns:
+        The figure record; empty, with a note, when no trial has started.
+    """
+    runs: dict[str, list[tuple[float, float, Trial]]] = {}
+    for trial in trials:
+        if trial.worker and trial.start_time is not None:
+            runs.setdefault(trial.worker, []).append((trial.start_time, _end_time(trial), trial))
+    if not runs:
+        return TimelineFigure(f"{name}: worker timeline", "no trial has started yet", [], [])
+    workers = sorted(runs, key=lambda w: (min(s for s, _, _ in runs[w]), w))
+    t0 = min(start for w in workers for start, _, _ in runs[w])
+    t1 = max(end for w in workers for _, end, _ in runs[w])
+    bars = [Bar(row, s - t0, e - t0, t.status, describe(t))
+            for row, w in enumerate(workers) for s, e, t in sorted(runs[w], key=lambda r: r[:2])]
+    busy = {w: _busy_seconds([(s, e) for s, e, _ in runs[w]]) for w in workers}
+    labels = _short_names(workers)
+    rows = [f"{label}  busy {_fraction(busy[w], runs[w]):.0%}" for w, label in zip(workers, labels)]
+    total = sum(busy.values()) / (len(workers) * (t1 - t0)) if t1 > t0 else 1.0
+    count = f"{len(workers)} worker" + ("s" if len(workers) > 1 else "")
+    title = f"{name}: {count} over {t1 - t0:.4g} s, busy {total:.0%} of the time"
+    return TimelineFigure(title, None, rows, bars)
+
+
+# -- builder helpers -----------------------------------------------------------------
+
+
+def scored(trial: Trial) -> bool:
+    return trial.status is TrialStatus.COMPLETED and trial.objective is not None
+
+
+def _end_key(trial: Trial) -> tuple[float, float]:
+    end = trial.end_time if trial.end_time is not None else math.inf
+    return end, trial.submit_time or 0.0
+
+
+def _end_time(trial: Trial) -> float:
+    """When a bar ends: the trial's end, else (still running) its last heartbeat."""
+    start = trial.start_time or 0.0
+    return max(start, trial.end_time or trial.heartbeat or start)
+
+
+def describe(trial: Trial) -> str:
+    params = ", ".join(f"{k}={_fmt(v)}" for k, v in trial.params.items())
+    result = f"objective {trial.objective:.6g}" if trial.objective is not None else trial.status.value
+    if trial.status is TrialStatus.BROKEN and trial.error:
+        result += f": {trial.error.get('type', 'error')}"
+    return f"trial {trial.id[:8]} ({result}) {params}"
+
+
+def _fmt(value: Any) -> str:
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
+def no_results_note(broken: int) -> str:
+    return "no completed trials yet" + (f" ({broken} broken)" if broken else "")
+
+
+def _param_names(trials: Iterable[Trial]) -> list[str]:
+    names: dict[str, None] = {}
+    for trial in trials:
+        names.update(dict.fromkeys(trial.params))
+    return list(names)
+
+
+def _axis(name: str, values: list[Any], prior: Prior | None) -> Axis:
+    """Place one parameter's values on an axis (category index, log10, or as is)."""
+    numeric = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values)
+    categories = prior.categories() if prior is not None else None
+    if categories is not None or not numeric:
+        return _categorical_axis(name, values, categories or [])
+    log_range = prior.log_range() if prior is not None else None
+    if log_range is not None and all(v > 0 for v in values):
+        low, high = math.floor(math.log10(log_range[0])), math.ceil(math.log10(log_range[1]))
+        ticks = [float(p) for p in range(low, high + 1)]
+        return Axis(f"{name} (log)", [math.log10(v) for v in values], ticks, [_decade(p) for p in ticks])
+    return Axis(name, [float(v) for v in values])
+
+
+def _categorical_axis(name: str, values: list[Any], choices: list[Any]) -> Axis:
+    """Categories in the space's order, then any others sorted; keyed by repr so 1 != '1' != True."""
+    text = {repr(v): str(v) for v in [*choices, *values]}
+    order = [repr(c) for c in choices] + sorted(set(text) - {repr(c) for c in choices})
+    index = {key: float(i) for i, key in enumerate(order)}
+    return Axis(name, [index[repr(v)] for v in values], list(index.values()), [text[k] for k in order])
+
+
+def _decade(power: float) -> str:
+    return f"{10.0 ** power:g}" if -3 <= power <= 3 else f"1e{power:.0f}"
+
+
+def _busy_seconds(intervals: list[tuple[float, float]]) -> float:
+    """Total length of the union of intervals (overlaps counted once)."""
+    total, reach = 0.0, -math.inf
+    for start, end in sorted(intervals):
+        if end > reach:
+            total += end - max(start, reach)
+            reach = end
+    return total
+
+
+def _fraction(busy: float, runs: list[tuple[float, float, Trial]]) -> float:
+    """Busy seconds over the worker's own span, first start to last end."""
+    span = max(e for _, e, _ in runs) - min(s for s, _, _ in runs)
+    return busy / span if span > 0 else 1.0
+
+
+def _short_names(workers: list[str]) -> list[str]:
+    """``host:pid`` for ``host:pid:uuid`` worker ids, unless that makes two rows look alike."""
+    short = [":".join(w.split(":")[:2]) if w.count(":") >= 2 else w for w in workers]
+    return short if len(set(short)) == len(short) else list(workers)

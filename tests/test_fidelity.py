@@ -1,0 +1,400 @@
+"""Multi-fidelity: the fidelity prior, ASHA's rung logic and Hyperband's brackets, on hand-built histories.
+
+In-process and fast; the races between real worker processes are in
+``tests/test_fidelity_races.py``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import orchard
+from orchard import plotting
+from orchard.algorithms import Asha, Hyperband, Observation, make_algorithm, normalize_algorithm_config
+from orchard.algorithms._hyperband import bracket_weights
+from orchard.cli import main
+from orchard.errors import ConfigurationError, SpaceError
+from orchard.fidelity import Fidelity
+from orchard.space import Space, parse_prior
+
+SPACE = {"x": "uniform(0, 1)", "epochs": "fidelity(1, 9, base=3)"}
+
+
+def obs(x: float, epochs: int, objective: float) -> Observation:
+    return Observation({"x": x, "epochs": epochs}, objective)
+
+
+def asha(**options: Any) -> Asha:
+    algo = make_algorithm({"asha": options}, Space.from_config(SPACE), seed=0)
+    assert isinstance(algo, Asha)
+    return algo
+
+
+# -- the prior ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "rungs"),
+    [
+        ("fidelity(1, 81, base=3)", (1, 3, 9, 27, 81)),
+        ("fidelity(1, 100)", (1, 3, 9, 27, 81, 100)),
+        ("fidelity(2, 16, base=2)", (2, 4, 8, 16)),
+        ("fidelity(0.5, 4.0, base=2)", (0.5, 1.0, 2.0, 4.0)),
+        ("fidelity(1, 10, base=1.5)", (1, 2, 3, 5, 8, 10)),  # 1.5 and 2.25 both round to 2: one rung
+        ("fidelity(1, 9, base=9)", (1, 9)),
+    ],
+)
+def test_rungs_are_low_times_base_powers_capped_at_high(text: str, rungs: tuple[Any, ...]) -> None:
+    prior = parse_prior("epochs", text)
+    assert isinstance(prior, Fidelity)
+    assert prior.rungs() == rungs
+    assert all(type(r) is type(rungs[0]) for r in prior.rungs())
+    assert parse_prior("epochs", str(prior)) == prior
+
+
+@pytest.mark.parametrize(
+    ("text", "fragment"),
+    [
+        ("fidelity(1)", "takes 2 positional"),
+        ("fidelity(9, 1)", "must be < high"),
+        ("fidelity(0, 9)", "0 < low"),
+        ("fidelity(1, 9, base=1)", "base (1) must be a number > 1"),
+        ("fidelity(1, 9, base='x')", "must be a number > 1"),
+        ("fidelity(1, 9, step=2)", "unexpected keyword"),
+    ],
+)
+def test_bad_fidelity_arguments_name_dimension_and_quote_text(text: str, fragment: str) -> None:
+    with pytest.raises(SpaceError) as info:
+        parse_prior("epochs", text)
+    message = str(info.value)
+    assert "'epochs'" in message and repr(text) in message and fragment in message
+    assert "\n" not in message
+
+
+def test_a_space_holds_at_most_one_fidelity() -> None:
+    with pytest.raises(SpaceError, match="at most one fidelity"):
+        Space.from_config({"a": "fidelity(1, 9)", "b": "fidelity(1, 27)"})
+
+
+@pytest.mark.parametrize("name", ["random", "grid", "bayes"])
+def test_other_algorithms_evaluate_the_fidelity_at_high(name: str) -> None:
+    space = Space.from_config(SPACE)
+    algo = make_algorithm(name, space, seed=3)
+    completed: list[Observation] = []
+    for _ in range(8):  # within the grid's 10 points
+        (params,) = algo.suggest(completed, [])
+        assert params["epochs"] == 9 and type(params["epochs"]) is int
+        completed.append(Observation(params, (params["x"] - 0.3) ** 2))
+
+
+def test_multi_fidelity_algorithms_need_a_fidelity() -> None:
+    for name in ("asha", "hyperband"):
+        with pytest.raises(ConfigurationError, match=f"algorithm '{name}' needs a fidelity dimension"):
+            make_algorithm(name, Space.from_config({"x": "uniform(0, 1)"}))
+
+
+@pytest.mark.parametrize(
+    ("options", "fragment"),
+    [
+        ({"reduction_factor": 1}, "reduction_factor must be a number > 1"),
+        ({"num_rungs": 0}, "num_rungs must be an int >= 1"),
+        ({"sampler": "grid"}, "sampler must be one of random, bayes"),
+        ({"sampler": {"bayes": {"nope": 1}}}, "no option 'nope'"),
+    ],
+)
+def test_bad_asha_options_are_rejected(options: dict[str, Any], fragment: str) -> None:
+    with pytest.raises(ConfigurationError, match=fragment):
+        normalize_algorithm_config({"asha": options})
+
+
+def test_num_rungs_beyond_the_fidelity_is_rejected() -> None:
+    with pytest.raises(ConfigurationError, match="num_rungs=4 exceeds the 3 rungs"):
+        asha(num_rungs=4)
+
+
+def test_sampler_options_are_normalized() -> None:
+    config = normalize_algorithm_config({"asha": {"sampler": "bayes"}})
+    assert config["asha"]["sampler"]["bayes"]["n_initial_points"] == 10
+
+
+# -- ASHA's rung logic ----------------------------------------------------------------
+
+
+def test_empty_history_samples_at_the_lowest_rung() -> None:
+    (params,) = asha().suggest([], [])
+    assert params["epochs"] == 1
+
+
+def test_promotes_the_best_of_a_rung_once_it_has_eta_results() -> None:
+    algo = asha()
+    two = [obs(0.1, 1, 5.0), obs(0.2, 1, 1.0)]
+    assert algo.suggest(two, [])[0]["epochs"] == 1  # quota floor(2/3) = 0: sample
+    three = [*two, obs(0.3, 1, 3.0)]
+    assert algo.suggest(three, []) == [{"x": 0.2, "epochs": 3}]
+    assert algo.parent_of({"x": 0.2, "epochs": 3}) == {"x": 0.2, "epochs": 1}
+    assert algo.parent_of({"x": 0.2, "epochs": 1}) is None
+
+
+def test_a_pending_promotion_counts_as_promoted() -> None:
+    algo = asha()
+    three = [obs(0.1, 1, 5.0), obs(0.2, 1, 1.0), obs(0.3, 1, 3.0)]
+    (params,) = algo.suggest(three, [{"x": 0.2, "epochs": 3}])
+    assert params["epochs"] == 1 and params["x"] not in (0.1, 0.2, 0.3)
+
+
+def test_quota_counts_promotions_of_trials_no_longer_on_top() -> None:
+    algo = asha()
+    # 0.2 was promoted when it led; three better trials arrived since. Quota floor(6/3) = 2,
+    # one slot left: it goes to the best not yet promoted, and then the rung is full.
+    rung0 = [obs(0.2, 1, 1.0), obs(0.1, 1, 5.0), obs(0.3, 1, 3.0),
+             obs(0.4, 1, 0.5), obs(0.5, 1, 0.4), obs(0.6, 1, 0.3)]
+    history = [*rung0, obs(0.2, 3, 2.0)]
+    assert algo.suggest(history, []) == [{"x": 0.6, "epochs": 3}]
+    (params,) = algo.suggest(history, [{"x": 0.6, "epochs": 3}])
+    assert params["epochs"] == 1
+
+
+def test_rungs_are_scanned_from_the_top() -> None:
+    algo = asha()
+    rung0 = [obs(x / 10, 1, float(x)) for x in range(1, 10)]  # quota 3
+    rung1 = [obs(0.1, 3, 1.0), obs(0.2, 3, 2.0), obs(0.3, 3, 0.5)]  # quota 1
+    assert algo.suggest([*rung0, *rung1], []) == [{"x": 0.3, "epochs": 9}]
+
+
+def test_liar_values_never_rank() -> None:
+    """Only completed objectives rank; pending points (whatever a sampler lies about them) do not."""
+    algo = asha(sampler={"bayes": {"n_initial_points": 2, "liar": "cl_min"}}, min_points=2)
+    rung0 = [obs(0.1, 1, 5.0), obs(0.2, 1, 4.0)]
+    pending = [{"x": 0.9, "epochs": 1}, {"x": 0.8, "epochs": 1}, {"x": 0.7, "epochs": 1}]
+    (params,) = algo.suggest(rung0, pending)
+    assert params["epochs"] == 1  # two completed: quota 0, whatever is pending
+
+
+def test_ties_break_the_same_way_for_every_worker() -> None:
+    rung0 = [obs(0.1, 1, 1.0), obs(0.2, 1, 1.0), obs(0.3, 1, 1.0)]
+    first = asha().suggest(rung0, [])
+    assert first == asha().suggest(list(reversed(rung0)), [])
+    assert make_algorithm("asha", Space.from_config(SPACE), seed=99).suggest(rung0, []) == first
+
+
+def test_top_rung_trials_are_never_promoted() -> None:
+    algo = asha()
+    top = [obs(x / 10, 9, float(x)) for x in range(1, 7)]
+    assert algo.suggest(top, [])[0]["epochs"] == 1
+
+
+def test_num_rungs_raises_the_lowest_fidelity() -> None:
+    algo = asha(num_rungs=2)
+    assert algo.rungs == (3, 9)
+    assert algo.suggest([], [])[0]["epochs"] == 3
+    assert algo.parent_of({"x": 0.5, "epochs": 3}) is None
+
+
+def test_reduction_factor_sets_the_quota() -> None:
+    algo = asha(reduction_factor=2)
+    two = [obs(0.1, 1, 5.0), obs(0.2, 1, 1.0)]
+    assert algo.suggest(two, []) == [{"x": 0.2, "epochs": 3}]
+
+
+def test_several_suggestions_in_one_call_are_distinct() -> None:
+    algo = asha()
+    rung0 = [obs(x / 10, 1, float(x)) for x in range(1, 7)]  # quota 2
+    points = algo.suggest(rung0, [], n=4)
+    assert points[:2] == [{"x": 0.1, "epochs": 3}, {"x": 0.2, "epochs": 3}]
+    assert [p["epochs"] for p in points[2:]] == [1, 1] and points[2] != points[3]
+
+
+def test_bayes_sampler_fits_on_the_highest_rung_with_enough_results() -> None:
+    algo = asha(sampler={"bayes": {"n_initial_points": 3}}, min_points=3)
+    algo.ladder.update([obs(0.1, 1, 1.0), obs(0.2, 1, 2.0), obs(0.3, 1, 3.0), obs(0.1, 3, 1.0)])
+    assert algo._fit_rung() == [obs(0.1, 1, 1.0), obs(0.2, 1, 2.0), obs(0.3, 1, 3.0)]
+    # the rung-1 fit is then used: the surrogate's point lands at the lowest rung, unseen
+    history = [obs(x / 20, 1, (x / 20 - 0.7) ** 2) for x in range(1, 7)] + [obs(0.05, 3, 0.4)]
+    (params,) = algo.suggest(history, [{"x": 0.3, "epochs": 3}, {"x": 0.25, "epochs": 3}])
+    assert params["epochs"] == 1
+
+
+def run_sequential(algo: Asha, trials: int) -> list[Observation]:
+    completed: list[Observation] = []
+    for _ in range(trials):
+        (params,) = algo.suggest(completed, [])
+        completed.append(Observation(params, (params["x"] - 0.3) ** 2 + 1 / params["epochs"]))
+    return completed
+
+
+def assert_rung_invariants(algo: Asha, history: list[Observation]) -> None:
+    """Every promotion has a completed parent one rung down; each rung's promotions fit its quota."""
+    by_params = {tuple(sorted(o.params.items())): o for o in history}
+    for bracket in algo.brackets():
+        for rung in range(algo.start_rung(bracket), len(algo.rungs) - 1):
+            below = [o for o in history if algo.rung_index(o.params) == rung and algo.bracket_of(o.params) == bracket]
+            above = [o for o in history if algo.rung_index(o.params) == rung + 1
+                     and algo.bracket_of(o.params) == bracket]
+            assert len(above) <= len(below) // algo.eta
+            for child in above:
+                parent = algo.parent_of(child.params)
+                assert parent is not None and tuple(sorted(parent.items())) in by_params
+
+
+def test_sequential_asha_keeps_the_rung_invariants() -> None:
+    algo = make_algorithm("asha", Space.from_config({"x": "uniform(0, 1)", "epochs": "fidelity(1, 27)"}), seed=4)
+    assert isinstance(algo, Asha)
+    history = run_sequential(algo, 60)
+    assert_rung_invariants(algo, history)
+    assert any(o.params["epochs"] == 27 for o in history)
+
+
+# -- Hyperband -------------------------------------------------------------------------
+
+
+def test_bracket_weights_follow_the_paper() -> None:
+    # R = 81, eta = 3 (five rungs): n = 81, 34, 15, 8, 5 for s = 4 .. 0.
+    assert bracket_weights(5, 3) == [81, 34, 15, 8, 5]
+
+
+def test_brackets_are_a_function_of_the_params_without_fidelity() -> None:
+    space = Space.from_config({"x": "uniform(0, 1)", "epochs": "fidelity(1, 81)"})
+    one, two = make_algorithm("hyperband", space, seed=1), make_algorithm("hyperband", space, seed=2)
+    assert isinstance(one, Hyperband) and isinstance(two, Hyperband)
+    counts = [0] * 5
+    for i in range(2000):
+        point = {"x": i / 2000, "epochs": 1}
+        assert one.bracket_of(point) == two.bracket_of(point) == one.bracket_of({**point, "epochs": 27})
+        counts[one.bracket_of(point)] += 1
+    expected = [2000 * w / 143 for w in bracket_weights(5, 3)]
+    for seen, want in zip(counts, expected):
+        assert abs(seen - want) < 5 * math.sqrt(want) + 5
+
+
+def test_hyperband_new_points_start_at_their_brackets_rung() -> None:
+    space = Space.from_config({"x": "uniform(0, 1)", "epochs": "fidelity(1, 81)"})
+    algo = make_algorithm("hyperband", space, seed=5)
+    assert isinstance(algo, Hyperband)
+    starts = set()
+    pending: list[dict[str, Any]] = []
+    for _ in range(200):
+        (params,) = algo.suggest([], pending)
+        pending.append(params)
+        assert algo.rung_index(params) == algo.bracket_of(params)
+        assert algo.parent_of(params) is None
+        starts.add(params["epochs"])
+    assert starts == {1, 3, 9, 27, 81}
+
+
+def test_sequential_hyperband_keeps_the_rung_invariants_in_every_bracket() -> None:
+    space = Space.from_config({"x": "uniform(0, 1)", "epochs": "fidelity(1, 27)"})
+    algo = make_algorithm("hyperband", space, seed=6)
+    assert isinstance(algo, Hyperband)
+    history = run_sequential(algo, 80)
+    assert_rung_invariants(algo, history)
+    assert {algo.bracket_of(o.params) for o in history} == {0, 1, 2, 3}
+
+
+def test_num_brackets_keeps_the_most_aggressive() -> None:
+    algo = make_algorithm({"hyperband": {"num_brackets": 2}}, Space.from_config(SPACE), seed=0)
+    assert isinstance(algo, Hyperband)
+    assert list(algo.brackets()) == [0, 1]
+    assert {algo.bracket_of({"x": i / 100, "epochs": 1}) for i in range(100)} == {0, 1}
+
+
+# -- status, info and the rungs plot ------------------------------------------------------
+
+
+def run_small_asha(storage: str) -> orchard.Experiment:
+    exp = orchard.build_experiment("mf", space={"x": "uniform(0, 1)", "epochs": "fidelity(1, 27)"},
+                                   algorithm="asha", storage=storage, max_trials=30, seed=1)
+    exp.workon(lambda x, epochs: (x - 0.3) ** 2 + 1 / epochs, executor="single", progress=False)
+    return exp
+
+
+def test_status_and_info_show_rung_counts(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    storage = str(tmp_path / "o.pkl")
+    exp = run_small_asha(storage)
+    assert main(["status", "-n", "mf", "--storage", storage, "--json"]) == 0
+    status = json.loads(capsys.readouterr().out)
+    rows = status["rungs"]["rungs"]
+    assert status["rungs"]["dimension"] == "epochs"
+    assert [r["fidelity"] for r in rows] == [1, 3, 9, 27]
+    assert sum(r["completed"] for r in rows) == 30
+    assert rows[0]["promoted"] == 0
+    promoted = sum(t.parent is not None for t in exp.fetch_trials())
+    assert sum(r["promoted"] for r in rows) == promoted > 0
+    for command in ("status", "info"):
+        assert main([command, "-n", "mf", "--storage", storage]) == 0
+        line = next(ln for ln in capsys.readouterr().out.splitlines() if "rungs:" in ln)
+        assert f"1: {rows[0]['completed']} completed" in line and "(by epochs)" in line
+
+
+def test_rungs_plot_draws_promotions_as_lines(tmp_path: Path) -> None:
+    exp = run_small_asha(str(tmp_path / "o.pkl"))
+    trials = exp.fetch_trials()
+    figure = plotting.make_figure("rungs", trials, "mf", exp.space)
+    assert isinstance(figure, plotting.RungsFigure)
+    assert sorted(figure.x) == sorted(float(t.params["epochs"]) for t in trials)
+    by_id = {t.id: t for t in trials}
+    expected = sorted(((float(by_id[t.parent].params["epochs"]), by_id[t.parent].objective),
+                       (float(t.params["epochs"]), t.objective)) for t in trials if t.parent)
+    assert sorted(figure.promotions) == expected and expected
+    for suffix in (".png", ".html"):
+        out = tmp_path / f"rungs{suffix}"
+        assert main(["plot", "rungs", "-n", "mf", "--storage", str(tmp_path / "o.pkl"), "-o", str(out)]) == 0
+        assert out.stat().st_size > 10_000
+
+
+def test_the_incremental_ladder_suggests_what_a_fresh_one_does() -> None:
+    """The worker hands the same, growing list each time: the cache must change no suggestion."""
+    space = Space.from_config({"x": "uniform(0, 1)", "y": "uniform(0, 1)", "epochs": "fidelity(1, 27)"})
+    for name in ("asha", "hyperband"):
+        cached = make_algorithm(name, space, seed=7)
+        history: list[Observation] = []  # one list, appended to, as the worker's
+        for _ in range(80):
+            pending = [{"x": 0.5, "y": 0.5, "epochs": 1}]
+            (params,) = cached.suggest(history, pending)
+            assert make_algorithm(name, space, seed=7).suggest(list(history), pending) == [params]
+            history.append(Observation(params, (params["x"] - 0.3) ** 2 + params["y"] / params["epochs"]))
+        shuffled = history[::-1]  # another sequence: rebuilt, same answer
+        assert cached.suggest(shuffled, []) == make_algorithm(name, space, seed=7).suggest(shuffled, [])
+
+
+def test_a_registered_but_not_completed_promotion_uses_its_slot() -> None:
+    """A promotion that broke is neither completed nor pending, but it is taken: no second slot for it."""
+    from orchard.algorithms.base import SeenPoints
+
+    algo = asha()
+    rung0 = [obs(0.1, 1, 5.0), obs(0.2, 1, 1.0), obs(0.3, 1, 3.0)]
+    seen = SeenPoints([o.params for o in rung0] + [{"x": 0.2, "epochs": 3}])
+    (params,) = algo.suggest(rung0, [], seen=seen)
+    assert params["epochs"] == 1
+
+
+def test_ask_and_tell_register_promotions_with_their_parent() -> None:
+    exp = orchard.build_experiment("ask", space=SPACE, algorithm="asha", storage="memory://", max_trials=12)
+    for _ in range(12):
+        trial = exp.suggest()
+        exp.observe(trial, (trial.params["x"] - 0.3) ** 2 + 1 / trial.params["epochs"])
+    trials = {t.id: t for t in exp.fetch_trials()}
+    promoted = [t for t in trials.values() if t.parent is not None]
+    assert promoted
+    for child in promoted:
+        parent = trials[child.parent]  # type: ignore[index]
+        assert parent.params == {**child.params, "epochs": 1} and child.params["epochs"] == 3
+
+
+def test_bohb_style_sampler_runs_a_whole_experiment() -> None:
+    algorithm = {"hyperband": {"sampler": {"bayes": {"n_initial_points": 4}}, "min_points": 4}}
+    exp = orchard.build_experiment("bohb", space=SPACE, algorithm=algorithm, storage="memory://",
+                                   max_trials=30, seed=3)
+    exp.workon(lambda x, epochs: (x - 0.3) ** 2 + 1 / epochs, executor="single", progress=False)
+    trials = exp.fetch_trials()
+    assert len(trials) == 30 and all(t.status.value == "completed" for t in trials)
+    assert any(t.parent is not None for t in trials)
+
+
+def test_an_experiment_whose_algorithm_needs_a_fidelity_is_refused_before_it_is_stored() -> None:
+    with pytest.raises(ConfigurationError, match="algorithm 'asha' needs a fidelity dimension"):
+        orchard.build_experiment("nofid", space={"x": "uniform(0, 1)"}, algorithm="asha", storage="memory://")
