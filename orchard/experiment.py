@@ -8,6 +8,7 @@ on every machine runs with the same space, algorithm and budget.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import pickle
 import sys
 import threading
@@ -25,7 +26,8 @@ from orchard.errors import (
     OrchardError,
 )
 from orchard.executors import make_executor
-from orchard.objective import Outcome, TrialEvaluator, call_objective, interpret_result
+from orchard.naming import check_experiment_name
+from orchard.objective import Outcome, TrialEvaluator, call_objective, check_objective, interpret_result
 from orchard.space import Space
 from orchard.storages import BaseStorage, get_storage
 from orchard.storages.base import ExperimentRecord
@@ -33,6 +35,10 @@ from orchard.trial import Trial, TrialStatus
 from orchard.worker import History, Worker, WorkerReport, WorkerSettings
 
 __all__ = ["Experiment", "build_experiment", "get_experiment", "run_worker"]
+
+log = logging.getLogger(__name__)
+
+_TIME_COLUMNS = frozenset({"submit_time", "start_time", "end_time", "heartbeat"})
 
 
 def build_experiment(
@@ -70,6 +76,7 @@ def build_experiment(
         ConfigurationError: invalid options, or no space to create a new experiment.
         StorageError: the storage cannot be used.
     """
+    check_experiment_name(name)
     store = get_storage(_config.resolve("storage", storage))
     wanted_space = Space.from_config(space) if space is not None else None
     wanted_algo = normalize_algorithm_config(algorithm) if algorithm is not None else None
@@ -174,6 +181,15 @@ def run_worker(task: WorkerTask) -> WorkerReport:
         task.storage.close()
 
 
+def _log_if_budget_met(experiment: Experiment) -> None:
+    """Say so when ``workon`` has nothing to do, instead of returning silently."""
+    done = experiment.storage.count_trials(experiment.id)[TrialStatus.COMPLETED]
+    if experiment.max_trials is not None and done >= experiment.max_trials:
+        log.warning("experiment %r has already completed its %d trials (max_trials=%d); nothing to do. "
+                    "Raise max_trials, or use a new experiment name", experiment.name, done,
+                    experiment.max_trials)
+
+
 class Experiment:
     """A handle on one experiment in a storage (cheap; many may exist at once)."""
 
@@ -255,11 +271,14 @@ class Experiment:
 
         Raises:
             ExperimentBrokenError: ``max_broken`` trials broke; the message shows the last error.
+            ConfigurationError: ``fn`` is not callable or cannot take the space's names; bad options.
         """
+        check_objective(fn, self.space)
         _check_positive("trial_timeout", trial_timeout)
         pool_manager = make_executor(executor, n_workers, executor_config)  # validates name and size
         self.refresh()  # another process may have raised the budget since this handle was made
         budget = self._call_budget(max_trials)
+        _log_if_budget_met(self)
         settings = self._settings(max_trials=budget, idle_timeout=idle_timeout)
         task = WorkerTask(self.storage, self.id, settings, fn, trial_timeout)
         if executor not in ("single", "thread"):
@@ -415,6 +434,9 @@ class Experiment:
     def to_pandas(self) -> Any:
         """A ``pandas.DataFrame`` with one row per trial (params prefixed ``params.``).
 
+        The times (``submit_time``, ``start_time``, ``end_time``, ``heartbeat``) are
+        timezone-aware UTC datetimes (``NaT`` when unset).
+
         Raises:
             ConfigurationError: pandas is not installed.
         """
@@ -428,7 +450,10 @@ class Experiment:
             row.update({f"params.{k}": v for k, v in trial.params.items()})
             row.update({f"results.{k}": v for k, v in trial.results.items()})
             rows.append(row)
-        return pd.DataFrame(rows)
+        frame = pd.DataFrame(rows)
+        for column in _TIME_COLUMNS.intersection(frame.columns):
+            frame[column] = pd.to_datetime(frame[column], unit="s", utc=True)
+        return frame
 
 
 class _Monitor:

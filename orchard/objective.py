@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import abc
 import dataclasses
+import inspect
+import json
 import math
 import multiprocessing
 import os
@@ -18,13 +20,14 @@ import select
 import signal
 import time
 import traceback
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
+from orchard.errors import ConfigurationError
 from orchard.space import to_builtin
 from orchard.trial import Trial
 
-__all__ = ["Outcome", "TrialEvaluator", "call_objective", "interpret_result"]
+__all__ = ["Outcome", "TrialEvaluator", "call_objective", "check_objective", "interpret_result"]
 
 
 @dataclasses.dataclass
@@ -66,12 +69,50 @@ class TrialEvaluator(abc.ABC):
         """Evaluate ``trial``; never raise for a failure of the objective itself."""
 
 
+def check_objective(fn: object, names: Iterable[str]) -> None:
+    """Refuse, before any trial is reserved, an objective that cannot be called as ``fn(**params)``.
+
+    A :class:`TrialEvaluator` takes the whole trial and is not checked further;
+    a callable without an inspectable signature is left to the call.
+
+    Args:
+        fn: what was given as the objective.
+        names: the space's dimension names.
+
+    Raises:
+        ConfigurationError: ``fn`` is not callable, or its signature cannot take exactly
+            those keyword arguments (a required parameter the space lacks, a dimension it
+            does not accept, a positional-only parameter).
+    """
+    if isinstance(fn, TrialEvaluator):
+        return
+    if not callable(fn):
+        raise ConfigurationError(
+            f"the objective {fn!r:.60} ({type(fn).__name__}) is not callable; pass a function "
+            "called as fn(**params) that returns a number or a dict with 'objective'"
+        )
+    try:
+        signature = inspect.signature(fn)
+    except (TypeError, ValueError):  # some builtins and C extensions have none: the call decides
+        return
+    names = list(names)
+    try:
+        signature.bind(**{name: None for name in names})
+    except TypeError as err:
+        label = getattr(fn, "__qualname__", None) or type(fn).__name__
+        raise ConfigurationError(
+            f"objective {label}{signature} cannot be called with the space's parameters "
+            f"{', '.join(names)}: {err}; make its parameters the space's names (or add **params)"
+        ) from None
+
+
 def interpret_result(value: Any) -> Outcome:
     """Turn what an objective returned into an :class:`Outcome`.
 
     A finite number is the objective; a mapping must hold a finite numeric
     ``"objective"``, and its other keys become extra results. NaN, infinity,
-    strings, ``None`` and mappings without ``"objective"`` are errors.
+    strings, ``None``, mappings without ``"objective"`` and extra results that are
+    not JSON data (so no storage could hold them) are errors.
     """
     results: dict[str, Any] = {}
     if isinstance(value, Mapping):
@@ -80,6 +121,9 @@ def interpret_result(value: Any) -> Outcome:
                 "InvalidResult", f"result mapping has no 'objective' key (keys: {sorted(map(str, value))})"
             )
         results = {str(k): to_builtin(v) for k, v in value.items() if k != "objective"}
+        unstorable = _unstorable(results)
+        if unstorable is not None:
+            return Outcome.failure("InvalidResult", unstorable, reason="unstorable")
         value = value["objective"]
     value = to_builtin(value)
     if isinstance(value, bool) or not isinstance(value, (int, float)):
@@ -89,6 +133,17 @@ def interpret_result(value: Any) -> Outcome:
     if not math.isfinite(value):
         return Outcome.failure("InvalidResult", f"objective is {value!r}; it must be a finite number")
     return Outcome(objective=float(value), results=results)
+
+
+def _unstorable(results: Mapping[str, Any]) -> str | None:
+    """Why ``results`` cannot be stored (every storage and ``db dump`` take JSON data), or ``None``."""
+    for key, item in results.items():
+        try:
+            json.dumps(item)
+        except (TypeError, ValueError) as err:
+            return (f"result {key!r} cannot be stored: {type(item).__name__} {item!r:.60} is not JSON data "
+                    f"({err}); return numbers, strings, lists or dicts")
+    return None
 
 
 def call_objective(

@@ -43,6 +43,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from orchard.errors import ConfigurationError, SpaceError
+from orchard.naming import folder_in
 from orchard.objective import Outcome, TrialEvaluator, interpret_result
 from orchard.report import RESULTS_ENV
 from orchard.trial import Trial
@@ -58,6 +59,8 @@ STDERR_TAIL_LINES = 20
 
 _DIMENSION = re.compile(r"^(?P<dashes>-{0,2})(?P<option>[A-Za-z_][A-Za-z0-9_.-]*)~(?P<prior>.*)$", re.DOTALL)
 _PRIOR_CALL = re.compile(r"^\s*[A-Za-z_]\w*\s*\(")
+# looks like a dimension (dashes or nothing, then ~prior(...)) but its name is empty or invalid
+_BAD_DIMENSION = re.compile(r"^(-{1,2}[^=~]*|)~\s*[A-Za-z_]\w*\s*\(")
 _INTERPRETERS = re.compile(r"^(python[\d.]*|pypy[\d.]*|bash|sh|zsh|Rscript|julia|node|perl|ruby)$")
 _SCRIPT_SUFFIXES = (".py", ".sh", ".R", ".r", ".jl", ".js", ".pl", ".rb")
 
@@ -100,6 +103,9 @@ class CommandTemplate:
         space: dict[str, str] = {}
         for token in tokens:
             match = _DIMENSION.match(token)
+            if match is None and _BAD_DIMENSION.match(token):
+                raise SpaceError(f"token {token!r} defines a dimension without a valid name; write "
+                                 "--name~'prior' with a name of letters, digits and _ (e.g. --lr~'uniform(0, 1)')")
             if match is None or (not match["dashes"] and not _PRIOR_CALL.match(match["prior"])):
                 slots.append(_Slot(token))
                 continue
@@ -224,6 +230,7 @@ class ScriptRunner(TrialEvaluator):
         working_dir: absolute folder under which each trial gets ``TRIAL_ID/``.
         timeout: seconds after which the script's process group is killed.
         grace: seconds between SIGTERM and SIGKILL when stopping a script.
+        interrupted: ids of the trials whose script this runner stopped on an interruption.
     """
 
     template: CommandTemplate
@@ -231,6 +238,7 @@ class ScriptRunner(TrialEvaluator):
     working_dir: str
     timeout: float | None = None
     grace: float = 5.0
+    interrupted: list[str] = dataclasses.field(default_factory=list, compare=False, repr=False)
 
     def __call__(self, trial: Trial) -> Outcome:
         """Run the command for ``trial`` and return its outcome (never raises for script failures).
@@ -241,18 +249,24 @@ class ScriptRunner(TrialEvaluator):
         folder = os.path.join(self.working_dir, trial.id)
         results = os.path.join(folder, RESULTS_FILE)
         try:
+            folder = folder_in(self.working_dir, trial.id)  # a stored id never leaves working_dir
             os.makedirs(folder, exist_ok=True)
             if os.path.exists(results):
                 os.remove(results)  # left by an earlier, interrupted attempt
-        except OSError as err:
-            return Outcome.failure("OSError", f"cannot prepare trial folder {folder}: {err}", reason="setup")
+        except (OSError, ConfigurationError) as err:
+            return Outcome.failure(type(err).__name__, f"cannot prepare trial folder {folder}: {err}",
+                                   reason="setup")
         argv = self.template.render(trial.params, {
             "trial.id": trial.id, "trial.working_dir": folder, "exp.name": self.experiment,
         })
         env = {**os.environ, "ORCHARD_EXPERIMENT_NAME": self.experiment, "ORCHARD_TRIAL_ID": trial.id,
                "ORCHARD_WORKING_DIR": folder, RESULTS_ENV: results}
         log.debug("trial %s: running %s in %s", trial.id, argv, folder)
-        returncode, timed_out = self._run(argv, folder, env)
+        try:
+            returncode, timed_out = self._run(argv, folder, env)
+        except KeyboardInterrupt:
+            self.interrupted.append(trial.id)  # what `hunt` reports after Ctrl-C
+            raise
         outcome = returncode if isinstance(returncode, Outcome) else _outcome(
             folder, returncode, timed_out, self.timeout)
         if outcome.error is not None:

@@ -275,6 +275,40 @@ def test_ctrl_c_releases_the_trial_and_the_next_hunt_takes_it(workdir: Path, sig
     assert len(done) == 2
 
 
+HANG = r'''
+import os, sys, time
+folder = sys.argv[1]
+with open(os.path.join(folder, f"{os.getpid()}.tmp"), "w") as handle:
+    handle.write(str(os.getpid()))
+os.replace(os.path.join(folder, f"{os.getpid()}.tmp"), os.path.join(folder, f"{os.getpid()}.pid"))
+time.sleep(120)
+'''
+
+
+@pytest.mark.slow
+def test_sigint_to_a_multi_worker_hunt_reaches_its_workers(workdir: Path) -> None:
+    """``kill -INT`` on the hunt's pid alone (a scheduler, a supervisor) stops every local worker."""
+    (workdir / "hang.py").write_text(HANG)
+    started = workdir / "started"
+    started.mkdir()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ORCHARD_")}
+    command = [sys.executable, "-m", "orchard.cli", "hunt", "-n", "e", "--max-trials", "6", "--n-workers", "2",
+               sys.executable, "hang.py", str(started), "--x~uniform(0, 1)"]
+    proc = subprocess.Popen(command, cwd=workdir, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    deadline = time.monotonic() + 120
+    while len(list(started.glob("*.pid"))) < 2:
+        assert time.monotonic() < deadline and proc.poll() is None, proc.communicate()
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert err.strip().splitlines()[-1] == "orchard: interrupted; 2 of 2 running trial(s) released (status interrupted)"
+    for marker in started.glob("*.pid"):
+        assert_dead(marker)
+    assert sorted(t.status.value for t in trials("e")) == ["interrupted", "interrupted"]
+
+
 @pytest.mark.slow
 def test_n_workers_runs_local_workers_through_the_executor(workdir: Path) -> None:
     proc = cli("hunt", "-n", "e", "--max-trials", "8", "--n-workers", "2", *train(), cwd=workdir)

@@ -42,7 +42,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     load.add_argument("-n", "--name", metavar="NEWNAME", help="load the (single) experiment under this name")
     load.set_defaults(func=_run_load)
 
-    rm = commands.add_parser("rm", help="delete an experiment and all its trials")
+    rm = commands.add_parser("rm", help="delete an experiment and all its trials (keep a copy with dump first)")
     add_name(rm)
     rm.add_argument("--yes", "-y", action="store_true", help="do not ask for confirmation")
     rm.set_defaults(func=_run_rm)
@@ -95,12 +95,15 @@ def _run_rm(args: argparse.Namespace) -> int:
     experiment = open_experiment(args)
     storage = experiment.storage
     n_trials = sum(storage.count_trials(experiment.id).values())
+    where = f" --storage {storage.redacted_uri}" if getattr(args, "storage", None) else ""
+    backup = f"orchard db dump -n {experiment.name}{where} -o {experiment.name}.json"
     if not args.yes:
         if not sys.stdin.isatty():
             raise ConfigurationError(
                 f"refusing to delete experiment {experiment.name!r} ({n_trials} trials) without "
-                "confirmation: no terminal to ask on; add --yes"
+                f"confirmation: no terminal to ask on; keep a copy first with '{backup}', then add --yes"
             )
+        print(f"to keep a copy, answer no and run '{backup}' first", file=sys.stderr)
         if not confirm(f"delete experiment {experiment.name!r} and its {n_trials} trials "
                        f"from {storage.redacted_uri}?"):
             print("nothing deleted")

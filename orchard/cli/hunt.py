@@ -11,21 +11,25 @@ from __future__ import annotations
 import argparse
 import os
 import signal
+import socket
 import threading
+import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from orchard.cli._args import UsageError, add_common, add_name, format_params
+from orchard.trial import TrialStatus
 
 if TYPE_CHECKING:  # pragma: no cover
     from orchard.experiment import Experiment
-    from orchard.runner import CommandTemplate
+    from orchard.runner import CommandTemplate, ScriptRunner
     from orchard.storages import BaseStorage
 
 __all__ = ["add_parser", "run"]
 
+_WORKER_EXIT_TIMEOUT = 30.0  # seconds for interrupted local workers to stop their scripts and release
 _INTS = ("max_trials", "max_broken", "n_workers", "seed")
 _FLOATS = ("heartbeat", "idle_timeout", "trial_timeout")
 
@@ -149,11 +153,13 @@ def _cast(key: str, value: Any) -> Any:
 
 
 def _hunt(args: argparse.Namespace, setting: Callable[[str], Any]) -> int:
+    from orchard.naming import check_experiment_name
     from orchard.storages import get_storage
 
     name = setting("name")
     if not name:
         raise UsageError("hunt needs an experiment name: -n NAME (or name: in --config)")
+    check_experiment_name(name)
     tokens = list(args.command)
     if tokens[:1] == ["--"]:
         tokens = tokens[1:]
@@ -237,28 +243,51 @@ def _budget_met(experiment: Experiment) -> bool:
     return True
 
 
-def _interrupt_local_workers() -> None:
-    """Pass SIGTERM on, as SIGINT, to local worker processes so they release their trials.
+def _stop_local_workers(experiment: Experiment, runner: ScriptRunner) -> str:
+    """Pass an interruption on, as SIGINT, to local worker processes; wait for them; say what happened.
 
-    Ctrl-C in a terminal reaches the whole process group; a SIGTERM sent to this
-    process alone would leave the workers running (and the exit waiting for them).
+    Ctrl-C in a terminal reaches the whole process group, but a SIGINT or SIGTERM sent to
+    this process alone (``kill``, a scheduler, a supervisor) would leave the workers
+    running to the end of the budget. Returns e.g. ``"2 running trials were released"``.
     """
     import multiprocessing
 
-    for child in multiprocessing.active_children():
-        if child.pid is not None:
-            try:
-                os.kill(child.pid, signal.SIGINT)
-            except ProcessLookupError:
-                pass
+    children = [c for c in multiprocessing.active_children() if c.pid is not None]
+    mine = _reserved_by(experiment, {os.getpid()} | {c.pid for c in children if c.pid is not None})
+    for child in children:
+        try:
+            os.kill(child.pid, signal.SIGINT)  # type: ignore[arg-type]
+        except ProcessLookupError:
+            pass
+    deadline = time.monotonic() + _WORKER_EXIT_TIMEOUT
+    for child in children:
+        child.join(max(deadline - time.monotonic(), 0.1))
+    mine |= set(runner.interrupted)  # the in-process worker released its trial before we got here
+    released = sum(t is not None and t.status is TrialStatus.INTERRUPTED
+                   for t in map(experiment.storage.get_trial, mine))
+    if not mine:
+        return "no trial was running"
+    return f"{released} of {len(mine)} running trial(s) released (status interrupted)"
+
+
+def _reserved_by(experiment: Experiment, pids: set[int]) -> set[str]:
+    """Ids of the experiment's reserved trials owned by workers of this host with one of ``pids``."""
+    host = socket.gethostname()
+    owned = set()
+    for trial in experiment.fetch_trials([TrialStatus.RESERVED]):
+        host_part, _, rest = (trial.worker or "").partition(":")
+        if host_part == host and rest.split(":", 1)[0] in {str(pid) for pid in pids}:
+            owned.add(trial.id)
+    return owned
 
 
 def _work(experiment: Experiment, template: CommandTemplate, setting: Callable[[str], Any]) -> int:
-    from orchard.cli import Terminated
     from orchard.runner import ScriptRunner
 
-    base = setting("working_dir") or experiment.config.get("working_dir") or os.path.join("orchard-runs",
-                                                                                         experiment.name)
+    from orchard.naming import folder_in
+
+    base = setting("working_dir") or experiment.config.get("working_dir") or folder_in("orchard-runs",
+                                                                                       experiment.name)
     runner = ScriptRunner(template, experiment.name, os.path.abspath(base), setting("trial_timeout"))
     n_workers = setting("n_workers") or 1
     executor = setting("executor") or "joblib"
@@ -269,9 +298,8 @@ def _work(experiment: Experiment, template: CommandTemplate, setting: Callable[[
             runner, n_workers=n_workers, executor=executor, idle_timeout=setting("idle_timeout"),
             executor_config=_mapping_or_name("executor_config", setting("executor_config")),
         )
-    except Terminated:
-        _interrupt_local_workers()
-        raise
+    except KeyboardInterrupt as err:  # Ctrl-C, SIGINT or SIGTERM (Terminated)
+        raise type(err)(_stop_local_workers(experiment, runner)) from None
     counts = stats["counts"]
     best = ""
     if stats["best_objective"] is not None:

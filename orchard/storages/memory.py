@@ -61,9 +61,9 @@ class MemoryStorage(BaseStorage):
 
     # -- experiments -----------------------------------------------------------
 
-    def create_experiment(self, name: str, config: Mapping[str, Any]) -> str:
+    def create_experiment(self, name: str, config: Mapping[str, Any], created: float | None = None) -> str:
         with self._lock:
-            self._table.create_experiment(name, config, self.now())
+            self._table.create_experiment(name, config, self.now() if created is None else created)
             return self._table.names[name]
 
     def get_experiment(self, name: str) -> ExperimentRecord | None:

@@ -487,13 +487,13 @@ class PickledStorage(BaseStorage):
 
     # -- experiments ------------------------------------------------------------------
 
-    def create_experiment(self, name: str, config: Mapping[str, Any]) -> str:
+    def create_experiment(self, name: str, config: Mapping[str, Any], created: float | None = None) -> str:
         """See :meth:`BaseStorage.create_experiment`."""
         if (existing := self.get_experiment(name)) is not None:
             return existing.id
 
         def verb(table: TrialTable, now: float) -> tuple[str, list[Record]]:
-            records = table.create_experiment(name, config, now)
+            records = table.create_experiment(name, config, now if created is None else created)
             return table.names[name], records
 
         return self._write(verb)
