@@ -10,9 +10,13 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from orchard.cli._args import add_common, add_name, confirm, open_experiment, open_storage
+from orchard.trial import Trial, TrialStatus
+
+if TYPE_CHECKING:  # pragma: no cover
+    from orchard.experiment import Experiment
 
 __all__ = ["add_parser"]
 
@@ -114,22 +118,39 @@ def _run_rm(args: argparse.Namespace) -> int:
 
 
 def _run_release(args: argparse.Namespace) -> int:
-    from orchard.errors import TrialNotFoundError
-    from orchard.trial import TrialStatus
+    from orchard.errors import ConfigurationError
 
     experiment = open_experiment(args)
-    trial = experiment.storage.get_trial(args.trial)
-    if trial is None or trial.experiment != experiment.id:
-        matches = [t for t in experiment.fetch_trials() if t.id.startswith(args.trial)]
-        if len(matches) != 1:
-            reserved = [t.id[:12] for t in experiment.fetch_trials([TrialStatus.RESERVED])]
-            what = "no trial" if not matches else f"{len(matches)} trials"
-            raise TrialNotFoundError(
-                f"{what} of experiment {experiment.name!r} match {args.trial!r}; "
-                f"reserved trials: {', '.join(reserved) or 'none'} (see orchard status -n {experiment.name})"
-            )
-        trial = matches[0]
+    trial = _find_trial(experiment, args.trial)
+    if trial.status is not TrialStatus.RESERVED:
+        raise ConfigurationError(
+            f"trial {trial.id} of experiment {experiment.name!r} is {trial.status.value}, not reserved; "
+            f"only a reserved trial can be released ({_reserved_list(experiment)})"
+        )
     released = experiment.storage.release_trial(trial.id, None)
     print(f"released trial {released.id} of experiment {experiment.name!r} (was reserved by {trial.worker}); "
           "it is now interrupted and the next worker takes it")
     return 0
+
+
+def _find_trial(experiment: Experiment, wanted: str) -> Trial:
+    """The experiment's trial whose id is ``wanted`` or starts with it.
+
+    Raises:
+        TrialNotFoundError: no trial, or several, match.
+    """
+    from orchard.errors import TrialNotFoundError
+
+    trial = experiment.storage.get_trial(wanted)
+    if trial is not None and trial.experiment == experiment.id:
+        return trial
+    matches = [t for t in experiment.fetch_trials() if t.id.startswith(wanted)]
+    if len(matches) == 1:
+        return matches[0]
+    what = f"trial {wanted!r} does not exist" if not matches else f"{len(matches)} trials match {wanted!r}"
+    raise TrialNotFoundError(f"{what} in experiment {experiment.name!r}; {_reserved_list(experiment)}")
+
+
+def _reserved_list(experiment: Experiment) -> str:
+    reserved = [t.id[:12] for t in experiment.fetch_trials([TrialStatus.RESERVED])]
+    return f"reserved trials: {', '.join(reserved) or 'none'}, see orchard status -n {experiment.name}"

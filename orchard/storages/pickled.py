@@ -111,7 +111,7 @@ class PickledStorage(BaseStorage):
             stale_lock_after: age in seconds past which a soft lock is broken.
 
         Raises:
-            ConfigurationError: an option is invalid.
+            ConfigurationError: an option is invalid, or ``path`` is a directory.
             StorageCorruptedError: ``path`` exists and is not an Orchard storage file.
             StorageError: the directory cannot be created.
         """
@@ -123,9 +123,12 @@ class PickledStorage(BaseStorage):
         self._dir, name = os.path.split(self._path)
         self._tmp_prefix = f".{name}."
         self.uri = f"pickle://{self._path}" + self._options
+        if os.path.isdir(self._path):
+            raise ConfigurationError(
+                f"storage path {self._path} is a directory, not a storage file; "
+                f"give a file path, e.g. --storage {os.path.join(self._path, 'orchard.pkl')}"
+            )
         with self._translate("create the directory of"):
-            if os.path.isdir(self._path):
-                raise IsADirectoryError(errno.EISDIR, "is a directory", self._path)
             os.makedirs(self._dir, exist_ok=True)
         self._init_process_state()
         with self._translate("read"):
