@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 import os
 import signal
 import subprocess
@@ -588,3 +589,35 @@ def test_db_rm_suggests_a_dump_first(workdir: Path, capsys: pytest.CaptureFixtur
     monkeypatch.setattr(sys, "stdin", io.StringIO(""))
     assert main(["db", "rm", "-n", "e"]) == 2
     assert "orchard db dump -n e -o e.json" in error_line(capsys.readouterr().err)
+
+
+# -- the reference page ---------------------------------------------------------------------------------
+
+
+def test_docs_cli_option_tables_match_the_help() -> None:
+    """docs/cli.md's option tables are generated from the parsers; regenerate them when this fails:
+    python -m orchard.cli._reference docs/cli.md"""
+    from orchard.cli import build_parser
+    from orchard.cli._reference import command_parsers, render_page
+
+    page = (Path(__file__).resolve().parent.parent / "docs" / "cli.md").read_text()
+    assert render_page(page, build_parser()) == page, "run: python -m orchard.cli._reference docs/cli.md"
+    documented = set(re.findall(r"<!-- options: ([a-z ]+) -->", page))
+    commands = {c for c, p in command_parsers(build_parser()).items() if c != "db"}
+    assert commands <= documented, f"commands without an option table in docs/cli.md: {commands - documented}"
+
+
+def test_reference_tables_follow_a_changed_help() -> None:
+    import argparse
+
+    from orchard.cli._reference import render_page
+
+    parser = argparse.ArgumentParser(prog="orchard")
+    commands = parser.add_subparsers()
+    sub = commands.add_parser("demo")
+    sub.add_argument("--every", type=float, default=2.0, metavar="S", help="period (default: %(default)s)")
+    page = "x\n<!-- options: demo -->\n| stale |\n<!-- /options -->\ny\n"
+    assert render_page(page, parser) == (
+        "x\n<!-- options: demo -->\n| option | meaning |\n|---|---|\n| `--every S` | period (default: 2.0) |\n"
+        "<!-- /options -->\ny\n"
+    )

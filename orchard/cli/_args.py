@@ -56,7 +56,8 @@ def add_common(parser: argparse.ArgumentParser, top: bool = False) -> None:
         ("--storage", {"metavar": "URI", "help": "path ending in .pkl, pickle://PATH, mongodb://HOST/DB, "
                        "mongodb+srv://HOST/DB, mongomock:// or memory:// (default: $ORCHARD_STORAGE, "
                        "then ./orchard.yaml, then ~/.config/orchard/config.yaml, then ./orchard.pkl)"}),
-        ("--debug", {"action": "store_true", "help": "log debug messages; show tracebacks of errors"}),
+        ("--debug", {"action": "store_true",
+                     "help": "log debug messages on stderr, and print the traceback of an error"}),
     ]
     for flag, settings in options:
         try:
@@ -65,9 +66,10 @@ def add_common(parser: argparse.ArgumentParser, top: bool = False) -> None:
             pass
 
 
-def add_name(parser: argparse.ArgumentParser, required: bool = True) -> None:
-    """Add ``-n/--name``, the experiment's name."""
-    parser.add_argument("-n", "--name", required=required, metavar="NAME", help="the experiment's name")
+def add_name(parser: argparse.ArgumentParser, required: bool = True, meaning: str | None = None) -> None:
+    """Add ``-n/--name``, the experiment's name (``meaning``: its help text for this command)."""
+    parser.add_argument("-n", "--name", required=required, metavar="NAME",
+                        help=meaning or "the experiment's name: letters, digits and . _ - + = @ (at most 128)")
 
 
 def open_storage(args: argparse.Namespace) -> BaseStorage:

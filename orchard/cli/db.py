@@ -37,18 +37,22 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     test.set_defaults(func=_run_test)
 
     dump = commands.add_parser("dump", help="write experiments and their trials to a JSON file")
-    add_name(dump, required=False)
-    dump.add_argument("-o", "--output", required=True, metavar="FILE.json", help="output file ('-': stdout)")
+    add_name(dump, required=False, meaning="one experiment (default: every experiment in the storage)")
+    dump.add_argument("-o", "--output", required=True, metavar="FILE.json",
+                      help="the JSON file to write, through a temporary file renamed at the end; its folder "
+                           "must exist ('-': stdout)")
     dump.set_defaults(func=_run_dump)
 
     load = commands.add_parser("load", help="restore experiments from a dump (into any storage)")
     load.add_argument("file", metavar="FILE.json", help="a file written by 'orchard db dump'")
-    load.add_argument("-n", "--name", metavar="NEWNAME", help="load the (single) experiment under this name")
+    load.add_argument("-n", "--name", metavar="NEWNAME",
+                      help="load the experiment of a one-experiment dump under this name")
     load.set_defaults(func=_run_load)
 
     rm = commands.add_parser("rm", help="delete an experiment and all its trials (keep a copy with dump first)")
     add_name(rm)
-    rm.add_argument("--yes", "-y", action="store_true", help="do not ask for confirmation")
+    rm.add_argument("--yes", "-y", action="store_true",
+                    help="do not ask for confirmation (required without a terminal)")
     rm.set_defaults(func=_run_rm)
 
     release = commands.add_parser("release", help="give a stuck reserved trial back (it becomes interrupted)")
@@ -84,7 +88,10 @@ def _run_dump(args: argparse.Namespace) -> int:
 
 def _run_load(args: argparse.Namespace) -> int:
     from orchard.cli._dumps import load_experiments, read_dump
+    from orchard.naming import check_experiment_name
 
+    if args.name is not None:
+        check_experiment_name(args.name)
     data = read_dump(args.file)
     storage = open_storage(args)
     for name, added, total in load_experiments(storage, data, args.name):

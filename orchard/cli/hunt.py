@@ -62,24 +62,37 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     add_name(parser, required=False)
     option = parser.add_argument
     option("--max-trials", type=_positive(int), metavar="N",
-           help="budget of completed trials (can be raised later)")
-    option("--max-broken", type=_positive(int), metavar="N", help="stop after N broken trials (default 3)")
+           help="the budget: how many completed trials the experiment ends with; it can be raised later, "
+                "never lowered. Without one, workers run until stopped, the grid is exhausted, or "
+                "--idle-timeout expires")
+    option("--max-broken", type=_positive(int), metavar="N",
+           help="stop when N trials are broken (default 3); given when joining, it replaces the stored value")
     option("--algorithm", metavar="ALGO",
-           help="random, grid, bayes, or a mapping such as '{bayes: {acq_func: EI}}'")
-    option("--n-workers", type=_positive(int), metavar="K", help="run K local workers through the executor")
-    option("--executor", metavar="NAME", help="joblib (default), process, dask, thread, single")
-    option("--executor-config", metavar="MAPPING", help="executor options, e.g. '{address: tcp://host:8786}'")
+           help="random (default), grid, bayes, or a YAML mapping of a name to options, such as "
+                "'{bayes: {acq_func: EI, n_initial_points: 5}}'")
+    option("--n-workers", type=_positive(int), metavar="K",
+           help="run K workers on this machine through the executor (default 1: with the default "
+                "executor, the one worker runs in the hunt process itself)")
+    option("--executor", metavar="NAME",
+           help="the executor of the K workers: joblib (default; alias loky), process, dask, thread, single")
+    option("--executor-config", metavar="MAPPING",
+           help="executor options as a YAML mapping, such as '{address: tcp://scheduler:8786}' for Dask")
     option("--trial-timeout", type=_positive(float), metavar="SECONDS",
-           help="kill a trial's process group after this long; the trial is broken with reason timeout")
+           help="stop a trial's whole process group after this long; the trial is broken with reason timeout")
     option("--heartbeat", type=_positive(float), metavar="SECONDS",
-           help="seconds between heartbeats (default 30)")
+           help="seconds between a worker's heartbeats (default 30); a trial whose heartbeat is older than "
+                "3 x this is lost. Only used when the experiment is created")
     option("--idle-timeout", type=_positive(float), metavar="SECONDS",
-           help="exit after this long with nothing to do")
+           help="a worker exits after this long with nothing to do")
     option("--working-dir", metavar="DIR",
-           help="folder of the per-trial folders (default ./orchard-runs/NAME)")
-    option("--config", metavar="FILE", help="YAML file with the same settings (and name, space)")
-    option("--seed", type=int, help="seed of the algorithm")
-    parser.add_argument("command", nargs=argparse.REMAINDER, metavar="COMMAND", help="the command to run")
+           help="the folder of the per-trial folders (default ./orchard-runs/NAME); the value given when "
+                "the experiment is created is stored and is the default of later workers")
+    option("--config", metavar="FILE",
+           help="a YAML file of settings, which may also hold name and space")
+    option("--seed", type=int, metavar="SEED",
+           help="seed of the algorithm, stored when the experiment is created")
+    parser.add_argument("command", nargs=argparse.REMAINDER, metavar="COMMAND",
+                        help="the command to run for each trial; its --name~'prior' tokens define the space")
     add_common(parser)
     parser.set_defaults(func=run)
     return parser

@@ -46,22 +46,25 @@ def _positive_seconds(text: str) -> float:
 def add_parser(subparsers: Any) -> None:
     """Register ``status``, ``list`` and ``info`` on the CLI's subparsers."""
     status = subparsers.add_parser("status", help="progress, best trial and live workers of experiments")
-    add_name(status, required=False)
-    status.add_argument("--watch", action="store_true", help="refresh in place until Ctrl-C")
+    add_name(status, required=False, meaning="one experiment (default: every experiment in the storage)")
+    status.add_argument("--watch", action="store_true",
+                        help="print the report again every --interval seconds until Ctrl-C (exit status 0); "
+                             "in a terminal the screen is redrawn in place")
     status.add_argument("--interval", type=_positive_seconds, default=2.0, metavar="SECONDS",
                         help="refresh period of --watch (default: %(default)s)")
-    status.add_argument("--json", action="store_true", help="print JSON (an object with -n, else a list)")
+    status.add_argument("--json", action="store_true", help="print JSON: an object with -n, else a list of objects")
     add_common(status)
     status.set_defaults(func=run_status)
 
     listing = subparsers.add_parser("list", help="the experiments in the storage")
-    listing.add_argument("--json", action="store_true", help="print JSON")
+    listing.add_argument("--json", action="store_true",
+                         help="print a JSON list of objects with name, created, max_trials and counts")
     add_common(listing)
     listing.set_defaults(func=run_list)
 
     info = subparsers.add_parser("info", help="space, algorithm, budget, config, best trial and stats")
     add_name(info)
-    info.add_argument("--json", action="store_true", help="print JSON")
+    info.add_argument("--json", action="store_true", help="print the same as one JSON object, with the best trial in full")
     add_common(info)
     info.set_defaults(func=run_info)
 
