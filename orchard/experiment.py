@@ -20,9 +20,9 @@ from orchard.algorithms import normalize_algorithm_config
 from orchard.errors import (
     BudgetExhaustedError,
     ConfigurationError,
+    ExecutorError,
     ExperimentBrokenError,
     ExperimentConflictError,
-    ExecutorError,
     OrchardError,
 )
 from orchard.executors import make_executor

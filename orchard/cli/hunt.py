@@ -295,9 +295,8 @@ def _reserved_by(experiment: Experiment, pids: set[int]) -> set[str]:
 
 
 def _work(experiment: Experiment, template: CommandTemplate, setting: Callable[[str], Any]) -> int:
-    from orchard.runner import ScriptRunner
-
     from orchard.naming import folder_in
+    from orchard.runner import ScriptRunner
 
     base = setting("working_dir") or experiment.config.get("working_dir") or folder_in("orchard-runs",
                                                                                        experiment.name)
