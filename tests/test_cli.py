@@ -516,7 +516,7 @@ def test_a_directory_given_as_storage_file_is_one_clear_error(
     workdir: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     (workdir / "d.pkl").mkdir()
-    assert main(["list", "--storage", "d.pkl"]) == 2
+    assert main(["list", "--storage", "d.pkl"]) == 1
     line = error_line(capsys.readouterr().err)
     assert "is a directory" in line and "d.pkl/orchard.pkl" in line and "could not create" not in line
 

@@ -111,9 +111,9 @@ class PickledStorage(BaseStorage):
             stale_lock_after: age in seconds past which a soft lock is broken.
 
         Raises:
-            ConfigurationError: an option is invalid, or ``path`` is a directory.
+            ConfigurationError: an option is invalid.
             StorageCorruptedError: ``path`` exists and is not an Orchard storage file.
-            StorageError: the directory cannot be created.
+            StorageError: the directory cannot be created, or ``path`` is a directory.
         """
         # realpath: compaction replaces the file, which must not turn a symlink into a copy
         self._path = os.path.realpath(os.path.expanduser(os.fspath(path)))
@@ -124,7 +124,7 @@ class PickledStorage(BaseStorage):
         self._tmp_prefix = f".{name}."
         self.uri = f"pickle://{self._path}" + self._options
         if os.path.isdir(self._path):
-            raise ConfigurationError(
+            raise StorageError(
                 f"storage path {self._path} is a directory, not a storage file; "
                 f"give a file path, e.g. --storage {os.path.join(self._path, 'orchard.pkl')}"
             )
