@@ -509,6 +509,10 @@ def test_read_only_commands_do_not_create_a_missing_storage(
     assert main(["status", "--storage", str(missing)]) == 0
     assert main(["info", "-n", "e", "--storage", str(missing)]) == 1
     assert "does not exist" in error_line(capsys.readouterr().err)
+    assert main(["plot", "regret", "-n", "e", "-o", "r.html", "--storage", str(missing)]) == 1
+    assert "does not exist" in error_line(capsys.readouterr().err)
+    assert main(["db", "dump", "-o", "d.json", "--storage", str(missing)]) == 1
+    assert "nothing to dump" in error_line(capsys.readouterr().err)
     assert not missing.parent.exists()
 
 

@@ -74,8 +74,13 @@ def _run_test(args: argparse.Namespace) -> int:
 
 
 def _run_dump(args: argparse.Namespace) -> int:
+    from orchard.cli._args import missing_storage_file
     from orchard.cli._dumps import dump_experiments, write_dump
+    from orchard.errors import StorageError
 
+    missing = missing_storage_file(args)
+    if missing is not None:  # dumping only reads: create nothing
+        raise StorageError(f"storage file {missing} does not exist, so there is nothing to dump; check --storage")
     storage = open_storage(args)
     data = dump_experiments(storage, args.name)
     write_dump(data, args.output)

@@ -265,8 +265,13 @@ def _stop_local_workers(experiment: Experiment, runner: ScriptRunner) -> str:
     """
     import multiprocessing
 
+    from orchard.errors import OrchardError
+
     children = [c for c in multiprocessing.active_children() if c.pid is not None]
-    mine = _reserved_by(experiment, {os.getpid()} | {c.pid for c in children if c.pid is not None})
+    try:
+        mine = _reserved_by(experiment, {os.getpid()} | {c.pid for c in children if c.pid is not None})
+    except OrchardError:  # the storage is what failed: still stop the workers
+        mine = set()
     for child in children:
         try:
             os.kill(child.pid, signal.SIGINT)  # type: ignore[arg-type]
@@ -276,10 +281,13 @@ def _stop_local_workers(experiment: Experiment, runner: ScriptRunner) -> str:
     for child in children:
         child.join(max(deadline - time.monotonic(), 0.1))
     mine |= set(runner.interrupted)  # the in-process worker released its trial before we got here
-    released = sum(t is not None and t.status is TrialStatus.INTERRUPTED
-                   for t in map(experiment.storage.get_trial, mine))
     if not mine:
         return "no trial was running"
+    try:
+        released = sum(t is not None and t.status is TrialStatus.INTERRUPTED
+                       for t in map(experiment.storage.get_trial, mine))
+    except OrchardError as err:
+        return f"could not check whether the {len(mine)} running trial(s) were released: {err}"
     return f"{released} of {len(mine)} running trial(s) released (status interrupted)"
 
 
