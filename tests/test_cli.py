@@ -625,3 +625,13 @@ def test_reference_tables_follow_a_changed_help() -> None:
         "x\n<!-- options: demo -->\n| option | meaning |\n|---|---|\n| `--every S` | period (default: 2.0) |\n"
         "<!-- /options -->\ny\n"
     )
+
+
+def test_an_unreachable_mongodb_shows_the_driver_details_only_with_debug(workdir: Path) -> None:
+    unreachable = "mongodb://127.0.0.1:1/db?serverSelectionTimeoutMS=300"
+    plain = cli("list", "--storage", unreachable, cwd=workdir)
+    line = error_line(plain.stderr)
+    assert plain.returncode == 1 and "127.0.0.1:1" in line and "0.3 s" in line and "--debug" in line
+    assert len(line) < 300 and "Topology" not in line
+    debug = cli("list", "--storage", unreachable, "--debug", cwd=workdir)
+    assert debug.returncode == 1 and "Topology" in debug.stderr
