@@ -104,6 +104,7 @@ def test_readme_line_not_run(line: int, text: str, reason: str) -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(BLOCK_TIMEOUT * 4)  # three blocks that each run a whole experiment, then one again
 def test_readme_runs_as_written(tmp_path: Path) -> None:
     work, home = tmp_path / "work", tmp_path / "home"
     home.mkdir()
