@@ -15,14 +15,14 @@ from orchard.trial import Trial, TrialStatus
 
 if TYPE_CHECKING:  # pragma: no cover
     from orchard.experiment import Experiment, build_experiment, get_experiment
-    from orchard.objective import CurrentTrial, current_trial
+    from orchard.current import CurrentTrial, current_trial
     from orchard.storages import get_storage
 
 __version__ = "0.1.0"
 
 _LAZY = {
-    "CurrentTrial": "orchard.objective",
-    "current_trial": "orchard.objective",
+    "CurrentTrial": "orchard.current",
+    "current_trial": "orchard.current",
     "Experiment": "orchard.experiment",
     "build_experiment": "orchard.experiment",
     "get_experiment": "orchard.experiment",

@@ -8,6 +8,7 @@ on every machine runs with the same space, algorithm and budget.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import pickle
 import sys
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -26,7 +27,8 @@ from orchard.errors import (
 from orchard.executors import make_executor, shares_environment
 from orchard.experiment_config import ExperimentConfig
 from orchard.monitor import ProgressMonitor
-from orchard.objective import Outcome, interpret_result
+from orchard.naming import check_experiment_name
+from orchard.objective import Outcome, check_objective, interpret_result
 from orchard.resources import assign_devices, parse_gpus, parse_memory
 from orchard.space import Space
 from orchard.storages import BaseStorage, get_storage
@@ -35,6 +37,10 @@ from orchard.trial import Trial, TrialStatus
 from orchard.worker import Worker, WorkerSettings, WorkerTask, run_worker
 
 __all__ = ["Experiment", "build_experiment", "get_experiment"]
+
+log = logging.getLogger(__name__)
+
+_TIME_COLUMNS = frozenset({"submit_time", "start_time", "end_time", "heartbeat"})
 
 
 def build_experiment(
@@ -80,6 +86,7 @@ def build_experiment(
             a new experiment.
         StorageError: the storage cannot be used.
     """
+    check_experiment_name(name)
     settings = _config.Settings()
     given = {"max_trials": max_trials, "max_broken": max_broken, "max_attempts": max_attempts,
              "heartbeat": heartbeat, "seed": seed, "working_dir": working_dir}
@@ -144,6 +151,15 @@ def _join(
 
 #: Settings a joiner may change in the stored experiment.
 _RAISABLE = ("max_trials", "max_broken", "max_attempts")
+
+
+def _log_if_budget_met(experiment: Experiment) -> None:
+    """Say so when ``workon`` has nothing to do, instead of returning silently."""
+    done = experiment.storage.count_trials(experiment.id)[TrialStatus.COMPLETED]
+    if experiment.max_trials is not None and done >= experiment.max_trials:
+        log.warning("experiment %r has already completed its %d trials (max_trials=%d); nothing to do. "
+                    "Raise max_trials, or use a new experiment name", experiment.name, done,
+                    experiment.max_trials)
 
 
 class Experiment:
@@ -253,10 +269,11 @@ class Experiment:
 
         Raises:
             ExperimentBrokenError: ``max_broken`` trials broke; the message shows the last error.
-            ConfigurationError: an invalid option, or ``gpus`` with threads that share one
-                environment.
+            ConfigurationError: ``fn`` is not callable or cannot take the space's names; an
+                invalid option, or ``gpus`` with threads that share one environment.
             ExecutorError: a worker process died.
         """
+        check_objective(fn, self.space)
         trial_timeout = _config.check("trial_timeout", trial_timeout)
         idle_timeout = _config.check("idle_timeout", idle_timeout)
         memory_limit = parse_memory(trial_memory_limit)
@@ -269,6 +286,7 @@ class Experiment:
         settings = WorkerSettings.for_experiment(
             self.settings, idle_timeout=idle_timeout, max_trials_per_worker=None)
         settings = dataclasses.replace(settings, max_trials=self._call_budget(max_trials))
+        _log_if_budget_met(self)
         if executor not in ("single", "thread") and not shares_environment(executor):
             pickle.dumps(self.storage)  # fail fast, with the storage's own message, if it cannot travel
         tasks = [WorkerTask(self.storage, self.id, self._seeded(settings, i), fn, trial_timeout, self.name,
@@ -408,6 +426,9 @@ class Experiment:
     def to_pandas(self) -> Any:
         """A ``pandas.DataFrame`` with one row per trial (params prefixed ``params.``).
 
+        The times (``submit_time``, ``start_time``, ``end_time``, ``heartbeat``) are
+        timezone-aware UTC datetimes (``NaT`` when unset).
+
         Raises:
             ConfigurationError: pandas is not installed.
         """
@@ -421,7 +442,10 @@ class Experiment:
             row.update({f"params.{k}": v for k, v in trial.params.items()})
             row.update({f"results.{k}": v for k, v in trial.results.items()})
             rows.append(row)
-        return pd.DataFrame(rows)
+        frame = pd.DataFrame(rows)
+        for column in _TIME_COLUMNS.intersection(frame.columns):
+            frame[column] = pd.to_datetime(frame[column], unit="s", utc=True)
+        return frame
 
 
 def _told_later(trial: Trial) -> Outcome:

@@ -24,8 +24,9 @@ from __future__ import annotations
 
 import abc
 import contextlib
-import contextvars
 import dataclasses
+import inspect
+import json
 import math
 import multiprocessing
 import os
@@ -35,9 +36,10 @@ import signal
 import struct
 import time
 import traceback
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 
+from orchard.current import CurrentTrial, current_trial, evaluating
 from orchard.errors import ConfigurationError
 from orchard.resources import SAMPLE_INTERVAL, MemoryWatch, kill_tree
 from orchard.space import to_builtin
@@ -49,70 +51,11 @@ __all__ = [
     "Outcome",
     "TrialEvaluator",
     "call_objective",
+    "check_objective",
     "current_trial",
     "evaluating",
     "interpret_result",
 ]
-
-
-@dataclasses.dataclass(frozen=True)
-class CurrentTrial:
-    """The trial an objective is evaluating (see :func:`current_trial`).
-
-    Attributes:
-        id: the trial's id.
-        params: its params (the fidelity included).
-        parent: the id of the trial it was promoted from by ``asha``/``hyperband``, else ``None``.
-        working_dir: the trial's own folder (created), or ``None`` when the
-            experiment has no ``working_dir``.
-        parent_working_dir: the parent's folder (where it saved its checkpoint), or ``None``.
-    """
-
-    id: str
-    params: dict[str, Any]
-    parent: str | None
-    working_dir: str | None
-    parent_working_dir: str | None
-
-
-_CURRENT: contextvars.ContextVar[CurrentTrial | None] = contextvars.ContextVar("orchard_trial", default=None)
-
-
-def current_trial() -> CurrentTrial | None:
-    """The trial the calling objective is evaluating; ``None`` outside an evaluation.
-
-    Workers set it around each call of a Python objective (in the objective's
-    own process when it runs with a timeout). Scripts run by ``orchard hunt``
-    read the same facts from ``ORCHARD_TRIAL_ID``, ``ORCHARD_WORKING_DIR``,
-    ``ORCHARD_PARENT_TRIAL_ID`` and ``ORCHARD_PARENT_WORKING_DIR``.
-    """
-    return _CURRENT.get()
-
-
-@contextlib.contextmanager
-def evaluating(trial: Trial, working_dir: str | None = None) -> Iterator[CurrentTrial]:
-    """Make ``trial`` the :func:`current_trial` of this thread for the ``with`` block.
-
-    Args:
-        trial: the reserved trial about to be evaluated.
-        working_dir: the folder under which each trial gets ``TRIAL_ID/`` (created
-            here; relative to the current directory), or ``None`` for no folders.
-
-    Raises:
-        OSError: the trial's folder cannot be created.
-    """
-    folder = parent_folder = None
-    if working_dir is not None:
-        working_dir = os.path.abspath(working_dir)
-        folder = os.path.join(working_dir, trial.id)
-        os.makedirs(folder, exist_ok=True)
-        parent_folder = None if trial.parent is None else os.path.join(working_dir, trial.parent)
-    info = CurrentTrial(trial.id, dict(trial.params), trial.parent, folder, parent_folder)
-    token = _CURRENT.set(info)
-    try:
-        yield info
-    finally:
-        _CURRENT.reset(token)
 
 
 @dataclasses.dataclass
@@ -165,12 +108,50 @@ class TrialEvaluator(abc.ABC):
         """
 
 
+def check_objective(fn: object, names: Iterable[str]) -> None:
+    """Refuse, before any trial is reserved, an objective that cannot be called as ``fn(**params)``.
+
+    A :class:`TrialEvaluator` takes the whole trial and is not checked further;
+    a callable without an inspectable signature is left to the call.
+
+    Args:
+        fn: what was given as the objective.
+        names: the space's dimension names.
+
+    Raises:
+        ConfigurationError: ``fn`` is not callable, or its signature cannot take exactly
+            those keyword arguments (a required parameter the space lacks, a dimension it
+            does not accept, a positional-only parameter).
+    """
+    if isinstance(fn, TrialEvaluator):
+        return
+    if not callable(fn):
+        raise ConfigurationError(
+            f"the objective {fn!r:.60} ({type(fn).__name__}) is not callable; pass a function "
+            "called as fn(**params) that returns a number or a dict with 'objective'"
+        )
+    try:
+        signature = inspect.signature(fn)
+    except (TypeError, ValueError):  # some builtins and C extensions have none: the call decides
+        return
+    names = list(names)
+    try:
+        signature.bind(**{name: None for name in names})
+    except TypeError as err:
+        label = getattr(fn, "__qualname__", None) or type(fn).__name__
+        raise ConfigurationError(
+            f"objective {label}{signature} cannot be called with the space's parameters "
+            f"{', '.join(names)}: {err}; make its parameters the space's names (or add **params)"
+        ) from None
+
+
 def interpret_result(value: Any) -> Outcome:
     """Turn what an objective returned into an :class:`Outcome`.
 
     A finite number is the objective; a mapping must hold a finite numeric
     ``"objective"``, and its other keys become extra results. NaN, infinity,
-    strings, ``None`` and mappings without ``"objective"`` are errors.
+    strings, ``None``, mappings without ``"objective"`` and extra results that are
+    not JSON data (so no storage could hold them) are errors.
     """
     results: dict[str, Any] = {}
     if isinstance(value, Mapping):
@@ -179,6 +160,9 @@ def interpret_result(value: Any) -> Outcome:
                 "InvalidResult", f"result mapping has no 'objective' key (keys: {sorted(map(str, value))})"
             )
         results = {str(k): to_builtin(v) for k, v in value.items() if k != "objective"}
+        unstorable = _unstorable(results)
+        if unstorable is not None:
+            return Outcome.failure("InvalidResult", unstorable, reason="unstorable")
         value = value["objective"]
     value = to_builtin(value)
     if isinstance(value, bool) or not isinstance(value, (int, float)):
@@ -188,6 +172,17 @@ def interpret_result(value: Any) -> Outcome:
     if not math.isfinite(value):
         return Outcome.failure("InvalidResult", f"objective is {value!r}; it must be a finite number")
     return Outcome(objective=float(value), results=results)
+
+
+def _unstorable(results: Mapping[str, Any]) -> str | None:
+    """Why ``results`` cannot be stored (every storage and ``db dump`` take JSON data), or ``None``."""
+    for key, item in results.items():
+        try:
+            json.dumps(item)
+        except (TypeError, ValueError) as err:
+            return (f"result {key!r} cannot be stored: {type(item).__name__} {item!r:.60} is not JSON data "
+                    f"({err}); return numbers, strings, lists or dicts")
+    return None
 
 
 def call_objective(

@@ -27,13 +27,29 @@ def report_results(results: Mapping[str, Any]) -> None:
         ValueError: ``"objective"`` is missing or not a finite number.
         RuntimeError: not running under ``orchard hunt`` (``ORCHARD_RESULTS_PATH`` unset).
     """
+    _write(results, "report_results")
+
+
+def report_objective(value: float, **extra: Any) -> None:
+    """Report the trial's objective (minimized), plus optional extra metrics.
+
+    Raises:
+        ValueError: ``value`` is not a finite number.
+        RuntimeError: not running under ``orchard hunt`` (``ORCHARD_RESULTS_PATH`` unset).
+    """
+    _write({"objective": _plain(value), **extra}, "report_objective")
+
+
+def _write(results: Mapping[str, Any], caller: str) -> None:
+    """Check and write ``results``; errors name ``caller``, the function the user called."""
     objective = results.get("objective")
     if isinstance(objective, bool) or not isinstance(objective, (int, float)) or not math.isfinite(objective):
-        raise ValueError(f"report_results needs a finite numeric 'objective', got {objective!r}")
+        wanted = "a finite number" if caller == "report_objective" else "a finite numeric 'objective'"
+        raise ValueError(f"{caller} needs {wanted}, got {objective!r}")
     path = os.environ.get(RESULTS_ENV)
     if not path:
         raise RuntimeError(
-            f"{RESULTS_ENV} is not set: report_objective only works inside a trial started by "
+            f"{RESULTS_ENV} is not set: {caller} only works inside a trial started by "
             "'orchard hunt'; run your script through it"
         )
     text = json.dumps({str(k): _plain(v) for k, v in results.items()})  # fails before touching files
@@ -41,11 +57,6 @@ def report_results(results: Mapping[str, Any]) -> None:
     with open(tmp, "w", encoding="utf-8") as handle:
         handle.write(text)
     os.replace(tmp, path)
-
-
-def report_objective(value: float, **extra: Any) -> None:
-    """Report the trial's objective (minimized), plus optional extra metrics."""
-    report_results({"objective": _plain(value), **extra})
 
 
 def _plain(value: Any) -> Any:

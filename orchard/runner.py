@@ -51,6 +51,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from orchard.errors import ConfigurationError, SpaceError
+from orchard.naming import folder_in
 from orchard.objective import Outcome, TrialEvaluator, interpret_result
 from orchard.report import RESULTS_ENV
 from orchard.resources import SAMPLE_INTERVAL, MemoryWatch, kill_tree
@@ -67,6 +68,8 @@ STDERR_TAIL_LINES = 20
 
 _DIMENSION = re.compile(r"^(?P<dashes>-{0,2})(?P<option>[A-Za-z_][A-Za-z0-9_.-]*)~(?P<prior>.*)$", re.DOTALL)
 _PRIOR_CALL = re.compile(r"^\s*[A-Za-z_]\w*\s*\(")
+# looks like a dimension (dashes or nothing, then ~prior(...)) but its name is empty or invalid
+_BAD_DIMENSION = re.compile(r"^(-{1,2}[^=~]*|)~\s*[A-Za-z_]\w*\s*\(")
 _INTERPRETERS = re.compile(r"^(python[\d.]*|pypy[\d.]*|bash|sh|zsh|Rscript|julia|node|perl|ruby)$")
 _SCRIPT_SUFFIXES = (".py", ".sh", ".R", ".r", ".jl", ".js", ".pl", ".rb")
 
@@ -109,6 +112,9 @@ class CommandTemplate:
         space: dict[str, str] = {}
         for token in tokens:
             match = _DIMENSION.match(token)
+            if match is None and _BAD_DIMENSION.match(token):
+                raise SpaceError(f"token {token!r} defines a dimension without a valid name; write "
+                                 "--name~'prior' with a name of letters, digits and _ (e.g. --lr~'uniform(0, 1)')")
             if match is None or (not match["dashes"] and not _PRIOR_CALL.match(match["prior"])):
                 slots.append(_Slot(token))
                 continue
@@ -235,6 +241,7 @@ class ScriptRunner(TrialEvaluator):
         grace: seconds between SIGTERM and SIGKILL when stopping a script.
         memory_limit: bytes of resident memory (the script's whole process tree)
             past which its process group is killed.
+        interrupted: ids of the trials whose script this runner stopped on an interruption.
     """
 
     template: CommandTemplate
@@ -250,6 +257,7 @@ class ScriptRunner(TrialEvaluator):
     def __getstate__(self) -> dict[str, Any]:
         """Ship the settings only: running processes belong to the process that started them."""
         return {**self.__dict__, "_running": {}, "_cancelled": set()}
+    interrupted: list[str] = dataclasses.field(default_factory=list, compare=False, repr=False)
 
     def __call__(self, trial: Trial) -> Outcome:
         """Run the command for ``trial`` and return its outcome (never raises for script failures).
@@ -260,12 +268,14 @@ class ScriptRunner(TrialEvaluator):
         folder = os.path.join(self.working_dir, trial.id)
         results = os.path.join(folder, RESULTS_FILE)
         try:
+            folder = folder_in(self.working_dir, trial.id)  # a stored id never leaves working_dir
             os.makedirs(folder, exist_ok=True)
             if os.path.exists(results):
                 os.remove(results)  # left by an earlier, interrupted attempt
-        except OSError as err:
-            return Outcome.failure("OSError", f"cannot prepare trial folder {folder}: {err}", reason="setup")
-        parent_folder = "" if trial.parent is None else os.path.join(self.working_dir, trial.parent)
+            parent_folder = "" if trial.parent is None else folder_in(self.working_dir, trial.parent)
+        except (OSError, ConfigurationError) as err:
+            return Outcome.failure(type(err).__name__, f"cannot prepare trial folder {folder}: {err}",
+                                   reason="setup")
         argv = self.template.render(trial.params, {
             "trial.id": trial.id, "trial.working_dir": folder, "exp.name": self.experiment,
             "trial.parent_working_dir": parent_folder,
@@ -277,7 +287,11 @@ class ScriptRunner(TrialEvaluator):
         if trial.parent is not None:
             env.update(ORCHARD_PARENT_TRIAL_ID=trial.parent, ORCHARD_PARENT_WORKING_DIR=parent_folder)
         log.debug("trial %s: running %s in %s", trial.id, argv, folder)
-        returncode, stopped = self._run(trial.id, argv, folder, env)
+        try:
+            returncode, stopped = self._run(trial.id, argv, folder, env)
+        except KeyboardInterrupt:
+            self.interrupted.append(trial.id)  # what `hunt` reports after Ctrl-C
+            raise
         outcome = returncode if isinstance(returncode, Outcome) else _outcome(folder, returncode, stopped)
         if outcome.error is not None:
             log.debug("trial %s broken: %s", trial.id, outcome.error["message"])

@@ -22,7 +22,7 @@ import numpy as np
 
 from orchard.errors import SpaceError
 from orchard.fidelity import Fidelity
-from orchard.priors import Choices, LogUniform, Normal, Prior, RandInt, Scalar, Uniform, to_builtin
+from orchard.priors import Choices, LogUniform, Normal, Prior, RandInt, Scalar, Uniform, is_number, to_builtin
 
 __all__ = [
     "PRIORS",
@@ -117,6 +117,15 @@ def parse_prior(name: str, text: str) -> Prior:
 # -- the space ------------------------------------------------------------------
 
 
+def _why_not(prior: Prior, value: Any) -> str:
+    """Why ``value`` is not in ``prior``: a wrong type, or outside its bounds or choices."""
+    if isinstance(prior, Choices):
+        return f"is not one of {prior}"
+    if not is_number(value):
+        return f"is a {type(value).__name__}, not a finite number as {prior} needs"
+    return f"is outside {prior}"
+
+
 class Space(Mapping[str, Prior]):
     """An ordered, immutable mapping of dimension names to priors."""
 
@@ -194,14 +203,15 @@ class Space(Mapping[str, Prior]):
         missing = [n for n in self._priors if n not in params]
         extra = [n for n in params if n not in self._priors]
         if missing or extra:
-            raise SpaceError(
-                f"params {dict(params)!r} do not match the space: missing {missing}, unknown {extra}"
-            )
+            problems = [f"{label} {', '.join(map(repr, names))}"
+                        for label, names in (("missing", missing), ("unknown", extra)) if names]
+            raise SpaceError(f"params {dict(params)!r} do not match the space: {'; '.join(problems)} "
+                             f"(the space has {', '.join(self._priors)})")
         point: dict[str, Scalar] = {}
         for name, prior in self._priors.items():
             value = to_builtin(params[name])
             if not prior.contains(value):
-                raise SpaceError(f"dimension {name!r}: value {value!r} is outside {prior}")
+                raise SpaceError(f"dimension {name!r}: value {value!r} {_why_not(prior, value)}")
             point[name] = prior.cast(value)
         return point
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -276,6 +277,40 @@ def test_ctrl_c_releases_the_trial_and_the_next_hunt_takes_it(workdir: Path, sig
     assert len(done) == 2
 
 
+HANG = r'''
+import os, sys, time
+folder = sys.argv[1]
+with open(os.path.join(folder, f"{os.getpid()}.tmp"), "w") as handle:
+    handle.write(str(os.getpid()))
+os.replace(os.path.join(folder, f"{os.getpid()}.tmp"), os.path.join(folder, f"{os.getpid()}.pid"))
+time.sleep(120)
+'''
+
+
+@pytest.mark.slow
+def test_sigint_to_a_multi_worker_hunt_reaches_its_workers(workdir: Path) -> None:
+    """``kill -INT`` on the hunt's pid alone (a scheduler, a supervisor) stops every local worker."""
+    (workdir / "hang.py").write_text(HANG)
+    started = workdir / "started"
+    started.mkdir()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ORCHARD_")}
+    command = [sys.executable, "-m", "orchard.cli", "hunt", "-n", "e", "--max-trials", "6", "--n-workers", "2",
+               sys.executable, "hang.py", str(started), "--x~uniform(0, 1)"]
+    proc = subprocess.Popen(command, cwd=workdir, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    deadline = time.monotonic() + 120
+    while len(list(started.glob("*.pid"))) < 2:
+        assert time.monotonic() < deadline and proc.poll() is None, proc.communicate()
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert err.strip().splitlines()[-1] == "orchard: interrupted; 2 of 2 running trial(s) released (status interrupted)"
+    for marker in started.glob("*.pid"):
+        assert_dead(marker)
+    assert sorted(t.status.value for t in trials("e")) == ["interrupted", "interrupted"]
+
+
 @pytest.mark.slow
 def test_n_workers_runs_local_workers_through_the_executor(workdir: Path) -> None:
     proc = cli("hunt", "-n", "e", "--max-trials", "8", "--n-workers", "2", *train(), cwd=workdir)
@@ -381,7 +416,10 @@ def test_db_release_sets_a_reserved_trial_back(workdir: Path, capsys: pytest.Cap
     trial = experiment.storage.get_trial(stuck.id)
     assert trial is not None and trial.status is TrialStatus.INTERRUPTED and trial.worker is None
     assert main(["db", "release", "-n", "e", "ffff"]) == 1
-    assert "no trial" in error_line(capsys.readouterr().err)
+    assert "trial 'ffff' does not exist in experiment 'e'" in error_line(capsys.readouterr().err)
+    assert main(["db", "release", "-n", "e", stuck.id]) == 2  # a known trial that is not reserved
+    line = error_line(capsys.readouterr().err)
+    assert "is interrupted, not reserved" in line and "reservation" not in line
 
 
 @pytest.mark.parametrize("storage", ["orchard.pkl", "mongomock://dbtest"])
@@ -444,3 +482,157 @@ def test_storage_option_is_accepted_before_or_after_db_subcommand(
     argv = ["db", "--storage", target, "test"] if position == "before" else ["db", "test", "--storage", target]
     assert main(argv) == 0
     assert target in capsys.readouterr().out  # the named storage was tested, not the default one
+
+
+# -- the newcomer's path: bad input refused up front with one line ---------------------------------
+
+
+@pytest.mark.parametrize("name", ["../../evil", "ABSOLUTE", "", "x" * 129, "a b", ".hidden", "a/b"])
+def test_hunt_refuses_names_that_are_not_one_safe_folder_name(
+    workdir: Path, capsys: pytest.CaptureFixture[str], name: str
+) -> None:
+    outside = workdir.parent / "abs-target"
+    name = str(outside) if name == "ABSOLUTE" else name
+    before = set(workdir.parent.iterdir())
+    assert hunt(name, "--max-trials", "1") == 2
+    line = error_line(capsys.readouterr().err)
+    assert "name" in line and ("letters, digits" in line or "-n NAME" in line)
+    assert set(workdir.parent.iterdir()) == before, "nothing may be created next to the working folder"
+    assert not (workdir / "orchard-runs").exists() and not outside.exists()
+
+
+def test_read_only_commands_do_not_create_a_missing_storage(
+    workdir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    missing = workdir / "nowhere" / "runs.pkl"
+    assert main(["list", "--storage", str(missing)]) == 0
+    assert f"no experiments in {missing}" in capsys.readouterr().out
+    assert main(["status", "--storage", str(missing)]) == 0
+    assert main(["info", "-n", "e", "--storage", str(missing)]) == 1
+    assert "does not exist" in error_line(capsys.readouterr().err)
+    assert main(["plot", "regret", "-n", "e", "-o", "r.html", "--storage", str(missing)]) == 1
+    assert "does not exist" in error_line(capsys.readouterr().err)
+    assert main(["db", "dump", "-o", "d.json", "--storage", str(missing)]) == 1
+    assert "nothing to dump" in error_line(capsys.readouterr().err)
+    assert not missing.parent.exists()
+
+
+def test_a_directory_given_as_storage_file_is_one_clear_error(
+    workdir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (workdir / "d.pkl").mkdir()
+    assert main(["list", "--storage", "d.pkl"]) == 1
+    line = error_line(capsys.readouterr().err)
+    assert "is a directory" in line and "d.pkl/orchard.pkl" in line and "could not create" not in line
+
+
+@pytest.mark.parametrize("interval", ["0", "-1", "nan", "soon"])
+def test_status_interval_must_be_positive(
+    workdir: Path, capsys: pytest.CaptureFixture[str], interval: str
+) -> None:
+    assert main(["status", "--watch", "--interval", interval]) == 2
+    assert "--interval" in error_line(capsys.readouterr().err)
+
+
+def test_unknown_option_points_at_the_command_help(workdir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["status", "--jsn"]) == 2
+    assert "see 'orchard status --help'" in error_line(capsys.readouterr().err)
+    assert main(["db", "dump", "-o", "x.json", "--frobnicate"]) == 2
+    assert "see 'orchard db dump --help'" in error_line(capsys.readouterr().err)
+
+
+def test_help_texts_name_every_storage_source(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["status", "--help"]) == 0
+    text = " ".join(capsys.readouterr().out.split())
+    assert "mongodb+srv://" in text and "~/.config/orchard/config.yaml" in text
+    assert "(default: 2.0)" in text
+
+
+def test_an_empty_dimension_name_is_refused(workdir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert hunt("e", command=[sys.executable, "train.py", "--x~uniform(0, 1)", "--~uniform(0, 1)"]) == 2
+    assert "without a valid name" in error_line(capsys.readouterr().err)
+    assert not (workdir / "orchard-runs").exists()
+
+
+def test_insert_names_what_is_wrong(workdir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    orchard.build_experiment("e", space={"x": "uniform(0, 1)", "c": "choices(['a', 'b'])"},
+                             storage="orchard.pkl")
+    assert main(["insert", "-n", "e", "x=0.5"]) == 2
+    line = error_line(capsys.readouterr().err)
+    assert "missing 'c'" in line and "unknown" not in line and "[]" not in line
+    assert main(["insert", "-n", "e", "x=abc", "c=a"]) == 2
+    line = error_line(capsys.readouterr().err)
+    assert "is a str, not a finite number" in line and "outside" not in line
+    assert main(["insert", "-n", "e", "x=0.5", "c=z"]) == 2
+    assert "is not one of" in error_line(capsys.readouterr().err)
+
+
+def test_db_dump_to_a_directory_or_a_missing_folder(workdir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert hunt("e", "--max-trials", "1") == 0
+    (workdir / "out").mkdir()
+    before = set(workdir.iterdir())
+    assert main(["db", "dump", "-o", "out"]) == 2
+    assert "is a directory" in error_line(capsys.readouterr().err)
+    assert main(["db", "dump", "-o", "missing/dump.json"]) == 2
+    assert "does not exist" in error_line(capsys.readouterr().err)
+    assert set(workdir.iterdir()) == before and not list((workdir / "out").iterdir()), "no temp file left"
+
+
+def test_db_load_keeps_the_creation_time(workdir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert hunt("e", "--max-trials", "1") == 0
+    created = orchard.get_storage("orchard.pkl").require_experiment("e").created
+    assert main(["db", "dump", "-n", "e", "-o", "dump.json"]) == 0
+    time.sleep(0.01)  # a fresh record would get a later time
+    assert main(["db", "load", "dump.json", "--storage", "other.pkl"]) == 0
+    assert orchard.get_storage("other.pkl").require_experiment("e").created == created
+
+
+def test_db_rm_suggests_a_dump_first(workdir: Path, capsys: pytest.CaptureFixture[str],
+                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    assert hunt("e", "--max-trials", "1") == 0
+    capsys.readouterr()
+    monkeypatch.setattr(sys, "stdin", io.StringIO(""))
+    assert main(["db", "rm", "-n", "e"]) == 2
+    assert "orchard db dump -n e -o e.json" in error_line(capsys.readouterr().err)
+
+
+# -- the reference page ---------------------------------------------------------------------------------
+
+
+def test_docs_cli_option_tables_match_the_help() -> None:
+    """docs/cli.md's option tables are generated from the parsers; regenerate them when this fails:
+    python -m orchard.cli._reference docs/cli.md"""
+    from orchard.cli import build_parser
+    from orchard.cli._reference import command_parsers, render_page
+
+    page = (Path(__file__).resolve().parent.parent / "docs" / "cli.md").read_text()
+    assert render_page(page, build_parser()) == page, "run: python -m orchard.cli._reference docs/cli.md"
+    documented = set(re.findall(r"<!-- options: ([a-z ]+) -->", page))
+    commands = {c for c, p in command_parsers(build_parser()).items() if c != "db"}
+    assert commands <= documented, f"commands without an option table in docs/cli.md: {commands - documented}"
+
+
+def test_reference_tables_follow_a_changed_help() -> None:
+    import argparse
+
+    from orchard.cli._reference import render_page
+
+    parser = argparse.ArgumentParser(prog="orchard")
+    commands = parser.add_subparsers()
+    sub = commands.add_parser("demo")
+    sub.add_argument("--every", type=float, default=2.0, metavar="S", help="period (default: %(default)s)")
+    page = "x\n<!-- options: demo -->\n| stale |\n<!-- /options -->\ny\n"
+    assert render_page(page, parser) == (
+        "x\n<!-- options: demo -->\n| option | meaning |\n|---|---|\n| `--every S` | period (default: 2.0) |\n"
+        "<!-- /options -->\ny\n"
+    )
+
+
+def test_an_unreachable_mongodb_shows_the_driver_details_only_with_debug(workdir: Path) -> None:
+    unreachable = "mongodb://127.0.0.1:1/db?serverSelectionTimeoutMS=300"
+    plain = cli("list", "--storage", unreachable, cwd=workdir)
+    line = error_line(plain.stderr)
+    assert plain.returncode == 1 and "127.0.0.1:1" in line and "0.3 s" in line and "--debug" in line
+    assert len(line) < 300 and "Topology" not in line
+    debug = cli("list", "--storage", unreachable, "--debug", cwd=workdir)
+    assert debug.returncode == 1 and "Topology" in debug.stderr

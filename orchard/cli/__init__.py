@@ -11,9 +11,10 @@ module                     commands
 =========================  ======================================================
 
 Each module has ``add_parser(subparsers)`` adding its parser(s); a parser's
-``func`` default is its ``run(args) -> int``. Failures print one line,
+``func`` default is its ``run(args) -> int``. The option tables of
+``docs/cli.md`` are generated from these parsers by :mod:`orchard.cli._reference`. Failures print one line,
 ``orchard: error: …``, and exit 1 (2 for a bad command line or configuration,
-130 on Ctrl-C, 143 on SIGTERM); ``--debug`` adds the traceback.
+130 on Ctrl-C, 143 on SIGTERM, with what was released); ``--debug`` adds the traceback.
 """
 
 from __future__ import annotations
@@ -81,7 +82,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line ``argv`` (default ``sys.argv[1:]``) and return its exit code."""
     args: argparse.Namespace | None = None
     try:
-        args = build_parser().parse_args(list(sys.argv[1:] if argv is None else argv))
+        args = _parse(list(sys.argv[1:] if argv is None else argv))
         _configure_logging(args.debug)
         return int(args.func(args))
     except SystemExit as exit_:  # --help, --version
@@ -89,14 +90,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BrokenPipeError:  # the reader went away (orchard status | head): stop quietly
         _silence_stdout()
         return EXIT_BROKEN_PIPE
-    except KeyboardInterrupt as err:  # Ctrl-C, or SIGTERM during hunt
+    except KeyboardInterrupt as err:  # Ctrl-C, or SIGTERM during hunt (which says what it released)
         stopped = "stopped by SIGTERM" if isinstance(err, Terminated) else "interrupted"
-        released = "; the running trial was released (status interrupted)"
-        hunting = args is not None and args.subcommand == "hunt"
-        print(f"{PROG}: {stopped}{released if hunting else ''}", file=sys.stderr)
+        what = f"; {err.args[0]}" if err.args and isinstance(err.args[0], str) else ""
+        print(f"{PROG}: {stopped}{what}", file=sys.stderr)
         return EXIT_TERMINATED if isinstance(err, Terminated) else EXIT_INTERRUPTED
     except BaseException as err:  # noqa: BLE001 - every other failure: one line, exit code by kind
         return _report(err, bool(args is not None and args.debug))
+
+
+def _parse(argv: list[str]) -> argparse.Namespace:
+    """Parse ``argv``; an unknown option points at the help of the command it was given to."""
+    args, extra = build_parser().parse_known_args(argv)
+    if extra:
+        command = " ".join(filter(None, (PROG, getattr(args, "subcommand", None),
+                                         getattr(args, "db_command", None))))
+        raise UsageError(f"unrecognized arguments: {' '.join(extra)}; see '{command} --help'")
+    return args
 
 
 def _report(err: BaseException, debug: bool) -> int:

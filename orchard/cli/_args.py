@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import ast
 import datetime
+import os
 import sys
 from typing import TYPE_CHECKING, Any, NoReturn
 
@@ -21,9 +22,11 @@ __all__ = [
     "add_common",
     "format_age",
     "format_params",
+    "missing_storage_file",
     "open_experiment",
     "open_storage",
     "parse_literal",
+    "storage_uri",
 ]
 
 PROG = "orchard"
@@ -51,9 +54,10 @@ def add_common(parser: argparse.ArgumentParser, top: bool = False) -> None:
     default: dict[str, Any] = {} if top else {"default": argparse.SUPPRESS}
     options: list[tuple[str, dict[str, Any]]] = [
         ("--storage", {"metavar": "URI", "help": "path ending in .pkl, pickle://PATH, mongodb://HOST/DB, "
-                       "mongomock:// or memory:// (default: $ORCHARD_STORAGE, then orchard.yaml, "
-                       "then ./orchard.pkl)"}),
-        ("--debug", {"action": "store_true", "help": "log debug messages; show tracebacks of errors"}),
+                       "mongodb+srv://HOST/DB, mongomock:// or memory:// (default: $ORCHARD_STORAGE, "
+                       "then ./orchard.yaml, then ~/.config/orchard/config.yaml, then ./orchard.pkl)"}),
+        ("--debug", {"action": "store_true",
+                     "help": "log debug messages on stderr, and print the traceback of an error"}),
     ]
     for flag, settings in options:
         try:
@@ -62,9 +66,10 @@ def add_common(parser: argparse.ArgumentParser, top: bool = False) -> None:
             pass
 
 
-def add_name(parser: argparse.ArgumentParser, required: bool = True) -> None:
-    """Add ``-n/--name``, the experiment's name."""
-    parser.add_argument("-n", "--name", required=required, metavar="NAME", help="the experiment's name")
+def add_name(parser: argparse.ArgumentParser, required: bool = True, meaning: str | None = None) -> None:
+    """Add ``-n/--name``, the experiment's name (``meaning``: its help text for this command)."""
+    parser.add_argument("-n", "--name", required=required, metavar="NAME",
+                        help=meaning or "the experiment's name: letters, digits and . _ - + = @ (at most 128)")
 
 
 def open_storage(args: argparse.Namespace) -> BaseStorage:
@@ -74,20 +79,50 @@ def open_storage(args: argparse.Namespace) -> BaseStorage:
         ConfigurationError: unknown scheme or malformed URI.
         StorageError: the storage cannot be opened.
     """
-    from orchard import config
     from orchard.storages import get_storage
 
-    return get_storage(config.resolve("storage", flag=getattr(args, "storage", None)))
+    return get_storage(storage_uri(args))
+
+
+def storage_uri(args: argparse.Namespace) -> str:
+    """The storage URI the command uses: ``--storage`` > ``ORCHARD_STORAGE`` > config file > default."""
+    from orchard import config
+    from orchard.storages import DEFAULT_STORAGE
+
+    return str(config.resolve("storage", flag=getattr(args, "storage", None)) or DEFAULT_STORAGE)
+
+
+def missing_storage_file(args: argparse.Namespace) -> str | None:
+    """The path of the pickle file the command would read, if it does not exist (else ``None``).
+
+    Read-only commands stop there instead of opening the storage, which would create
+    the file's folder and lock file.
+    """
+    from orchard.storages._uri import split_options
+
+    base = split_options(storage_uri(args).strip())[0]
+    if base.lower().startswith("pickle://"):
+        base = base[len("pickle://"):]
+    elif "://" in base or not base.endswith(".pkl"):
+        return None
+    return None if os.path.exists(os.path.expanduser(base)) else base
 
 
 def open_experiment(args: argparse.Namespace) -> Experiment:
-    """Open the existing experiment ``--name`` in the storage.
+    """Open the existing experiment ``--name`` in the storage (never creating a missing pickle file).
 
     Raises:
         ExperimentNotFoundError: no such experiment (the message lists those that exist).
     """
+    from orchard.errors import ExperimentNotFoundError
     from orchard.experiment import Experiment
 
+    missing = missing_storage_file(args)
+    if missing is not None:
+        raise ExperimentNotFoundError(
+            f"no experiment named {args.name!r}: storage file {missing} does not exist; "
+            "check --storage and the folder you run from"
+        )
     storage = open_storage(args)
     return Experiment(storage, storage.require_experiment(args.name))
 

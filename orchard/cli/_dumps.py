@@ -46,17 +46,39 @@ def dump_experiments(storage: BaseStorage, name: str | None = None) -> dict[str,
 
 
 def write_dump(data: dict[str, Any], path: str) -> None:
-    """Write a dump to ``path`` atomically (temp file, fsync, rename); ``-`` is stdout."""
+    """Write a dump to ``path`` atomically (temp file, fsync, rename); ``-`` is stdout.
+
+    Raises:
+        ConfigurationError: ``path`` is a directory, its folder does not exist, or it
+            cannot be written; no temporary file is left behind.
+    """
     if path == "-":
         json.dump(data, sys.stdout, indent=1)
         sys.stdout.write("\n")
         return
+    _check_writable(path)
     tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8") as handle:
-        json.dump(data, handle, indent=1)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "w", encoding="utf-8") as handle:
+            json.dump(data, handle, indent=1)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except OSError as err:
+        raise ConfigurationError(f"cannot write dump {path}: {err.strerror or err}; "
+                                 "give a writable file path with -o") from err
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def _check_writable(path: str) -> None:
+    if os.path.isdir(path):
+        suggestion = os.path.join(path, "dump.json")
+        raise ConfigurationError(f"-o {path} is a directory; give a file path, e.g. -o {suggestion}")
+    folder = os.path.dirname(path) or "."
+    if not os.path.isdir(folder):
+        raise ConfigurationError(f"cannot write dump {path}: folder {folder} does not exist; create it first")
 
 
 def read_dump(path: str) -> dict[str, Any]:
@@ -98,7 +120,7 @@ def load_experiments(
         )
     for entry in experiments:
         name = rename or entry["name"]
-        experiment_id = storage.create_experiment(name, entry["config"])
+        experiment_id = storage.create_experiment(name, entry["config"], created=entry.get("created"))
         record = storage.require_experiment(name)
         if record.config.get("space") != entry["config"].get("space"):
             raise ExperimentConflictError(

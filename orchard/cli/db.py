@@ -11,9 +11,13 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from orchard.cli._args import add_common, add_name, confirm, open_experiment, open_storage
+from orchard.trial import Trial, TrialStatus
+
+if TYPE_CHECKING:  # pragma: no cover
+    from orchard.experiment import Experiment
 
 __all__ = ["add_parser"]
 
@@ -34,18 +38,22 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     test.set_defaults(func=_run_test)
 
     dump = commands.add_parser("dump", help="write experiments and their trials to a JSON file")
-    add_name(dump, required=False)
-    dump.add_argument("-o", "--output", required=True, metavar="FILE.json", help="output file ('-': stdout)")
+    add_name(dump, required=False, meaning="one experiment (default: every experiment in the storage)")
+    dump.add_argument("-o", "--output", required=True, metavar="FILE.json",
+                      help="the JSON file to write, through a temporary file renamed at the end; its folder "
+                           "must exist ('-': stdout)")
     dump.set_defaults(func=_run_dump)
 
     load = commands.add_parser("load", help="restore experiments from a dump (into any storage)")
     load.add_argument("file", metavar="FILE.json", help="a file written by 'orchard db dump'")
-    load.add_argument("-n", "--name", metavar="NEWNAME", help="load the (single) experiment under this name")
+    load.add_argument("-n", "--name", metavar="NEWNAME",
+                      help="load the experiment of a one-experiment dump under this name")
     load.set_defaults(func=_run_load)
 
-    rm = commands.add_parser("rm", help="delete an experiment and all its trials")
+    rm = commands.add_parser("rm", help="delete an experiment and all its trials (keep a copy with dump first)")
     add_name(rm)
-    rm.add_argument("--yes", "-y", action="store_true", help="do not ask for confirmation")
+    rm.add_argument("--yes", "-y", action="store_true",
+                    help="do not ask for confirmation (required without a terminal)")
     rm.set_defaults(func=_run_rm)
 
     release = commands.add_parser("release", help="give a stuck reserved trial back (it becomes interrupted)")
@@ -87,8 +95,13 @@ def _run_repair(args: argparse.Namespace) -> int:
 
 
 def _run_dump(args: argparse.Namespace) -> int:
+    from orchard.cli._args import missing_storage_file
     from orchard.cli._dumps import dump_experiments, write_dump
+    from orchard.errors import StorageError
 
+    missing = missing_storage_file(args)
+    if missing is not None:  # dumping only reads: create nothing
+        raise StorageError(f"storage file {missing} does not exist, so there is nothing to dump; check --storage")
     storage = open_storage(args)
     data = dump_experiments(storage, args.name)
     write_dump(data, args.output)
@@ -101,7 +114,10 @@ def _run_dump(args: argparse.Namespace) -> int:
 
 def _run_load(args: argparse.Namespace) -> int:
     from orchard.cli._dumps import load_experiments, read_dump
+    from orchard.naming import check_experiment_name
 
+    if args.name is not None:
+        check_experiment_name(args.name)
     data = read_dump(args.file)
     storage = open_storage(args)
     for name, added, total in load_experiments(storage, data, args.name):
@@ -116,12 +132,15 @@ def _run_rm(args: argparse.Namespace) -> int:
     experiment = open_experiment(args)
     storage = experiment.storage
     n_trials = sum(storage.count_trials(experiment.id).values())
+    where = f" --storage {storage.redacted_uri}" if getattr(args, "storage", None) else ""
+    backup = f"orchard db dump -n {experiment.name}{where} -o {experiment.name}.json"
     if not args.yes:
         if not sys.stdin.isatty():
             raise ConfigurationError(
                 f"refusing to delete experiment {experiment.name!r} ({n_trials} trials) without "
-                "confirmation: no terminal to ask on; add --yes"
+                f"confirmation: no terminal to ask on; keep a copy first with '{backup}', then add --yes"
             )
+        print(f"to keep a copy, answer no and run '{backup}' first", file=sys.stderr)
         if not confirm(f"delete experiment {experiment.name!r} and its {n_trials} trials "
                        f"from {storage.redacted_uri}?"):
             print("nothing deleted")
@@ -132,22 +151,39 @@ def _run_rm(args: argparse.Namespace) -> int:
 
 
 def _run_release(args: argparse.Namespace) -> int:
-    from orchard.errors import TrialNotFoundError
-    from orchard.trial import TrialStatus
+    from orchard.errors import ConfigurationError
 
     experiment = open_experiment(args)
-    trial = experiment.storage.get_trial(args.trial)
-    if trial is None or trial.experiment != experiment.id:
-        matches = [t for t in experiment.fetch_trials() if t.id.startswith(args.trial)]
-        if len(matches) != 1:
-            reserved = [t.id[:12] for t in experiment.fetch_trials([TrialStatus.RESERVED])]
-            what = "no trial" if not matches else f"{len(matches)} trials"
-            raise TrialNotFoundError(
-                f"{what} of experiment {experiment.name!r} match {args.trial!r}; "
-                f"reserved trials: {', '.join(reserved) or 'none'} (see orchard status -n {experiment.name})"
-            )
-        trial = matches[0]
+    trial = _find_trial(experiment, args.trial)
+    if trial.status is not TrialStatus.RESERVED:
+        raise ConfigurationError(
+            f"trial {trial.id} of experiment {experiment.name!r} is {trial.status.value}, not reserved; "
+            f"only a reserved trial can be released ({_reserved_list(experiment)})"
+        )
     released = experiment.storage.release_trial(trial.id, None)
     print(f"released trial {released.id} of experiment {experiment.name!r} (was reserved by {trial.worker}); "
           "it is now interrupted and the next worker takes it")
     return 0
+
+
+def _find_trial(experiment: Experiment, wanted: str) -> Trial:
+    """The experiment's trial whose id is ``wanted`` or starts with it.
+
+    Raises:
+        TrialNotFoundError: no trial, or several, match.
+    """
+    from orchard.errors import TrialNotFoundError
+
+    trial = experiment.storage.get_trial(wanted)
+    if trial is not None and trial.experiment == experiment.id:
+        return trial
+    matches = [t for t in experiment.fetch_trials() if t.id.startswith(wanted)]
+    if len(matches) == 1:
+        return matches[0]
+    what = f"trial {wanted!r} does not exist" if not matches else f"{len(matches)} trials match {wanted!r}"
+    raise TrialNotFoundError(f"{what} in experiment {experiment.name!r}; {_reserved_list(experiment)}")
+
+
+def _reserved_list(experiment: Experiment) -> str:
+    reserved = [t.id[:12] for t in experiment.fetch_trials([TrialStatus.RESERVED])]
+    return f"reserved trials: {', '.join(reserved) or 'none'}, see orchard status -n {experiment.name}"

@@ -12,20 +12,25 @@ from __future__ import annotations
 import argparse
 import os
 import signal
+import socket
 import threading
+import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
 from orchard.cli._args import UsageError, add_common, add_name, format_params
+from orchard.trial import TrialStatus
 
 if TYPE_CHECKING:  # pragma: no cover
     from orchard.config import Settings
     from orchard.experiment import Experiment
-    from orchard.runner import CommandTemplate
+    from orchard.runner import CommandTemplate, ScriptRunner
     from orchard.storages import BaseStorage
 
 __all__ = ["add_parser", "run"]
+
+_WORKER_EXIT_TIMEOUT = 30.0  # seconds for interrupted local workers to stop their scripts and release
 
 EXAMPLE = ("orchard hunt -n exp --max-trials 50 python train.py --lr~'loguniform(1e-5, 1)' "
            "--layers~'randint(1, 6)'")
@@ -42,30 +47,44 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     add_name(parser, required=False)
     option = parser.add_argument
     option("--max-trials", metavar="N",
-           help="budget of completed trials (can be raised later)")
-    option("--max-broken", metavar="N", help="stop after N broken trials (default 3)")
+           help="the budget: how many completed trials the experiment ends with; it can be raised later, "
+                "never lowered. Without one, workers run until stopped, the grid is exhausted, or "
+                "--idle-timeout expires")
+    option("--max-broken", metavar="N",
+           help="stop when N trials are broken (default 3); given when joining, it replaces the stored value")
     option("--max-attempts", metavar="N",
-           help="break a trial after its reservation was lost N times (default 3)")
+           help="break a trial after its reservation was lost N times to dead or frozen workers (default 3)")
     option("--algorithm", metavar="ALGO",
-           help="random, grid, bayes, asha, hyperband, or a mapping such as '{bayes: {acq_func: EI}}'")
-    option("--n-workers", metavar="K", help="run K local workers through the executor")
-    option("--executor", metavar="NAME", help="joblib (default), process, dask, thread, single")
-    option("--executor-config", metavar="MAPPING", help="executor options, e.g. '{address: tcp://host:8786}'")
+           help="random (default), grid, bayes, asha, hyperband, or a YAML mapping of a name to options, "
+                "such as '{bayes: {acq_func: EI, n_initial_points: 5}}'")
+    option("--n-workers", metavar="K",
+           help="run K workers on this machine through the executor (default 1: with the default "
+                "executor, the one worker runs in the hunt process itself)")
+    option("--executor", metavar="NAME",
+           help="the executor of the K workers: joblib (default; alias loky), process, dask, thread, single")
+    option("--executor-config", metavar="MAPPING",
+           help="executor options as a YAML mapping, such as '{address: tcp://scheduler:8786}' for Dask")
     option("--trial-timeout", metavar="SECONDS",
-           help="kill a trial's process group after this long; the trial is broken with reason timeout")
+           help="stop a trial's whole process group after this long; the trial is broken with reason timeout")
     option("--trial-memory-limit", metavar="SIZE",
            help="kill a trial whose process tree's resident memory passes SIZE (e.g. 4GB); reason memory")
-    option("--gpus", metavar="IDS", help="devices dealt to the local workers as CUDA_VISIBLE_DEVICES, e.g. 0,1")
+    option("--gpus", metavar="IDS",
+           help="devices dealt to the local workers as CUDA_VISIBLE_DEVICES, e.g. 0,1 (default: none set)")
     option("--gpus-per-worker", metavar="N", help="devices per worker (default 1)")
     option("--heartbeat", metavar="SECONDS",
-           help="seconds between heartbeats (default 30)")
+           help="seconds between a worker's heartbeats (default 30); a trial whose heartbeat stands still "
+                "for 3 x this is lost. Only used when the experiment is created")
     option("--idle-timeout", metavar="SECONDS",
-           help="exit after this long with nothing to do")
+           help="a worker exits after this long with nothing to do")
     option("--working-dir", metavar="DIR",
-           help="folder of the per-trial folders (default ./orchard-runs/NAME)")
-    option("--config", metavar="FILE", help="YAML file with the same settings (and name, space)")
-    option("--seed", metavar="N", help="seed of the algorithm (an integer >= 0)")
-    parser.add_argument("command", nargs=argparse.REMAINDER, metavar="COMMAND", help="the command to run")
+           help="the folder of the per-trial folders (default ./orchard-runs/NAME); the value given when "
+                "the experiment is created is stored and is the default of later workers")
+    option("--config", metavar="FILE",
+           help="a YAML file of settings, which may also hold name and space")
+    option("--seed", metavar="SEED",
+           help="seed of the algorithm (an integer >= 0), stored when the experiment is created")
+    parser.add_argument("command", nargs=argparse.REMAINDER, metavar="COMMAND",
+                        help="the command to run for each trial; its --name~'prior' tokens define the space")
     add_common(parser)
     parser.set_defaults(func=run)
     return parser
@@ -107,12 +126,14 @@ def _sigterm_interrupts() -> Iterator[None]:
 
 
 def _hunt(args: argparse.Namespace, settings: Settings) -> int:
+    from orchard.naming import check_experiment_name
     from orchard.storages import get_storage
 
     settings.check()  # every bad value is refused before anything is stored
     name = settings.get("name")
     if not name:
         raise UsageError("hunt needs an experiment name: -n NAME (or name: in --config)")
+    check_experiment_name(name)
     tokens = list(args.command)
     if tokens[:1] == ["--"]:
         tokens = tokens[1:]
@@ -181,29 +202,60 @@ def _budget_met(experiment: Experiment) -> bool:
     return True
 
 
-def _interrupt_local_workers() -> None:
-    """Pass SIGTERM on, as SIGINT, to local worker processes so they release their trials.
+def _stop_local_workers(experiment: Experiment, runner: ScriptRunner) -> str:
+    """Pass an interruption on, as SIGINT, to local worker processes; wait for them; say what happened.
 
-    Ctrl-C in a terminal reaches the whole process group; a SIGTERM sent to this
-    process alone would leave the workers running (and the exit waiting for them).
+    Ctrl-C in a terminal reaches the whole process group, but a SIGINT or SIGTERM sent to
+    this process alone (``kill``, a scheduler, a supervisor) would leave the workers
+    running to the end of the budget. Returns e.g. ``"2 running trials were released"``.
     """
     import multiprocessing
 
-    for child in multiprocessing.active_children():
-        if child.pid is not None:
-            try:
-                os.kill(child.pid, signal.SIGINT)
-            except ProcessLookupError:
-                pass
+    from orchard.errors import OrchardError
+
+    children = [c for c in multiprocessing.active_children() if c.pid is not None]
+    try:
+        mine = _reserved_by(experiment, {os.getpid()} | {c.pid for c in children if c.pid is not None})
+    except OrchardError:  # the storage is what failed: still stop the workers
+        mine = set()
+    for child in children:
+        try:
+            os.kill(child.pid, signal.SIGINT)  # type: ignore[arg-type]
+        except ProcessLookupError:
+            pass
+    deadline = time.monotonic() + _WORKER_EXIT_TIMEOUT
+    for child in children:
+        child.join(max(deadline - time.monotonic(), 0.1))
+    mine |= set(runner.interrupted)  # the in-process worker released its trial before we got here
+    if not mine:
+        return "no trial was running"
+    try:
+        released = sum(t is not None and t.status is TrialStatus.INTERRUPTED
+                       for t in map(experiment.storage.get_trial, mine))
+    except OrchardError as err:
+        return f"could not check whether the {len(mine)} running trial(s) were released: {err}"
+    return f"{released} of {len(mine)} running trial(s) released (status interrupted)"
+
+
+def _reserved_by(experiment: Experiment, pids: set[int]) -> set[str]:
+    """Ids of the experiment's reserved trials owned by workers of this host with one of ``pids``."""
+    host = socket.gethostname()
+    owned = set()
+    for trial in experiment.fetch_trials([TrialStatus.RESERVED]):
+        host_part, _, rest = (trial.worker or "").partition(":")
+        if host_part == host and rest.split(":", 1)[0] in {str(pid) for pid in pids}:
+            owned.add(trial.id)
+    return owned
 
 
 def _work(experiment: Experiment, template: CommandTemplate, settings: Settings) -> int:
     from orchard.cli import Terminated
     from orchard.resources import parse_memory
+    from orchard.naming import folder_in
     from orchard.runner import ScriptRunner
 
     base = (settings.get("working_dir") or experiment.settings.working_dir
-            or os.path.join("orchard-runs", experiment.name))
+            or folder_in("orchard-runs", experiment.name))
     runner = ScriptRunner(template, experiment.name, os.path.abspath(base), settings.get("trial_timeout"),
                           memory_limit=parse_memory(settings.get("trial_memory_limit")))
     n_workers = settings.get("n_workers")
@@ -216,9 +268,8 @@ def _work(experiment: Experiment, template: CommandTemplate, settings: Settings)
             executor_config=settings.get("executor_config"),
             gpus=settings.get("gpus"), gpus_per_worker=settings.get("gpus_per_worker"),
         )
-    except Terminated:
-        _interrupt_local_workers()
-        raise
+    except KeyboardInterrupt as err:  # Ctrl-C, SIGINT or SIGTERM (Terminated)
+        raise type(err)(_stop_local_workers(experiment, runner)) from None
     counts = stats["counts"]
     best = ""
     if stats["best_objective"] is not None:

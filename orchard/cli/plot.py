@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from orchard.cli._args import add_common, add_name
+from orchard.cli._args import add_common, add_name, open_experiment
 
 __all__ = ["add_parser", "run"]
 
@@ -52,11 +52,10 @@ def run(args: argparse.Namespace) -> int:
         ExperimentNotFoundError: no experiment of that name in the storage.
         StorageError: the storage cannot be read.
     """
-    import orchard
     from orchard import plotting
 
     output = plotting.check_output(args.output)  # before touching the storage
-    experiment = orchard.get_experiment(args.name, storage=getattr(args, "storage", None))
+    experiment = open_experiment(args)  # read-only: a missing pickle file is not created
     trials = experiment.fetch_trials()
     figure = plotting.make_figure(args.kind, trials, experiment.name, experiment.space)
     print(plotting.save(figure, output))

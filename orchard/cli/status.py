@@ -22,6 +22,7 @@ from orchard.cli._args import (
     format_params,
     format_time,
     format_value,
+    missing_storage_file,
     open_experiment,
     open_storage,
 )
@@ -34,25 +35,38 @@ __all__ = ["add_parser", "experiment_status", "run_info", "run_list", "run_statu
 _CLEAR = "\x1b[H\x1b[2J"
 
 
+def _positive_seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"{text!r} must be a positive number of seconds, e.g. 2")
+    return value
+
+
 def add_parser(subparsers: Any) -> None:
     """Register ``status``, ``list`` and ``info`` on the CLI's subparsers."""
     status = subparsers.add_parser("status", help="progress, best trial and live workers of experiments")
-    add_name(status, required=False)
-    status.add_argument("--watch", action="store_true", help="refresh in place until Ctrl-C")
-    status.add_argument("--interval", type=float, default=2.0, metavar="SECONDS",
-                        help="refresh period (--watch)")
-    status.add_argument("--json", action="store_true", help="print JSON (an object with -n, else a list)")
+    add_name(status, required=False, meaning="one experiment (default: every experiment in the storage)")
+    status.add_argument("--watch", action="store_true",
+                        help="print the report again every --interval seconds until Ctrl-C (exit status 0); "
+                             "in a terminal the screen is redrawn in place")
+    status.add_argument("--interval", type=_positive_seconds, default=2.0, metavar="SECONDS",
+                        help="refresh period of --watch (default: %(default)s)")
+    status.add_argument("--json", action="store_true", help="print JSON: an object with -n, else a list of objects")
     add_common(status)
     status.set_defaults(func=run_status)
 
     listing = subparsers.add_parser("list", help="the experiments in the storage")
-    listing.add_argument("--json", action="store_true", help="print JSON")
+    listing.add_argument("--json", action="store_true",
+                         help="print a JSON list of objects with name, created, max_trials and counts")
     add_common(listing)
     listing.set_defaults(func=run_list)
 
     info = subparsers.add_parser("info", help="space, algorithm, budget, config, best trial and stats")
     add_name(info)
-    info.add_argument("--json", action="store_true", help="print JSON")
+    info.add_argument("--json", action="store_true", help="print the same as one JSON object, with the best trial in full")
     add_common(info)
     info.set_defaults(func=run_info)
 
@@ -136,6 +150,8 @@ def _collect(args: argparse.Namespace) -> list[dict[str, Any]]:
 
     if args.name:
         return [experiment_status(open_experiment(args))]
+    if missing_storage_file(args) is not None:  # a read-only command creates nothing
+        return []
     storage = open_storage(args)
     return [experiment_status(Experiment(storage, record)) for record in storage.list_experiments()]
 
@@ -160,7 +176,7 @@ def run_status(args: argparse.Namespace) -> int:
             stamp = time.strftime("%H:%M:%S")
             sys.stdout.write((_CLEAR if in_place else "") + f"{text}\n(updated {stamp}; Ctrl-C to stop)\n\n")
             sys.stdout.flush()
-            time.sleep(max(args.interval, 0.1))
+            time.sleep(args.interval)
     except KeyboardInterrupt:
         return 0  # stopping a watch is its normal end
 
@@ -172,6 +188,10 @@ def run_list(args: argparse.Namespace) -> int:
     """Print one line per experiment: name, completed of budget, broken, running."""
     from orchard.trial import TrialStatus
 
+    missing = missing_storage_file(args)
+    if missing is not None:  # a read-only command creates nothing
+        print("[]" if args.json else f"no experiments in {missing} (the file does not exist)")
+        return 0
     storage = open_storage(args)
     rows: list[dict[str, Any]] = []
     for record in storage.list_experiments():

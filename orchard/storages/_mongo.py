@@ -9,6 +9,7 @@ and converts between :class:`~orchard.trial.Trial` and stored documents.
 
 from __future__ import annotations
 
+import logging
 import threading
 import urllib.parse
 import uuid
@@ -36,6 +37,8 @@ __all__ = [
     "translate",
     "trial_to_doc",
 ]
+
+log = logging.getLogger(__name__)
 
 #: Database used when the URI names none.
 DEFAULT_DATABASE = "orchard"
@@ -152,14 +155,24 @@ def translate(err: PyMongoError | BSONError, uri: str, action: str) -> StorageEr
             "and authSource in the URI, and that the user may read and write the database"
         )
     if isinstance(err, ConnectionFailure):  # includes ServerSelectionTimeoutError, NetworkTimeout
-        return StorageUnavailableError(
-            f"cannot reach MongoDB at {where} to {action}: {detail}; check that the server is "
-            "running and reachable from this host (host, port, firewall, TLS options); raise "
-            "serverSelectionTimeoutMS in the URI on slow networks"
-        )
+        return _unreachable(err, uri, action)
     if isinstance(err, BSONError):
         return StorageError(f"cannot {action} in MongoDB at {where}: a value is not storable ({detail})")
     return StorageError(f"MongoDB at {where} failed to {action}: {detail}")
+
+
+def _unreachable(err: ConnectionFailure, uri: str, action: str) -> StorageUnavailableError:
+    """One line naming the hosts, the timeout and what to check; the driver's topology dump goes to
+    the debug log (``--debug``), not into the message."""
+    log.debug("MongoDB driver error while trying to %s: %s", action, scrub(str(err), uri))
+    options = {key.lower(): value for key, value in split_options(uri)[1].items()}
+    timeout_ms = options.get("serverselectiontimeoutms", _CLIENT_DEFAULTS["serverSelectionTimeoutMS"])
+    hosts = redact(split_options(uri)[0]).split("://", 1)[-1].split("/", 1)[0]
+    return StorageUnavailableError(
+        f"cannot reach MongoDB at {hosts} to {action} (no answer within {float(timeout_ms) / 1000:g} s); "
+        "check that mongod is running there and reachable from this host (port, firewall, TLS), "
+        "or raise serverSelectionTimeoutMS in the URI; --debug shows the driver's details"
+    )
 
 
 def duplicate_key_field(err: DuplicateKeyError) -> str | None:

@@ -82,12 +82,13 @@ class BaseStorage(abc.ABC):
     # -- experiments -----------------------------------------------------------
 
     @abc.abstractmethod
-    def create_experiment(self, name: str, config: Mapping[str, Any]) -> str:
+    def create_experiment(self, name: str, config: Mapping[str, Any], created: float | None = None) -> str:
         """Create the experiment ``name`` unless it exists; return its id.
 
         Get-or-create, atomic across processes: N processes racing to create
         the same name all receive the same id and exactly one record exists.
-        ``config`` is stored only by the call that creates the record.
+        ``config`` is stored only by the call that creates the record, with
+        ``created`` as its creation time (default: now; ``db load`` keeps the dumped one).
 
         Raises:
             StorageError: the storage could not be written.

@@ -187,8 +187,9 @@ class MongoStorage(BaseStorage):
     # -- experiments ------------------------------------------------------------
 
     @_translated("create an experiment")
-    def create_experiment(self, name: str, config: Mapping[str, Any]) -> str:
-        fresh = {"_id": uuid.uuid4().hex, "config": to_builtin(dict(config)), "created": self.now()}
+    def create_experiment(self, name: str, config: Mapping[str, Any], created: float | None = None) -> str:
+        fresh = {"_id": uuid.uuid4().hex, "config": to_builtin(dict(config)),
+                 "created": self.now() if created is None else created}
         experiments = self._db().experiments
         for _ in range(3):
             try:

@@ -115,7 +115,7 @@ class PickledStorage(TableStorage):
         Raises:
             ConfigurationError: an option is invalid.
             StorageCorruptedError: ``path`` exists and is not an Orchard storage file.
-            StorageError: the directory cannot be created.
+            StorageError: the directory cannot be created, or ``path`` is a directory.
         """
         # realpath: compaction replaces the file, which must not turn a symlink into a copy
         self._path = os.path.realpath(os.path.expanduser(os.fspath(path)))
@@ -123,9 +123,12 @@ class PickledStorage(TableStorage):
         self._lock_kind, self._timeout = lock, float(timeout)
         self._fsync, self._compact_bytes, self._stale_lock_after = bool(fsync), compact_bytes, stale_lock_after
         self.uri = f"pickle://{self._path}" + self._options
+        if os.path.isdir(self._path):
+            raise StorageError(
+                f"storage path {self._path} is a directory, not a storage file; "
+                f"give a file path, e.g. --storage {os.path.join(self._path, 'orchard.pkl')}"
+            )
         with self._translate("create the directory of"):
-            if os.path.isdir(self._path):
-                raise IsADirectoryError(errno.EISDIR, "is a directory", self._path)
             os.makedirs(os.path.dirname(self._path), exist_ok=True)
         self._init_process_state()
         with self._translate("read"):

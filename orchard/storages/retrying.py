@@ -120,9 +120,10 @@ class RetryingStorage(BaseStorage):
 
     # -- experiments ------------------------------------------------------------
 
-    def create_experiment(self, name: str, config: Mapping[str, Any]) -> str:
+    def create_experiment(self, name: str, config: Mapping[str, Any], created: float | None = None) -> str:
         """See :meth:`BaseStorage.create_experiment`."""
-        return self._retry(f"create experiment {name!r}", lambda: self.storage.create_experiment(name, config))
+        return self._retry(f"create experiment {name!r}",
+                           lambda: self.storage.create_experiment(name, config, created))
 
     def get_experiment(self, name: str) -> ExperimentRecord | None:
         """See :meth:`BaseStorage.get_experiment`."""

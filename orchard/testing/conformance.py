@@ -98,6 +98,11 @@ class ExperimentChecks(Checks):
         assert isinstance(record.created, float)
         assert len(storage.list_experiments()) == 1
 
+    def test_create_experiment_keeps_a_given_creation_time(self, storage: BaseStorage) -> None:
+        storage.create_experiment("restored", CONFIG, created=1_700_000_000.5)
+        record = storage.require_experiment("restored")
+        assert record.created == 1_700_000_000.5, "db load must keep the dumped creation time"
+
     def test_get_experiment_unknown_name_is_none(self, storage: BaseStorage) -> None:
         assert storage.get_experiment("nope") is None
         storage.create_experiment("exp", CONFIG)

@@ -1,0 +1,147 @@
+"""Bad input is refused before anything is stored or reserved, with one line that says what to do.
+
+What a new user meets first: names that would become paths, objectives that cannot be called
+with the space's names, results no storage can hold, a finished experiment joined again.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+import pytest
+
+import orchard
+from orchard.errors import ConfigurationError, StorageUnavailableError
+from orchard.naming import MAX_NAME_LENGTH, check_experiment_name, folder_in
+from orchard.objective import interpret_result
+from orchard.runner import CommandTemplate, ScriptRunner
+from orchard.trial import Trial, TrialStatus
+
+SPACE = {"x": "uniform(0, 1)", "y": "uniform(0, 1)"}
+
+
+def quadratic(x: float, y: float) -> float:
+    return (x - 0.3) ** 2 + (y - 0.2) ** 2
+
+
+# -- names ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["../../evil", "/abs/dir", "", "x" * (MAX_NAME_LENGTH + 1), "a/b", "..",
+                                  ".hidden", "-rf", "tab\\there", "nul\\0", 3])
+def test_unsafe_names_are_refused_before_anything_is_stored(tmp_path: Path, name: object) -> None:
+    storage = orchard.get_storage(str(tmp_path / "orchard.pkl"))
+    with pytest.raises(ConfigurationError, match="experiment name") as info:
+        orchard.build_experiment(name, space=SPACE, storage=storage)  # type: ignore[arg-type]
+    assert "\n" not in str(info.value) and "letters, digits" in str(info.value)
+    assert storage.list_experiments() == []
+
+
+@pytest.mark.parametrize("name", ["e", "lr-search_2", "bohb.v2", "a+b=c@d", "_x", "x" * MAX_NAME_LENGTH])
+def test_plain_names_are_accepted(name: str) -> None:
+    assert check_experiment_name(name) == name
+
+
+@pytest.mark.parametrize("part", ["..", ".", "", "../x", "/etc", "a/b"])
+def test_folder_in_never_leaves_its_base(part: str) -> None:
+    with pytest.raises(ConfigurationError, match="folder name"):
+        folder_in("/base", part)
+
+
+def test_a_tampered_trial_id_breaks_the_trial_instead_of_writing_outside(tmp_path: Path) -> None:
+    runs = tmp_path / "runs"
+    runner = ScriptRunner(CommandTemplate.parse(["true", "--x~uniform(0, 1)"]), "e", str(runs))
+    outcome = runner(Trial(id="../../evil", experiment="e", params={"x": 0.5}))
+    assert outcome.error is not None and outcome.error["reason"] == "setup"
+    assert not (tmp_path.parent / "evil").exists() and not (tmp_path / "evil").exists()
+
+
+# -- objectives and results ------------------------------------------------------------------------
+
+
+def test_an_unstorable_result_breaks_its_trial_and_the_worker_goes_on(tmp_path: Path) -> None:
+    calls = []
+
+    def objective(x: float, y: float) -> dict[str, object]:
+        calls.append(x)
+        extra = object() if len(calls) == 1 else "fine"
+        return {"objective": quadratic(x, y), "obj": extra}
+
+    exp = orchard.build_experiment("e", space=SPACE, max_trials=3, storage=str(tmp_path / "orchard.pkl"))
+    exp.workon(objective, executor="single", progress=False)
+    statuses = sorted(t.status.value for t in exp.fetch_trials())
+    assert statuses == ["broken", "completed", "completed", "completed"]
+    (broken,) = exp.fetch_trials([TrialStatus.BROKEN])
+    assert broken.error is not None and broken.error["reason"] == "unstorable"
+    assert "'obj'" in broken.error["message"]
+
+
+def test_interpret_result_names_the_unstorable_key() -> None:
+    outcome = interpret_result({"objective": 1.0, "obj": object(), "ok": [1, "a", {"b": 2.5}]})
+    assert outcome.error is not None and "'obj'" in outcome.error["message"]
+    assert interpret_result({"objective": 1.0, "ok": [1, "a", {"b": 2.5}]}).ok
+
+
+@pytest.mark.parametrize(("fn", "words"), [
+    (42, "not callable"),
+    (lambda a: a, "cannot be called with the space's parameters"),
+    (lambda x: x, "unexpected keyword argument 'y'"),
+    (lambda x, y, z: x, "missing a required argument: 'z'"),
+])
+def test_an_objective_that_cannot_take_the_space_is_refused_before_any_trial(
+    tmp_path: Path, fn: object, words: str
+) -> None:
+    exp = orchard.build_experiment("e", space=SPACE, max_trials=5, storage=str(tmp_path / "orchard.pkl"))
+    with pytest.raises(ConfigurationError, match=words):
+        exp.workon(fn, executor="single", progress=False)  # type: ignore[arg-type]
+    assert exp.fetch_trials() == [], "no trial may be reserved for an objective that cannot run"
+
+
+@pytest.mark.parametrize("fn", [quadratic, lambda **params: 1.0, lambda x, y, z=0: 1.0, lambda *, x, y: 1.0])
+def test_objectives_that_take_the_names_are_accepted(tmp_path: Path, fn: object) -> None:
+    exp = orchard.build_experiment("e", space=SPACE, max_trials=1, storage=str(tmp_path / "orchard.pkl"))
+    exp.workon(fn, executor="single", progress=False)  # type: ignore[arg-type]
+    assert [t.status for t in exp.fetch_trials()] == [TrialStatus.COMPLETED]
+
+
+def test_workon_says_when_the_budget_is_already_met(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    exp = orchard.build_experiment("e", space=SPACE, max_trials=2, storage=str(tmp_path / "orchard.pkl"))
+    exp.workon(quadratic, executor="single", progress=False)
+    with caplog.at_level(logging.WARNING, logger="orchard"):
+        exp.workon(quadratic, executor="single", progress=False)
+    assert any("already completed its 2 trials" in r.getMessage() for r in caplog.records), caplog.text
+
+
+# -- reading and reporting -----------------------------------------------------------------------------
+
+
+def test_to_pandas_times_are_datetimes(tmp_path: Path) -> None:
+    pd = pytest.importorskip("pandas")
+    exp = orchard.build_experiment("e", space=SPACE, max_trials=2, storage=str(tmp_path / "orchard.pkl"))
+    exp.workon(quadratic, executor="single", progress=False)
+    frame = exp.to_pandas()
+    for column in ("submit_time", "start_time", "end_time"):
+        assert pd.api.types.is_datetime64_any_dtype(frame[column]), column
+    assert (frame["end_time"] >= frame["start_time"]).all()
+
+
+def test_report_objective_errors_name_report_objective(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("ORCHARD_RESULTS_PATH", raising=False)
+    with pytest.raises(ValueError, match="^report_objective needs a finite number"):
+        orchard.report_objective(float("nan"))
+    with pytest.raises(RuntimeError, match="report_objective only works inside a trial"):
+        orchard.report_objective(1.0)
+    with pytest.raises(RuntimeError, match="report_results only works inside a trial"):
+        orchard.report_results({"objective": 1.0})
+
+
+def test_an_unreachable_mongodb_is_one_short_line() -> None:
+    storage = orchard.get_storage("mongodb://127.0.0.1:1/x?serverSelectionTimeoutMS=300")
+    with pytest.raises(StorageUnavailableError) as info:
+        storage.list_experiments()
+    message = str(info.value)
+    assert "\n" not in message and len(message) < 300, message
+    assert "127.0.0.1:1" in message and "0.3 s" in message and "Topology" not in message
+    assert os.linesep not in message
