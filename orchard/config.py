@@ -82,7 +82,7 @@ def _experiment(key: str) -> Setting:
 #: Every setting Orchard resolves. ``name``, ``space`` and ``executor_config`` come
 #: only from flags, arguments and config files.
 SETTINGS: dict[str, Setting] = {
-    "name": Setting(optional(text), env=False),
+    "name": Setting(optional(str), env=False),  # checked by orchard.naming where it is used
     "space": Setting(env=False),
     "storage": Setting(default=DEFAULT_STORAGE),  # a URI, a path or a BaseStorage
     # the algorithm's name and options are checked when the experiment is built
