@@ -184,10 +184,13 @@ function drawTimeline() {
     type: "bar", orientation: "h", name: status, marker: { color: STATUS_COLORS[status] },
     y: items.map((i) => i.t.worker), base: items.map((i) => new Date(i.t.start_time * 1000).toISOString()),
     x: items.map((i) => Math.max((i.end - i.t.start_time) * 1000, 1)),
-    text: items.map((i) => i.t.id.slice(0, 8) + " " + fmtParams(i.t.params)), hoverinfo: "text+name",
+    hovertext: items.map((i) => "#" + i.t.number + " " + fmtParams(i.t.params)), hoverinfo: "text+name",
+    textposition: "none",
   }));
-  const layout = { barmode: "overlay", margin: { l: 220, r: 10, t: 10, b: 40 }, xaxis: { type: "date" },
-    yaxis: { automargin: true }, legend: { orientation: "h", y: 1.12 } };
+  const workers = new Set(started.map((t) => t.worker)).size;
+  const layout = { barmode: "overlay", bargap: 0.35, height: Math.max(180, 90 + 34 * workers),
+    margin: { l: 20, r: 10, t: 10, b: 40 }, xaxis: { type: "date" }, yaxis: { automargin: true, type: "category" },
+    legend: { orientation: "h", y: 1.15 } };
   Plotly.react("plot-timeline", data, layout, PLOT_CONFIG);
 }
 
