@@ -147,3 +147,19 @@ def test_serve_without_the_extra_says_how_to_install_it_in_one_line(tmp_path: Pa
     assert proc.returncode == 2 and proc.stdout == ""
     assert proc.stderr.splitlines() == [
         "orchard: error: orchard serve needs the dashboard extra: pip install 'orchard-hpo[dashboard]'"]
+
+
+def test_cached_rows_are_the_rows_after_every_change(store: BaseStorage) -> None:
+    from orchard.dashboard._payloads import RowCache
+
+    exp_id = make_experiment(store)
+    cache = RowCache()
+    view = ExperimentView(store, store.require_experiment("exp"))
+    running = [store.register_trial(exp_id, {"x": x / 10}, worker="w") for x in range(4)]
+    for trial in running:
+        view.fold()
+        assert json.loads(cache.trial_rows(view)) == trial_rows(view)
+        store.complete_trial(trial.id, "w", 1.0)
+    view.fold()
+    assert json.loads(cache.trial_rows(view, since=2)) == trial_rows(view, since=2)
+    assert [row["status"] for row in json.loads(cache.trial_rows(view))["trials"]] == ["completed"] * 4

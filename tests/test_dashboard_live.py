@@ -310,9 +310,16 @@ def test_multi_fidelity_experiments_show_their_rungs(browser: Any, tmp_path: Pat
     store.close()
     with serving(str(tmp_path / "orchard.pkl"), cwd=tmp_path) as served:
         browser.get(served.url + "experiments/asha")
-        wait_for(browser, lambda b: b.find_element(By.ID, "rungs-section").is_displayed())
-        rows = [row.text.split() for row in browser.find_elements(By.CSS_SELECTOR, "#rungs tbody tr")]
-        assert rows == [["1", "3", "0", "0", "0", "0.8"], ["3", "0", "1", "0", "1", "-"]]
+        expected = [["1", "3", "0", "0", "0", "0.8"], ["3", "0", "1", "0", "1", "-"]]
+        rows: list[list[str]] = []
+
+        def rungs_shown(b: Any) -> bool:
+            rows[:] = [row.text.split() for row in b.find_elements(By.CSS_SELECTOR, "#rungs tbody tr")]
+            return bool(b.find_element(By.ID, "rungs-section").is_displayed() and rows == expected)
+
+        with contextlib.suppress(Exception):
+            wait_for(browser, rungs_shown)
+        assert rows == expected
         wait_for(browser, lambda b: b.find_elements(By.CSS_SELECTOR, "#plot-best svg.main-svg"))
         screenshot(browser, "dashboard-rungs.png")
 

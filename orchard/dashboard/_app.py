@@ -19,7 +19,6 @@ the installed ``plotly`` package.
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Callable
 from pathlib import Path
@@ -32,7 +31,7 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from orchard.dashboard._payloads import experiment_detail, experiment_summary, trial_rows
+from orchard.dashboard._payloads import RowCache, experiment_detail, experiment_summary, to_json
 from orchard.dashboard._views import ExperimentView, StorageView
 from orchard.errors import OrchardError
 
@@ -104,16 +103,18 @@ def build_app(view: StorageView) -> ASGIApp:
     """
     bundle = plotly_bundle()
     uri = view.storage.redacted_uri
+    rows = RowCache()
 
     def experiments(request: Request) -> Response:
-        return _json([experiment_summary(v) for v in view.experiments()])
+        with view.reading():
+            return _json(to_json([experiment_summary(v) for v in view.experiments()]))
 
     def experiment(request: Request) -> Response:
-        return _with_experiment(view, request, lambda v: experiment_detail(v, uri))
+        return _with_experiment(view, request, lambda v: to_json(experiment_detail(v, uri)))
 
     def trials(request: Request) -> Response:
         since = _int_param(request, "since")
-        return _with_experiment(view, request, lambda v: trial_rows(v, since))
+        return _with_experiment(view, request, lambda v: rows.trial_rows(v, since))
 
     routes = [
         Route("/", _page("index.html")),
@@ -137,12 +138,15 @@ def _page(name: str) -> Callable[[Request], Response]:
     return page
 
 
-def _with_experiment(view: StorageView, request: Request, build: Callable[[ExperimentView], Any]) -> Response:
+def _with_experiment(view: StorageView, request: Request, build: Callable[[ExperimentView], str]) -> Response:
+    """Answer with ``build(view of the named experiment)``, a JSON text built while the view holds still."""
     name = request.path_params["name"]
-    found = view.experiment(name)
-    if found is None:
-        return _json({"error": f"no experiment named {name!r} in this storage; see /api/experiments"}, 404)
-    return _json(build(found))
+    with view.reading():
+        found = view.experiment(name)
+        if found is None:
+            return _json(to_json({"error": f"no experiment named {name!r} in this storage; see /api/experiments"}),
+                         404)
+        return _json(build(found))
 
 
 def _int_param(request: Request, key: str) -> int:
@@ -152,12 +156,11 @@ def _int_param(request: Request, key: str) -> int:
         return 0
 
 
-def _json(payload: Any, status: int = 200) -> Response:
-    body = json.dumps(payload, allow_nan=False, default=str, separators=(",", ":"))
+def _json(body: str, status: int = 200) -> Response:
     return Response(body, status_code=status, media_type="application/json", headers={"Cache-Control": "no-store"})
 
 
 def _storage_failed(request: Request, err: Exception) -> Response:
     message = " ".join(str(err).split()) or type(err).__name__
     logger.warning("reading the storage failed: %s", message)
-    return _json({"error": message}, 503)
+    return _json(to_json({"error": message}), 503)

@@ -19,9 +19,10 @@ from below (``heartbeat_age_is_lower_bound``).
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import NamedTuple
 
 from orchard.storages.base import BaseStorage, ExperimentRecord
@@ -130,9 +131,18 @@ class StorageView:
         self.storage = storage
         self.min_interval = float(min_interval)
         self._clock = clock
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()
         self._views: dict[str, ExperimentView] = {}
         self._listed_at: float | None = None
+
+    @contextlib.contextmanager
+    def reading(self) -> Iterator[StorageView]:
+        """Hold the view still: no fold runs in another thread until the block ends.
+
+        Build payloads inside this block; a view's trials change under a fold.
+        """
+        with self._lock:
+            yield self
 
     def experiments(self) -> list[ExperimentView]:
         """Every experiment, each refreshed if due, oldest first."""

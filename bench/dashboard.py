@@ -1,0 +1,166 @@
+"""What an open dashboard costs the workers, and how fast its API answers at 10,000 trials.
+
+1. Workers' throughput (random search, trivial objective, 2 workers on one
+   pickle file) with no dashboard, and with ``orchard serve`` running and
+   polled the way an open experiment page polls it (every 2 s: the experiment,
+   then its trials changed since the last version) -- and with a page polling
+   10x as often. Runs alternate (off, on, off, on, ...) so that load on the
+   machine hits both sides alike; trials/s are taken from the trials' own
+   timestamps, first start to last end, so process start-up is excluded.
+2. API latency with 10,000 trials in the experiment: the first call (which
+   folds the whole history) and the following calls of each endpoint, each
+   after the server's refresh interval so that every call folds the change
+   feed again.
+
+    python bench/dashboard.py                # 3 alternated rounds of 4,000 trials, then latency
+    python bench/dashboard.py --quick        # 1 round of 1,500 trials
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import re
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+from collections.abc import Iterator
+
+SPACE = {"x": "uniform(-5, 10)", "y": "uniform(0, 15)"}
+URL = re.compile(r"http://\S+/")
+
+
+def trivial(x: float, y: float) -> float:
+    return x * x + y
+
+
+@contextlib.contextmanager
+def serving(storage: str) -> Iterator[str]:
+    """``orchard serve --port 0`` on ``storage`` for the block; yields its URL."""
+    proc = subprocess.Popen([sys.executable, "-m", "orchard", "serve", "--storage", storage, "--port", "0"],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    assert proc.stdout is not None
+    line = proc.stdout.readline()
+    match = URL.search(line)
+    if match is None:
+        proc.kill()
+        raise RuntimeError(f"orchard serve did not start: {line!r}")
+    try:
+        yield match.group(0)
+    finally:
+        proc.send_signal(signal.SIGINT)
+        proc.wait(timeout=30)
+
+
+def get(url: str) -> object:
+    with urllib.request.urlopen(url, timeout=60) as response:
+        return json.loads(response.read())
+
+
+def poll_like_a_page(base: str, name: str, period: float, stop: threading.Event) -> int:
+    """Do what an open experiment page does every ``period`` s until ``stop``; return the polls made."""
+    version, polls = 0, 0
+    while not stop.is_set():
+        with contextlib.suppress(OSError):  # the experiment may not be created yet
+            get(f"{base}api/experiments/{name}")
+            delta = get(f"{base}api/experiments/{name}/trials?since={version}")
+            version = delta["version"]  # type: ignore[index]
+            polls += 1
+        stop.wait(period)
+    return polls
+
+
+def one_run(trials: int, period: float | None) -> tuple[float, int]:
+    """Trials/s of 2 workers on a fresh file, with a page polling every ``period`` s (None: no dashboard)."""
+    import orchard
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "orchard.pkl")
+        exp = orchard.build_experiment("bench", space=SPACE, algorithm="random", storage=path, max_trials=trials)
+        stop, polls = threading.Event(), [0]
+        with serving(path) if period is not None else contextlib.nullcontext("") as base:
+            poller = None
+            if period is not None:
+                poller = threading.Thread(target=lambda: polls.__setitem__(0, poll_like_a_page(base, "bench", period, stop)))
+                poller.start()
+            exp.workon(trivial, n_workers=2)
+            stop.set()
+            if poller is not None:
+                poller.join()
+        done = [t for t in exp.fetch_trials() if t.end_time is not None]
+        span = max(t.end_time for t in done) - min(t.start_time for t in done)  # type: ignore[type-var, operator]
+    return len(done) / span, polls[0]
+
+
+def throughput(pairs: int, trials: int) -> None:
+    modes = [("no dashboard", None), ("page polling every 2 s", 2.0), ("page polling every 0.2 s", 0.2)]
+    results: dict[str, list[float]] = {label: [] for label, _ in modes}
+    for round_ in range(pairs):
+        for label, period in modes:
+            rate, polls = one_run(trials, period)
+            results[label].append(rate)
+            print(f"  round {round_ + 1}: {label:<26} {rate:7.0f} trials/s ({polls} polls)", flush=True)
+    base = statistics.median(results["no dashboard"])
+    print("\nworkers' throughput, 2 workers, pickle file (measured under load):")
+    print("| dashboard | median trials/s | runs | vs none |\n|---|---:|---:|---:|")
+    for label, _ in modes:
+        median = statistics.median(results[label])
+        print(f"| {label} | {median:.0f} | {len(results[label])} | {median / base:.2f}x |")
+
+
+def latency(n_trials: int = 10_000, calls: int = 15) -> None:
+    import orchard
+    from orchard.trial import Trial, TrialStatus
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "orchard.pkl")
+        exp = orchard.build_experiment("big", space=SPACE, algorithm="random", storage=path, max_trials=2 * n_trials)
+        now = time.time()
+        trials = [Trial(id=f"{i:032x}", experiment=exp.id, params={"x": -5 + 15 * i / n_trials, "y": (i * 7919 % n_trials) * 15 / n_trials},
+                        status=TrialStatus.COMPLETED, objective=float(i % 97), worker=f"host:{i % 8}:w",
+                        submit_time=now + i, start_time=now + i, end_time=now + i + 0.5, heartbeat=now + i + 0.5,
+                        attempts=1) for i in range(n_trials)]
+        assert exp.storage.restore_trials(exp.id, trials) == n_trials
+        endpoints = ["api/experiments", "api/experiments/big", "api/experiments/big/trials",
+                     "api/experiments/big/trials?since=1"]
+        with serving(path) as base:
+            first: dict[str, float] = {}
+            later: dict[str, list[float]] = {e: [] for e in endpoints}
+            for endpoint in endpoints:
+                first[endpoint] = timed(base + endpoint)
+            for _ in range(calls):
+                for endpoint in endpoints:
+                    time.sleep(0.55)  # past the server's 0.5 s refresh interval: every call folds again
+                    later[endpoint].append(timed(base + endpoint))
+    print(f"\nAPI latency, {n_trials:,} trials, pickle file (measured under load):")
+    print("| endpoint | first call | median after | max after |\n|---|---:|---:|---:|")
+    for endpoint in endpoints:
+        print(f"| `/{endpoint}` | {first[endpoint] * 1e3:.0f} ms | {statistics.median(later[endpoint]) * 1e3:.0f} ms "
+              f"| {max(later[endpoint]) * 1e3:.0f} ms |")
+
+
+def timed(url: str) -> float:
+    start = time.perf_counter()
+    get(url)
+    return time.perf_counter() - start
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="one pair of short runs")
+    args = parser.parse_args()
+    print(f"load average: {os.getloadavg()[0]:.2f} {os.getloadavg()[1]:.2f} {os.getloadavg()[2]:.2f}", flush=True)
+    throughput(1 if args.quick else 3, 1500 if args.quick else 4000)
+    latency()
+    print(f"load average: {os.getloadavg()[0]:.2f} {os.getloadavg()[1]:.2f} {os.getloadavg()[2]:.2f}")
+
+
+if __name__ == "__main__":
+    main()
