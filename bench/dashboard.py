@@ -12,8 +12,8 @@
    after the server's refresh interval so that every call folds the change
    feed again.
 
-    python bench/dashboard.py                # 3 alternated rounds of 4,000 trials, then latency
-    python bench/dashboard.py --quick        # 1 round of 1,500 trials
+    python bench/dashboard.py                # 5 alternated rounds of 20,000 trials, then latency
+    python bench/dashboard.py --quick        # 1 round of 5,000 trials
 """
 
 from __future__ import annotations
@@ -41,9 +41,16 @@ def trivial(x: float, y: float) -> float:
     return x * x + y
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time a process has used so far (Linux /proc)."""
+    with open(f"/proc/{pid}/stat") as handle:
+        fields = handle.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 @contextlib.contextmanager
-def serving(storage: str) -> Iterator[str]:
-    """``orchard serve --port 0`` on ``storage`` for the block; yields its URL."""
+def serving(storage: str, cpu: list[float] | None = None) -> Iterator[str]:
+    """``orchard serve --port 0`` on ``storage`` for the block; yields its URL; appends its CPU seconds to ``cpu``."""
     proc = subprocess.Popen([sys.executable, "-m", "orchard", "serve", "--storage", storage, "--port", "0"],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     assert proc.stdout is not None
@@ -55,6 +62,8 @@ def serving(storage: str) -> Iterator[str]:
     try:
         yield match.group(0)
     finally:
+        if cpu is not None:
+            cpu.append(cpu_seconds(proc.pid))
         proc.send_signal(signal.SIGINT)
         proc.wait(timeout=30)
 
@@ -77,15 +86,19 @@ def poll_like_a_page(base: str, name: str, period: float, stop: threading.Event)
     return polls
 
 
-def one_run(trials: int, period: float | None) -> tuple[float, int]:
-    """Trials/s of 2 workers on a fresh file, with a page polling every ``period`` s (None: no dashboard)."""
+def one_run(trials: int, period: float | None) -> tuple[float, int, float]:
+    """Trials/s of 2 workers on a fresh file, with a page polling every ``period`` s (None: no dashboard).
+
+    Also returns the polls made and the server's CPU seconds per second of the run.
+    """
     import orchard
 
     with tempfile.TemporaryDirectory() as tmp:
         path = os.path.join(tmp, "orchard.pkl")
         exp = orchard.build_experiment("bench", space=SPACE, algorithm="random", storage=path, max_trials=trials)
-        stop, polls = threading.Event(), [0]
-        with serving(path) if period is not None else contextlib.nullcontext("") as base:
+        stop, polls, cpu = threading.Event(), [0], [0.0]
+        started = time.perf_counter()
+        with serving(path, cpu) if period is not None else contextlib.nullcontext("") as base:
             poller = None
             if period is not None:
                 poller = threading.Thread(target=lambda: polls.__setitem__(0, poll_like_a_page(base, "bench", period, stop)))
@@ -94,25 +107,31 @@ def one_run(trials: int, period: float | None) -> tuple[float, int]:
             stop.set()
             if poller is not None:
                 poller.join()
+        wall = time.perf_counter() - started
         done = [t for t in exp.fetch_trials() if t.end_time is not None]
         span = max(t.end_time for t in done) - min(t.start_time for t in done)  # type: ignore[type-var, operator]
-    return len(done) / span, polls[0]
+    return len(done) / span, polls[0], cpu[-1] / wall
 
 
-def throughput(pairs: int, trials: int) -> None:
+def throughput(rounds: int, trials: int) -> None:
     modes = [("no dashboard", None), ("page polling every 2 s", 2.0), ("page polling every 0.2 s", 0.2)]
     results: dict[str, list[float]] = {label: [] for label, _ in modes}
-    for round_ in range(pairs):
+    server_cpu: dict[str, list[float]] = {label: [] for label, _ in modes}
+    for round_ in range(rounds):
         for label, period in modes:
-            rate, polls = one_run(trials, period)
+            rate, polls, cpu = one_run(trials, period)
             results[label].append(rate)
-            print(f"  round {round_ + 1}: {label:<26} {rate:7.0f} trials/s ({polls} polls)", flush=True)
+            server_cpu[label].append(cpu)
+            print(f"  round {round_ + 1}: {label:<26} {rate:7.0f} trials/s ({polls} polls, "
+                  f"server {100 * cpu:.0f} % of a core)", flush=True)
     base = statistics.median(results["no dashboard"])
     print("\nworkers' throughput, 2 workers, pickle file (measured under load):")
-    print("| dashboard | median trials/s | runs | vs none |\n|---|---:|---:|---:|")
-    for label, _ in modes:
+    print("| dashboard | median trials/s | runs | vs none | server CPU (median, % of a core) |")
+    print("|---|---:|---:|---:|---:|")
+    for label, period in modes:
         median = statistics.median(results[label])
-        print(f"| {label} | {median:.0f} | {len(results[label])} | {median / base:.2f}x |")
+        cpu = f"{100 * statistics.median(server_cpu[label]):.0f} %" if period is not None else "-"
+        print(f"| {label} | {median:.0f} | {len(results[label])} | {median / base:.2f}x | {cpu} |")
 
 
 def latency(n_trials: int = 10_000, calls: int = 15) -> None:
@@ -154,10 +173,10 @@ def timed(url: str) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="one pair of short runs")
+    parser.add_argument("--quick", action="store_true", help="one round of short runs")
     args = parser.parse_args()
     print(f"load average: {os.getloadavg()[0]:.2f} {os.getloadavg()[1]:.2f} {os.getloadavg()[2]:.2f}", flush=True)
-    throughput(1 if args.quick else 3, 1500 if args.quick else 4000)
+    throughput(1 if args.quick else 5, 5000 if args.quick else 20000)
     latency()
     print(f"load average: {os.getloadavg()[0]:.2f} {os.getloadavg()[1]:.2f} {os.getloadavg()[2]:.2f}")
 

@@ -52,10 +52,8 @@ def algorithm_name(config: dict[str, Any]) -> str:
 
 def experiment_summary(view: ExperimentView) -> dict[str, Any]:
     """One line of the experiments list: counts by status, progress, best objective, live workers."""
-    counts = {status.value: 0 for status in TrialStatus}
-    for trial in view.trials.values():
-        counts[trial.status.value] += 1
-    best = _best(view.trials.values())
+    counts = {status.value: view.counts[status] for status in TrialStatus}
+    best = view.best
     max_trials = view.record.config.get("max_trials")
     return {
         "name": view.record.name,
@@ -76,7 +74,7 @@ def experiment_summary(view: ExperimentView) -> dict[str, Any]:
 def experiment_detail(view: ExperimentView, storage_uri: str) -> dict[str, Any]:
     """The experiment page's header data: summary, space, settings, workers, rungs, version."""
     config = view.record.config
-    best = _best(view.trials.values())
+    best = view.best
     return {
         **experiment_summary(view),
         "storage": storage_uri,
@@ -93,9 +91,7 @@ def experiment_detail(view: ExperimentView, storage_uri: str) -> dict[str, Any]:
 def live_workers(view: ExperimentView) -> list[dict[str, Any]]:
     """One row per reserved trial: its worker, heartbeat age (this server's clock), devices, staleness."""
     rows = []
-    for trial in view.trials.values():
-        if trial.status is not TrialStatus.RESERVED:
-            continue
+    for trial in view.reserved.values():
         age, lower_bound = view.heartbeat_age(trial)
         rows.append({
             "worker": trial.worker, "trial": trial.id, "params": trial.params,

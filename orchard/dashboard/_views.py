@@ -20,6 +20,7 @@ from below (``heartbeat_age_is_lower_bound``).
 from __future__ import annotations
 
 import contextlib
+import math
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -49,6 +50,13 @@ class ExperimentView:
         record: the experiment as stored (name, id, configuration).
         trials: the last version of every trial, by id, in the order first seen.
         numbers: each trial's rank in that order (1 for the first seen), stable across folds.
+        counts: how many trials are in each status.
+        best: the completed trial with the lowest finite objective, or ``None``.
+        reserved: the reserved trials, by id.
+
+    The aggregates are updated by each fold from what changed, so reading them
+    costs nothing however long the history (a completed trial never changes
+    again, so the best one can only be displaced by a newer one).
         version: how many folds changed something; trial rows carry the
             version that last changed them so clients can ask for the rest.
     """
@@ -65,6 +73,9 @@ class ExperimentView:
         self.trials: dict[str, Trial] = {}
         self.version = 0
         self.numbers: dict[str, int] = {}
+        self.counts: dict[TrialStatus, int] = {status: 0 for status in TrialStatus}
+        self.best: Trial | None = None
+        self.reserved: dict[str, Trial] = {}
         self._changed_at: dict[str, int] = {}
         self._sightings: dict[str, HeartbeatSighting] = {}
         self._storage = storage
@@ -86,6 +97,7 @@ class ExperimentView:
         if fresh:
             self.version += 1
         for trial in fresh:
+            self._count(self.trials.get(trial.id), trial)
             self.numbers.setdefault(trial.id, len(self.numbers) + 1)
             self.trials[trial.id] = trial
             self._changed_at[trial.id] = self.version
@@ -107,6 +119,19 @@ class ExperimentView:
         if sighting is None:
             return None, True
         return max(self._clock() - sighting.seen_at, 0.0), sighting.lower_bound
+
+    def _count(self, old: Trial | None, new: Trial) -> None:
+        if old is not None:
+            self.counts[old.status] -= 1
+        self.counts[new.status] += 1
+        if new.status is TrialStatus.RESERVED:
+            self.reserved[new.id] = new
+        else:
+            self.reserved.pop(new.id, None)
+        objective = new.objective
+        if new.status is TrialStatus.COMPLETED and objective is not None and math.isfinite(objective):
+            if self.best is None or objective < self.best.objective:  # type: ignore[operator]
+                self.best = new
 
     def _sight(self, trial: Trial, now: float, lower_bound: bool) -> None:
         if trial.status is not TrialStatus.RESERVED:
