@@ -212,10 +212,25 @@ def text_of(browser: Any, css: str) -> str:
 
 
 def screenshot(browser: Any, name: str) -> None:
+    """Save the page as ``$ORCHARD_SCREENSHOTS/name``, if that variable is set."""
     target = os.environ.get("ORCHARD_SCREENSHOTS")
     if target:
         Path(target).mkdir(parents=True, exist_ok=True)
         browser.save_screenshot(str(Path(target) / name))
+
+
+def screenshot_both_pages(browser: Any, url: str) -> None:
+    """Save this experiment page, and the list from a second tab (this page is left as it is)."""
+    if not os.environ.get("ORCHARD_SCREENSHOTS"):
+        return
+    screenshot(browser, "dashboard-experiment.png")
+    page = browser.current_window_handle
+    browser.switch_to.new_window("tab")
+    browser.get(url)
+    wait_for(browser, lambda b: b.execute_script("return document.querySelectorAll('#experiments tbody tr').length"))
+    screenshot(browser, "dashboard-experiments.png")
+    browser.close()
+    browser.switch_to.window(page)
 
 
 def assert_offline_and_clean(browser: Any, url: str) -> None:
@@ -239,7 +254,6 @@ def test_pages_show_the_experiment_its_counts_and_its_plots(browser: Any, tmp_pa
         assert text_of(browser, "#experiments tr[data-name='dash'] td:first-child") == "dash"
         assert text_of(browser, "#experiments tr[data-name='dash'] .count-completed") == "3"
         assert "3 / 10" in text_of(browser, "#experiments tr[data-name='dash']")
-        screenshot(browser, "dashboard-experiments.png")
         assert_offline_and_clean(browser, served.url)
 
         browser.find_element(By.LINK_TEXT, "dash").click()
@@ -252,7 +266,6 @@ def test_pages_show_the_experiment_its_counts_and_its_plots(browser: Any, tmp_pa
         wait_for(browser, lambda b: b.find_elements(By.CSS_SELECTOR, "#plot-timeline svg.main-svg"))
         assert "host:2:b" in text_of(browser, "#workers tbody")
         assert len(browser.find_elements(By.CSS_SELECTOR, "#trials tbody tr")) == 7
-        screenshot(browser, "dashboard-experiment.png")
 
         Select(browser.find_element(By.ID, "status-filter")).select_by_visible_text("broken")
         rows = browser.find_elements(By.CSS_SELECTOR, "#trials tbody tr")
@@ -285,6 +298,9 @@ def test_counts_change_on_the_page_while_a_hunt_with_two_workers_runs(browser: A
                 shown = text_of(browser, "#count-completed")
                 if shown.isdigit() and (not seen or int(shown) != seen[-1]):
                     seen.append(int(shown))
+                    if 8 <= seen[-1] and (len(seen) < 2 or seen[-2] < 8):
+                        time.sleep(1.0)  # let the plots catch up with the counts
+                        screenshot_both_pages(browser, served.url)
                 time.sleep(0.2)
             assert hunt.wait(timeout=120) == 0, hunt.stderr.read() if hunt.stderr else ""
         finally:
