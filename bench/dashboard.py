@@ -4,16 +4,18 @@
    pickle file) with no dashboard, and with ``orchard serve`` running and
    polled the way an open experiment page polls it (every 2 s: the experiment,
    then its trials changed since the last version) -- and with a page polling
-   10x as often. Runs alternate (off, on, off, on, ...) so that load on the
-   machine hits both sides alike; trials/s are taken from the trials' own
-   timestamps, first start to last end, so process start-up is excluded.
+   10x as often. Runs alternate (ABC, CBA, ...) so that load on the machine
+   hits every side alike; trials/s are taken from the trials' own timestamps,
+   first start to last end, so process start-up is excluded. The workers' CPU
+   seconds per trial are reported beside it: on a shared machine wall-clock
+   throughput swings with the neighbours' load, CPU per trial does not.
 2. API latency with 10,000 trials in the experiment: the first call (which
    folds the whole history) and the following calls of each endpoint, each
    after the server's refresh interval so that every call folds the change
    feed again.
 
-    python bench/dashboard.py                # 5 alternated rounds of 20,000 trials, then latency
-    python bench/dashboard.py --quick        # 1 round of 5,000 trials
+    python bench/dashboard.py                # 6 alternated rounds of 8,000 trials, then latency
+    python bench/dashboard.py --quick        # 1 round of 3,000 trials
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import contextlib
 import json
 import os
 import re
+import resource
 import signal
 import statistics
 import subprocess
@@ -86,10 +89,13 @@ def poll_like_a_page(base: str, name: str, period: float, stop: threading.Event)
     return polls
 
 
-def one_run(trials: int, period: float | None) -> tuple[float, int, float]:
-    """Trials/s of 2 workers on a fresh file, with a page polling every ``period`` s (None: no dashboard).
+def one_run(trials: int, period: float | None) -> tuple[float, float, int, float]:
+    """2 workers on a fresh file, with a page polling every ``period`` s (None: no dashboard).
 
-    Also returns the polls made and the server's CPU seconds per second of the run.
+    Returns the workers' trials/s, their CPU seconds per trial (user + system,
+    from the worker processes' resource usage once they exited: unlike wall
+    time, it does not depend on what else the machine runs), the polls made,
+    and the server's CPU seconds per second of the run.
     """
     import orchard
 
@@ -103,35 +109,40 @@ def one_run(trials: int, period: float | None) -> tuple[float, int, float]:
             if period is not None:
                 poller = threading.Thread(target=lambda: polls.__setitem__(0, poll_like_a_page(base, "bench", period, stop)))
                 poller.start()
-            exp.workon(trivial, n_workers=2)
+            children = resource.getrusage(resource.RUSAGE_CHILDREN)
+            exp.workon(trivial, n_workers=2, executor="process")  # the pool is joined: its CPU is counted
+            after = resource.getrusage(resource.RUSAGE_CHILDREN)
             stop.set()
             if poller is not None:
                 poller.join()
         wall = time.perf_counter() - started
         done = [t for t in exp.fetch_trials() if t.end_time is not None]
         span = max(t.end_time for t in done) - min(t.start_time for t in done)  # type: ignore[type-var, operator]
-    return len(done) / span, polls[0], cpu[-1] / wall
+    worker_cpu = (after.ru_utime + after.ru_stime) - (children.ru_utime + children.ru_stime)
+    return len(done) / span, worker_cpu / len(done), polls[0], cpu[-1] / wall
 
 
 def throughput(rounds: int, trials: int) -> None:
     modes = [("no dashboard", None), ("page polling every 2 s", 2.0), ("page polling every 0.2 s", 0.2)]
-    results: dict[str, list[float]] = {label: [] for label, _ in modes}
+    rates: dict[str, list[float]] = {label: [] for label, _ in modes}
+    costs: dict[str, list[float]] = {label: [] for label, _ in modes}
     server_cpu: dict[str, list[float]] = {label: [] for label, _ in modes}
     for round_ in range(rounds):
-        for label, period in modes:
-            rate, polls, cpu = one_run(trials, period)
-            results[label].append(rate)
+        for label, period in modes if round_ % 2 == 0 else modes[::-1]:  # ABC, CBA, ABC, ...
+            rate, cost, polls, cpu = one_run(trials, period)
+            rates[label].append(rate)
+            costs[label].append(cost)
             server_cpu[label].append(cpu)
-            print(f"  round {round_ + 1}: {label:<26} {rate:7.0f} trials/s ({polls} polls, "
-                  f"server {100 * cpu:.0f} % of a core)", flush=True)
-    base = statistics.median(results["no dashboard"])
-    print("\nworkers' throughput, 2 workers, pickle file (measured under load):")
-    print("| dashboard | median trials/s | runs | vs none | server CPU (median, % of a core) |")
-    print("|---|---:|---:|---:|---:|")
+            print(f"  round {round_ + 1}: {label:<26} {rate:7.0f} trials/s, workers' CPU {cost * 1e6:5.0f} us/trial "
+                  f"({polls} polls, server {100 * cpu:.0f} % of a core)", flush=True)
+    base_rate, base_cost = statistics.median(rates["no dashboard"]), statistics.median(costs["no dashboard"])
+    print("\nworkers' throughput and CPU per trial, 2 workers, pickle file (measured under load):")
+    print("| dashboard | median trials/s | vs none | workers' CPU per trial (median) | vs none | server CPU |")
+    print("|---|---:|---:|---:|---:|---:|")
     for label, period in modes:
-        median = statistics.median(results[label])
-        cpu = f"{100 * statistics.median(server_cpu[label]):.0f} %" if period is not None else "-"
-        print(f"| {label} | {median:.0f} | {len(results[label])} | {median / base:.2f}x | {cpu} |")
+        rate, cost = statistics.median(rates[label]), statistics.median(costs[label])
+        cpu = f"{100 * statistics.median(server_cpu[label]):.0f} % of a core" if period is not None else "-"
+        print(f"| {label} | {rate:.0f} | {rate / base_rate:.2f}x | {cost * 1e6:.0f} us | {cost / base_cost:.2f}x | {cpu} |")
 
 
 def latency(n_trials: int = 10_000, calls: int = 15) -> None:
@@ -176,7 +187,7 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="one round of short runs")
     args = parser.parse_args()
     print(f"load average: {os.getloadavg()[0]:.2f} {os.getloadavg()[1]:.2f} {os.getloadavg()[2]:.2f}", flush=True)
-    throughput(1 if args.quick else 5, 5000 if args.quick else 20000)
+    throughput(1 if args.quick else 6, 3000 if args.quick else 8000)
     latency()
     print(f"load average: {os.getloadavg()[0]:.2f} {os.getloadavg()[1]:.2f} {os.getloadavg()[2]:.2f}")
 

@@ -45,7 +45,7 @@ function showProblem(error) {
   const node = document.getElementById("problem");
   if (!node) return;
   node.hidden = !error;
-  node.textContent = error ? "Cannot read the storage: " + error.message + " (retrying)" : "";
+  node.textContent = error ? error.message + " (retrying every " + POLL_MS / 1000 + " s)" : "";
 }
 
 function stamp() {
