@@ -21,6 +21,8 @@ function fmtNumber(value) {
   if (value === null || value === undefined) return "-";
   if (typeof value !== "number") return String(value);
   if (Number.isInteger(value)) return String(value);
+  const size = Math.abs(value);
+  if (size < 1e-3 || size >= 1e6) return value.toExponential(4);
   return Number(value.toPrecision(6)).toString();
 }
 

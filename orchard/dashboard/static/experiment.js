@@ -171,13 +171,23 @@ function drawParallel(done) {
   Plotly.react("plot-parallel", data, { margin: { l: 50, r: 40, t: 40, b: 20 } }, PLOT_CONFIG);
 }
 
-// Bars span each trial's start to its end (or its latest heartbeat while running): both stamped by the
-// worker that ran it, so no two machines' clocks meet in one bar.
+// Bars span each trial's start to its end. A running trial's bar reaches the latest time stamped by
+// any worker of its host (the host part of host:pid:id): all from one machine's clock, so no two
+// machines' clocks meet in one bar.
+function hostOf(worker) {
+  return worker.split(":")[0];
+}
+
 function drawTimeline() {
   const started = [...state.trials.values()].filter((t) => t.start_time !== null && t.worker);
+  const latest = {};
+  started.forEach((t) => {
+    const host = hostOf(t.worker);
+    latest[host] = Math.max(latest[host] || 0, t.end_time || 0, t.heartbeat || 0, t.start_time);
+  });
   const byStatus = {};
   started.forEach((t) => {
-    const end = t.end_time !== null ? t.end_time : t.heartbeat || t.start_time;
+    const end = t.end_time !== null ? t.end_time : Math.max(t.heartbeat || 0, latest[hostOf(t.worker)]);
     (byStatus[t.status] = byStatus[t.status] || []).push({ t, end });
   });
   const data = Object.entries(byStatus).map(([status, items]) => ({
@@ -210,6 +220,10 @@ async function refreshExperiment() {
   renderSummary(detail);
   renderWorkers(detail.workers);
   renderRungs(detail.rungs);
+  if (detail.version < state.version) {  // the server restarted, or the experiment was re-created
+    state.trials.clear();
+    state.version = 0;
+  }
   if (detail.version === state.version && state.drawnVersion === state.version) return;
   const delta = await getJSON(API + "/trials?since=" + state.version);
   const firstLoad = state.params.length === 0 && delta.params.length > 0;
