@@ -128,10 +128,14 @@ class ExperimentView:
             self.reserved[new.id] = new
         else:
             self.reserved.pop(new.id, None)
-        objective = new.objective
-        if new.status is TrialStatus.COMPLETED and objective is not None and math.isfinite(objective):
-            if self.best is None or objective < self.best.objective:  # type: ignore[operator]
-                self.best = new
+        if self._beats_best(new):
+            self.best = new
+
+    def _beats_best(self, trial: Trial) -> bool:
+        objective = trial.objective
+        if trial.status is not TrialStatus.COMPLETED or objective is None or not math.isfinite(objective):
+            return False
+        return self.best is None or objective < self.best.objective  # type: ignore[operator]
 
     def _sight(self, trial: Trial, now: float, lower_bound: bool) -> None:
         if trial.status is not TrialStatus.RESERVED:
