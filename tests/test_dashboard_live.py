@@ -163,6 +163,25 @@ def test_api_serves_counts_follows_changes_and_refuses_writes(storage_uri: str, 
     store.close()
 
 
+def test_a_pickle_lock_held_by_a_worker_does_not_block_the_dashboard(tmp_path: Path) -> None:
+    import fcntl
+
+    path = tmp_path / "orchard.pkl"
+    store = get_storage(str(path))
+    populate(store)
+    store.close()
+    with open(str(path) + ".lock", "a+") as held:
+        fcntl.flock(held.fileno(), fcntl.LOCK_EX)  # a worker in the middle of a write, for as long as it likes
+        with serving(str(path), cwd=tmp_path) as served:
+            started = time.monotonic()
+            status, experiments = request(served.url + "api/experiments")
+            status_trials, trials = request(served.url + "api/experiments/dash/trials")
+            waited = time.monotonic() - started
+        fcntl.flock(held.fileno(), fcntl.LOCK_UN)
+    assert (status, status_trials) == (200, 200) and experiments[0]["counts"]["completed"] == 3
+    assert len(trials["trials"]) == 7 and waited < 10.0  # the storage's lock timeout is 60 s
+
+
 def test_credentials_in_the_storage_uri_reach_no_page_and_no_log(tmp_path: Path) -> None:
     uri = "mongodb://orchard:s3cr3t-pass@127.0.0.1:1/db?serverSelectionTimeoutMS=300"
     with serving(uri, "--debug", cwd=tmp_path) as served:
