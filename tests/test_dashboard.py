@@ -163,3 +163,16 @@ def test_cached_rows_are_the_rows_after_every_change(store: BaseStorage) -> None
     view.fold()
     assert json.loads(cache.trial_rows(view, since=2)) == trial_rows(view, since=2)
     assert [row["status"] for row in json.loads(cache.trial_rows(view))["trials"]] == ["completed"] * 4
+
+
+def test_a_workers_devices_come_from_its_name(store: BaseStorage) -> None:
+    import importlib.util
+
+    from orchard.dashboard._payloads import devices_of
+
+    exp_id = make_experiment(store)
+    trial = store.register_trial(exp_id, {"x": 0.5}, worker="node1:42:ab12/gpus=0,1")
+    plain = store.register_trial(exp_id, {"x": 0.6}, worker="node1:43:cd34")
+    recorded = importlib.util.find_spec("orchard.resources") is not None  # the GPU assignment's module
+    assert devices_of(trial) == (["0", "1"] if recorded else [])
+    assert devices_of(plain) == []

@@ -20,17 +20,19 @@ __all__ = ["RowCache", "devices_of", "experiment_detail", "experiment_summary", 
 
 
 def devices_of(trial: Trial) -> list[str]:
-    """The devices (GPUs) the worker evaluating ``trial`` was given, if the trial records them.
+    """The devices (GPUs) given to the worker evaluating ``trial``, or ``[]``.
 
-    Hook for the GPU assignment (SPEC §7 ``gpus``): this branch's trials do not
-    record devices yet, so this reads an optional ``devices`` attribute of the
-    trial, else a ``devices`` entry of its results, and returns ``[]`` when
-    neither exists. Change only this function when devices get a stored home.
+    Hook for the GPU assignment (SPEC §7 ``gpus``): workers that were given
+    devices carry them in their name (``host:pid:uuid/gpus=0,1``), read by
+    ``orchard.resources.devices_of``. Where that module is not installed yet,
+    no devices are shown. Change only this function if devices get another home.
     """
-    devices = getattr(trial, "devices", None) or trial.results.get("devices") or []
-    if isinstance(devices, str):
-        devices = devices.split(",")
-    return [str(d) for d in devices if str(d) != ""]
+    try:
+        from orchard.resources import devices_of as recorded_devices
+    except ImportError:
+        return []
+    devices = recorded_devices(trial.worker)
+    return [d for d in str(devices).split(",") if d] if devices else []
 
 
 def fidelity_param(config: dict[str, Any]) -> str | None:
