@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import queue
 import re
@@ -343,15 +344,19 @@ def test_multi_fidelity_experiments_show_their_rungs(browser: Any, tmp_path: Pat
     store = get_storage(str(tmp_path / "orchard.pkl"))
     exp_id = store.create_experiment("asha", {"space": {"lr": "loguniform(1e-4, 1)", "epochs": "fidelity(1, 9)"},
                                               "algorithm": {"asha": {}}, "max_trials": 20})
-    low = []
-    for i, lr in enumerate((0.001, 0.01, 0.1)):
-        low.append(store.register_trial(exp_id, {"lr": lr, "epochs": 1}, worker="host:1:a"))
-        store.complete_trial(low[-1].id, "host:1:a", 1.0 - i / 10)
-    store.register_trial(exp_id, {"lr": 0.1, "epochs": 3}, worker="host:1:a", parent=low[-1].id)
+
+    def evaluate(lr: float, epochs: int, parent: str | None = None) -> str:
+        trial = store.register_trial(exp_id, {"lr": lr, "epochs": epochs}, worker="host:1:a", parent=parent)
+        store.complete_trial(trial.id, "host:1:a", abs(math.log10(lr) + 2) / epochs + 0.1)
+        return trial.id
+
+    low = {lr: evaluate(lr, 1) for lr in (3e-4, 1e-3, 3e-3, 6e-3, 1e-2, 2e-2, 5e-2, 0.1, 0.3)}
+    middle = {lr: evaluate(lr, 3, low[lr]) for lr in (6e-3, 1e-2, 2e-2)}
+    store.register_trial(exp_id, {"lr": 1e-2, "epochs": 9}, worker="host:1:a", parent=middle[1e-2])
     store.close()
     with serving(str(tmp_path / "orchard.pkl"), cwd=tmp_path) as served:
         browser.get(served.url + "experiments/asha")
-        expected = [["1", "3", "0", "0", "0", "0.8"], ["3", "0", "1", "0", "1", "-"]]
+        expected = [["1", "9", "0", "0", "0", "0.1"], ["3", "3", "0", "0", "3", "0.1"], ["9", "0", "1", "0", "1", "-"]]
         rows: list[list[str]] = []
 
         def rungs_shown(b: Any) -> bool:

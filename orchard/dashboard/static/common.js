@@ -22,7 +22,7 @@ function fmtNumber(value) {
   if (typeof value !== "number") return String(value);
   if (Number.isInteger(value)) return String(value);
   const size = Math.abs(value);
-  if (size < 1e-3 || size >= 1e6) return value.toExponential(4);
+  if (size < 1e-3 || size >= 1e6) return Number(value.toPrecision(6)).toExponential();
   return Number(value.toPrecision(6)).toString();
 }
 

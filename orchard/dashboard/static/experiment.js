@@ -4,7 +4,7 @@
 const NAME = decodeURIComponent(location.pathname.replace(/^\/experiments\//, "").replace(/\/$/, ""));
 const API = "/api/experiments/" + encodeURIComponent(NAME);
 const MAX_ROWS = 500;
-const state = { version: 0, trials: new Map(), params: [], sortKey: "number", sortDir: 1, drawnVersion: -1 };
+const state = { fidelity: null, version: 0, trials: new Map(), params: [], sortKey: "number", sortDir: 1, drawnVersion: -1 };
 const PLOT_CONFIG = { displaylogo: false, responsive: true };
 const STATUS_COLORS = { completed: "#2f7d4f", reserved: "#1f5fa8", broken: "#b3261e", interrupted: "#c98a00", new: "#8a96a3" };
 
@@ -146,8 +146,14 @@ function drawBest(done) {
   let best = Infinity;
   const bestSoFar = done.map((t) => (best = Math.min(best, t.objective)));
   const xs = done.map((_, i) => i + 1);
+  const marker = { color: "#8a96a3", size: 6 };
+  if (state.fidelity) {  // multi-fidelity: say which rung each objective comes from
+    const levels = done.map((t) => t.params[state.fidelity]);
+    Object.assign(marker, { color: levels, colorscale: "Blues", reversescale: true, cmin: 0, cmax: Math.max(...levels),
+      showscale: true, colorbar: { title: { text: state.fidelity }, thickness: 12 } });
+  }
   const data = [
-    { x: xs, y: done.map((t) => t.objective), mode: "markers", name: "objective", marker: { color: "#8a96a3", size: 6 },
+    { x: xs, y: done.map((t) => t.objective), mode: "markers", name: "objective", marker,
       text: done.map((t) => fmtParams(t.params)) },
     { x: xs, y: bestSoFar, mode: "lines", name: "best so far", line: { color: "#2f7d4f", width: 2.5, shape: "hv" } },
   ];
@@ -220,6 +226,7 @@ async function refreshExperiment() {
   renderSummary(detail);
   renderWorkers(detail.workers);
   renderRungs(detail.rungs);
+  state.fidelity = detail.fidelity;
   if (detail.version < state.version) {  // the server restarted, or the experiment was re-created
     state.trials.clear();
     state.version = 0;
