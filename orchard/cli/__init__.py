@@ -8,6 +8,7 @@ module                     commands
 :mod:`orchard.cli.insert`  ``insert``: add a point for the next worker
 :mod:`orchard.cli.db`      ``db test|dump|load|rm|release``: storage tools
 :mod:`orchard.cli.plot`    ``plot``: figures (registered only if importable)
+:mod:`orchard.cli.serve`   ``serve``: the live, read-only dashboard
 =========================  ======================================================
 
 Each module has ``add_parser(subparsers)`` adding its parser(s); a parser's
@@ -31,7 +32,7 @@ from orchard.cli._args import PROG, OneLineParser, UsageError, add_common
 
 __all__ = ["build_parser", "main"]
 
-_COMMAND_MODULES = ("hunt", "status", "insert", "db")
+_COMMAND_MODULES = ("hunt", "status", "insert", "db", "serve")
 EXIT_INTERRUPTED = 130
 EXIT_TERMINATED = 143
 EXIT_BROKEN_PIPE = 141

@@ -1,0 +1,73 @@
+"""``orchard serve [--host 127.0.0.1] [--port 8080]``: the live, read-only dashboard.
+
+Needs the ``dashboard`` extra; without it the command says, in one line, how
+to install it. See :mod:`orchard.dashboard`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Any
+
+from orchard.cli._args import PROG, add_common, open_storage
+
+__all__ = ["add_parser", "run"]
+
+INSTALL_HINT = "orchard serve needs the dashboard extra: pip install 'orchard-hpo[dashboard]'"
+
+
+def add_parser(subparsers: Any) -> None:
+    """Register ``serve`` on the CLI's subparsers."""
+    parser = subparsers.add_parser(
+        "serve", help="a live, read-only dashboard of the storage's experiments (JSON under /api)",
+        description="Serve a live, read-only dashboard of every experiment in the storage, and its JSON "
+                    "API under /api/experiments, until Ctrl-C.")
+    parser.add_argument("--host", default="127.0.0.1",
+                        help="address to listen on (default 127.0.0.1: this machine only; anything else "
+                             "lets whoever reaches it read every experiment)")
+    parser.add_argument("--port", type=int, default=8080, help="port to listen on (0: any free port; default 8080)")
+    add_common(parser)
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Serve the dashboard until Ctrl-C or SIGTERM; return 0.
+
+    Raises:
+        ConfigurationError: the dashboard extra is missing.
+        StorageError: the storage cannot be opened.
+        OSError: the address cannot be bound.
+    """
+    _require_extra()
+    from orchard.dashboard import bind, is_loopback, serve
+
+    storage = open_storage(args)
+    if not is_loopback(args.host):
+        print(f"{PROG}: warning: serving on {args.host}: everyone who can reach this address can read every "
+              "experiment in the storage (there is no login); use --host 127.0.0.1 to keep it local",
+              file=sys.stderr, flush=True)
+    sock = bind(args.host, args.port)
+
+    def announce(url: str) -> None:
+        print(f"{PROG}: serving {storage.redacted_uri} (read-only) at {url}", flush=True)
+
+    try:
+        serve(storage, sock, announce=announce)
+    except KeyboardInterrupt:
+        pass  # Ctrl-C is how a dashboard stops
+    finally:
+        sock.close()
+        storage.close()
+    return 0
+
+
+def _require_extra() -> None:
+    from orchard.errors import ConfigurationError
+
+    try:
+        import plotly  # noqa: F401
+        import starlette  # noqa: F401
+        import uvicorn  # noqa: F401
+    except ImportError as err:
+        raise ConfigurationError(INSTALL_HINT) from err

@@ -1,0 +1,166 @@
+"""The web application: pages, their scripts, and the JSON API (Starlette, read-only).
+
+=====================================  ==============================================
+path                                   what
+=====================================  ==============================================
+``/``                                  the experiments list (a page)
+``/experiments/{name}``                one experiment (a page)
+``/api/experiments``                   every experiment with its counts by status
+``/api/experiments/{name}``            one experiment: summary, workers, rungs
+``/api/experiments/{name}/trials``     its trials; ``?since=V`` only those changed after version V
+``/static/…``                          the pages' scripts and styles, and plotly.js
+=====================================  ==============================================
+
+Every method but ``GET`` (and ``HEAD``) is refused with 405 before routing, so
+nothing served can change the storage. Pages load nothing from another origin:
+the content security policy allows only this server, and plotly.js comes from
+the installed ``plotly`` package.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import FileResponse, PlainTextResponse, Response
+from starlette.routing import Mount, Route
+from starlette.staticfiles import StaticFiles
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from orchard.dashboard._payloads import RowCache, experiment_detail, experiment_summary, to_json
+from orchard.dashboard._views import ExperimentView, StorageView
+from orchard.errors import OrchardError
+
+__all__ = ["build_app", "plotly_bundle"]
+
+STATIC = Path(__file__).with_name("static")
+_SAFE_METHODS = ("GET", "HEAD")
+_POLICY = ("default-src 'self'; script-src 'self' 'unsafe-eval'; style-src 'self' 'unsafe-inline'; "
+           "img-src 'self' data: blob:; connect-src 'self'; object-src 'none'; base-uri 'none'")
+logger = logging.getLogger(__name__)
+
+
+def plotly_bundle() -> Path:
+    """The ``plotly.min.js`` shipped inside the installed ``plotly`` package.
+
+    Raises:
+        ConfigurationError: plotly is missing or ships no bundle.
+    """
+    from orchard.errors import ConfigurationError
+
+    try:
+        import plotly
+    except ImportError as err:
+        raise ConfigurationError("orchard serve needs plotly: pip install 'orchard-hpo[dashboard]'") from err
+    bundle = Path(plotly.__file__).parent / "package_data" / "plotly.min.js"
+    if not bundle.is_file():
+        raise ConfigurationError(f"the installed plotly has no {bundle}; reinstall it: pip install -U plotly")
+    return bundle
+
+
+class ReadOnly:
+    """ASGI middleware refusing every HTTP method but GET and HEAD with 405, and adding safety headers."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        if scope["method"] not in _SAFE_METHODS:
+            refusal = PlainTextResponse("orchard serve is read-only: only GET is allowed\n", status_code=405,
+                                        headers={"Allow": ", ".join(_SAFE_METHODS)})
+            await refusal(scope, receive, send)
+            return
+
+        async def send_with_headers(message: Any) -> None:
+            if message["type"] == "http.response.start":
+                headers = list(message.get("headers", []))
+                headers += [(b"content-security-policy", _POLICY.encode()), (b"x-content-type-options", b"nosniff"),
+                            (b"referrer-policy", b"no-referrer")]
+                message = {**message, "headers": headers}
+            await send(message)
+
+        await self.app(scope, receive, send_with_headers)
+
+
+def build_app(view: StorageView) -> ASGIApp:
+    """The dashboard application reading through ``view``.
+
+    Args:
+        view: the folded storage to serve; its storage is never written.
+
+    Returns:
+        An ASGI application (Starlette, wrapped in :class:`ReadOnly`).
+
+    Raises:
+        ConfigurationError: plotly's bundle cannot be found.
+    """
+    bundle = plotly_bundle()
+    uri = view.storage.redacted_uri
+    rows = RowCache()
+
+    def experiments(request: Request) -> Response:
+        with view.reading():
+            return _json(to_json([experiment_summary(v) for v in view.experiments()]))
+
+    def experiment(request: Request) -> Response:
+        return _with_experiment(view, request, lambda v: to_json(experiment_detail(v, uri)))
+
+    def trials(request: Request) -> Response:
+        since = _int_param(request, "since")
+        return _with_experiment(view, request, lambda v: rows.trial_rows(v, since))
+
+    routes = [
+        Route("/", _page("index.html")),
+        Route("/experiments/{name}", _page("experiment.html")),
+        Route("/api/experiments", experiments),
+        Route("/api/experiments/{name}", experiment),
+        Route("/api/experiments/{name}/trials", trials),
+        Route("/static/plotly.min.js", lambda request: FileResponse(bundle, media_type="text/javascript")),
+        Mount("/static", StaticFiles(directory=STATIC), name="static"),
+    ]
+    app = Starlette(routes=routes, exception_handlers={OrchardError: _storage_failed})
+    return ReadOnly(app)
+
+
+def _page(name: str) -> Callable[[Request], Response]:
+    path = STATIC / name
+
+    def page(request: Request) -> Response:
+        return FileResponse(path, media_type="text/html", headers={"Cache-Control": "no-store"})
+
+    return page
+
+
+def _with_experiment(view: StorageView, request: Request, build: Callable[[ExperimentView], str]) -> Response:
+    """Answer with ``build(view of the named experiment)``, a JSON text built while the view holds still."""
+    name = request.path_params["name"]
+    with view.reading():
+        found = view.experiment(name)
+        if found is None:
+            return _json(to_json({"error": f"no experiment named {name!r} in this storage; see /api/experiments"}),
+                         404)
+        return _json(build(found))
+
+
+def _int_param(request: Request, key: str) -> int:
+    try:
+        return max(int(request.query_params.get(key, "0")), 0)
+    except ValueError:
+        return 0
+
+
+def _json(body: str, status: int = 200) -> Response:
+    return Response(body, status_code=status, media_type="application/json", headers={"Cache-Control": "no-store"})
+
+
+def _storage_failed(request: Request, err: Exception) -> Response:
+    message = " ".join(str(err).split()) or type(err).__name__
+    logger.warning("reading the storage failed: %s", message)
+    return _json(to_json({"error": message}), 503)

@@ -1,0 +1,205 @@
+"""The JSON the API serves, built from folded views (plain data in, plain data out).
+
+Every payload holds only builtins that ``json.dumps`` accepts with
+``allow_nan=False``: non-finite floats become ``None``. The storage appears
+only as its redacted URI.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Iterable
+from typing import Any
+
+from orchard.dashboard._views import ExperimentView
+from orchard.trial import Trial, TrialStatus
+
+__all__ = ["RowCache", "devices_of", "experiment_detail", "experiment_summary", "fidelity_param", "to_json",
+           "trial_rows"]
+
+
+def devices_of(trial: Trial) -> list[str]:
+    """The devices (GPUs) given to the worker evaluating ``trial``, or ``[]``.
+
+    Hook for the GPU assignment (SPEC §7 ``gpus``): workers that were given
+    devices carry them in their name (``host:pid:uuid/gpus=0,1``), read by
+    ``orchard.resources.devices_of``. Where that module is not installed yet,
+    no devices are shown. Change only this function if devices get another home.
+    """
+    try:
+        from orchard.resources import devices_of as recorded_devices
+    except ImportError:
+        return []
+    devices = recorded_devices(trial.worker)
+    return [d for d in str(devices).split(",") if d] if devices else []
+
+
+def fidelity_param(config: dict[str, Any]) -> str | None:
+    """The name of the space's ``fidelity(...)`` dimension, or ``None`` for a single-fidelity space."""
+    space = config.get("space") or {}
+    for name, prior in space.items():
+        if isinstance(prior, str) and prior.replace(" ", "").startswith("fidelity("):
+            return str(name)
+    return None
+
+
+def algorithm_name(config: dict[str, Any]) -> str:
+    """``"bayes"`` for ``"bayes"`` or ``{"bayes": {...}}``; ``"-"`` when none is stored."""
+    algorithm = config.get("algorithm")
+    if isinstance(algorithm, dict) and algorithm:
+        return str(next(iter(algorithm)))
+    return str(algorithm) if algorithm else "-"
+
+
+def experiment_summary(view: ExperimentView) -> dict[str, Any]:
+    """One line of the experiments list: counts by status, progress, best objective, live workers."""
+    counts = {status.value: view.counts[status] for status in TrialStatus}
+    best = view.best
+    max_trials = view.record.config.get("max_trials")
+    return {
+        "name": view.record.name,
+        "algorithm": algorithm_name(view.record.config),
+        "created": view.record.created,
+        "max_trials": max_trials,
+        "counts": counts,
+        "total": len(view.trials),
+        "progress": counts["completed"] / max_trials if max_trials else None,
+        "best_objective": None if best is None else _finite(best.objective),
+        "best_trial": None if best is None else best.id,
+        "broken": counts["broken"],
+        "live_workers": len({w["worker"] for w in live_workers(view) if not w["stale"]}),
+        "fidelity": fidelity_param(view.record.config),
+    }
+
+
+def experiment_detail(view: ExperimentView, storage_uri: str) -> dict[str, Any]:
+    """The experiment page's header data: summary, space, settings, workers, rungs, version."""
+    config = view.record.config
+    best = view.best
+    return {
+        **experiment_summary(view),
+        "storage": storage_uri,
+        "space": dict(config.get("space") or {}),
+        "settings": {k: v for k, v in config.items() if k not in ("space", "algorithm")},
+        "best_params": None if best is None else best.params,
+        "stale_after": view.stale_after,
+        "workers": live_workers(view),
+        "rungs": rungs(view),
+        "version": view.version,
+    }
+
+
+def live_workers(view: ExperimentView) -> list[dict[str, Any]]:
+    """One row per reserved trial: its worker, heartbeat age (this server's clock), devices, staleness."""
+    rows = []
+    for trial in view.reserved.values():
+        age, lower_bound = view.heartbeat_age(trial)
+        rows.append({
+            "worker": trial.worker, "trial": trial.id, "params": trial.params,
+            "heartbeat_age": age, "heartbeat_age_is_lower_bound": lower_bound,
+            "stale": age is not None and age > view.stale_after, "devices": devices_of(trial),
+            "attempts": trial.attempts,
+        })
+    return rows
+
+
+def rungs(view: ExperimentView) -> list[dict[str, Any]] | None:
+    """Trials grouped by their fidelity value (lowest rung first), or ``None`` without a fidelity."""
+    name = fidelity_param(view.record.config)
+    if name is None:
+        return None
+    groups: dict[Any, list[Trial]] = {}
+    for trial in view.trials.values():
+        groups.setdefault(trial.params.get(name), []).append(trial)
+    result = []
+    for value in sorted(groups, key=_sort_key):
+        members = groups[value]
+        best = _best(members)
+        result.append({
+            "fidelity": value,
+            "completed": sum(t.status is TrialStatus.COMPLETED for t in members),
+            "running": sum(t.status is TrialStatus.RESERVED for t in members),
+            "broken": sum(t.status is TrialStatus.BROKEN for t in members),
+            "promoted": sum(t.parent is not None for t in members),
+            "best_objective": None if best is None else _finite(best.objective),
+        })
+    return result
+
+
+def trial_rows(view: ExperimentView, since: int = 0, rows: bool = True) -> dict[str, Any]:
+    """The trials changed after version ``since`` (all for 0) as table rows, and the current version.
+
+    With ``rows=False`` only the header fields (version, total, params) are built.
+    """
+    payload: dict[str, Any] = {
+        "version": view.version,
+        "since": since,
+        "total": len(view.trials),
+        "params": list((view.record.config.get("space") or {}).keys()),
+    }
+    if rows:
+        payload["trials"] = [_row(trial, view.numbers[trial.id]) for trial in view.changed_since(since)]
+    return payload
+
+
+def to_json(payload: Any) -> str:
+    """Compact, strict JSON (no NaN): what every API response body is."""
+    return json.dumps(payload, allow_nan=False, default=str, separators=(",", ":"))
+
+
+class RowCache:
+    """The JSON text of each trial's table row, encoded once per version of the trial.
+
+    Serving 10,000 rows then costs a join, not 10,000 encodings: a row is
+    re-encoded only when a fold replaced its trial.
+    """
+
+    def __init__(self) -> None:
+        self._rows: dict[str, tuple[Trial, str]] = {}
+
+    def trial_rows(self, view: ExperimentView, since: int = 0) -> str:
+        """The JSON text of :func:`trial_rows` ``(view, since)``."""
+        head = to_json({**trial_rows(view, since=-1, rows=False), "since": since})
+        parts = []
+        for trial in view.changed_since(since):
+            cached = self._rows.get(trial.id)
+            if cached is None or cached[0] is not trial:
+                cached = (trial, to_json(_row(trial, view.numbers[trial.id])))
+                self._rows[trial.id] = cached
+            parts.append(cached[1])
+        return head[:-1] + ',"trials":[' + ",".join(parts) + "]}"
+
+
+def _row(trial: Trial, number: int) -> dict[str, Any]:
+    error = trial.error or None
+    return {
+        "number": number, "id": trial.id, "status": trial.status.value, "params": {k: _plain(v) for k, v in trial.params.items()},
+        "objective": _finite(trial.objective), "worker": trial.worker,
+        "submit_time": trial.submit_time, "start_time": trial.start_time, "end_time": trial.end_time,
+        "heartbeat": trial.heartbeat, "duration": trial.duration, "attempts": trial.attempts, "parent": trial.parent,
+        "error": None if error is None else {k: str(error.get(k, "")) for k in ("type", "reason", "message")},
+    }
+
+
+def _best(trials: Iterable[Trial]) -> Trial | None:
+    scored = [t for t in trials if t.status is TrialStatus.COMPLETED and _finite(t.objective) is not None]
+    return min(scored, key=lambda t: t.objective, default=None)  # type: ignore[arg-type, return-value]
+
+
+def _finite(value: float | None) -> float | None:
+    if value is None or not isinstance(value, (int, float)) or not math.isfinite(value):
+        return None
+    return float(value)
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def _sort_key(value: Any) -> tuple[int, Any]:
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return (0, value)
+    return (1, str(value))

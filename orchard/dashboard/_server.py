@@ -1,0 +1,76 @@
+"""Binding the socket and running the dashboard under uvicorn until Ctrl-C."""
+
+from __future__ import annotations
+
+import ipaddress
+import socket
+from collections.abc import Callable
+
+from orchard.dashboard._views import StorageView
+from orchard.storages.base import BaseStorage
+
+__all__ = ["bind", "is_loopback", "serve", "url_of"]
+
+
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` is reachable from this machine only (``127.0.0.1``, ``::1``, ``localhost``)."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def bind(host: str, port: int) -> socket.socket:
+    """A listening TCP socket on ``host:port`` (port 0 picks a free one).
+
+    Raises:
+        OSError: the address cannot be bound (in use, not local, permission).
+    """
+    family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+    sock = socket.socket(family, kind, proto)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind(address)
+        sock.listen(128)
+    except OSError:
+        sock.close()
+        raise
+    sock.set_inheritable(True)
+    return sock
+
+
+def url_of(sock: socket.socket) -> str:
+    """``http://HOST:PORT/`` of a bound socket (IPv6 hosts in brackets)."""
+    host, port = sock.getsockname()[:2]
+    shown = f"[{host}]" if ":" in host else host
+    return f"http://{shown}:{port}/"
+
+
+def serve(
+    storage: BaseStorage,
+    sock: socket.socket,
+    announce: Callable[[str], None] = print,
+    min_interval: float = 0.5,
+) -> None:
+    """Serve the dashboard of ``storage`` on ``sock`` until interrupted (SIGINT/SIGTERM).
+
+    Args:
+        storage: the storage to show; it is only read.
+        sock: a socket from :func:`bind`.
+        announce: called once with the URL, after the app is built and before serving.
+        min_interval: seconds a folded experiment is served before the storage is asked again.
+
+    Raises:
+        ConfigurationError: plotly's bundle is missing.
+    """
+    import uvicorn
+
+    from orchard.dashboard._app import build_app
+
+    app = build_app(StorageView(storage, min_interval=min_interval))
+    config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off", server_header=False)
+    server = uvicorn.Server(config)
+    announce(url_of(sock))
+    server.run(sockets=[sock])

@@ -1,0 +1,210 @@
+"""What the dashboard knows about a storage: experiments folded in from their change feeds.
+
+The server never reads a whole history twice. Each :class:`ExperimentView`
+keeps the last version of every trial it was shown and asks the storage only
+for what changed since its cursor (:meth:`BaseStorage.fetch_changes`), so a
+refresh costs what changed, and a pickle file is read without its lock. Views
+refresh at most once per ``min_interval`` however many pages poll, and every
+storage call of one :class:`StorageView` is serialized by its lock (a storage
+handle is not promised to be thread-safe; the web server answers from threads).
+
+Nothing here writes: the only verbs called are ``list_experiments`` and
+``fetch_changes``.
+
+Heartbeat ages never compare two machines' clocks (SPEC §5.8): a heartbeat's
+age is the time since *this* process saw its value change, on this process's
+monotonic clock. A value already there at the first fold has an age known only
+from below (``heartbeat_age_is_lower_bound``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import threading
+import time
+from collections.abc import Callable, Iterator
+from typing import NamedTuple
+
+from orchard.storages.base import BaseStorage, ExperimentRecord
+from orchard.trial import Trial, TrialStatus
+
+__all__ = ["ExperimentView", "HeartbeatSighting", "StorageView"]
+
+Clock = Callable[[], float]
+
+
+class HeartbeatSighting(NamedTuple):
+    """When this process first saw a reservation's current heartbeat value."""
+
+    worker: str | None
+    heartbeat: float | None
+    seen_at: float
+    lower_bound: bool
+
+
+class ExperimentView:
+    """One experiment's trials, kept current by folding in its change feed.
+
+    Attributes:
+        record: the experiment as stored (name, id, configuration).
+        trials: the last version of every trial, by id, in the order first seen.
+        numbers: each trial's rank in that order (1 for the first seen), stable across folds.
+        counts: how many trials are in each status.
+        best: the completed trial with the lowest finite objective, or ``None``.
+        reserved: the reserved trials, by id.
+
+    The aggregates are updated by each fold from what changed, so reading them
+    costs nothing however long the history (a completed trial never changes
+    again, so the best one can only be displaced by a newer one).
+        version: how many folds changed something; trial rows carry the
+            version that last changed them so clients can ask for the rest.
+    """
+
+    def __init__(self, storage: BaseStorage, record: ExperimentRecord, clock: Clock = time.monotonic) -> None:
+        """Start an empty view; nothing is read until :meth:`fold`.
+
+        Args:
+            storage: the storage to read (only ``fetch_changes`` is called).
+            record: the experiment to follow.
+            clock: a monotonic clock, for heartbeat ages and throttling.
+        """
+        self.record = record
+        self.trials: dict[str, Trial] = {}
+        self.version = 0
+        self.numbers: dict[str, int] = {}
+        self.counts: dict[TrialStatus, int] = {status: 0 for status in TrialStatus}
+        self.best: Trial | None = None
+        self.reserved: dict[str, Trial] = {}
+        self._changed_at: dict[str, int] = {}
+        self._sightings: dict[str, HeartbeatSighting] = {}
+        self._storage = storage
+        self._clock = clock
+        self._cursor: object = None
+        self._folded_at: float | None = None
+
+    @property
+    def stale_after(self) -> float:
+        """Seconds without a new heartbeat after which a reservation counts as lost (3 x heartbeat)."""
+        return 3.0 * float(self.record.config.get("heartbeat", 30.0))
+
+    def fold(self) -> int:
+        """Fetch what changed since the last fold and apply it; return how many trials changed."""
+        first = self._cursor is None
+        changed, self._cursor = self._storage.fetch_changes(self.record.id, self._cursor)
+        now = self._clock()
+        fresh = [t for t in changed if self.trials.get(t.id) != t]
+        if fresh:
+            self.version += 1
+        for trial in fresh:
+            self._count(self.trials.get(trial.id), trial)
+            self.numbers.setdefault(trial.id, len(self.numbers) + 1)
+            self.trials[trial.id] = trial
+            self._changed_at[trial.id] = self.version
+            self._sight(trial, now, lower_bound=first)
+        self._folded_at = now
+        return len(fresh)
+
+    def due(self, min_interval: float) -> bool:
+        """Whether the last fold is older than ``min_interval`` seconds (or there was none)."""
+        return self._folded_at is None or self._clock() - self._folded_at >= min_interval
+
+    def changed_since(self, version: int) -> list[Trial]:
+        """The trials whose last change came after ``version``, in the order first seen."""
+        return [t for t in self.trials.values() if self._changed_at[t.id] > version]
+
+    def heartbeat_age(self, trial: Trial) -> tuple[float | None, bool]:
+        """Seconds since this process saw the reservation's heartbeat change, and whether that is a lower bound."""
+        sighting = self._sightings.get(trial.id)
+        if sighting is None:
+            return None, True
+        return max(self._clock() - sighting.seen_at, 0.0), sighting.lower_bound
+
+    def _count(self, old: Trial | None, new: Trial) -> None:
+        if old is not None:
+            self.counts[old.status] -= 1
+        self.counts[new.status] += 1
+        if new.status is TrialStatus.RESERVED:
+            self.reserved[new.id] = new
+        else:
+            self.reserved.pop(new.id, None)
+        if self._beats_best(new):
+            self.best = new
+
+    def _beats_best(self, trial: Trial) -> bool:
+        objective = trial.objective
+        if trial.status is not TrialStatus.COMPLETED or objective is None or not math.isfinite(objective):
+            return False
+        return self.best is None or objective < self.best.objective  # type: ignore[operator]
+
+    def _sight(self, trial: Trial, now: float, lower_bound: bool) -> None:
+        if trial.status is not TrialStatus.RESERVED:
+            self._sightings.pop(trial.id, None)
+            return
+        old = self._sightings.get(trial.id)
+        if old is None or (old.worker, old.heartbeat) != (trial.worker, trial.heartbeat):
+            self._sightings[trial.id] = HeartbeatSighting(trial.worker, trial.heartbeat, now, lower_bound)
+
+
+class StorageView:
+    """Every experiment of one storage, refreshed on demand at most once per ``min_interval``."""
+
+    def __init__(self, storage: BaseStorage, min_interval: float = 0.5, clock: Clock = time.monotonic) -> None:
+        """Follow ``storage``.
+
+        Args:
+            storage: the storage to read; the view never writes to it.
+            min_interval: seconds during which a refreshed view is served as it is.
+            clock: a monotonic clock.
+        """
+        self.storage = storage
+        self.min_interval = float(min_interval)
+        self._clock = clock
+        self._lock = threading.RLock()
+        self._views: dict[str, ExperimentView] = {}
+        self._listed_at: float | None = None
+
+    @contextlib.contextmanager
+    def reading(self) -> Iterator[StorageView]:
+        """Hold the view still: no fold runs in another thread until the block ends.
+
+        Build payloads inside this block; a view's trials change under a fold.
+        """
+        with self._lock:
+            yield self
+
+    def experiments(self) -> list[ExperimentView]:
+        """Every experiment, each refreshed if due, oldest first."""
+        with self._lock:
+            self._relist()
+            for view in self._views.values():
+                if view.due(self.min_interval):
+                    view.fold()
+            return list(self._views.values())
+
+    def experiment(self, name: str) -> ExperimentView | None:
+        """The experiment called ``name``, refreshed if due, or ``None`` if there is none."""
+        with self._lock:
+            view = self._views.get(name)
+            if view is None:
+                self._relist(force=True)
+                view = self._views.get(name)
+            if view is not None and view.due(self.min_interval):
+                view.fold()
+            return view
+
+    def _relist(self, force: bool = False) -> None:
+        """Pick up new experiments and drop deleted ones (views of kept ones stay folded)."""
+        now = self._clock()
+        if not force and self._listed_at is not None and now - self._listed_at < self.min_interval:
+            return
+        records = self.storage.list_experiments()
+        views = {}
+        for record in records:
+            view = self._views.get(record.name)
+            if view is None or view.record.id != record.id:
+                view = ExperimentView(self.storage, record, self._clock)
+            view.record = record  # max_trials may have been raised
+            views[record.name] = view
+        self._views = views
+        self._listed_at = now

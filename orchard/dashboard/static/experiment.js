@@ -1,0 +1,248 @@
+// One experiment: cards, plots, live workers, rungs and the trial table, folded in incrementally.
+"use strict";
+
+const NAME = decodeURIComponent(location.pathname.replace(/^\/experiments\//, "").replace(/\/$/, ""));
+const API = "/api/experiments/" + encodeURIComponent(NAME);
+const MAX_ROWS = 500;
+const state = { fidelity: null, version: 0, trials: new Map(), params: [], sortKey: "number", sortDir: 1, drawnVersion: -1 };
+const PLOT_CONFIG = { displaylogo: false, responsive: true };
+const STATUS_COLORS = { completed: "#2f7d4f", reserved: "#1f5fa8", broken: "#b3261e", interrupted: "#c98a00", new: "#8a96a3" };
+
+function renderSummary(detail) {
+  document.title = detail.name + " - Orchard";
+  setText("name", detail.name);
+  setText("storage", detail.storage);
+  const c = detail.counts;
+  setText("count-completed", c.completed);
+  setText("budget", detail.max_trials ? "of max_trials " + detail.max_trials : "no max_trials");
+  setText("count-reserved", c.reserved);
+  setText("count-waiting", c.new + c.interrupted);
+  setText("count-broken", c.broken);
+  setText("best", fmtNumber(detail.best_objective));
+  setText("best-params", fmtParams(detail.best_params));
+  setText("algorithm", detail.algorithm);
+  setText("stale-after", fmtAge(detail.stale_after));
+}
+
+function renderWorkers(workers) {
+  const body = document.querySelector("#workers tbody");
+  if (!workers.length) {
+    const tr = el("tr");
+    const td = el("td", "no trial is being evaluated", "muted");
+    td.colSpan = 6;
+    tr.appendChild(td);
+    body.replaceChildren(tr);
+    return;
+  }
+  body.replaceChildren(...workers.map((w) => {
+    const tr = el("tr");
+    tr.appendChild(el("td", w.worker));
+    tr.appendChild(el("td", w.trial.slice(0, 12)));
+    tr.appendChild(el("td", fmtParams(w.params), "wrap"));
+    const age = (w.heartbeat_age_is_lower_bound ? "\u2265 " : "") + fmtAge(w.heartbeat_age) + (w.stale ? " (lost?)" : "");
+    tr.appendChild(el("td", age, w.stale ? "stale" : "num"));
+    tr.appendChild(el("td", w.devices.length ? w.devices.join(", ") : "-"));
+    tr.appendChild(el("td", w.attempts, "num"));
+    return tr;
+  }));
+}
+
+function renderRungs(rungs) {
+  const section = document.getElementById("rungs-section");
+  section.hidden = !rungs;
+  if (!rungs) return;
+  document.querySelector("#rungs tbody").replaceChildren(...rungs.map((r) => {
+    const tr = el("tr");
+    [r.fidelity, r.completed, r.running, r.broken, r.promoted, fmtNumber(r.best_objective)]
+      .forEach((v) => tr.appendChild(el("td", v, "num")));
+    return tr;
+  }));
+}
+
+// -- the trial table ---------------------------------------------------------------------------------
+
+function columns() {
+  const cols = [{ key: "number", label: "#" }, { key: "status", label: "status" }];
+  state.params.forEach((p) => cols.push({ key: "param:" + p, label: p }));
+  return cols.concat([{ key: "objective", label: "objective" }, { key: "worker", label: "worker" },
+    { key: "duration", label: "duration" }, { key: "attempts", label: "attempts" }, { key: "error", label: "error" }]);
+}
+
+function cellValue(trial, key) {
+  if (key.startsWith("param:")) return trial.params[key.slice(6)];
+  if (key === "error") return trial.error ? trial.error.type + ": " + trial.error.message : null;
+  return trial[key];
+}
+
+function compareBy(key, dir) {
+  return (a, b) => {
+    const x = cellValue(a, key), y = cellValue(b, key);
+    if (x === y) return 0;
+    if (x === null || x === undefined) return 1;
+    if (y === null || y === undefined) return -1;
+    return (x < y ? -1 : 1) * dir;
+  };
+}
+
+function matches(trial, text, status) {
+  if (status && trial.status !== status) return false;
+  if (!text) return true;
+  const hay = [trial.id, trial.status, trial.worker || "", fmtParams(trial.params), cellValue(trial, "error") || ""].join(" ");
+  return hay.toLowerCase().includes(text);
+}
+
+function renderHeader() {
+  const head = document.querySelector("#trials thead tr");
+  head.replaceChildren(...columns().map((col) => {
+    const th = el("th", col.label);
+    th.dataset.key = col.key;
+    if (col.key === state.sortKey) th.className = state.sortDir > 0 ? "asc" : "desc";
+    th.addEventListener("click", () => {
+      state.sortDir = state.sortKey === col.key ? -state.sortDir : 1;
+      state.sortKey = col.key;
+      renderHeader();
+      renderTable();
+    });
+    return th;
+  }));
+}
+
+function trialRow(trial, cols) {
+  const tr = el("tr");
+  tr.dataset.status = trial.status;
+  cols.forEach((col) => {
+    const value = cellValue(trial, col.key);
+    let text = value;
+    if (col.key === "duration") text = fmtAge(value);
+    else if (typeof value === "number") text = fmtNumber(value);
+    else if (value === null || value === undefined) text = "-";
+    const td = el("td", text, typeof value === "number" ? "num" : "");
+    if (col.key === "status") td.className = "status-" + trial.status;
+    if (col.key === "error") td.className = "wrap";
+    tr.appendChild(td);
+  });
+  return tr;
+}
+
+function renderTable() {
+  const text = document.getElementById("filter").value.trim().toLowerCase();
+  const status = document.getElementById("status-filter").value;
+  const rows = [...state.trials.values()].filter((t) => matches(t, text, status));
+  rows.sort(compareBy(state.sortKey, state.sortDir));
+  const cols = columns();
+  document.querySelector("#trials tbody").replaceChildren(...rows.slice(0, MAX_ROWS).map((t) => trialRow(t, cols)));
+  const more = rows.length > MAX_ROWS ? " (first " + MAX_ROWS + " shown; filter or sort to see others)" : "";
+  setText("shown", rows.length + " of " + state.trials.size + " trials" + more);
+}
+
+// -- plots ---------------------------------------------------------------------------------------------
+
+function completedInOrder() {
+  return [...state.trials.values()].filter((t) => t.status === "completed" && t.objective !== null)
+    .sort((a, b) => a.end_time - b.end_time);
+}
+
+function drawBest(done) {
+  let best = Infinity;
+  const bestSoFar = done.map((t) => (best = Math.min(best, t.objective)));
+  const xs = done.map((_, i) => i + 1);
+  const marker = { color: "#8a96a3", size: 6 };
+  if (state.fidelity) {  // multi-fidelity: say which rung each objective comes from
+    const levels = done.map((t) => t.params[state.fidelity]);
+    Object.assign(marker, { color: levels, colorscale: "Blues", reversescale: true, cmin: 0, cmax: Math.max(...levels),
+      showscale: true, colorbar: { title: { text: state.fidelity }, thickness: 12 } });
+  }
+  const data = [
+    { x: xs, y: done.map((t) => t.objective), mode: "markers", name: "objective", marker,
+      text: done.map((t) => fmtParams(t.params)) },
+    { x: xs, y: bestSoFar, mode: "lines", name: "best so far", line: { color: "#2f7d4f", width: 2.5, shape: "hv" } },
+  ];
+  const layout = { margin: { l: 50, r: 10, t: 10, b: 40 }, xaxis: { title: { text: "completed trial" } },
+    yaxis: { title: { text: "objective" } }, legend: { orientation: "h", y: 1.12 } };
+  Plotly.react("plot-best", data, layout, PLOT_CONFIG);
+}
+
+function dimension(name, values) {
+  if (values.every((v) => typeof v === "number")) return { label: name, values };
+  const levels = [...new Set(values.map(String))].sort();
+  return { label: name, values: values.map((v) => levels.indexOf(String(v))), tickvals: levels.map((_, i) => i), ticktext: levels };
+}
+
+function drawParallel(done) {
+  const objectives = done.map((t) => t.objective);
+  const dims = state.params.map((p) => dimension(p, done.map((t) => t.params[p])));
+  dims.push({ label: "objective", values: objectives });
+  const data = [{ type: "parcoords", dimensions: dims,
+    line: { color: objectives, colorscale: "Viridis", reversescale: true, showscale: true } }];
+  Plotly.react("plot-parallel", data, { margin: { l: 50, r: 40, t: 40, b: 20 } }, PLOT_CONFIG);
+}
+
+// Bars span each trial's start to its end. A running trial's bar reaches the latest time stamped by
+// any worker of its host (the host part of host:pid:id): all from one machine's clock, so no two
+// machines' clocks meet in one bar.
+function hostOf(worker) {
+  return worker.split(":")[0];
+}
+
+function drawTimeline() {
+  const started = [...state.trials.values()].filter((t) => t.start_time !== null && t.worker);
+  const latest = {};
+  started.forEach((t) => {
+    const host = hostOf(t.worker);
+    latest[host] = Math.max(latest[host] || 0, t.end_time || 0, t.heartbeat || 0, t.start_time);
+  });
+  const byStatus = {};
+  started.forEach((t) => {
+    const end = t.end_time !== null ? t.end_time : Math.max(t.heartbeat || 0, latest[hostOf(t.worker)]);
+    (byStatus[t.status] = byStatus[t.status] || []).push({ t, end });
+  });
+  const data = Object.entries(byStatus).map(([status, items]) => ({
+    type: "bar", orientation: "h", name: status, marker: { color: STATUS_COLORS[status] },
+    y: items.map((i) => i.t.worker), base: items.map((i) => new Date(i.t.start_time * 1000).toISOString()),
+    x: items.map((i) => Math.max((i.end - i.t.start_time) * 1000, 1)),
+    hovertext: items.map((i) => "#" + i.t.number + " " + fmtParams(i.t.params)), hoverinfo: "text+name",
+    textposition: "none",
+  }));
+  const workers = new Set(started.map((t) => t.worker)).size;
+  const layout = { barmode: "overlay", bargap: 0.35, height: Math.max(180, 90 + 34 * workers),
+    margin: { l: 20, r: 10, t: 10, b: 40 }, xaxis: { type: "date" }, yaxis: { automargin: true, type: "category" },
+    legend: { orientation: "h", y: 1.15 } };
+  Plotly.react("plot-timeline", data, layout, PLOT_CONFIG);
+}
+
+function drawPlots() {
+  if (state.drawnVersion === state.version || typeof Plotly === "undefined") return;
+  const done = completedInOrder();
+  drawBest(done);
+  if (done.length) drawParallel(done);
+  drawTimeline();
+  state.drawnVersion = state.version;
+}
+
+// -- refresh -----------------------------------------------------------------------------------------
+
+async function refreshExperiment() {
+  const detail = await getJSON(API);
+  renderSummary(detail);
+  renderWorkers(detail.workers);
+  renderRungs(detail.rungs);
+  state.fidelity = detail.fidelity;
+  if (detail.version < state.version) {  // the server restarted, or the experiment was re-created
+    state.trials.clear();
+    state.version = 0;
+  }
+  if (detail.version === state.version && state.drawnVersion === state.version) return;
+  const delta = await getJSON(API + "/trials?since=" + state.version);
+  const firstLoad = state.params.length === 0 && delta.params.length > 0;
+  state.params = delta.params;
+  delta.trials.forEach((t) => state.trials.set(t.id, t));
+  state.version = delta.version;
+  if (firstLoad) renderHeader();
+  renderTable();
+  drawPlots();
+}
+
+document.getElementById("filter").addEventListener("input", renderTable);
+document.getElementById("status-filter").addEventListener("change", renderTable);
+renderHeader();
+poll(refreshExperiment);

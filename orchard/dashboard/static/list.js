@@ -1,0 +1,46 @@
+// The experiments list: one row per experiment, refreshed every POLL_MS.
+"use strict";
+
+function progressCell(row) {
+  const td = el("td");
+  const done = row.counts.completed;
+  if (row.max_trials) {
+    const bar = el("span", null, "bar");
+    const fill = el("span");
+    fill.style.width = Math.min(100, 100 * row.progress).toFixed(1) + "%";
+    bar.appendChild(fill);
+    td.appendChild(bar);
+    td.appendChild(document.createTextNode(done + " / " + row.max_trials));
+  } else {
+    td.textContent = done + " / no limit";
+  }
+  return td;
+}
+
+function experimentRow(row) {
+  const tr = el("tr");
+  tr.dataset.name = row.name;
+  const name = el("td");
+  const link = el("a", row.name);
+  link.href = "/experiments/" + encodeURIComponent(row.name);
+  name.appendChild(link);
+  tr.appendChild(name);
+  tr.appendChild(el("td", row.algorithm + (row.fidelity ? " (multi-fidelity)" : "")));
+  tr.appendChild(progressCell(row));
+  tr.appendChild(el("td", fmtNumber(row.best_objective), "num"));
+  tr.appendChild(el("td", row.live_workers, "num"));
+  tr.appendChild(el("td", row.broken, "num" + (row.broken ? " status-broken" : "")));
+  tr.appendChild(el("td", row.counts.completed, "num count-completed"));
+  tr.appendChild(el("td", row.counts.reserved, "num"));
+  tr.appendChild(el("td", row.counts.new + row.counts.interrupted, "num"));
+  return tr;
+}
+
+async function refreshList() {
+  const rows = await getJSON("/api/experiments");
+  const body = document.querySelector("#experiments tbody");
+  body.replaceChildren(...rows.map(experimentRow));
+  document.getElementById("empty").hidden = rows.length > 0;
+}
+
+poll(refreshList);

@@ -1,0 +1,178 @@
+"""The dashboard's folding and payloads, in one process (the server itself: test_dashboard_live.py).
+
+A view must show what the storage holds after any sequence of changes while
+asking only for what changed; heartbeat ages must follow the dashboard's own
+clock, never the stamps written by the workers' clocks.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from orchard.dashboard import ExperimentView, StorageView, is_loopback
+from orchard.dashboard._payloads import experiment_detail, experiment_summary, trial_rows
+from orchard.storages import BaseStorage, get_storage
+
+
+class FakeClock:
+    """A monotonic clock the test moves by hand."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def store() -> BaseStorage:
+    return get_storage("memory://")
+
+
+def make_experiment(store: BaseStorage, name: str = "exp", **config: object) -> str:
+    settings = {"space": {"x": "uniform(0, 1)"}, "algorithm": "random", "max_trials": 10, "heartbeat": 1.0}
+    return store.create_experiment(name, {**settings, **config})
+
+
+def test_fold_shows_the_storage_and_then_only_what_changed(store: BaseStorage) -> None:
+    exp_id = make_experiment(store)
+    done = store.register_trial(exp_id, {"x": 0.1}, worker="w1")
+    store.complete_trial(done.id, "w1", 0.5)
+    running = store.register_trial(exp_id, {"x": 0.2}, worker="w2")
+    store.register_trial(exp_id, {"x": 0.3})
+    view = ExperimentView(store, store.require_experiment("exp"))
+
+    assert view.fold() == 3
+    summary = experiment_summary(view)
+    assert summary["counts"] == {"new": 1, "reserved": 1, "completed": 1, "broken": 0, "interrupted": 0}
+    assert (summary["best_objective"], summary["progress"], summary["live_workers"]) == (0.5, 0.1, 1)
+
+    seen = view.version
+    store.fail_trial(running.id, "w2", {"type": "ValueError", "message": "bad x"})
+    assert view.fold() == 1
+    delta = trial_rows(view, since=seen)
+    assert [row["id"] for row in delta["trials"]] == [running.id]
+    assert delta["trials"][0]["error"]["message"] == "bad x"
+    assert view.fold() == 0 and view.version == delta["version"]
+    assert experiment_summary(view)["broken"] == 1
+
+
+def test_heartbeat_age_is_measured_on_the_dashboards_clock(store: BaseStorage) -> None:
+    exp_id = make_experiment(store)
+    old = store.register_trial(exp_id, {"x": 0.1}, worker="w1")
+    clock = FakeClock()
+    view = ExperimentView(store, store.require_experiment("exp"), clock)
+    view.fold()
+    clock.now += 5.0
+    new = store.register_trial(exp_id, {"x": 0.2}, worker="w2")
+    view.fold()
+    clock.now += 2.0
+
+    # Already reserved when the dashboard started: only a lower bound is known.
+    assert view.heartbeat_age(view.trials[old.id]) == (7.0, True)
+    assert view.heartbeat_age(view.trials[new.id]) == (2.0, False)
+
+    clock.now += 10.0  # > stale_after (3 x 1 s) with no heartbeat seen: lost
+    store.heartbeat_trial(new.id, "w2")
+    view.fold()
+    workers = {w["worker"]: w for w in experiment_detail(view, store.redacted_uri)["workers"]}
+    assert workers["w1"]["stale"] and workers["w1"]["heartbeat_age"] == 17.0
+    assert not workers["w2"]["stale"] and workers["w2"]["heartbeat_age"] == 0.0
+    assert experiment_summary(view)["live_workers"] == 1
+
+
+def test_storage_view_asks_the_storage_at_most_once_per_interval(store: BaseStorage) -> None:
+    exp_id = make_experiment(store)
+    clock = FakeClock()
+    views = StorageView(store, min_interval=1.0, clock=clock)
+    assert views.experiment("exp") is not None
+    store.register_trial(exp_id, {"x": 0.1})
+    make_experiment(store, "second")
+
+    assert [len(v.trials) for v in views.experiments()] == [0]  # served as folded a moment ago
+    clock.now += 1.0
+    assert [(v.record.name, len(v.trials)) for v in views.experiments()] == [("exp", 1), ("second", 0)]
+    assert views.experiment("missing") is None
+
+
+def test_rungs_group_trials_by_their_fidelity(store: BaseStorage) -> None:
+    exp_id = make_experiment(store, space={"x": "uniform(0, 1)", "epochs": "fidelity(1, 9, base=3)"},
+                             algorithm={"asha": {}})
+    low = [store.register_trial(exp_id, {"x": x, "epochs": 1}, worker="w") for x in (0.1, 0.2, 0.3)]
+    for trial, value in zip(low, (3.0, 2.0, 1.0)):
+        store.complete_trial(trial.id, "w", value)
+    store.register_trial(exp_id, {"x": 0.3, "epochs": 3}, worker="w", parent=low[2].id)
+    view = ExperimentView(store, store.require_experiment("exp"))
+    view.fold()
+
+    detail = experiment_detail(view, store.redacted_uri)
+    assert detail["algorithm"] == "asha" and detail["fidelity"] == "epochs"
+    assert detail["rungs"] == [
+        {"fidelity": 1, "completed": 3, "running": 0, "broken": 0, "promoted": 0, "best_objective": 1.0},
+        {"fidelity": 3, "completed": 0, "running": 1, "broken": 0, "promoted": 1, "best_objective": None},
+    ]
+
+
+def test_single_fidelity_experiments_have_no_rungs_and_payloads_are_strict_json(store: BaseStorage) -> None:
+    exp_id = make_experiment(store)
+    trial = store.register_trial(exp_id, {"x": float("inf")}, worker="w")
+    store.complete_trial(trial.id, "w", float("nan"))
+    view = ExperimentView(store, store.require_experiment("exp"))
+    view.fold()
+    detail = experiment_detail(view, store.redacted_uri)
+    rows = trial_rows(view)
+    json.dumps([detail, rows], allow_nan=False)  # raises on NaN/inf
+    assert detail["rungs"] is None and detail["best_objective"] is None
+    assert rows["trials"][0]["params"] == {"x": None}
+
+
+@pytest.mark.parametrize(("host", "local"), [("127.0.0.1", True), ("localhost", True), ("::1", True),
+                                             ("0.0.0.0", False), ("192.168.1.5", False), ("example.org", False)])
+def test_only_loopback_hosts_count_as_local(host: str, local: bool) -> None:
+    assert is_loopback(host) is local
+
+
+def test_serve_without_the_extra_says_how_to_install_it_in_one_line(tmp_path: Path) -> None:
+    blocker = tmp_path / "blocked" / "starlette"
+    blocker.mkdir(parents=True)
+    (blocker / "__init__.py").write_text("raise ImportError('starlette is not installed')\n")
+    env = {"PYTHONPATH": str(blocker.parent), "HOME": str(tmp_path), "PATH": "/usr/bin:/bin"}
+    proc = subprocess.run([sys.executable, "-m", "orchard", "serve", "--storage", str(tmp_path / "o.pkl")],
+                          capture_output=True, text=True, env=env, timeout=60, check=False)
+    assert proc.returncode == 2 and proc.stdout == ""
+    assert proc.stderr.splitlines() == [
+        "orchard: error: orchard serve needs the dashboard extra: pip install 'orchard-hpo[dashboard]'"]
+
+
+def test_cached_rows_are_the_rows_after_every_change(store: BaseStorage) -> None:
+    from orchard.dashboard._payloads import RowCache
+
+    exp_id = make_experiment(store)
+    cache = RowCache()
+    view = ExperimentView(store, store.require_experiment("exp"))
+    running = [store.register_trial(exp_id, {"x": x / 10}, worker="w") for x in range(4)]
+    for trial in running:
+        view.fold()
+        assert json.loads(cache.trial_rows(view)) == trial_rows(view)
+        store.complete_trial(trial.id, "w", 1.0)
+    view.fold()
+    assert json.loads(cache.trial_rows(view, since=2)) == trial_rows(view, since=2)
+    assert [row["status"] for row in json.loads(cache.trial_rows(view))["trials"]] == ["completed"] * 4
+
+
+def test_a_workers_devices_come_from_its_name(store: BaseStorage) -> None:
+    import importlib.util
+
+    from orchard.dashboard._payloads import devices_of
+
+    exp_id = make_experiment(store)
+    trial = store.register_trial(exp_id, {"x": 0.5}, worker="node1:42:ab12/gpus=0,1")
+    plain = store.register_trial(exp_id, {"x": 0.6}, worker="node1:43:cd34")
+    recorded = importlib.util.find_spec("orchard.resources") is not None  # the GPU assignment's module
+    assert devices_of(trial) == (["0", "1"] if recorded else [])
+    assert devices_of(plain) == []

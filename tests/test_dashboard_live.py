@@ -1,0 +1,371 @@
+"""``orchard serve`` as a real process: its JSON API, and its pages in a real headless browser.
+
+The server runs as ``python -m orchard serve --port 0`` against a pickle file
+or the SecantusDB wire server; the URL it prints is parsed. The pages are
+rendered by Debian's ``chromium`` through ``chromium-driver`` and Selenium,
+and the test reads what a person would see. ``ORCHARD_SCREENSHOTS=DIR`` saves
+a screenshot of each page there (how docs/img/ was made).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import queue
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from orchard.storages import BaseStorage, get_storage
+
+pytestmark = pytest.mark.slow
+
+CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
+BROWSER_FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                 "--no-first-run", "--window-size=1400,1700")
+URL = re.compile(r"http://\S+/")
+SLOW_TRAIN = r'''
+import os, sys, time
+import orchard
+x = float(sys.argv[1].split("=")[1])
+time.sleep(0.8)
+orchard.report_objective((x - 0.3) ** 2)
+'''
+
+
+@dataclass
+class Served:
+    """A running ``orchard serve`` process, its URL and everything it printed."""
+
+    proc: subprocess.Popen[str]
+    url: str
+    lines: list[str] = field(default_factory=list)
+
+    def output(self) -> str:
+        return "\n".join(self.lines)
+
+
+def _pump(stream: Any, sink: queue.Queue[str]) -> None:
+    for line in stream:
+        sink.put(line.rstrip("\n"))
+
+
+@contextlib.contextmanager
+def serving(storage: str, *extra: str, cwd: Path) -> Iterator[Served]:
+    """Run ``orchard serve --port 0`` on ``storage`` for the block; Ctrl-C it afterwards (exit 0 expected)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ORCHARD_")}
+    proc = subprocess.Popen([sys.executable, "-m", "orchard", "serve", "--storage", storage, "--port", "0", *extra],
+                            cwd=cwd, env=env, text=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    lines: queue.Queue[str] = queue.Queue()
+    threading.Thread(target=_pump, args=(proc.stdout, lines), daemon=True).start()
+    seen: list[str] = []
+    deadline = time.monotonic() + 60
+    while not any(URL.search(line) for line in seen):
+        assert time.monotonic() < deadline and proc.poll() is None, f"serve did not start: {seen}"
+        with contextlib.suppress(queue.Empty):
+            seen.append(lines.get(timeout=0.5))
+    served = Served(proc, next(m.group(0) for m in map(URL.search, seen) if m), seen)
+    try:
+        yield served
+    finally:
+        proc.send_signal(signal.SIGINT)
+        code = proc.wait(timeout=30)
+        while not lines.empty():
+            seen.append(lines.get())
+    assert code == 0, served.output()
+
+
+def request(url: str, method: str = "GET") -> tuple[int, Any]:
+    """Status and decoded body (JSON when it is JSON) of one HTTP request."""
+    try:
+        with urllib.request.urlopen(urllib.request.Request(url, method=method), timeout=30) as response:
+            status, body, kind = response.status, response.read(), response.headers.get_content_type()
+    except urllib.error.HTTPError as err:
+        status, body, kind = err.code, err.read(), err.headers.get_content_type()
+    text = body.decode()
+    return status, json.loads(text) if kind == "application/json" else text
+
+
+def eventually(check: Callable[[], bool], timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, "condition not met in time"
+        time.sleep(0.2)
+
+
+def populate(store: BaseStorage, name: str = "dash") -> dict[str, str]:
+    """An experiment with 3 completed, 1 broken, 1 reserved and 2 new trials; returns some ids."""
+    exp_id = store.create_experiment(name, {"space": {"x": "uniform(0, 1)", "opt": "choices(['adam', 'sgd'])"},
+                                            "algorithm": "random", "max_trials": 10, "heartbeat": 30})
+    for x, value in ((0.1, 3.0), (0.2, 2.0), (0.3, 1.5)):
+        trial = store.register_trial(exp_id, {"x": x, "opt": "adam"}, worker="host:1:a")
+        store.complete_trial(trial.id, "host:1:a", value)
+    broken = store.register_trial(exp_id, {"x": 0.4, "opt": "sgd"}, worker="host:1:a")
+    store.fail_trial(broken.id, "host:1:a", {"type": "ValueError", "message": "loss exploded"})
+    running = store.register_trial(exp_id, {"x": 0.5, "opt": "sgd"}, worker="host:2:b")
+    store.register_trial(exp_id, {"x": 0.6, "opt": "adam"})
+    store.register_trial(exp_id, {"x": 0.7, "opt": "sgd"})
+    return {"id": exp_id, "running": running.id}
+
+
+@pytest.fixture(params=["pickle", "mongodb"])
+def storage_uri(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    if request.param == "pickle":
+        return str(tmp_path / "orchard.pkl")
+    return str(request.getfixturevalue("mongo_db_uri"))
+
+
+# -- the API -------------------------------------------------------------------------------------------
+
+
+def test_api_serves_counts_follows_changes_and_refuses_writes(storage_uri: str, tmp_path: Path) -> None:
+    store = get_storage(storage_uri)
+    ids = populate(store)
+    before = Path(storage_uri).read_bytes() if storage_uri.endswith(".pkl") else None
+    with serving(storage_uri, cwd=tmp_path) as served:
+        assert served.url.startswith("http://127.0.0.1:")
+        status, experiments = request(served.url + "api/experiments")
+        assert status == 200 and [e["name"] for e in experiments] == ["dash"]
+        assert experiments[0]["counts"] == {"new": 2, "reserved": 1, "completed": 3, "broken": 1, "interrupted": 0}
+        assert (experiments[0]["best_objective"], experiments[0]["live_workers"]) == (1.5, 1)
+
+        status, detail = request(served.url + "api/experiments/dash")
+        assert status == 200 and [w["worker"] for w in detail["workers"]] == ["host:2:b"]
+        status, trials = request(served.url + "api/experiments/dash/trials")
+        assert status == 200 and len(trials["trials"]) == 7
+        assert request(served.url + f"api/experiments/dash/trials?since={trials['version']}")[1]["trials"] == []
+        status, missing = request(served.url + "api/experiments/nope")
+        assert status == 404 and "nope" in missing["error"]
+
+        for method in ("POST", "PUT", "PATCH", "DELETE"):
+            for path in ("api/experiments", "api/experiments/dash", "api/experiments/dash/trials", ""):
+                assert request(served.url + path, method)[0] == 405, (method, path)
+        if before is not None:
+            assert Path(storage_uri).read_bytes() == before  # nothing the server did wrote to the file
+
+        store.complete_trial(ids["running"], "host:2:b", 0.5)  # a worker finishes: the API follows
+        eventually(lambda: request(served.url + "api/experiments")[1][0]["counts"]["completed"] == 4)
+        status, delta = request(served.url + f"api/experiments/dash/trials?since={trials['version']}")
+        assert [(t["id"], t["status"]) for t in delta["trials"]] == [(ids["running"], "completed")]
+    store.close()
+
+
+def test_a_pickle_lock_held_by_a_worker_does_not_block_the_dashboard(tmp_path: Path) -> None:
+    import fcntl
+
+    path = tmp_path / "orchard.pkl"
+    store = get_storage(str(path))
+    populate(store)
+    store.close()
+    with open(str(path) + ".lock", "a+") as held:
+        fcntl.flock(held.fileno(), fcntl.LOCK_EX)  # a worker in the middle of a write, for as long as it likes
+        with serving(str(path), cwd=tmp_path) as served:
+            started = time.monotonic()
+            status, experiments = request(served.url + "api/experiments")
+            status_trials, trials = request(served.url + "api/experiments/dash/trials")
+            waited = time.monotonic() - started
+        fcntl.flock(held.fileno(), fcntl.LOCK_UN)
+    assert (status, status_trials) == (200, 200) and experiments[0]["counts"]["completed"] == 3
+    assert len(trials["trials"]) == 7 and waited < 10.0  # the storage's lock timeout is 60 s
+
+
+def test_credentials_in_the_storage_uri_reach_no_page_and_no_log(tmp_path: Path) -> None:
+    uri = "mongodb://orchard:s3cr3t-pass@127.0.0.1:1/db?serverSelectionTimeoutMS=300"
+    with serving(uri, "--debug", cwd=tmp_path) as served:
+        status, body = request(served.url + "api/experiments")
+        assert status == 503 and "127.0.0.1:1" in body["error"]
+        pages = [request(served.url + path)[1] for path in ("", "experiments/x", "api/experiments/x")]
+    assert "s3cr3t" not in json.dumps([body, pages]) + served.output()
+
+
+def test_a_host_other_than_loopback_prints_a_warning(tmp_path: Path) -> None:
+    with serving(str(tmp_path / "o.pkl"), "--host", "0.0.0.0", cwd=tmp_path) as served:
+        assert request(served.url.replace("0.0.0.0", "127.0.0.1") + "api/experiments") == (200, [])
+    assert any("warning: serving on 0.0.0.0" in line for line in served.lines)
+
+
+# -- pages in a real browser ------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    for program in (CHROMIUM, CHROMEDRIVER):
+        if not os.path.exists(program):
+            pytest.fail(f"{program} is missing: apt-get install -y chromium chromium-driver", pytrace=False)
+    options = webdriver.ChromeOptions()
+    for flag in BROWSER_FLAGS:
+        options.add_argument(flag)
+    options.binary_location = CHROMIUM
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
+    yield driver
+    driver.quit()
+
+
+def wait_for(browser: Any, check: Callable[[Any], Any], timeout: float = 30.0) -> Any:
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    return WebDriverWait(browser, timeout, poll_frequency=0.2).until(check)
+
+
+def text_of(browser: Any, css: str) -> str:
+    from selenium.webdriver.common.by import By
+
+    return str(browser.find_element(By.CSS_SELECTOR, css).text)
+
+
+def screenshot(browser: Any, name: str) -> None:
+    """Save the page as ``$ORCHARD_SCREENSHOTS/name``, if that variable is set."""
+    target = os.environ.get("ORCHARD_SCREENSHOTS")
+    if target:
+        Path(target).mkdir(parents=True, exist_ok=True)
+        browser.save_screenshot(str(Path(target) / name))
+
+
+def screenshot_both_pages(browser: Any, url: str) -> None:
+    """Save this experiment page, and the list from a second tab (this page is left as it is)."""
+    if not os.environ.get("ORCHARD_SCREENSHOTS"):
+        return
+    screenshot(browser, "dashboard-experiment.png")
+    page = browser.current_window_handle
+    size = browser.get_window_size()
+    browser.switch_to.new_window("tab")
+    browser.set_window_size(size["width"], 360)
+    browser.get(url)
+    wait_for(browser, lambda b: b.execute_script("return document.querySelectorAll('#experiments tbody tr').length"))
+    screenshot(browser, "dashboard-experiments.png")
+    browser.close()
+    browser.switch_to.window(page)
+    browser.set_window_size(size["width"], size["height"])
+
+
+def assert_offline_and_clean(browser: Any, url: str) -> None:
+    """Everything the page loaded came from the dashboard itself, and the console has no error."""
+    resources = browser.execute_script("return performance.getEntriesByType('resource').map(e => e.name)")
+    assert resources and all(r.startswith(url) for r in resources), resources
+    errors = [entry for entry in browser.get_log("browser") if entry["level"] == "SEVERE"]
+    assert errors == []
+
+
+def test_pages_show_the_experiment_its_counts_and_its_plots(browser: Any, tmp_path: Path) -> None:
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import Select
+
+    store = get_storage(str(tmp_path / "orchard.pkl"))
+    populate(store)
+    store.close()
+    with serving(str(tmp_path / "orchard.pkl"), cwd=tmp_path) as served:
+        browser.get(served.url)
+        wait_for(browser, lambda b: b.find_elements(By.CSS_SELECTOR, "#experiments tr[data-name='dash']"))
+        assert text_of(browser, "#experiments tr[data-name='dash'] td:first-child") == "dash"
+        assert text_of(browser, "#experiments tr[data-name='dash'] .count-completed") == "3"
+        assert "3 / 10" in text_of(browser, "#experiments tr[data-name='dash']")
+        assert_offline_and_clean(browser, served.url)
+
+        browser.find_element(By.LINK_TEXT, "dash").click()
+        wait_for(browser, lambda b: b.find_elements(By.CSS_SELECTOR, "#plot-best svg.main-svg"))
+        assert text_of(browser, "h1#name") == "dash"
+        counts = {key: text_of(browser, f"#count-{key}") for key in ("completed", "reserved", "waiting", "broken")}
+        assert counts == {"completed": "3", "reserved": "1", "waiting": "2", "broken": "1"}
+        assert text_of(browser, "#best") == "1.5"
+        wait_for(browser, lambda b: b.find_elements(By.CSS_SELECTOR, "#plot-parallel svg.main-svg"))
+        wait_for(browser, lambda b: b.find_elements(By.CSS_SELECTOR, "#plot-timeline svg.main-svg"))
+        assert "host:2:b" in text_of(browser, "#workers tbody")
+        assert len(browser.find_elements(By.CSS_SELECTOR, "#trials tbody tr")) == 7
+
+        Select(browser.find_element(By.ID, "status-filter")).select_by_visible_text("broken")
+        rows = browser.find_elements(By.CSS_SELECTOR, "#trials tbody tr")
+        assert len(rows) == 1 and "ValueError: loss exploded" in rows[0].text
+        Select(browser.find_element(By.ID, "status-filter")).select_by_visible_text("completed")
+        browser.find_element(By.CSS_SELECTOR, "#trials th[data-key='objective']").click()
+        objectives = [row.find_elements(By.TAG_NAME, "td")[4].text
+                      for row in browser.find_elements(By.CSS_SELECTOR, "#trials tbody tr")]
+        assert objectives == ["1.5", "2", "3"]
+        assert_offline_and_clean(browser, served.url)
+
+
+def test_counts_change_on_the_page_while_a_hunt_with_two_workers_runs(browser: Any, tmp_path: Path) -> None:
+    from selenium.webdriver.common.by import By
+
+    (tmp_path / "train.py").write_text(SLOW_TRAIN)
+    storage = str(tmp_path / "orchard.pkl")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ORCHARD_")}
+    with serving(storage, cwd=tmp_path) as served:
+        browser.get(served.url + "experiments/live")  # no such experiment yet: the page says so and retries
+        wait_for(browser, lambda b: "no experiment named 'live'" in b.find_element(By.ID, "problem").text)
+        browser.execute_script("window.loadedOnce = true")
+        hunt = subprocess.Popen(
+            [sys.executable, "-m", "orchard", "hunt", "-n", "live", "--storage", storage, "--max-trials", "24",
+             "--n-workers", "2", "--executor", "process", sys.executable, "train.py", "--x~uniform(0, 1)"],
+            cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        try:
+            seen: list[int] = []
+            deadline = time.monotonic() + 180
+            while (not seen or seen[-1] < 24) and time.monotonic() < deadline:
+                shown = text_of(browser, "#count-completed")
+                if shown.isdigit() and (not seen or int(shown) != seen[-1]):
+                    seen.append(int(shown))
+                    if len(seen) == 1:
+                        browser.get_log("browser")  # drop the 404s logged while the experiment did not exist
+                    if 6 <= seen[-1] and (len(seen) < 2 or seen[-2] < 6):
+                        time.sleep(1.0)  # let the plots catch up with the counts
+                        screenshot_both_pages(browser, served.url)
+                time.sleep(0.2)
+            assert hunt.wait(timeout=120) == 0, hunt.stderr.read() if hunt.stderr else ""
+        finally:
+            if hunt.poll() is None:
+                hunt.kill()
+        assert seen[-1] == 24 and seen == sorted(seen) and len(seen) >= 3, seen
+        assert browser.execute_script("return window.loadedOnce === true")  # updated without a reload
+        wait_for(browser, lambda b: b.find_elements(By.CSS_SELECTOR, "#plot-best svg.main-svg"))
+        assert_offline_and_clean(browser, served.url)
+
+
+def test_multi_fidelity_experiments_show_their_rungs(browser: Any, tmp_path: Path) -> None:
+    from selenium.webdriver.common.by import By
+
+    store = get_storage(str(tmp_path / "orchard.pkl"))
+    exp_id = store.create_experiment("asha", {"space": {"lr": "loguniform(1e-4, 1)", "epochs": "fidelity(1, 9)"},
+                                              "algorithm": {"asha": {}}, "max_trials": 20})
+
+    def evaluate(lr: float, epochs: int, parent: str | None = None) -> str:
+        trial = store.register_trial(exp_id, {"lr": lr, "epochs": epochs}, worker="host:1:a", parent=parent)
+        store.complete_trial(trial.id, "host:1:a", abs(math.log10(lr) + 2) / epochs + 0.1)
+        return trial.id
+
+    low = {lr: evaluate(lr, 1) for lr in (3e-4, 1e-3, 3e-3, 6e-3, 1e-2, 2e-2, 5e-2, 0.1, 0.3)}
+    middle = {lr: evaluate(lr, 3, low[lr]) for lr in (6e-3, 1e-2, 2e-2)}
+    store.register_trial(exp_id, {"lr": 1e-2, "epochs": 9}, worker="host:1:a", parent=middle[1e-2])
+    store.close()
+    with serving(str(tmp_path / "orchard.pkl"), cwd=tmp_path) as served:
+        browser.get(served.url + "experiments/asha")
+        expected = [["1", "9", "0", "0", "0", "0.1"], ["3", "3", "0", "0", "3", "0.1"], ["9", "0", "1", "0", "1", "-"]]
+        rows: list[list[str]] = []
+
+        def rungs_shown(b: Any) -> bool:
+            rows[:] = [row.text.split() for row in b.find_elements(By.CSS_SELECTOR, "#rungs tbody tr")]
+            return bool(b.find_element(By.ID, "rungs-section").is_displayed() and rows == expected)
+
+        with contextlib.suppress(Exception):
+            wait_for(browser, rungs_shown)
+        assert rows == expected
+        wait_for(browser, lambda b: b.find_elements(By.CSS_SELECTOR, "#plot-best svg.main-svg"))
+        screenshot(browser, "dashboard-rungs.png")
+
