@@ -32,6 +32,7 @@ SKIPPED_PARTS = {
     "python3 -m venv .venv": "creates the venv this suite already runs in",
     ". .venv/bin/activate": "activates the venv this suite already runs in (it is first on PATH)",
     "pip install": "installs what this suite already runs with",
+    "orchard serve": "serves until Ctrl-C; tests/test_dashboard_live.py starts it as a real process",
 }
 #: whole blocks that are not run (found by a line they contain), and why
 SKIPPED_BLOCKS = {
