@@ -1,0 +1,101 @@
+"""Many processes on one pickle file: none is lost to a lock wait while others make progress.
+
+Real processes throughout (fork, so 128 of them start in a second on 2 cores);
+marked ``slow``.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import signal
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import orchard
+from orchard.storages._filelocks import KernelLock, acquire
+
+FORK = multiprocessing.get_context("fork")
+
+
+@pytest.fixture
+def lock_path(tmp_path: Path) -> str:
+    return str(tmp_path / "o.pkl.lock")
+
+
+def _hold(path: str, ready: Any, touch_for: float) -> None:
+    """Hold the lock; for ``touch_for`` seconds mark hand-overs as if other processes took turns."""
+    lock = KernelLock(path)
+    assert lock.try_acquire()
+    ready.set()
+    end = time.monotonic() + touch_for
+    while time.monotonic() < end:
+        time.sleep(0.05)
+        os.utime(path)
+    if touch_for:
+        lock.release()
+    time.sleep(120)
+
+
+def _start_holder(path: str, touch_for: float) -> Any:
+    ready = FORK.Event()
+    holder = FORK.Process(target=_hold, args=(path, ready, touch_for), daemon=True)
+    holder.start()
+    assert ready.wait(30), "lock holder did not start"
+    return holder
+
+
+@pytest.mark.slow
+def test_a_waiter_outlasts_its_timeout_while_the_lock_changes_hands(lock_path: str) -> None:
+    holder = _start_holder(lock_path, touch_for=1.5)
+    lock = KernelLock(lock_path)
+    start = time.monotonic()
+    try:
+        assert acquire(lock, timeout=0.5, max_delay=0.005)  # 3 timeouts, but others made progress
+        assert time.monotonic() - start > 1.0
+        lock.release()
+    finally:
+        holder.kill()
+
+
+@pytest.mark.slow
+def test_a_holder_that_stops_still_times_its_waiters_out(lock_path: str) -> None:
+    holder = _start_holder(lock_path, touch_for=0.0)
+    os.kill(holder.pid, signal.SIGSTOP)
+    lock = KernelLock(lock_path)
+    start = time.monotonic()
+    try:
+        assert not acquire(lock, timeout=0.5, max_delay=0.005)
+        assert time.monotonic() - start < 5.0
+    finally:
+        holder.kill()
+
+
+def sleepy(x: float, y: float) -> dict[str, Any]:
+    """A short trial that says which process ran it."""
+    time.sleep(0.5)
+    return {"objective": x + y, "pid": os.getpid()}
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(150)
+def test_128_worker_processes_share_one_pickle_file(tmp_path: Path) -> None:
+    """Every worker lives to the end, and the budget is exact.
+
+    The lock timeout is 2 s, below the waits of a process that keeps losing
+    races to 127 others on a busy machine; the timeout counts only time in which
+    the lock did not change hands, so no worker gives up while others progress.
+    """
+    workers, rounds = 128, 3
+    exp = orchard.build_experiment(
+        "scale", space={"x": "uniform(0, 1)", "y": "uniform(0, 1)"}, algorithm="random",
+        storage=f"pickle://{tmp_path / 'o.pkl'}?timeout=2", max_trials=workers * rounds,
+    )
+    exp.workon(sleepy, n_workers=workers, executor="process", progress=False)  # raises if a worker died
+    completed = exp.fetch_trials(["completed"])
+    assert len(completed) == workers * rounds
+    assert exp.stats["counts"]["reserved"] == 0
+    assert len({t.results["pid"] for t in completed}) > workers // 2  # they really ran side by side
