@@ -9,6 +9,8 @@ from __future__ import annotations
 import multiprocessing
 import os
 import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -99,3 +101,16 @@ def test_128_worker_processes_share_one_pickle_file(tmp_path: Path) -> None:
     assert len(completed) == workers * rounds
     assert exp.stats["counts"]["reserved"] == 0
     assert len({t.results["pid"] for t in completed}) > workers // 2  # they really ran side by side
+
+
+def test_a_random_search_worker_does_not_import_the_surrogate_stack(tmp_path: Path) -> None:
+    """Memory per worker process: random search needs neither scikit-optimize nor scikit-learn."""
+    script = (
+        "import sys, orchard\n"
+        f"exp = orchard.build_experiment('r', space={{'x': 'uniform(0, 1)'}}, algorithm='random',"
+        f" storage={str(tmp_path / 'o.pkl')!r}, max_trials=3)\n"
+        "exp.workon(lambda x: x, executor='single', progress=False)\n"
+        "print(sorted(m for m in ('skopt', 'sklearn', 'scipy') if m in sys.modules))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120, check=True)
+    assert out.stdout.strip() == "[]"

@@ -28,6 +28,7 @@ import random
 import socket
 import time
 import uuid
+from collections.abc import Callable
 from typing import Protocol
 
 import filelock
@@ -214,11 +215,21 @@ def progress_mark(path: str) -> tuple[int, int] | None:
     return info.st_ino, info.st_mtime_ns
 
 
-def acquire(lock: FileLockLike, timeout: float, max_delay: float) -> bool:
+def acquire(
+    lock: FileLockLike, timeout: float, max_delay: float, while_waiting: Callable[[], object] | None = None
+) -> bool:
     """Poll ``lock`` with a randomized exponential backoff.
 
-    Returns ``False`` once the lock has stayed with one holder for ``timeout``
-    seconds: the timeout restarts whenever the lock is seen to change hands.
+    Args:
+        lock: the lock to take.
+        timeout: seconds without a hand-over after which to give up; the
+            timeout restarts whenever the lock is seen to change hands.
+        max_delay: the longest pause between two attempts.
+        while_waiting: called between attempts, e.g. to catch up on the log
+            without the lock, so that little is left to do once it is held.
+
+    Returns:
+        Whether the lock was taken.
 
     Raises:
         OSError: the lock file cannot be created or locked at all.
@@ -227,6 +238,8 @@ def acquire(lock: FileLockLike, timeout: float, max_delay: float) -> bool:
     seen = progress_mark(lock.path)
     delay = 1e-4
     while not lock.try_acquire():
+        if while_waiting is not None:
+            while_waiting()
         now, mark = time.monotonic(), progress_mark(lock.path)
         if mark != seen:  # another process took the lock meanwhile: the holders are alive
             seen, deadline = mark, now + timeout

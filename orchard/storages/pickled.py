@@ -238,11 +238,21 @@ class PickledStorage(BaseStorage):
 
     def _acquire_lock(self) -> None:
         try:
-            acquired = _filelocks.acquire(self._lock, self._timeout, 0.005 if self._lock_kind == "kernel" else 0.05)
+            acquired = _filelocks.acquire(self._lock, self._timeout, 0.005 if self._lock_kind == "kernel" else 0.05,
+                                          while_waiting=self._catch_up)
         except OSError as err:
             raise self._lock_error(err) from err
         if not acquired:
             raise StorageUnavailableError(self._timeout_message())
+
+    def _catch_up(self) -> None:
+        """Replay, without the lock, what others append while we wait for it: little is left under it."""
+        fd = self._open(os.O_RDONLY)
+        if fd is not None:
+            try:
+                self._sync(fd, locked=False)  # damage is left for the locked replay to judge
+            finally:
+                os.close(fd)
 
     def _lock_error(self, err: OSError) -> StorageError:
         unsupported = (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL)
