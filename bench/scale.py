@@ -59,10 +59,10 @@ def install_probes(mongo: bool) -> None:
 
     acquire = _filelocks.acquire
 
-    def timed(lock: Any, timeout: float, max_delay: float) -> bool:
+    def timed(lock: Any, *args: Any, **kwargs: Any) -> bool:
         start = time.perf_counter()
         try:
-            return acquire(lock, timeout, max_delay)
+            return acquire(lock, *args, **kwargs)
         finally:
             _WAITS.append(time.perf_counter() - start)
 
