@@ -36,6 +36,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
+import itertools
 import math
 import os
 import statistics
@@ -66,7 +67,7 @@ def install_probes(mongo: bool) -> None:
         finally:
             _WAITS.append(time.perf_counter() - start)
 
-    _filelocks.acquire = timed  # type: ignore[assignment]
+    _filelocks.acquire = timed
     if mongo:  # pymongo is imported only where it is used, as the storage does
         _install_mongo_probe()
 
@@ -187,7 +188,7 @@ def _measure(result: Result, records: list[dict[str, Any]], called: float) -> No
     if end > begin:
         busy = sum(max(0.0, min(r["t1"], end) - max(r["t0"], begin)) for r in records)
         result.efficiency = busy / (len(runs) * (end - begin)) if len(runs) == result.workers else math.nan
-    result.gaps = [b["t0"] - a["t1"] for rs in runs for a, b in zip(rs, rs[1:])]
+    result.gaps = [b["t0"] - a["t1"] for rs in runs for a, b in itertools.pairwise(rs)]
     result.waits = [w for r in records for w in r["waits"]]
     later = [r for r in records if r["rchar"] is not None]
     if later:

@@ -23,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import logging
+import math
 import os
 import random
 import socket
@@ -41,6 +42,9 @@ except ImportError:  # pragma: no cover - Windows
 __all__ = ["FileLockLike", "KernelLock", "SoftLock", "acquire", "make_lock", "pid_alive", "progress_mark"]
 
 log = logging.getLogger(__name__)
+
+#: A process marks its acquisitions of a kernel lock at most this often (seconds).
+_TOUCH_EVERY = 0.05
 
 
 class FileLockLike(Protocol):
@@ -63,6 +67,7 @@ class KernelLock:
     def __init__(self, path: str) -> None:
         self.path = path
         self._fd: int | None = None
+        self._touched = -math.inf
 
     def try_acquire(self) -> bool:
         """Take the lock if it is free; return whether this call took it."""
@@ -82,8 +87,11 @@ class KernelLock:
             os.close(fd)
             return False
         self._fd = fd
-        with contextlib.suppress(OSError):
-            os.utime(fd)  # tells waiters that the lock changed hands (see progress_mark)
+        now = time.monotonic()
+        if now - self._touched >= _TOUCH_EVERY:  # throttled: a metadata write per verb costs on NFS
+            self._touched = now
+            with contextlib.suppress(OSError):
+                os.utime(fd)  # tells waiters that the lock changed hands (see progress_mark)
         return True
 
     def release(self) -> None:
