@@ -16,7 +16,7 @@ executor initializer installs in each worker process). From those records:
   every worker being busy;
 * **gap**: a worker's time between the end of one evaluation and the start of
   its next (completing, refreshing, suggesting, reserving), p50 / p95 / max;
-* **lock wait** p50 / p99 / max (pickle), **bytes read per worker per trial**,
+* **lock wait** p50 / p99 / max and **lock hold** p50 / p99 (pickle), **bytes read per worker per trial**,
   **MongoDB round trips and bytes (BSON of commands + replies) per trial**,
   **resident memory per worker process** (RSS and PSS, MiB) and whether
   scikit-learn was imported;
@@ -50,6 +50,8 @@ from typing import Any
 # -- probes installed in every worker process ------------------------------------------
 
 _WAITS: list[float] = []
+_HOLDS: list[float] = []
+_HELD = {"since": 0.0}
 _MONGO = {"commands": 0, "bytes": 0}
 _LAST: dict[str, Any] = {}
 
@@ -60,14 +62,22 @@ def install_probes(mongo: bool) -> None:
 
     acquire = _filelocks.acquire
 
+    release = _filelocks.KernelLock.release
+
     def timed(lock: Any, *args: Any, **kwargs: Any) -> bool:
         start = time.perf_counter()
         try:
             return acquire(lock, *args, **kwargs)
         finally:
-            _WAITS.append(time.perf_counter() - start)
+            _HELD["since"] = time.perf_counter()
+            _WAITS.append(_HELD["since"] - start)
+
+    def timed_release(lock: Any) -> None:
+        _HOLDS.append(time.perf_counter() - _HELD["since"])
+        release(lock)
 
     _filelocks.acquire = timed
+    _filelocks.KernelLock.release = timed_release  # type: ignore[method-assign, assignment]
     if mongo:  # pymongo is imported only where it is used, as the storage does
         _install_mongo_probe()
 
@@ -103,6 +113,7 @@ def probe_sleep(x: float, y: float, seconds: float) -> dict[str, Any]:
     start = time.time()
     rchar = _read_counter("/proc/self/io", "rchar:")
     waits, _WAITS[:] = list(_WAITS), []
+    holds, _HOLDS[:] = list(_HOLDS), []
     mongo = dict(_MONGO)
     since = {
         "rchar": rchar - _LAST["rchar"] if _LAST else None,
@@ -117,6 +128,7 @@ def probe_sleep(x: float, y: float, seconds: float) -> dict[str, Any]:
         "t0": start,
         "t1": time.time(),
         "waits": [round(w, 6) for w in waits],
+        "holds": [round(h, 6) for h in holds],
         "rss_kib": _read_counter("/proc/self/status", "VmRSS:"),
         "pss_kib": _read_counter("/proc/self/smaps_rollup", "Pss:"),
         "sklearn": "sklearn" in sys.modules,
@@ -139,6 +151,7 @@ class Result:
     all_busy: float = math.nan
     gaps: list[float] = dataclasses.field(default_factory=list)
     waits: list[float] = dataclasses.field(default_factory=list)
+    holds: list[float] = dataclasses.field(default_factory=list)
     read_per_trial: float = math.nan
     commands_per_trial: float = math.nan
     mongo_bytes_per_trial: float = math.nan
@@ -190,6 +203,7 @@ def _measure(result: Result, records: list[dict[str, Any]], called: float) -> No
         result.efficiency = busy / (len(runs) * (end - begin)) if len(runs) == result.workers else math.nan
     result.gaps = [b["t0"] - a["t1"] for rs in runs for a, b in itertools.pairwise(rs)]
     result.waits = [w for r in records for w in r["waits"]]
+    result.holds = [h for r in records for h in r["holds"]]
     later = [r for r in records if r["rchar"] is not None]
     if later:
         result.read_per_trial = statistics.median(r["rchar"] for r in later)
@@ -213,7 +227,7 @@ def _quantile(values: list[float], q: float) -> float:
 
 HEADER = (
     f"{'W':>4} {'eff %':>6} {'1st s':>6} {'busy s':>6} {'gap p50':>8} {'gap p95':>8} {'gap max':>8} "
-    f"{'lock p50':>9} {'lock p99':>9} {'lock max':>9} {'read/tr':>8} {'rt/tr':>6} {'B/tr':>7} "
+    f"{'lock p50':>9} {'lock p99':>9} {'lock max':>9} {'hold p50':>9} {'hold p99':>9} {'read/tr':>8} {'rt/tr':>6} {'B/tr':>7} "
     f"{'RSS MiB':>7} {'PSS MiB':>7} {'wall s':>6}  status"
 )
 
@@ -228,6 +242,7 @@ def row(r: Result) -> str:
         f"{max(r.gaps, default=math.nan) * ms:>6.0f}ms "
         f"{_quantile(r.waits, 0.5) * ms:>7.2f}ms {_quantile(r.waits, 0.99) * ms:>7.1f}ms "
         f"{max(r.waits, default=math.nan) * ms:>7.0f}ms "
+        f"{_quantile(r.holds, 0.5) * ms:>7.2f}ms {_quantile(r.holds, 0.99) * ms:>7.1f}ms "
         f"{_kib(r.read_per_trial):>8} {r.commands_per_trial:>6.1f} {_kib(r.mongo_bytes_per_trial):>7} "
         f"{r.rss_mib:>7.0f} {r.pss_mib:>7.0f} {r.wall:>6.0f}  {status}"
     )
