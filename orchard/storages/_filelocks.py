@@ -7,9 +7,11 @@ markers whose holder is gone. Both are polled with a short randomized backoff,
 since verbs hold the lock for well under a millisecond.
 
 A waiter gives up only when the lock has not *changed hands* for the whole
-timeout: every acquisition touches the lock file's mtime (the soft lock
-writes a new marker), and a waiter that sees the lock file change restarts
-its timeout. A hung or stopped holder is still detected after the timeout,
+timeout: a process that takes a kernel lock touches the lock file's mtime (at
+most every 50 ms; the soft lock writes a new marker each time), and a waiter
+that sees the lock file change restarts its timeout. Between attempts a
+waiter may do useful work (the storage catches up on its log, so that little
+is left to replay under the lock however long the wait was). A hung or stopped holder is still detected after the timeout,
 but a process that loses many races while hundreds of others make progress
 (a hundred workers starting on two busy cores) keeps waiting instead of
 dying. Waiting in the kernel's ``flock`` queue instead of polling was
