@@ -134,3 +134,17 @@ def test_a_random_search_worker_does_not_import_the_surrogate_stack(tmp_path: Pa
     )
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120, check=True)
     assert out.stdout.strip() == "[]"
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(150)
+def test_32_workers_share_one_file_under_the_soft_lock(tmp_path: Path) -> None:
+    """The NFS lock (an existence marker, polled) keeps the budget exact with many processes too."""
+    workers, rounds = 32, 3
+    exp = orchard.build_experiment(
+        "soft", space={"x": "uniform(0, 1)", "y": "uniform(0, 1)"}, algorithm="random",
+        storage=f"pickle://{tmp_path / 'o.pkl'}?lock=soft&timeout=10", max_trials=workers * rounds,
+    )
+    exp.workon(sleepy, n_workers=workers, executor="process", progress=False)
+    assert len(exp.fetch_trials(["completed"])) == workers * rounds
+    assert not (tmp_path / "o.pkl.lock").exists()
