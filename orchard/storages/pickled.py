@@ -265,11 +265,16 @@ class PickledStorage(TableStorage):
 
     def _acquire_lock(self) -> None:
         try:
-            acquired = _filelocks.acquire(self._lock, self._timeout, 0.005 if self._lock_kind == "kernel" else 0.05)
+            acquired = _filelocks.acquire(self._lock, self._timeout, 0.005 if self._lock_kind == "kernel" else 0.05,
+                                          while_waiting=self._catch_up)
         except OSError as err:
             raise self._lock_error(err) from err
         if not acquired:
             raise StorageUnavailableError(self._timeout_message())
+
+    def _catch_up(self) -> None:
+        """Replay, without the lock, what others append while we wait for it: little is left under it."""
+        self._log.catch_up(keep=False)  # damage is left for the locked replay to judge
 
     def _lock_error(self, err: OSError) -> StorageError:
         unsupported = (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL)
@@ -288,8 +293,8 @@ class PickledStorage(TableStorage):
             else "a filesystem without working flock (NFS, Lustre): use ?lock=soft there"
         )
         return (
-            f"could not lock storage file {self._path} within {self._timeout:g} s (lock file "
-            f"{self._lock.path}). Likely causes: another process holding the lock for a long "
+            f"could not lock storage file {self._path}: the lock did not change hands for "
+            f"{self._timeout:g} s (lock file {self._lock.path}). Likely causes: another process holding the lock for a long "
             f"time (a hung or stopped Orchard process, or a very large file being compacted); "
             f"{hint}. Remedies: find the holder (e.g. `fuser {self._lock.path}`), wait and retry, "
             f"raise the wait with pickle://{self._path}?timeout=SECONDS, or, if no Orchard "
