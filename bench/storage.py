@@ -32,6 +32,7 @@ from typing import Any
 
 from pymongo import monitoring
 
+import orchard
 from orchard.storages import BaseStorage, get_storage
 from orchard.testing._mongo_uri import with_database
 from orchard.trial import Trial, TrialStatus
@@ -136,7 +137,7 @@ def _print_row(label: str, row: dict[str, Any]) -> None:
 
 
 @contextlib.contextmanager
-def open_backend(backend: str, tmp: str) -> Iterator[BaseStorage]:
+def open_backend(backend: str, tmp: str, pickle_options: str = "") -> Iterator[BaseStorage]:
     """Open a fresh storage of ``backend`` (a throw-away database for MongoDB)."""
     if backend == "mongodb":
         from orchard.testing.mongo_server import mongodb_for_tests
@@ -150,7 +151,7 @@ def open_backend(backend: str, tmp: str) -> Iterator[BaseStorage]:
             with pymongo.MongoClient(uri) as client:
                 client.drop_database(database)
         return
-    uri = {"pickle": os.path.join(tmp, "bench.pkl"), "memory": "memory://",
+    uri = {"pickle": "pickle://" + os.path.join(tmp, "bench.pkl") + pickle_options, "memory": "memory://",
            "mongomock": f"mongomock://bench-{uuid.uuid4().hex[:6]}"}[backend]
     with get_storage(uri) as storage:
         yield storage
@@ -163,17 +164,20 @@ def main() -> None:
     parser.add_argument("--cycles", type=int, default=200, help="cycles timed per size (at most ~10 s)")
     parser.add_argument("--mongo-max", type=int, default=1000,
                         help="largest history for mongomock and the wire server (default 1,000)")
+    parser.add_argument("--pickle-options", default="",
+                        help="query of the pickle URI, e.g. '?fsync=0' (default: the storage's defaults)")
     args = parser.parse_args()
     sizes = [100, 1000] if args.quick else [100, 1000, 10_000]
     cycles = args.cycles // 4 if args.quick else args.cycles
     print(f"median ms per cycle (register + reserve + complete); {os.cpu_count()} cores, "
-          f"python {sys.version.split()[0]}")
+          f"python {sys.version.split()[0]}; load average {os.getloadavg()[0]:.2f}; "
+          f"pickle options {args.pickle_options or '(defaults)'}; orchard from {os.path.dirname(orchard.__file__)}")
     print(f"{'backend':<10} {'trials':>7} {'cycle ms':>10} {'register':>9} {'reserve':>9} "
           f"{'complete':>9} {'cycles':>6}  round trips/cycle (register+reserve+complete)")
     results: dict[str, list[dict[str, Any]]] = {}
     for backend in args.backends:
         mine = [s for s in sizes if not backend.startswith("mongo") or s <= args.mongo_max]
-        with tempfile.TemporaryDirectory() as tmp, open_backend(backend, tmp) as storage:
+        with tempfile.TemporaryDirectory() as tmp, open_backend(backend, tmp, args.pickle_options) as storage:
             results[backend] = measure(backend, storage, mine, cycles)
         if len(mine) < len(sizes):
             print(f"{'':<10} (stopped at {mine[-1]:,} trials: {_WHY_STOPPED[backend]}; --mongo-max raises it)")
