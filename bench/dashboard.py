@@ -136,7 +136,7 @@ def throughput(rounds: int, trials: int) -> None:
             print(f"  round {round_ + 1}: {label:<26} {rate:7.0f} trials/s, workers' CPU {cost * 1e6:5.0f} us/trial "
                   f"({polls} polls, server {100 * cpu:.0f} % of a core)", flush=True)
     base_rate, base_cost = statistics.median(rates["no dashboard"]), statistics.median(costs["no dashboard"])
-    print("\nworkers' throughput and CPU per trial, 2 workers, pickle file (measured under load):")
+    print(f"\nworkers' throughput and CPU per trial, 2 workers, pickle file ({_load()}):")
     print("| dashboard | median trials/s | vs none | workers' CPU per trial (median) | vs none | server CPU |")
     print("|---|---:|---:|---:|---:|---:|")
     for label, period in modes:
@@ -169,7 +169,7 @@ def latency(n_trials: int = 10_000, calls: int = 15) -> None:
                 for endpoint in endpoints:
                     time.sleep(0.55)  # past the server's 0.5 s refresh interval: every call folds again
                     later[endpoint].append(timed(base + endpoint))
-    print(f"\nAPI latency, {n_trials:,} trials, pickle file (measured under load):")
+    print(f"\nAPI latency, {n_trials:,} trials, pickle file ({_load()}):")
     print("| endpoint | first call | median after | max after |\n|---|---:|---:|---:|")
     for endpoint in endpoints:
         print(f"| `/{endpoint}` | {first[endpoint] * 1e3:.0f} ms | {statistics.median(later[endpoint]) * 1e3:.0f} ms "
@@ -181,6 +181,10 @@ def timed(url: str) -> float:
     get(url)
     return time.perf_counter() - start
 
+
+
+def _load() -> str:
+    return "load average {:.2f} {:.2f} {:.2f}".format(*os.getloadavg())
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])

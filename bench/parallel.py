@@ -82,11 +82,11 @@ def main() -> None:
           f"{machine_load()}", flush=True)
     for workers in args.workers:
         ideal = math.ceil(args.trials / workers) * args.seconds
-        pairs = alternate(lambda: ideal / orchard_wall(workers, args.trials, args.seconds),
-                          lambda: ideal / orion_wall(python, workers, args.trials, args.seconds), args.pairs)
-        effs = ", ".join(f"{a * 100:.1f}/{b * 100:.1f}" for a, b in zip(pairs.ours, pairs.theirs))
+        pairs = alternate(lambda: 100 * ideal / orchard_wall(workers, args.trials, args.seconds),
+                          lambda: 100 * ideal / orion_wall(python, workers, args.trials, args.seconds), args.pairs)
+        effs = ", ".join(f"{a:.1f}/{b:.1f}" for a, b in zip(pairs.ours, pairs.theirs))
         print(f"{workers:>3} workers: efficiency Orchard/Oríon per pair {effs} %; "
-              f"{pairs.summary()}", flush=True)
+              f"median {pairs.summary(' %')}", flush=True)
     print(f"after: {machine_load()}")
 
 
