@@ -36,7 +36,7 @@ import signal
 import struct
 import time
 import traceback
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from orchard.current import CurrentTrial, current_trial, evaluating

@@ -249,7 +249,6 @@ def _reserved_by(experiment: Experiment, pids: set[int]) -> set[str]:
 
 
 def _work(experiment: Experiment, template: CommandTemplate, settings: Settings) -> int:
-    from orchard.cli import Terminated
     from orchard.resources import parse_memory
     from orchard.naming import folder_in
     from orchard.runner import ScriptRunner
