@@ -87,6 +87,15 @@ class LeaseObserver:
         cutoff = self._clock() - self.stale_after
         return {tid: lease for tid, (lease, seen) in self._since.items() if seen <= cutoff}
 
+    def restart(self) -> None:
+        """Start every watch over from now: the storage was unreachable, so no heartbeat could land.
+
+        An owner that could not heartbeat through an outage is not dead; its
+        lease is judged again over a fresh ``stale_after`` of reachable storage.
+        """
+        now = self._clock()
+        self._since = {tid: (lease, now) for tid, (lease, _) in self._since.items()}
+
     def forget(self, trial_ids: Iterable[str]) -> None:
         """Stop watching trials (e.g. once they were released)."""
         for trial_id in trial_ids:

@@ -41,7 +41,7 @@ from typing import Any
 
 from orchard.current import CurrentTrial, current_trial, evaluating
 from orchard.errors import ConfigurationError
-from orchard.resources import SAMPLE_INTERVAL, MemoryWatch, kill_tree
+from orchard.resources import SAMPLE_INTERVAL, MemoryWatch, hold_group, kill_tree
 from orchard.space import to_builtin
 from orchard.trial import Trial
 
@@ -105,6 +105,16 @@ class TrialEvaluator(abc.ABC):
 
         Called from another thread than ``__call__``; must be idempotent and must not
         raise. ``__call__`` should then return soon (its outcome is dropped).
+        """
+
+    def hold(self, trial: Trial, held: bool) -> None:
+        """Pause (``held=True``) or resume ``trial``'s evaluation (default: do nothing).
+
+        The worker holds an evaluation while its lease is in doubt (it could not
+        heartbeat for longer than the lease: it was frozen, or the storage was
+        down), so that a second attempt another worker may have started never
+        runs beside it; it resumes it once a heartbeat lands, or cancels it.
+        Called from another thread than ``__call__``; must not raise.
         """
 
 
@@ -252,6 +262,12 @@ class ObjectiveEvaluator(TrialEvaluator):
         child = self._running.get(trial.id)
         if child is not None:
             child.cancel()
+
+    def hold(self, trial: Trial, held: bool) -> None:
+        """Pause or resume ``trial``'s evaluation child, if it has one (an in-thread call cannot be)."""
+        child = self._running.get(trial.id)
+        if child is not None:
+            hold_group(child.pid, held)
 
 
 def _evaluate_for_parent(fn: Callable[..., Any], params: dict[str, Any]) -> Outcome:

@@ -4,12 +4,22 @@ A reservation is held only as long as its heartbeat keeps changing; the
 pacemaker writes it every ``heartbeat`` seconds while the worker evaluates.
 When the storage says the reservation is gone (another worker judged it lost),
 the pacemaker tells the worker at once so it can stop the evaluation.
+
+When no heartbeat of a reservation has landed for ``doubt_after`` seconds
+(two beats by default: this process was frozen, or the storage is
+unreachable), other workers are about to judge the lease lost, or already
+have, and may start the trial again. The pacemaker then tells the worker to
+*hold* the evaluation (a script's process group is paused) before it asks the
+storage again, and to let it go on only once a heartbeat lands: two attempts
+of one trial never run side by side. The pacemaker tries once per beat and
+never blocks in retries, so an outage cannot keep it from holding.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable
 
 from orchard.errors import ReservationLostError, StorageError
@@ -26,32 +36,51 @@ class Pacemaker:
     Started on the first :meth:`watch`; beats every ``every`` seconds, so a watched
     trial's heartbeat is never older than ``every`` plus one storage write. A trial
     found no longer reserved by ``worker`` is dropped, handed to ``on_lost`` (from
-    the heartbeat thread) and reported by :meth:`unwatch`.
+    the heartbeat thread) and reported by :meth:`unwatch`. A trial none of whose
+    heartbeats landed for ``doubt_after`` seconds of this process's monotonic
+    clock (default ``2 × every``, one beat before others may judge the lease
+    lost) is handed to ``on_doubt(trial_id, True)`` before the next try, and to
+    ``on_doubt(trial_id, False)`` once one lands. Give it a storage that does
+    not retry: it tries again every beat by itself.
     """
 
     def __init__(self, storage: BaseStorage, worker: str, every: float,
-                 on_lost: Callable[[str], None] | None = None) -> None:
+                 on_lost: Callable[[str], None] | None = None,
+                 on_doubt: Callable[[str, bool], None] | None = None,
+                 doubt_after: float | None = None) -> None:
         self._storage, self._worker, self._every = storage, worker, every
-        self._on_lost = on_lost
+        self._on_lost, self._on_doubt = on_lost, on_doubt
+        self._doubt_after = 2.0 * every if doubt_after is None else doubt_after
+        self._confirmed: dict[str, float] = {}  # trial id -> when its lease was last known good
+        self._doubted: set[str] = set()
         self._lock = threading.Lock()
         self._watched: set[str] = set()
         self._lost: set[str] = set()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._watchdog: threading.Thread | None = None
+        self._doubt_lock = threading.Lock()  # holds and resumes happen in the order they were decided
 
     def watch(self, trial_id: str) -> None:
         """Start heartbeating ``trial_id``."""
         with self._lock:
             self._watched.add(trial_id)
             self._lost.discard(trial_id)
+            self._confirmed[trial_id] = time.monotonic()  # just reserved
             if self._thread is None:
                 self._thread = threading.Thread(target=self._beat, name="orchard-pacemaker", daemon=True)
                 self._thread.start()
+                # a heartbeat can block (a server being selected, a file lock): doubts are checked apart
+                self._watchdog = threading.Thread(target=self._watch_doubts, name="orchard-lease-watchdog",
+                                                  daemon=True)
+                self._watchdog.start()
 
     def unwatch(self, trial_id: str) -> bool:
         """Stop heartbeating ``trial_id``; return whether its reservation was found lost."""
         with self._lock:
             self._watched.discard(trial_id)
+            self._confirmed.pop(trial_id, None)
+            self._doubted.discard(trial_id)
             lost = trial_id in self._lost
             self._lost.discard(trial_id)
             return lost
@@ -64,8 +93,9 @@ class Pacemaker:
     def close(self) -> None:
         """Stop the thread (idempotent)."""
         self._stop.set()
-        if self._thread is not None:
-            self._thread.join()
+        for thread in (self._thread, self._watchdog):
+            if thread is not None:
+                thread.join()
 
     def _beat(self) -> None:
         while not self._stop.wait(self._every):
@@ -78,6 +108,42 @@ class Pacemaker:
                     self._mark_lost(trial_id)
                 except StorageError as err:  # transient: try again next beat
                     log.warning("heartbeat of trial %s failed: %s", trial_id, err)
+                else:
+                    self._confirm(trial_id)
+
+    def _watch_doubts(self) -> None:
+        while not self._stop.wait(min(self._every, self._doubt_after) / 4):
+            with self._lock:
+                watched = list(self._watched)
+            for trial_id in watched:
+                self._doubt_if_overdue(trial_id)
+
+    def _doubt_if_overdue(self, trial_id: str) -> None:
+        with self._doubt_lock:
+            with self._lock:
+                confirmed = self._confirmed.get(trial_id)
+                overdue = (confirmed is not None and trial_id not in self._doubted
+                           and time.monotonic() - confirmed > self._doubt_after)
+                if overdue:
+                    self._doubted.add(trial_id)
+            if not overdue:
+                return
+            log.warning("no heartbeat of trial %s landed for over %g s (frozen, or the storage was "
+                        "down): holding its evaluation until the storage confirms the reservation",
+                        trial_id, self._doubt_after)
+            if self._on_doubt is not None:
+                self._on_doubt(trial_id, True)
+
+    def _confirm(self, trial_id: str) -> None:
+        with self._doubt_lock:
+            with self._lock:
+                if trial_id not in self._watched:
+                    return
+                self._confirmed[trial_id] = time.monotonic()
+                doubted = trial_id in self._doubted
+                self._doubted.discard(trial_id)
+            if doubted and self._on_doubt is not None:
+                self._on_doubt(trial_id, False)
 
     def _mark_lost(self, trial_id: str) -> None:
         with self._lock:

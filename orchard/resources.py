@@ -35,6 +35,7 @@ __all__ = [
     "assign_devices",
     "devices_of",
     "format_bytes",
+    "hold_group",
     "kill_tree",
     "parse_gpus",
     "parse_memory",
@@ -137,6 +138,14 @@ class MemoryWatch:
         message = (f"{what} used {format_bytes(self.peak)} of resident memory, more than "
                    f"trial_memory_limit={format_bytes(self.limit)}, and was killed")
         return message, {"reason": "memory", "peak_memory": self.peak, "memory_limit": self.limit}
+
+
+def hold_group(pgid: int, held: bool) -> None:
+    """Pause (SIGSTOP) or resume (SIGCONT) a whole process group; a group that is gone is ignored."""
+    try:
+        os.killpg(pgid, signal.SIGSTOP if held else signal.SIGCONT)
+    except (ProcessLookupError, PermissionError):
+        pass
 
 
 def kill_tree(pid: int, group: bool = True) -> None:

@@ -54,7 +54,7 @@ from orchard.errors import ConfigurationError, SpaceError
 from orchard.naming import folder_in
 from orchard.objective import Outcome, TrialEvaluator, interpret_result
 from orchard.report import RESULTS_ENV
-from orchard.resources import SAMPLE_INTERVAL, MemoryWatch, kill_tree
+from orchard.resources import SAMPLE_INTERVAL, MemoryWatch, hold_group, kill_tree
 from orchard.trial import Trial
 
 __all__ = ["CommandTemplate", "ScriptRunner", "resolve_program"]
@@ -303,6 +303,12 @@ class ScriptRunner(TrialEvaluator):
         proc = self._running.get(trial.id)
         if proc is not None:
             kill_tree(proc.pid)
+
+    def hold(self, trial: Trial, held: bool) -> None:
+        """Pause or resume ``trial``'s script, its whole process group (the lease is in doubt)."""
+        proc = self._running.get(trial.id)
+        if proc is not None:
+            hold_group(proc.pid, held)
 
     def _run(self, trial_id: str, argv: list[str], folder: str,
              env: dict[str, str]) -> tuple[int | Outcome, Outcome | None]:

@@ -161,8 +161,8 @@ class Worker:
         on_outcome: Callable[[Trial, Outcome], None] | None = None,
         label: str | None = None,
     ) -> None:
-        storage = RetryingStorage(storage, patience=settings.stale_after)  # outages cost time, not results
-        self.storage = storage
+        self._retrying = RetryingStorage(storage, patience=settings.stale_after)  # outages cost time, not results
+        storage = self.storage = self._retrying
         self.experiment_id = experiment_id
         self.settings = settings
         self.evaluate = evaluate
@@ -172,8 +172,11 @@ class Worker:
         self.history = History(storage, experiment_id)
         self.algorithm: BaseAlgorithm = make_algorithm(settings.algorithm, settings.space, settings.seed)
         self.report = WorkerReport(self.name)
-        self.pacemaker = Pacemaker(storage, self.name, settings.heartbeat, on_lost=self._cancel)
+        # the pacemaker beats on the unwrapped storage: it must never block in an outage's retries
+        self.pacemaker = Pacemaker(self._retrying.storage, self.name, settings.heartbeat,
+                                   on_lost=self._cancel, on_doubt=self._hold)
         self._leases = LeaseObserver(settings.stale_after)
+        self._outage_seen: float | None = None  # the last outage the lease watches were restarted for
         self._exhausted = False  # the algorithm's last answer was "nothing new"
         self._evaluating: Trial | None = None
 
@@ -313,6 +316,9 @@ class Worker:
 
     def _release_stale(self) -> None:
         """Take back reservations whose heartbeat this worker saw stand still for ``stale_after``."""
+        if self._retrying.recovered_at != self._outage_seen:  # an outage: nobody could heartbeat
+            self._outage_seen = self._retrying.recovered_at
+            self._leases.restart()
         self._leases.observe(self.history.reserved())
         lost = self._leases.lost()
         if not lost:
@@ -397,6 +403,17 @@ class Worker:
             self.release(trial)
         except StorageError as err:  # includes ReservationLostError
             log.warning("could not release trial %s: %s", trial.id, err)
+
+    def _hold(self, trial_id: str, held: bool) -> None:
+        """From the heartbeat thread: pause the evaluation while its lease is in doubt, or resume it."""
+        trial = self._evaluating
+        hold = getattr(self.evaluate, "hold", None)
+        if trial is None or trial.id != trial_id or hold is None:
+            return
+        try:
+            hold(trial, held)
+        except Exception as err:  # noqa: BLE001 -- the heartbeat thread must survive a faulty hold
+            log.warning("holding trial %s failed: %s: %s", trial_id, type(err).__name__, err)
 
     def _cancel(self, trial_id: str) -> None:
         """From the heartbeat thread: a reservation was found lost, so stop its evaluation now."""

@@ -58,6 +58,19 @@ def test_a_heartbeat_standing_still_for_stale_after_is_lost() -> None:
     assert observer.lost() == {"a": Lease(W, 5.0), "b": Lease(W, 7.5)}
 
 
+def test_an_outage_restarts_the_watch_so_owners_that_could_not_beat_are_not_lost() -> None:
+    clock = FakeClock()
+    observer = LeaseObserver(6.0, clock=clock)
+    observer.observe([reserved("a", 5.0)])
+    clock.now += 5.0  # the storage goes down: nobody's heartbeat can land
+    observer.restart()  # ... and comes back
+    clock.now += 5.9
+    observer.observe([reserved("a", 5.0)])
+    assert observer.lost() == {}, "an outage was counted as time the heartbeat stood still"
+    clock.now += 0.1
+    assert observer.lost() == {"a": Lease(W, 5.0)}
+
+
 def test_heartbeat_values_are_never_compared_with_a_clock() -> None:
     """Values from clocks far ahead of, or behind, the observer's are judged alike."""
     clock = FakeClock()
@@ -144,6 +157,7 @@ def test_an_outage_shorter_than_the_patience_costs_time_and_one_log_line(
         done = storage.complete_trial(trial.id, W, 1.5)
     assert (done.status, done.objective) == (TrialStatus.COMPLETED, 1.5)
     assert 0 < clock.now - 1000.0 < 30.0
+    assert storage.recovered_at == clock.now, "the end of the outage is what lease observers restart from"
     [line] = caplog.messages
     assert f"complete trial {trial.id}" in line and "unavailable" in line and "6 retries" in line
 
@@ -196,3 +210,37 @@ def test_other_errors_and_errors_before_the_first_answer_are_not_retried(clock: 
         storage.heartbeat_trial("nope", W)
     assert clock.now == 1000.0
     assert storage.count_trials(exp)[TrialStatus.NEW] == 0
+
+
+# -- Pacemaker: holding an evaluation whose lease is in doubt ---------------------------
+
+
+def test_an_evaluation_is_held_while_no_heartbeat_lands_for_the_lease_and_resumed_after() -> None:
+    import threading
+
+    from orchard.pacemaker import Pacemaker
+
+    storage = get_storage("memory://")
+    exp = storage.create_experiment("e", {})
+    trial = storage.register_trial(exp, {"x": 1}, worker=W)
+    outage = Outage(storage)
+    outage.wrap("heartbeat_trial")
+    outage.down = 10**6  # the storage is down: no heartbeat lands
+    calls: list[tuple[str, bool]] = []
+    held, resumed = threading.Event(), threading.Event()
+
+    def on_doubt(trial_id: str, hold: bool) -> None:
+        calls.append((trial_id, hold))
+        (held if hold else resumed).set()
+
+    pacemaker = Pacemaker(storage, W, every=0.02, on_doubt=on_doubt, doubt_after=0.1)
+    pacemaker.watch(trial.id)
+    try:
+        assert held.wait(10), "the evaluation was not held although no heartbeat landed for the lease"
+        assert not resumed.is_set() and calls == [(trial.id, True)]
+        outage.down = 0  # the storage is back and the reservation is still ours
+        assert resumed.wait(10), "the evaluation was not resumed once a heartbeat landed"
+        assert calls == [(trial.id, True), (trial.id, False)]
+        assert not pacemaker.is_lost(trial.id)
+    finally:
+        pacemaker.close()

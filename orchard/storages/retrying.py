@@ -10,7 +10,9 @@ lease, ``3 × heartbeat``) have passed. A reservation cannot be proved lost
 sooner: until then a result write keeps being tried, and afterwards the
 storage itself says whether the reservation was lost
 (:class:`~orchard.errors.ReservationLostError`). Each outage a call rode out
-costs one log line saying what happened.
+costs one log line saying what happened, and sets :attr:`RetryingStorage.recovered_at`:
+no worker's heartbeat could land during the outage, so the worker's lease
+observer starts its watches over instead of taking an outage for a dead owner.
 
 A write whose reply was lost may have been applied: its retry then meets its
 own effect (the trial already completed by this worker, the params already
@@ -71,6 +73,10 @@ class RetryingStorage(BaseStorage):
         self.patience = patience
         self._clock, self._sleep = clock, sleep
         self._answered = False
+        #: The ``clock`` time at which the last outage this handle rode out ended (``None``: none yet).
+        #: Other workers' heartbeats could not land meanwhile either, so a lease observer must not
+        #: count an outage as time in which a heartbeat stood still (:meth:`LeaseObserver.restart`).
+        self.recovered_at: float | None = None
 
     def __reduce__(self) -> tuple[Any, ...]:
         return (RetryingStorage, (self.storage, self.patience))
@@ -109,6 +115,7 @@ class RetryingStorage(BaseStorage):
                 result = settled  # type: ignore[assignment]  # the settled verbs return a Trial
             self._answered = True
             if started is not None:
+                self.recovered_at = self._clock()
                 log.warning("storage %s was unavailable for %.1f s while trying to %s; "
                             "succeeded after %d retries", self.redacted_uri, self._clock() - started,
                             action, tries)
