@@ -161,8 +161,8 @@ class Worker:
         on_outcome: Callable[[Trial, Outcome], None] | None = None,
         label: str | None = None,
     ) -> None:
-        self._retrying = RetryingStorage(storage, patience=settings.stale_after)  # outages cost time, not results
-        storage = self.storage = self._retrying
+        self.storage = RetryingStorage(storage, patience=settings.stale_after)  # outages cost time, not results
+        storage = self.storage
         self.experiment_id = experiment_id
         self.settings = settings
         self.evaluate = evaluate
@@ -173,7 +173,7 @@ class Worker:
         self.algorithm: BaseAlgorithm = make_algorithm(settings.algorithm, settings.space, settings.seed)
         self.report = WorkerReport(self.name)
         # the pacemaker beats on the unwrapped storage: it must never block in an outage's retries
-        self.pacemaker = Pacemaker(self._retrying.storage, self.name, settings.heartbeat,
+        self.pacemaker = Pacemaker(self.storage.storage, self.name, settings.heartbeat,
                                    on_lost=self._cancel, on_doubt=self._hold)
         self._leases = LeaseObserver(settings.stale_after)
         self._outage_seen: float | None = None  # the last outage the lease watches were restarted for
@@ -316,8 +316,8 @@ class Worker:
 
     def _release_stale(self) -> None:
         """Take back reservations whose heartbeat this worker saw stand still for ``stale_after``."""
-        if self._retrying.recovered_at != self._outage_seen:  # an outage: nobody could heartbeat
-            self._outage_seen = self._retrying.recovered_at
+        if self.storage.recovered_at != self._outage_seen:  # an outage: nobody could heartbeat
+            self._outage_seen = self.storage.recovered_at
             self._leases.restart()
         self._leases.observe(self.history.reserved())
         lost = self._leases.lost()
@@ -406,26 +406,27 @@ class Worker:
 
     def _hold(self, trial_id: str, held: bool) -> None:
         """From the heartbeat thread: pause the evaluation while its lease is in doubt, or resume it."""
-        trial = self._evaluating
-        hold = getattr(self.evaluate, "hold", None)
-        if trial is None or trial.id != trial_id or hold is None:
-            return
-        try:
-            hold(trial, held)
-        except Exception as err:  # noqa: BLE001 -- the heartbeat thread must survive a faulty hold
-            log.warning("holding trial %s failed: %s: %s", trial_id, type(err).__name__, err)
+        self._tell_evaluator(trial_id, "hold", held)
 
     def _cancel(self, trial_id: str) -> None:
         """From the heartbeat thread: a reservation was found lost, so stop its evaluation now."""
+        if self._tell_evaluator(trial_id, "cancel"):
+            log.warning("worker %s lost its reservation of trial %s; stopped its evaluation", self.name, trial_id)
+
+    def _tell_evaluator(self, trial_id: str, method: str, *args: Any) -> bool:
+        """Call the evaluator's ``method(trial, *args)`` if ``trial_id`` is being evaluated and it has one.
+
+        Runs on the heartbeat thread, which must survive a faulty evaluator. Returns whether it was called.
+        """
         trial = self._evaluating
-        cancel = getattr(self.evaluate, "cancel", None)
-        if trial is None or trial.id != trial_id or cancel is None:
-            return
-        log.warning("worker %s lost its reservation of trial %s; stopping its evaluation", self.name, trial_id)
+        call = getattr(self.evaluate, method, None)
+        if trial is None or trial.id != trial_id or call is None:
+            return False
         try:
-            cancel(trial)
-        except Exception as err:  # noqa: BLE001 -- the heartbeat thread must survive a faulty cancel
-            log.warning("cancelling trial %s failed: %s: %s", trial_id, type(err).__name__, err)
+            call(trial, *args)
+        except Exception as err:  # noqa: BLE001 -- the heartbeat thread must survive a faulty evaluator
+            log.warning("%s of trial %s failed: %s: %s", method, trial_id, type(err).__name__, err)
+        return True
 
 
 @dataclasses.dataclass
