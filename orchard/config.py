@@ -30,6 +30,7 @@ from orchard.experiment_config import (
     positive_number,
     text,
 )
+from orchard.resources import parse_gpus, parse_memory
 from orchard.storages import DEFAULT_STORAGE
 
 __all__ = [
@@ -93,9 +94,9 @@ SETTINGS: dict[str, Setting] = {
     "executor": Setting(text, "joblib"),
     "executor_config": Setting(name_or_mapping, env=False),
     "n_workers": Setting(positive_int, 1),
-    # resources of the workers, parsed by orchard.resources where they are used
-    "trial_memory_limit": Setting(),
-    "gpus": Setting(),
+    # resources of the workers: their parsers raise their own one-line ConfigurationError
+    "trial_memory_limit": Setting(parse_memory),
+    "gpus": Setting(parse_gpus),
     "gpus_per_worker": Setting(positive_int, 1),
 }
 

@@ -50,6 +50,7 @@ def test_bad_memory_limit_on_the_command_line_is_one_error_line(
                  "python", "t.py", "--x~uniform(0, 1)"])
     lines = capsys.readouterr().err.strip().splitlines()
     assert code != 0 and len(lines) == 1 and "trial_memory_limit '4 parsecs'" in lines[0], lines
+    assert not (tmp_path / "o.pkl").exists(), "the experiment was stored before its bad setting was refused"
 
 
 def test_devices_are_dealt_round_robin() -> None:
