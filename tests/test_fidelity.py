@@ -57,25 +57,6 @@ def test_rungs_are_low_times_base_powers_capped_at_high(text: str, rungs: tuple[
     assert parse_prior("epochs", str(prior)) == prior
 
 
-@pytest.mark.parametrize(
-    ("text", "fragment"),
-    [
-        ("fidelity(1)", "takes 2 positional"),
-        ("fidelity(9, 1)", "must be < high"),
-        ("fidelity(0, 9)", "0 < low"),
-        ("fidelity(1, 9, base=1)", "base (1) must be a number > 1"),
-        ("fidelity(1, 9, base='x')", "must be a number > 1"),
-        ("fidelity(1, 9, step=2)", "unexpected keyword"),
-    ],
-)
-def test_bad_fidelity_arguments_name_dimension_and_quote_text(text: str, fragment: str) -> None:
-    with pytest.raises(SpaceError) as info:
-        parse_prior("epochs", text)
-    message = str(info.value)
-    assert "'epochs'" in message and repr(text) in message and fragment in message
-    assert "\n" not in message
-
-
 def test_a_space_holds_at_most_one_fidelity() -> None:
     with pytest.raises(SpaceError, match="at most one fidelity"):
         Space.from_config({"a": "fidelity(1, 9)", "b": "fidelity(1, 27)"})

@@ -46,6 +46,12 @@ def test_parse_every_prior(text: str, expected: object) -> None:
         ("normal(0, 0)", "sigma"),
         ("uniform(0,", "not a valid expression"),
         ("os.system('x')", "expected one of"),
+        ("fidelity(1)", "takes 2 positional"),
+        ("fidelity(9, 1)", "must be < high"),
+        ("fidelity(0, 9)", "0 < low"),
+        ("fidelity(1, 9, base=1)", "base (1) must be a number > 1"),
+        ("fidelity(1, 9, base='x')", "must be a number > 1"),
+        ("fidelity(1, 9, step=2)", "unexpected keyword"),
     ],
 )
 def test_bad_priors_name_dimension_and_quote_text(text: str, fragment: str) -> None:
