@@ -40,7 +40,8 @@ class Pacemaker:
     heartbeats landed for ``doubt_after`` seconds of this process's monotonic
     clock (default ``2 × every``, one beat before others may judge the lease
     lost) is handed to ``on_doubt(trial_id, True)`` before the next try, and to
-    ``on_doubt(trial_id, False)`` once one lands. Give it a storage that does
+    ``on_doubt(trial_id, False)`` once one lands; while in doubt, the hold is
+    repeated every watchdog tick. Give it a storage that does
     not retry: it tries again every beat by itself.
     """
 
@@ -112,7 +113,7 @@ class Pacemaker:
                     self._confirm(trial_id)
 
     def _watch_doubts(self) -> None:
-        while not self._stop.wait(min(self._every, self._doubt_after) / 4):
+        while not self._stop.wait(min(self._every, self._doubt_after) / 8):
             with self._lock:
                 watched = list(self._watched)
             for trial_id in watched:
@@ -122,10 +123,15 @@ class Pacemaker:
         with self._doubt_lock:
             with self._lock:
                 confirmed = self._confirmed.get(trial_id)
-                overdue = (confirmed is not None and trial_id not in self._doubted
+                already = trial_id in self._doubted
+                overdue = (confirmed is not None and not already
                            and time.monotonic() - confirmed > self._doubt_after)
                 if overdue:
                     self._doubted.add(trial_id)
+            if already and self._on_doubt is not None:
+                # hold again every tick: whatever woke a frozen node (SIGCONT to every process) may
+                # have resumed the evaluation after this thread paused it
+                self._on_doubt(trial_id, True)
             if not overdue:
                 return
             log.warning("no heartbeat of trial %s landed for over %g s (frozen, or the storage was "

@@ -217,6 +217,7 @@ def test_other_errors_and_errors_before_the_first_answer_are_not_retried(clock: 
 
 def test_an_evaluation_is_held_while_no_heartbeat_lands_for_the_lease_and_resumed_after() -> None:
     import threading
+    import time
 
     from orchard.pacemaker import Pacemaker
 
@@ -237,10 +238,12 @@ def test_an_evaluation_is_held_while_no_heartbeat_lands_for_the_lease_and_resume
     pacemaker.watch(trial.id)
     try:
         assert held.wait(10), "the evaluation was not held although no heartbeat landed for the lease"
-        assert not resumed.is_set() and calls == [(trial.id, True)]
+        time.sleep(0.1)  # several watchdog ticks while in doubt: the hold is repeated, never lifted
+        assert not resumed.is_set() and len(calls) > 1 and set(calls) == {(trial.id, True)}
         outage.down = 0  # the storage is back and the reservation is still ours
         assert resumed.wait(10), "the evaluation was not resumed once a heartbeat landed"
-        assert calls == [(trial.id, True), (trial.id, False)]
+        time.sleep(0.1)  # confirmed: no hold after the resume
+        assert calls[-1] == (trial.id, False) and calls.count((trial.id, False)) == 1
         assert not pacemaker.is_lost(trial.id)
     finally:
         pacemaker.close()
