@@ -33,8 +33,11 @@ log = logging.getLogger(__name__)
 class Pacemaker:
     """One daemon thread that heartbeats every reservation it watches.
 
-    Started on the first :meth:`watch`; beats every ``every`` seconds, so a watched
-    trial's heartbeat is never older than ``every`` plus one storage write. A trial
+    Started on the first :meth:`watch`; beats each watched trial ``every`` seconds
+    after it was reserved and after each beat, so a watched trial's heartbeat is
+    never older than ``every`` plus one storage write. Beats follow each trial's
+    own reservation, not the thread's start: workers started together do not all
+    write at the same instant, and a trial shorter than ``every`` is never beaten. A trial
     found no longer reserved by ``worker`` is dropped, handed to ``on_lost`` (from
     the heartbeat thread) and reported by :meth:`unwatch`. A trial none of whose
     heartbeats landed for ``doubt_after`` seconds of this process's monotonic
@@ -56,6 +59,7 @@ class Pacemaker:
         self._doubted: set[str] = set()
         self._lock = threading.Lock()
         self._watched: set[str] = set()
+        self._due: dict[str, float] = {}  # trial id -> when its next beat is due (monotonic)
         self._lost: set[str] = set()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -67,7 +71,8 @@ class Pacemaker:
         with self._lock:
             self._watched.add(trial_id)
             self._lost.discard(trial_id)
-            self._confirmed[trial_id] = time.monotonic()  # just reserved
+            self._confirmed[trial_id] = now = time.monotonic()  # just reserved
+            self._due[trial_id] = now + self._every
             if self._thread is None:
                 self._thread = threading.Thread(target=self._beat, name="orchard-pacemaker", daemon=True)
                 self._thread.start()
@@ -80,6 +85,7 @@ class Pacemaker:
         """Stop heartbeating ``trial_id``; return whether its reservation was found lost."""
         with self._lock:
             self._watched.discard(trial_id)
+            self._due.pop(trial_id, None)
             self._confirmed.pop(trial_id, None)
             self._doubted.discard(trial_id)
             lost = trial_id in self._lost
@@ -99,10 +105,14 @@ class Pacemaker:
                 thread.join()
 
     def _beat(self) -> None:
-        while not self._stop.wait(self._every):
+        pause = self._every  # a trial watched meanwhile is due no sooner than this
+        while not self._stop.wait(pause):
+            now = time.monotonic()
             with self._lock:
-                watched = list(self._watched)
-            for trial_id in watched:
+                due = [trial_id for trial_id, at in self._due.items() if at <= now]
+                for trial_id in due:
+                    self._due[trial_id] = now + self._every
+            for trial_id in due:
                 try:
                     self._storage.heartbeat_trial(trial_id, self._worker)
                 except ReservationLostError:
@@ -111,6 +121,9 @@ class Pacemaker:
                     log.warning("heartbeat of trial %s failed: %s", trial_id, err)
                 else:
                     self._confirm(trial_id)
+            with self._lock:
+                next_due = min(self._due.values(), default=None)
+            pause = self._every if next_due is None else min(self._every, max(0.0, next_due - time.monotonic()))
 
     def _watch_doubts(self) -> None:
         while not self._stop.wait(min(self._every, self._doubt_after) / 8):
@@ -156,6 +169,7 @@ class Pacemaker:
             if trial_id not in self._watched:
                 return  # finished meanwhile
             self._watched.discard(trial_id)
+            self._due.pop(trial_id, None)
             self._lost.add(trial_id)
         if self._on_lost is not None:
             self._on_lost(trial_id)

@@ -116,9 +116,10 @@ class Trial:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Trial:
         """Build a trial from :meth:`to_dict` output; unknown keys are ignored."""
-        names = {f.name for f in dataclasses.fields(cls)}
+        names = _FIELD_NAMES
         kwargs = {k: v for k, v in data.items() if k in names}
-        kwargs["status"] = TrialStatus(kwargs.get("status", TrialStatus.NEW))
+        status = kwargs.get("status", "new")
+        kwargs["status"] = _STATUSES.get(status) or TrialStatus(status)  # the dict: on every replayed record
         kwargs["params"] = dict(kwargs.get("params") or {})
         kwargs["results"] = dict(kwargs.get("results") or {})
         return cls(**kwargs)
@@ -136,3 +137,7 @@ class Trial:
         if self.start_time is None or self.end_time is None:
             return None
         return self.end_time - self.start_time
+
+
+_FIELD_NAMES = frozenset(field.name for field in dataclasses.fields(Trial))
+_STATUSES: dict[Any, TrialStatus] = {status.value: status for status in TrialStatus}

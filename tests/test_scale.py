@@ -19,6 +19,7 @@ from typing import Any
 import pytest
 
 import orchard
+from orchard.storages import _filelocks
 from orchard.storages._filelocks import KernelLock, acquire
 
 FORK = multiprocessing.get_context("fork")
@@ -75,6 +76,21 @@ def test_a_holder_that_stops_still_times_its_waiters_out(lock_path: str) -> None
         assert time.monotonic() - start < 5.0
     finally:
         holder.kill()
+
+
+@pytest.mark.slow
+def test_a_waiter_does_its_work_between_attempts_at_a_bounded_rate(lock_path: str) -> None:
+    """Catching up on every attempt (every few ms, hundreds of waiters) cost more CPU than it saved."""
+    holder = _start_holder(lock_path, touch_for=0.5)
+    lock, calls = KernelLock(lock_path), []
+    try:
+        assert acquire(lock, timeout=5.0, max_delay=0.001, while_waiting=lambda: calls.append(time.monotonic()))
+        lock.release()
+    finally:
+        holder.kill()
+    assert calls, "the waiter never did its work"
+    assert len(calls) <= (calls[-1] - calls[0]) / _filelocks._WORK_EVERY + 2
+    assert min(b - a for a, b in zip(calls, calls[1:])) >= _filelocks._WORK_EVERY * 0.9
 
 
 def sleepy(x: float, y: float) -> dict[str, Any]:

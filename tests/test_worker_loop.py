@@ -52,6 +52,53 @@ def test_pacemaker_refreshes_heartbeats_and_reports_lost_reservations(storage, e
     pacemaker.close()
 
 
+class _CountingStorage:
+    """Counts heartbeats per trial, passing everything else to the wrapped storage."""
+
+    def __init__(self, storage) -> None:
+        self._storage, self.beats = storage, {}
+
+    def heartbeat_trial(self, trial_id: str, worker: str) -> None:
+        self.beats[trial_id] = self.beats.get(trial_id, 0) + 1
+        self._storage.heartbeat_trial(trial_id, worker)
+
+    def __getattr__(self, name):
+        return getattr(self._storage, name)
+
+
+def test_pacemaker_beats_each_trial_on_its_own_schedule(storage, exp_id) -> None:
+    """Beats follow each reservation: a trial shorter than a beat is never written again, and
+    workers started together do not all beat at the same instant (256 of them did, before)."""
+    counting = _CountingStorage(storage)
+    pacemaker = Pacemaker(counting, "w1", every=0.3)
+    first = storage.register_trial(exp_id, {"x": 0.1}, worker="w1")
+    pacemaker.watch(first.id)
+    time.sleep(0.2)  # the thread's first beat (0.3 s after it started) would catch a trial watched now
+    short = storage.register_trial(exp_id, {"x": 0.2}, worker="w1")
+    pacemaker.watch(short.id)
+    wait_for(lambda: counting.beats.get(first.id, 0) >= 1)
+    assert counting.beats.get(short.id, 0) == 0  # reserved 0.1 s ago: its first beat is due at 0.5 s
+    pacemaker.unwatch(short.id)
+    wait_for(lambda: counting.beats.get(first.id, 0) >= 3)
+    assert counting.beats.get(short.id, 0) == 0
+    pacemaker.close()
+
+
+def test_a_running_worker_collects_the_young_generation_less_often_and_restores_it(storage, exp_id) -> None:
+    import gc
+
+    seen = []
+    before = gc.get_threshold()
+
+    def evaluate(trial: Trial) -> Outcome:
+        seen.append(gc.get_threshold())
+        return Outcome(objective=trial.params["x"])
+
+    Worker(storage, exp_id, settings(max_trials=2), evaluate).run()
+    assert seen and all(threshold[0] >= 50_000 for threshold in seen)
+    assert gc.get_threshold() == before
+
+
 def test_history_view_is_incremental_and_reports_new_pending_points(storage, exp_id) -> None:
     history = History(storage, exp_id)
     assert history.refresh() == []

@@ -47,6 +47,9 @@ log = logging.getLogger(__name__)
 
 #: A process marks its acquisitions of a kernel lock at most this often (seconds).
 _TOUCH_EVERY = 0.05
+#: A waiter does its work between attempts at most this often (seconds): with hundreds of waiters
+#: polling every few milliseconds, catching up on every attempt cost more CPU than it saved.
+_WORK_EVERY = 0.02
 
 
 class FileLockLike(Protocol):
@@ -263,8 +266,9 @@ def acquire(
         timeout: seconds without a hand-over after which to give up; the
             timeout restarts whenever the lock is seen to change hands.
         max_delay: the longest pause between two attempts.
-        while_waiting: called between attempts, e.g. to catch up on the log
-            without the lock, so that little is left to do once it is held.
+        while_waiting: called between attempts, at most every ``_WORK_EVERY``
+            seconds, e.g. to catch up on the log without the lock, so that
+            little is left to do once it is held.
 
     Returns:
         Whether the lock was taken.
@@ -275,9 +279,11 @@ def acquire(
     deadline = time.monotonic() + timeout
     seen = progress_mark(lock.path)
     delay = 1e-4
+    caught_up = -math.inf
     while not lock.try_acquire():
-        if while_waiting is not None:
+        if while_waiting is not None and time.monotonic() - caught_up >= _WORK_EVERY:
             while_waiting()
+            caught_up = time.monotonic()
         now, mark = time.monotonic(), progress_mark(lock.path)
         if mark != seen:  # another process took the lock meanwhile: the holders are alive
             seen, deadline = mark, now + timeout

@@ -77,7 +77,8 @@ class TrialTable:
             exp = ExperimentRecord(**record["record"])
             self._experiments[exp.id] = exp
             self._names[exp.name] = exp.id
-            self._by_experiment.setdefault(exp.id, _ExperimentTrials())
+            if exp.id not in self._by_experiment:
+                self._by_experiment[exp.id] = _ExperimentTrials()
         elif op == "trial":
             self._put_trial(Trial.from_dict(record["trial"]))
         elif op == "drop":
@@ -91,7 +92,9 @@ class TrialTable:
             raise ValueError(f"unknown record op {op!r}")
 
     def _put_trial(self, trial: Trial) -> None:
-        table = self._by_experiment.setdefault(trial.experiment, _ExperimentTrials())
+        table = self._by_experiment.get(trial.experiment)
+        if table is None:  # not setdefault(…, _ExperimentTrials()): that builds indexes on every record
+            table = self._by_experiment[trial.experiment] = _ExperimentTrials()
         old = table.trials.get(trial.id)
         if old is not None:
             table.counts[old.status] -= 1
@@ -199,7 +202,8 @@ class TrialTable:
         return self._experiments[experiment_id], records
 
     def delete_experiment(self, experiment_id: str) -> tuple[int, list[Record]]:
-        count = len(self._by_experiment.get(experiment_id, _ExperimentTrials()).trials)
+        table = self._by_experiment.get(experiment_id)
+        count = 0 if table is None else len(table.trials)
         if experiment_id not in self._experiments:
             return 0, []
         return count, self.apply_all([{"op": "drop", "experiment": experiment_id}])

@@ -33,12 +33,18 @@ Query = Callable[[TrialTable], _T]
 Verb = Callable[[TrialTable, float], tuple[_T, list[Record]]]
 
 
+_SCALARS = (str, int, float, bool, type(None))
+
+
 def _plain_copy(value: Any) -> Any:
-    """A copy of nested plain dicts and lists (cheaper than ``copy.deepcopy`` on records)."""
+    """A copy of nested plain dicts and lists (cheaper than ``copy.deepcopy`` on records).
+
+    Scalars are copied inline, without a call each: every trial a refresh returns passes here.
+    """
     if type(value) is dict:
-        return {key: _plain_copy(item) for key, item in value.items()}
+        return {key: item if type(item) in _SCALARS else _plain_copy(item) for key, item in value.items()}
     if type(value) is list:
-        return [_plain_copy(item) for item in value]
+        return [item if type(item) in _SCALARS else _plain_copy(item) for item in value]
     return value
 
 
@@ -49,7 +55,7 @@ def _detached(value: Any) -> Any:
         copied.__dict__.update(value.__dict__)
         copied.params = dict(value.params)
         copied.results = _plain_copy(value.results)
-        copied.error = _plain_copy(value.error)
+        copied.error = None if value.error is None else _plain_copy(value.error)
         return copied
     if isinstance(value, ExperimentRecord):
         return dataclasses.replace(value, config=_plain_copy(value.config))
