@@ -84,7 +84,8 @@ _RACE_CHECK_AFTER = 0.005
 #: Allocations between two young-generation collections while a worker runs (Python's default: 700).
 _YOUNG_COLLECTION_EVERY = 50_000
 _collections_lock = threading.Lock()
-_collections_held = [0, gc.get_threshold()]  # workers running in this process, thresholds to restore
+_workers_running = 0  # workers running in this process (guarded by _collections_lock)
+_thresholds_before: tuple[int, int, int] = gc.get_threshold()  # to restore when the last one stops
 
 
 @contextlib.contextmanager
@@ -98,18 +99,19 @@ def _fewer_collections() -> Iterator[None]:
     with the collector off (docs/scaling.md). The thresholds are restored when
     the last worker of the process stops.
     """
+    global _workers_running, _thresholds_before
     with _collections_lock:
-        if _collections_held[0] == 0:
-            _collections_held[1] = threshold = gc.get_threshold()
-            gc.set_threshold(max(threshold[0], _YOUNG_COLLECTION_EVERY), *threshold[1:])
-        _collections_held[0] += 1
+        if _workers_running == 0:
+            _thresholds_before = young, middle, old = gc.get_threshold()
+            gc.set_threshold(max(young, _YOUNG_COLLECTION_EVERY), middle, old)
+        _workers_running += 1
     try:
         yield
     finally:
         with _collections_lock:
-            _collections_held[0] -= 1
-            if _collections_held[0] == 0:
-                gc.set_threshold(*_collections_held[1])
+            _workers_running -= 1
+            if _workers_running == 0:
+                gc.set_threshold(*_thresholds_before)
 
 
 def worker_name() -> str:

@@ -9,11 +9,23 @@ rewrites the file as a snapshot when the log has grown
 temporary file, fsync, ``os.replace``). It takes no lock: the storage calls
 the writing methods under its file lock. The byte format is
 :mod:`orchard.storages._logfile`.
+
+A compaction does not make every other process replay the file from scratch.
+The snapshot's generation starts with a tag naming the generation and byte
+offset it was taken at; a reader keeps the file it replayed open, reads that
+file's last frames through it when the path has been replaced, and, if it
+then stands exactly where the snapshot was taken, carries its replay on into
+the new file (its table and its ``fetch_changes`` cursors stay valid). A
+reader that cannot (the old file could not be read to the same point, or the
+file was repaired or recreated) replays the new file from its start, as
+before. With hundreds of workers, a compaction used to cost every one of them
+a full replay at the same moment.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import logging
 import os
 import pickle
@@ -36,6 +48,12 @@ _T = TypeVar("_T")
 Fence = Callable[[], bool]  # whether this process still holds the (soft) lock
 _OPEN_FLAGS = getattr(os, "O_BINARY", 0) | getattr(os, "O_NONBLOCK", 0)  # no hang on a FIFO
 _SNAPSHOT_CHUNK = 64  # records per frame of a snapshot: a damaged byte costs at most these
+_TAG = 8  # bytes of a compacted file's generation that name the replay it continues
+
+
+def _continuation_tag(generation: bytes, offset: int) -> bytes:
+    """What a snapshot of ``generation`` replayed up to byte ``offset`` puts first in its own generation."""
+    return hashlib.blake2b(generation + offset.to_bytes(8, "little"), digest_size=_TAG).digest()
 
 
 class Health(NamedTuple):
@@ -68,10 +86,12 @@ class LogFile:
         self._tmp_prefix = f".{name}."
         self._holder = f"{os.getpid()}-{uuid.uuid4().hex[:12]}"  # names this process in fence records
         self._unflushed: int | None = None
+        self._kept: tuple[int, tuple[int, int]] | None = None  # the replayed file, open: (fd, (device, inode))
         self.reset(None)
 
     def reset(self, header: Header | None) -> None:
         """Start over from an empty table, to replay the file (of ``header``'s generation)."""
+        self._forget_kept()
         self.table = TrialTable()
         self.token = uuid.uuid4().hex  # names this replay in fetch_changes cursors
         self._generation = None if header is None else header.generation
@@ -140,8 +160,8 @@ class LogFile:
                 self.reset(None)
             return True
         header = _logfile.decode_header(_logfile.pread(fd, HEADER_SIZE, 0), self.path)
-        if header.generation != self._generation:
-            self.reset(header)  # first read, or compacted by another process: replay from scratch
+        if header.generation != self._generation and not self._continues(header):
+            self.reset(header)  # first read, or rewritten by another process: replay from scratch
         if size < self._offset:
             if not locked:
                 return False
@@ -164,7 +184,53 @@ class LogFile:
                     "check` lists the damage, `orchard db repair` rewrites a clean file", self.path, damage,
                 )
         self._seen = seen if self._offset == size else None  # an append replaces a torn tail: look again
+        self._keep(fd, info)
         return True
+
+    # -- carrying a replay on across a compaction --------------------------------------
+
+    def _continues(self, header: Header) -> bool:
+        """Carry this replay on into a snapshot of the file it replayed (see the module docstring).
+
+        Reads what was appended to the replaced file after our offset through the
+        descriptor kept open on it; the snapshot continues our replay only if its
+        tag names our generation at exactly the offset we then stand at.
+        """
+        if self._kept is None or self._generation is None:
+            return False
+        old = self._kept[0]
+        try:
+            size = os.fstat(old).st_size
+            tail = _logfile.pread(old, size - self._offset, self._offset) if size > self._offset else b""
+        except OSError:  # e.g. a stale NFS handle: the old file is gone for us
+            return False
+        if size < self._offset:
+            return False
+        if tail:
+            scan = _logfile.scan(tail, self._offset, self.path)
+            if scan.damaged:
+                return False  # let the full replay judge it
+            self._apply(scan.batches)
+            self._offset = scan.end
+        if header.generation[:_TAG] != _continuation_tag(self._generation, self._offset):
+            return False
+        self._generation, self._base, self._offset, self._size = header.generation, header.base, header.base, 0
+        self._compact_floor, self._seen = 0, None
+        return True
+
+    def _keep(self, fd: int, info: os.stat_result) -> None:
+        """Keep the file just replayed open, to finish reading it if a compaction replaces it."""
+        identity = (info.st_dev, info.st_ino)
+        if self._kept is not None and self._kept[1] == identity:
+            return
+        self._forget_kept()
+        self._kept = (os.dup(fd), identity)
+
+    def _forget_kept(self) -> None:
+        kept, self._kept = getattr(self, "_kept", None), None
+        if kept is not None:
+            with contextlib.suppress(OSError):
+                os.close(kept[0])
 
     def _apply(self, batches: list[list[Record]]) -> None:
         try:
@@ -434,15 +500,22 @@ class LogFile:
         if owns is not None and not owns():
             return  # the lock was broken: replacing the file could drop the new holder's writes
         try:
-            self.rewrite()
+            self.rewrite(continues=True)
         except OSError as err:
             self._compact_floor = self._offset + self.compact_bytes  # retry later, not on every write
             log.warning("could not compact storage file %s (%s); will retry later", self.path, err)
 
-    def rewrite(self) -> None:
-        """Replace the file by a snapshot of the table (under the lock): compaction, and repair."""
+    def rewrite(self, continues: bool = False) -> None:
+        """Replace the file by a snapshot of the table (under the lock): compaction, and repair.
+
+        With ``continues`` (compaction), the new generation is tagged so that
+        readers of the replaced file can carry their replay on into it.
+        """
         frames = list(self.snapshot_frames())
-        generation, base = os.urandom(16), HEADER_SIZE + sum(map(len, frames))
+        fresh = os.urandom(16)
+        if continues and self._generation is not None:
+            fresh = _continuation_tag(self._generation, self._offset) + fresh[_TAG:]
+        generation, base = fresh, HEADER_SIZE + sum(map(len, frames))
         self.remove_leftovers()
         self.replace_file([_logfile.encode_header(generation, base), *frames])
         self._generation, self._base, self._offset, self._size = generation, base, base, base
