@@ -9,10 +9,12 @@ log-uniform over three decades (1e-4 to 1e-1), the L2 penalty, log-uniform 1e-6 
 the hidden layer's width, 32 to 256, with ``epochs`` as the fidelity: ``fidelity(1, 81, base=3)``.
 
 Why this task: multi-fidelity pays where a full training is expensive next to what an
-evaluation costs besides training (starting it, storage, a checkpoint). Here one epoch is
-60-160 ms of one core, so a full 81-epoch training takes 6-13 s (median 9 s, measured under
-load), far above the per-evaluation overhead; the earlier task (digits, 0.6 s per full
-training) drowned the low rungs in overhead. The space has a realistic spread: too small a
+evaluation costs besides training (starting it, storage, a checkpoint). Here one epoch takes
+80-140 ms of one core (hidden width 64 to 256, measured on a quiet machine), so a full 81-epoch
+training takes 6.5-11.5 s, while scoring the 10 000 validation samples takes 5-20 ms, the
+checkpoint's pickling under 1 ms and Orchard's worker loop about 3 ms per evaluation (measured
+with a 20 ms objective, 4 workers, 700 ASHA trials in one pickled storage file); the earlier
+task (digits, 0.6 s per full training) drowned the low rungs in overhead. The space has a realistic spread: too small a
 learning rate is still far from converged at 81 epochs, too large a one stalls or diverges,
 and wide, lightly penalized networks do best; low-epoch error ranks configurations
 imperfectly but usefully (Spearman correlation with the 81-epoch error: 0.50 at 1 epoch, 0.75
@@ -23,8 +25,10 @@ fidelity: in a sample of 43 random points of the space, each trained for 81 epoc
 it (quantiles of their error: 5 % 0.102, 10 % 0.108, 25 % 0.125, median 0.159; best 0.0975);
 ``--calibrate N`` repeats that measurement (N random points, every rung scored) for any
 ``--target``. The wall budget, 100 s per run, lets each random-search worker finish about five
-or six full trainings on 2 cores with 4 workers, so random search meets the target in most
-runs but not all; a run that misses it is censored at the budget and counted as such.
+full trainings on 2 cores with 4 workers (20-22 in all per run on a quiet machine), so random
+search meets the target in most runs but not all; a run that misses it is censored at the
+budget and counted as such. Censoring also caps what a ratio can show: on a seed where random
+search misses the target, a method that reaches it at ``t`` scores at most ``wall / t``.
 
 Methods, each with 4 workers, each started at the same instant and stopped
 after the same wall budget, for several seeds:
