@@ -227,7 +227,7 @@ class LogFile:
         self._kept = (os.dup(fd), identity)
 
     def _forget_kept(self) -> None:
-        kept, self._kept = getattr(self, "_kept", None), None
+        kept, self._kept = self._kept, None
         if kept is not None:
             with contextlib.suppress(OSError):
                 os.close(kept[0])

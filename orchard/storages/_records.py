@@ -28,11 +28,11 @@ from typing import Any
 
 from orchard.trial import TrialStatus
 
-__all__ = ["MAX_DEPTH", "RecordError", "check_batch"]
+__all__ = ["MAX_DEPTH", "SCALARS", "RecordError", "check_batch"]
 
 MAX_DEPTH = 32  # nesting of lists and dicts in configuration and results
 _NODE_FLOOR = 10_000  # nodes any frame may hold, beyond its size in bytes
-_SCALARS = (bool, int, float, str, type(None))
+SCALARS = (bool, int, float, str, type(None))  # the plain values a record holds besides lists and dicts
 _STATUSES = frozenset(status.value for status in TrialStatus)
 _OPTIONAL_NUMBERS = ("objective", "heartbeat", "submit_time", "start_time", "end_time")
 _NUMBERS = (int, float, type(None))
@@ -66,14 +66,14 @@ def _plain(value: Any, budget: _Budget, depth: int = 0) -> None:
     if kind is list:
         budget.spend(len(value))
         for item in value:
-            if type(item) not in _SCALARS:
+            if type(item) not in SCALARS:
                 _plain(item, budget, depth + 1)
     elif kind is dict:
         budget.spend(len(value))
         for key, item in value.items():
             if type(key) is not str:
                 raise RecordError(f"a dict key of type {type(key).__name__}")
-            if type(item) not in _SCALARS:
+            if type(item) not in SCALARS:
                 _plain(item, budget, depth + 1)
     else:
         raise RecordError(f"a value of type {kind.__name__}")
@@ -91,7 +91,7 @@ def _check_trial(trial: Any, budget: _Budget) -> None:
         raise RecordError("trial params that are not a dict")
     budget.spend(len(params))
     for name, value in params.items():
-        if type(name) is not str or type(value) not in _SCALARS:
+        if type(name) is not str or type(value) not in SCALARS:
             raise RecordError(f"param {name!r} is not a plain scalar (params must be flat)")
     if type(trial.get("results")) is not dict:
         raise RecordError("trial results that are not a dict")

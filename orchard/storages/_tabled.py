@@ -22,6 +22,7 @@ import dataclasses
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any, TypeVar
 
+from orchard.storages._records import SCALARS
 from orchard.storages._table import Record, TrialTable
 from orchard.storages.base import BaseStorage, ExperimentRecord
 from orchard.trial import Lease, Trial, TrialStatus
@@ -33,18 +34,15 @@ Query = Callable[[TrialTable], _T]
 Verb = Callable[[TrialTable, float], tuple[_T, list[Record]]]
 
 
-_SCALARS = (str, int, float, bool, type(None))
-
-
 def _plain_copy(value: Any) -> Any:
     """A copy of nested plain dicts and lists (cheaper than ``copy.deepcopy`` on records).
 
     Scalars are copied inline, without a call each: every trial a refresh returns passes here.
     """
     if type(value) is dict:
-        return {key: item if type(item) in _SCALARS else _plain_copy(item) for key, item in value.items()}
+        return {key: item if type(item) in SCALARS else _plain_copy(item) for key, item in value.items()}
     if type(value) is list:
-        return [item if type(item) in _SCALARS else _plain_copy(item) for item in value]
+        return [item if type(item) in SCALARS else _plain_copy(item) for item in value]
     return value
 
 
