@@ -70,14 +70,14 @@ def test_pacemaker_beats_each_trial_on_its_own_schedule(storage, exp_id) -> None
     """Beats follow each reservation: a trial shorter than a beat is never written again, and
     workers started together do not all beat at the same instant (256 of them did, before)."""
     counting = _CountingStorage(storage)
-    pacemaker = Pacemaker(counting, "w1", every=0.3)
+    pacemaker = Pacemaker(counting, "w1", every=0.5)
     first = storage.register_trial(exp_id, {"x": 0.1}, worker="w1")
     pacemaker.watch(first.id)
-    time.sleep(0.2)  # the thread's first beat (0.3 s after it started) would catch a trial watched now
+    time.sleep(0.3)  # the thread's first beat (0.5 s after it started) would catch a trial watched now
     short = storage.register_trial(exp_id, {"x": 0.2}, worker="w1")
     pacemaker.watch(short.id)
     wait_for(lambda: counting.beats.get(first.id, 0) >= 1)
-    assert counting.beats.get(short.id, 0) == 0  # reserved 0.1 s ago: its first beat is due at 0.5 s
+    assert counting.beats.get(short.id, 0) == 0  # reserved 0.2 s before that beat: its own is due at 0.8 s
     pacemaker.unwatch(short.id)
     wait_for(lambda: counting.beats.get(first.id, 0) >= 3)
     assert counting.beats.get(short.id, 0) == 0
