@@ -90,9 +90,16 @@ from typing import Any
 HERE = Path(__file__).resolve()
 METHODS = ("orchard-asha", "orchard-hyperband", "orchard-random", "optuna-sha", "orion-asha")
 WORKERS = 4
-#: The lowest fidelity (``--low``; the workers inherit it as ``MF_LOW``): the rungs are low·3^k up to 81.
+
+
+def ladder(low: int) -> tuple[int, ...]:
+    """The rungs from ``low`` epochs: ``low * 3**k`` up to 81 (what ``fidelity(low, 81, base=3)`` gives)."""
+    return tuple(low * 3**k for k in range(10) if low * 3**k <= 81)
+
+
+#: The lowest fidelity (``--low``; the workers inherit it as ``MF_LOW``).
 LOW = int(os.environ.get("MF_LOW", "3"))
-RUNGS = tuple(LOW * 3**k for k in range(10) if LOW * 3**k <= 81)
+RUNGS = ladder(LOW)
 #: How new points are drawn (``--sampler``; ``MF_SAMPLER``): ``random`` everywhere, or each tool's
 #: model-based sampler where it has one (Orchard's ``bayes`` inside ``asha``/``hyperband``, Optuna's TPE).
 SAMPLER = os.environ.get("MF_SAMPLER", "random")
@@ -181,9 +188,9 @@ def orchard_workers(algorithm: str, seed: int, workdir: str) -> None:
     import orchard
 
     exp = orchard.build_experiment(
-        f"mf-{algorithm}", space=SPACE,
-        algorithm=algorithm if algorithm == "random" else {algorithm: {"sampler": SAMPLER}}, storage=os.path.join(workdir, "orchard.pkl"),
-        max_trials=100_000, seed=seed, working_dir=os.path.join(workdir, "runs"))
+        f"mf-{algorithm}", space=SPACE, algorithm=algorithm if algorithm == "random" else {algorithm: {"sampler": SAMPLER}},
+        storage=os.path.join(workdir, "orchard.pkl"), max_trials=100_000, seed=seed,
+        working_dir=os.path.join(workdir, "runs"))
     exp.workon(orchard_objective, n_workers=WORKERS, executor="process", progress=False)
 
 
@@ -421,8 +428,8 @@ def set_ladder(low: int, sampler: str) -> None:
     global LOW, RUNGS, SAMPLER
     os.environ.update(MF_LOW=str(low), MF_SAMPLER=sampler)
     LOW, SAMPLER = low, sampler
-    RUNGS = tuple(low * 3**k for k in range(10) if low * 3**k <= 81)
-    SPACE["epochs"] = f"fidelity({low}, 81, base=3)"
+    RUNGS = ladder(low)
+    SPACE["epochs"] = f"fidelity({low}, {RUNGS[-1]}, base=3)"
 
 
 def random_odds(runs: list[list[tuple[float, int, float, int]]], wall: float, target: float) -> None:
