@@ -10,7 +10,9 @@ it, and :meth:`~orchard.storages.base.BaseStorage.release_lost` takes the
 trial back only if it still holds exactly that lease, so a heartbeat that
 lands meanwhile wins. Observing late or rarely only delays a release, never
 makes it early: the observer can only under-estimate how long a value has
-stood.
+stood. What it cannot see is an outage it did not meet itself; so a worker
+restarts its watches (:meth:`LeaseObserver.restart`) after every outage one of
+its own calls rode out *and* after every heartbeat of its own that failed.
 
 A trial lost ``max_attempts`` times is not handed out again but marked
 broken with :func:`lost_error`, so a trial that kills every worker that

@@ -61,6 +61,10 @@ class Pacemaker:
         self._watched: set[str] = set()
         self._due: dict[str, float] = {}  # trial id -> when its next beat is due (monotonic)
         self._lost: set[str] = set()
+        #: When (monotonic) a heartbeat last failed to reach the storage (``None``: never). The
+        #: storage was unreachable from here then: other owners' heartbeats may not have landed
+        #: either, which the worker's lease observer must not count against them.
+        self.failed_at: float | None = None
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._watchdog: threading.Thread | None = None
@@ -113,14 +117,16 @@ class Pacemaker:
                 for trial_id in due:
                     self._due[trial_id] = now + self._every
             for trial_id in due:
+                sent = time.monotonic()
                 try:
                     self._storage.heartbeat_trial(trial_id, self._worker)
                 except ReservationLostError:
                     self._mark_lost(trial_id)
                 except StorageError as err:  # transient: try again next beat
+                    self.failed_at = time.monotonic()
                     log.warning("heartbeat of trial %s failed: %s", trial_id, err)
                 else:
-                    self._confirm(trial_id)
+                    self._confirm(trial_id, sent)
             with self._lock:
                 next_due = min(self._due.values(), default=None)
             pause = self._every if next_due is None else min(self._every, max(0.0, next_due - time.monotonic()))
@@ -153,12 +159,23 @@ class Pacemaker:
             if self._on_doubt is not None:
                 self._on_doubt(trial_id, True)
 
-    def _confirm(self, trial_id: str) -> None:
+    def _confirm(self, trial_id: str, sent: float) -> None:
+        """A heartbeat sent at ``sent`` landed: the lease was ours *when it was sent*, no later.
+
+        The write took effect somewhere between ``sent`` and its answer, so no observer
+        can judge the lease lost before ``sent + stale_after``. An answer that arrives
+        more than ``doubt_after`` after ``sent`` (this process was frozen with the answer
+        on its way, or the storage answered that late) proves nothing about now:
+        the evaluation stays held and the trial is beaten again at once.
+        """
         with self._doubt_lock:
             with self._lock:
                 if trial_id not in self._watched:
                     return
-                self._confirmed[trial_id] = time.monotonic()
+                self._confirmed[trial_id] = max(self._confirmed.get(trial_id, sent), sent)
+                if time.monotonic() - sent > self._doubt_after:
+                    self._due[trial_id] = time.monotonic()
+                    return
                 doubted = trial_id in self._doubted
                 self._doubted.discard(trial_id)
             if doubted and self._on_doubt is not None:

@@ -210,7 +210,8 @@ class Worker:
         self.pacemaker = Pacemaker(self.storage.storage, self.name, settings.heartbeat,
                                    on_lost=self._cancel, on_doubt=self._hold)
         self._leases = LeaseObserver(settings.stale_after)
-        self._outage_seen: float | None = None  # the last outage the lease watches were restarted for
+        # the last outage the lease watches were restarted for: (recovered_at, failed_at)
+        self._outage_seen: tuple[float | None, float | None] = (None, None)
         self._exhausted = False  # the algorithm's last answer was "nothing new"
         self._evaluating: Trial | None = None
 
@@ -292,7 +293,10 @@ class Worker:
             poll = min(poll * 2, _MAX_POLL, self.settings.heartbeat)
 
     def finish(self, trial: Trial, outcome: Outcome) -> Trial:
-        """Record the outcome of a trial from :meth:`next_trial` and stop heartbeating it.
+        """Record the outcome of a trial from :meth:`next_trial`, then stop heartbeating it.
+
+        The trial is heartbeaten until the write has landed: a write slowed by an
+        outage's retries does not let the lease go stale meanwhile.
 
         Args:
             trial: the reserved trial.
@@ -305,14 +309,15 @@ class Worker:
             ReservationLostError: the reservation was lost (a heartbeat found it taken,
                 or the storage refused the write); the outcome is dropped.
         """
-        lost = self.pacemaker.unwatch(trial.id)
         try:
-            if lost:
+            if self.pacemaker.is_lost(trial.id):
                 raise ReservationLostError.dropped(trial.id, self.name)
-            stored = self._record(trial, outcome)
+            stored = self._record(trial, outcome)  # still heartbeating: a slow write must not cost the lease
         except ReservationLostError:
             self.report.lost += 1
             raise
+        finally:
+            self.pacemaker.unwatch(trial.id)
         if self.on_outcome is not None:
             self.on_outcome(stored, outcome)
         return stored
@@ -351,8 +356,10 @@ class Worker:
 
     def _release_stale(self) -> None:
         """Take back reservations whose heartbeat this worker saw stand still for ``stale_after``."""
-        if self.storage.recovered_at != self._outage_seen:  # an outage: nobody could heartbeat
-            self._outage_seen = self.storage.recovered_at
+        # an outage seen by a retried call or by a failed heartbeat of our own: others could not beat either
+        outage = (self.storage.recovered_at, self.pacemaker.failed_at)
+        if outage != self._outage_seen:
+            self._outage_seen = outage
             self._leases.restart()
         self._leases.observe(self.history.reserved())
         lost = self._leases.lost()

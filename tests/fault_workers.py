@@ -65,8 +65,8 @@ SCRIPT = "script"  # the objective that runs tests/chaos_script.py as a hunt wou
 def script_worker(args: argparse.Namespace) -> dict[str, object]:
     """One worker evaluating trials by running chaos_script.py; reports each result it wrote.
 
-    After each result the storage accepted, appends ``TRIAL_ID OBJECTIVE`` to
-    ``DIR/reported.log``: the results this worker says were written.
+    After each result the storage accepted, appends ``TRIAL_ID OBJECTIVE PID`` to
+    ``DIR/reported.log``: the results this worker (process ``PID``) says were written.
     """
     from orchard.runner import CommandTemplate, ScriptRunner, resolve_program
     from orchard.worker import Worker, WorkerSettings
@@ -84,7 +84,7 @@ def script_worker(args: argparse.Namespace) -> dict[str, object]:
 
     def reported(trial: Trial, outcome: Outcome) -> None:
         with open(Path(args.dir) / "reported.log", "a") as log:
-            log.write(f"{trial.id} {trial.objective!r}\n")
+            log.write(f"{trial.id} {trial.objective!r} {os.getpid()}\n")
 
     report = Worker(exp.storage, exp.id, settings, runner, on_outcome=reported).run()
     return dataclasses.asdict(report)
@@ -101,7 +101,7 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--max-broken", type=int, default=3)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
-                        format=f"{os.getpid()} %(name)s %(levelname)s %(message)s")
+                        format=f"%(created).3f {os.getpid()} %(name)s %(levelname)s %(message)s")
     os.environ[_DIR_VAR] = args.dir
     if args.objective == SCRIPT:
         print(json.dumps(script_worker(args)))

@@ -14,7 +14,9 @@ port and data. Afterwards:
   node finished is lost with the node; SPEC §5.4), or where a frozen script
   ended within ``WAKE_GRACE`` seconds of being SIGCONTed (it wakes together
   with its worker, which needs one storage round trip to learn that the
-  reservation is gone and stop it).
+  reservation is gone and stop it), or where the worker was frozen for more than
+  two beats after its script ended and before it could record the result (its
+  lease runs out with the node frozen: the evaluation is lost with the lease).
 
 Workers run ``tests/chaos_script.py`` through :class:`orchard.runner.ScriptRunner`
 (``python -m tests.fault_workers ... script``). The seed is printed; set
@@ -57,7 +59,13 @@ class Cluster:
         self.killed: set[int] = set()
         self.stopped: dict[int, float] = {}  # pid -> when to resume it
         self.woken: dict[int, list[float]] = collections.defaultdict(list)  # pid -> wall times of SIGCONT
+        self.frozen: dict[int, list[tuple[float, float]]] = collections.defaultdict(list)  # pid -> (SIGSTOP, s)
         self.done = collections.Counter[str]()
+        self.journal = open(tmp / "driver.log", "a")  # what the driver did, when: to read a failure's logs by
+
+    def note(self, action: str, pid: int = 0) -> None:
+        self.journal.write(f"{time.time():.3f} {action} {pid}\n")
+        self.journal.flush()
 
     def start(self) -> None:
         index = len(self.live) + len(self.killed)
@@ -67,6 +75,7 @@ class Cluster:
                  "--max-trials", str(MAX_TRIALS), "--heartbeat", str(HEARTBEAT), "--max-broken", "1000"],
                 cwd=ROOT, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
             ))
+        self.note(f"start worker-{index}", self.live[-1].pid)
 
     def running(self) -> list[subprocess.Popen[bytes]]:
         return [p for p in self.live if p.poll() is None and p.pid not in self.stopped]
@@ -76,6 +85,7 @@ class Cluster:
         for member in _stopped_tree(proc.pid):
             _signal(member, signal.SIGKILL)
         proc.wait()
+        self.note("kill", proc.pid)
         self.live.remove(proc)
         self.killed.add(proc.pid)
         self.done["kill"] += 1
@@ -83,7 +93,9 @@ class Cluster:
 
     def freeze(self, proc: subprocess.Popen[bytes], seconds: float) -> None:
         """SIGSTOP a worker and its script for ``seconds`` (resumed by :meth:`thaw`)."""
+        self.frozen[proc.pid].append((time.time(), seconds))
         _stopped_tree(proc.pid)
+        self.note(f"stop {seconds:.1f}", proc.pid)
         self.stopped[proc.pid] = time.monotonic() + seconds
         self.done["stop"] += 1
         self.done["stop longer than the lease"] += seconds > 3 * HEARTBEAT
@@ -92,9 +104,10 @@ class Cluster:
         now = time.monotonic()
         for pid, until in list(self.stopped.items()):
             if everyone or until <= now:
+                self.woken[pid].append(time.time())  # before the signal: the script may end at once
                 for member in _tree(pid):
                     _signal(member, signal.SIGCONT)
-                self.woken[pid].append(time.time())
+                self.note("cont", pid)
                 del self.stopped[pid]
 
 
@@ -141,8 +154,10 @@ def _drive(cluster: Cluster, server: WireServer, rng: random.Random) -> None:
         action = rng.choices(["kill", "stop", "server"], weights=[2, 3, 1])[0]
         running = cluster.running()
         if action == "server":
+            cluster.note("server kill")
             server.kill()
             server.start()
+            cluster.note("server up")
             cluster.done["server restart"] += 1
         elif running and action == "kill":
             cluster.kill(rng.choice(running))
@@ -171,6 +186,7 @@ def test_six_workers_survive_a_minute_of_kills_freezes_and_server_restarts(tmp_p
             for proc in cluster.live:
                 if proc.poll() is None:
                     proc.kill()
+            cluster.journal.close()
         with get_storage(uri) as storage:
             trials = storage.fetch_trials(storage.require_experiment("chaos").id)
     stored = {t.id: t for t in trials}
@@ -180,19 +196,29 @@ def test_six_workers_survive_a_minute_of_kills_freezes_and_server_restarts(tmp_p
     for trial_id, worker_pid, when in _lines(tmp_path / "ends.log"):
         ends[trial_id].append((int(worker_pid), float(when)))
 
-    def excused(pid: int, when: float) -> bool:
-        return pid in cluster.killed or any(0 <= when - woke <= WAKE_GRACE for woke in cluster.woken[pid])
+    recorded = {(trial_id, int(pid)) for trial_id, _, pid in reported}
 
-    twice = {tid: runs for tid, runs in ends.items() if len([r for r in runs if not excused(*r)]) > 1}
+    def frozen_before_recording(trial_id: str, pid: int, when: float) -> bool:
+        """Whether the worker did not record this end's result, having frozen for over two beats after it."""
+        later = [t for runs in ends.values() for p, t in runs if p == pid and t > when]
+        until = min(later, default=float("inf"))  # its next script end
+        return (trial_id, pid) not in recorded and any(
+            when <= stop < until and seconds > 2 * HEARTBEAT for stop, seconds in cluster.frozen[pid])
+
+    def excused(trial_id: str, pid: int, when: float) -> bool:
+        return (pid in cluster.killed or any(0 <= when - woke <= WAKE_GRACE for woke in cluster.woken[pid])
+                or frozen_before_recording(trial_id, pid, when))
+
+    twice = {tid: runs for tid, runs in ends.items() if len([r for r in runs if not excused(tid, *r)]) > 1}
     print(f"chaos seed {seed}: {dict(cluster.done)}; trials {dict(statuses)}; {len(reported)} results "
           f"reported; {sum(len(p) for p in ends.values())} script ends; "
           f"{sum(len(p) > 1 for p in ends.values())} trials whose script ended twice "
           f"({len(twice)} explained neither by a SIGKILL nor by waking up)")
     assert codes == [0] * len(codes), f"workers exited with {codes}; logs in {tmp_path}"
     assert statuses[TrialStatus.COMPLETED.value] == MAX_TRIALS
-    duplicates = [tid for tid, n in collections.Counter(tid for tid, _ in reported).items() if n > 1]
+    duplicates = [tid for tid, n in collections.Counter(tid for tid, _, _ in reported).items() if n > 1]
     assert not duplicates, f"trials reported completed twice: {duplicates}"
-    for trial_id, objective in reported:
+    for trial_id, objective, _ in reported:
         trial = stored.get(trial_id)
         assert trial is not None and trial.status is TrialStatus.COMPLETED, f"reported result of {trial_id} lost"
         assert repr(trial.objective) == objective

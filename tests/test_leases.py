@@ -247,3 +247,49 @@ def test_an_evaluation_is_held_while_no_heartbeat_lands_for_the_lease_and_resume
         assert not pacemaker.is_lost(trial.id)
     finally:
         pacemaker.close()
+
+
+def test_an_answer_older_than_the_doubt_does_not_resume_the_evaluation() -> None:
+    """A heartbeat answered after ``doubt_after`` proves the lease was ours when it was sent, not now.
+
+    (The process froze with the answer on its way: meanwhile others may have taken
+    the trial.) The evaluation stays held until a heartbeat sent after that answer lands.
+    """
+    import threading
+    import time
+
+    from orchard.pacemaker import Pacemaker
+
+    storage = get_storage("memory://")
+    exp = storage.create_experiment("e", {})
+    trial = storage.register_trial(exp, {"x": 1}, worker=W)
+    events: list[str] = []
+    slow = threading.Event()
+    real_heartbeat = storage.heartbeat_trial
+
+    def heartbeat(*args: Any) -> None:
+        events.append("sent")
+        if not slow.is_set():
+            slow.set()
+            time.sleep(0.5)  # the answer comes five times doubt_after late
+        real_heartbeat(*args)
+        events.append("answered")
+
+    storage.heartbeat_trial = heartbeat  # type: ignore[method-assign]
+    resumed = threading.Event()
+
+    def on_doubt(trial_id: str, hold: bool) -> None:
+        events.append("hold" if hold else "resume")
+        if not hold:
+            resumed.set()
+
+    pacemaker = Pacemaker(storage, W, every=0.02, on_doubt=on_doubt, doubt_after=0.1)
+    pacemaker.watch(trial.id)
+    try:
+        assert resumed.wait(10), "the evaluation was not resumed once a fresh heartbeat landed"
+    finally:
+        pacemaker.close()
+    assert "hold" in events[:events.index("answered")], "the evaluation was held while the answer was late"
+    beats = [event for event in events if event != "hold"]  # the watchdog re-holds from its own thread
+    assert beats[:5] == ["sent", "answered", "sent", "answered", "resume"], (
+        f"the late answer resumed the evaluation before a fresh heartbeat landed: {events}")

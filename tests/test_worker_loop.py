@@ -178,6 +178,36 @@ def test_steps_reserve_finish_and_release(storage, exp_id) -> None:
     worker.pacemaker.close()
 
 
+def test_a_slow_result_write_keeps_the_lease_alive(storage, exp_id) -> None:
+    """The trial is heartbeaten until its result has landed, not just until the evaluation ended.
+
+    A result write slowed by an outage's retries must not let the lease go stale meanwhile:
+    another worker would take the trial back and run the finished evaluation again.
+    """
+    from orchard.leases import LeaseObserver
+
+    real_complete = storage.complete_trial
+
+    def slow_complete(*args, **kwargs):
+        time.sleep(0.8)  # the write takes five leases to land
+        return real_complete(*args, **kwargs)
+
+    storage.complete_trial = slow_complete
+    worker = Worker(storage, exp_id, settings(max_trials=1, heartbeat=0.05), lambda t: Outcome())
+    trial = worker.next_trial()
+    recording = threading.Thread(target=worker.finish, args=(trial, Outcome(objective=0.5)))
+    observer, lost = LeaseObserver(stale_after=worker.settings.stale_after), set()
+    recording.start()
+    while recording.is_alive():  # another worker's view of the lease while the result is being written
+        observer.observe(t for t in storage.fetch_trials(exp_id) if t.status is TrialStatus.RESERVED)
+        lost.update(observer.lost())
+        time.sleep(0.01)
+    recording.join()
+    worker.pacemaker.close()
+    assert not lost, "the lease went stale while the result was being written"
+    assert storage.get_trial(trial.id).status is TrialStatus.COMPLETED
+
+
 def test_next_trial_raises_a_stop_carrying_its_reason(storage, exp_id) -> None:
     worker = Worker(storage, exp_id, settings(max_trials=1), lambda t: Outcome())
     worker.finish(worker.next_trial(), Outcome(objective=1.0))
