@@ -335,8 +335,8 @@ def launch(method: str, seed: int, workdir: str, log: str, orion_python: str | N
     procs = []
     for i, command in enumerate(commands):
         with open(os.path.join(workdir, f"stderr-{i}.log"), "wb") as stderr:
-            procs.append(subprocess.Popen(command, env=env, start_new_session=True,
-                                          stdout=subprocess.DEVNULL, stderr=stderr))
+            procs.append(subprocess.Popen(command, cwd=workdir, env=env, start_new_session=True,  # Oríon's trial
+                                          stdout=subprocess.DEVNULL, stderr=stderr))  # folders go there
     return procs
 
 
