@@ -39,12 +39,15 @@ class Pacemaker:
     own reservation, not the thread's start: workers started together do not all
     write at the same instant, and a trial shorter than ``every`` is never beaten. A trial
     found no longer reserved by ``worker`` is dropped, handed to ``on_lost`` (from
-    the heartbeat thread) and reported by :meth:`unwatch`. A trial none of whose
-    heartbeats landed for ``doubt_after`` seconds of this process's monotonic
-    clock (default ``2 × every``, one beat before others may judge the lease
-    lost) is handed to ``on_doubt(trial_id, True)`` before the next try, and to
-    ``on_doubt(trial_id, False)`` once one lands; while in doubt, the hold is
-    repeated every watchdog tick. Give it a storage that does
+    the heartbeat thread) and reported by :meth:`unwatch`. A heartbeat counts from
+    when it was *sent*. A trial none of whose heartbeats sent in the last
+    ``doubt_after`` seconds of this process's monotonic clock has landed (default
+    ``2 × every``, one beat before others may judge the lease lost) is handed to
+    ``on_doubt(trial_id, True)`` before the next try, and to
+    ``on_doubt(trial_id, False)`` once a heartbeat sent within ``doubt_after``
+    lands (a later answer only triggers another beat at once); while in doubt, the
+    hold is repeated every watchdog tick. :attr:`failed_at` tells when a heartbeat
+    last failed to reach the storage. Give it a storage that does
     not retry: it tries again every beat by itself.
     """
 

@@ -208,6 +208,26 @@ def test_a_slow_result_write_keeps_the_lease_alive(storage, exp_id) -> None:
     assert storage.get_trial(trial.id).status is TrialStatus.COMPLETED
 
 
+def test_a_failed_heartbeat_of_its_own_restarts_a_workers_lease_watches(storage, exp_id) -> None:
+    """A worker busy evaluating meets an outage only through its own heartbeats failing.
+
+    Others could not beat through that outage either, so the time before it is not held
+    against their leases: the watches start over, as after a call that rode out an outage.
+    """
+    other = storage.register_trial(exp_id, {"x": 0.9}, worker="someone-else", budget=1)
+    worker = Worker(storage, exp_id, settings(max_trials=1, heartbeat=0.05), lambda t: Outcome())
+    with pytest.raises(BudgetExhaustedError):
+        worker.next_trial(timeout=0)  # starts watching the other worker's lease
+    time.sleep(2 * worker.settings.stale_after)
+    worker.pacemaker.failed_at = time.monotonic()  # a heartbeat of this worker's own just failed
+    with pytest.raises(BudgetExhaustedError):
+        worker.next_trial(timeout=0)
+    assert storage.get_trial(other.id).status is TrialStatus.RESERVED, "a lease was judged across an outage"
+    time.sleep(2 * worker.settings.stale_after)  # a lease that then stands still is still judged lost
+    assert worker.next_trial(timeout=0).id == other.id, "taken back, then reserved by this worker"
+    worker.pacemaker.close()
+
+
 def test_next_trial_raises_a_stop_carrying_its_reason(storage, exp_id) -> None:
     worker = Worker(storage, exp_id, settings(max_trials=1), lambda t: Outcome())
     worker.finish(worker.next_trial(), Outcome(objective=1.0))
