@@ -176,8 +176,9 @@ class Pacemaker:
                 if trial_id not in self._watched:
                     return
                 self._confirmed[trial_id] = max(self._confirmed.get(trial_id, sent), sent)
-                if time.monotonic() - sent > self._doubt_after:
-                    self._due[trial_id] = time.monotonic()
+                now = time.monotonic()
+                if now - sent > self._doubt_after:
+                    self._due[trial_id] = now
                     return
                 doubted = trial_id in self._doubted
                 self._doubted.discard(trial_id)

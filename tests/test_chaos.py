@@ -213,7 +213,7 @@ def test_six_workers_survive_a_minute_of_kills_freezes_and_server_restarts(tmp_p
     print(f"chaos seed {seed}: {dict(cluster.done)}; trials {dict(statuses)}; {len(reported)} results "
           f"reported; {sum(len(p) for p in ends.values())} script ends; "
           f"{sum(len(p) > 1 for p in ends.values())} trials whose script ended twice "
-          f"({len(twice)} explained neither by a SIGKILL nor by waking up)")
+          f"({len(twice)} explained by no SIGKILL, wake-up or freeze before recording)")
     assert codes == [0] * len(codes), f"workers exited with {codes}; logs in {tmp_path}"
     assert statuses[TrialStatus.COMPLETED.value] == MAX_TRIALS
     duplicates = [tid for tid, n in collections.Counter(tid for tid, _, _ in reported).items() if n > 1]
