@@ -103,6 +103,12 @@ RUNGS = ladder(LOW)
 #: How new points are drawn (``--sampler``; ``MF_SAMPLER``): ``random`` everywhere, or each tool's
 #: model-based sampler where it has one (Orchard's ``bayes`` inside ``asha``/``hyperband``, Optuna's TPE).
 SAMPLER = os.environ.get("MF_SAMPLER", "random")
+#: Orchard's promotion rule for ``asha``/``hyperband`` (``--rule``; ``MF_RULE``): ``promotion`` (a quota
+#: per rung) or ``stopping`` (a verdict per arrival, the rule of Optuna's pruner).
+RULE = os.environ.get("MF_RULE", "promotion")
+#: Orchard's ``min_points`` for a ``bayes`` sampler inside ``asha``/``hyperband`` (``--min-points``;
+#: ``MF_MIN_POINTS``); empty: the algorithm's default.
+MIN_POINTS = os.environ.get("MF_MIN_POINTS", "")
 LR, ALPHA, HIDDEN = (1e-4, 1e-1), (1e-6, 1e-1), (32, 256)
 CLASSES, BATCH = 10, 64
 #: The same space in Orchard's and Oríon's prior syntax (Optuna's suggest_* calls use the same bounds).
@@ -184,11 +190,19 @@ def orchard_objective(lr: float, alpha: float, hidden: int, epochs: int) -> floa
     return err
 
 
+def orchard_options() -> dict[str, Any]:
+    """The options of Orchard's ``asha``/``hyperband`` in this run."""
+    options: dict[str, Any] = {"sampler": SAMPLER, "rule": RULE}
+    if MIN_POINTS:
+        options["min_points"] = int(MIN_POINTS)
+    return options
+
+
 def orchard_workers(algorithm: str, seed: int, workdir: str) -> None:
     import orchard
 
     exp = orchard.build_experiment(
-        f"mf-{algorithm}", space=SPACE, algorithm=algorithm if algorithm == "random" else {algorithm: {"sampler": SAMPLER}},
+        f"mf-{algorithm}", space=SPACE, algorithm=algorithm if algorithm == "random" else {algorithm: orchard_options()},
         storage=os.path.join(workdir, "orchard.pkl"), max_trials=100_000, seed=seed,
         working_dir=os.path.join(workdir, "runs"))
     exp.workon(orchard_objective, n_workers=WORKERS, executor="process", progress=False)
@@ -423,11 +437,11 @@ def report(results: dict[str, list[dict[str, Any]]], wall: float, target: float)
           "(evaluations at full fidelity) are medians over seeds")
 
 
-def set_ladder(low: int, sampler: str) -> None:
-    """Use ``low`` as the lowest rung and ``sampler`` here and in every worker started from now on."""
-    global LOW, RUNGS, SAMPLER
-    os.environ.update(MF_LOW=str(low), MF_SAMPLER=sampler)
-    LOW, SAMPLER = low, sampler
+def set_ladder(low: int, sampler: str, rule: str, min_points: int | None) -> None:
+    """Use these settings here and in every worker started from now on (see the module's globals)."""
+    global LOW, RUNGS, SAMPLER, RULE, MIN_POINTS
+    LOW, SAMPLER, RULE, MIN_POINTS = low, sampler, rule, "" if min_points is None else str(min_points)
+    os.environ.update(MF_LOW=str(low), MF_SAMPLER=sampler, MF_RULE=rule, MF_MIN_POINTS=MIN_POINTS)
     RUNGS = ladder(low)
     SPACE["epochs"] = f"fidelity({low}, {RUNGS[-1]}, base=3)"
 
@@ -472,8 +486,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--sampler", choices=("random", "bayes"), default=SAMPLER,
                         help="new points: random everywhere, or model-based where the tool has it "
                              "(Orchard asha/hyperband: bayes; Optuna: TPE; Orion's asha has none)")
+    parser.add_argument("--rule", choices=("promotion", "stopping"), default=RULE,
+                        help="Orchard asha/hyperband's promotion rule: a quota per rung, or a verdict "
+                             "per arrival (Optuna's pruner's rule)")
+    parser.add_argument("--min-points", type=int, default=int(MIN_POINTS) if MIN_POINTS else None,
+                        help="Orchard asha/hyperband's min_points for the bayes sampler (default: Orchard's)")
     args = parser.parse_args(argv)
-    set_ladder(args.low, args.sampler)
+    set_ladder(args.low, args.sampler, args.rule, args.min_points)
     if args.calibrate:
         calibrate(args.calibrate, args.target)
         return
@@ -484,7 +503,7 @@ def main(argv: list[str] | None = None) -> None:
             print(f"orion-asha skipped: {why}")
             args.methods.remove("orion-asha")
     print(f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores; rungs {RUNGS} epochs; "
-          f"sampler {SAMPLER}. {args.label}".rstrip())
+          f"sampler {SAMPLER}; Orchard's options {orchard_options()}. {args.label}".rstrip())
     results: dict[str, list[dict[str, Any]]] = {m: [] for m in args.methods}
     raw: dict[str, list[Any]] = {m: [] for m in args.methods}
     for seed in range(args.first_seed, args.first_seed + args.seeds):

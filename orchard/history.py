@@ -60,7 +60,7 @@ class History:
             else:
                 self._pending.pop(trial.id, None)
             if trial.status is TrialStatus.COMPLETED and trial.objective is not None and newly_completed:
-                self.observations.append(Observation(trial.params, trial.objective))
+                self.observations.append(Observation(trial.params, trial.objective, trial.end_time))
         return arrived
 
     def pending(self, extra: list[dict[str, Any]] | None = None) -> list[dict[str, Any]]:

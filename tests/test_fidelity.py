@@ -17,6 +17,7 @@ import orchard
 from orchard import plotting
 from orchard.algorithms import Asha, Hyperband, Observation, make_algorithm, normalize_algorithm_config
 from orchard.algorithms._hyperband import bracket_weights
+from orchard.algorithms._rungs import survives
 from orchard.cli import main
 from orchard.errors import ConfigurationError, SpaceError
 from orchard.fidelity import Fidelity
@@ -198,6 +199,104 @@ def test_bayes_sampler_fits_on_the_highest_rung_with_enough_results() -> None:
     history = [obs(x / 20, 1, (x / 20 - 0.7) ** 2) for x in range(1, 7)] + [obs(0.05, 3, 0.4)]
     (params,) = algo.suggest(history, [{"x": 0.3, "epochs": 3}, {"x": 0.25, "epochs": 3}])
     assert params["epochs"] == 1
+
+
+# -- the stopping rule ------------------------------------------------------------------
+
+
+def arrived(x: float, epochs: int, objective: float, end_time: float) -> Observation:
+    return Observation({"x": x, "epochs": epochs}, objective, end_time)
+
+
+def survivors_x(algo: Asha) -> list[float]:
+    return [e.observation.params["x"] for e in algo.ladder.survivors((0, 0))]
+
+
+def test_stopping_promotes_the_first_trial_to_reach_a_rung_at_once() -> None:
+    first = [arrived(0.4, 1, 5.0, end_time=1.0)]
+    assert asha(rule="stopping").suggest(first, []) == [{"x": 0.4, "epochs": 3}]
+    assert asha().suggest(first, [])[0]["epochs"] == 1  # the quota rule waits for eta results
+
+
+def test_stopping_judges_a_trial_against_those_that_arrived_before_it() -> None:
+    algo = asha(rule="stopping")
+    # Arrival order (end_time): 0.1 (5.0) survives as the first; 0.2 (1.0) is the best of two;
+    # 0.3 (3.0) is second of three (top 1); 0.4 (0.5) is the best of four (top 1).
+    history = [arrived(0.4, 1, 0.5, 4.0), arrived(0.3, 1, 3.0, 3.0),
+               arrived(0.1, 1, 5.0, 1.0), arrived(0.2, 1, 1.0, 2.0)]
+    algo.ladder.update(history)
+    assert survivors_x(algo) == [0.4, 0.2, 0.1]  # best first
+    promoted = {0.4, 0.2, 0.1}
+    pending: list[dict[str, Any]] = []
+    for _ in range(3):  # each survivor once, the best first, then new points
+        (params,) = algo.suggest(history, pending)
+        assert params["epochs"] == 3 and params["x"] in promoted
+        pending.append(params)
+    assert [p["x"] for p in pending] == [0.4, 0.2, 0.1]
+    (params,) = algo.suggest(history, pending)
+    assert params["epochs"] == 1 and params["x"] not in (0.1, 0.2, 0.3, 0.4)
+
+
+def test_stopping_verdicts_follow_end_times_not_the_order_a_worker_saw() -> None:
+    history = [arrived(x / 10, 1, float(10 - x), end_time=float(x)) for x in range(1, 8)]
+    seen_in_order = asha(rule="stopping").suggest(history, [], n=4)
+    seen_backwards = asha(rule="stopping").suggest(list(reversed(history)), [], n=4)
+    assert seen_in_order == seen_backwards
+
+
+def test_stopping_rejudges_the_trials_after_one_that_turns_up_late() -> None:
+    algo = asha(rule="stopping")
+    early = [arrived(0.1, 1, 2.0, 1.0), arrived(0.2, 1, 3.0, 3.0), arrived(0.3, 1, 1.5, 4.0)]
+    algo.ladder.update(early)
+    assert survivors_x(algo) == [0.3, 0.1]  # 0.2 was second of two
+    late = [*early, arrived(0.4, 1, 1.0, 2.0)]  # completed second, seen last: 0.3 is now 2nd of 4
+    algo.ladder.update(late)
+    assert survivors_x(algo) == [0.4, 0.1]
+    with_a_fifth = [*late, arrived(0.5, 1, 0.1, 1.5)]  # completed second of all: 0.4 is now 2nd of 3
+    algo.ladder.update(with_a_fifth)
+    assert survivors_x(algo) == [0.5, 0.1]
+
+
+def test_survives_keeps_the_top_fraction_and_at_least_one() -> None:
+    assert [survives(0, m, 3) for m in (1, 2, 3)] == [True, True, True]
+    assert [survives(1, m, 3) for m in (2, 3, 5)] == [False, False, False]
+    assert survives(1, 6, 3) and not survives(2, 6, 3)
+
+
+def test_a_bad_rule_is_rejected() -> None:
+    with pytest.raises(ConfigurationError, match="rule must be one of promotion, stopping, got 'quota'"):
+        normalize_algorithm_config({"asha": {"rule": "quota"}})
+
+
+def assert_stopping_invariants(algo: Asha, history: list[Observation]) -> None:
+    """Every promotion's parent was in the top 1/eta of its rung when it arrived; none promoted twice."""
+    keys = [tuple(sorted(o.params.items())) for o in history]
+    assert len(keys) == len(set(keys))
+    for child in history:
+        parent = algo.parent_of(child.params)
+        if parent is None:
+            continue
+        (entry,) = [o for o in history if o.params == parent]
+        rung = [o for o in history if o.params["epochs"] == parent["epochs"]
+                and (o.end_time, o.params["x"]) <= (entry.end_time, entry.params["x"])]
+        position = sorted((o.objective, o.params["x"]) for o in rung).index((entry.objective, entry.params["x"]))
+        assert survives(position, len(rung), algo.eta), (child.params, position, len(rung))
+
+
+def test_sequential_stopping_asha_promotes_only_survivors() -> None:
+    space = Space.from_config({"x": "uniform(0, 1)", "epochs": "fidelity(1, 27)"})
+    algo = make_algorithm({"asha": {"rule": "stopping"}}, space, seed=4)
+    assert isinstance(algo, Asha)
+    completed: list[Observation] = []
+    for clock in range(80):
+        (params,) = algo.suggest(completed, [])
+        objective = (params["x"] - 0.3) ** 2 + 1 / params["epochs"]
+        completed.append(Observation(params, objective, end_time=float(clock)))
+    assert_stopping_invariants(algo, completed)
+    assert [o.params["epochs"] for o in completed[:4]] == [1, 3, 9, 27]  # the first trains straight on
+    stopped = [o for o in completed if o.params["epochs"] < 27
+               and {**o.params, "epochs": o.params["epochs"] * 3} not in [c.params for c in completed]]
+    assert stopped, "no trial was ever stopped"
 
 
 def run_sequential(algo: Asha, trials: int) -> list[Observation]:

@@ -7,20 +7,29 @@ with the same other params, no trial is promoted twice, and no rung holds more
 promotions than its quota ``floor(completed below / eta)`` plus what the
 views of the three racing workers can justify (a racer that has not yet seen
 another's fresh promotion may fill the same slot with a different trial).
+
+With ASHA's ``stopping`` rule the quota gives way to a verdict per arrival:
+every promotion's parent ranked in the top ``1/eta`` of the trials that had
+completed at its rung when it did (by recorded ``end_time``). A result
+recorded just before the parent's may not have been visible yet to the
+promoter; a verdict that holds without the results recorded in the last
+``VISIBILITY`` seconds before the promotion is also accepted.
 """
 
 from __future__ import annotations
 
 import multiprocessing
 from collections import Counter
+from collections.abc import Iterable
 from typing import Any
 
 import pytest
 
 import orchard
 from orchard.algorithms import Asha, make_algorithm
+from orchard.algorithms._rungs import config_key, survives
 from orchard.space import Space
-from orchard.trial import TrialStatus
+from orchard.trial import Trial, TrialStatus
 from tests import fidelity_workloads
 
 pytestmark = pytest.mark.slow
@@ -28,9 +37,11 @@ pytestmark = pytest.mark.slow
 SPAWN = multiprocessing.get_context("spawn")
 WORKERS = 4
 BUDGET = 120
+VISIBILITY = 1.0  # seconds: how recent a result may be and still be unseen by a promoter
+STOPPING = {"asha": {"rule": "stopping"}}
 
 
-def race(storage: str, algorithm: str) -> orchard.Experiment:
+def race(storage: str, algorithm: Any) -> orchard.Experiment:
     with SPAWN.Pool(WORKERS) as pool:
         results = [pool.apply_async(fidelity_workloads.race_process, (storage, "mf", algorithm, BUDGET))
                    for _ in range(WORKERS)]
@@ -67,15 +78,40 @@ def assert_promotions_are_sound(exp: orchard.Experiment) -> None:
         completed[bracket, rung] += 1
         if trial.parent is not None:
             promoted[bracket, rung - 1] += 1
+    if algo.stopping:
+        for child in promotions:
+            assert_survived(algo, trials[child.parent], child, trials.values())  # type: ignore[index]
+        assert len(promotions) < sum(completed.values()) - completed[0, len(algo.rungs) - 1], "nothing stopped"
+        return
     for key, count in promoted.items():
         assert count <= completed[key] // algo.eta + (WORKERS - 1), (key, count, completed[key])
 
 
-@pytest.mark.parametrize("algorithm", ["asha", "hyperband"])
-def test_four_workers_race_over_pickle(tmp_path: Any, algorithm: str) -> None:
+def assert_survived(algo: Asha, parent: Trial, child: Trial, trials: Iterable[Trial]) -> None:
+    """``parent`` was in the top 1/eta of its rung when it arrived, as the promoter of ``child`` could see it."""
+    def arrival(t: Trial) -> tuple[float, str]:
+        return t.end_time or 0.0, config_key(t.params, algo.fidelity_name)
+
+    rung = [t for t in trials if t.params[algo.fidelity_name] == parent.params[algo.fidelity_name]
+            and algo.bracket_of(t.params) == algo.bracket_of(parent.params) and arrival(t) <= arrival(parent)]
+    assert child.submit_time is not None
+    visible = [t for t in rung if t is parent or (t.end_time or 0.0) < child.submit_time - VISIBILITY]
+    verdicts = []
+    for seen in (rung, visible):
+        ranks = sorted((t.objective, config_key(t.params, algo.fidelity_name)) for t in seen)
+        position = ranks.index((parent.objective, config_key(parent.params, algo.fidelity_name)))
+        verdicts.append(survives(position, len(seen), algo.eta))
+    assert any(verdicts), (parent.params, parent.objective, len(rung), len(visible))
+
+
+ALGORITHMS = pytest.mark.parametrize("algorithm", ["asha", "hyperband", STOPPING], ids=["asha", "hyperband", "stopping"])
+
+
+@ALGORITHMS
+def test_four_workers_race_over_pickle(tmp_path: Any, algorithm: Any) -> None:
     assert_promotions_are_sound(race(str(tmp_path / "orchard.pkl"), algorithm))
 
 
-@pytest.mark.parametrize("algorithm", ["asha", "hyperband"])
-def test_four_workers_race_over_mongodb_wire(mongo_db_uri: str, algorithm: str) -> None:
+@ALGORITHMS
+def test_four_workers_race_over_mongodb_wire(mongo_db_uri: str, algorithm: Any) -> None:
     assert_promotions_are_sound(race(mongo_db_uri, algorithm))

@@ -30,6 +30,19 @@ more promotions than ``floor(completed below / eta)`` of the view that made
 them; racers whose views lag by a registration or two can exceed a rung's final
 quota only by what their own views justified.
 
+The ``stopping`` rule (option ``rule="stopping"``) replaces the quota by a
+verdict each trial gets when it reaches a rung: it is promotable if it ranks in
+the top ``max(floor(m / eta), 1)`` of the ``m`` trials that had completed at
+that rung by then, itself included (:func:`~orchard.algorithms._rungs.survives`).
+The first trials at a rung continue, so good configurations reach full
+fidelity sooner, at the price of more promotions early on. This is the rule of
+Optuna's successive-halving pruner and Ray Tune's ASHA, and Syne Tune's
+``type="stopping"``; here it is still a pure function of the history, because
+the arrival order is that of the trials' recorded ``end_time`` (ties broken by
+the params' hash), which every worker reads alike. A trial that survived is
+promoted once, the best first, scanning rungs from the top as above; pending
+promotions count as promoted and constant-liar values never rank, as above.
+
 :class:`~orchard.algorithms._hyperband.Hyperband` runs several of these ladders
 (brackets) side by side, each starting at a different rung.
 """
@@ -48,6 +61,8 @@ __all__ = ["Asha"]
 
 #: Samplers that may draw the new points of the lowest rung.
 SAMPLERS = ("random", "bayes")
+#: Promotion rules: a quota per rung, or a verdict per arrival (see the module docstring).
+RULES = ("promotion", "stopping")
 #: Draws tried before a sampler's points are taken to be exhausted.
 _SAMPLER_RETRIES = 50
 
@@ -67,6 +82,10 @@ class Asha(BaseAlgorithm):
             completed results (as BOHB does), with every pending point told as a lie.
         min_points: completed results a rung needs before ``bayes`` is fitted on
             it (default: the number of dimensions + 1).
+        rule: ``"promotion"`` (default): a rung promotes at most
+            ``floor(completed / eta)`` trials, its best; ``"stopping"``: a trial
+            is promoted if it was in the top ``1/eta`` of the rung when it
+            arrived (the first trials always are), as Optuna's pruner decides.
 
     Raises:
         ConfigurationError: the space has no fidelity dimension, or an option is invalid.
@@ -78,6 +97,7 @@ class Asha(BaseAlgorithm):
         "num_rungs": None,
         "sampler": "random",
         "min_points": None,
+        "rule": "promotion",
     }
 
     def __init__(self, space: Space, seed: int | None = None, **options: Any) -> None:
@@ -100,8 +120,9 @@ class Asha(BaseAlgorithm):
         self.rungs = rungs[len(rungs) - num_rungs:]
         self.eta = float(self.options["reduction_factor"] or self.fidelity.base)
         self.min_points = self.options["min_points"] or len(space) + 1
+        self.stopping = self.options["rule"] == "stopping"
         #: The completed trials by rung: a cache extended as the history grows (see :mod:`._rungs`).
-        self.ladder = Ladder(self.locate)
+        self.ladder = Ladder(self.locate, self.eta if self.stopping else None)
 
     @classmethod
     def _check_values(cls, options: dict[str, Any]) -> None:
@@ -113,6 +134,9 @@ class Asha(BaseAlgorithm):
             if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
                 raise ConfigurationError(f"{cls.name} option {key} must be an int >= 1, got {value!r}")
         options["sampler"] = _normalize_sampler(cls.name, options["sampler"])
+        if options["rule"] not in RULES:
+            raise ConfigurationError(
+                f"{cls.name} option rule must be one of {', '.join(RULES)}, got {options['rule']!r}")
 
     @classmethod
     def _extra_int_options(cls) -> tuple[str, ...]:
@@ -221,6 +245,8 @@ class Asha(BaseAlgorithm):
         return None
 
     def _promote_from(self, bracket: int, rung: int, pending: set[str], taken: SeenPoints) -> dict[str, Any] | None:
+        if self.stopping:
+            return self._promote_survivor(bracket, rung, pending, taken)
         entries = self.ladder.rungs.get((bracket, rung), [])
         quota = int(len(entries) // self.eta)
         above = self.ladder.keys.get((bracket, rung + 1), set())
@@ -234,6 +260,17 @@ class Asha(BaseAlgorithm):
             if child not in taken:
                 return child
             promoted += 1  # registered but neither completed nor pending (broken): its slot is used
+        return None
+
+    def _promote_survivor(self, bracket: int, rung: int, pending: set[str], taken: SeenPoints) -> dict[str, Any] | None:
+        """The best trial of the rung that survived its arrival and is not promoted yet (``stopping``)."""
+        above = self.ladder.keys.get((bracket, rung + 1), set())
+        for entry in self.ladder.survivors((bracket, rung)):
+            if entry.key in above or entry.key in pending:
+                continue
+            child = self.at_rung(entry.observation.params, rung + 1)
+            if child not in taken:  # else registered but neither completed nor pending (broken)
+                return child
         return None
 
     # -- new points -------------------------------------------------------------

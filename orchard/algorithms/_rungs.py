@@ -4,7 +4,9 @@
 sorted best first, and records which configurations sit on each rung (by
 :func:`config_key`, the hash of the params without the fidelity). ASHA asks it
 which trials of a rung are promoted (their configuration is on the next rung)
-and which are the best.
+and which are the best; for the ``stopping`` rule it also keeps each rung in
+arrival order (:class:`Arrivals`) and judges each trial against those that
+reached the rung before it.
 
 A :class:`Ladder` is a cache, never a source of truth: :meth:`Ladder.update`
 folds in only the observations appended since the last call when it is handed
@@ -17,13 +19,14 @@ from __future__ import annotations
 
 import bisect
 import dataclasses
+import math
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from orchard.algorithms.base import Observation
 from orchard.space import params_hash
 
-__all__ = ["Entry", "Ladder", "Place", "config_key"]
+__all__ = ["Arrivals", "Entry", "Ladder", "Place", "config_key", "survives"]
 
 #: ``(bracket, rung index)``.
 Place = tuple[int, int]
@@ -48,21 +51,76 @@ class Entry:
         return self.objective, self.key
 
 
+def survives(position: int, arrived: int, eta: float) -> bool:
+    """The ``stopping`` rule: whether the trial ranked ``position`` (0 = best) among the ``arrived``
+    trials that had reached its rung when it did (itself included) is in their top ``1/eta``.
+
+    The top is ``floor(arrived / eta)`` trials, and at least one, so the first
+    trial to reach a rung always continues (as in Optuna's successive-halving pruner).
+    """
+    return position < max(int(arrived // eta), 1)
+
+
+class Arrivals:
+    """One rung's completed trials in arrival order, each judged by :func:`survives` once.
+
+    The arrival order is ``(end_time, config key)``, the same for every worker;
+    observations without an ``end_time`` arrive after those with one, in the
+    order they were added. A trial that turns up late in a worker's view (it
+    completed before trials already judged) re-judges only those after it.
+    """
+
+    def __init__(self, eta: float) -> None:
+        self._eta = eta
+        self._order: list[tuple[float, str, int]] = []
+        self._entries: list[Entry] = []
+        self._ranked: list[tuple[float, str]] = []  # ranks of the judged prefix, sorted
+        self._verdicts: list[bool] = []  # for the judged prefix of _entries
+        self._survivors: list[Entry] | None = []  # cached, best first
+
+    def add(self, entry: Entry, end_time: float | None) -> None:
+        """Insert ``entry`` at its place in the arrival order."""
+        order = (math.inf, "", len(self._order)) if end_time is None else (end_time, entry.key, 0)
+        at = bisect.bisect_right(self._order, order)
+        self._order.insert(at, order)
+        self._entries.insert(at, entry)
+        if at < len(self._verdicts):  # arrived late: the trials after it are judged again
+            del self._verdicts[at:]
+            self._ranked = sorted(e.rank for e in self._entries[:at])
+        self._survivors = None
+
+    def survivors(self) -> list[Entry]:
+        """The trials that survived their arrival, best first."""
+        if self._survivors is None:
+            for entry in self._entries[len(self._verdicts):]:
+                bisect.insort(self._ranked, entry.rank)
+                position = bisect.bisect_left(self._ranked, entry.rank)
+                self._verdicts.append(survives(position, len(self._ranked), self._eta))
+            self._survivors = sorted((e for e, ok in zip(self._entries, self._verdicts) if ok),
+                                     key=lambda e: e.rank)
+        return self._survivors
+
+
 class Ladder:
     """Completed trials by ``(bracket, rung)``, sorted best first, updated incrementally.
 
     Args:
         locate: ``params -> (bracket, rung, config key)``, or ``None`` for a point
             on no rung of its bracket (it is then ignored).
+        eta: the reduction factor, when each rung's :class:`Arrivals` are kept
+            too (the ``stopping`` rule); ``None`` keeps none.
     """
 
-    def __init__(self, locate: Callable[[Mapping[str, Any]], tuple[int, int, str] | None]) -> None:
+    def __init__(self, locate: Callable[[Mapping[str, Any]], tuple[int, int, str] | None],
+                 eta: float | None = None) -> None:
         self._locate = locate
+        self._eta = eta
         self._reset(None)
 
     def _reset(self, source: Sequence[Observation] | None) -> None:
         self.rungs: dict[Place, list[Entry]] = {}
         self.keys: dict[Place, set[str]] = {}
+        self.arrivals: dict[Place, Arrivals] = {}
         self._source = source
         self._count = 0
         self._last: Observation | None = None
@@ -86,6 +144,13 @@ class Ladder:
         entry = Entry(observation.objective, key, observation)
         bisect.insort(self.rungs.setdefault((bracket, rung), []), entry, key=lambda e: e.rank)
         self.keys.setdefault((bracket, rung), set()).add(key)
+        if self._eta is not None:
+            self.arrivals.setdefault((bracket, rung), Arrivals(self._eta)).add(entry, observation.end_time)
+
+    def survivors(self, place: Place) -> list[Entry]:
+        """The trials of ``place`` that survived their arrival (the ``stopping`` rule), best first."""
+        arrivals = self.arrivals.get(place)
+        return [] if arrivals is None else arrivals.survivors()
 
     def results(self, rung: int) -> list[Observation]:
         """Every completed observation at ``rung``, all brackets."""

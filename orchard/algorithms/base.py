@@ -30,10 +30,16 @@ _RANDOM_RETRIES = 100
 
 @dataclasses.dataclass(frozen=True)
 class Observation:
-    """One completed evaluation: the params and the objective (minimized)."""
+    """One completed evaluation: the params, the objective (minimized), and when it completed.
+
+    ``end_time`` is the trial's recorded completion time (the storage's record,
+    the same for every worker), or ``None`` when unknown; only ASHA's
+    ``stopping`` rule reads it, to order a rung's arrivals.
+    """
 
     params: dict[str, Any]
     objective: float
+    end_time: float | None = None
 
 
 class SeenPoints:
