@@ -299,6 +299,18 @@ def test_sequential_stopping_asha_promotes_only_survivors() -> None:
     assert stopped, "no trial was ever stopped"
 
 
+def test_bayes_is_never_fitted_on_a_rung_too_small_for_its_model() -> None:
+    """A rung with fewer results than ``n_initial_points`` would make ``bayes`` draw at random."""
+    algo = asha(sampler="bayes")
+    assert algo.min_points == 10  # bayes's n_initial_points, above dimensions + 1
+    rung1 = [obs(x / 20, 3, x / 20) for x in range(12)]
+    top = [obs(x / 20, 9, x / 20) for x in range(5)]
+    algo.ladder.update([*rung1, *top])
+    assert algo._fit_rung() == rung1
+    assert asha(sampler={"bayes": {"n_initial_points": 3}}).min_points == 3  # dimensions + 1
+    assert asha(sampler="bayes", min_points=4).min_points == 4
+
+
 def run_sequential(algo: Asha, trials: int) -> list[Observation]:
     completed: list[Observation] = []
     for _ in range(trials):

@@ -81,7 +81,9 @@ class Asha(BaseAlgorithm):
             ``bayes`` is fitted on the highest rung with at least ``min_points``
             completed results (as BOHB does), with every pending point told as a lie.
         min_points: completed results a rung needs before ``bayes`` is fitted on
-            it (default: the number of dimensions + 1).
+            it (default: the number of dimensions + 1, or ``bayes``'s
+            ``n_initial_points`` if larger: on fewer results ``bayes`` would
+            draw random points, not use its model).
         rule: ``"promotion"`` (default): a rung promotes at most
             ``floor(completed / eta)`` trials, its best; ``"stopping"``: a trial
             is promoted if it was in the top ``1/eta`` of the rung when it
@@ -119,7 +121,9 @@ class Asha(BaseAlgorithm):
         #: The fidelity of each rung used, lowest first.
         self.rungs = rungs[len(rungs) - num_rungs:]
         self.eta = float(self.options["reduction_factor"] or self.fidelity.base)
-        self.min_points = self.options["min_points"] or len(space) + 1
+        sampler_options = next(iter(self.options["sampler"].values()))
+        self.min_points = self.options["min_points"] or max(
+            len(space) + 1, sampler_options.get("n_initial_points", 0))
         self.stopping = self.options["rule"] == "stopping"
         #: The completed trials by rung: a cache extended as the history grows (see :mod:`._rungs`).
         self.ladder = Ladder(self.locate, self.eta if self.stopping else None)
