@@ -437,7 +437,7 @@ def report(results: dict[str, list[dict[str, Any]]], wall: float, target: float)
           "(evaluations at full fidelity) are medians over seeds")
 
 
-def set_ladder(low: int, sampler: str, rule: str, min_points: int | None) -> None:
+def use_settings(low: int, sampler: str, rule: str, min_points: int | None) -> None:
     """Use these settings here and in every worker started from now on (see the module's globals)."""
     global LOW, RUNGS, SAMPLER, RULE, MIN_POINTS
     LOW, SAMPLER, RULE, MIN_POINTS = low, sampler, rule, "" if min_points is None else str(min_points)
@@ -492,7 +492,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--min-points", type=int, default=int(MIN_POINTS) if MIN_POINTS else None,
                         help="Orchard asha/hyperband's min_points for the bayes sampler (default: Orchard's)")
     args = parser.parse_args(argv)
-    set_ladder(args.low, args.sampler, args.rule, args.min_points)
+    use_settings(args.low, args.sampler, args.rule, args.min_points)
     if args.calibrate:
         calibrate(args.calibrate, args.target)
         return
