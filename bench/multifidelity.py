@@ -23,11 +23,12 @@ at 3, 0.86 at 9, 0.97 at 27), which is what multi-fidelity exploits and what can
 The defaults are the headline sitting's: the fidelity starts at 3 epochs (``--low 3``: rungs
 3, 9, 27, 81; 1-epoch error ranks configurations too poorly to be worth its evaluation
 overheads, the same ladder is given to every tool), the target is 0.095 validation error, and
-each run has 180 s of wall time, for 5 seeds. About 1 random configuration in 73 reaches 0.095
-at 81 epochs (5 of random search's 363 full trainings over ten seeds; the report counts it
-again in each run's own random-search trainings), so random search, at about 20 full trainings
-per 100 s on 2 cores, needs about 360 s on average and often misses within the budget, while
-the methods that stop bad trainings early have the budget to find it.
+each run has 180 s of wall time, for 5 seeds. Between 1 random configuration in 37 and 1 in
+104 reaches 0.095 at 81 epochs, depending on the sitting (5 in 363 over the first ten seeds,
+4 in 418 and 17 in 631 in the fifth and sixth sittings; the report counts it again in each
+run's own random-search trainings), so random search, at about 20 full trainings per 100 s on
+2 cores, needs about 175-500 s on average and sometimes misses within the budget, while the
+methods that stop bad trainings early have the budget to find it.
 ``--calibrate N`` measures how often N random points reach ``--target`` (every rung scored).
 A run that misses the target is censored at the budget and counted as such. Censoring also caps
 what a ratio can show: on a seed where random search misses the target, a method that reaches

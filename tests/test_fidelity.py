@@ -269,7 +269,8 @@ def test_a_bad_rule_is_rejected() -> None:
 
 
 def assert_stopping_invariants(algo: Asha, history: list[Observation]) -> None:
-    """Every promotion's parent was in the top 1/eta of its rung when it arrived; none promoted twice."""
+    """Every promotion's parent was in the top 1/eta of its rung (in its bracket) when it arrived;
+    none promoted twice."""
     keys = [tuple(sorted(o.params.items())) for o in history]
     assert len(keys) == len(set(keys))
     for child in history:
@@ -277,26 +278,45 @@ def assert_stopping_invariants(algo: Asha, history: list[Observation]) -> None:
         if parent is None:
             continue
         (entry,) = [o for o in history if o.params == parent]
+        assert algo.bracket_of(child.params) == algo.bracket_of(parent)
         rung = [o for o in history if o.params["epochs"] == parent["epochs"]
+                and algo.bracket_of(o.params) == algo.bracket_of(parent)
                 and (o.end_time, o.params["x"]) <= (entry.end_time, entry.params["x"])]
         position = sorted((o.objective, o.params["x"]) for o in rung).index((entry.objective, entry.params["x"]))
         assert survives(position, len(rung), algo.eta), (child.params, position, len(rung))
 
 
-def test_sequential_stopping_asha_promotes_only_survivors() -> None:
+def run_stopping(name: str, seed: int, count: int) -> tuple[Asha, list[Observation]]:
+    """``name`` with ``rule="stopping"`` on x and a 1-27 fidelity: ``count`` suggestions evaluated
+    one after another, each finishing one clock tick after the last."""
     space = Space.from_config({"x": "uniform(0, 1)", "epochs": "fidelity(1, 27)"})
-    algo = make_algorithm({"asha": {"rule": "stopping"}}, space, seed=4)
+    algo = make_algorithm({name: {"rule": "stopping"}}, space, seed=seed)
     assert isinstance(algo, Asha)
     completed: list[Observation] = []
-    for clock in range(80):
+    for clock in range(count):
         (params,) = algo.suggest(completed, [])
         objective = (params["x"] - 0.3) ** 2 + 1 / params["epochs"]
         completed.append(Observation(params, objective, end_time=float(clock)))
+    return algo, completed
+
+
+def test_sequential_stopping_asha_promotes_only_survivors() -> None:
+    algo, completed = run_stopping("asha", seed=4, count=80)
     assert_stopping_invariants(algo, completed)
     assert [o.params["epochs"] for o in completed[:4]] == [1, 3, 9, 27]  # the first trains straight on
     stopped = [o for o in completed if o.params["epochs"] < 27
                and {**o.params, "epochs": o.params["epochs"] * 3} not in [c.params for c in completed]]
     assert stopped, "no trial was ever stopped"
+
+
+def test_sequential_stopping_hyperband_promotes_only_survivors_in_every_bracket() -> None:
+    algo, completed = run_stopping("hyperband", seed=6, count=150)
+    assert isinstance(algo, Hyperband)
+    assert_stopping_invariants(algo, completed)
+    promoted_in = {algo.bracket_of(o.params) for o in completed if algo.parent_of(o.params) is not None}
+    assert promoted_in == {0, 1, 2}  # bracket 3 starts at the top rung: nothing to promote
+    assert any(algo.rung_index(o.params) == 0 and algo.bracket_of(o.params) == 0
+               and {**o.params, "epochs": 3} not in [c.params for c in completed] for o in completed)
 
 
 def test_bayes_is_never_fitted_on_a_rung_too_small_for_its_model() -> None:
