@@ -199,14 +199,19 @@ def orchard_options() -> dict[str, Any]:
     return options
 
 
-def orchard_workers(algorithm: str, seed: int, workdir: str) -> None:
+def orchard_experiment(algorithm: str, seed: int, workdir: str) -> Any:
+    """The run's Orchard experiment (created by the first caller, loaded by the others)."""
     import orchard
 
-    exp = orchard.build_experiment(
+    return orchard.build_experiment(
         f"mf-{algorithm}", space=SPACE, algorithm=algorithm if algorithm == "random" else {algorithm: orchard_options()},
         storage=os.path.join(workdir, "orchard.pkl"), max_trials=100_000, seed=seed,
         working_dir=os.path.join(workdir, "runs"))
-    exp.workon(orchard_objective, n_workers=WORKERS, executor="process", progress=False)
+
+
+def orchard_workers(algorithm: str, seed: int, workdir: str, workers: int = WORKERS) -> None:
+    orchard_experiment(algorithm, seed, workdir).workon(
+        orchard_objective, n_workers=workers, executor="process", progress=False)
 
 
 def optuna_worker(seed: int, index: int, workdir: str) -> None:

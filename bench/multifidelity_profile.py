@@ -54,23 +54,15 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
 
     workdir = tempfile.mkdtemp(prefix="mf-profile-")
-    os.environ.update({"MF_SAMPLER": args.sampler, "MF_LOG": os.path.join(workdir, "log.txt"),
-                       "OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"})
     sys.path.insert(0, str(HERE))
-    import multifidelity as mf  # the bench's task, space and objective, with the settings above
+    import multifidelity as mf  # the bench's task, space, objective and Orchard setup
 
-    import orchard
-
-    def experiment() -> orchard.Experiment:
-        return orchard.build_experiment(
-            "mf-asha", space=mf.SPACE, algorithm={"asha": mf.orchard_options()},
-            storage=os.path.join(workdir, "orchard.pkl"), max_trials=100_000, seed=args.seed,
-            working_dir=os.path.join(workdir, "runs"))
-
-    exp = experiment()
+    mf.use_settings(mf.LOW, args.sampler, mf.RULE, int(mf.MIN_POINTS) if mf.MIN_POINTS else None)  # here and in the child
+    os.environ.update(mf.SINGLE_THREAD, MF_LOG=os.path.join(workdir, "log.txt"))  # before numpy loads
+    exp = mf.orchard_experiment("asha", args.seed, workdir)
     others = subprocess.Popen(
         [sys.executable, "-c", "import sys; sys.path.insert(0, sys.argv[1]); import multifidelity as mf; "
-         "mf.WORKERS = 3; mf.orchard_workers('asha', int(sys.argv[2]), sys.argv[3])", str(HERE), str(args.seed), workdir],
+         "mf.orchard_workers('asha', int(sys.argv[2]), sys.argv[3], workers=3)", str(HERE), str(args.seed), workdir],
         start_new_session=True)
     profile = cProfile.Profile()
     signal.signal(signal.SIGALRM, _stop)
@@ -98,7 +90,7 @@ def main(argv: list[str] | None = None) -> None:
                            ("everything else", elapsed - objective - choosing)):
         print(f"  {label:<40} {seconds:7.1f} s  {seconds / elapsed:6.1%}")
 
-    trials = [t for t in experiment().fetch_trials() if t.status == "completed"]
+    trials = [t for t in mf.orchard_experiment("asha", args.seed, workdir).fetch_trials() if t.status == "completed"]
     by_id = {t.id: t for t in trials}
 
     def trained(trial: Any) -> int:  # a promotion resumes its parent's checkpoint
