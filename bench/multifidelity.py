@@ -64,6 +64,7 @@ run one after another, and which one goes first rotates seed by seed.
     python bench/multifidelity.py --sampler bayes # new points from Orchard's bayes and Optuna's TPE
     python bench/multifidelity.py --seeds 1 --wall 30 --methods orchard-asha orchard-random
     python bench/multifidelity.py --calibrate 40  # how hard is --target for random configurations?
+    python bench/multifidelity.py --rescore bench/logs/multifidelity/sixth.json.gz --target 0.091   # a logged sitting, another target
 
 Each worker process runs one BLAS thread (``OPENBLAS_NUM_THREADS=1``…), so four
 workers use four cores' worth of work, not sixteen threads fighting for them.
@@ -76,6 +77,7 @@ and the other methods still run. Not a timed test: run it on a quiet machine.
 from __future__ import annotations
 
 import argparse
+import gzip
 import json
 import os
 import pickle
@@ -473,6 +475,34 @@ def random_odds(runs: list[list[tuple[float, int, float, int]]], wall: float, ta
               f"about 1 in {len(scores)} at {rate:.2f} trainings/s)")
 
 
+def rescore(paths: list[Path], target: float) -> None:
+    """Score the runs ``--json`` files logged against another target, and say it is a re-analysis.
+
+    Every evaluation was logged with its wall time, so the time to any target, the best error and
+    random search's odds can be read again from the files; nothing is run. Each file keeps its own
+    wall budget. With several files, random search's full trainings are also pooled: how many
+    reached the target, and the error that 1 in 200 of them reached.
+    """
+    pooled: list[float] = []
+    for path in paths:
+        logged = json.loads(gzip.decompress(path.read_bytes()) if path.suffix == ".gz" else path.read_bytes())
+        wall = float(logged["wall"])
+        raw = {method: [sorted((float(t), int(e), float(v), int(n)) for t, e, v, n in run if float(t) <= wall)
+                        for run in runs]
+               for method, runs in logged["runs"].items()}
+        print(f"\nre-scored from {path} (logged with target {logged['target']:g}, {wall:g} s): a re-analysis "
+              f"of logged runs, not a new sitting")
+        report({method: [summarize(run, target) for run in runs] for method, runs in raw.items()}, wall, target)
+        random_odds(raw.get("orchard-random", []), wall, target)
+        pooled += [err for run in raw.get("orchard-random", []) for _, epochs, err, _ in run if epochs == RUNGS[-1]]
+    if len(paths) > 1 and pooled:
+        pooled.sort()
+        hits = sum(err <= target for err in pooled)
+        print(f"\nover these {len(paths)} logs, random search's full trainings: {hits} of {len(pooled)} reached "
+              f"{target:g}{f' (1 in {len(pooled) / hits:.0f})' if hits else ''}; 1 in 200 of them reached "
+              f"{pooled[max(-(-len(pooled) // 200) - 1, 0)]:g} or better")
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS))
@@ -482,11 +512,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--target", type=float, default=0.095, help="target validation error")
     parser.add_argument("--orion-venv", type=Path,
                         default=Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "orchard-bench" / "orion-0.2.7")
-    parser.add_argument("--json", type=Path, help="also write every run's evaluations here")
+    parser.add_argument("--json", type=Path, help="also write every run's evaluations here (gzipped if it ends in .gz)")
     parser.add_argument("--label", default="", help="printed above the table, e.g. 'under load, not a result'")
     parser.add_argument("--calibrate", type=int, metavar="N",
                         help="instead of the benchmark, train N random configurations to full fidelity and "
                              "print how many reach --target and how well low rungs rank them")
+    parser.add_argument("--rescore", type=Path, nargs="+", metavar="JSON",
+                        help="instead of the benchmark, score the runs --json files (or .json.gz) logged "
+                             "against --target: a re-analysis of logged runs")
     parser.add_argument("--low", type=int, choices=(1, 3, 9), default=LOW,
                         help="lowest fidelity, the same in every tool: rungs low*3^k epochs up to 81")
     parser.add_argument("--sampler", choices=("random", "bayes"), default=SAMPLER,
@@ -501,6 +534,9 @@ def main(argv: list[str] | None = None) -> None:
     use_settings(args.low, args.sampler, args.rule, args.min_points)
     if args.calibrate:
         calibrate(args.calibrate, args.target)
+        return
+    if args.rescore:
+        rescore(args.rescore, args.target)
         return
     orion_python = None
     if "orion-asha" in args.methods:
@@ -523,7 +559,8 @@ def main(argv: list[str] | None = None) -> None:
     report(results, args.wall, args.target)
     random_odds(raw.get("orchard-random", []), args.wall, args.target)
     if args.json:
-        args.json.write_text(json.dumps({"wall": args.wall, "target": args.target, "runs": raw}))
+        logged = json.dumps({"wall": args.wall, "target": args.target, "runs": raw}).encode()
+        args.json.write_bytes(gzip.compress(logged) if args.json.suffix == ".gz" else logged)
 
 
 if __name__ == "__main__":
