@@ -79,6 +79,7 @@ from __future__ import annotations
 import argparse
 import gzip
 import json
+import math
 import os
 import pickle
 import signal
@@ -454,6 +455,11 @@ def use_settings(low: int, sampler: str, rule: str, min_points: int | None) -> N
     SPACE["epochs"] = f"fidelity({low}, {RUNGS[-1]}, base=3)"
 
 
+def full_training_errors(runs: list[list[tuple[float, int, float, int]]]) -> list[float]:
+    """The validation errors of every evaluation at full fidelity in ``runs``."""
+    return [err for evaluations in runs for _, epochs, err, _ in evaluations if epochs == RUNGS[-1]]
+
+
 def random_odds(runs: list[list[tuple[float, int, float, int]]], wall: float, target: float) -> None:
     """Print how rare the target is among random search's own full trainings, and what that implies.
 
@@ -462,7 +468,7 @@ def random_odds(runs: list[list[tuple[float, int, float, int]]], wall: float, ta
     expected time is about ``(n / k) / rate``. That figure is derived from the runs, not measured
     as a time to target; it is printed to show what the censored runs could not.
     """
-    scores = [err for evaluations in runs for _, epochs, err, _ in evaluations if epochs == RUNGS[-1]]
+    scores = full_training_errors(runs)
     if not scores:
         return
     hits, rate = sum(err <= target for err in scores), len(scores) / (len(runs) * wall)
@@ -487,20 +493,19 @@ def rescore(paths: list[Path], target: float) -> None:
     for path in paths:
         logged = json.loads(gzip.decompress(path.read_bytes()) if path.suffix == ".gz" else path.read_bytes())
         wall = float(logged["wall"])
-        raw = {method: [sorted((float(t), int(e), float(v), int(n)) for t, e, v, n in run if float(t) <= wall)
-                        for run in runs]
-               for method, runs in logged["runs"].items()}
+        raw = {method: [[(float(t), int(e), float(v), int(n)) for t, e, v, n in run] for run in runs]
+               for method, runs in logged["runs"].items()}  # logged by run_one: in time order, within the wall
         print(f"\nre-scored from {path} (logged with target {logged['target']:g}, {wall:g} s): a re-analysis "
               f"of logged runs, not a new sitting")
         report({method: [summarize(run, target) for run in runs] for method, runs in raw.items()}, wall, target)
         random_odds(raw.get("orchard-random", []), wall, target)
-        pooled += [err for run in raw.get("orchard-random", []) for _, epochs, err, _ in run if epochs == RUNGS[-1]]
+        pooled += full_training_errors(raw.get("orchard-random", []))
     if len(paths) > 1 and pooled:
         pooled.sort()
         hits = sum(err <= target for err in pooled)
         print(f"\nover these {len(paths)} logs, random search's full trainings: {hits} of {len(pooled)} reached "
               f"{target:g}{f' (1 in {len(pooled) / hits:.0f})' if hits else ''}; 1 in 200 of them reached "
-              f"{pooled[max(-(-len(pooled) // 200) - 1, 0)]:g} or better")
+              f"{pooled[math.ceil(len(pooled) / 200) - 1]:g} or better")
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -90,7 +90,7 @@ def main(argv: list[str] | None = None) -> None:
                            ("everything else", elapsed - objective - choosing)):
         print(f"  {label:<40} {seconds:7.1f} s  {seconds / elapsed:6.1%}")
 
-    trials = [t for t in mf.orchard_experiment("asha", args.seed, workdir).fetch_trials() if t.status == "completed"]
+    trials = exp.fetch_trials(["completed"])
     by_id = {t.id: t for t in trials}
 
     def trained(trial: Any) -> int:  # a promotion resumes its parent's checkpoint
