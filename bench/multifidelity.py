@@ -65,6 +65,7 @@ run one after another, and which one goes first rotates seed by seed.
     python bench/multifidelity.py --seeds 1 --wall 30 --methods orchard-asha orchard-random
     python bench/multifidelity.py --calibrate 40  # how hard is --target for random configurations?
     python bench/multifidelity.py --rescore bench/logs/multifidelity/sixth.json.gz --target 0.091   # a logged sitting, another target
+    python bench/multifidelity.py --rescore bench/logs/multifidelity/{seventh,optuna-091,eighth}.json.gz --target 0.091 --pool   # sittings as one table
 
 Each worker process runs one BLAS thread (``OPENBLAS_NUM_THREADS=1``…), so four
 workers use four cores' worth of work, not sixteen threads fighting for them.
@@ -417,21 +418,28 @@ def seed_ratio(baseline: dict[str, Any], run: dict[str, Any], wall: float) -> tu
     return ratio, {(False, False): "", (True, False): ">", (False, True): "<", (True, True): "?"}[missed]
 
 
-def report(results: dict[str, list[dict[str, Any]]], wall: float, target: float) -> None:
+def report(results: dict[str, list[dict[str, Any] | None]], wall: float, target: float) -> None:
+    """Print the table: per method, time to target, seeds reached, the ratio against random search, best error.
+
+    A ``None`` run is a seed the method did not run on (``--rescore --pool`` of sittings that ran
+    different methods): it is left out of that method's figures, and a ratio against random search
+    is taken only on seeds where both ran.
+    """
     seeds = max((len(runs) for runs in results.values()), default=0)
     print(f"\n{seeds} seed(s); wall budget {wall:g} s per run; target validation error <= {target:g}; "
           f"{WORKERS} workers each")
     print(f"{'method':<18} {'time to target: median [range]':>31} {'reached':>8}  {'vs random: median (per seed)':<34}"
           f"{'best error':>10} {'evals':>6} {'full':>5}")
     random_runs = results.get("orchard-random", [])
-    for method, runs in results.items():
+    for method, maybe_runs in results.items():
+        runs = [r for r in maybe_runs if r is not None]
         if not runs:
             continue
         times = [censored_time(r, wall) for r in runs]
         reached = sum(r["time_to_target"] is not None for r in runs)
         shown = f"{statistics.median(times):.1f} s [{min(times):.1f}-{max(times):.1f}]"
-        ratios = ([seed_ratio(b, r, wall) for b, r in zip(random_runs, runs)]
-                  if len(random_runs) == len(runs) else [])
+        ratios = ([seed_ratio(b, r, wall) for b, r in zip(random_runs, maybe_runs) if b is not None and r is not None]
+                  if len(random_runs) == len(maybe_runs) else [])
         versus = (f"{statistics.median(x for x, _ in ratios):.2f}x ("
                   + ", ".join(f"{mark}{x:.2f}" for x, mark in ratios) + ")") if ratios else "-"
         bests = [r["best"] for r in runs if r["best"] is not None]
@@ -481,31 +489,52 @@ def random_odds(runs: list[list[tuple[float, int, float, int]]], wall: float, ta
               f"about 1 in {len(scores)} at {rate:.2f} trainings/s)")
 
 
-def rescore(paths: list[Path], target: float) -> None:
+def rescore(paths: list[Path], target: float, pool: bool = False) -> None:
     """Score the runs ``--json`` files logged against another target, and say it is a re-analysis.
 
     Every evaluation was logged with its wall time, so the time to any target, the best error and
     random search's odds can be read again from the files; nothing is run. Each file keeps its own
     wall budget. With several files, random search's full trainings are also pooled: how many
-    reached the target, and the error that 1 in 200 of them reached.
+    reached the target, and the error that 1 in 200 of them reached. With ``pool``, the files
+    (which must share a wall budget) are also reported as one table, their seeds side by side; a
+    method a file did not run is missing on that file's seeds, and ratios come from seeds that
+    ran both it and random search.
     """
     pooled: list[float] = []
+    walls: set[float] = set()
+    table: dict[str, list[dict[str, Any] | None]] = {}
+    seeds_before = 0
     for path in paths:
         logged = json.loads(gzip.decompress(path.read_bytes()) if path.suffix == ".gz" else path.read_bytes())
         wall = float(logged["wall"])
+        walls.add(wall)
         raw = {method: [[(float(t), int(e), float(v), int(n)) for t, e, v, n in run] for run in runs]
                for method, runs in logged["runs"].items()}  # logged by run_one: in time order, within the wall
+        scored: dict[str, list[dict[str, Any] | None]] = {
+            method: [summarize(run, target) for run in runs] for method, runs in raw.items()}
         print(f"\nre-scored from {path} (logged with target {logged['target']:g}, {wall:g} s): a re-analysis "
               f"of logged runs, not a new sitting")
-        report({method: [summarize(run, target) for run in runs] for method, runs in raw.items()}, wall, target)
+        report(scored, wall, target)
         random_odds(raw.get("orchard-random", []), wall, target)
         pooled += full_training_errors(raw.get("orchard-random", []))
+        seeds = max(len(runs) for runs in scored.values())
+        for method, runs in scored.items():
+            table.setdefault(method, [None] * seeds_before).extend(runs)
+        seeds_before += seeds
+        for runs in table.values():
+            runs.extend([None] * (seeds_before - len(runs)))
     if len(paths) > 1 and pooled:
         pooled.sort()
         hits = sum(err <= target for err in pooled)
         print(f"\nover these {len(paths)} logs, random search's full trainings: {hits} of {len(pooled)} reached "
               f"{target:g}{f' (1 in {len(pooled) / hits:.0f})' if hits else ''}; 1 in 200 of them reached "
               f"{pooled[math.ceil(len(pooled) / 200) - 1]:g} or better")
+    if pool:
+        if len(walls) > 1:
+            raise SystemExit(f"--pool needs logs with one wall budget, got {sorted(walls)}; pool like with like")
+        print(f"\npooled: the {len(paths)} logs as one table ({seeds_before} seeds; a method is counted on the "
+              "seeds it ran), a re-analysis of logged runs")
+        report(table, walls.pop(), target)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -525,6 +554,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--rescore", type=Path, nargs="+", metavar="JSON",
                         help="instead of the benchmark, score the runs --json files (or .json.gz) logged "
                              "against --target: a re-analysis of logged runs")
+    parser.add_argument("--pool", action="store_true",
+                        help="with --rescore: also report the files (one wall budget) as one table, seeds side by side")
     parser.add_argument("--low", type=int, choices=(1, 3, 9), default=LOW,
                         help="lowest fidelity, the same in every tool: rungs low*3^k epochs up to 81")
     parser.add_argument("--sampler", choices=("random", "bayes"), default=SAMPLER,
@@ -541,7 +572,7 @@ def main(argv: list[str] | None = None) -> None:
         calibrate(args.calibrate, args.target)
         return
     if args.rescore:
-        rescore(args.rescore, args.target)
+        rescore(args.rescore, args.target, args.pool)
         return
     orion_python = None
     if "orion-asha" in args.methods:
@@ -551,7 +582,7 @@ def main(argv: list[str] | None = None) -> None:
             args.methods.remove("orion-asha")
     print(f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores; rungs {RUNGS} epochs; "
           f"sampler {SAMPLER}; Orchard's options {orchard_options()}. {args.label}".rstrip())
-    results: dict[str, list[dict[str, Any]]] = {m: [] for m in args.methods}
+    results: dict[str, list[dict[str, Any] | None]] = {m: [] for m in args.methods}
     raw: dict[str, list[Any]] = {m: [] for m in args.methods}
     for seed in range(args.first_seed, args.first_seed + args.seeds):
         shift = seed % len(args.methods)  # who runs first rotates seed by seed, as the machine's state drifts
