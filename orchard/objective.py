@@ -177,7 +177,9 @@ def interpret_result(value: Any) -> Outcome:
     value = to_builtin(value)
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         return Outcome.failure(
-            "InvalidResult", f"objective must be a number, got {type(value).__name__} {value!r:.80}"
+            "InvalidResult", f"objective must be a number, got {type(value).__name__} {value!r:.80}; "
+            "return a finite number or a dict with a numeric 'objective' (a script's results file: "
+            '{"objective": 0.25})'
         )
     if not math.isfinite(value):
         return Outcome.failure("InvalidResult", f"objective is {value!r}; it must be a finite number")

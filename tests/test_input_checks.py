@@ -84,6 +84,13 @@ def test_interpret_result_names_the_unstorable_key() -> None:
     assert interpret_result({"objective": 1.0, "ok": [1, "a", {"b": 2.5}]}).ok
 
 
+def test_a_result_in_another_tools_format_is_refused_with_what_to_write_instead() -> None:
+    orion_style = [{"name": "loss", "type": "objective", "value": 0.25}]
+    outcome = interpret_result(orion_style)
+    assert outcome.error is not None and outcome.error["type"] == "InvalidResult"
+    assert "got list" in outcome.error["message"] and '{"objective": 0.25}' in outcome.error["message"]
+
+
 @pytest.mark.parametrize(("fn", "words"), [
     (42, "not callable"),
     (lambda a: a, "cannot be called with the space's parameters"),
