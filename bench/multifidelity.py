@@ -89,6 +89,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -418,7 +419,7 @@ def seed_ratio(baseline: dict[str, Any], run: dict[str, Any], wall: float) -> tu
     return ratio, {(False, False): "", (True, False): ">", (False, True): "<", (True, True): "?"}[missed]
 
 
-def report(results: dict[str, list[dict[str, Any] | None]], wall: float, target: float) -> None:
+def report(results: Mapping[str, Sequence[dict[str, Any] | None]], wall: float, target: float) -> None:
     """Print the table: per method, time to target, seeds reached, the ratio against random search, best error.
 
     A ``None`` run is a seed the method did not run on (``--rescore --pool`` of sittings that ran
@@ -500,29 +501,29 @@ def rescore(paths: list[Path], target: float, pool: bool = False) -> None:
     method a file did not run is missing on that file's seeds, and ratios come from seeds that
     ran both it and random search.
     """
+    logs = [json.loads(gzip.decompress(path.read_bytes()) if path.suffix == ".gz" else path.read_bytes())
+            for path in paths]
+    walls = sorted({float(logged["wall"]) for logged in logs})
+    if pool and len(walls) > 1:
+        raise SystemExit(f"--pool needs logs with one wall budget, got {walls}; pool like with like")
     pooled: list[float] = []
-    walls: set[float] = set()
     table: dict[str, list[dict[str, Any] | None]] = {}
     seeds_before = 0
-    for path in paths:
-        logged = json.loads(gzip.decompress(path.read_bytes()) if path.suffix == ".gz" else path.read_bytes())
+    for path, logged in zip(paths, logs):
         wall = float(logged["wall"])
-        walls.add(wall)
         raw = {method: [[(float(t), int(e), float(v), int(n)) for t, e, v, n in run] for run in runs]
                for method, runs in logged["runs"].items()}  # logged by run_one: in time order, within the wall
-        scored: dict[str, list[dict[str, Any] | None]] = {
-            method: [summarize(run, target) for run in runs] for method, runs in raw.items()}
+        scored = {method: [summarize(run, target) for run in runs] for method, runs in raw.items()}
         print(f"\nre-scored from {path} (logged with target {logged['target']:g}, {wall:g} s): a re-analysis "
               f"of logged runs, not a new sitting")
         report(scored, wall, target)
         random_odds(raw.get("orchard-random", []), wall, target)
         pooled += full_training_errors(raw.get("orchard-random", []))
-        seeds = max(len(runs) for runs in scored.values())
-        for method, runs in scored.items():
-            table.setdefault(method, [None] * seeds_before).extend(runs)
-        seeds_before += seeds
-        for runs in table.values():
-            runs.extend([None] * (seeds_before - len(runs)))
+        for method, summaries in scored.items():
+            table.setdefault(method, [None] * seeds_before).extend(summaries)
+        seeds_before += max(len(summaries) for summaries in scored.values())
+        for column in table.values():
+            column.extend([None] * (seeds_before - len(column)))
     if len(paths) > 1 and pooled:
         pooled.sort()
         hits = sum(err <= target for err in pooled)
@@ -530,11 +531,9 @@ def rescore(paths: list[Path], target: float, pool: bool = False) -> None:
               f"{target:g}{f' (1 in {len(pooled) / hits:.0f})' if hits else ''}; 1 in 200 of them reached "
               f"{pooled[math.ceil(len(pooled) / 200) - 1]:g} or better")
     if pool:
-        if len(walls) > 1:
-            raise SystemExit(f"--pool needs logs with one wall budget, got {sorted(walls)}; pool like with like")
         print(f"\npooled: the {len(paths)} logs as one table ({seeds_before} seeds; a method is counted on the "
               "seeds it ran), a re-analysis of logged runs")
-        report(table, walls.pop(), target)
+        report(table, walls[0], target)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -582,7 +581,7 @@ def main(argv: list[str] | None = None) -> None:
             args.methods.remove("orion-asha")
     print(f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores; rungs {RUNGS} epochs; "
           f"sampler {SAMPLER}; Orchard's options {orchard_options()}. {args.label}".rstrip())
-    results: dict[str, list[dict[str, Any] | None]] = {m: [] for m in args.methods}
+    results: dict[str, list[dict[str, Any]]] = {m: [] for m in args.methods}
     raw: dict[str, list[Any]] = {m: [] for m in args.methods}
     for seed in range(args.first_seed, args.first_seed + args.seeds):
         shift = seed % len(args.methods)  # who runs first rotates seed by seed, as the machine's state drifts
