@@ -64,6 +64,7 @@ run one after another, and which one goes first rotates seed by seed.
     python bench/multifidelity.py --sampler bayes # new points from Orchard's bayes and Optuna's TPE
     python bench/multifidelity.py --seeds 1 --wall 30 --methods orchard-asha orchard-random
     python bench/multifidelity.py --calibrate 40  # how hard is --target for random configurations?
+    python bench/multifidelity.py --sampler bayes --methods orchard-asha orchard-random --target 0.091 --wall 1200 --until-target --seeds 6 --first-seed 40   # the ninth sitting
     python bench/multifidelity.py --rescore bench/logs/multifidelity/sixth.json.gz --target 0.091   # a logged sitting, another target
     python bench/multifidelity.py --rescore bench/logs/multifidelity/{seventh,optuna-091,eighth}.json.gz --target 0.091 --pool   # sittings as one table
 
@@ -377,21 +378,35 @@ def stop(procs: list[subprocess.Popen[bytes]]) -> None:
             time.sleep(0.1)
 
 
-def run_one(method: str, seed: int, wall: float, orion_python: str | None) -> list[tuple[float, int, float, int]]:
-    """Run one method for ``wall`` seconds; return ``(seconds since start, epochs, error, trained)`` each."""
+def run_one(method: str, seed: int, wall: float, orion_python: str | None,
+            until: float | None = None) -> tuple[list[tuple[float, int, float, int]], float]:
+    """Run one method for ``wall`` seconds, or with ``until`` set, until a model's error is at most ``until``.
+
+    Returns ``(seconds since start, epochs, error, trained)`` for each evaluation logged within
+    the wall budget, and how long the run went on (the wall budget, or less when it stopped at
+    the target). The time to target is read from the log's own time stamps, not from when the
+    stop was noticed, so stopping early does not change it.
+    """
     with tempfile.TemporaryDirectory(prefix=f"mf-{method}-") as workdir:
         log = os.path.join(workdir, "evaluations.log")
         Path(log).touch()
         start = time.time()
         procs = launch(method, seed, workdir, log, orion_python)
-        while time.time() - start < wall and any(p.poll() is None for p in procs):
-            time.sleep(0.2)
+        with open(log) as reader:
+            unread = ""  # a line still being written is kept until its newline arrives
+            while time.time() - start < wall and any(p.poll() is None for p in procs):
+                time.sleep(0.2)
+                *lines, unread = (unread + reader.read()).split("\n")
+                if until is not None and any(float(line.split()[2]) <= until for line in lines):
+                    break
+        duration = min(time.time() - start, wall)
         stop(procs)
         rows = [line.split() for line in Path(log).read_text().splitlines()]
         if not rows:
             errors = "".join(p.read_text()[-400:] for p in Path(workdir).glob("stderr-*.log"))
             print(f"  {method} seed {seed}: no evaluation logged. {errors.strip()[-400:]}", file=sys.stderr)
-    return sorted((float(t) - start, int(e), float(v), int(n)) for t, e, v, n in rows if float(t) - start <= wall)
+    evaluations = sorted((float(t) - start, int(e), float(v), int(n)) for t, e, v, n in rows if float(t) - start <= wall)
+    return evaluations, duration
 
 
 def summarize(evaluations: list[tuple[float, int, float, int]], target: float) -> dict[str, Any]:
@@ -419,12 +434,14 @@ def seed_ratio(baseline: dict[str, Any], run: dict[str, Any], wall: float) -> tu
     return ratio, {(False, False): "", (True, False): ">", (False, True): "<", (True, True): "?"}[missed]
 
 
-def report(results: Mapping[str, Sequence[dict[str, Any] | None]], wall: float, target: float) -> None:
+def report(results: Mapping[str, Sequence[dict[str, Any] | None]], wall: float, target: float,
+           until: float | None = None) -> None:
     """Print the table: per method, time to target, seeds reached, the ratio against random search, best error.
 
     A ``None`` run is a seed the method did not run on (``--rescore --pool`` of sittings that ran
     different methods): it is left out of that method's figures, and a ratio against random search
-    is taken only on seeds where both ran.
+    is taken only on seeds where both ran. With ``until`` (``--until-target``), runs stopped at
+    the first model with error at most ``until``, so a best error is the best before that stop.
     """
     seeds = max((len(runs) for runs in results.values()), default=0)
     print(f"\n{seeds} seed(s); wall budget {wall:g} s per run; target validation error <= {target:g}; "
@@ -453,6 +470,9 @@ def report(results: Mapping[str, Sequence[dict[str, Any] | None]], wall: float, 
           "method's, seed by seed\n(> lower bound: random missed; < upper bound: this method missed; "
           "? both missed), then the median;\nbest error, evals (evaluations logged) and full "
           "(evaluations at full fidelity) are medians over seeds")
+    if until is not None:
+        print(f"runs stopped at the first model with error <= {until:g} (--until-target): best error, evals and "
+              "full count up to that stop,\nnot the whole wall budget")
 
 
 def use_settings(low: int, sampler: str, rule: str, min_points: int | None) -> None:
@@ -469,18 +489,18 @@ def full_training_errors(runs: list[list[tuple[float, int, float, int]]]) -> lis
     return [err for evaluations in runs for _, epochs, err, _ in evaluations if epochs == RUNGS[-1]]
 
 
-def random_odds(runs: list[list[tuple[float, int, float, int]]], wall: float, target: float) -> None:
+def random_odds(runs: list[list[tuple[float, int, float, int]]], durations: Sequence[float], target: float) -> None:
     """Print how rare the target is among random search's own full trainings, and what that implies.
 
     Random search draws independent points, so its time to the target is a geometric draw: with
-    ``k`` of ``n`` trainings reaching it at ``n / (seeds * wall)`` trainings per second, the
+    ``k`` of ``n`` trainings reaching it at ``n / (the runs' total seconds)`` trainings per second, the
     expected time is about ``(n / k) / rate``. That figure is derived from the runs, not measured
     as a time to target; it is printed to show what the censored runs could not.
     """
     scores = full_training_errors(runs)
     if not scores:
         return
-    hits, rate = sum(err <= target for err in scores), len(scores) / (len(runs) * wall)
+    hits, rate = sum(err <= target for err in scores), len(scores) / sum(durations)
     if hits:
         print(f"random search's own full trainings: {hits} of {len(scores)} reached {target:g} (1 in "
               f"{len(scores) / hits:.0f}); at its {rate:.2f} trainings/s, a geometric draw gives an "
@@ -504,6 +524,11 @@ def rescore(paths: list[Path], target: float, pool: bool = False) -> None:
     logs = [json.loads(gzip.decompress(path.read_bytes()) if path.suffix == ".gz" else path.read_bytes())
             for path in paths]
     walls = sorted({float(logged["wall"]) for logged in logs})
+    for path, logged in zip(paths, logs):
+        if logged.get("until_target") and target < float(logged["target"]):
+            raise SystemExit(f"{path}: its runs stopped at error {logged['target']:g} (--until-target), so a "
+                             f"stricter target ({target:g}) cannot be read from it; rescore at {logged['target']:g} or above")
+    untils = [float(logged["target"]) for logged in logs if logged.get("until_target")]
     if pool and len(walls) > 1:
         raise SystemExit(f"--pool needs logs with one wall budget, got {walls}; pool like with like")
     pooled: list[float] = []
@@ -516,8 +541,10 @@ def rescore(paths: list[Path], target: float, pool: bool = False) -> None:
         scored = {method: [summarize(run, target) for run in runs] for method, runs in raw.items()}
         print(f"\nre-scored from {path} (logged with target {logged['target']:g}, {wall:g} s): a re-analysis "
               f"of logged runs, not a new sitting")
-        report(scored, wall, target)
-        random_odds(raw.get("orchard-random", []), wall, target)
+        until = float(logged["target"]) if logged.get("until_target") else None
+        report(scored, wall, target, until)
+        random_durations = logged.get("durations", {}).get("orchard-random") or [wall] * len(raw.get("orchard-random", []))
+        random_odds(raw.get("orchard-random", []), random_durations, target)
         pooled += full_training_errors(raw.get("orchard-random", []))
         for method, summaries in scored.items():
             table.setdefault(method, [None] * seeds_before).extend(summaries)
@@ -533,7 +560,7 @@ def rescore(paths: list[Path], target: float, pool: bool = False) -> None:
     if pool:
         print(f"\npooled: the {len(paths)} logs as one table ({seeds_before} seeds; a method is counted on the "
               "seeds it ran), a re-analysis of logged runs")
-        report(table, walls[0], target)
+        report(table, walls[0], target, max(untils) if untils else None)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -546,6 +573,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--orion-venv", type=Path,
                         default=Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "orchard-bench" / "orion-0.2.7")
     parser.add_argument("--json", type=Path, help="also write every run's evaluations here (gzipped if it ends in .gz)")
+    parser.add_argument("--until-target", action="store_true",
+                        help="stop each run at its first model reaching --target (its time to target is "
+                             "unchanged; best error then means best before the stop): long budgets at less cost")
     parser.add_argument("--label", default="", help="printed above the table, e.g. 'under load, not a result'")
     parser.add_argument("--calibrate", type=int, metavar="N",
                         help="instead of the benchmark, train N random configurations to full fidelity and "
@@ -583,18 +613,22 @@ def main(argv: list[str] | None = None) -> None:
           f"sampler {SAMPLER}; Orchard's options {orchard_options()}. {args.label}".rstrip())
     results: dict[str, list[dict[str, Any]]] = {m: [] for m in args.methods}
     raw: dict[str, list[Any]] = {m: [] for m in args.methods}
+    durations: dict[str, list[float]] = {m: [] for m in args.methods}
+    until = args.target if args.until_target else None
     for seed in range(args.first_seed, args.first_seed + args.seeds):
         shift = seed % len(args.methods)  # who runs first rotates seed by seed, as the machine's state drifts
         for method in args.methods[shift:] + args.methods[:shift]:
-            evaluations = run_one(method, seed, args.wall, orion_python)
+            evaluations, duration = run_one(method, seed, args.wall, orion_python, until)
             summary = summarize(evaluations, args.target)
             results[method].append(summary)
             raw[method].append(evaluations)
+            durations[method].append(duration)
             print(f"  seed {seed} {method:<18} {json.dumps(summary)}", flush=True)
-    report(results, args.wall, args.target)
-    random_odds(raw.get("orchard-random", []), args.wall, args.target)
+    report(results, args.wall, args.target, until)
+    random_odds(raw.get("orchard-random", []), durations.get("orchard-random", []), args.target)
     if args.json:
-        logged = json.dumps({"wall": args.wall, "target": args.target, "runs": raw}).encode()
+        logged = json.dumps({"wall": args.wall, "target": args.target, "until_target": args.until_target,
+                             "runs": raw, "durations": durations}).encode()
         args.json.write_bytes(gzip.compress(logged) if args.json.suffix == ".gz" else logged)
 
 
