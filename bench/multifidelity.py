@@ -510,6 +510,11 @@ def random_odds(runs: list[list[tuple[float, int, float, int]]], durations: Sequ
               f"about 1 in {len(scores)} at {rate:.2f} trainings/s)")
 
 
+def stopped_at(logged: Mapping[str, Any]) -> float | None:
+    """The error a logged sitting's runs stopped at (``--until-target``), or ``None`` if they ran the whole budget."""
+    return float(logged["target"]) if logged.get("until_target") else None
+
+
 def rescore(paths: list[Path], target: float, pool: bool = False) -> None:
     """Score the runs ``--json`` files logged against another target, and say it is a re-analysis.
 
@@ -524,24 +529,23 @@ def rescore(paths: list[Path], target: float, pool: bool = False) -> None:
     logs = [json.loads(gzip.decompress(path.read_bytes()) if path.suffix == ".gz" else path.read_bytes())
             for path in paths]
     walls = sorted({float(logged["wall"]) for logged in logs})
-    for path, logged in zip(paths, logs):
-        if logged.get("until_target") and target < float(logged["target"]):
-            raise SystemExit(f"{path}: its runs stopped at error {logged['target']:g} (--until-target), so a "
-                             f"stricter target ({target:g}) cannot be read from it; rescore at {logged['target']:g} or above")
-    untils = [float(logged["target"]) for logged in logs if logged.get("until_target")]
+    untils = [stopped_at(logged) for logged in logs]
+    for path, until in zip(paths, untils):
+        if until is not None and target < until:
+            raise SystemExit(f"{path}: its runs stopped at error {until:g} (--until-target), so a stricter "
+                             f"target ({target:g}) cannot be read from it; rescore at {until:g} or above")
     if pool and len(walls) > 1:
         raise SystemExit(f"--pool needs logs with one wall budget, got {walls}; pool like with like")
     pooled: list[float] = []
     table: dict[str, list[dict[str, Any] | None]] = {}
     seeds_before = 0
-    for path, logged in zip(paths, logs):
+    for path, logged, until in zip(paths, logs, untils):
         wall = float(logged["wall"])
         raw = {method: [[(float(t), int(e), float(v), int(n)) for t, e, v, n in run] for run in runs]
                for method, runs in logged["runs"].items()}  # logged by run_one: in time order, within the wall
         scored = {method: [summarize(run, target) for run in runs] for method, runs in raw.items()}
         print(f"\nre-scored from {path} (logged with target {logged['target']:g}, {wall:g} s): a re-analysis "
               f"of logged runs, not a new sitting")
-        until = float(logged["target"]) if logged.get("until_target") else None
         report(scored, wall, target, until)
         random_durations = logged.get("durations", {}).get("orchard-random") or [wall] * len(raw.get("orchard-random", []))
         random_odds(raw.get("orchard-random", []), random_durations, target)
@@ -560,7 +564,7 @@ def rescore(paths: list[Path], target: float, pool: bool = False) -> None:
     if pool:
         print(f"\npooled: the {len(paths)} logs as one table ({seeds_before} seeds; a method is counted on the "
               "seeds it ran), a re-analysis of logged runs")
-        report(table, walls[0], target, max(untils) if untils else None)
+        report(table, walls[0], target, max((u for u in untils if u is not None), default=None))
 
 
 def main(argv: list[str] | None = None) -> None:
