@@ -65,6 +65,7 @@ run one after another, and which one goes first rotates seed by seed.
     python bench/multifidelity.py --seeds 1 --wall 30 --methods orchard-asha orchard-random
     python bench/multifidelity.py --calibrate 40  # how hard is --target for random configurations?
     python bench/multifidelity.py --sampler bayes --methods orchard-asha orchard-random --target 0.091 --wall 1200 --until-target --seeds 6 --first-seed 40   # the ninth sitting
+    python bench/multifidelity.py --sampler bayes --sampler-fit all_rungs --low 9 --methods orchard-asha orchard-random --target 0.091 --wall 900 --until-target --seeds 6 --first-seed 46   # the tenth
     python bench/multifidelity.py --rescore bench/logs/multifidelity/sixth.json.gz --target 0.091   # a logged sitting, another target
     python bench/multifidelity.py --rescore bench/logs/multifidelity/{seventh,optuna-091,eighth}.json.gz --target 0.091 --pool   # sittings as one table
 
@@ -116,6 +117,9 @@ RULE = os.environ.get("MF_RULE", "promotion")
 #: Orchard's ``min_points`` for a ``bayes`` sampler inside ``asha``/``hyperband`` (``--min-points``;
 #: ``MF_MIN_POINTS``); empty: the algorithm's default.
 MIN_POINTS = os.environ.get("MF_MIN_POINTS", "")
+#: What Orchard's ``bayes`` sampler inside ``asha``/``hyperband`` is fitted on (``--sampler-fit``;
+#: ``MF_SAMPLER_FIT``): the ``highest_rung`` with enough results, or ``all_rungs``.
+SAMPLER_FIT = os.environ.get("MF_SAMPLER_FIT", "highest_rung")
 LR, ALPHA, HIDDEN = (1e-4, 1e-1), (1e-6, 1e-1), (32, 256)
 CLASSES, BATCH = 10, 64
 #: The same space in Orchard's and Oríon's prior syntax (Optuna's suggest_* calls use the same bounds).
@@ -199,7 +203,7 @@ def orchard_objective(lr: float, alpha: float, hidden: int, epochs: int) -> floa
 
 def orchard_options() -> dict[str, Any]:
     """The options of Orchard's ``asha``/``hyperband`` in this run."""
-    options: dict[str, Any] = {"sampler": SAMPLER, "rule": RULE}
+    options: dict[str, Any] = {"sampler": SAMPLER, "rule": RULE, "sampler_fit": SAMPLER_FIT}
     if MIN_POINTS:
         options["min_points"] = int(MIN_POINTS)
     return options
@@ -475,11 +479,13 @@ def report(results: Mapping[str, Sequence[dict[str, Any] | None]], wall: float, 
               "full count up to that stop,\nnot the whole wall budget")
 
 
-def use_settings(low: int, sampler: str, rule: str, min_points: int | None) -> None:
+def use_settings(low: int, sampler: str, rule: str, min_points: int | None, sampler_fit: str) -> None:
     """Use these settings here and in every worker started from now on (see the module's globals)."""
-    global LOW, RUNGS, SAMPLER, RULE, MIN_POINTS
-    LOW, SAMPLER, RULE, MIN_POINTS = low, sampler, rule, "" if min_points is None else str(min_points)
-    os.environ.update(MF_LOW=str(low), MF_SAMPLER=sampler, MF_RULE=rule, MF_MIN_POINTS=MIN_POINTS)
+    global LOW, RUNGS, SAMPLER, RULE, MIN_POINTS, SAMPLER_FIT
+    LOW, SAMPLER, RULE, SAMPLER_FIT = low, sampler, rule, sampler_fit
+    MIN_POINTS = "" if min_points is None else str(min_points)
+    os.environ.update(MF_LOW=str(low), MF_SAMPLER=sampler, MF_RULE=rule, MF_MIN_POINTS=MIN_POINTS,
+                      MF_SAMPLER_FIT=sampler_fit)
     RUNGS = ladder(low)
     SPACE["epochs"] = f"fidelity({low}, {RUNGS[-1]}, base=3)"
 
@@ -599,8 +605,11 @@ def main(argv: list[str] | None = None) -> None:
                              "per arrival (Optuna's pruner's rule)")
     parser.add_argument("--min-points", type=int, default=int(MIN_POINTS) if MIN_POINTS else None,
                         help="Orchard asha/hyperband's min_points for the bayes sampler (default: Orchard's)")
+    parser.add_argument("--sampler-fit", choices=("highest_rung", "all_rungs"), default=SAMPLER_FIT,
+                        help="what Orchard asha/hyperband's bayes sampler is fitted on: the highest rung with "
+                             "enough results (BOHB's choice), or every configuration's standing")
     args = parser.parse_args(argv)
-    use_settings(args.low, args.sampler, args.rule, args.min_points)
+    use_settings(args.low, args.sampler, args.rule, args.min_points, args.sampler_fit)
     if args.calibrate:
         calibrate(args.calibrate, args.target)
         return

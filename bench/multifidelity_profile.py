@@ -57,7 +57,8 @@ def main(argv: list[str] | None = None) -> None:
     sys.path.insert(0, str(HERE))
     import multifidelity as mf  # the bench's task, space, objective and Orchard setup
 
-    mf.use_settings(mf.LOW, args.sampler, mf.RULE, int(mf.MIN_POINTS) if mf.MIN_POINTS else None)  # here and in the child
+    mf.use_settings(mf.LOW, args.sampler, mf.RULE, int(mf.MIN_POINTS) if mf.MIN_POINTS else None,
+                    mf.SAMPLER_FIT)  # here and in the child
     os.environ.update(mf.SINGLE_THREAD, MF_LOG=os.path.join(workdir, "log.txt"))  # before numpy loads
     exp = mf.orchard_experiment("asha", args.seed, workdir)
     others = subprocess.Popen(

@@ -331,6 +331,57 @@ def test_bayes_is_never_fitted_on_a_rung_too_small_for_its_model() -> None:
     assert asha(sampler="bayes", min_points=4).min_points == 4
 
 
+def test_all_rungs_fit_tells_every_configuration_once_by_promotions_earned() -> None:
+    """``sampler_fit="all_rungs"``: a configuration's standing is its highest rung, then its objective there."""
+    algo = asha(sampler={"bayes": {"n_initial_points": 3}}, min_points=3, sampler_fit="all_rungs")
+    history = [obs(0.1, 1, 0.9), obs(0.2, 1, 0.3), obs(0.3, 1, 0.5), obs(0.4, 1, 0.7),
+               obs(0.2, 3, 0.6), obs(0.3, 3, 0.4)]  # 0.2 and 0.3 were promoted; at 3 epochs 0.3 is better
+    algo.ladder.update(history)
+    told = algo._fit_observations()
+    assert [o.params["x"] for o in told] == [0.3, 0.2, 0.4, 0.1]  # each once, promoted ones first
+    assert {o.params["epochs"] for o in told} == {9}  # told at the top fidelity, as the sampler's space has it
+    assert [o.objective for o in told] == pytest.approx([-1.1503, -0.3186, 0.3186, 1.1503], abs=1e-4)
+    assert asha(sampler={"bayes": {"n_initial_points": 5}}, min_points=5, sampler_fit="all_rungs")._fit_observations() == []
+
+
+def test_all_rungs_fit_is_blind_to_the_objective_scale() -> None:
+    """Any objective with the same order gives the same suggestions; the raw objectives of one rung do not."""
+    rung0 = [obs(x / 40, 1, (x / 40 - 0.65) ** 2) for x in range(0, 40, 3)]  # 14: quota 4
+    best = sorted(rung0, key=lambda o: o.objective)[:4]
+    rung1 = [obs(o.params["x"], 3, (o.params["x"] - 0.6) ** 2) for o in best]  # all promoted; quota 1
+    history = rung0 + rung1
+    stretched = [Observation(o.params, math.exp(40 * o.objective)) for o in history]
+    pending = [{"x": min(best, key=lambda o: abs(o.params["x"] - 0.6)).params["x"], "epochs": 9}]
+
+    def suggestion(fit: str, seen: list[Observation]) -> dict[str, Any]:
+        algo = asha(sampler={"bayes": {"n_initial_points": 4}}, min_points=4, sampler_fit=fit)
+        (params,) = algo.suggest(seen, pending)
+        assert params["epochs"] == 1  # a new point: no promotion is free
+        return params
+
+    assert suggestion("all_rungs", history) == suggestion("all_rungs", stretched)
+    assert suggestion("highest_rung", history) != suggestion("highest_rung", stretched)
+
+
+def test_all_rungs_fit_counts_promotions_from_each_brackets_own_start() -> None:
+    """In Hyperband a configuration that starts higher has earned no promotion by being there."""
+    algo = make_algorithm({"hyperband": {"sampler": "bayes", "sampler_fit": "all_rungs"}},
+                          Space.from_config(SPACE), seed=0)
+    assert isinstance(algo, Hyperband)
+    by_bracket: dict[int, list[float]] = {}
+    for x in range(200):
+        by_bracket.setdefault(algo.bracket_of({"x": x / 200, "epochs": 1}), []).append(x / 200)
+    low, high = by_bracket[0][:2], by_bracket[1][:1]  # bracket 1 starts at rung 1 (3 epochs)
+    history = [obs(low[0], 1, 0.5), obs(low[1], 1, 0.2), obs(low[1], 3, 0.4), obs(high[0], 3, 0.1)]
+    algo.ladder.update(history)
+    assert [o.params["x"] for o in algo.ladder.by_height(algo.start_rung)] == [low[1], high[0], low[0]]
+
+
+def test_sampler_fit_must_be_one_of_the_known_ones() -> None:
+    with pytest.raises(ConfigurationError, match="sampler_fit must be one of highest_rung, all_rungs, got 'top'"):
+        asha(sampler="bayes", sampler_fit="top")
+
+
 def run_sequential(algo: Asha, trials: int) -> list[Observation]:
     completed: list[Observation] = []
     for _ in range(trials):

@@ -43,6 +43,15 @@ the params' hash), which every worker reads alike. A trial that survived is
 promoted once, the best first, scanning rungs from the top as above; pending
 promotions count as promoted and constant-liar values never rank, as above.
 
+New points come from the ``sampler``. A ``bayes`` sampler is fitted, by
+default, on the objectives of the highest rung with ``min_points`` results
+(BOHB's choice); with ``sampler_fit="all_rungs"`` it is fitted on every
+configuration once, at the highest rung it completed, ordered by the
+promotions it earned and then by its objective there, and told the normal
+scores of that order (:func:`normal_scores`), so that every evaluation informs
+the model and the objective's scale does not matter. Either way it is a pure
+function of the history, like the promotions.
+
 :class:`~orchard.algorithms._hyperband.Hyperband` runs several of these ladders
 (brackets) side by side, each starting at a different rung.
 """
@@ -50,6 +59,7 @@ promotions count as promoted and constant-liar values never rank, as above.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from statistics import NormalDist
 from typing import Any, ClassVar
 
 from orchard.algorithms._rungs import Ladder, Place, config_key
@@ -63,6 +73,8 @@ __all__ = ["Asha"]
 SAMPLERS = ("random", "bayes")
 #: Promotion rules: a quota per rung, or a verdict per arrival (see the module docstring).
 RULES = ("promotion", "stopping")
+#: What a ``bayes`` sampler is fitted on: one rung's objectives, or every configuration's standing.
+SAMPLER_FITS = ("highest_rung", "all_rungs")
 #: Draws tried before a sampler's points are taken to be exhausted.
 _SAMPLER_RETRIES = 50
 
@@ -88,6 +100,14 @@ class Asha(BaseAlgorithm):
             ``floor(completed / eta)`` trials, its best; ``"stopping"``: a trial
             is promoted if it was in the top ``1/eta`` of the rung when it
             arrived (the first trials always are), as Optuna's pruner decides.
+        sampler_fit: what a ``bayes`` sampler is fitted on. ``"highest_rung"``
+            (default): the objectives of the highest rung with ``min_points``
+            results. ``"all_rungs"``: every configuration once, at the highest
+            rung it completed, ordered by how many promotions it earned, then by
+            its objective there, and told as the normal scores of that order
+            (:func:`normal_scores`); the model then learns from every
+            evaluation, not only a top rung's few, and is blind to the
+            objective's scale. Fitted once ``min_points`` configurations completed.
 
     Raises:
         ConfigurationError: the space has no fidelity dimension, or an option is invalid.
@@ -100,6 +120,7 @@ class Asha(BaseAlgorithm):
         "sampler": "random",
         "min_points": None,
         "rule": "promotion",
+        "sampler_fit": "highest_rung",
     }
 
     def __init__(self, space: Space, seed: int | None = None, **options: Any) -> None:
@@ -138,9 +159,10 @@ class Asha(BaseAlgorithm):
             if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
                 raise ConfigurationError(f"{cls.name} option {key} must be an int >= 1, got {value!r}")
         options["sampler"] = _normalize_sampler(cls.name, options["sampler"])
-        if options["rule"] not in RULES:
-            raise ConfigurationError(
-                f"{cls.name} option rule must be one of {', '.join(RULES)}, got {options['rule']!r}")
+        for key, valid in (("rule", RULES), ("sampler_fit", SAMPLER_FITS)):
+            if options[key] not in valid:
+                raise ConfigurationError(
+                    f"{cls.name} option {key} must be one of {', '.join(valid)}, got {options[key]!r}")
 
     @classmethod
     def _extra_int_options(cls) -> tuple[str, ...]:
@@ -288,7 +310,7 @@ class Asha(BaseAlgorithm):
         """A sampler's point, placed at the lowest rung of its bracket, not yet taken."""
         seed = int(self.rng(completed, pending).integers(2**31))
         sampler = _make_sampler(self.options["sampler"], self.space, seed)
-        fit = [Observation(self._top(o.params), o.objective) for o in self._fit_rung()]
+        fit = self._fit_observations()
         lies = [self._top(p) for p in pending]
         for _ in range(_SAMPLER_RETRIES):
             point = sampler.suggest(fit, lies, n=1)[0]
@@ -297,6 +319,18 @@ class Asha(BaseAlgorithm):
                 return params
             lies.append(point)
         raise SpaceExhaustedError(self._exhausted_message(taken))
+
+    def _fit_observations(self) -> list[Observation]:
+        """What the sampler is told, at the top fidelity; ``[]`` while too little is known (see ``sampler_fit``)."""
+        if next(iter(self.options["sampler"])) == "random":
+            return []
+        if self.options["sampler_fit"] == "highest_rung":
+            return [Observation(self._top(o.params), o.objective) for o in self._fit_rung()]
+        ordered = self.ladder.by_height(self.start_rung)
+        if len(ordered) < self.min_points:
+            return []
+        return [Observation(self._top(o.params), score)
+                for o, score in zip(ordered, normal_scores(len(ordered)))]
 
     def _fit_rung(self) -> list[Observation]:
         """The highest rung with at least ``min_points`` results (all brackets); ``[]`` if none."""
@@ -311,6 +345,16 @@ class Asha(BaseAlgorithm):
     def _top(self, params: Mapping[str, Any]) -> dict[str, Any]:
         """``params`` at the fidelity the sampler's space gives every point (``high``)."""
         return {**params, self.fidelity_name: self.fidelity.high}
+
+
+def normal_scores(count: int) -> list[float]:
+    """The standard normal quantiles of ``count`` ranks, best (lowest) first: ``Phi^-1((i + 1/2) / count)``.
+
+    The Gaussian copula of a ranking: evenly spread, symmetric, and the same for
+    any objective with the same order.
+    """
+    normal = NormalDist()
+    return [normal.inv_cdf((i + 0.5) / count) for i in range(count)]
 
 
 def _normalize_sampler(owner: str, sampler: Any) -> dict[str, dict[str, Any]]:
