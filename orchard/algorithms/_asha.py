@@ -334,8 +334,6 @@ class Asha(BaseAlgorithm):
 
     def _fit_rung(self) -> list[Observation]:
         """The highest rung with at least ``min_points`` results (all brackets); ``[]`` if none."""
-        if next(iter(self.options["sampler"])) == "random":
-            return []
         for rung in reversed(range(len(self.rungs))):
             results = self.ladder.results(rung)
             if len(results) >= self.min_points:
