@@ -68,6 +68,7 @@ run one after another, and which one goes first rotates seed by seed.
     python bench/multifidelity.py --sampler bayes --sampler-fit all_rungs --low 9 --methods orchard-asha orchard-random --target 0.091 --wall 900 --until-target --seeds 6 --first-seed 46   # the tenth
     python bench/multifidelity.py --rescore bench/logs/multifidelity/sixth.json.gz --target 0.091   # a logged sitting, another target
     python bench/multifidelity.py --rescore bench/logs/multifidelity/{seventh,optuna-091,eighth}.json.gz --target 0.091 --pool   # sittings as one table
+    python bench/multifidelity.py --rescore bench/logs/multifidelity/optuna-tenth.json.gz --target 0.091 --versus optuna-sha   # ratios against Optuna
 
 Each worker process runs one BLAS thread (``OPENBLAS_NUM_THREADS=1``…), so four
 workers use four cores' worth of work, not sixteen threads fighting for them.
@@ -120,6 +121,9 @@ MIN_POINTS = os.environ.get("MF_MIN_POINTS", "")
 #: What Orchard's ``bayes`` sampler inside ``asha``/``hyperband`` is fitted on (``--sampler-fit``;
 #: ``MF_SAMPLER_FIT``): the ``highest_rung`` with enough results, or ``all_rungs``.
 SAMPLER_FIT = os.environ.get("MF_SAMPLER_FIT", "highest_rung")
+#: Orchard's ``reduction_factor`` for ``asha``/``hyperband`` (``--eta``; ``MF_ETA``); empty: the
+#: fidelity's base, 3, as for the other tools. The rungs stay ``low * 3**k`` either way.
+ETA = os.environ.get("MF_ETA", "")
 LR, ALPHA, HIDDEN = (1e-4, 1e-1), (1e-6, 1e-1), (32, 256)
 CLASSES, BATCH = 10, 64
 #: The same space in Orchard's and Oríon's prior syntax (Optuna's suggest_* calls use the same bounds).
@@ -204,6 +208,8 @@ def orchard_objective(lr: float, alpha: float, hidden: int, epochs: int) -> floa
 def orchard_options() -> dict[str, Any]:
     """The options of Orchard's ``asha``/``hyperband`` in this run."""
     options: dict[str, Any] = {"sampler": SAMPLER, "rule": RULE, "sampler_fit": SAMPLER_FIT}
+    if ETA:
+        options["reduction_factor"] = float(ETA)
     if MIN_POINTS:
         options["min_points"] = int(MIN_POINTS)
     return options
@@ -427,9 +433,10 @@ def censored_time(run: dict[str, Any], wall: float) -> float:
 
 
 def seed_ratio(baseline: dict[str, Any], run: dict[str, Any], wall: float) -> tuple[float, str]:
-    """Random search's time to target over this run's, on one seed, and what kind of figure it is.
+    """The baseline's (random search's, unless ``--versus``) time to target over this run's, on one
+    seed, and what kind of figure it is.
 
-    The mark is ``">"`` when only random search missed the target (the ratio is a lower bound),
+    The mark is ``">"`` when only the baseline missed the target (the ratio is a lower bound),
     ``"<"`` when only this run missed it (an upper bound), ``"?"`` when both did (both count as
     the wall budget, so the ratio is 1 and says nothing), ``""`` when both reached it.
     """
@@ -439,8 +446,11 @@ def seed_ratio(baseline: dict[str, Any], run: dict[str, Any], wall: float) -> tu
 
 
 def report(results: Mapping[str, Sequence[dict[str, Any] | None]], wall: float, target: float,
-           until: float | None = None) -> None:
-    """Print the table: per method, time to target, seeds reached, the ratio against random search, best error.
+           until: float | None = None, versus: str = "orchard-random") -> None:
+    """Print the table: per method, time to target, seeds reached, the ratio against ``versus``, best error.
+
+    The ratio column divides ``versus``'s time (random search's by default) by each other
+    method's, seed by seed; ``versus``'s own row has none.
 
     A ``None`` run is a seed the method did not run on (``--rescore --pool`` of sittings that ran
     different methods): it is left out of that method's figures, and a ratio against random search
@@ -450,9 +460,10 @@ def report(results: Mapping[str, Sequence[dict[str, Any] | None]], wall: float, 
     seeds = max((len(runs) for runs in results.values()), default=0)
     print(f"\n{seeds} seed(s); wall budget {wall:g} s per run; target validation error <= {target:g}; "
           f"{WORKERS} workers each")
-    print(f"{'method':<18} {'time to target: median [range]':>31} {'reached':>8}  {'vs random: median (per seed)':<34}"
+    label = "random" if versus == "orchard-random" else versus
+    print(f"{'method':<18} {'time to target: median [range]':>31} {'reached':>8}  {f'vs {label}: median (per seed)':<34}"
           f"{'best error':>10} {'evals':>6} {'full':>5}")
-    random_runs = results.get("orchard-random", [])
+    baseline_runs = results.get(versus, [])
     for method, maybe_runs in results.items():
         runs = [r for r in maybe_runs if r is not None]
         if not runs:
@@ -460,18 +471,18 @@ def report(results: Mapping[str, Sequence[dict[str, Any] | None]], wall: float, 
         times = [censored_time(r, wall) for r in runs]
         reached = sum(r["time_to_target"] is not None for r in runs)
         shown = f"{statistics.median(times):.1f} s [{min(times):.1f}-{max(times):.1f}]"
-        ratios = ([seed_ratio(b, r, wall) for b, r in zip(random_runs, maybe_runs) if b is not None and r is not None]
-                  if len(random_runs) == len(maybe_runs) else [])
-        versus = (f"{statistics.median(x for x, _ in ratios):.2f}x ("
+        ratios = ([seed_ratio(b, r, wall) for b, r in zip(baseline_runs, maybe_runs) if b is not None and r is not None]
+                  if len(baseline_runs) == len(maybe_runs) and method != versus else [])
+        against = (f"{statistics.median(x for x, _ in ratios):.2f}x ("
                   + ", ".join(f"{mark}{x:.2f}" for x, mark in ratios) + ")") if ratios else "-"
         bests = [r["best"] for r in runs if r["best"] is not None]
         best = statistics.median(bests) if bests else float("nan")
-        print(f"{method:<18} {shown:>31} {reached:>5}/{len(runs):<2}  {versus:<34}{best:>10.4f} "
+        print(f"{method:<18} {shown:>31} {reached:>5}/{len(runs):<2}  {against:<34}{best:>10.4f} "
               f"{statistics.median(r['evaluations'] for r in runs):>6.0f} "
               f"{statistics.median(r['full_fidelity'] for r in runs):>5.0f}")
     print("time to target: a run that did not reach the target counts as the wall budget (censored), "
-          "so a median\nat the budget means the target was missed; 'vs random' = random's time / this "
-          "method's, seed by seed\n(> lower bound: random missed; < upper bound: this method missed; "
+          f"so a median\nat the budget means the target was missed; 'vs {label}' = {label}'s time / this "
+          f"method's, seed by seed\n(> lower bound: {label} missed; < upper bound: this method missed; "
           "? both missed), then the median;\nbest error, evals (evaluations logged) and full "
           "(evaluations at full fidelity) are medians over seeds")
     if until is not None:
@@ -479,13 +490,15 @@ def report(results: Mapping[str, Sequence[dict[str, Any] | None]], wall: float, 
               "full count up to that stop,\nnot the whole wall budget")
 
 
-def use_settings(low: int, sampler: str, rule: str, min_points: int | None, sampler_fit: str) -> None:
+def use_settings(low: int, sampler: str, rule: str, min_points: int | None, sampler_fit: str,
+                 eta: float | None = None) -> None:
     """Use these settings here and in every worker started from now on (see the module's globals)."""
-    global LOW, RUNGS, SAMPLER, RULE, MIN_POINTS, SAMPLER_FIT
+    global LOW, RUNGS, SAMPLER, RULE, MIN_POINTS, SAMPLER_FIT, ETA
     LOW, SAMPLER, RULE, SAMPLER_FIT = low, sampler, rule, sampler_fit
     MIN_POINTS = "" if min_points is None else str(min_points)
+    ETA = "" if eta is None else repr(eta)
     os.environ.update(MF_LOW=str(low), MF_SAMPLER=sampler, MF_RULE=rule, MF_MIN_POINTS=MIN_POINTS,
-                      MF_SAMPLER_FIT=sampler_fit)
+                      MF_SAMPLER_FIT=sampler_fit, MF_ETA=ETA)
     RUNGS = ladder(low)
     SPACE["epochs"] = f"fidelity({low}, {RUNGS[-1]}, base=3)"
 
@@ -521,7 +534,7 @@ def stopped_at(logged: Mapping[str, Any]) -> float | None:
     return float(logged["target"]) if logged.get("until_target") else None
 
 
-def rescore(paths: list[Path], target: float, pool: bool = False) -> None:
+def rescore(paths: list[Path], target: float, pool: bool = False, versus: str = "orchard-random") -> None:
     """Score the runs ``--json`` files logged against another target, and say it is a re-analysis.
 
     Every evaluation was logged with its wall time, so the time to any target, the best error and
@@ -552,7 +565,7 @@ def rescore(paths: list[Path], target: float, pool: bool = False) -> None:
         scored = {method: [summarize(run, target) for run in runs] for method, runs in raw.items()}
         print(f"\nre-scored from {path} (logged with target {logged['target']:g}, {wall:g} s): a re-analysis "
               f"of logged runs, not a new sitting")
-        report(scored, wall, target, until)
+        report(scored, wall, target, until, versus)
         random_durations = logged.get("durations", {}).get("orchard-random") or [wall] * len(raw.get("orchard-random", []))
         random_odds(raw.get("orchard-random", []), random_durations, target)
         pooled += full_training_errors(raw.get("orchard-random", []))
@@ -570,7 +583,7 @@ def rescore(paths: list[Path], target: float, pool: bool = False) -> None:
     if pool:
         print(f"\npooled: the {len(paths)} logs as one table ({seeds_before} seeds; a method is counted on the "
               "seeds it ran), a re-analysis of logged runs")
-        report(table, walls[0], target, max((u for u in untils if u is not None), default=None))
+        report(table, walls[0], target, max((u for u in untils if u is not None), default=None), versus)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -608,13 +621,19 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--sampler-fit", choices=("highest_rung", "all_rungs"), default=SAMPLER_FIT,
                         help="what Orchard asha/hyperband's bayes sampler is fitted on: the highest rung with "
                              "enough results (BOHB's choice), or every configuration's standing")
+    parser.add_argument("--eta", type=float, default=float(ETA) if ETA else None,
+                        help="Orchard asha/hyperband's reduction_factor (default: the fidelity's base, 3, as for "
+                             "the other tools; the rungs stay low*3^k)")
+    parser.add_argument("--versus", choices=METHODS, default="orchard-random",
+                        help="the method every other method's time to target is divided by, seed by seed "
+                             "(default: random search)")
     args = parser.parse_args(argv)
-    use_settings(args.low, args.sampler, args.rule, args.min_points, args.sampler_fit)
+    use_settings(args.low, args.sampler, args.rule, args.min_points, args.sampler_fit, args.eta)
     if args.calibrate:
         calibrate(args.calibrate, args.target)
         return
     if args.rescore:
-        rescore(args.rescore, args.target, args.pool)
+        rescore(args.rescore, args.target, args.pool, args.versus)
         return
     orion_python = None
     if "orion-asha" in args.methods:
@@ -637,7 +656,7 @@ def main(argv: list[str] | None = None) -> None:
             raw[method].append(evaluations)
             durations[method].append(duration)
             print(f"  seed {seed} {method:<18} {json.dumps(summary)}", flush=True)
-    report(results, args.wall, args.target, until)
+    report(results, args.wall, args.target, until, args.versus)
     random_odds(raw.get("orchard-random", []), durations.get("orchard-random", []), args.target)
     if args.json:
         logged = json.dumps({"wall": args.wall, "target": args.target, "until_target": args.until_target,
