@@ -119,7 +119,7 @@ RULE = os.environ.get("MF_RULE", "promotion")
 #: ``MF_MIN_POINTS``); empty: the algorithm's default.
 MIN_POINTS = os.environ.get("MF_MIN_POINTS", "")
 #: What Orchard's ``bayes`` sampler inside ``asha``/``hyperband`` is fitted on (``--sampler-fit``;
-#: ``MF_SAMPLER_FIT``): the ``highest_rung`` with enough results, or ``all_rungs``.
+#: ``MF_SAMPLER_FIT``): the ``highest_rung`` with enough results, ``all_rungs`` or ``refined``.
 SAMPLER_FIT = os.environ.get("MF_SAMPLER_FIT", "highest_rung")
 #: Orchard's ``reduction_factor`` for ``asha``/``hyperband`` (``--eta``; ``MF_ETA``); empty: the
 #: fidelity's base, 3, as for the other tools. The rungs stay ``low * 3**k`` either way.
@@ -618,9 +618,10 @@ def main(argv: list[str] | None = None) -> None:
                              "per arrival (Optuna's pruner's rule)")
     parser.add_argument("--min-points", type=int, default=int(MIN_POINTS) if MIN_POINTS else None,
                         help="Orchard asha/hyperband's min_points for the bayes sampler (default: Orchard's)")
-    parser.add_argument("--sampler-fit", choices=("highest_rung", "all_rungs"), default=SAMPLER_FIT,
+    parser.add_argument("--sampler-fit", choices=("highest_rung", "all_rungs", "refined"), default=SAMPLER_FIT,
                         help="what Orchard asha/hyperband's bayes sampler is fitted on: the highest rung with "
-                             "enough results (BOHB's choice), or every configuration's standing")
+                             "enough results (BOHB's choice), or every configuration's standing (by promotions "
+                             "earned: all_rungs; by refinement: refined)")
     parser.add_argument("--eta", type=float, default=float(ETA) if ETA else None,
                         help="Orchard asha/hyperband's reduction_factor (default: the fidelity's base, 3, as for "
                              "the other tools; the rungs stay low*3^k)")

@@ -58,7 +58,7 @@ def main(argv: list[str] | None = None) -> None:
     import multifidelity as mf  # the bench's task, space, objective and Orchard setup
 
     mf.use_settings(mf.LOW, args.sampler, mf.RULE, int(mf.MIN_POINTS) if mf.MIN_POINTS else None,
-                    mf.SAMPLER_FIT)  # here and in the child
+                    mf.SAMPLER_FIT, float(mf.ETA) if mf.ETA else None)  # here and in the child
     os.environ.update(mf.SINGLE_THREAD, MF_LOG=os.path.join(workdir, "log.txt"))  # before numpy loads
     exp = mf.orchard_experiment("asha", args.seed, workdir)
     others = subprocess.Popen(

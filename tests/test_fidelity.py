@@ -363,22 +363,58 @@ def test_all_rungs_fit_is_blind_to_the_objective_scale() -> None:
     assert suggestion("highest_rung", history) != suggestion("highest_rung", stretched)
 
 
-def test_all_rungs_fit_counts_promotions_from_each_brackets_own_start() -> None:
-    """In Hyperband a configuration that starts higher has earned no promotion by being there."""
-    algo = make_algorithm({"hyperband": {"sampler": "bayes", "sampler_fit": "all_rungs"}},
+def hyperband_by_bracket(sampler_fit: str) -> tuple[Hyperband, dict[int, list[float]]]:
+    """A ``hyperband`` with a ``bayes`` sampler fitted as ``sampler_fit``, and x values by bracket."""
+    algo = make_algorithm({"hyperband": {"sampler": "bayes", "sampler_fit": sampler_fit}},
                           Space.from_config(SPACE), seed=0)
     assert isinstance(algo, Hyperband)
     by_bracket: dict[int, list[float]] = {}
     for x in range(200):
         by_bracket.setdefault(algo.bracket_of({"x": x / 200, "epochs": 1}), []).append(x / 200)
+    return algo, by_bracket
+
+
+def test_all_rungs_fit_counts_promotions_from_each_brackets_own_start() -> None:
+    """In Hyperband a configuration that starts higher has earned no promotion by being there."""
+    algo, by_bracket = hyperband_by_bracket("all_rungs")
     low, high = by_bracket[0][:2], by_bracket[1][:1]  # bracket 1 starts at rung 1 (3 epochs)
     history = [obs(low[0], 1, 0.5), obs(low[1], 1, 0.2), obs(low[1], 3, 0.4), obs(high[0], 3, 0.1)]
     algo.ladder.update(history)
     assert [o.params["x"] for o in algo.ladder.by_height(algo.start_rung)] == [low[1], high[0], low[0]]
 
 
+def test_refined_fit_ranks_at_the_lowest_rung_and_re_ranks_in_place() -> None:
+    """``sampler_fit="refined"``: reaching a rung earns nothing; a higher rung decides between those it saw."""
+    history = [obs(0.1, 1, 0.9), obs(0.2, 1, 0.3), obs(0.3, 1, 0.5), obs(0.4, 1, 0.1), obs(0.5, 1, 0.7),
+               obs(0.1, 3, 0.8),  # went on although poor (the first arrival, under the stopping rule)
+               obs(0.2, 3, 0.6), obs(0.3, 3, 0.4), obs(0.3, 9, 0.2)]
+    algo = asha(sampler={"bayes": {"n_initial_points": 3}}, min_points=3, sampler_fit="refined", rule="stopping")
+    algo.ladder.update(history)
+    told = algo._fit_observations()
+    # lowest rung: 0.4, 0.2, 0.3, 0.5, 0.1; the places of 0.2, 0.3 and 0.1 (2nd, 3rd, 5th) go to 0.3, 0.2, 0.1
+    assert [o.params["x"] for o in told] == [0.4, 0.3, 0.2, 0.5, 0.1]
+    assert {o.params["epochs"] for o in told} == {9}
+    assert [o.objective for o in told] == pytest.approx([-1.2816, -0.5244, 0.0, 0.5244, 1.2816], abs=1e-4)
+    # the control: by promotions earned, the poor early arrival 0.1 ranks above the best of the lowest rung
+    assert [o.params["x"] for o in algo.ladder.by_height(algo.start_rung)] == [0.3, 0.2, 0.1, 0.4, 0.5]
+    (params,) = algo.suggest(history, [])
+    assert algo.rung_index(params) is not None
+
+
+def test_refined_fit_merges_brackets_by_the_fraction_ranked_ahead() -> None:
+    """In Hyperband each bracket is refined on its own, then merged by place within the bracket."""
+    algo, by_bracket = hyperband_by_bracket("refined")
+    low, high = by_bracket[0][:3], by_bracket[1][:2]  # bracket 1 starts at rung 1 (3 epochs)
+    history = [obs(low[0], 1, 0.5), obs(low[1], 1, 0.2), obs(low[2], 1, 0.9), obs(low[1], 3, 0.4),
+               obs(high[0], 3, 0.1), obs(high[1], 3, 0.3)]
+    algo.ladder.update(history)
+    # bracket 0 places low[1], low[0], low[2] at 1/6, 3/6, 5/6; bracket 1 high[0], high[1] at 1/4, 3/4
+    assert [o.params["x"] for o in algo.ladder.refined(algo.start_rung)] == [low[1], high[0], low[0], high[1], low[2]]
+
+
 def test_sampler_fit_must_be_one_of_the_known_ones() -> None:
-    with pytest.raises(ConfigurationError, match="sampler_fit must be one of highest_rung, all_rungs, got 'top'"):
+    with pytest.raises(ConfigurationError,
+                       match="sampler_fit must be one of highest_rung, all_rungs, refined, got 'top'"):
         asha(sampler="bayes", sampler_fit="top")
 
 

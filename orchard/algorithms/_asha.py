@@ -49,8 +49,14 @@ default, on the objectives of the highest rung with ``min_points`` results
 configuration once, at the highest rung it completed, ordered by the
 promotions it earned and then by its objective there, and told the normal
 scores of that order (:func:`normal_scores`), so that every evaluation informs
-the model and the objective's scale does not matter. Either way it is a pure
-function of the history, like the promotions.
+the model and the objective's scale does not matter. ``sampler_fit="refined"``
+tells the same normal scores of another order (:meth:`Ladder.refined`): ranked at
+the lowest rung, then re-ranked among those that reached each higher rung, in the
+places they held. Under the ``stopping`` rule, where the first arrivals at a rung
+go on whatever they score, reaching a rung is no evidence of merit, so
+``all_rungs`` would rank a poor early arrival above every configuration stopped
+below it; ``refined`` does not. Either way it is a pure function of the history,
+like the promotions.
 
 :class:`~orchard.algorithms._hyperband.Hyperband` runs several of these ladders
 (brackets) side by side, each starting at a different rung.
@@ -73,8 +79,9 @@ __all__ = ["Asha"]
 SAMPLERS = ("random", "bayes")
 #: Promotion rules: a quota per rung, or a verdict per arrival (see the module docstring).
 RULES = ("promotion", "stopping")
-#: What a ``bayes`` sampler is fitted on: one rung's objectives, or every configuration's standing.
-SAMPLER_FITS = ("highest_rung", "all_rungs")
+#: What a ``bayes`` sampler is fitted on: one rung's objectives, or every configuration's standing
+#: (by promotions earned, or by refinement rung by rung).
+SAMPLER_FITS = ("highest_rung", "all_rungs", "refined")
 #: Draws tried before a sampler's points are taken to be exhausted.
 _SAMPLER_RETRIES = 50
 
@@ -108,6 +115,11 @@ class Asha(BaseAlgorithm):
             (:func:`normal_scores`); the model then learns from every
             evaluation, not only a top rung's few, and is blind to the
             objective's scale. Fitted once ``min_points`` configurations completed.
+            ``"refined"``: the same, in another order: every configuration ranked
+            at its bracket's lowest rung, then those that completed each higher
+            rung re-ranked among themselves by their objective there, in the
+            places they held (:meth:`Ladder.refined`); reaching a rung earns
+            nothing by itself, which suits ``rule="stopping"``.
 
     Raises:
         ConfigurationError: the space has no fidelity dimension, or an option is invalid.
@@ -326,7 +338,8 @@ class Asha(BaseAlgorithm):
             return []
         if self.options["sampler_fit"] == "highest_rung":
             return [Observation(self._top(o.params), o.objective) for o in self._fit_rung()]
-        ordered = self.ladder.by_height(self.start_rung)
+        ordered = (self.ladder.by_height(self.start_rung) if self.options["sampler_fit"] == "all_rungs"
+                   else self.ladder.refined(self.start_rung))
         if len(ordered) < self.min_points:
             return []
         return [Observation(self._top(o.params), score)

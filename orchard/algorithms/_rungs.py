@@ -170,6 +170,36 @@ class Ladder:
         ranked = sorted(heights.values(), key=lambda held: (-held[0], held[1].rank))
         return [entry.observation for _, entry in ranked]
 
+    def refined(self, start_rung: Callable[[int], int]) -> list[Observation]:
+        """Every configuration once, at the highest rung it completed, placed by refinement, best first.
+
+        Within a bracket the configurations are first ranked at its lowest rung
+        (``start_rung(bracket)``); then, rung by rung upwards, those that completed
+        the rung are re-ranked among themselves by their objective there, keeping
+        the places they held. Reaching a rung is thus never merit in itself (under
+        the ``stopping`` rule the first arrivals reach it whatever they score), while
+        a higher rung's result still decides between the configurations it saw.
+        Brackets are merged by the fraction of their own configurations ranked
+        ahead (ties: the configuration's hash), so a bracket's size does not matter.
+        """
+        placed: list[tuple[float, str, Observation]] = []
+        for bracket in sorted({b for b, _ in self.rungs}):
+            order: list[str] = []
+            standing: dict[str, Entry] = {}
+            start = start_rung(bracket)
+            for rung in sorted(r for b, r in self.rungs if b == bracket and r >= start):
+                entries = self.rungs[(bracket, rung)]
+                index = {key: i for i, key in enumerate(order)}
+                for entry in entries:
+                    if entry.key not in index:  # no result below (only at the lowest rung, normally)
+                        index[entry.key] = len(order)
+                        order.append(entry.key)
+                for place, entry in zip(sorted(index[e.key] for e in entries), entries):
+                    order[place] = entry.key
+                    standing[entry.key] = entry
+            placed += [((i + 0.5) / len(order), key, standing[key].observation) for i, key in enumerate(order)]
+        return [observation for *_, observation in sorted(placed, key=lambda p: p[:2])]
+
     def results(self, rung: int) -> list[Observation]:
         """Every completed observation at ``rung``, all brackets."""
         return [e.observation for (_, r), entries in self.rungs.items() if r == rung for e in entries]
