@@ -453,7 +453,7 @@ def report(results: Mapping[str, Sequence[dict[str, Any] | None]], wall: float, 
     method's, seed by seed; ``versus``'s own row has none.
 
     A ``None`` run is a seed the method did not run on (``--rescore --pool`` of sittings that ran
-    different methods): it is left out of that method's figures, and a ratio against random search
+    different methods): it is left out of that method's figures, and a ratio against ``versus``
     is taken only on seeds where both ran. With ``until`` (``--until-target``), runs stopped at
     the first model with error at most ``until``, so a best error is the best before that stop.
     """

@@ -409,7 +409,7 @@ def test_refined_fit_merges_brackets_by_the_fraction_ranked_ahead() -> None:
                obs(high[0], 3, 0.1), obs(high[1], 3, 0.3)]
     algo.ladder.update(history)
     # bracket 0 places low[1], low[0], low[2] at 1/6, 3/6, 5/6; bracket 1 high[0], high[1] at 1/4, 3/4
-    assert [o.params["x"] for o in algo.ladder.refined(algo.start_rung)] == [low[1], high[0], low[0], high[1], low[2]]
+    assert [o.params["x"] for o in algo.ladder.refined()] == [low[1], high[0], low[0], high[1], low[2]]
 
 
 def test_sampler_fit_must_be_one_of_the_known_ones() -> None:

@@ -339,7 +339,7 @@ class Asha(BaseAlgorithm):
         if self.options["sampler_fit"] == "highest_rung":
             return [Observation(self._top(o.params), o.objective) for o in self._fit_rung()]
         ordered = (self.ladder.by_height(self.start_rung) if self.options["sampler_fit"] == "all_rungs"
-                   else self.ladder.refined(self.start_rung))
+                   else self.ladder.refined())
         if len(ordered) < self.min_points:
             return []
         return [Observation(self._top(o.params), score)

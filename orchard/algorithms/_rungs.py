@@ -170,11 +170,11 @@ class Ladder:
         ranked = sorted(heights.values(), key=lambda held: (-held[0], held[1].rank))
         return [entry.observation for _, entry in ranked]
 
-    def refined(self, start_rung: Callable[[int], int]) -> list[Observation]:
+    def refined(self) -> list[Observation]:
         """Every configuration once, at the highest rung it completed, placed by refinement, best first.
 
         Within a bracket the configurations are first ranked at its lowest rung
-        (``start_rung(bracket)``); then, rung by rung upwards, those that completed
+        (``locate`` places no point below it); then, rung by rung upwards, those that completed
         the rung are re-ranked among themselves by their objective there, keeping
         the places they held. Reaching a rung is thus never merit in itself (under
         the ``stopping`` rule the first arrivals reach it whatever they score), while
@@ -186,8 +186,7 @@ class Ladder:
         for bracket in sorted({b for b, _ in self.rungs}):
             order: list[str] = []
             standing: dict[str, Entry] = {}
-            start = start_rung(bracket)
-            for rung in sorted(r for b, r in self.rungs if b == bracket and r >= start):
+            for rung in sorted(r for b, r in self.rungs if b == bracket):
                 entries = self.rungs[(bracket, rung)]
                 index = {key: i for i, key in enumerate(order)}
                 for entry in entries:
