@@ -220,9 +220,13 @@ def browser() -> Iterator[Any]:
 
 
 def wait_for(browser: Any, check: Callable[[Any], Any], timeout: float = 30.0) -> Any:
+    """Poll ``check`` until it is truthy. An element that the page re-rendered between finding it
+    and reading it (stale) means: poll again, like an element not found yet."""
+    from selenium.common.exceptions import StaleElementReferenceException
     from selenium.webdriver.support.ui import WebDriverWait
 
-    return WebDriverWait(browser, timeout, poll_frequency=0.2).until(check)
+    return WebDriverWait(browser, timeout, poll_frequency=0.2,
+                         ignored_exceptions=(StaleElementReferenceException,)).until(check)
 
 
 def text_of(browser: Any, css: str) -> str:
