@@ -25,6 +25,7 @@ from orchard.errors import (
     OrchardError,
 )
 from orchard.executors import make_executor, shares_environment
+from orchard.executors.task import WorkerTask, run_worker
 from orchard.experiment_config import ExperimentConfig
 from orchard.monitor import ProgressMonitor
 from orchard.naming import check_experiment_name
@@ -34,7 +35,7 @@ from orchard.space import Space
 from orchard.storages import BaseStorage, get_storage
 from orchard.storages.base import ExperimentRecord
 from orchard.trial import Trial, TrialStatus
-from orchard.worker import Worker, WorkerSettings, WorkerTask, run_worker
+from orchard.worker import Worker, WorkerSettings
 
 __all__ = ["Experiment", "build_experiment", "get_experiment"]
 

@@ -1,4 +1,4 @@
-"""Experiment names, and folder names derived from names and ids.
+"""Experiment names, worker identities, and folder names derived from names and ids.
 
 An experiment's name is also the name of its folder of trial folders
 (``./orchard-runs/NAME`` by default), so a name must be one harmless path
@@ -11,16 +11,22 @@ component. A valid name:
 Anything that becomes a folder from a stored value (a name, a trial id) goes
 through :func:`folder_in`, which refuses a value that would leave its base folder
 even if the storage was written by something else.
+
+A worker's identity, written into every reservation it holds, is
+``host:pid:uuid`` (:func:`worker_name`): the host and pid say where it runs,
+the uuid tells apart two workers of one process.
 """
 
 from __future__ import annotations
 
 import os
 import re
+import socket
+import uuid
 
 from orchard.errors import ConfigurationError
 
-__all__ = ["MAX_NAME_LENGTH", "NAME_RULE", "check_experiment_name", "folder_in"]
+__all__ = ["MAX_NAME_LENGTH", "NAME_RULE", "check_experiment_name", "folder_in", "worker_name"]
 
 MAX_NAME_LENGTH = 128
 NAME_RULE = (f"1 to {MAX_NAME_LENGTH} characters among letters, digits and . _ - + = @, "
@@ -72,3 +78,8 @@ def folder_in(base: str, part: str) -> str:
             "rename the experiment (see orchard.naming) or check the storage for tampered records"
         )
     return os.path.join(base, part)
+
+
+def worker_name() -> str:
+    """A unique worker identity: ``host:pid:uuid``."""
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"

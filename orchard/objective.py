@@ -5,14 +5,9 @@ An objective ``fn(**params)`` returns a float, or a mapping with key
 timeout or too much memory produces an :class:`Outcome` carrying an error
 record instead, and the trial is marked broken by the worker.
 
-Under a limit the objective runs in a forked child, in a process group of its
-own, that sends its outcome back as one length-prefixed frame::
-
-    worker ──fork──> child: setpgid, PR_SET_PDEATHSIG, fn(**params), write frame, _exit
-      └─ reads the frame as soon as it is whole (not at end-of-file: a process the
-         objective left running may hold the pipe), samples the tree's memory,
-         watches the clock; kills the whole group on return, timeout, memory,
-         cancellation or KeyboardInterrupt
+Under a limit (``trial_timeout``, ``trial_memory_limit``) the objective runs
+in a forked child in a process group of its own (:mod:`orchard.isolation`),
+which is killed past the limit or when the worker loses the trial.
 
 While it runs, :func:`current_trial` tells the objective which trial it is
 evaluating (id, params, the ``parent`` a multi-fidelity promotion came from,
@@ -23,25 +18,19 @@ its parent's checkpoint.
 from __future__ import annotations
 
 import abc
-import contextlib
 import dataclasses
+import functools
 import inspect
 import json
 import math
-import multiprocessing
 import os
-import pickle
-import select
-import signal
-import struct
-import time
 import traceback
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from orchard.current import CurrentTrial, current_trial, evaluating
 from orchard.errors import ConfigurationError
-from orchard.resources import SAMPLE_INTERVAL, MemoryWatch, hold_group, kill_tree
+from orchard.isolation import ForkedCall, Stopped, call_spawned, hold_group
 from orchard.space import to_builtin
 from orchard.trial import Trial
 
@@ -216,11 +205,12 @@ def call_objective(
             return interpret_result(fn(**params))
         except Exception as err:  # the objective's own failure marks the trial broken
             return Outcome.from_exception(err)
+    job = functools.partial(_evaluate_for_parent, fn, dict(params))
     if not hasattr(os, "fork"):
         if memory_limit is not None:
             raise ConfigurationError("trial_memory_limit needs os.fork (Linux, macOS); drop it on this platform")
-        return _call_in_spawned_child(fn, dict(params), timeout)  # type: ignore[arg-type]
-    return _ForkedEvaluation(fn, dict(params)).result(timeout, memory_limit)
+        return _outcome_of(call_spawned(job, timeout), timeout)  # type: ignore[arg-type]
+    return _outcome_of(ForkedCall(job).result(timeout, memory_limit), timeout)
 
 
 class ObjectiveEvaluator(TrialEvaluator):
@@ -245,17 +235,17 @@ class ObjectiveEvaluator(TrialEvaluator):
                  memory_limit: int | None = None, working_dir: str | None = None) -> None:
         self.fn, self.timeout, self.memory_limit = fn, timeout, memory_limit
         self.working_dir = working_dir
-        self._running: dict[str, _ForkedEvaluation] = {}
+        self._running: dict[str, ForkedCall] = {}
 
     def __call__(self, trial: Trial) -> Outcome:
         """Evaluate ``trial``'s params (see :func:`call_objective`) as the :func:`current_trial`."""
         with evaluating(trial, self.working_dir):  # a forked child inherits it
             if (self.timeout is None and self.memory_limit is None) or not hasattr(os, "fork"):
                 return call_objective(self.fn, trial.params, self.timeout, self.memory_limit)
-            child = _ForkedEvaluation(self.fn, dict(trial.params))
+            child = ForkedCall(functools.partial(_evaluate_for_parent, self.fn, dict(trial.params)))
             self._running[trial.id] = child
             try:
-                return child.result(self.timeout, self.memory_limit)
+                return _outcome_of(child.result(self.timeout, self.memory_limit), self.timeout)
             finally:
                 self._running.pop(trial.id, None)
 
@@ -279,182 +269,18 @@ def _evaluate_for_parent(fn: Callable[..., Any], params: dict[str, Any]) -> Outc
         return Outcome.from_exception(err)
 
 
-_FRAME_HEADER = struct.Struct(">Q")
-#: Seconds between checks that the child is still alive, when nothing else wakes the reader.
-_EXIT_CHECK = 0.5
-
-
-class _ForkedEvaluation:
-    """One evaluation in a bare ``os.fork`` child, in a process group of its own.
-
-    ``os.fork`` needs no pickling of ``fn`` and works inside daemonic processes such
-    as Dask workers, where multiprocessing refuses children. The child sends one
-    length-prefixed frame and exits, so the result is read as soon as the objective
-    returns, even if it left processes running that inherited the pipe. On Linux the
-    child dies with the worker (``PR_SET_PDEATHSIG``).
-    """
-
-    def __init__(self, fn: Callable[..., Any], params: dict[str, Any]) -> None:
-        read_fd, write_fd = os.pipe()
-        pid = os.fork()
-        if pid == 0:
-            _child_main(fn, params, read_fd, write_fd)
-        os.close(write_fd)
-        with contextlib.suppress(OSError):
-            os.setpgid(pid, pid)  # also done by the child: whichever runs first
-        self.pid, self._fd = pid, read_fd
-        self._buffer = bytearray()
-        self._cancelled = False
-
-    def cancel(self) -> None:
-        """Kill the evaluation's process group now; :meth:`result` then reports it cancelled."""
-        self._cancelled = True
-        kill_tree(self.pid)
-
-    def result(self, timeout: float | None, memory_limit: int | None) -> Outcome:
-        """Wait for the outcome, enforcing the limits; the child and its group are gone on return.
-
-        ``KeyboardInterrupt`` (and any other exception) kills the child before it propagates.
-        """
-        try:
-            return self._collect(timeout, memory_limit)
-        finally:
-            kill_tree(self.pid)  # processes the objective left running, or the child itself
-            with contextlib.suppress(ChildProcessError):
-                os.waitpid(self.pid, 0)
-            os.close(self._fd)
-
-    def _collect(self, timeout: float | None, memory_limit: int | None) -> Outcome:
-        deadline = None if timeout is None else time.monotonic() + timeout
-        watch = MemoryWatch(self.pid, memory_limit) if memory_limit is not None else None
-        while True:
-            frame = self._frame()
-            if frame is not None:
-                return pickle.loads(frame)  # type: ignore[no-any-return]
-            if self._cancelled:
-                return _cancelled()
-            now = time.monotonic()
-            if deadline is not None and now >= deadline:
-                kill_tree(self.pid)
-                return _timed_out(timeout)  # type: ignore[arg-type]
-            wait = SAMPLE_INTERVAL if watch is not None else _EXIT_CHECK
-            if deadline is not None:
-                wait = min(wait, deadline - now)
-            if not self._read(wait):
-                return self._frame_or_crash()
-            if watch is not None and self._frame() is None and watch.sample():
-                kill_tree(self.pid)
-                message, details = watch.failure_details("the objective's process tree")
-                return Outcome.failure("MemoryError", message, **details)
-
-    def _read(self, wait: float) -> bool:
-        """Read what arrives within ``wait`` seconds; return False once the child is gone."""
-        if select.select([self._fd], [], [], max(wait, 0.0))[0]:
-            chunk = os.read(self._fd, 1 << 16)
-            self._buffer += chunk
-            return bool(chunk)
-        return not self._exited()
-
-    def _exited(self) -> bool:
-        """Whether the child has exited (it stays a zombie, so its pid cannot be reused yet)."""
-        try:
-            return os.waitid(os.P_PID, self.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None
-        except ChildProcessError:
-            return True
-
-    def _frame(self) -> bytes | None:
-        if len(self._buffer) < _FRAME_HEADER.size:
-            return None
-        (size,) = _FRAME_HEADER.unpack_from(self._buffer)
-        end = _FRAME_HEADER.size + size
-        return bytes(self._buffer[_FRAME_HEADER.size:end]) if len(self._buffer) >= end else None
-
-    def _frame_or_crash(self) -> Outcome:
-        """The child is gone: read what it left in the pipe; without a whole frame, it crashed."""
-        while select.select([self._fd], [], [], 0)[0]:
-            chunk = os.read(self._fd, 1 << 16)
-            if not chunk:
-                break
-            self._buffer += chunk
-        frame = self._frame()
-        if frame is not None:
-            return pickle.loads(frame)  # type: ignore[no-any-return]
-        if self._cancelled:
-            return _cancelled()
-        return Outcome.failure("WorkerCrashed", f"the objective's process died with {self._exit_status()}")
-
-    def _exit_status(self) -> str:
-        """How the child ended, without reaping it (so ``kill_tree`` cannot hit a reused pid)."""
-        try:
-            info = os.waitid(os.P_PID, self.pid, os.WEXITED | os.WNOWAIT)
-        except ChildProcessError:
-            return "an unknown status"
-        if info is not None and info.si_code in (os.CLD_KILLED, os.CLD_DUMPED):
-            return f"signal {signal.Signals(info.si_status).name}"
-        return f"exit code {info.si_status if info is not None else '?'}"
-
-
-def _child_main(fn: Callable[..., Any], params: dict[str, Any], read_fd: int, write_fd: int) -> None:
-    """The forked child: evaluate, send one frame, leave without cleanup (never returns)."""
-    try:
-        os.close(read_fd)
-        with contextlib.suppress(OSError):
-            os.setpgid(0, 0)
-        _die_with_parent()
-        payload = pickle.dumps(_evaluate_for_parent(fn, params))
-        with os.fdopen(write_fd, "wb") as pipe:
-            pipe.write(_FRAME_HEADER.pack(len(payload)) + payload)
-    finally:
-        os._exit(0)
-
-
-def _die_with_parent() -> None:
-    """Ask Linux to SIGKILL this process when the thread that forked it dies (no-op elsewhere)."""
-    try:
-        import ctypes
-
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-    except (OSError, AttributeError):
-        pass
-
-
-def _timed_out(timeout: float) -> Outcome:
-    return Outcome.failure(
-        "TimeoutError", f"objective ran longer than trial_timeout={timeout:g} s and was killed",
-        reason="timeout",
-    )
-
-
-def _cancelled() -> Outcome:
-    return Outcome.failure("Cancelled", "the evaluation was killed because the worker lost its reservation",
-                           reason="cancelled")
-
-
-def _spawned_child_main(fn: Callable[..., Any], params: dict[str, Any], conn: Any) -> None:
-    conn.send(_evaluate_for_parent(fn, params))
-    conn.close()
-
-
-def _call_in_spawned_child(fn: Callable[..., Any], params: dict[str, Any], timeout: float) -> Outcome:
-    """The fallback where ``os.fork`` does not exist: a spawned process (``fn`` must pickle)."""
-    ctx = multiprocessing.get_context("spawn")
-    receiver, sender = ctx.Pipe(duplex=False)
-    child = ctx.Process(target=_spawned_child_main, args=(fn, params, sender))  # type: ignore[attr-defined]
-    child.start()
-    sender.close()
-    try:
-        if not receiver.poll(timeout):
-            return _timed_out(timeout)
-        try:
-            return receiver.recv()  # type: ignore[no-any-return]
-        except EOFError:
-            child.join(5)
-            return Outcome.failure(
-                "WorkerCrashed", f"the objective's process died with exit code {child.exitcode}"
-            )
-    finally:
-        if child.is_alive():
-            child.kill()
-        child.join(5)
-        receiver.close()
+def _outcome_of(value: object, timeout: float | None) -> Outcome:
+    """The outcome of an isolated call: the child's own, or why it gave none."""
+    if not isinstance(value, Stopped):
+        return value  # type: ignore[return-value]  # the child ran _evaluate_for_parent
+    if value.reason == "timeout":
+        return Outcome.failure(
+            "TimeoutError", f"objective ran longer than trial_timeout={timeout:g} s and was killed",
+            reason="timeout")
+    if value.reason == "memory":
+        message, details = value.memory_failure("the objective's process tree")
+        return Outcome.failure("MemoryError", message, **details)
+    if value.reason == "cancelled":
+        return Outcome.failure("Cancelled", "the evaluation was killed because the worker lost its reservation",
+                               reason="cancelled")
+    return Outcome.failure("WorkerCrashed", f"the objective's process died with {value.how}")

@@ -3,11 +3,8 @@
 Memory: ``trial_memory_limit`` is parsed once at the edge by :func:`parse_memory`
 (bytes, or text such as ``"4GB"``, ``"512 MiB"``). An evaluation under a limit runs
 in a child process (as under ``trial_timeout``) whose whole process tree's
-*resident* memory a :class:`MemoryWatch` samples every :data:`SAMPLE_INTERVAL`
-seconds; past the limit the evaluation is killed and the trial broken with
-reason ``memory`` and the peak seen. Resident memory, not address space, so a
-process that maps large (e.g. GPU) address ranges it does not touch is not
-killed for them.
+resident memory :mod:`orchard.isolation` watches; past the limit the evaluation
+is killed and the trial broken with reason ``memory`` and the peak seen.
 
 GPUs: :func:`assign_devices` deals ``CUDA_VISIBLE_DEVICES`` values to local
 workers round-robin from the list the user gave; :func:`visible_devices` sets
@@ -22,29 +19,24 @@ from __future__ import annotations
 import contextlib
 import os
 import re
-import signal
 from collections.abc import Iterator, Sequence
 from typing import Any
 
 from orchard.errors import ConfigurationError
+from orchard.naming import worker_name
 
 __all__ = [
+    "DEVICES_ENV",
     "DEVICES_MARK",
-    "SAMPLE_INTERVAL",
-    "MemoryWatch",
     "assign_devices",
     "devices_of",
     "format_bytes",
-    "hold_group",
-    "kill_tree",
     "parse_gpus",
     "parse_memory",
     "visible_devices",
     "worker_label",
 ]
 
-#: Seconds between two samples of an evaluation's resident memory.
-SAMPLE_INTERVAL = 0.1
 #: What separates a worker's identity from the devices it was given, in its name.
 DEVICES_MARK = "/gpus="
 DEVICES_ENV = "CUDA_VISIBLE_DEVICES"
@@ -99,75 +91,6 @@ def format_bytes(size: float) -> str:
         if size >= scale:
             return f"{size / scale:.3g} {unit}"
     return f"{int(size)} B"
-
-
-class MemoryWatch:
-    """Samples the resident memory of a process and all its descendants.
-
-    Args:
-        pid: the root of the process tree (an evaluation's child or script).
-        limit: bytes; :meth:`sample` reports when the tree's total passes it.
-    """
-
-    def __init__(self, pid: int, limit: int) -> None:
-        import psutil
-
-        self.limit = limit
-        self.peak = 0
-        self._root = psutil.Process(pid)
-
-    def sample(self) -> bool:
-        """Measure the tree once, keep the peak; return whether the limit is passed."""
-        import psutil
-
-        total = 0
-        try:
-            processes = [self._root, *self._root.children(recursive=True)]
-        except psutil.Error:  # the root is gone: nothing left to measure
-            return False
-        for process in processes:
-            try:
-                total += process.memory_info().rss
-            except psutil.Error:  # exited between the listing and the reading
-                continue
-        self.peak = max(self.peak, total)
-        return total > self.limit
-
-    def failure_details(self, what: str) -> tuple[str, dict[str, Any]]:
-        """The message and error fields of a trial killed for its memory."""
-        message = (f"{what} used {format_bytes(self.peak)} of resident memory, more than "
-                   f"trial_memory_limit={format_bytes(self.limit)}, and was killed")
-        return message, {"reason": "memory", "peak_memory": self.peak, "memory_limit": self.limit}
-
-
-def hold_group(pgid: int, held: bool) -> None:
-    """Pause (SIGSTOP) or resume (SIGCONT) a whole process group; a group that is gone is ignored."""
-    try:
-        os.killpg(pgid, signal.SIGSTOP if held else signal.SIGCONT)
-    except (ProcessLookupError, PermissionError):
-        pass
-
-
-def kill_tree(pid: int, group: bool = True) -> None:
-    """SIGKILL the process group led by ``pid`` and every descendant of ``pid`` at once.
-
-    Descendants are listed before anything is killed, so those that left the group
-    (``setsid``) are found while they are still the tree's.
-    """
-    try:
-        import psutil
-
-        descendants = psutil.Process(pid).children(recursive=True)
-    except Exception:
-        descendants = []
-    if group:
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(pid, signal.SIGKILL)
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.kill(pid, signal.SIGKILL)
-    for process in descendants:
-        with contextlib.suppress(Exception):
-            process.kill()
 
 
 # -- GPUs ---------------------------------------------------------------------------
@@ -268,7 +191,5 @@ def devices_of(worker: str | None) -> str | None:
 
 def worker_label(devices: str | None) -> str:
     """A new worker identity, ``host:pid:uuid``, followed by ``/gpus=DEVICES`` when it has devices."""
-    from orchard.worker import worker_name
-
     name = worker_name()
     return f"{name}{DEVICES_MARK}{devices}" if devices else name

@@ -13,7 +13,8 @@ There is no master. :meth:`Worker.run` repeats three public steps::
 
 ``Experiment.suggest/observe/release`` (ask and tell) call the same steps.
 Every race is settled by an atomic storage verb; the loop itself keeps no
-state another worker depends on. :func:`run_worker` is what executors run.
+state another worker depends on. What executors run is
+:func:`orchard.executors.task.run_worker`.
 """
 
 from __future__ import annotations
@@ -22,11 +23,8 @@ import contextlib
 import dataclasses
 import gc
 import logging
-import os
-import socket
 import threading
 import time
-import uuid
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -51,9 +49,9 @@ from orchard.experiment_config import (
 )
 from orchard.history import History
 from orchard.leases import LeaseObserver
-from orchard.objective import ObjectiveEvaluator, Outcome, TrialEvaluator
+from orchard.naming import worker_name
+from orchard.objective import Outcome
 from orchard.pacemaker import Pacemaker
-from orchard.resources import DEVICES_ENV, visible_devices, worker_label
 from orchard.space import trial_id as params_trial_id
 from orchard.storages.base import BaseStorage
 from orchard.storages.retrying import RetryingStorage
@@ -66,9 +64,7 @@ __all__ = [
     "Worker",
     "WorkerReport",
     "WorkerSettings",
-    "WorkerTask",
-    "run_worker",
-    "worker_name",
+    "worker_name",  # re-exported: a worker's identity (orchard.naming)
 ]
 
 log = logging.getLogger(__name__)
@@ -112,11 +108,6 @@ def _fewer_collections() -> Iterator[None]:
             _workers_running -= 1
             if _workers_running == 0:
                 gc.set_threshold(*_thresholds_before)
-
-
-def worker_name() -> str:
-    """A unique worker identity: ``host:pid:uuid``."""
-    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -469,45 +460,3 @@ class Worker:
         except Exception as err:  # noqa: BLE001 -- the heartbeat thread must survive a faulty evaluator
             log.warning("%s of trial %s failed: %s: %s", method, trial_id, type(err).__name__, err)
         return True
-
-
-@dataclasses.dataclass
-class WorkerTask:
-    """Everything one worker process needs; picklable so executors can ship it."""
-
-    storage: BaseStorage
-    experiment_id: str
-    settings: WorkerSettings
-    fn: Callable[..., Any]
-    trial_timeout: float | None = None
-    label: str | None = None
-    working_dir: str | None = None  # per-trial folders of orchard.current_trial()
-    memory_limit: int | None = None  # bytes, for a Python fn (a TrialEvaluator has its own)
-    devices: str | None = None  # CUDA_VISIBLE_DEVICES of this worker; None leaves the environment alone
-
-
-def run_worker(task: WorkerTask) -> WorkerReport:
-    """Run one worker loop to its end (the function executors run remotely).
-
-    A :class:`~orchard.objective.TrialEvaluator` ``fn`` (``orchard hunt``'s script
-    runner) is called with the whole reserved trial and returns the Outcome itself;
-    any other callable is called as ``fn(**params)``, in a watched child when a
-    timeout or memory limit is set. The worker sees ``task.devices`` as
-    ``CUDA_VISIBLE_DEVICES`` for its lifetime and carries them in its name.
-
-    Args:
-        task: the storage, experiment, settings, objective and resources.
-
-    Returns:
-        The worker's report.
-    """
-    fn = task.fn
-    evaluate = fn if isinstance(fn, TrialEvaluator) else ObjectiveEvaluator(
-        fn, task.trial_timeout, task.memory_limit, task.working_dir)
-    with visible_devices(task.devices):
-        worker = Worker(task.storage, task.experiment_id, task.settings, evaluate,
-                        name=worker_label(os.environ.get(DEVICES_ENV)), label=task.label)
-        try:
-            return worker.run()
-        finally:
-            task.storage.close()

@@ -23,9 +23,10 @@ from orchard.cli._args import UsageError, add_common, add_name, format_params
 from orchard.trial import TrialStatus
 
 if TYPE_CHECKING:  # pragma: no cover
+    from orchard.command import CommandTemplate
     from orchard.config import Settings
     from orchard.experiment import Experiment
-    from orchard.runner import CommandTemplate, ScriptRunner
+    from orchard.runner import ScriptRunner
     from orchard.storages import BaseStorage
 
 __all__ = ["add_parser", "run"]
@@ -147,8 +148,8 @@ def _hunt(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _template(tokens: list[str], file_space: Mapping[str, str] | None) -> CommandTemplate:
+    from orchard.command import CommandTemplate, resolve_program
     from orchard.errors import ConfigurationError
-    from orchard.runner import CommandTemplate, resolve_program
 
     template = CommandTemplate.parse(tokens)
     if template.slots[0].dimension is not None:
@@ -249,8 +250,8 @@ def _reserved_by(experiment: Experiment, pids: set[int]) -> set[str]:
 
 
 def _work(experiment: Experiment, template: CommandTemplate, settings: Settings) -> int:
-    from orchard.resources import parse_memory
     from orchard.naming import folder_in
+    from orchard.resources import parse_memory
     from orchard.runner import ScriptRunner
 
     base = (settings.get("working_dir") or experiment.settings.working_dir

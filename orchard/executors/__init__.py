@@ -2,7 +2,7 @@
 
 Each backend is a factory ``(n_workers, config) -> context manager yielding a
 concurrent.futures.Executor``. The executor runs whole worker loops
-(:func:`orchard.worker.run_worker`); no backend makes an optimization
+(:func:`orchard.executors.task.run_worker`); no backend makes an optimization
 decision.
 
 ========== =====================================================================

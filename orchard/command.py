@@ -1,0 +1,195 @@
+"""The command template of ``orchard hunt``: the search space in a command, and one trial's argv.
+
+The command given to ``hunt`` is a template. Tokens that carry a prior define
+the search space, and are replaced by the trial's value when it runs:
+
+=============================  =====================  =================================
+token                          dimension              rendered as
+=============================  =====================  =================================
+``--lr~'loguniform(1e-5, 1)'``  ``lr``                 ``--lr=0.0031``
+``-lr~'loguniform(1e-5, 1)'``   ``lr``                 ``-lr 0.0031`` (two tokens)
+``lr~'loguniform(1e-5, 1)'``    ``lr``                 ``lr=0.0031`` (Hydra-style override)
+=============================  =====================  =================================
+
+Dashes and dots in an option name become underscores in the dimension name
+(``--learning-rate~…`` is the dimension ``learning_rate`` but is still rendered
+as ``--learning-rate=…``). The bare form is only recognised when what follows
+``~`` looks like a prior call, so paths such as ``~/data`` are left alone.
+The placeholders ``{trial.id}``, ``{trial.working_dir}``,
+``{trial.parent_working_dir}`` and ``{exp.name}`` are substituted in every
+other token (``{trial.parent_working_dir}`` is empty unless the trial is a
+multi-fidelity promotion).
+
+:func:`resolve_program` checks, before anything is stored, that the program
+(and the script an interpreter runs) exist, and makes them absolute: each
+trial runs in its own folder.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+import shutil
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from orchard.errors import ConfigurationError, SpaceError
+
+__all__ = ["CommandTemplate", "resolve_program"]
+
+_DIMENSION = re.compile(r"^(?P<dashes>-{0,2})(?P<option>[A-Za-z_][A-Za-z0-9_.-]*)~(?P<prior>.*)$", re.DOTALL)
+_PRIOR_CALL = re.compile(r"^\s*[A-Za-z_]\w*\s*\(")
+# looks like a dimension (dashes or nothing, then ~prior(...)) but its name is empty or invalid
+_BAD_DIMENSION = re.compile(r"^(-{1,2}[^=~]*|)~\s*[A-Za-z_]\w*\s*\(")
+_INTERPRETERS = re.compile(r"^(python[\d.]*|pypy[\d.]*|bash|sh|zsh|Rscript|julia|node|perl|ruby)$")
+_SCRIPT_SUFFIXES = (".py", ".sh", ".R", ".r", ".jl", ".js", ".pl", ".rb")
+
+
+@dataclasses.dataclass(frozen=True)
+class _Slot:
+    """One token of the command: literal text, or a dimension rendered per trial."""
+
+    text: str
+    dimension: str | None = None
+    dashes: str = ""
+
+
+@dataclasses.dataclass(frozen=True)
+class CommandTemplate:
+    """A parsed ``hunt`` command: its tokens and the search space they define."""
+
+    slots: tuple[_Slot, ...]
+    space: dict[str, str]
+
+    @classmethod
+    def parse(cls, tokens: Sequence[str]) -> CommandTemplate:
+        """Find the ``name~prior`` tokens of a command.
+
+        Raises:
+            SpaceError: a prior cannot be parsed, or a dimension is defined twice.
+            ConfigurationError: the command is empty.
+        """
+        from orchard.space import parse_prior
+
+        if not tokens:
+            raise ConfigurationError(
+                "no command given to run; put it after the hunt options, "
+                "e.g. orchard hunt -n exp python train.py --lr~'loguniform(1e-5, 1)'"
+            )
+        slots: list[_Slot] = []
+        space: dict[str, str] = {}
+        for token in tokens:
+            match = _DIMENSION.match(token)
+            if match is None and _BAD_DIMENSION.match(token):
+                raise SpaceError(f"token {token!r} defines a dimension without a valid name; write "
+                                 "--name~'prior' with a name of letters, digits and _ (e.g. --lr~'uniform(0, 1)')")
+            if match is None or (not match["dashes"] and not _PRIOR_CALL.match(match["prior"])):
+                slots.append(_Slot(token))
+                continue
+            name = re.sub(r"[-.]", "_", match["option"])
+            if name in space:
+                raise SpaceError(f"dimension {name!r} is defined twice in the command (token {token!r})")
+            parse_prior(name, match["prior"])  # fail early, naming the dimension
+            space[name] = match["prior"]
+            slots.append(_Slot(match["option"], name, match["dashes"]))
+        return cls(tuple(slots), space)
+
+    def with_dimensions(self, space: Mapping[str, str]) -> CommandTemplate:
+        """Return a template that also passes the dimensions of ``space`` it lacks, as ``--name=value``."""
+        extra = [_Slot(name, name, "--") for name in space if name not in self.space]
+        merged = {**self.space, **{name: space[name] for name in space if name not in self.space}}
+        return CommandTemplate(self.slots + tuple(extra), merged)
+
+    def with_program(self, program: str, script: tuple[int, str] | None = None) -> CommandTemplate:
+        """Return a template whose first token (and script token ``(index, path)``) are replaced."""
+        slots = list(self.slots)
+        slots[0] = _Slot(program)
+        if script is not None:
+            slots[script[0]] = _Slot(script[1])
+        return dataclasses.replace(self, slots=tuple(slots))
+
+    @property
+    def tokens(self) -> list[str]:
+        """The literal tokens (dimension slots as their option names)."""
+        return [slot.text for slot in self.slots]
+
+    def render(self, params: Mapping[str, Any], placeholders: Mapping[str, str]) -> list[str]:
+        """Return the argv of one trial: values in place of priors, placeholders substituted."""
+        argv: list[str] = []
+        for slot in self.slots:
+            if slot.dimension is None:
+                argv.append(_substitute(slot.text, placeholders))
+            elif slot.dashes == "-":
+                argv += [f"-{slot.text}", _format_value(params[slot.dimension])]
+            else:
+                argv.append(f"{slot.dashes}{slot.text}={_format_value(params[slot.dimension])}")
+        return argv
+
+
+def _substitute(text: str, placeholders: Mapping[str, str]) -> str:
+    if "{" not in text:
+        return text
+    for key, value in placeholders.items():
+        text = text.replace("{" + key + "}", value)
+    return text
+
+
+def _format_value(value: Any) -> str:
+    return repr(value) if isinstance(value, float) else str(value)
+
+
+def resolve_program(tokens: Sequence[str], cwd: str | None = None) -> tuple[str, tuple[int, str] | None]:
+    """Check that a command's program (and the script an interpreter runs) exist.
+
+    Args:
+        tokens: the command's tokens.
+        cwd: the directory relative paths are resolved against (default: the current one).
+
+    Returns:
+        The program's absolute path, and ``(index, absolute path)`` of the script
+        token when the program is an interpreter such as ``python`` (else ``None``).
+
+    Raises:
+        ConfigurationError: the program or script does not exist or cannot be executed.
+    """
+    here = cwd or os.getcwd()
+    program = tokens[0]
+    found = shutil.which(program)
+    if os.sep in program or (found is None and os.path.isfile(os.path.join(here, program))):
+        found = _check_file(program, here)
+    if found is None:
+        raise ConfigurationError(
+            f"command {program!r} not found on PATH nor as a file in {here}; "
+            "check the command given to hunt, e.g. 'python train.py ...'"
+        )
+    script = _find_script(tokens, here) if _INTERPRETERS.match(os.path.basename(program)) else None
+    return os.path.abspath(found), script
+
+
+def _check_file(program: str, here: str) -> str:
+    path = os.path.join(here, program)
+    if not os.path.isfile(path):
+        raise ConfigurationError(f"script {program!r} not found (no such file in {here}); check the command")
+    if not os.access(path, os.X_OK):
+        raise ConfigurationError(
+            f"script {program!r} is not executable; run 'chmod +x {program}' "
+            f"or start it through its interpreter, e.g. 'python {program}'"
+        )
+    return path
+
+
+def _find_script(tokens: Sequence[str], here: str) -> tuple[int, str] | None:
+    """The interpreter's script argument, made absolute (trials run in their own folders)."""
+    for index, token in enumerate(tokens[1:], start=1):
+        if token in ("-m", "-c", "-e", "--eval"):
+            return None
+        if token.startswith("-") or "~" in token:
+            continue
+        path = os.path.join(here, token)
+        if os.path.isfile(path):
+            return index, os.path.abspath(path)
+        if token.endswith(_SCRIPT_SUFFIXES):
+            raise ConfigurationError(f"script {token!r} not found in {here}; check the command given to hunt")
+        return None
+    return None
