@@ -13,6 +13,7 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
+from orchard.clock import SYSTEM_CLOCK, Clock
 from orchard.errors import OrchardError
 from orchard.history import History
 from orchard.storages.base import BaseStorage
@@ -39,6 +40,7 @@ class ProgressMonitor:
         on_result: called with each newly completed trial.
         on_error: called with each newly broken trial.
         show_bar: draw a ``tqdm`` progress bar.
+        clock: what its ticks are timed with (default: the system's).
     """
 
     def __init__(
@@ -50,7 +52,9 @@ class ProgressMonitor:
         on_result: Callable[[Trial], None] | None = None,
         on_error: Callable[[Trial], None] | None = None,
         show_bar: bool = False,
+        clock: Clock = SYSTEM_CLOCK,
     ) -> None:
+        self._clock = clock
         self._history = History(storage, experiment_id)
         self._label, self._total = label, max_trials
         self._callbacks = {TrialStatus.COMPLETED: on_result, TrialStatus.BROKEN: on_error}
@@ -77,7 +81,7 @@ class ProgressMonitor:
                 self._bar.close()
 
     def _watch(self) -> None:
-        while not self._stop.wait(TICK):
+        while not self._clock.wait(self._stop, TICK):
             try:
                 self._tick()
             except OrchardError:  # the workers report storage problems themselves

@@ -19,9 +19,9 @@ from __future__ import annotations
 
 import logging
 import threading
-import time
 from collections.abc import Callable
 
+from orchard.clock import SYSTEM_CLOCK, Clock
 from orchard.errors import ReservationLostError, StorageError
 from orchard.storages.base import BaseStorage
 
@@ -48,14 +48,16 @@ class Pacemaker:
     lands (a later answer only triggers another beat at once); while in doubt, the
     hold is repeated every watchdog tick. :attr:`failed_at` tells when a heartbeat
     last failed to reach the storage. Give it a storage that does
-    not retry: it tries again every beat by itself.
+    not retry: it tries again every beat by itself. All its times are read from
+    and waited on ``clock`` (default: the system's).
     """
 
     def __init__(self, storage: BaseStorage, worker: str, every: float,
                  on_lost: Callable[[str], None] | None = None,
                  on_doubt: Callable[[str, bool], None] | None = None,
-                 doubt_after: float | None = None) -> None:
+                 doubt_after: float | None = None, clock: Clock = SYSTEM_CLOCK) -> None:
         self._storage, self._worker, self._every = storage, worker, every
+        self._clock = clock
         self._on_lost, self._on_doubt = on_lost, on_doubt
         self._doubt_after = 2.0 * every if doubt_after is None else doubt_after
         self._confirmed: dict[str, float] = {}  # trial id -> when its lease was last known good
@@ -78,7 +80,7 @@ class Pacemaker:
         with self._lock:
             self._watched.add(trial_id)
             self._lost.discard(trial_id)
-            self._confirmed[trial_id] = now = time.monotonic()  # just reserved
+            self._confirmed[trial_id] = now = self._clock.monotonic()  # just reserved
             self._due[trial_id] = now + self._every
             if self._thread is None:
                 self._thread = threading.Thread(target=self._beat, name="orchard-pacemaker", daemon=True)
@@ -113,29 +115,29 @@ class Pacemaker:
 
     def _beat(self) -> None:
         pause = self._every  # a trial watched meanwhile is due no sooner than this
-        while not self._stop.wait(pause):
-            now = time.monotonic()
+        while not self._clock.wait(self._stop, pause):
+            now = self._clock.monotonic()
             with self._lock:
                 due = [trial_id for trial_id, at in self._due.items() if at <= now]
                 for trial_id in due:
                     self._due[trial_id] = now + self._every
             for trial_id in due:
-                sent = time.monotonic()
+                sent = self._clock.monotonic()
                 try:
                     self._storage.heartbeat_trial(trial_id, self._worker)
                 except ReservationLostError:
                     self._mark_lost(trial_id)
                 except StorageError as err:  # transient: try again next beat
-                    self.failed_at = time.monotonic()
+                    self.failed_at = self._clock.monotonic()
                     log.warning("heartbeat of trial %s failed: %s", trial_id, err)
                 else:
                     self._confirm(trial_id, sent)
             with self._lock:
                 next_due = min(self._due.values(), default=None)
-            pause = self._every if next_due is None else min(self._every, max(0.0, next_due - time.monotonic()))
+            pause = self._every if next_due is None else min(self._every, max(0.0, next_due - self._clock.monotonic()))
 
     def _watch_doubts(self) -> None:
-        while not self._stop.wait(min(self._every, self._doubt_after) / 8):
+        while not self._clock.wait(self._stop, min(self._every, self._doubt_after) / 8):
             with self._lock:
                 watched = list(self._watched)
             for trial_id in watched:
@@ -147,7 +149,7 @@ class Pacemaker:
                 confirmed = self._confirmed.get(trial_id)
                 already = trial_id in self._doubted
                 overdue = (confirmed is not None and not already
-                           and time.monotonic() - confirmed > self._doubt_after)
+                           and self._clock.monotonic() - confirmed > self._doubt_after)
                 if overdue:
                     self._doubted.add(trial_id)
             if already and self._on_doubt is not None:
@@ -176,7 +178,7 @@ class Pacemaker:
                 if trial_id not in self._watched:
                     return
                 self._confirmed[trial_id] = max(self._confirmed.get(trial_id, sent), sent)
-                now = time.monotonic()
+                now = self._clock.monotonic()
                 if now - sent > self._doubt_after:
                     self._due[trial_id] = now
                     return

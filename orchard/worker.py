@@ -30,6 +30,7 @@ from typing import Any
 
 from orchard.algorithms import make_algorithm
 from orchard.algorithms.base import BaseAlgorithm
+from orchard.clock import SYSTEM_CLOCK, Clock
 from orchard.errors import (
     BudgetExhaustedError,
     DuplicateTrialError,
@@ -174,6 +175,7 @@ class Worker:
         name: the worker identity written into reservations (default: host:pid:uuid).
         on_outcome: called after each finished trial with ``(trial, outcome)``.
         label: how messages name the experiment (default: its id).
+        clock: what the loop and its pacemaker keep time with (default: the system's).
     """
 
     def __init__(
@@ -185,6 +187,7 @@ class Worker:
         name: str | None = None,
         on_outcome: Callable[[Trial, Outcome], None] | None = None,
         label: str | None = None,
+        clock: Clock = SYSTEM_CLOCK,
     ) -> None:
         self.storage = RetryingStorage(storage, patience=settings.stale_after)  # outages cost time, not results
         storage = self.storage
@@ -198,9 +201,10 @@ class Worker:
         self.algorithm: BaseAlgorithm = make_algorithm(settings.algorithm, settings.space, settings.seed)
         self.report = WorkerReport(self.name)
         # the pacemaker beats on the unwrapped storage: it must never block in an outage's retries
+        self.clock = clock
         self.pacemaker = Pacemaker(self.storage.storage, self.name, settings.heartbeat,
-                                   on_lost=self._cancel, on_doubt=self._hold)
-        self._leases = LeaseObserver(settings.stale_after)
+                                   on_lost=self._cancel, on_doubt=self._hold, clock=clock)
+        self._leases = LeaseObserver(settings.stale_after, clock=clock.monotonic)
         # the last outage the lease watches were restarted for: (recovered_at, failed_at)
         self._outage_seen: tuple[float | None, float | None] = (None, None)
         self._exhausted = False  # the algorithm's last answer was "nothing new"
@@ -264,7 +268,7 @@ class Worker:
                 worker ran its ``max_trials_per_worker`` (``WORKER_BUDGET``), the space is
                 exhausted (``EXHAUSTED``), or ``timeout`` passed (``IDLE``).
         """
-        deadline = None if timeout is None else time.monotonic() + timeout
+        deadline = None if timeout is None else self.clock.monotonic() + timeout
         poll = _MIN_POLL
         while True:
             self.history.refresh()
@@ -274,13 +278,13 @@ class Worker:
             if trial is not None:
                 self.pacemaker.watch(trial.id)
                 return trial
-            if deadline is not None and time.monotonic() >= deadline:
+            if deadline is not None and self.clock.monotonic() >= deadline:
                 budget = "" if self.settings.max_trials is None else f" of {self.settings.max_trials}"
                 raise BudgetExhaustedError(
                     f"experiment {self.label!r} has no trial to run now: the budget{budget} is fully "
                     "reserved or the space is exhausted; raise max_trials or wait for other workers",
                     StopReason.IDLE)
-            time.sleep(poll)
+            self.clock.sleep(poll)
             poll = min(poll * 2, _MAX_POLL, self.settings.heartbeat)
 
     def finish(self, trial: Trial, outcome: Outcome) -> Trial:

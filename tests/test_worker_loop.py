@@ -1,13 +1,16 @@
-"""The worker loop's parts in one process: pacemaker, history view, interrupts, idle exit."""
+"""The worker loop's parts in one process: pacemaker, history view, interrupts, idle exit.
+
+Timing is driven by a :class:`~orchard.clock.ManualClock`: no test here sleeps.
+"""
 
 from __future__ import annotations
 
 import threading
-import time
 import uuid
 
 import pytest
 
+from orchard.clock import ManualClock
 from orchard.errors import BudgetExhaustedError, ExperimentBrokenError, ReservationLostError, StopReason
 from orchard.objective import Outcome
 from orchard.space import Space
@@ -34,20 +37,19 @@ def settings(**overrides) -> WorkerSettings:
     return WorkerSettings(**values)
 
 
-def wait_for(condition, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "condition not reached in time"
-        time.sleep(0.01)
-
-
 def test_pacemaker_refreshes_heartbeats_and_reports_lost_reservations(storage, exp_id) -> None:
+    clock = ManualClock()
     trial = storage.register_trial(exp_id, {"x": 0.5}, worker="w1")
-    pacemaker = Pacemaker(storage, "w1", every=0.02)
+    pacemaker = Pacemaker(storage, "w1", every=1.0, clock=clock)
     pacemaker.watch(trial.id)
-    wait_for(lambda: storage.get_trial(trial.id).heartbeat > trial.heartbeat)
+    clock.settle(2)  # the heartbeat thread and the lease watchdog
+    clock.advance(1.0)
+    clock.settle(2)
+    assert storage.get_trial(trial.id).heartbeat > trial.heartbeat
     storage.release_trial(trial.id, None)  # someone declared the reservation stale
-    wait_for(lambda: pacemaker.is_lost(trial.id))
+    clock.advance(1.0)
+    clock.settle(2)
+    assert pacemaker.is_lost(trial.id)
     assert pacemaker.unwatch(trial.id) is True
     pacemaker.close()
 
@@ -69,18 +71,25 @@ class _CountingStorage:
 def test_pacemaker_beats_each_trial_on_its_own_schedule(storage, exp_id) -> None:
     """Beats follow each reservation: a trial shorter than a beat is never written again, and
     workers started together do not all beat at the same instant (256 of them did, before)."""
+    clock = ManualClock()
     counting = _CountingStorage(storage)
-    pacemaker = Pacemaker(counting, "w1", every=0.5)
+    pacemaker = Pacemaker(counting, "w1", every=0.5, clock=clock)
     first = storage.register_trial(exp_id, {"x": 0.1}, worker="w1")
     pacemaker.watch(first.id)
-    time.sleep(0.3)  # the thread's first beat (0.5 s after it started) would catch a trial watched now
+    clock.settle(2)
+    clock.advance(0.25)  # the thread's first beat (0.5 s after it started) would catch a trial watched now
+    clock.settle(2)
     short = storage.register_trial(exp_id, {"x": 0.2}, worker="w1")
     pacemaker.watch(short.id)
-    wait_for(lambda: counting.beats.get(first.id, 0) >= 1)
-    assert counting.beats.get(short.id, 0) == 0  # reserved 0.2 s before that beat: its own is due at 0.8 s
+    clock.advance(0.25)
+    clock.settle(2)
+    assert counting.beats == {first.id: 1}  # reserved 0.25 s before that beat: its own is due at 0.75 s
     pacemaker.unwatch(short.id)
-    wait_for(lambda: counting.beats.get(first.id, 0) >= 3)
-    assert counting.beats.get(short.id, 0) == 0
+    clock.advance(0.5)
+    clock.settle(2)
+    clock.advance(0.5)
+    clock.settle(2)
+    assert counting.beats == {first.id: 3}
     pacemaker.close()
 
 
@@ -132,10 +141,12 @@ def test_ctrl_c_releases_the_running_trial(storage, exp_id) -> None:
 
 def test_worker_waits_for_others_then_exits_on_idle_timeout(storage, exp_id) -> None:
     storage.register_trial(exp_id, {"x": 0.9}, worker="someone-else", budget=1)
-    start = time.monotonic()
-    report = Worker(storage, exp_id, settings(max_trials=1, idle_timeout=0.3), lambda t: Outcome(objective=0.0)).run()
+    clock = ManualClock()
+    start = clock.monotonic()
+    report = Worker(storage, exp_id, settings(max_trials=1, idle_timeout=60), lambda t: Outcome(objective=0.0),
+                    clock=clock).run()  # the other's lease is judged lost after 90 s, later than that
     assert report.reason == "idle" and report.completed == 0
-    assert time.monotonic() - start < 5
+    assert 60 <= clock.monotonic() - start <= 61  # it polled (backing off to 1 s) until the idle timeout
 
 
 def test_worker_stops_when_budget_met_and_records_outcomes(storage, exp_id) -> None:
@@ -162,10 +173,14 @@ def test_exhausted_grid_ends_the_worker(storage) -> None:
 
 
 def test_steps_reserve_finish_and_release(storage, exp_id) -> None:
-    worker = Worker(storage, exp_id, settings(max_trials=2, heartbeat=0.05), lambda t: Outcome())
+    clock = ManualClock()
+    worker = Worker(storage, exp_id, settings(max_trials=2, heartbeat=0.5), lambda t: Outcome(), clock=clock)
     first = worker.next_trial()
     assert storage.get_trial(first.id).status is TrialStatus.RESERVED
-    wait_for(lambda: storage.get_trial(first.id).heartbeat > first.heartbeat)  # heartbeated until finished
+    clock.settle(2)
+    clock.advance(0.5)
+    clock.settle(2)
+    assert storage.get_trial(first.id).heartbeat > first.heartbeat  # heartbeated until finished
     assert worker.release(first).status is TrialStatus.INTERRUPTED
     again = worker.next_trial()
     assert again.id == first.id  # interrupted trials come first
@@ -186,23 +201,28 @@ def test_a_slow_result_write_keeps_the_lease_alive(storage, exp_id) -> None:
     """
     from orchard.leases import LeaseObserver
 
+    clock = ManualClock()
     real_complete = storage.complete_trial
+    worker_settings = settings(max_trials=1, heartbeat=0.5)  # a lease is lost after 1.5 s standing still
+    observer, lost = LeaseObserver(worker_settings.stale_after, clock=clock.monotonic), set()
+
+    def watch_the_lease() -> None:  # another worker's view of the lease while the result is being written
+        observer.observe(t for t in storage.fetch_trials(exp_id) if t.status is TrialStatus.RESERVED)
+        lost.update(observer.lost())
 
     def slow_complete(*args, **kwargs):
-        time.sleep(0.8)  # the write takes five leases to land
+        for _ in range(16):  # the write takes over five leases to land
+            watch_the_lease()
+            clock.advance(0.5)
+            clock.settle(2)
+        watch_the_lease()
         return real_complete(*args, **kwargs)
 
     storage.complete_trial = slow_complete
-    worker = Worker(storage, exp_id, settings(max_trials=1, heartbeat=0.05), lambda t: Outcome())
+    worker = Worker(storage, exp_id, worker_settings, lambda t: Outcome(), clock=clock)
     trial = worker.next_trial()
-    recording = threading.Thread(target=worker.finish, args=(trial, Outcome(objective=0.5)))
-    observer, lost = LeaseObserver(stale_after=worker.settings.stale_after), set()
-    recording.start()
-    while recording.is_alive():  # another worker's view of the lease while the result is being written
-        observer.observe(t for t in storage.fetch_trials(exp_id) if t.status is TrialStatus.RESERVED)
-        lost.update(observer.lost())
-        time.sleep(0.01)
-    recording.join()
+    clock.settle(2)
+    worker.finish(trial, Outcome(objective=0.5))
     worker.pacemaker.close()
     assert not lost, "the lease went stale while the result was being written"
     assert storage.get_trial(trial.id).status is TrialStatus.COMPLETED
@@ -214,16 +234,17 @@ def test_a_failed_heartbeat_of_its_own_restarts_a_workers_lease_watches(storage,
     Others could not beat through that outage either, so the time before it is not held
     against their leases: the watches start over, as after a call that rode out an outage.
     """
+    clock = ManualClock()
     other = storage.register_trial(exp_id, {"x": 0.9}, worker="someone-else", budget=1)
-    worker = Worker(storage, exp_id, settings(max_trials=1, heartbeat=0.05), lambda t: Outcome())
+    worker = Worker(storage, exp_id, settings(max_trials=1, heartbeat=0.5), lambda t: Outcome(), clock=clock)
     with pytest.raises(BudgetExhaustedError):
         worker.next_trial(timeout=0)  # starts watching the other worker's lease
-    time.sleep(2 * worker.settings.stale_after)
-    worker.pacemaker.failed_at = time.monotonic()  # a heartbeat of this worker's own just failed
+    clock.advance(2 * worker.settings.stale_after)
+    worker.pacemaker.failed_at = clock.monotonic()  # a heartbeat of this worker's own just failed
     with pytest.raises(BudgetExhaustedError):
         worker.next_trial(timeout=0)
     assert storage.get_trial(other.id).status is TrialStatus.RESERVED, "a lease was judged across an outage"
-    time.sleep(2 * worker.settings.stale_after)  # a lease that then stands still is still judged lost
+    clock.advance(2 * worker.settings.stale_after)  # a lease that then stands still is still judged lost
     assert worker.next_trial(timeout=0).id == other.id, "taken back, then reserved by this worker"
     worker.pacemaker.close()
 
@@ -269,16 +290,17 @@ class CancellableEvaluation:
 
 
 def test_lost_reservation_cancels_the_evaluation_and_drops_its_result(storage, exp_id) -> None:
+    clock = ManualClock()
     evaluation = CancellableEvaluation()
-    worker = Worker(storage, exp_id, settings(max_trials=1, heartbeat=0.05), evaluation)
+    worker = Worker(storage, exp_id, settings(max_trials=1, heartbeat=0.5), evaluation, clock=clock)
     reports = []
     runner = threading.Thread(target=lambda: reports.append(worker.run()))
     runner.start()
     assert evaluation.started.wait(10)
-    for _ in range(100):  # another worker judged the lease lost (it must still hold when taken back)
-        (trial,) = storage.fetch_trials(exp_id)
-        if storage.release_lost(exp_id, {trial.id: trial.lease}, max_attempts=3):
-            break
+    (trial,) = storage.fetch_trials(exp_id)
+    assert storage.release_lost(exp_id, {trial.id: trial.lease}, max_attempts=3)  # another worker judged it lost
+    clock.settle(2)
+    clock.advance(0.5)  # the next heartbeat finds the reservation gone
     runner.join(20)
     assert not runner.is_alive() and evaluation.cancelled == [trial.id]
     # the cancelled attempt's result was dropped; the trial was then reserved again and completed once
@@ -289,16 +311,21 @@ def test_lost_reservation_cancels_the_evaluation_and_drops_its_result(storage, e
 
 
 def test_progress_monitor_reports_each_trial_finished_while_it_runs_once(storage, exp_id) -> None:
-    from orchard.monitor import ProgressMonitor
+    from orchard.monitor import TICK, ProgressMonitor
 
     before = storage.register_trial(exp_id, {"x": 0.1}, worker="w")
     storage.complete_trial(before.id, "w", 1.0)
     completed: list[Trial] = []
     broken: list[Trial] = []
-    with ProgressMonitor(storage, exp_id, "e", 5, on_result=completed.append, on_error=broken.append):
+    clock = ManualClock()
+    with ProgressMonitor(storage, exp_id, "e", 5, on_result=completed.append, on_error=broken.append,
+                         clock=clock):
         good = storage.register_trial(exp_id, {"x": 0.2}, worker="w")
         storage.complete_trial(good.id, "w", 0.5)
         bad = storage.register_trial(exp_id, {"x": 0.3}, worker="w")
         storage.fail_trial(bad.id, "w", {"type": "ValueError", "message": "boom"})
-        wait_for(lambda: bool(completed and broken))  # seen by the monitor's thread, not only at exit
+        clock.settle(1)
+        clock.advance(TICK)
+        clock.settle(1)
+        assert completed and broken  # seen by the monitor's thread, not only at exit
     assert [t.id for t in completed] == [good.id] and [t.id for t in broken] == [bad.id]
