@@ -26,12 +26,18 @@ a failure. Messages say what happened, to which object, and what to try.
     ├── AlgorithmError
     │   └── SpaceExhaustedError       the algorithm has nothing new to suggest
     └── ExecutorError                 an executor backend could not run the workers
+
+    KeyboardInterrupt
+    └── Interrupted                   Ctrl-C, SIGINT or SIGTERM stopped workers; says what they gave back
+
+An :class:`Interrupted` is a ``KeyboardInterrupt``, not an ``OrchardError``, so
+that ``except Exception`` in user code does not swallow it.
 """
 
 from __future__ import annotations
 
 import enum
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 __all__ = [
@@ -44,6 +50,7 @@ __all__ = [
     "ExperimentConflictError",
     "ExperimentError",
     "ExperimentNotFoundError",
+    "Interrupted",
     "OrchardError",
     "ReservationLostError",
     "SpaceError",
@@ -199,3 +206,51 @@ class SpaceExhaustedError(AlgorithmError):
 
 class ExecutorError(OrchardError):
     """An executor backend could not start or run the workers."""
+
+
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C, SIGINT or SIGTERM stopped workers; the trials they were running were given back.
+
+    Each worker stopped this way releases its running trial (status ``interrupted``,
+    not counted against ``max_attempts``) and reports it here; ``workon`` joins the
+    reports of all its workers into the one it raises. ``str()`` says what happened
+    to the running trials.
+
+    Args:
+        terminated: the interruption was SIGTERM (``kill``, ``scancel``), not Ctrl-C or SIGINT.
+        released: ids of the running trials given back.
+        kept: ids of running trials that could not be given back (the storage failed):
+            they are taken back once their lease runs out.
+        unstopped: workers that did not stop in time (their trials' leases run out).
+    """
+
+    def __init__(self, *args: object, terminated: bool = False, released: Iterable[str] = (),
+                 kept: Iterable[str] = (), unstopped: int = 0) -> None:
+        super().__init__(*args)
+        self.terminated = terminated
+        self.released = list(released)
+        self.kept = list(kept)
+        self.unstopped = unstopped
+
+    def joined(self, others: Iterable[BaseException | None], unstopped: int = 0) -> Interrupted:
+        """This interruption together with what other workers it stopped reported."""
+        released, kept = list(self.released), list(self.kept)
+        for other in others:
+            if isinstance(other, Interrupted):
+                released += other.released
+                kept += other.kept
+        return Interrupted(terminated=self.terminated, released=released, kept=kept,
+                           unstopped=self.unstopped + unstopped)
+
+    def __str__(self) -> str:
+        if self.args:
+            return super().__str__()
+        running = len(self.released) + len(self.kept)
+        parts = [f"{len(self.released)} of {running} running trial(s) released (status interrupted)"
+                 if running else "no trial was running"]
+        if self.kept:
+            parts.append(f"could not release {', '.join(self.kept)}: taken back when its lease runs out")
+        if self.unstopped:
+            parts.append(f"{self.unstopped} worker(s) did not stop in time: their trials are taken back "
+                         "when their leases run out")
+        return "; ".join(parts)

@@ -25,8 +25,9 @@ from orchard.errors import (
     OrchardError,
 )
 from orchard.executors import make_executor, shares_environment
-from orchard.executors.task import WorkerTask, run_worker
+from orchard.executors.task import WorkerTask, run_tasks
 from orchard.experiment_config import ExperimentConfig
+from orchard.interruption import interruptible
 from orchard.monitor import ProgressMonitor
 from orchard.naming import check_experiment_name
 from orchard.objective import Outcome, check_objective, interpret_result
@@ -273,6 +274,9 @@ class Experiment:
             ConfigurationError: ``fn`` is not callable or cannot take the space's names; an
                 invalid option, or ``gpus`` with threads that share one environment.
             ExecutorError: a worker process died.
+            Interrupted: Ctrl-C, SIGINT or SIGTERM reached this process (or a worker's); the
+                workers in local processes or this thread stopped and released their running
+                trials (status ``interrupted``), and the error says so. A ``KeyboardInterrupt``.
         """
         check_objective(fn, self.space)
         trial_timeout = _config.check("trial_timeout", trial_timeout)
@@ -295,9 +299,8 @@ class Experiment:
                  for i in range(n_workers)]
         monitor = ProgressMonitor(self.storage, self.id, self.name, self.max_trials, on_result, on_error,
                                   show_bar=progress and sys.stderr.isatty())
-        with monitor, pool_manager as pool:
-            futures = [pool.submit(run_worker, t) for t in tasks]
-            errors = [f.exception() for f in futures]
+        with interruptible(), monitor, pool_manager as pool:
+            errors = run_tasks(pool, tasks)
         self._raise_worker_failure([e for e in errors if e is not None], str(executor))
         self._raise_if_broken()
         return self.stats

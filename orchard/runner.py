@@ -61,7 +61,6 @@ class ScriptRunner(TrialEvaluator):
         grace: seconds between SIGTERM and SIGKILL when stopping a script.
         memory_limit: bytes of resident memory (the script's whole process tree)
             past which its process group is killed.
-        interrupted: ids of the trials whose script this runner stopped on an interruption.
     """
 
     template: CommandTemplate
@@ -77,7 +76,6 @@ class ScriptRunner(TrialEvaluator):
     def __getstate__(self) -> dict[str, Any]:
         """Ship the settings only: running processes belong to the process that started them."""
         return {**self.__dict__, "_running": {}, "_cancelled": set()}
-    interrupted: list[str] = dataclasses.field(default_factory=list, compare=False, repr=False)
 
     def __call__(self, trial: Trial) -> Outcome:
         """Run the command for ``trial`` and return its outcome (never raises for script failures).
@@ -107,11 +105,7 @@ class ScriptRunner(TrialEvaluator):
         if trial.parent is not None:
             env.update(ORCHARD_PARENT_TRIAL_ID=trial.parent, ORCHARD_PARENT_WORKING_DIR=parent_folder)
         log.debug("trial %s: running %s in %s", trial.id, argv, folder)
-        try:
-            returncode, stopped = self._run(trial.id, argv, folder, env)
-        except KeyboardInterrupt:
-            self.interrupted.append(trial.id)  # what `hunt` reports after Ctrl-C
-            raise
+        returncode, stopped = self._run(trial.id, argv, folder, env)
         outcome = returncode if isinstance(returncode, Outcome) else _outcome(folder, returncode, stopped)
         if outcome.error is not None:
             log.debug("trial %s broken: %s", trial.id, outcome.error["message"])

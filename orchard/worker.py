@@ -35,6 +35,7 @@ from orchard.errors import (
     BudgetExhaustedError,
     DuplicateTrialError,
     ExperimentBrokenError,
+    Interrupted,
     ReservationLostError,
     SpaceExhaustedError,
     StopReason,
@@ -218,7 +219,8 @@ class Worker:
         Returns:
             The report; its ``reason`` is the :class:`StopReason`.
 
-        ``KeyboardInterrupt`` releases the current trial as ``interrupted`` and propagates.
+        ``KeyboardInterrupt`` releases the current trial as ``interrupted`` and propagates as an
+        :class:`~orchard.errors.Interrupted` that says whether it was released.
         """
         try:
             with _fewer_collections():
@@ -236,9 +238,12 @@ class Worker:
         self._evaluating = trial
         try:
             outcome = self.evaluate(trial)
-        except KeyboardInterrupt:
-            self._release_quietly(trial)
-            raise
+        except KeyboardInterrupt as err:
+            interruption = err if isinstance(err, Interrupted) else Interrupted()
+            (interruption.released if self._release_quietly(trial) else interruption.kept).append(trial.id)
+            if interruption is err:
+                raise
+            raise interruption.with_traceback(err.__traceback__) from None
         finally:
             self._evaluating = None
         try:
@@ -435,11 +440,13 @@ class Worker:
             self.report.broken += 1
         return stored
 
-    def _release_quietly(self, trial: Trial) -> None:
+    def _release_quietly(self, trial: Trial) -> bool:
         try:
             self.release(trial)
         except StorageError as err:  # includes ReservationLostError
             log.warning("could not release trial %s: %s", trial.id, err)
+            return False
+        return True
 
     def _hold(self, trial_id: str, held: bool) -> None:
         """From the heartbeat thread: pause the evaluation while its lease is in doubt, or resume it."""

@@ -277,38 +277,54 @@ def test_ctrl_c_releases_the_trial_and_the_next_hunt_takes_it(workdir: Path, sig
     assert len(done) == 2
 
 
-HANG = r'''
+SECOND = r'''
 import os, sys, time
-folder = sys.argv[1]
-with open(os.path.join(folder, f"{os.getpid()}.tmp"), "w") as handle:
+import orchard
+marker = os.path.join(sys.argv[1], f"{os.getpid()}.pid")
+with open(marker + ".tmp", "w") as handle:
     handle.write(str(os.getpid()))
-os.replace(os.path.join(folder, f"{os.getpid()}.tmp"), os.path.join(folder, f"{os.getpid()}.pid"))
-time.sleep(120)
+os.replace(marker + ".tmp", marker)
+time.sleep(1.0)
+os.remove(marker)
+orchard.report_objective(float(sys.argv[2].partition("=")[2]))
 '''
 
 
 @pytest.mark.slow
-def test_sigint_to_a_multi_worker_hunt_reaches_its_workers(workdir: Path) -> None:
-    """``kill -INT`` on the hunt's pid alone (a scheduler, a supervisor) stops every local worker."""
-    (workdir / "hang.py").write_text(HANG)
-    started = workdir / "started"
-    started.mkdir()
+@pytest.mark.parametrize(("sig", "code", "said"), [(signal.SIGINT, 130, "interrupted"),
+                                                   (signal.SIGTERM, 143, "stopped by SIGTERM")],
+                         ids=["SIGINT", "SIGTERM"])
+def test_a_signal_to_a_multi_worker_hunt_stops_its_workers_within_2_s(
+        workdir: Path, sig: int, code: int, said: str) -> None:
+    """``kill -INT`` or ``kill -TERM`` on the hunt's pid alone (a scheduler, a supervisor) stops every
+    local worker at once: their scripts are stopped and their trials released, not left reserved."""
+    (workdir / "second.py").write_text(SECOND)
+    running = workdir / "running"
+    running.mkdir()
     env = {k: v for k, v in os.environ.items() if not k.startswith("ORCHARD_")}
-    command = [sys.executable, "-m", "orchard.cli", "hunt", "-n", "e", "--max-trials", "6", "--n-workers", "2",
-               sys.executable, "hang.py", str(started), "--x~uniform(0, 1)"]
+    command = [sys.executable, "-m", "orchard.cli", "hunt", "-n", "e", "--max-trials", "40", "--n-workers", "2",
+               sys.executable, "second.py", str(running), "--x~uniform(0, 1)"]
     proc = subprocess.Popen(command, cwd=workdir, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True)
     deadline = time.monotonic() + 120
-    while len(list(started.glob("*.pid"))) < 2:
+    while len(list(running.glob("*.pid"))) < 2:  # both workers are in the middle of a 1 s trial
         assert time.monotonic() < deadline and proc.poll() is None, proc.communicate()
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGINT)
+        time.sleep(0.01)
+    scripts = [int(marker.read_text()) for marker in running.glob("*.pid")]
+    signalled = time.monotonic()
+    proc.send_signal(sig)
     _, err = proc.communicate(timeout=60)
-    assert proc.returncode == 130, err
-    assert err.strip().splitlines()[-1] == "orchard: interrupted; 2 of 2 running trial(s) released (status interrupted)"
-    for marker in started.glob("*.pid"):
-        assert_dead(marker)
-    assert sorted(t.status.value for t in trials("e")) == ["interrupted", "interrupted"]
+    took = time.monotonic() - signalled
+    assert proc.returncode == code, err
+    assert took < 2.0, f"the hunt took {took:.1f} s to stop after {signal.Signals(sig).name}"
+    stopped = [t for t in trials("e") if t.status is not TrialStatus.COMPLETED]
+    assert stopped and all(t.status is TrialStatus.INTERRUPTED for t in stopped), stopped  # none left reserved
+    assert all(t.attempts == 0 for t in stopped), "a release does not count against max_attempts"
+    assert err.strip().splitlines()[-1] == (
+        f"orchard: {said}; {len(stopped)} of {len(stopped)} running trial(s) released (status interrupted)")
+    for pid in scripts:
+        with pytest.raises(ProcessLookupError):
+            os.kill(pid, 0)  # the scripts were stopped (and reaped) with their workers
 
 
 @pytest.mark.slow

@@ -29,6 +29,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from orchard.cli._args import PROG, OneLineParser, UsageError, add_common
+from orchard.errors import Interrupted
 
 __all__ = ["build_parser", "main"]
 
@@ -36,10 +37,6 @@ _COMMAND_MODULES = ("hunt", "status", "insert", "db", "serve")
 EXIT_INTERRUPTED = 130
 EXIT_TERMINATED = 143
 EXIT_BROKEN_PIPE = 141
-
-
-class Terminated(KeyboardInterrupt):
-    """SIGTERM, turned into an interruption so the running trial is released like on Ctrl-C."""
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -91,11 +88,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BrokenPipeError:  # the reader went away (orchard status | head): stop quietly
         _silence_stdout()
         return EXIT_BROKEN_PIPE
-    except KeyboardInterrupt as err:  # Ctrl-C, or SIGTERM during hunt (which says what it released)
-        stopped = "stopped by SIGTERM" if isinstance(err, Terminated) else "interrupted"
-        what = f"; {err.args[0]}" if err.args and isinstance(err.args[0], str) else ""
-        print(f"{PROG}: {stopped}{what}", file=sys.stderr)
-        return EXIT_TERMINATED if isinstance(err, Terminated) else EXIT_INTERRUPTED
+    except KeyboardInterrupt as err:  # Ctrl-C, or SIGTERM during hunt (an Interrupted says what it released)
+        terminated = isinstance(err, Interrupted) and err.terminated
+        what = f"; {err}" if isinstance(err, Interrupted) else ""
+        print(f"{PROG}: {'stopped by SIGTERM' if terminated else 'interrupted'}{what}", file=sys.stderr)
+        return EXIT_TERMINATED if terminated else EXIT_INTERRUPTED
     except BaseException as err:  # noqa: BLE001 - every other failure: one line, exit code by kind
         return _report(err, bool(args is not None and args.debug))
 

@@ -11,27 +11,18 @@ from __future__ import annotations
 
 import argparse
 import os
-import signal
-import socket
-import threading
-import time
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from orchard.cli._args import UsageError, add_common, add_name, format_params
-from orchard.trial import TrialStatus
 
 if TYPE_CHECKING:  # pragma: no cover
     from orchard.command import CommandTemplate
     from orchard.config import Settings
     from orchard.experiment import Experiment
-    from orchard.runner import ScriptRunner
     from orchard.storages import BaseStorage
 
 __all__ = ["add_parser", "run"]
-
-_WORKER_EXIT_TIMEOUT = 30.0  # seconds for interrupted local workers to stop their scripts and release
 
 EXAMPLE = ("orchard hunt -n exp --max-trials 50 python train.py --lr~'loguniform(1e-5, 1)' "
            "--layers~'randint(1, 6)'")
@@ -101,29 +92,11 @@ def run(args: argparse.Namespace) -> int:
         ExperimentBrokenError: ``max_broken`` trials broke.
         ConfigurationError: bad options, priors or command.
     """
-    with _sigterm_interrupts():
-        from orchard.config import Settings
+    from orchard.config import Settings
+    from orchard.interruption import interruptible
 
+    with interruptible():  # SIGTERM (kill, scancel) stops the workers and releases trials as Ctrl-C does
         return _hunt(args, Settings(flags=vars(args), config_file=args.config))
-
-
-@contextmanager
-def _sigterm_interrupts() -> Iterator[None]:
-    """Turn SIGTERM (kill, scancel) into an interruption: the script stops, the trial is released."""
-    from orchard.cli import Terminated
-
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def interrupt(signum: int, frame: Any) -> None:
-        raise Terminated()
-
-    previous = signal.signal(signal.SIGTERM, interrupt)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
 
 
 def _hunt(args: argparse.Namespace, settings: Settings) -> int:
@@ -203,52 +176,6 @@ def _budget_met(experiment: Experiment) -> bool:
     return True
 
 
-def _stop_local_workers(experiment: Experiment, runner: ScriptRunner) -> str:
-    """Pass an interruption on, as SIGINT, to local worker processes; wait for them; say what happened.
-
-    Ctrl-C in a terminal reaches the whole process group, but a SIGINT or SIGTERM sent to
-    this process alone (``kill``, a scheduler, a supervisor) would leave the workers
-    running to the end of the budget. Returns e.g. ``"2 running trials were released"``.
-    """
-    import multiprocessing
-
-    from orchard.errors import OrchardError
-
-    children = [c for c in multiprocessing.active_children() if c.pid is not None]
-    try:
-        mine = _reserved_by(experiment, {os.getpid()} | {c.pid for c in children if c.pid is not None})
-    except OrchardError:  # the storage is what failed: still stop the workers
-        mine = set()
-    for child in children:
-        try:
-            os.kill(child.pid, signal.SIGINT)  # type: ignore[arg-type]
-        except ProcessLookupError:
-            pass
-    deadline = time.monotonic() + _WORKER_EXIT_TIMEOUT
-    for child in children:
-        child.join(max(deadline - time.monotonic(), 0.1))
-    mine |= set(runner.interrupted)  # the in-process worker released its trial before we got here
-    if not mine:
-        return "no trial was running"
-    try:
-        released = sum(t is not None and t.status is TrialStatus.INTERRUPTED
-                       for t in map(experiment.storage.get_trial, mine))
-    except OrchardError as err:
-        return f"could not check whether the {len(mine)} running trial(s) were released: {err}"
-    return f"{released} of {len(mine)} running trial(s) released (status interrupted)"
-
-
-def _reserved_by(experiment: Experiment, pids: set[int]) -> set[str]:
-    """Ids of the experiment's reserved trials owned by workers of this host with one of ``pids``."""
-    host = socket.gethostname()
-    owned = set()
-    for trial in experiment.fetch_trials([TrialStatus.RESERVED]):
-        host_part, _, rest = (trial.worker or "").partition(":")
-        if host_part == host and rest.split(":", 1)[0] in {str(pid) for pid in pids}:
-            owned.add(trial.id)
-    return owned
-
-
 def _work(experiment: Experiment, template: CommandTemplate, settings: Settings) -> int:
     from orchard.naming import folder_in
     from orchard.resources import parse_memory
@@ -262,14 +189,11 @@ def _work(experiment: Experiment, template: CommandTemplate, settings: Settings)
     executor = settings.get("executor", use_default=False)
     if n_workers == 1 and executor in ("joblib", "loky"):
         executor = "single"  # one worker: run it here, no process pool to start
-    try:
-        stats = experiment.workon(
-            runner, n_workers=n_workers, executor=executor, idle_timeout=settings.get("idle_timeout"),
-            executor_config=settings.get("executor_config"),
-            gpus=settings.get("gpus"), gpus_per_worker=settings.get("gpus_per_worker"),
-        )
-    except KeyboardInterrupt as err:  # Ctrl-C, SIGINT or SIGTERM (Terminated)
-        raise type(err)(_stop_local_workers(experiment, runner)) from None
+    stats = experiment.workon(  # an interruption raises Interrupted, saying what was released
+        runner, n_workers=n_workers, executor=executor, idle_timeout=settings.get("idle_timeout"),
+        executor_config=settings.get("executor_config"),
+        gpus=settings.get("gpus"), gpus_per_worker=settings.get("gpus_per_worker"),
+    )
     counts = stats["counts"]
     best = ""
     if stats["best_objective"] is not None:

@@ -1,24 +1,28 @@
 """What an executor runs: one worker loop per :class:`WorkerTask`.
 
-``Experiment.workon`` builds one picklable task per worker and submits
-:func:`run_worker` with it to the executor; wherever it lands (this thread, a
-pool process, a Dask worker), it builds the evaluator and the
-:class:`~orchard.worker.Worker` there and runs the loop to its end.
+``Experiment.workon`` builds one picklable task per worker and hands them to
+:func:`run_tasks`, which submits :func:`run_worker` with each to the executor;
+wherever it lands (this thread, a pool process, a Dask worker), it builds the
+evaluator and the :class:`~orchard.worker.Worker` there and runs the loop to
+its end. An interruption while they run stops them and gives their running
+trials back (see :mod:`orchard.interruption`).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from concurrent.futures import Executor, Future
 from typing import Any
 
+from orchard.interruption import interruptible, stop_workers
 from orchard.objective import ObjectiveEvaluator, TrialEvaluator
 from orchard.resources import DEVICES_ENV, visible_devices, worker_label
 from orchard.storages.base import BaseStorage
 from orchard.worker import Worker, WorkerReport, WorkerSettings
 
-__all__ = ["WorkerTask", "run_worker"]
+__all__ = ["WorkerTask", "run_tasks", "run_worker"]
 
 
 @dataclasses.dataclass
@@ -44,6 +48,9 @@ def run_worker(task: WorkerTask) -> WorkerReport:
     any other callable is called as ``fn(**params)``, in a watched child when a
     timeout or memory limit is set. The worker sees ``task.devices`` as
     ``CUDA_VISIBLE_DEVICES`` for its lifetime and carries them in its name.
+    SIGINT, SIGTERM and the stop request of the process that submitted the task
+    interrupt it (:func:`~orchard.interruption.interruptible`): it releases its
+    trial and raises :class:`~orchard.errors.Interrupted`.
 
     Args:
         task: the storage, experiment, settings, objective and resources.
@@ -54,10 +61,30 @@ def run_worker(task: WorkerTask) -> WorkerReport:
     fn = task.fn
     evaluate = fn if isinstance(fn, TrialEvaluator) else ObjectiveEvaluator(
         fn, task.trial_timeout, task.memory_limit, task.working_dir)
-    with visible_devices(task.devices):
+    with interruptible(), visible_devices(task.devices):
         worker = Worker(task.storage, task.experiment_id, task.settings, evaluate,
                         name=worker_label(os.environ.get(DEVICES_ENV)), label=task.label)
         try:
             return worker.run()
         finally:
             task.storage.close()
+
+
+def run_tasks(pool: Executor, tasks: Sequence[WorkerTask]) -> list[BaseException | None]:
+    """Run one worker loop per task on ``pool`` and wait for them all.
+
+    Returns:
+        What each loop raised (``None`` for a loop that ended normally), in task order.
+
+    Raises:
+        Interrupted: this process was interrupted (Ctrl-C, SIGINT, or SIGTERM within
+            :func:`~orchard.interruption.interruptible`); the loops in local worker
+            processes were told to stop, and the error says what they released.
+    """
+    futures: list[Future[WorkerReport]] = []
+    try:
+        for task in tasks:
+            futures.append(pool.submit(run_worker, task))
+        return [future.exception() for future in futures]
+    except KeyboardInterrupt as interruption:
+        raise stop_workers(interruption, futures) from None

@@ -1,0 +1,118 @@
+"""How an interruption stops workers and gives their running trials back.
+
+Ctrl-C, SIGINT or SIGTERM to the process that called ``workon`` (``orchard
+hunt`` calls it too), while its workers run in local pool processes::
+
+    the process that called workon              each local worker process
+    ──────────────────────────────              ─────────────────────────
+    SIGINT or SIGTERM → Interrupted
+    sends STOP_SIGNAL to its children ───────>  STOP_SIGNAL → Interrupted: stops the
+                                                evaluation (a script: SIGTERM, then SIGKILL
+                                                after its grace), releases the trial
+                                                (``interrupted``, not counted against
+                                                ``max_attempts``), reports it
+    waits for the reports (STOP_TIMEOUT) <────
+    raises one Interrupted saying what was released
+
+:data:`STOP_SIGNAL` is SIGURG, whose default action is to be ignored: a pool
+process that is not running a worker loop (its loop ended, or it never got
+one) is unaffected, so the request never breaks the pool. A worker already
+interrupted (Ctrl-C in a terminal reaches every process of its group; a
+scheduler's SIGTERM may too) ignores later SIGTERM and STOP_SIGNAL copies, so
+they cannot cut its release short; a second SIGINT still stops it at once (a
+script is then killed without its grace).
+
+:func:`interruptible` installs these rules in the main thread only, over
+Python's default handlers only (a handler of the user's own is left alone),
+and restores the previous handlers when its block ends. Workers running as
+threads of the caller (``executor="thread"``) or on Dask are not reached.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import contextlib
+import multiprocessing
+import os
+import signal
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future
+from types import FrameType
+from typing import Any
+
+from orchard.errors import Interrupted
+
+__all__ = ["STOP_SIGNAL", "STOP_TIMEOUT", "interruptible", "stop_workers"]
+
+#: What the process that called ``workon`` sends its pool processes to stop their loops (POSIX only).
+STOP_SIGNAL: signal.Signals | None = getattr(signal, "SIGURG", None)
+#: Seconds to wait for interrupted workers to stop their evaluations and release their trials.
+STOP_TIMEOUT = 30.0
+
+
+def _defaults() -> dict[signal.Signals, Any]:
+    """The signals that interrupt a worker, with the handler each has when nobody changed it."""
+    defaults: dict[signal.Signals, Any] = {signal.SIGINT: signal.default_int_handler,
+                                           signal.SIGTERM: signal.SIG_DFL}
+    if STOP_SIGNAL is not None:
+        defaults[STOP_SIGNAL] = signal.SIG_DFL
+    return defaults
+
+
+@contextlib.contextmanager
+def interruptible() -> Iterator[None]:
+    """While the block runs, SIGINT, SIGTERM and :data:`STOP_SIGNAL` raise :class:`Interrupted`.
+
+    The first of them raises (``terminated`` for SIGTERM); after it, SIGTERM and
+    STOP_SIGNAL are ignored and SIGINT raises again. Outside the main thread, and
+    for a signal whose handler is not Python's default, nothing changes. Nested
+    blocks keep the outer block's handlers.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    interrupted = False
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        nonlocal interrupted
+        if interrupted and signum != signal.SIGINT:
+            return  # a copy of an interruption already being handled
+        interrupted = True
+        raise Interrupted(terminated=signum == signal.SIGTERM)
+
+    previous: dict[signal.Signals, Callable[[int, FrameType | None], Any] | int | None] = {}
+    for signum, default in _defaults().items():
+        if signal.getsignal(signum) == default:
+            previous[signum] = signal.signal(signum, on_signal)
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+
+def stop_workers(interruption: KeyboardInterrupt, futures: Sequence[Future[Any]],
+                 timeout: float = STOP_TIMEOUT) -> Interrupted:
+    """Pass an interruption of this process on to its local worker processes; wait for their reports.
+
+    Args:
+        interruption: what interrupted this process (an :class:`Interrupted` from
+            :func:`interruptible` or from a worker loop run in this thread, or a plain
+            ``KeyboardInterrupt``).
+        futures: the worker loops submitted to the executor.
+        timeout: seconds to wait for them to stop.
+
+    Returns:
+        The interruption to raise: what every stopped worker released, and how many
+        did not stop in time.
+    """
+    first = interruption if isinstance(interruption, Interrupted) else Interrupted()
+    if STOP_SIGNAL is not None:
+        for child in multiprocessing.active_children():
+            if child.pid is not None:
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.kill(child.pid, STOP_SIGNAL)
+    done, running = concurrent.futures.wait(futures, timeout)
+    reports = [future.exception() for future in done if not future.cancelled()]
+    return first.joined(reports, unstopped=len(running))
