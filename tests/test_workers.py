@@ -159,3 +159,58 @@ def test_dask_without_main_guard_fails_with_one_clear_line(tmp_path) -> None:
     assert "could not start a LocalCluster" in last and 'if __name__ == "__main__":' in last
     guarded = _run_main_script(tmp_path, "dask", guarded=True)
     assert guarded.returncode == 0 and "completed 6" in guarded.stdout, guarded.stderr
+
+
+SIGTERM_SCRIPT = """
+import os, sys, time, orchard
+def objective(x):
+    marker = os.path.join(sys.argv[1], f"{os.getpid()}-{os.urandom(4).hex()}.running")
+    open(marker, "w").close()
+    time.sleep(60)  # far longer than the test: only an interruption ends it
+    return x
+exp = orchard.build_experiment("term", space={"x": "uniform(0, 1)"}, storage=sys.argv[2], max_trials=8)
+exp.workon(objective, n_workers=int(sys.argv[3]), trial_timeout=float(sys.argv[4]) or None, progress=False)
+"""
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+    return state != "Z"
+
+
+@pytest.mark.parametrize(("n_workers", "trial_timeout"), [(2, 0), (1, 120)],
+                         ids=["two-pool-workers", "one-worker-with-trial-timeout"])
+def test_sigterm_to_workon_stops_its_workers_and_releases_their_trials(
+        tmp_path, n_workers: int, trial_timeout: float) -> None:
+    """``kill`` on a Python process running ``workon`` (a scheduler's SIGTERM): its workers stop with it,
+    and the trials they were running are released (``interrupted``), not left ``reserved`` or finished later."""
+    running = tmp_path / "running"
+    running.mkdir()
+    script = tmp_path / "script.py"
+    script.write_text(SIGTERM_SCRIPT)
+    storage = str(tmp_path / "o.pkl")
+    proc = subprocess.Popen([sys.executable, str(script), str(running), storage, str(n_workers), str(trial_timeout)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while len(list(running.glob("*.running"))) < n_workers:
+        assert time.monotonic() < deadline and proc.poll() is None, proc.communicate()
+        time.sleep(0.05)
+    exp = orchard.get_experiment("term", storage=storage)
+    held = exp.fetch_trials([TrialStatus.RESERVED])
+    assert len(held) == n_workers
+    workers = {int(t.worker.split(":")[1]) for t in held}  # the processes running the loops
+    evaluations = {int(marker.name.split("-")[0]) for marker in running.glob("*.running")}
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode != 0
+    assert f"{n_workers} of {n_workers} running trial(s) released (status interrupted)" in err, err
+    deadline = time.monotonic() + 30
+    while any(map(_alive, workers | evaluations)):  # the pool processes and the evaluations end too
+        assert time.monotonic() < deadline, "a worker or an evaluation outlived the SIGTERM'd workon"
+        time.sleep(0.05)
+    trials = exp.fetch_trials()
+    assert sorted(t.status.value for t in trials) == ["interrupted"] * n_workers
+    assert all(t.attempts == 0 for t in trials), "a release does not count against max_attempts"
