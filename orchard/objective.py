@@ -82,19 +82,26 @@ class TrialEvaluator(abc.ABC):
 
     The worker calls :meth:`cancel` from its heartbeat thread, while ``__call__``
     runs, when it finds the trial's reservation lost (another worker owns the
-    trial now); the worker drops whatever ``__call__`` then returns.
+    trial now); the worker drops whatever ``__call__`` then returns, and says
+    whether the evaluation could be stopped.
     """
 
     @abc.abstractmethod
     def __call__(self, trial: Trial) -> Outcome:
         """Evaluate ``trial``; never raise for a failure of the objective itself."""
 
-    def cancel(self, trial: Trial) -> None:
-        """Stop ``trial``'s evaluation at once, if it can be stopped (default: do nothing).
+    def cancel(self, trial: Trial) -> bool | None:
+        """Stop ``trial``'s evaluation at once, if it can be stopped (default: it cannot).
 
         Called from another thread than ``__call__``; must be idempotent and must not
         raise. ``__call__`` should then return soon (its outcome is dropped).
+
+        Returns:
+            False when the evaluation cannot be stopped (it runs to its end; the worker
+            says so); anything else (``True``, or ``None`` from an evaluator written
+            before this answer existed) means it is being stopped.
         """
+        return False
 
     def hold(self, trial: Trial, held: bool) -> None:
         """Pause (``held=True``) or resume ``trial``'s evaluation (default: do nothing).
@@ -249,11 +256,13 @@ class ObjectiveEvaluator(TrialEvaluator):
             finally:
                 self._running.pop(trial.id, None)
 
-    def cancel(self, trial: Trial) -> None:
-        """Kill ``trial``'s evaluation child, if it has one (thread-safe; idempotent)."""
+    def cancel(self, trial: Trial) -> bool:
+        """Kill ``trial``'s evaluation child (thread-safe; idempotent); False if it runs in the worker's thread."""
         child = self._running.get(trial.id)
-        if child is not None:
-            child.cancel()
+        if child is None:
+            return False  # Python cannot stop a thread safely: the call runs to its end
+        child.cancel()
+        return True
 
     def hold(self, trial: Trial, held: bool) -> None:
         """Pause or resume ``trial``'s evaluation child, if it has one (an in-thread call cannot be)."""

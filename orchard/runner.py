@@ -111,12 +111,13 @@ class ScriptRunner(TrialEvaluator):
             log.debug("trial %s broken: %s", trial.id, outcome.error["message"])
         return outcome
 
-    def cancel(self, trial: Trial) -> None:
+    def cancel(self, trial: Trial) -> bool:
         """Kill ``trial``'s script, its whole process group at once (the worker lost the trial)."""
         self._cancelled.add(trial.id)
         proc = self._running.get(trial.id)
         if proc is not None:
             kill_tree(proc.pid)
+        return True  # a script not started yet is killed as it starts
 
     def hold(self, trial: Trial, held: bool) -> None:
         """Pause or resume ``trial``'s script, its whole process group (the lease is in doubt)."""

@@ -172,7 +172,8 @@ class Worker:
         settings: budget, heartbeat and algorithm settings.
         evaluate: called with each reserved trial; returns its :class:`Outcome`. If it
             has a ``cancel(trial)`` method, that is called (from the heartbeat thread)
-            when the trial's reservation is found lost, and the result is dropped.
+            when the trial's reservation is found lost (it returns False when it cannot
+            stop the evaluation), and the result is dropped.
         name: the worker identity written into reservations (default: host:pid:uuid).
         on_outcome: called after each finished trial with ``(trial, outcome)``.
         label: how messages name the experiment (default: its id).
@@ -450,24 +451,33 @@ class Worker:
 
     def _hold(self, trial_id: str, held: bool) -> None:
         """From the heartbeat thread: pause the evaluation while its lease is in doubt, or resume it."""
-        self._tell_evaluator(trial_id, "hold", held)
+        trial = self._evaluating
+        if trial is not None and trial.id == trial_id:
+            self._tell_evaluator(trial, "hold", held)
 
     def _cancel(self, trial_id: str) -> None:
-        """From the heartbeat thread: a reservation was found lost, so stop its evaluation now."""
-        if self._tell_evaluator(trial_id, "cancel"):
-            log.warning("worker %s lost its reservation of trial %s; stopped its evaluation", self.name, trial_id)
-
-    def _tell_evaluator(self, trial_id: str, method: str, *args: Any) -> bool:
-        """Call the evaluator's ``method(trial, *args)`` if ``trial_id`` is being evaluated and it has one.
-
-        Runs on the heartbeat thread, which must survive a faulty evaluator. Returns whether it was called.
-        """
+        """From the heartbeat thread: a reservation was found lost, so stop its evaluation now if it can be."""
         trial = self._evaluating
+        if trial is None or trial.id != trial_id:
+            return  # finished meanwhile: finish() drops the result
+        if self._tell_evaluator(trial, "cancel") is False:
+            log.warning("worker %s lost its reservation of trial %s; its evaluation cannot be stopped (it runs "
+                        "in the worker's own thread), so it runs to its end and its result is dropped. Set "
+                        "trial_timeout to evaluate in a child process, which is stopped at once", self.name, trial_id)
+        else:
+            log.warning("worker %s lost its reservation of trial %s; stopped its evaluation (its result is "
+                        "dropped)", self.name, trial_id)
+
+    def _tell_evaluator(self, trial: Trial, method: str, *args: Any) -> object:
+        """Call the evaluator's ``method(trial, *args)``; return its answer, or False if it has none or it failed.
+
+        Runs on the heartbeat thread, which must survive a faulty evaluator.
+        """
         call = getattr(self.evaluate, method, None)
-        if trial is None or trial.id != trial_id or call is None:
+        if call is None:
             return False
         try:
-            call(trial, *args)
+            return call(trial, *args)
         except Exception as err:  # noqa: BLE001 -- the heartbeat thread must survive a faulty evaluator
-            log.warning("%s of trial %s failed: %s: %s", method, trial_id, type(err).__name__, err)
-        return True
+            log.warning("%s of trial %s failed: %s: %s", method, trial.id, type(err).__name__, err)
+            return False

@@ -116,10 +116,12 @@ def test_lost_error_names_the_likely_causes() -> None:
 class Outage:
     """Makes the wrapped storage's verbs raise StorageUnavailableError while ``down``."""
 
-    def __init__(self, storage: BaseStorage, applied_before_failing: bool = False) -> None:
+    def __init__(self, storage: BaseStorage, applied_before_failing: bool = False,
+                 failing_takes: Callable[[], None] | None = None) -> None:
         self.storage = storage
         self.down = 0  # how many more calls fail
         self.applied_before_failing = applied_before_failing  # the reply, not the write, was lost
+        self.failing_takes = failing_takes  # what a failing call waits first (a server selection timeout)
 
     def wrap(self, verb: str) -> None:
         real: Callable[..., Any] = getattr(self.storage, verb)
@@ -127,6 +129,8 @@ class Outage:
         def flaky(*args: Any, **kwargs: Any) -> Any:
             if self.down:
                 self.down -= 1
+                if self.failing_takes is not None:
+                    self.failing_takes()
                 if self.applied_before_failing:
                     real(*args, **kwargs)
                 raise StorageUnavailableError("server gone")
@@ -160,6 +164,22 @@ def test_an_outage_shorter_than_the_patience_costs_time_and_one_log_line(
     assert storage.recovered_at == clock.now, "the end of the outage is what lease observers restart from"
     [line] = caplog.messages
     assert f"complete trial {trial.id}" in line and "unavailable" in line and "6 retries" in line
+
+
+def test_the_outage_logged_is_measured_from_the_start_of_the_first_failed_attempt(
+        clock: FakeClock, caplog: pytest.LogCaptureFixture) -> None:
+    """A call to a MongoDB that is down fails only after its server selection timeout (5 s here): the outage
+    began when that call was made, not when it failed (a 6.5 s outage was logged as 1.5 s)."""
+    storage, exp = _retrying(clock)
+    outage = Outage(storage.storage, failing_takes=lambda: clock.sleep(5.0))
+    outage.wrap("count_trials")
+    outage.down = 2
+    began = clock.now
+    with caplog.at_level(logging.INFO, logger="orchard.storages.retrying"):
+        storage.count_trials(exp)
+    [line] = caplog.messages
+    assert f"unavailable for {clock.now - began:.1f} s" in line, line
+    assert clock.now - began >= 10.0
 
 
 def test_an_outage_longer_than_the_patience_raises(clock: FakeClock, caplog: pytest.LogCaptureFixture) -> None:

@@ -310,6 +310,41 @@ def test_lost_reservation_cancels_the_evaluation_and_drops_its_result(storage, e
     assert done.status is TrialStatus.COMPLETED and done.attempts == 2
 
 
+def test_a_lost_reservation_of_an_in_thread_objective_says_it_cannot_be_stopped(
+        storage, exp_id, caplog: pytest.LogCaptureFixture) -> None:
+    """Python cannot stop a thread: the log says the evaluation runs on and its result is dropped,
+    not that it was stopped (it said "stopped its evaluation")."""
+    import logging
+
+    from orchard.objective import ObjectiveEvaluator
+
+    started, go_on = threading.Event(), threading.Event()
+
+    def objective(x: float) -> float:
+        started.set()
+        assert go_on.wait(20)
+        return x
+
+    clock = ManualClock()
+    worker = Worker(storage, exp_id, settings(max_trials=1, heartbeat=0.5), ObjectiveEvaluator(objective),
+                    clock=clock)
+    runner = threading.Thread(target=worker.run)
+    with caplog.at_level(logging.WARNING, logger="orchard.worker"):
+        runner.start()
+        assert started.wait(10)
+        (trial,) = storage.fetch_trials(exp_id)
+        assert storage.release_lost(exp_id, {trial.id: trial.lease}, max_attempts=3)
+        clock.settle(2)
+        clock.advance(0.5)  # the next heartbeat finds the reservation gone
+        clock.settle(2)
+        go_on.set()
+        runner.join(20)
+    assert not runner.is_alive()
+    said = [m for m in caplog.messages if "lost its reservation" in m and "evaluation" in m]
+    assert not any("stopped its evaluation" in m for m in said), said
+    assert any("cannot be stopped" in m and "result is dropped" in m and "trial_timeout" in m for m in said), said
+
+
 def test_progress_monitor_reports_each_trial_finished_while_it_runs_once(storage, exp_id) -> None:
     from orchard.monitor import TICK, ProgressMonitor
 

@@ -52,7 +52,7 @@ class RetryingStorage(BaseStorage):
     """Wraps a storage; retries its :class:`~orchard.errors.StorageUnavailableError` with backoff.
 
     Guarantees: a verb returns what the wrapped storage's verb returns, once
-    it succeeds within ``patience`` seconds of its first transient failure;
+    it succeeds within ``patience`` seconds of the start of its first failed attempt;
     otherwise the last :class:`~orchard.errors.StorageUnavailableError` is
     raised. Every other error passes through at once, except a
     refusal met by the retry of a write that had in fact been applied (it
@@ -89,9 +89,10 @@ class RetryingStorage(BaseStorage):
 
     def _retry(self, action: str, call: Callable[[], T], settle: Settle | None = None) -> T:
         """Run ``call`` until it succeeds or ``patience`` runs out (see the class docstring)."""
-        started: float | None = None
+        started: float | None = None  # when the first failed attempt began: a failure can take long to come
         tries, delay = 0, _FIRST_DELAY
         while True:
+            attempt = self._clock()
             try:
                 result = call()
             except StorageUnavailableError as err:
@@ -99,7 +100,7 @@ class RetryingStorage(BaseStorage):
                     raise
                 tries += 1
                 now = self._clock()
-                started = now if started is None else started
+                started = attempt if started is None else started
                 left = started + self.patience - now
                 if left <= 0:
                     log.error("storage %s: could not %s for %.1f s (%d tries), giving up: %s",
