@@ -221,7 +221,7 @@ class Interrupted(KeyboardInterrupt):
         released: ids of the running trials given back.
         kept: ids of running trials that could not be given back (the storage failed):
             they are taken back once their lease runs out.
-        unstopped: workers that did not stop in time (their trials' leases run out).
+        unstopped: workers that were not stopped (unreachable, or too slow to answer).
     """
 
     def __init__(self, *args: object, terminated: bool = False, released: Iterable[str] = (),
@@ -251,6 +251,7 @@ class Interrupted(KeyboardInterrupt):
         if self.kept:
             parts.append(f"could not release {', '.join(self.kept)}: taken back when its lease runs out")
         if self.unstopped:
-            parts.append(f"{self.unstopped} worker(s) did not stop in time: their trials are taken back "
-                         "when their leases run out")
+            parts.append(f"{self.unstopped} worker(s) were not stopped (threads and Dask workers cannot be "
+                         "reached; a process may not have answered in time): a trial such a worker holds is "
+                         "taken back once its lease runs out")
         return "; ".join(parts)

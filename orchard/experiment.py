@@ -24,7 +24,7 @@ from orchard.errors import (
     ExperimentConflictError,
     OrchardError,
 )
-from orchard.executors import make_executor, shares_environment
+from orchard.executors import make_executor, reaches_local_processes, shares_environment
 from orchard.executors.task import WorkerTask, run_tasks
 from orchard.experiment_config import ExperimentConfig
 from orchard.interruption import interruptible
@@ -300,7 +300,7 @@ class Experiment:
         monitor = ProgressMonitor(self.storage, self.id, self.name, self.max_trials, on_result, on_error,
                                   show_bar=progress and sys.stderr.isatty())
         with interruptible(), monitor, pool_manager as pool:
-            errors = run_tasks(pool, tasks)
+            errors = run_tasks(pool, tasks, reachable=reaches_local_processes(executor))
         self._raise_worker_failure([e for e in errors if e is not None], str(executor))
         self._raise_if_broken()
         return self.stats

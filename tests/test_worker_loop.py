@@ -5,13 +5,22 @@ Timing is driven by a :class:`~orchard.clock.ManualClock`: no test here sleeps.
 
 from __future__ import annotations
 
+import os
+import pickle
+import signal
 import threading
 import uuid
 
 import pytest
 
 from orchard.clock import ManualClock
-from orchard.errors import BudgetExhaustedError, ExperimentBrokenError, ReservationLostError, StopReason
+from orchard.errors import (
+    BudgetExhaustedError,
+    ExperimentBrokenError,
+    Interrupted,
+    ReservationLostError,
+    StopReason,
+)
 from orchard.objective import Outcome
 from orchard.space import Space
 from orchard.storages import get_storage
@@ -137,6 +146,43 @@ def test_ctrl_c_releases_the_running_trial(storage, exp_id) -> None:
     # the next worker takes that very trial first
     done = Worker(storage, exp_id, settings(max_trials=1), lambda t: Outcome(objective=1.0)).run()
     assert done.completed == 1 and storage.get_trial(trial.id).status is TrialStatus.COMPLETED
+
+
+@pytest.mark.skipif(signal.getsignal(signal.SIGTERM) != signal.SIG_DFL, reason="SIGTERM has a handler already")
+def test_interruptible_turns_the_first_signal_into_one_interruption_and_restores_the_handlers() -> None:
+    from orchard.interruption import STOP_SIGNAL, interruptible
+
+    watched = [signal.SIGINT, signal.SIGTERM, *([STOP_SIGNAL] if STOP_SIGNAL is not None else [])]
+    before = {signum: signal.getsignal(signum) for signum in watched}
+    with pytest.raises(Interrupted) as caught, interruptible():
+        try:
+            os.kill(os.getpid(), signal.SIGTERM)  # delivered before kill() returns, handled right after
+        except Interrupted as first:
+            for copy in watched[1:]:
+                os.kill(os.getpid(), copy)  # the parent's stop request, a scheduler's second SIGTERM: ignored
+            raise first
+    assert caught.value.terminated and str(caught.value) == "no trial was running"
+    assert {signum: signal.getsignal(signum) for signum in watched} == before
+
+
+def test_an_interruption_travels_between_processes_and_sums_what_workers_released() -> None:
+    mine = Interrupted(terminated=True)
+    theirs = [pickle.loads(pickle.dumps(Interrupted(released=["a"]))), Interrupted(released=["b"], kept=["c"]),
+              None, ValueError("not an interruption")]
+    joined = mine.joined(theirs, unstopped=1)
+    assert joined.terminated and (joined.released, joined.kept, joined.unstopped) == (["a", "b"], ["c"], 1)
+    assert str(joined).startswith("2 of 3 running trial(s) released (status interrupted); could not release c")
+    assert isinstance(joined, KeyboardInterrupt), "user code's `except Exception` does not swallow it"
+
+
+def test_ctrl_c_during_an_evaluation_says_which_trial_was_released(storage, exp_id) -> None:
+    def interrupted(trial: Trial) -> Outcome:
+        raise KeyboardInterrupt
+
+    with pytest.raises(Interrupted) as caught:
+        Worker(storage, exp_id, settings(), interrupted).run()
+    (trial,) = storage.fetch_trials(exp_id)
+    assert caught.value.released == [trial.id] and trial.status is TrialStatus.INTERRUPTED
 
 
 def test_worker_waits_for_others_then_exits_on_idle_timeout(storage, exp_id) -> None:

@@ -33,7 +33,8 @@ from typing import Any
 
 from orchard.errors import ConfigurationError, ExecutorError, OrchardError
 
-__all__ = ["EXECUTORS", "InlineExecutor", "is_dask_client", "make_executor", "shares_environment"]
+__all__ = ["EXECUTORS", "InlineExecutor", "is_dask_client", "make_executor", "reaches_local_processes",
+           "shares_environment"]
 
 ExecutorFactory = Callable[[int, Mapping[str, Any]], contextlib.AbstractContextManager[Executor]]
 
@@ -185,6 +186,19 @@ def shares_environment(executor: str | Executor | Any, config: Mapping[str, Any]
     """Whether the executor runs worker loops as threads of one process (one shared ``os.environ``)."""
     in_process_dask = executor == "dask" and (config or {}).get("processes") is False
     return executor == "thread" or in_process_dask or isinstance(executor, ThreadPoolExecutor)
+
+
+def reaches_local_processes(executor: str | Executor | Any) -> bool:
+    """Whether the executor runs worker loops in this thread or in child processes of this process.
+
+    Those are the loops an interruption of this process can stop (:mod:`orchard.interruption`);
+    threads cannot be interrupted, and Dask or MPI workers may run anywhere.
+    """
+    if isinstance(executor, str):
+        return executor in ("joblib", "loky", "process", "single")
+    module = type(executor).__module__
+    return isinstance(executor, (ProcessPoolExecutor, InlineExecutor)) or module.startswith(
+        ("joblib.externals.loky", "loky."))
 
 
 @contextlib.contextmanager

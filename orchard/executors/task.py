@@ -16,7 +16,7 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import Executor, Future
 from typing import Any
 
-from orchard.interruption import interruptible, stop_workers
+from orchard.interruption import STOP_TIMEOUT, interruptible, stop_workers
 from orchard.objective import ObjectiveEvaluator, TrialEvaluator
 from orchard.resources import DEVICES_ENV, visible_devices, worker_label
 from orchard.storages.base import BaseStorage
@@ -70,8 +70,14 @@ def run_worker(task: WorkerTask) -> WorkerReport:
             task.storage.close()
 
 
-def run_tasks(pool: Executor, tasks: Sequence[WorkerTask]) -> list[BaseException | None]:
+def run_tasks(pool: Executor, tasks: Sequence[WorkerTask], reachable: bool = True) -> list[BaseException | None]:
     """Run one worker loop per task on ``pool`` and wait for them all.
+
+    Args:
+        pool: the executor.
+        tasks: one per worker.
+        reachable: the loops run in this thread or in child processes of this one, which an
+            interruption of this process can stop (else it does not wait for them).
 
     Returns:
         What each loop raised (``None`` for a loop that ended normally), in task order.
@@ -87,4 +93,4 @@ def run_tasks(pool: Executor, tasks: Sequence[WorkerTask]) -> list[BaseException
             futures.append(pool.submit(run_worker, task))
         return [future.exception() for future in futures]
     except KeyboardInterrupt as interruption:
-        raise stop_workers(interruption, futures) from None
+        raise stop_workers(interruption, futures, STOP_TIMEOUT if reachable else 0.0) from None
