@@ -103,15 +103,20 @@ class TrialEvaluator(abc.ABC):
         """
         return False
 
-    def hold(self, trial: Trial, held: bool) -> None:
-        """Pause (``held=True``) or resume ``trial``'s evaluation (default: do nothing).
+    def hold(self, trial: Trial, held: bool) -> bool | None:
+        """Pause (``held=True``) or resume ``trial``'s evaluation (default: it cannot be).
 
         The worker holds an evaluation while its lease is in doubt (it could not
         heartbeat for longer than the lease: it was frozen, or the storage was
         down), so that a second attempt another worker may have started never
         runs beside it; it resumes it once a heartbeat lands, or cancels it.
         Called from another thread than ``__call__``; must not raise.
+
+        Returns:
+            False when the evaluation cannot be paused (the worker's log then says so);
+            anything else means it was.
         """
+        return False
 
 
 def check_objective(fn: object, names: Iterable[str]) -> None:
@@ -264,11 +269,13 @@ class ObjectiveEvaluator(TrialEvaluator):
         child.cancel()
         return True
 
-    def hold(self, trial: Trial, held: bool) -> None:
-        """Pause or resume ``trial``'s evaluation child, if it has one (an in-thread call cannot be)."""
+    def hold(self, trial: Trial, held: bool) -> bool:
+        """Pause or resume ``trial``'s evaluation child; False if it runs in the worker's thread (it cannot be)."""
         child = self._running.get(trial.id)
-        if child is not None:
-            hold_group(child.pid, held)
+        if child is None:
+            return False
+        hold_group(child.pid, held)
+        return True
 
 
 def _evaluate_for_parent(fn: Callable[..., Any], params: dict[str, Any]) -> Outcome:

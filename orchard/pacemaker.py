@@ -43,7 +43,8 @@ class Pacemaker:
     when it was *sent*. A trial none of whose heartbeats sent in the last
     ``doubt_after`` seconds of this process's monotonic clock has landed (default
     ``2 × every``, one beat before others may judge the lease lost) is handed to
-    ``on_doubt(trial_id, True)`` before the next try, and to
+    ``on_doubt(trial_id, True)`` before the next try (it returns False when the
+    evaluation cannot be paused, which the log then says), and to
     ``on_doubt(trial_id, False)`` once a heartbeat sent within ``doubt_after``
     lands (a later answer only triggers another beat at once); while in doubt, the
     hold is repeated every watchdog tick. :attr:`failed_at` tells when a heartbeat
@@ -54,7 +55,7 @@ class Pacemaker:
 
     def __init__(self, storage: BaseStorage, worker: str, every: float,
                  on_lost: Callable[[str], None] | None = None,
-                 on_doubt: Callable[[str, bool], None] | None = None,
+                 on_doubt: Callable[[str, bool], object] | None = None,
                  doubt_after: float | None = None, clock: Clock = SYSTEM_CLOCK) -> None:
         self._storage, self._worker, self._every = storage, worker, every
         self._clock = clock
@@ -158,11 +159,16 @@ class Pacemaker:
                 self._on_doubt(trial_id, True)
             if not overdue:
                 return
-            log.warning("no heartbeat of trial %s landed for over %g s (frozen, or the storage was "
-                        "down): holding its evaluation until the storage confirms the reservation",
-                        trial_id, self._doubt_after)
-            if self._on_doubt is not None:
-                self._on_doubt(trial_id, True)
+            held = self._on_doubt(trial_id, True) if self._on_doubt is not None else False
+            if held is False:
+                log.warning("no heartbeat of trial %s landed for over %g s (frozen, or the storage was down), "
+                            "and its evaluation cannot be paused (a Python objective in the worker's own thread, "
+                            "or one the caller evaluates): it goes on, and its result is refused if another "
+                            "worker has taken the trial meanwhile", trial_id, self._doubt_after)
+            else:
+                log.warning("no heartbeat of trial %s landed for over %g s (frozen, or the storage was "
+                            "down): holding its evaluation until the storage confirms the reservation",
+                            trial_id, self._doubt_after)
 
     def _confirm(self, trial_id: str, sent: float) -> None:
         """A heartbeat sent at ``sent`` landed: the lease was ours *when it was sent*, no later.

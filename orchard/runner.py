@@ -119,11 +119,13 @@ class ScriptRunner(TrialEvaluator):
             kill_tree(proc.pid)
         return True  # a script not started yet is killed as it starts
 
-    def hold(self, trial: Trial, held: bool) -> None:
+    def hold(self, trial: Trial, held: bool) -> bool:
         """Pause or resume ``trial``'s script, its whole process group (the lease is in doubt)."""
         proc = self._running.get(trial.id)
-        if proc is not None:
-            hold_group(proc.pid, held)
+        if proc is None:
+            return False  # not started yet, or over
+        hold_group(proc.pid, held)
+        return True
 
     def _run(self, trial_id: str, argv: list[str], folder: str,
              env: dict[str, str]) -> tuple[int | Outcome, Outcome | None]:

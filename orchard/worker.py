@@ -449,11 +449,15 @@ class Worker:
             return False
         return True
 
-    def _hold(self, trial_id: str, held: bool) -> None:
-        """From the heartbeat thread: pause the evaluation while its lease is in doubt, or resume it."""
+    def _hold(self, trial_id: str, held: bool) -> object:
+        """From the heartbeat thread: pause the evaluation while its lease is in doubt, or resume it.
+
+        Returns False when it cannot be paused (see :meth:`TrialEvaluator.hold`).
+        """
         trial = self._evaluating
-        if trial is not None and trial.id == trial_id:
-            self._tell_evaluator(trial, "hold", held)
+        if trial is None or trial.id != trial_id:
+            return False  # evaluated by the caller (ask and tell), or finished meanwhile
+        return self._tell_evaluator(trial, "hold", held)
 
     def _cancel(self, trial_id: str) -> None:
         """From the heartbeat thread: a reservation was found lost, so stop its evaluation now if it can be."""

@@ -391,6 +391,44 @@ def test_a_lost_reservation_of_an_in_thread_objective_says_it_cannot_be_stopped(
     assert any("cannot be stopped" in m and "result is dropped" in m and "trial_timeout" in m for m in said), said
 
 
+def test_a_lease_in_doubt_of_an_in_thread_objective_says_it_cannot_be_paused(
+        storage, exp_id, caplog: pytest.LogCaptureFixture) -> None:
+    """No heartbeat lands for two beats: a script is paused, but a call in the worker's thread cannot be,
+    and the log says so instead of "holding its evaluation"."""
+    import logging
+
+    from orchard.errors import StorageUnavailableError
+    from orchard.objective import ObjectiveEvaluator
+
+    def unreachable(trial_id: str, worker: str) -> None:
+        raise StorageUnavailableError("server gone")
+
+    started, go_on = threading.Event(), threading.Event()
+
+    def objective(x: float) -> float:
+        started.set()
+        assert go_on.wait(20)
+        return x
+
+    storage.heartbeat_trial = unreachable
+    clock = ManualClock()
+    worker = Worker(storage, exp_id, settings(max_trials=1, heartbeat=0.5), ObjectiveEvaluator(objective),
+                    clock=clock)
+    runner = threading.Thread(target=worker.run)
+    with caplog.at_level(logging.WARNING, logger="orchard.pacemaker"):
+        runner.start()
+        assert started.wait(10)
+        for _ in range(3):  # 1.5 s without a heartbeat landing: more than two beats
+            clock.settle(2)
+            clock.advance(0.5)
+        clock.settle(2)
+        go_on.set()
+        runner.join(20)
+    assert not runner.is_alive()
+    doubts = [m for m in caplog.messages if "landed for over" in m]
+    assert doubts and all("cannot be paused" in m and "holding" not in m for m in doubts), doubts
+
+
 def test_progress_monitor_reports_each_trial_finished_while_it_runs_once(storage, exp_id) -> None:
     from orchard.monitor import TICK, ProgressMonitor
 
