@@ -19,18 +19,16 @@ state another worker depends on. What executors run is
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import gc
 import logging
-import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 from orchard.algorithms import make_algorithm
 from orchard.algorithms.base import BaseAlgorithm
 from orchard.clock import SYSTEM_CLOCK, Clock
+from orchard.collector import fewer_collections
 from orchard.errors import (
     BudgetExhaustedError,
     DuplicateTrialError,
@@ -79,39 +77,6 @@ _MIN_POLL, _MAX_POLL = 0.02, 1.0
 #: Suggestions slower than this (a surrogate fit) are checked against points registered meanwhile;
 #: faster ones leave racers no time to register a near-identical point (exact ones are refused anyway).
 _RACE_CHECK_AFTER = 0.005
-#: Allocations between two young-generation collections while a worker runs (Python's default: 700).
-_YOUNG_COLLECTION_EVERY = 50_000
-_collections_lock = threading.Lock()
-_workers_running = 0  # workers running in this process (guarded by _collections_lock)
-_thresholds_before: tuple[int, int, int] = gc.get_threshold()  # to restore when the last one stops
-
-
-@contextlib.contextmanager
-def _fewer_collections() -> Iterator[None]:
-    """Collect the youngest generation less often while a worker runs in this process.
-
-    A worker's history and its storage's table hold every trial: many objects,
-    long-lived and acyclic. With Python's default threshold, a refresh that folds
-    in a few hundred changed trials triggers collections that traverse them again
-    and again: the change feed cost 25 µs per trial at 256 workers against 7 µs
-    with the collector off (docs/scaling.md). The thresholds are restored when
-    the last worker of the process stops.
-    """
-    global _workers_running, _thresholds_before
-    with _collections_lock:
-        if _workers_running == 0:
-            _thresholds_before = young, middle, old = gc.get_threshold()
-            gc.set_threshold(max(young, _YOUNG_COLLECTION_EVERY), middle, old)
-        _workers_running += 1
-    try:
-        yield
-    finally:
-        with _collections_lock:
-            _workers_running -= 1
-            if _workers_running == 0:
-                gc.set_threshold(*_thresholds_before)
-
-
 @dataclasses.dataclass(frozen=True)
 class WorkerSettings(ExperimentConfig):
     """An experiment's settings plus the limits of one worker's run.
@@ -224,7 +189,7 @@ class Worker:
         :class:`~orchard.errors.Interrupted` that says whether it was released.
         """
         try:
-            with _fewer_collections():
+            with fewer_collections():
                 while True:
                     try:
                         trial = self.next_trial(self.settings.idle_timeout)
