@@ -36,6 +36,7 @@ import multiprocessing
 import os
 import signal
 import threading
+import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future
 from types import FrameType
@@ -49,6 +50,8 @@ __all__ = ["STOP_SIGNAL", "STOP_TIMEOUT", "interruptible", "stop_workers"]
 STOP_SIGNAL: signal.Signals | None = getattr(signal, "SIGURG", None)
 #: Seconds to wait for interrupted workers to stop their evaluations and release their trials.
 STOP_TIMEOUT = 30.0
+#: Seconds between two stop requests while waiting (a worker already stopping ignores the copies).
+_REPEAT = 0.5
 
 
 def _defaults() -> dict[signal.Signals, Any]:
@@ -105,14 +108,26 @@ def stop_workers(interruption: KeyboardInterrupt, futures: Sequence[Future[Any]]
 
     Returns:
         The interruption to raise: what every stopped worker released, and how many
-        did not stop in time.
+        did not stop in time. Loops not started yet are cancelled.
     """
     first = interruption if isinstance(interruption, Interrupted) else Interrupted()
-    if STOP_SIGNAL is not None:
-        for child in multiprocessing.active_children():
-            if child.pid is not None:
-                with contextlib.suppress(ProcessLookupError, PermissionError):
-                    os.kill(child.pid, STOP_SIGNAL)
-    done, running = concurrent.futures.wait(futures, timeout)
+    for future in futures:
+        future.cancel()  # a loop that has not started yet never will
+    deadline = time.monotonic() + timeout
+    while True:
+        _request_stop()  # again each round: a loop that was starting may have missed the last request
+        done, running = concurrent.futures.wait(futures, max(min(_REPEAT, deadline - time.monotonic()), 0.0))
+        if not running or time.monotonic() >= deadline:
+            break
     reports = [future.exception() for future in done if not future.cancelled()]
     return first.joined(reports, unstopped=len(running))
+
+
+def _request_stop() -> None:
+    """Send :data:`STOP_SIGNAL` to every child process (those not running a loop ignore it)."""
+    if STOP_SIGNAL is None:
+        return
+    for child in multiprocessing.active_children():
+        if child.pid is not None:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(child.pid, STOP_SIGNAL)
