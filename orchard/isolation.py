@@ -369,11 +369,20 @@ def _child_main(job: Callable[[], Any], read_fd: int, write_fd: int) -> None:
         with contextlib.suppress(OSError):
             os.setpgid(0, 0)
         _die_with_parent()
+        _default_signals()
         payload = pickle.dumps(job())
         with os.fdopen(write_fd, "wb") as pipe:
             pipe.write(_FRAME_HEADER.pack(len(payload)) + payload)
     finally:
         os._exit(0)
+
+
+def _default_signals() -> None:
+    """Undo the worker's interruption handlers (inherited through fork): the child is stopped by its parent."""
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    for name in ("SIGTERM", "SIGURG"):
+        if hasattr(signal, name):
+            signal.signal(getattr(signal, name), signal.SIG_DFL)
 
 
 def _die_with_parent() -> None:
