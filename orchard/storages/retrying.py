@@ -52,7 +52,7 @@ class RetryingStorage(BaseStorage):
     """Wraps a storage; retries its :class:`~orchard.errors.StorageUnavailableError` with backoff.
 
     Guarantees: a verb returns what the wrapped storage's verb returns, once
-    it succeeds within ``patience`` seconds of the start of its first failed attempt;
+    it succeeds within ``patience`` seconds of its first transient failure;
     otherwise the last :class:`~orchard.errors.StorageUnavailableError` is
     raised. Every other error passes through at once, except a
     refusal met by the retry of a write that had in fact been applied (it
@@ -88,8 +88,12 @@ class RetryingStorage(BaseStorage):
     # -- the retry loop ---------------------------------------------------------
 
     def _retry(self, action: str, call: Callable[[], T], settle: Settle | None = None) -> T:
-        """Run ``call`` until it succeeds or ``patience`` runs out (see the class docstring)."""
-        started: float | None = None  # when the first failed attempt began: a failure can take long to come
+        """Run ``call`` until it succeeds or ``patience`` runs out (see the class docstring).
+
+        The outage logged starts when the first failed attempt was made (a call to a server
+        that is down fails only after its selection timeout); patience counts from its failure.
+        """
+        outage: tuple[float, float] | None = None  # (first failed attempt made, its failure seen)
         tries, delay = 0, _FIRST_DELAY
         while True:
             attempt = self._clock()
@@ -100,25 +104,25 @@ class RetryingStorage(BaseStorage):
                     raise
                 tries += 1
                 now = self._clock()
-                started = attempt if started is None else started
-                left = started + self.patience - now
+                outage = outage or (attempt, now)
+                left = outage[1] + self.patience - now
                 if left <= 0:
                     log.error("storage %s: could not %s for %.1f s (%d tries), giving up: %s",
-                              self.redacted_uri, action, now - started, tries, err)
+                              self.redacted_uri, action, now - outage[0], tries, err)
                     raise
                 self._sleep(min(delay * random.uniform(0.5, 1.0), left))
                 delay = min(2 * delay, _MAX_DELAY)
                 continue
             except (ReservationLostError, DuplicateTrialError):
-                settled = settle() if settle is not None and started is not None else None
+                settled = settle() if settle is not None and outage is not None else None
                 if settled is None:
                     raise
                 result = settled  # type: ignore[assignment]  # the settled verbs return a Trial
             self._answered = True
-            if started is not None:
+            if outage is not None:
                 self.recovered_at = self._clock()
                 log.warning("storage %s was unavailable for %.1f s while trying to %s; "
-                            "succeeded after %d retries", self.redacted_uri, self._clock() - started,
+                            "succeeded after %d retries", self.redacted_uri, self.recovered_at - outage[0],
                             action, tries)
             return result
 
