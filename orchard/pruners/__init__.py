@@ -1,0 +1,107 @@
+"""Pruners: stop a running trial from the values it reports, decided by any worker.
+
+A pruner configuration is a name (``"median"``) or a one-key mapping of a name
+to options (``{"asha": {"min_step": 2, "reduction_factor": 3}}``). The
+experiment stores its *normalized* form, every option spelled out, so a worker
+joining with a different setting is caught.
+
+==========  =================================================================
+name        stops a trial when
+==========  =================================================================
+none        never (the default)
+median      its best value so far is worse than the median of others' at that step
+percentile  ... worse than a chosen percentile of the others'
+asha        it is not among the best ``1/η`` at a rung ``min_step · η^k``
+hyperband   the same in several brackets, a trial's bracket fixed by its id
+threshold   its value leaves ``[lower, upper]``
+patience    it stopped improving (optionally: and a wrapped pruner agrees)
+==========  =================================================================
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from orchard.errors import ConfigurationError
+from orchard.pruners._percentile import MedianPruner, PercentilePruner
+from orchard.pruners._rungs import AshaPruner, HyperbandPruner
+from orchard.pruners._simple import NopPruner, PatiencePruner, ThresholdPruner
+from orchard.pruners.base import BasePruner, Curve, Verdict
+
+__all__ = [
+    "PRUNERS",
+    "AshaPruner",
+    "BasePruner",
+    "Curve",
+    "HyperbandPruner",
+    "MedianPruner",
+    "NopPruner",
+    "PatiencePruner",
+    "PercentilePruner",
+    "ThresholdPruner",
+    "Verdict",
+    "make_pruner",
+    "normalize_pruner_config",
+]
+
+PrunerConfig = str | Mapping[str, Any] | None
+
+#: Every pruner by name.
+PRUNERS: dict[str, Callable[[], type[BasePruner]]] = {
+    "none": lambda: NopPruner,
+    "median": lambda: MedianPruner,
+    "percentile": lambda: PercentilePruner,
+    "asha": lambda: AshaPruner,
+    "hyperband": lambda: HyperbandPruner,
+    "threshold": lambda: ThresholdPruner,
+    "patience": lambda: PatiencePruner,
+}
+
+
+def _split(config: PrunerConfig) -> tuple[str, Mapping[str, Any]]:
+    if config is None:
+        return "none", {}
+    if isinstance(config, str):
+        return config, {}
+    if isinstance(config, Mapping) and len(config) == 1:
+        ((name, options),) = config.items()
+        options = {} if options is None else options
+        if not isinstance(options, Mapping):
+            raise ConfigurationError(f"options of pruner {name!r} must be a mapping, got {options!r}")
+        return name, options
+    raise ConfigurationError(
+        f"a pruner is a name or a one-key mapping such as {{'median': {{'warmup_steps': 5}}}}, got {config!r}"
+    )
+
+
+def _pruner_class(name: str) -> type[BasePruner]:
+    if not isinstance(name, str) or name not in PRUNERS:
+        raise ConfigurationError(f"unknown pruner {name!r}; valid pruners: {', '.join(PRUNERS)}")
+    return PRUNERS[name]()
+
+
+def normalize_pruner_config(config: PrunerConfig) -> dict[str, dict[str, Any]]:
+    """Return the canonical ``{name: {option: value}}`` form, defaults filled in.
+
+    Raises:
+        ConfigurationError: unknown pruner, unknown option or invalid option value.
+    """
+    name, options = _split(config)
+    checked = _pruner_class(name).check_options(options)
+    if name == "patience" and checked["wrapped"] is not None:
+        checked["wrapped"] = normalize_pruner_config(checked["wrapped"])
+    return {name: checked}
+
+
+def make_pruner(config: PrunerConfig) -> BasePruner:
+    """Build the pruner described by ``config`` (normalized or not; ``None`` is ``"none"``).
+
+    Raises:
+        ConfigurationError: unknown pruner, unknown option or invalid option value.
+    """
+    ((name, options),) = normalize_pruner_config(config).items()
+    return _pruner_class(name)(**options)
+
+
+PatiencePruner.build = make_pruner

@@ -1,0 +1,144 @@
+"""``asha`` and ``hyperband`` over steps: successive halving of running trials, no waiting.
+
+A rung is a step ``min_step · η^(k + s)`` (``η`` the reduction factor, ``s`` the
+bracket's early-stopping rate). When a trial's report first reaches a rung, its
+value there is ranked among the values every other trial of its bracket stored
+at that rung so far; it goes on if it is among the best ``max(1, n // η)`` of
+those ``n`` values (its own included), and is pruned otherwise. Nobody waits for
+a rung to fill: the first trial at a rung always goes on, which is the
+asynchronous rule of ASHA (Li et al., 2020) applied to one running training.
+
+``hyperband`` runs several such brackets (``s = 0, 1, …``): a trial's bracket is
+fixed by a hash of its id, so every worker places it the same way, and it is
+compared only with the trials of its own bracket.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from collections.abc import Mapping
+from typing import Any, ClassVar
+
+from orchard.errors import ConfigurationError
+from orchard.pruners.base import BasePruner, Curve, Verdict, check_int, value_at
+
+__all__ = ["AshaPruner", "HyperbandPruner", "bracket_of"]
+
+
+def _rungs_crossed(own: Curve, min_step: int, eta: int, rate: int) -> list[int]:
+    """The rungs the last report reached that the previous report had not."""
+    last = own[-1][0]
+    before = own[-2][0] if len(own) > 1 else -1
+    rungs: list[int] = []
+    rung = min_step * eta**rate
+    while rung <= last:
+        if rung > before:
+            rungs.append(rung)
+        rung *= eta
+    return rungs
+
+
+def _halving(
+    pruner: BasePruner, own: Curve, others: Mapping[str, Curve], trial_id: str, rate: int
+) -> Verdict:
+    """Judge ``own`` at the highest rung its last report reached, against ``others`` there."""
+    min_step, eta = pruner.options["min_step"], pruner.options["reduction_factor"]
+    crossed = _rungs_crossed(own, min_step, eta, rate)
+    step = own[-1][0]
+    if not crossed:
+        return Verdict(False, pruner.name, step, reason=f"step {step} reached no new rung")
+    rung = crossed[-1]
+    mine = value_at(own, rung)
+    assert mine is not None
+    values = {tid: value_at(curve, rung) for tid, curve in others.items() if tid != trial_id}
+    reached = {tid: value for tid, value in values.items() if value is not None}
+    compared = tuple(sorted(reached))
+    ranked = sorted([mine, *reached.values()])
+    kept = max(1, len(ranked) // eta)
+    cutoff = ranked[kept - 1]
+    prune = mine > cutoff
+    verb = "is not" if prune else "is"
+    reason = (
+        f"value {mine:.6g} at rung {rung} {verb} among the best {kept} of {len(ranked)} values "
+        f"there (cut-off {cutoff:.6g})"
+    )
+    return Verdict(prune, pruner.name, step, value=mine, cutoff=cutoff, compared=compared, reason=reason, rung=rung)
+
+
+class AshaPruner(BasePruner):
+    """Asynchronous successive halving over the reported steps (see the module docstring).
+
+    Options:
+        min_step: the first rung (default 1).
+        reduction_factor: ``η``, the factor between rungs; the best ``1/η`` go on (default 3).
+        min_early_stopping_rate: ``s``, rungs start at ``min_step · η^s`` (default 0).
+    """
+
+    name: ClassVar[str] = "asha"
+    OPTIONS: ClassVar[dict[str, Any]] = {"min_step": 1, "reduction_factor": 3, "min_early_stopping_rate": 0}
+
+    @classmethod
+    def _check_values(cls, options: dict[str, Any]) -> None:
+        check_int("min_step", cls.name, options["min_step"], 1)
+        check_int("reduction_factor", cls.name, options["reduction_factor"], 2)
+        check_int("min_early_stopping_rate", cls.name, options["min_early_stopping_rate"], 0)
+
+    def judge(self, trial_id: str, own: Curve, others: Mapping[str, Curve]) -> Verdict:
+        return _halving(self, own, others, trial_id, self.options["min_early_stopping_rate"])
+
+
+def bracket_of(trial_id: str, brackets: int) -> int:
+    """The bracket of a trial: a hash of its id, the same on every worker and Python process."""
+    digest = hashlib.sha256(trial_id.encode("utf-8")).digest()
+    return int.from_bytes(digest[:8], "big") % brackets
+
+
+class HyperbandPruner(BasePruner):
+    """Several :class:`AshaPruner` brackets; a trial's bracket is fixed by a hash of its id.
+
+    Options:
+        min_step: the first rung of bracket 0 (default 1).
+        reduction_factor: ``η`` (default 3).
+        max_step: the last step a trial reports; brackets whose first rung lies
+            beyond it are not used (default ``None``: ``brackets`` decides).
+        brackets: how many brackets (default ``None``: as many as fit below
+            ``max_step``, or 4 without ``max_step``).
+    """
+
+    name: ClassVar[str] = "hyperband"
+    OPTIONS: ClassVar[dict[str, Any]] = {"min_step": 1, "reduction_factor": 3, "max_step": None, "brackets": None}
+
+    @classmethod
+    def _check_values(cls, options: dict[str, Any]) -> None:
+        check_int("min_step", cls.name, options["min_step"], 1)
+        check_int("reduction_factor", cls.name, options["reduction_factor"], 2)
+        if options["max_step"] is not None:
+            check_int("max_step", cls.name, options["max_step"], options["min_step"])
+        if options["brackets"] is not None:
+            check_int("brackets", cls.name, options["brackets"], 1)
+        if options["max_step"] is not None and options["brackets"] is not None:
+            fit = cls._fitting(options["min_step"], options["reduction_factor"], options["max_step"])
+            if options["brackets"] > fit:
+                raise ConfigurationError(
+                    f"pruner 'hyperband': brackets={options['brackets']} but only {fit} first rungs "
+                    f"min_step·η^s fit below max_step={options['max_step']}; lower brackets or raise max_step"
+                )
+
+    @staticmethod
+    def _fitting(min_step: int, eta: int, max_step: int) -> int:
+        return int(math.floor(math.log(max_step / min_step, eta) + 1e-9)) + 1
+
+    @property
+    def brackets(self) -> int:
+        """The number of brackets in use."""
+        if self.options["brackets"] is not None:
+            return int(self.options["brackets"])
+        if self.options["max_step"] is not None:
+            return self._fitting(self.options["min_step"], self.options["reduction_factor"], self.options["max_step"])
+        return 4
+
+    def judge(self, trial_id: str, own: Curve, others: Mapping[str, Curve]) -> Verdict:
+        bracket = bracket_of(trial_id, self.brackets)
+        peers = {tid: curve for tid, curve in others.items() if bracket_of(tid, self.brackets) == bracket}
+        return _halving(self, own, peers, trial_id, bracket)

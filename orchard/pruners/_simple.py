@@ -1,0 +1,108 @@
+"""``none``, ``threshold`` and the ``patience`` wrapper: verdicts from the trial's own curve."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping
+from typing import Any, ClassVar
+
+from orchard.errors import ConfigurationError
+from orchard.pruners.base import BasePruner, Curve, Verdict, check_int, check_number
+
+__all__ = ["NopPruner", "PatiencePruner", "ThresholdPruner"]
+
+
+class NopPruner(BasePruner):
+    """Never prunes: reports are stored and plotted, every trial runs to its end."""
+
+    name: ClassVar[str] = "none"
+
+    def judge(self, trial_id: str, own: Curve, others: Mapping[str, Curve]) -> Verdict:
+        return self._going_on(own, "no pruner is set")
+
+
+class ThresholdPruner(BasePruner):
+    """Stops a trial whose value leaves ``[lower, upper]`` (a diverging loss, a dead run).
+
+    Options:
+        upper: prune a value above this (default ``None``: no upper bound).
+        lower: prune a value below this (default ``None``: no lower bound).
+        warmup_steps: steps before which nothing is pruned (default 0).
+        interval_steps: judge only every this many steps after the warm-up (default 1).
+    """
+
+    name: ClassVar[str] = "threshold"
+    OPTIONS: ClassVar[dict[str, Any]] = {"upper": None, "lower": None, "warmup_steps": 0, "interval_steps": 1}
+
+    @classmethod
+    def _check_values(cls, options: dict[str, Any]) -> None:
+        check_number("upper", cls.name, options["upper"], -math.inf, math.inf, optional=True)
+        check_number("lower", cls.name, options["lower"], -math.inf, math.inf, optional=True)
+        check_int("warmup_steps", cls.name, options["warmup_steps"], 0)
+        check_int("interval_steps", cls.name, options["interval_steps"], 1)
+        lower, upper = options["lower"], options["upper"]
+        if lower is None and upper is None:
+            raise ConfigurationError("pruner 'threshold' needs 'upper', 'lower' or both, e.g. {'threshold': {'upper': 2.0}}")
+        if lower is not None and upper is not None and lower > upper:
+            raise ConfigurationError(f"pruner 'threshold': lower={lower} is above upper={upper}; swap them")
+
+    def judge(self, trial_id: str, own: Curve, others: Mapping[str, Curve]) -> Verdict:
+        step, value = own[-1]
+        warmup, interval = self.options["warmup_steps"], self.options["interval_steps"]
+        if step < warmup or (step - warmup) % interval:
+            return self._going_on(own, f"step {step} is not judged (warm-up {warmup}, interval {interval})")
+        lower, upper = self.options["lower"], self.options["upper"]
+        if upper is not None and value > upper:
+            return Verdict(True, self.name, step, value=value, cutoff=upper, reason=f"value {value:.6g} is above upper={upper:g}")
+        if lower is not None and value < lower:
+            return Verdict(True, self.name, step, value=value, cutoff=lower, reason=f"value {value:.6g} is below lower={lower:g}")
+        return self._going_on(own, f"value {value:.6g} is within the thresholds", value=value)
+
+
+class PatiencePruner(BasePruner):
+    """Prunes a trial that stopped improving, optionally only where a wrapped pruner agrees.
+
+    The trial is *stagnant* when the best of its last ``patience`` reports does not
+    beat the best before them by more than ``min_delta``. A stagnant trial is
+    pruned (with no ``wrapped`` pruner) or handed to the wrapped pruner's verdict;
+    a trial still improving always goes on.
+
+    Options:
+        patience: reports without improvement before the trial counts as stagnant (default 10).
+        min_delta: the least decrease that counts as an improvement (default 0.0).
+        wrapped: another pruner's configuration, or ``None`` (default).
+    """
+
+    name: ClassVar[str] = "patience"
+    OPTIONS: ClassVar[dict[str, Any]] = {"patience": 10, "min_delta": 0.0, "wrapped": None}
+
+    #: Builds the wrapped pruner from its configuration (set by the registry, which knows every name).
+    build: ClassVar[Callable[[Any], BasePruner] | None] = None
+
+    def __init__(self, **options: Any) -> None:
+        super().__init__(**options)
+        build = type(self).build
+        wrapped = self.options["wrapped"]
+        self.wrapped: BasePruner | None = build(wrapped) if wrapped is not None and build is not None else None
+
+    @classmethod
+    def _check_values(cls, options: dict[str, Any]) -> None:
+        check_int("patience", cls.name, options["patience"], 1)
+        check_number("min_delta", cls.name, options["min_delta"], 0.0, math.inf)
+
+    def judge(self, trial_id: str, own: Curve, others: Mapping[str, Curve]) -> Verdict:
+        patience = self.options["patience"]
+        step = own[-1][0]
+        if len(own) <= patience:
+            return self._going_on(own, f"{len(own)} reports, patience needs more than {patience}")
+        before = min(value for _, value in own[:-patience])
+        recent = min(value for _, value in own[-patience:])
+        if recent < before - self.options["min_delta"]:
+            return self._going_on(own, f"improved to {recent:.6g} in the last {patience} reports", value=recent)
+        if self.wrapped is not None:
+            return self.wrapped.judge(trial_id, own, others)
+        reason = (
+            f"no improvement over {before:.6g} by more than min_delta={self.options['min_delta']:g} "
+            f"in the last {patience} reports"
+        )
+        return Verdict(True, self.name, step, value=recent, cutoff=before - self.options["min_delta"], reason=reason)

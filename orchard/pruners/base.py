@@ -1,0 +1,185 @@
+"""The pruner contract: a verdict on a running trial from the reports stored so far.
+
+A pruner decides, after each report of a trial, whether the trial goes on or is
+stopped ("pruned"). Every pruner is a pure function of plain data:
+
+* ``own``: the trial's own reports, ``(step, value)`` pairs with strictly
+  increasing steps, values minimised;
+* ``others``: the reports of the experiment's other trials *as the worker read
+  them from the storage*, by trial id.
+
+Nothing else goes in: no clock, no lock, no state kept between calls, no
+storage. So any worker that read the same history reaches the same verdict, and
+there is no scheduler to ask (SPEC §5, masterless). Reports are append-only in
+the storage, so a trial's value at a step never changes once stored: a
+:class:`Verdict` lists the ids of the trials it compared the trial with, and
+:meth:`BasePruner.recompute` reaches the same verdict again from the stored
+history at any later time (``orchard info --trial`` uses it to explain a pruned
+trial, the tests to check every stored verdict).
+"""
+
+from __future__ import annotations
+
+import abc
+import dataclasses
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any, ClassVar
+
+from orchard.errors import ConfigurationError
+
+__all__ = ["BasePruner", "Curve", "Verdict", "value_at"]
+
+#: A trial's reports: ``(step, value)`` pairs, steps strictly increasing.
+Curve = Sequence[tuple[int, float]]
+
+
+@dataclasses.dataclass(frozen=True)
+class Verdict:
+    """A pruner's answer for one report, with what it was based on.
+
+    Attributes:
+        prune: whether the trial is to be stopped.
+        pruner: the registry name of the pruner that decided.
+        step: the step of the report judged.
+        value: the trial's value the pruner compared (``None`` when nothing was compared).
+        cutoff: the value the trial had to beat to go on (``None`` when no cut-off applied).
+        compared: ids of the other trials whose values set the cut-off.
+        reason: one line a person can read ("value 0.41 at step 9 is worse than ...").
+        rung: the rung (step threshold) judged, for rung-based pruners.
+    """
+
+    prune: bool
+    pruner: str
+    step: int
+    value: float | None = None
+    cutoff: float | None = None
+    compared: tuple[str, ...] = ()
+    reason: str = ""
+    rung: int | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """The stored form: plain JSON/BSON values only."""
+        data = dataclasses.asdict(self)
+        data["compared"] = list(self.compared)
+        return data
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Verdict:
+        """Rebuild a verdict from :meth:`to_dict`'s output (unknown keys are ignored)."""
+        fields = {f.name for f in dataclasses.fields(cls)}
+        kept = {k: v for k, v in data.items() if k in fields}
+        kept["compared"] = tuple(kept.get("compared", ()))
+        return cls(**kept)
+
+
+def value_at(curve: Curve, step: int) -> float | None:
+    """The value a curve holds at ``step``: its first report at or after ``step``.
+
+    A trial that reports every step has its value at exactly ``step``; one that
+    reports every few steps is judged at the first report that reached it.
+    ``None`` when the curve has not reached ``step``.
+    """
+    for reported_step, value in curve:
+        if reported_step >= step:
+            return value
+    return None
+
+
+class BasePruner(abc.ABC):
+    """Decides whether a running trial goes on, from the reports stored so far.
+
+    Guarantees every implementation keeps:
+
+    * **Pure.** :meth:`judge` depends only on the options and its arguments: the
+      same history gives the same verdict on every worker, with no lock, clock or
+      state carried between calls.
+    * **Explained.** A verdict names the trials it compared with (``compared``), so
+      restricting ``others`` to them and ``own`` to the reports up to the verdict's
+      step gives the same verdict again (:meth:`recompute`).
+    * **Minimised values.** Lower is better, as for the objective.
+
+    Args:
+        **options: pruner options, checked against :attr:`OPTIONS`.
+
+    Raises:
+        ConfigurationError: an unknown option, or an invalid option value.
+    """
+
+    #: The registry name of the pruner.
+    name: ClassVar[str] = ""
+    #: Every option the pruner accepts, with its default.
+    OPTIONS: ClassVar[dict[str, Any]] = {}
+
+    def __init__(self, **options: Any) -> None:
+        self.options = self.check_options(options)
+
+    @classmethod
+    def check_options(cls, options: Mapping[str, Any]) -> dict[str, Any]:
+        """Return ``options`` with defaults filled in, after checking names and values.
+
+        Raises:
+            ConfigurationError: an unknown option or an invalid value.
+        """
+        unknown = sorted(set(options) - set(cls.OPTIONS))
+        if unknown:
+            valid = ", ".join(sorted(cls.OPTIONS)) or "(none)"
+            raise ConfigurationError(
+                f"pruner {cls.name!r} has no option {', '.join(map(repr, unknown))}; valid options: {valid}"
+            )
+        merged = {**cls.OPTIONS, **options}
+        cls._check_values(merged)
+        return merged
+
+    @classmethod
+    def _check_values(cls, options: dict[str, Any]) -> None:
+        """Validate option values (subclasses override); raise ``ConfigurationError``."""
+
+    @abc.abstractmethod
+    def judge(self, trial_id: str, own: Curve, others: Mapping[str, Curve]) -> Verdict:
+        """Return the verdict on ``trial_id``'s latest report (the last of ``own``).
+
+        Args:
+            trial_id: the judged trial's id (bracketed pruners place it by a hash of it).
+            own: the trial's reports so far, the one being judged last; never empty.
+            others: the other trials' reports as read from the storage, by id
+                (``trial_id`` itself, if present, is ignored).
+        """
+
+    def recompute(self, trial_id: str, verdict: Verdict, stored: Mapping[str, Curve]) -> Verdict:
+        """Reach ``verdict`` again from the stored history, as any worker could later.
+
+        Args:
+            trial_id: the judged trial's id.
+            verdict: a verdict this pruner returned for it.
+            stored: every trial's stored reports by id, ``trial_id``'s included.
+        """
+        own = [(step, value) for step, value in stored.get(trial_id, ()) if step <= verdict.step]
+        others = {tid: stored[tid] for tid in verdict.compared if tid in stored}
+        return self.judge(trial_id, own, others)
+
+    def _going_on(self, own: Curve, reason: str, **details: Any) -> Verdict:
+        return Verdict(False, self.name, own[-1][0], reason=reason, **details)
+
+
+def check_int(name: str, pruner: str, value: Any, minimum: int) -> None:
+    """Refuse an integer option below ``minimum`` (bools are not integers here)."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ConfigurationError(
+            f"pruner {pruner!r}: option {name!r} must be an integer >= {minimum}, got {value!r}"
+        )
+
+
+def check_number(name: str, pruner: str, value: Any, low: float, high: float, optional: bool = False) -> None:
+    """Refuse a non-finite number outside ``[low, high]`` (``None`` allowed if ``optional``)."""
+    if optional and value is None:
+        return
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, (int, float))
+        or not math.isfinite(value)
+        or not low <= value <= high
+    ):
+        raise ConfigurationError(
+            f"pruner {pruner!r}: option {name!r} must be a number in [{low}, {high}], got {value!r}"
+        )

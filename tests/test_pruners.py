@@ -1,0 +1,164 @@
+"""Pruners: verdicts are pure functions of the history, explained, and reproducible."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from orchard.errors import ConfigurationError
+from orchard.pruners import (
+    PRUNERS,
+    BasePruner,
+    HyperbandPruner,
+    Verdict,
+    make_pruner,
+    normalize_pruner_config,
+)
+from orchard.pruners._rungs import bracket_of
+
+
+def curve(*values: float, start: int = 1) -> list[tuple[int, float]]:
+    return [(start + i, float(v)) for i, v in enumerate(values)]
+
+
+def test_none_never_prunes() -> None:
+    pruner = make_pruner(None)
+    assert pruner.name == "none"
+    assert not pruner.judge("t", curve(9, 9, 9), {"a": curve(0, 0, 0)}).prune
+
+
+def test_median_prunes_a_trial_worse_than_the_median_at_its_step() -> None:
+    pruner = make_pruner({"median": {"min_trials": 3}})
+    others = {f"o{i}": curve(1.0 + i, 1.0 + i) for i in range(4)}  # values 1, 2, 3, 4 -> median 2.5
+    bad = pruner.judge("t", curve(5.0, 3.0), others)
+    assert bad.prune and bad.cutoff == pytest.approx(2.5) and bad.value == 3.0
+    assert bad.compared == ("o0", "o1", "o2", "o3")
+    good = pruner.judge("t", curve(5.0, 2.0), others)
+    assert not good.prune
+
+
+def test_median_waits_for_min_trials_and_warmup() -> None:
+    others = {f"o{i}": curve(0.0, 0.0) for i in range(4)}
+    assert not make_pruner({"median": {"min_trials": 5}}).judge("t", curve(9, 9), others).prune
+    assert not make_pruner({"median": {"min_trials": 1, "warmup_steps": 3}}).judge("t", curve(9, 9), others).prune
+    assert make_pruner({"median": {"min_trials": 1}}).judge("t", curve(9, 9), others).prune
+
+
+def test_median_ignores_trials_that_have_not_reached_the_step() -> None:
+    pruner = make_pruner({"median": {"min_trials": 1}})
+    verdict = pruner.judge("t", curve(5, 5, 5), {"short": curve(0.0), "long": curve(9, 9, 9)})
+    assert verdict.compared == ("long",)
+    assert not verdict.prune
+
+
+def test_percentile_is_stricter_below_the_median() -> None:
+    others = {f"o{i}": curve(float(i)) for i in range(10)}
+    own = curve(3.0)
+    assert not make_pruner({"median": {"min_trials": 1}}).judge("t", own, others).prune
+    assert make_pruner({"percentile": {"percentile": 20, "min_trials": 1}}).judge("t", own, others).prune
+
+
+def test_asha_keeps_the_top_third_at_a_rung() -> None:
+    pruner = make_pruner({"asha": {"min_step": 1, "reduction_factor": 3}})
+    others = {f"o{i}": curve(float(i)) for i in range(5)}  # 0..4 at rung 1
+    # n = 6 values with own: keep the best 2 -> cut-off is the 2nd best = 1.0
+    assert pruner.judge("t", curve(0.5), others).prune is False
+    verdict = pruner.judge("t", curve(1.5), others)
+    assert verdict.prune and verdict.rung == 1 and verdict.cutoff == 1.0 and len(verdict.compared) == 5
+
+
+def test_asha_judges_only_when_a_rung_is_reached() -> None:
+    pruner = make_pruner({"asha": {"min_step": 1, "reduction_factor": 3}})
+    others = {f"o{i}": curve(0.0, 0.0, 0.0, 0.0) for i in range(5)}
+    own = curve(0.0, 9.0)  # step 2 is not a rung (rungs 1, 3, 9, ...)
+    assert not pruner.judge("t", own, others).prune
+    assert pruner.judge("t", curve(0.0, 9.0, 9.0), others).rung == 3
+
+
+def test_asha_first_trial_at_a_rung_always_goes_on() -> None:
+    assert not make_pruner("asha").judge("t", curve(100.0), {}).prune
+
+
+def test_hyperband_places_trials_by_a_hash_of_their_id_and_compares_within_a_bracket() -> None:
+    pruner = make_pruner({"hyperband": {"max_step": 27, "reduction_factor": 3}})
+    assert isinstance(pruner, HyperbandPruner) and pruner.brackets == 4
+    ids = [f"trial-{i}" for i in range(200)]
+    brackets = {tid: bracket_of(tid, 4) for tid in ids}
+    assert set(brackets.values()) == {0, 1, 2, 3}
+    own_id = next(tid for tid in ids if brackets[tid] == 0)
+    others = {tid: curve(0.0) for tid in ids if tid != own_id}
+    verdict = pruner.judge(own_id, curve(1.0), others)
+    assert verdict.prune
+    assert all(brackets[tid] == 0 for tid in verdict.compared)
+
+
+def test_threshold_and_patience() -> None:
+    threshold = make_pruner({"threshold": {"upper": 2.0}})
+    assert threshold.judge("t", curve(1.0, 3.0), {}).prune
+    assert not threshold.judge("t", curve(1.0, 1.5), {}).prune
+    patience = make_pruner({"patience": {"patience": 2}})
+    assert patience.judge("t", curve(1.0, 1.0, 1.2), {}).prune
+    assert not patience.judge("t", curve(1.0, 1.0, 0.9), {}).prune
+    wrapped = make_pruner({"patience": {"patience": 2, "wrapped": {"median": {"min_trials": 1}}}})
+    # stagnant, but better than the median of the others: the wrapped pruner keeps it
+    assert not wrapped.judge("t", curve(1.0, 1.0, 1.0), {"o": curve(5, 5, 5)}).prune
+
+
+@pytest.mark.parametrize("name", sorted(PRUNERS))
+def test_every_verdict_is_recomputed_from_the_stored_history(name: str) -> None:
+    """Four trials at a time report in turn; a verdict still holds after the history grew past it."""
+    options = {"threshold": {"upper": 0.8}, "patience": {"patience": 3}}.get(name, {})
+    pruner = make_pruner({name: options})
+    rng = random.Random(7)
+    stored: dict[str, list[tuple[int, float]]] = {}
+    verdicts: dict[str, Verdict] = {}
+    quality = {f"t{i}": rng.random() for i in range(60)}
+    waiting = list(quality)
+    running: list[str] = []
+    while waiting or running:
+        while waiting and len(running) < 4:
+            running.append(waiting.pop(0))
+        tid = running[rng.randrange(len(running))]
+        own = stored.setdefault(tid, [])
+        step = len(own) + 1
+        own.append((step, quality[tid] + 1.0 / step + rng.random() * 0.05))
+        verdict = pruner.judge(tid, list(own), {k: list(v) for k, v in stored.items() if k != tid})
+        if verdict.prune:
+            verdicts[tid] = verdict
+        if verdict.prune or step == 30:
+            running.remove(tid)
+    if name != "none":
+        assert verdicts, f"{name} pruned nothing in 60 noisy trials"
+    for tid, verdict in verdicts.items():
+        again = pruner.recompute(tid, Verdict.from_dict(verdict.to_dict()), stored)
+        assert again == verdict
+
+
+@pytest.mark.parametrize(
+    "config, words",
+    [
+        ("nope", "unknown pruner 'nope'; valid pruners: none, median"),
+        ({"median": {"warmup": 3}}, "no option 'warmup'"),
+        ({"percentile": {"percentile": 120}}, "'percentile' must be a number in [0.0, 100.0]"),
+        ({"asha": {"reduction_factor": 1}}, "'reduction_factor' must be an integer >= 2"),
+        ({"threshold": {}}, "needs 'upper', 'lower' or both"),
+        ({"hyperband": {"max_step": 9, "brackets": 5}}, "only 3 first rungs"),
+        ({"patience": {"wrapped": "nope"}}, "unknown pruner 'nope'"),
+        ({"median": 3}, "must be a mapping"),
+    ],
+)
+def test_bad_settings_are_refused_with_one_clear_line(config: object, words: str) -> None:
+    with pytest.raises(ConfigurationError) as info:
+        normalize_pruner_config(config)  # type: ignore[arg-type]
+    assert words in str(info.value)
+    assert "\n" not in str(info.value)
+
+
+def test_normalized_config_spells_every_option() -> None:
+    assert normalize_pruner_config("median") == {
+        "median": {"warmup_steps": 0, "min_trials": 5, "interval_steps": 1}
+    }
+    nested = normalize_pruner_config({"patience": {"wrapped": "asha"}})
+    assert nested["patience"]["wrapped"] == {"asha": {"min_step": 1, "reduction_factor": 3, "min_early_stopping_rate": 0}}
+    assert isinstance(make_pruner(nested), BasePruner)
