@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 from orchard.errors import *  # noqa: F403
 from orchard.errors import __all__ as _errors_all
-from orchard.report import report_objective, report_results
+from orchard.report import TrialPruned, report, report_objective, report_results, should_prune
 from orchard.trial import Trial, TrialStatus
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -33,14 +33,17 @@ __all__ = [
     "CurrentTrial",
     "Experiment",
     "Trial",
+    "TrialPruned",
     "TrialStatus",
     "__version__",
     "build_experiment",
     "current_trial",
     "get_experiment",
     "get_storage",
+    "report",
     "report_objective",
     "report_results",
+    "should_prune",
     *_errors_all,
 ]
 

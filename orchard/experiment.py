@@ -17,6 +17,7 @@ from typing import Any
 
 from orchard import config as _config
 from orchard.algorithms import normalize_algorithm_config
+from orchard.pruners import normalize_pruner_config
 from orchard.errors import (
     ConfigurationError,
     ExecutorError,
@@ -31,6 +32,7 @@ from orchard.interruption import interruptible
 from orchard.monitor import ProgressMonitor
 from orchard.naming import check_experiment_name
 from orchard.objective import Outcome, check_objective, interpret_result
+from orchard.report import TrialPruned, check_report
 from orchard.resources import assign_devices, parse_gpus, parse_memory
 from orchard.space import Space
 from orchard.storages import BaseStorage, get_storage
@@ -56,6 +58,7 @@ def build_experiment(
     seed: int | None = None,
     working_dir: str | None = None,
     max_attempts: int | None = None,
+    pruner: str | Mapping[str, Any] | None = None,
 ) -> Experiment:
     """Create the experiment ``name``, or join it if it exists.
 
@@ -78,12 +81,15 @@ def build_experiment(
         working_dir: base folder of per-trial folders (scripts' and ``orchard.current_trial()``'s).
         max_attempts: reservations of one trial lost to dead or frozen workers after
             which it is broken (default 3).
+        pruner: stops running trials from the values they report with
+            :func:`orchard.report`: ``"median"``, ``"asha"``, ``{"hyperband": {"max_step": 50}}``, …
+            (see :mod:`orchard.pruners`; default ``"none"`` when creating).
 
     Returns:
         The experiment client.
 
     Raises:
-        ExperimentConflictError: joining with a different space or algorithm, or a lower budget.
+        ExperimentConflictError: joining with a different space, algorithm or pruner, or a lower budget.
         ConfigurationError: an invalid setting (nothing is stored), or no space to create
             a new experiment.
         StorageError: the storage cannot be used.
@@ -97,6 +103,7 @@ def build_experiment(
     wanted_space = Space.from_config(space) if space is not None else None
     wanted_algo = settings.get("algorithm", algorithm, use_default=False)
     wanted_algo = normalize_algorithm_config(wanted_algo, wanted_space) if wanted_algo is not None else None
+    wanted_pruner = normalize_pruner_config(pruner) if pruner is not None else None
     store = get_storage(settings.get("storage", storage))
     record = store.get_experiment(name)
     if record is None:
@@ -107,9 +114,11 @@ def build_experiment(
         fields: dict[str, Any] = {**chosen, "space": wanted_space}
         if wanted_algo is not None:
             fields["algorithm"] = wanted_algo
+        if wanted_pruner is not None:
+            fields["pruner"] = wanted_pruner
         store.create_experiment(name, ExperimentConfig(**fields).to_dict())
         record = store.require_experiment(name)
-    record = _join(store, record, wanted_space, wanted_algo, chosen)
+    record = _join(store, record, wanted_space, wanted_algo, chosen, wanted_pruner)
     return Experiment(store, record)
 
 
@@ -129,6 +138,7 @@ def _join(
     space: Space | None,
     algorithm: dict[str, Any] | None,
     chosen: Mapping[str, Any],
+    pruner: dict[str, Any] | None = None,
 ) -> ExperimentRecord:
     """Check a joiner's settings against the stored ones; raise budgets if asked."""
     stored = ExperimentConfig.from_dict(record.config)
@@ -137,6 +147,8 @@ def _join(
         problems += [f"space {line}" for line in stored.space.diff(space)]
     if algorithm is not None and algorithm != stored.algorithm:
         problems.append(f"algorithm: stored {stored.algorithm} != given {algorithm}")
+    if pruner is not None and pruner != stored.pruner:
+        problems.append(f"pruner: stored {stored.pruner} != given {pruner}")
     max_trials = chosen.get("max_trials")
     if max_trials is not None and stored.max_trials is not None and max_trials < stored.max_trials:
         problems.append(f"max_trials: stored {stored.max_trials} > given {max_trials} (it can only be raised)")
@@ -365,16 +377,38 @@ class Experiment:
         """
         return self._client_worker().next_trial(timeout=0)
 
-    def observe(self, trial: Trial, result: float | Mapping[str, Any]) -> Trial:
+    def observe(self, trial: Trial, result: float | Mapping[str, Any] | TrialPruned) -> Trial:
         """Record the result of a trial from :meth:`suggest`; a non-numeric result breaks it.
 
+        A trial whose last :meth:`report` got a "prune" verdict is recorded ``pruned``
+        whatever ``result`` says; pass a :class:`~orchard.TrialPruned` to prune it on your own
+        decision (after at least one report).
+
         Returns:
-            The stored trial, ``completed`` or ``broken``.
+            The stored trial, ``completed``, ``pruned`` or ``broken``.
 
         Raises:
             ReservationLostError: the reservation was lost (heartbeat stale).
         """
-        return self._client_worker().finish(trial, interpret_result(result))
+        outcome = Outcome.pruned_by_objective() if isinstance(result, TrialPruned) else interpret_result(result)
+        return self._client_worker().finish(trial, outcome)
+
+    def report(self, trial: Trial, value: float, step: int) -> None:
+        """Store an intermediate ``value`` at ``step`` on a trial from :meth:`suggest`, and judge it.
+
+        The report is stored before this returns; :meth:`should_prune` gives the verdict.
+
+        Raises:
+            ValueError: ``value`` is not a finite number or ``step`` not an integer >= 0.
+            InvalidReportError: the storage refused it (a step not above the last one, too many steps).
+            ReservationLostError: the reservation was lost (heartbeat stale).
+        """
+        value, step = check_report(value, step)
+        self._client_worker().judge(trial.id, value, step)
+
+    def should_prune(self, trial: Trial) -> bool:
+        """Whether a :meth:`report` of ``trial`` got a "prune" verdict (then :meth:`observe` records it pruned)."""
+        return self._client_worker().judge.verdict_of(trial.id) is not None
 
     def release(self, trial: Trial) -> Trial:
         """Give a suggested trial back unevaluated (it becomes ``interrupted``).

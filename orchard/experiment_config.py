@@ -22,6 +22,7 @@ from typing import Any
 
 from orchard.algorithms import normalize_algorithm_config
 from orchard.errors import ConfigurationError
+from orchard.pruners import normalize_pruner_config
 from orchard.space import Space
 
 __all__ = [
@@ -150,6 +151,8 @@ class ExperimentConfig:
         heartbeat: seconds between a worker's heartbeats.
         seed: seed of the algorithm (``None``: fresh entropy).
         working_dir: base folder of per-trial working directories.
+        pruner: ``"median"``, ``{"asha": {options}}``, ... (see :mod:`orchard.pruners`);
+            kept normalized; ``{"none": {}}`` by default.
     """
 
     space: Space
@@ -160,6 +163,7 @@ class ExperimentConfig:
     heartbeat: float = 30.0
     seed: int | None = None
     working_dir: str | None = None
+    pruner: dict[str, dict[str, Any]] = dataclasses.field(default_factory=lambda: {"none": {}})
 
     def __post_init__(self) -> None:
         if not isinstance(self.space, Space):
@@ -167,6 +171,7 @@ class ExperimentConfig:
                 f"space must be a Space, got {type(self.space).__name__}; "
                 "use ExperimentConfig.from_dict for a mapping of priors")
         object.__setattr__(self, "algorithm", normalize_algorithm_config(self.algorithm))
+        object.__setattr__(self, "pruner", normalize_pruner_config(self.pruner))
         for key, rule in EXPERIMENT_RULES.items():
             object.__setattr__(self, key, check_setting(key, getattr(self, key), rule))
 
@@ -197,6 +202,7 @@ class ExperimentConfig:
         values = {field.name: getattr(self, field.name) for field in dataclasses.fields(self)}
         values["space"] = self.space.config()
         values["algorithm"] = {name: dict(options) for name, options in self.algorithm.items()}
+        values["pruner"] = {name: dict(options) for name, options in self.pruner.items()}
         return values
 
     @classmethod

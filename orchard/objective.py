@@ -18,19 +18,24 @@ its parent's checkpoint.
 from __future__ import annotations
 
 import abc
+import contextlib
 import dataclasses
 import functools
 import inspect
 import json
 import math
 import os
+import shutil
+import tempfile
 import traceback
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 
 from orchard.current import CurrentTrial, current_trial, evaluating
 from orchard.errors import ConfigurationError
-from orchard.isolation import ForkedCall, Stopped, call_spawned, hold_group
+from orchard.isolation import ForkedCall, Stopped, call_spawned, hold_group, kill_tree
+from orchard.report import TrialPruned, reporting_to
+from orchard.verdicts import ReportFollower, current_judge
 from orchard.space import to_builtin
 from orchard.trial import Trial
 
@@ -54,11 +59,23 @@ class Outcome:
     objective: float | None = None
     results: dict[str, Any] = dataclasses.field(default_factory=dict)
     error: dict[str, Any] | None = None
+    #: Why the trial was pruned (a pruner's verdict as a dict), when it was.
+    pruned: dict[str, Any] | None = None
 
     @property
     def ok(self) -> bool:
         """Whether the evaluation produced a usable objective."""
-        return self.error is None
+        return self.error is None and self.pruned is None
+
+    @classmethod
+    def pruned_by(cls, verdict: Mapping[str, Any]) -> Outcome:
+        """An outcome that ends the trial ``pruned``, for ``verdict``."""
+        return cls(pruned=dict(verdict))
+
+    @classmethod
+    def pruned_by_objective(cls) -> Outcome:
+        """The objective raised :class:`~orchard.report.TrialPruned` without a pruner's verdict."""
+        return cls(pruned={"pruner": "objective", "reason": "the objective raised TrialPruned", "prune": True})
 
     @classmethod
     def failure(cls, type_: str, message: str, **details: Any) -> Outcome:
@@ -215,6 +232,8 @@ def call_objective(
     if timeout is None and memory_limit is None:
         try:
             return interpret_result(fn(**params))
+        except TrialPruned:
+            return Outcome.pruned_by_objective()
         except Exception as err:  # the objective's own failure marks the trial broken
             return Outcome.from_exception(err)
     job = functools.partial(_evaluate_for_parent, fn, dict(params))
@@ -254,12 +273,15 @@ class ObjectiveEvaluator(TrialEvaluator):
         with evaluating(trial, self.working_dir):  # a forked child inherits it
             if (self.timeout is None and self.memory_limit is None) or not hasattr(os, "fork"):
                 return call_objective(self.fn, trial.params, self.timeout, self.memory_limit)
-            child = ForkedCall(functools.partial(_evaluate_for_parent, self.fn, dict(trial.params)))
-            self._running[trial.id] = child
-            try:
-                return _outcome_of(child.result(self.timeout, self.memory_limit), self.timeout)
-            finally:
-                self._running.pop(trial.id, None)
+            with _followed(trial) as reporting:
+                job = functools.partial(_evaluate_for_parent, self.fn, dict(trial.params), reporting.environment)
+                child = ForkedCall(job)
+                self._running[trial.id] = child
+                reporting.start(lambda: kill_tree(child.pid))
+                try:
+                    return _outcome_of(child.result(self.timeout, self.memory_limit), self.timeout)
+                finally:
+                    self._running.pop(trial.id, None)
 
     def cancel(self, trial: Trial) -> bool:
         """Kill ``trial``'s evaluation child (thread-safe; idempotent); False if it runs in the worker's thread."""
@@ -278,11 +300,57 @@ class ObjectiveEvaluator(TrialEvaluator):
         return True
 
 
-def _evaluate_for_parent(fn: Callable[..., Any], params: dict[str, Any]) -> Outcome:
+def _evaluate_for_parent(fn: Callable[..., Any], params: dict[str, Any],
+                         reporting: dict[str, str] | None = None) -> Outcome:
+    if reporting is not None:  # this child's reports go to the files its parent follows, not to the parent's judge
+        os.environ.update(reporting)
     try:
-        return interpret_result(fn(**params))
+        with reporting_to(None):
+            return interpret_result(fn(**params))
+    except TrialPruned:
+        return Outcome.pruned_by_objective()
     except BaseException as err:  # report everything, including SystemExit, to the parent
         return Outcome.from_exception(err)
+
+
+class _Reporting:
+    """The report files of one child evaluation and, under a worker's judge, their follower."""
+
+    def __init__(self, trial: Trial) -> None:
+        self.trial, self.judge = trial, current_judge()
+        self.folder: str | None = None
+        self.environment: dict[str, str] | None = None
+        self.follower: Any = None
+        if self.judge is not None:
+            self.folder = tempfile.mkdtemp(prefix="orchard-reports-")
+            paths = (os.path.join(self.folder, "reports.jsonl"), os.path.join(self.folder, "verdict.json"))
+            self.paths = paths
+            self.environment = ReportFollower.environment(*paths)
+
+    def start(self, stop: Callable[[], None]) -> None:
+        if self.judge is not None:
+            judge, trial_id = self.judge
+            self.follower = ReportFollower(judge, trial_id, *self.paths, stop=stop, grace=PRUNE_GRACE)
+            self.follower.__enter__()
+
+    def close(self) -> None:
+        if self.follower is not None:
+            self.follower.__exit__(None, None, None)
+        if self.folder is not None:
+            shutil.rmtree(self.folder, ignore_errors=True)
+
+
+#: Seconds a child evaluation has to end by itself after a "prune" verdict before it is killed.
+PRUNE_GRACE = 5.0
+
+
+@contextlib.contextmanager
+def _followed(trial: Trial) -> Iterator[_Reporting]:
+    reporting = _Reporting(trial)
+    try:
+        yield reporting
+    finally:
+        reporting.close()
 
 
 def _outcome_of(value: object, timeout: float | None) -> Outcome:

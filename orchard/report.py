@@ -1,23 +1,148 @@
-"""Reporting results from inside an evaluated script (imported by user code: keep it light).
+"""Reporting from inside an evaluation (imported by user code: keep it light).
 
-``orchard hunt`` sets ``ORCHARD_RESULTS_PATH`` for each trial; the script calls
-:func:`report_objective` or :func:`report_results`, which write JSON there.
-Scripts in other languages may write the same JSON themselves::
+**Final results.** ``orchard hunt`` sets ``ORCHARD_RESULTS_PATH`` for each trial;
+the script calls :func:`report_objective` or :func:`report_results`, which write
+JSON there. Scripts in other languages may write the same JSON themselves::
 
     {"objective": 0.123, "accuracy": 0.97}
+
+**Intermediate values and pruning.** One idiom, in a Python objective or in a
+script under ``orchard hunt``::
+
+    for epoch in range(1, 31):
+        loss = train_one_epoch()
+        orchard.report(loss, step=epoch)      # stored durably before it returns
+        if orchard.should_prune():            # the experiment's pruner said stop
+            raise orchard.TrialPruned()       # the trial ends as ``pruned``
+
+:func:`report` hands the value to the worker, which stores it on the trial and
+judges it with the experiment's pruner before :func:`report` returns;
+:func:`should_prune` answers from that verdict. In the worker's own thread the
+call is direct. In a child process (a timed Python objective, a script) the
+report is one JSON line appended to ``ORCHARD_REPORT_PATH``
+(``{"step": 3, "objective": 0.41}``: any language can write it) and the verdict
+comes back in ``ORCHARD_VERDICT_PATH`` (``{"step": 3, "prune": false}``). A
+child that ignores a "prune" verdict is stopped by the worker anyway (SIGTERM
+to its process group, SIGKILL after a grace) and its trial recorded pruned.
 """
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import json
 import math
 import os
-from collections.abc import Mapping
+import time
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
-__all__ = ["RESULTS_ENV", "report_objective", "report_results"]
+__all__ = [
+    "REPORT_ENV",
+    "RESULTS_ENV",
+    "VERDICT_ENV",
+    "TrialPruned",
+    "check_report",
+    "report",
+    "report_objective",
+    "report_results",
+    "should_prune",
+]
 
 RESULTS_ENV = "ORCHARD_RESULTS_PATH"
+REPORT_ENV = "ORCHARD_REPORT_PATH"
+VERDICT_ENV = "ORCHARD_VERDICT_PATH"
+#: Seconds :func:`report` waits for a child's verdict before going on (the worker is slowed by an outage).
+VERDICT_WAIT = 30.0
+
+#: Where :func:`report` sends a value in the worker's own thread: ``(value, step) -> prune?``.
+_SINK: contextvars.ContextVar[Callable[[float, int], bool] | None] = contextvars.ContextVar(
+    "orchard_report_sink", default=None)
+#: The verdict of the last report of this thread's evaluation.
+_PRUNE: contextvars.ContextVar[bool] = contextvars.ContextVar("orchard_prune", default=False)
+
+
+class TrialPruned(Exception):  # noqa: N818 -- the name users know from Optuna
+    """Raised by an objective to end its trial as ``pruned`` (after :func:`should_prune` said so).
+
+    Not an :class:`~orchard.errors.OrchardError`: it is the objective's answer, not a failure.
+    """
+
+
+def report(value: float, step: int) -> None:
+    """Report an intermediate value (minimized) at ``step`` (an epoch, iteration, samples seen).
+
+    The value is stored on the running trial before this returns, and judged by
+    the experiment's pruner; ask :func:`should_prune` for the verdict.
+
+    Raises:
+        ValueError: ``value`` is not a finite number, ``step`` is not an integer >= 0,
+            or the storage refused the report (a step not above the last one, too many steps).
+        RuntimeError: called outside an evaluation run by an Orchard worker.
+    """
+    value, step = check_report(value, step)
+    sink = _SINK.get()
+    if sink is not None:
+        _PRUNE.set(sink(value, step))
+        return
+    path = os.environ.get(REPORT_ENV)
+    if not path:
+        raise RuntimeError(
+            f"orchard.report() needs a running trial: call it inside an objective run by a worker "
+            f"(workon, hunt), or set {REPORT_ENV}"
+        )
+    line = json.dumps({"step": step, "objective": value}) + "\n"
+    with open(path, "a", encoding="utf-8") as handle:
+        handle.write(line)
+    _PRUNE.set(_await_verdict(step))
+
+
+def should_prune() -> bool:
+    """Whether the verdict on the last :func:`report` of this evaluation is "prune" (``False`` before any)."""
+    return _PRUNE.get()
+
+
+def check_report(value: Any, step: Any) -> tuple[float, int]:
+    """``(value, step)`` as a finite float and an int >= 0; ``ValueError`` naming what is wrong."""
+    value = _plain(value)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise ValueError(f"orchard.report() needs a finite number as the value, got {value!r:.80}")
+    step = _plain(step)
+    if isinstance(step, bool) or not isinstance(step, int) or step < 0:
+        raise ValueError(f"orchard.report() needs an integer step >= 0, got {step!r:.80}")
+    return float(value), step
+
+
+def _await_verdict(step: int) -> bool:
+    """The worker's verdict on the report at ``step`` (``False`` if none comes within :data:`VERDICT_WAIT`)."""
+    path = os.environ.get(VERDICT_ENV)
+    if not path:
+        return False
+    deadline = time.monotonic() + VERDICT_WAIT
+    pause = 0.001
+    while time.monotonic() < deadline:
+        verdict: Any = None
+        with contextlib.suppress(OSError, ValueError):  # not written yet (it is replaced whole)
+            with open(path, encoding="utf-8") as handle:
+                verdict = json.load(handle)
+        if isinstance(verdict, dict) and verdict.get("step", -1) >= step:
+            if verdict.get("refused"):
+                raise ValueError(str(verdict["refused"]))
+            return bool(verdict.get("prune"))
+        time.sleep(pause)
+        pause = min(pause * 2, 0.02)
+    return False
+
+
+@contextlib.contextmanager
+def reporting_to(sink: Callable[[float, int], bool] | None) -> Iterator[None]:
+    """Send this thread's :func:`report` calls to ``sink`` for the ``with`` block (``None``: to the files)."""
+    token, prune = _SINK.set(sink), _PRUNE.set(False)
+    try:
+        yield
+    finally:
+        _SINK.reset(token)
+        _PRUNE.reset(prune)
 
 
 def report_results(results: Mapping[str, Any]) -> None:

@@ -19,6 +19,7 @@ only: process groups are stopped with ``os.killpg``.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
@@ -35,6 +36,7 @@ from orchard.naming import folder_in
 from orchard.objective import Outcome, TrialEvaluator, interpret_result
 from orchard.report import RESULTS_ENV
 from orchard.trial import Trial
+from orchard.verdicts import ReportFollower, current_judge
 
 __all__ = ["CommandTemplate", "ScriptRunner", "resolve_program"]  # the template re-exported from orchard.command
 
@@ -44,6 +46,8 @@ RESULTS_FILE = "results.json"
 STDOUT_FILE = "stdout.log"
 STDERR_FILE = "stderr.log"
 STDERR_TAIL_LINES = 20
+REPORTS_FILE = "reports.jsonl"
+VERDICT_FILE = "verdict.json"
 
 
 # -- running one trial --------------------------------------------------------------
@@ -104,8 +108,10 @@ class ScriptRunner(TrialEvaluator):
             env.pop(key, None)  # never inherited from a hunt that itself runs inside a trial
         if trial.parent is not None:
             env.update(ORCHARD_PARENT_TRIAL_ID=trial.parent, ORCHARD_PARENT_WORKING_DIR=parent_folder)
+        reports = (os.path.join(folder, REPORTS_FILE), os.path.join(folder, VERDICT_FILE))
+        env.update(ReportFollower.environment(*reports))
         log.debug("trial %s: running %s in %s", trial.id, argv, folder)
-        returncode, stopped = self._run(trial.id, argv, folder, env)
+        returncode, stopped = self._run(trial.id, argv, folder, env, reports)
         outcome = returncode if isinstance(returncode, Outcome) else _outcome(folder, returncode, stopped)
         if outcome.error is not None:
             log.debug("trial %s broken: %s", trial.id, outcome.error["message"])
@@ -127,12 +133,14 @@ class ScriptRunner(TrialEvaluator):
         hold_group(proc.pid, held)
         return True
 
-    def _run(self, trial_id: str, argv: list[str], folder: str,
-             env: dict[str, str]) -> tuple[int | Outcome, Outcome | None]:
+    def _run(self, trial_id: str, argv: list[str], folder: str, env: dict[str, str],
+             reports: tuple[str, str]) -> tuple[int | Outcome, Outcome | None]:
         """Run the script; return its exit code and, if Orchard stopped it, the failure why."""
         self._cancelled.discard(trial_id)
+        judging = current_judge()
         with open(os.path.join(folder, STDOUT_FILE), "wb") as out, \
-                open(os.path.join(folder, STDERR_FILE), "wb") as err:
+                open(os.path.join(folder, STDERR_FILE), "wb") as err, \
+                contextlib.ExitStack() as following:
             try:
                 proc = subprocess.Popen(argv, cwd=folder, env=env, stdin=subprocess.DEVNULL,
                                         stdout=out, stderr=err, start_new_session=True)
@@ -141,6 +149,10 @@ class ScriptRunner(TrialEvaluator):
             self._running[trial_id] = proc
             if trial_id in self._cancelled:  # the reservation was lost before the script started
                 kill_tree(proc.pid)
+            if judging is not None:  # the script's reports are stored and judged while it runs
+                following.enter_context(ReportFollower(
+                    judging[0], trial_id, *reports, grace=self.grace,
+                    stop=lambda: stop_group(proc.pid, self.grace, lambda grace: _wait(proc, grace))))
             watch = GroupWatch(proc.pid, self.timeout, self.memory_limit, self.grace)
             try:
                 returncode = proc.wait()

@@ -51,11 +51,13 @@ from orchard.history import History
 from orchard.leases import LeaseObserver
 from orchard.naming import worker_name
 from orchard.objective import Outcome
+from orchard.pruners import make_pruner
 from orchard.pacemaker import Pacemaker
 from orchard.space import trial_id as params_trial_id
 from orchard.storages.base import BaseStorage
 from orchard.storages.retrying import RetryingStorage
 from orchard.trial import Trial, TrialStatus
+from orchard.verdicts import Judge, judging
 
 __all__ = [
     "History",  # re-exported: the view the worker keeps (orchard.history)
@@ -113,6 +115,7 @@ class WorkerReport:
     worker: str
     completed: int = 0
     broken: int = 0
+    pruned: int = 0
     lost: int = 0
     reason: StopReason | None = None
 
@@ -166,6 +169,8 @@ class Worker:
         self.label = label or experiment_id
         self.history = History(storage, experiment_id)
         self.algorithm: BaseAlgorithm = make_algorithm(settings.algorithm, settings.space, settings.seed)
+        self.judge = Judge(storage, self.name, lambda: self.history.trials, self.history.refresh,
+                           make_pruner(settings.pruner))
         self.report = WorkerReport(self.name)
         # the pacemaker beats on the unwrapped storage: it must never block in an outage's retries
         self.clock = clock
@@ -203,7 +208,8 @@ class Worker:
     def _run_trial(self, trial: Trial) -> None:
         self._evaluating = trial
         try:
-            outcome = self.evaluate(trial)
+            with judging(self.judge, trial.id):  # orchard.report() inside the evaluation comes here
+                outcome = self.evaluate(trial)
         except KeyboardInterrupt as err:
             interruption = err if isinstance(err, Interrupted) else Interrupted()
             (interruption.released if self._release_quietly(trial) else interruption.kept).append(trial.id)
@@ -278,12 +284,14 @@ class Worker:
         try:
             if self.pacemaker.is_lost(trial.id):
                 raise ReservationLostError.dropped(trial.id, self.name)
+            outcome = self._settle(trial.id, outcome)
             stored = self._record(trial, outcome)  # still heartbeating: a slow write must not cost the lease
         except ReservationLostError:
             self.report.lost += 1
             raise
         finally:
             self.pacemaker.unwatch(trial.id)
+            self.judge.forget(trial.id)
         if self.on_outcome is not None:
             self.on_outcome(stored, outcome)
         return stored
@@ -305,14 +313,14 @@ class Worker:
     def _check_stop(self) -> None:
         """Raise the stop that applies to the refreshed history, if any."""
         counts, settings = self.history.counts, self.settings
-        if settings.max_trials is not None and counts[TrialStatus.COMPLETED] >= settings.max_trials:
+        if settings.max_trials is not None and counts[TrialStatus.COMPLETED] + counts[TrialStatus.PRUNED] >= settings.max_trials:
             raise BudgetExhaustedError(
-                f"experiment {self.label!r} has completed its {settings.max_trials} trials")
+                f"experiment {self.label!r} has finished its {settings.max_trials} trials (completed or pruned)")
         if counts[TrialStatus.BROKEN] >= settings.max_broken:
             broken = [t for t in self.history.trials.values() if t.status is TrialStatus.BROKEN]
             raise ExperimentBrokenError.limit_reached(
                 self.label, counts[TrialStatus.BROKEN], settings.max_broken, broken[-1].error)
-        done = self.report.completed + self.report.broken
+        done = self.report.completed + self.report.broken + self.report.pruned
         if settings.max_trials_per_worker is not None and done >= settings.max_trials_per_worker:
             raise BudgetExhaustedError(
                 f"worker {self.name} ran its {settings.max_trials_per_worker} trials", StopReason.WORKER_BUDGET)
@@ -396,8 +404,28 @@ class Worker:
 
     # -- recording -------------------------------------------------------------
 
+    def _settle(self, trial_id: str, outcome: Outcome) -> Outcome:
+        """The outcome to record: pruned if the trial received a "prune" verdict.
+
+        A trial pruned by a verdict is recorded pruned whatever its evaluation then
+        returned (it may have ignored the verdict, or been stopped for it). A trial
+        whose objective raised ``TrialPruned`` before any report was stored is broken:
+        a pruned trial keeps its last reported value, and it has none.
+        """
+        verdict = self.judge.verdict_of(trial_id)
+        if verdict is not None:
+            return Outcome.pruned_by(verdict.to_dict())
+        if outcome.pruned is not None and trial_id not in self.judge.reported:
+            return Outcome.failure(
+                "TrialPruned", "the objective raised TrialPruned before reporting any value; call "
+                "orchard.report(value, step) before pruning, or raise another exception to break the trial")
+        return outcome
+
     def _record(self, trial: Trial, outcome: Outcome) -> Trial:
-        if outcome.ok:
+        if outcome.pruned is not None:
+            stored = self.storage.prune_trial(trial.id, self.name, outcome.pruned)
+            self.report.pruned += 1
+        elif outcome.ok:
             assert outcome.objective is not None  # an ok Outcome carries its objective
             stored = self.storage.complete_trial(trial.id, self.name, outcome.objective, outcome.results)
             self.report.completed += 1

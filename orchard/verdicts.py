@@ -1,0 +1,227 @@
+"""The worker's side of pruning: store each report, reach the verdict, stop what ignores it.
+
+A :class:`Judge` belongs to one worker. For each report of the trial it
+evaluates it makes one durable storage write (``report_trial``, refused if the
+worker lost the reservation), refreshes its view of the experiment, and asks
+the experiment's pruner for a verdict on the trial's stored curve against the
+other trials' stored curves. Nothing else is consulted, so any worker holding
+the same history reaches the same verdict: there is no scheduler.
+
+Reports from a child process (a script under ``orchard hunt``, a Python
+objective run with a time or memory limit) arrive as JSON lines in a report
+file; a :class:`ReportFollower` thread reads them while the child runs, writes
+each verdict back to the verdict file (see :mod:`orchard.report`), and stops the
+child's process group if it goes on past a "prune" verdict.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import json
+import logging
+import math
+import os
+import threading
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from orchard.errors import OrchardError
+from orchard.pruners import BasePruner, Verdict
+from orchard.storages.base import BaseStorage
+from orchard.trial import Trial, TrialStatus
+
+__all__ = ["Judge", "ReportFollower", "current_judge", "judging"]
+
+log = logging.getLogger(__name__)
+
+#: Seconds between two reads of a report file.
+FOLLOW_INTERVAL = 0.01
+
+
+class Judge:
+    """Stores the reports of one worker's trials and reaches their verdicts.
+
+    Args:
+        storage: the worker's storage.
+        worker: the worker's name (the owner every report write is checked against).
+        trials: a callable returning the experiment's trials as last refreshed
+            (the worker's history, refreshed before each verdict).
+        refresh: refreshes that history.
+        pruner: the experiment's pruner.
+    """
+
+    def __init__(self, storage: BaseStorage, worker: str, trials: Callable[[], dict[str, Trial]],
+                 refresh: Callable[[], object], pruner: BasePruner) -> None:
+        self.storage, self.worker, self.pruner = storage, worker, pruner
+        self._trials, self._refresh = trials, refresh
+        self._lock = threading.Lock()
+        #: The "prune" verdict of each trial that received one, by trial id.
+        self.pruned: dict[str, Verdict] = {}
+        #: Trials with at least one report stored by this judge.
+        self.reported: set[str] = set()
+
+    def __call__(self, trial_id: str, value: float, step: int) -> Verdict:
+        """Store ``value`` at ``step`` on ``trial_id`` and return the verdict on it.
+
+        Raises:
+            ReservationLostError: the worker no longer holds the trial.
+            InvalidReportError: the storage refused the report (a step not above the last, too many steps).
+        """
+        with self._lock:  # a follower thread and the worker's thread never refresh the history together
+            stored = self.storage.report_trial(trial_id, self.worker, step, value)
+            self.reported.add(trial_id)
+            self._refresh()
+            others = {
+                tid: trial.reports
+                for tid, trial in self._trials().items()
+                if tid != trial_id and trial.reports and trial.status is not TrialStatus.BROKEN
+            }
+            verdict = self.pruner.judge(trial_id, stored.reports, others)
+            if verdict.prune:
+                self.pruned.setdefault(trial_id, verdict)
+            return verdict
+
+    def verdict_of(self, trial_id: str) -> Verdict | None:
+        """The "prune" verdict ``trial_id`` received from this judge, if any."""
+        return self.pruned.get(trial_id)
+
+    def forget(self, trial_id: str) -> None:
+        """Drop what the judge kept of a trial once its outcome is recorded."""
+        self.pruned.pop(trial_id, None)
+        self.reported.discard(trial_id)
+
+
+_JUDGE: contextvars.ContextVar[tuple[Judge, str] | None] = contextvars.ContextVar("orchard_judge", default=None)
+
+
+def current_judge() -> tuple[Judge, str] | None:
+    """The judge and trial id of the evaluation running in this thread, if the worker set one."""
+    return _JUDGE.get()
+
+
+@contextlib.contextmanager
+def judging(judge: Judge, trial_id: str) -> Iterator[None]:
+    """Make ``judge`` the one reports of ``trial_id`` go to, in this thread, for the ``with`` block."""
+    from orchard.report import reporting_to
+
+    token = _JUDGE.set((judge, trial_id))
+    try:
+        with reporting_to(lambda value, step: judge(trial_id, value, step).prune):
+            yield
+    finally:
+        _JUDGE.reset(token)
+
+
+class ReportFollower:
+    """Follows a child's report file while it runs: store, judge, answer, stop it if it ignores "prune".
+
+    Args:
+        judge: the worker's judge.
+        trial_id: the trial the child evaluates.
+        report_path: the file the child appends ``{"step": S, "objective": V}`` lines to.
+        verdict_path: the file each verdict is written to (replaced whole).
+        stop: called once, from the follower's thread, when the child is still running
+            ``grace`` seconds after a "prune" verdict (it should stop the child's process group).
+        grace: seconds a child has to end by itself after a "prune" verdict.
+    """
+
+    def __init__(self, judge: Judge, trial_id: str, report_path: str, verdict_path: str,
+                 stop: Callable[[], None], grace: float) -> None:
+        self.judge, self.trial_id = judge, trial_id
+        self.report_path, self.verdict_path = report_path, verdict_path
+        self._stop_child, self.grace = stop, grace
+        self._offset = 0
+        self._partial = b""
+        self._done = threading.Event()
+        self._pruned_event = threading.Event()
+        self.skipped = 0
+        self._thread = threading.Thread(target=self._follow, name=f"orchard-reports-{trial_id[:8]}", daemon=True)
+
+    @staticmethod
+    def environment(report_path: str, verdict_path: str) -> dict[str, str]:
+        """The variables that point a child's :func:`orchard.report` at these files."""
+        from orchard.report import REPORT_ENV, VERDICT_ENV
+
+        return {REPORT_ENV: report_path, VERDICT_ENV: verdict_path}
+
+    def __enter__(self) -> ReportFollower:
+        for path in (self.report_path, self.verdict_path):
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(path)  # left by an earlier attempt of the trial
+        open(self.report_path, "ab").close()  # noqa: SIM115 -- created empty, appended to by the child
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._done.set()
+        self._thread.join()
+        self._drain()  # lines written just before the child ended
+
+    def _follow(self) -> None:
+        pruned_at: float | None = None
+        while not self._done.wait(FOLLOW_INTERVAL):
+            self._drain()
+            if self._pruned_event.is_set() and pruned_at is None:
+                pruned_at = time.monotonic()
+            if pruned_at is not None:
+                if time.monotonic() - pruned_at >= self.grace:
+                    log.info("trial %s goes on past its prune verdict; stopping it", self.trial_id)
+                    self._stop_child()
+                    return
+
+    def _drain(self) -> None:
+        try:
+            with open(self.report_path, "rb") as handle:
+                handle.seek(self._offset)
+                chunk = handle.read()
+        except OSError:
+            return
+        self._offset += len(chunk)
+        data = self._partial + chunk
+        *lines, self._partial = data.split(b"\n")
+        for line in lines:
+            if line.strip():
+                self._take(line)
+
+    def _take(self, line: bytes) -> None:
+        parsed = _parse(line)
+        if isinstance(parsed, str):
+            self.skipped += 1
+            log.warning("trial %s: skipped a line of %s: %s", self.trial_id, self.report_path, parsed)
+            return
+        step, value = parsed
+        answer: dict[str, Any] = {"step": step, "prune": False}
+        try:
+            verdict = self.judge(self.trial_id, value, step)
+            answer["prune"] = verdict.prune
+        except OrchardError as err:  # refused (bad step, lost reservation): said to the child, nothing stored
+            log.warning("trial %s: report at step %s refused: %s", self.trial_id, step, err)
+            answer["refused"] = str(err)
+        _write_verdict(self.verdict_path, answer)
+        if answer["prune"]:
+            self._pruned_event.set()
+
+
+def _parse(line: bytes) -> tuple[int, float] | str:
+    """``(step, value)`` of a report line, or why it is not one."""
+    try:
+        data = json.loads(line)
+    except ValueError:
+        return f"not JSON: {line[:80]!r}"
+    if not isinstance(data, dict) or "step" not in data or "objective" not in data:
+        return f'not a {{"step": S, "objective": V}} object: {line[:80]!r}'
+    step, value = data["step"], data["objective"]
+    if isinstance(step, bool) or not isinstance(step, int) or step < 0:
+        return f"step must be an integer >= 0, got {step!r:.40}"
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        return f"objective must be a finite number, got {value!r:.40}"
+    return step, float(value)
+
+
+def _write_verdict(path: str, answer: dict[str, Any]) -> None:
+    tmp = f"{path}.tmp"
+    with open(tmp, "w", encoding="utf-8") as handle:
+        json.dump(answer, handle)
+    os.replace(tmp, path)
