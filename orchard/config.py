@@ -88,6 +88,8 @@ SETTINGS: dict[str, Setting] = {
     "storage": Setting(default=DEFAULT_STORAGE),  # a URI, a path or a BaseStorage
     # the algorithm's name and options are checked when the experiment is built
     "algorithm": Setting(name_or_mapping, ExperimentConfig.default("algorithm")),
+    # likewise the pruner's (orchard.pruners)
+    "pruner": Setting(name_or_mapping, ExperimentConfig.default("pruner")),
     **{key: _experiment(key) for key in EXPERIMENT_RULES},
     "idle_timeout": Setting(optional(positive_number)),
     "trial_timeout": Setting(optional(positive_number)),

@@ -103,7 +103,8 @@ def build_experiment(
     wanted_space = Space.from_config(space) if space is not None else None
     wanted_algo = settings.get("algorithm", algorithm, use_default=False)
     wanted_algo = normalize_algorithm_config(wanted_algo, wanted_space) if wanted_algo is not None else None
-    wanted_pruner = normalize_pruner_config(pruner) if pruner is not None else None
+    wanted_pruner = settings.get("pruner", pruner, use_default=False)
+    wanted_pruner = normalize_pruner_config(wanted_pruner) if wanted_pruner is not None else None
     store = get_storage(settings.get("storage", storage))
     record = store.get_experiment(name)
     if record is None:

@@ -49,6 +49,10 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     option("--algorithm", metavar="ALGO",
            help="random (default), grid, bayes, asha, hyperband, or a YAML mapping of a name to options, "
                 "such as '{bayes: {acq_func: EI, n_initial_points: 5}}'")
+    option("--pruner", metavar="PRUNER",
+           help="stop trials from the values scripts report each step (see ORCHARD_REPORT_PATH): none "
+                "(default), median, percentile, asha, hyperband, threshold, patience, or a YAML mapping "
+                "such as '{asha: {min_step: 2}}'")
     option("--n-workers", metavar="K",
            help="run K workers on this machine through the executor (default 1: with the default "
                 "executor, the one worker runs in the hunt process itself)")
@@ -161,7 +165,7 @@ def _experiment(name: str, template: CommandTemplate, storage: BaseStorage, sett
         name, space=template.space, algorithm=given("algorithm"),
         storage=storage, max_trials=given("max_trials"), max_broken=given("max_broken"),
         max_attempts=given("max_attempts"), heartbeat=given("heartbeat"), seed=given("seed"),
-        working_dir=given("working_dir"),
+        working_dir=given("working_dir"), pruner=given("pruner"),
     )
 
 
