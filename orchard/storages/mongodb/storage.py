@@ -15,10 +15,10 @@ multi-document transactions, so nothing is left half-done when a process dies.
 per experiment by a unique index; every trial holds one except broken ones,
 and a registration with ``budget=M`` only claims slots below ``M``. The trial
 and its slot are one insert; ``fail_trial`` frees the slot in the update that
-marks the trial broken. Details in :mod:`orchard.storages._mongo_slots`.
+marks the trial broken. Details in :mod:`orchard.storages.mongodb.slots`.
 
 **Change feed.** Every write has the server stamp ``mtime`` and increments
-``version``; :mod:`orchard.storages._mongo_changes` reads by that stamp, so no
+``version``; :mod:`orchard.storages.mongodb.changes` reads by that stamp, so no
 client clock orders anything.
 
 **Lost leases.** :meth:`MongoStorage.release_lost` takes a trial back only if
@@ -52,10 +52,10 @@ from orchard.errors import (
 )
 from orchard.leases import lost_error
 from orchard.space import to_builtin, trial_id
-from orchard.storages import _mongo
-from orchard.storages._mongo_changes import STAMP, ChangeFeed
-from orchard.storages._mongo_slots import BudgetSlots
 from orchard.storages.base import BaseStorage, ExperimentRecord
+from orchard.storages.mongodb import client
+from orchard.storages.mongodb.changes import STAMP, ChangeFeed
+from orchard.storages.mongodb.slots import BudgetSlots
 from orchard.trial import Lease, Trial, TrialStatus
 
 __all__ = ["MongoStorage"]
@@ -79,7 +79,7 @@ def _translated(action: str) -> Callable[[_Verb[P, R]], _Verb[P, R]]:
             try:
                 return method(self, *args, **kwargs)
             except (PyMongoError, BSONError) as err:
-                raise _mongo.translate(err, self.uri, action) from err
+                raise client.translate(err, self.uri, action) from err
 
         return wrapper
 
@@ -125,12 +125,12 @@ class MongoStorage(BaseStorage):
     """
 
     def __init__(self, uri: str, *, change_margin: float = 5.0, check_interval: float = 10.0) -> None:
-        self.uri = _mongo.name_anonymous_mock(uri)
+        self.uri = client.name_anonymous_mock(uri)
         self._margin = change_margin
         self._check_interval = check_interval
         self._changes = ChangeFeed(change_margin, check_interval)
         self._lock = threading.Lock()
-        self._client, self._db_name = _mongo.open_client(self.uri)
+        self._client, self._db_name = client.open_client(self.uri)
         self._pid = os.getpid()
         self._indexed = False
         self._names: dict[str, str] = {}  # experiment id -> name, for ids known to exist
@@ -159,11 +159,11 @@ class MongoStorage(BaseStorage):
             self._client, self._lock, self._pid = None, threading.Lock(), os.getpid()
         with self._lock:
             if self._client is None:
-                self._client, self._db_name = _mongo.open_client(self.uri)
+                self._client, self._db_name = client.open_client(self.uri)
                 self._indexed = False
             db = self._client[self._db_name]
             if not self._indexed:
-                _mongo.ensure_indexes(db)
+                client.ensure_indexes(db)
                 self._indexed = True
             return db
 
@@ -284,7 +284,7 @@ class MongoStorage(BaseStorage):
         if worker is not None:
             trial = dataclasses.replace(trial, status=TrialStatus.RESERVED, worker=worker,
                                         heartbeat=now, start_time=now, attempts=1)
-        self._slots.insert(self._trials, _mongo.trial_to_doc(trial), budget, name)
+        self._slots.insert(self._trials, client.trial_to_doc(trial), budget, name)
         return trial
 
     @_translated("restore trials")
@@ -294,10 +294,10 @@ class MongoStorage(BaseStorage):
         for trial in trials:
             tid = trial_id(experiment_id, trial.params)
             fresh = dataclasses.replace(trial, id=tid, experiment=experiment_id)
-            doc = _mongo.trial_to_doc(fresh)
+            doc = client.trial_to_doc(fresh)
             try:
                 if fresh.status is TrialStatus.BROKEN:
-                    _mongo.insert_stamped(self._trials, doc)
+                    client.insert_stamped(self._trials, doc)
                 else:
                     self._slots.insert(self._trials, doc, None, name)
             except (DuplicateKeyError, DuplicateTrialError):
@@ -320,7 +320,7 @@ class MongoStorage(BaseStorage):
         if doc is None:
             self._experiment_name(experiment_id)  # raise if the experiment does not exist
             return None
-        return _mongo.doc_to_trial(doc)
+        return client.doc_to_trial(doc)
 
     @_translated("record a heartbeat")
     def heartbeat_trial(self, trial_id: str, worker: str) -> None:
@@ -375,7 +375,7 @@ class MongoStorage(BaseStorage):
             update = self._stamp({"status": TrialStatus.INTERRUPTED.value, "worker": None})
         doc = self._trials.find_one_and_update({**held, "attempts": seen.get("attempts")}, update,
                                                return_document=_AFTER)
-        return None if doc is None else _mongo.doc_to_trial(doc)
+        return None if doc is None else client.doc_to_trial(doc)
 
     @staticmethod
     def _owned(trial_id: str, worker: str | None) -> dict[str, Any]:
@@ -388,7 +388,7 @@ class MongoStorage(BaseStorage):
         doc = self._trials.find_one_and_update(self._owned(trial_id, worker), update, return_document=_AFTER)
         if doc is None:
             raise self._refusal(trial_id, worker)
-        return _mongo.doc_to_trial(doc)
+        return client.doc_to_trial(doc)
 
     def _refusal(self, trial_id: str, worker: str | None) -> TrialNotFoundError | ReservationLostError:
         """Why a conditional write matched nothing: no such trial, or not reserved by ``worker``."""
@@ -407,7 +407,7 @@ class MongoStorage(BaseStorage):
     @_translated("read a trial")
     def get_trial(self, trial_id: str) -> Trial | None:
         doc = self._trials.find_one({"_id": trial_id})
-        return None if doc is None else _mongo.doc_to_trial(doc)
+        return None if doc is None else client.doc_to_trial(doc)
 
     @_translated("fetch trials")
     def fetch_trials(
@@ -416,7 +416,7 @@ class MongoStorage(BaseStorage):
         query: dict[str, Any] = {"experiment": experiment_id}
         if statuses is not None:
             query["status"] = {"$in": [TrialStatus(s).value for s in statuses]}
-        trials = [_mongo.doc_to_trial(doc) for doc in self._trials.find(query)]
+        trials = [client.doc_to_trial(doc) for doc in self._trials.find(query)]
         if not trials:
             self._experiment_name(experiment_id)
         return sorted(trials, key=lambda t: t.submit_time or 0.0)
@@ -435,7 +435,7 @@ class MongoStorage(BaseStorage):
 
     @_translated("fetch changed trials")
     def fetch_changes(self, experiment_id: str, cursor: Any = None) -> tuple[list[Trial], Any]:
-        """See :meth:`BaseStorage.fetch_changes`; the guarantee is in :mod:`orchard.storages._mongo_changes`."""
+        """See :meth:`BaseStorage.fetch_changes`; the guarantee is in :mod:`orchard.storages.mongodb.changes`."""
         trials, cursor = self._changes.fetch(
             self._trials, experiment_id, cursor, lambda: self.count_trials(experiment_id)
         )

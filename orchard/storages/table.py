@@ -33,9 +33,10 @@ from orchard.space import to_builtin, trial_id
 from orchard.storages.base import ExperimentRecord
 from orchard.trial import Lease, Trial, TrialStatus
 
-__all__ = ["Record", "TrialTable"]
+__all__ = ["SCALARS", "Record", "TrialTable"]
 
 Record = dict[str, Any]
+SCALARS = (bool, int, float, str, type(None))  # the plain values a record holds besides lists and dicts
 
 
 class _ExperimentTrials:
@@ -57,7 +58,7 @@ class TrialTable:
 
     The objects it returns are the stored ones (never mutated in place: a
     change replaces them), so a storage must copy them before handing them
-    out (:class:`~orchard.storages._tabled.TableStorage` does, in one place).
+    out (:class:`~orchard.storages.table_storage.TableStorage` does, in one place).
     """
 
     def __init__(self) -> None:
