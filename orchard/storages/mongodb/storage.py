@@ -42,15 +42,16 @@ from bson.errors import BSONError
 from pymongo import ReturnDocument
 from pymongo.errors import DuplicateKeyError, PyMongoError
 
+from orchard import trial as transitions
 from orchard.errors import (
     ConfigurationError,
     DuplicateTrialError,
     ExperimentNotFoundError,
+    OrchardError,
     ReservationLostError,
     StorageError,
     TrialNotFoundError,
 )
-from orchard.leases import lost_error
 from orchard.space import to_builtin, trial_id
 from orchard.storages.base import BaseStorage, ExperimentRecord
 from orchard.storages.mongodb import client
@@ -84,6 +85,16 @@ def _translated(action: str) -> Callable[[_Verb[P, R]], _Verb[P, R]]:
         return wrapper
 
     return decorate
+
+
+def _expected(trial_id: str, change: transitions.Change) -> dict[str, Any]:
+    """The filter matching trial ``trial_id`` only in the state ``change`` requires."""
+    query: dict[str, Any] = {"_id": trial_id, "status": {"$in": sorted(s.value for s in change.before)}}
+    if change.owner is not None:
+        query["worker"] = change.owner
+    for name, value in change.expects.items():
+        query[name] = {"$in": [0, None]} if name == "attempts" and value == 0 else value  # None: stored before attempts
+    return query
 
 
 def _reopen(uri: str, change_margin: float, check_interval: float) -> MongoStorage:
@@ -282,8 +293,7 @@ class MongoStorage(BaseStorage):
         trial = Trial(id=trial_id(experiment_id, plain), experiment=experiment_id, params=plain,
                       submit_time=now, parent=parent)
         if worker is not None:
-            trial = dataclasses.replace(trial, status=TrialStatus.RESERVED, worker=worker,
-                                        heartbeat=now, start_time=now, attempts=1)
+            trial = transitions.reserve(worker, now).applied_to(trial)  # registered and reserved at once
         self._slots.insert(self._trials, client.trial_to_doc(trial), budget, name)
         return trial
 
@@ -307,13 +317,39 @@ class MongoStorage(BaseStorage):
 
     # -- trials: the reservation lifecycle --------------------------------------
 
+    def _update(self, change: transitions.Change) -> dict[str, Any]:
+        """The update applying ``change``; a trial that breaks frees its unit of budget in it."""
+        fields = {name: value.value if isinstance(value, TrialStatus) else value for name, value in change.sets.items()}
+        unset = ["slot"] if change.sets.get("status") is TrialStatus.BROKEN else []
+        return self._stamp(fields, unset=unset, inc=dict(change.adds))
+
+    def _apply(self, trial_id: str, change: transitions.Change) -> Trial:
+        """One conditional update applying ``change``; when it matches nothing, the change says why."""
+        doc = self._trials.find_one_and_update(_expected(trial_id, change), self._update(change), return_document=_AFTER)
+        if doc is None:
+            raise self._refusal(trial_id, change)
+        return client.doc_to_trial(doc)
+
+    def _refusal(self, trial_id: str, change: transitions.Change) -> OrchardError:
+        doc = self._trials.find_one({"_id": trial_id})
+        trial = None if doc is None else client.doc_to_trial(doc)
+        error = change.refusal(trial_id, trial, self.redacted_uri)
+        if error is None:  # it changed back between the update and this read: refuse all the same
+            assert trial is not None
+            error = ReservationLostError.refused(trial_id, trial.status.value, trial.worker, change.owner)
+        return error
+
+    def _current(self, trial_id: str) -> Trial:
+        doc = self._trials.find_one({"_id": trial_id})
+        if doc is None:
+            raise TrialNotFoundError.missing(trial_id, self.redacted_uri)
+        return client.doc_to_trial(doc)
+
     @_translated("reserve a trial")
     def reserve_trial(self, experiment_id: str, worker: str) -> Trial | None:
-        now = self.now()
         doc = self._trials.find_one_and_update(
             {"experiment": experiment_id, "status": {"$in": _WAITING}},
-            self._stamp({"status": TrialStatus.RESERVED.value, "worker": worker, "heartbeat": now,
-                         "start_time": now, "end_time": None}, inc={"attempts": 1}),
+            self._update(transitions.reserve(worker, self.now())),
             sort=[("status", 1), ("submit_time", 1)],
             return_document=_AFTER,
         )
@@ -324,35 +360,23 @@ class MongoStorage(BaseStorage):
 
     @_translated("record a heartbeat")
     def heartbeat_trial(self, trial_id: str, worker: str) -> None:
-        update = self._stamp({"heartbeat": self.now()})
-        result = self._trials.update_one(self._owned(trial_id, worker), update)
-        if result.matched_count == 0:
-            raise self._refusal(trial_id, worker)
+        change = transitions.heartbeat(worker, self.now())
+        if self._trials.update_one(_expected(trial_id, change), self._update(change)).matched_count == 0:
+            raise self._refusal(trial_id, change)
 
     @_translated("complete a trial")
     def complete_trial(
         self, trial_id: str, worker: str, objective: float, results: Mapping[str, Any] | None = None
     ) -> Trial:
-        now = self.now()
-        return self._owned_update(trial_id, worker, self._stamp({
-            "status": TrialStatus.COMPLETED.value, "objective": float(objective),
-            "results": to_builtin(dict(results or {})), "end_time": now, "heartbeat": now,
-        }))
+        return self._apply(trial_id, transitions.complete(worker, objective, to_builtin(dict(results or {})), self.now()))
 
     @_translated("mark a trial broken")
     def fail_trial(self, trial_id: str, worker: str, error: Mapping[str, Any]) -> Trial:
-        now = self.now()
-        return self._owned_update(trial_id, worker, self._stamp({
-            "status": TrialStatus.BROKEN.value, "error": to_builtin(dict(error)),
-            "end_time": now, "heartbeat": now,
-        }, unset=["slot"]))  # frees its unit of budget in the same atomic update
+        return self._apply(trial_id, transitions.fail(worker, to_builtin(dict(error)), self.now()))
 
     @_translated("release a trial")
     def release_trial(self, trial_id: str, worker: str | None) -> Trial:
-        return self._owned_update(  # a graceful release gives its attempt back
-            trial_id, worker,
-            self._stamp({"status": TrialStatus.INTERRUPTED.value, "worker": None}, inc={"attempts": -1}),
-        )
+        return self._apply(trial_id, transitions.release(self._current(trial_id), worker))
 
     @_translated("release lost trials")
     def release_lost(self, experiment_id: str, leases: Mapping[str, Lease], max_attempts: int) -> list[Trial]:
@@ -361,46 +385,15 @@ class MongoStorage(BaseStorage):
         return [trial for trial in taken if trial is not None]
 
     def _take_back(self, experiment_id: str, trial_id: str, lease: Lease, max_attempts: int) -> Trial | None:
-        """Interrupt or break one trial if it still holds ``lease``; each write conditional on it."""
-        held = {"_id": trial_id, "experiment": experiment_id, "status": TrialStatus.RESERVED.value,
-                "worker": lease.worker, "heartbeat": lease.heartbeat}
-        seen = self._trials.find_one(held, projection={"attempts": 1})
-        if seen is None:
+        """Interrupt or break one trial if it still holds ``lease``; the write conditional on it."""
+        doc = self._trials.find_one({"_id": trial_id, "experiment": experiment_id})
+        if doc is None:
             return None
-        attempts = int(seen.get("attempts") or 0)
-        if attempts >= max_attempts:  # broken frees its unit of budget in the same update
-            update = self._stamp({"status": TrialStatus.BROKEN.value, "error": lost_error(attempts),
-                                  "end_time": self.now()}, unset=["slot"])
-        else:
-            update = self._stamp({"status": TrialStatus.INTERRUPTED.value, "worker": None})
-        doc = self._trials.find_one_and_update({**held, "attempts": seen.get("attempts")}, update,
-                                               return_document=_AFTER)
-        return None if doc is None else client.doc_to_trial(doc)
-
-    @staticmethod
-    def _owned(trial_id: str, worker: str | None) -> dict[str, Any]:
-        query: dict[str, Any] = {"_id": trial_id, "status": TrialStatus.RESERVED.value}
-        if worker is not None:
-            query["worker"] = worker
-        return query
-
-    def _owned_update(self, trial_id: str, worker: str | None, update: Mapping[str, Any]) -> Trial:
-        doc = self._trials.find_one_and_update(self._owned(trial_id, worker), update, return_document=_AFTER)
-        if doc is None:
-            raise self._refusal(trial_id, worker)
-        return client.doc_to_trial(doc)
-
-    def _refusal(self, trial_id: str, worker: str | None) -> TrialNotFoundError | ReservationLostError:
-        """Why a conditional write matched nothing: no such trial, or not reserved by ``worker``."""
-        doc = self._trials.find_one({"_id": trial_id}, projection={"status": 1, "worker": 1})
-        if doc is None:
-            return TrialNotFoundError(f"no trial with id {trial_id!r} in storage {self.redacted_uri}")
-        owner = f"owned by {doc['worker']}" if doc.get("worker") else "unowned"
-        return ReservationLostError(
-            f"trial {trial_id} is {doc['status']} and {owner}, not reserved by {worker or 'anyone'}; "
-            "its reservation was released (stale heartbeat?) or taken by another worker, so this "
-            "write was refused"
+        change = transitions.take_back(client.doc_to_trial(doc), lease, max_attempts, self.now())
+        doc = self._trials.find_one_and_update(
+            _expected(trial_id, change), self._update(change), return_document=_AFTER
         )
+        return None if doc is None else client.doc_to_trial(doc)
 
     # -- trials: reading --------------------------------------------------------
 
