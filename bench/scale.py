@@ -58,11 +58,11 @@ _LAST: dict[str, Any] = {}
 
 def install_probes(mongo: bool) -> None:
     """Executor initializer: time every pickle-lock acquisition; count MongoDB commands if ``mongo``."""
-    from orchard.storages import _filelocks
+    from orchard.storages.pickled import locks
 
-    acquire = _filelocks.acquire
+    acquire = locks.acquire
 
-    release = _filelocks.KernelLock.release
+    release = locks.KernelLock.release
 
     def timed(lock: Any, *args: Any, **kwargs: Any) -> bool:
         start = time.perf_counter()
@@ -76,8 +76,8 @@ def install_probes(mongo: bool) -> None:
         _HOLDS.append(time.perf_counter() - _HELD["since"])
         release(lock)
 
-    _filelocks.acquire = timed
-    _filelocks.KernelLock.release = timed_release  # type: ignore[method-assign, assignment]
+    locks.acquire = timed
+    locks.KernelLock.release = timed_release  # type: ignore[method-assign, assignment]
     if mongo:  # pymongo is imported only where it is used, as the storage does
         _install_mongo_probe()
 

@@ -117,6 +117,11 @@ class ReservationLostError(StorageError):
 class TrialNotFoundError(StorageError):
     """No trial with the given id exists."""
 
+    @classmethod
+    def missing(cls, trial_id: str, where: str = "the storage") -> TrialNotFoundError:
+        """No trial ``trial_id`` in ``where`` (a storage's redacted URI, or "the storage")."""
+        return cls(f"no trial with id {trial_id!r} in {where}")
+
 
 class StopReason(str, enum.Enum):
     """Why a worker stops asking for trials (carried by :class:`WorkerStoppedError`)."""

@@ -24,33 +24,10 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterable
-from typing import Any
 
-from orchard.trial import Lease, Trial
+from orchard.trial import Lease, Trial, lost_error
 
 __all__ = ["LeaseObserver", "lost_error"]
-
-
-def lost_error(attempts: int) -> dict[str, Any]:
-    """The ``error`` of a trial whose reservation was lost for the last allowed time.
-
-    Args:
-        attempts: how many of its reservations were lost.
-
-    Returns:
-        ``{"type": "TrialLost", "reason": "lost", "message": ...}``.
-    """
-    return {
-        "type": "TrialLost",
-        "reason": "lost",
-        "message": (
-            f"the reservation of this trial was lost {attempts} times: each worker that evaluated "
-            "it died or froze before finishing. Likely causes: the evaluation crashed its worker "
-            "(a segfault in native code), the OOM killer, or the job step was taken down (a "
-            "wall-time or memory limit); check the workers' logs and the evaluation's memory use, "
-            "or raise max_attempts"
-        ),
-    }
 
 
 class LeaseObserver:

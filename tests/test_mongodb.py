@@ -32,8 +32,8 @@ from orchard.errors import (
     StorageUnavailableError,
     TrialNotFoundError,
 )
-from orchard.storages import _mongo, get_storage
-from orchard.storages.mongodb import MongoStorage
+from orchard.storages import get_storage
+from orchard.storages.mongodb import MongoStorage, client
 from orchard.testing._mongo_uri import with_database
 from orchard.testing.mongo_server import mongodb_for_tests
 from orchard.trial import Lease, Trial, TrialStatus
@@ -159,7 +159,7 @@ def test_driver_errors_become_orchard_errors(
 
 def test_scrub_removes_plain_and_encoded_passwords() -> None:
     uri = "mongodb://bob:p%40ss@host/db"
-    assert "p@ss" not in _mongo.scrub("auth failed for bob with p@ss and p%40ss", uri)
+    assert "p@ss" not in client.scrub("auth failed for bob with p@ss and p%40ss", uri)
 
 
 def test_anonymous_mongomock_is_fresh_but_pickles_to_the_same_data() -> None:
@@ -489,9 +489,9 @@ def wire_uri(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     with mongodb_for_tests(tmp_path_factory.mktemp("mongo")) as uri:
         database = f"orchard_test_{uuid.uuid4().hex[:12]}"
         yield with_database(uri, database)
-        client: Any = pymongo.MongoClient(uri, serverSelectionTimeoutMS=20000)
-        client.drop_database(database)
-        client.close()
+        mongo: Any = pymongo.MongoClient(uri, serverSelectionTimeoutMS=20000)
+        mongo.drop_database(database)
+        mongo.close()
 
 
 @pytest.fixture
@@ -555,7 +555,7 @@ def test_every_verb_over_the_wire(wire: MongoStorage) -> None:
     for clash, field in (({**held, "slot": f"{exp}:x"}, "_id"), ({**held, "_id": "other"}, "slot")):
         with pytest.raises(pymongo.errors.DuplicateKeyError) as info:
             wire._trials.insert_one(clash)
-        assert _mongo.duplicate_key_field(info.value) == field  # the server names the index
+        assert client.duplicate_key_field(info.value) == field  # the server names the index
     b = wire.register_trial(exp, {"x": 2}, worker="w", budget=2)
     with pytest.raises(BudgetExhaustedError):
         wire.register_trial(exp, {"x": 3}, budget=2)

@@ -32,9 +32,9 @@ from orchard.errors import (
     StorageError,
     StorageUnavailableError,
 )
-from orchard.storages import _logfile, get_storage
-from orchard.storages._filelocks import SoftLock
-from orchard.storages.pickled import PickledStorage
+from orchard.storages import get_storage
+from orchard.storages.pickled import PickledStorage, fileformat
+from orchard.storages.pickled.locks import SoftLock
 from orchard.trial import TrialStatus
 
 SPAWN = multiprocessing.get_context("spawn")
@@ -51,12 +51,12 @@ def _frame(payload: bytes) -> bytes:
 
 
 def _generation(path: Path) -> bytes:
-    return _logfile.decode_header(path.read_bytes()[: _logfile.HEADER_SIZE], str(path)).generation
+    return fileformat.decode_header(path.read_bytes()[: fileformat.HEADER_SIZE], str(path)).generation
 
 
-def _scan_file(path: Path) -> _logfile.Scan:
+def _scan_file(path: Path) -> fileformat.Scan:
     data = path.read_bytes()
-    return _logfile.scan(data[_logfile.HEADER_SIZE :], _logfile.HEADER_SIZE, str(path))
+    return fileformat.scan(data[fileformat.HEADER_SIZE :], fileformat.HEADER_SIZE, str(path))
 
 
 def _populate(storage: PickledStorage, n: int, name: str = "exp") -> str:
@@ -248,14 +248,14 @@ def test_write_interrupted_mid_append(path: Path, monkeypatch: pytest.MonkeyPatc
     """A frame fully written before an interruption stays (readers may have seen it); a partial one goes."""
     writer, reader = PickledStorage(path), PickledStorage(path)
     exp_id = writer.create_experiment("exp", {})
-    real = _logfile.pwrite_all
+    real = fileformat.pwrite_all
 
     def write_then_interrupt(fd: int, data: bytes, offset: int) -> None:
         real(fd, data if complete else data[: len(data) // 2], offset)
         reader.fetch_trials(exp_id)  # a lock-free reader replays meanwhile
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(_logfile, "pwrite_all", write_then_interrupt)
+    monkeypatch.setattr(fileformat, "pwrite_all", write_then_interrupt)
     with pytest.raises(KeyboardInterrupt):
         writer.register_trial(exp_id, {"x": 1})
     monkeypatch.undo()
@@ -296,7 +296,7 @@ def test_empty_file_is_initialised(path: Path) -> None:
     path.write_bytes(b"")
     storage = PickledStorage(path)
     storage.create_experiment("exp", {})
-    assert path.read_bytes().startswith(_logfile.MAGIC)
+    assert path.read_bytes().startswith(fileformat.MAGIC)
 
 
 class _Evil:
@@ -361,11 +361,11 @@ def test_damage_before_the_tail_costs_one_frame(path: Path, where: str, caplog: 
     exp_id = _populate(storage, 4)
     expected = storage.fetch_trials(exp_id)
     data = bytearray(path.read_bytes())
-    frames = [_logfile.HEADER_SIZE]  # experiment, first trial registered, first trial completed, ...
+    frames = [fileformat.HEADER_SIZE]  # experiment, first trial registered, first trial completed, ...
     for _ in range(2):
-        frames.append(frames[-1] + _logfile.FRAME.size + struct.unpack_from("<I", data, frames[-1])[0])
+        frames.append(frames[-1] + fileformat.FRAME.size + struct.unpack_from("<I", data, frames[-1])[0])
     second = frames[2]
-    offset = second + (_logfile.FRAME.size + 3 if where == "payload" else 1)
+    offset = second + (fileformat.FRAME.size + 3 if where == "payload" else 1)
     data[offset] ^= 0xFF
     path.write_bytes(bytes(data))
     survivors = PickledStorage(path).fetch_trials(exp_id)
@@ -441,7 +441,7 @@ def test_compaction_leftovers_do_not_matter(path: Path) -> None:
     storage = PickledStorage(path, compact_bytes=4096)
     exp_id = _populate(storage, 4)
     leftover = path.parent / f".{path.name}.{uuid.uuid4().hex}.tmp"
-    leftover.write_bytes(_logfile.encode_header(os.urandom(16), 0)[:10])
+    leftover.write_bytes(fileformat.encode_header(os.urandom(16), 0)[:10])
     assert len(PickledStorage(path).fetch_trials(exp_id)) == 4
     for i in range(100):
         storage.register_trial(exp_id, {"x": 100.0 + i})

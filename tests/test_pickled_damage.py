@@ -18,8 +18,7 @@ from pathlib import Path
 import pytest
 
 from orchard.cli import main
-from orchard.storages import _logfile
-from orchard.storages.pickled import PickledStorage
+from orchard.storages.pickled import PickledStorage, fileformat
 from orchard.trial import Trial, TrialStatus
 
 
@@ -55,7 +54,7 @@ def test_garbage_in_the_middle_costs_only_the_records_it_touches(
     data = bytearray(path.read_bytes())
     middle = len(data) // 2
     if layout == "snapshot":  # the middle of the snapshot that starts the file
-        middle = _logfile.decode_header(bytes(data[: _logfile.HEADER_SIZE]), str(path)).base // 2
+        middle = fileformat.decode_header(bytes(data[: fileformat.HEADER_SIZE]), str(path)).base // 2
         assert middle > 20_000
     before = _by_id(storage.fetch_trials(exp_id))
     data[middle : middle + 64] = os.urandom(64)

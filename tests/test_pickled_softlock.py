@@ -78,8 +78,8 @@ def test_writers_with_skewed_clocks_never_interleave(tmp_path: Path) -> None:
 
 def _stall_while_holding_the_lock(path: str, exp_id: str, ready: Any, outcome: Any, owns_lies: bool) -> None:
     """Register a trial, but SIGSTOP this process in the middle of the verb, under the lock."""
-    from orchard.storages import _filelocks
-    from orchard.storages._table import TrialTable
+    from orchard.storages.pickled import locks
+    from orchard.storages.table import TrialTable
 
     real = TrialTable.register_trial
 
@@ -90,7 +90,7 @@ def _stall_while_holding_the_lock(path: str, exp_id: str, ready: Any, outcome: A
 
     TrialTable.register_trial = stalled  # type: ignore[method-assign]
     if owns_lies:  # the worst case: the lock is broken just after the holder's last check
-        _filelocks.SoftLock.owns = lambda self: True  # type: ignore[method-assign]
+        locks.SoftLock.owns = lambda self: True  # type: ignore[method-assign]
     storage = PickledStorage(path, lock="soft", stale_lock_after=0.5, fsync=False)
     try:
         storage.register_trial(exp_id, {"x": -1.0})

@@ -19,8 +19,8 @@ from typing import Any
 import pytest
 
 import orchard
-from orchard.storages import _filelocks
-from orchard.storages._filelocks import KernelLock, acquire
+from orchard.storages.pickled import locks
+from orchard.storages.pickled.locks import KernelLock, acquire
 
 FORK = multiprocessing.get_context("fork")
 
@@ -89,8 +89,8 @@ def test_a_waiter_does_its_work_between_attempts_at_a_bounded_rate(lock_path: st
     finally:
         holder.kill()
     assert calls, "the waiter never did its work"
-    assert len(calls) <= (calls[-1] - calls[0]) / _filelocks._WORK_EVERY + 2
-    assert min(b - a for a, b in zip(calls, calls[1:])) >= _filelocks._WORK_EVERY * 0.9
+    assert len(calls) <= (calls[-1] - calls[0]) / locks._WORK_EVERY + 2
+    assert min(b - a for a, b in zip(calls, calls[1:])) >= locks._WORK_EVERY * 0.9
 
 
 def sleepy(x: float, y: float) -> dict[str, Any]:

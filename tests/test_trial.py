@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import dataclasses
 
-from orchard.trial import ALLOWED_TRANSITIONS, Trial, TrialStatus, can_transition
+import pytest
+
+from orchard import trial as transitions
+from orchard.errors import ReservationLostError, TrialNotFoundError
+from orchard.trial import Lease, Trial, TrialStatus
 
 
 def test_to_dict_covers_every_field_and_round_trips() -> None:
@@ -18,12 +22,46 @@ def test_to_dict_covers_every_field_and_round_trips() -> None:
     assert Trial.from_dict({**data, "_id": "ignored", "slot": "e:1"}).id == "t"
 
 
+def _arrows() -> dict[str, transitions.Change]:
+    reserved = Trial("t", "e", {}, status=TrialStatus.RESERVED, worker="w", heartbeat=1.0, attempts=1)
+    return {
+        "reserve": transitions.reserve("w", 1.0),
+        "heartbeat": transitions.heartbeat("w", 1.0),
+        "complete": transitions.complete("w", 0.5, {}, 1.0),
+        "fail": transitions.fail("w", {"type": "E"}, 1.0),
+        "release": transitions.release(reserved, "w"),
+        "take back": transitions.take_back(reserved, Lease("w", 1.0), 3, 1.0),
+        "break as lost": transitions.take_back(reserved, Lease("w", 1.0), 1, 1.0),
+    }
+
+
 def test_lifecycle_transitions_match_the_spec() -> None:
-    assert can_transition(TrialStatus.NEW, TrialStatus.RESERVED)
-    assert can_transition(TrialStatus.INTERRUPTED, TrialStatus.RESERVED)
-    assert {s for s in TrialStatus if can_transition(TrialStatus.RESERVED, s)} == {
-        TrialStatus.COMPLETED, TrialStatus.BROKEN, TrialStatus.INTERRUPTED}
-    assert not ALLOWED_TRANSITIONS[TrialStatus.COMPLETED] and not ALLOWED_TRANSITIONS[TrialStatus.BROKEN]
-    assert not can_transition(TrialStatus.NEW, TrialStatus.COMPLETED)
+    moves = {(name, frozenset(change.before), change.sets.get("status")) for name, change in _arrows().items()}
+    waiting, reserved = frozenset({TrialStatus.NEW, TrialStatus.INTERRUPTED}), frozenset({TrialStatus.RESERVED})
+    assert moves == {
+        ("reserve", waiting, TrialStatus.RESERVED), ("heartbeat", reserved, None),
+        ("complete", reserved, TrialStatus.COMPLETED), ("fail", reserved, TrialStatus.BROKEN),
+        ("release", reserved, TrialStatus.INTERRUPTED), ("take back", reserved, TrialStatus.INTERRUPTED),
+        ("break as lost", reserved, TrialStatus.BROKEN),
+    }
+    left = set().union(*(change.before for change in _arrows().values()))
+    assert not left & {TrialStatus.COMPLETED, TrialStatus.BROKEN}  # terminal: no arrow leaves them
+
+
+def test_a_refused_arrow_names_the_trial_its_owner_and_the_writer() -> None:
+    done = Trial("t1", "e", {}, status=TrialStatus.COMPLETED, worker="a")
+    with pytest.raises(ReservationLostError, match="trial t1 is completed and owned by a, not reserved by b"):
+        transitions.complete("b", 1.0, {}, 2.0).applied_to(done)
+    with pytest.raises(TrialNotFoundError, match="no trial with id 't2'"):
+        transitions.fail("b", {}, 2.0).applied_to(None, "t2")
+
+
+def test_a_graceful_release_gives_its_attempt_back_never_below_zero() -> None:
+    for attempts, after in ((2, 1), (1, 0), (0, 0)):
+        trial = Trial("t", "e", {}, status=TrialStatus.RESERVED, worker="w", attempts=attempts)
+        assert transitions.release(trial, "w").applied_to(trial).attempts == after
+
+
+def test_statuses() -> None:
     assert [s for s in TrialStatus if s.is_terminal] == [TrialStatus.COMPLETED, TrialStatus.BROKEN]
     assert {s for s in TrialStatus if s.is_reservable} == {TrialStatus.NEW, TrialStatus.INTERRUPTED}

@@ -28,7 +28,7 @@ def _pickle_file(storage: BaseStorage) -> object:
 
 
 def _describe(health: object) -> list[str]:
-    from orchard.storages._log import Health
+    from orchard.storages.pickled.reader import Health
 
     assert isinstance(health, Health)
     lines = [f"{health.size} bytes, {health.frames} good frames holding {health.records} records"]

@@ -12,8 +12,8 @@ import uuid
 from typing import Any, ClassVar, TypeVar
 
 from orchard.errors import ConfigurationError
-from orchard.storages._table import TrialTable
-from orchard.storages._tabled import Query, TableStorage, Verb
+from orchard.storages.table import TrialTable
+from orchard.storages.table_storage import Query, TableStorage, Verb
 
 __all__ = ["MemoryStorage"]
 

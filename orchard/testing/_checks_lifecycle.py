@@ -238,6 +238,15 @@ class LostReservationChecks(Checks):
         released = storage.release_lost(exp, {trial.id: lease_of(trial)}, 2)
         assert [(t.status, t.attempts) for t in released] == [(TrialStatus.INTERRUPTED, 1)]
 
+    def test_a_release_at_zero_attempts_stays_at_zero(self, storage: BaseStorage, exp: str) -> None:
+        # a reservation restored (or written by an old version) with no attempt counted: never negative
+        held = Trial("", exp, {"x": 0.0}, status=TrialStatus.RESERVED, worker=W1, heartbeat=1.0, attempts=0)
+        assert storage.restore_trials(exp, [held]) == 1
+        (trial,) = storage.fetch_trials(exp)
+        assert (trial.status, trial.attempts) == (TrialStatus.RESERVED, 0)
+        assert storage.release_trial(trial.id, W1).attempts == 0
+        assert stored(storage, trial.id).attempts == 0
+
     def test_a_heartbeat_is_a_change(self, storage: BaseStorage, exp: str) -> None:
         trial = storage.register_trial(exp, {"x": 0.0}, worker=W1)
         _, cursor = storage.fetch_changes(exp)

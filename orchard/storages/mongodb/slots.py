@@ -5,7 +5,7 @@ A trial holds a unit of budget iff its document has a ``slot``: the string
 order is numeric order within an experiment. A unique sparse index on
 ``slot`` makes each ``k`` holdable by one trial at a time. Every trial holds a
 slot except broken ones: the trial and its slot are inserted by one
-write (:func:`~orchard.storages._mongo.insert_stamped`; a process dying at any instant holds nothing it did not
+write (:func:`~orchard.storages.mongodb.client.insert_stamped`; a process dying at any instant holds nothing it did not
 insert), and ``fail_trial`` unsets the slot in the same update that marks the
 trial broken.
 
@@ -37,7 +37,7 @@ from typing import Any
 from pymongo.errors import DuplicateKeyError
 
 from orchard.errors import BudgetExhaustedError, DuplicateTrialError, StorageError
-from orchard.storages._mongo import duplicate_key_field, insert_stamped
+from orchard.storages.mongodb.client import duplicate_key_field, insert_stamped
 from orchard.trial import TrialStatus
 
 __all__ = ["BudgetSlots", "duplicate_trial", "slot_key"]

@@ -26,13 +26,13 @@ from __future__ import annotations
 
 from typing import Any
 
+from orchard.storages.table import SCALARS
 from orchard.trial import TrialStatus
 
 __all__ = ["MAX_DEPTH", "SCALARS", "RecordError", "check_batch"]
 
 MAX_DEPTH = 32  # nesting of lists and dicts in configuration and results
 _NODE_FLOOR = 10_000  # nodes any frame may hold, beyond its size in bytes
-SCALARS = (bool, int, float, str, type(None))  # the plain values a record holds besides lists and dicts
 _STATUSES = frozenset(status.value for status in TrialStatus)
 _OPTIONAL_NUMBERS = ("objective", "heartbeat", "submit_time", "start_time", "end_time")
 _NUMBERS = (int, float, type(None))

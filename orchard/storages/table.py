@@ -21,21 +21,21 @@ from collections import OrderedDict
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+from orchard import trial as transitions
 from orchard.errors import (
     BudgetExhaustedError,
     DuplicateTrialError,
     ExperimentNotFoundError,
-    ReservationLostError,
     TrialNotFoundError,
 )
-from orchard.leases import lost_error
 from orchard.space import to_builtin, trial_id
 from orchard.storages.base import ExperimentRecord
 from orchard.trial import Lease, Trial, TrialStatus
 
-__all__ = ["Record", "TrialTable"]
+__all__ = ["SCALARS", "Record", "TrialTable"]
 
 Record = dict[str, Any]
+SCALARS = (bool, int, float, str, type(None))  # the plain values a record holds besides lists and dicts
 
 
 class _ExperimentTrials:
@@ -57,7 +57,7 @@ class TrialTable:
 
     The objects it returns are the stored ones (never mutated in place: a
     change replaces them), so a storage must copy them before handing them
-    out (:class:`~orchard.storages._tabled.TableStorage` does, in one place).
+    out (:class:`~orchard.storages.table_storage.TableStorage` does, in one place).
     """
 
     def __init__(self) -> None:
@@ -167,22 +167,12 @@ class TrialTable:
     def _stored(self, trial_id_: str) -> Trial:
         return self._by_experiment[self._owner_of[trial_id_]].trials[trial_id_]
 
-    def _owned(self, trial_id_: str, worker: str | None) -> Trial:
-        trial = self.trial(trial_id_)
-        if trial is None:
-            raise TrialNotFoundError(f"no trial with id {trial_id_!r} in the storage")
-        if trial.status is not TrialStatus.RESERVED or (worker is not None and trial.worker != worker):
-            owner = f"owned by {trial.worker}" if trial.worker else "unowned"
-            raise ReservationLostError(
-                f"trial {trial_id_} is {trial.status.value} and {owner}, not reserved by "
-                f"{worker or 'anyone'}; its reservation was released (stale heartbeat?) "
-                "or taken by another worker, so this write was refused"
-            )
-        return trial
-
-    @staticmethod
-    def _put(trial: Trial, **changes: Any) -> Record:
-        return {"op": "trial", "trial": dataclasses.replace(trial, **changes).to_dict()}
+    def _change(self, trial_id_: str, change: transitions.Change) -> tuple[Trial, list[Record]]:
+        """Apply one arrow of the lifecycle to the stored trial (raises its refusal)."""
+        fresh = change.applied_to(self.trial(trial_id_), trial_id_)
+        record = {"op": "trial", "trial": fresh.to_dict()}
+        self.apply(record)
+        return self._stored(trial_id_), [record]
 
     # -- verbs: each returns the records to apply (and apply() them) -------------
 
@@ -234,10 +224,7 @@ class TrialTable:
                 )
         trial = Trial(id=tid, experiment=experiment_id, params=point, submit_time=now, parent=parent)
         if worker is not None:
-            trial = dataclasses.replace(
-                trial, status=TrialStatus.RESERVED, worker=worker, heartbeat=now,
-                start_time=now, attempts=1,
-            )
+            trial = transitions.reserve(worker, now).applied_to(trial)  # registered and reserved at once
         records = self.apply_all([{"op": "trial", "trial": trial.to_dict()}])
         return trial, records
 
@@ -256,61 +243,44 @@ class TrialTable:
         table = self._experiment(experiment_id)
         for status in (TrialStatus.INTERRUPTED, TrialStatus.NEW):
             if table.waiting[status]:
-                tid = next(iter(table.waiting[status]))
-                trial = table.trials[tid]
-                record = self._put(
-                    trial, status=TrialStatus.RESERVED, worker=worker, heartbeat=now,
-                    start_time=now, end_time=None, attempts=trial.attempts + 1,
-                )
-                self.apply(record)
-                return table.trials[tid], [record]
+                return self._change(next(iter(table.waiting[status])), transitions.reserve(worker, now))
         return None, []
 
     def heartbeat_trial(self, trial_id_: str, worker: str, now: float) -> list[Record]:
-        trial = self._owned(trial_id_, worker)
-        return self.apply_all([self._put(trial, heartbeat=now)])
+        return self._change(trial_id_, transitions.heartbeat(worker, now))[1]
 
     def complete_trial(
         self, trial_id_: str, worker: str, objective: float, results: Mapping[str, Any] | None, now: float
     ) -> tuple[Trial, list[Record]]:
-        trial = self._owned(trial_id_, worker)
-        record = self._put(
-            trial, status=TrialStatus.COMPLETED, objective=float(objective),
-            results=to_builtin(dict(results or {})), end_time=now, heartbeat=now,
+        return self._change(
+            trial_id_, transitions.complete(worker, objective, to_builtin(dict(results or {})), now)
         )
-        self.apply(record)
-        return self._stored(trial_id_), [record]
 
     def fail_trial(
         self, trial_id_: str, worker: str, error: Mapping[str, Any], now: float
     ) -> tuple[Trial, list[Record]]:
-        trial = self._owned(trial_id_, worker)
-        record = self._put(
-            trial, status=TrialStatus.BROKEN, error=to_builtin(dict(error)), end_time=now, heartbeat=now
-        )
-        self.apply(record)
-        return self._stored(trial_id_), [record]
+        return self._change(trial_id_, transitions.fail(worker, to_builtin(dict(error)), now))
 
     def release_trial(self, trial_id_: str, worker: str | None) -> tuple[Trial, list[Record]]:
-        trial = self._owned(trial_id_, worker)
-        record = self._put(trial, status=TrialStatus.INTERRUPTED, worker=None,
-                           attempts=max(trial.attempts - 1, 0))  # a graceful release gives it back
-        self.apply(record)
-        return self._stored(trial_id_), [record]
+        trial = self.trial(trial_id_)
+        if trial is None:
+            raise TrialNotFoundError.missing(trial_id_)
+        return self._change(trial_id_, transitions.release(trial, worker))
 
     def release_lost(
         self, experiment_id: str, leases: Mapping[str, Lease], max_attempts: int, now: float
     ) -> tuple[list[Trial], list[Record]]:
         table = self._experiment(experiment_id)
-        taken = [table.trials[tid] for tid, lease in leases.items()
-                 if tid in table.reserved and table.trials[tid].lease == lease]
-        records = self.apply_all(self._take_back(trial, max_attempts, now) for trial in taken)
-        return [table.trials[t.id] for t in taken], records
-
-    def _take_back(self, trial: Trial, max_attempts: int, now: float) -> Record:
-        if trial.attempts >= max_attempts:
-            return self._put(trial, status=TrialStatus.BROKEN, error=lost_error(trial.attempts), end_time=now)
-        return self._put(trial, status=TrialStatus.INTERRUPTED, worker=None)
+        taken: list[Trial] = []
+        records: list[Record] = []
+        for tid, lease in leases.items():
+            trial = table.trials.get(tid)
+            change = None if trial is None else transitions.take_back(trial, lease, max_attempts, now)
+            if trial is not None and change is not None and change.holds(trial):
+                fresh, applied = self._change(tid, change)
+                taken.append(fresh)
+                records.extend(applied)
+        return taken, records
 
     # -- reads -----------------------------------------------------------------
 

@@ -7,7 +7,7 @@ Layout::
     frame   payload length u32 | crc32(payload) u32 | crc32(the first 8 bytes) u32 | payload
     frame   ...
 
-A payload is a pickled list of :class:`~orchard.storages._table.TrialTable`
+A payload is a pickled list of :class:`~orchard.storages.table.TrialTable`
 records (protocol 5, plain values only), written by one ``write()``. A frame
 cut short at the end of the file is a *torn tail* (a writer killed mid-write):
 :func:`scan` stops before it. A bad frame followed by a valid one is *damage*:
@@ -15,7 +15,7 @@ cut short at the end of the file is a *torn tail* (a writer killed mid-write):
 starts with the bytes of pickle protocol 5 and both checksums must match), and
 reports the damaged byte range, so a damaged byte costs the records of one
 frame. A frame holding anything but Orchard records (see
-:mod:`orchard.storages._records`) is damage too. Loading refuses every
+:mod:`orchard.storages.pickled.records`) is damage too. Loading refuses every
 global, so a tampered file cannot run code, and walks a bounded number of
 values, so a small frame cannot expand into an unbounded one.
 
@@ -37,8 +37,8 @@ import zlib
 from typing import Any, NamedTuple
 
 from orchard.errors import StorageCorruptedError
-from orchard.storages._records import RecordError, check_batch
-from orchard.storages._table import Record
+from orchard.storages.pickled.records import RecordError, check_batch
+from orchard.storages.table import Record
 
 __all__ = [
     "HEADER_SIZE",
@@ -133,7 +133,7 @@ class _RecordUnpickler(pickle.Unpickler):
 
 
 def _load_batch(payload: memoryview, at: int) -> list[Record]:
-    """The records of the frame at file offset ``at``, checked (see :mod:`~orchard.storages._records`).
+    """The records of the frame at file offset ``at``, checked (see :mod:`~orchard.storages.pickled.records`).
 
     Raises:
         RecordError: the payload is not a batch of Orchard records.

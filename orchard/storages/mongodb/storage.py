@@ -15,10 +15,10 @@ multi-document transactions, so nothing is left half-done when a process dies.
 per experiment by a unique index; every trial holds one except broken ones,
 and a registration with ``budget=M`` only claims slots below ``M``. The trial
 and its slot are one insert; ``fail_trial`` frees the slot in the update that
-marks the trial broken. Details in :mod:`orchard.storages._mongo_slots`.
+marks the trial broken. Details in :mod:`orchard.storages.mongodb.slots`.
 
 **Change feed.** Every write has the server stamp ``mtime`` and increments
-``version``; :mod:`orchard.storages._mongo_changes` reads by that stamp, so no
+``version``; :mod:`orchard.storages.mongodb.changes` reads by that stamp, so no
 client clock orders anything.
 
 **Lost leases.** :meth:`MongoStorage.release_lost` takes a trial back only if
@@ -42,20 +42,21 @@ from bson.errors import BSONError
 from pymongo import ReturnDocument
 from pymongo.errors import DuplicateKeyError, PyMongoError
 
+from orchard import trial as transitions
 from orchard.errors import (
     ConfigurationError,
     DuplicateTrialError,
     ExperimentNotFoundError,
+    OrchardError,
     ReservationLostError,
     StorageError,
     TrialNotFoundError,
 )
-from orchard.leases import lost_error
 from orchard.space import to_builtin, trial_id
-from orchard.storages import _mongo
-from orchard.storages._mongo_changes import STAMP, ChangeFeed
-from orchard.storages._mongo_slots import BudgetSlots
 from orchard.storages.base import BaseStorage, ExperimentRecord
+from orchard.storages.mongodb import client
+from orchard.storages.mongodb.changes import STAMP, ChangeFeed
+from orchard.storages.mongodb.slots import BudgetSlots
 from orchard.trial import Lease, Trial, TrialStatus
 
 __all__ = ["MongoStorage"]
@@ -79,11 +80,21 @@ def _translated(action: str) -> Callable[[_Verb[P, R]], _Verb[P, R]]:
             try:
                 return method(self, *args, **kwargs)
             except (PyMongoError, BSONError) as err:
-                raise _mongo.translate(err, self.uri, action) from err
+                raise client.translate(err, self.uri, action) from err
 
         return wrapper
 
     return decorate
+
+
+def _expected(trial_id: str, change: transitions.Change) -> dict[str, Any]:
+    """The filter matching trial ``trial_id`` only in the state ``change`` requires."""
+    query: dict[str, Any] = {"_id": trial_id, "status": {"$in": sorted(s.value for s in change.before)}}
+    if change.owner is not None:
+        query["worker"] = change.owner
+    for name, value in change.expects.items():
+        query[name] = {"$in": [0, None]} if name == "attempts" and value == 0 else value  # None: stored before attempts
+    return query
 
 
 def _reopen(uri: str, change_margin: float, check_interval: float) -> MongoStorage:
@@ -125,12 +136,12 @@ class MongoStorage(BaseStorage):
     """
 
     def __init__(self, uri: str, *, change_margin: float = 5.0, check_interval: float = 10.0) -> None:
-        self.uri = _mongo.name_anonymous_mock(uri)
+        self.uri = client.name_anonymous_mock(uri)
         self._margin = change_margin
         self._check_interval = check_interval
         self._changes = ChangeFeed(change_margin, check_interval)
         self._lock = threading.Lock()
-        self._client, self._db_name = _mongo.open_client(self.uri)
+        self._client, self._db_name = client.open_client(self.uri)
         self._pid = os.getpid()
         self._indexed = False
         self._names: dict[str, str] = {}  # experiment id -> name, for ids known to exist
@@ -159,11 +170,11 @@ class MongoStorage(BaseStorage):
             self._client, self._lock, self._pid = None, threading.Lock(), os.getpid()
         with self._lock:
             if self._client is None:
-                self._client, self._db_name = _mongo.open_client(self.uri)
+                self._client, self._db_name = client.open_client(self.uri)
                 self._indexed = False
             db = self._client[self._db_name]
             if not self._indexed:
-                _mongo.ensure_indexes(db)
+                client.ensure_indexes(db)
                 self._indexed = True
             return db
 
@@ -282,9 +293,8 @@ class MongoStorage(BaseStorage):
         trial = Trial(id=trial_id(experiment_id, plain), experiment=experiment_id, params=plain,
                       submit_time=now, parent=parent)
         if worker is not None:
-            trial = dataclasses.replace(trial, status=TrialStatus.RESERVED, worker=worker,
-                                        heartbeat=now, start_time=now, attempts=1)
-        self._slots.insert(self._trials, _mongo.trial_to_doc(trial), budget, name)
+            trial = transitions.reserve(worker, now).applied_to(trial)  # registered and reserved at once
+        self._slots.insert(self._trials, client.trial_to_doc(trial), budget, name)
         return trial
 
     @_translated("restore trials")
@@ -294,10 +304,10 @@ class MongoStorage(BaseStorage):
         for trial in trials:
             tid = trial_id(experiment_id, trial.params)
             fresh = dataclasses.replace(trial, id=tid, experiment=experiment_id)
-            doc = _mongo.trial_to_doc(fresh)
+            doc = client.trial_to_doc(fresh)
             try:
                 if fresh.status is TrialStatus.BROKEN:
-                    _mongo.insert_stamped(self._trials, doc)
+                    client.insert_stamped(self._trials, doc)
                 else:
                     self._slots.insert(self._trials, doc, None, name)
             except (DuplicateKeyError, DuplicateTrialError):
@@ -307,52 +317,66 @@ class MongoStorage(BaseStorage):
 
     # -- trials: the reservation lifecycle --------------------------------------
 
+    def _update(self, change: transitions.Change) -> dict[str, Any]:
+        """The update applying ``change``; a trial that breaks frees its unit of budget in it."""
+        fields = {name: value.value if isinstance(value, TrialStatus) else value for name, value in change.sets.items()}
+        unset = ["slot"] if change.sets.get("status") is TrialStatus.BROKEN else []
+        return self._stamp(fields, unset=unset, inc=dict(change.adds))
+
+    def _apply(self, trial_id: str, change: transitions.Change) -> Trial:
+        """One conditional update applying ``change``; when it matches nothing, the change says why."""
+        doc = self._trials.find_one_and_update(_expected(trial_id, change), self._update(change), return_document=_AFTER)
+        if doc is None:
+            raise self._refusal(trial_id, change)
+        return client.doc_to_trial(doc)
+
+    def _refusal(self, trial_id: str, change: transitions.Change) -> OrchardError:
+        doc = self._trials.find_one({"_id": trial_id})
+        trial = None if doc is None else client.doc_to_trial(doc)
+        error = change.refusal(trial_id, trial, self.redacted_uri)
+        if error is None:  # it changed back between the update and this read: refuse all the same
+            assert trial is not None
+            error = ReservationLostError.refused(trial_id, trial.status.value, trial.worker, change.owner)
+        return error
+
+    def _current(self, trial_id: str) -> Trial:
+        doc = self._trials.find_one({"_id": trial_id})
+        if doc is None:
+            raise TrialNotFoundError.missing(trial_id, self.redacted_uri)
+        return client.doc_to_trial(doc)
+
     @_translated("reserve a trial")
     def reserve_trial(self, experiment_id: str, worker: str) -> Trial | None:
-        now = self.now()
         doc = self._trials.find_one_and_update(
             {"experiment": experiment_id, "status": {"$in": _WAITING}},
-            self._stamp({"status": TrialStatus.RESERVED.value, "worker": worker, "heartbeat": now,
-                         "start_time": now, "end_time": None}, inc={"attempts": 1}),
+            self._update(transitions.reserve(worker, self.now())),
             sort=[("status", 1), ("submit_time", 1)],
             return_document=_AFTER,
         )
         if doc is None:
             self._experiment_name(experiment_id)  # raise if the experiment does not exist
             return None
-        return _mongo.doc_to_trial(doc)
+        return client.doc_to_trial(doc)
 
     @_translated("record a heartbeat")
     def heartbeat_trial(self, trial_id: str, worker: str) -> None:
-        update = self._stamp({"heartbeat": self.now()})
-        result = self._trials.update_one(self._owned(trial_id, worker), update)
-        if result.matched_count == 0:
-            raise self._refusal(trial_id, worker)
+        change = transitions.heartbeat(worker, self.now())
+        if self._trials.update_one(_expected(trial_id, change), self._update(change)).matched_count == 0:
+            raise self._refusal(trial_id, change)
 
     @_translated("complete a trial")
     def complete_trial(
         self, trial_id: str, worker: str, objective: float, results: Mapping[str, Any] | None = None
     ) -> Trial:
-        now = self.now()
-        return self._owned_update(trial_id, worker, self._stamp({
-            "status": TrialStatus.COMPLETED.value, "objective": float(objective),
-            "results": to_builtin(dict(results or {})), "end_time": now, "heartbeat": now,
-        }))
+        return self._apply(trial_id, transitions.complete(worker, objective, to_builtin(dict(results or {})), self.now()))
 
     @_translated("mark a trial broken")
     def fail_trial(self, trial_id: str, worker: str, error: Mapping[str, Any]) -> Trial:
-        now = self.now()
-        return self._owned_update(trial_id, worker, self._stamp({
-            "status": TrialStatus.BROKEN.value, "error": to_builtin(dict(error)),
-            "end_time": now, "heartbeat": now,
-        }, unset=["slot"]))  # frees its unit of budget in the same atomic update
+        return self._apply(trial_id, transitions.fail(worker, to_builtin(dict(error)), self.now()))
 
     @_translated("release a trial")
     def release_trial(self, trial_id: str, worker: str | None) -> Trial:
-        return self._owned_update(  # a graceful release gives its attempt back
-            trial_id, worker,
-            self._stamp({"status": TrialStatus.INTERRUPTED.value, "worker": None}, inc={"attempts": -1}),
-        )
+        return self._apply(trial_id, transitions.release(self._current(trial_id), worker))
 
     @_translated("release lost trials")
     def release_lost(self, experiment_id: str, leases: Mapping[str, Lease], max_attempts: int) -> list[Trial]:
@@ -361,53 +385,22 @@ class MongoStorage(BaseStorage):
         return [trial for trial in taken if trial is not None]
 
     def _take_back(self, experiment_id: str, trial_id: str, lease: Lease, max_attempts: int) -> Trial | None:
-        """Interrupt or break one trial if it still holds ``lease``; each write conditional on it."""
-        held = {"_id": trial_id, "experiment": experiment_id, "status": TrialStatus.RESERVED.value,
-                "worker": lease.worker, "heartbeat": lease.heartbeat}
-        seen = self._trials.find_one(held, projection={"attempts": 1})
-        if seen is None:
+        """Interrupt or break one trial if it still holds ``lease``; the write conditional on it."""
+        doc = self._trials.find_one({"_id": trial_id, "experiment": experiment_id})
+        if doc is None:
             return None
-        attempts = int(seen.get("attempts") or 0)
-        if attempts >= max_attempts:  # broken frees its unit of budget in the same update
-            update = self._stamp({"status": TrialStatus.BROKEN.value, "error": lost_error(attempts),
-                                  "end_time": self.now()}, unset=["slot"])
-        else:
-            update = self._stamp({"status": TrialStatus.INTERRUPTED.value, "worker": None})
-        doc = self._trials.find_one_and_update({**held, "attempts": seen.get("attempts")}, update,
-                                               return_document=_AFTER)
-        return None if doc is None else _mongo.doc_to_trial(doc)
-
-    @staticmethod
-    def _owned(trial_id: str, worker: str | None) -> dict[str, Any]:
-        query: dict[str, Any] = {"_id": trial_id, "status": TrialStatus.RESERVED.value}
-        if worker is not None:
-            query["worker"] = worker
-        return query
-
-    def _owned_update(self, trial_id: str, worker: str | None, update: Mapping[str, Any]) -> Trial:
-        doc = self._trials.find_one_and_update(self._owned(trial_id, worker), update, return_document=_AFTER)
-        if doc is None:
-            raise self._refusal(trial_id, worker)
-        return _mongo.doc_to_trial(doc)
-
-    def _refusal(self, trial_id: str, worker: str | None) -> TrialNotFoundError | ReservationLostError:
-        """Why a conditional write matched nothing: no such trial, or not reserved by ``worker``."""
-        doc = self._trials.find_one({"_id": trial_id}, projection={"status": 1, "worker": 1})
-        if doc is None:
-            return TrialNotFoundError(f"no trial with id {trial_id!r} in storage {self.redacted_uri}")
-        owner = f"owned by {doc['worker']}" if doc.get("worker") else "unowned"
-        return ReservationLostError(
-            f"trial {trial_id} is {doc['status']} and {owner}, not reserved by {worker or 'anyone'}; "
-            "its reservation was released (stale heartbeat?) or taken by another worker, so this "
-            "write was refused"
+        change = transitions.take_back(client.doc_to_trial(doc), lease, max_attempts, self.now())
+        doc = self._trials.find_one_and_update(
+            _expected(trial_id, change), self._update(change), return_document=_AFTER
         )
+        return None if doc is None else client.doc_to_trial(doc)
 
     # -- trials: reading --------------------------------------------------------
 
     @_translated("read a trial")
     def get_trial(self, trial_id: str) -> Trial | None:
         doc = self._trials.find_one({"_id": trial_id})
-        return None if doc is None else _mongo.doc_to_trial(doc)
+        return None if doc is None else client.doc_to_trial(doc)
 
     @_translated("fetch trials")
     def fetch_trials(
@@ -416,7 +409,7 @@ class MongoStorage(BaseStorage):
         query: dict[str, Any] = {"experiment": experiment_id}
         if statuses is not None:
             query["status"] = {"$in": [TrialStatus(s).value for s in statuses]}
-        trials = [_mongo.doc_to_trial(doc) for doc in self._trials.find(query)]
+        trials = [client.doc_to_trial(doc) for doc in self._trials.find(query)]
         if not trials:
             self._experiment_name(experiment_id)
         return sorted(trials, key=lambda t: t.submit_time or 0.0)
@@ -435,7 +428,7 @@ class MongoStorage(BaseStorage):
 
     @_translated("fetch changed trials")
     def fetch_changes(self, experiment_id: str, cursor: Any = None) -> tuple[list[Trial], Any]:
-        """See :meth:`BaseStorage.fetch_changes`; the guarantee is in :mod:`orchard.storages._mongo_changes`."""
+        """See :meth:`BaseStorage.fetch_changes`; the guarantee is in :mod:`orchard.storages.mongodb.changes`."""
         trials, cursor = self._changes.fetch(
             self._trials, experiment_id, cursor, lambda: self.count_trials(experiment_id)
         )

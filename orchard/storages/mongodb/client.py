@@ -120,9 +120,9 @@ def ensure_indexes(db: Any) -> None:
     trials.create_index(
         [("experiment", 1), ("status", 1), ("submit_time", 1)], name="experiment_status_submit"
     )
-    # fetch_changes: trials written since a server stamp (orchard.storages._mongo_changes)
+    # fetch_changes: trials written since a server stamp (orchard.storages.mongodb.changes)
     trials.create_index([("experiment", 1), ("mtime", 1)], name="experiment_mtime")
-    # budget slots (see orchard.storages._mongo_slots): one per non-broken trial
+    # budget slots (see orchard.storages.mongodb.slots): one per non-broken trial
     trials.create_index("slot", name="slot_unique", unique=True, sparse=True)
 
 

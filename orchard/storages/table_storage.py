@@ -2,7 +2,7 @@
 
 :class:`TableStorage` implements every verb of
 :class:`~orchard.storages.base.BaseStorage` on a
-:class:`~orchard.storages._table.TrialTable`. A backend supplies only how the
+:class:`~orchard.storages.table.TrialTable`. A backend supplies only how the
 table is reached:
 
 * ``_read(query)`` runs ``query(table)`` on an up-to-date table;
@@ -22,9 +22,8 @@ import dataclasses
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any, TypeVar
 
-from orchard.storages._records import SCALARS
-from orchard.storages._table import Record, TrialTable
 from orchard.storages.base import BaseStorage, ExperimentRecord
+from orchard.storages.table import SCALARS, Record, TrialTable
 from orchard.trial import Lease, Trial, TrialStatus
 
 __all__ = ["Query", "TableStorage", "Verb"]

@@ -1,16 +1,16 @@
 """``PATH.pkl`` / ``pickle://PATH``: the embedded default storage, one append-only log file.
 
-The file is a log of the records :class:`~orchard.storages._table.TrialTable`
-produces (format in :mod:`orchard.storages._logfile`). Every process keeps a
+The file is a log of the records :class:`~orchard.storages.table.TrialTable`
+produces (format in :mod:`orchard.storages.pickled.fileformat`). Every process keeps a
 table in memory plus the byte offset it has replayed up to
-(:class:`~orchard.storages._log.LogFile`). A verb that writes replays what
+(:class:`~orchard.storages.pickled.writer.LogFile`). A verb that writes replays what
 others appended since its offset, then takes the file lock
-(:mod:`orchard.storages._filelocks`), replays only what was appended while it
+(:mod:`orchard.storages.pickled.locks`), replays only what was appended while it
 waited, computes its records on the table and appends them in one ``write()``;
 a verb that reads replays without the lock. The cost of a verb therefore
 depends on what changed, not on the size of the history, and the lock is held
 for as little work as possible. The verbs themselves are
-:class:`~orchard.storages._tabled.TableStorage`'s, shared with ``memory://``.
+:class:`~orchard.storages.table_storage.TableStorage`'s, shared with ``memory://``.
 
 Compaction rewrites the log as a snapshot of the current state into a temporary
 file that replaces the log with ``os.replace``, under a new generation id;
@@ -29,10 +29,10 @@ from collections.abc import Iterator
 from typing import Any, TypeVar
 
 from orchard.errors import ConfigurationError, StorageError, StorageUnavailableError
-from orchard.storages import _filelocks
-from orchard.storages._log import Health, LogFile
-from orchard.storages._tabled import Query, TableStorage, Verb
 from orchard.storages._uri import split_options
+from orchard.storages.pickled import locks
+from orchard.storages.pickled.writer import Health, LogFile
+from orchard.storages.table_storage import Query, TableStorage, Verb
 
 __all__ = ["PickledStorage"]
 
@@ -220,7 +220,7 @@ class PickledStorage(TableStorage):
         """Fresh state for this process (also after a fork: nothing is shared with the parent)."""
         self._pid = os.getpid()
         self._mutex = threading.RLock()
-        self._lock = _filelocks.make_lock(self._lock_kind, self._path + ".lock", self._stale_lock_after)
+        self._lock = locks.make_lock(self._lock_kind, self._path + ".lock", self._stale_lock_after)
         self._log = LogFile(self._path, self._fsync, self._compact_bytes)
 
     @contextlib.contextmanager
@@ -265,7 +265,7 @@ class PickledStorage(TableStorage):
 
     def _acquire_lock(self) -> None:
         try:
-            acquired = _filelocks.acquire(self._lock, self._timeout, 0.005 if self._lock_kind == "kernel" else 0.05,
+            acquired = locks.acquire(self._lock, self._timeout, 0.005 if self._lock_kind == "kernel" else 0.05,
                                           while_waiting=self._catch_up)
         except OSError as err:
             raise self._lock_error(err) from err
@@ -315,7 +315,7 @@ class PickledStorage(TableStorage):
         only what was appended while it waited.
         """
         with self._exclusive(), self._translate("write to"):
-            owns = self._lock.owns if isinstance(self._lock, _filelocks.SoftLock) else None  # after a fork: the new lock
+            owns = self._lock.owns if isinstance(self._lock, locks.SoftLock) else None  # after a fork: the new lock
             fd = self._log.catch_up(keep=owns is None)
             try:
                 with self._locked():

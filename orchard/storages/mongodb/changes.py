@@ -33,7 +33,7 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from orchard.storages import _mongo
+from orchard.storages.mongodb import client
 from orchard.trial import Trial, TrialStatus
 
 __all__ = ["STAMP", "ChangeCursor", "ChangeFeed"]
@@ -97,7 +97,7 @@ class ChangeFeed:
             return self.full(trials, experiment_id)
         since = max([cursor.since, *_stamps(docs)])
         checked = cursor.checked if counts is None else now
-        return [_mongo.doc_to_trial(d) for d in fresh], ChangeCursor(experiment_id, since, checked, seen)
+        return [client.doc_to_trial(d) for d in fresh], ChangeCursor(experiment_id, since, checked, seen)
 
     def full(self, trials: Any, experiment_id: str) -> tuple[list[Trial], ChangeCursor]:
         """Every trial of the experiment, oldest first, and a cursor after them."""
@@ -105,7 +105,7 @@ class ChangeFeed:
         docs = list(trials.find({"experiment": experiment_id}))
         seen = {d["_id"]: (d.get("version", 1), d["status"]) for d in docs}
         since = max(_stamps(docs), default=_ORIGIN)
-        ordered = sorted((_mongo.doc_to_trial(d) for d in docs), key=lambda t: t.submit_time or 0.0)
+        ordered = sorted((client.doc_to_trial(d) for d in docs), key=lambda t: t.submit_time or 0.0)
         return ordered, ChangeCursor(experiment_id, since, now, seen)
 
 

@@ -1,0 +1,263 @@
+"""Replaying the pickle storage's log: one process's table, caught up by reading only what was appended.
+
+A :class:`LogReader` keeps a :class:`~orchard.storages.table.TrialTable` plus
+the byte offset of the file it has replayed up to. It catches up by decoding
+only the frames appended since (:meth:`LogReader.sync`); it never writes
+(:class:`~orchard.storages.pickled.writer.LogFile` adds the writing half).
+The byte format is :mod:`orchard.storages.pickled.fileformat`.
+
+A compaction does not make every other process replay the file from scratch.
+The snapshot's generation starts with a tag naming the generation and byte
+offset it was taken at; a reader keeps the file it replayed open, reads that
+file's last frames through it when the path has been replaced, and, if it
+then stands exactly where the snapshot was taken, carries its replay on into
+the new file (its table and its ``fetch_changes`` cursors stay valid). A
+reader that cannot (the old file could not be read to the same point, or the
+file was repaired or recreated) replays the new file from its start, as
+before. With hundreds of workers, a compaction used to cost every one of them
+a full replay at the same moment.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import logging
+import os
+import stat
+import uuid
+from collections.abc import Callable
+from typing import NamedTuple
+
+from orchard.errors import StorageCorruptedError, StorageError
+from orchard.storages.pickled import fileformat
+from orchard.storages.pickled.fileformat import HEADER_SIZE, Damage, Header
+from orchard.storages.table import Record, TrialTable
+
+__all__ = ["OPEN_FLAGS", "TAG", "Health", "LogReader", "continuation_tag"]
+
+log = logging.getLogger(__name__)
+
+OPEN_FLAGS = getattr(os, "O_BINARY", 0) | getattr(os, "O_NONBLOCK", 0)  # no hang on a FIFO
+TAG = 8  # bytes of a compacted file's generation that name the replay it continues
+
+
+def continuation_tag(generation: bytes, offset: int) -> bytes:
+    """What a snapshot of ``generation`` replayed up to byte ``offset`` puts first in its own generation."""
+    return hashlib.blake2b(generation + offset.to_bytes(8, "little"), digest_size=TAG).digest()
+
+
+class Health(NamedTuple):
+    """What a full read of the file found (see :meth:`LogReader.inspect`)."""
+
+    size: int  # bytes in the file
+    frames: int  # good frames
+    records: int  # records in the good frames
+    damaged: list[Damage]  # byte ranges readers skip
+    torn_tail: int  # bytes after the last good frame (a write cut short, or one in progress)
+
+    @property
+    def clean(self) -> bool:
+        """Whether every byte of the file belongs to a good frame."""
+        return not self.damaged and not self.torn_tail
+
+
+class LogReader:
+    """One process's replay of a log file.
+
+    Not thread-safe and takes no lock: the caller serialises calls within the
+    process (and takes the file lock where a method says so).
+    """
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self._kept: tuple[int, tuple[int, int]] | None = None  # the replayed file, open: (fd, (device, inode))
+        self.reset(None)
+
+    def reset(self, header: Header | None) -> None:
+        """Start over from an empty table, to replay the file (of ``header``'s generation)."""
+        self._forget_kept()
+        self.table = TrialTable()
+        self.token = uuid.uuid4().hex  # names this replay in fetch_changes cursors
+        self._generation = None if header is None else header.generation
+        self._base = HEADER_SIZE if header is None else header.base
+        self._offset = HEADER_SIZE
+        self._size = 0
+        self._compact_floor = 0  # the writer's: no compaction attempt below this offset
+        self._seen: tuple[int, int, int] | None = None  # (device, inode, size) of the file fully replayed
+
+    # -- opening ---------------------------------------------------------------------
+
+    def open(self, flags: int) -> int | None:
+        """Open the file with ``flags``; ``None`` if it does not exist."""
+        try:
+            return os.open(self.path, flags | OPEN_FLAGS)
+        except FileNotFoundError:
+            return None
+
+    def _size_of(self, fd: int) -> int:
+        return self._stat_of(fd).st_size
+
+    def _stat_of(self, fd: int) -> os.stat_result:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise StorageError(
+                f"storage path {self.path} is not a regular file; pass a file path such as runs/orchard.pkl"
+            )
+        return info
+
+    def check_header(self) -> None:
+        """Raise :class:`StorageCorruptedError` if the file exists and is not Orchard's."""
+        fd = self.open(os.O_RDONLY)
+        if fd is not None:
+            try:
+                if self._size_of(fd):
+                    fileformat.decode_header(fileformat.pread(fd, HEADER_SIZE, 0), self.path)
+            finally:
+                os.close(fd)
+
+    # -- catching up -----------------------------------------------------------------
+
+    def sync(self, fd: int, locked: bool) -> bool:
+        """Replay what was appended since our offset; ``False`` if an unlocked read must be redone locked."""
+        info = self._stat_of(fd)
+        size, seen = info.st_size, (info.st_dev, info.st_ino, info.st_size)
+        if seen == self._seen:
+            return True  # the same file, of the size we replayed to its end: nothing new
+        if size == 0:  # nothing stored yet (the writer that creates the file holds the lock)
+            if self._generation is not None:
+                self.reset(None)
+            return True
+        header = fileformat.decode_header(fileformat.pread(fd, HEADER_SIZE, 0), self.path)
+        if header.generation != self._generation and not self._continues(header):
+            self.reset(header)  # first read, or rewritten by another process: replay from scratch
+        if size < self._offset:
+            if not locked:
+                return False
+            log.warning(
+                "storage file %s shrank below what this process had read (%d < %d bytes): another "
+                "program truncated or restored it; replaying it from the start (records that were in "
+                "the lost bytes are gone)", self.path, size, self._offset,
+            )
+            self.reset(header)
+        self._size = size
+        if size > self._offset:
+            scan = fileformat.scan(fileformat.pread(fd, size - self._offset, self._offset), self._offset, self.path)
+            if scan.damaged and not locked:
+                return False  # maybe a writer truncating a torn tail under our feet: look again, locked
+            self._apply(scan.batches)
+            self._offset = scan.end
+            for damage in scan.damaged:
+                log.warning(
+                    "storage file %s: skipped damaged %s; every other record was kept. `orchard db "
+                    "check` lists the damage, `orchard db repair` rewrites a clean file", self.path, damage,
+                )
+        self._seen = seen if self._offset == size else None  # an append replaces a torn tail: look again
+        self._keep(fd, info)
+        return True
+
+    # -- carrying a replay on across a compaction --------------------------------------
+
+    def _continues(self, header: Header) -> bool:
+        """Carry this replay on into a snapshot of the file it replayed (see the module docstring).
+
+        Reads what was appended to the replaced file after our offset through the
+        descriptor kept open on it; the snapshot continues our replay only if its
+        tag names our generation at exactly the offset we then stand at.
+        """
+        if self._kept is None or self._generation is None:
+            return False
+        old = self._kept[0]
+        try:
+            size = os.fstat(old).st_size
+            tail = fileformat.pread(old, size - self._offset, self._offset) if size > self._offset else b""
+        except OSError:  # e.g. a stale NFS handle: the old file is gone for us
+            return False
+        if size < self._offset:
+            return False
+        if tail:
+            scan = fileformat.scan(tail, self._offset, self.path)
+            if scan.damaged:
+                return False  # let the full replay judge it
+            self._apply(scan.batches)
+            self._offset = scan.end
+        if header.generation[:TAG] != continuation_tag(self._generation, self._offset):
+            return False
+        self._generation, self._base, self._offset, self._size = header.generation, header.base, header.base, 0
+        self._compact_floor, self._seen = 0, None
+        return True
+
+    def _keep(self, fd: int, info: os.stat_result) -> None:
+        """Keep the file just replayed open, to finish reading it if a compaction replaces it."""
+        identity = (info.st_dev, info.st_ino)
+        if self._kept is not None and self._kept[1] == identity:
+            return
+        self._forget_kept()
+        self._kept = (os.dup(fd), identity)
+
+    def _forget_kept(self) -> None:
+        kept, self._kept = self._kept, None
+        if kept is not None:
+            with contextlib.suppress(OSError):
+                os.close(kept[0])
+
+    def _apply(self, batches: list[list[Record]]) -> None:
+        try:
+            for batch in batches:
+                self.table.apply_all(batch)
+        except Exception as err:  # a record with valid framing but meaningless content
+            self.reset(None)
+            raise StorageCorruptedError(
+                f"storage file {self.path} holds a record Orchard cannot apply ({err!r}); "
+                "restore it from a backup or move it away"
+            ) from err
+
+    def refresh(self, locked: Callable[[], contextlib.AbstractContextManager[None]]) -> None:
+        """Catch up with the file, without the lock unless a damaged frame needs a second look."""
+        fd = self.open(os.O_RDONLY)
+        if fd is None:
+            if self._generation is not None:
+                self.reset(None)
+            return
+        try:
+            if self.sync(fd, locked=False):
+                return
+        finally:
+            os.close(fd)
+        with locked():
+            fd = self.open(os.O_RDONLY)
+            if fd is not None:
+                try:
+                    self.sync(fd, locked=True)
+                finally:
+                    os.close(fd)
+
+    def inspect(self) -> Health:
+        """Read the whole file afresh and say what is damaged (changes nothing, not even the table).
+
+        Raises:
+            StorageCorruptedError: the file is not Orchard's, or its header is damaged.
+        """
+        fd = self.open(os.O_RDONLY)
+        if fd is None:
+            return Health(0, 0, 0, [], 0)
+        try:
+            size = self._size_of(fd)
+            if size == 0:
+                return Health(0, 0, 0, [], 0)
+            fileformat.decode_header(fileformat.pread(fd, HEADER_SIZE, 0), self.path)
+            scan = fileformat.scan(fileformat.pread(fd, size - HEADER_SIZE, HEADER_SIZE), HEADER_SIZE, self.path)
+        finally:
+            os.close(fd)
+        records = sum(map(len, scan.batches))
+        return Health(size, len(scan.batches), records, scan.damaged, size - scan.end)
+
+    def replay_all(self) -> None:
+        """Replay the file from the start (under the lock): every readable record, damage skipped."""
+        self.reset(None)
+        fd = self.open(os.O_RDONLY)
+        if fd is not None:
+            try:
+                self.sync(fd, locked=True)
+            finally:
+                os.close(fd)
