@@ -170,7 +170,8 @@ _RAISABLE = ("max_trials", "max_broken", "max_attempts")
 
 def _log_if_budget_met(experiment: Experiment) -> None:
     """Say so when ``workon`` has nothing to do, instead of returning silently."""
-    done = experiment.storage.count_trials(experiment.id)[TrialStatus.COMPLETED]
+    counts = experiment.storage.count_trials(experiment.id)
+    done = counts[TrialStatus.COMPLETED] + counts[TrialStatus.PRUNED]  # a pruned trial used its budget
     if experiment.max_trials is not None and done >= experiment.max_trials:
         log.warning("experiment %r has already completed its %d trials (max_trials=%d); nothing to do. "
                     "Raise max_trials, or use a new experiment name", experiment.name, done,

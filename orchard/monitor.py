@@ -104,7 +104,8 @@ class ProgressMonitor:
         if self._bar is None:
             self._bar = tqdm(total=self._total, desc=self._label, unit="trial")
         counts = self._history.counts
-        self._bar.n = counts[TrialStatus.COMPLETED]
+        self._bar.n = counts[TrialStatus.COMPLETED] + counts[TrialStatus.PRUNED]
+        pruned = {"pruned": counts[TrialStatus.PRUNED]} if counts[TrialStatus.PRUNED] else {}
         self._bar.set_postfix(best=self._best, running=counts[TrialStatus.RESERVED],
-                              broken=counts[TrialStatus.BROKEN], refresh=False)
+                              broken=counts[TrialStatus.BROKEN], **pruned, refresh=False)
         self._bar.refresh()

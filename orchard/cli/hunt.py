@@ -172,7 +172,8 @@ def _experiment(name: str, template: CommandTemplate, storage: BaseStorage, sett
 def _budget_met(experiment: Experiment) -> bool:
     from orchard.trial import TrialStatus
 
-    done = experiment.storage.count_trials(experiment.id)[TrialStatus.COMPLETED]
+    counts = experiment.storage.count_trials(experiment.id)
+    done = counts[TrialStatus.COMPLETED] + counts[TrialStatus.PRUNED]  # a pruned trial used its budget
     if experiment.max_trials is None or done < experiment.max_trials:
         return False
     print(f"experiment {experiment.name!r} has already completed its {done} trials "

@@ -67,6 +67,9 @@ def add_parser(subparsers: Any) -> None:
     info = subparsers.add_parser("info", help="space, algorithm, budget, config, best trial and stats")
     add_name(info)
     info.add_argument("--json", action="store_true", help="print the same as one JSON object, with the best trial in full")
+    info.add_argument("--trial", metavar="ID",
+                      help="show one trial instead (a unique prefix of its id is enough): its params, "
+                           "status, reports and, for a pruned trial, why it was pruned")
     add_common(info)
     info.set_defaults(func=run_info)
 
@@ -116,7 +119,7 @@ def _rung_lines(rungs: dict[str, Any] | None, indent: str) -> list[str]:
 
 
 def _counts(counts: dict[str, int]) -> str:
-    order = ("completed", "broken", "reserved", "interrupted", "new")
+    order = ("completed", "pruned", "broken", "reserved", "interrupted", "new")
     return ", ".join(f"{counts.get(k, 0)} {k}" for k in order)
 
 
@@ -207,14 +210,17 @@ def run_list(args: argparse.Namespace) -> int:
         width = max(len(r["name"]) for r in rows)
         for row in rows:
             c, budget = row["counts"], row["max_trials"] or "-"
-            print(f"{row['name']:<{width}}  {c['completed']}/{budget} completed  {c['broken']} broken  "
+            print(f"{row['name']:<{width}}  {c['completed']}/{budget} completed  {c.get('pruned', 0)} pruned  "
+                  f"{c['broken']} broken  "
                   f"{c['reserved']} running  {c['new'] + c['interrupted']} waiting")
     return 0
 
 
 def run_info(args: argparse.Namespace) -> int:
-    """Print an experiment's space, algorithm, budget, config, best trial and stats."""
+    """Print an experiment's space, algorithm, budget, config, best trial and stats (or one trial)."""
     experiment = open_experiment(args)
+    if getattr(args, "trial", None):
+        return _trial_info(experiment, args.trial, args.json)
     best = experiment.best_trial
     record = experiment.storage.require_experiment(experiment.name)
     info = {
@@ -228,6 +234,50 @@ def run_info(args: argparse.Namespace) -> int:
         print(json.dumps(info, indent=2, default=str))
         return 0
     print("\n".join(_info_lines(info)))
+    return 0
+
+
+def _trial_info(experiment: Experiment, prefix: str, as_json: bool) -> int:
+    """Print one trial of ``experiment``; for a pruned one, the verdict and how it is reached again."""
+    from orchard.errors import TrialNotFoundError
+    from orchard.pruners import Verdict, make_pruner
+
+    trials = experiment.fetch_trials()
+    matches = [t for t in trials if t.id.startswith(prefix)]
+    if len(matches) != 1:
+        found = "no trial" if not matches else f"{len(matches)} trials"
+        raise TrialNotFoundError(
+            f"{found} of experiment {experiment.name!r} has an id starting with {prefix!r}; "
+            "give more of the id (orchard db dump lists them)")
+    (trial,) = matches
+    data = trial.to_dict()
+    recomputed = None
+    if trial.verdict is not None and trial.verdict.get("pruner") not in (None, "objective"):
+        stored = {t.id: t.reports for t in trials if t.reports}
+        again = make_pruner(experiment.settings.pruner).recompute(trial.id, Verdict.from_dict(trial.verdict), stored)
+        recomputed = again.to_dict()
+    if as_json:
+        print(json.dumps({"trial": data, "recomputed_verdict": recomputed}, indent=2, default=str))
+        return 0
+    lines = [f"trial {trial.id} of {experiment.name!r}: {trial.status.value}",
+             f"  params:    {format_params(trial.params)}"]
+    if trial.objective is not None:
+        lines.append(f"  objective: {trial.objective:.6g}")
+    if trial.reports:
+        last_step, last_value = trial.reports[-1]
+        lines.append(f"  reports:   {len(trial.reports)}, last {last_value:.6g} at step {last_step}")
+    if trial.verdict is not None:
+        verdict = trial.verdict
+        lines.append(f"  pruned by: {verdict.get('pruner')} at step {verdict.get('step')}"
+                     + (f" (rung {verdict['rung']})" if verdict.get("rung") is not None else ""))
+        lines.append(f"  why:       {verdict.get('reason', '')}")
+        if verdict.get("cutoff") is not None:
+            lines.append(f"  cut-off:   {verdict['cutoff']:.6g}, compared with {len(verdict.get('compared', ()))} trials")
+        if recomputed is not None:
+            lines.append("  recomputed from the stored history: " + ("prune" if recomputed["prune"] else "go on"))
+    if trial.error is not None:
+        lines.append(f"  error:     {trial.error.get('type')}: {trial.error.get('message')}")
+    print("\n".join(lines))
     return 0
 
 

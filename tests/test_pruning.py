@@ -1,0 +1,247 @@
+"""Step-wise reports and pruning: in the worker's thread, in a timed child, in ask/tell, in scripts."""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import orchard
+from orchard.errors import ConfigurationError, InvalidReportError, OrchardError
+from orchard.pruners import Verdict, make_pruner
+from orchard.trial import TrialStatus
+
+SPACE = {"x": "uniform(0, 1)"}
+
+
+def curve_objective(x: float) -> float:
+    """Reports 10 steps of a curve whose level is x; stops when told."""
+    for step in range(1, 11):
+        orchard.report(x + 1.0 / step, step)
+        if orchard.should_prune():
+            raise orchard.TrialPruned()
+    return x + 0.1
+
+
+def stubborn_objective(x: float) -> float:
+    """Reports 40 steps, never asks for the verdict, sleeps a little per step."""
+    for step in range(1, 41):
+        orchard.report(x + 1.0 / step, step)
+        time.sleep(0.05)
+    return x
+
+
+def assert_verdicts_recompute(exp: orchard.Experiment) -> list[Any]:
+    """Every pruned trial's stored verdict is reached again from the stored history."""
+    trials = exp.storage.fetch_trials(exp.id)
+    stored = {t.id: t.reports for t in trials if t.reports}
+    pruner = make_pruner(exp.settings.pruner)
+    pruned = [t for t in trials if t.status is TrialStatus.PRUNED]
+    for trial in pruned:
+        assert trial.verdict is not None and trial.reports
+        verdict = Verdict.from_dict(trial.verdict)
+        assert verdict.prune
+        assert pruner.recompute(trial.id, verdict, stored).prune
+        assert trial.objective == trial.reports[-1][1]
+    return pruned
+
+
+def test_workon_in_thread_prunes_and_keeps_the_budget_exact(tmp_path: Path) -> None:
+    exp = orchard.build_experiment("p-thread", space=SPACE, max_trials=12, storage=str(tmp_path / "db.pkl"),
+                                   pruner={"median": {"min_trials": 2}}, seed=1)
+    exp.workon(curve_objective, progress=False)
+    counts = exp.storage.count_trials(exp.id)
+    assert counts[TrialStatus.COMPLETED] + counts[TrialStatus.PRUNED] == 12
+    assert counts[TrialStatus.PRUNED] > 0
+    pruned = assert_verdicts_recompute(exp)
+    assert all(t.verdict["pruner"] == "median" for t in pruned)
+    completed = exp.storage.fetch_trials(exp.id, [TrialStatus.COMPLETED])
+    assert all(len(t.reports) == 10 for t in completed)
+    assert exp.best_trial is not None and exp.best_trial.status is TrialStatus.COMPLETED
+
+
+def test_objective_that_raises_trial_pruned_before_any_report_is_broken(tmp_path: Path) -> None:
+    def early(x: float) -> float:
+        raise orchard.TrialPruned()
+
+    exp = orchard.build_experiment("p-early", space=SPACE, max_trials=1, storage="memory://", max_broken=1)
+    with pytest.raises(OrchardError):
+        exp.workon(early, progress=False)
+    (trial,) = exp.storage.fetch_trials(exp.id)
+    assert trial.status is TrialStatus.BROKEN
+    assert "before reporting any value" in trial.error["message"]
+
+
+@pytest.mark.parametrize("value, step, words", [
+    (math.nan, 1, "finite number"), (math.inf, 1, "finite number"), ("0.3", 1, "finite number"),
+    (0.5, -1, "integer step >= 0"), (0.5, 1.5, "integer step >= 0"),
+])
+def test_bad_reports_are_refused_with_one_clear_line(value: Any, step: Any, words: str) -> None:
+    exp = orchard.build_experiment("p-bad", space=SPACE, max_trials=1, storage="memory://")
+    trial = exp.suggest()
+    exp.report(trial, 0.9, 0)
+    with pytest.raises(ValueError) as info:
+        exp.report(trial, value, step)
+    assert words in str(info.value) and "\n" not in str(info.value)
+    stored = exp.storage.get_trial(trial.id)
+    assert stored is not None and stored.reports == [(0, 0.9)]  # nothing lost
+
+
+def test_a_step_going_backwards_is_refused_and_nothing_is_lost() -> None:
+    exp = orchard.build_experiment("p-back", space=SPACE, max_trials=1, storage="memory://")
+    trial = exp.suggest()
+    exp.report(trial, 0.9, 1)
+    exp.report(trial, 0.8, 2)
+    with pytest.raises(InvalidReportError) as info:
+        exp.report(trial, 0.7, 2)
+    assert trial.id in str(info.value)
+    stored = exp.storage.get_trial(trial.id)
+    assert stored is not None and stored.reports == [(1, 0.9), (2, 0.8)]
+    assert exp.observe(trial, 0.8).status is TrialStatus.COMPLETED
+
+
+def test_ask_and_tell_prunes_on_the_verdict() -> None:
+    exp = orchard.build_experiment("p-ask", space=SPACE, max_trials=3, storage="memory://",
+                                   pruner={"threshold": {"upper": 1.0}})
+    trial = exp.suggest()
+    exp.report(trial, 0.5, 1)
+    assert not exp.should_prune(trial)
+    exp.report(trial, 3.0, 2)
+    assert exp.should_prune(trial)
+    stored = exp.observe(trial, 3.0)
+    assert stored.status is TrialStatus.PRUNED and stored.objective == 3.0
+    assert stored.verdict is not None and "above upper" in stored.verdict["reason"]
+    mine = exp.suggest()
+    exp.report(mine, 0.2, 1)
+    assert exp.observe(mine, orchard.TrialPruned()).status is TrialStatus.PRUNED
+
+
+def test_report_outside_a_trial_says_how_to_use_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("ORCHARD_REPORT_PATH", raising=False)
+    with pytest.raises(RuntimeError, match="needs a running trial"):
+        orchard.report(0.1, 1)
+    assert orchard.should_prune() is False
+
+
+def test_pruner_settings_are_checked_before_anything_is_stored(tmp_path: Path) -> None:
+    path = tmp_path / "db.pkl"
+    with pytest.raises(ConfigurationError, match="unknown pruner 'meadian'"):
+        orchard.build_experiment("p-cfg", space=SPACE, storage=str(path), pruner="meadian")
+    assert orchard.get_storage(str(path)).get_experiment("p-cfg") is None
+    orchard.build_experiment("p-cfg", space=SPACE, storage=str(path), pruner="median")
+    with pytest.raises(orchard.ExperimentConflictError, match="pruner"):
+        orchard.build_experiment("p-cfg", space=SPACE, storage=str(path), pruner="asha")
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="timed evaluations fork")
+def test_timed_child_that_ignores_the_verdict_is_stopped_and_recorded_pruned(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import orchard.objective
+
+    monkeypatch.setattr(orchard.objective, "PRUNE_GRACE", 0.5)
+    exp = orchard.build_experiment("p-child", space=SPACE, max_trials=4, storage=str(tmp_path / "db.pkl"),
+                                   pruner={"threshold": {"upper": 0.0}}, seed=3)
+    started = time.monotonic()
+    exp.workon(stubborn_objective, trial_timeout=60, progress=False)
+    took = time.monotonic() - started
+    trials = exp.storage.fetch_trials(exp.id)
+    assert [t.status for t in trials] == [TrialStatus.PRUNED] * 4
+    assert all(len(t.reports) < 40 for t in trials)  # stopped, not run to the end
+    assert took < 4 * (0.5 + 1.5)  # each one stopped within the grace (2 s of the 40 x 0.05 s run)
+    assert_verdicts_recompute(exp)
+
+
+def test_a_garbage_line_in_the_report_file_is_skipped_with_a_warning(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    from orchard.verdicts import ReportFollower
+
+    exp = orchard.build_experiment("p-garbage", space=SPACE, max_trials=1, storage="memory://")
+    trial = exp.suggest()
+    worker = exp._client_worker()
+    reports, verdict = str(tmp_path / "r.jsonl"), str(tmp_path / "v.json")
+    with caplog.at_level(logging.WARNING), \
+            ReportFollower(worker.judge, trial.id, reports, verdict, stop=lambda: None, grace=1.0):
+        with open(reports, "a") as handle:
+            handle.write('{"step": 1, "objective": 0.5}\nnot json at all\n{"step": 2}\n'
+                         '{"step": 3, "objective": "x"}\n{"step": 4, "objective": 0.25}\n')
+    stored = exp.storage.get_trial(trial.id)
+    assert stored is not None and stored.reports == [(1, 0.5), (4, 0.25)]
+    assert sum("skipped a line" in r.message for r in caplog.records) == 3
+    assert json.loads(Path(verdict).read_text()) == {"step": 4, "prune": False}
+
+
+SCRIPT = """
+import sys, time
+import orchard
+x = float(sys.argv[1].split("=")[1])
+for step in range(1, 31):
+    orchard.report(x + 1.0 / step, step)
+    if "--stubborn" in sys.argv:
+        time.sleep(0.3)  # a long epoch that never asks for the verdict
+    elif orchard.should_prune():
+        sys.exit(0)
+    time.sleep(0.02)
+orchard.report_objective(x)
+"""
+
+
+def _hunt(uri: str, script: Path, name: str, *extra: str, budget: int = 16) -> subprocess.Popen[bytes]:
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
+    return subprocess.Popen(
+        [sys.executable, "-m", "orchard", "hunt", "-n", name, "--storage", uri, "--max-trials", str(budget),
+         "--n-workers", "2", "--pruner", "{asha: {min_step: 1, reduction_factor: 3}}", "--seed", "0",
+         "--working-dir", str(script.parent / "runs"),
+         sys.executable, str(script), "--x~uniform(0, 1)", *extra],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("backend", ["pickle", "mongodb"])
+def test_two_concurrent_hunts_prune_scripts_exactly(backend: str, tmp_path: Path,
+                                                     request: pytest.FixtureRequest) -> None:
+    """2 hunts x 2 workers, scripts reporting 30 steps: budget exact, verdicts recompute, reports kept."""
+    from tests.conftest import backend_uri
+
+    uri = backend_uri(backend, request, tmp_path)
+    script = tmp_path / "train.py"
+    script.write_text(SCRIPT)
+    hunts = [_hunt(uri, script, "p-hunt"), _hunt(uri, script, "p-hunt")]
+    for hunt in hunts:
+        out, _ = hunt.communicate(timeout=240)
+        assert hunt.returncode == 0, out.decode()[-2000:]
+    exp = orchard.get_experiment("p-hunt", storage=uri)
+    counts = exp.storage.count_trials(exp.id)
+    assert counts[TrialStatus.COMPLETED] + counts[TrialStatus.PRUNED] == 16
+    assert counts[TrialStatus.PRUNED] > 0 and counts[TrialStatus.RESERVED] == 0
+    assert_verdicts_recompute(exp)
+    for trial in exp.storage.fetch_trials(exp.id, [TrialStatus.COMPLETED]):
+        assert [step for step, _ in trial.reports] == list(range(1, 31))  # no report lost
+    for trial in exp.storage.fetch_trials(exp.id, [TrialStatus.PRUNED]):
+        steps = [step for step, _ in trial.reports]
+        assert steps == list(range(1, len(steps) + 1))
+
+
+@pytest.mark.slow
+def test_a_script_that_ignores_the_verdict_is_stopped_within_the_grace(tmp_path: Path) -> None:
+    uri = str(tmp_path / "db.pkl")
+    script = tmp_path / "train.py"
+    script.write_text(SCRIPT)
+    hunt = _hunt(uri, script, "p-stubborn", "--stubborn", budget=6)
+    out, _ = hunt.communicate(timeout=240)
+    assert hunt.returncode == 0, out.decode()[-2000:]
+    exp = orchard.get_experiment("p-stubborn", storage=uri)
+    pruned = exp.storage.fetch_trials(exp.id, [TrialStatus.PRUNED])
+    assert pruned
+    for trial in pruned:
+        # pruned at step s, the script goes on for the 5 s grace (about 16 epochs of 0.32 s), then is stopped
+        assert len(trial.reports) < 30, "a stubborn script ran to its end after a prune verdict"
+        rung = Verdict.from_dict(trial.verdict).step
+        assert len(trial.reports) - rung <= 5.0 / 0.3 + 3
