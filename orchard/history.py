@@ -25,7 +25,7 @@ class History:
         self._experiment_id = experiment_id
         self._cursor: Any = None
         self.trials: dict[str, Trial] = {}
-        self.observations: list[Observation] = []  # completed trials, in the order they were seen
+        self.observations: list[Observation] = []  # completed and pruned trials, in the order they were seen
         self._pending: dict[str, dict[str, Any]] = {}
         self.seen = SeenPoints()  # every trial's params, kept incrementally
         self.counts: dict[TrialStatus, int] = {status: 0 for status in TrialStatus}
@@ -48,7 +48,7 @@ class History:
                 self.counts[old.status] -= 1
             else:
                 self.seen.add(trial.params)
-            newly_completed = old is None or old.status is not TrialStatus.COMPLETED
+            newly_told = old is None or old.status is not trial.status
             if trial.status.is_terminal and (old is None or not old.status.is_terminal):
                 self.finished.append(trial)
             self.trials[trial.id] = trial
@@ -59,7 +59,9 @@ class History:
                 self._pending[trial.id] = trial.params
             else:
                 self._pending.pop(trial.id, None)
-            if trial.status is TrialStatus.COMPLETED and trial.objective is not None and newly_completed:
+            # a pruned trial is told with its last reported value: what it reached before it was stopped
+            told = trial.status in (TrialStatus.COMPLETED, TrialStatus.PRUNED)
+            if told and trial.objective is not None and newly_told:
                 self.observations.append(Observation(trial.params, trial.objective, trial.end_time))
         return arrived
 
