@@ -32,6 +32,7 @@ import math
 from typing import Any
 
 import numpy as np
+from numpy.typing import NDArray
 from scipy.linalg import cho_solve, cholesky
 from scipy.spatial.distance import cdist
 from sklearn.base import clone
@@ -45,7 +46,7 @@ __all__ = ["FastGaussianProcess", "make_gp"]
 _SQRT5 = math.sqrt(5.0)
 
 
-def _matern52_parts(kernel: Any) -> tuple[float, np.ndarray] | None:
+def _matern52_parts(kernel: Any) -> tuple[float, NDArray[Any]] | None:
     """``(constant, length_scales)`` if ``kernel`` is constant x Matern 5/2 (+ white), else ``None``."""
     if isinstance(kernel, Sum) and isinstance(kernel.k2, WhiteKernel):
         kernel = kernel.k1
@@ -74,8 +75,8 @@ def _fittable_parts(kernel: Any, n_dims: int) -> bool:
 
 
 def _matern52_lml(
-    theta: np.ndarray, x: np.ndarray, y: np.ndarray, nugget: Any, eval_gradient: bool
-) -> tuple[float, np.ndarray] | float:
+    theta: NDArray[Any], x: NDArray[Any], y: NDArray[Any], nugget: Any, eval_gradient: bool
+) -> tuple[float, NDArray[Any]] | float:
     """Log marginal likelihood (and its gradient in log-hyperparameters) of constant x Matern 5/2
     + white noise, computed as scikit-learn's ``GaussianProcessRegressor.log_marginal_likelihood``
     does for that kernel, without its per-call overhead."""
@@ -105,7 +106,7 @@ def _matern52_lml(
     return lml, gradient
 
 
-def best_and_random(values: np.ndarray, size: int, rng: np.random.Generator) -> np.ndarray:
+def best_and_random(values: NDArray[Any], size: int, rng: np.random.Generator) -> NDArray[Any]:
     """Sorted indices of ``size`` of ``values``: the ``size // 2`` lowest plus a random sample of the rest."""
     if len(values) <= size:
         return np.arange(len(values))

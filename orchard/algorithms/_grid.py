@@ -8,6 +8,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from typing import Any, ClassVar
 
 import numpy as np
+from numpy.typing import NDArray
 
 from orchard.algorithms.base import BaseAlgorithm, Observation, SeenPoints
 from orchard.errors import ConfigurationError, SpaceExhaustedError
@@ -90,7 +91,7 @@ class GridSearch(BaseAlgorithm):
         if not isinstance(options["shuffle"], bool):
             raise ConfigurationError(f"grid option shuffle must be True or False, got {options['shuffle']!r}")
 
-    def _make_order(self) -> np.ndarray | None:
+    def _make_order(self) -> NDArray[Any] | None:
         if not self.options["shuffle"]:
             return None
         if self.size > MAX_SHUFFLED_GRID:
