@@ -11,7 +11,6 @@ a promoted trial (``parent`` set) of an ``asha`` experiment with a fidelity spac
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 
