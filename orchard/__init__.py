@@ -14,8 +14,8 @@ from orchard.report import TrialPruned, report, report_objective, report_results
 from orchard.trial import Trial, TrialStatus
 
 if TYPE_CHECKING:  # pragma: no cover
-    from orchard.experiment import Experiment, build_experiment, get_experiment
     from orchard.current import CurrentTrial, current_trial
+    from orchard.experiment import Experiment, build_experiment, get_experiment
     from orchard.storages import get_storage
 
 __version__ = "0.1.0"

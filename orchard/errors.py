@@ -16,6 +16,7 @@ a failure. Messages say what happened, to which object, and what to try.
     │   ├── DuplicateTrialError       params already registered in the experiment
     │   ├── ReservationLostError      the worker no longer owns the trial it writes
     │   └── TrialNotFoundError        no trial with that id
+    ├── InvalidReportError            an intermediate value or step that cannot be stored
     ├── WorkerStoppedError            a worker has no trial to run; ``reason`` (a StopReason) says why
     │   ├── BudgetExhaustedError      every unit of ``max_trials`` is taken, or nothing is left to run
     │   └── ExperimentBrokenError     ``max_broken`` trials failed (also an ExperimentError)
@@ -51,6 +52,7 @@ __all__ = [
     "ExperimentError",
     "ExperimentNotFoundError",
     "Interrupted",
+    "InvalidReportError",
     "OrchardError",
     "ReservationLostError",
     "SpaceError",
@@ -121,6 +123,40 @@ class TrialNotFoundError(StorageError):
     def missing(cls, trial_id: str, where: str = "the storage") -> TrialNotFoundError:
         """No trial ``trial_id`` in ``where`` (a storage's redacted URI, or "the storage")."""
         return cls(f"no trial with id {trial_id!r} in {where}")
+
+
+class InvalidReportError(OrchardError):
+    """A report (intermediate value at a step) was refused; nothing was written."""
+
+    @classmethod
+    def bad_step(cls, trial_id: str, step: Any) -> InvalidReportError:
+        """``step`` is not a non-negative integer."""
+        return cls(f"trial {trial_id}: report step {step!r} is not a non-negative integer; "
+                   "report the epoch, iteration or samples seen as an int")
+
+    @classmethod
+    def bad_value(cls, trial_id: str, value: Any) -> InvalidReportError:
+        """``value`` is not a finite number."""
+        return cls(f"trial {trial_id}: reported value {value!r} is not a finite number; "
+                   "report the objective at that step as a float (not NaN or inf)")
+
+    @classmethod
+    def not_after(cls, trial_id: str, step: int, last: int) -> InvalidReportError:
+        """``step`` does not come after the last one reported."""
+        return cls(f"trial {trial_id}: report step {step} is not after the last reported step {last}; "
+                   "report each step once, in increasing order")
+
+    @classmethod
+    def too_many(cls, trial_id: str, limit: int) -> InvalidReportError:
+        """The trial already holds ``limit`` reports."""
+        return cls(f"trial {trial_id} already holds {limit} reports, the most a trial may hold; "
+                   "report less often (e.g. every k-th step)")
+
+    @classmethod
+    def nothing_reported(cls, trial_id: str) -> InvalidReportError:
+        """A trial cannot be pruned before it reported a value."""
+        return cls(f"trial {trial_id} has reported no value, so it cannot be pruned; "
+                   "report at least one value before pruning it")
 
 
 class StopReason(str, enum.Enum):

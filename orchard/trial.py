@@ -7,13 +7,19 @@ Lifecycle (SPEC §4), one function per arrow below the drawing::
 
     new ──reserve──> reserved ──complete──> completed
      ^                  │ ──fail─────────> broken
+     │                  │ ──prune────────> pruned (objective: the last reported value)
+     │                  │ ──report(step, value)──> reserved (one more report; renews the lease)
      │                  │
      └──────────────────┴ ──lost/release─> interrupted ──reserve──> reserved …
                         └──lost for the max_attempts-th time──> broken (reason "lost")
 
+Reports survive a lost or released reservation (the trial keeps them while
+interrupted); the next reservation starts them over, since its evaluation runs
+from the start again.
+
 Each arrow is a pure function (:func:`reserve`, :func:`complete`, :func:`fail`,
-:func:`release`, :func:`take_back`, plus :func:`heartbeat`, which stays on
-``reserved``) returning a :class:`Change`: the state the trial must be in
+:func:`release`, :func:`take_back`, :func:`prune`, plus :func:`heartbeat` and
+:func:`report`, which stay on ``reserved``) returning a :class:`Change`: the state the trial must be in
 before (status, owner, exact values) and the fields it gets. Every backend
 applies the same :class:`Change`: the table storage checks it against the
 stored trial (:meth:`Change.applied_to`); MongoDB turns it into one
@@ -25,15 +31,20 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import math
+import numbers
 from collections.abc import Mapping
 from typing import Any, NamedTuple
 
-from orchard.errors import OrchardError, ReservationLostError, TrialNotFoundError
+from orchard.errors import InvalidReportError, OrchardError, ReservationLostError, TrialNotFoundError
 
 __all__ = [
-    "Change", "Lease", "Trial", "TrialStatus",
-    "complete", "fail", "heartbeat", "release", "reserve", "take_back",
+    "MAX_REPORTS_PER_TRIAL", "Change", "Lease", "Trial", "TrialStatus",
+    "complete", "fail", "heartbeat", "prune", "release", "report", "reserve", "take_back",
 ]
+
+#: How many values one trial may report (one per step); a report beyond is refused.
+MAX_REPORTS_PER_TRIAL = 10_000
 
 
 class TrialStatus(str, enum.Enum):
@@ -44,11 +55,12 @@ class TrialStatus(str, enum.Enum):
     COMPLETED = "completed"
     BROKEN = "broken"
     INTERRUPTED = "interrupted"
+    PRUNED = "pruned"
 
     @property
     def is_terminal(self) -> bool:
-        """Whether no transition leaves this status (completed or broken)."""
-        return self in (TrialStatus.COMPLETED, TrialStatus.BROKEN)
+        """Whether no transition leaves this status (completed, broken or pruned)."""
+        return self in (TrialStatus.COMPLETED, TrialStatus.BROKEN, TrialStatus.PRUNED)
 
     @property
     def is_pending(self) -> bool:
@@ -83,6 +95,9 @@ class Trial:
     only (``int``, ``float``, ``str``, ``bool``). ``error`` is ``None`` unless
     the trial is broken, then ``{"type": ..., "message": ...}`` plus optional
     details such as ``"reason"`` (e.g. ``"timeout"``) or ``"stderr"``.
+    ``reports`` are the ``(step, value)`` pairs reported during the evaluation,
+    steps strictly increasing; ``verdict`` says why a pruned trial was pruned
+    (the pruner's own mapping), else ``None``.
     """
 
     id: str
@@ -99,6 +114,8 @@ class Trial:
     error: dict[str, Any] | None = None
     attempts: int = 0
     parent: str | None = None
+    reports: list[tuple[int, float]] = dataclasses.field(default_factory=list)
+    verdict: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """Return a plain ``dict`` of builtins (status as its string value)."""
@@ -109,7 +126,8 @@ class Trial:
             "worker": self.worker, "heartbeat": self.heartbeat, "submit_time": self.submit_time,
             "start_time": self.start_time, "end_time": self.end_time,
             "error": dict(self.error) if self.error is not None else None, "attempts": self.attempts,
-            "parent": self.parent,
+            "parent": self.parent, "reports": [[step, value] for step, value in self.reports],
+            "verdict": dict(self.verdict) if self.verdict is not None else None,
         }
 
     @classmethod
@@ -121,6 +139,11 @@ class Trial:
         kwargs["status"] = _STATUSES.get(status) or TrialStatus(status)  # the dict: on every replayed record
         kwargs["params"] = dict(kwargs.get("params") or {})
         kwargs["results"] = dict(kwargs.get("results") or {})
+        reports = kwargs.get("reports")
+        if reports:  # absent before pruning existed
+            kwargs["reports"] = [(int(step), float(value)) for step, value in reports]
+        elif reports is not None:
+            kwargs["reports"] = []
         return cls(**kwargs)
 
     @property
@@ -158,6 +181,8 @@ class Change:
         expects: further fields that must hold exactly these values.
         sets: the fields the trial gets (plain values; ``status`` a :class:`TrialStatus`).
         adds: fields incremented by these amounts (``attempts``).
+        appends: list fields that get one more item (``reports``).
+        lengths: list fields that must hold exactly this many items.
     """
 
     before: frozenset[TrialStatus]
@@ -165,6 +190,8 @@ class Change:
     expects: Mapping[str, Any] = dataclasses.field(default_factory=dict)
     sets: Mapping[str, Any] = dataclasses.field(default_factory=dict)
     adds: Mapping[str, int] = dataclasses.field(default_factory=dict)
+    appends: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    lengths: Mapping[str, int] = dataclasses.field(default_factory=dict)
 
     def holds(self, trial: Trial) -> bool:
         """Whether ``trial`` is in the state this change requires."""
@@ -172,6 +199,7 @@ class Change:
             trial.status in self.before
             and (self.owner is None or trial.worker == self.owner)
             and all(getattr(trial, name) == value for name, value in self.expects.items())
+            and all(len(getattr(trial, name)) == count for name, count in self.lengths.items())
         )
 
     def refusal(self, trial_id: str, trial: Trial | None, where: str = "the storage") -> OrchardError | None:
@@ -199,6 +227,7 @@ class Change:
             raise error
         assert trial is not None
         added = {name: getattr(trial, name) + amount for name, amount in self.adds.items()}
+        added.update({name: [*getattr(trial, name), item] for name, item in self.appends.items()})
         return dataclasses.replace(trial, **self.sets, **added)
 
 
@@ -206,7 +235,8 @@ def reserve(worker: str, now: float) -> Change:
     """new/interrupted -> reserved by ``worker``: one more attempt, a fresh heartbeat and start."""
     return Change(
         _WAITING,
-        sets={"status": TrialStatus.RESERVED, "worker": worker, "heartbeat": now, "start_time": now, "end_time": None},
+        sets={"status": TrialStatus.RESERVED, "worker": worker, "heartbeat": now, "start_time": now,
+              "end_time": None, "reports": []},
         adds={"attempts": 1},
     )
 
@@ -228,6 +258,54 @@ def fail(worker: str, error: Mapping[str, Any], now: float) -> Change:
     """reserved -> broken, by its owner, with the error (it no longer holds budget)."""
     return Change(_RESERVED, worker, sets={
         "status": TrialStatus.BROKEN, "error": dict(error), "end_time": now, "heartbeat": now,
+    })
+
+
+def report(
+    trial_id: str, worker: str, step: Any, value: Any, now: float, reported: int, last_step: int | None
+) -> Change:
+    """reserved -> reserved, by its owner: one more ``(step, value)`` report; it renews the lease too.
+
+    Args:
+        trial_id: the trial (for messages).
+        worker: the worker that must hold the reservation.
+        step: a non-negative ``int`` greater than ``last_step``.
+        value: a finite number (the objective at that step, to minimize).
+        now: the storage's clock.
+        reported: how many reports the trial holds (the change is conditional on it).
+        last_step: the step of its last report, ``None`` if none.
+
+    Raises:
+        InvalidReportError: ``step`` or ``value`` is not one that can be stored; nothing is written.
+    """
+    if isinstance(step, bool) or not isinstance(step, numbers.Integral) or step < 0:
+        raise InvalidReportError.bad_step(trial_id, step)
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
+        raise InvalidReportError.bad_value(trial_id, value)
+    if last_step is not None and step <= last_step:
+        raise InvalidReportError.not_after(trial_id, int(step), last_step)
+    if reported >= MAX_REPORTS_PER_TRIAL:
+        raise InvalidReportError.too_many(trial_id, MAX_REPORTS_PER_TRIAL)
+    return Change(
+        _RESERVED, worker, sets={"heartbeat": now}, appends={"reports": (int(step), float(value))},
+        lengths={"reports": reported},
+    )
+
+
+def prune(trial: Trial, worker: str, verdict: Mapping[str, Any], now: float) -> Change:
+    """reserved -> pruned, by its owner: the objective is its last reported value; the verdict says why.
+
+    A pruned trial keeps its unit of budget, like a completed one. Conditional
+    on the reports ``trial`` holds (the objective is taken from them).
+
+    Raises:
+        InvalidReportError: ``trial`` reported nothing, so it has no value to be pruned with.
+    """
+    if not trial.reports:
+        raise InvalidReportError.nothing_reported(trial.id)
+    return Change(_RESERVED, worker, lengths={"reports": len(trial.reports)}, sets={
+        "status": TrialStatus.PRUNED, "objective": trial.reports[-1][1], "verdict": dict(verdict),
+        "end_time": now, "heartbeat": now,
     })
 
 

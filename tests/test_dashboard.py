@@ -49,7 +49,7 @@ def test_fold_shows_the_storage_and_then_only_what_changed(store: BaseStorage) -
 
     assert view.fold() == 3
     summary = experiment_summary(view)
-    assert summary["counts"] == {"new": 1, "reserved": 1, "completed": 1, "broken": 0, "interrupted": 0}
+    assert summary["counts"] == {"new": 1, "reserved": 1, "completed": 1, "broken": 0, "interrupted": 0, "pruned": 0}
     assert (summary["best_objective"], summary["progress"], summary["live_workers"]) == (0.5, 0.1, 1)
 
     seen = view.version

@@ -82,7 +82,7 @@ def test_suggest_observe_release_insert(store) -> None:
     exp.observe(exp.suggest(), 0.7)
     with pytest.raises(BudgetExhaustedError):
         exp.suggest()
-    assert exp.stats["counts"] == {"new": 0, "reserved": 0, "completed": 3, "broken": 1, "interrupted": 0}
+    assert exp.stats["counts"] == {"new": 0, "reserved": 0, "completed": 3, "broken": 1, "interrupted": 0, "pruned": 0}
 
 
 def test_always_raising_objective_stops_at_max_broken(store) -> None:

@@ -573,7 +573,7 @@ def test_every_verb_over_the_wire(wire: MongoStorage) -> None:
     assert {t.id: t.status for t in changed} == {
         a.id: TrialStatus.BROKEN, b.id: TrialStatus.COMPLETED, c.id: TrialStatus.NEW}
     assert wire.count_trials(exp) == {TrialStatus.NEW: 1, TrialStatus.RESERVED: 0, TrialStatus.COMPLETED: 1,
-                                      TrialStatus.BROKEN: 1, TrialStatus.INTERRUPTED: 0}
+                                      TrialStatus.BROKEN: 1, TrialStatus.INTERRUPTED: 0, TrialStatus.PRUNED: 0}
     assert wire.best_trial(exp).id == b.id  # type: ignore[union-attr]
     reserved = wire.reserve_trial(exp, "z")
     assert reserved is not None and reserved.id == c.id and reserved.lease is not None

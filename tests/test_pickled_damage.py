@@ -29,12 +29,15 @@ def _frame(payload: bytes) -> bytes:
 
 
 def _fill(storage: PickledStorage, size: int) -> tuple[str, list[Trial]]:
-    """An experiment whose trials make the file at least ``size`` bytes."""
+    """An experiment whose trials make the file at least ``size`` bytes, each written in one frame.
+
+    (A trial registered, then completed, is written whole twice: damage to its
+    first frame alone would lose nothing.)
+    """
     exp_id = storage.create_experiment("exp", {"space": {"x": "uniform(0, 1)"}})
     trials, i = [], 0
     while os.path.getsize(storage.path) < size:
-        trial = storage.register_trial(exp_id, {"x": i / 10_000}, worker="w")
-        trials.append(storage.complete_trial(trial.id, "w", float(i), {"i": i}))
+        trials.append(storage.register_trial(exp_id, {"x": i / 10_000}))
         i += 1
     return exp_id, trials
 

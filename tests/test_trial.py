@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import pickle
 
 import pytest
 
@@ -20,6 +21,17 @@ def test_to_dict_covers_every_field_and_round_trips() -> None:
     data["params"]["x"] = 9  # the dict is a copy
     assert trial.params == {"x": 1.5}
     assert Trial.from_dict({**data, "_id": "ignored", "slot": "e:1"}).id == "t"
+
+
+def test_reports_and_verdict_round_trip_and_old_records_load() -> None:
+    trial = Trial("t", "e", {"x": 1.5}, TrialStatus.PRUNED, 0.4, reports=[(1, 0.5), (3, 0.4)],
+                  verdict={"pruner": "median", "cutoff": 0.3})
+    data = trial.to_dict()
+    assert data["reports"] == [[1, 0.5], [3, 0.4]] and data["status"] == "pruned"
+    assert Trial.from_dict(data) == trial
+    assert pickle.loads(pickle.dumps(trial)) == trial
+    old = {k: v for k, v in data.items() if k not in ("reports", "verdict", "parent", "attempts")}
+    assert (Trial.from_dict(old).reports, Trial.from_dict(old).verdict) == ([], None)
 
 
 def _arrows() -> dict[str, transitions.Change]:
@@ -63,5 +75,5 @@ def test_a_graceful_release_gives_its_attempt_back_never_below_zero() -> None:
 
 
 def test_statuses() -> None:
-    assert [s for s in TrialStatus if s.is_terminal] == [TrialStatus.COMPLETED, TrialStatus.BROKEN]
+    assert [s for s in TrialStatus if s.is_terminal] == [TrialStatus.COMPLETED, TrialStatus.BROKEN, TrialStatus.PRUNED]
     assert {s for s in TrialStatus if s.is_reservable} == {TrialStatus.NEW, TrialStatus.INTERRUPTED}

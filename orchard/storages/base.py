@@ -202,6 +202,43 @@ class BaseStorage(abc.ABC):
         """
 
     @abc.abstractmethod
+    def report_trial(self, trial_id: str, worker: str, step: int, value: float) -> Trial:
+        """Store one intermediate ``value`` at ``step`` on a trial ``worker`` has reserved.
+
+        One durable write per report: once this returns, the report survives
+        the worker (a SIGKILL, a lost lease). A report renews the lease like a
+        heartbeat (it writes ``heartbeat``). Steps are strictly increasing; a
+        trial holds at most :data:`~orchard.trial.MAX_REPORTS_PER_TRIAL`
+        reports. The next reservation of the trial starts its reports over.
+
+        Returns:
+            The trial with the report appended to ``reports``.
+
+        Raises:
+            InvalidReportError: ``value`` is not a finite number, ``step`` not
+                a non-negative int greater than the last reported step, or the
+                trial holds the most reports allowed; nothing is written.
+            ReservationLostError: the trial is not reserved by ``worker`` (a
+                late report is refused like a late result); nothing is written.
+            TrialNotFoundError: no trial with that id.
+        """
+
+    @abc.abstractmethod
+    def prune_trial(self, trial_id: str, worker: str, verdict: Mapping[str, Any]) -> Trial:
+        """Stop a trial ``worker`` has reserved early: it becomes ``pruned`` (terminal).
+
+        Its ``objective`` is its last reported value and ``verdict`` (plain
+        values: why it was pruned) is stored with it. A pruned trial keeps its
+        unit of budget, like a completed one (completed + pruned never exceed
+        ``max_trials``), but is never the best trial.
+
+        Raises:
+            ReservationLostError: the trial is not reserved by ``worker``; nothing is written.
+            InvalidReportError: the trial has reported no value yet; nothing is written.
+            TrialNotFoundError: no trial with that id.
+        """
+
+    @abc.abstractmethod
     def release_trial(self, trial_id: str, worker: str | None) -> Trial:
         """Give a reservation back: the trial becomes ``interrupted``, unowned.
 

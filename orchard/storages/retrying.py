@@ -197,6 +197,23 @@ class RetryingStorage(BaseStorage):
                                  and (t.error or {}).get("type") == error.get("type")),
         )
 
+    def report_trial(self, trial_id: str, worker: str, step: int, value: float) -> Trial:
+        """See :meth:`BaseStorage.report_trial`."""
+        return self._retry(
+            f"store a report of trial {trial_id}",
+            lambda: self.storage.report_trial(trial_id, worker, step, value),
+            lambda: self._stored(trial_id, lambda t: t.status is TrialStatus.RESERVED and t.worker == worker
+                                 and bool(t.reports) and t.reports[-1] == (step, float(value))),
+        )
+
+    def prune_trial(self, trial_id: str, worker: str, verdict: Mapping[str, Any]) -> Trial:
+        """See :meth:`BaseStorage.prune_trial`."""
+        return self._retry(
+            f"prune trial {trial_id}",
+            lambda: self.storage.prune_trial(trial_id, worker, verdict),
+            lambda: self._stored(trial_id, lambda t: t.status is TrialStatus.PRUNED and t.worker == worker),
+        )
+
     def release_trial(self, trial_id: str, worker: str | None) -> Trial:
         """See :meth:`BaseStorage.release_trial`."""
         return self._retry(

@@ -81,6 +81,13 @@ class TrialTable:
                 self._by_experiment[exp.id] = _ExperimentTrials()
         elif op == "trial":
             self._put_trial(Trial.from_dict(record["trial"]))
+        elif op == "report":  # one report appended: not the whole trial again (10,000 of them may come)
+            trial = self.trial(record["trial"])
+            if trial is None:  # pragma: no cover - a writer appends reports to trials it holds
+                raise ValueError(f"a report of unknown trial {record['trial']!r}")
+            self._put_trial(dataclasses.replace(
+                trial, reports=[*trial.reports, (record["step"], record["value"])], heartbeat=record["heartbeat"]
+            ))
         elif op == "drop":
             exp_id = record["experiment"]
             dropped = self._experiments.pop(exp_id, None)
@@ -260,6 +267,31 @@ class TrialTable:
         self, trial_id_: str, worker: str, error: Mapping[str, Any], now: float
     ) -> tuple[Trial, list[Record]]:
         return self._change(trial_id_, transitions.fail(worker, to_builtin(dict(error)), now))
+
+    def report_trial(
+        self, trial_id_: str, worker: str, step: Any, value: Any, now: float
+    ) -> tuple[Trial, list[Record]]:
+        trial = self.trial(trial_id_)
+        if trial is None:
+            raise TrialNotFoundError.missing(trial_id_)
+        last = trial.reports[-1][0] if trial.reports else None
+        change = transitions.report(trial_id_, worker, step, value, now, len(trial.reports), last)
+        change.applied_to(trial)  # raises its refusal
+        (step_, value_) = change.appends["reports"]
+        record = {"op": "report", "trial": trial_id_, "step": step_, "value": value_, "heartbeat": now}
+        self.apply(record)
+        return self._stored(trial_id_), [record]
+
+    def prune_trial(
+        self, trial_id_: str, worker: str, verdict: Mapping[str, Any], now: float
+    ) -> tuple[Trial, list[Record]]:
+        trial = self.trial(trial_id_)
+        if trial is None:
+            raise TrialNotFoundError.missing(trial_id_)
+        refusal = transitions.heartbeat(worker, now).refusal(trial_id_, trial)  # the owner first, then its reports
+        if refusal is not None:
+            raise refusal
+        return self._change(trial_id_, transitions.prune(trial, worker, to_builtin(dict(verdict)), now))
 
     def release_trial(self, trial_id_: str, worker: str | None) -> tuple[Trial, list[Record]]:
         trial = self.trial(trial_id_)

@@ -154,6 +154,14 @@ class TableStorage(BaseStorage):
         """See :meth:`BaseStorage.fail_trial`."""
         return self._change(lambda table, now: table.fail_trial(trial_id, worker, error, now))
 
+    def report_trial(self, trial_id: str, worker: str, step: int, value: float) -> Trial:
+        """See :meth:`BaseStorage.report_trial`."""
+        return self._change(lambda table, now: table.report_trial(trial_id, worker, step, value, now))
+
+    def prune_trial(self, trial_id: str, worker: str, verdict: Mapping[str, Any]) -> Trial:
+        """See :meth:`BaseStorage.prune_trial`."""
+        return self._change(lambda table, now: table.prune_trial(trial_id, worker, verdict, now))
+
     def release_trial(self, trial_id: str, worker: str | None) -> Trial:
         """See :meth:`BaseStorage.release_trial`."""
         return self._change(lambda table, now: table.release_trial(trial_id, worker))

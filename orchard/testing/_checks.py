@@ -99,17 +99,19 @@ def reserve_as(storage: BaseStorage, experiment_id: str, worker: str) -> Trial:
 def one_of_each_status(storage: BaseStorage, experiment_id: str) -> dict[TrialStatus, Trial]:
     """Make one trial in each status, in this submission order, and return their stored versions.
 
-    Order: completed, broken, reserved (by ``W1``), interrupted, new.
+    Order: completed, broken, reserved (by ``W1``), interrupted, new, pruned.
     """
     ids: dict[TrialStatus, str] = {}
     for i, status in enumerate((TrialStatus.COMPLETED, TrialStatus.BROKEN, TrialStatus.RESERVED,
-                                TrialStatus.INTERRUPTED, TrialStatus.NEW)):
+                                TrialStatus.INTERRUPTED, TrialStatus.NEW, TrialStatus.PRUNED)):
         worker = None if status is TrialStatus.NEW else W1
         ids[status] = storage.register_trial(experiment_id, {"x": float(i)}, worker=worker).id
         tick()
     storage.complete_trial(ids[TrialStatus.COMPLETED], W1, 0.5, {"metric": 1})
     storage.fail_trial(ids[TrialStatus.BROKEN], W1, {"type": "ValueError", "message": "boom"})
     storage.release_trial(ids[TrialStatus.INTERRUPTED], W1)
+    storage.report_trial(ids[TrialStatus.PRUNED], W1, 1, 0.75)
+    storage.prune_trial(ids[TrialStatus.PRUNED], W1, {"pruner": "median", "step": 1})
     made = {status: stored(storage, tid) for status, tid in ids.items()}
     assert all(t.status is s for s, t in made.items()), made
     return made

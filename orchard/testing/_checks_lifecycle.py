@@ -40,6 +40,10 @@ def _assert_every_write_refused(storage: BaseStorage, trial_id: str, worker: str
             storage.complete_trial(trial_id, worker, 0.0, {"late": True})
         with pytest.raises(ReservationLostError):
             storage.fail_trial(trial_id, worker, _ERROR)
+        with pytest.raises(ReservationLostError):
+            storage.report_trial(trial_id, worker, 10**6, 0.0)
+        with pytest.raises(ReservationLostError):
+            storage.prune_trial(trial_id, worker, {"late": True})
     with pytest.raises(ReservationLostError):
         storage.release_trial(trial_id, worker)
 
@@ -117,7 +121,8 @@ class OwnershipChecks(Checks):
     def test_writes_to_unreserved_trials_are_refused(self, storage: BaseStorage, exp: str) -> None:
         made = one_of_each_status(storage, exp)
         before = frozen(storage, exp)
-        for status in (TrialStatus.NEW, TrialStatus.INTERRUPTED, TrialStatus.COMPLETED, TrialStatus.BROKEN):
+        for status in (TrialStatus.NEW, TrialStatus.INTERRUPTED, TrialStatus.COMPLETED, TrialStatus.BROKEN,
+                       TrialStatus.PRUNED):
             _assert_every_write_refused(storage, made[status].id, W1)
             _assert_every_write_refused(storage, made[status].id, None)
         assert frozen(storage, exp) == before, "a refused write changed a trial"
@@ -181,7 +186,8 @@ class LostReservationChecks(Checks):
             fresh.id: Lease(W2, beat(fresh) + 1.0),
             uuid.uuid4().hex: Lease(W1, beat(old)),
             **{made[s].id: Lease(W1, beat(old)) for s in (TrialStatus.NEW, TrialStatus.INTERRUPTED,
-                                                          TrialStatus.COMPLETED, TrialStatus.BROKEN)},
+                                                          TrialStatus.COMPLETED, TrialStatus.BROKEN,
+                                                          TrialStatus.PRUNED)},
         }
         before = frozen(storage, exp)
         assert storage.release_lost(exp, not_held, 3) == []

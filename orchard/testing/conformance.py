@@ -67,6 +67,7 @@ from orchard.testing._checks_lifecycle import (
     OwnershipChecks,
     ReservationChecks,
 )
+from orchard.testing._checks_pruning import PruningChecks
 from orchard.trial import Trial, TrialStatus
 
 __all__ = [
@@ -256,8 +257,8 @@ class BudgetChecks(Checks):
     def test_every_status_but_broken_holds_a_unit(self, storage: BaseStorage, exp: str) -> None:
         one_of_each_status(storage, exp)
         with pytest.raises(BudgetExhaustedError):
-            storage.register_trial(exp, {"x": 100}, budget=4)
-        storage.register_trial(exp, {"x": 100}, budget=5)
+            storage.register_trial(exp, {"x": 100}, budget=5)
+        storage.register_trial(exp, {"x": 100}, budget=6)
 
     def test_broken_trial_frees_its_unit(self, storage: BaseStorage, exp: str) -> None:
         held = storage.register_trial(exp, {"i": 0}, worker=W1, budget=2)
@@ -330,7 +331,8 @@ class ReadingChecks(Checks):
         restored = storage.fetch_trials(dest)
         assert [t.params for t in restored] == [t.params for t in source]
         assert all(t.experiment == dest for t in restored)
-        kept = ("status", "objective", "results", "error", "attempts", "submit_time", "end_time")
+        kept = ("status", "objective", "results", "error", "attempts", "submit_time", "end_time", "reports",
+                "verdict")
         for old, new in zip(source, restored):
             assert {k: getattr(new, k) for k in kept} == {k: getattr(old, k) for k in kept}
         assert storage.count_trials(dest) == storage.count_trials(exp)
@@ -445,6 +447,7 @@ class StorageConformance(
     ReservationChecks,
     OwnershipChecks,
     LostReservationChecks,
+    PruningChecks,
     ReadingChecks,
     ChangeFeedChecks,
     HandleChecks,

@@ -118,8 +118,9 @@ def misses_writes(seen: Mapping[str, tuple[int, str]], counts: Mapping[TrialStat
     """Whether a view built after ``counts`` were taken lacks trials the counts prove exist."""
     if len(seen) < sum(counts.values()):
         return True
-    held = {status: 0 for status in (TrialStatus.COMPLETED.value, TrialStatus.BROKEN.value)}
+    terminal = [status for status in TrialStatus if status.is_terminal]  # a trial never leaves these
+    held = {status.value: 0 for status in terminal}
     for _, status in seen.values():
         if status in held:
             held[status] += 1
-    return any(held[s.value] < counts[s] for s in (TrialStatus.COMPLETED, TrialStatus.BROKEN))
+    return any(held[s.value] < counts[s] for s in terminal)

@@ -27,6 +27,7 @@ from orchard.trial import Trial
 
 __all__ = [
     "DEFAULT_DATABASE",
+    "REPORT_COUNT",
     "Client",
     "doc_to_trial",
     "duplicate_key_field",
@@ -189,11 +190,16 @@ def duplicate_key_field(err: DuplicateKeyError) -> str | None:
 # -- documents ----------------------------------------------------------------
 
 
+#: Storage-only field: how many reports a trial holds (reports are conditional on it; absent means 0).
+REPORT_COUNT = "report_count"
+
+
 def trial_to_doc(trial: Trial) -> dict[str, Any]:
     """The stored form of ``trial``: its id as ``_id``, plus its version (the server stamps ``mtime``)."""
     doc = trial.to_dict()
     doc["_id"] = doc.pop("id")
     doc["version"] = 1
+    doc[REPORT_COUNT] = len(trial.reports)
     return doc
 
 

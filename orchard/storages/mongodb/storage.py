@@ -94,6 +94,9 @@ def _expected(trial_id: str, change: transitions.Change) -> dict[str, Any]:
         query["worker"] = change.owner
     for name, value in change.expects.items():
         query[name] = {"$in": [0, None]} if name == "attempts" and value == 0 else value  # None: stored before attempts
+    for name, count in change.lengths.items():  # only reports: counted in a field of their own
+        assert name == "reports", name
+        query[client.REPORT_COUNT] = {"$in": [0, None]} if count == 0 else count  # None: stored before reports
     return query
 
 
@@ -320,8 +323,14 @@ class MongoStorage(BaseStorage):
     def _update(self, change: transitions.Change) -> dict[str, Any]:
         """The update applying ``change``; a trial that breaks frees its unit of budget in it."""
         fields = {name: value.value if isinstance(value, TrialStatus) else value for name, value in change.sets.items()}
+        if "reports" in fields:
+            fields[client.REPORT_COUNT] = len(fields["reports"])
         unset = ["slot"] if change.sets.get("status") is TrialStatus.BROKEN else []
-        return self._stamp(fields, unset=unset, inc=dict(change.adds))
+        update = self._stamp(fields, unset=unset, inc=dict(change.adds))
+        if change.appends:
+            update["$push"] = {name: list(item) for name, item in change.appends.items()}
+            update["$inc"].update({client.REPORT_COUNT: 1})
+        return update
 
     def _apply(self, trial_id: str, change: transitions.Change) -> Trial:
         """One conditional update applying ``change``; when it matches nothing, the change says why."""
@@ -373,6 +382,28 @@ class MongoStorage(BaseStorage):
     @_translated("mark a trial broken")
     def fail_trial(self, trial_id: str, worker: str, error: Mapping[str, Any]) -> Trial:
         return self._apply(trial_id, transitions.fail(worker, to_builtin(dict(error)), self.now()))
+
+    @_translated("store a report")
+    def report_trial(self, trial_id: str, worker: str, step: int, value: float) -> Trial:
+        seen = self._trials.find_one(
+            {"_id": trial_id}, projection={"status": 1, "worker": 1, client.REPORT_COUNT: 1, "reports": {"$slice": -1}}
+        )
+        if seen is None:
+            raise TrialNotFoundError.missing(trial_id, self.redacted_uri)
+        last = seen.get("reports") or []
+        change = transitions.report(
+            trial_id, worker, step, value, self.now(), int(seen.get(client.REPORT_COUNT) or 0),
+            int(last[-1][0]) if last else None,
+        )
+        return self._apply(trial_id, change)
+
+    @_translated("prune a trial")
+    def prune_trial(self, trial_id: str, worker: str, verdict: Mapping[str, Any]) -> Trial:
+        trial = self._current(trial_id)
+        refusal = transitions.heartbeat(worker, 0.0).refusal(trial_id, trial, self.redacted_uri)  # the owner first
+        if refusal is not None:
+            raise refusal
+        return self._apply(trial_id, transitions.prune(trial, worker, to_builtin(dict(verdict)), self.now()))
 
     @_translated("release a trial")
     def release_trial(self, trial_id: str, worker: str | None) -> Trial:

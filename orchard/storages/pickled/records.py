@@ -11,6 +11,7 @@ before it reaches the table; anything else makes the whole frame *damaged*
 Shapes::
 
     {"op": "experiment", "record": {"id": str, "name": str, "config": PLAIN, "created": number}}
+    {"op": "report", "trial": str, "step": int, "value": number, "heartbeat": number}
     {"op": "trial", "trial": {"id": str, "experiment": str, "params": {str: SCALAR},
                               "status": a TrialStatus value, "results": {str: PLAIN}, ...}}
     {"op": "drop", "experiment": str}
@@ -105,6 +106,19 @@ def _check_trial(trial: Any, budget: _Budget) -> None:
         raise RecordError("a trial whose worker or parent is not a string or None")
     if type(trial.get("attempts", 0)) is not int:  # absent from records of older releases
         raise RecordError("a trial whose attempts are not an int")
+    reports = trial.get("reports", [])  # absent from records of older releases, like verdict
+    if type(reports) is not list:
+        raise RecordError("trial reports that are not a list")
+    budget.spend(len(reports))
+    for pair in reports:
+        _check_report(pair)
+    if trial.get("verdict") is not None:
+        _plain(_field(trial, "verdict", dict), budget)
+
+
+def _check_report(pair: Any) -> None:
+    if type(pair) is not list or len(pair) != 2 or type(pair[0]) is not int or type(pair[1]) not in (int, float):
+        raise RecordError("a trial report that is not [int step, number value]")
 
 
 def _field(record: dict[str, Any], name: str, *kinds: type) -> Any:
@@ -128,6 +142,10 @@ def _check_record(record: Any, budget: _Budget) -> None:
         _field(exp, "name", str)
         _field(exp, "created", int, float)
         _plain(_field(exp, "config", dict), budget)
+    elif op == "report":
+        _field(record, "trial", str)
+        _check_report([_field(record, "step", int), _field(record, "value", int, float)])
+        _field(record, "heartbeat", int, float)
     elif op == "drop":
         _field(record, "experiment", str)
     elif op == "fence":
