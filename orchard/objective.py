@@ -326,6 +326,7 @@ class _Reporting:
             paths = (os.path.join(self.folder, "reports.jsonl"), os.path.join(self.folder, "verdict.json"))
             self.paths = paths
             self.environment = ReportFollower.environment(*paths)
+            ReportFollower.prepare(*paths)
 
     def start(self, stop: Callable[[], None]) -> None:
         if self.judge is not None:

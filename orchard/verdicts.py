@@ -146,11 +146,16 @@ class ReportFollower:
 
         return {REPORT_ENV: report_path, VERDICT_ENV: verdict_path}
 
-    def __enter__(self) -> ReportFollower:
-        for path in (self.report_path, self.verdict_path):
+    @staticmethod
+    def prepare(report_path: str, verdict_path: str) -> None:
+        """Empty the files before the child starts (an earlier attempt of the trial may have left some)."""
+        for path in (report_path, verdict_path):
             with contextlib.suppress(FileNotFoundError):
-                os.remove(path)  # left by an earlier attempt of the trial
-        open(self.report_path, "ab").close()  # noqa: SIM115 -- created empty, appended to by the child
+                os.remove(path)
+        open(report_path, "ab").close()  # noqa: SIM115 -- created empty, appended to by the child
+
+    def __enter__(self) -> ReportFollower:
+        """Start following (the files were :meth:`prepare`-d before the child started)."""
         self._thread.start()
         return self
 
