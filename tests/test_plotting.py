@@ -309,17 +309,3 @@ def test_orchard_plot_through_the_command_line(
     assert main(["--storage", uri, "plot", "regret", "-n", "plot-exp", "-o", str(tmp_path / "r.svg")]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and ".html or .png" in err
-
-
-def test_plotly_hover_labels_show_param_strings_literally(tmp_path: Path) -> None:
-    """A categorical value like '<a href=...>' must not become a working link or styled text."""
-    pytest.importorskip("plotly")
-    link = '<a href="http://x.example">click</a>'
-    trials = [Trial(id=f"t{i}", experiment="e", params={"c": value}, status=TrialStatus.COMPLETED,
-                    objective=float(i), start_time=float(i), end_time=float(i) + 1.0, worker="w")
-              for i, value in enumerate([link, "<b>bold</b>"])]
-    for kind in ("regret", "timeline"):
-        out = plotting.save(plotting.make_figure(kind, trials, "xss"), tmp_path / f"{kind}.html")
-        page = out.read_text()
-        assert "&lt;a href=" in page and "&lt;b&gt;bold" in page, kind
-        assert "click</a>" not in page and "<b>bold" not in page, kind

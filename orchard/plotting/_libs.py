@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import Any
 
 from orchard.errors import ConfigurationError
@@ -21,13 +20,3 @@ def require(module: str) -> Any:
     except ImportError:
         top = module.split(".")[0]
         raise ConfigurationError(f"plotting needs {top}, which is not installed: {INSTALL_HINT}") from None
-
-
-def plotly_text(texts: Sequence[str]) -> list[str]:
-    """``texts`` made literal for Plotly, which renders a subset of HTML (links, bold) in hover text.
-
-    A param string such as ``<a href=...>`` is shown as typed, never as a working link.
-    """
-    import html
-
-    return [html.escape(text, quote=False) for text in texts]

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from orchard.plotting._libs import plotly_text, require
+from orchard.plotting._libs import require
 from orchard.plotting.figures import STATUS_COLORS, ParallelFigure, RegretFigure, TimelineFigure
 from orchard.plotting.rungs import RungsFigure, rungs_plotly
 from orchard.trial import TrialStatus
@@ -31,13 +31,13 @@ def _regret_plotly(figure: Any, fig: Any, go: Any) -> None:
     hover = "%{text}<extra></extra>"
     if figure.x:
         fig.add_trace(go.Scatter(x=figure.x, y=figure.objectives, mode="markers", name="objective",
-                                 text=plotly_text(figure.labels), hovertemplate=hover, marker={"color": "#1f77b4"}))
+                                 text=figure.labels, hovertemplate=hover, marker={"color": "#1f77b4"}))
         fig.add_trace(go.Scatter(x=figure.x, y=figure.best, mode="lines", line_shape="hv", name="best so far",
                                  line={"color": "#ff7f0e", "width": 2}, hoverinfo="skip"))
     if figure.broken_x:
         marker = {"symbol": "x", "size": 10, "color": STATUS_COLORS[TrialStatus.BROKEN]}
         fig.add_trace(go.Scatter(x=figure.broken_x, y=figure.broken_y, mode="markers", name="broken",
-                                 text=plotly_text(figure.broken_labels), hovertemplate=hover, marker=marker))
+                                 text=figure.broken_labels, hovertemplate=hover, marker=marker))
     fig.update_layout(xaxis_title="trial (completion order)", yaxis_title="objective", showlegend=True)
     fig.update_xaxes(tickformat="d")
 
@@ -70,7 +70,7 @@ def _timeline_plotly(figure: Any, fig: Any, go: Any) -> None:
             fig.add_trace(go.Bar(
                 orientation="h", name=status.value, y=[figure.rows[b.row] for b in bars],
                 base=[b.start for b in bars], x=[b.end - b.start for b in bars],
-                text=plotly_text([b.label for b in bars]),
+                text=[b.label for b in bars],
                 hovertemplate="%{text}<br>from %{base:.3g} s for %{x:.3g} s<extra></extra>",
                 textposition="none", marker={"color": color, "line": {"width": 0.5, "color": "white"}},
             ))

@@ -13,7 +13,7 @@ import dataclasses
 from collections.abc import Sequence
 from typing import Any
 
-from orchard.plotting._libs import plotly_text, require
+from orchard.plotting._libs import require
 from orchard.plotting.figures import describe, no_results_note, scored
 from orchard.space import Space
 from orchard.trial import Trial, TrialStatus
@@ -81,7 +81,7 @@ def rungs_plotly(figure: RungsFigure, fig: Any, go: Any) -> None:
                                  line={"color": "#ff7f0e", "width": 1}))
     if figure.x:
         fig.add_trace(go.Scatter(x=figure.x, y=figure.objectives, mode="markers", name="trial",
-                                 text=plotly_text(figure.labels), hovertemplate="%{text}<extra></extra>",
+                                 text=figure.labels, hovertemplate="%{text}<extra></extra>",
                                  marker={"color": "#1f77b4", "opacity": 0.7}))
     ticks = sorted(set(figure.x))
     fig.update_xaxes(type="log", title=f"{figure.dimension} (log)", tickvals=ticks, ticktext=[f"{r:g}" for r in ticks])

@@ -33,11 +33,6 @@ function fmtAge(seconds) {
   return (seconds / 3600).toFixed(1) + " h";
 }
 
-// Plotly renders a subset of HTML in text and hover labels: make param strings literal there.
-function plotText(text) {
-  return String(text).replace(/&/g, "&amp;").replace(/</g, "&lt;").replace(/>/g, "&gt;");
-}
-
 function fmtParams(params) {
   if (!params) return "-";
   return Object.entries(params).map(([k, v]) => k + "=" + fmtNumber(v)).join(", ");

@@ -154,7 +154,7 @@ function drawBest(done) {
   }
   const data = [
     { x: xs, y: done.map((t) => t.objective), mode: "markers", name: "objective", marker,
-      text: done.map((t) => plotText(fmtParams(t.params))) },
+      text: done.map((t) => fmtParams(t.params)) },
     { x: xs, y: bestSoFar, mode: "lines", name: "best so far", line: { color: "#2f7d4f", width: 2.5, shape: "hv" } },
   ];
   const layout = { margin: { l: 50, r: 10, t: 10, b: 40 }, xaxis: { title: { text: "completed trial" } },
@@ -200,7 +200,7 @@ function drawTimeline() {
     type: "bar", orientation: "h", name: status, marker: { color: STATUS_COLORS[status] },
     y: items.map((i) => i.t.worker), base: items.map((i) => new Date(i.t.start_time * 1000).toISOString()),
     x: items.map((i) => Math.max((i.end - i.t.start_time) * 1000, 1)),
-    hovertext: items.map((i) => plotText("#" + i.t.number + " " + fmtParams(i.t.params))), hoverinfo: "text+name",
+    hovertext: items.map((i) => "#" + i.t.number + " " + fmtParams(i.t.params)), hoverinfo: "text+name",
     textposition: "none",
   }));
   const workers = new Set(started.map((t) => t.worker)).size;
