@@ -373,33 +373,3 @@ def test_multi_fidelity_experiments_show_their_rungs(browser: Any, tmp_path: Pat
         wait_for(browser, lambda b: b.find_elements(By.CSS_SELECTOR, "#plot-best svg.main-svg"))
         screenshot(browser, "dashboard-rungs.png")
 
-
-
-def _get_with_host(url: str, host: str) -> tuple[int, bytes]:
-    import http.client
-    import urllib.parse
-
-    parts = urllib.parse.urlsplit(url)
-    connection = http.client.HTTPConnection(parts.hostname, parts.port, timeout=30)
-    try:
-        connection.request("GET", "/api/experiments", headers={"Host": host})
-        response = connection.getresponse()
-        return response.status, response.read()
-    finally:
-        connection.close()
-
-
-@pytest.mark.slow
-def test_requests_for_another_host_name_are_refused_dns_rebinding(tmp_path: Path) -> None:
-    """A page of evil.example whose name resolves to 127.0.0.1 must not read the experiments."""
-    uri = str(tmp_path / "db.pkl")
-    store = get_storage(uri)
-    populate(store)
-    store.close()
-    with serving(uri, "--allowed-host", "hpo.lab.internal", cwd=tmp_path) as served:
-        port = served.url.rstrip("/").rsplit(":", 1)[1]
-        status, body = _get_with_host(served.url, f"evil.example:{port}")
-        assert status == 400 and b"dash" not in body and b"--allowed-host" in body
-        for host in (f"127.0.0.1:{port}", f"localhost:{port}", f"hpo.lab.internal:{port}", f"[::1]:{port}"):
-            status, body = _get_with_host(served.url, host)
-            assert status == 200 and b"dash" in body, host

@@ -27,9 +27,6 @@ def add_parser(subparsers: Any) -> None:
                         help="address to listen on (default 127.0.0.1: this machine only; anything else "
                              "lets whoever reaches it read every experiment)")
     parser.add_argument("--port", type=int, default=8080, help="port to listen on (0: any free port; default 8080)")
-    parser.add_argument("--allowed-host", action="append", default=[], metavar="NAME",
-                        help="a host name the dashboard is opened by (repeatable); requests naming any other "
-                             "host than an IP address, localhost or --host are refused (DNS rebinding)")
     add_common(parser)
     parser.set_defaults(func=run)
 
@@ -56,7 +53,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"{PROG}: serving {storage.redacted_uri} (read-only) at {url}", flush=True)
 
     try:
-        serve(storage, sock, announce=announce, host_names=[args.host, *args.allowed_host])
+        serve(storage, sock, announce=announce)
     except KeyboardInterrupt:
         pass  # Ctrl-C is how a dashboard stops
     finally:

@@ -12,10 +12,7 @@ path                                   what
 =====================================  ==============================================
 
 Every method but ``GET`` (and ``HEAD``) is refused with 405 before routing, so
-nothing served can change the storage. A request whose ``Host`` header names a
-host this server does not serve is refused with 400 (:func:`host_allowed`), so
-a page of another site whose name was made to resolve to this machine (DNS
-rebinding) cannot read the experiments. Pages load nothing from another origin:
+nothing served can change the storage. Pages load nothing from another origin:
 the content security policy allows only this server, and plotly.js comes from
 the installed ``plotly`` package.
 """
@@ -38,7 +35,7 @@ from orchard.dashboard._payloads import RowCache, experiment_detail, experiment_
 from orchard.dashboard._views import ExperimentView, StorageView
 from orchard.errors import OrchardError
 
-__all__ = ["build_app", "host_allowed", "plotly_bundle"]
+__all__ = ["build_app", "plotly_bundle"]
 
 STATIC = Path(__file__).with_name("static")
 _SAFE_METHODS = ("GET", "HEAD")
@@ -65,54 +62,15 @@ def plotly_bundle() -> Path:
     return bundle
 
 
-#: Host names every dashboard answers to (besides IP literals).
-LOCAL_NAMES = frozenset({"localhost"})
-
-
-def host_allowed(header: str, names: frozenset[str]) -> bool:
-    """Whether a ``Host`` header names this server: an IP literal, ``localhost`` or one of ``names``.
-
-    An IP literal cannot be rebound by DNS; a name can, so only names the server was
-    told it serves (its ``--host`` and ``--allowed-host``) are accepted.
-    """
-    import ipaddress
-
-    host = header.strip().lower()
-    if host.startswith("["):  # [v6]:port
-        host = host[1:host.find("]")] if "]" in host else ""
-    elif host.count(":") == 1:
-        host = host.rsplit(":", 1)[0]
-    if not host:
-        return False
-    try:
-        ipaddress.ip_address(host)
-        return True
-    except ValueError:
-        return host.rstrip(".") in LOCAL_NAMES or host.rstrip(".") in names
-
-
 class ReadOnly:
-    """ASGI middleware: only GET and HEAD (else 405), only for the hosts served (else 400), safety headers.
+    """ASGI middleware refusing every HTTP method but GET and HEAD with 405, and adding safety headers."""
 
-    Args:
-        app: the application.
-        host_names: host names (besides IP literals and ``localhost``) the server answers to.
-    """
-
-    def __init__(self, app: ASGIApp, host_names: frozenset[str] = frozenset()) -> None:
+    def __init__(self, app: ASGIApp) -> None:
         self.app = app
-        self.host_names = frozenset(name.lower().rstrip(".") for name in host_names)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
-            return
-        host = dict(scope.get("headers", [])).get(b"host", b"").decode("latin-1")
-        if not host_allowed(host, self.host_names):
-            refusal = PlainTextResponse(
-                f"orchard serve does not answer for host {host[:100]!r}; open it by IP address or localhost, "
-                "or start it with --allowed-host NAME\n", status_code=400)
-            await refusal(scope, receive, send)
             return
         if scope["method"] not in _SAFE_METHODS:
             refusal = PlainTextResponse("orchard serve is read-only: only GET is allowed\n", status_code=405,
@@ -131,12 +89,11 @@ class ReadOnly:
         await self.app(scope, receive, send_with_headers)
 
 
-def build_app(view: StorageView, host_names: frozenset[str] = frozenset()) -> ASGIApp:
+def build_app(view: StorageView) -> ASGIApp:
     """The dashboard application reading through ``view``.
 
     Args:
         view: the folded storage to serve; its storage is never written.
-        host_names: host names it answers to besides IP literals and ``localhost``.
 
     Returns:
         An ASGI application (Starlette, wrapped in :class:`ReadOnly`).
@@ -169,7 +126,7 @@ def build_app(view: StorageView, host_names: frozenset[str] = frozenset()) -> AS
         Mount("/static", StaticFiles(directory=STATIC), name="static"),
     ]
     app = Starlette(routes=routes, exception_handlers={OrchardError: _storage_failed})
-    return ReadOnly(app, host_names)
+    return ReadOnly(app)
 
 
 def _page(name: str) -> Callable[[Request], Response]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 import socket
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 
 from orchard.dashboard._views import StorageView
 from orchard.storages.base import BaseStorage
@@ -53,7 +53,6 @@ def serve(
     sock: socket.socket,
     announce: Callable[[str], None] = print,
     min_interval: float = 0.5,
-    host_names: Iterable[str] = (),
 ) -> None:
     """Serve the dashboard of ``storage`` on ``sock`` until interrupted (SIGINT/SIGTERM).
 
@@ -62,8 +61,6 @@ def serve(
         sock: a socket from :func:`bind`.
         announce: called once with the URL, after the app is built and before serving.
         min_interval: seconds a folded experiment is served before the storage is asked again.
-        host_names: host names the server answers to besides IP literals and ``localhost``
-            (its ``--host`` if a name, and ``--allowed-host``); other ``Host`` headers get 400.
 
     Raises:
         ConfigurationError: plotly's bundle is missing.
@@ -72,7 +69,7 @@ def serve(
 
     from orchard.dashboard._app import build_app
 
-    app = build_app(StorageView(storage, min_interval=min_interval), frozenset(host_names))
+    app = build_app(StorageView(storage, min_interval=min_interval))
     config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off", server_header=False)
     server = uvicorn.Server(config)
     announce(url_of(sock))
