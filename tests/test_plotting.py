@@ -137,7 +137,7 @@ def storage_uri(tmp_path: Path) -> str:
 
 @pytest.fixture
 def experiment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Any:
-    """Four completed and one broken trial on two workers, on a fake clock (1 s per step)."""
+    """Four completed and one broken trial on two workers, on a fake clock (1 s per step), two reports each."""
     exp = orchard.build_experiment("plot-exp", space=SPACE, storage=storage_uri(tmp_path))
     clock = itertools.count(1000.0)
     monkeypatch.setattr(exp.storage, "now", lambda: float(next(clock)))
@@ -146,6 +146,8 @@ def experiment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Any:
     for i, (lr, opt, depth, objective) in enumerate(points):
         worker = ("hostA:11:aaaa", "hostB:22:bbbb")[i % 2]
         trial = exp.storage.register_trial(exp.id, {"lr": lr, "opt": opt, "depth": depth}, worker=worker)
+        for step in (1, 2):  # every trial reports two steps (the curves figure draws them)
+            exp.storage.report_trial(trial.id, worker, step, 1.0 + depth / step)
         if objective is None:
             exp.storage.fail_trial(trial.id, worker, {"type": "ValueError", "message": "diverged"})
         else:
@@ -309,3 +311,24 @@ def test_orchard_plot_through_the_command_line(
     assert main(["--storage", uri, "plot", "regret", "-n", "plot-exp", "-o", str(tmp_path / "r.svg")]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and ".html or .png" in err
+
+
+def test_curves_draw_each_reporting_trial_and_mark_the_pruned(tmp_path: Path) -> None:
+    trials = [
+        Trial(id="a", experiment="e", params={"x": 1}, status=TrialStatus.COMPLETED, objective=0.2,
+              reports=[(1, 0.9), (2, 0.5), (3, 0.2)]),
+        Trial(id="b", experiment="e", params={"x": 2}, status=TrialStatus.PRUNED, objective=0.95,
+              reports=[(1, 0.95)], verdict={"pruner": "asha"}),
+        Trial(id="c", experiment="e", params={"x": 3}, status=TrialStatus.COMPLETED, objective=0.4),
+    ]
+    fig = plotting.make_figure("curves", trials, "exp")
+    assert [c.steps for c in fig.curves] == [[1, 2, 3], [1]]
+    assert [c.best for c in fig.curves] == [True, False]
+    assert fig.curves[1].status is TrialStatus.PRUNED
+    assert "1 pruned" in fig.title
+    pytest.importorskip("plotly")
+    pytest.importorskip("matplotlib")
+    for suffix in (".html", ".png"):
+        assert plotting.save(fig, tmp_path / f"curves{suffix}").stat().st_size > 1000
+    empty = plotting.make_figure("curves", trials[2:], "exp")
+    assert empty.note is not None and "orchard.report" in empty.note

@@ -1,4 +1,4 @@
-"""``orchard plot {regret,parallel,timeline,rungs} -n NAME -o FILE.html|.png``: draw a figure."""
+"""``orchard plot {regret,parallel,timeline,rungs,curves} -n NAME -o FILE.html|.png``: draw a figure."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from orchard.cli._args import add_common, add_name, open_experiment
 
 __all__ = ["add_parser", "run"]
 
-KINDS = ("regret", "parallel", "timeline", "rungs")
+KINDS = ("regret", "parallel", "timeline", "rungs", "curves")
 
 
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
@@ -28,7 +28,8 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
             "Draw a figure of an experiment. regret: objective per completed trial and the best so "
             "far; parallel: parameters as parallel coordinates coloured by objective; timeline: a "
             "row per worker, a bar per trial, with each worker's busy fraction; rungs (asha/hyperband): "
-            "objective per fidelity, each promotion a line from its parent."
+            "objective per fidelity, each promotion a line from its parent; curves: the values each trial "
+            "reported per step (orchard.report), pruned trials ending in a cross, the best trial thick."
         ),
     )
     parser.add_argument("kind", choices=KINDS, help="which figure to draw")

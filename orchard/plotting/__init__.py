@@ -39,6 +39,7 @@ from orchard.plotting.figures import (
     regret,
     timeline,
 )
+from orchard.plotting.curves import CurvesFigure, curves
 from orchard.plotting.rungs import RungsFigure, rungs
 from orchard.space import Space
 from orchard.trial import Trial
@@ -50,12 +51,14 @@ __all__ = [
     "STATUS_COLORS",
     "Axis",
     "Bar",
+    "CurvesFigure",
     "Figure",
     "ParallelFigure",
     "RegretFigure",
     "RungsFigure",
     "TimelineFigure",
     "check_output",
+    "curves",
     "make_figure",
     "parallel",
     "regret",
@@ -64,7 +67,7 @@ __all__ = [
     "timeline",
 ]
 
-Figure = RegretFigure | ParallelFigure | TimelineFigure | RungsFigure
+Figure = RegretFigure | ParallelFigure | TimelineFigure | RungsFigure | CurvesFigure
 
 #: Figure kind -> builder taking ``(trials, name, space)``.
 FIGURES: dict[str, Callable[[Sequence[Trial], str, Space | None], Figure]] = {
@@ -72,6 +75,7 @@ FIGURES: dict[str, Callable[[Sequence[Trial], str, Space | None], Figure]] = {
     "parallel": parallel,
     "timeline": lambda trials, name, space: timeline(trials, name),
     "rungs": rungs,
+    "curves": curves,
 }
 
 

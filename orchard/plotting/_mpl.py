@@ -8,6 +8,7 @@ from typing import Any
 
 from orchard.plotting._libs import require
 from orchard.plotting.figures import STATUS_COLORS, Axis, ParallelFigure, RegretFigure, TimelineFigure
+from orchard.plotting.curves import CurvesFigure, curves_mpl
 from orchard.plotting.rungs import RungsFigure, rungs_mpl
 from orchard.trial import TrialStatus
 
@@ -23,7 +24,7 @@ def write_png(figure: Any, path: Path) -> None:
     agg.FigureCanvasAgg(fig)
     ax = fig.add_subplot()
     draw = {RegretFigure: _regret_mpl, ParallelFigure: _parallel_mpl, TimelineFigure: _timeline_mpl,
-            RungsFigure: rungs_mpl}
+            RungsFigure: rungs_mpl, CurvesFigure: curves_mpl}
     draw[type(figure)](figure, fig, ax)
     fig.suptitle(figure.title, fontsize=12)
     if figure.note:

@@ -7,6 +7,7 @@ from typing import Any
 
 from orchard.plotting._libs import require
 from orchard.plotting.figures import STATUS_COLORS, ParallelFigure, RegretFigure, TimelineFigure
+from orchard.plotting.curves import CurvesFigure, curves_plotly
 from orchard.plotting.rungs import RungsFigure, rungs_plotly
 from orchard.trial import TrialStatus
 
@@ -17,7 +18,7 @@ def write_html(figure: Any, path: Path) -> None:
     """Draw ``figure`` into ``path`` as a self-contained plotly page."""
     go = require("plotly.graph_objects")
     draw = {RegretFigure: _regret_plotly, ParallelFigure: _parallel_plotly, TimelineFigure: _timeline_plotly,
-            RungsFigure: rungs_plotly}
+            RungsFigure: rungs_plotly, CurvesFigure: curves_plotly}
     fig = go.Figure()
     draw[type(figure)](figure, fig, go)
     fig.update_layout(title={"text": figure.title}, template="plotly_white")

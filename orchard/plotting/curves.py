@@ -1,0 +1,103 @@
+"""The learning-curves figure: each trial's reported values against the step, pruned trials marked.
+
+One line per trial that reported (:func:`orchard.report`): completed trials in
+blue, pruned ones in grey ending in a cross at the step they were stopped, the
+running trials dashed, and the trial with the best objective drawn thick.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from typing import Any
+
+from orchard.plotting.figures import STATUS_COLORS, describe
+from orchard.space import Space
+from orchard.trial import Trial, TrialStatus
+
+__all__ = ["Curve", "CurvesFigure", "curves", "curves_mpl", "curves_plotly"]
+
+#: More curves than this are thinned to the best ones and an even sample of the rest (pages stay fast).
+MAX_CURVES = 300
+
+
+@dataclasses.dataclass(frozen=True)
+class Curve:
+    """One trial's reports."""
+
+    steps: list[int]
+    values: list[float]
+    status: TrialStatus
+    label: str
+    best: bool
+
+
+@dataclasses.dataclass(frozen=True)
+class CurvesFigure:
+    """Learning curves of an experiment's trials."""
+
+    title: str
+    note: str | None
+    curves: list[Curve]
+
+
+def curves(trials: Sequence[Trial], name: str, space: Space | None = None) -> CurvesFigure:
+    """Build the curves figure from the trials' stored reports.
+
+    Args:
+        trials: the experiment's trials; those with reports are drawn.
+        name: the experiment's name, used in the title.
+        space: unused (the figure builders share one signature).
+    """
+    reported = [t for t in trials if t.reports]
+    completed = [t for t in reported if t.status is TrialStatus.COMPLETED and t.objective is not None]
+    best = min(completed, key=lambda t: float(t.objective), default=None)  # type: ignore[arg-type]
+    if len(reported) > MAX_CURVES:
+        ranked = sorted(reported, key=lambda t: t.reports[-1][1])
+        keep = ranked[:MAX_CURVES // 2]
+        rest = ranked[MAX_CURVES // 2:]
+        keep += rest[:: max(1, len(rest) // (MAX_CURVES - len(keep)))]
+        reported = [t for t in reported if t in keep or t is best]
+    pruned = sum(t.status is TrialStatus.PRUNED for t in trials)
+    title = f"{name}: learning curves ({len(completed)} completed, {pruned} pruned)"
+    drawn = [Curve([s for s, _ in t.reports], [v for _, v in t.reports], t.status, describe(t), t is best)
+             for t in reported]
+    note = None if drawn else "no trial has reported an intermediate value (orchard.report) yet"
+    return CurvesFigure(title, note, drawn)
+
+
+def _color(curve: Curve) -> str:
+    if curve.best:
+        return "#d62728"
+    return STATUS_COLORS.get(curve.status, "#1f77b4") if curve.status is not TrialStatus.COMPLETED else "#1f77b4"
+
+
+def curves_plotly(figure: CurvesFigure, fig: Any, go: Any) -> None:
+    """Draw the curves on a plotly figure."""
+    import html
+
+    for curve in sorted(figure.curves, key=lambda c: c.best):  # the best on top
+        dash = "dash" if curve.status is TrialStatus.RESERVED else "solid"
+        fig.add_trace(go.Scatter(
+            x=curve.steps, y=curve.values, mode="lines", showlegend=False,
+            line={"color": _color(curve), "width": 3 if curve.best else 1, "dash": dash},
+            opacity=1.0 if curve.best or curve.status is TrialStatus.COMPLETED else 0.5,
+            text=[html.escape(curve.label, quote=False)] * len(curve.steps), hovertemplate="%{text}<br>step %{x}: %{y:.4g}<extra></extra>"))
+        if curve.status is TrialStatus.PRUNED:
+            fig.add_trace(go.Scatter(x=curve.steps[-1:], y=curve.values[-1:], mode="markers", showlegend=False,
+                                     marker={"symbol": "x", "size": 7, "color": _color(curve)}, hoverinfo="skip"))
+    fig.update_xaxes(title="step")
+    fig.update_yaxes(title="reported value")
+
+
+def curves_mpl(figure: CurvesFigure, fig: Any, ax: Any) -> None:
+    """Draw the curves on a matplotlib axes."""
+    for curve in sorted(figure.curves, key=lambda c: c.best):
+        style = "--" if curve.status is TrialStatus.RESERVED else "-"
+        alpha = 1.0 if curve.best or curve.status is TrialStatus.COMPLETED else 0.5
+        ax.plot(curve.steps, curve.values, style, color=_color(curve), linewidth=2.5 if curve.best else 0.9, alpha=alpha)
+        if curve.status is TrialStatus.PRUNED:
+            ax.plot(curve.steps[-1:], curve.values[-1:], "x", color=_color(curve), alpha=alpha)
+    ax.set_xlabel("step")
+    ax.set_ylabel("reported value")
+    ax.grid(alpha=0.3)
