@@ -245,3 +245,48 @@ def test_a_script_that_ignores_the_verdict_is_stopped_within_the_grace(tmp_path:
         assert len(trial.reports) < 30, "a stubborn script ran to its end after a prune verdict"
         rung = Verdict.from_dict(trial.verdict).step
         assert len(trial.reports) - rung <= 5.0 / 0.3 + 3
+
+
+KILLED_WORKER = """
+import sys, time
+import orchard
+marker = sys.argv[2]
+
+def train(x):
+    for step in range(1, 11):
+        orchard.report(x + 1.0 / step, step)
+        if step == 5 and marker != "-":
+            open(marker, "w").close()
+            time.sleep(600)  # killed here
+    return x
+
+exp = orchard.build_experiment("p-kill", space={"x": "uniform(0, 1)"}, max_trials=1, storage=sys.argv[1],
+                               heartbeat=1, pruner="median")
+exp.workon(train, progress=False)
+"""
+
+
+@pytest.mark.slow
+def test_reports_of_a_worker_killed_mid_training_survive_and_the_trial_is_taken_over(tmp_path: Path) -> None:
+    import signal
+
+    uri, marker = str(tmp_path / "db.pkl"), tmp_path / "at-step-5"
+    script = tmp_path / "worker.py"
+    script.write_text(KILLED_WORKER)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
+    victim = subprocess.Popen([sys.executable, str(script), uri, str(marker)], env=env)
+    deadline = time.monotonic() + 60
+    while not marker.exists():
+        assert time.monotonic() < deadline and victim.poll() is None, "the worker never reached step 5"
+        time.sleep(0.05)
+    os.kill(victim.pid, signal.SIGKILL)
+    victim.wait(timeout=30)
+    exp = orchard.get_experiment("p-kill", storage=uri)
+    (trial,) = exp.storage.fetch_trials(exp.id)
+    assert trial.status is TrialStatus.RESERVED
+    assert [step for step, _ in trial.reports] == [1, 2, 3, 4, 5]  # every report stored before the kill
+    survivor = subprocess.run([sys.executable, str(script), uri, "-"], env=env, timeout=120)
+    assert survivor.returncode == 0
+    (trial,) = exp.storage.fetch_trials(exp.id)
+    assert trial.status is TrialStatus.COMPLETED and trial.attempts >= 1
+    assert [step for step, _ in trial.reports] == list(range(1, 11))  # the new attempt's whole curve
