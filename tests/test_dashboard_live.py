@@ -89,10 +89,12 @@ def serving(storage: str, *extra: str, cwd: Path) -> Iterator[Served]:
     assert code == 0, served.output()
 
 
-def request(url: str, method: str = "GET") -> tuple[int, Any]:
-    """Status and decoded body (JSON when it is JSON) of one HTTP request."""
+def request(url: str, method: str = "GET", host: str | None = None) -> tuple[int, Any]:
+    """Status and decoded body (JSON when it is JSON) of one HTTP request (``host``: its ``Host`` header)."""
+    headers = {"Host": host} if host is not None else {}
     try:
-        with urllib.request.urlopen(urllib.request.Request(url, method=method), timeout=30) as response:
+        with urllib.request.urlopen(urllib.request.Request(url, method=method, headers=headers),
+                                    timeout=30) as response:
             status, body, kind = response.status, response.read(), response.headers.get_content_type()
     except urllib.error.HTTPError as err:
         status, body, kind = err.code, err.read(), err.headers.get_content_type()
@@ -196,6 +198,23 @@ def test_a_host_other_than_loopback_prints_a_warning(tmp_path: Path) -> None:
     with serving(str(tmp_path / "o.pkl"), "--host", "0.0.0.0", cwd=tmp_path) as served:
         assert request(served.url.replace("0.0.0.0", "127.0.0.1") + "api/experiments") == (200, [])
     assert any("warning: serving on 0.0.0.0" in line for line in served.lines)
+
+
+def test_a_request_naming_a_host_not_served_is_refused(tmp_path: Path) -> None:
+    """DNS rebinding: a page from evil.example whose name now resolves to 127.0.0.1 reads nothing."""
+    store = get_storage(str(tmp_path / "o.pkl"))
+    populate(store)
+    store.close()
+    with serving(str(tmp_path / "o.pkl"), "--allowed-host", "orchard.lab", cwd=tmp_path) as served:
+        port = served.url.rsplit(":", 1)[1].strip("/")
+        api = served.url + "api/experiments"
+        for forged in (f"evil.example:{port}", "evil.example", f"127.0.0.1.evil.example:{port}", ""):
+            status, body = request(api, host=forged)
+            assert status == 400 and "does not serve the host" in body and "--allowed-host" in body, forged
+        for served_name in (f"localhost:{port}", f"127.0.0.1:{port}", f"[::1]:{port}", f"orchard.lab:{port}",
+                            "LOCALHOST"):
+            status, body = request(api, host=served_name)
+            assert status == 200 and body[0]["name"] == "dash", served_name
 
 
 # -- pages in a real browser ------------------------------------------------------------------------------
