@@ -324,6 +324,28 @@ def test_pages_show_the_experiment_its_counts_and_its_plots(browser: Any, tmp_pa
         assert_offline_and_clean(browser, served.url)
 
 
+def test_markup_in_params_and_worker_names_is_drawn_as_text(browser: Any, tmp_path: Path) -> None:
+    """Plotly turns <a href> in any text it draws into a working link: the charts must escape data."""
+    from selenium.webdriver.common.by import By
+
+    hostile = '<a href="https://evil.example/">click</a><b>bold</b>'
+    store = get_storage(str(tmp_path / "orchard.pkl"))
+    exp_id = store.create_experiment("dash", {"space": {"x": "uniform(0, 1)", "tag": "choices(['a', 'b'])"},
+                                              "algorithm": "random", "max_trials": 10})
+    for x, tag in ((0.1, hostile), (0.2, "plain")):
+        trial = store.register_trial(exp_id, {"x": x, "tag": tag}, worker=f"{hostile}:1:a")
+        store.complete_trial(trial.id, f"{hostile}:1:a", x)
+    store.close()
+    with serving(str(tmp_path / "orchard.pkl"), cwd=tmp_path) as served:
+        browser.get(served.url + "experiments/dash")
+        for plot in ("#plot-parallel", "#plot-timeline"):
+            wait_for(browser, lambda b: b.find_elements(By.CSS_SELECTOR, f"{plot} svg.main-svg"))
+        assert browser.find_elements(By.CSS_SELECTOR, ".js-plotly-plot a") == []  # no link anywhere in a chart
+        assert browser.find_elements(By.CSS_SELECTOR, ".js-plotly-plot tspan[style*='bold']") == []
+        drawn = " ".join(t.get_attribute("textContent") for t in browser.find_elements(By.CSS_SELECTOR, "#plot-parallel text"))
+        assert "<b>bold</b>" in drawn  # the value is shown, as the text it is
+
+
 def test_counts_change_on_the_page_while_a_hunt_with_two_workers_runs(browser: Any, tmp_path: Path) -> None:
     from selenium.webdriver.common.by import By
 

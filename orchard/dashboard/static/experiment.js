@@ -150,11 +150,11 @@ function drawBest(done) {
   if (state.fidelity) {  // multi-fidelity: say which rung each objective comes from
     const levels = done.map((t) => t.params[state.fidelity]);
     Object.assign(marker, { color: levels, colorscale: "Blues", reversescale: true, cmin: 0, cmax: Math.max(...levels),
-      showscale: true, colorbar: { title: { text: state.fidelity }, thickness: 12 } });
+      showscale: true, colorbar: { title: { text: plotText(state.fidelity) }, thickness: 12 } });
   }
   const data = [
     { x: xs, y: done.map((t) => t.objective), mode: "markers", name: "objective", marker,
-      text: done.map((t) => fmtParams(t.params)) },
+      text: done.map((t) => plotText(fmtParams(t.params))) },
     { x: xs, y: bestSoFar, mode: "lines", name: "best so far", line: { color: "#2f7d4f", width: 2.5, shape: "hv" } },
   ];
   const layout = { margin: { l: 50, r: 10, t: 10, b: 40 }, xaxis: { title: { text: "completed trial" } },
@@ -163,9 +163,11 @@ function drawBest(done) {
 }
 
 function dimension(name, values) {
+  // Parallel coordinates draw their labels and ticks as plain text: no plotText here.
   if (values.every((v) => typeof v === "number")) return { label: name, values };
   const levels = [...new Set(values.map(String))].sort();
-  return { label: name, values: values.map((v) => levels.indexOf(String(v))), tickvals: levels.map((_, i) => i), ticktext: levels };
+  return { label: name, values: values.map((v) => levels.indexOf(String(v))), tickvals: levels.map((_, i) => i),
+    ticktext: levels };
 }
 
 function drawParallel(done) {
@@ -198,9 +200,9 @@ function drawTimeline() {
   });
   const data = Object.entries(byStatus).map(([status, items]) => ({
     type: "bar", orientation: "h", name: status, marker: { color: STATUS_COLORS[status] },
-    y: items.map((i) => i.t.worker), base: items.map((i) => new Date(i.t.start_time * 1000).toISOString()),
+    y: items.map((i) => plotText(i.t.worker)), base: items.map((i) => new Date(i.t.start_time * 1000).toISOString()),
     x: items.map((i) => Math.max((i.end - i.t.start_time) * 1000, 1)),
-    hovertext: items.map((i) => "#" + i.t.number + " " + fmtParams(i.t.params)), hoverinfo: "text+name",
+    hovertext: items.map((i) => plotText("#" + i.t.number + " " + fmtParams(i.t.params))), hoverinfo: "text+name",
     textposition: "none",
   }));
   const workers = new Set(started.map((t) => t.worker)).size;
