@@ -17,6 +17,7 @@ import pytest
 from orchard.dashboard import ExperimentView, StorageView, is_loopback
 from orchard.dashboard._payloads import experiment_detail, experiment_summary, trial_rows
 from orchard.storages import BaseStorage, get_storage
+from orchard.trial import TrialStatus
 
 
 class FakeClock:
@@ -176,3 +177,34 @@ def test_a_workers_devices_come_from_its_name(store: BaseStorage) -> None:
     recorded = importlib.util.find_spec("orchard.resources") is not None  # the GPU assignment's module
     assert devices_of(trial) == (["0", "1"] if recorded else [])
     assert devices_of(plain) == []
+
+
+@pytest.mark.parametrize("how", ["copied over", "renamed over"])
+def test_an_older_copy_of_the_file_restored_is_shown_as_it_is(tmp_path: Path, how: str) -> None:
+    """Restoring a backup replaces the file: the view must drop the trials the backup does not hold."""
+    import os
+    import shutil
+
+    path = tmp_path / "orchard.pkl"
+    writer = get_storage(str(path))
+    exp_id = make_experiment(writer)
+    for x in (0.1, 0.2):
+        writer.complete_trial(writer.register_trial(exp_id, {"x": x}, worker="w").id, "w", x)
+    writer.close()
+    shutil.copy(path, tmp_path / "backup.pkl")
+    writer = get_storage(str(path))
+    for x in (0.3, 0.4):
+        writer.complete_trial(writer.register_trial(exp_id, {"x": x}, worker="w").id, "w", x)
+    writer.close()
+
+    clock = FakeClock()
+    view = StorageView(get_storage(str(path)), min_interval=0.5, clock=clock)
+    assert len(view.experiment("exp").trials) == 4  # type: ignore[union-attr]
+    if how == "copied over":
+        shutil.copyfile(tmp_path / "backup.pkl", path)  # same inode, shorter file
+    else:
+        os.replace(tmp_path / "backup.pkl", path)  # a new file at the same path
+    clock.now += 1.0
+    shown = view.experiment("exp")
+    assert shown is not None and sorted(t.params["x"] for t in shown.trials.values()) == [0.1, 0.2]
+    assert shown.counts[TrialStatus.COMPLETED] == 2 and shown.best is not None and shown.best.objective == 0.1

@@ -87,6 +87,7 @@ def experiment_detail(view: ExperimentView, storage_uri: str) -> dict[str, Any]:
         "workers": live_workers(view),
         "rungs": rungs(view),
         "version": view.version,
+        "rebuilt_at": view.rebuilt_at,
     }
 
 
@@ -134,6 +135,7 @@ def trial_rows(view: ExperimentView, since: int = 0, rows: bool = True) -> dict[
     """
     payload: dict[str, Any] = {
         "version": view.version,
+        "rebuilt_at": view.rebuilt_at,
         "since": since,
         "total": len(view.trials),
         "params": list((view.record.config.get("space") or {}).keys()),

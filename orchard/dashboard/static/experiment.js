@@ -229,7 +229,9 @@ async function refreshExperiment() {
   renderWorkers(detail.workers);
   renderRungs(detail.rungs);
   state.fidelity = detail.fidelity;
-  if (detail.version < state.version) {  // the server restarted, or the experiment was re-created
+  // The server restarted, the experiment was re-created, or the storage started over (an older copy of its
+  // file restored): the rows held are not the storage's any more.
+  if (detail.version < state.version || (state.version > 0 && state.version < detail.rebuilt_at)) {
     state.trials.clear();
     state.version = 0;
   }
