@@ -208,3 +208,24 @@ def test_an_older_copy_of_the_file_restored_is_shown_as_it_is(tmp_path: Path, ho
     shown = view.experiment("exp")
     assert shown is not None and sorted(t.params["x"] for t in shown.trials.values()) == [0.1, 0.2]
     assert shown.counts[TrialStatus.COMPLETED] == 2 and shown.best is not None and shown.best.objective == 0.1
+
+
+def test_trials_come_in_pages_that_miss_nothing_while_the_storage_changes(store: BaseStorage) -> None:
+    """100,000 trials must not be one 39 MB answer: pages of ``limit`` rows, in number order, resumed by ``after``."""
+    from orchard.dashboard._payloads import RowCache
+
+    exp_id = make_experiment(store, max_trials=None)
+    ids = [store.register_trial(exp_id, {"x": i / 100}).id for i in range(25)]
+    view = ExperimentView(store, store.require_experiment("exp"))
+    view.fold()
+    rows = RowCache()
+    first = json.loads(rows.trial_rows(view, since=0, limit=10))
+    assert [t["number"] for t in first["trials"]] == list(range(1, 11)) and first["more"] and first["after"] == 10
+    store.complete_trial(store.reserve_trial(exp_id, "w").id, "w", 0.5)  # type: ignore[union-attr]
+    store.register_trial(exp_id, {"x": 0.99})  # a new trial while the pages are read
+    view.fold()
+    second = json.loads(rows.trial_rows(view, since=0, after=first["after"], limit=10))
+    third = json.loads(rows.trial_rows(view, since=0, after=second["after"], limit=10))
+    assert [t["number"] for t in second["trials"] + third["trials"]] == list(range(11, 27)) and not third["more"]
+    changed = json.loads(rows.trial_rows(view, since=first["version"]))  # the next refresh, from the first page's
+    assert {t["id"] for t in changed["trials"]} >= {ids[0]} and not changed["more"]

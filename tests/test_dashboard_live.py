@@ -150,6 +150,9 @@ def test_api_serves_counts_follows_changes_and_refuses_writes(storage_uri: str, 
         status, trials = request(served.url + "api/experiments/dash/trials")
         assert status == 200 and len(trials["trials"]) == 7
         assert request(served.url + f"api/experiments/dash/trials?since={trials['version']}")[1]["trials"] == []
+        page = request(served.url + "api/experiments/dash/trials?limit=4")[1]
+        rest = request(served.url + f"api/experiments/dash/trials?limit=4&after={page['after']}")[1]
+        assert (page["more"], rest["more"]) == (True, False) and page["trials"] + rest["trials"] == trials["trials"]
         status, missing = request(served.url + "api/experiments/nope")
         assert status == 404 and "nope" in missing["error"]
 
@@ -344,6 +347,21 @@ def test_markup_in_params_and_worker_names_is_drawn_as_text(browser: Any, tmp_pa
         assert browser.find_elements(By.CSS_SELECTOR, ".js-plotly-plot tspan[style*='bold']") == []
         drawn = " ".join(t.get_attribute("textContent") for t in browser.find_elements(By.CSS_SELECTOR, "#plot-parallel text"))
         assert "<b>bold</b>" in drawn  # the value is shown, as the text it is
+
+
+def test_a_page_loads_every_trial_when_they_come_in_several_pages(browser: Any, tmp_path: Path) -> None:
+    from selenium.webdriver.common.by import By
+
+    store = get_storage(str(tmp_path / "orchard.pkl"))
+    populate(store)
+    exp_id = store.require_experiment("dash").id
+    for i in range(2_100):  # more than one page of 2,000 rows
+        store.register_trial(exp_id, {"x": 0.8 + i / 1e5, "opt": "adam"})
+    store.close()
+    with serving(str(tmp_path / "orchard.pkl"), cwd=tmp_path) as served:
+        browser.get(served.url + "experiments/dash")
+        wait_for(browser, lambda b: "of 2107 trials" in b.find_element(By.ID, "shown").text)
+        assert_offline_and_clean(browser, served.url)
 
 
 def test_counts_change_on_the_page_while_a_hunt_with_two_workers_runs(browser: Any, tmp_path: Path) -> None:

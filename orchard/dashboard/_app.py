@@ -7,7 +7,9 @@ path                                   what
 ``/experiments/{name}``                one experiment (a page)
 ``/api/experiments``                   every experiment with its counts by status
 ``/api/experiments/{name}``            one experiment: summary, workers, rungs
-``/api/experiments/{name}/trials``     its trials; ``?since=V`` only those changed after version V
+``/api/experiments/{name}/trials``     its trials, a page of at most ``limit`` (default 2,000) rows;
+                                       ``?since=V`` only those changed after version V,
+                                       ``&after=N`` those numbered above N (the next page)
 ``/static/…``                          the pages' scripts and styles, and plotly.js
 =====================================  ==============================================
 
@@ -45,6 +47,7 @@ _SAFE_METHODS = ("GET", "HEAD")
 _POLICY = ("default-src 'self'; script-src 'self' 'unsafe-eval'; style-src 'self' 'unsafe-inline'; "
            "img-src 'self' data: blob:; connect-src 'self'; object-src 'none'; base-uri 'none'")
 LOCAL_NAMES = ("localhost", "127.0.0.1", "::1")
+PAGE_ROWS, MAX_PAGE_ROWS = 2_000, 20_000  # rows of trials per answer: by default, and at most
 logger = logging.getLogger(__name__)
 
 
@@ -148,8 +151,9 @@ def build_app(view: StorageView, allowed_hosts: Iterable[str] = ()) -> ASGIApp:
         return _with_experiment(view, request, lambda v: to_json(experiment_detail(v, uri)))
 
     def trials(request: Request) -> Response:
-        since = _int_param(request, "since")
-        return _with_experiment(view, request, lambda v: rows.trial_rows(v, since))
+        since, after = _int_param(request, "since"), _int_param(request, "after")
+        limit = min(_int_param(request, "limit") or PAGE_ROWS, MAX_PAGE_ROWS)
+        return _with_experiment(view, request, lambda v: rows.trial_rows(v, since, after, limit))
 
     routes = [
         Route("/", _page("index.html")),

@@ -131,7 +131,9 @@ def rungs(view: ExperimentView) -> list[dict[str, Any]] | None:
 def trial_rows(view: ExperimentView, since: int = 0, rows: bool = True) -> dict[str, Any]:
     """The trials changed after version ``since`` (all for 0) as table rows, and the current version.
 
-    With ``rows=False`` only the header fields (version, total, params) are built.
+    All in one page (``more`` is false, ``after`` the last row's number); :class:`RowCache`
+    serves the same in pages. With ``rows=False`` only the header fields (version, total,
+    params) are built.
     """
     payload: dict[str, Any] = {
         "version": view.version,
@@ -141,7 +143,10 @@ def trial_rows(view: ExperimentView, since: int = 0, rows: bool = True) -> dict[
         "params": list((view.record.config.get("space") or {}).keys()),
     }
     if rows:
-        payload["trials"] = [_row(trial, view.numbers[trial.id]) for trial in view.changed_since(since)]
+        changed = view.changed_since(since)
+        payload["after"] = view.numbers[changed[-1].id] if changed else 0
+        payload["more"] = False
+        payload["trials"] = [_row(trial, view.numbers[trial.id]) for trial in changed]
     return payload
 
 
@@ -160,17 +165,34 @@ class RowCache:
     def __init__(self) -> None:
         self._rows: dict[str, tuple[Trial, str]] = {}
 
-    def trial_rows(self, view: ExperimentView, since: int = 0) -> str:
-        """The JSON text of :func:`trial_rows` ``(view, since)``."""
+    def trial_rows(self, view: ExperimentView, since: int = 0, after: int = 0, limit: int | None = None) -> str:
+        """The JSON text of one page of :func:`trial_rows` ``(view, since)``.
+
+        A page holds the rows, in trial-number order, of the trials changed after
+        version ``since`` whose number is above ``after``: at most ``limit`` of
+        them (``None``: all). ``more`` says whether rows remain; ask again with
+        ``after`` set to the page's ``after``. Numbers never change, so pages
+        asked while the view folds miss nothing: a trial changed meanwhile is
+        sent again by the next ``since`` query (from the first page's version).
+        """
         head = to_json({**trial_rows(view, since=-1, rows=False), "since": since})
-        parts = []
+        parts: list[str] = []
+        last, more = after, False
         for trial in view.changed_since(since):
+            number = view.numbers[trial.id]
+            if number <= after:
+                continue
+            if limit is not None and len(parts) >= limit:
+                more = True
+                break
             cached = self._rows.get(trial.id)
             if cached is None or cached[0] is not trial:
-                cached = (trial, to_json(_row(trial, view.numbers[trial.id])))
+                cached = (trial, to_json(_row(trial, number)))
                 self._rows[trial.id] = cached
             parts.append(cached[1])
-        return head[:-1] + ',"trials":[' + ",".join(parts) + "]}"
+            last = number
+        page = f',"after":{last},"more":{"true" if more else "false"}'
+        return head[:-1] + page + ',"trials":[' + ",".join(parts) + "]}"
 
 
 def _row(trial: Trial, number: int) -> dict[str, Any]:
