@@ -342,7 +342,7 @@ def test_markup_in_params_and_worker_names_is_drawn_as_text(browser: Any, tmp_pa
     with serving(str(tmp_path / "orchard.pkl"), cwd=tmp_path) as served:
         browser.get(served.url + "experiments/dash")
         for plot in ("#plot-parallel", "#plot-timeline"):
-            wait_for(browser, lambda b: b.find_elements(By.CSS_SELECTOR, f"{plot} svg.main-svg"))
+            wait_for(browser, lambda b, plot=plot: b.find_elements(By.CSS_SELECTOR, f"{plot} svg.main-svg"))
         assert browser.find_elements(By.CSS_SELECTOR, ".js-plotly-plot a") == []  # no link anywhere in a chart
         assert browser.find_elements(By.CSS_SELECTOR, ".js-plotly-plot tspan[style*='bold']") == []
         drawn = " ".join(t.get_attribute("textContent") for t in browser.find_elements(By.CSS_SELECTOR, "#plot-parallel text"))
