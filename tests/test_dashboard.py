@@ -229,3 +229,14 @@ def test_trials_come_in_pages_that_miss_nothing_while_the_storage_changes(store:
     assert [t["number"] for t in second["trials"] + third["trials"]] == list(range(11, 27)) and not third["more"]
     changed = json.loads(rows.trial_rows(view, since=first["version"]))  # the next refresh, from the first page's
     assert {t["id"] for t in changed["trials"]} >= {ids[0]} and not changed["more"]
+
+
+def test_a_trial_error_stored_by_another_program_as_a_list_is_still_a_row() -> None:
+    """A MongoDB document written by something else must not break the trials API for everyone."""
+    from orchard.dashboard._payloads import _row
+    from orchard.trial import Trial
+
+    broken = Trial(id="t", experiment="e", params={"x": 1}, status=TrialStatus.BROKEN, error=["boom", 10**5000])  # type: ignore[arg-type]
+    assert _row(broken, 1)["error"] == {"type": "list", "reason": "", "message": "<unprintable list>"}
+    odd = Trial(id="u", experiment="e", params={"x": 1}, status=TrialStatus.BROKEN, error={"type": ["E"], "message": 7})
+    assert _row(odd, 2)["error"] == {"type": "['E']", "reason": "", "message": "7"}

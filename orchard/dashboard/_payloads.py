@@ -202,8 +202,23 @@ def _row(trial: Trial, number: int) -> dict[str, Any]:
         "objective": _finite(trial.objective), "worker": trial.worker,
         "submit_time": trial.submit_time, "start_time": trial.start_time, "end_time": trial.end_time,
         "heartbeat": trial.heartbeat, "duration": trial.duration, "attempts": trial.attempts, "parent": trial.parent,
-        "error": None if error is None else {k: str(error.get(k, "")) for k in ("type", "reason", "message")},
+        "error": None if error is None else _error_row(error),
     }
+
+
+def _error_row(error: Any) -> dict[str, str]:
+    """A trial error's type, reason and message as text, whatever another program stored (a list, a number)."""
+    if not isinstance(error, dict):
+        return {"type": type(error).__name__, "reason": "", "message": _text(error)}
+    return {k: _text(error.get(k, "")) for k in ("type", "reason", "message")}
+
+
+def _text(value: Any, limit: int = 2_000) -> str:
+    """``str(value)`` cut to ``limit`` characters; a value that cannot be printed is named, not raised."""
+    try:
+        return str(value)[:limit]
+    except ValueError:  # an int too long to convert to text
+        return f"<unprintable {type(value).__name__}>"
 
 
 def _best(trials: Iterable[Trial]) -> Trial | None:
