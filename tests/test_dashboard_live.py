@@ -347,6 +347,7 @@ def test_markup_in_params_and_worker_names_is_drawn_as_text(browser: Any, tmp_pa
         assert browser.find_elements(By.CSS_SELECTOR, ".js-plotly-plot tspan[style*='bold']") == []
         drawn = " ".join(t.get_attribute("textContent") for t in browser.find_elements(By.CSS_SELECTOR, "#plot-parallel text"))
         assert "<b>bold</b>" in drawn  # the value is shown, as the text it is
+        browser.get("about:blank")  # stop polling before the server stops: no error left for the next test
 
 
 def test_a_page_loads_every_trial_when_they_come_in_several_pages(browser: Any, tmp_path: Path) -> None:
@@ -358,10 +359,13 @@ def test_a_page_loads_every_trial_when_they_come_in_several_pages(browser: Any, 
     for i in range(2_100):  # more than one page of 2,000 rows
         store.register_trial(exp_id, {"x": 0.8 + i / 1e5, "opt": "adam"})
     store.close()
+    browser.get("about:blank")
+    browser.get_log("browser")  # what earlier pages logged is theirs
     with serving(str(tmp_path / "orchard.pkl"), cwd=tmp_path) as served:
         browser.get(served.url + "experiments/dash")
         wait_for(browser, lambda b: "of 2107 trials" in b.find_element(By.ID, "shown").text)
         assert_offline_and_clean(browser, served.url)
+        browser.get("about:blank")
 
 
 def test_counts_change_on_the_page_while_a_hunt_with_two_workers_runs(browser: Any, tmp_path: Path) -> None:
