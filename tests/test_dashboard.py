@@ -17,6 +17,7 @@ import pytest
 from orchard.dashboard import ExperimentView, StorageView, is_loopback
 from orchard.dashboard._payloads import experiment_detail, experiment_summary, trial_rows
 from orchard.storages import BaseStorage, get_storage
+from orchard.trial import TrialStatus
 
 
 class FakeClock:
@@ -176,3 +177,66 @@ def test_a_workers_devices_come_from_its_name(store: BaseStorage) -> None:
     recorded = importlib.util.find_spec("orchard.resources") is not None  # the GPU assignment's module
     assert devices_of(trial) == (["0", "1"] if recorded else [])
     assert devices_of(plain) == []
+
+
+@pytest.mark.parametrize("how", ["copied over", "renamed over"])
+def test_an_older_copy_of_the_file_restored_is_shown_as_it_is(tmp_path: Path, how: str) -> None:
+    """Restoring a backup replaces the file: the view must drop the trials the backup does not hold."""
+    import os
+    import shutil
+
+    path = tmp_path / "orchard.pkl"
+    writer = get_storage(str(path))
+    exp_id = make_experiment(writer)
+    for x in (0.1, 0.2):
+        writer.complete_trial(writer.register_trial(exp_id, {"x": x}, worker="w").id, "w", x)
+    writer.close()
+    shutil.copy(path, tmp_path / "backup.pkl")
+    writer = get_storage(str(path))
+    for x in (0.3, 0.4):
+        writer.complete_trial(writer.register_trial(exp_id, {"x": x}, worker="w").id, "w", x)
+    writer.close()
+
+    clock = FakeClock()
+    view = StorageView(get_storage(str(path)), min_interval=0.5, clock=clock)
+    assert len(view.experiment("exp").trials) == 4  # type: ignore[union-attr]
+    if how == "copied over":
+        shutil.copyfile(tmp_path / "backup.pkl", path)  # same inode, shorter file
+    else:
+        os.replace(tmp_path / "backup.pkl", path)  # a new file at the same path
+    clock.now += 1.0
+    shown = view.experiment("exp")
+    assert shown is not None and sorted(t.params["x"] for t in shown.trials.values()) == [0.1, 0.2]
+    assert shown.counts[TrialStatus.COMPLETED] == 2 and shown.best is not None and shown.best.objective == 0.1
+
+
+def test_trials_come_in_pages_that_miss_nothing_while_the_storage_changes(store: BaseStorage) -> None:
+    """100,000 trials must not be one 39 MB answer: pages of ``limit`` rows, in number order, resumed by ``after``."""
+    from orchard.dashboard._payloads import RowCache
+
+    exp_id = make_experiment(store, max_trials=None)
+    ids = [store.register_trial(exp_id, {"x": i / 100}).id for i in range(25)]
+    view = ExperimentView(store, store.require_experiment("exp"))
+    view.fold()
+    rows = RowCache()
+    first = json.loads(rows.trial_rows(view, since=0, limit=10))
+    assert [t["number"] for t in first["trials"]] == list(range(1, 11)) and first["more"] and first["after"] == 10
+    store.complete_trial(store.reserve_trial(exp_id, "w").id, "w", 0.5)  # type: ignore[union-attr]
+    store.register_trial(exp_id, {"x": 0.99})  # a new trial while the pages are read
+    view.fold()
+    second = json.loads(rows.trial_rows(view, since=0, after=first["after"], limit=10))
+    third = json.loads(rows.trial_rows(view, since=0, after=second["after"], limit=10))
+    assert [t["number"] for t in second["trials"] + third["trials"]] == list(range(11, 27)) and not third["more"]
+    changed = json.loads(rows.trial_rows(view, since=first["version"]))  # the next refresh, from the first page's
+    assert {t["id"] for t in changed["trials"]} >= {ids[0]} and not changed["more"]
+
+
+def test_a_trial_error_stored_by_another_program_as_a_list_is_still_a_row() -> None:
+    """A MongoDB document written by something else must not break the trials API for everyone."""
+    from orchard.dashboard._payloads import _row
+    from orchard.trial import Trial
+
+    broken = Trial(id="t", experiment="e", params={"x": 1}, status=TrialStatus.BROKEN, error=["boom", 10**5000])  # type: ignore[arg-type]
+    assert _row(broken, 1)["error"] == {"type": "list", "reason": "", "message": "<unprintable list>"}
+    odd = Trial(id="u", experiment="e", params={"x": 1}, status=TrialStatus.BROKEN, error={"type": ["E"], "message": 7})
+    assert _row(odd, 2)["error"] == {"type": "['E']", "reason": "", "message": "7"}

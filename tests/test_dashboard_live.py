@@ -89,10 +89,12 @@ def serving(storage: str, *extra: str, cwd: Path) -> Iterator[Served]:
     assert code == 0, served.output()
 
 
-def request(url: str, method: str = "GET") -> tuple[int, Any]:
-    """Status and decoded body (JSON when it is JSON) of one HTTP request."""
+def request(url: str, method: str = "GET", host: str | None = None) -> tuple[int, Any]:
+    """Status and decoded body (JSON when it is JSON) of one HTTP request (``host``: its ``Host`` header)."""
+    headers = {"Host": host} if host is not None else {}
     try:
-        with urllib.request.urlopen(urllib.request.Request(url, method=method), timeout=30) as response:
+        with urllib.request.urlopen(urllib.request.Request(url, method=method, headers=headers),
+                                    timeout=30) as response:
             status, body, kind = response.status, response.read(), response.headers.get_content_type()
     except urllib.error.HTTPError as err:
         status, body, kind = err.code, err.read(), err.headers.get_content_type()
@@ -148,6 +150,9 @@ def test_api_serves_counts_follows_changes_and_refuses_writes(storage_uri: str, 
         status, trials = request(served.url + "api/experiments/dash/trials")
         assert status == 200 and len(trials["trials"]) == 7
         assert request(served.url + f"api/experiments/dash/trials?since={trials['version']}")[1]["trials"] == []
+        page = request(served.url + "api/experiments/dash/trials?limit=4")[1]
+        rest = request(served.url + f"api/experiments/dash/trials?limit=4&after={page['after']}")[1]
+        assert (page["more"], rest["more"]) == (True, False) and page["trials"] + rest["trials"] == trials["trials"]
         status, missing = request(served.url + "api/experiments/nope")
         assert status == 404 and "nope" in missing["error"]
 
@@ -196,6 +201,23 @@ def test_a_host_other_than_loopback_prints_a_warning(tmp_path: Path) -> None:
     with serving(str(tmp_path / "o.pkl"), "--host", "0.0.0.0", cwd=tmp_path) as served:
         assert request(served.url.replace("0.0.0.0", "127.0.0.1") + "api/experiments") == (200, [])
     assert any("warning: serving on 0.0.0.0" in line for line in served.lines)
+
+
+def test_a_request_naming_a_host_not_served_is_refused(tmp_path: Path) -> None:
+    """DNS rebinding: a page from evil.example whose name now resolves to 127.0.0.1 reads nothing."""
+    store = get_storage(str(tmp_path / "o.pkl"))
+    populate(store)
+    store.close()
+    with serving(str(tmp_path / "o.pkl"), "--allowed-host", "orchard.lab", cwd=tmp_path) as served:
+        port = served.url.rsplit(":", 1)[1].strip("/")
+        api = served.url + "api/experiments"
+        for forged in (f"evil.example:{port}", "evil.example", f"127.0.0.1.evil.example:{port}", ""):
+            status, body = request(api, host=forged)
+            assert status == 400 and "does not serve the host" in body and "--allowed-host" in body, forged
+        for served_name in (f"localhost:{port}", f"127.0.0.1:{port}", f"[::1]:{port}", f"orchard.lab:{port}",
+                            "LOCALHOST"):
+            status, body = request(api, host=served_name)
+            assert status == 200 and body[0]["name"] == "dash", served_name
 
 
 # -- pages in a real browser ------------------------------------------------------------------------------
@@ -303,6 +325,47 @@ def test_pages_show_the_experiment_its_counts_and_its_plots(browser: Any, tmp_pa
                       for row in browser.find_elements(By.CSS_SELECTOR, "#trials tbody tr")]
         assert objectives == ["1.5", "2", "3"]
         assert_offline_and_clean(browser, served.url)
+
+
+def test_markup_in_params_and_worker_names_is_drawn_as_text(browser: Any, tmp_path: Path) -> None:
+    """Plotly turns <a href> in any text it draws into a working link: the charts must escape data."""
+    from selenium.webdriver.common.by import By
+
+    hostile = '<a href="https://evil.example/">click</a><b>bold</b>'
+    store = get_storage(str(tmp_path / "orchard.pkl"))
+    exp_id = store.create_experiment("dash", {"space": {"x": "uniform(0, 1)", "tag": "choices(['a', 'b'])"},
+                                              "algorithm": "random", "max_trials": 10})
+    for x, tag in ((0.1, hostile), (0.2, "plain")):
+        trial = store.register_trial(exp_id, {"x": x, "tag": tag}, worker=f"{hostile}:1:a")
+        store.complete_trial(trial.id, f"{hostile}:1:a", x)
+    store.close()
+    with serving(str(tmp_path / "orchard.pkl"), cwd=tmp_path) as served:
+        browser.get(served.url + "experiments/dash")
+        for plot in ("#plot-parallel", "#plot-timeline"):
+            wait_for(browser, lambda b, plot=plot: b.find_elements(By.CSS_SELECTOR, f"{plot} svg.main-svg"))
+        assert browser.find_elements(By.CSS_SELECTOR, ".js-plotly-plot a") == []  # no link anywhere in a chart
+        assert browser.find_elements(By.CSS_SELECTOR, ".js-plotly-plot tspan[style*='bold']") == []
+        drawn = " ".join(t.get_attribute("textContent") for t in browser.find_elements(By.CSS_SELECTOR, "#plot-parallel text"))
+        assert "<b>bold</b>" in drawn  # the value is shown, as the text it is
+        browser.get("about:blank")  # stop polling before the server stops: no error left for the next test
+
+
+def test_a_page_loads_every_trial_when_they_come_in_several_pages(browser: Any, tmp_path: Path) -> None:
+    from selenium.webdriver.common.by import By
+
+    store = get_storage(str(tmp_path / "orchard.pkl"))
+    populate(store)
+    exp_id = store.require_experiment("dash").id
+    for i in range(2_100):  # more than one page of 2,000 rows
+        store.register_trial(exp_id, {"x": 0.8 + i / 1e5, "opt": "adam"})
+    store.close()
+    browser.get("about:blank")
+    browser.get_log("browser")  # what earlier pages logged is theirs
+    with serving(str(tmp_path / "orchard.pkl"), cwd=tmp_path) as served:
+        browser.get(served.url + "experiments/dash")
+        wait_for(browser, lambda b: "of 2107 trials" in b.find_element(By.ID, "shown").text)
+        assert_offline_and_clean(browser, served.url)
+        browser.get("about:blank")
 
 
 def test_counts_change_on_the_page_while_a_hunt_with_two_workers_runs(browser: Any, tmp_path: Path) -> None:

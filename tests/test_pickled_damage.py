@@ -165,3 +165,49 @@ def test_records_readers_would_skip_are_refused_when_written(tmp_path: Path) -> 
         storage.complete_trial(trial.id, "w", 1.0, deep)
     assert path.stat().st_size > size and storage.check().clean
     assert PickledStorage(path).get_trial(trial.id).status is TrialStatus.RESERVED  # type: ignore[union-attr]
+
+
+HOSTILE = {
+    "a 5,000-digit int param": ("params", {"x": 10**5000}),
+    "an error that is a list": ("error", ["ValueError", "boom"]),
+    "an error whose message is a dict": ("error", {"type": "ValueError", "message": {"a": 1}}),
+    "a 5,000-digit int result": ("results", {"n": [10**5000]}),
+}
+
+
+@pytest.mark.parametrize("case", list(HOSTILE))
+def test_well_formed_records_with_hostile_values_are_skipped_and_named(
+    tmp_path: Path, case: str, caplog: pytest.LogCaptureFixture, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A valid frame holding a value no reader can handle costs that frame, not every reader."""
+    import sys
+
+    sys.set_int_max_str_digits(4300)  # Python's default: a 5,000-digit int cannot become text
+    field, value = HOSTILE[case]
+    path = tmp_path / "orchard.pkl"
+    storage = PickledStorage(path)
+    exp_id = storage.create_experiment("exp", {"space": {"x": "uniform(0, 1)"}})
+    kept = storage.complete_trial(storage.register_trial(exp_id, {"x": 0.5}, worker="w").id, "w", 1.0)
+    hostile = Trial(id="h" * 32, experiment=exp_id, params={"x": 0.7}, status=TrialStatus.BROKEN,
+                    error={"type": "ValueError", "message": "boom"}).to_dict()
+    hostile[field] = value
+    with path.open("ab") as f:
+        f.write(_frame(pickle.dumps([{"op": "trial", "trial": hostile}], protocol=5)))
+    after = storage.register_trial(exp_id, {"x": 0.9})
+    for reader in (PickledStorage(path), storage):
+        assert [t.id for t in reader.fetch_trials(exp_id)] == [kept.id, after.id]
+    assert "not Orchard's records" in caplog.text
+    assert main(["db", "dump", "--storage", str(path), "-o", str(tmp_path / "dump.json")]) == 0
+    assert main(["plot", "regret", "-n", "exp", "--storage", str(path), "-o", str(tmp_path / "r.html")]) == 0
+    # ... and the same values are refused when written, in one line, with nothing written
+    from orchard.errors import StorageError
+
+    size = path.stat().st_size
+    with pytest.raises(StorageError, match="bits|must be a str|must be a dict"):
+        if field == "params":
+            storage.register_trial(exp_id, value)
+        elif field == "error":
+            storage.fail_trial(storage.reserve_trial(exp_id, "w").id, "w", value)  # type: ignore[union-attr]
+        else:
+            storage.complete_trial(storage.reserve_trial(exp_id, "w").id, "w", 1.0, value)  # type: ignore[union-attr]
+    assert field != "params" or path.stat().st_size == size

@@ -187,6 +187,24 @@ def test_html_traces_hold_the_trials(experiment: Any, tmp_path: Path) -> None:
     assert {r.split()[0] for r in rows} == {"hostA:11", "hostB:22"}
 
 
+HOSTILE = '<a href="https://evil.example/">click</a><b>bold</b>'
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_html_draws_markup_in_values_as_text_not_links(kind: str) -> None:
+    """Plotly renders <a href>, <b>, <span style> in any text it draws: user strings must reach it escaped."""
+    from orchard.plotting._plotly import plotly_figure
+
+    trials = [make_trial(n, objective=float(n), worker=f"{HOSTILE}:1:a", start=n, end=n + 1.0,
+                         note=HOSTILE if n % 2 else "<i>x</i>", b=float(n)) for n in range(1, 5)]
+    trials.append(make_trial(9, TrialStatus.BROKEN, worker="w:1:a", note=HOSTILE, b=1.0))
+    drawn = plotly_figure(plotting.make_figure(kind, trials, HOSTILE)).to_plotly_json()
+    # Parallel coordinates draw their axes' labels and ticks as plain text (the dashboard's browser test shows it).
+    texts = json.dumps([[{k: v for k, v in t.items() if k != "dimensions"} for t in drawn["data"]], drawn["layout"]])
+    assert "<a href" not in texts and "<b>" not in texts and "<i>" not in texts
+    assert texts.count("&lt;a href=") >= (1 if kind == "parallel" else 2)  # still shown, as the text it is
+
+
 @pytest.mark.parametrize("kind", KINDS)
 def test_png_is_a_valid_image(experiment: Any, kind: str, tmp_path: Path) -> None:
     out = plotting.save(figure_of(experiment, kind), tmp_path / f"{kind}.PNG")

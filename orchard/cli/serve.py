@@ -1,4 +1,4 @@
-"""``orchard serve [--host 127.0.0.1] [--port 8080]``: the live, read-only dashboard.
+"""``orchard serve [--host 127.0.0.1] [--port 8080] [--allowed-host NAME]``: the live, read-only dashboard.
 
 Needs the ``dashboard`` extra; without it the command says, in one line, how
 to install it. See :mod:`orchard.dashboard`.
@@ -26,6 +26,10 @@ def add_parser(subparsers: Any) -> None:
     parser.add_argument("--host", default="127.0.0.1",
                         help="address to listen on (default 127.0.0.1: this machine only; anything else "
                              "lets whoever reaches it read every experiment)")
+    parser.add_argument("--allowed-host", action="append", default=[], metavar="NAME",
+                        help="a host name the dashboard is reached by, besides localhost, 127.0.0.1, [::1] and "
+                             "--host (repeatable); requests naming any other host are refused, so a page from "
+                             "another site cannot read it through DNS rebinding")
     parser.add_argument("--port", type=int, default=8080, help="port to listen on (0: any free port; default 8080)")
     add_common(parser)
     parser.set_defaults(func=run)
@@ -53,7 +57,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"{PROG}: serving {storage.redacted_uri} (read-only) at {url}", flush=True)
 
     try:
-        serve(storage, sock, announce=announce)
+        serve(storage, sock, announce=announce, allowed_hosts=[args.host, *args.allowed_host])
     except KeyboardInterrupt:
         pass  # Ctrl-C is how a dashboard stops
     finally:

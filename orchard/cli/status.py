@@ -1,10 +1,15 @@
 """``orchard status``, ``orchard list`` and ``orchard info``: look at experiments.
 
 Workers are not registered anywhere (there is no master): the live workers
-shown are the owners of reserved trials, with the age of their heartbeats. A
-heartbeat older than 3 × the experiment's heartbeat marks a lost worker. A
-worker's GPUs are read from its name (``host:pid:uuid/gpus=0,1``, see
-:mod:`orchard.resources`).
+shown are the owners of reserved trials. A heartbeat is stamped by its
+worker's clock, which may disagree with this machine's by minutes (SPEC §5.8),
+so its age is judged by observation, like the workers and the dashboard do:
+the seconds this command has seen the value stand unchanged on its own
+monotonic clock. One reading sees each value for the first time (age ``≥ 0 s``,
+a lower bound); ``--watch`` keeps watching, and a value unchanged for 3 × the
+experiment's heartbeat marks a lost worker. The stamp itself is printed as
+written, on the worker's clock. A worker's GPUs are read from its name
+(``host:pid:uuid/gpus=0,1``, see :mod:`orchard.resources`).
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ import argparse
 import json
 import sys
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from orchard.cli._args import (
@@ -29,8 +35,9 @@ from orchard.cli._args import (
 
 if TYPE_CHECKING:  # pragma: no cover
     from orchard.experiment import Experiment
+    from orchard.trial import Trial
 
-__all__ = ["add_parser", "experiment_status", "run_info", "run_list", "run_status"]
+__all__ = ["HeartbeatWatch", "add_parser", "experiment_status", "run_info", "run_list", "run_status"]
 
 _CLEAR = "\x1b[H\x1b[2J"
 
@@ -77,20 +84,52 @@ def add_parser(subparsers: Any) -> None:
 # -- status ---------------------------------------------------------------------------
 
 
-def experiment_status(experiment: Experiment, now: float | None = None) -> dict[str, Any]:
-    """Counts by status, best trial, trials/s and live workers of one experiment, as plain data."""
+class HeartbeatWatch:
+    """When this process first saw each reservation's current lease (owner and heartbeat value).
+
+    Ages come from this process's monotonic clock only: no worker's clock is
+    compared with it. A lease already there at the first reading is seen at
+    that reading, so its age is a lower bound.
+    """
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self._clock = clock
+        self._seen: dict[str, tuple[Any, float, bool]] = {}  # trial id -> (lease, first seen at, lower bound)
+        self._readings = 0
+
+    def observe(self, reserved: list[Trial]) -> dict[str, tuple[float, bool]]:
+        """Fold in the reserved trials of one reading; return each one's (age, age is a lower bound)."""
+        now, first = self._clock(), self._readings == 0
+        seen = {}
+        for trial in reserved:
+            before = self._seen.get(trial.id)
+            seen[trial.id] = before if before is not None and before[0] == trial.lease else (trial.lease, now, first)
+        self._readings += 1
+        self._seen = seen  # a trial no longer reserved is forgotten
+        return {tid: (now - at, lower) for tid, (_, at, lower) in seen.items()}
+
+
+def experiment_status(experiment: Experiment, watch: HeartbeatWatch | None = None) -> dict[str, Any]:
+    """Counts by status, best trial, trials/s and live workers of one experiment, as plain data.
+
+    Args:
+        experiment: the experiment to report.
+        watch: the heartbeats seen by earlier readings (``--watch``); ``None``: this reading only.
+    """
     from orchard.resources import devices_of
     from orchard.trial import TrialStatus
 
-    now = time.time() if now is None else now
     stats = experiment.stats
     best = experiment.best_trial
     stale_after = experiment.settings.stale_after
+    reserved = experiment.fetch_trials([TrialStatus.RESERVED])
+    ages = (watch or HeartbeatWatch()).observe(reserved)
     workers = []
-    for trial in experiment.fetch_trials([TrialStatus.RESERVED]):
-        age = None if trial.heartbeat is None else max(now - trial.heartbeat, 0.0)
+    for trial in reserved:
+        age, lower_bound = ages[trial.id]
         workers.append({"worker": trial.worker, "trial": trial.id, "params": trial.params,
-                        "heartbeat_age": age, "stale": age is not None and age > stale_after,
+                        "heartbeat": trial.heartbeat, "heartbeat_age": age,
+                        "heartbeat_age_is_lower_bound": lower_bound, "stale": age > stale_after,
                         "devices": devices_of(trial.worker)})
     return {
         "name": experiment.name, "storage": experiment.storage.redacted_uri, "counts": stats["counts"],
@@ -143,20 +182,26 @@ def _status_lines(status: dict[str, Any]) -> list[str]:
     for worker in status["workers"]:
         stale = "  LOST (stale heartbeat)" if worker["stale"] else ""
         devices = f"  devices {worker['devices']}" if worker.get("devices") else ""
-        lines.append(f"    {worker['worker']}  trial {worker['trial'][:12]}  "
-                     f"heartbeat {format_age(worker['heartbeat_age'])} ago{devices}{stale}")
+        bound = "≥ " if worker["heartbeat_age_is_lower_bound"] else ""
+        lines.append(f"    {worker['worker']}  trial {worker['trial'][:12]}  heartbeat unchanged for "
+                     f"{bound}{format_age(worker['heartbeat_age'])} (stamped {format_time(worker['heartbeat'])} "
+                     f"by its clock){devices}{stale}")
     return lines
 
 
-def _collect(args: argparse.Namespace) -> list[dict[str, Any]]:
+def _collect(args: argparse.Namespace, watches: dict[str, HeartbeatWatch] | None = None) -> list[dict[str, Any]]:
+    """The status of the experiments asked for; ``watches`` (by experiment id) carries heartbeats seen before."""
     from orchard.experiment import Experiment
 
+    watches = {} if watches is None else watches
     if args.name:
-        return [experiment_status(open_experiment(args))]
+        experiment = open_experiment(args)
+        return [experiment_status(experiment, watches.setdefault(experiment.id, HeartbeatWatch()))]
     if missing_storage_file(args) is not None:  # a read-only command creates nothing
         return []
     storage = open_storage(args)
-    return [experiment_status(Experiment(storage, record)) for record in storage.list_experiments()]
+    return [experiment_status(Experiment(storage, record), watches.setdefault(record.id, HeartbeatWatch()))
+            for record in storage.list_experiments()]
 
 
 def _render(args: argparse.Namespace, statuses: list[dict[str, Any]]) -> str:
@@ -173,9 +218,10 @@ def run_status(args: argparse.Namespace) -> int:
         print(_render(args, _collect(args)))
         return 0
     in_place = sys.stdout.isatty()
+    watches: dict[str, HeartbeatWatch] = {}
     try:
         while True:
-            text = _render(args, _collect(args))
+            text = _render(args, _collect(args, watches))
             stamp = time.strftime("%H:%M:%S")
             sys.stdout.write((_CLEAR if in_place else "") + f"{text}\n(updated {stamp}; Ctrl-C to stop)\n\n")
             sys.stdout.flush()

@@ -7,12 +7,17 @@ path                                   what
 ``/experiments/{name}``                one experiment (a page)
 ``/api/experiments``                   every experiment with its counts by status
 ``/api/experiments/{name}``            one experiment: summary, workers, rungs
-``/api/experiments/{name}/trials``     its trials; ``?since=V`` only those changed after version V
+``/api/experiments/{name}/trials``     its trials, a page of at most ``limit`` (default 2,000) rows;
+                                       ``?since=V`` only those changed after version V,
+                                       ``&after=N`` those numbered above N (the next page)
 ``/static/…``                          the pages' scripts and styles, and plotly.js
 =====================================  ==============================================
 
 Every method but ``GET`` (and ``HEAD``) is refused with 405 before routing, so
-nothing served can change the storage. Pages load nothing from another origin:
+nothing served can change the storage. A request naming a host the dashboard
+does not serve (its ``Host`` header) is refused with 400 before routing too: a
+page from ``http://evil.example:PORT`` whose name an attacker pointed at
+127.0.0.1 (DNS rebinding) reads nothing. Pages load nothing from another origin:
 the content security policy allows only this server, and plotly.js comes from
 the installed ``plotly`` package.
 """
@@ -20,7 +25,7 @@ the installed ``plotly`` package.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -35,12 +40,14 @@ from orchard.dashboard._payloads import RowCache, experiment_detail, experiment_
 from orchard.dashboard._views import ExperimentView, StorageView
 from orchard.errors import OrchardError
 
-__all__ = ["build_app", "plotly_bundle"]
+__all__ = ["LOCAL_NAMES", "build_app", "host_name", "plotly_bundle"]
 
 STATIC = Path(__file__).with_name("static")
 _SAFE_METHODS = ("GET", "HEAD")
 _POLICY = ("default-src 'self'; script-src 'self' 'unsafe-eval'; style-src 'self' 'unsafe-inline'; "
            "img-src 'self' data: blob:; connect-src 'self'; object-src 'none'; base-uri 'none'")
+LOCAL_NAMES = ("localhost", "127.0.0.1", "::1")
+PAGE_ROWS, MAX_PAGE_ROWS = 2_000, 20_000  # rows of trials per answer: by default, and at most
 logger = logging.getLogger(__name__)
 
 
@@ -60,6 +67,35 @@ def plotly_bundle() -> Path:
     if not bundle.is_file():
         raise ConfigurationError(f"the installed plotly has no {bundle}; reinstall it: pip install -U plotly")
     return bundle
+
+
+def host_name(header: str) -> str:
+    """The host name of a ``Host`` header, lower-case, without its port or IPv6 brackets."""
+    header = header.strip().lower()
+    if header.startswith("["):
+        return header[1:header.find("]")] if "]" in header else header[1:]
+    return header.rsplit(":", 1)[0] if header.count(":") == 1 else header
+
+
+class ServedHosts:
+    """ASGI middleware refusing with 400 every request whose ``Host`` header names a host not served."""
+
+    def __init__(self, app: ASGIApp, allowed: frozenset[str]) -> None:
+        self.app = app
+        self.allowed = allowed
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        header = next((value.decode("latin-1") for key, value in scope.get("headers", []) if key == b"host"), "")
+        if host_name(header) not in self.allowed:
+            refusal = PlainTextResponse(
+                f"orchard serve does not serve the host {header[:100]!r}; it answers only "
+                f"{', '.join(sorted(self.allowed))} (add a name with --allowed-host)\n", status_code=400)
+            await refusal(scope, receive, send)
+            return
+        await self.app(scope, receive, send)
 
 
 class ReadOnly:
@@ -89,14 +125,16 @@ class ReadOnly:
         await self.app(scope, receive, send_with_headers)
 
 
-def build_app(view: StorageView) -> ASGIApp:
+def build_app(view: StorageView, allowed_hosts: Iterable[str] = ()) -> ASGIApp:
     """The dashboard application reading through ``view``.
 
     Args:
         view: the folded storage to serve; its storage is never written.
+        allowed_hosts: host names (or addresses) answered besides :data:`LOCAL_NAMES`; a request
+            whose ``Host`` header names any other host is refused with 400.
 
     Returns:
-        An ASGI application (Starlette, wrapped in :class:`ReadOnly`).
+        An ASGI application (Starlette, wrapped in :class:`ReadOnly` and :class:`ServedHosts`).
 
     Raises:
         ConfigurationError: plotly's bundle cannot be found.
@@ -113,8 +151,9 @@ def build_app(view: StorageView) -> ASGIApp:
         return _with_experiment(view, request, lambda v: to_json(experiment_detail(v, uri)))
 
     def trials(request: Request) -> Response:
-        since = _int_param(request, "since")
-        return _with_experiment(view, request, lambda v: rows.trial_rows(v, since))
+        since, after = _int_param(request, "since"), _int_param(request, "after")
+        limit = min(_int_param(request, "limit") or PAGE_ROWS, MAX_PAGE_ROWS)
+        return _with_experiment(view, request, lambda v: rows.trial_rows(v, since, after, limit))
 
     routes = [
         Route("/", _page("index.html")),
@@ -126,7 +165,8 @@ def build_app(view: StorageView) -> ASGIApp:
         Mount("/static", StaticFiles(directory=STATIC), name="static"),
     ]
     app = Starlette(routes=routes, exception_handlers={OrchardError: _storage_failed})
-    return ReadOnly(app)
+    allowed = frozenset(LOCAL_NAMES) | {host_name(host) for host in allowed_hosts}
+    return ServedHosts(ReadOnly(app), allowed)
 
 
 def _page(name: str) -> Callable[[Request], Response]:

@@ -87,6 +87,7 @@ def experiment_detail(view: ExperimentView, storage_uri: str) -> dict[str, Any]:
         "workers": live_workers(view),
         "rungs": rungs(view),
         "version": view.version,
+        "rebuilt_at": view.rebuilt_at,
     }
 
 
@@ -130,16 +131,22 @@ def rungs(view: ExperimentView) -> list[dict[str, Any]] | None:
 def trial_rows(view: ExperimentView, since: int = 0, rows: bool = True) -> dict[str, Any]:
     """The trials changed after version ``since`` (all for 0) as table rows, and the current version.
 
-    With ``rows=False`` only the header fields (version, total, params) are built.
+    All in one page (``more`` is false, ``after`` the last row's number); :class:`RowCache`
+    serves the same in pages. With ``rows=False`` only the header fields (version, total,
+    params) are built.
     """
     payload: dict[str, Any] = {
         "version": view.version,
+        "rebuilt_at": view.rebuilt_at,
         "since": since,
         "total": len(view.trials),
         "params": list((view.record.config.get("space") or {}).keys()),
     }
     if rows:
-        payload["trials"] = [_row(trial, view.numbers[trial.id]) for trial in view.changed_since(since)]
+        changed = view.changed_since(since)
+        payload["after"] = view.numbers[changed[-1].id] if changed else 0
+        payload["more"] = False
+        payload["trials"] = [_row(trial, view.numbers[trial.id]) for trial in changed]
     return payload
 
 
@@ -158,17 +165,34 @@ class RowCache:
     def __init__(self) -> None:
         self._rows: dict[str, tuple[Trial, str]] = {}
 
-    def trial_rows(self, view: ExperimentView, since: int = 0) -> str:
-        """The JSON text of :func:`trial_rows` ``(view, since)``."""
+    def trial_rows(self, view: ExperimentView, since: int = 0, after: int = 0, limit: int | None = None) -> str:
+        """The JSON text of one page of :func:`trial_rows` ``(view, since)``.
+
+        A page holds the rows, in trial-number order, of the trials changed after
+        version ``since`` whose number is above ``after``: at most ``limit`` of
+        them (``None``: all). ``more`` says whether rows remain; ask again with
+        ``after`` set to the page's ``after``. Numbers never change, so pages
+        asked while the view folds miss nothing: a trial changed meanwhile is
+        sent again by the next ``since`` query (from the first page's version).
+        """
         head = to_json({**trial_rows(view, since=-1, rows=False), "since": since})
-        parts = []
+        parts: list[str] = []
+        last, more = after, False
         for trial in view.changed_since(since):
+            number = view.numbers[trial.id]
+            if number <= after:
+                continue
+            if limit is not None and len(parts) >= limit:
+                more = True
+                break
             cached = self._rows.get(trial.id)
             if cached is None or cached[0] is not trial:
-                cached = (trial, to_json(_row(trial, view.numbers[trial.id])))
+                cached = (trial, to_json(_row(trial, number)))
                 self._rows[trial.id] = cached
             parts.append(cached[1])
-        return head[:-1] + ',"trials":[' + ",".join(parts) + "]}"
+            last = number
+        page = f',"after":{last},"more":{"true" if more else "false"}'
+        return head[:-1] + page + ',"trials":[' + ",".join(parts) + "]}"
 
 
 def _row(trial: Trial, number: int) -> dict[str, Any]:
@@ -178,8 +202,23 @@ def _row(trial: Trial, number: int) -> dict[str, Any]:
         "objective": _finite(trial.objective), "worker": trial.worker,
         "submit_time": trial.submit_time, "start_time": trial.start_time, "end_time": trial.end_time,
         "heartbeat": trial.heartbeat, "duration": trial.duration, "attempts": trial.attempts, "parent": trial.parent,
-        "error": None if error is None else {k: str(error.get(k, "")) for k in ("type", "reason", "message")},
+        "error": None if error is None else _error_row(error),
     }
+
+
+def _error_row(error: Any) -> dict[str, str]:
+    """A trial error's type, reason and message as text, whatever another program stored (a list, a number)."""
+    if not isinstance(error, dict):
+        return {"type": type(error).__name__, "reason": "", "message": _text(error)}
+    return {k: _text(error.get(k, "")) for k in ("type", "reason", "message")}
+
+
+def _text(value: Any, limit: int = 2_000) -> str:
+    """``str(value)`` cut to ``limit`` characters; a value that cannot be printed is named, not raised."""
+    try:
+        return str(value)[:limit]
+    except ValueError:  # an int too long to convert to text
+        return f"<unprintable {type(value).__name__}>"
 
 
 def _best(trials: Iterable[Trial]) -> Trial | None:

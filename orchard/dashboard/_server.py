@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 import socket
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 from orchard.dashboard._views import StorageView
 from orchard.storages.base import BaseStorage
@@ -53,6 +53,7 @@ def serve(
     sock: socket.socket,
     announce: Callable[[str], None] = print,
     min_interval: float = 0.5,
+    allowed_hosts: Iterable[str] = (),
 ) -> None:
     """Serve the dashboard of ``storage`` on ``sock`` until interrupted (SIGINT/SIGTERM).
 
@@ -61,6 +62,8 @@ def serve(
         sock: a socket from :func:`bind`.
         announce: called once with the URL, after the app is built and before serving.
         min_interval: seconds a folded experiment is served before the storage is asked again.
+        allowed_hosts: host names answered besides ``localhost``, ``127.0.0.1`` and ``::1``
+            (the ``--host`` listened on and every ``--allowed-host``); any other ``Host`` gets 400.
 
     Raises:
         ConfigurationError: plotly's bundle is missing.
@@ -69,7 +72,7 @@ def serve(
 
     from orchard.dashboard._app import build_app
 
-    app = build_app(StorageView(storage, min_interval=min_interval))
+    app = build_app(StorageView(storage, min_interval=min_interval), allowed_hosts)
     config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off", server_header=False)
     server = uvicorn.Server(config)
     announce(url_of(sock))

@@ -59,13 +59,15 @@ class ExperimentView:
     again, so the best one can only be displaced by a newer one).
         version: how many folds changed something; trial rows carry the
             version that last changed them so clients can ask for the rest.
+        rebuilt_at: the version at which the view was last rebuilt from scratch
+            (0: never); a client holding rows of an earlier version must drop them.
     """
 
     def __init__(self, storage: BaseStorage, record: ExperimentRecord, clock: Clock = time.monotonic) -> None:
         """Start an empty view; nothing is read until :meth:`fold`.
 
         Args:
-            storage: the storage to read (only ``fetch_changes`` is called).
+            storage: the storage to read (only ``fetch_changes`` and ``count_trials`` are called).
             record: the experiment to follow.
             clock: a monotonic clock, for heartbeat ages and throttling.
         """
@@ -82,6 +84,7 @@ class ExperimentView:
         self._clock = clock
         self._cursor: object = None
         self._folded_at: float | None = None
+        self.rebuilt_at = 0
 
     @property
     def stale_after(self) -> float:
@@ -89,9 +92,23 @@ class ExperimentView:
         return 3.0 * float(self.record.config.get("heartbeat", 30.0))
 
     def fold(self) -> int:
-        """Fetch what changed since the last fold and apply it; return how many trials changed."""
+        """Fetch what changed since the last fold and apply it; return how many trials changed.
+
+        A storage found holding fewer trials than the view has started over (an
+        older copy of its file was restored, or trials were deleted): the view is
+        rebuilt from everything it holds now, and :attr:`rebuilt_at` moves to the
+        new version so that clients drop the rows they hold.
+        """
+        changed = self._apply(*self._storage.fetch_changes(self.record.id, self._cursor))
+        if self.trials and sum(self._storage.count_trials(self.record.id).values()) < len(self.trials):
+            self._forget_everything()
+            changed = self._apply(*self._storage.fetch_changes(self.record.id, None))
+            self.rebuilt_at = self.version
+        return changed
+
+    def _apply(self, changed: list[Trial], cursor: object) -> int:
         first = self._cursor is None
-        changed, self._cursor = self._storage.fetch_changes(self.record.id, self._cursor)
+        self._cursor = cursor
         now = self._clock()
         fresh = [t for t in changed if self.trials.get(t.id) != t]
         if fresh:
@@ -104,6 +121,14 @@ class ExperimentView:
             self._sight(trial, now, lower_bound=first)
         self._folded_at = now
         return len(fresh)
+
+    def _forget_everything(self) -> None:
+        """Empty the view (its version still moves forward), to fold the storage in again from scratch."""
+        self.version += 1
+        self.trials, self.numbers, self._changed_at, self._sightings, self.reserved = {}, {}, {}, {}, {}
+        self.counts = {status: 0 for status in TrialStatus}
+        self.best = None
+        self._cursor = None
 
     def due(self, min_interval: float) -> bool:
         """Whether the last fold is older than ``min_interval`` seconds (or there was none)."""

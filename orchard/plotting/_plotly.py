@@ -1,7 +1,16 @@
-"""Drawing figure records as interactive plotly pages (``.html``, plotly.js inlined)."""
+"""Drawing figure records as interactive plotly pages (``.html``, plotly.js inlined).
+
+Plotly reads every text it draws (hover labels, tick and axis labels, titles) as
+a subset of HTML: ``<a href>`` becomes a working link, ``<b>``/``<span style>``
+style it. Parameter values, worker and experiment names come from users, so
+every text of a figure record is escaped (:func:`plain`) before it is drawn;
+except the axes of parallel coordinates, which plotly draws as plain text.
+"""
 
 from __future__ import annotations
 
+import dataclasses
+import html
 from pathlib import Path
 from typing import Any
 
@@ -11,12 +20,21 @@ from orchard.plotting.curves import CurvesFigure, curves_plotly
 from orchard.plotting.rungs import RungsFigure, rungs_plotly
 from orchard.trial import TrialStatus
 
-__all__ = ["write_html"]
+__all__ = ["plain", "plotly_figure", "write_html"]
 
 
 def write_html(figure: Any, path: Path) -> None:
     """Draw ``figure`` into ``path`` as a self-contained plotly page."""
+    plotly_figure(figure).write_html(str(path), include_plotlyjs=True, full_html=True)
+
+
+def plotly_figure(figure: Any) -> Any:
+    """The ``plotly.graph_objects.Figure`` of a figure record, every text in it escaped."""
     go = require("plotly.graph_objects")
+    if isinstance(figure, ParallelFigure):  # its axes' labels and ticks are drawn as plain text already
+        figure = dataclasses.replace(figure, title=plain(figure.title), note=plain(figure.note))
+    else:
+        figure = plain(figure)
     draw = {RegretFigure: _regret_plotly, ParallelFigure: _parallel_plotly, TimelineFigure: _timeline_plotly,
             RungsFigure: rungs_plotly, CurvesFigure: curves_plotly}
     fig = go.Figure()
@@ -25,7 +43,26 @@ def write_html(figure: Any, path: Path) -> None:
     if figure.note:
         fig.add_annotation(text=figure.note, x=0.5, y=0.75, xref="paper", yref="paper",
                            showarrow=False, font={"size": 18, "color": "gray"})
-    fig.write_html(str(path), include_plotlyjs=True, full_html=True)
+    return fig
+
+
+def plain(value: Any) -> Any:
+    """``value`` with every ``str`` in it (in lists, tuples and dataclass records) escaped for plotly.
+
+    ``&``, ``<`` and ``>`` become entities, which plotly shows as the characters
+    themselves: a value ``<a href=...>`` is drawn as that text, not as a link.
+    Other values (numbers, enums, ``None``) are returned unchanged.
+    """
+    if type(value) is str:
+        return html.escape(value, quote=False)
+    if isinstance(value, list):
+        return [plain(item) for item in value]
+    if type(value) is tuple:
+        return tuple(plain(item) for item in value)
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return dataclasses.replace(value, **{f.name: plain(getattr(value, f.name))
+                                             for f in dataclasses.fields(value) if f.init})
+    return value
 
 
 def _regret_plotly(figure: Any, fig: Any, go: Any) -> None:

@@ -24,6 +24,7 @@ from typing import Any, TypeVar
 
 from orchard.storages.base import BaseStorage, ExperimentRecord
 from orchard.storages.table import SCALARS, Record, TrialTable
+from orchard.storages.values import check_error, check_params
 from orchard.trial import Lease, Trial, TrialStatus
 
 __all__ = ["Query", "TableStorage", "Verb"]
@@ -125,6 +126,7 @@ class TableStorage(BaseStorage):
         parent: str | None = None,
     ) -> Trial:
         """See :meth:`BaseStorage.register_trial`."""
+        check_params(params)
         return self._change(
             lambda table, now: table.register_trial(experiment_id, params, worker, budget, now, parent)
         )
@@ -152,6 +154,7 @@ class TableStorage(BaseStorage):
 
     def fail_trial(self, trial_id: str, worker: str, error: Mapping[str, Any]) -> Trial:
         """See :meth:`BaseStorage.fail_trial`."""
+        check_error(error)
         return self._change(lambda table, now: table.fail_trial(trial_id, worker, error, now))
 
     def report_trial(self, trial_id: str, worker: str, step: int, value: float) -> Trial:

@@ -38,6 +38,13 @@ function fmtParams(params) {
   return Object.entries(params).map(([k, v]) => k + "=" + fmtNumber(v)).join(", ");
 }
 
+// Plotly reads every text it draws (hover labels, ticks, axis titles) as a subset of HTML: <a href> would be
+// a working link and <b> or <span style> would style it. Every string from data goes through plotText first;
+// plotly shows the entities as the characters themselves.
+function plotText(text) {
+  return String(text).replace(/&/g, "&amp;").replace(/</g, "&lt;").replace(/>/g, "&gt;");
+}
+
 function setText(id, text) {
   const node = document.getElementById(id);
   if (node) node.textContent = text;

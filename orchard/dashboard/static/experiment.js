@@ -142,19 +142,37 @@ function completedInOrder() {
     .sort((a, b) => a.end_time - b.end_time);
 }
 
-function drawBest(done) {
+// Charts draw at most MAX_POINTS markers, bars or lines: beyond that a browser spends seconds per redraw
+// and nobody can tell the points apart. What is left out is said under the chart's data (the legend).
+const MAX_POINTS = 5000;
+
+// Every k-th item, plus those keep() asks for, so that at most about MAX_POINTS remain.
+function thinned(items, keep) {
+  if (items.length <= MAX_POINTS) return items;
+  const step = Math.ceil(items.length / MAX_POINTS);
+  return items.filter((item, i) => i % step === 0 || i === items.length - 1 || keep(item, i));
+}
+
+function drawBest(all) {
   let best = Infinity;
-  const bestSoFar = done.map((t) => (best = Math.min(best, t.objective)));
-  const xs = done.map((_, i) => i + 1);
+  const improved = new Set();
+  all.forEach((t, i) => { if (t.objective < best) { best = t.objective; improved.add(i); } });
+  const ranked = all.map((t, i) => ({ t, x: i + 1, i }));
+  const shown = thinned(ranked, (r) => improved.has(r.i));  // every improvement stays: the best line is exact
+  const done = shown.map((r) => r.t);
+  best = Infinity;
+  const bestSoFar = shown.map((r) => (best = Math.min(best, all[r.i].objective)));
+  const xs = shown.map((r) => r.x);
   const marker = { color: "#8a96a3", size: 6 };
   if (state.fidelity) {  // multi-fidelity: say which rung each objective comes from
     const levels = done.map((t) => t.params[state.fidelity]);
     Object.assign(marker, { color: levels, colorscale: "Blues", reversescale: true, cmin: 0, cmax: Math.max(...levels),
-      showscale: true, colorbar: { title: { text: state.fidelity }, thickness: 12 } });
+      showscale: true, colorbar: { title: { text: plotText(state.fidelity) }, thickness: 12 } });
   }
   const data = [
-    { x: xs, y: done.map((t) => t.objective), mode: "markers", name: "objective", marker,
-      text: done.map((t) => fmtParams(t.params)) },
+    { x: xs, y: done.map((t) => t.objective), mode: "markers", marker,
+      name: done.length < all.length ? "objective (" + done.length + " of " + all.length + " drawn)" : "objective",
+      text: done.map((t) => plotText(fmtParams(t.params))) },
     { x: xs, y: bestSoFar, mode: "lines", name: "best so far", line: { color: "#2f7d4f", width: 2.5, shape: "hv" } },
   ];
   const layout = { margin: { l: 50, r: 10, t: 10, b: 40 }, xaxis: { title: { text: "completed trial" } },
@@ -163,12 +181,16 @@ function drawBest(done) {
 }
 
 function dimension(name, values) {
+  // Parallel coordinates draw their labels and ticks as plain text: no plotText here.
   if (values.every((v) => typeof v === "number")) return { label: name, values };
   const levels = [...new Set(values.map(String))].sort();
-  return { label: name, values: values.map((v) => levels.indexOf(String(v))), tickvals: levels.map((_, i) => i), ticktext: levels };
+  return { label: name, values: values.map((v) => levels.indexOf(String(v))), tickvals: levels.map((_, i) => i),
+    ticktext: levels };
 }
 
-function drawParallel(done) {
+function drawParallel(all) {
+  // The best MAX_POINTS lines at most: the ones worth reading.
+  const done = all.length <= MAX_POINTS ? all : [...all].sort((a, b) => a.objective - b.objective).slice(0, MAX_POINTS);
   const objectives = done.map((t) => t.objective);
   const dims = state.params.map((p) => dimension(p, done.map((t) => t.params[p])));
   dims.push({ label: "objective", values: objectives });
@@ -185,7 +207,9 @@ function hostOf(worker) {
 }
 
 function drawTimeline() {
-  const started = [...state.trials.values()].filter((t) => t.start_time !== null && t.worker);
+  // The latest MAX_POINTS bars at most.
+  let started = [...state.trials.values()].filter((t) => t.start_time !== null && t.worker);
+  if (started.length > MAX_POINTS) started = started.sort((a, b) => b.start_time - a.start_time).slice(0, MAX_POINTS);
   const latest = {};
   started.forEach((t) => {
     const host = hostOf(t.worker);
@@ -198,9 +222,9 @@ function drawTimeline() {
   });
   const data = Object.entries(byStatus).map(([status, items]) => ({
     type: "bar", orientation: "h", name: status, marker: { color: STATUS_COLORS[status] },
-    y: items.map((i) => i.t.worker), base: items.map((i) => new Date(i.t.start_time * 1000).toISOString()),
+    y: items.map((i) => plotText(i.t.worker)), base: items.map((i) => new Date(i.t.start_time * 1000).toISOString()),
     x: items.map((i) => Math.max((i.end - i.t.start_time) * 1000, 1)),
-    hovertext: items.map((i) => "#" + i.t.number + " " + fmtParams(i.t.params)), hoverinfo: "text+name",
+    hovertext: items.map((i) => plotText("#" + i.t.number + " " + fmtParams(i.t.params))), hoverinfo: "text+name",
     textposition: "none",
   }));
   const workers = new Set(started.map((t) => t.worker)).size;
@@ -227,16 +251,25 @@ async function refreshExperiment() {
   renderWorkers(detail.workers);
   renderRungs(detail.rungs);
   state.fidelity = detail.fidelity;
-  if (detail.version < state.version) {  // the server restarted, or the experiment was re-created
+  // The server restarted, the experiment was re-created, or the storage started over (an older copy of its
+  // file restored): the rows held are not the storage's any more.
+  if (detail.version < state.version || (state.version > 0 && state.version < detail.rebuilt_at)) {
     state.trials.clear();
     state.version = 0;
   }
   if (detail.version === state.version && state.drawnVersion === state.version) return;
-  const delta = await getJSON(API + "/trials?since=" + state.version);
-  const firstLoad = state.params.length === 0 && delta.params.length > 0;
-  state.params = delta.params;
-  delta.trials.forEach((t) => state.trials.set(t.id, t));
-  state.version = delta.version;
+  // The rows come in pages (in trial-number order); the next "since" is the first page's version, so
+  // a trial that changed while the pages were read comes again on the next refresh.
+  let page = await getJSON(API + "/trials?since=" + state.version);
+  const version = page.version;
+  const firstLoad = state.params.length === 0 && page.params.length > 0;
+  state.params = page.params;
+  page.trials.forEach((t) => state.trials.set(t.id, t));
+  while (page.more) {
+    page = await getJSON(API + "/trials?since=" + state.version + "&after=" + page.after);
+    page.trials.forEach((t) => state.trials.set(t.id, t));
+  }
+  state.version = version;
   if (firstLoad) renderHeader();
   renderTable();
   drawPlots();

@@ -57,6 +57,7 @@ from orchard.storages.base import BaseStorage, ExperimentRecord
 from orchard.storages.mongodb import client
 from orchard.storages.mongodb.changes import STAMP, ChangeFeed
 from orchard.storages.mongodb.slots import BudgetSlots
+from orchard.storages.values import check_error, check_params
 from orchard.trial import Lease, Trial, TrialStatus
 
 __all__ = ["MongoStorage"]
@@ -290,6 +291,7 @@ class MongoStorage(BaseStorage):
         budget: int | None = None,
         parent: str | None = None,
     ) -> Trial:
+        check_params(params)
         name = self._experiment_name(experiment_id)
         plain: dict[str, Any] = to_builtin(dict(params))
         now = self.now()
@@ -381,6 +383,7 @@ class MongoStorage(BaseStorage):
 
     @_translated("mark a trial broken")
     def fail_trial(self, trial_id: str, worker: str, error: Mapping[str, Any]) -> Trial:
+        check_error(error)
         return self._apply(trial_id, transitions.fail(worker, to_builtin(dict(error)), self.now()))
 
     @_translated("store a report")

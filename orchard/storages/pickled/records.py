@@ -19,6 +19,11 @@ Shapes::
 
 PLAIN is None, bool, int, float, str, or lists and dicts (str keys) of PLAIN,
 nested at most :data:`MAX_DEPTH` deep; SCALAR is a PLAIN that is not a list or dict.
+Every int is a 64-bit one (``|n| < 2**63``, what MongoDB stores too): a
+5,000-digit int cannot even be printed (Python refuses to convert it to text),
+so one would break every ``str``, JSON dump and plot of its trial. A trial's
+``error`` is ``None`` or a dict whose ``type``, ``message`` and ``reason``,
+when present, are strings (every reader formats them as text).
 Writers check their records the same way before appending them, so a record
 that returned is never one that readers would skip.
 """
@@ -28,9 +33,10 @@ from __future__ import annotations
 from typing import Any
 
 from orchard.storages.table import SCALARS
+from orchard.storages.values import ERROR_TEXTS, INT_LIMIT
 from orchard.trial import TrialStatus
 
-__all__ = ["MAX_DEPTH", "SCALARS", "RecordError", "check_batch"]
+__all__ = ["INT_LIMIT", "MAX_DEPTH", "SCALARS", "RecordError", "check_batch"]
 
 MAX_DEPTH = 32  # nesting of lists and dicts in configuration and results
 _NODE_FLOOR = 10_000  # nodes any frame may hold, beyond its size in bytes
@@ -39,6 +45,10 @@ _OPTIONAL_NUMBERS = ("objective", "heartbeat", "submit_time", "start_time", "end
 _NUMBERS = (int, float, type(None))
 _NAMES = (str, type(None))
 _EXPERIMENT_FIELDS = frozenset({"id", "name", "config", "created"})
+_ERROR_TEXTS = ERROR_TEXTS
+
+
+_PLAIN_SCALARS = frozenset(kind for kind in SCALARS if kind is not int)  # ints are checked for their size
 
 
 class RecordError(ValueError):
@@ -59,25 +69,46 @@ class _Budget:
             raise RecordError("it holds more values than its size allows (nested shared lists?)")
 
 
+def _int(value: int) -> None:
+    if not -INT_LIMIT < value < INT_LIMIT:
+        raise RecordError(f"an int of {value.bit_length()} bits (at most 63: -2**63 < n < 2**63)")
+
+
 def _plain(value: Any, budget: _Budget, depth: int = 0) -> None:
-    """Check a PLAIN value that is not a scalar (scalars are checked inline by the callers: speed)."""
+    """Check a PLAIN value (scalars are mostly checked inline by the callers: speed)."""
     kind = type(value)
+    if kind is int:
+        _int(value)
+        return
+    if kind in SCALARS:
+        return
     if depth >= MAX_DEPTH:
         raise RecordError(f"values nested more than {MAX_DEPTH} deep")
     if kind is list:
         budget.spend(len(value))
         for item in value:
-            if type(item) not in SCALARS:
+            if type(item) not in _PLAIN_SCALARS:
                 _plain(item, budget, depth + 1)
     elif kind is dict:
         budget.spend(len(value))
         for key, item in value.items():
             if type(key) is not str:
                 raise RecordError(f"a dict key of type {type(key).__name__}")
-            if type(item) not in SCALARS:
+            if type(item) not in _PLAIN_SCALARS:
                 _plain(item, budget, depth + 1)
     else:
         raise RecordError(f"a value of type {kind.__name__}")
+
+
+def _check_error(error: Any, budget: _Budget) -> None:
+    if error is None:
+        return
+    if type(error) is not dict:
+        raise RecordError(f"a trial error that is a {type(error).__name__}, not a dict")
+    for name in _ERROR_TEXTS:
+        if name in error and type(error[name]) is not str:
+            raise RecordError(f"a trial error whose {name!r} is a {type(error[name]).__name__}, not a string")
+    _plain(error, budget)
 
 
 def _check_trial(trial: Any, budget: _Budget) -> None:
@@ -94,18 +125,22 @@ def _check_trial(trial: Any, budget: _Budget) -> None:
     for name, value in params.items():
         if type(name) is not str or type(value) not in SCALARS:
             raise RecordError(f"param {name!r} is not a plain scalar (params must be flat)")
+        if type(value) is int:
+            _int(value)
     if type(trial.get("results")) is not dict:
         raise RecordError("trial results that are not a dict")
     _plain(trial["results"], budget)
-    if trial.get("error") is not None:
-        _plain(trial["error"], budget)
+    _check_error(trial.get("error"), budget)
     for name in _OPTIONAL_NUMBERS:
         if type(trial.get(name)) not in _NUMBERS:
             raise RecordError(f"field {name!r} is {type(trial.get(name)).__name__}")
+        if type(trial.get(name)) is int:
+            _int(trial[name])
     if type(trial.get("worker")) not in _NAMES or type(trial.get("parent")) not in _NAMES:
         raise RecordError("a trial whose worker or parent is not a string or None")
     if type(trial.get("attempts", 0)) is not int:  # absent from records of older releases
         raise RecordError("a trial whose attempts are not an int")
+    _int(trial.get("attempts", 0))
     reports = trial.get("reports", [])  # absent from records of older releases, like verdict
     if type(reports) is not list:
         raise RecordError("trial reports that are not a list")
@@ -119,6 +154,9 @@ def _check_trial(trial: Any, budget: _Budget) -> None:
 def _check_report(pair: Any) -> None:
     if type(pair) is not list or len(pair) != 2 or type(pair[0]) is not int or type(pair[1]) not in (int, float):
         raise RecordError("a trial report that is not [int step, number value]")
+    _int(pair[0])
+    if type(pair[1]) is int:
+        _int(pair[1])
 
 
 def _field(record: dict[str, Any], name: str, *kinds: type) -> Any:
