@@ -198,6 +198,8 @@ def test_html_draws_markup_in_values_as_text_not_links(kind: str) -> None:
     trials = [make_trial(n, objective=float(n), worker=f"{HOSTILE}:1:a", start=n, end=n + 1.0,
                          note=HOSTILE if n % 2 else "<i>x</i>", b=float(n)) for n in range(1, 5)]
     trials.append(make_trial(9, TrialStatus.BROKEN, worker="w:1:a", note=HOSTILE, b=1.0))
+    for trial in trials:
+        trial.reports = [(1, 2.0), (2, 1.0)]  # the curves figure draws what trials reported
     drawn = plotly_figure(plotting.make_figure(kind, trials, HOSTILE)).to_plotly_json()
     # Parallel coordinates draw their axes' labels and ticks as plain text (the dashboard's browser test shows it).
     texts = json.dumps([[{k: v for k, v in t.items() if k != "dimensions"} for t in drawn["data"]], drawn["layout"]])

@@ -73,16 +73,14 @@ def _color(curve: Curve) -> str:
 
 
 def curves_plotly(figure: CurvesFigure, fig: Any, go: Any) -> None:
-    """Draw the curves on a plotly figure."""
-    import html
-
+    """Draw the curves on a plotly figure (its texts arrive escaped, see :mod:`orchard.plotting._plotly`)."""
     for curve in sorted(figure.curves, key=lambda c: c.best):  # the best on top
         dash = "dash" if curve.status is TrialStatus.RESERVED else "solid"
         fig.add_trace(go.Scatter(
             x=curve.steps, y=curve.values, mode="lines", showlegend=False,
             line={"color": _color(curve), "width": 3 if curve.best else 1, "dash": dash},
             opacity=1.0 if curve.best or curve.status is TrialStatus.COMPLETED else 0.5,
-            text=[html.escape(curve.label, quote=False)] * len(curve.steps), hovertemplate="%{text}<br>step %{x}: %{y:.4g}<extra></extra>"))
+            text=[curve.label] * len(curve.steps), hovertemplate="%{text}<br>step %{x}: %{y:.4g}<extra></extra>"))
         if curve.status is TrialStatus.PRUNED:
             fig.add_trace(go.Scatter(x=curve.steps[-1:], y=curve.values[-1:], mode="markers", showlegend=False,
                                      marker={"symbol": "x", "size": 7, "color": _color(curve)}, hoverinfo="skip"))
