@@ -40,7 +40,7 @@ from orchard.errors import InvalidReportError, OrchardError, ReservationLostErro
 
 __all__ = [
     "MAX_REPORTS_PER_TRIAL", "Change", "Lease", "Trial", "TrialStatus",
-    "complete", "fail", "heartbeat", "prune", "release", "report", "reserve", "take_back",
+    "complete", "fail", "heartbeat", "held_by", "prune", "release", "report", "reserve", "take_back",
 ]
 
 #: How many values one trial may report (one per step); a report beyond is refused.
@@ -239,6 +239,11 @@ def reserve(worker: str, now: float) -> Change:
               "end_time": None, "reports": []},
         adds={"attempts": 1},
     )
+
+
+def held_by(worker: str) -> Change:
+    """No arrow: the check alone that ``worker`` holds the reservation (made before reading further)."""
+    return Change(_RESERVED, worker)
 
 
 def heartbeat(worker: str, now: float) -> Change:

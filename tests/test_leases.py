@@ -207,6 +207,29 @@ def test_a_result_whose_reply_was_lost_is_settled_not_refused(clock: FakeClock) 
     assert (again.status, again.worker) == (TrialStatus.RESERVED, W)
 
 
+def test_a_reservation_whose_reply_was_lost_is_taken_up_not_left_to_count_as_a_lost_attempt(
+        clock: FakeClock) -> None:
+    # issue 32: held by nobody until its lease ran out, then counted against max_attempts
+    storage, exp = _retrying(clock)
+    first, second = (storage.register_trial(exp, {"x": x}) for x in (1, 2))
+    outage = Outage(storage.storage, applied_before_failing=True)
+    outage.wrap("reserve_trial")
+    outage.down = 1
+    got = storage.reserve_trial(exp, W)
+    assert got is not None and (got.id, got.attempts) == (first.id, 1), "the reservation made is the one used"
+    assert storage.count_trials(exp)[TrialStatus.RESERVED] == 1, "no second trial reserved"
+    assert stored_status(storage, second.id) is TrialStatus.NEW
+    storage.complete_trial(got.id, W, 1.0)
+    again = storage.reserve_trial(exp, W)  # a later outage-free reservation is not mistaken for an orphan
+    assert again is not None and again.id == second.id
+
+
+def stored_status(storage: BaseStorage, tid: str) -> TrialStatus:
+    trial = storage.get_trial(tid)
+    assert trial is not None
+    return trial.status
+
+
 def test_a_real_refusal_after_an_outage_is_still_refused(clock: FakeClock) -> None:
     storage, exp = _retrying(clock)
     trial = storage.register_trial(exp, {"x": 1}, worker=W)

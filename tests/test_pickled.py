@@ -679,3 +679,28 @@ def test_a_compaction_while_a_writer_waits_for_the_lock_loses_nothing(
     assert _generation(path) != generation, "the file was not compacted while the writer waited"
     assert added.id in {t.id for t in PickledStorage(path).fetch_trials(exp_id)}
     assert len(PickledStorage(path).fetch_trials(exp_id)) == 45
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+def test_a_forked_child_does_not_keep_the_replayed_file_open(path: Path) -> None:
+    # issue 32: one kept descriptor per forked worker held the old file's space until they exited
+    storage = PickledStorage(path)
+    exp = storage.create_experiment("exp", {})
+    storage.register_trial(exp, {"x": 1})
+    storage.fetch_trials(exp)
+    kept = storage._log._kept  # the file just replayed, kept open to carry the replay across a compaction
+    assert kept is not None
+    pid = os.fork()
+    if pid == 0:  # the child: the inherited copy must be closed, and the storage still works
+        try:
+            try:
+                os.fstat(kept[0])
+                code = 3
+            except OSError:
+                code = 0 if len(storage.fetch_trials(exp)) == 1 else 4
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0, "the forked child still held the parent's kept descriptor"
+    os.fstat(kept[0])  # the parent's own stays open
+    assert len(storage.fetch_trials(exp)) == 1

@@ -17,7 +17,10 @@ observer starts its watches over instead of taking an outage for a dead owner.
 A write whose reply was lost may have been applied: its retry then meets its
 own effect (the trial already completed by this worker, the params already
 registered and reserved by it). Such a retry is *settled*: the stored trial is
-read, and returned if it shows the write took effect.
+read, and returned if it shows the write took effect. A reservation whose reply
+was lost is taken up by the retry (a trial reserved by the worker that this
+handle never returned), instead of being held by nobody until its lease runs
+out and then counted as a lost attempt.
 
 Errors before the first call that succeeded are not retried: a storage that
 never answered is misconfigured (a wrong host, password or lock kind) more
@@ -73,6 +76,7 @@ class RetryingStorage(BaseStorage):
         self.patience = patience
         self._clock, self._sleep = clock, sleep
         self._answered = False
+        self._handed: set[str] = set()  # trials this handle returned reserved (see reserve_trial)
         #: The ``clock`` time at which the last outage this handle rode out ended (``None``: none yet).
         #: Other workers' heartbeats could not land meanwhile either, so a lease observer must not
         #: count an outage as time in which a heartbeat stood still (:meth:`LeaseObserver.restart`).
@@ -159,11 +163,14 @@ class RetryingStorage(BaseStorage):
                        budget: int | None = None, parent: str | None = None) -> Trial:
         """See :meth:`BaseStorage.register_trial`."""
         tid = trial_id(experiment_id, to_builtin(dict(params)))
-        return self._retry(
+        trial = self._retry(
             "register a trial",
             lambda: self.storage.register_trial(experiment_id, params, worker=worker, budget=budget, parent=parent),
             None if worker is None else lambda: self._stored(tid, lambda t: t.lease is not None and t.worker == worker),
         )
+        if worker is not None:
+            self._handed.add(trial.id)
+        return trial
 
     def restore_trials(self, experiment_id: str, trials: Iterable[Trial]) -> int:
         """See :meth:`BaseStorage.restore_trials`."""
@@ -171,8 +178,45 @@ class RetryingStorage(BaseStorage):
         return self._retry("restore trials", lambda: self.storage.restore_trials(experiment_id, trials))
 
     def reserve_trial(self, experiment_id: str, worker: str) -> Trial | None:
-        """See :meth:`BaseStorage.reserve_trial`."""
-        return self._retry("reserve a trial", lambda: self.storage.reserve_trial(experiment_id, worker))
+        """See :meth:`BaseStorage.reserve_trial`.
+
+        A reservation whose reply was lost is not left held by nobody until its
+        lease runs out (and then counted as a lost attempt): once a try has
+        failed, the next one first looks for a trial reserved by ``worker`` that
+        this handle never handed out, and returns it instead of reserving another.
+        """
+        failed = False
+
+        def attempt() -> Trial | None:
+            nonlocal failed
+            if failed:
+                orphan = self._orphan(experiment_id, worker)
+                if orphan is not None:
+                    log.warning("storage %s: the reply reserving trial %s for %s was lost in the outage; "
+                                "the reservation is taken up", self.redacted_uri, orphan.id, worker)
+                    return orphan
+            try:
+                return self.storage.reserve_trial(experiment_id, worker)
+            except StorageUnavailableError:
+                failed = True
+                raise
+
+        trial = self._retry("reserve a trial", attempt)
+        if trial is not None:
+            self._handed.add(trial.id)
+        return trial
+
+    def _finished(self, trial_id_: str, trial: Trial) -> Trial:
+        self._handed.discard(trial_id_)  # no longer held: forget it
+        return trial
+
+    def _orphan(self, experiment_id: str, worker: str) -> Trial | None:
+        """A trial reserved by ``worker`` that this handle never returned: its reply was lost.
+
+        Worker names are unique to one worker, which reserves through one handle.
+        """
+        held = self.storage.fetch_trials(experiment_id, [TrialStatus.RESERVED])
+        return next((t for t in held if t.worker == worker and t.id not in self._handed), None)
 
     def heartbeat_trial(self, trial_id: str, worker: str) -> None:
         """See :meth:`BaseStorage.heartbeat_trial`."""
@@ -181,21 +225,21 @@ class RetryingStorage(BaseStorage):
     def complete_trial(self, trial_id: str, worker: str, objective: float,
                        results: Mapping[str, Any] | None = None) -> Trial:
         """See :meth:`BaseStorage.complete_trial`."""
-        return self._retry(
+        return self._finished(trial_id, self._retry(
             f"complete trial {trial_id}",
             lambda: self.storage.complete_trial(trial_id, worker, objective, results),
             lambda: self._stored(trial_id, lambda t: t.status is TrialStatus.COMPLETED
                                  and t.worker == worker and t.objective == float(objective)),
-        )
+        ))
 
     def fail_trial(self, trial_id: str, worker: str, error: Mapping[str, Any]) -> Trial:
         """See :meth:`BaseStorage.fail_trial`."""
-        return self._retry(
+        return self._finished(trial_id, self._retry(
             f"mark trial {trial_id} broken",
             lambda: self.storage.fail_trial(trial_id, worker, error),
             lambda: self._stored(trial_id, lambda t: t.status is TrialStatus.BROKEN and t.worker == worker
                                  and (t.error or {}).get("type") == error.get("type")),
-        )
+        ))
 
     def report_trial(self, trial_id: str, worker: str, step: int, value: float) -> Trial:
         """See :meth:`BaseStorage.report_trial`."""
@@ -208,19 +252,19 @@ class RetryingStorage(BaseStorage):
 
     def prune_trial(self, trial_id: str, worker: str, verdict: Mapping[str, Any]) -> Trial:
         """See :meth:`BaseStorage.prune_trial`."""
-        return self._retry(
+        return self._finished(trial_id, self._retry(
             f"prune trial {trial_id}",
             lambda: self.storage.prune_trial(trial_id, worker, verdict),
             lambda: self._stored(trial_id, lambda t: t.status is TrialStatus.PRUNED and t.worker == worker),
-        )
+        ))
 
     def release_trial(self, trial_id: str, worker: str | None) -> Trial:
         """See :meth:`BaseStorage.release_trial`."""
-        return self._retry(
+        return self._finished(trial_id, self._retry(
             f"release trial {trial_id}",
             lambda: self.storage.release_trial(trial_id, worker),
             lambda: self._stored(trial_id, lambda t: t.status is TrialStatus.INTERRUPTED),
-        )
+        ))
 
     def release_lost(self, experiment_id: str, leases: Mapping[str, Lease], max_attempts: int) -> list[Trial]:
         """See :meth:`BaseStorage.release_lost`."""

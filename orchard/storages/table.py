@@ -276,7 +276,9 @@ class TrialTable:
             raise TrialNotFoundError.missing(trial_id_)
         last = trial.reports[-1][0] if trial.reports else None
         change = transitions.report(trial_id_, worker, step, value, now, len(trial.reports), last)
-        change.applied_to(trial)  # raises its refusal
+        refusal = change.refusal(trial_id_, trial)
+        if refusal is not None:
+            raise refusal
         (step_, value_) = change.appends["reports"]
         record = {"op": "report", "trial": trial_id_, "step": step_, "value": value_, "heartbeat": now}
         self.apply(record)
@@ -288,7 +290,7 @@ class TrialTable:
         trial = self.trial(trial_id_)
         if trial is None:
             raise TrialNotFoundError.missing(trial_id_)
-        refusal = transitions.heartbeat(worker, now).refusal(trial_id_, trial)  # the owner first, then its reports
+        refusal = transitions.held_by(worker).refusal(trial_id_, trial)  # the owner first, then its reports
         if refusal is not None:
             raise refusal
         return self._change(trial_id_, transitions.prune(trial, worker, to_builtin(dict(verdict)), now))

@@ -403,7 +403,7 @@ class MongoStorage(BaseStorage):
     @_translated("prune a trial")
     def prune_trial(self, trial_id: str, worker: str, verdict: Mapping[str, Any]) -> Trial:
         trial = self._current(trial_id)
-        refusal = transitions.heartbeat(worker, 0.0).refusal(trial_id, trial, self.redacted_uri)  # the owner first
+        refusal = transitions.held_by(worker).refusal(trial_id, trial, self.redacted_uri)  # the owner first
         if refusal is not None:
             raise refusal
         return self._apply(trial_id, transitions.prune(trial, worker, to_builtin(dict(verdict)), self.now()))

@@ -26,6 +26,7 @@ import logging
 import os
 import stat
 import uuid
+import weakref
 from collections.abc import Callable
 from typing import NamedTuple
 
@@ -40,6 +41,18 @@ log = logging.getLogger(__name__)
 
 OPEN_FLAGS = getattr(os, "O_BINARY", 0) | getattr(os, "O_NONBLOCK", 0)  # no hang on a FIFO
 TAG = 8  # bytes of a compacted file's generation that name the replay it continues
+
+
+_READERS: weakref.WeakSet[LogReader] = weakref.WeakSet()  # this process's readers, for the fork hook
+
+
+def _after_fork_in_child() -> None:
+    for reader in list(_READERS):
+        reader._drop_inherited()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def continuation_tag(generation: bytes, offset: int) -> bytes:
@@ -73,6 +86,18 @@ class LogReader:
         self.path = path
         self._kept: tuple[int, tuple[int, int]] | None = None  # the replayed file, open: (fd, (device, inode))
         self.reset(None)
+        _READERS.add(self)
+
+    def _drop_inherited(self) -> None:
+        """In a forked child: close the copy of the kept descriptor (the parent keeps its own).
+
+        Otherwise every forked worker holds the replaced file's space until it exits.
+        The child replays from its own reads on; after a compaction it starts over.
+        """
+        kept, self._kept = self._kept, None
+        if kept is not None:
+            with contextlib.suppress(OSError):
+                os.close(kept[0])
 
     def reset(self, header: Header | None) -> None:
         """Start over from an empty table, to replay the file (of ``header``'s generation)."""
