@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -10,6 +14,7 @@ from orchard.algorithms import ALGORITHMS, algorithm_class, algorithm_names, mak
 from orchard.errors import ConfigurationError
 from orchard.space import Space
 from orchard.testing.algorithms import DEFAULT_SPACE, check_algorithm
+from tests.test_cli import TRAIN
 
 FIDELITY_SPACE = {**DEFAULT_SPACE, "epochs": "fidelity(1, 27, base=3)"}
 MULTI_FIDELITY = {"asha", "hyperband"}
@@ -40,3 +45,46 @@ def test_an_unknown_algorithm_lists_the_valid_names() -> None:
     with pytest.raises(ConfigurationError, match="valid algorithms: random, grid, bayes"):
         algorithm_class("no_such_search")
     assert algorithm_names()[: len(ALGORITHMS)] == list(ALGORITHMS)
+
+
+PLUGIN_PACKAGE = Path(__file__).parent / "data" / "plugin_pkg"
+
+
+@pytest.fixture(scope="module")
+def plugin_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The test plugin package, installed by pip into a private directory (put on PYTHONPATH to use it)."""
+    target = tmp_path_factory.mktemp("plugin_site")
+    subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation",
+                    "--no-index", "--target", str(target), str(PLUGIN_PACKAGE)],
+                   check=True, capture_output=True, timeout=300)
+    return target
+
+
+def test_a_third_party_algorithm_is_used_by_name_from_hunt(
+    plugin_path: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "train.py").write_text(TRAIN)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ORCHARD_")}
+    env["PYTHONPATH"] = os.pathsep.join([str(plugin_path), env.get("PYTHONPATH", "")])
+    env["HOME"] = str(tmp_path)
+    hunt = [sys.executable, "-m", "orchard.cli", "hunt", "-n", "plugged", "--storage", "orchard.pkl",
+            "--max-trials", "3", "--algorithm", "center_first",
+            sys.executable, "train.py", "--x~uniform(0, 1)", "--y~uniform(0, 4)"]
+    done = subprocess.run(hunt, cwd=tmp_path, env=env, text=True, capture_output=True, timeout=120, check=False)
+    assert done.returncode == 0, done.stderr
+
+    import orchard
+    from orchard import algorithms
+
+    monkeypatch.syspath_prepend(str(plugin_path))  # this process reads the experiment, so it needs the plugin too
+    algorithms._entry_points.cache_clear()
+    trials = orchard.get_experiment("plugged", storage=str(tmp_path / "orchard.pkl")).fetch_trials()
+    assert {"x": 0.5, "y": 2.0} in [t.params for t in trials]
+    assert len(trials) == 3
+    assert orchard.get_experiment("plugged", storage=str(tmp_path / "orchard.pkl")).algorithm == {"center_first": {}}
+
+    other = [*hunt[:5], "other", *hunt[6:11], "nowhere_search", *hunt[12:]]
+    unknown = subprocess.run(other, cwd=tmp_path, env=env, text=True, capture_output=True, timeout=120, check=False)
+    assert unknown.returncode != 0
+    assert "center_first" in unknown.stderr  # the valid names include the installed plugin
+    algorithms._entry_points.cache_clear()
