@@ -30,6 +30,32 @@ def test_built_in_algorithm_passes_the_conformance_kit(name: str) -> None:
     check_algorithm(factory, space=space)
 
 
+@pytest.mark.parametrize("sampler", [{"sampler": "TPESampler", "multivariate": True}, {"sampler": "CmaEsSampler"},
+                                     {"sampler": "QMCSampler"}])
+def test_optuna_samplers_pass_the_conformance_kit(sampler: dict[str, Any]) -> None:
+    pytest.importorskip("optuna")
+    numeric = {"lr": "loguniform(1e-4, 1.0)", "x": "uniform(-5, 10)", "layers": "randint(1, 8)",
+               "epochs": "fidelity(1, 27)"}
+    space = DEFAULT_SPACE if sampler["sampler"] == "TPESampler" else numeric
+    check_algorithm(lambda space, seed: make_algorithm({"optuna": sampler}, space, seed), space=space)
+
+
+def test_optuna_refuses_what_it_cannot_run() -> None:
+    pytest.importorskip("optuna")
+    space = Space.from_config(DEFAULT_SPACE)
+    with pytest.raises(ConfigurationError, match="NSGAIISampler' needs several objectives"):
+        make_algorithm({"optuna": {"sampler": "NSGAIISampler"}}, space)
+    with pytest.raises(ConfigurationError, match="no option 'multivariat'"):
+        make_algorithm({"optuna": {"multivariat": True}}, space)
+    try:
+        import torch  # noqa: F401
+    except ImportError:
+        with pytest.raises(ConfigurationError, match="'GPSampler' needs the torch package; install it with"):
+            make_algorithm({"optuna": {"sampler": "GPSampler"}}, space)
+    with pytest.raises(ConfigurationError, match="no sampler 'Tpe'"):
+        make_algorithm({"optuna": {"sampler": "Tpe"}}, space)
+
+
 def test_the_kit_catches_an_algorithm_that_ignores_pending() -> None:
     random_search = algorithm_class("random")
 

@@ -14,9 +14,11 @@ grid      a regular grid, each point once                         n_values, budg
 bayes     scikit-optimize surrogate + acquisition, constant liar  see ``BayesianOptimization``
 asha      asynchronous successive halving over a ``fidelity``     see ``Asha``
 hyperband several ASHA brackets starting at different rungs       see ``Hyperband``
+optuna    an Optuna sampler (TPE, GP, CMA-ES, QMC) on the history  sampler, its options
 ========  ======================================================  ===================
 
-``bayes`` imports scikit-optimize (and scikit-learn) only when first used.
+``bayes`` imports scikit-optimize (and scikit-learn) only when first used,
+``optuna`` imports Optuna (the ``[optuna]`` extra) likewise.
 
 Third-party algorithms register through the entry-point group
 ``orchard.algorithms``: each entry point is named after the algorithm and
@@ -72,6 +74,12 @@ def _bayes() -> type[BaseAlgorithm]:
     return BayesianOptimization
 
 
+def _optuna() -> type[BaseAlgorithm]:
+    from orchard.algorithms._optuna import OptunaSampler
+
+    return OptunaSampler
+
+
 #: Every algorithm by name: a zero-argument callable returning its class (lazy for skopt).
 ALGORITHMS: dict[str, Callable[[], type[BaseAlgorithm]]] = {
     "random": lambda: RandomSearch,
@@ -79,6 +87,7 @@ ALGORITHMS: dict[str, Callable[[], type[BaseAlgorithm]]] = {
     "bayes": _bayes,
     "asha": lambda: Asha,
     "hyperband": lambda: Hyperband,
+    "optuna": _optuna,
 }
 
 
