@@ -52,13 +52,13 @@ from orchard.space import Space
 
 __all__ = [
     "ALGORITHMS",
+    "ENTRY_POINT_GROUP",
     "Asha",
     "BaseAlgorithm",
     "GridSearch",
     "Hyperband",
     "Observation",
     "RandomSearch",
-    "ENTRY_POINT_GROUP",
     "algorithm_class",
     "algorithm_names",
     "make_algorithm",

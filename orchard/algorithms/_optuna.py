@@ -37,7 +37,6 @@ from typing import Any, ClassVar
 
 from orchard.algorithms.base import BaseAlgorithm, Observation, SeenPoints
 from orchard.errors import ConfigurationError
-from orchard.fidelity import Fidelity
 from orchard.priors import Choices, LogUniform, Normal, Prior, RandInt, Uniform
 from orchard.space import Space, params_hash
 
