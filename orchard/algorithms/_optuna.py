@@ -4,7 +4,8 @@ Every worker keeps a private in-memory Optuna study that mirrors the shared
 history: completed trials are told as ``COMPLETE``, pending ones as
 ``RUNNING`` (so samplers that look at running trials, such as TPE with
 ``constant_liar``, avoid them). The study lives in the worker process only and
-is grown incrementally: each call adds the completed trials it has not seen
+is grown incrementally for TPE and random sampling (:data:`INCREMENTAL`), rebuilt
+each call for the others: each call adds the completed trials it has not seen
 and retires (as ``FAIL``, which samplers ignore) the running ones that are no
 longer pending. No state leaves the process; a fresh worker rebuilds the same
 study from the storage.
@@ -45,6 +46,11 @@ __all__ = ["OptunaSampler"]
 _INSTALL_HINT = "install it with: pip install 'orchard-hpo[optuna]'"
 #: Samplers that run on one objective; ``NSGAIISampler`` needs several and is refused here.
 SAMPLERS = ("TPESampler", "GPSampler", "CmaEsSampler", "QMCSampler", "RandomSampler")
+#: Samplers whose suggestion depends only on the finished and running trials, not on trial
+#: numbers: their study is grown incrementally. The others (CMA-ES and QMC number their
+#: generations and sequence points by trial; GP is cubic in the history anyway) get a
+#: study rebuilt each call, so a long-lived worker suggests what a fresh one would.
+INCREMENTAL = ("TPESampler", "RandomSampler")
 #: Optuna's suggestion retries before a duplicate is replaced by a random unseen point.
 _RETRIES = 3
 
@@ -124,6 +130,9 @@ class OptunaSampler(BaseAlgorithm):
         self._distributions = {
             name: _distribution(self._optuna, name, prior) for name, prior in space.items() if name not in self._fixed
         }
+        self._reset()
+
+    def _reset(self) -> None:
         self._study = self._optuna.create_study(direction="minimize")
         self._told: set[str] = set()
         self._running: dict[str, int] = {}
@@ -165,6 +174,8 @@ class OptunaSampler(BaseAlgorithm):
         seen: SeenPoints | None = None,
     ) -> list[dict[str, Any]]:
         """Return up to ``n`` unseen points from the sampler (see :meth:`BaseAlgorithm.suggest`)."""
+        if self.options["sampler"] not in INCREMENTAL:
+            self._reset()
         self._sync(completed, pending)
         self._study.sampler = self._sampler(completed, pending)
         taken = self.seen_points(completed, pending, seen)

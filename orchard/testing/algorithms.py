@@ -9,7 +9,7 @@ A third-party algorithm checks itself with one call in a test::
 
 Each check raises ``AssertionError`` naming the broken guarantee. The checks
 run in-process on a synthetic history (no storage, no worker): determinism
-for the same history, values inside the space, pending awareness, and no
+for the same history (also for an instance that answered earlier calls), values inside the space, pending awareness, and no
 duplicate among workers racing on one history (each worker sees the others'
 suggestions as pending, as the storage shows them). The exact-budget check
 with real processes is not part of this kit yet.
@@ -76,6 +76,19 @@ def _check_deterministic(factory: AlgorithmFactory, space: Space, name: str, siz
     _check_inside(space, name, first)
 
 
+def _check_cache_changes_nothing(factory: AlgorithmFactory, space: Space, name: str, n_completed: int) -> None:
+    """A worker that already answered a shorter history suggests what a fresh one suggests."""
+    completed, pending = _history(space, n_completed, 2)
+    reused = factory(space, 9)
+    reused.suggest(completed[: n_completed // 2], pending[:1], n=1)
+    fresh = factory(space, 9).suggest(completed, pending, n=1)
+    again = reused.suggest(completed, pending, n=1)
+    assert again == fresh, (
+        f"{name}: a worker that had answered a shorter history suggested {again}, a fresh one {fresh}: "
+        "state kept between calls changes suggestions (the masterless rule)"
+    )
+
+
 def _check_unseen(factory: AlgorithmFactory, space: Space, name: str, sizes: tuple[int, int]) -> None:
     completed, pending = _history(space, *sizes)
     taken = {params_hash(o.params) for o in completed} | {params_hash(p) for p in pending}
@@ -130,6 +143,7 @@ def check_algorithm(
     for sizes in ((0, 0), (0, 2), (n_completed, 3)):
         _check_deterministic(factory, resolved, name, sizes)
         _check_unseen(factory, resolved, name, sizes)
+    _check_cache_changes_nothing(factory, resolved, name, n_completed)
     for size in (0, n_completed):
         _check_pending_aware(factory, resolved, name, size)
         _check_racing_workers(factory, resolved, name, size)
