@@ -25,6 +25,11 @@ discrete=True)``
 ``fidelity(a, b)``     not sampled: fixed at ``b``, its high end
 =====================  =================================================
 
+Known limitation: ``CmaEsSampler`` keeps its search distribution in the system
+attributes of the trials it suggested, which Orchard does not store, so here it
+restarts from its first generation on every call (it conforms, but optimizes
+far worse than plain Optuna's CMA-ES).
+
 Each sampler is seeded per call from ``(seed, completed, pending)`` like every
 Orchard algorithm, so the same history gives the same suggestion.
 """
