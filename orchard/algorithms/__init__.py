@@ -14,14 +14,32 @@ grid      a regular grid, each point once                         n_values, budg
 bayes     scikit-optimize surrogate + acquisition, constant liar  see ``BayesianOptimization``
 asha      asynchronous successive halving over a ``fidelity``     see ``Asha``
 hyperband several ASHA brackets starting at different rungs       see ``Hyperband``
+optuna    an Optuna sampler (TPE, GP, CMA-ES, QMC) on the history  sampler, its options
 ========  ======================================================  ===================
 
-``bayes`` imports scikit-optimize (and scikit-learn) only when first used.
+``bayes`` imports scikit-optimize (and scikit-learn) only when first used,
+``optuna`` imports Optuna (the ``[optuna]`` extra) likewise.
+
+Third-party algorithms register through the entry-point group
+``orchard.algorithms``: each entry point is named after the algorithm and
+points at its :class:`~orchard.algorithms.base.BaseAlgorithm` subclass (or a
+zero-argument callable returning it)::
+
+    [project.entry-points."orchard.algorithms"]
+    my_search = "my_package.search:MySearch"
+
+Once the package is installed, ``my_search`` is usable by name wherever a
+built-in one is: ``hunt --algorithm my_search``, ``workon``, config files. A
+built-in name always wins over an entry point of the same name. Entry points
+are read (not loaded) the first time a name is looked up; the class itself is
+imported only when that algorithm is used.
 """
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Mapping
+from importlib import metadata
 from typing import Any
 
 from orchard.algorithms._asha import Asha
@@ -34,6 +52,7 @@ from orchard.space import Space
 
 __all__ = [
     "ALGORITHMS",
+    "ENTRY_POINT_GROUP",
     "Asha",
     "BaseAlgorithm",
     "GridSearch",
@@ -41,6 +60,7 @@ __all__ = [
     "Observation",
     "RandomSearch",
     "algorithm_class",
+    "algorithm_names",
     "make_algorithm",
     "normalize_algorithm_config",
 ]
@@ -54,6 +74,12 @@ def _bayes() -> type[BaseAlgorithm]:
     return BayesianOptimization
 
 
+def _optuna() -> type[BaseAlgorithm]:
+    from orchard.algorithms._optuna import OptunaSampler
+
+    return OptunaSampler
+
+
 #: Every algorithm by name: a zero-argument callable returning its class (lazy for skopt).
 ALGORITHMS: dict[str, Callable[[], type[BaseAlgorithm]]] = {
     "random": lambda: RandomSearch,
@@ -61,18 +87,51 @@ ALGORITHMS: dict[str, Callable[[], type[BaseAlgorithm]]] = {
     "bayes": _bayes,
     "asha": lambda: Asha,
     "hyperband": lambda: Hyperband,
+    "optuna": _optuna,
 }
 
 
+#: The entry-point group third-party packages declare their algorithms in.
+ENTRY_POINT_GROUP = "orchard.algorithms"
+
+
+@functools.cache
+def _entry_points() -> dict[str, metadata.EntryPoint]:
+    """The installed packages' algorithm entry points by name (read once per process)."""
+    return {ep.name: ep for ep in metadata.entry_points(group=ENTRY_POINT_GROUP)}
+
+
+def algorithm_names() -> list[str]:
+    """Every usable algorithm name: the built-in ones, then the installed plugins' (sorted)."""
+    return [*ALGORITHMS, *sorted(set(_entry_points()) - set(ALGORITHMS))]
+
+
+def _load_plugin(entry_point: metadata.EntryPoint) -> type[BaseAlgorithm]:
+    where = f"algorithm {entry_point.name!r} (entry point {entry_point.value!r} of group {ENTRY_POINT_GROUP!r})"
+    try:
+        loaded = entry_point.load()
+    except Exception as exc:  # any import failure of a third-party package
+        raise ConfigurationError(f"{where} cannot be imported: {exc}; reinstall the package providing it") from exc
+    if not (isinstance(loaded, type) and issubclass(loaded, BaseAlgorithm)) and callable(loaded):
+        loaded = loaded()
+    if not (isinstance(loaded, type) and issubclass(loaded, BaseAlgorithm)):
+        raise ConfigurationError(f"{where} is not a BaseAlgorithm subclass: got {loaded!r}")
+    return loaded
+
+
 def algorithm_class(name: str) -> type[BaseAlgorithm]:
-    """Return the class registered under ``name``.
+    """Return the class registered under ``name``, built-in or from an installed plugin.
 
     Raises:
-        ConfigurationError: no algorithm has that name; the message lists the valid ones.
+        ConfigurationError: no algorithm has that name (the message lists the valid
+            ones), or a plugin's entry point does not load a ``BaseAlgorithm`` subclass.
     """
-    if not isinstance(name, str) or name not in ALGORITHMS:
-        raise ConfigurationError(f"unknown algorithm {name!r}; valid algorithms: {', '.join(ALGORITHMS)}")
-    return ALGORITHMS[name]()
+    if isinstance(name, str) and name in ALGORITHMS:
+        return ALGORITHMS[name]()
+    plugin = _entry_points().get(name) if isinstance(name, str) else None
+    if plugin is None:
+        raise ConfigurationError(f"unknown algorithm {name!r}; valid algorithms: {', '.join(algorithm_names())}")
+    return _load_plugin(plugin)
 
 
 def _split(config: AlgorithmConfig) -> tuple[str, Mapping[str, Any]]:

@@ -4,6 +4,16 @@ An algorithm is a pure function of the history it is handed. It never touches
 a storage, a file, the network or the environment, so every worker can run
 its own copy on its own view of the shared history and the workers still
 cooperate: what one worker is evaluating reaches the others as ``pending``.
+
+**The masterless rule.** A suggestion is a function of the space, the options,
+the history (``completed`` and ``pending``) and the worker's own seed stream.
+An algorithm may keep a cache inside its worker's process (the ``optuna``
+adapter keeps its study there, growing it incrementally) only if a fresh
+instance built from the same storage suggests the same points: nothing another
+worker needs lives outside the storage. Third-party algorithms register
+through the ``orchard.algorithms`` entry-point group (see
+:mod:`orchard.algorithms`) and check themselves with
+:func:`orchard.testing.algorithms.check_algorithm`.
 """
 
 from __future__ import annotations
@@ -82,8 +92,8 @@ class BaseAlgorithm(abc.ABC):
     Guarantees every implementation keeps:
 
     * **Pure.** :meth:`suggest` depends only on the space, the seed, the options
-      and its arguments. No storage, no I/O, no environment reads, no state
-      carried from one call to the next.
+      and its arguments. No storage, no I/O, no environment reads; state carried
+      from one call to the next is at most a cache that changes no suggestion.
     * **Plain values.** Suggested params are dicts of plain Python ``int``,
       ``float``, ``str`` and ``bool`` values inside the space, never numpy scalars.
     * **Unseen.** A suggestion equals no completed and no pending point, nor

@@ -1,0 +1,194 @@
+"""Orchard's algorithms against plain Optuna, and the Optuna adapter's cost per suggestion.
+
+Two parts, each in one invocation:
+
+* ``regret``: on Branin, Hartmann6, Ackley-10 and Rosenbrock-10,
+  Orchard ``bayes``, Orchard's ``optuna`` adapter (TPE, CMA-ES, GP when PyTorch
+  is installed) and plain sequential Optuna (the same samplers, ``study.optimize``)
+  run for ``--trials`` trials over ``--seeds`` seeds. Orchard's algorithms run as
+  4 simulated asynchronous workers: each suggestion is made with the 3 other
+  workers' points pending, and the oldest pending point completes next (no real
+  processes; the clock is the trial count). Prints the median simple regret at
+  50/100/200 trials and CPU seconds per suggestion.
+* ``cost``: CPU seconds of one ``optuna`` TPE suggestion after 100, 1,000 and
+  10,000 completed trials, for the first call of a worker (the study is built)
+  and a later call (one more completed trial: only it is added).
+
+CPU time (``time.process_time``) is reported, not wall time: the machine is shared.
+
+    python bench/algorithms.py cost
+    python bench/algorithms.py regret --seeds 10 --trials 200
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import statistics
+import time
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+from orchard.algorithms import make_algorithm
+from orchard.algorithms.base import Observation
+from orchard.space import Space
+
+Problem = tuple[dict[str, str], Callable[[dict[str, Any]], float], float]
+
+_H6_A = np.array([[10, 3, 17, 3.5, 1.7, 8], [0.05, 10, 17, 0.1, 8, 14],
+                  [3, 3.5, 1.7, 10, 17, 8], [17, 8, 0.05, 10, 0.1, 14]])
+_H6_P = 1e-4 * np.array([[1312, 1696, 5569, 124, 8283, 5886], [2329, 4135, 8307, 3736, 1004, 9991],
+                         [2348, 1451, 3522, 2883, 3047, 6650], [4047, 8828, 8732, 5743, 1091, 381]])
+_H6_ALPHA = np.array([1.0, 1.2, 3.0, 3.2])
+
+
+def _branin(p: dict[str, Any]) -> float:
+    x, y = p["x0"], p["x1"]
+    return float((y - 5.1 / (4 * math.pi**2) * x**2 + 5 / math.pi * x - 6) ** 2
+                 + 10 * (1 - 1 / (8 * math.pi)) * math.cos(x) + 10)
+
+
+def _vector(p: dict[str, Any], d: int) -> np.ndarray[Any, np.dtype[np.float64]]:
+    return np.array([p[f"x{i}"] for i in range(d)], dtype=float)
+
+
+def _hartmann6(p: dict[str, Any]) -> float:
+    x = _vector(p, 6)
+    return float(-np.sum(_H6_ALPHA * np.exp(-np.sum(_H6_A * (x - _H6_P) ** 2, axis=1))))
+
+
+def _ackley(p: dict[str, Any]) -> float:
+    x = _vector(p, 10)
+    return float(-20 * np.exp(-0.2 * np.sqrt(np.mean(x**2))) - np.exp(np.mean(np.cos(2 * np.pi * x))) + 20 + np.e)
+
+
+def _rosenbrock(p: dict[str, Any]) -> float:
+    x = _vector(p, 10)
+    return float(np.sum(100 * (x[1:] - x[:-1] ** 2) ** 2 + (1 - x[:-1]) ** 2))
+
+
+PROBLEMS: dict[str, Problem] = {
+    "branin": ({"x0": "uniform(-5, 10)", "x1": "uniform(0, 15)"}, _branin, 0.397887),
+    "hartmann6": ({f"x{i}": "uniform(0, 1)" for i in range(6)}, _hartmann6, -3.32237),
+    "ackley10": ({f"x{i}": "uniform(-32.768, 32.768)" for i in range(10)}, _ackley, 0.0),
+    "rosenbrock10": ({f"x{i}": "uniform(-5, 10)" for i in range(10)}, _rosenbrock, 0.0),
+}
+
+
+def _orchard_run(config: Any, problem: Problem, seed: int, trials: int, workers: int) -> tuple[list[float], float]:
+    """Best-so-far after each completion, and CPU seconds per suggestion, with ``workers`` simulated workers."""
+    space_config, objective, _ = problem
+    space = Space.from_config(space_config)
+    algorithms = [make_algorithm(config, space, seed * 100 + w) for w in range(workers)]
+    completed: list[Observation] = []
+    pending: list[dict[str, Any]] = []
+    best: list[float] = []
+    spent = 0.0
+    suggestions = 0
+    turn = 0
+    while len(completed) < trials:
+        while len(pending) < workers and len(completed) + len(pending) < trials:
+            start = time.process_time()
+            (params,) = algorithms[turn % workers].suggest(completed, pending, n=1)[:1]
+            spent += time.process_time() - start
+            suggestions += 1
+            turn += 1
+            pending.append(params)
+        params = pending.pop(0)
+        completed.append(Observation(params, objective(params), float(len(completed))))
+        best.append(min(best[-1], completed[-1].objective) if best else completed[-1].objective)
+    return best, spent / suggestions
+
+
+def _optuna_run(sampler: str, problem: Problem, seed: int, trials: int) -> tuple[list[float], float]:
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    space_config, objective, _ = problem
+    study = optuna.create_study(sampler=getattr(optuna.samplers, sampler)(seed=seed))
+    spent = 0.0
+    best: list[float] = []
+    for _ in range(trials):
+        start = time.process_time()
+        trial = study.ask()
+        params = {name: trial.suggest_float(name, *_bounds(text)) for name, text in space_config.items()}
+        spent += time.process_time() - start
+        value = objective(params)
+        study.tell(trial, value)
+        best.append(min(best[-1], value) if best else value)
+    return best, spent / trials
+
+
+def _bounds(text: str) -> tuple[float, float]:
+    low, high = text[len("uniform("):-1].split(",")
+    return float(low), float(high)
+
+
+def regret(args: argparse.Namespace) -> None:
+    contenders: dict[str, Callable[[Problem, int], tuple[list[float], float]]] = {
+        "orchard bayes": lambda pb, s: _orchard_run("bayes", pb, s, args.trials, args.workers),
+        "orchard optuna TPE": lambda pb, s: _orchard_run({"optuna": {"sampler": "TPESampler"}}, pb, s,
+                                                          args.trials, args.workers),
+        "orchard optuna CMA-ES": lambda pb, s: _orchard_run({"optuna": {"sampler": "CmaEsSampler"}}, pb, s,
+                                                             args.trials, args.workers),
+        "optuna TPE (sequential)": lambda pb, s: _optuna_run("TPESampler", pb, s, args.trials),
+        "optuna CMA-ES (sequential)": lambda pb, s: _optuna_run("CmaEsSampler", pb, s, args.trials),
+    }
+    try:
+        import torch  # noqa: F401
+
+        contenders["orchard optuna GP"] = lambda pb, s: _orchard_run({"optuna": {"sampler": "GPSampler"}}, pb, s,
+                                                                     args.trials, args.workers)
+        contenders["optuna GP (sequential)"] = lambda pb, s: _optuna_run("GPSampler", pb, s, args.trials)
+    except ImportError:
+        print("GPSampler skipped: PyTorch is not installed")
+    marks = [m for m in (50, 100, 200) if m <= args.trials]
+    print(f"{args.seeds} seeds, {args.trials} trials, Orchard with {args.workers} simulated async workers; "
+          "median simple regret at " + "/".join(map(str, marks)) + " trials; CPU s per suggestion")
+    for problem_name in args.problems:
+        problem = PROBLEMS[problem_name]
+        for name, run in contenders.items():
+            runs = [run(problem, seed) for seed in range(args.seeds)]
+            medians = [statistics.median(r[0][m - 1] - problem[2] for r in runs) for m in marks]
+            cost = statistics.median(r[1] for r in runs)
+            print(f"{problem_name:13s} {name:27s} " + " ".join(f"{v:10.4g}" for v in medians) + f"  {cost:8.4f} s")
+
+
+def cost(args: argparse.Namespace) -> None:
+    problem = PROBLEMS["hartmann6"]
+    space = Space.from_config(problem[0])
+    rng = np.random.default_rng(0)
+    print("optuna TPE adapter on Hartmann6, CPU seconds of one suggestion")
+    for size in args.sizes:
+        points = [space.sample(rng) for _ in range(size + 1)]
+        completed = [Observation(dict(p), problem[1](p)) for p in points]
+        algorithm = make_algorithm({"optuna": {"sampler": "TPESampler"}}, space, 1)
+        start = time.process_time()
+        algorithm.suggest(completed[:size], [], n=1)
+        first = time.process_time() - start
+        start = time.process_time()
+        algorithm.suggest(completed, [], n=1)
+        later = time.process_time() - start
+        print(f"{size:6d} completed: first call {first:8.3f} s (builds the study), later call {later:8.3f} s")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="part")
+    r = sub.add_parser("regret")
+    r.add_argument("--seeds", type=int, default=10)
+    r.add_argument("--trials", type=int, default=200)
+    r.add_argument("--workers", type=int, default=4)
+    r.add_argument("--problems", nargs="+", default=list(PROBLEMS), choices=list(PROBLEMS))
+    c = sub.add_parser("cost")
+    c.add_argument("--sizes", type=int, nargs="+", default=[100, 1000, 10000])
+    args = parser.parse_args()
+    if args.part is None:
+        parser.error("name a part: regret or cost")
+    (cost if args.part == "cost" else regret)(args)
+
+
+if __name__ == "__main__":
+    main()

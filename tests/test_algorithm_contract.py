@@ -1,0 +1,116 @@
+"""The public algorithm contract: every registered algorithm passes the conformance kit; plugins by name."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from orchard.algorithms import ALGORITHMS, algorithm_class, algorithm_names, make_algorithm
+from orchard.errors import ConfigurationError
+from orchard.space import Space
+from orchard.testing.algorithms import DEFAULT_SPACE, check_algorithm
+from tests.test_cli import TRAIN
+
+FIDELITY_SPACE = {**DEFAULT_SPACE, "epochs": "fidelity(1, 27, base=3)"}
+MULTI_FIDELITY = {"asha", "hyperband"}
+
+
+@pytest.mark.parametrize("name", sorted(ALGORITHMS))
+def test_built_in_algorithm_passes_the_conformance_kit(name: str) -> None:
+    space = FIDELITY_SPACE if name in MULTI_FIDELITY else DEFAULT_SPACE
+
+    def factory(space: Space, seed: int | None) -> Any:
+        return make_algorithm(name, space, seed)
+
+    check_algorithm(factory, space=space)
+
+
+@pytest.mark.parametrize("sampler", [{"sampler": "TPESampler", "multivariate": True}, {"sampler": "CmaEsSampler"},
+                                     {"sampler": "QMCSampler"}])
+def test_optuna_samplers_pass_the_conformance_kit(sampler: dict[str, Any]) -> None:
+    pytest.importorskip("optuna")
+    numeric = {"lr": "loguniform(1e-4, 1.0)", "x": "uniform(-5, 10)", "layers": "randint(1, 8)",
+               "epochs": "fidelity(1, 27)"}
+    space = DEFAULT_SPACE if sampler["sampler"] == "TPESampler" else numeric
+    check_algorithm(lambda space, seed: make_algorithm({"optuna": sampler}, space, seed), space=space)
+
+
+def test_optuna_refuses_what_it_cannot_run() -> None:
+    pytest.importorskip("optuna")
+    space = Space.from_config(DEFAULT_SPACE)
+    with pytest.raises(ConfigurationError, match="NSGAIISampler' needs several objectives"):
+        make_algorithm({"optuna": {"sampler": "NSGAIISampler"}}, space)
+    with pytest.raises(ConfigurationError, match="no option 'multivariat'"):
+        make_algorithm({"optuna": {"multivariat": True}}, space)
+    try:
+        import torch  # noqa: F401
+    except ImportError:
+        with pytest.raises(ConfigurationError, match="'GPSampler' needs the torch package; install it with"):
+            make_algorithm({"optuna": {"sampler": "GPSampler"}}, space)
+    with pytest.raises(ConfigurationError, match="no sampler 'Tpe'"):
+        make_algorithm({"optuna": {"sampler": "Tpe"}}, space)
+
+
+def test_the_kit_catches_an_algorithm_that_ignores_pending() -> None:
+    random_search = algorithm_class("random")
+
+    class Forgetful(random_search):  # type: ignore[misc, valid-type]
+        def suggest(self, completed: Any, pending: Any, n: int = 1, seen: Any = None) -> Any:
+            return super().suggest(completed, [], n, None)
+
+    with pytest.raises(AssertionError, match="pending"):
+        check_algorithm(lambda space, seed: Forgetful(space, seed))
+
+
+def test_an_unknown_algorithm_lists_the_valid_names() -> None:
+    with pytest.raises(ConfigurationError, match="valid algorithms: random, grid, bayes"):
+        algorithm_class("no_such_search")
+    assert algorithm_names()[: len(ALGORITHMS)] == list(ALGORITHMS)
+
+
+PLUGIN_PACKAGE = Path(__file__).parent / "data" / "plugin_pkg"
+
+
+@pytest.fixture(scope="module")
+def plugin_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The test plugin package, installed by pip into a private directory (put on PYTHONPATH to use it)."""
+    target = tmp_path_factory.mktemp("plugin_site")
+    subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation",
+                    "--no-index", "--target", str(target), str(PLUGIN_PACKAGE)],
+                   check=True, capture_output=True, timeout=300)
+    return target
+
+
+def test_a_third_party_algorithm_is_used_by_name_from_hunt(
+    plugin_path: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "train.py").write_text(TRAIN)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ORCHARD_")}
+    env["PYTHONPATH"] = os.pathsep.join([str(plugin_path), env.get("PYTHONPATH", "")])
+    env["HOME"] = str(tmp_path)
+    hunt = [sys.executable, "-m", "orchard.cli", "hunt", "-n", "plugged", "--storage", "orchard.pkl",
+            "--max-trials", "3", "--algorithm", "center_first",
+            sys.executable, "train.py", "--x~uniform(0, 1)", "--y~uniform(0, 4)"]
+    done = subprocess.run(hunt, cwd=tmp_path, env=env, text=True, capture_output=True, timeout=120, check=False)
+    assert done.returncode == 0, done.stderr
+
+    import orchard
+    from orchard import algorithms
+
+    monkeypatch.syspath_prepend(str(plugin_path))  # this process reads the experiment, so it needs the plugin too
+    algorithms._entry_points.cache_clear()
+    trials = orchard.get_experiment("plugged", storage=str(tmp_path / "orchard.pkl")).fetch_trials()
+    assert {"x": 0.5, "y": 2.0} in [t.params for t in trials]
+    assert len(trials) == 3
+    assert orchard.get_experiment("plugged", storage=str(tmp_path / "orchard.pkl")).algorithm == {"center_first": {}}
+
+    other = [*hunt[:5], "other", *hunt[6:11], "nowhere_search", *hunt[12:]]
+    unknown = subprocess.run(other, cwd=tmp_path, env=env, text=True, capture_output=True, timeout=120, check=False)
+    assert unknown.returncode != 0
+    assert "center_first" in unknown.stderr  # the valid names include the installed plugin
+    algorithms._entry_points.cache_clear()
