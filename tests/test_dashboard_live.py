@@ -436,3 +436,37 @@ def test_multi_fidelity_experiments_show_their_rungs(browser: Any, tmp_path: Pat
         wait_for(browser, lambda b: b.find_elements(By.CSS_SELECTOR, "#plot-best svg.main-svg"))
         screenshot(browser, "dashboard-rungs.png")
 
+
+
+def test_the_experiment_page_draws_learning_curves_and_marks_pruned_trials(browser: Any, tmp_path: Path) -> None:
+    """Reports show as one line per trial; a pruned trial's line ends in a cross; the page follows new reports."""
+    from selenium.webdriver.common.by import By
+
+    uri = str(tmp_path / "orchard.pkl")
+    store = get_storage(uri)
+    exp_id = store.create_experiment("curves", {"space": {"x": "uniform(0, 1)"}, "algorithm": "random",
+                                                "max_trials": 10, "pruner": {"median": {}}})
+    done = store.register_trial(exp_id, {"x": 0.1}, worker="host:1:a")
+    for step in range(1, 6):
+        store.report_trial(done.id, "host:1:a", step, 1.0 / step)
+    store.complete_trial(done.id, "host:1:a", 0.2)
+    cut = store.register_trial(exp_id, {"x": 0.9}, worker="host:1:a")
+    store.report_trial(cut.id, "host:1:a", 1, 3.0)
+    store.report_trial(cut.id, "host:1:a", 2, 2.9)
+    store.prune_trial(cut.id, "host:1:a", {"pruner": "median", "reason": "worse than the median", "step": 2})
+    running = store.register_trial(exp_id, {"x": 0.5}, worker="host:2:b")
+    store.report_trial(running.id, "host:2:b", 1, 2.0)
+    with serving(uri, cwd=tmp_path) as served:
+        browser.get(served.url + "experiments/curves")
+        wait_for(browser, lambda b: b.find_elements(By.CSS_SELECTOR, "#plot-curves svg.main-svg"))
+        assert wait_for(browser, lambda b: b.execute_script(
+            "return document.getElementById('count-pruned').textContent === '1'"))
+        traces = lambda b: b.execute_script(  # noqa: E731
+            "const d = document.getElementById('plot-curves').data || [];"
+            "return d.map(t => [t.mode, t.x.length, t.marker ? t.marker.symbol : null]);")
+        assert sorted(map(tuple, wait_for(browser, lambda b: len(traces(b)) == 4 and traces(b)))) == sorted(
+            [("lines", 5, None), ("lines", 2, None), ("markers", 1, "x"), ("lines", 1, None)])
+        store.report_trial(running.id, "host:2:b", 2, 1.8)  # the running trial reports again: the page follows
+        wait_for(browser, lambda b: sum(t[0] == "lines" and t[1] == 2 for t in traces(b)) == 2)
+        browser.get("about:blank")
+    store.close()

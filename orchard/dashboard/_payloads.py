@@ -203,6 +203,8 @@ def _row(trial: Trial, number: int) -> dict[str, Any]:
         "submit_time": trial.submit_time, "start_time": trial.start_time, "end_time": trial.end_time,
         "heartbeat": trial.heartbeat, "duration": trial.duration, "attempts": trial.attempts, "parent": trial.parent,
         "error": None if error is None else _error_row(error),
+        "reports": [[step, _finite(value)] for step, value in trial.reports],
+        "verdict": None if not trial.verdict else _text(trial.verdict.get("reason", "")),
     }
 
 

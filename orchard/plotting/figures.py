@@ -32,6 +32,7 @@ __all__ = [
 #: Colour of each status in the timeline (and of broken trials in the regret plot).
 STATUS_COLORS: dict[TrialStatus, str] = {
     TrialStatus.COMPLETED: "#2ca02c",
+    TrialStatus.PRUNED: "#9467bd",
     TrialStatus.BROKEN: "#d62728",
     TrialStatus.RESERVED: "#1f77b4",
     TrialStatus.INTERRUPTED: "#ff7f0e",

@@ -6,7 +6,7 @@ const API = "/api/experiments/" + encodeURIComponent(NAME);
 const MAX_ROWS = 500;
 const state = { fidelity: null, version: 0, trials: new Map(), params: [], sortKey: "number", sortDir: 1, drawnVersion: -1 };
 const PLOT_CONFIG = { displaylogo: false, responsive: true };
-const STATUS_COLORS = { completed: "#2f7d4f", reserved: "#1f5fa8", broken: "#b3261e", interrupted: "#c98a00", new: "#8a96a3" };
+const STATUS_COLORS = { completed: "#2f7d4f", pruned: "#6b7785", reserved: "#1f5fa8", broken: "#b3261e", interrupted: "#c98a00", new: "#8a96a3" };
 
 function renderSummary(detail) {
   document.title = detail.name + " - Orchard";
@@ -18,6 +18,7 @@ function renderSummary(detail) {
   setText("count-reserved", c.reserved);
   setText("count-waiting", c.new + c.interrupted);
   setText("count-broken", c.broken);
+  setText("count-pruned", c.pruned || 0);
   setText("best", fmtNumber(detail.best_objective));
   setText("best-params", fmtParams(detail.best_params));
   setText("algorithm", detail.algorithm);
@@ -234,12 +235,50 @@ function drawTimeline() {
   Plotly.react("plot-timeline", data, layout, PLOT_CONFIG);
 }
 
+// Learning curves: the reports of each trial against the step (at most MAX_CURVES of them: the best by
+// their last value, then the latest); pruned trials end in a cross, the best completed trial is thick.
+const MAX_CURVES = 300;
+
+function drawCurves() {
+  let reported = [...state.trials.values()].filter((t) => t.reports && t.reports.length);
+  const section = document.getElementById("curves-section");
+  section.hidden = reported.length === 0;
+  if (!reported.length) return;
+  const completed = reported.filter((t) => t.status === "completed" && t.objective !== null);
+  const best = completed.reduce((a, t) => (a === null || t.objective < a.objective ? t : a), null);
+  if (reported.length > MAX_CURVES) {
+    const last = (t) => t.reports[t.reports.length - 1][1];
+    const byValue = [...reported].sort((a, b) => last(a) - last(b)).slice(0, MAX_CURVES / 2);
+    const latest = [...reported].sort((a, b) => b.number - a.number).slice(0, MAX_CURVES / 2);
+    reported = [...new Set([...byValue, ...latest, ...(best ? [best] : [])])];
+  }
+  const data = [];
+  reported.forEach((t) => {
+    const isBest = best !== null && t.id === best.id;
+    const color = isBest ? "#d62728" : t.status === "completed" ? "#1f77b4" : (STATUS_COLORS[t.status] || "#8a96a3");
+    const label = plotText("#" + t.number + " " + fmtParams(t.params) + (t.verdict ? " — pruned: " + t.verdict : ""));
+    data.push({ x: t.reports.map((r) => r[0]), y: t.reports.map((r) => r[1]), mode: "lines", showlegend: false,
+      line: { color, width: isBest ? 3 : 1, dash: t.status === "reserved" ? "dash" : "solid" },
+      opacity: isBest || t.status === "completed" ? 1 : 0.55, text: t.reports.map(() => label),
+      hovertemplate: "%{text}<br>step %{x}: %{y:.4g}<extra></extra>" });
+    if (t.status === "pruned") {
+      const end = t.reports[t.reports.length - 1];
+      data.push({ x: [end[0]], y: [end[1]], mode: "markers", showlegend: false, hoverinfo: "skip",
+        marker: { symbol: "x", size: 8, color } });
+    }
+  });
+  const layout = { margin: { l: 50, r: 10, t: 10, b: 40 }, xaxis: { title: { text: "step" } },
+    yaxis: { title: { text: "reported value" } } };
+  Plotly.react("plot-curves", data, layout, PLOT_CONFIG);
+}
+
 function drawPlots() {
   if (state.drawnVersion === state.version || typeof Plotly === "undefined") return;
   const done = completedInOrder();
   drawBest(done);
   if (done.length) drawParallel(done);
   drawTimeline();
+  drawCurves();
   state.drawnVersion = state.version;
 }
 
