@@ -27,6 +27,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
+from orchard.options import Configurable
 from orchard.errors import ConfigurationError, SpaceExhaustedError
 from orchard.space import Prior, Space, params_hash
 
@@ -86,7 +87,7 @@ class SeenPoints:
         self._hashes.add(params_hash(params))
 
 
-class BaseAlgorithm(abc.ABC):
+class BaseAlgorithm(Configurable, abc.ABC):
     """A search algorithm: turns a history into new points to evaluate.
 
     Guarantees every implementation keeps:
@@ -120,36 +121,12 @@ class BaseAlgorithm(abc.ABC):
         ConfigurationError: an unknown option, or an invalid option value.
     """
 
-    #: The registry name of the algorithm.
-    name: ClassVar[str] = ""
-    #: Every option the algorithm accepts, with its default.
-    OPTIONS: ClassVar[dict[str, Any]] = {}
+    KIND: ClassVar[str] = "algorithm"
 
     def __init__(self, space: Space, seed: int | None = None, **options: Any) -> None:
         self.space = space
         self.seed = seed
         self.options = self.check_options(options)
-
-    @classmethod
-    def check_options(cls, options: Mapping[str, Any]) -> dict[str, Any]:
-        """Return ``options`` with defaults filled in, after checking names and values.
-
-        Raises:
-            ConfigurationError: an unknown option or an invalid value.
-        """
-        unknown = sorted(set(options) - set(cls.OPTIONS))
-        if unknown:
-            valid = ", ".join(sorted(cls.OPTIONS)) or "(none)"
-            raise ConfigurationError(
-                f"algorithm {cls.name!r} has no option {', '.join(map(repr, unknown))}; valid options: {valid}"
-            )
-        merged = {**cls.OPTIONS, **options}
-        cls._check_values(merged)
-        return merged
-
-    @classmethod
-    def _check_values(cls, options: dict[str, Any]) -> None:
-        """Validate option values (subclasses override); raise ``ConfigurationError``."""
 
     @abc.abstractmethod
     def suggest(

@@ -27,6 +27,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar
 
 from orchard.errors import ConfigurationError
+from orchard.options import Configurable
 
 __all__ = ["BasePruner", "Curve", "Verdict", "value_at"]
 
@@ -86,7 +87,7 @@ def value_at(curve: Curve, step: int) -> float | None:
     return None
 
 
-class BasePruner(abc.ABC):
+class BasePruner(Configurable, abc.ABC):
     """Decides whether a running trial goes on, from the reports stored so far.
 
     Guarantees every implementation keeps:
@@ -106,34 +107,10 @@ class BasePruner(abc.ABC):
         ConfigurationError: an unknown option, or an invalid option value.
     """
 
-    #: The registry name of the pruner.
-    name: ClassVar[str] = ""
-    #: Every option the pruner accepts, with its default.
-    OPTIONS: ClassVar[dict[str, Any]] = {}
+    KIND: ClassVar[str] = "pruner"
 
     def __init__(self, **options: Any) -> None:
         self.options = self.check_options(options)
-
-    @classmethod
-    def check_options(cls, options: Mapping[str, Any]) -> dict[str, Any]:
-        """Return ``options`` with defaults filled in, after checking names and values.
-
-        Raises:
-            ConfigurationError: an unknown option or an invalid value.
-        """
-        unknown = sorted(set(options) - set(cls.OPTIONS))
-        if unknown:
-            valid = ", ".join(sorted(cls.OPTIONS)) or "(none)"
-            raise ConfigurationError(
-                f"pruner {cls.name!r} has no option {', '.join(map(repr, unknown))}; valid options: {valid}"
-            )
-        merged = {**cls.OPTIONS, **options}
-        cls._check_values(merged)
-        return merged
-
-    @classmethod
-    def _check_values(cls, options: dict[str, Any]) -> None:
-        """Validate option values (subclasses override); raise ``ConfigurationError``."""
 
     @abc.abstractmethod
     def judge(self, trial_id: str, own: Curve, others: Mapping[str, Curve]) -> Verdict:
