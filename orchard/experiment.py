@@ -31,7 +31,10 @@ from orchard.experiment_config import ExperimentConfig
 from orchard.interruption import interruptible
 from orchard.monitor import ProgressMonitor
 from orchard.naming import check_experiment_name
+from orchard.constraints import normalize_constraints
 from orchard.objective import Outcome, check_objective, interpret_result
+from orchard.objectives import normalize_objectives
+from orchard.pareto import front_hypervolume, pareto_front
 from orchard.report import TrialPruned, check_report
 from orchard.resources import assign_devices, parse_gpus, parse_memory
 from orchard.space import Space
@@ -59,6 +62,8 @@ def build_experiment(
     working_dir: str | None = None,
     max_attempts: int | None = None,
     pruner: str | Mapping[str, Any] | None = None,
+    objectives: Mapping[str, str] | None = None,
+    constraints: Sequence[str] | None = None,
 ) -> Experiment:
     """Create the experiment ``name``, or join it if it exists.
 
@@ -84,12 +89,16 @@ def build_experiment(
         pruner: stops running trials from the values they report with
             :func:`orchard.report`: ``"median"``, ``"asha"``, ``{"hyperband": {"max_step": 50}}``, …
             (see :mod:`orchard.pruners`; default ``"none"`` when creating).
+        objectives: several objectives, ``{"error": "min", "latency_ms": "min"}``; the
+            objective then returns (or a script reports) a dict with each by name.
+        constraints: bounds on reported metrics, ``["memory_gb <= 16"]``.
 
     Returns:
         The experiment client.
 
     Raises:
-        ExperimentConflictError: joining with a different space, algorithm or pruner, or a lower budget.
+        ExperimentConflictError: joining with a different space, algorithm, pruner, objectives or
+            constraints, or a lower budget.
         ConfigurationError: an invalid setting (nothing is stored), or no space to create
             a new experiment.
         StorageError: the storage cannot be used.
@@ -105,6 +114,7 @@ def build_experiment(
     wanted_algo = normalize_algorithm_config(wanted_algo, wanted_space) if wanted_algo is not None else None
     wanted_pruner = settings.get("pruner", pruner, use_default=False)
     wanted_pruner = normalize_pruner_config(wanted_pruner) if wanted_pruner is not None else None
+    wanted = {"objectives": normalize_objectives(objectives), "constraints": normalize_constraints(constraints)}
     store = get_storage(settings.get("storage", storage))
     record = store.get_experiment(name)
     if record is None:
@@ -117,9 +127,10 @@ def build_experiment(
             fields["algorithm"] = wanted_algo
         if wanted_pruner is not None:
             fields["pruner"] = wanted_pruner
+        fields.update(wanted)
         store.create_experiment(name, ExperimentConfig(**fields).to_dict())
         record = store.require_experiment(name)
-    record = _join(store, record, wanted_space, wanted_algo, chosen, wanted_pruner)
+    record = _join(store, record, wanted_space, wanted_algo, chosen, wanted_pruner, wanted)
     return Experiment(store, record)
 
 
@@ -140,8 +151,9 @@ def _join(
     algorithm: dict[str, Any] | None,
     chosen: Mapping[str, Any],
     pruner: dict[str, Any] | None = None,
+    goals: Mapping[str, Any] | None = None,
 ) -> ExperimentRecord:
-    """Check a joiner's settings against the stored ones; raise budgets if asked."""
+    """Check a joiner's settings (``goals``: objectives and constraints) against the stored ones."""
     stored = ExperimentConfig.from_dict(record.config)
     problems: list[str] = []
     if space is not None:
@@ -150,6 +162,9 @@ def _join(
         problems.append(f"algorithm: stored {stored.algorithm} != given {algorithm}")
     if pruner is not None and pruner != stored.pruner:
         problems.append(f"pruner: stored {stored.pruner} != given {pruner}")
+    for key, value in (goals or {}).items():
+        if value is not None and value != getattr(stored, key):
+            problems.append(f"{key}: stored {getattr(stored, key)} != given {value}")
     max_trials = chosen.get("max_trials")
     if max_trials is not None and stored.max_trials is not None and max_trials < stored.max_trials:
         problems.append(f"max_trials: stored {stored.max_trials} > given {max_trials} (it can only be raised)")
@@ -439,8 +454,40 @@ class Experiment:
 
     @property
     def best_trial(self) -> Trial | None:
-        """The completed trial with the lowest objective, or ``None``."""
+        """The completed trial with the lowest objective, or ``None``.
+
+        Raises:
+            ConfigurationError: the experiment has several objectives (use :meth:`pareto_front`).
+        """
+        objectives = self.settings.objectives
+        if objectives is not None and len(objectives) > 1:
+            raise ConfigurationError(
+                f"experiment {self.name!r} has several objectives ({', '.join(objectives)}), so no single "
+                "best trial; use exp.pareto_front() for the trials no other one beats on every objective")
+        if objectives is not None or self.settings.constraints:
+            return next(iter(self.pareto_front()), None)
         return self.storage.best_trial(self.id)
+
+    def pareto_front(self) -> list[Trial]:
+        """The feasible completed trials that no other feasible completed trial dominates, oldest first.
+
+        On a single-objective experiment, the best feasible trial(s).
+        """
+        return pareto_front(self.fetch_trials([TrialStatus.COMPLETED]), self._objectives, self.settings.constraints)
+
+    def hypervolume(self, reference: Sequence[float] | None = None) -> tuple[float, tuple[float, ...]]:
+        """The hypervolume of :meth:`pareto_front` and its reference point (minimisation form).
+
+        Args:
+            reference: one value per objective, in the objectives' directions; ``None``: the
+                worst feasible value of each plus 10 % of its range.
+        """
+        trials = self.fetch_trials([TrialStatus.COMPLETED])
+        return front_hypervolume(trials, self._objectives, self.settings.constraints, reference)
+
+    @property
+    def _objectives(self) -> dict[str, str]:
+        return self.settings.objectives or {"objective": "min"}
 
     @property
     def stats(self) -> dict[str, Any]:

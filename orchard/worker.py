@@ -50,7 +50,8 @@ from orchard.experiment_config import (
 from orchard.history import History
 from orchard.leases import LeaseObserver
 from orchard.naming import worker_name
-from orchard.objective import Outcome
+from orchard.constraints import feasibility
+from orchard.objective import Outcome, with_objectives
 from orchard.pruners import make_pruner
 from orchard.pacemaker import Pacemaker
 from orchard.space import trial_id as params_trial_id
@@ -415,6 +416,12 @@ class Worker:
         verdict = self.judge.verdict_of(trial_id)
         if verdict is not None:
             return Outcome.pruned_by(verdict.to_dict())
+        if self.settings.objectives is not None:
+            outcome = with_objectives(outcome, self.settings.objectives)
+        if outcome.ok and self.settings.constraints:
+            standing = feasibility(outcome.results, self.settings.constraints)
+            if not standing.feasible:  # kept and shown, never on the front
+                log.info("trial %s is infeasible: %s", trial_id, "; ".join(standing.reasons))
         if outcome.pruned is not None and trial_id not in self.judge.reported:
             return Outcome.failure(
                 "TrialPruned", "the objective raised TrialPruned before reporting any value; call "
