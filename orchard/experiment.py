@@ -114,7 +114,8 @@ def build_experiment(
     wanted_algo = normalize_algorithm_config(wanted_algo, wanted_space) if wanted_algo is not None else None
     wanted_pruner = settings.get("pruner", pruner, use_default=False)
     wanted_pruner = normalize_pruner_config(wanted_pruner) if wanted_pruner is not None else None
-    wanted = {"objectives": normalize_objectives(objectives), "constraints": normalize_constraints(constraints)}
+    wanted = {"objectives": normalize_objectives(settings.get("objectives", objectives, use_default=False)),
+              "constraints": normalize_constraints(settings.get("constraints", constraints, use_default=False))}
     store = get_storage(settings.get("storage", storage))
     record = store.get_experiment(name)
     if record is None:

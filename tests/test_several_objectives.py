@@ -141,3 +141,34 @@ def test_four_processes_find_a_non_dominated_feasible_front(store) -> None:
     assert front and all(t.results["memory_gb"] <= 16 for t in front)
     for trial in front:
         assert not any(dominates(v, minimized(trial.results, GOALS)) for v in feasible)
+
+
+SCRIPT = '''
+import argparse, math
+import orchard
+parser = argparse.ArgumentParser()
+parser.add_argument("--x", type=float)
+parser.add_argument("--y", type=float)
+args = parser.parse_args()
+orchard.report_results({"error": (args.x - 0.3) ** 2, "latency_ms": 1 + args.y, "memory_gb": 20 * args.x})
+'''
+
+
+def test_hunt_declares_objectives_and_constraints(tmp_path, monkeypatch, capsys) -> None:
+    import sys
+
+    from orchard.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    (tmp_path / "train.py").write_text(SCRIPT)
+    command = [sys.executable, "train.py", "--x~uniform(0, 1)", "--y~uniform(0, 1)"]
+    options = ["--objective", "error:min", "--objective", "latency_ms:min", "--constraint", "memory_gb <= 16"]
+    assert main(["hunt", "-n", "e", "--storage", "orchard.pkl", "--max-trials", "4", *options, *command]) == 0
+    assert "on the Pareto front" in capsys.readouterr().out
+    exp = orchard.get_experiment("e", storage="orchard.pkl")
+    assert exp.settings.objectives == {"error": "min", "latency_ms": "min"}
+    assert exp.settings.constraints == ["memory_gb <= 16"]
+    assert all(t.status is TrialStatus.COMPLETED and "latency_ms" in t.results for t in exp.fetch_trials())
+    assert main(["hunt", "-n", "e", "--storage", "orchard.pkl", "--objective", "error:max", *command]) == 1
+    assert "objectives: stored" in capsys.readouterr().err
