@@ -14,6 +14,7 @@ grid      a regular grid, each point once                         n_values, budg
 bayes     scikit-optimize surrogate + acquisition, constant liar  see ``BayesianOptimization``
 asha      asynchronous successive halving over a ``fidelity``     see ``Asha``
 hyperband several ASHA brackets starting at different rungs       see ``Hyperband``
+nsga2     NSGA-II: several objectives, constraints            see ``Nsga2``
 ========  ======================================================  ===================
 
 ``bayes`` imports scikit-optimize (and scikit-learn) only when first used.
@@ -27,6 +28,7 @@ from typing import Any
 from orchard.algorithms._asha import Asha
 from orchard.algorithms._grid import GridSearch
 from orchard.algorithms._hyperband import Hyperband
+from orchard.algorithms._nsga2 import Nsga2
 from orchard.algorithms._random import RandomSearch
 from orchard.algorithms.base import BaseAlgorithm, Observation
 from orchard.errors import ConfigurationError
@@ -38,6 +40,7 @@ __all__ = [
     "BaseAlgorithm",
     "GridSearch",
     "Hyperband",
+    "Nsga2",
     "Observation",
     "RandomSearch",
     "algorithm_class",
@@ -61,6 +64,7 @@ ALGORITHMS: dict[str, Callable[[], type[BaseAlgorithm]]] = {
     "bayes": _bayes,
     "asha": lambda: Asha,
     "hyperband": lambda: Hyperband,
+    "nsga2": lambda: Nsga2,
 }
 
 
