@@ -132,7 +132,9 @@ def test_a_constraint_naming_no_reported_metric_makes_trials_infeasible(store, c
 
 @pytest.mark.slow
 def test_four_processes_find_a_non_dominated_feasible_front(store) -> None:
-    exp = build(store, objectives=GOALS, constraints=["memory_gb <= 16"], max_trials=40)
+    """4 loky workers breeding NSGA-II children from the shared pickle file."""
+    exp = build(store, objectives=GOALS, constraints=["memory_gb <= 16"], max_trials=40,
+                algorithm={"nsga2": {"population_size": 8}})
     exp.workon(zdt1, n_workers=4, progress=False)
     completed = exp.fetch_trials([TrialStatus.COMPLETED])
     assert len(completed) == 40
