@@ -17,24 +17,24 @@ from typing import Any
 
 from orchard import config as _config
 from orchard.algorithms import normalize_algorithm_config
-from orchard.pruners import normalize_pruner_config
+from orchard.constraints import normalize_constraints
 from orchard.errors import (
     ConfigurationError,
     ExecutorError,
     ExperimentBrokenError,
-    ExperimentConflictError,
     OrchardError,
 )
 from orchard.executors import make_executor, reaches_local_processes, shares_environment
 from orchard.executors.task import WorkerTask, run_tasks
 from orchard.experiment_config import ExperimentConfig
 from orchard.interruption import interruptible
+from orchard.joining import join_experiment
 from orchard.monitor import ProgressMonitor
 from orchard.naming import check_experiment_name
-from orchard.constraints import normalize_constraints
 from orchard.objective import Outcome, check_objective, interpret_result
 from orchard.objectives import normalize_objectives
 from orchard.pareto import front_hypervolume, pareto_front
+from orchard.pruners import normalize_pruner_config
 from orchard.report import TrialPruned, check_report
 from orchard.resources import assign_devices, parse_gpus, parse_memory
 from orchard.space import Space
@@ -131,7 +131,7 @@ def build_experiment(
         fields.update(wanted)
         store.create_experiment(name, ExperimentConfig(**fields).to_dict())
         record = store.require_experiment(name)
-    record = _join(store, record, wanted_space, wanted_algo, chosen, wanted_pruner, wanted)
+    record = join_experiment(store, record, wanted_space, wanted_algo, chosen, wanted_pruner, wanted)
     return Experiment(store, record)
 
 
@@ -143,45 +143,6 @@ def get_experiment(name: str, storage: str | BaseStorage | None = None) -> Exper
     """
     store = get_storage(_config.resolve("storage", storage))
     return Experiment(store, store.require_experiment(name))
-
-
-def _join(
-    store: BaseStorage,
-    record: ExperimentRecord,
-    space: Space | None,
-    algorithm: dict[str, Any] | None,
-    chosen: Mapping[str, Any],
-    pruner: dict[str, Any] | None = None,
-    goals: Mapping[str, Any] | None = None,
-) -> ExperimentRecord:
-    """Check a joiner's settings (``goals``: objectives and constraints) against the stored ones."""
-    stored = ExperimentConfig.from_dict(record.config)
-    problems: list[str] = []
-    if space is not None:
-        problems += [f"space {line}" for line in stored.space.diff(space)]
-    if algorithm is not None and algorithm != stored.algorithm:
-        problems.append(f"algorithm: stored {stored.algorithm} != given {algorithm}")
-    if pruner is not None and pruner != stored.pruner:
-        problems.append(f"pruner: stored {stored.pruner} != given {pruner}")
-    for key, value in (goals or {}).items():
-        if value is not None and value != getattr(stored, key):
-            problems.append(f"{key}: stored {getattr(stored, key)} != given {value}")
-    max_trials = chosen.get("max_trials")
-    if max_trials is not None and stored.max_trials is not None and max_trials < stored.max_trials:
-        problems.append(f"max_trials: stored {stored.max_trials} > given {max_trials} (it can only be raised)")
-    if problems:
-        raise ExperimentConflictError(
-            f"experiment {record.name!r} exists with a different configuration: "
-            + "; ".join(problems)
-            + ". Use the stored settings, or a new experiment name"
-        )
-    changes = {key: chosen[key] for key in _RAISABLE
-               if chosen.get(key) is not None and chosen[key] != getattr(stored, key)}
-    return store.update_experiment(record.id, changes) if changes else record
-
-
-#: Settings a joiner may change in the stored experiment.
-_RAISABLE = ("max_trials", "max_broken", "max_attempts")
 
 
 def _log_if_budget_met(experiment: Experiment) -> None:
@@ -269,7 +230,7 @@ class Experiment:
         on_error: Callable[[Trial], None] | None = None,
         progress: bool = True,
         idle_timeout: float | None = None,
-        trial_memory_limit: int | float | str | None = None,
+        trial_memory_limit: float | str | None = None,
         gpus: str | int | Sequence[int | str] | None = None,
         gpus_per_worker: int = 1,
     ) -> dict[str, Any]:
@@ -474,7 +435,7 @@ class Experiment:
 
         On a single-objective experiment, the best feasible trial(s).
         """
-        return pareto_front(self.fetch_trials([TrialStatus.COMPLETED]), self._objectives, self.settings.constraints)
+        return pareto_front(self.fetch_trials([TrialStatus.COMPLETED]), self.settings.objectives, self.settings.constraints)
 
     def hypervolume(self, reference: Sequence[float] | None = None) -> tuple[float, tuple[float, ...]]:
         """The hypervolume of :meth:`pareto_front` and its reference point (minimisation form).
@@ -484,11 +445,7 @@ class Experiment:
                 worst feasible value of each plus 10 % of its range.
         """
         trials = self.fetch_trials([TrialStatus.COMPLETED])
-        return front_hypervolume(trials, self._objectives, self.settings.constraints, reference)
-
-    @property
-    def _objectives(self) -> dict[str, str]:
-        return self.settings.objectives or {"objective": "min"}
+        return front_hypervolume(trials, self.settings.objectives, self.settings.constraints, reference)
 
     @property
     def stats(self) -> dict[str, Any]:

@@ -1,5 +1,7 @@
 """The Pareto front of an experiment's trials, and its hypervolume.
 
+``objectives=None`` (a single-objective experiment) reads ``trial.objective``, minimized.
+
 Reads trials as stored: a completed trial's objective vector is made of the
 metrics named by the experiment's ``objectives`` in its ``results``
 (minimisation form, see :func:`orchard.objectives.minimized`); its
@@ -19,9 +21,10 @@ __all__ = ["front_hypervolume", "pareto_front", "scored"]
 
 
 def scored(
-    trials: Iterable[Trial], objectives: Mapping[str, str], constraints: Sequence[str] | None,
+    trials: Iterable[Trial], objectives: Mapping[str, str] | None, constraints: Sequence[str] | None,
 ) -> list[tuple[Trial, tuple[float, ...], float]]:
     """The completed trials that reported every objective: ``(trial, vector, violation)``, oldest first."""
+    objectives = objectives or {"objective": "min"}
     rows = []
     for trial in trials:
         if trial.status is not TrialStatus.COMPLETED:
@@ -36,7 +39,7 @@ def scored(
 
 
 def pareto_front(
-    trials: Iterable[Trial], objectives: Mapping[str, str], constraints: Sequence[str] | None = None,
+    trials: Iterable[Trial], objectives: Mapping[str, str] | None, constraints: Sequence[str] | None = None,
 ) -> list[Trial]:
     """The feasible completed trials no other feasible completed trial dominates, oldest first."""
     rows = [row for row in scored(trials, objectives, constraints) if row[2] <= 0]
@@ -47,7 +50,7 @@ def pareto_front(
 
 
 def front_hypervolume(
-    trials: Iterable[Trial], objectives: Mapping[str, str], constraints: Sequence[str] | None = None,
+    trials: Iterable[Trial], objectives: Mapping[str, str] | None, constraints: Sequence[str] | None = None,
     reference: Sequence[float] | None = None,
 ) -> tuple[float, tuple[float, ...]]:
     """The hypervolume of the feasible front, and the reference point used (minimisation form).
@@ -65,6 +68,7 @@ def front_hypervolume(
         ``(hypervolume, reference point in minimisation form)``; ``(0.0, ())`` without
         a feasible completed trial and no reference.
     """
+    objectives = objectives or {"objective": "min"}
     rows = [row for row in scored(trials, objectives, constraints) if row[2] <= 0]
     if reference is not None:
         point = minimized(dict(zip(objectives, reference, strict=True)), objectives)
