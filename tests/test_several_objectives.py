@@ -174,3 +174,15 @@ def test_hunt_declares_objectives_and_constraints(tmp_path, monkeypatch, capsys)
     assert all(t.status is TrialStatus.COMPLETED and "latency_ms" in t.results for t in exp.fetch_trials())
     assert main(["hunt", "-n", "e", "--storage", "orchard.pkl", "--objective", "error:max", *command]) == 1
     assert "objectives: stored" in capsys.readouterr().err
+
+
+def test_status_and_info_show_the_front_instead_of_a_best_trial(store, capsys) -> None:
+    from orchard.cli import main
+
+    exp = build(store, objectives=GOALS, max_trials=6, seed=5)
+    exp.workon(zdt1, executor="single", progress=False)
+    size = len(exp.pareto_front())
+    for command in ("status", "info"):
+        assert main([command, "-n", "exp", "--storage", store]) == 0
+        out = capsys.readouterr().out
+        assert f"{size} trials on the Pareto front" in out and "f1=" in out and "best:" not in out
