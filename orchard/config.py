@@ -76,6 +76,28 @@ def name_or_mapping(value: Any) -> Any:
     return data
 
 
+def objective_mapping(value: Any) -> Any:
+    """Several objectives as ``{name: direction}`` from a mapping, ``NAME:DIR`` items or ``"a:min,b:max"``.
+
+    The directions are checked where the experiment is built (:mod:`orchard.objectives`).
+    """
+    if value is None or isinstance(value, Mapping):
+        return value
+    items = value.split(",") if isinstance(value, str) else value
+    requirement = "NAME:min or NAME:max items, such as error:min (or a mapping {error: min})"
+    if not isinstance(items, (list, tuple)) or not all(isinstance(i, str) and ":" in i for i in items):
+        raise ValueError(requirement)
+    pairs = [item.rsplit(":", 1) for item in items]
+    return {name.strip(): direction.strip() for name, direction in pairs}
+
+
+def expression_list(value: Any) -> Any:
+    """Constraint expressions: a list, or one text of ``;``-separated ones (checked by :mod:`orchard.constraints`)."""
+    if isinstance(value, str):
+        return [part for part in value.split(";") if part.strip()]
+    return value
+
+
 def _experiment(key: str) -> Setting:
     return Setting(EXPERIMENT_RULES[key], ExperimentConfig.default(key))
 
@@ -91,6 +113,9 @@ SETTINGS: dict[str, Setting] = {
     # likewise the pruner's (orchard.pruners)
     "pruner": Setting(name_or_mapping, ExperimentConfig.default("pruner")),
     **{key: _experiment(key) for key in EXPERIMENT_RULES},
+    # several objectives and constraints: checked when the experiment is built
+    "objectives": Setting(objective_mapping),
+    "constraints": Setting(expression_list),
     "idle_timeout": Setting(optional(positive_number)),
     "trial_timeout": Setting(optional(positive_number)),
     "executor": Setting(text, "joblib"),

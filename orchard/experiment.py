@@ -17,21 +17,24 @@ from typing import Any
 
 from orchard import config as _config
 from orchard.algorithms import normalize_algorithm_config
-from orchard.pruners import normalize_pruner_config
+from orchard.constraints import normalize_constraints
 from orchard.errors import (
     ConfigurationError,
     ExecutorError,
     ExperimentBrokenError,
-    ExperimentConflictError,
     OrchardError,
 )
 from orchard.executors import make_executor, reaches_local_processes, shares_environment
 from orchard.executors.task import WorkerTask, run_tasks
 from orchard.experiment_config import ExperimentConfig
 from orchard.interruption import interruptible
+from orchard.joining import join_experiment
 from orchard.monitor import ProgressMonitor
 from orchard.naming import check_experiment_name
 from orchard.objective import Outcome, check_objective, interpret_result
+from orchard.objectives import normalize_objectives
+from orchard.pareto import front_hypervolume, pareto_front
+from orchard.pruners import normalize_pruner_config
 from orchard.report import TrialPruned, check_report
 from orchard.resources import assign_devices, parse_gpus, parse_memory
 from orchard.space import Space
@@ -59,6 +62,8 @@ def build_experiment(
     working_dir: str | None = None,
     max_attempts: int | None = None,
     pruner: str | Mapping[str, Any] | None = None,
+    objectives: Mapping[str, str] | None = None,
+    constraints: Sequence[str] | None = None,
 ) -> Experiment:
     """Create the experiment ``name``, or join it if it exists.
 
@@ -84,12 +89,16 @@ def build_experiment(
         pruner: stops running trials from the values they report with
             :func:`orchard.report`: ``"median"``, ``"asha"``, ``{"hyperband": {"max_step": 50}}``, …
             (see :mod:`orchard.pruners`; default ``"none"`` when creating).
+        objectives: several objectives, ``{"error": "min", "latency_ms": "min"}``; the
+            objective then returns (or a script reports) a dict with each by name.
+        constraints: bounds on reported metrics, ``["memory_gb <= 16"]``.
 
     Returns:
         The experiment client.
 
     Raises:
-        ExperimentConflictError: joining with a different space, algorithm or pruner, or a lower budget.
+        ExperimentConflictError: joining with a different space, algorithm, pruner, objectives or
+            constraints, or a lower budget.
         ConfigurationError: an invalid setting (nothing is stored), or no space to create
             a new experiment.
         StorageError: the storage cannot be used.
@@ -105,6 +114,8 @@ def build_experiment(
     wanted_algo = normalize_algorithm_config(wanted_algo, wanted_space) if wanted_algo is not None else None
     wanted_pruner = settings.get("pruner", pruner, use_default=False)
     wanted_pruner = normalize_pruner_config(wanted_pruner) if wanted_pruner is not None else None
+    wanted = {"objectives": normalize_objectives(settings.get("objectives", objectives, use_default=False)),
+              "constraints": normalize_constraints(settings.get("constraints", constraints, use_default=False))}
     store = get_storage(settings.get("storage", storage))
     record = store.get_experiment(name)
     if record is None:
@@ -117,9 +128,10 @@ def build_experiment(
             fields["algorithm"] = wanted_algo
         if wanted_pruner is not None:
             fields["pruner"] = wanted_pruner
+        fields.update(wanted)
         store.create_experiment(name, ExperimentConfig(**fields).to_dict())
         record = store.require_experiment(name)
-    record = _join(store, record, wanted_space, wanted_algo, chosen, wanted_pruner)
+    record = join_experiment(store, record, wanted_space, wanted_algo, chosen, wanted_pruner, wanted)
     return Experiment(store, record)
 
 
@@ -131,41 +143,6 @@ def get_experiment(name: str, storage: str | BaseStorage | None = None) -> Exper
     """
     store = get_storage(_config.resolve("storage", storage))
     return Experiment(store, store.require_experiment(name))
-
-
-def _join(
-    store: BaseStorage,
-    record: ExperimentRecord,
-    space: Space | None,
-    algorithm: dict[str, Any] | None,
-    chosen: Mapping[str, Any],
-    pruner: dict[str, Any] | None = None,
-) -> ExperimentRecord:
-    """Check a joiner's settings against the stored ones; raise budgets if asked."""
-    stored = ExperimentConfig.from_dict(record.config)
-    problems: list[str] = []
-    if space is not None:
-        problems += [f"space {line}" for line in stored.space.diff(space)]
-    if algorithm is not None and algorithm != stored.algorithm:
-        problems.append(f"algorithm: stored {stored.algorithm} != given {algorithm}")
-    if pruner is not None and pruner != stored.pruner:
-        problems.append(f"pruner: stored {stored.pruner} != given {pruner}")
-    max_trials = chosen.get("max_trials")
-    if max_trials is not None and stored.max_trials is not None and max_trials < stored.max_trials:
-        problems.append(f"max_trials: stored {stored.max_trials} > given {max_trials} (it can only be raised)")
-    if problems:
-        raise ExperimentConflictError(
-            f"experiment {record.name!r} exists with a different configuration: "
-            + "; ".join(problems)
-            + ". Use the stored settings, or a new experiment name"
-        )
-    changes = {key: chosen[key] for key in _RAISABLE
-               if chosen.get(key) is not None and chosen[key] != getattr(stored, key)}
-    return store.update_experiment(record.id, changes) if changes else record
-
-
-#: Settings a joiner may change in the stored experiment.
-_RAISABLE = ("max_trials", "max_broken", "max_attempts")
 
 
 def _log_if_budget_met(experiment: Experiment) -> None:
@@ -253,7 +230,7 @@ class Experiment:
         on_error: Callable[[Trial], None] | None = None,
         progress: bool = True,
         idle_timeout: float | None = None,
-        trial_memory_limit: int | float | str | None = None,
+        trial_memory_limit: float | str | None = None,
         gpus: str | int | Sequence[int | str] | None = None,
         gpus_per_worker: int = 1,
     ) -> dict[str, Any]:
@@ -439,8 +416,36 @@ class Experiment:
 
     @property
     def best_trial(self) -> Trial | None:
-        """The completed trial with the lowest objective, or ``None``."""
+        """The completed trial with the lowest objective, or ``None``.
+
+        Raises:
+            ConfigurationError: the experiment has several objectives (use :meth:`pareto_front`).
+        """
+        objectives = self.settings.objectives
+        if objectives is not None and len(objectives) > 1:
+            raise ConfigurationError(
+                f"experiment {self.name!r} has several objectives ({', '.join(objectives)}), so no single "
+                "best trial; use exp.pareto_front() for the trials no other one beats on every objective")
+        if objectives is not None or self.settings.constraints:
+            return next(iter(self.pareto_front()), None)
         return self.storage.best_trial(self.id)
+
+    def pareto_front(self) -> list[Trial]:
+        """The feasible completed trials that no other feasible completed trial dominates, oldest first.
+
+        On a single-objective experiment, the best feasible trial(s).
+        """
+        return pareto_front(self.fetch_trials([TrialStatus.COMPLETED]), self.settings.objectives, self.settings.constraints)
+
+    def hypervolume(self, reference: Sequence[float] | None = None) -> tuple[float, tuple[float, ...]]:
+        """The hypervolume of :meth:`pareto_front` and its reference point (minimisation form).
+
+        Args:
+            reference: one value per objective, in the objectives' directions; ``None``: the
+                worst feasible value of each plus 10 % of its range.
+        """
+        trials = self.fetch_trials([TrialStatus.COMPLETED])
+        return front_hypervolume(trials, self.settings.objectives, self.settings.constraints, reference)
 
     @property
     def stats(self) -> dict[str, Any]:

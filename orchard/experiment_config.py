@@ -21,7 +21,9 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from orchard.algorithms import normalize_algorithm_config
+from orchard.constraints import normalize_constraints
 from orchard.errors import ConfigurationError
+from orchard.objectives import normalize_objectives
 from orchard.pruners import normalize_pruner_config
 from orchard.space import Space
 
@@ -153,6 +155,10 @@ class ExperimentConfig:
         working_dir: base folder of per-trial working directories.
         pruner: ``"median"``, ``{"asha": {options}}``, ... (see :mod:`orchard.pruners`);
             kept normalized; ``{"none": {}}`` by default.
+        objectives: several objectives, ``{"error": "min", "latency_ms": "max"}`` in order of
+            importance (see :mod:`orchard.objectives`); ``None``: one objective, ``"objective"``.
+        constraints: bounds on reported metrics, ``["memory_gb <= 16"]`` (see
+            :mod:`orchard.constraints`); ``None``: none.
     """
 
     space: Space
@@ -164,6 +170,8 @@ class ExperimentConfig:
     seed: int | None = None
     working_dir: str | None = None
     pruner: dict[str, dict[str, Any]] = dataclasses.field(default_factory=lambda: {"none": {}})
+    objectives: dict[str, str] | None = None
+    constraints: list[str] | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.space, Space):
@@ -172,6 +180,8 @@ class ExperimentConfig:
                 "use ExperimentConfig.from_dict for a mapping of priors")
         object.__setattr__(self, "algorithm", normalize_algorithm_config(self.algorithm))
         object.__setattr__(self, "pruner", normalize_pruner_config(self.pruner))
+        object.__setattr__(self, "objectives", normalize_objectives(self.objectives))
+        object.__setattr__(self, "constraints", normalize_constraints(self.constraints))
         for key, rule in EXPERIMENT_RULES.items():
             object.__setattr__(self, key, check_setting(key, getattr(self, key), rule))
 
@@ -203,6 +213,10 @@ class ExperimentConfig:
         values["space"] = self.space.config()
         values["algorithm"] = {name: dict(options) for name, options in self.algorithm.items()}
         values["pruner"] = {name: dict(options) for name, options in self.pruner.items()}
+        for key in ("objectives", "constraints"):  # unset: left out, so single-objective records stay as they were
+            value = values.pop(key)
+            if value is not None:
+                values[key] = type(value)(value)
         return values
 
     @classmethod

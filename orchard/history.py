@@ -8,9 +8,12 @@ algorithm on it; the progress monitor draws from it.
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from orchard.algorithms.base import Observation, SeenPoints
+from orchard.constraints import feasibility
+from orchard.objectives import minimized
 from orchard.storages.base import BaseStorage
 from orchard.trial import Trial, TrialStatus
 
@@ -18,10 +21,21 @@ __all__ = ["History"]
 
 
 class History:
-    """A worker's incrementally refreshed view of one experiment's trials."""
+    """A worker's incrementally refreshed view of one experiment's trials.
 
-    def __init__(self, storage: BaseStorage, experiment_id: str) -> None:
+    Args:
+        storage: the shared storage.
+        experiment_id: the experiment.
+        objectives: the experiment's several objectives, if any: each completed
+            observation then carries its objective vector (``Observation.values``).
+        constraints: the experiment's constraints, if any: observations carry their feasibility.
+    """
+
+    def __init__(self, storage: BaseStorage, experiment_id: str, objectives: Mapping[str, str] | None = None,
+                 constraints: Sequence[str] | None = None) -> None:
         self._storage = storage
+        self._objectives = objectives
+        self._constraints = constraints
         self._experiment_id = experiment_id
         self._cursor: Any = None
         self.trials: dict[str, Trial] = {}
@@ -62,8 +76,18 @@ class History:
             # a pruned trial is told with its last reported value: what it reached before it was stopped
             told = trial.status in (TrialStatus.COMPLETED, TrialStatus.PRUNED)
             if told and trial.objective is not None and newly_told:
-                self.observations.append(Observation(trial.params, trial.objective, trial.end_time))
+                self.observations.append(self._observation(trial, trial.objective))
         return arrived
+
+    def _observation(self, trial: Trial, objective: float) -> Observation:
+        values = None
+        if self._objectives is not None and trial.status is TrialStatus.COMPLETED:
+            try:
+                values = minimized(trial.results, self._objectives)
+            except (KeyError, TypeError, ValueError):  # recorded before the objectives were checked
+                values = None
+        standing = feasibility(trial.results, self._constraints)
+        return Observation(trial.params, objective, trial.end_time, values, standing.feasible, standing.violation)
 
     def pending(self, extra: list[dict[str, Any]] | None = None) -> list[dict[str, Any]]:
         """Params being, or about to be, evaluated by anyone (plus ``extra``)."""

@@ -49,6 +49,7 @@ __all__ = [
     "current_trial",
     "evaluating",
     "interpret_result",
+    "with_objectives",
 ]
 
 
@@ -183,14 +184,16 @@ def interpret_result(value: Any) -> Outcome:
     """
     results: dict[str, Any] = {}
     if isinstance(value, Mapping):
-        if "objective" not in value:
-            return Outcome.failure(
-                "InvalidResult", f"result mapping has no 'objective' key (keys: {sorted(map(str, value))})"
-            )
         results = {str(k): to_builtin(v) for k, v in value.items() if k != "objective"}
         unstorable = _unstorable(results)
         if unstorable is not None:
             return Outcome.failure("InvalidResult", unstorable, reason="unstorable")
+        if "objective" not in value:  # the metrics are kept: several objectives are read from them
+            failure = Outcome.failure(
+                "InvalidResult", f"result mapping has no 'objective' key (keys: {sorted(map(str, value))})",
+                reason="no-objective")
+            failure.results = results
+            return failure
         value = value["objective"]
     value = to_builtin(value)
     if isinstance(value, bool) or not isinstance(value, (int, float)):
@@ -202,6 +205,32 @@ def interpret_result(value: Any) -> Outcome:
     if not math.isfinite(value):
         return Outcome.failure("InvalidResult", f"objective is {value!r}; it must be a finite number")
     return Outcome(objective=float(value), results=results)
+
+
+def with_objectives(outcome: Outcome, objectives: Mapping[str, str]) -> Outcome:
+    """The outcome of an experiment with several ``objectives``, read from the reported metrics.
+
+    Every objective must be reported by name as a finite number; the first one, as
+    minimized (negated for ``"max"``), becomes the trial's scalar ``objective``.
+    Pruned outcomes and failures of the evaluation itself are returned unchanged.
+
+    Returns:
+        A completed outcome, or a failure naming the objective that is missing or not finite.
+    """
+    if outcome.pruned is not None or (outcome.error is not None and outcome.error.get("reason") != "no-objective"):
+        return outcome
+    names = ", ".join(objectives)
+    for name in objectives:
+        value = outcome.results.get(name)
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            found = "missing" if value is None else f"{value!r:.40}, not a finite number"
+            return Outcome.failure(
+                "InvalidResult", f"objective {name!r} is {found}; report every objective by name as a "
+                f"finite number ({names}), e.g. return {{{', '.join(f'{n!r}: ...' for n in objectives)}}}",
+                reason="objective")
+    first, direction = next(iter(objectives.items()))
+    value = float(outcome.results[first])
+    return Outcome(objective=-value if direction == "max" else value, results=dict(outcome.results))
 
 
 def _unstorable(results: Mapping[str, Any]) -> str | None:

@@ -146,10 +146,13 @@ def reporting_to(sink: Callable[[float, int], bool] | None) -> Iterator[None]:
 
 
 def report_results(results: Mapping[str, Any]) -> None:
-    """Write ``results`` (must hold a finite numeric ``"objective"``) for the running trial.
+    """Write ``results`` for the running trial.
+
+    ``results`` holds a finite numeric ``"objective"``, or, in an experiment with
+    several objectives, each objective by name (checked by the worker).
 
     Raises:
-        ValueError: ``"objective"`` is missing or not a finite number.
+        ValueError: ``results`` is empty, or its ``"objective"`` is not a finite number.
         RuntimeError: not running under ``orchard hunt`` (``ORCHARD_RESULTS_PATH`` unset).
     """
     _write(results, "report_results")
@@ -168,7 +171,9 @@ def report_objective(value: float, **extra: Any) -> None:
 def _write(results: Mapping[str, Any], caller: str) -> None:
     """Check and write ``results``; errors name ``caller``, the function the user called."""
     objective = results.get("objective")
-    if isinstance(objective, bool) or not isinstance(objective, (int, float)) or not math.isfinite(objective):
+    by_name = caller == "report_results" and "objective" not in results and bool(results)  # several objectives
+    if not by_name and (isinstance(objective, bool) or not isinstance(objective, (int, float))
+                        or not math.isfinite(objective)):
         wanted = "a finite number" if caller == "report_objective" else "a finite numeric 'objective'"
         raise ValueError(f"{caller} needs {wanted}, got {objective!r}")
     path = os.environ.get(RESULTS_ENV)

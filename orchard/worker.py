@@ -50,7 +50,8 @@ from orchard.experiment_config import (
 from orchard.history import History
 from orchard.leases import LeaseObserver
 from orchard.naming import worker_name
-from orchard.objective import Outcome
+from orchard.constraints import feasibility
+from orchard.objective import Outcome, with_objectives
 from orchard.pruners import make_pruner
 from orchard.pacemaker import Pacemaker
 from orchard.space import trial_id as params_trial_id
@@ -167,7 +168,7 @@ class Worker:
         self.name = name or worker_name()
         self.on_outcome = on_outcome
         self.label = label or experiment_id
-        self.history = History(storage, experiment_id)
+        self.history = History(storage, experiment_id, settings.objectives, settings.constraints)
         self.algorithm: BaseAlgorithm = make_algorithm(settings.algorithm, settings.space, settings.seed)
         self.judge = Judge(storage, self.name, lambda: self.history.trials, self.history.refresh,
                            make_pruner(settings.pruner))
@@ -415,6 +416,12 @@ class Worker:
         verdict = self.judge.verdict_of(trial_id)
         if verdict is not None:
             return Outcome.pruned_by(verdict.to_dict())
+        if self.settings.objectives is not None:
+            outcome = with_objectives(outcome, self.settings.objectives)
+        if outcome.ok and self.settings.constraints:
+            standing = feasibility(outcome.results, self.settings.constraints)
+            if not standing.feasible:  # kept and shown, never on the front
+                log.info("trial %s is infeasible: %s", trial_id, "; ".join(standing.reasons))
         if outcome.pruned is not None and trial_id not in self.judge.reported:
             return Outcome.failure(
                 "TrialPruned", "the objective raised TrialPruned before reporting any value; call "

@@ -100,7 +100,7 @@ def hashes(points: list[Mapping[str, Any]]) -> set[str]:
 
 
 def test_registry_lists_the_algorithms() -> None:
-    assert list(ALGORITHMS) == ["random", "grid", "bayes", "asha", "hyperband", "optuna"]
+    assert list(ALGORITHMS) == ["random", "grid", "bayes", "asha", "hyperband", "optuna", "nsga2"]
     space = Space.from_config(FIDELITY_BRANIN_SPACE)
     for name in ALGORITHMS:
         algo = make_algorithm(name, space, seed=1)

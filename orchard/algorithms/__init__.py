@@ -15,6 +15,7 @@ bayes     scikit-optimize surrogate + acquisition, constant liar  see ``Bayesian
 asha      asynchronous successive halving over a ``fidelity``     see ``Asha``
 hyperband several ASHA brackets starting at different rungs       see ``Hyperband``
 optuna    an Optuna sampler (TPE, GP, CMA-ES, QMC) on the history  sampler, its options
+nsga2     NSGA-II: several objectives, constraints            see ``Nsga2``
 ========  ======================================================  ===================
 
 ``bayes`` imports scikit-optimize (and scikit-learn) only when first used,
@@ -45,6 +46,7 @@ from typing import Any
 from orchard.algorithms._asha import Asha
 from orchard.algorithms._grid import GridSearch
 from orchard.algorithms._hyperband import Hyperband
+from orchard.algorithms._nsga2 import Nsga2
 from orchard.algorithms._random import RandomSearch
 from orchard.algorithms.base import BaseAlgorithm, Observation
 from orchard.errors import ConfigurationError
@@ -57,6 +59,7 @@ __all__ = [
     "BaseAlgorithm",
     "GridSearch",
     "Hyperband",
+    "Nsga2",
     "Observation",
     "RandomSearch",
     "algorithm_class",
@@ -88,6 +91,7 @@ ALGORITHMS: dict[str, Callable[[], type[BaseAlgorithm]]] = {
     "asha": lambda: Asha,
     "hyperband": lambda: Hyperband,
     "optuna": _optuna,
+    "nsga2": lambda: Nsga2,
 }
 
 

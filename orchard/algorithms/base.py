@@ -44,13 +44,21 @@ class Observation:
     """One completed evaluation: the params, the objective (minimized), and when it completed.
 
     ``end_time`` is the trial's recorded completion time (the storage's record,
-    the same for every worker), or ``None`` when unknown; only ASHA's
-    ``stopping`` rule reads it, to order a rung's arrivals.
+    the same for every worker), or ``None`` when unknown; ASHA's ``stopping``
+    rule reads it to order a rung's arrivals, ``nsga2`` to form its generations.
+
+    In an experiment with several objectives, ``values`` holds every objective in
+    minimisation form (``objective`` is its first), ``None`` otherwise (and for a
+    pruned trial). ``feasible`` says whether the experiment's constraints hold;
+    ``violation`` is by how much they are broken in total (``0.0``: feasible).
     """
 
     params: dict[str, Any]
     objective: float
     end_time: float | None = None
+    values: tuple[float, ...] | None = None
+    feasible: bool = True
+    violation: float = 0.0
 
 
 class SeenPoints:

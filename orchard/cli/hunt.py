@@ -53,6 +53,12 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
            help="stop trials from the values scripts report each step (see ORCHARD_REPORT_PATH): none "
                 "(default), median, percentile, asha, hyperband, threshold, patience, or a YAML mapping "
                 "such as '{asha: {min_step: 2}}'")
+    option("--objective", metavar="NAME:DIR", dest="objectives", action="append",
+           help="one of several objectives, min or max (repeat: --objective error:min --objective "
+                "latency_ms:min); the script then reports each by name in its results JSON")
+    option("--constraint", metavar="EXPR", dest="constraints", action="append",
+           help="a bound on a reported metric, 'NAME <= NUMBER' or 'NAME >= NUMBER' (repeatable); "
+                "trials that break it are kept but never on the front")
     option("--n-workers", metavar="K",
            help="run K workers on this machine through the executor (default 1: with the default "
                 "executor, the one worker runs in the hunt process itself)")
@@ -166,6 +172,7 @@ def _experiment(name: str, template: CommandTemplate, storage: BaseStorage, sett
         storage=storage, max_trials=given("max_trials"), max_broken=given("max_broken"),
         max_attempts=given("max_attempts"), heartbeat=given("heartbeat"), seed=given("seed"),
         working_dir=given("working_dir"), pruner=given("pruner"),
+        objectives=given("objectives"), constraints=given("constraints"),
     )
 
 
@@ -201,7 +208,9 @@ def _work(experiment: Experiment, template: CommandTemplate, settings: Settings)
     )
     counts = stats["counts"]
     best = ""
-    if stats["best_objective"] is not None:
+    if experiment.settings.objectives is not None:
+        best = f"; {len(experiment.pareto_front())} trials on the Pareto front (exp.pareto_front())"
+    elif stats["best_objective"] is not None:
         best = f"; best objective {stats['best_objective']:.6g} at {format_params(stats['best_params'])}"
     print(f"experiment {experiment.name!r}: {counts['completed']} completed, {counts['broken']} broken"
           f"{best}")

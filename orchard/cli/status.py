@@ -120,7 +120,8 @@ def experiment_status(experiment: Experiment, watch: HeartbeatWatch | None = Non
     from orchard.trial import TrialStatus
 
     stats = experiment.stats
-    best = experiment.best_trial
+    front = _front(experiment)
+    best = experiment.best_trial if front is None else None
     stale_after = experiment.settings.stale_after
     reserved = experiment.fetch_trials([TrialStatus.RESERVED])
     ages = (watch or HeartbeatWatch()).observe(reserved)
@@ -134,10 +135,31 @@ def experiment_status(experiment: Experiment, watch: HeartbeatWatch | None = Non
     return {
         "name": experiment.name, "storage": experiment.storage.redacted_uri, "counts": stats["counts"],
         "max_trials": experiment.max_trials, "best_trial": best.id if best else None,
-        "best_objective": stats["best_objective"], "best_params": stats["best_params"],
-        "elapsed": stats["elapsed"], "trials_per_second": stats["trials_per_second"], "workers": workers,
+        "best_objective": stats["best_objective"] if front is None else None, "best_params": stats["best_params"],
+        "pareto_front": front, "elapsed": stats["elapsed"], "trials_per_second": stats["trials_per_second"], "workers": workers,
         "rungs": _rungs(experiment),
     }
+
+
+def _front(experiment: Experiment) -> list[dict[str, Any]] | None:
+    """The Pareto front (id, params, each objective) of an experiment with several objectives, else ``None``."""
+    objectives = experiment.settings.objectives
+    if objectives is None or len(objectives) < 2:
+        return None
+    return [{"id": t.id, "params": t.params, **{name: t.results[name] for name in objectives}}
+            for t in experiment.pareto_front()]
+
+
+def _front_lines(front: list[dict[str, Any]] | None, indent: str, shown: int = 5) -> list[str]:
+    if front is None:
+        return []
+    lines = [f"{indent}{len(front)} trials on the Pareto front (exp.pareto_front())"]
+    for entry in front[:shown]:
+        values = ", ".join(f"{k}={format_value(v)}" for k, v in entry.items() if k not in ("id", "params"))
+        lines.append(f"{indent}  {values} at {format_params(entry['params'])} (trial {entry['id'][:12]})")
+    if len(front) > shown:
+        lines.append(f"{indent}  ... and {len(front) - shown} more")
+    return lines
 
 
 def _rungs(experiment: Experiment) -> dict[str, Any] | None:
@@ -177,6 +199,7 @@ def _status_lines(status: dict[str, Any]) -> list[str]:
     if status["best_objective"] is not None:
         lines.append(f"  best:    {status['best_objective']:.6g} at {format_params(status['best_params'])} "
                      f"(trial {status['best_trial'][:12]})")
+    lines += _front_lines(status["pareto_front"], "  front:   ")
     lines.append(f"  speed:   {_speed(status)}")
     lines.append(f"  workers: {len(status['workers'])} evaluating")
     for worker in status["workers"]:
@@ -267,13 +290,14 @@ def run_info(args: argparse.Namespace) -> int:
     experiment = open_experiment(args)
     if getattr(args, "trial", None):
         return _trial_info(experiment, args.trial, args.json)
-    best = experiment.best_trial
+    front = _front(experiment)
+    best = experiment.best_trial if front is None else None
     record = experiment.storage.require_experiment(experiment.name)
     info = {
         "name": experiment.name, "id": experiment.id, "storage": experiment.storage.redacted_uri,
         "created": record.created, "space": experiment.space.config(), "algorithm": experiment.algorithm,
         "config": {k: v for k, v in experiment.config.items() if k not in ("space", "algorithm")},
-        "best_trial": best.to_dict() if best else None, "stats": experiment.stats,
+        "best_trial": best.to_dict() if best else None, "pareto_front": front, "stats": experiment.stats,
         "rungs": _rungs(experiment),
     }
     if args.json:
@@ -338,6 +362,7 @@ def _info_lines(info: dict[str, Any]) -> list[str]:
     if best is not None:
         lines.append(f"  best:      {best['objective']:.6g} at {format_params(best['params'])} "
                      f"(trial {best['id'][:12]}, worker {best['worker']})")
+    lines += _front_lines(info["pareto_front"], "  front:     ")
     stats = info["stats"]
     lines.append("  trials:    " + _counts(stats["counts"]))
     lines += _rung_lines(info["rungs"], "  rungs:     ")

@@ -1,0 +1,142 @@
+"""Constraints on reported metrics: ``"memory_gb <= 16"``, parsed by a tiny grammar, never ``eval``.
+
+A constraint is ``<metric name> <= <number>`` or ``<metric name> >= <number>``.
+A trial's *violation* is the sum, over the constraints, of how far its metrics
+are on the wrong side (``0.0``: feasible). A trial may also report a
+``"constraints"`` list of numbers where each value ``<= 0`` is satisfied
+(Optuna's convention); its positive values add to the violation.
+
+A constraint naming a metric the trial did not report makes the trial
+infeasible (violation ``inf``), with a message naming the metric.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import re
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from orchard.errors import ConfigurationError
+
+__all__ = [
+    "REPORTED_KEY",
+    "Constraint",
+    "Feasibility",
+    "feasibility",
+    "normalize_constraints",
+    "parse_constraint",
+]
+
+#: The results key of a reported list of constraint values (each ``<= 0``: satisfied).
+REPORTED_KEY = "constraints"
+
+_NUMBER = r"[-+]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][-+]?\d+)?"
+_GRAMMAR = re.compile(rf"^\s*([A-Za-z_][A-Za-z0-9_.\-]*)\s*(<=|>=)\s*({_NUMBER})\s*$")
+
+
+@dataclasses.dataclass(frozen=True)
+class Constraint:
+    """One bound on a reported metric: ``metric <= bound`` or ``metric >= bound``."""
+
+    metric: str
+    operator: str
+    bound: float
+
+    def violation(self, value: float) -> float:
+        """How far ``value`` is on the wrong side of the bound (``0.0``: satisfied)."""
+        excess = value - self.bound if self.operator == "<=" else self.bound - value
+        return max(0.0, excess)
+
+    def __str__(self) -> str:
+        return f"{self.metric} {self.operator} {self.bound:g}"
+
+
+@dataclasses.dataclass(frozen=True)
+class Feasibility:
+    """A trial's standing against the constraints: total violation and why."""
+
+    violation: float
+    reasons: tuple[str, ...] = ()
+
+    @property
+    def feasible(self) -> bool:
+        """Whether every constraint holds."""
+        return self.violation <= 0
+
+
+def parse_constraint(expression: Any) -> Constraint:
+    """Parse ``"memory_gb <= 16"`` into a :class:`Constraint`.
+
+    Raises:
+        ConfigurationError: anything but ``<metric> <= <number>`` or ``<metric> >= <number>``.
+    """
+    match = _GRAMMAR.match(expression) if isinstance(expression, str) else None
+    if match is None:
+        raise ConfigurationError(
+            f"constraint {expression!r} is not understood; write '<metric> <= <number>' or "
+            "'<metric> >= <number>', for example 'memory_gb <= 16'")
+    bound = float(match.group(3))
+    if not math.isfinite(bound):
+        raise ConfigurationError(f"constraint {expression!r} needs a finite bound")
+    return Constraint(match.group(1), match.group(2), bound)
+
+
+def normalize_constraints(value: Any) -> list[str] | None:
+    """Check a list of constraint expressions; ``None`` stays ``None``.
+
+    Returns:
+        The expressions in canonical form (``"memory_gb <= 16"``), in order.
+
+    Raises:
+        ConfigurationError: not a list of strings, or an expression that does not parse.
+    """
+    if value is None:
+        return None
+    if isinstance(value, str) or not isinstance(value, Sequence):
+        raise ConfigurationError(
+            f"constraints must be a list of expressions such as ['memory_gb <= 16'], got {value!r}")
+    return [str(parse_constraint(expression)) for expression in value]
+
+
+def feasibility(results: Mapping[str, Any], constraints: Sequence[str] | None) -> Feasibility:
+    """How far the metrics in ``results`` break ``constraints`` and the reported ``"constraints"`` list.
+
+    Args:
+        results: the metrics a trial reported.
+        constraints: constraint expressions (already checked), or ``None``.
+
+    Returns:
+        The total violation; a missing or non-numeric metric counts as ``inf``.
+    """
+    total, reasons = 0.0, []
+    for constraint in map(parse_constraint, constraints or ()):
+        value = _number(results.get(constraint.metric))
+        if value is None:
+            total = math.inf
+            reasons.append(f"the trial did not report metric {constraint.metric!r} named by "
+                           f"constraint '{constraint}'")
+            continue
+        excess = constraint.violation(value)
+        if excess > 0:
+            total += excess
+            reasons.append(f"{constraint.metric}={value:g} breaks '{constraint}'")
+    reported = results.get(REPORTED_KEY)
+    if reported is not None:
+        values = [_number(v) for v in reported] if isinstance(reported, (list, tuple)) else [None]
+        for k, value in enumerate(values):
+            if value is None:
+                total = math.inf
+                reasons.append(f"reported constraints[{k}] is not a finite number")
+            elif value > 0:
+                total += value
+                reasons.append(f"reported constraints[{k}]={value:g} > 0")
+    return Feasibility(total, tuple(reasons))
+
+
+def _number(value: Any) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    number = float(value)
+    return number if math.isfinite(number) else None

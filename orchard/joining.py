@@ -1,0 +1,73 @@
+"""Joining a stored experiment: a joiner's settings checked against the stored ones.
+
+A worker that joins an experiment may leave any setting out (it then uses the
+stored one); a setting it gives must match the stored one, except the budgets
+(``max_trials`` may only be raised, ``max_broken`` and ``max_attempts`` replaced).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from orchard.errors import ExperimentConflictError
+from orchard.experiment_config import ExperimentConfig
+from orchard.space import Space
+from orchard.storages.base import BaseStorage, ExperimentRecord
+
+__all__ = ["join_experiment"]
+
+
+def join_experiment(
+    store: BaseStorage,
+    record: ExperimentRecord,
+    space: Space | None,
+    algorithm: dict[str, Any] | None,
+    chosen: Mapping[str, Any],
+    pruner: dict[str, Any] | None = None,
+    goals: Mapping[str, Any] | None = None,
+) -> ExperimentRecord:
+    """Check a joiner's settings against the stored experiment's; raise budgets if asked.
+
+    Args:
+        store: the storage holding ``record``.
+        record: the stored experiment.
+        space: the joiner's space, if given.
+        algorithm: the joiner's normalized algorithm, if given.
+        chosen: the joiner's budgets and other settings (unset ones left out or ``None``).
+        pruner: the joiner's normalized pruner, if given.
+        goals: the joiner's ``objectives`` and ``constraints`` (``None``: not given).
+
+    Returns:
+        The record, updated when a budget was raised.
+
+    Raises:
+        ExperimentConflictError: a given setting differs from the stored one, listing every difference.
+    """
+    stored = ExperimentConfig.from_dict(record.config)
+    problems: list[str] = []
+    if space is not None:
+        problems += [f"space {line}" for line in stored.space.diff(space)]
+    if algorithm is not None and algorithm != stored.algorithm:
+        problems.append(f"algorithm: stored {stored.algorithm} != given {algorithm}")
+    if pruner is not None and pruner != stored.pruner:
+        problems.append(f"pruner: stored {stored.pruner} != given {pruner}")
+    for key, value in (goals or {}).items():
+        if value is not None and value != getattr(stored, key):
+            problems.append(f"{key}: stored {getattr(stored, key)} != given {value}")
+    max_trials = chosen.get("max_trials")
+    if max_trials is not None and stored.max_trials is not None and max_trials < stored.max_trials:
+        problems.append(f"max_trials: stored {stored.max_trials} > given {max_trials} (it can only be raised)")
+    if problems:
+        raise ExperimentConflictError(
+            f"experiment {record.name!r} exists with a different configuration: "
+            + "; ".join(problems)
+            + ". Use the stored settings, or a new experiment name"
+        )
+    changes = {key: chosen[key] for key in _RAISABLE
+               if chosen.get(key) is not None and chosen[key] != getattr(stored, key)}
+    return store.update_experiment(record.id, changes) if changes else record
+
+
+#: Settings a joiner may change in the stored experiment.
+_RAISABLE = ("max_trials", "max_broken", "max_attempts")

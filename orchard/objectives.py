@@ -1,0 +1,204 @@
+"""Several objectives: declaring them, ranking points by Pareto dominance, hypervolume.
+
+Everything here is pure arithmetic on tuples of floats. Objective vectors are
+always in *minimisation form*: an objective declared ``"max"`` is negated by
+:func:`minimized` before it reaches sorting or hypervolume.
+
+Ranking uses *constrained domination* (Deb's rule): a feasible point beats an
+infeasible one; of two infeasible points the one with the smaller total
+violation wins; two feasible points compare by Pareto dominance.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from orchard.errors import ConfigurationError
+
+__all__ = [
+    "DIRECTIONS",
+    "Vector",
+    "crowding_distance",
+    "dominates",
+    "hypervolume",
+    "minimized",
+    "non_dominated_sort",
+    "normalize_objectives",
+    "reference_point",
+]
+
+#: The directions an objective may take.
+DIRECTIONS = ("min", "max")
+#: An objective vector in minimisation form.
+Vector = Sequence[float]
+#: Share of the observed range added beyond the worst value to derive a reference point.
+REFERENCE_MARGIN = 0.1
+
+
+def normalize_objectives(value: Any) -> dict[str, str] | None:
+    """Check a declaration of several objectives; ``None`` stays ``None`` (one objective).
+
+    Args:
+        value: ``{"error": "min", "latency_ms": "max"}``, names in their order of
+            importance (the first is the trial's scalar ``objective``).
+
+    Returns:
+        A new dict of name -> ``"min"``/``"max"`` (directions lower-cased), in order.
+
+    Raises:
+        ConfigurationError: not a mapping, empty, a name that is not a non-empty
+            string, or a direction other than min/max.
+    """
+    if value is None:
+        return None
+    if not isinstance(value, Mapping):
+        raise ConfigurationError(
+            f"objectives must be a mapping of name to 'min' or 'max', got {type(value).__name__}; "
+            "for example objectives={'error': 'min', 'latency_ms': 'min'}")
+    if not value:
+        raise ConfigurationError("objectives is empty; name at least one objective, or leave it unset")
+    checked: dict[str, str] = {}
+    for name, direction in value.items():
+        if not isinstance(name, str) or not name.strip():
+            raise ConfigurationError(f"objective name {name!r} must be a non-empty string")
+        if not isinstance(direction, str) or direction.strip().lower() not in DIRECTIONS:
+            raise ConfigurationError(
+                f"objective {name!r} has direction {direction!r}; it must be 'min' or 'max'")
+        checked[name.strip()] = direction.strip().lower()
+    return checked
+
+
+def minimized(values: Mapping[str, float], objectives: Mapping[str, str]) -> tuple[float, ...]:
+    """The objective vector of ``values`` in minimisation form (``"max"`` objectives negated).
+
+    Raises:
+        KeyError: an objective is missing from ``values``.
+    """
+    return tuple(-float(values[name]) if d == "max" else float(values[name]) for name, d in objectives.items())
+
+
+def dominates(a: Vector, b: Vector) -> bool:
+    """Whether ``a`` Pareto-dominates ``b``: no worse anywhere, strictly better somewhere."""
+    return all(x <= y for x, y in zip(a, b, strict=True)) and any(x < y for x, y in zip(a, b, strict=True))
+
+
+def _beats(a: Vector, va: float, b: Vector, vb: float) -> bool:
+    if va <= 0 and vb <= 0:
+        return dominates(a, b)
+    if va <= 0 or vb <= 0:
+        return va <= 0
+    return va < vb
+
+
+def non_dominated_sort(points: Sequence[Vector], violations: Sequence[float] | None = None) -> list[list[int]]:
+    """Split ``points`` into fronts under constrained domination (fast non-dominated sort).
+
+    Args:
+        points: objective vectors in minimisation form.
+        violations: each point's total constraint violation (``<= 0``: feasible);
+            all feasible when ``None``.
+
+    Returns:
+        Fronts of indices into ``points``, best first; each front keeps index order.
+    """
+    n = len(points)
+    violation = [max(0.0, v) for v in violations] if violations is not None else [0.0] * n
+    beaten_by = [0] * n
+    beats: list[list[int]] = [[] for _ in range(n)]
+    for i in range(n):
+        for j in range(i + 1, n):
+            if _beats(points[i], violation[i], points[j], violation[j]):
+                beats[i].append(j)
+                beaten_by[j] += 1
+            elif _beats(points[j], violation[j], points[i], violation[i]):
+                beats[j].append(i)
+                beaten_by[i] += 1
+    fronts: list[list[int]] = []
+    current = [i for i in range(n) if beaten_by[i] == 0]
+    while current:
+        fronts.append(current)
+        following: list[int] = []
+        for i in current:
+            for j in beats[i]:
+                beaten_by[j] -= 1
+                if beaten_by[j] == 0:
+                    following.append(j)
+        current = sorted(following)
+    return fronts
+
+
+def crowding_distance(points: Sequence[Vector]) -> list[float]:
+    """NSGA-II's crowding distance of each point within one front (boundary points: ``inf``)."""
+    n = len(points)
+    if n <= 2:
+        return [math.inf] * n
+    distance = [0.0] * n
+    for m in range(len(points[0])):
+        order = sorted(range(n), key=lambda i: (points[i][m], i))
+        low, high = points[order[0]][m], points[order[-1]][m]
+        distance[order[0]] = distance[order[-1]] = math.inf
+        if high == low:
+            continue
+        for k in range(1, n - 1):
+            distance[order[k]] += (points[order[k + 1]][m] - points[order[k - 1]][m]) / (high - low)
+    return distance
+
+
+def reference_point(points: Sequence[Vector]) -> tuple[float, ...]:
+    """A reference point derived from ``points``: the worst value of each objective plus 10 % of its range.
+
+    A zero range (one point, or one value) takes a margin of 10 % of the value's
+    magnitude, or 1.0 at zero, so the points always contribute a positive volume.
+
+    Raises:
+        ValueError: ``points`` is empty.
+    """
+    if not points:
+        raise ValueError("no points to derive a reference point from")
+    reference = []
+    for column in zip(*points, strict=True):
+        worst, best = max(column), min(column)
+        span = worst - best or abs(worst) or 1.0
+        reference.append(worst + REFERENCE_MARGIN * span)
+    return tuple(reference)
+
+
+def hypervolume(points: Sequence[Vector], reference: Vector) -> float:
+    """The exact volume dominated by ``points`` and bounded by ``reference`` (minimisation form).
+
+    Points not strictly better than ``reference`` in every objective add nothing.
+    Exact for one, two and three objectives (three by slicing along the last one).
+
+    Raises:
+        ValueError: more than three objectives, or a point whose length differs from ``reference``'s.
+    """
+    dims = len(reference)
+    if dims > 3:
+        raise ValueError(f"exact hypervolume is implemented for up to 3 objectives, got {dims}")
+    if any(len(p) != dims for p in points):
+        raise ValueError("every point must have as many objectives as the reference point")
+    inside = [tuple(p) for p in points if all(x < r for x, r in zip(p, reference, strict=True))]
+    if not inside:
+        return 0.0
+    if dims == 1:
+        return reference[0] - min(p[0] for p in inside)
+    if dims == 2:
+        return _area(inside, reference[0], reference[1])
+    volume = 0.0
+    ordered = sorted(inside, key=lambda p: p[2])
+    for k, point in enumerate(ordered):
+        top = ordered[k + 1][2] if k + 1 < len(ordered) else reference[2]
+        if top > point[2]:
+            volume += (top - point[2]) * _area(ordered[: k + 1], reference[0], reference[1])
+    return volume
+
+
+def _area(points: Sequence[Vector], ref_x: float, ref_y: float) -> float:
+    area, lowest_y = 0.0, ref_y
+    for x, y in sorted((p[0], p[1]) for p in points):
+        if y < lowest_y:
+            area += (ref_x - x) * (lowest_y - y)
+            lowest_y = y
+    return area

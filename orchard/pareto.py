@@ -1,0 +1,79 @@
+"""The Pareto front of an experiment's trials, and its hypervolume.
+
+``objectives=None`` (a single-objective experiment) reads ``trial.objective``, minimized.
+
+Reads trials as stored: a completed trial's objective vector is made of the
+metrics named by the experiment's ``objectives`` in its ``results``
+(minimisation form, see :func:`orchard.objectives.minimized`); its
+feasibility comes from the experiment's ``constraints`` and any reported
+``"constraints"`` list (:func:`orchard.constraints.feasibility`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+
+from orchard.constraints import feasibility
+from orchard.objectives import hypervolume, minimized, non_dominated_sort, reference_point
+from orchard.trial import Trial, TrialStatus
+
+__all__ = ["front_hypervolume", "pareto_front", "scored"]
+
+
+def scored(
+    trials: Iterable[Trial], objectives: Mapping[str, str] | None, constraints: Sequence[str] | None,
+) -> list[tuple[Trial, tuple[float, ...], float]]:
+    """The completed trials that reported every objective: ``(trial, vector, violation)``, oldest first."""
+    objectives = objectives or {"objective": "min"}
+    rows = []
+    for trial in trials:
+        if trial.status is not TrialStatus.COMPLETED:
+            continue
+        values = {**trial.results, "objective": trial.objective} if "objective" not in trial.results else trial.results
+        try:
+            vector = minimized(values, objectives)
+        except (KeyError, TypeError, ValueError):  # stored before the objectives were checked
+            continue
+        rows.append((trial, vector, feasibility(trial.results, constraints).violation))
+    return rows
+
+
+def pareto_front(
+    trials: Iterable[Trial], objectives: Mapping[str, str] | None, constraints: Sequence[str] | None = None,
+) -> list[Trial]:
+    """The feasible completed trials no other feasible completed trial dominates, oldest first."""
+    rows = [row for row in scored(trials, objectives, constraints) if row[2] <= 0]
+    if not rows:
+        return []
+    first = non_dominated_sort([vector for _, vector, _ in rows])[0]
+    return [rows[i][0] for i in first]
+
+
+def front_hypervolume(
+    trials: Iterable[Trial], objectives: Mapping[str, str] | None, constraints: Sequence[str] | None = None,
+    reference: Sequence[float] | None = None,
+) -> tuple[float, tuple[float, ...]]:
+    """The hypervolume of the feasible front, and the reference point used (minimisation form).
+
+    Args:
+        trials: the experiment's trials.
+        objectives: the experiment's objectives.
+        constraints: the experiment's constraints.
+        reference: in the objectives' own directions (a ``"max"`` objective's
+            reference is a low value); ``None``: derived from every feasible
+            completed trial (worst value plus 10 % of the range, see
+            :func:`orchard.objectives.reference_point`).
+
+    Returns:
+        ``(hypervolume, reference point in minimisation form)``; ``(0.0, ())`` without
+        a feasible completed trial and no reference.
+    """
+    objectives = objectives or {"objective": "min"}
+    rows = [row for row in scored(trials, objectives, constraints) if row[2] <= 0]
+    if reference is not None:
+        point = minimized(dict(zip(objectives, reference, strict=True)), objectives)
+    elif rows:
+        point = reference_point([vector for _, vector, _ in rows])
+    else:
+        return 0.0, ()
+    return hypervolume([vector for _, vector, _ in rows], point), point

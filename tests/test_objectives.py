@@ -1,0 +1,145 @@
+"""Several objectives and constraints: declarations, Pareto ranking, hypervolume, the constraint grammar.
+
+Pure functions only; the module runs in well under a second.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+
+import pytest
+
+from orchard.constraints import feasibility, normalize_constraints, parse_constraint
+from orchard.errors import ConfigurationError
+from orchard.objectives import (
+    crowding_distance,
+    dominates,
+    hypervolume,
+    minimized,
+    non_dominated_sort,
+    normalize_objectives,
+    reference_point,
+)
+
+
+def test_objectives_are_normalized_in_order() -> None:
+    assert normalize_objectives({"error": "min", "latency_ms": "MAX"}) == {"error": "min", "latency_ms": "max"}
+    assert list(normalize_objectives({"b": "min", "a": "min"}) or {}) == ["b", "a"]
+    assert normalize_objectives(None) is None
+
+
+@pytest.mark.parametrize(("value", "words"), [
+    ({"error": "minimize"}, "'min' or 'max'"),
+    ({}, "empty"),
+    ({3: "min"}, "non-empty string"),
+    ({"": "min"}, "non-empty string"),
+    (["error"], "mapping"),
+])
+def test_bad_objectives_are_one_clear_error(value: object, words: str) -> None:
+    with pytest.raises(ConfigurationError, match=words):
+        normalize_objectives(value)
+
+
+def test_maximised_objectives_are_negated() -> None:
+    assert minimized({"acc": 0.9, "size": 3}, {"acc": "max", "size": "min"}) == (-0.9, 3.0)
+
+
+def test_dominance_needs_strictly_better_somewhere() -> None:
+    assert dominates((1, 2), (1, 3))
+    assert not dominates((1, 2), (1, 2))
+    assert not dominates((1, 3), (2, 2))
+
+
+def test_fronts_of_a_known_set() -> None:
+    points = [(1, 5), (2, 2), (5, 1), (3, 3), (6, 6), (2, 4)]
+    assert non_dominated_sort(points) == [[0, 1, 2], [3, 5], [4]]
+
+
+def test_feasible_beats_infeasible_and_less_violation_beats_more() -> None:
+    points = [(0, 0), (5, 5), (1, 1)]
+    # the dominating point is infeasible: the feasible (5, 5) ranks first
+    assert non_dominated_sort(points, [2.0, 0.0, 1.0]) == [[1], [2], [0]]
+
+
+def test_sorting_agrees_with_brute_force() -> None:
+    rng = random.Random(3)
+    points = [(rng.randint(0, 6), rng.randint(0, 6), rng.randint(0, 6)) for _ in range(40)]
+    first = set(non_dominated_sort(points)[0])
+    assert first == {i for i, p in enumerate(points) if not any(dominates(q, p) for q in points)}
+    assert sorted(i for front in non_dominated_sort(points) for i in front) == list(range(40))
+
+
+def test_crowding_distance_favours_isolated_points() -> None:
+    distance = crowding_distance([(0, 4), (1, 3), (3, 1), (4, 0)])
+    assert distance[0] == distance[3] == math.inf
+    assert distance[1] == pytest.approx(distance[2])
+    crowded = crowding_distance([(0, 4), (0.1, 3.9), (2, 2), (4, 0)])
+    assert crowded[1] < crowded[2]
+
+
+def test_hypervolume_2d_and_3d_exact() -> None:
+    assert hypervolume([(1, 3), (2, 2), (3, 1)], (4, 4)) == pytest.approx(6.0)
+    assert hypervolume([(1, 1)], (0, 5)) == 0.0  # not inside the reference box
+    assert hypervolume([(1, 1, 1)], (2, 3, 4)) == pytest.approx(1 * 2 * 3)
+    # two boxes of volume 2 and 4 overlapping in a unit cube
+    assert hypervolume([(0, 1, 1), (1, 0, 0)], (2, 2, 2)) == pytest.approx(2 + 4 - 1)
+
+
+def test_hypervolume_3d_matches_monte_carlo() -> None:
+    rng = random.Random(0)
+    points = [(rng.random(), rng.random(), rng.random()) for _ in range(15)]
+    samples = [(rng.random(), rng.random(), rng.random()) for _ in range(40_000)]
+    covered = sum(any(all(p[k] <= s[k] for k in range(3)) for p in points) for s in samples)
+    assert hypervolume(points, (1, 1, 1)) == pytest.approx(covered / len(samples), abs=0.01)
+
+
+def test_reference_point_is_worst_plus_a_tenth_of_the_range() -> None:
+    assert reference_point([(0, 10), (10, 0)]) == pytest.approx((11, 11))
+    assert reference_point([(2, 0)]) == pytest.approx((2.2, 0.1))
+
+
+@pytest.mark.parametrize(("expression", "expected"), [
+    ("memory_gb <= 16", ("memory_gb", "<=", 16.0)),
+    ("  latency_ms>=5.5 ", ("latency_ms", ">=", 5.5)),
+    ("val.loss <= -1e-3", ("val.loss", "<=", -0.001)),
+])
+def test_constraints_parse(expression: str, expected: tuple[str, str, float]) -> None:
+    constraint = parse_constraint(expression)
+    assert (constraint.metric, constraint.operator, constraint.bound) == expected
+
+
+@pytest.mark.parametrize("expression", [
+    "__import__('os').system('x') <= 1", "memory_gb < 16", "memory_gb <= 16 or 1", "16 >= memory_gb",
+    "memory_gb <= inf", "", 3,
+])
+def test_unsafe_or_unknown_expressions_are_refused_quoting_them(expression: object) -> None:
+    with pytest.raises(ConfigurationError, match="is not understood|finite bound") as info:
+        parse_constraint(expression)
+    assert repr(expression) in str(info.value)
+
+
+def test_normalized_constraints_are_canonical() -> None:
+    assert normalize_constraints(["memory_gb<=16", "latency_ms >= 5"]) == ["memory_gb <= 16", "latency_ms >= 5"]
+    with pytest.raises(ConfigurationError, match="list of expressions"):
+        normalize_constraints("memory_gb <= 16")
+
+
+def test_violation_sums_how_far_each_bound_is_broken() -> None:
+    constraints = ["memory_gb <= 16", "latency_ms >= 5"]
+    assert feasibility({"memory_gb": 12, "latency_ms": 7}, constraints).feasible
+    result = feasibility({"memory_gb": 18, "latency_ms": 4}, constraints)
+    assert result.violation == pytest.approx(3.0)
+    assert not result.feasible
+
+
+def test_a_metric_not_reported_makes_the_trial_infeasible_and_is_named() -> None:
+    result = feasibility({"latency_ms": 7}, ["memory_gb <= 16"])
+    assert result.violation == math.inf
+    assert "memory_gb" in result.reasons[0]
+
+
+def test_reported_constraint_values_follow_optunas_convention() -> None:
+    assert feasibility({"constraints": [-1.0, 0.0]}, None).feasible
+    assert feasibility({"constraints": [0.5, -2.0, 1.0]}, None).violation == pytest.approx(1.5)
+    assert feasibility({"constraints": ["x"]}, None).violation == math.inf

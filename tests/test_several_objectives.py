@@ -1,0 +1,188 @@
+"""Experiments with several objectives and constraints: declaring, recording, the front, bad input."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+import orchard
+from orchard.errors import ConfigurationError, ExperimentConflictError
+from orchard.experiment_config import ExperimentConfig
+from orchard.objectives import dominates, minimized
+from orchard.space import Space
+from orchard.trial import TrialStatus
+
+SPACE = {"x": "uniform(0, 1)", "y": "uniform(0, 1)"}
+GOALS = {"f1": "min", "f2": "min"}
+
+
+def zdt1(x: float, y: float) -> dict[str, float]:
+    """ZDT1 on two variables, plus a memory metric that breaks ``memory_gb <= 16`` when x > 0.8."""
+    g = 1 + 9 * y
+    return {"f1": x, "f2": g * (1 - math.sqrt(x / g)), "memory_gb": 20 * x}
+
+
+def accuracy_and_size(x: float, y: float) -> dict[str, float]:
+    return {"accuracy": x, "size": y}
+
+
+def misses_f2(x: float, y: float) -> dict[str, float]:
+    return {"f1": x}
+
+
+def nan_f2(x: float, y: float) -> dict[str, float]:
+    return {"f1": x, "f2": float("nan")}
+
+
+@pytest.fixture
+def store(tmp_path) -> str:
+    return str(tmp_path / "orchard.pkl")
+
+
+def build(store: str, **options) -> orchard.Experiment:
+    options.setdefault("space", SPACE)
+    options.setdefault("max_trials", 12)
+    return orchard.build_experiment("exp", storage=store, **options)
+
+
+def test_settings_are_stored_and_old_configs_load_unchanged() -> None:
+    config = ExperimentConfig(space=Space.from_config(SPACE), objectives=GOALS, constraints=["memory_gb<=16"])
+    again = ExperimentConfig.from_dict(config.to_dict())
+    assert again.objectives == GOALS and again.constraints == ["memory_gb <= 16"]
+    plain = ExperimentConfig(space=Space.from_config(SPACE)).to_dict()
+    assert "objectives" not in plain and "constraints" not in plain
+    assert ExperimentConfig.from_dict(plain).objectives is None
+
+
+def test_each_objective_is_recorded_and_the_first_is_the_scalar(store) -> None:
+    exp = build(store, objectives={"accuracy": "max", "size": "min"}, seed=1)
+    exp.workon(accuracy_and_size, executor="single", progress=False)
+    for trial in exp.fetch_trials():
+        assert trial.status is TrialStatus.COMPLETED
+        assert trial.objective == -trial.results["accuracy"]
+        assert set(trial.results) == {"accuracy", "size"}
+
+
+def test_front_is_non_dominated_and_feasible(store) -> None:
+    exp = build(store, objectives=GOALS, constraints=["memory_gb <= 16"], max_trials=30, seed=2)
+    exp.workon(zdt1, executor="single", progress=False)
+    front = exp.pareto_front()
+    assert front
+    assert all(t.results["memory_gb"] <= 16 for t in front)
+    feasible = [t for t in exp.fetch_trials() if t.results["memory_gb"] <= 16]
+    vectors = {t.id: minimized(t.results, GOALS) for t in feasible}
+    for trial in front:
+        assert not any(dominates(v, vectors[trial.id]) for v in vectors.values())
+    volume, reference = exp.hypervolume()
+    assert volume > 0 and len(reference) == 2
+    assert exp.hypervolume(reference=(2.0, 11.0)) == (pytest.approx(volume, abs=30), (2.0, 11.0))
+    assert exp.hypervolume(reference=(2.0, 11.0))[0] > volume  # a farther reference covers more
+    with pytest.raises(ConfigurationError, match="pareto_front"):
+        _ = exp.best_trial
+
+
+def test_constraint_on_single_objective_keeps_infeasible_trials_but_never_returns_them(store) -> None:
+    exp = build(store, constraints=["x >= 0.5"], max_trials=10, seed=4)
+    exp.workon(lambda x, y: {"objective": x, "x": x}, executor="single", progress=False)
+    assert len(exp.fetch_trials([TrialStatus.COMPLETED])) == 10
+    best = exp.best_trial
+    assert best is not None and best.results["x"] >= 0.5
+    assert best.objective == min(t.objective for t in exp.fetch_trials() if t.results["x"] >= 0.5)
+
+
+@pytest.mark.parametrize(("fn", "words"), [(misses_f2, "'f2' is missing"), (nan_f2, "'f2' is nan")])
+def test_a_missing_or_non_finite_objective_breaks_the_trial_naming_it(store, fn, words) -> None:
+    exp = build(store, objectives=GOALS, max_trials=3, max_broken=1)
+    with pytest.raises(orchard.errors.ExperimentBrokenError):
+        exp.workon(fn, executor="single", progress=False)
+    (trial,) = exp.fetch_trials()
+    assert trial.status is TrialStatus.BROKEN and words in trial.error["message"]
+
+
+@pytest.mark.parametrize(("options", "words"), [
+    ({"objectives": {"f1": "minimise"}}, "'min' or 'max'"),
+    ({"objectives": {}}, "empty"),
+    ({"constraints": ["memory_gb < 16"]}, "'memory_gb < 16'"),
+    ({"constraints": ["__import__('os') <= 1"]}, "not understood"),
+])
+def test_bad_declarations_store_nothing(store, options, words) -> None:
+    with pytest.raises(ConfigurationError, match=words):
+        build(store, **options)
+    with pytest.raises(orchard.errors.ExperimentNotFoundError):
+        orchard.get_experiment("exp", storage=store)
+
+
+def test_joining_with_other_objectives_lists_the_difference(store) -> None:
+    build(store, objectives=GOALS)
+    with pytest.raises(ExperimentConflictError, match="objectives: stored"):
+        build(store, objectives={"f1": "min", "f2": "max"})
+    with pytest.raises(ExperimentConflictError, match="constraints"):
+        build(store, objectives=GOALS, constraints=["f1 <= 1"])
+    assert build(store).settings.objectives == GOALS  # joining without them keeps them
+
+
+def test_a_constraint_naming_no_reported_metric_makes_trials_infeasible(store, caplog) -> None:
+    exp = build(store, objectives=GOALS, constraints=["watts <= 3"], max_trials=4)
+    with caplog.at_level("INFO", logger="orchard.worker"):
+        exp.workon(zdt1, executor="single", progress=False)
+    assert exp.pareto_front() == []
+    assert "'watts'" in caplog.text
+
+
+@pytest.mark.slow
+def test_four_processes_find_a_non_dominated_feasible_front(store) -> None:
+    """4 loky workers breeding NSGA-II children from the shared pickle file."""
+    exp = build(store, objectives=GOALS, constraints=["memory_gb <= 16"], max_trials=40,
+                algorithm={"nsga2": {"population_size": 8}})
+    exp.workon(zdt1, n_workers=4, progress=False)
+    completed = exp.fetch_trials([TrialStatus.COMPLETED])
+    assert len(completed) == 40
+    front = exp.pareto_front()
+    feasible = [minimized(t.results, GOALS) for t in completed if t.results["memory_gb"] <= 16]
+    assert front and all(t.results["memory_gb"] <= 16 for t in front)
+    for trial in front:
+        assert not any(dominates(v, minimized(trial.results, GOALS)) for v in feasible)
+
+
+SCRIPT = '''
+import argparse, math
+import orchard
+parser = argparse.ArgumentParser()
+parser.add_argument("--x", type=float)
+parser.add_argument("--y", type=float)
+args = parser.parse_args()
+orchard.report_results({"error": (args.x - 0.3) ** 2, "latency_ms": 1 + args.y, "memory_gb": 20 * args.x})
+'''
+
+
+def test_hunt_declares_objectives_and_constraints(tmp_path, monkeypatch, capsys) -> None:
+    import sys
+
+    from orchard.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    (tmp_path / "train.py").write_text(SCRIPT)
+    command = [sys.executable, "train.py", "--x~uniform(0, 1)", "--y~uniform(0, 1)"]
+    options = ["--objective", "error:min", "--objective", "latency_ms:min", "--constraint", "memory_gb <= 16"]
+    assert main(["hunt", "-n", "e", "--storage", "orchard.pkl", "--max-trials", "4", *options, *command]) == 0
+    assert "on the Pareto front" in capsys.readouterr().out
+    exp = orchard.get_experiment("e", storage="orchard.pkl")
+    assert exp.settings.objectives == {"error": "min", "latency_ms": "min"}
+    assert exp.settings.constraints == ["memory_gb <= 16"]
+    assert all(t.status is TrialStatus.COMPLETED and "latency_ms" in t.results for t in exp.fetch_trials())
+    assert main(["hunt", "-n", "e", "--storage", "orchard.pkl", "--objective", "error:max", *command]) == 1
+    assert "objectives: stored" in capsys.readouterr().err
+
+
+def test_status_and_info_show_the_front_instead_of_a_best_trial(store, capsys) -> None:
+    from orchard.cli import main
+
+    exp = build(store, objectives=GOALS, max_trials=6, seed=5)
+    exp.workon(zdt1, executor="single", progress=False)
+    size = len(exp.pareto_front())
+    for command in ("status", "info"):
+        assert main([command, "-n", "exp", "--storage", store]) == 0
+        out = capsys.readouterr().out
+        assert f"{size} trials on the Pareto front" in out and "f1=" in out and "best:" not in out
