@@ -64,6 +64,8 @@ like the promotions.
 
 from __future__ import annotations
 
+import dataclasses
+import math
 from collections.abc import Mapping, Sequence
 from statistics import NormalDist
 from typing import Any, ClassVar
@@ -71,6 +73,7 @@ from typing import Any, ClassVar
 from orchard.algorithms._rungs import Ladder, Place, config_key
 from orchard.algorithms.base import BaseAlgorithm, Observation, SeenPoints, space_size
 from orchard.errors import ConfigurationError, SpaceExhaustedError
+from orchard.priors import LogUniform, Uniform
 from orchard.space import Space
 
 __all__ = ["Asha"]
@@ -84,6 +87,13 @@ RULES = ("promotion", "stopping")
 SAMPLER_FITS = ("highest_rung", "all_rungs", "refined")
 #: Draws tried before a sampler's points are taken to be exhausted.
 _SAMPLER_RETRIES = 50
+#: Options ``asha`` gives its ``bayes`` sampler unless told otherwise: the acquisition function is
+#: maximized over random candidates (a few thousand, from the interior), not by L-BFGS, which
+#: is slower and runs to the box's faces.
+SAMPLER_DEFAULTS: dict[str, Any] = {"acq_optimizer": "sampling"}
+#: The fraction of each continuous dimension's range (on its search scale) kept clear at either
+#: end when a ``bayes`` sampler draws new points (see :func:`interior`).
+INTERIOR_MARGIN = 0.02
 
 
 
@@ -158,6 +168,8 @@ class Asha(BaseAlgorithm):
         self.min_points = self.options["min_points"] or max(
             len(space) + 1, sampler_options.get("n_initial_points", 0))
         self.stopping = self.options["rule"] == "stopping"
+        #: The space the sampler draws from: the interior of :attr:`space` for ``bayes`` (see :func:`interior`).
+        self.sampler_space = space if next(iter(self.options["sampler"])) == "random" else interior(space)
         #: The completed trials by rung: a cache extended as the history grows (see :mod:`._rungs`).
         self.ladder = Ladder(self.locate, self.eta if self.stopping else None)
 
@@ -321,7 +333,7 @@ class Asha(BaseAlgorithm):
     ) -> dict[str, Any]:
         """A sampler's point, placed at the lowest rung of its bracket, not yet taken."""
         seed = int(self.rng(completed, pending).integers(2**31))
-        sampler = _make_sampler(self.options["sampler"], self.space, seed)
+        sampler = _make_sampler(self.options["sampler"], self.sampler_space, seed)
         fit = self._fit_observations()
         lies = [self._top(p) for p in pending]
         for _ in range(_SAMPLER_RETRIES):
@@ -368,6 +380,29 @@ def normal_scores(count: int) -> list[float]:
     return [normal.inv_cdf((i + 0.5) / count) for i in range(count)]
 
 
+def interior(space: Space) -> Space:
+    """``space`` with each continuous dimension's bounds moved in by :data:`INTERIOR_MARGIN` of its range.
+
+    A Gaussian process extrapolates beyond its points, and its acquisition
+    function is often highest on the box's faces: on LCBench the model-based
+    sampler's suggestions sat within 1 % of a bound of a dimension about a third
+    of the time (random sampling: 2 %), where a surrogate benchmark has
+    artefacts and a real training rarely has its optimum. The margin is on the
+    dimension's search scale (log for ``loguniform``); discrete and categorical
+    dimensions, and the fidelity, are kept as they are.
+    """
+    priors = {}
+    for name, prior in space.items():
+        if isinstance(prior, (Uniform, LogUniform)) and not getattr(prior, "discrete", False):
+            log = isinstance(prior, LogUniform)
+            low, high = (math.log(prior.low), math.log(prior.high)) if log else (prior.low, prior.high)
+            margin = (high - low) * INTERIOR_MARGIN
+            low, high = low + margin, high - margin
+            prior = dataclasses.replace(prior, low=math.exp(low) if log else low, high=math.exp(high) if log else high)
+        priors[name] = prior
+    return Space(priors)
+
+
 def _normalize_sampler(owner: str, sampler: Any) -> dict[str, dict[str, Any]]:
     from orchard.algorithms import normalize_algorithm_config
 
@@ -377,6 +412,9 @@ def _normalize_sampler(owner: str, sampler: Any) -> dict[str, dict[str, Any]]:
             f"{owner} option sampler must be one of {', '.join(SAMPLERS)} (or {{'bayes': {{...}}}}), "
             f"got {sampler!r}"
         )
+    if name == "bayes":  # candidates scored by sampling, not L-BFGS (see SAMPLER_DEFAULTS), unless set
+        given = dict(sampler["bayes"]) if isinstance(sampler, Mapping) else {}
+        sampler = {"bayes": {**SAMPLER_DEFAULTS, **given}}
     return normalize_algorithm_config(sampler)
 
 
