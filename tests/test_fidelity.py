@@ -608,3 +608,22 @@ def test_bohb_style_sampler_runs_a_whole_experiment() -> None:
 def test_an_experiment_whose_algorithm_needs_a_fidelity_is_refused_before_it_is_stored() -> None:
     with pytest.raises(ConfigurationError, match="algorithm 'asha' needs a fidelity dimension"):
         orchard.build_experiment("nofid", space={"x": "uniform(0, 1)"}, algorithm="asha", storage="memory://")
+
+
+def test_the_bayes_sampler_is_told_a_bounded_subset_keeping_the_full_ranking() -> None:
+    """Past FIT_POINTS configurations the sampler sees the best half and the rest evenly by rank,
+    with the normal scores of the whole ranking (so the subset's scores still say where each stands)."""
+    from orchard.algorithms._asha import FIT_POINTS, bounded, normal_scores
+
+    ranked = [obs(i / 1000, 1, i) for i in range(300)]
+    subset = bounded(ranked)
+    assert len(subset) == FIT_POINTS
+    assert subset[:FIT_POINTS // 2] == ranked[:FIT_POINTS // 2]
+    assert subset[FIT_POINTS // 2] == ranked[FIT_POINTS // 2] and subset[-1] == ranked[-1]
+    assert bounded(ranked[:FIT_POINTS]) == ranked[:FIT_POINTS]
+    algo = asha(sampler={"bayes": {"n_initial_points": 3}}, min_points=3, sampler_fit="refined", rule="stopping")
+    algo.ladder.update(ranked)
+    told = algo._fit_observations()
+    scores = normal_scores(len(ranked))
+    assert len(told) == FIT_POINTS
+    assert [o.objective for o in told[:3]] == pytest.approx(scores[:3]) and told[-1].objective == pytest.approx(scores[-1])

@@ -68,6 +68,8 @@ import dataclasses
 import math
 from collections.abc import Mapping, Sequence
 from statistics import NormalDist
+
+import numpy as np
 from typing import Any, ClassVar
 
 from orchard.algorithms._rungs import Ladder, Place, config_key
@@ -91,6 +93,8 @@ _SAMPLER_RETRIES = 50
 #: maximized over random candidates (a few thousand, from the interior), not by L-BFGS, which
 #: is slower and runs to the box's faces.
 SAMPLER_DEFAULTS: dict[str, Any] = {"acq_optimizer": "sampling"}
+#: Most observations a ``bayes`` sampler is told (see :func:`bounded`): a suggestion's cost stays bounded.
+FIT_POINTS = 128
 #: The fraction of each continuous dimension's range (on its search scale) kept clear at either
 #: end when a ``bayes`` sampler draws new points (see :func:`interior`).
 INTERIOR_MARGIN = 0.02
@@ -342,12 +346,13 @@ class Asha(BaseAlgorithm):
         if next(iter(self.options["sampler"])) == "random":
             return []
         if self.options["sampler_fit"] == "highest_rung":
-            return [Observation(self._top(o.params), o.objective) for o in self._fit_rung()]
+            ranked = sorted(self._fit_rung(), key=lambda o: o.objective)
+            return [Observation(self._top(o.params), o.objective) for o in bounded(ranked)]
         ordered = self.ladder.refined()
         if len(ordered) < self.min_points:
             return []
-        return [Observation(self._top(o.params), score)
-                for o, score in zip(ordered, normal_scores(len(ordered)))]
+        scored = [Observation(o.params, score) for o, score in zip(ordered, normal_scores(len(ordered)))]
+        return [Observation(self._top(o.params), o.objective) for o in bounded(scored)]
 
     def _fit_rung(self) -> list[Observation]:
         """The highest rung with at least ``min_points`` results (all brackets); ``[]`` if none."""
@@ -365,6 +370,22 @@ class Asha(BaseAlgorithm):
                 if isinstance(prior, (Uniform, LogUniform)) and isinstance(told.get(name), (int, float)):
                     told[name] = min(max(told[name], prior.low), prior.high)
         return told
+
+
+def bounded(ranked: list[Observation], most: int | None = None) -> list[Observation]:
+    """At most ``most`` (default :data:`FIT_POINTS`) of ``ranked`` (best first): the best half, then
+    the rest evenly spaced by rank, worst included, so the model still sees the whole range.
+
+    Deterministic (no random draw), so the sampler's fit, like the promotions, is a
+    function of the history; it bounds the cost of a suggestion whatever the history's size.
+    """
+    most = FIT_POINTS if most is None else most
+    if len(ranked) <= most:
+        return ranked
+    head = most // 2
+    rest = ranked[head:]
+    picks = np.linspace(0, len(rest) - 1, most - head).round().astype(int)
+    return ranked[:head] + [rest[int(i)] for i in picks]
 
 
 def normal_scores(count: int) -> list[float]:
