@@ -220,7 +220,7 @@ def ranks(rows: list[dict[str, Any]], methods: list[str]) -> dict[str, float]:
 
 def table(rows: list[dict[str, Any]], methods: list[str]) -> str:
     rank = ranks(rows, methods)
-    lines = ["| method | regret @25 % | regret @100 % | mean rank | near a bound | jobs | median ask (ms CPU) |",
+    lines = ["| method | regret @25 % | regret @100 % | mean rank | near a bound | jobs | median suggestion, promotions included (ms CPU) |",
              "|---|---|---|---|---|---|---|"]
     for method in sorted(methods, key=lambda m: rank[m]):
         mine = [r for r in rows if r["method"] == method]
