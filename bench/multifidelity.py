@@ -111,16 +111,16 @@ LOW = int(os.environ.get("MF_LOW", "3"))
 RUNGS = ladder(LOW)
 #: How new points are drawn (``--sampler``; ``MF_SAMPLER``): ``random`` everywhere, or each tool's
 #: model-based sampler where it has one (Orchard's ``bayes`` inside ``asha``/``hyperband``, Optuna's TPE).
-SAMPLER = os.environ.get("MF_SAMPLER", "random")
+SAMPLER = os.environ.get("MF_SAMPLER", "bayes")
 #: Orchard's promotion rule for ``asha``/``hyperband`` (``--rule``; ``MF_RULE``): ``promotion`` (a quota
 #: per rung) or ``stopping`` (a verdict per arrival, the rule of Optuna's pruner).
-RULE = os.environ.get("MF_RULE", "promotion")
+RULE = os.environ.get("MF_RULE", "stopping")
 #: Orchard's ``min_points`` for a ``bayes`` sampler inside ``asha``/``hyperband`` (``--min-points``;
 #: ``MF_MIN_POINTS``); empty: the algorithm's default.
 MIN_POINTS = os.environ.get("MF_MIN_POINTS", "")
 #: What Orchard's ``bayes`` sampler inside ``asha``/``hyperband`` is fitted on (``--sampler-fit``;
-#: ``MF_SAMPLER_FIT``): the ``highest_rung`` with enough results, ``all_rungs`` or ``refined``.
-SAMPLER_FIT = os.environ.get("MF_SAMPLER_FIT", "highest_rung")
+#: ``MF_SAMPLER_FIT``): ``refined`` (asha's default) or the ``highest_rung`` with enough results.
+SAMPLER_FIT = os.environ.get("MF_SAMPLER_FIT", "refined")
 #: Orchard's ``reduction_factor`` for ``asha``/``hyperband`` (``--eta``; ``MF_ETA``); empty: the
 #: fidelity's base, 3, as for the other tools. The rungs stay ``low * 3**k`` either way.
 ETA = os.environ.get("MF_ETA", "")
@@ -207,7 +207,9 @@ def orchard_objective(lr: float, alpha: float, hidden: int, epochs: int) -> floa
 
 def orchard_options() -> dict[str, Any]:
     """The options of Orchard's ``asha``/``hyperband`` in this run."""
-    options: dict[str, Any] = {"sampler": SAMPLER, "rule": RULE, "sampler_fit": SAMPLER_FIT}
+    options: dict[str, Any] = {"sampler": SAMPLER, "rule": RULE}
+    if SAMPLER == "bayes":  # a random sampler fits nothing (asha refuses the option)
+        options["sampler_fit"] = SAMPLER_FIT
     if ETA:
         options["reduction_factor"] = float(ETA)
     if MIN_POINTS:
@@ -618,10 +620,10 @@ def main(argv: list[str] | None = None) -> None:
                              "per arrival (Optuna's pruner's rule)")
     parser.add_argument("--min-points", type=int, default=int(MIN_POINTS) if MIN_POINTS else None,
                         help="Orchard asha/hyperband's min_points for the bayes sampler (default: Orchard's)")
-    parser.add_argument("--sampler-fit", choices=("highest_rung", "all_rungs", "refined"), default=SAMPLER_FIT,
+    parser.add_argument("--sampler-fit", choices=("refined", "highest_rung"), default=SAMPLER_FIT,
                         help="what Orchard asha/hyperband's bayes sampler is fitted on: the highest rung with "
-                             "enough results (BOHB's choice), or every configuration's standing (by promotions "
-                             "earned: all_rungs; by refinement: refined)")
+                             "enough results (BOHB's choice), or every configuration ranked by refinement"
+                             " (refined, the default)")
     parser.add_argument("--eta", type=float, default=float(ETA) if ETA else None,
                         help="Orchard asha/hyperband's reduction_factor (default: the fidelity's base, 3, as for "
                              "the other tools; the rungs stay low*3^k)")

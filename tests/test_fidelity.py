@@ -31,6 +31,8 @@ def obs(x: float, epochs: int, objective: float) -> Observation:
 
 
 def asha(**options: Any) -> Asha:
+    """An ``asha`` on SPACE; random sampler and quota rule unless given (the mechanics tested here)."""
+    options = {"sampler": "random", "rule": "promotion", **options}
     algo = make_algorithm({"asha": options}, Space.from_config(SPACE), seed=0)
     assert isinstance(algo, Asha)
     return algo
@@ -331,20 +333,7 @@ def test_bayes_is_never_fitted_on_a_rung_too_small_for_its_model() -> None:
     assert asha(sampler="bayes", min_points=4).min_points == 4
 
 
-def test_all_rungs_fit_tells_every_configuration_once_by_promotions_earned() -> None:
-    """``sampler_fit="all_rungs"``: a configuration's standing is its highest rung, then its objective there."""
-    algo = asha(sampler={"bayes": {"n_initial_points": 3}}, min_points=3, sampler_fit="all_rungs")
-    history = [obs(0.1, 1, 0.9), obs(0.2, 1, 0.3), obs(0.3, 1, 0.5), obs(0.4, 1, 0.7),
-               obs(0.2, 3, 0.6), obs(0.3, 3, 0.4)]  # 0.2 and 0.3 were promoted; at 3 epochs 0.3 is better
-    algo.ladder.update(history)
-    told = algo._fit_observations()
-    assert [o.params["x"] for o in told] == [0.3, 0.2, 0.4, 0.1]  # each once, promoted ones first
-    assert {o.params["epochs"] for o in told} == {9}  # told at the top fidelity, as the sampler's space has it
-    assert [o.objective for o in told] == pytest.approx([-1.1503, -0.3186, 0.3186, 1.1503], abs=1e-4)
-    assert asha(sampler={"bayes": {"n_initial_points": 5}}, min_points=5, sampler_fit="all_rungs")._fit_observations() == []
-
-
-def test_all_rungs_fit_is_blind_to_the_objective_scale() -> None:
+def test_refined_fit_is_blind_to_the_objective_scale() -> None:
     """Any objective with the same order gives the same suggestions; the raw objectives of one rung do not."""
     rung0 = [obs(x / 40, 1, (x / 40 - 0.65) ** 2) for x in range(0, 40, 3)]  # 14: quota 4
     best = sorted(rung0, key=lambda o: o.objective)[:4]
@@ -359,7 +348,7 @@ def test_all_rungs_fit_is_blind_to_the_objective_scale() -> None:
         assert params["epochs"] == 1  # a new point: no promotion is free
         return params
 
-    assert suggestion("all_rungs", history) == suggestion("all_rungs", stretched)
+    assert suggestion("refined", history) == suggestion("refined", stretched)
     assert suggestion("highest_rung", history) != suggestion("highest_rung", stretched)
 
 
@@ -374,15 +363,6 @@ def hyperband_by_bracket(sampler_fit: str) -> tuple[Hyperband, dict[int, list[fl
     return algo, by_bracket
 
 
-def test_all_rungs_fit_counts_promotions_from_each_brackets_own_start() -> None:
-    """In Hyperband a configuration that starts higher has earned no promotion by being there."""
-    algo, by_bracket = hyperband_by_bracket("all_rungs")
-    low, high = by_bracket[0][:2], by_bracket[1][:1]  # bracket 1 starts at rung 1 (3 epochs)
-    history = [obs(low[0], 1, 0.5), obs(low[1], 1, 0.2), obs(low[1], 3, 0.4), obs(high[0], 3, 0.1)]
-    algo.ladder.update(history)
-    assert [o.params["x"] for o in algo.ladder.by_height(algo.start_rung)] == [low[1], high[0], low[0]]
-
-
 def test_refined_fit_ranks_at_the_lowest_rung_and_re_ranks_in_place() -> None:
     """``sampler_fit="refined"``: reaching a rung earns nothing; a higher rung decides between those it saw."""
     history = [obs(0.1, 1, 0.9), obs(0.2, 1, 0.3), obs(0.3, 1, 0.5), obs(0.4, 1, 0.1), obs(0.5, 1, 0.7),
@@ -395,8 +375,6 @@ def test_refined_fit_ranks_at_the_lowest_rung_and_re_ranks_in_place() -> None:
     assert [o.params["x"] for o in told] == [0.4, 0.3, 0.2, 0.5, 0.1]
     assert {o.params["epochs"] for o in told} == {9}
     assert [o.objective for o in told] == pytest.approx([-1.2816, -0.5244, 0.0, 0.5244, 1.2816], abs=1e-4)
-    # the control: by promotions earned, the poor early arrival 0.1 ranks above the best of the lowest rung
-    assert [o.params["x"] for o in algo.ladder.by_height(algo.start_rung)] == [0.3, 0.2, 0.1, 0.4, 0.5]
     (params,) = algo.suggest(history, [])
     assert algo.rung_index(params) is not None
 
@@ -413,9 +391,41 @@ def test_refined_fit_merges_brackets_by_the_fraction_ranked_ahead() -> None:
 
 
 def test_sampler_fit_must_be_one_of_the_known_ones() -> None:
-    with pytest.raises(ConfigurationError,
-                       match="sampler_fit must be one of highest_rung, all_rungs, refined, got 'top'"):
+    with pytest.raises(ConfigurationError, match="sampler_fit must be one of None, refined, highest_rung, got 'top'"):
         asha(sampler="bayes", sampler_fit="top")
+    with pytest.raises(ConfigurationError, match="'all_rungs' was superseded by 'refined'"):
+        asha(sampler="bayes", sampler_fit="all_rungs")
+
+
+@pytest.mark.parametrize("option", [{"sampler_fit": "refined"}, {"min_points": 4}])
+def test_options_a_random_sampler_ignores_are_refused(option: dict[str, Any]) -> None:
+    """A combination that would do nothing is refused with one line naming the option and the fix."""
+    key = next(iter(option))
+    with pytest.raises(ConfigurationError, match=f"asha option {key}=.* only applies to sampler='bayes'.*remove it"):
+        asha(sampler="random", **option)
+
+
+def test_the_default_is_bayes_refined_stopping_from_the_interior() -> None:
+    """The recommended setting is the default; the previous release's stored default still opens."""
+    algo = make_algorithm("asha", Space.from_config(SPACE), seed=0)
+    assert isinstance(algo, Asha)
+    assert algo.options["rule"] == "stopping" and algo.options["sampler_fit"] == "refined"
+    assert algo.options["sampler"]["bayes"]["acq_optimizer"] == "sampling"
+    assert (algo.sampler_space["x"].low, algo.sampler_space["x"].high) == pytest.approx((0.02, 0.98))
+    previous = {"sampler": {"random": {}}, "rule": "promotion", "sampler_fit": "highest_rung", "min_points": None,
+                "reduction_factor": None, "num_rungs": None}
+    assert normalize_algorithm_config({"asha": previous})["asha"]["sampler_fit"] is None
+
+
+def test_bayes_suggestions_stay_off_the_bounds() -> None:
+    """New points of the bayes sampler come from the interior: none within 1 % of a bound."""
+    algo = make_algorithm("asha", Space.from_config(SPACE), seed=1)
+    history = [obs(x / 20, 1, (x / 20) ** 2) for x in range(1, 20)]  # the optimum is on the lower bound
+    for _ in range(5):
+        (params,) = algo.suggest(history, [])
+        if params["epochs"] == 1:
+            assert 0.01 < params["x"] < 0.99
+            history.append(Observation(params, params["x"] ** 2))
 
 
 def run_sequential(algo: Asha, trials: int) -> list[Observation]:
@@ -441,7 +451,8 @@ def assert_rung_invariants(algo: Asha, history: list[Observation]) -> None:
 
 
 def test_sequential_asha_keeps_the_rung_invariants() -> None:
-    algo = make_algorithm("asha", Space.from_config({"x": "uniform(0, 1)", "epochs": "fidelity(1, 27)"}), seed=4)
+    algo = make_algorithm({"asha": {"sampler": "random", "rule": "promotion"}},
+                          Space.from_config({"x": "uniform(0, 1)", "epochs": "fidelity(1, 27)"}), seed=4)
     assert isinstance(algo, Asha)
     history = run_sequential(algo, 60)
     assert_rung_invariants(algo, history)
@@ -487,7 +498,7 @@ def test_hyperband_new_points_start_at_their_brackets_rung() -> None:
 
 def test_sequential_hyperband_keeps_the_rung_invariants_in_every_bracket() -> None:
     space = Space.from_config({"x": "uniform(0, 1)", "epochs": "fidelity(1, 27)"})
-    algo = make_algorithm("hyperband", space, seed=6)
+    algo = make_algorithm({"hyperband": {"sampler": "random", "rule": "promotion"}}, space, seed=6)
     assert isinstance(algo, Hyperband)
     history = run_sequential(algo, 80)
     assert_rung_invariants(algo, history)
@@ -581,7 +592,7 @@ def test_ask_and_tell_register_promotions_with_their_parent() -> None:
     assert promoted
     for child in promoted:
         parent = trials[child.parent]  # type: ignore[index]
-        assert parent.params == {**child.params, "epochs": 1} and child.params["epochs"] == 3
+        assert parent.params == {**child.params, "epochs": child.params["epochs"] // 3}
 
 
 def test_bohb_style_sampler_runs_a_whole_experiment() -> None:
@@ -597,3 +608,22 @@ def test_bohb_style_sampler_runs_a_whole_experiment() -> None:
 def test_an_experiment_whose_algorithm_needs_a_fidelity_is_refused_before_it_is_stored() -> None:
     with pytest.raises(ConfigurationError, match="algorithm 'asha' needs a fidelity dimension"):
         orchard.build_experiment("nofid", space={"x": "uniform(0, 1)"}, algorithm="asha", storage="memory://")
+
+
+def test_the_bayes_sampler_is_told_a_bounded_subset_keeping_the_full_ranking() -> None:
+    """Past FIT_POINTS configurations the sampler sees the best half and the rest evenly by rank,
+    with the normal scores of the whole ranking (so the subset's scores still say where each stands)."""
+    from orchard.algorithms._asha import FIT_POINTS, bounded, normal_scores
+
+    ranked = [obs(i / 1000, 1, i) for i in range(300)]
+    subset = bounded(ranked)
+    assert len(subset) == FIT_POINTS
+    assert subset[:FIT_POINTS // 2] == ranked[:FIT_POINTS // 2]
+    assert subset[FIT_POINTS // 2] == ranked[FIT_POINTS // 2] and subset[-1] == ranked[-1]
+    assert bounded(ranked[:FIT_POINTS]) == ranked[:FIT_POINTS]
+    algo = asha(sampler={"bayes": {"n_initial_points": 3}}, min_points=3, sampler_fit="refined", rule="stopping")
+    algo.ladder.update(ranked)
+    told = algo._fit_observations()
+    scores = normal_scores(len(ranked))
+    assert len(told) == FIT_POINTS
+    assert [o.objective for o in told[:3]] == pytest.approx(scores[:3]) and told[-1].objective == pytest.approx(scores[-1])

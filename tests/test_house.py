@@ -27,10 +27,7 @@ OVERSIZE: dict[str, str] = {
 DOCUMENTED = "import circle"
 #: Imports inside functions that close a circle, documented here until their module says so itself:
 #: (importer, imported) -> why.
-KNOWN_LAZY: dict[tuple[str, str], str] = {
-    ("orchard.algorithms._asha", "orchard.algorithms"):
-        "asha/hyperband build their nested sampler through the algorithm registry, which lists them",
-}
+KNOWN_LAZY: dict[tuple[str, str], str] = {}
 
 
 def _modules() -> dict[str, pathlib.Path]:

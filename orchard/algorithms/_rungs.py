@@ -152,24 +152,6 @@ class Ladder:
         arrivals = self.arrivals.get(place)
         return [] if arrivals is None else arrivals.survivors()
 
-    def by_height(self, start_rung: Callable[[int], int]) -> list[Observation]:
-        """Every configuration once, at the highest rung it completed, best first.
-
-        Best first means more promotions earned first (a trial at rung ``r`` of a
-        bracket starting at rung ``start_rung(bracket)`` earned ``r - start``),
-        then the lower objective, then the configuration's hash. A configuration
-        lives in one bracket, so its highest rung there is its standing.
-        """
-        heights: dict[str, tuple[int, Entry]] = {}
-        for (bracket, rung), entries in self.rungs.items():
-            earned = rung - start_rung(bracket)
-            for entry in entries:
-                held = heights.get(entry.key)
-                if held is None or held[0] < earned:
-                    heights[entry.key] = (earned, entry)
-        ranked = sorted(heights.values(), key=lambda held: (-held[0], held[1].rank))
-        return [entry.observation for _, entry in ranked]
-
     def refined(self) -> list[Observation]:
         """Every configuration once, at the highest rung it completed, placed by refinement, best first.
 
