@@ -142,7 +142,8 @@ def test_api_serves_counts_follows_changes_and_refuses_writes(storage_uri: str, 
         assert served.url.startswith("http://127.0.0.1:")
         status, experiments = request(served.url + "api/experiments")
         assert status == 200 and [e["name"] for e in experiments] == ["dash"]
-        assert experiments[0]["counts"] == {"new": 2, "reserved": 1, "completed": 3, "broken": 1, "interrupted": 0}
+        assert experiments[0]["counts"] == {"new": 2, "reserved": 1, "completed": 3, "broken": 1, "interrupted": 0,
+                                            "pruned": 0}
         assert (experiments[0]["best_objective"], experiments[0]["live_workers"]) == (1.5, 1)
 
         status, detail = request(served.url + "api/experiments/dash")
