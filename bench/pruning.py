@@ -8,6 +8,8 @@ one run, alternated per (instance, seed):
 * ``orchard-random-P`` and ``orchard-bayes-P``: Orchard's ``random`` and ``bayes`` algorithms
   with the pruner ``P`` in ``none``, ``median``, ``asha``, ``hyperband``. A pruned trial is told
   to the sampler with its last reported value.
+* ``orchard-bayes-hyperband-untold``: the control for "the sampler learns from pruned trials":
+  pruned trials are not told to ``bayes`` (they are only kept from being suggested again).
 * ``optuna-tpe-P``: Optuna's TPESampler (``constant_liar=True``, its setting for parallel
   workers) with ``MedianPruner()``, ``SuccessiveHalvingPruner()`` or
   ``HyperbandPruner(min_resource=1, max_resource=52)``.
@@ -30,20 +32,17 @@ import multiprocessing
 import statistics
 import sys
 import time
-from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _lcbench import DEV_INSTANCES, DIMENSIONS, EPOCHS, SPACE, Job, LCBench, simulate  # noqa: E402
+from _lcbench import DEV_INSTANCES, DIMENSIONS, EPOCHS, SPACE, Job, LCBench, simulate
 
-from orchard.algorithms import make_algorithm  # noqa: E402
-from orchard.algorithms.base import Observation  # noqa: E402
-from orchard.pruners import make_pruner  # noqa: E402
-from orchard.space import Space  # noqa: E402
+from orchard.algorithms import make_algorithm
+from orchard.algorithms.base import Observation
+from orchard.pruners import make_pruner
+from orchard.space import Space
 
 FRACTIONS = (0.10, 0.25, 0.50, 1.00)
 ORCHARD_PRUNERS: dict[str, Any] = {
@@ -59,17 +58,19 @@ BAYES = {"bayes": {"base_estimator": "GP", "acq_optimizer": "sampling"}}
 class OrchardPruned:
     """An Orchard algorithm plus a pruner, driven as a worker would: the history in, a verdict out."""
 
-    def __init__(self, algorithm: Any, pruner: Any, seed: int) -> None:
+    def __init__(self, algorithm: Any, pruner: Any, seed: int, tell_pruned: bool = True) -> None:
+        self.tell_pruned = tell_pruned
         space = Space.from_config({name: prior for name, prior in SPACE.items() if name != "epoch"})
         self.algorithm = make_algorithm(algorithm, space, seed=seed)
         self.pruner = make_pruner(pruner)
         self.reports: dict[str, list[tuple[int, float]]] = {}
         self.completed: list[Observation] = []
         self.pending: dict[str, dict[str, Any]] = {}
+        self.untold: list[dict[str, Any]] = []
         self.count = 0
 
     def ask(self, now: float) -> Job | None:
-        params = self.algorithm.suggest(self.completed, list(self.pending.values()))[0]
+        params = self.algorithm.suggest(self.completed, [*self.pending.values(), *self.untold])[0]
         token = f"trial-{self.count}"
         self.count += 1
         self.pending[token] = params
@@ -87,7 +88,10 @@ class OrchardPruned:
         if not own or own[-1][0] != epoch:
             own.append((epoch, error))
         params = self.pending.pop(job.token)
-        self.completed.append(Observation(params, own[-1][1]))
+        if epoch == job.stop or self.tell_pruned:
+            self.completed.append(Observation(params, own[-1][1]))
+        else:  # the control: a pruned trial is not told (only kept from being suggested again)
+            self.untold.append(params)
 
 
 class OptunaPruned:
@@ -134,14 +138,16 @@ class OptunaPruned:
 
 def methods() -> list[str]:
     names = [f"orchard-{alg}-{p}" for alg in ("random", "bayes") for p in ORCHARD_PRUNERS]
-    return names + [f"optuna-tpe-{p}" for p in OPTUNA_PRUNERS]
+    return names + [f"optuna-tpe-{p}" for p in OPTUNA_PRUNERS] + ["orchard-bayes-hyperband-untold"]
 
 
 def make_scheduler(method: str, seed: int) -> Any:
     tool, sampler, pruner = method.split("-", 2)
     if tool == "optuna":
         return OptunaPruned(pruner, seed)
-    return OrchardPruned("random" if sampler == "random" else BAYES, ORCHARD_PRUNERS[pruner], seed)
+    pruner, _, control = pruner.partition("-")
+    return OrchardPruned("random" if sampler == "random" else BAYES, ORCHARD_PRUNERS[pruner], seed,
+                         tell_pruned=control != "untold")
 
 
 _BENCHES: dict[str, LCBench] = {}

@@ -25,8 +25,6 @@ from pathlib import Path
 from typing import Any
 
 import orchard
-from orchard.pruners import make_pruner
-from orchard.verdicts import Judge
 
 
 def orchard_setup(folder: Path, trials: int, steps: int) -> tuple[Any, Any, str]:
