@@ -290,3 +290,32 @@ def test_reports_of_a_worker_killed_mid_training_survive_and_the_trial_is_taken_
     (trial,) = exp.storage.fetch_trials(exp.id)
     assert trial.status is TrialStatus.COMPLETED and trial.attempts >= 1
     assert [step for step, _ in trial.reports] == list(range(1, 11))  # the new attempt's whole curve
+
+
+def _curve_for_pool(x: float) -> float:
+    """Module-level (picklable for loky): 20 steps of a curve whose level is x."""
+    for step in range(1, 21):
+        orchard.report(x + 1.0 / step, step)
+        if orchard.should_prune():
+            raise orchard.TrialPruned()
+    return x + 0.05
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("backend", ["pickle", "mongodb"])
+def test_workon_with_four_processes_prunes_with_an_exact_budget(backend: str, tmp_path: Path,
+                                                                request: pytest.FixtureRequest) -> None:
+    """4 loky workers report 20 steps each: completed + pruned = max_trials, verdicts recompute, reports kept."""
+    from tests.conftest import backend_uri
+
+    uri = backend_uri(backend, request, tmp_path)
+    exp = orchard.build_experiment("p-workon", space=SPACE, max_trials=24, storage=uri, seed=5,
+                                   pruner={"asha": {"min_step": 1, "reduction_factor": 3}})
+    exp.workon(_curve_for_pool, n_workers=4, progress=False)
+    counts = exp.storage.count_trials(exp.id)
+    assert counts[TrialStatus.COMPLETED] + counts[TrialStatus.PRUNED] == 24
+    assert counts[TrialStatus.PRUNED] > 0 and counts[TrialStatus.RESERVED] == 0
+    assert len({t.worker for t in exp.storage.fetch_trials(exp.id)}) > 1  # several processes took part
+    assert_verdicts_recompute(exp)
+    for trial in exp.storage.fetch_trials(exp.id, [TrialStatus.COMPLETED]):
+        assert [step for step, _ in trial.reports] == list(range(1, 21))
