@@ -28,7 +28,7 @@ import os
 import shutil
 import tempfile
 import traceback
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from orchard.current import CurrentTrial, current_trial, evaluating
@@ -302,11 +302,20 @@ class ObjectiveEvaluator(TrialEvaluator):
         with evaluating(trial, self.working_dir):  # a forked child inherits it
             if (self.timeout is None and self.memory_limit is None) or not hasattr(os, "fork"):
                 return call_objective(self.fn, trial.params, self.timeout, self.memory_limit)
-            with _followed(trial) as reporting:
-                job = functools.partial(_evaluate_for_parent, self.fn, dict(trial.params), reporting.environment)
-                child = ForkedCall(job)
+            with contextlib.ExitStack() as reports:
+                judging = current_judge()
+                paths: tuple[str, str] | None = None
+                if judging is not None:  # the child's reports go through files the worker follows
+                    folder = tempfile.mkdtemp(prefix="orchard-reports-")
+                    reports.callback(shutil.rmtree, folder, ignore_errors=True)
+                    paths = (os.path.join(folder, "reports.jsonl"), os.path.join(folder, "verdict.json"))
+                    ReportFollower.prepare(*paths)
+                environment = None if paths is None else ReportFollower.environment(*paths)
+                child = ForkedCall(functools.partial(_evaluate_for_parent, self.fn, dict(trial.params), environment))
                 self._running[trial.id] = child
-                reporting.start(lambda: kill_tree(child.pid))
+                if judging is not None and paths is not None:  # started after the fork: no thread is forked
+                    reports.enter_context(ReportFollower(judging[0], judging[1], *paths, grace=PRUNE_GRACE,
+                                                         stop=lambda: kill_tree(child.pid)))
                 try:
                     return _outcome_of(child.result(self.timeout, self.memory_limit), self.timeout)
                 finally:
@@ -342,45 +351,8 @@ def _evaluate_for_parent(fn: Callable[..., Any], params: dict[str, Any],
         return Outcome.from_exception(err)
 
 
-class _Reporting:
-    """The report files of one child evaluation and, under a worker's judge, their follower."""
-
-    def __init__(self, trial: Trial) -> None:
-        self.trial, self.judge = trial, current_judge()
-        self.folder: str | None = None
-        self.environment: dict[str, str] | None = None
-        self.follower: Any = None
-        if self.judge is not None:
-            self.folder = tempfile.mkdtemp(prefix="orchard-reports-")
-            paths = (os.path.join(self.folder, "reports.jsonl"), os.path.join(self.folder, "verdict.json"))
-            self.paths = paths
-            self.environment = ReportFollower.environment(*paths)
-            ReportFollower.prepare(*paths)
-
-    def start(self, stop: Callable[[], None]) -> None:
-        if self.judge is not None:
-            judge, trial_id = self.judge
-            self.follower = ReportFollower(judge, trial_id, *self.paths, stop=stop, grace=PRUNE_GRACE)
-            self.follower.__enter__()
-
-    def close(self) -> None:
-        if self.follower is not None:
-            self.follower.__exit__(None, None, None)
-        if self.folder is not None:
-            shutil.rmtree(self.folder, ignore_errors=True)
-
-
 #: Seconds a child evaluation has to end by itself after a "prune" verdict before it is killed.
 PRUNE_GRACE = 5.0
-
-
-@contextlib.contextmanager
-def _followed(trial: Trial) -> Iterator[_Reporting]:
-    reporting = _Reporting(trial)
-    try:
-        yield reporting
-    finally:
-        reporting.close()
 
 
 def _outcome_of(value: object, timeout: float | None) -> Outcome:
