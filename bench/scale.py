@@ -54,11 +54,22 @@ _HOLDS: list[float] = []
 _HELD = {"since": 0.0}
 _MONGO = {"commands": 0, "bytes": 0}
 _LAST: dict[str, Any] = {}
+_PROFILE: dict[str, Any] = {}
 
 
-def install_probes(mongo: bool) -> None:
-    """Executor initializer: time every pickle-lock acquisition; count MongoDB commands if ``mongo``."""
+def install_probes(mongo: bool, profile_dir: str | None = None) -> None:
+    """Executor initializer: time every pickle-lock acquisition; count MongoDB commands if ``mongo``.
+
+    With ``profile_dir``, the worker process runs under :mod:`cProfile` and
+    writes its cumulative profile to ``profile_dir/PID.prof`` at each trial.
+    """
     from orchard.storages.pickled import locks
+
+    if profile_dir is not None:
+        import cProfile
+
+        _PROFILE.update(dir=profile_dir, profiler=cProfile.Profile(time.process_time))  # CPU, not wall
+        _PROFILE["profiler"].enable()
 
     acquire = locks.acquire
 
@@ -108,19 +119,41 @@ def _read_counter(path: str, key: str) -> int:
     return 0
 
 
+def _memory() -> dict[str, int]:
+    """This process's proportional (PSS) and unshared (USS) memory, KiB, from one read of smaps_rollup."""
+    fields = {"Pss:": 0, "Private_Clean:": 0, "Private_Dirty:": 0}
+    with contextlib.suppress(OSError), open("/proc/self/smaps_rollup") as f:
+        for line in f:
+            name, _, rest = line.partition(" ")
+            if name in fields:
+                fields[name] = int(rest.split()[0])
+    return {"pss_kib": fields["Pss:"], "uss_kib": fields["Private_Clean:"] + fields["Private_Dirty:"]}
+
+
 def probe_sleep(x: float, y: float, seconds: float) -> dict[str, Any]:
-    """The objective: sleep, and report what this worker process did since its previous trial."""
+    """The objective: sleep, and report what this worker process did since its previous trial.
+
+    The probe's own reads (``/proc``, profiles) are excluded from the CPU and
+    bytes it reports: both counters are taken again after them.
+    """
     start = time.time()
+    cpu = time.process_time()  # this process's CPU (user + system), robust under load
     rchar = _read_counter("/proc/self/io", "rchar:")
     waits, _WAITS[:] = list(_WAITS), []
     holds, _HOLDS[:] = list(_HOLDS), []
     mongo = dict(_MONGO)
     since = {
         "rchar": rchar - _LAST["rchar"] if _LAST else None,
+        "cpu": cpu - _LAST["cpu"] if _LAST else cpu,  # the first: the worker's start-up (fork to here)
         "commands": mongo["commands"] - _LAST.get("commands", 0),
         "mongo_bytes": mongo["bytes"] - _LAST.get("mongo_bytes", 0),
     }
-    _LAST.update(rchar=rchar, commands=mongo["commands"], mongo_bytes=mongo["bytes"])
+    memory = {"rss_kib": _read_counter("/proc/self/status", "VmRSS:"), **_memory()}  # idle, between trials
+    if _PROFILE:
+        _PROFILE["profiler"].dump_stats(os.path.join(_PROFILE["dir"], f"{os.getpid()}.prof"))
+        _PROFILE["profiler"].enable()  # dumping disabled it
+    _LAST.update(rchar=_read_counter("/proc/self/io", "rchar:"), commands=mongo["commands"],
+                 mongo_bytes=mongo["bytes"], cpu=time.process_time())
     time.sleep(seconds)
     return {
         "objective": x * x + y,
@@ -129,8 +162,7 @@ def probe_sleep(x: float, y: float, seconds: float) -> dict[str, Any]:
         "t1": time.time(),
         "waits": [round(w, 6) for w in waits],
         "holds": [round(h, 6) for h in holds],
-        "rss_kib": _read_counter("/proc/self/status", "VmRSS:"),
-        "pss_kib": _read_counter("/proc/self/smaps_rollup", "Pss:"),
+        **memory,
         "sklearn": "sklearn" in sys.modules,
         **since,
     }
@@ -157,11 +189,15 @@ class Result:
     mongo_bytes_per_trial: float = math.nan
     rss_mib: float = math.nan
     pss_mib: float = math.nan
+    uss_mib: float = math.nan
+    cpu_per_trial: float = math.nan  # seconds of process CPU a worker spends between two trials (median)
+    start_cpu: float = math.nan  # seconds of process CPU from a worker's start to its first trial (median)
     sklearn: bool = False
     wall: float = math.nan
 
 
-def run(workers: int, rounds: int, seconds: float, storage: str, executor: str) -> Result:
+def run(workers: int, rounds: int, seconds: float, storage: str, executor: str,
+        profile_dir: str | None = None) -> Result:
     """Run ``workers × rounds`` sleeps of ``seconds`` on ``storage``; measure them."""
     import functools
 
@@ -176,7 +212,7 @@ def run(workers: int, rounds: int, seconds: float, storage: str, executor: str) 
     called = time.time()
     try:
         exp.workon(functools.partial(probe_sleep, seconds=seconds), n_workers=workers, executor=executor,
-                   executor_config={"initializer": install_probes, "initargs": (storage.startswith("mongodb"),)}, progress=False)
+                   executor_config={"initializer": install_probes, "initargs": (storage.startswith("mongodb"), profile_dir)}, progress=False)
     except orchard.OrchardError as err:
         result.failed = f"{type(err).__name__}: {str(err)[:160]}"
     result.wall = time.time() - called
@@ -209,9 +245,12 @@ def _measure(result: Result, records: list[dict[str, Any]], called: float) -> No
         result.read_per_trial = statistics.median(r["rchar"] for r in later)
         result.commands_per_trial = sum(r["commands"] for r in later) / len(later)
         result.mongo_bytes_per_trial = sum(r["mongo_bytes"] for r in later) / len(later)
+        result.cpu_per_trial = statistics.median(r["cpu"] for r in later)
+    result.start_cpu = statistics.median(rs[0]["cpu"] for rs in runs)
     last = [rs[-1] for rs in runs]
     result.rss_mib = statistics.median(r["rss_kib"] for r in last) / 1024
     result.pss_mib = statistics.median(r["pss_kib"] for r in last) / 1024
+    result.uss_mib = statistics.median(r["uss_kib"] for r in last) / 1024
     result.sklearn = any(r["sklearn"] for r in last)
 
 
@@ -228,7 +267,7 @@ def _quantile(values: list[float], q: float) -> float:
 HEADER = (
     f"{'W':>4} {'eff %':>6} {'1st s':>6} {'busy s':>6} {'gap p50':>8} {'gap p95':>8} {'gap max':>8} "
     f"{'lock p50':>9} {'lock p99':>9} {'lock max':>9} {'hold p50':>9} {'hold p99':>9} {'read/tr':>8} {'rt/tr':>6} {'B/tr':>7} "
-    f"{'RSS MiB':>7} {'PSS MiB':>7} {'wall s':>6}  status"
+    f"{'RSS MiB':>7} {'PSS MiB':>7} {'USS MiB':>7} {'cpu/tr':>7} {'cpu st':>7} {'wall s':>6}  status"
 )
 
 
@@ -244,7 +283,8 @@ def row(r: Result) -> str:
         f"{max(r.waits, default=math.nan) * ms:>7.0f}ms "
         f"{_quantile(r.holds, 0.5) * ms:>7.2f}ms {_quantile(r.holds, 0.99) * ms:>7.1f}ms "
         f"{_kib(r.read_per_trial):>8} {r.commands_per_trial:>6.1f} {_kib(r.mongo_bytes_per_trial):>7} "
-        f"{r.rss_mib:>7.0f} {r.pss_mib:>7.0f} {r.wall:>6.0f}  {status}"
+        f"{r.rss_mib:>7.0f} {r.pss_mib:>7.0f} {r.uss_mib:>7.1f} {r.cpu_per_trial * ms:>5.1f}ms "
+        f"{r.start_cpu * ms:>5.0f}ms {r.wall:>6.0f}  {status}"
     )
 
 
@@ -273,6 +313,7 @@ def main() -> None:
     parser.add_argument("--storage", default="pickle",
                         help="pickle (a fresh file), mongodb (a SecantusDB server started here), or a URI")
     parser.add_argument("--executor", default="joblib")
+    parser.add_argument("--profile", metavar="DIR", help="profile every worker (cProfile), one DIR/PID.prof each")
     args = parser.parse_args()
     load = os.getloadavg()
     print(f"{args.rounds} rounds of {args.seconds:g} s trials, storage {args.storage}, executor "
@@ -280,7 +321,7 @@ def main() -> None:
     print(HEADER, flush=True)
     with tempfile.TemporaryDirectory() as tmp, _storage_uri(args.storage, tmp) as uri:
         for workers in args.workers:
-            print(row(run(workers, args.rounds, args.seconds, uri, args.executor)), flush=True)
+            print(row(run(workers, args.rounds, args.seconds, uri, args.executor, args.profile)), flush=True)
     load = os.getloadavg()
     print(f"load average after: {load[0]:.1f} {load[1]:.1f} {load[2]:.1f}")
 

@@ -43,16 +43,28 @@ __all__ = [
 # -- params identity -------------------------------------------------------------
 
 
-def _canonical(params: Mapping[str, Any]) -> str:
-    def norm(value: Any) -> Any:
-        value = to_builtin(value)
-        # 1 and 1.0 are the same point; keep bools distinct from ints.
-        if isinstance(value, float) and value.is_integer() and not isinstance(value, bool):
-            return int(value)
-        return value
+_ENCODER = json.JSONEncoder(sort_keys=True, separators=(",", ":"), default=str)  # built once, not per call
+_UNCHANGED = frozenset({int, str, bool, type(None)})  # exact types _normalized returns as they are
 
-    return json.dumps({str(k): norm(v) for k, v in params.items()}, sort_keys=True,
-                      separators=(",", ":"), default=str)
+
+def _normalized(value: Any) -> Any:
+    value = to_builtin(value)
+    # 1 and 1.0 are the same point; keep bools distinct from ints.
+    if isinstance(value, float) and value.is_integer() and not isinstance(value, bool):
+        return int(value)
+    return value
+
+
+def _canonical(params: Mapping[str, Any]) -> str:
+    # Plain values (every stored trial's) take the inline path: each worker hashes every trial it sees.
+    plain: dict[str, Any] = {}
+    for key, value in params.items():
+        kind = type(value)
+        if kind is float:
+            plain[str(key)] = int(value) if value.is_integer() else value
+        else:
+            plain[str(key)] = value if kind in _UNCHANGED else _normalized(value)
+    return _ENCODER.encode(plain)
 
 
 def params_hash(params: Mapping[str, Any]) -> str:

@@ -39,18 +39,22 @@ imported only when that algorithm is used.
 from __future__ import annotations
 
 import functools
+import importlib
 from collections.abc import Callable, Mapping
-from importlib import metadata
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from orchard.algorithms._asha import Asha
-from orchard.algorithms._grid import GridSearch
-from orchard.algorithms._hyperband import Hyperband
-from orchard.algorithms._nsga2 import Nsga2
-from orchard.algorithms._random import RandomSearch
 from orchard.algorithms.base import BaseAlgorithm, Observation
 from orchard.errors import ConfigurationError
 from orchard.space import Space
+
+if TYPE_CHECKING:
+    from importlib import metadata
+
+    from orchard.algorithms._asha import Asha
+    from orchard.algorithms._grid import GridSearch
+    from orchard.algorithms._hyperband import Hyperband
+    from orchard.algorithms._nsga2 import Nsga2
+    from orchard.algorithms._random import RandomSearch
 
 __all__ = [
     "ALGORITHMS",
@@ -71,28 +75,41 @@ __all__ = [
 AlgorithmConfig = str | Mapping[str, Any]
 
 
-def _bayes() -> type[BaseAlgorithm]:
-    from orchard.algorithms._bayes import BayesianOptimization
+def _lazy(module: str, name: str) -> Callable[[], type[BaseAlgorithm]]:
+    """The class ``name`` of ``orchard.algorithms.<module>``, imported when first asked for.
 
-    return BayesianOptimization
+    A worker imports only the algorithm it runs (and scikit-optimize or Optuna
+    only for ``bayes`` or ``optuna``): every worker process started afresh pays
+    for what it imports.
+    """
+
+    def load() -> type[BaseAlgorithm]:
+        cls: type[BaseAlgorithm] = getattr(importlib.import_module(f"orchard.algorithms.{module}"), name)
+        return cls
+
+    return load
 
 
-def _optuna() -> type[BaseAlgorithm]:
-    from orchard.algorithms._optuna import OptunaSampler
-
-    return OptunaSampler
-
-
-#: Every algorithm by name: a zero-argument callable returning its class (lazy for skopt).
+#: Every algorithm by name: a zero-argument callable returning its class (imported on first use).
 ALGORITHMS: dict[str, Callable[[], type[BaseAlgorithm]]] = {
-    "random": lambda: RandomSearch,
-    "grid": lambda: GridSearch,
-    "bayes": _bayes,
-    "asha": lambda: Asha,
-    "hyperband": lambda: Hyperband,
-    "optuna": _optuna,
-    "nsga2": lambda: Nsga2,
+    "random": _lazy("_random", "RandomSearch"),
+    "grid": _lazy("_grid", "GridSearch"),
+    "bayes": _lazy("_bayes", "BayesianOptimization"),
+    "asha": _lazy("_asha", "Asha"),
+    "hyperband": _lazy("_hyperband", "Hyperband"),
+    "optuna": _lazy("_optuna", "OptunaSampler"),
+    "nsga2": _lazy("_nsga2", "Nsga2"),
 }
+
+_EXPORTED = {"Asha": "_asha", "GridSearch": "_grid", "Hyperband": "_hyperband", "Nsga2": "_nsga2",
+             "RandomSearch": "_random"}
+
+
+def __getattr__(name: str) -> Any:
+    """The re-exported algorithm classes, imported when first used (PEP 562)."""
+    if name in _EXPORTED:
+        return _lazy(_EXPORTED[name], name)()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 #: The entry-point group third-party packages declare their algorithms in.
@@ -102,6 +119,8 @@ ENTRY_POINT_GROUP = "orchard.algorithms"
 @functools.cache
 def _entry_points() -> dict[str, metadata.EntryPoint]:
     """The installed packages' algorithm entry points by name (read once per process)."""
+    from importlib import metadata  # importing it costs a fresh worker process ~20 ms: only when needed
+
     return {ep.name: ep for ep in metadata.entry_points(group=ENTRY_POINT_GROUP)}
 
 

@@ -42,7 +42,7 @@ MAX_DEPTH = 32  # nesting of lists and dicts in configuration and results
 _NODE_FLOOR = 10_000  # nodes any frame may hold, beyond its size in bytes
 _STATUSES = frozenset(status.value for status in TrialStatus)
 _OPTIONAL_NUMBERS = ("objective", "heartbeat", "submit_time", "start_time", "end_time")
-_NUMBERS = (int, float, type(None))
+_NONE = type(None)
 _NAMES = (str, type(None))
 _EXPERIMENT_FIELDS = frozenset({"id", "name", "config", "created"})
 _ERROR_TEXTS = ERROR_TEXTS
@@ -114,11 +114,12 @@ def _check_error(error: Any, budget: _Budget) -> None:
 def _check_trial(trial: Any, budget: _Budget) -> None:
     if type(trial) is not dict:
         raise RecordError("a trial that is not a dict")
-    if type(trial.get("id")) is not str or type(trial.get("experiment")) is not str:
+    get = trial.get  # every worker checks every record it replays: keep this path lean
+    if type(get("id")) is not str or type(get("experiment")) is not str:
         raise RecordError("a trial without a string id and experiment")
-    if trial.get("status") not in _STATUSES:
-        raise RecordError(f"unknown trial status {trial.get('status')!r}")
-    params = trial.get("params")
+    if type(get("status")) is not str or get("status") not in _STATUSES:  # a list is not even hashable
+        raise RecordError(f"unknown trial status {get('status')!r}")
+    params = get("params")
     if type(params) is not dict:
         raise RecordError("trial params that are not a dict")
     budget.spend(len(params))
@@ -127,27 +128,32 @@ def _check_trial(trial: Any, budget: _Budget) -> None:
             raise RecordError(f"param {name!r} is not a plain scalar (params must be flat)")
         if type(value) is int:
             _int(value)
-    if type(trial.get("results")) is not dict:
+    if type(get("results")) is not dict:
         raise RecordError("trial results that are not a dict")
     _plain(trial["results"], budget)
-    _check_error(trial.get("error"), budget)
+    if get("error") is not None:
+        _check_error(trial["error"], budget)
     for name in _OPTIONAL_NUMBERS:
-        if type(trial.get(name)) not in _NUMBERS:
-            raise RecordError(f"field {name!r} is {type(trial.get(name)).__name__}")
-        if type(trial.get(name)) is int:
-            _int(trial[name])
-    if type(trial.get("worker")) not in _NAMES or type(trial.get("parent")) not in _NAMES:
+        kind = type(get(name))
+        if kind is float or kind is _NONE:
+            continue
+        if kind is not int:
+            raise RecordError(f"field {name!r} is {kind.__name__}")
+        _int(trial[name])
+    if type(get("worker")) not in _NAMES or type(get("parent")) not in _NAMES:
         raise RecordError("a trial whose worker or parent is not a string or None")
-    if type(trial.get("attempts", 0)) is not int:  # absent from records of older releases
+    attempts = get("attempts", 0)  # absent from records of older releases
+    if type(attempts) is not int:
         raise RecordError("a trial whose attempts are not an int")
-    _int(trial.get("attempts", 0))
-    reports = trial.get("reports", [])  # absent from records of older releases, like verdict
+    _int(attempts)
+    reports = get("reports", [])  # absent from records of older releases, like verdict
     if type(reports) is not list:
         raise RecordError("trial reports that are not a list")
-    budget.spend(len(reports))
-    for pair in reports:
-        _check_report(pair)
-    if trial.get("verdict") is not None:
+    if reports:
+        budget.spend(len(reports))
+        for pair in reports:
+            _check_report(pair)
+    if get("verdict") is not None:
         _plain(_field(trial, "verdict", dict), budget)
 
 

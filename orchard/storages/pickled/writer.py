@@ -77,6 +77,8 @@ class LogFile(LogReader):
         descriptor can be written once locked: taking the lock revalidates an
         NFS client's cache; a soft lock does not, so its holder reopens).
         """
+        if not keep and self.unchanged():
+            return None
         fd = self.open(os.O_RDWR if keep else os.O_RDONLY)
         if fd is None:
             return None
