@@ -16,9 +16,13 @@ executor initializer installs in each worker process). From those records:
   every worker being busy;
 * **gap**: a worker's time between the end of one evaluation and the start of
   its next (completing, refreshing, suggesting, reserving), p50 / p95 / max;
+* **CPU per trial per worker**: the process CPU time (user + system, so a loaded machine does not
+  inflate it as it does wall times) a worker spends between the end of one trial and the start of
+  its next (median), the probe's own reads excluded; **start-up CPU**: from the fork to the first
+  trial (median; a worker started by ``spawn`` also pays its interpreter's start before that);
 * **lock wait** p50 / p99 / max and **lock hold** p50 / p99 (pickle), **bytes read per worker per trial**,
   **MongoDB round trips and bytes (BSON of commands + replies) per trial**,
-  **resident memory per worker process** (RSS and PSS, MiB) and whether
+  **memory per idle worker process** (RSS, PSS and USS, MiB, read between two trials) and whether
   scikit-learn was imported;
 * **lost workers**: workers that died (e.g. on a lock timeout); ``workon``
   raises and the run is reported as failed.
@@ -29,6 +33,8 @@ Usage::
     python bench/scale.py --workers 8 32 --rounds 3 --seconds 2
     python bench/scale.py --workers 8 16 --storage mongodb # a SecantusDB wire server, started here
     python bench/scale.py --storage mongodb://host:27017/bench
+    python bench/scale.py --workers 64 128 256 512 --rounds 6 --executor process   # docs/scaling.md
+    python bench/scale.py --workers 64 --executor process --profile /tmp/prof  # cProfile each worker (CPU)
 """
 
 from __future__ import annotations
