@@ -24,7 +24,7 @@ from orchard.algorithms import normalize_algorithm_config
 from orchard.constraints import normalize_constraints
 from orchard.errors import ConfigurationError
 from orchard.objectives import normalize_objectives
-from orchard.pruners import normalize_pruner_config
+from orchard.pruners import check_objectives, normalize_pruner_config
 from orchard.space import Space
 
 __all__ = [
@@ -182,6 +182,7 @@ class ExperimentConfig:
         object.__setattr__(self, "pruner", normalize_pruner_config(self.pruner))
         object.__setattr__(self, "objectives", normalize_objectives(self.objectives))
         object.__setattr__(self, "constraints", normalize_constraints(self.constraints))
+        check_objectives(self.pruner, self.objectives)
         for key, rule in EXPERIMENT_RULES.items():
             object.__setattr__(self, key, check_setting(key, getattr(self, key), rule))
 

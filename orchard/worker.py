@@ -171,7 +171,7 @@ class Worker:
         self.history = History(storage, experiment_id, settings.objectives, settings.constraints)
         self.algorithm: BaseAlgorithm = make_algorithm(settings.algorithm, settings.space, settings.seed)
         self.judge = Judge(storage, self.name, lambda: self.history.trials, self.history.refresh,
-                           make_pruner(settings.pruner))
+                           make_pruner(settings.pruner), settings.objectives)
         self.report = WorkerReport(self.name)
         # the pacemaker beats on the unwrapped storage: it must never block in an outage's retries
         self.clock = clock

@@ -13,7 +13,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from orchard.dashboard._views import ExperimentView
-from orchard.trial import Trial, TrialStatus
+from orchard.trial import Trial, TrialStatus, first_value
 
 __all__ = ["RowCache", "devices_of", "experiment_detail", "experiment_summary", "fidelity_param", "to_json",
            "trial_rows"]
@@ -203,7 +203,7 @@ def _row(trial: Trial, number: int) -> dict[str, Any]:
         "submit_time": trial.submit_time, "start_time": trial.start_time, "end_time": trial.end_time,
         "heartbeat": trial.heartbeat, "duration": trial.duration, "attempts": trial.attempts, "parent": trial.parent,
         "error": None if error is None else _error_row(error),
-        "reports": [[step, _finite(value)] for step, value in trial.reports],
+        "reports": [[step, _finite(first_value(value))] for step, value in trial.reports],
         "verdict": None if not trial.verdict else _text(trial.verdict.get("reason", "")),
     }
 

@@ -30,7 +30,7 @@ from orchard.errors import (
 )
 from orchard.space import to_builtin, trial_id
 from orchard.storages.base import ExperimentRecord
-from orchard.trial import Lease, Trial, TrialStatus
+from orchard.trial import Lease, ReportValue, Trial, TrialStatus
 
 __all__ = ["SCALARS", "Record", "TrialTable"]
 
@@ -86,7 +86,8 @@ class TrialTable:
             if trial is None:  # pragma: no cover - a writer appends reports to trials it holds
                 raise ValueError(f"a report of unknown trial {record['trial']!r}")
             self._put_trial(dataclasses.replace(
-                trial, reports=[*trial.reports, (record["step"], record["value"])], heartbeat=record["heartbeat"]
+                trial, reports=[*trial.reports, (record["step"], _replayed(record["value"]))],
+                heartbeat=record["heartbeat"]
             ))
         elif op == "drop":
             exp_id = record["experiment"]
@@ -339,3 +340,8 @@ class TrialTable:
 
     def count_trials(self, experiment_id: str) -> dict[TrialStatus, int]:
         return dict(self._experiment(experiment_id).counts)
+
+
+def _replayed(value: Any) -> ReportValue:
+    """A report's value as read back (JSON turns a tuple of objectives into a list)."""
+    return tuple(value) if type(value) is list else value  # type: ignore[no-any-return]
