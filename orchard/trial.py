@@ -146,7 +146,7 @@ class Trial:
             "worker": self.worker, "heartbeat": self.heartbeat, "submit_time": self.submit_time,
             "start_time": self.start_time, "end_time": self.end_time,
             "error": dict(self.error) if self.error is not None else None, "attempts": self.attempts,
-            "parent": self.parent, "reports": [[step, value] for step, value in self.reports],
+            "parent": self.parent, "reports": [[step, list(value) if isinstance(value, tuple) else value] for step, value in self.reports],
             "verdict": dict(self.verdict) if self.verdict is not None else None,
         }
 

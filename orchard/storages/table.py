@@ -281,7 +281,8 @@ class TrialTable:
         if refusal is not None:
             raise refusal
         (step_, value_) = change.appends["reports"]
-        record = {"op": "report", "trial": trial_id_, "step": step_, "value": value_, "heartbeat": now}
+        stored = list(value_) if isinstance(value_, tuple) else value_  # records hold plain JSON values
+        record = {"op": "report", "trial": trial_id_, "step": step_, "value": stored, "heartbeat": now}
         self.apply(record)
         return self._stored(trial_id_), [record]
 
