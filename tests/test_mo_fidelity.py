@@ -204,3 +204,19 @@ def test_every_storage_keeps_a_vector_report_and_hands_it_back_as_a_tuple(storag
     assert stored.reports == [(1, (0.25, -3.0)), (2, (0.2, -3.5))]
     with pytest.raises(InvalidReportError, match="not a finite number"):
         storage.report_trial(storage.register_trial(exp_id, {"x": 0.1}, worker="w").id, "w", 1, [0.1, math.nan])
+
+
+def test_info_explains_a_trial_pruned_on_both_objectives(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from orchard.cli import main
+
+    uri = str(tmp_path / "db.pkl")
+    exp = orchard.build_experiment("mo-info", space={"x": "uniform(0, 1)"}, storage=uri, max_trials=12, seed=2,
+                                   objectives={"error": "min", "accuracy": "max"},
+                                   pruner={"asha": {"min_step": 1, "reduction_factor": 3}})
+    exp.workon(_two_curves, progress=False)
+    pruned = next(t for t in exp.fetch_trials() if t.status is TrialStatus.PRUNED)
+    assert main(["info", "-n", "mo-info", "--storage", uri, "--trial", pruned.id]) == 0
+    out = capsys.readouterr().out
+    last = pruned.reports[-1][1]
+    assert f"last ({last[0]:.6g}, {last[1]:.6g}) at step" in out  # type: ignore[index]
+    assert "recomputed from the stored history: prune" in out and "(front " in out

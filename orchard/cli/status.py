@@ -335,7 +335,9 @@ def _trial_info(experiment: Experiment, prefix: str, as_json: bool) -> int:
         lines.append(f"  objective: {trial.objective:.6g}")
     if trial.reports:
         last_step, last_value = trial.reports[-1]
-        lines.append(f"  reports:   {len(trial.reports)}, last {last_value:.6g} at step {last_step}")
+        shown = (f"({', '.join(f'{v:.6g}' for v in last_value)})" if isinstance(last_value, tuple)  # objectives
+                 else f"{last_value:.6g}")
+        lines.append(f"  reports:   {len(trial.reports)}, last {shown} at step {last_step}")
     if trial.verdict is not None:
         verdict = trial.verdict
         lines.append(f"  pruned by: {verdict.get('pruner')} at step {verdict.get('step')}"
