@@ -18,12 +18,7 @@ from typing import Any
 from orchard import config as _config
 from orchard.algorithms import normalize_algorithm_config
 from orchard.constraints import normalize_constraints
-from orchard.errors import (
-    ConfigurationError,
-    ExecutorError,
-    ExperimentBrokenError,
-    OrchardError,
-)
+from orchard.errors import ConfigurationError, ExecutorError, ExperimentBrokenError, OrchardError
 from orchard.executors import make_executor, reaches_local_processes, shares_environment
 from orchard.executors.task import WorkerTask, run_tasks
 from orchard.experiment_config import ExperimentConfig
@@ -38,6 +33,7 @@ from orchard.pruners import normalize_pruner_config
 from orchard.report import TrialPruned, check_report
 from orchard.resources import assign_devices, parse_gpus, parse_memory
 from orchard.space import Space
+from orchard.stopping import normalize_stop
 from orchard.storages import BaseStorage, get_storage
 from orchard.storages.base import ExperimentRecord
 from orchard.trial import Trial, TrialStatus
@@ -64,6 +60,7 @@ def build_experiment(
     pruner: str | Mapping[str, Any] | None = None,
     objectives: Mapping[str, str] | None = None,
     constraints: Sequence[str] | None = None,
+    stop: Mapping[str, Any] | Sequence[str] | None = None,
 ) -> Experiment:
     """Create the experiment ``name``, or join it if it exists.
 
@@ -92,13 +89,14 @@ def build_experiment(
         objectives: several objectives, ``{"error": "min", "latency_ms": "min"}``; the
             objective then returns (or a script reports) a dict with each by name.
         constraints: bounds on reported metrics, ``["memory_gb <= 16"]``.
+        stop: stopping rules, ``{"target": 0.1, "patience": 20, "max_time": "2h"}`` (:mod:`orchard.stopping`).
 
     Returns:
         The experiment client.
 
     Raises:
-        ExperimentConflictError: joining with a different space, algorithm, pruner, objectives or
-            constraints, or a lower budget.
+        ExperimentConflictError: joining with a different space, algorithm, pruner, objectives,
+            constraints or stop rules, or a lower budget.
         ConfigurationError: an invalid setting (nothing is stored), or no space to create
             a new experiment.
         StorageError: the storage cannot be used.
@@ -114,7 +112,8 @@ def build_experiment(
     wanted_algo = normalize_algorithm_config(wanted_algo, wanted_space) if wanted_algo is not None else None
     wanted_pruner = settings.get("pruner", pruner, use_default=False)
     wanted_pruner = normalize_pruner_config(wanted_pruner) if wanted_pruner is not None else None
-    wanted = {"objectives": normalize_objectives(settings.get("objectives", objectives, use_default=False)),
+    goals = normalize_objectives(settings.get("objectives", objectives, use_default=False))
+    wanted = {"objectives": goals, "stop": normalize_stop(settings.get("stop", stop, use_default=False), goals),
               "constraints": normalize_constraints(settings.get("constraints", constraints, use_default=False))}
     store = get_storage(settings.get("storage", storage))
     record = store.get_experiment(name)

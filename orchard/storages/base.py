@@ -111,6 +111,30 @@ class BaseStorage(abc.ABC):
         """
 
     @abc.abstractmethod
+    def experiment(self, experiment_id: str) -> ExperimentRecord:
+        """Return the experiment with that id.
+
+        Raises:
+            ExperimentNotFoundError: no experiment has that id.
+        """
+
+    @abc.abstractmethod
+    def swap_experiment(self, experiment_id: str, key: str, expected: Any, value: Any) -> bool:
+        """Set the config's top-level ``key`` to ``value`` iff it holds exactly ``expected`` now.
+
+        A compare-and-swap, atomic with respect to every other verb: of racers that
+        read the same ``expected``, one wins. ``expected=None`` means "unset".
+        ``expected`` must be the value as read from this storage (a mapping
+        compares with its keys in the stored order).
+
+        Returns:
+            Whether ``value`` was written.
+
+        Raises:
+            ExperimentNotFoundError: no experiment has that id.
+        """
+
+    @abc.abstractmethod
     def delete_experiment(self, experiment_id: str) -> int:
         """Delete the experiment and all its trials; return how many trials went."""
 

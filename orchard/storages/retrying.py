@@ -153,6 +153,15 @@ class RetryingStorage(BaseStorage):
         """See :meth:`BaseStorage.update_experiment`."""
         return self._retry("update an experiment", lambda: self.storage.update_experiment(experiment_id, changes))
 
+    def experiment(self, experiment_id: str) -> ExperimentRecord:
+        """See :meth:`BaseStorage.experiment`."""
+        return self._retry("read an experiment", lambda: self.storage.experiment(experiment_id))
+
+    def swap_experiment(self, experiment_id: str, key: str, expected: Any, value: Any) -> bool:
+        """See :meth:`BaseStorage.swap_experiment`; a retried swap that had landed returns ``False``."""
+        return self._retry("update an experiment",
+                           lambda: self.storage.swap_experiment(experiment_id, key, expected, value))
+
     def delete_experiment(self, experiment_id: str) -> int:
         """See :meth:`BaseStorage.delete_experiment`."""
         return self._retry("delete an experiment", lambda: self.storage.delete_experiment(experiment_id))

@@ -198,6 +198,13 @@ class TrialTable:
         records = self.apply_all([{"op": "experiment", "record": record.to_dict()}])
         return self._experiments[experiment_id], records
 
+    def swap_experiment(
+        self, experiment_id: str, key: str, expected: Any, value: Any
+    ) -> tuple[bool, list[Record]]:
+        if self.experiment(experiment_id).config.get(key) != expected:
+            return False, []
+        return True, self.update_experiment(experiment_id, {key: value})[1]
+
     def delete_experiment(self, experiment_id: str) -> tuple[int, list[Record]]:
         table = self._by_experiment.get(experiment_id)
         count = 0 if table is None else len(table.trials)

@@ -110,6 +110,14 @@ class TableStorage(BaseStorage):
         """See :meth:`BaseStorage.update_experiment`."""
         return self._change(lambda table, now: table.update_experiment(experiment_id, changes))
 
+    def experiment(self, experiment_id: str) -> ExperimentRecord:
+        """See :meth:`BaseStorage.experiment`."""
+        return self._view(lambda table: table.experiment(experiment_id))
+
+    def swap_experiment(self, experiment_id: str, key: str, expected: Any, value: Any) -> bool:
+        """See :meth:`BaseStorage.swap_experiment`."""
+        return self._change(lambda table, now: table.swap_experiment(experiment_id, key, expected, value))
+
     def delete_experiment(self, experiment_id: str) -> int:
         """See :meth:`BaseStorage.delete_experiment`."""
         return self._change(lambda table, now: table.delete_experiment(experiment_id))

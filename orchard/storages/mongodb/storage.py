@@ -249,6 +249,22 @@ class MongoStorage(BaseStorage):
             raise self._no_experiment(experiment_id)
         return self._record(doc)
 
+    @_translated("read an experiment")
+    def experiment(self, experiment_id: str) -> ExperimentRecord:
+        doc = self._db().experiments.find_one({"_id": experiment_id})
+        if doc is None:
+            raise self._no_experiment(experiment_id)
+        return self._record(doc)
+
+    @_translated("update an experiment")
+    def swap_experiment(self, experiment_id: str, key: str, expected: Any, value: Any) -> bool:
+        field = f"config.{key}"
+        query = {"_id": experiment_id, field: to_builtin(expected)}
+        if self._db().experiments.update_one(query, {"$set": {field: to_builtin(value)}}).matched_count:
+            return True
+        self.experiment(experiment_id)  # raise if the experiment does not exist
+        return False
+
     @_translated("delete an experiment")
     def delete_experiment(self, experiment_id: str) -> int:
         db = self._db()
