@@ -47,7 +47,10 @@ if TYPE_CHECKING:  # pragma: no cover
     from orchard.objective import Outcome
     from orchard.storages.base import BaseStorage
 
-__all__ = ["LEDGER_KEY", "RULES", "Ledger", "StopGate", "StopRules", "normalize_stop", "parse_duration"]
+__all__ = [
+    "LEDGER_KEY", "RULES", "Ledger", "StopGate", "StopRules", "normalize_stop", "parse_duration", "stop_message",
+    "stop_summary",
+]
 
 log = logging.getLogger(__name__)
 
@@ -372,7 +375,7 @@ class StopGate:
             after = ledger.folded(self.rules, trial_id, outcome, seconds)
             if self.storage.swap_experiment(self.experiment_id, LEDGER_KEY, stored, after.to_dict()):
                 if after.fired is not None:
-                    log.warning("%s", stop_message(self.label, after.fired))
+                    log.info("%s", stop_message(self.label, after.fired))
                 return after
         raise StorageError(f"could not fold trial {trial_id} into the stopping ledger of experiment "
                            f"{self.label!r} after {_MAX_SWAPS} tries; try again")
@@ -382,3 +385,26 @@ def stop_message(label: str, fired: Mapping[str, Any]) -> str:
     """``experiment 'x' was stopped by rule target after 37 finished trials (trial …): …``."""
     return (f"experiment {label!r} was stopped by rule {fired.get('rule')} after {fired.get('finished')} "
             f"finished trials (trial {fired.get('trial')}): {fired.get('reason')}")
+
+
+def stop_summary(config: Mapping[str, Any]) -> dict[str, Any] | None:
+    """What ``status``, ``info`` and the dashboard say of a stored config's rules (``None``: no rules).
+
+    Returns:
+        ``{"rules", "fired", "finished", "cost", "time", "line"}``, ``line`` a one-line account.
+    """
+    stop = config.get("stop")
+    if not stop:
+        return None
+    ledger = Ledger.from_dict(config.get(LEDGER_KEY))
+    rules = StopRules(**stop)
+    listed = ", ".join(rules.describe(rule) for rule in RULES if rule in stop)
+    if ledger.fired is not None:
+        fired = ledger.fired
+        line = (f"stopped by {fired.get('rule')} after {fired.get('finished')} finished trials "
+                f"(trial {str(fired.get('trial'))[:12]}): {fired.get('reason')}")
+    else:
+        line = (f"{listed}; not fired ({ledger.finished} trials finished, cost {ledger.cost:.6g}, "
+                f"{ledger.time:.6g} s evaluated)")
+    return {"rules": dict(stop), "fired": ledger.fired, "finished": ledger.finished, "cost": ledger.cost,
+            "time": ledger.time, "line": line}

@@ -59,6 +59,10 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     option("--constraint", metavar="EXPR", dest="constraints", action="append",
            help="a bound on a reported metric, 'NAME <= NUMBER' or 'NAME >= NUMBER' (repeatable); "
                 "trials that break it are kept but never on the front")
+    option("--stop", metavar="RULE=VALUE", action="append",
+           help="stop reserving trials once a rule holds on the stored history (repeatable): target=0.1, "
+                "patience=20 (with min_delta=0.001), max_cost=10 (the reported cost metric summed), "
+                "max_time=2h (the trials' own evaluation times summed); stored with the experiment")
     option("--n-workers", metavar="K",
            help="run K workers on this machine through the executor (default 1: with the default "
                 "executor, the one worker runs in the hunt process itself)")
@@ -172,7 +176,7 @@ def _experiment(name: str, template: CommandTemplate, storage: BaseStorage, sett
         storage=storage, max_trials=given("max_trials"), max_broken=given("max_broken"),
         max_attempts=given("max_attempts"), heartbeat=given("heartbeat"), seed=given("seed"),
         working_dir=given("working_dir"), pruner=given("pruner"),
-        objectives=given("objectives"), constraints=given("constraints"),
+        objectives=given("objectives"), constraints=given("constraints"), stop=given("stop"),
     )
 
 
@@ -192,6 +196,7 @@ def _work(experiment: Experiment, template: CommandTemplate, settings: Settings)
     from orchard.naming import folder_in
     from orchard.resources import parse_memory
     from orchard.runner import ScriptRunner
+    from orchard.stopping import stop_summary
 
     base = (settings.get("working_dir") or experiment.settings.working_dir
             or folder_in("orchard-runs", experiment.name))
@@ -214,4 +219,7 @@ def _work(experiment: Experiment, template: CommandTemplate, settings: Settings)
         best = f"; best objective {stats['best_objective']:.6g} at {format_params(stats['best_params'])}"
     print(f"experiment {experiment.name!r}: {counts['completed']} completed, {counts['broken']} broken"
           f"{best}")
+    stopping = stop_summary(experiment.storage.experiment(experiment.id).config)
+    if stopping is not None and stopping["fired"] is not None:
+        print(f"experiment {experiment.name!r}: {stopping['line']}")
     return 0

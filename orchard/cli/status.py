@@ -137,8 +137,15 @@ def experiment_status(experiment: Experiment, watch: HeartbeatWatch | None = Non
         "max_trials": experiment.max_trials, "best_trial": best.id if best else None,
         "best_objective": stats["best_objective"] if front is None else None, "best_params": stats["best_params"],
         "pareto_front": front, "elapsed": stats["elapsed"], "trials_per_second": stats["trials_per_second"], "workers": workers,
-        "rungs": _rungs(experiment),
+        "rungs": _rungs(experiment), "stop": _stopping(experiment),
     }
+
+
+def _stopping(experiment: Experiment) -> dict[str, Any] | None:
+    """The experiment's stopping rules and whether one fired (read now), else ``None``."""
+    from orchard.stopping import stop_summary
+
+    return stop_summary(experiment.storage.experiment(experiment.id).config)
 
 
 def _front(experiment: Experiment) -> list[dict[str, Any]] | None:
@@ -200,6 +207,8 @@ def _status_lines(status: dict[str, Any]) -> list[str]:
         lines.append(f"  best:    {status['best_objective']:.6g} at {format_params(status['best_params'])} "
                      f"(trial {status['best_trial'][:12]})")
     lines += _front_lines(status["pareto_front"], "  front:   ")
+    if status["stop"] is not None:
+        lines.append(f"  stop:    {status['stop']['line']}")
     lines.append(f"  speed:   {_speed(status)}")
     lines.append(f"  workers: {len(status['workers'])} evaluating")
     for worker in status["workers"]:
@@ -296,9 +305,9 @@ def run_info(args: argparse.Namespace) -> int:
     info = {
         "name": experiment.name, "id": experiment.id, "storage": experiment.storage.redacted_uri,
         "created": record.created, "space": experiment.space.config(), "algorithm": experiment.algorithm,
-        "config": {k: v for k, v in experiment.config.items() if k not in ("space", "algorithm")},
+        "config": {k: v for k, v in experiment.config.items() if k not in ("space", "algorithm", "stop_state")},
         "best_trial": best.to_dict() if best else None, "pareto_front": front, "stats": experiment.stats,
-        "rungs": _rungs(experiment),
+        "rungs": _rungs(experiment), "stop": _stopping(experiment),
     }
     if args.json:
         print(json.dumps(info, indent=2, default=str))
@@ -366,5 +375,7 @@ def _info_lines(info: dict[str, Any]) -> list[str]:
     stats = info["stats"]
     lines.append("  trials:    " + _counts(stats["counts"]))
     lines += _rung_lines(info["rungs"], "  rungs:     ")
+    if info["stop"] is not None:
+        lines.append(f"  stop:      {info['stop']['line']}")
     lines.append(f"  speed:     {_speed(stats)}")
     return lines

@@ -13,6 +13,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from orchard.dashboard._views import ExperimentView
+from orchard.stopping import LEDGER_KEY, stop_summary
 from orchard.trial import Trial, TrialStatus
 
 __all__ = ["RowCache", "devices_of", "experiment_detail", "experiment_summary", "fidelity_param", "to_json",
@@ -81,7 +82,8 @@ def experiment_detail(view: ExperimentView, storage_uri: str) -> dict[str, Any]:
         **experiment_summary(view),
         "storage": storage_uri,
         "space": dict(config.get("space") or {}),
-        "settings": {k: v for k, v in config.items() if k not in ("space", "algorithm")},
+        "settings": {k: v for k, v in config.items() if k not in ("space", "algorithm", LEDGER_KEY)},
+        "stopping": stop_summary(config),
         "best_params": None if best is None else best.params,
         "stale_after": view.stale_after,
         "workers": live_workers(view),

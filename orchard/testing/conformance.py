@@ -130,6 +130,21 @@ class ExperimentChecks(Checks):
         with pytest.raises(ExperimentNotFoundError):
             storage.update_experiment(uuid.uuid4().hex, {"max_trials": 1})
 
+    def test_experiment_by_id_and_swap_are_a_compare_and_swap(self, storage: BaseStorage) -> None:
+        exp = storage.create_experiment("exp", CONFIG)
+        assert storage.experiment(exp).name == "exp"
+        assert storage.swap_experiment(exp, "ledger", None, {"n": 1, "ids": ["a"]}), "unset is expected as None"
+        assert not storage.swap_experiment(exp, "ledger", None, {"n": 9}), "a stale expectation must lose"
+        stored = storage.experiment(exp).config["ledger"]
+        assert stored == {"n": 1, "ids": ["a"]}
+        assert storage.swap_experiment(exp, "ledger", stored, {"n": 2, "ids": ["a", "b"]})
+        assert not storage.swap_experiment(exp, "ledger", stored, {"n": 3})
+        assert storage.require_experiment("exp").config == {**CONFIG, "ledger": {"n": 2, "ids": ["a", "b"]}}
+        with pytest.raises(ExperimentNotFoundError):
+            storage.experiment(uuid.uuid4().hex)
+        with pytest.raises(ExperimentNotFoundError):
+            storage.swap_experiment(uuid.uuid4().hex, "ledger", None, 1)
+
     def test_delete_experiment_removes_it_and_only_its_trials(self, storage: BaseStorage) -> None:
         doomed = storage.create_experiment("doomed", CONFIG)
         kept = storage.create_experiment("kept", CONFIG)
