@@ -41,7 +41,7 @@ from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from orchard.constraints import feasibility
-from orchard.errors import ConfigurationError, StopReason, StorageError, WorkerStoppedError
+from orchard.errors import BudgetExhaustedError, ConfigurationError, StopReason, StorageError
 
 if TYPE_CHECKING:  # pragma: no cover
     from orchard.objective import Outcome
@@ -341,11 +341,11 @@ class StopGate:
         """Raise the stop if a rule has fired.
 
         Raises:
-            WorkerStoppedError: reason ``STOPPED``, saying which rule and when.
+            BudgetExhaustedError: reason ``STOPPED`` (nothing is left to run), saying which rule and when.
         """
         fired = self.read().fired
         if fired is not None:
-            raise WorkerStoppedError(stop_message(self.label, fired), StopReason.STOPPED)
+            raise BudgetExhaustedError(stop_message(self.label, fired), StopReason.STOPPED)
 
     def admit(self, trial_id: str) -> bool:
         """Whether a reservation just written may run: ``False`` once a rule has fired (read after it).

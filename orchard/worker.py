@@ -247,8 +247,8 @@ class Worker:
             ExperimentBrokenError: ``max_broken`` trials are broken (reason ``BROKEN``).
             BudgetExhaustedError: nothing to run: the budget is met (``BUDGET``), this
                 worker ran its ``max_trials_per_worker`` (``WORKER_BUDGET``), the space is
-                exhausted (``EXHAUSTED``), or ``timeout`` passed (``IDLE``).
-            WorkerStoppedError: a stopping rule fired (``STOPPED``, see :mod:`orchard.stopping`).
+                exhausted (``EXHAUSTED``), ``timeout`` passed (``IDLE``), or a stopping rule
+                fired (``STOPPED``, see :mod:`orchard.stopping`).
         """
         deadline = None if timeout is None else self.clock.monotonic() + timeout
         poll = _MIN_POLL

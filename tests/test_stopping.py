@@ -21,7 +21,7 @@ import pytest
 import orchard
 from orchard import config
 from orchard.cli import main
-from orchard.errors import ConfigurationError, ExperimentConflictError, StopReason, WorkerStoppedError
+from orchard.errors import BudgetExhaustedError, ConfigurationError, ExperimentConflictError, StopReason, WorkerStoppedError
 from orchard.storages import get_storage
 from orchard.objective import Outcome
 from orchard.stopping import LEDGER_KEY, StopGate, StopRules, parse_duration, stop_summary
@@ -45,6 +45,7 @@ def _stopped(exp: orchard.Experiment) -> dict[str, Any]:
     with pytest.raises(WorkerStoppedError) as stop:
         exp.suggest()
     assert stop.value.reason is StopReason.STOPPED
+    assert isinstance(stop.value, BudgetExhaustedError), "an ask-and-tell loop ending on BudgetExhaustedError ends"
     fired = exp.storage.experiment(exp.id).config[LEDGER_KEY]["fired"]
     assert fired["rule"] in str(stop.value)
     return dict(fired)
@@ -220,6 +221,19 @@ def test_hunt_status_and_info_say_which_rule_stopped_the_experiment(
                  "--x~uniform(0, 1)"]) != 0
     assert "max_cost" in capsys.readouterr().err
     assert get_storage("db.pkl").get_experiment("e2") is None
+
+
+def test_the_dashboard_experiment_page_says_which_rule_stopped_the_experiment() -> None:
+    from orchard.dashboard import ExperimentView
+    from orchard.dashboard._payloads import experiment_detail
+
+    exp = _experiment({"target": 0.1})
+    _tell(exp, 0.05)
+    view = ExperimentView(exp.storage, exp.storage.require_experiment("e"))
+    view.fold()
+    detail = experiment_detail(view, exp.storage.redacted_uri)
+    assert detail["stopping"]["line"].startswith("stopped by target after 1 finished trials")
+    assert LEDGER_KEY not in detail["settings"]
 
 
 def test_the_summary_lists_rules_not_yet_fired() -> None:
