@@ -18,6 +18,9 @@ evaluated it, on its own monotonic clock, from its reservation to its result:
 no clock of one node is compared with another's (MongoDB's server clock is not
 used either: a sum of durations needs no common clock).
 
+The argument needs only that a read issued after a write returned sees it
+(a pickle file; MongoDB's primary, where every read goes by default).
+
 **Exact with N racers.** A worker that reserves a trial reads the ledger
 *after* the reservation is written; if it has fired, the reservation is given
 back (the trial becomes ``interrupted``, its attempt not counted) and the worker
@@ -244,7 +247,7 @@ class Ledger:
         completed: feasible completed trials folded (patience counts these).
         best: the best objective so far, minimized (improvements smaller than ``min_delta`` leave it).
         best_at: ``completed`` when ``best`` was set.
-        cost: the ``cost_metric`` summed over folded trials.
+        cost: the ``cost_metric`` summed over folded completed trials.
         time: the folded trials' evaluation seconds, summed.
         recent: the ids of the last folded trials.
         fired: ``None``, or ``{"rule", "trial", "finished", "completed", "reason"}``.
