@@ -18,8 +18,8 @@ evaluated it, on its own monotonic clock, from its reservation to its result:
 no clock of one node is compared with another's (MongoDB's server clock is not
 used either: a sum of durations needs no common clock).
 
-The argument needs only that a read issued after a write returned sees it
-(a pickle file; MongoDB's primary, where every read goes by default).
+The argument needs only that a read sees every write that took effect before
+it started (a pickle file; MongoDB's primary, where every read goes by default).
 
 **Exact with N racers.** A worker that reserves a trial reads the ledger
 *after* the reservation is written; if it has fired, the reservation is given
