@@ -33,7 +33,7 @@ from orchard.pruners import normalize_pruner_config
 from orchard.report import TrialPruned, check_report
 from orchard.resources import assign_devices, parse_gpus, parse_memory
 from orchard.space import Space
-from orchard.stopping import normalize_stop
+from orchard.stopping import normalize_stop, stop_summary
 from orchard.storages import BaseStorage, get_storage
 from orchard.storages.base import ExperimentRecord
 from orchard.trial import Trial, TrialStatus
@@ -448,7 +448,7 @@ class Experiment:
 
     @property
     def stats(self) -> dict[str, Any]:
-        """Counts by status, best objective and params, elapsed seconds and trials/s."""
+        """Counts by status, best objective and params, elapsed seconds, trials/s, stopping rules (``stop``)."""
         trials = self.fetch_trials()
         counts = {status.value: 0 for status in TrialStatus}
         for trial in trials:
@@ -464,7 +464,7 @@ class Experiment:
             "best_params": dict(best.params) if best else None,
             "elapsed": elapsed,
             "trials_per_second": counts["completed"] / elapsed if elapsed > 0 else 0.0,
-            "max_trials": self.max_trials,
+            "max_trials": self.max_trials, "stop": stop_summary(self.storage.experiment(self.id).config),
         }
 
     def to_pandas(self) -> Any:

@@ -146,8 +146,9 @@ def test_a_trial_running_when_the_rule_fires_finishes_and_nothing_is_reserved_af
 
 def test_workon_ends_when_a_rule_fires() -> None:
     exp = _experiment({"max_cost": 5})
-    exp.workon(lambda x: {"objective": x, "cost": 1.0}, max_trials=50)
-    assert exp.stats["counts"]["completed"] == 5
+    stats = exp.workon(lambda x: {"objective": x, "cost": 1.0}, max_trials=50)
+    assert stats["counts"]["completed"] == 5
+    assert stats["stop"]["fired"]["rule"] == "max_cost"
 
 
 # -- settings ----------------------------------------------------------------------------------

@@ -137,15 +137,8 @@ def experiment_status(experiment: Experiment, watch: HeartbeatWatch | None = Non
         "max_trials": experiment.max_trials, "best_trial": best.id if best else None,
         "best_objective": stats["best_objective"] if front is None else None, "best_params": stats["best_params"],
         "pareto_front": front, "elapsed": stats["elapsed"], "trials_per_second": stats["trials_per_second"], "workers": workers,
-        "rungs": _rungs(experiment), "stop": _stopping(experiment),
+        "rungs": _rungs(experiment), "stop": stats["stop"],
     }
-
-
-def _stopping(experiment: Experiment) -> dict[str, Any] | None:
-    """The experiment's stopping rules and whether one fired (read now), else ``None``."""
-    from orchard.stopping import stop_summary
-
-    return stop_summary(experiment.storage.experiment(experiment.id).config)
 
 
 def _front(experiment: Experiment) -> list[dict[str, Any]] | None:
@@ -302,12 +295,13 @@ def run_info(args: argparse.Namespace) -> int:
     front = _front(experiment)
     best = experiment.best_trial if front is None else None
     record = experiment.storage.require_experiment(experiment.name)
+    info_stats = experiment.stats
     info = {
         "name": experiment.name, "id": experiment.id, "storage": experiment.storage.redacted_uri,
         "created": record.created, "space": experiment.space.config(), "algorithm": experiment.algorithm,
         "config": {k: v for k, v in experiment.config.items() if k not in ("space", "algorithm", "stop_state")},
-        "best_trial": best.to_dict() if best else None, "pareto_front": front, "stats": experiment.stats,
-        "rungs": _rungs(experiment), "stop": _stopping(experiment),
+        "best_trial": best.to_dict() if best else None, "pareto_front": front, "stats": info_stats,
+        "rungs": _rungs(experiment), "stop": info_stats["stop"],
     }
     if args.json:
         print(json.dumps(info, indent=2, default=str))
