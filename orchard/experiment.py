@@ -371,8 +371,10 @@ class Experiment:
         outcome = Outcome.pruned_by_objective() if isinstance(result, TrialPruned) else interpret_result(result)
         return self._client_worker().finish(trial, outcome)
 
-    def report(self, trial: Trial, value: float, step: int) -> None:
+    def report(self, trial: Trial, value: float | Mapping[str, float], step: int) -> None:
         """Store an intermediate ``value`` at ``step`` on a trial from :meth:`suggest`, and judge it.
+
+        With several objectives ``value`` gives each by name (see :func:`orchard.report`).
 
         The report is stored before this returns; :meth:`should_prune` gives the verdict.
 

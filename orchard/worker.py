@@ -172,7 +172,7 @@ class Worker:
         self.history = History(storage, experiment_id, settings.objectives, settings.constraints)
         self.algorithm: BaseAlgorithm = make_algorithm(settings.algorithm, settings.space, settings.seed)
         self.judge = Judge(storage, self.name, lambda: self.history.trials, self.history.refresh,
-                           make_pruner(settings.pruner))
+                           make_pruner(settings.pruner), settings.objectives)
         self.report = WorkerReport(self.name)
         rules = StopRules.of(settings.stop, settings.objectives, settings.constraints)
         self.stopping = None if rules is None else StopGate(storage, experiment_id, rules, self.label, clock.monotonic)

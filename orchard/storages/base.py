@@ -45,7 +45,7 @@ import time
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from orchard.trial import Lease, Trial, TrialStatus
+from orchard.trial import Lease, ReportValue, Trial, TrialStatus
 
 __all__ = ["BaseStorage", "ExperimentRecord"]
 
@@ -226,7 +226,7 @@ class BaseStorage(abc.ABC):
         """
 
     @abc.abstractmethod
-    def report_trial(self, trial_id: str, worker: str, step: int, value: float) -> Trial:
+    def report_trial(self, trial_id: str, worker: str, step: int, value: ReportValue) -> Trial:
         """Store one intermediate ``value`` at ``step`` on a trial ``worker`` has reserved.
 
         One durable write per report: once this returns, the report survives
@@ -234,12 +234,15 @@ class BaseStorage(abc.ABC):
         heartbeat (it writes ``heartbeat``). Steps are strictly increasing; a
         trial holds at most :data:`~orchard.trial.MAX_REPORTS_PER_TRIAL`
         reports. The next reservation of the trial starts its reports over.
+        With several objectives ``value`` is a sequence of finite numbers (one
+        per objective), stored as a tuple.
 
         Returns:
             The trial with the report appended to ``reports``.
 
         Raises:
-            InvalidReportError: ``value`` is not a finite number, ``step`` not
+            InvalidReportError: ``value`` is not a finite number (or a non-empty
+                sequence of them), ``step`` not
                 a non-negative int greater than the last reported step, or the
                 trial holds the most reports allowed; nothing is written.
             ReservationLostError: the trial is not reserved by ``worker`` (a

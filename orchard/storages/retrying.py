@@ -38,7 +38,7 @@ from typing import Any, TypeVar
 from orchard.errors import DuplicateTrialError, ReservationLostError, StorageUnavailableError
 from orchard.space import to_builtin, trial_id
 from orchard.storages.base import BaseStorage, ExperimentRecord
-from orchard.trial import Lease, Trial, TrialStatus
+from orchard.trial import Lease, ReportValue, Trial, TrialStatus, report_value
 
 __all__ = ["RetryingStorage"]
 
@@ -250,13 +250,13 @@ class RetryingStorage(BaseStorage):
                                  and (t.error or {}).get("type") == error.get("type")),
         ))
 
-    def report_trial(self, trial_id: str, worker: str, step: int, value: float) -> Trial:
+    def report_trial(self, trial_id: str, worker: str, step: int, value: ReportValue) -> Trial:
         """See :meth:`BaseStorage.report_trial`."""
         return self._retry(
             f"store a report of trial {trial_id}",
             lambda: self.storage.report_trial(trial_id, worker, step, value),
             lambda: self._stored(trial_id, lambda t: t.status is TrialStatus.RESERVED and t.worker == worker
-                                 and bool(t.reports) and t.reports[-1] == (step, float(value))),
+                                 and bool(t.reports) and t.reports[-1] == (step, report_value(value))),
         )
 
     def prune_trial(self, trial_id: str, worker: str, verdict: Mapping[str, Any]) -> Trial:

@@ -30,7 +30,7 @@ from orchard.errors import (
 )
 from orchard.space import to_builtin, trial_id
 from orchard.storages.base import ExperimentRecord
-from orchard.trial import Lease, Trial, TrialStatus
+from orchard.trial import Lease, ReportValue, Trial, TrialStatus
 
 __all__ = ["SCALARS", "Record", "TrialTable"]
 
@@ -86,7 +86,8 @@ class TrialTable:
             if trial is None:  # pragma: no cover - a writer appends reports to trials it holds
                 raise ValueError(f"a report of unknown trial {record['trial']!r}")
             self._put_trial(dataclasses.replace(
-                trial, reports=[*trial.reports, (record["step"], record["value"])], heartbeat=record["heartbeat"]
+                trial, reports=[*trial.reports, (record["step"], _replayed(record["value"]))],
+                heartbeat=record["heartbeat"]
             ))
         elif op == "drop":
             exp_id = record["experiment"]
@@ -287,7 +288,8 @@ class TrialTable:
         if refusal is not None:
             raise refusal
         (step_, value_) = change.appends["reports"]
-        record = {"op": "report", "trial": trial_id_, "step": step_, "value": value_, "heartbeat": now}
+        stored = list(value_) if isinstance(value_, tuple) else value_  # records hold plain JSON values
+        record = {"op": "report", "trial": trial_id_, "step": step_, "value": stored, "heartbeat": now}
         self.apply(record)
         return self._stored(trial_id_), [record]
 
@@ -346,3 +348,8 @@ class TrialTable:
 
     def count_trials(self, experiment_id: str) -> dict[TrialStatus, int]:
         return dict(self._experiment(experiment_id).counts)
+
+
+def _replayed(value: Any) -> ReportValue:
+    """A report's value as read back (JSON turns a tuple of objectives into a list)."""
+    return tuple(value) if type(value) is list else value  # type: ignore[no-any-return]

@@ -25,7 +25,7 @@ from typing import Any, TypeVar
 from orchard.storages.base import BaseStorage, ExperimentRecord
 from orchard.storages.table import SCALARS, Record, TrialTable
 from orchard.storages.values import check_error, check_params
-from orchard.trial import Lease, Trial, TrialStatus
+from orchard.trial import Lease, ReportValue, Trial, TrialStatus
 
 __all__ = ["Query", "TableStorage", "Verb"]
 
@@ -165,7 +165,7 @@ class TableStorage(BaseStorage):
         check_error(error)
         return self._change(lambda table, now: table.fail_trial(trial_id, worker, error, now))
 
-    def report_trial(self, trial_id: str, worker: str, step: int, value: float) -> Trial:
+    def report_trial(self, trial_id: str, worker: str, step: int, value: ReportValue) -> Trial:
         """See :meth:`BaseStorage.report_trial`."""
         return self._change(lambda table, now: table.report_trial(trial_id, worker, step, value, now))
 

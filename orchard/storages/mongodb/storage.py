@@ -58,7 +58,7 @@ from orchard.storages.mongodb import client
 from orchard.storages.mongodb.changes import STAMP, ChangeFeed
 from orchard.storages.mongodb.slots import BudgetSlots
 from orchard.storages.values import check_error, check_params
-from orchard.trial import Lease, Trial, TrialStatus
+from orchard.trial import Lease, ReportValue, Trial, TrialStatus
 
 __all__ = ["MongoStorage"]
 
@@ -403,7 +403,7 @@ class MongoStorage(BaseStorage):
         return self._apply(trial_id, transitions.fail(worker, to_builtin(dict(error)), self.now()))
 
     @_translated("store a report")
-    def report_trial(self, trial_id: str, worker: str, step: int, value: float) -> Trial:
+    def report_trial(self, trial_id: str, worker: str, step: int, value: ReportValue) -> Trial:
         seen = self._trials.find_one(
             {"_id": trial_id}, projection={"status": 1, "worker": 1, client.REPORT_COUNT: 1, "reports": {"$slice": -1}}
         )
