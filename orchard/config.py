@@ -116,6 +116,7 @@ SETTINGS: dict[str, Setting] = {
     # several objectives and constraints: checked when the experiment is built
     "objectives": Setting(objective_mapping),
     "constraints": Setting(expression_list),
+    "warm_start": Setting(env=False),  # sources checked by orchard.warm_start where the experiment is built
     "idle_timeout": Setting(optional(positive_number)),
     "trial_timeout": Setting(optional(positive_number)),
     "executor": Setting(text, "joblib"),

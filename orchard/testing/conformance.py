@@ -286,6 +286,31 @@ class BudgetChecks(Checks):
             storage.register_trial(other, {"i": 1}, budget=1)
 
 
+    def test_recorded_trial_is_completed_and_apart_from_the_budget(self, storage: BaseStorage, exp: str) -> None:
+        storage.register_trial(exp, {"i": 0}, budget=2)
+        free = storage.record_trial(exp, {"i": 1}, 0.5, {"loss": 0.5}, budget=2)
+        assert (free.status, free.objective, free.results, free.origin, free.in_budget) == (
+            TrialStatus.COMPLETED, 0.5, {"loss": 0.5}, "inserted", False)
+        assert snapshot([stored(storage, free.id)]) == snapshot([free])
+        storage.register_trial(exp, {"i": 2}, budget=2)  # the recorded trial held no unit
+        with pytest.raises(BudgetExhaustedError):
+            storage.register_trial(exp, {"i": 3}, budget=2)
+        assert storage.count_unbudgeted(exp) == 1
+        assert storage.reserve_trial(exp, W1) is not None and storage.reserve_trial(exp, W1) is not None
+        assert storage.reserve_trial(exp, W1) is None  # never handed out
+
+    def test_recorded_trial_in_budget_claims_a_unit(self, storage: BaseStorage, exp: str) -> None:
+        storage.record_trial(exp, {"i": 0}, 1.0, {}, budget=1, in_budget=True)
+        with pytest.raises(DuplicateTrialError):
+            storage.record_trial(exp, {"i": 0}, 1.0, {}, budget=1, in_budget=True)
+        with pytest.raises(BudgetExhaustedError):
+            storage.record_trial(exp, {"i": 1}, 1.0, {}, budget=1, in_budget=True)
+        with pytest.raises(BudgetExhaustedError):
+            storage.register_trial(exp, {"i": 2}, budget=1)
+        assert storage.count_unbudgeted(exp) == 0
+        assert storage.count_trials(exp)[TrialStatus.COMPLETED] == 1
+
+
 class ReadingChecks(Checks):
     """fetch_trials, get_trial, count_trials, best_trial, restore_trials."""
 
