@@ -243,16 +243,8 @@ class TrialTable:
         records = self.apply_all([{"op": "trial", "trial": trial.to_dict()}])
         return trial, records
 
-    def record_trial(
-        self,
-        experiment_id: str,
-        params: Mapping[str, Any],
-        objective: float,
-        results: Mapping[str, Any],
-        budget: int | None,
-        in_budget: bool,
-        now: float,
-    ) -> tuple[Trial, list[Record]]:
+    def record_trial(self, experiment_id: str, params: Mapping[str, Any], objective: float, results: Mapping[str, Any],
+                     budget: int | None, in_budget: bool, now: float) -> tuple[Trial, list[Record]]:
         tid, point = self._admit(experiment_id, params, budget if in_budget else None)
         trial = transitions.recorded(tid, experiment_id, point, objective, to_builtin(dict(results)), now, in_budget)
         return trial, self.apply_all([{"op": "trial", "trial": trial.to_dict()}])

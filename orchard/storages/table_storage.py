@@ -132,14 +132,8 @@ class TableStorage(BaseStorage):
         )
 
     def record_trial(
-        self,
-        experiment_id: str,
-        params: Mapping[str, Any],
-        objective: float,
-        results: Mapping[str, Any],
-        *,
-        budget: int | None = None,
-        in_budget: bool = False,
+        self, experiment_id: str, params: Mapping[str, Any], objective: float, results: Mapping[str, Any], *,
+        budget: int | None = None, in_budget: bool = False,
     ) -> Trial:
         """See :meth:`BaseStorage.record_trial`."""
         check_params(params)

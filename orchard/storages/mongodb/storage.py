@@ -304,14 +304,8 @@ class MongoStorage(BaseStorage):
 
     @_translated("record a trial")
     def record_trial(
-        self,
-        experiment_id: str,
-        params: Mapping[str, Any],
-        objective: float,
-        results: Mapping[str, Any],
-        *,
-        budget: int | None = None,
-        in_budget: bool = False,
+        self, experiment_id: str, params: Mapping[str, Any], objective: float, results: Mapping[str, Any], *,
+        budget: int | None = None, in_budget: bool = False,
     ) -> Trial:
         check_params(params)
         name = self._experiment_name(experiment_id)
