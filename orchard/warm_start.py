@@ -36,11 +36,12 @@ is stored.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import threading
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from orchard.errors import ConfigurationError, OrchardError
+from orchard.errors import ConfigurationError, ExperimentNotFoundError, OrchardError
 from orchard.naming import check_experiment_name
 from orchard.priors import to_builtin
 from orchard.space import Space
@@ -49,6 +50,8 @@ from orchard.storages._uri import redact
 from orchard.trial import Trial, TrialStatus
 
 __all__ = ["Source", "SourceUse", "check_sources", "normalize_warm_start", "prior_trials", "source_uses"]
+
+log = logging.getLogger(__name__)
 
 _SOURCE_KEYS = frozenset({"experiment", "storage", "fill"})
 _EXAMPLE = "warm_start=['old-exp', 'mongodb://host/db:other', {'experiment': 'old', 'fill': {'batch': 32}}]"
@@ -206,12 +209,25 @@ def _read(source: Source, own: BaseStorage) -> tuple[Space, list[Trial]]:
     return cached
 
 
-def _gather(space: Space, stored: Sequence[Mapping[str, Any]] | None,
-            own: BaseStorage) -> tuple[list[Trial], list[SourceUse]]:
+def _gather(space: Space, stored: Sequence[Mapping[str, Any]] | None, own: BaseStorage,
+            strict: bool) -> tuple[list[Trial], list[SourceUse]]:
+    """The sources' trials mapped into ``space``, and what each gave.
+
+    ``strict`` (when the experiment is created) refuses a missing source and one none of whose
+    trials fits; otherwise (a worker starting later) such a source gives nothing, with a warning,
+    so deleting an old experiment never stops the ones it warm-started.
+    """
     prior: list[Trial] = []
     uses: list[SourceUse] = []
     for source in _sources(stored):
-        theirs, trials = _read(source, own)
+        try:
+            theirs, trials = _read(source, own)
+        except ExperimentNotFoundError:
+            if strict:
+                raise
+            log.warning("warm start source %r no longer exists; going on without it", source.label)
+            uses.append(SourceUse(source.label, 0, 0, {}))
+            continue
         problems = _fit_problems(source, theirs, space)
         if problems:
             raise ConfigurationError(
@@ -220,7 +236,7 @@ def _gather(space: Space, stored: Sequence[Mapping[str, Any]] | None,
         fill = {name: space[name].cast(value) for name, value in source.fill.items()}
         dropped: dict[str, int] = {}
         fitting = [m for t in trials if (m := _mapped(t, space, fill, dropped)) is not None]
-        if trials and not fitting:
+        if strict and trials and not fitting:
             outside = "; ".join(f"{name}: {n} value(s) outside {space[name]}" for name, n in sorted(dropped.items()))
             raise ConfigurationError(
                 f"warm start from {source.label!r}: none of its {len(trials)} completed trials fits this space "
@@ -240,18 +256,20 @@ def check_sources(space: Space, stored: Sequence[Mapping[str, Any]] | None, own:
     """
     if any(s.experiment == name and s.storage is None for s in _sources(stored)):
         raise ConfigurationError(f"experiment {name!r} cannot warm-start from itself; name an earlier experiment")
-    _gather(space, stored, own)
+    _gather(space, stored, own, strict=True)
 
 
 def prior_trials(space: Space, stored: Sequence[Mapping[str, Any]] | None, own: BaseStorage) -> list[Trial]:
     """The completed trials of the sources, their params mapped into ``space``; ``[]`` without sources.
 
+    A source deleted since the experiment was created gives nothing (with a warning).
+
     Raises:
-        ConfigurationError, ExperimentNotFoundError, StorageError: as :func:`check_sources`.
+        StorageError: a source's storage cannot be read.
     """
-    return _gather(space, stored, own)[0] if stored else []
+    return _gather(space, stored, own, strict=False)[0] if stored else []
 
 
 def source_uses(space: Space, stored: Sequence[Mapping[str, Any]] | None, own: BaseStorage) -> list[SourceUse]:
     """What each source gives now (for ``orchard info``); ``[]`` without sources."""
-    return _gather(space, stored, own)[1] if stored else []
+    return _gather(space, stored, own, strict=False)[1] if stored else []

@@ -199,6 +199,17 @@ def test_joining_agrees_on_the_sources(store: str) -> None:
         orchard.build_experiment("new", storage=store, warm_start=["older"])
 
 
+def test_a_deleted_source_never_stops_the_experiment_it_warm_started(
+    store: str, caplog: pytest.LogCaptureFixture,
+) -> None:
+    old = finished(store)
+    new = orchard.build_experiment("new", space=BRANIN_SPACE, max_trials=2, storage=store, warm_start=["old"])
+    old.storage.delete_experiment(old.id)
+    new.workon(branin, progress=False)
+    assert len(new.fetch_trials([TrialStatus.COMPLETED])) == 2
+    assert "warm start source 'old' no longer exists" in caplog.text
+
+
 # -- warm start: what it buys ----------------------------------------------------------------------
 
 
