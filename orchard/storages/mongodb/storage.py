@@ -318,6 +318,19 @@ class MongoStorage(BaseStorage):
         self._slots.insert(self._trials, client.trial_to_doc(trial), budget, name)
         return trial
 
+    @_translated("record a trial")
+    def record_trial(
+        self, experiment_id: str, params: Mapping[str, Any], objective: float, results: Mapping[str, Any], *,
+        budget: int | None = None, in_budget: bool = False,
+    ) -> Trial:
+        check_params(params)
+        name = self._experiment_name(experiment_id)
+        plain: dict[str, Any] = to_builtin(dict(params))
+        trial = transitions.recorded(trial_id(experiment_id, plain), experiment_id, plain, objective,
+                                     to_builtin(dict(results)), self.now(), in_budget)
+        self._slots.insert(self._trials, client.trial_to_doc(trial), budget if in_budget else False, name)
+        return trial
+
     @_translated("restore trials")
     def restore_trials(self, experiment_id: str, trials: Iterable[Trial]) -> int:
         name = self._experiment_name(experiment_id)
@@ -327,7 +340,7 @@ class MongoStorage(BaseStorage):
             fresh = dataclasses.replace(trial, id=tid, experiment=experiment_id)
             doc = client.trial_to_doc(fresh)
             try:
-                if fresh.status is TrialStatus.BROKEN:
+                if not fresh.holds_budget:
                     client.insert_stamped(self._trials, doc)
                 else:
                     self._slots.insert(self._trials, doc, None, name)
@@ -475,6 +488,11 @@ class MongoStorage(BaseStorage):
         if not any(counts.values()):
             self._experiment_name(experiment_id)
         return counts
+
+    @_translated("count unbudgeted trials")
+    def count_unbudgeted(self, experiment_id: str) -> int:
+        """See :meth:`BaseStorage.count_unbudgeted`."""
+        return int(self._trials.count_documents({"experiment": experiment_id, "in_budget": False}))
 
     @_translated("fetch changed trials")
     def fetch_changes(self, experiment_id: str, cursor: Any = None) -> tuple[list[Trial], Any]:
