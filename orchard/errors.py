@@ -185,6 +185,8 @@ class StopReason(str, enum.Enum):
     """The algorithm has nothing new to suggest and no other trial is pending."""
     IDLE = "idle"
     """Nothing could be reserved within the caller's timeout."""
+    STOPPED = "stopped"
+    """A stopping rule (target, patience, max_cost, max_time) fired (see :mod:`orchard.stopping`)."""
 
     def __str__(self) -> str:
         return self.value

@@ -39,9 +39,13 @@ from typing import Any, NamedTuple
 from orchard.errors import InvalidReportError, OrchardError, ReservationLostError, TrialNotFoundError
 
 __all__ = [
-    "MAX_REPORTS_PER_TRIAL", "Change", "Lease", "ReportValue", "Trial", "TrialStatus",
-    "complete", "first_value", "report_value", "fail", "heartbeat", "held_by", "prune", "release", "report", "reserve", "take_back",
+    "INSERTED", "MAX_REPORTS_PER_TRIAL", "Change", "Lease", "ReportValue", "Trial", "TrialStatus",
+    "complete", "fail", "first_value", "heartbeat", "held_by", "prune", "recorded", "release", "report",
+    "report_value", "reserve", "take_back",
 ]
+
+#: :attr:`Trial.origin` of an evaluation made elsewhere and recorded with its result (``insert``).
+INSERTED = "inserted"
 
 #: How many values one trial may report (one per step); a report beyond is refused.
 MAX_REPORTS_PER_TRIAL = 10_000
@@ -118,6 +122,10 @@ class Trial:
     steps strictly increasing (with several objectives a value is a tuple, one
     per objective in minimisation form, see :data:`ReportValue`); ``verdict`` says why a pruned trial was pruned
     (the pruner's own mapping), else ``None``.
+    ``origin`` is ``"inserted"`` for an evaluation made elsewhere and recorded
+    with its result (:func:`recorded`), else ``None``; ``in_budget`` is false for
+    such a trial recorded apart from the budget (it then never holds a unit of
+    ``max_trials``). Records of older releases lack both and read as the defaults.
     """
 
     id: str
@@ -136,6 +144,8 @@ class Trial:
     parent: str | None = None
     reports: list[tuple[int, ReportValue]] = dataclasses.field(default_factory=list)
     verdict: dict[str, Any] | None = None
+    origin: str | None = None
+    in_budget: bool = True
 
     def to_dict(self) -> dict[str, Any]:
         """Return a plain ``dict`` of builtins (status as its string value)."""
@@ -148,6 +158,7 @@ class Trial:
             "error": dict(self.error) if self.error is not None else None, "attempts": self.attempts,
             "parent": self.parent, "reports": [[step, list(value) if isinstance(value, tuple) else value] for step, value in self.reports],
             "verdict": dict(self.verdict) if self.verdict is not None else None,
+            "origin": self.origin, "in_budget": self.in_budget,
         }
 
     @classmethod
@@ -166,6 +177,11 @@ class Trial:
         elif reports is not None:
             kwargs["reports"] = []
         return cls(**kwargs)
+
+    @property
+    def holds_budget(self) -> bool:
+        """Whether the trial holds a unit of ``max_trials`` (every one but broken and unbudgeted ones)."""
+        return self.in_budget and self.status is not TrialStatus.BROKEN
 
     @property
     def lease(self) -> Lease | None:
@@ -335,6 +351,21 @@ def prune(trial: Trial, worker: str, verdict: Mapping[str, Any], now: float) -> 
         "status": TrialStatus.PRUNED, "objective": first_value(trial.reports[-1][1]), "verdict": dict(verdict),
         "end_time": now, "heartbeat": now,
     })
+
+
+def recorded(
+    trial_id: str, experiment: str, params: dict[str, Any], objective: float, results: Mapping[str, Any],
+    now: float, in_budget: bool,
+) -> Trial:
+    """No arrow: a trial born ``completed``, an evaluation made elsewhere and recorded with its result.
+
+    Its ``origin`` is :data:`INSERTED`; ``in_budget=False`` keeps it apart from ``max_trials``.
+    """
+    return Trial(
+        id=trial_id, experiment=experiment, params=dict(params), status=TrialStatus.COMPLETED,
+        objective=float(objective), results=dict(results), submit_time=now, end_time=now,
+        origin=INSERTED, in_budget=in_budget,
+    )
 
 
 def release(trial: Trial, worker: str | None) -> Change:

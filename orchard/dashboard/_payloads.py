@@ -15,6 +15,7 @@ from typing import Any
 from orchard.dashboard._views import ExperimentView
 from orchard.objectives import dominates
 from orchard.pareto import scored
+from orchard.stopping import LEDGER_KEY, stop_summary
 from orchard.trial import Trial, TrialStatus, first_value
 
 __all__ = ["RowCache", "devices_of", "experiment_detail", "experiment_summary", "fidelity_param", "pareto_front",
@@ -86,7 +87,8 @@ def experiment_detail(view: ExperimentView, storage_uri: str) -> dict[str, Any]:
         **experiment_summary(view),
         "storage": storage_uri,
         "space": dict(config.get("space") or {}),
-        "settings": {k: v for k, v in config.items() if k not in ("space", "algorithm")},
+        "settings": {k: v for k, v in config.items() if k not in ("space", "algorithm", LEDGER_KEY)},
+        "stopping": stop_summary(config),
         "best_params": None if best is None else best.params,
         "stale_after": view.stale_after,
         "workers": live_workers(view),

@@ -110,6 +110,14 @@ class TableStorage(BaseStorage):
         """See :meth:`BaseStorage.update_experiment`."""
         return self._change(lambda table, now: table.update_experiment(experiment_id, changes))
 
+    def experiment(self, experiment_id: str) -> ExperimentRecord:
+        """See :meth:`BaseStorage.experiment`."""
+        return self._view(lambda table: table.experiment(experiment_id))
+
+    def swap_experiment(self, experiment_id: str, key: str, expected: Any, value: Any) -> bool:
+        """See :meth:`BaseStorage.swap_experiment`."""
+        return self._change(lambda table, now: table.swap_experiment(experiment_id, key, expected, value))
+
     def delete_experiment(self, experiment_id: str) -> int:
         """See :meth:`BaseStorage.delete_experiment`."""
         return self._change(lambda table, now: table.delete_experiment(experiment_id))
@@ -130,6 +138,15 @@ class TableStorage(BaseStorage):
         return self._change(
             lambda table, now: table.register_trial(experiment_id, params, worker, budget, now, parent)
         )
+
+    def record_trial(
+        self, experiment_id: str, params: Mapping[str, Any], objective: float, results: Mapping[str, Any], *,
+        budget: int | None = None, in_budget: bool = False,
+    ) -> Trial:
+        """See :meth:`BaseStorage.record_trial`."""
+        check_params(params)
+        return self._change(lambda table, now: table.record_trial(
+            experiment_id, params, objective, results, budget, in_budget, now))
 
     def restore_trials(self, experiment_id: str, trials: Iterable[Trial]) -> int:
         """See :meth:`BaseStorage.restore_trials`."""
@@ -207,3 +224,7 @@ class TableStorage(BaseStorage):
     def count_trials(self, experiment_id: str) -> dict[TrialStatus, int]:
         """See :meth:`BaseStorage.count_trials`."""
         return self._read(lambda table: table.count_trials(experiment_id))
+
+    def count_unbudgeted(self, experiment_id: str) -> int:
+        """See :meth:`BaseStorage.count_unbudgeted` (a counter the table keeps)."""
+        return self._read(lambda table: table.unbudgeted(experiment_id))

@@ -23,6 +23,9 @@ function renderSummary(detail) {
   setText("best-params", fmtParams(detail.best_params));
   setText("algorithm", detail.algorithm);
   setText("stale-after", fmtAge(detail.stale_after));
+  const stopping = document.getElementById("stopping");  // the stopping rules, and which one fired
+  stopping.hidden = !detail.stopping;
+  if (detail.stopping) stopping.textContent = "Stopping rules: " + detail.stopping.line;
 }
 
 function renderWorkers(workers) {

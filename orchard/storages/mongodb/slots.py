@@ -7,7 +7,8 @@ order is numeric order within an experiment. A unique sparse index on
 slot except broken ones: the trial and its slot are inserted by one
 write (:func:`~orchard.storages.mongodb.client.insert_stamped`; a process dying at any instant holds nothing it did not
 insert), and ``fail_trial`` unsets the slot in the same update that marks the
-trial broken.
+trial broken. A trial recorded apart from the budget (``in_budget: false``) is
+inserted without one.
 
 A registration with ``budget=M`` only claims ``k < M``:
 
@@ -32,7 +33,7 @@ before) can leave more than ``M`` non-broken trials.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, Literal
 
 from pymongo.errors import DuplicateKeyError
 
@@ -72,13 +73,14 @@ class BudgetSlots:
         """Drop what is cached about an experiment (after deleting it)."""
         self._floor.pop(experiment_id, None)
 
-    def insert(self, trials: Any, doc: Mapping[str, Any], budget: int | None, name: str) -> None:
+    def insert(self, trials: Any, doc: Mapping[str, Any], budget: int | None | Literal[False], name: str) -> None:
         """Insert ``doc`` holding a free slot (one below ``budget`` if given).
 
         Args:
             trials: the trials collection.
             doc: the trial document, without a slot.
-            budget: the experiment's ``max_trials``, or ``None`` for no limit.
+            budget: the experiment's ``max_trials``, ``None`` for no limit, or ``False``: the trial
+                holds no slot (recorded apart from the budget).
             name: the experiment's name, for messages.
 
         Raises:
@@ -86,6 +88,12 @@ class BudgetSlots:
             BudgetExhaustedError: ``budget`` non-broken trials exist.
             StorageError: slots kept being taken by others for 100 rounds.
         """
+        if budget is False:
+            try:
+                insert_stamped(trials, dict(doc))
+            except DuplicateKeyError as err:
+                raise duplicate_trial(doc, name) from err
+            return
         for _ in range(_MAX_ROUNDS):
             for k in self._candidates(trials, doc, budget, name):
                 if self._insert_at(trials, doc, k, name):
@@ -115,7 +123,8 @@ class BudgetSlots:
         if trials.find_one({"_id": doc["_id"]}, projection={"_id": 1}) is not None:
             raise duplicate_trial(doc, name)
         experiment_id = doc["experiment"]
-        held = trials.count_documents({"experiment": experiment_id, "status": {"$in": _HOLDING}})
+        held = trials.count_documents(
+            {"experiment": experiment_id, "status": {"$in": _HOLDING}, "in_budget": {"$ne": False}})
         if held < budget:
             taken = {_number(d["slot"]) for d in trials.find(
                 {"slot": _slot_range(experiment_id, 0, budget)}, projection={"slot": 1, "_id": 0}

@@ -136,8 +136,10 @@ def _check_trial(trial: Any, budget: _Budget) -> None:
             raise RecordError(f"field {name!r} is {type(trial.get(name)).__name__}")
         if type(trial.get(name)) is int:
             _int(trial[name])
-    if type(trial.get("worker")) not in _NAMES or type(trial.get("parent")) not in _NAMES:
-        raise RecordError("a trial whose worker or parent is not a string or None")
+    if any(type(trial.get(name)) not in _NAMES for name in ("worker", "parent", "origin")):
+        raise RecordError("a trial whose worker, parent or origin is not a string or None")
+    if type(trial.get("in_budget", True)) is not bool:  # absent from records of older releases, like origin
+        raise RecordError("a trial whose in_budget is not a bool")
     if type(trial.get("attempts", 0)) is not int:  # absent from records of older releases
         raise RecordError("a trial whose attempts are not an int")
     _int(trial.get("attempts", 0))
