@@ -7,7 +7,6 @@ observations carry several objectives; the step pruners rank reports the same wa
 
 from __future__ import annotations
 
-import math
 import random
 from pathlib import Path
 from typing import Any
@@ -192,18 +191,6 @@ def test_a_bare_number_is_stored_when_no_pruner_ranks_it() -> None:
     exp.report(trial, 0.5, 1)
     exp.report(trial, {"error": 0.4, "size": 2.0}, 2)
     assert exp.storage.fetch_trials(exp.id)[0].reports == [(1, 0.5), (2, (0.4, 2.0))]
-
-
-def test_every_storage_keeps_a_vector_report_and_hands_it_back_as_a_tuple(storage: Any) -> None:
-    exp_id = storage.create_experiment("vec", {"space": {"x": "uniform(0, 1)"}, "max_trials": 2})
-    trial = storage.register_trial(exp_id, {"x": 0.5}, worker="w")
-    assert storage.report_trial(trial.id, "w", 1, [0.25, -3.0]).reports == [(1, (0.25, -3.0))]
-    storage.report_trial(trial.id, "w", 2, (0.2, -3.5))
-    storage.complete_trial(trial.id, "w", 0.2, {"error": 0.2, "accuracy": 3.5})
-    (stored,) = storage.fetch_trials(exp_id)
-    assert stored.reports == [(1, (0.25, -3.0)), (2, (0.2, -3.5))]
-    with pytest.raises(InvalidReportError, match="not a finite number"):
-        storage.report_trial(storage.register_trial(exp_id, {"x": 0.1}, worker="w").id, "w", 1, [0.1, math.nan])
 
 
 def test_info_explains_a_trial_pruned_on_both_objectives(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
