@@ -154,6 +154,7 @@ class Ladder:
         self.rungs: dict[Place, list[Entry]] = {}
         self.keys: dict[Place, set[str]] = {}
         self.arrivals: dict[Place, Arrivals] = {}
+        self._unranked: set[Place] = set()  # rungs of several objectives to rank again by pareto_order
         self._source = source
         self._count = 0
         self._last: Observation | None = None
@@ -166,6 +167,9 @@ class Ladder:
             self._reset(completed)
         for observation in completed[self._count:]:
             self._add(observation)
+        for place in self._unranked:  # once per update, however many points it folded in
+            self.rungs[place] = pareto_order(self.rungs[place])
+        self._unranked.clear()
         self._count = len(completed)
         self._last = completed[-1] if completed else None
 
@@ -177,7 +181,7 @@ class Ladder:
         entry = Entry(observation.objective, key, observation)
         bisect.insort(self.rungs.setdefault((bracket, rung), []), entry, key=lambda e: e.rank)
         if entry.several:  # a new point may push others to a later front: the rung is ranked again
-            self.rungs[(bracket, rung)] = pareto_order(self.rungs[(bracket, rung)])
+            self._unranked.add((bracket, rung))
         self.keys.setdefault((bracket, rung), set()).add(key)
         if self._eta is not None:
             self.arrivals.setdefault((bracket, rung), Arrivals(self._eta)).add(entry, observation.end_time)
