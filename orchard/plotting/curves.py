@@ -3,6 +3,8 @@
 One line per trial that reported (:func:`orchard.report`): completed trials in
 blue, pruned ones in grey ending in a cross at the step they were stopped, the
 running trials dashed, and the trial with the best objective drawn thick.
+With several objectives a report holds one value per objective; the curve is
+its first objective (as minimised, like the trial's ``objective``).
 """
 
 from __future__ import annotations
