@@ -30,7 +30,7 @@ from orchard.naming import check_experiment_name
 from orchard.objective import Outcome, check_objective, interpret_result
 from orchard.objectives import normalize_objectives
 from orchard.pareto import front_hypervolume, pareto_front
-from orchard.pruners import normalize_pruner_config
+from orchard.pruners import check_objectives, normalize_pruner_config
 from orchard.recording import budget_held, record_evaluation, warn_if_budget_met
 from orchard.report import TrialPruned, check_report
 from orchard.resources import assign_devices, parse_gpus, parse_memory
@@ -134,6 +134,7 @@ def build_experiment(
         if wanted_pruner is not None:
             fields["pruner"] = wanted_pruner
         fields.update(wanted)
+        check_objectives(fields.get("pruner"), fields["objectives"])  # on creation: stored ones still load
         check_sources(wanted_space, sources, store, name)
         store.create_experiment(name, ExperimentConfig(**fields).to_dict())
         record = store.require_experiment(name)

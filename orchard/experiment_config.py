@@ -24,7 +24,7 @@ from orchard.algorithms import normalize_algorithm_config
 from orchard.constraints import normalize_constraints
 from orchard.errors import ConfigurationError
 from orchard.objectives import normalize_objectives
-from orchard.pruners import check_objectives, normalize_pruner_config
+from orchard.pruners import normalize_pruner_config
 from orchard.space import Space
 from orchard.stopping import normalize_stop
 from orchard.warm_start import normalize_warm_start
@@ -192,7 +192,6 @@ class ExperimentConfig:
         object.__setattr__(self, "objectives", normalize_objectives(self.objectives))
         object.__setattr__(self, "constraints", normalize_constraints(self.constraints))
         object.__setattr__(self, "stop", normalize_stop(self.stop, self.objectives))
-        check_objectives(self.pruner, self.objectives)
         object.__setattr__(self, "warm_start", normalize_warm_start(self.warm_start))
         for key, rule in EXPERIMENT_RULES.items():
             object.__setattr__(self, key, check_setting(key, getattr(self, key), rule))

@@ -139,6 +139,16 @@ def test_pruners_of_one_value_are_refused_for_several_objectives(pruner: Any, tm
     assert not (tmp_path / "db.pkl").exists() or orchard.storages.get_storage(uri).get_experiment("mo-refused") is None
 
 
+def test_an_experiment_stored_with_such_a_pruner_still_opens(tmp_path: Path) -> None:
+    """The refusal is made when an experiment is created: one stored before it (or by hand) still loads."""
+    uri = str(tmp_path / "db.pkl")
+    store = orchard.storages.get_storage(uri)
+    store.create_experiment("mo-old", {"space": {"x": "uniform(0, 1)"}, "pruner": {"median": {}},
+                                       "objectives": {"error": "min", "size": "min"}})
+    exp = orchard.get_experiment("mo-old", storage=uri)
+    assert exp.settings.objectives == {"error": "min", "size": "min"} and "median" in exp.settings.pruner
+
+
 def _two_curves(x: float) -> dict[str, float]:
     for step in range(1, 10):
         orchard.report({"error": x + 1.0 / step, "accuracy": 1.0 - abs(x - 0.7) - 1.0 / step}, step)
