@@ -38,8 +38,9 @@ from typing import Any, Literal
 from pymongo.errors import DuplicateKeyError
 
 from orchard.errors import BudgetExhaustedError, DuplicateTrialError, StorageError
-from orchard.storages.mongodb.client import duplicate_key_field, insert_stamped
-from orchard.trial import TrialStatus
+from orchard.space import to_builtin, trial_id
+from orchard.storages.mongodb.client import duplicate_key_field, insert_stamped, trial_to_doc
+from orchard.trial import Trial, TrialStatus, recorded
 
 __all__ = ["BudgetSlots", "duplicate_trial", "slot_key"]
 
@@ -102,6 +103,19 @@ class BudgetSlots:
             f"could not claim a budget slot for a trial of experiment {name!r} after "
             f"{_MAX_ROUNDS} rounds of contention; try again"
         )
+
+    def record(self, trials: Any, experiment_id: str, name: str, params: Mapping[str, Any], objective: float,
+               results: Mapping[str, Any], now: float, budget: int | None | Literal[False]) -> Trial:
+        """Insert a trial born completed (:func:`orchard.trial.recorded`), holding a slot unless ``budget`` is False.
+
+        Raises:
+            DuplicateTrialError, BudgetExhaustedError: as :meth:`insert`.
+        """
+        plain: dict[str, Any] = to_builtin(dict(params))
+        trial = recorded(trial_id(experiment_id, plain), experiment_id, plain, objective, to_builtin(dict(results)),
+                         now, in_budget=budget is not False)
+        self.insert(trials, trial_to_doc(trial), budget, name)
+        return trial
 
     def _candidates(self, trials: Any, doc: Mapping[str, Any], budget: int | None, name: str) -> list[int]:
         top = self._top(trials, doc["experiment"])

@@ -319,17 +319,11 @@ class MongoStorage(BaseStorage):
         return trial
 
     @_translated("record a trial")
-    def record_trial(
-        self, experiment_id: str, params: Mapping[str, Any], objective: float, results: Mapping[str, Any], *,
-        budget: int | None = None, in_budget: bool = False,
-    ) -> Trial:
+    def record_trial(self, experiment_id: str, params: Mapping[str, Any], objective: float, results: Mapping[str, Any],
+                     *, budget: int | None = None, in_budget: bool = False) -> Trial:
         check_params(params)
-        name = self._experiment_name(experiment_id)
-        plain: dict[str, Any] = to_builtin(dict(params))
-        trial = transitions.recorded(trial_id(experiment_id, plain), experiment_id, plain, objective,
-                                     to_builtin(dict(results)), self.now(), in_budget)
-        self._slots.insert(self._trials, client.trial_to_doc(trial), budget if in_budget else False, name)
-        return trial
+        return self._slots.record(self._trials, experiment_id, self._experiment_name(experiment_id), params,
+                                  objective, results, self.now(), budget if in_budget else False)
 
     @_translated("restore trials")
     def restore_trials(self, experiment_id: str, trials: Iterable[Trial]) -> int:
@@ -491,7 +485,6 @@ class MongoStorage(BaseStorage):
 
     @_translated("count unbudgeted trials")
     def count_unbudgeted(self, experiment_id: str) -> int:
-        """See :meth:`BaseStorage.count_unbudgeted`."""
         return int(self._trials.count_documents({"experiment": experiment_id, "in_budget": False}))
 
     @_translated("fetch changed trials")
