@@ -30,11 +30,11 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import _lcbench as L  # noqa: E402
+import _lcbench as L
 
-from orchard.algorithms import Observation, make_algorithm  # noqa: E402
-from orchard.algorithms.base import SeenPoints  # noqa: E402
-from orchard.space import Space  # noqa: E402
+from orchard.algorithms import Observation, make_algorithm
+from orchard.algorithms.base import SeenPoints
+from orchard.space import Space
 
 
 def objective(params: dict) -> float:

@@ -46,10 +46,8 @@ from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import _lcbench as L  # noqa: E402
+import _lcbench as L
 
 WORKERS = 4
 BUDGET = 20  # full trainings

@@ -69,9 +69,9 @@ import functools
 import math
 from collections.abc import Mapping, Sequence
 from statistics import NormalDist
+from typing import Any, ClassVar, TypeVar
 
 import numpy as np
-from typing import Any, ClassVar, TypeVar
 
 from orchard.algorithms._rungs import Ladder, Place, config_key
 from orchard.algorithms.base import BaseAlgorithm, Observation, SeenPoints, space_size
@@ -93,8 +93,8 @@ SAMPLER_FITS = ("refined", "highest_rung")
 #: Draws tried before a sampler's points are taken to be exhausted.
 _SAMPLER_RETRIES = 50
 #: Options ``asha`` gives its ``bayes`` sampler unless told otherwise: the acquisition function is
-#: maximized over random candidates (a few thousand, from the interior), not by L-BFGS, which
-#: is slower and runs to the box's faces.
+#: maximized over random candidates and small steps around the best (from the interior), not by
+#: L-BFGS, which is slower and runs to the box's faces.
 SAMPLER_DEFAULTS: dict[str, Any] = {"acq_optimizer": "sampling"}
 #: Most observations a ``bayes`` sampler is told (see :func:`bounded`): a suggestion's cost stays bounded.
 FIT_POINTS = 128

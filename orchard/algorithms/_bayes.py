@@ -380,7 +380,8 @@ class UnitBox:
     def draw(self, n: int, rng: np.random.Generator) -> np.ndarray[Any, Any]:
         """``n`` random points of the space, in the box."""
         if not self.continuous:
-            return np.asarray(self.space.transform(self.space.rvs(n_samples=n, random_state=int(rng.integers(2**31 - 1)))))
+            drawn = self.space.rvs(n_samples=n, random_state=int(rng.integers(2**31 - 1)))
+            return np.asarray(self.space.transform(drawn))
         return self.valid(rng.random((n, len(self.fixed))))
 
     def valid(self, points: np.ndarray[Any, Any]) -> np.ndarray[Any, Any]:
