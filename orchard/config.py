@@ -31,6 +31,7 @@ from orchard.experiment_config import (
     text,
 )
 from orchard.resources import parse_gpus, parse_memory
+from orchard.stopping import normalize_stop
 from orchard.storages import DEFAULT_STORAGE
 
 __all__ = [
@@ -98,6 +99,16 @@ def expression_list(value: Any) -> Any:
     return value
 
 
+def stop_rules(value: Any) -> Any:
+    """Stopping rules: a mapping, YAML/JSON mapping text, ``RULE=VALUE`` items or ``"a=1,b=2"``.
+
+    Checked here (unknown rules, bad values); against the objectives where the experiment is built.
+    """
+    if isinstance(value, str) and value.lstrip().startswith("{"):
+        value = name_or_mapping(value)
+    return normalize_stop(value)
+
+
 def _experiment(key: str) -> Setting:
     return Setting(EXPERIMENT_RULES[key], ExperimentConfig.default(key))
 
@@ -116,6 +127,8 @@ SETTINGS: dict[str, Setting] = {
     # several objectives and constraints: checked when the experiment is built
     "objectives": Setting(objective_mapping),
     "constraints": Setting(expression_list),
+    "stop": Setting(stop_rules),  # orchard.stopping
+    "warm_start": Setting(env=False),  # sources checked by orchard.warm_start where the experiment is built
     "idle_timeout": Setting(optional(positive_number)),
     "trial_timeout": Setting(optional(positive_number)),
     "executor": Setting(text, "joblib"),

@@ -56,9 +56,11 @@ from orchard.pruners import make_pruner
 from orchard.pacemaker import Pacemaker
 from orchard.space import trial_id as params_trial_id
 from orchard.storages.base import BaseStorage
+from orchard.stopping import StopGate, StopRules
 from orchard.storages.retrying import RetryingStorage
 from orchard.trial import Trial, TrialStatus
 from orchard.verdicts import Judge, judging
+from orchard.warm_start import prior_trials
 
 __all__ = [
     "History",  # re-exported: the view the worker keeps (orchard.history)
@@ -168,11 +170,14 @@ class Worker:
         self.name = name or worker_name()
         self.on_outcome = on_outcome
         self.label = label or experiment_id
-        self.history = History(storage, experiment_id, settings.objectives, settings.constraints)
+        self.history = History(storage, experiment_id, settings.objectives, settings.constraints,
+                               prior_trials(settings.space, settings.warm_start, storage))  # a warm start's evidence
         self.algorithm: BaseAlgorithm = make_algorithm(settings.algorithm, settings.space, settings.seed)
         self.judge = Judge(storage, self.name, lambda: self.history.trials, self.history.refresh,
-                           make_pruner(settings.pruner))
+                           make_pruner(settings.pruner), settings.objectives)
         self.report = WorkerReport(self.name)
+        rules = StopRules.of(settings.stop, settings.objectives, settings.constraints)
+        self.stopping = None if rules is None else StopGate(storage, experiment_id, rules, self.label, clock.monotonic)
         # the pacemaker beats on the unwrapped storage: it must never block in an outage's retries
         self.clock = clock
         self.pacemaker = Pacemaker(self.storage.storage, self.name, settings.heartbeat,
@@ -244,7 +249,8 @@ class Worker:
             ExperimentBrokenError: ``max_broken`` trials are broken (reason ``BROKEN``).
             BudgetExhaustedError: nothing to run: the budget is met (``BUDGET``), this
                 worker ran its ``max_trials_per_worker`` (``WORKER_BUDGET``), the space is
-                exhausted (``EXHAUSTED``), or ``timeout`` passed (``IDLE``).
+                exhausted (``EXHAUSTED``), ``timeout`` passed (``IDLE``), or a stopping rule
+                fired (``STOPPED``, see :mod:`orchard.stopping`).
         """
         deadline = None if timeout is None else self.clock.monotonic() + timeout
         poll = _MIN_POLL
@@ -253,6 +259,9 @@ class Worker:
             self._check_stop()
             self._release_stale()
             trial = self._acquire()
+            if trial is not None and self.stopping is not None and not self.stopping.admit(trial.id):
+                self._release_quietly(trial)  # a stopping rule fired meanwhile: give it back, then stop
+                continue
             if trial is not None:
                 self.pacemaker.watch(trial.id)
                 return trial
@@ -286,6 +295,8 @@ class Worker:
             if self.pacemaker.is_lost(trial.id):
                 raise ReservationLostError.dropped(trial.id, self.name)
             outcome = self._settle(trial.id, outcome)
+            if self.stopping is not None:  # folded before the result is stored: see orchard.stopping
+                self.stopping.fold(trial.id, outcome)
             stored = self._record(trial, outcome)  # still heartbeating: a slow write must not cost the lease
         except ReservationLostError:
             self.report.lost += 1
@@ -321,6 +332,8 @@ class Worker:
             broken = [t for t in self.history.trials.values() if t.status is TrialStatus.BROKEN]
             raise ExperimentBrokenError.limit_reached(
                 self.label, counts[TrialStatus.BROKEN], settings.max_broken, broken[-1].error)
+        if self.stopping is not None:
+            self.stopping.check()
         done = self.report.completed + self.report.broken + self.report.pruned
         if settings.max_trials_per_worker is not None and done >= settings.max_trials_per_worker:
             raise BudgetExhaustedError(

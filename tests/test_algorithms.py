@@ -81,7 +81,7 @@ def skopt_twin(fast: Any) -> Any:
     from skopt.learning import GaussianProcessRegressor
 
     params = fast.get_params(deep=False)
-    del params["hyperparameter_points"]
+    del params["hyperparameter_points"], params["fit_tolerance"]
     return GaussianProcessRegressor(**params)
 
 
@@ -436,6 +436,28 @@ def test_fast_gp_log_marginal_likelihood_matches_scikit_learn() -> None:
             theirs = SkGP.log_marginal_likelihood(fast, theta, eval_gradient=True)
         np.testing.assert_allclose(ours[0], theirs[0], rtol=1e-8)
         np.testing.assert_allclose(ours[1], theirs[1], rtol=1e-6, atol=1e-8)
+
+
+def test_fast_gp_direct_fit_matches_scikit_learns_fit() -> None:
+    from orchard.algorithms._gp import make_gp
+
+    dims = Space.from_config({f"x{i}": "uniform(0, 1)" for i in range(3)}).to_skopt()
+    rng = np.random.default_rng(11)
+    x, query = rng.uniform(size=(50, 3)), rng.uniform(size=(200, 3))
+    y = np.sin(3 * x).sum(axis=1) + 0.05 * rng.normal(size=50)
+    fits = []
+    for tolerance in (None, 1e-12):  # scikit-learn's fit, then the direct one run to convergence
+        model = make_gp(dims, random_state=2, n_restarts_optimizer=0, hyperparameter_points=30,
+                        fit_tolerance=tolerance)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            fits.append(model.fit(x, y))
+    sklearn_fit, direct = fits
+    np.testing.assert_allclose(direct.kernel_.k1.theta, sklearn_fit.kernel_.k1.theta, rtol=1e-3, atol=1e-3)
+    assert direct.noise_ == pytest.approx(sklearn_fit.noise_, rel=1e-2, abs=1e-6)
+    assert direct.X_train_.shape == (50, 3)  # conditioned on every point
+    for a, b in zip(direct.predict(query, return_std=True), sklearn_fit.predict(query, return_std=True)):
+        np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-4)
 
 
 def test_seen_overlay_matches_history_and_never_mutates_the_base() -> None:

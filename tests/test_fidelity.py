@@ -627,3 +627,40 @@ def test_the_bayes_sampler_is_told_a_bounded_subset_keeping_the_full_ranking() -
     scores = normal_scores(len(ranked))
     assert len(told) == FIT_POINTS
     assert [o.objective for o in told[:3]] == pytest.approx(scores[:3]) and told[-1].objective == pytest.approx(scores[-1])
+
+
+def test_a_new_point_of_the_default_asha_costs_well_under_100_ms_of_cpu_at_1000_trials() -> None:
+    """The bound that lets hundreds of workers with short trials ask without being CPU-bound
+    (``bench/asha_suggest_cost.py`` measures ~20 ms; CPU time, so other processes' load hardly counts)."""
+    import statistics
+    import time
+
+    import numpy as np
+
+    from orchard.algorithms.base import SeenPoints
+
+    space = Space.from_config({
+        "lr": "loguniform(1e-4, 1e-1)", "width": "loguniform(16, 1024)", "decay": "uniform(0, 0.1)",
+        "momentum": "uniform(0.1, 0.99)", "dropout": "uniform(0, 1)", "epochs": "fidelity(1, 81, base=3)"})
+    builder = make_algorithm({"asha": {"sampler": "random"}}, space, seed=0)
+    completed: list[Observation] = []
+    while len(completed) < 1000:
+        (params,) = builder.suggest(completed, [])
+        loss = (math.log(params["lr"]) + 5) ** 2 + params["decay"] + 1 / params["epochs"]
+        completed.append(Observation(params, loss, end_time=float(len(completed))))
+    seen = SeenPoints(o.params for o in completed)
+    worker = make_algorithm("asha", space, seed=1)
+    worker.suggest(completed, [], seen=seen)  # a worker's cache holds the history
+    costs = []
+    for repeat in range(5):
+        rng = np.random.default_rng(repeat)
+        pending = [worker.at_rung(space.sample(rng), 0) for _ in range(4)]
+        while True:
+            start = time.process_time()
+            (params,) = worker.suggest(completed, pending, seen=seen)
+            elapsed = time.process_time() - start
+            if worker.parent_of(params) is None:
+                break
+            pending.append(params)
+        costs.append(elapsed)
+    assert statistics.median(costs) < 0.1

@@ -65,12 +65,13 @@ options (``docs/benchmarks.md``).
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from collections.abc import Mapping, Sequence
 from statistics import NormalDist
+from typing import Any, ClassVar, TypeVar
 
 import numpy as np
-from typing import Any, ClassVar
 
 from orchard.algorithms._rungs import Ladder, Place, config_key
 from orchard.algorithms.base import BaseAlgorithm, Observation, SeenPoints, space_size
@@ -79,6 +80,8 @@ from orchard.priors import LogUniform, Uniform
 from orchard.space import Space
 
 __all__ = ["Asha"]
+
+T = TypeVar("T")
 
 #: Samplers that may draw the new points of the lowest rung.
 SAMPLERS = ("random", "bayes")
@@ -90,8 +93,8 @@ SAMPLER_FITS = ("refined", "highest_rung")
 #: Draws tried before a sampler's points are taken to be exhausted.
 _SAMPLER_RETRIES = 50
 #: Options ``asha`` gives its ``bayes`` sampler unless told otherwise: the acquisition function is
-#: maximized over random candidates (a few thousand, from the interior), not by L-BFGS, which
-#: is slower and runs to the box's faces.
+#: maximized over random candidates and small steps around the best (from the interior), not by
+#: L-BFGS, which is slower and runs to the box's faces.
 SAMPLER_DEFAULTS: dict[str, Any] = {"acq_optimizer": "sampling"}
 #: Most observations a ``bayes`` sampler is told (see :func:`bounded`): a suggestion's cost stays bounded.
 FIT_POINTS = 128
@@ -165,6 +168,10 @@ class Asha(BaseAlgorithm):
         self.stopping = self.options["rule"] == "stopping"
         #: The space the sampler draws from: the interior of :attr:`space` for ``bayes`` (see :func:`interior`).
         self.sampler_space = space if next(iter(self.options["sampler"])) == "random" else interior(space)
+        #: ``(name, low, high)`` of each dimension :meth:`_top` clips into :attr:`sampler_space`.
+        self._clipped = [] if self.sampler_space is space else [
+            (name, prior.low, prior.high) for name, prior in self.sampler_space.items()
+            if isinstance(prior, (Uniform, LogUniform))]
         #: The completed trials by rung: a cache extended as the history grows (see :mod:`._rungs`).
         self.ladder = Ladder(self.locate, self.eta if self.stopping else None)
 
@@ -351,8 +358,8 @@ class Asha(BaseAlgorithm):
         ordered = self.ladder.refined()
         if len(ordered) < self.min_points:
             return []
-        scored = [Observation(o.params, score) for o, score in zip(ordered, normal_scores(len(ordered)))]
-        return [Observation(self._top(o.params), o.objective) for o in bounded(scored)]
+        scores = normal_scores(len(ordered))
+        return [Observation(self._top(ordered[i].params), scores[i]) for i in bounded(list(range(len(ordered))))]
 
     def _fit_rung(self) -> list[Observation]:
         """The highest rung with at least ``min_points`` results (all brackets); ``[]`` if none."""
@@ -365,14 +372,13 @@ class Asha(BaseAlgorithm):
     def _top(self, params: Mapping[str, Any]) -> dict[str, Any]:
         """``params`` as the sampler sees them: at the fidelity ``high``, clipped into :attr:`sampler_space`."""
         told = {**params, self.fidelity_name: self.fidelity.high}
-        if self.sampler_space is not self.space:
-            for name, prior in self.sampler_space.items():
-                if isinstance(prior, (Uniform, LogUniform)) and isinstance(told.get(name), (int, float)):
-                    told[name] = min(max(told[name], prior.low), prior.high)
+        for name, low, high in self._clipped:
+            if isinstance(told.get(name), (int, float)):
+                told[name] = min(max(told[name], low), high)
         return told
 
 
-def bounded(ranked: list[Observation], most: int | None = None) -> list[Observation]:
+def bounded(ranked: list[T], most: int | None = None) -> list[T]:
     """At most ``most`` (default :data:`FIT_POINTS`) of ``ranked`` (best first): the best half, then
     the rest evenly spaced by rank, worst included, so the model still sees the whole range.
 
@@ -388,14 +394,15 @@ def bounded(ranked: list[Observation], most: int | None = None) -> list[Observat
     return ranked[:head] + [rest[int(i)] for i in picks]
 
 
-def normal_scores(count: int) -> list[float]:
+@functools.lru_cache(maxsize=4)
+def normal_scores(count: int) -> tuple[float, ...]:
     """The standard normal quantiles of ``count`` ranks, best (lowest) first: ``Phi^-1((i + 1/2) / count)``.
 
     The Gaussian copula of a ranking: evenly spread, symmetric, and the same for
     any objective with the same order.
     """
     normal = NormalDist()
-    return [normal.inv_cdf((i + 0.5) / count) for i in range(count)]
+    return tuple(normal.inv_cdf((i + 0.5) / count) for i in range(count))
 
 
 def _check_sampler_options(owner: str, options: dict[str, Any]) -> None:

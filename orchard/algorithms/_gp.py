@@ -34,6 +34,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 from scipy.linalg import cho_solve, cholesky
+from scipy.optimize import minimize
 from scipy.spatial.distance import cdist
 from sklearn.base import clone
 from skopt.learning import GaussianProcessRegressor
@@ -106,6 +107,12 @@ def _matern52_lml(
     return lml, gradient
 
 
+def _negated(value: Any) -> tuple[float, NDArray[Any]]:
+    """``-(lml, gradient)``, the objective L-BFGS minimizes."""
+    lml, gradient = value
+    return -lml, -gradient
+
+
 def best_and_random(values: NDArray[Any], size: int, rng: np.random.Generator) -> NDArray[Any]:
     """Sorted indices of ``size`` of ``values``: the ``size // 2`` lowest plus a random sample of the rest."""
     if len(values) <= size:
@@ -138,16 +145,20 @@ class FastGaussianProcess(GaussianProcessRegressor):  # type: ignore[misc]
         random_state: Any = None,
         noise: Any = None,
         hyperparameter_points: int | None = None,
+        fit_tolerance: float | None = None,
     ) -> None:
         super().__init__(
             kernel=kernel, alpha=alpha, optimizer=optimizer, n_restarts_optimizer=n_restarts_optimizer,
             normalize_y=normalize_y, copy_X_train=copy_X_train, random_state=random_state, noise=noise,
         )
         self.hyperparameter_points = hyperparameter_points
+        self.fit_tolerance = fit_tolerance
 
     def fit(self, X: Any, y: Any) -> FastGaussianProcess:
         """Fit the GP; past ``hyperparameter_points`` points, learn the kernel on a subsample."""
         X, y = np.asarray(X, dtype=float), np.asarray(y, dtype=float)
+        if self.fit_tolerance is not None and self._fit_direct(X, y):
+            return self
         limit = self.hyperparameter_points
         if limit is None or len(y) <= limit or self.optimizer is None:
             super().fit(X, y)
@@ -165,6 +176,47 @@ class FastGaussianProcess(GaussianProcessRegressor):  # type: ignore[misc]
         params = self.get_params(deep=False)
         self.__dict__.update({k: v for k, v in vars(final).items() if k not in params})
         return self
+
+    def _fit_direct(self, X: NDArray[Any], y: NDArray[Any]) -> bool:
+        """The fit of :meth:`fit` computed directly for the kernel of :func:`make_gp` (``False``: another
+        kernel, not fitted), with L-BFGS stopped at a relative change of ``fit_tolerance`` in the likelihood.
+
+        The same quantities as skopt's ``fit`` (normalized targets, white noise fitted then
+        dropped from ``kernel_`` into ``noise_``, ``K_inv_``) without scikit-learn's per-fit
+        validation and cloning, which cost more than a fit on a few dozen points.
+        """
+        kernel = self.kernel + WhiteKernel() if self.noise == "gaussian" else self.kernel
+        if not (self.normalize_y and y.ndim == 1 and _fittable_parts(kernel, X.shape[1])):
+            return False
+        mean, std = float(np.mean(y)), float(np.std(y)) or 1.0
+        seed = self.random_state if isinstance(self.random_state, (int, np.integer)) else None
+        rng = np.random.default_rng(seed)
+        limit = self.hyperparameter_points
+        subset = np.arange(len(y)) if limit is None or len(y) <= limit else best_and_random(y, limit, rng)
+        x_fit, y_fit = X[subset], (y[subset] - np.mean(y[subset])) / (float(np.std(y[subset])) or 1.0)
+        bounds = kernel.bounds
+        starts = [kernel.theta] + [rng.uniform(bounds[:, 0], bounds[:, 1]) for _ in range(self.n_restarts_optimizer)]
+        best: tuple[float, NDArray[Any]] | None = None
+        for start in starts:
+            result = minimize(lambda t: _negated(_matern52_lml(t, x_fit, y_fit, self.alpha, True)), start,
+                              method="L-BFGS-B", jac=True, bounds=bounds, options={"ftol": self.fit_tolerance})
+            if best is None or result.fun < best[0]:
+                best = (float(result.fun), result.x)
+        assert best is not None
+        self.kernel_ = kernel.clone_with_theta(best[1])
+        self.X_train_, self.y_train_ = X, (y - mean) / std
+        self._y_train_mean = self.y_train_mean_ = mean
+        self._y_train_std = self.y_train_std_ = std
+        k = self.kernel_(X)
+        k[np.diag_indices_from(k)] += self.alpha
+        self.L_ = cholesky(k, lower=True, check_finite=False)
+        self.alpha_ = cho_solve((self.L_, True), self.y_train_, check_finite=False)
+        self.K_inv_ = cho_solve((self.L_, True), np.eye(len(y)), check_finite=False)
+        self.log_marginal_likelihood_value_ = -best[0]
+        self.noise_ = self.kernel_.k2.noise_level if self.noise == "gaussian" else None
+        if self.noise == "gaussian":
+            self.kernel_.set_params(k2=WhiteKernel(noise_level=0.0))
+        return True
 
     def log_marginal_likelihood(
         self, theta: Any = None, eval_gradient: bool = False, clone_kernel: bool = True
@@ -229,7 +281,8 @@ class FastGaussianProcess(GaussianProcessRegressor):  # type: ignore[misc]
 
 
 def make_gp(
-    dimensions: list[Any], random_state: int, n_restarts_optimizer: int, hyperparameter_points: int | None = None
+    dimensions: list[Any], random_state: int, n_restarts_optimizer: int, hyperparameter_points: int | None = None,
+    fit_tolerance: float | None = None,
 ) -> FastGaussianProcess:
     """The GP that ``gp_minimize`` would use, with the given fitting budget.
 
@@ -238,8 +291,11 @@ def make_gp(
         random_state: seed of the kernel-hyperparameter restarts and subsample.
         n_restarts_optimizer: extra random restarts of the hyperparameter fit.
         hyperparameter_points: most points the hyperparameters are fitted on.
+        fit_tolerance: stop the hyperparameter fit at this relative change of the
+            likelihood (computed directly, see :meth:`FastGaussianProcess.fit`); ``None``:
+            scikit-learn's fit and tolerance.
     """
     reference = cook_estimator("GP", space=dimensions, random_state=random_state)
     params = reference.get_params(deep=False)
     params["n_restarts_optimizer"] = n_restarts_optimizer
-    return FastGaussianProcess(**params, hyperparameter_points=hyperparameter_points)
+    return FastGaussianProcess(**params, hyperparameter_points=hyperparameter_points, fit_tolerance=fit_tolerance)

@@ -59,6 +59,14 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     option("--constraint", metavar="EXPR", dest="constraints", action="append",
            help="a bound on a reported metric, 'NAME <= NUMBER' or 'NAME >= NUMBER' (repeatable); "
                 "trials that break it are kept but never on the front")
+    option("--stop", metavar="RULE=VALUE", action="append",
+           help="stop reserving trials once a rule holds on the stored history (repeatable): target=0.1, "
+                "patience=20 (with min_delta=0.001), max_cost=10 (the reported cost metric summed), "
+                "max_time=2h (the trials' own evaluation times summed); stored with the experiment")
+    option("--warm-start", metavar="EXP", dest="warm_start", action="append",
+           help="tell the algorithm the completed trials of an earlier experiment first (repeatable): a name "
+                "in this storage, STORAGE:NAME in another (mongodb://host/db:old, runs/old.pkl:old), or a YAML "
+                "mapping '{experiment: old, fill: {batch: 32}}' for a dimension the old space lacks")
     option("--n-workers", metavar="K",
            help="run K workers on this machine through the executor (default 1: with the default "
                 "executor, the one worker runs in the hunt process itself)")
@@ -172,15 +180,15 @@ def _experiment(name: str, template: CommandTemplate, storage: BaseStorage, sett
         storage=storage, max_trials=given("max_trials"), max_broken=given("max_broken"),
         max_attempts=given("max_attempts"), heartbeat=given("heartbeat"), seed=given("seed"),
         working_dir=given("working_dir"), pruner=given("pruner"),
-        objectives=given("objectives"), constraints=given("constraints"),
+        objectives=given("objectives"), constraints=given("constraints"), stop=given("stop"),
+        warm_start=given("warm_start"),
     )
 
 
 def _budget_met(experiment: Experiment) -> bool:
-    from orchard.trial import TrialStatus
+    from orchard.recording import budget_used
 
-    counts = experiment.storage.count_trials(experiment.id)
-    done = counts[TrialStatus.COMPLETED] + counts[TrialStatus.PRUNED]  # a pruned trial used its budget
+    done = budget_used(experiment.storage, experiment.id)  # pruned trials used theirs, inserted ones may not
     if experiment.max_trials is None or done < experiment.max_trials:
         return False
     print(f"experiment {experiment.name!r} has already completed its {done} trials "
@@ -192,6 +200,7 @@ def _work(experiment: Experiment, template: CommandTemplate, settings: Settings)
     from orchard.naming import folder_in
     from orchard.resources import parse_memory
     from orchard.runner import ScriptRunner
+    from orchard.stopping import stop_summary
 
     base = (settings.get("working_dir") or experiment.settings.working_dir
             or folder_in("orchard-runs", experiment.name))
@@ -214,4 +223,7 @@ def _work(experiment: Experiment, template: CommandTemplate, settings: Settings)
         best = f"; best objective {stats['best_objective']:.6g} at {format_params(stats['best_params'])}"
     print(f"experiment {experiment.name!r}: {counts['completed']} completed, {counts['broken']} broken"
           f"{best}")
+    stopping = stop_summary(experiment.storage.experiment(experiment.id).config)
+    if stopping is not None and stopping["fired"] is not None:
+        print(f"experiment {experiment.name!r}: {stopping['line']}")
     return 0

@@ -137,7 +137,7 @@ def experiment_status(experiment: Experiment, watch: HeartbeatWatch | None = Non
         "max_trials": experiment.max_trials, "best_trial": best.id if best else None,
         "best_objective": stats["best_objective"] if front is None else None, "best_params": stats["best_params"],
         "pareto_front": front, "elapsed": stats["elapsed"], "trials_per_second": stats["trials_per_second"], "workers": workers,
-        "rungs": _rungs(experiment),
+        "rungs": _rungs(experiment), "stop": stats["stop"],
     }
 
 
@@ -200,6 +200,8 @@ def _status_lines(status: dict[str, Any]) -> list[str]:
         lines.append(f"  best:    {status['best_objective']:.6g} at {format_params(status['best_params'])} "
                      f"(trial {status['best_trial'][:12]})")
     lines += _front_lines(status["pareto_front"], "  front:   ")
+    if status["stop"] is not None:
+        lines.append(f"  stop:    {status['stop']['line']}")
     lines.append(f"  speed:   {_speed(status)}")
     lines.append(f"  workers: {len(status['workers'])} evaluating")
     for worker in status["workers"]:
@@ -293,18 +295,44 @@ def run_info(args: argparse.Namespace) -> int:
     front = _front(experiment)
     best = experiment.best_trial if front is None else None
     record = experiment.storage.require_experiment(experiment.name)
+    info_stats = experiment.stats
     info = {
         "name": experiment.name, "id": experiment.id, "storage": experiment.storage.redacted_uri,
         "created": record.created, "space": experiment.space.config(), "algorithm": experiment.algorithm,
-        "config": {k: v for k, v in experiment.config.items() if k not in ("space", "algorithm")},
-        "best_trial": best.to_dict() if best else None, "pareto_front": front, "stats": experiment.stats,
-        "rungs": _rungs(experiment),
+        "config": {k: v for k, v in experiment.config.items()
+                   if k not in ("space", "algorithm", "stop_state", "warm_start")},
+        "warm_start": _warm_start(experiment),
+        "best_trial": best.to_dict() if best else None, "pareto_front": front, "stats": info_stats,
+        "rungs": _rungs(experiment), "stop": info_stats["stop"],
     }
     if args.json:
         print(json.dumps(info, indent=2, default=str))
         return 0
     print("\n".join(_info_lines(info)))
     return 0
+
+
+def _warm_start(experiment: Experiment) -> list[dict[str, Any]] | None:
+    """Which experiments warm-start this one, and how many of their trials it uses now."""
+    import dataclasses
+
+    from orchard.warm_start import source_uses
+
+    if not experiment.settings.warm_start:
+        return None
+    uses = source_uses(experiment.space, experiment.settings.warm_start, experiment.storage)
+    return [dataclasses.asdict(use) for use in uses]
+
+
+def _warm_start_line(uses: list[dict[str, Any]] | None) -> list[str]:
+    if not uses:
+        return []
+    parts = []
+    for use in uses:
+        dropped = ", ".join(f"{n} outside {name}" for name, n in sorted(use["dropped"].items()))
+        parts.append(f"{use['source']} ({use['used']} of {use['completed']} completed trials"
+                     + (f"; {dropped}" if dropped else "") + ")")
+    return ["  warm start: " + ", ".join(parts)]
 
 
 def _trial_info(experiment: Experiment, prefix: str, as_json: bool) -> int:
@@ -335,7 +363,9 @@ def _trial_info(experiment: Experiment, prefix: str, as_json: bool) -> int:
         lines.append(f"  objective: {trial.objective:.6g}")
     if trial.reports:
         last_step, last_value = trial.reports[-1]
-        lines.append(f"  reports:   {len(trial.reports)}, last {last_value:.6g} at step {last_step}")
+        shown = (f"({', '.join(f'{v:.6g}' for v in last_value)})" if isinstance(last_value, tuple)  # objectives
+                 else f"{last_value:.6g}")
+        lines.append(f"  reports:   {len(trial.reports)}, last {shown} at step {last_step}")
     if trial.verdict is not None:
         verdict = trial.verdict
         lines.append(f"  pruned by: {verdict.get('pruner')} at step {verdict.get('step')}"
@@ -358,6 +388,7 @@ def _info_lines(info: dict[str, Any]) -> list[str]:
     lines.append(f"  algorithm: {json.dumps(info['algorithm'])}")
     config = sorted(info["config"].items())
     lines.append("  config:    " + ", ".join(f"{k}={format_value(v)}" for k, v in config))
+    lines += _warm_start_line(info.get("warm_start"))
     best = info["best_trial"]
     if best is not None:
         lines.append(f"  best:      {best['objective']:.6g} at {format_params(best['params'])} "
@@ -366,5 +397,7 @@ def _info_lines(info: dict[str, Any]) -> list[str]:
     stats = info["stats"]
     lines.append("  trials:    " + _counts(stats["counts"]))
     lines += _rung_lines(info["rungs"], "  rungs:     ")
+    if info["stop"] is not None:
+        lines.append(f"  stop:      {info['stop']['line']}")
     lines.append(f"  speed:     {_speed(stats)}")
     return lines

@@ -58,7 +58,7 @@ from orchard.storages.mongodb import client
 from orchard.storages.mongodb.changes import STAMP, ChangeFeed
 from orchard.storages.mongodb.slots import BudgetSlots
 from orchard.storages.values import check_error, check_params
-from orchard.trial import Lease, Trial, TrialStatus
+from orchard.trial import Lease, ReportValue, Trial, TrialStatus
 
 __all__ = ["MongoStorage"]
 
@@ -249,6 +249,22 @@ class MongoStorage(BaseStorage):
             raise self._no_experiment(experiment_id)
         return self._record(doc)
 
+    @_translated("read an experiment")
+    def experiment(self, experiment_id: str) -> ExperimentRecord:
+        doc = self._db().experiments.find_one({"_id": experiment_id})
+        if doc is None:
+            raise self._no_experiment(experiment_id)
+        return self._record(doc)
+
+    @_translated("update an experiment")
+    def swap_experiment(self, experiment_id: str, key: str, expected: Any, value: Any) -> bool:
+        field = f"config.{key}"
+        query = {"_id": experiment_id, field: to_builtin(expected)}
+        if self._db().experiments.update_one(query, {"$set": {field: to_builtin(value)}}).matched_count:
+            return True
+        self.experiment(experiment_id)  # raise if the experiment does not exist
+        return False
+
     @_translated("delete an experiment")
     def delete_experiment(self, experiment_id: str) -> int:
         db = self._db()
@@ -302,6 +318,13 @@ class MongoStorage(BaseStorage):
         self._slots.insert(self._trials, client.trial_to_doc(trial), budget, name)
         return trial
 
+    @_translated("record a trial")
+    def record_trial(self, experiment_id: str, params: Mapping[str, Any], objective: float, results: Mapping[str, Any],
+                     *, budget: int | None = None, in_budget: bool = False) -> Trial:
+        check_params(params)
+        return self._slots.record(self._trials, experiment_id, self._experiment_name(experiment_id), params,
+                                  objective, results, self.now(), budget if in_budget else False)
+
     @_translated("restore trials")
     def restore_trials(self, experiment_id: str, trials: Iterable[Trial]) -> int:
         name = self._experiment_name(experiment_id)
@@ -311,7 +334,7 @@ class MongoStorage(BaseStorage):
             fresh = dataclasses.replace(trial, id=tid, experiment=experiment_id)
             doc = client.trial_to_doc(fresh)
             try:
-                if fresh.status is TrialStatus.BROKEN:
+                if not fresh.holds_budget:
                     client.insert_stamped(self._trials, doc)
                 else:
                     self._slots.insert(self._trials, doc, None, name)
@@ -387,7 +410,7 @@ class MongoStorage(BaseStorage):
         return self._apply(trial_id, transitions.fail(worker, to_builtin(dict(error)), self.now()))
 
     @_translated("store a report")
-    def report_trial(self, trial_id: str, worker: str, step: int, value: float) -> Trial:
+    def report_trial(self, trial_id: str, worker: str, step: int, value: ReportValue) -> Trial:
         seen = self._trials.find_one(
             {"_id": trial_id}, projection={"status": 1, "worker": 1, client.REPORT_COUNT: 1, "reports": {"$slice": -1}}
         )
@@ -459,6 +482,10 @@ class MongoStorage(BaseStorage):
         if not any(counts.values()):
             self._experiment_name(experiment_id)
         return counts
+
+    @_translated("count unbudgeted trials")
+    def count_unbudgeted(self, experiment_id: str) -> int:
+        return int(self._trials.count_documents({"experiment": experiment_id, "in_budget": False}))
 
     @_translated("fetch changed trials")
     def fetch_changes(self, experiment_id: str, cursor: Any = None) -> tuple[list[Trial], Any]:

@@ -1,0 +1,413 @@
+"""Stopping rules: an experiment stops handing out trials once its stored history says so.
+
+Four rules, any combination, given as ``stop={...}`` (``--stop RULE=VALUE``)::
+
+    target      a completed (feasible) trial reached this objective value (direction-aware)
+    patience    the last N completed trials brought no improvement of at least ``min_delta``
+    max_cost    the ``cost`` metric the trials reported (``cost_metric``) sums to this much
+    max_time    the trials' own evaluation times sum to this many seconds ("2h", "90m", 3600)
+
+**The history the rules are judged from** is the experiment's *stopping ledger*:
+every trial a worker finishes (completed, pruned or broken) is folded into one
+record stored with the experiment, by a compare-and-swap on that record
+(:meth:`~orchard.storages.base.BaseStorage.swap_experiment`), *before* the
+trial's result is written. The fold that makes a rule hold also marks the
+ledger *fired* (which rule, which trial, after how many finished trials), in
+the same atomic swap. A trial's evaluation time is measured by the worker that
+evaluated it, on its own monotonic clock, from its reservation to its result:
+no clock of one node is compared with another's (MongoDB's server clock is not
+used either: a sum of durations needs no common clock).
+
+The argument needs only that a read sees every write that took effect before
+it started (a pickle file; MongoDB's primary, where every read goes by default).
+
+**Exact with N racers.** A worker that reserves a trial reads the ledger
+*after* the reservation is written; if it has fired, the reservation is given
+back (the trial becomes ``interrupted``, its attempt not counted) and the worker
+stops. Since the firing fold is stored before the firing trial's result, every
+trial whose evaluation started was reserved before that result was stored: *no
+trial is reserved after the rule fired*, whatever the interleaving. Trials
+already running when it fires finish and are recorded (they are not folded).
+
+Folded results count even if their write is then refused (the reservation was
+lost meanwhile): they were evaluated. Trials broken because their worker died
+are not folded (no worker finished them).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+import re
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any
+
+from orchard.constraints import feasibility
+from orchard.errors import BudgetExhaustedError, ConfigurationError, StopReason, StorageError
+
+if TYPE_CHECKING:  # pragma: no cover
+    from orchard.objective import Outcome
+    from orchard.storages.base import BaseStorage
+
+__all__ = [
+    "LEDGER_KEY", "RULES", "Ledger", "StopGate", "StopRules", "normalize_stop", "parse_duration", "stop_message",
+    "stop_summary",
+]
+
+log = logging.getLogger(__name__)
+
+#: The experiment config key the stopping ledger is stored under (not a setting: never compared on join).
+LEDGER_KEY = "stop_state"
+#: The rules, in the order they are checked when one fold makes several hold.
+RULES = ("target", "patience", "max_cost", "max_time")
+#: The options a rule takes besides its value.
+_OPTIONS = ("min_delta", "cost_metric")
+_RECENT = 8  # folded trial ids the ledger keeps, so a retried swap can tell it had landed
+_MAX_SWAPS = 1000
+
+_UNITS = {"s": 1.0, "sec": 1.0, "m": 60.0, "min": 60.0, "h": 3600.0, "d": 86400.0}
+_PART = re.compile(r"\s*(\d+(?:\.\d*)?|\.\d+)\s*(s|sec|min|m|h|d)\s*", re.IGNORECASE)
+
+
+def parse_duration(value: Any) -> float:
+    """Seconds from a number (``3600``) or a text such as ``"2h"``, ``"90m"``, ``"1h30m"``, ``"45s"``.
+
+    Raises:
+        ValueError: not a positive finite duration.
+    """
+    requirement = "a positive duration: seconds, or a text such as 2h, 90m, 1h30m, 45s"
+    if isinstance(value, bool):
+        raise ValueError(requirement)  # noqa: TRY004 -- rules report every misfit as ValueError
+    if isinstance(value, str) and not re.fullmatch(r"\s*[-+]?[\d.eE+-]+\s*", value):
+        parts = list(_PART.finditer(value))
+        if not parts or "".join(p.group(0) for p in parts) != value:
+            raise ValueError(requirement)
+        value = sum(float(p.group(1)) * _UNITS[p.group(2).lower()] for p in parts)
+    return _positive(value, requirement)
+
+
+def _positive(value: Any, requirement: str) -> float:
+    number = _finite(value, requirement)
+    if number <= 0:
+        raise ValueError(requirement)
+    return number
+
+
+def _finite(value: Any, requirement: str) -> float:
+    if isinstance(value, bool):
+        raise ValueError(requirement)  # noqa: TRY004
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(requirement) from None
+    if not math.isfinite(number):
+        raise ValueError(requirement)
+    return number
+
+
+def _whole(value: Any) -> int:
+    requirement = "a positive number of trials"
+    number = _positive(value, requirement)
+    if not number.is_integer():
+        raise ValueError(requirement)
+    return int(number)
+
+
+def _name(value: Any) -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise ValueError("a metric name")
+    return value.strip()
+
+
+def _non_negative(value: Any) -> float:
+    number = _finite(value, "a number >= 0")
+    if number < 0:
+        raise ValueError("a number >= 0")
+    return number
+
+
+_CHECKS: dict[str, Callable[[Any], Any]] = {
+    "target": lambda v: _finite(v, "a finite number"),
+    "patience": _whole,
+    "min_delta": _non_negative,
+    "max_cost": lambda v: _positive(v, "a positive number"),
+    "cost_metric": _name,
+    "max_time": parse_duration,
+}
+
+
+def _items(value: Any) -> Mapping[str, Any]:
+    """A mapping from a mapping, ``RULE=VALUE`` items, or one text of comma-separated ones."""
+    if isinstance(value, Mapping):
+        return value
+    items = value.split(",") if isinstance(value, str) else value
+    if not isinstance(items, (list, tuple)) or not all(isinstance(i, str) and "=" in i for i in items):
+        raise ConfigurationError(
+            f"stop={value!r} is not a set of stopping rules; give a mapping such as "
+            "{'target': 0.1, 'patience': 20} or RULE=VALUE items such as --stop target=0.1 --stop max_time=2h")
+    pairs = [item.split("=", 1) for item in items if item.strip()]
+    return {key.strip().replace("-", "_"): text.strip() for key, text in pairs}
+
+
+def normalize_stop(value: Any, objectives: Mapping[str, str] | None = None) -> dict[str, Any] | None:
+    """Check stopping rules; return their stored form (only the rules given), or ``None`` for none.
+
+    Args:
+        value: ``{"target": 0.1, "patience": 20, "min_delta": 1e-3, "max_cost": 10, "max_time": "2h"}``
+            (``patience`` may also be ``{"trials": 20, "min_delta": 1e-3}``), ``RULE=VALUE`` items,
+            or ``None``.
+        objectives: the experiment's objectives (``target`` and ``patience`` need one objective).
+
+    Raises:
+        ConfigurationError: an unknown rule, a bad value, an option without its rule, or
+            ``target``/``patience`` with several objectives.
+    """
+    if value is None:
+        return None
+    given = dict(_items(value))
+    patience = given.get("patience")
+    if isinstance(patience, Mapping):
+        extra = sorted(set(patience) - {"trials", "min_delta"})
+        if extra or "trials" not in patience:
+            raise ConfigurationError(
+                f"stop rule patience={dict(patience)!r} must be a number of trials or "
+                "{'trials': N, 'min_delta': X}; correct it and try again")
+        given["patience"] = patience["trials"]
+        if "min_delta" in patience:
+            given["min_delta"] = patience["min_delta"]
+    unknown = sorted(set(given) - set(RULES) - set(_OPTIONS))
+    if unknown:
+        raise ConfigurationError(
+            f"unknown stopping rule {', '.join(map(repr, unknown))}; the rules are {', '.join(RULES)} "
+            f"(options: min_delta with patience, cost_metric with max_cost)")
+    checked: dict[str, Any] = {}
+    for key in (*RULES, *_OPTIONS):
+        if given.get(key) is not None:
+            try:
+                checked[key] = _CHECKS[key](given[key])
+            except ValueError as err:
+                raise ConfigurationError(
+                    f"invalid stop rule {key}={given[key]!r}: it must be {err}; correct it and try again") from None
+    for option, rule in (("min_delta", "patience"), ("cost_metric", "max_cost")):
+        if option in checked and rule not in checked:
+            raise ConfigurationError(f"stop option {option} needs the rule {rule}; give {rule} too, or drop {option}")
+    several = objectives is not None and len(objectives) > 1
+    if several and ("target" in checked or "patience" in checked):
+        raise ConfigurationError(
+            f"stop rules target and patience need one objective, and this experiment has "
+            f"{len(objectives or {})} ({', '.join(objectives or {})}); use max_cost or max_time, or one objective")
+    return checked or None
+
+
+@dataclasses.dataclass(frozen=True)
+class StopRules:
+    """An experiment's stopping rules, typed (see :func:`normalize_stop` for what each means).
+
+    ``target`` is in the objective's own direction (an objective declared ``"max"``
+    reaches it from below); ``sign`` turns it into the stored, minimized form.
+    """
+
+    target: float | None = None
+    patience: int | None = None
+    min_delta: float = 0.0
+    max_cost: float | None = None
+    cost_metric: str = "cost"
+    max_time: float | None = None
+    sign: float = 1.0
+    constraints: tuple[str, ...] = ()
+
+    @classmethod
+    def of(cls, stop: Mapping[str, Any] | None, objectives: Mapping[str, str] | None,
+           constraints: list[str] | None) -> StopRules | None:
+        """The rules of a normalized ``stop`` setting (``None``: none set)."""
+        if not stop:
+            return None
+        maximized = objectives is not None and next(iter(objectives.values())) == "max"
+        return cls(**stop, sign=-1.0 if maximized else 1.0, constraints=tuple(constraints or ()))
+
+    def describe(self, rule: str) -> str:
+        """``target 0.1``, ``patience 20 trials``, ... (for messages)."""
+        if rule == "patience":
+            delta = f" (min_delta {self.min_delta:g})" if self.min_delta else ""
+            return f"patience {self.patience} trials{delta}"
+        if rule == "max_cost":
+            return f"max_cost {self.max_cost:g} ({self.cost_metric})"
+        if rule == "max_time":
+            return f"max_time {self.max_time:g} s"
+        return f"target {self.target:g}"
+
+
+@dataclasses.dataclass
+class Ledger:
+    """The stopping ledger: what the finished trials add up to, and whether a rule fired.
+
+    Attributes:
+        finished: trials folded (completed, pruned or broken by their worker), in fold order.
+        completed: feasible completed trials folded (patience counts these).
+        best: the best objective so far, minimized (improvements smaller than ``min_delta`` leave it).
+        best_at: ``completed`` when ``best`` was set.
+        cost: the ``cost_metric`` summed over folded completed trials.
+        time: the folded trials' evaluation seconds, summed.
+        recent: the ids of the last folded trials.
+        fired: ``None``, or ``{"rule", "trial", "finished", "completed", "reason"}``.
+    """
+
+    finished: int = 0
+    completed: int = 0
+    best: float | None = None
+    best_at: int = 0
+    cost: float = 0.0
+    time: float = 0.0
+    recent: list[str] = dataclasses.field(default_factory=list)
+    fired: dict[str, Any] | None = None
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any] | None) -> Ledger:
+        """The ledger stored as ``data`` (``None``: an empty one)."""
+        if not data:
+            return cls()
+        known = {field.name for field in dataclasses.fields(cls)}
+        return cls(**{key: value for key, value in data.items() if key in known})
+
+    def to_dict(self) -> dict[str, Any]:
+        """The stored form (plain values)."""
+        return dataclasses.asdict(self)
+
+    def folded(self, rules: StopRules, trial_id: str, outcome: Outcome, seconds: float) -> Ledger:
+        """This ledger with one more finished trial, fired if a rule holds now."""
+        after = dataclasses.replace(self, finished=self.finished + 1, time=self.time + max(seconds, 0.0),
+                                    recent=[*self.recent, trial_id][-_RECENT:])
+        value: float | None = None  # the objective of a feasible completed trial
+        if outcome.ok and outcome.objective is not None:
+            after.cost += _cost(outcome.results, rules.cost_metric, trial_id, rules.max_cost is not None)
+            if feasibility(outcome.results, rules.constraints).feasible:
+                value = float(outcome.objective)
+                after.completed += 1
+                if after.best is None or after.best - value >= rules.min_delta and value < after.best:
+                    after.best, after.best_at = value, after.completed
+        reason = after._reason(rules, value)
+        if reason is not None:
+            after.fired = {"rule": reason[0], "trial": trial_id, "finished": after.finished,
+                           "completed": after.completed, "reason": reason[1]}
+        return after
+
+    def _reason(self, rules: StopRules, value: float | None) -> tuple[str, str] | None:
+        """The rule that holds once a trial of objective ``value`` (minimized; ``None``: none) is folded."""
+        if rules.target is not None and value is not None and value <= rules.target * rules.sign:
+            return "target", f"a trial reached {value * rules.sign:.6g} (target {rules.target:g})"
+        if rules.patience is not None and self.completed - self.best_at >= rules.patience:
+            return "patience", (f"no improvement of at least {rules.min_delta:g} in the last "
+                                f"{rules.patience} completed trials (best {self.best_value(rules):.6g})")
+        if rules.max_cost is not None and self.cost >= rules.max_cost:
+            return "max_cost", f"the trials' {rules.cost_metric} sums to {self.cost:.6g} (max_cost {rules.max_cost:g})"
+        if rules.max_time is not None and self.time >= rules.max_time:
+            return "max_time", f"the trials' evaluations sum to {self.time:.6g} s (max_time {rules.max_time:g} s)"
+        return None
+
+    def best_value(self, rules: StopRules) -> float:
+        """The best objective in its own direction (``nan`` when none)."""
+        return math.nan if self.best is None else self.best * rules.sign
+
+
+def _cost(results: Mapping[str, Any], metric: str, trial_id: str, wanted: bool) -> float:
+    value = results.get(metric)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        if wanted:
+            log.warning("trial %s reported no finite %r metric; it adds nothing to max_cost", trial_id, metric)
+        return 0.0
+    return float(value)
+
+
+class StopGate:
+    """One worker's side of the stopping rules: folds its finished trials, refuses reservations once fired.
+
+    Args:
+        storage: the shared storage.
+        experiment_id: the experiment.
+        rules: its rules.
+        label: how messages name the experiment.
+        clock: this worker's monotonic clock.
+    """
+
+    def __init__(self, storage: BaseStorage, experiment_id: str, rules: StopRules, label: str,
+                 clock: Callable[[], float]) -> None:
+        self.storage, self.experiment_id, self.rules, self.label = storage, experiment_id, rules, label
+        self._clock = clock
+        self._started: dict[str, float] = {}  # trial id -> when this worker's reservation of it was admitted
+
+    def read(self) -> Ledger:
+        """The stored ledger."""
+        return Ledger.from_dict(self.storage.experiment(self.experiment_id).config.get(LEDGER_KEY))
+
+    def check(self) -> None:
+        """Raise the stop if a rule has fired.
+
+        Raises:
+            BudgetExhaustedError: reason ``STOPPED`` (nothing is left to run), saying which rule and when.
+        """
+        fired = self.read().fired
+        if fired is not None:
+            raise BudgetExhaustedError(stop_message(self.label, fired), StopReason.STOPPED)
+
+    def admit(self, trial_id: str) -> bool:
+        """Whether a reservation just written may run: ``False`` once a rule has fired (read after it).
+
+        An admitted trial's evaluation time counts from now.
+        """
+        if self.read().fired is not None:
+            return False
+        self._started[trial_id] = self._clock()
+        return True
+
+    def fold(self, trial_id: str, outcome: Outcome) -> Ledger:
+        """Fold a finished trial into the ledger (before its result is written); return the ledger.
+
+        Its evaluation time runs from :meth:`admit` to now, on this worker's monotonic clock.
+
+        Raises:
+            StorageError: the swap kept losing to other workers for 1000 rounds.
+        """
+        started = self._started.pop(trial_id, None)
+        seconds = 0.0 if started is None else self._clock() - started
+        for _ in range(_MAX_SWAPS):
+            stored = self.storage.experiment(self.experiment_id).config.get(LEDGER_KEY)
+            ledger = Ledger.from_dict(stored)
+            if ledger.fired is not None or trial_id in ledger.recent:
+                return ledger  # fired before (running trials are not folded), or our retried swap landed
+            after = ledger.folded(self.rules, trial_id, outcome, seconds)
+            if self.storage.swap_experiment(self.experiment_id, LEDGER_KEY, stored, after.to_dict()):
+                if after.fired is not None:
+                    log.info("%s", stop_message(self.label, after.fired))
+                return after
+        raise StorageError(f"could not fold trial {trial_id} into the stopping ledger of experiment "
+                           f"{self.label!r} after {_MAX_SWAPS} tries; try again")
+
+
+def stop_message(label: str, fired: Mapping[str, Any]) -> str:
+    """``experiment 'x' was stopped by rule target after 37 finished trials (trial …): …``."""
+    return (f"experiment {label!r} was stopped by rule {fired.get('rule')} after {fired.get('finished')} "
+            f"finished trials (trial {fired.get('trial')}): {fired.get('reason')}")
+
+
+def stop_summary(config: Mapping[str, Any]) -> dict[str, Any] | None:
+    """What ``status``, ``info`` and the dashboard say of a stored config's rules (``None``: no rules).
+
+    Returns:
+        ``{"rules", "fired", "finished", "cost", "time", "line"}``, ``line`` a one-line account.
+    """
+    stop = config.get("stop")
+    if not stop:
+        return None
+    ledger = Ledger.from_dict(config.get(LEDGER_KEY))
+    rules = StopRules(**stop)
+    listed = ", ".join(rules.describe(rule) for rule in RULES if rule in stop)
+    if ledger.fired is not None:
+        fired = ledger.fired
+        line = (f"stopped by {fired.get('rule')} after {fired.get('finished')} finished trials "
+                f"(trial {str(fired.get('trial'))[:12]}): {fired.get('reason')}")
+    else:
+        line = (f"{listed}; not fired ({ledger.finished} trials finished, cost {ledger.cost:.6g}, "
+                f"{ledger.time:.6g} s evaluated)")
+    return {"rules": dict(stop), "fired": ledger.fired, "finished": ledger.finished, "cost": ledger.cost,
+            "time": ledger.time, "line": line}

@@ -1,0 +1,311 @@
+"""Stopping rules (target, patience, max_cost, max_time): what fires them, and that they are exact.
+
+Fast tests drive one or two ask-and-tell clients on ``memory://`` so the values
+folded are known. The slow tests race 4 spawned worker processes on one
+experiment per rule, on a pickle file and on a MongoDB wire server, and check
+from the stored history that no trial was reserved after the completion that
+fired the rule.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import orchard
+from orchard import config
+from orchard.cli import main
+from orchard.errors import BudgetExhaustedError, ConfigurationError, ExperimentConflictError, StopReason, WorkerStoppedError
+from orchard.storages import get_storage
+from orchard.objective import Outcome
+from orchard.stopping import LEDGER_KEY, StopGate, StopRules, parse_duration, stop_summary
+from orchard.testing import races
+from orchard.trial import TrialStatus
+from tests.conftest import backend_uri
+
+SPACE = {"x": "uniform(0, 1)"}
+
+
+def _experiment(stop: Any, storage: Any = "memory://", name: str = "e", **options: Any) -> orchard.Experiment:
+    return orchard.build_experiment(name, space=SPACE, storage=storage, stop=stop, **options)
+
+
+def _tell(exp: orchard.Experiment, *results: Any) -> None:
+    for result in results:
+        exp.observe(exp.suggest(), result)
+
+
+def _stopped(exp: orchard.Experiment) -> dict[str, Any]:
+    with pytest.raises(WorkerStoppedError) as stop:
+        exp.suggest()
+    assert stop.value.reason is StopReason.STOPPED
+    assert isinstance(stop.value, BudgetExhaustedError), "an ask-and-tell loop ending on BudgetExhaustedError ends"
+    fired = exp.storage.experiment(exp.id).config[LEDGER_KEY]["fired"]
+    assert fired["rule"] in str(stop.value)
+    return dict(fired)
+
+
+def _runs(exp: orchard.Experiment) -> None:
+    trial = exp.suggest()  # no rule fired yet: a trial is handed out
+    exp.release(trial)
+
+
+# -- each rule ---------------------------------------------------------------------------------
+
+
+def test_target_fires_on_the_first_trial_that_reaches_it() -> None:
+    exp = _experiment({"target": 0.1})
+    _tell(exp, 0.5, 0.2)
+    _runs(exp)
+    _tell(exp, 0.1)
+    fired = _stopped(exp)
+    assert (fired["rule"], fired["finished"]) == ("target", 3)
+
+
+def test_target_of_a_maximized_objective_is_reached_from_below() -> None:
+    exp = _experiment({"target": 0.9}, objectives={"accuracy": "max"})
+    _tell(exp, {"accuracy": 0.5}, {"accuracy": 0.89})
+    _runs(exp)
+    _tell(exp, {"accuracy": 0.91})
+    assert _stopped(exp)["finished"] == 3
+
+
+def test_target_ignores_infeasible_trials() -> None:
+    exp = _experiment({"target": 0.1}, constraints=["memory_gb <= 16"])
+    _tell(exp, {"objective": 0.0, "memory_gb": 32})
+    _runs(exp)
+    _tell(exp, {"objective": 0.05, "memory_gb": 8})
+    assert _stopped(exp)["finished"] == 2
+
+
+def test_patience_counts_completed_trials_without_an_improvement_of_min_delta() -> None:
+    exp = _experiment({"patience": {"trials": 2, "min_delta": 0.01}})
+    _tell(exp, 1.0, 0.98, 0.975)  # 0.975 improves on 0.98 by less than min_delta
+    _runs(exp)
+    _tell(exp, 0.99)
+    fired = _stopped(exp)
+    assert (fired["rule"], fired["completed"]) == ("patience", 4)
+
+
+def test_patience_does_not_count_broken_or_pruned_trials() -> None:
+    exp = _experiment({"patience": 1})
+    _tell(exp, 1.0, "not a number")  # broken: not a completed trial
+    _runs(exp)
+    _tell(exp, 2.0)
+    assert _stopped(exp)["finished"] == 3
+
+
+def test_max_cost_sums_the_reported_cost_metric() -> None:
+    exp = _experiment({"max_cost": 10})
+    _tell(exp, {"objective": 1.0, "cost": 4}, {"objective": 1.0})  # no cost reported: adds nothing
+    _tell(exp, {"objective": 1.0, "cost": 4.5})
+    _runs(exp)
+    _tell(exp, {"objective": 1.0, "cost": 2})
+    fired = _stopped(exp)
+    assert (fired["rule"], fired["finished"]) == ("max_cost", 4)
+    other = _experiment({"max_cost": 3, "cost_metric": "gpu_hours"}, name="gpu")
+    _tell(other, {"objective": 1.0, "gpu_hours": 3.5})
+    assert _stopped(other)["rule"] == "max_cost"
+
+
+def test_max_time_sums_the_trials_own_evaluation_times() -> None:
+    exp = _experiment({"max_time": 10})
+    now = [100.0]
+    gate = StopGate(exp.storage, exp.id, StopRules(max_time=10), "e", clock=lambda: now[0])  # a worker's clock
+    for seconds, fired in ((6.0, None), (3.9, None), (0.2, "max_time")):
+        assert gate.admit(f"t{seconds}")
+        now[0] += seconds
+        assert (gate.fold(f"t{seconds}", Outcome(objective=1.0)).fired or {}).get("rule") == fired
+    assert not gate.admit("late"), "a reservation made after the rule fired is refused"
+    timed = _experiment({"max_time": 0.05}, name="timed")
+    trial = timed.suggest()
+    time.sleep(0.06)  # the evaluation takes at least this long, measured by the worker
+    timed.observe(trial, 1.0)
+    assert _stopped(timed)["rule"] == "max_time"
+
+
+def test_a_trial_running_when_the_rule_fires_finishes_and_nothing_is_reserved_after() -> None:
+    storage = get_storage("memory://")
+    first, second = _experiment({"target": 0.1}, storage), _experiment({"target": 0.1}, storage)
+    running = second.suggest()
+    _tell(first, 0.05)  # fires
+    second.observe(running, 0.01)  # running when it fired: recorded, not folded
+    _stopped(second)
+    _stopped(first)
+    counts = storage.count_trials(first.id)
+    assert counts[TrialStatus.COMPLETED] == 2
+    assert counts[TrialStatus.RESERVED] == counts[TrialStatus.NEW] == 0
+    assert storage.experiment(first.id).config[LEDGER_KEY]["finished"] == 1
+
+
+def test_workon_ends_when_a_rule_fires() -> None:
+    exp = _experiment({"max_cost": 5})
+    stats = exp.workon(lambda x: {"objective": x, "cost": 1.0}, max_trials=50)
+    assert stats["counts"]["completed"] == 5
+    assert stats["stop"]["fired"]["rule"] == "max_cost"
+
+
+# -- settings ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("stop", [
+    {"target": "low"}, {"target": float("nan")}, {"patience": 0}, {"patience": 2.5},
+    {"patience": {"trials": 3, "delta": 1}}, {"min_delta": 0.1}, {"patience": 3, "min_delta": -1},
+    {"max_cost": 0}, {"max_cost": "x"}, {"cost_metric": "gpu"}, {"max_time": "2 hours"}, {"max_time": -5},
+    {"max_time": True}, {"deadline": 3}, "target", ["target:0.1"],
+], ids=str)
+def test_bad_rules_are_refused_before_anything_is_stored(stop: Any) -> None:
+    storage = get_storage("memory://")
+    with pytest.raises(ConfigurationError) as err:
+        _experiment(stop, storage)
+    assert "\n" not in str(err.value)
+    assert storage.list_experiments() == []
+
+
+def test_target_and_patience_are_refused_with_several_objectives() -> None:
+    storage = get_storage("memory://")
+    for stop in ({"target": 0.1}, {"patience": 5}):
+        with pytest.raises(ConfigurationError, match="one objective"):
+            _experiment(stop, storage, objectives={"error": "min", "latency": "min"})
+    assert storage.list_experiments() == []
+    exp = _experiment({"max_cost": 2, "max_time": "1h"}, storage, objectives={"error": "min", "latency": "min"})
+    assert exp.settings.stop == {"max_cost": 2.0, "max_time": 3600.0}
+
+
+def test_rules_are_stored_and_joining_with_other_rules_is_refused() -> None:
+    storage = get_storage("memory://")
+    exp = _experiment({"patience": 20, "min_delta": 1e-3, "max_time": "1h30m"}, storage)
+    assert exp.config["stop"] == {"patience": 20, "min_delta": 0.001, "max_time": 5400.0}
+    assert orchard.build_experiment("e", storage=storage).settings.stop == exp.settings.stop
+    same = {"patience": {"trials": 20, "min_delta": 0.001}, "max_time": 5400}
+    assert orchard.build_experiment("e", storage=storage, stop=same).id == exp.id
+    with pytest.raises(ExperimentConflictError, match="stop"):
+        orchard.build_experiment("e", storage=storage, stop={"patience": 21})
+
+
+def test_rules_come_from_flags_the_environment_and_config_files(tmp_path: Path) -> None:
+    assert config.resolve("stop", flag=["target=0.1", "max-time=2h"], environ={}, files=[]) == {
+        "target": 0.1, "max_time": 7200.0}
+    assert config.resolve("stop", environ={"ORCHARD_STOP": "{patience: 5}"}, files=[]) == {"patience": 5}
+    assert config.resolve("stop", environ={"ORCHARD_STOP": "max_cost=3,cost_metric=usd"}, files=[]) == {
+        "max_cost": 3.0, "cost_metric": "usd"}
+    (tmp_path / "orchard.yaml").write_text("stop:\n  target: 0.5\n")
+    assert config.resolve("stop", environ={}, files=[tmp_path / "orchard.yaml"]) == {"target": 0.5}
+    assert parse_duration("1h30m") == 5400.0 and parse_duration(90) == 90.0
+
+
+# -- what is shown -----------------------------------------------------------------------------
+
+
+def test_hunt_status_and_info_say_which_rule_stopped_the_experiment(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "f.py").write_text(
+        "import sys, orchard\nx = float(sys.argv[1].split('=')[1])\n"
+        "orchard.report_results({'objective': x, 'cost': 1.0})\n")
+    hunt = ["hunt", "-n", "e", "--storage", "db.pkl", "--stop", "max_cost=2", "python", "f.py", "--x~uniform(0, 1)"]
+    assert main(hunt) == 0
+    assert "stopped by max_cost after 2 finished trials" in capsys.readouterr().out
+    assert main(["status", "-n", "e", "--storage", "db.pkl"]) == 0
+    assert "stop:    stopped by max_cost after 2 finished trials" in capsys.readouterr().out
+    assert main(["info", "-n", "e", "--storage", "db.pkl", "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["stop"]["fired"]["rule"] == "max_cost"
+    assert LEDGER_KEY not in info["config"]
+    assert main(["hunt", "-n", "e2", "--storage", "db.pkl", "--stop", "max_cost=-1", "python", "f.py",
+                 "--x~uniform(0, 1)"]) != 0
+    assert "max_cost" in capsys.readouterr().err
+    assert get_storage("db.pkl").get_experiment("e2") is None
+
+
+def test_the_dashboard_experiment_page_says_which_rule_stopped_the_experiment() -> None:
+    from orchard.dashboard import ExperimentView
+    from orchard.dashboard._payloads import experiment_detail
+
+    exp = _experiment({"target": 0.1})
+    _tell(exp, 0.05)
+    view = ExperimentView(exp.storage, exp.storage.require_experiment("e"))
+    view.fold()
+    detail = experiment_detail(view, exp.storage.redacted_uri)
+    assert detail["stopping"]["line"].startswith("stopped by target after 1 finished trials")
+    assert LEDGER_KEY not in detail["settings"]
+
+
+def test_the_summary_lists_rules_not_yet_fired() -> None:
+    exp = _experiment({"target": 0.1, "max_time": "2h"})
+    _tell(exp, {"objective": 0.5})
+    summary = stop_summary(exp.storage.experiment(exp.id).config)
+    assert summary is not None and summary["fired"] is None
+    assert summary["line"].startswith("target 0.1, max_time 7200 s; not fired (1 trials finished")
+
+
+# -- exact with racing workers -----------------------------------------------------------------
+
+RULES = {  # the rule, and what each trial reports: fast trials so reservations crowd the firing
+    "target": ({"target": 0.03}, {}),
+    "patience": ({"patience": 6}, {}),
+    "max_cost": ({"max_cost": 12}, {"cost": 1.0}),
+    "max_time": ({"max_time": 0.06}, {"sleep": 0.004}),
+}
+
+
+def _race_worker(uri: str, experiments: dict[str, str], index: int, *, start: Any = None) -> list[str]:
+    """One racing process: a real worker loop on each experiment (rule -> id) in turn; its stop reasons."""
+    from orchard.experiment_config import ExperimentConfig
+    from orchard.objective import Outcome
+    from orchard.worker import Worker, WorkerSettings
+
+    storage = get_storage(uri)
+    reasons = []
+    races._go(start)
+    for rule, exp_id in experiments.items():
+        extra = RULES[rule][1]
+
+        def evaluate(trial: Any, extra: dict[str, float] = extra) -> Outcome:
+            time.sleep(extra.get("sleep", 0.0))  # the trial's work, measured by the worker
+            return Outcome(objective=trial.params["x"], results={k: v for k, v in extra.items() if k == "cost"})
+
+        stored = ExperimentConfig.from_dict(storage.experiment(exp_id).config)
+        settings = dataclasses.replace(WorkerSettings.for_experiment(stored, idle_timeout=30.0), seed=index)
+        report = Worker(storage, exp_id, settings, evaluate, name=f"host:{index}:racer").run()
+        reasons.append(str(report.reason))
+    storage.close()
+    return reasons
+
+
+def _assert_nothing_reserved_after_the_rule_fired(uri: str, exp_id: str, rule: str, n_workers: int) -> None:
+    with get_storage(uri) as storage:
+        fired = storage.experiment(exp_id).config[LEDGER_KEY]["fired"]
+        trials = storage.fetch_trials(exp_id)
+    assert fired["rule"] == rule
+    firing = next(t for t in trials if t.id == fired["trial"])
+    assert firing.status is TrialStatus.COMPLETED and firing.end_time is not None
+    evaluated = [t for t in trials if t.status.is_terminal]
+    late = [t.id for t in evaluated if t.start_time is not None and t.start_time >= firing.end_time]
+    assert not late, f"{len(late)} trials were reserved after the completion that fired {rule}"
+    assert len(evaluated) <= fired["finished"] + n_workers - 1, "only trials running at the firing may finish"
+    statuses = collections.Counter(t.status for t in trials)
+    assert statuses[TrialStatus.RESERVED] == statuses[TrialStatus.NEW] == 0
+    assert all(t.attempts == 0 for t in trials if t.status is TrialStatus.INTERRUPTED), \
+        "a reservation refused by the rule is given back, its attempt not counted"
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(180)
+@pytest.mark.parametrize("backend", ["pickle", "mongodb"])
+def test_no_trial_is_reserved_after_a_rule_fired_with_four_racing_workers(
+        backend: str, request: pytest.FixtureRequest, tmp_path: Path) -> None:
+    uri, n_workers = backend_uri(backend, request, tmp_path), 4
+    ids = {rule: orchard.build_experiment(f"race-{rule}", space=SPACE, storage=uri, stop=stop, heartbeat=5).id
+           for rule, (stop, _) in RULES.items()}
+    reasons = races.run_racing(_race_worker, [(uri, ids, i) for i in range(n_workers)],
+                               timeout=150.0)
+    assert all(reason == "stopped" for per_worker in reasons for reason in per_worker), reasons
+    for rule, exp_id in ids.items():
+        _assert_nothing_reserved_after_the_rule_fired(uri, exp_id, rule, n_workers)
