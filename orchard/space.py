@@ -51,8 +51,21 @@ def _canonical(params: Mapping[str, Any]) -> str:
             return int(value)
         return value
 
-    return json.dumps({str(k): norm(v) for k, v in params.items()}, sort_keys=True,
-                      separators=(",", ":"), default=str)
+    plain = {str(k): norm(v) for k, v in params.items()}
+    try:
+        return json.dumps(plain, sort_keys=True, separators=(",", ":"), default=str)
+    except (ValueError, RecursionError) as err:  # an int too long to print, nesting too deep
+        bad = next((k for k, v in plain.items() if not _printable(v)), "?")
+        raise SpaceError(f"param {bad!r} cannot identify a trial: {str(err).split(';')[0]}; pass its huge "
+                         "ints as str or float and keep params flat") from err
+
+
+def _printable(value: Any) -> bool:
+    try:
+        json.dumps(value, default=str)
+    except (ValueError, RecursionError):
+        return False
+    return True
 
 
 def params_hash(params: Mapping[str, Any]) -> str:

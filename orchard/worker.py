@@ -357,14 +357,27 @@ class Worker:
             log.warning("%s trial %s: worker %s stopped heartbeating it for %g s (attempt %d of %d)",
                         verb, trial.id, lost[trial.id].worker, self.settings.stale_after,
                         trial.attempts, self.settings.max_attempts)
+        self.history.refresh()  # the view _acquire judges by must show the trials taken back
 
     # -- getting a trial -------------------------------------------------------
 
     def _acquire(self) -> Trial | None:
-        """Reserve a waiting trial, or register a new suggestion as ours; ``None`` if neither."""
-        trial = self.storage.reserve_trial(self.experiment_id, self.name)
-        if trial is not None:
-            return trial
+        """Reserve a waiting trial, or register a new suggestion as ours; ``None`` if neither.
+
+        Each step is tried only when the view just refreshed says it can succeed: a
+        reservation when a trial is waiting, a registration while a unit of budget is
+        free. So a worker waiting for others' last trials (the wind-down) costs one
+        read per look, however many workers wait.
+        """
+        counts = self.history.counts
+        if counts[TrialStatus.NEW] or counts[TrialStatus.INTERRUPTED]:
+            trial = self.storage.reserve_trial(self.experiment_id, self.name)
+            if trial is not None:
+                return trial
+        budget = self.settings.max_trials
+        held = counts[TrialStatus.COMPLETED] + counts[TrialStatus.PRUNED] + counts[TrialStatus.RESERVED]
+        if budget is not None and held >= budget:
+            return None  # every unit is held: only a broken or lost trial can free one
         return self._register_suggestion()
 
     def _register_suggestion(self) -> Trial | None:

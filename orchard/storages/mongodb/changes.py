@@ -63,10 +63,15 @@ class ChangeFeed:
         margin: seconds the window reaches back before the newest stamp seen.
         check_interval: seconds between count checks (see the module docstring).
         clock: the reader's monotonic clock (injectable for tests).
+        uri: the storage's URI, for messages.
+
+    Trials holding values Orchard never writes are skipped (and named once), but
+    counted as seen: :func:`orchard.storages.mongodb.client.readable_trials`.
     """
 
     def __init__(self, margin: float, check_interval: float,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic, uri: str = "") -> None:
+        self.uri = uri  # named in the warning about a trial skipped as unreadable
         self.margin = margin
         self.check_interval = check_interval
         self._clock = clock
@@ -97,7 +102,7 @@ class ChangeFeed:
             return self.full(trials, experiment_id)
         since = max([cursor.since, *_stamps(docs)])
         checked = cursor.checked if counts is None else now
-        return [client.doc_to_trial(d) for d in fresh], ChangeCursor(experiment_id, since, checked, seen)
+        return client.readable_trials(fresh, self.uri), ChangeCursor(experiment_id, since, checked, seen)
 
     def full(self, trials: Any, experiment_id: str) -> tuple[list[Trial], ChangeCursor]:
         """Every trial of the experiment, oldest first, and a cursor after them."""
@@ -105,7 +110,7 @@ class ChangeFeed:
         docs = list(trials.find({"experiment": experiment_id}))
         seen = {d["_id"]: (d.get("version", 1), d["status"]) for d in docs}
         since = max(_stamps(docs), default=_ORIGIN)
-        ordered = sorted((client.doc_to_trial(d) for d in docs), key=lambda t: t.submit_time or 0.0)
+        ordered = sorted(client.readable_trials(docs, self.uri), key=lambda t: t.submit_time or 0.0)
         return ordered, ChangeCursor(experiment_id, since, now, seen)
 
 

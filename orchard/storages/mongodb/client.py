@@ -13,6 +13,7 @@ import logging
 import threading
 import urllib.parse
 import uuid
+from collections.abc import Iterable
 from typing import Any
 
 import pymongo
@@ -21,8 +22,9 @@ from pymongo.errors import ConfigurationError as PyMongoConfigurationError
 from pymongo.errors import ConnectionFailure, DuplicateKeyError, OperationFailure, PyMongoError
 from pymongo.uri_parser import parse_uri
 
-from orchard.errors import ConfigurationError, StorageError, StorageUnavailableError
+from orchard.errors import ConfigurationError, StorageCorruptedError, StorageError, StorageUnavailableError
 from orchard.storages._uri import redact, split_options
+from orchard.storages.pickled.records import RecordError, check_trial
 from orchard.trial import Trial
 
 __all__ = [
@@ -35,8 +37,10 @@ __all__ = [
     "insert_stamped",
     "name_anonymous_mock",
     "open_client",
+    "readable_trials",
     "translate",
     "trial_to_doc",
+    "unreadable",
 ]
 
 log = logging.getLogger(__name__)
@@ -114,17 +118,17 @@ def _mock_client(uri: str) -> tuple[Client, str]:
 
 
 def ensure_indexes(db: Any) -> None:
-    """Create the indexes every verb relies on (idempotent; one round trip each)."""
-    db.experiments.create_index("name", unique=True, name="name_unique")
-    trials = db.trials
-    # reserve (waiting trials oldest first), fetch by status, count_trials
-    trials.create_index(
-        [("experiment", 1), ("status", 1), ("submit_time", 1)], name="experiment_status_submit"
-    )
-    # fetch_changes: trials written since a server stamp (orchard.storages.mongodb.changes)
-    trials.create_index([("experiment", 1), ("mtime", 1)], name="experiment_mtime")
-    # budget slots (see orchard.storages.mongodb.slots): one per non-broken trial
-    trials.create_index("slot", name="slot_unique", unique=True, sparse=True)
+    """Create the indexes every verb relies on (idempotent; one round trip per collection)."""
+    db.experiments.create_indexes([pymongo.IndexModel("name", unique=True, name="name_unique")])
+    db.trials.create_indexes([
+        # reserve (waiting trials oldest first), fetch by status, count_trials
+        pymongo.IndexModel([("experiment", 1), ("status", 1), ("submit_time", 1)],
+                           name="experiment_status_submit"),
+        # fetch_changes: trials written since a server stamp (orchard.storages.mongodb.changes)
+        pymongo.IndexModel([("experiment", 1), ("mtime", 1)], name="experiment_mtime"),
+        # budget slots (see orchard.storages.mongodb.slots): one per non-broken trial
+        pymongo.IndexModel("slot", name="slot_unique", unique=True, sparse=True),
+    ])
 
 
 # -- errors -------------------------------------------------------------------
@@ -218,8 +222,55 @@ def insert_stamped(trials: Any, doc: dict[str, Any]) -> None:
     )
 
 
-def doc_to_trial(doc: dict[str, Any]) -> Trial:
-    """The trial stored in ``doc`` (storage-only fields such as ``slot`` are dropped)."""
-    data = dict(doc)
-    data["id"] = data.pop("_id")
+_STORAGE_ONLY = frozenset({"_id", "mtime", "version", "slot", REPORT_COUNT})
+_named: set[tuple[str, str]] = set()  # (uri, trial id) of unreadable trials this process has named
+
+
+def unreadable(doc: dict[str, Any]) -> str | None:
+    """Why ``doc`` holds a trial Orchard never writes (one a reader cannot handle), or ``None``.
+
+    The checks are the pickle log's (:func:`orchard.storages.pickled.records.check_trial`):
+    a document written by another program may hold a trial error that is a list, a
+    param that is a list or a ``Decimal128``, an int beyond 64 bits (mongomock).
+    """
+    data = {key: value for key, value in doc.items() if key not in _STORAGE_ONLY}
+    data["id"] = doc.get("_id")
+    try:
+        check_trial(data)
+    except RecordError as err:
+        return str(err)
+    return None
+
+
+def doc_to_trial(doc: dict[str, Any], uri: str = "") -> Trial:
+    """The trial stored in ``doc`` (storage-only fields such as ``slot`` are dropped).
+
+    Raises:
+        StorageCorruptedError: ``doc`` holds values Orchard never writes (see :func:`unreadable`).
+    """
+    why = unreadable(doc)
+    if why is not None:
+        raise StorageCorruptedError(
+            f"trial {doc.get('_id')!r} in MongoDB at {redact(uri) or 'this database'} is not one Orchard "
+            f"writes ({why}); written by another program? Delete or fix that document")
+    return _to_trial(doc)
+
+
+def _to_trial(doc: dict[str, Any]) -> Trial:
+    data = {key: value for key, value in doc.items() if key not in _STORAGE_ONLY}
+    data["id"] = doc["_id"]
     return Trial.from_dict(data)
+
+
+def readable_trials(docs: Iterable[dict[str, Any]], uri: str) -> list[Trial]:
+    """The trials of ``docs``, skipping (and naming once, in a warning) those :func:`unreadable` refuses."""
+    trials = []
+    for doc in docs:
+        why = unreadable(doc)
+        if why is None:
+            trials.append(_to_trial(doc))
+        elif (uri, str(doc.get("_id"))) not in _named:
+            _named.add((uri, str(doc.get("_id"))))
+            log.warning("skipped trial %r in MongoDB at %s: it is not one Orchard writes (%s); written by "
+                        "another program? Delete or fix that document", doc.get("_id"), redact(uri), why)
+    return trials

@@ -2,7 +2,7 @@
 
 Two collections in the URI's database (default ``orchard``)::
 
-    experiments  {_id: uuid hex, name (unique), config, created}
+    experiments  {_id: uuid hex, name (unique), config, created, slots (the budget slot counter)}
     trials       {_id: trial id, experiment, params, status, …Trial fields…,
                   mtime, version, slot (unless broken)}
 
@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import logging
 import os
 import threading
 import uuid
@@ -56,11 +57,13 @@ from orchard.space import to_builtin, trial_id
 from orchard.storages.base import BaseStorage, ExperimentRecord
 from orchard.storages.mongodb import client
 from orchard.storages.mongodb.changes import STAMP, ChangeFeed
-from orchard.storages.mongodb.slots import BudgetSlots
+from orchard.storages.mongodb.slots import insert_holding_slot
 from orchard.storages.values import check_error, check_params
 from orchard.trial import Lease, Trial, TrialStatus
 
 __all__ = ["MongoStorage"]
+
+log = logging.getLogger(__name__)
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -143,13 +146,12 @@ class MongoStorage(BaseStorage):
         self.uri = client.name_anonymous_mock(uri)
         self._margin = change_margin
         self._check_interval = check_interval
-        self._changes = ChangeFeed(change_margin, check_interval)
+        self._changes = ChangeFeed(change_margin, check_interval, uri=self.uri)
         self._lock = threading.Lock()
         self._client, self._db_name = client.open_client(self.uri)
         self._pid = os.getpid()
         self._indexed = False
         self._names: dict[str, str] = {}  # experiment id -> name, for ids known to exist
-        self._slots = BudgetSlots()
 
     @classmethod
     def from_uri(cls, uri: str) -> MongoStorage:
@@ -273,7 +275,6 @@ class MongoStorage(BaseStorage):
         deleted = db.trials.delete_many({"experiment": experiment_id}).deleted_count
         db.experiments.delete_one({"_id": experiment_id})
         self._names.pop(experiment_id, None)
-        self._slots.forget(experiment_id)
         return int(deleted)
 
     def _record(self, doc: Mapping[str, Any]) -> ExperimentRecord:
@@ -315,7 +316,7 @@ class MongoStorage(BaseStorage):
                       submit_time=now, parent=parent)
         if worker is not None:
             trial = transitions.reserve(worker, now).applied_to(trial)  # registered and reserved at once
-        self._slots.insert(self._trials, client.trial_to_doc(trial), budget, name)
+        insert_holding_slot(self._db(), client.trial_to_doc(trial), budget, name)
         return trial
 
     @_translated("restore trials")
@@ -330,7 +331,7 @@ class MongoStorage(BaseStorage):
                 if fresh.status is TrialStatus.BROKEN:
                     client.insert_stamped(self._trials, doc)
                 else:
-                    self._slots.insert(self._trials, doc, None, name)
+                    insert_holding_slot(self._db(), doc, None, name)
             except (DuplicateKeyError, DuplicateTrialError):
                 continue
             added += 1
@@ -355,11 +356,11 @@ class MongoStorage(BaseStorage):
         doc = self._trials.find_one_and_update(_expected(trial_id, change), self._update(change), return_document=_AFTER)
         if doc is None:
             raise self._refusal(trial_id, change)
-        return client.doc_to_trial(doc)
+        return client.doc_to_trial(doc, self.uri)
 
     def _refusal(self, trial_id: str, change: transitions.Change) -> OrchardError:
         doc = self._trials.find_one({"_id": trial_id})
-        trial = None if doc is None else client.doc_to_trial(doc)
+        trial = None if doc is None else client.doc_to_trial(doc, self.uri)
         error = change.refusal(trial_id, trial, self.redacted_uri)
         if error is None:  # it changed back between the update and this read: refuse all the same
             assert trial is not None
@@ -370,20 +371,33 @@ class MongoStorage(BaseStorage):
         doc = self._trials.find_one({"_id": trial_id})
         if doc is None:
             raise TrialNotFoundError.missing(trial_id, self.redacted_uri)
-        return client.doc_to_trial(doc)
+        return client.doc_to_trial(doc, self.uri)
 
     @_translated("reserve a trial")
     def reserve_trial(self, experiment_id: str, worker: str) -> Trial | None:
-        doc = self._trials.find_one_and_update(
-            {"experiment": experiment_id, "status": {"$in": _WAITING}},
-            self._update(transitions.reserve(worker, self.now())),
-            sort=[("status", 1), ("submit_time", 1)],
-            return_document=_AFTER,
-        )
-        if doc is None:
-            self._experiment_name(experiment_id)  # raise if the experiment does not exist
-            return None
-        return client.doc_to_trial(doc)
+        while True:
+            doc = self._trials.find_one_and_update(
+                {"experiment": experiment_id, "status": {"$in": _WAITING}},
+                self._update(transitions.reserve(worker, self.now())),
+                sort=[("status", 1), ("submit_time", 1)],
+                return_document=_AFTER,
+            )
+            if doc is None:
+                self._experiment_name(experiment_id)  # raise if the experiment does not exist
+                return None
+            why = client.unreadable(doc)
+            if why is None:
+                return client.doc_to_trial(doc)
+            self._break_unreadable(doc, worker, why)  # no evaluation could use it: next one
+
+    def _break_unreadable(self, doc: Mapping[str, Any], worker: str, why: str) -> None:
+        """Mark broken a trial just reserved that holds values Orchard never writes, and say so."""
+        log.warning("trial %r in MongoDB at %s is not one Orchard writes (%s); marked broken instead of "
+                    "evaluated", doc["_id"], self.redacted_uri, why)
+        error = {"type": "UnreadableTrial", "message": f"holds values Orchard never writes: {why}"}
+        self._trials.update_one({"_id": doc["_id"], "worker": worker, "status": TrialStatus.RESERVED.value},
+                                self._stamp({"status": TrialStatus.BROKEN.value, "error": error,
+                                             "end_time": self.now()}, unset=["slot"]))
 
     @_translated("record a heartbeat")
     def heartbeat_trial(self, trial_id: str, worker: str) -> None:
@@ -439,18 +453,18 @@ class MongoStorage(BaseStorage):
         doc = self._trials.find_one({"_id": trial_id, "experiment": experiment_id})
         if doc is None:
             return None
-        change = transitions.take_back(client.doc_to_trial(doc), lease, max_attempts, self.now())
+        change = transitions.take_back(client.doc_to_trial(doc, self.uri), lease, max_attempts, self.now())
         doc = self._trials.find_one_and_update(
             _expected(trial_id, change), self._update(change), return_document=_AFTER
         )
-        return None if doc is None else client.doc_to_trial(doc)
+        return None if doc is None else client.doc_to_trial(doc, self.uri)
 
     # -- trials: reading --------------------------------------------------------
 
     @_translated("read a trial")
     def get_trial(self, trial_id: str) -> Trial | None:
         doc = self._trials.find_one({"_id": trial_id})
-        return None if doc is None else client.doc_to_trial(doc)
+        return None if doc is None else client.doc_to_trial(doc, self.uri)
 
     @_translated("fetch trials")
     def fetch_trials(
@@ -459,7 +473,7 @@ class MongoStorage(BaseStorage):
         query: dict[str, Any] = {"experiment": experiment_id}
         if statuses is not None:
             query["status"] = {"$in": [TrialStatus(s).value for s in statuses]}
-        trials = [client.doc_to_trial(doc) for doc in self._trials.find(query)]
+        trials = client.readable_trials(self._trials.find(query), self.uri)
         if not trials:
             self._experiment_name(experiment_id)
         return sorted(trials, key=lambda t: t.submit_time or 0.0)
