@@ -129,6 +129,8 @@ SETTINGS: dict[str, Setting] = {
     "constraints": Setting(expression_list),
     "stop": Setting(stop_rules),  # orchard.stopping
     "idle_timeout": Setting(optional(positive_number)),
+    # how long a worker waits for an unreachable storage before it gives up (never less than the lease)
+    "storage_patience": Setting(positive_number, 600.0),
     "trial_timeout": Setting(optional(positive_number)),
     "executor": Setting(text, "joblib"),
     "executor_config": Setting(name_or_mapping, env=False),

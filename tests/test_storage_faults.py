@@ -4,8 +4,12 @@ running workers (SPEC §5.9, §5.10)."""
 
 from __future__ import annotations
 
+import contextlib
 import json
+import subprocess
 import sys
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -15,11 +19,17 @@ from bson.decimal128 import Decimal128
 from orchard.cli import main
 from orchard.dashboard import StorageView
 from orchard.dashboard._payloads import to_json, trial_rows
-from orchard.errors import SpaceError, StorageCorruptedError
+from orchard.errors import ExperimentNotFoundError, SpaceError, StorageCorruptedError
 from orchard.space import trial_id
 from orchard.storages import get_storage
+from orchard.testing._mongo_uri import with_database
+from orchard.testing.mongo_server import WireServer
 from orchard.trial import Trial, TrialStatus
 from tests.conftest import backend_uri
+from tests.test_faults import Worker as FaultWorker
+from tests.test_faults import assert_finished_normally, assert_one_result_stored, spawn, trials_of, wait_for
+
+__all__ = ["spawn"]  # the fixture, shared with tests/test_faults.py
 
 # -- hostile values in MongoDB documents ------------------------------------------------
 
@@ -78,3 +88,127 @@ def test_a_nested_huge_int_in_params_is_a_clear_error() -> None:
     sys.set_int_max_str_digits(4300)
     with pytest.raises(SpaceError, match="param 'x' cannot identify a trial.*as str or float"):
         trial_id("exp", {"y": 1, "x": {"a": 10**5000}})
+
+
+# -- an outage longer than the lease ------------------------------------------------------
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(120)
+def test_a_wire_server_down_for_twice_the_lease_loses_nothing(
+        tmp_path: Path, spawn: Callable[..., FaultWorker]) -> None:
+    """A 3 s lease, a 7 s outage: the worker waits for the server (storage_patience), then writes."""
+    with WireServer(tmp_path, durable=True) as server:
+        uri = with_database(server.uri, "long") + "?serverSelectionTimeoutMS=1000"
+        worker = spawn(uri, "long", "waits_for_go", max_trials=1, heartbeat=1.0)  # lease: 3 s
+        wait_for(lambda: (tmp_path / "started").exists() or worker.process.poll() is not None, 60,
+                 "the evaluation to start")
+        server.kill()
+        (tmp_path / "go").touch()  # the result is computed while the server is down
+        time.sleep(7.0)  # more than twice the lease
+        server.start()
+        assert_finished_normally(worker, timeout=60)
+        assert_one_result_stored(uri, "long")
+    assert "was unavailable for" in worker.log()
+
+
+# -- a full or read-only disk, a deleted file (the pickle storage) ---------------------------
+
+
+class DiskFull:
+    """A pickle file on a 1 MiB tmpfs (needs root: skipped elsewhere) that is filled to the last byte."""
+
+    expected = "[Errno 28] No space left on device"
+
+    def __init__(self, tmp_path: Path) -> None:
+        self.disk = tmp_path / "disk"
+        self.disk.mkdir()
+        mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(self.disk)],
+                                 capture_output=True, check=False)
+        if mounted.returncode != 0:
+            pytest.skip(f"cannot mount a tmpfs here (needs root): {mounted.stderr.decode().strip()}")
+        self.path, self.filler = self.disk / "orchard.pkl", self.disk / "filler"
+
+    def start(self) -> None:
+        with open(self.filler, "wb", buffering=0) as f:
+            for size in (65536, 4096, 1):
+                with contextlib.suppress(OSError):
+                    while True:
+                        f.write(b"\0" * size)
+
+    def stop(self) -> None:
+        self.filler.unlink(missing_ok=True)
+
+    def close(self) -> None:
+        subprocess.run(["umount", "-l", str(self.disk)], check=False)
+
+
+class ReadOnly:
+    """A pickle file made immutable (``chattr +i``: even root cannot write it; skipped where unsupported)."""
+
+    expected = "[Errno 1] Operation not permitted"
+
+    def __init__(self, tmp_path: Path) -> None:
+        self.path = tmp_path / "orchard.pkl"
+
+    def start(self) -> None:
+        done = subprocess.run(["chattr", "+i", str(self.path)], capture_output=True, check=False)
+        if done.returncode != 0:
+            pytest.skip(f"cannot make a file immutable here: {done.stderr.decode().strip()}")
+
+    def stop(self) -> None:
+        subprocess.run(["chattr", "-i", str(self.path)], capture_output=True, check=False)
+
+    close = stop
+
+
+@pytest.fixture(params=[DiskFull, ReadOnly], ids=["disk full", "read-only file"])
+def refusing_disk(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[DiskFull | ReadOnly]:
+    fault = request.param(tmp_path)
+    try:
+        yield fault
+    finally:
+        fault.close()
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(120)
+def test_a_result_computed_while_the_disk_refuses_writes_is_kept_and_written_later(
+        refusing_disk: DiskFull | ReadOnly, tmp_path: Path, spawn: Callable[..., FaultWorker]) -> None:
+    storage = str(refusing_disk.path)
+    worker = spawn(storage, "full", "waits_for_go", max_trials=1, heartbeat=0.25)
+    wait_for(lambda: (tmp_path / "started").exists() or worker.process.poll() is not None, 60,
+             "the evaluation to start")
+    refusing_disk.start()
+    # the heartbeats use up what the file's last page had left, then fail: the fault is met
+    wait_for(lambda: refusing_disk.expected in worker.log() or worker.process.poll() is not None, 30,
+             "a write to fail")
+    (tmp_path / "go").touch()  # the result is computed while no write can land
+    time.sleep(2.0)
+    assert worker.process.poll() is None, f"the worker gave up at once:\n{worker.log()[-2000:]}"
+    [held] = trials_of(storage, "full")
+    assert held.status is TrialStatus.RESERVED
+    assert f"cannot write to storage file {storage}: {refusing_disk.expected}" in worker.log(), \
+        "one line naming the file and the errno"
+    refusing_disk.stop()
+    assert_finished_normally(worker, timeout=60)
+    assert_one_result_stored(storage, "full")
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(120)
+def test_a_file_deleted_under_a_running_worker_is_named_not_recreated(
+        tmp_path: Path, spawn: Callable[..., FaultWorker], monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ORCHARD_STORAGE_PATIENCE", "1")  # the lease (3 s) then bounds the wait
+    path = tmp_path / "orchard.pkl"
+    worker = spawn(str(path), "deleted", "steady", max_trials=20, heartbeat=1.0)
+    def a_result() -> bool:
+        with contextlib.suppress(ExperimentNotFoundError):
+            return any(t.status is TrialStatus.COMPLETED for t in trials_of(str(path), "deleted"))
+        return False
+
+    wait_for(a_result, 60, "a first result")
+    path.unlink()
+    code = worker.wait(timeout=60)
+    assert code != 0 and not path.exists(), "the file was recreated empty under the running worker"
+    assert f"storage file {path} was deleted while this process was using it" in worker.log()

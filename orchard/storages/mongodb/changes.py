@@ -42,7 +42,6 @@ __all__ = ["STAMP", "ChangeCursor", "ChangeFeed"]
 #: resolution, and range queries on it work on every server and in mongomock).
 STAMP: dict[str, Any] = {"$currentDate": {"mtime": True}}
 
-_WINDOW_BATCH = 1000  # change windows usually fit one reply (the default first batch is 101 docs)
 _ORIGIN = datetime.datetime(1970, 1, 1)  # naive UTC, as pymongo returns dates
 
 
@@ -95,7 +94,7 @@ class ChangeFeed:
         counts = count() if now - cursor.checked >= self.check_interval else None
         start = cursor.since - datetime.timedelta(seconds=self.margin)
         docs = list(trials.find({"experiment": experiment_id, "mtime": {"$gte": start}},
-                                batch_size=_WINDOW_BATCH))
+                                batch_size=client.BATCH))
         fresh = [d for d in docs if cursor.seen.get(d["_id"], (0, ""))[0] < d.get("version", 1)]
         seen = {**cursor.seen, **{d["_id"]: (d.get("version", 1), d["status"]) for d in fresh}}
         if counts is not None and misses_writes(seen, counts):
@@ -107,7 +106,7 @@ class ChangeFeed:
     def full(self, trials: Any, experiment_id: str) -> tuple[list[Trial], ChangeCursor]:
         """Every trial of the experiment, oldest first, and a cursor after them."""
         now = self._clock()
-        docs = list(trials.find({"experiment": experiment_id}))
+        docs = list(trials.find({"experiment": experiment_id}, batch_size=client.BATCH))
         seen = {d["_id"]: (d.get("version", 1), d["status"]) for d in docs}
         since = max(_stamps(docs), default=_ORIGIN)
         ordered = sorted(client.readable_trials(docs, self.uri), key=lambda t: t.submit_time or 0.0)

@@ -10,6 +10,7 @@ and converts between :class:`~orchard.trial.Trial` and stored documents.
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import urllib.parse
 import uuid
@@ -28,6 +29,7 @@ from orchard.storages.pickled.records import RecordError, check_trial
 from orchard.trial import Trial
 
 __all__ = [
+    "BATCH",
     "DEFAULT_DATABASE",
     "REPORT_COUNT",
     "Client",
@@ -61,7 +63,11 @@ _AUTH_CODES = frozenset({11, 13, 18})  # UserNotFound, Unauthorized, Authenticat
 Client = Any  # pymongo.MongoClient or mongomock.MongoClient (mongomock ships no type hints)
 
 _mock_clients: dict[str, Any] = {}
-_mock_lock = threading.Lock()
+_mock_lock = threading.Lock()  # guards these two
+_indexed: set[tuple[int, str]] = set()  # (pid, uri) whose indexes this process ensured
+
+#: Documents per reply of a read of many trials (the default first batch is 101: a round trip more).
+BATCH = 1000
 
 
 # -- opening ------------------------------------------------------------------
@@ -117,8 +123,11 @@ def _mock_client(uri: str) -> tuple[Client, str]:
     return client, urllib.parse.unquote(database) or DEFAULT_DATABASE
 
 
-def ensure_indexes(db: Any) -> None:
-    """Create the indexes every verb relies on (idempotent; one round trip per collection)."""
+def ensure_indexes(db: Any, uri: str) -> None:
+    """Create the indexes every verb relies on: one round trip per collection, once per process and URI."""
+    with _mock_lock:
+        if (os.getpid(), uri) in _indexed:
+            return
     db.experiments.create_indexes([pymongo.IndexModel("name", unique=True, name="name_unique")])
     db.trials.create_indexes([
         # reserve (waiting trials oldest first), fetch by status, count_trials
@@ -129,6 +138,8 @@ def ensure_indexes(db: Any) -> None:
         # budget slots (see orchard.storages.mongodb.slots): one per non-broken trial
         pymongo.IndexModel("slot", name="slot_unique", unique=True, sparse=True),
     ])
+    with _mock_lock:
+        _indexed.add((os.getpid(), uri))
 
 
 # -- errors -------------------------------------------------------------------

@@ -180,7 +180,7 @@ class MongoStorage(BaseStorage):
                 self._indexed = False
             db = self._client[self._db_name]
             if not self._indexed:
-                client.ensure_indexes(db)
+                client.ensure_indexes(db, self.uri)
                 self._indexed = True
             return db
 
@@ -394,10 +394,9 @@ class MongoStorage(BaseStorage):
         """Mark broken a trial just reserved that holds values Orchard never writes, and say so."""
         log.warning("trial %r in MongoDB at %s is not one Orchard writes (%s); marked broken instead of "
                     "evaluated", doc["_id"], self.redacted_uri, why)
-        error = {"type": "UnreadableTrial", "message": f"holds values Orchard never writes: {why}"}
-        self._trials.update_one({"_id": doc["_id"], "worker": worker, "status": TrialStatus.RESERVED.value},
-                                self._stamp({"status": TrialStatus.BROKEN.value, "error": error,
-                                             "end_time": self.now()}, unset=["slot"]))
+        broken = {"status": TrialStatus.BROKEN.value, "end_time": self.now(),
+                  "error": {"type": "UnreadableTrial", "message": f"holds values Orchard never writes: {why}"}}
+        self._trials.update_one({"_id": doc["_id"], "worker": worker}, self._stamp(broken, unset=["slot"]))
 
     @_translated("record a heartbeat")
     def heartbeat_trial(self, trial_id: str, worker: str) -> None:
@@ -473,7 +472,7 @@ class MongoStorage(BaseStorage):
         query: dict[str, Any] = {"experiment": experiment_id}
         if statuses is not None:
             query["status"] = {"$in": [TrialStatus(s).value for s in statuses]}
-        trials = client.readable_trials(self._trials.find(query), self.uri)
+        trials = client.readable_trials(self._trials.find(query, batch_size=client.BATCH), self.uri)
         if not trials:
             self._experiment_name(experiment_id)
         return sorted(trials, key=lambda t: t.submit_time or 0.0)
