@@ -233,6 +233,7 @@ def insert_stamped(trials: Any, doc: dict[str, Any]) -> None:
     )
 
 
+_BSON_VALUES = 16 * 2**20  # a BSON document (16 MiB at most) shares no sub-list: its size bounds the walk
 _STORAGE_ONLY = frozenset({"_id", "mtime", "version", "slot", REPORT_COUNT})
 _named: set[tuple[str, str]] = set()  # (uri, trial id) of unreadable trials this process has named
 
@@ -247,7 +248,7 @@ def unreadable(doc: dict[str, Any]) -> str | None:
     data = {key: value for key, value in doc.items() if key not in _STORAGE_ONLY}
     data["id"] = doc.get("_id")
     try:
-        check_trial(data)
+        check_trial(data, _BSON_VALUES)
     except RecordError as err:
         return str(err)
     return None

@@ -209,12 +209,14 @@ def check_batch(batch: Any, payload_size: int) -> None:
             raise RecordError("a fence record that is not first in its frame")
 
 
-def check_trial(trial: Any) -> None:
+def check_trial(trial: Any, max_values: int = _NODE_FLOOR) -> None:
     """Check one trial dict (the shape of :meth:`Trial.to_dict`) as a frame's trial records are checked.
 
     Other backends use it on what they read, so every storage skips the same records.
+    ``max_values`` bounds the values walked (a document that cannot share sub-lists, such as
+    a BSON one, is bounded by its size instead).
 
     Raises:
         RecordError: it is not a trial Orchard writes; the message says what is wrong.
     """
-    _check_trial(trial, _Budget(_NODE_FLOOR))
+    _check_trial(trial, _Budget(max_values))
