@@ -212,3 +212,68 @@ def test_a_file_deleted_under_a_running_worker_is_named_not_recreated(
     code = worker.wait(timeout=60)
     assert code != 0 and not path.exists(), "the file was recreated empty under the running worker"
     assert f"storage file {path} was deleted while this process was using it" in worker.log()
+
+
+# -- round trips that stay flat as workers are added ---------------------------------------
+
+
+def _register_counting_commands(uri: str, experiment_id: str, n: int, tag: str, *, start: Any) -> int:
+    """Register ``n`` trials under a budget once every racer is connected; return the commands sent."""
+    from pymongo import monitoring
+
+    sent: list[str] = []
+
+    class Counter(monitoring.CommandListener):
+        def started(self, event: monitoring.CommandStartedEvent) -> None:
+            sent.append(event.command_name)
+
+        def succeeded(self, event: monitoring.CommandSucceededEvent) -> None:
+            pass
+
+        def failed(self, event: monitoring.CommandFailedEvent) -> None:
+            pass
+
+    monitoring.register(Counter())
+    with get_storage(uri) as storage:
+        storage.count_trials(experiment_id)  # connected, indexes ensured
+        before = len(sent)
+        start.wait(120)
+        for i in range(n):
+            storage.register_trial(experiment_id, {"tag": tag, "i": i}, budget=1000)
+        return len(sent) - before
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(240)
+def test_racing_registrations_cost_two_round_trips_each(request: pytest.FixtureRequest, tmp_path: Path) -> None:
+    """8 processes registering at once: no retry on a taken slot (a draw, then the insert)."""
+    from orchard.testing import races
+
+    uri = backend_uri("mongodb", request, tmp_path)
+    with get_storage(uri) as storage:
+        exp = storage.create_experiment("flat", {})
+    sent = races.run_racing(_register_counting_commands, [(uri, exp, 5, f"p{i}") for i in range(8)])
+    assert sum(sent) == 2 * 8 * 5, f"round trips per process: {sent}"
+
+
+def test_a_worker_waiting_for_others_last_trials_only_reads(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The wind-down: every unit of budget is held by another worker, so nothing is tried but a look."""
+    from orchard.clock import ManualClock
+    from orchard.errors import BudgetExhaustedError
+    from orchard.objective import Outcome
+    from orchard.worker import Worker, WorkerSettings
+
+    storage: Any = get_storage("memory://")
+    space = {"x": "uniform(0, 1)"}
+    exp = storage.create_experiment("e", {"space": space})
+    storage.register_trial(exp, {"x": 0.5}, worker="someone-else", budget=1)
+    calls: list[str] = []
+    for verb in ("reserve_trial", "register_trial"):
+        real = getattr(storage, verb)
+        monkeypatch.setattr(storage, verb, lambda *a, _real=real, _verb=verb, **k: (calls.append(_verb), _real(*a, **k))[1])
+    worker = Worker(storage, exp, WorkerSettings.from_dict({"space": space, "algorithm": "random", "max_trials": 1}),
+                    lambda t: Outcome(), clock=ManualClock())
+    with pytest.raises(BudgetExhaustedError):
+        worker.next_trial(timeout=10.0)  # many looks, on the manual clock
+    worker.pacemaker.close()
+    assert calls == []
