@@ -277,3 +277,18 @@ def test_a_worker_waiting_for_others_last_trials_only_reads(monkeypatch: pytest.
         worker.next_trial(timeout=10.0)  # many looks, on the manual clock
     worker.pacemaker.close()
     assert calls == []
+
+
+def test_a_write_the_driver_retried_after_it_took_effect_is_not_refused() -> None:
+    """A server that does not recognise a retried write lets it meet its own effect: that is success."""
+    from orchard import trial as transitions
+    from orchard.errors import ReservationLostError
+
+    storage: Any = get_storage("mongomock://")
+    exp = storage.create_experiment("e", {})
+    trial = storage.register_trial(exp, {"x": 1}, worker="w")
+    done = transitions.complete("w", 1.0, {}, 10.0)
+    assert storage._apply(trial.id, done).status is TrialStatus.COMPLETED
+    assert storage._apply(trial.id, done).objective == 1.0  # the same command again: its own effect
+    with pytest.raises(ReservationLostError):
+        storage._apply(trial.id, transitions.complete("w", 2.0, {}, 11.0))  # another result: refused

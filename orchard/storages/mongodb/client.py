@@ -14,7 +14,7 @@ import os
 import threading
 import urllib.parse
 import uuid
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import pymongo
@@ -36,6 +36,7 @@ __all__ = [
     "doc_to_trial",
     "duplicate_key_field",
     "ensure_indexes",
+    "holds",
     "insert_stamped",
     "name_anonymous_mock",
     "open_client",
@@ -216,6 +217,12 @@ def trial_to_doc(trial: Trial) -> dict[str, Any]:
     doc["version"] = 1
     doc[REPORT_COUNT] = len(trial.reports)
     return doc
+
+
+def holds(doc: dict[str, Any], owner: str | None, fields: Mapping[str, Any]) -> bool:
+    """Whether ``doc`` is owned by ``owner`` and holds exactly ``fields`` (enums by their value)."""
+    stored = {key: getattr(value, "value", value) for key, value in fields.items()}
+    return owner is not None and doc.get("worker") == owner and all(doc.get(k) == v for k, v in stored.items())
 
 
 def insert_stamped(trials: Any, doc: dict[str, Any]) -> None:

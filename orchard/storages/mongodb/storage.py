@@ -48,7 +48,6 @@ from orchard.errors import (
     ConfigurationError,
     DuplicateTrialError,
     ExperimentNotFoundError,
-    OrchardError,
     ReservationLostError,
     StorageError,
     TrialNotFoundError,
@@ -354,18 +353,19 @@ class MongoStorage(BaseStorage):
     def _apply(self, trial_id: str, change: transitions.Change) -> Trial:
         """One conditional update applying ``change``; when it matches nothing, the change says why."""
         doc = self._trials.find_one_and_update(_expected(trial_id, change), self._update(change), return_document=_AFTER)
-        if doc is None:
-            raise self._refusal(trial_id, change)
-        return client.doc_to_trial(doc, self.uri)
+        return self._settled(trial_id, change) if doc is None else client.doc_to_trial(doc, self.uri)
 
-    def _refusal(self, trial_id: str, change: transitions.Change) -> OrchardError:
+    def _settled(self, trial_id: str, change: transitions.Change) -> Trial:
+        """The trial if ``change`` took effect all the same (every field as it sets), else raise why not."""
         doc = self._trials.find_one({"_id": trial_id})
         trial = None if doc is None else client.doc_to_trial(doc, self.uri)
+        if trial is not None and not change.appends and client.holds(doc, change.owner, change.sets):
+            return trial  # the driver's own retry of a write whose reply was lost met the write's effect
         error = change.refusal(trial_id, trial, self.redacted_uri)
         if error is None:  # it changed back between the update and this read: refuse all the same
             assert trial is not None
             error = ReservationLostError.refused(trial_id, trial.status.value, trial.worker, change.owner)
-        return error
+        raise error
 
     def _current(self, trial_id: str) -> Trial:
         doc = self._trials.find_one({"_id": trial_id})
@@ -402,7 +402,7 @@ class MongoStorage(BaseStorage):
     def heartbeat_trial(self, trial_id: str, worker: str) -> None:
         change = transitions.heartbeat(worker, self.now())
         if self._trials.update_one(_expected(trial_id, change), self._update(change)).matched_count == 0:
-            raise self._refusal(trial_id, change)
+            self._settled(trial_id, change)
 
     @_translated("complete a trial")
     def complete_trial(
