@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import collections
 import multiprocessing
+import queue
 import sys
 import tempfile
 import time
@@ -99,19 +100,26 @@ def measure(uri: str, workers: int, trials: int, seconds: float, heartbeat: floa
     start.wait()
     began = time.monotonic()
     total: collections.Counter[str] = collections.Counter()
-    winding, failed = 0, collections.Counter[str]()
-    for _ in procs:
-        counts, late, failures = results.get(timeout=3600)
+    winding, failed, reported = 0, collections.Counter[str](), 0
+    while reported < workers:
+        try:
+            counts, late, failures = results.get(timeout=1.0)
+        except queue.Empty:
+            if any(p.is_alive() for p in procs):
+                continue
+            break  # the rest died: the row says how many
         total.update(counts)
         failed.update(failures)
         winding += late
+        reported += 1
     wall = time.monotonic() - began
     for p in procs:
         p.join()
     done = exp.storage.count_trials(exp.id)
     n = sum(done.values())
     return {"workers": workers, "trials": n, "commands": total,
-            "winding": winding, "failed": failed, "wall": wall}
+            "winding": winding, "failed": failed, "wall": wall,
+            "died": workers - reported}
 
 
 def _per_trial(row: dict[str, Any], loop_only: bool) -> float:
@@ -136,7 +144,8 @@ def main() -> None:
         from orchard.testing.mongo_server import WireServer
 
         with tempfile.TemporaryDirectory() as tmp, WireServer(tmp, database="round_trips") as server:
-            rows = [measure(server.uri, w, args.trials, args.seconds, args.heartbeat) for w in args.workers]
+            uri = server.uri + "?serverSelectionTimeoutMS=60000"  # a loaded machine: let 128 workers connect
+            rows = [measure(uri, w, args.trials, args.seconds, args.heartbeat) for w in args.workers]
     if args.by_caller:
         for row in rows:
             print(f"# {row['workers']} workers, round trips per trial by command:storage function<step:")
@@ -156,6 +165,8 @@ def main() -> None:
         print(f"# {row['workers']} workers: {ratios[0]:.2f}x the {base['workers']}-worker round trips per trial, "
               f"{ratios[1]:.2f}x in the worker loop")
     for row in rows:
+        if row["died"]:
+            print(f"# {row['workers']} workers: {row['died']} died before reporting (their commands are not counted)")
         if row["failed"]:
             print(f"# {row['workers']} workers: commands answered with an error: {dict(row['failed'])}")
     print(f"# load after: {machine_load()}")
