@@ -97,15 +97,15 @@ def test_a_nested_huge_int_in_params_is_a_clear_error() -> None:
 @pytest.mark.timeout(120)
 def test_a_wire_server_down_for_twice_the_lease_loses_nothing(
         tmp_path: Path, spawn: Callable[..., FaultWorker]) -> None:
-    """A 3 s lease, a 7 s outage: the worker waits for the server (storage_patience), then writes."""
+    """A 1.5 s lease, a 4 s outage: the worker waits for the server (storage_patience), then writes."""
     with WireServer(tmp_path, durable=True) as server:
         uri = with_database(server.uri, "long") + "?serverSelectionTimeoutMS=1000"
-        worker = spawn(uri, "long", "waits_for_go", max_trials=1, heartbeat=1.0)  # lease: 3 s
+        worker = spawn(uri, "long", "waits_for_go", max_trials=1, heartbeat=0.5)  # lease: 1.5 s
         wait_for(lambda: (tmp_path / "started").exists() or worker.process.poll() is not None, 60,
                  "the evaluation to start")
         server.kill()
         (tmp_path / "go").touch()  # the result is computed while the server is down
-        time.sleep(7.0)  # more than twice the lease
+        time.sleep(4.0)  # more than twice the lease
         server.start()
         assert_finished_normally(worker, timeout=60)
         assert_one_result_stored(uri, "long")
