@@ -6,13 +6,18 @@ stop a training after any epoch, freeing its worker at that epoch's simulated ti
 one run, alternated per (instance, seed):
 
 * ``orchard-random-P`` and ``orchard-bayes-P``: Orchard's ``random`` and ``bayes`` algorithms
-  with the pruner ``P`` in ``none``, ``median``, ``asha``, ``hyperband``. A pruned trial is told
+  with the pruner ``P`` in ``none``, ``median``, ``asha``, ``hyperband`` (``max_step=52``) and
+  ``hyperbanddefault`` (``pruner="hyperband"``, every option at its default). A pruned trial is told
   to the sampler with its last reported value.
 * ``orchard-bayes-hyperband-untold``: the control for "the sampler learns from pruned trials":
   pruned trials are not told to ``bayes`` (they are only kept from being suggested again).
 * ``optuna-tpe-P``: Optuna's TPESampler (``constant_liar=True``, its setting for parallel
   workers) with ``MedianPruner()``, ``SuccessiveHalvingPruner()`` or
   ``HyperbandPruner(min_resource=1, max_resource=52)``.
+* ``dehb``: DEHB (``pip install dehb``; 0.1.2, default settings, ``min_fidelity=1``,
+  ``max_fidelity=52``, ``eta=3``) through its ask-and-tell interface. DEHB trains each
+  configuration from scratch to the epoch budget it picks (no step reports, no checkpoints), as
+  its own examples do.
 
 Usage::
 
@@ -50,6 +55,7 @@ ORCHARD_PRUNERS: dict[str, Any] = {
     "median": "median",
     "asha": "asha",
     "hyperband": {"hyperband": {"max_step": EPOCHS}},
+    "hyperbanddefault": "hyperband",  # every option at its default (the brackets then decide the steps)
 }
 OPTUNA_PRUNERS = ("median", "sh", "hyperband")
 BAYES = {"bayes": {"base_estimator": "GP", "acq_optimizer": "sampling"}}
@@ -136,12 +142,47 @@ class OptunaPruned:
             self.study.tell(job.token, error)
 
 
+class Dehb:
+    """DEHB (differential evolution + Hyperband) through its ask-and-tell interface.
+
+    ``n_workers=1``: the simulator runs the workers; more would make DEHB start a Dask cluster.
+    """
+
+    def __init__(self, seed: int) -> None:
+        import tempfile
+
+        import ConfigSpace
+        from dehb import DEHB
+
+        space = ConfigSpace.ConfigurationSpace(seed=seed)
+        for name, low, high, log, integer in DIMENSIONS:
+            kind = ConfigSpace.UniformIntegerHyperparameter if integer else ConfigSpace.UniformFloatHyperparameter
+            space.add_hyperparameter(kind(name, lower=low, upper=high, log=log))
+        self.logs = tempfile.TemporaryDirectory(prefix="dehb-")  # DEHB writes a log file; removed with this object
+        self.dehb = DEHB(cs=space, dimensions=len(DIMENSIONS), min_fidelity=1, max_fidelity=EPOCHS, eta=3,
+                         n_workers=1, seed=seed, output_path=self.logs.name,
+                         log_level="ERROR")
+
+    def ask(self, now: float) -> Job | None:
+        job = self.dehb.ask()
+        epochs = min(EPOCHS, max(1, round(float(job["fidelity"]))))
+        return Job(dict(job["config"]), 0, epochs, token=job)
+
+    def on_epoch(self, job: Job, epoch: int, error: float, now: float) -> bool:
+        return True  # not called: DEHB jobs do not report each epoch
+
+    def done(self, job: Job, epoch: int, error: float, now: float) -> None:
+        self.dehb.tell(job.token, {"fitness": error, "cost": float(epoch)})
+
+
 def methods() -> list[str]:
     names = [f"orchard-{alg}-{p}" for alg in ("random", "bayes") for p in ORCHARD_PRUNERS]
-    return names + [f"optuna-tpe-{p}" for p in OPTUNA_PRUNERS] + ["orchard-bayes-hyperband-untold"]
+    return names + [f"optuna-tpe-{p}" for p in OPTUNA_PRUNERS] + ["orchard-bayes-hyperband-untold", "dehb"]
 
 
 def make_scheduler(method: str, seed: int) -> Any:
+    if method == "dehb":
+        return Dehb(seed)
     tool, sampler, pruner = method.split("-", 2)
     if tool == "optuna":
         return OptunaPruned(pruner, seed)

@@ -128,6 +128,7 @@ SETTINGS: dict[str, Setting] = {
     "objectives": Setting(objective_mapping),
     "constraints": Setting(expression_list),
     "stop": Setting(stop_rules),  # orchard.stopping
+    "warm_start": Setting(env=False),  # sources checked by orchard.warm_start where the experiment is built
     "idle_timeout": Setting(optional(positive_number)),
     # how long a worker waits for an unreachable storage before it gives up (never less than the lease)
     "storage_patience": Setting(positive_number, 600.0),

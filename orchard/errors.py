@@ -129,6 +129,19 @@ class InvalidReportError(OrchardError):
     """A report (intermediate value at a step) was refused; nothing was written."""
 
     @classmethod
+    def objectives_expected(cls, trial_id: str, given: str, objectives: Any) -> InvalidReportError:
+        """A report does not give the experiment's objectives by name (``given`` says what it gave)."""
+        names = ", ".join(f"{name!r}: ..." for name in objectives)
+        return cls(f"trial {trial_id}: the report gives {given}, but the experiment's objectives are "
+                   f"{', '.join(objectives)}; report each by name, orchard.report({{{names}}}, step)")
+
+    @classmethod
+    def one_objective(cls, trial_id: str) -> InvalidReportError:
+        """A report by name in an experiment with one objective."""
+        return cls(f"trial {trial_id}: the report maps names to values, but the experiment has one "
+                   "objective; report a number, orchard.report(value, step)")
+
+    @classmethod
     def bad_step(cls, trial_id: str, step: Any) -> InvalidReportError:
         """``step`` is not a non-negative integer."""
         return cls(f"trial {trial_id}: report step {step!r} is not a non-negative integer; "
@@ -138,7 +151,7 @@ class InvalidReportError(OrchardError):
     def bad_value(cls, trial_id: str, value: Any) -> InvalidReportError:
         """``value`` is not a finite number."""
         return cls(f"trial {trial_id}: reported value {value!r} is not a finite number; "
-                   "report the objective at that step as a float (not NaN or inf)")
+                   "report the objective at that step as a float, or one float per objective (not NaN or inf)")
 
     @classmethod
     def not_after(cls, trial_id: str, step: int, last: int) -> InvalidReportError:

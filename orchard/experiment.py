@@ -18,6 +18,7 @@ from typing import Any
 from orchard import config as _config
 from orchard.algorithms import normalize_algorithm_config
 from orchard.constraints import normalize_constraints
+from orchard.dataframe import trials_frame
 from orchard.errors import ConfigurationError, ExecutorError, ExperimentBrokenError, OrchardError
 from orchard.executors import make_executor, reaches_local_processes, shares_environment
 from orchard.executors.task import WorkerTask, run_tasks
@@ -29,7 +30,8 @@ from orchard.naming import check_experiment_name
 from orchard.objective import Outcome, check_objective, interpret_result
 from orchard.objectives import normalize_objectives
 from orchard.pareto import front_hypervolume, pareto_front
-from orchard.pruners import normalize_pruner_config
+from orchard.pruners import check_objectives, normalize_pruner_config
+from orchard.recording import budget_held, record_evaluation, warn_if_budget_met
 from orchard.report import TrialPruned, check_report
 from orchard.resources import assign_devices, parse_gpus, parse_memory
 from orchard.space import Space
@@ -37,13 +39,12 @@ from orchard.stopping import normalize_stop, stop_summary
 from orchard.storages import BaseStorage, get_storage
 from orchard.storages.base import ExperimentRecord
 from orchard.trial import Trial, TrialStatus
+from orchard.warm_start import check_sources, normalize_warm_start
 from orchard.worker import Worker, WorkerSettings
 
 __all__ = ["Experiment", "build_experiment", "get_experiment"]
 
 log = logging.getLogger(__name__)
-
-_TIME_COLUMNS = frozenset({"submit_time", "start_time", "end_time", "heartbeat"})
 
 
 def build_experiment(
@@ -61,6 +62,7 @@ def build_experiment(
     objectives: Mapping[str, str] | None = None,
     constraints: Sequence[str] | None = None,
     stop: Mapping[str, Any] | Sequence[str] | None = None,
+    warm_start: Sequence[str | Mapping[str, Any]] | None = None,
 ) -> Experiment:
     """Create the experiment ``name``, or join it if it exists.
 
@@ -90,6 +92,8 @@ def build_experiment(
             objective then returns (or a script reports) a dict with each by name.
         constraints: bounds on reported metrics, ``["memory_gb <= 16"]``.
         stop: stopping rules, ``{"target": 0.1, "patience": 20, "max_time": "2h"}`` (:mod:`orchard.stopping`).
+        warm_start: earlier experiments whose completed trials the algorithm is told first,
+            ``["old", "mongodb://host/db:other"]`` (see :mod:`orchard.warm_start`).
 
     Returns:
         The experiment client.
@@ -97,8 +101,8 @@ def build_experiment(
     Raises:
         ExperimentConflictError: joining with a different space, algorithm, pruner, objectives,
             constraints or stop rules, or a lower budget.
-        ConfigurationError: an invalid setting (nothing is stored), or no space to create
-            a new experiment.
+        ConfigurationError: an invalid setting (nothing is stored), no space to create
+            a new experiment, or a warm-start source that does not fit the space.
         StorageError: the storage cannot be used.
     """
     check_experiment_name(name)
@@ -113,8 +117,10 @@ def build_experiment(
     wanted_pruner = settings.get("pruner", pruner, use_default=False)
     wanted_pruner = normalize_pruner_config(wanted_pruner) if wanted_pruner is not None else None
     goals = normalize_objectives(settings.get("objectives", objectives, use_default=False))
+    sources = normalize_warm_start(settings.get("warm_start", warm_start, use_default=False))
     wanted = {"objectives": goals, "stop": normalize_stop(settings.get("stop", stop, use_default=False), goals),
-              "constraints": normalize_constraints(settings.get("constraints", constraints, use_default=False))}
+              "constraints": normalize_constraints(settings.get("constraints", constraints, use_default=False)),
+              "warm_start": sources}
     store = get_storage(settings.get("storage", storage))
     record = store.get_experiment(name)
     if record is None:
@@ -128,6 +134,8 @@ def build_experiment(
         if wanted_pruner is not None:
             fields["pruner"] = wanted_pruner
         fields.update(wanted)
+        check_objectives(fields.get("pruner"), fields["objectives"])  # on creation: stored ones still load
+        check_sources(wanted_space, sources, store, name)
         store.create_experiment(name, ExperimentConfig(**fields).to_dict())
         record = store.require_experiment(name)
     record = join_experiment(store, record, wanted_space, wanted_algo, chosen, wanted_pruner, wanted)
@@ -142,16 +150,6 @@ def get_experiment(name: str, storage: str | BaseStorage | None = None) -> Exper
     """
     store = get_storage(_config.resolve("storage", storage))
     return Experiment(store, store.require_experiment(name))
-
-
-def _log_if_budget_met(experiment: Experiment) -> None:
-    """Say so when ``workon`` has nothing to do, instead of returning silently."""
-    counts = experiment.storage.count_trials(experiment.id)
-    done = counts[TrialStatus.COMPLETED] + counts[TrialStatus.PRUNED]  # a pruned trial used its budget
-    if experiment.max_trials is not None and done >= experiment.max_trials:
-        log.warning("experiment %r has already completed its %d trials (max_trials=%d); nothing to do. "
-                    "Raise max_trials, or use a new experiment name", experiment.name, done,
-                    experiment.max_trials)
 
 
 class Experiment:
@@ -283,7 +281,7 @@ class Experiment:
         settings = WorkerSettings.for_experiment(self.settings, idle_timeout=idle_timeout, max_trials_per_worker=None,
                                                  storage_patience=_config.resolve("storage_patience", storage_patience))
         settings = dataclasses.replace(settings, max_trials=self._call_budget(max_trials))
-        _log_if_budget_met(self)
+        warn_if_budget_met(self.storage, self.id, self.name, self.max_trials)
         if executor not in ("single", "thread") and not shares_environment(executor):
             pickle.dumps(self.storage)  # fail fast, with the storage's own message, if it cannot travel
         tasks = [WorkerTask(self.storage, self.id, self._seeded(settings, i), fn, trial_timeout, self.name,
@@ -325,9 +323,7 @@ class Experiment:
         if max_trials is None:
             return self.max_trials
         max_trials = _config.check("max_trials", max_trials)
-        counts = self.storage.count_trials(self.id)
-        held = sum(counts.values()) - counts[TrialStatus.BROKEN]
-        cap = held + max_trials
+        cap = budget_held(self.storage, self.id) + max_trials
         return cap if self.max_trials is None else min(cap, self.max_trials)
 
     def _raise_if_broken(self) -> None:
@@ -373,8 +369,10 @@ class Experiment:
         outcome = Outcome.pruned_by_objective() if isinstance(result, TrialPruned) else interpret_result(result)
         return self._client_worker().finish(trial, outcome)
 
-    def report(self, trial: Trial, value: float, step: int) -> None:
+    def report(self, trial: Trial, value: float | Mapping[str, float], step: int) -> None:
         """Store an intermediate ``value`` at ``step`` on a trial from :meth:`suggest`, and judge it.
+
+        With several objectives ``value`` gives each by name (see :func:`orchard.report`).
 
         The report is stored before this returns; :meth:`should_prune` gives the verdict.
 
@@ -398,16 +396,22 @@ class Experiment:
         """
         return self._client_worker().release(trial)
 
-    def insert(self, params: Mapping[str, Any]) -> Trial:
-        """Add a ``new`` trial at ``params``; the next free worker evaluates it first.
+    def insert(self, params: Mapping[str, Any], objective: float | None = None,
+               results: Mapping[str, Any] | None = None, count_in_budget: bool = False) -> Trial:
+        """Add a ``new`` trial at ``params`` (the next free worker evaluates it first), or, with ``objective``
+        or ``results`` (several objectives: each in ``results``), one evaluated elsewhere: ``completed``, evidence
+        for the algorithm, apart from ``max_trials`` unless ``count_in_budget`` (see :mod:`orchard.recording`).
 
         Raises:
-            SpaceError: the params are not a point of the space.
+            SpaceError: the params are not a point of the space (the message names the dimension).
+            ConfigurationError: the objective is missing or not finite, or a result cannot be stored.
             DuplicateTrialError: a trial with those params exists.
-            BudgetExhaustedError: the budget is fully used; raise ``max_trials``.
+            BudgetExhaustedError: the budget is fully used (by a new or a counted trial); raise ``max_trials``.
         """
-        point = self.space.validate(params)
-        return self.storage.register_trial(self.id, point, budget=self.max_trials)
+        if objective is None and results is None:
+            return self.storage.register_trial(self.id, self.space.validate(params), budget=self.max_trials)
+        return record_evaluation(self.storage, self.id, self.settings, params, objective, results,
+                                 count_in_budget, f"insert into experiment {self.name!r}")
 
     # -- reading ---------------------------------------------------------------
 
@@ -470,28 +474,8 @@ class Experiment:
         }
 
     def to_pandas(self) -> Any:
-        """A ``pandas.DataFrame`` with one row per trial (params prefixed ``params.``).
-
-        The times (``submit_time``, ``start_time``, ``end_time``, ``heartbeat``) are
-        timezone-aware UTC datetimes (``NaT`` when unset).
-
-        Raises:
-            ConfigurationError: pandas is not installed.
-        """
-        try:
-            import pandas as pd
-        except ImportError:
-            raise ConfigurationError("to_pandas needs pandas: pip install 'orchard-hpo[pandas]'") from None
-        rows = []
-        for trial in self.fetch_trials():
-            row = {k: v for k, v in trial.to_dict().items() if k not in ("params", "results")}
-            row.update({f"params.{k}": v for k, v in trial.params.items()})
-            row.update({f"results.{k}": v for k, v in trial.results.items()})
-            rows.append(row)
-        frame = pd.DataFrame(rows)
-        for column in _TIME_COLUMNS.intersection(frame.columns):
-            frame[column] = pd.to_datetime(frame[column], unit="s", utc=True)
-        return frame
+        """The trials as a ``pandas.DataFrame``, one row each (see :func:`orchard.dataframe.trials_frame`)."""
+        return trials_frame(self.fetch_trials())
 
 
 def _told_later(trial: Trial) -> Outcome:

@@ -27,6 +27,7 @@ from orchard.objectives import normalize_objectives
 from orchard.pruners import normalize_pruner_config
 from orchard.space import Space
 from orchard.stopping import normalize_stop
+from orchard.warm_start import normalize_warm_start
 
 __all__ = [
     "EXPERIMENT_RULES",
@@ -163,6 +164,9 @@ class ExperimentConfig:
             :mod:`orchard.constraints`); ``None``: none.
         stop: stopping rules, ``{"target": 0.1, "patience": 20, "max_cost": 10.0, "max_time": 7200.0}``
             (see :mod:`orchard.stopping`); kept normalized; ``None``: none.
+        warm_start: earlier experiments whose completed trials are told to the algorithm as
+            prior evidence, ``[{"experiment": ..., "storage": ..., "fill": {...}}]`` (see
+            :mod:`orchard.warm_start`); ``None``: none.
     """
 
     space: Space
@@ -177,6 +181,7 @@ class ExperimentConfig:
     objectives: dict[str, str] | None = None
     constraints: list[str] | None = None
     stop: dict[str, Any] | None = None
+    warm_start: list[dict[str, Any]] | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.space, Space):
@@ -188,6 +193,7 @@ class ExperimentConfig:
         object.__setattr__(self, "objectives", normalize_objectives(self.objectives))
         object.__setattr__(self, "constraints", normalize_constraints(self.constraints))
         object.__setattr__(self, "stop", normalize_stop(self.stop, self.objectives))
+        object.__setattr__(self, "warm_start", normalize_warm_start(self.warm_start))
         for key, rule in EXPERIMENT_RULES.items():
             object.__setattr__(self, key, check_setting(key, getattr(self, key), rule))
 
@@ -219,7 +225,7 @@ class ExperimentConfig:
         values["space"] = self.space.config()
         values["algorithm"] = {name: dict(options) for name, options in self.algorithm.items()}
         values["pruner"] = {name: dict(options) for name, options in self.pruner.items()}
-        for key in ("objectives", "constraints", "stop"):  # unset: left out, so single-objective records stay as they were
+        for key in ("objectives", "constraints", "stop", "warm_start"):  # unset: left out, so single-objective records stay as they were
             value = values.pop(key)
             if value is not None:
                 values[key] = type(value)(value)

@@ -4,6 +4,12 @@
 call, through the storage's change feed (``fetch_changes``), so its cost
 follows the changes, not the size of the history. The worker fits its
 algorithm on it; the progress monitor draws from it.
+
+Evidence that is not the experiment's own budget reaches the algorithm here
+too: trials recorded apart from the budget (``insert(..., objective=...)``)
+are observations but are left out of :attr:`History.counts`, and the
+``prior`` trials of a warm start (:mod:`orchard.warm_start`) come first in
+:attr:`History.observations` without being trials of the experiment at all.
 """
 
 from __future__ import annotations
@@ -29,10 +35,16 @@ class History:
         objectives: the experiment's several objectives, if any: each completed
             observation then carries its objective vector (``Observation.values``).
         constraints: the experiment's constraints, if any: observations carry their feasibility.
+        prior: completed trials of earlier experiments, their params already in this
+            experiment's space (a warm start): observations and seen points from the start,
+            never counted, never pending.
+
+    :attr:`counts` holds the trials that use the budget, by status; trials recorded
+    apart from it (``Trial.in_budget`` false) are counted in :attr:`unbudgeted` instead.
     """
 
     def __init__(self, storage: BaseStorage, experiment_id: str, objectives: Mapping[str, str] | None = None,
-                 constraints: Sequence[str] | None = None) -> None:
+                 constraints: Sequence[str] | None = None, prior: Sequence[Trial] = ()) -> None:
         self._storage = storage
         self._objectives = objectives
         self._constraints = constraints
@@ -44,6 +56,11 @@ class History:
         self.seen = SeenPoints()  # every trial's params, kept incrementally
         self.counts: dict[TrialStatus, int] = {status: 0 for status in TrialStatus}
         self.finished: list[Trial] = []  # trials that became completed/broken in the last refresh
+        self.unbudgeted = 0
+        for trial in prior:
+            if trial.objective is not None:
+                self.observations.append(self._observation(trial, trial.objective))
+                self.seen.add(trial.params)
 
     def refresh(self) -> list[dict[str, Any]]:
         """Fold in the trials that changed since the last refresh.
@@ -59,14 +76,14 @@ class History:
         for trial in changed:
             old = self.trials.get(trial.id)
             if old is not None:
-                self.counts[old.status] -= 1
+                self._count(old, -1)
             else:
                 self.seen.add(trial.params)
             newly_told = old is None or old.status is not trial.status
             if trial.status.is_terminal and (old is None or not old.status.is_terminal):
                 self.finished.append(trial)
             self.trials[trial.id] = trial
-            self.counts[trial.status] += 1
+            self._count(trial, 1)
             if trial.status.is_pending:
                 if trial.id not in self._pending:
                     arrived.append(trial.params)
@@ -78,6 +95,12 @@ class History:
             if told and trial.objective is not None and newly_told:
                 self.observations.append(self._observation(trial, trial.objective))
         return arrived
+
+    def _count(self, trial: Trial, sign: int) -> None:
+        if trial.in_budget:
+            self.counts[trial.status] += sign
+        else:
+            self.unbudgeted += sign
 
     def _observation(self, trial: Trial, objective: float) -> Observation:
         values = None

@@ -24,6 +24,14 @@ report is one JSON line appended to ``ORCHARD_REPORT_PATH``
 comes back in ``ORCHARD_VERDICT_PATH`` (``{"step": 3, "prune": false}``). A
 child that ignores a "prune" verdict is stopped by the worker anyway (SIGTERM
 to its process group, SIGKILL after a grace) and its trial recorded pruned.
+
+**Several objectives.** In an experiment with several objectives a report
+gives every objective by name, ``orchard.report({"error": 0.31, "latency_ms":
+12.5}, step=epoch)`` (the report line: ``{"step": 3, "objective": {"error":
+0.31, "latency_ms": 12.5}}``). The worker checks the names against the
+experiment's objectives and stores one value per objective, in their declared
+order and in minimisation form (a ``"max"`` objective negated); the pruner ranks
+the reports by non-dominated sorting (see :mod:`orchard.pruners`).
 """
 
 from __future__ import annotations
@@ -41,6 +49,7 @@ __all__ = [
     "REPORT_ENV",
     "RESULTS_ENV",
     "VERDICT_ENV",
+    "Reported",
     "TrialPruned",
     "check_report",
     "report",
@@ -55,8 +64,11 @@ VERDICT_ENV = "ORCHARD_VERDICT_PATH"
 #: Seconds :func:`report` waits for a child's verdict before going on (the worker is slowed by an outage).
 VERDICT_WAIT = 30.0
 
+#: A reported value: a number, or each objective by name (several objectives).
+Reported = float | dict[str, float]
+
 #: Where :func:`report` sends a value in the worker's own thread: ``(value, step) -> prune?``.
-_SINK: contextvars.ContextVar[Callable[[float, int], bool] | None] = contextvars.ContextVar(
+_SINK: contextvars.ContextVar[Callable[[Reported, int], bool] | None] = contextvars.ContextVar(
     "orchard_report_sink", default=None)
 #: The verdict of the last report of this thread's evaluation.
 _PRUNE: contextvars.ContextVar[bool] = contextvars.ContextVar("orchard_prune", default=False)
@@ -69,15 +81,19 @@ class TrialPruned(Exception):  # noqa: N818 -- the name users know from Optuna
     """
 
 
-def report(value: float, step: int) -> None:
+def report(value: float | Mapping[str, float], step: int) -> None:
     """Report an intermediate value (minimized) at ``step`` (an epoch, iteration, samples seen).
 
     The value is stored on the running trial before this returns, and judged by
-    the experiment's pruner; ask :func:`should_prune` for the verdict.
+    the experiment's pruner; ask :func:`should_prune` for the verdict. With
+    several objectives, ``value`` maps each objective's name to its value at
+    ``step`` (``{"error": 0.31, "latency_ms": 12.5}``), in its own direction.
 
     Raises:
-        ValueError: ``value`` is not a finite number, ``step`` is not an integer >= 0,
-            or the storage refused the report (a step not above the last one, too many steps).
+        ValueError: ``value`` is not a finite number (or a mapping of names to finite
+            numbers), ``step`` is not an integer >= 0, or the worker refused the report
+            (a step not above the last one, too many steps, objectives that are not the
+            experiment's).
         RuntimeError: called outside an evaluation run by an Orchard worker.
     """
     value, step = check_report(value, step)
@@ -102,15 +118,35 @@ def should_prune() -> bool:
     return _PRUNE.get()
 
 
-def check_report(value: Any, step: Any) -> tuple[float, int]:
-    """``(value, step)`` as a finite float and an int >= 0; ``ValueError`` naming what is wrong."""
-    value = _plain(value)
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise ValueError(f"orchard.report() needs a finite number as the value, got {value!r:.80}")
+def check_report(value: Any, step: Any) -> tuple[Reported, int]:
+    """``(value, step)`` as a finite float (or names to finite floats) and an int >= 0.
+
+    Raises:
+        ValueError: naming what is wrong.
+    """
+    if isinstance(value, Mapping):
+        if not value:
+            raise ValueError("orchard.report() got an empty mapping; give each objective by name")
+        checked = {}
+        for name, item in value.items():
+            number = _plain(item)
+            if not isinstance(name, str) or not _finite(number):
+                raise ValueError(f"orchard.report() needs a finite number for objective {name!r}, got {item!r:.80}")
+            checked[name] = float(number)
+        value = checked
+    else:
+        value = _plain(value)
+        if not _finite(value):
+            raise ValueError(f"orchard.report() needs a finite number as the value, got {value!r:.80}")
+        value = float(value)
     step = _plain(step)
     if isinstance(step, bool) or not isinstance(step, int) or step < 0:
         raise ValueError(f"orchard.report() needs an integer step >= 0, got {step!r:.80}")
-    return float(value), step
+    return value, step
+
+
+def _finite(value: Any) -> bool:
+    return not isinstance(value, bool) and isinstance(value, (int, float)) and math.isfinite(value)
 
 
 def _await_verdict(step: int) -> bool:
@@ -135,7 +171,7 @@ def _await_verdict(step: int) -> bool:
 
 
 @contextlib.contextmanager
-def reporting_to(sink: Callable[[float, int], bool] | None) -> Iterator[None]:
+def reporting_to(sink: Callable[[Reported, int], bool] | None) -> Iterator[None]:
     """Send this thread's :func:`report` calls to ``sink`` for the ``with`` block (``None``: to the files)."""
     token, prune = _SINK.set(sink), _PRUNE.set(False)
     try:

@@ -39,12 +39,35 @@ from typing import Any, NamedTuple
 from orchard.errors import InvalidReportError, OrchardError, ReservationLostError, TrialNotFoundError
 
 __all__ = [
-    "MAX_REPORTS_PER_TRIAL", "Change", "Lease", "Trial", "TrialStatus",
-    "complete", "fail", "heartbeat", "held_by", "prune", "release", "report", "reserve", "take_back",
+    "INSERTED", "MAX_REPORTS_PER_TRIAL", "Change", "Lease", "ReportValue", "Trial", "TrialStatus",
+    "complete", "fail", "first_value", "heartbeat", "held_by", "prune", "recorded", "release", "report",
+    "report_value", "reserve", "take_back",
 ]
+
+#: :attr:`Trial.origin` of an evaluation made elsewhere and recorded with its result (``insert``).
+INSERTED = "inserted"
 
 #: How many values one trial may report (one per step); a report beyond is refused.
 MAX_REPORTS_PER_TRIAL = 10_000
+
+#: A reported value: one number, or (several objectives) one per objective, in minimisation form.
+ReportValue = float | tuple[float, ...]
+
+
+def report_value(value: Any) -> ReportValue | None:
+    """``value`` as a report stores it: a finite float, or a non-empty tuple of finite floats; else ``None``."""
+    if isinstance(value, (list, tuple)):
+        items = [report_value(item) for item in value]
+        floats = [item for item in items if isinstance(item, float)]
+        return tuple(floats) if floats and len(floats) == len(value) else None
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
+        return None
+    return float(value)
+
+
+def first_value(value: ReportValue) -> float:
+    """The scalar of a report: the value itself, or its first objective (the trial's ``objective``)."""
+    return value[0] if isinstance(value, tuple) else value
 
 
 class TrialStatus(str, enum.Enum):
@@ -96,8 +119,13 @@ class Trial:
     the trial is broken, then ``{"type": ..., "message": ...}`` plus optional
     details such as ``"reason"`` (e.g. ``"timeout"``) or ``"stderr"``.
     ``reports`` are the ``(step, value)`` pairs reported during the evaluation,
-    steps strictly increasing; ``verdict`` says why a pruned trial was pruned
+    steps strictly increasing (with several objectives a value is a tuple, one
+    per objective in minimisation form, see :data:`ReportValue`); ``verdict`` says why a pruned trial was pruned
     (the pruner's own mapping), else ``None``.
+    ``origin`` is ``"inserted"`` for an evaluation made elsewhere and recorded
+    with its result (:func:`recorded`), else ``None``; ``in_budget`` is false for
+    such a trial recorded apart from the budget (it then never holds a unit of
+    ``max_trials``). Records of older releases lack both and read as the defaults.
     """
 
     id: str
@@ -114,8 +142,10 @@ class Trial:
     error: dict[str, Any] | None = None
     attempts: int = 0
     parent: str | None = None
-    reports: list[tuple[int, float]] = dataclasses.field(default_factory=list)
+    reports: list[tuple[int, ReportValue]] = dataclasses.field(default_factory=list)
     verdict: dict[str, Any] | None = None
+    origin: str | None = None
+    in_budget: bool = True
 
     def to_dict(self) -> dict[str, Any]:
         """Return a plain ``dict`` of builtins (status as its string value)."""
@@ -126,8 +156,9 @@ class Trial:
             "worker": self.worker, "heartbeat": self.heartbeat, "submit_time": self.submit_time,
             "start_time": self.start_time, "end_time": self.end_time,
             "error": dict(self.error) if self.error is not None else None, "attempts": self.attempts,
-            "parent": self.parent, "reports": [[step, value] for step, value in self.reports],
+            "parent": self.parent, "reports": [[step, list(value) if isinstance(value, tuple) else value] for step, value in self.reports],
             "verdict": dict(self.verdict) if self.verdict is not None else None,
+            "origin": self.origin, "in_budget": self.in_budget,
         }
 
     @classmethod
@@ -141,10 +172,16 @@ class Trial:
         kwargs["results"] = dict(kwargs.get("results") or {})
         reports = kwargs.get("reports")
         if reports:  # absent before pruning existed
-            kwargs["reports"] = [(int(step), float(value)) for step, value in reports]
+            kwargs["reports"] = [(int(step), tuple(map(float, value)) if isinstance(value, (list, tuple)) else float(value))
+                                 for step, value in reports]
         elif reports is not None:
             kwargs["reports"] = []
         return cls(**kwargs)
+
+    @property
+    def holds_budget(self) -> bool:
+        """Whether the trial holds a unit of ``max_trials`` (every one but broken and unbudgeted ones)."""
+        return self.in_budget and self.status is not TrialStatus.BROKEN
 
     @property
     def lease(self) -> Lease | None:
@@ -275,7 +312,8 @@ def report(
         trial_id: the trial (for messages).
         worker: the worker that must hold the reservation.
         step: a non-negative ``int`` greater than ``last_step``.
-        value: a finite number (the objective at that step, to minimize).
+        value: a finite number (the objective at that step, to minimize), or a sequence of
+            them (several objectives, in minimisation form).
         now: the storage's clock.
         reported: how many reports the trial holds (the change is conditional on it).
         last_step: the step of its last report, ``None`` if none.
@@ -285,20 +323,21 @@ def report(
     """
     if isinstance(step, bool) or not isinstance(step, numbers.Integral) or step < 0:
         raise InvalidReportError.bad_step(trial_id, step)
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
+    stored = report_value(value)
+    if stored is None:
         raise InvalidReportError.bad_value(trial_id, value)
     if last_step is not None and step <= last_step:
         raise InvalidReportError.not_after(trial_id, int(step), last_step)
     if reported >= MAX_REPORTS_PER_TRIAL:
         raise InvalidReportError.too_many(trial_id, MAX_REPORTS_PER_TRIAL)
     return Change(
-        _RESERVED, worker, sets={"heartbeat": now}, appends={"reports": (int(step), float(value))},
+        _RESERVED, worker, sets={"heartbeat": now}, appends={"reports": (int(step), stored)},
         lengths={"reports": reported},
     )
 
 
 def prune(trial: Trial, worker: str, verdict: Mapping[str, Any], now: float) -> Change:
-    """reserved -> pruned, by its owner: the objective is its last reported value; the verdict says why.
+    """reserved -> pruned, by its owner: the objective is its last reported value (its first objective); the verdict says why.
 
     A pruned trial keeps its unit of budget, like a completed one. Conditional
     on the reports ``trial`` holds (the objective is taken from them).
@@ -309,9 +348,24 @@ def prune(trial: Trial, worker: str, verdict: Mapping[str, Any], now: float) -> 
     if not trial.reports:
         raise InvalidReportError.nothing_reported(trial.id)
     return Change(_RESERVED, worker, lengths={"reports": len(trial.reports)}, sets={
-        "status": TrialStatus.PRUNED, "objective": trial.reports[-1][1], "verdict": dict(verdict),
+        "status": TrialStatus.PRUNED, "objective": first_value(trial.reports[-1][1]), "verdict": dict(verdict),
         "end_time": now, "heartbeat": now,
     })
+
+
+def recorded(
+    trial_id: str, experiment: str, params: dict[str, Any], objective: float, results: Mapping[str, Any],
+    now: float, in_budget: bool,
+) -> Trial:
+    """No arrow: a trial born ``completed``, an evaluation made elsewhere and recorded with its result.
+
+    Its ``origin`` is :data:`INSERTED`; ``in_budget=False`` keeps it apart from ``max_trials``.
+    """
+    return Trial(
+        id=trial_id, experiment=experiment, params=dict(params), status=TrialStatus.COMPLETED,
+        objective=float(objective), results=dict(results), submit_time=now, end_time=now,
+        origin=INSERTED, in_budget=in_budget,
+    )
 
 
 def release(trial: Trial, worker: str | None) -> Change:

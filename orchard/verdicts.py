@@ -20,19 +20,20 @@ import contextlib
 import contextvars
 import json
 import logging
-import math
 import os
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
-from orchard.errors import OrchardError
-from orchard.pruners import BasePruner, Verdict
+from orchard.errors import InvalidReportError, OrchardError
+from orchard.objectives import minimized
+from orchard.pruners import BasePruner, NopPruner, Verdict
+from orchard.report import Reported, check_report
 from orchard.storages.base import BaseStorage
-from orchard.trial import Trial, TrialStatus
+from orchard.trial import ReportValue, Trial, TrialStatus
 
-__all__ = ["Judge", "ReportFollower", "current_judge", "judging"]
+__all__ = ["Judge", "ReportFollower", "current_judge", "judging", "stored_value"]
 
 log = logging.getLogger(__name__)
 
@@ -50,11 +51,14 @@ class Judge:
             (the worker's history, refreshed before each verdict).
         refresh: refreshes that history.
         pruner: the experiment's pruner.
+        objectives: the experiment's objectives (``None``: one); a report gives
+            them by name and is stored as their vector (see :func:`stored_value`).
     """
 
     def __init__(self, storage: BaseStorage, worker: str, trials: Callable[[], dict[str, Trial]],
-                 refresh: Callable[[], object], pruner: BasePruner) -> None:
-        self.storage, self.worker, self.pruner = storage, worker, pruner
+                 refresh: Callable[[], object], pruner: BasePruner,
+                 objectives: Mapping[str, str] | None = None) -> None:
+        self.storage, self.worker, self.pruner, self.objectives = storage, worker, pruner, objectives
         self._trials, self._refresh = trials, refresh
         self._lock = threading.Lock()
         #: The "prune" verdict of each trial that received one, by trial id.
@@ -62,15 +66,17 @@ class Judge:
         #: Trials with at least one report stored by this judge.
         self.reported: set[str] = set()
 
-    def __call__(self, trial_id: str, value: float, step: int) -> Verdict:
+    def __call__(self, trial_id: str, value: Reported, step: int) -> Verdict:
         """Store ``value`` at ``step`` on ``trial_id`` and return the verdict on it.
 
         Raises:
             ReservationLostError: the worker no longer holds the trial.
-            InvalidReportError: the storage refused the report (a step not above the last, too many steps).
+            InvalidReportError: the storage refused the report (a step not above the last, too many steps),
+                or its objectives are not the experiment's; nothing is stored.
         """
+        kept = stored_value(trial_id, value, self.objectives, ranked=not isinstance(self.pruner, NopPruner))
         with self._lock:  # a follower thread and the worker's thread never refresh the history together
-            stored = self.storage.report_trial(trial_id, self.worker, step, value)
+            stored = self.storage.report_trial(trial_id, self.worker, step, kept)
             self.reported.add(trial_id)
             self._refresh()
             others = {
@@ -91,6 +97,33 @@ class Judge:
         """Drop what the judge kept of a trial once its outcome is recorded."""
         self.pruned.pop(trial_id, None)
         self.reported.discard(trial_id)
+
+
+def stored_value(trial_id: str, value: Reported, objectives: Mapping[str, str] | None,
+                 ranked: bool = True) -> ReportValue:
+    """What a report stores: a number, or with several objectives their vector in minimisation form.
+
+    Args:
+        trial_id: the reporting trial (for messages).
+        value: a number, or each objective by name.
+        objectives: the experiment's objectives (``None``: one objective).
+        ranked: whether the pruner ranks the reports (with several objectives a bare
+            number is then refused: it cannot be ranked against the others' vectors).
+
+    Raises:
+        InvalidReportError: names that are not exactly the experiment's objectives, names in a
+            single-objective experiment, or a bare number that a pruner would have to rank.
+    """
+    if not isinstance(value, Mapping):
+        if objectives is not None and len(objectives) > 1 and ranked:
+            raise InvalidReportError.objectives_expected(trial_id, "a single number", objectives)
+        return value
+    if objectives is None:
+        raise InvalidReportError.one_objective(trial_id)
+    if set(value) != set(objectives):
+        raise InvalidReportError.objectives_expected(trial_id, ", ".join(map(str, value)), objectives)
+    vector = minimized(value, objectives)
+    return vector if len(vector) > 1 else vector[0]
 
 
 _JUDGE: contextvars.ContextVar[tuple[Judge, str] | None] = contextvars.ContextVar("orchard_judge", default=None)
@@ -209,7 +242,7 @@ class ReportFollower:
             self._pruned_event.set()
 
 
-def _parse(line: bytes) -> tuple[int, float] | str:
+def _parse(line: bytes) -> tuple[int, Reported] | str:
     """``(step, value)`` of a report line, or why it is not one."""
     try:
         data = json.loads(line)
@@ -217,12 +250,11 @@ def _parse(line: bytes) -> tuple[int, float] | str:
         return f"not JSON: {line[:80]!r}"
     if not isinstance(data, dict) or "step" not in data or "objective" not in data:
         return f'not a {{"step": S, "objective": V}} object: {line[:80]!r}'
-    step, value = data["step"], data["objective"]
-    if isinstance(step, bool) or not isinstance(step, int) or step < 0:
-        return f"step must be an integer >= 0, got {step!r:.40}"
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        return f"objective must be a finite number, got {value!r:.40}"
-    return step, float(value)
+    try:
+        value, step = check_report(data["objective"], data["step"])
+    except ValueError as err:
+        return str(err)
+    return step, value
 
 
 def _write_verdict(path: str, answer: dict[str, Any]) -> None:

@@ -55,6 +55,7 @@ from orchard.stopping import StopGate, StopRules
 from orchard.storages.retrying import RetryingStorage
 from orchard.trial import Trial, TrialStatus
 from orchard.verdicts import Judge, judging
+from orchard.warm_start import prior_trials
 
 __all__ = [
     "History",  # re-exported: the view the worker keeps (orchard.history)
@@ -135,10 +136,11 @@ class Worker:
         self.name = name or worker_name()
         self.on_outcome = on_outcome
         self.label = label or experiment_id
-        self.history = History(storage, experiment_id, settings.objectives, settings.constraints)
+        self.history = History(storage, experiment_id, settings.objectives, settings.constraints,
+                               prior_trials(settings.space, settings.warm_start, storage))  # a warm start's evidence
         self.algorithm: BaseAlgorithm = make_algorithm(settings.algorithm, settings.space, settings.seed)
         self.judge = Judge(storage, self.name, lambda: self.history.trials, self.history.refresh,
-                           make_pruner(settings.pruner))
+                           make_pruner(settings.pruner), settings.objectives)
         self.report = WorkerReport(self.name)
         rules = StopRules.of(settings.stop, settings.objectives, settings.constraints)
         self.stopping = None if rules is None else StopGate(storage, experiment_id, rules, self.label, clock.monotonic)

@@ -102,6 +102,30 @@ def test_sklearn_svm_example_reads_its_defaults_from_the_environment(monkeypatch
 
 
 @pytest.mark.slow
+def test_sklearn_pareto_example_stops_early_on_both_objectives_and_prints_the_front(tmp_path: Path) -> None:
+    from orchard.objectives import dominates, minimized
+    from orchard.pruners import Verdict, make_pruner
+
+    storage = str(tmp_path / "pareto.pkl")
+    proc = run([sys.executable, str(EXAMPLES / "sklearn_pareto.py"), "--max-trials", "6", "--n-workers", "1",
+                "--early-stopping", "--storage", storage], tmp_path)
+    exp = orchard.get_experiment("sklearn-pareto", storage=storage)
+    counts = exp.stats["counts"]
+    assert counts["completed"] + counts["pruned"] == 6 and counts["broken"] == 0
+    trials = exp.fetch_trials()
+    assert all(len(value) == 2 for t in trials for _, value in t.reports)  # (error, size_kb) at each step
+    stored = {t.id: t.reports for t in trials}
+    for trial in trials:
+        if trial.verdict is not None:
+            assert make_pruner(exp.settings.pruner).recompute(trial.id, Verdict.from_dict(trial.verdict), stored).prune
+    front = exp.pareto_front()
+    assert f"{len(front)} trials on the Pareto front" in proc.stdout
+    goals = exp.settings.objectives or {}
+    feasible = [minimized(t.results, goals) for t in exp.fetch_trials() if t.results.get("latency_ms", 99) <= 50]
+    assert not any(dominates(v, minimized(t.results, goals)) for t in front for v in feasible)
+
+
+@pytest.mark.slow
 def test_dask_local_example_runs_workers_on_a_local_cluster(tmp_path: Path) -> None:
     storage = str(tmp_path / "dask.pkl")
     proc = run([sys.executable, str(EXAMPLES / "dask_local.py")], tmp_path,

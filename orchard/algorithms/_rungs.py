@@ -8,6 +8,10 @@ and which are the best; for the ``stopping`` rule it also keeps each rung in
 arrival order (:class:`Arrivals`) and judges each trial against those that
 reached the rung before it.
 
+With several objectives (observations carrying ``values``) a rung is ranked
+by :func:`pareto_order` instead of by the objective: front index, then crowding
+distance, then the configuration's hash.
+
 A :class:`Ladder` is a cache, never a source of truth: :meth:`Ladder.update`
 folds in only the observations appended since the last call when it is handed
 the same, grown sequence (the worker's history is append-only), and rebuilds
@@ -24,9 +28,10 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from orchard.algorithms.base import Observation
+from orchard.objectives import crowding_distance, non_dominated_sort
 from orchard.space import params_hash
 
-__all__ = ["Arrivals", "Entry", "Ladder", "Place", "config_key", "survives"]
+__all__ = ["Arrivals", "Entry", "Ladder", "Place", "config_key", "pareto_order", "survives"]
 
 #: ``(bracket, rung index)``.
 Place = tuple[int, int]
@@ -49,6 +54,29 @@ class Entry:
     def rank(self) -> tuple[float, str]:
         """Best first; ties broken by the configuration's hash, the same on every worker."""
         return self.objective, self.key
+
+    @property
+    def several(self) -> bool:
+        """Whether the entry holds several objectives (it is then ranked by :func:`pareto_order`)."""
+        return self.observation.values is not None
+
+
+def pareto_order(entries: Sequence[Entry]) -> list[Entry]:
+    """``entries`` best first by constrained non-dominated sorting, for a rung with several objectives.
+
+    The order is the front index (Deb's constrained domination: feasible before
+    infeasible, infeasible by total violation), then, within a front, the
+    crowding distance, larger first (the front's extremes first, then the most
+    isolated points), then the configuration's hash. It depends on the entries
+    only, so every worker holding the same rung ranks it alike.
+    """
+    vectors = [e.observation.values or (e.objective,) for e in entries]
+    order: list[Entry] = []
+    for front in non_dominated_sort(vectors, [e.observation.violation for e in entries]):
+        distance = crowding_distance([vectors[i] for i in front])
+        ranked = sorted(zip(front, distance, strict=True), key=lambda p: (-p[1], entries[p[0]].key))
+        order += [entries[i] for i, _ in ranked]
+    return order
 
 
 def survives(position: int, arrived: int, eta: float) -> bool:
@@ -91,6 +119,11 @@ class Arrivals:
 
     def survivors(self) -> list[Entry]:
         """The trials that survived their arrival, best first."""
+        if self._survivors is None and any(e.several for e in self._entries):
+            for at in range(len(self._verdicts), len(self._entries)):
+                arrived = pareto_order(self._entries[: at + 1])
+                self._verdicts.append(survives(arrived.index(self._entries[at]), at + 1, self._eta))
+            self._survivors = pareto_order([e for e, ok in zip(self._entries, self._verdicts) if ok])
         if self._survivors is None:
             for entry in self._entries[len(self._verdicts):]:
                 bisect.insort(self._ranked, entry.rank)
@@ -121,6 +154,7 @@ class Ladder:
         self.rungs: dict[Place, list[Entry]] = {}
         self.keys: dict[Place, set[str]] = {}
         self.arrivals: dict[Place, Arrivals] = {}
+        self._unranked: set[Place] = set()  # rungs of several objectives to rank again by pareto_order
         self._source = source
         self._count = 0
         self._last: Observation | None = None
@@ -133,6 +167,9 @@ class Ladder:
             self._reset(completed)
         for observation in completed[self._count:]:
             self._add(observation)
+        for place in self._unranked:  # once per update, however many points it folded in
+            self.rungs[place] = pareto_order(self.rungs[place])
+        self._unranked.clear()
         self._count = len(completed)
         self._last = completed[-1] if completed else None
 
@@ -143,6 +180,8 @@ class Ladder:
         bracket, rung, key = where
         entry = Entry(observation.objective, key, observation)
         bisect.insort(self.rungs.setdefault((bracket, rung), []), entry, key=lambda e: e.rank)
+        if entry.several:  # a new point may push others to a later front: the rung is ranked again
+            self._unranked.add((bracket, rung))
         self.keys.setdefault((bracket, rung), set()).add(key)
         if self._eta is not None:
             self.arrivals.setdefault((bracket, rung), Arrivals(self._eta)).add(entry, observation.end_time)

@@ -63,6 +63,10 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
            help="stop reserving trials once a rule holds on the stored history (repeatable): target=0.1, "
                 "patience=20 (with min_delta=0.001), max_cost=10 (the reported cost metric summed), "
                 "max_time=2h (the trials' own evaluation times summed); stored with the experiment")
+    option("--warm-start", metavar="EXP", dest="warm_start", action="append",
+           help="tell the algorithm the completed trials of an earlier experiment first (repeatable): a name "
+                "in this storage, STORAGE:NAME in another (mongodb://host/db:old, runs/old.pkl:old), or a YAML "
+                "mapping '{experiment: old, fill: {batch: 32}}' for a dimension the old space lacks")
     option("--n-workers", metavar="K",
            help="run K workers on this machine through the executor (default 1: with the default "
                 "executor, the one worker runs in the hunt process itself)")
@@ -177,14 +181,14 @@ def _experiment(name: str, template: CommandTemplate, storage: BaseStorage, sett
         max_attempts=given("max_attempts"), heartbeat=given("heartbeat"), seed=given("seed"),
         working_dir=given("working_dir"), pruner=given("pruner"),
         objectives=given("objectives"), constraints=given("constraints"), stop=given("stop"),
+        warm_start=given("warm_start"),
     )
 
 
 def _budget_met(experiment: Experiment) -> bool:
-    from orchard.trial import TrialStatus
+    from orchard.recording import budget_used
 
-    counts = experiment.storage.count_trials(experiment.id)
-    done = counts[TrialStatus.COMPLETED] + counts[TrialStatus.PRUNED]  # a pruned trial used its budget
+    done = budget_used(experiment.storage, experiment.id)  # pruned trials used theirs, inserted ones may not
     if experiment.max_trials is None or done < experiment.max_trials:
         return False
     print(f"experiment {experiment.name!r} has already completed its {done} trials "

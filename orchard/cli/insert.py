@@ -1,30 +1,59 @@
-"""``orchard insert -n NAME x=1 y=2``: add a point that the next free worker evaluates first."""
+"""``orchard insert -n NAME x=1 y=2 [--objective V]`` / ``--file rows.csv``: add points or evaluations.
+
+Without ``--objective`` (or ``--result``), the point becomes a ``new`` trial that
+the next free worker evaluates first. With it, or with ``--file``, each row is
+an evaluation made elsewhere, recorded ``completed`` (``origin=inserted``);
+it uses no unit of the budget unless ``--count-in-budget``.
+
+A file is CSV (a header row) or JSON Lines (one object per line, ``.jsonl``):
+in each row, the columns named like a dimension of the space are the params,
+``objective`` is the objective and every other column is a result (with
+several objectives, each is a column named after it). Every row is checked
+first; one bad row stores nothing and the message names the row and the column.
+"""
 
 from __future__ import annotations
 
 import argparse
-from typing import Any
+import csv
+import json
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from orchard.cli._args import UsageError, add_common, add_name, format_params, open_experiment, parse_literal
 
-__all__ = ["add_parser", "parse_assignments", "run"]
+if TYPE_CHECKING:  # pragma: no cover
+    from orchard.experiment import Experiment
+
+__all__ = ["add_parser", "parse_assignments", "read_rows", "run"]
 
 
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     """Register ``insert`` on the CLI's subparsers."""
     parser: argparse.ArgumentParser = subparsers.add_parser(
-        "insert", help="add a trial at given params; the next free worker evaluates it first",
+        "insert", help="add a trial at given params (the next free worker evaluates it first), or record "
+                       "evaluations made elsewhere (--objective, --file)",
         description="Values are read as Python literals (1, 0.5, True, 'a'); other text is a string. "
-                    "Every dimension of the space must be given.",
+                    "Every dimension of the space must be given. With --objective/--result or --file the "
+                    "trials are recorded completed, as evidence for the algorithm, apart from the budget "
+                    "unless --count-in-budget.",
     )
     add_name(parser)
-    parser.add_argument("params", nargs="+", metavar="NAME=VALUE", help="one value per dimension")
+    parser.add_argument("params", nargs="*", metavar="NAME=VALUE", help="one value per dimension")
+    parser.add_argument("--objective", metavar="VALUE", help="the objective this point reached (minimized)")
+    parser.add_argument("--result", metavar="NAME=VALUE", action="append", default=[],
+                        help="an extra metric (repeatable); with several objectives, one per objective")
+    parser.add_argument("--file", metavar="ROWS", type=Path,
+                        help="evaluations to record: a CSV file with a header, or JSON Lines (.jsonl); columns "
+                             "named after dimensions are params, 'objective' the objective, others results")
+    parser.add_argument("--count-in-budget", action="store_true",
+                        help="recorded trials use units of max_trials (default: they are extra evidence)")
     add_common(parser)
     parser.set_defaults(func=run)
     return parser
 
 
-def parse_assignments(tokens: list[str]) -> dict[str, Any]:
+def parse_assignments(tokens: list[str], what: str = "dimension") -> dict[str, Any]:
     """Turn ``["x=1", "opt=adam"]`` into ``{"x": 1, "opt": "adam"}``.
 
     Raises:
@@ -37,21 +66,100 @@ def parse_assignments(tokens: list[str]) -> dict[str, Any]:
         if not sep or not name:
             raise UsageError(f"insert expects NAME=VALUE, got {token!r}; e.g. orchard insert -n exp x=1 y=2")
         if name in params:
-            raise UsageError(f"dimension {name!r} is given twice")
+            raise UsageError(f"{what} {name!r} is given twice")
         params[name] = parse_literal(text.strip())
     return params
 
 
+def read_rows(path: Path) -> list[dict[str, Any]]:
+    """The rows of a CSV (with a header) or JSON Lines file, as dicts; CSV cells are read as literals.
+
+    Raises:
+        UsageError: the file cannot be read, or a line is not a JSON object.
+    """
+    try:
+        text = path.read_text()
+    except OSError as err:
+        raise UsageError(f"cannot read --file {path}: {err.strerror or err}") from None
+    if path.suffix.lower() in (".jsonl", ".ndjson", ".json"):
+        rows = []
+        for number, line in enumerate(text.splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as err:
+                raise UsageError(f"line {number} of {path} is not JSON ({err.msg})") from None
+            if not isinstance(row, dict):
+                raise UsageError(f"line {number} of {path} is not a JSON object such as {{\"x\": 1, \"objective\": 0.3}}")
+            rows.append(row)
+        return rows
+    return [{name: parse_literal(cell) for name, cell in row.items() if name and cell not in (None, "")}
+            for row in csv.DictReader(text.splitlines())]
+
+
+def _split_row(row: dict[str, Any], dimensions: set[str]) -> tuple[dict[str, Any], Any, dict[str, Any]]:
+    params = {k: v for k, v in row.items() if k in dimensions}
+    results = {k: v for k, v in row.items() if k not in dimensions and k != "objective"}
+    return params, row.get("objective"), results
+
+
+def _record_file(experiment: Experiment, path: Path, count_in_budget: bool) -> list[Any]:
+    """Check every row of ``path``, then record them all; nothing is stored if one is bad."""
+    from orchard.errors import DuplicateTrialError, SpaceError
+    from orchard.recording import check_evaluation
+    from orchard.space import params_hash
+
+    rows = read_rows(path)
+    if not rows:
+        raise UsageError(f"--file {path} holds no rows")
+    dimensions = set(experiment.space)
+    taken = {params_hash(t.params): t.id for t in experiment.fetch_trials()}
+    checked = []
+    for number, row in enumerate(rows, 1):
+        label = f"row {number} of {path}"
+        params, objective, results = _split_row(row, dimensions)
+        try:
+            point = experiment.space.validate(params)
+        except SpaceError as err:
+            raise SpaceError(f"{label}: {err}") from None
+        check_evaluation(objective, results, experiment.settings.objectives, label)
+        digest = params_hash(point)
+        if digest in taken:
+            raise DuplicateTrialError(f"{label}: experiment {experiment.name!r} already has a trial at "
+                                      f"{format_params(point)} (trial {taken[digest]}); nothing was stored")
+        taken[digest] = label
+        checked.append((point, objective, results))
+    return [experiment.insert(point, objective, results, count_in_budget) for point, objective, results in checked]
+
+
 def run(args: argparse.Namespace) -> int:
-    """Validate the params against the experiment's space and register a ``new`` trial.
+    """Validate the params against the experiment's space and add a trial, or record evaluations.
 
     Raises:
         SpaceError: the params are not a point of the space.
+        ConfigurationError: an objective is missing or not a finite number.
         DuplicateTrialError: a trial with those params exists.
         BudgetExhaustedError: the budget is fully used.
     """
-    params = parse_assignments(args.params)
+    if args.file is not None and (args.params or args.objective is not None or args.result):
+        raise UsageError("give either --file ROWS or NAME=VALUE params (with --objective/--result), not both")
+    if args.file is None and not args.params:
+        raise UsageError("insert needs NAME=VALUE params or --file ROWS; e.g. orchard insert -n exp x=1 y=2")
     experiment = open_experiment(args)
-    trial = experiment.insert(params)
-    print(f"inserted trial {trial.id} in experiment {experiment.name!r}: {format_params(trial.params)}")
+    budget = "counted in the budget" if args.count_in_budget else "apart from the budget"
+    if args.file is not None:
+        trials = _record_file(experiment, args.file, args.count_in_budget)
+        print(f"recorded {len(trials)} evaluated trials in experiment {experiment.name!r} ({budget})")
+        return 0
+    params = parse_assignments(args.params)
+    results = parse_assignments(args.result, "result") if args.result else None
+    objective = None if args.objective is None else parse_literal(args.objective)
+    if objective is None and results is None:
+        trial = experiment.insert(params)
+        print(f"inserted trial {trial.id} in experiment {experiment.name!r}: {format_params(trial.params)}")
+        return 0
+    trial = experiment.insert(params, objective, results or {}, args.count_in_budget)
+    print(f"recorded trial {trial.id} in experiment {experiment.name!r}: {format_params(trial.params)}, "
+          f"objective {trial.objective:.6g} ({budget})")
     return 0

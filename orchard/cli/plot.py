@@ -1,4 +1,4 @@
-"""``orchard plot {regret,parallel,timeline,rungs,curves} -n NAME -o FILE.html|.png``: draw a figure."""
+"""``orchard plot {regret,parallel,timeline,rungs,curves,pareto,hypervolume} -n NAME -o FILE.html|.png``: draw a figure."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from orchard.cli._args import add_common, add_name, open_experiment
 
 __all__ = ["add_parser", "run"]
 
-KINDS = ("regret", "parallel", "timeline", "rungs", "curves")
+KINDS = ("regret", "parallel", "timeline", "rungs", "curves", "pareto", "hypervolume")
 
 
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
@@ -29,7 +29,10 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
             "far; parallel: parameters as parallel coordinates coloured by objective; timeline: a "
             "row per worker, a bar per trial, with each worker's busy fraction; rungs (asha/hyperband): "
             "objective per fidelity, each promotion a line from its parent; curves: the values each trial "
-            "reported per step (orchard.report), pruned trials ending in a cross, the best trial thick."
+            "reported per step (orchard.report), pruned trials ending in a cross, the best trial thick; "
+            "pareto (several objectives): completed trials at their objective values, the feasible front "
+            "highlighted, infeasible trials as crosses, one panel per pair of objectives; hypervolume: the "
+            "feasible front's hypervolume after each completed trial, against the reference point in the title."
         ),
     )
     parser.add_argument("kind", choices=KINDS, help="which figure to draw")
@@ -58,6 +61,8 @@ def run(args: argparse.Namespace) -> int:
     output = plotting.check_output(args.output)  # before touching the storage
     experiment = open_experiment(args)  # read-only: a missing pickle file is not created
     trials = experiment.fetch_trials()
-    figure = plotting.make_figure(args.kind, trials, experiment.name, experiment.space)
+    settings = experiment.settings
+    figure = plotting.make_figure(args.kind, trials, experiment.name, experiment.space,
+                                  settings.objectives, settings.constraints)
     print(plotting.save(figure, output))
     return 0

@@ -299,7 +299,9 @@ def run_info(args: argparse.Namespace) -> int:
     info = {
         "name": experiment.name, "id": experiment.id, "storage": experiment.storage.redacted_uri,
         "created": record.created, "space": experiment.space.config(), "algorithm": experiment.algorithm,
-        "config": {k: v for k, v in experiment.config.items() if k not in ("space", "algorithm", "stop_state")},
+        "config": {k: v for k, v in experiment.config.items()
+                   if k not in ("space", "algorithm", "stop_state", "warm_start")},
+        "warm_start": _warm_start(experiment),
         "best_trial": best.to_dict() if best else None, "pareto_front": front, "stats": info_stats,
         "rungs": _rungs(experiment), "stop": info_stats["stop"],
     }
@@ -308,6 +310,29 @@ def run_info(args: argparse.Namespace) -> int:
         return 0
     print("\n".join(_info_lines(info)))
     return 0
+
+
+def _warm_start(experiment: Experiment) -> list[dict[str, Any]] | None:
+    """Which experiments warm-start this one, and how many of their trials it uses now."""
+    import dataclasses
+
+    from orchard.warm_start import source_uses
+
+    if not experiment.settings.warm_start:
+        return None
+    uses = source_uses(experiment.space, experiment.settings.warm_start, experiment.storage)
+    return [dataclasses.asdict(use) for use in uses]
+
+
+def _warm_start_line(uses: list[dict[str, Any]] | None) -> list[str]:
+    if not uses:
+        return []
+    parts = []
+    for use in uses:
+        dropped = ", ".join(f"{n} outside {name}" for name, n in sorted(use["dropped"].items()))
+        parts.append(f"{use['source']} ({use['used']} of {use['completed']} completed trials"
+                     + (f"; {dropped}" if dropped else "") + ")")
+    return ["  warm start: " + ", ".join(parts)]
 
 
 def _trial_info(experiment: Experiment, prefix: str, as_json: bool) -> int:
@@ -338,7 +363,9 @@ def _trial_info(experiment: Experiment, prefix: str, as_json: bool) -> int:
         lines.append(f"  objective: {trial.objective:.6g}")
     if trial.reports:
         last_step, last_value = trial.reports[-1]
-        lines.append(f"  reports:   {len(trial.reports)}, last {last_value:.6g} at step {last_step}")
+        shown = (f"({', '.join(f'{v:.6g}' for v in last_value)})" if isinstance(last_value, tuple)  # objectives
+                 else f"{last_value:.6g}")
+        lines.append(f"  reports:   {len(trial.reports)}, last {shown} at step {last_step}")
     if trial.verdict is not None:
         verdict = trial.verdict
         lines.append(f"  pruned by: {verdict.get('pruner')} at step {verdict.get('step')}"
@@ -361,6 +388,7 @@ def _info_lines(info: dict[str, Any]) -> list[str]:
     lines.append(f"  algorithm: {json.dumps(info['algorithm'])}")
     config = sorted(info["config"].items())
     lines.append("  config:    " + ", ".join(f"{k}={format_value(v)}" for k, v in config))
+    lines += _warm_start_line(info.get("warm_start"))
     best = info["best_trial"]
     if best is not None:
         lines.append(f"  best:      {best['objective']:.6g} at {format_params(best['params'])} "

@@ -13,11 +13,16 @@ from collections.abc import Iterable
 from typing import Any
 
 from orchard.dashboard._views import ExperimentView
+from orchard.objectives import dominates
+from orchard.pareto import scored
 from orchard.stopping import LEDGER_KEY, stop_summary
-from orchard.trial import Trial, TrialStatus
+from orchard.trial import Trial, TrialStatus, first_value
 
-__all__ = ["RowCache", "devices_of", "experiment_detail", "experiment_summary", "fidelity_param", "to_json",
-           "trial_rows"]
+__all__ = ["RowCache", "devices_of", "experiment_detail", "experiment_summary", "fidelity_param", "pareto_front",
+           "to_json", "trial_rows"]
+
+#: Points of the front's scatter at most (the front's own points always included).
+MAX_FRONT_POINTS = 5_000
 
 
 def devices_of(trial: Trial) -> list[str]:
@@ -88,6 +93,7 @@ def experiment_detail(view: ExperimentView, storage_uri: str) -> dict[str, Any]:
         "stale_after": view.stale_after,
         "workers": live_workers(view),
         "rungs": rungs(view),
+        "front": pareto_front(view),
         "version": view.version,
         "rebuilt_at": view.rebuilt_at,
     }
@@ -128,6 +134,54 @@ def rungs(view: ExperimentView) -> list[dict[str, Any]] | None:
             "best_objective": None if best is None else _finite(best.objective),
         })
     return result
+
+
+_FRONTS: dict[str, tuple[int, dict[str, Any]]] = {}
+
+
+def pareto_front(view: ExperimentView) -> dict[str, Any] | None:
+    """The feasible Pareto front of an experiment with several objectives, and the points of its scatter.
+
+    ``None`` for a single objective. Otherwise ``objectives`` (name -> direction),
+    ``constraints``, ``trials`` (the front's rows: number, id, params, each
+    objective's value in its own direction; ordered by the first objective) and
+    ``points`` (``[number, feasible, on the front, value, value, ...]`` for each
+    completed trial, at most :data:`MAX_FRONT_POINTS`). Computed once per version
+    of the view.
+    """
+    objectives = view.record.config.get("objectives")
+    if not isinstance(objectives, dict) or len(objectives) < 2:
+        return None
+    cached = _FRONTS.get(view.record.id)
+    if cached is not None and cached[0] == view.version:
+        return cached[1]
+    constraints = view.record.config.get("constraints")
+    rows = scored(view.trials.values(), objectives, constraints)
+    ordered = sorted((vector, trial.id) for trial, vector, violation in rows if violation <= 0)
+    front: list[tuple[float, ...]] = []
+    on_front: set[str] = set()
+    for vector, trial_id in ordered:  # a dominating point sorts before the points it dominates
+        if not any(dominates(w, vector) for w in front):
+            front.append(vector)
+            on_front.add(trial_id)
+    signs = [-1.0 if d == "max" else 1.0 for d in objectives.values()]
+
+    def shown(vector: tuple[float, ...]) -> list[float | None]:
+        return [_finite(sign * v) for sign, v in zip(signs, vector, strict=True)]
+
+    members = [(t, v) for t, v, _ in rows if t.id in on_front]
+    others = [(t, v, violation) for t, v, violation in rows if t.id not in on_front]
+    others = others[max(0, len(others) + len(members) - MAX_FRONT_POINTS):]  # the latest ones
+    payload = {
+        "objectives": dict(objectives),
+        "constraints": list(constraints or []),
+        "trials": [{"number": view.numbers[t.id], "id": t.id, "params": {k: _plain(x) for k, x in t.params.items()},
+                    "values": shown(v)} for t, v in sorted(members, key=lambda m: m[1])],
+        "points": [[view.numbers[t.id], True, True, *shown(v)] for t, v in members]
+        + [[view.numbers[t.id], violation <= 0, False, *shown(v)] for t, v, violation in others],
+    }
+    _FRONTS[view.record.id] = (view.version, payload)
+    return payload
 
 
 def trial_rows(view: ExperimentView, since: int = 0, rows: bool = True) -> dict[str, Any]:
@@ -205,7 +259,7 @@ def _row(trial: Trial, number: int) -> dict[str, Any]:
         "submit_time": trial.submit_time, "start_time": trial.start_time, "end_time": trial.end_time,
         "heartbeat": trial.heartbeat, "duration": trial.duration, "attempts": trial.attempts, "parent": trial.parent,
         "error": None if error is None else _error_row(error),
-        "reports": [[step, _finite(value)] for step, value in trial.reports],
+        "reports": [[step, _finite(first_value(value))] for step, value in trial.reports],
         "verdict": None if not trial.verdict else _text(trial.verdict.get("reason", "")),
     }
 

@@ -1,7 +1,10 @@
-"""Figures of an experiment: regret, parallel coordinates, the worker timeline and the rungs.
+"""Figures of an experiment: regret, parallel coordinates, the worker timeline, the rungs, the
+learning curves, and with several objectives the Pareto front and its hypervolume.
 
-Each builder (:func:`regret`, :func:`parallel`, :func:`timeline`, :func:`rungs`) is a pure
-function of a list of trials that returns a small, backend-neutral figure
+Each builder (:func:`regret`, :func:`parallel`, :func:`timeline`, :func:`rungs`,
+:func:`curves`, :func:`pareto`, :func:`hypervolume`) is a pure
+function of a list of trials (and of what :class:`Subject` says of the
+experiment) that returns a small, backend-neutral figure
 record. :func:`save` draws the record with the library its file suffix asks
 for:
 
@@ -20,8 +23,9 @@ empty one carrying a note that says why.
 
 from __future__ import annotations
 
+import dataclasses
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 from orchard.errors import ConfigurationError
@@ -40,6 +44,7 @@ from orchard.plotting.figures import (
     timeline,
 )
 from orchard.plotting.curves import CurvesFigure, curves
+from orchard.plotting.fronts import HypervolumeFigure, ParetoFigure, hypervolume, pareto
 from orchard.plotting.rungs import RungsFigure, rungs
 from orchard.space import Space
 from orchard.trial import Trial
@@ -53,34 +58,61 @@ __all__ = [
     "Bar",
     "CurvesFigure",
     "Figure",
+    "HypervolumeFigure",
     "ParallelFigure",
+    "ParetoFigure",
     "RegretFigure",
     "RungsFigure",
+    "Subject",
     "TimelineFigure",
     "check_output",
     "curves",
+    "hypervolume",
     "make_figure",
     "parallel",
+    "pareto",
     "regret",
     "rungs",
     "save",
     "timeline",
 ]
 
-Figure = RegretFigure | ParallelFigure | TimelineFigure | RungsFigure | CurvesFigure
+Figure = RegretFigure | ParallelFigure | TimelineFigure | RungsFigure | CurvesFigure | ParetoFigure | HypervolumeFigure
 
-#: Figure kind -> builder taking ``(trials, name, space)``.
-FIGURES: dict[str, Callable[[Sequence[Trial], str, Space | None], Figure]] = {
-    "regret": lambda trials, name, space: regret(trials, name),
-    "parallel": parallel,
-    "timeline": lambda trials, name, space: timeline(trials, name),
-    "rungs": rungs,
-    "curves": curves,
+
+@dataclasses.dataclass(frozen=True)
+class Subject:
+    """What a figure may need to know of its experiment besides the trials."""
+
+    name: str
+    space: Space | None = None
+    objectives: Mapping[str, str] | None = None
+    constraints: Sequence[str] | None = None
+
+
+#: Figure kind -> builder taking ``(trials, subject)``.
+FIGURES: dict[str, Callable[[Sequence[Trial], Subject], Figure]] = {
+    "regret": lambda trials, s: regret(trials, s.name),
+    "parallel": lambda trials, s: parallel(trials, s.name, s.space),
+    "timeline": lambda trials, s: timeline(trials, s.name),
+    "rungs": lambda trials, s: rungs(trials, s.name, s.space),
+    "curves": lambda trials, s: curves(trials, s.name, s.space),
+    "pareto": lambda trials, s: pareto(trials, s.name, s.objectives, s.constraints),
+    "hypervolume": lambda trials, s: hypervolume(trials, s.name, s.objectives, s.constraints),
 }
 
 
-def make_figure(kind: str, trials: Sequence[Trial], name: str, space: Space | None = None) -> Figure:
+def make_figure(kind: str, trials: Sequence[Trial], name: str, space: Space | None = None,
+                objectives: Mapping[str, str] | None = None, constraints: Sequence[str] | None = None) -> Figure:
     """Build the figure called ``kind`` (a key of :data:`FIGURES`).
+
+    Args:
+        kind: the figure's name.
+        trials: the experiment's trials.
+        name: the experiment's name.
+        space: its space (parallel coordinates, rungs).
+        objectives: its several objectives, if any (pareto, hypervolume).
+        constraints: its constraints, if any (pareto, hypervolume).
 
     Raises:
         ConfigurationError: ``kind`` is not a known figure; the message lists them.
@@ -89,7 +121,7 @@ def make_figure(kind: str, trials: Sequence[Trial], name: str, space: Space | No
         builder = FIGURES[kind]
     except KeyError:
         raise ConfigurationError(f"unknown plot {kind!r}; choose one of {', '.join(FIGURES)}") from None
-    return builder(trials, name, space)
+    return builder(trials, Subject(name, space, objectives, constraints))
 
 
 # -- saving --------------------------------------------------------------------------

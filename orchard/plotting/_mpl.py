@@ -9,6 +9,7 @@ from typing import Any
 from orchard.plotting._libs import require
 from orchard.plotting.figures import STATUS_COLORS, Axis, ParallelFigure, RegretFigure, TimelineFigure
 from orchard.plotting.curves import CurvesFigure, curves_mpl
+from orchard.plotting.fronts import HypervolumeFigure, ParetoFigure, hypervolume_mpl, pareto_mpl
 from orchard.plotting.rungs import RungsFigure, rungs_mpl
 from orchard.trial import TrialStatus
 
@@ -24,7 +25,8 @@ def write_png(figure: Any, path: Path) -> None:
     agg.FigureCanvasAgg(fig)
     ax = fig.add_subplot()
     draw = {RegretFigure: _regret_mpl, ParallelFigure: _parallel_mpl, TimelineFigure: _timeline_mpl,
-            RungsFigure: rungs_mpl, CurvesFigure: curves_mpl}
+            RungsFigure: rungs_mpl, CurvesFigure: curves_mpl, ParetoFigure: pareto_mpl,
+            HypervolumeFigure: hypervolume_mpl}
     draw[type(figure)](figure, fig, ax)
     fig.suptitle(figure.title, fontsize=12)
     if figure.note:

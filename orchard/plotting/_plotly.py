@@ -17,6 +17,7 @@ from typing import Any
 from orchard.plotting._libs import require
 from orchard.plotting.figures import STATUS_COLORS, ParallelFigure, RegretFigure, TimelineFigure
 from orchard.plotting.curves import CurvesFigure, curves_plotly
+from orchard.plotting.fronts import HypervolumeFigure, ParetoFigure, hypervolume_plotly, pareto_plotly
 from orchard.plotting.rungs import RungsFigure, rungs_plotly
 from orchard.trial import TrialStatus
 
@@ -36,7 +37,8 @@ def plotly_figure(figure: Any) -> Any:
     else:
         figure = plain(figure)
     draw = {RegretFigure: _regret_plotly, ParallelFigure: _parallel_plotly, TimelineFigure: _timeline_plotly,
-            RungsFigure: rungs_plotly, CurvesFigure: curves_plotly}
+            RungsFigure: rungs_plotly, CurvesFigure: curves_plotly, ParetoFigure: pareto_plotly,
+            HypervolumeFigure: hypervolume_plotly}
     fig = go.Figure()
     draw[type(figure)](figure, fig, go)
     fig.update_layout(title={"text": figure.title}, template="plotly_white")

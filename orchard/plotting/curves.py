@@ -3,6 +3,8 @@
 One line per trial that reported (:func:`orchard.report`): completed trials in
 blue, pruned ones in grey ending in a cross at the step they were stopped, the
 running trials dashed, and the trial with the best objective drawn thick.
+With several objectives a report holds one value per objective; the curve is
+its first objective (as minimised, like the trial's ``objective``).
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from typing import Any
 
 from orchard.plotting.figures import STATUS_COLORS, describe
 from orchard.space import Space
-from orchard.trial import Trial, TrialStatus
+from orchard.trial import Trial, TrialStatus, first_value
 
 __all__ = ["Curve", "CurvesFigure", "curves", "curves_mpl", "curves_plotly"]
 
@@ -53,14 +55,14 @@ def curves(trials: Sequence[Trial], name: str, space: Space | None = None) -> Cu
     completed = [t for t in reported if t.status is TrialStatus.COMPLETED and t.objective is not None]
     best = min(completed, key=lambda t: float(t.objective), default=None)  # type: ignore[arg-type]
     if len(reported) > MAX_CURVES:
-        ranked = sorted(reported, key=lambda t: t.reports[-1][1])
+        ranked = sorted(reported, key=lambda t: first_value(t.reports[-1][1]))
         keep = ranked[:MAX_CURVES // 2]
         rest = ranked[MAX_CURVES // 2:]
         keep += rest[:: max(1, len(rest) // (MAX_CURVES - len(keep)))]
         reported = [t for t in reported if t in keep or t is best]
     pruned = sum(t.status is TrialStatus.PRUNED for t in trials)
     title = f"{name}: learning curves ({len(completed)} completed, {pruned} pruned)"
-    drawn = [Curve([s for s, _ in t.reports], [v for _, v in t.reports], t.status, describe(t), t is best)
+    drawn = [Curve([s for s, _ in t.reports], [first_value(v) for _, v in t.reports], t.status, describe(t), t is best)
              for t in reported]
     note = None if drawn else "no trial has reported an intermediate value (orchard.report) yet"
     return CurvesFigure(title, note, drawn)

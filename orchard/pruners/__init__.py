@@ -16,6 +16,13 @@ hyperband   the same in several brackets, a trial's bracket fixed by its id
 threshold   its value leaves ``[lower, upper]``
 patience    it stopped improving (optionally: and a wrapped pruner agrees)
 ==========  =================================================================
+
+With several objectives, reports give every objective by name and are stored
+as vectors; ``asha`` and ``hyperband`` rank them at each rung by non-dominated
+sorting (tie-break: crowding distance, then trial id), ``patience`` asks that a
+recent report be matched on every objective by an earlier one. ``median``,
+``percentile`` and ``threshold`` compare one number and are refused for such an
+experiment when it is built (:func:`check_objectives`).
 """
 
 from __future__ import annotations
@@ -41,6 +48,7 @@ __all__ = [
     "PercentilePruner",
     "ThresholdPruner",
     "Verdict",
+    "check_objectives",
     "make_pruner",
     "normalize_pruner_config",
 ]
@@ -102,6 +110,25 @@ def make_pruner(config: PrunerConfig) -> BasePruner:
     """
     ((name, options),) = normalize_pruner_config(config).items()
     return _pruner_class(name)(**options)
+
+
+def check_objectives(config: PrunerConfig, objectives: Mapping[str, str] | None) -> None:
+    """Refuse a pruner that cannot rank the experiment's several objectives.
+
+    Raises:
+        ConfigurationError: ``objectives`` has more than one objective and the pruner (or the one
+            ``patience`` wraps) compares one number per step.
+    """
+    if objectives is None or len(objectives) < 2:
+        return
+    ((name, options),) = normalize_pruner_config(config).items()
+    if not _pruner_class(name).SEVERAL_OBJECTIVES:
+        several = [n for n in PRUNERS if PRUNERS[n]().SEVERAL_OBJECTIVES]
+        raise ConfigurationError(
+            f"pruner {name!r} compares one value per step and cannot rank the several objectives "
+            f"({', '.join(objectives)}); choose one of {', '.join(several)} (they rank by non-dominated sorting)")
+    if name == "patience" and options["wrapped"] is not None:
+        check_objectives(options["wrapped"], objectives)
 
 
 PatiencePruner.build = make_pruner

@@ -7,7 +7,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from orchard.pruners.base import BasePruner, Curve, Verdict, check_int, check_number
+from orchard.pruners.base import BasePruner, Curve, Verdict, check_int, check_number, scalar_curve
 
 __all__ = ["MedianPruner", "PercentilePruner", "best_until"]
 
@@ -19,8 +19,9 @@ def best_until(curve: Curve, step: int) -> float | None:
     """
     if not curve or curve[-1][0] < step:
         return None
-    upto = [value for reported_step, value in curve if reported_step <= step]
-    return min(upto) if upto else curve[0][1]
+    values = scalar_curve(curve)
+    upto = [value for reported_step, value in values if reported_step <= step]
+    return min(upto) if upto else values[0][1]
 
 
 class PercentilePruner(BasePruner):

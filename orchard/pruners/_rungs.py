@@ -8,6 +8,12 @@ those ``n`` values (its own included), and is pruned otherwise. Nobody waits for
 a rung to fill: the first trial at a rung always goes on, which is the
 asynchronous rule of ASHA (Li et al., 2020) applied to one running training.
 
+With several objectives (each value a tuple, one per objective) the values at
+a rung are ranked by non-dominated sorting: front index first,
+then, within a front, crowding distance (larger first: a front's extremes and
+its most isolated points go on first), then the trial id, so every worker
+ranks alike (:func:`pareto_position`). The best ``max(1, n // η)`` go on.
+
 ``hyperband`` runs several such brackets (``s = 0, 1, …``): a trial's bracket is
 fixed by a hash of its id, so every worker places it the same way, and it is
 compared only with the trials of its own bracket.
@@ -21,9 +27,11 @@ from collections.abc import Mapping
 from typing import Any, ClassVar
 
 from orchard.errors import ConfigurationError
+from orchard.objectives import crowding_distance, non_dominated_sort
 from orchard.pruners.base import BasePruner, Curve, Verdict, check_int, value_at
+from orchard.trial import ReportValue
 
-__all__ = ["AshaPruner", "HyperbandPruner", "bracket_of"]
+__all__ = ["AshaPruner", "HyperbandPruner", "bracket_of", "pareto_position"]
 
 
 def _rungs_crossed(own: Curve, min_step: int, eta: int, rate: int) -> list[int]:
@@ -52,7 +60,9 @@ def _halving(
     mine = value_at(own, rung)
     assert mine is not None
     values = {tid: value_at(curve, rung) for tid, curve in others.items() if tid != trial_id}
-    reached = {tid: value for tid, value in values.items() if value is not None}
+    if isinstance(mine, tuple):
+        return _pareto_halving(pruner, trial_id, mine, values, step, rung)
+    reached = {tid: value for tid, value in values.items() if value is not None and not isinstance(value, tuple)}
     compared = tuple(sorted(reached))
     ranked = sorted([mine, *reached.values()])
     kept = max(1, len(ranked) // eta)
@@ -66,6 +76,38 @@ def _halving(
     return Verdict(prune, pruner.name, step, value=mine, cutoff=cutoff, compared=compared, reason=reason, rung=rung)
 
 
+def pareto_position(values: Mapping[str, tuple[float, ...]], trial_id: str) -> tuple[int, int]:
+    """Where ``trial_id`` ranks among ``values``: ``(position, front)``, both from 0.
+
+    The order is the front index (non-dominated sorting), then crowding distance
+    within the front, larger first, then the trial id.
+    """
+    ids = sorted(values)
+    vectors = [values[tid] for tid in ids]
+    order: list[tuple[int, str]] = []
+    for number, front in enumerate(non_dominated_sort(vectors)):
+        distance = crowding_distance([vectors[i] for i in front])
+        ranked = sorted(zip(front, distance, strict=True), key=lambda p: (-p[1], ids[p[0]]))
+        order += [(number, ids[i]) for i, _ in ranked]
+    position = [tid for _, tid in order].index(trial_id)
+    return position, order[position][0]
+
+
+def _pareto_halving(pruner: BasePruner, trial_id: str, mine: tuple[float, ...],
+                    values: Mapping[str, ReportValue | None], step: int, rung: int) -> Verdict:
+    """The rung rule with several objectives: go on if among the best ``n // η`` by :func:`pareto_position`."""
+    reached = {tid: v for tid, v in values.items() if isinstance(v, tuple) and len(v) == len(mine)}
+    position, front = pareto_position({**reached, trial_id: mine}, trial_id)
+    kept = max(1, (len(reached) + 1) // pruner.options["reduction_factor"])
+    prune = position >= kept
+    shown = ", ".join(f"{x:.6g}" for x in mine)
+    reason = (
+        f"values ({shown}) at rung {rung} rank {position + 1} of {len(reached) + 1} there (front {front + 1}); "
+        f"the best {kept} go on"
+    )
+    return Verdict(prune, pruner.name, step, compared=tuple(sorted(reached)), reason=reason, rung=rung)
+
+
 class AshaPruner(BasePruner):
     """Asynchronous successive halving over the reported steps (see the module docstring).
 
@@ -76,6 +118,7 @@ class AshaPruner(BasePruner):
     """
 
     name: ClassVar[str] = "asha"
+    SEVERAL_OBJECTIVES: ClassVar[bool] = True
     OPTIONS: ClassVar[dict[str, Any]] = {"min_step": 1, "reduction_factor": 3, "min_early_stopping_rate": 0}
 
     @classmethod
@@ -107,6 +150,7 @@ class HyperbandPruner(BasePruner):
     """
 
     name: ClassVar[str] = "hyperband"
+    SEVERAL_OBJECTIVES: ClassVar[bool] = True
     OPTIONS: ClassVar[dict[str, Any]] = {"min_step": 1, "reduction_factor": 3, "max_step": None, "brackets": None}
 
     @classmethod

@@ -7,7 +7,8 @@ from collections.abc import Callable, Mapping
 from typing import Any, ClassVar
 
 from orchard.errors import ConfigurationError
-from orchard.pruners.base import BasePruner, Curve, Verdict, check_int, check_number
+from orchard.pruners.base import BasePruner, Curve, Verdict, check_int, check_number, scalar_curve
+from orchard.trial import ReportValue
 
 __all__ = ["NopPruner", "PatiencePruner", "ThresholdPruner"]
 
@@ -16,6 +17,7 @@ class NopPruner(BasePruner):
     """Never prunes: reports are stored and plotted, every trial runs to its end."""
 
     name: ClassVar[str] = "none"
+    SEVERAL_OBJECTIVES: ClassVar[bool] = True
 
     def judge(self, trial_id: str, own: Curve, others: Mapping[str, Curve]) -> Verdict:
         return self._going_on(own, "no pruner is set")
@@ -47,7 +49,7 @@ class ThresholdPruner(BasePruner):
             raise ConfigurationError(f"pruner 'threshold': lower={lower} is above upper={upper}; swap them")
 
     def judge(self, trial_id: str, own: Curve, others: Mapping[str, Curve]) -> Verdict:
-        step, value = own[-1]
+        step, value = scalar_curve(own)[-1]
         warmup, interval = self.options["warmup_steps"], self.options["interval_steps"]
         if step < warmup or (step - warmup) % interval:
             return self._going_on(own, f"step {step} is not judged (warm-up {warmup}, interval {interval})")
@@ -67,6 +69,10 @@ class PatiencePruner(BasePruner):
     pruned (with no ``wrapped`` pruner) or handed to the wrapped pruner's verdict;
     a trial still improving always goes on.
 
+    With several objectives a recent report is an improvement when no earlier
+    report is as good on every objective to within ``min_delta`` (it improves
+    some objective by more than ``min_delta`` over each earlier report).
+
     Options:
         patience: reports without improvement before the trial counts as stagnant (default 10).
         min_delta: the least decrease that counts as an improvement (default 0.0).
@@ -74,6 +80,7 @@ class PatiencePruner(BasePruner):
     """
 
     name: ClassVar[str] = "patience"
+    SEVERAL_OBJECTIVES: ClassVar[bool] = True
     OPTIONS: ClassVar[dict[str, Any]] = {"patience": 10, "min_delta": 0.0, "wrapped": None}
 
     #: Builds the wrapped pruner from its configuration (set by the registry, which knows every name).
@@ -95,6 +102,9 @@ class PatiencePruner(BasePruner):
         step = own[-1][0]
         if len(own) <= patience:
             return self._going_on(own, f"{len(own)} reports, patience needs more than {patience}")
+        if isinstance(own[-1][1], tuple):
+            return self._judge_several(trial_id, own, others)
+        own = scalar_curve(own)
         before = min(value for _, value in own[:-patience])
         recent = min(value for _, value in own[-patience:])
         if recent < before - self.options["min_delta"]:
@@ -106,3 +116,22 @@ class PatiencePruner(BasePruner):
             f"in the last {patience} reports"
         )
         return Verdict(True, self.name, step, value=recent, cutoff=before - self.options["min_delta"], reason=reason)
+
+    def _judge_several(self, trial_id: str, own: Curve, others: Mapping[str, Curve]) -> Verdict:
+        patience, delta, step = self.options["patience"], self.options["min_delta"], own[-1][0]
+        before = [_vector(value) for _, value in own[:-patience]]
+        recent = [_vector(value) for _, value in own[-patience:]]
+        improving = [v for v in recent if not any(all(x - delta <= y for x, y in zip(u, v, strict=True))
+                                                  for u in before)]
+        if improving:
+            return self._going_on(own, f"{len(improving)} of the last {patience} reports improve on every "
+                                       f"earlier one in some objective by more than min_delta={delta:g}")
+        if self.wrapped is not None:
+            return self.wrapped.judge(trial_id, own, others)
+        reason = (f"each of the last {patience} reports is matched, within min_delta={delta:g}, on every "
+                  "objective by an earlier report")
+        return Verdict(True, self.name, step, reason=reason)
+
+
+def _vector(value: ReportValue) -> tuple[float, ...]:
+    return value if isinstance(value, tuple) else (value,)

@@ -8,6 +8,11 @@ stopped ("pruned"). Every pruner is a pure function of plain data:
 * ``others``: the reports of the experiment's other trials *as the worker read
   them from the storage*, by trial id.
 
+With several objectives a value is a tuple, one number per objective in
+minimisation form (see :data:`orchard.trial.ReportValue`); the pruners that
+rank (``asha``, ``hyperband``, ``patience``) then use Pareto dominance, the
+others refuse such an experiment when it is built (:attr:`BasePruner.SEVERAL_OBJECTIVES`).
+
 Nothing else goes in: no clock, no lock, no state kept between calls, no
 storage. So any worker that read the same history reaches the same verdict, and
 there is no scheduler to ask (SPEC §5, masterless). Reports are append-only in
@@ -28,11 +33,17 @@ from typing import Any, ClassVar
 
 from orchard.errors import ConfigurationError
 from orchard.options import Configurable
+from orchard.trial import ReportValue, first_value
 
-__all__ = ["BasePruner", "Curve", "Verdict", "value_at"]
+__all__ = ["BasePruner", "Curve", "Verdict", "scalar_curve", "value_at"]
 
 #: A trial's reports: ``(step, value)`` pairs, steps strictly increasing.
-Curve = Sequence[tuple[int, float]]
+Curve = Sequence[tuple[int, ReportValue]]
+
+
+def scalar_curve(curve: Curve) -> list[tuple[int, float]]:
+    """``curve`` with each value reduced to one number (its first objective, for several)."""
+    return [(step, first_value(value)) for step, value in curve]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -74,7 +85,7 @@ class Verdict:
         return cls(**kept)
 
 
-def value_at(curve: Curve, step: int) -> float | None:
+def value_at(curve: Curve, step: int) -> ReportValue | None:
     """The value a curve holds at ``step``: its first report at or after ``step``.
 
     A trial that reports every step has its value at exactly ``step``; one that
@@ -108,6 +119,9 @@ class BasePruner(Configurable, abc.ABC):
     """
 
     KIND: ClassVar[str] = "pruner"
+    #: Whether the pruner ranks several objectives (tuples of values); those that do not are
+    #: refused for an experiment with several objectives (:func:`orchard.pruners.check_objectives`).
+    SEVERAL_OBJECTIVES: ClassVar[bool] = False
 
     def __init__(self, **options: Any) -> None:
         self.options = self.check_options(options)

@@ -22,8 +22,9 @@ Guarantees every backend gives (the conformance suite in
   :class:`~orchard.errors.ReservationLostError`.
 * **Exact budget.** ``register_trial(..., budget=M)`` admits a trial only
   while fewer than ``M`` trials of the experiment hold a unit of budget. Every
-  trial holds one unit except broken ones, so racing workers can never push
-  the number of completed trials beyond ``M``.
+  trial holds one unit except broken ones and those recorded apart from the
+  budget (``record_trial(..., in_budget=False)``), so racing workers can never
+  push the number of completed trials beyond ``M``.
 * **Picklable.** ``pickle.loads(pickle.dumps(storage))`` reconnects to the
   same data from any process (through the URI), so executors can ship a
   storage to workers.
@@ -45,7 +46,7 @@ import time
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from orchard.trial import Lease, Trial, TrialStatus
+from orchard.trial import Lease, ReportValue, Trial, TrialStatus
 
 __all__ = ["BaseStorage", "ExperimentRecord"]
 
@@ -171,6 +172,29 @@ class BaseStorage(abc.ABC):
         """
 
     @abc.abstractmethod
+    def record_trial(
+        self,
+        experiment_id: str,
+        params: Mapping[str, Any],
+        objective: float,
+        results: Mapping[str, Any],
+        *,
+        budget: int | None = None,
+        in_budget: bool = False,
+    ) -> Trial:
+        """Store an evaluation made elsewhere: a trial born ``completed``, and return it.
+
+        The trial is built by :func:`orchard.trial.recorded` (``origin="inserted"``); no
+        worker ever reserves it. With ``in_budget=False`` it holds no unit of budget
+        (``budget`` is then ignored); with ``in_budget=True`` it claims one of ``budget``
+        like :meth:`register_trial`. The checks and the insertion are one atomic step.
+
+        Raises:
+            DuplicateTrialError: a trial with the same params exists (checked before the budget).
+            BudgetExhaustedError: ``in_budget`` and ``budget`` units are all held.
+        """
+
+    @abc.abstractmethod
     def restore_trials(self, experiment_id: str, trials: Iterable[Trial]) -> int:
         """Insert trials as they are (status, times, results), for loading dumps.
 
@@ -226,7 +250,7 @@ class BaseStorage(abc.ABC):
         """
 
     @abc.abstractmethod
-    def report_trial(self, trial_id: str, worker: str, step: int, value: float) -> Trial:
+    def report_trial(self, trial_id: str, worker: str, step: int, value: ReportValue) -> Trial:
         """Store one intermediate ``value`` at ``step`` on a trial ``worker`` has reserved.
 
         One durable write per report: once this returns, the report survives
@@ -234,12 +258,15 @@ class BaseStorage(abc.ABC):
         heartbeat (it writes ``heartbeat``). Steps are strictly increasing; a
         trial holds at most :data:`~orchard.trial.MAX_REPORTS_PER_TRIAL`
         reports. The next reservation of the trial starts its reports over.
+        With several objectives ``value`` is a sequence of finite numbers (one
+        per objective), stored as a tuple.
 
         Returns:
             The trial with the report appended to ``reports``.
 
         Raises:
-            InvalidReportError: ``value`` is not a finite number, ``step`` not
+            InvalidReportError: ``value`` is not a finite number (or a non-empty
+                sequence of them), ``step`` not
                 a non-negative int greater than the last reported step, or the
                 trial holds the most reports allowed; nothing is written.
             ReservationLostError: the trial is not reserved by ``worker`` (a
@@ -356,6 +383,14 @@ class BaseStorage(abc.ABC):
         completed = self.fetch_trials(experiment_id, [TrialStatus.COMPLETED])
         scored = [t for t in completed if t.objective is not None]
         return min(scored, key=lambda t: t.objective, default=None)  # type: ignore[arg-type, return-value]
+
+    def count_unbudgeted(self, experiment_id: str) -> int:
+        """How many trials of the experiment were recorded apart from the budget (``in_budget=False``).
+
+        Those trials are completed and hold no unit of ``max_trials``: the budget used is
+        ``completed + pruned - count_unbudgeted``.
+        """
+        return sum(not t.in_budget for t in self.fetch_trials(experiment_id, [TrialStatus.COMPLETED]))
 
     def require_experiment(self, name: str) -> ExperimentRecord:
         """Return the experiment called ``name``.

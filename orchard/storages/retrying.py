@@ -42,7 +42,7 @@ from typing import Any, TypeVar
 from orchard.errors import DuplicateTrialError, ReservationLostError, StorageUnavailableError
 from orchard.space import to_builtin, trial_id
 from orchard.storages.base import BaseStorage, ExperimentRecord
-from orchard.trial import Lease, Trial, TrialStatus
+from orchard.trial import Lease, ReportValue, Trial, TrialStatus, report_value
 
 __all__ = ["RetryingStorage"]
 
@@ -186,6 +186,21 @@ class RetryingStorage(BaseStorage):
             self._handed.add(trial.id)
         return trial
 
+    def record_trial(self, experiment_id: str, params: Mapping[str, Any], objective: float,
+                     results: Mapping[str, Any], *, budget: int | None = None, in_budget: bool = False) -> Trial:
+        """See :meth:`BaseStorage.record_trial`; a try whose reply was lost is found stored, not repeated."""
+        tid = trial_id(experiment_id, to_builtin(dict(params)))
+        return self._retry(
+            "record a trial",
+            lambda: self.storage.record_trial(experiment_id, params, objective, results, budget=budget,
+                                              in_budget=in_budget),
+            lambda: self._stored(tid, lambda t: t.origin is not None and t.status is TrialStatus.COMPLETED),
+        )
+
+    def count_unbudgeted(self, experiment_id: str) -> int:
+        """See :meth:`BaseStorage.count_unbudgeted`."""
+        return self._retry("count trials", lambda: self.storage.count_unbudgeted(experiment_id))
+
     def restore_trials(self, experiment_id: str, trials: Iterable[Trial]) -> int:
         """See :meth:`BaseStorage.restore_trials`."""
         trials = list(trials)
@@ -255,13 +270,13 @@ class RetryingStorage(BaseStorage):
                                  and (t.error or {}).get("type") == error.get("type")),
         ))
 
-    def report_trial(self, trial_id: str, worker: str, step: int, value: float) -> Trial:
+    def report_trial(self, trial_id: str, worker: str, step: int, value: ReportValue) -> Trial:
         """See :meth:`BaseStorage.report_trial`."""
         return self._retry(
             f"store a report of trial {trial_id}",
             lambda: self.storage.report_trial(trial_id, worker, step, value),
             lambda: self._stored(trial_id, lambda t: t.status is TrialStatus.RESERVED and t.worker == worker
-                                 and bool(t.reports) and t.reports[-1] == (step, float(value))),
+                                 and bool(t.reports) and t.reports[-1] == (step, report_value(value))),
         )
 
     def prune_trial(self, trial_id: str, worker: str, verdict: Mapping[str, Any]) -> Trial:

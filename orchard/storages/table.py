@@ -30,7 +30,7 @@ from orchard.errors import (
 )
 from orchard.space import to_builtin, trial_id
 from orchard.storages.base import ExperimentRecord
-from orchard.trial import Lease, Trial, TrialStatus
+from orchard.trial import Lease, ReportValue, Trial, TrialStatus
 
 __all__ = ["SCALARS", "Record", "TrialTable"]
 
@@ -50,6 +50,7 @@ class _ExperimentTrials:
         }
         self.reserved: dict[str, None] = {}
         self.counts: dict[TrialStatus, int] = {status: 0 for status in TrialStatus}
+        self.unbudgeted = 0  # trials that are not broken yet hold no budget (recorded apart from it)
 
 
 class TrialTable:
@@ -86,7 +87,8 @@ class TrialTable:
             if trial is None:  # pragma: no cover - a writer appends reports to trials it holds
                 raise ValueError(f"a report of unknown trial {record['trial']!r}")
             self._put_trial(dataclasses.replace(
-                trial, reports=[*trial.reports, (record["step"], record["value"])], heartbeat=record["heartbeat"]
+                trial, reports=[*trial.reports, (record["step"], _replayed(record["value"]))],
+                heartbeat=record["heartbeat"]
             ))
         elif op == "drop":
             exp_id = record["experiment"]
@@ -105,10 +107,12 @@ class TrialTable:
         old = table.trials.get(trial.id)
         if old is not None:
             table.counts[old.status] -= 1
+            table.unbudgeted -= old.status is not TrialStatus.BROKEN and not old.in_budget
             table.waiting.get(old.status, {}).pop(trial.id, None)
             table.reserved.pop(trial.id, None)
         table.trials[trial.id] = trial
         table.counts[trial.status] += 1
+        table.unbudgeted += trial.status is not TrialStatus.BROKEN and not trial.in_budget
         if trial.status in table.waiting:
             table.waiting[trial.status][trial.id] = None
         elif trial.status is TrialStatus.RESERVED:
@@ -212,15 +216,8 @@ class TrialTable:
             return 0, []
         return count, self.apply_all([{"op": "drop", "experiment": experiment_id}])
 
-    def register_trial(
-        self,
-        experiment_id: str,
-        params: Mapping[str, Any],
-        worker: str | None,
-        budget: int | None,
-        now: float,
-        parent: str | None = None,
-    ) -> tuple[Trial, list[Record]]:
+    def _admit(self, experiment_id: str, params: Mapping[str, Any], budget: int | None) -> tuple[str, dict[str, Any]]:
+        """The id and plain params of a trial the experiment can take (duplicates checked before the budget)."""
         table = self._experiment(experiment_id)
         point: dict[str, Any] = to_builtin(dict(params))
         tid = trial_id(experiment_id, point)
@@ -230,17 +227,39 @@ class TrialTable:
                 f"with params {point!r} (trial {tid})"
             )
         if budget is not None:
-            held = sum(table.counts.values()) - table.counts[TrialStatus.BROKEN]
+            held = sum(table.counts.values()) - table.counts[TrialStatus.BROKEN] - table.unbudgeted
             if held >= budget:
                 raise BudgetExhaustedError(
                     f"experiment {self._experiments[experiment_id].name!r} has used its budget: "
                     f"{held} of max_trials={budget} trials exist; raise max_trials to add more"
                 )
+        return tid, point
+
+    def register_trial(
+        self,
+        experiment_id: str,
+        params: Mapping[str, Any],
+        worker: str | None,
+        budget: int | None,
+        now: float,
+        parent: str | None = None,
+    ) -> tuple[Trial, list[Record]]:
+        tid, point = self._admit(experiment_id, params, budget)
         trial = Trial(id=tid, experiment=experiment_id, params=point, submit_time=now, parent=parent)
         if worker is not None:
             trial = transitions.reserve(worker, now).applied_to(trial)  # registered and reserved at once
         records = self.apply_all([{"op": "trial", "trial": trial.to_dict()}])
         return trial, records
+
+    def record_trial(self, experiment_id: str, params: Mapping[str, Any], objective: float, results: Mapping[str, Any],
+                     budget: int | None, in_budget: bool, now: float) -> tuple[Trial, list[Record]]:
+        tid, point = self._admit(experiment_id, params, budget if in_budget else None)
+        trial = transitions.recorded(tid, experiment_id, point, objective, to_builtin(dict(results)), now, in_budget)
+        return trial, self.apply_all([{"op": "trial", "trial": trial.to_dict()}])
+
+    def unbudgeted(self, experiment_id: str) -> int:
+        """How many trials of the experiment were recorded apart from the budget."""
+        return self._experiment(experiment_id).unbudgeted
 
     def restore_trials(self, experiment_id: str, trials: Iterable[Trial]) -> tuple[int, list[Record]]:
         table = self._experiment(experiment_id)
@@ -287,7 +306,8 @@ class TrialTable:
         if refusal is not None:
             raise refusal
         (step_, value_) = change.appends["reports"]
-        record = {"op": "report", "trial": trial_id_, "step": step_, "value": value_, "heartbeat": now}
+        stored = list(value_) if isinstance(value_, tuple) else value_  # records hold plain JSON values
+        record = {"op": "report", "trial": trial_id_, "step": step_, "value": stored, "heartbeat": now}
         self.apply(record)
         return self._stored(trial_id_), [record]
 
@@ -346,3 +366,8 @@ class TrialTable:
 
     def count_trials(self, experiment_id: str) -> dict[TrialStatus, int]:
         return dict(self._experiment(experiment_id).counts)
+
+
+def _replayed(value: Any) -> ReportValue:
+    """A report's value as read back (JSON turns a tuple of objectives into a list)."""
+    return tuple(value) if type(value) is list else value  # type: ignore[no-any-return]

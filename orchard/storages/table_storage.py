@@ -25,7 +25,7 @@ from typing import Any, TypeVar
 from orchard.storages.base import BaseStorage, ExperimentRecord
 from orchard.storages.table import SCALARS, Record, TrialTable
 from orchard.storages.values import check_error, check_params
-from orchard.trial import Lease, Trial, TrialStatus
+from orchard.trial import Lease, ReportValue, Trial, TrialStatus
 
 __all__ = ["Query", "TableStorage", "Verb"]
 
@@ -139,6 +139,15 @@ class TableStorage(BaseStorage):
             lambda table, now: table.register_trial(experiment_id, params, worker, budget, now, parent)
         )
 
+    def record_trial(
+        self, experiment_id: str, params: Mapping[str, Any], objective: float, results: Mapping[str, Any], *,
+        budget: int | None = None, in_budget: bool = False,
+    ) -> Trial:
+        """See :meth:`BaseStorage.record_trial`."""
+        check_params(params)
+        return self._change(lambda table, now: table.record_trial(
+            experiment_id, params, objective, results, budget, in_budget, now))
+
     def restore_trials(self, experiment_id: str, trials: Iterable[Trial]) -> int:
         """See :meth:`BaseStorage.restore_trials`."""
         trials = list(trials)
@@ -165,7 +174,7 @@ class TableStorage(BaseStorage):
         check_error(error)
         return self._change(lambda table, now: table.fail_trial(trial_id, worker, error, now))
 
-    def report_trial(self, trial_id: str, worker: str, step: int, value: float) -> Trial:
+    def report_trial(self, trial_id: str, worker: str, step: int, value: ReportValue) -> Trial:
         """See :meth:`BaseStorage.report_trial`."""
         return self._change(lambda table, now: table.report_trial(trial_id, worker, step, value, now))
 
@@ -215,3 +224,7 @@ class TableStorage(BaseStorage):
     def count_trials(self, experiment_id: str) -> dict[TrialStatus, int]:
         """See :meth:`BaseStorage.count_trials`."""
         return self._read(lambda table: table.count_trials(experiment_id))
+
+    def count_unbudgeted(self, experiment_id: str) -> int:
+        """See :meth:`BaseStorage.count_unbudgeted` (a counter the table keeps)."""
+        return self._read(lambda table: table.unbudgeted(experiment_id))

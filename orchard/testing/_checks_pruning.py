@@ -76,6 +76,21 @@ class PruningChecks(Checks):
         ((step, value),) = stored(storage, trial.id).reports
         assert (type(step), type(value), step, value) == (int, float, 4, 0.25)
 
+    def test_a_report_of_several_objectives_is_kept_as_a_tuple(self, storage: BaseStorage, exp: str) -> None:
+        trial = storage.register_trial(exp, {"x": 0.0}, worker=W1)
+        assert storage.report_trial(trial.id, W1, 1, (0.25, -3)).reports == [(1, (0.25, -3.0))]
+        storage.report_trial(trial.id, W1, 2, (0.2, -3.5))
+        bad: list[Any] = [(), (0.1, math.nan), [0.1, "2"], [[0.1]], (True, 0.1)]
+        for value in bad:
+            before = frozen(storage, exp)
+            with pytest.raises(InvalidReportError, match=f"trial {trial.id}"):
+                storage.report_trial(trial.id, W1, 3, value)
+            assert frozen(storage, exp) == before
+        storage.complete_trial(trial.id, W1, 0.2, {"error": 0.2, "accuracy": 3.5})
+        reports = stored(storage, trial.id).reports
+        assert reports == [(1, (0.25, -3.0)), (2, (0.2, -3.5))]
+        assert all(type(v) is float for _, value in reports for v in value)  # type: ignore[union-attr]
+
     def test_reports_are_bounded(self, storage: BaseStorage, exp: str) -> None:
         held = Trial("", exp, {"x": 0.0}, status=TrialStatus.RESERVED, worker=W1, heartbeat=1.0, attempts=1,
                      reports=[(i, 1.0) for i in range(MAX_REPORTS_PER_TRIAL - 1)])

@@ -43,9 +43,8 @@ from orchard.errors import (
     BudgetExhaustedError,
     DuplicateTrialError,
     ExperimentNotFoundError,
-    OrchardError,
 )
-from orchard.storages import BaseStorage, get_storage
+from orchard.storages import BaseStorage
 from orchard.storages.base import ExperimentRecord
 from orchard.testing._checks import (
     CONFIG,
@@ -53,7 +52,6 @@ from orchard.testing._checks import (
     W2,
     Checks,
     assert_plain_params,
-    frozen,
     one_of_each_status,
     register_many,
     reserve_as,
@@ -62,6 +60,7 @@ from orchard.testing._checks import (
     tick,
 )
 from orchard.testing._checks_copies import CopyChecks
+from orchard.testing._checks_handles import HandleChecks
 from orchard.testing._checks_lifecycle import (
     LostReservationChecks,
     OwnershipChecks,
@@ -301,6 +300,31 @@ class BudgetChecks(Checks):
             storage.register_trial(other, {"i": 1}, budget=1)
 
 
+    def test_recorded_trial_is_completed_and_apart_from_the_budget(self, storage: BaseStorage, exp: str) -> None:
+        storage.register_trial(exp, {"i": 0}, budget=2)
+        free = storage.record_trial(exp, {"i": 1}, 0.5, {"loss": 0.5}, budget=2)
+        assert (free.status, free.objective, free.results, free.origin, free.in_budget) == (
+            TrialStatus.COMPLETED, 0.5, {"loss": 0.5}, "inserted", False)
+        assert snapshot([stored(storage, free.id)]) == snapshot([free])
+        storage.register_trial(exp, {"i": 2}, budget=2)  # the recorded trial held no unit
+        with pytest.raises(BudgetExhaustedError):
+            storage.register_trial(exp, {"i": 3}, budget=2)
+        assert storage.count_unbudgeted(exp) == 1
+        assert storage.reserve_trial(exp, W1) is not None and storage.reserve_trial(exp, W1) is not None
+        assert storage.reserve_trial(exp, W1) is None  # never handed out
+
+    def test_recorded_trial_in_budget_claims_a_unit(self, storage: BaseStorage, exp: str) -> None:
+        storage.record_trial(exp, {"i": 0}, 1.0, {}, budget=1, in_budget=True)
+        with pytest.raises(DuplicateTrialError):
+            storage.record_trial(exp, {"i": 0}, 1.0, {}, budget=1, in_budget=True)
+        with pytest.raises(BudgetExhaustedError):
+            storage.record_trial(exp, {"i": 1}, 1.0, {}, budget=1, in_budget=True)
+        with pytest.raises(BudgetExhaustedError):
+            storage.register_trial(exp, {"i": 2}, budget=1)
+        assert storage.count_unbudgeted(exp) == 0
+        assert storage.count_trials(exp)[TrialStatus.COMPLETED] == 1
+
+
 class ReadingChecks(Checks):
     """fetch_trials, get_trial, count_trials, best_trial, restore_trials."""
 
@@ -402,57 +426,6 @@ class ChangeFeedChecks(Checks):
         page, _ = storage.fetch_changes(exp, None)
         assert snapshot(page) == snapshot(storage.fetch_trials(exp))
         assert len(page) == len(made)
-
-
-class HandleChecks(Checks):
-    """The storage object itself: pickling, reopening by URI, copies handed out."""
-
-    def test_pickled_storage_sees_the_same_data(self, storage: BaseStorage, exp: str) -> None:
-        trial = storage.register_trial(exp, {"x": 1.0})
-        if storage.uri.startswith("memory:"):
-            with pytest.raises(OrchardError, match="memory"):
-                pickle.dumps(storage)
-            pytest.skip("memory:// is shared by threads only (it refused to pickle, as it must)")
-        copy = pickle.loads(pickle.dumps(storage))
-        try:
-            assert copy.require_experiment("exp").id == exp
-            assert snapshot(copy.fetch_trials(exp)) == snapshot([trial])
-            assert reserve_as(copy, exp, W2).id == trial.id
-            assert stored(storage, trial.id).worker == W2, "a write through the copy is not visible"
-            storage.complete_trial(trial.id, W2, 1.0)
-            assert stored(copy, trial.id).status is TrialStatus.COMPLETED
-        finally:
-            copy.close()
-
-    def test_reopen_by_uri_and_close_one_handle(self, storage: BaseStorage, exp: str) -> None:
-        if storage.uri.rstrip("/") == "memory:":
-            pytest.skip("a bare memory:// URI opens a new, empty storage by design")
-        trial = storage.register_trial(exp, {"x": 1.0})
-        other = get_storage(storage.uri)
-        assert snapshot(other.fetch_trials(exp)) == snapshot([trial])
-        other.close()
-        assert reserve_as(storage, exp, W1).id == trial.id, "closing a second handle broke the first"
-
-    def test_returned_trials_are_copies(self, storage: BaseStorage, exp: str) -> None:
-        made = one_of_each_status(storage, exp)
-        handed_out = [
-            *made.values(),
-            stored(storage, made[TrialStatus.NEW].id),
-            *storage.fetch_trials(exp),
-            *storage.fetch_changes(exp)[0],
-            storage.register_trial(exp, {"x": 100}, worker=W2),
-        ]
-        before = frozen(storage, exp)
-        for trial in handed_out:
-            assert trial is not None
-            trial.params["x"] = -1
-            trial.params["injected"] = True
-            trial.results["injected"] = True
-            trial.status = TrialStatus.BROKEN
-            trial.worker = "intruder"
-            if trial.error is not None:
-                trial.error["message"] = "changed"
-        assert frozen(storage, exp) == before, "mutating a returned Trial changed the stored state"
 
 
 class StorageConformance(

@@ -63,6 +63,47 @@ function renderRungs(rungs) {
   }));
 }
 
+// The Pareto front (several objectives): the server computes it; a table of its trials and a scatter of
+// the first two objectives, the front in red, dominated trials grey, infeasible ones as crosses.
+function renderFront(front) {
+  const section = document.getElementById("front-section");
+  section.hidden = !front;
+  if (!front) return;
+  // No single best with several objectives: the card counts the front's trials instead.
+  document.getElementById("best").previousElementSibling.textContent = "Pareto front";
+  setText("best", front.trials.length);
+  setText("best-params", "trials, feasible and non-dominated");
+  const names = Object.keys(front.objectives);
+  const label = (n) => n + " (" + front.objectives[n] + ")";
+  const infeasible = front.points.filter((p) => !p[1]).length;
+  setText("front-note", front.trials.length + " feasible trials no other feasible trial dominates" +
+    (front.constraints.length ? "; constraints: " + front.constraints.join(", ") + " (" + infeasible + " infeasible)" : "") +
+    (names.length > 2 ? "; the scatter shows the first two objectives" : ""));
+  document.querySelector("#front thead tr").replaceChildren(
+    ...["#", "params", ...names.map(label)].map((h) => el("th", h)));
+  document.querySelector("#front tbody").replaceChildren(...front.trials.map((t) => {
+    const tr = el("tr");
+    tr.dataset.id = t.id;
+    tr.appendChild(el("td", t.number, "num"));
+    tr.appendChild(el("td", fmtParams(t.params), "wrap"));
+    t.values.forEach((v) => tr.appendChild(el("td", fmtNumber(v), "num")));
+    return tr;
+  }));
+  if (typeof Plotly === "undefined") return;
+  const group = (keep) => front.points.filter(keep);
+  const trace = (points, name, marker, mode) => ({ x: points.map((p) => p[3]), y: points.map((p) => p[4]), name, marker,
+    mode: mode || "markers", text: points.map((p) => "#" + p[0]), hovertemplate: "%{text}: %{x:.4g}, %{y:.4g}<extra></extra>" });
+  const members = group((p) => p[2]).sort((a, b) => a[3] - b[3]);
+  const data = [
+    trace(group((p) => p[1] && !p[2]), "dominated", { color: "#8a96a3", size: 6 }),
+    trace(group((p) => !p[1]), "infeasible", { color: "#8a96a3", symbol: "x", size: 7 }),
+    trace(members, "front", { color: "#d62728", size: 9 }, names.length === 2 ? "lines+markers" : "markers"),
+  ];
+  const layout = { margin: { l: 60, r: 10, t: 10, b: 40 }, xaxis: { title: { text: plotText(label(names[0])) } },
+    yaxis: { title: { text: plotText(label(names[1])) } }, legend: { orientation: "h", y: 1.12 } };
+  Plotly.react("plot-front", data, layout, PLOT_CONFIG);
+}
+
 // -- the trial table ---------------------------------------------------------------------------------
 
 function columns() {
@@ -292,6 +333,7 @@ async function refreshExperiment() {
   renderSummary(detail);
   renderWorkers(detail.workers);
   renderRungs(detail.rungs);
+  renderFront(detail.front);
   state.fidelity = detail.fidelity;
   // The server restarted, the experiment was re-created, or the storage started over (an older copy of its
   // file restored): the rows held are not the storage's any more.

@@ -9,13 +9,14 @@ and converts between :class:`~orchard.trial.Trial` and stored documents.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import threading
 import urllib.parse
 import uuid
-from collections.abc import Iterable, Mapping
-from typing import Any
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any, Concatenate, ParamSpec, Protocol, TypeVar
 
 import pymongo
 from bson.errors import BSONError
@@ -42,6 +43,7 @@ __all__ = [
     "open_client",
     "readable_trials",
     "translate",
+    "translated",
     "trial_to_doc",
     "unreadable",
 ]
@@ -190,6 +192,31 @@ def _unreachable(err: ConnectionFailure, uri: str, action: str) -> StorageUnavai
         "check that mongod is running there and reachable from this host (port, firewall, TLS), "
         "or raise serverSelectionTimeoutMS in the URI; --debug shows the driver's details"
     )
+
+
+class _Located(Protocol):
+    uri: str
+
+
+_S = TypeVar("_S", bound=_Located)
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
+
+
+def translated(action: str) -> Callable[[Callable[Concatenate[_S, _P], _R]], Callable[Concatenate[_S, _P], _R]]:
+    """Decorate a storage verb so that driver errors it raises become :mod:`orchard.errors` leaves."""
+
+    def decorate(method: Callable[Concatenate[_S, _P], _R]) -> Callable[Concatenate[_S, _P], _R]:
+        @functools.wraps(method)
+        def wrapper(self: _S, /, *args: _P.args, **kwargs: _P.kwargs) -> _R:
+            try:
+                return method(self, *args, **kwargs)
+            except (PyMongoError, BSONError) as err:
+                raise translate(err, self.uri, action) from err
+
+        return wrapper
+
+    return decorate
 
 
 def duplicate_key_field(err: DuplicateKeyError) -> str | None:

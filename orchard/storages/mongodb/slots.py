@@ -7,7 +7,8 @@ order is numeric order within an experiment. A unique sparse index on
 slot except broken ones: the trial and its slot are inserted by one
 write (:func:`~orchard.storages.mongodb.client.insert_stamped`; a process dying at any instant holds nothing it did not
 insert), and ``fail_trial`` unsets the slot in the same update that marks the
-trial broken.
+trial broken. A trial recorded apart from the budget (``in_budget: false``) is
+inserted without one.
 
 A registration with ``budget=M`` only claims ``k < M``:
 
@@ -44,16 +45,17 @@ from __future__ import annotations
 
 import random
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, Literal
 
 from pymongo import ReturnDocument
 from pymongo.errors import DuplicateKeyError
 
 from orchard.errors import BudgetExhaustedError, DuplicateTrialError, StorageError
-from orchard.storages.mongodb.client import duplicate_key_field, insert_stamped
-from orchard.trial import TrialStatus
+from orchard.space import to_builtin, trial_id
+from orchard.storages.mongodb.client import duplicate_key_field, insert_stamped, trial_to_doc
+from orchard.trial import Trial, TrialStatus, recorded
 
-__all__ = ["duplicate_trial", "insert_holding_slot", "slot_key"]
+__all__ = ["duplicate_trial", "insert_holding_slot", "record_holding_slot", "slot_key"]
 
 _DIGITS = 10
 _HOLDING = [s.value for s in TrialStatus if s is not TrialStatus.BROKEN]
@@ -77,13 +79,14 @@ def _number(key: str) -> int:
     return int(key.rpartition(":")[2])
 
 
-def insert_holding_slot(db: Any, doc: Mapping[str, Any], budget: int | None, name: str) -> None:
+def insert_holding_slot(db: Any, doc: Mapping[str, Any], budget: int | None | Literal[False], name: str) -> None:
     """Insert ``doc`` holding a free slot (one below ``budget`` if given).
 
     Args:
         db: the database (its ``experiments`` hold the counters, its ``trials`` the slots).
         doc: the trial document, without a slot.
-        budget: the experiment's ``max_trials``, or ``None`` for no limit.
+        budget: the experiment's ``max_trials``, ``None`` for no limit, or ``False``: the trial
+            holds no slot (recorded apart from the budget).
         name: the experiment's name, for messages.
 
     Raises:
@@ -91,6 +94,12 @@ def insert_holding_slot(db: Any, doc: Mapping[str, Any], budget: int | None, nam
         BudgetExhaustedError: ``budget`` non-broken trials exist.
         StorageError: slots kept being taken by others for 100 rounds.
     """
+    if budget is False:
+        try:
+            insert_stamped(db.trials, dict(doc))
+        except DuplicateKeyError as err:
+            raise duplicate_trial(doc, name) from err
+        return
     experiment_id = doc["experiment"]
     for _ in range(_MAX_ROUNDS):
         k = _draw(db.experiments, experiment_id, budget)
@@ -112,12 +121,27 @@ def insert_holding_slot(db: Any, doc: Mapping[str, Any], budget: int | None, nam
     )
 
 
+def record_holding_slot(db: Any, experiment_id: str, name: str, params: Mapping[str, Any], objective: float,
+                        results: Mapping[str, Any], now: float, budget: int | None | Literal[False]) -> Trial:
+    """Insert a trial born completed (:func:`orchard.trial.recorded`), holding a slot unless ``budget`` is False.
+
+    Raises:
+        DuplicateTrialError, BudgetExhaustedError: as :func:`insert_holding_slot`.
+    """
+    plain: dict[str, Any] = to_builtin(dict(params))
+    trial = recorded(trial_id(experiment_id, plain), experiment_id, plain, objective, to_builtin(dict(results)),
+                     now, in_budget=budget is not False)
+    insert_holding_slot(db, trial_to_doc(trial), budget, name)
+    return trial
+
+
 def _freed(trials: Any, doc: Mapping[str, Any], budget: int, name: str) -> tuple[list[int], int]:
     """Free slots below ``budget``, shuffled, and how many trials hold one; refuses when none is free."""
     if trials.find_one({"_id": doc["_id"]}, projection={"_id": 1}) is not None:
         raise duplicate_trial(doc, name)
     experiment_id = doc["experiment"]
-    held = trials.count_documents({"experiment": experiment_id, "status": {"$in": _HOLDING}})
+    held = trials.count_documents(
+        {"experiment": experiment_id, "status": {"$in": _HOLDING}, "in_budget": {"$ne": False}})
     if held < budget:
         taken = {_number(d["slot"]) for d in trials.find(
             {"slot": _slot_range(experiment_id, 0, budget)}, projection={"slot": 1, "_id": 0}

@@ -31,17 +31,15 @@ it still holds the exact worker and heartbeat value an observer saw
 from __future__ import annotations
 
 import dataclasses
-import functools
 import logging
 import os
 import threading
 import uuid
-from collections.abc import Callable, Iterable, Mapping
-from typing import Any, Concatenate, ParamSpec, TypeVar
+from collections.abc import Iterable, Mapping
+from typing import Any
 
-from bson.errors import BSONError
 from pymongo import ReturnDocument
-from pymongo.errors import DuplicateKeyError, PyMongoError
+from pymongo.errors import DuplicateKeyError
 
 from orchard import trial as transitions
 from orchard.errors import (
@@ -56,38 +54,17 @@ from orchard.space import to_builtin, trial_id
 from orchard.storages.base import BaseStorage, ExperimentRecord
 from orchard.storages.mongodb import client
 from orchard.storages.mongodb.changes import STAMP, ChangeFeed
-from orchard.storages.mongodb.slots import insert_holding_slot
+from orchard.storages.mongodb.slots import insert_holding_slot, record_holding_slot
 from orchard.storages.values import check_error, check_params
-from orchard.trial import Lease, Trial, TrialStatus
+from orchard.trial import Lease, ReportValue, Trial, TrialStatus
 
 __all__ = ["MongoStorage"]
 
 log = logging.getLogger(__name__)
 
-P = ParamSpec("P")
-R = TypeVar("R")
-
 _AFTER = ReturnDocument.AFTER
 _WAITING = [TrialStatus.INTERRUPTED.value, TrialStatus.NEW.value]  # sorts interrupted first
-
-
-_Verb = Callable[Concatenate["MongoStorage", P], R]
-
-
-def _translated(action: str) -> Callable[[_Verb[P, R]], _Verb[P, R]]:
-    """Translate driver errors raised by a verb into :mod:`orchard.errors` leaves."""
-
-    def decorate(method: _Verb[P, R]) -> _Verb[P, R]:
-        @functools.wraps(method)
-        def wrapper(self: MongoStorage, /, *args: P.args, **kwargs: P.kwargs) -> R:
-            try:
-                return method(self, *args, **kwargs)
-            except (PyMongoError, BSONError) as err:
-                raise client.translate(err, self.uri, action) from err
-
-        return wrapper
-
-    return decorate
+_translated = client.translated
 
 
 def _expected(trial_id: str, change: transitions.Change) -> dict[str, Any]:
@@ -318,6 +295,13 @@ class MongoStorage(BaseStorage):
         insert_holding_slot(self._db(), client.trial_to_doc(trial), budget, name)
         return trial
 
+    @_translated("record a trial")
+    def record_trial(self, experiment_id: str, params: Mapping[str, Any], objective: float, results: Mapping[str, Any],
+                     *, budget: int | None = None, in_budget: bool = False) -> Trial:
+        check_params(params)
+        return record_holding_slot(self._db(), experiment_id, self._experiment_name(experiment_id), params,
+                                   objective, results, self.now(), budget if in_budget else False)
+
     @_translated("restore trials")
     def restore_trials(self, experiment_id: str, trials: Iterable[Trial]) -> int:
         name = self._experiment_name(experiment_id)
@@ -327,7 +311,7 @@ class MongoStorage(BaseStorage):
             fresh = dataclasses.replace(trial, id=tid, experiment=experiment_id)
             doc = client.trial_to_doc(fresh)
             try:
-                if fresh.status is TrialStatus.BROKEN:
+                if not fresh.holds_budget:
                     client.insert_stamped(self._trials, doc)
                 else:
                     insert_holding_slot(self._db(), doc, None, name)
@@ -416,7 +400,7 @@ class MongoStorage(BaseStorage):
         return self._apply(trial_id, transitions.fail(worker, to_builtin(dict(error)), self.now()))
 
     @_translated("store a report")
-    def report_trial(self, trial_id: str, worker: str, step: int, value: float) -> Trial:
+    def report_trial(self, trial_id: str, worker: str, step: int, value: ReportValue) -> Trial:
         seen = self._trials.find_one(
             {"_id": trial_id}, projection={"status": 1, "worker": 1, client.REPORT_COUNT: 1, "reports": {"$slice": -1}}
         )
@@ -488,6 +472,10 @@ class MongoStorage(BaseStorage):
         if not any(counts.values()):
             self._experiment_name(experiment_id)
         return counts
+
+    @_translated("count unbudgeted trials")
+    def count_unbudgeted(self, experiment_id: str) -> int:
+        return int(self._trials.count_documents({"experiment": experiment_id, "in_budget": False}))
 
     @_translated("fetch changed trials")
     def fetch_changes(self, experiment_id: str, cursor: Any = None) -> tuple[list[Trial], Any]:

@@ -11,7 +11,7 @@ before it reaches the table; anything else makes the whole frame *damaged*
 Shapes::
 
     {"op": "experiment", "record": {"id": str, "name": str, "config": PLAIN, "created": number}}
-    {"op": "report", "trial": str, "step": int, "value": number, "heartbeat": number}
+    {"op": "report", "trial": str, "step": int, "value": number or [number, ...], "heartbeat": number}
     {"op": "trial", "trial": {"id": str, "experiment": str, "params": {str: SCALAR},
                               "status": a TrialStatus value, "results": {str: PLAIN}, ...}}
     {"op": "drop", "experiment": str}
@@ -136,8 +136,10 @@ def _check_trial(trial: Any, budget: _Budget) -> None:
             raise RecordError(f"field {name!r} is {type(trial.get(name)).__name__}")
         if type(trial.get(name)) is int:
             _int(trial[name])
-    if type(trial.get("worker")) not in _NAMES or type(trial.get("parent")) not in _NAMES:
-        raise RecordError("a trial whose worker or parent is not a string or None")
+    if any(type(trial.get(name)) not in _NAMES for name in ("worker", "parent", "origin")):
+        raise RecordError("a trial whose worker, parent or origin is not a string or None")
+    if type(trial.get("in_budget", True)) is not bool:  # absent from records of older releases, like origin
+        raise RecordError("a trial whose in_budget is not a bool")
     if type(trial.get("attempts", 0)) is not int:  # absent from records of older releases
         raise RecordError("a trial whose attempts are not an int")
     _int(trial.get("attempts", 0))
@@ -152,11 +154,15 @@ def _check_trial(trial: Any, budget: _Budget) -> None:
 
 
 def _check_report(pair: Any) -> None:
-    if type(pair) is not list or len(pair) != 2 or type(pair[0]) is not int or type(pair[1]) not in (int, float):
-        raise RecordError("a trial report that is not [int step, number value]")
+    if type(pair) is not list or len(pair) != 2 or type(pair[0]) is not int:
+        raise RecordError("a trial report that is not [int step, value]")
     _int(pair[0])
-    if type(pair[1]) is int:
-        _int(pair[1])
+    values = pair[1] if type(pair[1]) is list and pair[1] else [pair[1]]  # several objectives: a list
+    for value in values:
+        if type(value) not in (int, float):
+            raise RecordError("a trial report whose value is not a number or a list of numbers")
+        if type(value) is int:
+            _int(value)
 
 
 def _field(record: dict[str, Any], name: str, *kinds: type) -> Any:
@@ -182,7 +188,7 @@ def _check_record(record: Any, budget: _Budget) -> None:
         _plain(_field(exp, "config", dict), budget)
     elif op == "report":
         _field(record, "trial", str)
-        _check_report([_field(record, "step", int), _field(record, "value", int, float)])
+        _check_report([_field(record, "step", int), _field(record, "value", int, float, list)])
         _field(record, "heartbeat", int, float)
     elif op == "drop":
         _field(record, "experiment", str)

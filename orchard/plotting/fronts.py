@@ -1,0 +1,251 @@
+"""Figures of an experiment with several objectives: the Pareto front and its hypervolume over time.
+
+:func:`pareto` draws every completed trial at its objective values, one panel
+per pair of objectives (one panel for two objectives, three pairwise views for
+three). The feasible non-dominated trials (the front, computed on *all*
+objectives, so a front trial may look dominated in one pairwise view) are
+highlighted (and joined by a line in a two-objective view); infeasible
+trials, which break a constraint, are crosses. Values are shown in their own
+direction (an accuracy to maximise stays positive).
+
+:func:`hypervolume` follows the hypervolume of the feasible front trial by trial,
+in completion order, against one reference point for the whole curve (derived
+from every feasible completed trial, as :meth:`orchard.Experiment.hypervolume`
+does), so the curve never falls.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from orchard.objectives import dominates, hypervolume as volume, reference_point
+from orchard.pareto import scored
+from orchard.plotting.figures import describe, no_results_note
+from orchard.trial import Trial, TrialStatus
+
+__all__ = [
+    "HypervolumeFigure",
+    "ParetoFigure",
+    "ParetoPanel",
+    "hypervolume",
+    "hypervolume_mpl",
+    "hypervolume_plotly",
+    "pareto",
+    "pareto_mpl",
+    "pareto_plotly",
+]
+
+FRONT_COLOR = "#d62728"
+OTHER_COLOR = "#1f77b4"
+INFEASIBLE_COLOR = "#7f7f7f"
+
+
+@dataclasses.dataclass(frozen=True)
+class Points:
+    """Trials at ``(x, y)`` with a hover label each."""
+
+    x: list[float]
+    y: list[float]
+    labels: list[str]
+
+
+@dataclasses.dataclass(frozen=True)
+class ParetoPanel:
+    """One pairwise view: the front, the other feasible trials and the infeasible ones."""
+
+    x_label: str
+    y_label: str
+    front: Points
+    others: Points
+    infeasible: Points
+    joined: bool
+
+
+@dataclasses.dataclass(frozen=True)
+class ParetoFigure:
+    """Completed trials at their objective values, one panel per pair of objectives."""
+
+    title: str
+    note: str | None
+    panels: list[ParetoPanel]
+
+
+@dataclasses.dataclass(frozen=True)
+class HypervolumeFigure:
+    """The hypervolume of the feasible front after each completed trial (completion order)."""
+
+    title: str
+    note: str | None
+    x: list[int]
+    seconds: list[float]
+    volumes: list[float]
+
+
+def _directions(objectives: Mapping[str, str] | None) -> dict[str, str]:
+    return dict(objectives) if objectives else {"objective": "min"}
+
+
+def _shown(vector: Sequence[float], directions: Mapping[str, str]) -> list[float]:
+    """A minimisation-form vector back in the objectives' own directions."""
+    return [-v if d == "max" else v for v, d in zip(vector, directions.values(), strict=True)]
+
+
+def pareto(trials: Sequence[Trial], name: str, objectives: Mapping[str, str] | None = None,
+           constraints: Sequence[str] | None = None) -> ParetoFigure:
+    """Build the Pareto figure.
+
+    Args:
+        trials: the experiment's trials; completed ones that reported every objective are drawn.
+        name: the experiment's name, used in the title.
+        objectives: the experiment's objectives (two or more give panels).
+        constraints: the experiment's constraints (trials breaking them are drawn as crosses).
+
+    Returns:
+        The figure record; empty, with a note, without completed trials or with one objective.
+    """
+    directions = _directions(objectives)
+    rows = scored(trials, directions, constraints)
+    if not rows:
+        broken = sum(t.status is TrialStatus.BROKEN for t in trials)
+        return ParetoFigure(f"{name}: Pareto front", no_results_note(broken), [])
+    if len(directions) < 2:
+        return ParetoFigure(f"{name}: Pareto front", "the experiment has one objective: its front is its best "
+                            "trial (see 'orchard plot regret')", [])
+    feasible = [(t, v) for t, v, violation in rows if violation <= 0]
+    front = {t.id for t, v in feasible if not any(dominates(w, v) for _, w in feasible)}
+    names = list(directions)
+    panels = []
+    for i, j in itertools.combinations(range(len(names)), 2):
+        groups: dict[str, tuple[list[float], list[float], list[str]]] = {k: ([], [], []) for k in ("f", "o", "i")}
+        for trial, vector, violation in rows:
+            shown = _shown(vector, directions)
+            key = "i" if violation > 0 else "f" if trial.id in front else "o"
+            groups[key][0].append(shown[i])
+            groups[key][1].append(shown[j])
+            groups[key][2].append(describe(trial))
+        fx, fy, fl = groups["f"]
+        order = sorted(range(len(fx)), key=lambda k: (fx[k], fy[k]))
+        front_points = Points([fx[k] for k in order], [fy[k] for k in order], [fl[k] for k in order])
+        panels.append(ParetoPanel(_label(names[i], directions), _label(names[j], directions), front_points,
+                                  Points(*groups["o"]), Points(*groups["i"]), joined=len(names) == 2))
+    infeasible = sum(violation > 0 for _, _, violation in rows)
+    title = f"{name}: Pareto front, {len(front)} of {len(rows)} completed trials"
+    if constraints or infeasible:
+        title += f" ({infeasible} infeasible)"
+    return ParetoFigure(title, None, panels)
+
+
+def _label(name: str, directions: Mapping[str, str]) -> str:
+    return f"{name} ({directions[name]})"
+
+
+def hypervolume(trials: Sequence[Trial], name: str, objectives: Mapping[str, str] | None = None,
+                constraints: Sequence[str] | None = None) -> HypervolumeFigure:
+    """Build the hypervolume figure: the feasible front's hypervolume after each completed trial.
+
+    Args:
+        trials: the experiment's trials.
+        name: the experiment's name, used in the title.
+        objectives: the experiment's objectives (one to three; ``None``: one).
+        constraints: the experiment's constraints (infeasible trials add nothing).
+
+    Returns:
+        The figure record; empty, with a note, without a feasible completed trial
+        or with more than three objectives.
+    """
+    directions = _directions(objectives)
+    title = f"{name}: hypervolume of the feasible front"
+    if len(directions) > 3:
+        return HypervolumeFigure(title, f"exact hypervolume is computed for up to 3 objectives, not "
+                                 f"{len(directions)}", [], [], [])
+    rows = sorted(scored(trials, directions, constraints), key=lambda r: (r[0].end_time or 0.0, r[0].id))
+    feasible = [(t, v) for t, v, violation in rows if violation <= 0]
+    if not feasible:
+        broken = sum(t.status is TrialStatus.BROKEN for t in trials)
+        note = no_results_note(broken) if not rows else "no feasible completed trial yet"
+        return HypervolumeFigure(title, note, [], [], [])
+    reference = reference_point([v for _, v in feasible])
+    start = min((t.start_time for t in trials if t.start_time is not None), default=rows[0][0].end_time or 0.0)
+    front: list[Sequence[float]] = []
+    x: list[int] = []
+    seconds: list[float] = []
+    volumes: list[float] = []
+    current = 0.0
+    for rank, (trial, vector, violation) in enumerate(rows, start=1):
+        if violation <= 0 and not any(dominates(w, vector) or tuple(w) == tuple(vector) for w in front):
+            front = [w for w in front if not dominates(vector, w)] + [vector]
+            current = volume(front, reference)
+        x.append(rank)
+        seconds.append((trial.end_time or start) - start)
+        volumes.append(current)
+    shown = ", ".join(f"{n}={v:.4g}" for n, v in zip(directions, _shown(reference, directions), strict=True))
+    return HypervolumeFigure(f"{title}: {current:.4g} after {len(rows)} completed trials (reference {shown})",
+                             None, x, seconds, volumes)
+
+
+# -- drawing ---------------------------------------------------------------------------
+
+
+def pareto_plotly(figure: ParetoFigure, fig: Any, go: Any) -> None:
+    """Draw the Pareto panels side by side on a plotly figure."""
+    if not figure.panels:
+        fig.update_xaxes(visible=False)
+        fig.update_yaxes(visible=False)
+        return
+    fig.set_subplots(rows=1, cols=len(figure.panels), horizontal_spacing=0.08)
+    for col, panel in enumerate(figure.panels, start=1):
+        legend = col == 1
+        for points, label, marker in ((panel.others, "dominated", {"color": OTHER_COLOR, "opacity": 0.6}),
+                                      (panel.infeasible, "infeasible", {"color": INFEASIBLE_COLOR, "symbol": "x"}),
+                                      (panel.front, "front", {"color": FRONT_COLOR, "size": 9})):
+            if points.x:
+                mode = "lines+markers" if label == "front" and panel.joined else "markers"
+                fig.add_trace(go.Scatter(x=points.x, y=points.y, mode=mode, name=label, marker=marker,
+                                         line={"color": FRONT_COLOR}, text=points.labels,
+                                         hovertemplate="%{text}<extra></extra>", showlegend=legend,
+                                         legendgroup=label), row=1, col=col)
+        fig.update_xaxes(title=panel.x_label, row=1, col=col)
+        fig.update_yaxes(title=panel.y_label, row=1, col=col)
+
+
+def pareto_mpl(figure: ParetoFigure, fig: Any, ax: Any) -> None:
+    """Draw the Pareto panels side by side on a matplotlib figure (replacing ``ax``)."""
+    if not figure.panels:
+        ax.set_xticks([])
+        ax.set_yticks([])
+        return
+    fig.delaxes(ax)
+    for panel, axis in zip(figure.panels, fig.subplots(1, len(figure.panels), squeeze=False)[0], strict=True):
+        if panel.others.x:
+            axis.plot(panel.others.x, panel.others.y, "o", color=OTHER_COLOR, alpha=0.6, label="dominated")
+        if panel.infeasible.x:
+            axis.plot(panel.infeasible.x, panel.infeasible.y, "x", color=INFEASIBLE_COLOR, label="infeasible")
+        if panel.front.x:
+            style = "o-" if panel.joined else "o"
+            axis.plot(panel.front.x, panel.front.y, style, color=FRONT_COLOR, markersize=7, label="front")
+        axis.set_xlabel(panel.x_label)
+        axis.set_ylabel(panel.y_label)
+        axis.grid(alpha=0.3)
+        axis.legend(loc="best")
+
+
+def hypervolume_plotly(figure: HypervolumeFigure, fig: Any, go: Any) -> None:
+    """Draw the hypervolume curve on a plotly figure."""
+    if figure.x:
+        fig.add_trace(go.Scatter(x=figure.x, y=figure.volumes, mode="lines", line_shape="hv", name="hypervolume",
+                                 customdata=figure.seconds, line={"color": FRONT_COLOR, "width": 2},
+                                 hovertemplate="after %{x} trials (%{customdata:.4g} s): %{y:.4g}<extra></extra>"))
+    fig.update_xaxes(title="completed trials (completion order)", tickformat="d")
+    fig.update_yaxes(title="hypervolume")
+
+
+def hypervolume_mpl(figure: HypervolumeFigure, fig: Any, ax: Any) -> None:
+    """Draw the hypervolume curve on a matplotlib axes."""
+    if figure.x:
+        ax.step(figure.x, figure.volumes, where="post", color=FRONT_COLOR, linewidth=2)
+    ax.set_xlabel("completed trials (completion order)")
+    ax.set_ylabel("hypervolume")
+    ax.grid(alpha=0.3)

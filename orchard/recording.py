@@ -1,0 +1,114 @@
+"""Evaluations made elsewhere, recorded into an experiment, and the budget they leave.
+
+``exp.insert(params, objective=0.3)`` (``orchard insert -n NAME x=1 --objective 0.3``)
+stores a result obtained outside Orchard (an earlier run, a paper, a
+spreadsheet) as a trial born ``completed``, with ``origin="inserted"``. The
+algorithm sees it as evidence like any completed trial; it holds no unit of
+``max_trials`` unless asked (``count_in_budget=True``), so a budget of 50 still
+buys 50 evaluations. Everything is checked before the one storage write
+(:meth:`~orchard.storages.base.BaseStorage.record_trial`): the params against
+the space, the objective (or each of several objectives) a finite number, the
+results storable; bad input stores nothing.
+
+The budget used is ``completed + pruned`` minus the trials recorded apart from
+it (:func:`budget_used`); every caller that judges "is the budget met" reads it here.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from typing import Any
+
+from orchard.errors import ConfigurationError
+from orchard.experiment_config import ExperimentConfig
+from orchard.objective import Outcome, interpret_result, with_objectives
+from orchard.storages.base import BaseStorage
+from orchard.trial import Trial, TrialStatus
+
+__all__ = ["budget_held", "budget_used", "check_evaluation", "record_evaluation", "warn_if_budget_met"]
+
+log = logging.getLogger(__name__)
+
+
+def check_evaluation(
+    objective: Any, results: Mapping[str, Any] | None, objectives: Mapping[str, str] | None, label: str,
+) -> Outcome:
+    """The completed outcome of an evaluation made elsewhere, checked as a worker checks its own.
+
+    Args:
+        objective: the objective (minimized); ``None`` with several ``objectives``, which are read
+            from ``results`` by name.
+        results: extra metrics (and, with several objectives, each of them).
+        objectives: the experiment's several objectives, if any.
+        label: how the message names what is inserted (``"experiment 'x'"``, ``"row 3 of rows.csv"``).
+
+    Raises:
+        ConfigurationError: the objective is missing or not a finite number, or a result cannot be stored.
+    """
+    results = dict(results or {})
+    if "objective" in results:
+        raise ConfigurationError(f"{label}: give the objective as objective=..., not as a result named 'objective'")
+    if objectives is not None:
+        if objective is not None:
+            raise ConfigurationError(
+                f"{label}: the experiment has several objectives ({', '.join(objectives)}); give each in "
+                "results by name, not objective=...")
+        outcome = with_objectives(interpret_result(results), objectives)
+    elif objective is None:
+        raise ConfigurationError(f"{label}: no objective given; an evaluated trial needs objective=<finite number>")
+    else:
+        outcome = interpret_result({**results, "objective": objective})
+    if not outcome.ok:
+        why = (outcome.error or {}).get("message", "invalid result")
+        raise ConfigurationError(f"{label}: {why}; nothing was stored")
+    return outcome
+
+
+def record_evaluation(
+    storage: BaseStorage,
+    experiment_id: str,
+    settings: ExperimentConfig,
+    params: Mapping[str, Any],
+    objective: Any,
+    results: Mapping[str, Any] | None,
+    count_in_budget: bool,
+    label: str,
+) -> Trial:
+    """Check and store one evaluation made elsewhere as a completed trial (see the module docstring).
+
+    Raises:
+        SpaceError: the params are not a point of the space; the message names the dimension.
+        ConfigurationError: see :func:`check_evaluation`.
+        DuplicateTrialError: a trial with those params exists.
+        BudgetExhaustedError: ``count_in_budget`` and the budget is fully used.
+    """
+    point = settings.space.validate(params)
+    outcome = check_evaluation(objective, results, settings.objectives, label)
+    assert outcome.objective is not None  # a completed outcome carries its objective
+    return storage.record_trial(experiment_id, point, outcome.objective, outcome.results,
+                                budget=settings.max_trials, in_budget=count_in_budget)
+
+
+def budget_used(storage: BaseStorage, experiment_id: str) -> int:
+    """Trials that used a unit of the budget: completed or pruned, not recorded apart from it."""
+    counts = storage.count_trials(experiment_id)
+    done = counts[TrialStatus.COMPLETED] + counts[TrialStatus.PRUNED]
+    return done - storage.count_unbudgeted(experiment_id) if done else 0
+
+
+def budget_held(storage: BaseStorage, experiment_id: str) -> int:
+    """Trials that hold a unit of the budget now: every one but broken ones and those recorded apart."""
+    counts = storage.count_trials(experiment_id)
+    held = sum(counts.values()) - counts[TrialStatus.BROKEN]
+    return held - storage.count_unbudgeted(experiment_id) if counts[TrialStatus.COMPLETED] else held
+
+
+def warn_if_budget_met(storage: BaseStorage, experiment_id: str, name: str, max_trials: int | None) -> bool:
+    """Say so (a warning) when the budget is met, instead of returning silently; whether it is."""
+    done = budget_used(storage, experiment_id)
+    if max_trials is None or done < max_trials:
+        return False
+    log.warning("experiment %r has already completed its %d trials (max_trials=%d); nothing to do. "
+                "Raise max_trials, or use a new experiment name", name, done, max_trials)
+    return True

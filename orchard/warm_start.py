@@ -1,0 +1,275 @@
+"""Warm start: completed trials of earlier experiments, told to the algorithm as prior evidence.
+
+``build_experiment(..., warm_start=["old", "mongodb://host/db:other"])``,
+``orchard hunt --warm-start old`` (repeatable) or ``warm_start: [old]`` in a
+config file. Each *source* is written
+
+* ``"NAME"``: the experiment ``NAME`` in the experiment's own storage;
+* ``"STORAGE:NAME"``: in another storage, given by URI or ``.pkl`` path
+  (``mongodb://host/db:other``, ``runs/old.pkl:other``); the name follows the last ``:``;
+* a mapping ``{"experiment": NAME, "storage": URI, "fill": {DIM: VALUE}}`` (storage and fill optional).
+
+The sources are stored with the experiment's configuration, so every worker
+that joins uses the same ones. Each worker reads them once, when it starts
+(:func:`prior_trials`; a process keeps what it read while a source's count
+of completed trials stays the same), and hands their completed trials to the
+algorithm before its own (:class:`orchard.history.History`'s ``prior``).
+They are evidence only: not trials of the new experiment, so its budget,
+best trial and Pareto front stay its own.
+
+**How a source's trials are mapped into this space.** The space has no
+default values, so the rule is explicit:
+
+* a dimension of both spaces keeps the trial's value; a trial whose value is
+  outside this space's prior (a range narrowed, a choice removed) is dropped,
+  and counted per dimension;
+* a dimension this space adds takes the source's ``fill`` value (checked
+  against the prior); without one the source is refused;
+* a dimension this space lacks refuses the source: the trials were evaluated
+  at values this space cannot express.
+
+A source whose dimensions do not fit, or none of whose completed trials fit,
+is refused when the experiment is created, with the dimensions named; nothing
+is stored.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import threading
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from orchard.errors import ConfigurationError, ExperimentNotFoundError, OrchardError
+from orchard.naming import check_experiment_name
+from orchard.priors import to_builtin
+from orchard.space import Space
+from orchard.storages import BaseStorage, get_storage
+from orchard.storages._uri import redact
+from orchard.trial import Trial, TrialStatus
+
+__all__ = ["Source", "SourceUse", "check_sources", "normalize_warm_start", "prior_trials", "source_uses"]
+
+log = logging.getLogger(__name__)
+
+_SOURCE_KEYS = frozenset({"experiment", "storage", "fill"})
+_EXAMPLE = "warm_start=['old-exp', 'mongodb://host/db:other', {'experiment': 'old', 'fill': {'batch': 32}}]"
+
+
+@dataclasses.dataclass(frozen=True)
+class Source:
+    """One experiment whose completed trials warm-start another.
+
+    Attributes:
+        experiment: its name.
+        storage: the URI of its storage (``None``: the warm-started experiment's own).
+        fill: values of the dimensions the new space adds.
+    """
+
+    experiment: str
+    storage: str | None = None
+    fill: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+
+    @property
+    def label(self) -> str:
+        """How messages name the source (credentials redacted)."""
+        return self.experiment if self.storage is None else f"{redact(self.storage)}:{self.experiment}"
+
+    def to_dict(self) -> dict[str, Any]:
+        """The stored form."""
+        return {"experiment": self.experiment, "storage": self.storage, "fill": dict(self.fill)}
+
+
+@dataclasses.dataclass(frozen=True)
+class SourceUse:
+    """What a warm start took from one source: ``used`` of its ``completed`` trials.
+
+    ``dropped`` counts, per dimension, the trials left out because their value was
+    outside this space's prior there.
+    """
+
+    source: str
+    used: int
+    completed: int
+    dropped: Mapping[str, int]
+
+
+def _parse_source(item: Any) -> Source:
+    if isinstance(item, str) and item.lstrip().startswith("{"):
+        import yaml
+
+        try:
+            item = yaml.safe_load(item)
+        except yaml.YAMLError:
+            raise ConfigurationError(f"warm_start source {item!r} is not a YAML mapping; e.g. {_EXAMPLE}") from None
+    if isinstance(item, Mapping):
+        unknown = sorted(set(map(str, item)) - _SOURCE_KEYS)
+        fill = item.get("fill") or {}
+        if unknown or not isinstance(fill, Mapping) or not isinstance(item.get("storage") or "", str):
+            raise ConfigurationError(
+                f"warm_start source {dict(item)!r}: keys are experiment, storage (a URI) and fill (a mapping of "
+                f"dimension to value){f'; unknown: {unknown}' if unknown else ''}; e.g. {_EXAMPLE}")
+        name, storage = item.get("experiment"), item.get("storage") or None
+        fill = {str(k): to_builtin(v) for k, v in fill.items()}
+    elif isinstance(item, str) and item.strip():
+        storage, name = _split(item.strip())
+        fill = {}
+    else:
+        raise ConfigurationError(f"warm_start source {item!r} is not an experiment name or mapping; e.g. {_EXAMPLE}")
+    return Source(check_experiment_name(name), storage, fill)
+
+
+def _split(text: str) -> tuple[str | None, str]:
+    """``"STORAGE:NAME"`` into its storage and name; a plain name has no storage."""
+    head, sep, name = text.rpartition(":")
+    if sep and "/" not in name and ("://" in head or head.split("?", 1)[0].endswith(".pkl")):
+        return head, name
+    if "://" in text or text.endswith(".pkl"):
+        raise ConfigurationError(
+            f"warm_start source {redact(text)!r} names a storage but no experiment; write STORAGE:NAME, "
+            "e.g. mongodb://host/db:old-exp or runs/orchard.pkl:old-exp")
+    return None, text
+
+
+def normalize_warm_start(value: Any) -> list[dict[str, Any]] | None:
+    """Check warm-start sources; return their stored form (``None`` stays ``None``).
+
+    Args:
+        value: a source or a list of sources (see the module docstring).
+
+    Raises:
+        ConfigurationError: a source is malformed or given twice; the message shows the forms.
+    """
+    if value is None or value == []:
+        return None
+    items = [value] if isinstance(value, (str, Mapping)) else value
+    if not isinstance(items, (list, tuple)):
+        raise ConfigurationError(f"warm_start must be a list of sources, got {type(value).__name__}; e.g. {_EXAMPLE}")
+    sources = [_parse_source(item) for item in items]
+    labels = [source.label for source in sources]
+    twice = sorted({label for label in labels if labels.count(label) > 1})
+    if twice:
+        raise ConfigurationError(f"warm_start names {', '.join(map(repr, twice))} twice; name each source once")
+    return [source.to_dict() for source in sources]
+
+
+def _sources(stored: Sequence[Mapping[str, Any]] | None) -> list[Source]:
+    return [Source(s["experiment"], s.get("storage"), s.get("fill") or {}) for s in stored or ()]
+
+
+def _fit_problems(source: Source, theirs: Space, space: Space) -> list[str]:
+    """Why the dimensions of ``theirs`` do not map into ``space`` (empty if they do)."""
+    problems = []
+    for name in space:
+        if name in theirs and name in source.fill:
+            problems.append(f"{name!r} is in both spaces, so it takes no fill value")
+        elif name not in theirs and name not in source.fill:
+            problems.append(f"{name!r} is new in this space (give a value to evaluate it at: "
+                            f"{{'experiment': {source.experiment!r}, 'fill': {{{name!r}: VALUE}}}})")
+        elif name in source.fill and not space[name].contains(source.fill[name]):
+            problems.append(f"fill value {source.fill[name]!r} of {name!r} is outside {space[name]}")
+    problems += [f"{name!r} is not in this space" for name in theirs if name not in space]
+    return problems
+
+
+def _mapped(trial: Trial, space: Space, fill: Mapping[str, Any], dropped: dict[str, int]) -> Trial | None:
+    """``trial`` with its params in ``space``, or ``None`` (counted in ``dropped``) if one is outside it."""
+    point = {**trial.params, **fill}
+    for name, prior in space.items():
+        if not prior.contains(to_builtin(point[name])):
+            dropped[name] = dropped.get(name, 0) + 1
+            return None
+    return dataclasses.replace(trial, params={name: prior.cast(point[name]) for name, prior in space.items()})
+
+
+_CACHE: dict[tuple[str, str, int], tuple[Space, list[Trial]]] = {}
+_CACHE_LOCK = threading.Lock()
+
+
+def _read(source: Source, own: BaseStorage) -> tuple[Space, list[Trial]]:
+    """The source's space and completed trials, read once per process while its count stays the same."""
+    storage = own if source.storage is None else get_storage(source.storage)
+    record = storage.require_experiment(source.experiment)
+    count = storage.count_trials(record.id)[TrialStatus.COMPLETED]
+    key = (storage.uri, record.id, count)
+    with _CACHE_LOCK:
+        cached = _CACHE.get(key)
+    if cached is None:
+        try:
+            theirs = Space.from_config(record.config["space"])
+        except (KeyError, OrchardError) as err:
+            raise ConfigurationError(f"warm start source {source.label!r} has no usable space ({err})") from None
+        trials = [t for t in storage.fetch_trials(record.id, [TrialStatus.COMPLETED]) if t.objective is not None]
+        cached = (theirs, trials)
+        with _CACHE_LOCK:
+            _CACHE[key] = cached
+    if source.storage is not None:
+        storage.close()
+    return cached
+
+
+def _gather(space: Space, stored: Sequence[Mapping[str, Any]] | None, own: BaseStorage,
+            strict: bool) -> tuple[list[Trial], list[SourceUse]]:
+    """The sources' trials mapped into ``space``, and what each gave.
+
+    ``strict`` (when the experiment is created) refuses a missing source and one none of whose
+    trials fits; otherwise (a worker starting later) such a source gives nothing, with a warning,
+    so deleting an old experiment never stops the ones it warm-started.
+    """
+    prior: list[Trial] = []
+    uses: list[SourceUse] = []
+    for source in _sources(stored):
+        try:
+            theirs, trials = _read(source, own)
+        except ExperimentNotFoundError:
+            if strict:
+                raise
+            log.warning("warm start source %r no longer exists; going on without it", source.label)
+            uses.append(SourceUse(source.label, 0, 0, {}))
+            continue
+        problems = _fit_problems(source, theirs, space)
+        if problems:
+            raise ConfigurationError(
+                f"warm start from {source.label!r}: its space does not fit this one: {'; '.join(problems)}. "
+                "Fix the space or the source (see docs/warm-start.md)")
+        fill = {name: space[name].cast(value) for name, value in source.fill.items()}
+        dropped: dict[str, int] = {}
+        fitting = [m for t in trials if (m := _mapped(t, space, fill, dropped)) is not None]
+        if strict and trials and not fitting:
+            outside = "; ".join(f"{name}: {n} value(s) outside {space[name]}" for name, n in sorted(dropped.items()))
+            raise ConfigurationError(
+                f"warm start from {source.label!r}: none of its {len(trials)} completed trials fits this space "
+                f"({outside}); widen those dimensions or drop the source")
+        prior += fitting
+        uses.append(SourceUse(source.label, len(fitting), len(trials), dropped))
+    return prior, uses
+
+
+def check_sources(space: Space, stored: Sequence[Mapping[str, Any]] | None, own: BaseStorage, name: str) -> None:
+    """Check, before an experiment is created, that each source exists and maps into ``space``.
+
+    Raises:
+        ExperimentNotFoundError: a source experiment does not exist.
+        ConfigurationError: a source is the experiment itself, or does not fit (the dimensions are named).
+        StorageError: a source's storage cannot be opened.
+    """
+    if any(s.experiment == name and s.storage is None for s in _sources(stored)):
+        raise ConfigurationError(f"experiment {name!r} cannot warm-start from itself; name an earlier experiment")
+    _gather(space, stored, own, strict=True)
+
+
+def prior_trials(space: Space, stored: Sequence[Mapping[str, Any]] | None, own: BaseStorage) -> list[Trial]:
+    """The completed trials of the sources, their params mapped into ``space``; ``[]`` without sources.
+
+    A source deleted since the experiment was created gives nothing (with a warning).
+
+    Raises:
+        StorageError: a source's storage cannot be read.
+    """
+    return _gather(space, stored, own, strict=False)[0] if stored else []
+
+
+def source_uses(space: Space, stored: Sequence[Mapping[str, Any]] | None, own: BaseStorage) -> list[SourceUse]:
+    """What each source gives now (for ``orchard info``); ``[]`` without sources."""
+    return _gather(space, stored, own, strict=False)[1] if stored else []

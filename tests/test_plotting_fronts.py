@@ -1,0 +1,117 @@
+"""The figures of several objectives: ``orchard plot pareto`` and ``orchard plot hypervolume``."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import orchard
+from orchard import plotting
+from orchard.cli import main
+from orchard.objectives import dominates
+from orchard.trial import Trial, TrialStatus
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+TWO = {"error": "min", "accuracy": "max"}
+#: (error, accuracy, memory_gb): trial 3 is dominated by 1; trial 5 breaks memory_gb <= 16.
+POINTS = [(0.2, 0.7, 4.0), (0.5, 0.9, 8.0), (0.3, 0.6, 2.0), (0.1, 0.5, 12.0), (0.05, 0.95, 32.0)]
+
+
+def trial(n: int, error: float, accuracy: float, memory: float, end: float | None = None,
+          name: str = "x") -> Trial:
+    return Trial(id=f"{n:032x}", experiment="e", params={name: float(n)}, status=TrialStatus.COMPLETED,
+                 objective=error, results={"error": error, "accuracy": accuracy, "memory_gb": memory},
+                 start_time=0.0, end_time=float(n) if end is None else end)
+
+
+def trials() -> list[Trial]:
+    return [trial(n, *point) for n, point in enumerate(POINTS, start=1)]
+
+
+def test_pareto_highlights_the_feasible_front_and_marks_infeasible_trials() -> None:
+    fig = plotting.pareto(trials(), "mo", TWO, ["memory_gb <= 16"])
+    (panel,) = fig.panels
+    assert (panel.x_label, panel.y_label) == ("error (min)", "accuracy (max)")
+    assert list(zip(panel.front.x, panel.front.y)) == [(0.1, 0.5), (0.2, 0.7), (0.5, 0.9)]  # by error
+    assert list(zip(panel.others.x, panel.others.y)) == [(0.3, 0.6)]
+    assert list(zip(panel.infeasible.x, panel.infeasible.y)) == [(0.05, 0.95)]
+    assert "3 of 5 completed trials (1 infeasible)" in fig.title
+    front = [(e, -a) for e, a in zip(panel.front.x, panel.front.y)]
+    assert not any(dominates(a, b) for a in front for b in front)
+
+
+def test_three_objectives_give_three_pairwise_views_of_one_front() -> None:
+    three = {"error": "min", "accuracy": "max", "memory_gb": "min"}
+    fig = plotting.pareto(trials(), "mo", three)
+    assert [(p.x_label.split()[0], p.y_label.split()[0]) for p in fig.panels] == [
+        ("error", "accuracy"), ("error", "memory_gb"), ("accuracy", "memory_gb")]
+    assert {len(p.front.x) for p in fig.panels} == {5}  # trial 3 uses the least memory: on the front in every view
+    assert not any(p.joined for p in fig.panels)
+
+
+@pytest.mark.parametrize(("objectives", "note"), [(None, "one objective"), (TWO, "yet")])
+def test_pareto_without_two_objectives_or_results_says_why(objectives: Any, note: str) -> None:
+    shown = trials() if objectives is None else []
+    fig = plotting.pareto(shown, "mo", objectives)
+    assert fig.panels == [] and fig.note is not None and note in fig.note
+
+
+def test_hypervolume_never_falls_and_ends_at_the_experiments_figure(tmp_path: Path) -> None:
+    exp = orchard.build_experiment("mo-hv", space={"x": "uniform(0, 1)"}, storage="memory://", max_trials=12,
+                                   objectives=TWO, constraints=["memory_gb <= 16"], seed=1)
+    exp.workon(lambda x: {"error": x, "accuracy": 1 - (x - 0.3) ** 2, "memory_gb": 40 * x}, progress=False)
+    fig = plotting.hypervolume(exp.fetch_trials(), exp.name, TWO, ["memory_gb <= 16"])
+    assert fig.x == list(range(1, 13)) and len(fig.seconds) == 12
+    assert all(a <= b for a, b in zip(fig.volumes, fig.volumes[1:]))
+    volume, reference = exp.hypervolume()
+    assert fig.volumes[-1] == pytest.approx(volume) and "reference error=" in fig.title
+
+
+def test_hypervolume_counts_only_feasible_trials_in_completion_order() -> None:
+    late_best = trial(9, 0.01, 0.99, 1.0, end=100.0)
+    fig = plotting.hypervolume([late_best, *trials()], "mo", TWO, ["memory_gb <= 16"])
+    assert fig.x == [1, 2, 3, 4, 5, 6]
+    assert fig.volumes[4] == fig.volumes[3]  # trial 5 is infeasible: nothing added
+    assert fig.volumes[2] == fig.volumes[1]  # trial 3 is dominated: nothing added
+    assert fig.volumes[5] > fig.volumes[4]  # the late trial dominates everything
+
+
+def test_hypervolume_beyond_three_objectives_says_why() -> None:
+    four = {"a": "min", "b": "min", "c": "min", "d": "min"}
+    assert "up to 3 objectives" in (plotting.hypervolume([], "mo", four).note or "")
+
+
+HOSTILE = '<a href="https://evil.example/">click</a>'
+
+
+@pytest.mark.parametrize("suffix", [".html", ".png"])
+@pytest.mark.parametrize("kind", ["pareto", "hypervolume"])
+def test_cli_writes_both_figures_of_a_stored_experiment(tmp_path: Path, kind: str, suffix: str,
+                                                        capsys: pytest.CaptureFixture[str]) -> None:
+    uri = str(tmp_path / "db.pkl")
+    exp = orchard.build_experiment("mo-plot", space={"x": "uniform(0, 1)"}, storage=uri, max_trials=8,
+                                   objectives=TWO, constraints=["memory_gb <= 16"], seed=3)
+    exp.workon(lambda x: {"error": x, "accuracy": 1 - (x - 0.3) ** 2, "memory_gb": 40 * x}, progress=False)
+    out = tmp_path / f"{kind}{suffix}"
+    assert main(["plot", kind, "-n", "mo-plot", "--storage", uri, "-o", str(out)]) == 0
+    assert capsys.readouterr().out.strip() == str(out)
+    if suffix == ".png":
+        assert out.read_bytes().startswith(PNG_MAGIC)
+        return
+    page = out.read_text(encoding="utf-8")
+    match = re.search(r"Plotly\.newPlot\(\s*\"[^\"]+\",\s*(\[.*?\])\s*,\s*\{", page, re.DOTALL)
+    assert match, "no Plotly.newPlot call in the page"
+    names = {t.get("name") for t in json.loads(match.group(1))}
+    assert names >= ({"front"} if kind == "pareto" else {"hypervolume"})
+
+
+def test_pareto_draws_markup_in_values_as_text() -> None:
+    from orchard.plotting._plotly import plotly_figure
+
+    shown = [trial(n, *point, name=HOSTILE) for n, point in enumerate(POINTS, start=1)]
+    drawn = json.dumps(plotly_figure(plotting.pareto(shown, HOSTILE, TWO, ["memory_gb <= 16"])).to_plotly_json())
+    assert "<a href" not in drawn and drawn.count("&lt;a href=") >= 5

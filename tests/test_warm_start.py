@@ -1,0 +1,269 @@
+"""Evaluations recorded with ``insert`` and warm starts from earlier experiments.
+
+What users rely on: an inserted evaluation is evidence for the algorithm and
+uses no unit of the budget unless asked; a warm-started experiment is told the
+earlier experiments' completed trials first, so on Branin it reaches early a
+regret its cold twin reaches only later, while its budget and best trial stay
+its own; bad input (a param outside the space, a non-finite objective, a
+source whose space does not fit) is refused with the culprit named and nothing
+stored. The last test runs two real ``orchard hunt`` processes on one pickle file.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import orchard
+from orchard.cli import main
+from orchard.errors import (
+    BudgetExhaustedError,
+    ConfigurationError,
+    ExperimentConflictError,
+    ExperimentNotFoundError,
+)
+from orchard.history import History
+from orchard.trial import Trial, TrialStatus
+from orchard.worker import Worker, WorkerSettings
+
+BRANIN_SPACE = {"x": "uniform(-5, 10)", "y": "uniform(0, 15)"}
+BRANIN_MIN = 0.397887
+
+
+def branin(x: float, y: float) -> float:
+    return float((y - 5.1 / (4 * math.pi**2) * x**2 + 5 / math.pi * x - 6) ** 2
+                 + 10 * (1 - 1 / (8 * math.pi)) * math.cos(x) + 10)
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> str:
+    return str(tmp_path / "db.pkl")
+
+
+def finished(store: str, name: str = "old", n: int = 12, space: dict[str, str] | None = None) -> orchard.Experiment:
+    old = orchard.build_experiment(name, space=space or BRANIN_SPACE, max_trials=n, storage=store, seed=7)
+    old.workon(branin, progress=False)
+    return old
+
+
+def nothing_stored(exp: orchard.Experiment) -> bool:
+    return sum(exp.storage.count_trials(exp.id).values()) == 0
+
+
+# -- insert ------------------------------------------------------------------------------------
+
+
+def test_inserted_evaluation_is_evidence_apart_from_the_budget(store: str) -> None:
+    exp = orchard.build_experiment("e", space=BRANIN_SPACE, max_trials=4, storage=store)
+    given = exp.insert({"x": 1.0, "y": 2.0}, objective=21.5, results={"gpu_hours": 3})
+    assert (given.status, given.objective, given.results) == (TrialStatus.COMPLETED, 21.5, {"gpu_hours": 3})
+    assert (given.origin, given.in_budget) == ("inserted", False)
+    exp.workon(branin, progress=False)
+    done = exp.fetch_trials([TrialStatus.COMPLETED])
+    assert len(done) == 5 and sum(t.origin is None for t in done) == 4  # the budget bought 4 evaluations
+    history = History(exp.storage, exp.id)
+    history.refresh()
+    assert any(o.params == {"x": 1.0, "y": 2.0} for o in history.observations)
+    assert history.counts[TrialStatus.COMPLETED] == 4 and history.unbudgeted == 1
+
+
+def test_inserted_evaluation_counted_in_the_budget_when_asked(store: str) -> None:
+    exp = orchard.build_experiment("e", space=BRANIN_SPACE, max_trials=3, storage=store)
+    exp.insert({"x": 1.0, "y": 2.0}, objective=21.5, count_in_budget=True)
+    exp.workon(branin, progress=False)
+    assert len(exp.fetch_trials([TrialStatus.COMPLETED])) == 3
+    with pytest.raises(BudgetExhaustedError):
+        exp.insert({"x": 2.0, "y": 2.0}, objective=1.0, count_in_budget=True)
+    exp.insert({"x": 2.0, "y": 2.0}, objective=1.0)  # apart from the budget: still welcome
+
+
+@pytest.mark.parametrize(("params", "objective", "results", "culprit"), [
+    ({"x": 11.0, "y": 1.0}, 1.0, None, "dimension 'x'"),
+    ({"x": 1.0}, 1.0, None, "missing 'y'"),
+    ({"x": 1.0, "y": 1.0, "z": 0}, 1.0, None, "unknown 'z'"),
+    ({"x": 1.0, "y": 1.0}, float("nan"), None, "objective is nan"),
+    ({"x": 1.0, "y": 1.0}, "0.3", None, "objective must be a number"),
+    ({"x": 1.0, "y": 1.0}, None, {"acc": 0.9}, "no objective given"),
+    ({"x": 1.0, "y": 1.0}, 1.0, {"blob": object()}, "blob"),
+])
+def test_bad_insert_is_refused_naming_the_culprit_and_stores_nothing(
+    store: str, params: dict[str, object], objective: object, results: dict[str, object] | None, culprit: str,
+) -> None:
+    exp = orchard.build_experiment("e", space=BRANIN_SPACE, storage=store)
+    with pytest.raises(ConfigurationError, match=culprit):  # SpaceError is a ConfigurationError
+        exp.insert(params, objective=objective, results=results)  # type: ignore[arg-type]
+    assert nothing_stored(exp)
+
+
+def test_insert_with_several_objectives_reads_each_from_results(store: str) -> None:
+    exp = orchard.build_experiment("e", space=BRANIN_SPACE, storage=store,
+                                   objectives={"error": "min", "accuracy": "max"})
+    trial = exp.insert({"x": 1.0, "y": 1.0}, results={"error": 0.2, "accuracy": 0.9})
+    assert trial.objective == 0.2 and exp.pareto_front()[0].id == trial.id
+    with pytest.raises(ConfigurationError, match="'accuracy' is missing"):
+        exp.insert({"x": 2.0, "y": 1.0}, results={"error": 0.2})
+    with pytest.raises(ConfigurationError, match="several objectives"):
+        exp.insert({"x": 2.0, "y": 1.0}, objective=0.2, results={"error": 0.2, "accuracy": 0.9})
+
+
+def test_old_trial_records_read_as_ordinary_trials() -> None:
+    old = Trial.from_dict({"id": "t", "experiment": "e", "params": {"x": 1}, "status": "completed",
+                           "objective": 1.0})
+    assert (old.origin, old.in_budget, old.holds_budget) == (None, True, True)
+
+
+def test_cli_insert_records_one_evaluation_and_a_file(tmp_path: Path, store: str,
+                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    exp = orchard.build_experiment("e", space={"lr": "loguniform(1e-4, 1)", "opt": "choices(['adam', 'sgd'])"},
+                                   max_trials=5, storage=store)
+    base = ["insert", "-n", "e", "--storage", store]
+    assert main([*base, "lr=0.01", "opt=adam", "--objective", "0.31", "--result", "epochs=12"]) == 0
+    assert "apart from the budget" in capsys.readouterr().out
+    rows = tmp_path / "rows.csv"
+    rows.write_text("lr,opt,objective,epochs\n0.1,sgd,0.4,10\n0.001,adam,0.35,10\n")
+    assert main([*base, "--file", str(rows), "--count-in-budget"]) == 0
+    lines = tmp_path / "rows.jsonl"
+    lines.write_text('{"lr": 0.2, "opt": "sgd", "objective": 0.5}\n{"lr": 5, "opt": "sgd", "objective": 0.5}\n')
+    assert main([*base, "--file", str(lines)]) == 2  # row 2: lr outside its prior; row 1 not stored either
+    assert "row 2" in capsys.readouterr().err
+    done = exp.fetch_trials()
+    assert sorted((t.params["lr"], t.objective, t.in_budget) for t in done) == [
+        (0.001, 0.35, True), (0.01, 0.31, False), (0.1, 0.4, True)]
+    assert all(t.origin == "inserted" and t.results["epochs"] in (10, 12) for t in done)
+    assert main([*base, "--file", str(rows)]) != 0  # already there: refused, nothing stored
+    assert "already has a trial" in capsys.readouterr().err and len(exp.fetch_trials()) == 3
+
+
+# -- warm start: validation ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("space", "culprit"), [
+    ({**BRANIN_SPACE, "z": "uniform(0, 1)"}, "'z' is new in this space"),
+    ({"x": "uniform(-5, 10)"}, "'y' is not in this space"),
+    ({"x": "uniform(20, 30)", "y": "uniform(0, 15)"}, r"none of its 12 completed trials fits .*x: 12 value"),
+])
+def test_a_source_that_does_not_fit_is_refused_naming_the_dims(store: str, space: dict[str, str],
+                                                               culprit: str) -> None:
+    finished(store)
+    with pytest.raises(ConfigurationError, match=culprit):
+        orchard.build_experiment("new", space=space, storage=store, warm_start=["old"])
+    assert orchard.get_storage(store).get_experiment("new") is None  # nothing stored
+
+
+@pytest.mark.parametrize(("sources", "error", "culprit"), [
+    (["nope"], ExperimentNotFoundError, "nope"),
+    (["new"], ConfigurationError, "from itself"),
+    (["old", "old"], ConfigurationError, "twice"),
+    (["runs/x.pkl"], ConfigurationError, "no experiment"),
+    ([{"experiment": "old", "fill": 3}], ConfigurationError, "fill"),
+    ([{"experiment": "old", "fill": {"x": 1.0}}], ConfigurationError, "'x' is in both spaces"),
+])
+def test_bad_sources_are_refused(store: str, sources: list[object], error: type[Exception], culprit: str) -> None:
+    finished(store)
+    with pytest.raises(error, match=culprit):
+        orchard.build_experiment("new", space=BRANIN_SPACE, storage=store, warm_start=sources)  # type: ignore[arg-type]
+    assert orchard.get_storage(store).get_experiment("new") is None
+
+
+def test_mapping_fills_added_dims_and_drops_trials_outside_a_narrowed_range(
+    tmp_path: Path, store: str, capsys: pytest.CaptureFixture[str],
+) -> None:
+    other = str(tmp_path / "other.pkl")
+    old = finished(other)
+    inside = sum(t.params["x"] >= 0 for t in old.fetch_trials())
+    new = orchard.build_experiment(
+        "new", space={"x": "uniform(0, 10)", "y": "uniform(0, 15)", "z": "choices(['a', 'b'])"}, storage=store,
+        warm_start=[{"experiment": "old", "storage": other, "fill": {"z": "b"}}])
+    worker = Worker(new.storage, new.id, WorkerSettings.for_experiment(new.settings),
+                    evaluate=lambda trial: None)  # type: ignore[arg-type, return-value]
+    prior = worker.history.observations
+    assert len(prior) == inside and all(o.params["z"] == "b" and o.params["x"] >= 0 for o in prior)
+    assert main(["info", "-n", "new", "--storage", store]) == 0
+    line = next(li for li in capsys.readouterr().out.splitlines() if "warm start" in li)
+    assert f"other.pkl:old ({inside} of 12 completed trials; {12 - inside} outside x)" in line
+
+
+def test_joining_agrees_on_the_sources(store: str) -> None:
+    finished(store)
+    finished(store, "older")
+    orchard.build_experiment("new", space=BRANIN_SPACE, storage=store, warm_start=["old"])
+    assert orchard.build_experiment("new", storage=store).settings.warm_start == [
+        {"experiment": "old", "storage": None, "fill": {}}]
+    with pytest.raises(ExperimentConflictError, match="warm_start"):
+        orchard.build_experiment("new", storage=store, warm_start=["older"])
+
+
+def test_a_deleted_source_never_stops_the_experiment_it_warm_started(
+    store: str, caplog: pytest.LogCaptureFixture,
+) -> None:
+    old = finished(store)
+    new = orchard.build_experiment("new", space=BRANIN_SPACE, max_trials=2, storage=store, warm_start=["old"])
+    old.storage.delete_experiment(old.id)
+    new.workon(branin, progress=False)
+    assert len(new.fetch_trials([TrialStatus.COMPLETED])) == 2
+    assert "warm start source 'old' no longer exists" in caplog.text
+
+
+# -- warm start: what it buys ----------------------------------------------------------------------
+
+
+def _regret_curve(exp: orchard.Experiment) -> list[float]:
+    best, curve = math.inf, []
+    for trial in sorted(exp.fetch_trials([TrialStatus.COMPLETED]), key=lambda t: t.end_time or 0.0):
+        best = min(best, trial.objective if trial.objective is not None else math.inf)
+        curve.append(best - BRANIN_MIN)
+    return curve
+
+
+def test_warm_started_bayes_reaches_early_what_cold_bayes_reaches_later() -> None:
+    """Over 3 seeds: ``bayes`` warm-started from a finished 30-trial random search, after 5 trials, has
+    a median regret the cold ``bayes`` (10 random points first) has not reached after 15 (measured:
+    0.03 against 1.6). The warm experiment's own budget and best trial stay its own."""
+    warm_curves, cold_curves = [], []
+    for seed in range(3):
+        storage = f"memory://warm-start-branin-{seed}"
+        old = finished(storage, n=30)
+        warm = orchard.build_experiment("warm", space=BRANIN_SPACE, algorithm="bayes", max_trials=5,
+                                        storage=storage, seed=100 + seed, warm_start=["old"])
+        warm.workon(branin, progress=False)
+        cold = orchard.build_experiment("cold", space=BRANIN_SPACE, algorithm="bayes", max_trials=15,
+                                        storage=storage, seed=100 + seed)
+        cold.workon(branin, progress=False)
+        warm_curves.append(_regret_curve(warm))
+        cold_curves.append(_regret_curve(cold))
+        own = warm.fetch_trials()
+        assert len(own) == 5 and warm.best_trial is not None and warm.best_trial.id in {t.id for t in own}
+        assert len(old.fetch_trials()) == 30
+    warm_at_5 = statistics.median(c[4] for c in warm_curves)
+    assert warm_at_5 < statistics.median(c[14] for c in cold_curves), (warm_curves, cold_curves)
+    assert warm_at_5 < 0.5 * statistics.median(c[4] for c in cold_curves)
+
+
+@pytest.mark.slow
+def test_two_hunts_warm_started_on_one_pickle_skip_the_known_points(tmp_path: Path) -> None:
+    """Two real ``hunt`` processes join one grid experiment warm-started from 3 inserted evaluations
+    of a 6-point space: both read the stored sources, so together they evaluate exactly the 3 other points."""
+    store = str(tmp_path / "db.pkl")
+    old = orchard.build_experiment("old", space={"x": "choices([1, 2, 3, 4, 5, 6])"}, storage=store)
+    for x in (1, 2, 3):
+        old.insert({"x": x}, objective=float(x))
+    (tmp_path / "train.py").write_text(
+        "import argparse, orchard\np = argparse.ArgumentParser()\np.add_argument('--x', type=int)\n"
+        "orchard.report_objective(float(p.parse_args().x))\n")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ORCHARD_")}
+    command = [sys.executable, "-m", "orchard.cli", "hunt", "-n", "new", "--storage", store, "--algorithm", "grid",
+               "--max-trials", "3", "--warm-start", "old", sys.executable, "train.py",
+               "--x~choices([1, 2, 3, 4, 5, 6])"]
+    procs = [subprocess.Popen(command, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              text=True) for _ in range(2)]
+    outputs = [p.communicate(timeout=150) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], [err for _, err in outputs]
+    done = orchard.get_experiment("new", storage=store).fetch_trials()
+    assert sorted(t.params["x"] for t in done) == [4, 5, 6]
+    assert all(t.status is TrialStatus.COMPLETED for t in done)
