@@ -44,15 +44,35 @@ __all__ = [
 
 
 def _canonical(params: Mapping[str, Any]) -> str:
-    def norm(value: Any) -> Any:
-        value = to_builtin(value)
-        # 1 and 1.0 are the same point; keep bools distinct from ints.
-        if isinstance(value, float) and value.is_integer() and not isinstance(value, bool):
-            return int(value)
-        return value
+    plain = {str(k): _norm(v) for k, v in params.items()}
+    try:
+        return json.dumps(plain, sort_keys=True, separators=(",", ":"), default=str)
+    except (ValueError, RecursionError) as err:  # an int too long to print, nesting too deep
+        bad = next((k for k, v in plain.items() if not _printable(v)), "?")
+        raise SpaceError(f"param {bad!r} cannot identify a trial: {str(err).split(';')[0]}; pass its huge "
+                         "ints as str or float and keep params flat") from err
 
-    return json.dumps({str(k): norm(v) for k, v in params.items()}, sort_keys=True,
-                      separators=(",", ":"), default=str)
+
+def _norm(value: Any) -> Any:
+    kind = type(value)
+    if kind is not float and kind in _PLAIN:
+        return value  # the usual case, and the cheap one: a trial id is computed several times per trial
+    value = value if kind is float else to_builtin(value)
+    # 1 and 1.0 are the same point; keep bools distinct from ints.
+    if isinstance(value, float) and value.is_integer() and not isinstance(value, bool):
+        return int(value)
+    return value
+
+
+_PLAIN = frozenset({int, str, bool, type(None)})
+
+
+def _printable(value: Any) -> bool:
+    try:
+        json.dumps(value, default=str)
+    except (ValueError, RecursionError):
+        return False
+    return True
 
 
 def params_hash(params: Mapping[str, Any]) -> str:
