@@ -454,7 +454,8 @@ class Experiment:
 
     @property
     def stats(self) -> dict[str, Any]:
-        """Counts by status, best objective and params, elapsed seconds, trials/s, stopping rules (``stop``)."""
+        """Counts by status, best objective and params, elapsed seconds, trials/s, stopping rules (``stop``),
+        and ``inserted_apart``: completed trials recorded apart from the budget (counted in ``completed``)."""
         trials = self.fetch_trials()
         counts = {status.value: 0 for status in TrialStatus}
         for trial in trials:
@@ -471,6 +472,7 @@ class Experiment:
             "elapsed": elapsed,
             "trials_per_second": counts["completed"] / elapsed if elapsed > 0 else 0.0,
             "max_trials": self.max_trials, "stop": stop_summary(self.storage.experiment(self.id).config),
+            "inserted_apart": sum(not t.in_budget for t in trials if t.status is TrialStatus.COMPLETED),
         }
 
     def to_pandas(self) -> Any:
