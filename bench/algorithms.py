@@ -23,12 +23,14 @@ CPU time (``time.process_time``) is reported, not wall time: the machine is shar
 
     python bench/algorithms.py cost
     python bench/algorithms.py regret --seeds 10 --trials 200
-    python bench/algorithms.py regret --methods "orchard bayes" --problems hartmann6
+    python bench/algorithms.py regret --methods "orchard bayes" --problems hartmann6 --out bayes.jsonl
+    python bench/algorithms.py summary optuna.jsonl bayes.jsonl
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import statistics
 import time
@@ -38,7 +40,7 @@ from typing import Any
 import numpy as np
 
 from orchard.algorithms import make_algorithm
-from orchard.algorithms.base import Observation
+from orchard.algorithms.base import Observation, SeenPoints
 from orchard.space import Space
 
 Problem = tuple[dict[str, str], Callable[[dict[str, Any]], float], float]
@@ -189,36 +191,84 @@ def regret(args: argparse.Namespace) -> None:
     except ImportError:
         print("GPSampler skipped: PyTorch is not installed")
         names = [name for name in names if not name.endswith(("GP", "GP (sequential)"))]
-    marks = [m for m in (50, 100, 200) if m <= args.trials]
     print(f"{args.seeds} seeds, {args.trials} trials, {args.workers} simulated async workers unless sequential; "
-          "median simple regret at " + "/".join(map(str, marks)) + " trials; median CPU s per suggestion",
-          flush=True)
+          "median simple regret at 50/100/200 trials [quartiles]; median CPU s per suggestion", flush=True)
     for problem_name in args.problems:
         problem = PROBLEMS[problem_name]
         for name in names:
             runs = [contenders[name](problem, seed) for seed in range(args.seeds)]
-            medians = [statistics.median(r[0][m - 1] - problem[2] for r in runs) for m in marks]
-            cost = statistics.median(r[1] for r in runs)
-            print(f"{problem_name:13s} {name:28s} " + " ".join(f"{v:10.4g}" for v in medians) + f"  {cost:8.4f} s",
-                  flush=True)
+            record = {"problem": problem_name, "method": name, "cost": statistics.median(r[1] for r in runs),
+                      "regret": [[b - problem[2] for b in r[0]] for r in runs]}
+            print(_line(record), flush=True)
+            if args.out:
+                with open(args.out, "a") as out:
+                    out.write(json.dumps(record) + "\n")
+
+
+def _line(record: dict[str, Any], reference: dict[str, Any] | None = None) -> str:
+    """One method on one problem: median [quartiles] at each mark, CPU s per suggestion, and against
+    ``reference`` the two-sided Mann-Whitney p-value of the regrets at the last mark."""
+    cells = []
+    for mark in (50, 100, 200):
+        values = [r[mark - 1] for r in record["regret"] if len(r) >= mark]
+        if values:
+            q1, q2, q3 = np.quantile(values, [0.25, 0.5, 0.75])
+            cells.append(f"{q2:.2g} [{q1:.2g}-{q3:.2g}]")
+    line = f"{record['problem']:13s} {record['method']:28s} " + "  ".join(cells) + f"  {record['cost']:.4f} s"
+    if reference is not None:
+        from scipy.stats import mannwhitneyu
+
+        last = min(len(record["regret"][0]), len(reference["regret"][0]))
+        mine, theirs = [r[last - 1] for r in record["regret"]], [r[last - 1] for r in reference["regret"]]
+        line += f"  p={mannwhitneyu(mine, theirs).pvalue:.2f} vs {reference['method']}"
+    return line
+
+
+def summary(args: argparse.Namespace) -> None:
+    """Print the records of ``regret --out`` files; each adapter against plain Optuna with the same sampler."""
+    records = [json.loads(line) for path in args.files for line in open(path) if line.strip()]
+    found = {(r["problem"], r["method"]): r for r in records}
+    for (problem, method), record in found.items():
+        plain = method.replace("orchard optuna", "optuna") if method.startswith("orchard optuna") else None
+        print(_line(record, found.get((problem, plain)) if plain else None))
+
+
+def _plain_ask(space_config: dict[str, str], completed: list[Observation]) -> float:
+    """CPU seconds of plain Optuna TPE's ``ask`` (the params sampled) on a study holding ``completed``."""
+    import optuna
+
+    distributions: dict[str, Any] = {
+        name: optuna.distributions.FloatDistribution(*_bounds(text)) for name, text in space_config.items()}
+    study = optuna.create_study(sampler=optuna.samplers.TPESampler(seed=1))
+    study.add_trials([optuna.trial.create_trial(params=o.params, distributions=distributions, value=o.objective)
+                      for o in completed])
+    study.ask(distributions)  # the first ask fills Optuna's own caches, as a running study's would be
+    start = time.process_time()
+    study.ask(distributions)
+    return time.process_time() - start
 
 
 def cost(args: argparse.Namespace) -> None:
-    problem = PROBLEMS["hartmann6"]
-    space = Space.from_config(problem[0])
+    space_config, objective, _ = PROBLEMS["hartmann6"]
+    space = Space.from_config(space_config)
     rng = np.random.default_rng(0)
-    print("optuna TPE adapter on Hartmann6, CPU seconds of one suggestion")
+    print("TPE on Hartmann6, CPU seconds of one suggestion (the worker passes its incrementally kept seen set)")
     for size in args.sizes:
-        points = [space.sample(rng) for _ in range(size + 1)]
-        completed = [Observation(dict(p), problem[1](p)) for p in points]
+        points = [space.sample(rng) for _ in range(size + 2)]
+        completed = [Observation(dict(p), objective(p), float(i)) for i, p in enumerate(points)]
+        seen = SeenPoints(o.params for o in completed)
         algorithm = make_algorithm({"optuna": {"sampler": "TPESampler"}}, space, 1)
         start = time.process_time()
-        algorithm.suggest(completed[:size], [], n=1)
+        algorithm.suggest(completed[:size], [], n=1, seen=seen)
         first = time.process_time() - start
-        start = time.process_time()
-        algorithm.suggest(completed, [], n=1)
-        later = time.process_time() - start
-        print(f"{size:6d} completed: first call {first:8.3f} s (builds the study), later call {later:8.3f} s")
+        later = []
+        for extra in (1, 2):
+            start = time.process_time()
+            algorithm.suggest(completed[: size + extra], [], n=1, seen=seen)
+            later.append(time.process_time() - start)
+        plain = _plain_ask(space_config, completed[:size])
+        print(f"{size:6d} completed: adapter first call {first:7.3f} s (builds the study), later call "
+              f"{min(later):7.3f} s; plain Optuna ask {plain:7.3f} s", flush=True)
 
 
 def main() -> None:
@@ -230,12 +280,15 @@ def main() -> None:
     r.add_argument("--workers", type=int, default=4)
     r.add_argument("--problems", nargs="+", default=list(PROBLEMS), choices=list(PROBLEMS))
     r.add_argument("--methods", nargs="+", help="default: all but gp_minimize")
+    r.add_argument("--out", help="append each (problem, method) record, every seed's regret curve, to this file")
+    u = sub.add_parser("summary")
+    u.add_argument("files", nargs="+")
     c = sub.add_parser("cost")
     c.add_argument("--sizes", type=int, nargs="+", default=[100, 1000, 10000])
     args = parser.parse_args()
     if args.part is None:
-        parser.error("name a part: regret or cost")
-    (cost if args.part == "cost" else regret)(args)
+        parser.error("name a part: regret, summary or cost")
+    {"cost": cost, "regret": regret, "summary": summary}[args.part](args)
 
 
 if __name__ == "__main__":
