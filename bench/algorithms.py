@@ -207,7 +207,7 @@ def regret(args: argparse.Namespace) -> None:
 
 def _line(record: dict[str, Any], reference: dict[str, Any] | None = None) -> str:
     """One method on one problem: median [quartiles] at each mark, CPU s per suggestion, and against
-    ``reference`` the two-sided Mann-Whitney p-value of the regrets at the last mark."""
+    ``reference`` the two-sided Mann-Whitney p-values of the regrets at each mark."""
     cells = []
     for mark in (50, 100, 200):
         values = [r[mark - 1] for r in record["regret"] if len(r) >= mark]
@@ -218,9 +218,13 @@ def _line(record: dict[str, Any], reference: dict[str, Any] | None = None) -> st
     if reference is not None:
         from scipy.stats import mannwhitneyu
 
-        last = min(len(record["regret"][0]), len(reference["regret"][0]))
-        mine, theirs = [r[last - 1] for r in record["regret"]], [r[last - 1] for r in reference["regret"]]
-        line += f"  p={mannwhitneyu(mine, theirs).pvalue:.2f} vs {reference['method']}"
+        tests = []
+        for mark in (50, 100, 200):
+            mine = [r[mark - 1] for r in record["regret"] if len(r) >= mark]
+            theirs = [r[mark - 1] for r in reference["regret"] if len(r) >= mark]
+            if mine and theirs:
+                tests.append(f"{mannwhitneyu(mine, theirs).pvalue:.2f}")
+        line += f"  p={'/'.join(tests)} vs {reference['method']}"
     return line
 
 
