@@ -146,3 +146,26 @@ def test_a_tpe_worker_reads_only_the_new_trials_of_a_grown_history(monkeypatch: 
     monkeypatch.setattr(_optuna, "params_hash", lambda params: hashed.append(params) or original(params))
     assert worker.suggest(history, []) == fresh
     assert len(hashed) <= 5, f"a call after one new trial hashed {len(hashed)} trials"
+
+
+def test_a_tpe_suggestion_is_optunas_own_ask_on_the_same_trials_and_seed() -> None:
+    import optuna
+
+    space = Space.from_config(BRANIN)
+    distributions = {name: optuna.distributions.FloatDistribution(0.0, 15.0) if name == "y"
+                     else optuna.distributions.FloatDistribution(-5.0, 10.0) for name in BRANIN}
+    rng = np.random.default_rng(3)
+    points = [space.sample(rng) for _ in range(33)]
+    completed = [Observation(p, branin(**p), end_time=float(i)) for i, p in enumerate(points[:30])]
+    pending = points[30:]
+    for seed in range(3):
+        algorithm = make_algorithm(TPE, space, seed)
+        (suggested,) = algorithm.suggest(completed, pending)
+        sampler_seed = int(algorithm.rng(completed, pending).integers(2**31 - 1))  # the adapter's seeding rule
+        study = optuna.create_study(sampler=optuna.samplers.TPESampler(seed=sampler_seed))
+        study.add_trials([optuna.trial.create_trial(params=o.params, distributions=distributions, value=o.objective)
+                          for o in completed])
+        for point in pending:  # other workers' trials: running
+            study.enqueue_trial(point)
+            study.ask(distributions)
+        assert study.ask(distributions).params == suggested
