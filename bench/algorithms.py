@@ -4,25 +4,33 @@ Two parts, each in one invocation:
 
 * ``regret``: on Branin, Hartmann6, Ackley-10 and Rosenbrock-10,
   Orchard ``bayes``, Orchard's ``optuna`` adapter (TPE, CMA-ES, GP when PyTorch
-  is installed) and plain sequential Optuna (the same samplers, ``study.optimize``)
-  run for ``--trials`` trials over ``--seeds`` seeds. Orchard's algorithms run as
-  4 simulated asynchronous workers: each suggestion is made with the 3 other
-  workers' points pending, and the oldest pending point completes next (no real
-  processes; the clock is the trial count). Prints the median simple regret at
-  50/100/200 trials and CPU seconds per suggestion.
-* ``cost``: CPU seconds of one ``optuna`` TPE suggestion after 100, 1,000 and
-  10,000 completed trials, for the first call of a worker (the study is built)
-  and a later call (one more completed trial: only it is added).
+  is installed), plain Optuna (the same samplers) with 4 workers and
+  sequentially, and scikit-optimize's ``gp_minimize`` (sequential) run for
+  ``--trials`` trials over ``--seeds`` seeds. "4 workers" are simulated
+  asynchronous workers: each suggestion is made with the 3 other workers' points
+  pending (Orchard: passed as ``pending``; plain Optuna: asked and not yet told,
+  so ``RUNNING`` in its in-memory study), and the oldest pending point completes
+  next (no real processes; the clock is the trial count, so regret does not
+  depend on the machine's load). Prints the median simple regret at 50/100/200
+  trials and the median CPU seconds per suggestion, one line per (problem,
+  method) as soon as it is done.
+* ``cost``: CPU seconds of one TPE suggestion after 100, 1,000 and 10,000
+  completed trials: the adapter's first call in a worker (the study is built),
+  a later call (one more completed trial: only it is added), and plain Optuna's
+  ``ask`` on a study holding the same trials.
 
 CPU time (``time.process_time``) is reported, not wall time: the machine is shared.
 
     python bench/algorithms.py cost
     python bench/algorithms.py regret --seeds 10 --trials 200
+    python bench/algorithms.py regret --methods "orchard bayes" --problems hartmann6 --out bayes.jsonl
+    python bench/algorithms.py summary optuna.jsonl bayes.jsonl
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import statistics
 import time
@@ -32,7 +40,7 @@ from typing import Any
 import numpy as np
 
 from orchard.algorithms import make_algorithm
-from orchard.algorithms.base import Observation
+from orchard.algorithms.base import Observation, SeenPoints
 from orchard.space import Space
 
 Problem = tuple[dict[str, str], Callable[[dict[str, Any]], float], float]
@@ -102,7 +110,8 @@ def _orchard_run(config: Any, problem: Problem, seed: int, trials: int, workers:
     return best, spent / suggestions
 
 
-def _optuna_run(sampler: str, problem: Problem, seed: int, trials: int) -> tuple[list[float], float]:
+def _optuna_run(sampler: str, problem: Problem, seed: int, trials: int, workers: int) -> tuple[list[float], float]:
+    """Plain Optuna with ``workers`` simulated workers: ask until that many are running, tell the oldest."""
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -110,15 +119,36 @@ def _optuna_run(sampler: str, problem: Problem, seed: int, trials: int) -> tuple
     study = optuna.create_study(sampler=getattr(optuna.samplers, sampler)(seed=seed))
     spent = 0.0
     best: list[float] = []
-    for _ in range(trials):
-        start = time.process_time()
-        trial = study.ask()
-        params = {name: trial.suggest_float(name, *_bounds(text)) for name, text in space_config.items()}
-        spent += time.process_time() - start
+    running: list[tuple[Any, dict[str, Any]]] = []
+    while len(best) < trials:
+        while len(running) < workers and len(best) + len(running) < trials:
+            start = time.process_time()
+            trial = study.ask()
+            params = {name: trial.suggest_float(name, *_bounds(text)) for name, text in space_config.items()}
+            spent += time.process_time() - start
+            running.append((trial, params))
+        trial, params = running.pop(0)
         value = objective(params)
         study.tell(trial, value)
         best.append(min(best[-1], value) if best else value)
     return best, spent / trials
+
+
+def _gp_minimize_run(problem: Problem, seed: int, trials: int) -> tuple[list[float], float]:
+    """scikit-optimize's ``gp_minimize`` with its defaults (gp_hedge, 10 random points), sequential."""
+    import warnings
+
+    from skopt import gp_minimize
+
+    space_config, objective, _ = problem
+    names = list(space_config)
+    start = time.process_time()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        result = gp_minimize(lambda x: objective(dict(zip(names, x))), Space.from_config(space_config).to_skopt(),
+                             n_calls=trials, n_initial_points=10, random_state=seed)
+    spent = time.process_time() - start  # includes the objective, negligible here
+    return list(np.minimum.accumulate(result.func_vals)), spent / trials
 
 
 def _bounds(text: str) -> tuple[float, float]:
@@ -126,52 +156,123 @@ def _bounds(text: str) -> tuple[float, float]:
     return float(low), float(high)
 
 
-def regret(args: argparse.Namespace) -> None:
+#: Optuna sampler per short name; GP needs PyTorch.
+SAMPLERS = {"TPE": "TPESampler", "CMA-ES": "CmaEsSampler", "GP": "GPSampler"}
+
+
+def _contenders(trials: int, workers: int) -> dict[str, Callable[[Problem, int], tuple[list[float], float]]]:
     contenders: dict[str, Callable[[Problem, int], tuple[list[float], float]]] = {
-        "orchard bayes": lambda pb, s: _orchard_run("bayes", pb, s, args.trials, args.workers),
-        "orchard optuna TPE": lambda pb, s: _orchard_run({"optuna": {"sampler": "TPESampler"}}, pb, s,
-                                                          args.trials, args.workers),
-        "orchard optuna CMA-ES": lambda pb, s: _orchard_run({"optuna": {"sampler": "CmaEsSampler"}}, pb, s,
-                                                             args.trials, args.workers),
-        "optuna TPE (sequential)": lambda pb, s: _optuna_run("TPESampler", pb, s, args.trials),
-        "optuna CMA-ES (sequential)": lambda pb, s: _optuna_run("CmaEsSampler", pb, s, args.trials),
-    }
+        "orchard bayes": lambda pb, s: _orchard_run("bayes", pb, s, trials, workers)}
+    for short, sampler in SAMPLERS.items():
+        def adapter(pb: Problem, s: int, sampler: str = sampler) -> tuple[list[float], float]:
+            return _orchard_run({"optuna": {"sampler": sampler}}, pb, s, trials, workers)
+
+        def plain(pb: Problem, s: int, sampler: str = sampler) -> tuple[list[float], float]:
+            return _optuna_run(sampler, pb, s, trials, workers)
+
+        def sequential(pb: Problem, s: int, sampler: str = sampler) -> tuple[list[float], float]:
+            return _optuna_run(sampler, pb, s, trials, 1)
+
+        contenders[f"orchard optuna {short}"] = adapter
+        contenders[f"optuna {short}"] = plain
+        contenders[f"optuna {short} (sequential)"] = sequential
+    contenders["gp_minimize (sequential)"] = lambda pb, s: _gp_minimize_run(pb, s, trials)
+    return contenders
+
+
+def regret(args: argparse.Namespace) -> None:
+    contenders = _contenders(args.trials, args.workers)
+    names = args.methods or [name for name in contenders if not name.startswith("gp_minimize")]
+    unknown = sorted(set(names) - set(contenders))
+    if unknown:
+        raise SystemExit(f"unknown methods {unknown}; valid: {', '.join(contenders)}")
     try:
         import torch  # noqa: F401
-
-        contenders["orchard optuna GP"] = lambda pb, s: _orchard_run({"optuna": {"sampler": "GPSampler"}}, pb, s,
-                                                                     args.trials, args.workers)
-        contenders["optuna GP (sequential)"] = lambda pb, s: _optuna_run("GPSampler", pb, s, args.trials)
     except ImportError:
         print("GPSampler skipped: PyTorch is not installed")
-    marks = [m for m in (50, 100, 200) if m <= args.trials]
-    print(f"{args.seeds} seeds, {args.trials} trials, Orchard with {args.workers} simulated async workers; "
-          "median simple regret at " + "/".join(map(str, marks)) + " trials; CPU s per suggestion")
+        names = [name for name in names if not name.endswith(("GP", "GP (sequential)"))]
+    print(f"{args.seeds} seeds, {args.trials} trials, {args.workers} simulated async workers unless sequential; "
+          "median simple regret at 50/100/200 trials [quartiles]; median CPU s per suggestion", flush=True)
     for problem_name in args.problems:
         problem = PROBLEMS[problem_name]
-        for name, run in contenders.items():
-            runs = [run(problem, seed) for seed in range(args.seeds)]
-            medians = [statistics.median(r[0][m - 1] - problem[2] for r in runs) for m in marks]
-            cost = statistics.median(r[1] for r in runs)
-            print(f"{problem_name:13s} {name:27s} " + " ".join(f"{v:10.4g}" for v in medians) + f"  {cost:8.4f} s")
+        for name in names:
+            runs = [contenders[name](problem, seed) for seed in range(args.seeds)]
+            record = {"problem": problem_name, "method": name, "cost": statistics.median(r[1] for r in runs),
+                      "regret": [[b - problem[2] for b in r[0]] for r in runs]}
+            print(_line(record), flush=True)
+            if args.out:
+                with open(args.out, "a") as out:
+                    out.write(json.dumps(record) + "\n")
+
+
+def _line(record: dict[str, Any], reference: dict[str, Any] | None = None) -> str:
+    """One method on one problem: median [quartiles] at each mark, CPU s per suggestion, and against
+    ``reference`` the two-sided Mann-Whitney p-values of the regrets at each mark."""
+    cells = []
+    for mark in (50, 100, 200):
+        values = [r[mark - 1] for r in record["regret"] if len(r) >= mark]
+        if values:
+            q1, q2, q3 = np.quantile(values, [0.25, 0.5, 0.75])
+            cells.append(f"{q2:.2g} [{q1:.2g}-{q3:.2g}]")
+    line = f"{record['problem']:13s} {record['method']:28s} " + "  ".join(cells) + f"  {record['cost']:.4f} s"
+    if reference is not None:
+        from scipy.stats import mannwhitneyu
+
+        tests = []
+        for mark in (50, 100, 200):
+            mine = [r[mark - 1] for r in record["regret"] if len(r) >= mark]
+            theirs = [r[mark - 1] for r in reference["regret"] if len(r) >= mark]
+            if mine and theirs:
+                tests.append(f"{mannwhitneyu(mine, theirs).pvalue:.2f}")
+        line += f"  p={'/'.join(tests)} vs {reference['method']}"
+    return line
+
+
+def summary(args: argparse.Namespace) -> None:
+    """Print the records of ``regret --out`` files; each adapter against plain Optuna with the same sampler."""
+    records = [json.loads(line) for path in args.files for line in open(path) if line.strip()]
+    found = {(r["problem"], r["method"]): r for r in records}
+    for (problem, method), record in found.items():
+        plain = method.replace("orchard optuna", "optuna") if method.startswith("orchard optuna") else None
+        print(_line(record, found.get((problem, plain)) if plain else None))
+
+
+def _plain_ask(space_config: dict[str, str], completed: list[Observation]) -> float:
+    """CPU seconds of plain Optuna TPE's ``ask`` (the params sampled) on a study holding ``completed``."""
+    import optuna
+
+    distributions: dict[str, Any] = {
+        name: optuna.distributions.FloatDistribution(*_bounds(text)) for name, text in space_config.items()}
+    study = optuna.create_study(sampler=optuna.samplers.TPESampler(seed=1))
+    study.add_trials([optuna.trial.create_trial(params=o.params, distributions=distributions, value=o.objective)
+                      for o in completed])
+    study.ask(distributions)  # the first ask fills Optuna's own caches, as a running study's would be
+    start = time.process_time()
+    study.ask(distributions)
+    return time.process_time() - start
 
 
 def cost(args: argparse.Namespace) -> None:
-    problem = PROBLEMS["hartmann6"]
-    space = Space.from_config(problem[0])
+    space_config, objective, _ = PROBLEMS["hartmann6"]
+    space = Space.from_config(space_config)
     rng = np.random.default_rng(0)
-    print("optuna TPE adapter on Hartmann6, CPU seconds of one suggestion")
+    print("TPE on Hartmann6, CPU seconds of one suggestion (the worker passes its incrementally kept seen set)")
     for size in args.sizes:
-        points = [space.sample(rng) for _ in range(size + 1)]
-        completed = [Observation(dict(p), problem[1](p)) for p in points]
+        points = [space.sample(rng) for _ in range(size + 2)]
+        completed = [Observation(dict(p), objective(p), float(i)) for i, p in enumerate(points)]
+        seen = SeenPoints(o.params for o in completed)
         algorithm = make_algorithm({"optuna": {"sampler": "TPESampler"}}, space, 1)
         start = time.process_time()
-        algorithm.suggest(completed[:size], [], n=1)
+        algorithm.suggest(completed[:size], [], n=1, seen=seen)
         first = time.process_time() - start
-        start = time.process_time()
-        algorithm.suggest(completed, [], n=1)
-        later = time.process_time() - start
-        print(f"{size:6d} completed: first call {first:8.3f} s (builds the study), later call {later:8.3f} s")
+        later = []
+        for extra in (1, 2):
+            start = time.process_time()
+            algorithm.suggest(completed[: size + extra], [], n=1, seen=seen)
+            later.append(time.process_time() - start)
+        plain = _plain_ask(space_config, completed[:size])
+        print(f"{size:6d} completed: adapter first call {first:7.3f} s (builds the study), later call "
+              f"{min(later):7.3f} s; plain Optuna ask {plain:7.3f} s", flush=True)
 
 
 def main() -> None:
@@ -182,12 +283,16 @@ def main() -> None:
     r.add_argument("--trials", type=int, default=200)
     r.add_argument("--workers", type=int, default=4)
     r.add_argument("--problems", nargs="+", default=list(PROBLEMS), choices=list(PROBLEMS))
+    r.add_argument("--methods", nargs="+", help="default: all but gp_minimize")
+    r.add_argument("--out", help="append each (problem, method) record, every seed's regret curve, to this file")
+    u = sub.add_parser("summary")
+    u.add_argument("files", nargs="+")
     c = sub.add_parser("cost")
     c.add_argument("--sizes", type=int, nargs="+", default=[100, 1000, 10000])
     args = parser.parse_args()
     if args.part is None:
-        parser.error("name a part: regret or cost")
-    (cost if args.part == "cost" else regret)(args)
+        parser.error("name a part: regret, summary or cost")
+    {"cost": cost, "regret": regret, "summary": summary}[args.part](args)
 
 
 if __name__ == "__main__":

@@ -9,10 +9,13 @@ their range. Study sizes are equal (N processes share the same total). Also:
 * fsyncs per trial for both, counted by ``strace -c -f`` on a one-process run
   (``apt-get install strace``; skipped with a note where strace is missing);
 * Orchard with ``?fsync=0`` (not durable: labelled, never compared with a durable peer);
-* per-trial cost early (trials 100-1,100) and late (10,000-11,000) in one long run.
+* per-trial cost early (trials 100-1,100) and late (10,000-11,000) in one long run;
+* with ``--cpu``: CPU time (user + system) per durable trial, 1 process, which a loaded
+  machine does not inflate as it does wall-clock rates.
 
     python bench/throughput.py                 # 1, 2, 4, 8 processes, 2,000 trials, 3 pairs
     python bench/throughput.py --quick         # 400 trials, 2 pairs, no 10k run
+    python bench/throughput.py --cpu --pairs 5 # CPU time per trial, 1 process: the ratio a loaded machine keeps
 """
 
 from __future__ import annotations
@@ -142,6 +145,34 @@ def _one_process_optuna(trials: int) -> None:
                        n_trials=trials)
 
 
+def _cpu_child(func: str, trials: int, queue) -> None:
+    """In a fresh process: imports and set-up first (a 10-trial run), then CPU seconds per trial of a run."""
+    run = {"orchard": _one_process_orchard, "optuna": _one_process_optuna}[func]
+    run(10)
+    start = time.process_time()  # this process's CPU (user + system): what a loaded machine does not inflate
+    run(trials)
+    queue.put((time.process_time() - start) / trials)
+
+
+def cpu_per_trial(trials: int, pairs: int) -> None:
+    """CPU time per durable trial, 1 process (both fsync every write), alternated; the set-up of the
+    experiment or study (creating the file) is inside the measured run for both."""
+    ctx = multiprocessing.get_context("spawn")
+
+    def measure(func: str) -> float:
+        queue = ctx.Queue()
+        proc = ctx.Process(target=_cpu_child, args=(func, trials, queue))
+        proc.start()
+        seconds = queue.get(timeout=1800)
+        proc.join()
+        return 1.0 / seconds  # trials per CPU second: higher is better, as Pairs expects
+
+    measured = alternate(lambda: measure("orchard"), lambda: measure("optuna"), pairs)
+    print(f"CPU per durable trial, 1 process: Orchard {1e3 / statistics.median(measured.ours):.3f} ms, "
+          f"Optuna {1e3 / statistics.median(measured.theirs):.3f} ms; Orchard trials per CPU second "
+          f"{measured.summary()}", flush=True)
+
+
 def _fsyncs(func: str, trials: int) -> int:
     code = FSYNC_CHILD.format(bench=os.path.dirname(os.path.abspath(__file__)), func=func, args=trials)
     proc = subprocess.run(["strace", "-c", "-f", "-e", "trace=fsync,fdatasync", sys.executable, "-c", code],
@@ -188,7 +219,14 @@ def main() -> None:
     parser.add_argument("--trials", type=int, default=2000)
     parser.add_argument("--pairs", type=int, default=3)
     parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--cpu", action="store_true",
+                        help="only CPU time per durable trial, 1 process (load-independent)")
     args = parser.parse_args()
+    if args.cpu:
+        print(f"random search, trivial objective; {machine_load()}", flush=True)
+        cpu_per_trial(args.trials, args.pairs)
+        print(f"after: {machine_load()}")
+        return
     if args.quick:
         args.trials, args.pairs = 400, 2
     print(f"random search, trivial objective; {machine_load()}", flush=True)

@@ -130,6 +130,8 @@ SETTINGS: dict[str, Setting] = {
     "stop": Setting(stop_rules),  # orchard.stopping
     "warm_start": Setting(env=False),  # sources checked by orchard.warm_start where the experiment is built
     "idle_timeout": Setting(optional(positive_number)),
+    # how long a worker waits for an unreachable storage before it gives up (never less than the lease)
+    "storage_patience": Setting(positive_number, 600.0),
     "trial_timeout": Setting(optional(positive_number)),
     "executor": Setting(text, "joblib"),
     "executor_config": Setting(name_or_mapping, env=False),

@@ -230,6 +230,7 @@ class Experiment:
         trial_memory_limit: float | str | None = None,
         gpus: str | int | Sequence[int | str] | None = None,
         gpus_per_worker: int = 1,
+        storage_patience: float | None = None,
     ) -> dict[str, Any]:
         """Run ``n_workers`` workers on ``fn`` until the budget is met; return :attr:`stats`.
 
@@ -256,6 +257,7 @@ class Experiment:
             gpus: devices (``[0, 1]`` or ``"0,1"``) dealt round-robin to the workers as
                 ``CUDA_VISIBLE_DEVICES``; ``None`` leaves the environment alone.
             gpus_per_worker: how many of ``gpus`` each worker gets.
+            storage_patience: seconds a worker waits for an unreachable storage (default 600, at least the lease).
 
         Raises:
             ExperimentBrokenError: ``max_broken`` trials broke; the message shows the last error.
@@ -276,8 +278,8 @@ class Experiment:
                                  shares_environment(executor, executor_config))
         pool_manager = make_executor(executor, n_workers, executor_config)  # validates name and size
         self.refresh()  # another process may have raised the budget since this handle was made
-        settings = WorkerSettings.for_experiment(
-            self.settings, idle_timeout=idle_timeout, max_trials_per_worker=None)
+        settings = WorkerSettings.for_experiment(self.settings, idle_timeout=idle_timeout, max_trials_per_worker=None,
+                                                 storage_patience=_config.resolve("storage_patience", storage_patience))
         settings = dataclasses.replace(settings, max_trials=self._call_budget(max_trials))
         warn_if_budget_met(self.storage, self.id, self.name, self.max_trials)
         if executor not in ("single", "thread") and not shares_environment(executor):
@@ -452,7 +454,8 @@ class Experiment:
 
     @property
     def stats(self) -> dict[str, Any]:
-        """Counts by status, best objective and params, elapsed seconds, trials/s, stopping rules (``stop``)."""
+        """Counts by status, best objective and params, elapsed seconds, trials/s, stopping rules (``stop``),
+        and ``inserted_apart``: completed trials recorded apart from the budget (counted in ``completed``)."""
         trials = self.fetch_trials()
         counts = {status.value: 0 for status in TrialStatus}
         for trial in trials:
@@ -469,6 +472,7 @@ class Experiment:
             "elapsed": elapsed,
             "trials_per_second": counts["completed"] / elapsed if elapsed > 0 else 0.0,
             "max_trials": self.max_trials, "stop": stop_summary(self.storage.experiment(self.id).config),
+            "inserted_apart": sum(not t.in_budget for t in trials if t.status is TrialStatus.COMPLETED),
         }
 
     def to_pandas(self) -> Any:

@@ -33,6 +33,7 @@ __all__ = [
     "EXPERIMENT_RULES",
     "ExperimentConfig",
     "Rule",
+    "WorkerSettings",
     "check_setting",
     "non_negative_int",
     "optional",
@@ -239,3 +240,35 @@ class ExperimentConfig:
                     return field.default_factory()
                 return None if field.default is dataclasses.MISSING else field.default
         raise KeyError(key)
+
+
+@dataclasses.dataclass(frozen=True)
+class WorkerSettings(ExperimentConfig):
+    """An experiment's settings plus the limits of one worker's run.
+
+    Resolved by the caller; never read from the environment. Validated like
+    :class:`~orchard.experiment_config.ExperimentConfig`.
+
+    Args:
+        idle_timeout: seconds :meth:`orchard.worker.Worker.run` waits for a trial before it stops
+            (``None``: as long as other workers hold trials).
+        max_trials_per_worker: trials (completed or broken) after which this worker stops.
+        storage_patience: seconds a call is retried while the storage is unreachable (at least the lease).
+    """
+
+    idle_timeout: float | None = None
+    max_trials_per_worker: int | None = None
+    storage_patience: float = 600.0
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        for key, rule in (("idle_timeout", optional(positive_number)),
+                          ("max_trials_per_worker", optional(positive_int)),
+                          ("storage_patience", positive_number)):
+            object.__setattr__(self, key, check_setting(key, getattr(self, key), rule))
+
+    @classmethod
+    def for_experiment(cls, config: ExperimentConfig, **limits: Any) -> WorkerSettings:
+        """``config`` plus this run's ``limits`` (``idle_timeout``, ``max_trials_per_worker``, ``storage_patience``)."""
+        fields = {field.name: getattr(config, field.name) for field in dataclasses.fields(config)}
+        return cls(**fields, **limits)

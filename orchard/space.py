@@ -43,28 +43,37 @@ __all__ = [
 # -- params identity -------------------------------------------------------------
 
 
-_ENCODER = json.JSONEncoder(sort_keys=True, separators=(",", ":"), default=str)  # built once, not per call
-_UNCHANGED = frozenset({int, str, bool, type(None)})  # exact types _normalized returns as they are
+def _canonical(params: Mapping[str, Any]) -> str:
+    plain = {str(k): _norm(v) for k, v in params.items()}
+    try:
+        return _ENCODER.encode(plain)
+    except (ValueError, RecursionError) as err:  # an int too long to print, nesting too deep
+        bad = next((k for k, v in plain.items() if not _printable(v)), "?")
+        raise SpaceError(f"param {bad!r} cannot identify a trial: {str(err).split(';')[0]}; pass its huge "
+                         "ints as str or float and keep params flat") from err
 
 
-def _normalized(value: Any) -> Any:
-    value = to_builtin(value)
+def _norm(value: Any) -> Any:
+    kind = type(value)
+    if kind is not float and kind in _PLAIN:
+        return value  # the usual case, and the cheap one: a trial id is computed several times per trial
+    value = value if kind is float else to_builtin(value)
     # 1 and 1.0 are the same point; keep bools distinct from ints.
     if isinstance(value, float) and value.is_integer() and not isinstance(value, bool):
         return int(value)
     return value
 
 
-def _canonical(params: Mapping[str, Any]) -> str:
-    # Plain values (every stored trial's) take the inline path: each worker hashes every trial it sees.
-    plain: dict[str, Any] = {}
-    for key, value in params.items():
-        kind = type(value)
-        if kind is float:
-            plain[str(key)] = int(value) if value.is_integer() else value
-        else:
-            plain[str(key)] = value if kind in _UNCHANGED else _normalized(value)
-    return _ENCODER.encode(plain)
+_PLAIN = frozenset({int, str, bool, type(None)})
+_ENCODER = json.JSONEncoder(sort_keys=True, separators=(",", ":"), default=str)  # built once, not per hash
+
+
+def _printable(value: Any) -> bool:
+    try:
+        json.dumps(value, default=str)
+    except (ValueError, RecursionError):
+        return False
+    return True
 
 
 def params_hash(params: Mapping[str, Any]) -> str:

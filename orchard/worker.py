@@ -38,15 +38,10 @@ from orchard.errors import (
     SpaceExhaustedError,
     StopReason,
     StorageError,
+    StorageUnavailableError,
     WorkerStoppedError,
 )
-from orchard.experiment_config import (
-    ExperimentConfig,
-    check_setting,
-    optional,
-    positive_int,
-    positive_number,
-)
+from orchard.experiment_config import WorkerSettings
 from orchard.history import History
 from orchard.leases import LeaseObserver
 from orchard.naming import worker_name
@@ -68,7 +63,7 @@ __all__ = [
     "StopReason",
     "Worker",
     "WorkerReport",
-    "WorkerSettings",
+    "WorkerSettings",  # re-exported: an experiment's settings plus one run's limits (orchard.experiment_config)
     "worker_name",  # re-exported: a worker's identity (orchard.naming)
 ]
 
@@ -79,38 +74,9 @@ Evaluator = Callable[[Trial], Outcome]
 
 _MAX_DUPLICATE_RETRIES = 20
 _MIN_POLL, _MAX_POLL = 0.02, 1.0
-#: Suggestions slower than this (a surrogate fit) are checked against points registered meanwhile;
-#: faster ones leave racers no time to register a near-identical point (exact ones are refused anyway).
+#: Suggestions costing more CPU than this (a surrogate fit) are checked against points registered
+#: meanwhile; cheaper ones (random search, even on a loaded machine) leave racers no time to converge.
 _RACE_CHECK_AFTER = 0.005
-@dataclasses.dataclass(frozen=True)
-class WorkerSettings(ExperimentConfig):
-    """An experiment's settings plus the limits of one worker's run.
-
-    Resolved by the caller; never read from the environment. Validated like
-    :class:`~orchard.experiment_config.ExperimentConfig`.
-
-    Args:
-        idle_timeout: seconds :meth:`Worker.run` waits for a trial before it stops
-            (``None``: as long as other workers hold trials).
-        max_trials_per_worker: trials (completed or broken) after which this worker stops.
-    """
-
-    idle_timeout: float | None = None
-    max_trials_per_worker: int | None = None
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        for key, rule in (("idle_timeout", optional(positive_number)),
-                          ("max_trials_per_worker", optional(positive_int))):
-            object.__setattr__(self, key, check_setting(key, getattr(self, key), rule))
-
-    @classmethod
-    def for_experiment(cls, config: ExperimentConfig, **limits: Any) -> WorkerSettings:
-        """``config`` plus this run's ``limits`` (``idle_timeout``, ``max_trials_per_worker``)."""
-        fields = {field.name: getattr(config, field.name) for field in dataclasses.fields(config)}
-        return cls(**fields, **limits)
-
-
 @dataclasses.dataclass
 class WorkerReport:
     """What one worker did, returned when its loop ends."""
@@ -162,7 +128,7 @@ class Worker:
         label: str | None = None,
         clock: Clock = SYSTEM_CLOCK,
     ) -> None:
-        self.storage = RetryingStorage(storage, patience=settings.stale_after)  # outages cost time, not results
+        self.storage = RetryingStorage(storage, patience=max(settings.storage_patience, settings.stale_after))
         storage = self.storage
         self.experiment_id = experiment_id
         self.settings = settings
@@ -228,6 +194,10 @@ class Worker:
             self.finish(trial, outcome)
         except ReservationLostError as err:
             log.warning("%s", err)
+        except StorageUnavailableError:  # failing beyond the storage patience: give the trial back, once
+            log.error("worker %s could not store %s for trial %s; releasing it", self.name, outcome, trial.id)
+            self._release_quietly(trial, self.storage.storage)
+            raise
 
     # -- the steps -------------------------------------------------------------
 
@@ -359,24 +329,32 @@ class Worker:
             log.warning("%s trial %s: worker %s stopped heartbeating it for %g s (attempt %d of %d)",
                         verb, trial.id, lost[trial.id].worker, self.settings.stale_after,
                         trial.attempts, self.settings.max_attempts)
+        self.history.refresh()  # the view _acquire judges by must show the trials taken back
 
     # -- getting a trial -------------------------------------------------------
 
     def _acquire(self) -> Trial | None:
-        """Reserve a waiting trial, or register a new suggestion as ours; ``None`` if neither."""
-        trial = self.storage.reserve_trial(self.experiment_id, self.name)
-        if trial is not None:
+        """Reserve a waiting trial, or register a new suggestion as ours; ``None`` if neither.
+
+        Each is tried only when the view just refreshed says it can succeed, so a worker waiting
+        for others' last trials (the wind-down) costs one read per look.
+        """
+        counts, budget = self.history.counts, self.settings.max_trials
+        waiting = counts[TrialStatus.NEW] or counts[TrialStatus.INTERRUPTED]
+        trial = self.storage.reserve_trial(self.experiment_id, self.name) if waiting else None
+        held = counts[TrialStatus.COMPLETED] + counts[TrialStatus.PRUNED] + counts[TrialStatus.RESERVED]
+        if trial is not None or (budget is not None and held >= budget):  # all held: nothing to register
             return trial
         return self._register_suggestion()
 
     def _register_suggestion(self) -> Trial | None:
         collided: list[dict[str, Any]] = []
         for _ in range(_MAX_DUPLICATE_RETRIES):
-            asked = time.perf_counter()
+            asked = time.thread_time()
             params = self._suggest(collided)
             if params is None:
                 return None
-            slow = time.perf_counter() - asked > _RACE_CHECK_AFTER
+            slow = time.thread_time() - asked > _RACE_CHECK_AFTER
             if slow and self._taken_meanwhile(params):
                 continue  # another worker registered (nearly) this point while we computed it
             try:
@@ -454,9 +432,9 @@ class Worker:
             self.report.broken += 1
         return stored
 
-    def _release_quietly(self, trial: Trial) -> bool:
+    def _release_quietly(self, trial: Trial, unretried: BaseStorage | None = None) -> bool:
         try:
-            self.release(trial)
+            self.release(trial) if unretried is None else unretried.release_trial(trial.id, self.name)
         except StorageError as err:  # includes ReservationLostError
             log.warning("could not release trial %s: %s", trial.id, err)
             return False

@@ -13,7 +13,7 @@ import pytest
 from orchard.algorithms import ALGORITHMS, algorithm_class, algorithm_names, make_algorithm
 from orchard.errors import ConfigurationError
 from orchard.space import Space
-from orchard.testing.algorithms import DEFAULT_SPACE, check_algorithm
+from orchard.testing.algorithms import DEFAULT_SPACE, check_algorithm, check_algorithm_racing
 from tests.test_cli import TRAIN
 
 FIDELITY_SPACE = {**DEFAULT_SPACE, "epochs": "fidelity(1, 27, base=3)"}
@@ -30,23 +30,50 @@ def test_built_in_algorithm_passes_the_conformance_kit(name: str) -> None:
     check_algorithm(factory, space=space)
 
 
-@pytest.mark.parametrize("sampler", [{"sampler": "TPESampler", "multivariate": True}, {"sampler": "CmaEsSampler"},
-                                     {"sampler": "QMCSampler"}])
-def test_optuna_samplers_pass_the_conformance_kit(sampler: dict[str, Any]) -> None:
+NUMERIC_SPACE = {"lr": "loguniform(1e-4, 1.0)", "x": "uniform(-5, 10)", "layers": "randint(1, 8)",
+                 "epochs": "fidelity(1, 27)"}
+#: Every Optuna sampler the adapter runs, with the objectives of the history it is checked on.
+OPTUNA_SAMPLERS = [
+    pytest.param({"sampler": "TPESampler", "multivariate": True}, 1, id="TPE"),
+    pytest.param({"sampler": "GPSampler"}, 1, id="GP"),
+    pytest.param({"sampler": "CmaEsSampler"}, 1, id="CMA-ES"),
+    pytest.param({"sampler": "QMCSampler"}, 1, id="QMC"),
+    pytest.param({"sampler": "NSGAIISampler", "population_size": 4}, 2, id="NSGA-II-two-objectives"),
+]
+
+
+def _requirements(sampler: dict[str, Any]) -> None:
     pytest.importorskip("optuna")
-    numeric = {"lr": "loguniform(1e-4, 1.0)", "x": "uniform(-5, 10)", "layers": "randint(1, 8)",
-               "epochs": "fidelity(1, 27)"}
-    space = DEFAULT_SPACE if sampler["sampler"] == "TPESampler" else numeric
-    check_algorithm(lambda space, seed: make_algorithm({"optuna": sampler}, space, seed), space=space)
+    if sampler["sampler"] == "GPSampler":
+        pytest.importorskip("torch", reason="Optuna's GPSampler needs PyTorch")
+
+
+@pytest.mark.parametrize(("sampler", "n_objectives"), OPTUNA_SAMPLERS)
+def test_optuna_samplers_pass_the_conformance_kit(sampler: dict[str, Any], n_objectives: int) -> None:
+    _requirements(sampler)
+    space = DEFAULT_SPACE if sampler["sampler"] in ("TPESampler", "NSGAIISampler") else NUMERIC_SPACE
+    check_algorithm(lambda space, seed: make_algorithm({"optuna": sampler}, space, seed), space=space,
+                    n_objectives=n_objectives)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_every_algorithm_keeps_the_budget_exact_with_four_racing_processes() -> None:
+    pytest.importorskip("optuna")
+    optuna = [{"optuna": sampler} for (sampler, _), _marks, _id in OPTUNA_SAMPLERS
+              if sampler["sampler"] != "GPSampler"]
+    plain = [name for name in ALGORITHMS if name not in MULTI_FIDELITY]
+    check_algorithm_racing([*plain, *optuna], max_trials=12)
+    check_algorithm_racing(sorted(MULTI_FIDELITY), space=FIDELITY_SPACE, max_trials=12)
 
 
 def test_optuna_refuses_what_it_cannot_run() -> None:
     pytest.importorskip("optuna")
     space = Space.from_config(DEFAULT_SPACE)
-    with pytest.raises(ConfigurationError, match="NSGAIISampler' needs several objectives"):
-        make_algorithm({"optuna": {"sampler": "NSGAIISampler"}}, space)
     with pytest.raises(ConfigurationError, match="no option 'multivariat'"):
         make_algorithm({"optuna": {"multivariat": True}}, space)
+    with pytest.raises(ConfigurationError, match="'CmaEsSampler' cannot take option 'with_margin'"):
+        make_algorithm({"optuna": {"sampler": "CmaEsSampler", "with_margin": True}}, space)
     try:
         import torch  # noqa: F401
     except ImportError:

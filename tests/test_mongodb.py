@@ -287,26 +287,28 @@ def test_every_non_broken_trial_holds_one_slot(storage: MongoStorage, exp: str) 
     assert storage.register_trial(exp, {"x": 14}, budget=5).status is TrialStatus.NEW
 
 
-def test_a_slot_taken_by_a_racer_is_skipped(
-    storage: MongoStorage, exp: str, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    other = MongoStorage(storage.uri)
+def test_a_counter_behind_the_held_slots_catches_up(storage: MongoStorage, exp: str) -> None:
     storage.register_trial(exp, {"x": 0}, budget=3)
-    real_top, reads = other._slots._top, []
-
-    def stale_top(trials: Any, experiment_id: str) -> int:  # read before the racer's insert landed
-        reads.append(experiment_id)
-        return 0 if len(reads) == 1 else real_top(trials, experiment_id)
-
-    monkeypatch.setattr(other._slots, "_top", stale_top)
-    trial = other.register_trial(exp, {"x": 1}, budget=3)
-    assert _slot(other, trial.id) == 1 and len(reads) == 2
+    storage.register_trial(exp, {"x": 1}, budget=3)
+    db = storage._db()
+    db.experiments.update_one({"_id": exp}, {"$unset": {"slots": ""}})  # as written before the counter
+    trial = storage.register_trial(exp, {"x": 2}, budget=3)
+    assert _slot(storage, trial.id) == 2
     with pytest.raises(DuplicateTrialError):  # a collision on _id is not mistaken for a slot one
-        other.register_trial(exp, {"x": 0}, budget=3)
-    other._slots._floor[exp] = 0  # a floor of zero only widens the read
-    other.register_trial(exp, {"x": 2}, budget=3)
-    assert _slots(storage, exp) == [0, 1, 2]
+        storage.register_trial(exp, {"x": 0}, budget=3)
     with pytest.raises(BudgetExhaustedError):
+        storage.register_trial(exp, {"x": 3}, budget=3)
+    assert _slots(storage, exp) == [0, 1, 2]
+
+
+def test_a_slot_drawn_but_never_filled_is_taken_at_the_end(storage: MongoStorage, exp: str) -> None:
+    storage.register_trial(exp, {"x": 0}, budget=3)
+    with pytest.raises(DuplicateTrialError):  # draws slot 1, then finds the trial exists: slot 1 stays free
+        storage.register_trial(exp, {"x": 0}, budget=3)
+    storage.register_trial(exp, {"x": 1}, budget=3)
+    storage.register_trial(exp, {"x": 2}, budget=3)
+    assert _slots(storage, exp) == [0, 1, 2]
+    with pytest.raises(BudgetExhaustedError, match="3 of max_trials=3"):
         storage.register_trial(exp, {"x": 3}, budget=3)
 
 
@@ -583,18 +585,10 @@ def test_every_verb_over_the_wire(wire: MongoStorage) -> None:
 
 
 @pytest.mark.slow
-def test_a_clash_on_both_id_and_slot_is_still_a_duplicate(
-    wire: MongoStorage, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_a_clash_on_both_id_and_slot_is_still_a_duplicate(wire: MongoStorage) -> None:
     exp = wire.create_experiment("double-clash", {})
     wire.register_trial(exp, {"x": 0}, budget=5)  # slot 0
-    real_top, reads = wire._slots._top, []
-
-    def stale_top(trials: Any, experiment_id: str) -> int:  # proposes the slot the duplicate holds
-        reads.append(experiment_id)
-        return 0 if len(reads) == 1 else real_top(trials, experiment_id)
-
-    monkeypatch.setattr(wire._slots, "_top", stale_top)
+    wire._db().experiments.update_one({"_id": exp}, {"$unset": {"slots": ""}})  # the next draw is slot 0 again
     with pytest.raises(DuplicateTrialError):
         wire.register_trial(exp, {"x": 0}, budget=5)
     assert wire.count_trials(exp)[TrialStatus.NEW] == 1

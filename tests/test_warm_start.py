@@ -83,6 +83,18 @@ def test_inserted_evaluation_counted_in_the_budget_when_asked(store: str) -> Non
     exp.insert({"x": 2.0, "y": 2.0}, objective=1.0)  # apart from the budget: still welcome
 
 
+def test_status_and_list_say_how_many_completed_trials_were_inserted_apart(
+        store: str, capsys: pytest.CaptureFixture[str]) -> None:
+    exp = orchard.build_experiment("e", space=BRANIN_SPACE, max_trials=2, storage=store)
+    exp.insert({"x": 1.0, "y": 2.0}, objective=21.5)
+    exp.workon(branin, progress=False)
+    assert exp.stats["inserted_apart"] == 1 and exp.stats["counts"]["completed"] == 3
+    assert main(["status", "-n", "e", "--storage", store]) == 0
+    assert "of max_trials=2 (1 of the completed inserted apart from the budget)" in capsys.readouterr().out
+    assert main(["list", "--storage", store]) == 0
+    assert "3/2 completed (1 inserted apart)" in capsys.readouterr().out
+
+
 @pytest.mark.parametrize(("params", "objective", "results", "culprit"), [
     ({"x": 11.0, "y": 1.0}, 1.0, None, "dimension 'x'"),
     ({"x": 1.0}, 1.0, None, "missing 'y'"),

@@ -1,14 +1,25 @@
 """Optuna's samplers as an Orchard algorithm: ``{"optuna": {"sampler": "TPESampler", ...}}``.
 
 Every worker keeps a private in-memory Optuna study that mirrors the shared
-history: completed trials are told as ``COMPLETE``, pending ones as
-``RUNNING`` (so samplers that look at running trials, such as TPE with
-``constant_liar``, avoid them). The study lives in the worker process only and
-is grown incrementally for TPE and random sampling (:data:`INCREMENTAL`), rebuilt
-each call for the others: each call adds the completed trials it has not seen
-and retires (as ``FAIL``, which samplers ignore) the running ones that are no
-longer pending. No state leaves the process; a fresh worker rebuilds the same
-study from the storage.
+history: completed trials are told as ``COMPLETE`` (with every objective when
+the experiment has several), pending ones as ``RUNNING`` (so samplers that look
+at running trials, such as TPE with ``constant_liar``, avoid them). The study
+lives in the worker process only; a fresh worker rebuilds the same study from
+the storage.
+
+* ``TPESampler`` and ``RandomSampler`` (:data:`INCREMENTAL`) depend only on the
+  finished and running trials, so their study is grown: a call adds the completed
+  trials it has not seen (the worker's history only grows, so this costs the new
+  trials, not the history) and retires, as ``FAIL``, which samplers ignore, the
+  running ones that are no longer pending.
+* ``GPSampler`` and ``QMCSampler`` number their state by trial (QMC sequence
+  points) or refit on everything anyway (GP), so they get a study rebuilt each call.
+* ``NSGAIISampler`` reads its generations from trial attributes: the rebuilt
+  study gives the completed trials, in completion order, generation
+  ``index // population_size``, as Orchard's own ``nsga2`` does.
+* ``CmaEsSampler`` keeps its search distribution in trial attributes Orchard
+  does not store; the adapter rebuilds it from the completed trials in
+  completion order (:mod:`orchard.algorithms._optuna_cmaes`).
 
 Space mapping:
 
@@ -25,11 +36,6 @@ discrete=True)``
 ``fidelity(a, b)``     not sampled: fixed at ``b``, its high end
 =====================  =================================================
 
-Known limitation: ``CmaEsSampler`` keeps its search distribution in the system
-attributes of the trials it suggested, which Orchard does not store, so here it
-restarts from its first generation on every call (it conforms, but optimizes
-far worse than plain Optuna's CMA-ES).
-
 Each sampler is seeded per call from ``(seed, completed, pending)`` like every
 Orchard algorithm, so the same history gives the same suggestion.
 """
@@ -38,9 +44,10 @@ from __future__ import annotations
 
 import importlib
 import inspect
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, ClassVar
 
+from orchard.algorithms._optuna_cmaes import CmaEsState, completion_order
 from orchard.algorithms.base import BaseAlgorithm, Observation, SeenPoints
 from orchard.errors import ConfigurationError
 from orchard.priors import Choices, LogUniform, Normal, Prior, RandInt, Uniform
@@ -49,13 +56,17 @@ from orchard.space import Space, params_hash
 __all__ = ["OptunaSampler"]
 
 _INSTALL_HINT = "install it with: pip install 'orchard-hpo[optuna]'"
-#: Samplers that run on one objective; ``NSGAIISampler`` needs several and is refused here.
-SAMPLERS = ("TPESampler", "GPSampler", "CmaEsSampler", "QMCSampler", "RandomSampler")
+#: The samplers the adapter runs (``NSGAIISampler`` is meant for several objectives).
+SAMPLERS = ("TPESampler", "GPSampler", "CmaEsSampler", "QMCSampler", "NSGAIISampler", "RandomSampler")
 #: Samplers whose suggestion depends only on the finished and running trials, not on trial
-#: numbers: their study is grown incrementally. The others (CMA-ES and QMC number their
-#: generations and sequence points by trial; GP is cubic in the history anyway) get a
-#: study rebuilt each call, so a long-lived worker suggests what a fresh one would.
+#: numbers or attributes: their study is grown incrementally. ``CmaEsSampler`` keeps its own
+#: incremental state; the others get a study rebuilt each call, so a long-lived worker
+#: suggests what a fresh one would.
 INCREMENTAL = ("TPESampler", "RandomSampler")
+#: Options Orchard cannot honour, by sampler, with the reason.
+_REFUSED = {"CmaEsSampler": {"with_margin": "its margin state lives in trial attributes Orchard does not store",
+                             "source_trials": "Optuna trials cannot be given; the sampler learns from the experiment's history"},
+            "NSGAIISampler": {"constraints_func": "declare the experiment's constraints instead"}}
 #: Optuna's suggestion retries before a duplicate is replaced by a random unseen point.
 _RETRIES = 3
 
@@ -102,11 +113,6 @@ class OptunaSampler(BaseAlgorithm):
         """Check ``sampler`` and its keyword arguments against the sampler's constructor."""
         merged = {**cls.OPTIONS, **options}
         sampler = merged["sampler"]
-        if sampler == "NSGAIISampler":
-            raise ConfigurationError(
-                "algorithm 'optuna' sampler 'NSGAIISampler' needs several objectives; this experiment has one: "
-                f"use one of {', '.join(SAMPLERS)}"
-            )
         if sampler not in SAMPLERS:
             raise ConfigurationError(f"algorithm 'optuna' has no sampler {sampler!r}; valid: {', '.join(SAMPLERS)}")
         accepted = set(inspect.signature(getattr(_optuna().samplers, sampler)).parameters) - {"seed"}
@@ -116,6 +122,10 @@ class OptunaSampler(BaseAlgorithm):
                 f"algorithm 'optuna' sampler {sampler!r} takes no option {', '.join(map(repr, unknown))}; "
                 f"valid options: {', '.join(sorted(accepted))}"
             )
+        for option, reason in _REFUSED.get(sampler, {}).items():
+            if merged.get(option):
+                raise ConfigurationError(
+                    f"algorithm 'optuna' sampler {sampler!r} cannot take option {option!r} in Orchard: {reason}")
         needs = {"GPSampler": ("torch", "pip install torch"), "CmaEsSampler": ("cmaes", "pip install cmaes")}
         if sampler in needs:
             module, hint = needs[sampler]
@@ -135,29 +145,47 @@ class OptunaSampler(BaseAlgorithm):
         self._distributions = {
             name: _distribution(self._optuna, name, prior) for name, prior in space.items() if name not in self._fixed
         }
+        self._kwargs = {k: v for k, v in self.options.items() if k != "sampler"}
+        self._cmaes = (CmaEsState(self._optuna, self._distributions, self._kwargs)
+                       if self.options["sampler"] == "CmaEsSampler" else None)
+        self._n_objectives = 1
         self._reset()
 
     def _reset(self) -> None:
-        self._study = self._optuna.create_study(direction="minimize")
+        self._study = self._optuna.create_study(directions=["minimize"] * self._n_objectives)
         self._told: set[str] = set()
+        self._consumed: tuple[int, Observation | None] = (0, None)  # how far the completed list was read
         self._running: dict[str, int] = {}
 
     def _sampler(self, completed: Sequence[Observation], pending: Sequence[Any]) -> Any:
         seed = int(self.rng(completed, pending).integers(2**31 - 1))
-        kwargs = {k: v for k, v in self.options.items() if k != "sampler"}
-        return getattr(self._optuna.samplers, self.options["sampler"])(seed=seed, **kwargs)
+        return getattr(self._optuna.samplers, self.options["sampler"])(seed=seed, **self._kwargs)
+
+    def _extends(self, completed: Sequence[Observation]) -> bool:
+        """Whether ``completed`` is the list the study was last synced with, grown at its end."""
+        count, last = self._consumed
+        return count <= len(completed) and (count == 0 or completed[count - 1] is last)
 
     def _sync(self, completed: Sequence[Observation], pending: Sequence[Mapping[str, Any]]) -> None:
         """Bring the private study up to date: new completed trials, the current pending ones."""
         optuna = self._optuna
-        for observation in completed:
+        unread = completed[self._consumed[0]:]
+        self._consumed = (len(completed), completed[-1] if completed else None)
+        if self.options["sampler"] == "NSGAIISampler":
+            unread = completion_order(unread)
+        generation_key, size = "NSGAIISampler:generation", int(self.options.get("population_size", 50))
+        for observation in unread:
             digest = params_hash(observation.params)
             if digest in self._told:
                 continue
+            values = observation.values if self._n_objectives > 1 else (observation.objective,)
+            if values is None:  # a pruned trial has no objective vector
+                continue
+            attrs = {generation_key: len(self._told) // size}
             self._told.add(digest)
             params = {k: v for k, v in observation.params.items() if k in self._distributions}
             self._study.add_trial(optuna.trial.create_trial(
-                params=params, distributions=self._distributions, value=observation.objective))
+                params=params, distributions=self._distributions, values=list(values), system_attrs=attrs))
         wanted = {params_hash(p): p for p in pending}
         for digest in [d for d in self._running if d not in wanted]:
             self._retire(self._running.pop(digest))
@@ -171,6 +199,37 @@ class OptunaSampler(BaseAlgorithm):
     def _retire(self, trial_id: int) -> None:
         self._study._storage.set_trial_state_values(trial_id, self._optuna.trial.TrialState.FAIL)
 
+    def _study_drawer(self, completed: Sequence[Observation], pending: Sequence[Mapping[str, Any]],
+                      asked: list[int]) -> Callable[[], dict[str, Any]]:
+        """A function asking the private study for a point (its trial id goes to ``asked``)."""
+        n_objectives = next((len(o.values) for o in completed if o.values is not None), 1)
+        incremental = self.options["sampler"] in INCREMENTAL and self._extends(completed)
+        if n_objectives != self._n_objectives or not incremental:
+            self._n_objectives = n_objectives
+            self._reset()
+        self._sync(completed, pending)
+        self._study.sampler = self._sampler(completed, pending)
+
+        def draw() -> dict[str, Any]:
+            trial = self._study.ask(self._distributions)
+            asked.append(trial._trial_id)
+            return dict(trial.params)
+
+        return draw
+
+    def _cmaes_drawer(self, cmaes: CmaEsState, completed: Sequence[Observation],
+                      pending: Sequence[Mapping[str, Any]]) -> Callable[[], dict[str, Any]]:
+        """Draws from the CMA-ES distribution, or at random during its start (as Optuna does)."""
+        several = next((len(o.values) for o in completed if o.values is not None and len(o.values) > 1), 0)
+        if several:
+            raise ConfigurationError(
+                f"algorithm 'optuna' sampler 'CmaEsSampler' optimizes one objective; this experiment has {several}: "
+                "use NSGAIISampler or TPESampler")
+        rng = self.rng(completed, pending)
+        if cmaes.fold(completed):
+            return cmaes.drawer(rng)
+        return lambda: self.space.sample(rng)
+
     def suggest(
         self,
         completed: Sequence[Observation],
@@ -179,27 +238,28 @@ class OptunaSampler(BaseAlgorithm):
         seen: SeenPoints | None = None,
     ) -> list[dict[str, Any]]:
         """Return up to ``n`` unseen points from the sampler (see :meth:`BaseAlgorithm.suggest`)."""
-        if self.options["sampler"] not in INCREMENTAL:
-            self._reset()
-        self._sync(completed, pending)
-        self._study.sampler = self._sampler(completed, pending)
+        asked: list[int] = []
+        if self._cmaes is not None:
+            draw = self._cmaes_drawer(self._cmaes, completed, pending)
+        else:
+            draw = self._study_drawer(completed, pending, asked)
         taken = self.seen_points(completed, pending, seen)
         rng = self.rng(completed, [*pending, None])
         suggestions: list[dict[str, Any]] = []
-        asked: list[int] = []
-        for _ in range(n):
-            params: dict[str, Any] | None = None
-            for _ in range(_RETRIES):
-                trial = self._study.ask(self._distributions)
-                asked.append(trial._trial_id)
-                candidate = dict(self.space.validate({**trial.params, **self._fixed}))
-                if candidate not in taken:
-                    params = candidate
-                    break
-            if params is None:
-                params = self.random_unseen(rng, taken)
-            taken.add(params)
-            suggestions.append(dict(params))
-        for trial_id in asked:  # the worker registers them; they come back as pending
-            self._retire(trial_id)
+        try:
+            for _ in range(n):
+                params = self._first_unseen(draw, taken) or self.random_unseen(rng, taken)
+                taken.add(params)
+                suggestions.append(dict(params))
+        finally:
+            for trial_id in asked:  # the worker registers them; they come back as pending
+                self._retire(trial_id)
         return suggestions
+
+    def _first_unseen(self, draw: Callable[[], dict[str, Any]], taken: SeenPoints) -> dict[str, Any] | None:
+        """The sampler's first point within :data:`_RETRIES` draws that is not taken, if any."""
+        for _ in range(_RETRIES):
+            candidate = dict(self.space.validate({**draw(), **self._fixed}))
+            if candidate not in taken:
+                return candidate
+        return None

@@ -137,7 +137,7 @@ def experiment_status(experiment: Experiment, watch: HeartbeatWatch | None = Non
         "max_trials": experiment.max_trials, "best_trial": best.id if best else None,
         "best_objective": stats["best_objective"] if front is None else None, "best_params": stats["best_params"],
         "pareto_front": front, "elapsed": stats["elapsed"], "trials_per_second": stats["trials_per_second"], "workers": workers,
-        "rungs": _rungs(experiment), "stop": stats["stop"],
+        "rungs": _rungs(experiment), "stop": stats["stop"], "inserted_apart": stats["inserted_apart"],
     }
 
 
@@ -191,6 +191,8 @@ def _speed(stats: dict[str, Any]) -> str:
 def _status_lines(status: dict[str, Any]) -> list[str]:
     counts = status["counts"]
     budget = f" of max_trials={status['max_trials']}" if status["max_trials"] is not None else ""
+    if status["inserted_apart"]:
+        budget += f" ({status['inserted_apart']} of the completed inserted apart from the budget)"
     lines = [
         f"experiment {status['name']!r} ({status['storage']})",
         "  trials:  " + _counts(counts) + budget,
@@ -272,6 +274,7 @@ def run_list(args: argparse.Namespace) -> int:
         counts = storage.count_trials(record.id)
         rows.append({"name": record.name, "created": record.created,
                      "max_trials": record.config.get("max_trials"),
+                     "inserted_apart": storage.count_unbudgeted(record.id),
                      "counts": {status.value: counts[status] for status in TrialStatus}})
     if args.json:
         print(json.dumps(rows, indent=2))
@@ -281,7 +284,8 @@ def run_list(args: argparse.Namespace) -> int:
         width = max(len(r["name"]) for r in rows)
         for row in rows:
             c, budget = row["counts"], row["max_trials"] or "-"
-            print(f"{row['name']:<{width}}  {c['completed']}/{budget} completed  {c.get('pruned', 0)} pruned  "
+            inserted = f" ({row['inserted_apart']} inserted apart)" if row["inserted_apart"] else ""
+            print(f"{row['name']:<{width}}  {c['completed']}/{budget} completed{inserted}  {c.get('pruned', 0)} pruned  "
                   f"{c['broken']} broken  "
                   f"{c['reserved']} running  {c['new'] + c['interrupted']} waiting")
     return 0

@@ -5,11 +5,15 @@ long: each raises :class:`~orchard.errors.StorageUnavailableError` for a
 while, then the storage works again. A worker must not lose a finished
 result to that (SPEC §5.9), so the worker wraps its storage in
 :class:`RetryingStorage`, which retries every verb that failed that way,
-waiting longer each time, until it succeeds or ``patience`` seconds (the
-lease, ``3 × heartbeat``) have passed. A reservation cannot be proved lost
-sooner: until then a result write keeps being tried, and afterwards the
-storage itself says whether the reservation was lost
-(:class:`~orchard.errors.ReservationLostError`). Each outage a call rode out
+waiting longer each time, until it succeeds or ``patience`` seconds have
+passed (the worker's ``storage_patience``, ``ORCHARD_STORAGE_PATIENCE``,
+default 10 minutes, never less than the lease ``3 × heartbeat``: a
+reservation cannot be proved lost sooner). A result computed meanwhile is
+kept in memory and its write tried until the storage answers; the storage
+then says whether the reservation is still the worker's (the result is
+written) or was taken back during an outage longer than the lease (the write
+is refused like any late result: :class:`~orchard.errors.ReservationLostError`,
+and the trial runs again elsewhere). Each outage a call rode out
 costs one log line saying what happened, and sets :attr:`RetryingStorage.recovered_at`:
 no worker's heartbeat could land during the outage, so the worker's lease
 observer starts its watches over instead of taking an outage for a dead owner.
@@ -63,7 +67,7 @@ class RetryingStorage(BaseStorage):
 
     Args:
         storage: the storage to wrap.
-        patience: seconds to keep retrying one call (the lease: ``3 × heartbeat``).
+        patience: seconds to keep retrying one call (at least the lease, ``3 × heartbeat``).
         clock: a monotonic clock (injectable for tests).
         sleep: waits between tries (injectable for tests).
     """
@@ -111,8 +115,9 @@ class RetryingStorage(BaseStorage):
                 outage = outage or (attempt, now)
                 left = outage[1] + self.patience - now
                 if left <= 0:
-                    log.error("storage %s: could not %s for %.1f s (%d tries), giving up: %s",
-                              self.redacted_uri, action, now - outage[0], tries, err)
+                    log.error("storage %s: could not %s for %.1f s (%d tries), giving up after the "
+                              "storage patience of %g s (ORCHARD_STORAGE_PATIENCE): %s",
+                              self.redacted_uri, action, now - outage[0], tries, self.patience, err)
                     raise
                 self._sleep(min(delay * random.uniform(0.5, 1.0), left))
                 delay = min(2 * delay, _MAX_DELAY)

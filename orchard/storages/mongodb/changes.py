@@ -42,7 +42,6 @@ __all__ = ["STAMP", "ChangeCursor", "ChangeFeed"]
 #: resolution, and range queries on it work on every server and in mongomock).
 STAMP: dict[str, Any] = {"$currentDate": {"mtime": True}}
 
-_WINDOW_BATCH = 1000  # change windows usually fit one reply (the default first batch is 101 docs)
 _ORIGIN = datetime.datetime(1970, 1, 1)  # naive UTC, as pymongo returns dates
 
 
@@ -63,10 +62,15 @@ class ChangeFeed:
         margin: seconds the window reaches back before the newest stamp seen.
         check_interval: seconds between count checks (see the module docstring).
         clock: the reader's monotonic clock (injectable for tests).
+        uri: the storage's URI, for messages.
+
+    Trials holding values Orchard never writes are skipped (and named once), but
+    counted as seen: :func:`orchard.storages.mongodb.client.readable_trials`.
     """
 
     def __init__(self, margin: float, check_interval: float,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic, uri: str = "") -> None:
+        self.uri = uri  # named in the warning about a trial skipped as unreadable
         self.margin = margin
         self.check_interval = check_interval
         self._clock = clock
@@ -90,22 +94,22 @@ class ChangeFeed:
         counts = count() if now - cursor.checked >= self.check_interval else None
         start = cursor.since - datetime.timedelta(seconds=self.margin)
         docs = list(trials.find({"experiment": experiment_id, "mtime": {"$gte": start}},
-                                batch_size=_WINDOW_BATCH))
+                                batch_size=client.BATCH))
         fresh = [d for d in docs if cursor.seen.get(d["_id"], (0, ""))[0] < d.get("version", 1)]
         seen = {**cursor.seen, **{d["_id"]: (d.get("version", 1), d["status"]) for d in fresh}}
         if counts is not None and misses_writes(seen, counts):
             return self.full(trials, experiment_id)
         since = max([cursor.since, *_stamps(docs)])
         checked = cursor.checked if counts is None else now
-        return [client.doc_to_trial(d) for d in fresh], ChangeCursor(experiment_id, since, checked, seen)
+        return client.readable_trials(fresh, self.uri), ChangeCursor(experiment_id, since, checked, seen)
 
     def full(self, trials: Any, experiment_id: str) -> tuple[list[Trial], ChangeCursor]:
         """Every trial of the experiment, oldest first, and a cursor after them."""
         now = self._clock()
-        docs = list(trials.find({"experiment": experiment_id}))
+        docs = list(trials.find({"experiment": experiment_id}, batch_size=client.BATCH))
         seen = {d["_id"]: (d.get("version", 1), d["status"]) for d in docs}
         since = max(_stamps(docs), default=_ORIGIN)
-        ordered = sorted((client.doc_to_trial(d) for d in docs), key=lambda t: t.submit_time or 0.0)
+        ordered = sorted(client.readable_trials(docs, self.uri), key=lambda t: t.submit_time or 0.0)
         return ordered, ChangeCursor(experiment_id, since, now, seen)
 
 

@@ -9,11 +9,14 @@ and converts between :class:`~orchard.trial.Trial` and stored documents.
 
 from __future__ import annotations
 
+import functools
 import logging
+import os
 import threading
 import urllib.parse
 import uuid
-from typing import Any
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any, Concatenate, ParamSpec, Protocol, TypeVar
 
 import pymongo
 from bson.errors import BSONError
@@ -21,22 +24,28 @@ from pymongo.errors import ConfigurationError as PyMongoConfigurationError
 from pymongo.errors import ConnectionFailure, DuplicateKeyError, OperationFailure, PyMongoError
 from pymongo.uri_parser import parse_uri
 
-from orchard.errors import ConfigurationError, StorageError, StorageUnavailableError
+from orchard.errors import ConfigurationError, StorageCorruptedError, StorageError, StorageUnavailableError
 from orchard.storages._uri import redact, split_options
+from orchard.storages.pickled.records import RecordError, check_trial
 from orchard.trial import Trial
 
 __all__ = [
+    "BATCH",
     "DEFAULT_DATABASE",
     "REPORT_COUNT",
     "Client",
     "doc_to_trial",
     "duplicate_key_field",
     "ensure_indexes",
+    "holds",
     "insert_stamped",
     "name_anonymous_mock",
     "open_client",
+    "readable_trials",
     "translate",
+    "translated",
     "trial_to_doc",
+    "unreadable",
 ]
 
 log = logging.getLogger(__name__)
@@ -57,7 +66,11 @@ _AUTH_CODES = frozenset({11, 13, 18})  # UserNotFound, Unauthorized, Authenticat
 Client = Any  # pymongo.MongoClient or mongomock.MongoClient (mongomock ships no type hints)
 
 _mock_clients: dict[str, Any] = {}
-_mock_lock = threading.Lock()
+_mock_lock = threading.Lock()  # guards these two
+_indexed: set[tuple[int, str]] = set()  # (pid, uri) whose indexes this process ensured
+
+#: Documents per reply of a read of many trials (the default first batch is 101: a round trip more).
+BATCH = 1000
 
 
 # -- opening ------------------------------------------------------------------
@@ -113,18 +126,23 @@ def _mock_client(uri: str) -> tuple[Client, str]:
     return client, urllib.parse.unquote(database) or DEFAULT_DATABASE
 
 
-def ensure_indexes(db: Any) -> None:
-    """Create the indexes every verb relies on (idempotent; one round trip each)."""
-    db.experiments.create_index("name", unique=True, name="name_unique")
-    trials = db.trials
-    # reserve (waiting trials oldest first), fetch by status, count_trials
-    trials.create_index(
-        [("experiment", 1), ("status", 1), ("submit_time", 1)], name="experiment_status_submit"
-    )
-    # fetch_changes: trials written since a server stamp (orchard.storages.mongodb.changes)
-    trials.create_index([("experiment", 1), ("mtime", 1)], name="experiment_mtime")
-    # budget slots (see orchard.storages.mongodb.slots): one per non-broken trial
-    trials.create_index("slot", name="slot_unique", unique=True, sparse=True)
+def ensure_indexes(db: Any, uri: str) -> None:
+    """Create the indexes every verb relies on: one round trip per collection, once per process and URI."""
+    with _mock_lock:
+        if (os.getpid(), uri) in _indexed:
+            return
+    db.experiments.create_indexes([pymongo.IndexModel("name", unique=True, name="name_unique")])
+    db.trials.create_indexes([
+        # reserve (waiting trials oldest first), fetch by status, count_trials
+        pymongo.IndexModel([("experiment", 1), ("status", 1), ("submit_time", 1)],
+                           name="experiment_status_submit"),
+        # fetch_changes: trials written since a server stamp (orchard.storages.mongodb.changes)
+        pymongo.IndexModel([("experiment", 1), ("mtime", 1)], name="experiment_mtime"),
+        # budget slots (see orchard.storages.mongodb.slots): one per non-broken trial
+        pymongo.IndexModel("slot", name="slot_unique", unique=True, sparse=True),
+    ])
+    with _mock_lock:
+        _indexed.add((os.getpid(), uri))
 
 
 # -- errors -------------------------------------------------------------------
@@ -176,6 +194,31 @@ def _unreachable(err: ConnectionFailure, uri: str, action: str) -> StorageUnavai
     )
 
 
+class _Located(Protocol):
+    uri: str
+
+
+_S = TypeVar("_S", bound=_Located)
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
+
+
+def translated(action: str) -> Callable[[Callable[Concatenate[_S, _P], _R]], Callable[Concatenate[_S, _P], _R]]:
+    """Decorate a storage verb so that driver errors it raises become :mod:`orchard.errors` leaves."""
+
+    def decorate(method: Callable[Concatenate[_S, _P], _R]) -> Callable[Concatenate[_S, _P], _R]:
+        @functools.wraps(method)
+        def wrapper(self: _S, /, *args: _P.args, **kwargs: _P.kwargs) -> _R:
+            try:
+                return method(self, *args, **kwargs)
+            except (PyMongoError, BSONError) as err:
+                raise translate(err, self.uri, action) from err
+
+        return wrapper
+
+    return decorate
+
+
 def duplicate_key_field(err: DuplicateKeyError) -> str | None:
     """The field whose unique index ``err`` hit (``"_id"``, ``"slot"``, ``"name"``), if the server says.
 
@@ -203,6 +246,12 @@ def trial_to_doc(trial: Trial) -> dict[str, Any]:
     return doc
 
 
+def holds(doc: dict[str, Any], owner: str | None, fields: Mapping[str, Any]) -> bool:
+    """Whether ``doc`` is owned by ``owner`` and holds exactly ``fields`` (enums by their value)."""
+    stored = {key: getattr(value, "value", value) for key, value in fields.items()}
+    return owner is not None and doc.get("worker") == owner and all(doc.get(k) == v for k, v in stored.items())
+
+
 def insert_stamped(trials: Any, doc: dict[str, Any]) -> None:
     """Insert ``doc`` with ``mtime`` stamped by the server, like every update.
 
@@ -218,8 +267,56 @@ def insert_stamped(trials: Any, doc: dict[str, Any]) -> None:
     )
 
 
-def doc_to_trial(doc: dict[str, Any]) -> Trial:
-    """The trial stored in ``doc`` (storage-only fields such as ``slot`` are dropped)."""
-    data = dict(doc)
-    data["id"] = data.pop("_id")
+_BSON_VALUES = 16 * 2**20  # a BSON document (16 MiB at most) shares no sub-list: its size bounds the walk
+_STORAGE_ONLY = frozenset({"_id", "mtime", "version", "slot", REPORT_COUNT})
+_named: set[tuple[str, str]] = set()  # (uri, trial id) of unreadable trials this process has named
+
+
+def unreadable(doc: dict[str, Any]) -> str | None:
+    """Why ``doc`` holds a trial Orchard never writes (one a reader cannot handle), or ``None``.
+
+    The checks are the pickle log's (:func:`orchard.storages.pickled.records.check_trial`):
+    a document written by another program may hold a trial error that is a list, a
+    param that is a list or a ``Decimal128``, an int beyond 64 bits (mongomock).
+    """
+    data = {key: value for key, value in doc.items() if key not in _STORAGE_ONLY}
+    data["id"] = doc.get("_id")
+    try:
+        check_trial(data, _BSON_VALUES)
+    except RecordError as err:
+        return str(err)
+    return None
+
+
+def doc_to_trial(doc: dict[str, Any], uri: str = "") -> Trial:
+    """The trial stored in ``doc`` (storage-only fields such as ``slot`` are dropped).
+
+    Raises:
+        StorageCorruptedError: ``doc`` holds values Orchard never writes (see :func:`unreadable`).
+    """
+    why = unreadable(doc)
+    if why is not None:
+        raise StorageCorruptedError(
+            f"trial {doc.get('_id')!r} in MongoDB at {redact(uri) or 'this database'} is not one Orchard "
+            f"writes ({why}); written by another program? Delete or fix that document")
+    return _to_trial(doc)
+
+
+def _to_trial(doc: dict[str, Any]) -> Trial:
+    data = {key: value for key, value in doc.items() if key not in _STORAGE_ONLY}
+    data["id"] = doc["_id"]
     return Trial.from_dict(data)
+
+
+def readable_trials(docs: Iterable[dict[str, Any]], uri: str) -> list[Trial]:
+    """The trials of ``docs``, skipping (and naming once, in a warning) those :func:`unreadable` refuses."""
+    trials = []
+    for doc in docs:
+        why = unreadable(doc)
+        if why is None:
+            trials.append(_to_trial(doc))
+        elif (uri, str(doc.get("_id"))) not in _named:
+            _named.add((uri, str(doc.get("_id"))))
+            log.warning("skipped trial %r in MongoDB at %s: it is not one Orchard writes (%s); written by "
+                        "another program? Delete or fix that document", doc.get("_id"), redact(uri), why)
+    return trials

@@ -12,29 +12,42 @@ inserted without one.
 
 A registration with ``budget=M`` only claims ``k < M``:
 
-1. Normally it takes ``k`` = the highest held slot + 1, found by reading the
-   index range above a per-process floor (the slots claimed since this
-   process last looked; on MongoDB one key, as the sort reads the index end).
-   Every held slot is then below ``k < M``, so fewer than ``M`` are held.
-2. When that ``k`` reaches ``M``, it looks for slots broken trials freed: it
-   refuses if the trial's id exists (duplicates are reported before the
-   budget), refuses if ``M`` non-broken trials exist, else tries the free
-   slots below ``M``.
+1. Normally it draws ``k`` from the experiment's slot counter (the field
+   ``slots`` of its experiment document): one conditional ``$inc`` that
+   matches only while the counter is below ``M``, so racers never draw the
+   same ``k`` and nobody retries. Every held slot is then below ``k < M``
+   (or was drawn from the counter too), so fewer than ``M`` are held.
+2. When the counter has reached ``M`` (the ``$inc`` matches nothing), it
+   looks for slots broken trials freed, and slots whose drawer never inserted
+   (a duplicate, a process that died): it refuses if the trial's id exists
+   (duplicates are reported before the budget), refuses if ``M`` non-broken
+   trials exist, else tries two of the free slots below ``M`` at random, so
+   racers spread over them; when both are taken and more remain, the rest are
+   most likely slots drawn by racers whose insert is in flight, and it refuses
+   (:class:`~orchard.errors.BudgetExhaustedError`) rather than try them all.
 
-Racers that pick the same ``k`` are settled by the unique index: the loser's
-insert fails with a duplicate key on ``slot`` and it moves on; a duplicate
+The unique index settles every race all the same: an insert at a ``k`` held by
+another trial fails with a duplicate key on ``slot``; that only happens when the
+counter is behind the slots held (an experiment written before the counter
+existed, a restore of held slots), and then the counter is raised past the
+highest held slot (one read, one ``$max``) and ``k`` drawn again. A duplicate
 key on ``_id`` is a duplicate trial. Registrations without a budget, and
-restored trials, take ``k`` = the highest held slot + 1 and count against
-later budgets like any other trial; only such an insertion running at the
-same instant as budgeted ones (or having pushed the experiment past ``M``
-before) can leave more than ``M`` non-broken trials.
+restored trials, draw from the counter unconditionally and count against later
+budgets like any other trial; only such an insertion running at the same
+instant as budgeted ones (or having pushed the experiment past ``M`` before)
+can leave more than ``M`` non-broken trials.
+
+Round trips: two per registration (the draw and the insert), whatever the
+number of racers; the path of step 2 adds two reads.
 """
 
 from __future__ import annotations
 
+import random
 from collections.abc import Mapping
 from typing import Any, Literal
 
+from pymongo import ReturnDocument
 from pymongo.errors import DuplicateKeyError
 
 from orchard.errors import BudgetExhaustedError, DuplicateTrialError, StorageError
@@ -42,11 +55,13 @@ from orchard.space import to_builtin, trial_id
 from orchard.storages.mongodb.client import duplicate_key_field, insert_stamped, trial_to_doc
 from orchard.trial import Trial, TrialStatus, recorded
 
-__all__ = ["BudgetSlots", "duplicate_trial", "slot_key"]
+__all__ = ["duplicate_trial", "insert_holding_slot", "record_holding_slot", "slot_key"]
 
 _DIGITS = 10
 _HOLDING = [s.value for s in TrialStatus if s is not TrialStatus.BROKEN]
 _MAX_ROUNDS = 100
+_FREE_TRIES = 2  # free slots one registration tries at the end (others are likely being filled)
+_COUNTER = "slots"  # field of the experiment document: the next slot number to draw
 
 
 def slot_key(experiment_id: str, k: int) -> str:
@@ -64,111 +79,126 @@ def _number(key: str) -> int:
     return int(key.rpartition(":")[2])
 
 
-class BudgetSlots:
-    """Inserts trial documents together with a free slot; remembers where to look next."""
+def insert_holding_slot(db: Any, doc: Mapping[str, Any], budget: int | None | Literal[False], name: str) -> None:
+    """Insert ``doc`` holding a free slot (one below ``budget`` if given).
 
-    def __init__(self) -> None:
-        self._floor: dict[str, int] = {}  # experiment id -> no slot below it needs reading
+    Args:
+        db: the database (its ``experiments`` hold the counters, its ``trials`` the slots).
+        doc: the trial document, without a slot.
+        budget: the experiment's ``max_trials``, ``None`` for no limit, or ``False``: the trial
+            holds no slot (recorded apart from the budget).
+        name: the experiment's name, for messages.
 
-    def forget(self, experiment_id: str) -> None:
-        """Drop what is cached about an experiment (after deleting it)."""
-        self._floor.pop(experiment_id, None)
-
-    def insert(self, trials: Any, doc: Mapping[str, Any], budget: int | None | Literal[False], name: str) -> None:
-        """Insert ``doc`` holding a free slot (one below ``budget`` if given).
-
-        Args:
-            trials: the trials collection.
-            doc: the trial document, without a slot.
-            budget: the experiment's ``max_trials``, ``None`` for no limit, or ``False``: the trial
-                holds no slot (recorded apart from the budget).
-            name: the experiment's name, for messages.
-
-        Raises:
-            DuplicateTrialError: a trial with the same id exists (checked before the budget).
-            BudgetExhaustedError: ``budget`` non-broken trials exist.
-            StorageError: slots kept being taken by others for 100 rounds.
-        """
-        if budget is False:
-            try:
-                insert_stamped(trials, dict(doc))
-            except DuplicateKeyError as err:
-                raise duplicate_trial(doc, name) from err
-            return
-        for _ in range(_MAX_ROUNDS):
-            for k in self._candidates(trials, doc, budget, name):
-                if self._insert_at(trials, doc, k, name):
-                    return
-        raise StorageError(
-            f"could not claim a budget slot for a trial of experiment {name!r} after "
-            f"{_MAX_ROUNDS} rounds of contention; try again"
-        )
-
-    def record(self, trials: Any, experiment_id: str, name: str, params: Mapping[str, Any], objective: float,
-               results: Mapping[str, Any], now: float, budget: int | None | Literal[False]) -> Trial:
-        """Insert a trial born completed (:func:`orchard.trial.recorded`), holding a slot unless ``budget`` is False.
-
-        Raises:
-            DuplicateTrialError, BudgetExhaustedError: as :meth:`insert`.
-        """
-        plain: dict[str, Any] = to_builtin(dict(params))
-        trial = recorded(trial_id(experiment_id, plain), experiment_id, plain, objective, to_builtin(dict(results)),
-                         now, in_budget=budget is not False)
-        self.insert(trials, trial_to_doc(trial), budget, name)
-        return trial
-
-    def _candidates(self, trials: Any, doc: Mapping[str, Any], budget: int | None, name: str) -> list[int]:
-        top = self._top(trials, doc["experiment"])
-        if budget is None or top < budget:
-            return [top]
-        return self._freed(trials, doc, budget, name)
-
-    def _top(self, trials: Any, experiment_id: str) -> int:
-        """A slot number above every held one (the highest held + 1, or the floor)."""
-        floor = self._floor.get(experiment_id, 0)
-        highest = trials.find_one(
-            {"slot": _slot_range(experiment_id, floor)}, projection={"slot": 1, "_id": 0},
-            sort=[("slot", -1)],
-        )
-        return floor if highest is None else _number(highest["slot"]) + 1
-
-    def _freed(self, trials: Any, doc: Mapping[str, Any], budget: int, name: str) -> list[int]:
-        """Free slots below ``budget`` (left by broken trials); refuses when there are none."""
-        if trials.find_one({"_id": doc["_id"]}, projection={"_id": 1}) is not None:
-            raise duplicate_trial(doc, name)
-        experiment_id = doc["experiment"]
-        held = trials.count_documents(
-            {"experiment": experiment_id, "status": {"$in": _HOLDING}, "in_budget": {"$ne": False}})
-        if held < budget:
-            taken = {_number(d["slot"]) for d in trials.find(
-                {"slot": _slot_range(experiment_id, 0, budget)}, projection={"slot": 1, "_id": 0}
-            )}
-            free = [k for k in range(budget) if k not in taken]
-            if free:
-                return free
-            held = budget  # they were taken between the two reads
-        raise BudgetExhaustedError(
-            f"experiment {name!r} has used its budget: {held} of max_trials={budget} trials "
-            "exist; raise max_trials to add more"
-        )
-
-    def _insert_at(self, trials: Any, doc: Mapping[str, Any], k: int, name: str) -> bool:
-        """Insert ``doc`` holding slot ``k``; ``False`` if another trial holds it."""
-        experiment_id = doc["experiment"]
+    Raises:
+        DuplicateTrialError: a trial with the same id exists (checked before the budget).
+        BudgetExhaustedError: ``budget`` non-broken trials exist.
+        StorageError: slots kept being taken by others for 100 rounds.
+    """
+    if budget is False:
         try:
-            insert_stamped(trials, {**doc, "slot": slot_key(experiment_id, k)})
+            insert_stamped(db.trials, dict(doc))
         except DuplicateKeyError as err:
-            field = duplicate_key_field(err)
-            if field is None:  # the server did not name the index (mongomock): look
-                found = trials.find_one({"_id": doc["_id"]}, projection={"_id": 1})
-                field = "_id" if found is not None else "slot"
-            if field != "slot":
-                raise duplicate_trial(doc, name) from err
-            taken = False
-        else:
-            taken = True
-        self._floor[experiment_id] = max(self._floor.get(experiment_id, 0), k + 1)
-        return taken
+            raise duplicate_trial(doc, name) from err
+        return
+    experiment_id = doc["experiment"]
+    for _ in range(_MAX_ROUNDS):
+        k = _draw(db.experiments, experiment_id, budget)
+        if k is not None:
+            if _insert_at(db.trials, doc, k, name):
+                return
+            _catch_up(db, experiment_id)  # the counter was behind the slots held
+            continue
+        if budget is None:  # an unconditional draw matches any existing experiment
+            raise StorageError(f"experiment {name!r} was deleted while a trial was being registered in it")
+        free, held = _freed(db.trials, doc, budget, name)
+        if any(_insert_at(db.trials, doc, k, name) for k in free[:_FREE_TRIES]):
+            return
+        if len(free) > _FREE_TRIES:  # the rest are most likely drawn by racers still inserting
+            raise _exhausted(name, held, budget, claimed=True)
+    raise StorageError(
+        f"could not claim a budget slot for a trial of experiment {name!r} after "
+        f"{_MAX_ROUNDS} rounds of contention; try again"
+    )
+
+
+def record_holding_slot(db: Any, experiment_id: str, name: str, params: Mapping[str, Any], objective: float,
+                        results: Mapping[str, Any], now: float, budget: int | None | Literal[False]) -> Trial:
+    """Insert a trial born completed (:func:`orchard.trial.recorded`), holding a slot unless ``budget`` is False.
+
+    Raises:
+        DuplicateTrialError, BudgetExhaustedError: as :func:`insert_holding_slot`.
+    """
+    plain: dict[str, Any] = to_builtin(dict(params))
+    trial = recorded(trial_id(experiment_id, plain), experiment_id, plain, objective, to_builtin(dict(results)),
+                     now, in_budget=budget is not False)
+    insert_holding_slot(db, trial_to_doc(trial), budget, name)
+    return trial
+
+
+def _freed(trials: Any, doc: Mapping[str, Any], budget: int, name: str) -> tuple[list[int], int]:
+    """Free slots below ``budget``, shuffled, and how many trials hold one; refuses when none is free."""
+    if trials.find_one({"_id": doc["_id"]}, projection={"_id": 1}) is not None:
+        raise duplicate_trial(doc, name)
+    experiment_id = doc["experiment"]
+    held = trials.count_documents(
+        {"experiment": experiment_id, "status": {"$in": _HOLDING}, "in_budget": {"$ne": False}})
+    if held < budget:
+        taken = {_number(d["slot"]) for d in trials.find(
+            {"slot": _slot_range(experiment_id, 0, budget)}, projection={"slot": 1, "_id": 0}
+        )}
+        free = [k for k in range(budget) if k not in taken]
+        if free:
+            random.shuffle(free)  # racers for the last units spread over them
+            return free, held
+        held = budget  # they were taken between the two reads
+    raise _exhausted(name, held, budget)
+
+
+def _exhausted(name: str, held: int, budget: int, claimed: bool = False) -> BudgetExhaustedError:
+    if claimed:
+        return BudgetExhaustedError(
+            f"experiment {name!r} has no free unit of budget now: {held} of max_trials={budget} trials "
+            "exist and other processes are registering the rest; raise max_trials to add more")
+    return BudgetExhaustedError(
+        f"experiment {name!r} has used its budget: {held} of max_trials={budget} trials "
+        "exist; raise max_trials to add more"
+    )
+
+
+def _insert_at(trials: Any, doc: Mapping[str, Any], k: int, name: str) -> bool:
+    """Insert ``doc`` holding slot ``k``; ``False`` if another trial holds it."""
+    try:
+        insert_stamped(trials, {**doc, "slot": slot_key(doc["experiment"], k)})
+    except DuplicateKeyError as err:
+        field = duplicate_key_field(err)
+        if field is None:  # the server did not name the index (mongomock): look
+            found = trials.find_one({"_id": doc["_id"]}, projection={"_id": 1})
+            field = "_id" if found is not None else "slot"
+        if field != "slot":
+            raise duplicate_trial(doc, name) from err
+        return False
+    return True
+
+
+def _draw(experiments: Any, experiment_id: str, budget: int | None) -> int | None:
+    """Take the next slot number from the counter; ``None`` when it has reached ``budget``."""
+    query: dict[str, Any] = {"_id": experiment_id}
+    if budget is not None:
+        query[_COUNTER] = {"$not": {"$gte": budget}}  # also matches a counter not created yet
+    drawn = experiments.find_one_and_update(
+        query, {"$inc": {_COUNTER: 1}}, projection={_COUNTER: 1}, return_document=ReturnDocument.AFTER
+    )
+    k = None if drawn is None else int(drawn[_COUNTER]) - 1
+    return None if k is None or (budget is not None and k >= budget) else k  # a missing counter matches budget 0
+
+
+def _catch_up(db: Any, experiment_id: str) -> None:
+    """Raise the counter above the highest held slot (it was behind: see the module docstring)."""
+    highest = db.trials.find_one(
+        {"slot": _slot_range(experiment_id, 0)}, projection={"slot": 1, "_id": 0}, sort=[("slot", -1)]
+    )
+    if highest is not None:
+        db.experiments.update_one({"_id": experiment_id}, {"$max": {_COUNTER: _number(highest["slot"]) + 1}})
 
 
 def duplicate_trial(doc: Mapping[str, Any], name: str) -> DuplicateTrialError:

@@ -2,7 +2,7 @@
 
 Two collections in the URI's database (default ``orchard``)::
 
-    experiments  {_id: uuid hex, name (unique), config, created}
+    experiments  {_id: uuid hex, name (unique), config, created, slots (the budget slot counter)}
     trials       {_id: trial id, experiment, params, status, …Trial fields…,
                   mtime, version, slot (unless broken)}
 
@@ -31,23 +31,21 @@ it still holds the exact worker and heartbeat value an observer saw
 from __future__ import annotations
 
 import dataclasses
-import functools
+import logging
 import os
 import threading
 import uuid
-from collections.abc import Callable, Iterable, Mapping
-from typing import Any, Concatenate, ParamSpec, TypeVar
+from collections.abc import Iterable, Mapping
+from typing import Any
 
-from bson.errors import BSONError
 from pymongo import ReturnDocument
-from pymongo.errors import DuplicateKeyError, PyMongoError
+from pymongo.errors import DuplicateKeyError
 
 from orchard import trial as transitions
 from orchard.errors import (
     ConfigurationError,
     DuplicateTrialError,
     ExperimentNotFoundError,
-    OrchardError,
     ReservationLostError,
     StorageError,
     TrialNotFoundError,
@@ -56,36 +54,17 @@ from orchard.space import to_builtin, trial_id
 from orchard.storages.base import BaseStorage, ExperimentRecord
 from orchard.storages.mongodb import client
 from orchard.storages.mongodb.changes import STAMP, ChangeFeed
-from orchard.storages.mongodb.slots import BudgetSlots
+from orchard.storages.mongodb.slots import insert_holding_slot, record_holding_slot
 from orchard.storages.values import check_error, check_params
 from orchard.trial import Lease, ReportValue, Trial, TrialStatus
 
 __all__ = ["MongoStorage"]
 
-P = ParamSpec("P")
-R = TypeVar("R")
+log = logging.getLogger(__name__)
 
 _AFTER = ReturnDocument.AFTER
 _WAITING = [TrialStatus.INTERRUPTED.value, TrialStatus.NEW.value]  # sorts interrupted first
-
-
-_Verb = Callable[Concatenate["MongoStorage", P], R]
-
-
-def _translated(action: str) -> Callable[[_Verb[P, R]], _Verb[P, R]]:
-    """Translate driver errors raised by a verb into :mod:`orchard.errors` leaves."""
-
-    def decorate(method: _Verb[P, R]) -> _Verb[P, R]:
-        @functools.wraps(method)
-        def wrapper(self: MongoStorage, /, *args: P.args, **kwargs: P.kwargs) -> R:
-            try:
-                return method(self, *args, **kwargs)
-            except (PyMongoError, BSONError) as err:
-                raise client.translate(err, self.uri, action) from err
-
-        return wrapper
-
-    return decorate
+_translated = client.translated
 
 
 def _expected(trial_id: str, change: transitions.Change) -> dict[str, Any]:
@@ -143,13 +122,12 @@ class MongoStorage(BaseStorage):
         self.uri = client.name_anonymous_mock(uri)
         self._margin = change_margin
         self._check_interval = check_interval
-        self._changes = ChangeFeed(change_margin, check_interval)
+        self._changes = ChangeFeed(change_margin, check_interval, uri=self.uri)
         self._lock = threading.Lock()
         self._client, self._db_name = client.open_client(self.uri)
         self._pid = os.getpid()
         self._indexed = False
         self._names: dict[str, str] = {}  # experiment id -> name, for ids known to exist
-        self._slots = BudgetSlots()
 
     @classmethod
     def from_uri(cls, uri: str) -> MongoStorage:
@@ -178,7 +156,7 @@ class MongoStorage(BaseStorage):
                 self._indexed = False
             db = self._client[self._db_name]
             if not self._indexed:
-                client.ensure_indexes(db)
+                client.ensure_indexes(db, self.uri)
                 self._indexed = True
             return db
 
@@ -273,7 +251,6 @@ class MongoStorage(BaseStorage):
         deleted = db.trials.delete_many({"experiment": experiment_id}).deleted_count
         db.experiments.delete_one({"_id": experiment_id})
         self._names.pop(experiment_id, None)
-        self._slots.forget(experiment_id)
         return int(deleted)
 
     def _record(self, doc: Mapping[str, Any]) -> ExperimentRecord:
@@ -315,15 +292,15 @@ class MongoStorage(BaseStorage):
                       submit_time=now, parent=parent)
         if worker is not None:
             trial = transitions.reserve(worker, now).applied_to(trial)  # registered and reserved at once
-        self._slots.insert(self._trials, client.trial_to_doc(trial), budget, name)
+        insert_holding_slot(self._db(), client.trial_to_doc(trial), budget, name)
         return trial
 
     @_translated("record a trial")
     def record_trial(self, experiment_id: str, params: Mapping[str, Any], objective: float, results: Mapping[str, Any],
                      *, budget: int | None = None, in_budget: bool = False) -> Trial:
         check_params(params)
-        return self._slots.record(self._trials, experiment_id, self._experiment_name(experiment_id), params,
-                                  objective, results, self.now(), budget if in_budget else False)
+        return record_holding_slot(self._db(), experiment_id, self._experiment_name(experiment_id), params,
+                                   objective, results, self.now(), budget if in_budget else False)
 
     @_translated("restore trials")
     def restore_trials(self, experiment_id: str, trials: Iterable[Trial]) -> int:
@@ -337,7 +314,7 @@ class MongoStorage(BaseStorage):
                 if not fresh.holds_budget:
                     client.insert_stamped(self._trials, doc)
                 else:
-                    self._slots.insert(self._trials, doc, None, name)
+                    insert_holding_slot(self._db(), doc, None, name)
             except (DuplicateKeyError, DuplicateTrialError):
                 continue
             added += 1
@@ -360,43 +337,56 @@ class MongoStorage(BaseStorage):
     def _apply(self, trial_id: str, change: transitions.Change) -> Trial:
         """One conditional update applying ``change``; when it matches nothing, the change says why."""
         doc = self._trials.find_one_and_update(_expected(trial_id, change), self._update(change), return_document=_AFTER)
-        if doc is None:
-            raise self._refusal(trial_id, change)
-        return client.doc_to_trial(doc)
+        return self._settled(trial_id, change) if doc is None else client.doc_to_trial(doc, self.uri)
 
-    def _refusal(self, trial_id: str, change: transitions.Change) -> OrchardError:
+    def _settled(self, trial_id: str, change: transitions.Change) -> Trial:
+        """The trial if ``change`` took effect all the same (every field as it sets), else raise why not."""
         doc = self._trials.find_one({"_id": trial_id})
-        trial = None if doc is None else client.doc_to_trial(doc)
+        trial = None if doc is None else client.doc_to_trial(doc, self.uri)
+        if trial is not None and not change.appends and client.holds(doc, change.owner, change.sets):
+            return trial  # the driver's own retry of a write whose reply was lost met the write's effect
         error = change.refusal(trial_id, trial, self.redacted_uri)
         if error is None:  # it changed back between the update and this read: refuse all the same
             assert trial is not None
             error = ReservationLostError.refused(trial_id, trial.status.value, trial.worker, change.owner)
-        return error
+        raise error
 
     def _current(self, trial_id: str) -> Trial:
         doc = self._trials.find_one({"_id": trial_id})
         if doc is None:
             raise TrialNotFoundError.missing(trial_id, self.redacted_uri)
-        return client.doc_to_trial(doc)
+        return client.doc_to_trial(doc, self.uri)
 
     @_translated("reserve a trial")
     def reserve_trial(self, experiment_id: str, worker: str) -> Trial | None:
-        doc = self._trials.find_one_and_update(
-            {"experiment": experiment_id, "status": {"$in": _WAITING}},
-            self._update(transitions.reserve(worker, self.now())),
-            sort=[("status", 1), ("submit_time", 1)],
-            return_document=_AFTER,
-        )
-        if doc is None:
-            self._experiment_name(experiment_id)  # raise if the experiment does not exist
-            return None
-        return client.doc_to_trial(doc)
+        while True:
+            doc = self._trials.find_one_and_update(
+                {"experiment": experiment_id, "status": {"$in": _WAITING}},
+                self._update(transitions.reserve(worker, self.now())),
+                sort=[("status", 1), ("submit_time", 1)],
+                return_document=_AFTER,
+            )
+            if doc is None:
+                self._experiment_name(experiment_id)  # raise if the experiment does not exist
+                return None
+            why = client.unreadable(doc)
+            if why is None:
+                return client.doc_to_trial(doc)
+            self._break_unreadable(doc, worker, why)  # no evaluation could use it: next one
+
+    def _break_unreadable(self, doc: Mapping[str, Any], worker: str, why: str) -> None:
+        """Mark broken a trial just reserved that holds values Orchard never writes, and say so."""
+        log.warning("trial %r in MongoDB at %s is not one Orchard writes (%s); marked broken instead of "
+                    "evaluated", doc["_id"], self.redacted_uri, why)
+        broken = {"status": TrialStatus.BROKEN.value, "end_time": self.now(),
+                  "error": {"type": "UnreadableTrial", "message": f"holds values Orchard never writes: {why}"}}
+        self._trials.update_one({"_id": doc["_id"], "worker": worker}, self._stamp(broken, unset=["slot"]))
 
     @_translated("record a heartbeat")
     def heartbeat_trial(self, trial_id: str, worker: str) -> None:
         change = transitions.heartbeat(worker, self.now())
         if self._trials.update_one(_expected(trial_id, change), self._update(change)).matched_count == 0:
-            raise self._refusal(trial_id, change)
+            self._settled(trial_id, change)
 
     @_translated("complete a trial")
     def complete_trial(
@@ -446,18 +436,18 @@ class MongoStorage(BaseStorage):
         doc = self._trials.find_one({"_id": trial_id, "experiment": experiment_id})
         if doc is None:
             return None
-        change = transitions.take_back(client.doc_to_trial(doc), lease, max_attempts, self.now())
+        change = transitions.take_back(client.doc_to_trial(doc, self.uri), lease, max_attempts, self.now())
         doc = self._trials.find_one_and_update(
             _expected(trial_id, change), self._update(change), return_document=_AFTER
         )
-        return None if doc is None else client.doc_to_trial(doc)
+        return None if doc is None else client.doc_to_trial(doc, self.uri)
 
     # -- trials: reading --------------------------------------------------------
 
     @_translated("read a trial")
     def get_trial(self, trial_id: str) -> Trial | None:
         doc = self._trials.find_one({"_id": trial_id})
-        return None if doc is None else client.doc_to_trial(doc)
+        return None if doc is None else client.doc_to_trial(doc, self.uri)
 
     @_translated("fetch trials")
     def fetch_trials(
@@ -466,7 +456,7 @@ class MongoStorage(BaseStorage):
         query: dict[str, Any] = {"experiment": experiment_id}
         if statuses is not None:
             query["status"] = {"$in": [TrialStatus(s).value for s in statuses]}
-        trials = [client.doc_to_trial(doc) for doc in self._trials.find(query)]
+        trials = client.readable_trials(self._trials.find(query, batch_size=client.BATCH), self.uri)
         if not trials:
             self._experiment_name(experiment_id)
         return sorted(trials, key=lambda t: t.submit_time or 0.0)

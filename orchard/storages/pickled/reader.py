@@ -30,7 +30,7 @@ import weakref
 from collections.abc import Callable
 from typing import NamedTuple
 
-from orchard.errors import StorageCorruptedError, StorageError
+from orchard.errors import StorageCorruptedError, StorageError, StorageUnavailableError
 from orchard.storages.pickled import fileformat
 from orchard.storages.pickled.fileformat import HEADER_SIZE, Damage, Header
 from orchard.storages.table import Record, TrialTable
@@ -111,6 +111,12 @@ class LogReader:
         self._compact_floor = 0  # the writer's: no compaction attempt below this offset
         self._seen: tuple[int, int, int] | None = None  # (device, inode, size) of the file fully replayed
 
+    def vanished(self, how: str) -> StorageUnavailableError:
+        """The error for a file this process had read that is now gone: never recreated empty under it."""
+        return StorageUnavailableError(
+            f"storage file {self.path} was {how} while this process was using it; it is not recreated empty "
+            "under running workers: restore it (e.g. from a backup), or stop the workers and start again")
+
     # -- opening ---------------------------------------------------------------------
 
     def open(self, flags: int) -> int | None:
@@ -151,10 +157,14 @@ class LogReader:
             return True  # the same file, of the size we replayed to its end: nothing new
         if size == 0:  # nothing stored yet (the writer that creates the file holds the lock)
             if self._generation is not None:
-                self.reset(None)
+                raise self.vanished("emptied")
             return True
         header = fileformat.decode_header(fileformat.pread(fd, HEADER_SIZE, 0), self.path)
         if header.generation != self._generation and not self._continues(header):
+            if self._generation is not None:
+                log.warning("storage file %s was replaced by another file (not a compaction of the one this "
+                            "process read: restored, repaired or copied over?); replaying the new file, in which "
+                            "trials this process held may not exist", self.path)
             self.reset(header)  # first read, or rewritten by another process: replay from scratch
         if size < self._offset:
             if not locked:
@@ -256,7 +266,7 @@ class LogReader:
         fd = self.open(os.O_RDONLY)
         if fd is None:
             if self._generation is not None:
-                self.reset(None)
+                raise self.vanished("deleted")
             return
         try:
             if self.sync(fd, locked=False):

@@ -36,7 +36,7 @@ from orchard.storages.table import SCALARS
 from orchard.storages.values import ERROR_TEXTS, INT_LIMIT
 from orchard.trial import TrialStatus
 
-__all__ = ["INT_LIMIT", "MAX_DEPTH", "SCALARS", "RecordError", "check_batch"]
+__all__ = ["INT_LIMIT", "MAX_DEPTH", "SCALARS", "RecordError", "check_batch", "check_trial"]
 
 MAX_DEPTH = 32  # nesting of lists and dicts in configuration and results
 _NODE_FLOOR = 10_000  # nodes any frame may hold, beyond its size in bytes
@@ -220,3 +220,16 @@ def check_batch(batch: Any, payload_size: int) -> None:
         _check_record(record, budget)
         if record["op"] == "fence" and position != 0:
             raise RecordError("a fence record that is not first in its frame")
+
+
+def check_trial(trial: Any, max_values: int = _NODE_FLOOR) -> None:
+    """Check one trial dict (the shape of :meth:`Trial.to_dict`) as a frame's trial records are checked.
+
+    Other backends use it on what they read, so every storage skips the same records.
+    ``max_values`` bounds the values walked (a document that cannot share sub-lists, such as
+    a BSON one, is bounded by its size instead).
+
+    Raises:
+        RecordError: it is not a trial Orchard writes; the message says what is wrong.
+    """
+    _check_trial(trial, _Budget(max_values))

@@ -239,6 +239,11 @@ class PickledStorage(TableStorage):
 
     def _os_error(self, err: OSError, action: str) -> StorageError:
         detail = f"{err.strerror or err}" + (f" ({err.filename})" if err.filename else "")
+        if action == "write to" and err.errno in _FULL_OR_READ_ONLY:  # became so under running workers?
+            return StorageUnavailableError(
+                f"cannot write to storage file {self._path}: [Errno {err.errno}] {detail}; free disk space "
+                "or make the file writable: workers keep their results in memory and retry for a while "
+                "(ORCHARD_STORAGE_PATIENCE)")
         if isinstance(err, PermissionError):
             return StorageError(
                 f"permission denied trying to {action} storage file {self._path}: {detail}; check "
@@ -329,6 +334,11 @@ class PickledStorage(TableStorage):
 
     def _replay_token(self) -> str:
         return self._log.token
+
+
+#: Write errors retried like an outage: a full disk or quota, a read-only file or filesystem.
+_FULL_OR_READ_ONLY = frozenset({errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC), errno.EROFS,
+                                errno.EACCES, errno.EPERM})
 
 
 def _validated(lock: str, timeout: float, fsync: bool, compact_bytes: int, stale_lock_after: float) -> str:

@@ -64,6 +64,8 @@ class LogFile(LogReader):
                 os.close(fd)
                 raise
             os.close(fd)
+        if self._generation is not None:  # this process read a file here: it was deleted or emptied
+            raise self.vanished("deleted" if fd is None else "emptied")
         self.remove_leftovers()
         self.replace_file([fileformat.encode_header(os.urandom(16), HEADER_SIZE)])
         return os.open(self.path, flags | OPEN_FLAGS)

@@ -1,0 +1,171 @@
+"""The Optuna adapter: racing real processes, what its pending trials buy, CMA-ES progress, bounded cost."""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+import orchard
+from orchard.algorithms import make_algorithm
+from orchard.algorithms.base import Observation
+from orchard.space import Space
+from orchard.testing import races
+from orchard.testing.algorithms import check_algorithm_racing
+from orchard.trial import Trial, TrialStatus
+
+pytest.importorskip("optuna")
+
+TPE = {"optuna": {"sampler": "TPESampler"}}
+BRANIN = {"x": "uniform(-5, 10)", "y": "uniform(0, 15)"}
+#: Two suggestions closer than this (in the unit square) are near-duplicates.
+RADIUS = 0.05
+
+
+def branin(x: float, y: float) -> float:
+    return float((y - 5.1 / (4 * math.pi**2) * x**2 + 5 / math.pi * x - 6) ** 2
+                 + 10 * (1 - 1 / (8 * math.pi)) * math.cos(x) + 10)
+
+
+def timed_branin(x: float, y: float) -> float:
+    """Branin taking 0.2 s, as a training would: the workers' trials are then pending together."""
+    time.sleep(0.2)
+    return branin(x, y)
+
+
+def _unit(params: Mapping[str, Any]) -> np.ndarray[Any, np.dtype[np.float64]]:
+    return np.array([(params["x"] + 5) / 15, params["y"] / 15])
+
+
+def _near_pending(trials: Sequence[Trial]) -> int:
+    """Trials registered within ``RADIUS`` of a trial that was pending then (registered, not yet completed)."""
+    near = 0
+    for trial in trials:
+        assert trial.submit_time is not None
+        pending = [other for other in trials if other is not trial and other.submit_time is not None
+                   and other.end_time is not None and other.submit_time < trial.submit_time < other.end_time]
+        near += any(np.linalg.norm(_unit(trial.params) - _unit(other.params)) < RADIUS for other in pending)
+    return near
+
+
+def _race_branin(uri: str, name: str, hide_pending: bool, *, start: Any = None) -> None:
+    """One worker process on Branin; with ``hide_pending`` its sampler is handed no pending trial."""
+    if hide_pending:
+        from orchard.algorithms._optuna import OptunaSampler
+
+        original = OptunaSampler.suggest
+
+        def blind(self: OptunaSampler, completed: Any, pending: Any, n: int = 1, seen: Any = None) -> Any:
+            return original(self, completed, [], n, seen)  # ``seen`` still keeps suggestions unseen
+
+        OptunaSampler.suggest = blind  # type: ignore[method-assign]
+    experiment = orchard.get_experiment(name, storage=uri)
+    start.wait(120)
+    experiment.workon(timed_branin, n_workers=1, executor="single", progress=False)
+
+
+@pytest.mark.slow
+def test_four_tpe_workers_on_one_file_waste_fewer_trials_with_pending_given(tmp_path: Path) -> None:
+    near = {}
+    for hide in (False, True):
+        uri, name = str(tmp_path / f"hide-{hide}.pkl"), "branin"
+        orchard.build_experiment(name, space=BRANIN, algorithm=TPE, storage=uri, max_trials=40)
+        races.run_racing(_race_branin, [(uri, name, hide)] * 4)
+        trials = orchard.get_experiment(name, storage=uri).fetch_trials()
+        assert [t.status for t in trials] == [TrialStatus.COMPLETED] * 40
+        assert len({(t.params["x"], t.params["y"]) for t in trials}) == 40
+        near[hide] = _near_pending(trials)
+    assert near[False] < near[True], f"near-duplicates of a pending trial: {near[False]} given, {near[True]} hidden"
+
+
+@pytest.mark.slow
+def test_four_tpe_workers_keep_the_budget_exact_over_the_wire(mongo_db_uri: str) -> None:
+    check_algorithm_racing(TPE, space=BRANIN, storage=mongo_db_uri, max_trials=16)
+
+
+def _simulate(config: Any, space_config: dict[str, str], objective: Any, trials: int, seed: int,
+              hide_pending: bool = False) -> list[tuple[dict[str, Any], list[dict[str, Any]]]]:
+    """Four simulated asynchronous workers: each suggestion with the others' points pending, oldest done first.
+
+    Returns every suggestion with the points pending when it was made.
+    """
+    space = Space.from_config(space_config)
+    workers = [make_algorithm(config, space, seed * 10 + w) for w in range(4)]
+    completed: list[Observation] = []
+    pending: list[dict[str, Any]] = []
+    made: list[tuple[dict[str, Any], list[dict[str, Any]]]] = []
+    while len(completed) < trials:
+        while len(pending) < 4:
+            (params,) = workers[len(made) % 4].suggest(completed, [] if hide_pending else list(pending))
+            made.append((params, list(pending)))
+            pending.append(params)
+        done = pending.pop(0)
+        completed.append(Observation(done, objective(done), end_time=float(len(completed))))
+    return made
+
+
+def test_pending_trials_keep_simulated_tpe_workers_apart() -> None:
+    def near(hide: bool) -> int:
+        made = [m for seed in range(2) for m in _simulate(TPE, BRANIN, lambda p: branin(**p), 40, seed, hide)]
+        return sum(any(np.linalg.norm(_unit(p) - _unit(q)) < RADIUS for q in pending) for p, pending in made)
+
+    given, hidden = near(False), near(True)
+    assert given * 3 <= hidden, f"near-duplicates of a pending point: {given} with pending given, {hidden} hidden"
+
+
+def test_cmaes_moves_its_distribution_across_calls_and_workers() -> None:
+    """An off-centre sphere: a CMA-ES restarted on every call stays near the centre and never gets close."""
+    space = {f"x{i}": "uniform(0, 1)" for i in range(3)}
+
+    def sphere(params: Mapping[str, Any]) -> float:
+        return float(sum((params[f"x{i}"] - 0.9) ** 2 for i in range(3)))
+
+    best = [min(sphere(p) for p, _ in _simulate({"optuna": {"sampler": "CmaEsSampler"}}, space, sphere, 150, seed))
+            for seed in range(3)]
+    assert float(np.median(best)) < 1e-3, f"best squared distance to the optimum per seed: {best}"
+
+
+def test_a_tpe_worker_reads_only_the_new_trials_of_a_grown_history(monkeypatch: pytest.MonkeyPatch) -> None:
+    from orchard.algorithms import _optuna
+
+    space = Space.from_config(BRANIN)
+    rng = np.random.default_rng(0)
+    points = [space.sample(rng) for _ in range(301)]
+    completed = [Observation(p, branin(**p), end_time=float(i)) for i, p in enumerate(points)]
+    history = completed[:300] + [completed[300]]  # the worker's history: the same observations, grown
+    fresh = make_algorithm(TPE, space, 1).suggest(history, [])
+    worker = make_algorithm(TPE, space, 1)
+    worker.suggest(completed[:300], [])
+    hashed: list[Any] = []
+    original = _optuna.params_hash
+    monkeypatch.setattr(_optuna, "params_hash", lambda params: hashed.append(params) or original(params))
+    assert worker.suggest(history, []) == fresh
+    assert len(hashed) <= 5, f"a call after one new trial hashed {len(hashed)} trials"
+
+
+def test_a_tpe_suggestion_is_optunas_own_ask_on_the_same_trials_and_seed() -> None:
+    import optuna
+
+    space = Space.from_config(BRANIN)
+    distributions = {name: optuna.distributions.FloatDistribution(0.0, 15.0) if name == "y"
+                     else optuna.distributions.FloatDistribution(-5.0, 10.0) for name in BRANIN}
+    rng = np.random.default_rng(3)
+    points = [space.sample(rng) for _ in range(33)]
+    completed = [Observation(p, branin(**p), end_time=float(i)) for i, p in enumerate(points[:30])]
+    pending = points[30:]
+    for seed in range(3):
+        algorithm = make_algorithm(TPE, space, seed)
+        (suggested,) = algorithm.suggest(completed, pending)
+        sampler_seed = int(algorithm.rng(completed, pending).integers(2**31 - 1))  # the adapter's seeding rule
+        study = optuna.create_study(sampler=optuna.samplers.TPESampler(seed=sampler_seed))
+        study.add_trials([optuna.trial.create_trial(params=o.params, distributions=distributions, value=o.objective)
+                          for o in completed])
+        for point in pending:  # other workers' trials: running
+            study.enqueue_trial(point)
+            study.ask(distributions)
+        assert study.ask(distributions).params == suggested

@@ -1,0 +1,294 @@
+"""Faults of the storage itself, done for real: hostile MongoDB documents, a wire server down
+longer than the lease, a full or read-only disk under the pickle file, a file deleted under
+running workers (SPEC §5.9, §5.10)."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from bson.decimal128 import Decimal128
+
+from orchard.cli import main
+from orchard.dashboard import StorageView
+from orchard.dashboard._payloads import to_json, trial_rows
+from orchard.errors import ExperimentNotFoundError, SpaceError, StorageCorruptedError
+from orchard.space import trial_id
+from orchard.storages import get_storage
+from orchard.testing._mongo_uri import with_database
+from orchard.testing.mongo_server import WireServer
+from orchard.trial import Trial, TrialStatus
+from tests.conftest import backend_uri
+from tests.test_faults import Worker as FaultWorker
+from tests.test_faults import assert_finished_normally, assert_one_result_stored, spawn, trials_of, wait_for
+
+__all__ = ["spawn"]  # the fixture, shared with tests/test_faults.py
+
+# -- hostile values in MongoDB documents ------------------------------------------------
+
+#: Values another program could write into a trial document. A 5,000-digit int cannot be one: BSON
+#: has no int beyond 64 bits (pymongo refuses to send one); a 6,000-digit Decimal128 stands for it.
+HOSTILE: dict[str, tuple[str, Any]] = {
+    "an error that is a list": ("error", ["ValueError", "boom"]),
+    "an error whose message is a dict": ("error", {"type": "ValueError", "message": {"a": 1}}),
+    "a param that is a list": ("params", {"x": [0.1, 0.2]}),
+    "a 6,000-digit Decimal128 param": ("params", {"x": Decimal128("1E+6000")}),
+}
+
+
+@pytest.mark.parametrize("backend", [pytest.param("mongomock", id="mongomock"),
+                                     pytest.param("mongodb", id="mongodb", marks=pytest.mark.slow)])
+@pytest.mark.parametrize("case", list(HOSTILE))
+def test_hostile_mongodb_documents_are_skipped_and_named(
+        backend: str, case: str, request: pytest.FixtureRequest, tmp_path: Path,
+        caplog: pytest.LogCaptureFixture) -> None:
+    field, value = HOSTILE[case]
+    uri = backend_uri(backend, request, tmp_path)
+    storage: Any = get_storage(uri)
+    exp = storage.create_experiment("exp", {"space": {"x": "uniform(0, 1)"}, "algorithm": "random"})
+    kept = storage.complete_trial(storage.register_trial(exp, {"x": 0.5}, worker="w").id, "w", 1.0)
+    hostile = Trial(id="h" * 32, experiment=exp, params={"x": 0.7}, status=TrialStatus.BROKEN,
+                    error={"type": "ValueError", "message": "boom"}).to_dict()
+    hostile["_id"] = hostile.pop("id")
+    hostile[field] = value
+    storage._trials.insert_one(hostile)  # written by another program
+    assert [t.id for t in storage.fetch_trials(exp)] == [kept.id]
+    assert [t.id for t in get_storage(uri).fetch_changes(exp)[0]] == [kept.id]
+    assert "h" * 32 in caplog.text and "not one Orchard writes" in caplog.text
+    with pytest.raises(StorageCorruptedError, match="not one Orchard writes"):
+        storage.get_trial("h" * 32)
+    assert main(["db", "dump", "--storage", uri, "-o", str(tmp_path / "dump.json")]) == 0
+    assert main(["plot", "regret", "-n", "exp", "--storage", uri, "-o", str(tmp_path / "r.html")]) == 0
+    shown = StorageView(get_storage(uri)).experiment("exp")  # what the dashboard's trials API serves
+    assert shown is not None
+    rows = json.loads(to_json(trial_rows(shown)))
+    assert [t["id"] for t in rows["trials"]] == [kept.id]
+
+
+def test_a_hostile_waiting_trial_is_broken_not_handed_out(caplog: pytest.LogCaptureFixture) -> None:
+    storage: Any = get_storage("mongomock://")
+    exp = storage.create_experiment("exp", {})
+    doc = Trial(id="h" * 32, experiment=exp, params={"x": [1, 2]}, submit_time=0.0).to_dict()
+    doc["_id"] = doc.pop("id")
+    storage._trials.insert_one(doc)
+    fine = storage.register_trial(exp, {"x": 0.5})
+    assert storage.reserve_trial(exp, "w").id == fine.id  # the hostile one, older, is skipped
+    assert storage.count_trials(exp)[TrialStatus.BROKEN] == 1
+    assert "marked broken instead of evaluated" in caplog.text
+
+
+def test_a_nested_huge_int_in_params_is_a_clear_error() -> None:
+    sys.set_int_max_str_digits(4300)
+    with pytest.raises(SpaceError, match="param 'x' cannot identify a trial.*as str or float"):
+        trial_id("exp", {"y": 1, "x": {"a": 10**5000}})
+
+
+# -- an outage longer than the lease ------------------------------------------------------
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(120)
+def test_a_wire_server_down_for_twice_the_lease_loses_nothing(
+        tmp_path: Path, spawn: Callable[..., FaultWorker]) -> None:
+    """A 1.5 s lease, a 4 s outage: the worker waits for the server (storage_patience), then writes."""
+    with WireServer(tmp_path, durable=True) as server:
+        uri = with_database(server.uri, "long") + "?serverSelectionTimeoutMS=1000"
+        worker = spawn(uri, "long", "waits_for_go", max_trials=1, heartbeat=0.5)  # lease: 1.5 s
+        wait_for(lambda: (tmp_path / "started").exists() or worker.process.poll() is not None, 60,
+                 "the evaluation to start")
+        server.kill()
+        (tmp_path / "go").touch()  # the result is computed while the server is down
+        time.sleep(4.0)  # more than twice the lease
+        server.start()
+        assert_finished_normally(worker, timeout=60)
+        assert_one_result_stored(uri, "long")
+    assert "was unavailable for" in worker.log()
+
+
+# -- a full or read-only disk, a deleted file (the pickle storage) ---------------------------
+
+
+class DiskFull:
+    """A pickle file on a 1 MiB tmpfs (needs root: skipped elsewhere) that is filled to the last byte."""
+
+    expected = "[Errno 28] No space left on device"
+
+    def __init__(self, tmp_path: Path) -> None:
+        self.disk = tmp_path / "disk"
+        self.disk.mkdir()
+        mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(self.disk)],
+                                 capture_output=True, check=False)
+        if mounted.returncode != 0:
+            pytest.skip(f"cannot mount a tmpfs here (needs root): {mounted.stderr.decode().strip()}")
+        self.path, self.filler = self.disk / "orchard.pkl", self.disk / "filler"
+
+    def start(self) -> None:
+        with open(self.filler, "wb", buffering=0) as f:
+            for size in (65536, 4096, 1):
+                with contextlib.suppress(OSError):
+                    while True:
+                        f.write(b"\0" * size)
+
+    def stop(self) -> None:
+        self.filler.unlink(missing_ok=True)
+
+    def close(self) -> None:
+        subprocess.run(["umount", "-l", str(self.disk)], check=False)
+
+
+class ReadOnly:
+    """A pickle file made immutable (``chattr +i``: even root cannot write it; skipped where unsupported)."""
+
+    expected = "[Errno 1] Operation not permitted"
+
+    def __init__(self, tmp_path: Path) -> None:
+        self.path = tmp_path / "orchard.pkl"
+
+    def start(self) -> None:
+        done = subprocess.run(["chattr", "+i", str(self.path)], capture_output=True, check=False)
+        if done.returncode != 0:
+            pytest.skip(f"cannot make a file immutable here: {done.stderr.decode().strip()}")
+
+    def stop(self) -> None:
+        subprocess.run(["chattr", "-i", str(self.path)], capture_output=True, check=False)
+
+    close = stop
+
+
+@pytest.fixture(params=[DiskFull, ReadOnly], ids=["disk full", "read-only file"])
+def refusing_disk(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[DiskFull | ReadOnly]:
+    fault = request.param(tmp_path)
+    try:
+        yield fault
+    finally:
+        fault.close()
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(120)
+def test_a_result_computed_while_the_disk_refuses_writes_is_kept_and_written_later(
+        refusing_disk: DiskFull | ReadOnly, tmp_path: Path, spawn: Callable[..., FaultWorker]) -> None:
+    storage = str(refusing_disk.path)
+    worker = spawn(storage, "full", "waits_for_go", max_trials=1, heartbeat=0.25)
+    wait_for(lambda: (tmp_path / "started").exists() or worker.process.poll() is not None, 60,
+             "the evaluation to start")
+    refusing_disk.start()
+    # the heartbeats use up what the file's last page had left, then fail: the fault is met
+    wait_for(lambda: refusing_disk.expected in worker.log() or worker.process.poll() is not None, 30,
+             "a write to fail")
+    (tmp_path / "go").touch()  # the result is computed while no write can land
+    time.sleep(2.0)
+    assert worker.process.poll() is None, f"the worker gave up at once:\n{worker.log()[-2000:]}"
+    [held] = trials_of(storage, "full")
+    assert held.status is TrialStatus.RESERVED
+    assert f"cannot write to storage file {storage}: {refusing_disk.expected}" in worker.log(), \
+        "one line naming the file and the errno"
+    refusing_disk.stop()
+    assert_finished_normally(worker, timeout=60)
+    assert_one_result_stored(storage, "full")
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(120)
+def test_a_file_deleted_under_a_running_worker_is_named_not_recreated(
+        tmp_path: Path, spawn: Callable[..., FaultWorker], monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ORCHARD_STORAGE_PATIENCE", "1")  # the lease (3 s) then bounds the wait
+    path = tmp_path / "orchard.pkl"
+    worker = spawn(str(path), "deleted", "steady", max_trials=20, heartbeat=1.0)
+    def a_result() -> bool:
+        with contextlib.suppress(ExperimentNotFoundError):
+            return any(t.status is TrialStatus.COMPLETED for t in trials_of(str(path), "deleted"))
+        return False
+
+    wait_for(a_result, 60, "a first result")
+    path.unlink()
+    code = worker.wait(timeout=60)
+    assert code != 0 and not path.exists(), "the file was recreated empty under the running worker"
+    assert f"storage file {path} was deleted while this process was using it" in worker.log()
+
+
+# -- round trips that stay flat as workers are added ---------------------------------------
+
+
+def _register_counting_commands(uri: str, experiment_id: str, n: int, tag: str, *, start: Any) -> int:
+    """Register ``n`` trials under a budget once every racer is connected; return the commands sent."""
+    from pymongo import monitoring
+
+    sent: list[str] = []
+
+    class Counter(monitoring.CommandListener):
+        def started(self, event: monitoring.CommandStartedEvent) -> None:
+            sent.append(event.command_name)
+
+        def succeeded(self, event: monitoring.CommandSucceededEvent) -> None:
+            pass
+
+        def failed(self, event: monitoring.CommandFailedEvent) -> None:
+            pass
+
+    monitoring.register(Counter())
+    with get_storage(uri) as storage:
+        storage.count_trials(experiment_id)  # connected, indexes ensured
+        before = len(sent)
+        start.wait(120)
+        for i in range(n):
+            storage.register_trial(experiment_id, {"tag": tag, "i": i}, budget=1000)
+        return len(sent) - before
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(240)
+def test_racing_registrations_cost_two_round_trips_each(request: pytest.FixtureRequest, tmp_path: Path) -> None:
+    """8 processes registering at once: no retry on a taken slot (a draw, then the insert)."""
+    from orchard.testing import races
+
+    uri = backend_uri("mongodb", request, tmp_path)
+    with get_storage(uri) as storage:
+        exp = storage.create_experiment("flat", {})
+    sent = races.run_racing(_register_counting_commands, [(uri, exp, 5, f"p{i}") for i in range(8)])
+    assert sum(sent) == 2 * 8 * 5, f"round trips per process: {sent}"
+
+
+def test_a_worker_waiting_for_others_last_trials_only_reads(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The wind-down: every unit of budget is held by another worker, so nothing is tried but a look."""
+    from orchard.clock import ManualClock
+    from orchard.errors import BudgetExhaustedError
+    from orchard.objective import Outcome
+    from orchard.worker import Worker, WorkerSettings
+
+    storage: Any = get_storage("memory://")
+    space = {"x": "uniform(0, 1)"}
+    exp = storage.create_experiment("e", {"space": space})
+    storage.register_trial(exp, {"x": 0.5}, worker="someone-else", budget=1)
+    calls: list[str] = []
+    for verb in ("reserve_trial", "register_trial"):
+        real = getattr(storage, verb)
+        monkeypatch.setattr(storage, verb, lambda *a, _real=real, _verb=verb, **k: (calls.append(_verb), _real(*a, **k))[1])
+    worker = Worker(storage, exp, WorkerSettings.from_dict({"space": space, "algorithm": "random", "max_trials": 1}),
+                    lambda t: Outcome(), clock=ManualClock())
+    with pytest.raises(BudgetExhaustedError):
+        worker.next_trial(timeout=10.0)  # many looks, on the manual clock
+    worker.pacemaker.close()
+    assert calls == []
+
+
+def test_a_write_the_driver_retried_after_it_took_effect_is_not_refused() -> None:
+    """A server that does not recognise a retried write lets it meet its own effect: that is success."""
+    from orchard import trial as transitions
+    from orchard.errors import ReservationLostError
+
+    storage: Any = get_storage("mongomock://")
+    exp = storage.create_experiment("e", {})
+    trial = storage.register_trial(exp, {"x": 1}, worker="w")
+    done = transitions.complete("w", 1.0, {}, 10.0)
+    assert storage._apply(trial.id, done).status is TrialStatus.COMPLETED
+    assert storage._apply(trial.id, done).objective == 1.0  # the same command again: its own effect
+    with pytest.raises(ReservationLostError):
+        storage._apply(trial.id, transitions.complete("w", 2.0, {}, 11.0))  # another result: refused
