@@ -14,7 +14,7 @@ grid      a regular grid, each point once                         n_values, budg
 bayes     scikit-optimize surrogate + acquisition, constant liar  see ``BayesianOptimization``
 asha      asynchronous successive halving over a ``fidelity``     see ``Asha``
 hyperband several ASHA brackets starting at different rungs       see ``Hyperband``
-optuna    an Optuna sampler (TPE, GP, CMA-ES, QMC) on the history  sampler, its options
+optuna    an Optuna sampler (TPE, GP, CMA-ES, QMC, NSGA-II)      sampler, its options
 nsga2     NSGA-II: several objectives, constraints            see ``Nsga2``
 ========  ======================================================  ===================
 

@@ -19,6 +19,9 @@ storage's unique constraint lets exactly one of them win; the loser sees the
 winner's trial as pending when it asks again, and moves on. No lock, no
 master. Ties in a ranking are broken by the params' hash, so two workers with
 the same view choose the same trial (and collide) rather than two different ones.
+With several objectives (or constraints) "best" is the order of
+:func:`orchard.algorithms._rungs.pareto_order`: constrained non-dominated front first,
+then larger crowding distance, then the params' hash.
 
 The rungs are kept by a :class:`~orchard.algorithms._rungs.Ladder`, a cache
 that folds in only the trials completed since the last call, so a suggestion
