@@ -12,6 +12,7 @@ name      what                                                    options
 random    independent draws from the priors                       none
 grid      a regular grid, each point once                         n_values, budget, shuffle
 bayes     scikit-optimize surrogate + acquisition, constant liar  see ``BayesianOptimization``
+          (several objectives or constraints: ParEGO, ``ParEgoBayes``)
 asha      asynchronous successive halving over a ``fidelity``     see ``Asha``
 hyperband several ASHA brackets starting at different rungs       see ``Hyperband``
 optuna    an Optuna sampler (TPE, GP, CMA-ES, QMC) on the history  sampler, its options
@@ -72,9 +73,9 @@ AlgorithmConfig = str | Mapping[str, Any]
 
 
 def _bayes() -> type[BaseAlgorithm]:
-    from orchard.algorithms._bayes import BayesianOptimization
+    from orchard.algorithms._parego import ParEgoBayes
 
-    return BayesianOptimization
+    return ParEgoBayes
 
 
 def _optuna() -> type[BaseAlgorithm]:
