@@ -52,7 +52,7 @@ from orchard.algorithms._bayes import (
 )
 from orchard.algorithms._gp import best_and_random, make_gp
 from orchard.algorithms.base import Observation, SeenPoints
-from orchard.errors import AlgorithmError, SpaceExhaustedError
+from orchard.errors import AlgorithmError
 
 __all__ = ["ParEgoBayes", "chebyshev", "random_weights"]
 
@@ -131,40 +131,18 @@ class ParEgoBayes(BayesianOptimization):
 
     Same options as :class:`~orchard.algorithms._bayes.BayesianOptimization`; see
     the module docstring for what they mean when the history carries objective
-    vectors or infeasible trials.
+    vectors or infeasible trials. It replaces the parent's one-point step
+    (``_suggest_one``), so the parent's loop over ``n`` and its pending handling apply.
     """
 
-    def suggest(
-        self,
-        completed: Sequence[Observation],
-        pending: Sequence[Mapping[str, Any]],
-        n: int = 1,
-        seen: SeenPoints | None = None,
-    ) -> list[dict[str, Any]]:
-        """Return up to ``n`` unseen points; the k-th is chosen with the first k-1 as pending.
-
-        Raises:
-            SpaceExhaustedError: no unseen point is left.
-            AlgorithmError: a surrogate could not be fitted.
-        """
+    def _suggest_one(
+        self, completed: list[Observation], pending: list[Mapping[str, Any]], seen: SeenPoints
+    ) -> dict[str, Any]:
+        """One point: the parent's for one objective and no infeasible trial, else one ParEGO step."""
         used = _scalarizable(completed)
-        if not any(len(o[1]) > 1 or o[2] > 0 for o in used):
-            return super().suggest(completed, pending, n, seen)
-        completed = [o for o in completed if math.isfinite(o.objective)]
-        pending = list(pending)
-        taken = self.seen_points(completed, pending, seen)
-        suggestions: list[dict[str, Any]] = []
-        while len(suggestions) < n:
-            try:
-                params = self._scalarized_step(completed, used, pending, taken)
-            except SpaceExhaustedError:
-                if suggestions:
-                    break
-                raise
-            suggestions.append(params)
-            pending.append(params)
-            taken.add(params)
-        return suggestions
+        if not any(len(vector) > 1 or violation > 0 for _, vector, violation in used):
+            return super()._suggest_one(completed, pending, seen)
+        return self._scalarized_step(completed, used, pending, seen)
 
     def _scalarized_step(
         self, completed: list[Observation], used: list[tuple[dict[str, Any], tuple[float, ...], float]],
