@@ -120,4 +120,5 @@ def _front_volume(method: Any, seed: int, trials: int = 30, dims: int = 4) -> fl
 
 
 def test_bayes_finds_a_larger_zdt1_front_than_random_search() -> None:
-    assert _front_volume(BAYES, 0) > _front_volume("random", 0) + 0.3
+    # measured: 11.66 against 8.75; bayes on the first objective alone reached 10.24
+    assert _front_volume(BAYES, 0) > _front_volume("random", 0) + 2.0
