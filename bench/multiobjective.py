@@ -1,32 +1,44 @@
 """Several objectives: hypervolume of the front after a budget, Orchard against Optuna, same run.
 
 Problems (their published definitions): ZDT1, ZDT2, ZDT3 (Zitzler, Deb and Thiele 2000; 30
-variables in [0, 1], two objectives) and DTLZ2 (Deb, Thiele, Laumanns and Zitzler 2002; three
-objectives, k = 10, so 12 variables). Optionally a constrained ZDT1 (``zdt1c``: ``f1 >= 0.2``).
+variables in [0, 1], two objectives), DTLZ2 (Deb, Thiele, Laumanns and Zitzler 2002; three
+objectives, k = 10, so 12 variables), ``zdt1c``: ZDT1 under the constraint ``f1 >= 0.2``, and
+``lcbench:ID``: LCBench (YAHPO Gym surrogate, ``bench/_lcbench.py``) validation error against
+training time at the fixed fidelity of epoch 52, each divided by its median over 1,000 random
+configurations of the instance (reference point (1.5, 3)); ``lcbench`` stands for every ``--instances``
+(default: the 10 development instances).
 
 Methods, each with 4 simulated parallel workers (4 trials always in flight; the oldest is
 evaluated and told first, the next suggestion sees the other 3 as pending):
 
+* ``bayes``        Orchard's bayes, defaults (ParEGO with several objectives or constraints)
 * ``nsga2``        Orchard's nsga2 (population 20)
 * ``random``       Orchard's random search
 * ``optuna-nsga2`` Optuna's NSGAIISampler (population 20; seeded)
 * ``optuna-tpe``   Optuna's TPESampler (multi-objective TPE, ``constant_liar=True``; seeded)
 
+Optuna's GPSampler supports several objectives in Optuna 5 but needs PyTorch, which is not
+installed here (a large dependency); it is not run.
+
 The figure is the hypervolume of the feasible non-dominated trials after ``--trials`` trials
-against a fixed reference point per problem (printed), median and min-max over seeds.
-Simulated clock: no wall-clock figure is measured.
+against a fixed reference point per problem, median and min-max over seeds, and the mean CPU
+seconds (``time.process_time``) per suggestion (Optuna: ``ask`` and ``tell``). Simulated
+clock: the hypervolumes do not depend on the machine's load.
 
     python bench/multiobjective.py                          # 5 seeds, 100 trials, all problems
-    python bench/multiobjective.py --seeds 3 --problems zdt1 --methods nsga2 optuna-nsga2
+    python bench/multiobjective.py --trials 100 300 --problems zdt1 lcbench --instances 3945 7593
 """
 
 from __future__ import annotations
 
 import argparse
 import collections
+import dataclasses
+import functools
 import logging
 import math
 import statistics
+import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -34,6 +46,9 @@ from orchard.algorithms import Observation, make_algorithm
 from orchard.algorithms.base import SeenPoints
 from orchard.objectives import hypervolume, non_dominated_sort
 from orchard.space import Space
+
+from _harness import machine_load
+from _lcbench import DEV_INSTANCES
 
 Vector = tuple[float, ...]
 IN_FLIGHT = 4
@@ -72,60 +87,109 @@ def dtlz2(x: Sequence[float], objectives: int = 3) -> Vector:
     return tuple(values)
 
 
-#: name -> (function, variables, reference point, violation of a vector or None)
-PROBLEMS: dict[str, tuple[Callable[[Sequence[float]], Vector], int, Vector, Callable[[Vector], float] | None]] = {
-    "zdt1": (zdt1, 30, (1.1, 11.0), None),
-    "zdt2": (zdt2, 30, (1.1, 11.0), None),
-    "zdt3": (zdt3, 30, (1.1, 11.0), None),
-    "dtlz2": (dtlz2, 12, (3.5, 3.5, 3.5), None),
-    "zdt1c": (zdt1, 30, (1.1, 11.0), lambda f: max(0.0, 0.2 - f[0])),
+@dataclasses.dataclass
+class Problem:
+    """A minimisation problem: its dimensions, its objective vector, a fixed reference point."""
+
+    evaluate: Callable[[dict[str, float]], Vector]
+    dimensions: Sequence[tuple[str, float, float, bool]]  # name, low, high, log scale
+    reference: Vector
+    violation_of: Callable[[Vector], float] | None = None
+
+    def space(self) -> dict[str, str]:
+        return {name: f"{'loguniform' if log else 'uniform'}({low!r}, {high!r})"
+                for name, low, high, log in self.dimensions}
+
+
+def _function(fn: Callable[[Sequence[float]], Vector], dims: int, reference: Vector,
+              violation_of: Callable[[Vector], float] | None = None) -> Problem:
+    names = [f"x{i}" for i in range(dims)]
+    return Problem(lambda p: fn([p[n] for n in names]), [(n, 0.0, 1.0, False) for n in names], reference,
+                   violation_of)
+
+
+PROBLEMS: dict[str, Callable[[], Problem]] = {
+    "zdt1": lambda: _function(zdt1, 30, (1.1, 11.0)),
+    "zdt2": lambda: _function(zdt2, 30, (1.1, 11.0)),
+    "zdt3": lambda: _function(zdt3, 30, (1.1, 11.0)),
+    "dtlz2": lambda: _function(dtlz2, 12, (3.5, 3.5, 3.5)),
+    "zdt1c": lambda: _function(zdt1, 30, (1.1, 11.0), lambda f: max(0.0, 0.2 - f[0])),
 }
 
 
-def run_orchard(name: str, problem: str, seed: int, trials: int) -> float:
-    fn, dims, reference, violation_of = PROBLEMS[problem]
-    space = Space.from_config({f"x{i}": "uniform(0, 1)" for i in range(dims)})
-    algo = make_algorithm({"nsga2": {"population_size": 20}} if name == "nsga2" else name, space, seed=seed)
+@functools.cache
+def lcbench(instance: str) -> Problem:
+    """Validation error against training time at epoch 52, each divided by its median over random configs."""
+    from _lcbench import DIMENSIONS, LCBench
+
+    bench = LCBench(instance)
+
+    def evaluate(params: dict[str, float]) -> Vector:
+        errors, times = bench.curve(params)
+        return float(errors[-1]) / bench.median_error, float(times[-1]) / bench.median_time
+
+    return Problem(evaluate, [(name, low, high, log) for name, low, high, log, _ in DIMENSIONS], (1.5, 3.0))
+
+
+def problem(name: str) -> Problem:
+    return lcbench(name.split(":", 1)[1]) if name.startswith("lcbench:") else PROBLEMS[name]()
+
+
+#: Orchard's algorithm configurations.
+ORCHARD = {"bayes": "bayes", "nsga2": {"nsga2": {"population_size": 20}}, "random": "random"}
+
+
+def run_orchard(name: str, task: Problem, seed: int, trials: int) -> tuple[float, float]:
+    """Hypervolume after ``trials`` and the CPU seconds per suggestion."""
+    algo = make_algorithm(ORCHARD[name], Space.from_config(task.space()), seed=seed)
     observed: list[Observation] = []
     seen = SeenPoints()
     flight: collections.deque[dict[str, Any]] = collections.deque()
     results: list[tuple[Vector, float]] = []
+    cpu = 0.0
     while len(results) < trials:
         while len(flight) < IN_FLIGHT and len(results) + len(flight) < trials:
+            start = time.process_time()
             (params,) = algo.suggest(observed, list(flight), n=1, seen=seen)
+            cpu += time.process_time() - start
             seen.add(params)
             flight.append(params)
         params = flight.popleft()
-        values = fn([params[f"x{i}"] for i in range(dims)])
-        violation = violation_of(values) if violation_of else 0.0
+        values = task.evaluate(params)
+        violation = task.violation_of(values) if task.violation_of else 0.0
         observed.append(Observation(params, values[0], float(len(observed)), values, violation <= 0, violation))
         results.append((values, violation))
-    return front_hypervolume(results, reference)
+    return front_hypervolume(results, task.reference), cpu / trials
 
 
-def run_optuna(name: str, problem: str, seed: int, trials: int) -> float:
+def run_optuna(name: str, task: Problem, seed: int, trials: int) -> tuple[float, float]:
     import optuna
 
-    fn, dims, reference, violation_of = PROBLEMS[problem]
     if name == "optuna-nsga2":  # constraints: Trial.set_constraint, Optuna 5's way
         sampler: Any = optuna.samplers.NSGAIISampler(population_size=20, seed=seed)
     else:
         sampler = optuna.samplers.TPESampler(seed=seed, constant_liar=True)
-    study = optuna.create_study(directions=["minimize"] * len(reference), sampler=sampler)
+    study = optuna.create_study(directions=["minimize"] * len(task.reference), sampler=sampler)
     flight: collections.deque[Any] = collections.deque()
     results: list[tuple[Vector, float]] = []
+    cpu = 0.0
     while len(results) < trials:
         while len(flight) < IN_FLIGHT and len(results) + len(flight) < trials:
+            start = time.process_time()
             trial = study.ask()
-            flight.append((trial, [trial.suggest_float(f"x{i}", 0.0, 1.0) for i in range(dims)]))
-        trial, x = flight.popleft()
-        values = fn(x)
-        violation = violation_of(values) if violation_of else 0.0
-        if violation_of:
+            params = {n: trial.suggest_float(n, low, high, log=log) for n, low, high, log in task.dimensions}
+            cpu += time.process_time() - start
+            flight.append((trial, params))
+        trial, params = flight.popleft()
+        values = task.evaluate(params)
+        violation = task.violation_of(values) if task.violation_of else 0.0
+        if task.violation_of:
             trial.set_constraint("violation", violation)
+        start = time.process_time()
         study.tell(trial, list(values))
+        cpu += time.process_time() - start
         results.append((values, violation))
-    return front_hypervolume(results, reference)
+    return front_hypervolume(results, task.reference), cpu / trials
 
 
 def front_hypervolume(results: Sequence[tuple[Vector, float]], reference: Vector) -> float:
@@ -136,32 +200,41 @@ def front_hypervolume(results: Sequence[tuple[Vector, float]], reference: Vector
     return hypervolume([feasible[i] for i in front], reference)
 
 
-METHODS: dict[str, Callable[[str, str, int, int], float]] = {
-    "nsga2": run_orchard, "random": run_orchard, "optuna-nsga2": run_optuna, "optuna-tpe": run_optuna,
+METHODS: dict[str, Callable[[str, Problem, int, int], tuple[float, float]]] = {
+    "bayes": run_orchard, "nsga2": run_orchard, "random": run_orchard, "optuna-nsga2": run_optuna,
+    "optuna-tpe": run_optuna,
 }
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, default=5)
-    parser.add_argument("--trials", type=int, default=100)
-    parser.add_argument("--problems", nargs="+", default=["zdt1", "zdt2", "zdt3", "dtlz2", "zdt1c"])
+    parser.add_argument("--trials", type=int, nargs="+", default=[100])
+    parser.add_argument("--problems", nargs="+", default=["zdt1", "zdt2", "zdt3", "dtlz2", "zdt1c", "lcbench"],
+                        help="'lcbench' stands for lcbench:ID of every --instances")
+    parser.add_argument("--instances", nargs="+", default=list(DEV_INSTANCES))
     parser.add_argument("--methods", nargs="+", default=list(METHODS))
     args = parser.parse_args()
     logging.getLogger("optuna").setLevel(logging.ERROR)
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.ERROR)
-    print(f"hypervolume after {args.trials} trials, 4 in flight, {args.seeds} seeds: median [min, max]")
-    print(f"{'problem':8} {'reference':22} " + " ".join(f"{m:>24}" for m in args.methods))
-    for problem in args.problems:
-        cells = []
-        for method in args.methods:
-            volumes = [METHODS[method](method, problem, seed, args.trials) for seed in range(args.seeds)]
-            cells.append(f"{statistics.median(volumes):8.3f} [{min(volumes):.3f}, {max(volumes):.3f}]")
-        reference = ", ".join(f"{r:g}" for r in PROBLEMS[problem][2])
-        print(f"{problem:8} ({reference}){'':{max(0, 20 - len(reference))}} " + " ".join(f"{c:>24}" for c in cells),
-              flush=True)
+    names = [p for name in args.problems for p in ([f"lcbench:{i}" for i in args.instances] if name == "lcbench"
+                                                   else [name])]
+    print(f"{machine_load()}; 4 in flight, {args.seeds} seeds; hypervolume median [min, max]; "
+          "CPU seconds per suggestion (mean)")
+    print(f"{'problem':16} {'trials':>6} " + " ".join(f"{m:>30}" for m in args.methods), flush=True)
+    for trials in args.trials:
+        for name in names:
+            task = problem(name)
+            cells = []
+            for method in args.methods:
+                runs = [METHODS[method](method, task, seed, trials) for seed in range(args.seeds)]
+                volumes = [v for v, _ in runs]
+                cost = statistics.mean(c for _, c in runs)
+                cells.append(f"{statistics.median(volumes):.3f} [{min(volumes):.3f}, {max(volumes):.3f}] {cost:.3f}s")
+            print(f"{name:16} {trials:6d} " + " ".join(f"{c:>30}" for c in cells), flush=True)
+    print(machine_load())
 
 
 if __name__ == "__main__":

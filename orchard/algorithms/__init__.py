@@ -12,6 +12,7 @@ name      what                                                    options
 random    independent draws from the priors                       none
 grid      a regular grid, each point once                         n_values, budget, shuffle
 bayes     scikit-optimize surrogate + acquisition, constant liar  see ``BayesianOptimization``
+          (several objectives or constraints: ParEGO, ``ParEgoBayes``)
 asha      asynchronous successive halving over a ``fidelity``     see ``Asha``
 hyperband several ASHA brackets starting at different rungs       see ``Hyperband``
 optuna    an Optuna sampler (TPE, GP, CMA-ES, QMC, NSGA-II)      sampler, its options
@@ -94,7 +95,7 @@ def _lazy(module: str, name: str) -> Callable[[], type[BaseAlgorithm]]:
 ALGORITHMS: dict[str, Callable[[], type[BaseAlgorithm]]] = {
     "random": _lazy("_random", "RandomSearch"),
     "grid": _lazy("_grid", "GridSearch"),
-    "bayes": _lazy("_bayes", "BayesianOptimization"),
+    "bayes": _lazy("_parego", "ParEgoBayes"),  # one objective: plain BayesianOptimization
     "asha": _lazy("_asha", "Asha"),
     "hyperband": _lazy("_hyperband", "Hyperband"),
     "optuna": _lazy("_optuna", "OptunaSampler"),
