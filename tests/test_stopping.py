@@ -12,6 +12,7 @@ from __future__ import annotations
 import collections
 import dataclasses
 import json
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -209,7 +210,8 @@ def test_hunt_status_and_info_say_which_rule_stopped_the_experiment(
     (tmp_path / "f.py").write_text(
         "import sys, orchard\nx = float(sys.argv[1].split('=')[1])\n"
         "orchard.report_results({'objective': x, 'cost': 1.0})\n")
-    hunt = ["hunt", "-n", "e", "--storage", "db.pkl", "--stop", "max_cost=2", "python", "f.py", "--x~uniform(0, 1)"]
+    hunt = ["hunt", "-n", "e", "--storage", "db.pkl", "--stop", "max_cost=2", sys.executable, "f.py",
+            "--x~uniform(0, 1)"]
     assert main(hunt) == 0
     assert "stopped by max_cost after 2 finished trials" in capsys.readouterr().out
     assert main(["status", "-n", "e", "--storage", "db.pkl"]) == 0
@@ -218,7 +220,7 @@ def test_hunt_status_and_info_say_which_rule_stopped_the_experiment(
     info = json.loads(capsys.readouterr().out)
     assert info["stop"]["fired"]["rule"] == "max_cost"
     assert LEDGER_KEY not in info["config"]
-    assert main(["hunt", "-n", "e2", "--storage", "db.pkl", "--stop", "max_cost=-1", "python", "f.py",
+    assert main(["hunt", "-n", "e2", "--storage", "db.pkl", "--stop", "max_cost=-1", sys.executable, "f.py",
                  "--x~uniform(0, 1)"]) != 0
     assert "max_cost" in capsys.readouterr().err
     assert get_storage("db.pkl").get_experiment("e2") is None
