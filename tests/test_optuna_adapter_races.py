@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +17,7 @@ from orchard.algorithms.base import Observation
 from orchard.space import Space
 from orchard.testing import races
 from orchard.testing.algorithms import check_algorithm_racing
-from orchard.trial import Trial, TrialStatus
+from orchard.trial import TrialStatus
 
 pytest.importorskip("optuna")
 
@@ -42,45 +42,30 @@ def _unit(params: Mapping[str, Any]) -> np.ndarray[Any, np.dtype[np.float64]]:
     return np.array([(params["x"] + 5) / 15, params["y"] / 15])
 
 
-def _near_pending(trials: Sequence[Trial]) -> int:
-    """Trials registered within ``RADIUS`` of a trial that was pending then (registered, not yet completed)."""
-    near = 0
-    for trial in trials:
-        assert trial.submit_time is not None
-        pending = [other for other in trials if other is not trial and other.submit_time is not None
-                   and other.end_time is not None and other.submit_time < trial.submit_time < other.end_time]
-        near += any(np.linalg.norm(_unit(trial.params) - _unit(other.params)) < RADIUS for other in pending)
-    return near
-
-
-def _race_branin(uri: str, name: str, hide_pending: bool, *, start: Any = None) -> None:
-    """One worker process on Branin; with ``hide_pending`` its sampler is handed no pending trial."""
-    if hide_pending:
-        from orchard.algorithms._optuna import OptunaSampler
-
-        original = OptunaSampler.suggest
-
-        def blind(self: OptunaSampler, completed: Any, pending: Any, n: int = 1, seen: Any = None) -> Any:
-            return original(self, completed, [], n, seen)  # ``seen`` still keeps suggestions unseen
-
-        OptunaSampler.suggest = blind  # type: ignore[method-assign]
+def _race_branin(uri: str, name: str, *, start: Any = None) -> None:
+    """One worker process on Branin."""
     experiment = orchard.get_experiment(name, storage=uri)
     start.wait(120)
     experiment.workon(timed_branin, n_workers=1, executor="single", progress=False)
 
 
 @pytest.mark.slow
-def test_four_tpe_workers_on_one_file_waste_fewer_trials_with_pending_given(tmp_path: Path) -> None:
-    near = {}
-    for hide in (False, True):
-        uri, name = str(tmp_path / f"hide-{hide}.pkl"), "branin"
-        orchard.build_experiment(name, space=BRANIN, algorithm=TPE, storage=uri, max_trials=40)
-        races.run_racing(_race_branin, [(uri, name, hide)] * 4)
-        trials = orchard.get_experiment(name, storage=uri).fetch_trials()
-        assert [t.status for t in trials] == [TrialStatus.COMPLETED] * 40
-        assert len({(t.params["x"], t.params["y"]) for t in trials}) == 40
-        near[hide] = _near_pending(trials)
-    assert near[False] < near[True], f"near-duplicates of a pending trial: {near[False]} given, {near[True]} hidden"
+def test_four_tpe_workers_on_one_file_keep_the_budget_exact_with_distinct_params(tmp_path: Path) -> None:
+    """Four real worker processes, pending trials given to TPE, on one pickle file.
+
+    What pending trials buy is asserted on simulated workers
+    (:func:`test_pending_trials_keep_simulated_tpe_workers_apart`): with real processes the
+    number of near-duplicates depends on how the 0.2 s trials happen to overlap, and a
+    comparison of two races of 40 trials (typically 1-3 given against 7 hidden) is not stable
+    enough to assert.
+    """
+    uri, name = str(tmp_path / "tpe.pkl"), "branin"
+    orchard.build_experiment(name, space=BRANIN, algorithm=TPE, storage=uri, max_trials=40)
+    races.run_racing(_race_branin, [(uri, name)] * 4)
+    trials = orchard.get_experiment(name, storage=uri).fetch_trials()
+    assert [t.status for t in trials] == [TrialStatus.COMPLETED] * 40
+    assert len({(t.params["x"], t.params["y"]) for t in trials}) == 40
+    assert len({t.worker for t in trials}) > 1, "the four processes did not race"
 
 
 @pytest.mark.slow
