@@ -259,7 +259,7 @@ class BayesianOptimization(BaseAlgorithm):
         """
         from skopt.acquisition import _gaussian_acquisition
 
-        box = _unit_box(tuple((name, str(prior)) for name, prior in self.space.items()))
+        box = unit_box(self.space)
         fit_on = select_for_fit(completed, self.options["max_gp_points"], rng)
         lie = float(_LIARS[self.options["liar"]]([o.objective for o in completed]))
         points = [self.space.to_skopt_point(o.params) for o in fit_on]
@@ -396,6 +396,11 @@ class UnitBox:
         if not self.continuous:
             points = np.asarray(self.space.transform(self.space.inverse_transform(points)))
         return points
+
+
+def unit_box(space: Space) -> UnitBox:
+    """The :class:`UnitBox` of ``space``, built once per process for each space (see :func:`_unit_box`)."""
+    return _unit_box(tuple((name, str(prior)) for name, prior in space.items()))
 
 
 @functools.lru_cache(maxsize=16)

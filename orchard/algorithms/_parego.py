@@ -48,7 +48,7 @@ from scipy.stats import norm
 from threadpoolctl import threadpool_limits
 
 from orchard.algorithms._bayes import (
-    _LIARS, HYPERPARAMETER_POINTS, BayesianOptimization, candidate_count, kernel_restarts,
+    _LIARS, HYPERPARAMETER_POINTS, BayesianOptimization, candidate_count, kernel_restarts, unit_box,
 )
 from orchard.algorithms._gp import best_and_random, make_gp
 from orchard.algorithms.base import Observation, SeenPoints
@@ -167,10 +167,7 @@ class ParEgoBayes(BayesianOptimization):
         self, used: list[tuple[dict[str, Any], tuple[float, ...], float]], pending: list[Mapping[str, Any]],
         weights: NDArray[Any], rng: np.random.Generator, taken: SeenPoints,
     ) -> dict[str, Any]:
-        from skopt.space import Space as SkoptSpace
-        from skopt.utils import normalize_dimensions
-
-        space = SkoptSpace(normalize_dimensions(self.space.to_skopt()))
+        space = unit_box(self.space).space  # skopt's normalized space, built once per process
         scalar = chebyshev(np.array([vector for _, vector, _ in used]), weights)
         violation = _finite(np.array([v for _, _, v in used]))
         feasible = violation <= 0
@@ -201,9 +198,9 @@ class ParEgoBayes(BayesianOptimization):
         return self.random_unseen(rng, taken)
 
     def _surrogate(self, n_points: int, rng: np.random.Generator) -> Any:
-        from skopt.utils import cook_estimator, normalize_dimensions
+        from skopt.utils import cook_estimator
 
-        dimensions = normalize_dimensions(self.space.to_skopt())
+        dimensions = unit_box(self.space).space.dimensions
         random_state = int(rng.integers(2**31 - 1))
         if self.options["base_estimator"] == "GP":
             restarts = kernel_restarts(min(n_points, HYPERPARAMETER_POINTS))
