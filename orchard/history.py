@@ -17,7 +17,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from orchard.algorithms.base import Observation, SeenPoints
+from orchard.algorithms.base import Observation, Pending, SeenPoints
 from orchard.constraints import feasibility
 from orchard.objectives import minimized
 from orchard.storages.base import BaseStorage
@@ -53,7 +53,7 @@ class History:
         self.trials: dict[str, Trial] = {}
         self.observations: list[Observation] = []  # completed and pruned trials, in the order they were seen
         self._pending: dict[str, dict[str, Any]] = {}
-        self.seen = SeenPoints()  # every trial's params, kept incrementally
+        self.seen = SeenPoints(experiment_id=experiment_id)  # every trial's params, kept incrementally
         self.counts: dict[TrialStatus, int] = {status: 0 for status in TrialStatus}
         self.finished: list[Trial] = []  # trials that became completed/broken in the last refresh
         self.unbudgeted = 0
@@ -78,7 +78,7 @@ class History:
             if old is not None:
                 self._count(old, -1)
             else:
-                self.seen.add(trial.params)
+                self.seen.add_trial(trial)
             newly_told = old is None or old.status is not trial.status
             if trial.status.is_terminal and (old is None or not old.status.is_terminal):
                 self.finished.append(trial)
@@ -114,7 +114,7 @@ class History:
 
     def pending(self, extra: list[dict[str, Any]] | None = None) -> list[dict[str, Any]]:
         """Params being, or about to be, evaluated by anyone (plus ``extra``)."""
-        return [*self._pending.values(), *(extra or [])]
+        return Pending(self._pending.values(), extra or (), self.seen)  # the first ones: in seen
 
     def reserved(self) -> list[Trial]:
         """The trials reserved right now, as last seen (costs the pending trials, not the history)."""

@@ -29,9 +29,10 @@ import numpy as np
 
 from orchard.options import Configurable
 from orchard.errors import ConfigurationError, SpaceExhaustedError
-from orchard.space import Prior, Space, params_hash
+from orchard.space import Prior, Space, params_hash, trial_id
+from orchard.trial import Trial
 
-__all__ = ["BaseAlgorithm", "Observation", "SeenPoints"]
+__all__ = ["BaseAlgorithm", "Observation", "Pending", "SeenPoints"]
 
 #: Finite spaces up to this many points are enumerated to find what is left.
 _ENUMERATION_LIMIT = 100_000
@@ -69,20 +70,29 @@ class SeenPoints:
     :class:`SeenPoints` up to date incrementally (the worker does) passes it as
     ``seen`` to :meth:`BaseAlgorithm.suggest`, so no suggestion re-hashes the
     whole history.
+
+    With ``experiment_id`` (inherited by overlays), points are compared by the id
+    of the trial they would be in that experiment (:func:`~orchard.space.trial_id`,
+    as equal as :func:`params_hash`), so a trial read from the storage is added by
+    its id, without hashing its params again (:meth:`add_trial`).
     """
 
-    def __init__(self, points: Iterable[Mapping[str, Any]] = (), base: SeenPoints | None = None) -> None:
-        self._hashes = {params_hash(p) for p in points}
+    def __init__(self, points: Iterable[Mapping[str, Any]] = (), base: SeenPoints | None = None,
+                 experiment_id: str | None = None) -> None:
+        self._experiment: str | None = base._experiment if base is not None else experiment_id
         self._base = base
+        self._hashes = {self._digest(p) for p in points}
+
+    def _digest(self, params: Mapping[str, Any]) -> str:
+        return params_hash(params) if self._experiment is None else trial_id(self._experiment, params)
 
     def __contains__(self, params: object) -> bool:
         if not isinstance(params, Mapping):
             return False
-        digest = params_hash(params)
-        return digest in self._hashes or (self._base is not None and self._base.has_hash(digest))
+        return self.has_hash(self._digest(params))
 
     def has_hash(self, digest: str) -> bool:
-        """Whether a point with this :func:`params_hash` digest is in the set."""
+        """Whether a point with this digest (:func:`params_hash`, or its trial id) is in the set."""
         return digest in self._hashes or (self._base is not None and self._base.has_hash(digest))
 
     def __len__(self) -> int:
@@ -92,7 +102,29 @@ class SeenPoints:
 
     def add(self, params: Mapping[str, Any]) -> None:
         """Mark ``params`` as seen."""
-        self._hashes.add(params_hash(params))
+        self._hashes.add(self._digest(params))
+
+    def add_trial(self, trial: Trial) -> None:
+        """Mark a trial's params as seen: by its id if it is one of this set's experiment."""
+        if self._experiment is not None and trial.experiment == self._experiment:
+            self._hashes.add(trial.id)  # every backend names a trial trial_id(experiment, params)
+        else:
+            self.add(trial.params)
+
+
+class Pending(list[dict[str, Any]]):
+    """Pending params, the first ``known`` of which the :class:`SeenPoints` ``seen_by`` already holds.
+
+    :meth:`BaseAlgorithm.seen_points` then adds only the others to its overlay of
+    ``seen_by``: with hundreds of workers, hashing every pending point on every
+    suggestion would cost as much as the rest of the worker's loop.
+    """
+
+    def __init__(self, known: Iterable[dict[str, Any]], extra: Iterable[dict[str, Any]], seen_by: SeenPoints) -> None:
+        super().__init__(known)
+        self.known = len(self)
+        self.extend(extra)
+        self.seen_by = seen_by
 
 
 class BaseAlgorithm(Configurable, abc.ABC):
@@ -184,7 +216,8 @@ class BaseAlgorithm(Configurable, abc.ABC):
     ) -> SeenPoints:
         """A private set of taken points: an overlay on ``seen`` if given, else built from the history."""
         if seen is not None:
-            return SeenPoints(pending, base=seen)
+            fresh = pending[pending.known:] if isinstance(pending, Pending) and pending.seen_by is seen else pending
+            return SeenPoints(fresh, base=seen)
         return SeenPoints([*(o.params for o in completed), *pending])
 
     def rng(self, completed: Sequence[Any], pending: Sequence[Any]) -> np.random.Generator:
