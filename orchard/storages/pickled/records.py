@@ -75,28 +75,27 @@ def _int(value: int) -> None:
 
 
 def _plain(value: Any, budget: _Budget, depth: int = 0) -> None:
-    """Check a PLAIN value (scalars are mostly checked inline by the callers: speed)."""
+    """Check a PLAIN value. Every worker checks every record it replays: items are checked inline."""
     kind = type(value)
-    if kind is int:
-        _int(value)
-        return
-    if kind in SCALARS:
-        return
-    if depth >= MAX_DEPTH:
-        raise RecordError(f"values nested more than {MAX_DEPTH} deep")
-    if kind is list:
+    if kind is dict or kind is list:
+        if depth >= MAX_DEPTH:
+            raise RecordError(f"values nested more than {MAX_DEPTH} deep")
         budget.spend(len(value))
+        if kind is dict:
+            for key in value:
+                if type(key) is not str:
+                    raise RecordError(f"a dict key of type {type(key).__name__}")
+            value = value.values()
         for item in value:
-            if type(item) not in _PLAIN_SCALARS:
+            kind = type(item)
+            if kind is int:
+                if not -INT_LIMIT < item < INT_LIMIT:
+                    _int(item)
+            elif kind not in _PLAIN_SCALARS:
                 _plain(item, budget, depth + 1)
-    elif kind is dict:
-        budget.spend(len(value))
-        for key, item in value.items():
-            if type(key) is not str:
-                raise RecordError(f"a dict key of type {type(key).__name__}")
-            if type(item) not in _PLAIN_SCALARS:
-                _plain(item, budget, depth + 1)
-    else:
+    elif kind is int:
+        _int(value)
+    elif kind not in SCALARS:
         raise RecordError(f"a value of type {kind.__name__}")
 
 
@@ -112,52 +111,62 @@ def _check_error(error: Any, budget: _Budget) -> None:
 
 
 def _check_trial(trial: Any, budget: _Budget) -> None:
+    """Check a trial: one pass over its fields (the simple ones by a table of accepted types), then the rest."""
     if type(trial) is not dict:
         raise RecordError("a trial that is not a dict")
-    get = trial.get  # every worker checks every record it replays: keep this path lean
-    if type(get("id")) is not str or type(get("experiment")) is not str:
+    if type(trial.get("id")) is not str or type(trial.get("experiment")) is not str:
         raise RecordError("a trial without a string id and experiment")
-    if type(get("status")) is not str or get("status") not in _STATUSES:  # a list is not even hashable
-        raise RecordError(f"unknown trial status {get('status')!r}")
-    params = get("params")
+    if trial.get("status") not in _STATUSES or type(trial["status"]) is not str:  # a list is not even hashable
+        raise RecordError(f"unknown trial status {trial.get('status')!r}")
+    params, results = trial.get("params"), trial.get("results")
     if type(params) is not dict:
         raise RecordError("trial params that are not a dict")
+    if type(results) is not dict:
+        raise RecordError("trial results that are not a dict")
     budget.spend(len(params))
     for name, value in params.items():
-        if type(name) is not str or type(value) not in SCALARS:
+        kind = type(value)
+        if type(name) is not str or kind not in SCALARS:
             raise RecordError(f"param {name!r} is not a plain scalar (params must be flat)")
-        if type(value) is int:
+        if kind is int and not -INT_LIMIT < value < INT_LIMIT:
             _int(value)
-    if type(get("results")) is not dict:
-        raise RecordError("trial results that are not a dict")
-    _plain(trial["results"], budget)
-    if get("error") is not None:
-        _check_error(trial["error"], budget)
-    for name in _OPTIONAL_NUMBERS:
-        kind = type(get(name))
-        if kind is float or kind is _NONE:
-            continue
-        if kind is not int:
-            raise RecordError(f"field {name!r} is {kind.__name__}")
-        _int(trial[name])
-    for name in ("worker", "parent", "origin"):
-        if type(get(name)) not in _NAMES:
-            raise RecordError("a trial whose worker, parent or origin is not a string or None")
-    if type(get("in_budget", True)) is not bool:  # absent from records of older releases, like origin
-        raise RecordError("a trial whose in_budget is not a bool")
-    attempts = get("attempts", 0)  # absent from records of older releases
-    if type(attempts) is not int:
-        raise RecordError("a trial whose attempts are not an int")
-    _int(attempts)
-    reports = get("reports", [])  # absent from records of older releases, like verdict
+    if results:
+        _plain(results, budget)
+    for name, value in trial.items():  # fields absent from records of older releases read as their defaults
+        kinds = _FIELD_TYPES.get(name)
+        if kinds is None:
+            if name in _CHECKED_APART:
+                _CHECKED_APART[name](value, budget)
+        elif type(value) not in kinds:
+            raise RecordError(f"field {name!r} is {type(value).__name__}")
+        elif type(value) is int:
+            _int(value)
+
+
+def _check_reports(reports: Any, budget: _Budget) -> None:
     if type(reports) is not list:
         raise RecordError("trial reports that are not a list")
     if reports:
         budget.spend(len(reports))
         for pair in reports:
             _check_report(pair)
-    if get("verdict") is not None:
-        _plain(_field(trial, "verdict", dict), budget)
+
+
+def _check_verdict(verdict: Any, budget: _Budget) -> None:
+    if verdict is not None:
+        if type(verdict) is not dict:
+            raise RecordError(f"field 'verdict' is {type(verdict).__name__}")
+        _plain(verdict, budget)
+
+
+_NUMBER: frozenset[type] = frozenset({float, int, _NONE})
+_NAME: frozenset[type] = frozenset({str, _NONE})
+#: The accepted types of a trial's simple fields (ints are also checked for their size).
+_FIELD_TYPES: dict[str, frozenset[type]] = {
+    **dict.fromkeys(_OPTIONAL_NUMBERS, _NUMBER), **dict.fromkeys(("worker", "parent", "origin"), _NAME),
+    "in_budget": frozenset({bool}), "attempts": frozenset({int}),
+}
+_CHECKED_APART = {"error": _check_error, "reports": _check_reports, "verdict": _check_verdict}
 
 
 def _check_report(pair: Any) -> None:
