@@ -478,6 +478,36 @@ def test_seen_overlay_matches_history_and_never_mutates_the_base() -> None:
     assert len(base) == 4
 
 
+def test_the_workers_seen_set_knows_stored_and_pending_trials_by_id_and_suggests_as_a_plain_history() -> None:
+    """The worker's view keys points by trial id and hands its pending points over unhashed: same answers."""
+    import uuid
+
+    from orchard.algorithms import make_algorithm
+    from orchard.algorithms.base import Pending, SeenPoints
+    from orchard.history import History
+    from orchard.space import Space
+    from orchard.storages import get_storage
+
+    storage = get_storage(f"memory://{uuid.uuid4().hex}")
+    exp = storage.create_experiment("seen", {})
+    done = storage.register_trial(exp, {"k": 0}, worker="w", budget=None)
+    storage.complete_trial(done.id, "w", 1.0, {})
+    storage.register_trial(exp, {"k": 1.0}, worker="v", budget=None)  # pending; 1.0 is the point 1
+    history = History(storage, exp)
+    history.refresh()
+    pending = history.pending([{"k": 2}])  # a collided suggestion: not yet in the history
+    assert isinstance(pending, Pending) and pending.known == 1 and pending == [{"k": 1}, {"k": 2}]
+    assert {"k": 0} in history.seen and {"k": 1} in history.seen and {"k": 2} not in history.seen
+    overlay = make_algorithm("random", Space.from_config({"k": "randint(0, 4)"})).seen_points([], pending, history.seen)
+    assert all({"k": k} in overlay for k in range(3)) and {"k": 3} not in overlay and len(overlay) == 3
+    plain = SeenPoints([{"k": 0}, *pending])
+    space = Space.from_config({"k": "randint(0, 5)"})
+    for name in ("random", "bayes"):
+        via_view = make_algorithm(name, space, seed=3).suggest(history.observations, pending, n=2, seen=history.seen)
+        from_lists = make_algorithm(name, space, seed=3).suggest(history.observations, list(pending), n=2, seen=plain)
+        assert via_view == from_lists and not any(point in plain for point in via_view)
+
+
 def test_fast_gp_learns_hyperparameters_on_a_subsample_and_conditions_on_all_points() -> None:
     from orchard.algorithms._gp import best_and_random, make_gp
 
