@@ -216,19 +216,31 @@ class PickledStorage(TableStorage):
 
     # -- per-process state ---------------------------------------------------------
 
-    def _init_process_state(self) -> None:
-        """Fresh state for this process (also after a fork: nothing is shared with the parent)."""
+    def _init_process_state(self, inherited: LogFile | None = None) -> None:
+        """Fresh state for this process; after a fork, the parent's replay of the file if it was whole.
+
+        A forked worker carries on from what its parent had replayed (its table is a copy of
+        the parent's) instead of replaying the whole file again: with hundreds of workers
+        forked from a parent that read a long history, that replay was most of their start-up.
+        The lock, the mutex and the name in fence records are always the child's own.
+        """
         self._pid = os.getpid()
         self._mutex = threading.RLock()
+        self._in_verb = 0  # verbs running in this process (any thread)
         self._lock = locks.make_lock(self._lock_kind, self._path + ".lock", self._stale_lock_after)
-        self._log = LogFile(self._path, self._fsync, self._compact_bytes)
+        self._log = LogFile(self._path, self._fsync, self._compact_bytes) if inherited is None else inherited.forked()
 
     @contextlib.contextmanager
     def _exclusive(self) -> Iterator[None]:
         if self._pid != os.getpid():
-            self._init_process_state()
+            # forked while no thread of the parent was inside a verb: the replay it copied is whole
+            self._init_process_state(self._log if self._in_verb == 0 else None)
         with self._mutex:
-            yield
+            self._in_verb += 1
+            try:
+                yield
+            finally:
+                self._in_verb -= 1
 
     @contextlib.contextmanager
     def _translate(self, action: str) -> Iterator[None]:

@@ -52,6 +52,12 @@ class LogFile(LogReader):
         self._unflushed: int | None = None
         super().__init__(path)
 
+    def forked(self) -> LogFile:
+        """This replay, carried on in a forked child (called in the child): it names itself anew in fences."""
+        self._holder = f"{os.getpid()}-{uuid.uuid4().hex[:12]}"
+        self._unflushed = None  # the parent's descriptor: the parent flushes it
+        return self
+
     def open_for_write(self, append: bool = False) -> int:
         """Open the log for writing (under the lock), creating it if missing or empty."""
         flags = os.O_RDWR | (os.O_APPEND if append else 0)
