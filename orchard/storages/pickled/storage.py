@@ -25,6 +25,7 @@ import os
 import shutil
 import threading
 import time
+import weakref
 from collections.abc import Iterator
 from typing import Any, TypeVar
 
@@ -222,13 +223,20 @@ class PickledStorage(TableStorage):
         A forked worker carries on from what its parent had replayed (its table is a copy of
         the parent's) instead of replaying the whole file again: with hundreds of workers
         forked from a parent that read a long history, that replay was most of their start-up.
+        A storage unpickled in a forked child (a process pool's task) takes over a replay of
+        the same file its parent forked with, if no other storage of the child took it first.
         The lock, the mutex and the name in fence records are always the child's own.
         """
         self._pid = os.getpid()
         self._mutex = threading.RLock()
         self._in_verb = 0  # verbs running in this process (any thread)
         self._lock = locks.make_lock(self._lock_kind, self._path + ".lock", self._stale_lock_after)
-        self._log = LogFile(self._path, self._fsync, self._compact_bytes) if inherited is None else inherited.forked()
+        log = (inherited or _INHERITED.pop(self._log_key(), None) or _NO_LOG).forked()
+        self._log = log or LogFile(self._path, self._fsync, self._compact_bytes)
+        _OPEN.add(self)
+
+    def _log_key(self) -> tuple[str, bool, int]:
+        return self._path, self._fsync, self._compact_bytes
 
     @contextlib.contextmanager
     def _exclusive(self) -> Iterator[None]:
@@ -346,6 +354,31 @@ class PickledStorage(TableStorage):
 
     def _replay_token(self) -> str:
         return self._log.token
+
+
+_OPEN: weakref.WeakSet[PickledStorage] = weakref.WeakSet()  # this process's storages, for the fork hook
+_INHERITED: dict[tuple[str, bool, int], LogFile] = {}  # in a forked child: the parent's whole replays, by file
+
+
+class _NoLog:
+    @staticmethod
+    def forked() -> None:
+        return None
+
+
+_NO_LOG = _NoLog()
+
+
+def _offer_replays_to_the_child() -> None:
+    """In a forked child: the replays of storages that were in no verb at the fork, for storages opened here."""
+    _INHERITED.clear()
+    for storage in list(_OPEN):
+        if storage._in_verb == 0:
+            _INHERITED.setdefault(storage._log_key(), storage._log)
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_offer_replays_to_the_child)
 
 
 #: Write errors retried like an outage: a full disk or quota, a read-only file or filesystem.

@@ -50,10 +50,17 @@ class LogFile(LogReader):
         self._tmp_prefix = f".{name}."
         self._holder = f"{os.getpid()}-{uuid.uuid4().hex[:12]}"  # names this process in fence records
         self._unflushed: int | None = None
+        self._taken_by = os.getpid()  # the process whose storage uses this replay
         super().__init__(path)
 
-    def forked(self) -> LogFile:
-        """This replay, carried on in a forked child (called in the child): it names itself anew in fences."""
+    def forked(self) -> LogFile | None:
+        """This replay, carried on in a forked child by one storage (``None`` if one already took it).
+
+        Called in the child; the replay names itself anew in fence records.
+        """
+        if self._taken_by == os.getpid():
+            return None
+        self._taken_by = os.getpid()
         self._holder = f"{os.getpid()}-{uuid.uuid4().hex[:12]}"
         self._unflushed = None  # the parent's descriptor: the parent flushes it
         return self
