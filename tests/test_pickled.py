@@ -7,6 +7,7 @@ marked ``slow``.
 from __future__ import annotations
 
 import datetime
+import logging
 import multiprocessing
 import os
 import pickle
@@ -746,3 +747,34 @@ def test_a_forked_worker_carries_on_its_parents_replay_instead_of_reading_the_fi
     trials = {str(t.params["x"]): t for t in PickledStorage(path).fetch_trials(exp)}
     assert len(trials) == 202 and trials["child"].status is TrialStatus.COMPLETED
     assert len(storage.fetch_trials(exp)) == 202  # the parent reads the child's frames
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+def test_a_forked_worker_replays_quietly_a_file_compacted_since_its_parent_read_it(path: Path) -> None:
+    storage = PickledStorage(path, fsync=False, compact_bytes=4096)
+    exp = storage.create_experiment("exp", {})
+    storage.register_trial(exp, {"x": -1})
+    storage.fetch_trials(exp)
+    generation = _generation(path)
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: the file it carries a replay of is compacted before it reads again
+        code = 1
+        try:
+            os.close(write)
+            os.read(read, 1)
+            warnings: list[logging.LogRecord] = []
+            handler = logging.Handler(logging.WARNING)
+            handler.emit = warnings.append  # type: ignore[method-assign]
+            logging.getLogger("orchard.storages.pickled").addHandler(handler)
+            seen = len(pickle.loads(pickle.dumps(storage)).fetch_trials(exp))
+            code = 0 if seen == 41 and not warnings else 10 + bool(warnings)
+        finally:
+            os._exit(code)
+    os.close(read)
+    for i in range(40):
+        storage.register_trial(exp, {"x": i, "pad": "p" * 200})
+    assert _generation(path) != generation, "the file was not compacted"
+    os.write(write, b"go")
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0, "exit 11: a warning that the file was replaced by another one"

@@ -85,6 +85,7 @@ class LogReader:
     def __init__(self, path: str) -> None:
         self.path = path
         self._kept: tuple[int, tuple[int, int]] | None = None  # the replayed file, open: (fd, (device, inode))
+        self._forked_from: bytes | None = None  # the generation whose kept file a fork closed
         self.reset(None)
         _READERS.add(self)
 
@@ -96,6 +97,7 @@ class LogReader:
         """
         kept, self._kept = self._kept, None
         if kept is not None:
+            self._forked_from = self._generation  # its compaction can no longer be followed: replayed quietly
             with contextlib.suppress(OSError):
                 os.close(kept[0])
 
@@ -161,7 +163,7 @@ class LogReader:
             return True
         header = fileformat.decode_header(fileformat.pread(fd, HEADER_SIZE, 0), self.path)
         if header.generation != self._generation and not self._continues(header):
-            if self._generation is not None:
+            if self._generation is not None and self._generation != self._forked_from:
                 log.warning("storage file %s was replaced by another file (not a compaction of the one this "
                             "process read: restored, repaired or copied over?); replaying the new file, in which "
                             "trials this process held may not exist", self.path)
