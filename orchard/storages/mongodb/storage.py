@@ -112,7 +112,8 @@ class MongoStorage(BaseStorage):
         change_margin: seconds :meth:`fetch_changes` looks back before the
             newest server stamp it returned, to cover writes still in flight.
         check_interval: seconds between the count checks that make
-            :meth:`fetch_changes` self-correcting.
+            :meth:`fetch_changes` self-correcting, with up to 8 workers holding
+            trials; stretched with the fleet beyond (:mod:`orchard.storages.mongodb.changes`).
 
     Raises:
         ConfigurationError: the URI is malformed.
