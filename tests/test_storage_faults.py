@@ -256,6 +256,50 @@ def test_racing_registrations_cost_two_round_trips_each(request: pytest.FixtureR
     assert sum(sent) == 2 * 8 * 5, f"round trips per process: {sent}"
 
 
+def _twice(x: float) -> float:
+    return 2 * x
+
+
+def _join_counting_commands(uri: str, name: str, *, start: Any) -> dict[str, int]:
+    """Join the experiment, run its trials in this one worker, leave; return the commands sent, by name."""
+    import collections
+
+    from pymongo import monitoring
+
+    import orchard
+
+    sent: collections.Counter[str] = collections.Counter()
+
+    class Counter(monitoring.CommandListener):
+        def started(self, event: monitoring.CommandStartedEvent) -> None:
+            sent[event.command_name] += 1
+
+        def succeeded(self, event: monitoring.CommandSucceededEvent) -> None:
+            pass
+
+        def failed(self, event: monitoring.CommandFailedEvent) -> None:
+            pass
+
+    monitoring.register(Counter())
+    start.wait(120)
+    orchard.get_experiment(name, storage=uri).workon(_twice, executor="single", progress=False)
+    return dict(sent)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(240)
+def test_a_worker_joining_and_leaving_sends_each_command_once(request: pytest.FixtureRequest, tmp_path: Path) -> None:
+    """Per trial: a draw, the insert, the result, a look; per worker: one index check, one count, the final list."""
+    import orchard
+    from orchard.testing import races
+
+    uri = backend_uri("mongodb", request, tmp_path)
+    orchard.build_experiment("joined", space={"x": "uniform(0, 1)"}, algorithm="random", storage=uri, max_trials=3)
+    [sent] = races.run_racing(_join_counting_commands, [(uri, "joined")])
+    assert sent == {"createIndexes": 1, "find": 3 + 4 + 1, "aggregate": 1, "findAndModify": 2 * 3,
+                    "update": 3, "endSessions": 1}, sent
+
+
 def test_a_worker_waiting_for_others_last_trials_only_reads(monkeypatch: pytest.MonkeyPatch) -> None:
     """The wind-down: every unit of budget is held by another worker, so nothing is tried but a look."""
     from orchard.clock import ManualClock
@@ -277,6 +321,31 @@ def test_a_worker_waiting_for_others_last_trials_only_reads(monkeypatch: pytest.
         worker.next_trial(timeout=10.0)  # many looks, on the manual clock
     worker.pacemaker.close()
     assert calls == []
+
+
+@pytest.mark.parametrize(("holders", "looks"), [(1, 7), (8, 7), (64, 4)])
+def test_a_large_fleet_winding_down_looks_as_often_as_8_workers(
+        monkeypatch: pytest.MonkeyPatch, holders: int, looks: int) -> None:
+    """The first back-off is 20 ms per 8 workers holding trials, then doubles to 1 s: fewer reads in the wind-down."""
+    from orchard.clock import ManualClock
+    from orchard.errors import BudgetExhaustedError
+    from orchard.objective import Outcome
+    from orchard.worker import Worker, WorkerSettings
+
+    storage: Any = get_storage("memory://")
+    space = {"x": "uniform(0, 1)"}
+    exp = storage.create_experiment("e", {"space": space})
+    for i in range(holders):
+        storage.register_trial(exp, {"x": i / holders}, worker=f"other-{i}", budget=holders)
+    reads: list[str] = []
+    real = storage.fetch_changes
+    monkeypatch.setattr(storage, "fetch_changes", lambda *a, **k: (reads.append("look"), real(*a, **k))[1])
+    settings = WorkerSettings.from_dict({"space": space, "algorithm": "random", "max_trials": holders})
+    worker = Worker(storage, exp, settings, lambda t: Outcome(), clock=ManualClock())
+    with pytest.raises(BudgetExhaustedError):
+        worker.next_trial(timeout=1.0)  # 1.26 s of back-off from 20 ms, 1.12 s from 160 ms
+    worker.pacemaker.close()
+    assert len(reads) == looks
 
 
 def test_a_write_the_driver_retried_after_it_took_effect_is_not_refused() -> None:
