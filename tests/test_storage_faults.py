@@ -19,7 +19,7 @@ from bson.decimal128 import Decimal128
 from orchard.cli import main
 from orchard.dashboard import StorageView
 from orchard.dashboard._payloads import to_json, trial_rows
-from orchard.errors import ExperimentNotFoundError, SpaceError, StorageCorruptedError
+from orchard.errors import BudgetExhaustedError, ExperimentNotFoundError, SpaceError, StorageCorruptedError
 from orchard.space import trial_id
 from orchard.storages import get_storage
 from orchard.testing._mongo_uri import with_database
@@ -254,6 +254,54 @@ def test_racing_registrations_cost_two_round_trips_each(request: pytest.FixtureR
         exp = storage.create_experiment("flat", {})
     sent = races.run_racing(_register_counting_commands, [(uri, exp, 5, f"p{i}") for i in range(8)])
     assert sum(sent) == 2 * 8 * 5, f"round trips per process: {sent}"
+
+
+def _commands_at_the_budget(uri: str, experiment_id: str, *, start: Any) -> list[list[str]]:
+    """The commands of a registration refused at a full budget, then of one that takes a broken trial's unit."""
+    from pymongo import monitoring
+
+    sent: list[str] = []
+
+    class Counter(monitoring.CommandListener):
+        def started(self, event: monitoring.CommandStartedEvent) -> None:
+            sent.append(event.command_name)
+
+        def succeeded(self, event: monitoring.CommandSucceededEvent) -> None:
+            pass
+
+        def failed(self, event: monitoring.CommandFailedEvent) -> None:
+            pass
+
+    monitoring.register(Counter())
+    start.wait(120)
+    steps: list[list[str]] = []
+    with get_storage(uri) as storage:
+        first = storage.register_trial(experiment_id, {"i": 0}, worker="w", budget=200)
+        for i in range(1, 200):
+            storage.register_trial(experiment_id, {"i": i}, budget=200)
+        for register in (True, False, True):
+            del sent[:]
+            if register:
+                with contextlib.suppress(BudgetExhaustedError):
+                    storage.register_trial(experiment_id, {"i": 200}, budget=200)
+            else:
+                storage.fail_trial(first.id, "w", {"type": "E", "message": "m"})
+            steps.append(list(sent))
+    return [steps[0], steps[2]]
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(240)
+def test_a_registration_at_the_budget_reads_once_or_twice(request: pytest.FixtureRequest, tmp_path: Path) -> None:
+    """Refused: the failed draw and one read; a broken trial's unit: a read of the slots held, one insert."""
+    from orchard.testing import races
+
+    uri = backend_uri("mongodb", request, tmp_path)
+    with get_storage(uri) as storage:
+        exp = storage.create_experiment("full", {})
+    [(refused, freed)] = races.run_racing(_commands_at_the_budget, [(uri, exp)])
+    assert refused == ["findAndModify", "aggregate"]
+    assert freed == ["findAndModify", "aggregate", "find", "update"]
 
 
 def _twice(x: float) -> float:
