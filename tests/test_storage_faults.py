@@ -217,8 +217,8 @@ def test_a_file_deleted_under_a_running_worker_is_named_not_recreated(
 # -- round trips that stay flat as workers are added ---------------------------------------
 
 
-def _register_counting_commands(uri: str, experiment_id: str, n: int, tag: str, *, start: Any) -> int:
-    """Register ``n`` trials under a budget once every racer is connected; return the commands sent."""
+def _sent_commands() -> list[str]:
+    """The names of the commands sent from now on by the clients this process opens (a growing list)."""
     from pymongo import monitoring
 
     sent: list[str] = []
@@ -234,6 +234,12 @@ def _register_counting_commands(uri: str, experiment_id: str, n: int, tag: str, 
             pass
 
     monitoring.register(Counter())
+    return sent
+
+
+def _register_counting_commands(uri: str, experiment_id: str, n: int, tag: str, *, start: Any) -> int:
+    """Register ``n`` trials under a budget once every racer is connected; return the commands sent."""
+    sent = _sent_commands()
     with get_storage(uri) as storage:
         storage.count_trials(experiment_id)  # connected, indexes ensured
         before = len(sent)
@@ -258,21 +264,7 @@ def test_racing_registrations_cost_two_round_trips_each(request: pytest.FixtureR
 
 def _commands_at_the_budget(uri: str, experiment_id: str, *, start: Any) -> list[list[str]]:
     """The commands of a registration refused at a full budget, then of one that takes a broken trial's unit."""
-    from pymongo import monitoring
-
-    sent: list[str] = []
-
-    class Counter(monitoring.CommandListener):
-        def started(self, event: monitoring.CommandStartedEvent) -> None:
-            sent.append(event.command_name)
-
-        def succeeded(self, event: monitoring.CommandSucceededEvent) -> None:
-            pass
-
-        def failed(self, event: monitoring.CommandFailedEvent) -> None:
-            pass
-
-    monitoring.register(Counter())
+    sent = _sent_commands()
     start.wait(120)
     steps: list[list[str]] = []
     with get_storage(uri) as storage:
@@ -312,26 +304,12 @@ def _join_counting_commands(uri: str, name: str, *, start: Any) -> dict[str, int
     """Join the experiment, run its trials in this one worker, leave; return the commands sent, by name."""
     import collections
 
-    from pymongo import monitoring
-
     import orchard
 
-    sent: collections.Counter[str] = collections.Counter()
-
-    class Counter(monitoring.CommandListener):
-        def started(self, event: monitoring.CommandStartedEvent) -> None:
-            sent[event.command_name] += 1
-
-        def succeeded(self, event: monitoring.CommandSucceededEvent) -> None:
-            pass
-
-        def failed(self, event: monitoring.CommandFailedEvent) -> None:
-            pass
-
-    monitoring.register(Counter())
+    sent = _sent_commands()
     start.wait(120)
     orchard.get_experiment(name, storage=uri).workon(_twice, executor="single", progress=False)
-    return dict(sent)
+    return dict(collections.Counter(sent))
 
 
 @pytest.mark.slow
