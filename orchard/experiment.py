@@ -292,8 +292,9 @@ class Experiment:
         with interruptible(), monitor, pool_manager as pool:
             errors = run_tasks(pool, tasks, reachable=reaches_local_processes(executor))
         self._raise_worker_failure([e for e in errors if e is not None], str(executor))
-        self._raise_if_broken()
-        return self.stats
+        trials = self.fetch_trials()  # one read for the broken check and the stats
+        self._raise_if_broken(trials)
+        return self._stats_of(trials)
 
     def refresh(self) -> None:
         """Re-read the experiment's stored configuration (e.g. a budget raised elsewhere)."""
@@ -326,13 +327,11 @@ class Experiment:
         cap = budget_held(self.storage, self.id) + max_trials
         return cap if self.max_trials is None else min(cap, self.max_trials)
 
-    def _raise_if_broken(self) -> None:
-        counts = self.storage.count_trials(self.id)
+    def _raise_if_broken(self, trials: list[Trial]) -> None:
+        broken = [t for t in trials if t.status is TrialStatus.BROKEN]
         limit = self.settings.max_broken
-        if counts[TrialStatus.BROKEN] >= limit:
-            broken = self.storage.fetch_trials(self.id, [TrialStatus.BROKEN])
-            raise ExperimentBrokenError.limit_reached(
-                self.name, counts[TrialStatus.BROKEN], limit, broken[-1].error if broken else None)
+        if len(broken) >= limit:
+            raise ExperimentBrokenError.limit_reached(self.name, len(broken), limit, broken[-1].error if broken else None)
 
     # -- ask and tell ----------------------------------------------------------
 
@@ -456,7 +455,10 @@ class Experiment:
     def stats(self) -> dict[str, Any]:
         """Counts by status, best objective and params, elapsed seconds, trials/s, stopping rules (``stop``),
         and ``inserted_apart``: completed trials recorded apart from the budget (counted in ``completed``)."""
-        trials = self.fetch_trials()
+        return self._stats_of(self.fetch_trials())
+
+    def _stats_of(self, trials: list[Trial]) -> dict[str, Any]:
+        """:attr:`stats` of ``trials``, the experiment's trials just read."""
         counts = {status.value: 0 for status in TrialStatus}
         for trial in trials:
             counts[trial.status.value] += 1

@@ -105,9 +105,18 @@ def budget_held(storage: BaseStorage, experiment_id: str) -> int:
 
 
 def warn_if_budget_met(storage: BaseStorage, experiment_id: str, name: str, max_trials: int | None) -> bool:
-    """Say so (a warning) when the budget is met, instead of returning silently; whether it is."""
-    done = budget_used(storage, experiment_id)
-    if max_trials is None or done < max_trials:
+    """Say so (a warning) when the budget is met, instead of returning silently; whether it is.
+
+    Reads nothing without a budget, and counts the trials recorded apart from it only when
+    the completed and pruned ones alone reach it: one read for a worker joining a running experiment.
+    """
+    if max_trials is None:
+        return False
+    counts = storage.count_trials(experiment_id)
+    done = counts[TrialStatus.COMPLETED] + counts[TrialStatus.PRUNED]
+    if done >= max_trials:  # only then can the trials recorded apart make a difference
+        done -= storage.count_unbudgeted(experiment_id)
+    if done < max_trials:
         return False
     log.warning("experiment %r has already completed its %d trials (max_trials=%d); nothing to do. "
                 "Raise max_trials, or use a new experiment name", name, done, max_trials)

@@ -74,6 +74,7 @@ Evaluator = Callable[[Trial], Outcome]
 
 _MAX_DUPLICATE_RETRIES = 20
 _MIN_POLL, _MAX_POLL = 0.02, 1.0
+_FLEET = 8  # workers whose waiting looks a fleet's stay at: the first back-off stretches beyond them
 #: Suggestions costing more CPU than this (a surrogate fit) are checked against points registered
 #: meanwhile; cheaper ones (random search, even on a loaded machine) leave racers no time to converge.
 _RACE_CHECK_AFTER = 0.005
@@ -223,7 +224,7 @@ class Worker:
                 fired (``STOPPED``, see :mod:`orchard.stopping`).
         """
         deadline = None if timeout is None else self.clock.monotonic() + timeout
-        poll = _MIN_POLL
+        poll = 0.0
         while True:
             self.history.refresh()
             self._check_stop()
@@ -241,8 +242,19 @@ class Worker:
                     f"experiment {self.label!r} has no trial to run now: the budget{budget} is fully "
                     "reserved or the space is exhausted; raise max_trials or wait for other workers",
                     StopReason.IDLE)
+            poll = min(poll * 2 if poll else self._first_wait(), _MAX_POLL, self.settings.heartbeat)
             self.clock.sleep(poll)
-            poll = min(poll * 2, _MAX_POLL, self.settings.heartbeat)
+
+    def _first_wait(self) -> float:
+        """The first back-off of a worker with nothing to run: 20 ms, stretched by the fleet.
+
+        The fleet is the workers the view shows holding a trial, divided by 8: when a large
+        fleet winds down, its waiting workers look (one read each) about as often as 8 do.
+        The back-off still doubles up to 1 s, which bounds how late a waiting worker sees
+        the budget met, a trial given back, or a unit of budget freed.
+        """
+        holders = len({trial.worker for trial in self.history.reserved()})
+        return _MIN_POLL * max(1.0, holders / _FLEET)
 
     def finish(self, trial: Trial, outcome: Outcome) -> Trial:
         """Record the outcome of a trial from :meth:`next_trial`, then stop heartbeating it.

@@ -453,6 +453,23 @@ def test_a_write_hidden_from_the_window_is_recovered_by_the_count_check(exp: str
     assert checking.fetch_changes(exp, cursor)[0] == []
 
 
+@pytest.mark.parametrize(("workers", "first_check"), [(1, 10.0), (8, 10.0), (32, 40.0), (200, 120.0)])
+def test_the_count_check_stretches_with_the_workers_holding_trials(
+        storage: MongoStorage, exp: str, workers: int, first_check: float) -> None:
+    """A fleet sends about as many count checks as 8 workers do; a missed write waits 2 minutes at most."""
+    from orchard.storages.mongodb.changes import ChangeFeed
+
+    now = [0.0]
+    feed = ChangeFeed(5.0, 10.0, clock=lambda: now[0])
+    for i in range(workers):
+        storage.register_trial(exp, {"x": i}, worker=f"w{i}")
+    counted: list[float] = []
+    cursor = feed.fetch(storage._trials, exp, None, lambda: {})[1]
+    for now[0] in np.arange(0.5, 250.0, 0.5):
+        cursor = feed.fetch(storage._trials, exp, cursor, lambda: (counted.append(now[0]), storage.count_trials(exp))[1])[1]
+    assert counted[:2] == [first_check, 2 * first_check]
+
+
 @pytest.mark.parametrize("offset", [3600.0, -3600.0])
 def test_writer_clocks_hours_apart_hide_no_writes(storage: MongoStorage, exp: str, offset: float) -> None:
     skewed = MongoStorage(storage.uri)

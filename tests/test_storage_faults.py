@@ -19,7 +19,7 @@ from bson.decimal128 import Decimal128
 from orchard.cli import main
 from orchard.dashboard import StorageView
 from orchard.dashboard._payloads import to_json, trial_rows
-from orchard.errors import ExperimentNotFoundError, SpaceError, StorageCorruptedError
+from orchard.errors import BudgetExhaustedError, ExperimentNotFoundError, SpaceError, StorageCorruptedError
 from orchard.space import trial_id
 from orchard.storages import get_storage
 from orchard.testing._mongo_uri import with_database
@@ -217,8 +217,8 @@ def test_a_file_deleted_under_a_running_worker_is_named_not_recreated(
 # -- round trips that stay flat as workers are added ---------------------------------------
 
 
-def _register_counting_commands(uri: str, experiment_id: str, n: int, tag: str, *, start: Any) -> int:
-    """Register ``n`` trials under a budget once every racer is connected; return the commands sent."""
+def _sent_commands() -> list[str]:
+    """The names of the commands sent from now on by the clients this process opens (a growing list)."""
     from pymongo import monitoring
 
     sent: list[str] = []
@@ -234,6 +234,12 @@ def _register_counting_commands(uri: str, experiment_id: str, n: int, tag: str, 
             pass
 
     monitoring.register(Counter())
+    return sent
+
+
+def _register_counting_commands(uri: str, experiment_id: str, n: int, tag: str, *, start: Any) -> int:
+    """Register ``n`` trials under a budget once every racer is connected; return the commands sent."""
+    sent = _sent_commands()
     with get_storage(uri) as storage:
         storage.count_trials(experiment_id)  # connected, indexes ensured
         before = len(sent)
@@ -254,6 +260,70 @@ def test_racing_registrations_cost_two_round_trips_each(request: pytest.FixtureR
         exp = storage.create_experiment("flat", {})
     sent = races.run_racing(_register_counting_commands, [(uri, exp, 5, f"p{i}") for i in range(8)])
     assert sum(sent) == 2 * 8 * 5, f"round trips per process: {sent}"
+
+
+def _commands_at_the_budget(uri: str, experiment_id: str, *, start: Any) -> list[list[str]]:
+    """The commands of a registration refused at a full budget, then of one that takes a broken trial's unit."""
+    sent = _sent_commands()
+    start.wait(120)
+    steps: list[list[str]] = []
+    with get_storage(uri) as storage:
+        first = storage.register_trial(experiment_id, {"i": 0}, worker="w", budget=200)
+        for i in range(1, 200):
+            storage.register_trial(experiment_id, {"i": i}, budget=200)
+        for register in (True, False, True):
+            del sent[:]
+            if register:
+                with contextlib.suppress(BudgetExhaustedError):
+                    storage.register_trial(experiment_id, {"i": 200}, budget=200)
+            else:
+                storage.fail_trial(first.id, "w", {"type": "E", "message": "m"})
+            steps.append(list(sent))
+    return [steps[0], steps[2]]
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(240)
+def test_a_registration_at_the_budget_reads_once_or_twice(request: pytest.FixtureRequest, tmp_path: Path) -> None:
+    """Refused: the failed draw and one read; a broken trial's unit: a read of the slots held, one insert."""
+    from orchard.testing import races
+
+    uri = backend_uri("mongodb", request, tmp_path)
+    with get_storage(uri) as storage:
+        exp = storage.create_experiment("full", {})
+    [(refused, freed)] = races.run_racing(_commands_at_the_budget, [(uri, exp)])
+    assert refused == ["findAndModify", "aggregate"]
+    assert freed == ["findAndModify", "aggregate", "find", "update"]
+
+
+def _twice(x: float) -> float:
+    return 2 * x
+
+
+def _join_counting_commands(uri: str, name: str, *, start: Any) -> dict[str, int]:
+    """Join the experiment, run its trials in this one worker, leave; return the commands sent, by name."""
+    import collections
+
+    import orchard
+
+    sent = _sent_commands()
+    start.wait(120)
+    orchard.get_experiment(name, storage=uri).workon(_twice, executor="single", progress=False)
+    return dict(collections.Counter(sent))
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(240)
+def test_a_worker_joining_and_leaving_sends_each_command_once(request: pytest.FixtureRequest, tmp_path: Path) -> None:
+    """Per trial: a draw, the insert, the result, a look; per worker: one index check, one count, the final list."""
+    import orchard
+    from orchard.testing import races
+
+    uri = backend_uri("mongodb", request, tmp_path)
+    orchard.build_experiment("joined", space={"x": "uniform(0, 1)"}, algorithm="random", storage=uri, max_trials=3)
+    [sent] = races.run_racing(_join_counting_commands, [(uri, "joined")])
+    assert sent == {"createIndexes": 1, "find": 3 + 4 + 1, "aggregate": 1, "findAndModify": 2 * 3,
+                    "update": 3, "endSessions": 1}, sent
 
 
 def test_a_worker_waiting_for_others_last_trials_only_reads(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -277,6 +347,31 @@ def test_a_worker_waiting_for_others_last_trials_only_reads(monkeypatch: pytest.
         worker.next_trial(timeout=10.0)  # many looks, on the manual clock
     worker.pacemaker.close()
     assert calls == []
+
+
+@pytest.mark.parametrize(("holders", "looks"), [(1, 7), (8, 7), (64, 4)])
+def test_a_large_fleet_winding_down_looks_as_often_as_8_workers(
+        monkeypatch: pytest.MonkeyPatch, holders: int, looks: int) -> None:
+    """The first back-off is 20 ms per 8 workers holding trials, then doubles to 1 s: fewer reads in the wind-down."""
+    from orchard.clock import ManualClock
+    from orchard.errors import BudgetExhaustedError
+    from orchard.objective import Outcome
+    from orchard.worker import Worker, WorkerSettings
+
+    storage: Any = get_storage("memory://")
+    space = {"x": "uniform(0, 1)"}
+    exp = storage.create_experiment("e", {"space": space})
+    for i in range(holders):
+        storage.register_trial(exp, {"x": i / holders}, worker=f"other-{i}", budget=holders)
+    reads: list[str] = []
+    real = storage.fetch_changes
+    monkeypatch.setattr(storage, "fetch_changes", lambda *a, **k: (reads.append("look"), real(*a, **k))[1])
+    settings = WorkerSettings.from_dict({"space": space, "algorithm": "random", "max_trials": holders})
+    worker = Worker(storage, exp, settings, lambda t: Outcome(), clock=ManualClock())
+    with pytest.raises(BudgetExhaustedError):
+        worker.next_trial(timeout=1.0)  # 1.26 s of back-off from 20 ms, 1.12 s from 160 ms
+    worker.pacemaker.close()
+    assert len(reads) == looks
 
 
 def test_a_write_the_driver_retried_after_it_took_effect_is_not_refused() -> None:

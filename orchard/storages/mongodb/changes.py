@@ -17,12 +17,17 @@ Guarantee: a write is returned by the first call made after it is visible,
 unless it became visible more than ``margin`` seconds after a later-stamped
 write. Such a miss is repaired when the trial is written again, and at the
 latest by the next count check: every ``check_interval`` seconds (of the
-reader's monotonic clock) the call first counts the trials per status; if the
-reader's view then holds fewer trials, or fewer completed or broken ones (both
-only ever grow) than were counted, it returns every trial (a full resync).
+reader's monotonic clock) times the fleet's stretch, the call first counts the
+trials per status; if the reader's view then holds fewer trials, or fewer
+completed or broken ones (both only ever grow) than were counted, it returns
+every trial (a full resync). The stretch is the number of workers the view
+shows holding a reservation divided by 8, between 1 and 12: a fleet of any
+size sends about as many counts as 8 workers do (each count scans the
+experiment's index keys), and a missed write waits at most
+``12 × check_interval`` (2 minutes by default) once 96 workers or more run.
 Deleted trials are not reported. The cursor holds the version and status of
-each trial returned (memory, and a copy per call, grow with the experiment;
-no I/O does).
+each trial returned, and the worker of a reserved one (memory, and a copy per
+call, grow with the experiment; no I/O does).
 """
 
 from __future__ import annotations
@@ -43,6 +48,9 @@ __all__ = ["STAMP", "ChangeCursor", "ChangeFeed"]
 STAMP: dict[str, Any] = {"$currentDate": {"mtime": True}}
 
 _ORIGIN = datetime.datetime(1970, 1, 1)  # naive UTC, as pymongo returns dates
+_FLEET = 8  # workers whose count checks the fleet's stay at: the interval stretches beyond them
+_MAX_STRETCH = 12  # the longest interval, in check intervals: how long a missed write can wait
+_RESERVED = TrialStatus.RESERVED.value
 
 
 @dataclasses.dataclass(frozen=True)
@@ -52,7 +60,7 @@ class ChangeCursor:
     experiment: str
     since: datetime.datetime  # highest server stamp returned so far
     checked: float  # reader's monotonic time of the last count check
-    seen: Mapping[str, tuple[int, str]]  # trial id -> (version, status) last returned
+    seen: Mapping[str, tuple[int, str, str]]  # trial id -> (version, status, worker if reserved) last returned
 
 
 class ChangeFeed:
@@ -91,12 +99,12 @@ class ChangeFeed:
         now = self._clock()
         if not isinstance(cursor, ChangeCursor) or cursor.experiment != experiment_id:
             return self.full(trials, experiment_id)
-        counts = count() if now - cursor.checked >= self.check_interval else None
+        counts = count() if self._check_due(now - cursor.checked, cursor.seen) else None
         start = cursor.since - datetime.timedelta(seconds=self.margin)
         docs = list(trials.find({"experiment": experiment_id, "mtime": {"$gte": start}},
                                 batch_size=client.BATCH))
-        fresh = [d for d in docs if cursor.seen.get(d["_id"], (0, ""))[0] < d.get("version", 1)]
-        seen = {**cursor.seen, **{d["_id"]: (d.get("version", 1), d["status"]) for d in fresh}}
+        fresh = [d for d in docs if cursor.seen.get(d["_id"], (0, "", ""))[0] < d.get("version", 1)]
+        seen = {**cursor.seen, **_seen(fresh)}
         if counts is not None and misses_writes(seen, counts):
             return self.full(trials, experiment_id)
         since = max([cursor.since, *_stamps(docs)])
@@ -107,10 +115,28 @@ class ChangeFeed:
         """Every trial of the experiment, oldest first, and a cursor after them."""
         now = self._clock()
         docs = list(trials.find({"experiment": experiment_id}, batch_size=client.BATCH))
-        seen = {d["_id"]: (d.get("version", 1), d["status"]) for d in docs}
+        seen = _seen(docs)
         since = max(_stamps(docs), default=_ORIGIN)
         ordered = sorted(client.readable_trials(docs, self.uri), key=lambda t: t.submit_time or 0.0)
         return ordered, ChangeCursor(experiment_id, since, now, seen)
+
+
+    def _check_due(self, elapsed: float, seen: Mapping[str, tuple[int, str, str]]) -> bool:
+        """Whether ``elapsed`` seconds since the last count check reach the interval stretched by the fleet."""
+        if elapsed < self.check_interval:
+            return False  # the view is not even looked at: most calls cost nothing here
+        workers = len({worker for _, status, worker in seen.values() if status == _RESERVED})
+        return elapsed >= self.check_interval * min(_MAX_STRETCH, max(1.0, workers / _FLEET))
+
+
+def _seen(docs: list[dict[str, Any]]) -> dict[str, tuple[int, str, str]]:
+    """What a cursor keeps of each document: its version, status, and worker while it is reserved."""
+    return {d["_id"]: (d.get("version", 1), d["status"], _holder(d)) for d in docs}
+
+
+def _holder(doc: dict[str, Any]) -> str:
+    """The worker holding ``doc``'s reservation, or "" when it is not reserved."""
+    return str(doc.get("worker") or "") if doc["status"] == _RESERVED else ""
 
 
 def _stamps(docs: list[dict[str, Any]]) -> list[datetime.datetime]:
@@ -118,13 +144,13 @@ def _stamps(docs: list[dict[str, Any]]) -> list[datetime.datetime]:
     return [d["mtime"] for d in docs if isinstance(d.get("mtime"), datetime.datetime)]
 
 
-def misses_writes(seen: Mapping[str, tuple[int, str]], counts: Mapping[TrialStatus, int]) -> bool:
+def misses_writes(seen: Mapping[str, tuple[int, str, str]], counts: Mapping[TrialStatus, int]) -> bool:
     """Whether a view built after ``counts`` were taken lacks trials the counts prove exist."""
     if len(seen) < sum(counts.values()):
         return True
     terminal = [status for status in TrialStatus if status.is_terminal]  # a trial never leaves these
     held = {status.value: 0 for status in terminal}
-    for _, status in seen.values():
+    for _, status, _ in seen.values():
         if status in held:
             held[status] += 1
     return any(held[s.value] < counts[s] for s in terminal)

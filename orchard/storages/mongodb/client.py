@@ -67,7 +67,7 @@ Client = Any  # pymongo.MongoClient or mongomock.MongoClient (mongomock ships no
 
 _mock_clients: dict[str, Any] = {}
 _mock_lock = threading.Lock()  # guards these two
-_indexed: set[tuple[int, str]] = set()  # (pid, uri) whose indexes this process ensured
+_indexed: set[tuple[int, str, str]] = set()  # (pid, uri, collection) whose indexes this process ensured
 
 #: Documents per reply of a read of many trials (the default first batch is 101: a round trip more).
 BATCH = 1000
@@ -126,13 +126,10 @@ def _mock_client(uri: str) -> tuple[Client, str]:
     return client, urllib.parse.unquote(database) or DEFAULT_DATABASE
 
 
-def ensure_indexes(db: Any, uri: str) -> None:
-    """Create the indexes every verb relies on: one round trip per collection, once per process and URI."""
-    with _mock_lock:
-        if (os.getpid(), uri) in _indexed:
-            return
-    db.experiments.create_indexes([pymongo.IndexModel("name", unique=True, name="name_unique")])
-    db.trials.create_indexes([
+_INDEXES = {
+    # one experiment per name: only creating an experiment relies on it
+    "experiments": [pymongo.IndexModel("name", unique=True, name="name_unique")],
+    "trials": [
         # reserve (waiting trials oldest first), fetch by status, count_trials
         pymongo.IndexModel([("experiment", 1), ("status", 1), ("submit_time", 1)],
                            name="experiment_status_submit"),
@@ -140,9 +137,23 @@ def ensure_indexes(db: Any, uri: str) -> None:
         pymongo.IndexModel([("experiment", 1), ("mtime", 1)], name="experiment_mtime"),
         # budget slots (see orchard.storages.mongodb.slots): one per non-broken trial
         pymongo.IndexModel("slot", name="slot_unique", unique=True, sparse=True),
-    ])
+    ],
+}
+
+
+def ensure_indexes(db: Any, uri: str, collection: str = "trials") -> None:
+    """Create the indexes the verbs on ``collection`` rely on: one round trip, once per process, URI and collection.
+
+    The trials' indexes are ensured before any verb; the experiments' unique name only before an
+    experiment is created (the one verb that relies on it), so joining an experiment costs one.
+    """
+    key = (os.getpid(), uri, collection)
     with _mock_lock:
-        _indexed.add((os.getpid(), uri))
+        if key in _indexed:
+            return
+    db[collection].create_indexes(_INDEXES[collection])
+    with _mock_lock:
+        _indexed.add(key)
 
 
 # -- errors -------------------------------------------------------------------

@@ -38,7 +38,8 @@ instant as budgeted ones (or having pushed the experiment past ``M`` before)
 can leave more than ``M`` non-broken trials.
 
 Round trips: two per registration (the draw and the insert), whatever the
-number of racers; the path of step 2 adds two reads.
+number of racers; the path of step 2 adds one read, and one more when fewer
+than ``M`` trials hold a slot.
 """
 
 from __future__ import annotations
@@ -52,7 +53,7 @@ from pymongo.errors import DuplicateKeyError
 
 from orchard.errors import BudgetExhaustedError, DuplicateTrialError, StorageError
 from orchard.space import to_builtin, trial_id
-from orchard.storages.mongodb.client import duplicate_key_field, insert_stamped, trial_to_doc
+from orchard.storages.mongodb.client import BATCH, duplicate_key_field, insert_stamped, trial_to_doc
 from orchard.trial import Trial, TrialStatus, recorded
 
 __all__ = ["duplicate_trial", "insert_holding_slot", "record_holding_slot", "slot_key"]
@@ -136,15 +137,23 @@ def record_holding_slot(db: Any, experiment_id: str, name: str, params: Mapping[
 
 
 def _freed(trials: Any, doc: Mapping[str, Any], budget: int, name: str) -> tuple[list[int], int]:
-    """Free slots below ``budget``, shuffled, and how many trials hold one; refuses when none is free."""
-    if trials.find_one({"_id": doc["_id"]}, projection={"_id": 1}) is not None:
-        raise duplicate_trial(doc, name)
+    """Free slots below ``budget``, shuffled, and how many trials hold one; refuses when none is free.
+
+    One read answers both "does the trial exist" and "how many hold a slot"; a second lists the
+    slots held, when fewer than ``budget`` are.
+    """
     experiment_id = doc["experiment"]
-    held = trials.count_documents(
-        {"experiment": experiment_id, "status": {"$in": _HOLDING}, "in_budget": {"$ne": False}})
+    holding = {"status": {"$in": _HOLDING}, "in_budget": {"$ne": False}}
+    groups = {row["_id"]: int(row["n"]) for row in trials.aggregate([
+        {"$match": {"experiment": experiment_id, "$or": [{"_id": doc["_id"]}, holding]}},
+        {"$group": {"_id": {"$eq": ["$_id", doc["_id"]]}, "n": {"$sum": 1}}},  # true: the trial itself
+    ])}
+    if groups.get(True):
+        raise duplicate_trial(doc, name)
+    held = groups.get(False, 0)
     if held < budget:
         taken = {_number(d["slot"]) for d in trials.find(
-            {"slot": _slot_range(experiment_id, 0, budget)}, projection={"slot": 1, "_id": 0}
+            {"slot": _slot_range(experiment_id, 0, budget)}, projection={"slot": 1, "_id": 0}, batch_size=BATCH
         )}
         free = [k for k in range(budget) if k not in taken]
         if free:

@@ -112,7 +112,8 @@ class MongoStorage(BaseStorage):
         change_margin: seconds :meth:`fetch_changes` looks back before the
             newest server stamp it returned, to cover writes still in flight.
         check_interval: seconds between the count checks that make
-            :meth:`fetch_changes` self-correcting.
+            :meth:`fetch_changes` self-correcting, with up to 8 workers holding
+            trials; stretched with the fleet beyond (:mod:`orchard.storages.mongodb.changes`).
 
     Raises:
         ConfigurationError: the URI is malformed.
@@ -183,7 +184,9 @@ class MongoStorage(BaseStorage):
     def create_experiment(self, name: str, config: Mapping[str, Any], created: float | None = None) -> str:
         fresh = {"_id": uuid.uuid4().hex, "config": to_builtin(dict(config)),
                  "created": self.now() if created is None else created}
-        experiments = self._db().experiments
+        db = self._db()
+        client.ensure_indexes(db, self.uri, "experiments")  # the unique name settles racing creators
+        experiments = db.experiments
         for _ in range(3):
             try:
                 doc = experiments.find_one_and_update(
