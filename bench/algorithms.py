@@ -3,7 +3,7 @@
 Two parts, each in one invocation:
 
 * ``regret``: on Branin, Hartmann6, Ackley-10 and Rosenbrock-10,
-  Orchard ``bayes``, Orchard's ``optuna`` adapter (TPE, CMA-ES, GP when PyTorch
+  Orchard ``bayes`` (and with skopt's ``xi=0.01``), Orchard's ``optuna`` adapter (TPE, CMA-ES, GP when PyTorch
   is installed), plain Optuna (the same samplers) with 4 workers and
   sequentially, and scikit-optimize's ``gp_minimize`` (sequential) run for
   ``--trials`` trials over ``--seeds`` seeds. "4 workers" are simulated
@@ -162,7 +162,8 @@ SAMPLERS = {"TPE": "TPESampler", "CMA-ES": "CmaEsSampler", "GP": "GPSampler"}
 
 def _contenders(trials: int, workers: int) -> dict[str, Callable[[Problem, int], tuple[list[float], float]]]:
     contenders: dict[str, Callable[[Problem, int], tuple[list[float], float]]] = {
-        "orchard bayes": lambda pb, s: _orchard_run("bayes", pb, s, trials, workers)}
+        "orchard bayes": lambda pb, s: _orchard_run("bayes", pb, s, trials, workers),
+        "orchard bayes xi=0.01": lambda pb, s: _orchard_run({"bayes": {"xi": 0.01}}, pb, s, trials, workers)}
     for short, sampler in SAMPLERS.items():
         def adapter(pb: Problem, s: int, sampler: str = sampler) -> tuple[list[float], float]:
             return _orchard_run({"optuna": {"sampler": sampler}}, pb, s, trials, workers)
