@@ -3,7 +3,7 @@
 Two parts, each in one invocation:
 
 * ``regret``: on Branin, Hartmann6, Ackley-10 and Rosenbrock-10,
-  Orchard ``bayes``, Orchard's ``optuna`` adapter (TPE, CMA-ES, GP when PyTorch
+  Orchard ``bayes`` (and with skopt's ``xi=0.01``), Orchard's ``optuna`` adapter (TPE, CMA-ES, GP when PyTorch
   is installed), plain Optuna (the same samplers) with 4 workers and
   sequentially, and scikit-optimize's ``gp_minimize`` (sequential) run for
   ``--trials`` trials over ``--seeds`` seeds. "4 workers" are simulated
@@ -162,7 +162,8 @@ SAMPLERS = {"TPE": "TPESampler", "CMA-ES": "CmaEsSampler", "GP": "GPSampler"}
 
 def _contenders(trials: int, workers: int) -> dict[str, Callable[[Problem, int], tuple[list[float], float]]]:
     contenders: dict[str, Callable[[Problem, int], tuple[list[float], float]]] = {
-        "orchard bayes": lambda pb, s: _orchard_run("bayes", pb, s, trials, workers)}
+        "orchard bayes": lambda pb, s: _orchard_run("bayes", pb, s, trials, workers),
+        "orchard bayes xi=0.01": lambda pb, s: _orchard_run({"bayes": {"xi": 0.01}}, pb, s, trials, workers)}
     for short, sampler in SAMPLERS.items():
         def adapter(pb: Problem, s: int, sampler: str = sampler) -> tuple[list[float], float]:
             return _orchard_run({"optuna": {"sampler": sampler}}, pb, s, trials, workers)
@@ -191,12 +192,12 @@ def regret(args: argparse.Namespace) -> None:
     except ImportError:
         print("GPSampler skipped: PyTorch is not installed")
         names = [name for name in names if not name.endswith(("GP", "GP (sequential)"))]
-    print(f"{args.seeds} seeds, {args.trials} trials, {args.workers} simulated async workers unless sequential; "
+    print(f"{args.seeds} seeds from {args.first_seed}, {args.trials} trials, {args.workers} simulated async workers unless sequential; "
           "median simple regret at 50/100/200 trials [quartiles]; median CPU s per suggestion", flush=True)
     for problem_name in args.problems:
         problem = PROBLEMS[problem_name]
         for name in names:
-            runs = [contenders[name](problem, seed) for seed in range(args.seeds)]
+            runs = [contenders[name](problem, seed) for seed in range(args.first_seed, args.first_seed + args.seeds)]
             record = {"problem": problem_name, "method": name, "cost": statistics.median(r[1] for r in runs),
                       "regret": [[b - problem[2] for b in r[0]] for r in runs]}
             print(_line(record), flush=True)
@@ -280,6 +281,7 @@ def main() -> None:
     sub = parser.add_subparsers(dest="part")
     r = sub.add_parser("regret")
     r.add_argument("--seeds", type=int, default=10)
+    r.add_argument("--first-seed", type=int, default=0, help="seeds first..first+N-1 (default 0)")
     r.add_argument("--trials", type=int, default=200)
     r.add_argument("--workers", type=int, default=4)
     r.add_argument("--problems", nargs="+", default=list(PROBLEMS), choices=list(PROBLEMS))

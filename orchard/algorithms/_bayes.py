@@ -12,9 +12,14 @@ The acquisition function is fixed (``EI`` by default). skopt's default
 optimizer; a fresh optimizer per suggestion would throw them away, and would
 still pay for three acquisition searches. ``acq_func="portfolio"`` keeps what
 hedging contributes without memory: each suggestion draws one of the three
-with the seeded stream (one search). In ``bench/quality.py`` it refines further
-than ``EI`` (Branin 50 trials: median regret 4e-5 against 3e-4; Hartmann-6
-runs that find the global basin: ~7e-4 against ~8e-3), like ``gp_minimize``.
+with the seeded stream (one search).
+
+``xi`` defaults to 0 for one objective (:data:`SINGLE_OBJECTIVE_XI`), not skopt's
+0.01: skopt's margin is in the objective's units, so ``EI`` gives no value to
+a step that gains less than about 0.01 and, once a run is that close to the
+minimum, explores instead of refining. That was ``bayes``'s gap to
+``gp_minimize`` on Hartmann-6, whose ``gp_hedge`` ends on ``LCB`` or ``PI``
+(``bench/algorithms.py``; figures in ``docs/algorithms.md``).
 
 Cost policy
 -----------
@@ -103,6 +108,10 @@ _ACQ_OPTIMIZERS = ("auto", "lbfgs", "sampling")
 _LIARS: dict[str, Callable[[list[float]], Any]] = {"cl_min": np.min, "cl_mean": np.mean, "cl_max": np.max}
 #: Most points the GP kernel hyperparameters are fitted on (see the cost policy).
 HYPERPARAMETER_POINTS = 250
+#: ``xi`` for one objective unless set: no margin (see the module docstring).
+SINGLE_OBJECTIVE_XI = 0.0
+#: ``xi`` of ParEGO's expected improvement unless set (its scalarization is on ``[0, 1]``).
+SCALARIZED_XI = 0.01
 #: Random candidates scored when skopt's pick collides with a seen point.
 _FALLBACK_CANDIDATES = 2_000
 #: A sampled GP search (see the cost policy): random candidates scored first, the best few
@@ -151,7 +160,9 @@ class BayesianOptimization(BaseAlgorithm):
             suggestion draws one of the three with the seeded stream.
         acq_optimizer: ``"auto"`` (L-BFGS for the GP, sampling for trees),
             ``"lbfgs"`` (GP only) or ``"sampling"``.
-        xi: exploration of ``EI``/``PI`` (default 0.01).
+        xi: the improvement over the best objective that ``EI``/``PI`` ask for, in the
+            objective's units (default ``None``: 0 for one objective, see
+            :data:`SINGLE_OBJECTIVE_XI`; 0.01 for ParEGO's scalarization, on ``[0, 1]``).
         kappa: exploration of ``LCB`` (default 1.96).
         liar: the value told for pending points: ``"cl_min"`` (default),
             ``"cl_mean"`` or ``"cl_max"`` of the completed objectives.
@@ -165,7 +176,7 @@ class BayesianOptimization(BaseAlgorithm):
         "n_initial_points": 10,
         "acq_func": "EI",
         "acq_optimizer": "auto",
-        "xi": 0.01,
+        "xi": None,
         "kappa": 1.96,
         "liar": "cl_min",
         "max_gp_points": 1000,
@@ -181,6 +192,8 @@ class BayesianOptimization(BaseAlgorithm):
         _check_int(options, "max_gp_points", 10)
         for key in ("xi", "kappa"):
             value = options[key]
+            if key == "xi" and value is None:
+                continue
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
                 raise ConfigurationError(f"bayes option {key} must be a number >= 0, got {value!r}")
         if options["acq_optimizer"] == "lbfgs" and options["base_estimator"] != "GP":
@@ -275,7 +288,7 @@ class BayesianOptimization(BaseAlgorithm):
         def score(candidates: np.ndarray[Any, Any]) -> np.ndarray[Any, Any]:
             return np.asarray(_gaussian_acquisition(
                 X=candidates, model=model, y_opt=float(np.min(values)), acq_func=acq_func,
-                acq_func_kwargs={"xi": self.options["xi"], "kappa": self.options["kappa"]}))
+                acq_func_kwargs=self._acq_func_kwargs()))
 
         candidates = box.draw(SAMPLED_CANDIDATES, rng)
         candidates, scores = refine(box, candidates, score(candidates), score, rng)
@@ -318,9 +331,14 @@ class BayesianOptimization(BaseAlgorithm):
             acq_func=acq_func,
             acq_optimizer=options["acq_optimizer"],
             random_state=random_state,
-            acq_func_kwargs={"xi": options["xi"], "kappa": options["kappa"]},
+            acq_func_kwargs=self._acq_func_kwargs(),
             acq_optimizer_kwargs={"n_points": candidate_count(n_points), "n_restarts_optimizer": 5},
         )
+
+    def _acq_func_kwargs(self) -> dict[str, float]:
+        """skopt's ``xi`` and ``kappa`` for one objective (``xi=None``: :data:`SINGLE_OBJECTIVE_XI`)."""
+        xi = self.options["xi"]
+        return {"xi": SINGLE_OBJECTIVE_XI if xi is None else float(xi), "kappa": float(self.options["kappa"])}
 
     def _best_unseen_candidate(self, optimizer: Any, rng: np.random.Generator, seen: SeenPoints) -> dict[str, Any]:
         """The unseen random candidate with the best acquisition value, else any unseen point.
