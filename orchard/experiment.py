@@ -16,7 +16,7 @@ from concurrent.futures import Executor
 from typing import Any
 
 from orchard import config as _config
-from orchard.algorithms import normalize_algorithm_config
+from orchard.algorithms import explicit_options, normalize_algorithm_config
 from orchard.constraints import normalize_constraints
 from orchard.dataframe import trials_frame
 from orchard.errors import ConfigurationError, ExecutorError, ExperimentBrokenError, OrchardError
@@ -113,6 +113,7 @@ def build_experiment(
     chosen = {key: value for key, value in chosen.items() if value is not None}
     wanted_space = Space.from_config(space) if space is not None else None
     wanted_algo = settings.get("algorithm", algorithm, use_default=False)
+    algo_options = explicit_options(wanted_algo) if wanted_algo is not None else frozenset()
     wanted_algo = normalize_algorithm_config(wanted_algo, wanted_space) if wanted_algo is not None else None
     wanted_pruner = settings.get("pruner", pruner, use_default=False)
     wanted_pruner = normalize_pruner_config(wanted_pruner) if wanted_pruner is not None else None
@@ -138,7 +139,8 @@ def build_experiment(
         check_sources(wanted_space, sources, store, name)
         store.create_experiment(name, ExperimentConfig(**fields).to_dict())
         record = store.require_experiment(name)
-    record = join_experiment(store, record, wanted_space, wanted_algo, chosen, wanted_pruner, wanted)
+    record = join_experiment(store, record, wanted_space, wanted_algo, chosen, wanted_pruner, wanted,
+                             algorithm_options=algo_options)
     return Experiment(store, record)
 
 

@@ -26,6 +26,7 @@ def join_experiment(
     chosen: Mapping[str, Any],
     pruner: dict[str, Any] | None = None,
     goals: Mapping[str, Any] | None = None,
+    algorithm_options: frozenset[str] | None = None,
 ) -> ExperimentRecord:
     """Check a joiner's settings against the stored experiment's; raise budgets if asked.
 
@@ -37,6 +38,9 @@ def join_experiment(
         chosen: the joiner's budgets and other settings (unset ones left out or ``None``).
         pruner: the joiner's normalized pruner, if given.
         goals: the joiner's ``objectives`` and ``constraints`` (``None``: not given).
+        algorithm_options: the algorithm options the joiner set itself (``None``: all of
+            them). Only these must match: an option left at its default agrees with the stored
+            value, so an experiment stored before a release changed a default can be joined.
 
     Returns:
         The record, updated when a budget was raised.
@@ -48,7 +52,7 @@ def join_experiment(
     problems: list[str] = []
     if space is not None:
         problems += [f"space {line}" for line in stored.space.diff(space)]
-    if algorithm is not None and algorithm != stored.algorithm:
+    if algorithm is not None and _algorithm_differs(stored.algorithm, algorithm, algorithm_options):
         problems.append(f"algorithm: stored {stored.algorithm} != given {algorithm}")
     if pruner is not None and pruner != stored.pruner:
         problems.append(f"pruner: stored {stored.pruner} != given {pruner}")
@@ -71,3 +75,11 @@ def join_experiment(
 
 #: Settings a joiner may change in the stored experiment.
 _RAISABLE = ("max_trials", "max_broken", "max_attempts")
+
+
+def _algorithm_differs(stored: Mapping[str, Any], given: Mapping[str, Any], options: frozenset[str] | None) -> bool:
+    """Whether a normalized ``given`` algorithm differs from the ``stored`` one in a name or a set option."""
+    if options is None or stored.keys() != given.keys():
+        return stored != given
+    ((name, wanted),) = given.items()
+    return any(stored[name].get(key) != wanted[key] for key in options)

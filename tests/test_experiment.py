@@ -60,6 +60,17 @@ def test_join_uses_stored_config_and_detects_conflicts(store) -> None:
         orchard.build_experiment("other", storage=store)
 
 
+def test_an_algorithm_given_by_name_joins_an_experiment_stored_under_another_default(store) -> None:
+    """`bayes`'s xi default changed (0.01 -> 0): experiments stored before stay joinable by name."""
+    build(store, algorithm={"bayes": {"xi": 0.01}})  # as an earlier release stored every default
+    assert build(store, algorithm="bayes").settings.algorithm["bayes"]["xi"] == 0.01  # the stored one runs
+    assert build(store, algorithm={"bayes": {"xi": 0.01, "n_initial_points": 10}}).settings.algorithm["bayes"]["xi"] == 0.01
+    with pytest.raises(ExperimentConflictError, match="algorithm"):
+        build(store, algorithm={"bayes": {"xi": 0.0}})  # a value set explicitly must match
+    with pytest.raises(ExperimentConflictError, match="algorithm"):
+        build(store, algorithm="random")
+
+
 def test_suggest_observe_release_insert(store) -> None:
     exp = build(store, max_trials=3)
     inserted = exp.insert({"x": 1.0, "y": 2.0})

@@ -69,6 +69,7 @@ __all__ = [
     "RandomSearch",
     "algorithm_class",
     "algorithm_names",
+    "explicit_options",
     "make_algorithm",
     "normalize_algorithm_config",
 ]
@@ -174,6 +175,15 @@ def _split(config: AlgorithmConfig) -> tuple[str, Mapping[str, Any]]:
         f"an algorithm is a name or a one-key mapping such as {{'bayes': {{'n_initial_points': 10}}}}, "
         f"got {config!r}"
     )
+
+
+def explicit_options(config: AlgorithmConfig) -> frozenset[str]:
+    """The option names ``config`` sets itself; the others take this release's defaults.
+
+    Raises:
+        ConfigurationError: ``config`` is not a name or a one-key mapping.
+    """
+    return frozenset(_split(config)[1])
 
 
 def normalize_algorithm_config(config: AlgorithmConfig, space: Space | None = None) -> dict[str, dict[str, Any]]:
