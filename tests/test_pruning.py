@@ -240,11 +240,14 @@ def test_a_script_that_ignores_the_verdict_is_stopped_within_the_grace(tmp_path:
     exp = orchard.get_experiment("p-stubborn", storage=uri)
     pruned = exp.storage.fetch_trials(exp.id, [TrialStatus.PRUNED])
     assert pruned
+    grace_epochs = 5.0 / 0.3 + 3  # the 5 s grace, in epochs of 0.3 s (+ the epoch in flight and slack)
     for trial in pruned:
-        # pruned at step s, the script goes on for the 5 s grace (about 16 epochs of 0.32 s), then is stopped
-        assert len(trial.reports) < 30, "a stubborn script ran to its end after a prune verdict"
+        # pruned at step s, the script goes on for the grace, then is stopped; pruned at rung 27 of
+        # 30 epochs it may rightly end on its own within the grace (3 epochs later: seen once on CI)
         rung = Verdict.from_dict(trial.verdict).step
-        assert len(trial.reports) - rung <= 5.0 / 0.3 + 3
+        assert len(trial.reports) - rung <= grace_epochs
+        if rung + grace_epochs < 30:
+            assert len(trial.reports) < 30, "a stubborn script ran to its end after a prune verdict"
 
 
 KILLED_WORKER = """
