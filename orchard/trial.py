@@ -161,6 +161,20 @@ class Trial:
             "origin": self.origin, "in_budget": self.in_budget,
         }
 
+    def to_record(self) -> dict[str, Any]:
+        """:meth:`to_dict` without the fields at their default, as a storage record keeps it.
+
+        ``id``, ``experiment``, ``params``, ``status`` and ``results`` are always kept;
+        :meth:`from_dict` restores the rest, in this release and the earlier ones, and
+        every process replaying a shared file decodes fewer values per record.
+        """
+        fields = self.to_dict()
+        for name, default in _OMITTED_AT.items():
+            value = fields[name]
+            if type(value) is type(default) and value == default:
+                del fields[name]
+        return fields
+
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Trial:
         """Build a trial from :meth:`to_dict` output; unknown keys are ignored.
@@ -208,6 +222,9 @@ _STATUSES: dict[Any, TrialStatus] = {status.value: status for status in TrialSta
 _DEFAULTS: dict[str, Any] = {  # of every field but id and experiment (from_dict gives fresh params, results, reports)
     field.name: field.default for field in dataclasses.fields(Trial) if field.default is not dataclasses.MISSING}
 _DEFAULTS.update(params=None, results=None, reports=None)
+#: The fields :meth:`Trial.to_record` leaves out at these values (as :meth:`Trial.to_dict` writes them).
+_OMITTED_AT: dict[str, Any] = {
+    **{name: value for name, value in _DEFAULTS.items() if name not in ("status", "params", "results")}, "reports": []}
 
 
 # -- the arrows ------------------------------------------------------------------------------

@@ -336,9 +336,13 @@ class BayesianOptimization(BaseAlgorithm):
         )
 
     def _acq_func_kwargs(self) -> dict[str, float]:
-        """skopt's ``xi`` and ``kappa`` for one objective (``xi=None``: :data:`SINGLE_OBJECTIVE_XI`)."""
+        """skopt's ``xi`` and ``kappa`` for one objective."""
+        return {"xi": self._xi(SINGLE_OBJECTIVE_XI), "kappa": float(self.options["kappa"])}
+
+    def _xi(self, default: float) -> float:
+        """The ``xi`` option, or ``default`` when it is not set (its right value depends on the objective's scale)."""
         xi = self.options["xi"]
-        return {"xi": SINGLE_OBJECTIVE_XI if xi is None else float(xi), "kappa": float(self.options["kappa"])}
+        return default if xi is None else float(xi)
 
     def _best_unseen_candidate(self, optimizer: Any, rng: np.random.Generator, seen: SeenPoints) -> dict[str, Any]:
         """The unseen random candidate with the best acquisition value, else any unseen point.

@@ -177,7 +177,7 @@ class ParEgoBayes(BayesianOptimization):
                             + [self.space.to_skopt_point(p) for p in pending])
         y = np.concatenate([scalar[chosen], np.full(len(pending), lie)])
         acquisition = _Acquisition(self._surrogate(len(y), rng).fit(x, y),
-                                   float(scalar[feasible].min()) if feasible.any() else None, self._scalarized_xi())
+                                   float(scalar[feasible].min()) if feasible.any() else None, self._xi(SCALARIZED_XI))
         if not feasible.all():
             acquisition.constraint = self._surrogate(len(chosen), rng).fit(x[:len(chosen)], violation[chosen])
             acquisition.threshold = 0.5 * float(violation[~feasible].min())
@@ -206,11 +206,6 @@ class ParEgoBayes(BayesianOptimization):
             restarts = kernel_restarts(min(n_points, HYPERPARAMETER_POINTS))
             return make_gp(dimensions, random_state, restarts, HYPERPARAMETER_POINTS)
         return cook_estimator(self.options["base_estimator"], space=dimensions, random_state=random_state)
-
-    def _scalarized_xi(self) -> float:
-        """The ``xi`` option, or :data:`~orchard.algorithms._bayes.SCALARIZED_XI` when not set."""
-        xi = self.options["xi"]
-        return SCALARIZED_XI if xi is None else float(xi)
 
     def _refines(self, space: Any) -> bool:
         """Whether L-BFGS refines the acquisition: a GP (gradients), not all-categorical, not ``sampling``."""

@@ -368,21 +368,9 @@ class TrialTable:
         return dict(self._experiment(experiment_id).counts)
 
 
-#: Fields a trial record leaves out when they hold these defaults: ``Trial.from_dict`` restores them, in this
-#: release and the earlier ones, and every process replaying a shared file decodes fewer values per record.
-_DEFAULTS: dict[str, Any] = {"objective": None, "worker": None, "heartbeat": None, "submit_time": None,
-                             "start_time": None, "end_time": None, "error": None, "attempts": 0, "parent": None,
-                             "reports": [], "verdict": None, "origin": None, "in_budget": True}
-
-
 def _trial_record(trial: Trial) -> Record:
-    """The record that stores ``trial`` (``id``, ``experiment``, ``params``, ``status`` and ``results`` always)."""
-    fields = trial.to_dict()
-    for name, default in _DEFAULTS.items():
-        value = fields[name]
-        if type(value) is type(default) and value == default:
-            del fields[name]
-    return {"op": "trial", "trial": fields}
+    """The record that stores ``trial`` (:meth:`Trial.to_record`: its fields at their default left out)."""
+    return {"op": "trial", "trial": trial.to_record()}
 
 
 def _replayed(value: Any) -> ReportValue:
