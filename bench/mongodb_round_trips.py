@@ -9,9 +9,12 @@ trials), of which the part sent after the worker's last trial ended (the
 wind-down); and the round trips each worker pays once to join and leave
 (reading the experiment, indexes, the final stats, closing). The same number of
 trials at every worker count, so the join-and-leave cost weighs more per trial
-at 128 workers (4 trials each by default) than at 8 (64 each).
+at 128 workers (4 trials each by default) than at 8 (64 each); ``--trials-per-worker N``
+gives every fleet N trials per worker instead (N x W trials), so that what grows with the
+fleet is only what contention adds.
 
     python bench/mongodb_round_trips.py                       # 8, 32, 128 workers, 512 trials
+    python bench/mongodb_round_trips.py --trials-per-worker 16   # 128, 512, 2048 trials
     python bench/mongodb_round_trips.py --workers 8 --trials 64 --by-caller
 """
 
@@ -24,6 +27,7 @@ import queue
 import sys
 import tempfile
 import time
+from types import FrameType
 from typing import Any
 
 from _harness import machine_load
@@ -46,7 +50,8 @@ def _caller(command: str) -> str:
     costs; steps of orchard/experiment.py (joining, the final stats, closing) are paid
     once per worker, and their labels start with ``join/leave``.
     """
-    frame, verb, step = sys._getframe(2), "", ""
+    frame: FrameType | None = sys._getframe(2)
+    verb, step = "", ""
     while frame is not None and not step:
         where = frame.f_code.co_filename
         if not verb and "/orchard/storages/" in where:
@@ -124,28 +129,34 @@ def measure(uri: str, workers: int, trials: int, seconds: float, heartbeat: floa
 
 def _per_trial(row: dict[str, Any], loop_only: bool) -> float:
     counts = row["commands"]
-    return sum(c for label, c in counts.items() if not (loop_only and f"<{_FIXED}" in label)) / row["trials"]
+    return float(sum(c for label, c in counts.items() if not (loop_only and f"<{_FIXED}" in label)) / row["trials"])
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--workers", type=int, nargs="+", default=[8, 32, 128])
     parser.add_argument("--trials", type=int, default=512)
+    parser.add_argument("--trials-per-worker", type=int, help="N x W trials at W workers (instead of --trials)")
     parser.add_argument("--seconds", type=float, default=0.2, help="objective duration")
     parser.add_argument("--heartbeat", type=float, default=30.0)
     parser.add_argument("--by-caller", action="store_true",
                         help="list round trips per trial by command, storage function and step")
     parser.add_argument("--uri", help="a MongoDB server to use instead of a fresh SecantusDB")
     args = parser.parse_args()
-    print(f"# load before: {machine_load()}; {args.trials} trials of {args.seconds} s; heartbeat {args.heartbeat} s")
+    each = f"{args.trials_per_worker} trials per worker" if args.trials_per_worker else f"{args.trials} trials"
+    print(f"# load before: {machine_load()}; {each} of {args.seconds} s; heartbeat {args.heartbeat} s")
+
+    def trials(workers: int) -> int:
+        return int(workers * args.trials_per_worker if args.trials_per_worker else args.trials)
+
     if args.uri:
-        rows = [measure(args.uri, w, args.trials, args.seconds, args.heartbeat) for w in args.workers]
+        rows = [measure(args.uri, w, trials(w), args.seconds, args.heartbeat) for w in args.workers]
     else:
         from orchard.testing.mongo_server import WireServer
 
         with tempfile.TemporaryDirectory() as tmp, WireServer(tmp, database="round_trips") as server:
             uri = server.uri + "?serverSelectionTimeoutMS=60000"  # a loaded machine: let 128 workers connect
-            rows = [measure(uri, w, args.trials, args.seconds, args.heartbeat) for w in args.workers]
+            rows = [measure(uri, w, trials(w), args.seconds, args.heartbeat) for w in args.workers]
     if args.by_caller:
         for row in rows:
             print(f"# {row['workers']} workers, round trips per trial by command:storage function<step:")

@@ -18,7 +18,9 @@ executor initializer installs in each worker process). From those records:
   its next (completing, refreshing, suggesting, reserving), p50 / p95 / max;
 * **CPU per trial per worker**: the process CPU time (user + system, so a loaded machine does not
   inflate it as it does wall times) a worker spends between the end of one trial and the start of
-  its next (median), the probe's own reads excluded; **start-up CPU**: from the fork to the first
+  its next (median), the probe's own reads excluded, and of it the main thread's CPU **replaying**
+  the file's frames (``replay``) and **polling** the lock (trying it and pausing between tries,
+  replays done while waiting excluded); **start-up CPU**: from the fork to the first
   trial (median; a worker started by ``spawn`` also pays its interpreter's start before that);
 * **lock wait** p50 / p99 / max and **lock hold** p50 / p99 (pickle), **bytes read per worker per trial**,
   **MongoDB round trips and bytes (BSON of commands + replies) per trial**,
@@ -59,6 +61,7 @@ _WAITS: list[float] = []
 _HOLDS: list[float] = []
 _HELD = {"since": 0.0}
 _MONGO = {"commands": 0, "bytes": 0}
+_CPU = {"replay": 0.0, "polling": 0.0}  # thread CPU replaying the file's frames; trying the lock (minus replays)
 _LAST: dict[str, Any] = {}
 _PROFILE: dict[str, Any] = {}
 
@@ -69,7 +72,7 @@ def install_probes(mongo: bool, profile_dir: str | None = None) -> None:
     With ``profile_dir``, the worker process runs under :mod:`cProfile` and
     writes its cumulative profile to ``profile_dir/PID.prof`` at each trial.
     """
-    from orchard.storages.pickled import locks
+    from orchard.storages.pickled import locks, reader
 
     if profile_dir is not None:
         import cProfile
@@ -81,19 +84,30 @@ def install_probes(mongo: bool, profile_dir: str | None = None) -> None:
 
     release = locks.KernelLock.release
 
+    sync = reader.LogReader.sync
+
     def timed(lock: Any, *args: Any, **kwargs: Any) -> bool:
-        start = time.perf_counter()
+        start, cpu, replay = time.perf_counter(), time.thread_time(), _CPU["replay"]
         try:
             return acquire(lock, *args, **kwargs)
         finally:
             _HELD["since"] = time.perf_counter()
             _WAITS.append(_HELD["since"] - start)
+            _CPU["polling"] += time.thread_time() - cpu - (_CPU["replay"] - replay)
+
+    def timed_sync(self: Any, *args: Any, **kwargs: Any) -> bool:
+        cpu = time.thread_time()
+        try:
+            return sync(self, *args, **kwargs)
+        finally:
+            _CPU["replay"] += time.thread_time() - cpu
 
     def timed_release(lock: Any) -> None:
         _HOLDS.append(time.perf_counter() - _HELD["since"])
         release(lock)
 
     locks.acquire = timed
+    reader.LogReader.sync = timed_sync  # type: ignore[method-assign]
     locks.KernelLock.release = timed_release  # type: ignore[method-assign, assignment]
     if mongo:  # pymongo is imported only where it is used, as the storage does
         _install_mongo_probe()
@@ -153,13 +167,16 @@ def probe_sleep(x: float, y: float, seconds: float) -> dict[str, Any]:
         "cpu": cpu - _LAST["cpu"] if _LAST else cpu,  # the first: the worker's start-up (fork to here)
         "commands": mongo["commands"] - _LAST.get("commands", 0),
         "mongo_bytes": mongo["bytes"] - _LAST.get("mongo_bytes", 0),
+        "replay_cpu": _CPU["replay"] - _LAST.get("replay_cpu", 0.0),
+        "polling_cpu": _CPU["polling"] - _LAST.get("polling_cpu", 0.0),
     }
     memory = {"rss_kib": _read_counter("/proc/self/status", "VmRSS:"), **_memory()}  # idle, between trials
     if _PROFILE:
         _PROFILE["profiler"].dump_stats(os.path.join(_PROFILE["dir"], f"{os.getpid()}.prof"))
         _PROFILE["profiler"].enable()  # dumping disabled it
     _LAST.update(rchar=_read_counter("/proc/self/io", "rchar:"), commands=mongo["commands"],
-                 mongo_bytes=mongo["bytes"], cpu=time.process_time())
+                 mongo_bytes=mongo["bytes"], cpu=time.process_time(), replay_cpu=_CPU["replay"],
+                 polling_cpu=_CPU["polling"])
     time.sleep(seconds)
     return {
         "objective": x * x + y,
@@ -197,6 +214,8 @@ class Result:
     pss_mib: float = math.nan
     uss_mib: float = math.nan
     cpu_per_trial: float = math.nan  # seconds of process CPU a worker spends between two trials (median)
+    replay_per_trial: float = math.nan  # of which (main thread) replaying frames, median
+    polling_per_trial: float = math.nan  # of which trying the lock and pausing, replays excluded, median
     start_cpu: float = math.nan  # seconds of process CPU from a worker's start to its first trial (median)
     sklearn: bool = False
     wall: float = math.nan
@@ -252,6 +271,8 @@ def _measure(result: Result, records: list[dict[str, Any]], called: float) -> No
         result.commands_per_trial = sum(r["commands"] for r in later) / len(later)
         result.mongo_bytes_per_trial = sum(r["mongo_bytes"] for r in later) / len(later)
         result.cpu_per_trial = statistics.median(r["cpu"] for r in later)
+        result.replay_per_trial = statistics.median(r.get("replay_cpu", math.nan) for r in later)
+        result.polling_per_trial = statistics.median(r.get("polling_cpu", math.nan) for r in later)
     result.start_cpu = statistics.median(rs[0]["cpu"] for rs in runs)
     last = [rs[-1] for rs in runs]
     result.rss_mib = statistics.median(r["rss_kib"] for r in last) / 1024
@@ -273,7 +294,7 @@ def _quantile(values: list[float], q: float) -> float:
 HEADER = (
     f"{'W':>4} {'eff %':>6} {'1st s':>6} {'busy s':>6} {'gap p50':>8} {'gap p95':>8} {'gap max':>8} "
     f"{'lock p50':>9} {'lock p99':>9} {'lock max':>9} {'hold p50':>9} {'hold p99':>9} {'read/tr':>8} {'rt/tr':>6} {'B/tr':>7} "
-    f"{'RSS MiB':>7} {'PSS MiB':>7} {'USS MiB':>7} {'cpu/tr':>7} {'cpu st':>7} {'wall s':>6}  status"
+    f"{'RSS MiB':>7} {'PSS MiB':>7} {'USS MiB':>7} {'cpu/tr':>7} {'replay':>7} {'polling':>7} {'cpu st':>7} {'wall s':>6}  status"
 )
 
 
@@ -290,6 +311,7 @@ def row(r: Result) -> str:
         f"{_quantile(r.holds, 0.5) * ms:>7.2f}ms {_quantile(r.holds, 0.99) * ms:>7.1f}ms "
         f"{_kib(r.read_per_trial):>8} {r.commands_per_trial:>6.1f} {_kib(r.mongo_bytes_per_trial):>7} "
         f"{r.rss_mib:>7.0f} {r.pss_mib:>7.0f} {r.uss_mib:>7.1f} {r.cpu_per_trial * ms:>5.1f}ms "
+        f"{r.replay_per_trial * ms:>5.1f}ms {r.polling_per_trial * ms:>5.1f}ms "
         f"{r.start_cpu * ms:>5.0f}ms {r.wall:>6.0f}  {status}"
     )
 
