@@ -83,7 +83,15 @@ class StorageError(OrchardError):
 
 
 class StorageUnavailableError(StorageError):
-    """The storage cannot be reached (server down, lock not obtained in time)."""
+    """The storage cannot be reached (server down, lock not obtained in time).
+
+    ``reached`` is true when the storage had answered this process before (or was lost in
+    the middle of a call): it exists, so it is down for a while, not misaddressed.
+    """
+
+    def __init__(self, message: str = "", *, reached: bool = False) -> None:
+        super().__init__(message)
+        self.reached = reached
 
 
 class StorageCorruptedError(StorageError):

@@ -24,7 +24,7 @@ from orchard.executors import make_executor, reaches_local_processes, shares_env
 from orchard.executors.task import WorkerTask, run_tasks
 from orchard.experiment_config import ExperimentConfig
 from orchard.interruption import interruptible
-from orchard.joining import join_experiment
+from orchard.joining import join_experiment, patiently
 from orchard.monitor import ProgressMonitor
 from orchard.naming import check_experiment_name
 from orchard.objective import Outcome, check_objective, interpret_result
@@ -123,25 +123,28 @@ def build_experiment(
               "constraints": normalize_constraints(settings.get("constraints", constraints, use_default=False)),
               "warm_start": sources}
     store = get_storage(settings.get("storage", storage))
-    record = store.get_experiment(name)
-    if record is None:
-        if wanted_space is None:
-            raise ConfigurationError(
-                f"experiment {name!r} does not exist in {store.redacted_uri}; give a space to create it"
-            )
-        fields: dict[str, Any] = {**chosen, "space": wanted_space}
-        if wanted_algo is not None:
-            fields["algorithm"] = wanted_algo
-        if wanted_pruner is not None:
-            fields["pruner"] = wanted_pruner
-        fields.update(wanted)
-        check_objectives(fields.get("pruner"), fields["objectives"])  # on creation: stored ones still load
-        check_sources(wanted_space, sources, store, name)
-        store.create_experiment(name, ExperimentConfig(**fields).to_dict())
-        record = store.require_experiment(name)
-    record = join_experiment(store, record, wanted_space, wanted_algo, chosen, wanted_pruner, wanted,
-                             algorithm_options=algo_options)
-    return Experiment(store, record)
+
+    def open_record() -> ExperimentRecord:  # run again from the start if the storage is lost mid-way
+        record = store.get_experiment(name)
+        if record is None:
+            if wanted_space is None:
+                raise ConfigurationError(
+                    f"experiment {name!r} does not exist in {store.redacted_uri}; give a space to create it"
+                )
+            fields: dict[str, Any] = {**chosen, "space": wanted_space}
+            if wanted_algo is not None:
+                fields["algorithm"] = wanted_algo
+            if wanted_pruner is not None:
+                fields["pruner"] = wanted_pruner
+            fields.update(wanted)
+            check_objectives(fields.get("pruner"), fields["objectives"])  # on creation: stored ones still load
+            check_sources(wanted_space, sources, store, name)
+            store.create_experiment(name, ExperimentConfig(**fields).to_dict())
+            record = store.require_experiment(name)
+        return join_experiment(store, record, wanted_space, wanted_algo, chosen, wanted_pruner, wanted,
+                               algorithm_options=algo_options)
+
+    return Experiment(store, patiently(store, open_record))
 
 
 def get_experiment(name: str, storage: str | BaseStorage | None = None) -> Experiment:

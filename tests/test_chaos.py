@@ -146,7 +146,23 @@ def _completed(uri: str) -> int:
         return 0
 
 
+def _registered(uri: str) -> int:
+    try:
+        with get_storage(uri) as storage:
+            record = storage.get_experiment("chaos")
+            return 0 if record is None else sum(storage.count_trials(record.id).values())
+    except StorageError:
+        return 0
+
+
 def _drive(cluster: Cluster, server: WireServer, rng: random.Random) -> None:
+    # The test server is first killed once the experiment and its collections exist: SecantusDB
+    # killed while creating a collection can come back without the collection's file (seen:
+    # "WiredTigerError: No such file or directory" on every later command), a fault of the test
+    # server's own start-up, not of the workers under test.
+    setup = time.monotonic() + 60
+    while _registered(cluster.uri) == 0 and time.monotonic() < setup:
+        time.sleep(0.2)
     deadline = time.monotonic() + CHAOS_SECONDS
     while time.monotonic() < deadline and _completed(cluster.uri) < MAX_TRIALS:
         time.sleep(rng.uniform(0.5, 2.0))

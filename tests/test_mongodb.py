@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 import pymongo
 import pytest
-from pymongo.errors import AutoReconnect, OperationFailure
+from pymongo.errors import AutoReconnect, OperationFailure, ServerSelectionTimeoutError
 
 from orchard.errors import (
     BudgetExhaustedError,
@@ -155,6 +155,27 @@ def test_driver_errors_become_orchard_errors(
         storage.get_experiment("exp")
     assert type(info.value) is leaf and words in str(info.value)
     assert info.value.__cause__ is error
+
+
+@pytest.mark.parametrize(
+    ("error", "answered", "reached"),
+    [
+        (ServerSelectionTimeoutError("no server"), False, False),  # never answered: a wrong address?
+        (ServerSelectionTimeoutError("no server"), True, True),  # it had answered: an outage
+        (AutoReconnect("connection closed"), False, True),  # lost in the middle of a call
+    ],
+)
+def test_a_server_that_had_answered_is_an_outage_not_a_wrong_address(
+    storage: MongoStorage, monkeypatch: pytest.MonkeyPatch, error: Exception, answered: bool, reached: bool
+) -> None:
+    def broken_db() -> Any:
+        raise error
+
+    storage.answered = answered
+    monkeypatch.setattr(storage, "_db", broken_db)
+    with pytest.raises(StorageUnavailableError) as info:
+        storage.get_experiment("exp")
+    assert info.value.reached is reached and "reach" in str(info.value)
 
 
 def test_scrub_removes_plain_and_encoded_passwords() -> None:

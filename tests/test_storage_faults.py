@@ -8,6 +8,7 @@ import contextlib
 import json
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -16,10 +17,17 @@ from typing import Any
 import pytest
 from bson.decimal128 import Decimal128
 
+import orchard
 from orchard.cli import main
 from orchard.dashboard import StorageView
 from orchard.dashboard._payloads import to_json, trial_rows
-from orchard.errors import BudgetExhaustedError, ExperimentNotFoundError, SpaceError, StorageCorruptedError
+from orchard.errors import (
+    BudgetExhaustedError,
+    ExperimentNotFoundError,
+    SpaceError,
+    StorageCorruptedError,
+    StorageUnavailableError,
+)
 from orchard.space import trial_id
 from orchard.storages import get_storage
 from orchard.testing._mongo_uri import with_database
@@ -110,6 +118,34 @@ def test_a_wire_server_down_for_twice_the_lease_loses_nothing(
         assert_finished_normally(worker, timeout=60)
         assert_one_result_stored(uri, "long")
     assert "was unavailable for" in worker.log()
+
+
+@pytest.mark.timeout(60)
+def test_joining_while_the_server_restarts_waits_for_it(tmp_path: Path) -> None:
+    """A server the driver had found goes away as a worker joins: the join waits for it (seen in chaos runs).
+
+    A storage that never answered still fails at once (a wrong address): only a server lost
+    mid-call is waited for, for the storage patience.
+    """
+    with WireServer(tmp_path, durable=True) as server:
+        uri = with_database(server.uri, "join") + "?serverSelectionTimeoutMS=1000"
+        orchard.build_experiment("join", space={"x": "uniform(0, 1)"}, storage=uri)
+        store = get_storage(uri)
+        store.list_experiments()  # the driver has found the server
+        server.kill()
+        restart = threading.Timer(3.0, server.start)  # longer than the driver's own selection retry
+        restart.start()
+        try:
+            joined = orchard.build_experiment("join", storage=store)
+        finally:
+            restart.join()
+        assert joined.name == "join"
+        store.close()
+        nobody = "mongodb://127.0.0.1:1/join?serverSelectionTimeoutMS=300"  # nothing listens on port 1
+        started = time.monotonic()
+        with pytest.raises(StorageUnavailableError, match="cannot reach MongoDB"):
+            orchard.build_experiment("join", space={"x": "uniform(0, 1)"}, storage=nobody)
+        assert time.monotonic() - started < 5, "a storage that never answered must fail at once"
 
 
 # -- a full or read-only disk, a deleted file (the pickle storage) ---------------------------

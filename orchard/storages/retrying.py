@@ -26,9 +26,11 @@ was lost is taken up by the retry (a trial reserved by the worker that this
 handle never returned), instead of being held by nobody until its lease runs
 out and then counted as a lost attempt.
 
-Errors before the first call that succeeded are not retried: a storage that
-never answered is misconfigured (a wrong host, password or lock kind) more
-likely than down, and the user should hear so at once.
+Errors before the first call that succeeded are not retried, unless the
+storage says it had been reached (:attr:`StorageUnavailableError.reached`: it
+answered this process before, or was lost in the middle of a call): a storage
+that never answered is misconfigured (a wrong host, password or lock kind)
+more likely than down, and the user should hear so at once.
 """
 
 from __future__ import annotations
@@ -70,16 +72,18 @@ class RetryingStorage(BaseStorage):
         patience: seconds to keep retrying one call (at least the lease, ``3 × heartbeat``).
         clock: a monotonic clock (injectable for tests).
         sleep: waits between tries (injectable for tests).
+        answered: the storage is known to exist (it was reached before): errors of the
+            first call are retried too.
     """
 
     def __init__(self, storage: BaseStorage, patience: float, *,
                  clock: Callable[[], float] = time.monotonic,
-                 sleep: Callable[[float], None] = time.sleep) -> None:
+                 sleep: Callable[[float], None] = time.sleep, answered: bool = False) -> None:
         self.storage = storage
         self.uri = storage.uri
         self.patience = patience
         self._clock, self._sleep = clock, sleep
-        self._answered = False
+        self._answered = answered  # the storage is known to exist: retry from the first call
         self._handed: set[str] = set()  # trials this handle returned reserved (see reserve_trial)
         #: The ``clock`` time at which the last outage this handle rode out ended (``None``: none yet).
         #: Other workers' heartbeats could not land meanwhile either, so a lease observer must not
@@ -108,8 +112,9 @@ class RetryingStorage(BaseStorage):
             try:
                 result = call()
             except StorageUnavailableError as err:
-                if not self._answered:
+                if not (self._answered or err.reached):
                     raise
+                self._answered = True  # it exists: a later "no answer" is the same outage
                 tries += 1
                 now = self._clock()
                 outage = outage or (attempt, now)

@@ -21,7 +21,14 @@ from typing import Any, Concatenate, ParamSpec, Protocol, TypeVar
 import pymongo
 from bson.errors import BSONError
 from pymongo.errors import ConfigurationError as PyMongoConfigurationError
-from pymongo.errors import ConnectionFailure, DuplicateKeyError, OperationFailure, PyMongoError
+from pymongo.errors import (
+    AutoReconnect,
+    ConnectionFailure,
+    DuplicateKeyError,
+    OperationFailure,
+    PyMongoError,
+    ServerSelectionTimeoutError,
+)
 from pymongo.uri_parser import parse_uri
 
 from orchard.errors import ConfigurationError, StorageCorruptedError, StorageError, StorageUnavailableError
@@ -176,8 +183,12 @@ def _detail(err: BaseException, uri: str) -> str:
     return scrub(first_line[:300], uri)
 
 
-def translate(err: PyMongoError | BSONError, uri: str, action: str) -> StorageError:
-    """Return the :mod:`orchard.errors` leaf for a driver error raised while doing ``action``."""
+def translate(err: PyMongoError | BSONError, uri: str, action: str, answered: bool = False) -> StorageError:
+    """Return the :mod:`orchard.errors` leaf for a driver error raised while doing ``action``.
+
+    ``answered``: the server had answered this storage before; losing it now is an outage
+    (:attr:`StorageUnavailableError.reached`), as is a connection lost in the middle of a call.
+    """
     where, detail = redact(uri), _detail(err, uri)
     if isinstance(err, OperationFailure) and err.code in _AUTH_CODES:
         return StorageUnavailableError(
@@ -185,19 +196,24 @@ def translate(err: PyMongoError | BSONError, uri: str, action: str) -> StorageEr
             "and authSource in the URI, and that the user may read and write the database"
         )
     if isinstance(err, ConnectionFailure):  # includes ServerSelectionTimeoutError, NetworkTimeout
-        return _unreachable(err, uri, action)
+        midway = isinstance(err, AutoReconnect) and not isinstance(err, ServerSelectionTimeoutError)
+        return _unreachable(err, uri, action, reached=answered or midway)
     if isinstance(err, BSONError):
         return StorageError(f"cannot {action} in MongoDB at {where}: a value is not storable ({detail})")
     return StorageError(f"MongoDB at {where} failed to {action}: {detail}")
 
 
-def _unreachable(err: ConnectionFailure, uri: str, action: str) -> StorageUnavailableError:
+def _unreachable(err: ConnectionFailure, uri: str, action: str, reached: bool) -> StorageUnavailableError:
     """One line naming the hosts, the timeout and what to check; the driver's topology dump goes to
     the debug log (``--debug``), not into the message."""
     log.debug("MongoDB driver error while trying to %s: %s", action, scrub(str(err), uri))
     options = {key.lower(): value for key, value in split_options(uri)[1].items()}
     timeout_ms = options.get("serverselectiontimeoutms", _CLIENT_DEFAULTS["serverSelectionTimeoutMS"])
     hosts = redact(split_options(uri)[0]).split("://", 1)[-1].split("/", 1)[0]
+    if reached:
+        return StorageUnavailableError(
+            f"lost MongoDB at {hosts} while trying to {action}: it had answered and cannot be reached now "
+            "(a restart, a failover, the network?); --debug shows the driver's details", reached=True)
     return StorageUnavailableError(
         f"cannot reach MongoDB at {hosts} to {action} (no answer within {float(timeout_ms) / 1000:g} s); "
         "check that mongod is running there and reachable from this host (port, firewall, TLS), "
@@ -207,6 +223,7 @@ def _unreachable(err: ConnectionFailure, uri: str, action: str) -> StorageUnavai
 
 class _Located(Protocol):
     uri: str
+    answered: bool  # a call of this handle has succeeded (set by the decorator below)
 
 
 _S = TypeVar("_S", bound=_Located)
@@ -221,9 +238,11 @@ def translated(action: str) -> Callable[[Callable[Concatenate[_S, _P], _R]], Cal
         @functools.wraps(method)
         def wrapper(self: _S, /, *args: _P.args, **kwargs: _P.kwargs) -> _R:
             try:
-                return method(self, *args, **kwargs)
+                result = method(self, *args, **kwargs)
             except (PyMongoError, BSONError) as err:
-                raise translate(err, self.uri, action) from err
+                raise translate(err, self.uri, action, self.answered) from err
+            self.answered = True
+            return result
 
         return wrapper
 

@@ -128,6 +128,7 @@ class MongoStorage(BaseStorage):
         self._client, self._db_name = client.open_client(self.uri)
         self._pid = os.getpid()
         self._indexed = False
+        self.answered = False  # whether a call has succeeded: losing the server is then an outage
         self._names: dict[str, str] = {}  # experiment id -> name, for ids known to exist
 
     @classmethod
