@@ -8,21 +8,17 @@ A joiner waits for a storage that went away as it joined (:func:`patiently`).
 
 from __future__ import annotations
 
-import logging
-import random
-import time
 from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
 
 from orchard import config
-from orchard.errors import ExperimentConflictError, StorageUnavailableError
+from orchard.errors import ExperimentConflictError
 from orchard.experiment_config import ExperimentConfig
 from orchard.space import Space
 from orchard.storages.base import BaseStorage, ExperimentRecord
+from orchard.storages.retrying import RetryingStorage
 
 __all__ = ["join_experiment", "patiently"]
-
-log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
@@ -98,30 +94,10 @@ def patiently(store: BaseStorage, join: Callable[[], T]) -> T:
     """Run ``join`` (reading, creating and joining an experiment); wait for a storage lost mid-way.
 
     A storage that never answered fails at once (a wrong address, most likely). One that
-    had answered and went away (:attr:`StorageUnavailableError.reached`: a restart, a
-    failover) is waited for, as running workers wait for it, for up to the storage patience
-    (``ORCHARD_STORAGE_PATIENCE``): ``join`` is run again from its start, with backoff, so a
+    had answered and went away (:attr:`orchard.errors.StorageUnavailableError.reached`: a restart, a
+    failover) is waited for by the rule running workers follow (:class:`RetryingStorage`, up
+    to ``ORCHARD_STORAGE_PATIENCE``): ``join`` is run again from its start, with backoff, so a
     worker joining at that moment does not die of it. Reading and creating by name are safe
     to repeat (a creation that took effect is read back by the next try).
     """
-    patience = config.resolve("storage_patience", None)
-    lost_at: float | None = None
-    delay = 0.1
-    while True:
-        try:
-            result = join()
-        except StorageUnavailableError as err:
-            if lost_at is None and not err.reached:
-                raise
-            now = time.monotonic()
-            if lost_at is None:
-                lost_at = now
-                log.warning("%s; waiting up to %g s for it (ORCHARD_STORAGE_PATIENCE)", err, patience)
-            if now - lost_at >= patience:
-                raise
-            time.sleep(min(delay * random.uniform(0.5, 1.0), lost_at + patience - now))
-            delay = min(2 * delay, 2.0)
-            continue
-        if lost_at is not None:
-            log.warning("storage %s answered again after %.1f s; joined", store.redacted_uri, time.monotonic() - lost_at)
-        return result
+    return RetryingStorage(store, config.resolve("storage_patience", None)).retry("join the experiment", join)

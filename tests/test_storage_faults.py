@@ -124,8 +124,8 @@ def test_a_wire_server_down_for_twice_the_lease_loses_nothing(
 def test_joining_while_the_server_restarts_waits_for_it(tmp_path: Path) -> None:
     """A server the driver had found goes away as a worker joins: the join waits for it (seen in chaos runs).
 
-    A storage that never answered still fails at once (a wrong address): only a server lost
-    mid-call is waited for, for the storage patience.
+    A storage that never answered still fails at once (a wrong address): only a server that had
+    answered (or was lost mid-call) is waited for, for the storage patience.
     """
     with WireServer(tmp_path, durable=True) as server:
         uri = with_database(server.uri, "join") + "?serverSelectionTimeoutMS=1000"

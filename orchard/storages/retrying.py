@@ -72,18 +72,16 @@ class RetryingStorage(BaseStorage):
         patience: seconds to keep retrying one call (at least the lease, ``3 × heartbeat``).
         clock: a monotonic clock (injectable for tests).
         sleep: waits between tries (injectable for tests).
-        answered: the storage is known to exist (it was reached before): errors of the
-            first call are retried too.
     """
 
     def __init__(self, storage: BaseStorage, patience: float, *,
                  clock: Callable[[], float] = time.monotonic,
-                 sleep: Callable[[float], None] = time.sleep, answered: bool = False) -> None:
+                 sleep: Callable[[float], None] = time.sleep) -> None:
         self.storage = storage
         self.uri = storage.uri
         self.patience = patience
         self._clock, self._sleep = clock, sleep
-        self._answered = answered  # the storage is known to exist: retry from the first call
+        self._answered = False
         self._handed: set[str] = set()  # trials this handle returned reserved (see reserve_trial)
         #: The ``clock`` time at which the last outage this handle rode out ended (``None``: none yet).
         #: Other workers' heartbeats could not land meanwhile either, so a lease observer must not
@@ -98,6 +96,11 @@ class RetryingStorage(BaseStorage):
         self.storage.close()
 
     # -- the retry loop ---------------------------------------------------------
+
+    def retry(self, action: str, call: Callable[[], T]) -> T:
+        """Run ``call`` (several verbs of the wrapped storage, safe to run again from its start)
+        under the rule every verb of this wrapper follows (see the class docstring)."""
+        return self._retry(action, call)
 
     def _retry(self, action: str, call: Callable[[], T], settle: Settle | None = None) -> T:
         """Run ``call`` until it succeeds or ``patience`` runs out (see the class docstring).
