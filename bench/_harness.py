@@ -73,7 +73,7 @@ def orion_python() -> str:
 
 def run_python(python: str, code: str, args: Sequence[str], cwd: str) -> str:
     """Run ``code`` with another interpreter and return what it printed."""
-    proc = subprocess.run([python, "-c", code, *args], cwd=cwd, capture_output=True, text=True)
+    proc = subprocess.run([python, "-c", code, *args], cwd=cwd, capture_output=True, text=True, check=False)
     if proc.returncode != 0:
         raise RuntimeError(f"{python} failed ({proc.returncode}): {proc.stderr[-2000:]}")
     return proc.stdout

@@ -89,7 +89,7 @@ def clean(config: Mapping[str, Any]) -> dict[str, Any]:
     for name, low, high, _, integer in DIMENSIONS:
         value = min(max(float(config[name]), low), high)
         # the surrogate's float bounds are a hair inside the nominal ones (1.0000000000000009e-4)
-        out[name] = int(round(value)) if integer else min(max(value, low * (1 + 1e-12)), high * (1 - 1e-12))
+        out[name] = round(value) if integer else min(max(value, low * (1 + 1e-12)), high * (1 - 1e-12))
     return out
 
 

@@ -35,6 +35,7 @@ import math
 import statistics
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -231,7 +232,7 @@ def _line(record: dict[str, Any], reference: dict[str, Any] | None = None) -> st
 
 def summary(args: argparse.Namespace) -> None:
     """Print the records of ``regret --out`` files; each adapter against plain Optuna with the same sampler."""
-    records = [json.loads(line) for path in args.files for line in open(path) if line.strip()]
+    records = [json.loads(line) for path in args.files for line in Path(path).read_text().splitlines() if line.strip()]
     found = {(r["problem"], r["method"]): r for r in records}
     for (problem, method), record in found.items():
         plain = method.replace("orchard optuna", "optuna") if method.startswith("orchard optuna") else None

@@ -62,8 +62,9 @@ def main(argv: list[str] | None = None) -> None:
     os.environ.update(mf.SINGLE_THREAD, MF_LOG=os.path.join(workdir, "log.txt"))  # before numpy loads
     exp = mf.orchard_experiment("asha", args.seed, workdir)
     others = subprocess.Popen(
-        [sys.executable, "-c", "import sys; sys.path.insert(0, sys.argv[1]); import multifidelity as mf; "
-         "mf.orchard_workers('asha', int(sys.argv[2]), sys.argv[3], workers=3)", str(HERE), str(args.seed), workdir],
+        [sys.executable, "-c", ("import sys; sys.path.insert(0, sys.argv[1]); import multifidelity as mf; "
+                                "mf.orchard_workers('asha', int(sys.argv[2]), sys.argv[3], workers=3)"),
+         str(HERE), str(args.seed), workdir],
         start_new_session=True)
     profile = cProfile.Profile()
     signal.signal(signal.SIGALRM, _stop)

@@ -42,13 +42,13 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from _harness import machine_load
+from _lcbench import DEV_INSTANCES
+
 from orchard.algorithms import Observation, make_algorithm
 from orchard.algorithms.base import SeenPoints
 from orchard.objectives import hypervolume, non_dominated_sort
 from orchard.space import Space
-
-from _harness import machine_load
-from _lcbench import DEV_INSTANCES
 
 Vector = tuple[float, ...]
 IN_FLIGHT = 4

@@ -82,8 +82,10 @@ def main() -> None:
           f"{machine_load()}", flush=True)
     for workers in args.workers:
         ideal = math.ceil(args.trials / workers) * args.seconds
-        pairs = alternate(lambda: 100 * ideal / orchard_wall(workers, args.trials, args.seconds),
-                          lambda: 100 * ideal / orion_wall(python, workers, args.trials, args.seconds), args.pairs)
+        pairs = alternate(lambda ideal=ideal, workers=workers: 100 * ideal / orchard_wall(workers, args.trials, args.seconds),
+                          lambda ideal=ideal, workers=workers: 100 * ideal / orion_wall(python, workers, args.trials,
+                                                                                        args.seconds),
+                          args.pairs)
         effs = ", ".join(f"{a:.1f}/{b:.1f}" for a, b in zip(pairs.ours, pairs.theirs))
         print(f"{workers:>3} workers: efficiency Orchard/Oríon per pair {effs} %; "
               f"median {pairs.summary(' %')}", flush=True)

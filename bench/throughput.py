@@ -21,6 +21,7 @@ their range. Study sizes are equal (N processes share the same total). Also:
 from __future__ import annotations
 
 import argparse
+import itertools
 import multiprocessing
 import os
 import re
@@ -108,7 +109,7 @@ def optuna_rate(n: int, trials: int) -> float:
 def throughput(workers: list[int], trials: int, pairs: int) -> None:
     print(f"durable (both fsync every write), {trials} trials per run, {pairs} alternated pairs")
     for n in workers:
-        measured = alternate(lambda: orchard_rate(n, trials), lambda: optuna_rate(n, trials), pairs)
+        measured = alternate(lambda n=n: orchard_rate(n, trials), lambda n=n: optuna_rate(n, trials), pairs)
         print(f"  {n} processes: Orchard vs Optuna trials/s {measured.summary()}", flush=True)
     loose = [orchard_rate(1, trials, fsync=False) for _ in range(pairs)]
     print(f"  NOT durable, Orchard ?fsync=0 alone (Optuna's journal has no such mode): 1 process "
@@ -205,7 +206,7 @@ def flatness(total: int = 11_000, window: int = 1_000) -> None:
                                        storage=os.path.join(tmp, "o.pkl"), max_trials=total)
         exp.workon(trivial, n_workers=1, executor="single", progress=False)
         ends = sorted(t.end_time for t in exp.fetch_trials() if t.end_time is not None)
-    gaps = [b - a for a, b in zip(ends, ends[1:])]
+    gaps = [b - a for a, b in itertools.pairwise(ends)]
     early, late = gaps[100:100 + window], gaps[10_000:10_000 + window]
     for label, pick in (("mean", statistics.fmean), ("median", statistics.median)):
         a, b = pick(early), pick(late)

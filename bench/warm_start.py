@@ -20,6 +20,7 @@ on the machine's load.
 from __future__ import annotations
 
 import argparse
+import functools
 import math
 import statistics
 import time
@@ -63,6 +64,10 @@ def _run(name: str, space: dict[str, str], fn: Callable[..., float], storage: st
     return exp, time.process_time() - start
 
 
+def _called_with(objective: Callable[[dict[str, float]], float], **params: float) -> float:
+    return objective(params)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seeds", type=int, default=10)
@@ -74,7 +79,7 @@ def main() -> None:
     variants = ("cold", "warm", "cold shifted", "warm shifted")
     for problem in args.problems:
         space, objective, optimum = PROBLEMS[problem]
-        same = lambda **params: objective(params)  # noqa: E731
+        same = functools.partial(_called_with, objective)
         functions = {"cold": same, "warm": same, "cold shifted": _shifted(space, objective),
                      "warm shifted": _shifted(space, objective)}
         curves: dict[str, list[list[float]]] = {v: [] for v in variants}
