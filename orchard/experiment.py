@@ -254,7 +254,8 @@ class Experiment:
             max_trials: run at most this many more trials in this call.
             trial_timeout: seconds after which an evaluation is killed and the trial broken.
             on_result: called in this process with each newly completed trial.
-            on_error: called in this process with each newly broken trial.
+            on_error: called in this process with each newly broken trial. A callback that
+                raises stops the run as Ctrl-C does, and ``workon`` raises its exception.
             progress: show a progress bar when stderr is a terminal.
             idle_timeout: a worker exits after this many seconds with nothing to do.
             trial_memory_limit: bytes or ``"4GB"``: an evaluation whose process tree's resident

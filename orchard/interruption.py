@@ -44,7 +44,7 @@ from typing import Any
 
 from orchard.errors import Interrupted
 
-__all__ = ["STOP_SIGNAL", "STOP_TIMEOUT", "interruptible", "stop_workers"]
+__all__ = ["STOP_SIGNAL", "STOP_TIMEOUT", "interrupt_main", "interruptible", "stop_workers"]
 
 #: What the process that called ``workon`` sends its pool processes to stop their loops (POSIX only).
 STOP_SIGNAL: signal.Signals | None = getattr(signal, "SIGURG", None)
@@ -52,6 +52,8 @@ STOP_SIGNAL: signal.Signals | None = getattr(signal, "SIGURG", None)
 STOP_TIMEOUT = 30.0
 #: Seconds between two stop requests while waiting (a worker already stopping ignores the copies).
 _REPEAT = 0.5
+#: Whether an :func:`interruptible` block of the main thread handles :data:`STOP_SIGNAL` now.
+_stop_handled = False
 
 
 def _defaults() -> dict[signal.Signals, Any]:
@@ -84,15 +86,37 @@ def interruptible() -> Iterator[None]:
         interrupted = True
         raise Interrupted(terminated=signum == signal.SIGTERM)
 
+    global _stop_handled
     previous: dict[signal.Signals, Callable[[int, FrameType | None], Any] | int | None] = {}
     for signum, default in _defaults().items():
         if signal.getsignal(signum) == default:
             previous[signum] = signal.signal(signum, on_signal)
+    handles_stop = STOP_SIGNAL is not None and STOP_SIGNAL in previous
+    _stop_handled |= handles_stop
     try:
         yield
     finally:
         for signum, handler in previous.items():
             signal.signal(signum, handler)
+        if handles_stop:
+            _stop_handled = False
+
+
+def interrupt_main() -> bool:
+    """From another thread: interrupt the main thread as :data:`STOP_SIGNAL` would.
+
+    Only while an :func:`interruptible` block of the main thread handles
+    STOP_SIGNAL: :class:`Interrupted` is then raised there (waking a blocking
+    wait), and the workers of that block are stopped as for Ctrl-C.
+
+    Returns:
+        Whether the main thread was interrupted (``False``: nothing was done).
+    """
+    main = threading.main_thread()
+    if not _stop_handled or STOP_SIGNAL is None or main.ident is None:
+        return False
+    signal.pthread_kill(main.ident, STOP_SIGNAL)
+    return True
 
 
 def stop_workers(interruption: KeyboardInterrupt, futures: Sequence[Future[Any]],

@@ -5,10 +5,17 @@ reads the shared storage like any worker does: through a
 :class:`~orchard.history.History` fed by the storage's change feed. Each tick
 folds in only the trials that changed since the last one, so watching a long
 experiment costs what changes, not what is stored.
+
+A callback that raises stops the run: the monitor calls no callback after it,
+interrupts the main thread (whose ``workon`` stops its workers and releases
+their running trials, as for Ctrl-C) and raises the callback's exception when
+its block ends. Every finished trial is already stored; nothing is lost but
+the calls not made.
 """
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections.abc import Callable
 from typing import Any
@@ -16,10 +23,13 @@ from typing import Any
 from orchard.clock import SYSTEM_CLOCK, Clock
 from orchard.errors import OrchardError
 from orchard.history import History
+from orchard.interruption import interrupt_main
 from orchard.storages.base import BaseStorage
 from orchard.trial import Trial, TrialStatus
 
 __all__ = ["ProgressMonitor"]
+
+log = logging.getLogger(__name__)
 
 #: Seconds between two looks at the storage.
 TICK = 0.5
@@ -64,6 +74,11 @@ class ProgressMonitor:
         self._thread = threading.Thread(target=self._watch, name="orchard-monitor", daemon=True)
         self._bar: Any = None
         self._best: float | None = None
+        self._label = label
+        self.failure: Exception | None = None  # what a callback raised
+        self._failed_on, self._failed_in = "", ""  # the trial and the callback
+        self._interrupted = False  # the main thread was interrupted for it
+        self._lock = threading.Lock()
 
     def __enter__(self) -> ProgressMonitor:
         if self._active:
@@ -74,9 +89,22 @@ class ProgressMonitor:
 
     def __exit__(self, *exc_info: object) -> None:
         if self._active:
+            try:
+                self._close()
+            except KeyboardInterrupt:
+                if not self._interrupted:
+                    raise
+                self._close()  # our own interruption, sent as the run was ending: finish closing
+            if self.failure is not None:
+                raise self.failure
+
+    def _close(self) -> None:
+        with self._lock:
             self._stop.set()
-            self._thread.join()
+        self._thread.join()
+        try:
             self._tick()
+        finally:
             if self._bar is not None:
                 self._bar.close()
 
@@ -86,6 +114,14 @@ class ProgressMonitor:
                 self._tick()
             except OrchardError:  # the workers report storage problems themselves
                 pass
+            if self.failure is not None:
+                with self._lock:  # not once the run is ending: the exception is raised on exit anyway
+                    self._interrupted = not self._stop.is_set() and interrupt_main()
+                then = ("interrupting the run as Ctrl-C would; it is raised once the workers stopped"
+                        if self._interrupted else "no callback is called again; it is raised when the run ends")
+                log.error("%s raised %s on trial %s of experiment %r: %s", self._failed_in,
+                          type(self.failure).__name__, self._failed_on, self._label, then)
+                return
 
     def _tick(self) -> None:
         self._history.refresh()
@@ -93,8 +129,12 @@ class ProgressMonitor:
             if trial.status is TrialStatus.COMPLETED and trial.objective is not None:
                 self._best = trial.objective if self._best is None else min(self._best, trial.objective)
             callback = self._callbacks.get(trial.status)
-            if callback is not None:
-                callback(trial)
+            if callback is not None and self.failure is None:
+                try:
+                    callback(trial)
+                except Exception as err:  # the user's code: raised when the run ends, workers stopped
+                    self.failure, self._failed_on = err, trial.id
+                    self._failed_in = "on_result" if trial.status is TrialStatus.COMPLETED else "on_error"
         if self._show_bar:
             self._draw()
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import pytest
 
@@ -11,7 +12,7 @@ from orchard.errors import (
     BudgetExhaustedError, ConfigurationError, DuplicateTrialError, ExperimentBrokenError,
     ExperimentConflictError, ExperimentNotFoundError, ReservationLostError, SpaceError,
 )
-from orchard.trial import TrialStatus
+from orchard.trial import Trial, TrialStatus
 from tests import workloads
 
 
@@ -113,6 +114,25 @@ def test_dict_results_callbacks_and_pandas(store) -> None:
     assert sorted(seen) == sorted(t.id for t in exp.fetch_trials())
     frame = exp.to_pandas()
     assert len(frame) == 4 and {"params.x", "params.y", "results.accuracy", "objective"} <= set(frame.columns)
+
+
+def _raises_on_second_call(calls: list[str]) -> Callable[[Trial], None]:
+    def callback(trial: Trial) -> None:
+        calls.append(trial.id)
+        if len(calls) == 2:
+            raise ValueError("callback bug")
+    return callback
+
+
+def test_a_callback_that_raises_stops_the_run_and_its_error_reaches_the_caller(store) -> None:
+    exp = build(store, max_trials=40)
+    calls: list[str] = []
+    with pytest.raises(ValueError, match="callback bug"):
+        exp.workon(workloads.slow_branin, executor="single", progress=False, on_result=_raises_on_second_call(calls))
+    trials = exp.fetch_trials()
+    assert len(calls) == 2  # no callback after the one that raised
+    assert 2 <= sum(t.status is TrialStatus.COMPLETED for t in trials) < 40  # stopped, not run to the budget
+    assert not [t for t in trials if t.status is TrialStatus.RESERVED]  # the running trial was given back
 
 
 def test_trial_timeout_breaks_with_reason(store) -> None:

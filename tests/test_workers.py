@@ -61,6 +61,24 @@ def test_workon_two_workers_with_each_executor(tmp_path, executor: str) -> None:
     assert len(workers) == 2, f"expected two worker processes, saw pids {workers}"
 
 
+def test_a_raising_callback_stops_pool_workers_and_releases_their_trials(tmp_path) -> None:
+    exp = orchard.build_experiment("cb", space=workloads.SPACE, storage=str(tmp_path / "o.pkl"), max_trials=40)
+    calls: list[str] = []
+
+    def on_error(trial: Trial) -> None:
+        calls.append(trial.id)
+        raise ValueError("callback bug")
+
+    with pytest.raises(ValueError, match="callback bug") as info:
+        exp.workon(workloads.slow_branin_breaking_low_x, n_workers=2, executor="joblib", progress=False,
+                   on_error=on_error)
+    assert isinstance(info.value.__context__, orchard.Interrupted)  # says what was released
+    trials = exp.fetch_trials()
+    assert len(calls) == 1
+    assert sum(t.status is TrialStatus.COMPLETED for t in trials) < 40
+    assert not [t for t in trials if t.status is TrialStatus.RESERVED]
+
+
 def test_sigkilled_worker_trial_is_recovered_by_another(tmp_path) -> None:
     storage = str(tmp_path / "orchard.pkl")
     marker = tmp_path / "marker"

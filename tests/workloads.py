@@ -24,6 +24,12 @@ def slow_branin(x: float, y: float) -> float:
     return branin(x, y)
 
 
+def slow_branin_breaking_low_x(x: float, y: float) -> float:
+    if x < 0.0:
+        raise ValueError(f"bad x={x:.3f}")
+    return slow_branin(x, y)
+
+
 def slow_quadratic(x: float, y: float = 0.0) -> float:
     time.sleep(0.05)
     return quadratic(x, y)
