@@ -468,11 +468,13 @@ class MongoStorage(BaseStorage):
     @_translated("count trials")
     def count_trials(self, experiment_id: str) -> dict[TrialStatus, int]:
         counts = {status: 0 for status in TrialStatus}
+        known = {status.value: status for status in TrialStatus}
         for row in self._trials.aggregate([
             {"$match": {"experiment": experiment_id}},
             {"$group": {"_id": "$status", "n": {"$sum": 1}}},
         ]):
-            counts[TrialStatus(row["_id"])] = int(row["n"])
+            if isinstance(row["_id"], str) and row["_id"] in known:  # another program's status: not a trial's
+                counts[known[row["_id"]]] = int(row["n"])
         if not any(counts.values()):
             self._experiment_name(experiment_id)
         return counts
