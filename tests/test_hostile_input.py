@@ -38,3 +38,27 @@ def test_odd_trial_documents_neither_stop_the_workers_nor_the_change_feed(case: 
     assert sum(storage.count_trials(exp.id).values()) <= 1
     exp.workon(lambda x: x, n_workers=1)  # every worker used to die on the first read
     assert storage.count_trials(exp.id)[TrialStatus.COMPLETED] >= 4
+
+
+# -- careless storage URIs ---------------------------------------------------------------
+
+SECRET = "Sx9-pw"
+
+
+@pytest.mark.parametrize("uri", [
+    f"mongodb://me:{SECRET}/x@127.0.0.1:1/db",  # an unescaped / in the password
+    f"mongodb://me:{SECRET}@x@127.0.0.1:1/db",  # an unescaped @ in the password
+    f"mongodb:/me:{SECRET}@127.0.0.1:1/db",  # a slash short
+    f"mongodb//me:{SECRET}@127.0.0.1:1/db",  # the colon left out
+    f"mongodb:me:{SECRET}@127.0.0.1:1/db",
+    f"me:{SECRET}@127.0.0.1:27017/db",  # the scheme left out
+])
+def test_a_mistyped_uri_is_one_line_that_shows_no_part_of_the_password(
+        uri: str, capsys: pytest.CaptureFixture[str]) -> None:
+    from orchard.cli import main
+
+    assert main(["status", "--storage", uri]) != 0
+    out, err = capsys.readouterr()
+    said = out + err
+    assert "error" in said and len(said.strip().splitlines()) == 1, said
+    assert SECRET not in said and "x@127" not in said and "/x@" not in said, said

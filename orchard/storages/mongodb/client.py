@@ -32,7 +32,7 @@ from pymongo.errors import (
 from pymongo.uri_parser import parse_uri
 
 from orchard.errors import ConfigurationError, StorageCorruptedError, StorageError, StorageUnavailableError
-from orchard.storages._uri import redact, split_options
+from orchard.storages._uri import password_of, redact, split_options
 from orchard.storages.pickled.records import RecordError, check_trial
 from orchard.trial import Trial
 
@@ -169,12 +169,9 @@ def ensure_indexes(db: Any, uri: str, collection: str = "trials") -> None:
 def scrub(text: str, uri: str) -> str:
     """Remove the URI's password (plain or percent-encoded) from ``text``."""
     text = redact(text)
-    try:
-        password = urllib.parse.urlsplit(uri.split(",", 1)[0]).password
-    except ValueError:
-        password = None
-    for secret in {password, urllib.parse.unquote(password or "")} - {None, ""}:
-        text = text.replace(secret, "***")  # type: ignore[arg-type]
+    password = password_of(uri)
+    for secret in sorted({password, urllib.parse.unquote(password)} - {""}, key=len, reverse=True):
+        text = text.replace(secret, "***")
     return text
 
 
