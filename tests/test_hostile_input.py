@@ -4,6 +4,7 @@ URIs with typos, and what the dashboard shows of them."""
 from __future__ import annotations
 
 import datetime
+import uuid
 from typing import Any
 
 import pytest
@@ -38,6 +39,35 @@ def test_odd_trial_documents_neither_stop_the_workers_nor_the_change_feed(case: 
     assert sum(storage.count_trials(exp.id).values()) <= 1
     exp.workon(lambda x: x, n_workers=1)  # every worker used to die on the first read
     assert storage.count_trials(exp.id)[TrialStatus.COMPLETED] >= 4
+
+
+#: Experiment documents no Orchard release writes.
+ODD_EXPERIMENTS: dict[str, dict[str, Any]] = {
+    "no name": {"_id": "odd-1", "config": {}, "created": 1.0},
+    "no creation time": {"_id": "odd-2", "name": "odd-2", "config": {}},
+    "a config that is a string": {"_id": "odd-3", "name": "odd-3", "config": "zzz", "created": 1.0},
+    "a config that is a list": {"_id": "odd-4", "name": "odd-4", "config": [1, 2], "created": 1.0},
+    "a name that is a number": {"_id": "odd-5", "name": 5, "config": {}, "created": 1.0},
+}
+
+
+@pytest.mark.parametrize("case", list(ODD_EXPERIMENTS))
+def test_odd_experiment_documents_are_skipped_and_named_by_every_listing(
+        case: str, caplog: pytest.LogCaptureFixture, capsys: pytest.CaptureFixture[str]) -> None:
+    from orchard.cli import main
+    from orchard.errors import StorageCorruptedError
+
+    uri = "mongomock://odd-experiments-" + uuid.uuid4().hex[:12]
+    storage: Any = get_storage(uri)
+    storage.create_experiment("kept", {"space": {"x": "uniform(0, 1)"}})
+    doc = ODD_EXPERIMENTS[case]
+    storage._db().experiments.insert_one(dict(doc))  # written by another program
+    assert [record.name for record in storage.list_experiments()] == ["kept"]
+    assert "not one Orchard writes" in caplog.text and repr(doc["_id"]) in caplog.text
+    assert main(["list", "--storage", uri]) == 0 and "kept" in capsys.readouterr().out
+    if isinstance(doc.get("name"), str):
+        with pytest.raises(StorageCorruptedError, match="not one Orchard writes"):
+            storage.get_experiment(doc["name"])
 
 
 # -- careless storage URIs ---------------------------------------------------------------

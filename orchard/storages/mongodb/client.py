@@ -48,11 +48,13 @@ __all__ = [
     "insert_stamped",
     "name_anonymous_mock",
     "open_client",
+    "readable_experiments",
     "readable_trials",
     "translate",
     "translated",
     "trial_to_doc",
     "unreadable",
+    "unreadable_experiment",
 ]
 
 log = logging.getLogger(__name__)
@@ -347,3 +349,31 @@ def readable_trials(docs: Iterable[dict[str, Any]], uri: str) -> list[Trial]:
             log.warning("skipped trial %r in MongoDB at %s: it is not one Orchard writes (%s); written by "
                         "another program? Delete or fix that document", doc.get("_id"), redact(uri), why)
     return trials
+
+
+#: The fields of an experiment document every reader relies on, and the types Orchard writes.
+_EXPERIMENT_TYPES: dict[str, tuple[type, ...]] = {"_id": (str,), "name": (str,), "created": (int, float), "config": (dict,)}
+
+
+def unreadable_experiment(doc: Mapping[str, Any]) -> str | None:
+    """Why ``doc`` is not an experiment Orchard writes (a field missing or of another type), or ``None``."""
+    for field, kinds in _EXPERIMENT_TYPES.items():
+        value = doc.get(field)
+        if type(value) not in kinds:
+            return f"field {field!r} is {'missing' if field not in doc else type(value).__name__}"
+    return None
+
+
+def readable_experiments(docs: Iterable[dict[str, Any]], uri: str) -> list[dict[str, Any]]:
+    """The documents of ``docs`` that hold an experiment, skipping (and naming once) the others."""
+    kept = []
+    for doc in docs:
+        why = unreadable_experiment(doc)
+        if why is None:
+            kept.append(doc)
+        elif (uri, repr(doc.get("_id"))) not in _named:
+            _named.add((uri, repr(doc.get("_id"))))
+            log.warning("skipped experiment %r (id %r) in MongoDB at %s: it is not one Orchard writes (%s); "
+                        "written by another program? Delete or fix that document",
+                        doc.get("name"), doc.get("_id"), redact(uri), why)
+    return kept

@@ -47,6 +47,7 @@ from orchard.errors import (
     DuplicateTrialError,
     ExperimentNotFoundError,
     ReservationLostError,
+    StorageCorruptedError,
     StorageError,
     TrialNotFoundError,
 )
@@ -210,7 +211,8 @@ class MongoStorage(BaseStorage):
 
     @_translated("list experiments")
     def list_experiments(self) -> list[ExperimentRecord]:
-        return [self._record(doc) for doc in self._db().experiments.find().sort("created", 1)]
+        docs = client.readable_experiments(self._db().experiments.find(), self.uri)
+        return sorted((self._record(doc) for doc in docs), key=lambda record: record.created)
 
     @_translated("update an experiment")
     def update_experiment(self, experiment_id: str, changes: Mapping[str, Any]) -> ExperimentRecord:
@@ -258,6 +260,11 @@ class MongoStorage(BaseStorage):
         return int(deleted)
 
     def _record(self, doc: Mapping[str, Any]) -> ExperimentRecord:
+        why = client.unreadable_experiment(doc)
+        if why is not None:
+            raise StorageCorruptedError(
+                f"experiment {doc.get('name')!r} (id {doc.get('_id')!r}) in MongoDB at {self.redacted_uri} is not "
+                f"one Orchard writes ({why}); written by another program? Delete or fix that document")
         self._names[doc["_id"]] = doc["name"]
         return ExperimentRecord(doc["_id"], doc["name"], dict(doc.get("config") or {}), doc["created"])
 
@@ -265,10 +272,10 @@ class MongoStorage(BaseStorage):
         """The experiment's name; one read the first time an id is seen, then cached."""
         name = self._names.get(experiment_id)
         if name is None:
-            doc = self._db().experiments.find_one({"_id": experiment_id}, projection={"name": 1})
+            doc = self._db().experiments.find_one({"_id": experiment_id})
             if doc is None:
                 raise self._no_experiment(experiment_id)
-            name = self._names[experiment_id] = doc["name"]
+            name = self._record(doc).name
         return name
 
     def _no_experiment(self, experiment_id: str) -> ExperimentNotFoundError:
