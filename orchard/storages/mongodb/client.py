@@ -41,6 +41,7 @@ __all__ = [
     "DEFAULT_DATABASE",
     "REPORT_COUNT",
     "Client",
+    "check_experiment",
     "doc_to_trial",
     "duplicate_key_field",
     "ensure_indexes",
@@ -362,6 +363,19 @@ def unreadable_experiment(doc: Mapping[str, Any]) -> str | None:
         if type(value) not in kinds:
             return f"field {field!r} is {'missing' if field not in doc else type(value).__name__}"
     return None
+
+
+def check_experiment(doc: Mapping[str, Any], uri: str) -> None:
+    """Raise unless ``doc`` is an experiment Orchard writes.
+
+    Raises:
+        StorageCorruptedError: it is not (see :func:`unreadable_experiment`); the message names it.
+    """
+    why = unreadable_experiment(doc)
+    if why is not None:
+        raise StorageCorruptedError(
+            f"experiment {doc.get('name')!r} (id {doc.get('_id')!r}) in MongoDB at {redact(uri)} is not one "
+            f"Orchard writes ({why}); written by another program? Delete or fix that document")
 
 
 def readable_experiments(docs: Iterable[dict[str, Any]], uri: str) -> list[dict[str, Any]]:

@@ -47,7 +47,6 @@ from orchard.errors import (
     DuplicateTrialError,
     ExperimentNotFoundError,
     ReservationLostError,
-    StorageCorruptedError,
     StorageError,
     TrialNotFoundError,
 )
@@ -260,11 +259,7 @@ class MongoStorage(BaseStorage):
         return int(deleted)
 
     def _record(self, doc: Mapping[str, Any]) -> ExperimentRecord:
-        why = client.unreadable_experiment(doc)
-        if why is not None:
-            raise StorageCorruptedError(
-                f"experiment {doc.get('name')!r} (id {doc.get('_id')!r}) in MongoDB at {self.redacted_uri} is not "
-                f"one Orchard writes ({why}); written by another program? Delete or fix that document")
+        client.check_experiment(doc, self.uri)
         self._names[doc["_id"]] = doc["name"]
         return ExperimentRecord(doc["_id"], doc["name"], dict(doc.get("config") or {}), doc["created"])
 
