@@ -92,3 +92,49 @@ def test_a_mistyped_uri_is_one_line_that_shows_no_part_of_the_password(
     said = out + err
     assert "error" in said and len(said.strip().splitlines()) == 1, said
     assert SECRET not in said and "x@127" not in said and "/x@" not in said, said
+
+
+# -- what the dashboard shows of them ----------------------------------------------------
+
+#: Settings another program could store in an experiment's configuration: none passes the checks
+#: Orchard applies before storing one, and each used to break the dashboard for every experiment.
+ODD_SETTINGS: dict[str, tuple[str, Any]] = {
+    "a max_trials that is text": ("max_trials", "ten"),
+    "a heartbeat that is text": ("heartbeat", "x"),
+    "a space that is a list": ("space", [1, 2]),
+    "an objective direction Orchard does not know": ("objectives", {"a": "min", "b": "sideways"}),
+    "a constraint Orchard cannot read": ("constraints", ["mem<b> <= 3"]),  # with two objectives
+    "a stopping rule that is text": ("stop", {"target": "x"}),
+    "a stopping ledger that is text": ("_stop_ledger", "x"),
+}
+
+
+@pytest.mark.parametrize("case", list(ODD_SETTINGS))
+def test_an_experiment_with_odd_settings_is_shown_with_its_problem_and_the_others_as_they_are(case: str) -> None:
+    import json
+
+    from orchard.dashboard import StorageView
+    from orchard.dashboard._payloads import experiment_detail, experiment_summary, to_json, trial_rows
+    from orchard.stopping import LEDGER_KEY
+
+    key, value = ODD_SETTINGS[case]
+    key = LEDGER_KEY if key == "_stop_ledger" else key
+    storage = get_storage("memory://")
+    good = storage.create_experiment("good", {"space": {"x": "uniform(0, 1)"}, "max_trials": 4})
+    storage.complete_trial(storage.register_trial(good, {"x": 0.5}, worker="w").id, "w", 1.0)
+    config = {"space": {"x": "uniform(0, 1)"}, "max_trials": 4, "stop": {"patience": 3}, key: value}
+    if key == "constraints":  # read only with several objectives (which have no patience rule)
+        config.update(objectives={"a": "min", "b": "min"}, stop=None)
+    odd = storage.create_experiment("odd", config)  # the storage keeps what another program wrote
+    storage.complete_trial(storage.register_trial(odd, {"x": 0.5}, worker="w").id, "w", 2.0, {"a": 2.0, "b": 1.0})
+    view = StorageView(storage, min_interval=0)
+    with view.reading():  # what /api/experiments, /api/experiments/NAME and its trials serve
+        listed = json.loads(to_json([experiment_summary(v) for v in view.experiments()]))
+        shown = view.experiment("odd")
+        assert shown is not None
+        detail = json.loads(to_json(experiment_detail(shown, "memory://")))
+        rows = json.loads(to_json(trial_rows(shown)))
+    assert [(row["name"], row["counts"]["completed"]) for row in listed] == [("good", 1), ("odd", 1)]
+    assert listed[0]["problem"] is None
+    assert key in listed[1]["problem"] and key in detail["problem"]
+    assert detail["best_objective"] == 2.0 and len(rows["trials"]) == 1

@@ -62,10 +62,10 @@ def experiment_summary(view: ExperimentView) -> dict[str, Any]:
     """One line of the experiments list: counts by status, progress, best objective, live workers."""
     counts = {status.value: view.counts[status] for status in TrialStatus}
     best = view.best
-    max_trials = view.record.config.get("max_trials")
+    max_trials = view.config.get("max_trials")
     return {
         "name": view.record.name,
-        "algorithm": algorithm_name(view.record.config),
+        "algorithm": algorithm_name(view.config),
         "created": view.record.created,
         "max_trials": max_trials,
         "counts": counts,
@@ -75,13 +75,14 @@ def experiment_summary(view: ExperimentView) -> dict[str, Any]:
         "best_trial": None if best is None else best.id,
         "broken": counts["broken"],
         "live_workers": len({w["worker"] for w in live_workers(view) if not w["stale"]}),
-        "fidelity": fidelity_param(view.record.config),
+        "fidelity": fidelity_param(view.config),
+        "problem": view.problem,
     }
 
 
 def experiment_detail(view: ExperimentView, storage_uri: str) -> dict[str, Any]:
     """The experiment page's header data: summary, space, settings, workers, rungs, version."""
-    config = view.record.config
+    config = view.config
     best = view.best
     return {
         **experiment_summary(view),
@@ -115,7 +116,7 @@ def live_workers(view: ExperimentView) -> list[dict[str, Any]]:
 
 def rungs(view: ExperimentView) -> list[dict[str, Any]] | None:
     """Trials grouped by their fidelity value (lowest rung first), or ``None`` without a fidelity."""
-    name = fidelity_param(view.record.config)
+    name = fidelity_param(view.config)
     if name is None:
         return None
     groups: dict[Any, list[Trial]] = {}
@@ -149,13 +150,13 @@ def pareto_front(view: ExperimentView) -> dict[str, Any] | None:
     completed trial, at most :data:`MAX_FRONT_POINTS`). Computed once per version
     of the view.
     """
-    objectives = view.record.config.get("objectives")
+    objectives = view.config.get("objectives")
     if not isinstance(objectives, dict) or len(objectives) < 2:
         return None
     cached = _FRONTS.get(view.record.id)
     if cached is not None and cached[0] == view.version:
         return cached[1]
-    constraints = view.record.config.get("constraints")
+    constraints = view.config.get("constraints")
     rows = scored(view.trials.values(), objectives, constraints)
     ordered = sorted((vector, trial.id) for trial, vector, violation in rows if violation <= 0)
     front: list[tuple[float, ...]] = []
@@ -196,7 +197,7 @@ def trial_rows(view: ExperimentView, since: int = 0, rows: bool = True) -> dict[
         "rebuilt_at": view.rebuilt_at,
         "since": since,
         "total": len(view.trials),
-        "params": list((view.record.config.get("space") or {}).keys()),
+        "params": list((view.config.get("space") or {}).keys()),
     }
     if rows:
         changed = view.changed_since(since)

@@ -23,6 +23,9 @@ function renderSummary(detail) {
   setText("best-params", fmtParams(detail.best_params));
   setText("algorithm", detail.algorithm);
   setText("stale-after", fmtAge(detail.stale_after));
+  const odd = document.getElementById("config-problem");  // settings Orchard would refuse, shown at their defaults
+  odd.hidden = !detail.problem;
+  odd.textContent = detail.problem || "";
   const stopping = document.getElementById("stopping");  // the stopping rules, and which one fired
   stopping.hidden = !detail.stopping;
   if (detail.stopping) stopping.textContent = "Stopping rules: " + detail.stopping.line;
