@@ -229,10 +229,12 @@ function drawBest(all) {
 }
 
 function dimension(name, values) {
-  // Parallel coordinates draw their labels and ticks as plain text: no plotText here.
-  if (values.every((v) => typeof v === "number")) return { label: name, values };
+  // Parallel coordinates draw an axis's label as plotly's HTML subset (a param named <a href=…> would be a
+  // link) but its ticks as plain text: plotText for the label only.
+  const label = plotText(name);
+  if (values.every((v) => typeof v === "number")) return { label, values };
   const levels = [...new Set(values.map(String))].sort();
-  return { label: name, values: values.map((v) => levels.indexOf(String(v))), tickvals: levels.map((_, i) => i),
+  return { label, values: values.map((v) => levels.indexOf(String(v))), tickvals: levels.map((_, i) => i),
     ticktext: levels };
 }
 
