@@ -138,3 +138,30 @@ def test_an_experiment_with_odd_settings_is_shown_with_its_problem_and_the_other
     assert listed[0]["problem"] is None
     assert key in listed[1]["problem"] and key in detail["problem"]
     assert detail["best_objective"] == 2.0 and len(rows["trials"]) == 1
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1:8080", "http://127.0.0.1", "[127.0.0.1", "no-such-host.invalid"])
+def test_serve_on_a_mistyped_host_is_one_line_naming_it_and_no_warning_first(
+        host: str, tmp_path: Any, capsys: pytest.CaptureFixture[str]) -> None:
+    from orchard.cli import main
+
+    assert main(["serve", "--storage", str(tmp_path / "o.pkl"), "--host", host, "--port", "0"]) != 0
+    said = capsys.readouterr().err.strip().splitlines()
+    assert len(said) == 1 and repr(host) in said[0] and "--port" in said[0], said
+
+
+def test_a_port_beyond_65535_is_refused_instead_of_another_port_served() -> None:
+    from orchard.dashboard import bind
+    from orchard.errors import ConfigurationError
+
+    with pytest.raises(ConfigurationError, match="70000 is not a TCP port"):
+        bind("127.0.0.1", 70000).close()
+
+
+def test_an_ipv6_address_in_brackets_is_the_address() -> None:
+    from orchard.dashboard import bind, is_loopback
+
+    assert is_loopback("[::1]")
+    sock = bind("[::1]", 0)
+    assert sock.getsockname()[0] == "::1"
+    sock.close()

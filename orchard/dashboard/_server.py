@@ -7,13 +7,15 @@ import socket
 from collections.abc import Callable, Iterable
 
 from orchard.dashboard._views import StorageView
+from orchard.errors import ConfigurationError
 from orchard.storages.base import BaseStorage
 
 __all__ = ["bind", "is_loopback", "serve", "url_of"]
 
 
 def is_loopback(host: str) -> bool:
-    """Whether ``host`` is reachable from this machine only (``127.0.0.1``, ``::1``, ``localhost``)."""
+    """Whether ``host`` is reachable from this machine only (``127.0.0.1``, ``::1``, ``[::1]``, ``localhost``)."""
+    host = _unbracketed(host)
     if host == "localhost":
         return True
     try:
@@ -22,13 +24,28 @@ def is_loopback(host: str) -> bool:
         return False
 
 
+def _unbracketed(host: str) -> str:
+    """``::1`` for ``[::1]``: an IPv6 address as written in a URL is still the address."""
+    return host[1:-1] if host.startswith("[") and host.endswith("]") else host
+
+
 def bind(host: str, port: int) -> socket.socket:
     """A listening TCP socket on ``host:port`` (port 0 picks a free one).
 
     Raises:
+        ConfigurationError: ``port`` is not a TCP port (0 to 65535), or ``host`` is neither an
+            address nor a name this machine resolves (a scheme or a port written into it, a typo).
         OSError: the address cannot be bound (in use, not local, permission).
     """
-    family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+    if not 0 <= port <= 65535:  # the kernel would take it modulo 65536: another port, silently
+        raise ConfigurationError(f"--port {port} is not a TCP port; give 1 to 65535, or 0 for any free port")
+    try:
+        found = socket.getaddrinfo(_unbracketed(host), port, type=socket.SOCK_STREAM)
+    except socket.gaierror as err:
+        raise ConfigurationError(
+            f"cannot listen on --host {host!r}: {err.strerror or err}; give an address (127.0.0.1, ::1, "
+            "0.0.0.0) or a name of this machine, with no scheme and no port (the port is --port)") from err
+    family, kind, proto, _, address = found[0]
     sock = socket.socket(family, kind, proto)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
