@@ -165,3 +165,19 @@ def test_an_ipv6_address_in_brackets_is_the_address() -> None:
     sock = bind("[::1]", 0)
     assert sock.getsockname()[0] == "::1"
     sock.close()
+
+
+def test_the_dashboard_shows_a_warm_start_sources_uri_without_its_password() -> None:
+    import json
+
+    from orchard.dashboard import StorageView
+    from orchard.dashboard._payloads import experiment_detail, to_json
+
+    storage = get_storage("memory://")
+    source = {"experiment": "old", "storage": f"mongodb://me:{SECRET}@db.example:27017/runs", "fill": {}}
+    storage.create_experiment("new", {"space": {"x": "uniform(0, 1)"}, "warm_start": [source]})
+    view = StorageView(storage).experiment("new")
+    assert view is not None
+    detail = to_json(experiment_detail(view, storage.redacted_uri))  # what /api/experiments/new serves
+    assert SECRET not in detail
+    assert json.loads(detail)["settings"]["warm_start"][0]["storage"] == "mongodb://me:***@db.example:27017/runs"
