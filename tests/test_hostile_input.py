@@ -41,6 +41,29 @@ def test_odd_trial_documents_neither_stop_the_workers_nor_the_change_feed(case: 
     assert storage.count_trials(exp.id)[TrialStatus.COMPLETED] >= 4
 
 
+@pytest.mark.slow  # the wire server: mongomock applies $inc to text without a word
+@pytest.mark.parametrize("status", ["new", "reserved"])
+@pytest.mark.parametrize("version", ["9", None])
+def test_a_trial_whose_version_is_not_a_number_is_broken_not_fatal(
+        mongo_db_uri: str, status: str, version: Any, caplog: pytest.LogCaptureFixture) -> None:
+    """Every write increments ``version``: on a version that is text, the server refuses the write."""
+    from orchard.trial import Trial
+
+    exp = orchard.build_experiment("odd", space={"x": "uniform(0, 1)"}, algorithm="random", max_trials=3,
+                                   heartbeat=0.2, storage=mongo_db_uri)
+    storage: Any = exp.storage
+    doc = Trial(id="h" * 32, experiment=exp.id, params={"x": 0.5}, submit_time=0.0, status=TrialStatus(status),
+                worker="gone:1:x" if status == "reserved" else None, heartbeat=1.0).to_dict()
+    doc.update(_id=doc.pop("id"), version=version, mtime=datetime.datetime(2020, 1, 1))
+    storage._trials.insert_one(doc)  # written by another program
+    exp.workon(lambda x: x, n_workers=1)  # the first reservation (or release) used to kill every worker
+    assert storage.count_trials(exp.id)[TrialStatus.COMPLETED] == 3
+    assert "h" * 32 in caplog.text
+    if status == "new":  # the only waiting trial left: a reservation breaks it instead of failing
+        assert storage.reserve_trial(exp.id, "w") is None
+        assert storage._trials.find_one({"_id": "h" * 32})["status"] == "broken"
+
+
 #: Experiment documents no Orchard release writes.
 ODD_EXPERIMENTS: dict[str, dict[str, Any]] = {
     "no name": {"_id": "odd-1", "config": {}, "created": 1.0},

@@ -39,13 +39,11 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from orchard.storages.mongodb import client
+from orchard.storages.mongodb.client import STAMP
 from orchard.trial import Trial, TrialStatus
 
 __all__ = ["STAMP", "ChangeCursor", "ChangeFeed"]
 
-#: The update operator that stamps a write with the server's date (a BSON date: millisecond
-#: resolution, and range queries on it work on every server and in mongomock).
-STAMP: dict[str, Any] = {"$currentDate": {"mtime": True}}
 
 _ORIGIN = datetime.datetime(1970, 1, 1)  # naive UTC, as pymongo returns dates
 _FLEET = 8  # workers whose count checks the fleet's stay at: the interval stretches beyond them

@@ -40,7 +40,13 @@ __all__ = [
     "BATCH",
     "DEFAULT_DATABASE",
     "REPORT_COUNT",
+    "STAMP",
+    "TYPE_MISMATCH",
+    "WAITING",
+    "WAITING_ORDER",
     "Client",
+    "break_first_waiting",
+    "break_unreadable",
     "check_experiment",
     "doc_to_trial",
     "duplicate_key_field",
@@ -81,6 +87,17 @@ _indexed: set[tuple[int, str, str]] = set()  # (pid, uri, collection) whose inde
 
 #: Documents per reply of a read of many trials (the default first batch is 101: a round trip more).
 BATCH = 1000
+
+#: The update operator that stamps a write with the server's date (a BSON date: millisecond
+#: resolution, and range queries on it work on every server and in mongomock).
+STAMP: dict[str, Any] = {"$currentDate": {"mtime": True}}
+
+#: Waiting trials, in the order they are reserved: interrupted first (it sorts first), then the oldest.
+WAITING = {"status": {"$in": ["interrupted", "new"]}}
+WAITING_ORDER = [("status", 1), ("submit_time", 1)]
+
+#: The server's code for an update operator meeting a field of another type (``$inc`` on text).
+TYPE_MISMATCH = 14
 
 
 # -- opening ------------------------------------------------------------------
@@ -282,6 +299,36 @@ def holds(doc: dict[str, Any], owner: str | None, fields: Mapping[str, Any]) -> 
     return owner is not None and doc.get("worker") == owner and all(doc.get(k) == v for k, v in stored.items())
 
 
+def break_unreadable(trials: Any, doc: Mapping[str, Any], holder: Mapping[str, Any], why: str, now: float,
+                     uri: str) -> bool:
+    """Mark broken the trial of ``doc``, which holds values Orchard never writes, and say so.
+
+    Only ``$set``: every other write increments ``version``, which the server refuses on a
+    version another program stored as text. ``holder`` narrows the update (the worker that just
+    reserved it, or a waiting status). Returns whether it matched.
+    """
+    log.warning("trial %r in MongoDB at %s is not one Orchard writes (%s); marked broken instead of "
+                "evaluated", doc["_id"], redact(uri), why)
+    version = doc.get("version")
+    broken = {"status": "broken", "end_time": now, "version": (version if type(version) is int else 1) + 1,
+              "error": {"type": "UnreadableTrial", "message": f"holds values Orchard never writes: {why}"}}
+    done = trials.update_one({"_id": doc["_id"], **holder}, {"$set": broken, "$unset": {"slot": ""}, **STAMP})
+    return bool(done.matched_count)
+
+
+def break_first_waiting(trials: Any, experiment_id: str, now: float, uri: str) -> bool:
+    """Break the waiting trial a reservation refused by :data:`TYPE_MISMATCH` was about to take.
+
+    Returns whether one was broken (``False``: none waits any more, or it changed meanwhile).
+    """
+    query = {"experiment": experiment_id, **WAITING}
+    doc = trials.find_one(query, sort=WAITING_ORDER)
+    if doc is None:
+        return False
+    why = unreadable(doc) or "a field of a type the server cannot update"
+    return break_unreadable(trials, doc, {**WAITING, "version": doc.get("version")}, why, now, uri)
+
+
 def insert_stamped(trials: Any, doc: dict[str, Any]) -> None:
     """Insert ``doc`` with ``mtime`` stamped by the server, like every update.
 
@@ -309,6 +356,9 @@ def unreadable(doc: dict[str, Any]) -> str | None:
     a document written by another program may hold a trial error that is a list, a
     param that is a list or a ``Decimal128``, an int beyond 64 bits (mongomock).
     """
+    for counter in ("version", REPORT_COUNT):  # every write increments them: the server refuses text
+        if counter in doc and type(doc[counter]) is not int:
+            return f"field {counter!r} is {type(doc[counter]).__name__}"
     data = {key: value for key, value in doc.items() if key not in _STORAGE_ONLY}
     data["id"] = doc.get("_id")
     try:

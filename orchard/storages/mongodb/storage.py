@@ -39,7 +39,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from pymongo import ReturnDocument
-from pymongo.errors import DuplicateKeyError
+from pymongo.errors import DuplicateKeyError, OperationFailure
 
 from orchard import trial as transitions
 from orchard.errors import (
@@ -63,7 +63,6 @@ __all__ = ["MongoStorage"]
 log = logging.getLogger(__name__)
 
 _AFTER = ReturnDocument.AFTER
-_WAITING = [TrialStatus.INTERRUPTED.value, TrialStatus.NEW.value]  # sorts interrupted first
 _translated = client.translated
 
 
@@ -365,28 +364,23 @@ class MongoStorage(BaseStorage):
 
     @_translated("reserve a trial")
     def reserve_trial(self, experiment_id: str, worker: str) -> Trial | None:
-        while True:
-            doc = self._trials.find_one_and_update(
-                {"experiment": experiment_id, "status": {"$in": _WAITING}},
-                self._update(transitions.reserve(worker, self.now())),
-                sort=[("status", 1), ("submit_time", 1)],
-                return_document=_AFTER,
-            )
+        while True:  # a trial holding values Orchard never writes is broken, not handed out: next one
+            try:
+                doc = self._trials.find_one_and_update(
+                    {"experiment": experiment_id, **client.WAITING}, self._update(transitions.reserve(worker, self.now())),
+                    sort=client.WAITING_ORDER, return_document=_AFTER)
+            except OperationFailure as err:  # another program's field the update cannot apply to (a version in text)
+                if err.code == client.TYPE_MISMATCH and client.break_first_waiting(
+                        self._trials, experiment_id, self.now(), self.uri):
+                    continue
+                raise
             if doc is None:
                 self._experiment_name(experiment_id)  # raise if the experiment does not exist
                 return None
             why = client.unreadable(doc)
             if why is None:
                 return client.doc_to_trial(doc)
-            self._break_unreadable(doc, worker, why)  # no evaluation could use it: next one
-
-    def _break_unreadable(self, doc: Mapping[str, Any], worker: str, why: str) -> None:
-        """Mark broken a trial just reserved that holds values Orchard never writes, and say so."""
-        log.warning("trial %r in MongoDB at %s is not one Orchard writes (%s); marked broken instead of "
-                    "evaluated", doc["_id"], self.redacted_uri, why)
-        broken = {"status": TrialStatus.BROKEN.value, "end_time": self.now(),
-                  "error": {"type": "UnreadableTrial", "message": f"holds values Orchard never writes: {why}"}}
-        self._trials.update_one({"_id": doc["_id"], "worker": worker}, self._stamp(broken, unset=["slot"]))
+            client.break_unreadable(self._trials, doc, {"worker": worker}, why, self.now(), self.uri)
 
     @_translated("record a heartbeat")
     def heartbeat_trial(self, trial_id: str, worker: str) -> None:
