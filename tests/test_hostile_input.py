@@ -204,3 +204,20 @@ def test_the_dashboard_shows_a_warm_start_sources_uri_without_its_password() -> 
     detail = to_json(experiment_detail(view, storage.redacted_uri))  # what /api/experiments/new serves
     assert SECRET not in detail
     assert json.loads(detail)["settings"]["warm_start"][0]["storage"] == "mongodb://me:***@db.example:27017/runs"
+
+
+@pytest.mark.parametrize("options", [
+    f"tls=true&tlsCertificateKeyFilePassword={SECRET}",  # a secret the driver takes in the URI
+    f"authMechanism=MONGODB-AWS&authMechanismProperties=AWS_SESSION_TOKEN:{SECRET}",
+])
+def test_secrets_in_uri_options_are_hidden_like_the_password(options: str) -> None:
+    storage = get_storage(f"mongodb://127.0.0.1:1/db?{options}")
+    assert SECRET not in storage.redacted_uri + repr(storage) and "***" in storage.redacted_uri
+
+
+def test_a_password_written_as_an_option_is_not_printed_in_the_error(capsys: pytest.CaptureFixture[str]) -> None:
+    from orchard.cli import main
+
+    assert main(["status", "--storage", f"mongodb://127.0.0.1:1/db?username=me&password={SECRET}"]) != 0
+    said = "".join(capsys.readouterr())
+    assert "Unknown option" in said and SECRET not in said, said

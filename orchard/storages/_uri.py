@@ -32,10 +32,18 @@ def _user_info(uri: str) -> tuple[int, int] | None:
     return None
 
 
+#: Options whose value is a secret: ``tlsCertificateKeyFilePassword``, ``authMechanismProperties``
+#: (it may hold ``AWS_SESSION_TOKEN``), and ``password=`` written as an option by mistake.
+_SECRET_OPTION = re.compile(r"(?P<key>[?&;](?:[^=&;#]*(?:password|secret|token)[^=&;#]*|authmechanismproperties)=)"
+                            r"(?P<value>[^&;#]*)", re.IGNORECASE)
+
+
 def redact(uri: str) -> str:
-    """Return ``uri`` with the password of its user-info replaced by ``***``."""
+    """Return ``uri`` with the password of its user-info, and the value of every option that holds a
+    secret (a password, a token), replaced by ``***``."""
     found = _user_info(uri)
-    return uri if found is None else uri[:found[0]] + "***" + uri[found[1]:]
+    shown = uri if found is None else uri[:found[0]] + "***" + uri[found[1]:]
+    return _SECRET_OPTION.sub(lambda m: m.group("key") + "***", shown)
 
 
 def password_of(uri: str) -> str:
