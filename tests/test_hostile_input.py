@@ -251,3 +251,25 @@ def test_the_pages_show_every_experiment_and_the_problem_of_an_odd_one(tmp_path:
             browser.get("about:blank")  # stop polling before the server stops
     finally:
         browser.quit()
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(60)
+def test_ctrl_c_stops_the_dashboard_while_a_client_has_stopped_reading(tmp_path: Any) -> None:
+    import signal
+    import socket
+    import time
+
+    from tests.test_dashboard_live import serving
+
+    with serving(str(tmp_path / "o.pkl"), cwd=tmp_path) as served:
+        port = int(served.url.rsplit(":", 1)[1].strip("/"))
+        stalled = socket.create_connection(("127.0.0.1", port))
+        stalled.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        stalled.sendall(b"GET /static/plotly.min.js HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")  # and never read
+        time.sleep(0.5)
+        started = time.monotonic()
+        served.proc.send_signal(signal.SIGINT)
+        served.proc.wait(timeout=20)  # it used to wait for that client for ever
+        assert time.monotonic() - started < 10
+        stalled.close()

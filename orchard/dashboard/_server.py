@@ -10,7 +10,11 @@ from orchard.dashboard._views import StorageView
 from orchard.errors import ConfigurationError
 from orchard.storages.base import BaseStorage
 
-__all__ = ["bind", "is_loopback", "serve", "url_of"]
+__all__ = ["SHUTDOWN_GRACE", "bind", "is_loopback", "serve", "url_of"]
+
+#: Seconds Ctrl-C (or SIGTERM) waits for responses under way before closing their connections:
+#: a client that stopped reading (a stalled download of plotly.js) would otherwise hold the server.
+SHUTDOWN_GRACE = 2.0
 
 
 def is_loopback(host: str) -> bool:
@@ -74,6 +78,8 @@ def serve(
 ) -> None:
     """Serve the dashboard of ``storage`` on ``sock`` until interrupted (SIGINT/SIGTERM).
 
+    Once interrupted, responses under way get :data:`SHUTDOWN_GRACE` seconds to finish.
+
     Args:
         storage: the storage to show; it is only read.
         sock: a socket from :func:`bind`.
@@ -90,7 +96,8 @@ def serve(
     from orchard.dashboard._app import build_app
 
     app = build_app(StorageView(storage, min_interval=min_interval), allowed_hosts)
-    config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off", server_header=False)
+    config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off", server_header=False,
+                            timeout_graceful_shutdown=SHUTDOWN_GRACE)
     server = uvicorn.Server(config)
     announce(url_of(sock))
     server.run(sockets=[sock])
