@@ -14,7 +14,7 @@ __all__ = ["SHUTDOWN_GRACE", "bind", "is_loopback", "serve", "url_of"]
 
 #: Seconds Ctrl-C (or SIGTERM) waits for responses under way before closing their connections:
 #: a client that stopped reading (a stalled download of plotly.js) would otherwise hold the server.
-SHUTDOWN_GRACE = 2.0
+SHUTDOWN_GRACE = 2
 
 
 def is_loopback(host: str) -> bool:
