@@ -273,3 +273,18 @@ def test_ctrl_c_stops_the_dashboard_while_a_client_has_stopped_reading(tmp_path:
         served.proc.wait(timeout=20)  # it used to wait for that client for ever
         assert time.monotonic() - started < 10
         stalled.close()
+
+
+@pytest.mark.parametrize("params", [{"x": 10**30}, {"x": {"$where": "1"}}, {"x": [1, 2]}])
+def test_restoring_a_trial_mongodb_would_skip_stores_nothing_and_says_which(params: dict[str, Any]) -> None:
+    """A hand-edited dump loaded with ``orchard db load``: refused whole, not half-stored or stored unreadable."""
+    from orchard.errors import StorageError
+    from orchard.trial import Trial
+
+    storage: Any = get_storage("mongomock://")
+    exp = storage.create_experiment("exp", {"space": {"x": "uniform(0, 1)"}})
+    fine = Trial(id="a" * 32, experiment=exp, params={"x": 0.5}, status=TrialStatus.COMPLETED, objective=1.0)
+    odd = Trial(id="b" * 32, experiment=exp, params=params, status=TrialStatus.COMPLETED, objective=2.0)
+    with pytest.raises(StorageError, match="not one Orchard writes"):
+        storage.restore_trials(exp, [fine, odd])
+    assert storage._trials.count_documents({}) == 0

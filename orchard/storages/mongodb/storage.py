@@ -311,10 +311,9 @@ class MongoStorage(BaseStorage):
     def restore_trials(self, experiment_id: str, trials: Iterable[Trial]) -> int:
         name = self._experiment_name(experiment_id)
         added = 0
-        for trial in trials:
-            tid = trial_id(experiment_id, trial.params)
-            fresh = dataclasses.replace(trial, id=tid, experiment=experiment_id)
-            doc = client.trial_to_doc(fresh)
+        restored = [dataclasses.replace(t, id=trial_id(experiment_id, t.params), experiment=experiment_id) for t in trials]
+        docs = client.restorable([client.trial_to_doc(fresh) for fresh in restored], name, self.uri)
+        for fresh, doc in zip(restored, docs, strict=True):
             try:
                 if not fresh.holds_budget:
                     client.insert_stamped(self._trials, doc)
