@@ -34,7 +34,7 @@ from pymongo.uri_parser import parse_uri
 from orchard.errors import ConfigurationError, StorageCorruptedError, StorageError, StorageUnavailableError
 from orchard.storages._uri import password_of, redact, split_options
 from orchard.storages.pickled.records import RecordError, check_trial
-from orchard.trial import Trial
+from orchard.trial import Trial, TrialStatus
 
 __all__ = [
     "BATCH",
@@ -94,7 +94,7 @@ BATCH = 1000
 STAMP: dict[str, Any] = {"$currentDate": {"mtime": True}}
 
 #: Waiting trials, in the order they are reserved: interrupted first (it sorts first), then the oldest.
-WAITING = {"status": {"$in": ["interrupted", "new"]}}
+WAITING = {"status": {"$in": [TrialStatus.INTERRUPTED.value, TrialStatus.NEW.value]}}
 WAITING_ORDER = [("status", 1), ("submit_time", 1)]
 
 #: The server's code for an update operator meeting a field of another type (``$inc`` on text).
@@ -311,7 +311,7 @@ def break_unreadable(trials: Any, doc: Mapping[str, Any], holder: Mapping[str, A
     log.warning("trial %r in MongoDB at %s is not one Orchard writes (%s); marked broken instead of "
                 "evaluated", doc["_id"], redact(uri), why)
     version = doc.get("version")
-    broken = {"status": "broken", "end_time": now, "version": (version if type(version) is int else 1) + 1,
+    broken = {"status": TrialStatus.BROKEN.value, "end_time": now, "version": (version if type(version) is int else 1) + 1,
               "error": {"type": "UnreadableTrial", "message": f"holds values Orchard never writes: {why}"}}
     done = trials.update_one({"_id": doc["_id"], **holder}, {"$set": broken, "$unset": {"slot": ""}, **STAMP})
     return bool(done.matched_count)
