@@ -39,7 +39,7 @@ def run(args: argparse.Namespace) -> int:
     """Serve the dashboard until Ctrl-C or SIGTERM; return 0.
 
     Raises:
-        ConfigurationError: the dashboard extra is missing.
+        ConfigurationError: the dashboard extra is missing, or --host or --port is not an address.
         StorageError: the storage cannot be opened.
         OSError: the address cannot be bound.
     """
@@ -47,11 +47,11 @@ def run(args: argparse.Namespace) -> int:
     from orchard.dashboard import bind, is_loopback, serve
 
     storage = open_storage(args)
-    if not is_loopback(args.host):
+    sock = bind(args.host, args.port)
+    if not is_loopback(args.host):  # said once the address is known to be served
         print(f"{PROG}: warning: serving on {args.host}: everyone who can reach this address can read every "
               "experiment in the storage (there is no login); use --host 127.0.0.1 to keep it local",
               file=sys.stderr, flush=True)
-    sock = bind(args.host, args.port)
 
     def announce(url: str) -> None:
         print(f"{PROG}: serving {storage.redacted_uri} (read-only) at {url}", flush=True)

@@ -2,7 +2,7 @@
 
 Every payload holds only builtins that ``json.dumps`` accepts with
 ``allow_nan=False``: non-finite floats become ``None``. The storage appears
-only as its redacted URI.
+only as its redacted URI, and so does every URI in a configuration (a warm-start source's).
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from orchard.dashboard._views import ExperimentView
 from orchard.objectives import dominates
 from orchard.pareto import scored
 from orchard.stopping import LEDGER_KEY, stop_summary
+from orchard.storages._uri import redact
 from orchard.trial import Trial, TrialStatus, first_value
 
 __all__ = ["RowCache", "devices_of", "experiment_detail", "experiment_summary", "fidelity_param", "pareto_front",
@@ -62,10 +63,10 @@ def experiment_summary(view: ExperimentView) -> dict[str, Any]:
     """One line of the experiments list: counts by status, progress, best objective, live workers."""
     counts = {status.value: view.counts[status] for status in TrialStatus}
     best = view.best
-    max_trials = view.record.config.get("max_trials")
+    max_trials = view.config.get("max_trials")
     return {
         "name": view.record.name,
-        "algorithm": algorithm_name(view.record.config),
+        "algorithm": algorithm_name(view.config),
         "created": view.record.created,
         "max_trials": max_trials,
         "counts": counts,
@@ -75,19 +76,20 @@ def experiment_summary(view: ExperimentView) -> dict[str, Any]:
         "best_trial": None if best is None else best.id,
         "broken": counts["broken"],
         "live_workers": len({w["worker"] for w in live_workers(view) if not w["stale"]}),
-        "fidelity": fidelity_param(view.record.config),
+        "fidelity": fidelity_param(view.config),
+        "problem": view.problem,
     }
 
 
 def experiment_detail(view: ExperimentView, storage_uri: str) -> dict[str, Any]:
     """The experiment page's header data: summary, space, settings, workers, rungs, version."""
-    config = view.record.config
+    config = view.config
     best = view.best
     return {
         **experiment_summary(view),
         "storage": storage_uri,
         "space": dict(config.get("space") or {}),
-        "settings": {k: v for k, v in config.items() if k not in ("space", "algorithm", LEDGER_KEY)},
+        "settings": {k: _redacted(v) for k, v in config.items() if k not in ("space", "algorithm", LEDGER_KEY)},
         "stopping": stop_summary(config),
         "best_params": None if best is None else best.params,
         "stale_after": view.stale_after,
@@ -115,7 +117,7 @@ def live_workers(view: ExperimentView) -> list[dict[str, Any]]:
 
 def rungs(view: ExperimentView) -> list[dict[str, Any]] | None:
     """Trials grouped by their fidelity value (lowest rung first), or ``None`` without a fidelity."""
-    name = fidelity_param(view.record.config)
+    name = fidelity_param(view.config)
     if name is None:
         return None
     groups: dict[Any, list[Trial]] = {}
@@ -149,13 +151,13 @@ def pareto_front(view: ExperimentView) -> dict[str, Any] | None:
     completed trial, at most :data:`MAX_FRONT_POINTS`). Computed once per version
     of the view.
     """
-    objectives = view.record.config.get("objectives")
+    objectives = view.config.get("objectives")
     if not isinstance(objectives, dict) or len(objectives) < 2:
         return None
     cached = _FRONTS.get(view.record.id)
     if cached is not None and cached[0] == view.version:
         return cached[1]
-    constraints = view.record.config.get("constraints")
+    constraints = view.config.get("constraints")
     rows = scored(view.trials.values(), objectives, constraints)
     ordered = sorted((vector, trial.id) for trial, vector, violation in rows if violation <= 0)
     front: list[tuple[float, ...]] = []
@@ -196,7 +198,7 @@ def trial_rows(view: ExperimentView, since: int = 0, rows: bool = True) -> dict[
         "rebuilt_at": view.rebuilt_at,
         "since": since,
         "total": len(view.trials),
-        "params": list((view.record.config.get("space") or {}).keys()),
+        "params": list((view.config.get("space") or {}).keys()),
     }
     if rows:
         changed = view.changed_since(since)
@@ -262,6 +264,17 @@ def _row(trial: Trial, number: int) -> dict[str, Any]:
         "reports": [[step, _finite(first_value(value))] for step, value in trial.reports],
         "verdict": None if not trial.verdict else _text(trial.verdict.get("reason", "")),
     }
+
+
+def _redacted(value: Any) -> Any:
+    """``value`` with the password of every URI in it hidden (a warm-start source names its storage)."""
+    if isinstance(value, str):
+        return redact(value)
+    if isinstance(value, dict):
+        return {key: _redacted(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_redacted(item) for item in value]
+    return value
 
 
 def _error_row(error: Any) -> dict[str, str]:

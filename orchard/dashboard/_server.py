@@ -7,13 +7,19 @@ import socket
 from collections.abc import Callable, Iterable
 
 from orchard.dashboard._views import StorageView
+from orchard.errors import ConfigurationError
 from orchard.storages.base import BaseStorage
 
-__all__ = ["bind", "is_loopback", "serve", "url_of"]
+__all__ = ["SHUTDOWN_GRACE", "bind", "is_loopback", "serve", "url_of"]
+
+#: Seconds Ctrl-C (or SIGTERM) waits for responses under way before closing their connections:
+#: a client that stopped reading (a stalled download of plotly.js) would otherwise hold the server.
+SHUTDOWN_GRACE = 2
 
 
 def is_loopback(host: str) -> bool:
-    """Whether ``host`` is reachable from this machine only (``127.0.0.1``, ``::1``, ``localhost``)."""
+    """Whether ``host`` is reachable from this machine only (``127.0.0.1``, ``::1``, ``[::1]``, ``localhost``)."""
+    host = _unbracketed(host)
     if host == "localhost":
         return True
     try:
@@ -22,13 +28,28 @@ def is_loopback(host: str) -> bool:
         return False
 
 
+def _unbracketed(host: str) -> str:
+    """``::1`` for ``[::1]``: an IPv6 address as written in a URL is still the address."""
+    return host[1:-1] if host.startswith("[") and host.endswith("]") else host
+
+
 def bind(host: str, port: int) -> socket.socket:
     """A listening TCP socket on ``host:port`` (port 0 picks a free one).
 
     Raises:
+        ConfigurationError: ``port`` is not a TCP port (0 to 65535), or ``host`` is neither an
+            address nor a name this machine resolves (a scheme or a port written into it, a typo).
         OSError: the address cannot be bound (in use, not local, permission).
     """
-    family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+    if not 0 <= port <= 65535:  # the kernel would take it modulo 65536: another port, silently
+        raise ConfigurationError(f"--port {port} is not a TCP port; give 1 to 65535, or 0 for any free port")
+    try:
+        found = socket.getaddrinfo(_unbracketed(host), port, type=socket.SOCK_STREAM)
+    except socket.gaierror as err:
+        raise ConfigurationError(
+            f"cannot listen on --host {host!r}: {err.strerror or err}; give an address (127.0.0.1, ::1, "
+            "0.0.0.0) or a name of this machine, with no scheme and no port (the port is --port)") from err
+    family, kind, proto, _, address = found[0]
     sock = socket.socket(family, kind, proto)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
@@ -57,6 +78,8 @@ def serve(
 ) -> None:
     """Serve the dashboard of ``storage`` on ``sock`` until interrupted (SIGINT/SIGTERM).
 
+    Once interrupted, responses under way get :data:`SHUTDOWN_GRACE` seconds to finish.
+
     Args:
         storage: the storage to show; it is only read.
         sock: a socket from :func:`bind`.
@@ -73,7 +96,8 @@ def serve(
     from orchard.dashboard._app import build_app
 
     app = build_app(StorageView(storage, min_interval=min_interval), allowed_hosts)
-    config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off", server_header=False)
+    config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off", server_header=False,
+                            timeout_graceful_shutdown=SHUTDOWN_GRACE)
     server = uvicorn.Server(config)
     announce(url_of(sock))
     server.run(sockets=[sock])

@@ -11,6 +11,10 @@ handle is not promised to be thread-safe; the web server answers from threads).
 Nothing here writes: the only verbs called are ``list_experiments`` and
 ``fetch_changes``.
 
+A configuration is shown as Orchard would have stored it (:func:`shown_config`): a
+setting another program wrote that Orchard refuses is left out and named in the
+view's ``problem``, so one odd experiment never hides the others.
+
 Heartbeat ages never compare two machines' clocks (SPEC §5.8): a heartbeat's
 age is the time since *this* process saw its value change, on this process's
 monotonic clock. A value already there at the first fold has an age known only
@@ -23,13 +27,53 @@ import contextlib
 import math
 import threading
 import time
-from collections.abc import Callable, Iterator
-from typing import NamedTuple
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any, NamedTuple
 
+from orchard.errors import ConfigurationError
+from orchard.experiment_config import ExperimentConfig
+from orchard.stopping import LEDGER_KEY, stop_summary
 from orchard.storages.base import BaseStorage, ExperimentRecord
 from orchard.trial import Trial, TrialStatus
 
-__all__ = ["ExperimentView", "HeartbeatSighting", "StorageView"]
+__all__ = ["ExperimentView", "HeartbeatSighting", "StorageView", "shown_config"]
+
+_CHECKED = ("objectives", "space", "constraints", "stop", "max_trials", "heartbeat")  # what the pages compute with
+_ANY_SPACE = {"x": "uniform(0, 1)"}  # stands for the space while another setting is checked
+
+
+def shown_config(config: Mapping[str, Any]) -> tuple[dict[str, Any], str | None]:
+    """``config`` as the pages read it, and which settings in it Orchard would refuse (``None``: none).
+
+    A storage holds what was written, possibly by another program: a ``max_trials`` of
+    ``"ten"``, a space that is a list, a stopping ledger that is text. Each setting the pages
+    compute with is checked (and cast) as :class:`~orchard.experiment_config.ExperimentConfig`
+    checks it before it is stored; one that fails is left out (the pages show its default) and
+    named in the returned text.
+    """
+    shown = dict(config)
+    problems = []
+    for key in _CHECKED:
+        if shown.get(key) is None:
+            continue
+        try:
+            checked = ExperimentConfig.from_dict({"space": _ANY_SPACE, "objectives": shown.get("objectives"),
+                                                  key: shown[key]})
+        except (ConfigurationError, TypeError, ValueError) as err:
+            problems.append(f"{key}: {' '.join(str(err).split())[:300]}")
+            del shown[key]
+            continue
+        if key in ("max_trials", "heartbeat"):
+            shown[key] = getattr(checked, key)
+    if shown.get(LEDGER_KEY) is not None:
+        try:
+            stop_summary(shown)
+        except (AttributeError, TypeError, ValueError) as err:
+            problems.append(f"the stopping rules' ledger {LEDGER_KEY!r} is unreadable ({type(err).__name__})")
+            del shown[LEDGER_KEY]
+    if not problems:
+        return shown, None
+    return shown, "settings Orchard would refuse, shown at their defaults: " + "; ".join(problems)
 
 Clock = Callable[[], float]
 
@@ -48,6 +92,8 @@ class ExperimentView:
 
     Attributes:
         record: the experiment as stored (name, id, configuration).
+        config: its configuration as the pages read it (:func:`shown_config`).
+        problem: the settings of that configuration Orchard would refuse, or ``None``.
         trials: the last version of every trial, by id, in the order first seen.
         numbers: each trial's rank in that order (1 for the first seen), stable across folds.
         counts: how many trials are in each status.
@@ -71,6 +117,9 @@ class ExperimentView:
             record: the experiment to follow.
             clock: a monotonic clock, for heartbeat ages and throttling.
         """
+        self.config: dict[str, Any] = {}
+        self.problem: str | None = None
+        self._record: ExperimentRecord | None = None
         self.record = record
         self.trials: dict[str, Trial] = {}
         self.version = 0
@@ -87,9 +136,21 @@ class ExperimentView:
         self.rebuilt_at = 0
 
     @property
+    def record(self) -> ExperimentRecord:
+        """The experiment as stored; :attr:`config` and :attr:`problem` follow its configuration."""
+        assert self._record is not None
+        return self._record
+
+    @record.setter
+    def record(self, record: ExperimentRecord) -> None:
+        if self._record is None or record.config != self._record.config:
+            self.config, self.problem = shown_config(record.config)
+        self._record = record
+
+    @property
     def stale_after(self) -> float:
         """Seconds without a new heartbeat after which a reservation counts as lost (3 x heartbeat)."""
-        return 3.0 * float(self.record.config.get("heartbeat", 30.0))
+        return 3.0 * float(self.config.get("heartbeat", 30.0))
 
     def fold(self) -> int:
         """Fetch what changed since the last fold and apply it; return how many trials changed.

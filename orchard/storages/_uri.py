@@ -5,14 +5,51 @@ from __future__ import annotations
 import re
 import urllib.parse
 
-__all__ = ["redact", "split_options"]
+__all__ = ["password_of", "redact", "split_options"]
 
-_PASSWORD = re.compile(r"(?P<head>^[a-zA-Z][a-zA-Z0-9+.-]*://[^:/@]*:)(?P<secret>[^@/]*)(?P<tail>@)")
+_SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*:/*")
+
+
+def _user_info(uri: str) -> tuple[int, int] | None:
+    """Where the password of ``uri`` lies (start, end), or ``None`` when it has none.
+
+    Read the way a careless URI still hides it: the user-info ends at the *last* ``@``, so an
+    unescaped ``@`` or ``/`` in the password (``mongodb://u:p@ss@host``) stays inside it, and a
+    scheme typed wrong (``mongodb:/``, ``mongodb//``) or left out (``u:pass@host``) does not
+    expose it. A ``:`` of a host's port before an ``@`` in the options makes it hide more than
+    the password: never less.
+    """
+    at = uri.rfind("@")
+    if at < 0:
+        return None
+    scheme = _SCHEME.match(uri)
+    start = scheme.end() if scheme and scheme.end() <= at else 0
+    colon = uri.find(":", start, at)
+    if colon >= 0:
+        return colon + 1, at
+    if scheme and "/" not in scheme.group() and start:  # "user:secret@host": read as a scheme "user:"
+        return start, at
+    return None
+
+
+#: Options whose value is a secret: ``tlsCertificateKeyFilePassword``, ``authMechanismProperties``
+#: (it may hold ``AWS_SESSION_TOKEN``), and ``password=`` written as an option by mistake.
+_SECRET_OPTION = re.compile(r"(?P<key>[?&;](?:[^=&;#]*(?:password|secret|token)[^=&;#]*|authmechanismproperties)=)"
+                            r"(?P<value>[^&;#]*)", re.IGNORECASE)
 
 
 def redact(uri: str) -> str:
-    """Return ``uri`` with the password of its user-info replaced by ``***``."""
-    return _PASSWORD.sub(lambda m: m.group("head") + "***" + m.group("tail"), uri)
+    """Return ``uri`` with the password of its user-info, and the value of every option that holds a
+    secret (a password, a token), replaced by ``***``."""
+    found = _user_info(uri)
+    shown = uri if found is None else uri[:found[0]] + "***" + uri[found[1]:]
+    return _SECRET_OPTION.sub(lambda m: m.group("key") + "***", shown)
+
+
+def password_of(uri: str) -> str:
+    """The text :func:`redact` hides in ``uri`` (``""`` when it hides nothing)."""
+    found = _user_info(uri)
+    return "" if found is None else uri[found[0]:found[1]]
 
 
 def split_options(uri: str) -> tuple[str, dict[str, str]]:

@@ -23,6 +23,9 @@ function renderSummary(detail) {
   setText("best-params", fmtParams(detail.best_params));
   setText("algorithm", detail.algorithm);
   setText("stale-after", fmtAge(detail.stale_after));
+  const odd = document.getElementById("config-problem");  // settings Orchard would refuse, shown at their defaults
+  odd.hidden = !detail.problem;
+  odd.textContent = detail.problem || "";
   const stopping = document.getElementById("stopping");  // the stopping rules, and which one fired
   stopping.hidden = !detail.stopping;
   if (detail.stopping) stopping.textContent = "Stopping rules: " + detail.stopping.line;
@@ -226,10 +229,12 @@ function drawBest(all) {
 }
 
 function dimension(name, values) {
-  // Parallel coordinates draw their labels and ticks as plain text: no plotText here.
-  if (values.every((v) => typeof v === "number")) return { label: name, values };
+  // Parallel coordinates draw an axis's label as plotly's HTML subset (a param named <a href=…> would be a
+  // link) but its ticks as plain text: plotText for the label only.
+  const label = plotText(name);
+  if (values.every((v) => typeof v === "number")) return { label, values };
   const levels = [...new Set(values.map(String))].sort();
-  return { label: name, values: values.map((v) => levels.indexOf(String(v))), tickvals: levels.map((_, i) => i),
+  return { label, values: values.map((v) => levels.indexOf(String(v))), tickvals: levels.map((_, i) => i),
     ticktext: levels };
 }
 

@@ -25,7 +25,12 @@ function experimentRow(row) {
   link.href = "/experiments/" + encodeURIComponent(row.name);
   name.appendChild(link);
   tr.appendChild(name);
-  tr.appendChild(el("td", row.algorithm + (row.fidelity ? " (multi-fidelity)" : "")));
+  const algorithm = el("td", row.algorithm + (row.fidelity ? " (multi-fidelity)" : ""));
+  if (row.problem) {  // settings Orchard would refuse (written by another program): shown at their defaults
+    algorithm.appendChild(el("div", "odd settings: see the experiment's page", "problem"));
+    algorithm.title = row.problem;
+  }
+  tr.appendChild(algorithm);
   tr.appendChild(progressCell(row));
   tr.appendChild(el("td", fmtNumber(row.best_objective), "num"));
   tr.appendChild(el("td", row.live_workers, "num"));

@@ -39,13 +39,11 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from orchard.storages.mongodb import client
+from orchard.storages.mongodb.client import STAMP
 from orchard.trial import Trial, TrialStatus
 
 __all__ = ["STAMP", "ChangeCursor", "ChangeFeed"]
 
-#: The update operator that stamps a write with the server's date (a BSON date: millisecond
-#: resolution, and range queries on it work on every server and in mongomock).
-STAMP: dict[str, Any] = {"$currentDate": {"mtime": True}}
 
 _ORIGIN = datetime.datetime(1970, 1, 1)  # naive UTC, as pymongo returns dates
 _FLEET = 8  # workers whose count checks the fleet's stay at: the interval stretches beyond them
@@ -103,7 +101,7 @@ class ChangeFeed:
         start = cursor.since - datetime.timedelta(seconds=self.margin)
         docs = list(trials.find({"experiment": experiment_id, "mtime": {"$gte": start}},
                                 batch_size=client.BATCH))
-        fresh = [d for d in docs if cursor.seen.get(d["_id"], (0, "", ""))[0] < d.get("version", 1)]
+        fresh = [d for d in docs if cursor.seen.get(_key(d), (0, "", ""))[0] < _version(d)]
         seen = {**cursor.seen, **_seen(fresh)}
         if counts is not None and misses_writes(seen, counts):
             return self.full(trials, experiment_id)
@@ -130,13 +128,30 @@ class ChangeFeed:
 
 
 def _seen(docs: list[dict[str, Any]]) -> dict[str, tuple[int, str, str]]:
-    """What a cursor keeps of each document: its version, status, and worker while it is reserved."""
-    return {d["_id"]: (d.get("version", 1), d["status"], _holder(d)) for d in docs}
+    """What a cursor keeps of each document: its version, status, and worker while it is reserved.
+
+    Read from documents not yet checked (:func:`~orchard.storages.mongodb.client.readable_trials`
+    checks them after): a document another program wrote without a status, with a version that is
+    not an int or an ``_id`` that is not a string is kept under a stand-in, never raised on.
+    """
+    return {_key(d): (_version(d), str(d.get("status")), _holder(d)) for d in docs}
+
+
+def _key(doc: dict[str, Any]) -> str:
+    """The document's ``_id`` (Orchard's are strings; another program's may be a dict or a number)."""
+    key = doc.get("_id")
+    return key if isinstance(key, str) else repr(key)
+
+
+def _version(doc: dict[str, Any]) -> int:
+    """How many writes the document has had (1 for a version Orchard never writes)."""
+    version = doc.get("version", 1)
+    return version if type(version) is int else 1
 
 
 def _holder(doc: dict[str, Any]) -> str:
     """The worker holding ``doc``'s reservation, or "" when it is not reserved."""
-    return str(doc.get("worker") or "") if doc["status"] == _RESERVED else ""
+    return str(doc.get("worker") or "") if doc.get("status") == _RESERVED else ""
 
 
 def _stamps(docs: list[dict[str, Any]]) -> list[datetime.datetime]:

@@ -32,15 +32,22 @@ from pymongo.errors import (
 from pymongo.uri_parser import parse_uri
 
 from orchard.errors import ConfigurationError, StorageCorruptedError, StorageError, StorageUnavailableError
-from orchard.storages._uri import redact, split_options
+from orchard.storages._uri import password_of, redact, split_options
 from orchard.storages.pickled.records import RecordError, check_trial
-from orchard.trial import Trial
+from orchard.trial import Trial, TrialStatus
 
 __all__ = [
     "BATCH",
     "DEFAULT_DATABASE",
     "REPORT_COUNT",
+    "STAMP",
+    "TYPE_MISMATCH",
+    "WAITING",
+    "WAITING_ORDER",
     "Client",
+    "break_first_waiting",
+    "break_unreadable",
+    "check_experiment",
     "doc_to_trial",
     "duplicate_key_field",
     "ensure_indexes",
@@ -48,11 +55,14 @@ __all__ = [
     "insert_stamped",
     "name_anonymous_mock",
     "open_client",
+    "readable_experiments",
     "readable_trials",
+    "restorable",
     "translate",
     "translated",
     "trial_to_doc",
     "unreadable",
+    "unreadable_experiment",
 ]
 
 log = logging.getLogger(__name__)
@@ -78,6 +88,17 @@ _indexed: set[tuple[int, str, str]] = set()  # (pid, uri, collection) whose inde
 
 #: Documents per reply of a read of many trials (the default first batch is 101: a round trip more).
 BATCH = 1000
+
+#: The update operator that stamps a write with the server's date (a BSON date: millisecond
+#: resolution, and range queries on it work on every server and in mongomock).
+STAMP: dict[str, Any] = {"$currentDate": {"mtime": True}}
+
+#: Waiting trials, in the order they are reserved: interrupted first (it sorts first), then the oldest.
+WAITING = {"status": {"$in": [TrialStatus.INTERRUPTED.value, TrialStatus.NEW.value]}}
+WAITING_ORDER = [("status", 1), ("submit_time", 1)]
+
+#: The server's code for an update operator meeting a field of another type (``$inc`` on text).
+TYPE_MISMATCH = 14
 
 
 # -- opening ------------------------------------------------------------------
@@ -169,12 +190,9 @@ def ensure_indexes(db: Any, uri: str, collection: str = "trials") -> None:
 def scrub(text: str, uri: str) -> str:
     """Remove the URI's password (plain or percent-encoded) from ``text``."""
     text = redact(text)
-    try:
-        password = urllib.parse.urlsplit(uri.split(",", 1)[0]).password
-    except ValueError:
-        password = None
-    for secret in {password, urllib.parse.unquote(password or "")} - {None, ""}:
-        text = text.replace(secret, "***")  # type: ignore[arg-type]
+    password = password_of(uri)
+    for secret in sorted({password, urllib.parse.unquote(password)} - {""}, key=len, reverse=True):
+        text = text.replace(secret, "***")
     return text
 
 
@@ -282,6 +300,36 @@ def holds(doc: dict[str, Any], owner: str | None, fields: Mapping[str, Any]) -> 
     return owner is not None and doc.get("worker") == owner and all(doc.get(k) == v for k, v in stored.items())
 
 
+def break_unreadable(trials: Any, doc: Mapping[str, Any], holder: Mapping[str, Any], why: str, now: float,
+                     uri: str) -> bool:
+    """Mark broken the trial of ``doc``, which holds values Orchard never writes, and say so.
+
+    Only ``$set``: every other write increments ``version``, which the server refuses on a
+    version another program stored as text. ``holder`` narrows the update (the worker that just
+    reserved it, or a waiting status). Returns whether it matched.
+    """
+    log.warning("trial %r in MongoDB at %s is not one Orchard writes (%s); marked broken instead of "
+                "evaluated", doc["_id"], redact(uri), why)
+    version = doc.get("version")
+    broken = {"status": TrialStatus.BROKEN.value, "end_time": now, "version": (version if type(version) is int else 1) + 1,
+              "error": {"type": "UnreadableTrial", "message": f"holds values Orchard never writes: {why}"}}
+    done = trials.update_one({"_id": doc["_id"], **holder}, {"$set": broken, "$unset": {"slot": ""}, **STAMP})
+    return bool(done.matched_count)
+
+
+def break_first_waiting(trials: Any, experiment_id: str, now: float, uri: str) -> bool:
+    """Break the waiting trial a reservation refused by :data:`TYPE_MISMATCH` was about to take.
+
+    Returns whether one was broken (``False``: none waits any more, or it changed meanwhile).
+    """
+    query = {"experiment": experiment_id, **WAITING}
+    doc = trials.find_one(query, sort=WAITING_ORDER)
+    if doc is None:
+        return False
+    why = unreadable(doc) or "a field of a type the server cannot update"
+    return break_unreadable(trials, doc, {**WAITING, "version": doc.get("version")}, why, now, uri)
+
+
 def insert_stamped(trials: Any, doc: dict[str, Any]) -> None:
     """Insert ``doc`` with ``mtime`` stamped by the server, like every update.
 
@@ -309,6 +357,9 @@ def unreadable(doc: dict[str, Any]) -> str | None:
     a document written by another program may hold a trial error that is a list, a
     param that is a list or a ``Decimal128``, an int beyond 64 bits (mongomock).
     """
+    for counter in ("version", REPORT_COUNT):  # every write increments them: the server refuses text
+        if counter in doc and type(doc[counter]) is not int:
+            return f"field {counter!r} is {type(doc[counter]).__name__}"
     data = {key: value for key, value in doc.items() if key not in _STORAGE_ONLY}
     data["id"] = doc.get("_id")
     try:
@@ -316,6 +367,21 @@ def unreadable(doc: dict[str, Any]) -> str | None:
     except RecordError as err:
         return str(err)
     return None
+
+
+def restorable(docs: list[dict[str, Any]], experiment: str, uri: str) -> list[dict[str, Any]]:
+    """``docs``, once each is known to hold a trial readers can read (a dump may have been edited by hand).
+
+    Raises:
+        StorageError: one does not (see :func:`unreadable`); it is named, and nothing is stored.
+    """
+    for doc in docs:
+        why = unreadable(doc)
+        if why is not None:
+            raise StorageError(
+                f"cannot restore trial {doc['_id']!r} into experiment {experiment!r} in MongoDB at {redact(uri)}: it "
+                f"is not one Orchard writes ({why}); nothing was restored. Fix or remove that trial in the dump")
+    return docs
 
 
 def doc_to_trial(doc: dict[str, Any], uri: str = "") -> Trial:
@@ -350,3 +416,44 @@ def readable_trials(docs: Iterable[dict[str, Any]], uri: str) -> list[Trial]:
             log.warning("skipped trial %r in MongoDB at %s: it is not one Orchard writes (%s); written by "
                         "another program? Delete or fix that document", doc.get("_id"), redact(uri), why)
     return trials
+
+
+#: The fields of an experiment document every reader relies on, and the types Orchard writes.
+_EXPERIMENT_TYPES: dict[str, tuple[type, ...]] = {"_id": (str,), "name": (str,), "created": (int, float), "config": (dict,)}
+
+
+def unreadable_experiment(doc: Mapping[str, Any]) -> str | None:
+    """Why ``doc`` is not an experiment Orchard writes (a field missing or of another type), or ``None``."""
+    for field, kinds in _EXPERIMENT_TYPES.items():
+        value = doc.get(field)
+        if type(value) not in kinds:
+            return f"field {field!r} is {'missing' if field not in doc else type(value).__name__}"
+    return None
+
+
+def check_experiment(doc: Mapping[str, Any], uri: str) -> None:
+    """Raise unless ``doc`` is an experiment Orchard writes.
+
+    Raises:
+        StorageCorruptedError: it is not (see :func:`unreadable_experiment`); the message names it.
+    """
+    why = unreadable_experiment(doc)
+    if why is not None:
+        raise StorageCorruptedError(
+            f"experiment {doc.get('name')!r} (id {doc.get('_id')!r}) in MongoDB at {redact(uri)} is not one "
+            f"Orchard writes ({why}); written by another program? Delete or fix that document")
+
+
+def readable_experiments(docs: Iterable[dict[str, Any]], uri: str) -> list[dict[str, Any]]:
+    """The documents of ``docs`` that hold an experiment, skipping (and naming once) the others."""
+    kept = []
+    for doc in docs:
+        why = unreadable_experiment(doc)
+        if why is None:
+            kept.append(doc)
+        elif (uri, repr(doc.get("_id"))) not in _named:
+            _named.add((uri, repr(doc.get("_id"))))
+            log.warning("skipped experiment %r (id %r) in MongoDB at %s: it is not one Orchard writes (%s); "
+                        "written by another program? Delete or fix that document",
+                        doc.get("name"), doc.get("_id"), redact(uri), why)
+    return kept

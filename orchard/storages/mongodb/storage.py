@@ -39,7 +39,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from pymongo import ReturnDocument
-from pymongo.errors import DuplicateKeyError
+from pymongo.errors import DuplicateKeyError, OperationFailure
 
 from orchard import trial as transitions
 from orchard.errors import (
@@ -63,7 +63,6 @@ __all__ = ["MongoStorage"]
 log = logging.getLogger(__name__)
 
 _AFTER = ReturnDocument.AFTER
-_WAITING = [TrialStatus.INTERRUPTED.value, TrialStatus.NEW.value]  # sorts interrupted first
 _translated = client.translated
 
 
@@ -210,7 +209,8 @@ class MongoStorage(BaseStorage):
 
     @_translated("list experiments")
     def list_experiments(self) -> list[ExperimentRecord]:
-        return [self._record(doc) for doc in self._db().experiments.find().sort("created", 1)]
+        docs = client.readable_experiments(self._db().experiments.find(), self.uri)
+        return sorted((self._record(doc) for doc in docs), key=lambda record: record.created)
 
     @_translated("update an experiment")
     def update_experiment(self, experiment_id: str, changes: Mapping[str, Any]) -> ExperimentRecord:
@@ -258,6 +258,7 @@ class MongoStorage(BaseStorage):
         return int(deleted)
 
     def _record(self, doc: Mapping[str, Any]) -> ExperimentRecord:
+        client.check_experiment(doc, self.uri)
         self._names[doc["_id"]] = doc["name"]
         return ExperimentRecord(doc["_id"], doc["name"], dict(doc.get("config") or {}), doc["created"])
 
@@ -265,10 +266,10 @@ class MongoStorage(BaseStorage):
         """The experiment's name; one read the first time an id is seen, then cached."""
         name = self._names.get(experiment_id)
         if name is None:
-            doc = self._db().experiments.find_one({"_id": experiment_id}, projection={"name": 1})
+            doc = self._db().experiments.find_one({"_id": experiment_id})
             if doc is None:
                 raise self._no_experiment(experiment_id)
-            name = self._names[experiment_id] = doc["name"]
+            name = self._record(doc).name
         return name
 
     def _no_experiment(self, experiment_id: str) -> ExperimentNotFoundError:
@@ -310,10 +311,9 @@ class MongoStorage(BaseStorage):
     def restore_trials(self, experiment_id: str, trials: Iterable[Trial]) -> int:
         name = self._experiment_name(experiment_id)
         added = 0
-        for trial in trials:
-            tid = trial_id(experiment_id, trial.params)
-            fresh = dataclasses.replace(trial, id=tid, experiment=experiment_id)
-            doc = client.trial_to_doc(fresh)
+        restored = [dataclasses.replace(t, id=trial_id(experiment_id, t.params), experiment=experiment_id) for t in trials]
+        docs = client.restorable([client.trial_to_doc(fresh) for fresh in restored], name, self.uri)
+        for fresh, doc in zip(restored, docs, strict=True):
             try:
                 if not fresh.holds_budget:
                     client.insert_stamped(self._trials, doc)
@@ -363,28 +363,23 @@ class MongoStorage(BaseStorage):
 
     @_translated("reserve a trial")
     def reserve_trial(self, experiment_id: str, worker: str) -> Trial | None:
-        while True:
-            doc = self._trials.find_one_and_update(
-                {"experiment": experiment_id, "status": {"$in": _WAITING}},
-                self._update(transitions.reserve(worker, self.now())),
-                sort=[("status", 1), ("submit_time", 1)],
-                return_document=_AFTER,
-            )
+        while True:  # a trial holding values Orchard never writes is broken, not handed out: next one
+            try:
+                doc = self._trials.find_one_and_update(
+                    {"experiment": experiment_id, **client.WAITING}, self._update(transitions.reserve(worker, self.now())),
+                    sort=client.WAITING_ORDER, return_document=_AFTER)
+            except OperationFailure as err:  # another program's field the update cannot apply to (a version in text)
+                if err.code == client.TYPE_MISMATCH and client.break_first_waiting(
+                        self._trials, experiment_id, self.now(), self.uri):
+                    continue
+                raise
             if doc is None:
                 self._experiment_name(experiment_id)  # raise if the experiment does not exist
                 return None
             why = client.unreadable(doc)
             if why is None:
                 return client.doc_to_trial(doc)
-            self._break_unreadable(doc, worker, why)  # no evaluation could use it: next one
-
-    def _break_unreadable(self, doc: Mapping[str, Any], worker: str, why: str) -> None:
-        """Mark broken a trial just reserved that holds values Orchard never writes, and say so."""
-        log.warning("trial %r in MongoDB at %s is not one Orchard writes (%s); marked broken instead of "
-                    "evaluated", doc["_id"], self.redacted_uri, why)
-        broken = {"status": TrialStatus.BROKEN.value, "end_time": self.now(),
-                  "error": {"type": "UnreadableTrial", "message": f"holds values Orchard never writes: {why}"}}
-        self._trials.update_one({"_id": doc["_id"], "worker": worker}, self._stamp(broken, unset=["slot"]))
+            client.break_unreadable(self._trials, doc, {"worker": worker}, why, self.now(), self.uri)
 
     @_translated("record a heartbeat")
     def heartbeat_trial(self, trial_id: str, worker: str) -> None:
@@ -468,11 +463,13 @@ class MongoStorage(BaseStorage):
     @_translated("count trials")
     def count_trials(self, experiment_id: str) -> dict[TrialStatus, int]:
         counts = {status: 0 for status in TrialStatus}
+        known = {status.value: status for status in TrialStatus}
         for row in self._trials.aggregate([
             {"$match": {"experiment": experiment_id}},
             {"$group": {"_id": "$status", "n": {"$sum": 1}}},
         ]):
-            counts[TrialStatus(row["_id"])] = int(row["n"])
+            if isinstance(row["_id"], str) and row["_id"] in known:  # another program's status: not a trial's
+                counts[known[row["_id"]]] = int(row["n"])
         if not any(counts.values()):
             self._experiment_name(experiment_id)
         return counts

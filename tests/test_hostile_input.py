@@ -1,0 +1,290 @@
+"""Hostile data and careless input at the edges: MongoDB documents written by another program,
+URIs with typos, and what the dashboard shows of them."""
+
+from __future__ import annotations
+
+import datetime
+import uuid
+from typing import Any
+
+import pytest
+
+import orchard
+from orchard.storages import get_storage
+from orchard.trial import TrialStatus
+
+# -- trial documents another program wrote ------------------------------------------------
+
+#: Trial documents no Orchard release writes, each breaking a reader that trusts the shape.
+ODD_TRIALS: dict[str, dict[str, Any]] = {
+    "no status": {"_id": "odd-no-status"},
+    "a status Orchard does not know": {"_id": "odd-status", "status": "bogus"},
+    "a status that is a number": {"_id": "odd-status-int", "status": 3},
+    "an _id that is a dict": {"_id": {"made": "elsewhere"}, "status": "completed"},
+    "a version that is a string": {"_id": "odd-version", "status": "completed", "version": "9"},
+}
+
+
+@pytest.mark.parametrize("case", list(ODD_TRIALS))
+def test_odd_trial_documents_neither_stop_the_workers_nor_the_change_feed(case: str) -> None:
+    exp = orchard.build_experiment("odd", space={"x": "uniform(0, 1)"}, algorithm="random", max_trials=4,
+                                   storage="mongomock://")
+    storage: Any = exp.storage
+    _, cursor = storage.fetch_changes(exp.id)  # a reader already following the experiment
+    doc = {"experiment": exp.id, "params": {"x": 0.5}, "objective": 1.0, "results": {},
+           "mtime": datetime.datetime.now(datetime.timezone.utc).replace(tzinfo=None), **ODD_TRIALS[case]}
+    storage._trials.insert_one(doc)  # written by another program
+    storage.fetch_changes(exp.id, cursor)
+    storage.fetch_changes(exp.id)
+    assert sum(storage.count_trials(exp.id).values()) <= 1
+    exp.workon(lambda x: x, n_workers=1)  # every worker used to die on the first read
+    assert storage.count_trials(exp.id)[TrialStatus.COMPLETED] >= 4
+
+
+@pytest.mark.slow  # the wire server: mongomock applies $inc to text without a word
+@pytest.mark.parametrize("status", ["new", "reserved"])
+@pytest.mark.parametrize("version", ["9", None])
+def test_a_trial_whose_version_is_not_a_number_is_broken_not_fatal(
+        mongo_db_uri: str, status: str, version: Any, caplog: pytest.LogCaptureFixture) -> None:
+    """Every write increments ``version``: on a version that is text, the server refuses the write."""
+    from orchard.trial import Trial
+
+    exp = orchard.build_experiment("odd", space={"x": "uniform(0, 1)"}, algorithm="random", max_trials=3,
+                                   heartbeat=0.2, storage=mongo_db_uri)
+    storage: Any = exp.storage
+    doc = Trial(id="h" * 32, experiment=exp.id, params={"x": 0.5}, submit_time=0.0, status=TrialStatus(status),
+                worker="gone:1:x" if status == "reserved" else None, heartbeat=1.0).to_dict()
+    doc.update(_id=doc.pop("id"), version=version, mtime=datetime.datetime(2020, 1, 1))
+    storage._trials.insert_one(doc)  # written by another program
+    exp.workon(lambda x: x, n_workers=1)  # the first reservation (or release) used to kill every worker
+    assert storage.count_trials(exp.id)[TrialStatus.COMPLETED] == 3
+    assert "h" * 32 in caplog.text
+    if status == "new":  # the only waiting trial left: a reservation breaks it instead of failing
+        assert storage.reserve_trial(exp.id, "w") is None
+        assert storage._trials.find_one({"_id": "h" * 32})["status"] == "broken"
+
+
+#: Experiment documents no Orchard release writes.
+ODD_EXPERIMENTS: dict[str, dict[str, Any]] = {
+    "no name": {"_id": "odd-1", "config": {}, "created": 1.0},
+    "no creation time": {"_id": "odd-2", "name": "odd-2", "config": {}},
+    "a config that is a string": {"_id": "odd-3", "name": "odd-3", "config": "zzz", "created": 1.0},
+    "a config that is a list": {"_id": "odd-4", "name": "odd-4", "config": [1, 2], "created": 1.0},
+    "a name that is a number": {"_id": "odd-5", "name": 5, "config": {}, "created": 1.0},
+}
+
+
+@pytest.mark.parametrize("case", list(ODD_EXPERIMENTS))
+def test_odd_experiment_documents_are_skipped_and_named_by_every_listing(
+        case: str, caplog: pytest.LogCaptureFixture, capsys: pytest.CaptureFixture[str]) -> None:
+    from orchard.cli import main
+    from orchard.errors import StorageCorruptedError
+
+    uri = "mongomock://odd-experiments-" + uuid.uuid4().hex[:12]
+    storage: Any = get_storage(uri)
+    storage.create_experiment("kept", {"space": {"x": "uniform(0, 1)"}})
+    doc = ODD_EXPERIMENTS[case]
+    storage._db().experiments.insert_one(dict(doc))  # written by another program
+    assert [record.name for record in storage.list_experiments()] == ["kept"]
+    assert "not one Orchard writes" in caplog.text and repr(doc["_id"]) in caplog.text
+    assert main(["list", "--storage", uri]) == 0 and "kept" in capsys.readouterr().out
+    if isinstance(doc.get("name"), str):
+        with pytest.raises(StorageCorruptedError, match="not one Orchard writes"):
+            storage.get_experiment(doc["name"])
+
+
+# -- careless storage URIs ---------------------------------------------------------------
+
+SECRET = "Sx9-pw"
+
+
+@pytest.mark.parametrize("uri", [
+    f"mongodb://me:{SECRET}/x@127.0.0.1:1/db",  # an unescaped / in the password
+    f"mongodb://me:{SECRET}@x@127.0.0.1:1/db",  # an unescaped @ in the password
+    f"mongodb:/me:{SECRET}@127.0.0.1:1/db",  # a slash short
+    f"mongodb//me:{SECRET}@127.0.0.1:1/db",  # the colon left out
+    f"mongodb:me:{SECRET}@127.0.0.1:1/db",
+    f"me:{SECRET}@127.0.0.1:27017/db",  # the scheme left out
+])
+def test_a_mistyped_uri_is_one_line_that_shows_no_part_of_the_password(
+        uri: str, capsys: pytest.CaptureFixture[str]) -> None:
+    from orchard.cli import main
+
+    assert main(["status", "--storage", uri]) != 0
+    out, err = capsys.readouterr()
+    said = out + err
+    assert "error" in said and len(said.strip().splitlines()) == 1, said
+    assert SECRET not in said and "x@127" not in said and "/x@" not in said, said
+
+
+# -- what the dashboard shows of them ----------------------------------------------------
+
+#: Settings another program could store in an experiment's configuration: none passes the checks
+#: Orchard applies before storing one, and each used to break the dashboard for every experiment.
+ODD_SETTINGS: dict[str, tuple[str, Any]] = {
+    "a max_trials that is text": ("max_trials", "ten"),
+    "a heartbeat that is text": ("heartbeat", "x"),
+    "a space that is a list": ("space", [1, 2]),
+    "an objective direction Orchard does not know": ("objectives", {"a": "min", "b": "sideways"}),
+    "a constraint Orchard cannot read": ("constraints", ["mem<b> <= 3"]),  # with two objectives
+    "a stopping rule that is text": ("stop", {"target": "x"}),
+    "a stopping ledger that is text": ("_stop_ledger", "x"),
+}
+
+
+@pytest.mark.parametrize("case", list(ODD_SETTINGS))
+def test_an_experiment_with_odd_settings_is_shown_with_its_problem_and_the_others_as_they_are(case: str) -> None:
+    import json
+
+    from orchard.dashboard import StorageView
+    from orchard.dashboard._payloads import experiment_detail, experiment_summary, to_json, trial_rows
+    from orchard.stopping import LEDGER_KEY
+
+    key, value = ODD_SETTINGS[case]
+    key = LEDGER_KEY if key == "_stop_ledger" else key
+    storage = get_storage("memory://")
+    good = storage.create_experiment("good", {"space": {"x": "uniform(0, 1)"}, "max_trials": 4})
+    storage.complete_trial(storage.register_trial(good, {"x": 0.5}, worker="w").id, "w", 1.0)
+    config = {"space": {"x": "uniform(0, 1)"}, "max_trials": 4, "stop": {"patience": 3}, key: value}
+    if key == "constraints":  # read only with several objectives (which have no patience rule)
+        config.update(objectives={"a": "min", "b": "min"}, stop=None)
+    odd = storage.create_experiment("odd", config)  # the storage keeps what another program wrote
+    storage.complete_trial(storage.register_trial(odd, {"x": 0.5}, worker="w").id, "w", 2.0, {"a": 2.0, "b": 1.0})
+    view = StorageView(storage, min_interval=0)
+    with view.reading():  # what /api/experiments, /api/experiments/NAME and its trials serve
+        listed = json.loads(to_json([experiment_summary(v) for v in view.experiments()]))
+        shown = view.experiment("odd")
+        assert shown is not None
+        detail = json.loads(to_json(experiment_detail(shown, "memory://")))
+        rows = json.loads(to_json(trial_rows(shown)))
+    assert [(row["name"], row["counts"]["completed"]) for row in listed] == [("good", 1), ("odd", 1)]
+    assert listed[0]["problem"] is None
+    assert key in listed[1]["problem"] and key in detail["problem"]
+    assert detail["best_objective"] == 2.0 and len(rows["trials"]) == 1
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1:8080", "http://127.0.0.1", "[127.0.0.1", "no-such-host.invalid"])
+def test_serve_on_a_mistyped_host_is_one_line_naming_it_and_no_warning_first(
+        host: str, tmp_path: Any, capsys: pytest.CaptureFixture[str]) -> None:
+    from orchard.cli import main
+
+    assert main(["serve", "--storage", str(tmp_path / "o.pkl"), "--host", host, "--port", "0"]) != 0
+    said = capsys.readouterr().err.strip().splitlines()
+    assert len(said) == 1 and repr(host) in said[0] and "--port" in said[0], said
+
+
+def test_a_port_beyond_65535_is_refused_instead_of_another_port_served() -> None:
+    from orchard.dashboard import bind
+    from orchard.errors import ConfigurationError
+
+    with pytest.raises(ConfigurationError, match="70000 is not a TCP port"):
+        bind("127.0.0.1", 70000).close()
+
+
+def test_an_ipv6_address_in_brackets_is_the_address() -> None:
+    from orchard.dashboard import bind, is_loopback
+
+    assert is_loopback("[::1]")
+    sock = bind("[::1]", 0)
+    assert sock.getsockname()[0] == "::1"
+    sock.close()
+
+
+def test_the_dashboard_shows_a_warm_start_sources_uri_without_its_password() -> None:
+    import json
+
+    from orchard.dashboard import StorageView
+    from orchard.dashboard._payloads import experiment_detail, to_json
+
+    storage = get_storage("memory://")
+    source = {"experiment": "old", "storage": f"mongodb://me:{SECRET}@db.example:27017/runs", "fill": {}}
+    storage.create_experiment("new", {"space": {"x": "uniform(0, 1)"}, "warm_start": [source]})
+    view = StorageView(storage).experiment("new")
+    assert view is not None
+    detail = to_json(experiment_detail(view, storage.redacted_uri))  # what /api/experiments/new serves
+    assert SECRET not in detail
+    assert json.loads(detail)["settings"]["warm_start"][0]["storage"] == "mongodb://me:***@db.example:27017/runs"
+
+
+@pytest.mark.parametrize("options", [
+    f"tls=true&tlsCertificateKeyFilePassword={SECRET}",  # a secret the driver takes in the URI
+    f"authMechanism=MONGODB-AWS&authMechanismProperties=AWS_SESSION_TOKEN:{SECRET}",
+])
+def test_secrets_in_uri_options_are_hidden_like_the_password(options: str) -> None:
+    storage = get_storage(f"mongodb://127.0.0.1:1/db?{options}")
+    assert SECRET not in storage.redacted_uri + repr(storage) and "***" in storage.redacted_uri
+
+
+def test_a_password_written_as_an_option_is_not_printed_in_the_error(capsys: pytest.CaptureFixture[str]) -> None:
+    from orchard.cli import main
+
+    assert main(["status", "--storage", f"mongodb://127.0.0.1:1/db?username=me&password={SECRET}"]) != 0
+    said = "".join(capsys.readouterr())
+    assert "Unknown option" in said and SECRET not in said, said
+
+
+@pytest.mark.slow
+def test_the_pages_show_every_experiment_and_the_problem_of_an_odd_one(tmp_path: Any) -> None:
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+    from selenium.webdriver.common.by import By
+
+    from tests.test_dashboard_live import BROWSER_FLAGS, CHROMEDRIVER, CHROMIUM, serving, text_of, wait_for
+
+    storage = get_storage(str(tmp_path / "o.pkl"))
+    storage.create_experiment("good", {"space": {"x": "uniform(0, 1)"}, "max_trials": 4})
+    storage.create_experiment("odd", {"space": {"x": "uniform(0, 1)"}, "max_trials": "ten"})  # another program's
+    storage.close()
+    options = webdriver.ChromeOptions()
+    for flag in BROWSER_FLAGS:
+        options.add_argument(flag)
+    options.binary_location = CHROMIUM
+    browser = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
+    try:
+        with serving(str(tmp_path / "o.pkl"), cwd=tmp_path) as served:
+            browser.get(served.url)
+            wait_for(browser, lambda b: len(b.find_elements(By.CSS_SELECTOR, "#experiments tbody tr")) == 2)
+            assert "odd settings" in text_of(browser, "#experiments tr[data-name='odd']")
+            browser.get(served.url + "experiments/odd")
+            wait_for(browser, lambda b: "max_trials" in b.find_element(By.ID, "config-problem").text)
+            assert text_of(browser, "h1#name") == "odd"
+            browser.get("about:blank")  # stop polling before the server stops
+    finally:
+        browser.quit()
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(60)
+def test_ctrl_c_stops_the_dashboard_while_a_client_has_stopped_reading(tmp_path: Any) -> None:
+    import signal
+    import socket
+    import time
+
+    from tests.test_dashboard_live import serving
+
+    with serving(str(tmp_path / "o.pkl"), cwd=tmp_path) as served:
+        port = int(served.url.rsplit(":", 1)[1].strip("/"))
+        stalled = socket.create_connection(("127.0.0.1", port))
+        stalled.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        stalled.sendall(b"GET /static/plotly.min.js HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")  # and never read
+        time.sleep(0.5)
+        started = time.monotonic()
+        served.proc.send_signal(signal.SIGINT)
+        served.proc.wait(timeout=20)  # it used to wait for that client for ever
+        assert time.monotonic() - started < 10
+        stalled.close()
+
+
+@pytest.mark.parametrize("params", [{"x": 10**30}, {"x": {"$where": "1"}}, {"x": [1, 2]}])
+def test_restoring_a_trial_mongodb_would_skip_stores_nothing_and_says_which(params: dict[str, Any]) -> None:
+    """A hand-edited dump loaded with ``orchard db load``: refused whole, not half-stored or stored unreadable."""
+    from orchard.errors import StorageError
+    from orchard.trial import Trial
+
+    storage: Any = get_storage("mongomock://")
+    exp = storage.create_experiment("exp", {"space": {"x": "uniform(0, 1)"}})
+    fine = Trial(id="a" * 32, experiment=exp, params={"x": 0.5}, status=TrialStatus.COMPLETED, objective=1.0)
+    odd = Trial(id="b" * 32, experiment=exp, params=params, status=TrialStatus.COMPLETED, objective=2.0)
+    with pytest.raises(StorageError, match="not one Orchard writes"):
+        storage.restore_trials(exp, [fine, odd])
+    assert storage._trials.count_documents({}) == 0
