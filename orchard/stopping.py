@@ -263,9 +263,22 @@ class Ledger:
     fired: dict[str, Any] | None = None
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any] | None) -> Ledger:
-        """The ledger stored as ``data`` (``None``: an empty one)."""
+    def from_dict(cls, data: Any, label: str = "") -> Ledger:
+        """The ledger stored as ``data`` (``None``: an empty one).
+
+        A stored value Orchard never writes (another program's, or a hand edit: a
+        ledger that is not a mapping, a count in text) is named once per process and
+        read as an empty ledger, so the rules count again from the next finished
+        trial and the next fold replaces it; it never stops the workers.
+        """
         if not data:
+            return cls()
+        why = _unreadable_ledger(data)
+        if why is not None:
+            if (label, why) not in _NAMED:
+                _NAMED.add((label, why))
+                log.warning("the stopping ledger of experiment %r holds values Orchard never writes (%s); read as "
+                            "empty: its rules count again from the next finished trial", label, why)
             return cls()
         known = {field.name for field in dataclasses.fields(cls)}
         return cls(**{key: value for key, value in data.items() if key in known})
@@ -338,7 +351,7 @@ class StopGate:
 
     def read(self) -> Ledger:
         """The stored ledger."""
-        return Ledger.from_dict(self.storage.experiment(self.experiment_id).config.get(LEDGER_KEY))
+        return Ledger.from_dict(self.storage.experiment(self.experiment_id).config.get(LEDGER_KEY), self.label)
 
     def check(self) -> None:
         """Raise the stop if a rule has fired.
@@ -372,7 +385,7 @@ class StopGate:
         seconds = 0.0 if started is None else self._clock() - started
         for _ in range(_MAX_SWAPS):
             stored = self.storage.experiment(self.experiment_id).config.get(LEDGER_KEY)
-            ledger = Ledger.from_dict(stored)
+            ledger = Ledger.from_dict(stored, self.label)
             if ledger.fired is not None or trial_id in ledger.recent:
                 return ledger  # fired before (running trials are not folded), or our retried swap landed
             after = ledger.folded(self.rules, trial_id, outcome, seconds)
@@ -382,6 +395,27 @@ class StopGate:
                 return after
         raise StorageError(f"could not fold trial {trial_id} into the stopping ledger of experiment "
                            f"{self.label!r} after {_MAX_SWAPS} tries; try again")
+
+
+_NAMED: set[tuple[str, str]] = set()  # unreadable ledgers already named in this process
+_NUMBER = (int, float)
+#: The types of a stored ledger's fields (bools are not counts).
+_LEDGER_TYPES: dict[str, tuple[type, ...]] = {
+    "finished": (int,), "completed": (int,), "best_at": (int,), "best": (*_NUMBER, type(None)),
+    "cost": _NUMBER, "time": _NUMBER, "recent": (list,), "fired": (dict, type(None)),
+}
+
+
+def _unreadable_ledger(data: Any) -> str | None:
+    """Why ``data`` is not a ledger Orchard writes, or ``None``."""
+    if not isinstance(data, Mapping):
+        return f"it is a {type(data).__name__}, not a mapping"
+    for name, kinds in _LEDGER_TYPES.items():
+        if name in data and type(data[name]) not in kinds:
+            return f"field {name!r} is {type(data[name]).__name__}"
+    if not all(isinstance(item, str) for item in data.get("recent", [])):
+        return "field 'recent' holds something other than trial ids"
+    return None
 
 
 def stop_message(label: str, fired: Mapping[str, Any]) -> str:

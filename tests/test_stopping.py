@@ -115,6 +115,20 @@ def test_max_cost_sums_the_reported_cost_metric() -> None:
     assert _stopped(other)["rule"] == "max_cost"
 
 
+@pytest.mark.parametrize("ledger", [["junk"], "junk", {"finished": "3"}, {"recent": [1, 2]}, {"fired": [1]}])
+def test_a_ledger_another_program_wrote_is_read_as_empty_and_replaced(tmp_path: Path, ledger: Any,
+                                                                      caplog: pytest.LogCaptureFixture) -> None:
+    exp = _experiment({"target": 0.1}, storage=str(tmp_path / "o.pkl"))
+    _tell(exp, 0.5)
+    exp.storage.update_experiment(exp.id, {LEDGER_KEY: ledger})
+    assert "not fired" in stop_summary(exp.storage.experiment(exp.id).config)["line"]
+    _tell(exp, 0.4)  # the workers go on; the fold replaces the odd value with a ledger
+    assert exp.storage.experiment(exp.id).config[LEDGER_KEY]["finished"] == 1
+    assert "stopping ledger of experiment 'e' holds values Orchard never writes" in caplog.text
+    _tell(exp, 0.05)
+    assert _stopped(exp)["finished"] == 2
+
+
 def test_max_time_sums_the_trials_own_evaluation_times() -> None:
     exp = _experiment({"max_time": 10})
     now = [100.0]
