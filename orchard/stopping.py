@@ -52,7 +52,7 @@ if TYPE_CHECKING:  # pragma: no cover
 
 __all__ = [
     "LEDGER_KEY", "RULES", "Ledger", "StopGate", "StopRules", "normalize_stop", "parse_duration", "stop_message",
-    "stop_summary",
+    "stop_summary", "unreadable_ledger",
 ]
 
 log = logging.getLogger(__name__)
@@ -273,7 +273,7 @@ class Ledger:
         """
         if not data:
             return cls()
-        why = _unreadable_ledger(data)
+        why = unreadable_ledger(data)
         if why is not None:
             if (label, why) not in _NAMED:
                 _NAMED.add((label, why))
@@ -406,8 +406,8 @@ _LEDGER_TYPES: dict[str, tuple[type, ...]] = {
 }
 
 
-def _unreadable_ledger(data: Any) -> str | None:
-    """Why ``data`` is not a ledger Orchard writes, or ``None``."""
+def unreadable_ledger(data: Any) -> str | None:
+    """Why ``data``, a stored ledger, is not one Orchard writes, or ``None``."""
     if not isinstance(data, Mapping):
         return f"it is a {type(data).__name__}, not a mapping"
     for name, kinds in _LEDGER_TYPES.items():

@@ -32,7 +32,7 @@ from typing import Any, NamedTuple
 
 from orchard.errors import ConfigurationError
 from orchard.experiment_config import ExperimentConfig
-from orchard.stopping import LEDGER_KEY, stop_summary
+from orchard.stopping import LEDGER_KEY, unreadable_ledger
 from orchard.storages.base import BaseStorage, ExperimentRecord
 from orchard.trial import Trial, TrialStatus
 
@@ -65,12 +65,10 @@ def shown_config(config: Mapping[str, Any]) -> tuple[dict[str, Any], str | None]
             continue
         if key in ("max_trials", "heartbeat"):
             shown[key] = getattr(checked, key)
-    if shown.get(LEDGER_KEY) is not None:
-        try:
-            stop_summary(shown)
-        except (AttributeError, TypeError, ValueError) as err:
-            problems.append(f"the stopping rules' ledger {LEDGER_KEY!r} is unreadable ({type(err).__name__})")
-            del shown[LEDGER_KEY]
+    why = unreadable_ledger(shown[LEDGER_KEY]) if shown.get(LEDGER_KEY) else None
+    if why is not None:
+        problems.append(f"the stopping rules' ledger {LEDGER_KEY!r} is unreadable ({why})")
+        del shown[LEDGER_KEY]
     if not problems:
         return shown, None
     return shown, "settings Orchard would refuse, shown at their defaults: " + "; ".join(problems)
