@@ -53,6 +53,10 @@ __all__ = [
 ]
 
 
+#: Characters of an exception's message kept in a broken trial's error (the traceback tail is kept too).
+_MESSAGE_LIMIT = 10_000
+
+
 @dataclasses.dataclass
 class Outcome:
     """What one evaluation produced: an objective (and extra results), or an error."""
@@ -85,9 +89,16 @@ class Outcome:
 
     @classmethod
     def from_exception(cls, err: BaseException) -> Outcome:
-        """An outcome for an exception raised by the objective (type, message, traceback tail)."""
+        """An outcome for an exception raised by the objective (type, message, traceback tail).
+
+        Never raises: an exception whose ``__str__`` fails is described by its type.
+        """
         tail = "".join(traceback.format_exception(type(err), err, err.__traceback__)[-3:])
-        return cls.failure(type(err).__name__, str(err), traceback=tail[-2000:])
+        try:
+            message = str(err)
+        except Exception as broken:  # noqa: BLE001 -- the user's __str__ must not cost the trial
+            message = f"<str() of the exception raised {type(broken).__name__}>"
+        return cls.failure(type(err).__name__, message[:_MESSAGE_LIMIT], traceback=tail[-2000:])
 
 
 class TrialEvaluator(abc.ABC):
@@ -263,7 +274,9 @@ def call_objective(
             return interpret_result(fn(**params))
         except TrialPruned:
             return Outcome.pruned_by_objective()
-        except Exception as err:  # the objective's own failure marks the trial broken
+        except KeyboardInterrupt:
+            raise  # Ctrl-C, SIGTERM: the worker releases the trial
+        except BaseException as err:  # sys.exit() too: the trial breaks, the worker goes on, as in a child
             return Outcome.from_exception(err)
     job = functools.partial(_evaluate_for_parent, fn, dict(params))
     if not hasattr(os, "fork"):

@@ -189,6 +189,10 @@ class Worker:
             if interruption is err:
                 raise
             raise interruption.with_traceback(err.__traceback__) from None
+        except BaseException as err:  # an evaluator that broke its contract must not leave the trial reserved
+            log.error("worker %s: the evaluation of trial %s raised %s; the trial is recorded broken",
+                      self.name, trial.id, type(err).__name__)
+            outcome = Outcome.from_exception(err)
         finally:
             self._evaluating = None
         try:
