@@ -23,7 +23,6 @@ import dataclasses
 import functools
 import inspect
 import json
-import math
 import os
 import shutil
 import tempfile
@@ -34,10 +33,11 @@ from typing import Any
 from orchard.current import CurrentTrial, current_trial, evaluating
 from orchard.errors import ConfigurationError
 from orchard.isolation import ForkedCall, Stopped, call_spawned, hold_group, kill_tree
-from orchard.report import TrialPruned, reporting_to
+from orchard.report import TrialPruned, reporting_to, shown
 from orchard.verdicts import ReportFollower, current_judge
 from orchard.space import to_builtin
-from orchard.trial import Trial
+from orchard.storages.values import int_fits
+from orchard.trial import Trial, finite_float
 
 __all__ = [
     "CurrentTrial",
@@ -55,6 +55,9 @@ __all__ = [
 
 #: Characters of an exception's message kept in a broken trial's error (the traceback tail is kept too).
 _MESSAGE_LIMIT = 10_000
+#: How deep lists and dicts in results may nest: what every storage holds
+#: (``orchard.storages.pickled.records.MAX_DEPTH``).
+MAX_RESULT_DEPTH = 32
 
 
 @dataclasses.dataclass
@@ -209,13 +212,14 @@ def interpret_result(value: Any) -> Outcome:
     value = to_builtin(value)
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         return Outcome.failure(
-            "InvalidResult", f"objective must be a number, got {type(value).__name__} {value!r:.80}; "
+            "InvalidResult", f"objective must be a number, got {type(value).__name__} {shown(value)}; "
             "return a finite number or a dict with a numeric 'objective' (a script's results file: "
             '{"objective": 0.25})'
         )
-    if not math.isfinite(value):
-        return Outcome.failure("InvalidResult", f"objective is {value!r}; it must be a finite number")
-    return Outcome(objective=float(value), results=results)
+    number = finite_float(value)
+    if number is None:
+        return Outcome.failure("InvalidResult", f"objective is {shown(value)}; it must be a finite number")
+    return Outcome(objective=number, results=results)
 
 
 def with_objectives(outcome: Outcome, objectives: Mapping[str, str]) -> Outcome:
@@ -233,25 +237,50 @@ def with_objectives(outcome: Outcome, objectives: Mapping[str, str]) -> Outcome:
     names = ", ".join(objectives)
     for name in objectives:
         value = outcome.results.get(name)
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-            found = "missing" if value is None else f"{value!r:.40}, not a finite number"
+        if not isinstance(value, (int, float)) or finite_float(value) is None:
+            found = "missing" if value is None else f"{shown(value, 40)}, not a finite number"
             return Outcome.failure(
                 "InvalidResult", f"objective {name!r} is {found}; report every objective by name as a "
                 f"finite number ({names}), e.g. return {{{', '.join(f'{n!r}: ...' for n in objectives)}}}",
                 reason="objective")
     first, direction = next(iter(objectives.items()))
-    value = float(outcome.results[first])
+    value = float(outcome.results[first])  # finite: checked above
     return Outcome(objective=-value if direction == "max" else value, results=dict(outcome.results))
 
 
 def _unstorable(results: Mapping[str, Any]) -> str | None:
-    """Why ``results`` cannot be stored (every storage and ``db dump`` take JSON data), or ``None``."""
+    """Why ``results`` cannot be stored, or ``None``.
+
+    Every storage and ``db dump`` take JSON data whose ints fit in 64 bits, nested at most
+    :data:`MAX_RESULT_DEPTH` deep; a result the storage would refuse breaks the trial here,
+    before the write, instead of failing the write.
+    """
     for key, item in results.items():
+        beyond = _beyond_storage(item, 1)  # the results dict is the first level
+        if beyond is not None:
+            return f"result {key!r} cannot be stored: it holds {beyond}; {_STORABLE}"
         try:
             json.dumps(item)
         except (TypeError, ValueError) as err:
-            return (f"result {key!r} cannot be stored: {type(item).__name__} {item!r:.60} is not JSON data "
+            return (f"result {key!r} cannot be stored: {type(item).__name__} {shown(item, 60)} is not JSON data "
                     f"({err}); return numbers, strings, lists or dicts")
+    return None
+
+
+_STORABLE = "return numbers (ints within 64 bits), strings, and lists or dicts of them nested at most 32 deep"
+
+
+def _beyond_storage(value: Any, depth: int = 0) -> str | None:
+    """What in a JSON ``value`` a storage cannot hold (an int beyond 64 bits, too deep a nesting), or ``None``."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return None if int_fits(value) else f"an int of {value.bit_length()} bits"
+    if isinstance(value, (list, tuple, dict)):
+        if depth >= MAX_RESULT_DEPTH:
+            return f"lists or dicts nested more than {MAX_RESULT_DEPTH} deep"
+        for item in value.values() if isinstance(value, dict) else value:
+            found = _beyond_storage(item, depth + 1)
+            if found is not None:
+                return found
     return None
 
 

@@ -190,8 +190,7 @@ class Worker:
                 raise
             raise interruption.with_traceback(err.__traceback__) from None
         except BaseException as err:  # an evaluator that broke its contract must not leave the trial reserved
-            log.error("worker %s: the evaluation of trial %s raised %s; the trial is recorded broken",
-                      self.name, trial.id, type(err).__name__)
+            log.error("worker %s: evaluating trial %s raised %s", self.name, trial.id, type(err).__name__)
             outcome = Outcome.from_exception(err)
         finally:
             self._evaluating = None
@@ -203,6 +202,13 @@ class Worker:
             log.error("worker %s could not store %s for trial %s; releasing it", self.name, outcome, trial.id)
             self._release_quietly(trial, self.storage.storage)
             raise
+        except Exception as err:  # the storage refused the outcome itself (a value or size it cannot hold)
+            message = f"the storage refused the trial's outcome: {type(err).__name__}: {err}"[:2000]
+            try:  # recorded broken: a dying worker would leave it reserved until its lease ran out
+                self._record(trial, Outcome.failure("StorageError", message, reason="unstorable"))
+            except Exception:  # noqa: BLE001 -- the storage itself is failing: the first error says why
+                raise err from None
+            log.error("worker %s: %s; trial %s recorded broken", self.name, message, trial.id)
 
     # -- the steps -------------------------------------------------------------
 

@@ -7,6 +7,8 @@ user reads one line naming the object and what to do.
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 import orchard
@@ -60,3 +62,81 @@ def test_an_evaluator_that_raises_leaves_no_trial_reserved() -> None:
         exp.workon(_Faulty(), progress=False)
     (trial,) = exp.fetch_trials()
     assert trial.status is TrialStatus.BROKEN and trial.error["type"] == "RuntimeError"
+
+
+def _nested(depth: int) -> object:
+    value: object = 1
+    for _ in range(depth):
+        value = [value]
+    return value
+
+
+@pytest.mark.parametrize("result, words", [
+    (10**400, "an int of 1329 bits; it must be a finite number"),
+    ({"objective": 0.5, "count": 10**30}, "result 'count' cannot be stored: it holds an int of 100 bits"),
+    ({"objective": 0.5, "curve": _nested(40)}, "nested more than 32 deep"),
+    ({"objective": 0.5, "cost": 10**400}, "result 'cost' cannot be stored"),  # max_cost sums it
+    ({"objective": 0.5, "memory_gb": 10**300}, "result 'memory_gb' cannot be stored"),  # a constraint reads it
+], ids=["objective", "int", "depth", "cost", "constraint"])
+def test_a_result_the_storage_cannot_hold_breaks_the_trial_and_the_worker_goes_on(tmp_path, result, words) -> None:
+    exp = orchard.build_experiment("unholdable", space=SPACE, max_trials=3, max_broken=2, stop={"max_cost": 5.0},
+                                   constraints=["memory_gb <= 16"], storage=str(tmp_path / "db.pkl"))
+    with pytest.raises(ExperimentBrokenError, match="last error: InvalidResult"):
+        exp.workon(lambda x: result, progress=False)
+    trials = exp.fetch_trials()
+    assert [t.status for t in trials] == [TrialStatus.BROKEN] * 2, "none left reserved"
+    assert words in trials[0].error["message"] and "\n" not in trials[0].error["message"]
+
+
+def test_an_objective_given_by_name_as_a_huge_int_breaks_the_trial() -> None:
+    exp = orchard.build_experiment("huge-named", space=SPACE, objectives={"error": "min", "size": "max"},
+                                   max_trials=3, max_broken=1, storage="memory://")
+    with pytest.raises(ExperimentBrokenError, match="an int of 1329 bits"):
+        exp.workon(lambda x: {"error": 10**400, "size": 1.0}, progress=False)
+    assert [t.status for t in exp.fetch_trials()] == [TrialStatus.BROKEN]
+
+
+def test_results_are_held_to_the_storages_own_depth() -> None:
+    from orchard.objective import MAX_RESULT_DEPTH
+    from orchard.storages.pickled.records import MAX_DEPTH
+
+    assert MAX_RESULT_DEPTH == MAX_DEPTH
+
+
+@pytest.mark.parametrize("value, step, words", [
+    (10**400, 1, "finite number as the value, got an int of 1329 bits"),
+    ({"error": 10**400}, 1, "finite number for objective 'error'"),
+    (0.5, 2**63, "integer step >= 0 and < 2**63"),
+], ids=["value", "named-value", "step"])
+def test_a_report_too_large_for_a_float_or_a_stored_int_is_refused_in_one_line(value, step, words) -> None:
+    from orchard.report import check_report
+
+    with pytest.raises(ValueError, match=re.escape(words)):
+        check_report(value, step)
+
+
+def test_a_report_line_with_a_huge_number_is_skipped_and_the_follower_survives() -> None:
+    from orchard.verdicts import _parse
+
+    line = b'{"step": 1, "objective": 1' + b"0" * 400 + b"}"
+    assert "finite number" in str(_parse(line))  # a reason to skip it, not an OverflowError in the thread
+
+
+def test_a_worker_whose_result_the_storage_refuses_breaks_the_trial_instead_of_dying() -> None:
+    from orchard.space import Space
+    from orchard.storages import get_storage
+    from orchard.worker import Worker, WorkerSettings
+
+    storage = get_storage("memory://refusing")
+    exp_id = storage.create_experiment("refused", {"space": SPACE})
+
+    def refuse(*args: object, **kwargs: object) -> Trial:
+        raise ValueError("document too large")  # a driver's refusal no check foresaw
+
+    storage.complete_trial = refuse  # type: ignore[method-assign]
+    settings = WorkerSettings(space=Space.from_config(SPACE), algorithm={"random": {}}, max_trials=2, max_broken=2)
+    report = Worker(storage, exp_id, settings, lambda trial: Outcome(objective=0.5)).run()
+    assert report.broken == 2 and report.reason == "broken"
+    trials = storage.fetch_trials(exp_id)
+    assert [t.status for t in trials] == [TrialStatus.BROKEN] * 2
+    assert trials[0].error["reason"] == "unstorable" and "document too large" in trials[0].error["message"]
