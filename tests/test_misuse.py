@@ -8,11 +8,15 @@ user reads one line naming the object and what to do.
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping, Sequence
+from typing import Any, ClassVar
 
 import pytest
 
 import orchard
-from orchard.errors import ExperimentBrokenError
+from orchard.algorithms import ALGORITHMS
+from orchard.algorithms.base import BaseAlgorithm, Observation, SeenPoints
+from orchard.errors import AlgorithmError, ConfigurationError, ExperimentBrokenError
 from orchard.objective import Outcome, TrialEvaluator
 from orchard.trial import Trial, TrialStatus
 
@@ -140,3 +144,47 @@ def test_a_worker_whose_result_the_storage_refuses_breaks_the_trial_instead_of_d
     trials = storage.fetch_trials(exp_id)
     assert [t.status for t in trials] == [TrialStatus.BROKEN] * 2
     assert trials[0].error["reason"] == "unstorable" and "document too large" in trials[0].error["message"]
+
+
+class _Careless(BaseAlgorithm):
+    """A plugin that breaks the algorithm contract in the way its option ``answer`` names."""
+
+    OPTIONS: ClassVar[dict[str, Any]] = {"answer": "raise"}
+
+    def suggest(self, completed: Sequence[Observation], pending: Sequence[Mapping[str, Any]], n: int = 1,
+                seen: SeenPoints | None = None) -> list[dict[str, Any]]:
+        answer = self.options["answer"]
+        if answer == "raise":
+            raise ValueError("plugin bug")
+        return {"outside": [{"x": 5.0}], "missing": [{}], "empty": [], "none": None,
+                "same": [{"x": 0.5}]}[answer]  # type: ignore[return-value]
+
+
+@pytest.mark.parametrize("answer, words", [
+    ("raise", "failed to suggest a point: ValueError('plugin bug')"),
+    ("outside", "suggested a point outside the space: dimension 'x': value 5.0 is outside"),
+    ("missing", "suggested a point outside the space: params {} do not match the space: missing 'x'"),
+    ("empty", "answered [] instead of a list of points"),
+    ("none", "answered None instead of a list of points"),
+    ("same", "suggested 20 points in a row that the experiment already holds (the last: {'x': 0.5})"),
+], ids=["raise", "outside", "missing", "empty", "none", "same"])
+def test_an_algorithm_breaking_its_contract_stops_the_worker_with_one_line(monkeypatch, answer: str,
+                                                                          words: str) -> None:
+    monkeypatch.setitem(ALGORITHMS, "careless", lambda: _Careless)
+    exp = orchard.build_experiment(f"careless-{answer}", space=SPACE, algorithm={"careless": {"answer": answer}},
+                                   max_trials=3, storage="memory://")
+    with pytest.raises(AlgorithmError) as caught:
+        exp.workon(lambda x: x, progress=False, idle_timeout=1)  # it polled forever, or evaluated x=5
+    assert words in str(caught.value) and "'careless'" in str(caught.value) and "\n" not in str(caught.value)
+    assert [t.params for t in exp.fetch_trials()] == ([{"x": 0.5}] if answer == "same" else [])
+
+
+class _Unbuildable(_Careless):
+    def __init__(self, space: Any, seed: int | None = None, **options: Any) -> None:
+        raise RuntimeError("init boom")
+
+
+def test_an_algorithm_that_cannot_be_built_is_named(monkeypatch) -> None:
+    monkeypatch.setitem(ALGORITHMS, "unbuildable", lambda: _Unbuildable)
+    with pytest.raises(ConfigurationError, match="algorithm 'unbuildable' .* could not be built .*init boom"):
+        orchard.build_experiment("unbuildable", space=SPACE, algorithm="unbuildable", storage="memory://")
