@@ -110,7 +110,8 @@ def report(value: float | Mapping[str, float], step: int) -> None:
     if not path:
         raise RuntimeError(
             f"orchard.report() needs a running trial: call it inside an objective run by a worker "
-            f"(workon, hunt), or set {REPORT_ENV}"
+            f"(workon, hunt), in the objective's own thread (a thread it starts must run in a copy of its "
+            f"context: threading.Thread(target=contextvars.copy_context().run, args=(fn,))), or set {REPORT_ENV}"
         )
     line = json.dumps({"step": step, "objective": value}) + "\n"
     with open(path, "a", encoding="utf-8") as handle:

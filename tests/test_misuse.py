@@ -188,3 +188,34 @@ def test_an_algorithm_that_cannot_be_built_is_named(monkeypatch) -> None:
     monkeypatch.setitem(ALGORITHMS, "unbuildable", lambda: _Unbuildable)
     with pytest.raises(ConfigurationError, match="algorithm 'unbuildable' .* could not be built .*init boom"):
         orchard.build_experiment("unbuildable", space=SPACE, algorithm="unbuildable", storage="memory://")
+
+
+def test_a_report_from_a_thread_the_objective_started_says_how_to_make_it_work() -> None:
+    import contextvars
+    import threading
+
+    outcomes: list[BaseException | None] = []
+
+    def in_thread(target: Any) -> None:
+        def run() -> None:
+            try:
+                target()
+                outcomes.append(None)
+            except BaseException as err:  # noqa: BLE001 -- handed to the test
+                outcomes.append(err)
+        thread = threading.Thread(target=run)
+        thread.start()
+        thread.join()
+
+    def train(x: float) -> float:
+        in_thread(lambda: orchard.report(x, 1))  # a plain thread has no trial
+        context = contextvars.copy_context()
+        in_thread(lambda: context.run(orchard.report, x, 2))  # the advice of the message
+        return x
+
+    exp = orchard.build_experiment("threaded-report", space=SPACE, max_trials=1, storage="memory://")
+    exp.workon(train, progress=False)
+    refused, advised = outcomes
+    assert isinstance(refused, RuntimeError) and "copy_context().run" in str(refused) and advised is None
+    (trial,) = exp.fetch_trials()
+    assert trial.status is TrialStatus.COMPLETED and [step for step, _ in trial.reports] == [2]
