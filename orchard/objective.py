@@ -33,7 +33,7 @@ from typing import Any
 from orchard.current import CurrentTrial, current_trial, evaluating
 from orchard.errors import ConfigurationError
 from orchard.isolation import ForkedCall, Stopped, call_spawned, hold_group, kill_tree
-from orchard.report import TrialPruned, reporting_to, shown
+from orchard.report import TrialPruned, plain, reporting_to, shown
 from orchard.verdicts import ReportFollower, current_judge
 from orchard.space import to_builtin
 from orchard.storages.values import int_fits
@@ -209,7 +209,7 @@ def interpret_result(value: Any) -> Outcome:
             failure.results = results
             return failure
         value = value["objective"]
-    value = to_builtin(value)
+    value = plain(to_builtin(value))  # the 0-d array or tensor orchard.report() takes too
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         return Outcome.failure(
             "InvalidResult", f"objective must be a number, got {type(value).__name__} {shown(value)}; "

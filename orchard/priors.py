@@ -51,8 +51,8 @@ Fail = Callable[[str], SpaceError]
 
 
 def to_builtin(value: Any) -> Any:
-    """Convert numpy scalars (and containers of them) to plain Python values."""
-    if isinstance(value, np.generic):
+    """Convert numpy scalars and 0-d arrays (and containers of them) to plain Python values."""
+    if isinstance(value, np.generic) or (isinstance(value, np.ndarray) and value.ndim == 0):
         return value.item()
     if isinstance(value, Mapping):
         return {str(k): to_builtin(v) for k, v in value.items()}

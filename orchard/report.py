@@ -57,6 +57,7 @@ __all__ = [
     "report",
     "report_objective",
     "report_results",
+    "plain",
     "should_prune",
     "shown",
 ]
@@ -135,18 +136,18 @@ def check_report(value: Any, step: Any) -> tuple[Reported, int]:
             raise ValueError("orchard.report() got an empty mapping; give each objective by name")
         checked = {}
         for name, item in value.items():
-            number = finite_float(_plain(item))
+            number = finite_float(plain(item))
             if not isinstance(name, str) or number is None:
                 raise ValueError(f"orchard.report() needs a finite number for objective {shown(name)}, "
                                  f"got {shown(item)}")
             checked[name] = number
         value = checked
     else:
-        number = finite_float(_plain(value))
+        number = finite_float(plain(value))
         if number is None:
             raise ValueError(f"orchard.report() needs a finite number as the value, got {shown(value)}")
         value = number
-    step = _plain(step)
+    step = plain(step)
     if isinstance(step, bool) or not isinstance(step, int) or not 0 <= step < STEP_LIMIT:
         raise ValueError(f"orchard.report() needs an integer step >= 0 and < 2**63, got {shown(step)}")
     return value, step
@@ -218,7 +219,7 @@ def report_objective(value: float, **extra: Any) -> None:
         ValueError: ``value`` is not a finite number.
         RuntimeError: not running under ``orchard hunt`` (``ORCHARD_RESULTS_PATH`` unset).
     """
-    _write({"objective": _plain(value), **extra}, "report_objective")
+    _write({"objective": plain(value), **extra}, "report_objective")
 
 
 def _write(results: Mapping[str, Any], caller: str) -> None:
@@ -234,13 +235,22 @@ def _write(results: Mapping[str, Any], caller: str) -> None:
             f"{RESULTS_ENV} is not set: {caller} only works inside a trial started by "
             "'orchard hunt'; run your script through it"
         )
-    text = json.dumps({str(k): _plain(v) for k, v in results.items()})  # fails before touching files
+    text = json.dumps({str(k): plain(v) for k, v in results.items()})  # fails before touching files
     tmp = f"{path}.tmp"
     with open(tmp, "w", encoding="utf-8") as handle:
         handle.write(text)
     os.replace(tmp, path)
 
 
-def _plain(value: Any) -> Any:
-    item = getattr(value, "item", None)  # numpy scalars, without importing numpy
-    return item() if callable(item) and not isinstance(value, (list, dict)) else value
+def plain(value: Any) -> Any:
+    """A one-value array or tensor (numpy scalars, 0-d arrays, torch scalars) as its Python value; else ``value``.
+
+    Duck-typed on ``.item()``, so nothing is imported; an ``item()`` that fails leaves ``value`` as it is.
+    """
+    item = getattr(value, "item", None)
+    if not callable(item) or isinstance(value, (list, dict)):
+        return value
+    try:
+        return item()
+    except Exception:  # noqa: BLE001 -- several values (an array of 3), or a foreign item(): left to the checks
+        return value

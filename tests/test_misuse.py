@@ -11,6 +11,7 @@ import re
 from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar
 
+import numpy as np
 import pytest
 
 import orchard
@@ -219,3 +220,36 @@ def test_a_report_from_a_thread_the_objective_started_says_how_to_make_it_work()
     assert isinstance(refused, RuntimeError) and "copy_context().run" in str(refused) and advised is None
     (trial,) = exp.fetch_trials()
     assert trial.status is TrialStatus.COMPLETED and [step for step, _ in trial.reports] == [2]
+
+
+class _TensorLike:
+    """What deep-learning frameworks return for a loss: a one-value tensor with ``item()``."""
+
+    def __init__(self, value: float) -> None:
+        self.value = value
+
+    def item(self) -> float:
+        return self.value
+
+
+@pytest.mark.parametrize("result", [
+    np.array(0.25), _TensorLike(0.25), {"objective": np.array(0.25), "accuracy": np.array(0.9)},
+], ids=["0-d array", "tensor", "mapping of 0-d arrays"])
+def test_an_objective_returning_what_report_takes_completes(result: object) -> None:
+    def train(x: float) -> object:
+        orchard.report(result["objective"] if isinstance(result, dict) else result, 1)  # accepted here...
+        return result  # ...and so at the end of a whole training
+
+    exp = orchard.build_experiment("tensor-result", space=SPACE, max_trials=1, max_broken=1, storage="memory://")
+    exp.workon(train, progress=False)
+    (trial,) = exp.fetch_trials()
+    assert trial.status is TrialStatus.COMPLETED and trial.objective == 0.25 and trial.reports == [(1, 0.25)]
+    assert trial.results == ({"accuracy": 0.9} if isinstance(result, dict) else {})
+
+
+def test_several_objectives_may_be_0d_arrays() -> None:
+    exp = orchard.build_experiment("tensor-objectives", space=SPACE, objectives={"error": "min", "size": "max"},
+                                   max_trials=1, max_broken=1, storage="memory://")
+    exp.workon(lambda x: {"error": np.array(0.25), "size": np.array(3)}, progress=False)
+    (trial,) = exp.fetch_trials()
+    assert trial.status is TrialStatus.COMPLETED and trial.results == {"error": 0.25, "size": 3}
