@@ -279,9 +279,9 @@ class Experiment:
         memory_limit = parse_memory(trial_memory_limit)
         if executor is None:
             executor = "single" if n_workers == 1 and gpus is None else _config.DEFAULTS["executor"]
+        pool_manager = make_executor(executor, n_workers, executor_config)  # validates name and size (first)
         devices = assign_devices(parse_gpus(gpus), gpus_per_worker, n_workers,
                                  shares_environment(executor, executor_config))
-        pool_manager = make_executor(executor, n_workers, executor_config)  # validates name and size
         self.refresh()  # another process may have raised the budget since this handle was made
         settings = WorkerSettings.for_experiment(self.settings, idle_timeout=idle_timeout, max_trials_per_worker=None,
                                                  storage_patience=_config.resolve("storage_patience", storage_patience))

@@ -162,9 +162,10 @@ def check_objective(fn: object, names: Iterable[str]) -> None:
         names: the space's dimension names.
 
     Raises:
-        ConfigurationError: ``fn`` is not callable, or its signature cannot take exactly
-            those keyword arguments (a required parameter the space lacks, a dimension it
-            does not accept, a positional-only parameter).
+        ConfigurationError: ``fn`` is not callable, is an async or generator function (its
+            call gives no value), or its signature cannot take exactly those keyword arguments
+            (a required parameter the space lacks, a dimension it does not accept, a
+            positional-only parameter).
     """
     if isinstance(fn, TrialEvaluator):
         return
@@ -173,6 +174,12 @@ def check_objective(fn: object, names: Iterable[str]) -> None:
             f"the objective {fn!r:.60} ({type(fn).__name__}) is not callable; pass a function "
             "called as fn(**params) that returns a number or a dict with 'objective'"
         )
+    label = getattr(fn, "__qualname__", None) or type(fn).__name__
+    if inspect.iscoroutinefunction(fn) or inspect.isasyncgenfunction(fn) or inspect.isgeneratorfunction(fn):
+        raise ConfigurationError(
+            f"the objective {label} is an async or generator function: calling it gives a coroutine or a "
+            "generator, never a value; pass a plain function that returns the value (an async one "
+            "wrapped: lambda **params: asyncio.run(fn(**params)))")
     try:
         signature = inspect.signature(fn)
     except (TypeError, ValueError):  # some builtins and C extensions have none: the call decides
@@ -181,7 +188,6 @@ def check_objective(fn: object, names: Iterable[str]) -> None:
     try:
         signature.bind(**{name: None for name in names})
     except TypeError as err:
-        label = getattr(fn, "__qualname__", None) or type(fn).__name__
         raise ConfigurationError(
             f"objective {label}{signature} cannot be called with the space's parameters "
             f"{', '.join(names)}: {err}; make its parameters the space's names (or add **params)"

@@ -17,7 +17,7 @@ import pytest
 import orchard
 from orchard.algorithms import ALGORITHMS
 from orchard.algorithms.base import BaseAlgorithm, Observation, SeenPoints
-from orchard.errors import AlgorithmError, ConfigurationError, ExperimentBrokenError
+from orchard.errors import AlgorithmError, ConfigurationError, ExperimentBrokenError, ReservationLostError
 from orchard.objective import Outcome, TrialEvaluator
 from orchard.trial import Trial, TrialStatus
 
@@ -253,3 +253,35 @@ def test_several_objectives_may_be_0d_arrays() -> None:
     exp.workon(lambda x: {"error": np.array(0.25), "size": np.array(3)}, progress=False)
     (trial,) = exp.fetch_trials()
     assert trial.status is TrialStatus.COMPLETED and trial.results == {"error": 0.25, "size": 3}
+
+
+async def _awaited(x: float) -> float:
+    return x
+
+
+def _yielding(x: float) -> Any:
+    yield x
+
+
+@pytest.mark.parametrize("fn", [_awaited, _yielding], ids=["async", "generator"])
+def test_an_objective_whose_call_gives_no_value_is_refused_before_any_trial(fn: Any) -> None:
+    exp = orchard.build_experiment("no-value", space=SPACE, max_trials=2, storage="memory://")
+    with pytest.raises(ConfigurationError, match="is an async or generator function"):
+        exp.workon(fn, progress=False)  # each trial was reserved, then broken
+    assert exp.fetch_trials() == []
+
+
+@pytest.mark.parametrize("n_workers", [1.5, "2", 0])
+def test_a_worker_count_that_is_not_a_positive_int_is_one_line(n_workers: Any) -> None:
+    exp = orchard.build_experiment("counted", space=SPACE, max_trials=2, storage="memory://")
+    with pytest.raises(ConfigurationError, match="n_workers must be a positive integer"):
+        exp.workon(lambda x: x, n_workers=n_workers, progress=False)
+
+
+def test_observing_a_trial_twice_says_so() -> None:
+    exp = orchard.build_experiment("twice", space=SPACE, max_trials=2, storage="memory://")
+    trial = exp.suggest()
+    exp.observe(trial, 0.5)
+    with pytest.raises(ReservationLostError, match="is already completed, recorded by this worker .* observe each"):
+        exp.observe(trial, 0.4)  # said: its reservation was released (stale heartbeat?) or taken by another worker
+    assert exp.fetch_trials()[0].objective == 0.5
