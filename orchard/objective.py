@@ -69,6 +69,8 @@ class Outcome:
     error: dict[str, Any] | None = None
     #: Why the trial was pruned (a pruner's verdict as a dict), when it was.
     pruned: dict[str, Any] | None = None
+    #: What a result that was not a mapping was (``"list [0.1, 0.2]"``), for messages; never stored.
+    returned: str | None = None
 
     @property
     def ok(self) -> bool:
@@ -203,6 +205,7 @@ def interpret_result(value: Any) -> Outcome:
     not JSON data (so no storage could hold them) are errors.
     """
     results: dict[str, Any] = {}
+    returned = None if isinstance(value, Mapping) else f"{type(value).__name__} {shown(value)}"
     if isinstance(value, Mapping):
         results = {str(k): to_builtin(v) for k, v in value.items() if k != "objective"}
         unstorable = _unstorable(results)
@@ -217,15 +220,18 @@ def interpret_result(value: Any) -> Outcome:
         value = value["objective"]
     value = plain(to_builtin(value))  # the 0-d array or tensor orchard.report() takes too
     if isinstance(value, bool) or not isinstance(value, (int, float)):
-        return Outcome.failure(
+        failure = Outcome.failure(
             "InvalidResult", f"objective must be a number, got {type(value).__name__} {shown(value)}; "
             "return a finite number or a dict with a numeric 'objective' (a script's results file: "
             '{"objective": 0.25})'
         )
-    number = finite_float(value)
-    if number is None:
-        return Outcome.failure("InvalidResult", f"objective is {shown(value)}; it must be a finite number")
-    return Outcome(objective=number, results=results)
+    else:
+        number = finite_float(value)
+        if number is not None:
+            return Outcome(objective=number, results=results)
+        failure = Outcome.failure("InvalidResult", f"objective is {shown(value)}; it must be a finite number")
+    failure.returned = returned
+    return failure
 
 
 def with_objectives(outcome: Outcome, objectives: Mapping[str, str]) -> Outcome:
@@ -238,16 +244,23 @@ def with_objectives(outcome: Outcome, objectives: Mapping[str, str]) -> Outcome:
     Returns:
         A completed outcome, or a failure naming the objective that is missing or not finite.
     """
+    names = ", ".join(objectives)
+    example = f"{{{', '.join(f'{n!r}: ...' for n in objectives)}}}"
+    if outcome.pruned is None and outcome.returned is not None:  # a list (Optuna's habit), a bare NaN...
+        failure = Outcome.failure("InvalidResult", f"the result is {outcome.returned}, but the experiment has "
+                                  f"objectives {names}: return each by name, e.g. return {example}",
+                                  reason="objective")
+        failure.error = {**(outcome.error or {}), **(failure.error or {})}  # a script's stderr stays
+        return failure
     if outcome.pruned is not None or (outcome.error is not None and outcome.error.get("reason") != "no-objective"):
         return outcome
-    names = ", ".join(objectives)
     for name in objectives:
         value = outcome.results.get(name)
         if not isinstance(value, (int, float)) or finite_float(value) is None:
             found = "missing" if value is None else f"{shown(value, 40)}, not a finite number"
             return Outcome.failure(
                 "InvalidResult", f"objective {name!r} is {found}; report every objective by name as a "
-                f"finite number ({names}), e.g. return {{{', '.join(f'{n!r}: ...' for n in objectives)}}}",
+                f"finite number ({names}), e.g. return {example}",
                 reason="objective")
     first, direction = next(iter(objectives.items()))
     value = float(outcome.results[first])  # finite: checked above

@@ -7,6 +7,7 @@ user reads one line naming the object and what to do.
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar
@@ -285,3 +286,15 @@ def test_observing_a_trial_twice_says_so() -> None:
     with pytest.raises(ReservationLostError, match="is already completed, recorded by this worker .* observe each"):
         exp.observe(trial, 0.4)  # said: its reservation was released (stale heartbeat?) or taken by another worker
     assert exp.fetch_trials()[0].objective == 0.5
+
+
+@pytest.mark.parametrize("result, returned", [((0.2, 0.8), "tuple (0.2, 0.8)"), (math.nan, "float nan")],
+                         ids=["tuple", "nan"])
+def test_several_objectives_returned_unnamed_are_told_to_be_named(result: object, returned: str) -> None:
+    exp = orchard.build_experiment("unnamed", space=SPACE, objectives={"error": "min", "size": "max"},
+                                   max_trials=2, max_broken=1, storage="memory://")
+    with pytest.raises(ExperimentBrokenError):
+        exp.workon(lambda x: result, progress=False)  # Optuna's habit: a tuple in the objectives' order
+    (trial,) = exp.fetch_trials()
+    assert trial.error["message"] == (f"the result is {returned}, but the experiment has objectives error, size: "
+                                      "return each by name, e.g. return {'error': ..., 'size': ...}")
