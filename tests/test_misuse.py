@@ -18,7 +18,13 @@ import pytest
 import orchard
 from orchard.algorithms import ALGORITHMS
 from orchard.algorithms.base import BaseAlgorithm, Observation, SeenPoints
-from orchard.errors import AlgorithmError, ConfigurationError, ExperimentBrokenError, ReservationLostError
+from orchard.errors import (
+    AlgorithmError,
+    ConfigurationError,
+    ExperimentBrokenError,
+    ReservationLostError,
+    SpaceError,
+)
 from orchard.objective import Outcome, TrialEvaluator
 from orchard.trial import Trial, TrialStatus
 
@@ -298,3 +304,23 @@ def test_several_objectives_returned_unnamed_are_told_to_be_named(result: object
     (trial,) = exp.fetch_trials()
     assert trial.error["message"] == (f"the result is {returned}, but the experiment has objectives error, size: "
                                       "return each by name, e.g. return {'error': ..., 'size': ...}")
+
+
+@pytest.mark.parametrize("prior, words", [
+    ("uniform(-1e308, 1e308)", "high - low must be a finite float"),
+    ("uniform(0, 1e30, discrete=True)", "discrete uniform bounds must keep its values within 64 bits"),
+    ("randint(0, 1000000000000000000000000000000)", "randint bounds must keep its values within 64 bits"),
+    ("randint(-9223372036854775808, 0)", "-2**63 < low"),
+    (f"uniform(0, 1{'0' * 400})", "both arguments must be finite numbers"),
+], ids=["uniform-range", "discrete", "randint", "randint-low", "huge-literal"])
+def test_a_space_no_sampler_or_storage_can_hold_is_refused_when_built(prior: str, words: str) -> None:
+    with pytest.raises(SpaceError, match=re.escape(words)):  # the algorithm or the storage failed at the first trial
+        orchard.build_experiment("wide", space={"x": prior}, storage="memory://")
+
+
+def test_a_randint_beyond_2_to_the_53_holds_its_own_values() -> None:
+    exp = orchard.build_experiment("seeds", space={"seed": "randint(0, 9223372036854775808)"}, max_trials=3,
+                                   storage="memory://")
+    exp.workon(lambda seed: 0.5, progress=False)  # a float's rounding judged its draws outside the space
+    assert [t.status for t in exp.fetch_trials()] == [TrialStatus.COMPLETED] * 3
+    assert exp.space["seed"].contains(2**60 + 1)
