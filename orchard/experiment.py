@@ -21,7 +21,7 @@ from orchard.constraints import normalize_constraints
 from orchard.dataframe import trials_frame
 from orchard.errors import ConfigurationError, ExecutorError, ExperimentBrokenError, OrchardError
 from orchard.executors import make_executor, reaches_local_processes, shares_environment
-from orchard.executors.task import WorkerTask, run_tasks
+from orchard.executors.task import WorkerTask, check_travels, run_tasks
 from orchard.experiment_config import ExperimentConfig
 from orchard.interruption import interruptible
 from orchard.joining import join_experiment, patiently
@@ -289,6 +289,8 @@ class Experiment:
         warn_if_budget_met(self.storage, self.id, self.name, self.max_trials)
         if executor not in ("single", "thread") and not shares_environment(executor):
             pickle.dumps(self.storage)  # fail fast, with the storage's own message, if it cannot travel
+            if isinstance(executor, str):
+                check_travels(fn, executor)  # and the objective, with the pickler's reason
         tasks = [WorkerTask(self.storage, self.id, self._seeded(settings, i), fn, trial_timeout, self.name,
                             self.settings.working_dir, memory_limit, devices[i])
                  for i in range(n_workers)]

@@ -324,3 +324,15 @@ def test_a_randint_beyond_2_to_the_53_holds_its_own_values() -> None:
     exp.workon(lambda seed: 0.5, progress=False)  # a float's rounding judged its draws outside the space
     assert [t.status for t in exp.fetch_trials()] == [TrialStatus.COMPLETED] * 3
     assert exp.space["seed"].contains(2**60 + 1)
+
+
+@pytest.mark.parametrize("executor", ["joblib", "process"])
+def test_an_objective_that_cannot_reach_the_worker_processes_is_refused_before_any_trial(tmp_path,
+                                                                                        executor: str) -> None:
+    import threading
+
+    lock = threading.Lock()
+    exp = orchard.build_experiment("stuck-home", space=SPACE, max_trials=2, storage=str(tmp_path / "db.pkl"))
+    with pytest.raises(ConfigurationError, match=f"cannot be sent to the worker processes of executor '{executor}'"):
+        exp.workon(lambda x: x if lock else 0.0, n_workers=2, executor=executor, progress=False)
+    assert exp.fetch_trials() == []  # said: 'If the objective crashed its process ... run it with trial_timeout'
