@@ -324,7 +324,7 @@ def call_objective(
             return Outcome.pruned_by_objective()
         except KeyboardInterrupt:
             raise  # Ctrl-C, SIGTERM: the worker releases the trial
-        except BaseException as err:  # sys.exit() too: the trial breaks, the worker goes on, as in a child
+        except BaseException as err:  # noqa: BLE001 -- sys.exit() too: the trial breaks, the worker goes on
             return Outcome.from_exception(err)
     job = functools.partial(_evaluate_for_parent, fn, dict(params))
     if not hasattr(os, "fork"):

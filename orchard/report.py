@@ -54,10 +54,10 @@ __all__ = [
     "Reported",
     "TrialPruned",
     "check_report",
+    "plain",
     "report",
     "report_objective",
     "report_results",
-    "plain",
     "should_prune",
     "shown",
 ]
@@ -243,7 +243,7 @@ def _write(results: Mapping[str, Any], caller: str) -> None:
 
 
 def plain(value: Any) -> Any:
-    """A one-value array or tensor (numpy scalars, 0-d arrays, torch scalars) as its Python value; else ``value``.
+    """A one-value array or tensor (numpy scalar, 0-d array, torch scalar) as its Python value; else ``value``.
 
     Duck-typed on ``.item()``, so nothing is imported; an ``item()`` that fails leaves ``value`` as it is.
     """

@@ -22,8 +22,8 @@ from typing import Any
 
 from orchard.algorithms.base import BaseAlgorithm
 from orchard.errors import AlgorithmError, OrchardError, SpaceError, SpaceExhaustedError
-from orchard.report import shown
 from orchard.history import History
+from orchard.report import shown
 from orchard.space import Space
 
 __all__ = ["Suggester"]

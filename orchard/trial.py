@@ -39,9 +39,26 @@ from typing import Any, NamedTuple
 from orchard.errors import InvalidReportError, OrchardError, ReservationLostError, TrialNotFoundError
 
 __all__ = [
-    "INSERTED", "MAX_REPORTS_PER_TRIAL", "Change", "Lease", "ReportValue", "Trial", "TrialStatus",
-    "complete", "fail", "first_value", "heartbeat", "held_by", "prune", "recorded", "release", "report",
-    "finite_float", "report_value", "reserve", "take_back",
+    "INSERTED",
+    "MAX_REPORTS_PER_TRIAL",
+    "Change",
+    "Lease",
+    "ReportValue",
+    "Trial",
+    "TrialStatus",
+    "complete",
+    "fail",
+    "finite_float",
+    "first_value",
+    "heartbeat",
+    "held_by",
+    "prune",
+    "recorded",
+    "release",
+    "report",
+    "report_value",
+    "reserve",
+    "take_back",
 ]
 
 #: :attr:`Trial.origin` of an evaluation made elsewhere and recorded with its result (``insert``).
@@ -55,7 +72,7 @@ ReportValue = float | tuple[float, ...]
 
 
 def finite_float(value: Any) -> float | None:
-    """``value`` as a finite float, or ``None``: not a real number, a bool, NaN, infinite, or an int too large for a float.
+    """``value`` as a finite float; ``None`` for a bool, a non-number, NaN, infinity, or an int beyond a float.
 
     ``math.isfinite`` and ``float`` raise ``OverflowError`` on an int beyond a float's range
     (``10**400``); a check of a user's value must not.

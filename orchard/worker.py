@@ -189,7 +189,7 @@ class Worker:
             if interruption is err:
                 raise
             raise interruption.with_traceback(err.__traceback__) from None
-        except BaseException as err:  # an evaluator that broke its contract must not leave the trial reserved
+        except BaseException as err:  # noqa: BLE001 -- a faulty evaluator must not leave the trial reserved
             log.error("worker %s: evaluating trial %s raised %s", self.name, trial.id, type(err).__name__)
             outcome = Outcome.from_exception(err)
         finally:
@@ -202,7 +202,7 @@ class Worker:
             log.error("worker %s could not store %s for trial %s; releasing it", self.name, outcome, trial.id)
             self._release_quietly(trial, self.storage.storage)
             raise
-        except Exception as err:  # the storage refused the outcome itself (a value or size it cannot hold)
+        except Exception as err:  # noqa: BLE001 -- the storage refused the outcome (a value or size it cannot hold)
             message = f"the storage refused the trial's outcome: {type(err).__name__}: {err}"[:2000]
             try:  # recorded broken: a dying worker would leave it reserved until its lease ran out
                 self._record(trial, Outcome.failure("StorageError", message, reason="unstorable"))
