@@ -40,6 +40,7 @@ from orchard.storages.values import int_fits
 from orchard.trial import Trial, finite_float
 
 __all__ = [
+    "MAX_RESULT_DEPTH",
     "CurrentTrial",
     "ObjectiveEvaluator",
     "Outcome",
