@@ -384,7 +384,8 @@ class Experiment:
 
         Raises:
             ValueError: ``value`` is not a finite number or ``step`` not an integer >= 0.
-            InvalidReportError: the storage refused it (a step not above the last one, too many steps).
+            InvalidReportError: the storage refused it (a step not above the last one). Past 10,000
+                reports a trial's reports are neither stored nor judged (see :class:`orchard.verdicts.Judge`).
             ReservationLostError: the reservation was lost (heartbeat stale).
         """
         value, step = check_report(value, step)

@@ -336,3 +336,24 @@ def test_an_objective_that_cannot_reach_the_worker_processes_is_refused_before_a
     with pytest.raises(ConfigurationError, match=f"cannot be sent to the worker processes of executor '{executor}'"):
         exp.workon(lambda x: x if lock else 0.0, n_workers=2, executor=executor, progress=False)
     assert exp.fetch_trials() == []  # said: 'If the objective crashed its process ... run it with trial_timeout'
+
+
+def test_a_training_that_reports_past_the_cap_goes_on_to_its_result(monkeypatch, caplog) -> None:
+    import orchard.trial
+    import orchard.verdicts
+
+    for module in (orchard.trial, orchard.verdicts):  # 10,000 in the release: 5 keeps the test fast
+        monkeypatch.setattr(module, "MAX_REPORTS_PER_TRIAL", 5)
+
+    def train(x: float) -> float:
+        for batch in range(1, 9):  # every batch, not every epoch
+            orchard.report(x + 1.0 / batch, batch)
+            assert not orchard.should_prune()
+        return x
+
+    exp = orchard.build_experiment("per-batch", space=SPACE, max_trials=1, max_broken=1, storage="memory://",
+                                   pruner={"threshold": {"upper": 100.0}})
+    exp.workon(train, progress=False)  # broken at the 6th report: the whole training's result lost
+    (trial,) = exp.fetch_trials()
+    assert trial.status is TrialStatus.COMPLETED and [step for step, _ in trial.reports] == [1, 2, 3, 4, 5]
+    assert caplog.text.count("neither stored nor judged") == 1
