@@ -19,6 +19,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from orchard.errors import ConfigurationError
+from orchard.trial import finite_float
 
 __all__ = [
     "REPORTED_KEY",
@@ -136,7 +137,4 @@ def feasibility(results: Mapping[str, Any], constraints: Sequence[str] | None) -
 
 
 def _number(value: Any) -> float | None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        return None
-    number = float(value)
-    return number if math.isfinite(number) else None
+    return finite_float(value) if isinstance(value, (int, float)) else None

@@ -21,7 +21,7 @@ from orchard.constraints import normalize_constraints
 from orchard.dataframe import trials_frame
 from orchard.errors import ConfigurationError, ExecutorError, ExperimentBrokenError, OrchardError
 from orchard.executors import make_executor, reaches_local_processes, shares_environment
-from orchard.executors.task import WorkerTask, run_tasks
+from orchard.executors.task import WorkerTask, check_travels, run_tasks
 from orchard.experiment_config import ExperimentConfig
 from orchard.interruption import interruptible
 from orchard.joining import join_experiment, patiently
@@ -280,9 +280,9 @@ class Experiment:
         memory_limit = parse_memory(trial_memory_limit)
         if executor is None:
             executor = "single" if n_workers == 1 and gpus is None else _config.DEFAULTS["executor"]
+        pool_manager = make_executor(executor, n_workers, executor_config)  # validates name and size (first)
         devices = assign_devices(parse_gpus(gpus), gpus_per_worker, n_workers,
                                  shares_environment(executor, executor_config))
-        pool_manager = make_executor(executor, n_workers, executor_config)  # validates name and size
         self.refresh()  # another process may have raised the budget since this handle was made
         settings = WorkerSettings.for_experiment(self.settings, idle_timeout=idle_timeout, max_trials_per_worker=None,
                                                  storage_patience=_config.resolve("storage_patience", storage_patience))
@@ -290,6 +290,8 @@ class Experiment:
         warn_if_budget_met(self.storage, self.id, self.name, self.max_trials)
         if executor not in ("single", "thread") and not shares_environment(executor):
             pickle.dumps(self.storage)  # fail fast, with the storage's own message, if it cannot travel
+            if isinstance(executor, str):
+                check_travels(fn, executor)  # and the objective, with the pickler's reason
         tasks = [WorkerTask(self.storage, self.id, self._seeded(settings, i), fn, trial_timeout, self.name,
                             self.settings.working_dir, memory_limit, devices[i])
                  for i in range(n_workers)]
@@ -383,7 +385,8 @@ class Experiment:
 
         Raises:
             ValueError: ``value`` is not a finite number or ``step`` not an integer >= 0.
-            InvalidReportError: the storage refused it (a step not above the last one, too many steps).
+            InvalidReportError: the storage refused it (a step not above the last one). Past 10,000
+                reports a trial's reports are neither stored nor judged (see :class:`orchard.verdicts.Judge`).
             ReservationLostError: the reservation was lost (heartbeat stale).
         """
         value, step = check_report(value, step)

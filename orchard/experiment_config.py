@@ -63,7 +63,7 @@ def positive_number(value: Any) -> float:
         raise ValueError(requirement)  # noqa: TRY004 -- rules report every misfit as ValueError
     try:
         number = float(value)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):  # an int beyond a float's range too
         raise ValueError(requirement) from None
     if not math.isfinite(number) or number <= 0:
         raise ValueError(requirement)

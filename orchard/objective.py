@@ -23,7 +23,6 @@ import dataclasses
 import functools
 import inspect
 import json
-import math
 import os
 import shutil
 import tempfile
@@ -34,12 +33,14 @@ from typing import Any
 from orchard.current import CurrentTrial, current_trial, evaluating
 from orchard.errors import ConfigurationError
 from orchard.isolation import ForkedCall, Stopped, call_spawned, hold_group, kill_tree
-from orchard.report import TrialPruned, reporting_to
+from orchard.report import TrialPruned, plain, reporting_to, shown
 from orchard.verdicts import ReportFollower, current_judge
 from orchard.space import to_builtin
-from orchard.trial import Trial
+from orchard.storages.values import int_fits
+from orchard.trial import Trial, finite_float
 
 __all__ = [
+    "MAX_RESULT_DEPTH",
     "CurrentTrial",
     "ObjectiveEvaluator",
     "Outcome",
@@ -53,6 +54,13 @@ __all__ = [
 ]
 
 
+#: Characters of an exception's message kept in a broken trial's error (the traceback tail is kept too).
+_MESSAGE_LIMIT = 10_000
+#: How deep lists and dicts in results may nest: what every storage holds
+#: (``orchard.storages.pickled.records.MAX_DEPTH``).
+MAX_RESULT_DEPTH = 32
+
+
 @dataclasses.dataclass
 class Outcome:
     """What one evaluation produced: an objective (and extra results), or an error."""
@@ -62,6 +70,8 @@ class Outcome:
     error: dict[str, Any] | None = None
     #: Why the trial was pruned (a pruner's verdict as a dict), when it was.
     pruned: dict[str, Any] | None = None
+    #: What a result that was not a mapping was (``"list [0.1, 0.2]"``), for messages; never stored.
+    returned: str | None = None
 
     @property
     def ok(self) -> bool:
@@ -85,9 +95,16 @@ class Outcome:
 
     @classmethod
     def from_exception(cls, err: BaseException) -> Outcome:
-        """An outcome for an exception raised by the objective (type, message, traceback tail)."""
+        """An outcome for an exception raised by the objective (type, message, traceback tail).
+
+        Never raises: an exception whose ``__str__`` fails is described by its type.
+        """
         tail = "".join(traceback.format_exception(type(err), err, err.__traceback__)[-3:])
-        return cls.failure(type(err).__name__, str(err), traceback=tail[-2000:])
+        try:
+            message = str(err)
+        except Exception as broken:  # noqa: BLE001 -- the user's __str__ must not cost the trial
+            message = f"<str() of the exception raised {type(broken).__name__}>"
+        return cls.failure(type(err).__name__, message[:_MESSAGE_LIMIT], traceback=tail[-2000:])
 
 
 class TrialEvaluator(abc.ABC):
@@ -148,9 +165,10 @@ def check_objective(fn: object, names: Iterable[str]) -> None:
         names: the space's dimension names.
 
     Raises:
-        ConfigurationError: ``fn`` is not callable, or its signature cannot take exactly
-            those keyword arguments (a required parameter the space lacks, a dimension it
-            does not accept, a positional-only parameter).
+        ConfigurationError: ``fn`` is not callable, is an async or generator function (its
+            call gives no value), or its signature cannot take exactly those keyword arguments
+            (a required parameter the space lacks, a dimension it does not accept, a
+            positional-only parameter).
     """
     if isinstance(fn, TrialEvaluator):
         return
@@ -159,6 +177,12 @@ def check_objective(fn: object, names: Iterable[str]) -> None:
             f"the objective {fn!r:.60} ({type(fn).__name__}) is not callable; pass a function "
             "called as fn(**params) that returns a number or a dict with 'objective'"
         )
+    label = getattr(fn, "__qualname__", None) or type(fn).__name__
+    if inspect.iscoroutinefunction(fn) or inspect.isasyncgenfunction(fn) or inspect.isgeneratorfunction(fn):
+        raise ConfigurationError(
+            f"the objective {label} is an async or generator function: calling it gives a coroutine or a "
+            "generator, never a value; pass a plain function that returns the value (an async one "
+            "wrapped: lambda **params: asyncio.run(fn(**params)))")
     try:
         signature = inspect.signature(fn)
     except (TypeError, ValueError):  # some builtins and C extensions have none: the call decides
@@ -167,7 +191,6 @@ def check_objective(fn: object, names: Iterable[str]) -> None:
     try:
         signature.bind(**{name: None for name in names})
     except TypeError as err:
-        label = getattr(fn, "__qualname__", None) or type(fn).__name__
         raise ConfigurationError(
             f"objective {label}{signature} cannot be called with the space's parameters "
             f"{', '.join(names)}: {err}; make its parameters the space's names (or add **params)"
@@ -183,6 +206,7 @@ def interpret_result(value: Any) -> Outcome:
     not JSON data (so no storage could hold them) are errors.
     """
     results: dict[str, Any] = {}
+    returned = None if isinstance(value, Mapping) else f"{type(value).__name__} {shown(value)}"
     if isinstance(value, Mapping):
         results = {str(k): to_builtin(v) for k, v in value.items() if k != "objective"}
         unstorable = _unstorable(results)
@@ -195,16 +219,20 @@ def interpret_result(value: Any) -> Outcome:
             failure.results = results
             return failure
         value = value["objective"]
-    value = to_builtin(value)
+    value = plain(to_builtin(value))  # the 0-d array or tensor orchard.report() takes too
     if isinstance(value, bool) or not isinstance(value, (int, float)):
-        return Outcome.failure(
-            "InvalidResult", f"objective must be a number, got {type(value).__name__} {value!r:.80}; "
+        failure = Outcome.failure(
+            "InvalidResult", f"objective must be a number, got {type(value).__name__} {shown(value)}; "
             "return a finite number or a dict with a numeric 'objective' (a script's results file: "
             '{"objective": 0.25})'
         )
-    if not math.isfinite(value):
-        return Outcome.failure("InvalidResult", f"objective is {value!r}; it must be a finite number")
-    return Outcome(objective=float(value), results=results)
+    else:
+        number = finite_float(value)
+        if number is not None:
+            return Outcome(objective=number, results=results)
+        failure = Outcome.failure("InvalidResult", f"objective is {shown(value)}; it must be a finite number")
+    failure.returned = returned
+    return failure
 
 
 def with_objectives(outcome: Outcome, objectives: Mapping[str, str]) -> Outcome:
@@ -217,30 +245,62 @@ def with_objectives(outcome: Outcome, objectives: Mapping[str, str]) -> Outcome:
     Returns:
         A completed outcome, or a failure naming the objective that is missing or not finite.
     """
+    names = ", ".join(objectives)
+    example = f"{{{', '.join(f'{n!r}: ...' for n in objectives)}}}"
+    if outcome.pruned is None and outcome.returned is not None:  # a list (Optuna's habit), a bare NaN...
+        failure = Outcome.failure("InvalidResult", f"the result is {outcome.returned}, but the experiment has "
+                                  f"objectives {names}: return each by name, e.g. return {example}",
+                                  reason="objective")
+        failure.error = {**(outcome.error or {}), **(failure.error or {})}  # a script's stderr stays
+        return failure
     if outcome.pruned is not None or (outcome.error is not None and outcome.error.get("reason") != "no-objective"):
         return outcome
-    names = ", ".join(objectives)
     for name in objectives:
         value = outcome.results.get(name)
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-            found = "missing" if value is None else f"{value!r:.40}, not a finite number"
+        if not isinstance(value, (int, float)) or finite_float(value) is None:
+            found = "missing" if value is None else f"{shown(value, 40)}, not a finite number"
             return Outcome.failure(
                 "InvalidResult", f"objective {name!r} is {found}; report every objective by name as a "
-                f"finite number ({names}), e.g. return {{{', '.join(f'{n!r}: ...' for n in objectives)}}}",
+                f"finite number ({names}), e.g. return {example}",
                 reason="objective")
     first, direction = next(iter(objectives.items()))
-    value = float(outcome.results[first])
+    value = float(outcome.results[first])  # finite: checked above
     return Outcome(objective=-value if direction == "max" else value, results=dict(outcome.results))
 
 
 def _unstorable(results: Mapping[str, Any]) -> str | None:
-    """Why ``results`` cannot be stored (every storage and ``db dump`` take JSON data), or ``None``."""
+    """Why ``results`` cannot be stored, or ``None``.
+
+    Every storage and ``db dump`` take JSON data whose ints fit in 64 bits, nested at most
+    :data:`MAX_RESULT_DEPTH` deep; a result the storage would refuse breaks the trial here,
+    before the write, instead of failing the write.
+    """
     for key, item in results.items():
+        beyond = _beyond_storage(item, 1)  # the results dict is the first level
+        if beyond is not None:
+            return f"result {key!r} cannot be stored: it holds {beyond}; {_STORABLE}"
         try:
             json.dumps(item)
         except (TypeError, ValueError) as err:
-            return (f"result {key!r} cannot be stored: {type(item).__name__} {item!r:.60} is not JSON data "
+            return (f"result {key!r} cannot be stored: {type(item).__name__} {shown(item, 60)} is not JSON data "
                     f"({err}); return numbers, strings, lists or dicts")
+    return None
+
+
+_STORABLE = "return numbers (ints within 64 bits), strings, and lists or dicts of them nested at most 32 deep"
+
+
+def _beyond_storage(value: Any, depth: int = 0) -> str | None:
+    """What in a JSON ``value`` a storage cannot hold (an int beyond 64 bits, too deep a nesting), or ``None``."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return None if int_fits(value) else f"an int of {value.bit_length()} bits"
+    if isinstance(value, (list, tuple, dict)):
+        if depth >= MAX_RESULT_DEPTH:
+            return f"lists or dicts nested more than {MAX_RESULT_DEPTH} deep"
+        for item in value.values() if isinstance(value, dict) else value:
+            found = _beyond_storage(item, depth + 1)
+            if found is not None:
+                return found
     return None
 
 
@@ -263,7 +323,9 @@ def call_objective(
             return interpret_result(fn(**params))
         except TrialPruned:
             return Outcome.pruned_by_objective()
-        except Exception as err:  # the objective's own failure marks the trial broken
+        except KeyboardInterrupt:
+            raise  # Ctrl-C, SIGTERM: the worker releases the trial
+        except BaseException as err:  # noqa: BLE001 -- sys.exit() too: the trial breaks, the worker goes on
             return Outcome.from_exception(err)
     job = functools.partial(_evaluate_for_parent, fn, dict(params))
     if not hasattr(os, "fork"):

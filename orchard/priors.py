@@ -29,8 +29,10 @@ from typing import Any, ClassVar
 import numpy as np
 
 from orchard.errors import SpaceError
+from orchard.trial import finite_float
 
 __all__ = [
+    "INT_BOUND",
     "Choices",
     "Fail",
     "LogUniform",
@@ -40,6 +42,7 @@ __all__ = [
     "Scalar",
     "Uniform",
     "bounds",
+    "int_bounds",
     "is_integral",
     "is_number",
     "to_builtin",
@@ -51,8 +54,8 @@ Fail = Callable[[str], SpaceError]
 
 
 def to_builtin(value: Any) -> Any:
-    """Convert numpy scalars (and containers of them) to plain Python values."""
-    if isinstance(value, np.generic):
+    """Convert numpy scalars and 0-d arrays (and containers of them) to plain Python values."""
+    if isinstance(value, np.generic) or (isinstance(value, np.ndarray) and value.ndim == 0):
         return value.item()
     if isinstance(value, Mapping):
         return {str(k): to_builtin(v) for k, v in value.items()}
@@ -62,7 +65,8 @@ def to_builtin(value: Any) -> Any:
 
 
 def is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    """Whether ``value`` is a finite int or float (an int too large for a float is not)."""
+    return isinstance(value, (int, float)) and finite_float(value) is not None
 
 
 def bounds(fail: Fail, low: Any, high: Any) -> None:
@@ -70,10 +74,31 @@ def bounds(fail: Fail, low: Any, high: Any) -> None:
         raise fail("both arguments must be finite numbers")
     if low >= high:
         raise fail(f"low ({low!r}) must be < high ({high!r})")
+    if not math.isfinite(float(high) - float(low)):
+        raise fail("high - low must be a finite float (a range below about 1.8e308)")
+
+
+def int_bounds(fail: Fail, low: Any, high: Any, what: str, top: int) -> None:
+    """Refuse integer bounds whose values no storage holds: ints, ``-2**63 < low`` and ``high <= top``."""
+    if not (is_integral(low) and is_integral(high)):
+        raise fail(f"{what} bounds must be integers")
+    if not (-INT_BOUND < int(low) and int(high) <= top):
+        raise fail(f"{what} bounds must keep its values within 64 bits "
+                   f"(-2**63 < low, high <= {'2**63' if top == INT_BOUND else '2**63 - 1'})")
+
+
+#: Ints are stored in 64 bits: -2**63 < value < 2**63 (``orchard.storages.values``).
+INT_BOUND = 2**63
 
 
 def is_integral(value: Any) -> bool:
-    return bool(float(value) == int(value))
+    """Whether a number is a whole one; an int always is (``float(2**60 + 1)`` would round it)."""
+    if isinstance(value, int):
+        return True
+    try:
+        return float(value).is_integer()
+    except (TypeError, ValueError, OverflowError):
+        return False
 
 
 class Prior(abc.ABC):
@@ -173,8 +198,7 @@ class Uniform(Prior):
             raise fail("discrete must be True or False")
         if not discrete:
             return cls(float(low), float(high))
-        if not (is_integral(low) and is_integral(high)):
-            raise fail("discrete uniform bounds must be integers")
+        int_bounds(fail, low, high, "discrete uniform", INT_BOUND - 1)  # high is drawn
         return cls(int(low), int(high), True)
 
     def sample(self, rng: np.random.Generator) -> Scalar:
@@ -277,8 +301,7 @@ class RandInt(Prior):
     def parse(cls, fail: Fail, args: list[Any], kwargs: dict[str, Any]) -> Prior:
         low, high = args
         bounds(fail, low, high)
-        if not (is_integral(low) and is_integral(high)):
-            raise fail("randint bounds must be integers")
+        int_bounds(fail, low, high, "randint", INT_BOUND)  # high is never drawn
         return cls(int(low), int(high))
 
     def sample(self, rng: np.random.Generator) -> Scalar:

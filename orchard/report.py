@@ -39,28 +39,34 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import json
-import math
 import os
 import time
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
+from orchard.trial import finite_float
+
 __all__ = [
     "REPORT_ENV",
     "RESULTS_ENV",
+    "STEP_LIMIT",
     "VERDICT_ENV",
     "Reported",
     "TrialPruned",
     "check_report",
+    "plain",
     "report",
     "report_objective",
     "report_results",
     "should_prune",
+    "shown",
 ]
 
 RESULTS_ENV = "ORCHARD_RESULTS_PATH"
 REPORT_ENV = "ORCHARD_REPORT_PATH"
 VERDICT_ENV = "ORCHARD_VERDICT_PATH"
+#: Steps must be below this: a stored int is 64-bit.
+STEP_LIMIT = 2**63
 #: Seconds :func:`report` waits for a child's verdict before going on (the worker is slowed by an outage).
 VERDICT_WAIT = 30.0
 
@@ -105,7 +111,8 @@ def report(value: float | Mapping[str, float], step: int) -> None:
     if not path:
         raise RuntimeError(
             f"orchard.report() needs a running trial: call it inside an objective run by a worker "
-            f"(workon, hunt), or set {REPORT_ENV}"
+            f"(workon, hunt), in the objective's own thread (a thread it starts must run in a copy of its "
+            f"context: threading.Thread(target=contextvars.copy_context().run, args=(fn,))), or set {REPORT_ENV}"
         )
     line = json.dumps({"step": step, "objective": value}) + "\n"
     with open(path, "a", encoding="utf-8") as handle:
@@ -129,24 +136,35 @@ def check_report(value: Any, step: Any) -> tuple[Reported, int]:
             raise ValueError("orchard.report() got an empty mapping; give each objective by name")
         checked = {}
         for name, item in value.items():
-            number = _plain(item)
-            if not isinstance(name, str) or not _finite(number):
-                raise ValueError(f"orchard.report() needs a finite number for objective {name!r}, got {item!r:.80}")
-            checked[name] = float(number)
+            number = finite_float(plain(item))
+            if not isinstance(name, str) or number is None:
+                raise ValueError(f"orchard.report() needs a finite number for objective {shown(name)}, "
+                                 f"got {shown(item)}")
+            checked[name] = number
         value = checked
     else:
-        value = _plain(value)
-        if not _finite(value):
-            raise ValueError(f"orchard.report() needs a finite number as the value, got {value!r:.80}")
-        value = float(value)
-    step = _plain(step)
-    if isinstance(step, bool) or not isinstance(step, int) or step < 0:
-        raise ValueError(f"orchard.report() needs an integer step >= 0, got {step!r:.80}")
+        number = finite_float(plain(value))
+        if number is None:
+            raise ValueError(f"orchard.report() needs a finite number as the value, got {shown(value)}")
+        value = number
+    step = plain(step)
+    if isinstance(step, bool) or not isinstance(step, int) or not 0 <= step < STEP_LIMIT:
+        raise ValueError(f"orchard.report() needs an integer step >= 0 and < 2**63, got {shown(step)}")
     return value, step
 
 
-def _finite(value: Any) -> bool:
-    return not isinstance(value, bool) and isinstance(value, (int, float)) and math.isfinite(value)
+def shown(value: Any, width: int = 80) -> str:
+    """``repr(value)`` cut to ``width`` characters, for a message; never raises.
+
+    ``repr`` refuses ints of more than 4,300 digits, and a user's ``__repr__`` may fail.
+    """
+    if isinstance(value, int) and value.bit_length() > 256:
+        return f"an int of {value.bit_length()} bits"
+    try:
+        text = repr(value)
+    except Exception:  # noqa: BLE001 -- a message must not fail on the value it describes
+        return f"a {type(value).__name__} that cannot be shown"
+    return text[:width]
 
 
 def _await_verdict(step: int) -> bool:
@@ -201,30 +219,38 @@ def report_objective(value: float, **extra: Any) -> None:
         ValueError: ``value`` is not a finite number.
         RuntimeError: not running under ``orchard hunt`` (``ORCHARD_RESULTS_PATH`` unset).
     """
-    _write({"objective": _plain(value), **extra}, "report_objective")
+    _write({"objective": plain(value), **extra}, "report_objective")
 
 
 def _write(results: Mapping[str, Any], caller: str) -> None:
     """Check and write ``results``; errors name ``caller``, the function the user called."""
     objective = results.get("objective")
     by_name = caller == "report_results" and "objective" not in results and bool(results)  # several objectives
-    if not by_name and (isinstance(objective, bool) or not isinstance(objective, (int, float))
-                        or not math.isfinite(objective)):
+    if not by_name and (not isinstance(objective, (int, float)) or finite_float(objective) is None):
         wanted = "a finite number" if caller == "report_objective" else "a finite numeric 'objective'"
-        raise ValueError(f"{caller} needs {wanted}, got {objective!r}")
+        raise ValueError(f"{caller} needs {wanted}, got {shown(objective)}")
     path = os.environ.get(RESULTS_ENV)
     if not path:
         raise RuntimeError(
             f"{RESULTS_ENV} is not set: {caller} only works inside a trial started by "
             "'orchard hunt'; run your script through it"
         )
-    text = json.dumps({str(k): _plain(v) for k, v in results.items()})  # fails before touching files
+    text = json.dumps({str(k): plain(v) for k, v in results.items()})  # fails before touching files
     tmp = f"{path}.tmp"
     with open(tmp, "w", encoding="utf-8") as handle:
         handle.write(text)
     os.replace(tmp, path)
 
 
-def _plain(value: Any) -> Any:
-    item = getattr(value, "item", None)  # numpy scalars, without importing numpy
-    return item() if callable(item) and not isinstance(value, (list, dict)) else value
+def plain(value: Any) -> Any:
+    """A one-value array or tensor (numpy scalar, 0-d array, torch scalar) as its Python value; else ``value``.
+
+    Duck-typed on ``.item()``, so nothing is imported; an ``item()`` that fails leaves ``value`` as it is.
+    """
+    item = getattr(value, "item", None)
+    if not callable(item) or isinstance(value, (list, dict)):
+        return value
+    try:
+        return item()
+    except Exception:  # noqa: BLE001 -- several values (an array of 3), or a foreign item(): left to the checks
+        return value

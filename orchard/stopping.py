@@ -45,6 +45,7 @@ from typing import TYPE_CHECKING, Any
 
 from orchard.constraints import feasibility
 from orchard.errors import BudgetExhaustedError, ConfigurationError, StopReason, StorageError
+from orchard.trial import finite_float
 
 if TYPE_CHECKING:  # pragma: no cover
     from orchard.objective import Outcome
@@ -99,7 +100,7 @@ def _finite(value: Any, requirement: str) -> float:
         raise ValueError(requirement)  # noqa: TRY004
     try:
         number = float(value)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):  # an int beyond a float's range too
         raise ValueError(requirement) from None
     if not math.isfinite(number):
         raise ValueError(requirement)
@@ -325,11 +326,12 @@ class Ledger:
 
 def _cost(results: Mapping[str, Any], metric: str, trial_id: str, wanted: bool) -> float:
     value = results.get(metric)
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+    number = finite_float(value) if isinstance(value, (int, float)) else None
+    if number is None:
         if wanted:
             log.warning("trial %s reported no finite %r metric; it adds nothing to max_cost", trial_id, metric)
         return 0.0
-    return float(value)
+    return number
 
 
 class StopGate:

@@ -39,9 +39,26 @@ from typing import Any, NamedTuple
 from orchard.errors import InvalidReportError, OrchardError, ReservationLostError, TrialNotFoundError
 
 __all__ = [
-    "INSERTED", "MAX_REPORTS_PER_TRIAL", "Change", "Lease", "ReportValue", "Trial", "TrialStatus",
-    "complete", "fail", "first_value", "heartbeat", "held_by", "prune", "recorded", "release", "report",
-    "report_value", "reserve", "take_back",
+    "INSERTED",
+    "MAX_REPORTS_PER_TRIAL",
+    "Change",
+    "Lease",
+    "ReportValue",
+    "Trial",
+    "TrialStatus",
+    "complete",
+    "fail",
+    "finite_float",
+    "first_value",
+    "heartbeat",
+    "held_by",
+    "prune",
+    "recorded",
+    "release",
+    "report",
+    "report_value",
+    "reserve",
+    "take_back",
 ]
 
 #: :attr:`Trial.origin` of an evaluation made elsewhere and recorded with its result (``insert``).
@@ -54,15 +71,28 @@ MAX_REPORTS_PER_TRIAL = 10_000
 ReportValue = float | tuple[float, ...]
 
 
+def finite_float(value: Any) -> float | None:
+    """``value`` as a finite float; ``None`` for a bool, a non-number, NaN, infinity, or an int beyond a float.
+
+    ``math.isfinite`` and ``float`` raise ``OverflowError`` on an int beyond a float's range
+    (``10**400``); a check of a user's value must not.
+    """
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        return None
+    try:
+        number = float(value)
+    except (OverflowError, TypeError, ValueError):
+        return None
+    return number if math.isfinite(number) else None
+
+
 def report_value(value: Any) -> ReportValue | None:
     """``value`` as a report stores it: a finite float, or a non-empty tuple of finite floats; else ``None``."""
     if isinstance(value, (list, tuple)):
         items = [report_value(item) for item in value]
         floats = [item for item in items if isinstance(item, float)]
         return tuple(floats) if floats and len(floats) == len(value) else None
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
-        return None
-    return float(value)
+    return finite_float(value)
 
 
 def first_value(value: ReportValue) -> float:

@@ -31,7 +31,7 @@ from orchard.objectives import minimized
 from orchard.pruners import BasePruner, NopPruner, Verdict
 from orchard.report import Reported, check_report
 from orchard.storages.base import BaseStorage
-from orchard.trial import ReportValue, Trial, TrialStatus
+from orchard.trial import MAX_REPORTS_PER_TRIAL, ReportValue, Trial, TrialStatus
 
 __all__ = ["Judge", "ReportFollower", "current_judge", "judging", "stored_value"]
 
@@ -65,18 +65,26 @@ class Judge:
         self.pruned: dict[str, Verdict] = {}
         #: Trials with at least one report stored by this judge.
         self.reported: set[str] = set()
+        self._held: dict[str, int] = {}  # reports each of them holds, as its last write returned
 
     def __call__(self, trial_id: str, value: Reported, step: int) -> Verdict:
         """Store ``value`` at ``step`` on ``trial_id`` and return the verdict on it.
 
+        A trial that holds :data:`~orchard.trial.MAX_REPORTS_PER_TRIAL` reports goes on:
+        later reports are neither stored nor judged (the log says so once), so a training
+        that reports every batch is not broken, its result lost, at the 10,001st.
+
         Raises:
             ReservationLostError: the worker no longer holds the trial.
-            InvalidReportError: the storage refused the report (a step not above the last, too many steps),
-                or its objectives are not the experiment's; nothing is stored.
+            InvalidReportError: the storage refused the report (a step not above the last), or its
+                objectives are not the experiment's; nothing is stored.
         """
         kept = stored_value(trial_id, value, self.objectives, ranked=not isinstance(self.pruner, NopPruner))
         with self._lock:  # a follower thread and the worker's thread never refresh the history together
+            if self._held.get(trial_id, 0) >= MAX_REPORTS_PER_TRIAL:
+                return self._unjudged(trial_id, step)
             stored = self.storage.report_trial(trial_id, self.worker, step, kept)
+            self._held[trial_id] = len(stored.reports)
             self.reported.add(trial_id)
             self._refresh()
             others = {
@@ -89,6 +97,16 @@ class Judge:
                 self.pruned.setdefault(trial_id, verdict)
             return verdict
 
+    def _unjudged(self, trial_id: str, step: int) -> Verdict:
+        """The answer to a report past the cap: the trial's "prune" verdict if it got one, else go on."""
+        if self._held[trial_id] == MAX_REPORTS_PER_TRIAL:
+            self._held[trial_id] += 1  # warned once
+            log.warning("trial %s holds %d reports, the most a trial may hold; its later reports (from step %d) "
+                        "are neither stored nor judged, and it goes on: report less often (e.g. every k-th step)",
+                        trial_id, MAX_REPORTS_PER_TRIAL, step)
+        return self.pruned.get(trial_id) or Verdict(False, self.pruner.name, step, reason=(
+            f"not judged: the trial holds {MAX_REPORTS_PER_TRIAL} reports, the most a trial may hold"))
+
     def verdict_of(self, trial_id: str) -> Verdict | None:
         """The "prune" verdict ``trial_id`` received from this judge, if any."""
         return self.pruned.get(trial_id)
@@ -97,6 +115,7 @@ class Judge:
         """Drop what the judge kept of a trial once its outcome is recorded."""
         self.pruned.pop(trial_id, None)
         self.reported.discard(trial_id)
+        self._held.pop(trial_id, None)
 
 
 def stored_value(trial_id: str, value: Reported, objectives: Mapping[str, str] | None,

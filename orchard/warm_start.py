@@ -41,7 +41,7 @@ import threading
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from orchard.errors import ConfigurationError, ExperimentNotFoundError, OrchardError
+from orchard.errors import ConfigurationError, ExperimentNotFoundError, OrchardError, StorageError
 from orchard.naming import check_experiment_name
 from orchard.priors import to_builtin
 from orchard.space import Space
@@ -190,22 +190,24 @@ _CACHE_LOCK = threading.Lock()
 def _read(source: Source, own: BaseStorage) -> tuple[Space, list[Trial]]:
     """The source's space and completed trials, read once per process while its count stays the same."""
     storage = own if source.storage is None else get_storage(source.storage)
-    record = storage.require_experiment(source.experiment)
-    count = storage.count_trials(record.id)[TrialStatus.COMPLETED]
-    key = (storage.uri, record.id, count)
-    with _CACHE_LOCK:
-        cached = _CACHE.get(key)
-    if cached is None:
-        try:
-            theirs = Space.from_config(record.config["space"])
-        except (KeyError, OrchardError) as err:
-            raise ConfigurationError(f"warm start source {source.label!r} has no usable space ({err})") from None
-        trials = [t for t in storage.fetch_trials(record.id, [TrialStatus.COMPLETED]) if t.objective is not None]
-        cached = (theirs, trials)
+    try:
+        record = storage.require_experiment(source.experiment)
+        count = storage.count_trials(record.id)[TrialStatus.COMPLETED]
+        key = (storage.uri, record.id, count)
         with _CACHE_LOCK:
-            _CACHE[key] = cached
-    if source.storage is not None:
-        storage.close()
+            cached = _CACHE.get(key)
+        if cached is None:
+            try:
+                theirs = Space.from_config(record.config["space"])
+            except (KeyError, OrchardError) as err:
+                raise ConfigurationError(f"warm start source {source.label!r} has no usable space ({err})") from None
+            trials = [t for t in storage.fetch_trials(record.id, [TrialStatus.COMPLETED]) if t.objective is not None]
+            cached = (theirs, trials)
+            with _CACHE_LOCK:
+                _CACHE[key] = cached
+    finally:
+        if source.storage is not None:
+            storage.close()
     return cached
 
 
@@ -215,17 +217,19 @@ def _gather(space: Space, stored: Sequence[Mapping[str, Any]] | None, own: BaseS
 
     ``strict`` (when the experiment is created) refuses a missing source and one none of whose
     trials fits; otherwise (a worker starting later) such a source gives nothing, with a warning,
-    so deleting an old experiment never stops the ones it warm-started.
+    so deleting an old experiment, or losing or damaging the other storage it was in, never stops
+    the ones it warm-started.
     """
     prior: list[Trial] = []
     uses: list[SourceUse] = []
     for source in _sources(stored):
         try:
             theirs, trials = _read(source, own)
-        except ExperimentNotFoundError:
-            if strict:
+        except (ExperimentNotFoundError, StorageError) as err:  # the experiment's own storage failing is no excuse
+            if strict or (isinstance(err, StorageError) and source.storage is None):
                 raise
-            log.warning("warm start source %r no longer exists; going on without it", source.label)
+            why = "no longer exists" if isinstance(err, ExperimentNotFoundError) else f"cannot be read ({err})"
+            log.warning("warm start source %r %s; going on without it", source.label, why)
             uses.append(SourceUse(source.label, 0, 0, {}))
             continue
         problems = _fit_problems(source, theirs, space)
@@ -262,10 +266,11 @@ def check_sources(space: Space, stored: Sequence[Mapping[str, Any]] | None, own:
 def prior_trials(space: Space, stored: Sequence[Mapping[str, Any]] | None, own: BaseStorage) -> list[Trial]:
     """The completed trials of the sources, their params mapped into ``space``; ``[]`` without sources.
 
-    A source deleted since the experiment was created gives nothing (with a warning).
+    A source deleted since the experiment was created, or kept in another storage that cannot be
+    read now (unreachable, damaged, replaced), gives nothing (with a warning).
 
     Raises:
-        StorageError: a source's storage cannot be read.
+        StorageError: the experiment's own storage cannot be read.
     """
     return _gather(space, stored, own, strict=False)[0] if stored else []
 

@@ -35,7 +35,6 @@ from orchard.errors import (
     ExperimentBrokenError,
     Interrupted,
     ReservationLostError,
-    SpaceExhaustedError,
     StopReason,
     StorageError,
     StorageUnavailableError,
@@ -52,6 +51,7 @@ from orchard.pacemaker import Pacemaker
 from orchard.space import trial_id as params_trial_id
 from orchard.storages.base import BaseStorage
 from orchard.stopping import StopGate, StopRules
+from orchard.suggestions import Suggester
 from orchard.storages.retrying import RetryingStorage
 from orchard.trial import Trial, TrialStatus
 from orchard.verdicts import Judge, judging
@@ -140,6 +140,7 @@ class Worker:
         self.history = History(storage, experiment_id, settings.objectives, settings.constraints,
                                prior_trials(settings.space, settings.warm_start, storage))  # a warm start's evidence
         self.algorithm: BaseAlgorithm = make_algorithm(settings.algorithm, settings.space, settings.seed)
+        self.suggester = Suggester(self.algorithm, settings.algorithm, settings.space)  # held to the contract
         self.judge = Judge(storage, self.name, lambda: self.history.trials, self.history.refresh,
                            make_pruner(settings.pruner), settings.objectives)
         self.report = WorkerReport(self.name)
@@ -152,7 +153,6 @@ class Worker:
         self._leases = LeaseObserver(settings.stale_after, clock=clock.monotonic)
         # the last outage the lease watches were restarted for: (recovered_at, failed_at)
         self._outage_seen: tuple[float | None, float | None] = (None, None)
-        self._exhausted = False  # the algorithm's last answer was "nothing new"
         self._evaluating: Trial | None = None
 
     # -- the loop --------------------------------------------------------------
@@ -189,6 +189,9 @@ class Worker:
             if interruption is err:
                 raise
             raise interruption.with_traceback(err.__traceback__) from None
+        except BaseException as err:  # noqa: BLE001 -- a faulty evaluator must not leave the trial reserved
+            log.error("worker %s: evaluating trial %s raised %s", self.name, trial.id, type(err).__name__)
+            outcome = Outcome.from_exception(err)
         finally:
             self._evaluating = None
         try:
@@ -199,6 +202,13 @@ class Worker:
             log.error("worker %s could not store %s for trial %s; releasing it", self.name, outcome, trial.id)
             self._release_quietly(trial, self.storage.storage)
             raise
+        except Exception as err:  # noqa: BLE001 -- the storage refused the outcome (a value or size it cannot hold)
+            message = f"the storage refused the trial's outcome: {type(err).__name__}: {err}"[:2000]
+            try:  # recorded broken: a dying worker would leave it reserved until its lease ran out
+                self._record(trial, Outcome.failure("StorageError", message, reason="unstorable"))
+            except Exception:  # noqa: BLE001 -- the storage itself is failing: the first error says why
+                raise err from None
+            log.error("worker %s: %s; trial %s recorded broken", self.name, message, trial.id)
 
     # -- the steps -------------------------------------------------------------
 
@@ -222,6 +232,7 @@ class Worker:
                 worker ran its ``max_trials_per_worker`` (``WORKER_BUDGET``), the space is
                 exhausted (``EXHAUSTED``), ``timeout`` passed (``IDLE``), or a stopping rule
                 fired (``STOPPED``, see :mod:`orchard.stopping`).
+            AlgorithmError: the algorithm broke its contract (see :mod:`orchard.suggestions`).
         """
         deadline = None if timeout is None else self.clock.monotonic() + timeout
         poll = 0.0
@@ -320,7 +331,7 @@ class Worker:
         if settings.max_trials_per_worker is not None and done >= settings.max_trials_per_worker:
             raise BudgetExhaustedError(
                 f"worker {self.name} ran its {settings.max_trials_per_worker} trials", StopReason.WORKER_BUDGET)
-        if self._exhausted and not self.history.others_reserved():
+        if self.suggester.exhausted and not self.history.others_reserved():
             raise BudgetExhaustedError(
                 f"experiment {self.label!r}: the algorithm has no new point to suggest", StopReason.EXHAUSTED)
 
@@ -361,11 +372,16 @@ class Worker:
 
     def _register_suggestion(self) -> Trial | None:
         collided: list[dict[str, Any]] = []
+        repeats = 0  # suggestions the view already held: the algorithm ignored them, no racer registered them
         for _ in range(_MAX_DUPLICATE_RETRIES):
             asked = time.thread_time()
-            params = self._suggest(collided)
+            params = self.suggester.next(self.history, collided)
             if params is None:
                 return None
+            if params in self.history.seen or params in collided:
+                repeats += 1
+                collided.append(params)
+                continue
             slow = time.thread_time() - asked > _RACE_CHECK_AFTER
             if slow and self._taken_meanwhile(params):
                 continue  # another worker registered (nearly) this point while we computed it
@@ -379,6 +395,8 @@ class Worker:
                 collided.append(params)  # a racing worker registered it: treat it as pending
             except BudgetExhaustedError:
                 return None
+        if repeats == _MAX_DUPLICATE_RETRIES:
+            raise self.suggester.repeating(collided[-1], repeats)
         log.warning("worker %s: %d suggestions in a row collided", self.name, _MAX_DUPLICATE_RETRIES)
         return None
 
@@ -391,20 +409,6 @@ class Worker:
         """
         arrived = self.history.refresh()
         return any(self.settings.space.nearly_equal(params, other) for other in arrived)
-
-    def _suggest(self, collided: list[dict[str, Any]]) -> dict[str, Any] | None:
-        if collided:
-            self.history.refresh()
-        try:
-            suggestions = self.algorithm.suggest(
-                self.history.observations, self.history.pending(collided), n=1,
-                seen=self.history.seen,
-            )
-        except SpaceExhaustedError:
-            self._exhausted = True
-            return None
-        self._exhausted = False
-        return suggestions[0] if suggestions else None
 
     # -- recording -------------------------------------------------------------
 

@@ -222,6 +222,24 @@ def test_a_deleted_source_never_stops_the_experiment_it_warm_started(
     assert "warm start source 'old' no longer exists" in caplog.text
 
 
+@pytest.mark.parametrize("damage", ["overwritten", "a directory"])
+def test_a_source_in_another_storage_that_cannot_be_read_never_stops_the_experiment(
+    tmp_path: Path, store: str, damage: str, caplog: pytest.LogCaptureFixture,
+) -> None:
+    elsewhere = tmp_path / "old-runs.pkl"
+    finished(str(elsewhere))
+    new = orchard.build_experiment("new", space=BRANIN_SPACE, max_trials=2, storage=store,
+                                   warm_start=[f"{elsewhere}:old"])
+    elsewhere.unlink()
+    if damage == "overwritten":
+        elsewhere.write_bytes(b"not an orchard file\n" * 10)
+    else:
+        elsewhere.mkdir()
+    new.workon(branin, progress=False)  # every worker exited at start, for good
+    assert len(new.fetch_trials([TrialStatus.COMPLETED])) == 2
+    assert f"warm start source '{elsewhere}:old' cannot be read" in caplog.text
+
+
 # -- warm start: what it buys ----------------------------------------------------------------------
 
 

@@ -45,7 +45,7 @@ from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from orchard.algorithms.base import BaseAlgorithm, Observation
-from orchard.errors import ConfigurationError
+from orchard.errors import ConfigurationError, OrchardError
 from orchard.space import Space
 
 if TYPE_CHECKING:
@@ -218,8 +218,16 @@ def make_algorithm(config: AlgorithmConfig, space: Space, seed: int | None = Non
         seed: seed of the algorithm's random streams.
 
     Raises:
-        ConfigurationError: unknown algorithm, unknown option or invalid option value.
+        ConfigurationError: unknown algorithm, unknown option or invalid option value, or the
+            algorithm (a plugin's constructor) failed to build.
     """
     name, options = _split(config)
     cls = algorithm_class(name)
-    return cls(space, seed, **cls.check_options(options))
+    options = cls.check_options(options)
+    try:
+        return cls(space, seed, **options)
+    except OrchardError:
+        raise
+    except Exception as err:  # a plugin's constructor: name it rather than surface a bare traceback
+        raise ConfigurationError(f"algorithm {name!r} ({cls.__module__}.{cls.__qualname__}) could not be built "
+                                 f"for this space: {type(err).__name__}: {err}") from err

@@ -10,19 +10,22 @@ trials back (see :mod:`orchard.interruption`).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
+import pickle
 from collections.abc import Callable, Sequence
 from concurrent.futures import Executor, Future
 from typing import Any
 
+from orchard.errors import ConfigurationError
 from orchard.interruption import STOP_TIMEOUT, interruptible, stop_workers
 from orchard.objective import ObjectiveEvaluator, TrialEvaluator
 from orchard.resources import DEVICES_ENV, visible_devices, worker_label
 from orchard.storages.base import BaseStorage
 from orchard.worker import Worker, WorkerReport, WorkerSettings
 
-__all__ = ["WorkerTask", "run_tasks", "run_worker"]
+__all__ = ["WorkerTask", "check_travels", "run_tasks", "run_worker"]
 
 
 @dataclasses.dataclass
@@ -38,6 +41,32 @@ class WorkerTask:
     working_dir: str | None = None  # per-trial folders of orchard.current_trial()
     memory_limit: int | None = None  # bytes, for a Python fn (a TrialEvaluator has its own)
     devices: str | None = None  # CUDA_VISIBLE_DEVICES of this worker; None leaves the environment alone
+
+
+def check_travels(fn: Callable[..., Any], executor: str) -> None:
+    """Refuse, before any trial is reserved, an objective that cannot reach the executor's processes.
+
+    ``process`` sends it with the standard library's pickle (a lambda or a closure does not
+    travel); joblib and Dask with cloudpickle when it is installed (they do, but not over a
+    lock, a socket or an open file).
+
+    Raises:
+        ConfigurationError: naming the objective, the executor and the pickler's reason.
+    """
+    dumps: Callable[[Any], bytes] = pickle.dumps
+    if executor != "process":
+        with contextlib.suppress(ImportError):  # joblib's loky falls back to pickle without it
+            import cloudpickle
+
+            dumps = cloudpickle.dumps
+    try:
+        dumps(fn)
+    except Exception as err:  # noqa: BLE001 -- any pickler failure: PicklingError, TypeError, AttributeError
+        label = getattr(fn, "__qualname__", None) or type(fn).__name__
+        raise ConfigurationError(
+            f"the objective {label} cannot be sent to the worker processes of executor {executor!r}: "
+            f"{type(err).__name__}: {err}; define it at the top level of a module, keep locks, sockets and "
+            "open files out of it, or run it with n_workers=1 (this thread) or executor='thread'") from None
 
 
 def run_worker(task: WorkerTask) -> WorkerReport:

@@ -1,0 +1,90 @@
+"""A worker's new points: asked of its algorithm and held to the algorithm contract.
+
+Any installed package can provide an algorithm (see :mod:`orchard.algorithms`), so the
+worker checks each answer of :meth:`~orchard.algorithms.base.BaseAlgorithm.suggest`
+before it registers it. A broken promise becomes one
+:class:`~orchard.errors.AlgorithmError` that names the algorithm and what it did,
+and the worker stops before anything is stored, instead of:
+
+* an exception from inside the algorithm, reported as if the objective had crashed;
+* a point outside the space, or missing a dimension, registered and evaluated;
+* an empty answer, or points the experiment already holds suggested again and again,
+  while the worker waits forever for something new.
+
+``SpaceExhaustedError`` is the algorithm's honest "nothing new": the worker stops
+with reason ``exhausted`` once the other workers' trials are done.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from orchard.algorithms.base import BaseAlgorithm
+from orchard.errors import AlgorithmError, OrchardError, SpaceError, SpaceExhaustedError
+from orchard.history import History
+from orchard.report import shown
+from orchard.space import Space
+
+__all__ = ["Suggester"]
+
+_CHECK_IT = ("fix the algorithm or choose another (a plugin can be checked with "
+             "orchard.testing.algorithms.check_algorithm)")
+
+
+class Suggester:
+    """Asks one worker's algorithm for points and refuses answers that break the contract.
+
+    Args:
+        algorithm: the worker's algorithm.
+        config: its configuration (its name is the first key), for messages.
+        space: the experiment's space.
+    """
+
+    def __init__(self, algorithm: BaseAlgorithm, config: str | Mapping[str, Any], space: Space) -> None:
+        self.algorithm, self.space = algorithm, space
+        self.name = config if isinstance(config, str) else next(iter(config), "?")
+        #: Whether the last answer was "nothing new" (``SpaceExhaustedError``).
+        self.exhausted = False
+
+    def next(self, history: History, collided: list[dict[str, Any]]) -> dict[str, Any] | None:
+        """One new point inside the space, or ``None`` when the algorithm says the space is exhausted.
+
+        Args:
+            history: the worker's view (refreshed first when ``collided`` is not empty).
+            collided: this worker's suggestions that other workers registered first: told as pending.
+
+        Raises:
+            AlgorithmError: the algorithm raised, answered something other than a list of points,
+                or suggested a point outside the space; the message names it and the point.
+        """
+        if collided:
+            history.refresh()
+        try:
+            answer = self.algorithm.suggest(history.observations, history.pending(collided), n=1, seen=history.seen)
+        except SpaceExhaustedError:
+            self.exhausted = True
+            return None
+        except OrchardError:
+            raise
+        except Exception as err:  # a plugin's own failure: name it, not the objective
+            raise AlgorithmError(f"algorithm {self.name!r} failed to suggest a point: {shown(err, 200)}; "
+                                 f"{_CHECK_IT}") from err
+        self.exhausted = False
+        if not isinstance(answer, list) or not answer or not isinstance(answer[0], Mapping):
+            raise AlgorithmError(f"algorithm {self.name!r} answered {shown(answer)} instead of a list of points "
+                                 f"(params dicts), or SpaceExhaustedError when nothing new is left; {_CHECK_IT}")
+        params = dict(answer[0])
+        try:
+            self.space.validate(params)
+        except SpaceError as err:
+            raise AlgorithmError(f"algorithm {self.name!r} suggested a point outside the space: {err}; "
+                                 f"{_CHECK_IT}") from None
+        return params
+
+    def repeating(self, params: Mapping[str, Any], times: int) -> AlgorithmError:
+        """The error for an algorithm that suggested ``times`` points in a row the experiment holds."""
+        return AlgorithmError(
+            f"algorithm {self.name!r} suggested {times} points in a row that the experiment already holds "
+            f"(the last: {shown(dict(params))}): it ignores the completed and pending points it is given; "
+            f"{_CHECK_IT}")
