@@ -386,7 +386,7 @@ def test_only_the_owner_writes_a_reservation(storage: MongoStorage, exp: str) ->
     done = storage.complete_trial(trial.id, "owner", np.float64(0.25), {"acc": np.float32(0.5)})
     assert (done.status, done.objective, done.results) == (TrialStatus.COMPLETED, 0.25, {"acc": 0.5})
     assert done.end_time is not None
-    with pytest.raises(ReservationLostError, match="is completed"):
+    with pytest.raises(ReservationLostError, match="is already completed"):
         storage.complete_trial(trial.id, "owner", 2.0)
     with pytest.raises(TrialNotFoundError):
         storage.heartbeat_trial("missing", "owner")
