@@ -623,6 +623,25 @@ def test_every_verb_over_the_wire(wire: MongoStorage) -> None:
 
 
 @pytest.mark.slow
+def test_ints_beyond_32_bits_come_back_as_plain_ints(wire: MongoStorage) -> None:
+    """The server keeps them as BSON int64, which the driver decodes as ``bson.Int64``: never 'not Orchard's'."""
+    exp = wire.create_experiment("wide-ints", {})
+    seed = 2**40 + 7
+    trial = wire.register_trial(exp, {"seed": seed, "layers": 3}, worker="w", budget=None)
+    wire.report_trial(trial.id, "w", 2**33, 0.5)
+    wire.complete_trial(trial.id, "w", 1.0, {"samples": 3_000_000_000, "curve": [2**35, {"n": -(2**62)}]})
+    for read in (wire.get_trial(trial.id), *wire.fetch_trials(exp), *wire.fetch_changes(exp)[0]):
+        assert read is not None and read.params == {"seed": seed, "layers": 3}
+        assert read.results == {"samples": 3_000_000_000, "curve": [2**35, {"n": -(2**62)}]}
+        assert read.reports == [(2**33, 0.5)]
+        assert type(read.params["seed"]) is int and type(read.results["samples"]) is int
+    assert wire.count_trials(exp)[TrialStatus.COMPLETED] == 1
+    waiting = wire.register_trial(exp, {"seed": seed + 1, "layers": 3}, budget=None)
+    assert wire.reserve_trial(exp, "v").params["seed"] == seed + 1  # type: ignore[union-attr]
+    assert waiting.id in {t.id for t in wire.fetch_trials(exp)}
+
+
+@pytest.mark.slow
 def test_a_clash_on_both_id_and_slot_is_still_a_duplicate(wire: MongoStorage) -> None:
     exp = wire.create_experiment("double-clash", {})
     wire.register_trial(exp, {"x": 0}, budget=5)  # slot 0

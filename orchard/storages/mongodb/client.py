@@ -20,6 +20,7 @@ from typing import Any, Concatenate, ParamSpec, Protocol, TypeVar
 
 import pymongo
 from bson.errors import BSONError
+from bson.int64 import Int64
 from pymongo.errors import ConfigurationError as PyMongoConfigurationError
 from pymongo.errors import (
     AutoReconnect,
@@ -356,7 +357,11 @@ def unreadable(doc: dict[str, Any]) -> str | None:
     The checks are the pickle log's (:func:`orchard.storages.pickled.records.check_trial`):
     a document written by another program may hold a trial error that is a list, a
     param that is a list or a ``Decimal128``, an int beyond 64 bits (mongomock).
+    First, the ints the driver decoded as ``bson.Int64`` (every int the server keeps
+    in 64 bits: beyond 32 bits, such as a seed of ``randint(0, 2**32)``) are made
+    plain ints in ``doc`` itself, as Orchard wrote them and as readers take them.
     """
+    _plain_ints(doc)
     for counter in ("version", REPORT_COUNT):  # every write increments them: the server refuses text
         if counter in doc and type(doc[counter]) is not int:
             return f"field {counter!r} is {type(doc[counter]).__name__}"
@@ -367,6 +372,25 @@ def unreadable(doc: dict[str, Any]) -> str | None:
     except RecordError as err:
         return str(err)
     return None
+
+
+def _plain_ints(value: Any) -> Any:
+    """``value`` with every ``Int64`` in it replaced by its plain int (lists and dicts changed in place)."""
+    kind = type(value)
+    if kind is Int64:
+        return int(value)
+    if kind is dict:
+        for key, item in value.items():
+            if type(item) in _NESTED:
+                value[key] = _plain_ints(item)
+    elif kind is list:
+        for index, item in enumerate(value):
+            if type(item) in _NESTED:
+                value[index] = _plain_ints(item)
+    return value
+
+
+_NESTED = frozenset({Int64, dict, list})  # what _plain_ints looks into or replaces
 
 
 def restorable(docs: list[dict[str, Any]], experiment: str, uri: str) -> list[dict[str, Any]]:
