@@ -210,6 +210,21 @@ def test_symlinked_path_stays_a_symlink(tmp_path: Path) -> None:
     assert link.is_symlink() and len(PickledStorage(target).fetch_trials(exp_id)) == 20
 
 
+def test_a_hard_linked_file_is_refused_by_either_name(tmp_path: Path) -> None:
+    """Two names for one file took two lock files: writers through each interleaved their frames."""
+    first, second = tmp_path / "a.pkl", tmp_path / "b.pkl"
+    running = PickledStorage(first)
+    exp_id = _populate(running, 3)
+    os.link(first, second)  # while a process uses the file
+    with pytest.raises(StorageError, match="hard links"):
+        running.register_trial(exp_id, {"x": 0.5}, worker="w1")
+    for name in (first, second):
+        with pytest.raises(StorageError, match="has 2 hard links"):
+            PickledStorage(name)
+    second.unlink()
+    assert len(running.fetch_trials(exp_id)) == 3  # one name again: usable, nothing lost
+
+
 def _count_flushes(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     flushed: list[int] = []
     real = os.fdatasync

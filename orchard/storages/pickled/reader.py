@@ -137,6 +137,12 @@ class LogReader:
             raise StorageError(
                 f"storage path {self.path} is not a regular file; pass a file path such as runs/orchard.pkl"
             )
+        if info.st_nlink > 1:  # its other names would take other lock files: writers would interleave
+            raise StorageError(
+                f"storage file {self.path} has {info.st_nlink} hard links (other names for the same file); "
+                "processes that open it by another name lock another .lock file, so their writes would "
+                "interleave and a compaction would split the file in two: remove the other names and "
+                "use one path (a symbolic link is fine, it is resolved)")
         return info
 
     def check_header(self) -> None:
