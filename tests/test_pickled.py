@@ -225,6 +225,25 @@ def test_a_hard_linked_file_is_refused_by_either_name(tmp_path: Path) -> None:
     assert len(running.fetch_trials(exp_id)) == 3  # one name again: usable, nothing lost
 
 
+def test_a_lock_file_deleted_under_its_holder_never_lets_two_writers_in(path: Path) -> None:
+    """Deleting PATH.lock while a process held it let the next one lock a new file: both appended at one offset."""
+    holder, other = PickledStorage(path), PickledStorage(path)
+    exp_id = holder.create_experiment("exp", {"space": {"x": "uniform(0, 1)"}})
+    other.fetch_trials(exp_id)
+
+    def verb_while_the_lock_file_is_deleted(table: Any, now: float) -> Any:
+        os.unlink(f"{path}.lock")  # e.g. `rm *.lock` under running workers
+        other.register_trial(exp_id, {"x": 0.9}, worker="w2")  # takes a new lock file: returns, stored
+        return table.register_trial(exp_id, {"x": 0.1}, "w1", None, now, None)
+
+    with pytest.raises(StorageUnavailableError, match="lock file .* was deleted or replaced"):
+        holder._write(verb_while_the_lock_file_is_deleted)
+    holder.register_trial(exp_id, {"x": 0.1}, worker="w1")  # a retry, under the new lock file
+    fresh = PickledStorage(path)
+    assert sorted(t.params["x"] for t in fresh.fetch_trials(exp_id)) == [0.1, 0.9]
+    assert fresh.check().clean
+
+
 def _count_flushes(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     flushed: list[int] = []
     real = os.fdatasync

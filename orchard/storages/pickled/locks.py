@@ -105,6 +105,19 @@ class KernelLock:
                 os.utime(fd)  # tells waiters that the lock changed hands (see progress_mark)
         return True
 
+    def holds(self) -> bool:
+        """Whether this process holds the lock and the lock file is still the one it locked.
+
+        A lock file deleted (or replaced) under its holder lets the next process
+        lock a new file of the same name while the holder still writes.
+        """
+        if self._fd is None:
+            return False
+        try:
+            return os.path.samestat(os.fstat(self._fd), os.stat(self.path))
+        except OSError:
+            return False
+
     def release(self) -> None:
         """Drop the lock."""
         fd, self._fd = self._fd, None

@@ -341,12 +341,13 @@ class PickledStorage(TableStorage):
         """
         with self._exclusive(), self._translate("write to"):
             owns = self._lock.owns if isinstance(self._lock, locks.SoftLock) else None  # after a fork: the new lock
+            holds = self._lock.holds if isinstance(self._lock, locks.KernelLock) else None
             fd = self._log.catch_up(keep=owns is None)
             try:
                 with self._locked():
                     now = self.now()
                     opened, fd = fd, None  # commit() closes it
-                    return self._log.commit(lambda table: verb(table, now), owns, opened)
+                    return self._log.commit(lambda table: verb(table, now), owns, opened, holds)
             finally:
                 if fd is not None:
                     os.close(fd)

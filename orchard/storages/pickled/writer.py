@@ -116,12 +116,16 @@ class LogFile(LogReader):
         return info.st_size > 0 and os.path.samestat(info, os.fstat(fd))
 
     def commit(
-        self, verb: Callable[[TrialTable], tuple[_T, list[Record]]], owns: Fence | None = None, fd: int | None = None
+        self, verb: Callable[[TrialTable], tuple[_T, list[Record]]], owns: Fence | None = None, fd: int | None = None,
+        holds: Fence | None = None,
     ) -> _T:
         """Run ``verb`` on the up-to-date table and append the records it produced (under the lock).
 
         ``owns`` is given under a soft lock: it says whether this process still
         holds the lock, and the append is fenced (see :meth:`_append_fenced`).
+        ``holds`` is given under a kernel lock: whether its lock file is still the
+        one locked; if not (deleted under us), nothing is written and this raises
+        :class:`~orchard.errors.StorageUnavailableError`, to be retried.
         ``fd`` is the file :meth:`catch_up` opened before the lock (this call
         closes it). With ``fsync``, the flush of a kernel-locked append is left
         to :meth:`flush`, after the lock is released.
@@ -140,6 +144,9 @@ class LogFile(LogReader):
                 if self.table.seq != seq:  # applied in memory but not written
                     self.reset(None)
                 raise
+            if records and holds is not None and not holds():
+                self.reset(None)  # the table holds records the file does not: rebuild it from the file
+                raise StorageUnavailableError(_lock_file_lost_message(self.path))
             if records and owns is not None:
                 self._append_fenced(fd, records, owns)
             elif records:
@@ -152,7 +159,7 @@ class LogFile(LogReader):
         else:
             os.close(fd)  # on NFS, close() also sends the appended bytes to the server
         if records:
-            self.maybe_compact(owns)
+            self.maybe_compact(owns or holds)
         return result
 
     def flush(self) -> None:
@@ -290,7 +297,7 @@ class LogFile(LogReader):
         if growth <= max(self.compact_bytes, 4 * self._base) or self._offset < self._compact_floor:
             return
         if owns is not None and not owns():
-            return  # the lock was broken: replacing the file could drop the new holder's writes
+            return  # the lock was broken or its file deleted: replacing the file could drop the new holder's writes
         try:
             self.rewrite(continues=True)
         except OSError as err:
@@ -315,6 +322,14 @@ class LogFile(LogReader):
 
 def _fdatasync(fd: int) -> None:
     getattr(os, "fdatasync", os.fsync)(fd)
+
+
+def _lock_file_lost_message(path: str) -> str:
+    return (
+        f"the lock file {path}.lock was deleted or replaced while this process held the lock, so another "
+        "process may hold a new one: nothing was written; retry the operation, and never delete the lock "
+        "file of a storage that processes are using"
+    )
 
 
 def _fenced_message(path: str, outcome: str) -> str:
