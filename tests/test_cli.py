@@ -594,6 +594,18 @@ def test_db_dump_to_a_directory_or_a_missing_folder(workdir: Path, capsys: pytes
     assert set(workdir.iterdir()) == before and not list((workdir / "out").iterdir()), "no temp file left"
 
 
+def test_db_dump_never_writes_over_a_storage_file(workdir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`-o orchard.pkl` (the storage itself, or another one) replaced every experiment in it by JSON."""
+    assert hunt("e", "--max-trials", "1") == 0
+    assert hunt("f", "--max-trials", "1", "--storage", "other.pkl") == 0
+    kept = {name: (workdir / name).read_bytes() for name in ("orchard.pkl", "other.pkl")}
+    for target in kept:
+        assert main(["db", "dump", "-n", "e", "-o", target]) == 2
+        assert f"-o {target} is an Orchard storage file" in error_line(capsys.readouterr().err)
+    assert {name: (workdir / name).read_bytes() for name in kept} == kept
+    assert main(["db", "dump", "-n", "e", "-o", "dump.json"]) == 0
+
+
 def test_db_load_keeps_the_creation_time(workdir: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert hunt("e", "--max-trials", "1") == 0
     created = orchard.get_storage("orchard.pkl").require_experiment("e").created

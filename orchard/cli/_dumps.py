@@ -76,6 +76,13 @@ def _check_writable(path: str) -> None:
     if os.path.isdir(path):
         suggestion = os.path.join(path, "dump.json")
         raise ConfigurationError(f"-o {path} is a directory; give a file path, e.g. -o {suggestion}")
+    from orchard.storages.pickled.fileformat import is_log_file
+
+    if is_log_file(path):  # e.g. `-o runs/orchard.pkl`: the dump would replace a storage and its experiments
+        raise ConfigurationError(
+            f"-o {path} is an Orchard storage file; writing the dump there would replace it and every "
+            f"experiment in it: give a new file name, e.g. -o {os.path.splitext(path)[0]}.json"
+        )
     folder = os.path.dirname(path) or "."
     if not os.path.isdir(folder):
         raise ConfigurationError(f"cannot write dump {path}: folder {folder} does not exist; create it first")

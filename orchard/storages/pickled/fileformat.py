@@ -49,6 +49,7 @@ __all__ = [
     "encode_frame",
     "encode_header",
     "fsync_dir",
+    "is_log_file",
     "pread",
     "pwrite_all",
     "scan",
@@ -101,6 +102,15 @@ def decode_header(data: bytes, path: str) -> Header:
             f"{VERSION}; use the Orchard release that wrote it, or another --storage path"
         )
     return Header(generation, base)
+
+
+def is_log_file(path: str) -> bool:
+    """Whether ``path`` is a file that starts like an Orchard storage file (``False`` if it cannot be read)."""
+    try:
+        with open(path, "rb") as f:
+            return f.read(len(MAGIC)) == MAGIC
+    except OSError:
+        return False
 
 
 class _RecordPickler(pickle.Pickler):
