@@ -52,6 +52,7 @@ class History:
         self._cursor: Any = None
         self.trials: dict[str, Trial] = {}
         self.observations: list[Observation] = []  # completed and pruned trials, in the order they were seen
+        self._told: dict[str, Observation] = {}  # the observation of each trial, by id
         self._pending: dict[str, dict[str, Any]] = {}
         self.seen = SeenPoints(experiment_id=experiment_id)  # every trial's params, kept incrementally
         self.counts: dict[TrialStatus, int] = {status: 0 for status in TrialStatus}
@@ -70,7 +71,10 @@ class History:
             since the last refresh. :attr:`finished` lists those that became
             completed or broken.
         """
-        changed, self._cursor = self._storage.fetch_changes(self._experiment_id, self._cursor)
+        before = self._cursor
+        changed, self._cursor = self._storage.fetch_changes(self._experiment_id, before)
+        if before is not None and self._storage.resent_everything(before, self._cursor):
+            self._drop_all_but(changed)
         arrived: list[dict[str, Any]] = []
         self.finished = []
         for trial in changed:
@@ -93,8 +97,26 @@ class History:
             # a pruned trial is told with its last reported value: what it reached before it was stopped
             told = trial.status in (TrialStatus.COMPLETED, TrialStatus.PRUNED)
             if told and trial.objective is not None and newly_told:
-                self.observations.append(self._observation(trial, trial.objective))
+                self._told[trial.id] = self._observation(trial, trial.objective)
+                self.observations.append(self._told[trial.id])
         return arrived
+
+    def _drop_all_but(self, trials: list[Trial]) -> None:
+        """Forget the trials the storage no longer has (it resent everything: its file was replaced).
+
+        Otherwise a vanished reserved trial looked held by another worker forever,
+        and the workers waited for it without end.
+        """
+        kept = {trial.id for trial in trials}
+        gone = [tid for tid in self.trials if tid not in kept]
+        dropped = set()
+        for tid in gone:
+            self._count(self.trials.pop(tid), -1)
+            self._pending.pop(tid, None)
+            if tid in self._told:
+                dropped.add(id(self._told.pop(tid)))
+        if dropped:
+            self.observations = [o for o in self.observations if id(o) not in dropped]
 
     def _count(self, trial: Trial, sign: int) -> None:
         if trial.in_budget:

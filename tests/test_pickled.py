@@ -244,6 +244,49 @@ def test_a_lock_file_deleted_under_its_holder_never_lets_two_writers_in(path: Pa
     assert fresh.check().clean
 
 
+@pytest.mark.parametrize("restore", ["copied over", "renamed over"])
+def test_a_trial_missing_from_a_restored_file_is_a_lost_reservation(path: Path, restore: str) -> None:
+    """A worker's write to a trial an older copy lacks said only "no trial with id …", and killed the worker."""
+    worker = PickledStorage(path)
+    exp_id = worker.create_experiment("exp", {"space": {"x": "uniform(0, 1)"}})
+    older = path.read_bytes()
+    held = worker.register_trial(exp_id, {"x": 0.5}, worker="w1")
+    if restore == "copied over":  # `cp backup.pkl orchard.pkl`: the same file, rewritten shorter
+        path.write_bytes(older)
+    else:  # a restore tool writing a new file and renaming it over the old one
+        (path.parent / "restored").write_bytes(older)
+        os.replace(path.parent / "restored", path)
+    with pytest.raises(ReservationLostError, match=f"no trial with id '{held.id}'.*was (replaced|truncated)"):
+        worker.complete_trial(held.id, "w1", 1.0)
+    with pytest.raises(ReservationLostError):
+        worker.heartbeat_trial(held.id, "w1")
+    assert worker.fetch_trials(exp_id) == []
+
+
+@pytest.mark.timeout(60)
+def test_workers_go_on_after_their_file_is_restored_from_an_older_copy(path: Path) -> None:
+    """The trials the older copy lacks are forgotten: a vanished reserved trial looked held forever (a hang)."""
+    import orchard
+
+    exp = orchard.build_experiment("exp", space={"x": "uniform(0, 1)"}, algorithm="random", max_trials=2,
+                                   storage=str(path))
+    older = path.read_bytes()  # the experiment, no trial yet
+    calls: list[float] = []
+
+    def objective(x: float) -> float:
+        calls.append(x)
+        if len(calls) == 2:
+            path.write_bytes(older)  # restored under the worker, while it evaluates its second trial
+        return x
+
+    done = threading.Thread(target=exp.workon, args=(objective,), kwargs={"executor": "single"}, daemon=True)
+    done.start()
+    done.join(timeout=30)
+    assert not done.is_alive(), "the worker waited forever for trials the restored file does not have"
+    statuses = [t.status for t in PickledStorage(path).fetch_trials(exp.id)]
+    assert statuses == [TrialStatus.COMPLETED] * 2 and len(calls) == 4
+
+
 def _count_flushes(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     flushed: list[int] = []
     real = os.fdatasync

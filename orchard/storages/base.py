@@ -349,7 +349,19 @@ class BaseStorage(abc.ABC):
         how much changed, not on the size of the history. A trial may be
         returned again even if it did not change; cursors are opaque,
         picklable, and only meaningful to the storage that issued them.
+        A storage that cannot go on from ``cursor`` returns every trial, and
+        says so through :meth:`resent_everything`.
         """
+
+    def resent_everything(self, before: Any, after: Any) -> bool:
+        """Whether :meth:`fetch_changes` from cursor ``before`` (returning ``after``) returned every trial.
+
+        The storage could not go on from ``before`` (its data was replaced, e.g. a
+        file restored from an older copy): the caller must then drop the trials
+        it holds that were not returned, which no longer exist. The default:
+        only ``before=None`` does.
+        """
+        return before is None
 
     @abc.abstractmethod
     def count_trials(self, experiment_id: str) -> dict[TrialStatus, int]:

@@ -322,6 +322,10 @@ class RetryingStorage(BaseStorage):
         """See :meth:`BaseStorage.fetch_changes`."""
         return self._retry("fetch changed trials", lambda: self.storage.fetch_changes(experiment_id, cursor))
 
+    def resent_everything(self, before: Any, after: Any) -> bool:
+        """See :meth:`BaseStorage.resent_everything`."""
+        return self.storage.resent_everything(before, after)
+
     def count_trials(self, experiment_id: str) -> dict[TrialStatus, int]:
         """See :meth:`BaseStorage.count_trials`."""
         return self._retry("count trials", lambda: self.storage.count_trials(experiment_id))

@@ -86,6 +86,7 @@ class LogReader:
         self.path = path
         self._kept: tuple[int, tuple[int, int]] | None = None  # the replayed file, open: (fd, (device, inode))
         self._forked_from: bytes | None = None  # the generation whose kept file a fork closed
+        self.replaced: str | None = None  # how the file was last replaced under this replay, if it was
         self.reset(None)
         _READERS.add(self)
 
@@ -170,9 +171,9 @@ class LogReader:
         header = fileformat.decode_header(fileformat.pread(fd, HEADER_SIZE, 0), self.path)
         if header.generation != self._generation and not self._continues(header):
             if self._generation is not None and self._generation != self._forked_from:
-                log.warning("storage file %s was replaced by another file (not a compaction of the one this "
-                            "process read: restored, repaired or copied over?); replaying the new file, in which "
-                            "trials this process held may not exist", self.path)
+                self.replaced = "replaced by another file (restored from an older copy, repaired, or copied over)"
+                log.warning("storage file %s was %s; replaying the new file, in which trials this process held "
+                            "may not exist", self.path, self.replaced)
             self.reset(header)  # first read, or rewritten by another process: replay from scratch
         if size < self._offset:
             if not locked:
@@ -182,6 +183,7 @@ class LogReader:
                 "program truncated or restored it; replaying it from the start (records that were in "
                 "the lost bytes are gone)", self.path, size, self._offset,
             )
+            self.replaced = "truncated or overwritten by another program (an older copy copied over it?)"
             self.reset(header)
         self._size = size
         if size > self._offset:

@@ -203,8 +203,7 @@ class LogFile(LogReader):
         except BaseException:
             self._undo_append(fd, len(frame))
             raise
-        self._offset += len(frame)
-        self._size = self._offset
+        self._appended(len(frame))
 
     def _append_fenced(self, fd: int, records: list[Record], owns: Fence) -> None:
         """Append under a soft lock, so that a broken lock never lets two writers interleave unseen.
@@ -237,7 +236,19 @@ class LogFile(LogReader):
         if not landed:
             self.reset(None)
             raise StorageUnavailableError(_fenced_message(self.path, "this write was fenced out and is not stored"))
-        self._offset = self._size = at + len(frame)
+        self._offset = self._size = at
+        self._appended(len(frame))
+
+    def _appended(self, length: int) -> None:
+        """Stand after our own frame of ``length`` bytes, as if the next read had replayed it.
+
+        The size of the file last seen moves with it: a file put back to that
+        size (an older copy copied over it) must not look unchanged.
+        """
+        self._offset += length
+        self._size = self._offset
+        if self._seen is not None:  # the file our last read replayed to its end, which we appended to
+            self._seen = (*self._seen[:2], self._offset)
 
     def _landed(self, fd: int, frame: bytes, at: int) -> bool:
         check = self.open(os.O_RDONLY)
@@ -252,8 +263,7 @@ class LogFile(LogReader):
     def _undo_append(self, fd: int, length: int) -> None:
         with contextlib.suppress(OSError):
             if os.fstat(fd).st_size >= self._offset + length:
-                self._offset += length  # fully written before the interruption: committed
-                self._size = self._offset
+                self._appended(length)  # fully written before the interruption: committed
                 return
             os.ftruncate(fd, self._offset)  # a partial frame, which no reader accepts
         self.reset(None)  # the table holds records the file does not: rebuild it from the file
