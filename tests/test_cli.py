@@ -16,7 +16,9 @@ import subprocess
 import sys
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -410,6 +412,49 @@ def test_db_dump_and_load_round_trip(workdir: Path, capsys: pytest.CaptureFixtur
     mock = f"mongomock://cli-{uuid.uuid4().hex[:8]}"
     assert main(["db", "load", "dump.json", "--storage", mock]) == 0
     assert len(orchard.get_experiment("e", storage=mock).fetch_trials([TrialStatus.COMPLETED])) == 3
+
+
+_Edit = Callable[[dict[str, Any], dict[str, Any]], object]  # (the dump, its experiment) -> edits them
+
+_HOSTILE_DUMPS: dict[str, tuple[_Edit, str]] = {  # an edit of a good dump, and what the one error line says
+    "no experiments": (lambda d, e: d.pop("experiments"), "has no list of experiments"),
+    "bad prior": (lambda d, e: e["config"].update(space={"x": "bogus(1)"}), "invalid configuration: dimension 'x'"),
+    "bad setting": (lambda d, e: e["config"].update(max_trials=-4), "invalid setting max_trials=-4"),
+    "path as name": (lambda d, e: e.update(name="../../etc"), "experiment name '../../etc' is not allowed"),
+    "foreign params": (lambda d, e: e["trials"][1].update(params={"y": 0.5}),
+                       "trial 1 cannot be loaded: params {'y': 0.5} do not match the space"),
+    "param outside": (lambda d, e: e["trials"][1].update(params={"x": 55.0}),
+                      "trial 1 cannot be loaded: dimension 'x': value 55.0 is outside"),
+    "bad status": (lambda d, e: e["trials"][1].update(status="weird"), "'weird' is not a valid TrialStatus"),
+    "error a list": (lambda d, e: e["trials"][1].update(error=[1, 2]), "a trial error must be a dict"),
+    "text objective": (lambda d, e: e["trials"][1].update(objective="abc"), "objective 'abc' is not a number"),
+    "trial a number": (lambda d, e: e["trials"].__setitem__(1, 5), "trial 1 cannot be loaded"),
+    "trials a number": (lambda d, e: e.update(trials=5), "is not an object with a name, a config and a list of"),
+}
+
+
+@pytest.mark.parametrize("edit", list(_HOSTILE_DUMPS))
+def test_db_load_of_a_malformed_or_hostile_dump_is_one_error_and_stores_nothing(
+        workdir: Path, capsys: pytest.CaptureFixture[str], edit: str) -> None:
+    """A hand-edited dump gave 'unexpected KeyError' tracebacks, or stored configurations and trials
+    that no worker could use (a space that does not parse, params outside it, a path as a name)."""
+    exp = orchard.build_experiment("e", space={"x": "uniform(0, 1)"}, storage="orchard.pkl")
+    for x in (0.25, 0.5):
+        held = exp.storage.register_trial(exp.id, {"x": x}, worker="w")
+        exp.storage.complete_trial(held.id, "w", x)
+    orchard.build_experiment("live", space={"y": "uniform(0, 1)"}, storage="other.pkl")
+    assert main(["db", "dump", "-n", "e", "-o", "dump.json"]) == 0
+    data = json.loads(Path("dump.json").read_text())
+    change, message = _HOSTILE_DUMPS[edit]
+    change(data, data["experiments"][0])
+    Path("dump.json").write_text(json.dumps(data))
+    before = Path("other.pkl").read_bytes()
+    capsys.readouterr()
+    assert main(["db", "load", "dump.json", "--storage", "other.pkl"]) == 2
+    assert message in error_line(capsys.readouterr().err)
+    assert Path("other.pkl").read_bytes() == before, "something was stored"
+    if edit == "path as name":  # a name is only checked if the experiment keeps it
+        assert main(["db", "load", "dump.json", "-n", "renamed", "--storage", "other.pkl"]) == 0
 
 
 def test_db_rm_asks_unless_yes(workdir: Path, capsys: pytest.CaptureFixture[str],

@@ -88,8 +88,10 @@ def _check_writable(path: str) -> None:
         raise ConfigurationError(f"cannot write dump {path}: folder {folder} does not exist; create it first")
 
 
-def read_dump(path: str) -> dict[str, Any]:
-    """Read and check a dump file.
+def read_dump(path: str, rename: str | None = None) -> dict[str, Any]:
+    """Read and check a dump file (every experiment and trial in it, before anything is loaded).
+
+    ``rename``: the experiment will be loaded under this name, so its name in the dump is not checked.
 
     Raises:
         ConfigurationError: the file cannot be read or is not an Orchard dump.
@@ -105,7 +107,57 @@ def read_dump(path: str) -> dict[str, Any]:
         raise ConfigurationError(
             f"dump {path} has version {data.get('version')!r}; this Orchard reads version {VERSION}"
         )
+    experiments = data.get("experiments")
+    if not isinstance(experiments, list):
+        raise ConfigurationError(f"dump {path} has no list of experiments; it was not written by 'orchard db dump'")
+    for at, entry in enumerate(experiments):
+        _check_experiment(entry, f"dump {path}, experiment {at}", rename is None)
     return data
+
+
+def _check_experiment(entry: Any, where: str, named: bool) -> None:
+    """Check one experiment of a dump as ``create_experiment`` and the workers would.
+
+    A dump is data from outside: a configuration or a trial that the storage's own
+    verbs would refuse must not be stored by ``load`` (every worker would then
+    fail on it, or count it).
+
+    Raises:
+        ConfigurationError: what is wrong, and where in the dump.
+    """
+    from orchard.errors import StorageError
+    from orchard.experiment_config import ExperimentConfig
+    from orchard.naming import check_experiment_name
+    from orchard.storages.values import check_error, check_params
+
+    if not isinstance(entry, dict) or not isinstance(entry.get("config"), dict) \
+            or not isinstance(entry.get("trials"), list):
+        raise ConfigurationError(f"{where} is not an object with a name, a config and a list of trials; "
+                                 "nothing was loaded")
+    try:
+        if named:
+            check_experiment_name(entry.get("name"))
+    except ConfigurationError as err:
+        raise ConfigurationError(f"{where}: {err}; load it under another name with -n NEWNAME") from None
+    where = f"{where} ({entry.get('name')!r})"
+    try:
+        space = ExperimentConfig.from_dict(entry["config"]).space
+    except ConfigurationError as err:
+        raise ConfigurationError(f"{where} has an invalid configuration: {err}; nothing was loaded") from None
+    for number, record in enumerate(entry["trials"]):
+        try:
+            if not isinstance(record, dict):
+                raise TypeError(f"it is a JSON {type(record).__name__}, not an object")
+            trial = Trial.from_dict({**record, "id": "", "experiment": ""})  # both are rewritten on load
+            space.validate(trial.params)
+            check_params(trial.params)
+            if trial.objective is not None and (isinstance(trial.objective, bool)
+                                                or not isinstance(trial.objective, (int, float))):
+                raise TypeError(f"objective {trial.objective!r} is not a number")
+            if trial.error is not None:
+                check_error(trial.error)
+        except (ConfigurationError, StorageError, TypeError, ValueError, KeyError) as err:
+            raise ConfigurationError(f"{where}, trial {number} cannot be loaded: {err}; nothing was loaded") from None
 
 
 def load_experiments(

@@ -118,7 +118,7 @@ def _run_load(args: argparse.Namespace) -> int:
 
     if args.name is not None:
         check_experiment_name(args.name)
-    data = read_dump(args.file)
+    data = read_dump(args.file, args.name)
     storage = open_storage(args)
     for name, added, total in load_experiments(storage, data, args.name):
         print(f"loaded experiment {name!r} into {storage.redacted_uri}: {added} of {total} trials added"
