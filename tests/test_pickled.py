@@ -263,6 +263,19 @@ def test_a_trial_missing_from_a_restored_file_is_a_lost_reservation(path: Path, 
     assert worker.fetch_trials(exp_id) == []
 
 
+def test_a_worker_whose_experiment_is_deleted_is_told_so(path: Path) -> None:
+    """`orchard db rm` under running workers: they died with a bare "no trial with id …"."""
+    worker, admin = PickledStorage(path), PickledStorage(path)
+    exp_id = worker.create_experiment("exp", {"space": {"x": "uniform(0, 1)"}})
+    held = worker.register_trial(exp_id, {"x": 0.5}, worker="w1")
+    admin.delete_experiment(exp_id)
+    deleted = "experiment 'exp' .* was deleted from the storage"
+    with pytest.raises(StorageError, match=f"no trial with id '{held.id}' in the storage: {deleted}"):
+        worker.complete_trial(held.id, "w1", 1.0)
+    with pytest.raises(ExperimentNotFoundError, match=deleted):
+        worker.reserve_trial(exp_id, "w1")
+
+
 @pytest.mark.timeout(60)
 def test_workers_go_on_after_their_file_is_restored_from_an_older_copy(path: Path) -> None:
     """The trials the older copy lacks are forgotten: a vanished reserved trial looked held forever (a hang)."""

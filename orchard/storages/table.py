@@ -66,6 +66,8 @@ class TrialTable:
         self._names: dict[str, str] = {}
         self._by_experiment: dict[str, _ExperimentTrials] = {}
         self._owner_of: dict[str, str] = {}  # trial id -> experiment id
+        self._deleted: dict[str, str] = {}  # id -> name of each experiment deleted under this table's eyes
+        self._deleted_trials: dict[str, str] = {}  # trial id -> id of its deleted experiment
         self.seq = 0
 
     # -- applying records (the only place state changes) -------------------------
@@ -95,8 +97,10 @@ class TrialTable:
             dropped = self._experiments.pop(exp_id, None)
             if dropped is not None:
                 self._names.pop(dropped.name, None)
+                self._deleted[exp_id] = dropped.name  # so its running workers learn what happened
             for tid in self._by_experiment.pop(exp_id, _ExperimentTrials()).trials:
                 self._owner_of.pop(tid, None)
+                self._deleted_trials[tid] = exp_id
         else:  # pragma: no cover - guarded by the pickle loader
             raise ValueError(f"unknown record op {op!r}")
 
@@ -142,8 +146,21 @@ class TrialTable:
 
     def _experiment(self, experiment_id: str) -> _ExperimentTrials:
         if experiment_id not in self._experiments:
+            if experiment_id in self._deleted:
+                raise ExperimentNotFoundError(self._deleted_under_us(experiment_id))
             raise ExperimentNotFoundError(f"no experiment with id {experiment_id!r} in the storage")
         return self._by_experiment[experiment_id]
+
+    def _deleted_under_us(self, experiment_id: str) -> str:
+        return (f"experiment {self._deleted[experiment_id]!r} (id {experiment_id}) was deleted from the storage "
+                "(`orchard db rm`?) while this process was using it; its trials and results are gone")
+
+    def _missing(self, trial_id_: str) -> TrialNotFoundError:
+        """The error for a trial that does not exist, saying so if its experiment was deleted meanwhile."""
+        if trial_id_ in self._deleted_trials:
+            return TrialNotFoundError(
+                f"no trial with id {trial_id_!r} in the storage: {self._deleted_under_us(self._deleted_trials[trial_id_])}")
+        return TrialNotFoundError.missing(trial_id_)
 
     def experiment_named(self, name: str) -> ExperimentRecord | None:
         """The experiment called ``name``, or ``None``."""
@@ -180,7 +197,10 @@ class TrialTable:
 
     def _change(self, trial_id_: str, change: transitions.Change) -> tuple[Trial, list[Record]]:
         """Apply one arrow of the lifecycle to the stored trial (raises its refusal)."""
-        fresh = change.applied_to(self.trial(trial_id_), trial_id_)
+        trial = self.trial(trial_id_)
+        if trial is None:
+            raise self._missing(trial_id_)
+        fresh = change.applied_to(trial, trial_id_)
         record = _trial_record(fresh)
         self.apply(record)
         return self._stored(trial_id_), [record]
@@ -299,7 +319,7 @@ class TrialTable:
     ) -> tuple[Trial, list[Record]]:
         trial = self.trial(trial_id_)
         if trial is None:
-            raise TrialNotFoundError.missing(trial_id_)
+            raise self._missing(trial_id_)
         last = trial.reports[-1][0] if trial.reports else None
         change = transitions.report(trial_id_, worker, step, value, now, len(trial.reports), last)
         refusal = change.refusal(trial_id_, trial)
@@ -316,7 +336,7 @@ class TrialTable:
     ) -> tuple[Trial, list[Record]]:
         trial = self.trial(trial_id_)
         if trial is None:
-            raise TrialNotFoundError.missing(trial_id_)
+            raise self._missing(trial_id_)
         refusal = transitions.held_by(worker).refusal(trial_id_, trial)  # the owner first, then its reports
         if refusal is not None:
             raise refusal
@@ -325,7 +345,7 @@ class TrialTable:
     def release_trial(self, trial_id_: str, worker: str | None) -> tuple[Trial, list[Record]]:
         trial = self.trial(trial_id_)
         if trial is None:
-            raise TrialNotFoundError.missing(trial_id_)
+            raise self._missing(trial_id_)
         return self._change(trial_id_, transitions.release(trial, worker))
 
     def release_lost(
