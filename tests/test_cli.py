@@ -7,6 +7,7 @@ Scripts are tiny Python files written to ``tmp_path``; ``hunt`` runs them with
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
@@ -14,6 +15,7 @@ import re
 import signal
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from collections.abc import Callable
@@ -649,6 +651,27 @@ def test_db_dump_never_writes_over_a_storage_file(workdir: Path, capsys: pytest.
         assert f"-o {target} is an Orchard storage file" in error_line(capsys.readouterr().err)
     assert {name: (workdir / name).read_bytes() for name in kept} == kept
     assert main(["db", "dump", "-n", "e", "-o", "dump.json"]) == 0
+
+
+@pytest.mark.timeout(30)
+def test_db_dump_writes_into_special_files_and_reports_failed_writes(
+        workdir: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    """`-o` a FIFO (or /dev/null, as root) was replaced by a regular file; `-o - > full-disk` said 'dumped'."""
+    assert hunt("e", "--max-trials", "1") == 0
+    os.mkfifo("out.fifo")
+    received: list[str] = []
+    reader = threading.Thread(target=lambda: received.append(Path("out.fifo").read_text()))
+    reader.start()
+    assert main(["db", "dump", "-o", "out.fifo"]) == 0
+    reader.join(timeout=20)
+    assert Path("out.fifo").is_fifo() and json.loads(received[0])["experiments"][0]["name"] == "e"
+    capsys.readouterr()
+    full = open("/dev/full", "w")  # noqa: SIM115 - a full disk behind `orchard db dump -o - > dump.json`
+    monkeypatch.setattr(sys, "stdout", full)
+    assert main(["db", "dump", "-o", "-"]) == 2
+    with contextlib.suppress(OSError):  # what is left in its buffer cannot be written either
+        full.close()
+    assert "cannot write dump stdout: No space left on device" in error_line(capsys.readouterr().err)
 
 
 def test_db_load_keeps_the_creation_time(workdir: Path, capsys: pytest.CaptureFixture[str]) -> None:

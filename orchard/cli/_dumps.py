@@ -18,7 +18,7 @@ import os
 import sys
 import time
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, TextIO
 
 from orchard.errors import ConfigurationError, ExperimentConflictError
 from orchard.storages import BaseStorage
@@ -48,28 +48,54 @@ def dump_experiments(storage: BaseStorage, name: str | None = None) -> dict[str,
 def write_dump(data: dict[str, Any], path: str) -> None:
     """Write a dump to ``path`` atomically (temp file, fsync, rename); ``-`` is stdout.
 
+    A symbolic link stays one (the file it names is replaced); a path that names no
+    regular file (``/dev/stdout``, a FIFO) is written into, never replaced.
+
     Raises:
         ConfigurationError: ``path`` is a directory, its folder does not exist, or it
-            cannot be written; no temporary file is left behind.
+            cannot be written (stdout included: a full disk behind ``> dump.json``);
+            no temporary file is left behind.
     """
     if path == "-":
-        json.dump(data, sys.stdout, indent=1)
-        sys.stdout.write("\n")
+        _write_into(sys.stdout, "stdout", data)
         return
     _check_writable(path)
-    tmp = f"{path}.tmp{os.getpid()}"
+    target = os.path.realpath(path)
+    if os.path.exists(target) and not os.path.isfile(target):  # e.g. -o /dev/null run as root: never replace it
+        try:
+            with open(path, "w", encoding="utf-8") as handle:
+                _write_into(handle, path, data)
+        except OSError as err:
+            raise _unwritable(path, err) from err
+        return
+    tmp = f"{target}.tmp{os.getpid()}"
     try:
         with open(tmp, "w", encoding="utf-8") as handle:
-            json.dump(data, handle, indent=1)
-            handle.flush()
+            _write_into(handle, path, data)
             os.fsync(handle.fileno())
-        os.replace(tmp, path)
+        os.replace(tmp, target)
     except OSError as err:
-        raise ConfigurationError(f"cannot write dump {path}: {err.strerror or err}; "
-                                 "give a writable file path with -o") from err
+        raise _unwritable(path, err) from err
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+
+
+def _write_into(handle: TextIO, where: str, data: dict[str, Any]) -> None:
+    """Write and flush the JSON of ``data``: a write error must not pass for a complete dump."""
+    try:
+        json.dump(data, handle, indent=1)
+        handle.write("\n")
+        handle.flush()
+    except OSError as err:
+        if handle is sys.stdout:  # what is left in its buffer cannot be written either: drop it quietly
+            sys.stdout = open(os.devnull, "w", encoding="utf-8")  # noqa: SIM115 - lives until exit
+        raise _unwritable(where, err) from err
+
+
+def _unwritable(where: str, err: OSError) -> ConfigurationError:
+    return ConfigurationError(f"cannot write dump {where}: {err.strerror or err}; the dump is incomplete: "
+                              "give a writable file path with -o (on a disk with free space)")
 
 
 def _check_writable(path: str) -> None:

@@ -106,6 +106,8 @@ def decode_header(data: bytes, path: str) -> Header:
 
 def is_log_file(path: str) -> bool:
     """Whether ``path`` is a file that starts like an Orchard storage file (``False`` if it cannot be read)."""
+    if not os.path.isfile(path):  # never open a FIFO or a device to look: that can block
+        return False
     try:
         with open(path, "rb") as f:
             return f.read(len(MAGIC)) == MAGIC
