@@ -101,6 +101,10 @@ def test_uri_forms_and_options(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) 
             get_storage(bad)
     with pytest.raises(ConfigurationError):
         PickledStorage(tmp_path / "d.pkl", timeout=0)
+    for unexpanded in ("$SCRATCH/e.pkl", "runs/${JOB}/e.pkl"):  # from a config file: a "$SCRATCH" folder was made
+        with pytest.raises(ConfigurationError, match="which nothing expanded"):
+            get_storage(unexpanded)
+    assert not any(tmp_path.glob("*$*"))
 
 
 def test_reads_do_not_create_the_file(path: Path) -> None:

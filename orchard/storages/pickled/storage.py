@@ -22,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import re
 import shutil
 import threading
 import time
@@ -46,6 +47,7 @@ __all__ = ["PickledStorage"]
 _T = TypeVar("_T")
 
 _LOCKS = ("kernel", "soft")
+_VARIABLE = re.compile(r"\$(\{[A-Za-z_]\w*\}|[A-Za-z_]\w*)")  # $NAME or ${NAME}, as a shell would expand
 _URI_OPTIONS = ("lock", "timeout", "fsync")
 _TRUE, _FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
 
@@ -120,10 +122,16 @@ class PickledStorage(TableStorage):
                 breaks a dead holder's lock before it gives up).
 
         Raises:
-            ConfigurationError: an option is invalid.
+            ConfigurationError: an option is invalid, or ``path`` holds an unexpanded ``$VARIABLE``.
             StorageCorruptedError: ``path`` exists and is not an Orchard storage file.
             StorageError: the directory cannot be created, or ``path`` is a directory.
         """
+        unexpanded = _VARIABLE.search(os.fspath(path))
+        if unexpanded is not None:  # else a folder named "$SCRATCH" is made in each worker's directory
+            raise ConfigurationError(
+                f"storage path {os.fspath(path)!r} holds {unexpanded.group()}, which nothing expanded (a config "
+                "file, ORCHARD_STORAGE, or single quotes in the shell): Orchard does not read environment "
+                "variables in paths; write the path out, or let the shell expand it (double quotes)")
         # realpath: compaction replaces the file, which must not turn a symlink into a copy
         self._path = os.path.realpath(os.path.expanduser(os.fspath(path)))
         self._options = _validated(lock, timeout, fsync, compact_bytes, stale_lock_after)
