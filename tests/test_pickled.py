@@ -35,7 +35,7 @@ from orchard.errors import (
 )
 from orchard.storages import get_storage
 from orchard.storages.pickled import PickledStorage, fileformat
-from orchard.storages.pickled.locks import SoftLock
+from orchard.storages.pickled.locks import KernelLock, SoftLock
 from orchard.trial import TrialStatus
 
 SPAWN = multiprocessing.get_context("spawn")
@@ -589,6 +589,23 @@ def test_soft_lock_of_a_dead_process_is_broken(path: Path) -> None:
     PickledStorage(path, lock="soft", timeout=10).create_experiment("other", {})
     assert time.monotonic() - start < 5.0
     assert not lock_file.exists()
+
+
+def test_a_kernel_lock_waits_for_a_soft_lock_holder_of_the_same_file(path: Path) -> None:
+    """Processes mixing ?lock=soft and the kernel lock: a kernel locker took the soft holder's marker file
+    with flock and both appended at once."""
+    soft = SoftLock(f"{path}.lock", stale_after=30.0)
+    assert soft.try_acquire()  # a ?lock=soft process is inside
+    kernel = KernelLock(f"{path}.lock")
+    assert not kernel.try_acquire()
+    soft.release()
+    assert kernel.try_acquire()
+    kernel.release()
+    SoftLock(f"{path}.lock", stale_after=30.0).try_acquire()  # then killed: a marker whose holder is gone
+    Path(f"{path}.lock").write_text(f"{_dead_pid()}\n{socket.gethostname()}\n")
+    assert not kernel.try_acquire()  # breaks the stale marker
+    assert kernel.try_acquire()
+    kernel.release()
 
 
 def _dead_pid() -> int:

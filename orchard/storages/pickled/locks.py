@@ -75,10 +75,12 @@ class KernelLock:
     without its per-acquire bookkeeping, which costs ~50 µs against ~2 µs here.
     """
 
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, stale_after: float = 30.0) -> None:
         self.path = path
         self._fd: int | None = None
         self._touched = -math.inf
+        self._stale_after = stale_after
+        self._marker: SoftLock | None = None  # judges a soft lock's marker met in the lock file
 
     def try_acquire(self) -> bool:
         """Take the lock if it is free; return whether this call took it."""
@@ -91,11 +93,16 @@ class KernelLock:
                 return False
             raise
         try:
-            same = os.path.samestat(os.fstat(fd), os.stat(self.path))
+            locked = os.fstat(fd)
+            same = os.path.samestat(locked, os.stat(self.path))
         except FileNotFoundError:
             same = False
         if not same:  # the lock file was deleted or replaced between open and flock
             os.close(fd)
+            return False
+        if locked.st_size > 0:  # a soft lock's marker (a kernel lock file stays empty): its holder is inside
+            os.close(fd)
+            self._wait_for_marker()
             return False
         self._fd = fd
         now = time.monotonic()
@@ -104,6 +111,15 @@ class KernelLock:
             with contextlib.suppress(OSError):
                 os.utime(fd)  # tells waiters that the lock changed hands (see progress_mark)
         return True
+
+    def _wait_for_marker(self) -> None:
+        """Another process holds the storage through a soft lock: wait for it, breaking its marker if stale."""
+        if self._marker is None:
+            self._marker = SoftLock(self.path, self._stale_after)
+            log.warning("lock file %s holds a soft lock's marker: another process uses this storage with "
+                        "?lock=soft while this one uses the kernel lock; this process waits for it, but give "
+                        "every process the same lock mode", self.path)
+        self._marker.break_if_stale()
 
     def holds(self) -> bool:
         """Whether this process holds the lock and the lock file is still the one it locked.
@@ -262,7 +278,7 @@ def make_lock(kind: str, path: str, stale_after: float) -> FileLockLike:
     if kind == "soft":
         return SoftLock(path, stale_after)
     if fcntl is not None:
-        return KernelLock(path)
+        return KernelLock(path, stale_after)
     return _PortableKernelLock(path)  # pragma: no cover - Windows
 
 
