@@ -53,6 +53,7 @@ __all__ = [
     "MemoryWatch",
     "Stopped",
     "call_spawned",
+    "die_with_parent",
     "hold_group",
     "kill_tree",
     "signal_group",
@@ -368,7 +369,7 @@ def _child_main(job: Callable[[], Any], read_fd: int, write_fd: int) -> None:
         os.close(read_fd)
         with contextlib.suppress(OSError):
             os.setpgid(0, 0)
-        _die_with_parent()
+        die_with_parent()
         _default_signals()
         payload = pickle.dumps(job())
         with os.fdopen(write_fd, "wb") as pipe:
@@ -385,8 +386,11 @@ def _default_signals() -> None:
             signal.signal(getattr(signal, name), signal.SIG_DFL)
 
 
-def _die_with_parent() -> None:
-    """Ask Linux to SIGKILL this process when the thread that forked it dies (no-op elsewhere)."""
+def die_with_parent() -> None:
+    """Ask Linux to SIGKILL this process when the thread that forked it dies (no-op elsewhere).
+
+    Kept across ``exec``: a script started with it as ``preexec_fn`` dies with its worker.
+    """
     try:
         import ctypes
 

@@ -31,7 +31,15 @@ from typing import Any
 
 from orchard.command import CommandTemplate, resolve_program
 from orchard.errors import ConfigurationError
-from orchard.isolation import GroupWatch, Stopped, hold_group, kill_tree, signal_group, stop_group
+from orchard.isolation import (
+    GroupWatch,
+    Stopped,
+    die_with_parent,
+    hold_group,
+    kill_tree,
+    signal_group,
+    stop_group,
+)
 from orchard.naming import folder_in
 from orchard.objective import Outcome, TrialEvaluator, interpret_result
 from orchard.report import RESULTS_ENV
@@ -143,8 +151,11 @@ class ScriptRunner(TrialEvaluator):
                 open(os.path.join(folder, STDERR_FILE), "wb") as err, \
                 contextlib.ExitStack() as following:
             try:
+                # dies with this process: a SIGKILLed hunt left its script running, and after the lease
+                # a second attempt of the trial ran beside it
                 proc = subprocess.Popen(argv, cwd=folder, env=env, stdin=subprocess.DEVNULL,
-                                        stdout=out, stderr=err, start_new_session=True)
+                                        stdout=out, stderr=err, start_new_session=True,
+                                        preexec_fn=die_with_parent if os.name == "posix" else None)
             except OSError as error:
                 return Outcome.failure("OSError", f"cannot start {argv[0]!r}: {error}", reason="start"), None
             self._running[trial_id] = proc

@@ -253,6 +253,27 @@ def test_three_hunts_started_together_complete_exactly_the_budget(workdir: Path)
 
 
 @pytest.mark.slow
+def test_a_script_dies_with_its_sigkilled_hunt(workdir: Path) -> None:
+    """A SIGKILLed hunt left its script running: after the lease, a second attempt of the trial ran beside it."""
+    (workdir / "long.py").write_text(
+        "import os, sys, time\n"
+        "open('script.pid.tmp', 'w').write(str(os.getpid())); os.replace('script.pid.tmp', 'script.pid')\n"
+        "time.sleep(60)\n")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ORCHARD_")}
+    proc = subprocess.Popen([sys.executable, "-m", "orchard.cli", "hunt", "-n", "e", "--max-trials", "1",
+                             sys.executable, str(workdir / "long.py"), "--x~uniform(0, 1)"],
+                            cwd=workdir, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    while not list(workdir.rglob("script.pid")):
+        assert time.monotonic() < deadline and proc.poll() is None, proc.communicate()
+        time.sleep(0.05)
+    proc.kill()
+    proc.communicate(timeout=20)
+    (pid_file,) = workdir.rglob("script.pid")
+    assert_dead(pid_file)
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize(("sig", "code"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)],
                          ids=["SIGINT", "SIGTERM"])
 def test_ctrl_c_releases_the_trial_and_the_next_hunt_takes_it(workdir: Path, sig: int, code: int) -> None:
