@@ -242,7 +242,7 @@ def _read_results(path: str) -> Outcome:
     except ValueError as err:
         return failure("not-json", f"the results file {path} is not JSON ({err}): {text[:80]!r}")
     outcome = interpret_result(data)
-    if outcome.error is not None:
+    if outcome.error is not None and "reason" not in outcome.error:  # e.g. "unstorable" is given
         value = data.get("objective") if isinstance(data, dict) else data
         outcome.error["reason"] = _invalid_reason(data, value)
     return outcome
@@ -253,6 +253,8 @@ def _invalid_reason(data: Any, value: Any) -> str:
         return "no-objective"
     if isinstance(value, float):
         return "nan" if math.isnan(value) else "infinite"
+    if isinstance(value, int) and not isinstance(value, bool):
+        return "infinite"  # an int is refused only beyond any float
     return "not-a-number"
 
 

@@ -63,6 +63,10 @@ elif args.mode == "nan":
     write('{"objective": NaN}')
 elif args.mode == "not-a-number":
     write('{"objective": "low"}')
+elif args.mode == "unstorable":
+    write('{"objective": 0.5, "deep": ' + "[" * 40 + "]" * 40 + "}")
+elif args.mode == "infinite":
+    write('{"objective": ' + "9" * 400 + "}")
 else:
     import orchard
     orchard.report_objective((args.x - 0.3) ** 2 + (args.y - 0.2) ** 2, tag=args.tag,
@@ -230,7 +234,7 @@ def test_trial_timeout_kills_the_process_group(workdir: Path, capsys: pytest.Cap
     assert_dead(marker)
 
 
-@pytest.mark.parametrize("mode", ["missing", "empty", "not-json", "nan", "not-a-number"])
+@pytest.mark.parametrize("mode", ["missing", "empty", "not-json", "nan", "not-a-number", "unstorable", "infinite"])
 def test_bad_results_break_the_trial_with_the_reason(workdir: Path, mode: str) -> None:
     assert hunt("e", "--max-trials", "1", "--max-broken", "1", command=train(f"--mode={mode}")) == 1
     (trial,) = trials("e")
