@@ -133,12 +133,21 @@ class LogReader:
         return self._stat_of(fd).st_size
 
     def _stat_of(self, fd: int) -> os.stat_result:
+        """``fstat`` of the file, refused unless it is a regular file with one name.
+
+        The name is checked only for a file this process is not already reading: a
+        hard link made to it under running workers refuses every process that opens
+        the file from then on (whichever name it uses), but never fails a running
+        worker's call, which would throw its result away; the running workers all
+        use the name they opened, so they still share one lock file.
+        """
         info = os.fstat(fd)
         if not stat.S_ISREG(info.st_mode):
             raise StorageError(
                 f"storage path {self.path} is not a regular file; pass a file path such as runs/orchard.pkl"
             )
-        if info.st_nlink > 1:  # its other names would take other lock files: writers would interleave
+        reading = self._kept is not None and self._kept[1] == (info.st_dev, info.st_ino)
+        if info.st_nlink > 1 and not reading:  # its other names would take other lock files: writers would interleave
             raise StorageError(
                 f"storage file {self.path} has {info.st_nlink} hard links (other names for the same file); "
                 "processes that open it by another name lock another .lock file, so their writes would "
