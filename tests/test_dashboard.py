@@ -210,6 +210,27 @@ def test_an_older_copy_of_the_file_restored_is_shown_as_it_is(tmp_path: Path, ho
     assert shown.counts[TrialStatus.COMPLETED] == 2 and shown.best is not None and shown.best.objective == 0.1
 
 
+def test_a_restored_copy_holding_as_many_trials_is_shown_as_it_is(tmp_path: Path) -> None:
+    """A backup taken while a trial ran, restored after it completed: same count, an older state."""
+    import shutil
+
+    path = tmp_path / "orchard.pkl"
+    writer = get_storage(str(path))
+    exp_id = make_experiment(writer)
+    running = writer.register_trial(exp_id, {"x": 0.1}, worker="w")
+    shutil.copy(path, tmp_path / "backup.pkl")
+    writer.complete_trial(running.id, "w", 0.1)
+    writer.close()
+    clock = FakeClock()
+    view = StorageView(get_storage(str(path)), min_interval=0.5, clock=clock)
+    assert view.experiment("exp").counts[TrialStatus.COMPLETED] == 1  # type: ignore[union-attr]
+    shutil.copyfile(tmp_path / "backup.pkl", path)
+    clock.now += 1.0
+    shown = view.experiment("exp")
+    assert shown is not None and [t.status for t in shown.trials.values()] == [TrialStatus.RESERVED]
+    assert shown.counts[TrialStatus.COMPLETED] == 0 and shown.best is None and shown.rebuilt_at > 0
+
+
 def test_trials_come_in_pages_that_miss_nothing_while_the_storage_changes(store: BaseStorage) -> None:
     """100,000 trials must not be one 39 MB answer: pages of ``limit`` rows, in number order, resumed by ``after``."""
     from orchard.dashboard._payloads import RowCache

@@ -153,12 +153,21 @@ class ExperimentView:
     def fold(self) -> int:
         """Fetch what changed since the last fold and apply it; return how many trials changed.
 
-        A storage found holding fewer trials than the view has started over (an
-        older copy of its file was restored, or trials were deleted): the view is
-        rebuilt from everything it holds now, and :attr:`rebuilt_at` moves to the
-        new version so that clients drop the rows they hold.
+        A storage that started over (an older copy of its file was restored, or
+        trials were deleted) is found by the storage itself where it can tell
+        (:meth:`~orchard.storages.base.BaseStorage.resent_everything`), else by holding
+        fewer trials than the view has: the view is rebuilt from everything it holds
+        now, and :attr:`rebuilt_at` moves to the new version so that clients drop the
+        rows they hold.
         """
-        changed = self._apply(*self._storage.fetch_changes(self.record.id, self._cursor))
+        before = self._cursor
+        changed_trials, cursor = self._storage.fetch_changes(self.record.id, before)
+        if before is not None and self._storage.resent_everything(before, cursor):
+            self._forget_everything()
+            changed = self._apply(changed_trials, cursor)
+            self.rebuilt_at = self.version
+            return changed
+        changed = self._apply(changed_trials, cursor)
         if self.trials and sum(self._storage.count_trials(self.record.id).values()) < len(self.trials):
             self._forget_everything()
             changed = self._apply(*self._storage.fetch_changes(self.record.id, None))
