@@ -666,6 +666,16 @@ def test_db_dump_to_a_directory_or_a_missing_folder(workdir: Path, capsys: pytes
     assert set(workdir.iterdir()) == before and not list((workdir / "out").iterdir()), "no temp file left"
 
 
+def test_db_dump_hides_the_password_of_a_warm_start_source(workdir: Path) -> None:
+    store = orchard.get_storage(str(workdir / "orchard.pkl"))
+    source = {"experiment": "src", "storage": "mongodb://u:s3cret@db-host/x", "fill": {}}
+    store.create_experiment("w", {"space": {"x": "uniform(0, 1)"}, "warm_start": [source]})
+    assert main(["db", "dump", "-n", "w", "-o", "dump.json"]) == 0
+    text = (workdir / "dump.json").read_text()
+    assert "s3cret" not in text and "mongodb://u:***@db-host/x" in text
+    assert store.require_experiment("w").config["warm_start"] == [source]  # the storage keeps it
+
+
 def test_db_dump_never_writes_over_a_storage_file(workdir: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """`-o orchard.pkl` (the storage itself, or another one) replaced every experiment in it by JSON."""
     assert hunt("e", "--max-trials", "1") == 0

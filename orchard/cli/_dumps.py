@@ -22,6 +22,7 @@ from typing import Any, TextIO
 
 from orchard.errors import ConfigurationError, ExperimentConflictError
 from orchard.storages import BaseStorage
+from orchard.storages._uri import redact
 from orchard.trial import Trial, TrialStatus
 
 __all__ = ["dump_experiments", "load_experiments", "read_dump", "write_dump"]
@@ -37,12 +38,26 @@ def dump_experiments(storage: BaseStorage, name: str | None = None) -> dict[str,
     """
     records = [storage.require_experiment(name)] if name else storage.list_experiments()
     experiments = [
-        {"name": r.name, "config": r.config, "created": r.created,
+        {"name": r.name, "config": _shareable(r.config), "created": r.created,
          "trials": [t.to_dict() for t in storage.fetch_trials(r.id)]}
         for r in records
     ]
     return {"format": FORMAT, "version": VERSION, "created": time.time(),
             "source": storage.redacted_uri, "experiments": experiments}
+
+
+def _shareable(config: dict[str, Any]) -> dict[str, Any]:
+    """``config`` with the password of each warm-start source's storage URI hidden, as every URI in a dump.
+
+    A dump is made to be shared. After ``db load``, a source whose storage needs that
+    password cannot be read: its warm start gives nothing, with a warning.
+    """
+    sources = config.get("warm_start")
+    if not isinstance(sources, list):
+        return config
+    hidden = [{**source, "storage": redact(source["storage"])}
+              if isinstance(source, dict) and isinstance(source.get("storage"), str) else source for source in sources]
+    return {**config, "warm_start": hidden}
 
 
 def write_dump(data: dict[str, Any], path: str) -> None:
