@@ -53,6 +53,7 @@ __all__ = [
     "MemoryWatch",
     "Stopped",
     "call_spawned",
+    "death_hook",
     "die_with_parent",
     "hold_group",
     "kill_tree",
@@ -272,6 +273,7 @@ class ForkedCall:
     """
 
     def __init__(self, job: Callable[[], Any]) -> None:
+        _prctl()  # looked up before the fork: the child imports nothing to die with the worker
         read_fd, write_fd = os.pipe()
         pid = os.fork()
         if pid == 0:
@@ -389,15 +391,35 @@ def _default_signals() -> None:
 def die_with_parent() -> None:
     """Ask Linux to SIGKILL this process when the thread that forked it dies (no-op elsewhere).
 
-    Kept across ``exec``: a script started with it as ``preexec_fn`` dies with its worker.
+    Kept across ``exec``: a script started with :func:`death_hook` as ``preexec_fn`` dies with its worker.
     """
-    try:
-        import ctypes
+    prctl = _prctl()
+    if prctl is not None:
+        prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
 
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-    except (OSError, AttributeError):
-        pass
+
+def death_hook() -> Callable[[], None] | None:
+    """:func:`die_with_parent` for ``subprocess.Popen(preexec_fn=...)``, or ``None`` where it does nothing.
+
+    Its C function is looked up here, in the parent: between ``fork`` and ``exec``
+    the child then runs no import and no ``dlopen``, either of which could wait
+    for ever on a lock another thread of the parent held when it forked.
+    """
+    return die_with_parent if _prctl() is not None else None
+
+
+_PRCTL: list[Any] = []  # Linux's prctl once looked up (None where there is none)
+
+
+def _prctl() -> Any:
+    if not _PRCTL:
+        try:
+            import ctypes
+
+            _PRCTL.append(ctypes.CDLL(None, use_errno=True).prctl)
+        except (OSError, AttributeError):
+            _PRCTL.append(None)
+    return _PRCTL[0]
 
 
 # -- the fallback without fork ------------------------------------------------------

@@ -34,7 +34,7 @@ from orchard.errors import ConfigurationError
 from orchard.isolation import (
     GroupWatch,
     Stopped,
-    die_with_parent,
+    death_hook,
     hold_group,
     kill_tree,
     signal_group,
@@ -155,7 +155,7 @@ class ScriptRunner(TrialEvaluator):
                 # a second attempt of the trial ran beside it
                 proc = subprocess.Popen(argv, cwd=folder, env=env, stdin=subprocess.DEVNULL,
                                         stdout=out, stderr=err, start_new_session=True,
-                                        preexec_fn=die_with_parent if os.name == "posix" else None)
+                                        preexec_fn=death_hook())  # noqa: PLW1509 - no import or dlopen in it
             except OSError as error:
                 return Outcome.failure("OSError", f"cannot start {argv[0]!r}: {error}", reason="start"), None
             self._running[trial_id] = proc
