@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from orchard.errors import *  # noqa: F403
+from orchard.errors import *
 from orchard.errors import __all__ as _errors_all
 from orchard.report import TrialPruned, report, report_objective, report_results, should_prune
 from orchard.trial import Trial, TrialStatus

@@ -132,7 +132,7 @@ class ProgressMonitor:
             if callback is not None and self.failure is None:
                 try:
                     callback(trial)
-                except Exception as err:  # the user's code: raised when the run ends, workers stopped
+                except Exception as err:  # noqa: BLE001 - the user's code: raised when the run ends, workers stopped
                     self.failure, self._failed_on = err, trial.id
                     self._failed_in = "on_result" if trial.status is TrialStatus.COMPLETED else "on_error"
         if self._show_bar:

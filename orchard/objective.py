@@ -34,10 +34,10 @@ from orchard.current import CurrentTrial, current_trial, evaluating
 from orchard.errors import ConfigurationError
 from orchard.isolation import ForkedCall, Stopped, call_spawned, hold_group, kill_tree
 from orchard.report import TrialPruned, plain, reporting_to, shown
-from orchard.verdicts import ReportFollower, current_judge
 from orchard.space import to_builtin
 from orchard.storages.values import int_fits
 from orchard.trial import Trial, finite_float
+from orchard.verdicts import ReportFollower, current_judge
 
 __all__ = [
     "MAX_RESULT_DEPTH",
@@ -409,7 +409,7 @@ def _evaluate_for_parent(fn: Callable[..., Any], params: dict[str, Any],
             return interpret_result(fn(**params))
     except TrialPruned:
         return Outcome.pruned_by_objective()
-    except BaseException as err:  # report everything, including SystemExit, to the parent
+    except BaseException as err:  # noqa: BLE001 - report everything, including SystemExit, to the parent
         return Outcome.from_exception(err)
 
 

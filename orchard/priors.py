@@ -236,7 +236,7 @@ class Uniform(Prior):
             count = int(self.high) - int(self.low) + 1
             if count <= n:
                 return list(range(int(self.low), int(self.high) + 1))
-            return sorted({int(round(v)) for v in np.linspace(self.low, self.high, n)})
+            return sorted({round(v) for v in np.linspace(self.low, self.high, n)})
         return [float(v) for v in np.linspace(self.low, self.high, max(n, 1))]
 
     def __str__(self) -> str:
@@ -326,7 +326,7 @@ class RandInt(Prior):
     def grid(self, n: int) -> list[Scalar]:
         if self.high - self.low <= n:
             return list(range(self.low, self.high))
-        return sorted({int(round(v)) for v in np.linspace(self.low, self.high - 1, n)})
+        return sorted({round(v) for v in np.linspace(self.low, self.high - 1, n)})
 
     def __str__(self) -> str:
         return f"randint({self.low!r}, {self.high!r})"

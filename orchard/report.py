@@ -80,7 +80,7 @@ _SINK: contextvars.ContextVar[Callable[[Reported, int], bool] | None] = contextv
 _PRUNE: contextvars.ContextVar[bool] = contextvars.ContextVar("orchard_prune", default=False)
 
 
-class TrialPruned(Exception):  # noqa: N818 -- the name users know from Optuna
+class TrialPruned(Exception):
     """Raised by an objective to end its trial as ``pruned`` (after :func:`should_prune` said so).
 
     Not an :class:`~orchard.errors.OrchardError`: it is the objective's answer, not a failure.
@@ -176,9 +176,8 @@ def _await_verdict(step: int) -> bool:
     pause = 0.001
     while time.monotonic() < deadline:
         verdict: Any = None
-        with contextlib.suppress(OSError, ValueError):  # not written yet (it is replaced whole)
-            with open(path, encoding="utf-8") as handle:
-                verdict = json.load(handle)
+        with contextlib.suppress(OSError, ValueError), open(path, encoding="utf-8") as handle:
+            verdict = json.load(handle)  # OSError: not written yet (it is replaced whole)
         if isinstance(verdict, dict) and verdict.get("step", -1) >= step:
             if verdict.get("refused"):
                 raise ValueError(str(verdict["refused"]))

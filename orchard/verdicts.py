@@ -204,7 +204,7 @@ class ReportFollower:
         for path in (report_path, verdict_path):
             with contextlib.suppress(FileNotFoundError):
                 os.remove(path)
-        open(report_path, "ab").close()  # noqa: SIM115 -- created empty, appended to by the child
+        open(report_path, "ab").close()
 
     def __enter__(self) -> ReportFollower:
         """Start following (the files were :meth:`prepare`-d before the child started)."""
@@ -222,11 +222,10 @@ class ReportFollower:
             self._drain()
             if self._pruned_event.is_set() and pruned_at is None:
                 pruned_at = time.monotonic()
-            if pruned_at is not None:
-                if time.monotonic() - pruned_at >= self.grace:
-                    log.info("trial %s goes on past its prune verdict; stopping it", self.trial_id)
-                    self._stop_child()
-                    return
+            if pruned_at is not None and time.monotonic() - pruned_at >= self.grace:
+                log.info("trial %s goes on past its prune verdict; stopping it", self.trial_id)
+                self._stop_child()
+                return
 
     def _drain(self) -> None:
         try:

@@ -29,6 +29,7 @@ from orchard.algorithms import make_algorithm
 from orchard.algorithms.base import BaseAlgorithm
 from orchard.clock import SYSTEM_CLOCK, Clock
 from orchard.collector import fewer_collections
+from orchard.constraints import feasibility
 from orchard.errors import (
     BudgetExhaustedError,
     DuplicateTrialError,
@@ -44,15 +45,14 @@ from orchard.experiment_config import WorkerSettings
 from orchard.history import History
 from orchard.leases import LeaseObserver
 from orchard.naming import worker_name
-from orchard.constraints import feasibility
 from orchard.objective import Outcome, with_objectives
-from orchard.pruners import make_pruner
 from orchard.pacemaker import Pacemaker
+from orchard.pruners import make_pruner
 from orchard.space import trial_id as params_trial_id
-from orchard.storages.base import BaseStorage
 from orchard.stopping import StopGate, StopRules
-from orchard.suggestions import Suggester
+from orchard.storages.base import BaseStorage
 from orchard.storages.retrying import RetryingStorage
+from orchard.suggestions import Suggester
 from orchard.trial import Trial, TrialStatus
 from orchard.verdicts import Judge, judging
 from orchard.warm_start import prior_trials

@@ -9,7 +9,14 @@ from typing import Any
 import pytest
 
 from orchard.storages import get_storage
-from tests.test_dashboard_live import assert_offline_and_clean, browser, request, screenshot, serving, wait_for
+from tests.test_dashboard_live import (
+    assert_offline_and_clean,
+    browser,
+    request,
+    screenshot,
+    serving,
+    wait_for,
+)
 
 pytestmark = pytest.mark.slow
 __all__ = ["browser"]  # the fixture, shared with tests/test_dashboard_live.py

@@ -462,7 +462,7 @@ def test_the_experiment_page_draws_learning_curves_and_marks_pruned_trials(brows
         wait_for(browser, lambda b: b.find_elements(By.CSS_SELECTOR, "#plot-curves svg.main-svg"))
         assert wait_for(browser, lambda b: b.execute_script(
             "return document.getElementById('count-pruned').textContent === '1'"))
-        traces = lambda b: b.execute_script(  # noqa: E731
+        traces = lambda b: b.execute_script(
             "const d = document.getElementById('plot-curves').data || [];"
             "return d.map(t => [t.mode, t.x.length, t.marker ? t.marker.symbol : null]);")
         assert sorted(map(tuple, wait_for(browser, lambda b: len(traces(b)) == 4 and traces(b)))) == sorted(

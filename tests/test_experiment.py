@@ -9,8 +9,14 @@ import pytest
 
 import orchard
 from orchard.errors import (
-    BudgetExhaustedError, ConfigurationError, DuplicateTrialError, ExperimentBrokenError,
-    ExperimentConflictError, ExperimentNotFoundError, ReservationLostError, SpaceError,
+    BudgetExhaustedError,
+    ConfigurationError,
+    DuplicateTrialError,
+    ExperimentBrokenError,
+    ExperimentConflictError,
+    ExperimentNotFoundError,
+    ReservationLostError,
+    SpaceError,
 )
 from orchard.trial import Trial, TrialStatus
 from tests import workloads

@@ -17,8 +17,8 @@ import orchard
 import orchard.storages
 from orchard.algorithms import Asha, Observation, make_algorithm
 from orchard.algorithms._rungs import Entry, pareto_order
-from orchard.objectives import dominates
 from orchard.errors import ConfigurationError, InvalidReportError
+from orchard.objectives import dominates
 from orchard.pruners import Verdict, make_pruner
 from orchard.space import Space
 from orchard.trial import TrialStatus

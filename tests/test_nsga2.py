@@ -9,8 +9,8 @@ from typing import Any
 import pytest
 
 from orchard.algorithms import Observation, make_algorithm
-from orchard.algorithms.base import SeenPoints
 from orchard.algorithms._nsga2 import generations, population
+from orchard.algorithms.base import SeenPoints
 from orchard.errors import ConfigurationError
 from orchard.objectives import dominates, hypervolume, non_dominated_sort
 from orchard.space import Space, params_hash

@@ -7,7 +7,16 @@ import pytest
 
 from orchard.errors import SpaceError
 from orchard.space import (
-    Choices, LogUniform, Normal, RandInt, Space, Uniform, params_hash, parse_prior, to_builtin, trial_id,
+    Choices,
+    LogUniform,
+    Normal,
+    RandInt,
+    Space,
+    Uniform,
+    params_hash,
+    parse_prior,
+    to_builtin,
+    trial_id,
 )
 
 

@@ -22,10 +22,16 @@ import pytest
 import orchard
 from orchard import config
 from orchard.cli import main
-from orchard.errors import BudgetExhaustedError, ConfigurationError, ExperimentConflictError, StopReason, WorkerStoppedError
-from orchard.storages import get_storage
+from orchard.errors import (
+    BudgetExhaustedError,
+    ConfigurationError,
+    ExperimentConflictError,
+    StopReason,
+    WorkerStoppedError,
+)
 from orchard.objective import Outcome
 from orchard.stopping import LEDGER_KEY, StopGate, StopRules, parse_duration, stop_summary
+from orchard.storages import get_storage
 from orchard.testing import races
 from orchard.trial import TrialStatus
 from tests.conftest import backend_uri

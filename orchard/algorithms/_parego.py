@@ -48,7 +48,13 @@ from scipy.stats import norm
 from threadpoolctl import threadpool_limits
 
 from orchard.algorithms._bayes import (
-    _LIARS, HYPERPARAMETER_POINTS, SCALARIZED_XI, BayesianOptimization, candidate_count, kernel_restarts, unit_box,
+    _LIARS,
+    HYPERPARAMETER_POINTS,
+    SCALARIZED_XI,
+    BayesianOptimization,
+    candidate_count,
+    kernel_restarts,
+    unit_box,
 )
 from orchard.algorithms._gp import best_and_random, make_gp
 from orchard.algorithms.base import Observation, SeenPoints

@@ -27,8 +27,8 @@ from typing import Any, ClassVar
 
 import numpy as np
 
+from orchard.errors import SpaceExhaustedError
 from orchard.options import Configurable
-from orchard.errors import ConfigurationError, SpaceExhaustedError
 from orchard.space import Prior, Space, params_hash, trial_id
 from orchard.trial import Trial
 

@@ -49,7 +49,7 @@ class InlineExecutor(Executor):
         future: Future[Any] = Future()
         try:
             future.set_result(fn(*args, **kwargs))
-        except Exception as err:
+        except Exception as err:  # noqa: BLE001 - a Future carries any exception, as a pool's does
             future.set_exception(err)
         return future
 

@@ -32,6 +32,7 @@ from orchard.errors import ConfigurationError
 from orchard.plotting._libs import INSTALL_HINT
 from orchard.plotting._mpl import write_png
 from orchard.plotting._plotly import write_html
+from orchard.plotting.curves import CurvesFigure, curves
 from orchard.plotting.figures import (
     STATUS_COLORS,
     Axis,
@@ -43,7 +44,6 @@ from orchard.plotting.figures import (
     regret,
     timeline,
 )
-from orchard.plotting.curves import CurvesFigure, curves
 from orchard.plotting.fronts import HypervolumeFigure, ParetoFigure, hypervolume, pareto
 from orchard.plotting.rungs import RungsFigure, rungs
 from orchard.space import Space

@@ -7,8 +7,8 @@ from pathlib import Path
 from typing import Any
 
 from orchard.plotting._libs import require
-from orchard.plotting.figures import STATUS_COLORS, Axis, ParallelFigure, RegretFigure, TimelineFigure
 from orchard.plotting.curves import CurvesFigure, curves_mpl
+from orchard.plotting.figures import STATUS_COLORS, Axis, ParallelFigure, RegretFigure, TimelineFigure
 from orchard.plotting.fronts import HypervolumeFigure, ParetoFigure, hypervolume_mpl, pareto_mpl
 from orchard.plotting.rungs import RungsFigure, rungs_mpl
 from orchard.trial import TrialStatus

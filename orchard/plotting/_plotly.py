@@ -15,8 +15,8 @@ from pathlib import Path
 from typing import Any
 
 from orchard.plotting._libs import require
-from orchard.plotting.figures import STATUS_COLORS, ParallelFigure, RegretFigure, TimelineFigure
 from orchard.plotting.curves import CurvesFigure, curves_plotly
+from orchard.plotting.figures import STATUS_COLORS, ParallelFigure, RegretFigure, TimelineFigure
 from orchard.plotting.fronts import HypervolumeFigure, ParetoFigure, hypervolume_plotly, pareto_plotly
 from orchard.plotting.rungs import RungsFigure, rungs_plotly
 from orchard.trial import TrialStatus

@@ -21,7 +21,8 @@ import itertools
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from orchard.objectives import dominates, hypervolume as volume, reference_point
+from orchard.objectives import dominates, reference_point
+from orchard.objectives import hypervolume as volume
 from orchard.pareto import scored
 from orchard.plotting.figures import describe, no_results_note
 from orchard.trial import Trial, TrialStatus

@@ -171,7 +171,7 @@ class HyperbandPruner(BasePruner):
 
     @staticmethod
     def _fitting(min_step: int, eta: int, max_step: int) -> int:
-        return int(math.floor(math.log(max_step / min_step, eta) + 1e-9)) + 1
+        return math.floor(math.log(max_step / min_step, eta) + 1e-9) + 1
 
     @property
     def brackets(self) -> int:

@@ -25,12 +25,12 @@ if TYPE_CHECKING:  # pragma: no cover
     from orchard.storages.pickled import PickledStorage
 
 __all__ = [
+    "STORAGES",
     "BaseStorage",
     "ExperimentRecord",
     "MemoryStorage",
     "MongoStorage",
     "PickledStorage",
-    "STORAGES",
     "get_storage",
 ]
 

@@ -21,7 +21,6 @@ from typing import Any, Concatenate, ParamSpec, Protocol, TypeVar
 import pymongo
 from bson.errors import BSONError
 from bson.int64 import Int64
-from pymongo.errors import ConfigurationError as PyMongoConfigurationError
 from pymongo.errors import (
     AutoReconnect,
     ConnectionFailure,
@@ -30,6 +29,7 @@ from pymongo.errors import (
     PyMongoError,
     ServerSelectionTimeoutError,
 )
+from pymongo.errors import ConfigurationError as PyMongoConfigurationError
 from pymongo.uri_parser import parse_uri
 
 from orchard.errors import ConfigurationError, StorageCorruptedError, StorageError, StorageUnavailableError
