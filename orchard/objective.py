@@ -36,7 +36,7 @@ from orchard.isolation import ForkedCall, Stopped, call_spawned, hold_group, kil
 from orchard.report import TrialPruned, plain, reporting_to, shown
 from orchard.space import to_builtin
 from orchard.storages.values import int_fits
-from orchard.trial import Trial, finite_float
+from orchard.trial import MAX_DEPTH, Trial, finite_float
 from orchard.verdicts import ReportFollower, current_judge
 
 __all__ = [
@@ -56,9 +56,8 @@ __all__ = [
 
 #: Characters of an exception's message kept in a broken trial's error (the traceback tail is kept too).
 _MESSAGE_LIMIT = 10_000
-#: How deep lists and dicts in results may nest: what every storage holds
-#: (``orchard.storages.pickled.records.MAX_DEPTH``).
-MAX_RESULT_DEPTH = 32
+#: How deep lists and dicts in results may nest: what every storage holds.
+MAX_RESULT_DEPTH = MAX_DEPTH
 
 
 @dataclasses.dataclass

@@ -29,10 +29,9 @@ from typing import Any, ClassVar
 import numpy as np
 
 from orchard.errors import SpaceError
-from orchard.trial import finite_float
+from orchard.trial import INT_LIMIT, finite_float
 
 __all__ = [
-    "INT_BOUND",
     "Choices",
     "Fail",
     "LogUniform",
@@ -82,13 +81,10 @@ def int_bounds(fail: Fail, low: Any, high: Any, what: str, top: int) -> None:
     """Refuse integer bounds whose values no storage holds: ints, ``-2**63 < low`` and ``high <= top``."""
     if not (is_integral(low) and is_integral(high)):
         raise fail(f"{what} bounds must be integers")
-    if not (-INT_BOUND < int(low) and int(high) <= top):
+    if not (-INT_LIMIT < int(low) and int(high) <= top):
         raise fail(f"{what} bounds must keep its values within 64 bits "
-                   f"(-2**63 < low, high <= {'2**63' if top == INT_BOUND else '2**63 - 1'})")
+                   f"(-2**63 < low, high <= {'2**63' if top == INT_LIMIT else '2**63 - 1'})")
 
-
-#: Ints are stored in 64 bits: -2**63 < value < 2**63 (``orchard.storages.values``).
-INT_BOUND = 2**63
 
 
 def is_integral(value: Any) -> bool:
@@ -198,7 +194,7 @@ class Uniform(Prior):
             raise fail("discrete must be True or False")
         if not discrete:
             return cls(float(low), float(high))
-        int_bounds(fail, low, high, "discrete uniform", INT_BOUND - 1)  # high is drawn
+        int_bounds(fail, low, high, "discrete uniform", INT_LIMIT - 1)  # high is drawn
         return cls(int(low), int(high), True)
 
     def sample(self, rng: np.random.Generator) -> Scalar:
@@ -301,7 +297,7 @@ class RandInt(Prior):
     def parse(cls, fail: Fail, args: list[Any], kwargs: dict[str, Any]) -> Prior:
         low, high = args
         bounds(fail, low, high)
-        int_bounds(fail, low, high, "randint", INT_BOUND)  # high is never drawn
+        int_bounds(fail, low, high, "randint", INT_LIMIT)  # high is never drawn
         return cls(int(low), int(high))
 
     def sample(self, rng: np.random.Generator) -> Scalar:

@@ -44,12 +44,11 @@ import time
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
-from orchard.trial import finite_float
+from orchard.trial import INT_LIMIT, finite_float
 
 __all__ = [
     "REPORT_ENV",
     "RESULTS_ENV",
-    "STEP_LIMIT",
     "VERDICT_ENV",
     "Reported",
     "TrialPruned",
@@ -65,8 +64,6 @@ __all__ = [
 RESULTS_ENV = "ORCHARD_RESULTS_PATH"
 REPORT_ENV = "ORCHARD_REPORT_PATH"
 VERDICT_ENV = "ORCHARD_VERDICT_PATH"
-#: Steps must be below this: a stored int is 64-bit.
-STEP_LIMIT = 2**63
 #: Seconds :func:`report` waits for a child's verdict before going on (the worker is slowed by an outage).
 VERDICT_WAIT = 30.0
 
@@ -148,7 +145,7 @@ def check_report(value: Any, step: Any) -> tuple[Reported, int]:
             raise ValueError(f"orchard.report() needs a finite number as the value, got {shown(value)}")
         value = number
     step = plain(step)
-    if isinstance(step, bool) or not isinstance(step, int) or not 0 <= step < STEP_LIMIT:
+    if isinstance(step, bool) or not isinstance(step, int) or not 0 <= step < INT_LIMIT:  # a stored int is 64-bit
         raise ValueError(f"orchard.report() needs an integer step >= 0 and < 2**63, got {shown(step)}")
     return value, step
 

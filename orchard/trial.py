@@ -40,6 +40,8 @@ from orchard.errors import InvalidReportError, OrchardError, ReservationLostErro
 
 __all__ = [
     "INSERTED",
+    "INT_LIMIT",
+    "MAX_DEPTH",
     "MAX_REPORTS_PER_TRIAL",
     "Change",
     "Lease",
@@ -66,6 +68,10 @@ INSERTED = "inserted"
 
 #: How many values one trial may report (one per step); a report beyond is refused.
 MAX_REPORTS_PER_TRIAL = 10_000
+#: Every stored int is a 64-bit one (what MongoDB stores too): ``-INT_LIMIT < n < INT_LIMIT``.
+INT_LIMIT = 2**63
+#: How deep lists and dicts may nest in a stored configuration or result.
+MAX_DEPTH = 32
 
 #: A reported value: one number, or (several objectives) one per objective, in minimisation form.
 ReportValue = float | tuple[float, ...]

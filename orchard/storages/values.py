@@ -14,10 +14,10 @@ from collections.abc import Mapping
 from typing import Any
 
 from orchard.errors import StorageError
+from orchard.trial import INT_LIMIT, MAX_DEPTH  # defined with the trial, where cheap imports reach them
 
-__all__ = ["ERROR_TEXTS", "INT_LIMIT", "check_error", "check_params", "int_fits"]
+__all__ = ["ERROR_TEXTS", "INT_LIMIT", "MAX_DEPTH", "check_error", "check_params", "int_fits"]
 
-INT_LIMIT = 2**63  # ints stored are 64-bit (what MongoDB stores too): -INT_LIMIT < n < INT_LIMIT
 ERROR_TEXTS = ("type", "message", "reason")  # fields of a trial error that, when present, are strings
 
 

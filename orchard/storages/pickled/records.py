@@ -33,12 +33,11 @@ from __future__ import annotations
 from typing import Any
 
 from orchard.storages.table import SCALARS
-from orchard.storages.values import ERROR_TEXTS, INT_LIMIT
+from orchard.storages.values import ERROR_TEXTS, INT_LIMIT, MAX_DEPTH
 from orchard.trial import TrialStatus
 
 __all__ = ["INT_LIMIT", "MAX_DEPTH", "SCALARS", "RecordError", "check_batch", "check_trial"]
 
-MAX_DEPTH = 32  # nesting of lists and dicts in configuration and results
 _NODE_FLOOR = 10_000  # nodes any frame may hold, beyond its size in bytes
 _STATUSES = frozenset(status.value for status in TrialStatus)
 _OPTIONAL_NUMBERS = ("objective", "heartbeat", "submit_time", "start_time", "end_time")
