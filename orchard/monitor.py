@@ -76,7 +76,7 @@ class ProgressMonitor:
         self._best: float | None = None
         self._label = label
         self.failure: Exception | None = None  # what a callback raised
-        self._failed_on, self._failed_in = "", ""  # the trial and the callback
+        self._failed_on: Trial | None = None  # the trial it raised on
         self._interrupted = False  # the main thread was interrupted for it
         self._lock = threading.Lock()
 
@@ -119,8 +119,10 @@ class ProgressMonitor:
                     self._interrupted = not self._stop.is_set() and interrupt_main()
                 then = ("interrupting the run as Ctrl-C would; it is raised once the workers stopped"
                         if self._interrupted else "no callback is called again; it is raised when the run ends")
-                log.error("%s raised %s on trial %s of experiment %r: %s", self._failed_in,
-                          type(self.failure).__name__, self._failed_on, self._label, then)
+                trial = self._failed_on
+                callback = "on_result" if trial is not None and trial.status is TrialStatus.COMPLETED else "on_error"
+                log.error("%s raised %s on trial %s of experiment %r: %s", callback,
+                          type(self.failure).__name__, trial.id if trial else "?", self._label, then)
                 return
 
     def _tick(self) -> None:
@@ -133,8 +135,7 @@ class ProgressMonitor:
                 try:
                     callback(trial)
                 except Exception as err:  # noqa: BLE001 - the user's code: raised when the run ends, workers stopped
-                    self.failure, self._failed_on = err, trial.id
-                    self._failed_in = "on_result" if trial.status is TrialStatus.COMPLETED else "on_error"
+                    self.failure, self._failed_on = err, trial
         if self._show_bar:
             self._draw()
 
