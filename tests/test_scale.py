@@ -128,15 +128,30 @@ def test_128_worker_processes_share_one_pickle_file(tmp_path: Path, busy_cores: 
     the lock did not change hands, so no worker gives up while others progress.
     """
     workers, rounds = 128, 3
-    exp = orchard.build_experiment(
-        "scale", space={"x": "uniform(0, 1)", "y": "uniform(0, 1)"}, algorithm="random",
-        storage=f"pickle://{tmp_path / 'o.pkl'}?timeout=2", max_trials=workers * rounds,
-    )
-    exp.workon(sleepy, n_workers=workers, executor="process", progress=False)  # raises if a worker died
+    # workon runs in a fresh interpreter: forking 128 copies of this test process, which has
+    # grown with the whole suite, takes seconds on busy cores, and the first workers would
+    # take every trial before the last ones start
+    run = subprocess.run([sys.executable, "-c", _SHARE_ONE_FILE, str(tmp_path / "o.pkl"), str(workers), str(rounds)],
+                         cwd=Path(__file__).parent.parent, capture_output=True, text=True, timeout=140, check=False)
+    assert run.returncode == 0, run.stderr[-3000:]  # workon raises if a worker died
+    exp = orchard.get_experiment("scale", storage=f"pickle://{tmp_path / 'o.pkl'}")
     completed = exp.fetch_trials(["completed"])
     assert len(completed) == workers * rounds
     assert exp.stats["counts"]["reserved"] == 0
     assert len({t.results["pid"] for t in completed}) > workers // 2  # they really ran side by side
+
+
+_SHARE_ONE_FILE = """
+import sys
+import orchard
+from tests.test_scale import sleepy
+path, workers, rounds = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+exp = orchard.build_experiment(
+    "scale", space={"x": "uniform(0, 1)", "y": "uniform(0, 1)"}, algorithm="random",
+    storage=f"pickle://{path}?timeout=2", max_trials=workers * rounds,
+)
+exp.workon(sleepy, n_workers=workers, executor="process", progress=False)
+"""
 
 
 def test_a_random_search_worker_does_not_import_the_surrogate_stack(tmp_path: Path) -> None:
