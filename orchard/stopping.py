@@ -327,9 +327,10 @@ class Ledger:
 def _cost(results: Mapping[str, Any], metric: str, trial_id: str, wanted: bool) -> float:
     value = results.get(metric)
     number = finite_float(value) if isinstance(value, (int, float)) else None
-    if number is None:
+    if number is None or number < 0:
         if wanted:
-            log.warning("trial %s reported no finite %r metric; it adds nothing to max_cost", trial_id, metric)
+            what = "no finite" if number is None else f"a negative ({number:g})"
+            log.warning("trial %s reported %s %r metric; it adds nothing to max_cost", trial_id, what, metric)
         return 0.0
     return number
 

@@ -117,6 +117,8 @@ def test_max_cost_sums_the_reported_cost_metric() -> None:
     fired = _stopped(exp)
     assert (fired["rule"], fired["finished"]) == ("max_cost", 4)
     other = _experiment({"max_cost": 3, "cost_metric": "gpu_hours"}, name="gpu")
+    _tell(other, {"objective": 1.0, "gpu_hours": -100.0})  # a cost is spent, never refunded: adds nothing
+    _runs(other)
     _tell(other, {"objective": 1.0, "gpu_hours": 3.5})
     assert _stopped(other)["rule"] == "max_cost"
 
