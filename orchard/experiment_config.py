@@ -34,7 +34,9 @@ __all__ = [
     "ExperimentConfig",
     "Rule",
     "WorkerSettings",
+    "HEARTBEAT_RANGE",
     "check_setting",
+    "heartbeat_seconds",
     "non_negative_int",
     "optional",
     "positive_int",
@@ -44,6 +46,24 @@ __all__ = [
 
 #: ``rule(value) -> cast value``; raises ``ValueError("<what the value must be>")``.
 Rule = Callable[[Any], Any]
+
+
+#: The range of ``heartbeat`` (seconds): below it a worker writes its heartbeat hundreds of times a
+#: second and every lease is lost at once; above it a lost trial waits days, and timers overflow.
+HEARTBEAT_RANGE = (0.01, 86_400.0)
+
+
+def heartbeat_seconds(value: Any) -> float:
+    """``value`` as a heartbeat period in :data:`HEARTBEAT_RANGE` (strings are parsed)."""
+    low, high = HEARTBEAT_RANGE
+    requirement = f"a number of seconds from {low:g} to {high:,.0f} (a day)"
+    try:
+        number = positive_number(value)
+    except ValueError:
+        raise ValueError(requirement) from None
+    if not low <= number <= high:
+        raise ValueError(requirement)
+    return number
 
 
 def positive_int(value: Any) -> int:
@@ -133,7 +153,7 @@ EXPERIMENT_RULES: dict[str, Rule] = {
     "max_trials": optional(positive_int),
     "max_broken": positive_int,
     "max_attempts": positive_int,
-    "heartbeat": positive_number,
+    "heartbeat": heartbeat_seconds,
     "seed": optional(non_negative_int),
     "working_dir": optional(text),
 }

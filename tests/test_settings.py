@@ -44,7 +44,9 @@ def test_experiment_config_round_trips_through_the_stored_dict() -> None:
 
 @pytest.mark.parametrize(("key", "value", "expected"), [
     ("seed", -1, "seed=-1: it must be an integer >= 0 (or unset)"),
-    ("heartbeat", 0, "heartbeat=0: it must be a positive number of seconds"),
+    ("heartbeat", 0, "heartbeat=0: it must be a number of seconds from 0.01 to 86,400"),
+    ("heartbeat", 1e308, "heartbeat=1e+308: it must be a number of seconds from 0.01"),  # overflowed every timer
+    ("heartbeat", 1e-9, "heartbeat=1e-09: it must be"),  # every lease lost at once
     ("heartbeat", float("nan"), "heartbeat=nan"),
     ("max_broken", 0, "max_broken=0: it must be a positive integer"),
     ("max_attempts", -2, "max_attempts=-2: it must be a positive integer"),
