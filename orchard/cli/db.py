@@ -2,8 +2,8 @@
 
 ``dump`` writes experiments (configuration and every trial) to a JSON file,
 ``load`` restores them into any storage (e.g. from a pickle file to MongoDB);
-``rm`` deletes an experiment after confirmation; ``release`` gives a stuck
-reservation back (reserved → interrupted); ``test`` checks a storage end to end;
+``rm`` deletes an experiment after confirmation; ``release`` gives back a
+reservation whose worker is gone (reserved → interrupted); ``test`` checks a storage end to end;
 ``check`` lists damaged bytes of a pickle file and ``repair`` rewrites it clean.
 """
 
@@ -56,9 +56,14 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
                     help="do not ask for confirmation (required without a terminal)")
     rm.set_defaults(func=_run_rm)
 
-    release = commands.add_parser("release", help="give a stuck reserved trial back (it becomes interrupted)")
+    release = commands.add_parser(
+        "release", help="give back a reserved trial whose worker is gone (it becomes interrupted)"
+    )
     add_name(release)
     release.add_argument("trial", metavar="TRIAL_ID", help="the trial's id (or a unique prefix)")
+    release.add_argument("--force", action="store_true",
+                         help="release at once, even if its worker is alive (that evaluation is thrown away); "
+                              "without it, a trial whose heartbeat changes within 3 × heartbeat is not released")
     release.set_defaults(func=_run_release)
 
     check = commands.add_parser("check", help="read a whole pickle file and list damaged byte ranges (exit 1 if any)")
@@ -160,9 +165,19 @@ def _run_release(args: argparse.Namespace) -> int:
             f"trial {trial.id} of experiment {experiment.name!r} is {trial.status.value}, not reserved; "
             f"only a reserved trial can be released ({_reserved_list(experiment)})"
         )
-    released = experiment.storage.release_trial(trial.id, None)
-    print(f"released trial {released.id} of experiment {experiment.name!r} (was reserved by {trial.worker}); "
-          "it is now interrupted and the next worker takes it")
+    if args.force:
+        released = experiment.storage.release_trial(trial.id, None)
+        print(f"released trial {released.id} of experiment {experiment.name!r} (was reserved by {trial.worker}, "
+              "whose result, if it is still running, will be refused); it is now interrupted and the next "
+              "worker takes it")
+        return 0
+    from orchard.cli._release import release_if_lost
+
+    released = release_if_lost(experiment, trial)
+    now = (f"it is now broken: its reservation was lost {released.attempts} times (max_attempts)"
+           if released.status is TrialStatus.BROKEN else "it is now interrupted and the next worker takes it")
+    print(f"released trial {released.id} of experiment {experiment.name!r}: the heartbeat of {trial.worker} "
+          f"stood unchanged for 3 × heartbeat, so that worker is gone; {now}")
     return 0
 
 
