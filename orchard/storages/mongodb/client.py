@@ -54,6 +54,7 @@ __all__ = [
     "ensure_indexes",
     "holds",
     "insert_stamped",
+    "is_mock",
     "name_anonymous_mock",
     "open_client",
     "readable_experiments",
@@ -112,13 +113,18 @@ def name_anonymous_mock(uri: str) -> str:
     return uri
 
 
+def is_mock(uri: str) -> bool:
+    """Whether ``uri`` names an in-process mongomock database."""
+    return uri.lower().startswith("mongomock://")
+
+
 def open_client(uri: str) -> tuple[Client, str]:
     """Return a client for ``uri`` and the database name; never touches the network.
 
     Raises:
         ConfigurationError: the URI is malformed or has invalid options.
     """
-    if uri.lower().startswith("mongomock://"):
+    if is_mock(uri):
         return _mock_client(uri)
     options = split_options(uri)[1]
     given = {key.lower() for key in options}
