@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 
 from orchard.storages.mongodb import MongoStorage
-from orchard.trial import Trial
+from orchard.trial import Trial, TrialStatus
 from tests.conftest import backend_uri
 
 A_YEAR = datetime.timedelta(days=365)
@@ -87,3 +87,45 @@ def test_a_server_clock_stepped_back_hides_no_later_write(monkeypatch: pytest.Mo
     storage.complete_trial(first.id, "w", 1.0)
     later = storage.register_trial(exp, {"x": 2})
     assert ids(storage.fetch_changes(exp, cursor)[0]) == ids([first, later]), "writes after the step were hidden"
+
+
+def test_a_restore_of_an_older_dump_is_noticed_and_vanished_trials_forgotten(
+    storage: MongoStorage, exp: str
+) -> None:
+    """``mongorestore --drop`` of a dump taken before the last writes, under a running reader."""
+    from orchard.history import History
+
+    kept = storage.register_trial(exp, {"x": 1}, worker="w")
+    dump = list(storage._trials.find({"experiment": exp}))  # mongodump
+    storage.complete_trial(kept.id, "w", 1.0)
+    gone = storage.register_trial(exp, {"x": 2})
+    reader = MongoStorage(storage.uri, check_interval=0.0)  # its count check is due at every read
+    history = History(reader, exp)
+    history.refresh()
+    assert history.trials[kept.id].status is TrialStatus.COMPLETED and gone.id in history.trials
+    storage._trials.drop()  # mongorestore --drop
+    storage._trials.insert_many(dump)
+    history.refresh()
+    assert list(history.trials) == [kept.id], "the history kept a trial the restore removed"
+    assert history.trials[kept.id].status is TrialStatus.RESERVED
+    assert history.counts[TrialStatus.COMPLETED] == 0
+    reader.close()
+
+
+def test_a_restore_is_noticed_at_the_first_write_to_a_restored_trial(storage: MongoStorage, exp: str) -> None:
+    """No count check is due (10 s): a version lower than one the reader saw gives the restore away."""
+    from orchard.history import History
+
+    held = storage.register_trial(exp, {"x": 1}, worker="w")
+    dump = list(storage._trials.find({"experiment": exp}))  # mongodump
+    storage.heartbeat_trial(held.id, "w")
+    storage.heartbeat_trial(held.id, "w")
+    gone = storage.register_trial(exp, {"x": 2})
+    history = History(storage, exp)
+    history.refresh()
+    assert set(history.trials) == {held.id, gone.id}
+    storage._trials.drop()  # mongorestore --drop
+    storage._trials.insert_many(dump)
+    storage.heartbeat_trial(held.id, "w")  # the worker goes on: its trial's version is one behind what was seen
+    history.refresh()
+    assert list(history.trials) == [held.id], "the history kept a trial the restore removed"

@@ -36,7 +36,14 @@ shows holding a reservation divided by 8, between 1 and 12: a fleet of any
 size sends about as many counts as 8 workers do (each count scans the
 experiment's index keys), and a missed write waits at most
 ``12 × check_interval`` (2 minutes by default) once 96 workers or more run.
-Deleted trials are not reported. The cursor holds the version and status of
+Trials are never deleted one by one, their versions never go back, and a trial
+never leaves a terminal status; so data restored from an older dump
+(``mongorestore --drop``) under a reader shows as a version lower than one the
+cursor saw (at the first write to a restored trial), or at the count check as a
+view holding more trials, or more of a terminal status, than counted. Either
+makes the call read everything again, and that cursor says so
+(:meth:`MongoStorage.resent_everything`): the caller forgets the trials the dump
+lacks. Deleted trials are not reported otherwise. The cursor holds the version and status of
 each trial returned, and the worker of a reserved one (memory, and a copy per
 call, grow with the experiment; no I/O does).
 """
@@ -72,6 +79,7 @@ class ChangeCursor:
     checked: float  # reader's monotonic time of the last count check
     read_at: float  # reader's monotonic time of the last read
     seen: Mapping[str, tuple[int, str, str]]  # trial id -> (version, status, worker if reserved) last returned
+    resent: bool = False  # this cursor's read returned every trial of the experiment
 
 
 class ChangeFeed:
@@ -117,9 +125,11 @@ class ChangeFeed:
             # last read are stamped at most that long before the server's date
             lag = datetime.timedelta(seconds=now - cursor.read_at)
             docs, server_now = self._read(trials, self._window(experiment_id, server_now - lag))
+        if any(cursor.seen.get(_key(d), (0, "", ""))[0] > _version(d) for d in docs):
+            return self.full(trials, experiment_id)  # a version went back: the data was restored from a dump
         fresh = [d for d in docs if cursor.seen.get(_key(d), (0, "", ""))[0] < _version(d)]
         seen = {**cursor.seen, **_seen(fresh)}
-        if counts is not None and misses_writes(seen, counts):
+        if counts is not None and (misses_writes(seen, counts) or holds_vanished(cursor.seen, counts)):
             return self.full(trials, experiment_id)
         since = _bounded(max([cursor.since, *_stamps(docs)]), server_now)
         checked = cursor.checked if counts is None else now
@@ -132,7 +142,7 @@ class ChangeFeed:
         seen = _seen(docs)
         since = _bounded(max(_stamps(docs), default=_ORIGIN), server_now)
         ordered = sorted(client.readable_trials(docs, self.uri), key=lambda t: t.submit_time or 0.0)
-        return ordered, ChangeCursor(experiment_id, since, now, now, seen)
+        return ordered, ChangeCursor(experiment_id, since, now, now, seen, resent=True)
 
     def _window(self, experiment_id: str, since: datetime.datetime) -> dict[str, Any]:
         """The query of the trials stamped at least ``margin`` seconds before ``since``."""
@@ -208,13 +218,31 @@ def _bounded(since: datetime.datetime, server_now: datetime.datetime | None) -> 
     return since if server_now is None else min(since, server_now)
 
 
+def _held(seen: Mapping[str, tuple[int, str, str]]) -> dict[str, int]:
+    """How many trials of each status a view holds."""
+    held = {status.value: 0 for status in TrialStatus}
+    for _, status, _ in seen.values():
+        if status in held:
+            held[status] += 1
+    return held
+
+
+def holds_vanished(seen: Mapping[str, tuple[int, str, str]], counts: Mapping[TrialStatus, int]) -> bool:
+    """Whether a view built before ``counts`` were taken holds trials that no longer exist.
+
+    Trials are never deleted one by one and never leave a terminal status, so a view holding
+    more trials, or more of a terminal status, than the server counts after it saw them was
+    built on data since replaced (``mongorestore --drop`` of an older dump) or deleted.
+    """
+    held = _held(seen)
+    if sum(held.values()) > sum(counts.values()):
+        return True
+    return any(held[status.value] > counts[status] for status in TrialStatus if status.is_terminal)
+
+
 def misses_writes(seen: Mapping[str, tuple[int, str, str]], counts: Mapping[TrialStatus, int]) -> bool:
     """Whether a view built after ``counts`` were taken lacks trials the counts prove exist."""
     if len(seen) < sum(counts.values()):
         return True
-    terminal = [status for status in TrialStatus if status.is_terminal]  # a trial never leaves these
-    held = {status.value: 0 for status in terminal}
-    for _, status, _ in seen.values():
-        if status in held:
-            held[status] += 1
-    return any(held[s.value] < counts[s] for s in terminal)
+    held = _held(seen)  # a trial never leaves a terminal status
+    return any(held[status.value] < counts[status] for status in TrialStatus if status.is_terminal)

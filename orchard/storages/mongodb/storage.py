@@ -487,3 +487,8 @@ class MongoStorage(BaseStorage):
         if not cursor.seen:
             self._experiment_name(experiment_id)  # raise if the experiment does not exist
         return trials, cursor
+
+    def resent_everything(self, before: Any, after: Any) -> bool:
+        """See :meth:`BaseStorage.resent_everything`: ``after`` comes from a read of every trial (after
+        a count check found the view lacking trials, or holding vanished ones: a restore, :mod:`.changes`)."""
+        return before is None or bool(getattr(after, "resent", False))
