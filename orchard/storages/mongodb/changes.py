@@ -67,7 +67,10 @@ _ORIGIN = datetime.datetime(1970, 1, 1)  # naive UTC, as pymongo returns dates
 _FLEET = 8  # workers whose count checks the fleet's stay at: the interval stretches beyond them
 _MAX_STRETCH = 12  # the longest interval, in check intervals: how long a missed write can wait
 _RESERVED = TrialStatus.RESERVED.value
-_NOW = "_orchard_server_now"  # the field a read adds to each document: the server's date ($$NOW)
+#: The field a read adds to each document: the server's date (``$$NOW``). It takes the place of
+#: ``slot`` (a reader needs no budget slot), so a trial stored near the 16 MiB limit of a BSON
+#: document is still returned: the slot is 47 bytes, the date 14.
+_NOW = "_now"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -155,7 +158,7 @@ class ChangeFeed:
         nothing has none, and needs none: it moves no cursor. Where the server does not
         evaluate ``$$NOW`` (mongomock, whose server is this process), this process's clock stands in.
         """
-        docs = list(trials.aggregate([{"$match": query}, {"$addFields": {_NOW: "$$NOW"}}],
+        docs = list(trials.aggregate([{"$match": query}, {"$project": {"slot": 0}}, {"$addFields": {_NOW: "$$NOW"}}],
                                      batchSize=client.BATCH))
         dates = [date for date in (d.pop(_NOW, None) for d in docs) if isinstance(date, datetime.datetime)]
         if dates:
