@@ -102,3 +102,12 @@ def test_release_takes_back_a_trial_whose_heartbeat_stands_still(
     assert "watching its heartbeat" in err and "stood unchanged" in out and "now interrupted" in out
     released = experiment.storage.get_trial(trial.id)
     assert released is not None and released.status is TrialStatus.INTERRUPTED and released.worker is None
+
+
+def test_an_empty_trial_id_releases_nothing(uri: str, capsys: pytest.CaptureFixture[str]) -> None:
+    """``orchard db release -n e "$TRIAL"`` with the variable unset: every id starts with ""."""
+    experiment, trial = reserved_trial(uri)
+    assert main(["db", "release", "-n", "e", "", "--force", "--storage", uri]) == 2
+    assert "TRIAL_ID is empty" in last_line(capsys.readouterr().err)
+    held = experiment.storage.get_trial(trial.id)
+    assert held is not None and held.status is TrialStatus.RESERVED

@@ -185,10 +185,14 @@ def _find_trial(experiment: Experiment, wanted: str) -> Trial:
     """The experiment's trial whose id is ``wanted`` or starts with it.
 
     Raises:
+        ConfigurationError: ``wanted`` is empty.
         TrialNotFoundError: no trial, or several, match.
     """
-    from orchard.errors import TrialNotFoundError
+    from orchard.errors import ConfigurationError, TrialNotFoundError
 
+    if not wanted.strip():  # every id starts with "": an unset shell variable would pick the only trial
+        raise ConfigurationError(f"TRIAL_ID is empty (an unset shell variable?); give the id of a trial of "
+                                 f"experiment {experiment.name!r}, or a unique prefix of it; {_reserved_list(experiment)}")
     trial = experiment.storage.get_trial(wanted)
     if trial is not None and trial.experiment == experiment.id:
         return trial
