@@ -252,8 +252,11 @@ class MongoStorage(BaseStorage):
         db = self._db()
         if db.experiments.find_one({"_id": experiment_id}, projection={"_id": 1}) is None:
             return 0
-        deleted = db.trials.delete_many({"experiment": experiment_id}).deleted_count
+        deleted = db.trials.delete_many({"experiment": experiment_id}).deleted_count  # first: a crash leaves it empty
         db.experiments.delete_one({"_id": experiment_id})
+        # again: the trials running workers registered meanwhile (a registration finding the
+        # experiment gone is refused, :mod:`.slots`)
+        deleted += db.trials.delete_many({"experiment": experiment_id}).deleted_count
         self._names.pop(experiment_id, None)
         return int(deleted)
 

@@ -1,0 +1,46 @@
+"""MongoDB under a careless user: experiments deleted (``orchard db rm``) under running workers.
+
+A worker process knows its experiment (its handle caches the name). When the
+experiment is deleted under it, nothing it does afterwards may write trials no
+one can see: each registration that would land in the deleted experiment is
+refused and names what happened.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from orchard.errors import ExperimentNotFoundError
+from orchard.storages.mongodb import MongoStorage
+from tests.conftest import backend_uri
+
+
+@pytest.fixture(params=["mongomock", pytest.param("mongodb", marks=pytest.mark.slow)])
+def uri(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    return backend_uri(str(request.param), request, tmp_path)
+
+
+@pytest.fixture
+def handles(uri: str) -> Iterator[tuple[MongoStorage, MongoStorage]]:
+    """The user's handle (``orchard db rm``) and a running worker's."""
+    user, worker = MongoStorage(uri), MongoStorage(uri)
+    yield user, worker
+    user.close()
+    worker.close()
+
+
+def test_a_worker_registers_nothing_in_an_experiment_deleted_under_it(
+    handles: tuple[MongoStorage, MongoStorage],
+) -> None:
+    user, worker = handles
+    exp = user.create_experiment("e", {"space": {"x": "uniform(0, 1)"}, "max_trials": 5})
+    first = worker.register_trial(exp, {"x": 0.1}, worker="w", budget=5)
+    worker.complete_trial(first.id, "w", 0.1)
+    assert user.delete_experiment(exp) == 1
+    for x in (0.2, 0.3):
+        with pytest.raises(ExperimentNotFoundError, match="'e' was deleted"):
+            worker.register_trial(exp, {"x": x}, worker="w", budget=5)
+    assert user._trials.count_documents({}) == 0, "trials were written into the deleted experiment"
