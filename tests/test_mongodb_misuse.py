@@ -44,3 +44,37 @@ def test_a_worker_registers_nothing_in_an_experiment_deleted_under_it(
         with pytest.raises(ExperimentNotFoundError, match="'e' was deleted"):
             worker.register_trial(exp, {"x": x}, worker="w", budget=5)
     assert user._trials.count_documents({}) == 0, "trials were written into the deleted experiment"
+
+
+def test_a_load_cut_by_an_outage_says_so_and_runs_again_to_the_end(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``orchard db load`` loses the server after 4 trials: the error says what stays and what to do."""
+    import orchard
+    from orchard.cli import main
+    from pymongo.errors import AutoReconnect
+
+    from orchard.storages.mongodb import client
+
+    source = str(tmp_path / "source.pkl")
+    exp = orchard.build_experiment("e", space={"x": "uniform(0, 1)"}, storage=source)
+    for i in range(10):
+        exp.insert({"x": i / 10}, objective=float(i))
+    dump, target = str(tmp_path / "dump.json"), "mongomock://outage-load"
+    assert main(["db", "dump", "--storage", source, "-o", dump]) == 0
+    insert = client.insert_stamped  # the trials inserted with their result hold no unit of budget
+    inserted: list[str] = []
+
+    def until_lost(trials: object, doc: dict[str, object]) -> None:
+        if len(inserted) == 4:
+            raise AutoReconnect("connection closed")
+        insert(trials, doc)
+        inserted.append(str(doc["_id"]))
+
+    monkeypatch.setattr(client, "insert_stamped", until_lost)
+    assert main(["db", "load", dump, "--storage", target]) == 1
+    line = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "lost MongoDB" in line and "the same command adds the rest" in line, line
+    monkeypatch.setattr(client, "insert_stamped", insert)
+    assert main(["db", "load", dump, "--storage", target]) == 0
+    assert "6 of 10 trials added (4 were already there)" in capsys.readouterr().out

@@ -10,7 +10,9 @@ reservation whose worker is gone (reserved → interrupted); ``test`` checks a s
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
+from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 from orchard.cli._args import add_common, add_name, confirm, open_experiment, open_storage
@@ -125,10 +127,23 @@ def _run_load(args: argparse.Namespace) -> int:
         check_experiment_name(args.name)
     data = read_dump(args.file, args.name)
     storage = open_storage(args)
-    for name, added, total in load_experiments(storage, data, args.name):
-        print(f"loaded experiment {name!r} into {storage.redacted_uri}: {added} of {total} trials added"
-              + (f" ({total - added} were already there)" if added < total else ""))
+    with _again_on_outage("the trials loaded so far stay, and the same command adds the rest (those already "
+                          "there are skipped)"):
+        for name, added, total in load_experiments(storage, data, args.name):
+            print(f"loaded experiment {name!r} into {storage.redacted_uri}: {added} of {total} trials added"
+                  + (f" ({total - added} were already there)" if added < total else ""))
     return 0
+
+
+@contextlib.contextmanager
+def _again_on_outage(what: str) -> Iterator[None]:
+    """Say, when the storage is lost midway, what was done and that running the command again is safe."""
+    from orchard.errors import StorageUnavailableError
+
+    try:
+        yield
+    except StorageUnavailableError as err:
+        raise StorageUnavailableError(f"{err}; {what}", reached=err.reached) from err
 
 
 def _run_rm(args: argparse.Namespace) -> int:
@@ -150,7 +165,8 @@ def _run_rm(args: argparse.Namespace) -> int:
                        f"from {storage.redacted_uri}?"):
             print("nothing deleted")
             return 1
-    deleted = storage.delete_experiment(experiment.id)
+    with _again_on_outage("some of its trials may be deleted already; run the same command again to finish"):
+        deleted = storage.delete_experiment(experiment.id)
     print(f"deleted experiment {experiment.name!r} and its {deleted} trials from {storage.redacted_uri}")
     return 0
 
