@@ -111,3 +111,25 @@ def test_an_empty_trial_id_releases_nothing(uri: str, capsys: pytest.CaptureFixt
     assert "TRIAL_ID is empty" in last_line(capsys.readouterr().err)
     held = experiment.storage.get_trial(trial.id)
     assert held is not None and held.status is TrialStatus.RESERVED
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("uri", ["pickle"], indirect=True)
+def test_two_releases_of_one_lost_trial_release_it_once(uri: str, tmp_path: Path) -> None:
+    """Two users run ``orchard db release`` on the same dead worker's trial at once (real processes)."""
+    import subprocess
+    import sys
+
+    experiment = orchard.build_experiment("e", space={"x": "uniform(0, 1)"}, storage=uri, heartbeat=1.0)
+    trial = experiment.storage.register_trial(experiment.id, {"x": 0.5}, worker=WORKER)  # never heartbeats
+    command = [sys.executable, "-m", "orchard", "db", "release", "-n", "e", trial.id, "--storage", uri]
+    env = {**os.environ, "PYTHONPATH": str(Path(orchard.__file__).parent.parent)}
+    runs = [subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+            for _ in range(2)]
+    done = sorted((run.wait(60), *run.communicate()) for run in runs)
+    (won, out, _), (lost, _, err) = done
+    assert (won, lost) == (0, 2), done
+    assert "now interrupted" in out
+    assert "is now interrupted: it was released" in err.strip().splitlines()[-1]
+    released = experiment.storage.get_trial(trial.id)
+    assert released is not None and released.status is TrialStatus.INTERRUPTED and released.attempts == 1

@@ -89,10 +89,10 @@ def _refuse_unless_held(experiment: Experiment, trial: Trial, lease: Lease, sinc
         return
     where = f"trial {trial.id} of experiment {experiment.name!r}"
     if trial.status is not TrialStatus.RESERVED:
-        raise ConfigurationError(
-            f"{where} is now {trial.status.value}: its worker {lease.worker} finished it while this command "
-            "watched, so there is nothing to release"
-        )
+        how = ("its worker finished it" if trial.status.is_terminal
+               else "it was released (by its worker, another worker or another orchard db release)")
+        raise ConfigurationError(f"{where} is now {trial.status.value}: {how} while this command watched, "
+                                 "so there is nothing to release")
     assert trial.lease is not None
     who = "its worker" if trial.lease.worker == lease.worker else "another worker"
     raise ConfigurationError(
