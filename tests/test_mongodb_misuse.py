@@ -78,3 +78,15 @@ def test_a_load_cut_by_an_outage_says_so_and_runs_again_to_the_end(
     monkeypatch.setattr(client, "insert_stamped", insert)
     assert main(["db", "load", dump, "--storage", target]) == 0
     assert "6 of 10 trials added (4 were already there)" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("options", ["w=0", "w=0&journal=false", "W=0"])
+def test_unacknowledged_writes_are_refused_when_the_storage_is_opened(options: str) -> None:
+    """With ``w=0`` no write answers: a reservation, a result or an experiment's creation cannot be told apart
+    from nothing (joining said the experiment "was created and deleted repeatedly")."""
+    from orchard.errors import ConfigurationError
+    from orchard.storages import get_storage
+
+    with pytest.raises(ConfigurationError, match="sets w=0: unacknowledged writes") as refused:
+        get_storage(f"mongodb://orchard:secret@localhost:1/orchard?{options}")
+    assert "secret" not in str(refused.value)

@@ -141,6 +141,9 @@ def open_client(uri: str) -> tuple[Client, str]:
             f"invalid MongoDB URI {redact(uri)!r}: {scrub(str(err), uri)}; expected "
             "mongodb://[user:pass@]host[:port]/dbname[?options] or mongodb+srv://…"
         ) from err
+    if not client.write_concern.acknowledged:  # w=0: every conditional write would answer nothing
+        raise ConfigurationError(f"MongoDB URI {redact(uri)!r} sets w=0: unacknowledged writes cannot tell whether a "
+                                 "reservation or a result was stored; remove w=0 (Orchard uses w=majority) or set w=1")
     return client, name
 
 
