@@ -50,10 +50,10 @@ def test_a_load_cut_by_an_outage_says_so_and_runs_again_to_the_end(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """``orchard db load`` loses the server after 4 trials: the error says what stays and what to do."""
-    import orchard
-    from orchard.cli import main
     from pymongo.errors import AutoReconnect
 
+    import orchard
+    from orchard.cli import main
     from orchard.storages.mongodb import client
 
     source = str(tmp_path / "source.pkl")
