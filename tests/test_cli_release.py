@@ -133,3 +133,15 @@ def test_two_releases_of_one_lost_trial_release_it_once(uri: str, tmp_path: Path
     assert "is now interrupted: it was released" in err.strip().splitlines()[-1]
     released = experiment.storage.get_trial(trial.id)
     assert released is not None and released.status is TrialStatus.INTERRUPTED and released.attempts == 1
+
+
+def test_a_reservation_without_heartbeat_is_released_only_with_force(capsys: pytest.CaptureFixture[str]) -> None:
+    """A reserved trial another program (or an older Orchard) wrote without a heartbeat: no worker ever releases it."""
+    uri = backend_uri("mongomock", None, Path())  # type: ignore[arg-type]
+    experiment, trial = reserved_trial(uri)
+    experiment.storage._trials.update_one({"_id": trial.id}, {"$unset": {"heartbeat": 1}})  # type: ignore[attr-defined]
+    assert main(["db", "release", "-n", "e", trial.id, "--storage", uri]) == 2
+    assert "holds no heartbeat" in last_line(capsys.readouterr().err)
+    assert main(["db", "release", "-n", "e", trial.id, "--force", "--storage", uri]) == 0
+    released = experiment.storage.get_trial(trial.id)
+    assert released is not None and released.status is TrialStatus.INTERRUPTED

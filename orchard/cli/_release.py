@@ -53,13 +53,18 @@ def release_if_lost(experiment: Experiment, trial: Trial, *, clock: Callable[[],
         sleep: waits between reads (injectable for tests).
 
     Raises:
-        ConfigurationError: the trial's worker is alive (its heartbeat changed while watched), or
-            the trial left ``reserved`` meanwhile; nothing was released.
+        ConfigurationError: the trial's worker is alive (its heartbeat changed while watched), the
+            trial left ``reserved`` meanwhile, or it holds no heartbeat to watch; nothing was released.
         TrialNotFoundError: the trial (or its experiment) was deleted meanwhile.
     """
     settings, storage = experiment.settings, experiment.storage
     lease = trial.lease
-    assert lease is not None, "release_if_lost needs a reserved trial"
+    if lease is None:  # reserved without a heartbeat: Orchard never writes one, no worker judges it lost
+        raise ConfigurationError(
+            f"trial {trial.id} of experiment {experiment.name!r} is reserved by {trial.worker} but holds no "
+            "heartbeat (written by another program or an older Orchard), so whether its worker is alive "
+            "cannot be judged and no worker will ever release it; if you know that worker is gone, add --force"
+        )
     observer = LeaseObserver(settings.stale_after, clock)
     poll = min(_LONGEST_POLL, settings.heartbeat / _POLLS_PER_HEARTBEAT)
     print(f"trial {trial.id} is reserved by {lease.worker}; watching its heartbeat for up to "
