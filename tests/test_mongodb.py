@@ -142,6 +142,7 @@ def test_unreachable_server_fails_fast_with_a_redacted_message() -> None:
         (OperationFailure("not authorized on runs", code=13), StorageUnavailableError, "authSource"),
         (AutoReconnect("connection reset"), StorageUnavailableError, "reach"),
         (OperationFailure("something odd", code=2), StorageError, "failed to"),
+        (OperationFailure("Use of undefined variable: NOW", code=17276), StorageError, "needs MongoDB 4.2"),
     ],
 )
 def test_driver_errors_become_orchard_errors(

@@ -101,6 +101,7 @@ WAITING_ORDER = [("status", 1), ("submit_time", 1)]
 
 #: The server's code for an update operator meeting a field of another type (``$inc`` on text).
 TYPE_MISMATCH = 14
+_UNDEFINED_VARIABLE = 17276  # an aggregation variable the server does not know (``$$NOW`` before 4.2)
 
 
 # -- opening ------------------------------------------------------------------
@@ -228,6 +229,8 @@ def translate(err: PyMongoError | BSONError, uri: str, action: str, answered: bo
         return _unreachable(err, uri, action, reached=answered or midway)
     if isinstance(err, BSONError):
         return StorageError(f"cannot {action} in MongoDB at {where}: a value is not storable ({detail})")
+    if isinstance(err, OperationFailure) and err.code == _UNDEFINED_VARIABLE:  # $$NOW: the change feed's reads
+        return StorageError(f"MongoDB at {where} failed to {action}: {detail}; Orchard needs MongoDB 4.2 or later")
     return StorageError(f"MongoDB at {where} failed to {action}: {detail}")
 
 
