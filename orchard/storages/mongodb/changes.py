@@ -82,7 +82,7 @@ class ChangeCursor:
     checked: float  # reader's monotonic time of the last count check
     read_at: float  # reader's monotonic time of the last read
     seen: Mapping[str, tuple[int, str, str]]  # trial id -> (version, status, worker if reserved) last returned
-    resent: bool = False  # this cursor's read returned every trial of the experiment
+    resent: bool = False  # this cursor's read returned every trial, after trials of the view vanished
 
 
 class ChangeFeed:
@@ -129,23 +129,29 @@ class ChangeFeed:
             lag = datetime.timedelta(seconds=now - cursor.read_at)
             docs, server_now = self._read(trials, self._window(experiment_id, server_now - lag))
         if any(cursor.seen.get(_key(d), (0, "", ""))[0] > _version(d) for d in docs):
-            return self.full(trials, experiment_id)  # a version went back: the data was restored from a dump
+            return self.full(trials, experiment_id, resent=True)  # a version went back: data restored from a dump
+        if counts is not None and holds_vanished(cursor.seen, counts):
+            return self.full(trials, experiment_id, resent=True)
         fresh = [d for d in docs if cursor.seen.get(_key(d), (0, "", ""))[0] < _version(d)]
         seen = {**cursor.seen, **_seen(fresh)}
-        if counts is not None and (misses_writes(seen, counts) or holds_vanished(cursor.seen, counts)):
-            return self.full(trials, experiment_id)
+        if counts is not None and misses_writes(seen, counts):
+            return self.full(trials, experiment_id)  # writes the window missed: the view is merely behind
         since = _bounded(max([cursor.since, *_stamps(docs)]), server_now)
         checked = cursor.checked if counts is None else now
         return client.readable_trials(fresh, self.uri), ChangeCursor(experiment_id, since, checked, now, seen)
 
-    def full(self, trials: Any, experiment_id: str) -> tuple[list[Trial], ChangeCursor]:
-        """Every trial of the experiment, oldest first, and a cursor after them."""
+    def full(self, trials: Any, experiment_id: str, resent: bool = False) -> tuple[list[Trial], ChangeCursor]:
+        """Every trial of the experiment, oldest first, and a cursor after them.
+
+        ``resent``: the data changed under the reader's view (trials vanished), so the
+        caller must drop what it holds that is not returned (the cursor says so).
+        """
         now = self._clock()
         docs, server_now = self._read(trials, {"experiment": experiment_id})
         seen = _seen(docs)
         since = _bounded(max(_stamps(docs), default=_ORIGIN), server_now)
         ordered = sorted(client.readable_trials(docs, self.uri), key=lambda t: t.submit_time or 0.0)
-        return ordered, ChangeCursor(experiment_id, since, now, now, seen, resent=True)
+        return ordered, ChangeCursor(experiment_id, since, now, now, seen, resent)
 
     def _window(self, experiment_id: str, since: datetime.datetime) -> dict[str, Any]:
         """The query of the trials stamped at least ``margin`` seconds before ``since``."""

@@ -492,6 +492,6 @@ class MongoStorage(BaseStorage):
         return trials, cursor
 
     def resent_everything(self, before: Any, after: Any) -> bool:
-        """See :meth:`BaseStorage.resent_everything`: ``after`` comes from a read of every trial (after
-        a count check found the view lacking trials, or holding vanished ones: a restore, :mod:`.changes`)."""
+        """See :meth:`BaseStorage.resent_everything`: ``after`` comes from a read of every trial made
+        because trials of the view vanished (a restore or a deletion, :mod:`.changes`)."""
         return before is None or bool(getattr(after, "resent", False))
