@@ -32,11 +32,15 @@ def handles(uri: str) -> Iterator[tuple[MongoStorage, MongoStorage]]:
     worker.close()
 
 
+@pytest.fixture
+def exp(handles: tuple[MongoStorage, MongoStorage]) -> str:
+    return handles[0].create_experiment("e", {"space": {"x": "uniform(0, 1)"}, "max_trials": 5})
+
+
 def test_a_worker_registers_nothing_in_an_experiment_deleted_under_it(
-    handles: tuple[MongoStorage, MongoStorage],
+    handles: tuple[MongoStorage, MongoStorage], exp: str
 ) -> None:
     user, worker = handles
-    exp = user.create_experiment("e", {"space": {"x": "uniform(0, 1)"}, "max_trials": 5})
     first = worker.register_trial(exp, {"x": 0.1}, worker="w", budget=5)
     worker.complete_trial(first.id, "w", 0.1)
     assert user.delete_experiment(exp) == 1
@@ -90,3 +94,17 @@ def test_unacknowledged_writes_are_refused_when_the_storage_is_opened(options: s
     with pytest.raises(ConfigurationError, match="sets w=0: unacknowledged writes") as refused:
         get_storage(f"mongodb://orchard:secret@localhost:1/orchard?{options}")
     assert "secret" not in str(refused.value)
+
+
+def test_a_result_for_a_trial_deleted_under_its_worker_says_what_happened(
+    handles: tuple[MongoStorage, MongoStorage], exp: str
+) -> None:
+    """``orchard hunt`` ended on ``no trial with id '…'`` when the experiment was deleted mid-evaluation."""
+    from orchard.errors import TrialNotFoundError
+
+    user, worker = handles
+    held = worker.register_trial(exp, {"x": 0.1}, worker="host:1:w", budget=5)
+    user.delete_experiment(exp)
+    with pytest.raises(TrialNotFoundError, match=r"deleted from .* while worker host:1:w held it: its experiment "
+                                                  r"was deleted \(orchard db rm\?\)"):
+        worker.complete_trial(held.id, "host:1:w", 0.5)

@@ -253,9 +253,7 @@ class MongoStorage(BaseStorage):
         if db.experiments.find_one({"_id": experiment_id}, projection={"_id": 1}) is None:
             return 0
         deleted = db.trials.delete_many({"experiment": experiment_id}).deleted_count  # first: a crash leaves it empty
-        db.experiments.delete_one({"_id": experiment_id})
-        # again: the trials running workers registered meanwhile (a registration finding the
-        # experiment gone is refused, :mod:`.slots`)
+        db.experiments.delete_one({"_id": experiment_id})  # then trials registered meanwhile (refused after: .slots)
         deleted += db.trials.delete_many({"experiment": experiment_id}).deleted_count
         self._names.pop(experiment_id, None)
         return int(deleted)
@@ -353,6 +351,8 @@ class MongoStorage(BaseStorage):
         if trial is not None and not change.appends and client.holds(doc, change.owner, change.sets):
             return trial  # the driver's own retry of a write whose reply was lost met the write's effect
         error = change.refusal(trial_id, trial, self.redacted_uri)
+        if trial is None and change.owner is not None:  # it existed when this worker reserved it
+            error = TrialNotFoundError.deleted(trial_id, self.redacted_uri, change.owner)
         if error is None:  # it changed back between the update and this read: refuse all the same
             assert trial is not None
             error = ReservationLostError.refused(trial_id, trial.status.value, trial.worker, change.owner)
