@@ -145,3 +145,23 @@ def test_a_reservation_without_heartbeat_is_released_only_with_force(capsys: pyt
     assert main(["db", "release", "-n", "e", trial.id, "--force", "--storage", uri]) == 0
     released = experiment.storage.get_trial(trial.id)
     assert released is not None and released.status is TrialStatus.INTERRUPTED
+
+
+def test_the_refusal_bounds_the_heartbeat_age_by_the_last_read_that_saw_the_old_one() -> None:
+    """The heartbeat landed between two reads a poll apart: it is "less than" a poll old, not 0 s."""
+    from orchard.cli._release import release_if_lost
+    from orchard.errors import ConfigurationError
+
+    experiment = orchard.build_experiment("e", space={"x": "uniform(0, 1)"}, storage="mongomock://", heartbeat=4.0)
+    trial = experiment.storage.register_trial(experiment.id, {"x": 0.5}, worker=WORKER)
+    now, naps = [0.0], []
+
+    def sleep(seconds: float) -> None:  # the worker heartbeats during the second wait
+        now[0] += seconds
+        naps.append(seconds)
+        if len(naps) == 2:
+            experiment.storage.heartbeat_trial(trial.id, WORKER)
+
+    with pytest.raises(ConfigurationError, match="heartbeat less than 1.0 s ago"):
+        release_if_lost(experiment, trial, clock=lambda: now[0], sleep=sleep)
+    assert naps == [1.0, 1.0]

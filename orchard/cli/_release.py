@@ -70,9 +70,11 @@ def release_if_lost(experiment: Experiment, trial: Trial, *, clock: Callable[[],
     print(f"trial {trial.id} is reserved by {lease.worker}; watching its heartbeat for up to "
           f"{format_age(settings.stale_after)} (3 × heartbeat) to tell a live worker from a lost one "
           "(--force releases at once, Ctrl-C releases nothing)", file=sys.stderr, flush=True)
-    current, asked_at = trial, clock()
+    current, read_at = trial, clock()  # read_at: when the read that returned `current` began
+    unchanged_at = read_at
     while True:
-        _refuse_unless_held(experiment, current, lease, clock() - asked_at)
+        _refuse_unless_held(experiment, current, lease, clock() - unchanged_at)
+        unchanged_at = read_at  # a change found by a later read landed after this read began
         observer.observe([current])
         if trial.id in observer.lost():
             taken = storage.release_lost(experiment.id, {trial.id: lease}, settings.max_attempts)
@@ -80,7 +82,7 @@ def release_if_lost(experiment: Experiment, trial: Trial, *, clock: Callable[[],
                 return taken[0]
         else:
             sleep(poll)
-        asked_at = clock()  # a change seen by the next read landed after this instant
+        read_at = clock()
         found = storage.get_trial(trial.id)
         if found is None:
             raise TrialNotFoundError(f"trial {trial.id} of experiment {experiment.name!r} was deleted while "
