@@ -10,7 +10,10 @@ a clock, SPEC §5.8). It reads the trial every fraction of a heartbeat:
 * the heartbeat value changes (or another worker holds the trial): its worker
   is alive, and the command refuses, naming the worker and when the change was
   seen;
-* the trial leaves ``reserved`` (its worker finished it): nothing to release;
+* the trial leaves ``reserved`` (its worker finished it, or someone released
+  it): nothing to release;
+* it holds no heartbeat at all (another program's write): refused, ``--force``
+  only;
 * the value stands unchanged for the experiment's ``stale_after``
   (3 × heartbeat): the lease is lost, and the trial is taken back conditional on
   that exact lease (:meth:`~orchard.storages.base.BaseStorage.release_lost`), as
