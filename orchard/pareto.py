@@ -17,7 +17,7 @@ from orchard.constraints import feasibility
 from orchard.objectives import hypervolume, minimized, non_dominated_sort, reference_point
 from orchard.trial import Trial, TrialStatus
 
-__all__ = ["front_hypervolume", "pareto_front", "scored"]
+__all__ = ["best_of", "front_hypervolume", "pareto_front", "scored"]
 
 
 def scored(
@@ -47,6 +47,20 @@ def pareto_front(
         return []
     first = non_dominated_sort([vector for _, vector, _ in rows])[0]
     return [rows[i][0] for i in first]
+
+
+def best_of(
+    trials: Iterable[Trial], objectives: Mapping[str, str] | None, constraints: Sequence[str] | None = None,
+) -> Trial | None:
+    """The best feasible completed trial of a one-objective experiment (the oldest of ties), else ``None``.
+
+    ``None`` too with several objectives (there is no single best: see :func:`pareto_front`).
+    Pruned, broken and infeasible trials are never best, whatever value they hold.
+    """
+    if objectives is not None and len(objectives) > 1:
+        return None
+    feasible = [(trial, vector) for trial, vector, violation in scored(trials, objectives, constraints) if violation <= 0]
+    return min(feasible, key=lambda row: row[1], default=(None, ()))[0]
 
 
 def front_hypervolume(

@@ -124,6 +124,34 @@ def test_ask_and_tell_prunes_on_the_verdict() -> None:
     assert exp.observe(mine, orchard.TrialPruned()).status is TrialStatus.PRUNED
 
 
+@pytest.mark.parametrize("setting", ["pruned", "infeasible"])
+def test_a_pruned_or_infeasible_trial_is_never_shown_as_best(setting: str, tmp_path: Path,
+                                                             capsys: pytest.CaptureFixture[str]) -> None:
+    """stats, workon's return and ``orchard status`` gave the lowest objective of any trial: a pruned
+    one's last report, or one that broke a constraint, beside the id of the real best trial."""
+    from orchard.cli import main
+
+    storage = str(tmp_path / "db.pkl")
+    options: dict[str, Any] = ({"pruner": {"threshold": {"lower": 0.0}}} if setting == "pruned"
+                               else {"constraints": ["memory <= 1"]})
+    exp = orchard.build_experiment("p-best", space=SPACE, max_trials=3, storage=storage, **options)
+    for value in (2.0, 1.0):
+        exp.observe(exp.suggest(), {"objective": value, "memory": 0.5})
+    odd = exp.suggest()
+    if setting == "pruned":
+        exp.report(odd, -5.0, 1)
+        assert exp.observe(odd, orchard.TrialPruned()).status is TrialStatus.PRUNED
+    else:
+        exp.observe(odd, {"objective": -5.0, "memory": 9.0})
+    best = exp.best_trial
+    assert best is not None and best.objective == 1.0
+    assert (exp.stats["best_objective"], exp.stats["best_params"]) == (1.0, best.params)
+    capsys.readouterr()
+    assert main(["status", "-n", "p-best", "--storage", storage]) == 0
+    line = next(line for line in capsys.readouterr().out.splitlines() if "best:" in line)
+    assert line.split()[1] == "1" and best.id[:12] in line
+
+
 def test_report_outside_a_trial_says_how_to_use_it(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("ORCHARD_REPORT_PATH", raising=False)
     with pytest.raises(RuntimeError, match="needs a running trial"):
