@@ -175,6 +175,7 @@ def test_a_source_that_does_not_fit_is_refused_naming_the_dims(store: str, space
     (["runs/x.pkl"], ConfigurationError, "no experiment"),
     ([{"experiment": "old", "fill": 3}], ConfigurationError, "fill"),
     ([{"experiment": "old", "fill": {"x": 1.0}}], ConfigurationError, "'x' is in both spaces"),
+    ([{"experiment": "old", "fill": {"q": 1.0}}], ConfigurationError, "fill names 'q', which is not in this space"),
 ])
 def test_bad_sources_are_refused(store: str, sources: list[object], error: type[Exception], culprit: str) -> None:
     finished(store)
@@ -220,6 +221,22 @@ def test_a_deleted_source_never_stops_the_experiment_it_warm_started(
     new.workon(branin, progress=False)
     assert len(new.fetch_trials([TrialStatus.COMPLETED])) == 2
     assert "warm start source 'old' no longer exists" in caplog.text
+
+
+def test_a_source_recreated_with_another_space_never_stops_the_experiment_it_warm_started(
+    store: str, caplog: pytest.LogCaptureFixture, capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Its sources cannot be changed: workon, hunt and info failed for good with 'Fix the space or the source'."""
+    old = finished(store)
+    new = orchard.build_experiment("new", space=BRANIN_SPACE, max_trials=2, storage=store, warm_start=["old"])
+    old.storage.delete_experiment(old.id)
+    again = orchard.build_experiment("old", space={"z": "uniform(0, 1)"}, max_trials=2, storage=store)  # another space
+    again.workon(lambda z: z, progress=False)
+    new.workon(branin, progress=False)
+    assert len(new.fetch_trials([TrialStatus.COMPLETED])) == 2
+    assert "warm start source 'old' no longer fits this space ('x' is new in this space" in caplog.text
+    assert main(["info", "-n", "new", "--storage", store]) == 0
+    assert "old (0 of 2 completed trials)" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize("damage", ["overwritten", "a directory"])
