@@ -456,15 +456,17 @@ class Experiment:
         Args:
             reference: one value per objective, in the objectives' directions; ``None``: the
                 worst feasible value of each plus 10 % of its range.
+
+        Raises:
+            ConfigurationError: ``reference`` is not one finite number per objective.
         """
         trials = self.fetch_trials([TrialStatus.COMPLETED])
         return front_hypervolume(trials, self.settings.objectives, self.settings.constraints, reference)
 
     @property
     def stats(self) -> dict[str, Any]:
-        """Counts by status, best objective and params (:attr:`best_trial`'s; ``None`` with several objectives),
-        elapsed seconds, trials/s, stopping rules (``stop``), and ``inserted_apart``: completed trials recorded
-        apart from the budget (counted in ``completed``)."""
+        """Counts by status, :attr:`best_trial`'s objective and params, elapsed seconds, trials/s, stopping
+        rules (``stop``), ``inserted_apart``: completed trials recorded apart from the budget (in ``completed``)."""
         return self._stats_of(self.fetch_trials())
 
     def _stats_of(self, trials: list[Trial]) -> dict[str, Any]:

@@ -12,10 +12,13 @@ feasibility comes from the experiment's ``constraints`` and any reported
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
 
 from orchard.constraints import feasibility
+from orchard.errors import ConfigurationError
 from orchard.objectives import hypervolume, minimized, non_dominated_sort, reference_point
-from orchard.trial import Trial, TrialStatus
+from orchard.report import shown
+from orchard.trial import Trial, TrialStatus, finite_float
 
 __all__ = ["best_of", "front_hypervolume", "pareto_front", "scored"]
 
@@ -81,13 +84,27 @@ def front_hypervolume(
     Returns:
         ``(hypervolume, reference point in minimisation form)``; ``(0.0, ())`` without
         a feasible completed trial and no reference.
+
+    Raises:
+        ConfigurationError: ``reference`` is not one finite number per objective.
     """
     objectives = objectives or {"objective": "min"}
     rows = [row for row in scored(trials, objectives, constraints) if row[2] <= 0]
     if reference is not None:
-        point = minimized(dict(zip(objectives, reference, strict=True)), objectives)
+        point = minimized(_reference(reference, objectives), objectives)
     elif rows:
         point = reference_point([vector for _, vector, _ in rows])
     else:
         return 0.0, ()
     return hypervolume([vector for _, vector, _ in rows], point), point
+
+
+def _reference(reference: Any, objectives: Mapping[str, str]) -> dict[str, float]:
+    """``reference`` by objective name, each a finite float."""
+    values = list(reference) if isinstance(reference, Sequence) and not isinstance(reference, str) else None
+    numbers = [finite_float(value) for value in values or ()]
+    if values is None or len(values) != len(objectives) or None in numbers:
+        raise ConfigurationError(
+            f"a hypervolume reference gives one finite number per objective ({', '.join(objectives)}), "
+            f"in their own directions; got {shown(reference)}")
+    return dict(zip(objectives, numbers, strict=True))  # type: ignore[arg-type]

@@ -82,6 +82,17 @@ def test_front_is_non_dominated_and_feasible(store) -> None:
         _ = exp.best_trial
 
 
+@pytest.mark.parametrize("reference", [(2.0,), (2.0, 11.0, 3.0), (math.nan, 11.0), ("2", 11.0), 2.0, "ab"])
+def test_a_hypervolume_reference_that_is_not_one_number_per_objective_is_one_clear_line(
+    store, reference: object,
+) -> None:
+    """It gave zip()'s 'argument 2 is shorter than argument 1', or 0.0 for a NaN."""
+    exp = build(store, objectives=GOALS, max_trials=3, seed=2)
+    exp.workon(zdt1, executor="single", progress=False)
+    with pytest.raises(ConfigurationError, match=r"one finite number per objective \(f1, f2\)"):
+        exp.hypervolume(reference=reference)  # type: ignore[arg-type]
+
+
 def test_constraint_on_single_objective_keeps_infeasible_trials_but_never_returns_them(store) -> None:
     exp = build(store, constraints=["x >= 0.5"], max_trials=10, seed=4)
     exp.workon(lambda x, y: {"objective": x, "x": x}, executor="single", progress=False)
