@@ -141,3 +141,31 @@ def test_a_third_party_algorithm_is_used_by_name_from_hunt(
     assert unknown.returncode != 0
     assert "center_first" in unknown.stderr  # the valid names include the installed plugin
     algorithms._entry_points.cache_clear()
+
+
+@pytest.mark.parametrize(("target", "words"), [
+    ("test_algorithm_contract_plugins:failing_factory", "RuntimeError: no licence server"),
+    ("test_algorithm_contract_plugins:exits", "SystemExit: usage: plugin.py"),
+])
+def test_a_plugin_that_fails_to_load_is_one_clear_line(
+    target: str, words: str, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A factory entry point that raised surfaced its own exception; one that exits on import ended the process."""
+    import types
+    from importlib import metadata
+
+    import orchard
+    from orchard import algorithms
+
+    def failing_factory() -> type:
+        raise RuntimeError("no licence server")
+
+    module = types.ModuleType("test_algorithm_contract_plugins")
+    module.failing_factory = failing_factory  # type: ignore[attr-defined]
+    module.exits = lambda: sys.exit("usage: plugin.py [-h]")  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, module.__name__, module)
+    point = metadata.EntryPoint("broken_search", target, algorithms.ENTRY_POINT_GROUP)
+    monkeypatch.setattr(algorithms, "_entry_points", lambda: {"broken_search": point})
+    with pytest.raises(ConfigurationError, match=f"algorithm 'broken_search' .* cannot be loaded: {words}"):
+        orchard.build_experiment("plugged", space={"x": "uniform(0, 1)"}, algorithm="broken_search",
+                                 storage="memory://")

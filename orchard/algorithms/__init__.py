@@ -135,10 +135,11 @@ def _load_plugin(entry_point: metadata.EntryPoint) -> type[BaseAlgorithm]:
     where = f"algorithm {entry_point.name!r} (entry point {entry_point.value!r} of group {ENTRY_POINT_GROUP!r})"
     try:
         loaded = entry_point.load()
-    except Exception as exc:  # any import failure of a third-party package
-        raise ConfigurationError(f"{where} cannot be imported: {exc}; reinstall the package providing it") from exc
-    if not (isinstance(loaded, type) and issubclass(loaded, BaseAlgorithm)) and callable(loaded):
-        loaded = loaded()
+        if not (isinstance(loaded, type) and issubclass(loaded, BaseAlgorithm)) and callable(loaded):
+            loaded = loaded()  # a factory returning the class
+    except (Exception, SystemExit) as exc:  # any failure of a third-party package (one may parse argv on import)
+        raise ConfigurationError(f"{where} cannot be loaded: {type(exc).__name__}: {exc}; fix or "
+                                 "reinstall the package providing it") from exc
     if not (isinstance(loaded, type) and issubclass(loaded, BaseAlgorithm)):
         raise ConfigurationError(f"{where} is not a BaseAlgorithm subclass: got {loaded!r}")
     return loaded
