@@ -24,7 +24,7 @@ import os
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
-from typing import Any
+from typing import Any, BinaryIO
 
 from orchard.errors import InvalidReportError, OrchardError
 from orchard.objectives import minimized
@@ -184,7 +184,7 @@ class ReportFollower:
         self.judge, self.trial_id = judge, trial_id
         self.report_path, self.verdict_path = report_path, verdict_path
         self._stop_child, self.grace = stop, grace
-        self._offset = 0
+        self._file: BinaryIO | None = None  # the report file being read, held open (see _drain)
         self._partial = b""
         self._done = threading.Event()
         self._pruned_event = threading.Event()
@@ -208,6 +208,8 @@ class ReportFollower:
 
     def __enter__(self) -> ReportFollower:
         """Start following (the files were :meth:`prepare`-d before the child started)."""
+        with contextlib.suppress(OSError):  # opened now, so a child deleting it at once loses no line
+            self._file = open(self.report_path, "rb")  # held across reads, closed in __exit__
         self._thread.start()
         return self
 
@@ -215,6 +217,8 @@ class ReportFollower:
         self._done.set()
         self._thread.join()
         self._drain()  # lines written just before the child ended
+        if self._file is not None:
+            self._file.close()
 
     def _follow(self) -> None:
         pruned_at: float | None = None
@@ -228,13 +232,30 @@ class ReportFollower:
                 return
 
     def _drain(self) -> None:
+        """Take the lines appended to the report file since the last read.
+
+        The file is held open, so a script that deletes or replaces it (cleaning its folder
+        mid-training) loses no line: the old file is read to its end, then the new one from its
+        start. A file truncated in place is read again from its start.
+        """
         try:
-            with open(self.report_path, "rb") as handle:
-                handle.seek(self._offset)
-                chunk = handle.read()
-        except OSError:
+            if self._file is not None:
+                if os.fstat(self._file.fileno()).st_size < self._file.tell():  # truncated in place
+                    self._file.seek(0)
+                self._feed(self._file.read())
+                if os.path.samestat(os.stat(self.report_path), os.fstat(self._file.fileno())):
+                    return
+                log.warning("trial %s: %s was deleted or replaced while the trial ran; reading the new one",
+                            self.trial_id, self.report_path)
+                self._file.close()
+                self._file = None
+                self._feed(b"\n")  # the old file's last line ends with it
+            self._file = open(self.report_path, "rb")  # noqa: SIM115 -- held across reads, closed in __exit__
+            self._feed(self._file.read())
+        except OSError:  # not there (deleted and not yet written again): the next read looks again
             return
-        self._offset += len(chunk)
+
+    def _feed(self, chunk: bytes) -> None:
         data = self._partial + chunk
         *lines, self._partial = data.split(b"\n")
         for line in lines:
@@ -255,7 +276,11 @@ class ReportFollower:
         except OrchardError as err:  # refused (bad step, lost reservation): said to the child, nothing stored
             log.warning("trial %s: report at step %s refused: %s", self.trial_id, step, err)
             answer["refused"] = str(err)
-        _write_verdict(self.verdict_path, answer)
+        try:
+            _write_verdict(self.verdict_path, answer)
+        except OSError as err:  # the child's folder removed under it: the verdict still stands (and stops it)
+            log.warning("trial %s: cannot write the verdict on step %s to %s: %s", self.trial_id, step,
+                        self.verdict_path, err)
         if answer["prune"]:
             self._pruned_event.set()
 

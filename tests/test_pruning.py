@@ -206,6 +206,41 @@ def test_a_garbage_line_in_the_report_file_is_skipped_with_a_warning(
     assert json.loads(Path(verdict).read_text()) == {"step": 4, "prune": False}
 
 
+@pytest.mark.parametrize("cleanup", ["deleted", "replaced", "truncated"])
+def test_a_report_file_the_script_deletes_or_replaces_loses_no_report(
+        cleanup: str, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """A script cleaning its folder mid-training lost the next reports and waited 30 s for each verdict."""
+    from orchard.verdicts import ReportFollower
+
+    exp = orchard.build_experiment("p-cleanup", space=SPACE, max_trials=1, storage="memory://")
+    trial = exp.suggest()
+    reports, verdict = tmp_path / "r.jsonl", tmp_path / "v.json"
+    ReportFollower.prepare(str(reports), str(verdict))
+    with caplog.at_level(logging.WARNING), ReportFollower(exp._client_worker().judge, trial.id, str(reports),
+                                                          str(verdict), stop=lambda: None, grace=1.0):
+        with open(reports, "a") as handle:
+            handle.write('{"step": 1, "objective": 0.5}\n{"step": 2, "objective": 0.4}\n')
+        while cleanup == "truncated" and _verdict_step(verdict) != 2:  # truncation destroys what is unread
+            time.sleep(0.005)
+        if cleanup == "deleted":
+            reports.unlink()
+        elif cleanup == "replaced":
+            (tmp_path / "other").write_text("")
+            os.replace(tmp_path / "other", reports)
+        with open(reports, "w" if cleanup == "truncated" else "a") as handle:
+            handle.write('{"step": 3, "objective": 0.3}\n')
+    stored = exp.storage.get_trial(trial.id)
+    assert stored is not None and stored.reports == [(1, 0.5), (2, 0.4), (3, 0.3)]
+    assert json.loads(verdict.read_text()) == {"step": 3, "prune": False}
+
+
+def _verdict_step(verdict: Path) -> int | None:
+    try:
+        return int(json.loads(verdict.read_text())["step"])
+    except (OSError, ValueError, KeyError):  # not written yet (it is replaced whole)
+        return None
+
+
 SCRIPT = """
 import sys, time
 import orchard
