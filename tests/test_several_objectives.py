@@ -111,9 +111,25 @@ def test_a_missing_or_non_finite_objective_breaks_the_trial_naming_it(store, fn,
     assert trial.status is TrialStatus.BROKEN and words in trial.error["message"]
 
 
+@pytest.mark.parametrize(("objectives", "fn"), [
+    ({"objective": "max"}, lambda x, y: x),
+    ({"objective": "max"}, lambda x, y: {"objective": x}),
+    ({"objective": "max", "f2": "min"}, lambda x, y: {"objective": x, "f2": y}),
+])
+def test_an_objective_named_objective_is_read_from_the_result(store, objectives, fn) -> None:
+    """Every trial broke with "objective 'objective' is missing; ... e.g. return {'objective': ...}"."""
+    exp = build(store, objectives=objectives, max_trials=3)
+    exp.workon(fn, executor="single", progress=False)
+    trials = exp.fetch_trials()
+    assert [t.status for t in trials] == [TrialStatus.COMPLETED] * 3
+    assert all(t.objective == -t.params["x"] and t.results["objective"] == t.params["x"] for t in trials)
+    assert max(t.params["x"] for t in trials) in [t.results["objective"] for t in exp.pareto_front()]
+
+
 @pytest.mark.parametrize(("options", "words"), [
     ({"objectives": {"f1": "minimise"}}, "'min' or 'max'"),
     ({"objectives": {}}, "empty"),
+    ({"objectives": {"f1": "min", "f1 ": "max"}}, "'f1' is named twice"),  # one was silently dropped
     ({"constraints": ["memory_gb < 16"]}, "'memory_gb < 16'"),
     ({"constraints": ["__import__('os') <= 1"]}, "not understood"),
 ])
