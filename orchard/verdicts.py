@@ -120,7 +120,10 @@ class Judge:
 
 def stored_value(trial_id: str, value: Reported, objectives: Mapping[str, str] | None,
                  ranked: bool = True) -> ReportValue:
-    """What a report stores: a number, or with several objectives their vector in minimisation form.
+    """What a report stores: a number, or with several objectives their vector, in minimisation form.
+
+    With one declared objective (``objectives={"accuracy": "max"}``) a bare number is its value,
+    in its direction, like ``{"accuracy": value}``.
 
     Args:
         trial_id: the reporting trial (for messages).
@@ -136,6 +139,8 @@ def stored_value(trial_id: str, value: Reported, objectives: Mapping[str, str] |
     if not isinstance(value, Mapping):
         if objectives is not None and len(objectives) > 1 and ranked:
             raise InvalidReportError.objectives_expected(trial_id, "a single number", objectives)
+        if objectives is not None and len(objectives) == 1:  # the one declared objective, in its direction
+            return minimized({name: value for name in objectives}, objectives)[0]
         return value
     if objectives is None:
         raise InvalidReportError.one_objective(trial_id)

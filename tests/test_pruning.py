@@ -152,6 +152,21 @@ def test_a_pruned_or_infeasible_trial_is_never_shown_as_best(setting: str, tmp_p
     assert line.split()[1] == "1" and best.id[:12] in line
 
 
+def test_a_number_reported_for_one_max_objective_is_judged_in_its_direction() -> None:
+    """objectives={"accuracy": "max"} with orchard.report(accuracy, step): the better trials were pruned."""
+    exp = orchard.build_experiment("p-max", space=SPACE, max_trials=4, storage="memory://",
+                                   objectives={"accuracy": "max"}, pruner={"median": {"min_trials": 1}})
+    first = exp.suggest()
+    exp.report(first, 0.5, 1)
+    exp.observe(first, {"accuracy": 0.5})
+    better, worse, named = exp.suggest(), exp.suggest(), exp.suggest()
+    exp.report(better, 0.95, 1)
+    exp.report(worse, 0.1, 1)
+    exp.report(named, {"accuracy": 0.95}, 1)
+    assert (exp.should_prune(better), exp.should_prune(worse), exp.should_prune(named)) == (False, True, False)
+    assert [exp.storage.get_trial(t.id).reports for t in (better, named)] == [[(1, -0.95)]] * 2  # type: ignore[union-attr]
+
+
 def test_report_outside_a_trial_says_how_to_use_it(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("ORCHARD_REPORT_PATH", raising=False)
     with pytest.raises(RuntimeError, match="needs a running trial"):
