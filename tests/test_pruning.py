@@ -167,6 +167,19 @@ def test_a_number_reported_for_one_max_objective_is_judged_in_its_direction() ->
     assert [exp.storage.get_trial(t.id).reports for t in (better, named)] == [[(1, -0.95)]] * 2  # type: ignore[union-attr]
 
 
+def test_hunt_says_how_many_trials_were_pruned(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                               capsys: pytest.CaptureFixture[str]) -> None:
+    """Its last line said '0 completed, 0 broken' for a budget spent on pruned trials."""
+    from orchard.cli import main
+
+    script = tmp_path / "train.py"
+    script.write_text("import sys, orchard\norchard.report(5.0, step=1)\nsys.exit(0 if orchard.should_prune() else 1)\n")
+    monkeypatch.chdir(tmp_path)
+    assert main(["hunt", "-n", "p-said", "--storage", "db.pkl", "--max-trials", "2", "--pruner",
+                 "{threshold: {upper: 1.0}}", sys.executable, str(script), "--x~uniform(0, 1)"]) == 0
+    assert "experiment 'p-said': 0 completed, 2 pruned, 0 broken" in capsys.readouterr().out
+
+
 def test_report_outside_a_trial_says_how_to_use_it(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("ORCHARD_REPORT_PATH", raising=False)
     with pytest.raises(RuntimeError, match="needs a running trial"):
