@@ -146,6 +146,8 @@ def test_joining_with_other_objectives_lists_the_difference(store) -> None:
         build(store, objectives={"f1": "min", "f2": "max"})
     with pytest.raises(ExperimentConflictError, match="constraints"):
         build(store, objectives=GOALS, constraints=["f1 <= 1"])
+    with pytest.raises(ExperimentConflictError, match="stored in the order f1, f2 != given f2, f1"):
+        build(store, objectives={"f2": "min", "f1": "min"})  # was joined, f1 staying each trial's objective
     assert build(store).settings.objectives == GOALS  # joining without them keeps them
 
 
