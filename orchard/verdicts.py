@@ -33,12 +33,15 @@ from orchard.report import Reported, check_report
 from orchard.storages.base import BaseStorage
 from orchard.trial import MAX_REPORTS_PER_TRIAL, ReportValue, Trial, TrialStatus
 
-__all__ = ["Judge", "ReportFollower", "current_judge", "judging", "stored_value"]
+__all__ = ["MAX_REPORT_LINE", "Judge", "ReportFollower", "current_judge", "judging", "stored_value"]
 
 log = logging.getLogger(__name__)
 
 #: Seconds between two reads of a report file.
 FOLLOW_INTERVAL = 0.01
+#: The longest report line taken, in bytes (one with 1,000 objectives is ~30 KB); a longer one is skipped
+#: unread, so a child writing gigabytes without a newline cannot exhaust its worker's memory.
+MAX_REPORT_LINE = 1 << 20
 
 
 class Judge:
@@ -191,6 +194,7 @@ class ReportFollower:
         self._stop_child, self.grace = stop, grace
         self._file: BinaryIO | None = None  # the report file being read, held open (see _drain)
         self._partial = b""
+        self._overlong = False  # skipping the rest of a line longer than MAX_REPORT_LINE
         self._done = threading.Event()
         self._pruned_event = threading.Event()
         self.skipped = 0
@@ -247,7 +251,7 @@ class ReportFollower:
             if self._file is not None:
                 if os.fstat(self._file.fileno()).st_size < self._file.tell():  # truncated in place
                     self._file.seek(0)
-                self._feed(self._file.read())
+                self._feed_file(self._file)
                 if os.path.samestat(os.stat(self.report_path), os.fstat(self._file.fileno())):
                     return
                 log.warning("trial %s: %s was deleted or replaced while the trial ran; reading the new one",
@@ -256,16 +260,33 @@ class ReportFollower:
                 self._file = None
                 self._feed(b"\n")  # the old file's last line ends with it
             self._file = open(self.report_path, "rb")  # noqa: SIM115 -- held across reads, closed in __exit__
-            self._feed(self._file.read())
+            self._feed_file(self._file)
         except OSError:  # not there (deleted and not yet written again): the next read looks again
             return
+
+    def _feed_file(self, handle: BinaryIO) -> None:
+        while chunk := handle.read(MAX_REPORT_LINE):
+            self._feed(chunk)
 
     def _feed(self, chunk: bytes) -> None:
         data = self._partial + chunk
         *lines, self._partial = data.split(b"\n")
         for line in lines:
-            if line.strip():
+            if self._overlong:  # the end of a line skipped already
+                self._overlong = False
+            elif len(line) > MAX_REPORT_LINE:
+                self._skip_overlong()
+            elif line.strip():
                 self._take(line)
+        if len(self._partial) > MAX_REPORT_LINE:
+            if not self._overlong:
+                self._skip_overlong()
+            self._overlong, self._partial = True, b""
+
+    def _skip_overlong(self) -> None:
+        self.skipped += 1
+        log.warning("trial %s: skipped a line of %s longer than %d bytes (a report line is one small JSON object)",
+                    self.trial_id, self.report_path, MAX_REPORT_LINE)
 
     def _take(self, line: bytes) -> None:
         parsed = _parse(line)

@@ -262,6 +262,39 @@ def test_a_report_file_the_script_deletes_or_replaces_loses_no_report(
     assert json.loads(verdict.read_text()) == {"step": 3, "prune": False}
 
 
+def test_an_overlong_report_line_is_skipped_unread(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """A child writing 400 MB without a newline took its worker to 900 MB (10 GB would kill it)."""
+    import tracemalloc
+
+    from orchard.verdicts import ReportFollower
+
+    limit = 1 << 20  # orchard.verdicts.MAX_REPORT_LINE
+    exp = orchard.build_experiment("p-long", space=SPACE, max_trials=1, storage="memory://")
+    trial = exp.suggest()
+    reports, verdict = tmp_path / "r.jsonl", tmp_path / "v.json"
+    ReportFollower.prepare(str(reports), str(verdict))
+    follower = ReportFollower(exp._client_worker().judge, trial.id, str(reports), str(verdict),
+                              stop=lambda: None, grace=1.0)
+    piece, rest = b"1," * limit, b'1]\n{"step": 1, "objective": 0.5}\n' + b"x" * (limit + 1)
+    tracemalloc.start()  # after making the pieces written: what is measured is the follower's
+    try:
+        with caplog.at_level(logging.WARNING), follower, open(reports, "ab") as handle:
+            for _ in range(3):
+                handle.write(piece)  # one line of 6 MB, written in pieces
+                handle.flush()
+            handle.write(rest)
+            handle.write(b'\n{"step": 2, "objective": 0.4}\n')
+            handle.flush()
+            peak_before_exit = tracemalloc.get_traced_memory()[1]
+        peak = max(peak_before_exit, tracemalloc.get_traced_memory()[1])
+    finally:
+        tracemalloc.stop()
+    stored = exp.storage.get_trial(trial.id)
+    assert stored is not None and stored.reports == [(1, 0.5), (2, 0.4)]
+    assert follower.skipped == 2 and sum("longer than" in r.message for r in caplog.records) == 2
+    assert peak < 8 * limit  # a line is never held whole (4.2 MB here; 21 MB when it was read whole)
+
+
 def _verdict_step(verdict: Path) -> int | None:
     try:
         return int(json.loads(verdict.read_text())["step"])
