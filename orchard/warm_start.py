@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 import threading
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -117,7 +118,21 @@ def _parse_source(item: Any) -> Source:
         fill = {}
     else:
         raise ConfigurationError(f"warm_start source {item!r} is not an experiment name or mapping; e.g. {_EXAMPLE}")
-    return Source(check_experiment_name(name), storage, fill)
+    return Source(check_experiment_name(name), _absolute(storage) if storage else None, fill)
+
+
+def _absolute(storage: str) -> str:
+    """A pickle file's path made absolute, so every worker reads the same file whatever its directory.
+
+    A relative path was resolved in each worker's own directory: workers started elsewhere found
+    no source (and made its folder there).
+    """
+    scheme, sep, rest = storage.partition("://")
+    if sep and scheme.lower() != "pickle":
+        return storage
+    path, mark, query = (rest if sep else storage).partition("?")
+    absolute = os.path.abspath(os.path.expanduser(path)) + mark + query
+    return f"{scheme}://{absolute}" if sep else absolute
 
 
 def _split(text: str) -> tuple[str | None, str]:

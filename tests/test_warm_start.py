@@ -202,6 +202,26 @@ def test_mapping_fills_added_dims_and_drops_trials_outside_a_narrowed_range(
     assert f"other.pkl:old ({inside} of 12 completed trials; {12 - inside} outside x)" in line
 
 
+def test_a_relative_source_path_means_the_same_file_to_workers_started_elsewhere(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Each worker resolved 'runs/old.pkl' in its own directory: elsewhere it warned 'no longer exists',
+    went on without the source, and made an empty 'runs' folder there."""
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    monkeypatch.chdir(tmp_path / "a")
+    finished("runs/old.pkl")
+    store = str(tmp_path / "db.pkl")
+    orchard.build_experiment("new", space=BRANIN_SPACE, storage=store, warm_start=["runs/old.pkl:old"])
+    assert orchard.build_experiment("new", storage=store, warm_start=["runs/old.pkl:old"])  # the same sources
+    monkeypatch.chdir(tmp_path / "b")
+    new = orchard.build_experiment("new", storage=store)
+    worker = Worker(new.storage, new.id, WorkerSettings.for_experiment(new.settings),
+                    evaluate=lambda trial: None)  # type: ignore[arg-type, return-value]
+    assert len(worker.history.observations) == 12 and "no longer exists" not in caplog.text
+    assert list((tmp_path / "b").iterdir()) == []
+
+
 def test_joining_agrees_on_the_sources(store: str) -> None:
     finished(store)
     finished(store, "older")
