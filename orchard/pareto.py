@@ -65,7 +65,8 @@ def best_of(
     if objectives is None and not constraints:  # the common case: 23 ms instead of 0.3 s at 100,000 trials
         done = (t for t in trials if t.status is TrialStatus.COMPLETED and t.objective is not None)
         return min(done, key=lambda t: t.objective, default=None)  # type: ignore[arg-type, return-value]
-    feasible = [(trial, vector) for trial, vector, violation in scored(trials, objectives, constraints) if violation <= 0]
+    rows = scored(trials, objectives, constraints)
+    feasible = [(trial, vector) for trial, vector, violation in rows if violation <= 0]
     return min(feasible, key=lambda row: row[1], default=(None, ()))[0]
 
 
