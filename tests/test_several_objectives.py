@@ -205,6 +205,19 @@ def test_hunt_declares_objectives_and_constraints(tmp_path, monkeypatch, capsys)
     assert "objectives: stored" in capsys.readouterr().err
 
 
+def test_status_and_info_show_one_max_objective_as_declared(store, capsys) -> None:
+    """They printed 'best: -0.9' for objectives={'accuracy': 'max'} (the stored, minimised form)."""
+    from orchard.cli import main
+
+    exp = build(store, objectives={"accuracy": "max"}, max_trials=3, seed=5)
+    exp.workon(lambda x, y: {"accuracy": x}, executor="single", progress=False)
+    best = max(t.results["accuracy"] for t in exp.fetch_trials())
+    for command in ("status", "info"):
+        assert main([command, "-n", "exp", "--storage", store]) == 0
+        line = next(line for line in capsys.readouterr().out.splitlines() if "best:" in line)
+        assert line.split()[1] == f"accuracy={best:.6g}"
+
+
 def test_status_and_info_show_the_front_instead_of_a_best_trial(store, capsys) -> None:
     from orchard.cli import main
 
