@@ -6,7 +6,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import pytest
 
@@ -168,4 +168,26 @@ def test_a_plugin_that_fails_to_load_is_one_clear_line(
     monkeypatch.setattr(algorithms, "_entry_points", lambda: {"broken_search": point})
     with pytest.raises(ConfigurationError, match=f"algorithm 'broken_search' .* cannot be loaded: {words}"):
         orchard.build_experiment("plugged", space={"x": "uniform(0, 1)"}, algorithm="broken_search",
+                                 storage="memory://")
+
+
+def test_a_plugin_whose_option_check_fails_is_one_clear_line(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A plugin's own _check_values raising ValueError surfaced as is (a traceback under the CLI)."""
+    import orchard
+    from orchard import algorithms
+    from orchard.algorithms import RandomSearch
+
+    class Picky(RandomSearch):  # type: ignore[misc, valid-type]
+        name = "picky"
+        OPTIONS: ClassVar[dict[str, Any]] = {"depth": 3}
+
+        @classmethod
+        def _check_values(cls, options: dict[str, Any]) -> None:
+            if int(options["depth"]) < 0:  # int("deep") raises ValueError
+                raise ConfigurationError("depth must be >= 0")
+
+    monkeypatch.setattr(algorithms, "algorithm_class", lambda name: Picky)
+    with pytest.raises(ConfigurationError, match=r"algorithm 'picky' \(.*Picky\) could not check its options "
+                                                 r"\{'depth': 'deep'\}: ValueError: invalid literal"):
+        orchard.build_experiment("plugged", space={"x": "uniform(0, 1)"}, algorithm={"picky": {"depth": "deep"}},
                                  storage="memory://")

@@ -204,10 +204,21 @@ def normalize_algorithm_config(config: AlgorithmConfig, space: Space | None = No
             or an algorithm that does not fit ``space``.
     """
     name, options = _split(config)
-    normalized = {name: algorithm_class(name).check_options(options)}
+    normalized = {name: _checked_options(algorithm_class(name), name, options)}
     if space is not None:
         make_algorithm(normalized, space)
     return normalized
+
+
+def _checked_options(cls: type[BaseAlgorithm], name: str, options: Mapping[str, Any]) -> dict[str, Any]:
+    """``cls.check_options(options)``, a plugin's own failure there named as a ConfigurationError."""
+    try:
+        return cls.check_options(options)
+    except OrchardError:
+        raise
+    except Exception as err:  # a plugin's check: name it rather than surface a bare traceback
+        raise ConfigurationError(f"algorithm {name!r} ({cls.__module__}.{cls.__qualname__}) could not check its "
+                                 f"options {dict(options)!r}: {type(err).__name__}: {err}") from err
 
 
 def make_algorithm(config: AlgorithmConfig, space: Space, seed: int | None = None) -> BaseAlgorithm:
@@ -224,7 +235,7 @@ def make_algorithm(config: AlgorithmConfig, space: Space, seed: int | None = Non
     """
     name, options = _split(config)
     cls = algorithm_class(name)
-    options = cls.check_options(options)
+    options = _checked_options(cls, name, options)
     try:
         return cls(space, seed, **options)
     except OrchardError:
