@@ -205,6 +205,22 @@ def test_hunt_declares_objectives_and_constraints(tmp_path, monkeypatch, capsys)
     assert "objectives: stored" in capsys.readouterr().err
 
 
+def test_an_objective_given_twice_on_the_command_line_is_refused(tmp_path, monkeypatch, capsys) -> None:
+    """--objective err:min --objective err:max kept the last one silently (and ORCHARD_OBJECTIVES='a:min,a:max')."""
+    import sys
+
+    from orchard.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    (tmp_path / "train.py").write_text(SCRIPT)
+    options = ["--objective", "err:min", "--objective", "err:max"]
+    assert main(["hunt", "-n", "e", "--storage", "orchard.pkl", "--max-trials", "1", *options,
+                 sys.executable, "train.py", "--x~uniform(0, 1)"]) != 0
+    assert "each objective once (err given twice)" in capsys.readouterr().err
+    assert not (tmp_path / "orchard.pkl").exists() or not orchard.get_storage("orchard.pkl").get_experiment("e")
+
+
 def test_status_and_info_show_one_max_objective_as_declared(store, capsys) -> None:
     """They printed 'best: -0.9' for objectives={'accuracy': 'max'} (the stored, minimised form)."""
     from orchard.cli import main
