@@ -136,7 +136,8 @@ def experiment_status(experiment: Experiment, watch: HeartbeatWatch | None = Non
         "name": experiment.name, "storage": experiment.storage.redacted_uri, "counts": stats["counts"],
         "max_trials": experiment.max_trials, "best_trial": best.id if best else None,
         "best_objective": stats["best_objective"] if front is None else None, "best_params": stats["best_params"],
-        "objectives": experiment.settings.objectives, "pareto_front": front, "elapsed": stats["elapsed"], "trials_per_second": stats["trials_per_second"], "workers": workers,
+        "objectives": experiment.settings.objectives, "pareto_front": front, "elapsed": stats["elapsed"],
+        "trials_per_second": stats["trials_per_second"], "workers": workers,
         "rungs": _rungs(experiment), "stop": stats["stop"], "inserted_apart": stats["inserted_apart"],
     }
 
