@@ -180,6 +180,22 @@ def test_hunt_says_how_many_trials_were_pruned(tmp_path: Path, monkeypatch: pyte
     assert "experiment 'p-said': 0 completed, 2 pruned, 0 broken" in capsys.readouterr().out
 
 
+def test_a_verdict_on_a_released_attempt_does_not_prune_the_next_one() -> None:
+    """Suggested again after a release, the trial was 'pruned' before any report of the new attempt, and
+    recorded pruned on a verdict citing a report it no longer held (its result 0.5 thrown away)."""
+    exp = orchard.build_experiment("p-again", space=SPACE, max_trials=1, storage="memory://",
+                                   pruner={"threshold": {"upper": 1.0}})
+    trial = exp.suggest()
+    exp.report(trial, 5.0, 1)
+    assert exp.should_prune(trial)
+    exp.release(trial)
+    again = exp.suggest()
+    assert again.id == trial.id and not exp.should_prune(again)
+    exp.report(again, 0.5, 1)
+    assert not exp.should_prune(again)
+    assert exp.observe(again, 0.5).status is TrialStatus.COMPLETED
+
+
 def test_report_outside_a_trial_says_how_to_use_it(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("ORCHARD_REPORT_PATH", raising=False)
     with pytest.raises(RuntimeError, match="needs a running trial"):
