@@ -90,7 +90,9 @@ def report(value: float | Mapping[str, float], step: int) -> None:
     The value is stored on the running trial before this returns, and judged by
     the experiment's pruner; ask :func:`should_prune` for the verdict. With
     several objectives, ``value`` maps each objective's name to its value at
-    ``step`` (``{"error": 0.31, "latency_ms": 12.5}``), in its own direction.
+    ``step`` (``{"error": 0.31, "latency_ms": 12.5}``), in its own direction; with
+    one declared objective (``objectives={"accuracy": "max"}``) a number is its
+    value, in its direction.
 
     Raises:
         ValueError: ``value`` is not a finite number (or a mapping of names to finite

@@ -147,8 +147,13 @@ def _items(value: Any) -> Mapping[str, Any]:
         raise ConfigurationError(
             f"stop={value!r} is not a set of stopping rules; give a mapping such as "
             "{'target': 0.1, 'patience': 20} or RULE=VALUE items such as --stop target=0.1 --stop max_time=2h")
-    pairs = [item.split("=", 1) for item in items if item.strip()]
-    return {key.strip().replace("-", "_"): text.strip() for key, text in pairs}
+    pairs = [(key.strip().replace("-", "_"), text.strip()) for key, text in
+             (item.split("=", 1) for item in items if item.strip())]
+    keys = [key for key, _ in pairs]
+    twice = sorted({key for key in keys if keys.count(key) > 1})
+    if twice:  # a mapping would keep the last one silently
+        raise ConfigurationError(f"stop rule {', '.join(twice)} is given twice ({', '.join(items)}); give each once")
+    return dict(pairs)
 
 
 def normalize_stop(value: Any, objectives: Mapping[str, str] | None = None) -> dict[str, Any] | None:

@@ -245,6 +245,7 @@ class Worker:
                 self._release_quietly(trial)  # a stopping rule fired meanwhile: give it back, then stop
                 continue
             if trial is not None:
+                self.judge.forget(trial.id)  # its reports start over: a verdict on an earlier attempt is void
                 self.pacemaker.watch(trial.id)
                 return trial
             if deadline is not None and self.clock.monotonic() >= deadline:

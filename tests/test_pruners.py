@@ -145,6 +145,9 @@ def test_every_verdict_is_recomputed_from_the_stored_history(name: str) -> None:
         ({"threshold": {}}, "needs 'upper', 'lower' or both"),
         ({"hyperband": {"max_step": 9, "brackets": 5}}, "only 3 first rungs"),
         ({"patience": {"wrapped": "nope"}}, "unknown pruner 'nope'"),
+        # patience within patience: 3,000 levels raised RecursionError, 20 a StorageError on nesting
+        ({"patience": {"wrapped": {"patience": {"wrapped": "median"}}}}, "wraps another 'patience'"),
+        ({"patience": {"wrapped": "patience"}}, "wraps another 'patience'"),
         ({"median": 3}, "must be a mapping"),
     ],
 )

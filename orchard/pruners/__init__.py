@@ -98,6 +98,9 @@ def normalize_pruner_config(config: PrunerConfig) -> dict[str, dict[str, Any]]:
     name, options = _split(config)
     checked = _pruner_class(name).check_options(options)
     if name == "patience" and checked["wrapped"] is not None:
+        if _split(checked["wrapped"])[0] == "patience":  # patience of patience adds nothing, and nests without end
+            raise ConfigurationError("pruner 'patience' wraps another 'patience'; wrap a pruner that ranks the "
+                                     "trials, such as {'patience': {'patience': 5, 'wrapped': 'median'}}")
         checked["wrapped"] = normalize_pruner_config(checked["wrapped"])
     return {name: checked}
 
