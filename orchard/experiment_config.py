@@ -27,6 +27,7 @@ from orchard.objectives import normalize_objectives
 from orchard.pruners import normalize_pruner_config
 from orchard.space import Space
 from orchard.stopping import normalize_stop
+from orchard.trial import INT_LIMIT
 from orchard.warm_start import normalize_warm_start
 
 __all__ = [
@@ -116,6 +117,8 @@ def _integer(value: Any, minimum: int, requirement: str) -> int:
         raise ValueError(requirement) from None
     if number < minimum:
         raise ValueError(requirement)
+    if number >= INT_LIMIT:
+        raise ValueError(f"{requirement} below 2**63 (what every storage holds)")
     return number
 
 

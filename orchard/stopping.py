@@ -45,7 +45,7 @@ from typing import TYPE_CHECKING, Any
 
 from orchard.constraints import feasibility
 from orchard.errors import BudgetExhaustedError, ConfigurationError, StopReason, StorageError
-from orchard.trial import finite_float
+from orchard.trial import INT_LIMIT, finite_float
 
 if TYPE_CHECKING:  # pragma: no cover
     from orchard.objective import Outcome
@@ -110,8 +110,8 @@ def _finite(value: Any, requirement: str) -> float:
 def _whole(value: Any) -> int:
     requirement = "a positive number of trials"
     number = _positive(value, requirement)
-    if not number.is_integer():
-        raise ValueError(requirement)
+    if not number.is_integer() or number >= INT_LIMIT:
+        raise ValueError(requirement if number < INT_LIMIT else f"{requirement} below 2**63")
     return int(number)
 
 
