@@ -347,6 +347,7 @@ class Experiment:
         if self._client is None:
             settings = WorkerSettings.for_experiment(self.settings)
             self._client = Worker(self.storage, self.id, settings, evaluate=_told_later, label=self.name)
+            self._client.pacemaker.release_at_exit()  # what is never observed goes back when the script ends
         return self._client
 
     def suggest(self) -> Trial:
