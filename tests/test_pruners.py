@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+from typing import Any
 
 import pytest
 
@@ -103,6 +104,17 @@ def test_threshold_and_patience() -> None:
     wrapped = make_pruner({"patience": {"patience": 2, "wrapped": {"median": {"min_trials": 1}}}})
     # stagnant, but better than the median of the others: the wrapped pruner keeps it
     assert not wrapped.judge("t", curve(1.0, 1.0, 1.0), {"o": curve(5, 5, 5)}).prune
+
+
+@pytest.mark.parametrize("config", [{"threshold": {"lower": 0.5}},
+                                    {"patience": {"patience": 1, "wrapped": {"threshold": {"lower": 0.5}}}}])
+def test_threshold_bounds_are_in_the_direction_of_a_maximised_objective(config: dict[str, Any]) -> None:
+    """objectives={'accuracy': 'max'}: reports arrive negated, lower=0.5 still means an accuracy below 0.5."""
+    pruner = make_pruner(config, {"accuracy": "max"})
+    dead = pruner.judge("t", curve(-0.3, -0.3), {})  # accuracy 0.3 twice (stagnant for patience)
+    assert dead.prune and dead.reason == "value 0.3 is below lower=0.5"
+    assert not pruner.judge("t", curve(-0.9, -0.9), {}).prune  # accuracy 0.9
+    assert make_pruner(config, {"loss": "min"}).judge("t", curve(0.3, 0.3), {}).prune  # a minimised one as given
 
 
 @pytest.mark.parametrize("name", sorted(PRUNERS))

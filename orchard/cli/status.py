@@ -366,7 +366,8 @@ def _trial_info(experiment: Experiment, prefix: str, as_json: bool) -> int:
     recomputed = None
     if trial.verdict is not None and trial.verdict.get("pruner") not in (None, "objective"):
         stored = {t.id: t.reports for t in trials if t.reports}
-        again = make_pruner(experiment.settings.pruner).recompute(trial.id, Verdict.from_dict(trial.verdict), stored)
+        pruner = make_pruner(experiment.settings.pruner, experiment.settings.objectives)
+        again = pruner.recompute(trial.id, Verdict.from_dict(trial.verdict), stored)
         recomputed = again.to_dict()
     if as_json:
         print(json.dumps({"trial": data, "recomputed_verdict": recomputed}, indent=2, default=str))

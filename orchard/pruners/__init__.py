@@ -105,14 +105,16 @@ def normalize_pruner_config(config: PrunerConfig) -> dict[str, dict[str, Any]]:
     return {name: checked}
 
 
-def make_pruner(config: PrunerConfig) -> BasePruner:
+def make_pruner(config: PrunerConfig, objectives: Mapping[str, str] | None = None) -> BasePruner:
     """Build the pruner described by ``config`` (normalized or not; ``None`` is ``"none"``).
+
+    ``objectives`` are the experiment's (see :meth:`BasePruner.facing`); ``None``: one, minimised.
 
     Raises:
         ConfigurationError: unknown pruner, unknown option or invalid option value.
     """
     ((name, options),) = normalize_pruner_config(config).items()
-    return _pruner_class(name)(**options)
+    return _pruner_class(name)(**options).facing(objectives)
 
 
 def check_objectives(config: PrunerConfig, objectives: Mapping[str, str] | None) -> None:
