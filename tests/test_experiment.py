@@ -195,3 +195,18 @@ def test_one_worker_runs_in_the_calling_process_so_unpicklable_objectives_work(s
         stats = exp.workon(objective, progress=False)  # n_workers=1, no executor named
     assert stats["counts"]["completed"] == 3
     assert calls and {pid for pid, _ in calls} == {os.getpid()}
+
+
+def _raises_keyboard_interrupt(x: float, y: float = 0.0) -> float:
+    raise KeyboardInterrupt  # what Ctrl-C raises inside the objective, or a library that gives up on it
+
+
+@pytest.mark.parametrize("trial_timeout", [None, 30.0], ids=["in-thread", "timed-child"])
+def test_an_objective_raising_keyboard_interrupt_releases_its_trial_as_ctrl_c_does(
+        store, trial_timeout: float | None) -> None:
+    """With or without trial_timeout (the objective then runs in a child): interrupted, not broken."""
+    exp = build(store, max_trials=3)
+    with pytest.raises(orchard.errors.Interrupted, match="1 of 1 running trial"):
+        exp.workon(_raises_keyboard_interrupt, executor="single", trial_timeout=trial_timeout, progress=False)
+    (trial,) = exp.fetch_trials()
+    assert trial.status is TrialStatus.INTERRUPTED and trial.error is None  # not a failure of the objective
