@@ -20,7 +20,10 @@ one) is unaffected, so the request never breaks the pool. A worker already
 interrupted (Ctrl-C in a terminal reaches every process of its group; a
 scheduler's SIGTERM may too) ignores later SIGTERM and STOP_SIGNAL copies, so
 they cannot cut its release short; a second SIGINT still stops it at once (a
-script is then killed without its grace).
+script is then killed without its grace). An interruption that lands while a
+worker stores a result waits for the write (:func:`deferred`), and a worker
+that stops gives back every reservation of its own it finds stored, so one
+made as the interruption came is not held until its lease runs out.
 
 :func:`interruptible` installs these rules in the main thread only, over
 Python's default handlers only (a handler of the user's own is left alone),
@@ -44,7 +47,7 @@ from typing import Any
 
 from orchard.errors import Interrupted
 
-__all__ = ["STOP_SIGNAL", "STOP_TIMEOUT", "interrupt_main", "interruptible", "stop_workers"]
+__all__ = ["STOP_SIGNAL", "STOP_TIMEOUT", "deferred", "interrupt_main", "interruptible", "stop_workers"]
 
 #: What the process that called ``workon`` sends its pool processes to stop their loops (POSIX only).
 STOP_SIGNAL: signal.Signals | None = getattr(signal, "SIGURG", None)
@@ -54,6 +57,9 @@ STOP_TIMEOUT = 30.0
 _REPEAT = 0.5
 #: Whether an :func:`interruptible` block of the main thread handles :data:`STOP_SIGNAL` now.
 _stop_handled = False
+#: How many :func:`deferred` blocks the main thread is in, and the interruption they hold back.
+_deferring = 0
+_pending: Interrupted | None = None
 
 
 def _defaults() -> dict[signal.Signals, Any]:
@@ -81,10 +87,15 @@ def interruptible() -> Iterator[None]:
 
     def on_signal(signum: int, frame: FrameType | None) -> None:
         nonlocal interrupted
+        global _pending
         if interrupted and signum != signal.SIGINT:
             return  # a copy of an interruption already being handled
+        interruption = Interrupted(terminated=signum == signal.SIGTERM)
+        if _deferring and _pending is None:
+            interrupted, _pending = True, interruption  # raised when the deferred block ends
+            return
         interrupted = True
-        raise Interrupted(terminated=signum == signal.SIGTERM)
+        raise interruption
 
     global _stop_handled
     previous: dict[signal.Signals, Callable[[int, FrameType | None], Any] | int | None] = {}
@@ -100,6 +111,33 @@ def interruptible() -> Iterator[None]:
             signal.signal(signum, handler)
         if handles_stop:
             _stop_handled = False
+
+
+@contextlib.contextmanager
+def deferred() -> Iterator[None]:
+    """While the block runs, an interruption waits for its end, then is raised.
+
+    For steps that must not be cut in two: a result being stored is stored, a
+    reservation being made is known to the worker that made it. Only the
+    interruption an :func:`interruptible` block of the main thread would raise
+    is deferred (a second SIGINT still raises at once); outside the main
+    thread, nothing changes.
+
+    Raises:
+        Interrupted: an interruption arrived while the block ran.
+    """
+    global _deferring, _pending
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    _deferring += 1
+    try:
+        yield
+    finally:
+        _deferring -= 1
+        pending, _pending = (_pending, None) if not _deferring else (None, _pending)
+        if pending is not None:
+            raise pending
 
 
 def interrupt_main() -> bool:

@@ -448,3 +448,33 @@ def test_progress_monitor_reports_each_trial_finished_while_it_runs_once(storage
         clock.settle(1)
         assert completed and broken  # seen by the monitor's thread, not only at exit
     assert [t.id for t in completed] == [good.id] and [t.id for t in broken] == [bad.id]
+
+
+@pytest.mark.skipif(signal.getsignal(signal.SIGTERM) != signal.SIG_DFL, reason="SIGTERM has a handler already")
+@pytest.mark.parametrize("verb", ["register_trial", "complete_trial"])
+def test_sigterm_while_a_worker_writes_to_the_storage_leaves_no_trial_reserved_and_keeps_the_result(
+        storage, exp_id, monkeypatch, verb: str) -> None:
+    """SIGTERM (or the stop request of workon's process) landing as a reservation or a result is written:
+    the reservation is given back (not held until its lease runs out), the result is stored."""
+    from orchard.executors.task import WorkerTask, run_worker
+
+    write = getattr(storage, verb)
+
+    def signalled(*args, **kwargs):
+        if verb == "complete_trial":
+            os.kill(os.getpid(), signal.SIGTERM)  # handled before the write could start
+        stored = write(*args, **kwargs)
+        if verb == "register_trial":
+            os.kill(os.getpid(), signal.SIGTERM)  # handled once the reservation is stored, before it returns
+        return stored
+
+    monkeypatch.setattr(storage, verb, signalled)
+    monkeypatch.setattr(storage, "close", lambda: None)  # run_worker closes the storage the test reads
+    with pytest.raises(Interrupted) as caught:
+        run_worker(WorkerTask(storage, exp_id, settings(), lambda x: x))
+    (trial,) = storage.fetch_trials(exp_id)
+    if verb == "complete_trial":
+        assert trial.status is TrialStatus.COMPLETED and caught.value.released == []
+    else:
+        assert trial.status is TrialStatus.INTERRUPTED and caught.value.released == [trial.id]
+        assert trial.attempts == 0, "a release does not count against max_attempts"

@@ -18,11 +18,12 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import Executor, Future
 from typing import Any
 
-from orchard.errors import ConfigurationError
+from orchard.errors import ConfigurationError, Interrupted, ReservationLostError, StorageError
 from orchard.interruption import STOP_TIMEOUT, interruptible, stop_workers
 from orchard.objective import ObjectiveEvaluator, TrialEvaluator
 from orchard.resources import DEVICES_ENV, visible_devices, worker_label
 from orchard.storages.base import BaseStorage
+from orchard.trial import TrialStatus
 from orchard.worker import Worker, WorkerReport, WorkerSettings
 
 __all__ = ["WorkerTask", "check_travels", "run_tasks", "run_worker"]
@@ -95,8 +96,36 @@ def run_worker(task: WorkerTask) -> WorkerReport:
                         name=worker_label(os.environ.get(DEVICES_ENV)), label=task.label)
         try:
             return worker.run()
+        except KeyboardInterrupt as interruption:
+            raise _given_back(worker, interruption) from None
         finally:
             task.storage.close()
+
+
+def _given_back(worker: Worker, interruption: KeyboardInterrupt) -> Interrupted:
+    """The interruption, once every trial the stopped worker still holds in the storage is released.
+
+    A reservation whose write landed as the interruption came (the worker never saw
+    it) is given back now, not taken back when its lease runs out as a lost attempt.
+    One read, without the outage retries: a failing storage leaves it to the lease.
+    """
+    stopped = interruption if isinstance(interruption, Interrupted) else Interrupted()
+    storage = worker.storage.storage
+    try:
+        held = [trial for trial in storage.fetch_trials(worker.experiment_id, [TrialStatus.RESERVED])
+                if trial.worker == worker.name and trial.id not in stopped.released + stopped.kept]
+    except StorageError:
+        return stopped
+    for trial in held:
+        try:
+            storage.release_trial(trial.id, worker.name)
+        except ReservationLostError:  # judged lost meanwhile: no longer this worker's
+            continue
+        except StorageError:
+            stopped.kept.append(trial.id)
+        else:
+            stopped.released.append(trial.id)
+    return stopped
 
 
 def run_tasks(pool: Executor, tasks: Sequence[WorkerTask], reachable: bool = True) -> list[BaseException | None]:
