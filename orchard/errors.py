@@ -306,8 +306,8 @@ class Interrupted(KeyboardInterrupt):
             if isinstance(other, Interrupted):
                 released += other.released
                 kept += other.kept
-        return Interrupted(terminated=self.terminated, released=released, kept=kept,
-                           unstopped=self.unstopped + unstopped)
+        return Interrupted(terminated=self.terminated, released=dict.fromkeys(released), kept=dict.fromkeys(kept),
+                           unstopped=self.unstopped + unstopped)  # a trial given back twice counts once
 
     def __str__(self) -> str:
         if self.args:

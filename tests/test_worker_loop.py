@@ -478,3 +478,10 @@ def test_sigterm_while_a_worker_writes_to_the_storage_leaves_no_trial_reserved_a
     else:
         assert trial.status is TrialStatus.INTERRUPTED and caught.value.released == [trial.id]
         assert trial.attempts == 0, "a release does not count against max_attempts"
+
+
+def test_a_trial_released_by_two_stopped_workers_is_counted_once() -> None:
+    """A worker starting as the stop came may reserve the trial another just gave back, then give it back too."""
+    joined = Interrupted(released=["a"]).joined([Interrupted(released=["a", "b"]), Interrupted(kept=["c"])])
+    assert joined.released == ["a", "b"] and joined.kept == ["c"]
+    assert str(joined).startswith("2 of 3 running trial(s) released")
