@@ -29,7 +29,7 @@ a failure. Messages say what happened, to which object, and what to try.
     └── ExecutorError                 an executor backend could not run the workers
 
     KeyboardInterrupt
-    └── Interrupted                   Ctrl-C, SIGINT or SIGTERM stopped workers; says what they gave back
+    └── Interrupted                   Ctrl-C, SIGINT, SIGTERM or SIGHUP stopped workers; says what they gave back
 
 An :class:`Interrupted` is a ``KeyboardInterrupt``, not an ``OrchardError``, so
 that ``except Exception`` in user code does not swallow it.
@@ -276,7 +276,7 @@ class ExecutorError(OrchardError):
 
 
 class Interrupted(KeyboardInterrupt):
-    """Ctrl-C, SIGINT or SIGTERM stopped workers; the trials they were running were given back.
+    """Ctrl-C, SIGINT, SIGTERM or SIGHUP stopped workers; the trials they were running were given back.
 
     Each worker stopped this way releases its running trial (status ``interrupted``,
     not counted against ``max_attempts``) and reports it here; ``workon`` joins the

@@ -1,11 +1,11 @@
 """How an interruption stops workers and gives their running trials back.
 
-Ctrl-C, SIGINT or SIGTERM to the process that called ``workon`` (``orchard
-hunt`` calls it too), while its workers run in local pool processes::
+Ctrl-C, SIGINT, SIGTERM or SIGHUP to the process that called ``workon``
+(``orchard hunt`` calls it too), while its workers run in local pool processes::
 
     the process that called workon              each local worker process
     ──────────────────────────────              ─────────────────────────
-    SIGINT or SIGTERM → Interrupted
+    SIGINT, SIGTERM or SIGHUP → Interrupted
     sends STOP_SIGNAL to its children ───────>  STOP_SIGNAL → Interrupted: stops the
                                                 evaluation (a script: SIGTERM, then SIGKILL
                                                 after its grace), releases the trial
@@ -17,8 +17,9 @@ hunt`` calls it too), while its workers run in local pool processes::
 :data:`STOP_SIGNAL` is SIGURG, whose default action is to be ignored: a pool
 process that is not running a worker loop (its loop ended, or it never got
 one) is unaffected, so the request never breaks the pool. A worker already
-interrupted (Ctrl-C in a terminal reaches every process of its group; a
-scheduler's SIGTERM may too) ignores later SIGTERM and STOP_SIGNAL copies, so
+interrupted (Ctrl-C in a terminal reaches every process of its group, and so
+does SIGHUP when the terminal closes; a scheduler's SIGTERM may too) ignores
+later SIGTERM, SIGHUP and STOP_SIGNAL copies, so
 they cannot cut its release short; a second SIGINT still stops it at once (a
 script is then killed without its grace). An interruption that lands while a
 worker stores a result waits for the write (:func:`deferred`), and a worker
@@ -66,6 +67,8 @@ def _defaults() -> dict[signal.Signals, Any]:
     """The signals that interrupt a worker, with the handler each has when nobody changed it."""
     defaults: dict[signal.Signals, Any] = {signal.SIGINT: signal.default_int_handler,
                                            signal.SIGTERM: signal.SIG_DFL}
+    if hasattr(signal, "SIGHUP"):  # its terminal closed: the shell sends it to every process of the job
+        defaults[signal.SIGHUP] = signal.SIG_DFL
     if STOP_SIGNAL is not None:
         defaults[STOP_SIGNAL] = signal.SIG_DFL
     return defaults
@@ -73,10 +76,10 @@ def _defaults() -> dict[signal.Signals, Any]:
 
 @contextlib.contextmanager
 def interruptible() -> Iterator[None]:
-    """While the block runs, SIGINT, SIGTERM and :data:`STOP_SIGNAL` raise :class:`Interrupted`.
+    """While the block runs, SIGINT, SIGTERM, SIGHUP and :data:`STOP_SIGNAL` raise :class:`Interrupted`.
 
-    The first of them raises (``terminated`` for SIGTERM); after it, SIGTERM and
-    STOP_SIGNAL are ignored and SIGINT raises again. Outside the main thread, and
+    The first of them raises (``terminated`` for SIGTERM); after it, SIGTERM, SIGHUP
+    and STOP_SIGNAL are ignored and SIGINT raises again. Outside the main thread, and
     for a signal whose handler is not Python's default, nothing changes. Nested
     blocks keep the outer block's handlers.
     """

@@ -383,7 +383,7 @@ def _child_main(job: Callable[[], Any], read_fd: int, write_fd: int) -> None:
 def _default_signals() -> None:
     """Undo the worker's interruption handlers (inherited through fork): the child is stopped by its parent."""
     signal.signal(signal.SIGINT, signal.default_int_handler)
-    for name in ("SIGTERM", "SIGURG"):
+    for name in ("SIGTERM", "SIGHUP", "SIGURG"):
         if hasattr(signal, name):
             signal.signal(getattr(signal, name), signal.SIG_DFL)
 

@@ -202,12 +202,14 @@ def _alive(pid: int) -> bool:
     return state != "Z"
 
 
-@pytest.mark.parametrize(("n_workers", "trial_timeout"), [(2, 0), (1, 120)],
-                         ids=["two-pool-workers", "one-worker-with-trial-timeout"])
+@pytest.mark.parametrize(("n_workers", "trial_timeout", "sig"),
+                         [(2, 0, signal.SIGTERM), (1, 120, signal.SIGTERM), (2, 0, signal.SIGHUP)],
+                         ids=["two-pool-workers", "one-worker-with-trial-timeout", "SIGHUP-two-pool-workers"])
 def test_sigterm_to_workon_stops_its_workers_and_releases_their_trials(
-        tmp_path, n_workers: int, trial_timeout: float) -> None:
-    """``kill`` on a Python process running ``workon`` (a scheduler's SIGTERM): its workers stop with it,
-    and the trials they were running are released (``interrupted``), not left ``reserved`` or finished later."""
+        tmp_path, n_workers: int, trial_timeout: float, sig: signal.Signals) -> None:
+    """``kill`` on a Python process running ``workon`` (a scheduler's SIGTERM; SIGHUP, its terminal closed):
+    its workers stop with it, and the trials they were running are released (``interrupted``), not left
+    ``reserved`` or finished later."""
     running = tmp_path / "running"
     running.mkdir()
     script = tmp_path / "script.py"
@@ -224,7 +226,7 @@ def test_sigterm_to_workon_stops_its_workers_and_releases_their_trials(
     assert len(held) == n_workers
     workers = {int(t.worker.split(":")[1]) for t in held}  # the processes running the loops
     evaluations = {int(marker.name.split("-")[0]) for marker in running.glob("*.running")}
-    proc.send_signal(signal.SIGTERM)
+    proc.send_signal(sig)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode != 0
     assert f"{n_workers} of {n_workers} running trial(s) released (status interrupted)" in err, err
