@@ -21,7 +21,8 @@ from orchard.constraints import normalize_constraints
 from orchard.dataframe import trials_frame
 from orchard.errors import ConfigurationError, ExecutorError, ExperimentBrokenError, OrchardError
 from orchard.executors import make_executor, reaches_local_processes, shares_environment
-from orchard.executors.task import WorkerTask, check_travels, run_tasks
+from orchard.executors.fleet import Fleet
+from orchard.executors.task import WorkerTask, check_travels
 from orchard.experiment_config import ExperimentConfig
 from orchard.interruption import interruptible
 from orchard.joining import join_experiment, patiently
@@ -297,8 +298,9 @@ class Experiment:
                  for i in range(n_workers)]
         monitor = ProgressMonitor(self.storage, self.id, self.name, self.max_trials, on_result, on_error,
                                   show_bar=progress and sys.stderr.isatty())
-        with interruptible(), monitor, pool_manager as pool:
-            errors = run_tasks(pool, tasks, reachable=reaches_local_processes(executor))
+        fleet = Fleet(self.storage, self.id, tasks, settings.max_attempts)  # gives back what ended workers hold
+        with interruptible(), monitor, fleet, pool_manager as pool:
+            errors = fleet.run(pool, reachable=reaches_local_processes(executor))
         self._raise_worker_failure([e for e in errors if e is not None], str(executor))
         trials = self.fetch_trials()  # one read for the broken check and the stats
         self._raise_if_broken(trials)

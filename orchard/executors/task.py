@@ -1,10 +1,10 @@
 """What an executor runs: one worker loop per :class:`WorkerTask`.
 
 ``Experiment.workon`` builds one picklable task per worker and hands them to
-:func:`run_tasks`, which submits :func:`run_worker` with each to the executor;
-wherever it lands (this thread, a pool process, a Dask worker), it builds the
-evaluator and the :class:`~orchard.worker.Worker` there and runs the loop to
-its end. An interruption while they run stops them and gives their running
+a :class:`~orchard.executors.fleet.Fleet`, which submits :func:`run_worker`
+with each to the executor; wherever it lands (this thread, a pool process, a
+Dask worker), it builds the evaluator and the :class:`~orchard.worker.Worker`
+there and runs the loop to its end. An interruption while they run stops them and gives their running
 trials back (see :mod:`orchard.interruption`).
 """
 
@@ -14,19 +14,19 @@ import contextlib
 import dataclasses
 import os
 import pickle
-from collections.abc import Callable, Sequence
-from concurrent.futures import Executor, Future
+import uuid
+from collections.abc import Callable
 from typing import Any
 
 from orchard.errors import ConfigurationError, Interrupted, ReservationLostError, StorageError
-from orchard.interruption import STOP_TIMEOUT, interruptible, stop_workers
+from orchard.interruption import interruptible
 from orchard.objective import ObjectiveEvaluator, TrialEvaluator
 from orchard.resources import DEVICES_ENV, visible_devices, worker_label
 from orchard.storages.base import BaseStorage
 from orchard.trial import TrialStatus
 from orchard.worker import Worker, WorkerReport, WorkerSettings
 
-__all__ = ["WorkerTask", "check_travels", "run_tasks", "run_worker"]
+__all__ = ["WorkerTask", "check_travels", "run_worker"]
 
 
 @dataclasses.dataclass
@@ -42,6 +42,8 @@ class WorkerTask:
     working_dir: str | None = None  # per-trial folders of orchard.current_trial()
     memory_limit: int | None = None  # bytes, for a Python fn (a TrialEvaluator has its own)
     devices: str | None = None  # CUDA_VISIBLE_DEVICES of this worker; None leaves the environment alone
+    #: The last part of the worker's name (``host:pid:TOKEN``): how its caller knows its reservations.
+    token: str = dataclasses.field(default_factory=lambda: uuid.uuid4().hex[:8])
 
 
 def check_travels(fn: Callable[..., Any], executor: str) -> None:
@@ -93,7 +95,7 @@ def run_worker(task: WorkerTask) -> WorkerReport:
         fn, task.trial_timeout, task.memory_limit, task.working_dir)
     with interruptible(), visible_devices(task.devices):
         worker = Worker(task.storage, task.experiment_id, task.settings, evaluate,
-                        name=worker_label(os.environ.get(DEVICES_ENV)), label=task.label)
+                        name=worker_label(os.environ.get(DEVICES_ENV), task.token), label=task.label)
         try:
             return worker.run()
         except KeyboardInterrupt as interruption:
@@ -126,29 +128,3 @@ def _given_back(worker: Worker, interruption: KeyboardInterrupt) -> Interrupted:
         else:
             stopped.released.append(trial.id)
     return stopped
-
-
-def run_tasks(pool: Executor, tasks: Sequence[WorkerTask], reachable: bool = True) -> list[BaseException | None]:
-    """Run one worker loop per task on ``pool`` and wait for them all.
-
-    Args:
-        pool: the executor.
-        tasks: one per worker.
-        reachable: the loops run in this thread or in child processes of this one, which an
-            interruption of this process can stop (else it does not wait for them).
-
-    Returns:
-        What each loop raised (``None`` for a loop that ended normally), in task order.
-
-    Raises:
-        Interrupted: this process was interrupted (Ctrl-C, SIGINT, or SIGTERM within
-            :func:`~orchard.interruption.interruptible`); the loops in local worker
-            processes were told to stop, and the error says what they released.
-    """
-    futures: list[Future[WorkerReport]] = []
-    try:
-        for task in tasks:
-            futures.append(pool.submit(run_worker, task))
-        return [future.exception() for future in futures]
-    except KeyboardInterrupt as interruption:
-        raise stop_workers(interruption, futures, STOP_TIMEOUT if reachable else 0.0) from None
