@@ -13,7 +13,8 @@ go to ``stdout.log`` and ``stderr.log`` in that folder. The result is the JSON
 the script wrote to ``ORCHARD_RESULTS_PATH`` (see :mod:`orchard.report`).
 A timeout or an interruption stops the group (SIGTERM, then SIGKILL after a
 grace period); a memory limit (the tree's resident memory) or a cancellation
-(the worker lost the trial) kills it at once (:mod:`orchard.isolation`). POSIX
+(the worker lost the trial) kills it at once (:mod:`orchard.isolation`); once
+the command has exited, whatever it left running in its group is killed. POSIX
 only: process groups are stopped with ``os.killpg``.
 """
 
@@ -175,8 +176,7 @@ class ScriptRunner(TrialEvaluator):
             finally:
                 watch.stop()
                 self._running.pop(trial_id, None)
-            if watch.stopped is not None or trial_id in self._cancelled:
-                signal_group(proc.pid, signal.SIGKILL)  # children that outlived the leader
+            signal_group(proc.pid, signal.SIGKILL)  # what the command left running ends with its trial
             if trial_id in self._cancelled:
                 return returncode, Outcome.failure(
                     "Cancelled", "the script was killed because the worker lost its reservation",
