@@ -28,8 +28,11 @@ made as the interruption came is not held until its lease runs out.
 
 :func:`interruptible` installs these rules in the main thread only, over
 Python's default handlers only (a handler of the user's own is left alone),
-and restores the previous handlers when its block ends. Workers running as
-threads of the caller (``executor="thread"``) or on Dask are not reached.
+and restores the previous handlers when its block ends. No signal reaches
+workers running as threads of the caller (``executor="thread"``): they are
+told by an event and stop at their next trial, once the evaluation under way
+has ended (:class:`~orchard.executors.fleet.Fleet`). Dask workers are not
+reached.
 """
 
 from __future__ import annotations

@@ -210,3 +210,33 @@ def test_an_objective_raising_keyboard_interrupt_releases_its_trial_as_ctrl_c_do
         exp.workon(_raises_keyboard_interrupt, executor="single", trial_timeout=trial_timeout, progress=False)
     (trial,) = exp.fetch_trials()
     assert trial.status is TrialStatus.INTERRUPTED and trial.error is None  # not a failure of the objective
+
+
+def test_ctrl_c_stops_thread_workers_after_their_running_evaluations(store) -> None:
+    """Threads cannot be interrupted, but they stop at their next trial: Ctrl-C does not wait for the budget."""
+    import os
+    import signal
+    import threading
+    import time
+
+    started = threading.Event()
+
+    def objective(x: float, y: float = 0.0) -> float:
+        started.set()
+        time.sleep(0.2)
+        return x
+
+    def press_ctrl_c() -> None:
+        started.wait(30)
+        os.kill(os.getpid(), signal.SIGINT)
+
+    exp = build(store, max_trials=60)  # 6 s of trials for 2 threads
+    threading.Thread(target=press_ctrl_c, daemon=True).start()
+    begun = time.monotonic()
+    with pytest.raises(orchard.errors.Interrupted) as caught:
+        exp.workon(objective, n_workers=2, executor="thread", progress=False)
+    assert time.monotonic() - begun < 3, "workon waited for the thread workers to run the whole budget"
+    trials = exp.fetch_trials()
+    assert not [t for t in trials if t.status is TrialStatus.RESERVED]
+    assert len([t for t in trials if t.status is TrialStatus.COMPLETED]) < 20
+    assert "not stopped" not in str(caught.value), caught.value

@@ -27,9 +27,11 @@ runs, never handed out for ever.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
+import threading
 from collections.abc import Sequence
-from concurrent.futures import Executor, Future
+from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from types import TracebackType
 
 from orchard.errors import Interrupted, ReservationLostError, StorageError
@@ -62,6 +64,7 @@ class Fleet:
         self.storage, self.experiment_id = storage, experiment_id
         self.tasks, self.max_attempts = list(tasks), max_attempts
         self._futures: list[Future[WorkerReport]] = []
+        self._stop = threading.Event()
 
     def run(self, pool: Executor, reachable: bool = True) -> list[BaseException | None]:
         """Run one worker loop per task on ``pool`` and wait for them all.
@@ -79,11 +82,14 @@ class Fleet:
                 :func:`~orchard.interruption.interruptible`); the loops in local worker
                 processes were told to stop, and the error says what they released.
         """
+        threads = isinstance(pool, ThreadPoolExecutor)  # no signal reaches them: they are told by an event
         try:
             for task in self.tasks:
-                self._futures.append(pool.submit(run_worker, task))
+                self._futures.append(pool.submit(run_worker, dataclasses.replace(task, stop=self._stop) if threads
+                                                 else task))
             return [future.exception() for future in self._futures]
         except KeyboardInterrupt as interruption:
+            self._stop.set()
             raise stop_workers(interruption, self._futures, STOP_TIMEOUT if reachable else 0.0) from None
 
     def __enter__(self) -> Fleet:
@@ -92,6 +98,8 @@ class Fleet:
     def __exit__(self, kind: type[BaseException] | None, error: BaseException | None,
                  traceback: TracebackType | None) -> None:
         ended = {task.token for task, future in zip(self.tasks, self._futures) if future.done()}
+        if isinstance(error, Interrupted):
+            self._count_late_stops(error)
         if not ended:
             return
         try:
@@ -101,11 +109,17 @@ class Fleet:
                 return
             if isinstance(error, Interrupted):
                 error.released.extend(self._release(held))
-                error.unstopped = sum(not future.done() for future in self._futures)  # the pool's end stopped the rest
             elif not isinstance(error, KeyboardInterrupt):
                 self._take_back(held)
         except StorageError as err:  # their leases run out instead
             log.warning("could not give back the trials of workers that ended: %s", err)
+
+    def _count_late_stops(self, interruption: Interrupted) -> None:
+        """Add what loops that stopped once the pool closed (threads, a LocalCluster's) reported."""
+        reports = [future.exception() for future in self._futures if future.done() and not future.cancelled()]
+        late = interruption.joined(reports)
+        interruption.released[:], interruption.kept[:] = late.released, late.kept
+        interruption.unstopped = sum(not future.done() for future in self._futures)
 
     def _release(self, held: list[Trial]) -> list[str]:
         released = []

@@ -14,16 +14,17 @@ import contextlib
 import dataclasses
 import os
 import pickle
+import threading
 import uuid
 from collections.abc import Callable
 from typing import Any
 
 from orchard.errors import ConfigurationError, Interrupted, ReservationLostError, StorageError
 from orchard.interruption import interruptible
-from orchard.objective import ObjectiveEvaluator, TrialEvaluator
+from orchard.objective import ObjectiveEvaluator, Outcome, TrialEvaluator
 from orchard.resources import DEVICES_ENV, visible_devices, worker_label
 from orchard.storages.base import BaseStorage
-from orchard.trial import TrialStatus
+from orchard.trial import Trial, TrialStatus
 from orchard.worker import Worker, WorkerReport, WorkerSettings
 
 __all__ = ["WorkerTask", "check_travels", "run_worker"]
@@ -44,6 +45,9 @@ class WorkerTask:
     devices: str | None = None  # CUDA_VISIBLE_DEVICES of this worker; None leaves the environment alone
     #: The last part of the worker's name (``host:pid:TOKEN``): how its caller knows its reservations.
     token: str = dataclasses.field(default_factory=lambda: uuid.uuid4().hex[:8])
+    #: Set by the caller to stop a loop that runs as one of its threads (which no signal reaches);
+    #: ``None`` for a loop in another process.
+    stop: threading.Event | None = None
 
 
 def check_travels(fn: Callable[..., Any], executor: str) -> None:
@@ -91,8 +95,10 @@ def run_worker(task: WorkerTask) -> WorkerReport:
         The worker's report.
     """
     fn = task.fn
-    evaluate = fn if isinstance(fn, TrialEvaluator) else ObjectiveEvaluator(
+    evaluate: TrialEvaluator = fn if isinstance(fn, TrialEvaluator) else ObjectiveEvaluator(
         fn, task.trial_timeout, task.memory_limit, task.working_dir)
+    if task.stop is not None:
+        evaluate = _Stoppable(evaluate, task.stop)
     with interruptible(), visible_devices(task.devices):
         worker = Worker(task.storage, task.experiment_id, task.settings, evaluate,
                         name=worker_label(os.environ.get(DEVICES_ENV), task.token), label=task.label)
@@ -102,6 +108,29 @@ def run_worker(task: WorkerTask) -> WorkerReport:
             raise _given_back(worker, interruption) from None
         finally:
             task.storage.close()
+
+
+class _Stoppable(TrialEvaluator):
+    """An evaluator whose thread stops at its next trial once ``stop`` is set.
+
+    Python cannot interrupt a thread: the evaluation under way runs to its end
+    (its result is stored); the next trial the loop reserves is given back at once,
+    as Ctrl-C does (:class:`Interrupted`), and the loop ends.
+    """
+
+    def __init__(self, evaluate: TrialEvaluator, stop: threading.Event) -> None:
+        self.evaluate, self.stop = evaluate, stop
+
+    def __call__(self, trial: Trial) -> Outcome:
+        if self.stop.is_set():
+            raise Interrupted
+        return self.evaluate(trial)
+
+    def cancel(self, trial: Trial) -> bool | None:
+        return self.evaluate.cancel(trial)
+
+    def hold(self, trial: Trial, held: bool) -> bool | None:
+        return self.evaluate.hold(trial, held)
 
 
 def _given_back(worker: Worker, interruption: KeyboardInterrupt) -> Interrupted:
