@@ -43,8 +43,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import orchard  # noqa: E402
-from bench._harness import machine_load  # noqa: E402
+import orchard
+from bench._harness import machine_load
 
 _MARKS = "FORK_START_MARKS"
 

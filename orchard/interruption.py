@@ -28,7 +28,11 @@ made as the interruption came is not held until its lease runs out.
 
 :func:`interruptible` installs these rules in the main thread only, over
 Python's default handlers only (a handler of the user's own is left alone),
-and restores the previous handlers when its block ends. No signal reaches
+and restores the previous handlers when its block ends. Python drops an
+exception raised in a finalizer (``__del__``) or an at-fork hook, where a
+handler may happen to run (a worker starting a script as the signal came): an
+:class:`Interrupted` dropped there is delivered again (``sys.unraisablehook``),
+else the worker would run on, ignoring every later copy. No signal reaches
 workers running as threads of the caller (``executor="thread"``): they are
 told by an event and stop at their next trial, once the evaluation under way
 has ended (:class:`~orchard.executors.fleet.Fleet`). Dask workers are not
@@ -42,6 +46,7 @@ import contextlib
 import multiprocessing
 import os
 import signal
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -59,6 +64,8 @@ STOP_SIGNAL: signal.Signals | None = getattr(signal, "SIGURG", None)
 STOP_TIMEOUT = 30.0
 #: Seconds between two stop requests while waiting (a worker already stopping ignores the copies).
 _REPEAT = 0.5
+#: Seconds after which an interruption Python dropped is sent again.
+_REDELIVER = 0.01
 #: Whether an :func:`interruptible` block of the main thread handles :data:`STOP_SIGNAL` now.
 _stop_handled = False
 #: How many :func:`deferred` blocks the main thread is in, and the interruption they hold back.
@@ -90,6 +97,7 @@ def interruptible() -> Iterator[None]:
         yield
         return
     interrupted = False
+    raised: dict[int, int] = {}  # id of the Interrupted raised -> the signal that raised it
 
     def on_signal(signum: int, frame: FrameType | None) -> None:
         nonlocal interrupted
@@ -101,7 +109,21 @@ def interruptible() -> Iterator[None]:
             interrupted, _pending = True, interruption  # raised when the deferred block ends
             return
         interrupted = True
+        raised.clear()
+        raised[id(interruption)] = signum
         raise interruption
+
+    def on_unraisable(unraisable: Any) -> None:
+        """An Interrupted raised in a finalizer or an at-fork hook is dropped there: deliver it again."""
+        nonlocal interrupted
+        signum = raised.pop(id(unraisable.exc_value), None)
+        if signum is None:
+            unraisable_before(unraisable)
+            return
+        interrupted = False  # it never reached the code it was raised for
+        # sent again from another thread once this hook has returned (a signal sent from here would be
+        # handled in this hook, and dropped again): handled where the program goes on
+        threading.Timer(_REDELIVER, os.kill, (os.getpid(), signum)).start()
 
     global _stop_handled
     previous: dict[signal.Signals, Callable[[int, FrameType | None], Any] | int | None] = {}
@@ -110,9 +132,14 @@ def interruptible() -> Iterator[None]:
             previous[signum] = signal.signal(signum, on_signal)
     handles_stop = STOP_SIGNAL is not None and STOP_SIGNAL in previous
     _stop_handled |= handles_stop
+    unraisable_before = sys.unraisablehook
+    if previous:
+        sys.unraisablehook = on_unraisable
     try:
         yield
     finally:
+        if previous:
+            sys.unraisablehook = unraisable_before
         for signum, handler in previous.items():
             signal.signal(signum, handler)
         if handles_stop:
@@ -144,6 +171,16 @@ def deferred() -> Iterator[None]:
         pending, _pending = (_pending, None) if not _deferring else (None, _pending)
         if pending is not None:
             raise pending
+
+
+def _forked() -> None:
+    """In a child forked inside a :func:`deferred` block (a pool's worker): nothing is deferred there."""
+    global _deferring, _pending
+    _deferring, _pending = 0, None
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forked)
 
 
 def interrupt_main() -> bool:

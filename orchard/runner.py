@@ -32,6 +32,7 @@ from typing import Any
 
 from orchard.command import CommandTemplate, resolve_program
 from orchard.errors import ConfigurationError
+from orchard.interruption import deferred
 from orchard.isolation import (
     GroupWatch,
     Stopped,
@@ -151,14 +152,23 @@ class ScriptRunner(TrialEvaluator):
         with open(os.path.join(folder, STDOUT_FILE), "wb") as out, \
                 open(os.path.join(folder, STDERR_FILE), "wb") as err, \
                 contextlib.ExitStack() as following:
+            started: list[subprocess.Popen[bytes]] = []
             try:
-                # dies with this process: a SIGKILLed hunt left its script running, and after the lease
-                # a second attempt of the trial ran beside it
-                proc = subprocess.Popen(argv, cwd=folder, env=env, stdin=subprocess.DEVNULL,
-                                        stdout=out, stderr=err, start_new_session=True,
-                                        preexec_fn=death_hook())  # noqa: PLW1509 - no import or dlopen in it
+                # an interruption handled in fork's at-fork hooks would be dropped there: raised once started
+                with deferred():
+                    # dies with this process: a SIGKILLed hunt left its script running, and after the lease
+                    # a second attempt of the trial ran beside it
+                    started.append(subprocess.Popen(
+                        argv, cwd=folder, env=env, stdin=subprocess.DEVNULL, stdout=out, stderr=err,
+                        start_new_session=True, preexec_fn=death_hook()))  # noqa: PLW1509 - no import or dlopen
             except OSError as error:
                 return Outcome.failure("OSError", f"cannot start {argv[0]!r}: {error}", reason="start"), None
+            except BaseException:  # interrupted as it started: it has done nothing yet
+                for proc in started:
+                    kill_tree(proc.pid)
+                    proc.wait()
+                raise
+            proc = started[0]
             self._running[trial_id] = proc
             if trial_id in self._cancelled:  # the reservation was lost before the script started
                 kill_tree(proc.pid)

@@ -485,3 +485,27 @@ def test_a_trial_released_by_two_stopped_workers_is_counted_once() -> None:
     joined = Interrupted(released=["a"]).joined([Interrupted(released=["a", "b"]), Interrupted(kept=["c"])])
     assert joined.released == ["a", "b"] and joined.kept == ["c"]
     assert str(joined).startswith("2 of 3 running trial(s) released")
+
+
+class _SignalsWhenCollected:
+    """Sends SIGTERM to this process from ``__del__``: its handler then runs where Python drops exceptions."""
+
+    def __del__(self) -> None:
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
+@pytest.mark.skipif(signal.getsignal(signal.SIGTERM) != signal.SIG_DFL, reason="SIGTERM has a handler already")
+def test_an_interruption_raised_where_python_drops_exceptions_is_delivered_again() -> None:
+    """A signal handled inside a finalizer or an at-fork hook (a worker starting a script as SIGTERM came):
+    the Interrupted raised there is dropped ("Exception ignored in"), and the worker used to run on for ever,
+    ignoring every later copy. It is raised again where the program goes on."""
+    import time
+
+    from orchard.interruption import interruptible
+
+    with pytest.raises(Interrupted) as caught, interruptible():
+        _SignalsWhenCollected()  # collected at once
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline:
+            time.sleep(0.01)
+    assert caught.value.terminated

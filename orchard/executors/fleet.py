@@ -27,16 +27,17 @@ runs, never handed out for ever.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import threading
 from collections.abc import Sequence
-from concurrent.futures import Executor, Future, ThreadPoolExecutor
+from concurrent.futures import Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor
 from types import TracebackType
 
 from orchard.errors import Interrupted, ReservationLostError, StorageError
 from orchard.executors.task import WorkerTask, run_worker
-from orchard.interruption import STOP_TIMEOUT, stop_workers
+from orchard.interruption import STOP_TIMEOUT, deferred, stop_workers
 from orchard.resources import DEVICES_MARK
 from orchard.storages.base import BaseStorage
 from orchard.trial import Trial, TrialStatus
@@ -84,9 +85,12 @@ class Fleet:
         """
         threads = isinstance(pool, ThreadPoolExecutor)  # no signal reaches them: they are told by an event
         try:
-            for task in self.tasks:
-                self._futures.append(pool.submit(run_worker, dataclasses.replace(task, stop=self._stop) if threads
-                                                 else task))
+            # the standard library's pool forks its processes as tasks are submitted, and an interruption
+            # handled in fork's at-fork hooks would be dropped there (an inline pool runs whole loops here)
+            with deferred() if isinstance(pool, ProcessPoolExecutor) else contextlib.nullcontext():
+                for task in self.tasks:
+                    self._futures.append(pool.submit(run_worker, dataclasses.replace(task, stop=self._stop)
+                                                     if threads else task))
             return [future.exception() for future in self._futures]
         except KeyboardInterrupt as interruption:
             self._stop.set()
