@@ -89,6 +89,10 @@ def objective_mapping(value: Any) -> Any:
     if not isinstance(items, (list, tuple)) or not all(isinstance(i, str) and ":" in i for i in items):
         raise ValueError(requirement)
     pairs = [item.rsplit(":", 1) for item in items]
+    names = [name.strip() for name, _ in pairs]
+    twice = sorted({name for name in names if names.count(name) > 1})
+    if twice:  # a mapping would keep the last one silently
+        raise ValueError(f"{requirement}, each objective once ({', '.join(twice)} given twice)")
     return {name.strip(): direction.strip() for name, direction in pairs}
 
 

@@ -135,6 +135,12 @@ class TrialNotFoundError(StorageError):
         """No trial ``trial_id`` in ``where`` (a storage's redacted URI, or "the storage")."""
         return cls(f"no trial with id {trial_id!r} in {where}")
 
+    @classmethod
+    def deleted(cls, trial_id: str, where: str, worker: str) -> TrialNotFoundError:
+        """Trial ``trial_id``, reserved by ``worker``, vanished from ``where`` (a storage's redacted URI)."""
+        return cls(f"trial {trial_id} was deleted from {where} while worker {worker} held it: its experiment was "
+                   "deleted (orchard db rm?) or the database restored from an older copy; this write was refused")
+
 
 class InvalidReportError(OrchardError):
     """A report (intermediate value at a step) was refused; nothing was written."""

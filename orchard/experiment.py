@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import pickle
 import sys
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import Executor
@@ -30,7 +29,7 @@ from orchard.monitor import ProgressMonitor
 from orchard.naming import check_experiment_name
 from orchard.objective import Outcome, check_objective, interpret_result
 from orchard.objectives import normalize_objectives
-from orchard.pareto import front_hypervolume, pareto_front
+from orchard.pareto import best_of, front_hypervolume, pareto_front
 from orchard.pruners import check_objectives, normalize_pruner_config
 from orchard.recording import budget_held, record_evaluation, warn_if_budget_met
 from orchard.report import TrialPruned, check_report
@@ -290,12 +289,9 @@ class Experiment:
         settings = dataclasses.replace(settings, max_trials=self._call_budget(max_trials))
         warn_if_budget_met(self.storage, self.id, self.name, self.max_trials)
         if executor not in ("single", "thread") and not shares_environment(executor):
-            pickle.dumps(self.storage)  # fail fast, with the storage's own message, if it cannot travel
-            if isinstance(executor, str):
-                check_travels(fn, executor)  # and the objective, with the pickler's reason
+            check_travels(fn, self.storage, executor)  # fail fast, with the pickler's reason
         tasks = [WorkerTask(self.storage, self.id, self._seeded(settings, i), fn, trial_timeout, self.name,
-                            self.settings.working_dir, memory_limit, devices[i])
-                 for i in range(n_workers)]
+                            self.settings.working_dir, memory_limit, devices[i]) for i in range(n_workers)]
         monitor = ProgressMonitor(self.storage, self.id, self.name, self.max_trials, on_result, on_error,
                                   show_bar=progress and sys.stderr.isatty())
         fleet = Fleet(self.storage, self.id, tasks, settings.max_attempts)  # gives back what ended workers hold
@@ -349,6 +345,7 @@ class Experiment:
         if self._client is None:
             settings = WorkerSettings.for_experiment(self.settings)
             self._client = Worker(self.storage, self.id, settings, evaluate=_told_later, label=self.name)
+            self._client.pacemaker.release_at_exit()  # what is never observed goes back when the script ends
         return self._client
 
     def suggest(self) -> Trial:
@@ -442,7 +439,7 @@ class Experiment:
                 f"experiment {self.name!r} has several objectives ({', '.join(objectives)}), so no single "
                 "best trial; use exp.pareto_front() for the trials no other one beats on every objective")
         if objectives is not None or self.settings.constraints:
-            return next(iter(self.pareto_front()), None)
+            return best_of(self.fetch_trials([TrialStatus.COMPLETED]), objectives, self.settings.constraints)
         return self.storage.best_trial(self.id)
 
     def pareto_front(self) -> list[Trial]:
@@ -458,14 +455,17 @@ class Experiment:
         Args:
             reference: one value per objective, in the objectives' directions; ``None``: the
                 worst feasible value of each plus 10 % of its range.
+
+        Raises:
+            ConfigurationError: ``reference`` is not one finite number per objective.
         """
         trials = self.fetch_trials([TrialStatus.COMPLETED])
         return front_hypervolume(trials, self.settings.objectives, self.settings.constraints, reference)
 
     @property
     def stats(self) -> dict[str, Any]:
-        """Counts by status, best objective and params, elapsed seconds, trials/s, stopping rules (``stop``),
-        and ``inserted_apart``: completed trials recorded apart from the budget (counted in ``completed``)."""
+        """Counts by status, :attr:`best_trial`'s objective and params, elapsed seconds, trials/s, stopping
+        rules (``stop``), ``inserted_apart``: completed trials recorded apart from the budget (in ``completed``)."""
         return self._stats_of(self.fetch_trials())
 
     def _stats_of(self, trials: list[Trial]) -> dict[str, Any]:
@@ -473,7 +473,7 @@ class Experiment:
         counts = {status.value: 0 for status in TrialStatus}
         for trial in trials:
             counts[trial.status.value] += 1
-        best = min((t for t in trials if t.objective is not None), key=lambda t: t.objective, default=None)  # type: ignore[arg-type, return-value]
+        best = best_of(trials, self.settings.objectives, self.settings.constraints)
         starts = [t.submit_time for t in trials if t.submit_time]
         ends = [t.end_time for t in trials if t.end_time]
         elapsed = max(ends) - min(starts) if starts and ends else 0.0

@@ -27,6 +27,7 @@ from orchard.objectives import normalize_objectives
 from orchard.pruners import normalize_pruner_config
 from orchard.space import Space
 from orchard.stopping import normalize_stop
+from orchard.trial import INT_LIMIT
 from orchard.warm_start import normalize_warm_start
 
 __all__ = [
@@ -34,7 +35,9 @@ __all__ = [
     "ExperimentConfig",
     "Rule",
     "WorkerSettings",
+    "HEARTBEAT_RANGE",
     "check_setting",
+    "heartbeat_seconds",
     "non_negative_int",
     "optional",
     "positive_int",
@@ -44,6 +47,24 @@ __all__ = [
 
 #: ``rule(value) -> cast value``; raises ``ValueError("<what the value must be>")``.
 Rule = Callable[[Any], Any]
+
+
+#: The range of ``heartbeat`` (seconds): below it a worker writes its heartbeat hundreds of times a
+#: second and every lease is lost at once; above it a lost trial waits days, and timers overflow.
+HEARTBEAT_RANGE = (0.01, 86_400.0)
+
+
+def heartbeat_seconds(value: Any) -> float:
+    """``value`` as a heartbeat period in :data:`HEARTBEAT_RANGE` (strings are parsed)."""
+    low, high = HEARTBEAT_RANGE
+    requirement = f"a number of seconds from {low:g} to {high:,.0f} (a day)"
+    try:
+        number = positive_number(value)
+    except ValueError:
+        raise ValueError(requirement) from None
+    if not low <= number <= high:
+        raise ValueError(requirement)
+    return number
 
 
 def positive_int(value: Any) -> int:
@@ -96,6 +117,8 @@ def _integer(value: Any, minimum: int, requirement: str) -> int:
         raise ValueError(requirement) from None
     if number < minimum:
         raise ValueError(requirement)
+    if number >= INT_LIMIT:
+        raise ValueError(f"{requirement} below 2**63 (what every storage holds)")
     return number
 
 
@@ -133,7 +156,7 @@ EXPERIMENT_RULES: dict[str, Rule] = {
     "max_trials": optional(positive_int),
     "max_broken": positive_int,
     "max_attempts": positive_int,
-    "heartbeat": positive_number,
+    "heartbeat": heartbeat_seconds,
     "seed": optional(non_negative_int),
     "working_dir": optional(text),
 }

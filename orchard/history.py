@@ -132,7 +132,8 @@ class History:
             except (KeyError, TypeError, ValueError):  # recorded before the objectives were checked
                 values = None
         standing = feasibility(trial.results, self._constraints)
-        return Observation(trial.params, objective, trial.end_time, values, standing.feasible, standing.violation)
+        return Observation(trial.params, objective, trial.end_time, values, standing.feasible, standing.violation,
+                           pruned=trial.status is TrialStatus.PRUNED)
 
     def pending(self, extra: list[dict[str, Any]] | None = None) -> list[dict[str, Any]]:
         """Params being, or about to be, evaluated by anyone (plus ``extra``)."""

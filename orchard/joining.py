@@ -64,6 +64,9 @@ def join_experiment(
     for key, value in (goals or {}).items():
         if value is not None and value != getattr(stored, key):
             problems.append(f"{key}: stored {getattr(stored, key)} != given {value}")
+        elif key == "objectives" and value is not None and list(value) != list(stored.objectives or ()):
+            problems.append(f"objectives: stored in the order {', '.join(stored.objectives or ())} != given "
+                            f"{', '.join(value)} (the first is each trial's objective)")
     max_trials = chosen.get("max_trials")
     if max_trials is not None and stored.max_trials is not None and max_trials < stored.max_trials:
         problems.append(f"max_trials: stored {stored.max_trials} > given {max_trials} (it can only be raised)")

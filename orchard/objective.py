@@ -254,6 +254,8 @@ def with_objectives(outcome: Outcome, objectives: Mapping[str, str]) -> Outcome:
         return failure
     if outcome.pruned is not None or (outcome.error is not None and outcome.error.get("reason") != "no-objective"):
         return outcome
+    if "objective" in objectives and outcome.objective is not None:  # an objective named "objective" was taken apart
+        outcome = Outcome(objective=outcome.objective, results={**outcome.results, "objective": outcome.objective})
     for name in objectives:
         value = outcome.results.get(name)
         if not isinstance(value, (int, float)) or finite_float(value) is None:

@@ -53,7 +53,7 @@ def normalize_objectives(value: Any) -> dict[str, str] | None:
 
     Raises:
         ConfigurationError: not a mapping, empty, a name that is not a non-empty
-            string, or a direction other than min/max.
+            string or is given twice (``"a"`` and ``"a "``), or a direction other than min/max.
     """
     if value is None:
         return None
@@ -70,6 +70,8 @@ def normalize_objectives(value: Any) -> dict[str, str] | None:
         if not isinstance(direction, str) or direction.strip().lower() not in DIRECTIONS:
             raise ConfigurationError(
                 f"objective {name!r} has direction {direction!r}; it must be 'min' or 'max'")
+        if name.strip() in checked:
+            raise ConfigurationError(f"objective {name.strip()!r} is named twice ({name!r}); name each objective once")
         checked[name.strip()] = direction.strip().lower()
     return checked
 

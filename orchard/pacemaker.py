@@ -17,8 +17,10 @@ never blocks in retries, so an outage cannot keep it from holding.
 
 from __future__ import annotations
 
+import atexit
 import logging
 import threading
+import weakref
 from collections.abc import Callable
 
 from orchard.clock import SYSTEM_CLOCK, Clock
@@ -106,6 +108,15 @@ class Pacemaker:
         """Whether a heartbeat found ``trial_id`` no longer reserved by this worker."""
         with self._lock:
             return trial_id in self._lost
+
+    def release_at_exit(self) -> None:
+        """Give back the trials still watched when this interpreter exits normally (``interrupted``, not counted).
+
+        For trials handed to a caller who may never finish them (ask-and-tell: a script or
+        notebook that ends after ``suggest``): each would otherwise stay reserved until its
+        lease ran out and then count as a lost attempt. ``os._exit`` and signals skip it.
+        """
+        atexit.register(_release_watched, weakref.ref(self))
 
     def close(self) -> None:
         """Stop the thread (idempotent)."""
@@ -202,3 +213,23 @@ class Pacemaker:
             self._lost.add(trial_id)
         if self._on_lost is not None:
             self._on_lost(trial_id)
+
+
+def _release_watched(ref: weakref.ref[Pacemaker]) -> None:
+    pacemaker = ref()
+    if pacemaker is None:
+        return
+    pacemaker.close()
+    with pacemaker._lock:
+        held = sorted(pacemaker._watched)
+    released = []
+    for trial_id in held:
+        try:
+            pacemaker._storage.release_trial(trial_id, pacemaker._worker)
+        except StorageError as err:  # lost meanwhile, or the storage is gone: its lease runs out instead
+            log.warning("could not give back trial %s at exit: %s", trial_id, err)
+        else:
+            released.append(trial_id)
+    if released:
+        log.warning("gave back %d trial(s) suggested and never observed, at exit (interrupted, not counted as "
+                    "attempts): %s", len(released), ", ".join(released))

@@ -328,6 +328,20 @@ class RandInt(Prior):
         return f"randint({self.low!r}, {self.high!r})"
 
 
+def _equal_pair(values: list[Any] | tuple[Any, ...]) -> tuple[Any, Any] | None:
+    """The first two values that are one point of a space (``1`` and ``1.0`` are), or ``None``.
+
+    Bools stay apart from the ints they equal, as in trial ids (:func:`orchard.space.params_hash`).
+    """
+    seen: dict[Any, Any] = {}
+    for value in values:
+        key = (bool, value) if isinstance(value, bool) else value
+        if key in seen:
+            return seen[key], value
+        seen[key] = value
+    return None
+
+
 @dataclasses.dataclass(frozen=True)
 class Choices(Prior):
     """One of a fixed list of str, int, float or bool values."""
@@ -344,8 +358,13 @@ class Choices(Prior):
             raise fail("choices takes a non-empty list, e.g. choices(['a', 'b'])")
         if not all(isinstance(v, (str, int, float, bool)) for v in values):
             raise fail("choices may only list str, int, float or bool values")
-        if len({(type(v), v) for v in values}) != len(values):
-            raise fail("choices lists a value twice")
+        twins = _equal_pair(values)
+        if twins is not None:
+            first, second = twins
+            if type(first) is type(second):
+                raise fail(f"choices lists {first!r} twice")
+            raise fail(f"choices lists {first!r} and {second!r}, which are one point of the space "
+                       "(trials are told apart by value); keep one, or give them as strings")
         return cls(tuple(values))
 
     def sample(self, rng: np.random.Generator) -> Scalar:

@@ -90,7 +90,9 @@ def report(value: float | Mapping[str, float], step: int) -> None:
     The value is stored on the running trial before this returns, and judged by
     the experiment's pruner; ask :func:`should_prune` for the verdict. With
     several objectives, ``value`` maps each objective's name to its value at
-    ``step`` (``{"error": 0.31, "latency_ms": 12.5}``), in its own direction.
+    ``step`` (``{"error": 0.31, "latency_ms": 12.5}``), in its own direction; with
+    one declared objective (``objectives={"accuracy": "max"}``) a number is its
+    value, in its direction.
 
     Raises:
         ValueError: ``value`` is not a finite number (or a mapping of names to finite
@@ -202,6 +204,7 @@ def report_results(results: Mapping[str, Any]) -> None:
     several objectives, each objective by name (checked by the worker).
 
     Raises:
+        TypeError: ``results`` is not a mapping (a bare number: use :func:`report_objective`).
         ValueError: ``results`` is empty, or its ``"objective"`` is not a finite number.
         RuntimeError: not running under ``orchard hunt`` (``ORCHARD_RESULTS_PATH`` unset).
     """
@@ -220,6 +223,9 @@ def report_objective(value: float, **extra: Any) -> None:
 
 def _write(results: Mapping[str, Any], caller: str) -> None:
     """Check and write ``results``; errors name ``caller``, the function the user called."""
+    if not isinstance(results, Mapping):
+        raise TypeError(f"{caller} takes a dict such as {{'objective': 0.25, 'accuracy': 0.9}}, got "
+                        f"{type(results).__name__} {shown(results)}; for one number call report_objective(value)")
     objective = results.get("objective")
     by_name = caller == "report_results" and "objective" not in results and bool(results)  # several objectives
     if not by_name and (not isinstance(objective, (int, float)) or finite_float(objective) is None):

@@ -45,7 +45,7 @@ from typing import TYPE_CHECKING, Any
 
 from orchard.constraints import feasibility
 from orchard.errors import BudgetExhaustedError, ConfigurationError, StopReason, StorageError
-from orchard.trial import finite_float
+from orchard.trial import INT_LIMIT, finite_float
 
 if TYPE_CHECKING:  # pragma: no cover
     from orchard.objective import Outcome
@@ -110,8 +110,8 @@ def _finite(value: Any, requirement: str) -> float:
 def _whole(value: Any) -> int:
     requirement = "a positive number of trials"
     number = _positive(value, requirement)
-    if not number.is_integer():
-        raise ValueError(requirement)
+    if not number.is_integer() or number >= INT_LIMIT:
+        raise ValueError(requirement if number < INT_LIMIT else f"{requirement} below 2**63")
     return int(number)
 
 
@@ -147,8 +147,13 @@ def _items(value: Any) -> Mapping[str, Any]:
         raise ConfigurationError(
             f"stop={value!r} is not a set of stopping rules; give a mapping such as "
             "{'target': 0.1, 'patience': 20} or RULE=VALUE items such as --stop target=0.1 --stop max_time=2h")
-    pairs = [item.split("=", 1) for item in items if item.strip()]
-    return {key.strip().replace("-", "_"): text.strip() for key, text in pairs}
+    pairs = [(key.strip().replace("-", "_"), text.strip()) for key, text in
+             (item.split("=", 1) for item in items if item.strip())]
+    keys = [key for key, _ in pairs]
+    twice = sorted({key for key in keys if keys.count(key) > 1})
+    if twice:  # a mapping would keep the last one silently
+        raise ConfigurationError(f"stop rule {', '.join(twice)} is given twice ({', '.join(items)}); give each once")
+    return dict(pairs)
 
 
 def normalize_stop(value: Any, objectives: Mapping[str, str] | None = None) -> dict[str, Any] | None:
@@ -327,9 +332,10 @@ class Ledger:
 def _cost(results: Mapping[str, Any], metric: str, trial_id: str, wanted: bool) -> float:
     value = results.get(metric)
     number = finite_float(value) if isinstance(value, (int, float)) else None
-    if number is None:
+    if number is None or number < 0:
         if wanted:
-            log.warning("trial %s reported no finite %r metric; it adds nothing to max_cost", trial_id, metric)
+            what = "no finite" if number is None else f"a negative ({number:g})"
+            log.warning("trial %s reported %s %r metric; it adds nothing to max_cost", trial_id, what, metric)
         return 0.0
     return number
 

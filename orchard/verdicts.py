@@ -24,7 +24,7 @@ import os
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
-from typing import Any
+from typing import Any, BinaryIO
 
 from orchard.errors import InvalidReportError, OrchardError
 from orchard.objectives import minimized
@@ -33,12 +33,15 @@ from orchard.report import Reported, check_report
 from orchard.storages.base import BaseStorage
 from orchard.trial import MAX_REPORTS_PER_TRIAL, ReportValue, Trial, TrialStatus
 
-__all__ = ["Judge", "ReportFollower", "current_judge", "judging", "stored_value"]
+__all__ = ["MAX_REPORT_LINE", "Judge", "ReportFollower", "current_judge", "judging", "stored_value"]
 
 log = logging.getLogger(__name__)
 
 #: Seconds between two reads of a report file.
 FOLLOW_INTERVAL = 0.01
+#: The longest report line taken, in bytes (one with 1,000 objectives is ~30 KB); a longer one is skipped
+#: unread, so a child writing gigabytes without a newline cannot exhaust its worker's memory.
+MAX_REPORT_LINE = 1 << 20
 
 
 class Judge:
@@ -120,7 +123,10 @@ class Judge:
 
 def stored_value(trial_id: str, value: Reported, objectives: Mapping[str, str] | None,
                  ranked: bool = True) -> ReportValue:
-    """What a report stores: a number, or with several objectives their vector in minimisation form.
+    """What a report stores: a number, or with several objectives their vector, in minimisation form.
+
+    With one declared objective (``objectives={"accuracy": "max"}``) a bare number is its value,
+    in its direction, like ``{"accuracy": value}``.
 
     Args:
         trial_id: the reporting trial (for messages).
@@ -136,6 +142,8 @@ def stored_value(trial_id: str, value: Reported, objectives: Mapping[str, str] |
     if not isinstance(value, Mapping):
         if objectives is not None and len(objectives) > 1 and ranked:
             raise InvalidReportError.objectives_expected(trial_id, "a single number", objectives)
+        if objectives is not None and len(objectives) == 1:  # the one declared objective, in its direction
+            return minimized({name: value for name in objectives}, objectives)[0]
         return value
     if objectives is None:
         raise InvalidReportError.one_objective(trial_id)
@@ -184,8 +192,9 @@ class ReportFollower:
         self.judge, self.trial_id = judge, trial_id
         self.report_path, self.verdict_path = report_path, verdict_path
         self._stop_child, self.grace = stop, grace
-        self._offset = 0
+        self._file: BinaryIO | None = None  # the report file being read, held open (see _drain)
         self._partial = b""
+        self._overlong = False  # skipping the rest of a line longer than MAX_REPORT_LINE
         self._done = threading.Event()
         self._pruned_event = threading.Event()
         self.skipped = 0
@@ -208,6 +217,8 @@ class ReportFollower:
 
     def __enter__(self) -> ReportFollower:
         """Start following (the files were :meth:`prepare`-d before the child started)."""
+        with contextlib.suppress(OSError):  # opened now, so a child deleting it at once loses no line
+            self._file = open(self.report_path, "rb")  # held across reads, closed in __exit__
         self._thread.start()
         return self
 
@@ -215,6 +226,8 @@ class ReportFollower:
         self._done.set()
         self._thread.join()
         self._drain()  # lines written just before the child ended
+        if self._file is not None:
+            self._file.close()
 
     def _follow(self) -> None:
         pruned_at: float | None = None
@@ -228,18 +241,52 @@ class ReportFollower:
                 return
 
     def _drain(self) -> None:
+        """Take the lines appended to the report file since the last read.
+
+        The file is held open, so a script that deletes or replaces it (cleaning its folder
+        mid-training) loses no line: the old file is read to its end, then the new one from its
+        start. A file truncated in place is read again from its start.
+        """
         try:
-            with open(self.report_path, "rb") as handle:
-                handle.seek(self._offset)
-                chunk = handle.read()
-        except OSError:
+            if self._file is not None:
+                if os.fstat(self._file.fileno()).st_size < self._file.tell():  # truncated in place
+                    self._file.seek(0)
+                self._feed_file(self._file)
+                if os.path.samestat(os.stat(self.report_path), os.fstat(self._file.fileno())):
+                    return
+                log.warning("trial %s: %s was deleted or replaced while the trial ran; reading the new one",
+                            self.trial_id, self.report_path)
+                self._file.close()
+                self._file = None
+                self._feed(b"\n")  # the old file's last line ends with it
+            self._file = open(self.report_path, "rb")  # noqa: SIM115 -- held across reads, closed in __exit__
+            self._feed_file(self._file)
+        except OSError:  # not there (deleted and not yet written again): the next read looks again
             return
-        self._offset += len(chunk)
+
+    def _feed_file(self, handle: BinaryIO) -> None:
+        while chunk := handle.read(MAX_REPORT_LINE):
+            self._feed(chunk)
+
+    def _feed(self, chunk: bytes) -> None:
         data = self._partial + chunk
         *lines, self._partial = data.split(b"\n")
         for line in lines:
-            if line.strip():
+            if self._overlong:  # the end of a line skipped already
+                self._overlong = False
+            elif len(line) > MAX_REPORT_LINE:
+                self._skip_overlong()
+            elif line.strip():
                 self._take(line)
+        if len(self._partial) > MAX_REPORT_LINE:
+            if not self._overlong:
+                self._skip_overlong()
+            self._overlong, self._partial = True, b""
+
+    def _skip_overlong(self) -> None:
+        self.skipped += 1
+        log.warning("trial %s: skipped a line of %s longer than %d bytes (a report line is one small JSON object)",
+                    self.trial_id, self.report_path, MAX_REPORT_LINE)
 
     def _take(self, line: bytes) -> None:
         parsed = _parse(line)
@@ -255,7 +302,11 @@ class ReportFollower:
         except OrchardError as err:  # refused (bad step, lost reservation): said to the child, nothing stored
             log.warning("trial %s: report at step %s refused: %s", self.trial_id, step, err)
             answer["refused"] = str(err)
-        _write_verdict(self.verdict_path, answer)
+        try:
+            _write_verdict(self.verdict_path, answer)
+        except OSError as err:  # the child's folder removed under it: the verdict still stands (and stops it)
+            log.warning("trial %s: cannot write the verdict on step %s to %s: %s", self.trial_id, step,
+                        self.verdict_path, err)
         if answer["prune"]:
             self._pruned_event.set()
 

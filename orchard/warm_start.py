@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 import threading
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -117,7 +118,21 @@ def _parse_source(item: Any) -> Source:
         fill = {}
     else:
         raise ConfigurationError(f"warm_start source {item!r} is not an experiment name or mapping; e.g. {_EXAMPLE}")
-    return Source(check_experiment_name(name), storage, fill)
+    return Source(check_experiment_name(name), _absolute(storage) if storage else None, fill)
+
+
+def _absolute(storage: str) -> str:
+    """A pickle file's path made absolute, so every worker reads the same file whatever its directory.
+
+    A relative path was resolved in each worker's own directory: workers started elsewhere found
+    no source (and made its folder there).
+    """
+    scheme, sep, rest = storage.partition("://")
+    if sep and scheme.lower() != "pickle":
+        return storage
+    path, mark, query = (rest if sep else storage).partition("?")
+    absolute = os.path.abspath(os.path.expanduser(path)) + mark + query
+    return f"{scheme}://{absolute}" if sep else absolute
 
 
 def _split(text: str) -> tuple[str | None, str]:
@@ -170,6 +185,7 @@ def _fit_problems(source: Source, theirs: Space, space: Space) -> list[str]:
         elif name in source.fill and not space[name].contains(source.fill[name]):
             problems.append(f"fill value {source.fill[name]!r} of {name!r} is outside {space[name]}")
     problems += [f"{name!r} is not in this space" for name in theirs if name not in space]
+    problems += [f"fill names {name!r}, which is not in this space" for name in source.fill if name not in space]
     return problems
 
 
@@ -217,8 +233,8 @@ def _gather(space: Space, stored: Sequence[Mapping[str, Any]] | None, own: BaseS
 
     ``strict`` (when the experiment is created) refuses a missing source and one none of whose
     trials fits; otherwise (a worker starting later) such a source gives nothing, with a warning,
-    so deleting an old experiment, or losing or damaging the other storage it was in, never stops
-    the ones it warm-started.
+    so deleting an old experiment, recreating it with another space, or losing or damaging the
+    other storage it was in, never stops the ones it warm-started.
     """
     prior: list[Trial] = []
     uses: list[SourceUse] = []
@@ -233,6 +249,11 @@ def _gather(space: Space, stored: Sequence[Mapping[str, Any]] | None, own: BaseS
             uses.append(SourceUse(source.label, 0, 0, {}))
             continue
         problems = _fit_problems(source, theirs, space)
+        if problems and not strict:  # recreated with another space since: the sources cannot be changed
+            log.warning("warm start source %r no longer fits this space (%s); going on without it",
+                        source.label, "; ".join(problems))
+            uses.append(SourceUse(source.label, 0, len(trials), {}))
+            continue
         if problems:
             raise ConfigurationError(
                 f"warm start from {source.label!r}: its space does not fit this one: {'; '.join(problems)}. "
@@ -266,8 +287,9 @@ def check_sources(space: Space, stored: Sequence[Mapping[str, Any]] | None, own:
 def prior_trials(space: Space, stored: Sequence[Mapping[str, Any]] | None, own: BaseStorage) -> list[Trial]:
     """The completed trials of the sources, their params mapped into ``space``; ``[]`` without sources.
 
-    A source deleted since the experiment was created, or kept in another storage that cannot be
-    read now (unreachable, damaged, replaced), gives nothing (with a warning).
+    A source deleted since the experiment was created, recreated with a space that does not fit,
+    or kept in another storage that cannot be read now (unreachable, damaged, replaced), gives
+    nothing (with a warning).
 
     Raises:
         StorageError: the experiment's own storage cannot be read.

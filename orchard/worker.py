@@ -143,7 +143,7 @@ class Worker:
         self.algorithm: BaseAlgorithm = make_algorithm(settings.algorithm, settings.space, settings.seed)
         self.suggester = Suggester(self.algorithm, settings.algorithm, settings.space)  # held to the contract
         self.judge = Judge(storage, self.name, lambda: self.history.trials, self.history.refresh,
-                           make_pruner(settings.pruner), settings.objectives)
+                           make_pruner(settings.pruner, settings.objectives), settings.objectives)
         self.report = WorkerReport(self.name)
         rules = StopRules.of(settings.stop, settings.objectives, settings.constraints)
         self.stopping = None if rules is None else StopGate(storage, experiment_id, rules, self.label, clock.monotonic)
@@ -247,6 +247,7 @@ class Worker:
                 self._release_quietly(trial)  # a stopping rule fired meanwhile: give it back, then stop
                 continue
             if trial is not None:
+                self.judge.forget(trial.id)  # its reports start over: a verdict on an earlier attempt is void
                 self.pacemaker.watch(trial.id)
                 return trial
             if deadline is not None and self.clock.monotonic() >= deadline:

@@ -6,7 +6,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import pytest
 
@@ -141,3 +141,53 @@ def test_a_third_party_algorithm_is_used_by_name_from_hunt(
     assert unknown.returncode != 0
     assert "center_first" in unknown.stderr  # the valid names include the installed plugin
     algorithms._entry_points.cache_clear()
+
+
+@pytest.mark.parametrize(("target", "words"), [
+    ("test_algorithm_contract_plugins:failing_factory", "RuntimeError: no licence server"),
+    ("test_algorithm_contract_plugins:exits", "SystemExit: usage: plugin.py"),
+])
+def test_a_plugin_that_fails_to_load_is_one_clear_line(
+    target: str, words: str, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A factory entry point that raised surfaced its own exception; one that exits on import ended the process."""
+    import types
+    from importlib import metadata
+
+    import orchard
+    from orchard import algorithms
+
+    def failing_factory() -> type:
+        raise RuntimeError("no licence server")
+
+    module = types.ModuleType("test_algorithm_contract_plugins")
+    module.failing_factory = failing_factory  # type: ignore[attr-defined]
+    module.exits = lambda: sys.exit("usage: plugin.py [-h]")  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, module.__name__, module)
+    point = metadata.EntryPoint("broken_search", target, algorithms.ENTRY_POINT_GROUP)
+    monkeypatch.setattr(algorithms, "_entry_points", lambda: {"broken_search": point})
+    with pytest.raises(ConfigurationError, match=f"algorithm 'broken_search' .* cannot be loaded: {words}"):
+        orchard.build_experiment("plugged", space={"x": "uniform(0, 1)"}, algorithm="broken_search",
+                                 storage="memory://")
+
+
+def test_a_plugin_whose_option_check_fails_is_one_clear_line(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A plugin's own _check_values raising ValueError surfaced as is (a traceback under the CLI)."""
+    import orchard
+    from orchard import algorithms
+    from orchard.algorithms import RandomSearch
+
+    class Picky(RandomSearch):  # type: ignore[misc, valid-type]
+        name = "picky"
+        OPTIONS: ClassVar[dict[str, Any]] = {"depth": 3}
+
+        @classmethod
+        def _check_values(cls, options: dict[str, Any]) -> None:
+            if int(options["depth"]) < 0:  # int("deep") raises ValueError
+                raise ConfigurationError("depth must be >= 0")
+
+    monkeypatch.setattr(algorithms, "algorithm_class", lambda name: Picky)
+    with pytest.raises(ConfigurationError, match=r"algorithm 'picky' \(.*Picky\) could not check its options "
+                                                 r"\{'depth': 'deep'\}: ValueError: invalid literal"):
+        orchard.build_experiment("plugged", space={"x": "uniform(0, 1)"}, algorithm={"picky": {"depth": "deep"}},
+                                 storage="memory://")

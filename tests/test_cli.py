@@ -497,8 +497,8 @@ def test_db_rm_asks_unless_yes(workdir: Path, capsys: pytest.CaptureFixture[str]
 
 
 def test_db_release_sets_a_reserved_trial_back(workdir: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    experiment = orchard.build_experiment("e", space={"x": "uniform(0, 1)"}, storage="orchard.pkl")
-    stuck = experiment.storage.register_trial(experiment.id, {"x": 0.5}, worker="dead:1:beef")
+    experiment = orchard.build_experiment("e", space={"x": "uniform(0, 1)"}, storage="orchard.pkl", heartbeat=0.1)
+    stuck = experiment.storage.register_trial(experiment.id, {"x": 0.5}, worker="dead:1:beef")  # never heartbeats
     assert main(["db", "release", "-n", "e", stuck.id[:10]]) == 0
     assert "released trial" in capsys.readouterr().out
     trial = experiment.storage.get_trial(stuck.id)

@@ -63,6 +63,17 @@ def test_fold_shows_the_storage_and_then_only_what_changed(store: BaseStorage) -
     assert experiment_summary(view)["broken"] == 1
 
 
+def test_the_best_shown_is_feasible_as_the_experiments_best_trial(store: BaseStorage) -> None:
+    exp_id = make_experiment(store, constraints=["memory_gb <= 8"])
+    for x, objective, memory in ((0.1, 0.5, 4.0), (0.2, 0.1, 12.0), (0.3, 0.3, 8.0)):  # the lowest breaks it
+        trial = store.register_trial(exp_id, {"x": x}, worker="w")
+        store.complete_trial(trial.id, "w", objective, {"objective": objective, "memory_gb": memory})
+    view = ExperimentView(store, store.require_experiment("exp"))
+    view.fold()
+    assert experiment_summary(view)["best_objective"] == 0.3
+    assert view.best is not None and view.best.params == {"x": 0.3}
+
+
 def test_heartbeat_age_is_measured_on_the_dashboards_clock(store: BaseStorage) -> None:
     exp_id = make_experiment(store)
     old = store.register_trial(exp_id, {"x": 0.1}, worker="w1")

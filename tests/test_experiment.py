@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import math
+import subprocess
+import sys
 from collections.abc import Callable
 
 import pytest
@@ -240,3 +242,24 @@ def test_ctrl_c_stops_thread_workers_after_their_running_evaluations(store) -> N
     assert not [t for t in trials if t.status is TrialStatus.RESERVED]
     assert len([t for t in trials if t.status is TrialStatus.COMPLETED]) < 20
     assert "not stopped" not in str(caught.value), caught.value
+
+
+@pytest.mark.parametrize("end", ["return", "raise"])
+def test_trials_suggested_and_never_observed_go_back_when_the_script_ends(tmp_path, end: str) -> None:
+    """A script or notebook that ends after suggest() leaves nothing reserved and no attempt spent."""
+    store = str(tmp_path / "o.pkl")
+    script = tmp_path / "ask.py"
+    script.write_text(
+        "import orchard, sys\n"
+        f"exp = orchard.build_experiment('ask', space={{'x': 'uniform(0, 1)'}}, max_trials=5, storage={store!r})\n"
+        "kept = exp.suggest()\n"
+        "exp.observe(exp.suggest(), 0.5)\n"
+        "print(kept.id, flush=True)\n"
+        + ("raise SystemExit('the script failed')\n" if end == "raise" else ""))
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=60)
+    assert done.returncode == (1 if end == "raise" else 0), done.stderr
+    kept = done.stdout.split()[0]
+    trials = {t.id: t for t in orchard.get_experiment("ask", storage=store).fetch_trials()}
+    assert sorted(t.status.value for t in trials.values()) == ["completed", "interrupted"]
+    assert trials[kept].status is TrialStatus.INTERRUPTED and trials[kept].attempts == 0
+    assert "gave back 1 trial(s) suggested and never observed" in done.stderr

@@ -22,6 +22,7 @@ from orchard.cli import main
 from orchard.errors import ConfigurationError, SpaceError
 from orchard.fidelity import Fidelity
 from orchard.space import Space, parse_prior
+from orchard.trial import TrialStatus
 
 SPACE = {"x": "uniform(0, 1)", "epochs": "fidelity(1, 9, base=3)"}
 
@@ -58,6 +59,42 @@ def test_rungs_are_low_times_base_powers_capped_at_high(text: str, rungs: tuple[
     assert prior.rungs() == rungs
     assert all(type(r) is type(rungs[0]) for r in prior.rungs())
     assert parse_prior("epochs", str(prior)) == prior
+
+
+@pytest.mark.parametrize("text", ["fidelity(1, 1e12, base=1.000001)", "fidelity(1, 2, base=1.0000000000000002)",
+                                  "fidelity(5e-324, 1.7e308, base=2)"])
+def test_a_fidelity_with_too_many_rungs_is_refused_in_one_line(text: str) -> None:
+    """27 million rungs (a base just above 1) cost each asha worker 1.7 GB and 80 s for 5 trials."""
+    with pytest.raises(SpaceError, match=r"dimension 'epochs'.* rungs from .* more than 1,000; raise base"):
+        parse_prior("epochs", text)
+
+
+def test_rungs_of_extreme_bounds_stop_at_high() -> None:
+    prior = parse_prior("epochs", "fidelity(1e-300, 1e300, base=1e300)")
+    assert isinstance(prior, Fidelity) and prior.rungs() == (1e-300, 1.0, 1e300)  # base**2 overflowed
+
+
+def _diverges_below_0_3(x: float, epochs: int) -> float:
+    orchard.report(-1.0 if x < 0.3 else x, 1)  # a diverged loss, which the threshold pruner stops
+    if orchard.should_prune():
+        raise orchard.TrialPruned()
+    return x
+
+
+@pytest.mark.parametrize("algorithm", ["asha", "hyperband"])
+@pytest.mark.parametrize("rule", ["stopping", "promotion"])
+def test_a_trial_a_pruner_stopped_is_never_promoted(algorithm: str, rule: str) -> None:
+    """asha took a pruned trial's last report (-1.0, the diverged loss) as the best result of its rung:
+    8 of 10 promotions retrained trials the pruner had stopped, each pruned again at the next rung."""
+    exp = orchard.build_experiment(
+        "pruned-promotions", space={"x": "uniform(0, 1)", "epochs": "fidelity(1, 9)"},
+        algorithm={algorithm: {"sampler": "random", "rule": rule}}, pruner={"threshold": {"lower": 0.0}},
+        max_trials=40, storage="memory://", seed=1)
+    exp.workon(_diverges_below_0_3, progress=False)
+    trials = {t.id: t for t in exp.fetch_trials()}
+    promoted = [t for t in trials.values() if t.parent is not None]
+    assert promoted and any(t.status is TrialStatus.PRUNED for t in trials.values())
+    assert all(trials[t.parent].status is TrialStatus.COMPLETED for t in promoted)  # type: ignore[index]
 
 
 def test_a_space_holds_at_most_one_fidelity() -> None:

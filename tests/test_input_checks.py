@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import os
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -142,6 +143,17 @@ def test_report_objective_errors_name_report_objective(monkeypatch: pytest.Monke
         orchard.report_objective(1.0)
     with pytest.raises(RuntimeError, match="report_results only works inside a trial"):
         orchard.report_results({"objective": 1.0})
+
+
+@pytest.mark.parametrize("results", [0.5, [("objective", 0.5)], "0.5"])
+def test_report_results_of_a_bare_value_says_to_pass_a_dict(results: Any, tmp_path: Path,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ORCHARD_RESULTS_PATH", str(tmp_path / "results.json"))
+    with pytest.raises(TypeError) as info:
+        orchard.report_results(results)
+    message = str(info.value)
+    assert message.startswith("report_results takes a dict such as {'objective': ") and "report_objective" in message
+    assert "\n" not in message and not (tmp_path / "results.json").exists()
 
 
 def test_an_unreachable_mongodb_is_one_short_line() -> None:

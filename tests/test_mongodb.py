@@ -142,6 +142,7 @@ def test_unreachable_server_fails_fast_with_a_redacted_message() -> None:
         (OperationFailure("not authorized on runs", code=13), StorageUnavailableError, "authSource"),
         (AutoReconnect("connection reset"), StorageUnavailableError, "reach"),
         (OperationFailure("something odd", code=2), StorageError, "failed to"),
+        (OperationFailure("Use of undefined variable: NOW", code=17276), StorageError, "needs MongoDB 4.2"),
     ],
 )
 def test_driver_errors_become_orchard_errors(
@@ -469,8 +470,10 @@ def test_a_write_hidden_from_the_window_is_recovered_by_the_count_check(exp: str
     storage._trials.update_one({"_id": trial.id}, {"$set": {"mtime": datetime.datetime(2000, 1, 1)}})
     assert storage.fetch_changes(exp, cursor)[0] == []  # missed until the next count check
     checking = MongoStorage(storage.uri, check_interval=0.0)
-    changed, cursor = checking.fetch_changes(exp, cursor)
+    changed, after = checking.fetch_changes(exp, cursor)
     assert [(t.id, t.status) for t in changed] == [(trial.id, TrialStatus.COMPLETED)]
+    assert not checking.resent_everything(cursor, after), "nothing vanished: a caller keeps its view"
+    cursor = after
     assert checking.fetch_changes(exp, cursor)[0] == []
 
 

@@ -88,7 +88,9 @@ def test_uri_forms_and_options(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) 
     plain = get_storage("runs/a.pkl")
     assert isinstance(plain, PickledStorage)
     assert plain.path == str(tmp_path / "runs" / "a.pkl")
-    assert (tmp_path / "runs").is_dir()  # parent directories are created
+    assert not (tmp_path / "runs").exists()
+    plain.create_experiment("exp", {})
+    assert (tmp_path / "runs").is_dir()  # parent directories are created by the first write
     relative = get_storage("pickle://rel/b.pkl")
     assert relative.path == str(tmp_path / "rel" / "b.pkl")  # type: ignore[attr-defined]
     absolute = get_storage(f"pickle://{tmp_path}/abs/c.pkl?lock=soft&timeout=5")
@@ -110,7 +112,7 @@ def test_uri_forms_and_options(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) 
 def test_reads_do_not_create_the_file(path: Path) -> None:
     storage = PickledStorage(path)
     assert storage.get_experiment("nope") is None
-    assert storage.list_experiments() == []
+    assert storage.list_experiments() == [] and storage.get_experiment("exp") is None
     with pytest.raises(ExperimentNotFoundError):
         storage.fetch_trials("nope")
     assert not path.exists()
@@ -647,6 +649,7 @@ def test_a_refreshed_soft_lock_marker_is_not_stale(path: Path) -> None:
 def test_soft_lock_timeout_and_old_marker(path: Path) -> None:
     storage = PickledStorage(path, lock="soft", timeout=0.3)
     lock_file = Path(f"{path}.lock")
+    lock_file.parent.mkdir(parents=True, exist_ok=True)
     lock_file.write_text(f"{os.getpid()}\n{socket.gethostname()}\n")
     with pytest.raises(StorageUnavailableError, match="stale lock") as info:
         storage.create_experiment("exp", {})
@@ -888,3 +891,13 @@ def test_a_forked_worker_replays_quietly_a_file_compacted_since_its_parent_read_
     os.write(write, b"go")
     _, status = os.waitpid(pid, 0)
     assert os.waitstatus_to_exitcode(status) == 0, "exit 11: a warning that the file was replaced by another one"
+
+
+def test_reading_a_path_that_does_not_exist_makes_no_folder(tmp_path: Path) -> None:
+    """A moved warm-start source or a mistyped --storage read by `orchard list` leaves nothing behind."""
+    path = tmp_path / "moved" / "runs" / "orchard.pkl"
+    storage = PickledStorage(str(path))
+    assert storage.list_experiments() == [] and storage.get_experiment("exp") is None
+    assert not (tmp_path / "moved").exists()
+    storage.create_experiment("exp", {"space": {"x": "uniform(0, 1)"}})  # the first write makes it
+    assert path.is_file() and PickledStorage(str(path)).require_experiment("exp").name == "exp"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+from typing import Any
 
 import pytest
 
@@ -105,6 +106,17 @@ def test_threshold_and_patience() -> None:
     assert not wrapped.judge("t", curve(1.0, 1.0, 1.0), {"o": curve(5, 5, 5)}).prune
 
 
+@pytest.mark.parametrize("config", [{"threshold": {"lower": 0.5}},
+                                    {"patience": {"patience": 1, "wrapped": {"threshold": {"lower": 0.5}}}}])
+def test_threshold_bounds_are_in_the_direction_of_a_maximised_objective(config: dict[str, Any]) -> None:
+    """objectives={'accuracy': 'max'}: reports arrive negated, lower=0.5 still means an accuracy below 0.5."""
+    pruner = make_pruner(config, {"accuracy": "max"})
+    dead = pruner.judge("t", curve(-0.3, -0.3), {})  # accuracy 0.3 twice (stagnant for patience)
+    assert dead.prune and dead.reason == "value 0.3 is below lower=0.5"
+    assert not pruner.judge("t", curve(-0.9, -0.9), {}).prune  # accuracy 0.9
+    assert make_pruner(config, {"loss": "min"}).judge("t", curve(0.3, 0.3), {}).prune  # a minimised one as given
+
+
 @pytest.mark.parametrize("name", sorted(PRUNERS))
 def test_every_verdict_is_recomputed_from_the_stored_history(name: str) -> None:
     """Four trials at a time report in turn; a verdict still holds after the history grew past it."""
@@ -145,6 +157,9 @@ def test_every_verdict_is_recomputed_from_the_stored_history(name: str) -> None:
         ({"threshold": {}}, "needs 'upper', 'lower' or both"),
         ({"hyperband": {"max_step": 9, "brackets": 5}}, "only 3 first rungs"),
         ({"patience": {"wrapped": "nope"}}, "unknown pruner 'nope'"),
+        # patience within patience: 3,000 levels raised RecursionError, 20 a StorageError on nesting
+        ({"patience": {"wrapped": {"patience": {"wrapped": "median"}}}}, "wraps another 'patience'"),
+        ({"patience": {"wrapped": "patience"}}, "wraps another 'patience'"),
         ({"median": 3}, "must be a mapping"),
     ],
 )

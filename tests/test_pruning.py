@@ -124,6 +124,78 @@ def test_ask_and_tell_prunes_on_the_verdict() -> None:
     assert exp.observe(mine, orchard.TrialPruned()).status is TrialStatus.PRUNED
 
 
+@pytest.mark.parametrize("setting", ["pruned", "infeasible"])
+def test_a_pruned_or_infeasible_trial_is_never_shown_as_best(setting: str, tmp_path: Path,
+                                                             capsys: pytest.CaptureFixture[str]) -> None:
+    """stats, workon's return and ``orchard status`` gave the lowest objective of any trial: a pruned
+    one's last report, or one that broke a constraint, beside the id of the real best trial."""
+    from orchard.cli import main
+
+    storage = str(tmp_path / "db.pkl")
+    options: dict[str, Any] = ({"pruner": {"threshold": {"lower": 0.0}}} if setting == "pruned"
+                               else {"constraints": ["memory <= 1"]})
+    exp = orchard.build_experiment("p-best", space=SPACE, max_trials=3, storage=storage, **options)
+    for value in (2.0, 1.0):
+        exp.observe(exp.suggest(), {"objective": value, "memory": 0.5})
+    odd = exp.suggest()
+    if setting == "pruned":
+        exp.report(odd, -5.0, 1)
+        assert exp.observe(odd, orchard.TrialPruned()).status is TrialStatus.PRUNED
+    else:
+        exp.observe(odd, {"objective": -5.0, "memory": 9.0})
+    best = exp.best_trial
+    assert best is not None and best.objective == 1.0
+    assert (exp.stats["best_objective"], exp.stats["best_params"]) == (1.0, best.params)
+    capsys.readouterr()
+    assert main(["status", "-n", "p-best", "--storage", storage]) == 0
+    line = next(line for line in capsys.readouterr().out.splitlines() if "best:" in line)
+    assert line.split()[1] == "1" and best.id[:12] in line
+
+
+def test_a_number_reported_for_one_max_objective_is_judged_in_its_direction() -> None:
+    """objectives={"accuracy": "max"} with orchard.report(accuracy, step): the better trials were pruned."""
+    exp = orchard.build_experiment("p-max", space=SPACE, max_trials=4, storage="memory://",
+                                   objectives={"accuracy": "max"}, pruner={"median": {"min_trials": 1}})
+    first = exp.suggest()
+    exp.report(first, 0.5, 1)
+    exp.observe(first, {"accuracy": 0.5})
+    better, worse, named = exp.suggest(), exp.suggest(), exp.suggest()
+    exp.report(better, 0.95, 1)
+    exp.report(worse, 0.1, 1)
+    exp.report(named, {"accuracy": 0.95}, 1)
+    assert (exp.should_prune(better), exp.should_prune(worse), exp.should_prune(named)) == (False, True, False)
+    assert [exp.storage.get_trial(t.id).reports for t in (better, named)] == [[(1, -0.95)]] * 2  # type: ignore[union-attr]
+
+
+def test_hunt_says_how_many_trials_were_pruned(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                               capsys: pytest.CaptureFixture[str]) -> None:
+    """Its last line said '0 completed, 0 broken' for a budget spent on pruned trials."""
+    from orchard.cli import main
+
+    script = tmp_path / "train.py"
+    script.write_text("import sys, orchard\norchard.report(5.0, step=1)\nsys.exit(0 if orchard.should_prune() else 1)\n")
+    monkeypatch.chdir(tmp_path)
+    assert main(["hunt", "-n", "p-said", "--storage", "db.pkl", "--max-trials", "2", "--pruner",
+                 "{threshold: {upper: 1.0}}", sys.executable, str(script), "--x~uniform(0, 1)"]) == 0
+    assert "experiment 'p-said': 0 completed, 2 pruned, 0 broken" in capsys.readouterr().out
+
+
+def test_a_verdict_on_a_released_attempt_does_not_prune_the_next_one() -> None:
+    """Suggested again after a release, the trial was 'pruned' before any report of the new attempt, and
+    recorded pruned on a verdict citing a report it no longer held (its result 0.5 thrown away)."""
+    exp = orchard.build_experiment("p-again", space=SPACE, max_trials=1, storage="memory://",
+                                   pruner={"threshold": {"upper": 1.0}})
+    trial = exp.suggest()
+    exp.report(trial, 5.0, 1)
+    assert exp.should_prune(trial)
+    exp.release(trial)
+    again = exp.suggest()
+    assert again.id == trial.id and not exp.should_prune(again)
+    exp.report(again, 0.5, 1)
+    assert not exp.should_prune(again)
+    assert exp.observe(again, 0.5).status is TrialStatus.COMPLETED
+
+
 def test_report_outside_a_trial_says_how_to_use_it(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("ORCHARD_REPORT_PATH", raising=False)
     with pytest.raises(RuntimeError, match="needs a running trial"):
@@ -176,6 +248,74 @@ def test_a_garbage_line_in_the_report_file_is_skipped_with_a_warning(
     assert stored is not None and stored.reports == [(1, 0.5), (4, 0.25)]
     assert sum("skipped a line" in r.message for r in caplog.records) == 3
     assert json.loads(Path(verdict).read_text()) == {"step": 4, "prune": False}
+
+
+@pytest.mark.parametrize("cleanup", ["deleted", "replaced", "truncated"])
+def test_a_report_file_the_script_deletes_or_replaces_loses_no_report(
+        cleanup: str, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """A script cleaning its folder mid-training lost the next reports and waited 30 s for each verdict."""
+    from orchard.verdicts import ReportFollower
+
+    exp = orchard.build_experiment("p-cleanup", space=SPACE, max_trials=1, storage="memory://")
+    trial = exp.suggest()
+    reports, verdict = tmp_path / "r.jsonl", tmp_path / "v.json"
+    ReportFollower.prepare(str(reports), str(verdict))
+    with caplog.at_level(logging.WARNING), ReportFollower(exp._client_worker().judge, trial.id, str(reports),
+                                                          str(verdict), stop=lambda: None, grace=1.0):
+        with open(reports, "a") as handle:
+            handle.write('{"step": 1, "objective": 0.5}\n{"step": 2, "objective": 0.4}\n')
+        while cleanup == "truncated" and _verdict_step(verdict) != 2:  # truncation destroys what is unread
+            time.sleep(0.005)
+        if cleanup == "deleted":
+            reports.unlink()
+        elif cleanup == "replaced":
+            (tmp_path / "other").write_text("")
+            os.replace(tmp_path / "other", reports)
+        with open(reports, "w" if cleanup == "truncated" else "a") as handle:
+            handle.write('{"step": 3, "objective": 0.3}\n')
+    stored = exp.storage.get_trial(trial.id)
+    assert stored is not None and stored.reports == [(1, 0.5), (2, 0.4), (3, 0.3)]
+    assert json.loads(verdict.read_text()) == {"step": 3, "prune": False}
+
+
+def test_an_overlong_report_line_is_skipped_unread(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """A child writing 400 MB without a newline took its worker to 900 MB (10 GB would kill it)."""
+    import tracemalloc
+
+    from orchard.verdicts import ReportFollower
+
+    limit = 1 << 20  # orchard.verdicts.MAX_REPORT_LINE
+    exp = orchard.build_experiment("p-long", space=SPACE, max_trials=1, storage="memory://")
+    trial = exp.suggest()
+    reports, verdict = tmp_path / "r.jsonl", tmp_path / "v.json"
+    ReportFollower.prepare(str(reports), str(verdict))
+    follower = ReportFollower(exp._client_worker().judge, trial.id, str(reports), str(verdict),
+                              stop=lambda: None, grace=1.0)
+    piece, rest = b"1," * limit, b'1]\n{"step": 1, "objective": 0.5}\n' + b"x" * (limit + 1)
+    tracemalloc.start()  # after making the pieces written: what is measured is the follower's
+    try:
+        with caplog.at_level(logging.WARNING), follower, open(reports, "ab") as handle:
+            for _ in range(3):
+                handle.write(piece)  # one line of 6 MB, written in pieces
+                handle.flush()
+            handle.write(rest)
+            handle.write(b'\n{"step": 2, "objective": 0.4}\n')
+            handle.flush()
+            peak_before_exit = tracemalloc.get_traced_memory()[1]
+        peak = max(peak_before_exit, tracemalloc.get_traced_memory()[1])
+    finally:
+        tracemalloc.stop()
+    stored = exp.storage.get_trial(trial.id)
+    assert stored is not None and stored.reports == [(1, 0.5), (2, 0.4)]
+    assert follower.skipped == 2 and sum("longer than" in r.message for r in caplog.records) == 2
+    assert peak < 8 * limit  # a line is never held whole (4.2 MB here; 21 MB when it was read whole)
+
+
+def _verdict_step(verdict: Path) -> int | None:
+    try:
+        return int(json.loads(verdict.read_text())["step"])
+    except (OSError, ValueError, KeyError):  # not written yet (it is replaced whole)
+        return None
 
 
 SCRIPT = """

@@ -44,11 +44,16 @@ def test_experiment_config_round_trips_through_the_stored_dict() -> None:
 
 @pytest.mark.parametrize(("key", "value", "expected"), [
     ("seed", -1, "seed=-1: it must be an integer >= 0 (or unset)"),
-    ("heartbeat", 0, "heartbeat=0: it must be a positive number of seconds"),
+    ("heartbeat", 0, "heartbeat=0: it must be a number of seconds from 0.01 to 86,400"),
+    ("heartbeat", 1e308, "heartbeat=1e+308: it must be a number of seconds from 0.01"),  # overflowed every timer
+    ("heartbeat", 1e-9, "heartbeat=1e-09: it must be"),  # every lease lost at once
     ("heartbeat", float("nan"), "heartbeat=nan"),
     ("max_broken", 0, "max_broken=0: it must be a positive integer"),
     ("max_attempts", -2, "max_attempts=-2: it must be a positive integer"),
     ("max_trials", 2.5, "max_trials=2.5"),
+    ("max_trials", 2**63, "max_trials=9223372036854775808: it must be a positive integer below 2**63"),
+    ("seed", 2**64, "seed=18446744073709551616: it must be an integer >= 0 below 2**63"),
+    ("stop", {"patience": 2**64}, "patience=18446744073709551616: it must be a positive number of trials below 2**63"),
 ])
 def test_build_experiment_refuses_bad_settings_and_stores_nothing(tmp_path, key, value, expected) -> None:
     store = str(tmp_path / "o.pkl")

@@ -82,6 +82,17 @@ def test_front_is_non_dominated_and_feasible(store) -> None:
         _ = exp.best_trial
 
 
+@pytest.mark.parametrize("reference", [(2.0,), (2.0, 11.0, 3.0), (math.nan, 11.0), ("2", 11.0), 2.0, "ab"])
+def test_a_hypervolume_reference_that_is_not_one_number_per_objective_is_one_clear_line(
+    store, reference: object,
+) -> None:
+    """It gave zip()'s 'argument 2 is shorter than argument 1', or 0.0 for a NaN."""
+    exp = build(store, objectives=GOALS, max_trials=3, seed=2)
+    exp.workon(zdt1, executor="single", progress=False)
+    with pytest.raises(ConfigurationError, match=r"one finite number per objective \(f1, f2\)"):
+        exp.hypervolume(reference=reference)  # type: ignore[arg-type]
+
+
 def test_constraint_on_single_objective_keeps_infeasible_trials_but_never_returns_them(store) -> None:
     exp = build(store, constraints=["x >= 0.5"], max_trials=10, seed=4)
     exp.workon(lambda x, y: {"objective": x, "x": x}, executor="single", progress=False)
@@ -100,9 +111,25 @@ def test_a_missing_or_non_finite_objective_breaks_the_trial_naming_it(store, fn,
     assert trial.status is TrialStatus.BROKEN and words in trial.error["message"]
 
 
+@pytest.mark.parametrize(("objectives", "fn"), [
+    ({"objective": "max"}, lambda x, y: x),
+    ({"objective": "max"}, lambda x, y: {"objective": x}),
+    ({"objective": "max", "f2": "min"}, lambda x, y: {"objective": x, "f2": y}),
+])
+def test_an_objective_named_objective_is_read_from_the_result(store, objectives, fn) -> None:
+    """Every trial broke with "objective 'objective' is missing; ... e.g. return {'objective': ...}"."""
+    exp = build(store, objectives=objectives, max_trials=3)
+    exp.workon(fn, executor="single", progress=False)
+    trials = exp.fetch_trials()
+    assert [t.status for t in trials] == [TrialStatus.COMPLETED] * 3
+    assert all(t.objective == -t.params["x"] and t.results["objective"] == t.params["x"] for t in trials)
+    assert max(t.params["x"] for t in trials) in [t.results["objective"] for t in exp.pareto_front()]
+
+
 @pytest.mark.parametrize(("options", "words"), [
     ({"objectives": {"f1": "minimise"}}, "'min' or 'max'"),
     ({"objectives": {}}, "empty"),
+    ({"objectives": {"f1": "min", "f1 ": "max"}}, "'f1' is named twice"),  # one was silently dropped
     ({"constraints": ["memory_gb < 16"]}, "'memory_gb < 16'"),
     ({"constraints": ["__import__('os') <= 1"]}, "not understood"),
 ])
@@ -119,6 +146,8 @@ def test_joining_with_other_objectives_lists_the_difference(store) -> None:
         build(store, objectives={"f1": "min", "f2": "max"})
     with pytest.raises(ExperimentConflictError, match="constraints"):
         build(store, objectives=GOALS, constraints=["f1 <= 1"])
+    with pytest.raises(ExperimentConflictError, match="stored in the order f1, f2 != given f2, f1"):
+        build(store, objectives={"f2": "min", "f1": "min"})  # was joined, f1 staying each trial's objective
     assert build(store).settings.objectives == GOALS  # joining without them keeps them
 
 
@@ -174,6 +203,35 @@ def test_hunt_declares_objectives_and_constraints(tmp_path, monkeypatch, capsys)
     assert all(t.status is TrialStatus.COMPLETED and "latency_ms" in t.results for t in exp.fetch_trials())
     assert main(["hunt", "-n", "e", "--storage", "orchard.pkl", "--objective", "error:max", *command]) == 1
     assert "objectives: stored" in capsys.readouterr().err
+
+
+def test_an_objective_given_twice_on_the_command_line_is_refused(tmp_path, monkeypatch, capsys) -> None:
+    """--objective err:min --objective err:max kept the last one silently (and ORCHARD_OBJECTIVES='a:min,a:max')."""
+    import sys
+
+    from orchard.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    (tmp_path / "train.py").write_text(SCRIPT)
+    options = ["--objective", "err:min", "--objective", "err:max"]
+    assert main(["hunt", "-n", "e", "--storage", "orchard.pkl", "--max-trials", "1", *options,
+                 sys.executable, "train.py", "--x~uniform(0, 1)"]) != 0
+    assert "each objective once (err given twice)" in capsys.readouterr().err
+    assert not (tmp_path / "orchard.pkl").exists() or not orchard.get_storage("orchard.pkl").get_experiment("e")
+
+
+def test_status_and_info_show_one_max_objective_as_declared(store, capsys) -> None:
+    """They printed 'best: -0.9' for objectives={'accuracy': 'max'} (the stored, minimised form)."""
+    from orchard.cli import main
+
+    exp = build(store, objectives={"accuracy": "max"}, max_trials=3, seed=5)
+    exp.workon(lambda x, y: {"accuracy": x}, executor="single", progress=False)
+    best = max(t.results["accuracy"] for t in exp.fetch_trials())
+    for command in ("status", "info"):
+        assert main([command, "-n", "exp", "--storage", store]) == 0
+        line = next(line for line in capsys.readouterr().out.splitlines() if "best:" in line)
+        assert line.split()[1] == f"accuracy={best:.6g}"
 
 
 def test_status_and_info_show_the_front_instead_of_a_best_trial(store, capsys) -> None:

@@ -50,6 +50,8 @@ def test_parse_every_prior(text: str, expected: object) -> None:
         ("randint(0.5, 3)", "integers"),
         ("choices([])", "non-empty list"),
         ("choices(['a', 'a'])", "twice"),
+        ("choices(['x', 1, 1.0])", "1 and 1.0, which are one point of the space"),
+        ("choices([2.0, 'b', 2])", "2.0 and 2, which are one point"),
         ("uniform(0, __import__('os').getpid())", "literal"),
         ("uniform(0, 1, log=True)", "unexpected keyword"),
         ("normal(0, 0)", "sigma"),

@@ -117,6 +117,8 @@ def test_max_cost_sums_the_reported_cost_metric() -> None:
     fired = _stopped(exp)
     assert (fired["rule"], fired["finished"]) == ("max_cost", 4)
     other = _experiment({"max_cost": 3, "cost_metric": "gpu_hours"}, name="gpu")
+    _tell(other, {"objective": 1.0, "gpu_hours": -100.0})  # a cost is spent, never refunded: adds nothing
+    _runs(other)
     _tell(other, {"objective": 1.0, "gpu_hours": 3.5})
     assert _stopped(other)["rule"] == "max_cost"
 
@@ -180,6 +182,7 @@ def test_workon_ends_when_a_rule_fires() -> None:
     {"patience": {"trials": 3, "delta": 1}}, {"min_delta": 0.1}, {"patience": 3, "min_delta": -1},
     {"max_cost": 0}, {"max_cost": "x"}, {"cost_metric": "gpu"}, {"max_time": "2 hours"}, {"max_time": -5},
     {"max_time": True}, {"deadline": 3}, "target", ["target:0.1"],
+    "target=0.1,target=0.5", ["patience=3", "patience=5"],  # the last one was kept silently
 ], ids=str)
 def test_bad_rules_are_refused_before_anything_is_stored(stop: Any) -> None:
     storage = get_storage("memory://")

@@ -329,7 +329,7 @@ def test_a_registration_at_the_budget_reads_once_or_twice(request: pytest.Fixtur
         exp = storage.create_experiment("full", {})
     [(refused, freed)] = races.run_racing(_commands_at_the_budget, [(uri, exp)])
     assert refused == ["findAndModify", "aggregate"]
-    assert freed == ["findAndModify", "aggregate", "find", "update"]
+    assert freed == ["findAndModify", "aggregate", "find", "find", "update"]  # the slots held, the experiment
 
 
 def _twice(x: float) -> float:
@@ -362,7 +362,8 @@ def test_a_worker_joining_and_leaving_sends_each_command_once(request: pytest.Fi
     uri = backend_uri("mongodb", request, tmp_path)
     orchard.build_experiment("joined", space={"x": "uniform(0, 1)"}, algorithm="random", storage=uri, max_trials=3)
     [sent] = races.run_racing(_join_counting_commands, [(uri, "joined")])
-    assert sent == {"createIndexes": 1, "find": 3 + 4 + 1, "aggregate": 1, "findAndModify": 2 * 3,
+    # the looks (4) are change-feed reads: an aggregate, which brings the server's date along
+    assert sent == {"createIndexes": 1, "find": 3 + 1, "aggregate": 1 + 4, "findAndModify": 2 * 3,
                     "update": 3, "endSessions": 1}, sent
 
 

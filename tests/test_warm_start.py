@@ -175,6 +175,7 @@ def test_a_source_that_does_not_fit_is_refused_naming_the_dims(store: str, space
     (["runs/x.pkl"], ConfigurationError, "no experiment"),
     ([{"experiment": "old", "fill": 3}], ConfigurationError, "fill"),
     ([{"experiment": "old", "fill": {"x": 1.0}}], ConfigurationError, "'x' is in both spaces"),
+    ([{"experiment": "old", "fill": {"q": 1.0}}], ConfigurationError, "fill names 'q', which is not in this space"),
 ])
 def test_bad_sources_are_refused(store: str, sources: list[object], error: type[Exception], culprit: str) -> None:
     finished(store)
@@ -201,6 +202,26 @@ def test_mapping_fills_added_dims_and_drops_trials_outside_a_narrowed_range(
     assert f"other.pkl:old ({inside} of 12 completed trials; {12 - inside} outside x)" in line
 
 
+def test_a_relative_source_path_means_the_same_file_to_workers_started_elsewhere(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Each worker resolved 'runs/old.pkl' in its own directory: elsewhere it warned 'no longer exists',
+    went on without the source, and made an empty 'runs' folder there."""
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    monkeypatch.chdir(tmp_path / "a")
+    finished("runs/old.pkl")
+    store = str(tmp_path / "db.pkl")
+    orchard.build_experiment("new", space=BRANIN_SPACE, storage=store, warm_start=["runs/old.pkl:old"])
+    assert orchard.build_experiment("new", storage=store, warm_start=["runs/old.pkl:old"])  # the same sources
+    monkeypatch.chdir(tmp_path / "b")
+    new = orchard.build_experiment("new", storage=store)
+    worker = Worker(new.storage, new.id, WorkerSettings.for_experiment(new.settings),
+                    evaluate=lambda trial: None)  # type: ignore[arg-type, return-value]
+    assert len(worker.history.observations) == 12 and "no longer exists" not in caplog.text
+    assert list((tmp_path / "b").iterdir()) == []
+
+
 def test_joining_agrees_on_the_sources(store: str) -> None:
     finished(store)
     finished(store, "older")
@@ -220,6 +241,22 @@ def test_a_deleted_source_never_stops_the_experiment_it_warm_started(
     new.workon(branin, progress=False)
     assert len(new.fetch_trials([TrialStatus.COMPLETED])) == 2
     assert "warm start source 'old' no longer exists" in caplog.text
+
+
+def test_a_source_recreated_with_another_space_never_stops_the_experiment_it_warm_started(
+    store: str, caplog: pytest.LogCaptureFixture, capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Its sources cannot be changed: workon, hunt and info failed for good with 'Fix the space or the source'."""
+    old = finished(store)
+    new = orchard.build_experiment("new", space=BRANIN_SPACE, max_trials=2, storage=store, warm_start=["old"])
+    old.storage.delete_experiment(old.id)
+    again = orchard.build_experiment("old", space={"z": "uniform(0, 1)"}, max_trials=2, storage=store)  # another space
+    again.workon(lambda z: z, progress=False)
+    new.workon(branin, progress=False)
+    assert len(new.fetch_trials([TrialStatus.COMPLETED])) == 2
+    assert "warm start source 'old' no longer fits this space ('x' is new in this space" in caplog.text
+    assert main(["info", "-n", "new", "--storage", store]) == 0
+    assert "old (0 of 2 completed trials)" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize("damage", ["overwritten", "a directory"])

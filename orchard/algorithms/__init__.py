@@ -135,10 +135,11 @@ def _load_plugin(entry_point: metadata.EntryPoint) -> type[BaseAlgorithm]:
     where = f"algorithm {entry_point.name!r} (entry point {entry_point.value!r} of group {ENTRY_POINT_GROUP!r})"
     try:
         loaded = entry_point.load()
-    except Exception as exc:  # any import failure of a third-party package
-        raise ConfigurationError(f"{where} cannot be imported: {exc}; reinstall the package providing it") from exc
-    if not (isinstance(loaded, type) and issubclass(loaded, BaseAlgorithm)) and callable(loaded):
-        loaded = loaded()
+        if not (isinstance(loaded, type) and issubclass(loaded, BaseAlgorithm)) and callable(loaded):
+            loaded = loaded()  # a factory returning the class
+    except (Exception, SystemExit) as exc:  # any failure of a third-party package (one may parse argv on import)
+        raise ConfigurationError(f"{where} cannot be loaded: {type(exc).__name__}: {exc}; fix or "
+                                 "reinstall the package providing it") from exc
     if not (isinstance(loaded, type) and issubclass(loaded, BaseAlgorithm)):
         raise ConfigurationError(f"{where} is not a BaseAlgorithm subclass: got {loaded!r}")
     return loaded
@@ -203,10 +204,21 @@ def normalize_algorithm_config(config: AlgorithmConfig, space: Space | None = No
             or an algorithm that does not fit ``space``.
     """
     name, options = _split(config)
-    normalized = {name: algorithm_class(name).check_options(options)}
+    normalized = {name: _checked_options(algorithm_class(name), name, options)}
     if space is not None:
         make_algorithm(normalized, space)
     return normalized
+
+
+def _checked_options(cls: type[BaseAlgorithm], name: str, options: Mapping[str, Any]) -> dict[str, Any]:
+    """``cls.check_options(options)``, a plugin's own failure there named as a ConfigurationError."""
+    try:
+        return cls.check_options(options)
+    except OrchardError:
+        raise
+    except Exception as err:  # a plugin's check: name it rather than surface a bare traceback
+        raise ConfigurationError(f"algorithm {name!r} ({cls.__module__}.{cls.__qualname__}) could not check its "
+                                 f"options {dict(options)!r}: {type(err).__name__}: {err}") from err
 
 
 def make_algorithm(config: AlgorithmConfig, space: Space, seed: int | None = None) -> BaseAlgorithm:
@@ -223,7 +235,7 @@ def make_algorithm(config: AlgorithmConfig, space: Space, seed: int | None = Non
     """
     name, options = _split(config)
     cls = algorithm_class(name)
-    options = cls.check_options(options)
+    options = _checked_options(cls, name, options)
     try:
         return cls(space, seed, **options)
     except OrchardError:

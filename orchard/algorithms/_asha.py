@@ -312,7 +312,7 @@ class Asha(BaseAlgorithm):
         for entry in entries[:quota]:
             if promoted >= quota:
                 return None
-            if entry.key in above or entry.key in pending:
+            if entry.key in above or entry.key in pending or entry.observation.pruned:  # a pruner stopped it
                 continue
             child = self.at_rung(entry.observation.params, rung + 1)
             if child not in taken:
@@ -324,7 +324,7 @@ class Asha(BaseAlgorithm):
         """The best trial of the rung that survived its arrival and is not promoted yet (``stopping``)."""
         above = self.ladder.keys.get((bracket, rung + 1), set())
         for entry in self.ladder.survivors((bracket, rung)):
-            if entry.key in above or entry.key in pending:
+            if entry.key in above or entry.key in pending or entry.observation.pruned:  # a pruner stopped it
                 continue
             child = self.at_rung(entry.observation.params, rung + 1)
             if child not in taken:  # else registered but neither completed nor pending (broken)

@@ -52,6 +52,8 @@ class Observation:
     minimisation form (``objective`` is its first), ``None`` otherwise (and for a
     pruned trial). ``feasible`` says whether the experiment's constraints hold;
     ``violation`` is by how much they are broken in total (``0.0``: feasible).
+    ``pruned`` says a pruner stopped the trial: ``objective`` is then its last
+    reported value, evidence for a model but no result at its fidelity.
     """
 
     params: dict[str, Any]
@@ -60,6 +62,7 @@ class Observation:
     values: tuple[float, ...] | None = None
     feasible: bool = True
     violation: float = 0.0
+    pruned: bool = False
 
 
 class SeenPoints:

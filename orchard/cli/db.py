@@ -2,15 +2,17 @@
 
 ``dump`` writes experiments (configuration and every trial) to a JSON file,
 ``load`` restores them into any storage (e.g. from a pickle file to MongoDB);
-``rm`` deletes an experiment after confirmation; ``release`` gives a stuck
-reservation back (reserved → interrupted); ``test`` checks a storage end to end;
+``rm`` deletes an experiment after confirmation; ``release`` gives back a
+reservation whose worker is gone (reserved → interrupted); ``test`` checks a storage end to end;
 ``check`` lists damaged bytes of a pickle file and ``repair`` rewrites it clean.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
+from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 from orchard.cli._args import add_common, add_name, confirm, open_experiment, open_storage
@@ -56,9 +58,14 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
                     help="do not ask for confirmation (required without a terminal)")
     rm.set_defaults(func=_run_rm)
 
-    release = commands.add_parser("release", help="give a stuck reserved trial back (it becomes interrupted)")
+    release = commands.add_parser(
+        "release", help="give back a reserved trial whose worker is gone (it becomes interrupted)"
+    )
     add_name(release)
     release.add_argument("trial", metavar="TRIAL_ID", help="the trial's id (or a unique prefix)")
+    release.add_argument("--force", action="store_true",
+                         help="release at once, even if its worker is alive (that evaluation is thrown away); "
+                              "without it, a trial whose heartbeat changes within 3 × heartbeat is not released")
     release.set_defaults(func=_run_release)
 
     check = commands.add_parser("check", help="read a whole pickle file and list damaged byte ranges (exit 1 if any)")
@@ -120,10 +127,23 @@ def _run_load(args: argparse.Namespace) -> int:
         check_experiment_name(args.name)
     data = read_dump(args.file, args.name)
     storage = open_storage(args)
-    for name, added, total in load_experiments(storage, data, args.name):
-        print(f"loaded experiment {name!r} into {storage.redacted_uri}: {added} of {total} trials added"
-              + (f" ({total - added} were already there)" if added < total else ""))
+    with _again_on_outage("the trials loaded so far stay, and the same command adds the rest (those already "
+                          "there are skipped)"):
+        for name, added, total in load_experiments(storage, data, args.name):
+            print(f"loaded experiment {name!r} into {storage.redacted_uri}: {added} of {total} trials added"
+                  + (f" ({total - added} were already there)" if added < total else ""))
     return 0
+
+
+@contextlib.contextmanager
+def _again_on_outage(what: str) -> Iterator[None]:
+    """Say, when the storage is lost midway, what was done and that running the command again is safe."""
+    from orchard.errors import StorageUnavailableError
+
+    try:
+        yield
+    except StorageUnavailableError as err:
+        raise StorageUnavailableError(f"{err}; {what}", reached=err.reached) from err
 
 
 def _run_rm(args: argparse.Namespace) -> int:
@@ -145,7 +165,8 @@ def _run_rm(args: argparse.Namespace) -> int:
                        f"from {storage.redacted_uri}?"):
             print("nothing deleted")
             return 1
-    deleted = storage.delete_experiment(experiment.id)
+    with _again_on_outage("some of its trials may be deleted already; run the same command again to finish"):
+        deleted = storage.delete_experiment(experiment.id)
     print(f"deleted experiment {experiment.name!r} and its {deleted} trials from {storage.redacted_uri}")
     return 0
 
@@ -160,9 +181,19 @@ def _run_release(args: argparse.Namespace) -> int:
             f"trial {trial.id} of experiment {experiment.name!r} is {trial.status.value}, not reserved; "
             f"only a reserved trial can be released ({_reserved_list(experiment)})"
         )
-    released = experiment.storage.release_trial(trial.id, None)
-    print(f"released trial {released.id} of experiment {experiment.name!r} (was reserved by {trial.worker}); "
-          "it is now interrupted and the next worker takes it")
+    if args.force:
+        released = experiment.storage.release_trial(trial.id, None)
+        print(f"released trial {released.id} of experiment {experiment.name!r} (was reserved by {trial.worker}, "
+              "whose result, if it is still running, will be refused); it is now interrupted and the next "
+              "worker takes it")
+        return 0
+    from orchard.cli._release import release_if_lost
+
+    released = release_if_lost(experiment, trial)
+    now = (f"it is now broken: its reservation was lost {released.attempts} times (max_attempts)"
+           if released.status is TrialStatus.BROKEN else "it is now interrupted and the next worker takes it")
+    print(f"released trial {released.id} of experiment {experiment.name!r}: the heartbeat of {trial.worker} "
+          f"stood unchanged for 3 × heartbeat, so that worker is gone; {now}")
     return 0
 
 
@@ -170,10 +201,14 @@ def _find_trial(experiment: Experiment, wanted: str) -> Trial:
     """The experiment's trial whose id is ``wanted`` or starts with it.
 
     Raises:
+        ConfigurationError: ``wanted`` is empty.
         TrialNotFoundError: no trial, or several, match.
     """
-    from orchard.errors import TrialNotFoundError
+    from orchard.errors import ConfigurationError, TrialNotFoundError
 
+    if not wanted.strip():  # every id starts with "": an unset shell variable would pick the only trial
+        raise ConfigurationError(f"TRIAL_ID is empty (an unset shell variable?); give the id of a trial of "
+                                 f"experiment {experiment.name!r}, or a unique prefix of it; {_reserved_list(experiment)}")
     trial = experiment.storage.get_trial(wanted)
     if trial is not None and trial.experiment == experiment.id:
         return trial

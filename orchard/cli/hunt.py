@@ -221,7 +221,8 @@ def _work(experiment: Experiment, template: CommandTemplate, settings: Settings)
         best = f"; {len(experiment.pareto_front())} trials on the Pareto front (exp.pareto_front())"
     elif stats["best_objective"] is not None:
         best = f"; best objective {stats['best_objective']:.6g} at {format_params(stats['best_params'])}"
-    print(f"experiment {experiment.name!r}: {counts['completed']} completed, {counts['broken']} broken"
+    pruned = f", {counts['pruned']} pruned" if counts["pruned"] else ""  # they hold budget too
+    print(f"experiment {experiment.name!r}: {counts['completed']} completed{pruned}, {counts['broken']} broken"
           f"{best}")
     stopping = stop_summary(experiment.storage.experiment(experiment.id).config)
     if stopping is not None and stopping["fired"] is not None:

@@ -136,7 +136,8 @@ def experiment_status(experiment: Experiment, watch: HeartbeatWatch | None = Non
         "name": experiment.name, "storage": experiment.storage.redacted_uri, "counts": stats["counts"],
         "max_trials": experiment.max_trials, "best_trial": best.id if best else None,
         "best_objective": stats["best_objective"] if front is None else None, "best_params": stats["best_params"],
-        "pareto_front": front, "elapsed": stats["elapsed"], "trials_per_second": stats["trials_per_second"], "workers": workers,
+        "objectives": experiment.settings.objectives, "pareto_front": front, "elapsed": stats["elapsed"],
+        "trials_per_second": stats["trials_per_second"], "workers": workers,
         "rungs": _rungs(experiment), "stop": stats["stop"], "inserted_apart": stats["inserted_apart"],
     }
 
@@ -148,6 +149,14 @@ def _front(experiment: Experiment) -> list[dict[str, Any]] | None:
         return None
     return [{"id": t.id, "params": t.params, **{name: t.results[name] for name in objectives}}
             for t in experiment.pareto_front()]
+
+
+def _shown_best(objective: float, objectives: dict[str, str] | None) -> str:
+    """The best objective as declared: ``accuracy=0.97`` for ``objectives={"accuracy": "max"}``, not -0.97."""
+    if not objectives:
+        return f"{objective:.6g}"
+    name, direction = next(iter(objectives.items()))
+    return f"{name}={-objective if direction == 'max' else objective:.6g}"
 
 
 def _front_lines(front: list[dict[str, Any]] | None, indent: str, shown: int = 5) -> list[str]:
@@ -199,7 +208,8 @@ def _status_lines(status: dict[str, Any]) -> list[str]:
     ]
     lines += _rung_lines(status["rungs"], "  rungs:   ")
     if status["best_objective"] is not None:
-        lines.append(f"  best:    {status['best_objective']:.6g} at {format_params(status['best_params'])} "
+        lines.append(f"  best:    {_shown_best(status['best_objective'], status['objectives'])} at "
+                     f"{format_params(status['best_params'])} "
                      f"(trial {status['best_trial'][:12]})")
     lines += _front_lines(status["pareto_front"], "  front:   ")
     if status["stop"] is not None:
@@ -356,7 +366,8 @@ def _trial_info(experiment: Experiment, prefix: str, as_json: bool) -> int:
     recomputed = None
     if trial.verdict is not None and trial.verdict.get("pruner") not in (None, "objective"):
         stored = {t.id: t.reports for t in trials if t.reports}
-        again = make_pruner(experiment.settings.pruner).recompute(trial.id, Verdict.from_dict(trial.verdict), stored)
+        pruner = make_pruner(experiment.settings.pruner, experiment.settings.objectives)
+        again = pruner.recompute(trial.id, Verdict.from_dict(trial.verdict), stored)
         recomputed = again.to_dict()
     if as_json:
         print(json.dumps({"trial": data, "recomputed_verdict": recomputed}, indent=2, default=str))
@@ -395,7 +406,8 @@ def _info_lines(info: dict[str, Any]) -> list[str]:
     lines += _warm_start_line(info.get("warm_start"))
     best = info["best_trial"]
     if best is not None:
-        lines.append(f"  best:      {best['objective']:.6g} at {format_params(best['params'])} "
+        lines.append(f"  best:      {_shown_best(best['objective'], info['config'].get('objectives'))} at "
+                     f"{format_params(best['params'])} "
                      f"(trial {best['id'][:12]}, worker {best['worker']})")
     lines += _front_lines(info["pareto_front"], "  front:     ")
     stats = info["stats"]

@@ -30,6 +30,7 @@ import time
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any, NamedTuple
 
+from orchard.constraints import feasibility
 from orchard.errors import ConfigurationError
 from orchard.experiment_config import ExperimentConfig
 from orchard.stopping import LEDGER_KEY, unreadable_ledger
@@ -228,7 +229,9 @@ class ExperimentView:
         objective = trial.objective
         if trial.status is not TrialStatus.COMPLETED or objective is None or not math.isfinite(objective):
             return False
-        return self.best is None or objective < self.best.objective  # type: ignore[operator]
+        if self.best is not None and objective >= self.best.objective:  # type: ignore[operator]
+            return False
+        return feasibility(trial.results, self.config.get("constraints")).feasible  # as Experiment.best_trial
 
     def _sight(self, trial: Trial, now: float, lower_bound: bool) -> None:
         if trial.status is not TrialStatus.RESERVED:

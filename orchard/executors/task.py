@@ -50,16 +50,20 @@ class WorkerTask:
     stop: threading.Event | None = None
 
 
-def check_travels(fn: Callable[..., Any], executor: str) -> None:
-    """Refuse, before any trial is reserved, an objective that cannot reach the executor's processes.
+def check_travels(fn: Callable[..., Any], storage: BaseStorage, executor: str | Any) -> None:
+    """Refuse, before any trial is reserved, a storage or an objective that cannot reach the executor's processes.
 
-    ``process`` sends it with the standard library's pickle (a lambda or a closure does not
-    travel); joblib and Dask with cloudpickle when it is installed (they do, but not over a
-    lock, a socket or an open file).
+    The storage must pickle (it reconnects by URI in each process); it raises its own message
+    otherwise. An objective for a named executor is checked too: ``process`` sends it with the
+    standard library's pickle (a lambda or a closure does not travel); joblib and Dask with
+    cloudpickle when it is installed (they do, but not over a lock, a socket or an open file).
 
     Raises:
         ConfigurationError: naming the objective, the executor and the pickler's reason.
     """
+    pickle.dumps(storage)
+    if not isinstance(executor, str):
+        return  # an executor of the caller's own: its pickler is unknown
     dumps: Callable[[Any], bytes] = pickle.dumps
     if executor != "process":
         with contextlib.suppress(ImportError):  # joblib's loky falls back to pickle without it

@@ -98,18 +98,23 @@ def normalize_pruner_config(config: PrunerConfig) -> dict[str, dict[str, Any]]:
     name, options = _split(config)
     checked = _pruner_class(name).check_options(options)
     if name == "patience" and checked["wrapped"] is not None:
+        if _split(checked["wrapped"])[0] == "patience":  # patience of patience adds nothing, and nests without end
+            raise ConfigurationError("pruner 'patience' wraps another 'patience'; wrap a pruner that ranks the "
+                                     "trials, such as {'patience': {'patience': 5, 'wrapped': 'median'}}")
         checked["wrapped"] = normalize_pruner_config(checked["wrapped"])
     return {name: checked}
 
 
-def make_pruner(config: PrunerConfig) -> BasePruner:
+def make_pruner(config: PrunerConfig, objectives: Mapping[str, str] | None = None) -> BasePruner:
     """Build the pruner described by ``config`` (normalized or not; ``None`` is ``"none"``).
+
+    ``objectives`` are the experiment's (see :meth:`BasePruner.facing`); ``None``: one, minimised.
 
     Raises:
         ConfigurationError: unknown pruner, unknown option or invalid option value.
     """
     ((name, options),) = normalize_pruner_config(config).items()
-    return _pruner_class(name)(**options)
+    return _pruner_class(name)(**options).facing(objectives)
 
 
 def check_objectives(config: PrunerConfig, objectives: Mapping[str, str] | None) -> None:

@@ -26,6 +26,9 @@ class NopPruner(BasePruner):
 class ThresholdPruner(BasePruner):
     """Stops a trial whose value leaves ``[lower, upper]`` (a diverging loss, a dead run).
 
+    The bounds are in the objective's own direction: with ``objectives={"accuracy": "max"}``,
+    ``lower=0.5`` prunes an accuracy below 0.5 (see :meth:`facing`).
+
     Options:
         upper: prune a value above this (default ``None``: no upper bound).
         lower: prune a value below this (default ``None``: no lower bound).
@@ -48,17 +51,25 @@ class ThresholdPruner(BasePruner):
         if lower is not None and upper is not None and lower > upper:
             raise ConfigurationError(f"pruner 'threshold': lower={lower} is above upper={upper}; swap them")
 
+    sign: float = 1.0  # -1 when the one objective is maximised: reports arrive negated
+
+    def facing(self, objectives: Mapping[str, str] | None) -> BasePruner:
+        self.sign = -1.0 if objectives is not None and list(objectives.values()) == ["max"] else 1.0
+        return self
+
     def judge(self, trial_id: str, own: Curve, others: Mapping[str, Curve]) -> Verdict:
         step, value = scalar_curve(own)[-1]
         warmup, interval = self.options["warmup_steps"], self.options["interval_steps"]
         if step < warmup or (step - warmup) % interval:
             return self._going_on(own, f"step {step} is not judged (warm-up {warmup}, interval {interval})")
-        lower, upper = self.options["lower"], self.options["upper"]
-        if upper is not None and value > upper:
-            return Verdict(True, self.name, step, value=value, cutoff=upper, reason=f"value {value:.6g} is above upper={upper:g}")
-        if lower is not None and value < lower:
-            return Verdict(True, self.name, step, value=value, cutoff=lower, reason=f"value {value:.6g} is below lower={lower:g}")
-        return self._going_on(own, f"value {value:.6g} is within the thresholds", value=value)
+        lower, upper, shown = self.options["lower"], self.options["upper"], value * self.sign  # as reported
+        if upper is not None and shown > upper:
+            return Verdict(True, self.name, step, value=value, cutoff=upper * self.sign,
+                           reason=f"value {shown:.6g} is above upper={upper:g}")
+        if lower is not None and shown < lower:
+            return Verdict(True, self.name, step, value=value, cutoff=lower * self.sign,
+                           reason=f"value {shown:.6g} is below lower={lower:g}")
+        return self._going_on(own, f"value {shown:.6g} is within the thresholds", value=value)
 
 
 class PatiencePruner(BasePruner):
@@ -91,6 +102,11 @@ class PatiencePruner(BasePruner):
         build = type(self).build
         wrapped = self.options["wrapped"]
         self.wrapped: BasePruner | None = build(wrapped) if wrapped is not None and build is not None else None
+
+    def facing(self, objectives: Mapping[str, str] | None) -> BasePruner:
+        if self.wrapped is not None:
+            self.wrapped.facing(objectives)
+        return self
 
     @classmethod
     def _check_values(cls, options: dict[str, Any]) -> None:

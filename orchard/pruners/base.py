@@ -137,6 +137,15 @@ class BasePruner(Configurable, abc.ABC):
                 (``trial_id`` itself, if present, is ignored).
         """
 
+    def facing(self, objectives: Mapping[str, str] | None) -> BasePruner:
+        """This pruner, set up for an experiment of ``objectives`` (name -> ``"min"``/``"max"``; ``None``: one, minimised).
+
+        Reports arrive minimised whatever the direction, which is all a pruner that
+        ranks trials needs; one that compares with values the user gave in the
+        objective's own direction (``threshold``) turns them here.
+        """
+        return self
+
     def recompute(self, trial_id: str, verdict: Verdict, stored: Mapping[str, Curve]) -> Verdict:
         """Reach ``verdict`` again from the stored history, as any worker could later.
 

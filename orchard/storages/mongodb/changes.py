@@ -13,6 +13,17 @@ seen. The margin covers writes stamped before, but made visible after, a
 write stamped later (writes in flight; after a failover, the clocks of two
 servers).
 
+The read is an aggregate that adds the server's date (``$$NOW``, MongoDB 4.2+)
+to every document it returns, so it costs no round trip more than a ``find``.
+The cursor's stamp never goes past that date: a document stamped in the future
+(by another program, or before the server's clock was stepped back) cannot hide
+the writes that follow it; it is read again, unchanged, while it stays in the
+window. A read whose server date is earlier than the cursor's stamp (the clock
+went back since the last read) reads once more from that date minus the
+reader's time since its last read. A read that finds nothing in its window
+learns no date: a clock stepped back under a reader whose window then holds no
+document is repaired by the count check below.
+
 Guarantee: a write is returned by the first call made after it is visible,
 unless it became visible more than ``margin`` seconds after a later-stamped
 write. Such a miss is repaired when the trial is written again, and at the
@@ -25,7 +36,14 @@ shows holding a reservation divided by 8, between 1 and 12: a fleet of any
 size sends about as many counts as 8 workers do (each count scans the
 experiment's index keys), and a missed write waits at most
 ``12 × check_interval`` (2 minutes by default) once 96 workers or more run.
-Deleted trials are not reported. The cursor holds the version and status of
+Trials are never deleted one by one, their versions never go back, and a trial
+never leaves a terminal status; so data restored from an older dump
+(``mongorestore --drop``) under a reader shows as a version lower than one the
+cursor saw (at the first write to a restored trial), or at the count check as a
+view holding more trials, or more of a terminal status, than counted. Either
+makes the call read everything again, and that cursor says so
+(:meth:`MongoStorage.resent_everything`): the caller forgets the trials the dump
+lacks. Deleted trials are not reported otherwise. The cursor holds the version and status of
 each trial returned, and the worker of a reserved one (memory, and a copy per
 call, grow with the experiment; no I/O does).
 """
@@ -49,6 +67,10 @@ _ORIGIN = datetime.datetime(1970, 1, 1)  # naive UTC, as pymongo returns dates
 _FLEET = 8  # workers whose count checks the fleet's stay at: the interval stretches beyond them
 _MAX_STRETCH = 12  # the longest interval, in check intervals: how long a missed write can wait
 _RESERVED = TrialStatus.RESERVED.value
+#: The field a read adds to each document: the server's date (``$$NOW``). It takes the place of
+#: ``slot`` (a reader needs no budget slot), so a trial stored near the 16 MiB limit of a BSON
+#: document is still returned: the slot takes 54 bytes of BSON, the date 14.
+_NOW = "_now"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -56,9 +78,11 @@ class ChangeCursor:
     """Where a reader of the change feed stands."""
 
     experiment: str
-    since: datetime.datetime  # highest server stamp returned so far
+    since: datetime.datetime  # highest server stamp returned so far, never past the server's date
     checked: float  # reader's monotonic time of the last count check
+    read_at: float  # reader's monotonic time of the last read
     seen: Mapping[str, tuple[int, str, str]]  # trial id -> (version, status, worker if reserved) last returned
+    resent: bool = False  # this cursor's read returned every trial, after trials of the view vanished
 
 
 class ChangeFeed:
@@ -68,7 +92,7 @@ class ChangeFeed:
         margin: seconds the window reaches back before the newest stamp seen.
         check_interval: seconds between count checks (see the module docstring).
         clock: the reader's monotonic clock (injectable for tests).
-        uri: the storage's URI, for messages.
+        uri: the storage's URI, for messages (and to know a mongomock database).
 
     Trials holding values Orchard never writes are skipped (and named once), but
     counted as seen: :func:`orchard.storages.mongodb.client.readable_trials`.
@@ -98,26 +122,54 @@ class ChangeFeed:
         if not isinstance(cursor, ChangeCursor) or cursor.experiment != experiment_id:
             return self.full(trials, experiment_id)
         counts = count() if self._check_due(now - cursor.checked, cursor.seen) else None
-        start = cursor.since - datetime.timedelta(seconds=self.margin)
-        docs = list(trials.find({"experiment": experiment_id, "mtime": {"$gte": start}},
-                                batch_size=client.BATCH))
+        docs, server_now = self._read(trials, self._window(experiment_id, cursor.since))
+        if server_now is not None and server_now < cursor.since:
+            # the server's clock went back since the cursor's stamp: the writes made since the
+            # last read are stamped at most that long before the server's date
+            lag = datetime.timedelta(seconds=now - cursor.read_at)
+            docs, server_now = self._read(trials, self._window(experiment_id, server_now - lag))
+        if any(cursor.seen.get(_key(d), (0, "", ""))[0] > _version(d) for d in docs):
+            return self.full(trials, experiment_id, resent=True)  # a version went back: data restored from a dump
+        if counts is not None and holds_vanished(cursor.seen, counts):
+            return self.full(trials, experiment_id, resent=True)
         fresh = [d for d in docs if cursor.seen.get(_key(d), (0, "", ""))[0] < _version(d)]
         seen = {**cursor.seen, **_seen(fresh)}
         if counts is not None and misses_writes(seen, counts):
-            return self.full(trials, experiment_id)
-        since = max([cursor.since, *_stamps(docs)])
+            return self.full(trials, experiment_id)  # writes the window missed: the view is merely behind
+        since = _bounded(max([cursor.since, *_stamps(docs)]), server_now)
         checked = cursor.checked if counts is None else now
-        return client.readable_trials(fresh, self.uri), ChangeCursor(experiment_id, since, checked, seen)
+        return client.readable_trials(fresh, self.uri), ChangeCursor(experiment_id, since, checked, now, seen)
 
-    def full(self, trials: Any, experiment_id: str) -> tuple[list[Trial], ChangeCursor]:
-        """Every trial of the experiment, oldest first, and a cursor after them."""
+    def full(self, trials: Any, experiment_id: str, resent: bool = False) -> tuple[list[Trial], ChangeCursor]:
+        """Every trial of the experiment, oldest first, and a cursor after them.
+
+        ``resent``: the data changed under the reader's view (trials vanished), so the
+        caller must drop what it holds that is not returned (the cursor says so).
+        """
         now = self._clock()
-        docs = list(trials.find({"experiment": experiment_id}, batch_size=client.BATCH))
+        docs, server_now = self._read(trials, {"experiment": experiment_id})
         seen = _seen(docs)
-        since = max(_stamps(docs), default=_ORIGIN)
+        since = _bounded(max(_stamps(docs), default=_ORIGIN), server_now)
         ordered = sorted(client.readable_trials(docs, self.uri), key=lambda t: t.submit_time or 0.0)
-        return ordered, ChangeCursor(experiment_id, since, now, seen)
+        return ordered, ChangeCursor(experiment_id, since, now, now, seen, resent)
 
+    def _window(self, experiment_id: str, since: datetime.datetime) -> dict[str, Any]:
+        """The query of the trials stamped at least ``margin`` seconds before ``since``."""
+        return {"experiment": experiment_id, "mtime": {"$gte": since - datetime.timedelta(seconds=self.margin)}}
+
+    def _read(self, trials: Any, query: dict[str, Any]) -> tuple[list[dict[str, Any]], datetime.datetime | None]:
+        """The documents matching ``query``, and the server's date when the read began (one round trip).
+
+        The date rides on every document read (``$$NOW``, MongoDB 4.2+), so a read that finds
+        nothing has none, and needs none: it moves no cursor. Where the server does not
+        evaluate ``$$NOW`` (mongomock, whose server is this process), this process's clock stands in.
+        """
+        docs = list(trials.aggregate([{"$match": query}, {"$project": {"slot": 0}}, {"$addFields": {_NOW: "$$NOW"}}],
+                                     batchSize=client.BATCH))
+        dates = [date for date in (d.pop(_NOW, None) for d in docs) if isinstance(date, datetime.datetime)]
+        if dates:
+            return docs, min(dates)
+        return docs, _mongomock_date() if docs and client.is_mock(self.uri) else None
 
     def _check_due(self, elapsed: float, seen: Mapping[str, tuple[int, str, str]]) -> bool:
         """Whether ``elapsed`` seconds since the last count check reach the interval stretched by the fleet."""
@@ -125,6 +177,13 @@ class ChangeFeed:
             return False  # the view is not even looked at: most calls cost nothing here
         workers = len({worker for _, status, worker in seen.values() if status == _RESERVED})
         return elapsed >= self.check_interval * min(_MAX_STRETCH, max(1.0, workers / _FLEET))
+
+
+def _mongomock_date() -> datetime.datetime:
+    """The date mongomock stamps writes with (``$currentDate``)."""
+    import mongomock
+
+    return mongomock.utcnow()  # type: ignore[attr-defined,no-any-return]  # not in mongomock's stubs
 
 
 def _seen(docs: list[dict[str, Any]]) -> dict[str, tuple[int, str, str]]:
@@ -159,13 +218,40 @@ def _stamps(docs: list[dict[str, Any]]) -> list[datetime.datetime]:
     return [d["mtime"] for d in docs if isinstance(d.get("mtime"), datetime.datetime)]
 
 
+def _bounded(since: datetime.datetime, server_now: datetime.datetime | None) -> datetime.datetime:
+    """``since``, but not past the server's date when a read learnt it.
+
+    A stamp later than the server's date (another program's write, or a server clock
+    stepped back since) must not move the cursor past the writes still to come.
+    """
+    return since if server_now is None else min(since, server_now)
+
+
+def _held(seen: Mapping[str, tuple[int, str, str]]) -> dict[str, int]:
+    """How many trials of each status a view holds."""
+    held = {status.value: 0 for status in TrialStatus}
+    for _, status, _ in seen.values():
+        if status in held:
+            held[status] += 1
+    return held
+
+
+def holds_vanished(seen: Mapping[str, tuple[int, str, str]], counts: Mapping[TrialStatus, int]) -> bool:
+    """Whether a view built before ``counts`` were taken holds trials that no longer exist.
+
+    Trials are never deleted one by one and never leave a terminal status, so a view holding
+    more trials, or more of a terminal status, than the server counts after it saw them was
+    built on data since replaced (``mongorestore --drop`` of an older dump) or deleted.
+    """
+    held = _held(seen)
+    if sum(held.values()) > sum(counts.values()):
+        return True
+    return any(held[status.value] > counts[status] for status in TrialStatus if status.is_terminal)
+
+
 def misses_writes(seen: Mapping[str, tuple[int, str, str]], counts: Mapping[TrialStatus, int]) -> bool:
     """Whether a view built after ``counts`` were taken lacks trials the counts prove exist."""
     if len(seen) < sum(counts.values()):
         return True
-    terminal = [status for status in TrialStatus if status.is_terminal]  # a trial never leaves these
-    held = {status.value: 0 for status in terminal}
-    for _, status, _ in seen.values():
-        if status in held:
-            held[status] += 1
-    return any(held[s.value] < counts[s] for s in terminal)
+    held = _held(seen)  # a trial never leaves a terminal status
+    return any(held[status.value] < counts[status] for status in TrialStatus if status.is_terminal)

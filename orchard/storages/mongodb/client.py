@@ -54,6 +54,7 @@ __all__ = [
     "ensure_indexes",
     "holds",
     "insert_stamped",
+    "is_mock",
     "name_anonymous_mock",
     "open_client",
     "readable_experiments",
@@ -100,6 +101,7 @@ WAITING_ORDER = [("status", 1), ("submit_time", 1)]
 
 #: The server's code for an update operator meeting a field of another type (``$inc`` on text).
 TYPE_MISMATCH = 14
+_UNDEFINED_VARIABLE = 17276  # an aggregation variable the server does not know (``$$NOW`` before 4.2)
 
 
 # -- opening ------------------------------------------------------------------
@@ -112,13 +114,18 @@ def name_anonymous_mock(uri: str) -> str:
     return uri
 
 
+def is_mock(uri: str) -> bool:
+    """Whether ``uri`` names an in-process mongomock database."""
+    return uri.lower().startswith("mongomock://")
+
+
 def open_client(uri: str) -> tuple[Client, str]:
     """Return a client for ``uri`` and the database name; never touches the network.
 
     Raises:
         ConfigurationError: the URI is malformed or has invalid options.
     """
-    if uri.lower().startswith("mongomock://"):
+    if is_mock(uri):
         return _mock_client(uri)
     options = split_options(uri)[1]
     given = {key.lower() for key in options}
@@ -135,6 +142,9 @@ def open_client(uri: str) -> tuple[Client, str]:
             f"invalid MongoDB URI {redact(uri)!r}: {scrub(str(err), uri)}; expected "
             "mongodb://[user:pass@]host[:port]/dbname[?options] or mongodb+srv://…"
         ) from err
+    if not client.write_concern.acknowledged:  # w=0: every conditional write would answer nothing
+        raise ConfigurationError(f"MongoDB URI {redact(uri)!r} sets w=0: unacknowledged writes cannot tell whether a "
+                                 "reservation or a result was stored; remove w=0 (Orchard uses w=majority) or set w=1")
     return client, name
 
 
@@ -219,6 +229,8 @@ def translate(err: PyMongoError | BSONError, uri: str, action: str, answered: bo
         return _unreachable(err, uri, action, reached=answered or midway)
     if isinstance(err, BSONError):
         return StorageError(f"cannot {action} in MongoDB at {where}: a value is not storable ({detail})")
+    if isinstance(err, OperationFailure) and err.code == _UNDEFINED_VARIABLE:  # $$NOW: the change feed's reads
+        return StorageError(f"MongoDB at {where} failed to {action}: {detail}; Orchard needs MongoDB 4.2 or later")
     return StorageError(f"MongoDB at {where} failed to {action}: {detail}")
 
 

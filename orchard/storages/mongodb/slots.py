@@ -38,8 +38,10 @@ instant as budgeted ones (or having pushed the experiment past ``M`` before)
 can leave more than ``M`` non-broken trials.
 
 Round trips: two per registration (the draw and the insert), whatever the
-number of racers; the path of step 2 adds one read, and one more when fewer
-than ``M`` trials hold a slot.
+number of racers; the path of step 2 adds one read, and two more when fewer
+than ``M`` trials hold a slot (the slots held, and whether the experiment
+still exists: a deleted experiment's counter matches nothing and all its
+slots look free).
 """
 
 from __future__ import annotations
@@ -51,7 +53,7 @@ from typing import Any, Literal
 from pymongo import ReturnDocument
 from pymongo.errors import DuplicateKeyError
 
-from orchard.errors import BudgetExhaustedError, DuplicateTrialError, StorageError
+from orchard.errors import BudgetExhaustedError, DuplicateTrialError, ExperimentNotFoundError, StorageError
 from orchard.space import to_builtin, trial_id
 from orchard.storages.mongodb.client import BATCH, duplicate_key_field, insert_stamped, trial_to_doc
 from orchard.trial import Trial, TrialStatus, recorded
@@ -93,6 +95,7 @@ def insert_holding_slot(db: Any, doc: Mapping[str, Any], budget: int | None | Li
     Raises:
         DuplicateTrialError: a trial with the same id exists (checked before the budget).
         BudgetExhaustedError: ``budget`` non-broken trials exist.
+        ExperimentNotFoundError: the experiment was deleted (budgeted registrations).
         StorageError: slots kept being taken by others for 100 rounds.
     """
     if budget is False:
@@ -112,6 +115,11 @@ def insert_holding_slot(db: Any, doc: Mapping[str, Any], budget: int | None | Li
         if budget is None:  # an unconditional draw matches any existing experiment
             raise StorageError(f"experiment {name!r} was deleted while a trial was being registered in it")
         free, held = _freed(db.trials, doc, budget, name)
+        if db.experiments.find_one({"_id": experiment_id}, projection={"_id": 1}) is None:
+            # every slot of a deleted experiment looks free: a worker that knew it would go on
+            # registering trials no one can see, up to its whole budget
+            raise ExperimentNotFoundError(f"experiment {name!r} was deleted (orchard db rm?) while this process "
+                                          "registered a trial in it; nothing was registered")
         if any(_insert_at(db.trials, doc, k, name) for k in free[:_FREE_TRIES]):
             return
         if len(free) > _FREE_TRIES:  # the rest are most likely drawn by racers still inserting

@@ -252,8 +252,9 @@ class MongoStorage(BaseStorage):
         db = self._db()
         if db.experiments.find_one({"_id": experiment_id}, projection={"_id": 1}) is None:
             return 0
-        deleted = db.trials.delete_many({"experiment": experiment_id}).deleted_count
-        db.experiments.delete_one({"_id": experiment_id})
+        deleted = db.trials.delete_many({"experiment": experiment_id}).deleted_count  # first: a crash leaves it empty
+        db.experiments.delete_one({"_id": experiment_id})  # then trials registered meanwhile (refused after: .slots)
+        deleted += db.trials.delete_many({"experiment": experiment_id}).deleted_count
         self._names.pop(experiment_id, None)
         return int(deleted)
 
@@ -350,6 +351,8 @@ class MongoStorage(BaseStorage):
         if trial is not None and not change.appends and client.holds(doc, change.owner, change.sets):
             return trial  # the driver's own retry of a write whose reply was lost met the write's effect
         error = change.refusal(trial_id, trial, self.redacted_uri)
+        if trial is None and change.owner is not None:  # it existed when this worker reserved it
+            error = TrialNotFoundError.deleted(trial_id, self.redacted_uri, change.owner)
         if error is None:  # it changed back between the update and this read: refuse all the same
             assert trial is not None
             error = ReservationLostError.refused(trial_id, trial.status.value, trial.worker, change.owner)
@@ -487,3 +490,8 @@ class MongoStorage(BaseStorage):
         if not cursor.seen:
             self._experiment_name(experiment_id)  # raise if the experiment does not exist
         return trials, cursor
+
+    def resent_everything(self, before: Any, after: Any) -> bool:
+        """See :meth:`BaseStorage.resent_everything`: ``after`` comes from a read of every trial made
+        because trials of the view vanished (a restore or a deletion, :mod:`.changes`)."""
+        return before is None or bool(getattr(after, "resent", False))

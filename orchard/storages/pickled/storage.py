@@ -124,7 +124,7 @@ class PickledStorage(TableStorage):
         Raises:
             ConfigurationError: an option is invalid, or ``path`` holds an unexpanded ``$VARIABLE``.
             StorageCorruptedError: ``path`` exists and is not an Orchard storage file.
-            StorageError: the directory cannot be created, or ``path`` is a directory.
+            StorageError: ``path`` is a directory (its directory is made by the first write).
         """
         unexpanded = _VARIABLE.search(os.fspath(path))
         if unexpanded is not None:  # else a folder named "$SCRATCH" is made in each worker's directory
@@ -143,8 +143,7 @@ class PickledStorage(TableStorage):
                 f"storage path {self._path} is a directory, not a storage file; "
                 f"give a file path, e.g. --storage {os.path.join(self._path, 'orchard.pkl')}"
             )
-        with self._translate("create the directory of"):
-            os.makedirs(os.path.dirname(self._path), exist_ok=True)
+        self._folder_made = False  # made by the first write: reading a path that does not exist changes nothing
         self._init_process_state()
         with self._translate("read"):
             self._log.check_header()
@@ -303,6 +302,10 @@ class PickledStorage(TableStorage):
                 self._lock.release()
 
     def _acquire_lock(self) -> None:
+        if not self._folder_made:
+            with self._translate("create the directory of"):
+                os.makedirs(os.path.dirname(self._path), exist_ok=True)
+            self._folder_made = True
         try:
             acquired = locks.acquire(self._lock, self._timeout, 0.005 if self._lock_kind == "kernel" else 0.05,
                                           while_waiting=self._catch_up)

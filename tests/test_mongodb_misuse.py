@@ -1,0 +1,110 @@
+"""MongoDB under a careless user: experiments deleted (``orchard db rm``) under running workers.
+
+A worker process knows its experiment (its handle caches the name). When the
+experiment is deleted under it, nothing it does afterwards may write trials no
+one can see: each registration that would land in the deleted experiment is
+refused and names what happened.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from orchard.errors import ExperimentNotFoundError
+from orchard.storages.mongodb import MongoStorage
+from tests.conftest import backend_uri
+
+
+@pytest.fixture(params=["mongomock", pytest.param("mongodb", marks=pytest.mark.slow)])
+def uri(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    return backend_uri(str(request.param), request, tmp_path)
+
+
+@pytest.fixture
+def handles(uri: str) -> Iterator[tuple[MongoStorage, MongoStorage]]:
+    """The user's handle (``orchard db rm``) and a running worker's."""
+    user, worker = MongoStorage(uri), MongoStorage(uri)
+    yield user, worker
+    user.close()
+    worker.close()
+
+
+@pytest.fixture
+def exp(handles: tuple[MongoStorage, MongoStorage]) -> str:
+    return handles[0].create_experiment("e", {"space": {"x": "uniform(0, 1)"}, "max_trials": 5})
+
+
+def test_a_worker_registers_nothing_in_an_experiment_deleted_under_it(
+    handles: tuple[MongoStorage, MongoStorage], exp: str
+) -> None:
+    user, worker = handles
+    first = worker.register_trial(exp, {"x": 0.1}, worker="w", budget=5)
+    worker.complete_trial(first.id, "w", 0.1)
+    assert user.delete_experiment(exp) == 1
+    for x in (0.2, 0.3):
+        with pytest.raises(ExperimentNotFoundError, match="'e' was deleted"):
+            worker.register_trial(exp, {"x": x}, worker="w", budget=5)
+    assert user._trials.count_documents({}) == 0, "trials were written into the deleted experiment"
+
+
+def test_a_load_cut_by_an_outage_says_so_and_runs_again_to_the_end(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``orchard db load`` loses the server after 4 trials: the error says what stays and what to do."""
+    from pymongo.errors import AutoReconnect
+
+    import orchard
+    from orchard.cli import main
+    from orchard.storages.mongodb import client
+
+    source = str(tmp_path / "source.pkl")
+    exp = orchard.build_experiment("e", space={"x": "uniform(0, 1)"}, storage=source)
+    for i in range(10):
+        exp.insert({"x": i / 10}, objective=float(i))
+    dump, target = str(tmp_path / "dump.json"), "mongomock://outage-load"
+    assert main(["db", "dump", "--storage", source, "-o", dump]) == 0
+    insert = client.insert_stamped  # the trials inserted with their result hold no unit of budget
+    inserted: list[str] = []
+
+    def until_lost(trials: object, doc: dict[str, object]) -> None:
+        if len(inserted) == 4:
+            raise AutoReconnect("connection closed")
+        insert(trials, doc)
+        inserted.append(str(doc["_id"]))
+
+    monkeypatch.setattr(client, "insert_stamped", until_lost)
+    assert main(["db", "load", dump, "--storage", target]) == 1
+    line = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "lost MongoDB" in line and "the same command adds the rest" in line, line
+    monkeypatch.setattr(client, "insert_stamped", insert)
+    assert main(["db", "load", dump, "--storage", target]) == 0
+    assert "6 of 10 trials added (4 were already there)" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("options", ["w=0", "w=0&journal=false", "W=0"])
+def test_unacknowledged_writes_are_refused_when_the_storage_is_opened(options: str) -> None:
+    """With ``w=0`` no write answers: a reservation, a result or an experiment's creation cannot be told apart
+    from nothing (joining said the experiment "was created and deleted repeatedly")."""
+    from orchard.errors import ConfigurationError
+    from orchard.storages import get_storage
+
+    with pytest.raises(ConfigurationError, match="sets w=0: unacknowledged writes") as refused:
+        get_storage(f"mongodb://orchard:secret@localhost:1/orchard?{options}")
+    assert "secret" not in str(refused.value)
+
+
+def test_a_result_for_a_trial_deleted_under_its_worker_says_what_happened(
+    handles: tuple[MongoStorage, MongoStorage], exp: str
+) -> None:
+    """``orchard hunt`` ended on ``no trial with id '…'`` when the experiment was deleted mid-evaluation."""
+    from orchard.errors import TrialNotFoundError
+
+    user, worker = handles
+    held = worker.register_trial(exp, {"x": 0.1}, worker="host:1:w", budget=5)
+    user.delete_experiment(exp)
+    with pytest.raises(TrialNotFoundError, match=r"deleted from .* while worker host:1:w held it: its experiment "
+                                                  r"was deleted \(orchard db rm\?\)"):
+        worker.complete_trial(held.id, "host:1:w", 0.5)
