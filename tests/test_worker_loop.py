@@ -509,3 +509,32 @@ def test_an_interruption_raised_where_python_drops_exceptions_is_delivered_again
         while time.monotonic() < deadline:
             time.sleep(0.01)
     assert caught.value.terminated
+
+
+@pytest.mark.skipif(not hasattr(os, "fork") or signal.getsignal(signal.SIGTERM) != signal.SIG_DFL,
+                    reason="needs fork and SIGTERM's default handler")
+def test_an_interruption_as_a_timed_evaluation_forks_leaves_no_child_running(monkeypatch, tmp_path) -> None:
+    """SIGTERM landing as the child is forked: Interrupted is raised once the child is known, and it is killed."""
+    import time
+
+    from orchard.interruption import interruptible
+    from orchard.isolation import ForkedCall
+
+    fork, children = os.fork, []
+
+    def fork_then_signal() -> int:
+        pid = fork()
+        if pid:
+            children.append(pid)
+            os.kill(os.getpid(), signal.SIGTERM)
+        return pid
+
+    marker = tmp_path / "ran"
+    monkeypatch.setattr(os, "fork", fork_then_signal)
+    with pytest.raises(Interrupted), interruptible():
+        ForkedCall(lambda: (time.sleep(0.5), marker.write_text("the job ran on")))
+    monkeypatch.undo()
+    (child,) = children
+    with pytest.raises(ChildProcessError):
+        os.waitpid(child, os.WNOHANG)  # reaped: killed and waited for, so it cannot write later
+    assert not marker.exists()
