@@ -116,7 +116,8 @@ def interruptible() -> Iterator[None]:
     def on_unraisable(unraisable: Any) -> None:
         """An Interrupted raised in a finalizer or an at-fork hook is dropped there: deliver it again."""
         nonlocal interrupted
-        signum = raised.pop(id(unraisable.exc_value), None)
+        dropped = unraisable.exc_value
+        signum = raised.pop(id(dropped), None) if isinstance(dropped, Interrupted) else None
         if signum is None:
             unraisable_before(unraisable)
             return
