@@ -29,7 +29,7 @@ a failure. Messages say what happened, to which object, and what to try.
     └── ExecutorError                 an executor backend could not run the workers
 
     KeyboardInterrupt
-    └── Interrupted                   Ctrl-C, SIGINT or SIGTERM stopped workers; says what they gave back
+    └── Interrupted                   Ctrl-C, SIGINT, SIGTERM or SIGHUP stopped workers; says what they gave back
 
 An :class:`Interrupted` is a ``KeyboardInterrupt``, not an ``OrchardError``, so
 that ``except Exception`` in user code does not swallow it.
@@ -282,7 +282,7 @@ class ExecutorError(OrchardError):
 
 
 class Interrupted(KeyboardInterrupt):
-    """Ctrl-C, SIGINT or SIGTERM stopped workers; the trials they were running were given back.
+    """Ctrl-C, SIGINT, SIGTERM or SIGHUP stopped workers; the trials they were running were given back.
 
     Each worker stopped this way releases its running trial (status ``interrupted``,
     not counted against ``max_attempts``) and reports it here; ``workon`` joins the
@@ -312,8 +312,8 @@ class Interrupted(KeyboardInterrupt):
             if isinstance(other, Interrupted):
                 released += other.released
                 kept += other.kept
-        return Interrupted(terminated=self.terminated, released=released, kept=kept,
-                           unstopped=self.unstopped + unstopped)
+        return Interrupted(terminated=self.terminated, released=dict.fromkeys(released), kept=dict.fromkeys(kept),
+                           unstopped=self.unstopped + unstopped)  # a trial given back twice counts once
 
     def __str__(self) -> str:
         if self.args:
@@ -324,7 +324,7 @@ class Interrupted(KeyboardInterrupt):
         if self.kept:
             parts.append(f"could not release {', '.join(self.kept)}: taken back when its lease runs out")
         if self.unstopped:
-            parts.append(f"{self.unstopped} worker(s) were not stopped (threads and Dask workers cannot be "
-                         "reached; a process may not have answered in time): a trial such a worker holds is "
+            parts.append(f"{self.unstopped} worker(s) were not stopped (Dask workers cannot be reached; a "
+                         "process may not have answered in time): a trial such a worker holds is "
                          "taken back once its lease runs out")
         return "; ".join(parts)

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import pickle
 import sys
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import Executor
@@ -21,7 +20,8 @@ from orchard.constraints import normalize_constraints
 from orchard.dataframe import trials_frame
 from orchard.errors import ConfigurationError, ExecutorError, ExperimentBrokenError, OrchardError
 from orchard.executors import make_executor, reaches_local_processes, shares_environment
-from orchard.executors.task import WorkerTask, check_travels, run_tasks
+from orchard.executors.fleet import Fleet
+from orchard.executors.task import WorkerTask, check_travels
 from orchard.experiment_config import ExperimentConfig
 from orchard.interruption import interruptible
 from orchard.joining import join_experiment, patiently
@@ -289,16 +289,14 @@ class Experiment:
         settings = dataclasses.replace(settings, max_trials=self._call_budget(max_trials))
         warn_if_budget_met(self.storage, self.id, self.name, self.max_trials)
         if executor not in ("single", "thread") and not shares_environment(executor):
-            pickle.dumps(self.storage)  # fail fast, with the storage's own message, if it cannot travel
-            if isinstance(executor, str):
-                check_travels(fn, executor)  # and the objective, with the pickler's reason
+            check_travels(fn, self.storage, executor)  # fail fast, with the pickler's reason
         tasks = [WorkerTask(self.storage, self.id, self._seeded(settings, i), fn, trial_timeout, self.name,
-                            self.settings.working_dir, memory_limit, devices[i])
-                 for i in range(n_workers)]
+                            self.settings.working_dir, memory_limit, devices[i]) for i in range(n_workers)]
         monitor = ProgressMonitor(self.storage, self.id, self.name, self.max_trials, on_result, on_error,
                                   show_bar=progress and sys.stderr.isatty())
-        with interruptible(), monitor, pool_manager as pool:
-            errors = run_tasks(pool, tasks, reachable=reaches_local_processes(executor))
+        fleet = Fleet(self.storage, self.id, tasks, settings.max_attempts)  # gives back what ended workers hold
+        with interruptible(), monitor, fleet, pool_manager as pool:
+            errors = fleet.run(pool, reachable=reaches_local_processes(executor))
         self._raise_worker_failure([e for e in errors if e is not None], str(executor))
         trials = self.fetch_trials()  # one read for the broken check and the stats
         self._raise_if_broken(trials)

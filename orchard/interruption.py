@@ -1,11 +1,11 @@
 """How an interruption stops workers and gives their running trials back.
 
-Ctrl-C, SIGINT or SIGTERM to the process that called ``workon`` (``orchard
-hunt`` calls it too), while its workers run in local pool processes::
+Ctrl-C, SIGINT, SIGTERM or SIGHUP to the process that called ``workon``
+(``orchard hunt`` calls it too), while its workers run in local pool processes::
 
     the process that called workon              each local worker process
     ──────────────────────────────              ─────────────────────────
-    SIGINT or SIGTERM → Interrupted
+    SIGINT, SIGTERM or SIGHUP → Interrupted
     sends STOP_SIGNAL to its children ───────>  STOP_SIGNAL → Interrupted: stops the
                                                 evaluation (a script: SIGTERM, then SIGKILL
                                                 after its grace), releases the trial
@@ -17,15 +17,26 @@ hunt`` calls it too), while its workers run in local pool processes::
 :data:`STOP_SIGNAL` is SIGURG, whose default action is to be ignored: a pool
 process that is not running a worker loop (its loop ended, or it never got
 one) is unaffected, so the request never breaks the pool. A worker already
-interrupted (Ctrl-C in a terminal reaches every process of its group; a
-scheduler's SIGTERM may too) ignores later SIGTERM and STOP_SIGNAL copies, so
+interrupted (Ctrl-C in a terminal reaches every process of its group, and so
+does SIGHUP when the terminal closes; a scheduler's SIGTERM may too) ignores
+later SIGTERM, SIGHUP and STOP_SIGNAL copies, so
 they cannot cut its release short; a second SIGINT still stops it at once (a
-script is then killed without its grace).
+script is then killed without its grace). An interruption that lands while a
+worker stores a result waits for the write (:func:`deferred`), and a worker
+that stops gives back every reservation of its own it finds stored, so one
+made as the interruption came is not held until its lease runs out.
 
 :func:`interruptible` installs these rules in the main thread only, over
 Python's default handlers only (a handler of the user's own is left alone),
-and restores the previous handlers when its block ends. Workers running as
-threads of the caller (``executor="thread"``) or on Dask are not reached.
+and restores the previous handlers when its block ends. Python drops an
+exception raised in a finalizer (``__del__``) or an at-fork hook, where a
+handler may happen to run (a worker starting a script as the signal came): an
+:class:`Interrupted` dropped there is delivered again (``sys.unraisablehook``),
+else the worker would run on, ignoring every later copy. No signal reaches
+workers running as threads of the caller (``executor="thread"``): they are
+told by an event and stop at their next trial, once the evaluation under way
+has ended (:class:`~orchard.executors.fleet.Fleet`). Dask workers are not
+reached.
 """
 
 from __future__ import annotations
@@ -35,6 +46,7 @@ import contextlib
 import multiprocessing
 import os
 import signal
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -44,7 +56,7 @@ from typing import Any
 
 from orchard.errors import Interrupted
 
-__all__ = ["STOP_SIGNAL", "STOP_TIMEOUT", "interrupt_main", "interruptible", "stop_workers"]
+__all__ = ["STOP_SIGNAL", "STOP_TIMEOUT", "deferred", "interrupt_main", "interruptible", "stop_workers"]
 
 #: What the process that called ``workon`` sends its pool processes to stop their loops (POSIX only).
 STOP_SIGNAL: signal.Signals | None = getattr(signal, "SIGURG", None)
@@ -52,14 +64,21 @@ STOP_SIGNAL: signal.Signals | None = getattr(signal, "SIGURG", None)
 STOP_TIMEOUT = 30.0
 #: Seconds between two stop requests while waiting (a worker already stopping ignores the copies).
 _REPEAT = 0.5
+#: Seconds after which an interruption Python dropped is sent again.
+_REDELIVER = 0.01
 #: Whether an :func:`interruptible` block of the main thread handles :data:`STOP_SIGNAL` now.
 _stop_handled = False
+#: How many :func:`deferred` blocks the main thread is in, and the interruption they hold back.
+_deferring = 0
+_pending: Interrupted | None = None
 
 
 def _defaults() -> dict[signal.Signals, Any]:
     """The signals that interrupt a worker, with the handler each has when nobody changed it."""
     defaults: dict[signal.Signals, Any] = {signal.SIGINT: signal.default_int_handler,
                                            signal.SIGTERM: signal.SIG_DFL}
+    if hasattr(signal, "SIGHUP"):  # its terminal closed: the shell sends it to every process of the job
+        defaults[signal.SIGHUP] = signal.SIG_DFL
     if STOP_SIGNAL is not None:
         defaults[STOP_SIGNAL] = signal.SIG_DFL
     return defaults
@@ -67,10 +86,10 @@ def _defaults() -> dict[signal.Signals, Any]:
 
 @contextlib.contextmanager
 def interruptible() -> Iterator[None]:
-    """While the block runs, SIGINT, SIGTERM and :data:`STOP_SIGNAL` raise :class:`Interrupted`.
+    """While the block runs, SIGINT, SIGTERM, SIGHUP and :data:`STOP_SIGNAL` raise :class:`Interrupted`.
 
-    The first of them raises (``terminated`` for SIGTERM); after it, SIGTERM and
-    STOP_SIGNAL are ignored and SIGINT raises again. Outside the main thread, and
+    The first of them raises (``terminated`` for SIGTERM); after it, SIGTERM, SIGHUP
+    and STOP_SIGNAL are ignored and SIGINT raises again. Outside the main thread, and
     for a signal whose handler is not Python's default, nothing changes. Nested
     blocks keep the outer block's handlers.
     """
@@ -78,13 +97,34 @@ def interruptible() -> Iterator[None]:
         yield
         return
     interrupted = False
+    raised: dict[int, int] = {}  # id of the Interrupted raised -> the signal that raised it
 
     def on_signal(signum: int, frame: FrameType | None) -> None:
         nonlocal interrupted
+        global _pending
         if interrupted and signum != signal.SIGINT:
             return  # a copy of an interruption already being handled
+        interruption = Interrupted(terminated=signum == signal.SIGTERM)
+        if _deferring and _pending is None:
+            interrupted, _pending = True, interruption  # raised when the deferred block ends
+            return
         interrupted = True
-        raise Interrupted(terminated=signum == signal.SIGTERM)
+        raised.clear()
+        raised[id(interruption)] = signum
+        raise interruption
+
+    def on_unraisable(unraisable: Any) -> None:
+        """An Interrupted raised in a finalizer or an at-fork hook is dropped there: deliver it again."""
+        nonlocal interrupted
+        dropped = unraisable.exc_value
+        signum = raised.pop(id(dropped), None) if isinstance(dropped, Interrupted) else None
+        if signum is None:
+            unraisable_before(unraisable)
+            return
+        interrupted = False  # it never reached the code it was raised for
+        # sent again from another thread once this hook has returned (a signal sent from here would be
+        # handled in this hook, and dropped again): handled where the program goes on
+        threading.Timer(_REDELIVER, os.kill, (os.getpid(), signum)).start()
 
     global _stop_handled
     previous: dict[signal.Signals, Callable[[int, FrameType | None], Any] | int | None] = {}
@@ -93,13 +133,55 @@ def interruptible() -> Iterator[None]:
             previous[signum] = signal.signal(signum, on_signal)
     handles_stop = STOP_SIGNAL is not None and STOP_SIGNAL in previous
     _stop_handled |= handles_stop
+    unraisable_before = sys.unraisablehook
+    if previous:
+        sys.unraisablehook = on_unraisable
     try:
         yield
     finally:
+        if previous:
+            sys.unraisablehook = unraisable_before
         for signum, handler in previous.items():
             signal.signal(signum, handler)
         if handles_stop:
             _stop_handled = False
+
+
+@contextlib.contextmanager
+def deferred() -> Iterator[None]:
+    """While the block runs, an interruption waits for its end, then is raised.
+
+    For steps that must not be cut in two: a result being stored is stored, a
+    reservation being made is known to the worker that made it. Only the
+    interruption an :func:`interruptible` block of the main thread would raise
+    is deferred (a second SIGINT still raises at once); outside the main
+    thread, nothing changes.
+
+    Raises:
+        Interrupted: an interruption arrived while the block ran.
+    """
+    global _deferring, _pending
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    _deferring += 1
+    try:
+        yield
+    finally:
+        _deferring -= 1
+        pending, _pending = (_pending, None) if not _deferring else (None, _pending)
+        if pending is not None:
+            raise pending
+
+
+def _forked() -> None:
+    """In a child forked inside a :func:`deferred` block (a pool's worker): nothing is deferred there."""
+    global _deferring, _pending
+    _deferring, _pending = 0, None
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forked)
 
 
 def interrupt_main() -> bool:

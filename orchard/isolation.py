@@ -43,6 +43,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from orchard.interruption import deferred
 from orchard.resources import format_bytes
 
 __all__ = [
@@ -275,9 +276,19 @@ class ForkedCall:
     def __init__(self, job: Callable[[], Any]) -> None:
         _prctl()  # looked up before the fork: the child imports nothing to die with the worker
         read_fd, write_fd = os.pipe()
-        pid = os.fork()
-        if pid == 0:
-            _child_main(job, read_fd, write_fd)
+        pid = 0
+        try:
+            with deferred():  # an interruption handled in fork's at-fork hooks would be dropped there
+                pid = os.fork()
+                if pid == 0:
+                    _child_main(job, read_fd, write_fd)
+        except BaseException:  # interrupted as the child started: it has done nothing worth keeping
+            if pid:
+                kill_tree(pid)
+                os.waitpid(pid, 0)
+            os.close(read_fd)
+            os.close(write_fd)
+            raise
         os.close(write_fd)
         with contextlib.suppress(OSError):
             os.setpgid(pid, pid)  # also done by the child: whichever runs first
@@ -383,7 +394,7 @@ def _child_main(job: Callable[[], Any], read_fd: int, write_fd: int) -> None:
 def _default_signals() -> None:
     """Undo the worker's interruption handlers (inherited through fork): the child is stopped by its parent."""
     signal.signal(signal.SIGINT, signal.default_int_handler)
-    for name in ("SIGTERM", "SIGURG"):
+    for name in ("SIGTERM", "SIGHUP", "SIGURG"):
         if hasattr(signal, name):
             signal.signal(getattr(signal, name), signal.SIG_DFL)
 

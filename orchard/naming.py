@@ -80,6 +80,6 @@ def folder_in(base: str, part: str) -> str:
     return os.path.join(base, part)
 
 
-def worker_name() -> str:
-    """A unique worker identity: ``host:pid:uuid``."""
-    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+def worker_name(token: str | None = None) -> str:
+    """A unique worker identity: ``host:pid:uuid`` (``host:pid:TOKEN`` with a token of the caller's)."""
+    return f"{socket.gethostname()}:{os.getpid()}:{token or uuid.uuid4().hex[:8]}"

@@ -31,7 +31,7 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from orchard.current import CurrentTrial, current_trial, evaluating
-from orchard.errors import ConfigurationError
+from orchard.errors import ConfigurationError, Interrupted
 from orchard.isolation import ForkedCall, Stopped, call_spawned, hold_group, kill_tree
 from orchard.report import TrialPruned, plain, reporting_to, shown
 from orchard.space import to_builtin
@@ -316,8 +316,8 @@ def call_objective(
     With ``timeout`` or ``memory_limit`` (bytes), the call runs in a child process
     (see :class:`ObjectiveEvaluator`) that is killed when the time is up (reason
     ``timeout``) or when its process tree's resident memory passes the limit
-    (reason ``memory``). ``KeyboardInterrupt`` kills the child and propagates so
-    the worker can release the trial.
+    (reason ``memory``). ``KeyboardInterrupt``, in this process or raised by ``fn``
+    in the child, kills the child and propagates so the worker can release the trial.
     """
     if timeout is None and memory_limit is None:
         try:
@@ -402,7 +402,7 @@ class ObjectiveEvaluator(TrialEvaluator):
 
 
 def _evaluate_for_parent(fn: Callable[..., Any], params: dict[str, Any],
-                         reporting: dict[str, str] | None = None) -> Outcome:
+                         reporting: dict[str, str] | None = None) -> Outcome | _ChildInterrupted:
     if reporting is not None:  # this child's reports go to the files its parent follows, not to the parent's judge
         os.environ.update(reporting)
     try:
@@ -410,6 +410,8 @@ def _evaluate_for_parent(fn: Callable[..., Any], params: dict[str, Any],
             return interpret_result(fn(**params))
     except TrialPruned:
         return Outcome.pruned_by_objective()
+    except KeyboardInterrupt:
+        return _INTERRUPTED  # the parent raises it again: the trial is released, as in the worker's thread
     except BaseException as err:  # noqa: BLE001 - report everything, including SystemExit, to the parent
         return Outcome.from_exception(err)
 
@@ -418,8 +420,23 @@ def _evaluate_for_parent(fn: Callable[..., Any], params: dict[str, Any],
 PRUNE_GRACE = 5.0
 
 
+@dataclasses.dataclass(frozen=True)
+class _ChildInterrupted:
+    """What a child sends back when the objective raised ``KeyboardInterrupt`` (never stored)."""
+
+
+_INTERRUPTED = _ChildInterrupted()
+
+
 def _outcome_of(value: object, timeout: float | None) -> Outcome:
-    """The outcome of an isolated call: the child's own, or why it gave none."""
+    """The outcome of an isolated call: the child's own, or why it gave none.
+
+    Raises:
+        Interrupted: the objective raised ``KeyboardInterrupt`` in the child; the worker
+            releases the trial (``interrupted``), as when it is raised in the worker's thread.
+    """
+    if isinstance(value, _ChildInterrupted):
+        raise Interrupted
     if not isinstance(value, Stopped):
         return value  # type: ignore[return-value]  # the child ran _evaluate_for_parent
     if value.reason == "timeout":

@@ -189,7 +189,7 @@ def devices_of(worker: str | None) -> str | None:
     return worker.rpartition(DEVICES_MARK)[2]
 
 
-def worker_label(devices: str | None) -> str:
-    """A new worker identity, ``host:pid:uuid``, followed by ``/gpus=DEVICES`` when it has devices."""
-    name = worker_name()
+def worker_label(devices: str | None, token: str | None = None) -> str:
+    """A new worker identity, ``host:pid:uuid`` (see :func:`worker_name`), then ``/gpus=DEVICES`` if it has devices."""
+    name = worker_name(token)
     return f"{name}{DEVICES_MARK}{devices}" if devices else name

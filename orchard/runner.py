@@ -13,7 +13,8 @@ go to ``stdout.log`` and ``stderr.log`` in that folder. The result is the JSON
 the script wrote to ``ORCHARD_RESULTS_PATH`` (see :mod:`orchard.report`).
 A timeout or an interruption stops the group (SIGTERM, then SIGKILL after a
 grace period); a memory limit (the tree's resident memory) or a cancellation
-(the worker lost the trial) kills it at once (:mod:`orchard.isolation`). POSIX
+(the worker lost the trial) kills it at once (:mod:`orchard.isolation`); once
+the command has exited, whatever it left running in its group is killed. POSIX
 only: process groups are stopped with ``os.killpg``.
 """
 
@@ -31,6 +32,7 @@ from typing import Any
 
 from orchard.command import CommandTemplate, resolve_program
 from orchard.errors import ConfigurationError
+from orchard.interruption import deferred
 from orchard.isolation import (
     GroupWatch,
     Stopped,
@@ -150,14 +152,23 @@ class ScriptRunner(TrialEvaluator):
         with open(os.path.join(folder, STDOUT_FILE), "wb") as out, \
                 open(os.path.join(folder, STDERR_FILE), "wb") as err, \
                 contextlib.ExitStack() as following:
+            started: list[subprocess.Popen[bytes]] = []
             try:
-                # dies with this process: a SIGKILLed hunt left its script running, and after the lease
-                # a second attempt of the trial ran beside it
-                proc = subprocess.Popen(argv, cwd=folder, env=env, stdin=subprocess.DEVNULL,
-                                        stdout=out, stderr=err, start_new_session=True,
-                                        preexec_fn=death_hook())  # noqa: PLW1509 - no import or dlopen in it
+                # an interruption handled in fork's at-fork hooks would be dropped there: raised once started
+                with deferred():
+                    # dies with this process: a SIGKILLed hunt left its script running, and after the lease
+                    # a second attempt of the trial ran beside it
+                    started.append(subprocess.Popen(
+                        argv, cwd=folder, env=env, stdin=subprocess.DEVNULL, stdout=out, stderr=err,
+                        start_new_session=True, preexec_fn=death_hook()))  # noqa: PLW1509 - no import or dlopen
             except OSError as error:
                 return Outcome.failure("OSError", f"cannot start {argv[0]!r}: {error}", reason="start"), None
+            except BaseException:  # interrupted as it started: it has done nothing yet
+                for proc in started:
+                    kill_tree(proc.pid)
+                    proc.wait()
+                raise
+            proc = started[0]
             self._running[trial_id] = proc
             if trial_id in self._cancelled:  # the reservation was lost before the script started
                 kill_tree(proc.pid)
@@ -175,8 +186,7 @@ class ScriptRunner(TrialEvaluator):
             finally:
                 watch.stop()
                 self._running.pop(trial_id, None)
-            if watch.stopped is not None or trial_id in self._cancelled:
-                signal_group(proc.pid, signal.SIGKILL)  # children that outlived the leader
+            signal_group(proc.pid, signal.SIGKILL)  # what the command left running ends with its trial
             if trial_id in self._cancelled:
                 return returncode, Outcome.failure(
                     "Cancelled", "the script was killed because the worker lost its reservation",

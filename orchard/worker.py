@@ -43,6 +43,7 @@ from orchard.errors import (
 )
 from orchard.experiment_config import WorkerSettings
 from orchard.history import History
+from orchard.interruption import deferred
 from orchard.leases import LeaseObserver
 from orchard.naming import worker_name
 from orchard.objective import Outcome, with_objectives
@@ -194,21 +195,22 @@ class Worker:
             outcome = Outcome.from_exception(err)
         finally:
             self._evaluating = None
-        try:
-            self.finish(trial, outcome)
-        except ReservationLostError as err:
-            log.warning("%s", err)
-        except StorageUnavailableError:  # failing beyond the storage patience: give the trial back, once
-            log.error("worker %s could not store %s for trial %s; releasing it", self.name, outcome, trial.id)
-            self._release_quietly(trial, self.storage.storage)
-            raise
-        except Exception as err:  # noqa: BLE001 -- the storage refused the outcome (a value or size it cannot hold)
-            message = f"the storage refused the trial's outcome: {type(err).__name__}: {err}"[:2000]
-            try:  # recorded broken: a dying worker would leave it reserved until its lease ran out
-                self._record(trial, Outcome.failure("StorageError", message, reason="unstorable"))
-            except Exception:  # noqa: BLE001 -- the storage itself is failing: the first error says why
-                raise err from None
-            log.error("worker %s: %s; trial %s recorded broken", self.name, message, trial.id)
+        with deferred():  # SIGTERM, Ctrl-C: the outcome is stored first
+            try:
+                self.finish(trial, outcome)
+            except ReservationLostError as err:
+                log.warning("%s", err)
+            except StorageUnavailableError:  # failing beyond the storage patience: give the trial back, once
+                log.error("worker %s could not store %s for trial %s; releasing it", self.name, outcome, trial.id)
+                self._release_quietly(trial, self.storage.storage)
+                raise
+            except Exception as err:  # noqa: BLE001 -- the storage refused the outcome (a value or size it cannot hold)
+                message = f"the storage refused the trial's outcome: {type(err).__name__}: {err}"[:2000]
+                try:  # recorded broken: a dying worker would leave it reserved until its lease ran out
+                    self._record(trial, Outcome.failure("StorageError", message, reason="unstorable"))
+                except Exception:  # noqa: BLE001 -- the storage itself is failing: the first error says why
+                    raise err from None
+                log.error("worker %s: %s; trial %s recorded broken", self.name, message, trial.id)
 
     # -- the steps -------------------------------------------------------------
 

@@ -65,3 +65,23 @@ def workon_until_interrupted(storage: str, folder: str) -> None:
     exp = orchard.build_experiment("stop", space={"x": "uniform(0, 1)"}, storage=storage, max_trials=1)
     exp.workon(functools.partial(pid_then_sleep, folder=folder), executor="single", trial_timeout=120,
                progress=False)
+
+
+def crashes_one_worker(x: float, folder: str, workers: int = 3) -> float:
+    """The first call exits its process (a segfault, the OOM killer) once every worker runs a trial.
+
+    Each call leaves ``folder/PID.running``; the crashing one writes its ``x`` to ``folder/crashed``.
+    The others sleep until their pool is torn down.
+    """
+    Path(folder, f"{os.getpid()}.running").write_text(repr(x))
+    try:
+        descriptor = os.open(Path(folder, "crashed"), os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+    except FileExistsError:
+        time.sleep(60)
+        return x
+    deadline = time.monotonic() + 60
+    while len(list(Path(folder).glob("*.running"))) < workers and time.monotonic() < deadline:
+        time.sleep(0.02)
+    os.write(descriptor, repr(x).encode())
+    os.close(descriptor)
+    os._exit(3)

@@ -84,6 +84,30 @@ def test_an_objective_that_leaves_a_process_running_still_completes(tmp_path: Pa
     assert _gone(int((tmp_path / "left.pid").read_text())), "what the objective left running is killed"
 
 
+LEAVES_A_PROCESS = r'''
+import json, os, subprocess, sys
+left = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])  # never waited for
+with open(os.path.join(sys.argv[1], f"left-{left.pid}"), "w"):
+    pass
+with open(os.environ["ORCHARD_RESULTS_PATH"], "w") as handle:
+    json.dump({"objective": 1.0}, handle)
+'''
+
+
+def test_a_script_that_leaves_a_process_running_completes_and_the_process_ends_with_its_trial(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """As with a Python objective: what the command left in its process group does not outlive its trial."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "leaves.py").write_text(LEAVES_A_PROCESS)
+    code = main(["hunt", "-n", "left", "--storage", "o.pkl", "--max-trials", "2",
+                 sys.executable, str(tmp_path / "leaves.py"), str(tmp_path), "--x~uniform(0, 1)"])
+    assert code == 0
+    assert [t.status for t in orchard.get_experiment("left", storage="o.pkl").fetch_trials()] == [
+        TrialStatus.COMPLETED] * 2
+    left = [int(path.name.split("-")[1]) for path in tmp_path.glob("left-*")]
+    assert len(left) == 2 and all(_gone(pid, timeout=5) for pid in left), "a process the script left outlived it"
+
+
 # -- cancellation: a worker that lost its reservation stops its evaluation (issue 9 item 4) --
 
 WORK = r'''

@@ -199,6 +199,51 @@ def test_one_worker_runs_in_the_calling_process_so_unpicklable_objectives_work(s
     assert calls and {pid for pid, _ in calls} == {os.getpid()}
 
 
+def _raises_keyboard_interrupt(x: float, y: float = 0.0) -> float:
+    raise KeyboardInterrupt  # what Ctrl-C raises inside the objective, or a library that gives up on it
+
+
+@pytest.mark.parametrize("trial_timeout", [None, 30.0], ids=["in-thread", "timed-child"])
+def test_an_objective_raising_keyboard_interrupt_releases_its_trial_as_ctrl_c_does(
+        store, trial_timeout: float | None) -> None:
+    """With or without trial_timeout (the objective then runs in a child): interrupted, not broken."""
+    exp = build(store, max_trials=3)
+    with pytest.raises(orchard.errors.Interrupted, match="1 of 1 running trial"):
+        exp.workon(_raises_keyboard_interrupt, executor="single", trial_timeout=trial_timeout, progress=False)
+    (trial,) = exp.fetch_trials()
+    assert trial.status is TrialStatus.INTERRUPTED and trial.error is None  # not a failure of the objective
+
+
+def test_ctrl_c_stops_thread_workers_after_their_running_evaluations(store) -> None:
+    """Threads cannot be interrupted, but they stop at their next trial: Ctrl-C does not wait for the budget."""
+    import os
+    import signal
+    import threading
+    import time
+
+    started = threading.Event()
+
+    def objective(x: float, y: float = 0.0) -> float:
+        started.set()
+        time.sleep(0.2)
+        return x
+
+    def press_ctrl_c() -> None:
+        started.wait(30)
+        os.kill(os.getpid(), signal.SIGINT)
+
+    exp = build(store, max_trials=60)  # 6 s of trials for 2 threads
+    threading.Thread(target=press_ctrl_c, daemon=True).start()
+    begun = time.monotonic()
+    with pytest.raises(orchard.errors.Interrupted) as caught:
+        exp.workon(objective, n_workers=2, executor="thread", progress=False)
+    assert time.monotonic() - begun < 3, "workon waited for the thread workers to run the whole budget"
+    trials = exp.fetch_trials()
+    assert not [t for t in trials if t.status is TrialStatus.RESERVED]
+    assert len([t for t in trials if t.status is TrialStatus.COMPLETED]) < 20
+    assert "not stopped" not in str(caught.value), caught.value
+
+
 @pytest.mark.parametrize("end", ["return", "raise"])
 def test_trials_suggested_and_never_observed_go_back_when_the_script_ends(tmp_path, end: str) -> None:
     """A script or notebook that ends after suggest() leaves nothing reserved and no attempt spent."""

@@ -448,3 +448,93 @@ def test_progress_monitor_reports_each_trial_finished_while_it_runs_once(storage
         clock.settle(1)
         assert completed and broken  # seen by the monitor's thread, not only at exit
     assert [t.id for t in completed] == [good.id] and [t.id for t in broken] == [bad.id]
+
+
+@pytest.mark.skipif(signal.getsignal(signal.SIGTERM) != signal.SIG_DFL, reason="SIGTERM has a handler already")
+@pytest.mark.parametrize("verb", ["register_trial", "complete_trial"])
+def test_sigterm_while_a_worker_writes_to_the_storage_leaves_no_trial_reserved_and_keeps_the_result(
+        storage, exp_id, monkeypatch, verb: str) -> None:
+    """SIGTERM (or the stop request of workon's process) landing as a reservation or a result is written:
+    the reservation is given back (not held until its lease runs out), the result is stored."""
+    from orchard.executors.task import WorkerTask, run_worker
+
+    write = getattr(storage, verb)
+
+    def signalled(*args, **kwargs):
+        if verb == "complete_trial":
+            os.kill(os.getpid(), signal.SIGTERM)  # handled before the write could start
+        stored = write(*args, **kwargs)
+        if verb == "register_trial":
+            os.kill(os.getpid(), signal.SIGTERM)  # handled once the reservation is stored, before it returns
+        return stored
+
+    monkeypatch.setattr(storage, verb, signalled)
+    monkeypatch.setattr(storage, "close", lambda: None)  # run_worker closes the storage the test reads
+    with pytest.raises(Interrupted) as caught:
+        run_worker(WorkerTask(storage, exp_id, settings(), lambda x: x))
+    (trial,) = storage.fetch_trials(exp_id)
+    if verb == "complete_trial":
+        assert trial.status is TrialStatus.COMPLETED and caught.value.released == []
+    else:
+        assert trial.status is TrialStatus.INTERRUPTED and caught.value.released == [trial.id]
+        assert trial.attempts == 0, "a release does not count against max_attempts"
+
+
+def test_a_trial_released_by_two_stopped_workers_is_counted_once() -> None:
+    """A worker starting as the stop came may reserve the trial another just gave back, then give it back too."""
+    joined = Interrupted(released=["a"]).joined([Interrupted(released=["a", "b"]), Interrupted(kept=["c"])])
+    assert joined.released == ["a", "b"] and joined.kept == ["c"]
+    assert str(joined).startswith("2 of 3 running trial(s) released")
+
+
+class _SignalsWhenCollected:
+    """Sends SIGTERM to this process from ``__del__``: its handler then runs where Python drops exceptions."""
+
+    def __del__(self) -> None:
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
+@pytest.mark.skipif(signal.getsignal(signal.SIGTERM) != signal.SIG_DFL, reason="SIGTERM has a handler already")
+def test_an_interruption_raised_where_python_drops_exceptions_is_delivered_again() -> None:
+    """A signal handled inside a finalizer or an at-fork hook (a worker starting a script as SIGTERM came):
+    the Interrupted raised there is dropped ("Exception ignored in"), and the worker used to run on for ever,
+    ignoring every later copy. It is raised again where the program goes on."""
+    import time
+
+    from orchard.interruption import interruptible
+
+    with pytest.raises(Interrupted) as caught, interruptible():
+        _SignalsWhenCollected()  # collected at once
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline:
+            time.sleep(0.01)
+    assert caught.value.terminated
+
+
+@pytest.mark.skipif(not hasattr(os, "fork") or signal.getsignal(signal.SIGTERM) != signal.SIG_DFL,
+                    reason="needs fork and SIGTERM's default handler")
+def test_an_interruption_as_a_timed_evaluation_forks_leaves_no_child_running(monkeypatch, tmp_path) -> None:
+    """SIGTERM landing as the child is forked: Interrupted is raised once the child is known, and it is killed."""
+    import time
+
+    from orchard.interruption import interruptible
+    from orchard.isolation import ForkedCall
+
+    fork, children = os.fork, []
+
+    def fork_then_signal() -> int:
+        pid = fork()
+        if pid:
+            children.append(pid)
+            os.kill(os.getpid(), signal.SIGTERM)
+        return pid
+
+    marker = tmp_path / "ran"
+    monkeypatch.setattr(os, "fork", fork_then_signal)
+    with pytest.raises(Interrupted), interruptible():
+        ForkedCall(lambda: (time.sleep(0.5), marker.write_text("the job ran on")))
+    monkeypatch.undo()
+    (child,) = children
+    with pytest.raises(ChildProcessError):
+        os.waitpid(child, os.WNOHANG)  # reaped: killed and waited for, so it cannot write later
+    assert not marker.exists()

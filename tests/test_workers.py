@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import itertools
 import math
 import multiprocessing
@@ -141,11 +142,34 @@ def test_objective_that_kills_its_worker_process_gives_one_clear_error(tmp_path)
     exp = orchard.build_experiment("dies", space=workloads.SPACE, storage=str(tmp_path / "o.pkl"), max_trials=4)
     with pytest.raises(orchard.ExecutorError, match="died under executor 'joblib'.*trial_timeout"):
         exp.workon(workloads.exits_process, n_workers=1, executor="joblib", progress=False)
+    (trial,) = exp.fetch_trials()  # taken back at once as lost (its attempt counts), not held until its lease
+    assert trial.status is TrialStatus.INTERRUPTED and trial.attempts == 1
     # with a trial_timeout the objective runs in a child process: its death breaks the trial, not the worker
     exp2 = orchard.build_experiment("dies2", space=workloads.SPACE, storage=str(tmp_path / "o.pkl"),
                                     max_trials=4, max_broken=2)
     with pytest.raises(orchard.ExperimentBrokenError, match="WorkerCrashed"):
         exp2.workon(workloads.exits_process, n_workers=1, trial_timeout=30, progress=False)
+
+
+@pytest.mark.parametrize("executor", ["process", "joblib"])
+def test_a_worker_process_that_dies_leaves_no_trial_reserved(tmp_path, executor: str) -> None:
+    """One of 3 pool workers dies mid-trial (os._exit); the pool breaks. Its trial is taken back at once as
+    lost (its attempt counts: a trial that keeps killing workers still breaks after max_attempts). The others'
+    trials are given back too: released (attempt not counted) where the pool stops them with SIGTERM
+    (``process``), taken back as lost where it SIGKILLs them (loky)."""
+    from tests.evaluation_workloads import crashes_one_worker
+
+    exp = orchard.build_experiment("dies", space={"x": "uniform(0, 1)"}, storage=str(tmp_path / "o.pkl"),
+                                   max_trials=6)
+    with pytest.raises(orchard.ExecutorError, match=f"died under executor '{executor}'"):
+        exp.workon(functools.partial(crashes_one_worker, folder=str(tmp_path)), n_workers=3, executor=executor,
+                   progress=False)
+    trials = exp.fetch_trials()
+    crashed = float((tmp_path / "crashed").read_text())
+    assert len(trials) == 3 and all(t.status is TrialStatus.INTERRUPTED for t in trials), trials
+    victims = 0 if executor == "process" else 1
+    assert sorted(t.attempts for t in trials if t.params["x"] != crashed) == [victims, victims]
+    assert [t.attempts for t in trials if t.params["x"] == crashed] == [1]
 
 
 MAIN_SCRIPT = """
@@ -189,8 +213,10 @@ def objective(x):
     open(marker, "w").close()
     time.sleep(60)  # far longer than the test: only an interruption ends it
     return x
-exp = orchard.build_experiment("term", space={"x": "uniform(0, 1)"}, storage=sys.argv[2], max_trials=8)
-exp.workon(objective, n_workers=int(sys.argv[3]), trial_timeout=float(sys.argv[4]) or None, progress=False)
+if __name__ == "__main__":  # Dask starts its workers with spawn
+    exp = orchard.build_experiment("term", space={"x": "uniform(0, 1)"}, storage=sys.argv[2], max_trials=8)
+    exp.workon(objective, n_workers=int(sys.argv[3]), trial_timeout=float(sys.argv[4]) or None, progress=False,
+               executor=sys.argv[5], executor_config={"dashboard_address": None} if sys.argv[5] == "dask" else None)
 """
 
 
@@ -202,18 +228,24 @@ def _alive(pid: int) -> bool:
     return state != "Z"
 
 
-@pytest.mark.parametrize(("n_workers", "trial_timeout"), [(2, 0), (1, 120)],
-                         ids=["two-pool-workers", "one-worker-with-trial-timeout"])
+@pytest.mark.parametrize(("n_workers", "trial_timeout", "sig", "executor"),
+                         [(2, 0, signal.SIGTERM, "joblib"), (1, 120, signal.SIGTERM, "single"),
+                          (2, 0, signal.SIGHUP, "joblib"), (2, 0, signal.SIGTERM, "dask")],
+                         ids=["two-pool-workers", "one-worker-with-trial-timeout", "SIGHUP-two-pool-workers",
+                              "two-dask-local-workers"])
 def test_sigterm_to_workon_stops_its_workers_and_releases_their_trials(
-        tmp_path, n_workers: int, trial_timeout: float) -> None:
-    """``kill`` on a Python process running ``workon`` (a scheduler's SIGTERM): its workers stop with it,
-    and the trials they were running are released (``interrupted``), not left ``reserved`` or finished later."""
+        tmp_path, n_workers: int, trial_timeout: float, sig: signal.Signals, executor: str) -> None:
+    """``kill`` on a Python process running ``workon`` (a scheduler's SIGTERM; SIGHUP, its terminal closed):
+    its workers stop with it, and the trials they were running are released (``interrupted``), not left
+    ``reserved`` or finished later. Dask workers cannot be interrupted, but those of the LocalCluster workon
+    started end with it, and their trials are released once they did."""
     running = tmp_path / "running"
     running.mkdir()
     script = tmp_path / "script.py"
     script.write_text(SIGTERM_SCRIPT)
     storage = str(tmp_path / "o.pkl")
-    proc = subprocess.Popen([sys.executable, str(script), str(running), storage, str(n_workers), str(trial_timeout)],
+    proc = subprocess.Popen([sys.executable, str(script), str(running), storage, str(n_workers), str(trial_timeout),
+                             executor],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 120
     while len(list(running.glob("*.running"))) < n_workers:
@@ -224,7 +256,7 @@ def test_sigterm_to_workon_stops_its_workers_and_releases_their_trials(
     assert len(held) == n_workers
     workers = {int(t.worker.split(":")[1]) for t in held}  # the processes running the loops
     evaluations = {int(marker.name.split("-")[0]) for marker in running.glob("*.running")}
-    proc.send_signal(signal.SIGTERM)
+    proc.send_signal(sig)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode != 0
     assert f"{n_workers} of {n_workers} running trial(s) released (status interrupted)" in err, err

@@ -1,10 +1,10 @@
 """What an executor runs: one worker loop per :class:`WorkerTask`.
 
 ``Experiment.workon`` builds one picklable task per worker and hands them to
-:func:`run_tasks`, which submits :func:`run_worker` with each to the executor;
-wherever it lands (this thread, a pool process, a Dask worker), it builds the
-evaluator and the :class:`~orchard.worker.Worker` there and runs the loop to
-its end. An interruption while they run stops them and gives their running
+a :class:`~orchard.executors.fleet.Fleet`, which submits :func:`run_worker`
+with each to the executor; wherever it lands (this thread, a pool process, a
+Dask worker), it builds the evaluator and the :class:`~orchard.worker.Worker`
+there and runs the loop to its end. An interruption while they run stops them and gives their running
 trials back (see :mod:`orchard.interruption`).
 """
 
@@ -14,18 +14,20 @@ import contextlib
 import dataclasses
 import os
 import pickle
-from collections.abc import Callable, Sequence
-from concurrent.futures import Executor, Future
+import threading
+import uuid
+from collections.abc import Callable
 from typing import Any
 
-from orchard.errors import ConfigurationError
-from orchard.interruption import STOP_TIMEOUT, interruptible, stop_workers
-from orchard.objective import ObjectiveEvaluator, TrialEvaluator
+from orchard.errors import ConfigurationError, Interrupted, ReservationLostError, StorageError
+from orchard.interruption import interruptible
+from orchard.objective import ObjectiveEvaluator, Outcome, TrialEvaluator
 from orchard.resources import DEVICES_ENV, visible_devices, worker_label
 from orchard.storages.base import BaseStorage
+from orchard.trial import Trial, TrialStatus
 from orchard.worker import Worker, WorkerReport, WorkerSettings
 
-__all__ = ["WorkerTask", "check_travels", "run_tasks", "run_worker"]
+__all__ = ["WorkerTask", "check_travels", "run_worker"]
 
 
 @dataclasses.dataclass
@@ -41,18 +43,27 @@ class WorkerTask:
     working_dir: str | None = None  # per-trial folders of orchard.current_trial()
     memory_limit: int | None = None  # bytes, for a Python fn (a TrialEvaluator has its own)
     devices: str | None = None  # CUDA_VISIBLE_DEVICES of this worker; None leaves the environment alone
+    #: The last part of the worker's name (``host:pid:TOKEN``): how its caller knows its reservations.
+    token: str = dataclasses.field(default_factory=lambda: uuid.uuid4().hex[:8])
+    #: Set by the caller to stop a loop that runs as one of its threads (which no signal reaches);
+    #: ``None`` for a loop in another process.
+    stop: threading.Event | None = None
 
 
-def check_travels(fn: Callable[..., Any], executor: str) -> None:
-    """Refuse, before any trial is reserved, an objective that cannot reach the executor's processes.
+def check_travels(fn: Callable[..., Any], storage: BaseStorage, executor: str | Any) -> None:
+    """Refuse, before any trial is reserved, a storage or an objective that cannot reach the executor's processes.
 
-    ``process`` sends it with the standard library's pickle (a lambda or a closure does not
-    travel); joblib and Dask with cloudpickle when it is installed (they do, but not over a
-    lock, a socket or an open file).
+    The storage must pickle (it reconnects by URI in each process); it raises its own message
+    otherwise. An objective for a named executor is checked too: ``process`` sends it with the
+    standard library's pickle (a lambda or a closure does not travel); joblib and Dask with
+    cloudpickle when it is installed (they do, but not over a lock, a socket or an open file).
 
     Raises:
         ConfigurationError: naming the objective, the executor and the pickler's reason.
     """
+    pickle.dumps(storage)
+    if not isinstance(executor, str):
+        return  # an executor of the caller's own: its pickler is unknown
     dumps: Callable[[Any], bytes] = pickle.dumps
     if executor != "process":
         with contextlib.suppress(ImportError):  # joblib's loky falls back to pickle without it
@@ -88,38 +99,65 @@ def run_worker(task: WorkerTask) -> WorkerReport:
         The worker's report.
     """
     fn = task.fn
-    evaluate = fn if isinstance(fn, TrialEvaluator) else ObjectiveEvaluator(
+    evaluate: TrialEvaluator = fn if isinstance(fn, TrialEvaluator) else ObjectiveEvaluator(
         fn, task.trial_timeout, task.memory_limit, task.working_dir)
+    if task.stop is not None:
+        evaluate = _Stoppable(evaluate, task.stop)
     with interruptible(), visible_devices(task.devices):
         worker = Worker(task.storage, task.experiment_id, task.settings, evaluate,
-                        name=worker_label(os.environ.get(DEVICES_ENV)), label=task.label)
+                        name=worker_label(os.environ.get(DEVICES_ENV), task.token), label=task.label)
         try:
             return worker.run()
+        except KeyboardInterrupt as interruption:
+            raise _given_back(worker, interruption) from None
         finally:
             task.storage.close()
 
 
-def run_tasks(pool: Executor, tasks: Sequence[WorkerTask], reachable: bool = True) -> list[BaseException | None]:
-    """Run one worker loop per task on ``pool`` and wait for them all.
+class _Stoppable(TrialEvaluator):
+    """An evaluator whose thread stops at its next trial once ``stop`` is set.
 
-    Args:
-        pool: the executor.
-        tasks: one per worker.
-        reachable: the loops run in this thread or in child processes of this one, which an
-            interruption of this process can stop (else it does not wait for them).
-
-    Returns:
-        What each loop raised (``None`` for a loop that ended normally), in task order.
-
-    Raises:
-        Interrupted: this process was interrupted (Ctrl-C, SIGINT, or SIGTERM within
-            :func:`~orchard.interruption.interruptible`); the loops in local worker
-            processes were told to stop, and the error says what they released.
+    Python cannot interrupt a thread: the evaluation under way runs to its end
+    (its result is stored); the next trial the loop reserves is given back at once,
+    as Ctrl-C does (:class:`Interrupted`), and the loop ends.
     """
-    futures: list[Future[WorkerReport]] = []
+
+    def __init__(self, evaluate: TrialEvaluator, stop: threading.Event) -> None:
+        self.evaluate, self.stop = evaluate, stop
+
+    def __call__(self, trial: Trial) -> Outcome:
+        if self.stop.is_set():
+            raise Interrupted
+        return self.evaluate(trial)
+
+    def cancel(self, trial: Trial) -> bool | None:
+        return self.evaluate.cancel(trial)
+
+    def hold(self, trial: Trial, held: bool) -> bool | None:
+        return self.evaluate.hold(trial, held)
+
+
+def _given_back(worker: Worker, interruption: KeyboardInterrupt) -> Interrupted:
+    """The interruption, once every trial the stopped worker still holds in the storage is released.
+
+    A reservation whose write landed as the interruption came (the worker never saw
+    it) is given back now, not taken back when its lease runs out as a lost attempt.
+    One read, without the outage retries: a failing storage leaves it to the lease.
+    """
+    stopped = interruption if isinstance(interruption, Interrupted) else Interrupted()
+    storage = worker.storage.storage
     try:
-        for task in tasks:
-            futures.append(pool.submit(run_worker, task))
-        return [future.exception() for future in futures]
-    except KeyboardInterrupt as interruption:
-        raise stop_workers(interruption, futures, STOP_TIMEOUT if reachable else 0.0) from None
+        held = [trial for trial in storage.fetch_trials(worker.experiment_id, [TrialStatus.RESERVED])
+                if trial.worker == worker.name and trial.id not in stopped.released + stopped.kept]
+    except StorageError:
+        return stopped
+    for trial in held:
+        try:
+            storage.release_trial(trial.id, worker.name)
+        except ReservationLostError:  # judged lost meanwhile: no longer this worker's
+            continue
+        except StorageError:
+            stopped.kept.append(trial.id)
+        else:
+            stopped.released.append(trial.id)
+    return stopped

@@ -1,0 +1,148 @@
+"""The worker loops of one ``workon`` call, and the reservations they leave behind.
+
+Each loop's worker carries its task's token in its name (``host:pid:TOKEN``,
+see :class:`~orchard.executors.task.WorkerTask`), so the process that called
+``workon`` knows which reservations are its own workers'. A loop whose future
+is done (it returned, raised, was cancelled, or its process died) holds no
+trial any more; one still reserved under its name is held by nobody. Once the
+pool is closed, :class:`Fleet` gives such trials back at once instead of
+leaving them ``reserved`` until their lease runs out::
+
+    the run ended because            a trial its ended loops still hold
+    ───────────────────────────      ─────────────────────────────────────────────
+    this process was interrupted     released: ``interrupted``, the attempt not
+                                     counted (a Dask LocalCluster closed under its
+                                     loops, a reservation stored as the stop came)
+    anything else                    taken back as lost: ``interrupted``, the attempt
+                                     counted, ``broken`` at ``max_attempts``, as when
+                                     a lease runs out (a crash, the OOM killer)
+
+A process that dies takes its pool down with it: the standard library's pool
+(``process``) stops the other workers with SIGTERM, so they release their
+trials themselves and only the dead worker's trial counts an attempt; loky
+(``joblib``) SIGKILLs them, so every trial of the pool counts one. A trial
+that keeps killing its worker is therefore broken after ``max_attempts``
+runs, never handed out for ever.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import logging
+import threading
+from collections.abc import Sequence
+from concurrent.futures import Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor
+from types import TracebackType
+
+from orchard.errors import Interrupted, ReservationLostError, StorageError
+from orchard.executors.task import WorkerTask, run_worker
+from orchard.interruption import STOP_TIMEOUT, deferred, stop_workers
+from orchard.resources import DEVICES_MARK
+from orchard.storages.base import BaseStorage
+from orchard.trial import Trial, TrialStatus
+from orchard.worker import WorkerReport
+
+__all__ = ["Fleet"]
+
+log = logging.getLogger(__name__)
+
+
+class Fleet:
+    """Runs one worker loop per task and, on leaving its block, gives back what ended loops hold.
+
+    Use it as a context manager around the pool's, so its exit runs once the pool is closed.
+
+    Args:
+        storage: the experiment's storage (as this process reaches it).
+        experiment_id: the experiment the loops work on.
+        tasks: one per worker loop.
+        max_attempts: the experiment's ``max_attempts`` (a trial taken back as lost that reached it breaks).
+    """
+
+    def __init__(self, storage: BaseStorage, experiment_id: str, tasks: Sequence[WorkerTask],
+                 max_attempts: int) -> None:
+        self.storage, self.experiment_id = storage, experiment_id
+        self.tasks, self.max_attempts = list(tasks), max_attempts
+        self._futures: list[Future[WorkerReport]] = []
+        self._stop = threading.Event()
+
+    def run(self, pool: Executor, reachable: bool = True) -> list[BaseException | None]:
+        """Run one worker loop per task on ``pool`` and wait for them all.
+
+        Args:
+            pool: the executor.
+            reachable: the loops run in this thread or in child processes of this one, which an
+                interruption of this process can stop (else it does not wait for them).
+
+        Returns:
+            What each loop raised (``None`` for a loop that ended normally), in task order.
+
+        Raises:
+            Interrupted: this process was interrupted (Ctrl-C, SIGINT, SIGTERM or SIGHUP within
+                :func:`~orchard.interruption.interruptible`); the loops in local worker
+                processes were told to stop, and the error says what they released.
+        """
+        threads = isinstance(pool, ThreadPoolExecutor)  # no signal reaches them: they are told by an event
+        try:
+            # the standard library's pool forks its processes as tasks are submitted, and an interruption
+            # handled in fork's at-fork hooks would be dropped there (an inline pool runs whole loops here)
+            with deferred() if isinstance(pool, ProcessPoolExecutor) else contextlib.nullcontext():
+                for task in self.tasks:
+                    self._futures.append(pool.submit(run_worker, dataclasses.replace(task, stop=self._stop)
+                                                     if threads else task))
+            return [future.exception() for future in self._futures]
+        except KeyboardInterrupt as interruption:
+            self._stop.set()
+            raise stop_workers(interruption, self._futures, STOP_TIMEOUT if reachable else 0.0) from None
+
+    def __enter__(self) -> Fleet:
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, error: BaseException | None,
+                 traceback: TracebackType | None) -> None:
+        ended = {task.token for task, future in zip(self.tasks, self._futures) if future.done()}
+        if isinstance(error, Interrupted):
+            self._count_late_stops(error)
+        if not ended:
+            return
+        try:
+            held = [trial for trial in self.storage.fetch_trials(self.experiment_id, [TrialStatus.RESERVED])
+                    if _token(trial.worker) in ended]
+            if not held:
+                return
+            if isinstance(error, Interrupted):
+                error.released.extend(self._release(held))
+            elif not isinstance(error, KeyboardInterrupt):
+                self._take_back(held)
+        except StorageError as err:  # their leases run out instead
+            log.warning("could not give back the trials of workers that ended: %s", err)
+
+    def _count_late_stops(self, interruption: Interrupted) -> None:
+        """Add what loops that stopped once the pool closed (threads, a LocalCluster's) reported."""
+        reports = [future.exception() for future in self._futures if future.done() and not future.cancelled()]
+        late = interruption.joined(reports)
+        interruption.released[:], interruption.kept[:] = late.released, late.kept
+        interruption.unstopped = sum(not future.done() for future in self._futures)
+
+    def _release(self, held: list[Trial]) -> list[str]:
+        released = []
+        for trial in held:
+            try:
+                self.storage.release_trial(trial.id, trial.worker)
+            except ReservationLostError:  # taken back meanwhile
+                continue
+            released.append(trial.id)
+        return released
+
+    def _take_back(self, held: list[Trial]) -> None:
+        leases = {trial.id: trial.lease for trial in held if trial.lease is not None}
+        for trial in self.storage.release_lost(self.experiment_id, leases, self.max_attempts):
+            verb = "broke" if trial.status is TrialStatus.BROKEN else "took back"
+            log.warning("%s trial %s: its worker's process died under it (attempt %d of %d)",
+                        verb, trial.id, trial.attempts, self.max_attempts)
+
+
+def _token(worker: str | None) -> str | None:
+    """The token of a worker name ``host:pid:TOKEN[/gpus=...]``."""
+    return None if worker is None else worker.split(DEVICES_MARK, 1)[0].rsplit(":", 1)[-1]
