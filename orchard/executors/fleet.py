@@ -104,6 +104,8 @@ class Fleet:
         ended = {task.token for task, future in zip(self.tasks, self._futures) if future.done()}
         if isinstance(error, Interrupted):
             self._count_late_stops(error)
+        elif not any(future.cancelled() or future.exception() for future in self._futures if future.done()):
+            return  # every loop returned: a loop finishes or gives back its trial before it returns
         if not ended:
             return
         try:
