@@ -56,7 +56,8 @@ from typing import Any
 
 from orchard.errors import Interrupted
 
-__all__ = ["STOP_SIGNAL", "STOP_TIMEOUT", "deferred", "interrupt_main", "interruptible", "stop_workers"]
+__all__ = ["STOP_SIGNAL", "STOP_TIMEOUT", "default_handlers", "deferred", "interrupt_main", "interruptible",
+           "stop_workers"]
 
 #: What the process that called ``workon`` sends its pool processes to stop their loops (POSIX only).
 STOP_SIGNAL: signal.Signals | None = getattr(signal, "SIGURG", None)
@@ -82,6 +83,17 @@ def _defaults() -> dict[signal.Signals, Any]:
     if STOP_SIGNAL is not None:
         defaults[STOP_SIGNAL] = signal.SIG_DFL
     return defaults
+
+
+def default_handlers() -> None:
+    """Give the signals that interrupt a worker Python's default handlers again.
+
+    For a process forked inside an :func:`interruptible` block (a timed child, a
+    ``process`` pool's worker): it inherits that block's handlers, whose state is
+    its parent's (an interruption already handled there is ignored here for ever).
+    """
+    for signum, handler in _defaults().items():
+        signal.signal(signum, handler)
 
 
 @contextlib.contextmanager

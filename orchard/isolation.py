@@ -43,7 +43,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from orchard.interruption import deferred
+from orchard.interruption import default_handlers, deferred
 from orchard.resources import format_bytes
 
 __all__ = [
@@ -383,20 +383,12 @@ def _child_main(job: Callable[[], Any], read_fd: int, write_fd: int) -> None:
         with contextlib.suppress(OSError):
             os.setpgid(0, 0)
         die_with_parent()
-        _default_signals()
+        default_handlers()  # the worker's, inherited through fork: the child is stopped by its parent
         payload = pickle.dumps(job())
         with os.fdopen(write_fd, "wb") as pipe:
             pipe.write(_FRAME_HEADER.pack(len(payload)) + payload)
     finally:
         os._exit(0)
-
-
-def _default_signals() -> None:
-    """Undo the worker's interruption handlers (inherited through fork): the child is stopped by its parent."""
-    signal.signal(signal.SIGINT, signal.default_int_handler)
-    for name in ("SIGTERM", "SIGHUP", "SIGURG"):
-        if hasattr(signal, name):
-            signal.signal(getattr(signal, name), signal.SIG_DFL)
 
 
 def die_with_parent() -> None:

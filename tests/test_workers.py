@@ -228,6 +228,38 @@ def _alive(pid: int) -> bool:
     return state != "Z"
 
 
+@pytest.mark.slow
+@pytest.mark.timeout(180)
+def test_process_pool_workers_of_a_killed_workon_give_their_trials_back_and_exit(tmp_path) -> None:
+    """``kill -9`` of a process running ``workon(executor="process")``: its pool workers do not run the
+    experiment on as orphans (and then wait for work for ever); they release their trials and end."""
+    running = tmp_path / "running"
+    running.mkdir()
+    script = tmp_path / "script.py"
+    script.write_text(SIGTERM_SCRIPT)
+    storage = str(tmp_path / "o.pkl")
+    log = tmp_path / "workon.log"
+    with log.open("w") as out:  # not a pipe: the orphans would hold it open
+        proc = subprocess.Popen([sys.executable, str(script), str(running), storage, "2", "0", "process"],
+                                stdout=out, stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + 120
+    while len(list(running.glob("*.running"))) < 2:
+        assert time.monotonic() < deadline and proc.poll() is None, log.read_text()
+        time.sleep(0.05)
+    exp = orchard.get_experiment("term", storage=storage)
+    workers = {int(t.worker.split(":")[1]) for t in exp.fetch_trials([TrialStatus.RESERVED])}
+    assert len(workers) == 2
+    proc.kill()
+    proc.wait(timeout=30)
+    deadline = time.monotonic() + 30
+    while any(map(_alive, workers)):
+        assert time.monotonic() < deadline, "a pool worker outlived the workon that was killed"
+        time.sleep(0.05)
+    trials = exp.fetch_trials()
+    assert sorted(t.status.value for t in trials) == ["interrupted", "interrupted"]
+    assert all(t.attempts == 0 for t in trials)
+
+
 @pytest.mark.parametrize(("n_workers", "trial_timeout", "sig", "executor"),
                          [(2, 0, signal.SIGTERM, "joblib"), (1, 120, signal.SIGTERM, "single"),
                           (2, 0, signal.SIGHUP, "joblib"), (2, 0, signal.SIGTERM, "dask")],

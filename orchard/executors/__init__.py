@@ -29,12 +29,17 @@ from __future__ import annotations
 import contextlib
 import importlib.util
 import multiprocessing
+import os
+import signal
 import sys
+import threading
+import time
 from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor
 from typing import Any
 
 from orchard.errors import ConfigurationError, ExecutorError, OrchardError
+from orchard.interruption import default_handlers
 
 __all__ = ["EXECUTORS", "InlineExecutor", "is_dask_client", "make_executor", "reaches_local_processes",
            "shares_environment"]
@@ -75,12 +80,40 @@ def _fork_context() -> multiprocessing.context.BaseContext | None:
     return multiprocessing.get_context("fork")
 
 
+#: Seconds between two looks of a ``process`` pool's worker at whether the caller is still alive.
+ORPHAN_LOOK = 0.5
+
+
+def _stop_when_orphaned(parent: int, initializer: Callable[..., object] | None, *initargs: Any) -> None:
+    """In a ``process`` pool's worker: SIGTERM ourselves, again and again, once ``parent`` is gone.
+
+    A caller killed with SIGKILL cannot stop its pool: the standard library's workers
+    would run its experiment on and then wait for ever for work. The first SIGTERM
+    stops a running worker loop as an interruption does (its trial is given back;
+    copies are ignored while it does); one after the loop has ended ends the idle
+    process. Runs the user's own ``initializer`` after.
+    """
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(ORPHAN_LOOK)
+        while True:
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(ORPHAN_LOOK)
+
+    default_handlers()  # not the caller's, inherited through fork: each worker loop installs its own
+    if os.getppid() == parent:
+        threading.Thread(target=watch, name="orchard-orphan-watch", daemon=True).start()
+    if initializer is not None:
+        initializer(*initargs)
+
+
 @contextlib.contextmanager
 def _process(n_workers: int, config: Mapping[str, Any]) -> Iterator[Executor]:
     options = dict(config)
     if "mp_context" not in options:
         options["mp_context"] = _fork_context()
-    with ProcessPoolExecutor(max_workers=n_workers, **options) as pool:
+    options["initargs"] = (os.getpid(), options.pop("initializer", None), *options.pop("initargs", ()))
+    with ProcessPoolExecutor(max_workers=n_workers, initializer=_stop_when_orphaned, **options) as pool:
         yield pool
 
 
