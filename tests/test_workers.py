@@ -230,9 +230,10 @@ def _alive(pid: int) -> bool:
 
 @pytest.mark.slow
 @pytest.mark.timeout(180)
-def test_process_pool_workers_of_a_killed_workon_give_their_trials_back_and_exit(tmp_path) -> None:
-    """``kill -9`` of a process running ``workon(executor="process")``: its pool workers do not run the
-    experiment on as orphans (and then wait for work for ever); they release their trials and end."""
+@pytest.mark.parametrize("executor", ["process", "joblib"])
+def test_pool_workers_of_a_killed_workon_give_their_trials_back_and_exit(tmp_path, executor: str) -> None:
+    """``kill -9`` of a process running ``workon``: its pool workers do not run the experiment on as
+    orphans (the standard library's then waiting for work for ever); they release their trials and end."""
     running = tmp_path / "running"
     running.mkdir()
     script = tmp_path / "script.py"
@@ -240,7 +241,7 @@ def test_process_pool_workers_of_a_killed_workon_give_their_trials_back_and_exit
     storage = str(tmp_path / "o.pkl")
     log = tmp_path / "workon.log"
     with log.open("w") as out:  # not a pipe: the orphans would hold it open
-        proc = subprocess.Popen([sys.executable, str(script), str(running), storage, "2", "0", "process"],
+        proc = subprocess.Popen([sys.executable, str(script), str(running), storage, "2", "0", executor],
                                 stdout=out, stderr=subprocess.STDOUT)
     deadline = time.monotonic() + 120
     while len(list(running.glob("*.running"))) < 2:

@@ -63,7 +63,7 @@ class InlineExecutor(Executor):
 def _loky(n_workers: int, config: Mapping[str, Any]) -> Iterator[Executor]:
     from joblib.externals.loky import get_reusable_executor
 
-    yield get_reusable_executor(max_workers=n_workers, **dict(config))
+    yield get_reusable_executor(max_workers=n_workers, **_watching_their_parent(config))
 
 
 def _fork_context() -> multiprocessing.context.BaseContext | None:
@@ -80,15 +80,15 @@ def _fork_context() -> multiprocessing.context.BaseContext | None:
     return multiprocessing.get_context("fork")
 
 
-#: Seconds between two looks of a ``process`` pool's worker at whether the caller is still alive.
+#: Seconds between two looks of a pool's worker at whether the caller is still alive.
 ORPHAN_LOOK = 0.5
 
 
 def _stop_when_orphaned(parent: int, initializer: Callable[..., object] | None, *initargs: Any) -> None:
-    """In a ``process`` pool's worker: SIGTERM ourselves, again and again, once ``parent`` is gone.
+    """In a pool's worker (``process``, ``joblib``): SIGTERM ourselves, again and again, once ``parent`` is gone.
 
-    A caller killed with SIGKILL cannot stop its pool: the standard library's workers
-    would run its experiment on and then wait for ever for work. The first SIGTERM
+    A caller killed with SIGKILL cannot stop its pool: the workers would run its
+    experiment on as orphans (and the standard library's then wait for ever for work). The first SIGTERM
     stops a running worker loop as an interruption does (its trial is given back;
     copies are ignored while it does); one after the loop has ended ends the idle
     process. Runs the user's own ``initializer`` after.
@@ -107,13 +107,20 @@ def _stop_when_orphaned(parent: int, initializer: Callable[..., object] | None, 
         initializer(*initargs)
 
 
+def _watching_their_parent(config: Mapping[str, Any]) -> dict[str, Any]:
+    """A pool's options with :func:`_stop_when_orphaned` as its initializer (wrapping the user's own)."""
+    options = dict(config)
+    options["initargs"] = (os.getpid(), options.pop("initializer", None), *options.pop("initargs", ()))
+    options["initializer"] = _stop_when_orphaned
+    return options
+
+
 @contextlib.contextmanager
 def _process(n_workers: int, config: Mapping[str, Any]) -> Iterator[Executor]:
     options = dict(config)
     if "mp_context" not in options:
         options["mp_context"] = _fork_context()
-    options["initargs"] = (os.getpid(), options.pop("initializer", None), *options.pop("initargs", ()))
-    with ProcessPoolExecutor(max_workers=n_workers, initializer=_stop_when_orphaned, **options) as pool:
+    with ProcessPoolExecutor(max_workers=n_workers, **_watching_their_parent(options)) as pool:
         yield pool
 
 
