@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -98,6 +99,16 @@ def text(value: Any) -> str:
     return value
 
 
+def folder(value: Any) -> str:
+    """``value`` as a folder's absolute path (``~`` expanded), resolved where the experiment is created.
+
+    A relative one would be resolved in each worker's own directory: workers started elsewhere
+    (SLURM jobs, a second terminal) would each use their own folder, and a promoted trial would not
+    find its parent's. A stored relative path (older releases) still resolves where it is read.
+    """
+    return os.path.abspath(os.path.expanduser(text(value)))
+
+
 def optional(rule: Rule) -> Rule:
     """``rule``, letting ``None`` (unset) through."""
 
@@ -158,7 +169,7 @@ EXPERIMENT_RULES: dict[str, Rule] = {
     "max_attempts": positive_int,
     "heartbeat": heartbeat_seconds,
     "seed": optional(non_negative_int),
-    "working_dir": optional(text),
+    "working_dir": optional(folder),
 }
 
 

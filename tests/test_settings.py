@@ -121,3 +121,14 @@ def test_build_experiment_uses_the_same_resolver_as_hunt(no_ambient: Path, monke
     exp = orchard.build_experiment("e", space=SPACE, max_broken=2)
     assert exp.max_trials == 4 and exp.settings.max_broken == 2  # env, then the argument wins over the file
     assert exp.storage.redacted_uri.endswith("from-file.pkl")
+
+
+def test_a_relative_working_dir_is_the_same_folder_for_workers_started_elsewhere(
+        tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
+    store = str(tmp_path / "o.pkl")
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    monkeypatch.chdir(tmp_path / "a")
+    orchard.build_experiment("e", space=SPACE, storage=store, working_dir="runs")
+    monkeypatch.chdir(tmp_path / "b")  # a SLURM job or a second terminal elsewhere
+    assert orchard.get_experiment("e", storage=store).settings.working_dir == str(tmp_path / "a" / "runs")
