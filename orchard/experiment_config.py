@@ -33,10 +33,10 @@ from orchard.warm_start import normalize_warm_start
 
 __all__ = [
     "EXPERIMENT_RULES",
+    "HEARTBEAT_RANGE",
     "ExperimentConfig",
     "Rule",
     "WorkerSettings",
-    "HEARTBEAT_RANGE",
     "check_setting",
     "heartbeat_seconds",
     "non_negative_int",

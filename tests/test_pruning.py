@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import math
@@ -240,10 +241,10 @@ def test_a_garbage_line_in_the_report_file_is_skipped_with_a_warning(
     worker = exp._client_worker()
     reports, verdict = str(tmp_path / "r.jsonl"), str(tmp_path / "v.json")
     with caplog.at_level(logging.WARNING), \
-            ReportFollower(worker.judge, trial.id, reports, verdict, stop=lambda: None, grace=1.0):
-        with open(reports, "a") as handle:
-            handle.write('{"step": 1, "objective": 0.5}\nnot json at all\n{"step": 2}\n'
-                         '{"step": 3, "objective": "x"}\n{"step": 4, "objective": 0.25}\n')
+            ReportFollower(worker.judge, trial.id, reports, verdict, stop=lambda: None, grace=1.0), \
+            open(reports, "a") as handle:
+        handle.write('{"step": 1, "objective": 0.5}\nnot json at all\n{"step": 2}\n'
+                     '{"step": 3, "objective": "x"}\n{"step": 4, "objective": 0.25}\n')
     stored = exp.storage.get_trial(trial.id)
     assert stored is not None and stored.reports == [(1, 0.5), (4, 0.25)]
     assert sum("skipped a line" in r.message for r in caplog.records) == 3
@@ -428,15 +429,24 @@ def test_reports_of_a_worker_killed_mid_training_survive_and_the_trial_is_taken_
     (trial,) = exp.storage.fetch_trials(exp.id)
     assert trial.status is TrialStatus.RESERVED
     assert [step for step, _ in trial.reports] == [1, 2, 3, 4, 5]  # every report stored before the kill
-    survivor = subprocess.run([sys.executable, str(script), uri, "-"], env=env, timeout=120)
+    survivor = subprocess.run([sys.executable, str(script), uri, "-"], env=env, timeout=120, check=False)
     assert survivor.returncode == 0
     (trial,) = exp.storage.fetch_trials(exp.id)
     assert trial.status is TrialStatus.COMPLETED and trial.attempts >= 1
     assert [step for step, _ in trial.reports] == list(range(1, 11))  # the new attempt's whole curve
 
 
-def _curve_for_pool(x: float) -> float:
-    """Module-level (picklable for loky): 20 steps of a curve whose level is x."""
+def _curve_for_pool(x: float, started: str) -> float:
+    """Module-level (picklable for loky): 20 steps of a curve whose level is x.
+
+    Each trial first waits (60 s at most) until two pool processes have started one: loky starts
+    its workers one after another, and on busy cores the first could otherwise run all 24 alone.
+    """
+    markers = Path(started)
+    (markers / str(os.getpid())).touch()
+    deadline = time.monotonic() + 60
+    while len(list(markers.iterdir())) < 2 and time.monotonic() < deadline:
+        time.sleep(0.01)
     for step in range(1, 21):
         orchard.report(x + 1.0 / step, step)
         if orchard.should_prune():
@@ -451,10 +461,13 @@ def test_workon_with_four_processes_prunes_with_an_exact_budget(backend: str, tm
     """4 loky workers report 20 steps each: completed + pruned = max_trials, verdicts recompute, reports kept."""
     from tests.conftest import backend_uri
 
+    (tmp_path / "started").mkdir()
+
     uri = backend_uri(backend, request, tmp_path)
     exp = orchard.build_experiment("p-workon", space=SPACE, max_trials=24, storage=uri, seed=5,
                                    pruner={"asha": {"min_step": 1, "reduction_factor": 3}})
-    exp.workon(_curve_for_pool, n_workers=4, progress=False)
+    curve = functools.partial(_curve_for_pool, started=str(tmp_path / "started"))
+    exp.workon(curve, n_workers=4, progress=False)
     counts = exp.storage.count_trials(exp.id)
     assert counts[TrialStatus.COMPLETED] + counts[TrialStatus.PRUNED] == 24
     assert counts[TrialStatus.PRUNED] > 0 and counts[TrialStatus.RESERVED] == 0
