@@ -57,7 +57,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from orchard.storages.mongodb import client
-from orchard.storages.mongodb.client import STAMP
+from orchard.storages.mongodb.client import STAMP, version_of
 from orchard.trial import Trial, TrialStatus
 
 __all__ = ["STAMP", "ChangeCursor", "ChangeFeed"]
@@ -128,11 +128,11 @@ class ChangeFeed:
             # last read are stamped at most that long before the server's date
             lag = datetime.timedelta(seconds=now - cursor.read_at)
             docs, server_now = self._read(trials, self._window(experiment_id, server_now - lag))
-        if any(cursor.seen.get(_key(d), (0, "", ""))[0] > _version(d) for d in docs):
+        if any(cursor.seen.get(_key(d), (0, "", ""))[0] > version_of(d) for d in docs):
             return self.full(trials, experiment_id, resent=True)  # a version went back: data restored from a dump
         if counts is not None and holds_vanished(cursor.seen, counts):
             return self.full(trials, experiment_id, resent=True)
-        fresh = [d for d in docs if cursor.seen.get(_key(d), (0, "", ""))[0] < _version(d)]
+        fresh = [d for d in docs if cursor.seen.get(_key(d), (0, "", ""))[0] < version_of(d)]
         seen = {**cursor.seen, **_seen(fresh)}
         if counts is not None and misses_writes(seen, counts):
             return self.full(trials, experiment_id)  # writes the window missed: the view is merely behind
@@ -193,19 +193,13 @@ def _seen(docs: list[dict[str, Any]]) -> dict[str, tuple[int, str, str]]:
     checks them after): a document another program wrote without a status, with a version that is
     not an int or an ``_id`` that is not a string is kept under a stand-in, never raised on.
     """
-    return {_key(d): (_version(d), str(d.get("status")), _holder(d)) for d in docs}
+    return {_key(d): (version_of(d), str(d.get("status")), _holder(d)) for d in docs}
 
 
 def _key(doc: dict[str, Any]) -> str:
     """The document's ``_id`` (Orchard's are strings; another program's may be a dict or a number)."""
     key = doc.get("_id")
     return key if isinstance(key, str) else repr(key)
-
-
-def _version(doc: dict[str, Any]) -> int:
-    """How many writes the document has had (1 for a version Orchard never writes)."""
-    version = doc.get("version", 1)
-    return version if type(version) is int else 1
 
 
 def _holder(doc: dict[str, Any]) -> str:

@@ -65,6 +65,7 @@ __all__ = [
     "trial_to_doc",
     "unreadable",
     "unreadable_experiment",
+    "version_of",
 ]
 
 log = logging.getLogger(__name__)
@@ -112,6 +113,11 @@ def name_anonymous_mock(uri: str) -> str:
     if uri.rstrip("/").lower() == "mongomock:":
         return f"mongomock://anonymous-{uuid.uuid4().hex[:12]}"
     return uri
+
+
+def version_of(doc: Mapping[str, Any]) -> int:
+    """How many writes the trial document has had (1 for a version Orchard never writes)."""
+    return version if type(version := doc.get("version", 1)) is int else 1
 
 
 def is_mock(uri: str) -> bool:
@@ -323,8 +329,7 @@ def break_unreadable(trials: Any, doc: Mapping[str, Any], holder: Mapping[str, A
     """
     log.warning("trial %r in MongoDB at %s is not one Orchard writes (%s); marked broken instead of "
                 "evaluated", doc["_id"], redact(uri), why)
-    version = doc.get("version")
-    broken = {"status": TrialStatus.BROKEN.value, "end_time": now, "version": (version if type(version) is int else 1) + 1,
+    broken = {"status": TrialStatus.BROKEN.value, "end_time": now, "version": version_of(doc) + 1,
               "error": {"type": "UnreadableTrial", "message": f"holds values Orchard never writes: {why}"}}
     done = trials.update_one({"_id": doc["_id"], **holder}, {"$set": broken, "$unset": {"slot": ""}, **STAMP})
     return bool(done.matched_count)

@@ -141,7 +141,7 @@ class MongoStorage(BaseStorage):
     def close(self) -> None:
         """Close the connection pool; the next verb reconnects."""
         with self._lock:
-            if self._client is not None and not self.uri.lower().startswith("mongomock://"):
+            if self._client is not None and not client.is_mock(self.uri):
                 self._client.close()
             self._client = None
 
