@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import multiprocessing
 import os
 import pickle
@@ -411,18 +412,15 @@ def death_hook() -> Callable[[], None] | None:
     return die_with_parent if _prctl() is not None else None
 
 
-_PRCTL: list[Any] = []  # Linux's prctl once looked up (None where there is none)
-
-
+@functools.cache
 def _prctl() -> Any:
-    if not _PRCTL:
-        try:
-            import ctypes
+    """Linux's prctl, looked up once (``None`` where there is none)."""
+    try:
+        import ctypes
 
-            _PRCTL.append(ctypes.CDLL(None, use_errno=True).prctl)
-        except (OSError, AttributeError):
-            _PRCTL.append(None)
-    return _PRCTL[0]
+        return ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):
+        return None
 
 
 # -- the fallback without fork ------------------------------------------------------

@@ -74,7 +74,6 @@ class ProgressMonitor:
         self._thread = threading.Thread(target=self._watch, name="orchard-monitor", daemon=True)
         self._bar: Any = None
         self._best: float | None = None
-        self._label = label
         self.failure: Exception | None = None  # what a callback raised
         self._failed_on: Trial | None = None  # the trial it raised on
         self._interrupted = False  # the main thread was interrupted for it

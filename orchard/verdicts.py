@@ -249,10 +249,11 @@ class ReportFollower:
         """
         try:
             if self._file is not None:
-                if os.fstat(self._file.fileno()).st_size < self._file.tell():  # truncated in place
+                held = os.fstat(self._file.fileno())
+                if held.st_size < self._file.tell():  # truncated in place
                     self._file.seek(0)
                 self._feed_file(self._file)
-                if os.path.samestat(os.stat(self.report_path), os.fstat(self._file.fileno())):
+                if os.path.samestat(os.stat(self.report_path), held):  # the same device and inode
                     return
                 log.warning("trial %s: %s was deleted or replaced while the trial ran; reading the new one",
                             self.trial_id, self.report_path)

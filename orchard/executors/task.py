@@ -146,9 +146,10 @@ def _given_back(worker: Worker, interruption: KeyboardInterrupt) -> Interrupted:
     """
     stopped = interruption if isinstance(interruption, Interrupted) else Interrupted()
     storage = worker.storage.storage
+    done = {*stopped.released, *stopped.kept}
     try:
         held = [trial for trial in storage.fetch_trials(worker.experiment_id, [TrialStatus.RESERVED])
-                if trial.worker == worker.name and trial.id not in stopped.released + stopped.kept]
+                if trial.worker == worker.name and trial.id not in done]
     except StorageError:
         return stopped
     for trial in held:
