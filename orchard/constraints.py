@@ -19,7 +19,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from orchard.errors import ConfigurationError
-from orchard.trial import finite_float
+from orchard.trial import finite_number
 
 __all__ = [
     "REPORTED_KEY",
@@ -113,7 +113,7 @@ def feasibility(results: Mapping[str, Any], constraints: Sequence[str] | None) -
     """
     total, reasons = 0.0, []
     for constraint in map(parse_constraint, constraints or ()):
-        value = _number(results.get(constraint.metric))
+        value = finite_number(results.get(constraint.metric))
         if value is None:
             total = math.inf
             reasons.append(f"the trial did not report metric {constraint.metric!r} named by "
@@ -125,7 +125,7 @@ def feasibility(results: Mapping[str, Any], constraints: Sequence[str] | None) -
             reasons.append(f"{constraint.metric}={value:g} breaks '{constraint}'")
     reported = results.get(REPORTED_KEY)
     if reported is not None:
-        values = [_number(v) for v in reported] if isinstance(reported, (list, tuple)) else [None]
+        values = [finite_number(v) for v in reported] if isinstance(reported, (list, tuple)) else [None]
         for k, value in enumerate(values):
             if value is None:
                 total = math.inf
@@ -134,7 +134,3 @@ def feasibility(results: Mapping[str, Any], constraints: Sequence[str] | None) -
                 total += value
                 reasons.append(f"reported constraints[{k}]={value:g} > 0")
     return Feasibility(total, tuple(reasons))
-
-
-def _number(value: Any) -> float | None:
-    return finite_float(value) if isinstance(value, (int, float)) else None

@@ -36,7 +36,7 @@ from orchard.isolation import ForkedCall, Stopped, call_spawned, hold_group, kil
 from orchard.report import TrialPruned, plain, reporting_to, shown
 from orchard.space import to_builtin
 from orchard.storages.values import int_fits
-from orchard.trial import MAX_DEPTH, Trial, finite_float
+from orchard.trial import MAX_DEPTH, Trial, finite_float, finite_number
 from orchard.verdicts import ReportFollower, current_judge
 
 __all__ = [
@@ -258,7 +258,7 @@ def with_objectives(outcome: Outcome, objectives: Mapping[str, str]) -> Outcome:
         outcome = Outcome(objective=outcome.objective, results={**outcome.results, "objective": outcome.objective})
     for name in objectives:
         value = outcome.results.get(name)
-        if not isinstance(value, (int, float)) or finite_float(value) is None:
+        if finite_number(value) is None:
             found = "missing" if value is None else f"{shown(value, 40)}, not a finite number"
             return Outcome.failure(
                 "InvalidResult", f"objective {name!r} is {found}; report every objective by name as a "

@@ -29,7 +29,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from orchard.errors import SpaceError
-from orchard.trial import INT_LIMIT, finite_float
+from orchard.trial import INT_LIMIT, finite_number
 
 __all__ = [
     "Choices",
@@ -65,7 +65,7 @@ def to_builtin(value: Any) -> Any:
 
 def is_number(value: Any) -> bool:
     """Whether ``value`` is a finite int or float (an int too large for a float is not)."""
-    return isinstance(value, (int, float)) and finite_float(value) is not None
+    return finite_number(value) is not None
 
 
 def bounds(fail: Fail, low: Any, high: Any) -> None:
@@ -84,7 +84,6 @@ def int_bounds(fail: Fail, low: Any, high: Any, what: str, top: int) -> None:
     if not (-INT_LIMIT < int(low) and int(high) <= top):
         raise fail(f"{what} bounds must keep its values within 64 bits "
                    f"(-2**63 < low, high <= {'2**63' if top == INT_LIMIT else '2**63 - 1'})")
-
 
 
 def is_integral(value: Any) -> bool:

@@ -44,7 +44,7 @@ import time
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
-from orchard.trial import INT_LIMIT, finite_float
+from orchard.trial import INT_LIMIT, finite_float, finite_number
 
 __all__ = [
     "REPORT_ENV",
@@ -228,7 +228,7 @@ def _write(results: Mapping[str, Any], caller: str) -> None:
                         f"{type(results).__name__} {shown(results)}; for one number call report_objective(value)")
     objective = results.get("objective")
     by_name = caller == "report_results" and "objective" not in results and bool(results)  # several objectives
-    if not by_name and (not isinstance(objective, (int, float)) or finite_float(objective) is None):
+    if not by_name and finite_number(objective) is None:
         wanted = "a finite number" if caller == "report_objective" else "a finite numeric 'objective'"
         raise ValueError(f"{caller} needs {wanted}, got {shown(objective)}")
     path = os.environ.get(RESULTS_ENV)

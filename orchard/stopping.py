@@ -45,7 +45,7 @@ from typing import TYPE_CHECKING, Any
 
 from orchard.constraints import feasibility
 from orchard.errors import BudgetExhaustedError, ConfigurationError, StopReason, StorageError
-from orchard.trial import INT_LIMIT, finite_float
+from orchard.trial import INT_LIMIT, finite_number
 
 if TYPE_CHECKING:  # pragma: no cover
     from orchard.objective import Outcome
@@ -331,7 +331,7 @@ class Ledger:
 
 def _cost(results: Mapping[str, Any], metric: str, trial_id: str, wanted: bool) -> float:
     value = results.get(metric)
-    number = finite_float(value) if isinstance(value, (int, float)) else None
+    number = finite_number(value)
     if number is None or number < 0:
         if wanted:
             what = "no finite" if number is None else f"a negative ({number:g})"

@@ -51,6 +51,7 @@ __all__ = [
     "complete",
     "fail",
     "finite_float",
+    "finite_number",
     "first_value",
     "heartbeat",
     "held_by",
@@ -90,6 +91,11 @@ def finite_float(value: Any) -> float | None:
     except (OverflowError, TypeError, ValueError):
         return None
     return number if math.isfinite(number) else None
+
+
+def finite_number(value: Any) -> float | None:
+    """:func:`finite_float` of a plain ``int`` or ``float`` (a user's metric or setting), else ``None``."""
+    return finite_float(value) if isinstance(value, (int, float)) else None
 
 
 def report_value(value: Any) -> ReportValue | None:
