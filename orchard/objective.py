@@ -205,7 +205,7 @@ def interpret_result(value: Any) -> Outcome:
     not JSON data (so no storage could hold them) are errors.
     """
     results: dict[str, Any] = {}
-    returned = None if isinstance(value, Mapping) else f"{type(value).__name__} {shown(value)}"
+    original = value
     if isinstance(value, Mapping):
         results = {str(k): to_builtin(v) for k, v in value.items() if k != "objective"}
         unstorable = _unstorable(results)
@@ -230,7 +230,7 @@ def interpret_result(value: Any) -> Outcome:
         if number is not None:
             return Outcome(objective=number, results=results)
         failure = Outcome.failure("InvalidResult", f"objective is {shown(value)}; it must be a finite number")
-    failure.returned = returned
+    failure.returned = None if isinstance(original, Mapping) else f"{type(original).__name__} {shown(original)}"
     return failure
 
 
@@ -244,11 +244,10 @@ def with_objectives(outcome: Outcome, objectives: Mapping[str, str]) -> Outcome:
     Returns:
         A completed outcome, or a failure naming the objective that is missing or not finite.
     """
-    names = ", ".join(objectives)
-    example = f"{{{', '.join(f'{n!r}: ...' for n in objectives)}}}"
     if outcome.pruned is None and outcome.returned is not None:  # a list (Optuna's habit), a bare NaN...
         failure = Outcome.failure("InvalidResult", f"the result is {outcome.returned}, but the experiment has "
-                                  f"objectives {names}: return each by name, e.g. return {example}",
+                                  f"objectives {', '.join(objectives)}: return each by name, e.g. return "
+                                  f"{_example(objectives)}",
                                   reason="objective")
         failure.error = {**(outcome.error or {}), **(failure.error or {})}  # a script's stderr stays
         return failure
@@ -262,11 +261,15 @@ def with_objectives(outcome: Outcome, objectives: Mapping[str, str]) -> Outcome:
             found = "missing" if value is None else f"{shown(value, 40)}, not a finite number"
             return Outcome.failure(
                 "InvalidResult", f"objective {name!r} is {found}; report every objective by name as a "
-                f"finite number ({names}), e.g. return {example}",
-                reason="objective")
+                f"finite number ({', '.join(objectives)}), e.g. return {_example(objectives)}", reason="objective")
     first, direction = next(iter(objectives.items()))
     value = float(outcome.results[first])  # finite: checked above
     return Outcome(objective=-value if direction == "max" else value, results=dict(outcome.results))
+
+
+def _example(objectives: Mapping[str, str]) -> str:
+    """A dict returning ``objectives`` by name, for failure messages (built only for a failure)."""
+    return f"{{{', '.join(f'{n!r}: ...' for n in objectives)}}}"
 
 
 def _unstorable(results: Mapping[str, Any]) -> str | None:
