@@ -33,6 +33,7 @@ __all__ = [
     "format_bytes",
     "parse_gpus",
     "parse_memory",
+    "token_of",
     "visible_devices",
     "worker_label",
 ]
@@ -187,6 +188,11 @@ def devices_of(worker: str | None) -> str | None:
     if not worker or DEVICES_MARK not in worker:
         return None
     return worker.rpartition(DEVICES_MARK)[2]
+
+
+def token_of(worker: str | None) -> str | None:
+    """The token a worker name ends with (``host:pid:TOKEN/gpus=0,1`` -> ``"TOKEN"``), if it has a name."""
+    return None if worker is None else worker.split(DEVICES_MARK, 1)[0].rsplit(":", 1)[-1]
 
 
 def worker_label(devices: str | None, token: str | None = None) -> str:

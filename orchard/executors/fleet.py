@@ -38,7 +38,7 @@ from types import TracebackType
 from orchard.errors import Interrupted, ReservationLostError, StorageError
 from orchard.executors.task import WorkerTask, run_worker
 from orchard.interruption import STOP_TIMEOUT, deferred, stop_workers
-from orchard.resources import DEVICES_MARK
+from orchard.resources import token_of
 from orchard.storages.base import BaseStorage
 from orchard.trial import Trial, TrialStatus
 from orchard.worker import WorkerReport
@@ -110,7 +110,7 @@ class Fleet:
             return
         try:
             held = [trial for trial in self.storage.fetch_trials(self.experiment_id, [TrialStatus.RESERVED])
-                    if _token(trial.worker) in ended]
+                    if token_of(trial.worker) in ended]
             if not held:
                 return
             if isinstance(error, Interrupted):
@@ -143,8 +143,3 @@ class Fleet:
             verb = "broke" if trial.status is TrialStatus.BROKEN else "took back"
             log.warning("%s trial %s: its worker's process died under it (attempt %d of %d)",
                         verb, trial.id, trial.attempts, self.max_attempts)
-
-
-def _token(worker: str | None) -> str | None:
-    """The token of a worker name ``host:pid:TOKEN[/gpus=...]``."""
-    return None if worker is None else worker.split(DEVICES_MARK, 1)[0].rsplit(":", 1)[-1]
