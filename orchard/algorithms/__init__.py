@@ -39,9 +39,10 @@ imported only when that algorithm is used.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import importlib
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
 from orchard.algorithms.base import BaseAlgorithm, Observation
@@ -210,15 +211,22 @@ def normalize_algorithm_config(config: AlgorithmConfig, space: Space | None = No
     return normalized
 
 
-def _checked_options(cls: type[BaseAlgorithm], name: str, options: Mapping[str, Any]) -> dict[str, Any]:
-    """``cls.check_options(options)``, a plugin's own failure there named as a ConfigurationError."""
+@contextlib.contextmanager
+def _plugin_step(cls: type[BaseAlgorithm], name: str, what: str) -> Iterator[None]:
+    """A plugin's own failure while it does ``what``, named as a ConfigurationError (Orchard's errors pass)."""
     try:
-        return cls.check_options(options)
+        yield
     except OrchardError:
         raise
-    except Exception as err:  # a plugin's check: name it rather than surface a bare traceback
-        raise ConfigurationError(f"algorithm {name!r} ({cls.__module__}.{cls.__qualname__}) could not check its "
-                                 f"options {dict(options)!r}: {type(err).__name__}: {err}") from err
+    except Exception as err:  # a plugin's code: name it rather than surface a bare traceback
+        raise ConfigurationError(f"algorithm {name!r} ({cls.__module__}.{cls.__qualname__}) could not {what}: "
+                                 f"{type(err).__name__}: {err}") from err
+
+
+def _checked_options(cls: type[BaseAlgorithm], name: str, options: Mapping[str, Any]) -> dict[str, Any]:
+    """``cls.check_options(options)``, a plugin's own failure there named as a ConfigurationError."""
+    with _plugin_step(cls, name, f"check its options {dict(options)!r}"):
+        return cls.check_options(options)
 
 
 def make_algorithm(config: AlgorithmConfig, space: Space, seed: int | None = None) -> BaseAlgorithm:
@@ -236,10 +244,5 @@ def make_algorithm(config: AlgorithmConfig, space: Space, seed: int | None = Non
     name, options = _split(config)
     cls = algorithm_class(name)
     options = _checked_options(cls, name, options)
-    try:
+    with _plugin_step(cls, name, "be built for this space"):
         return cls(space, seed, **options)
-    except OrchardError:
-        raise
-    except Exception as err:  # a plugin's constructor: name it rather than surface a bare traceback
-        raise ConfigurationError(f"algorithm {name!r} ({cls.__module__}.{cls.__qualname__}) could not be built "
-                                 f"for this space: {type(err).__name__}: {err}") from err
