@@ -100,8 +100,8 @@ def test_ctrl_z_pauses_the_evaluation_with_its_worker_and_fg_resumes_it(tmp_path
                    "--max-trials", "1", "--trial-timeout", "4", sys.executable, str(tmp_path / "work.py"),
                    "--x~uniform(0, 1)"]
     else:
-        command = [sys.executable, "-c", "from tests import evaluation_workloads as w; "
-                   f"w.workon_ticks({storage!r}, {str(tmp_path)!r})"]
+        command = [sys.executable, "-c",
+                   f"from tests import evaluation_workloads as w; w.workon_ticks({storage!r}, {str(tmp_path)!r})"]
     # a job of the test's session, as a shell starts one: SIGTSTP stops only a group that is not orphaned
     proc = subprocess.Popen(command, cwd=ROOT, env=_env(), text=True, process_group=0,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
