@@ -27,6 +27,7 @@ import os
 import stat
 import uuid
 import weakref
+from collections import OrderedDict
 from collections.abc import Callable
 from typing import NamedTuple
 
@@ -86,7 +87,7 @@ class LogReader:
         self.path = path
         self._kept: tuple[int, tuple[int, int]] | None = None  # the replayed file, open: (fd, (device, inode))
         self._forked_from: bytes | None = None  # the generation whose kept file a fork closed
-        self.replaced: str | None = None  # how the file was last replaced under this replay, if it was
+        self._vanished: OrderedDict[str, str] = OrderedDict()  # trials a replaced file took away: why, each
         self.reset(None)
         _READERS.add(self)
 
@@ -105,7 +106,7 @@ class LogReader:
     def reset(self, header: Header | None) -> None:
         """Start over from an empty table, to replay the file (of ``header``'s generation)."""
         self._forget_kept()
-        self.table = TrialTable()
+        self.table = TrialTable(self._vanished)
         self.token = uuid.uuid4().hex  # names this replay in fetch_changes cursors
         self._generation = None if header is None else header.generation
         self._base = HEADER_SIZE if header is None else header.base
@@ -180,9 +181,10 @@ class LogReader:
         header = fileformat.decode_header(fileformat.pread(fd, HEADER_SIZE, 0), self.path)
         if header.generation != self._generation and not self._continues(header):
             if self._generation is not None and self._generation != self._forked_from:
-                self.replaced = "replaced by another file (restored from an older copy, repaired, or copied over)"
+                how = "replaced by another file (restored from an older copy, repaired, or copied over)"
                 log.warning("storage file %s was %s; replaying the new file, in which trials this process held "
-                            "may not exist", self.path, self.replaced)
+                            "may not exist", self.path, how)
+                self._replaced(how)
             self.reset(header)  # first read, or rewritten by another process: replay from scratch
         if size < self._offset:
             if not locked:
@@ -192,7 +194,7 @@ class LogReader:
                 "program truncated or restored it; replaying it from the start (records that were in "
                 "the lost bytes are gone)", self.path, size, self._offset,
             )
-            self.replaced = "truncated or overwritten by another program (an older copy copied over it?)"
+            self._replaced("truncated or overwritten by another program (an older copy copied over it?)")
             self.reset(header)
         self._size = size
         if size > self._offset:
@@ -209,6 +211,12 @@ class LogReader:
         self._seen = seen if self._offset == size else None  # an append replaces a torn tail: look again
         self._keep(fd, info)
         return True
+
+    def _replaced(self, how: str) -> None:
+        """Remember the trials this replay held as taken away by the file's replacement, if the new file lacks them."""
+        self.table.forget_vanished(
+            f"storage file {self.path} was {how} while this process held the trial, and the new file does "
+            "not have it; this write was refused")
 
     def unchanged(self) -> bool:
         """Whether the path still names the file we replayed to its end, at the same size (one ``stat``).

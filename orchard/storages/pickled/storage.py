@@ -30,13 +30,7 @@ import weakref
 from collections.abc import Iterator
 from typing import Any, TypeVar
 
-from orchard.errors import (
-    ConfigurationError,
-    ReservationLostError,
-    StorageError,
-    StorageUnavailableError,
-    TrialNotFoundError,
-)
+from orchard.errors import ConfigurationError, StorageError, StorageUnavailableError
 from orchard.storages._uri import split_options
 from orchard.storages.pickled import locks
 from orchard.storages.pickled.writer import Health, LogFile
@@ -365,12 +359,6 @@ class PickledStorage(TableStorage):
                     now = self.now()
                     opened, fd = fd, None  # commit() closes it
                     return self._log.commit(lambda table: verb(table, now), owns, opened, holds)
-            except TrialNotFoundError as err:
-                if self._log.replaced is None:
-                    raise
-                raise ReservationLostError(  # the worker holding it drops it and goes on, instead of dying
-                    f"{err}: storage file {self._path} was {self._log.replaced} while this process held the "
-                    "trial, and the new file does not have it; this write was refused") from err
             finally:
                 if fd is not None:
                     os.close(fd)

@@ -1,0 +1,70 @@
+"""What an adversary or a careless user does to a storage under running workers, and what must survive it.
+
+Each test here failed on the code before its fix. Multi-process ones use real OS
+processes and are marked ``slow``.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from orchard.errors import ReservationLostError, TrialNotFoundError
+from orchard.storages import get_storage
+from orchard.storages.pickled import PickledStorage
+from orchard.storages.table import REMEMBERED, TrialTable
+
+SPACE = {"space": {"x": "uniform(0, 1)"}}
+
+
+@pytest.fixture()
+def path(tmp_path: Path) -> Path:
+    return tmp_path / "orchard.pkl"
+
+
+# -- a long-lived process --------------------------------------------------------------
+
+
+def test_a_process_that_outlives_many_deleted_experiments_stays_bounded() -> None:
+    """A dashboard, or a loop creating and deleting experiments, remembered every trial of every one it saw deleted."""
+    storage = get_storage("memory://")
+    for i in range(REMEMBERED + 200):
+        exp_id = storage.create_experiment(f"e{i}", SPACE)
+        for k in range(5):
+            held = storage.register_trial(exp_id, {"x": k / 10}, worker="w")
+            if k:  # finished trials refuse every write whatever happens: nothing to remember for them
+                storage.complete_trial(held.id, "w", 1.0)
+            else:
+                running = held
+        storage.delete_experiment(exp_id)
+    table: TrialTable = storage._table  # type: ignore[attr-defined]
+    assert len(table._deleted) == REMEMBERED
+    assert len(table._deleted_trials) == REMEMBERED  # the one unfinished trial of each
+    # the worker of the latest deleted experiment is still told what happened to its trial
+    with pytest.raises(TrialNotFoundError, match=f"no trial with id '{running.id}'.*experiment 'e{i}'.*was deleted"):
+        storage.complete_trial(running.id, "w", 1.0)
+
+
+# -- a replaced file ---------------------------------------------------------------------
+
+
+def test_a_replaced_file_is_named_only_for_the_trials_it_took_away(path: Path) -> None:
+    """Once the file had been replaced, every later missing trial was blamed on it (and dropped as 'lost')."""
+    worker, admin = PickledStorage(path), PickledStorage(path)
+    exp_id = worker.create_experiment("exp", SPACE)
+    older = path.read_bytes()
+    taken = worker.register_trial(exp_id, {"x": 0.5}, worker="w1")
+    path.write_bytes(older)  # an older copy copied over it: `taken` is gone
+    with pytest.raises(ReservationLostError, match=f"no trial with id '{taken.id}'.*was (replaced|truncated)"):
+        worker.complete_trial(taken.id, "w1", 1.0)
+    later = worker.register_trial(exp_id, {"x": 0.25}, worker="w1")
+    admin.delete_experiment(exp_id)  # later, and unrelated: `orchard db rm`
+    with pytest.raises(TrialNotFoundError, match=f"no trial with id '{later.id}'.*was deleted from the storage"):
+        worker.complete_trial(later.id, "w1", 1.0)
+    with pytest.raises(TrialNotFoundError) as never_there:
+        worker.release_trial("0" * 32, None)
+    assert not isinstance(never_there.value, ReservationLostError)
+    assert "replaced" not in str(never_there.value) and "truncated" not in str(never_there.value)
+    assert os.path.getsize(path) > 0
