@@ -68,3 +68,21 @@ def test_a_replaced_file_is_named_only_for_the_trials_it_took_away(path: Path) -
     assert not isinstance(never_there.value, ReservationLostError)
     assert "replaced" not in str(never_there.value) and "truncated" not in str(never_there.value)
     assert os.path.getsize(path) > 0
+
+
+# -- one reading of a pickle URI ---------------------------------------------------------
+
+
+@pytest.mark.parametrize(("uri", "expected"), [
+    ("runs/x.pkl", ("runs/x.pkl", {})),
+    ("runs/x.pkl?lock=soft&fsync=0", ("runs/x.pkl", {"lock": "soft", "fsync": "0"})),
+    ("pickle://runs/db", ("runs/db", {})),
+    ("PICKLE:///abs/x.pkl?timeout=5", ("/abs/x.pkl", {"timeout": "5"})),
+    ("runs/db", None),
+    ("mongodb://h/x.pkl", None),
+    ("memory://x.pkl", None),
+])
+def test_a_pickle_uri_is_read_one_way(uri: str, expected: object) -> None:
+    from orchard.storages._uri import pickle_path
+
+    assert pickle_path(uri) == expected

@@ -31,7 +31,7 @@ from collections.abc import Iterator
 from typing import Any, TypeVar
 
 from orchard.errors import ConfigurationError, StorageError, StorageUnavailableError
-from orchard.storages._uri import split_options
+from orchard.storages._uri import pickle_path, split_options
 from orchard.storages.pickled import locks
 from orchard.storages.pickled.writer import Health, LogFile
 from orchard.storages.table_storage import Query, TableStorage, Verb
@@ -152,8 +152,7 @@ class PickledStorage(TableStorage):
         Raises:
             ConfigurationError: the URI has no path or an unknown or invalid option.
         """
-        base, options = split_options(uri)
-        path = base[len("pickle://") :] if base.lower().startswith("pickle://") else base
+        path, options = pickle_path(uri) or split_options(uri)
         if not path:
             raise ConfigurationError(f"storage URI {uri!r} names no file; use e.g. pickle://runs/orchard.pkl")
         unknown = sorted(set(options) - set(_URI_OPTIONS))
