@@ -86,3 +86,36 @@ def test_a_pickle_uri_is_read_one_way(uri: str, expected: object) -> None:
     from orchard.storages._uri import pickle_path
 
     assert pickle_path(uri) == expected
+
+
+# -- orchard db load checks a trial as every reader does -----------------------------------
+
+
+@pytest.mark.parametrize(("field", "value", "words"), [
+    ("results", {"n": 2**70}, "an int of 71 bits"),
+    ("attempts", "3", "field 'attempts' is of type str, not an int"),
+    ("worker", 5, "field 'worker' is of type int, not a string"),
+])
+def test_db_load_refuses_a_trial_readers_would_skip_before_loading_anything(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+        field: str, value: object, words: str) -> None:
+    """Such a trial was stored by `db load` (or refused halfway, after the experiments before it were loaded)."""
+    import json
+
+    import orchard
+    from orchard.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    for name in ("a", "b"):
+        exp = orchard.build_experiment(name, space={"x": "uniform(0, 1)"}, storage="src.pkl")
+        held = exp.storage.register_trial(exp.id, {"x": 0.5}, worker="w")
+        exp.storage.complete_trial(held.id, "w", 0.5)
+    assert main(["db", "dump", "-o", "dump.json", "--storage", "src.pkl"]) == 0
+    data = json.loads(Path("dump.json").read_text())
+    data["experiments"][1]["trials"][0][field] = value
+    Path("dump.json").write_text(json.dumps(data))
+    capsys.readouterr()
+    assert main(["db", "load", "dump.json", "--storage", "target.pkl"]) == 2
+    error = capsys.readouterr().err
+    assert "experiment 1 ('b'), trial 0 cannot be loaded" in error and words in error
+    assert get_storage("target.pkl").list_experiments() == [], "something was stored"
