@@ -268,7 +268,8 @@ class PickledStorage(TableStorage):
         if action == "write to" and err.errno in _FULL_OR_READ_ONLY:  # became so under running workers?
             return StorageUnavailableError(
                 f"cannot write to storage file {self._path}: [Errno {err.errno}] {detail}; free disk space "
-                "or make the file writable: workers keep their results in memory and retry for a while "
+                "(or raise the file size limit, `ulimit -f`), or make the file writable: workers keep their "
+                "results in memory and retry for a while "
                 "(ORCHARD_STORAGE_PATIENCE)")
         if isinstance(err, PermissionError):
             return StorageError(
@@ -392,8 +393,9 @@ if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_offer_replays_to_the_child)
 
 
-#: Write errors retried like an outage: a full disk or quota, a read-only file or filesystem.
-_FULL_OR_READ_ONLY = frozenset({errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC), errno.EROFS,
+#: Write errors retried like an outage: a full disk or quota, a file size limit (``ulimit -f``, the
+#: filesystem's largest file: EFBIG), a read-only file or filesystem.
+_FULL_OR_READ_ONLY = frozenset({errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC), errno.EFBIG, errno.EROFS,
                                 errno.EACCES, errno.EPERM})
 
 
