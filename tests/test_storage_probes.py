@@ -7,6 +7,7 @@ processes and are marked ``slow``.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -119,3 +120,32 @@ def test_db_load_refuses_a_trial_readers_would_skip_before_loading_anything(
     error = capsys.readouterr().err
     assert "experiment 1 ('b'), trial 0 cannot be loaded" in error and words in error
     assert get_storage("target.pkl").list_experiments() == [], "something was stored"
+
+
+# -- the lock file deleted under running workers ---------------------------------------------
+
+
+def test_a_compaction_never_drops_a_write_made_under_a_new_lock_file(path: Path) -> None:
+    """`rm *.lock` while a worker compacts: another process locks a new lock file and writes, and the
+    compaction's rename threw that write away (4 workers, a deletion every 50 ms for 20 s: 63 returned
+    results lost)."""
+    holder, other = PickledStorage(path, compact_bytes=4096), PickledStorage(path)
+    exp_id = holder.create_experiment("exp", SPACE)
+    written = []
+    snapshot = holder._log.snapshot_frames
+
+    def snapshot_while_the_lock_file_is_deleted() -> Iterator[bytes]:
+        if not written:
+            os.unlink(f"{path}.lock")
+            written.append(other.register_trial(exp_id, {"x": 0.999}, worker="w2"))
+        yield from snapshot()
+
+    holder._log.snapshot_frames = snapshot_while_the_lock_file_is_deleted  # type: ignore[method-assign]
+    for i in range(100):
+        holder.register_trial(exp_id, {"x": i / 1000}, worker="w1")
+    assert written, "no compaction happened"
+    reader = PickledStorage(path)
+    assert reader.get_trial(written[0].id) is not None, "the write made under the new lock file was lost"
+    health = reader.check()
+    assert len(reader.fetch_trials(exp_id)) == 101 and health.clean
+    assert health.frames < 102, "the file is compacted once the lock is held again (102 frames uncompacted)"

@@ -268,8 +268,15 @@ class LogFile(LogReader):
             os.ftruncate(fd, self._offset)  # a partial frame, which no reader accepts
         self.reset(None)  # the table holds records the file does not: rebuild it from the file
 
-    def replace_file(self, chunks: Iterable[bytes]) -> None:
-        """Write ``chunks`` to a temporary file, flush it to disk and rename it over the log."""
+    def replace_file(self, chunks: Iterable[bytes], fence: Fence | None = None) -> bool:
+        """Write ``chunks`` to a temporary file, flush it to disk and rename it over the log.
+
+        ``fence`` is asked once the new file is on the disk, just before the rename: if the lock
+        is no longer this process's (its lock file was deleted while the file was written, which
+        can take seconds), another process may have appended to the log meanwhile, and the
+        rename would throw its write away. The new file is then dropped and this returns
+        ``False``, having changed nothing.
+        """
         tmp = os.path.join(self._dir, f"{self._tmp_prefix}{uuid.uuid4().hex}.tmp")
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | OPEN_FLAGS, 0o666)
         try:
@@ -280,12 +287,16 @@ class LogFile(LogReader):
                     f.write(chunk)
                 f.flush()
                 os.fsync(f.fileno())
+            if fence is not None and not fence():
+                os.unlink(tmp)
+                return False
             os.replace(tmp, self.path)
         except BaseException:
             with contextlib.suppress(OSError):
                 os.unlink(tmp)
             raise
         fileformat.fsync_dir(self._dir)
+        return True
 
     def remove_leftovers(self) -> None:
         """Delete temporary files of killed compactions (only called under the lock, so none is live)."""
@@ -306,28 +317,30 @@ class LogFile(LogReader):
         growth = self._offset - self._base
         if growth <= max(self.compact_bytes, 4 * self._base) or self._offset < self._compact_floor:
             return
-        if owns is not None and not owns():
-            return  # the lock was broken or its file deleted: replacing the file could drop the new holder's writes
-        try:
-            self.rewrite(continues=True)
+        try:  # the lock broken or its file deleted: replacing the file could drop the new holder's writes
+            self.rewrite(continues=True, fence=owns)
         except OSError as err:
             self._compact_floor = self._offset + self.compact_bytes  # retry later, not on every write
             log.warning("could not compact storage file %s (%s); will retry later", self.path, err)
 
-    def rewrite(self, continues: bool = False) -> None:
+    def rewrite(self, continues: bool = False, fence: Fence | None = None) -> None:
         """Replace the file by a snapshot of the table (under the lock): compaction, and repair.
 
         With ``continues`` (compaction), the new generation is tagged so that
-        readers of the replaced file can carry their replay on into it.
+        readers of the replaced file can carry their replay on into it. With
+        ``fence``, nothing is replaced unless it still holds once the snapshot is
+        written (see :meth:`replace_file`).
         """
+        if fence is not None and not fence():
+            return
         frames = list(self.snapshot_frames())
         fresh = os.urandom(16)
         if continues and self._generation is not None:
             fresh = continuation_tag(self._generation, self._offset) + fresh[TAG:]
         generation, base = fresh, HEADER_SIZE + sum(map(len, frames))
         self.remove_leftovers()
-        self.replace_file([fileformat.encode_header(generation, base), *frames])
-        self._generation, self._base, self._offset, self._size = generation, base, base, base
+        if self.replace_file([fileformat.encode_header(generation, base), *frames], fence):
+            self._generation, self._base, self._offset, self._size = generation, base, base, base
 
 
 def _fdatasync(fd: int) -> None:
