@@ -149,3 +149,18 @@ def test_a_compaction_never_drops_a_write_made_under_a_new_lock_file(path: Path)
     health = reader.check()
     assert len(reader.fetch_trials(exp_id)) == 101 and health.clean
     assert health.frames < 102, "the file is compacted once the lock is held again (102 frames uncompacted)"
+
+
+# -- a careless user ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("command", ["check", "repair"])
+def test_db_check_and_repair_of_a_mistyped_path_say_so_and_create_nothing(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], command: str) -> None:
+    """`orchard db repair --storage runs/orchrad.pkl` said 'no damage' / 'nothing to repair' and made runs/."""
+    from orchard.cli import main
+
+    typo = tmp_path / "runs" / "orchrad.pkl"
+    assert main(["db", command, "--storage", str(typo)]) == 1
+    assert f"storage file {typo} does not exist" in capsys.readouterr().err
+    assert not (tmp_path / "runs").exists()
