@@ -164,3 +164,15 @@ def test_db_check_and_repair_of_a_mistyped_path_say_so_and_create_nothing(
     assert main(["db", command, "--storage", str(typo)]) == 1
     assert f"storage file {typo} does not exist" in capsys.readouterr().err
     assert not (tmp_path / "runs").exists()
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="counts descriptors in /proc/self/fd")
+def test_storages_a_long_lived_process_opens_and_drops_leak_no_descriptor(path: Path) -> None:
+    """`orchard.get_experiment(...)` in a notebook loop kept one descriptor per call open, up to 'Too many open files'."""
+    import orchard
+
+    orchard.build_experiment("exp", space={"x": "uniform(0, 1)"}, storage=str(path))
+    before = len(os.listdir("/proc/self/fd"))
+    for _ in range(50):
+        orchard.get_experiment("exp", storage=str(path)).fetch_trials()
+    assert len(os.listdir("/proc/self/fd")) <= before + 1

@@ -56,6 +56,11 @@ if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
+def _close_quietly(fd: int) -> None:
+    with contextlib.suppress(OSError):
+        os.close(fd)
+
+
 def continuation_tag(generation: bytes, offset: int) -> bytes:
     """What a snapshot of ``generation`` replayed up to byte ``offset`` puts first in its own generation."""
     return hashlib.blake2b(generation + offset.to_bytes(8, "little"), digest_size=TAG).digest()
@@ -86,6 +91,7 @@ class LogReader:
     def __init__(self, path: str) -> None:
         self.path = path
         self._kept: tuple[int, tuple[int, int]] | None = None  # the replayed file, open: (fd, (device, inode))
+        self._close_kept: Callable[[], object] | None = None  # closes it, also if this reader is dropped
         self._forked_from: bytes | None = None  # the generation whose kept file a fork closed
         self._vanished: OrderedDict[str, str] = OrderedDict()  # trials a replaced file took away: why, each
         self.reset(None)
@@ -97,11 +103,9 @@ class LogReader:
         Otherwise every forked worker holds the replaced file's space until it exits.
         The child replays from its own reads on; after a compaction it starts over.
         """
-        kept, self._kept = self._kept, None
-        if kept is not None:
+        if self._kept is not None:
             self._forked_from = self._generation  # its compaction can no longer be followed: replayed quietly
-            with contextlib.suppress(OSError):
-                os.close(kept[0])
+        self._forget_kept()
 
     def reset(self, header: Header | None) -> None:
         """Start over from an empty table, to replay the file (of ``header``'s generation)."""
@@ -269,13 +273,17 @@ class LogReader:
         if self._kept is not None and self._kept[1] == identity:
             return
         self._forget_kept()
-        self._kept = (os.dup(fd), identity)
+        kept = os.dup(fd)
+        self._kept = (kept, identity)
+        # a storage dropped by a long-lived process (get_experiment in a loop) leaked it: one per storage, to EMFILE
+        close = weakref.finalize(self, _close_quietly, kept)
+        close.atexit = False
+        self._close_kept = close
 
     def _forget_kept(self) -> None:
-        kept, self._kept = self._kept, None
-        if kept is not None:
-            with contextlib.suppress(OSError):
-                os.close(kept[0])
+        close, self._close_kept, self._kept = self._close_kept, None, None
+        if close is not None:
+            close()
 
     def _apply(self, batches: list[list[Record]]) -> None:
         try:
