@@ -176,3 +176,19 @@ def test_storages_a_long_lived_process_opens_and_drops_leak_no_descriptor(path: 
     for _ in range(50):
         orchard.get_experiment("exp", storage=str(path)).fetch_trials()
     assert len(os.listdir("/proc/self/fd")) <= before + 1
+
+
+def test_a_file_deleted_with_its_folder_under_a_worker_is_named_and_not_recreated(tmp_path: Path) -> None:
+    """`rm -r runs/` under a running worker: its next write said 'could not lock …: No such file or directory',
+    a StorageError that is not retried like the file's deletion (a StorageUnavailableError naming it)."""
+    import shutil
+
+    from orchard.errors import StorageUnavailableError
+
+    worker = PickledStorage(tmp_path / "runs" / "orchard.pkl")
+    exp_id = worker.create_experiment("exp", SPACE)
+    held = worker.register_trial(exp_id, {"x": 0.5}, worker="w1")
+    shutil.rmtree(tmp_path / "runs")
+    with pytest.raises(StorageUnavailableError, match="orchard.pkl was deleted with its folder while this process"):
+        worker.complete_trial(held.id, "w1", 1.0)
+    assert not (tmp_path / "runs").exists(), "recreated under the running worker"

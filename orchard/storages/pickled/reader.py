@@ -119,6 +119,11 @@ class LogReader:
         self._compact_floor = 0  # the writer's: no compaction attempt below this offset
         self._seen: tuple[int, int, int] | None = None  # (device, inode, size) of the file fully replayed
 
+    @property
+    def has_replayed(self) -> bool:
+        """Whether this replay has read a file at its path (one that vanishes is then not recreated)."""
+        return self._generation is not None
+
     def vanished(self, how: str) -> StorageUnavailableError:
         """The error for a file this process had read that is now gone: never recreated empty under it."""
         return StorageUnavailableError(

@@ -313,6 +313,8 @@ class PickledStorage(TableStorage):
         self._log.catch_up(keep=False)  # damage is left for the locked replay to judge
 
     def _lock_error(self, err: OSError) -> StorageError:
+        if isinstance(err, FileNotFoundError) and self._log.has_replayed:  # its folder was deleted (rm -r runs/)
+            return self._log.vanished("deleted with its folder")
         unsupported = (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL)
         if self._lock_kind == "kernel" and err.errno in unsupported:
             return StorageUnavailableError(
