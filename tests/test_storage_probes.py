@@ -192,3 +192,28 @@ def test_a_file_deleted_with_its_folder_under_a_worker_is_named_and_not_recreate
     with pytest.raises(StorageUnavailableError, match="orchard.pkl was deleted with its folder while this process"):
         worker.complete_trial(held.id, "w1", 1.0)
     assert not (tmp_path / "runs").exists(), "recreated under the running worker"
+
+
+def test_an_append_never_overwrites_a_write_made_under_a_new_lock_file(path: Path) -> None:
+    """The holder checked its lock file before encoding its frame; a process that took the new lock file
+    in between wrote at the same offset, and the holder's frame overwrote that returned write."""
+    from orchard.errors import StorageUnavailableError
+
+    holder, other = PickledStorage(path), PickledStorage(path)
+    exp_id = holder.create_experiment("exp", SPACE)
+    written = []
+    encode = holder._log._encode
+
+    def encode_while_the_lock_file_is_deleted(records: list[dict[str, object]]) -> bytes:
+        frame = encode(records)
+        if not written:
+            os.unlink(f"{path}.lock")
+            written.append(other.register_trial(exp_id, {"x": 0.999}, worker="w2"))
+        return frame
+
+    holder._log._encode = encode_while_the_lock_file_is_deleted  # type: ignore[method-assign]
+    with pytest.raises(StorageUnavailableError, match="lock file .* was deleted or replaced"):
+        holder.register_trial(exp_id, {"x": 0.5}, worker="w1")
+    assert PickledStorage(path).get_trial(written[0].id) is not None, "the write under the new lock file was lost"
+    assert holder.register_trial(exp_id, {"x": 0.5}, worker="w1").worker == "w1"  # retried under the new lock file
+    assert PickledStorage(path).check().clean

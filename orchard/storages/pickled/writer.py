@@ -144,13 +144,10 @@ class LogFile(LogReader):
                 if self.table.seq != seq:  # applied in memory but not written
                     self.reset(None)
                 raise
-            if records and holds is not None and not holds():
-                self.reset(None)  # the table holds records the file does not: rebuild it from the file
-                raise StorageUnavailableError(_lock_file_lost_message(self.path))
             if records and owns is not None:
                 self._append_fenced(fd, records, owns)
             elif records:
-                self.append(fd, records)
+                self.append(fd, records, holds)
         except BaseException:
             os.close(fd)
             raise
@@ -184,15 +181,21 @@ class LogFile(LogReader):
             ) from err
         return frame
 
-    def append(self, fd: int, records: list[Record]) -> None:
+    def append(self, fd: int, records: list[Record], holds: Fence | None = None) -> None:
         """Append one frame at our offset (under the lock), dropping a torn tail first.
 
         Once the whole frame is in the file it is committed: lock-free readers
         may have replayed it, so it is never cut off again, even if an
         exception (an interrupt, a failed ``fsync``) arrives afterwards.
+        ``holds`` is asked once the frame is encoded, just before the file is
+        touched: if the lock file was deleted or replaced, another process may
+        hold a new one and write at our offset, so nothing is written and this
+        raises :class:`~orchard.errors.StorageUnavailableError`, to be retried.
         """
         try:
             frame = self._encode(records)
+            if holds is not None and not holds():
+                raise StorageUnavailableError(_lock_file_lost_message(self.path))
             if self._size > self._offset:
                 os.ftruncate(fd, self._offset)  # a writer killed mid-write left a partial frame
         except BaseException:
