@@ -217,3 +217,43 @@ def test_an_append_never_overwrites_a_write_made_under_a_new_lock_file(path: Pat
     assert PickledStorage(path).get_trial(written[0].id) is not None, "the write under the new lock file was lost"
     assert holder.register_trial(exp_id, {"x": 0.5}, worker="w1").worker == "w1"  # retried under the new lock file
     assert PickledStorage(path).check().clean
+
+
+@pytest.mark.parametrize("created", ["yesterday", 1e300, float("nan")])
+def test_db_load_refuses_a_creation_time_no_reader_can_show(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], created: object) -> None:
+    """'yesterday' was refused halfway (after the experiments before it were loaded); 1e300 and NaN were
+    stored, and `orchard info` then failed on 'unexpected OverflowError' / 'ValueError'."""
+    import json
+
+    import orchard
+    from orchard.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    for name in ("a", "b"):
+        orchard.build_experiment(name, space={"x": "uniform(0, 1)"}, storage="src.pkl")
+    assert main(["db", "dump", "-o", "dump.json", "--storage", "src.pkl"]) == 0
+    data = json.loads(Path("dump.json").read_text())
+    data["experiments"][1]["created"] = created
+    Path("dump.json").write_text(json.dumps(data))
+    capsys.readouterr()
+    assert main(["db", "load", "dump.json", "--storage", "target.pkl"]) == 2
+    assert "experiment 1 ('b') cannot be loaded: field 'created' is" in capsys.readouterr().err
+    assert get_storage("target.pkl").list_experiments() == [], "something was stored"
+
+
+@pytest.mark.parametrize("time", [float("nan"), float("inf"), 1e300])
+def test_a_trial_record_with_a_time_no_reader_can_use_is_skipped_as_damage(
+        path: Path, caplog: pytest.LogCaptureFixture, time: float) -> None:
+    """Such a record was kept: a NaN heartbeat never equals itself (leases are judged by equality), and
+    1e300 or inf cannot be shown as a date."""
+    from orchard.storages.pickled import fileformat
+
+    storage = PickledStorage(path)
+    exp_id = storage.create_experiment("exp", SPACE)
+    held = storage.register_trial(exp_id, {"x": 0.5}, worker="w1")
+    record = {"op": "trial", "trial": {**held.to_record(), "heartbeat": time}}
+    with open(path, "ab") as f:  # a well-formed frame written by another program
+        f.write(fileformat.encode_frame([record]))
+    assert PickledStorage(path).get_trial(held.id) == held
+    assert "field 'heartbeat' is" in caplog.text and "not a time" in caplog.text

@@ -169,7 +169,7 @@ def _check_experiment(entry: Any, where: str, named: bool) -> None:
     from orchard.errors import StorageError
     from orchard.experiment_config import ExperimentConfig
     from orchard.naming import check_experiment_name
-    from orchard.storages.pickled.records import check_trial
+    from orchard.storages.pickled.records import check_trial, experiment_fault
 
     if not isinstance(entry, dict) or not isinstance(entry.get("config"), dict) \
             or not isinstance(entry.get("trials"), list):
@@ -185,6 +185,11 @@ def _check_experiment(entry: Any, where: str, named: bool) -> None:
         space = ExperimentConfig.from_dict(entry["config"]).space
     except ConfigurationError as err:
         raise ConfigurationError(f"{where} has an invalid configuration: {err}; nothing was loaded") from None
+    created = entry.get("created")
+    if created is not None:  # absent: loaded as created now
+        fault = experiment_fault({"id": "", "name": "", "created": created, "config": {}})
+        if fault is not None:
+            raise ConfigurationError(f"{where} cannot be loaded: {fault}; nothing was loaded")
     for number, record in enumerate(entry["trials"]):
         try:
             if not isinstance(record, dict):
