@@ -257,3 +257,11 @@ def test_a_trial_record_with_a_time_no_reader_can_use_is_skipped_as_damage(
         f.write(fileformat.encode_frame([record]))
     assert PickledStorage(path).get_trial(held.id) == held
     assert "field 'heartbeat' is" in caplog.text and "not a time" in caplog.text
+
+
+def test_a_storage_path_with_a_nul_character_is_a_configuration_error() -> None:
+    """It raised a bare ValueError ('embedded null byte') from the OS layer, outside Orchard's error tree."""
+    from orchard.errors import ConfigurationError
+
+    with pytest.raises(ConfigurationError, match="holds a NUL character"):
+        get_storage("runs/a\0b.pkl")

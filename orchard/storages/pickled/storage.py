@@ -120,6 +120,8 @@ class PickledStorage(TableStorage):
             StorageCorruptedError: ``path`` exists and is not an Orchard storage file.
             StorageError: ``path`` is a directory (its directory is made by the first write).
         """
+        if "\0" in os.fspath(path):  # no OS takes it: os.* raise a bare ValueError
+            raise ConfigurationError(f"storage path {os.fspath(path)!r} holds a NUL character; give a file path")
         unexpanded = _VARIABLE.search(os.fspath(path))
         if unexpanded is not None:  # else a folder named "$SCRATCH" is made in each worker's directory
             raise ConfigurationError(
