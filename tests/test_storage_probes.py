@@ -265,3 +265,49 @@ def test_a_storage_path_with_a_nul_character_is_a_configuration_error() -> None:
 
     with pytest.raises(ConfigurationError, match="holds a NUL character"):
         get_storage("runs/a\0b.pkl")
+
+
+def test_an_append_overwritten_under_a_new_lock_file_is_not_reported_stored(
+        path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A process that took a new lock file, and had read the file before the holder wrote, wrote at the
+    same offset after it: the holder returned a write that was overwritten (lost)."""
+    from orchard.errors import StorageUnavailableError
+    from orchard.space import trial_id
+    from orchard.storages.pickled import fileformat, writer
+    from orchard.trial import Trial
+
+    holder = PickledStorage(path)
+    exp_id = holder.create_experiment("exp", SPACE)
+    theirs = Trial(id=trial_id(exp_id, {"x": 0.999}), experiment=exp_id, params={"x": 0.999}, submit_time=1.0,
+                   results={"pad": "z" * 200})  # a frame longer than the holder's: it covers it
+    pwrite_all = fileformat.pwrite_all
+
+    def write_then_be_overwritten(fd: int, data: bytes, offset: int) -> None:
+        pwrite_all(fd, data, offset)
+        monkeypatch.undo()  # once
+        os.unlink(f"{path}.lock")  # and another process, under a new lock file, writes at the same offset
+        pwrite_all(fd, fileformat.encode_frame([{"op": "trial", "trial": theirs.to_record()}]), offset)
+
+    monkeypatch.setattr(writer.fileformat, "pwrite_all", write_then_be_overwritten)
+    with pytest.raises(StorageUnavailableError, match="this write may not be kept"):
+        holder.register_trial(exp_id, {"x": 0.5}, worker="w1")
+    assert holder.register_trial(exp_id, {"x": 0.5}, worker="w1").worker == "w1"  # the retry stores it
+    assert {t.params["x"] for t in PickledStorage(path).fetch_trials(exp_id)} == {0.5, 0.999}
+
+
+def test_an_append_never_lands_over_a_frame_written_since_its_writer_read_the_file(
+        path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A writer under a new lock file that read the file before the old holder appended wrote its frame
+    over the holder's returned one (the lock file's check passes: its own lock file is the current one)."""
+    from orchard.errors import StorageUnavailableError
+
+    holder, other = PickledStorage(path), PickledStorage(path)
+    exp_id = holder.create_experiment("exp", SPACE)
+    other.fetch_trials(exp_id)  # read up to here
+    kept = holder.register_trial(exp_id, {"x": 0.5}, worker="w1")  # then the holder appends (and returns)
+    os.unlink(f"{path}.lock")
+    monkeypatch.setattr(other._log, "sync", lambda fd, locked: True)  # as if it had read under its lock first
+    with pytest.raises(StorageUnavailableError, match="nothing was written"):
+        other.register_trial(exp_id, {"x": 0.999}, worker="w2")
+    monkeypatch.undo()
+    assert PickledStorage(path).get_trial(kept.id) is not None

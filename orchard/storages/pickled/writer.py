@@ -190,12 +190,17 @@ class LogFile(LogReader):
         ``holds`` is asked once the frame is encoded, just before the file is
         touched: if the lock file was deleted or replaced, another process may
         hold a new one and write at our offset, so nothing is written and this
-        raises :class:`~orchard.errors.StorageUnavailableError`, to be retried.
+        raises :class:`~orchard.errors.StorageUnavailableError`, to be retried;
+        so does a file that grew since it was read under the lock (such a
+        process wrote). It is asked again once the frame is written: a process
+        that took a new lock file meanwhile may write over it, so this raises
+        too (the frame may be kept or not: a retry finds out, as after a lost
+        reply).
         """
         try:
             frame = self._encode(records)
-            if holds is not None and not holds():
-                raise StorageUnavailableError(_lock_file_lost_message(self.path))
+            if holds is not None and (not holds() or os.fstat(fd).st_size != self._size):
+                raise StorageUnavailableError(_lock_file_lost_message(self.path, "nothing was written"))
             if self._size > self._offset:
                 os.ftruncate(fd, self._offset)  # a writer killed mid-write left a partial frame
         except BaseException:
@@ -207,6 +212,9 @@ class LogFile(LogReader):
             self._undo_append(fd, len(frame))
             raise
         self._appended(len(frame))
+        if holds is not None and not holds():
+            self.reset(None)  # whether the frame stays is unknown: rebuild the table from the file
+            raise StorageUnavailableError(_lock_file_lost_message(self.path, "this write may not be kept"))
 
     def _append_fenced(self, fd: int, records: list[Record], owns: Fence) -> None:
         """Append under a soft lock, so that a broken lock never lets two writers interleave unseen.
@@ -350,10 +358,10 @@ def _fdatasync(fd: int) -> None:
     getattr(os, "fdatasync", os.fsync)(fd)
 
 
-def _lock_file_lost_message(path: str) -> str:
+def _lock_file_lost_message(path: str, outcome: str) -> str:
     return (
         f"the lock file {path}.lock was deleted or replaced while this process held the lock, so another "
-        "process may hold a new one: nothing was written; retry the operation, and never delete the lock "
+        f"process may hold a new one: {outcome}; retry the operation, and never delete the lock "
         "file of a storage that processes are using"
     )
 
