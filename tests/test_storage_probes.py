@@ -311,3 +311,20 @@ def test_an_append_never_lands_over_a_frame_written_since_its_writer_read_the_fi
         other.register_trial(exp_id, {"x": 0.999}, worker="w2")
     monkeypatch.undo()
     assert PickledStorage(path).get_trial(kept.id) is not None
+
+
+def test_db_dump_never_writes_through_a_link_planted_at_its_temporary_name(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The temporary file was DUMP.tmpPID, opened without O_EXCL: another user of a shared folder could plant
+    a symbolic link there, and the dump overwrote the file it named."""
+    import orchard
+    from orchard.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    orchard.build_experiment("e", space={"x": "uniform(0, 1)"}, storage="src.pkl")
+    victim = tmp_path / "victim.txt"
+    victim.write_text("precious")
+    (tmp_path / f"dump.json.tmp{os.getpid()}").symlink_to(victim)
+    assert main(["db", "dump", "-o", "dump.json", "--storage", "src.pkl"]) == 0
+    assert victim.read_text() == "precious"
+    assert "orchard-dump" in (tmp_path / "dump.json").read_text()

@@ -17,6 +17,7 @@ import json
 import os
 import sys
 import time
+import uuid
 from collections.abc import Iterator
 from typing import Any, TextIO
 
@@ -83,16 +84,18 @@ def write_dump(data: dict[str, Any], path: str) -> None:
         except OSError as err:
             raise _unwritable(path, err) from err
         return
-    tmp = f"{target}.tmp{os.getpid()}"
+    # a new name, created exclusively: a name known in advance (the pid) in a shared folder let another
+    # user plant a symbolic link there, and the dump was written into the file it named
+    tmp = f"{target}.{uuid.uuid4().hex}.tmp"
     try:
-        with open(tmp, "w", encoding="utf-8") as handle:
+        with open(tmp, "x", encoding="utf-8") as handle:
             _write_into(handle, path, data)
             os.fsync(handle.fileno())
         os.replace(tmp, target)
     except OSError as err:
         raise _unwritable(path, err) from err
     finally:
-        if os.path.exists(tmp):
+        if os.path.lexists(tmp):
             os.unlink(tmp)
 
 
