@@ -328,3 +328,21 @@ def test_db_dump_never_writes_through_a_link_planted_at_its_temporary_name(
     assert main(["db", "dump", "-o", "dump.json", "--storage", "src.pkl"]) == 0
     assert victim.read_text() == "precious"
     assert "orchard-dump" in (tmp_path / "dump.json").read_text()
+
+
+def test_db_repair_never_writes_its_backup_through_a_planted_link(path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The backup (PATH.TIMESTAMP-PID.damaged) was written with shutil.copy2, through a link planted there."""
+    from orchard.errors import StorageError
+    from orchard.storages.pickled import storage as pickled_storage
+
+    storage = PickledStorage(path)
+    storage.create_experiment("exp", SPACE)
+    with open(path, "ab") as f:
+        f.write(b"\x07" * 64)  # damage
+    monkeypatch.setattr(pickled_storage.time, "strftime", lambda fmt: "20261206T000000")
+    victim = path.parent / "victim.txt"
+    victim.write_text("precious")
+    Path(f"{path}.20261206T000000-{os.getpid()}.damaged").symlink_to(victim)
+    with pytest.raises(StorageError, match="File exists"):
+        storage.repair()
+    assert victim.read_text() == "precious"

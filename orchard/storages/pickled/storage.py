@@ -218,7 +218,9 @@ class PickledStorage(TableStorage):
             if health.clean:
                 return health, None
             backup = f"{self._path}.{time.strftime('%Y%m%dT%H%M%S')}-{os.getpid()}.damaged"
-            shutil.copy2(self._path, backup)
+            with open(self._path, "rb") as damaged, open(backup, "xb") as kept:  # "x": never through a planted link
+                shutil.copyfileobj(damaged, kept)
+            shutil.copystat(self._path, backup)
             self._log.replay_all()
             self._log.rewrite()
             return health, backup
