@@ -452,9 +452,9 @@ _HOSTILE_DUMPS: dict[str, tuple[_Edit, str]] = {  # an edit of a good dump, and 
                        "trial 1 cannot be loaded: params {'y': 0.5} do not match the space"),
     "param outside": (lambda d, e: e["trials"][1].update(params={"x": 55.0}),
                       "trial 1 cannot be loaded: dimension 'x': value 55.0 is outside"),
-    "bad status": (lambda d, e: e["trials"][1].update(status="weird"), "'weird' is not a valid TrialStatus"),
-    "error a list": (lambda d, e: e["trials"][1].update(error=[1, 2]), "a trial error must be a dict"),
-    "text objective": (lambda d, e: e["trials"][1].update(objective="abc"), "objective 'abc' is not a number"),
+    "bad status": (lambda d, e: e["trials"][1].update(status="weird"), "unknown trial status 'weird'"),
+    "error a list": (lambda d, e: e["trials"][1].update(error=[1, 2]), "a trial error that is a list, not a dict"),
+    "text objective": (lambda d, e: e["trials"][1].update(objective="abc"), "field 'objective' is of type str, not a number"),
     "trial a number": (lambda d, e: e["trials"].__setitem__(1, 5), "trial 1 cannot be loaded"),
     "trials a number": (lambda d, e: e.update(trials=5), "is not an object with a name, a config and a list of"),
 }

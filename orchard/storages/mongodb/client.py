@@ -34,7 +34,7 @@ from pymongo.uri_parser import parse_uri
 
 from orchard.errors import ConfigurationError, StorageCorruptedError, StorageError, StorageUnavailableError
 from orchard.storages._uri import password_of, redact, split_options
-from orchard.storages.pickled.records import RecordError, check_trial
+from orchard.storages.pickled.records import RecordError, check_trial, experiment_fault
 from orchard.trial import Trial, TrialStatus
 
 __all__ = [
@@ -459,17 +459,12 @@ def readable_trials(docs: Iterable[dict[str, Any]], uri: str) -> list[Trial]:
     return trials
 
 
-#: The fields of an experiment document every reader relies on, and the types Orchard writes.
-_EXPERIMENT_TYPES: dict[str, tuple[type, ...]] = {"_id": (str,), "name": (str,), "created": (int, float), "config": (dict,)}
-
-
 def unreadable_experiment(doc: Mapping[str, Any]) -> str | None:
-    """Why ``doc`` is not an experiment Orchard writes (a field missing or of another type), or ``None``."""
-    for field, kinds in _EXPERIMENT_TYPES.items():
-        value = doc.get(field)
-        if type(value) not in kinds:
-            return f"field {field!r} is {'missing' if field not in doc else type(value).__name__}"
-    return None
+    """Why ``doc`` is not an experiment Orchard writes (a field missing or of another type), or ``None``.
+
+    The checks are the pickle log's (:func:`orchard.storages.pickled.records.experiment_fault`).
+    """
+    return experiment_fault(doc, "_id")
 
 
 def check_experiment(doc: Mapping[str, Any], uri: str) -> None:
