@@ -74,10 +74,11 @@ log = logging.getLogger(__name__)
 DEFAULT_DATABASE = "orchard"
 
 #: Client options applied unless the URI sets them: fail fast when the server is down, and
-#: acknowledge a write only once a majority of the replica set has it, so an acknowledged
-#: result survives a failover (``w=majority`` is plain ``w=1`` on a standalone server).
-_CLIENT_DEFAULTS: dict[str, int | str] = {
-    "serverSelectionTimeoutMS": 5000, "connectTimeoutMS": 5000, "w": "majority",
+#: acknowledge a write only once a majority of the replica set has it in its journal, so an
+#: acknowledged result survives a failover and a crash of the server (``w=majority`` is plain
+#: ``w=1`` on a standalone server, whose journal is otherwise written every 100 ms).
+_CLIENT_DEFAULTS: dict[str, int | str | bool] = {
+    "serverSelectionTimeoutMS": 5000, "connectTimeoutMS": 5000, "w": "majority", "journal": True,
 }
 
 #: Server codes meaning "who you are" or "what you may do" was refused.
@@ -135,6 +136,8 @@ def open_client(uri: str) -> tuple[Client, str]:
         return _mock_client(uri)
     options = split_options(uri)[1]
     given = {key.lower() for key in options}
+    if any(key.lower() == "w" and str(value) == "0" for key, value in options.items()):
+        given.add("journal")  # refused below with its own reason, not pymongo's about the journal
     defaults = {k: v for k, v in _CLIENT_DEFAULTS.items() if k.lower() not in given}
     try:
         if uri.lower().startswith("mongodb://"):  # strict: typos in options raise instead of warning

@@ -25,7 +25,7 @@ client clock orders anything.
 it still holds the exact worker and heartbeat value an observer saw
 (:mod:`orchard.leases`); no clock is compared.
 
-**Durability.** Writes use ``w=majority`` unless the URI sets ``w``.
+**Durability.** Writes use ``w=majority`` and ``journal=true`` unless the URI sets them.
 """
 
 from __future__ import annotations
