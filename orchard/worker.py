@@ -2,7 +2,8 @@
 
 There is no master. :meth:`Worker.run` repeats three public steps::
 
-    next_trial()        refresh the history view (incremental)
+    next_trial()        stop (raise Interrupted) if the caller's stop event is set
+                        refresh the history view (incremental)
                         stop (raise) if the budget is met, max_broken trials are broken, ...
                         release stale reservations (rate-limited)
                         reserve an interrupted/new trial, or
@@ -21,6 +22,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import threading
 import time
 from collections.abc import Callable
 from typing import Any
@@ -117,6 +119,10 @@ class Worker:
         on_outcome: called after each finished trial with ``(trial, outcome)``.
         label: how messages name the experiment (default: its id).
         clock: what the loop and its pacemaker keep time with (default: the system's).
+        stop: set from another thread to stop the loop, which no signal reaches in a thread
+            (``executor="thread"``): :meth:`next_trial` checks it before each reservation and
+            raises :class:`~orchard.errors.Interrupted` instead of reserving (a trial won as it
+            was set is given back). An evaluation under way runs to its end and is recorded.
     """
 
     def __init__(
@@ -129,6 +135,7 @@ class Worker:
         on_outcome: Callable[[Trial, Outcome], None] | None = None,
         label: str | None = None,
         clock: Clock = SYSTEM_CLOCK,
+        stop: threading.Event | None = None,
     ) -> None:
         self.storage = RetryingStorage(storage, patience=max(settings.storage_patience, settings.stale_after))
         storage = self.storage
@@ -155,6 +162,7 @@ class Worker:
         # the last outage the lease watches were restarted for: (recovered_at, failed_at)
         self._outage_seen: tuple[float | None, float | None] = (None, None)
         self._evaluating: Trial | None = None
+        self._stop = stop
 
     # -- the loop --------------------------------------------------------------
 
@@ -185,8 +193,7 @@ class Worker:
             with judging(self.judge, trial.id):  # orchard.report() inside the evaluation comes here
                 outcome = self.evaluate(trial)
         except KeyboardInterrupt as err:
-            interruption = err if isinstance(err, Interrupted) else Interrupted()
-            (interruption.released if self._release_quietly(trial) else interruption.kept).append(trial.id)
+            interruption = self._given_back(trial, err if isinstance(err, Interrupted) else Interrupted())
             if interruption is err:
                 raise
             raise interruption.with_traceback(err.__traceback__) from None
@@ -229,6 +236,7 @@ class Worker:
             The reserved trial.
 
         Raises:
+            Interrupted: the worker's ``stop`` event is set (nothing is reserved).
             ExperimentBrokenError: ``max_broken`` trials are broken (reason ``BROKEN``).
             BudgetExhaustedError: nothing to run: the budget is met (``BUDGET``), this
                 worker ran its ``max_trials_per_worker`` (``WORKER_BUDGET``), the space is
@@ -239,6 +247,7 @@ class Worker:
         deadline = None if timeout is None else self.clock.monotonic() + timeout
         poll = 0.0
         while True:
+            self._stop_if_asked()
             self.history.refresh()
             self._check_stop()
             self._release_stale()
@@ -247,6 +256,7 @@ class Worker:
                 self._release_quietly(trial)  # a stopping rule fired meanwhile: give it back, then stop
                 continue
             if trial is not None:
+                self._stop_if_asked(trial)
                 self.judge.forget(trial.id)  # its reports start over: a verdict on an earlier attempt is void
                 self.pacemaker.watch(trial.id)
                 return trial
@@ -317,6 +327,11 @@ class Worker:
         return self.storage.release_trial(trial.id, self.name)
 
     # -- deciding to stop ------------------------------------------------------
+
+    def _stop_if_asked(self, won: Trial | None = None) -> None:
+        """Raise :class:`Interrupted` if the ``stop`` event is set, once ``won`` (reserved as it was set) is given back."""
+        if self._stop is not None and self._stop.is_set():
+            raise Interrupted() if won is None else self._given_back(won, Interrupted())
 
     def _check_stop(self) -> None:
         """Raise the stop that applies to the refreshed history, if any."""
@@ -450,6 +465,11 @@ class Worker:
             stored = self.storage.fail_trial(trial.id, self.name, outcome.error or {})
             self.report.broken += 1
         return stored
+
+    def _given_back(self, trial: Trial, interruption: Interrupted) -> Interrupted:
+        """``interruption``, saying whether ``trial``, given back now, was released or kept."""
+        (interruption.released if self._release_quietly(trial) else interruption.kept).append(trial.id)
+        return interruption
 
     def _release_quietly(self, trial: Trial, unretried: BaseStorage | None = None) -> bool:
         try:

@@ -185,6 +185,29 @@ def test_ctrl_c_during_an_evaluation_says_which_trial_was_released(storage, exp_
     assert caught.value.released == [trial.id] and trial.status is TrialStatus.INTERRUPTED
 
 
+def test_thread_workers_told_to_stop_reserve_no_trial_after(storage, exp_id) -> None:
+    """executor="thread": no signal reaches a thread, so the fleet sets an event; each worker finishes the
+    evaluation under way (recorded) and reserves nothing more (it used to reserve a trial and give it back)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from orchard.executors.task import WorkerTask, run_worker
+
+    stop = threading.Event()
+    evaluating = threading.Barrier(2)
+
+    def objective(x: float) -> float:
+        evaluating.wait(30)  # both workers are evaluating when the stop comes
+        stop.set()
+        return x
+
+    tasks = [WorkerTask(storage, exp_id, settings(max_trials=20), objective, stop=stop) for _ in range(2)]
+    with ThreadPoolExecutor(2) as pool:
+        futures = [pool.submit(run_worker, task) for task in tasks]
+    stopped = [future.exception() for future in futures]
+    assert all(isinstance(end, Interrupted) and not end.released and not end.kept for end in stopped), stopped
+    assert [t.status for t in storage.fetch_trials(exp_id)] == [TrialStatus.COMPLETED] * 2
+
+
 def test_worker_waits_for_others_then_exits_on_idle_timeout(storage, exp_id) -> None:
     storage.register_trial(exp_id, {"x": 0.9}, worker="someone-else", budget=1)
     clock = ManualClock()

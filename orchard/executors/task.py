@@ -45,8 +45,8 @@ class WorkerTask:
     devices: str | None = None  # CUDA_VISIBLE_DEVICES of this worker; None leaves the environment alone
     #: The last part of the worker's name (``host:pid:TOKEN``): how its caller knows its reservations.
     token: str = dataclasses.field(default_factory=lambda: uuid.uuid4().hex[:8])
-    #: Set by the caller to stop a loop that runs as one of its threads (which no signal reaches);
-    #: ``None`` for a loop in another process.
+    #: Set by the caller to stop a loop that runs as one of its threads (which no signal reaches):
+    #: it reserves no trial after (see :class:`~orchard.worker.Worker`); ``None`` for a loop in another process.
     stop: threading.Event | None = None
 
 
@@ -101,40 +101,15 @@ def run_worker(task: WorkerTask) -> WorkerReport:
     fn = task.fn
     evaluate: TrialEvaluator = fn if isinstance(fn, TrialEvaluator) else ObjectiveEvaluator(
         fn, task.trial_timeout, task.memory_limit, task.working_dir)
-    if task.stop is not None:
-        evaluate = _Stoppable(evaluate, task.stop)
     with interruptible(), visible_devices(task.devices):
         worker = Worker(task.storage, task.experiment_id, task.settings, evaluate,
-                        name=worker_label(os.environ.get(DEVICES_ENV), task.token), label=task.label)
+                        name=worker_label(os.environ.get(DEVICES_ENV), task.token), label=task.label, stop=task.stop)
         try:
             return worker.run()
         except KeyboardInterrupt as interruption:
             raise _given_back(worker, interruption) from None
         finally:
             task.storage.close()
-
-
-class _Stoppable(TrialEvaluator):
-    """An evaluator whose thread stops at its next trial once ``stop`` is set.
-
-    Python cannot interrupt a thread: the evaluation under way runs to its end
-    (its result is stored); the next trial the loop reserves is given back at once,
-    as Ctrl-C does (:class:`Interrupted`), and the loop ends.
-    """
-
-    def __init__(self, evaluate: TrialEvaluator, stop: threading.Event) -> None:
-        self.evaluate, self.stop = evaluate, stop
-
-    def __call__(self, trial: Trial) -> Outcome:
-        if self.stop.is_set():
-            raise Interrupted
-        return self.evaluate(trial)
-
-    def cancel(self, trial: Trial) -> bool | None:
-        return self.evaluate.cancel(trial)
-
-    def hold(self, trial: Trial, held: bool) -> bool | None:
-        return self.evaluate.hold(trial, held)
 
 
 def _given_back(worker: Worker, interruption: KeyboardInterrupt) -> Interrupted:
