@@ -18,16 +18,60 @@ A trial lost ``max_attempts`` times is not handed out again but marked
 broken with :func:`lost_error`, so a trial that kills every worker that
 evaluates it (a segfault, the OOM killer) cannot take the cluster down one
 worker at a time.
+
+A worker that stops before finishing its trials (Ctrl-C, SIGTERM, a stop
+event, the end of an ask-and-tell script), or the process that watched its
+workers end, gives them back gracefully with :func:`give_back`: the trials
+become ``interrupted`` without counting an attempt.
 """
 
 from __future__ import annotations
 
+import logging
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
+from typing import TYPE_CHECKING
 
+from orchard.errors import ReservationLostError, StorageError
 from orchard.trial import Lease, Trial, lost_error
 
-__all__ = ["LeaseObserver", "lost_error"]
+if TYPE_CHECKING:  # pragma: no cover
+    from orchard.storages.base import BaseStorage
+
+__all__ = ["LeaseObserver", "give_back", "lost_error"]
+
+log = logging.getLogger(__name__)
+
+
+def give_back(storage: BaseStorage, held: Mapping[str, str]) -> tuple[list[str], list[str]]:
+    """Release trials still reserved (``interrupted``, the attempt not counted), each on its own.
+
+    The one policy of every graceful release: a trial that is no longer
+    reserved by its worker (finished, taken back or released meanwhile) is
+    skipped, as there is nothing to give back; a trial the storage fails to
+    release (:class:`~orchard.errors.StorageError`) is logged and kept, and
+    its lease runs out instead; any other error propagates.
+
+    Args:
+        storage: where the trials are (retrying or not, as the caller chooses).
+        held: trial id -> the worker holding it.
+
+    Returns:
+        The ids released, and the ids kept (still reserved) because the storage failed.
+    """
+    released: list[str] = []
+    kept: list[str] = []
+    for trial_id, worker in held.items():
+        try:
+            storage.release_trial(trial_id, worker)
+        except ReservationLostError:
+            log.debug("trial %s is no longer reserved by %s: nothing to give back", trial_id, worker)
+        except StorageError as err:
+            log.warning("could not give back trial %s of %s (its lease runs out instead): %s", trial_id, worker, err)
+            kept.append(trial_id)
+        else:
+            released.append(trial_id)
+    return released, kept
 
 
 class LeaseObserver:

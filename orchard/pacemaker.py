@@ -22,12 +22,15 @@ import logging
 import threading
 import weakref
 from collections.abc import Callable
+from typing import Any
 
 from orchard.clock import SYSTEM_CLOCK, Clock
 from orchard.errors import ReservationLostError, StorageError
+from orchard.leases import give_back
 from orchard.storages.base import BaseStorage
+from orchard.trial import Trial
 
-__all__ = ["Pacemaker"]
+__all__ = ["Evaluation", "Pacemaker"]
 
 log = logging.getLogger(__name__)
 
@@ -215,21 +218,63 @@ class Pacemaker:
             self._on_lost(trial_id)
 
 
+class Evaluation:
+    """The evaluation a worker runs now, as a :class:`Pacemaker`'s callbacks reach it from the heartbeat thread.
+
+    Give :meth:`cancel` as ``on_lost`` and :meth:`hold` as ``on_doubt``; they act on the
+    evaluator only while :attr:`trial` is the trial they are called for (the worker sets it
+    around each evaluation), and never raise: the heartbeat thread must survive a faulty evaluator.
+
+    Args:
+        evaluate: the worker's evaluator; its ``cancel(trial)`` and ``hold(trial, held)``, if it
+            has them, answer False when they cannot act (see :class:`~orchard.objective.TrialEvaluator`).
+        worker: the worker's name, for the log.
+    """
+
+    def __init__(self, evaluate: Callable[[Trial], object], worker: str) -> None:
+        self.evaluate, self.worker = evaluate, worker
+        self.trial: Trial | None = None
+
+    def hold(self, trial_id: str, held: bool) -> object:
+        """Pause the evaluation while its lease is in doubt, or resume it; False when it cannot be paused."""
+        trial = self.trial
+        if trial is None or trial.id != trial_id:
+            return False  # evaluated by the caller (ask and tell), or finished meanwhile
+        return self._tell(trial, "hold", held)
+
+    def cancel(self, trial_id: str) -> None:
+        """The reservation was found lost: stop its evaluation now if it can be (its result is dropped)."""
+        trial = self.trial
+        if trial is None or trial.id != trial_id:
+            return  # finished meanwhile: the worker's finish() drops the result
+        if self._tell(trial, "cancel") is False:
+            log.warning("worker %s lost its reservation of trial %s; its evaluation cannot be stopped (it runs "
+                        "in the worker's own thread), so it runs to its end and its result is dropped. Set "
+                        "trial_timeout to evaluate in a child process, which is stopped at once", self.worker, trial_id)
+        else:
+            log.warning("worker %s lost its reservation of trial %s; stopped its evaluation (its result is "
+                        "dropped)", self.worker, trial_id)
+
+    def _tell(self, trial: Trial, method: str, *args: Any) -> object:
+        """Call the evaluator's ``method(trial, *args)``; return its answer, or False if it has none or it failed."""
+        call = getattr(self.evaluate, method, None)
+        if call is None:
+            return False
+        try:
+            return call(trial, *args)
+        except Exception as err:  # noqa: BLE001 -- the heartbeat thread must survive a faulty evaluator
+            log.warning("%s of trial %s failed: %s: %s", method, trial.id, type(err).__name__, err)
+            return False
+
+
 def _release_watched(ref: weakref.ref[Pacemaker]) -> None:
     pacemaker = ref()
     if pacemaker is None:
         return
     pacemaker.close()
     with pacemaker._lock:
-        held = sorted(pacemaker._watched)
-    released = []
-    for trial_id in held:
-        try:
-            pacemaker._storage.release_trial(trial_id, pacemaker._worker)
-        except StorageError as err:  # lost meanwhile, or the storage is gone: its lease runs out instead
-            log.warning("could not give back trial %s at exit: %s", trial_id, err)
-        else:
-            released.append(trial_id)
+        held = dict.fromkeys(sorted(pacemaker._watched), pacemaker._worker)
+    released, _ = give_back(pacemaker._storage, held)  # what it kept is logged: its lease runs out instead
     if released:
         log.warning("gave back %d trial(s) suggested and never observed, at exit (interrupted, not counted as "
                     "attempts): %s", len(released), ", ".join(released))

@@ -39,17 +39,16 @@ from orchard.errors import (
     Interrupted,
     ReservationLostError,
     StopReason,
-    StorageError,
     StorageUnavailableError,
     WorkerStoppedError,
 )
 from orchard.experiment_config import WorkerSettings
 from orchard.history import History
 from orchard.interruption import deferred
-from orchard.leases import LeaseObserver
+from orchard.leases import LeaseObserver, give_back
 from orchard.naming import worker_name
 from orchard.objective import Outcome, with_objectives
-from orchard.pacemaker import Pacemaker
+from orchard.pacemaker import Evaluation, Pacemaker
 from orchard.pruners import make_pruner
 from orchard.space import trial_id as params_trial_id
 from orchard.stopping import StopGate, StopRules
@@ -156,12 +155,12 @@ class Worker:
         self.stopping = None if rules is None else StopGate(storage, experiment_id, rules, self.label, clock.monotonic)
         # the pacemaker beats on the unwrapped storage: it must never block in an outage's retries
         self.clock = clock
+        self.evaluation = Evaluation(evaluate, self.name)  # what the heartbeat thread may hold or cancel
         self.pacemaker = Pacemaker(self.storage.storage, self.name, settings.heartbeat,
-                                   on_lost=self._cancel, on_doubt=self._hold, clock=clock)
+                                   on_lost=self.evaluation.cancel, on_doubt=self.evaluation.hold, clock=clock)
         self._leases = LeaseObserver(settings.stale_after, clock=clock.monotonic)
         # the last outage the lease watches were restarted for: (recovered_at, failed_at)
         self._outage_seen: tuple[float | None, float | None] = (None, None)
-        self._evaluating: Trial | None = None
         self._stop = stop
 
     # -- the loop --------------------------------------------------------------
@@ -188,7 +187,7 @@ class Worker:
             self.pacemaker.close()
 
     def _run_trial(self, trial: Trial) -> None:
-        self._evaluating = trial
+        self.evaluation.trial = trial
         try:
             with judging(self.judge, trial.id):  # orchard.report() inside the evaluation comes here
                 outcome = self.evaluate(trial)
@@ -201,7 +200,7 @@ class Worker:
             log.error("worker %s: evaluating trial %s raised %s", self.name, trial.id, type(err).__name__)
             outcome = Outcome.from_exception(err)
         finally:
-            self._evaluating = None
+            self.evaluation.trial = None
         with deferred():  # SIGTERM, Ctrl-C: the outcome is stored first
             try:
                 self.finish(trial, outcome)
@@ -468,50 +467,12 @@ class Worker:
 
     def _given_back(self, trial: Trial, interruption: Interrupted) -> Interrupted:
         """``interruption``, saying whether ``trial``, given back now, was released or kept."""
-        (interruption.released if self._release_quietly(trial) else interruption.kept).append(trial.id)
+        released, kept = self._release_quietly(trial)
+        interruption.released += released
+        interruption.kept += kept
         return interruption
 
-    def _release_quietly(self, trial: Trial, unretried: BaseStorage | None = None) -> bool:
-        try:
-            self.release(trial) if unretried is None else unretried.release_trial(trial.id, self.name)
-        except StorageError as err:  # includes ReservationLostError
-            log.warning("could not release trial %s: %s", trial.id, err)
-            return False
-        return True
-
-    def _hold(self, trial_id: str, held: bool) -> object:
-        """From the heartbeat thread: pause the evaluation while its lease is in doubt, or resume it.
-
-        Returns False when it cannot be paused (see :meth:`TrialEvaluator.hold`).
-        """
-        trial = self._evaluating
-        if trial is None or trial.id != trial_id:
-            return False  # evaluated by the caller (ask and tell), or finished meanwhile
-        return self._tell_evaluator(trial, "hold", held)
-
-    def _cancel(self, trial_id: str) -> None:
-        """From the heartbeat thread: a reservation was found lost, so stop its evaluation now if it can be."""
-        trial = self._evaluating
-        if trial is None or trial.id != trial_id:
-            return  # finished meanwhile: finish() drops the result
-        if self._tell_evaluator(trial, "cancel") is False:
-            log.warning("worker %s lost its reservation of trial %s; its evaluation cannot be stopped (it runs "
-                        "in the worker's own thread), so it runs to its end and its result is dropped. Set "
-                        "trial_timeout to evaluate in a child process, which is stopped at once", self.name, trial_id)
-        else:
-            log.warning("worker %s lost its reservation of trial %s; stopped its evaluation (its result is "
-                        "dropped)", self.name, trial_id)
-
-    def _tell_evaluator(self, trial: Trial, method: str, *args: Any) -> object:
-        """Call the evaluator's ``method(trial, *args)``; return its answer, or False if it has none or it failed.
-
-        Runs on the heartbeat thread, which must survive a faulty evaluator.
-        """
-        call = getattr(self.evaluate, method, None)
-        if call is None:
-            return False
-        try:
-            return call(trial, *args)
-        except Exception as err:  # noqa: BLE001 -- the heartbeat thread must survive a faulty evaluator
-            log.warning("%s of trial %s failed: %s: %s", method, trial.id, type(err).__name__, err)
-            return False
+    def _release_quietly(self, trial: Trial, unretried: BaseStorage | None = None) -> tuple[list[str], list[str]]:
+        """Give ``trial`` back by :func:`~orchard.leases.give_back`'s rules: storage errors are logged, not raised."""
+        self.pacemaker.unwatch(trial.id)
+        return give_back(self.storage if unretried is None else unretried, {trial.id: self.name})

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from orchard.errors import ReservationLostError, StorageError, StorageUnavailableError
-from orchard.leases import LeaseObserver, lost_error
+from orchard.leases import LeaseObserver, give_back, lost_error
 from orchard.storages import get_storage
 from orchard.storages.base import BaseStorage
 from orchard.storages.retrying import RetryingStorage
@@ -108,6 +108,25 @@ def test_lost_error_names_the_likely_causes() -> None:
     assert (error["type"], error["reason"]) == ("TrialLost", "lost")
     for cause in ("3 times", "segfault", "OOM killer", "job step", "max_attempts"):
         assert cause in error["message"]
+
+
+def test_give_back_releases_each_trial_skips_finished_ones_and_keeps_those_the_storage_failed_on(
+        caplog: pytest.LogCaptureFixture) -> None:
+    """The one policy of every graceful release (a stopped worker, workon's ended loops, an ask-and-tell exit)."""
+    storage = get_storage("memory://")
+    exp = storage.create_experiment("e", {})
+    failing, finished, held = (storage.register_trial(exp, {"x": i}, worker=W) for i in range(3))
+    storage.complete_trial(finished.id, W, 1.0)
+    outage = Outage(storage)
+    outage.wrap("release_trial")
+    outage.down = 1  # the first release fails; the others are still tried
+    with caplog.at_level(logging.WARNING, logger="orchard.leases"):
+        released, kept = give_back(storage, {failing.id: W, finished.id: W, held.id: W})
+    assert (released, kept) == ([held.id], [failing.id])
+    statuses = {t.id: (t.status, t.attempts) for t in storage.fetch_trials(exp)}
+    assert statuses == {failing.id: (TrialStatus.RESERVED, 1), finished.id: (TrialStatus.COMPLETED, 1),
+                        held.id: (TrialStatus.INTERRUPTED, 0)}
+    assert [r.getMessage().split(" (")[0] for r in caplog.records] == [f"could not give back trial {failing.id} of {W}"]
 
 
 # -- RetryingStorage ---------------------------------------------------------------

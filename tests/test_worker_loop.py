@@ -398,7 +398,7 @@ def test_a_lost_reservation_of_an_in_thread_objective_says_it_cannot_be_stopped(
     worker = Worker(storage, exp_id, settings(max_trials=1, heartbeat=0.5), ObjectiveEvaluator(objective),
                     clock=clock)
     runner = threading.Thread(target=worker.run)
-    with caplog.at_level(logging.WARNING, logger="orchard.worker"):
+    with caplog.at_level(logging.WARNING, logger="orchard.pacemaker"):
         runner.start()
         assert started.wait(10)
         (trial,) = storage.fetch_trials(exp_id)

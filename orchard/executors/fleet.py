@@ -35,9 +35,10 @@ from collections.abc import Sequence
 from concurrent.futures import Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor
 from types import TracebackType
 
-from orchard.errors import Interrupted, ReservationLostError, StorageError
+from orchard.errors import Interrupted, StorageError
 from orchard.executors.task import WorkerTask, run_worker
 from orchard.interruption import STOP_TIMEOUT, deferred, stop_workers
+from orchard.leases import give_back
 from orchard.resources import token_of
 from orchard.storages.base import BaseStorage
 from orchard.trial import Trial, TrialStatus
@@ -114,7 +115,7 @@ class Fleet:
             if not held:
                 return
             if isinstance(error, Interrupted):
-                error.released.extend(self._release(held))
+                self._give_back(held, error)
             elif not isinstance(error, KeyboardInterrupt):
                 self._take_back(held)
         except StorageError as err:  # their leases run out instead
@@ -127,15 +128,11 @@ class Fleet:
         interruption.released[:], interruption.kept[:] = late.released, late.kept
         interruption.unstopped = sum(not future.done() for future in self._futures)
 
-    def _release(self, held: list[Trial]) -> list[str]:
-        released = []
-        for trial in held:
-            try:
-                self.storage.release_trial(trial.id, trial.worker)
-            except ReservationLostError:  # taken back meanwhile
-                continue
-            released.append(trial.id)
-        return released
+    def _give_back(self, held: list[Trial], interruption: Interrupted) -> None:
+        """Release what ended loops hold; a trial a loop could not give back but this process could moves to released."""
+        released, kept = give_back(self.storage, {trial.id: trial.worker for trial in held if trial.worker is not None})
+        interruption.released += released
+        interruption.kept[:] = dict.fromkeys([*(tid for tid in interruption.kept if tid not in released), *kept])
 
     def _take_back(self, held: list[Trial]) -> None:
         leases = {trial.id: trial.lease for trial in held if trial.lease is not None}

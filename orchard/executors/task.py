@@ -19,12 +19,13 @@ import uuid
 from collections.abc import Callable
 from typing import Any
 
-from orchard.errors import ConfigurationError, Interrupted, ReservationLostError, StorageError
+from orchard.errors import ConfigurationError, Interrupted, StorageError
 from orchard.interruption import interruptible
-from orchard.objective import ObjectiveEvaluator, Outcome, TrialEvaluator
+from orchard.leases import give_back
+from orchard.objective import ObjectiveEvaluator, TrialEvaluator
 from orchard.resources import DEVICES_ENV, visible_devices, worker_label
 from orchard.storages.base import BaseStorage
-from orchard.trial import Trial, TrialStatus
+from orchard.trial import TrialStatus
 from orchard.worker import Worker, WorkerReport, WorkerSettings
 
 __all__ = ["WorkerTask", "check_travels", "run_worker"]
@@ -113,7 +114,7 @@ def run_worker(task: WorkerTask) -> WorkerReport:
 
 
 def _given_back(worker: Worker, interruption: KeyboardInterrupt) -> Interrupted:
-    """The interruption, once every trial the stopped worker still holds in the storage is released.
+    """The interruption, once every trial the stopped worker still holds in the storage is given back.
 
     A reservation whose write landed as the interruption came (the worker never saw
     it) is given back now, not taken back when its lease runs out as a lost attempt.
@@ -123,17 +124,11 @@ def _given_back(worker: Worker, interruption: KeyboardInterrupt) -> Interrupted:
     storage = worker.storage.storage
     done = {*stopped.released, *stopped.kept}
     try:
-        held = [trial for trial in storage.fetch_trials(worker.experiment_id, [TrialStatus.RESERVED])
-                if trial.worker == worker.name and trial.id not in done]
+        held = {trial.id: worker.name for trial in storage.fetch_trials(worker.experiment_id, [TrialStatus.RESERVED])
+                if trial.worker == worker.name and trial.id not in done}
     except StorageError:
         return stopped
-    for trial in held:
-        try:
-            storage.release_trial(trial.id, worker.name)
-        except ReservationLostError:  # judged lost meanwhile: no longer this worker's
-            continue
-        except StorageError:
-            stopped.kept.append(trial.id)
-        else:
-            stopped.released.append(trial.id)
+    released, kept = give_back(storage, held)
+    stopped.released += released
+    stopped.kept += kept
     return stopped
