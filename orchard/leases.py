@@ -13,6 +13,9 @@ makes it early: the observer can only under-estimate how long a value has
 stood. What it cannot see is an outage it did not meet itself; so a worker
 restarts its watches (:meth:`LeaseObserver.restart`) after every outage one of
 its own calls rode out *and* after every heartbeat of its own that failed.
+A reservation holding no heartbeat at all (another program wrote it: every
+reservation of Orchard's holds one) is watched the same way, its value
+``None``, and taken back without counting an attempt.
 
 A trial lost ``max_attempts`` times is not handed out again but marked
 broken with :func:`lost_error`, so a trial that kills every worker that

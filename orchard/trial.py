@@ -145,11 +145,14 @@ class Lease(NamedTuple):
     """A reservation as an observer saw it: its owner and the exact heartbeat value stored.
 
     A lease is judged lost by watching its heartbeat value not change, never by
-    comparing the value with a clock (see :mod:`orchard.leases`).
+    comparing the value with a clock (see :mod:`orchard.leases`). Orchard's workers
+    always write both; a reservation another program wrote may hold neither
+    (``None``): it is judged the same way, and taken back without counting an
+    attempt (:func:`take_back`).
     """
 
-    worker: str
-    heartbeat: float
+    worker: str | None
+    heartbeat: float | None
 
 
 @dataclasses.dataclass
@@ -246,10 +249,8 @@ class Trial:
 
     @property
     def lease(self) -> Lease | None:
-        """The reservation's owner and heartbeat, or ``None`` unless the trial is reserved."""
-        if self.status is not TrialStatus.RESERVED or self.worker is None or self.heartbeat is None:
-            return None
-        return Lease(self.worker, self.heartbeat)
+        """The reservation's owner and heartbeat (as stored, even ``None``), or ``None`` unless the trial is reserved."""
+        return Lease(self.worker, self.heartbeat) if self.status is TrialStatus.RESERVED else None
 
     @property
     def duration(self) -> float | None:
@@ -450,8 +451,14 @@ def take_back(trial: Trial, lease: Lease, max_attempts: int, now: float) -> Chan
     """reserved -> interrupted after ``lease`` was lost; -> broken (reason "lost") at ``max_attempts``.
 
     Conditional on the trial still holding exactly ``lease`` and ``trial``'s attempts.
+    A lease never heartbeaten (``heartbeat`` ``None``: no Orchard worker wrote it, as
+    every reservation of theirs holds one) lost no evaluation of ours: it is given
+    back as :func:`release` does, its attempt not counted, never broken.
     """
-    held = {"heartbeat": lease.heartbeat, "attempts": trial.attempts}
+    held = {"worker": lease.worker, "heartbeat": lease.heartbeat, "attempts": trial.attempts}
+    if lease.heartbeat is None:
+        return Change(_RESERVED, lease.worker, held, sets={
+            "status": TrialStatus.INTERRUPTED, "worker": None, "attempts": max(trial.attempts - 1, 0)})
     if trial.attempts >= max_attempts:
         return Change(_RESERVED, lease.worker, held, sets={
             "status": TrialStatus.BROKEN, "error": lost_error(trial.attempts), "end_time": now,

@@ -135,16 +135,15 @@ def test_two_releases_of_one_lost_trial_release_it_once(uri: str, tmp_path: Path
     assert released is not None and released.status is TrialStatus.INTERRUPTED and released.attempts == 1
 
 
-def test_a_reservation_without_heartbeat_is_released_only_with_force(capsys: pytest.CaptureFixture[str]) -> None:
-    """A reserved trial another program (or an older Orchard) wrote without a heartbeat: no worker ever releases it."""
+def test_a_reservation_without_heartbeat_is_judged_like_any_other_and_costs_no_attempt() -> None:
+    """A reserved trial another program (or an older Orchard) wrote without a heartbeat: unchanged for
+    3 × heartbeat, it is taken back as every worker would take it back, its attempt not counted."""
     uri = backend_uri("mongomock", None, Path())  # type: ignore[arg-type]
     experiment, trial = reserved_trial(uri)
     experiment.storage._trials.update_one({"_id": trial.id}, {"$unset": {"heartbeat": 1}})  # type: ignore[attr-defined]
-    assert main(["db", "release", "-n", "e", trial.id, "--storage", uri]) == 2
-    assert "holds no heartbeat" in last_line(capsys.readouterr().err)
-    assert main(["db", "release", "-n", "e", trial.id, "--force", "--storage", uri]) == 0
+    assert main(["db", "release", "-n", "e", trial.id, "--storage", uri]) == 0
     released = experiment.storage.get_trial(trial.id)
-    assert released is not None and released.status is TrialStatus.INTERRUPTED
+    assert released is not None and (released.status, released.attempts) == (TrialStatus.INTERRUPTED, 0)
 
 
 def test_the_refusal_bounds_the_heartbeat_age_by_the_last_read_that_saw_the_old_one() -> None:

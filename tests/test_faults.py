@@ -165,6 +165,23 @@ def test_a_trial_that_kills_its_worker_breaks_after_3_losses_and_the_experiment_
     assert len((tmp_path / "poisoned").read_text().split()) == 3
 
 
+def test_a_reservation_holding_no_heartbeat_is_taken_back_without_an_attempt_and_the_experiment_finishes(
+        tmp_path: Path, spawn: Callable[..., Worker]) -> None:
+    """The last trial of the budget is reserved by another program, with no heartbeat: the workers judge it
+    by observation like any lease (unchanged for 3 × heartbeat), take it back without counting an attempt
+    (max_attempts=1 would break it), evaluate it and finish. They used to wait for it for ever."""
+    uri = str(tmp_path / "db.pkl")
+    exp = orchard.build_experiment("foreign", space={"x": "uniform(0, 1)"}, algorithm="random", storage=uri,
+                                   max_trials=1, heartbeat=0.2, max_attempts=1)
+    held = Trial("", exp.id, {"x": 0.25}, status=TrialStatus.RESERVED, worker="another-program", attempts=1)
+    assert exp.storage.restore_trials(exp.id, [held]) == 1
+    workers = [spawn(uri, "foreign", "steady", max_trials=1, heartbeat=0.2) for _ in range(2)]
+    for worker in workers:
+        assert_finished_normally(worker, timeout=30)
+    [trial] = trials_of(uri, "foreign")
+    assert (trial.status, trial.params, trial.attempts) == (TrialStatus.COMPLETED, {"x": 0.25}, 1)
+
+
 # -- skewed clocks release nothing live (SPEC §5.8) ---------------------------------------
 
 

@@ -12,14 +12,14 @@ a clock, SPEC §5.8). It reads the trial every fraction of a heartbeat:
   seen;
 * the trial leaves ``reserved`` (its worker finished it, or someone released
   it): nothing to release;
-* it holds no heartbeat at all (another program's write): refused, ``--force``
-  only;
 * the value stands unchanged for the experiment's ``stale_after``
   (3 × heartbeat): the lease is lost, and the trial is taken back conditional on
   that exact lease (:meth:`~orchard.storages.base.BaseStorage.release_lost`), as
   any worker of the experiment would do then: interrupted, or broken once its
   reservations were lost ``max_attempts`` times. A heartbeat landing meanwhile
-  wins, and the command refuses as above.
+  wins, and the command refuses as above. A reservation holding no heartbeat
+  at all (another program's write) is judged the same way, and taken back
+  without counting an attempt (:func:`orchard.trial.take_back`).
 
 Ctrl-C while watching releases nothing.
 """
@@ -56,18 +56,13 @@ def release_if_lost(experiment: Experiment, trial: Trial, *, clock: Callable[[],
         sleep: waits between reads (injectable for tests).
 
     Raises:
-        ConfigurationError: the trial's worker is alive (its heartbeat changed while watched), the
-            trial left ``reserved`` meanwhile, or it holds no heartbeat to watch; nothing was released.
+        ConfigurationError: the trial's worker is alive (its heartbeat changed while watched), or
+            the trial left ``reserved`` meanwhile; nothing was released.
         TrialNotFoundError: the trial (or its experiment) was deleted meanwhile.
     """
     settings, storage = experiment.settings, experiment.storage
     lease = trial.lease
-    if lease is None:  # reserved without a heartbeat: Orchard never writes one, no worker judges it lost
-        raise ConfigurationError(
-            f"trial {trial.id} of experiment {experiment.name!r} is reserved by {trial.worker} but holds no "
-            "heartbeat (written by another program or an older Orchard), so whether its worker is alive "
-            "cannot be judged and no worker will ever release it; if you know that worker is gone, add --force"
-        )
+    assert lease is not None, "the caller passes a reserved trial"
     observer = LeaseObserver(settings.stale_after, clock)
     poll = min(_LONGEST_POLL, settings.heartbeat / _POLLS_PER_HEARTBEAT)
     print(f"trial {trial.id} is reserved by {lease.worker}; watching its heartbeat for up to "

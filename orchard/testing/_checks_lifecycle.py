@@ -253,6 +253,19 @@ class LostReservationChecks(Checks):
         assert storage.release_trial(trial.id, W1).attempts == 0
         assert stored(storage, trial.id).attempts == 0
 
+    def test_a_reservation_holding_no_heartbeat_is_taken_back_without_counting_an_attempt(
+            self, storage: BaseStorage, exp: str) -> None:
+        # another program's write (no heartbeat, maybe no owner): judged as any lease, lost no evaluation of ours
+        foreign = [Trial("", exp, {"x": 0.0}, status=TrialStatus.RESERVED, worker=W1, attempts=1),
+                   Trial("", exp, {"x": 1.0}, status=TrialStatus.RESERVED, attempts=1)]
+        assert storage.restore_trials(exp, foreign) == 2
+        leases = {trial.id: lease_of(trial) for trial in storage.fetch_trials(exp)}
+        assert set(leases.values()) == {Lease(None, None), Lease(W1, None)}
+        assert storage.release_lost(exp, {tid: Lease(W2, None) for tid in leases}, 1) == [], "not the lease held"
+        taken = storage.release_lost(exp, leases, max_attempts=1)
+        assert sorted((t.status, t.worker, t.attempts) for t in taken) == [(TrialStatus.INTERRUPTED, None, 0)] * 2
+        assert [stored(storage, t.id).to_dict() for t in taken] == [t.to_dict() for t in taken]
+
     def test_a_heartbeat_is_a_change(self, storage: BaseStorage, exp: str) -> None:
         trial = storage.register_trial(exp, {"x": 0.0}, worker=W1)
         _, cursor = storage.fetch_changes(exp)
