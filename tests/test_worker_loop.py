@@ -208,6 +208,29 @@ def test_thread_workers_told_to_stop_reserve_no_trial_after(storage, exp_id) -> 
     assert [t.status for t in storage.fetch_trials(exp_id)] == [TrialStatus.COMPLETED] * 2
 
 
+def test_a_thread_worker_waiting_for_trials_held_elsewhere_stops_when_told(storage, exp_id) -> None:
+    """The budget is held by a live worker of another process: the thread worker waits for it, and the
+    stop event ends the wait (it waited for ever: Ctrl-C of workon(executor="thread") hung, ignoring SIGTERM)."""
+    from orchard.executors.task import WorkerTask, run_worker
+
+    storage.register_trial(exp_id, {"x": 0.5}, worker="elsewhere:1:alive", budget=1)  # its lease lasts 90 s
+    stop = threading.Event()
+    ended: list[BaseException] = []
+
+    def work() -> None:
+        try:
+            run_worker(WorkerTask(storage, exp_id, settings(max_trials=1), lambda x: x, stop=stop))
+        except BaseException as err:  # noqa: BLE001 -- what ended the loop is the result
+            ended.append(err)
+
+    waiting = threading.Thread(target=work, daemon=True)
+    waiting.start()
+    stop.set()  # checked before each look at the storage
+    waiting.join(20)
+    assert not waiting.is_alive(), "the worker went on waiting after it was told to stop"
+    assert len(ended) == 1 and isinstance(ended[0], Interrupted) and not ended[0].released
+
+
 def test_worker_waits_for_others_then_exits_on_idle_timeout(storage, exp_id) -> None:
     storage.register_trial(exp_id, {"x": 0.9}, worker="someone-else", budget=1)
     clock = ManualClock()
