@@ -18,10 +18,11 @@ never blocks in retries, so an outage cannot keep it from holding.
 from __future__ import annotations
 
 import atexit
+import contextlib
 import logging
 import threading
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 from orchard.clock import SYSTEM_CLOCK, Clock
@@ -33,6 +34,9 @@ from orchard.trial import Trial
 __all__ = ["Evaluation", "Pacemaker"]
 
 log = logging.getLogger(__name__)
+
+#: Seconds between two looks of an evaluation's stop watch at whether the evaluation ended.
+_STOP_LOOK = 0.1
 
 
 class Pacemaker:
@@ -219,21 +223,58 @@ class Pacemaker:
 
 
 class Evaluation:
-    """The evaluation a worker runs now, as a :class:`Pacemaker`'s callbacks reach it from the heartbeat thread.
+    """The evaluation a worker runs now, as its :class:`Pacemaker` and its caller's stop request reach it.
 
-    Give :meth:`cancel` as ``on_lost`` and :meth:`hold` as ``on_doubt``; they act on the
-    evaluator only while :attr:`trial` is the trial they are called for (the worker sets it
-    around each evaluation), and never raise: the heartbeat thread must survive a faulty evaluator.
+    Give :meth:`cancel` as the pacemaker's ``on_lost`` and :meth:`hold` as its ``on_doubt``;
+    they act on the evaluator only while it evaluates the trial they are called for (the
+    worker evaluates within :meth:`running`), and never raise: the heartbeat thread must
+    survive a faulty evaluator. Once ``stop`` is set during an evaluation, the evaluation
+    is stopped if it can be (:meth:`stopped` then says so).
 
     Args:
         evaluate: the worker's evaluator; its ``cancel(trial)`` and ``hold(trial, held)``, if it
             has them, answer False when they cannot act (see :class:`~orchard.objective.TrialEvaluator`).
         worker: the worker's name, for the log.
+        stop: the caller's request to stop a worker running as its thread (``None``: none).
     """
 
-    def __init__(self, evaluate: Callable[[Trial], object], worker: str) -> None:
-        self.evaluate, self.worker = evaluate, worker
+    def __init__(self, evaluate: Callable[[Trial], object], worker: str,
+                 stop: threading.Event | None = None) -> None:
+        self.evaluate, self.worker, self._stop = evaluate, worker, stop
         self.trial: Trial | None = None
+        self._stopped: str | None = None  # the trial whose evaluation the stop request stopped
+
+    @contextlib.contextmanager
+    def running(self, trial: Trial) -> Iterator[None]:
+        """While the block evaluates ``trial``, the callbacks and the stop request reach its evaluation."""
+        self.trial, self._stopped = trial, None
+        ended = threading.Event()
+        if self._stop is not None:
+            threading.Thread(target=self._stop_when_asked, args=(self._stop, trial, ended),
+                             name="orchard-stop-watch", daemon=True).start()
+        try:
+            yield
+        finally:
+            self.trial = None
+            ended.set()
+
+    def stopped(self, trial_id: str, error: Mapping[str, Any] | None) -> bool:
+        """Whether the stop request stopped ``trial_id``'s evaluation (its outcome's ``error`` says it was cancelled).
+
+        An evaluation that ended by itself as the request came keeps its outcome.
+        """
+        return self._stopped == trial_id and error is not None and error.get("reason") == "cancelled"
+
+    def _stop_when_asked(self, stop: threading.Event, trial: Trial, ended: threading.Event) -> None:
+        """Wait for the stop, then ask the evaluator to stop until it can (a child not forked yet cannot) or it ended."""
+        while not stop.wait(_STOP_LOOK):
+            if ended.is_set():
+                return
+        while not ended.is_set():
+            if self._tell(trial, "cancel") is not False:
+                self._stopped = trial.id
+                return
+            ended.wait(_STOP_LOOK)
 
     def hold(self, trial_id: str, held: bool) -> object:
         """Pause the evaluation while its lease is in doubt, or resume it; False when it cannot be paused."""

@@ -121,7 +121,9 @@ class Worker:
         stop: set from another thread to stop the loop, which no signal reaches in a thread
             (``executor="thread"``): :meth:`next_trial` checks it before each reservation and
             raises :class:`~orchard.errors.Interrupted` instead of reserving (a trial won as it
-            was set is given back). An evaluation under way runs to its end and is recorded.
+            was set is given back). An evaluation under way that can be stopped (a watched child,
+            a script) is stopped and its trial given back, as on Ctrl-C; one in the worker's own
+            thread runs to its end and is recorded.
     """
 
     def __init__(
@@ -155,7 +157,7 @@ class Worker:
         self.stopping = None if rules is None else StopGate(storage, experiment_id, rules, self.label, clock.monotonic)
         # the pacemaker beats on the unwrapped storage: it must never block in an outage's retries
         self.clock = clock
-        self.evaluation = Evaluation(evaluate, self.name)  # what the heartbeat thread may hold or cancel
+        self.evaluation = Evaluation(evaluate, self.name, stop)  # what the heartbeat thread and the stop reach
         self.pacemaker = Pacemaker(self.storage.storage, self.name, settings.heartbeat,
                                    on_lost=self.evaluation.cancel, on_doubt=self.evaluation.hold, clock=clock)
         self._leases = LeaseObserver(settings.stale_after, clock=clock.monotonic)
@@ -187,9 +189,8 @@ class Worker:
             self.pacemaker.close()
 
     def _run_trial(self, trial: Trial) -> None:
-        self.evaluation.trial = trial
-        try:
-            with judging(self.judge, trial.id):  # orchard.report() inside the evaluation comes here
+        try:  # orchard.report() inside the evaluation comes to the judge; the heartbeat thread and the stop to it
+            with self.evaluation.running(trial), judging(self.judge, trial.id):
                 outcome = self.evaluate(trial)
         except KeyboardInterrupt as err:
             interruption = self._given_back(trial, err if isinstance(err, Interrupted) else Interrupted())
@@ -199,8 +200,8 @@ class Worker:
         except BaseException as err:  # noqa: BLE001 -- a faulty evaluator must not leave the trial reserved
             log.error("worker %s: evaluating trial %s raised %s", self.name, trial.id, type(err).__name__)
             outcome = Outcome.from_exception(err)
-        finally:
-            self.evaluation.trial = None
+        if self.evaluation.stopped(trial.id, outcome.error):  # at the caller's request: given back, not recorded
+            raise self._given_back(trial, Interrupted())
         with deferred():  # SIGTERM, Ctrl-C: the outcome is stored first
             try:
                 self.finish(trial, outcome)

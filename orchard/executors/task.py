@@ -46,8 +46,9 @@ class WorkerTask:
     devices: str | None = None  # CUDA_VISIBLE_DEVICES of this worker; None leaves the environment alone
     #: The last part of the worker's name (``host:pid:TOKEN``): how its caller knows its reservations.
     token: str = dataclasses.field(default_factory=lambda: uuid.uuid4().hex[:8])
-    #: Set by the caller to stop a loop that runs as one of its threads (which no signal reaches):
-    #: it reserves no trial after (see :class:`~orchard.worker.Worker`); ``None`` for a loop in another process.
+    #: Set by the caller to stop a loop that runs as one of its threads (which no signal reaches): it reserves
+    #: no trial after, and stops an evaluation it can stop (see :class:`~orchard.worker.Worker`); ``None`` for a
+    #: loop in another process.
     stop: threading.Event | None = None
 
 
