@@ -296,7 +296,8 @@ class Experiment:
                                   show_bar=progress and sys.stderr.isatty())
         fleet = Fleet(self.storage, self.id, tasks, settings.max_attempts)  # gives back what ended workers hold
         with interruptible(), monitor, fleet, pool_manager as pool:
-            errors = fleet.run(pool, reachable=reaches_local_processes(executor))
+            errors = fleet.run(pool, reachable=reaches_local_processes(executor)
+                               or shares_environment(executor, executor_config))
         self._raise_worker_failure([e for e in errors if e is not None], str(executor))
         trials = self.fetch_trials()  # one read for the broken check and the stats
         self._raise_if_broken(trials)

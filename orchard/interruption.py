@@ -34,10 +34,9 @@ handler may happen to run (a worker starting a script as the signal came): an
 :class:`Interrupted` dropped there is delivered again (``sys.unraisablehook``),
 else the worker would run on, ignoring every later copy. No signal reaches
 workers running as threads of the caller (``executor="thread"``): they are
-told by an event and reserve no trial after it; an evaluation in a watched
-child or a script is stopped and its trial released, one in the thread itself
-runs to its end and is recorded (:class:`~orchard.executors.fleet.Fleet`).
-Dask workers are not reached. Ctrl-Z is not an interruption: :func:`interruptible`
+told by a request instead (:mod:`orchard.executors.threads`), which reaches
+the threads of an in-process Dask ``LocalCluster`` too. Dask workers in other
+processes are not reached. Ctrl-Z is not an interruption: :func:`interruptible`
 also pauses the evaluations' process groups with the worker (:mod:`orchard.suspension`).
 """
 

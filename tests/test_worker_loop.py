@@ -191,8 +191,9 @@ def test_thread_workers_told_to_stop_reserve_no_trial_after(storage, exp_id) -> 
     from concurrent.futures import ThreadPoolExecutor
 
     from orchard.executors.task import WorkerTask, run_worker
+    from orchard.executors.threads import StopRequest
 
-    stop = threading.Event()
+    stop = StopRequest()
     evaluating = threading.Barrier(2)
 
     def objective(x: float) -> float:
@@ -200,11 +201,12 @@ def test_thread_workers_told_to_stop_reserve_no_trial_after(storage, exp_id) -> 
         stop.set()
         return x
 
-    tasks = [WorkerTask(storage, exp_id, settings(max_trials=20), objective, stop=stop) for _ in range(2)]
-    with ThreadPoolExecutor(2) as pool:
+    tasks = [WorkerTask(storage, exp_id, settings(max_trials=20), objective) for _ in range(2)]
+    with stop.covering(task.token for task in tasks), ThreadPoolExecutor(2) as pool:
         futures = [pool.submit(run_worker, task) for task in tasks]
-    stopped = [future.exception() for future in futures]
-    assert all(isinstance(end, Interrupted) and not end.released and not end.kept for end in stopped), stopped
+    assert [future.exception() for future in futures] == [None, None]  # returned: Dask's threads die of a raise
+    assert len(stop.reports) == 2, stop.reports
+    assert all(not end.released and not end.kept for end in stop.reports), stop.reports
     assert [t.status for t in storage.fetch_trials(exp_id)] == [TrialStatus.COMPLETED] * 2
 
 
@@ -212,23 +214,18 @@ def test_a_thread_worker_waiting_for_trials_held_elsewhere_stops_when_told(stora
     """The budget is held by a live worker of another process: the thread worker waits for it, and the
     stop event ends the wait (it waited for ever: Ctrl-C of workon(executor="thread") hung, ignoring SIGTERM)."""
     from orchard.executors.task import WorkerTask, run_worker
+    from orchard.executors.threads import StopRequest
 
     storage.register_trial(exp_id, {"x": 0.5}, worker="elsewhere:1:alive", budget=1)  # its lease lasts 90 s
-    stop = threading.Event()
-    ended: list[BaseException] = []
-
-    def work() -> None:
-        try:
-            run_worker(WorkerTask(storage, exp_id, settings(max_trials=1), lambda x: x, stop=stop))
-        except BaseException as err:  # noqa: BLE001 -- what ended the loop is the result
-            ended.append(err)
-
-    waiting = threading.Thread(target=work, daemon=True)
-    waiting.start()
-    stop.set()  # checked before each look at the storage
-    waiting.join(20)
+    stop = StopRequest()
+    task = WorkerTask(storage, exp_id, settings(max_trials=1), lambda x: x)
+    waiting = threading.Thread(target=run_worker, args=(task,), daemon=True)
+    with stop.covering([task.token]):
+        waiting.start()
+        stop.set()  # checked before each look at the storage
+        waiting.join(20)
     assert not waiting.is_alive(), "the worker went on waiting after it was told to stop"
-    assert len(ended) == 1 and isinstance(ended[0], Interrupted) and not ended[0].released
+    assert len(stop.reports) == 1 and not stop.reports[0].released, stop.reports
 
 
 def test_worker_waits_for_others_then_exits_on_idle_timeout(storage, exp_id) -> None:

@@ -215,8 +215,11 @@ def objective(x):
     return x
 if __name__ == "__main__":  # Dask starts its workers with spawn
     exp = orchard.build_experiment("term", space={"x": "uniform(0, 1)"}, storage=sys.argv[2], max_trials=8)
+    in_process = sys.argv[5] == "dask-threads"  # the LocalCluster's workers are threads of this process
     exp.workon(objective, n_workers=int(sys.argv[3]), trial_timeout=float(sys.argv[4]) or None, progress=False,
-               executor=sys.argv[5], executor_config={"dashboard_address": None} if sys.argv[5] == "dask" else None)
+               executor="dask" if in_process else sys.argv[5],
+               executor_config={"dashboard_address": None, "processes": False} if in_process
+               else {"dashboard_address": None} if sys.argv[5] == "dask" else None)
 """
 
 
@@ -264,16 +267,18 @@ def test_pool_workers_of_a_killed_workon_give_their_trials_back_and_exit(tmp_pat
 @pytest.mark.parametrize(("n_workers", "trial_timeout", "sig", "executor"),
                          [(2, 0, signal.SIGTERM, "joblib"), (1, 120, signal.SIGTERM, "single"),
                           (2, 0, signal.SIGHUP, "joblib"), (2, 0, signal.SIGTERM, "dask"),
-                          (2, 120, signal.SIGTERM, "thread")],
+                          (2, 120, signal.SIGTERM, "thread"), (2, 120, signal.SIGTERM, "dask-threads")],
                          ids=["two-pool-workers", "one-worker-with-trial-timeout", "SIGHUP-two-pool-workers",
-                              "two-dask-local-workers", "two-thread-workers-with-trial-timeout"])
+                              "two-dask-local-workers", "two-thread-workers-with-trial-timeout",
+                              "two-in-process-dask-workers-with-trial-timeout"])
 def test_sigterm_to_workon_stops_its_workers_and_releases_their_trials(
         tmp_path, n_workers: int, trial_timeout: float, sig: signal.Signals, executor: str) -> None:
     """``kill`` on a Python process running ``workon`` (a scheduler's SIGTERM; SIGHUP, its terminal closed):
     its workers stop with it, and the trials they were running are released (``interrupted``), not left
     ``reserved`` or finished later. Dask workers cannot be interrupted, but those of the LocalCluster workon
-    started end with it, and their trials are released once they did. Thread workers are told by an event:
-    an evaluation in a watched child (trial_timeout) is stopped at once, not run to its timeout and broken."""
+    started end with it, and their trials are released once they did. Workers running as threads of the
+    process (``thread``, an in-process LocalCluster) are told by an event: an evaluation in a watched child
+    (trial_timeout) is stopped at once, not run to its timeout and broken."""
     running = tmp_path / "running"
     running.mkdir()
     script = tmp_path / "script.py"

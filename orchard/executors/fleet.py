@@ -28,15 +28,14 @@ runs, never handed out for ever.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import logging
-import threading
 from collections.abc import Sequence
-from concurrent.futures import Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor
+from concurrent.futures import Executor, Future, ProcessPoolExecutor
 from types import TracebackType
 
 from orchard.errors import Interrupted, StorageError
 from orchard.executors.task import WorkerTask, run_worker
+from orchard.executors.threads import StopRequest
 from orchard.interruption import STOP_TIMEOUT, deferred, stop_workers
 from orchard.leases import give_back
 from orchard.resources import token_of
@@ -66,15 +65,16 @@ class Fleet:
         self.storage, self.experiment_id = storage, experiment_id
         self.tasks, self.max_attempts = list(tasks), max_attempts
         self._futures: list[Future[WorkerReport]] = []
-        self._stop = threading.Event()
+        self._stop = StopRequest()  # tells the loops running as threads of this process
+        self._exits = contextlib.ExitStack()
 
     def run(self, pool: Executor, reachable: bool = True) -> list[BaseException | None]:
         """Run one worker loop per task on ``pool`` and wait for them all.
 
         Args:
             pool: the executor.
-            reachable: the loops run in this thread or in child processes of this one, which an
-                interruption of this process can stop (else it does not wait for them).
+            reachable: the loops run in this thread, in child processes of this one or as its
+                threads, which an interruption of this process can stop (else it does not wait for them).
 
         Returns:
             What each loop raised (``None`` for a loop that ended normally), in task order.
@@ -84,24 +84,27 @@ class Fleet:
                 :func:`~orchard.interruption.interruptible`); the loops in local worker
                 processes were told to stop, and the error says what they released.
         """
-        threads = isinstance(pool, ThreadPoolExecutor)  # no signal reaches them: they are told by an event
         try:
             # the standard library's pool forks its processes as tasks are submitted, and an interruption
             # handled in fork's at-fork hooks would be dropped there (an inline pool runs whole loops here)
             with deferred() if isinstance(pool, ProcessPoolExecutor) else contextlib.nullcontext():
                 for task in self.tasks:
-                    self._futures.append(pool.submit(run_worker, dataclasses.replace(task, stop=self._stop)
-                                                     if threads else task))
+                    self._futures.append(pool.submit(run_worker, task))
             return [future.exception() for future in self._futures]
         except KeyboardInterrupt as interruption:
             self._stop.set()
-            raise stop_workers(interruption, self._futures, STOP_TIMEOUT if reachable else 0.0) from None
+            stopped = stop_workers(interruption, self._futures, STOP_TIMEOUT if reachable else 0.0)
+            if reachable:  # and the loops running as threads, whose futures a Dask client cancels
+                self._stop.wait(STOP_TIMEOUT)
+            raise stopped from None
 
     def __enter__(self) -> Fleet:
+        self._exits.enter_context(self._stop.covering(task.token for task in self.tasks))
         return self
 
     def __exit__(self, kind: type[BaseException] | None, error: BaseException | None,
                  traceback: TracebackType | None) -> None:
+        self._exits.close()  # the pool is closed: every loop has looked its stop request up
         ended = {task.token for task, future in zip(self.tasks, self._futures) if future.done()}
         if isinstance(error, Interrupted):
             self._count_late_stops(error)
@@ -124,7 +127,7 @@ class Fleet:
     def _count_late_stops(self, interruption: Interrupted) -> None:
         """Add what loops that stopped once the pool closed (threads, a LocalCluster's) reported."""
         reports = [future.exception() for future in self._futures if future.done() and not future.cancelled()]
-        late = interruption.joined(reports)
+        late = interruption.joined([*reports, *self._stop.reports])
         interruption.released[:], interruption.kept[:] = late.released, late.kept
         interruption.unstopped = sum(not future.done() for future in self._futures)
 

@@ -14,12 +14,12 @@ import contextlib
 import dataclasses
 import os
 import pickle
-import threading
 import uuid
 from collections.abc import Callable
 from typing import Any
 
 from orchard.errors import ConfigurationError, Interrupted, StorageError
+from orchard.executors.threads import request_for
 from orchard.interruption import interruptible
 from orchard.leases import give_back
 from orchard.objective import ObjectiveEvaluator, TrialEvaluator
@@ -44,12 +44,9 @@ class WorkerTask:
     working_dir: str | None = None  # per-trial folders of orchard.current_trial()
     memory_limit: int | None = None  # bytes, for a Python fn (a TrialEvaluator has its own)
     devices: str | None = None  # CUDA_VISIBLE_DEVICES of this worker; None leaves the environment alone
-    #: The last part of the worker's name (``host:pid:TOKEN``): how its caller knows its reservations.
+    #: The last part of the worker's name (``host:pid:TOKEN``): how its caller knows its reservations
+    #: and, for a loop running as its thread, tells it to stop (:mod:`orchard.executors.threads`).
     token: str = dataclasses.field(default_factory=lambda: uuid.uuid4().hex[:8])
-    #: Set by the caller to stop a loop that runs as one of its threads (which no signal reaches): it reserves
-    #: no trial after, and stops an evaluation it can stop (see :class:`~orchard.worker.Worker`); ``None`` for a
-    #: loop in another process.
-    stop: threading.Event | None = None
 
 
 def check_travels(fn: Callable[..., Any], storage: BaseStorage, executor: str | Any) -> None:
@@ -92,7 +89,9 @@ def run_worker(task: WorkerTask) -> WorkerReport:
     ``CUDA_VISIBLE_DEVICES`` for its lifetime and carries them in its name.
     SIGINT, SIGTERM and the stop request of the process that submitted the task
     interrupt it (:func:`~orchard.interruption.interruptible`): it releases its
-    trial and raises :class:`~orchard.errors.Interrupted`.
+    trial and raises :class:`~orchard.errors.Interrupted`. A loop running as a
+    thread of that process is told by its request instead
+    (:mod:`orchard.executors.threads`), reports that error to it, and returns.
 
     Args:
         task: the storage, experiment, settings, objective and resources.
@@ -103,13 +102,19 @@ def run_worker(task: WorkerTask) -> WorkerReport:
     fn = task.fn
     evaluate: TrialEvaluator = fn if isinstance(fn, TrialEvaluator) else ObjectiveEvaluator(
         fn, task.trial_timeout, task.memory_limit, task.working_dir)
-    with interruptible(), visible_devices(task.devices):
+    request = request_for(task.token)
+    with request.running() if request else contextlib.nullcontext() as stop, interruptible(), \
+            visible_devices(task.devices):
         worker = Worker(task.storage, task.experiment_id, task.settings, evaluate,
-                        name=worker_label(os.environ.get(DEVICES_ENV), task.token), label=task.label, stop=task.stop)
+                        name=worker_label(os.environ.get(DEVICES_ENV), task.token), label=task.label, stop=stop)
         try:
             return worker.run()
         except KeyboardInterrupt as interruption:
-            raise _given_back(worker, interruption) from None
+            stopped = _given_back(worker, interruption)
+            if request is None or not request.event.is_set():
+                raise stopped from None
+            request.reports.append(stopped)  # and returned: Dask's worker threads die of a KeyboardInterrupt
+            return worker.report
         finally:
             task.storage.close()
 
