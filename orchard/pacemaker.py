@@ -35,7 +35,7 @@ __all__ = ["Evaluation", "Pacemaker"]
 
 log = logging.getLogger(__name__)
 
-#: Seconds between two looks of an evaluation's stop watch at whether the evaluation ended.
+#: Seconds between two looks of an evaluation's stop watch at whether its caller asked to stop.
 _STOP_LOOK = 0.1
 
 
@@ -243,20 +243,21 @@ class Evaluation:
         self.evaluate, self.worker, self._stop = evaluate, worker, stop
         self.trial: Trial | None = None
         self._stopped: str | None = None  # the trial whose evaluation the stop request stopped
+        self._closed = threading.Event()
+        self._watch: threading.Thread | None = None
 
     @contextlib.contextmanager
     def running(self, trial: Trial) -> Iterator[None]:
         """While the block evaluates ``trial``, the callbacks and the stop request reach its evaluation."""
         self.trial, self._stopped = trial, None
-        ended = threading.Event()
-        if self._stop is not None:
-            threading.Thread(target=self._stop_when_asked, args=(self._stop, trial, ended),
-                             name="orchard-stop-watch", daemon=True).start()
+        if self._stop is not None and self._watch is None:
+            self._watch = threading.Thread(target=self._stop_when_asked, args=(self._stop,),
+                                           name="orchard-stop-watch", daemon=True)
+            self._watch.start()
         try:
             yield
         finally:
             self.trial = None
-            ended.set()
 
     def stopped(self, trial_id: str, error: Mapping[str, Any] | None) -> bool:
         """Whether the stop request stopped ``trial_id``'s evaluation (its outcome's ``error`` says it was cancelled).
@@ -265,16 +266,18 @@ class Evaluation:
         """
         return self._stopped == trial_id and error is not None and error.get("reason") == "cancelled"
 
-    def _stop_when_asked(self, stop: threading.Event, trial: Trial, ended: threading.Event) -> None:
-        """Wait for the stop, then ask the evaluator to stop until it can (a child not forked yet cannot) or it ended."""
-        while not stop.wait(_STOP_LOOK):
-            if ended.is_set():
-                return
-        while not ended.is_set():
-            if self._tell(trial, "cancel") is not False:
+    def close(self) -> None:
+        """End the stop request's watch (the worker evaluates no more)."""
+        self._closed.set()
+
+    def _stop_when_asked(self, stop: threading.Event) -> None:
+        """Once ``stop`` is set, ask the evaluator to stop the evaluation under way until it can
+        (a child not forked yet cannot), until :meth:`close`."""
+        while not self._closed.wait(_STOP_LOOK):
+            trial = self.trial
+            if (stop.is_set() and trial is not None and self._stopped != trial.id
+                    and self._tell(trial, "cancel") is not False):
                 self._stopped = trial.id
-                return
-            ended.wait(_STOP_LOOK)
 
     def hold(self, trial_id: str, held: bool) -> object:
         """Pause the evaluation while its lease is in doubt, or resume it; False when it cannot be paused."""

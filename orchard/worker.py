@@ -187,6 +187,7 @@ class Worker:
                     self._run_trial(trial)
         finally:
             self.pacemaker.close()
+            self.evaluation.close()
 
     def _run_trial(self, trial: Trial) -> None:
         try:  # orchard.report() inside the evaluation comes to the judge; the heartbeat thread and the stop to it
