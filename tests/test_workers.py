@@ -223,6 +223,48 @@ if __name__ == "__main__":  # Dask starts its workers with spawn
 """
 
 
+BORROWED_CLIENT_SCRIPT = """
+import sys, time, orchard
+import orchard.executors.fleet
+orchard.executors.fleet.STOP_TIMEOUT = 0.5  # as for an evaluation longer than the 30 s workon waits
+def objective(x):
+    open(sys.argv[2], "a").close()
+    time.sleep(2)
+    return x
+if __name__ == "__main__":
+    from dask.distributed import Client
+    client = Client(processes=False, n_workers=1, threads_per_worker=1, dashboard_address=None)
+    exp = orchard.build_experiment("borrowed", space={"x": "uniform(0, 1)"}, storage=sys.argv[1], max_trials=4)
+    try:
+        exp.workon(objective, n_workers=1, executor=client, progress=False)
+    except orchard.Interrupted as err:
+        print(err, flush=True)
+    while exp.fetch_trials([orchard.TrialStatus.RESERVED]):  # a notebook goes on: the loop ends its evaluation
+        time.sleep(0.05)
+    print(*[t.status.value for t in exp.fetch_trials()], flush=True)
+"""
+
+
+@pytest.mark.timeout(120)
+def test_ctrl_c_does_not_take_back_the_trial_of_a_loop_still_running_in_a_borrowed_in_process_dask_client(
+        tmp_path) -> None:
+    """The caller's own Dask client (left open) whose workers are threads of this process: Ctrl-C stops
+    its loop after the evaluation under way, whose result is stored. Dask cancels the loop's future at
+    once; workon took that for an ended loop and gave its trial back under it, throwing the result away."""
+    script, marker = tmp_path / "script.py", tmp_path / "started"
+    script.write_text(BORROWED_CLIENT_SCRIPT)
+    proc = subprocess.Popen([sys.executable, str(script), str(tmp_path / "o.pkl"), str(marker)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    while not marker.exists():
+        assert time.monotonic() < deadline and proc.poll() is None, proc.communicate()
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err
+    assert out.splitlines() == ["no trial was running", "completed"], (out, err[-2000:])
+
+
 def _alive(pid: int) -> bool:
     try:
         state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]

@@ -105,7 +105,9 @@ class Fleet:
     def __exit__(self, kind: type[BaseException] | None, error: BaseException | None,
                  traceback: TracebackType | None) -> None:
         self._exits.close()  # the pool is closed: every loop has looked its stop request up
+        # a Dask client cancels the future of a loop still running as a thread of this process: not ended
         ended = {task.token for task, future in zip(self.tasks, self._futures) if future.done()}
+        ended -= self._stop.still_running()
         if isinstance(error, Interrupted):
             self._count_late_stops(error)
         elif not any(future.cancelled() or future.exception() for future in self._futures if future.done()):

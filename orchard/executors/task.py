@@ -103,7 +103,7 @@ def run_worker(task: WorkerTask) -> WorkerReport:
     evaluate: TrialEvaluator = fn if isinstance(fn, TrialEvaluator) else ObjectiveEvaluator(
         fn, task.trial_timeout, task.memory_limit, task.working_dir)
     request = request_for(task.token)
-    with request.running() if request else contextlib.nullcontext() as stop, interruptible(), \
+    with request.running(task.token) if request else contextlib.nullcontext() as stop, interruptible(), \
             visible_devices(task.devices):
         worker = Worker(task.storage, task.experiment_id, task.settings, evaluate,
                         name=worker_label(os.environ.get(DEVICES_ENV), task.token), label=task.label, stop=stop)

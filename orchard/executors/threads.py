@@ -45,7 +45,7 @@ class StopRequest:
         self.event = threading.Event()
         #: What each loop stopped by the request gave back.
         self.reports: list[Interrupted] = []
-        self._running = 0
+        self._running: set[str] = set()  # the tokens of the loops that found the request and still run
         self._changed = threading.Condition()
 
     @contextlib.contextmanager
@@ -66,18 +66,23 @@ class StopRequest:
     def wait(self, timeout: float) -> bool:
         """Wait until no loop that found the request runs any more; return whether none does."""
         with self._changed:
-            return self._changed.wait_for(lambda: self._running == 0, timeout)
+            return self._changed.wait_for(lambda: not self._running, timeout)
+
+    def still_running(self) -> frozenset[str]:
+        """The tokens of the loops that found the request and have not ended (whatever their futures say)."""
+        with self._changed:
+            return frozenset(self._running)
 
     @contextlib.contextmanager
-    def running(self) -> Iterator[threading.Event]:
-        """For a loop, while it runs: the event that tells it to stop."""
+    def running(self, token: str) -> Iterator[threading.Event]:
+        """For the loop of the task with ``token``, while it runs: the event that tells it to stop."""
         with self._changed:
-            self._running += 1
+            self._running.add(token)
         try:
             yield self.event
         finally:
             with self._changed:
-                self._running -= 1
+                self._running.discard(token)
                 self._changed.notify_all()
 
 
