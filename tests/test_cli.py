@@ -180,6 +180,37 @@ def test_hunt_runs_the_script_per_trial_in_its_folder(
         assert trial.objective == pytest.approx((x - 0.3) ** 2 + (y - 0.2) ** 2)
 
 
+def test_hunts_started_from_other_directories_share_the_trial_folders(
+    workdir: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Before, the default ./orchard-runs/NAME was each hunt's own: checkpoints split between folders."""
+    storage, script = str(workdir / "orchard.pkl"), str(workdir / "train.py")
+    command = [sys.executable, script, *PRIORS]
+    for where, budget in (("a", "2"), ("b", "4")):
+        (workdir / where).mkdir()
+        monkeypatch.chdir(workdir / where)  # a second terminal, a SLURM job started elsewhere
+        assert main(["hunt", "-n", "e", "--storage", storage, "--max-trials", budget, *command]) == 0
+    done = trials("e", storage)
+    assert orchard.get_experiment("e", storage=storage).settings.working_dir == str(workdir / "a" / "orchard-runs" / "e")
+    assert {Path(t.results["cwd"]).parent for t in done} == {workdir / "a" / "orchard-runs" / "e"}
+    assert len(done) == 4 and not (workdir / "b" / "orchard-runs").exists()
+
+
+def test_a_trial_folder_this_machine_cannot_create_stops_hunt_before_any_trial_breaks(
+    workdir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Before, every trial broke on it ("cannot prepare trial folder") until the experiment was broken."""
+    (workdir / "a-file").write_text("")
+    assert hunt("e", "--max-trials", "4", "--working-dir", str(workdir / "a-file" / "runs")) == 2
+    line = error_line(capsys.readouterr().err)
+    assert "cannot create the folder of experiment 'e'" in line and "--working-dir" in line
+    assert main(["list", "--storage", "orchard.pkl"]) == 0 and "no experiments" in capsys.readouterr().out
+    orchard.build_experiment("e", space={"x": "uniform(0, 1)", "y": "uniform(0, 1)"}, storage="orchard.pkl",
+                             working_dir=str(workdir / "a-file" / "x"))
+    assert hunt("e", "--max-trials", "4") == 2  # stored by another machine or program: refused the same way
+    assert "a-file/x" in error_line(capsys.readouterr().err) and trials("e") == []
+
+
 def test_hunt_on_a_finished_experiment_exits_at_once(
     workdir: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
