@@ -29,6 +29,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from orchard.errors import SpaceError
+from orchard.report import shown
 from orchard.trial import INT_LIMIT, finite_number
 
 __all__ = [
@@ -341,6 +342,15 @@ def _equal_pair(values: list[Any] | tuple[Any, ...]) -> tuple[Any, Any] | None:
     return None
 
 
+def _storable(value: Scalar) -> bool:
+    """Whether a choice can be stored and read back: a str or bool, a finite float, an int within 64 bits."""
+    if isinstance(value, (str, bool)):
+        return True
+    if isinstance(value, int):
+        return -INT_LIMIT < value < INT_LIMIT
+    return finite_number(value) is not None
+
+
 @dataclasses.dataclass(frozen=True)
 class Choices(Prior):
     """One of a fixed list of str, int, float or bool values."""
@@ -357,6 +367,9 @@ class Choices(Prior):
             raise fail("choices takes a non-empty list, e.g. choices(['a', 'b'])")
         if not all(isinstance(v, (str, int, float, bool)) for v in values):
             raise fail("choices may only list str, int, float or bool values")
+        unstorable = next((v for v in values if not _storable(v)), None)
+        if unstorable is not None:  # 1e400 is a literal inf: stored, it could never be read back
+            raise fail(f"choices values must be finite numbers within 64 bits for ints, got {shown(unstorable)}")
         twins = _equal_pair(values)
         if twins is not None:
             first, second = twins
