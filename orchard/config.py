@@ -65,13 +65,13 @@ def name_or_mapping(value: Any) -> Any:
     """A name, a mapping, or a mapping written as YAML/JSON text (``'{bayes: {acq_func: EI}}'``)."""
     if not isinstance(value, str) or not (value.lstrip().startswith("{") or ":" in value):
         return value
-    import yaml
+    from orchard.yaml_input import load_yaml
 
     requirement = "a name or a YAML/JSON mapping such as '{bayes: {acq_func: EI}}'"
     try:
-        data = yaml.safe_load(value)
-    except yaml.YAMLError:
-        raise ValueError(requirement) from None
+        data = load_yaml(value, "the mapping")
+    except ConfigurationError as err:
+        raise ValueError(f"{requirement} ({err})") from None
     if not isinstance(data, dict):
         raise ValueError(requirement)  # noqa: TRY004 -- rules report every misfit as ValueError
     return data
@@ -162,16 +162,18 @@ def load_config_file(path: Path) -> dict[str, Any]:
     """Read one YAML config file; a missing file is empty.
 
     Raises:
-        ConfigurationError: the file is not valid YAML or not a mapping, or has unknown keys.
+        ConfigurationError: the file cannot be read, is not valid YAML (a key given twice is
+            refused, see :mod:`orchard.yaml_input`) or not a mapping, or has unknown keys.
     """
     if not path.is_file():
         return {}
-    import yaml
+    from orchard.yaml_input import load_yaml
 
     try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except (OSError, yaml.YAMLError) as err:
-        raise ConfigurationError(f"config file {path} cannot be read: {err}") from err
+        text = path.read_text()
+    except (OSError, UnicodeDecodeError) as err:
+        raise ConfigurationError(f"config file {path} cannot be read: {err}") from None
+    data = load_yaml(text, f"config file {path}") or {}
     if not isinstance(data, dict):
         raise ConfigurationError(f"config file {path} must hold a mapping of settings, got {type(data).__name__}")
     unknown = sorted(set(data) - set(SETTINGS))

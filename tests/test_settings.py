@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -132,3 +133,45 @@ def test_a_relative_working_dir_is_the_same_folder_for_workers_started_elsewhere
     orchard.build_experiment("e", space=SPACE, storage=store, working_dir="runs")
     monkeypatch.chdir(tmp_path / "b")  # a SLURM job or a second terminal elsewhere
     assert orchard.get_experiment("e", storage=store).settings.working_dir == str(tmp_path / "a" / "runs")
+
+
+def _laughs(indent: str) -> str:
+    """A "billion laughs" document: nine lists of nine aliases of the one before, 9**9 strings expanded."""
+    rows = [f'{indent}a: &a ["lol","lol","lol","lol","lol","lol","lol","lol","lol"]']
+    rows += [f"{indent}{c}: &{c} [{','.join(['*' + p] * 9)}]" for p, c in zip("abcdefgh", "bcdefghi")]
+    return "\n".join(rows) + "\n"
+
+
+@pytest.mark.parametrize(("text", "expected"), [
+    # the last one silently won: 1,000 trials ran
+    ("max_trials: 10\nseed: 1\nmax_trials: 1000\n", "gives key 'max_trials' twice (lines 1 and 3); keep one"),
+    ("algorithm:\n  random:\n    seed: 1\n    seed: 2\n", "gives key 'seed' twice (lines 3 and 4)"),
+    # loaded as shared references, it hung whatever walked it (hunt was still running after 20 s)
+    ("algorithm:\n  random:\n" + _laughs("    "), "holds more than 100,000 values once its aliases (*name) are expanded"),
+    ("space: &s {x: *s}\n", "refers to itself through an alias"),
+    ("max_trials: 1" + "0" * 5000 + "\n", "is not valid YAML at line 1, column 13: Exceeds the limit"),
+])
+def test_a_config_file_with_a_key_twice_or_an_alias_bomb_is_one_line(no_ambient: Path, text: str, expected: str) -> None:
+    path = no_ambient / "exp.yaml"
+    path.write_text(text)
+    started = time.process_time()
+    with pytest.raises(ConfigurationError) as info:
+        config.Settings(config_file=path, environ={}, files=[]).check()
+    assert time.process_time() - started < 1.0
+    message = str(info.value)
+    assert message.startswith(f"config file {path} ") and expected in message and "\n" not in message
+
+
+def test_yaml_merges_still_apply_and_may_be_overridden(no_ambient: Path) -> None:
+    (no_ambient / "orchard.yaml").write_text(
+        "algorithm:\n  bayes:\n    <<: &defaults {acq_func: EI, n_initial_points: 4}\n    n_initial_points: 2\n")
+    settings = config.Settings(environ={})
+    assert settings.get("algorithm") == {"bayes": {"acq_func": "EI", "n_initial_points": 2}}
+
+
+def test_a_key_twice_in_an_option_given_as_yaml_is_refused_naming_the_option(no_ambient: Path, capsys) -> None:
+    code = main(["hunt", "-n", "e", "--storage", "o.pkl", "--algorithm", "{random: {seed: 1, seed: 2}}",
+                 sys.executable, "train.py", "--x~uniform(0, 1)"])
+    line = capsys.readouterr().err.strip()
+    assert code != 0 and "(from --algorithm)" in line and "gives key 'seed' twice (line 1)" in line
+    assert len(line.splitlines()) == 1 and not (no_ambient / "o.pkl").exists()

@@ -176,6 +176,8 @@ def test_a_source_that_does_not_fit_is_refused_naming_the_dims(store: str, space
     ([{"experiment": "old", "fill": 3}], ConfigurationError, "fill"),
     ([{"experiment": "old", "fill": {"x": 1.0}}], ConfigurationError, "'x' is in both spaces"),
     ([{"experiment": "old", "fill": {"q": 1.0}}], ConfigurationError, "fill names 'q', which is not in this space"),
+    # as --warm-start '{...}': the second experiment silently won
+    (["{experiment: old, experiment: other}"], ConfigurationError, "gives key 'experiment' twice"),
 ])
 def test_bad_sources_are_refused(store: str, sources: list[object], error: type[Exception], culprit: str) -> None:
     finished(store)

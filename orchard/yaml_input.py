@@ -1,0 +1,127 @@
+"""YAML written by a user (config files, ``--algorithm '{bayes: {...}}'``), read strictly and boundedly.
+
+``yaml.safe_load`` never runs code, but it accepts things that hurt here:
+
+- **a key given twice** keeps the last value silently (``max_trials: 10`` then
+  ``max_trials: 1000`` further down runs 1,000 trials): refused, naming the key and its lines;
+- **aliases that multiply** ("billion laughs": nine lists of nine aliases of the
+  previous one are 9**9 strings once expanded) load in microseconds as shared
+  references, then hang whatever walks the value (checking it, storing it, naming it
+  in a message): refused when the document, expanded, holds more than
+  :data:`MAX_NODES` values, or refers to itself;
+- a value its constructor cannot build (an int of more than 4,300 digits, the 30th of
+  February) raised a bare ``ValueError``: refused with its line like any other YAML error.
+
+Aliases within that bound (``<<: *defaults``, then keys that override the merged ones)
+are read as usual.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import yaml
+
+from orchard.errors import ConfigurationError
+from orchard.report import shown
+
+__all__ = ["MAX_NODES", "load_yaml"]
+
+#: Values a user's YAML document may hold once its aliases are expanded.
+MAX_NODES = 100_000
+_MERGE_TAG = "tag:yaml.org,2002:merge"
+
+
+class _Refused(yaml.YAMLError):  # type: ignore[misc]
+    """A document refused for a reason whose text is complete (no YAML mark to add)."""
+
+
+class _StrictLoader(yaml.SafeLoader):  # type: ignore[misc]
+    """``SafeLoader`` refusing a key given twice in one mapping (a ``<<`` merge may still be overridden)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        first_line: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            if key_node.tag == _MERGE_TAG:
+                continue
+            key = self.construct_object(key_node, deep=True)
+            line = key_node.start_mark.line + 1
+            try:
+                earlier = first_line.get(key)
+                first_line.setdefault(key, line)
+            except TypeError:  # an unhashable key: SafeLoader says so itself below
+                continue
+            if earlier is not None:
+                where = f"line {line}" if earlier == line else f"lines {earlier} and {line}"
+                raise _Refused(f"gives key {shown(key)} twice ({where}); keep one")
+        return super().construct_mapping(node, deep=deep)  # type: ignore[no-any-return]
+
+    def construct_object(self, node: yaml.Node, deep: bool = False) -> Any:
+        try:
+            return super().construct_object(node, deep=deep)
+        except ValueError as err:  # int("1" * 5000), date(2001, 2, 30): give it the node's line
+            raise yaml.constructor.ConstructorError(None, None, str(err), node.start_mark) from None
+
+
+def _expanded_size(node: yaml.Node, sizes: dict[int, int], limit: int) -> int:
+    """How many values ``node`` holds once its aliases are expanded (``limit + 1`` once past ``limit``).
+
+    Each node is counted once (``sizes``), so a document is measured in the time of
+    reading it, however much its aliases multiply.
+    """
+    known = sizes.get(id(node))
+    if known is not None:
+        if known < 0:  # still being counted: the node holds itself
+            raise _Refused(f"refers to itself through an alias (the value at line {node.start_mark.line + 1}); "
+                           "write the value out instead")
+        return known
+    sizes[id(node)] = -1
+    total = 1
+    if isinstance(node, yaml.MappingNode):
+        children = [child for pair in node.value for child in pair]
+    elif isinstance(node, yaml.SequenceNode):
+        children = list(node.value)
+    else:
+        children = []
+    for child in children:
+        total += _expanded_size(child, sizes, limit)
+        if total > limit:
+            break
+    sizes[id(node)] = min(total, limit + 1)
+    return sizes[id(node)]
+
+
+def load_yaml(text: str, what: str) -> Any:
+    """The value of the YAML document ``text``.
+
+    Args:
+        text: the document.
+        what: what it is, for messages (``"config file orchard.yaml"``, ``"--algorithm"``).
+
+    Raises:
+        ConfigurationError: not valid YAML, a key given twice, more than :data:`MAX_NODES`
+            values once aliases are expanded, an alias to itself, or nesting too deep to read;
+            one line naming ``what``, the line in the document and what to do.
+    """
+    loader = _StrictLoader(text)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        if _expanded_size(node, {}, MAX_NODES) > MAX_NODES:
+            raise _Refused(f"holds more than {MAX_NODES:,} values once its aliases (*name) are expanded; "
+                           "write the values out, or use fewer aliases")
+        return loader.construct_document(node)
+    except _Refused as err:
+        raise ConfigurationError(f"{what} {err}") from None
+    except yaml.MarkedYAMLError as err:
+        mark = err.problem_mark or err.context_mark
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        problem = " ".join(str(err.problem or err.context).split())
+        raise ConfigurationError(f"{what} is not valid YAML{where}: {problem}; correct it") from None
+    except yaml.YAMLError as err:
+        raise ConfigurationError(f"{what} is not valid YAML: {' '.join(str(err).split())}; correct it") from None
+    except RecursionError:
+        raise ConfigurationError(f"{what} is nested too deeply to be read; flatten it") from None
+    finally:
+        loader.dispose()
