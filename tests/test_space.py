@@ -51,10 +51,13 @@ def test_parse_every_prior(text: str, expected: object) -> None:
         ("choices([])", "non-empty list"),
         ("choices(['a', 'a'])", "twice"),
         # 1e400 is the literal inf: it was stored as 'choices([inf])', which no worker could read back
-        ("choices([0.5, 1e400])", "must be finite numbers within 64 bits for ints, got inf"),
-        ("choices([-1e400])", "got -inf"),
+        ("choices([0.5, 1e400])", "choices cannot list inf: a float choice must be finite"),
+        ("choices([-1e400])", "cannot list -inf"),
         ("choices([1, 2**70])", "literal"),
-        ("choices([1, 1180591620717411303424])", "got 1180591620717411303424"),
+        ("choices([1, 1180591620717411303424])", "cannot list 1180591620717411303424: an int choice must fit in 64"),
+        # every trial broke: no script argument holds a NUL, no storage a lone surrogate
+        ("choices(['a', 'b\\x00c'])", "cannot list 'b\\x00c': a text choice cannot hold a NUL character"),
+        ("choices(['\\ud800'])", "cannot hold a lone surrogate"),
         ("choices(['x', 1, 1.0])", "1 and 1.0, which are one point of the space"),
         ("choices([2.0, 'b', 2])", "2.0 and 2, which are one point"),
         ("uniform(0, __import__('os').getpid())", "literal"),
