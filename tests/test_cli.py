@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import math
 import os
 import re
 import signal
@@ -485,7 +486,15 @@ _HOSTILE_DUMPS: dict[str, tuple[_Edit, str]] = {  # an edit of a good dump, and 
                       "trial 1 cannot be loaded: dimension 'x': value 55.0 is outside"),
     "bad status": (lambda d, e: e["trials"][1].update(status="weird"), "'weird' is not a valid TrialStatus"),
     "error a list": (lambda d, e: e["trials"][1].update(error=[1, 2]), "a trial error must be a dict"),
-    "text objective": (lambda d, e: e["trials"][1].update(objective="abc"), "objective 'abc' is not a number"),
+    "text objective": (lambda d, e: e["trials"][1].update(objective="abc"), "objective 'abc' is not a finite number"),
+    # JSON holds NaN and Infinity: a NaN objective loaded was the best trial
+    "nan objective": (lambda d, e: e["trials"][1].update(objective=math.nan), "objective nan is not a finite number"),
+    "inf report": (lambda d, e: e["trials"][1].update(reports=[[1, 0.5], [2, -math.inf]]),
+                   "its report at step 2 is -inf, not finite numbers"),
+    "nan named objective": (lambda d, e: (e["config"].update(objectives={"err": "min"}),
+                                          e["trials"][0]["results"].update(err=0.5),
+                                          e["trials"][1]["results"].update(err=math.nan)),
+                            "objective 'err' is nan, not a finite number"),
     "trial a number": (lambda d, e: e["trials"].__setitem__(1, 5), "trial 1 cannot be loaded"),
     "trials a number": (lambda d, e: e.update(trials=5), "is not an object with a name, a config and a list of"),
 }
@@ -513,6 +522,14 @@ def test_db_load_of_a_malformed_or_hostile_dump_is_one_error_and_stores_nothing(
     assert Path("other.pkl").read_bytes() == before, "something was stored"
     if edit == "path as name":  # a name is only checked if the experiment keeps it
         assert main(["db", "load", "dump.json", "-n", "renamed", "--storage", "other.pkl"]) == 0
+
+
+def test_db_load_of_a_dump_nested_too_deeply_is_one_error(workdir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    Path("deep.json").write_text('{"format": "orchard-dump", "version": 1, "experiments": '
+                                 + "[" * 100_000 + "]" * 100_000 + "}")  # was 'unexpected RecursionError' (exit 1)
+    assert main(["db", "load", "deep.json", "--storage", "other.pkl"]) == 2
+    assert "cannot read dump deep.json: it is nested too deeply" in error_line(capsys.readouterr().err)
+    assert not Path("other.pkl").exists()
 
 
 def test_db_rm_asks_unless_yes(workdir: Path, capsys: pytest.CaptureFixture[str],

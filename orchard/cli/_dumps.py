@@ -14,10 +14,11 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from typing import Any, TextIO
 
 from orchard.errors import ConfigurationError, ExperimentConflictError
@@ -142,6 +143,8 @@ def read_dump(path: str, rename: str | None = None) -> dict[str, Any]:
             data = json.load(handle)
     except (OSError, ValueError) as err:
         raise ConfigurationError(f"cannot read dump {path}: {err}") from None
+    except RecursionError:
+        raise ConfigurationError(f"cannot read dump {path}: it is nested too deeply for a dump") from None
     if not isinstance(data, dict) or data.get("format") != FORMAT:
         raise ConfigurationError(f"{path} is not an Orchard dump (written by 'orchard db dump')")
     if data.get("version") != VERSION:
@@ -182,7 +185,7 @@ def _check_experiment(entry: Any, where: str, named: bool) -> None:
         raise ConfigurationError(f"{where}: {err}; load it under another name with -n NEWNAME") from None
     where = f"{where} ({entry.get('name')!r})"
     try:
-        space = ExperimentConfig.from_dict(entry["config"]).space
+        config = ExperimentConfig.from_dict(entry["config"])
     except ConfigurationError as err:
         raise ConfigurationError(f"{where} has an invalid configuration: {err}; nothing was loaded") from None
     for number, record in enumerate(entry["trials"]):
@@ -190,15 +193,32 @@ def _check_experiment(entry: Any, where: str, named: bool) -> None:
             if not isinstance(record, dict):
                 raise TypeError(f"it is a JSON {type(record).__name__}, not an object")
             trial = Trial.from_dict({**record, "id": "", "experiment": ""})  # both are rewritten on load
-            space.validate(trial.params)
+            config.space.validate(trial.params)
             check_params(trial.params)
-            if trial.objective is not None and (isinstance(trial.objective, bool)
-                                                or not isinstance(trial.objective, (int, float))):
-                raise TypeError(f"objective {trial.objective!r} is not a number")
+            _check_numbers(trial, config.objectives or {})
             if trial.error is not None:
                 check_error(trial.error)
         except (ConfigurationError, StorageError, TypeError, ValueError, KeyError) as err:
             raise ConfigurationError(f"{where}, trial {number} cannot be loaded: {err}; nothing was loaded") from None
+
+
+def _check_numbers(trial: Trial, objectives: Mapping[str, str]) -> None:
+    """Refuse what a worker would not have stored: an objective, a report or a named objective not finite.
+
+    JSON dumps may hold NaN and Infinity: a NaN objective loaded became the best trial.
+    """
+    from orchard.report import shown
+    from orchard.trial import finite_number
+
+    if trial.objective is not None and (isinstance(trial.objective, bool) or finite_number(trial.objective) is None):
+        raise TypeError(f"objective {shown(trial.objective)} is not a finite number")
+    for step, value in trial.reports:
+        if not all(math.isfinite(v) for v in (value if isinstance(value, tuple) else (value,))):
+            raise ValueError(f"its report at step {step} is {shown(value)}, not finite numbers")
+    if trial.status is TrialStatus.COMPLETED:
+        for name in objectives:
+            if finite_number(trial.results.get(name)) is None:
+                raise ValueError(f"objective {shown(name)} is {shown(trial.results.get(name))}, not a finite number")
 
 
 def load_experiments(
