@@ -443,6 +443,21 @@ def test_status_of_an_empty_storage(workdir: Path, capsys: pytest.CaptureFixture
     assert "no experiments" in capsys.readouterr().out
 
 
+def test_status_of_every_experiment_names_an_unusable_one_and_shows_the_others(
+        workdir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert hunt("e", "--max-trials", "2") == 0
+    storage = orchard.get_storage("orchard.pkl")
+    storage.create_experiment("old", {"space": {"x": "uniform(0, 1)"}, "seed": -1})  # as an older release stored it
+    capsys.readouterr()
+    assert main(["status"]) == 0  # was exit 2: one line about 'old', nothing about 'e'
+    out = capsys.readouterr().out
+    assert "experiment 'e'" in out and "2 completed" in out
+    assert "experiment 'old'" in out and "problem: experiment 'old'" in out and "orchard db rm -n old" in out
+    assert main(["status", "--json"]) == 0
+    statuses = {s["name"]: s for s in json.loads(capsys.readouterr().out)}
+    assert statuses["e"]["counts"]["completed"] == 2 and "seed=-1" in statuses["old"]["problem"]
+
+
 def test_inserted_point_is_evaluated_first(workdir: Path, capsys: pytest.CaptureFixture[str]) -> None:
     orchard.build_experiment("e", space={"x": "uniform(0, 1)", "y": "uniform(0, 1)"}, storage="orchard.pkl",
                              max_trials=3)

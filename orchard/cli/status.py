@@ -198,6 +198,8 @@ def _speed(stats: dict[str, Any]) -> str:
 
 
 def _status_lines(status: dict[str, Any]) -> list[str]:
+    if "problem" in status:
+        return [f"experiment {status['name']!r} ({status['storage']})", f"  problem: {status['problem']}"]
     counts = status["counts"]
     budget = f" of max_trials={status['max_trials']}" if status["max_trials"] is not None else ""
     if status["inserted_apart"]:
@@ -237,8 +239,21 @@ def _collect(args: argparse.Namespace, watches: dict[str, HeartbeatWatch] | None
     if missing_storage_file(args) is not None:  # a read-only command creates nothing
         return []
     storage = open_storage(args)
-    return [experiment_status(Experiment(storage, record), watches.setdefault(record.id, HeartbeatWatch()))
+    return [_status_or_problem(Experiment(storage, record), watches.setdefault(record.id, HeartbeatWatch()))
             for record in storage.list_experiments()]
+
+
+def _status_or_problem(experiment: Experiment, watch: HeartbeatWatch) -> dict[str, Any]:
+    """:func:`experiment_status`, or the problem of an experiment whose stored configuration is unusable.
+
+    One such experiment (stored by an older release) made ``status`` of every other one fail.
+    """
+    from orchard.errors import ConfigurationError
+
+    try:
+        return experiment_status(experiment, watch)
+    except ConfigurationError as err:
+        return {"name": experiment.name, "storage": experiment.storage.redacted_uri, "problem": str(err)}
 
 
 def _render(args: argparse.Namespace, statuses: list[dict[str, Any]]) -> str:
