@@ -39,7 +39,19 @@ class _Refused(yaml.YAMLError):  # type: ignore[misc]
 class _StrictLoader(yaml.SafeLoader):  # type: ignore[misc]
     """``SafeLoader`` refusing a key given twice in one mapping (a ``<<`` merge may still be overridden)."""
 
-    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+    def __init__(self, text: str) -> None:
+        super().__init__(text)
+        self._checked: set[int] = set()
+
+    def flatten_mapping(self, node: yaml.MappingNode) -> None:
+        # Checked before the first flattening, which puts the merged keys into node.value:
+        # once flattened, a key overriding a merged one would look given twice.
+        if id(node) not in self._checked:
+            self._checked.add(id(node))
+            self._refuse_a_key_twice(node)
+        super().flatten_mapping(node)
+
+    def _refuse_a_key_twice(self, node: yaml.MappingNode) -> None:
         first_line: dict[Any, int] = {}
         for key_node, _ in node.value:
             if key_node.tag == _MERGE_TAG:
@@ -49,12 +61,11 @@ class _StrictLoader(yaml.SafeLoader):  # type: ignore[misc]
             try:
                 earlier = first_line.get(key)
                 first_line.setdefault(key, line)
-            except TypeError:  # an unhashable key: SafeLoader says so itself below
+            except TypeError:  # an unhashable key: SafeLoader says so itself
                 continue
             if earlier is not None:
                 where = f"line {line}" if earlier == line else f"lines {earlier} and {line}"
                 raise _Refused(f"gives key {shown(key)} twice ({where}); keep one")
-        return super().construct_mapping(node, deep=deep)  # type: ignore[no-any-return]
 
     def construct_object(self, node: yaml.Node, deep: bool = False) -> Any:
         try:

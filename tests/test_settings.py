@@ -167,6 +167,11 @@ def test_yaml_merges_still_apply_and_may_be_overridden(no_ambient: Path) -> None
         "algorithm:\n  bayes:\n    <<: &defaults {acq_func: EI, n_initial_points: 4}\n    n_initial_points: 2\n")
     settings = config.Settings(environ={})
     assert settings.get("algorithm") == {"bayes": {"acq_func": "EI", "n_initial_points": 2}}
+    # a mapping that overrides a merged key, merged into another and then used again: its key is not twice
+    (no_ambient / "orchard.yaml").write_text(
+        "executor_config:\n  <<: &mine\n    <<: &base {min_trials: 5}\n    min_trials: 3\n  cores: 1\n"
+        "pruner:\n  median: *mine\n")
+    assert config.Settings(environ={}).get("pruner") == {"median": {"min_trials": 3}}
 
 
 def test_a_key_twice_in_an_option_given_as_yaml_is_refused_naming_the_option(no_ambient: Path, capsys) -> None:
