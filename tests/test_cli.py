@@ -443,6 +443,16 @@ def test_status_of_an_empty_storage(workdir: Path, capsys: pytest.CaptureFixture
     assert "no experiments" in capsys.readouterr().out
 
 
+def test_info_of_an_empty_trial_id_is_refused_not_taken_for_no_trial(
+        workdir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert hunt("e", "--max-trials", "2") == 0
+    capsys.readouterr()
+    assert main(["info", "-n", "e", "--trial", ""]) == 2  # was the experiment's info, exit 0
+    assert "--trial is empty (an unset shell variable?)" in error_line(capsys.readouterr().err)
+    assert main(["info", "-n", "e", "--trial", "zz"]) == 1
+    assert "no trial of experiment 'e' has an id starting with 'zz'" in error_line(capsys.readouterr().err)
+
+
 def test_status_of_every_experiment_names_an_unusable_one_and_shows_the_others(
         workdir: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert hunt("e", "--max-trials", "2") == 0

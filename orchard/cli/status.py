@@ -319,7 +319,7 @@ def run_list(args: argparse.Namespace) -> int:
 def run_info(args: argparse.Namespace) -> int:
     """Print an experiment's space, algorithm, budget, config, best trial and stats (or one trial)."""
     experiment = open_experiment(args)
-    if getattr(args, "trial", None):
+    if getattr(args, "trial", None) is not None:  # '' too: an unset shell variable is not "no --trial"
         return _trial_info(experiment, args.trial, args.json)
     front = _front(experiment)
     best = experiment.best_trial if front is None else None
@@ -366,16 +366,19 @@ def _warm_start_line(uses: list[dict[str, Any]] | None) -> list[str]:
 
 def _trial_info(experiment: Experiment, prefix: str, as_json: bool) -> int:
     """Print one trial of ``experiment``; for a pruned one, the verdict and how it is reached again."""
-    from orchard.errors import TrialNotFoundError
+    from orchard.errors import ConfigurationError, TrialNotFoundError
     from orchard.pruners import Verdict, make_pruner
 
+    if not prefix.strip():
+        raise ConfigurationError(f"--trial is empty (an unset shell variable?); give the id of a trial of "
+                                 f"experiment {experiment.name!r}, or a unique prefix of it")
     trials = experiment.fetch_trials()
     matches = [t for t in trials if t.id.startswith(prefix)]
     if len(matches) != 1:
-        found = "no trial" if not matches else f"{len(matches)} trials"
-        raise TrialNotFoundError(
-            f"{found} of experiment {experiment.name!r} has an id starting with {prefix!r}; "
-            "give more of the id (orchard db dump lists them)")
+        found = f"no trial of experiment {experiment.name!r} has" if not matches else \
+            f"{len(matches)} trials of experiment {experiment.name!r} have"
+        raise TrialNotFoundError(f"{found} an id starting with {prefix!r}; give more of the id "
+                                 "(orchard db dump lists them)")
     (trial,) = matches
     data = trial.to_dict()
     recomputed = None
