@@ -28,7 +28,6 @@ from orchard.experiment_config import (
     optional,
     positive_int,
     positive_number,
-    text,
 )
 from orchard.resources import parse_gpus, parse_memory
 from orchard.stopping import normalize_stop
@@ -113,6 +112,15 @@ def stop_rules(value: Any) -> Any:
     return normalize_stop(value)
 
 
+def executor_name(value: Any) -> Any:
+    """A name of :data:`orchard.executors.EXECUTORS` (checked here: ``hunt`` stored the experiment first)."""
+    from orchard.executors import EXECUTORS
+
+    if not isinstance(value, str) or value not in EXECUTORS:
+        raise ValueError(f"one of {', '.join(EXECUTORS)}")
+    return value
+
+
 def _experiment(key: str) -> Setting:
     return Setting(EXPERIMENT_RULES[key], ExperimentConfig.default(key))
 
@@ -137,7 +145,7 @@ SETTINGS: dict[str, Setting] = {
     # how long a worker waits for an unreachable storage before it gives up (never less than the lease)
     "storage_patience": Setting(positive_number, 600.0),
     "trial_timeout": Setting(optional(positive_number)),
-    "executor": Setting(text, "joblib"),
+    "executor": Setting(executor_name, "joblib"),
     "executor_config": Setting(name_or_mapping, env=False),
     "n_workers": Setting(positive_int, 1),
     # resources of the workers: their parsers raise their own one-line ConfigurationError
@@ -170,10 +178,10 @@ def load_config_file(path: Path) -> dict[str, Any]:
     from orchard.yaml_input import load_yaml
 
     try:
-        text = path.read_text()
+        content = path.read_text()
     except (OSError, UnicodeDecodeError) as err:
         raise ConfigurationError(f"config file {path} cannot be read: {err}") from None
-    data = load_yaml(text, f"config file {path}") or {}
+    data = load_yaml(content, f"config file {path}") or {}
     if not isinstance(data, dict):
         raise ConfigurationError(f"config file {path} must hold a mapping of settings, got {type(data).__name__}")
     unknown = sorted(set(data) - set(SETTINGS))

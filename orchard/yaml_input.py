@@ -10,7 +10,9 @@
   in a message): refused when the document, expanded, holds more than
   :data:`MAX_NODES` values, or refers to itself;
 - a value its constructor cannot build (an int of more than 4,300 digits, the 30th of
-  February) raised a bare ``ValueError``: refused with its line like any other YAML error.
+  February) raised a bare ``ValueError``: refused with its line like any other YAML error;
+- a text holding a NUL character (``"a\\0b"``) reached ``os.makedirs`` or ``open`` as a
+  path and raised a bare ``ValueError``: refused with its line.
 
 Aliases within that bound (``<<: *defaults``, then keys that override the merged ones)
 are read as usual.
@@ -78,8 +80,12 @@ def _expanded_size(node: yaml.Node, sizes: dict[int, int], limit: int) -> int:
     """How many values ``node`` holds once its aliases are expanded (``limit + 1`` once past ``limit``).
 
     Each node is counted once (``sizes``), so a document is measured in the time of
-    reading it, however much its aliases multiply.
+    reading it, however much its aliases multiply. A text holding a NUL character
+    (``"\\0"``) is refused on the way: no path, name or script argument can hold one.
     """
+    if isinstance(node, yaml.ScalarNode) and "\x00" in node.value:
+        raise _Refused(f"holds a NUL character (\\0) in the value at line {node.start_mark.line + 1}, which "
+                       "no path, name or script argument can hold; remove it")
     known = sizes.get(id(node))
     if known is not None:
         if known < 0:  # still being counted: the node holds itself

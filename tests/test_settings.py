@@ -54,6 +54,7 @@ def test_experiment_config_round_trips_through_the_stored_dict() -> None:
     ("max_trials", 2.5, "max_trials=2.5"),
     ("max_trials", 2**63, "max_trials=9223372036854775808: it must be a positive integer below 2**63"),
     ("seed", 2**64, "seed=18446744073709551616: it must be an integer >= 0 below 2**63"),
+    ("working_dir", "runs\x00x", "working_dir='runs\\x00x': it must be a folder path (without a NUL character)"),
     ("stop", {"patience": 2**64}, "patience=18446744073709551616: it must be a positive number of trials below 2**63"),
 ])
 def test_build_experiment_refuses_bad_settings_and_stores_nothing(tmp_path, key, value, expected) -> None:
@@ -72,6 +73,15 @@ def test_hunt_refuses_a_negative_seed_before_storing_anything(no_ambient: Path, 
     line = capsys.readouterr().err.strip()
     assert code != 0 and "seed=" in line and "(from --seed)" in line and len(line.splitlines()) == 1
     assert get_storage(str(no_ambient / "o.pkl")).list_experiments() == []
+
+
+def test_hunt_refuses_an_unknown_executor_before_storing_anything(no_ambient: Path, capsys) -> None:
+    (no_ambient / "train.py").write_text("import orchard, sys; orchard.report_objective(0.0)\n")
+    code = main(["hunt", "-n", "e", "--storage", "o.pkl", "--executor", "lokky", "--n-workers", "2",
+                 sys.executable, "train.py", "--x~uniform(0, 1)"])
+    line = capsys.readouterr().err.strip()
+    assert code == 2 and "executor='lokky' (from --executor): it must be one of joblib, loky" in line
+    assert not (no_ambient / "o.pkl").exists()  # was stored, with no trial, before the executor was refused
 
 
 def test_hunt_refuses_a_bad_timeout_before_storing_anything(no_ambient: Path, capsys) -> None:
@@ -149,6 +159,9 @@ def _laughs(indent: str) -> str:
     # loaded as shared references, it hung whatever walked it (hunt was still running after 20 s)
     ("algorithm:\n  random:\n" + _laughs("    "), "holds more than 100,000 values once its aliases (*name) are expanded"),
     ("space: &s {x: *s}\n", "refers to itself through an alias"),
+    # reached os.makedirs / open as a path: 'unexpected ValueError: embedded null byte' (exit 1)
+    ('working_dir: "runs\\0x"\n', "holds a NUL character (\\0) in the value at line 1"),
+    ('warm_start: ["old\\0.pkl:e"]\n', "holds a NUL character"),
     ("max_trials: 1" + "0" * 5000 + "\n", "is not valid YAML at line 1, column 13: Exceeds the limit"),
 ])
 def test_a_config_file_with_a_key_twice_or_an_alias_bomb_is_one_line(no_ambient: Path, text: str, expected: str) -> None:
