@@ -120,7 +120,10 @@ def load_yaml(text: str, what: str) -> Any:
             values once aliases are expanded, an alias to itself, or nesting too deep to read;
             one line naming ``what``, the line in the document and what to do.
     """
-    loader = _StrictLoader(text)
+    try:
+        loader = _StrictLoader(text)  # reads the text: a character YAML refuses raises here
+    except yaml.YAMLError as err:
+        raise _not_yaml(what, err) from None
     try:
         node = loader.get_single_node()
         if node is None:
@@ -131,14 +134,23 @@ def load_yaml(text: str, what: str) -> Any:
         return loader.construct_document(node)
     except _Refused as err:
         raise ConfigurationError(f"{what} {err}") from None
-    except yaml.MarkedYAMLError as err:
-        mark = err.problem_mark or err.context_mark
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
-        problem = " ".join(str(err.problem or err.context).split())
-        raise ConfigurationError(f"{what} is not valid YAML{where}: {problem}; correct it") from None
     except yaml.YAMLError as err:
-        raise ConfigurationError(f"{what} is not valid YAML: {' '.join(str(err).split())}; correct it") from None
+        raise _not_yaml(what, err) from None
     except RecursionError:
         raise ConfigurationError(f"{what} is nested too deeply to be read; flatten it") from None
     finally:
         loader.dispose()
+
+
+def _not_yaml(what: str, err: yaml.YAMLError) -> ConfigurationError:
+    """The one line saying where ``what`` is not valid YAML, and why."""
+    if isinstance(err, yaml.MarkedYAMLError):
+        mark = err.problem_mark or err.context_mark
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        problem = str(err.problem or err.context)
+    elif isinstance(err, yaml.reader.ReaderError):  # a control character, or bytes that are not UTF-8
+        where = f" at character {err.position + 1}"
+        problem = f"{chr(err.character)!r} is a character YAML does not allow"
+    else:
+        where, problem = "", str(err)
+    return ConfigurationError(f"{what} is not valid YAML{where}: {' '.join(problem.split())}; correct it")

@@ -163,6 +163,7 @@ def _laughs(indent: str) -> str:
     ('working_dir: "runs\\0x"\n', "holds a NUL character (\\0) in the value at line 1"),
     ('warm_start: ["old\\0.pkl:e"]\n', "holds a NUL character"),
     ("max_trials: 1" + "0" * 5000 + "\n", "is not valid YAML at line 1, column 13: Exceeds the limit"),
+    ("max_trials: 5\x07\n", "is not valid YAML at character 14: '\\x07' is a character YAML does not allow"),
 ])
 def test_a_config_file_with_a_key_twice_or_an_alias_bomb_is_one_line(no_ambient: Path, text: str, expected: str) -> None:
     path = no_ambient / "exp.yaml"
@@ -193,3 +194,7 @@ def test_a_key_twice_in_an_option_given_as_yaml_is_refused_naming_the_option(no_
     line = capsys.readouterr().err.strip()
     assert code != 0 and "(from --algorithm)" in line and "gives key 'seed' twice (line 1)" in line
     assert len(line.splitlines()) == 1 and not (no_ambient / "o.pkl").exists()
+    # a byte that is not UTF-8 on the command line comes as a lone surrogate
+    assert main(["hunt", "-n", "e", "--storage", "o.pkl", "--algorithm", "{random: {seed: \udcff}}",
+                 sys.executable, "train.py", "--x~uniform(0, 1)"]) == 2
+    assert "'\\udcff' is a character YAML does not allow" in capsys.readouterr().err
