@@ -163,7 +163,9 @@ def test_an_experiment_with_odd_settings_is_shown_with_its_problem_and_the_other
     assert detail["best_objective"] == 2.0 and len(rows["trials"]) == 1
 
 
-@pytest.mark.parametrize("host", ["127.0.0.1:8080", "http://127.0.0.1", "[127.0.0.1", "no-such-host.invalid"])
+@pytest.mark.parametrize("host", ["127.0.0.1:8080", "http://127.0.0.1", "[127.0.0.1", "no-such-host.invalid",
+                                  # 'unexpected UnicodeError' from the idna codec (exit 1)
+                                  "a" * 64 + ".lab", "node7..lab", "node\udcff"])
 def test_serve_on_a_mistyped_host_is_one_line_naming_it_and_no_warning_first(
         host: str, tmp_path: Any, capsys: pytest.CaptureFixture[str]) -> None:
     from orchard.cli import main

@@ -54,10 +54,12 @@ def bind(host: str, port: int) -> socket.socket:
         raise ConfigurationError(f"--port {port} is not a TCP port; give 1 to 65535, or 0 for any free port")
     try:
         found = socket.getaddrinfo(_unbracketed(host), port, type=socket.SOCK_STREAM)
-    except socket.gaierror as err:
+    except (socket.gaierror, UnicodeError) as err:  # UnicodeError: a label of 64+ characters, an empty one
+        reason = err.strerror if isinstance(err, socket.gaierror) else None
         raise ConfigurationError(
-            f"cannot listen on --host {host!r}: {err.strerror or err}; give an address (127.0.0.1, ::1, "
-            "0.0.0.0) or a name of this machine, with no scheme and no port (the port is --port)") from err
+            f"cannot listen on --host {host!r}: {reason or 'it is not a valid host name'}; give an address "
+            "(127.0.0.1, ::1, 0.0.0.0) or a name of this machine, with no scheme and no port (the port is --port)"
+        ) from err
     family, kind, proto, _, address = found[0]
     sock = socket.socket(family, kind, proto)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
