@@ -549,6 +549,18 @@ def test_db_load_of_a_malformed_or_hostile_dump_is_one_error_and_stores_nothing(
         assert main(["db", "load", "dump.json", "-n", "renamed", "--storage", "other.pkl"]) == 0
 
 
+def test_db_load_of_a_dump_naming_a_key_twice_is_one_error(workdir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert hunt("e", "--max-trials", "1") == 0
+    assert main(["db", "dump", "-n", "e", "-o", "dump.json"]) == 0
+    text = Path("dump.json").read_text()
+    Path("dump.json").write_text(text.replace('"objective": ', '"objective": 99.0, "objective": ', 1))  # by hand
+    capsys.readouterr()
+    assert main(["db", "load", "dump.json", "-n", "copy"]) == 2  # was loaded with one of the two, silently
+    assert "cannot read dump dump.json: an object names 'objective' twice; keep one" in error_line(
+        capsys.readouterr().err)
+    assert [r.name for r in orchard.get_storage("orchard.pkl").list_experiments()] == ["e"]
+
+
 def test_db_load_of_a_dump_nested_too_deeply_is_one_error(workdir: Path, capsys: pytest.CaptureFixture[str]) -> None:
     Path("deep.json").write_text('{"format": "orchard-dump", "version": 1, "experiments": '
                                  + "[" * 100_000 + "]" * 100_000 + "}")  # was 'unexpected RecursionError' (exit 1)

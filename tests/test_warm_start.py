@@ -156,7 +156,7 @@ def test_cli_insert_records_one_evaluation_and_a_file(tmp_path: Path, store: str
     # each was recorded with one of the values dropped silently
     ("rows.csv", "x,x,objective\n0.1,0.2,1\n", "rows.csv names column(s) 'x' twice; keep one"),
     ("rows.csv", "x,objective\n0.1,1,0.2\n", "rows.csv has 3 cells but the header names 2 columns"),
-    ("rows.jsonl", '{"x": 0.1, "x": 0.2, "objective": 1}\n', "rows.jsonl names 'x' twice; keep one"),
+    ("rows.jsonl", '{"x": 0.1, "x": 0.2, "objective": 1}\n', "rows.jsonl: an object names 'x' twice; keep one"),
     # 'unexpected RecursionError' and 'unexpected UnicodeDecodeError' (exit 1)
     ("rows.jsonl", "[" * 100_000 + "\n", "rows.jsonl is nested too deeply to be a row"),
     ("rows.csv", b"\x89PNG\r\n", "rows.csv: it is not UTF-8 text (byte 0)"),

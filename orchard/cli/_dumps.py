@@ -21,6 +21,7 @@ import time
 from collections.abc import Iterator, Mapping
 from typing import Any, TextIO
 
+from orchard.cli._args import each_key_once
 from orchard.errors import ConfigurationError, ExperimentConflictError
 from orchard.storages import BaseStorage
 from orchard.storages._uri import redact
@@ -140,7 +141,7 @@ def read_dump(path: str, rename: str | None = None) -> dict[str, Any]:
     """
     try:
         with open(path, encoding="utf-8") as handle:
-            data = json.load(handle)
+            data = json.load(handle, object_pairs_hook=each_key_once)  # a hand-edited dump: no value lost
     except (OSError, ValueError) as err:
         raise ConfigurationError(f"cannot read dump {path}: {err}") from None
     except RecursionError:

@@ -20,7 +20,15 @@ import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from orchard.cli._args import UsageError, add_common, add_name, format_params, open_experiment, parse_literal
+from orchard.cli._args import (
+    UsageError,
+    add_common,
+    add_name,
+    each_key_once,
+    format_params,
+    open_experiment,
+    parse_literal,
+)
 
 if TYPE_CHECKING:  # pragma: no cover
     from orchard.experiment import Experiment
@@ -106,17 +114,12 @@ def read_rows(path: Path) -> list[dict[str, Any]]:
 
 
 def _json_row(line: str, where: str) -> dict[str, Any]:
-    def refuse_twice(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-        names = [name for name, _ in pairs]
-        twice = sorted({name for name in names if names.count(name) > 1})
-        if twice:
-            raise UsageError(f"{where} names {', '.join(map(repr, twice))} twice; keep one")
-        return dict(pairs)
-
     try:
-        row = json.loads(line, object_pairs_hook=refuse_twice)
+        row = json.loads(line, object_pairs_hook=each_key_once)
     except json.JSONDecodeError as err:
         raise UsageError(f"{where} is not JSON ({err.msg})") from None
+    except ValueError as err:  # a key twice
+        raise UsageError(f"{where}: {err}") from None
     except RecursionError:
         raise UsageError(f"{where} is nested too deeply to be a row") from None
     if not isinstance(row, dict):
