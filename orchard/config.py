@@ -184,10 +184,10 @@ def load_config_file(path: Path) -> dict[str, Any]:
     data = load_yaml(content, f"config file {path}") or {}
     if not isinstance(data, dict):
         raise ConfigurationError(f"config file {path} must hold a mapping of settings, got {type(data).__name__}")
-    unknown = sorted(set(data) - set(SETTINGS))
+    unknown = sorted(map(repr, set(data) - set(SETTINGS)))  # keys of several types (1, 'foo') do not sort
     if unknown:
         raise ConfigurationError(
-            f"config file {path} has unknown setting(s) {unknown}; valid: {', '.join(sorted(SETTINGS))}"
+            f"config file {path} has unknown setting(s) {', '.join(unknown)}; valid: {', '.join(sorted(SETTINGS))}"
         )
     return data
 
@@ -222,7 +222,9 @@ class Settings:
         self._explicit_path = str(config_file) if config_file else ""
         if config_file:
             if not Path(config_file).is_file():
-                raise ConfigurationError(f"config file {config_file} not found; check --config")
+                found = "is a folder" if Path(config_file).is_dir() else \
+                    "is not a file" if Path(config_file).exists() else "not found"
+                raise ConfigurationError(f"config file {config_file} {found}; check --config")
             self._explicit = load_config_file(Path(config_file))
 
     def get(self, key: str, argument: Any = None, use_default: bool = True) -> Any:

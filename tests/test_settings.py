@@ -164,8 +164,9 @@ def _laughs(indent: str) -> str:
     ('warm_start: ["old\\0.pkl:e"]\n', "holds a NUL character"),
     ("max_trials: 1" + "0" * 5000 + "\n", "is not valid YAML at line 1, column 13: Exceeds the limit"),
     ("max_trials: 5\x07\n", "is not valid YAML at character 14: '\\x07' is a character YAML does not allow"),
+    ("1: 1\nmax_trial: 2\n", "has unknown setting(s) 'max_trial', 1; valid: algorithm"),  # was a TypeError
 ])
-def test_a_config_file_with_a_key_twice_or_an_alias_bomb_is_one_line(no_ambient: Path, text: str, expected: str) -> None:
+def test_a_config_file_with_a_key_twice_an_alias_bomb_or_odd_text_is_one_line(no_ambient: Path, text: str, expected: str) -> None:
     path = no_ambient / "exp.yaml"
     path.write_text(text)
     started = time.process_time()
@@ -174,6 +175,14 @@ def test_a_config_file_with_a_key_twice_or_an_alias_bomb_is_one_line(no_ambient:
     assert time.process_time() - started < 1.0
     message = str(info.value)
     assert message.startswith(f"config file {path} ") and expected in message and "\n" not in message
+
+
+def test_a_config_file_that_is_a_folder_or_no_file_says_so(no_ambient: Path) -> None:
+    (no_ambient / "runs.yaml").mkdir()
+    for given, said in [("runs.yaml", "config file runs.yaml is a folder"), ("/dev/null", "is not a file"),
+                        ("nope.yaml", "config file nope.yaml not found")]:  # the first two were 'not found'
+        with pytest.raises(ConfigurationError, match=said):
+            config.Settings(config_file=given)
 
 
 def test_yaml_merges_still_apply_and_may_be_overridden(no_ambient: Path) -> None:
