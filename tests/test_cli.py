@@ -443,6 +443,21 @@ def test_status_of_an_empty_storage(workdir: Path, capsys: pytest.CaptureFixture
     assert "no experiments" in capsys.readouterr().out
 
 
+def test_hunt_starts_no_more_workers_than_max_trials(workdir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from orchard.experiment import Experiment
+
+    started: list[int] = []
+    workon = Experiment.workon
+
+    def counting(self: Experiment, fn: Any, n_workers: int = 1, **options: Any) -> dict[str, Any]:
+        started.append(n_workers)
+        return workon(self, fn, n_workers=1, **{**options, "executor": "single"})  # never 100,000 processes here
+
+    monkeypatch.setattr(Experiment, "workon", counting)
+    assert hunt("e", "--max-trials", "2", "--n-workers", "100000") == 0  # started processes for minutes
+    assert started == [2] and len(trials("e")) == 2
+
+
 def test_info_of_an_empty_trial_id_is_refused_not_taken_for_no_trial(
         workdir: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert hunt("e", "--max-trials", "2") == 0

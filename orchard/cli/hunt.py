@@ -236,6 +236,10 @@ def _work(experiment: Experiment, template: CommandTemplate, settings: Settings)
     runner = ScriptRunner(template, experiment.name, base, settings.get("trial_timeout"),
                           memory_limit=parse_memory(settings.get("trial_memory_limit")))
     n_workers = settings.get("n_workers")
+    if experiment.max_trials is not None and n_workers > experiment.max_trials:
+        # every running trial holds a unit of max_trials: workers beyond it would only start and stop
+        # (--n-workers 100000 --max-trials 1 started processes for minutes, the machine's load at 57)
+        n_workers = experiment.max_trials
     executor = settings.get("executor", use_default=False)
     if n_workers == 1 and executor in ("joblib", "loky"):
         executor = "single"  # one worker: run it here, no process pool to start
