@@ -714,7 +714,7 @@ def test_a_directory_given_as_storage_file_is_one_clear_error(
     assert "is a directory" in line and "d.pkl/orchard.pkl" in line and "could not create" not in line
 
 
-@pytest.mark.parametrize("interval", ["0", "-1", "nan", "soon"])
+@pytest.mark.parametrize("interval", ["0", "-1", "nan", "soon", "1e-300"])  # 1e-300: read the storage in a busy loop
 def test_status_interval_must_be_positive(
     workdir: Path, capsys: pytest.CaptureFixture[str], interval: str
 ) -> None:

@@ -42,6 +42,10 @@ __all__ = ["HeartbeatWatch", "add_parser", "experiment_status", "run_info", "run
 _CLEAR = "\x1b[H\x1b[2J"
 
 
+#: The shortest ``--watch`` period: each refresh reads the whole storage (1e-300 read it in a busy loop).
+MIN_INTERVAL = 0.1
+
+
 def _positive_seconds(text: str) -> float:
     try:
         value = float(text)
@@ -49,6 +53,9 @@ def _positive_seconds(text: str) -> float:
         raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
     if not value > 0 or value == float("inf"):
         raise argparse.ArgumentTypeError(f"{text!r} must be a positive number of seconds, e.g. 2")
+    if value < MIN_INTERVAL:
+        raise argparse.ArgumentTypeError(f"{text!r} must be at least {MIN_INTERVAL} seconds (each refresh reads "
+                                         "the whole storage), e.g. 2")
     return value
 
 
@@ -60,7 +67,7 @@ def add_parser(subparsers: Any) -> None:
                         help="print the report again every --interval seconds until Ctrl-C (exit status 0); "
                              "in a terminal the screen is redrawn in place")
     status.add_argument("--interval", type=_positive_seconds, default=2.0, metavar="SECONDS",
-                        help="refresh period of --watch (default: %(default)s)")
+                        help=f"refresh period of --watch, at least {MIN_INTERVAL} (default: %(default)s)")
     status.add_argument("--json", action="store_true", help="print JSON: an object with -n, else a list of objects")
     add_common(status)
     status.set_defaults(func=run_status)
