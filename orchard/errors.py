@@ -118,6 +118,13 @@ class ReservationLostError(StorageError):
         )
 
     @classmethod
+    def vanished(cls, trial_id: str, where: str, worker: str) -> ReservationLostError:
+        """Trial ``trial_id``, reserved by ``worker``, is gone from ``where`` while its experiment is still there."""
+        return cls(f"trial {trial_id} vanished from {where} while worker {worker} held it, though its experiment is "
+                   "still there: the database was restored from an older copy, or its server lost writes in a crash "
+                   "(a server without a journal?); this write was refused and the trial may run again")
+
+    @classmethod
     def dropped(cls, trial_id: str, worker: str) -> ReservationLostError:
         """A worker's heartbeat found its reservation taken, so the result is not written."""
         return cls(
@@ -137,7 +144,7 @@ class TrialNotFoundError(StorageError):
 
     @classmethod
     def deleted(cls, trial_id: str, where: str, worker: str) -> TrialNotFoundError:
-        """Trial ``trial_id``, reserved by ``worker``, vanished from ``where`` (a storage's redacted URI)."""
+        """Trial ``trial_id``, reserved by ``worker``, vanished from ``where`` (a redacted URI) with its experiment."""
         return cls(f"trial {trial_id} was deleted from {where} while worker {worker} held it: its experiment was "
                    "deleted (orchard db rm?) or the database restored from an older copy; this write was refused")
 

@@ -36,7 +36,8 @@ else the worker would run on, ignoring every later copy. No signal reaches
 workers running as threads of the caller (``executor="thread"``): they are
 told by an event and stop at their next trial, once the evaluation under way
 has ended (:class:`~orchard.executors.fleet.Fleet`). Dask workers are not
-reached.
+reached. Ctrl-Z is not an interruption: :func:`interruptible` also pauses the
+evaluations' process groups with the worker (:mod:`orchard.suspension`).
 """
 
 from __future__ import annotations
@@ -54,6 +55,7 @@ from concurrent.futures import Future
 from types import FrameType
 from typing import Any
 
+from orchard import suspension
 from orchard.errors import Interrupted
 
 __all__ = ["STOP_SIGNAL", "STOP_TIMEOUT", "default_handlers", "deferred", "interrupt_main", "interruptible",
@@ -149,7 +151,8 @@ def interruptible() -> Iterator[None]:
     if previous:
         sys.unraisablehook = on_unraisable
     try:
-        yield
+        with suspension.handled():  # Ctrl-Z pauses the evaluations with the worker
+            yield
     finally:
         if previous:
             sys.unraisablehook = unraisable_before

@@ -46,6 +46,7 @@ from typing import Any
 
 from orchard.interruption import default_handlers, deferred
 from orchard.resources import format_bytes
+from orchard.suspension import following, paused_seconds
 
 __all__ = [
     "SAMPLE_INTERVAL",
@@ -141,6 +142,7 @@ class LimitWatch:
 
     def __init__(self, pid: int, timeout: float | None, memory_limit: int | None) -> None:
         self.deadline = None if timeout is None else time.monotonic() + timeout
+        self._paused = paused_seconds()  # time this process then spends stopped (Ctrl-Z) moves the deadline
         self.memory: MemoryWatch | None = None
         if memory_limit is not None:
             with contextlib.suppress(Exception):  # psutil: a script may have exited already
@@ -155,14 +157,18 @@ class LimitWatch:
         """Seconds until the next :meth:`check` is due, at most ``longest``."""
         wait = SAMPLE_INTERVAL if self.memory is not None else longest
         if self.deadline is not None:
-            wait = min(wait, self.deadline - time.monotonic())
+            wait = min(wait, self.deadline - self._now())
         return max(wait, 0.0)
+
+    def _now(self) -> float:
+        """The monotonic clock, less the seconds this process was stopped since the watch began."""
+        return time.monotonic() - (paused_seconds() - self._paused)
 
     def check(self) -> Stopped | None:
         """Sample the tree's memory and read the clock; return the limit passed, if any."""
         if self.memory is not None and self.memory.sample():
             return Stopped("memory", peak_memory=self.memory.peak, memory_limit=self.memory.limit)
-        if self.deadline is not None and time.monotonic() >= self.deadline:
+        if self.deadline is not None and self._now() >= self.deadline:
             return Stopped("timeout")
         return None
 
@@ -311,7 +317,8 @@ class ForkedCall:
         ``KeyboardInterrupt`` (and any other exception) kills the child before it propagates.
         """
         try:
-            return self._collect(LimitWatch(self.pid, timeout, memory_limit))
+            with following(self.pid):  # Ctrl-Z pauses the child with the worker
+                return self._collect(LimitWatch(self.pid, timeout, memory_limit))
         finally:
             kill_tree(self.pid)  # processes the job left running, or the child itself
             with contextlib.suppress(ChildProcessError):

@@ -34,12 +34,14 @@ from orchard.current import CurrentTrial, current_trial, evaluating
 from orchard.errors import ConfigurationError, Interrupted
 from orchard.isolation import ForkedCall, Stopped, call_spawned, hold_group, kill_tree
 from orchard.report import TrialPruned, plain, reporting_to, shown
+from orchard.resources import format_bytes
 from orchard.space import to_builtin
 from orchard.storages.values import int_fits
 from orchard.trial import MAX_DEPTH, Trial, finite_float, finite_number
 from orchard.verdicts import ReportFollower, current_judge
 
 __all__ = [
+    "MAX_RESULTS_BYTES",
     "MAX_RESULT_DEPTH",
     "CurrentTrial",
     "ObjectiveEvaluator",
@@ -58,6 +60,9 @@ __all__ = [
 _MESSAGE_LIMIT = 10_000
 #: How deep lists and dicts in results may nest: what every storage holds.
 MAX_RESULT_DEPTH = MAX_DEPTH
+#: How large a trial's results may be, as JSON: every worker reads every trial's results, and
+#: MongoDB refuses a document over 16 MB (a list of small ints takes 4-5 times its JSON size in BSON).
+MAX_RESULTS_BYTES = 4 * 1024 * 1024
 
 
 @dataclasses.dataclass
@@ -276,18 +281,25 @@ def _unstorable(results: Mapping[str, Any]) -> str | None:
     """Why ``results`` cannot be stored, or ``None``.
 
     Every storage and ``db dump`` take JSON data whose ints fit in 64 bits, nested at most
-    :data:`MAX_RESULT_DEPTH` deep; a result the storage would refuse breaks the trial here,
-    before the write, instead of failing the write.
+    :data:`MAX_RESULT_DEPTH` deep, at most :data:`MAX_RESULTS_BYTES` in all; a result the
+    storage would refuse (or every worker would read at great cost) breaks the trial here,
+    before the write, the same on every storage, instead of failing the write.
     """
+    size = 0
     for key, item in results.items():
         beyond = _beyond_storage(item, 1)  # the results dict is the first level
         if beyond is not None:
             return f"result {key!r} cannot be stored: it holds {beyond}; {_STORABLE}"
         try:
-            json.dumps(item)
+            size += len(key) + len(json.dumps(item))
         except (TypeError, ValueError) as err:
             return (f"result {key!r} cannot be stored: {type(item).__name__} {shown(item, 60)} is not JSON data "
                     f"({err}); return numbers, strings, lists or dicts")
+    if size > MAX_RESULTS_BYTES:
+        largest = max(results, key=lambda name: len(json.dumps(results[name])))
+        return (f"the results take {format_bytes(size)} as JSON (the largest is {largest!r}), more than the "
+                f"{format_bytes(MAX_RESULTS_BYTES)} a trial may hold: every worker reads every trial's results. "
+                "Return summary numbers, and save arrays and curves to files (e.g. in the trial's working_dir)")
     return None
 
 

@@ -40,6 +40,7 @@ import contextlib
 import contextvars
 import json
 import os
+import tempfile
 import time
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
@@ -54,6 +55,7 @@ __all__ = [
     "TrialPruned",
     "check_report",
     "plain",
+    "replace_file",
     "report",
     "report_objective",
     "report_results",
@@ -237,11 +239,24 @@ def _write(results: Mapping[str, Any], caller: str) -> None:
             f"{RESULTS_ENV} is not set: {caller} only works inside a trial started by "
             "'orchard hunt'; run your script through it"
         )
-    text = json.dumps({str(k): plain(v) for k, v in results.items()})  # fails before touching files
-    tmp = f"{path}.tmp"
-    with open(tmp, "w", encoding="utf-8") as handle:
-        handle.write(text)
-    os.replace(tmp, path)
+    replace_file(path, json.dumps({str(k): plain(v) for k, v in results.items()}))  # fails before touching files
+
+
+def replace_file(path: str, text: str) -> None:
+    """Write ``text`` to ``path`` at once: readers see the old file or the whole new one.
+
+    The temporary file beside it is created exclusively under an unpredictable name, so a
+    link planted at a name known in advance is never written through.
+    """
+    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path) or ".", prefix=f".{os.path.basename(path)}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
 
 
 def plain(value: Any) -> Any:

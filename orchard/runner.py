@@ -30,6 +30,7 @@ import signal
 import subprocess
 from typing import Any
 
+from orchard import suspension
 from orchard.command import CommandTemplate, resolve_program
 from orchard.errors import ConfigurationError
 from orchard.interruption import deferred
@@ -177,6 +178,7 @@ class ScriptRunner(TrialEvaluator):
                     judging[0], trial_id, *reports, grace=self.grace,
                     stop=lambda: stop_group(proc.pid, self.grace, lambda grace: _wait(proc, grace))))
             watch = GroupWatch(proc.pid, self.timeout, self.memory_limit, self.grace)
+            following.enter_context(suspension.following(proc.pid))  # Ctrl-Z pauses the script with the worker
             try:
                 returncode = proc.wait()
             except BaseException:  # Ctrl-C (KeyboardInterrupt) or SIGTERM: stop the script first

@@ -29,7 +29,7 @@ from typing import Any, BinaryIO
 from orchard.errors import InvalidReportError, OrchardError
 from orchard.objectives import minimized
 from orchard.pruners import BasePruner, NopPruner, Verdict
-from orchard.report import Reported, check_report
+from orchard.report import Reported, check_report, replace_file
 from orchard.storages.base import BaseStorage
 from orchard.trial import MAX_REPORTS_PER_TRIAL, ReportValue, Trial, TrialStatus
 
@@ -328,7 +328,4 @@ def _parse(line: bytes) -> tuple[int, Reported] | str:
 
 
 def _write_verdict(path: str, answer: dict[str, Any]) -> None:
-    tmp = f"{path}.tmp"
-    with open(tmp, "w", encoding="utf-8") as handle:
-        json.dump(answer, handle)
-    os.replace(tmp, path)
+    replace_file(path, json.dumps(answer))

@@ -48,7 +48,7 @@ from orchard.priors import to_builtin
 from orchard.report import shown
 from orchard.space import Space
 from orchard.storages import BaseStorage, get_storage
-from orchard.storages._uri import redact
+from orchard.storages._uri import pickle_path, redact
 from orchard.trial import Trial, TrialStatus
 
 __all__ = ["Source", "SourceUse", "check_sources", "normalize_warm_start", "prior_trials", "source_uses"]
@@ -125,20 +125,20 @@ def _absolute(storage: str) -> str:
     A relative path was resolved in each worker's own directory: workers started elsewhere found
     no source (and made its folder there).
     """
-    scheme, sep, rest = storage.partition("://")
-    if sep and scheme.lower() != "pickle":
+    found = pickle_path(storage)
+    if found is None:
         return storage
-    path, mark, query = (rest if sep else storage).partition("?")
-    absolute = os.path.abspath(os.path.expanduser(path)) + mark + query
-    return f"{scheme}://{absolute}" if sep else absolute
+    base, mark, query = storage.partition("?")
+    scheme = base[: len(base) - len(found[0])]  # "pickle://" as written, or nothing
+    return scheme + os.path.abspath(os.path.expanduser(found[0])) + mark + query
 
 
 def _split(text: str) -> tuple[str | None, str]:
     """``"STORAGE:NAME"`` into its storage and name; a plain name has no storage."""
     head, sep, name = text.rpartition(":")
-    if sep and "/" not in name and ("://" in head or head.split("?", 1)[0].endswith(".pkl")):
+    if sep and "/" not in name and ("://" in head or pickle_path(head) is not None):
         return head, name
-    if "://" in text or text.endswith(".pkl"):
+    if "://" in text or pickle_path(text) is not None:
         raise ConfigurationError(
             f"warm_start source {redact(text)!r} names a storage but no experiment; write STORAGE:NAME, "
             "e.g. mongodb://host/db:old-exp or runs/orchard.pkl:old-exp")

@@ -85,3 +85,21 @@ def crashes_one_worker(x: float, folder: str, workers: int = 3) -> float:
     os.write(descriptor, repr(x).encode())
     os.close(descriptor)
     os._exit(3)
+
+
+def ticks(x: float, folder: str, count: int = 50) -> float:
+    """Append a line to ``folder/ticks`` every 0.05 s, ``count`` times (about 2.5 s while it runs), then return ``x``."""
+    with open(os.path.join(folder, "ticks"), "a") as out:
+        for _ in range(count):
+            out.write(f"{os.getpid()}\n")
+            out.flush()
+            time.sleep(0.05)
+    return x
+
+
+def workon_ticks(storage: str, folder: str) -> None:
+    """A program running one trial of :func:`ticks` under a 4 s ``trial_timeout``."""
+    import functools
+
+    exp = orchard.build_experiment("ticks", space={"x": "uniform(0, 1)"}, storage=storage, max_trials=1)
+    exp.workon(functools.partial(ticks, folder=folder), executor="single", trial_timeout=4, progress=False)

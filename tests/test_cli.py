@@ -524,9 +524,9 @@ _HOSTILE_DUMPS: dict[str, tuple[_Edit, str]] = {  # an edit of a good dump, and 
                        "trial 1 cannot be loaded: params {'y': 0.5} do not match the space"),
     "param outside": (lambda d, e: e["trials"][1].update(params={"x": 55.0}),
                       "trial 1 cannot be loaded: dimension 'x': value 55.0 is outside"),
-    "bad status": (lambda d, e: e["trials"][1].update(status="weird"), "'weird' is not a valid TrialStatus"),
-    "error a list": (lambda d, e: e["trials"][1].update(error=[1, 2]), "a trial error must be a dict"),
-    "text objective": (lambda d, e: e["trials"][1].update(objective="abc"), "objective 'abc' is not a finite number"),
+    "bad status": (lambda d, e: e["trials"][1].update(status="weird"), "unknown trial status 'weird'"),
+    "error a list": (lambda d, e: e["trials"][1].update(error=[1, 2]), "a trial error that is a list, not a dict"),
+    "text objective": (lambda d, e: e["trials"][1].update(objective="abc"), "field 'objective' is of type str, not a number"),
     # JSON holds NaN and Infinity: a NaN objective loaded was the best trial
     "nan objective": (lambda d, e: e["trials"][1].update(objective=math.nan), "objective nan is not a finite number"),
     "inf report": (lambda d, e: e["trials"][1].update(reports=[[1, 0.5], [2, -math.inf]]),

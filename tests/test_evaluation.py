@@ -73,6 +73,62 @@ def test_stopping_a_worker_during_a_timeout_evaluation_kills_its_child(tmp_path:
     assert "Interrupted: 1 of 1 running trial(s) released (status interrupted)" in stderr
 
 
+_TICKS_SCRIPT = """
+import json, os, sys
+sys.path.insert(0, {root!r})
+from tests.evaluation_workloads import ticks
+ticks(0.5, {folder!r})
+with open(os.environ["ORCHARD_RESULTS_PATH"], "w") as handle:
+    json.dump({{"objective": 1.0}}, handle)
+"""
+
+
+def _state(pid: int) -> str:
+    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+
+
+@pytest.mark.parametrize("how", ["hunt-script", "workon-trial-timeout"])
+def test_ctrl_z_pauses_the_evaluation_with_its_worker_and_fg_resumes_it(tmp_path: Path, how: str) -> None:
+    """Ctrl-Z in a terminal (SIGTSTP to the job's process group) stops the worker and its evaluation, which
+    runs in a process group of its own: before, the script or timed objective trained on while the job was
+    stopped. SIGCONT (``fg``) resumes both, and the seconds stopped do not count against the 4 s time limit
+    (the evaluation needs about 2.5 s of running; the test keeps the job stopped for 2.5 s)."""
+    storage = str(tmp_path / "o.pkl")
+    if how == "hunt-script":
+        (tmp_path / "work.py").write_text(_TICKS_SCRIPT.format(root=str(ROOT), folder=str(tmp_path)))
+        command = [sys.executable, "-m", "orchard.cli", "hunt", "-n", "ticks", "--storage", storage,
+                   "--max-trials", "1", "--trial-timeout", "4", sys.executable, str(tmp_path / "work.py"),
+                   "--x~uniform(0, 1)"]
+    else:
+        command = [sys.executable, "-c",
+                   f"from tests import evaluation_workloads as w; w.workon_ticks({storage!r}, {str(tmp_path)!r})"]
+    # a job of the test's session, as a shell starts one: SIGTSTP stops only a group that is not orphaned
+    proc = subprocess.Popen(command, cwd=ROOT, env=_env(), text=True, process_group=0,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        evaluation = int(_wait_for(tmp_path / "ticks", proc).split()[0])
+        assert os.getpgid(evaluation) != proc.pid  # the evaluation is not in the job's group: the terminal misses it
+        os.killpg(proc.pid, signal.SIGTSTP)  # Ctrl-Z
+        deadline = time.monotonic() + 10
+        while _state(proc.pid) != "T" or _state(evaluation) != "T":
+            assert time.monotonic() < deadline, (f"job {_state(proc.pid)}, evaluation {_state(evaluation)}: "
+                                                 "both must be stopped")
+            time.sleep(0.05)
+        before = (tmp_path / "ticks").read_text()
+        time.sleep(2.5)
+        assert (tmp_path / "ticks").read_text() == before, "the evaluation ran on while its job was stopped"
+        os.killpg(proc.pid, signal.SIGCONT)  # fg
+        _, stderr = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    assert proc.returncode == 0, stderr
+    assert len((tmp_path / "ticks").read_text().split()) == 50
+    (trial,) = orchard.get_experiment("ticks", storage=storage).fetch_trials()
+    assert trial.status is TrialStatus.COMPLETED, (trial.error, stderr)
+
+
 def test_an_objective_that_leaves_a_process_running_still_completes(tmp_path: Path) -> None:
     exp = orchard.build_experiment("left", space={"x": "uniform(0, 1)"}, storage=str(tmp_path / "o.pkl"),
                                    max_trials=1)

@@ -6,6 +6,7 @@ with the space's names, results no storage can hold, a finished experiment joine
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 from pathlib import Path
@@ -154,6 +155,20 @@ def test_report_results_of_a_bare_value_says_to_pass_a_dict(results: Any, tmp_pa
     message = str(info.value)
     assert message.startswith("report_results takes a dict such as {'objective': ") and "report_objective" in message
     assert "\n" not in message and not (tmp_path / "results.json").exists()
+
+
+def test_results_are_never_written_through_a_link_planted_beside_them(tmp_path: Path,
+                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """The results file was written through ``results.json.tmp``, a name known in advance: a symbolic link
+    planted there by whoever can write the folder made the script overwrite the link's target."""
+    victim = tmp_path / "victim.txt"
+    victim.write_text("keep me")
+    (tmp_path / "results.json.tmp").symlink_to(victim)
+    monkeypatch.setenv("ORCHARD_RESULTS_PATH", str(tmp_path / "results.json"))
+    orchard.report_objective(0.25)
+    assert victim.read_text() == "keep me"
+    assert json.loads((tmp_path / "results.json").read_text()) == {"objective": 0.25}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["results.json", "results.json.tmp", "victim.txt"]
 
 
 def test_an_unreachable_mongodb_is_one_short_line() -> None:

@@ -89,7 +89,10 @@ def _nested(depth: int) -> object:
     ({"objective": 0.5, "curve": _nested(40)}, "nested more than 32 deep"),
     ({"objective": 0.5, "cost": 10**400}, "result 'cost' cannot be stored"),  # max_cost sums it
     ({"objective": 0.5, "memory_gb": 10**300}, "result 'memory_gb' cannot be stored"),  # a constraint reads it
-], ids=["objective", "int", "depth", "cost", "constraint"])
+    # 5 MB of JSON: MongoDB refused it (27 MB of BSON), the pickle file made every worker read it
+    ({"objective": 0.5, "loss": 0.1, "curve": [0.5] * 1_000_000},
+     "the results take 5 MB as JSON (the largest is 'curve'), more than the 4.19 MB a trial may hold"),
+], ids=["objective", "int", "depth", "cost", "constraint", "size"])
 def test_a_result_the_storage_cannot_hold_breaks_the_trial_and_the_worker_goes_on(tmp_path, result, words) -> None:
     exp = orchard.build_experiment("unholdable", space=SPACE, max_trials=3, max_broken=2, stop={"max_cost": 5.0},
                                    constraints=["memory_gb <= 16"], storage=str(tmp_path / "db.pkl"))
@@ -98,6 +101,16 @@ def test_a_result_the_storage_cannot_hold_breaks_the_trial_and_the_worker_goes_o
     trials = exp.fetch_trials()
     assert [t.status for t in trials] == [TrialStatus.BROKEN] * 2, "none left reserved"
     assert words in trials[0].error["message"] and "\n" not in trials[0].error["message"]
+
+
+def test_results_just_under_the_size_limit_are_stored_whole(tmp_path) -> None:
+    from orchard.objective import MAX_RESULTS_BYTES
+
+    curve = [0.5] * ((MAX_RESULTS_BYTES - 100) // 5)  # "0.5, " per item
+    exp = orchard.build_experiment("large", space=SPACE, max_trials=1, storage=str(tmp_path / "db.pkl"))
+    exp.workon(lambda x: {"objective": x, "curve": curve}, progress=False)
+    (trial,) = exp.fetch_trials()
+    assert trial.status is TrialStatus.COMPLETED and trial.results["curve"] == curve
 
 
 def test_an_objective_given_by_name_as_a_huge_int_breaks_the_trial() -> None:

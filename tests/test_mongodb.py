@@ -420,9 +420,13 @@ def test_every_write_is_stamped_by_the_server_not_by_a_client_clock(storage: Mon
     assert _doc(storage, trial.id)["status"] == TrialStatus.INTERRUPTED.value
 
 
-def test_writes_default_to_majority_write_concern() -> None:
-    assert MongoStorage("mongodb://localhost/db")._client.write_concern.document == {"w": "majority"}
-    assert MongoStorage("mongodb://localhost/db?w=1")._client.write_concern.document == {"w": 1}
+def test_writes_default_to_majority_journaled_write_concern() -> None:
+    """A standalone server acknowledged a write before its journal had it (written every 100 ms), so a crash
+    of the server could lose a completed result: writes wait for the journal unless the URI says otherwise."""
+    assert MongoStorage("mongodb://localhost/db")._client.write_concern.document == {"w": "majority", "j": True}
+    assert MongoStorage("mongodb://localhost/db?w=1")._client.write_concern.document == {"w": 1, "j": True}
+    assert MongoStorage("mongodb://localhost/db?journal=false")._client.write_concern.document == {
+        "w": "majority", "j": False}
 
 
 # -- reading ----------------------------------------------------------------------

@@ -15,6 +15,7 @@ import pytest
 
 from orchard.errors import ExperimentNotFoundError
 from orchard.storages.mongodb import MongoStorage
+from orchard.trial import TrialStatus
 from tests.conftest import backend_uri
 
 
@@ -108,3 +109,19 @@ def test_a_result_for_a_trial_deleted_under_its_worker_says_what_happened(
     with pytest.raises(TrialNotFoundError, match=r"deleted from .* while worker host:1:w held it: its experiment "
                                                   r"was deleted \(orchard db rm\?\)"):
         worker.complete_trial(held.id, "host:1:w", 0.5)
+
+
+def test_a_result_for_a_trial_a_restore_took_away_is_dropped_and_the_worker_goes_on(
+    handles: tuple[MongoStorage, MongoStorage], exp: str
+) -> None:
+    """A server killed without a journal (SecantusDB, probed) lost a registration acknowledged to a worker; the
+    worker then died on TrialNotFoundError while its experiment went on (a pickle file's worker drops and goes on)."""
+    from orchard.errors import ReservationLostError
+
+    user, worker = handles
+    held = worker.register_trial(exp, {"x": 0.1}, worker="host:1:w", budget=5)
+    user._trials.delete_one({"_id": held.id})  # what a restored or crashed database no longer has
+    with pytest.raises(ReservationLostError, match=r"vanished from .* while worker host:1:w held it, though its "
+                                                    r"experiment is still there"):
+        worker.complete_trial(held.id, "host:1:w", 0.5)
+    assert worker.register_trial(exp, {"x": 0.2}, worker="host:1:w", budget=5).status is TrialStatus.RESERVED

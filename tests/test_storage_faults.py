@@ -198,8 +198,35 @@ class ReadOnly:
     close = stop
 
 
-@pytest.fixture(params=[DiskFull, ReadOnly], ids=["disk full", "read-only file"])
-def refusing_disk(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[DiskFull | ReadOnly]:
+class FileTooLarge:
+    """The worker's file size limit (``ulimit -f``, set with ``prlimit``) lowered to the file's size: EFBIG.
+
+    The completed result was thrown away: the error was not retried, and the worker died.
+    """
+
+    expected = "[Errno 27] File too large"
+
+    def __init__(self, tmp_path: Path) -> None:
+        self.path, self.started = tmp_path / "orchard.pkl", tmp_path / "started"
+
+    def _limit(self, soft: str) -> None:
+        done = subprocess.run(["prlimit", "--pid", self.started.read_text(), f"--fsize={soft}:unlimited"],
+                              capture_output=True, check=False)
+        if done.returncode != 0:
+            pytest.skip(f"cannot set a process's file size limit here: {done.stderr.decode().strip()}")
+
+    def start(self) -> None:
+        self._limit(str(self.path.stat().st_size))
+
+    def stop(self) -> None:
+        self._limit("unlimited")
+
+    def close(self) -> None:
+        pass
+
+
+@pytest.fixture(params=[DiskFull, ReadOnly, FileTooLarge], ids=["disk full", "read-only file", "file too large"])
+def refusing_disk(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[DiskFull | ReadOnly | FileTooLarge]:
     fault = request.param(tmp_path)
     try:
         yield fault
@@ -210,7 +237,7 @@ def refusing_disk(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Di
 @pytest.mark.slow
 @pytest.mark.timeout(120)
 def test_a_result_computed_while_the_disk_refuses_writes_is_kept_and_written_later(
-        refusing_disk: DiskFull | ReadOnly, tmp_path: Path, spawn: Callable[..., FaultWorker]) -> None:
+        refusing_disk: DiskFull | ReadOnly | FileTooLarge, tmp_path: Path, spawn: Callable[..., FaultWorker]) -> None:
     storage = str(refusing_disk.path)
     worker = spawn(storage, "full", "waits_for_go", max_trials=1, heartbeat=0.25)
     wait_for(lambda: (tmp_path / "started").exists() or worker.process.poll() is not None, 60,

@@ -100,14 +100,12 @@ def missing_storage_file(args: argparse.Namespace) -> str | None:
     Read-only commands stop there instead of opening the storage, which would create
     the file's folder and lock file.
     """
-    from orchard.storages._uri import split_options
+    from orchard.storages._uri import pickle_path
 
-    base = split_options(storage_uri(args).strip())[0]
-    if base.lower().startswith("pickle://"):
-        base = base[len("pickle://"):]
-    elif "://" in base or not base.endswith(".pkl"):
+    found = pickle_path(storage_uri(args).strip())
+    if found is None:
         return None
-    return None if os.path.exists(os.path.expanduser(base)) else base
+    return None if os.path.exists(os.path.expanduser(found[0])) else found[0]
 
 
 def open_experiment(args: argparse.Namespace) -> Experiment:

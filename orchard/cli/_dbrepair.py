@@ -10,13 +10,17 @@ from __future__ import annotations
 
 import argparse
 
-from orchard.errors import ConfigurationError
+from orchard.errors import ConfigurationError, StorageError
 from orchard.storages.base import BaseStorage
 
 __all__ = ["run_check", "run_repair"]
 
 
 def _pickle_file(storage: BaseStorage) -> object:
+    """The pickle storage to check or repair; a file that does not exist is refused (a mistyped
+    path was reported as 'no damage', and repair made its folder and lock file)."""
+    import os
+
     from orchard.storages.pickled import PickledStorage
 
     if not isinstance(storage, PickledStorage):
@@ -24,6 +28,9 @@ def _pickle_file(storage: BaseStorage) -> object:
             f"orchard db check/repair read pickle files, and {storage.redacted_uri} is not one; "
             "MongoDB checks its own data (use mongod's validate command), memory:// has no file"
         )
+    if not os.path.exists(storage.path):
+        raise StorageError(f"storage file {storage.path} does not exist, so there is nothing to check or "
+                           "repair; check --storage and the folder you run from")
     return storage
 
 

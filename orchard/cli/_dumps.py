@@ -18,6 +18,7 @@ import math
 import os
 import sys
 import time
+import uuid
 from collections.abc import Iterator, Mapping
 from typing import Any, TextIO
 
@@ -85,16 +86,18 @@ def write_dump(data: dict[str, Any], path: str) -> None:
         except OSError as err:
             raise _unwritable(path, err) from err
         return
-    tmp = f"{target}.tmp{os.getpid()}"
+    # a new name, created exclusively: a name known in advance (the pid) in a shared folder let another
+    # user plant a symbolic link there, and the dump was written into the file it named
+    tmp = f"{target}.{uuid.uuid4().hex}.tmp"
     try:
-        with open(tmp, "w", encoding="utf-8") as handle:
+        with open(tmp, "x", encoding="utf-8") as handle:
             _write_into(handle, path, data)
             os.fsync(handle.fileno())
         os.replace(tmp, target)
     except OSError as err:
         raise _unwritable(path, err) from err
     finally:
-        if os.path.exists(tmp):
+        if os.path.lexists(tmp):
             os.unlink(tmp)
 
 
@@ -173,7 +176,7 @@ def _check_experiment(entry: Any, where: str, named: bool) -> None:
     from orchard.errors import StorageError
     from orchard.experiment_config import ExperimentConfig
     from orchard.naming import check_experiment_name
-    from orchard.storages.values import check_error, check_params
+    from orchard.storages.pickled.records import check_trial, experiment_fault
 
     if not isinstance(entry, dict) or not isinstance(entry.get("config"), dict) \
             or not isinstance(entry.get("trials"), list):
@@ -189,18 +192,27 @@ def _check_experiment(entry: Any, where: str, named: bool) -> None:
         config = ExperimentConfig.from_dict(entry["config"])
     except ConfigurationError as err:
         raise ConfigurationError(f"{where} has an invalid configuration: {err}; nothing was loaded") from None
+    created = entry.get("created")
+    if created is not None:  # absent: loaded as created now
+        fault = experiment_fault({"id": "", "name": "", "created": created, "config": {}})
+        if fault is not None:
+            raise ConfigurationError(f"{where} cannot be loaded: {fault}; nothing was loaded")
     for number, record in enumerate(entry["trials"]):
         try:
             if not isinstance(record, dict):
                 raise TypeError(f"it is a JSON {type(record).__name__}, not an object")
-            trial = Trial.from_dict({**record, "id": "", "experiment": ""})  # both are rewritten on load
+            fields = {**_DEFAULT_FIELDS, **record, "id": "", "experiment": ""}  # both are rewritten on load
+            check_trial(fields, _JSON_VALUES)  # what every reader would skip (RecordError, a ValueError)
+            trial = Trial.from_dict(fields)
             config.space.validate(trial.params)
-            check_params(trial.params)
             _check_numbers(trial, config.objectives or {})
-            if trial.error is not None:
-                check_error(trial.error)
         except (ConfigurationError, StorageError, TypeError, ValueError, KeyError) as err:
             raise ConfigurationError(f"{where}, trial {number} cannot be loaded: {err}; nothing was loaded") from None
+
+
+#: A dumped trial's fields at their default: a field left out of a dump written by hand reads as its default.
+_DEFAULT_FIELDS = Trial(id="", experiment="", params={}).to_dict()
+_JSON_VALUES = 1 << 62  # json.load builds no shared sub-lists: the file's size bounds the walk of a trial
 
 
 def _check_numbers(trial: Trial, objectives: Mapping[str, str]) -> None:

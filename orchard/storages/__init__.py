@@ -16,7 +16,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from orchard.errors import ConfigurationError
-from orchard.storages._uri import redact
+from orchard.storages._uri import pickle_path, redact
 from orchard.storages.base import BaseStorage, ExperimentRecord
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -108,7 +108,7 @@ def get_storage(uri: str | BaseStorage | None = None) -> BaseStorage:
     uri = uri.strip()
     scheme, sep, _ = uri.partition("://")
     if not sep:
-        if uri.split("?", 1)[0].endswith(".pkl"):
+        if pickle_path(uri) is not None:
             return STORAGES["pickle"](uri)
         raise ConfigurationError(
             f"storage {redact(uri)!r} is neither a URI nor a path ending in .pkl; "

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 import urllib.parse
 
-__all__ = ["password_of", "redact", "split_options"]
+__all__ = ["password_of", "pickle_path", "redact", "split_options"]
 
 _SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*:/*")
 
@@ -57,3 +57,16 @@ def split_options(uri: str) -> tuple[str, dict[str, str]]:
     base, _, query = uri.partition("?")
     options = dict(urllib.parse.parse_qsl(query, keep_blank_values=True))
     return base, options
+
+
+def pickle_path(uri: str) -> tuple[str, dict[str, str]] | None:
+    """The file path and query options of a pickle storage, or ``None`` when ``uri`` names another kind.
+
+    A pickle storage is ``pickle://PATH[?options]`` (any path; the scheme in any case) or a
+    plain ``PATH.pkl[?options]``; ``pickle:///abs.pkl`` gives the absolute path ``/abs.pkl``.
+    """
+    base, options = split_options(uri)
+    scheme, sep, rest = base.partition("://")
+    if sep:
+        return (rest, options) if scheme.lower() == "pickle" else None
+    return (base, options) if base.endswith(".pkl") else None

@@ -44,11 +44,13 @@ import abc
 import dataclasses
 import time
 from collections.abc import Iterable, Mapping
-from typing import Any
+from typing import Any, TypeVar
 
 from orchard.trial import Lease, ReportValue, Trial, TrialStatus
 
 __all__ = ["BaseStorage", "ExperimentRecord"]
+
+_Storage = TypeVar("_Storage", bound="BaseStorage")  # `with PickledStorage(...) as s` keeps its type
 
 
 @dataclasses.dataclass
@@ -372,7 +374,7 @@ class BaseStorage(abc.ABC):
     def close(self) -> None:
         """Release connections and file handles. The storage may be reopened by URI."""
 
-    def __enter__(self) -> BaseStorage:
+    def __enter__(self: _Storage) -> _Storage:
         return self
 
     def __exit__(self, *exc_info: object) -> None:

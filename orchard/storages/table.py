@@ -26,16 +26,22 @@ from orchard.errors import (
     BudgetExhaustedError,
     DuplicateTrialError,
     ExperimentNotFoundError,
+    ReservationLostError,
+    StorageError,
     TrialNotFoundError,
 )
 from orchard.space import to_builtin, trial_id
 from orchard.storages.base import ExperimentRecord
 from orchard.trial import Lease, ReportValue, Trial, TrialStatus
 
-__all__ = ["SCALARS", "Record", "TrialTable"]
+__all__ = ["REMEMBERED", "SCALARS", "Record", "TrialTable"]
 
 Record = dict[str, Any]
 SCALARS = (bool, int, float, str, type(None))  # the plain values a record holds besides lists and dicts
+#: How many deleted experiments (and vanished trials) a table remembers, to name what happened to
+#: them: the latest ones, so a long-lived process (a dashboard, a loop that creates and deletes
+#: experiments) does not grow without bound.
+REMEMBERED = 1024
 
 
 class _ExperimentTrials:
@@ -61,13 +67,22 @@ class TrialTable:
     out (:class:`~orchard.storages.table_storage.TableStorage` does, in one place).
     """
 
-    def __init__(self) -> None:
+    def __init__(self, vanished: OrderedDict[str, str] | None = None) -> None:
+        """An empty table.
+
+        Args:
+            vanished: trial id -> why it is gone, for trials held before the table was
+                rebuilt from a file that lacks them (kept by the caller across rebuilds;
+                :meth:`_missing` names the reason instead of "no trial").
+        """
         self._experiments: dict[str, ExperimentRecord] = {}
         self._names: dict[str, str] = {}
         self._by_experiment: dict[str, _ExperimentTrials] = {}
         self._owner_of: dict[str, str] = {}  # trial id -> experiment id
-        self._deleted: dict[str, str] = {}  # id -> name of each experiment deleted under this table's eyes
-        self._deleted_trials: dict[str, str] = {}  # trial id -> id of its deleted experiment
+        # id -> (name, ids of its unfinished trials) of the latest experiments deleted under this table's eyes
+        self._deleted: OrderedDict[str, tuple[str, tuple[str, ...]]] = OrderedDict()
+        self._deleted_trials: dict[str, str] = {}  # unfinished trial id -> id of its deleted experiment
+        self.vanished: OrderedDict[str, str] = OrderedDict() if vanished is None else vanished
         self.seq = 0
 
     # -- applying records (the only place state changes) -------------------------
@@ -93,16 +108,40 @@ class TrialTable:
                 heartbeat=record["heartbeat"]
             ))
         elif op == "drop":
-            exp_id = record["experiment"]
-            dropped = self._experiments.pop(exp_id, None)
-            if dropped is not None:
-                self._names.pop(dropped.name, None)
-                self._deleted[exp_id] = dropped.name  # so its running workers learn what happened
-            for tid in self._by_experiment.pop(exp_id, _ExperimentTrials()).trials:
-                self._owner_of.pop(tid, None)
-                self._deleted_trials[tid] = exp_id
+            self._drop(record["experiment"])
         else:  # pragma: no cover - guarded by the pickle loader
             raise ValueError(f"unknown record op {op!r}")
+
+    def _drop(self, exp_id: str) -> None:
+        """Forget an experiment, remembering (boundedly) what its running workers need to be told."""
+        dropped = self._experiments.pop(exp_id, None)
+        table = self._by_experiment.pop(exp_id, _ExperimentTrials())
+        for tid in table.trials:
+            self._owner_of.pop(tid, None)
+        if dropped is None:
+            return
+        self._names.pop(dropped.name, None)
+        # only unfinished trials can still be written to by id (a finished one refuses every write)
+        unfinished = (*table.reserved, *table.waiting[TrialStatus.INTERRUPTED], *table.waiting[TrialStatus.NEW])
+        self._deleted[exp_id] = (dropped.name, unfinished)
+        self._deleted_trials.update(dict.fromkeys(unfinished, exp_id))
+        while len(self._deleted) > REMEMBERED:
+            for tid in self._deleted.popitem(last=False)[1][1]:
+                self._deleted_trials.pop(tid, None)
+
+    def forget_vanished(self, why: str) -> None:
+        """Remember this table's unfinished trials as vanished for ``why``, before it is rebuilt from another file.
+
+        The caller passes :attr:`vanished` to the rebuilt table: a write to one of these trials
+        that the new file lacks is refused with ``why`` (a :class:`ReservationLostError`, so
+        the worker holding it drops that result and goes on), and to no other trial.
+        """
+        for table in self._by_experiment.values():
+            for tid in (*table.reserved, *table.waiting[TrialStatus.INTERRUPTED]):
+                self.vanished[tid] = why
+                self.vanished.move_to_end(tid)
+        while len(self.vanished) > REMEMBERED:
+            self.vanished.popitem(last=False)
 
     def _put_trial(self, trial: Trial) -> None:
         table = self._by_experiment.get(trial.experiment)
@@ -152,14 +191,16 @@ class TrialTable:
         return self._by_experiment[experiment_id]
 
     def _deleted_under_us(self, experiment_id: str) -> str:
-        return (f"experiment {self._deleted[experiment_id]!r} (id {experiment_id}) was deleted from the storage "
+        return (f"experiment {self._deleted[experiment_id][0]!r} (id {experiment_id}) was deleted from the storage "
                 "(`orchard db rm`?) while this process was using it; its trials and results are gone")
 
-    def _missing(self, trial_id_: str) -> TrialNotFoundError:
-        """The error for a trial that does not exist, saying so if its experiment was deleted meanwhile."""
+    def _missing(self, trial_id_: str) -> StorageError:
+        """The error for a trial that does not exist, saying so if its experiment was deleted or its file replaced."""
         if trial_id_ in self._deleted_trials:
             return TrialNotFoundError(
                 f"no trial with id {trial_id_!r} in the storage: {self._deleted_under_us(self._deleted_trials[trial_id_])}")
+        if trial_id_ in self.vanished:
+            return ReservationLostError(f"no trial with id {trial_id_!r} in the storage: {self.vanished[trial_id_]}")
         return TrialNotFoundError.missing(trial_id_)
 
     def experiment_named(self, name: str) -> ExperimentRecord | None:

@@ -54,6 +54,8 @@ def _detached(value: Any) -> Any:
         copied.params = dict(value.params)
         copied.results = _plain_copy(value.results)
         copied.error = None if value.error is None else _plain_copy(value.error)
+        copied.reports = list(value.reports)  # (step, value) tuples: the list is what a caller may change
+        copied.verdict = None if value.verdict is None else _plain_copy(value.verdict)
         return copied
     if isinstance(value, ExperimentRecord):
         return dataclasses.replace(value, config=_plain_copy(value.config))

@@ -96,3 +96,20 @@ class CopyChecks(Checks):
                 copy.results["metric"]["nested"].append(3)
         assert frozen(storage, exp) == before, "mutating a Trial returned by a read verb changed the storage"
         assert stored(storage, trial.id).results == {"metric": {"nested": [1, 2]}}
+
+    def test_reports_and_verdicts_returned_are_copies(self, storage: BaseStorage, exp: str) -> None:
+        """A pruner sorting a trial's reports in place changed the stored ones, which the next write persisted."""
+        trial = storage.register_trial(exp, {"x": 1.0}, worker=W1)
+        reported = storage.report_trial(trial.id, W1, 1, 0.5)
+        handed_out = [reported, stored(storage, trial.id), *storage.fetch_trials(exp)]
+        for copy in handed_out:
+            copy.reports.append((99, 9.9))
+            copy.reports[0] = (0, -1.0)
+        pruned = storage.prune_trial(trial.id, W1, {"rule": "median"})
+        assert pruned.verdict is not None
+        pruned.verdict["rule"] = "changed"
+        for copy in storage.fetch_trials(exp):
+            assert copy.verdict is not None
+            copy.verdict["rule"] = "changed"
+        kept = stored(storage, trial.id)
+        assert (kept.reports, kept.verdict) == ([(1, 0.5)], {"rule": "median"}), "a caller's copy changed the storage"

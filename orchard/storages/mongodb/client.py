@@ -34,7 +34,7 @@ from pymongo.uri_parser import parse_uri
 
 from orchard.errors import ConfigurationError, StorageCorruptedError, StorageError, StorageUnavailableError
 from orchard.storages._uri import password_of, redact, split_options
-from orchard.storages.pickled.records import RecordError, check_trial
+from orchard.storages.pickled.records import RecordError, check_trial, experiment_fault
 from orchard.trial import Trial, TrialStatus
 
 __all__ = [
@@ -74,10 +74,11 @@ log = logging.getLogger(__name__)
 DEFAULT_DATABASE = "orchard"
 
 #: Client options applied unless the URI sets them: fail fast when the server is down, and
-#: acknowledge a write only once a majority of the replica set has it, so an acknowledged
-#: result survives a failover (``w=majority`` is plain ``w=1`` on a standalone server).
-_CLIENT_DEFAULTS: dict[str, int | str] = {
-    "serverSelectionTimeoutMS": 5000, "connectTimeoutMS": 5000, "w": "majority",
+#: acknowledge a write only once a majority of the replica set has it in its journal, so an
+#: acknowledged result survives a failover and a crash of the server (``w=majority`` is plain
+#: ``w=1`` on a standalone server, whose journal is otherwise written every 100 ms).
+_CLIENT_DEFAULTS: dict[str, int | str | bool] = {
+    "serverSelectionTimeoutMS": 5000, "connectTimeoutMS": 5000, "w": "majority", "journal": True,
 }
 
 #: Server codes meaning "who you are" or "what you may do" was refused.
@@ -135,6 +136,8 @@ def open_client(uri: str) -> tuple[Client, str]:
         return _mock_client(uri)
     options = split_options(uri)[1]
     given = {key.lower() for key in options}
+    if any(key.lower() == "w" and str(value) == "0" for key, value in options.items()):
+        given.add("journal")  # refused below with its own reason, not pymongo's about the journal
     defaults = {k: v for k, v in _CLIENT_DEFAULTS.items() if k.lower() not in given}
     try:
         if uri.lower().startswith("mongodb://"):  # strict: typos in options raise instead of warning
@@ -459,17 +462,12 @@ def readable_trials(docs: Iterable[dict[str, Any]], uri: str) -> list[Trial]:
     return trials
 
 
-#: The fields of an experiment document every reader relies on, and the types Orchard writes.
-_EXPERIMENT_TYPES: dict[str, tuple[type, ...]] = {"_id": (str,), "name": (str,), "created": (int, float), "config": (dict,)}
-
-
 def unreadable_experiment(doc: Mapping[str, Any]) -> str | None:
-    """Why ``doc`` is not an experiment Orchard writes (a field missing or of another type), or ``None``."""
-    for field, kinds in _EXPERIMENT_TYPES.items():
-        value = doc.get(field)
-        if type(value) not in kinds:
-            return f"field {field!r} is {'missing' if field not in doc else type(value).__name__}"
-    return None
+    """Why ``doc`` is not an experiment Orchard writes (a field missing or of another type), or ``None``.
+
+    The checks are the pickle log's (:func:`orchard.storages.pickled.records.experiment_fault`).
+    """
+    return experiment_fault(doc, "_id")
 
 
 def check_experiment(doc: Mapping[str, Any], uri: str) -> None:

@@ -25,7 +25,7 @@ client clock orders anything.
 it still holds the exact worker and heartbeat value an observer saw
 (:mod:`orchard.leases`); no clock is compared.
 
-**Durability.** Writes use ``w=majority`` unless the URI sets ``w``.
+**Durability.** Writes use ``w=majority`` and ``journal=true`` unless the URI sets them.
 """
 
 from __future__ import annotations
@@ -35,6 +35,7 @@ import logging
 import os
 import threading
 import uuid
+from collections import OrderedDict
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -55,6 +56,7 @@ from orchard.storages.base import BaseStorage, ExperimentRecord
 from orchard.storages.mongodb import client
 from orchard.storages.mongodb.changes import STAMP, ChangeFeed
 from orchard.storages.mongodb.slots import insert_holding_slot, record_holding_slot
+from orchard.storages.table import REMEMBERED
 from orchard.storages.values import check_error, check_params
 from orchard.trial import Lease, ReportValue, Trial, TrialStatus
 
@@ -129,6 +131,7 @@ class MongoStorage(BaseStorage):
         self._indexed = False
         self.answered = False  # whether a call has succeeded: losing the server is then an outage
         self._names: dict[str, str] = {}  # experiment id -> name, for ids known to exist
+        self._held: OrderedDict[str, None] = OrderedDict()  # the latest trials handed out reserved by this handle
 
     @classmethod
     def from_uri(cls, uri: str) -> MongoStorage:
@@ -165,15 +168,10 @@ class MongoStorage(BaseStorage):
     def _trials(self) -> Any:
         return self._db().trials
 
-    def _stamp(
-        self, changes: Mapping[str, Any], unset: Iterable[str] = (), inc: Mapping[str, int] | None = None
-    ) -> dict[str, Any]:
+    def _stamp(self, changes: Mapping[str, Any], unset: Iterable[str] = (),
+               inc: Mapping[str, int] | None = None) -> dict[str, Any]:
         """An update setting ``changes`` plus the write stamp every write carries."""
-        update: dict[str, Any] = {
-            "$set": dict(changes),
-            "$inc": {**(inc or {}), "version": 1},
-            **STAMP,
-        }
+        update: dict[str, Any] = {"$set": dict(changes), "$inc": {**(inc or {}), "version": 1}, **STAMP}
         if unset:
             update["$unset"] = {field: "" for field in unset}
         return update
@@ -281,15 +279,8 @@ class MongoStorage(BaseStorage):
     # -- trials: creation -------------------------------------------------------
 
     @_translated("register a trial")
-    def register_trial(
-        self,
-        experiment_id: str,
-        params: Mapping[str, Any],
-        *,
-        worker: str | None = None,
-        budget: int | None = None,
-        parent: str | None = None,
-    ) -> Trial:
+    def register_trial(self, experiment_id: str, params: Mapping[str, Any], *, worker: str | None = None,
+                       budget: int | None = None, parent: str | None = None) -> Trial:
         check_params(params)
         name = self._experiment_name(experiment_id)
         plain: dict[str, Any] = to_builtin(dict(params))
@@ -299,7 +290,7 @@ class MongoStorage(BaseStorage):
         if worker is not None:
             trial = transitions.reserve(worker, now).applied_to(trial)  # registered and reserved at once
         insert_holding_slot(self._db(), client.trial_to_doc(trial), budget, name)
-        return trial
+        return trial if worker is None else self._handed(trial)
 
     @_translated("record a trial")
     def record_trial(self, experiment_id: str, params: Mapping[str, Any], objective: float, results: Mapping[str, Any],
@@ -352,11 +343,25 @@ class MongoStorage(BaseStorage):
             return trial  # the driver's own retry of a write whose reply was lost met the write's effect
         error = change.refusal(trial_id, trial, self.redacted_uri)
         if trial is None and change.owner is not None:  # it existed when this worker reserved it
-            error = TrialNotFoundError.deleted(trial_id, self.redacted_uri, change.owner)
+            error = self._vanished(trial_id, change.owner)
         if error is None:  # it changed back between the update and this read: refuse all the same
             assert trial is not None
             error = ReservationLostError.refused(trial_id, trial.status.value, trial.worker, change.owner)
         raise error
+
+    def _vanished(self, trial_id: str, worker: str) -> StorageError:
+        """A held trial gone with its experiment (the worker stops), or from a restored or crashed database
+        while every experiment this handle uses is still there (it drops the result and goes on)."""
+        known = list(self._names)
+        if trial_id in self._held and self._db().experiments.count_documents({"_id": {"$in": known}}) == len(known):
+            return ReservationLostError.vanished(trial_id, self.redacted_uri, worker)
+        return TrialNotFoundError.deleted(trial_id, self.redacted_uri, worker)
+
+    def _handed(self, trial: Trial) -> Trial:
+        self._held[trial.id] = None
+        while len(self._held) > REMEMBERED:
+            self._held.popitem(last=False)
+        return trial
 
     def _current(self, trial_id: str) -> Trial:
         doc = self._trials.find_one({"_id": trial_id})
@@ -381,7 +386,7 @@ class MongoStorage(BaseStorage):
                 return None
             why = client.unreadable(doc)
             if why is None:
-                return client.doc_to_trial(doc)
+                return self._handed(client.doc_to_trial(doc))
             client.break_unreadable(self._trials, doc, {"worker": worker}, why, self.now(), self.uri)
 
     @_translated("record a heartbeat")
@@ -391,9 +396,8 @@ class MongoStorage(BaseStorage):
             self._settled(trial_id, change)
 
     @_translated("complete a trial")
-    def complete_trial(
-        self, trial_id: str, worker: str, objective: float, results: Mapping[str, Any] | None = None
-    ) -> Trial:
+    def complete_trial(self, trial_id: str, worker: str, objective: float,
+                       results: Mapping[str, Any] | None = None) -> Trial:
         return self._apply(trial_id, transitions.complete(worker, objective, to_builtin(dict(results or {})), self.now()))
 
     @_translated("mark a trial broken")
@@ -452,9 +456,7 @@ class MongoStorage(BaseStorage):
         return None if doc is None else client.doc_to_trial(doc, self.uri)
 
     @_translated("fetch trials")
-    def fetch_trials(
-        self, experiment_id: str, statuses: Iterable[TrialStatus | str] | None = None
-    ) -> list[Trial]:
+    def fetch_trials(self, experiment_id: str, statuses: Iterable[TrialStatus | str] | None = None) -> list[Trial]:
         query: dict[str, Any] = {"experiment": experiment_id}
         if statuses is not None:
             query["status"] = {"$in": [TrialStatus(s).value for s in statuses]}

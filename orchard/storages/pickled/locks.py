@@ -78,6 +78,7 @@ class KernelLock:
     def __init__(self, path: str, stale_after: float = 30.0) -> None:
         self.path = path
         self._fd: int | None = None
+        self._locked: os.stat_result | None = None  # the lock file as fstat saw it when this process locked it
         self._touched = -math.inf
         self._stale_after = stale_after
         self._marker: SoftLock | None = None  # judges a soft lock's marker met in the lock file
@@ -104,7 +105,7 @@ class KernelLock:
             os.close(fd)
             self._wait_for_marker()
             return False
-        self._fd = fd
+        self._fd, self._locked = fd, locked
         now = time.monotonic()
         if now - self._touched >= _TOUCH_EVERY:  # throttled: a metadata write per verb costs on NFS
             self._touched = now
@@ -127,10 +128,10 @@ class KernelLock:
         A lock file deleted (or replaced) under its holder lets the next process
         lock a new file of the same name while the holder still writes.
         """
-        if self._fd is None:
+        if self._fd is None or self._locked is None:
             return False
-        try:
-            return os.path.samestat(os.fstat(self._fd), os.stat(self.path))
+        try:  # the locked file's identity is the one fstat gave when it was taken: one stat per call
+            return os.path.samestat(self._locked, os.stat(self.path))
         except OSError:
             return False
 

@@ -27,6 +27,7 @@ import os
 import stat
 import uuid
 import weakref
+from collections import OrderedDict
 from collections.abc import Callable
 from typing import NamedTuple
 
@@ -53,6 +54,11 @@ def _after_fork_in_child() -> None:
 
 if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+def _close_quietly(fd: int) -> None:
+    with contextlib.suppress(OSError):
+        os.close(fd)
 
 
 def continuation_tag(generation: bytes, offset: int) -> bytes:
@@ -85,8 +91,9 @@ class LogReader:
     def __init__(self, path: str) -> None:
         self.path = path
         self._kept: tuple[int, tuple[int, int]] | None = None  # the replayed file, open: (fd, (device, inode))
+        self._close_kept: Callable[[], object] | None = None  # closes it, also if this reader is dropped
         self._forked_from: bytes | None = None  # the generation whose kept file a fork closed
-        self.replaced: str | None = None  # how the file was last replaced under this replay, if it was
+        self._vanished: OrderedDict[str, str] = OrderedDict()  # trials a replaced file took away: why, each
         self.reset(None)
         _READERS.add(self)
 
@@ -96,16 +103,14 @@ class LogReader:
         Otherwise every forked worker holds the replaced file's space until it exits.
         The child replays from its own reads on; after a compaction it starts over.
         """
-        kept, self._kept = self._kept, None
-        if kept is not None:
+        if self._kept is not None:
             self._forked_from = self._generation  # its compaction can no longer be followed: replayed quietly
-            with contextlib.suppress(OSError):
-                os.close(kept[0])
+        self._forget_kept()
 
     def reset(self, header: Header | None) -> None:
         """Start over from an empty table, to replay the file (of ``header``'s generation)."""
         self._forget_kept()
-        self.table = TrialTable()
+        self.table = TrialTable(self._vanished)
         self.token = uuid.uuid4().hex  # names this replay in fetch_changes cursors
         self._generation = None if header is None else header.generation
         self._base = HEADER_SIZE if header is None else header.base
@@ -113,6 +118,11 @@ class LogReader:
         self._size = 0
         self._compact_floor = 0  # the writer's: no compaction attempt below this offset
         self._seen: tuple[int, int, int] | None = None  # (device, inode, size) of the file fully replayed
+
+    @property
+    def has_replayed(self) -> bool:
+        """Whether this replay has read a file at its path (one that vanishes is then not recreated)."""
+        return self._generation is not None
 
     def vanished(self, how: str) -> StorageUnavailableError:
         """The error for a file this process had read that is now gone: never recreated empty under it."""
@@ -180,9 +190,10 @@ class LogReader:
         header = fileformat.decode_header(fileformat.pread(fd, HEADER_SIZE, 0), self.path)
         if header.generation != self._generation and not self._continues(header):
             if self._generation is not None and self._generation != self._forked_from:
-                self.replaced = "replaced by another file (restored from an older copy, repaired, or copied over)"
+                how = "replaced by another file (restored from an older copy, repaired, or copied over)"
                 log.warning("storage file %s was %s; replaying the new file, in which trials this process held "
-                            "may not exist", self.path, self.replaced)
+                            "may not exist", self.path, how)
+                self._replaced(how)
             self.reset(header)  # first read, or rewritten by another process: replay from scratch
         if size < self._offset:
             if not locked:
@@ -192,7 +203,7 @@ class LogReader:
                 "program truncated or restored it; replaying it from the start (records that were in "
                 "the lost bytes are gone)", self.path, size, self._offset,
             )
-            self.replaced = "truncated or overwritten by another program (an older copy copied over it?)"
+            self._replaced("truncated or overwritten by another program (an older copy copied over it?)")
             self.reset(header)
         self._size = size
         if size > self._offset:
@@ -209,6 +220,12 @@ class LogReader:
         self._seen = seen if self._offset == size else None  # an append replaces a torn tail: look again
         self._keep(fd, info)
         return True
+
+    def _replaced(self, how: str) -> None:
+        """Remember the trials this replay held as taken away by the file's replacement, if the new file lacks them."""
+        self.table.forget_vanished(
+            f"storage file {self.path} was {how} while this process held the trial, and the new file does "
+            "not have it; this write was refused")
 
     def unchanged(self) -> bool:
         """Whether the path still names the file we replayed to its end, at the same size (one ``stat``).
@@ -261,13 +278,17 @@ class LogReader:
         if self._kept is not None and self._kept[1] == identity:
             return
         self._forget_kept()
-        self._kept = (os.dup(fd), identity)
+        kept = os.dup(fd)
+        self._kept = (kept, identity)
+        # a storage dropped by a long-lived process (get_experiment in a loop) leaked it: one per storage, to EMFILE
+        close = weakref.finalize(self, _close_quietly, kept)
+        close.atexit = False
+        self._close_kept = close
 
     def _forget_kept(self) -> None:
-        kept, self._kept = self._kept, None
-        if kept is not None:
-            with contextlib.suppress(OSError):
-                os.close(kept[0])
+        close, self._close_kept, self._kept = self._close_kept, None, None
+        if close is not None:
+            close()
 
     def _apply(self, batches: list[list[Record]]) -> None:
         try:

@@ -23,27 +23,38 @@ Every int is a 64-bit one (``|n| < 2**63``, what MongoDB stores too): a
 5,000-digit int cannot even be printed (Python refuses to convert it to text),
 so one would break every ``str``, JSON dump and plot of its trial. A trial's
 ``error`` is ``None`` or a dict whose ``type``, ``message`` and ``reason``,
-when present, are strings (every reader formats them as text).
+when present, are strings (every reader formats them as text). A time (an
+experiment's ``created``, a trial's ``heartbeat``, ``submit_time``, ``start_time``,
+``end_time``) is finite and within :data:`TIME_LIMIT` seconds of 1970.
 Writers check their records the same way before appending them, so a record
 that returned is never one that readers would skip.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from orchard.storages.table import SCALARS
 from orchard.storages.values import ERROR_TEXTS, INT_LIMIT, MAX_DEPTH
 from orchard.trial import TrialStatus
 
-__all__ = ["INT_LIMIT", "MAX_DEPTH", "SCALARS", "RecordError", "check_batch", "check_trial"]
+__all__ = ["INT_LIMIT", "MAX_DEPTH", "SCALARS", "TIME_LIMIT", "RecordError", "check_batch", "check_trial",
+           "experiment_fault", "time_fault"]
 
 _NODE_FLOOR = 10_000  # nodes any frame may hold, beyond its size in bytes
 _STATUSES = frozenset(status.value for status in TrialStatus)
-_OPTIONAL_NUMBERS = ("objective", "heartbeat", "submit_time", "start_time", "end_time")
+_TIMES = ("heartbeat", "submit_time", "start_time", "end_time")
+#: A stored time is seconds since 1970 within this bound (years 1426 to 2514), and finite: NaN or 1e300
+#: cannot be shown as a date (`orchard info` of its experiment failed), and a NaN heartbeat never
+#: equals itself, which leases are judged by.
+TIME_LIMIT = 2**34
 _NONE = type(None)
 _NAMES = (str, type(None))
-_EXPERIMENT_FIELDS = frozenset({"id", "name", "config", "created"})
+#: The fields of an experiment record every reader relies on, and the types Orchard writes them with.
+_EXPERIMENT_TYPES: dict[str, tuple[type, ...]] = {"id": (str,), "name": (str,), "created": (int, float),
+                                                  "config": (dict,)}
+_EXPERIMENT_FIELDS = frozenset(_EXPERIMENT_TYPES)
 _ERROR_TEXTS = ERROR_TEXTS
 
 
@@ -137,7 +148,10 @@ def _check_trial(trial: Any, budget: _Budget) -> None:
             if name in _CHECKED_APART:
                 _CHECKED_APART[name](value, budget)
         elif type(value) not in kinds:
-            raise RecordError(f"field {name!r} is {type(value).__name__}")
+            raise RecordError(f"field {name!r} is of type {type(value).__name__}, not {_KIND_NAMES[kinds]}")
+        elif kinds is _TIME:
+            if value is not None and not -TIME_LIMIT < value < TIME_LIMIT:
+                raise RecordError(time_fault(name, value))
         elif type(value) is int:
             _int(value)
 
@@ -159,12 +173,14 @@ def _check_verdict(verdict: Any, budget: _Budget) -> None:
 
 
 _NUMBER: frozenset[type] = frozenset({float, int, _NONE})
+_TIME: frozenset[type] = frozenset({float, int, _NONE})  # the same types, another object: times are bounded too
 _NAME: frozenset[type] = frozenset({str, _NONE})
 #: The accepted types of a trial's simple fields (ints are also checked for their size).
 _FIELD_TYPES: dict[str, frozenset[type]] = {
-    **dict.fromkeys(_OPTIONAL_NUMBERS, _NUMBER), **dict.fromkeys(("worker", "parent", "origin"), _NAME),
+    "objective": _NUMBER, **dict.fromkeys(_TIMES, _TIME), **dict.fromkeys(("worker", "parent", "origin"), _NAME),
     "in_budget": frozenset({bool}), "attempts": frozenset({int}),
 }
+_KIND_NAMES = {_NUMBER: "a number", _NAME: "a string", frozenset({bool}): "a bool", frozenset({int}): "an int"}
 _CHECKED_APART = {"error": _check_error, "reports": _check_reports, "verdict": _check_verdict}
 
 
@@ -197,14 +213,16 @@ def _check_record(record: Any, budget: _Budget) -> None:
         exp = _field(record, "record", dict)
         if not set(exp) <= _EXPERIMENT_FIELDS:
             raise RecordError(f"an experiment with unknown fields {sorted(set(exp) - _EXPERIMENT_FIELDS)}")
-        _field(exp, "id", str)
-        _field(exp, "name", str)
-        _field(exp, "created", int, float)
-        _plain(_field(exp, "config", dict), budget)
+        fault = experiment_fault(exp)
+        if fault is not None:
+            raise RecordError(fault)
+        _plain(exp["config"], budget)
     elif op == "report":
         _field(record, "trial", str)
         _check_report([_field(record, "step", int), _field(record, "value", int, float, list)])
-        _field(record, "heartbeat", int, float)
+        fault = time_fault("heartbeat", _field(record, "heartbeat", int, float))
+        if fault is not None:
+            raise RecordError(fault)
     elif op == "drop":
         _field(record, "experiment", str)
     elif op == "fence":
@@ -228,6 +246,32 @@ def check_batch(batch: Any, payload_size: int) -> None:
         _check_record(record, budget)
         if record["op"] == "fence" and position != 0:
             raise RecordError("a fence record that is not first in its frame")
+
+
+def experiment_fault(experiment: Mapping[str, Any], id_field: str = "id") -> str | None:
+    """Why ``experiment`` is not an experiment Orchard writes, or ``None``; its config's values are not walked.
+
+    Its ``id`` (under ``id_field``: MongoDB's ``_id``) and ``name`` are strings, ``created``
+    a time (:data:`TIME_LIMIT`), ``config`` a dict. Every backend checks what it reads with
+    this, so they all skip the same experiments.
+    """
+    for field, kinds in _EXPERIMENT_TYPES.items():
+        key = id_field if field == "id" else field
+        value: Any = experiment.get(key)
+        if type(value) not in kinds:
+            return f"field {key!r} is {'missing' if key not in experiment else type(value).__name__}"
+        fault = time_fault(key, value) if field == "created" else None
+        if fault is not None:
+            return fault
+    return None
+
+
+def time_fault(name: str, value: float) -> str | None:
+    """Why ``value`` is not a time Orchard stores (see :data:`TIME_LIMIT`), or ``None``."""
+    if -TIME_LIMIT < value < TIME_LIMIT:
+        return None
+    shown = f"an int of {value.bit_length()} bits" if type(value) is int else repr(value)
+    return f"field {name!r} is {shown}, not a time (finite seconds since 1970, at most 2**34)"
 
 
 def check_trial(trial: Any, max_values: int = _NODE_FLOOR) -> None:

@@ -30,14 +30,8 @@ import weakref
 from collections.abc import Iterator
 from typing import Any, TypeVar
 
-from orchard.errors import (
-    ConfigurationError,
-    ReservationLostError,
-    StorageError,
-    StorageUnavailableError,
-    TrialNotFoundError,
-)
-from orchard.storages._uri import split_options
+from orchard.errors import ConfigurationError, StorageError, StorageUnavailableError
+from orchard.storages._uri import pickle_path, split_options
 from orchard.storages.pickled import locks
 from orchard.storages.pickled.writer import Health, LogFile
 from orchard.storages.table_storage import Query, TableStorage, Verb
@@ -126,6 +120,8 @@ class PickledStorage(TableStorage):
             StorageCorruptedError: ``path`` exists and is not an Orchard storage file.
             StorageError: ``path`` is a directory (its directory is made by the first write).
         """
+        if "\0" in os.fspath(path):  # no OS takes it: os.* raise a bare ValueError
+            raise ConfigurationError(f"storage path {os.fspath(path)!r} holds a NUL character; give a file path")
         unexpanded = _VARIABLE.search(os.fspath(path))
         if unexpanded is not None:  # else a folder named "$SCRATCH" is made in each worker's directory
             raise ConfigurationError(
@@ -158,8 +154,7 @@ class PickledStorage(TableStorage):
         Raises:
             ConfigurationError: the URI has no path or an unknown or invalid option.
         """
-        base, options = split_options(uri)
-        path = base[len("pickle://") :] if base.lower().startswith("pickle://") else base
+        path, options = pickle_path(uri) or split_options(uri)
         if not path:
             raise ConfigurationError(f"storage URI {uri!r} names no file; use e.g. pickle://runs/orchard.pkl")
         unknown = sorted(set(options) - set(_URI_OPTIONS))
@@ -223,7 +218,9 @@ class PickledStorage(TableStorage):
             if health.clean:
                 return health, None
             backup = f"{self._path}.{time.strftime('%Y%m%dT%H%M%S')}-{os.getpid()}.damaged"
-            shutil.copy2(self._path, backup)
+            with open(self._path, "rb") as damaged, open(backup, "xb") as kept:  # "x": never through a planted link
+                shutil.copyfileobj(damaged, kept)
+            shutil.copystat(self._path, backup)
             self._log.replay_all()
             self._log.rewrite()
             return health, backup
@@ -275,7 +272,8 @@ class PickledStorage(TableStorage):
         if action == "write to" and err.errno in _FULL_OR_READ_ONLY:  # became so under running workers?
             return StorageUnavailableError(
                 f"cannot write to storage file {self._path}: [Errno {err.errno}] {detail}; free disk space "
-                "or make the file writable: workers keep their results in memory and retry for a while "
+                "(or raise the file size limit, `ulimit -f`), or make the file writable: workers keep their "
+                "results in memory and retry for a while "
                 "(ORCHARD_STORAGE_PATIENCE)")
         if isinstance(err, PermissionError):
             return StorageError(
@@ -319,6 +317,8 @@ class PickledStorage(TableStorage):
         self._log.catch_up(keep=False)  # damage is left for the locked replay to judge
 
     def _lock_error(self, err: OSError) -> StorageError:
+        if isinstance(err, FileNotFoundError) and self._log.has_replayed:  # its folder was deleted (rm -r runs/)
+            return self._log.vanished("deleted with its folder")
         unsupported = (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL)
         if self._lock_kind == "kernel" and err.errno in unsupported:
             return StorageUnavailableError(
@@ -365,12 +365,6 @@ class PickledStorage(TableStorage):
                     now = self.now()
                     opened, fd = fd, None  # commit() closes it
                     return self._log.commit(lambda table: verb(table, now), owns, opened, holds)
-            except TrialNotFoundError as err:
-                if self._log.replaced is None:
-                    raise
-                raise ReservationLostError(  # the worker holding it drops it and goes on, instead of dying
-                    f"{err}: storage file {self._path} was {self._log.replaced} while this process held the "
-                    "trial, and the new file does not have it; this write was refused") from err
             finally:
                 if fd is not None:
                     os.close(fd)
@@ -405,8 +399,9 @@ if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_offer_replays_to_the_child)
 
 
-#: Write errors retried like an outage: a full disk or quota, a read-only file or filesystem.
-_FULL_OR_READ_ONLY = frozenset({errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC), errno.EROFS,
+#: Write errors retried like an outage: a full disk or quota, a file size limit (``ulimit -f``, the
+#: filesystem's largest file: EFBIG), a read-only file or filesystem.
+_FULL_OR_READ_ONLY = frozenset({errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC), errno.EFBIG, errno.EROFS,
                                 errno.EACCES, errno.EPERM})
 
 

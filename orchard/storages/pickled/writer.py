@@ -144,13 +144,10 @@ class LogFile(LogReader):
                 if self.table.seq != seq:  # applied in memory but not written
                     self.reset(None)
                 raise
-            if records and holds is not None and not holds():
-                self.reset(None)  # the table holds records the file does not: rebuild it from the file
-                raise StorageUnavailableError(_lock_file_lost_message(self.path))
             if records and owns is not None:
                 self._append_fenced(fd, records, owns)
             elif records:
-                self.append(fd, records)
+                self.append(fd, records, holds)
         except BaseException:
             os.close(fd)
             raise
@@ -184,15 +181,26 @@ class LogFile(LogReader):
             ) from err
         return frame
 
-    def append(self, fd: int, records: list[Record]) -> None:
+    def append(self, fd: int, records: list[Record], holds: Fence | None = None) -> None:
         """Append one frame at our offset (under the lock), dropping a torn tail first.
 
         Once the whole frame is in the file it is committed: lock-free readers
         may have replayed it, so it is never cut off again, even if an
         exception (an interrupt, a failed ``fsync``) arrives afterwards.
+        ``holds`` is asked once the frame is encoded, just before the file is
+        touched: if the lock file was deleted or replaced, another process may
+        hold a new one and write at our offset, so nothing is written and this
+        raises :class:`~orchard.errors.StorageUnavailableError`, to be retried;
+        so does a file that grew since it was read under the lock (such a
+        process wrote). It is asked again once the frame is written: a process
+        that took a new lock file meanwhile may write over it, so this raises
+        too (the frame may be kept or not: a retry finds out, as after a lost
+        reply).
         """
         try:
             frame = self._encode(records)
+            if holds is not None and (not holds() or os.fstat(fd).st_size != self._size):
+                raise StorageUnavailableError(_lock_file_lost_message(self.path, "nothing was written"))
             if self._size > self._offset:
                 os.ftruncate(fd, self._offset)  # a writer killed mid-write left a partial frame
         except BaseException:
@@ -204,6 +212,9 @@ class LogFile(LogReader):
             self._undo_append(fd, len(frame))
             raise
         self._appended(len(frame))
+        if holds is not None and not holds():
+            self.reset(None)  # whether the frame stays is unknown: rebuild the table from the file
+            raise StorageUnavailableError(_lock_file_lost_message(self.path, "this write may not be kept"))
 
     def _append_fenced(self, fd: int, records: list[Record], owns: Fence) -> None:
         """Append under a soft lock, so that a broken lock never lets two writers interleave unseen.
@@ -268,8 +279,15 @@ class LogFile(LogReader):
             os.ftruncate(fd, self._offset)  # a partial frame, which no reader accepts
         self.reset(None)  # the table holds records the file does not: rebuild it from the file
 
-    def replace_file(self, chunks: Iterable[bytes]) -> None:
-        """Write ``chunks`` to a temporary file, flush it to disk and rename it over the log."""
+    def replace_file(self, chunks: Iterable[bytes], fence: Fence | None = None) -> bool:
+        """Write ``chunks`` to a temporary file, flush it to disk and rename it over the log.
+
+        ``fence`` is asked once the new file is on the disk, just before the rename: if the lock
+        is no longer this process's (its lock file was deleted while the file was written, which
+        can take seconds), another process may have appended to the log meanwhile, and the
+        rename would throw its write away. The new file is then dropped and this returns
+        ``False``, having changed nothing.
+        """
         tmp = os.path.join(self._dir, f"{self._tmp_prefix}{uuid.uuid4().hex}.tmp")
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | OPEN_FLAGS, 0o666)
         try:
@@ -280,12 +298,16 @@ class LogFile(LogReader):
                     f.write(chunk)
                 f.flush()
                 os.fsync(f.fileno())
+            if fence is not None and not fence():
+                os.unlink(tmp)
+                return False
             os.replace(tmp, self.path)
         except BaseException:
             with contextlib.suppress(OSError):
                 os.unlink(tmp)
             raise
         fileformat.fsync_dir(self._dir)
+        return True
 
     def remove_leftovers(self) -> None:
         """Delete temporary files of killed compactions (only called under the lock, so none is live)."""
@@ -306,38 +328,40 @@ class LogFile(LogReader):
         growth = self._offset - self._base
         if growth <= max(self.compact_bytes, 4 * self._base) or self._offset < self._compact_floor:
             return
-        if owns is not None and not owns():
-            return  # the lock was broken or its file deleted: replacing the file could drop the new holder's writes
-        try:
-            self.rewrite(continues=True)
+        try:  # the lock broken or its file deleted: replacing the file could drop the new holder's writes
+            self.rewrite(continues=True, fence=owns)
         except OSError as err:
             self._compact_floor = self._offset + self.compact_bytes  # retry later, not on every write
             log.warning("could not compact storage file %s (%s); will retry later", self.path, err)
 
-    def rewrite(self, continues: bool = False) -> None:
+    def rewrite(self, continues: bool = False, fence: Fence | None = None) -> None:
         """Replace the file by a snapshot of the table (under the lock): compaction, and repair.
 
         With ``continues`` (compaction), the new generation is tagged so that
-        readers of the replaced file can carry their replay on into it.
+        readers of the replaced file can carry their replay on into it. With
+        ``fence``, nothing is replaced unless it still holds once the snapshot is
+        written (see :meth:`replace_file`).
         """
+        if fence is not None and not fence():
+            return
         frames = list(self.snapshot_frames())
         fresh = os.urandom(16)
         if continues and self._generation is not None:
             fresh = continuation_tag(self._generation, self._offset) + fresh[TAG:]
         generation, base = fresh, HEADER_SIZE + sum(map(len, frames))
         self.remove_leftovers()
-        self.replace_file([fileformat.encode_header(generation, base), *frames])
-        self._generation, self._base, self._offset, self._size = generation, base, base, base
+        if self.replace_file([fileformat.encode_header(generation, base), *frames], fence):
+            self._generation, self._base, self._offset, self._size = generation, base, base, base
 
 
 def _fdatasync(fd: int) -> None:
     getattr(os, "fdatasync", os.fsync)(fd)
 
 
-def _lock_file_lost_message(path: str) -> str:
+def _lock_file_lost_message(path: str, outcome: str) -> str:
     return (
         f"the lock file {path}.lock was deleted or replaced while this process held the lock, so another "
-        "process may hold a new one: nothing was written; retry the operation, and never delete the lock "
+        f"process may hold a new one: {outcome}; retry the operation, and never delete the lock "
         "file of a storage that processes are using"
     )
 

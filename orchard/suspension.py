@@ -1,0 +1,116 @@
+"""Ctrl-Z pauses a worker's evaluations with it; ``fg``, ``bg`` or SIGCONT resumes them.
+
+A script of ``orchard hunt`` and an objective run under ``trial_timeout`` or
+``trial_memory_limit`` run in process groups of their own (:mod:`orchard.isolation`),
+so that stopping one reaches its whole tree. The terminal's Ctrl-Z (SIGTSTP) is
+sent to the job's group only: the worker stopped while its evaluation trained on,
+using the GPU the user had just paused the job to get back.
+
+Within a :func:`handled` block of the main thread (``workon`` and ``hunt`` enter
+one through :func:`orchard.interruption.interruptible`), SIGTSTP first pauses
+(SIGSTOP) every group registered with :func:`following` in this process, then
+stops the process as SIGTSTP's default action would. When the process is
+continued (SIGCONT: ``fg``, ``bg``, ``kill -CONT``), the groups it paused are
+continued too. A process group the kernel does not stop (an orphaned one, such
+as a daemon's) is not stopped, and its evaluations are continued at once.
+Seconds spent stopped are not counted against a trial's time limit
+(:func:`paused_seconds`). While the worker is stopped it sends no heartbeat: past
+its lease, other workers may take its trial back, and the worker learns so when
+it resumes, as after any freeze.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import threading
+import time
+from collections.abc import Iterator
+from types import FrameType
+
+__all__ = ["following", "handled", "paused_seconds"]
+
+_SIGTSTP: signal.Signals | None = getattr(signal, "SIGTSTP", None)
+_groups: dict[int, None] = {}  # process groups of this process's running evaluations
+_paused = 0.0  # seconds this process has spent stopped by SIGTSTP so far
+_handling = False  # whether a handled() block of the main thread is running
+
+
+@contextlib.contextmanager
+def following(pgid: int) -> Iterator[None]:
+    """While the block runs, the process group ``pgid`` is paused and resumed with this process."""
+    _groups[pgid] = None
+    _arm()
+    try:
+        yield
+    finally:
+        _groups.pop(pgid, None)
+        _arm()
+
+
+def paused_seconds() -> float:
+    """Seconds this process has spent stopped by SIGTSTP since it started (a time limit subtracts them)."""
+    return _paused
+
+
+def _signal_groups(groups: tuple[int, ...], sig: signal.Signals) -> None:
+    for pgid in groups:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(pgid, sig)
+
+
+def _on_stop(signum: int, frame: FrameType | None) -> None:
+    """SIGTSTP: pause the evaluations' groups, stop here as the default action would, resume them on SIGCONT."""
+    global _paused
+    assert _SIGTSTP is not None
+    groups = tuple(_groups)
+    _signal_groups(groups, signal.SIGSTOP)  # SIGSTOP: their groups are not a terminal's, SIGTSTP would be dropped
+    stopped = time.monotonic()
+    signal.signal(_SIGTSTP, signal.SIG_DFL)
+    try:
+        os.kill(os.getpid(), _SIGTSTP)  # the process stops before this returns, until SIGCONT
+    finally:
+        _arm()
+        _paused += time.monotonic() - stopped
+        _signal_groups(groups, signal.SIGCONT)
+
+
+@contextlib.contextmanager
+def handled() -> Iterator[None]:
+    """While the block runs, SIGTSTP pauses the evaluations with this process (see the module docstring).
+
+    Only in the main thread, and only over SIGTSTP's default handler (a handler of the
+    user's own, or ``SIG_IGN`` under launchers that ignore it, is left alone). The handler is
+    installed only while an evaluation's group runs: otherwise Ctrl-Z stops the process at
+    once, as before, even inside a long call into C that would delay a Python handler.
+    """
+    global _handling
+    if _SIGTSTP is None or threading.current_thread() is not threading.main_thread() \
+            or signal.getsignal(_SIGTSTP) != signal.SIG_DFL or _handling:
+        yield
+        return
+    _handling = True
+    try:
+        yield
+    finally:
+        _handling = False
+        _arm()
+
+
+def _arm() -> None:
+    """Install the SIGTSTP handler while a :func:`handled` block has running groups; the default otherwise."""
+    if _SIGTSTP is None or not _handling or threading.current_thread() is not threading.main_thread():
+        return
+    signal.signal(_SIGTSTP, _on_stop if _groups else signal.SIG_DFL)
+
+
+def _forked() -> None:
+    """In a forked child: the parent's evaluations are not the child's to pause."""
+    global _handling
+    _groups.clear()
+    _handling = False
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forked)
