@@ -28,7 +28,6 @@ from orchard.experiment_config import (
     optional,
     positive_int,
     positive_number,
-    text,
 )
 from orchard.resources import parse_gpus, parse_memory
 from orchard.stopping import normalize_stop
@@ -65,13 +64,13 @@ def name_or_mapping(value: Any) -> Any:
     """A name, a mapping, or a mapping written as YAML/JSON text (``'{bayes: {acq_func: EI}}'``)."""
     if not isinstance(value, str) or not (value.lstrip().startswith("{") or ":" in value):
         return value
-    import yaml
+    from orchard.yaml_input import load_yaml
 
     requirement = "a name or a YAML/JSON mapping such as '{bayes: {acq_func: EI}}'"
     try:
-        data = yaml.safe_load(value)
-    except yaml.YAMLError:
-        raise ValueError(requirement) from None
+        data = load_yaml(value, "the mapping")
+    except ConfigurationError as err:
+        raise ValueError(f"{requirement} ({err})") from None
     if not isinstance(data, dict):
         raise ValueError(requirement)  # noqa: TRY004 -- rules report every misfit as ValueError
     return data
@@ -113,6 +112,15 @@ def stop_rules(value: Any) -> Any:
     return normalize_stop(value)
 
 
+def executor_name(value: Any) -> Any:
+    """A name of :data:`orchard.executors.EXECUTORS` (checked here: ``hunt`` stored the experiment first)."""
+    from orchard.executors import EXECUTORS
+
+    if not isinstance(value, str) or value not in EXECUTORS:
+        raise ValueError(f"one of {', '.join(EXECUTORS)}")
+    return value
+
+
 def _experiment(key: str) -> Setting:
     return Setting(EXPERIMENT_RULES[key], ExperimentConfig.default(key))
 
@@ -137,7 +145,7 @@ SETTINGS: dict[str, Setting] = {
     # how long a worker waits for an unreachable storage before it gives up (never less than the lease)
     "storage_patience": Setting(positive_number, 600.0),
     "trial_timeout": Setting(optional(positive_number)),
-    "executor": Setting(text, "joblib"),
+    "executor": Setting(executor_name, "joblib"),
     "executor_config": Setting(name_or_mapping, env=False),
     "n_workers": Setting(positive_int, 1),
     # resources of the workers: their parsers raise their own one-line ConfigurationError
@@ -162,22 +170,24 @@ def load_config_file(path: Path) -> dict[str, Any]:
     """Read one YAML config file; a missing file is empty.
 
     Raises:
-        ConfigurationError: the file is not valid YAML or not a mapping, or has unknown keys.
+        ConfigurationError: the file cannot be read, is not valid YAML (a key given twice is
+            refused, see :mod:`orchard.yaml_input`) or not a mapping, or has unknown keys.
     """
     if not path.is_file():
         return {}
-    import yaml
+    from orchard.yaml_input import load_yaml
 
     try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except (OSError, yaml.YAMLError) as err:
-        raise ConfigurationError(f"config file {path} cannot be read: {err}") from err
+        content = path.read_text()
+    except (OSError, UnicodeDecodeError) as err:
+        raise ConfigurationError(f"config file {path} cannot be read: {err}") from None
+    data = load_yaml(content, f"config file {path}") or {}
     if not isinstance(data, dict):
         raise ConfigurationError(f"config file {path} must hold a mapping of settings, got {type(data).__name__}")
-    unknown = sorted(set(data) - set(SETTINGS))
+    unknown = sorted(map(repr, set(data) - set(SETTINGS)))  # keys of several types (1, 'foo') do not sort
     if unknown:
         raise ConfigurationError(
-            f"config file {path} has unknown setting(s) {unknown}; valid: {', '.join(sorted(SETTINGS))}"
+            f"config file {path} has unknown setting(s) {', '.join(unknown)}; valid: {', '.join(sorted(SETTINGS))}"
         )
     return data
 
@@ -212,7 +222,9 @@ class Settings:
         self._explicit_path = str(config_file) if config_file else ""
         if config_file:
             if not Path(config_file).is_file():
-                raise ConfigurationError(f"config file {config_file} not found; check --config")
+                found = "is a folder" if Path(config_file).is_dir() else \
+                    "is not a file" if Path(config_file).exists() else "not found"
+                raise ConfigurationError(f"config file {config_file} {found}; check --config")
             self._explicit = load_config_file(Path(config_file))
 
     def get(self, key: str, argument: Any = None, use_default: bool = True) -> Any:

@@ -106,7 +106,10 @@ def folder(value: Any) -> str:
     (SLURM jobs, a second terminal) would each use their own folder, and a promoted trial would not
     find its parent's. A stored relative path (older releases) still resolves where it is read.
     """
-    return os.path.abspath(os.path.expanduser(text(value)))
+    path = text(value)
+    if "\x00" in path:  # os.makedirs would raise a bare ValueError at the first trial
+        raise ValueError("a folder path (without a NUL character)")
+    return os.path.abspath(os.path.expanduser(path))
 
 
 def optional(rule: Rule) -> Rule:

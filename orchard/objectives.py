@@ -12,6 +12,7 @@ violation wins; two feasible points compare by Pareto dominance.
 from __future__ import annotations
 
 import math
+import sys
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -151,6 +152,9 @@ def reference_point(points: Sequence[Vector]) -> tuple[float, ...]:
 
     A zero range (one point, or one value) takes a margin of 10 % of the value's
     magnitude, or 1.0 at zero, so the points always contribute a positive volume.
+    The range of values at both ends of the float range (-1e308 and 1e308) is
+    taken without overflowing, and a reference beyond the largest float is capped
+    at it, so the reference is always finite.
 
     Raises:
         ValueError: ``points`` is empty.
@@ -160,8 +164,12 @@ def reference_point(points: Sequence[Vector]) -> tuple[float, ...]:
     reference = []
     for column in zip(*points, strict=True):
         worst, best = max(column), min(column)
-        span = worst - best or abs(worst) or 1.0
-        reference.append(worst + REFERENCE_MARGIN * span)
+        span = worst - best
+        if math.isinf(span):  # worst - best overflows; half of each does not
+            margin = 2 * REFERENCE_MARGIN * (worst / 2 - best / 2)
+        else:
+            margin = REFERENCE_MARGIN * (span or abs(worst) or 1.0)
+        reference.append(min(worst + margin, sys.float_info.max))
     return tuple(reference)
 
 
@@ -170,21 +178,45 @@ def hypervolume(points: Sequence[Vector], reference: Vector) -> float:
 
     Points not strictly better than ``reference`` in every objective add nothing.
     Exact for one, two and three objectives (three by slicing along the last one).
+    Finite values anywhere in the float range are measured without overflow: when a
+    difference or a product would pass the largest float (points near ±1e308), each
+    objective is scaled by a power of two, which is exact.
 
     Raises:
-        ValueError: more than three objectives, or a point whose length differs from ``reference``'s.
+        ValueError: more than three objectives, a point whose length differs from
+            ``reference``'s, a value that is not finite, or a volume beyond the largest
+            float (about 1.8e308).
     """
     dims = len(reference)
     if dims > 3:
         raise ValueError(f"exact hypervolume is implemented for up to 3 objectives, got {dims}")
     if any(len(p) != dims for p in points):
         raise ValueError("every point must have as many objectives as the reference point")
+    if not all(math.isfinite(x) for x in (*reference, *(x for p in points for x in p))):
+        raise ValueError("a hypervolume needs finite objective values and a finite reference point")
     inside = [tuple(p) for p in points if all(x < r for x, r in zip(p, reference, strict=True))]
     if not inside:
         return 0.0
-    if dims == 1:
+    volume = _volume(inside, tuple(reference))
+    if math.isfinite(volume):
+        return volume
+    exponents = [math.frexp(max(abs(x) for x in column))[1] for column in zip(reference, *inside, strict=True)]
+    scaled = [tuple(math.ldexp(x, -e) for x, e in zip(p, exponents, strict=True)) for p in inside]
+    within = _volume(scaled, tuple(math.ldexp(r, -e) for r, e in zip(reference, exponents, strict=True)))
+    try:
+        return math.ldexp(within, sum(exponents))
+    except OverflowError:
+        raise ValueError(
+            f"the hypervolume is about 2**{math.frexp(within)[1] + sum(exponents)}, beyond the largest float "
+            "(about 1.8e308): the objectives span too wide a range; give a reference point closer to "
+            "the front, or report the objectives on a smaller scale (a logarithm)") from None
+
+
+def _volume(inside: Sequence[Vector], reference: Vector) -> float:
+    """The volume of ``inside`` (each point strictly better than ``reference``); may overflow to infinity."""
+    if len(reference) == 1:
         return reference[0] - min(p[0] for p in inside)
-    if dims == 2:
+    if len(reference) == 2:
         return _area(inside, reference[0], reference[1])
     volume = 0.0
     ordered = sorted(inside, key=lambda p: p[2])

@@ -29,6 +29,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from orchard.errors import SpaceError
+from orchard.report import shown
 from orchard.trial import INT_LIMIT, finite_number
 
 __all__ = [
@@ -341,6 +342,23 @@ def _equal_pair(values: list[Any] | tuple[Any, ...]) -> tuple[Any, Any] | None:
     return None
 
 
+def _unstorable(value: Scalar) -> str | None:
+    """Why a choice could not be stored, read back or passed to a script (``None``: it can)."""
+    if isinstance(value, str):
+        if "\x00" in value:
+            return "a text choice cannot hold a NUL character (no script argument can)"
+        try:
+            value.encode()
+        except UnicodeEncodeError:
+            return "a text choice cannot hold a lone surrogate (it is not UTF-8, which storages and scripts take)"
+        return None
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return None if -INT_LIMIT < value < INT_LIMIT else "an int choice must fit in 64 bits"
+    return None if finite_number(value) is not None else "a float choice must be finite (1e400 is inf)"
+
+
 @dataclasses.dataclass(frozen=True)
 class Choices(Prior):
     """One of a fixed list of str, int, float or bool values."""
@@ -357,6 +375,10 @@ class Choices(Prior):
             raise fail("choices takes a non-empty list, e.g. choices(['a', 'b'])")
         if not all(isinstance(v, (str, int, float, bool)) for v in values):
             raise fail("choices may only list str, int, float or bool values")
+        for value in values:
+            why = _unstorable(value)
+            if why is not None:
+                raise fail(f"choices cannot list {shown(value)}: {why}")
         twins = _equal_pair(values)
         if twins is not None:
             first, second = twins

@@ -117,6 +117,8 @@ def parse_prior(name: str, text: str) -> Prior:
         tree = ast.parse(text.strip(), mode="eval").body
     except SyntaxError as err:
         raise fail(f"not a valid expression ({err.msg})") from None
+    except UnicodeEncodeError:  # bytes of a command line that are not UTF-8 come as lone surrogates
+        raise fail("it holds bytes that are not UTF-8 text; write it in UTF-8") from None
     if not (isinstance(tree, ast.Call) and isinstance(tree.func, ast.Name)):
         raise fail(f"expected one of {', '.join(PRIORS)} followed by (arguments)")
     cls = PRIORS.get(tree.func.id)

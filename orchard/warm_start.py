@@ -45,6 +45,7 @@ from typing import Any
 from orchard.errors import ConfigurationError, ExperimentNotFoundError, OrchardError, StorageError
 from orchard.naming import check_experiment_name
 from orchard.priors import to_builtin
+from orchard.report import shown
 from orchard.space import Space
 from orchard.storages import BaseStorage, get_storage
 from orchard.storages._uri import pickle_path, redact
@@ -98,12 +99,9 @@ class SourceUse:
 
 def _parse_source(item: Any) -> Source:
     if isinstance(item, str) and item.lstrip().startswith("{"):
-        import yaml
+        from orchard.yaml_input import load_yaml
 
-        try:
-            item = yaml.safe_load(item)
-        except yaml.YAMLError:
-            raise ConfigurationError(f"warm_start source {item!r} is not a YAML mapping; e.g. {_EXAMPLE}") from None
+        item = load_yaml(item, f"warm_start source {shown(item)}")
     if isinstance(item, Mapping):
         unknown = sorted(set(map(str, item)) - _SOURCE_KEYS)
         fill = item.get("fill") or {}

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import math
 import os
 import re
 import signal
@@ -178,6 +179,37 @@ def test_hunt_runs_the_script_per_trial_in_its_folder(
         assert (folder / "stdout.log").exists() and (folder / "stderr.log").exists()
         x, y = trial.params["x"], trial.params["y"]
         assert trial.objective == pytest.approx((x - 0.3) ** 2 + (y - 0.2) ** 2)
+
+
+def test_hunts_started_from_other_directories_share_the_trial_folders(
+    workdir: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Before, the default ./orchard-runs/NAME was each hunt's own: checkpoints split between folders."""
+    storage, script = str(workdir / "orchard.pkl"), str(workdir / "train.py")
+    command = [sys.executable, script, *PRIORS]
+    for where, budget in (("a", "2"), ("b", "4")):
+        (workdir / where).mkdir()
+        monkeypatch.chdir(workdir / where)  # a second terminal, a SLURM job started elsewhere
+        assert main(["hunt", "-n", "e", "--storage", storage, "--max-trials", budget, *command]) == 0
+    done = trials("e", storage)
+    assert orchard.get_experiment("e", storage=storage).settings.working_dir == str(workdir / "a" / "orchard-runs" / "e")
+    assert {Path(t.results["cwd"]).parent for t in done} == {workdir / "a" / "orchard-runs" / "e"}
+    assert len(done) == 4 and not (workdir / "b" / "orchard-runs").exists()
+
+
+def test_a_trial_folder_this_machine_cannot_create_stops_hunt_before_any_trial_breaks(
+    workdir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Before, every trial broke on it ("cannot prepare trial folder") until the experiment was broken."""
+    (workdir / "a-file").write_text("")
+    assert hunt("e", "--max-trials", "4", "--working-dir", str(workdir / "a-file" / "runs")) == 2
+    line = error_line(capsys.readouterr().err)
+    assert "cannot create the folder of experiment 'e'" in line and "--working-dir" in line
+    assert main(["list", "--storage", "orchard.pkl"]) == 0 and "no experiments" in capsys.readouterr().out
+    orchard.build_experiment("e", space={"x": "uniform(0, 1)", "y": "uniform(0, 1)"}, storage="orchard.pkl",
+                             working_dir=str(workdir / "a-file" / "x"))
+    assert hunt("e", "--max-trials", "4") == 2  # stored by another machine or program: refused the same way
+    assert "a-file/x" in error_line(capsys.readouterr().err) and trials("e") == []
 
 
 def test_hunt_on_a_finished_experiment_exits_at_once(
@@ -411,6 +443,46 @@ def test_status_of_an_empty_storage(workdir: Path, capsys: pytest.CaptureFixture
     assert "no experiments" in capsys.readouterr().out
 
 
+def test_hunt_starts_no_more_workers_than_max_trials(workdir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from orchard.experiment import Experiment
+
+    started: list[int] = []
+    workon = Experiment.workon
+
+    def counting(self: Experiment, fn: Any, n_workers: int = 1, **options: Any) -> dict[str, Any]:
+        started.append(n_workers)
+        return workon(self, fn, n_workers=1, **{**options, "executor": "single"})  # never 100,000 processes here
+
+    monkeypatch.setattr(Experiment, "workon", counting)
+    assert hunt("e", "--max-trials", "2", "--n-workers", "100000") == 0  # started processes for minutes
+    assert started == [2] and len(trials("e")) == 2
+
+
+def test_info_of_an_empty_trial_id_is_refused_not_taken_for_no_trial(
+        workdir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert hunt("e", "--max-trials", "2") == 0
+    capsys.readouterr()
+    assert main(["info", "-n", "e", "--trial", ""]) == 2  # was the experiment's info, exit 0
+    assert "--trial is empty (an unset shell variable?)" in error_line(capsys.readouterr().err)
+    assert main(["info", "-n", "e", "--trial", "zz"]) == 1
+    assert "no trial of experiment 'e' has an id starting with 'zz'" in error_line(capsys.readouterr().err)
+
+
+def test_status_of_every_experiment_names_an_unusable_one_and_shows_the_others(
+        workdir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert hunt("e", "--max-trials", "2") == 0
+    storage = orchard.get_storage("orchard.pkl")
+    storage.create_experiment("old", {"space": {"x": "uniform(0, 1)"}, "seed": -1})  # as an older release stored it
+    capsys.readouterr()
+    assert main(["status"]) == 0  # was exit 2: one line about 'old', nothing about 'e'
+    out = capsys.readouterr().out
+    assert "experiment 'e'" in out and "2 completed" in out
+    assert "experiment 'old'" in out and "problem: experiment 'old'" in out and "orchard db rm -n old" in out
+    assert main(["status", "--json"]) == 0
+    statuses = {s["name"]: s for s in json.loads(capsys.readouterr().out)}
+    assert statuses["e"]["counts"]["completed"] == 2 and "seed=-1" in statuses["old"]["problem"]
+
+
 def test_inserted_point_is_evaluated_first(workdir: Path, capsys: pytest.CaptureFixture[str]) -> None:
     orchard.build_experiment("e", space={"x": "uniform(0, 1)", "y": "uniform(0, 1)"}, storage="orchard.pkl",
                              max_trials=3)
@@ -455,6 +527,14 @@ _HOSTILE_DUMPS: dict[str, tuple[_Edit, str]] = {  # an edit of a good dump, and 
     "bad status": (lambda d, e: e["trials"][1].update(status="weird"), "unknown trial status 'weird'"),
     "error a list": (lambda d, e: e["trials"][1].update(error=[1, 2]), "a trial error that is a list, not a dict"),
     "text objective": (lambda d, e: e["trials"][1].update(objective="abc"), "field 'objective' is of type str, not a number"),
+    # JSON holds NaN and Infinity: a NaN objective loaded was the best trial
+    "nan objective": (lambda d, e: e["trials"][1].update(objective=math.nan), "objective nan is not a finite number"),
+    "inf report": (lambda d, e: e["trials"][1].update(reports=[[1, 0.5], [2, -math.inf]]),
+                   "its report at step 2 is -inf, not finite numbers"),
+    "nan named objective": (lambda d, e: (e["config"].update(objectives={"err": "min"}),
+                                          e["trials"][0]["results"].update(err=0.5),
+                                          e["trials"][1]["results"].update(err=math.nan)),
+                            "objective 'err' is nan, not a finite number"),
     "trial a number": (lambda d, e: e["trials"].__setitem__(1, 5), "trial 1 cannot be loaded"),
     "trials a number": (lambda d, e: e.update(trials=5), "is not an object with a name, a config and a list of"),
 }
@@ -482,6 +562,26 @@ def test_db_load_of_a_malformed_or_hostile_dump_is_one_error_and_stores_nothing(
     assert Path("other.pkl").read_bytes() == before, "something was stored"
     if edit == "path as name":  # a name is only checked if the experiment keeps it
         assert main(["db", "load", "dump.json", "-n", "renamed", "--storage", "other.pkl"]) == 0
+
+
+def test_db_load_of_a_dump_naming_a_key_twice_is_one_error(workdir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert hunt("e", "--max-trials", "1") == 0
+    assert main(["db", "dump", "-n", "e", "-o", "dump.json"]) == 0
+    text = Path("dump.json").read_text()
+    Path("dump.json").write_text(text.replace('"objective": ', '"objective": 99.0, "objective": ', 1))  # by hand
+    capsys.readouterr()
+    assert main(["db", "load", "dump.json", "-n", "copy"]) == 2  # was loaded with one of the two, silently
+    assert "cannot read dump dump.json: an object names 'objective' twice; keep one" in error_line(
+        capsys.readouterr().err)
+    assert [r.name for r in orchard.get_storage("orchard.pkl").list_experiments()] == ["e"]
+
+
+def test_db_load_of_a_dump_nested_too_deeply_is_one_error(workdir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    Path("deep.json").write_text('{"format": "orchard-dump", "version": 1, "experiments": '
+                                 + "[" * 100_000 + "]" * 100_000 + "}")  # was 'unexpected RecursionError' (exit 1)
+    assert main(["db", "load", "deep.json", "--storage", "other.pkl"]) == 2
+    assert "cannot read dump deep.json: it is nested too deeply" in error_line(capsys.readouterr().err)
+    assert not Path("other.pkl").exists()
 
 
 def test_db_rm_asks_unless_yes(workdir: Path, capsys: pytest.CaptureFixture[str],
@@ -614,7 +714,7 @@ def test_a_directory_given_as_storage_file_is_one_clear_error(
     assert "is a directory" in line and "d.pkl/orchard.pkl" in line and "could not create" not in line
 
 
-@pytest.mark.parametrize("interval", ["0", "-1", "nan", "soon"])
+@pytest.mark.parametrize("interval", ["0", "-1", "nan", "soon", "1e-300"])  # 1e-300: read the storage in a busy loop
 def test_status_interval_must_be_positive(
     workdir: Path, capsys: pytest.CaptureFixture[str], interval: str
 ) -> None:

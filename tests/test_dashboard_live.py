@@ -369,6 +369,14 @@ def test_a_page_loads_every_trial_when_they_come_in_several_pages(browser: Any, 
         browser.get("about:blank")
 
 
+def test_an_address_with_a_stray_percent_says_there_is_no_such_experiment(browser: Any, tmp_path: Path) -> None:
+    from selenium.webdriver.common.by import By
+
+    with serving(str(tmp_path / "orchard.pkl"), cwd=tmp_path) as served:
+        browser.get(served.url + "experiments/50%off")  # was a URIError: the page stayed blank
+        wait_for(browser, lambda b: "no experiment named '50%off'" in b.find_element(By.ID, "problem").text)
+
+
 def test_counts_change_on_the_page_while_a_hunt_with_two_workers_runs(browser: Any, tmp_path: Path) -> None:
     from selenium.webdriver.common.by import By
 

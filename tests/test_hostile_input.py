@@ -163,7 +163,9 @@ def test_an_experiment_with_odd_settings_is_shown_with_its_problem_and_the_other
     assert detail["best_objective"] == 2.0 and len(rows["trials"]) == 1
 
 
-@pytest.mark.parametrize("host", ["127.0.0.1:8080", "http://127.0.0.1", "[127.0.0.1", "no-such-host.invalid"])
+@pytest.mark.parametrize("host", ["127.0.0.1:8080", "http://127.0.0.1", "[127.0.0.1", "no-such-host.invalid",
+                                  # 'unexpected UnicodeError' from the idna codec (exit 1)
+                                  "a" * 64 + ".lab", "node7..lab", "node\udcff"])
 def test_serve_on_a_mistyped_host_is_one_line_naming_it_and_no_warning_first(
         host: str, tmp_path: Any, capsys: pytest.CaptureFixture[str]) -> None:
     from orchard.cli import main
@@ -171,6 +173,18 @@ def test_serve_on_a_mistyped_host_is_one_line_naming_it_and_no_warning_first(
     assert main(["serve", "--storage", str(tmp_path / "o.pkl"), "--host", host, "--port", "0"]) != 0
     said = capsys.readouterr().err.strip().splitlines()
     assert len(said) == 1 and repr(host) in said[0] and "--port" in said[0], said
+
+
+@pytest.mark.parametrize("name", ["", " ", "http://lab.example.org", "lab.example.org/dash"])
+def test_serve_refuses_an_allowed_host_no_host_header_names(
+        name: str, tmp_path: Any, capsys: pytest.CaptureFixture[str]) -> None:
+    """'' answered requests naming no host; 'http://lab' allowed the host 'http' and not the lab."""
+    from orchard.cli import main
+
+    assert main(["serve", "--storage", str(tmp_path / "o.pkl"), "--allowed-host", name, "--port", "0"]) == 2
+    said = capsys.readouterr().err.strip().splitlines()
+    assert len(said) == 1 and f"--allowed-host {name!r} is not a host name" in said[0], said
+    assert not (tmp_path / "o.pkl").exists()
 
 
 def test_a_port_beyond_65535_is_refused_instead_of_another_port_served() -> None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import math
 import random
+import sys
 
 import pytest
 
@@ -97,6 +98,22 @@ def test_hypervolume_3d_matches_monte_carlo() -> None:
 def test_reference_point_is_worst_plus_a_tenth_of_the_range() -> None:
     assert reference_point([(0, 10), (10, 0)]) == pytest.approx((11, 11))
     assert reference_point([(2, 0)]) == pytest.approx((2.2, 0.1))
+
+
+def test_values_at_the_ends_of_the_float_range_give_a_finite_volume_or_one_clear_error() -> None:
+    # the differences and products overflowed: reference (inf, inf) and a volume of inf
+    edges = [(1e308, -1e308), (-1e308, 1e308)]
+    assert reference_point(edges) == pytest.approx((1.2e308, 1.2e308))
+    assert reference_point([(1.7e308, 0.0)])[0] == sys.float_info.max  # capped, never inf
+    # a volume within the float range is measured: 0.1 * (max + 1.7e308) + 1.0 * (max - 1.7e308)
+    near = [(-1.7e308, 1.0), (1.7e308, 0.0)]
+    top = sys.float_info.max
+    assert hypervolume(near, reference_point(near)) == pytest.approx(top / 10 + 1.7e307 + (top - 1.7e308))
+    assert hypervolume([(-1e308, 0.5, 0.0)], (1e308, 1.0, 0.5)) == pytest.approx(5e307)  # 2e308 * 0.5 * 0.5
+    # one beyond it is refused in one line
+    with pytest.raises(ValueError, match=r"beyond the largest float .*a smaller scale") as info:
+        hypervolume(edges, reference_point(edges))
+    assert "\n" not in str(info.value)
 
 
 @pytest.mark.parametrize(("expression", "expected"), [

@@ -354,3 +354,25 @@ def test_curves_draw_each_reporting_trial_and_mark_the_pruned(tmp_path: Path) ->
         assert plotting.save(fig, tmp_path / f"curves{suffix}").stat().st_size > 1000
     empty = plotting.make_figure("curves", trials[2:], "exp")
     assert empty.note is not None and "orchard.report" in empty.note
+
+
+def test_an_output_that_cannot_be_a_file_is_one_line_and_keeps_what_is_there(tmp_path: Path) -> None:
+    (tmp_path / "old.html").mkdir()
+    (tmp_path / "old.html" / "keep").write_text("mine")
+    (tmp_path / "notes.txt").write_text("mine")
+    cases = {  # before: 'Is a directory; check that the folder is writable', an OSError for the long names
+        tmp_path / "old.html": "it is a folder; name a file, such as",
+        tmp_path / ("a" * 300 + ".png"): "its name is longer than the 255 bytes",
+        tmp_path / ("a" * 300) / "plot.png": "File name too long; check the path",
+        tmp_path / "notes.txt" / "plot.png": "notes.txt' is a file, not a folder",
+    }
+    for path, expected in cases.items():
+        with pytest.raises(ConfigurationError, match=re.escape(expected)):
+            plotting.check_output(path)
+    assert sorted(p.name for p in tmp_path.rglob("*")) == ["keep", "notes.txt", "old.html"]
+
+
+def test_a_name_near_the_longest_is_written_though_a_longer_temporary_name_would_not_fit(tmp_path: Path) -> None:
+    out = tmp_path / ("a" * 250 + ".png")  # its temporary name was '.{stem}.{pid}.tmp.png': too long
+    assert plotting.save(plotting.regret([], "exp"), out) == out
+    assert out.read_bytes().startswith(PNG_MAGIC) and [p.name for p in tmp_path.iterdir()] == [out.name]

@@ -80,6 +80,12 @@ def test_hypervolume_counts_only_feasible_trials_in_completion_order() -> None:
     assert fig.volumes[5] > fig.volumes[4]  # the late trial dominates everything
 
 
+def test_hypervolume_beyond_the_float_range_says_why_instead_of_drawing_infinity() -> None:
+    edges = [trial(1, 1e308, -1e308, 1.0), trial(2, -1e308, 1e308, 1.0)]
+    fig = plotting.hypervolume(edges, "mo", TWO)
+    assert fig.volumes == [] and "beyond the largest float" in (fig.note or "")  # was [inf, inf]
+
+
 def test_hypervolume_beyond_three_objectives_says_why() -> None:
     four = {"a": "min", "b": "min", "c": "min", "d": "min"}
     assert "up to 3 objectives" in (plotting.hypervolume([], "mo", four).note or "")

@@ -152,10 +152,18 @@ def test_every_verdict_is_recomputed_from_the_stored_history(name: str) -> None:
     [
         ("nope", "unknown pruner 'nope'; valid pruners: none, median"),
         ({"median": {"warmup": 3}}, "no option 'warmup'"),
-        ({"percentile": {"percentile": 120}}, "'percentile' must be a number in [0.0, 100.0]"),
+        ({"percentile": {"percentile": 120}}, "'percentile' must be a finite number in [0.0, 100.0]"),
+        # an int beyond a float's range raised a bare OverflowError from math.isfinite
+        ({"threshold": {"upper": 10**400}}, "'upper' must be a finite number in [-inf, inf], got an int of 1329 bits"),
+        ({"patience": {"min_delta": 10**5000}}, "'min_delta' must be a finite number in [0.0, inf], got an int of"),
+        # an int beyond 64 bits was accepted, then no storage could hold it (nor repr show it)
+        ({"asha": {"min_step": 10**5000}}, "'min_step' must be an integer >= 1 and < 2**63, got an int of 16610 bits"),
         ({"asha": {"reduction_factor": 1}}, "'reduction_factor' must be an integer >= 2"),
         ({"threshold": {}}, "needs 'upper', 'lower' or both"),
         ({"hyperband": {"max_step": 9, "brackets": 5}}, "only 3 first rungs"),
+        # accepted, then 3**(10**9) was computed at every report: each worker hung on its first one
+        ({"asha": {"min_early_stopping_rate": 10**9}}, "= 1·3^1000000000, is beyond every step a trial can report"),
+        ({"hyperband": {"brackets": 10**9}}, "brackets=1000000000 but the first rung of the last one"),
         ({"patience": {"wrapped": "nope"}}, "unknown pruner 'nope'"),
         # patience within patience: 3,000 levels raised RecursionError, 20 a StorageError on nesting
         ({"patience": {"wrapped": {"patience": {"wrapped": "median"}}}}, "wraps another 'patience'"),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -53,6 +54,7 @@ def test_experiment_config_round_trips_through_the_stored_dict() -> None:
     ("max_trials", 2.5, "max_trials=2.5"),
     ("max_trials", 2**63, "max_trials=9223372036854775808: it must be a positive integer below 2**63"),
     ("seed", 2**64, "seed=18446744073709551616: it must be an integer >= 0 below 2**63"),
+    ("working_dir", "runs\x00x", "working_dir='runs\\x00x': it must be a folder path (without a NUL character)"),
     ("stop", {"patience": 2**64}, "patience=18446744073709551616: it must be a positive number of trials below 2**63"),
 ])
 def test_build_experiment_refuses_bad_settings_and_stores_nothing(tmp_path, key, value, expected) -> None:
@@ -71,6 +73,15 @@ def test_hunt_refuses_a_negative_seed_before_storing_anything(no_ambient: Path, 
     line = capsys.readouterr().err.strip()
     assert code != 0 and "seed=" in line and "(from --seed)" in line and len(line.splitlines()) == 1
     assert get_storage(str(no_ambient / "o.pkl")).list_experiments() == []
+
+
+def test_hunt_refuses_an_unknown_executor_before_storing_anything(no_ambient: Path, capsys) -> None:
+    (no_ambient / "train.py").write_text("import orchard, sys; orchard.report_objective(0.0)\n")
+    code = main(["hunt", "-n", "e", "--storage", "o.pkl", "--executor", "lokky", "--n-workers", "2",
+                 sys.executable, "train.py", "--x~uniform(0, 1)"])
+    line = capsys.readouterr().err.strip()
+    assert code == 2 and "executor='lokky' (from --executor): it must be one of joblib, loky" in line
+    assert not (no_ambient / "o.pkl").exists()  # was stored, with no trial, before the executor was refused
 
 
 def test_hunt_refuses_a_bad_timeout_before_storing_anything(no_ambient: Path, capsys) -> None:
@@ -132,3 +143,67 @@ def test_a_relative_working_dir_is_the_same_folder_for_workers_started_elsewhere
     orchard.build_experiment("e", space=SPACE, storage=store, working_dir="runs")
     monkeypatch.chdir(tmp_path / "b")  # a SLURM job or a second terminal elsewhere
     assert orchard.get_experiment("e", storage=store).settings.working_dir == str(tmp_path / "a" / "runs")
+
+
+def _laughs(indent: str) -> str:
+    """A "billion laughs" document: nine lists of nine aliases of the one before, 9**9 strings expanded."""
+    rows = [f'{indent}a: &a ["lol","lol","lol","lol","lol","lol","lol","lol","lol"]']
+    rows += [f"{indent}{c}: &{c} [{','.join(['*' + p] * 9)}]" for p, c in zip("abcdefgh", "bcdefghi")]
+    return "\n".join(rows) + "\n"
+
+
+@pytest.mark.parametrize(("text", "expected"), [
+    # the last one silently won: 1,000 trials ran
+    ("max_trials: 10\nseed: 1\nmax_trials: 1000\n", "gives key 'max_trials' twice (lines 1 and 3); keep one"),
+    ("algorithm:\n  random:\n    seed: 1\n    seed: 2\n", "gives key 'seed' twice (lines 3 and 4)"),
+    # loaded as shared references, it hung whatever walked it (hunt was still running after 20 s)
+    ("algorithm:\n  random:\n" + _laughs("    "), "holds more than 100,000 values once its aliases (*name) are expanded"),
+    ("space: &s {x: *s}\n", "refers to itself through an alias"),
+    # reached os.makedirs / open as a path: 'unexpected ValueError: embedded null byte' (exit 1)
+    ('working_dir: "runs\\0x"\n', "holds a NUL character (\\0) in the value at line 1"),
+    ('warm_start: ["old\\0.pkl:e"]\n', "holds a NUL character"),
+    ("max_trials: 1" + "0" * 5000 + "\n", "is not valid YAML at line 1, column 13: Exceeds the limit"),
+    ("max_trials: 5\x07\n", "is not valid YAML at character 14: '\\x07' is a character YAML does not allow"),
+    ("1: 1\nmax_trial: 2\n", "has unknown setting(s) 'max_trial', 1; valid: algorithm"),  # was a TypeError
+])
+def test_a_config_file_with_a_key_twice_an_alias_bomb_or_odd_text_is_one_line(no_ambient: Path, text: str, expected: str) -> None:
+    path = no_ambient / "exp.yaml"
+    path.write_text(text)
+    started = time.process_time()
+    with pytest.raises(ConfigurationError) as info:
+        config.Settings(config_file=path, environ={}, files=[]).check()
+    assert time.process_time() - started < 1.0
+    message = str(info.value)
+    assert message.startswith(f"config file {path} ") and expected in message and "\n" not in message
+
+
+def test_a_config_file_that_is_a_folder_or_no_file_says_so(no_ambient: Path) -> None:
+    (no_ambient / "runs.yaml").mkdir()
+    for given, said in [("runs.yaml", "config file runs.yaml is a folder"), ("/dev/null", "is not a file"),
+                        ("nope.yaml", "config file nope.yaml not found")]:  # the first two were 'not found'
+        with pytest.raises(ConfigurationError, match=said):
+            config.Settings(config_file=given)
+
+
+def test_yaml_merges_still_apply_and_may_be_overridden(no_ambient: Path) -> None:
+    (no_ambient / "orchard.yaml").write_text(
+        "algorithm:\n  bayes:\n    <<: &defaults {acq_func: EI, n_initial_points: 4}\n    n_initial_points: 2\n")
+    settings = config.Settings(environ={})
+    assert settings.get("algorithm") == {"bayes": {"acq_func": "EI", "n_initial_points": 2}}
+    # a mapping that overrides a merged key, merged into another and then used again: its key is not twice
+    (no_ambient / "orchard.yaml").write_text(
+        "executor_config:\n  <<: &mine\n    <<: &base {min_trials: 5}\n    min_trials: 3\n  cores: 1\n"
+        "pruner:\n  median: *mine\n")
+    assert config.Settings(environ={}).get("pruner") == {"median": {"min_trials": 3}}
+
+
+def test_a_key_twice_in_an_option_given_as_yaml_is_refused_naming_the_option(no_ambient: Path, capsys) -> None:
+    code = main(["hunt", "-n", "e", "--storage", "o.pkl", "--algorithm", "{random: {seed: 1, seed: 2}}",
+                 sys.executable, "train.py", "--x~uniform(0, 1)"])
+    line = capsys.readouterr().err.strip()
+    assert code != 0 and "(from --algorithm)" in line and "gives key 'seed' twice (line 1)" in line
+    assert len(line.splitlines()) == 1 and not (no_ambient / "o.pkl").exists()
+    # a byte that is not UTF-8 on the command line comes as a lone surrogate
+    assert main(["hunt", "-n", "e", "--storage", "o.pkl", "--algorithm", "{random: {seed: \udcff}}",
+                 sys.executable, "train.py", "--x~uniform(0, 1)"]) == 2
+    assert "'\\udcff' is a character YAML does not allow" in capsys.readouterr().err

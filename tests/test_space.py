@@ -50,6 +50,16 @@ def test_parse_every_prior(text: str, expected: object) -> None:
         ("randint(0.5, 3)", "integers"),
         ("choices([])", "non-empty list"),
         ("choices(['a', 'a'])", "twice"),
+        # 1e400 is the literal inf: it was stored as 'choices([inf])', which no worker could read back
+        ("choices([0.5, 1e400])", "choices cannot list inf: a float choice must be finite"),
+        ("choices([-1e400])", "cannot list -inf"),
+        ("choices([1, 2**70])", "literal"),
+        ("choices([1, 1180591620717411303424])", "cannot list 1180591620717411303424: an int choice must fit in 64"),
+        # every trial broke: no script argument holds a NUL, no storage a lone surrogate
+        ("choices(['a', 'b\\x00c'])", "cannot list 'b\\x00c': a text choice cannot hold a NUL character"),
+        ("choices(['\\ud800'])", "cannot hold a lone surrogate"),
+        # a byte 0xff on a command line, read as '\udcff': was 'unexpected UnicodeEncodeError' from ast.parse
+        ("choices(['\udcff'])", "it holds bytes that are not UTF-8 text; write it in UTF-8"),
         ("choices(['x', 1, 1.0])", "1 and 1.0, which are one point of the space"),
         ("choices([2.0, 'b', 2])", "2.0 and 2, which are one point"),
         ("uniform(0, __import__('os').getpid())", "literal"),

@@ -152,6 +152,34 @@ def test_cli_insert_records_one_evaluation_and_a_file(tmp_path: Path, store: str
     assert "already has a trial" in capsys.readouterr().err and len(exp.fetch_trials()) == 3
 
 
+@pytest.mark.parametrize(("name", "content", "expected"), [
+    # each was recorded with one of the values dropped silently
+    ("rows.csv", "x,x,objective\n0.1,0.2,1\n", "rows.csv names column(s) 'x' twice; keep one"),
+    ("rows.csv", "x,objective\n0.1,1,0.2\n", "rows.csv has 3 cells but the header names 2 columns"),
+    ("rows.jsonl", '{"x": 0.1, "x": 0.2, "objective": 1}\n', "rows.jsonl: an object names 'x' twice; keep one"),
+    # 'unexpected RecursionError' and 'unexpected UnicodeDecodeError' (exit 1)
+    ("rows.jsonl", "[" * 100_000 + "\n", "rows.jsonl is nested too deeply to be a row"),
+    ("rows.csv", b"\x89PNG\r\n", "rows.csv: it is not UTF-8 text (byte 0)"),
+])
+def test_cli_insert_refuses_a_file_whose_values_it_would_drop_or_cannot_read(
+        tmp_path: Path, store: str, capsys: pytest.CaptureFixture[str], name: str, content: str | bytes,
+        expected: str) -> None:
+    exp = orchard.build_experiment("e", space={"x": "uniform(0, 1)"}, storage=store)
+    rows = tmp_path / name
+    rows.write_bytes(content if isinstance(content, bytes) else content.encode())
+    assert main(["insert", "-n", "e", "--storage", store, "--file", str(rows)]) == 2
+    line = capsys.readouterr().err.strip()
+    assert expected in line and len(line.splitlines()) == 1 and exp.fetch_trials() == []
+
+
+def test_cli_insert_reads_a_csv_file_saved_with_a_byte_order_mark(tmp_path: Path, store: str) -> None:
+    exp = orchard.build_experiment("e", space={"x": "uniform(0, 1)"}, storage=store)
+    rows = tmp_path / "rows.csv"
+    rows.write_bytes("x,objective\n0.1,1\n".encode("utf-8-sig"))  # as Excel saves it: was "missing 'x'"
+    assert main(["insert", "-n", "e", "--storage", store, "--file", str(rows)]) == 0
+    assert [t.params for t in exp.fetch_trials()] == [{"x": 0.1}]
+
+
 # -- warm start: validation ------------------------------------------------------------------------
 
 
@@ -176,6 +204,8 @@ def test_a_source_that_does_not_fit_is_refused_naming_the_dims(store: str, space
     ([{"experiment": "old", "fill": 3}], ConfigurationError, "fill"),
     ([{"experiment": "old", "fill": {"x": 1.0}}], ConfigurationError, "'x' is in both spaces"),
     ([{"experiment": "old", "fill": {"q": 1.0}}], ConfigurationError, "fill names 'q', which is not in this space"),
+    # as --warm-start '{...}': the second experiment silently won
+    (["{experiment: old, experiment: other}"], ConfigurationError, "gives key 'experiment' twice"),
 ])
 def test_bad_sources_are_refused(store: str, sources: list[object], error: type[Exception], culprit: str) -> None:
     finished(store)

@@ -14,13 +14,15 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 import sys
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from typing import Any, TextIO
 
+from orchard.cli._args import each_key_once
 from orchard.errors import ConfigurationError, ExperimentConflictError
 from orchard.storages import BaseStorage
 from orchard.storages._uri import redact
@@ -142,9 +144,11 @@ def read_dump(path: str, rename: str | None = None) -> dict[str, Any]:
     """
     try:
         with open(path, encoding="utf-8") as handle:
-            data = json.load(handle)
+            data = json.load(handle, object_pairs_hook=each_key_once)  # a hand-edited dump: no value lost
     except (OSError, ValueError) as err:
         raise ConfigurationError(f"cannot read dump {path}: {err}") from None
+    except RecursionError:
+        raise ConfigurationError(f"cannot read dump {path}: it is nested too deeply for a dump") from None
     if not isinstance(data, dict) or data.get("format") != FORMAT:
         raise ConfigurationError(f"{path} is not an Orchard dump (written by 'orchard db dump')")
     if data.get("version") != VERSION:
@@ -185,7 +189,7 @@ def _check_experiment(entry: Any, where: str, named: bool) -> None:
         raise ConfigurationError(f"{where}: {err}; load it under another name with -n NEWNAME") from None
     where = f"{where} ({entry.get('name')!r})"
     try:
-        space = ExperimentConfig.from_dict(entry["config"]).space
+        config = ExperimentConfig.from_dict(entry["config"])
     except ConfigurationError as err:
         raise ConfigurationError(f"{where} has an invalid configuration: {err}; nothing was loaded") from None
     created = entry.get("created")
@@ -199,7 +203,9 @@ def _check_experiment(entry: Any, where: str, named: bool) -> None:
                 raise TypeError(f"it is a JSON {type(record).__name__}, not an object")
             fields = {**_DEFAULT_FIELDS, **record, "id": "", "experiment": ""}  # both are rewritten on load
             check_trial(fields, _JSON_VALUES)  # what every reader would skip (RecordError, a ValueError)
-            space.validate(Trial.from_dict(fields).params)
+            trial = Trial.from_dict(fields)
+            config.space.validate(trial.params)
+            _check_numbers(trial, config.objectives or {})
         except (ConfigurationError, StorageError, TypeError, ValueError, KeyError) as err:
             raise ConfigurationError(f"{where}, trial {number} cannot be loaded: {err}; nothing was loaded") from None
 
@@ -207,6 +213,25 @@ def _check_experiment(entry: Any, where: str, named: bool) -> None:
 #: A dumped trial's fields at their default: a field left out of a dump written by hand reads as its default.
 _DEFAULT_FIELDS = Trial(id="", experiment="", params={}).to_dict()
 _JSON_VALUES = 1 << 62  # json.load builds no shared sub-lists: the file's size bounds the walk of a trial
+
+
+def _check_numbers(trial: Trial, objectives: Mapping[str, str]) -> None:
+    """Refuse what a worker would not have stored: an objective, a report or a named objective not finite.
+
+    JSON dumps may hold NaN and Infinity: a NaN objective loaded became the best trial.
+    """
+    from orchard.report import shown
+    from orchard.trial import finite_number
+
+    if trial.objective is not None and (isinstance(trial.objective, bool) or finite_number(trial.objective) is None):
+        raise TypeError(f"objective {shown(trial.objective)} is not a finite number")
+    for step, value in trial.reports:
+        if not all(math.isfinite(v) for v in (value if isinstance(value, tuple) else (value,))):
+            raise ValueError(f"its report at step {step} is {shown(value)}, not finite numbers")
+    if trial.status is TrialStatus.COMPLETED:
+        for name in objectives:
+            if finite_number(trial.results.get(name)) is None:
+                raise ValueError(f"objective {shown(name)} is {shown(trial.results.get(name))}, not a finite number")
 
 
 def load_experiments(

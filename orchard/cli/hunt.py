@@ -24,6 +24,9 @@ if TYPE_CHECKING:  # pragma: no cover
 
 __all__ = ["add_parser", "run"]
 
+#: The folder of the trial folders when none is given: ``DEFAULT_RUNS/NAME`` in the directory of the
+#: ``hunt`` that creates the experiment (stored absolute).
+DEFAULT_RUNS = "orchard-runs"
 EXAMPLE = ("orchard hunt -n exp --max-trials 50 python train.py --lr~'loguniform(1e-5, 1)' "
            "--layers~'randint(1, 6)'")
 
@@ -87,8 +90,9 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     option("--idle-timeout", metavar="SECONDS",
            help="a worker exits after this long with nothing to do")
     option("--working-dir", metavar="DIR",
-           help="the folder of the per-trial folders (default ./orchard-runs/NAME); the value given when "
-                "the experiment is created is stored and is the default of later workers")
+           help="the folder of the per-trial folders (default ./orchard-runs/NAME in the directory of the hunt "
+                "that creates the experiment); the folder the experiment is created with is stored, absolute, "
+                "and is the default of later workers, wherever they start")
     option("--config", metavar="FILE",
            help="a YAML file of settings, which may also hold name and space")
     option("--seed", metavar="SEED",
@@ -175,14 +179,39 @@ def _experiment(name: str, template: CommandTemplate, storage: BaseStorage, sett
     def given(key: str) -> Any:  # unset stays unset: a joiner keeps the stored value
         return settings.get(key, use_default=False)
 
+    # The default folder is stored (absolute) when the experiment is created, like a given one: hunts
+    # started later from other directories then find the same trial folders and checkpoints.
+    working_dir = given("working_dir") or _default_runs(name)
+    if given("working_dir"):
+        _make_folder(os.path.abspath(working_dir), name)  # before anything is stored with it
+
     return build_experiment(
         name, space=template.space, algorithm=given("algorithm"),
         storage=storage, max_trials=given("max_trials"), max_broken=given("max_broken"),
         max_attempts=given("max_attempts"), heartbeat=given("heartbeat"), seed=given("seed"),
-        working_dir=given("working_dir"), pruner=given("pruner"),
+        working_dir=working_dir, pruner=given("pruner"),
         objectives=given("objectives"), constraints=given("constraints"), stop=given("stop"),
         warm_start=given("warm_start"),
     )
+
+
+def _default_runs(name: str) -> str:
+    """``./orchard-runs/NAME``, absolute."""
+    from orchard.naming import folder_in
+
+    return os.path.abspath(folder_in(DEFAULT_RUNS, name))
+
+
+def _make_folder(path: str, name: str) -> None:
+    """Create ``path``, the folder of the trial folders, or say in one line why this machine cannot."""
+    from orchard.errors import ConfigurationError
+
+    try:
+        os.makedirs(path, exist_ok=True)
+    except OSError as err:  # every trial would break on it, and the experiment with them
+        raise ConfigurationError(
+            f"cannot create the folder of experiment {name!r}'s trials, {path}: {err.strerror or err}; "
+            "give --working-dir with a folder this machine can write") from err
 
 
 def _budget_met(experiment: Experiment) -> bool:
@@ -197,16 +226,20 @@ def _budget_met(experiment: Experiment) -> bool:
 
 
 def _work(experiment: Experiment, template: CommandTemplate, settings: Settings) -> int:
-    from orchard.naming import folder_in
     from orchard.resources import parse_memory
     from orchard.runner import ScriptRunner
     from orchard.stopping import stop_summary
 
-    base = (settings.get("working_dir") or experiment.settings.working_dir
-            or folder_in("orchard-runs", experiment.name))
-    runner = ScriptRunner(template, experiment.name, os.path.abspath(base), settings.get("trial_timeout"),
+    base = os.path.abspath(settings.get("working_dir") or experiment.settings.working_dir
+                           or _default_runs(experiment.name))  # None: stored by an older release
+    _make_folder(base, experiment.name)
+    runner = ScriptRunner(template, experiment.name, base, settings.get("trial_timeout"),
                           memory_limit=parse_memory(settings.get("trial_memory_limit")))
     n_workers = settings.get("n_workers")
+    if experiment.max_trials is not None and n_workers > experiment.max_trials:
+        # every running trial holds a unit of max_trials: workers beyond it would only start and stop
+        # (--n-workers 100000 --max-trials 1 started processes for minutes, the machine's load at 57)
+        n_workers = experiment.max_trials
     executor = settings.get("executor", use_default=False)
     if n_workers == 1 and executor in ("joblib", "loky"):
         executor = "single"  # one worker: run it here, no process pool to start

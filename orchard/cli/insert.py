@@ -20,7 +20,15 @@ import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from orchard.cli._args import UsageError, add_common, add_name, format_params, open_experiment, parse_literal
+from orchard.cli._args import (
+    UsageError,
+    add_common,
+    add_name,
+    each_key_once,
+    format_params,
+    open_experiment,
+    parse_literal,
+)
 
 if TYPE_CHECKING:  # pragma: no cover
     from orchard.experiment import Experiment
@@ -74,28 +82,49 @@ def parse_assignments(tokens: list[str], what: str = "dimension") -> dict[str, A
 def read_rows(path: Path) -> list[dict[str, Any]]:
     """The rows of a CSV (with a header) or JSON Lines file, as dicts; CSV cells are read as literals.
 
+    A column named twice, or a CSV row with more cells than the header names, is refused:
+    one of the values would be dropped silently. A UTF-8 byte order mark (Excel) is skipped.
+
     Raises:
-        UsageError: the file cannot be read, or a line is not a JSON object.
+        UsageError: the file cannot be read as UTF-8 text, a line is not a JSON object, a
+            name is given twice, or a row has more cells than the header.
     """
     try:
-        text = path.read_text()
+        text = path.read_text(encoding="utf-8-sig")
     except OSError as err:
         raise UsageError(f"cannot read --file {path}: {err.strerror or err}") from None
+    except UnicodeDecodeError as err:
+        raise UsageError(f"cannot read --file {path}: it is not UTF-8 text (byte {err.start}); "
+                         "give a CSV or JSON Lines file") from None
     if path.suffix.lower() in (".jsonl", ".ndjson", ".json"):
-        rows = []
-        for number, line in enumerate(text.splitlines(), 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise UsageError(f"line {number} of {path} is not JSON ({err.msg})") from None
-            if not isinstance(row, dict):
-                raise UsageError(f"line {number} of {path} is not a JSON object such as {{\"x\": 1, \"objective\": 0.3}}")
-            rows.append(row)
-        return rows
-    return [{name: parse_literal(cell) for name, cell in row.items() if name and cell not in (None, "")}
-            for row in csv.DictReader(text.splitlines())]
+        return [_json_row(line, f"line {number} of {path}") for number, line in enumerate(text.splitlines(), 1)
+                if line.strip()]
+    reader = csv.reader(text.splitlines())
+    header = next(reader, [])
+    twice = sorted({name for name in header if name and header.count(name) > 1})
+    if twice:
+        raise UsageError(f"the header of {path} names column(s) {', '.join(map(repr, twice))} twice; keep one")
+    rows = []
+    for number, cells in enumerate(reader, 1):
+        if len(cells) > len(header):
+            raise UsageError(f"row {number} of {path} has {len(cells)} cells but the header names {len(header)} "
+                             "columns; quote a value that holds a comma, or name every column")
+        rows.append({name: parse_literal(cell) for name, cell in zip(header, cells) if name and cell != ""})
+    return rows
+
+
+def _json_row(line: str, where: str) -> dict[str, Any]:
+    try:
+        row = json.loads(line, object_pairs_hook=each_key_once)
+    except json.JSONDecodeError as err:
+        raise UsageError(f"{where} is not JSON ({err.msg})") from None
+    except ValueError as err:  # a key twice
+        raise UsageError(f"{where}: {err}") from None
+    except RecursionError:
+        raise UsageError(f"{where} is nested too deeply to be a row") from None
+    if not isinstance(row, dict):
+        raise UsageError(f"{where} is not a JSON object such as {{\"x\": 1, \"objective\": 0.3}}")
+    return row
 
 
 def _split_row(row: dict[str, Any], dimensions: set[str]) -> tuple[dict[str, Any], Any, dict[str, Any]]:

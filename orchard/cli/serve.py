@@ -46,6 +46,7 @@ def run(args: argparse.Namespace) -> int:
     _require_extra()
     from orchard.dashboard import bind, is_loopback, serve
 
+    _check_allowed_hosts(args.allowed_host)
     storage = open_storage(args)
     sock = bind(args.host, args.port)
     if not is_loopback(args.host):  # said once the address is known to be served
@@ -64,6 +65,19 @@ def run(args: argparse.Namespace) -> int:
         sock.close()
         storage.close()
     return 0
+
+
+def _check_allowed_hosts(names: list[str]) -> None:
+    """Refuse an ``--allowed-host`` that no ``Host`` header names: empty, or with a scheme, a path or spaces.
+
+    An empty one answered requests that name no host at all; ``http://lab`` allowed the host ``http``.
+    """
+    from orchard.errors import ConfigurationError
+
+    for name in names:
+        if not name.strip() or any(mark in name for mark in "/@?# \t"):
+            raise ConfigurationError(f"--allowed-host {name!r} is not a host name; give the name alone, "
+                                     "as in the address bar without scheme or path, e.g. --allowed-host lab.example.org")
 
 
 def _require_extra() -> None:

@@ -42,6 +42,10 @@ __all__ = ["HeartbeatWatch", "add_parser", "experiment_status", "run_info", "run
 _CLEAR = "\x1b[H\x1b[2J"
 
 
+#: The shortest ``--watch`` period: each refresh reads the whole storage (1e-300 read it in a busy loop).
+MIN_INTERVAL = 0.1
+
+
 def _positive_seconds(text: str) -> float:
     try:
         value = float(text)
@@ -49,6 +53,9 @@ def _positive_seconds(text: str) -> float:
         raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
     if not value > 0 or value == float("inf"):
         raise argparse.ArgumentTypeError(f"{text!r} must be a positive number of seconds, e.g. 2")
+    if value < MIN_INTERVAL:
+        raise argparse.ArgumentTypeError(f"{text!r} must be at least {MIN_INTERVAL} seconds (each refresh reads "
+                                         "the whole storage), e.g. 2")
     return value
 
 
@@ -60,7 +67,7 @@ def add_parser(subparsers: Any) -> None:
                         help="print the report again every --interval seconds until Ctrl-C (exit status 0); "
                              "in a terminal the screen is redrawn in place")
     status.add_argument("--interval", type=_positive_seconds, default=2.0, metavar="SECONDS",
-                        help="refresh period of --watch (default: %(default)s)")
+                        help=f"refresh period of --watch, at least {MIN_INTERVAL} (default: %(default)s)")
     status.add_argument("--json", action="store_true", help="print JSON: an object with -n, else a list of objects")
     add_common(status)
     status.set_defaults(func=run_status)
@@ -198,6 +205,8 @@ def _speed(stats: dict[str, Any]) -> str:
 
 
 def _status_lines(status: dict[str, Any]) -> list[str]:
+    if "problem" in status:
+        return [f"experiment {status['name']!r} ({status['storage']})", f"  problem: {status['problem']}"]
     counts = status["counts"]
     budget = f" of max_trials={status['max_trials']}" if status["max_trials"] is not None else ""
     if status["inserted_apart"]:
@@ -237,8 +246,21 @@ def _collect(args: argparse.Namespace, watches: dict[str, HeartbeatWatch] | None
     if missing_storage_file(args) is not None:  # a read-only command creates nothing
         return []
     storage = open_storage(args)
-    return [experiment_status(Experiment(storage, record), watches.setdefault(record.id, HeartbeatWatch()))
+    return [_status_or_problem(Experiment(storage, record), watches.setdefault(record.id, HeartbeatWatch()))
             for record in storage.list_experiments()]
+
+
+def _status_or_problem(experiment: Experiment, watch: HeartbeatWatch) -> dict[str, Any]:
+    """:func:`experiment_status`, or the problem of an experiment whose stored configuration is unusable.
+
+    One such experiment (stored by an older release) made ``status`` of every other one fail.
+    """
+    from orchard.errors import ConfigurationError
+
+    try:
+        return experiment_status(experiment, watch)
+    except ConfigurationError as err:
+        return {"name": experiment.name, "storage": experiment.storage.redacted_uri, "problem": str(err)}
 
 
 def _render(args: argparse.Namespace, statuses: list[dict[str, Any]]) -> str:
@@ -304,7 +326,7 @@ def run_list(args: argparse.Namespace) -> int:
 def run_info(args: argparse.Namespace) -> int:
     """Print an experiment's space, algorithm, budget, config, best trial and stats (or one trial)."""
     experiment = open_experiment(args)
-    if getattr(args, "trial", None):
+    if getattr(args, "trial", None) is not None:  # '' too: an unset shell variable is not "no --trial"
         return _trial_info(experiment, args.trial, args.json)
     front = _front(experiment)
     best = experiment.best_trial if front is None else None
@@ -351,16 +373,19 @@ def _warm_start_line(uses: list[dict[str, Any]] | None) -> list[str]:
 
 def _trial_info(experiment: Experiment, prefix: str, as_json: bool) -> int:
     """Print one trial of ``experiment``; for a pruned one, the verdict and how it is reached again."""
-    from orchard.errors import TrialNotFoundError
+    from orchard.errors import ConfigurationError, TrialNotFoundError
     from orchard.pruners import Verdict, make_pruner
 
+    if not prefix.strip():
+        raise ConfigurationError(f"--trial is empty (an unset shell variable?); give the id of a trial of "
+                                 f"experiment {experiment.name!r}, or a unique prefix of it")
     trials = experiment.fetch_trials()
     matches = [t for t in trials if t.id.startswith(prefix)]
     if len(matches) != 1:
-        found = "no trial" if not matches else f"{len(matches)} trials"
-        raise TrialNotFoundError(
-            f"{found} of experiment {experiment.name!r} has an id starting with {prefix!r}; "
-            "give more of the id (orchard db dump lists them)")
+        found = f"no trial of experiment {experiment.name!r} has" if not matches else \
+            f"{len(matches)} trials of experiment {experiment.name!r} have"
+        raise TrialNotFoundError(f"{found} an id starting with {prefix!r}; give more of the id "
+                                 "(orchard db dump lists them)")
     (trial,) = matches
     data = trial.to_dict()
     recomputed = None

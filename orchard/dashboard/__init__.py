@@ -7,6 +7,7 @@ module                                 what
 :mod:`orchard.dashboard._payloads`     the JSON the API serves, from folded views
 :mod:`orchard.dashboard._app`          the Starlette application (pages, API, 405s)
 :mod:`orchard.dashboard._server`       binding the socket, running uvicorn
+:mod:`orchard.dashboard._connections`  resetting clients that would hold the server
 ``orchard/dashboard/static/``          the pages, their script and style
 =====================================  ==============================================
 

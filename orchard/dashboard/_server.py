@@ -10,11 +10,20 @@ from orchard.dashboard._views import StorageView
 from orchard.errors import ConfigurationError
 from orchard.storages.base import BaseStorage
 
-__all__ = ["SHUTDOWN_GRACE", "bind", "is_loopback", "serve", "url_of"]
+__all__ = [
+    "MAX_CONNECTIONS", "REQUEST_TIMEOUT", "SEND_TIMEOUT", "SHUTDOWN_GRACE", "bind", "is_loopback", "serve", "url_of",
+]
 
 #: Seconds Ctrl-C (or SIGTERM) waits for responses under way before closing their connections:
 #: a client that stopped reading (a stalled download of plotly.js) would otherwise hold the server.
 SHUTDOWN_GRACE = 2
+#: Seconds a client has to send a whole request (after connecting, or after its previous answer).
+REQUEST_TIMEOUT = 10.0
+#: Seconds in which a client must take 64 KiB of its answer (MIN_PROGRESS), or its connection is reset.
+SEND_TIMEOUT = 30.0
+#: Connections served at once; beyond, new requests get 503. With the two timeouts it bounds the
+#: memory clients can hold (at most one answer each: a page of trials is a few MiB).
+MAX_CONNECTIONS = 64
 
 
 def is_loopback(host: str) -> bool:
@@ -45,10 +54,12 @@ def bind(host: str, port: int) -> socket.socket:
         raise ConfigurationError(f"--port {port} is not a TCP port; give 1 to 65535, or 0 for any free port")
     try:
         found = socket.getaddrinfo(_unbracketed(host), port, type=socket.SOCK_STREAM)
-    except socket.gaierror as err:
+    except (socket.gaierror, UnicodeError) as err:  # UnicodeError: a label of 64+ characters, an empty one
+        reason = err.strerror if isinstance(err, socket.gaierror) else None
         raise ConfigurationError(
-            f"cannot listen on --host {host!r}: {err.strerror or err}; give an address (127.0.0.1, ::1, "
-            "0.0.0.0) or a name of this machine, with no scheme and no port (the port is --port)") from err
+            f"cannot listen on --host {host!r}: {reason or 'it is not a valid host name'}; give an address "
+            "(127.0.0.1, ::1, 0.0.0.0) or a name of this machine, with no scheme and no port (the port is --port)"
+        ) from err
     family, kind, proto, _, address = found[0]
     sock = socket.socket(family, kind, proto)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -75,10 +86,13 @@ def serve(
     announce: Callable[[str], None] = print,
     min_interval: float = 0.5,
     allowed_hosts: Iterable[str] = (),
+    request_timeout: float = REQUEST_TIMEOUT,
+    send_timeout: float = SEND_TIMEOUT,
 ) -> None:
     """Serve the dashboard of ``storage`` on ``sock`` until interrupted (SIGINT/SIGTERM).
 
-    Once interrupted, responses under way get :data:`SHUTDOWN_GRACE` seconds to finish.
+    Once interrupted, responses under way get :data:`SHUTDOWN_GRACE` seconds to finish. A client
+    cannot hold the server: see :mod:`orchard.dashboard._connections`.
 
     Args:
         storage: the storage to show; it is only read.
@@ -87,6 +101,8 @@ def serve(
         min_interval: seconds a folded experiment is served before the storage is asked again.
         allowed_hosts: host names answered besides ``localhost``, ``127.0.0.1`` and ``::1``
             (the ``--host`` listened on and every ``--allowed-host``); any other ``Host`` gets 400.
+        request_timeout: seconds a client has to send a request before its connection is dropped.
+        send_timeout: seconds an answer may wait on a client that does not read it.
 
     Raises:
         ConfigurationError: plotly's bundle is missing.
@@ -94,10 +110,12 @@ def serve(
     import uvicorn
 
     from orchard.dashboard._app import build_app
+    from orchard.dashboard._connections import guarded_protocol
 
     app = build_app(StorageView(storage, min_interval=min_interval), allowed_hosts)
     config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off", server_header=False,
-                            timeout_graceful_shutdown=SHUTDOWN_GRACE)
+                            timeout_graceful_shutdown=SHUTDOWN_GRACE, limit_concurrency=MAX_CONNECTIONS,
+                            http=guarded_protocol(request_timeout, send_timeout, SHUTDOWN_GRACE - 0.5))
     server = uvicorn.Server(config)
     announce(url_of(sock))
     server.run(sockets=[sock])

@@ -23,7 +23,9 @@ empty one carrying a note that says why.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import itertools
 import os
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -132,7 +134,8 @@ def check_output(path: str | os.PathLike[str]) -> Path:
 
     Raises:
         ConfigurationError: unknown suffix (the message lists ``.html`` and
-            ``.png``), or the folder does not exist.
+            ``.png``), the folder does not exist, ``path`` is a folder, or its
+            name is longer than the folder's file system allows.
     """
     out = Path(path)
     if out.suffix.lower() not in FORMATS:
@@ -140,11 +143,31 @@ def check_output(path: str | os.PathLike[str]) -> Path:
             f"cannot tell how to write plot {str(out)!r}: unknown suffix {out.suffix or '(none)'!r}; "
             f"use {' or '.join(FORMATS)}"
         )
-    if not out.parent.is_dir():
-        raise ConfigurationError(
-            f"cannot write plot {str(out)!r}: folder {str(out.parent)!r} does not exist; create it first"
-        )
+    try:
+        if not out.parent.is_dir():
+            folder = repr(str(out.parent))
+            problem = f"{folder} is a file, not a folder" if out.parent.exists() else \
+                f"folder {folder} does not exist; create it first"
+            raise ConfigurationError(f"cannot write plot {str(out)!r}: {problem}")
+        longest = _longest_name(out.parent)
+        if len(os.fsencode(out.name)) > longest:
+            raise ConfigurationError(f"cannot write plot {str(out)[:60]!r}...: its name is longer than the "
+                                     f"{longest} bytes this folder's file system allows; choose a shorter one")
+        if out.is_dir():
+            raise ConfigurationError(f"cannot write plot {str(out)!r}: it is a folder; name a file, "
+                                     f"such as {str(out / ('plot' + out.suffix))!r}")
+    except OSError as err:  # a folder's name too long, a folder this user may not enter
+        raise ConfigurationError(f"cannot write plot {str(out)[:60]!r}: {err.strerror or err}; "
+                                 "check the path") from None
     return out
+
+
+def _longest_name(folder: Path) -> int:
+    """The longest file name (in bytes) ``folder``'s file system takes (255 where it does not say)."""
+    try:
+        return os.pathconf(folder, "PC_NAME_MAX")
+    except (OSError, ValueError, AttributeError):  # not POSIX, or the file system does not say
+        return 255
 
 
 def save(figure: Figure, path: str | os.PathLike[str]) -> Path:
@@ -166,7 +189,8 @@ def save(figure: Figure, path: str | os.PathLike[str]) -> Path:
     """
     out = check_output(path)
     render = FORMATS[out.suffix.lower()]
-    tmp = out.with_name(f".{out.stem}.{os.getpid()}.tmp{out.suffix}")
+    # a short name of its own: out's name plus a mark could pass the longest name the file system takes
+    tmp = out.with_name(f".orchard-plot.{os.getpid()}.{next(_SAVES)}.tmp{out.suffix}")
     try:
         render(figure, tmp)
         os.replace(tmp, out)
@@ -175,8 +199,12 @@ def save(figure: Figure, path: str | os.PathLike[str]) -> Path:
             f"cannot write plot {str(out)!r}: {err.strerror or err}; check that the folder is writable"
         ) from err
     finally:
-        tmp.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):  # the error above is the one to tell
+            tmp.unlink(missing_ok=True)
     return out
+
+
+_SAVES = itertools.count()
 
 
 #: Output suffix -> the function that draws a figure into such a file.

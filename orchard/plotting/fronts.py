@@ -178,7 +178,10 @@ def hypervolume(trials: Sequence[Trial], name: str, objectives: Mapping[str, str
     for rank, (trial, vector, violation) in enumerate(rows, start=1):
         if violation <= 0 and not any(dominates(w, vector) or tuple(w) == tuple(vector) for w in front):
             front = [w for w in front if not dominates(vector, w)] + [vector]
-            current = volume(front, reference)
+            try:
+                current = volume(front, reference)
+            except ValueError as err:  # a volume beyond the largest float: say so instead of drawing infinity
+                return HypervolumeFigure(title, str(err), [], [], [])
         x.append(rank)
         seconds.append((trial.end_time or start) - start)
         volumes.append(current)

@@ -29,9 +29,23 @@ from typing import Any, ClassVar
 from orchard.errors import ConfigurationError
 from orchard.objectives import crowding_distance, non_dominated_sort
 from orchard.pruners.base import BasePruner, Curve, Verdict, check_int, value_at
-from orchard.trial import ReportValue
+from orchard.trial import INT_LIMIT, ReportValue
 
 __all__ = ["AshaPruner", "HyperbandPruner", "bracket_of", "pareto_position"]
+
+
+def _first_rung(min_step: int, eta: int, rate: int) -> int | None:
+    """``min_step · η^rate``, or ``None`` when it is beyond every step a report can have (``2**63``).
+
+    Multiplied out rung by rung (at most 63 times, ``η >= 2``): ``η**rate`` for a rate of
+    a billion took minutes and gigabytes, at every report.
+    """
+    rung = min_step
+    for _ in range(rate):
+        rung *= eta
+        if rung >= INT_LIMIT:
+            return None
+    return rung
 
 
 def _rungs_crossed(own: Curve, min_step: int, eta: int, rate: int) -> list[int]:
@@ -39,7 +53,9 @@ def _rungs_crossed(own: Curve, min_step: int, eta: int, rate: int) -> list[int]:
     last = own[-1][0]
     before = own[-2][0] if len(own) > 1 else -1
     rungs: list[int] = []
-    rung = min_step * eta**rate
+    rung = _first_rung(min_step, eta, rate)
+    if rung is None:  # no step reaches it
+        return rungs
     while rung <= last:
         if rung > before:
             rungs.append(rung)
@@ -126,6 +142,11 @@ class AshaPruner(BasePruner):
         check_int("min_step", cls.name, options["min_step"], 1)
         check_int("reduction_factor", cls.name, options["reduction_factor"], 2)
         check_int("min_early_stopping_rate", cls.name, options["min_early_stopping_rate"], 0)
+        if _first_rung(options["min_step"], options["reduction_factor"], options["min_early_stopping_rate"]) is None:
+            raise ConfigurationError(
+                f"pruner 'asha': the first rung, min_step·η^min_early_stopping_rate = {options['min_step']}·"
+                f"{options['reduction_factor']}^{options['min_early_stopping_rate']}, is beyond every step a "
+                "trial can report (2**63), so no trial would ever be judged; lower min_early_stopping_rate")
 
     def judge(self, trial_id: str, own: Curve, others: Mapping[str, Curve]) -> Verdict:
         return _halving(self, own, others, trial_id, self.options["min_early_stopping_rate"])
@@ -161,6 +182,11 @@ class HyperbandPruner(BasePruner):
             check_int("max_step", cls.name, options["max_step"], options["min_step"])
         if options["brackets"] is not None:
             check_int("brackets", cls.name, options["brackets"], 1)
+            if _first_rung(options["min_step"], options["reduction_factor"], options["brackets"] - 1) is None:
+                raise ConfigurationError(
+                    f"pruner 'hyperband': brackets={options['brackets']} but the first rung of the last one, "
+                    f"min_step·η^{options['brackets'] - 1}, is beyond every step a trial can report (2**63): "
+                    "its trials would never be judged; lower brackets")
         if options["max_step"] is not None and options["brackets"] is not None:
             fit = cls._fitting(options["min_step"], options["reduction_factor"], options["max_step"])
             if options["brackets"] > fit:

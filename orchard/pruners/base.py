@@ -27,13 +27,13 @@ from __future__ import annotations
 
 import abc
 import dataclasses
-import math
 from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar
 
 from orchard.errors import ConfigurationError
 from orchard.options import Configurable
-from orchard.trial import ReportValue, first_value
+from orchard.report import shown
+from orchard.trial import INT_LIMIT, ReportValue, finite_number, first_value
 
 __all__ = ["BasePruner", "Curve", "Verdict", "scalar_curve", "value_at"]
 
@@ -163,23 +163,22 @@ class BasePruner(Configurable, abc.ABC):
 
 
 def check_int(name: str, pruner: str, value: Any, minimum: int) -> None:
-    """Refuse an integer option below ``minimum`` (bools are not integers here)."""
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+    """Refuse an integer option below ``minimum`` or beyond 64 bits (bools are not integers here)."""
+    if isinstance(value, bool) or not isinstance(value, int) or not minimum <= value < INT_LIMIT:
         raise ConfigurationError(
-            f"pruner {pruner!r}: option {name!r} must be an integer >= {minimum}, got {value!r}"
+            f"pruner {pruner!r}: option {name!r} must be an integer >= {minimum} and < 2**63, got {shown(value)}"
         )
 
 
 def check_number(name: str, pruner: str, value: Any, low: float, high: float, optional: bool = False) -> None:
-    """Refuse a non-finite number outside ``[low, high]`` (``None`` allowed if ``optional``)."""
+    """Refuse a number that is not finite (an int beyond a float's range included) or outside ``[low, high]``.
+
+    ``None`` is allowed if ``optional``.
+    """
     if optional and value is None:
         return
-    if (
-        isinstance(value, bool)
-        or not isinstance(value, (int, float))
-        or not math.isfinite(value)
-        or not low <= value <= high
-    ):
+    number = finite_number(value)
+    if number is None or not low <= number <= high:
         raise ConfigurationError(
-            f"pruner {pruner!r}: option {name!r} must be a number in [{low}, {high}], got {value!r}"
+            f"pruner {pruner!r}: option {name!r} must be a finite number in [{low}, {high}], got {shown(value)}"
         )

@@ -1,12 +1,23 @@
 // One experiment: cards, plots, live workers, rungs and the trial table, folded in incrementally.
 "use strict";
 
-const NAME = decodeURIComponent(location.pathname.replace(/^\/experiments\//, "").replace(/\/$/, ""));
+const NAME = pageName();
 const API = "/api/experiments/" + encodeURIComponent(NAME);
 const MAX_ROWS = 500;
 const state = { fidelity: null, version: 0, trials: new Map(), params: [], sortKey: "number", sortDir: 1, drawnVersion: -1 };
 const PLOT_CONFIG = { displaylogo: false, responsive: true };
 const STATUS_COLORS = { completed: "#2f7d4f", pruned: "#6b7785", reserved: "#1f5fa8", broken: "#b3261e", interrupted: "#c98a00", new: "#8a96a3" };
+
+// The experiment named by the address; a '%' that starts no escape (typed by hand) is taken as it is,
+// so the page says there is no such experiment instead of stopping on a URIError.
+function pageName() {
+  const raw = location.pathname.replace(/^\/experiments\//, "").replace(/\/$/, "");
+  try {
+    return decodeURIComponent(raw);
+  } catch (error) {
+    return raw;
+  }
+}
 
 function renderSummary(detail) {
   document.title = detail.name + " - Orchard";

@@ -1,0 +1,120 @@
+"""Connections that cannot hold the dashboard: a client must send its request, and take its answer, in time.
+
+uvicorn's HTTP protocol keeps a connection open for as long as its client
+wants: one that connects and sends nothing, or its headers a byte at a time
+(slowloris), is kept forever; one that asks for a page of trials and never
+reads keeps the whole answer in the server's memory forever (50 such clients
+on a page of 20,000 trials: 0.5 GiB). :class:`GuardedProtocol` bounds both:
+
+- **request**: from the moment a connection opens, or its previous answer was
+  all delivered, the client has ``request_timeout`` seconds to send a whole request;
+- **answer**: while an answer is going out, the client must take at least
+  :data:`MIN_PROGRESS` bytes of it every ``send_timeout`` seconds (one that reads
+  nothing, or a byte now and then, does not).
+
+Either way the connection is reset (``SO_LINGER`` 0, then closed): its answer is
+dropped at once, from the server's memory and from the kernel's send queue (a
+plain close would leave the kernel holding megabytes for a client that reads
+nothing). One timer a second per connection checks both. When the server stops,
+a connection still open ``shutdown_abort`` seconds later is reset, so that its
+answer ends quietly within uvicorn's grace instead of being cancelled with a
+traceback on the terminal.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fcntl
+import socket
+import struct
+import sys
+import termios
+from typing import Any
+
+import h11
+from uvicorn.protocols.http.h11_impl import H11Protocol
+
+__all__ = ["CHECK_PERIOD", "MIN_PROGRESS", "GuardedProtocol", "guarded_protocol"]
+
+#: Seconds between two checks of a connection.
+CHECK_PERIOD = 1.0
+#: Bytes a client must take from its answer in every ``send_timeout`` seconds (about 2 KiB/s at 30 s).
+MIN_PROGRESS = 64 * 1024
+#: The ioctl giving the bytes still in a socket's send queue (``SIOCOUTQ``, Linux only).
+_OUTQ: int | None = termios.TIOCOUTQ if sys.platform == "linux" else None
+#: The client is still sending its request (or has not begun it) in these h11 states.
+_CLIENT_SENDING = (h11.IDLE, h11.SEND_BODY)
+
+
+class GuardedProtocol(H11Protocol):
+    """uvicorn's h11 protocol, resetting a connection that makes the server wait on its client too long.
+
+    Guarantees: a connection is reset once its client has taken more than
+    :attr:`request_timeout` seconds to send a request (counted from the
+    connection's opening, or from the moment its previous answer was all
+    delivered), or once its answer's unsent bytes have gone down by less than
+    :data:`MIN_PROGRESS` for :attr:`send_timeout` seconds; never while the
+    server itself is computing an answer. After :meth:`shutdown`, within
+    :attr:`shutdown_abort` seconds.
+    """
+
+    request_timeout: float = 10.0
+    send_timeout: float = 30.0
+    shutdown_abort: float = 1.5
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self._waiting_since = self._progress_at = self.loop.time()
+        self._unsent_mark = 0
+        self._check_handle = self.loop.call_later(CHECK_PERIOD, self._check)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._check_handle.cancel()
+        super().connection_lost(exc)
+
+    def on_response_complete(self) -> None:
+        self._waiting_since = self.loop.time()  # the next request's time starts now
+        super().on_response_complete()
+
+    def shutdown(self) -> None:
+        super().shutdown()
+        self.loop.call_later(self.shutdown_abort, self._reset)
+
+    def _check(self) -> None:
+        now, unsent = self.loop.time(), self._unsent()
+        if not unsent or unsent > self._unsent_mark or unsent <= self._unsent_mark - MIN_PROGRESS:
+            self._progress_at, self._unsent_mark = now, unsent  # all taken, more written, or enough taken
+        if unsent:
+            self._waiting_since = now  # an answer is still going out: no request is due yet
+        slow_request = self.conn.their_state in _CLIENT_SENDING and now - self._waiting_since > self.request_timeout
+        stalled = unsent and now - self._progress_at > self.send_timeout
+        if slow_request or stalled:
+            self._reset()
+            return
+        self._check_handle = self.loop.call_later(CHECK_PERIOD, self._check)
+
+    def _unsent(self) -> int:
+        """Bytes of answers not yet taken by the client: in asyncio's buffer and in the kernel's send queue."""
+        unsent = self.transport.get_write_buffer_size()
+        sock = self.transport.get_extra_info("socket")
+        if _OUTQ is not None and sock is not None:
+            with contextlib.suppress(OSError, ValueError):  # closed meanwhile
+                unsent += struct.unpack("i", fcntl.ioctl(sock.fileno(), _OUTQ, b"\0" * 4))[0]
+        return unsent
+
+    def _reset(self) -> None:
+        """Close the connection at once, with a reset: nothing it had buffered is sent."""
+        sock = self.transport.get_extra_info("socket")
+        with contextlib.suppress(OSError):  # already closed: nothing left to drop
+            if sock is not None:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        self.transport.abort()
+
+
+def guarded_protocol(request_timeout: float, send_timeout: float, shutdown_abort: float) -> type[GuardedProtocol]:
+    """A :class:`GuardedProtocol` class with these timeouts, for ``uvicorn.Config(http=...)``."""
+    settings: dict[str, Any] = {
+        "request_timeout": request_timeout, "send_timeout": send_timeout, "shutdown_abort": shutdown_abort,
+    }
+    return type("GuardedProtocol", (GuardedProtocol,), settings)

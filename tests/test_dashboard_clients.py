@@ -1,0 +1,93 @@
+"""Clients that try to hold the dashboard: silent, slow to send, never reading (real sockets, real server process).
+
+The server runs with timeouts of 1 s (request) and 2 s (answer) instead of 10 s
+and 30 s, so that each case is decided within a few seconds.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import re
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.slow
+
+SERVER = r"""
+import sys
+from orchard.dashboard import bind, serve
+from orchard.storages import get_storage
+
+storage = get_storage(sys.argv[1])
+serve(storage, bind("127.0.0.1", 0), announce=lambda url: print(url, flush=True),
+      request_timeout=1.0, send_timeout=2.0)
+"""
+#: A request for plotly.js (4.8 MB): more than the kernel's buffers hold, so an answer to a
+#: client that reads nothing must wait.
+BUNDLE = b"GET /static/plotly.min.js HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
+
+
+@contextlib.contextmanager
+def server(tmp_path: Path) -> Iterator[tuple[str, int]]:
+    proc = subprocess.Popen([sys.executable, "-c", SERVER, str(tmp_path / "o.pkl")], stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    try:
+        line = proc.stdout.readline() if proc.stdout else ""
+        found = re.search(r"http://127\.0\.0\.1:(\d+)/", line)
+        assert found, line + (proc.stdout.read() if proc.stdout else "")
+        yield found.group(0), int(found.group(1))
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+def connect(port: int, send: bytes = b"") -> socket.socket:
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # a small window: the server must wait on it
+    sock.connect(("127.0.0.1", port))
+    sock.sendall(send)
+    return sock
+
+
+def ended_by_server(sock: socket.socket, within: float) -> tuple[bool, int]:
+    """Whether the server closed or reset ``sock`` within ``within`` seconds, and the bytes read meanwhile."""
+    sock.settimeout(0.2)
+    deadline, received = time.monotonic() + within, 0
+    while time.monotonic() < deadline:
+        try:
+            data = sock.recv(65536)
+        except TimeoutError:
+            continue
+        except ConnectionResetError:
+            return True, received
+        if not data:
+            return True, received
+        received += len(data)
+        time.sleep(0.05)  # a reader of a few hundred KiB/s at most
+    return False, received
+
+
+def test_silent_slow_and_non_reading_clients_are_dropped_while_others_are_served(tmp_path: Path) -> None:
+    with server(tmp_path) as (url, port):
+        silent = connect(port)
+        slowloris = connect(port, b"GET /api/experiments HTTP/1.1\r\nHost: 127.0.0.1\r\n")  # never ends its head
+        reads_nothing = connect(port, BUNDLE * 3)
+        time.sleep(0.5)
+        started = time.monotonic()
+        with urllib.request.urlopen(url + "api/experiments", timeout=10) as answer:
+            assert answer.status == 200  # another client is answered at once meanwhile
+        assert time.monotonic() - started < 2
+        for sock in (silent, slowloris):  # before: held open for as long as the client wished
+            assert ended_by_server(sock, within=4)[0]
+        time.sleep(3)  # the answer waits on a client that reads nothing for more than 2 s
+        ended, received = ended_by_server(reads_nothing, within=10)
+        assert ended and received < 1_000_000  # dropped with what the kernel held, not three bundles of 4.8 MB
+        with urllib.request.urlopen(url + "static/plotly.min.js", timeout=10) as answer:
+            assert len(answer.read()) > 4_000_000  # a client that reads gets the whole bundle
