@@ -106,7 +106,11 @@ def test_ctrl_z_pauses_the_evaluation_with_its_worker_and_fg_resumes_it(tmp_path
     proc = subprocess.Popen(command, cwd=ROOT, env=_env(), text=True, process_group=0,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
-        evaluation = int(_wait_for(tmp_path / "ticks", proc).split()[0])
+        deadline = time.monotonic() + 60
+        while not _wait_for(tmp_path / "ticks", proc).split():  # the file exists before its first line
+            assert time.monotonic() < deadline, "the evaluation never ticked"
+            time.sleep(0.01)
+        evaluation = int((tmp_path / "ticks").read_text().split()[0])
         assert os.getpgid(evaluation) != proc.pid  # the evaluation is not in the job's group: the terminal misses it
         os.killpg(proc.pid, signal.SIGTSTP)  # Ctrl-Z
         deadline = time.monotonic() + 10
