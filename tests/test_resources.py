@@ -13,6 +13,8 @@ import orchard
 from orchard.cli import main
 from orchard.cli.status import _status_lines, experiment_status
 from orchard.errors import ConfigurationError
+from orchard.executors import make_executor
+from orchard.executors.capacity import Machine, check_capacity
 from orchard.resources import assign_devices, devices_of, parse_gpus, parse_memory
 from tests import workloads
 
@@ -43,14 +45,21 @@ def test_bad_memory_limit_fails_workon_before_anything_runs(tmp_path: Path) -> N
 def test_bad_memory_limit_on_the_command_line_is_one_error_line(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
+    line = _refused_hunt(tmp_path, monkeypatch, capsys, "--trial-memory-limit", "4 parsecs")
+    assert "trial_memory_limit '4 parsecs'" in line
+
+
+def _refused_hunt(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+                  *options: str) -> str:
+    """The one line ``hunt`` with these options fails with, once it is known nothing was stored."""
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("HOME", str(tmp_path))
     (tmp_path / "t.py").write_text("print('never run')\n")
-    code = main(["hunt", "-n", "e", "--storage", "o.pkl", "--trial-memory-limit", "4 parsecs",
-                 "python", "t.py", "--x~uniform(0, 1)"])
+    code = main(["hunt", "-n", "e", "--storage", "o.pkl", *options, "python", "t.py", "--x~uniform(0, 1)"])
     lines = capsys.readouterr().err.strip().splitlines()
-    assert code != 0 and len(lines) == 1 and "trial_memory_limit '4 parsecs'" in lines[0], lines
+    assert code != 0 and len(lines) == 1, lines
     assert not (tmp_path / "o.pkl").exists(), "the experiment was stored before its bad setting was refused"
+    return lines[0]
 
 
 def test_devices_are_dealt_round_robin() -> None:
@@ -100,6 +109,35 @@ def test_unknown_executor_lists_names_and_instances() -> None:
     exp = orchard.build_experiment("u", space={"x": "uniform(0, 1)"}, storage="memory://", max_trials=1)
     with pytest.raises(ConfigurationError, match="unknown executor 'ray'.*concurrent.futures.Executor"):
         exp.workon(workloads.quadratic, executor="ray", progress=False)
+
+
+@pytest.mark.parametrize("executor", ["process", "joblib", "thread"])
+def test_more_local_workers_than_the_machine_holds_are_one_line_before_any_starts(executor: str) -> None:
+    with pytest.raises(ConfigurationError, match=f"n_workers=100000 '{executor}' workers do not fit") as info:
+        make_executor(executor, 100000)  # its pool would start them as the loops are submitted
+    assert "\n" not in str(info.value) and "room for" in str(info.value)
+    exp = orchard.build_experiment("many", space={"x": "uniform(0, 1)"}, storage="memory://")
+    with pytest.raises(ConfigurationError, match="n_workers=100000"):
+        exp.workon(workloads.quadratic, n_workers=100000, executor=executor, progress=False)
+    assert exp.fetch_trials() == []
+
+
+def test_512_forked_workers_fit_a_machine_of_24_gib_and_clusters_are_not_capped() -> None:
+    machine = Machine(available_memory=23 * 2**30, free_tasks=32_000)  # docs/scaling.md's 512, on 2 cores
+    for executor in ("process", "joblib", "thread"):
+        check_capacity(executor, 512, machine)
+    with pytest.raises(ConfigurationError, match="23.0 GiB of memory is available.* room for 1177"):
+        check_capacity("process", 2000, machine)
+    with pytest.raises(ConfigurationError, match="32000 kernel tasks are free, room for 32000"):
+        check_capacity("thread", 40_000, machine)
+    check_capacity("dask", 100_000, Machine(available_memory=2**30, free_tasks=100))  # they run elsewhere
+
+
+def test_hunt_refuses_more_workers_than_the_machine_holds_before_storing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    line = _refused_hunt(tmp_path, monkeypatch, capsys, "--n-workers", "100000", "--executor", "process")
+    assert "n_workers=100000 'process' workers do not fit" in line
 
 
 REPORT_DEVICES = r'''

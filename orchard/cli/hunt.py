@@ -136,6 +136,7 @@ def _hunt(args: argparse.Namespace, settings: Settings) -> int:
     template = _template(tokens, settings.get("space"))
     storage = get_storage(settings.get("storage"))
     template = _complete_space(template, storage, name)
+    _check_capacity(storage, name, settings)
     experiment = _experiment(name, template, storage, settings)
     if _budget_met(experiment):
         return 0
@@ -171,6 +172,20 @@ def _complete_space(template: CommandTemplate, storage: BaseStorage, name: str) 
             f"{storage.redacted_uri}; mark hyperparameters as --name~'prior', e.g. {EXAMPLE}"
         )
     return template.with_dimensions(record.config["space"])
+
+
+def _check_capacity(storage: BaseStorage, name: str, settings: Settings) -> None:
+    """Refuse, before the experiment is stored, more local workers than this machine holds.
+
+    Only the workers :func:`_work` starts count: no more than the budget.
+    """
+    from orchard.executors.capacity import check_capacity
+
+    budget = settings.get("max_trials", use_default=False)
+    if budget is None and (record := storage.get_experiment(name)) is not None:
+        budget = record.config.get("max_trials")
+    n_workers = settings.get("n_workers")
+    check_capacity(settings.get("executor"), min(n_workers, budget) if budget else n_workers)
 
 
 def _experiment(name: str, template: CommandTemplate, storage: BaseStorage, settings: Settings) -> Experiment:

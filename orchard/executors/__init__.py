@@ -39,6 +39,7 @@ from concurrent.futures import Executor, Future, ProcessPoolExecutor, ThreadPool
 from typing import Any
 
 from orchard.errors import ConfigurationError, ExecutorError, OrchardError
+from orchard.executors.capacity import check_capacity
 from orchard.interruption import default_handlers
 
 __all__ = ["EXECUTORS", "InlineExecutor", "is_dask_client", "make_executor", "reaches_local_processes",
@@ -220,10 +221,13 @@ def make_executor(
             waits forever) and ``resources`` (what each worker loop needs, e.g. ``{"GPU": 1}``).
 
     Raises:
-        ConfigurationError: unknown name, bad ``n_workers``, or a missing optional dependency.
+        ConfigurationError: unknown name, bad ``n_workers`` (for a local executor, more workers
+            than this machine holds: :mod:`orchard.executors.capacity`), or a missing optional dependency.
     """
     if not isinstance(n_workers, int) or isinstance(n_workers, bool) or n_workers < 1:
         raise ConfigurationError(f"n_workers must be a positive integer, got {n_workers!r}")
+    if isinstance(executor, str):
+        check_capacity(executor, n_workers)
     if is_dask_client(executor):
         return _translated(_borrowed(_dask_executor(executor, config or {})), "dask client")
     if isinstance(executor, Executor):

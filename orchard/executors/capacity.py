@@ -1,0 +1,131 @@
+"""How many worker loops a local executor can start on this machine, checked before any starts.
+
+A named local executor starts one OS process (``process``, ``joblib``) or one
+thread (``thread``) per worker loop, all at once. Past what the machine holds,
+starting them is not slow but harmful: forks by the ten thousand drive the
+load up for minutes and eat the memory before the first of them fails.
+:func:`check_capacity` refuses such an ``n_workers`` in one line, before
+anything is stored. Two limits, each a floor the workers cannot go under:
+
+========== ===========================================================================
+limit      how many workers fit
+========== ===========================================================================
+tasks      every process and thread is a kernel task: the tasks still free under the
+           kernel's ``pid_max`` and ``threads-max``, and under the user's ``RLIMIT_NPROC``
+           (not enforced for root)
+memory     the memory available now (``psutil``), over what one worker process holds of
+           its own: :data:`WORKER_MEMORY` (a thread shares its process's)
+========== ===========================================================================
+
+Dask and executors of the caller's own are not checked: they place their
+workers themselves, possibly on other machines.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+
+from orchard.errors import ConfigurationError
+
+__all__ = ["WORKER_MEMORY", "Machine", "check_capacity"]
+
+_MiB = 2**20
+#: Memory of its own (unshared) one busy worker process holds, by executor: a forked ``process``
+#: worker 20–26 MiB (docs/scaling.md, 64 to 512 workers); a loky worker is a fresh interpreter
+#: importing numpy and Orchard, 37.5 MiB (psutil's ``uss`` of ``python -c "import numpy, orchard,
+#: orchard.worker, joblib.externals.loky"``). The lower figures: only what cannot fit is refused.
+WORKER_MEMORY = {"process": 20 * _MiB, "joblib": 36 * _MiB, "loky": 36 * _MiB, "thread": 0}
+
+
+@dataclasses.dataclass(frozen=True)
+class Machine:
+    """What this machine has free for new workers; ``None`` where it cannot be known."""
+
+    available_memory: int | None
+    free_tasks: int | None
+
+    @classmethod
+    def now(cls) -> Machine:
+        """The machine as it is now."""
+        return cls(_available_memory(), _free_tasks())
+
+    def workers_that_fit(self, executor: str) -> tuple[int | None, str]:
+        """How many workers of ``executor`` fit, and which limit says so (``None``: no known limit)."""
+        fits: list[tuple[int, str]] = []
+        if self.free_tasks is not None:
+            fits.append((max(self.free_tasks, 0), f"{self.free_tasks} kernel tasks are free"))
+        per_worker = WORKER_MEMORY.get(executor, 0)
+        if self.available_memory is not None and per_worker:
+            fits.append((self.available_memory // per_worker,
+                         f"{self.available_memory / 2**30:.1f} GiB of memory is available and each "
+                         f"{executor!r} worker process holds about {per_worker // _MiB} MiB"))
+        return min(fits) if fits else (None, "")
+
+
+def check_capacity(executor: str, n_workers: int, machine: Machine | None = None) -> None:
+    """Refuse more workers of a named local executor than this machine can hold.
+
+    Args:
+        executor: a name of :data:`orchard.executors.EXECUTORS`; only ``process``,
+            ``joblib``/``loky`` and ``thread`` are checked.
+        n_workers: how many worker loops would start.
+        machine: the machine's free resources (default: :meth:`Machine.now`).
+
+    Raises:
+        ConfigurationError: naming ``n_workers``, the limit it passes and what to do.
+    """
+    if executor not in WORKER_MEMORY or n_workers <= 1:
+        return
+    fit, reason = (machine or Machine.now()).workers_that_fit(executor)
+    if fit is None or n_workers <= fit:
+        return
+    raise ConfigurationError(
+        f"n_workers={n_workers} {executor!r} workers do not fit this machine: {reason}, room for {fit}; "
+        "run fewer workers (each finishes trials in turn), or spread them over machines "
+        "(executor='dask' with a cluster, or orchard hunt on each machine against one storage)")
+
+
+def _available_memory() -> int | None:
+    try:
+        import psutil
+    except ImportError:
+        return None
+    return int(psutil.virtual_memory().available)
+
+
+def _free_tasks() -> int | None:
+    """Kernel tasks (processes and threads) that can still start, on Linux; else ``None``."""
+    try:
+        with open("/proc/loadavg") as file:  # "0.5 0.4 0.3 RUNNING/TASKS LAST_PID"
+            tasks = int(file.read().split()[3].split("/")[1])
+        limits = [_read_int("/proc/sys/kernel/pid_max"), _read_int("/proc/sys/kernel/threads-max")]
+    except (OSError, ValueError, IndexError):
+        return None
+    free = min(limits) - tasks
+    if os.geteuid() != 0:
+        free = min(free, _free_under_nproc())
+    return free
+
+
+def _free_under_nproc() -> int:
+    """Tasks the user may still start under ``RLIMIT_NPROC`` (which counts all of the user's threads)."""
+    import resource
+
+    soft, _ = resource.getrlimit(resource.RLIMIT_NPROC)
+    if soft == resource.RLIM_INFINITY:
+        return 2**62
+    uid, own = os.getuid(), 0
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                if os.stat(f"/proc/{entry}").st_uid == uid:
+                    own += len(os.listdir(f"/proc/{entry}/task"))
+            except OSError:  # exited meanwhile
+                continue
+    return soft - own
+
+
+def _read_int(path: str) -> int:
+    with open(path) as file:
+        return int(file.read())
