@@ -21,8 +21,9 @@ other token (``{trial.parent_working_dir}`` is empty unless the trial is a
 multi-fidelity promotion).
 
 :func:`resolve_program` checks, before anything is stored, that the program
-(and the script an interpreter runs) exist, and makes them absolute: each
-trial runs in its own folder.
+(and the script an interpreter runs) exist and can run — not empty, not a
+directory, an interpreter not left to read its empty standard input — and
+makes them absolute: each trial runs in its own folder.
 """
 
 from __future__ import annotations
@@ -155,8 +156,11 @@ def resolve_program(tokens: Sequence[str], cwd: str | None = None) -> tuple[str,
     """
     here = cwd or os.getcwd()
     program = tokens[0]
+    if not program.strip():
+        raise ConfigurationError(f"the command's program is empty ({program!r}); start the command given to hunt "
+                                 "with the program to run, e.g. 'python train.py ...'")
     found = shutil.which(program)
-    if os.sep in program or (found is None and os.path.isfile(os.path.join(here, program))):
+    if os.sep in program or (found is None and os.path.exists(os.path.join(here, program))):
         found = _check_file(program, here)
     if found is None:
         raise ConfigurationError(
@@ -169,6 +173,9 @@ def resolve_program(tokens: Sequence[str], cwd: str | None = None) -> tuple[str,
 
 def _check_file(program: str, here: str) -> str:
     path = os.path.join(here, program)
+    if os.path.isdir(path):
+        raise ConfigurationError(f"the program {program!r} is a directory, not a file that can run; "
+                                 "check the command given to hunt")
     if not os.path.isfile(path):
         raise ConfigurationError(f"script {program!r} not found (no such file in {here}); check the command")
     if not os.access(path, os.X_OK):
@@ -180,15 +187,33 @@ def _check_file(program: str, here: str) -> str:
 
 
 def _find_script(tokens: Sequence[str], here: str) -> tuple[int, str] | None:
-    """The interpreter's script argument, made absolute (trials run in their own folders)."""
-    for index, token in enumerate(tokens[1:], start=1):
+    """The interpreter's script argument, made absolute (trials run in their own folders).
+
+    An interpreter given nothing to run would read its empty standard input and
+    break every trial: an empty script, a directory that is not a runnable Python
+    package, or only dimensions after the interpreter are refused.
+    """
+    interpreter = os.path.basename(tokens[0])
+    rest = tokens[1:]
+    if all(_DIMENSION.match(token) for token in rest):
+        raise ConfigurationError(f"{interpreter} is given no script to run; name it after the interpreter, "
+                                 f"e.g. '{interpreter} train.py --lr~\"loguniform(1e-5, 1)\"'")
+    for index, token in enumerate(rest, start=1):
         if token in ("-m", "-c", "-e", "--eval"):
             return None
         if token.startswith("-") or "~" in token:
             continue
         path = os.path.join(here, token)
-        if os.path.isfile(path):
+        if not token.strip():
+            raise ConfigurationError(f"the script {interpreter} runs is empty ({token!r}); "
+                                     "check the command given to hunt")
+        runnable_folder = interpreter.startswith(("python", "pypy")) and os.path.isfile(
+            os.path.join(path, "__main__.py"))  # python runs a folder with a __main__.py
+        if os.path.isfile(path) or runnable_folder:
             return index, os.path.abspath(path)
+        if os.path.isdir(path):
+            raise ConfigurationError(f"the script {token!r} is a directory, which {interpreter} cannot run; "
+                                     "check the command given to hunt")
         if token.endswith(_SCRIPT_SUFFIXES):
             raise ConfigurationError(f"script {token!r} not found in {here}; check the command given to hunt")
         return None

@@ -646,6 +646,34 @@ def test_errors_are_one_line(workdir: Path, capsys: pytest.CaptureFixture[str],
     assert "Traceback" not in captured.err
 
 
+@pytest.mark.parametrize(("command", "expected"), [
+    (["", "train.py"], "the command's program is empty ('')"),
+    ([sys.executable, ""], "the script python"),
+    ([sys.executable, "-u", " "], "is empty (' ')"),
+    ([sys.executable, "folder"], "the script 'folder' is a directory, which python"),
+    (["./folder"], "the program './folder' is a directory"),
+    (["folder"], "the program 'folder' is a directory"),
+    ([sys.executable], "is given no script to run"),
+    (["sh"], "sh is given no script to run"),
+    (["./train.py"], "script './train.py' is not executable"),
+])
+def test_a_command_that_cannot_run_is_one_line_before_anything_is_stored(
+    workdir: Path, capsys: pytest.CaptureFixture[str], command: list[str], expected: str
+) -> None:
+    (workdir / "folder").mkdir()
+    assert main(["hunt", "-n", "e", "--storage", "orchard.pkl", *command, "--x~uniform(0, 1)"]) == 2
+    assert expected in error_line(capsys.readouterr().err)
+    assert not (workdir / "orchard.pkl").exists(), "the experiment was stored before its command was refused"
+
+
+def test_python_runs_a_folder_with_a_main_module_by_its_absolute_path(workdir: Path) -> None:
+    from orchard.command import resolve_program
+
+    (workdir / "app").mkdir()
+    (workdir / "app" / "__main__.py").write_text("")
+    assert resolve_program([sys.executable, "app", "--x~uniform(0, 1)"])[1] == (1, str(workdir / "app"))
+
+
 def test_errors_in_a_real_process_are_one_line(workdir: Path) -> None:
     unreachable = "mongodb://user:secret@127.0.0.1:1/db?serverSelectionTimeoutMS=300"
     proc = cli("hunt", "-n", "e", "--storage", unreachable, *train(), cwd=workdir)
