@@ -19,7 +19,7 @@ from orchard.algorithms import explicit_options, normalize_algorithm_config
 from orchard.constraints import normalize_constraints
 from orchard.dataframe import trials_frame
 from orchard.errors import ConfigurationError, ExecutorError, ExperimentBrokenError, OrchardError
-from orchard.executors import make_executor, reaches_local_processes, shares_environment
+from orchard.executors import make_executor, outlasts_workon, reaches_local_processes, shares_environment
 from orchard.executors.fleet import Fleet
 from orchard.executors.task import WorkerTask, check_travels
 from orchard.experiment_config import ExperimentConfig
@@ -296,8 +296,8 @@ class Experiment:
                                   show_bar=progress and sys.stderr.isatty())
         fleet = Fleet(self.storage, self.id, tasks, settings.max_attempts)  # gives back what ended workers hold
         with interruptible(), monitor, fleet, pool_manager as pool:
-            errors = fleet.run(pool, reachable=reaches_local_processes(executor)
-                               or shares_environment(executor, executor_config))
+            errors = fleet.run(pool, reachable=reaches_local_processes(executor) or shares_environment(
+                executor, executor_config), lasting=outlasts_workon(executor, executor_config))
         self._raise_worker_failure([e for e in errors if e is not None], str(executor))
         trials = self.fetch_trials()  # one read for the broken check and the stats
         self._raise_if_broken(trials)

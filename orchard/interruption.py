@@ -35,8 +35,9 @@ handler may happen to run (a worker starting a script as the signal came): an
 else the worker would run on, ignoring every later copy. No signal reaches
 workers running as threads of the caller (``executor="thread"``): they are
 told by a request instead (:mod:`orchard.executors.threads`), which reaches
-the threads of an in-process Dask ``LocalCluster`` too. Dask workers in other
-processes are not reached. Ctrl-Z is not an interruption: :func:`interruptible`
+the threads of an in-process Dask ``LocalCluster`` too. Loops on Dask workers in
+other processes that outlive ``workon`` (a cluster of the caller's own, a remote
+scheduler's) are told by a Dask event (:mod:`orchard.executors.remote`). Ctrl-Z is not an interruption: :func:`interruptible`
 also pauses the evaluations' process groups with the worker (:mod:`orchard.suspension`).
 """
 

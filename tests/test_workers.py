@@ -265,6 +265,61 @@ def test_ctrl_c_does_not_take_back_the_trial_of_a_loop_still_running_in_a_borrow
     assert out.splitlines() == ["no trial was running", "completed"], (out, err[-2000:])
 
 
+REMOTE_DASK_SCRIPT = """
+import os, sys, time, orchard
+def objective(x):
+    open(os.path.join(sys.argv[1], f"{os.getpid()}-{os.urandom(4).hex()}.running"), "w").close()
+    time.sleep(60)  # far longer than the test: only a stop ends it
+    return x
+if __name__ == "__main__":
+    from dask.distributed import Client, LocalCluster
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster, \\
+            Client(cluster) as client:
+        exp = orchard.build_experiment("remote", space={"x": "uniform(0, 1)"}, storage=sys.argv[2], max_trials=8)
+        try:
+            by_address = {"executor": "dask", "executor_config": {"address": cluster.scheduler_address}}
+            exp.workon(objective, n_workers=2, trial_timeout=120, progress=False,
+                       **(by_address if sys.argv[4] == "address" else {"executor": client}))
+        except orchard.Interrupted as err:
+            print(err, flush=True)
+        while not os.path.exists(sys.argv[3]):  # the cluster lives on, as a remote one would
+            time.sleep(0.05)
+        print(*sorted(t.status.value for t in exp.fetch_trials()), flush=True)
+"""
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("given", ["client", "address"])
+def test_sigterm_to_workon_stops_its_loops_on_dask_workers_in_other_processes(tmp_path, given: str) -> None:
+    """A Dask cluster of the caller's own whose workers are processes (a remote scheduler's are too): no
+    signal reaches them and Dask does not stop a running task it cancels. SIGTERM to workon stops its loops
+    anyway: their evaluations are stopped, their trials released, and they reserve no other trial."""
+    running, done = tmp_path / "running", tmp_path / "done"
+    running.mkdir()
+    script = tmp_path / "script.py"
+    script.write_text(REMOTE_DASK_SCRIPT)
+    proc = subprocess.Popen([sys.executable, str(script), str(running), str(tmp_path / "o.pkl"), str(done), given],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 90
+        while len(list(running.glob("*.running"))) < 2:
+            assert time.monotonic() < deadline and proc.poll() is None, proc.communicate()
+            time.sleep(0.05)
+        evaluations = {int(marker.name.split("-")[0]) for marker in running.glob("*.running")}
+        proc.send_signal(signal.SIGTERM)
+        assert proc.stdout is not None
+        assert proc.stdout.readline().strip() == "2 of 2 running trial(s) released (status interrupted)"
+        deadline = time.monotonic() + 10
+        while any(map(_alive, evaluations)):
+            assert time.monotonic() < deadline, "an evaluation ran on after workon was stopped"
+            time.sleep(0.05)
+    finally:
+        done.touch()
+        out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err[-2000:]
+    assert out.split() == ["interrupted", "interrupted"], (out, err[-2000:])  # nothing reserved after
+
+
 def _alive(pid: int) -> bool:
     try:
         state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]

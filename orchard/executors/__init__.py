@@ -42,8 +42,8 @@ from orchard.errors import ConfigurationError, ExecutorError, OrchardError
 from orchard.executors.capacity import check_capacity
 from orchard.interruption import default_handlers
 
-__all__ = ["EXECUTORS", "InlineExecutor", "is_dask_client", "make_executor", "reaches_local_processes",
-           "shares_environment"]
+__all__ = ["EXECUTORS", "InlineExecutor", "is_dask_client", "make_executor", "outlasts_workon",
+           "reaches_local_processes", "shares_environment"]
 
 ExecutorFactory = Callable[[int, Mapping[str, Any]], contextlib.AbstractContextManager[Executor]]
 
@@ -263,6 +263,18 @@ def reaches_local_processes(executor: str | Executor | Any) -> bool:
     module = type(executor).__module__
     return isinstance(executor, (ProcessPoolExecutor, InlineExecutor)) or module.startswith(
         ("joblib.externals.loky", "loky."))
+
+
+def outlasts_workon(executor: str | Executor | Any, config: Mapping[str, Any] | None = None) -> bool:
+    """Whether the executor's workers may run on once ``workon`` has closed it.
+
+    A Dask cluster Orchard did not start (a scheduler ``address`` or ``scheduler_file``, a client of the
+    caller's own) and any executor of the caller's own (left open) do; a pool or a ``LocalCluster``
+    Orchard started ends with its workers.
+    """
+    if isinstance(executor, str):
+        return executor == "dask" and any(key in (config or {}) for key in ("address", "scheduler_file"))
+    return True
 
 
 @contextlib.contextmanager

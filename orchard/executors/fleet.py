@@ -27,13 +27,16 @@ runs, never handed out for ever.
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
+import dataclasses
 import logging
 from collections.abc import Sequence
 from concurrent.futures import Executor, Future, ProcessPoolExecutor
 from types import TracebackType
 
 from orchard.errors import Interrupted, StorageError
+from orchard.executors.remote import RemoteStop, reported
 from orchard.executors.task import WorkerTask, run_worker
 from orchard.executors.threads import StopRequest
 from orchard.interruption import STOP_TIMEOUT, deferred, stop_workers
@@ -66,15 +69,18 @@ class Fleet:
         self.tasks, self.max_attempts = list(tasks), max_attempts
         self._futures: list[Future[WorkerReport]] = []
         self._stop = StopRequest()  # tells the loops running as threads of this process
+        self._unreached: set[str] = set()  # the tokens of loops on Dask workers that did not stop in time
         self._exits = contextlib.ExitStack()
 
-    def run(self, pool: Executor, reachable: bool = True) -> list[BaseException | None]:
+    def run(self, pool: Executor, reachable: bool = True, lasting: bool = False) -> list[BaseException | None]:
         """Run one worker loop per task on ``pool`` and wait for them all.
 
         Args:
             pool: the executor.
             reachable: the loops run in this thread, in child processes of this one or as its
                 threads, which an interruption of this process can stop (else it does not wait for them).
+            lasting: the pool's workers may run on once it is closed (a Dask cluster Orchard did not
+                start): loops on Dask workers are then told to stop by an event (:mod:`orchard.executors.remote`).
 
         Returns:
             What each loop raised (``None`` for a loop that ended normally), in task order.
@@ -84,19 +90,39 @@ class Fleet:
                 :func:`~orchard.interruption.interruptible`); the loops in local worker
                 processes were told to stop, and the error says what they released.
         """
+        remote = RemoteStop.of(pool) if lasting else None  # loops on Dask workers, which no signal reaches
+        if remote is not None:
+            self.tasks = [dataclasses.replace(task, remote_stop=remote.name) for task in self.tasks]
         try:
             # the standard library's pool forks its processes as tasks are submitted, and an interruption
             # handled in fork's at-fork hooks would be dropped there (an inline pool runs whole loops here)
             with deferred() if isinstance(pool, ProcessPoolExecutor) else contextlib.nullcontext():
                 for task in self.tasks:
                     self._futures.append(pool.submit(run_worker, task))
-            return [future.exception() for future in self._futures]
+            return [reported(future.exception()) for future in self._futures]
         except KeyboardInterrupt as interruption:
             self._stop.set()
-            stopped = stop_workers(interruption, self._futures, STOP_TIMEOUT if reachable else 0.0)
+            if remote is not None:
+                stopped = self._stop_remote(remote, interruption)
+            else:
+                stopped = stop_workers(interruption, self._futures, STOP_TIMEOUT if reachable else 0.0)
             if reachable:  # and the loops running as threads, whose futures a Dask client cancels
                 self._stop.wait(STOP_TIMEOUT)
             raise stopped from None
+
+    def _stop_remote(self, remote: RemoteStop, interruption: KeyboardInterrupt) -> Interrupted:
+        """Tell the loops on Dask workers to stop and wait for their reports; then cancel those that did not stop.
+
+        Their futures are not cancelled first: Dask would drop what they report, not stop them.
+        """
+        remote.set()
+        done, running = concurrent.futures.wait(self._futures, STOP_TIMEOUT)
+        threads = self._stop.still_running()  # loops running as threads of this process: counted by their request
+        for task, future in zip(self.tasks, self._futures):
+            if future in running and future.cancel() and task.token not in threads:
+                self._unreached.add(task.token)  # it may run on, holding its trial: its lease runs out
+        first = interruption if isinstance(interruption, Interrupted) else Interrupted()
+        return first.joined([reported(future.exception()) for future in done if not future.cancelled()])
 
     def __enter__(self) -> Fleet:
         self._exits.enter_context(self._stop.covering(task.token for task in self.tasks))
@@ -107,7 +133,7 @@ class Fleet:
         self._exits.close()  # the pool is closed: every loop has looked its stop request up
         # a Dask client cancels the future of a loop still running as a thread of this process: not ended
         ended = {task.token for task, future in zip(self.tasks, self._futures) if future.done()}
-        ended -= self._stop.still_running()
+        ended -= self._stop.still_running() | self._unreached
         if isinstance(error, Interrupted):
             self._count_late_stops(error)
         elif not any(future.cancelled() or future.exception() for future in self._futures if future.done()):
@@ -128,10 +154,10 @@ class Fleet:
 
     def _count_late_stops(self, interruption: Interrupted) -> None:
         """Add what loops that stopped once the pool closed (threads, a LocalCluster's) reported."""
-        reports = [future.exception() for future in self._futures if future.done() and not future.cancelled()]
+        reports = [reported(future.exception()) for future in self._futures if future.done() and not future.cancelled()]
         late = interruption.joined([*reports, *self._stop.reports])
         interruption.released[:], interruption.kept[:] = late.released, late.kept
-        interruption.unstopped = sum(not future.done() for future in self._futures)
+        interruption.unstopped = sum(not future.done() for future in self._futures) + len(self._unreached)
 
     def _give_back(self, held: list[Trial], interruption: Interrupted) -> None:
         """Release what ended loops hold; a trial a loop could not give back but this process could moves to released."""

@@ -19,6 +19,7 @@ from collections.abc import Callable
 from typing import Any
 
 from orchard.errors import ConfigurationError, Interrupted, StorageError
+from orchard.executors.remote import RemoteStopped, watched
 from orchard.executors.threads import request_for
 from orchard.interruption import interruptible
 from orchard.leases import give_back
@@ -47,6 +48,9 @@ class WorkerTask:
     #: The last part of the worker's name (``host:pid:TOKEN``): how its caller knows its reservations
     #: and, for a loop running as its thread, tells it to stop (:mod:`orchard.executors.threads`).
     token: str = dataclasses.field(default_factory=lambda: uuid.uuid4().hex[:8])
+    #: The name of the request that stops the loop on a Dask worker in another process
+    #: (:mod:`orchard.executors.remote`); ``None`` elsewhere.
+    remote_stop: str | None = None
 
 
 def check_travels(fn: Callable[..., Any], storage: BaseStorage, executor: str | Any) -> None:
@@ -91,7 +95,10 @@ def run_worker(task: WorkerTask) -> WorkerReport:
     interrupt it (:func:`~orchard.interruption.interruptible`): it releases its
     trial and raises :class:`~orchard.errors.Interrupted`. A loop running as a
     thread of that process is told by its request instead
-    (:mod:`orchard.executors.threads`), reports that error to it, and returns.
+    (:mod:`orchard.executors.threads`), reports that error to it, and returns;
+    one on a Dask worker in another process is told by a Dask event
+    (:mod:`orchard.executors.remote`) and raises the error in a
+    :class:`~orchard.executors.remote.RemoteStopped`.
 
     Args:
         task: the storage, experiment, settings, objective and resources.
@@ -103,7 +110,7 @@ def run_worker(task: WorkerTask) -> WorkerReport:
     evaluate: TrialEvaluator = fn if isinstance(fn, TrialEvaluator) else ObjectiveEvaluator(
         fn, task.trial_timeout, task.memory_limit, task.working_dir)
     request = request_for(task.token)
-    with request.running(task.token) if request else contextlib.nullcontext() as stop, interruptible(), \
+    with request.running(task.token) if request else watched(task.remote_stop) as stop, interruptible(), \
             visible_devices(task.devices):
         worker = Worker(task.storage, task.experiment_id, task.settings, evaluate,
                         name=worker_label(os.environ.get(DEVICES_ENV), task.token), label=task.label, stop=stop)
@@ -111,10 +118,12 @@ def run_worker(task: WorkerTask) -> WorkerReport:
             return worker.run()
         except KeyboardInterrupt as interruption:
             stopped = _given_back(worker, interruption)
-            if request is None or not request.event.is_set():
-                raise stopped from None
-            request.reports.append(stopped)  # and returned: Dask's worker threads die of a KeyboardInterrupt
-            return worker.report
+            if request is not None and request.event.is_set():
+                request.reports.append(stopped)  # and returned: Dask's worker threads die of a KeyboardInterrupt
+                return worker.report
+            if request is None and stop is not None and stop.is_set():
+                raise RemoteStopped(stopped) from None  # to the caller, through Dask
+            raise stopped from None
         finally:
             task.storage.close()
 

@@ -1,0 +1,117 @@
+"""Worker loops on Dask workers in other processes, and how they are told to stop.
+
+No signal of the process that called ``workon`` reaches a Dask worker process
+(a ``LocalCluster(processes=True)`` of the caller's own, a remote scheduler's
+workers), and Dask does not stop a running task it cancels: the loops would
+run the experiment on. Their :class:`~orchard.executors.fleet.Fleet` sets a
+:class:`RemoteStop` instead, a ``distributed.Event`` named per ``workon``
+call, whose name travels in each task; the loop watches it as a loop running
+as a thread of the caller watches its :class:`~orchard.executors.threads.StopRequest`::
+
+    Fleet                                    each loop on a Dask worker
+    ─────                                    ──────────────────────────
+    interrupted → stop.set()       ───>      its watch sees the event set (the scheduler
+                                             tells every waiter at once): it reserves no trial
+                                             after it; stops an evaluation it can stop (a watched
+                                             child, a script) and gives its trial back; one in
+                                             the worker's thread runs to its end
+    waits for the loops' futures   <───      raises :class:`RemoteStopped` with what it gave back
+    (not cancelled: Dask would                (a KeyboardInterrupt would end Dask's worker thread)
+    drop what they report)
+
+An event that was set stays on the scheduler (a few bytes), so a loop that
+starts after the stop stops at once.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+import uuid
+from collections.abc import Iterator
+from concurrent.futures import Executor
+from typing import Any
+
+from orchard.errors import Interrupted
+
+__all__ = ["RemoteStop", "RemoteStopped", "reported", "watched"]
+
+#: Seconds a loop's watch waits on the scheduler at once (it ends at the first wait after its loop ended).
+_WATCH = 5.0
+
+
+class RemoteStopped(Exception):
+    """What a loop on a Dask worker stopped by its :class:`RemoteStop` raises: the interruption it reports.
+
+    Args:
+        interruption: what the loop gave back.
+    """
+
+    def __init__(self, interruption: Interrupted) -> None:
+        super().__init__(interruption)
+        self.interruption = interruption
+
+
+def reported(error: BaseException | None) -> BaseException | None:
+    """A loop's future's exception, with the interruption a :class:`RemoteStopped` carries in its place."""
+    return error.interruption if isinstance(error, RemoteStopped) else error
+
+
+class RemoteStop:
+    """The request to stop the worker loops of one ``workon`` that run on a Dask client's workers.
+
+    Args:
+        client: the ``dask.distributed.Client`` the loops are submitted with.
+    """
+
+    def __init__(self, client: Any) -> None:
+        from distributed import Event
+
+        self.name = f"orchard-stop-{uuid.uuid4().hex}"
+        self._event = Event(self.name, client=client)  # type: ignore[no-untyped-call]
+
+    @classmethod
+    def of(cls, pool: Executor) -> RemoteStop | None:
+        """The request for the loops submitted to ``pool``, if it is a Dask client's executor, else ``None``."""
+        client = getattr(pool, "_client", None)  # distributed's ClientExecutor keeps its client there
+        if not type(pool).__module__.startswith("distributed.") or client is None:
+            return None
+        return cls(client)
+
+    def set(self) -> None:
+        """Tell every loop watching the request to stop (a scheduler that cannot be reached is not told)."""
+        with contextlib.suppress(Exception):  # noqa: BLE001 -- a scheduler gone: its workers are too
+            self._event.set()  # type: ignore[no-untyped-call]
+
+
+@contextlib.contextmanager
+def watched(name: str | None) -> Iterator[threading.Event | None]:
+    """In a loop on a Dask worker: an event set once the :class:`RemoteStop` called ``name`` is (``None``: no request).
+
+    Outside a Dask worker (the task was sent elsewhere), nothing is watched.
+    """
+    if name is None:
+        yield None
+        return
+    try:
+        from distributed import Event, get_client
+
+        event = Event(name, client=get_client())  # type: ignore[no-untyped-call]
+    except (ImportError, ValueError):  # no Dask, or not in a Dask worker
+        yield None
+        return
+    stop, ended = threading.Event(), threading.Event()
+
+    def watch() -> None:
+        with contextlib.suppress(Exception):  # noqa: BLE001 -- the worker is closing: its loop ends too
+            while not ended.is_set():
+                if event.wait(_WATCH):  # type: ignore[no-untyped-call]
+                    stop.set()
+                    return
+
+    threading.Thread(target=watch, name="orchard-remote-stop-watch", daemon=True).start()
+    try:
+        yield stop
+    finally:
+        ended.set()
+
