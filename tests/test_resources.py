@@ -111,14 +111,16 @@ def test_unknown_executor_lists_names_and_instances() -> None:
         exp.workon(workloads.quadratic, executor="ray", progress=False)
 
 
-@pytest.mark.parametrize("executor", ["process", "joblib", "thread"])
-def test_more_local_workers_than_the_machine_holds_are_one_line_before_any_starts(executor: str) -> None:
-    with pytest.raises(ConfigurationError, match=f"n_workers=100000 '{executor}' workers do not fit") as info:
-        make_executor(executor, 100000)  # its pool would start them as the loops are submitted
+@pytest.mark.parametrize(("executor", "n_workers"), [("process", 100_000), ("joblib", 100_000), ("thread", 10**7)])
+def test_more_local_workers_than_the_machine_holds_are_one_line_before_any_starts(
+        executor: str, n_workers: int) -> None:
+    """100,000 processes need 2 TiB (20 MiB each); 10 million threads pass any kernel's pid_max (2**22)."""
+    with pytest.raises(ConfigurationError, match=f"n_workers={n_workers} '{executor}' workers do not fit") as info:
+        make_executor(executor, n_workers)  # its pool would start them as the loops are submitted
     assert "\n" not in str(info.value) and "room for" in str(info.value)
     exp = orchard.build_experiment("many", space={"x": "uniform(0, 1)"}, storage="memory://")
-    with pytest.raises(ConfigurationError, match="n_workers=100000"):
-        exp.workon(workloads.quadratic, n_workers=100000, executor=executor, progress=False)
+    with pytest.raises(ConfigurationError, match=f"n_workers={n_workers}"):
+        exp.workon(workloads.quadratic, n_workers=n_workers, executor=executor, progress=False)
     assert exp.fetch_trials() == []
 
 
@@ -130,6 +132,8 @@ def test_512_forked_workers_fit_a_machine_of_24_gib_and_clusters_are_not_capped(
         check_capacity("process", 2000, machine)
     with pytest.raises(ConfigurationError, match="32000 kernel tasks are free, room for 32000"):
         check_capacity("thread", 40_000, machine)
+    with pytest.raises(ConfigurationError, match="each 'thread' worker holds about 0.375 MiB, room for 62805"):
+        check_capacity("thread", 100_000, Machine(available_memory=23 * 2**30, free_tasks=None))
     check_capacity("dask", 100_000, Machine(available_memory=2**30, free_tasks=100))  # they run elsewhere
 
 

@@ -13,8 +13,8 @@ limit      how many workers fit
 tasks      every process and thread is a kernel task: the tasks still free under the
            kernel's ``pid_max`` and ``threads-max``, and under the user's ``RLIMIT_NPROC``
            (not enforced for root)
-memory     the memory available now (``psutil``), over what one worker process holds of
-           its own: :data:`WORKER_MEMORY` (a thread shares its process's)
+memory     the memory available now (``psutil``), over what one worker holds of its own
+           (:data:`WORKER_MEMORY`)
 ========== ===========================================================================
 
 Dask and executors of the caller's own are not checked: they place their
@@ -31,11 +31,13 @@ from orchard.errors import ConfigurationError
 __all__ = ["WORKER_MEMORY", "Machine", "check_capacity"]
 
 _MiB = 2**20
-#: Memory of its own (unshared) one busy worker process holds, by executor: a forked ``process``
-#: worker 20–26 MiB (docs/scaling.md, 64 to 512 workers); a loky worker is a fresh interpreter
-#: importing numpy and Orchard, 37.5 MiB (psutil's ``uss`` of ``python -c "import numpy, orchard,
-#: orchard.worker, joblib.externals.loky"``). The lower figures: only what cannot fit is refused.
-WORKER_MEMORY = {"process": 20 * _MiB, "joblib": 36 * _MiB, "loky": 36 * _MiB, "thread": 0}
+#: Memory of its own (unshared) one busy worker holds, by executor: a forked ``process`` worker
+#: 20–26 MiB (docs/scaling.md, 64 to 512 workers); a loky worker is a fresh interpreter importing
+#: numpy and Orchard, 37.5 MiB (psutil's ``uss`` of ``python -c "import numpy, orchard,
+#: orchard.worker, joblib.externals.loky"``); a thread's loop 0.38 MiB (the resident memory a
+#: ``workon`` of 128 thread workers on ``memory://`` added, over 128). The lower figures: only what
+#: cannot fit is refused.
+WORKER_MEMORY = {"process": 20 * _MiB, "joblib": 36 * _MiB, "loky": 36 * _MiB, "thread": 3 * _MiB // 8}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -55,11 +57,11 @@ class Machine:
         fits: list[tuple[int, str]] = []
         if self.free_tasks is not None:
             fits.append((max(self.free_tasks, 0), f"{self.free_tasks} kernel tasks are free"))
-        per_worker = WORKER_MEMORY.get(executor, 0)
-        if self.available_memory is not None and per_worker:
+        per_worker = WORKER_MEMORY[executor]
+        if self.available_memory is not None:
             fits.append((self.available_memory // per_worker,
                          f"{self.available_memory / 2**30:.1f} GiB of memory is available and each "
-                         f"{executor!r} worker process holds about {per_worker // _MiB} MiB"))
+                         f"{executor!r} worker holds about {per_worker / _MiB:g} MiB"))
         return min(fits) if fits else (None, "")
 
 
