@@ -205,8 +205,8 @@ def _find_script(tokens: Sequence[str], here: str) -> tuple[int, str] | None:
             continue
         path = os.path.join(here, token)
         if not token.strip():
-            raise ConfigurationError(f"the script {interpreter} runs is empty ({token!r}); "
-                                     "check the command given to hunt")
+            raise ConfigurationError(f"the script {interpreter} should run is empty ({token!r}); name it after "
+                                     f"the interpreter, e.g. '{interpreter} train.py'")
         runnable_folder = interpreter.startswith(("python", "pypy")) and os.path.isfile(
             os.path.join(path, "__main__.py"))  # python runs a folder with a __main__.py
         if os.path.isfile(path) or runnable_folder:
