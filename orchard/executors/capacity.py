@@ -57,11 +57,11 @@ class Machine:
         fits: list[tuple[int, str]] = []
         if self.free_tasks is not None:
             fits.append((max(self.free_tasks, 0), f"{self.free_tasks} kernel tasks are free"))
-        per_worker = WORKER_MEMORY[executor]
-        if self.available_memory is not None:
-            fits.append((self.available_memory // per_worker,
-                         f"{self.available_memory / 2**30:.1f} GiB of memory is available and each "
-                         f"{executor!r} worker holds about {per_worker / _MiB:g} MiB"))
+        per_worker = WORKER_MEMORY.get(executor)
+        if self.available_memory is not None and per_worker is not None:
+            reason = (f"{self.available_memory / 2**30:.1f} GiB of memory is available and each "
+                      f"{executor!r} worker holds about {per_worker / _MiB:g} MiB")
+            fits.append((self.available_memory // per_worker, reason))
         return min(fits) if fits else (None, "")
 
 

@@ -80,7 +80,7 @@ class RemoteStop:
 
     def set(self) -> None:
         """Tell every loop watching the request to stop (a scheduler that cannot be reached is not told)."""
-        with contextlib.suppress(Exception):  # noqa: BLE001 -- a scheduler gone: its workers are too
+        with contextlib.suppress(Exception):  # a scheduler gone: its workers are too
             self._event.set()  # type: ignore[no-untyped-call]
 
 
@@ -103,7 +103,7 @@ def watched(name: str | None) -> Iterator[threading.Event | None]:
     stop, ended = threading.Event(), threading.Event()
 
     def watch() -> None:
-        with contextlib.suppress(Exception):  # noqa: BLE001 -- the worker is closing: its loop ends too
+        with contextlib.suppress(Exception):  # the worker is closing: its loop ends too
             while not ended.is_set():
                 if event.wait(_WATCH):  # type: ignore[no-untyped-call]
                     stop.set()
