@@ -114,7 +114,7 @@ def test_unknown_executor_lists_names_and_instances() -> None:
 @pytest.mark.parametrize(("executor", "n_workers"), [("process", 100_000), ("joblib", 100_000), ("thread", 10**7)])
 def test_more_local_workers_than_the_machine_holds_are_one_line_before_any_starts(
         executor: str, n_workers: int) -> None:
-    """100,000 processes need 2 TiB (20 MiB each); 10 million threads pass any kernel's pid_max (2**22)."""
+    """100,000 processes need 781 GiB (8 MiB each); 10 million threads pass any kernel's pid_max (2**22)."""
     with pytest.raises(ConfigurationError, match=f"n_workers={n_workers} '{executor}' workers do not fit") as info:
         make_executor(executor, n_workers)  # its pool would start them as the loops are submitted
     assert "\n" not in str(info.value) and "room for" in str(info.value)
@@ -128,8 +128,8 @@ def test_512_forked_workers_fit_a_machine_of_24_gib_and_clusters_are_not_capped(
     machine = Machine(available_memory=23 * 2**30, free_tasks=32_000)  # docs/scaling.md's 512, on 2 cores
     for executor in ("process", "joblib", "thread"):
         check_capacity(executor, 512, machine)
-    with pytest.raises(ConfigurationError, match="23.0 GiB of memory is available.* room for 1177"):
-        check_capacity("process", 2000, machine)
+    with pytest.raises(ConfigurationError, match="23.0 GiB of memory is available.* room for 2944"):
+        check_capacity("process", 4000, machine)
     with pytest.raises(ConfigurationError, match="32000 kernel tasks are free, room for 32000"):
         check_capacity("thread", 40_000, machine)
     with pytest.raises(ConfigurationError, match="each 'thread' worker holds about 0.375 MiB, room for 62805"):

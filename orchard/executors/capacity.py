@@ -32,12 +32,12 @@ __all__ = ["WORKER_MEMORY", "Machine", "check_capacity"]
 
 _MiB = 2**20
 #: Memory of its own (unshared) one busy worker holds, by executor: a forked ``process`` worker
-#: 20–26 MiB (docs/scaling.md, 64 to 512 workers); a loky worker is a fresh interpreter importing
+#: 7.8 MiB with a small history, growing with it (7.8–25.9 MiB, docs/scaling.md, 64 to 512 workers); a loky worker is a fresh interpreter importing
 #: numpy and Orchard, 37.5 MiB (psutil's ``uss`` of ``python -c "import numpy, orchard,
 #: orchard.worker, joblib.externals.loky"``); a thread's loop 0.38 MiB (the resident memory a
 #: ``workon`` of 128 thread workers on ``memory://`` added, over 128). The lower figures: only what
 #: cannot fit is refused.
-WORKER_MEMORY = {"process": 20 * _MiB, "joblib": 36 * _MiB, "loky": 36 * _MiB, "thread": 3 * _MiB // 8}
+WORKER_MEMORY = {"process": 8 * _MiB, "joblib": 36 * _MiB, "loky": 36 * _MiB, "thread": 3 * _MiB // 8}
 
 
 @dataclasses.dataclass(frozen=True)
