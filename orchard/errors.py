@@ -331,7 +331,7 @@ class Interrupted(KeyboardInterrupt):
         if self.kept:
             parts.append(f"could not release {', '.join(self.kept)}: taken back when its lease runs out")
         if self.unstopped:
-            parts.append(f"{self.unstopped} worker(s) were not stopped (Dask workers cannot be reached; a "
-                         "process may not have answered in time): a trial such a worker holds is "
-                         "taken back once its lease runs out")
+            parts.append(f"{self.unstopped} worker(s) did not stop in time (an evaluation that cannot be "
+                         "stopped, such as one running in a worker's own thread, finishes first): a trial such a "
+                         "worker still holds is settled when it stops, or taken back once its lease runs out")
         return "; ".join(parts)
