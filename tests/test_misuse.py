@@ -200,6 +200,23 @@ def test_an_algorithm_breaking_its_contract_stops_the_worker_with_one_line(monke
     assert [t.params for t in exp.fetch_trials()] == ([{"x": 0.5}] if answer == "same" else [])
 
 
+class _FloatCounter(BaseAlgorithm):
+    """A plugin that suggests its integer dimension as floats (3.0), as numpy-minded code does."""
+
+    def suggest(self, completed: Sequence[Observation], pending: Sequence[Mapping[str, Any]], n: int = 1,
+                seen: SeenPoints | None = None) -> list[dict[str, Any]]:
+        return [{"k": float(len(completed) + len(pending))}]
+
+
+def test_a_plugin_point_is_run_and_stored_with_the_space_types(monkeypatch) -> None:
+    """randint's 3.0 was handed to the objective and stored as a float (range(k) raised TypeError)."""
+    monkeypatch.setitem(ALGORITHMS, "float_counter", lambda: _FloatCounter)
+    exp = orchard.build_experiment("float-counter", space={"k": "randint(0, 10)"}, algorithm="float_counter",
+                                   max_trials=3, storage="memory://")
+    exp.workon(lambda k: len(range(k)), progress=False)
+    assert sorted((t.params["k"], type(t.params["k"])) for t in exp.fetch_trials()) == [(0, int), (1, int), (2, int)]
+
+
 class _Unbuildable(_Careless):
     def __init__(self, space: Any, seed: int | None = None, **options: Any) -> None:
         raise RuntimeError("init boom")
