@@ -108,3 +108,13 @@ def test_nsga2_beats_random_search_on_zdt1() -> None:
 def test_bad_options_are_refused(options: dict[str, Any]) -> None:
     with pytest.raises(ConfigurationError, match="nsga2's"):
         make_algorithm({"nsga2": options}, SPACE)
+
+
+def test_children_run_at_the_high_fidelity_whatever_their_parents_ran_at() -> None:
+    """Parents from a warm start at fidelity 1 or 3 passed it on: nsga2's own trials ran at low fidelity."""
+    space = Space.from_config({"x": "uniform(0, 1)", "epochs": "fidelity(1, 9)"})
+    rng = random.Random(0)
+    completed = [Observation({"x": rng.random(), "epochs": rng.choice([1, 3])}, 0.0, float(i),
+                             (rng.random(), rng.random())) for i in range(16)]
+    children = make_algorithm({"nsga2": {"population_size": 4}}, space, seed=1).suggest(completed, [], n=20)
+    assert {child["epochs"] for child in children} == {9}

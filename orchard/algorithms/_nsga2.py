@@ -29,6 +29,7 @@ import numpy as np
 
 from orchard.algorithms.base import BaseAlgorithm, Observation, SeenPoints
 from orchard.errors import ConfigurationError
+from orchard.fidelity import Fidelity
 from orchard.objectives import crowding_distance, non_dominated_sort
 from orchard.priors import LogUniform, Normal, Prior, RandInt, Uniform
 from orchard.space import Space, params_hash
@@ -210,9 +211,11 @@ class Nsga2(BaseAlgorithm):
         for name in self.space:
             prior = self.space[name]
             axis = _axis(prior)
-            if axis is None:  # categorical (or a constant such as a fidelity): one parent's, or a mutation
+            if axis is None:  # categorical (or a fidelity, always its high end): one parent's, or a mutation
                 value = a[name] if rng.random() < 0.5 else b[name]
-                child[name] = prior.sample(rng) if rng.random() < mutation else value
+                # a warm-start or inserted parent run at a lower fidelity passed it on: children were evaluated there
+                fixed = isinstance(prior, Fidelity)
+                child[name] = prior.sample(rng) if rng.random() < mutation or fixed else value
                 continue
             x, y = axis.unit(a[name]), axis.unit(b[name])
             u = _sbx(x, y, options["eta_crossover"], rng) if cross and rng.random() < 0.5 else x
