@@ -284,6 +284,15 @@ def test_grid_resolution_follows_the_budget() -> None:
     assert make_algorithm("random", space).max_suggestions() is None
 
 
+@pytest.mark.timeout(20)
+def test_a_huge_grid_resolution_is_refused_or_capped_not_listed() -> None:
+    """n_values or budget 10**9 over one dimension listed 10**9 values: creation never returned."""
+    space = Space.from_config({"x": "uniform(0, 1)"})
+    with pytest.raises(ConfigurationError, match="grid option n_values must be at most 100,000"):
+        normalize_algorithm_config({"grid": {"n_values": 10**6}}, space)
+    assert make_algorithm({"grid": {"budget": 10**12}}, space).max_suggestions() == 100_000
+
+
 def test_grid_skips_seen_points_given_as_equal_numbers_of_another_type() -> None:
     space = Space.from_config({"x": "uniform(0, 2)", "k": "uniform(0, 1, discrete=True)"})
     algo = make_algorithm({"grid": {"n_values": 3}}, space)

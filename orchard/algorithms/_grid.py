@@ -20,6 +20,9 @@ __all__ = ["GridSearch"]
 DEFAULT_N_VALUES = 10
 #: A shuffled grid keeps a permutation of its indices, so it must stay this small.
 MAX_SHUFFLED_GRID = 10_000_000
+#: Most values per dimension: each worker lists them all (``n_values=10**9``, or ``budget=10**9`` over
+#: one dimension, held every worker and the experiment's creation for ever, filling memory).
+MAX_N_VALUES = 100_000
 
 
 def _value_key(value: Any) -> tuple[bool, bool, Any]:
@@ -37,8 +40,8 @@ def _grid_size(space: Space, n_values: int) -> int:
 
 
 def choose_n_values(space: Space, budget: int) -> int:
-    """The largest ``n_values >= 2`` whose grid has at most ``budget`` points (2 if none has)."""
-    low, high = 2, max(2, budget)
+    """The largest ``n_values`` in ``[2, MAX_N_VALUES]`` whose grid has at most ``budget`` points (else 2)."""
+    low, high = 2, min(max(2, budget), MAX_N_VALUES)
     if _grid_size(space, low) > budget:
         return low
     while low < high:  # invariant: the grid of ``low`` values fits the budget
@@ -88,6 +91,9 @@ class GridSearch(BaseAlgorithm):
             value = options[key]
             if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < minimum):
                 raise ConfigurationError(f"grid option {key} must be an integer >= {minimum}, got {value!r}")
+        if options["n_values"] is not None and options["n_values"] > MAX_N_VALUES:
+            raise ConfigurationError(f"grid option n_values must be at most {MAX_N_VALUES:,} (values per dimension), "
+                                     f"got {options['n_values']!r}; use random search for a finer sampling")
         if not isinstance(options["shuffle"], bool):
             raise ConfigurationError(f"grid option shuffle must be True or False, got {options['shuffle']!r}")
 
