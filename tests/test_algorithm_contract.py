@@ -10,6 +10,7 @@ from typing import Any, ClassVar
 
 import pytest
 
+import orchard
 from orchard.algorithms import ALGORITHMS, algorithm_class, algorithm_names, make_algorithm
 from orchard.errors import ConfigurationError
 from orchard.space import Space
@@ -81,6 +82,18 @@ def test_optuna_refuses_what_it_cannot_run() -> None:
             make_algorithm({"optuna": {"sampler": "GPSampler"}}, space)
     with pytest.raises(ConfigurationError, match="no sampler 'Tpe'"):
         make_algorithm({"optuna": {"sampler": "Tpe"}}, space)
+
+
+@pytest.mark.parametrize(("sampler", "words"), [
+    ({"sampler": "QMCSampler", "qmc_type": "nope"}, "qmc_type='nope'"),
+    ({"sampler": "NSGAIISampler", "population_size": 1}, "population_size"),
+])
+def test_optuna_options_its_sampler_refuses_are_refused_with_the_experiment(sampler: dict[str, Any],
+                                                                          words: str) -> None:
+    """They were stored, and every worker's first suggestion failed: an experiment nobody could run or change."""
+    pytest.importorskip("optuna")
+    with pytest.raises(ConfigurationError, match=f"'{sampler['sampler']}' refused its options .*{words}"):
+        orchard.build_experiment("q", space=DEFAULT_SPACE, algorithm={"optuna": sampler}, storage="memory://")
 
 
 def test_the_kit_catches_an_algorithm_that_ignores_pending() -> None:

@@ -44,6 +44,7 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, ClassVar
 
@@ -97,6 +98,22 @@ def _distribution(optuna: Any, name: str, prior: Prior) -> Any:
     raise ConfigurationError(f"algorithm 'optuna' cannot map dimension {name!r} ({prior}); use another prior")
 
 
+def _build_once(sampler: str, kwargs: Mapping[str, Any]) -> None:
+    """Build ``sampler`` with ``kwargs`` once, so a value its constructor refuses is refused with the experiment.
+
+    The sampler is built afresh on each suggestion: ``QMCSampler(qmc_type="nope")`` or
+    ``NSGAIISampler(population_size=1)`` was stored with the experiment and failed every worker's
+    first suggestion, an experiment no joiner could run nor change.
+    """
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # Optuna's experimental-feature warnings: said when the workers build it
+            getattr(_optuna().samplers, sampler)(seed=0, **kwargs)
+    except Exception as err:  # noqa: BLE001 -- any refusal of Optuna's constructor, named
+        raise ConfigurationError(f"algorithm 'optuna' sampler {sampler!r} refused its options {dict(kwargs)!r}: "
+                                 f"{type(err).__name__}: {err}") from None
+
+
 class OptunaSampler(BaseAlgorithm):
     """An Optuna sampler run on Orchard's shared history (see the module docstring).
 
@@ -135,6 +152,7 @@ class OptunaSampler(BaseAlgorithm):
                 raise ConfigurationError(
                     f"algorithm 'optuna' sampler {sampler!r} needs the {module} package; install it with: {hint}"
                 ) from exc
+        _build_once(sampler, {k: v for k, v in merged.items() if k != "sampler"})
         return merged
 
     def __init__(self, space: Space, seed: int | None = None, **options: Any) -> None:
