@@ -87,6 +87,7 @@ def test_optuna_refuses_what_it_cannot_run() -> None:
 @pytest.mark.parametrize(("sampler", "words"), [
     ({"sampler": "QMCSampler", "qmc_type": "nope"}, "qmc_type='nope'"),
     ({"sampler": "NSGAIISampler", "population_size": 1}, "population_size"),
+    ({"sampler": "TPESampler", "n_ei_candidates": 0}, "size of `samples` must be positive"),  # past its startup
 ])
 def test_optuna_options_its_sampler_refuses_are_refused_with_the_experiment(sampler: dict[str, Any],
                                                                           words: str) -> None:

@@ -99,19 +99,33 @@ def _distribution(optuna: Any, name: str, prior: Prior) -> Any:
 
 
 def _build_once(sampler: str, kwargs: Mapping[str, Any]) -> None:
-    """Build ``sampler`` with ``kwargs`` once, so a value its constructor refuses is refused with the experiment.
+    """Build ``sampler`` with ``kwargs`` once, so a value it refuses is refused with the experiment.
 
     The sampler is built afresh on each suggestion: ``QMCSampler(qmc_type="nope")`` or
     ``NSGAIISampler(population_size=1)`` was stored with the experiment and failed every worker's
-    first suggestion, an experiment no joiner could run nor change.
+    first suggestion, an experiment no joiner could run nor change. TPE checks ``gamma``,
+    ``prior_weight`` or ``n_ei_candidates`` only once its startup trials are done, so it is
+    also asked once past them, on a two-trial study (about a millisecond).
     """
+    optuna = _optuna()
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # Optuna's experimental-feature warnings: said when the workers build it
-            getattr(_optuna().samplers, sampler)(seed=0, **kwargs)
-    except Exception as err:  # noqa: BLE001 -- any refusal of Optuna's constructor, named
+            getattr(optuna.samplers, sampler)(seed=0, **kwargs)
+            if sampler == "TPESampler":
+                _ask_past_startup(optuna, optuna.samplers.TPESampler(seed=0, **{**kwargs, "n_startup_trials": 0}))
+    except Exception as err:  # noqa: BLE001 -- any refusal of Optuna's sampler, named
         raise ConfigurationError(f"algorithm 'optuna' sampler {sampler!r} refused its options {dict(kwargs)!r}: "
                                  f"{type(err).__name__}: {err}") from None
+
+
+def _ask_past_startup(optuna: Any, sampler: Any) -> None:
+    """One suggestion of ``sampler`` on a study of two completed trials of one float dimension."""
+    x = optuna.distributions.FloatDistribution(0.0, 1.0)
+    study = optuna.create_study(sampler=sampler)
+    for value in (0.25, 0.75):
+        study.add_trial(optuna.trial.create_trial(params={"x": value}, distributions={"x": x}, value=value))
+    study.ask({"x": x})
 
 
 class OptunaSampler(BaseAlgorithm):
