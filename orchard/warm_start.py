@@ -207,7 +207,10 @@ def _mapped(trial: Trial, space: Space, fill: Mapping[str, Any], dropped: dict[s
     return dataclasses.replace(trial, params={name: prior.cast(point[name]) for name, prior in space.items()})
 
 
-_CACHE: dict[tuple[str, str, int], tuple[Space, dict[str, str] | None, list[Trial]]] = {}
+#: Each source's last read, by (storage, experiment id): the count of completed trials it was read at,
+#: and what was read. One entry per source: a copy per count kept every older read of a source that
+#: was still growing (a process starting workers, or ``orchard info`` run, again and again held them all).
+_CACHE: dict[tuple[str, str], tuple[int, tuple[Space, dict[str, str] | None, list[Trial]]]] = {}
 _CACHE_LOCK = threading.Lock()
 
 
@@ -217,9 +220,10 @@ def _read(source: Source, own: BaseStorage) -> tuple[Space, dict[str, str] | Non
     try:
         record = storage.require_experiment(source.experiment)
         count = storage.count_trials(record.id)[TrialStatus.COMPLETED]
-        key = (storage.uri, record.id, count)
+        key = (storage.uri, record.id)
         with _CACHE_LOCK:
-            cached = _CACHE.get(key)
+            last = _CACHE.get(key)
+        cached = last[1] if last is not None and last[0] == count else None
         if cached is None:
             try:
                 theirs = Space.from_config(record.config["space"])
@@ -228,7 +232,7 @@ def _read(source: Source, own: BaseStorage) -> tuple[Space, dict[str, str] | Non
             trials = [t for t in storage.fetch_trials(record.id, [TrialStatus.COMPLETED]) if t.objective is not None]
             cached = (theirs, record.config.get("objectives") or None, trials)
             with _CACHE_LOCK:
-                _CACHE[key] = cached
+                _CACHE[key] = (count, cached)
     finally:
         if source.storage is not None:
             storage.close()

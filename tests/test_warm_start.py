@@ -240,6 +240,18 @@ def test_a_source_scored_on_other_objectives_is_refused(store: str, objectives: 
     assert orchard.get_storage(store).get_experiment("new") is None
 
 
+def test_a_process_keeps_one_read_of_a_growing_source(store: str) -> None:
+    """Each count of the source's completed trials kept its own full copy in the process for good."""
+    from orchard import warm_start
+
+    old = finished(store, n=2)
+    new = orchard.build_experiment("new", space=BRANIN_SPACE, storage=store, warm_start=["old"])
+    for n in (3, 4, 5):
+        orchard.build_experiment("old", storage=store, max_trials=n).workon(branin, progress=False)
+        assert len(warm_start.prior_trials(new.space, new.settings.warm_start, new.storage)) == n
+    assert [key for key in warm_start._CACHE if old.id in key] == [(new.storage.uri, old.id)]
+
+
 def test_mapping_fills_added_dims_and_drops_trials_outside_a_narrowed_range(
     tmp_path: Path, store: str, capsys: pytest.CaptureFixture[str],
 ) -> None:
