@@ -68,6 +68,8 @@ INCREMENTAL = ("TPESampler", "RandomSampler")
 _REFUSED = {"CmaEsSampler": {"with_margin": "its margin state lives in trial attributes Orchard does not store",
                              "source_trials": "Optuna trials cannot be given; the sampler learns from the experiment's history"},
             "NSGAIISampler": {"constraints_func": "declare the experiment's constraints instead"}}
+#: Bounds of a violation told to Optuna: an infeasible trial's is positive, and finite (a missing metric is ``inf``).
+_TINY_VIOLATION, _HUGE_VIOLATION = 1e-12, 1e300
 #: Optuna's suggestion retries before a duplicate is replaced by a random unseen point.
 _RETRIES = 3
 
@@ -126,6 +128,16 @@ def _ask_past_startup(optuna: Any, sampler: Any) -> None:
     for value in (0.25, 0.75):
         study.add_trial(optuna.trial.create_trial(params={"x": value}, distributions={"x": x}, value=value))
     study.ask({"x": x})
+
+
+def _violation(observation: Observation) -> float:
+    """The trial's total constraint violation as Optuna reads it (``<= 0``: feasible; finite, as NSGA-II needs).
+
+    Told to the study as the trial's constraint, so TPE, NSGA-II and GP rank infeasible trials
+    as Optuna does with ``constraints_func``: the adapter told them as feasible, and the
+    experiment's constraints were silently ignored by the search.
+    """
+    return 0.0 if observation.feasible else min(max(observation.violation, _TINY_VIOLATION), _HUGE_VIOLATION)
 
 
 class OptunaSampler(BaseAlgorithm):
@@ -217,7 +229,8 @@ class OptunaSampler(BaseAlgorithm):
             self._told.add(digest)
             params = {k: v for k, v in observation.params.items() if k in self._distributions}
             self._study.add_trial(optuna.trial.create_trial(
-                params=params, distributions=self._distributions, values=list(values), system_attrs=attrs))
+                params=params, distributions=self._distributions, values=list(values), system_attrs=attrs,
+                constraints={"violation": _violation(observation)}))
         wanted = {params_hash(p): p for p in pending}
         for digest in [d for d in self._running if d not in wanted]:
             self._retire(self._running.pop(digest))
