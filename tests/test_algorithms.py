@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 import pytest
 
+import orchard
 from orchard.algorithms import (
     ALGORITHMS,
     BaseAlgorithm,
@@ -291,6 +292,15 @@ def test_a_huge_grid_resolution_is_refused_or_capped_not_listed() -> None:
     with pytest.raises(ConfigurationError, match="grid option n_values must be at most 100,000"):
         normalize_algorithm_config({"grid": {"n_values": 10**6}}, space)
     assert make_algorithm({"grid": {"budget": 10**12}}, space).max_suggestions() == 100_000
+
+
+def test_grid_over_a_range_of_few_floats_suggests_each_once() -> None:
+    """uniform(1.0, 1.0000000000000004) holds 3 floats: the grid's 10 values repeated them, and the worker stopped
+    with 'suggested 20 points in a row that the experiment already holds'."""
+    exp = orchard.build_experiment("narrow", space={"x": "uniform(1.0, 1.0000000000000004)"}, algorithm="grid",
+                                   max_trials=8, storage="memory://")
+    exp.workon(lambda x: x, progress=False)
+    assert sorted(t.params["x"] for t in exp.fetch_trials()) == [1.0, 1.0000000000000002, 1.0000000000000004]
 
 
 def test_grid_skips_seen_points_given_as_equal_numbers_of_another_type() -> None:

@@ -31,8 +31,12 @@ def _value_key(value: Any) -> tuple[bool, bool, Any]:
 
 
 def grid_values(space: Space, n_values: int) -> dict[str, list[Any]]:
-    """The values of each dimension: ``n_values`` spread values, or all of a small discrete prior."""
-    return {name: prior.grid(n_values) for name, prior in space.items()}
+    """The distinct values of each dimension: ``n_values`` spread values, or all of a small discrete prior.
+
+    Spread values can coincide: ``uniform(1.0, 1.0000000000000004)`` holds three floats, so ten
+    spread over it repeat; a repeated value made the grid suggest points it had already run.
+    """
+    return {name: list({_value_key(v): v for v in prior.grid(n_values)}.values()) for name, prior in space.items()}
 
 
 def _grid_size(space: Space, n_values: int) -> int:
@@ -80,7 +84,7 @@ class GridSearch(BaseAlgorithm):
             n_values = DEFAULT_N_VALUES if budget is None else choose_n_values(space, budget)
         self.n_values: int = n_values
         self._names = list(space)
-        self._values = [space[name].grid(n_values) for name in self._names]
+        self._values = list(grid_values(space, n_values).values())
         self._positions = [{_value_key(v): i for i, v in enumerate(values)} for values in self._values]
         self.size = math.prod(len(values) for values in self._values)
         self._order = self._make_order()
