@@ -303,6 +303,16 @@ def test_grid_over_a_range_of_few_floats_suggests_each_once() -> None:
     assert sorted(t.params["x"] for t in exp.fetch_trials()) == [1.0, 1.0000000000000002, 1.0000000000000004]
 
 
+def test_grid_over_a_huge_integer_range_stays_inside_it() -> None:
+    """Spread through floats, randint(0, 2**62)'s last grid value was 2**62, outside it: the worker stopped."""
+    space = Space.from_config({"k": "randint(0, 4611686018427387904)", "j": "randint(9007199254740993, 9007199254741003)"})
+    algorithm = make_algorithm({"grid": {"n_values": 3}}, space)
+    points = algorithm.suggest([], [], n=9)
+    assert {p["k"] for p in points} == {0, 2**61, 2**62 - 1} and {p["j"] for p in points} == {2**53 + 1, 2**53 + 5, 2**53 + 10}
+    for point in points:
+        space.validate(point)
+
+
 def test_grid_skips_seen_points_given_as_equal_numbers_of_another_type() -> None:
     space = Space.from_config({"x": "uniform(0, 2)", "k": "uniform(0, 1, discrete=True)"})
     algo = make_algorithm({"grid": {"n_values": 3}}, space)
