@@ -240,21 +240,24 @@ class _Axis:
         return min(1.0, max(0.0, (v - low) / (high - low))) if high > low else 0.5
 
     def value(self, u: float, prior: Prior) -> Any:
+        if self.integer:  # in exact ints: through floats, a range past 2**53 gave values outside it
+            low, high = int(self.low), int(self.high)
+            return prior.cast(min(high, max(low, low + round(u * (high - low)))))
         if self.log:
             x = math.exp(math.log(self.low) + u * (math.log(self.high) - math.log(self.low)))
         else:
             x = self.low + u * (self.high - self.low)
         x = min(self.high, max(self.low, x))
-        return prior.cast(round(x) if self.integer else x)
+        return prior.cast(x)
 
 
 def _axis(prior: Prior) -> _Axis | None:
     if isinstance(prior, Uniform):
-        return _Axis(float(prior.low), float(prior.high), False, prior.discrete)
+        return _Axis(prior.low, prior.high, False, prior.discrete)
     if isinstance(prior, LogUniform):
         return _Axis(prior.low, prior.high, True, False)
     if isinstance(prior, RandInt):
-        return _Axis(float(prior.low), float(prior.high - 1), False, True)
+        return _Axis(prior.low, prior.high - 1, False, True)
     if isinstance(prior, Normal):
         return _Axis(prior.mu - 4 * prior.sigma, prior.mu + 4 * prior.sigma, False, False)
     return None
