@@ -68,6 +68,8 @@ INCREMENTAL = ("TPESampler", "RandomSampler")
 _REFUSED = {"CmaEsSampler": {"with_margin": "its margin state lives in trial attributes Orchard does not store",
                              "source_trials": "Optuna trials cannot be given; the sampler learns from the experiment's history"},
             "NSGAIISampler": {"constraints_func": "declare the experiment's constraints instead"}}
+#: The largest integer bound Optuna samples exactly (its integers go through floats).
+_EXACT_INTS = 2**53
 #: Bounds of a violation told to Optuna: an infeasible trial's is positive, and finite (a missing metric is ``inf``).
 _TINY_VIOLATION, _HUGE_VIOLATION = 1e-12, 1e300
 #: Optuna's suggestion retries before a duplicate is replaced by a random unseen point.
@@ -87,17 +89,30 @@ def _distribution(optuna: Any, name: str, prior: Prior) -> Any:
     dists = optuna.distributions
     if isinstance(prior, Uniform):
         if prior.discrete:
-            return dists.IntDistribution(int(prior.low), int(prior.high))
+            return _integers(dists, name, prior, int(prior.low), int(prior.high))
         return dists.FloatDistribution(prior.low, prior.high)
     if isinstance(prior, LogUniform):
         return dists.FloatDistribution(prior.low, prior.high, log=True)
     if isinstance(prior, RandInt):
-        return dists.IntDistribution(prior.low, prior.high - 1)
+        return _integers(dists, name, prior, prior.low, prior.high - 1)
     if isinstance(prior, Choices):
         return dists.CategoricalDistribution(list(prior.values))
     if isinstance(prior, Normal):
         return dists.FloatDistribution(prior.mu - 4 * prior.sigma, prior.mu + 4 * prior.sigma)
     raise ConfigurationError(f"algorithm 'optuna' cannot map dimension {name!r} ({prior}); use another prior")
+
+
+def _integers(dists: Any, name: str, prior: Prior, low: int, high: int) -> Any:
+    """``IntDistribution(low, high)``, refused past 2**53, where Optuna's floats no longer hold every integer.
+
+    Optuna samples integers through floats: at ``randint(2**53 + 1, 2**53 + 11)`` it drew
+    2**53 and then refused its own value, failing the worker in the middle of the experiment.
+    """
+    if max(abs(low), abs(high)) > _EXACT_INTS:
+        raise ConfigurationError(
+            f"algorithm 'optuna' cannot sample dimension {name!r} ({prior}): Optuna draws integers through "
+            f"floats, exact only up to 2**53; narrow it, or use another algorithm (random, bayes, nsga2)")
+    return dists.IntDistribution(low, high)
 
 
 def _build_once(sampler: str, kwargs: Mapping[str, Any]) -> None:
