@@ -439,6 +439,9 @@ class Normal(Prior):
             raise fail("both arguments must be finite numbers")
         if sigma <= 0:
             raise fail("sigma must be > 0")
+        low, high = float(mu) - 4 * float(sigma), float(mu) + 4 * float(sigma)
+        if not (math.isfinite(high - low) and low < high):  # bayes, grid and optuna search mu ± 4 sigma
+            raise fail("mu - 4 sigma and mu + 4 sigma must be distinct floats less than about 1.8e308 apart")
         return cls(float(mu), float(sigma))
 
     def sample(self, rng: np.random.Generator) -> Scalar:

@@ -342,7 +342,9 @@ def test_several_objectives_returned_unnamed_are_told_to_be_named(result: object
     ("randint(0, 1000000000000000000000000000000)", "randint bounds must keep its values within 64 bits"),
     ("randint(-9223372036854775808, 0)", "-2**63 < low"),
     (f"uniform(0, 1{'0' * 400})", "both arguments must be finite numbers"),
-], ids=["uniform-range", "discrete", "randint", "randint-low", "huge-literal"])
+    ("normal(0, 1e308)", "mu - 4 sigma and mu + 4 sigma must be distinct floats"),  # bayes: 'Input X contains NaN'
+    ("normal(1, 1e-300)", "mu - 4 sigma and mu + 4 sigma must be distinct floats"),
+], ids=["uniform-range", "discrete", "randint", "randint-low", "huge-literal", "normal-wide", "normal-narrow"])
 def test_a_space_no_sampler_or_storage_can_hold_is_refused_when_built(prior: str, words: str) -> None:
     with pytest.raises(SpaceError, match=re.escape(words)):  # the algorithm or the storage failed at the first trial
         orchard.build_experiment("wide", space={"x": prior}, storage="memory://")
