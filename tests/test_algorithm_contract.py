@@ -100,19 +100,25 @@ def test_optuna_options_its_sampler_refuses_are_refused_with_the_experiment(samp
         orchard.build_experiment("q", space=DEFAULT_SPACE, algorithm={"optuna": sampler}, storage="memory://")
 
 
-def test_optuna_tpe_is_told_which_trials_broke_the_constraints() -> None:
-    """The adapter told infeasible trials as feasible: TPE went for the best objectives, all infeasible (median 0.10)."""
+@pytest.mark.parametrize("sampler", [{"sampler": "TPESampler", "n_startup_trials": 0},
+                                     {"sampler": "NSGAIISampler", "population_size": 10}])
+def test_optuna_samplers_are_told_which_trials_broke_the_constraints(sampler: dict[str, Any]) -> None:
+    """The adapter told infeasible trials as feasible: TPE and NSGA-II went for the best objectives, all
+    infeasible (0 of 20 feasible suggestions for NSGA-II)."""
     pytest.importorskip("optuna")
+    import random
+
     from orchard.algorithms import Observation
 
-    space = Space.from_config({"x": "uniform(0, 1)"})  # objective x, feasible from 0.5 on
-    done = [Observation({"x": x}, x, float(i), None, x >= 0.5, max(0.0, 0.5 - x))
-            for i, x in enumerate(i / 40 + 0.0125 for i in range(40))]
-    algorithm = make_algorithm({"optuna": {"sampler": "TPESampler", "n_startup_trials": 0}}, space, seed=0)
+    space = Space.from_config({"x": "uniform(0, 1)", "y": "uniform(0, 1)"})  # objective x, feasible from 0.5 on
+    rng = random.Random(0)
+    done = [Observation({"x": x, "y": rng.random()}, x, float(i), None, x >= 0.5, max(0.0, 0.5 - x))
+            for i, x in enumerate(rng.random() for _ in range(60))]
+    algorithm = make_algorithm({"optuna": sampler}, space, seed=0)
     drawn: list[float] = []
-    for _ in range(10):
-        drawn += [point["x"] for point in algorithm.suggest(done, [{"x": x} for x in drawn])]
-    assert sorted(drawn)[5] > 0.45  # around the best feasible point
+    for _ in range(20):
+        drawn += [point["x"] for point in algorithm.suggest(done, [{"x": x, "y": 0.5} for x in drawn])]
+    assert sorted(drawn)[10] > 0.45  # around the best feasible points
 
 
 def test_the_kit_catches_an_algorithm_that_ignores_pending() -> None:
