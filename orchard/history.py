@@ -14,6 +14,7 @@ are observations but are left out of :attr:`History.counts`, and the
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -59,8 +60,9 @@ class History:
         self.finished: list[Trial] = []  # trials that became completed/broken in the last refresh
         self.unbudgeted = 0
         for trial in prior:
-            if trial.objective is not None:
-                self.observations.append(self._observation(trial, trial.objective))
+            objective = self._prior_objective(trial)
+            if objective is not None:
+                self.observations.append(self._observation(trial, objective))
                 self.seen.add(trial.params)
 
     def refresh(self) -> list[dict[str, Any]]:
@@ -123,6 +125,22 @@ class History:
             self.counts[trial.status] += sign
         else:
             self.unbudgeted += sign
+
+    def _prior_objective(self, trial: Trial) -> float | None:
+        """A warm-start trial's objective as this experiment scores it, or ``None`` if it cannot be scored.
+
+        With declared objectives it is recomputed from the trial's results in this experiment's
+        directions: the source's own objective was told as is, so a source that maximised ``acc``
+        steered an experiment minimising it towards its worst points, and one that recorded
+        other objectives was told with no objective vector at all.
+        """
+        if self._objectives is None:
+            return trial.objective
+        try:
+            first = minimized(trial.results, self._objectives)[0]
+        except (KeyError, TypeError, ValueError):
+            return None
+        return first if math.isfinite(first) else None
 
     def _observation(self, trial: Trial, objective: float) -> Observation:
         values = None

@@ -1,8 +1,9 @@
 """Joining a stored experiment: a joiner's settings checked against the stored ones.
 
 A worker that joins an experiment may leave any setting out (it then uses the
-stored one); a setting it gives must match the stored one, except the budgets
-(``max_trials`` may only be raised, ``max_broken`` and ``max_attempts`` replaced).
+stored one); a setting it gives must match the stored one (``seed`` and
+``heartbeat`` included), except the budgets (``max_trials`` may only be raised,
+``max_broken`` and ``max_attempts`` replaced) and ``working_dir`` (the stored one is used).
 A joiner waits for a storage that went away as it joined (:func:`patiently`).
 """
 
@@ -67,6 +68,10 @@ def join_experiment(
         elif key == "objectives" and value is not None and list(value) != list(stored.objectives or ()):
             problems.append(f"objectives: stored in the order {', '.join(stored.objectives or ())} != given "
                             f"{', '.join(value)} (the first is each trial's objective)")
+    for key in _FIXED:  # a joiner's other seed or heartbeat was dropped without a word
+        if chosen.get(key) is not None and chosen[key] != getattr(stored, key):
+            problems.append(f"{key}: stored {getattr(stored, key)} != given {chosen[key]} (fixed when the experiment "
+                            "was created: leave it out to use the stored one)")
     max_trials = chosen.get("max_trials")
     if max_trials is not None and stored.max_trials is not None and max_trials < stored.max_trials:
         problems.append(f"max_trials: stored {stored.max_trials} > given {max_trials} (it can only be raised)")
@@ -83,6 +88,9 @@ def join_experiment(
 
 #: Settings a joiner may change in the stored experiment.
 _RAISABLE = ("max_trials", "max_broken", "max_attempts")
+#: Settings every worker must share, so a joiner giving another value is refused (the working
+#: directory is left out: a relative one given by workers started elsewhere differs and is ignored).
+_FIXED = ("seed", "heartbeat")
 
 
 def _algorithm_differs(stored: Mapping[str, Any], given: Mapping[str, Any], options: frozenset[str] | None) -> bool:

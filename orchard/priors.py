@@ -24,6 +24,7 @@ import abc
 import dataclasses
 import math
 from collections.abc import Callable, Mapping
+from fractions import Fraction
 from typing import Any, ClassVar
 
 import numpy as np
@@ -232,7 +233,7 @@ class Uniform(Prior):
             count = int(self.high) - int(self.low) + 1
             if count <= n:
                 return list(range(int(self.low), int(self.high) + 1))
-            return sorted({round(v) for v in np.linspace(self.low, self.high, n)})
+            return _int_grid(int(self.low), int(self.high), n)
         return [float(v) for v in np.linspace(self.low, self.high, max(n, 1))]
 
     def __str__(self) -> str:
@@ -322,7 +323,7 @@ class RandInt(Prior):
     def grid(self, n: int) -> list[Scalar]:
         if self.high - self.low <= n:
             return list(range(self.low, self.high))
-        return sorted({round(v) for v in np.linspace(self.low, self.high - 1, n)})
+        return _int_grid(self.low, self.high - 1, n)
 
     def __str__(self) -> str:
         return f"randint({self.low!r}, {self.high!r})"
@@ -438,6 +439,9 @@ class Normal(Prior):
             raise fail("both arguments must be finite numbers")
         if sigma <= 0:
             raise fail("sigma must be > 0")
+        low, high = float(mu) - 4 * float(sigma), float(mu) + 4 * float(sigma)
+        if not (math.isfinite(high - low) and low < high):  # bayes, grid and optuna search mu ± 4 sigma
+            raise fail("mu - 4 sigma and mu + 4 sigma must be distinct floats less than about 1.8e308 apart")
         return cls(float(mu), float(sigma))
 
     def sample(self, rng: np.random.Generator) -> Scalar:
@@ -466,3 +470,13 @@ class Normal(Prior):
 
     def __str__(self) -> str:
         return f"normal({self.mu!r}, {self.sigma!r})"
+
+
+def _int_grid(first: int, last: int, n: int) -> list[Scalar]:
+    """``n`` integers spread from ``first`` to ``last`` (both included), rounded, computed exactly.
+
+    Through floats (``np.linspace``) the values of a range past 2**53 were rounded onto
+    neighbours outside it: ``randint(0, 2**62)``'s grid ended at ``2**62``, which it excludes.
+    """
+    steps = max(n - 1, 1)
+    return sorted({first + round(Fraction((last - first) * i, steps)) for i in range(steps + 1)})

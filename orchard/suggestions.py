@@ -74,13 +74,11 @@ class Suggester:
         if not isinstance(answer, list) or not answer or not isinstance(answer[0], Mapping):
             raise AlgorithmError(f"algorithm {self.name!r} answered {shown(answer)} instead of a list of points "
                                  f"(params dicts), or SpaceExhaustedError when nothing new is left; {_CHECK_IT}")
-        params = dict(answer[0])
-        try:
-            self.space.validate(params)
+        try:  # the point cast to the space's types: 3.0 suggested for a randint is run and stored as 3
+            return self.space.validate(answer[0])
         except SpaceError as err:
             raise AlgorithmError(f"algorithm {self.name!r} suggested a point outside the space: {err}; "
                                  f"{_CHECK_IT}") from None
-        return params
 
     def repeating(self, params: Mapping[str, Any], times: int) -> AlgorithmError:
         """The error for an algorithm that suggested ``times`` points in a row the experiment holds."""

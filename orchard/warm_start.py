@@ -31,12 +31,21 @@ default values, so the rule is explicit:
 A source whose dimensions do not fit, or none of whose completed trials fit,
 is refused when the experiment is created, with the dimensions named; nothing
 is stored.
+
+**How a source's trials are scored.** A trial is told with this experiment's
+objective, not its source's: with declared ``objectives`` it is recomputed from
+the trial's results in this experiment's directions (a trial that did not record
+them all is left out; :class:`orchard.history.History` does it), so a source
+that maximised ``acc`` is not told as evidence for minimising it. A source that
+declared objectives cannot warm-start an experiment of one unnamed objective
+(what the source measured and what the new one returns cannot be matched).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 import os
 import threading
 from collections.abc import Mapping, Sequence
@@ -44,6 +53,7 @@ from typing import Any
 
 from orchard.errors import ConfigurationError, ExperimentNotFoundError, OrchardError, StorageError
 from orchard.naming import check_experiment_name
+from orchard.objectives import minimized
 from orchard.priors import to_builtin
 from orchard.report import shown
 from orchard.space import Space
@@ -197,36 +207,62 @@ def _mapped(trial: Trial, space: Space, fill: Mapping[str, Any], dropped: dict[s
     return dataclasses.replace(trial, params={name: prior.cast(point[name]) for name, prior in space.items()})
 
 
-_CACHE: dict[tuple[str, str, int], tuple[Space, list[Trial]]] = {}
+#: Each source's last read, by (storage, experiment id): the count of completed trials it was read at,
+#: and what was read. One entry per source: a copy per count kept every older read of a source that
+#: was still growing (a process starting workers, or ``orchard info`` run, again and again held them all).
+_CACHE: dict[tuple[str, str], tuple[int, tuple[Space, dict[str, str] | None, list[Trial]]]] = {}
 _CACHE_LOCK = threading.Lock()
 
 
-def _read(source: Source, own: BaseStorage) -> tuple[Space, list[Trial]]:
-    """The source's space and completed trials, read once per process while its count stays the same."""
+def _read(source: Source, own: BaseStorage) -> tuple[Space, dict[str, str] | None, list[Trial]]:
+    """The source's space, objectives and completed trials, read once per process while its count stays the same."""
     storage = own if source.storage is None else get_storage(source.storage)
     try:
         record = storage.require_experiment(source.experiment)
         count = storage.count_trials(record.id)[TrialStatus.COMPLETED]
-        key = (storage.uri, record.id, count)
+        key = (storage.uri, record.id)
         with _CACHE_LOCK:
-            cached = _CACHE.get(key)
+            last = _CACHE.get(key)
+        cached = last[1] if last is not None and last[0] == count else None
         if cached is None:
             try:
                 theirs = Space.from_config(record.config["space"])
             except (KeyError, OrchardError) as err:
                 raise ConfigurationError(f"warm start source {source.label!r} has no usable space ({err})") from None
             trials = [t for t in storage.fetch_trials(record.id, [TrialStatus.COMPLETED]) if t.objective is not None]
-            cached = (theirs, trials)
+            cached = (theirs, record.config.get("objectives") or None, trials)
             with _CACHE_LOCK:
-                _CACHE[key] = cached
+                _CACHE[key] = (count, cached)
     finally:
         if source.storage is not None:
             storage.close()
     return cached
 
 
+def _scored(trial: Trial, objectives: Mapping[str, str] | None) -> bool:
+    """Whether ``trial`` recorded every one of ``objectives`` (``None``: one unnamed one) as a finite number."""
+    try:
+        return objectives is None or all(map(math.isfinite, minimized(trial.results, objectives)))
+    except (KeyError, TypeError, ValueError):
+        return False
+
+
+def _objective_problem(source: Source, theirs: Mapping[str, str] | None, objectives: Mapping[str, str] | None,
+                       trials: Sequence[Trial]) -> str | None:
+    """Why ``source``'s trials cannot be scored with this experiment's ``objectives`` (``None`` if they can)."""
+    if objectives is None and theirs is not None:
+        return (f"warm start from {source.label!r}: it measured the objectives {dict(theirs)!r}, this experiment "
+                f"one unnamed objective; declare the objectives it optimises (objectives={dict(theirs)!r}, with "
+                "this experiment's directions) or drop the source")
+    if trials and not any(_scored(t, objectives) for t in trials):
+        return (f"warm start from {source.label!r}: none of its {len(trials)} completed trials recorded the "
+                f"objectives {', '.join(map(repr, objectives or ()))} this experiment optimises; drop the source "
+                "or name the objectives as its trials recorded them")
+    return None
+
+
 def _gather(space: Space, stored: Sequence[Mapping[str, Any]] | None, own: BaseStorage,
-            strict: bool) -> tuple[list[Trial], list[SourceUse]]:
+            strict: bool, objectives: Mapping[str, str] | None = None) -> tuple[list[Trial], list[SourceUse]]:
     """The sources' trials mapped into ``space``, and what each gave.
 
     ``strict`` (when the experiment is created) refuses a missing source and one none of whose
@@ -238,7 +274,7 @@ def _gather(space: Space, stored: Sequence[Mapping[str, Any]] | None, own: BaseS
     uses: list[SourceUse] = []
     for source in _sources(stored):
         try:
-            theirs, trials = _read(source, own)
+            theirs, their_objectives, trials = _read(source, own)
         except (ExperimentNotFoundError, StorageError) as err:  # the experiment's own storage failing is no excuse
             if strict or (isinstance(err, StorageError) and source.storage is None):
                 raise
@@ -256,6 +292,9 @@ def _gather(space: Space, stored: Sequence[Mapping[str, Any]] | None, own: BaseS
             raise ConfigurationError(
                 f"warm start from {source.label!r}: its space does not fit this one: {'; '.join(problems)}. "
                 "Fix the space or the source (see docs/warm-start.md)")
+        scoring = _objective_problem(source, their_objectives, objectives, trials) if strict else None
+        if scoring is not None:
+            raise ConfigurationError(scoring)
         fill = {name: space[name].cast(value) for name, value in source.fill.items()}
         dropped: dict[str, int] = {}
         fitting = [m for t in trials if (m := _mapped(t, space, fill, dropped)) is not None]
@@ -269,17 +308,20 @@ def _gather(space: Space, stored: Sequence[Mapping[str, Any]] | None, own: BaseS
     return prior, uses
 
 
-def check_sources(space: Space, stored: Sequence[Mapping[str, Any]] | None, own: BaseStorage, name: str) -> None:
-    """Check, before an experiment is created, that each source exists and maps into ``space``.
+def check_sources(space: Space, stored: Sequence[Mapping[str, Any]] | None, own: BaseStorage, name: str,
+                  objectives: Mapping[str, str] | None = None) -> None:
+    """Check, before an experiment is created, that each source exists, maps into ``space`` and was scored
+    on ``objectives`` (the experiment's several objectives; ``None``: one unnamed objective).
 
     Raises:
         ExperimentNotFoundError: a source experiment does not exist.
-        ConfigurationError: a source is the experiment itself, or does not fit (the dimensions are named).
+        ConfigurationError: a source is the experiment itself, does not fit (the dimensions are named), or
+            measured other objectives.
         StorageError: a source's storage cannot be opened.
     """
     if any(s.experiment == name and s.storage is None for s in _sources(stored)):
         raise ConfigurationError(f"experiment {name!r} cannot warm-start from itself; name an earlier experiment")
-    _gather(space, stored, own, strict=True)
+    _gather(space, stored, own, strict=True, objectives=objectives)
 
 
 def prior_trials(space: Space, stored: Sequence[Mapping[str, Any]] | None, own: BaseStorage) -> list[Trial]:

@@ -10,6 +10,7 @@ from typing import Any, ClassVar
 
 import pytest
 
+import orchard
 from orchard.algorithms import ALGORITHMS, algorithm_class, algorithm_names, make_algorithm
 from orchard.errors import ConfigurationError
 from orchard.space import Space
@@ -81,6 +82,43 @@ def test_optuna_refuses_what_it_cannot_run() -> None:
             make_algorithm({"optuna": {"sampler": "GPSampler"}}, space)
     with pytest.raises(ConfigurationError, match="no sampler 'Tpe'"):
         make_algorithm({"optuna": {"sampler": "Tpe"}}, space)
+    huge = Space.from_config({"seed": "randint(0, 4611686018427387904)"})  # Optuna drew 2**62, then refused it
+    with pytest.raises(ConfigurationError, match="cannot sample dimension 'seed' .* exact only up to 2\*\*53"):
+        make_algorithm("optuna", huge)
+
+
+@pytest.mark.parametrize(("sampler", "words"), [
+    ({"sampler": "QMCSampler", "qmc_type": "nope"}, "qmc_type='nope'"),
+    ({"sampler": "NSGAIISampler", "population_size": 1}, "population_size"),
+    ({"sampler": "TPESampler", "n_ei_candidates": 0}, "size of `samples` must be positive"),  # past its startup
+])
+def test_optuna_options_its_sampler_refuses_are_refused_with_the_experiment(sampler: dict[str, Any],
+                                                                          words: str) -> None:
+    """They were stored, and every worker's first suggestion failed: an experiment nobody could run or change."""
+    pytest.importorskip("optuna")
+    with pytest.raises(ConfigurationError, match=f"'{sampler['sampler']}' refused its options .*{words}"):
+        orchard.build_experiment("q", space=DEFAULT_SPACE, algorithm={"optuna": sampler}, storage="memory://")
+
+
+@pytest.mark.parametrize("sampler", [{"sampler": "TPESampler", "n_startup_trials": 0},
+                                     {"sampler": "NSGAIISampler", "population_size": 10}])
+def test_optuna_samplers_are_told_which_trials_broke_the_constraints(sampler: dict[str, Any]) -> None:
+    """The adapter told infeasible trials as feasible: TPE and NSGA-II went for the best objectives, all
+    infeasible (0 of 20 feasible suggestions for NSGA-II)."""
+    pytest.importorskip("optuna")
+    import random
+
+    from orchard.algorithms import Observation
+
+    space = Space.from_config({"x": "uniform(0, 1)", "y": "uniform(0, 1)"})  # objective x, feasible from 0.5 on
+    rng = random.Random(0)
+    done = [Observation({"x": x, "y": rng.random()}, x, float(i), None, x >= 0.5, max(0.0, 0.5 - x))
+            for i, x in enumerate(rng.random() for _ in range(60))]
+    algorithm = make_algorithm({"optuna": sampler}, space, seed=0)
+    drawn: list[float] = []
+    for _ in range(20):
+        drawn += [point["x"] for point in algorithm.suggest(done, [{"x": x, "y": 0.5} for x in drawn])]
+    assert sorted(drawn)[10] > 0.45  # around the best feasible points
 
 
 def test_the_kit_catches_an_algorithm_that_ignores_pending() -> None:

@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 import pytest
 
+import orchard
 from orchard.algorithms import (
     ALGORITHMS,
     BaseAlgorithm,
@@ -282,6 +283,34 @@ def test_grid_resolution_follows_the_budget() -> None:
     assert isinstance(algo, GridSearch) and algo.n_values == 7 and algo.max_suggestions() == 98
     assert make_algorithm("grid", space).max_suggestions() == 200  # 10 per continuous dimension
     assert make_algorithm("random", space).max_suggestions() is None
+
+
+@pytest.mark.timeout(20)
+def test_a_huge_grid_resolution_is_refused_or_capped_not_listed() -> None:
+    """n_values or budget 10**9 over one dimension listed 10**9 values: creation never returned."""
+    space = Space.from_config({"x": "uniform(0, 1)"})
+    with pytest.raises(ConfigurationError, match="grid option n_values must be at most 100,000"):
+        normalize_algorithm_config({"grid": {"n_values": 10**6}}, space)
+    assert make_algorithm({"grid": {"budget": 10**12}}, space).max_suggestions() == 100_000
+
+
+def test_grid_over_a_range_of_few_floats_suggests_each_once() -> None:
+    """uniform(1.0, 1.0000000000000004) holds 3 floats: the grid's 10 values repeated them, and the worker stopped
+    with 'suggested 20 points in a row that the experiment already holds'."""
+    exp = orchard.build_experiment("narrow", space={"x": "uniform(1.0, 1.0000000000000004)"}, algorithm="grid",
+                                   max_trials=8, storage="memory://")
+    exp.workon(lambda x: x, progress=False)
+    assert sorted(t.params["x"] for t in exp.fetch_trials()) == [1.0, 1.0000000000000002, 1.0000000000000004]
+
+
+def test_grid_over_a_huge_integer_range_stays_inside_it() -> None:
+    """Spread through floats, randint(0, 2**62)'s last grid value was 2**62, outside it: the worker stopped."""
+    space = Space.from_config({"k": "randint(0, 4611686018427387904)", "j": "randint(9007199254740993, 9007199254741003)"})
+    algorithm = make_algorithm({"grid": {"n_values": 3}}, space)
+    points = algorithm.suggest([], [], n=9)
+    assert {p["k"] for p in points} == {0, 2**61, 2**62 - 1} and {p["j"] for p in points} == {2**53 + 1, 2**53 + 5, 2**53 + 10}
+    for point in points:
+        space.validate(point)
 
 
 def test_grid_skips_seen_points_given_as_equal_numbers_of_another_type() -> None:

@@ -263,3 +263,14 @@ def test_trials_suggested_and_never_observed_go_back_when_the_script_ends(tmp_pa
     assert sorted(t.status.value for t in trials.values()) == ["completed", "interrupted"]
     assert trials[kept].status is TrialStatus.INTERRUPTED and trials[kept].attempts == 0
     assert "gave back 1 trial(s) suggested and never observed" in done.stderr
+
+
+@pytest.mark.parametrize("setting", [{"seed": 4}, {"heartbeat": 5.0}])
+def test_joining_with_another_seed_or_heartbeat_is_refused(setting: dict[str, float]) -> None:
+    """The joiner's value was dropped without a word: its workers ran with the stored one."""
+    storage = orchard.get_storage("memory://")
+    orchard.build_experiment("fixed", space={"x": "uniform(0, 1)"}, storage=storage, seed=3, heartbeat=30)
+    ((key, value),) = setting.items()
+    with pytest.raises(ExperimentConflictError, match=f"{key}: stored .* != given {value}"):
+        orchard.build_experiment("fixed", storage=storage, **setting)  # type: ignore[arg-type]
+    assert orchard.build_experiment("fixed", storage=storage, seed=3, heartbeat=30.0).settings.seed == 3

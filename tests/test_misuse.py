@@ -200,6 +200,23 @@ def test_an_algorithm_breaking_its_contract_stops_the_worker_with_one_line(monke
     assert [t.params for t in exp.fetch_trials()] == ([{"x": 0.5}] if answer == "same" else [])
 
 
+class _FloatCounter(BaseAlgorithm):
+    """A plugin that suggests its integer dimension as floats (3.0), as numpy-minded code does."""
+
+    def suggest(self, completed: Sequence[Observation], pending: Sequence[Mapping[str, Any]], n: int = 1,
+                seen: SeenPoints | None = None) -> list[dict[str, Any]]:
+        return [{"k": float(len(completed) + len(pending))}]
+
+
+def test_a_plugin_point_is_run_and_stored_with_the_space_types(monkeypatch) -> None:
+    """randint's 3.0 was handed to the objective and stored as a float (range(k) raised TypeError)."""
+    monkeypatch.setitem(ALGORITHMS, "float_counter", lambda: _FloatCounter)
+    exp = orchard.build_experiment("float-counter", space={"k": "randint(0, 10)"}, algorithm="float_counter",
+                                   max_trials=3, storage="memory://")
+    exp.workon(lambda k: len(range(k)), progress=False)
+    assert sorted((t.params["k"], type(t.params["k"])) for t in exp.fetch_trials()) == [(0, int), (1, int), (2, int)]
+
+
 class _Unbuildable(_Careless):
     def __init__(self, space: Any, seed: int | None = None, **options: Any) -> None:
         raise RuntimeError("init boom")
@@ -325,7 +342,9 @@ def test_several_objectives_returned_unnamed_are_told_to_be_named(result: object
     ("randint(0, 1000000000000000000000000000000)", "randint bounds must keep its values within 64 bits"),
     ("randint(-9223372036854775808, 0)", "-2**63 < low"),
     (f"uniform(0, 1{'0' * 400})", "both arguments must be finite numbers"),
-], ids=["uniform-range", "discrete", "randint", "randint-low", "huge-literal"])
+    ("normal(0, 1e308)", "mu - 4 sigma and mu + 4 sigma must be distinct floats"),  # bayes: 'Input X contains NaN'
+    ("normal(1, 1e-300)", "mu - 4 sigma and mu + 4 sigma must be distinct floats"),
+], ids=["uniform-range", "discrete", "randint", "randint-low", "huge-literal", "normal-wide", "normal-narrow"])
 def test_a_space_no_sampler_or_storage_can_hold_is_refused_when_built(prior: str, words: str) -> None:
     with pytest.raises(SpaceError, match=re.escape(words)):  # the algorithm or the storage failed at the first trial
         orchard.build_experiment("wide", space={"x": prior}, storage="memory://")

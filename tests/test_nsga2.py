@@ -108,3 +108,24 @@ def test_nsga2_beats_random_search_on_zdt1() -> None:
 def test_bad_options_are_refused(options: dict[str, Any]) -> None:
     with pytest.raises(ConfigurationError, match="nsga2's"):
         make_algorithm({"nsga2": options}, SPACE)
+
+
+def test_children_run_at_the_high_fidelity_whatever_their_parents_ran_at() -> None:
+    """Parents from a warm start at fidelity 1 or 3 passed it on: nsga2's own trials ran at low fidelity."""
+    space = Space.from_config({"x": "uniform(0, 1)", "epochs": "fidelity(1, 9)"})
+    rng = random.Random(0)
+    completed = [Observation({"x": rng.random(), "epochs": rng.choice([1, 3])}, 0.0, float(i),
+                             (rng.random(), rng.random())) for i in range(16)]
+    children = make_algorithm({"nsga2": {"population_size": 4}}, space, seed=1).suggest(completed, [], n=20)
+    assert {child["epochs"] for child in children} == {9}
+
+
+def test_children_of_a_huge_integer_range_stay_inside_it() -> None:
+    """Bred through floats, a randint past 2**53 gave children outside it (2**53 for 2**53 + 1 .. 2**53 + 10)."""
+    space = Space.from_config({"k": "randint(9007199254740993, 9007199254741003)",
+                               "s": "randint(0, 4611686018427387904)"})
+    ends = [{"k": 2**53 + 1, "s": 0}, {"k": 2**53 + 10, "s": 2**62 - 1}]
+    completed = [Observation(ends[i % 2], 0.0, float(i), (float(i), float(-i))) for i in range(8)]
+    algorithm = make_algorithm({"nsga2": {"population_size": 4, "mutation_prob": 1.0}}, space, seed=3)
+    for child in algorithm.suggest(completed, [], n=30):
+        space.validate(child)

@@ -214,6 +214,44 @@ def test_bad_sources_are_refused(store: str, sources: list[object], error: type[
     assert orchard.get_storage(store).get_experiment("new") is None
 
 
+def test_a_source_is_told_with_this_experiments_objectives(store: str) -> None:
+    """A source maximising acc was told as is (-acc) to one minimising it: steered to its worst points."""
+    old = orchard.build_experiment("old", space=BRANIN_SPACE, max_trials=4, storage=store,
+                                   objectives={"acc": "max", "ms": "min"})
+    old.workon(lambda x, y: {"acc": x, "ms": y}, progress=False)
+    new = orchard.build_experiment("new", space=BRANIN_SPACE, storage=store, objectives={"acc": "min"},
+                                   warm_start=["old"])
+    worker = Worker(new.storage, new.id, WorkerSettings.for_experiment(new.settings),
+                    evaluate=lambda trial: None)  # type: ignore[arg-type, return-value]
+    told = sorted((o.params["x"], o.objective, o.values) for o in worker.history.observations)
+    assert told == sorted((t.params["x"], t.params["x"], (t.params["x"],)) for t in old.fetch_trials())
+
+
+@pytest.mark.parametrize(("objectives", "culprit"), [
+    (None, r"it measured the objectives \{'acc': 'max'\}, this experiment one unnamed objective"),
+    ({"loss": "min"}, r"none of its 4 completed trials recorded the objectives 'loss'"),
+])
+def test_a_source_scored_on_other_objectives_is_refused(store: str, objectives: dict[str, str] | None,
+                                                        culprit: str) -> None:
+    old = orchard.build_experiment("old", space=BRANIN_SPACE, max_trials=4, storage=store, objectives={"acc": "max"})
+    old.workon(lambda x, y: {"acc": x}, progress=False)
+    with pytest.raises(ConfigurationError, match=culprit):
+        orchard.build_experiment("new", space=BRANIN_SPACE, storage=store, objectives=objectives, warm_start=["old"])
+    assert orchard.get_storage(store).get_experiment("new") is None
+
+
+def test_a_process_keeps_one_read_of_a_growing_source(store: str) -> None:
+    """Each count of the source's completed trials kept its own full copy in the process for good."""
+    from orchard import warm_start
+
+    old = finished(store, n=2)
+    new = orchard.build_experiment("new", space=BRANIN_SPACE, storage=store, warm_start=["old"])
+    for n in (3, 4, 5):
+        orchard.build_experiment("old", storage=store, max_trials=n).workon(branin, progress=False)
+        assert len(warm_start.prior_trials(new.space, new.settings.warm_start, new.storage)) == n
+    assert [key for key in warm_start._CACHE if old.id in key] == [(new.storage.uri, old.id)]
+
+
 def test_mapping_fills_added_dims_and_drops_trials_outside_a_narrowed_range(
     tmp_path: Path, store: str, capsys: pytest.CaptureFixture[str],
 ) -> None:

@@ -20,6 +20,9 @@ __all__ = ["GridSearch"]
 DEFAULT_N_VALUES = 10
 #: A shuffled grid keeps a permutation of its indices, so it must stay this small.
 MAX_SHUFFLED_GRID = 10_000_000
+#: Most values per dimension: each worker lists them all (``n_values=10**9``, or ``budget=10**9`` over
+#: one dimension, held every worker and the experiment's creation for ever, filling memory).
+MAX_N_VALUES = 100_000
 
 
 def _value_key(value: Any) -> tuple[bool, bool, Any]:
@@ -28,8 +31,12 @@ def _value_key(value: Any) -> tuple[bool, bool, Any]:
 
 
 def grid_values(space: Space, n_values: int) -> dict[str, list[Any]]:
-    """The values of each dimension: ``n_values`` spread values, or all of a small discrete prior."""
-    return {name: prior.grid(n_values) for name, prior in space.items()}
+    """The distinct values of each dimension: ``n_values`` spread values, or all of a small discrete prior.
+
+    Spread values can coincide: ``uniform(1.0, 1.0000000000000004)`` holds three floats, so ten
+    spread over it repeat; a repeated value made the grid suggest points it had already run.
+    """
+    return {name: list({_value_key(v): v for v in prior.grid(n_values)}.values()) for name, prior in space.items()}
 
 
 def _grid_size(space: Space, n_values: int) -> int:
@@ -37,8 +44,8 @@ def _grid_size(space: Space, n_values: int) -> int:
 
 
 def choose_n_values(space: Space, budget: int) -> int:
-    """The largest ``n_values >= 2`` whose grid has at most ``budget`` points (2 if none has)."""
-    low, high = 2, max(2, budget)
+    """The largest ``n_values`` in ``[2, MAX_N_VALUES]`` whose grid has at most ``budget`` points (else 2)."""
+    low, high = 2, min(max(2, budget), MAX_N_VALUES)
     if _grid_size(space, low) > budget:
         return low
     while low < high:  # invariant: the grid of ``low`` values fits the budget
@@ -77,7 +84,7 @@ class GridSearch(BaseAlgorithm):
             n_values = DEFAULT_N_VALUES if budget is None else choose_n_values(space, budget)
         self.n_values: int = n_values
         self._names = list(space)
-        self._values = [space[name].grid(n_values) for name in self._names]
+        self._values = list(grid_values(space, n_values).values())
         self._positions = [{_value_key(v): i for i, v in enumerate(values)} for values in self._values]
         self.size = math.prod(len(values) for values in self._values)
         self._order = self._make_order()
@@ -88,6 +95,9 @@ class GridSearch(BaseAlgorithm):
             value = options[key]
             if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < minimum):
                 raise ConfigurationError(f"grid option {key} must be an integer >= {minimum}, got {value!r}")
+        if options["n_values"] is not None and options["n_values"] > MAX_N_VALUES:
+            raise ConfigurationError(f"grid option n_values must be at most {MAX_N_VALUES:,} (values per dimension), "
+                                     f"got {options['n_values']!r}; use random search for a finer sampling")
         if not isinstance(options["shuffle"], bool):
             raise ConfigurationError(f"grid option shuffle must be True or False, got {options['shuffle']!r}")
 

@@ -29,6 +29,7 @@ import numpy as np
 
 from orchard.algorithms.base import BaseAlgorithm, Observation, SeenPoints
 from orchard.errors import ConfigurationError
+from orchard.fidelity import Fidelity
 from orchard.objectives import crowding_distance, non_dominated_sort
 from orchard.priors import LogUniform, Normal, Prior, RandInt, Uniform
 from orchard.space import Space, params_hash
@@ -210,9 +211,11 @@ class Nsga2(BaseAlgorithm):
         for name in self.space:
             prior = self.space[name]
             axis = _axis(prior)
-            if axis is None:  # categorical (or a constant such as a fidelity): one parent's, or a mutation
+            if axis is None:  # categorical (or a fidelity, always its high end): one parent's, or a mutation
                 value = a[name] if rng.random() < 0.5 else b[name]
-                child[name] = prior.sample(rng) if rng.random() < mutation else value
+                # a warm-start or inserted parent run at a lower fidelity passed it on: children were evaluated there
+                fixed = isinstance(prior, Fidelity)
+                child[name] = prior.sample(rng) if rng.random() < mutation or fixed else value
                 continue
             x, y = axis.unit(a[name]), axis.unit(b[name])
             u = _sbx(x, y, options["eta_crossover"], rng) if cross and rng.random() < 0.5 else x
@@ -237,21 +240,24 @@ class _Axis:
         return min(1.0, max(0.0, (v - low) / (high - low))) if high > low else 0.5
 
     def value(self, u: float, prior: Prior) -> Any:
+        if self.integer:  # in exact ints: through floats, a range past 2**53 gave values outside it
+            low, high = int(self.low), int(self.high)
+            return prior.cast(min(high, max(low, low + round(u * (high - low)))))
         if self.log:
             x = math.exp(math.log(self.low) + u * (math.log(self.high) - math.log(self.low)))
         else:
             x = self.low + u * (self.high - self.low)
         x = min(self.high, max(self.low, x))
-        return prior.cast(round(x) if self.integer else x)
+        return prior.cast(x)
 
 
 def _axis(prior: Prior) -> _Axis | None:
     if isinstance(prior, Uniform):
-        return _Axis(float(prior.low), float(prior.high), False, prior.discrete)
+        return _Axis(prior.low, prior.high, False, prior.discrete)
     if isinstance(prior, LogUniform):
         return _Axis(prior.low, prior.high, True, False)
     if isinstance(prior, RandInt):
-        return _Axis(float(prior.low), float(prior.high - 1), False, True)
+        return _Axis(prior.low, prior.high - 1, False, True)
     if isinstance(prior, Normal):
         return _Axis(prior.mu - 4 * prior.sigma, prior.mu + 4 * prior.sigma, False, False)
     return None

@@ -44,6 +44,7 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, ClassVar
 
@@ -67,6 +68,10 @@ INCREMENTAL = ("TPESampler", "RandomSampler")
 _REFUSED = {"CmaEsSampler": {"with_margin": "its margin state lives in trial attributes Orchard does not store",
                              "source_trials": "Optuna trials cannot be given; the sampler learns from the experiment's history"},
             "NSGAIISampler": {"constraints_func": "declare the experiment's constraints instead"}}
+#: The largest integer bound Optuna samples exactly (its integers go through floats).
+_EXACT_INTS = 2**53
+#: Bounds of a violation told to Optuna: an infeasible trial's is positive, and finite (a missing metric is ``inf``).
+_TINY_VIOLATION, _HUGE_VIOLATION = 1e-12, 1e300
 #: Optuna's suggestion retries before a duplicate is replaced by a random unseen point.
 _RETRIES = 3
 
@@ -84,17 +89,70 @@ def _distribution(optuna: Any, name: str, prior: Prior) -> Any:
     dists = optuna.distributions
     if isinstance(prior, Uniform):
         if prior.discrete:
-            return dists.IntDistribution(int(prior.low), int(prior.high))
+            return _integers(dists, name, prior, int(prior.low), int(prior.high))
         return dists.FloatDistribution(prior.low, prior.high)
     if isinstance(prior, LogUniform):
         return dists.FloatDistribution(prior.low, prior.high, log=True)
     if isinstance(prior, RandInt):
-        return dists.IntDistribution(prior.low, prior.high - 1)
+        return _integers(dists, name, prior, prior.low, prior.high - 1)
     if isinstance(prior, Choices):
         return dists.CategoricalDistribution(list(prior.values))
     if isinstance(prior, Normal):
         return dists.FloatDistribution(prior.mu - 4 * prior.sigma, prior.mu + 4 * prior.sigma)
     raise ConfigurationError(f"algorithm 'optuna' cannot map dimension {name!r} ({prior}); use another prior")
+
+
+def _integers(dists: Any, name: str, prior: Prior, low: int, high: int) -> Any:
+    """``IntDistribution(low, high)``, refused past 2**53, where Optuna's floats no longer hold every integer.
+
+    Optuna samples integers through floats: at ``randint(2**53 + 1, 2**53 + 11)`` it drew
+    2**53 and then refused its own value, failing the worker in the middle of the experiment.
+    """
+    if max(abs(low), abs(high)) > _EXACT_INTS:
+        raise ConfigurationError(
+            f"algorithm 'optuna' cannot sample dimension {name!r} ({prior}): Optuna draws integers through "
+            f"floats, exact only up to 2**53; narrow it, or use another algorithm (random, bayes, nsga2)")
+    return dists.IntDistribution(low, high)
+
+
+def _build_once(sampler: str, kwargs: Mapping[str, Any]) -> None:
+    """Build ``sampler`` with ``kwargs`` once, so a value it refuses is refused with the experiment.
+
+    The sampler is built afresh on each suggestion: ``QMCSampler(qmc_type="nope")`` or
+    ``NSGAIISampler(population_size=1)`` was stored with the experiment and failed every worker's
+    first suggestion, an experiment no joiner could run nor change. TPE checks ``gamma``,
+    ``prior_weight`` or ``n_ei_candidates`` only once its startup trials are done, so it is
+    also asked once past them, on a two-trial study (about a millisecond).
+    """
+    optuna = _optuna()
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # Optuna's experimental-feature warnings: said when the workers build it
+            getattr(optuna.samplers, sampler)(seed=0, **kwargs)
+            if sampler == "TPESampler":
+                _ask_past_startup(optuna, optuna.samplers.TPESampler(seed=0, **{**kwargs, "n_startup_trials": 0}))
+    except Exception as err:  # noqa: BLE001 -- any refusal of Optuna's sampler, named
+        raise ConfigurationError(f"algorithm 'optuna' sampler {sampler!r} refused its options {dict(kwargs)!r}: "
+                                 f"{type(err).__name__}: {err}") from None
+
+
+def _ask_past_startup(optuna: Any, sampler: Any) -> None:
+    """One suggestion of ``sampler`` on a study of two completed trials of one float dimension."""
+    x = optuna.distributions.FloatDistribution(0.0, 1.0)
+    study = optuna.create_study(sampler=sampler)
+    for value in (0.25, 0.75):
+        study.add_trial(optuna.trial.create_trial(params={"x": value}, distributions={"x": x}, value=value))
+    study.ask({"x": x})
+
+
+def _violation(observation: Observation) -> float:
+    """The trial's total constraint violation as Optuna reads it (``<= 0``: feasible; finite, as NSGA-II needs).
+
+    Told to the study as the trial's constraint, so TPE, NSGA-II and GP rank infeasible trials
+    as Optuna does with ``constraints_func``: the adapter told them as feasible, and the
+    experiment's constraints were silently ignored by the search.
+    """
+    return 0.0 if observation.feasible else min(max(observation.violation, _TINY_VIOLATION), _HUGE_VIOLATION)
 
 
 class OptunaSampler(BaseAlgorithm):
@@ -135,6 +193,7 @@ class OptunaSampler(BaseAlgorithm):
                 raise ConfigurationError(
                     f"algorithm 'optuna' sampler {sampler!r} needs the {module} package; install it with: {hint}"
                 ) from exc
+        _build_once(sampler, {k: v for k, v in merged.items() if k != "sampler"})
         return merged
 
     def __init__(self, space: Space, seed: int | None = None, **options: Any) -> None:
@@ -185,7 +244,8 @@ class OptunaSampler(BaseAlgorithm):
             self._told.add(digest)
             params = {k: v for k, v in observation.params.items() if k in self._distributions}
             self._study.add_trial(optuna.trial.create_trial(
-                params=params, distributions=self._distributions, values=list(values), system_attrs=attrs))
+                params=params, distributions=self._distributions, values=list(values), system_attrs=attrs,
+                constraints={"violation": _violation(observation)}))
         wanted = {params_hash(p): p for p in pending}
         for digest in [d for d in self._running if d not in wanted]:
             self._retire(self._running.pop(digest))
