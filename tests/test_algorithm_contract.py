@@ -83,7 +83,7 @@ def test_optuna_refuses_what_it_cannot_run() -> None:
     with pytest.raises(ConfigurationError, match="no sampler 'Tpe'"):
         make_algorithm({"optuna": {"sampler": "Tpe"}}, space)
     huge = Space.from_config({"seed": "randint(0, 4611686018427387904)"})  # Optuna drew 2**62, then refused it
-    with pytest.raises(ConfigurationError, match="cannot sample dimension 'seed' .* exact only up to 2\*\*53"):
+    with pytest.raises(ConfigurationError, match=r"cannot sample dimension 'seed' .* exact only up to 2\*\*53"):
         make_algorithm("optuna", huge)
 
 
