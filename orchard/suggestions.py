@@ -70,6 +70,9 @@ class Suggester:
         except Exception as err:  # a plugin's own failure: name it, not the objective
             raise AlgorithmError(f"algorithm {self.name!r} failed to suggest a point: {shown(err, 200)}; "
                                  f"{_CHECK_IT}") from err
+        except SystemExit as err:  # a plugin's sys.exit() ended workon with no word (Orchard's stops are not SystemExit)
+            raise AlgorithmError(f"algorithm {self.name!r} failed to suggest a point: it called "
+                                 f"sys.exit({shown(err.code, 60)}); {_CHECK_IT}") from None
         self.exhausted = False
         if not isinstance(answer, list) or not answer or not isinstance(answer[0], Mapping):
             raise AlgorithmError(f"algorithm {self.name!r} answered {shown(answer)} instead of a list of points "

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import re
+import sys
 from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar
 
@@ -177,6 +178,8 @@ class _Careless(BaseAlgorithm):
         answer = self.options["answer"]
         if answer == "raise":
             raise ValueError("plugin bug")
+        if answer == "exit":
+            sys.exit(3)  # a plugin's own command-line habit: it ended workon with no message
         return {"outside": [{"x": 5.0}], "missing": [{}], "empty": [], "none": None,
                 "same": [{"x": 0.5}]}[answer]  # type: ignore[return-value]
 
@@ -188,7 +191,8 @@ class _Careless(BaseAlgorithm):
     ("empty", "answered [] instead of a list of points"),
     ("none", "answered None instead of a list of points"),
     ("same", "suggested 20 points in a row that the experiment already holds (the last: {'x': 0.5})"),
-], ids=["raise", "outside", "missing", "empty", "none", "same"])
+    ("exit", "failed to suggest a point: it called sys.exit(3)"),
+], ids=["raise", "outside", "missing", "empty", "none", "same", "exit"])
 def test_an_algorithm_breaking_its_contract_stops_the_worker_with_one_line(monkeypatch, answer: str,
                                                                           words: str) -> None:
     monkeypatch.setitem(ALGORITHMS, "careless", lambda: _Careless)
@@ -222,9 +226,16 @@ class _Unbuildable(_Careless):
         raise RuntimeError("init boom")
 
 
-def test_an_algorithm_that_cannot_be_built_is_named(monkeypatch) -> None:
-    monkeypatch.setitem(ALGORITHMS, "unbuildable", lambda: _Unbuildable)
-    with pytest.raises(ConfigurationError, match="algorithm 'unbuildable' .* could not be built .*init boom"):
+class _Exiting(_Careless):
+    def __init__(self, space: Any, seed: int | None = None, **options: Any) -> None:
+        sys.exit("no GPU found")  # ended the caller's program with no word from Orchard
+
+
+@pytest.mark.parametrize("plugin, words", [(_Unbuildable, "RuntimeError: init boom"),
+                                           (_Exiting, "SystemExit: no GPU found")], ids=["raise", "exit"])
+def test_an_algorithm_that_cannot_be_built_is_named(monkeypatch, plugin: type, words: str) -> None:
+    monkeypatch.setitem(ALGORITHMS, "unbuildable", lambda: plugin)
+    with pytest.raises(ConfigurationError, match=f"algorithm 'unbuildable' .* could not be built .*{words}"):
         orchard.build_experiment("unbuildable", space=SPACE, algorithm="unbuildable", storage="memory://")
 
 

@@ -218,7 +218,7 @@ def _plugin_step(cls: type[BaseAlgorithm], name: str, what: str) -> Iterator[Non
         yield
     except OrchardError:
         raise
-    except Exception as err:  # a plugin's code: name it rather than surface a bare traceback
+    except (Exception, SystemExit) as err:  # a plugin's code (sys.exit too): name it rather than end silently
         raise ConfigurationError(f"algorithm {name!r} ({cls.__module__}.{cls.__qualname__}) could not {what}: "
                                  f"{type(err).__name__}: {err}") from err
 
