@@ -60,6 +60,7 @@ class Feasibility:
 
     violation: float
     reasons: tuple[str, ...] = ()
+    missing: tuple[str, ...] = ()  # metrics a constraint names that the trial did not report
 
     @property
     def feasible(self) -> bool:
@@ -111,11 +112,12 @@ def feasibility(results: Mapping[str, Any], constraints: Sequence[str] | None) -
     Returns:
         The total violation; a missing or non-numeric metric counts as ``inf``.
     """
-    total, reasons = 0.0, []
+    total, reasons, missing = 0.0, [], []
     for constraint in map(parse_constraint, constraints or ()):
         value = finite_number(results.get(constraint.metric))
         if value is None:
             total = math.inf
+            missing.append(constraint.metric)
             reasons.append(f"the trial did not report metric {constraint.metric!r} named by "
                            f"constraint '{constraint}'")
             continue
@@ -133,4 +135,4 @@ def feasibility(results: Mapping[str, Any], constraints: Sequence[str] | None) -
             elif value > 0:
                 total += value
                 reasons.append(f"reported constraints[{k}]={value:g} > 0")
-    return Feasibility(total, tuple(reasons))
+    return Feasibility(total, tuple(reasons), tuple(missing))

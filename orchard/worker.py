@@ -161,6 +161,7 @@ class Worker:
         self.pacemaker = Pacemaker(self.storage.storage, self.name, settings.heartbeat,
                                    on_lost=self.evaluation.cancel, on_doubt=self.evaluation.hold, clock=clock)
         self._leases = LeaseObserver(settings.stale_after, clock=clock.monotonic)
+        self._unreported: set[str] = set()  # constraint metrics found missing from a trial's results (warned once)
         # the last outage the lease watches were restarted for: (recovered_at, failed_at)
         self._outage_seen: tuple[float | None, float | None] = (None, None)
         self._stop = stop
@@ -447,7 +448,11 @@ class Worker:
         if outcome.ok and self.settings.constraints:
             standing = feasibility(outcome.results, self.settings.constraints)
             if not standing.feasible:  # kept and shown, never on the front
-                log.info("trial %s is infeasible: %s", trial_id, "; ".join(standing.reasons))
+                unreported = set(standing.missing) - self._unreported  # a mistake, not a finding: said once
+                self._unreported |= unreported
+                log.log(logging.WARNING if unreported else logging.INFO, "trial %s is infeasible: %s%s", trial_id,
+                        "; ".join(standing.reasons), " (constraints read the results the objective returns, "
+                        "not its params: return each metric a constraint names)" if unreported else "")
         if outcome.pruned is not None and trial_id not in self.judge.reported:
             return Outcome.failure(
                 "TrialPruned", "the objective raised TrialPruned before reporting any value; call "

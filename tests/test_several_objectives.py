@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import math
 
 import pytest
@@ -100,6 +101,19 @@ def test_constraint_on_single_objective_keeps_infeasible_trials_but_never_return
     best = exp.best_trial
     assert best is not None and best.results["x"] >= 0.5
     assert best.objective == min(t.objective for t in exp.fetch_trials() if t.results["x"] >= 0.5)
+
+
+def test_a_constraint_on_a_metric_never_returned_is_a_warning_once_per_worker(store, caplog) -> None:
+    """``constraints=["x >= 0.5"]`` on a dimension the objective does not return made every trial infeasible,
+    said only at INFO level: the experiment then had no best trial and nobody was told why."""
+    exp = build(store, constraints=["x >= 0.5"], max_trials=4, seed=4)
+    with caplog.at_level(logging.INFO, logger="orchard.worker"):
+        exp.workon(lambda x, y: x, executor="single", progress=False)
+    infeasible = [r for r in caplog.records if "is infeasible" in r.getMessage()]
+    assert [r.levelno for r in infeasible] == [logging.WARNING] + [logging.INFO] * 3
+    assert "did not report metric 'x'" in infeasible[0].getMessage()
+    assert "return each metric a constraint names" in infeasible[0].getMessage()
+    assert exp.best_trial is None
 
 
 @pytest.mark.parametrize(("fn", "words"), [(misses_f2, "'f2' is missing"), (nan_f2, "'f2' is nan")])
