@@ -610,7 +610,7 @@ def test_db_release_sets_a_reserved_trial_back(workdir: Path, capsys: pytest.Cap
     assert "is interrupted, not reserved" in line and "reservation" not in line
 
 
-@pytest.mark.parametrize("storage", ["orchard.pkl", "mongomock://dbtest"])
+@pytest.mark.parametrize("storage", ["orchard.pkl", "mongomock://dbtest", "new/runs/orchard.pkl"])
 def test_db_test_checks_and_cleans_up(
     workdir: Path, capsys: pytest.CaptureFixture[str], storage: str
 ) -> None:
@@ -620,6 +620,7 @@ def test_db_test_checks_and_cleans_up(
         assert step in out
     if storage.endswith(".pkl"):
         assert not (workdir / storage).exists(), "db test should remove the file it created"
+        assert sorted(p.name for p in workdir.iterdir() if p.name != "train.py") == [], "nor leave its lock or folders"
     assert orchard.get_storage(storage).list_experiments() == []
 
 

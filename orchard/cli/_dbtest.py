@@ -59,6 +59,7 @@ def check_storage(open_storage: Callable[[], BaseStorage]) -> Iterator[str]:
     uri = storage.redacted_uri
     path = getattr(storage, "path", None)  # a file-based storage: remove it again if the test creates it
     fresh_file = path if isinstance(path, str) and not os.path.exists(path) else None
+    fresh_dirs = _missing_folders(os.path.dirname(os.path.abspath(fresh_file))) if fresh_file else []
     with _Step("connect", uri) as step:
         count = len(storage.list_experiments())
         step.detail = f"{count} experiment(s) found"
@@ -84,9 +85,24 @@ def check_storage(open_storage: Callable[[], BaseStorage]) -> Iterator[str]:
                     for leftover in (fresh_file, f"{fresh_file}.lock"):
                         with contextlib.suppress(FileNotFoundError):
                             os.remove(leftover)
+                    for folder in fresh_dirs:  # deepest first; one something else was put in meanwhile stays
+                        with contextlib.suppress(OSError):
+                            os.rmdir(folder)
                     step.detail += f" and the file {fresh_file} it created"
     yield step.line
     yield "all checks passed"
+
+
+def _missing_folders(folder: str) -> list[str]:
+    """The folders of ``folder``'s path that do not exist yet, deepest first (the test's file would make them)."""
+    missing = []
+    while folder and not os.path.exists(folder):
+        missing.append(folder)
+        parent = os.path.dirname(folder)
+        if parent == folder:
+            break
+        folder = parent
+    return missing
 
 
 def _races(storage: BaseStorage, experiment_id: str, uri: str) -> Iterator[str]:
