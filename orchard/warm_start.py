@@ -297,7 +297,7 @@ def _gather(space: Space, stored: Sequence[Mapping[str, Any]] | None, own: BaseS
             raise ConfigurationError(scoring)
         fill = {name: space[name].cast(value) for name, value in source.fill.items()}
         dropped: dict[str, int] = {}
-        fitting = [m for t in trials if (m := _mapped(t, space, fill, dropped)) is not None]
+        fitting = [m for t in trials if (m := _mapped(t, space, fill, dropped)) is not None and _scored(t, objectives)]
         if strict and trials and not fitting:
             outside = "; ".join(f"{name}: {n} value(s) outside {space[name]}" for name, n in sorted(dropped.items()))
             raise ConfigurationError(
@@ -337,6 +337,11 @@ def prior_trials(space: Space, stored: Sequence[Mapping[str, Any]] | None, own: 
     return _gather(space, stored, own, strict=False)[0] if stored else []
 
 
-def source_uses(space: Space, stored: Sequence[Mapping[str, Any]] | None, own: BaseStorage) -> list[SourceUse]:
-    """What each source gives now (for ``orchard info``); ``[]`` without sources."""
-    return _gather(space, stored, own, strict=False)[1] if stored else []
+def source_uses(space: Space, stored: Sequence[Mapping[str, Any]] | None, own: BaseStorage,
+                objectives: Mapping[str, str] | None = None) -> list[SourceUse]:
+    """What each source gives now (for ``orchard info``); ``[]`` without sources.
+
+    With the experiment's ``objectives``, only trials that recorded each of them count (the others
+    tell the search nothing: :class:`~orchard.history.History` leaves them out).
+    """
+    return _gather(space, stored, own, strict=False, objectives=objectives)[1] if stored else []

@@ -11,6 +11,7 @@ stored. The last test runs two real ``orchard hunt`` processes on one pickle fil
 
 from __future__ import annotations
 
+import itertools
 import math
 import os
 import statistics
@@ -225,6 +226,24 @@ def test_a_source_is_told_with_this_experiments_objectives(store: str) -> None:
                     evaluate=lambda trial: None)  # type: ignore[arg-type, return-value]
     told = sorted((o.params["x"], o.objective, o.values) for o in worker.history.observations)
     assert told == sorted((t.params["x"], t.params["x"], (t.params["x"],)) for t in old.fetch_trials())
+
+
+def test_info_counts_only_the_source_trials_that_recorded_the_objectives(
+    store: str, capsys: pytest.CaptureFixture[str],
+) -> None:
+    """info said "4 of 4" for a source whose trials half lacked the objective: the search is told only 2."""
+    old = orchard.build_experiment("old", space=BRANIN_SPACE, max_trials=4, storage=store)
+    calls = itertools.count()
+    old.workon(lambda x, y: {"objective": x, **({"acc": x} if next(calls) % 2 else {})}, progress=False)
+    scored = sum("acc" in t.results for t in old.fetch_trials())
+    assert scored == 2
+    new = orchard.build_experiment("new", space=BRANIN_SPACE, storage=store, objectives={"acc": "max"},
+                                   warm_start=["old"])
+    worker = Worker(new.storage, new.id, WorkerSettings.for_experiment(new.settings),
+                    evaluate=lambda trial: None)  # type: ignore[arg-type, return-value]
+    assert len(worker.history.observations) == scored
+    assert main(["info", "-n", "new", "--storage", store]) == 0
+    assert f"old ({scored} of 4 completed trials)" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize(("objectives", "culprit"), [

@@ -356,7 +356,8 @@ def _warm_start(experiment: Experiment) -> list[dict[str, Any]] | None:
 
     if not experiment.settings.warm_start:
         return None
-    uses = source_uses(experiment.space, experiment.settings.warm_start, experiment.storage)
+    uses = source_uses(experiment.space, experiment.settings.warm_start, experiment.storage,
+                       experiment.settings.objectives)
     return [dataclasses.asdict(use) for use in uses]
 
 
