@@ -312,6 +312,11 @@ class Interrupted(KeyboardInterrupt):
         self.kept = list(kept)
         self.unstopped = unstopped
 
+    @classmethod
+    def of(cls, interruption: KeyboardInterrupt) -> Interrupted:
+        """``interruption`` itself if it is an :class:`Interrupted`, else one for it (a plain Ctrl-C)."""
+        return interruption if isinstance(interruption, Interrupted) else cls()
+
     def joined(self, others: Iterable[BaseException | None], unstopped: int = 0) -> Interrupted:
         """This interruption together with what other workers it stopped reported."""
         released, kept = list(self.released), list(self.kept)

@@ -232,7 +232,7 @@ def stop_workers(interruption: KeyboardInterrupt, futures: Sequence[Future[Any]]
         The interruption to raise: what every stopped worker released, and how many
         did not stop in time. Loops not started yet are cancelled.
     """
-    first = interruption if isinstance(interruption, Interrupted) else Interrupted()
+    first = Interrupted.of(interruption)
     for future in futures:
         future.cancel()  # a loop that has not started yet never will
     deadline = time.monotonic() + timeout

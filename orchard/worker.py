@@ -195,7 +195,7 @@ class Worker:
             with self.evaluation.running(trial), judging(self.judge, trial.id):
                 outcome = self.evaluate(trial)
         except KeyboardInterrupt as err:
-            interruption = self._given_back(trial, err if isinstance(err, Interrupted) else Interrupted())
+            interruption = self._given_back(trial, Interrupted.of(err))
             if interruption is err:
                 raise
             raise interruption.with_traceback(err.__traceback__) from None

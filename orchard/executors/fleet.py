@@ -121,8 +121,8 @@ class Fleet:
         for task, future in zip(self.tasks, self._futures):
             if future in running and future.cancel() and task.token not in threads:
                 self._unreached.add(task.token)  # it may run on, holding its trial: its lease runs out
-        first = interruption if isinstance(interruption, Interrupted) else Interrupted()
-        return first.joined([reported(future.exception()) for future in done if not future.cancelled()])
+        return Interrupted.of(interruption).joined(
+            [reported(future.exception()) for future in done if not future.cancelled()])
 
     def __enter__(self) -> Fleet:
         self._exits.enter_context(self._stop.covering(task.token for task in self.tasks))

@@ -135,7 +135,7 @@ def _given_back(worker: Worker, interruption: KeyboardInterrupt) -> Interrupted:
     it) is given back now, not taken back when its lease runs out as a lost attempt.
     One read, without the outage retries: a failing storage leaves it to the lease.
     """
-    stopped = interruption if isinstance(interruption, Interrupted) else Interrupted()
+    stopped = Interrupted.of(interruption)
     storage = worker.storage.storage
     done = {*stopped.released, *stopped.kept}
     try:
