@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
+import os
 import re
 import sys
 from pathlib import Path
@@ -370,6 +371,17 @@ def test_an_output_that_cannot_be_a_file_is_one_line_and_keeps_what_is_there(tmp
         with pytest.raises(ConfigurationError, match=re.escape(expected)):
             plotting.check_output(path)
     assert sorted(p.name for p in tmp_path.rglob("*")) == ["keep", "notes.txt", "old.html"]
+
+
+def test_a_plot_is_never_written_through_a_link_planted_at_its_temporary_name(tmp_path: Path) -> None:
+    """The temporary name was '.orchard-plot.PID.N.tmp.html', known in advance: a symbolic link planted
+    there by whoever can write the folder made the plot overwrite the link's target."""
+    victim = tmp_path / "victim.txt"
+    victim.write_text("keep me")
+    for n in range(64):  # this process's next temporary names, as they were
+        (tmp_path / f".orchard-plot.{os.getpid()}.{n}.tmp.html").symlink_to(victim)
+    out = plotting.save(plotting.regret([], "exp"), tmp_path / "plot.html")
+    assert victim.read_text() == "keep me" and out.read_text().lstrip().startswith("<")
 
 
 def test_a_name_near_the_longest_is_written_though_a_longer_temporary_name_would_not_fit(tmp_path: Path) -> None:

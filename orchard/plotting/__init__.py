@@ -25,8 +25,8 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import itertools
 import os
+import tempfile
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
@@ -189,9 +189,13 @@ def save(figure: Figure, path: str | os.PathLike[str]) -> Path:
     """
     out = check_output(path)
     render = FORMATS[out.suffix.lower()]
-    # a short name of its own: out's name plus a mark could pass the longest name the file system takes
-    tmp = out.with_name(f".orchard-plot.{os.getpid()}.{next(_SAVES)}.tmp{out.suffix}")
+    # a short name of its own (out's name plus a mark could pass the longest name the file system takes),
+    # unpredictable and created exclusively: a link planted at a name known in advance is never written through
+    tmp: Path | None = None
     try:
+        fd, name = tempfile.mkstemp(dir=out.parent, prefix=".orchard-plot.", suffix=f".tmp{out.suffix}")
+        os.close(fd)
+        tmp = Path(name)
         render(figure, tmp)
         os.replace(tmp, out)
     except OSError as err:
@@ -199,12 +203,10 @@ def save(figure: Figure, path: str | os.PathLike[str]) -> Path:
             f"cannot write plot {str(out)!r}: {err.strerror or err}; check that the folder is writable"
         ) from err
     finally:
-        with contextlib.suppress(OSError):  # the error above is the one to tell
-            tmp.unlink(missing_ok=True)
+        if tmp is not None:
+            with contextlib.suppress(OSError):  # the error above is the one to tell
+                tmp.unlink(missing_ok=True)
     return out
-
-
-_SAVES = itertools.count()
 
 
 #: Output suffix -> the function that draws a figure into such a file.
