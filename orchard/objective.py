@@ -285,18 +285,19 @@ def _unstorable(results: Mapping[str, Any]) -> str | None:
     storage would refuse (or every worker would read at great cost) breaks the trial here,
     before the write, the same on every storage, instead of failing the write.
     """
-    size = 0
+    sizes: dict[str, int] = {}  # bytes of each result's JSON
     for key, item in results.items():
         beyond = _beyond_storage(item, 1)  # the results dict is the first level
         if beyond is not None:
             return f"result {key!r} cannot be stored: it holds {beyond}; {_STORABLE}"
         try:
-            size += len(key) + len(json.dumps(item))
+            sizes[key] = len(json.dumps(item))
         except (TypeError, ValueError) as err:
             return (f"result {key!r} cannot be stored: {type(item).__name__} {shown(item, 60)} is not JSON data "
                     f"({err}); return numbers, strings, lists or dicts")
+    size = sum(sizes.values()) + sum(map(len, sizes))
     if size > MAX_RESULTS_BYTES:
-        largest = max(results, key=lambda name: len(json.dumps(results[name])))
+        largest = max(sizes, key=sizes.__getitem__)
         return (f"the results take {format_bytes(size)} as JSON (the largest is {largest!r}), more than the "
                 f"{format_bytes(MAX_RESULTS_BYTES)} a trial may hold: every worker reads every trial's results. "
                 "Return summary numbers, and save arrays and curves to files (e.g. in the trial's working_dir)")
