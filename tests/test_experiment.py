@@ -244,6 +244,39 @@ def test_ctrl_c_stops_thread_workers_after_their_running_evaluations(store) -> N
     assert "not stopped" not in str(caught.value), caught.value
 
 
+def test_ctrl_c_delivered_to_another_thread_stops_workon_promptly(store) -> None:
+    """The kernel gives a process's SIGINT to any thread not blocking it (the main thread, unless it has a
+    signal pending); Python runs the handler in the main thread only when that thread wakes. workon's
+    wait for its loops did not wake: a Ctrl-C that landed on another thread waited for the whole budget."""
+    import os
+    import signal
+    import threading
+    import time
+
+    started = threading.Event()
+
+    def objective(x: float, y: float = 0.0) -> float:
+        started.set()
+        time.sleep(0.2)
+        return x
+
+    def press_ctrl_c() -> None:  # started before the main thread blocks SIGINT: the kernel delivers it here
+        started.wait(30)
+        os.kill(os.getpid(), signal.SIGINT)
+
+    exp = build(store, max_trials=60)  # 6 s of trials for 2 threads
+    threading.Thread(target=press_ctrl_c, daemon=True).start()
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})  # the main thread, and the pool's threads, block it
+    begun = time.monotonic()
+    try:
+        with pytest.raises(orchard.errors.Interrupted):
+            exp.workon(objective, n_workers=2, executor="thread", progress=False)
+    finally:
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+    assert time.monotonic() - begun < 3, "workon waited for the thread workers to run the whole budget"
+    assert not [t for t in exp.fetch_trials() if t.status is TrialStatus.RESERVED]
+
+
 @pytest.mark.parametrize("end", ["return", "raise"])
 def test_trials_suggested_and_never_observed_go_back_when_the_script_ends(tmp_path, end: str) -> None:
     """A script or notebook that ends after suggest() leaves nothing reserved and no attempt spent."""

@@ -50,6 +50,9 @@ __all__ = ["Fleet"]
 
 log = logging.getLogger(__name__)
 
+#: Seconds between two wake-ups of the thread waiting for the loops (so that it handles a signal).
+_WAKE = 0.5
+
 
 class Fleet:
     """Runs one worker loop per task and, on leaving its block, gives back what ended loops hold.
@@ -99,6 +102,10 @@ class Fleet:
             with deferred() if isinstance(pool, ProcessPoolExecutor) else contextlib.nullcontext():
                 for task in self.tasks:
                     self._futures.append(pool.submit(run_worker, task))
+            # woken every _WAKE seconds: Python runs a signal's handler in this thread only, and a Ctrl-C the
+            # kernel delivered to another thread would otherwise wait for the first loop to end
+            while concurrent.futures.wait(self._futures, _WAKE).not_done:
+                pass
             return [reported(future.exception()) for future in self._futures]
         except KeyboardInterrupt as interruption:
             self._stop.set()
