@@ -154,8 +154,25 @@ class History:
                            pruned=trial.status is TrialStatus.PRUNED)
 
     def pending(self, extra: list[dict[str, Any]] | None = None) -> list[dict[str, Any]]:
-        """Params being, or about to be, evaluated by anyone (plus ``extra``)."""
-        return Pending(self._pending.values(), extra or (), self.seen)  # the first ones: in seen
+        """Params being, or about to be, evaluated by anyone (plus ``extra``), with :meth:`completes_after`."""
+        return Pending(self._pending.values(), extra or (), self.seen, self.completes_after())  # first ones: in seen
+
+    def completes_after(self) -> float:
+        """A time before which no completion this view lacks was recorded (``inf``: none will be).
+
+        A storage that stamps in order (:attr:`BaseStorage.stamps_in_order`) shows
+        every completion recorded before one it shows. Otherwise the bound is the
+        oldest heartbeat of the trials this view holds reserved: a trial's end time
+        is stamped by its worker after its last heartbeat; a trial reserved later is
+        stamped after this view was read, so after every end time it shows (with
+        clocks that agree: a node whose clock is behind can still complete a trial
+        reserved after this read earlier than its view shows). A reservation stamped
+        by no worker (another program's write) bounds nothing.
+        """
+        if self._storage.stamps_in_order:
+            return math.inf
+        stamps = [t.heartbeat if t.heartbeat is not None else t.start_time for t in self.reserved()]
+        return min((stamp for stamp in stamps if stamp is not None), default=math.inf)
 
     def reserved(self) -> list[Trial]:
         """The trials reserved right now, as last seen (costs the pending trials, not the history)."""

@@ -7,7 +7,9 @@
 * ``workon`` with 4 loky processes breeds NSGA-II children: each evaluation
   recomputes, inside its worker process and from that worker's own read of the
   storage, the parent population after every complete generation, and every
-  process finds the same populations as the stored history gives at the end.
+  process finds the same populations as the stored history gives at the end
+  (on MongoDB, where a completion can show up after a later-stamped one, this
+  holds because nsga2 reads only the settled completions).
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ import pytest
 
 import orchard
 from orchard.algorithms._nsga2 import generations, survivors
+from orchard.algorithms.base import BaseAlgorithm
 from orchard.history import History
 from orchard.objectives import dominates, minimized
 from orchard.pruners import Verdict, make_pruner
@@ -105,7 +108,8 @@ def population_digests(uri: str, name: str) -> list[str]:
     history = History(exp.storage, exp.id, exp.settings.objectives, exp.settings.constraints)
     history.refresh()
     digests, current = [], []
-    for g, generation in enumerate(generations(history.observations, POPULATION)):
+    settled = BaseAlgorithm.settled(history.observations, history.pending())  # what nsga2 reads
+    for g, generation in enumerate(generations(settled, POPULATION)):
         current = survivors(current + generation, POPULATION) if g else generation
         digests.append(hashlib.sha256(json.dumps([params_hash(m.params) for m in current]).encode()).hexdigest())
     return digests

@@ -129,3 +129,74 @@ def test_children_of_a_huge_integer_range_stay_inside_it() -> None:
     algorithm = make_algorithm({"nsga2": {"population_size": 4, "mutation_prob": 1.0}}, space, seed=3)
     for child in algorithm.suggest(completed, [], n=30):
         space.validate(child)
+
+
+def test_a_generation_not_yet_settled_changes_no_child() -> None:
+    """Children of a history whose second generation ended after ``completes_after`` come from generation 0:
+    whatever that generation holds, so a view that lacks one of its members breeds as the final history does."""
+    from orchard.algorithms.base import Pending
+
+    first, later, other = history(4, seed=1), history(4, seed=2), history(4, seed=3)
+    later = [observe(o.params, 10.0 + i) for i, o in enumerate(later)]
+    other = [observe(o.params, 10.0 + i) for i, o in enumerate(other)]
+
+    def children(completed: list[Observation], bound: float) -> list[dict[str, Any]]:
+        pending = Pending([], [], SeenPoints(), completes_after=bound)
+        return make_algorithm({"nsga2": {"population_size": 4}}, SPACE, seed=5).suggest(completed, pending, n=3)
+
+    settled_first = children([*first, *later], bound=10.0)
+    assert settled_first == children([*first, *other], bound=10.0)  # generation 1 is not a parent population yet
+    assert children([*first, *later], bound=math.inf) != children([*first, *other], bound=math.inf)
+    assert make_algorithm({"nsga2": {"population_size": 4}}, SPACE, seed=5).suggest(
+        [*first, *later], [], n=3) == children([*first, *later], bound=math.inf)  # a plain list bounds nothing
+
+
+def test_a_completion_shown_after_a_later_stamped_one_never_reorders_what_nsga2_reads() -> None:
+    """Worker A stamps its completion at t=3 but its write lands after B's, stamped t=4 (MongoDB: clients
+    stamp before the server orders). A view read in between must not put B where A ends up."""
+    from orchard.algorithms.base import BaseAlgorithm
+    from orchard.history import History
+    from orchard.storages import get_storage
+    from tests.conftest import backend_uri
+
+    storage = get_storage(backend_uri("mongomock", None, None))  # type: ignore[arg-type]
+    clock = [1.0]
+    storage.now = lambda: clock[0]  # type: ignore[method-assign]
+    exp = storage.create_experiment("e", {"space": SPACE.config()})
+    point = history(2)
+    a = storage.register_trial(exp, point[0].params, worker="A")
+    clock[0] = 2.0
+    b = storage.register_trial(exp, point[1].params, worker="B")
+    view = History(storage, exp)
+
+    def settled_order() -> list[str]:
+        view.refresh()
+        ordered = sorted(BaseAlgorithm.settled(view.observations, view.pending()), key=lambda o: o.end_time or 0)
+        return [params_hash(o.params) for o in ordered]
+
+    clock[0] = 4.0
+    storage.complete_trial(b.id, "B", 1.0)  # B's completion, stamped t=4, is visible first
+    shown_first = settled_order()
+    assert view.completes_after() == 1.0  # A's last heartbeat: A's end cannot be stamped before it
+    clock[0] = 3.0  # stamped before B's by A's worker, written after it
+    storage.complete_trial(a.id, "A", 2.0)
+    final = settled_order()
+    assert final == [params_hash(point[0].params), params_hash(point[1].params)]
+    assert shown_first == final[:len(shown_first)] == []
+    storage.close()
+
+
+def test_a_storage_that_stamps_under_its_lock_settles_every_completion_at_once(tmp_path: Any) -> None:
+    from orchard.history import History
+    from orchard.storages import get_storage
+
+    storage = get_storage(str(tmp_path / "db.pkl"))
+    exp = storage.create_experiment("e", {"space": SPACE.config()})
+    point = history(2)
+    storage.register_trial(exp, point[0].params, worker="A")
+    b = storage.register_trial(exp, point[1].params, worker="B")
+    storage.complete_trial(b.id, "B", 1.0)
+    view = History(storage, exp)
+    view.refresh()
+    assert view.completes_after() == math.inf and len(view.observations) == 1
+    storage.close()

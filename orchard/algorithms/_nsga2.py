@@ -9,6 +9,11 @@ rank, crowding distance): NSGA-II's elitist survival. Trials of the
 generation still filling are not parents yet. Because this depends only on
 the completed trials, every worker computes the same population from the
 same history; each child then comes from the worker's own seeded stream.
+Only settled completions count (:meth:`BaseAlgorithm.settled`): where a
+completion can become visible after a later-stamped one (MongoDB), a
+generation waits until every trial that could still end before its last
+member has completed, so a worker's generations are always those of the
+final history, never a neighbour's members in a late member's place.
 
 A child: two parents by binary tournament on (rank, crowding), simulated
 binary crossover (SBX) and polynomial mutation on the unit-scaled space
@@ -177,7 +182,7 @@ class Nsga2(BaseAlgorithm):
         taken = self.seen_points(completed, pending, seen)
         self.check_unseen_left(taken)
         rng = self.rng(completed, pending)
-        parents = population(completed, self.options["population_size"], self._memo)
+        parents = population(self.settled(completed, pending), self.options["population_size"], self._memo)
         keys = _ranked(parents)
         suggestions: list[dict[str, Any]] = []
         for _ in range(n):

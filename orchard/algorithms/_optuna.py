@@ -286,7 +286,7 @@ class OptunaSampler(BaseAlgorithm):
                 f"algorithm 'optuna' sampler 'CmaEsSampler' optimizes one objective; this experiment has {several}: "
                 "use NSGAIISampler or TPESampler")
         rng = self.rng(completed, pending)
-        if cmaes.fold(completed):
+        if cmaes.fold(self.settled(completed, pending)):
             return cmaes.drawer(rng)
         return lambda: self.space.sample(rng)
 

@@ -5,7 +5,8 @@ attributes of the trials it suggested; Orchard stores no such attributes, so
 a worker rebuilds the distribution from what every worker sees, the completed
 trials:
 
-* they are put in completion order (recorded end time, then the params' hash);
+* the settled ones (:meth:`~orchard.algorithms.base.BaseAlgorithm.settled`) are put
+  in completion order (recorded end time, then the params' hash);
 * the first ``n_startup_trials`` (Optuna's default 1) are drawn at random, as in
   Optuna, and not told;
 * the rest form the generations: with population size ``λ`` (Optuna's default

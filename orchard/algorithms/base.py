@@ -121,13 +121,18 @@ class Pending(list[dict[str, Any]]):
     :meth:`BaseAlgorithm.seen_points` then adds only the others to its overlay of
     ``seen_by``: with hundreds of workers, hashing every pending point on every
     suggestion would cost as much as the rest of the worker's loop.
+
+    ``completes_after`` bounds the ``end_time`` of every completion not yet in the
+    caller's view: none will be recorded earlier (see :meth:`BaseAlgorithm.settled`).
     """
 
-    def __init__(self, known: Iterable[dict[str, Any]], extra: Iterable[dict[str, Any]], seen_by: SeenPoints) -> None:
+    def __init__(self, known: Iterable[dict[str, Any]], extra: Iterable[dict[str, Any]], seen_by: SeenPoints,
+                 completes_after: float = math.inf) -> None:
         super().__init__(known)
         self.known = len(self)
         self.extend(extra)
         self.seen_by = seen_by
+        self.completes_after = completes_after
 
 
 class BaseAlgorithm(Configurable, abc.ABC):
@@ -222,6 +227,25 @@ class BaseAlgorithm(Configurable, abc.ABC):
             fresh = pending[pending.known:] if isinstance(pending, Pending) and pending.seen_by is seen else pending
             return SeenPoints(fresh, base=seen)
         return SeenPoints([*(o.params for o in completed), *pending])
+
+    @staticmethod
+    def settled(completed: Sequence[Observation], pending: Sequence[Mapping[str, Any]]) -> list[Observation]:
+        """The completed observations whose place in the completion order (by ``end_time``) is final.
+
+        Where a storage's clients stamp their writes before the storage orders them
+        (MongoDB), a completion can become visible after one recorded later: a view
+        that holds the later one only would put the earlier one's successors in its
+        place. A completion is settled when it ended before ``pending.completes_after``
+        (:class:`Pending`): no completion still unseen can then come before it, so
+        the settled observations in completion order only ever grow at their end.
+        Algorithms that cut the completion order into generations (``nsga2``,
+        CMA-ES) read only these, so every worker's generations are those of the
+        final history. A plain ``pending`` sequence bounds nothing: everything is settled.
+        """
+        bound = pending.completes_after if isinstance(pending, Pending) else math.inf
+        if bound == math.inf:
+            return list(completed)
+        return [o for o in completed if o.end_time is not None and o.end_time < bound]
 
     def rng(self, completed: Sequence[Any], pending: Sequence[Any]) -> np.random.Generator:
         """A generator derived from the seed and the history size (see the class docstring)."""

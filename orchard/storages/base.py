@@ -81,6 +81,11 @@ class BaseStorage(abc.ABC):
 
     #: The URI this storage was opened with (credentials included; never print it).
     uri: str
+    #: Whether trials become visible in the order of the times they are stamped with: true
+    #: where every write is stamped while the storage serializes writes (one lock), false where
+    #: clients stamp a write before the storage orders it (MongoDB). A reader of the latter can
+    #: see a completion before an earlier-stamped one (:meth:`History.completes_after`).
+    stamps_in_order: bool = True
 
     # -- experiments -----------------------------------------------------------
 

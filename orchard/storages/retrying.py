@@ -79,6 +79,7 @@ class RetryingStorage(BaseStorage):
                  sleep: Callable[[float], None] = time.sleep) -> None:
         self.storage = storage
         self.uri = storage.uri
+        self.stamps_in_order = storage.stamps_in_order
         self.patience = patience
         self._clock, self._sleep = clock, sleep
         self._answered = False

@@ -19,7 +19,7 @@ marks the trial broken. Details in :mod:`orchard.storages.mongodb.slots`.
 
 **Change feed.** Every write has the server stamp ``mtime`` and increments
 ``version``; :mod:`orchard.storages.mongodb.changes` reads by that stamp, so no
-client clock orders anything.
+client clock orders the feed. Trial times are the clients' (``stamps_in_order``).
 
 **Lost leases.** :meth:`MongoStorage.release_lost` takes a trial back only if
 it still holds the exact worker and heartbeat value an observer saw
@@ -64,8 +64,7 @@ __all__ = ["MongoStorage"]
 
 log = logging.getLogger(__name__)
 
-_AFTER = ReturnDocument.AFTER
-_translated = client.translated
+_AFTER, _translated = ReturnDocument.AFTER, client.translated
 
 
 def _expected(trial_id: str, change: transitions.Change) -> dict[str, Any]:
@@ -119,6 +118,8 @@ class MongoStorage(BaseStorage):
     Raises:
         ConfigurationError: the URI is malformed.
     """
+
+    stamps_in_order = False  # each client stamps a trial's times before the server orders its write
 
     def __init__(self, uri: str, *, change_margin: float = 5.0, check_interval: float = 10.0) -> None:
         self.uri = client.name_anonymous_mock(uri)
