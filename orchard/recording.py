@@ -8,7 +8,9 @@ algorithm sees it as evidence like any completed trial; it holds no unit of
 buys 50 evaluations. Everything is checked before the one storage write
 (:meth:`~orchard.storages.base.BaseStorage.record_trial`): the params against
 the space, the objective (or each of several objectives) a finite number, the
-results storable; bad input stores nothing.
+results storable; bad input stores nothing. With stopping rules, the
+evaluation is folded into the stopping ledger before it is stored (see
+:mod:`orchard.stopping`): one that reaches ``target`` stops the experiment.
 
 The budget used is ``completed + pruned`` minus the trials recorded apart from
 it (:func:`budget_used`); every caller that judges "is the budget met" reads it here.
@@ -17,12 +19,15 @@ it (:func:`budget_used`); every caller that judges "is the budget met" reads it 
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Mapping
 from typing import Any
 
 from orchard.errors import ConfigurationError
 from orchard.experiment_config import ExperimentConfig
 from orchard.objective import Outcome, interpret_result, with_objectives
+from orchard.space import trial_id
+from orchard.stopping import StopGate, StopRules
 from orchard.storages.base import BaseStorage
 from orchard.trial import Trial, TrialStatus
 
@@ -86,8 +91,28 @@ def record_evaluation(
     point = settings.space.validate(params)
     outcome = check_evaluation(objective, results, settings.objectives, label)
     assert outcome.objective is not None  # a completed outcome carries its objective
+    _fold(storage, experiment_id, settings, point, outcome, count_in_budget)
     return storage.record_trial(experiment_id, point, outcome.objective, outcome.results,
                                 budget=settings.max_trials, in_budget=count_in_budget)
+
+
+def _fold(storage: BaseStorage, experiment_id: str, settings: ExperimentConfig, point: Mapping[str, Any],
+          outcome: Outcome, in_budget: bool) -> None:
+    """Fold the evaluation into the stopping ledger before it is stored, as a worker folds its result.
+
+    An evaluation the storage will refuse (its params were taken, or the budget is fully
+    held) is not folded, so a refused insert fires no rule (a refusal won by a racing write
+    between this check and the store still folds: rare, and it only stops sooner).
+    """
+    rules = StopRules.of(settings.stop, settings.objectives, settings.constraints)
+    if rules is None:
+        return
+    tid = trial_id(experiment_id, point)
+    full = in_budget and settings.max_trials is not None and budget_held(storage, experiment_id) >= settings.max_trials
+    if full or storage.get_trial(tid) is not None:
+        return  # record_trial raises the refusal
+    gate = StopGate(storage, experiment_id, rules, storage.experiment(experiment_id).name, time.monotonic)
+    gate.fold(tid, outcome, "inserted" if in_budget else "apart")
 
 
 def budget_used(storage: BaseStorage, experiment_id: str) -> int:

@@ -29,6 +29,13 @@ trial whose evaluation started was reserved before that result was stored: *no
 trial is reserved after the rule fired*, whatever the interleaving. Trials
 already running when it fires finish and are recorded (they are not folded).
 
+**Inserted evaluations** (``exp.insert(params, objective=...)``, ``orchard insert
+--objective``) are folded too, before they are stored, like a worker's result: one
+that reaches ``target`` stops the experiment. Recorded in the budget
+(``count_in_budget``) it counts as one of the experiment's trials for every rule;
+apart from the budget it only reaches ``target`` or raises the bar ``patience``
+measures from (see :meth:`Ledger.folded`).
+
 Folded results count even if their write is then refused (the reservation was
 lost meanwhile): they were evaluated. Trials broken because their worker died
 are not folded (no worker finished them).
@@ -293,28 +300,38 @@ class Ledger:
         """The stored form (plain values)."""
         return dataclasses.asdict(self)
 
-    def folded(self, rules: StopRules, trial_id: str, outcome: Outcome, seconds: float) -> Ledger:
-        """This ledger with one more finished trial, fired if a rule holds now."""
-        after = dataclasses.replace(self, finished=self.finished + 1, time=self.time + max(seconds, 0.0),
+    def folded(self, rules: StopRules, trial_id: str, outcome: Outcome, seconds: float,
+               origin: str = "evaluated") -> Ledger:
+        """This ledger with one more finished trial, fired if a rule holds now.
+
+        ``origin`` is ``"evaluated"`` (a worker's trial), ``"inserted"`` (an evaluation made
+        elsewhere, recorded in the budget: counted like a worker's) or ``"apart"`` (one
+        recorded apart from the budget: it can reach ``target`` and sets the best value
+        ``patience`` measures improvements from, but is not one of the experiment's
+        trials, so it adds no trial, cost or time).
+        """
+        counted = origin != "apart"
+        after = dataclasses.replace(self, finished=self.finished + counted, time=self.time + max(seconds, 0.0),
                                     recent=[*self.recent, trial_id][-_RECENT:])
         value: float | None = None  # the objective of a feasible completed trial
         if outcome.ok and outcome.objective is not None:
-            after.cost += _cost(outcome.results, rules.cost_metric, trial_id, rules.max_cost is not None)
+            if counted:
+                after.cost += _cost(outcome.results, rules.cost_metric, trial_id, rules.max_cost is not None)
             if feasibility(outcome.results, rules.constraints).feasible:
                 value = float(outcome.objective)
-                after.completed += 1
+                after.completed += counted
                 if after.best is None or after.best - value >= rules.min_delta and value < after.best:
                     after.best, after.best_at = value, after.completed
-        reason = after._reason(rules, value)
+        reason = after._reason(rules, value, "a trial" if origin == "evaluated" else "an inserted trial")
         if reason is not None:
             after.fired = {"rule": reason[0], "trial": trial_id, "finished": after.finished,
                            "completed": after.completed, "reason": reason[1]}
         return after
 
-    def _reason(self, rules: StopRules, value: float | None) -> tuple[str, str] | None:
+    def _reason(self, rules: StopRules, value: float | None, what: str) -> tuple[str, str] | None:
         """The rule that holds once a trial of objective ``value`` (minimized; ``None``: none) is folded."""
         if rules.target is not None and value is not None and value <= rules.target * rules.sign:
-            return "target", f"a trial reached {value * rules.sign:.6g} (target {rules.target:g})"
+            return "target", f"{what} reached {value * rules.sign:.6g} (target {rules.target:g})"
         if rules.patience is not None and self.completed - self.best_at >= rules.patience:
             return "patience", (f"no improvement of at least {rules.min_delta:g} in the last "
                                 f"{rules.patience} completed trials (best {self.best_value(rules):.6g})")
@@ -381,10 +398,11 @@ class StopGate:
         self._started[trial_id] = self._clock()
         return True
 
-    def fold(self, trial_id: str, outcome: Outcome) -> Ledger:
+    def fold(self, trial_id: str, outcome: Outcome, origin: str = "evaluated") -> Ledger:
         """Fold a finished trial into the ledger (before its result is written); return the ledger.
 
-        Its evaluation time runs from :meth:`admit` to now, on this worker's monotonic clock.
+        Its evaluation time runs from :meth:`admit` to now, on this worker's monotonic clock
+        (none for a trial never admitted: an inserted one, whose ``origin`` :meth:`Ledger.folded` explains).
 
         Raises:
             StorageError: the swap kept losing to other workers for 1000 rounds.
@@ -396,7 +414,7 @@ class StopGate:
             ledger = Ledger.from_dict(stored, self.label)
             if ledger.fired is not None or trial_id in ledger.recent:
                 return ledger  # fired before (running trials are not folded), or our retried swap landed
-            after = ledger.folded(self.rules, trial_id, outcome, seconds)
+            after = ledger.folded(self.rules, trial_id, outcome, seconds, origin)
             if self.storage.swap_experiment(self.experiment_id, LEDGER_KEY, stored, after.to_dict()):
                 if after.fired is not None:
                     log.info("%s", stop_message(self.label, after.fired))

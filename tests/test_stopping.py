@@ -174,6 +174,69 @@ def test_workon_ends_when_a_rule_fires() -> None:
     assert stats["stop"]["fired"]["rule"] == "max_cost"
 
 
+# -- inserted evaluations ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("in_budget", [False, True], ids=["apart", "in-budget"])
+def test_an_inserted_evaluation_that_reaches_the_target_stops_the_experiment(in_budget: bool) -> None:
+    """An evaluation made elsewhere that already meets the target: workers have nothing left to find."""
+    exp = _experiment({"target": 0.1}, max_trials=10)
+    _tell(exp, 0.5)
+    exp.insert({"x": 0.3}, objective=0.5, count_in_budget=in_budget)  # not reaching it changes nothing
+    _runs(exp)
+    inserted = exp.insert({"x": 0.2}, objective=0.05, count_in_budget=in_budget)
+    fired = _stopped(exp)
+    assert (fired["rule"], fired["trial"]) == ("target", inserted.id)
+    assert "inserted" in fired["reason"]
+    assert fired["finished"] == (3 if in_budget else 1)  # apart from the budget: not one of the workers' trials
+    assert exp.fetch_trials([TrialStatus.COMPLETED])[-1].id == inserted.id  # recorded too
+
+
+def test_orchard_insert_of_a_result_reaching_the_target_stops_hunt(tmp_path: Path) -> None:
+    storage = str(tmp_path / "db.pkl")
+    exp = _experiment({"target": 0.1}, storage, name="cli")
+    assert main(["insert", "-n", "cli", "--storage", storage, "x=0.4", "--objective", "0.01"]) == 0
+    assert _stopped(exp)["rule"] == "target"
+
+
+def test_inserted_evaluations_set_the_bar_for_patience_without_using_it_up_unless_in_budget() -> None:
+    exp = _experiment({"patience": 2})
+    _tell(exp, 1.0)
+    for i in range(3):  # evidence apart from the budget: no evaluation of this experiment was spent
+        exp.insert({"x": 0.1 * (i + 1)}, objective=2.0 + i)
+    _runs(exp)
+    exp.insert({"x": 0.9}, objective=0.5)  # a better baseline: the workers get 2 trials to beat it
+    _tell(exp, 0.7)
+    _runs(exp)
+    _tell(exp, 0.6)
+    fired = _stopped(exp)
+    assert (fired["rule"], fired["completed"]) == ("patience", 3)
+    counted = _experiment({"patience": 2}, name="counted")
+    _tell(counted, 1.0)
+    counted.insert({"x": 0.5}, objective=2.0, count_in_budget=True)  # one of the experiment's trials
+    _runs(counted)
+    counted.insert({"x": 0.6}, objective=3.0, count_in_budget=True)
+    assert _stopped(counted)["rule"] == "patience"
+
+
+def test_max_cost_counts_an_inserted_evaluation_only_in_the_budget() -> None:
+    exp = _experiment({"max_cost": 5}, max_trials=10)
+    exp.insert({"x": 0.1}, objective=1.0, results={"cost": 100.0})  # spent elsewhere, apart from the budget
+    _runs(exp)
+    exp.insert({"x": 0.2}, objective=1.0, results={"cost": 5.0}, count_in_budget=True)
+    assert _stopped(exp)["rule"] == "max_cost"
+
+
+def test_a_refused_insert_folds_nothing() -> None:
+    exp = _experiment({"target": 0.1})
+    trial = exp.suggest()
+    exp.observe(trial, 0.5)
+    with pytest.raises(orchard.errors.DuplicateTrialError):
+        exp.insert(trial.params, objective=0.0)  # those params were evaluated: refused, so nothing fires
+    _runs(exp)
+    assert exp.storage.experiment(exp.id).config[LEDGER_KEY]["finished"] == 1
+
+
 # -- settings ----------------------------------------------------------------------------------
 
 
