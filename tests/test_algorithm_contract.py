@@ -87,6 +87,21 @@ def test_optuna_refuses_what_it_cannot_run() -> None:
         make_algorithm("optuna", huge)
 
 
+@pytest.mark.parametrize("prior", ["normal(1e308, 1e300)", "uniform(1e307, 1.7e308)", "uniform(-1.7e308, -9e307)"])
+def test_optuna_tpe_refuses_bounds_whose_sum_overflows_when_the_experiment_is_built(prior: str) -> None:
+    """TPE centres its prior kernel at 0.5 * (low + high): past a float's range that is inf, and every
+    worker failed mid-run (``nan is invalid value``) after its startup trials. Spaces it can run still run."""
+    pytest.importorskip("optuna")
+    with pytest.raises(ConfigurationError, match=r"'TPESampler' cannot sample dimension 'x' \(.*\): .* overflows"):
+        orchard.build_experiment("q", space={"x": prior}, algorithm="optuna", storage="memory://")
+    exp = orchard.build_experiment("r", space={"x": "uniform(-1e300, 1e300)"}, algorithm="optuna",
+                                   storage="memory://", max_trials=12, seed=1)
+    assert exp.workon(lambda x: 0.0, executor="single")["counts"]["completed"] == 12
+    random = orchard.build_experiment("s", space={"x": prior}, algorithm={"optuna": {"sampler": "RandomSampler"}},
+                                      storage="memory://", max_trials=3, seed=1)
+    assert random.workon(lambda x: 0.0, executor="single")["counts"]["completed"] == 3
+
+
 @pytest.mark.parametrize(("sampler", "words"), [
     ({"sampler": "QMCSampler", "qmc_type": "nope"}, "qmc_type='nope'"),
     ({"sampler": "NSGAIISampler", "population_size": 1}, "population_size"),

@@ -44,6 +44,7 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import math
 import warnings
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, ClassVar
@@ -113,6 +114,24 @@ def _integers(dists: Any, name: str, prior: Prior, low: int, high: int) -> Any:
             f"algorithm 'optuna' cannot sample dimension {name!r} ({prior}): Optuna draws integers through "
             f"floats, exact only up to 2**53; narrow it, or use another algorithm (random, bayes, nsga2)")
     return dists.IntDistribution(low, high)
+
+
+def _check_midpoints(space: Space, distributions: Mapping[str, Any]) -> None:
+    """Refuse a float dimension whose bounds' sum overflows: TPE centres its prior kernel at ``0.5 * (low + high)``.
+
+    That sum is ``inf`` at ``uniform(1e307, 1.7e308)`` or ``normal(1e308, 1e300)``
+    (bounds ``mu ± 4 sigma``), and Optuna's TPE then drew ``nan`` and refused it,
+    failing every worker once its startup trials were done. Optuna's other samplers
+    run such spaces (measured with Optuna 5.1).
+    """
+    for name, dist in distributions.items():
+        low, high = getattr(dist, "low", 0), getattr(dist, "high", 0)
+        if isinstance(low, float) and not getattr(dist, "log", False) and not math.isfinite(low + high):
+            raise ConfigurationError(
+                f"algorithm 'optuna' sampler 'TPESampler' cannot sample dimension {name!r} ({space[name]}): TPE "
+                f"centres its prior at (low + high) / 2, which overflows a float for bounds {low:.8g} and {high:.8g}; "
+                "shift the dimension nearer 0 (and add the offset back in the objective), or use another sampler "
+                "(RandomSampler, QMCSampler, CmaEsSampler, GPSampler) or algorithm")
 
 
 def _build_once(sampler: str, kwargs: Mapping[str, Any]) -> None:
@@ -204,6 +223,8 @@ class OptunaSampler(BaseAlgorithm):
         self._distributions = {
             name: _distribution(self._optuna, name, prior) for name, prior in space.items() if name not in self._fixed
         }
+        if self.options["sampler"] == "TPESampler":
+            _check_midpoints(space, self._distributions)
         self._kwargs = {k: v for k, v in self.options.items() if k != "sampler"}
         self._cmaes = (CmaEsState(self._optuna, self._distributions, self._kwargs)
                        if self.options["sampler"] == "CmaEsSampler" else None)
