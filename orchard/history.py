@@ -162,16 +162,18 @@ class History:
 
         A storage that stamps in order (:attr:`BaseStorage.stamps_in_order`) shows
         every completion recorded before one it shows. Otherwise the bound is the
-        oldest heartbeat of the trials this view holds reserved: a trial's end time
-        is stamped by its worker after its last heartbeat; a trial reserved later is
-        stamped after this view was read, so after every end time it shows (with
-        clocks that agree: a node whose clock is behind can still complete a trial
-        reserved after this read earlier than its view shows). A reservation stamped
-        by no worker (another program's write) bounds nothing.
+        oldest start of the trials this view holds reserved: a trial's end time is
+        stamped by its worker after its reservation came back. Not its heartbeat: the
+        worker's pacemaker beats until the completion has landed, so a beat stamped
+        after the end time can land before it. A trial this view does not show
+        reserved is reserved after the read, and its worker stamps its end after that
+        reservation landed, so after every end time this view shows (with clocks that
+        agree: a node whose clock is behind can still stamp an earlier one). A
+        reservation stamped by no worker (another program's write) bounds nothing.
         """
         if self._storage.stamps_in_order:
             return math.inf
-        stamps = [t.heartbeat if t.heartbeat is not None else t.start_time for t in self.reserved()]
+        stamps = [t.start_time if t.start_time is not None else t.heartbeat for t in self.reserved()]
         return min((stamp for stamp in stamps if stamp is not None), default=math.inf)
 
     def reserved(self) -> list[Trial]:
