@@ -104,7 +104,7 @@ def _fold(storage: BaseStorage, experiment_id: str, settings: ExperimentConfig, 
     held) is not folded, so a refused insert fires no rule (a refusal won by a racing write
     between this check and the store still folds: rare, and it only stops sooner).
     """
-    rules = StopRules.of(settings.stop, settings.objectives, settings.constraints)
+    rules = StopRules.of(settings.stop, settings.objectives, settings.constraints, settings.space)
     if rules is None:
         return
     tid = trial_id(experiment_id, point)
@@ -112,7 +112,7 @@ def _fold(storage: BaseStorage, experiment_id: str, settings: ExperimentConfig, 
     if full or storage.get_trial(tid) is not None:
         return  # record_trial raises the refusal
     gate = StopGate(storage, experiment_id, rules, storage.experiment(experiment_id).name, time.monotonic)
-    gate.fold(tid, outcome, "inserted" if in_budget else "apart")
+    gate.fold(tid, outcome, "inserted" if in_budget else "apart", point)
 
 
 def budget_used(storage: BaseStorage, experiment_id: str) -> int:

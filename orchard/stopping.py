@@ -56,6 +56,7 @@ from orchard.trial import INT_LIMIT, finite_number
 
 if TYPE_CHECKING:  # pragma: no cover
     from orchard.objective import Outcome
+    from orchard.space import Space
     from orchard.storages.base import BaseStorage
 
 __all__ = [
@@ -229,15 +230,24 @@ class StopRules:
     max_time: float | None = None
     sign: float = 1.0
     constraints: tuple[str, ...] = ()
+    fidelity: str = ""
 
     @classmethod
     def of(cls, stop: Mapping[str, Any] | None, objectives: Mapping[str, str] | None,
-           constraints: list[str] | None) -> StopRules | None:
-        """The rules of a normalized ``stop`` setting (``None``: none set)."""
+           constraints: list[str] | None, space: Space | None = None) -> StopRules | None:
+        """The rules of a normalized ``stop`` setting (``None``: none set) on an experiment of ``space``."""
         if not stop:
             return None
         maximized = objectives is not None and next(iter(objectives.values())) == "max"
-        return cls(**stop, sign=-1.0 if maximized else 1.0, constraints=tuple(constraints or ()))
+        fidelity = None if space is None else space.fidelity
+        return cls(**stop, sign=-1.0 if maximized else 1.0, constraints=tuple(constraints or ()),
+                   fidelity="" if fidelity is None else fidelity[0])
+
+    def level(self, params: Mapping[str, Any] | None) -> str:
+        """The fidelity a trial of ``params`` ran at, as a ledger key (``""``: no fidelity dimension)."""
+        if not self.fidelity or params is None or self.fidelity not in params:
+            return ""
+        return repr(params[self.fidelity])
 
     def describe(self, rule: str) -> str:
         """``target 0.1``, ``patience 20 trials``, ... (for messages)."""
@@ -259,7 +269,9 @@ class Ledger:
         finished: trials folded (completed, pruned or broken by their worker), in fold order.
         completed: feasible completed trials folded (patience counts these).
         best: the best objective so far, minimized (improvements smaller than ``min_delta`` leave it).
-        best_at: ``completed`` when ``best`` was set.
+        best_at: ``completed`` when ``patience`` last saw an improvement: ``best`` was set or, with a
+            fidelity dimension, a trial beat the best at its own fidelity (see ``levels``).
+        levels: with a fidelity dimension, the best objective at each fidelity (key: its ``repr``).
         cost: the ``cost_metric`` summed over folded completed trials.
         time: the folded trials' evaluation seconds, summed.
         recent: the ids of the last folded trials.
@@ -270,6 +282,7 @@ class Ledger:
     completed: int = 0
     best: float | None = None
     best_at: int = 0
+    levels: dict[str, float] = dataclasses.field(default_factory=dict)
     cost: float = 0.0
     time: float = 0.0
     recent: list[str] = dataclasses.field(default_factory=list)
@@ -301,14 +314,14 @@ class Ledger:
         return dataclasses.asdict(self)
 
     def folded(self, rules: StopRules, trial_id: str, outcome: Outcome, seconds: float,
-               origin: str = "evaluated") -> Ledger:
+               origin: str = "evaluated", level: str = "") -> Ledger:
         """This ledger with one more finished trial, fired if a rule holds now.
 
-        ``origin`` is ``"evaluated"`` (a worker's trial), ``"inserted"`` (an evaluation made
-        elsewhere, recorded in the budget: counted like a worker's) or ``"apart"`` (one
-        recorded apart from the budget: it can reach ``target`` and sets the best value
-        ``patience`` measures improvements from, but is not one of the experiment's
-        trials, so it adds no trial, cost or time).
+        ``origin``: ``"evaluated"`` (a worker's trial), ``"inserted"`` (made elsewhere, in the
+        budget: counted alike) or ``"apart"`` (apart from the budget: it can reach ``target``
+        and sets the best ``patience`` measures from, but adds no trial, cost or time).
+        With a fidelity dimension, ``patience`` compares a trial with the best at its
+        fidelity (``level``): a low-budget trial cannot beat a full-budget one.
         """
         counted = origin != "apart"
         after = dataclasses.replace(self, finished=self.finished + counted, time=self.time + max(seconds, 0.0),
@@ -320,8 +333,12 @@ class Ledger:
             if feasibility(outcome.results, rules.constraints).feasible:
                 value = float(outcome.objective)
                 after.completed += counted
-                if after.best is None or after.best - value >= rules.min_delta and value < after.best:
-                    after.best, after.best_at = value, after.completed
+                if _improves(after.best, value, rules.min_delta):
+                    after.best = value
+                    after.best_at = after.completed if not rules.fidelity else after.best_at
+                if rules.fidelity and _improves(after.levels.get(level), value, rules.min_delta):
+                    after.levels = {**after.levels, level: value}
+                    after.best_at = after.completed
         reason = after._reason(rules, value, "a trial" if origin == "evaluated" else "an inserted trial")
         if reason is not None:
             after.fired = {"rule": reason[0], "trial": trial_id, "finished": after.finished,
@@ -333,7 +350,8 @@ class Ledger:
         if rules.target is not None and value is not None and value <= rules.target * rules.sign:
             return "target", f"{what} reached {value * rules.sign:.6g} (target {rules.target:g})"
         if rules.patience is not None and self.completed - self.best_at >= rules.patience:
-            return "patience", (f"no improvement of at least {rules.min_delta:g} in the last "
+            where = " at their fidelity" if rules.fidelity else ""
+            return "patience", (f"no improvement of at least {rules.min_delta:g}{where} in the last "
                                 f"{rules.patience} completed trials (best {self.best_value(rules):.6g})")
         if rules.max_cost is not None and self.cost >= rules.max_cost:
             return "max_cost", f"the trials' {rules.cost_metric} sums to {self.cost:.6g} (max_cost {rules.max_cost:g})"
@@ -344,6 +362,11 @@ class Ledger:
     def best_value(self, rules: StopRules) -> float:
         """The best objective in its own direction (``nan`` when none)."""
         return math.nan if self.best is None else self.best * rules.sign
+
+
+def _improves(best: float | None, value: float, min_delta: float) -> bool:
+    """Whether ``value`` (minimized) improves on ``best`` by at least ``min_delta`` (the first value does)."""
+    return best is None or (best - value >= min_delta and value < best)
 
 
 def _cost(results: Mapping[str, Any], metric: str, trial_id: str, wanted: bool) -> float:
@@ -398,11 +421,13 @@ class StopGate:
         self._started[trial_id] = self._clock()
         return True
 
-    def fold(self, trial_id: str, outcome: Outcome, origin: str = "evaluated") -> Ledger:
+    def fold(self, trial_id: str, outcome: Outcome, origin: str = "evaluated",
+             params: Mapping[str, Any] | None = None) -> Ledger:
         """Fold a finished trial into the ledger (before its result is written); return the ledger.
 
         Its evaluation time runs from :meth:`admit` to now, on this worker's monotonic clock
         (none for a trial never admitted: an inserted one, whose ``origin`` :meth:`Ledger.folded` explains).
+        ``params`` tell the fidelity the trial ran at (``patience`` compares it with the best there).
 
         Raises:
             StorageError: the swap kept losing to other workers for 1000 rounds.
@@ -414,7 +439,7 @@ class StopGate:
             ledger = Ledger.from_dict(stored, self.label)
             if ledger.fired is not None or trial_id in ledger.recent:
                 return ledger  # fired before (running trials are not folded), or our retried swap landed
-            after = ledger.folded(self.rules, trial_id, outcome, seconds, origin)
+            after = ledger.folded(self.rules, trial_id, outcome, seconds, origin, self.rules.level(params))
             if self.storage.swap_experiment(self.experiment_id, LEDGER_KEY, stored, after.to_dict()):
                 if after.fired is not None:
                     log.info("%s", stop_message(self.label, after.fired))
@@ -428,7 +453,7 @@ _NUMBER = (int, float)
 #: The types of a stored ledger's fields (bools are not counts).
 _LEDGER_TYPES: dict[str, tuple[type, ...]] = {
     "finished": (int,), "completed": (int,), "best_at": (int,), "best": (*_NUMBER, type(None)),
-    "cost": _NUMBER, "time": _NUMBER, "recent": (list,), "fired": (dict, type(None)),
+    "cost": _NUMBER, "time": _NUMBER, "recent": (list,), "fired": (dict, type(None)), "levels": (dict,),
 }
 
 
@@ -441,6 +466,8 @@ def unreadable_ledger(data: Any) -> str | None:
             return f"field {name!r} is {type(data[name]).__name__}"
     if not all(isinstance(item, str) for item in data.get("recent", [])):
         return "field 'recent' holds something other than trial ids"
+    if not all(type(best) in _NUMBER for best in data.get("levels", {}).values()):
+        return "field 'levels' holds something other than numbers"
     return None
 
 

@@ -153,7 +153,7 @@ class Worker:
         self.judge = Judge(storage, self.name, lambda: self.history.trials, self.history.refresh,
                            make_pruner(settings.pruner, settings.objectives), settings.objectives)
         self.report = WorkerReport(self.name)
-        rules = StopRules.of(settings.stop, settings.objectives, settings.constraints)
+        rules = StopRules.of(settings.stop, settings.objectives, settings.constraints, settings.space)
         self.stopping = None if rules is None else StopGate(storage, experiment_id, rules, self.label, clock.monotonic)
         # the pacemaker beats on the unwrapped storage: it must never block in an outage's retries
         self.clock = clock
@@ -304,7 +304,7 @@ class Worker:
                 raise ReservationLostError.dropped(trial.id, self.name)
             outcome = self._settle(trial.id, outcome)
             if self.stopping is not None:  # folded before the result is stored: see orchard.stopping
-                self.stopping.fold(trial.id, outcome)
+                self.stopping.fold(trial.id, outcome, params=trial.params)
             stored = self._record(trial, outcome)  # still heartbeating: a slow write must not cost the lease
         except ReservationLostError:
             self.report.lost += 1

@@ -40,7 +40,7 @@ SPACE = {"x": "uniform(0, 1)"}
 
 
 def _experiment(stop: Any, storage: Any = "memory://", name: str = "e", **options: Any) -> orchard.Experiment:
-    return orchard.build_experiment(name, space=SPACE, storage=storage, stop=stop, **options)
+    return orchard.build_experiment(name, **{"space": SPACE, **options}, storage=storage, stop=stop)
 
 
 def _tell(exp: orchard.Experiment, *results: Any) -> None:
@@ -106,6 +106,28 @@ def test_patience_does_not_count_broken_or_pruned_trials() -> None:
     _runs(exp)
     _tell(exp, 2.0)
     assert _stopped(exp)["finished"] == 3
+
+
+def test_patience_with_a_fidelity_compares_each_trial_with_the_best_at_its_fidelity() -> None:
+    """Multi-fidelity trials at a low budget never beat a full-budget best: counted against it, any N of
+    them fired patience while every rung was still improving (ASHA stopped after its first full trials)."""
+    exp = _experiment({"patience": 2}, space={"x": "uniform(0, 1)", "epochs": "fidelity(1, 9, base=3)"},
+                      algorithm="asha", max_trials=20)
+
+    def tell(x: float, epochs: int, loss: float) -> None:
+        exp.insert({"x": x, "epochs": epochs}, objective=loss, count_in_budget=True)
+
+    tell(0.1, 9, 0.1)
+    for i, loss in enumerate([1.5, 1.2, 1.0]):  # each one the best of one epoch so far
+        tell(0.2 + i / 10, 1, loss)
+    _runs(exp)
+    tell(0.6, 3, 0.5)  # the first at 3 epochs: an improvement there
+    tell(0.7, 1, 1.3)
+    _runs(exp)
+    tell(0.8, 1, 1.4)
+    fired = _stopped(exp)
+    assert (fired["rule"], fired["completed"]) == ("patience", 7)
+    assert "at their fidelity" in fired["reason"]
 
 
 def test_max_cost_sums_the_reported_cost_metric() -> None:
