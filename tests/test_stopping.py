@@ -355,6 +355,21 @@ def test_the_summary_lists_rules_not_yet_fired() -> None:
     assert summary["line"].startswith("target 0.1, max_time 7200 s; not fired (1 trials finished")
 
 
+@pytest.mark.parametrize(("stored", "line"), [
+    ({"target": 0.1, "deadline": 3}, "unusable stored rules (unknown stopping rule 'deadline'"),
+    ({"target": "abc"}, "unusable stored rules (invalid stop rule target='abc'"),
+    ({"patience": "x"}, "unusable stored rules (invalid stop rule patience='x'"),
+    ("target=0.1", "target 0.1; not fired (2 trials finished"),  # as the rules are given: read as such
+    ({"max_time": None, "target": 1}, "target 1; not fired (2 trials finished"),
+], ids=str)
+def test_the_summary_of_rules_another_program_stored_names_them_instead_of_failing(stored: Any, line: str) -> None:
+    """Read by status, info, hunt's last line, exp.stats and the dashboard's experiment page: a TypeError here
+    broke each of them for the experiment (the dashboard page answered 500)."""
+    summary = stop_summary({"stop": stored, LEDGER_KEY: {"finished": 2}})
+    assert summary is not None and summary["fired"] is None and summary["finished"] == 2
+    assert summary["line"].startswith(line), summary["line"]
+
+
 # -- exact with racing workers -----------------------------------------------------------------
 
 RULES = {  # the rule, and what each trial reports: fast trials so reservations crowd the firing
