@@ -54,7 +54,7 @@ from typing import TYPE_CHECKING, Any
 from orchard.constraints import feasibility
 from orchard.errors import BudgetExhaustedError, ConfigurationError, StopReason, StorageError
 from orchard.stop_rules import RULES, StopRules, normalize_stop, parse_duration
-from orchard.trial import finite_number
+from orchard.trial import INT_LIMIT, finite_number
 
 if TYPE_CHECKING:  # pragma: no cover
     from orchard.objective import Outcome
@@ -270,16 +270,34 @@ _LEDGER_TYPES: dict[str, tuple[type, ...]] = {
 
 
 def unreadable_ledger(data: Any) -> str | None:
-    """Why ``data``, a stored ledger, is not one Orchard writes, or ``None``."""
+    """Why ``data``, a stored ledger, is not one Orchard writes, or ``None``.
+
+    Its types are not enough: a count past 64 bits (which cannot even be printed)
+    crashed every worker's fold, and a NaN or infinite best or sum, or a best reached
+    after more trials than completed, fired a rule at once.
+    """
     if not isinstance(data, Mapping):
         return f"it is a {type(data).__name__}, not a mapping"
     for name, kinds in _LEDGER_TYPES.items():
         if name in data and type(data[name]) not in kinds:
             return f"field {name!r} is {type(data[name]).__name__}"
-    if not all(isinstance(item, str) for item in data.get("recent", [])):
-        return "field 'recent' holds something other than trial ids"
-    if not all(type(best) in _NUMBER for best in data.get("levels", {}).values()):
-        return "field 'levels' holds something other than numbers"
+    counts = [data.get(name, 0) for name in ("best_at", "completed", "finished")]
+    if not all(0 <= count < INT_LIMIT for count in counts) or counts != sorted(counts):
+        return "its counts are not 0 <= best_at <= completed <= finished < 2**63"
+    sums = [finite_number(data.get(name, 0.0)) for name in ("cost", "time")]
+    if not all(number is not None and number >= 0 for number in sums):
+        return "its cost or time is negative or not a finite number"
+    if any(finite_number(best) is None for best in [*data.get("levels", {}).values(), data.get("best") or 0.0]):
+        return "a best value is not a finite number"
+    recent = data.get("recent", [])
+    if len(recent) > _RECENT or not all(isinstance(item, str) for item in recent):
+        return f"field 'recent' is not at most {_RECENT} trial ids"
+    fired = data.get("fired")
+    if fired is not None and not (fired.get("rule") in RULES and isinstance(fired.get("trial"), str)
+                                  and isinstance(fired.get("reason"), str)
+                                  and all(type(fired.get(key)) is int and 0 <= fired[key] < INT_LIMIT
+                                          for key in ("finished", "completed"))):
+        return "field 'fired' is not a rule, a trial, two counts and a reason"
     return None
 
 

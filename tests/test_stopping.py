@@ -12,6 +12,7 @@ from __future__ import annotations
 import collections
 import dataclasses
 import json
+import math
 import sys
 import time
 from pathlib import Path
@@ -157,6 +158,27 @@ def test_a_ledger_another_program_wrote_is_read_as_empty_and_replaced(tmp_path: 
     assert "stopping ledger of experiment 'e' holds values Orchard never writes" in caplog.text
     _tell(exp, 0.05)
     assert _stopped(exp)["finished"] == 2
+
+
+@pytest.mark.parametrize("ledger", [
+    {"finished": 10**5000}, {"fired": {"rule": "target", "trial": "t", "finished": 10**5000, "reason": "r"}},
+    {"fired": {}}, {"fired": {"rule": "deadline", "trial": "t", "finished": 1, "completed": 1, "reason": "r"}},
+    {"best": math.nan}, {"best": -math.inf}, {"time": math.inf}, {"cost": -1.0}, {"best_at": -5},
+    {"completed": 3, "finished": 1}, {"levels": {"1": math.nan}}, {"recent": ["t"] * 1000},
+], ids=["huge-count", "fired-huge-count", "fired-empty", "fired-unknown-rule", "nan-best", "minus-inf-best",
+        "inf-time", "negative-cost", "negative-best-at", "completed-over-finished", "nan-level", "long-recent"])
+def test_a_ledger_with_values_orchard_never_writes_is_read_as_empty(ledger: Any, caplog: pytest.LogCaptureFixture,
+                                                                  request: pytest.FixtureRequest) -> None:
+    """Well-formed, hostile values: a 5,000-digit count crashed every worker's fold and every summary
+    (int to text), a NaN best or a negative best_at fired patience at once, an infinite time max_time."""
+    name = f"hostile-{request.node.callspec.id}"  # each named once per process and experiment
+    exp = _experiment({"target": 0.1, "patience": 3, "max_time": 100}, name=name)
+    exp.storage.update_experiment(exp.id, {LEDGER_KEY: ledger})
+    assert "not fired" in stop_summary(exp.storage.experiment(exp.id).config)["line"]
+    _tell(exp, 0.5, 0.4)
+    _runs(exp)  # the fold replaced the hostile value with a ledger, and no rule fired
+    assert exp.storage.experiment(exp.id).config[LEDGER_KEY]["finished"] == 2
+    assert f"stopping ledger of experiment {name!r} holds values Orchard never writes" in caplog.text
 
 
 def test_max_time_sums_the_trials_own_evaluation_times() -> None:
