@@ -48,6 +48,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
+import sys
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -136,12 +137,12 @@ class Ledger:
         fidelity (``level``): a low-budget trial cannot beat a full-budget one.
         """
         counted = origin != "apart"
-        after = dataclasses.replace(self, finished=self.finished + counted, time=self.time + max(seconds, 0.0),
+        after = dataclasses.replace(self, finished=self.finished + counted, time=_sum(self.time, max(seconds, 0.0)),
                                     recent=[*self.recent, trial_id][-_RECENT:])
         value: float | None = None  # the objective of a feasible completed trial
         if outcome.ok and outcome.objective is not None:
             if counted:
-                after.cost += _cost(outcome.results, rules.cost_metric, trial_id, rules.max_cost is not None)
+                after.cost = _sum(after.cost, _cost(outcome.results, rules.cost_metric, trial_id, rules.max_cost is not None))
             if feasibility(outcome.results, rules.constraints).feasible:
                 value = float(outcome.objective)
                 after.completed += counted
@@ -174,6 +175,11 @@ class Ledger:
     def best_value(self, rules: StopRules) -> float:
         """The best objective in its own direction (``nan`` when none)."""
         return math.nan if self.best is None else self.best * rules.sign
+
+
+def _sum(total: float, more: float) -> float:
+    """``total + more``, kept finite: a stored sum past a float would be read as a ledger Orchard never writes."""
+    return min(total + more, sys.float_info.max)
 
 
 def _improves(best: float | None, value: float, min_delta: float) -> bool:

@@ -146,6 +146,14 @@ def test_max_cost_sums_the_reported_cost_metric() -> None:
     assert _stopped(other)["rule"] == "max_cost"
 
 
+def test_sums_past_a_float_stay_a_ledger_orchard_reads() -> None:
+    exp = _experiment({"max_cost": 1.7e308})
+    _tell(exp, {"objective": 1.0, "cost": 1e308})
+    _runs(exp)
+    _tell(exp, {"objective": 1.0, "cost": 1e308})  # the sum is past a float: fired, and still read as fired
+    assert _stopped(exp)["rule"] == "max_cost"
+
+
 @pytest.mark.parametrize("ledger", [["junk"], "junk", {"finished": "3"}, {"recent": [1, 2]}, {"fired": [1]}])
 def test_a_ledger_another_program_wrote_is_read_as_empty_and_replaced(tmp_path: Path, ledger: Any,
                                                                       caplog: pytest.LogCaptureFixture) -> None:
