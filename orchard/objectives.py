@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from orchard.errors import ConfigurationError
+from orchard.trial import finite_float
 
 __all__ = [
     "DIRECTIONS",
@@ -82,8 +83,16 @@ def minimized(values: Mapping[str, float], objectives: Mapping[str, str]) -> tup
 
     Raises:
         KeyError: an objective is missing from ``values``.
+        ValueError: an objective is not a finite number (NaN, infinite, an int past a float, a bool, a text);
+            a stored record holds one only if another program wrote it, and its callers leave it out.
     """
-    return tuple(-float(values[name]) if d == "max" else float(values[name]) for name, d in objectives.items())
+    vector = []
+    for name, direction in objectives.items():
+        number = finite_float(values[name])
+        if number is None:
+            raise ValueError(f"objective {name!r} is not a finite number")
+        vector.append(-number if direction == "max" else number)
+    return tuple(vector)
 
 
 def dominates(a: Vector, b: Vector) -> bool:

@@ -46,7 +46,27 @@ def test_maximised_objectives_are_negated() -> None:
     assert minimized({"acc": 0.9, "size": 3}, {"acc": "max", "size": "min"}) == (-0.9, 3.0)
 
 
-def test_dominance_needs_strictly_better_somewhere() -> None:
+def test_a_stored_objective_that_is_no_finite_number_leaves_its_trial_out_instead_of_failing() -> None:
+    """Another program's completed trial with a 5,000-digit int as an objective: OverflowError (which no
+    caller expects) in pareto_front, hypervolume and every nsga2 worker's history."""
+    import dataclasses
+
+    import orchard
+
+    exp = orchard.build_experiment("m", space={"x": "uniform(0, 1)"}, objectives={"a": "min", "b": "max"},
+                                   storage="memory://", algorithm={"nsga2": {"population_size": 4}}, max_trials=6)
+    good = exp.insert({"x": 0.5}, results={"a": 1.0, "b": 2.0})
+    hostile = [{"a": 10**5000, "b": 1.0}, {"a": math.nan, "b": 1.0}, {"a": 1.0, "b": -math.inf}, {"a": True, "b": 1.0}]
+    exp.storage.restore_trials(exp.id, [dataclasses.replace(good, params={"x": (i + 1) / 100}, results=results)
+                                        for i, results in enumerate(hostile)])
+    assert [t.id for t in exp.pareto_front()] == [good.id]
+    assert math.isfinite(exp.hypervolume()[0])
+    assert exp.workon(lambda x: {"a": x, "b": x}, executor="single")["counts"]["completed"] == 6 + 1 + len(hostile)  # the inserted: apart
+    with pytest.raises(ValueError, match="objective 'a' is not a finite number"):
+        minimized({"a": 10**5000}, {"a": "min"})
+
+
+
     assert dominates((1, 2), (1, 3))
     assert not dominates((1, 2), (1, 2))
     assert not dominates((1, 3), (2, 2))
