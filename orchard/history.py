@@ -22,7 +22,7 @@ from orchard.algorithms.base import Observation, Pending, SeenPoints
 from orchard.constraints import feasibility
 from orchard.objectives import minimized
 from orchard.storages.base import BaseStorage
-from orchard.trial import Trial, TrialStatus
+from orchard.trial import Trial, TrialStatus, finite_float
 
 __all__ = ["History"]
 
@@ -98,8 +98,9 @@ class History:
                 self._pending.pop(trial.id, None)
             # a pruned trial is told with its last reported value: what it reached before it was stopped
             told = trial.status in (TrialStatus.COMPLETED, TrialStatus.PRUNED)
-            if told and trial.objective is not None and newly_told:
-                self._told[trial.id] = self._observation(trial, trial.objective)
+            objective = finite_float(trial.objective)  # another program's NaN, text or 5,000-digit int: not told
+            if told and objective is not None and newly_told:
+                self._told[trial.id] = self._observation(trial, objective)
                 self.observations.append(self._told[trial.id])
         return arrived
 
@@ -135,7 +136,7 @@ class History:
         other objectives was told with no objective vector at all.
         """
         if self._objectives is None:
-            return trial.objective
+            return finite_float(trial.objective)
         try:
             first = minimized(trial.results, self._objectives)[0]
         except (KeyError, TypeError, ValueError):

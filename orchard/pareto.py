@@ -11,6 +11,7 @@ feasibility comes from the experiment's ``constraints`` and any reported
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
@@ -63,11 +64,18 @@ def best_of(
     if objectives is not None and len(objectives) > 1:
         return None
     if objectives is None and not constraints:  # the common case: 23 ms instead of 0.3 s at 100,000 trials
-        done = (t for t in trials if t.status is TrialStatus.COMPLETED and t.objective is not None)
+        done = (t for t in trials if t.status is TrialStatus.COMPLETED and _finite(t.objective))
         return min(done, key=lambda t: t.objective, default=None)  # type: ignore[arg-type, return-value]
     rows = scored(trials, objectives, constraints)
     feasible = [(trial, vector) for trial, vector, violation in rows if violation <= 0]
     return min(feasible, key=lambda row: row[1], default=(None, ()))[0]
+
+
+def _finite(objective: Any) -> bool:
+    """Whether a stored objective is a finite number (another program may store NaN, a text, a 5,000-digit int)."""
+    if type(objective) is float:  # what Orchard stores: the fast path
+        return math.isfinite(objective)
+    return finite_float(objective) is not None
 
 
 def front_hypervolume(

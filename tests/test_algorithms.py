@@ -583,3 +583,19 @@ def test_fast_gp_learns_hyperparameters_on_a_subsample_and_conditions_on_all_poi
     mean = subsampled.predict(x)
     np.testing.assert_allclose(mean, y, atol=0.05)  # interpolates all 60 points, not only the 20
     assert subsampled.get_params()["hyperparameter_points"] == 20
+
+
+@pytest.mark.parametrize("algorithm", ["random", "bayes", "asha", "nsga2", "optuna"])
+def test_stored_objectives_that_are_no_finite_number_are_not_told(algorithm: str) -> None:
+    """Completed trials another program stored with a 5,000-digit int, NaN, inf or a text as objective:
+    every worker's suggestion failed (OverflowError, TypeError comparing str and float)."""
+    import dataclasses
+
+    space = {"x": "uniform(0, 1)", "e": "fidelity(1, 9)"}
+    exp = orchard.build_experiment("h", space=space, storage="memory://", algorithm=algorithm, max_trials=6, seed=1)
+    good = exp.insert({"x": 0.5, "e": 9}, objective=1.0)
+    hostile = [10**5000, math.nan, math.inf, -math.inf, "x", True, [1]]
+    exp.storage.restore_trials(exp.id, [dataclasses.replace(good, params={"x": (i + 1) / 100, "e": 9}, objective=value)
+                                        for i, value in enumerate(hostile)])
+    stats = exp.workon(lambda x, e: x, executor="single")
+    assert stats["counts"]["completed"] == 6 + 1 + len(hostile)  # the inserted and restored ones: apart
