@@ -20,7 +20,9 @@ from typing import Any
 
 from orchard.algorithms.base import Observation, Pending, SeenPoints
 from orchard.constraints import feasibility
+from orchard.errors import SpaceError
 from orchard.objectives import minimized
+from orchard.space import Space
 from orchard.storages.base import BaseStorage
 from orchard.trial import Trial, TrialStatus, finite_float
 
@@ -59,6 +61,7 @@ class History:
         self.counts: dict[TrialStatus, int] = {status: 0 for status in TrialStatus}
         self.finished: list[Trial] = []  # trials that became completed/broken in the last refresh
         self.unbudgeted = 0
+        self._aside: set[str] = set()  # trials whose params are no point of the space (set_aside)
         for trial in prior:
             objective = self._prior_objective(trial)
             if objective is not None:
@@ -90,6 +93,8 @@ class History:
                 self.finished.append(trial)
             self.trials[trial.id] = trial
             self._count(trial, 1)
+            if trial.id in self._aside:
+                continue
             if trial.status.is_pending:
                 if trial.id not in self._pending:
                     arrived.append(trial.params)
@@ -103,6 +108,30 @@ class History:
                 self._told[trial.id] = self._observation(trial, objective)
                 self.observations.append(self._told[trial.id])
         return arrived
+
+    def set_aside(self, space: Space) -> list[str]:
+        """Leave out, from now on, the trials whose params are not a point of ``space``; return their ids.
+
+        Only another program stores such a trial (joining with another space is refused), and an
+        algorithm told its params fails, or suggests outside the space, on every worker. Checking
+        each trial as it arrives would cost every worker about 5 µs per trial: the worker calls
+        this once its algorithm has failed. They stay counted; they are no longer observations
+        or pending points.
+        """
+        unfit = []
+        for tid, trial in self.trials.items():
+            if tid not in self._aside:
+                try:
+                    space.validate(trial.params)
+                except SpaceError:
+                    unfit.append(tid)
+        self._aside.update(unfit)
+        for tid in unfit:
+            self._pending.pop(tid, None)
+        dropped = {id(self._told.pop(tid)) for tid in unfit if tid in self._told}
+        if dropped:
+            self.observations = [o for o in self.observations if id(o) not in dropped]
+        return unfit
 
     def _drop_all_but(self, trials: list[Trial]) -> None:
         """Forget the trials the storage no longer has (it resent everything: its file was replaced).

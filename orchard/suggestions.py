@@ -11,12 +11,17 @@ and the worker stops before anything is stored, instead of:
 * an empty answer, or points the experiment already holds suggested again and again,
   while the worker waits forever for something new.
 
+Trials another program stored with params outside the space make every algorithm
+that reads them fail: after a failure, the worker sets them aside
+(:meth:`~orchard.history.History.set_aside`), names them, and asks once more.
+
 ``SpaceExhaustedError`` is the algorithm's honest "nothing new": the worker stops
 with reason ``exhausted`` once the other workers' trials are done.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping
 from typing import Any
 
@@ -27,6 +32,8 @@ from orchard.report import shown
 from orchard.space import Space
 
 __all__ = ["Suggester"]
+
+log = logging.getLogger(__name__)
 
 _CHECK_IT = ("fix the algorithm or choose another (a plugin can be checked with "
              "orchard.testing.algorithms.check_algorithm)")
@@ -60,6 +67,18 @@ class Suggester:
         """
         if collided:
             history.refresh()
+        try:
+            return self._next(history, collided)
+        except AlgorithmError:
+            aside = history.set_aside(self.space)  # another program's trials, outside the space?
+            if not aside:
+                raise
+            log.warning("%d trial(s) of the experiment hold params that are not a point of its space (%s%s), "
+                        "written by another program: left out of what algorithm %r is told", len(aside),
+                        ", ".join(aside[:3]), ", ..." if len(aside) > 3 else "", self.name)
+            return self._next(history, collided)
+
+    def _next(self, history: History, collided: list[dict[str, Any]]) -> dict[str, Any] | None:
         try:
             answer = self.algorithm.suggest(history.observations, history.pending(collided), n=1, seen=history.seen)
         except SpaceExhaustedError:

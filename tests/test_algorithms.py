@@ -599,3 +599,21 @@ def test_stored_objectives_that_are_no_finite_number_are_not_told(algorithm: str
                                         for i, value in enumerate(hostile)])
     stats = exp.workon(lambda x, e: x, executor="single")
     assert stats["counts"]["completed"] == 6 + 1 + len(hostile)  # the inserted and restored ones: apart
+
+
+@pytest.mark.parametrize("algorithm", ["bayes", "asha", "optuna", {"optuna": {"sampler": "CmaEsSampler"}}])
+def test_stored_params_outside_the_space_are_set_aside_and_named(algorithm: Any, caplog: pytest.LogCaptureFixture) -> None:
+    """Trials another program stored with a text, NaN, a missing or unknown dimension, a value out of its prior:
+    every worker's suggestion failed (KeyError, "'abc' is not a valid type")."""
+    import dataclasses
+
+    space = {"x": "uniform(0, 1)", "k": "randint(0, 5)", "e": "fidelity(1, 9)"}
+    exp = orchard.build_experiment("h", space=space, storage="memory://", algorithm=algorithm, max_trials=10, seed=1)
+    good = exp.insert({"x": 0.5, "k": 1, "e": 9}, objective=1.0)
+    hostile = [{"x": "abc", "k": 1, "e": 9}, {"x": math.nan, "k": 1, "e": 9}, {"k": 1, "e": 9},
+               {"x": 0.3, "k": 10**30, "e": 9}, {"x": 0.3, "k": 1, "e": 9, "extra": 1}, {"x": 7.0, "k": 1, "e": 9}]
+    exp.storage.restore_trials(exp.id, [dataclasses.replace(good, params=params, objective=0.5 + i / 100)
+                                        for i, params in enumerate(hostile)])
+    stats = exp.workon(lambda x, k, e: x, executor="single")
+    assert stats["counts"]["completed"] == 10 + 1 + len(hostile)
+    assert "6 trial(s) of the experiment hold params that are not a point of its space" in caplog.text
