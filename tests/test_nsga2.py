@@ -10,7 +10,7 @@ import pytest
 
 from orchard.algorithms import Observation, make_algorithm
 from orchard.algorithms._nsga2 import generations, population
-from orchard.algorithms.base import SeenPoints
+from orchard.algorithms.base import BaseAlgorithm, SeenPoints
 from orchard.errors import ConfigurationError
 from orchard.objectives import dominates, hypervolume, non_dominated_sort
 from orchard.space import Space, params_hash
@@ -208,3 +208,13 @@ def test_a_storage_that_stamps_under_its_lock_settles_every_completion_at_once(t
     assert view.completes_after() == math.inf and len(view.observations) == 1
     storage.close()
 
+
+
+def test_an_observation_without_an_end_time_is_never_a_generation_member() -> None:
+    """It sorted last, so each new completion moved it: with 3 completions it completed generation 0 in one
+    view, and the final history put a later completion there. Left out, the generations only grow at their end."""
+    timeless = Observation(history(1, seed=9)[0].params, 0.5, None, (0.5, 0.5))
+    completed = history(5)
+    early = population(BaseAlgorithm.settled([*completed[:3], timeless], []), 4)  # what nsga2 breeds from
+    final = population(BaseAlgorithm.settled([*completed, timeless], []), 4)
+    assert final == population(completed, 4) and early == []

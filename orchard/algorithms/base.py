@@ -240,11 +240,11 @@ class BaseAlgorithm(Configurable, abc.ABC):
         the settled observations in completion order only ever grow at their end.
         Algorithms that cut the completion order into generations (``nsga2``,
         CMA-ES) read only these, so every worker's generations are those of the
-        final history. A plain ``pending`` sequence bounds nothing: everything is settled.
+        final history. A plain ``pending`` sequence bounds nothing: everything with an end
+        time is settled. An observation without one (another program's record) has no place
+        in the order, never settles: placed last, each new completion would move it.
         """
         bound = pending.completes_after if isinstance(pending, Pending) else math.inf
-        if bound == math.inf:
-            return list(completed)
         return [o for o in completed if o.end_time is not None and o.end_time < bound]
 
     def rng(self, completed: Sequence[Any], pending: Sequence[Any]) -> np.random.Generator:
