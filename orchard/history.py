@@ -199,7 +199,9 @@ class History:
         reserved is reserved after the read, and its worker stamps its end after that
         reservation landed, so after every end time this view shows (with clocks that
         agree: a node whose clock is behind can still stamp an earlier one). A
-        reservation stamped by no worker (another program's write) bounds nothing.
+        reservation stamped by no worker (another program's write) bounds nothing, and
+        neither does an evaluation inserted with its result while this view is read: it
+        is stamped by the inserting client and never reserved (a window of one write).
         """
         if self._storage.stamps_in_order:
             return math.inf
