@@ -112,8 +112,7 @@ def test_patience_does_not_count_broken_or_pruned_trials() -> None:
 def test_patience_with_a_fidelity_compares_each_trial_with_the_best_at_its_fidelity() -> None:
     """Multi-fidelity trials at a low budget never beat a full-budget best: counted against it, any N of
     them fired patience while every rung was still improving (ASHA stopped after its first full trials)."""
-    exp = _experiment({"patience": 2}, space={"x": "uniform(0, 1)", "epochs": "fidelity(1, 9, base=3)"},
-                      algorithm="asha", max_trials=20)
+    exp = _experiment({"patience": 2}, space={"x": "uniform(0, 1)", "epochs": "fidelity(1, 9, base=3)"}, max_trials=20)
 
     def tell(x: float, epochs: int, loss: float) -> None:
         exp.insert({"x": x, "epochs": epochs}, objective=loss, count_in_budget=True)
