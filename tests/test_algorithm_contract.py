@@ -102,6 +102,17 @@ def test_optuna_tpe_refuses_bounds_whose_sum_overflows_when_the_experiment_is_bu
     assert random.workon(lambda x: 0.0, executor="single")["counts"]["completed"] == 3
 
 
+def test_optuna_gp_refuses_an_integer_dimension_too_wide_to_list_when_the_experiment_is_built() -> None:
+    """GPSampler lists every value of an integer dimension per suggestion: MemoryError in every worker."""
+    pytest.importorskip("optuna")
+    pytest.importorskip("torch")
+    gp = {"optuna": {"sampler": "GPSampler"}}
+    with pytest.raises(ConfigurationError, match=r"'GPSampler' cannot sample dimension 'k' \(.*lists every value"):
+        orchard.build_experiment("q", space={"k": "uniform(-9e15, 9e15, discrete=True)"}, algorithm=gp,
+                                 storage="memory://")
+    orchard.build_experiment("r", space={"k": "randint(0, 10000000)"}, algorithm=gp, storage="memory://")
+
+
 @pytest.mark.parametrize(("sampler", "words"), [
     ({"sampler": "QMCSampler", "qmc_type": "nope"}, "qmc_type='nope'"),
     ({"sampler": "NSGAIISampler", "population_size": 1}, "population_size"),
