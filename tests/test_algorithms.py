@@ -617,3 +617,12 @@ def test_stored_params_outside_the_space_are_set_aside_and_named(algorithm: Any,
     stats = exp.workon(lambda x, k, e: x, executor="single")
     assert stats["counts"]["completed"] == 10 + 1 + len(hostile)
     assert "6 trial(s) of the experiment hold params that are not a point of its space" in caplog.text
+
+
+@pytest.mark.parametrize("estimator", ["RF", "ET"])
+def test_bayes_trees_fit_a_dimension_past_float32(estimator: str) -> None:
+    """RF and ET fit on float32: normal(1e308, 1e300) failed every worker once the initial points were done."""
+    exp = orchard.build_experiment("t", space={"x": "normal(1e308, 1e300)", "y": "uniform(0, 1)"}, storage="memory://",
+                                   algorithm={"bayes": {"base_estimator": estimator, "n_initial_points": 2}},
+                                   max_trials=5, seed=1)
+    assert exp.workon(lambda x, y: y, executor="single")["counts"]["completed"] == 5

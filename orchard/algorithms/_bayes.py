@@ -114,6 +114,8 @@ SINGLE_OBJECTIVE_XI = 0.0
 SCALARIZED_XI = 0.01
 #: Random candidates scored when skopt's pick collides with a seen point.
 _FALLBACK_CANDIDATES = 2_000
+#: The trees (RF, ET) fit on float32: a dimension past this is rescaled for them.
+_FLOAT32_MAX = float(np.finfo(np.float32).max)
 #: A sampled GP search (see the cost policy): random candidates scored first, the best few
 #: refined by rounds of Gaussian steps (one scale per round, on the unit box), and the most
 #: points its kernel hyperparameters are fitted on.
@@ -321,6 +323,13 @@ class BayesianOptimization(BaseAlgorithm):
             acq_func = _PORTFOLIO[int(rng.integers(len(_PORTFOLIO)))]
         dimensions = self.space.to_skopt()
         estimator: Any = options["base_estimator"]
+        if estimator != "GP" and any(abs(float(getattr(d, bound, 0))) > _FLOAT32_MAX
+                                     for d in dimensions for bound in ("low", "high")):
+            from skopt.utils import normalize_dimensions
+
+            # RF and ET fit on float32: normal(1e308, 1e300) failed every worker after its initial points.
+            # Rescaled to [0, 1] (as skopt does for a GP), only for such spaces: it changes the trees' draws.
+            dimensions = normalize_dimensions(dimensions)
         if estimator == "GP":
             restarts = kernel_restarts(min(n_points, HYPERPARAMETER_POINTS))
             estimator = make_gp(dimensions, random_state, restarts, HYPERPARAMETER_POINTS)
