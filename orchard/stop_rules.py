@@ -196,10 +196,13 @@ class StopRules:
                    fidelity="" if fidelity is None else fidelity[0])
 
     def level(self, params: Mapping[str, Any] | None) -> str:
-        """The fidelity a trial of ``params`` ran at, as a ledger key (``""``: no fidelity dimension)."""
+        """The fidelity a trial of ``params`` ran at, as a ledger key (``""``: no fidelity dimension).
+
+        ``2.5`` is ``"2_5"``: a field name with a dot is refused by MongoDB servers before 3.6.
+        """
         if not self.fidelity or params is None or self.fidelity not in params:
             return ""
-        return repr(params[self.fidelity])
+        return repr(params[self.fidelity]).replace(".", "_")
 
     def describe(self, rule: str) -> str:
         """``target 0.1``, ``patience 20 trials``, ... (for messages)."""

@@ -84,7 +84,7 @@ class Ledger:
         best: the best objective so far, minimized (improvements smaller than ``min_delta`` leave it).
         best_at: ``completed`` when ``patience`` last saw an improvement: ``best`` was set or, with a
             fidelity dimension, a trial beat the best at its own fidelity (see ``levels``).
-        levels: with a fidelity dimension, the best objective at each fidelity (key: its ``repr``).
+        levels: with a fidelity dimension, the best objective at each fidelity (key: :meth:`StopRules.level`).
         cost: the ``cost_metric`` summed over folded completed trials.
         time: the folded trials' evaluation seconds, summed.
         recent: the ids of the last folded trials.
