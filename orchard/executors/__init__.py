@@ -39,7 +39,7 @@ from concurrent.futures import Executor, Future, ProcessPoolExecutor, ThreadPool
 from typing import Any
 
 from orchard.errors import ConfigurationError, ExecutorError, OrchardError
-from orchard.executors.capacity import check_capacity
+from orchard.executors.capacity import check_capacity, check_n_workers
 from orchard.interruption import default_handlers
 
 __all__ = ["EXECUTORS", "InlineExecutor", "is_dask_client", "make_executor", "outlasts_workon",
@@ -224,8 +224,7 @@ def make_executor(
         ConfigurationError: unknown name, bad ``n_workers`` (for a local executor, more workers
             than this machine holds: :mod:`orchard.executors.capacity`), or a missing optional dependency.
     """
-    if not isinstance(n_workers, int) or isinstance(n_workers, bool) or n_workers < 1:
-        raise ConfigurationError(f"n_workers must be a positive integer, got {n_workers!r}")
+    check_n_workers(n_workers)
     if isinstance(executor, str):
         check_capacity(executor, n_workers)
     if is_dask_client(executor):

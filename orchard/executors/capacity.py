@@ -19,16 +19,24 @@ memory     the memory available now (``psutil``), over what one worker holds of 
 
 Dask and executors of the caller's own are not checked: they place their
 workers themselves, possibly on other machines.
+
+Nor is a worker started that would find nothing to do: every running trial
+holds a unit of ``max_trials``, so :func:`workers_to_start` (``workon``,
+``orchard hunt``) starts no more loops than the budget can still hand out,
+whatever the executor.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
 
 from orchard.errors import ConfigurationError
 
-__all__ = ["WORKER_MEMORY", "Machine", "check_capacity"]
+__all__ = ["WORKER_MEMORY", "Machine", "check_capacity", "check_n_workers", "workers_to_start"]
+
+log = logging.getLogger(__name__)
 
 _MiB = 2**20
 #: Memory of its own (unshared) one busy worker holds, by executor: a forked ``process`` worker
@@ -86,6 +94,36 @@ def check_capacity(executor: str, n_workers: int, machine: Machine | None = None
         f"n_workers={n_workers} {executor!r} workers do not fit this machine: {reason}, room for {fit}; "
         "run fewer workers (each finishes trials in turn), or spread them over machines "
         "(executor='dask' with a cluster, or orchard hunt on each machine against one storage)")
+
+
+def check_n_workers(n_workers: object) -> None:
+    """Refuse an ``n_workers`` that is not a positive integer (``ConfigurationError``)."""
+    if not isinstance(n_workers, int) or isinstance(n_workers, bool) or n_workers < 1:
+        raise ConfigurationError(f"n_workers must be a positive integer, got {n_workers!r}")
+
+
+def workers_to_start(n_workers: int, to_give: int | None, name: str) -> int:
+    """How many of ``n_workers`` worker loops are worth starting when the budget can hand out ``to_give`` trials.
+
+    Workers beyond those trials would start and stop at once (``--n-workers 100000 --max-trials 1``
+    started processes for minutes). At least one starts: it says when the budget is met, and takes
+    over the trials of others' workers that die. Says so at INFO when it starts fewer.
+
+    Args:
+        n_workers: how many the caller asked for.
+        to_give: :func:`orchard.recording.budget_to_give` (``None``: no budget, every worker starts).
+        name: the experiment's name, for the log.
+
+    Raises:
+        ConfigurationError: ``n_workers`` is not a positive integer.
+    """
+    check_n_workers(n_workers)
+    if to_give is None or n_workers <= max(to_give, 1):
+        return n_workers
+    started = max(to_give, 1)
+    log.info("experiment %r: starting %d of %d workers: only %d trial(s) of the budget are left", name, started,
+             n_workers, to_give)
+    return started
 
 
 def _available_memory() -> int | None:
