@@ -116,6 +116,9 @@ class Fleet:
             if reachable:  # and the loops running as threads, whose futures a Dask client cancels
                 self._stop.wait(STOP_TIMEOUT)
             raise stopped from None
+        finally:
+            if remote is not None:  # however the run ended: nothing left on a scheduler that outlives it
+                remote.close(loops_ended=all(future.done() for future in self._futures) and not self._unreached)
 
     def _stop_remote(self, remote: RemoteStop, interruption: KeyboardInterrupt) -> Interrupted:
         """Tell the loops on Dask workers to stop and wait for their reports; then cancel those that did not stop.
