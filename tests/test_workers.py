@@ -404,3 +404,30 @@ def test_sigterm_to_workon_stops_its_workers_and_releases_their_trials(
     trials = exp.fetch_trials()
     assert sorted(t.status.value for t in trials) == ["interrupted"] * n_workers
     assert all(t.attempts == 0 for t in trials), "a release does not count against max_attempts"
+
+
+def _quick(x: float, y: float) -> float:
+    time.sleep(0.02)
+    return x
+
+
+@pytest.mark.timeout(60)
+def test_a_loop_that_starts_in_a_pool_process_after_ctrl_c_reserves_nothing(tmp_path) -> None:
+    """The stop signal reaches the loops running when it is sent; one that starts after it (a pool process
+    still starting, a task queued in the pool) ran trials until the next signal, 0.5 s later: after a SIGTERM
+    during the pool's start a budget of short trials ran to its end. Here the second loop is queued behind
+    the first in a one-process pool of the caller's own, and starts when the interruption has ended the first."""
+    from concurrent.futures import ProcessPoolExecutor
+
+    exp = orchard.build_experiment("late", space=workloads.SPACE, storage=str(tmp_path / "o.pkl"), max_trials=200)
+
+    def stop(trial: Trial) -> None:
+        raise ValueError("enough")
+
+    with ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("fork")) as pool, \
+            pytest.raises(ValueError, match="enough"):
+        exp.workon(_quick, n_workers=2, executor=pool, progress=False, on_result=stop)
+    trials = exp.fetch_trials()
+    finished_by = {t.worker for t in trials if t.worker is not None}  # a released trial names no worker
+    assert len(finished_by) == 1, [(t.status.value, t.worker) for t in trials]  # the second loop ran none
+    assert not [t for t in trials if t.status is TrialStatus.RESERVED]

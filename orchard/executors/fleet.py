@@ -36,6 +36,7 @@ from concurrent.futures import Executor, Future, ProcessPoolExecutor
 from types import TracebackType
 
 from orchard.errors import Interrupted, StorageError
+from orchard.executors.children import LocalStop
 from orchard.executors.remote import RemoteStop, reported
 from orchard.executors.task import WorkerTask, run_worker
 from orchard.executors.threads import StopRequest
@@ -96,6 +97,9 @@ class Fleet:
         remote = RemoteStop.of(pool) if lasting else None  # loops on Dask workers, which no signal reaches
         if remote is not None:
             self.tasks = [dataclasses.replace(task, remote_stop=remote.name) for task in self.tasks]
+        local = LocalStop.of(pool)  # loops in pool processes that start after the stop signal was sent
+        if local is not None:
+            self.tasks = [dataclasses.replace(task, local_stop=local.path) for task in self.tasks]
         try:
             # the standard library's pool forks its processes as tasks are submitted, and an interruption
             # handled in fork's at-fork hooks would be dropped there (an inline pool runs whole loops here)
@@ -109,6 +113,8 @@ class Fleet:
             return [reported(future.exception()) for future in self._futures]
         except KeyboardInterrupt as interruption:
             self._stop.set()
+            if local is not None:
+                local.set()  # before the signals
             if remote is not None:
                 stopped = self._stop_remote(remote, interruption)
             else:
@@ -119,6 +125,8 @@ class Fleet:
         finally:
             if remote is not None:  # however the run ended: nothing left on a scheduler that outlives it
                 remote.close(loops_ended=all(future.done() for future in self._futures) and not self._unreached)
+            if local is not None:
+                local.close()
 
     def _stop_remote(self, remote: RemoteStop, interruption: KeyboardInterrupt) -> Interrupted:
         """Tell the loops on Dask workers to stop and wait for their reports; then cancel those that did not stop.
