@@ -179,13 +179,15 @@ def _check_capacity(storage: BaseStorage, name: str, settings: Settings) -> None
 
     Only the workers :func:`_work` starts count: no more than the budget.
     """
-    from orchard.executors.capacity import check_capacity
+    from orchard.executors.capacity import check_capacity, counted_as
 
     budget = settings.get("max_trials", use_default=False)
     if budget is None and (record := storage.get_experiment(name)) is not None:
         budget = record.config.get("max_trials")
     n_workers = settings.get("n_workers")
-    check_capacity(settings.get("executor"), min(n_workers, budget) if budget else n_workers)
+    config = settings.get("executor_config")
+    executor = counted_as(settings.get("executor"), config if isinstance(config, Mapping) else {})
+    check_capacity(executor, min(n_workers, budget) if budget else n_workers)
 
 
 def _experiment(name: str, template: CommandTemplate, storage: BaseStorage, settings: Settings) -> Experiment:

@@ -39,7 +39,7 @@ from concurrent.futures import Executor, Future, ProcessPoolExecutor, ThreadPool
 from typing import Any
 
 from orchard.errors import ConfigurationError, ExecutorError, OrchardError
-from orchard.executors.capacity import check_capacity, check_n_workers
+from orchard.executors.capacity import check_capacity, check_n_workers, counted_as
 from orchard.interruption import default_handlers
 
 __all__ = ["EXECUTORS", "InlineExecutor", "is_dask_client", "make_executor", "outlasts_workon",
@@ -226,7 +226,7 @@ def make_executor(
     """
     check_n_workers(n_workers)
     if isinstance(executor, str):
-        check_capacity(executor, n_workers)
+        check_capacity(counted_as(executor, config or {}), n_workers)
     if is_dask_client(executor):
         return _translated(_borrowed(_dask_executor(executor, config or {})), "dask client")
     if isinstance(executor, Executor):
