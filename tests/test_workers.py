@@ -431,3 +431,37 @@ def test_a_loop_that_starts_in_a_pool_process_after_ctrl_c_reserves_nothing(tmp_
     finished_by = {t.worker for t in trials if t.worker is not None}  # a released trial names no worker
     assert len(finished_by) == 1, [(t.status.value, t.worker) for t in trials]  # the second loop ran none
     assert not [t for t in trials if t.status is TrialStatus.RESERVED]
+
+
+HALF_IMPORT_SCRIPT = """
+import signal, sys, orchard
+class InterruptOnce:  # Ctrl-C as loky imports a module its first pool needs
+    def find_spec(self, name, path=None, target=None):
+        if name == "joblib.externals.loky.backend.resource_tracker":
+            sys.meta_path.remove(self)
+            signal.raise_signal(signal.SIGINT)
+        return None
+def objective(x):
+    return x
+if __name__ == "__main__":
+    sys.meta_path.insert(0, InterruptOnce())
+    exp = orchard.build_experiment("e", space={"x": "uniform(0, 1)"}, storage=sys.argv[1], max_trials=4)
+    try:
+        exp.workon(objective, n_workers=2, executor="joblib", progress=False)
+    except KeyboardInterrupt:
+        print("interrupted", flush=True)
+    exp.workon(objective, n_workers=2, executor="joblib", progress=False)  # the notebook goes on
+    print("completed", exp.stats["counts"]["completed"])
+"""
+
+
+@pytest.mark.timeout(120)
+def test_ctrl_c_while_loky_is_imported_leaves_the_process_able_to_run_workon_again(tmp_path) -> None:
+    """A Ctrl-C early in a notebook's first ``workon(executor="joblib")`` landed among the imports loky makes
+    for its first pool: they stayed half-done, and every later workon of that kernel failed ("partially
+    initialized module 'joblib.externals.loky.backend.resource_tracker'")."""
+    script = tmp_path / "script.py"
+    script.write_text(HALF_IMPORT_SCRIPT)
+    result = subprocess.run([sys.executable, str(script), str(tmp_path / "o.pkl")], capture_output=True, text=True,
+                            timeout=100)
+    assert result.stdout.split() == ["interrupted", "completed", "4"], result.stderr[-2000:]

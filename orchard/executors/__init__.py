@@ -40,7 +40,7 @@ from typing import Any
 
 from orchard.errors import ConfigurationError, ExecutorError, OrchardError
 from orchard.executors.capacity import check_capacity, check_n_workers, counted_as
-from orchard.interruption import default_handlers
+from orchard.interruption import default_handlers, deferred
 
 __all__ = ["EXECUTORS", "InlineExecutor", "is_dask_client", "make_executor", "outlasts_workon",
            "reaches_local_processes", "shares_environment"]
@@ -62,9 +62,13 @@ class InlineExecutor(Executor):
 
 @contextlib.contextmanager
 def _loky(n_workers: int, config: Mapping[str, Any]) -> Iterator[Executor]:
-    from joblib.externals.loky import get_reusable_executor
+    # loky imports its modules as the first pool is made: an interruption among them would leave them
+    # half-imported for the rest of the process (every later workon failing with an ImportError)
+    with deferred():
+        from joblib.externals.loky import get_reusable_executor
 
-    yield get_reusable_executor(max_workers=n_workers, **_watching_their_parent(config))
+        pool = get_reusable_executor(max_workers=n_workers, **_watching_their_parent(config))
+    yield pool
 
 
 def _fork_context() -> multiprocessing.context.BaseContext | None:
@@ -153,7 +157,8 @@ def _dask(n_workers: int, config: Mapping[str, Any]) -> Iterator[Executor]:
             "executor 'dask' needs dask.distributed, which is not installed; "
             "install it with: pip install 'orchard-hpo[dask]'"
         )
-    from dask.distributed import Client, LocalCluster
+    with deferred():  # as loky's (see _loky)
+        from dask.distributed import Client, LocalCluster
 
     options = {k: v for k, v in config.items() if k not in _DASK_ORCHARD_KEYS}
     with contextlib.ExitStack() as stack:
