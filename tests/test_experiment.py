@@ -163,14 +163,17 @@ def test_workon_max_trials_caps_one_call(store) -> None:
 
 
 class _CountingPool(ThreadPoolExecutor):
-    """A thread pool of the caller's own that counts the worker loops submitted to it."""
+    """A thread pool of the caller's own that counts the worker loops submitted to it, and cannot start the
+    ``refused``-th (no thread can start)."""
 
-    def __init__(self) -> None:
+    def __init__(self, refused: int | None = None) -> None:
         super().__init__(max_workers=8)
-        self.loops = 0
+        self.loops, self.refused = 0, refused
 
     def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Any:
         self.loops += 1
+        if self.loops == self.refused:
+            raise RuntimeError("can't start new thread")
         return super().submit(fn, *args, **kwargs)
 
 
@@ -196,6 +199,20 @@ def test_workon_starts_no_more_workers_than_the_budget_has_trials_left(caplog: p
         exp.workon(workloads.quadratic, n_workers=8, executor=pool, max_trials=2, progress=False)
     assert pool.loops == 2 and exp.stats["counts"]["completed"] == 7
     assert workers_to_start(8, None, "no budget") == 8 and workers_to_start(8, 0, "met") == 1
+
+
+def test_a_pool_that_refuses_a_loop_leaves_none_of_the_others_running(store) -> None:
+    """workon raised the pool's error while the loop it had started ran the experiment on, unwatched, to its
+    budget (the standard library's process pool: workon waited for that before raising)."""
+    from orchard.errors import ExecutorError
+
+    exp = orchard.build_experiment("refused", space=workloads.SPACE, storage="memory://refused", max_trials=200)
+    pool = _CountingPool(refused=2)
+    with pytest.raises(ExecutorError, match="can't start new thread"):
+        exp.workon(workloads.quadratic, n_workers=3, executor=pool, progress=False)
+    when_raised = exp.stats["counts"]
+    pool.shutdown(wait=True)  # whatever still runs in it ends
+    assert exp.stats["counts"] == when_raised and when_raised["reserved"] == 0, when_raised
 
 
 def test_bad_options_are_clear(store) -> None:

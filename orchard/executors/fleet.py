@@ -112,21 +112,29 @@ class Fleet:
                 pass
             return [reported(future.exception()) for future in self._futures]
         except KeyboardInterrupt as interruption:
-            self._stop.set()
-            if local is not None:
-                local.set()  # before the signals
-            if remote is not None:
-                stopped = self._stop_remote(remote, interruption)
-            else:
-                stopped = stop_workers(interruption, self._futures, STOP_TIMEOUT if reachable else 0.0)
-            if reachable:  # and the loops running as threads, whose futures a Dask client cancels
-                self._stop.wait(STOP_TIMEOUT)
-            raise stopped from None
+            raise self._stop_loops(interruption, remote, local, reachable) from None
+        except Exception:  # the pool refused a loop (no process or thread could start, its scheduler went away):
+            self._stop_loops(Interrupted(), remote, local, reachable)  # those it started would run on unwatched
+            raise
         finally:
             if remote is not None:  # however the run ended: nothing left on a scheduler that outlives it
                 remote.close(loops_ended=all(future.done() for future in self._futures) and not self._unreached)
             if local is not None:
                 local.close()
+
+    def _stop_loops(self, interruption: KeyboardInterrupt, remote: RemoteStop | None, local: LocalStop | None,
+                    reachable: bool) -> Interrupted:
+        """Tell every loop submitted to stop, and wait for their reports; the interruption to raise."""
+        self._stop.set()
+        if local is not None:
+            local.set()  # before the signals
+        if remote is not None:
+            stopped = self._stop_remote(remote, interruption)
+        else:
+            stopped = stop_workers(interruption, self._futures, STOP_TIMEOUT if reachable else 0.0)
+        if reachable:  # and the loops running as threads, whose futures a Dask client cancels
+            self._stop.wait(STOP_TIMEOUT)
+        return stopped
 
     def _stop_remote(self, remote: RemoteStop, interruption: KeyboardInterrupt) -> Interrupted:
         """Tell the loops on Dask workers to stop and wait for their reports; then cancel those that did not stop.
