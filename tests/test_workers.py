@@ -465,3 +465,40 @@ def test_ctrl_c_while_loky_is_imported_leaves_the_process_able_to_run_workon_aga
     result = subprocess.run([sys.executable, str(script), str(tmp_path / "o.pkl")], capture_output=True, text=True,
                             timeout=100)
     assert result.stdout.split() == ["interrupted", "completed", "4"], result.stderr[-2000:]
+
+
+LOCAL_CLUSTER_SCRIPT = """
+import os, sys, time, orchard
+def objective(x):
+    open(os.path.join(sys.argv[1], f"{os.getpid()}-{os.urandom(4).hex()}.running"), "w").close()
+    time.sleep(1.5)  # runs to its end in the Dask worker's thread
+    return x
+if __name__ == "__main__":  # Dask starts its workers with spawn
+    exp = orchard.build_experiment("local", space={"x": "uniform(0, 1)"}, storage=sys.argv[2], max_trials=8)
+    exp.workon(objective, n_workers=2, executor="dask", executor_config={"dashboard_address": None}, progress=False)
+"""
+
+
+@pytest.mark.timeout(120)
+def test_loops_of_the_local_cluster_workon_started_reserve_nothing_after_sigterm(tmp_path) -> None:
+    """SIGTERM to workon(executor="dask"): its LocalCluster closes, but the loops on its worker processes, which
+    no signal reaches, went on until it did: each finished its evaluation, then reserved another trial."""
+    running = tmp_path / "running"
+    running.mkdir()
+    script = tmp_path / "script.py"
+    script.write_text(LOCAL_CLUSTER_SCRIPT)
+    storage = str(tmp_path / "o.pkl")
+    proc = subprocess.Popen([sys.executable, str(script), str(running), storage], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 90
+    while len(list(running.glob("*.running"))) < 2:
+        assert time.monotonic() < deadline and proc.poll() is None, proc.communicate()
+        time.sleep(0.05)
+    signalled = time.time()
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode != 0 and "Interrupted" in err, err[-2000:]
+    trials = orchard.get_experiment("local", storage=storage).fetch_trials()
+    assert not [t for t in trials if t.start_time is not None and t.start_time > signalled], \
+        [(t.status.value, t.start_time - signalled) for t in trials if t.start_time]
+    assert not [t for t in trials if t.status is TrialStatus.RESERVED]

@@ -168,7 +168,8 @@ def _dask(n_workers: int, config: Mapping[str, Any]) -> Iterator[Executor]:
             cluster_options = {"n_workers": n_workers, "threads_per_worker": 1, "processes": True,
                                "dashboard_address": None, "resources": config.get("resources"), **options}
             try:
-                cluster = stack.enter_context(LocalCluster(**cluster_options))  # type: ignore[no-untyped-call]
+                with deferred():  # interrupted half-built, its close at exit fails ("AssertionError: Status.init")
+                    cluster = stack.enter_context(LocalCluster(**cluster_options))  # type: ignore[no-untyped-call]
             except (RuntimeError, OSError, TimeoutError) as err:
                 raise ExecutorError(
                     f"executor 'dask' could not start a LocalCluster of {n_workers} workers "

@@ -19,6 +19,10 @@ as a thread of the caller watches its :class:`~orchard.executors.threads.StopReq
     (not cancelled: Dask would                (a KeyboardInterrupt would end Dask's worker thread)
     drop what they report)
 
+The loops on the worker processes of a ``LocalCluster`` Orchard started are told
+by the same event, but not waited for: the cluster is closed next, which ends
+them (they reserve no trial meanwhile).
+
 When ``workon`` ends (however it ends) and every loop has ended, the Fleet
 closes the request: set (a watch still waiting wakes and lets go of it), then
 cleared, which removes it from the scheduler, so ``workon`` calls on a
