@@ -20,6 +20,7 @@ from orchard.constraints import normalize_constraints
 from orchard.dataframe import trials_frame
 from orchard.errors import ConfigurationError, ExecutorError, ExperimentBrokenError, OrchardError
 from orchard.executors import make_executor, outlasts_workon, reaches_local_processes, shares_environment
+from orchard.executors.capacity import workers_to_start
 from orchard.executors.fleet import Fleet
 from orchard.executors.task import WorkerTask, check_travels
 from orchard.experiment_config import ExperimentConfig
@@ -31,7 +32,7 @@ from orchard.objective import Outcome, check_objective, interpret_result
 from orchard.objectives import normalize_objectives
 from orchard.pareto import best_of, front_hypervolume, pareto_front
 from orchard.pruners import check_objectives, normalize_pruner_config
-from orchard.recording import budget_held, record_evaluation, warn_if_budget_met
+from orchard.recording import budget_held, budget_to_give, record_evaluation, warn_if_budget_met
 from orchard.report import TrialPruned, check_report
 from orchard.resources import assign_devices, parse_gpus, parse_memory
 from orchard.space import Space
@@ -242,7 +243,7 @@ class Experiment:
         Args:
             fn: the objective, called as ``fn(**params)``; returns a float or a dict
                 with ``"objective"``. An exception marks the trial broken.
-            n_workers: how many workers to run.
+            n_workers: how many workers to run; no more start than the trials ``max_trials`` can still hand out.
             executor: ``joblib`` (processes; the default for several workers),
                 ``process``, ``dask``, ``thread`` or ``single``; or an executor you
                 already have (a ``concurrent.futures.Executor`` or a
@@ -280,13 +281,13 @@ class Experiment:
         memory_limit = parse_memory(trial_memory_limit)
         if executor is None:
             executor = "single" if n_workers == 1 and gpus is None else _config.DEFAULTS["executor"]
-        pool_manager = make_executor(executor, n_workers, executor_config)  # validates name and size (first)
-        devices = assign_devices(parse_gpus(gpus), gpus_per_worker, n_workers,
-                                 shares_environment(executor, executor_config))
         self.refresh()  # another process may have raised the budget since this handle was made
         settings = WorkerSettings.for_experiment(self.settings, idle_timeout=idle_timeout, max_trials_per_worker=None,
                                                  storage_patience=_config.resolve("storage_patience", storage_patience))
         settings = dataclasses.replace(settings, max_trials=self._call_budget(max_trials))
+        n_workers = workers_to_start(n_workers, budget_to_give(self.storage, self.id, settings.max_trials), self.name)
+        pool_manager = make_executor(executor, n_workers, executor_config)  # validates name and size
+        devices = assign_devices(parse_gpus(gpus), gpus_per_worker, n_workers, shares_environment(executor, executor_config))
         warn_if_budget_met(self.storage, self.id, self.name, self.max_trials)
         if executor not in ("single", "thread") and not shares_environment(executor):
             check_travels(fn, self.storage, executor)  # fail fast, with the pickler's reason

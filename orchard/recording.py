@@ -31,7 +31,7 @@ from orchard.stopping import StopGate, StopRules
 from orchard.storages.base import BaseStorage
 from orchard.trial import Trial, TrialStatus
 
-__all__ = ["budget_held", "budget_used", "check_evaluation", "record_evaluation", "warn_if_budget_met"]
+__all__ = ["budget_held", "budget_to_give", "budget_used", "check_evaluation", "record_evaluation", "warn_if_budget_met"]
 
 log = logging.getLogger(__name__)
 
@@ -127,6 +127,20 @@ def budget_held(storage: BaseStorage, experiment_id: str) -> int:
     counts = storage.count_trials(experiment_id)
     held = sum(counts.values()) - counts[TrialStatus.BROKEN]
     return held - storage.count_unbudgeted(experiment_id) if counts[TrialStatus.COMPLETED] else held
+
+
+def budget_to_give(storage: BaseStorage, experiment_id: str, max_trials: int | None) -> int | None:
+    """Trials ``max_trials`` can still hand out to workers: neither used nor reserved now (``None``: no budget).
+
+    ``new`` and ``interrupted`` trials count: they hold a unit of the budget but wait for a worker.
+    """
+    if max_trials is None:
+        return None
+    counts = storage.count_trials(experiment_id)
+    used = counts[TrialStatus.COMPLETED] + counts[TrialStatus.PRUNED]
+    if counts[TrialStatus.COMPLETED]:
+        used -= storage.count_unbudgeted(experiment_id)
+    return max(max_trials - used - counts[TrialStatus.RESERVED], 0)
 
 
 def warn_if_budget_met(storage: BaseStorage, experiment_id: str, name: str, max_trials: int | None) -> bool:

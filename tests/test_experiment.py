@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import logging
 import math
 import subprocess
 import sys
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
 import pytest
 
@@ -157,6 +160,59 @@ def test_workon_max_trials_caps_one_call(store) -> None:
     assert exp.stats["counts"]["completed"] == 4
     exp.workon(workloads.quadratic, executor="single", progress=False)
     assert exp.stats["counts"]["completed"] == 10
+
+
+class _CountingPool(ThreadPoolExecutor):
+    """A thread pool of the caller's own that counts the worker loops submitted to it, and cannot start the
+    ``refused``-th (no thread can start)."""
+
+    def __init__(self, refused: int | None = None) -> None:
+        super().__init__(max_workers=8)
+        self.loops, self.refused = 0, refused
+
+    def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Any:
+        self.loops += 1
+        if self.loops == self.refused:
+            raise RuntimeError("can't start new thread")
+        return super().submit(fn, *args, **kwargs)
+
+
+def test_workon_starts_no_more_workers_than_the_budget_has_trials_left(caplog: pytest.LogCaptureFixture) -> None:
+    """Workers beyond the trials the budget can still hand out would start and stop at once: a new trial
+    still needs one, a completed or reserved one does not. It was 8 loops for 4 trials."""
+    from orchard.executors.capacity import workers_to_start
+    from orchard.recording import budget_to_give
+
+    exp = orchard.build_experiment("left", space=workloads.SPACE, storage="memory://left", max_trials=5, seed=1)
+    exp.observe(exp.suggest(), 1.0)
+    exp.insert({"x": 1.0, "y": 2.0})  # new: holds a unit of the budget, waits for a worker
+    held = exp.suggest()
+    assert budget_to_give(exp.storage, exp.id, 5) == 3  # neither the completed nor the reserved one
+    exp.release(held)
+    caplog.set_level(logging.INFO, logger="orchard.executors.capacity")
+    with _CountingPool() as pool:
+        exp.workon(workloads.quadratic, n_workers=8, executor=pool, progress=False)
+    assert pool.loops == 4 and exp.stats["counts"]["completed"] == 5
+    assert "experiment 'left': starting 4 of 8 workers: only 4 trial(s) of the budget are left" in caplog.text
+    orchard.build_experiment("left", storage="memory://left", max_trials=15)  # 10 more, of which this call runs 2
+    with _CountingPool() as pool:
+        exp.workon(workloads.quadratic, n_workers=8, executor=pool, max_trials=2, progress=False)
+    assert pool.loops == 2 and exp.stats["counts"]["completed"] == 7
+    assert workers_to_start(8, None, "no budget") == 8 and workers_to_start(8, 0, "met") == 1
+
+
+def test_a_pool_that_refuses_a_loop_leaves_none_of_the_others_running(store) -> None:
+    """workon raised the pool's error while the loop it had started ran the experiment on, unwatched, to its
+    budget (the standard library's process pool: workon waited for that before raising)."""
+    from orchard.errors import ExecutorError
+
+    exp = orchard.build_experiment("refused", space=workloads.SPACE, storage="memory://refused", max_trials=200)
+    pool = _CountingPool(refused=2)
+    with pytest.raises(ExecutorError, match="can't start new thread"):
+        exp.workon(workloads.quadratic, n_workers=3, executor=pool, progress=False)
+    when_raised = exp.stats["counts"]
+    pool.shutdown(wait=True)  # whatever still runs in it ends
+    assert exp.stats["counts"] == when_raised and when_raised["reserved"] == 0, when_raised
 
 
 def test_bad_options_are_clear(store) -> None:

@@ -169,3 +169,16 @@ def test_gpus_and_memory_limit_come_from_the_config_file(
     capsys.readouterr()
     assert main(["hunt", "-n", "e", "--storage", "o.pkl", "--max-trials", "3", *command]) != 0
     assert "trial_memory_limit '4 parsecs'" in capsys.readouterr().err
+
+
+def test_the_dask_local_cluster_workon_starts_is_capped_as_local_processes_are() -> None:
+    """``executor="dask"`` without an address starts a LocalCluster of n_workers processes here (46 MiB each):
+    100,000 of them were started, unchecked, as if they ran elsewhere."""
+    from orchard.executors.capacity import LOCAL_CLUSTER, counted_as
+
+    with pytest.raises(ConfigurationError, match="n_workers=100000 'dask LocalCluster' workers do not fit"):
+        make_executor("dask", 100_000, {"dashboard_address": None})
+    assert counted_as("dask", {"address": "tcp://sched:8786"}) == "dask"  # a cluster elsewhere: not capped
+    assert counted_as("dask", {"processes": False}) == "thread" and counted_as("dask", {}) == LOCAL_CLUSTER
+    with pytest.raises(ConfigurationError, match="room for 22"):
+        check_capacity(LOCAL_CLUSTER, 64, Machine(available_memory=2**30, free_tasks=None))

@@ -404,3 +404,101 @@ def test_sigterm_to_workon_stops_its_workers_and_releases_their_trials(
     trials = exp.fetch_trials()
     assert sorted(t.status.value for t in trials) == ["interrupted"] * n_workers
     assert all(t.attempts == 0 for t in trials), "a release does not count against max_attempts"
+
+
+def _quick(x: float, y: float) -> float:
+    time.sleep(0.02)
+    return x
+
+
+@pytest.mark.timeout(60)
+def test_a_loop_that_starts_in_a_pool_process_after_ctrl_c_reserves_nothing(tmp_path) -> None:
+    """The stop signal reaches the loops running when it is sent; one that starts after it (a pool process
+    still starting, a task queued in the pool) ran trials until the next signal, 0.5 s later: after a SIGTERM
+    during the pool's start a budget of short trials ran to its end. Here the second loop is queued behind
+    the first in a one-process pool of the caller's own, and starts when the interruption has ended the first."""
+    from concurrent.futures import ProcessPoolExecutor
+
+    exp = orchard.build_experiment("late", space=workloads.SPACE, storage=str(tmp_path / "o.pkl"), max_trials=200)
+
+    def stop(trial: Trial) -> None:
+        raise ValueError("enough")
+
+    with ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("fork")) as pool, \
+            pytest.raises(ValueError, match="enough"):
+        exp.workon(_quick, n_workers=2, executor=pool, progress=False, on_result=stop)
+    trials = exp.fetch_trials()
+    finished_by = {t.worker for t in trials if t.worker is not None}  # a released trial names no worker
+    assert len(finished_by) == 1, [(t.status.value, t.worker) for t in trials]  # the second loop ran none
+    assert not [t for t in trials if t.status is TrialStatus.RESERVED]
+
+
+HALF_IMPORT_SCRIPT = """
+import signal, sys, orchard
+class InterruptOnce:  # Ctrl-C as loky imports a module its first pool needs
+    def find_spec(self, name, path=None, target=None):
+        if name == "joblib.externals.loky.backend.resource_tracker":
+            sys.meta_path.remove(self)
+            signal.raise_signal(signal.SIGINT)
+        return None
+def objective(x):
+    return x
+if __name__ == "__main__":
+    sys.meta_path.insert(0, InterruptOnce())
+    exp = orchard.build_experiment("e", space={"x": "uniform(0, 1)"}, storage=sys.argv[1], max_trials=4)
+    try:
+        exp.workon(objective, n_workers=2, executor="joblib", progress=False)
+    except KeyboardInterrupt:
+        print("interrupted", flush=True)
+    exp.workon(objective, n_workers=2, executor="joblib", progress=False)  # the notebook goes on
+    print("completed", exp.stats["counts"]["completed"])
+"""
+
+
+@pytest.mark.timeout(120)
+def test_ctrl_c_while_loky_is_imported_leaves_the_process_able_to_run_workon_again(tmp_path) -> None:
+    """A Ctrl-C early in a notebook's first ``workon(executor="joblib")`` landed among the imports loky makes
+    for its first pool: they stayed half-done, and every later workon of that kernel failed ("partially
+    initialized module 'joblib.externals.loky.backend.resource_tracker'")."""
+    script = tmp_path / "script.py"
+    script.write_text(HALF_IMPORT_SCRIPT)
+    result = subprocess.run([sys.executable, str(script), str(tmp_path / "o.pkl")], capture_output=True, text=True,
+                            timeout=100)
+    assert result.stdout.split() == ["interrupted", "completed", "4"], result.stderr[-2000:]
+
+
+LOCAL_CLUSTER_SCRIPT = """
+import os, sys, time, orchard
+def objective(x):
+    open(os.path.join(sys.argv[1], f"{os.getpid()}-{os.urandom(4).hex()}.running"), "w").close()
+    time.sleep(1.5)  # runs to its end in the Dask worker's thread
+    return x
+if __name__ == "__main__":  # Dask starts its workers with spawn
+    exp = orchard.build_experiment("local", space={"x": "uniform(0, 1)"}, storage=sys.argv[2], max_trials=8)
+    exp.workon(objective, n_workers=2, executor="dask", executor_config={"dashboard_address": None}, progress=False)
+"""
+
+
+@pytest.mark.timeout(120)
+def test_loops_of_the_local_cluster_workon_started_reserve_nothing_after_sigterm(tmp_path) -> None:
+    """SIGTERM to workon(executor="dask"): its LocalCluster closes, but the loops on its worker processes, which
+    no signal reaches, went on until it did: each finished its evaluation, then reserved another trial."""
+    running = tmp_path / "running"
+    running.mkdir()
+    script = tmp_path / "script.py"
+    script.write_text(LOCAL_CLUSTER_SCRIPT)
+    storage = str(tmp_path / "o.pkl")
+    proc = subprocess.Popen([sys.executable, str(script), str(running), storage], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 90
+    while len(list(running.glob("*.running"))) < 2:
+        assert time.monotonic() < deadline and proc.poll() is None, proc.communicate()
+        time.sleep(0.05)
+    signalled = time.time()
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode != 0 and "Interrupted" in err, err[-2000:]
+    trials = orchard.get_experiment("local", storage=storage).fetch_trials()
+    assert not [t for t in trials if t.start_time is not None and t.start_time > signalled], \
+        [(t.status.value, t.start_time - signalled) for t in trials if t.start_time]
+    assert not [t for t in trials if t.status is TrialStatus.RESERVED]

@@ -179,13 +179,15 @@ def _check_capacity(storage: BaseStorage, name: str, settings: Settings) -> None
 
     Only the workers :func:`_work` starts count: no more than the budget.
     """
-    from orchard.executors.capacity import check_capacity
+    from orchard.executors.capacity import check_capacity, counted_as
 
     budget = settings.get("max_trials", use_default=False)
     if budget is None and (record := storage.get_experiment(name)) is not None:
         budget = record.config.get("max_trials")
     n_workers = settings.get("n_workers")
-    check_capacity(settings.get("executor"), min(n_workers, budget) if budget else n_workers)
+    config = settings.get("executor_config")
+    executor = counted_as(settings.get("executor"), config if isinstance(config, Mapping) else {})
+    check_capacity(executor, min(n_workers, budget) if budget else n_workers)
 
 
 def _experiment(name: str, template: CommandTemplate, storage: BaseStorage, settings: Settings) -> Experiment:
@@ -241,6 +243,8 @@ def _budget_met(experiment: Experiment) -> bool:
 
 
 def _work(experiment: Experiment, template: CommandTemplate, settings: Settings) -> int:
+    from orchard.executors.capacity import workers_to_start
+    from orchard.recording import budget_to_give
     from orchard.resources import parse_memory
     from orchard.runner import ScriptRunner
     from orchard.stopping import stop_summary
@@ -250,11 +254,8 @@ def _work(experiment: Experiment, template: CommandTemplate, settings: Settings)
     _make_folder(base, experiment.name)
     runner = ScriptRunner(template, experiment.name, base, settings.get("trial_timeout"),
                           memory_limit=parse_memory(settings.get("trial_memory_limit")))
-    n_workers = settings.get("n_workers")
-    if experiment.max_trials is not None and n_workers > experiment.max_trials:
-        # every running trial holds a unit of max_trials: workers beyond it would only start and stop
-        # (--n-workers 100000 --max-trials 1 started processes for minutes, the machine's load at 57)
-        n_workers = experiment.max_trials
+    to_give = budget_to_give(experiment.storage, experiment.id, experiment.max_trials)
+    n_workers = workers_to_start(settings.get("n_workers"), to_give, experiment.name)  # workon's own rule
     executor = settings.get("executor", use_default=False)
     if n_workers == 1 and executor in ("joblib", "loky"):
         executor = "single"  # one worker: run it here, no process pool to start

@@ -39,8 +39,8 @@ from concurrent.futures import Executor, Future, ProcessPoolExecutor, ThreadPool
 from typing import Any
 
 from orchard.errors import ConfigurationError, ExecutorError, OrchardError
-from orchard.executors.capacity import check_capacity
-from orchard.interruption import default_handlers
+from orchard.executors.capacity import check_capacity, check_n_workers, counted_as
+from orchard.interruption import default_handlers, deferred
 
 __all__ = ["EXECUTORS", "InlineExecutor", "is_dask_client", "make_executor", "outlasts_workon",
            "reaches_local_processes", "shares_environment"]
@@ -62,9 +62,13 @@ class InlineExecutor(Executor):
 
 @contextlib.contextmanager
 def _loky(n_workers: int, config: Mapping[str, Any]) -> Iterator[Executor]:
-    from joblib.externals.loky import get_reusable_executor
+    # loky imports its modules as the first pool is made: an interruption among them would leave them
+    # half-imported for the rest of the process (every later workon failing with an ImportError)
+    with deferred():
+        from joblib.externals.loky import get_reusable_executor
 
-    yield get_reusable_executor(max_workers=n_workers, **_watching_their_parent(config))
+        pool = get_reusable_executor(max_workers=n_workers, **_watching_their_parent(config))
+    yield pool
 
 
 def _fork_context() -> multiprocessing.context.BaseContext | None:
@@ -153,7 +157,8 @@ def _dask(n_workers: int, config: Mapping[str, Any]) -> Iterator[Executor]:
             "executor 'dask' needs dask.distributed, which is not installed; "
             "install it with: pip install 'orchard-hpo[dask]'"
         )
-    from dask.distributed import Client, LocalCluster
+    with deferred():  # as loky's (see _loky)
+        from dask.distributed import Client, LocalCluster
 
     options = {k: v for k, v in config.items() if k not in _DASK_ORCHARD_KEYS}
     with contextlib.ExitStack() as stack:
@@ -163,7 +168,8 @@ def _dask(n_workers: int, config: Mapping[str, Any]) -> Iterator[Executor]:
             cluster_options = {"n_workers": n_workers, "threads_per_worker": 1, "processes": True,
                                "dashboard_address": None, "resources": config.get("resources"), **options}
             try:
-                cluster = stack.enter_context(LocalCluster(**cluster_options))  # type: ignore[no-untyped-call]
+                with deferred():  # interrupted half-built, its close at exit fails ("AssertionError: Status.init")
+                    cluster = stack.enter_context(LocalCluster(**cluster_options))  # type: ignore[no-untyped-call]
             except (RuntimeError, OSError, TimeoutError) as err:
                 raise ExecutorError(
                     f"executor 'dask' could not start a LocalCluster of {n_workers} workers "
@@ -224,10 +230,9 @@ def make_executor(
         ConfigurationError: unknown name, bad ``n_workers`` (for a local executor, more workers
             than this machine holds: :mod:`orchard.executors.capacity`), or a missing optional dependency.
     """
-    if not isinstance(n_workers, int) or isinstance(n_workers, bool) or n_workers < 1:
-        raise ConfigurationError(f"n_workers must be a positive integer, got {n_workers!r}")
+    check_n_workers(n_workers)
     if isinstance(executor, str):
-        check_capacity(executor, n_workers)
+        check_capacity(counted_as(executor, config or {}), n_workers)
     if is_dask_client(executor):
         return _translated(_borrowed(_dask_executor(executor, config or {})), "dask client")
     if isinstance(executor, Executor):

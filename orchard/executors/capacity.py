@@ -17,27 +17,45 @@ memory     the memory available now (``psutil``), over what one worker holds of 
            (:data:`WORKER_MEMORY`)
 ========== ===========================================================================
 
-Dask and executors of the caller's own are not checked: they place their
-workers themselves, possibly on other machines.
+Nor is the ``LocalCluster`` of worker processes that ``executor="dask"`` starts
+without an address (:func:`counted_as`). A Dask cluster of one's own and
+executors of the caller's own are not checked: they place their workers
+themselves, possibly on other machines.
+
+Nor is a worker started that would find nothing to do: every running trial
+holds a unit of ``max_trials``, so :func:`workers_to_start` (``workon``,
+``orchard hunt``) starts no more loops than the budget can still hand out,
+whatever the executor.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
+from collections.abc import Mapping
+from typing import Any
 
 from orchard.errors import ConfigurationError
 
-__all__ = ["WORKER_MEMORY", "Machine", "check_capacity"]
+__all__ = ["LOCAL_CLUSTER", "WORKER_MEMORY", "Machine", "check_capacity", "check_n_workers", "counted_as",
+           "workers_to_start"]
+
+log = logging.getLogger(__name__)
 
 _MiB = 2**20
+#: What :func:`counted_as` calls the workers of the Dask ``LocalCluster`` Orchard starts (processes of this machine).
+LOCAL_CLUSTER = "dask LocalCluster"
 #: Memory of its own (unshared) one busy worker holds, by executor: a forked ``process`` worker
 #: 7.8 MiB with a small history, growing with it (7.8–25.9 MiB, docs/scaling.md, 64 to 512 workers); a loky worker is a fresh interpreter importing
 #: numpy and Orchard, 37.5 MiB (psutil's ``uss`` of ``python -c "import numpy, orchard,
 #: orchard.worker, joblib.externals.loky"``); a thread's loop 0.38 MiB (the resident memory a
 #: ``workon`` of 128 thread workers on ``memory://`` added, over 128). The lower figures: only what
 #: cannot fit is refused.
-WORKER_MEMORY = {"process": 8 * _MiB, "joblib": 36 * _MiB, "loky": 36 * _MiB, "thread": 3 * _MiB // 8}
+WORKER_MEMORY = {"process": 8 * _MiB, "joblib": 36 * _MiB, "loky": 36 * _MiB, "thread": 3 * _MiB // 8,
+                 # a process of the LocalCluster `executor="dask"` starts without an address: 46.2 MiB (psutil's uss of
+                 # each worker of LocalCluster(n_workers=2, processes=True) once it imported orchard.worker)
+                 LOCAL_CLUSTER: 46 * _MiB}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -69,8 +87,8 @@ def check_capacity(executor: str, n_workers: int, machine: Machine | None = None
     """Refuse more workers of a named local executor than this machine can hold.
 
     Args:
-        executor: a name of :data:`orchard.executors.EXECUTORS`; only ``process``,
-            ``joblib``/``loky`` and ``thread`` are checked.
+        executor: a name of :data:`orchard.executors.EXECUTORS` as :func:`counted_as` gives it; only
+            ``process``, ``joblib``/``loky``, ``thread`` and :data:`LOCAL_CLUSTER` are checked.
         n_workers: how many worker loops would start.
         machine: the machine's free resources (default: :meth:`Machine.now`).
 
@@ -86,6 +104,48 @@ def check_capacity(executor: str, n_workers: int, machine: Machine | None = None
         f"n_workers={n_workers} {executor!r} workers do not fit this machine: {reason}, room for {fit}; "
         "run fewer workers (each finishes trials in turn), or spread them over machines "
         "(executor='dask' with a cluster, or orchard hunt on each machine against one storage)")
+
+
+def counted_as(executor: str, config: Mapping[str, Any]) -> str:
+    """The name a named executor's workers are counted under: :data:`LOCAL_CLUSTER` for a Dask cluster Orchard starts here.
+
+    Args:
+        executor: a name of :data:`orchard.executors.EXECUTORS`.
+        config: its options (Dask's ``address`` or ``scheduler_file``: a cluster elsewhere; ``processes=False``: threads).
+    """
+    if executor != "dask" or "address" in config or "scheduler_file" in config:
+        return executor
+    return "thread" if config.get("processes") is False else LOCAL_CLUSTER
+
+
+def check_n_workers(n_workers: object) -> None:
+    """Refuse an ``n_workers`` that is not a positive integer (``ConfigurationError``)."""
+    if not isinstance(n_workers, int) or isinstance(n_workers, bool) or n_workers < 1:
+        raise ConfigurationError(f"n_workers must be a positive integer, got {n_workers!r}")
+
+
+def workers_to_start(n_workers: int, to_give: int | None, name: str) -> int:
+    """How many of ``n_workers`` worker loops are worth starting when the budget can hand out ``to_give`` trials.
+
+    Workers beyond those trials would start and stop at once (``--n-workers 100000 --max-trials 1``
+    started processes for minutes). At least one starts: it says when the budget is met, and takes
+    over the trials of others' workers that die. Says so at INFO when it starts fewer.
+
+    Args:
+        n_workers: how many the caller asked for.
+        to_give: :func:`orchard.recording.budget_to_give` (``None``: no budget, every worker starts).
+        name: the experiment's name, for the log.
+
+    Raises:
+        ConfigurationError: ``n_workers`` is not a positive integer.
+    """
+    check_n_workers(n_workers)
+    if to_give is None or n_workers <= max(to_give, 1):
+        return n_workers
+    started = max(to_give, 1)
+    log.info("experiment %r: starting %d of %d workers: only %d trial(s) of the budget are left", name, started,
+             n_workers, to_give)
+    return started
 
 
 def _available_memory() -> int | None:

@@ -36,6 +36,7 @@ from concurrent.futures import Executor, Future, ProcessPoolExecutor
 from types import TracebackType
 
 from orchard.errors import Interrupted, StorageError
+from orchard.executors.children import LocalStop
 from orchard.executors.remote import RemoteStop, reported
 from orchard.executors.task import WorkerTask, run_worker
 from orchard.executors.threads import StopRequest
@@ -83,7 +84,9 @@ class Fleet:
             reachable: the loops run in this thread, in child processes of this one or as its
                 threads, which an interruption of this process can stop (else it does not wait for them).
             lasting: the pool's workers may run on once it is closed (a Dask cluster Orchard did not
-                start): loops on Dask workers are then told to stop by an event (:mod:`orchard.executors.remote`).
+                start): workon then waits for the loops on Dask workers, told to stop by an event
+                (:mod:`orchard.executors.remote`), to report; those of a cluster Orchard started are told
+                too, and end with it.
 
         Returns:
             What each loop raised (``None`` for a loop that ended normally), in task order.
@@ -93,9 +96,12 @@ class Fleet:
                 :func:`~orchard.interruption.interruptible`); the loops in local worker
                 processes were told to stop, and the error says what they released.
         """
-        remote = RemoteStop.of(pool) if lasting else None  # loops on Dask workers, which no signal reaches
+        remote = RemoteStop.of(pool)  # loops on Dask workers, which no signal reaches
         if remote is not None:
             self.tasks = [dataclasses.replace(task, remote_stop=remote.name) for task in self.tasks]
+        local = LocalStop.of(pool)  # loops in pool processes that start after the stop signal was sent
+        if local is not None:
+            self.tasks = [dataclasses.replace(task, local_stop=local.path) for task in self.tasks]
         try:
             # the standard library's pool forks its processes as tasks are submitted, and an interruption
             # handled in fork's at-fork hooks would be dropped there (an inline pool runs whole loops here)
@@ -108,14 +114,31 @@ class Fleet:
                 pass
             return [reported(future.exception()) for future in self._futures]
         except KeyboardInterrupt as interruption:
-            self._stop.set()
-            if remote is not None:
-                stopped = self._stop_remote(remote, interruption)
-            else:
-                stopped = stop_workers(interruption, self._futures, STOP_TIMEOUT if reachable else 0.0)
-            if reachable:  # and the loops running as threads, whose futures a Dask client cancels
-                self._stop.wait(STOP_TIMEOUT)
-            raise stopped from None
+            raise self._stop_loops(interruption, remote, local, reachable, lasting) from None
+        except Exception:  # the pool refused a loop (no process or thread could start, its scheduler went away):
+            self._stop_loops(Interrupted(), remote, local, reachable, lasting)  # those it started would run on
+            raise
+        finally:
+            if remote is not None:  # however the run ended: nothing left on a scheduler that outlives it
+                remote.close(loops_ended=all(future.done() for future in self._futures) and not self._unreached)
+            if local is not None:
+                local.close()
+
+    def _stop_loops(self, interruption: KeyboardInterrupt, remote: RemoteStop | None, local: LocalStop | None,
+                    reachable: bool, lasting: bool) -> Interrupted:
+        """Tell every loop submitted to stop, and wait for their reports; the interruption to raise."""
+        self._stop.set()
+        if local is not None:
+            local.set()  # before the signals
+        if remote is not None and lasting:
+            stopped = self._stop_remote(remote, interruption)
+        else:
+            if remote is not None:  # a LocalCluster workon started, closed next: its loops reserve nothing meanwhile
+                remote.set()
+            stopped = stop_workers(interruption, self._futures, STOP_TIMEOUT if reachable else 0.0)
+        if reachable:  # and the loops running as threads, whose futures a Dask client cancels
+            self._stop.wait(STOP_TIMEOUT)
+        return stopped
 
     def _stop_remote(self, remote: RemoteStop, interruption: KeyboardInterrupt) -> Interrupted:
         """Tell the loops on Dask workers to stop and wait for their reports; then cancel those that did not stop.

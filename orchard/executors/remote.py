@@ -19,8 +19,16 @@ as a thread of the caller watches its :class:`~orchard.executors.threads.StopReq
     (not cancelled: Dask would                (a KeyboardInterrupt would end Dask's worker thread)
     drop what they report)
 
-An event that was set stays on the scheduler (a few bytes), so a loop that
-starts after the stop stops at once.
+The loops on the worker processes of a ``LocalCluster`` Orchard started are told
+by the same event, but not waited for: the cluster is closed next, which ends
+them (they reserve no trial meanwhile).
+
+When ``workon`` ends (however it ends) and every loop has ended, the Fleet
+closes the request: set (a watch still waiting wakes and lets go of it), then
+cleared, which removes it from the scheduler, so ``workon`` calls on a
+long-lived cluster leave nothing behind. A request whose loops may still run
+(one that did not stop in time) is left set instead, so that they stop when
+they look at it: a few bytes on the scheduler.
 """
 
 from __future__ import annotations
@@ -82,6 +90,17 @@ class RemoteStop:
         """Tell every loop watching the request to stop (a scheduler that cannot be reached is not told)."""
         with contextlib.suppress(Exception):  # a scheduler gone: its workers are too
             self._event.set()  # type: ignore[no-untyped-call]
+
+    def close(self, loops_ended: bool) -> None:
+        """Remove the request from the scheduler once ``loops_ended``; else leave it set, so that they stop.
+
+        A cleared event the scheduler deletes only when nobody waits on it: it is set first, which wakes
+        the watches of ended loops still waiting on it (they let go), then cleared.
+        """
+        self.set()
+        if loops_ended:
+            with contextlib.suppress(Exception):  # a scheduler gone took its events with it
+                self._event.clear()  # type: ignore[no-untyped-call]
 
 
 @contextlib.contextmanager

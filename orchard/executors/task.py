@@ -19,6 +19,7 @@ from collections.abc import Callable
 from typing import Any
 
 from orchard.errors import ConfigurationError, Interrupted, StorageError
+from orchard.executors.children import stopped_before
 from orchard.executors.remote import RemoteStopped, watched
 from orchard.executors.threads import request_for
 from orchard.interruption import interruptible
@@ -51,6 +52,9 @@ class WorkerTask:
     #: The name of the request that stops the loop on a Dask worker in another process
     #: (:mod:`orchard.executors.remote`); ``None`` elsewhere.
     remote_stop: str | None = None
+    #: The file whose existence stops the loop in a pool process of the caller's machine
+    #: (:mod:`orchard.executors.children`); ``None`` elsewhere.
+    local_stop: str | None = None
 
 
 def check_travels(fn: Callable[..., Any], storage: BaseStorage, executor: str | Any) -> None:
@@ -112,6 +116,8 @@ def run_worker(task: WorkerTask) -> WorkerReport:
     request = request_for(task.token)
     with request.running(task.token) if request else watched(task.remote_stop) as stop, interruptible(), \
             visible_devices(task.devices):
+        if stopped_before(task.local_stop):  # its handlers are in place: a stop not marked yet will reach it
+            raise Interrupted()  # before any reservation: nothing to give back
         worker = Worker(task.storage, task.experiment_id, task.settings, evaluate,
                         name=worker_label(os.environ.get(DEVICES_ENV), task.token), label=task.label, stop=stop)
         try:
