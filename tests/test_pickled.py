@@ -609,6 +609,33 @@ def test_a_kernel_lock_waits_for_a_soft_lock_holder_of_the_same_file(path: Path)
     kernel.release()
 
 
+def test_bytes_written_into_a_kernel_lock_file_are_removed_at_once(path: Path, caplog: Any) -> None:
+    """`echo junk > x.pkl.lock` under running workers: they took it for a soft lock's marker and stalled
+    until it looked stale (30 s), with a warning about the soft lock."""
+    storage = PickledStorage(path, timeout=5)
+    exp_id = storage.create_experiment("exp", {})
+    lock_file = Path(f"{path}.lock")
+    lock_file.write_text("junk\n")
+    start = time.monotonic()
+    with caplog.at_level(logging.WARNING, logger="orchard.storages.pickled.locks"):
+        storage.register_trial(exp_id, {"x": 1.0})
+    assert time.monotonic() - start < 1.0
+    assert len(storage.fetch_trials(exp_id)) == 1
+    (message,) = [r.getMessage() for r in caplog.records]
+    assert "junk" in message and "another program wrote into it" in message and "soft" not in message
+    assert lock_file.read_bytes() == b""  # a new, empty lock file
+
+
+def test_a_kernel_lock_removes_only_the_name_of_a_linked_lock_file(path: Path) -> None:
+    path.parent.mkdir(parents=True)
+    precious = path.parent / "notes.txt"
+    precious.write_text("mine\n")
+    Path(f"{path}.lock").symlink_to(precious)
+    storage = PickledStorage(path, timeout=5)
+    storage.create_experiment("exp", {})
+    assert precious.read_text() == "mine\n" and not Path(f"{path}.lock").is_symlink()
+
+
 def _dead_pid() -> int:
     child = subprocess.Popen(["true"])
     child.wait()  # reaped: the pid names no process now
