@@ -24,7 +24,8 @@ registered and reserved by it). Such a retry is *settled*: the stored trial is
 read, and returned if it shows the write took effect. A reservation whose reply
 was lost is taken up by the retry (a trial reserved by the worker that this
 handle never returned), instead of being held by nobody until its lease runs
-out and then counted as a lost attempt.
+out and then counted as a lost attempt; the wrapped storage takes it up as a
+reservation it handed out (:meth:`BaseStorage.take_up_reserved`).
 
 Errors before the first call that succeeded are not retried, unless the
 storage says it had been reached (:attr:`StorageUnavailableError.reached`: it
@@ -253,8 +254,12 @@ class RetryingStorage(BaseStorage):
 
         Worker names are unique to one worker, which reserves through one handle.
         """
-        held = self.storage.fetch_trials(experiment_id, [TrialStatus.RESERVED])
-        return next((t for t in held if t.worker == worker and t.id not in self._handed), None)
+        return next((t for t in self.storage.take_up_reserved(experiment_id, worker) if t.id not in self._handed),
+                    None)
+
+    def take_up_reserved(self, experiment_id: str, worker: str) -> list[Trial]:
+        """See :meth:`BaseStorage.take_up_reserved`."""
+        return self._retry("read reserved trials", lambda: self.storage.take_up_reserved(experiment_id, worker))
 
     def heartbeat_trial(self, trial_id: str, worker: str) -> None:
         """See :meth:`BaseStorage.heartbeat_trial`."""

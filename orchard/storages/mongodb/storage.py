@@ -360,6 +360,12 @@ class MongoStorage(BaseStorage):
                 return self._handed(client.doc_to_trial(doc))
             client.break_unreadable(self._trials, doc, {"worker": worker}, why, self.now(), self.uri)
 
+    @_translated("read reserved trials")
+    def take_up_reserved(self, experiment_id: str, worker: str) -> list[Trial]:
+        """See :meth:`BaseStorage.take_up_reserved`: each trial found is remembered as handed out."""
+        docs = self._trials.find({"experiment": experiment_id, "status": TrialStatus.RESERVED.value, "worker": worker})
+        return [self._handed(trial) for trial in client.readable_trials(docs, self.uri)]
+
     @_translated("record a heartbeat")
     def heartbeat_trial(self, trial_id: str, worker: str) -> None:
         change = transitions.heartbeat(worker, self.now())
