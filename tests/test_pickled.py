@@ -545,6 +545,16 @@ def test_compaction_leftovers_do_not_matter(path: Path) -> None:
     assert len(PickledStorage(path).fetch_trials(exp_id)) == 104
 
 
+def test_a_compaction_leaves_the_temporary_files_of_another_storage_alone(path: Path) -> None:
+    """Storages runs/x.pkl and runs/x.pkl.v2: x.pkl took the in-flight compaction file of x.pkl.v2
+    (.x.pkl.v2.HEX.tmp) for one of its own leftovers and deleted it, and x.pkl.v2's write failed."""
+    path.parent.mkdir(parents=True)
+    other = path.parent / f".{path.name}.v2.{uuid.uuid4().hex}.tmp"
+    other.write_bytes(b"being written")
+    PickledStorage(path).create_experiment("exp", {})  # creating the file clears its own leftovers
+    assert other.exists()
+
+
 # -- locks --------------------------------------------------------------------------------
 
 

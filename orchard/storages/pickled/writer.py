@@ -313,9 +313,16 @@ class LogFile(LogReader):
         """Delete temporary files of killed compactions (only called under the lock, so none is live)."""
         with contextlib.suppress(OSError), os.scandir(self._dir) as entries:
             for entry in entries:
-                if entry.name.startswith(self._tmp_prefix) and entry.name.endswith(".tmp"):
+                if self._is_leftover(entry.name):
                     with contextlib.suppress(OSError):
                         os.unlink(entry.path)
+
+    def _is_leftover(self, name: str) -> bool:
+        """Whether ``name`` is one of this file's temporary files (``.NAME.HEX.tmp``), not another
+        storage's whose name starts with this one's (``.NAME.v2.HEX.tmp``)."""
+        middle = name[len(self._tmp_prefix):-len(".tmp")]
+        return (name.startswith(self._tmp_prefix) and name.endswith(".tmp") and len(middle) == 32
+                and all(c in "0123456789abcdef" for c in middle))
 
     def snapshot_frames(self) -> Iterator[bytes]:
         """The current state as frames of at most :data:`_SNAPSHOT_CHUNK` records each."""
