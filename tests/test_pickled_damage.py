@@ -11,7 +11,10 @@ from __future__ import annotations
 import logging
 import os
 import pickle
+import resource
 import struct
+import subprocess
+import sys
 import zlib
 from pathlib import Path
 
@@ -145,6 +148,27 @@ def test_db_check_and_repair_on_a_clean_file_and_other_storages(
     assert not [p for p in tmp_path.iterdir() if p.name.endswith(".damaged")]
     assert main(["db", "check", "--storage", "memory://"]) != 0
     assert "pickle files" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_a_repair_that_runs_out_of_space_leaves_no_partial_backup(tmp_path: Path) -> None:
+    """On a nearly full disk (here a file size limit, as `prlimit --fsize`), `orchard db repair` left a partial
+    copy of the file beside it, named nowhere, which filled what space the running workers had left."""
+    path = tmp_path / "orchard.pkl"
+    _fill(PickledStorage(path, compact_bytes=1 << 30), 60_000)
+    with open(path, "r+b") as f:
+        f.seek(30_000)
+        f.write(b"\xde\xad" * 16)
+    limit = 40_000  # the backup copy stops here
+
+    def limited() -> None:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+    done = subprocess.run([sys.executable, "-m", "orchard", "db", "repair", "--storage", str(path)],
+                          capture_output=True, text=True, preexec_fn=limited, timeout=120)
+    assert done.returncode == 1 and "could not repair storage file" in done.stderr, done.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["orchard.pkl", "orchard.pkl.lock"]
+    assert main(["db", "check", "--storage", str(path)]) == 1, "the damaged original is untouched"
 
 
 def test_records_readers_would_skip_are_refused_when_written(tmp_path: Path) -> None:

@@ -219,11 +219,26 @@ class PickledStorage(TableStorage):
                 return health, None
             backup = f"{self._path}.{time.strftime('%Y%m%dT%H%M%S')}-{os.getpid()}.damaged"
             with open(self._path, "rb") as damaged, open(backup, "xb") as kept:  # "x": never through a planted link
-                shutil.copyfileobj(damaged, kept)
-            shutil.copystat(self._path, backup)
-            self._log.replay_all()
-            self._log.rewrite()
+                with self._dropped_if_unneeded(backup, os.fstat(damaged.fileno())):
+                    shutil.copyfileobj(damaged, kept)
+                    shutil.copystat(self._path, backup)
+                    self._log.replay_all()
+                    self._log.rewrite()
             return health, backup
+
+    @contextlib.contextmanager
+    def _dropped_if_unneeded(self, backup: str, original: os.stat_result) -> Iterator[None]:
+        """Remove the backup if the repair fails while the original is still in place (a full disk).
+
+        A partial copy left behind filled the disk that running workers write to, and was named nowhere.
+        """
+        try:
+            yield
+        except BaseException:
+            with contextlib.suppress(OSError):
+                if os.path.samestat(original, os.stat(self._path)):
+                    os.unlink(backup)
+            raise
 
     # -- per-process state ---------------------------------------------------------
 
