@@ -634,9 +634,10 @@ def test_bytes_written_into_a_kernel_lock_file_are_removed_at_once(path: Path, c
     (message,) = [r.getMessage() for r in caplog.records]
     assert "junk" in message and "another program wrote into it" in message and "soft" not in message
     assert lock_file.read_bytes() == b""  # a new, empty lock file
+    assert Path(f"{path}.lock.foreign").read_text() == "junk\n", "nothing written there is destroyed"
 
 
-def test_a_kernel_lock_removes_only_the_name_of_a_linked_lock_file(path: Path) -> None:
+def test_a_kernel_lock_moves_only_the_name_of_a_linked_lock_file(path: Path) -> None:
     path.parent.mkdir(parents=True)
     precious = path.parent / "notes.txt"
     precious.write_text("mine\n")
@@ -644,6 +645,7 @@ def test_a_kernel_lock_removes_only_the_name_of_a_linked_lock_file(path: Path) -
     storage = PickledStorage(path, timeout=5)
     storage.create_experiment("exp", {})
     assert precious.read_text() == "mine\n" and not Path(f"{path}.lock").is_symlink()
+    assert Path(f"{path}.lock.foreign").is_symlink()
 
 
 def _dead_pid() -> int:

@@ -112,7 +112,7 @@ class KernelLock:
                 if _SOFT_MARKER.fullmatch(content):  # its holder is inside
                     self._wait_for_marker()
                 else:
-                    self._remove_foreign(content, locked.st_size)
+                    self._set_aside(content, locked.st_size)
             finally:
                 os.close(fd)
             return False
@@ -133,18 +133,27 @@ class KernelLock:
                         "every process the same lock mode", self.path)
         self._marker.break_if_stale()
 
-    def _remove_foreign(self, content: bytes, size: int) -> None:
-        """Remove a lock file something other than a lock wrote into, while this process holds its flock.
+    def _set_aside(self, content: bytes, size: int) -> None:
+        """Move aside a lock file something other than a lock wrote into, while this process holds its flock.
 
-        Only the name goes (a symbolic or hard link's target is left alone); a
-        process waiting on the old file finds it replaced and retries on the
-        new one, as when a holder deletes it.
+        Only the name moves (a symbolic link's target is left alone), to one
+        fixed name, so that nothing a user wrote there by mistake is destroyed
+        and repeated writes keep one file. A process waiting on the old file
+        finds it replaced and retries on a new one, as when a holder deletes it.
         """
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(self.path)
-        log.warning("lock file %s held %d bytes that no lock writes (%r): another program wrote into it; "
-                    "this process removed it and goes on (the storage's data is not in it, nothing is lost). "
-                    "Do not write into %s while workers run", self.path, size, content[:80], self.path)
+        aside = f"{self.path}.foreign"
+        try:
+            os.replace(self.path, aside)
+            done = f"moved it to {aside}"
+        except FileNotFoundError:
+            return
+        except OSError:  # e.g. a directory of that name
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self.path)
+            done = "removed it"
+        log.warning("lock file %s held %d bytes that no lock writes (%r): another program wrote into it; this "
+                    "process %s and goes on (the storage's data is never in its lock file). Do not write into "
+                    "%s while workers run", self.path, size, content[:80], done, self.path)
 
     def holds(self) -> bool:
         """Whether this process holds the lock and the lock file is still the one it locked.
