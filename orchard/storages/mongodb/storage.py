@@ -120,7 +120,7 @@ class MongoStorage(BaseStorage):
         self._indexed = False
         self.answered = False  # whether a call has succeeded: losing the server is then an outage
         self._names: dict[str, str] = {}  # experiment id -> name, for ids known to exist
-        self._held: OrderedDict[str, None] = OrderedDict()  # the latest trials handed out reserved by this handle
+        self._held: OrderedDict[str, str] = OrderedDict()  # the latest trials handed out reserved here -> experiment
 
     @classmethod
     def from_uri(cls, uri: str) -> MongoStorage:
@@ -321,14 +321,14 @@ class MongoStorage(BaseStorage):
 
     def _vanished(self, trial_id: str, worker: str) -> StorageError:
         """A held trial gone with its experiment (the worker stops), or from a restored or crashed database
-        while every experiment this handle uses is still there (it drops the result and goes on)."""
-        known = list(self._names)
-        if trial_id in self._held and self._db().experiments.count_documents({"_id": {"$in": known}}) == len(known):
+        while its experiment is still there (it drops the result and goes on)."""
+        experiment = self._held.get(trial_id)
+        if experiment is not None and self._db().experiments.count_documents({"_id": experiment}) == 1:
             return ReservationLostError.vanished(trial_id, self.redacted_uri, worker)
         return TrialNotFoundError.deleted(trial_id, self.redacted_uri, worker)
 
     def _handed(self, trial: Trial) -> Trial:
-        self._held[trial.id] = None
+        self._held[trial.id] = trial.experiment
         while len(self._held) > REMEMBERED:
             self._held.popitem(last=False)
         return trial
