@@ -637,6 +637,24 @@ def test_bytes_written_into_a_kernel_lock_file_are_removed_at_once(path: Path, c
     assert Path(f"{path}.lock.foreign").read_text() == "junk\n", "nothing written there is destroyed"
 
 
+def test_a_storage_at_another_storages_lock_file_is_refused_both_ways(path: Path, caplog: Any) -> None:
+    """`--storage runs/orchard.pkl.lock` (a tab completion too far): its data went into the lock file of
+    runs/orchard.pkl, whose kernel-lock workers then took it for a stale soft lock's marker and deleted it."""
+    PickledStorage(path).create_experiment("exp", {})
+    with pytest.raises(ConfigurationError, match="is the lock file of storage"):
+        PickledStorage(f"{path}.lock")
+    other = path.parent / "fresh.pkl"
+    PickledStorage(f"{other}.lock").create_experiment("exp", {})  # made first, while fresh.pkl did not exist
+    with pytest.raises(ConfigurationError, match="holds another storage's data"):
+        PickledStorage(other)
+    assert PickledStorage(f"{other}.lock").get_experiment("exp") is not None
+    lock = KernelLock(f"{other}.lock")  # a storage made at fresh.pkl.lock while fresh.pkl ran: set aside, named
+    with caplog.at_level(logging.WARNING, logger="orchard.storages.pickled.locks"):
+        assert not lock.try_acquire()
+    assert "used it as its storage path" in caplog.text
+    assert PickledStorage(f"{other}.lock.foreign").get_experiment("exp") is not None, "moved, never deleted"
+
+
 def test_a_kernel_lock_moves_only_the_name_of_a_linked_lock_file(path: Path) -> None:
     path.parent.mkdir(parents=True)
     precious = path.parent / "notes.txt"

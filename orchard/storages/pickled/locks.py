@@ -37,6 +37,8 @@ from typing import Protocol
 
 import filelock
 
+from orchard.storages.pickled.fileformat import MAGIC
+
 try:
     import fcntl
 except ImportError:  # pragma: no cover - Windows
@@ -151,9 +153,11 @@ class KernelLock:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(self.path)
             done = "removed it"
-        log.warning("lock file %s held %d bytes that no lock writes (%r): another program wrote into it; this "
-                    "process %s and goes on (the storage's data is never in its lock file). Do not write into "
-                    "%s while workers run", self.path, size, content[:80], done, self.path)
+        writer = ("a process used it as its storage path: give that storage another path"
+                  if content.startswith(MAGIC) else f"another program wrote into it: do not write into {self.path}")
+        log.warning("lock file %s held %d bytes that no lock writes (%r); %s while workers run. This process %s "
+                    "and goes on (this storage's data is never in its lock file)",
+                    self.path, size, content[:80], writer, done)
 
     def holds(self) -> bool:
         """Whether this process holds the lock and the lock file is still the one it locked.

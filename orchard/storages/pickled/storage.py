@@ -32,7 +32,7 @@ from typing import Any, TypeVar
 
 from orchard.errors import ConfigurationError, StorageError, StorageUnavailableError
 from orchard.storages._uri import pickle_path, split_options
-from orchard.storages.pickled import locks
+from orchard.storages.pickled import fileformat, locks
 from orchard.storages.pickled.writer import Health, LogFile
 from orchard.storages.table_storage import Query, TableStorage, Verb
 
@@ -139,6 +139,7 @@ class PickledStorage(TableStorage):
                 f"storage path {self._path} is a directory, not a storage file; "
                 f"give a file path, e.g. --storage {os.path.join(self._path, 'orchard.pkl')}"
             )
+        _check_not_a_lock_file(self._path)
         self._folder_made = False  # made by the first write: reading a path that does not exist changes nothing
         self._init_process_state()
         with self._translate("read"):
@@ -418,6 +419,20 @@ if hasattr(os, "register_at_fork"):
 #: filesystem's largest file: EFBIG), a read-only file or filesystem.
 _FULL_OR_READ_ONLY = frozenset({errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC), errno.EFBIG, errno.EROFS,
                                 errno.EACCES, errno.EPERM})
+
+
+def _check_not_a_lock_file(path: str) -> None:
+    """Refuse a path that is another storage's lock file, or whose lock file is another storage's data.
+
+    A process taking a kernel lock moves aside what it finds written in the lock file: the other
+    storage's data, had the two been allowed (before, a soft lock waiter deleted it as a stale marker).
+    """
+    if path.endswith(".lock") and fileformat.is_log_file(path[: -len(".lock")]):
+        raise ConfigurationError(f"storage path {path} is the lock file of storage {path[: -len('.lock')]}; "
+                                 "give the storage's own path, or another file name")
+    if fileformat.is_log_file(f"{path}.lock"):
+        raise ConfigurationError(f"the lock file {path}.lock of storage {path} holds another storage's data (a "
+                                 f"process used it as its storage path?); move {path}.lock to another name")
 
 
 def _validated(lock: str, timeout: float, fsync: bool, compact_bytes: int, stale_lock_after: float) -> str:
