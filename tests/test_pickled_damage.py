@@ -21,6 +21,7 @@ from pathlib import Path
 import pytest
 
 from orchard.cli import main
+from orchard.errors import StorageUnavailableError
 from orchard.storages.pickled import PickledStorage, fileformat
 from orchard.trial import Trial, TrialStatus
 
@@ -169,6 +170,32 @@ def test_a_repair_that_runs_out_of_space_leaves_no_partial_backup(tmp_path: Path
     assert done.returncode == 1 and "could not repair storage file" in done.stderr, done.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["orchard.pkl", "orchard.pkl.lock"]
     assert main(["db", "check", "--storage", str(path)]) == 1, "the damaged original is untouched"
+
+
+@pytest.mark.parametrize("lock", ["soft", "kernel"])
+def test_a_repair_whose_lock_was_taken_meanwhile_replaces_nothing(tmp_path: Path, lock: str) -> None:
+    """A repair runs long under its lock (it copies, replays and rewrites the whole file). A soft lock unchanged
+    for its stale age (a slow NFS copy, a stopped process) is broken by a waiter, which then appends; the
+    repair then put its file in place all the same, and the waiter's acknowledged result was gone."""
+    path = tmp_path / "orchard.pkl"
+    repairer = PickledStorage(path, lock=lock, compact_bytes=1 << 30)
+    exp_id, _ = _fill(repairer, 20_000)
+    with open(path, "r+b") as f:
+        f.seek(10_000)
+        f.write(b"\xde\xad" * 16)
+    waiter = PickledStorage(path, lock=lock, timeout=5)
+    replay = repairer._log.replay_all
+
+    def stalled() -> None:
+        replay()
+        os.unlink(f"{path}.lock")  # broken as stale (soft), or deleted by a careless user (kernel)
+        waiter.register_trial(exp_id, {"x": 0.999}, worker="host:1:w")  # acknowledged to its worker
+
+    repairer._log.replay_all = stalled  # type: ignore[method-assign]
+    with pytest.raises(StorageUnavailableError, match="nothing was replaced; run the repair again"):
+        repairer.repair()
+    assert 0.999 in [t.params["x"] for t in PickledStorage(path, lock=lock).fetch_trials(exp_id)]
+    assert not [p for p in tmp_path.iterdir() if p.name.endswith(".damaged")], "its backup is not needed"
 
 
 def test_records_readers_would_skip_are_refused_when_written(tmp_path: Path) -> None:

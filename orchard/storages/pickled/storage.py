@@ -33,7 +33,7 @@ from typing import Any, TypeVar
 from orchard.errors import ConfigurationError, StorageError, StorageUnavailableError
 from orchard.storages._uri import pickle_path, split_options
 from orchard.storages.pickled import fileformat, locks
-from orchard.storages.pickled.writer import Health, LogFile
+from orchard.storages.pickled.writer import Fence, Health, LogFile
 from orchard.storages.table_storage import Query, TableStorage, Verb
 
 __all__ = ["PickledStorage"]
@@ -224,8 +224,23 @@ class PickledStorage(TableStorage):
                     shutil.copyfileobj(damaged, kept)
                     shutil.copystat(self._path, backup)
                     self._log.replay_all()
-                    self._log.rewrite()
+                    if not self._log.rewrite(fence=self._still_held()):
+                        raise StorageUnavailableError(
+                            f"the lock of storage file {self._path} was taken from this repair (broken as stale, "
+                            "or its lock file deleted) while it read the file, so another process may have "
+                            "written meanwhile: nothing was replaced; run the repair again, with the workers "
+                            "stopped if it happens again (a soft lock held past its stale age looks abandoned)")
             return health, backup
+
+    def _fences(self) -> tuple[Fence | None, Fence | None]:
+        """Whether this process still holds the soft lock (``owns``), or the kernel lock's file (``holds``)."""
+        owns = self._lock.owns if isinstance(self._lock, locks.SoftLock) else None  # after a fork: the new lock
+        holds = self._lock.holds if isinstance(self._lock, locks.KernelLock) else None
+        return owns, holds
+
+    def _still_held(self) -> Fence | None:
+        owns, holds = self._fences()
+        return owns or holds
 
     @contextlib.contextmanager
     def _dropped_if_unneeded(self, backup: str, original: os.stat_result) -> Iterator[None]:
@@ -373,8 +388,7 @@ class PickledStorage(TableStorage):
         only what was appended while it waited.
         """
         with self._exclusive(), self._translate("write to"):
-            owns = self._lock.owns if isinstance(self._lock, locks.SoftLock) else None  # after a fork: the new lock
-            holds = self._lock.holds if isinstance(self._lock, locks.KernelLock) else None
+            owns, holds = self._fences()
             fd = self._log.catch_up(keep=owns is None)
             try:
                 with self._locked():
