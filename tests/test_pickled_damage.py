@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 
 from orchard.cli import main
-from orchard.errors import StorageUnavailableError
+from orchard.errors import StorageCorruptedError, StorageUnavailableError
 from orchard.storages.pickled import PickledStorage, fileformat
 from orchard.trial import Trial, TrialStatus
 
@@ -170,6 +170,23 @@ def test_a_repair_that_runs_out_of_space_leaves_no_partial_backup(tmp_path: Path
     assert done.returncode == 1 and "could not repair storage file" in done.stderr, done.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["orchard.pkl", "orchard.pkl.lock"]
     assert main(["db", "check", "--storage", str(path)]) == 1, "the damaged original is untouched"
+
+
+def test_a_damaged_header_costs_no_record_once_repaired(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Four bytes written into the 46-byte header (seen with real workers: every one exited) made the whole
+    file unreadable, and check and repair refused it too: 'restore the file from a backup or move it away'."""
+    path = tmp_path / "orchard.pkl"
+    exp_id, trials = _fill(PickledStorage(path), 20_000)
+    with open(path, "r+b") as f:
+        f.seek(20)
+        f.write(b"\x00\xff\x00\xff")
+    with pytest.raises(StorageCorruptedError, match="orchard db repair"):
+        PickledStorage(path).fetch_trials(exp_id)
+    assert main(["db", "check", "--storage", str(path)]) == 1
+    assert "bytes 0-46" in capsys.readouterr().out
+    assert main(["db", "repair", "--storage", str(path)]) == 0
+    assert _by_id(PickledStorage(path).fetch_trials(exp_id)) == _by_id(trials)
+    assert main(["db", "check", "--storage", str(path)]) == 0
 
 
 @pytest.mark.parametrize("lock", ["soft", "kernel"])

@@ -166,12 +166,17 @@ class LogReader:
         return info
 
     def check_header(self) -> None:
-        """Raise :class:`StorageCorruptedError` if the file exists and is not Orchard's."""
+        """Raise :class:`StorageCorruptedError` if the file exists and is not Orchard's.
+
+        A damaged header of Orchard's is let through: the verbs refuse the file and say so,
+        and ``orchard db repair`` opens it to rewrite it.
+        """
         fd = self.open(os.O_RDONLY)
         if fd is not None:
             try:
-                if self._size_of(fd):
-                    fileformat.decode_header(fileformat.pread(fd, HEADER_SIZE, 0), self.path)
+                head = fileformat.pread(fd, HEADER_SIZE, 0) if self._size_of(fd) else b""
+                if head and not fileformat.header_is_damaged(head):
+                    fileformat.decode_header(head, self.path)
             finally:
                 os.close(fd)
 
@@ -334,12 +339,20 @@ class LogReader:
             size = self._size_of(fd)
             if size == 0:
                 return Health(0, 0, 0, [], 0)
-            fileformat.decode_header(fileformat.pread(fd, HEADER_SIZE, 0), self.path)
+            damaged = self._header_damage(fd)
             scan = fileformat.scan(fileformat.pread(fd, size - HEADER_SIZE, HEADER_SIZE), HEADER_SIZE, self.path)
         finally:
             os.close(fd)
         records = sum(map(len, scan.batches))
-        return Health(size, len(scan.batches), records, scan.damaged, size - scan.end)
+        return Health(size, len(scan.batches), records, damaged + scan.damaged, size - scan.end)
+
+    def _header_damage(self, fd: int) -> list[fileformat.Damage]:
+        """The header as damage if its checksum fails (the frames after it stand); raise if the file is not Orchard's."""
+        head = fileformat.pread(fd, HEADER_SIZE, 0)
+        if fileformat.header_is_damaged(head):
+            return [fileformat.Damage(0, HEADER_SIZE, "the file's header")]
+        fileformat.decode_header(head, self.path)
+        return []
 
     def replay_all(self) -> None:
         """Replay the file from the start (under the lock): every readable record, damage skipped."""
@@ -347,6 +360,11 @@ class LogReader:
         fd = self.open(os.O_RDONLY)
         if fd is not None:
             try:
-                self.sync(fd, locked=True)
+                if self._size_of(fd) and self._header_damage(fd):  # every frame after it, for a new header
+                    scan = fileformat.scan(fileformat.pread(fd, self._size_of(fd) - HEADER_SIZE, HEADER_SIZE),
+                                           HEADER_SIZE, self.path)
+                    self._apply(scan.batches)
+                else:
+                    self.sync(fd, locked=True)
             finally:
                 os.close(fd)
