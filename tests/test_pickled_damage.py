@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 
 from orchard.cli import main
-from orchard.errors import StorageCorruptedError, StorageUnavailableError
+from orchard.errors import StorageUnavailableError
 from orchard.storages.pickled import PickledStorage, fileformat
 from orchard.trial import Trial, TrialStatus
 
@@ -173,19 +173,24 @@ def test_a_repair_that_runs_out_of_space_leaves_no_partial_backup(tmp_path: Path
 
 
 def test_a_damaged_header_costs_no_record_once_repaired(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    """Four bytes written into the 46-byte header (seen with real workers: every one exited) made the whole
-    file unreadable, and check and repair refused it too: 'restore the file from a backup or move it away'."""
+    """Four bytes written into the 46-byte header made the whole file unreadable: every real worker exited
+    (results in memory lost), and check and repair refused it too: 'restore the file from a backup or move
+    it away'. Now a worker waits as for an outage, and the repair keeps every record."""
     path = tmp_path / "orchard.pkl"
-    exp_id, trials = _fill(PickledStorage(path), 20_000)
+    worker = PickledStorage(path)
+    exp_id, trials = _fill(worker, 20_000)
+    held = worker.reserve_trial(exp_id, "host:1:w")
+    assert held is not None
     with open(path, "r+b") as f:
         f.seek(20)
         f.write(b"\x00\xff\x00\xff")
-    with pytest.raises(StorageCorruptedError, match="orchard db repair"):
+    with pytest.raises(StorageUnavailableError, match="orchard db repair"):  # an outage: workers wait it out
         PickledStorage(path).fetch_trials(exp_id)
     assert main(["db", "check", "--storage", str(path)]) == 1
     assert "bytes 0-46" in capsys.readouterr().out
     assert main(["db", "repair", "--storage", str(path)]) == 0
-    assert _by_id(PickledStorage(path).fetch_trials(exp_id)) == _by_id(trials)
+    assert worker.complete_trial(held.id, "host:1:w", 0.5).status is TrialStatus.COMPLETED
+    assert _by_id(PickledStorage(path).fetch_trials(exp_id)).keys() == _by_id(trials).keys()
     assert main(["db", "check", "--storage", str(path)]) == 0
 
 

@@ -56,7 +56,7 @@ def run_check(storage: BaseStorage, args: argparse.Namespace) -> int:
     for line in _describe(health):
         print(f"{store.path}: {line}")
     if health.damaged:
-        readers = ("workers refuse a file whose header is damaged (stop them)" if health.damaged[0].start == 0
+        readers = ("workers wait while the file's header is damaged" if health.damaged[0].start == 0
                    else "readers skip the damaged bytes and keep every other record")
         print(f"{store.path}: {readers}; `orchard db repair --storage {store.path}` rewrites a clean file "
               "(keeping a backup)")

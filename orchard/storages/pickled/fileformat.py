@@ -45,6 +45,7 @@ __all__ = [
     "Damage",
     "Header",
     "Scan",
+    "damaged_header_message",
     "decode_header",
     "encode_frame",
     "encode_header",
@@ -88,6 +89,13 @@ def header_is_damaged(data: bytes) -> bool:
         len(data) < HEADER_SIZE or zlib.crc32(data[: _HEADER.size]) != _U32.unpack_from(data, _HEADER.size)[0])
 
 
+def damaged_header_message(path: str) -> str:
+    """What to do about a damaged header (:func:`header_is_damaged`)."""
+    return (f"the header of storage file {path} is damaged (the records after it are not): run `orchard db repair "
+            f"--storage {path}`, which rewrites the file from them, keeping a backup; running workers keep their "
+            "results in memory and wait for it (ORCHARD_STORAGE_PATIENCE)")
+
+
 def decode_header(data: bytes, path: str) -> Header:
     """Parse the first :data:`HEADER_SIZE` bytes of ``path``.
 
@@ -102,10 +110,7 @@ def decode_header(data: bytes, path: str) -> Header:
             "the file away"
         )
     if header_is_damaged(data):
-        raise StorageCorruptedError(
-            f"the header of storage file {path} is damaged (the records after it are not): stop its workers "
-            f"and run `orchard db repair --storage {path}`, which rewrites the file from them, keeping a backup"
-        )
+        raise StorageCorruptedError(damaged_header_message(path))
     _, version, generation, base = _HEADER.unpack_from(data)
     if version != VERSION:
         raise StorageCorruptedError(

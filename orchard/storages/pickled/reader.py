@@ -192,7 +192,10 @@ class LogReader:
             if self._generation is not None:
                 raise self.vanished("emptied")
             return True
-        header = fileformat.decode_header(fileformat.pread(fd, HEADER_SIZE, 0), self.path)
+        head = fileformat.pread(fd, HEADER_SIZE, 0)
+        if fileformat.header_is_damaged(head):  # an outage to running workers: they wait for the repair
+            raise StorageUnavailableError(fileformat.damaged_header_message(self.path))
+        header = fileformat.decode_header(head, self.path)
         if header.generation != self._generation and not self._continues(header):
             if self._generation is not None and self._generation != self._forked_from:
                 how = "replaced by another file (restored from an older copy, repaired, or copied over)"
