@@ -15,6 +15,7 @@ import resource
 import struct
 import subprocess
 import sys
+import threading
 import zlib
 from pathlib import Path
 
@@ -23,6 +24,7 @@ import pytest
 from orchard.cli import main
 from orchard.errors import StorageUnavailableError
 from orchard.storages.pickled import PickledStorage, fileformat
+from orchard.storages.pickled.locks import KernelLock
 from orchard.trial import Trial, TrialStatus
 
 
@@ -192,6 +194,22 @@ def test_a_damaged_header_costs_no_record_once_repaired(tmp_path: Path, capsys: 
     assert worker.complete_trial(held.id, "host:1:w", 0.5).status is TrialStatus.COMPLETED
     assert _by_id(PickledStorage(path).fetch_trials(exp_id)).keys() == _by_id(trials).keys()
     assert main(["db", "check", "--storage", str(path)]) == 0
+
+
+def test_a_repair_waiting_for_the_lock_is_not_stopped_by_the_damaged_header(tmp_path: Path) -> None:
+    """What a repair replays while it waits for the lock met the header it was about to rewrite, and failed."""
+    path = tmp_path / "orchard.pkl"
+    exp_id, trials = _fill(PickledStorage(path), 5_000)
+    repairer = PickledStorage(path, timeout=10)  # `orchard db repair`: a process that has read nothing yet
+    with open(path, "r+b") as f:
+        f.seek(20)
+        f.write(b"\x00\xff\x00\xff")
+    holder = KernelLock(f"{path}.lock")
+    assert holder.try_acquire()  # a worker in the middle of a verb
+    threading.Timer(0.3, holder.release).start()
+    _, backup = repairer.repair()
+    assert backup is not None
+    assert _by_id(PickledStorage(path).fetch_trials(exp_id)).keys() == _by_id(trials).keys()
 
 
 @pytest.mark.parametrize("lock", ["soft", "kernel"])

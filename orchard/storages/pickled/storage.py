@@ -344,8 +344,13 @@ class PickledStorage(TableStorage):
             raise StorageUnavailableError(self._timeout_message())
 
     def _catch_up(self) -> None:
-        """Replay, without the lock, what others append while we wait for it: little is left under it."""
-        self._log.catch_up(keep=False)  # damage is left for the locked replay to judge
+        """Replay, without the lock, what others append while we wait for it: little is left under it.
+
+        Damage, and a file this process cannot read now (a damaged header a waiting repair is about
+        to rewrite), are left for the locked replay to judge.
+        """
+        with contextlib.suppress(StorageError):
+            self._log.catch_up(keep=False)
 
     def _lock_error(self, err: OSError) -> StorageError:
         if isinstance(err, FileNotFoundError) and self._log.has_replayed:  # its folder was deleted (rm -r runs/)
