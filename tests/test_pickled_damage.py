@@ -174,7 +174,9 @@ def test_a_repair_that_runs_out_of_space_leaves_no_partial_backup(tmp_path: Path
     assert main(["db", "check", "--storage", str(path)]) == 1, "the damaged original is untouched"
 
 
-def test_a_damaged_header_costs_no_record_once_repaired(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+@pytest.mark.parametrize("at", [20, 2], ids=["generation", "magic"])
+def test_a_damaged_header_costs_no_record_once_repaired(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], at: int) -> None:
     """Four bytes written into the 46-byte header made the whole file unreadable: every real worker exited
     (results in memory lost), and check and repair refused it too: 'restore the file from a backup or move
     it away'. Now a worker waits as for an outage, and the repair keeps every record."""
@@ -184,7 +186,7 @@ def test_a_damaged_header_costs_no_record_once_repaired(tmp_path: Path, capsys: 
     held = worker.reserve_trial(exp_id, "host:1:w")
     assert held is not None
     with open(path, "r+b") as f:
-        f.seek(20)
+        f.seek(at)
         f.write(b"\x00\xff\x00\xff")
     with pytest.raises(StorageUnavailableError, match="orchard db repair"):  # an outage: workers wait it out
         PickledStorage(path).fetch_trials(exp_id)

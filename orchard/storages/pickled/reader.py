@@ -66,6 +66,10 @@ def continuation_tag(generation: bytes, offset: int) -> bytes:
     return hashlib.blake2b(generation + offset.to_bytes(8, "little"), digest_size=TAG).digest()
 
 
+#: Bytes after a header whose first bytes are not Orchard's read to find Orchard frames (the snapshot's first).
+_LOOK_AHEAD = 1 << 16
+
+
 class Health(NamedTuple):
     """What a full read of the file found (see :meth:`LogReader.inspect`)."""
 
@@ -175,7 +179,7 @@ class LogReader:
         if fd is not None:
             try:
                 head = fileformat.pread(fd, HEADER_SIZE, 0) if self._size_of(fd) else b""
-                if head and not fileformat.header_is_damaged(head):
+                if head and not self._header_is_damaged(fd, head):
                     fileformat.decode_header(head, self.path)
             finally:
                 os.close(fd)
@@ -193,7 +197,7 @@ class LogReader:
                 raise self.vanished("emptied")
             return True
         head = fileformat.pread(fd, HEADER_SIZE, 0)
-        if fileformat.header_is_damaged(head):  # an outage to running workers: they wait for the repair
+        if self._header_is_damaged(fd, head):  # an outage to running workers: they wait for the repair
             raise StorageUnavailableError(fileformat.damaged_header_message(self.path))
         header = fileformat.decode_header(head, self.path)
         if header.generation != self._generation and not self._continues(header):
@@ -352,10 +356,18 @@ class LogReader:
     def _header_damage(self, fd: int) -> list[fileformat.Damage]:
         """The header as damage if its checksum fails (the frames after it stand); raise if the file is not Orchard's."""
         head = fileformat.pread(fd, HEADER_SIZE, 0)
-        if fileformat.header_is_damaged(head):
+        if self._header_is_damaged(fd, head):
             return [fileformat.Damage(0, HEADER_SIZE, "the file's header")]
         fileformat.decode_header(head, self.path)
         return []
+
+    def _header_is_damaged(self, fd: int, head: bytes) -> bool:
+        """Whether ``head`` is Orchard's header, damaged: its checksum fails, or its first bytes are not
+        Orchard's in a file whose first frames are (a file that is not Orchard's never passes for one)."""
+        if head.startswith(fileformat.MAGIC) or len(head) < HEADER_SIZE:
+            return fileformat.header_is_damaged(head)
+        after = fileformat.pread(fd, _LOOK_AHEAD, HEADER_SIZE)
+        return bool(fileformat.scan(after, HEADER_SIZE, self.path).batches)
 
     def replay_all(self) -> None:
         """Replay the file from the start (under the lock): every readable record, damage skipped."""
