@@ -172,8 +172,8 @@ class LogReader:
     def check_header(self) -> None:
         """Raise :class:`StorageCorruptedError` if the file exists and is not Orchard's.
 
-        A damaged header of Orchard's is let through: the verbs refuse the file and say so,
-        and ``orchard db repair`` opens it to rewrite it.
+        A damaged header of Orchard's is let through: the verbs wait for it to be repaired
+        (an outage, named), and ``orchard db repair`` opens the file to rewrite it.
         """
         fd = self.open(os.O_RDONLY)
         if fd is not None:
@@ -354,7 +354,7 @@ class LogReader:
         return Health(size, len(scan.batches), records, damaged + scan.damaged, size - scan.end)
 
     def _header_damage(self, fd: int) -> list[fileformat.Damage]:
-        """The header as damage if its checksum fails (the frames after it stand); raise if the file is not Orchard's."""
+        """The header as damage if it is damaged (the frames after it stand); raise if the file is not Orchard's."""
         head = fileformat.pread(fd, HEADER_SIZE, 0)
         if self._header_is_damaged(fd, head):
             return [fileformat.Damage(0, HEADER_SIZE, "the file's header")]
