@@ -7,6 +7,7 @@ real processes in tests/test_faults.py; these tests pin the rules those rely on.
 from __future__ import annotations
 
 import logging
+import uuid
 from collections.abc import Callable
 from typing import Any
 
@@ -241,6 +242,48 @@ def test_a_reservation_whose_reply_was_lost_is_taken_up_not_left_to_count_as_a_l
     storage.complete_trial(got.id, W, 1.0)
     again = storage.reserve_trial(exp, W)  # a later outage-free reservation is not mistaken for an orphan
     assert again is not None and again.id == second.id
+
+
+def test_a_trial_refused_after_a_long_outage_is_taken_up_when_reserved_again_and_the_reply_is_lost(
+        clock: FakeClock) -> None:
+    """The handle kept remembering a trial whose result was refused (taken back during an outage longer than
+    the lease), so when its worker reserved it again (interrupted trials go first) and that reply was lost, it
+    was not taken up: held by nobody until its lease ran out, then counted as a lost attempt."""
+    storage, exp = _retrying(clock)
+    storage.register_trial(exp, {"x": 1})
+    first = storage.reserve_trial(exp, W)
+    assert first is not None and first.lease is not None
+    storage.release_lost(exp, {first.id: first.lease}, 3)  # another worker's observer, during the outage
+    with pytest.raises(ReservationLostError):
+        storage.complete_trial(first.id, W, 1.0)
+    outage = Outage(storage.storage, applied_before_failing=True)
+    outage.wrap("reserve_trial")
+    outage.down = 1
+    again = storage.reserve_trial(exp, W)
+    assert again is not None and again.id == first.id
+
+
+def test_a_reservation_taken_up_after_a_lost_reply_is_one_the_storage_handed_out(clock: FakeClock) -> None:
+    """MongoDB names a held trial that vanished from a restored or crashed database as a lost reservation (the
+    worker drops its result and goes on), but it did not count one taken up after a lost reply as held: the
+    trial was then reported deleted with its experiment, which stops the worker."""
+    uri = f"mongomock://take-up-{uuid.uuid4().hex[:12]}"
+    inner, server = get_storage(uri), get_storage(uri)  # the server's side: a handle that remembers nothing
+    storage = RetryingStorage(inner, 30.0, clock=clock, sleep=clock.sleep)
+    exp = storage.create_experiment("e", {})
+    storage.register_trial(exp, {"x": 1})
+
+    def reply_lost(experiment_id: str, worker: str) -> None:
+        del inner.reserve_trial  # type: ignore[method-assign]  # once: the next try reaches the storage
+        server.reserve_trial(experiment_id, worker)  # applied by the server, its reply lost on the way back
+        raise StorageUnavailableError("server gone")
+
+    inner.reserve_trial = reply_lost  # type: ignore[method-assign,assignment]
+    got = storage.reserve_trial(exp, W)
+    assert got is not None
+    server._trials.delete_one({"_id": got.id})  # type: ignore[attr-defined]  # a restore took it away
+    with pytest.raises(ReservationLostError, match="vanished from .* though its experiment is still there"):
+        storage.complete_trial(got.id, W, 1.0)
 
 
 def stored_status(storage: BaseStorage, tid: str) -> TrialStatus:

@@ -125,3 +125,20 @@ def test_a_result_for_a_trial_a_restore_took_away_is_dropped_and_the_worker_goes
                                                     r"experiment is still there"):
         worker.complete_trial(held.id, "host:1:w", 0.5)
     assert worker.register_trial(exp, {"x": 0.2}, worker="host:1:w", budget=5).status is TrialStatus.RESERVED
+
+
+def test_a_trial_a_restore_took_away_is_judged_by_its_own_experiment(
+    handles: tuple[MongoStorage, MongoStorage], exp: str
+) -> None:
+    """The worker's handle had read another experiment (a warm-start source), later deleted: a held trial the
+    restore took away was then reported deleted with its experiment, and the worker stopped."""
+    from orchard.errors import ReservationLostError
+
+    user, worker = handles
+    source = user.create_experiment("old", {"space": {"x": "uniform(0, 1)"}})
+    assert worker.get_experiment("old") is not None  # read as a warm-start source
+    user.delete_experiment(source)
+    held = worker.register_trial(exp, {"x": 0.1}, worker="host:1:w", budget=5)
+    user._trials.delete_one({"_id": held.id})  # what a restored or crashed database no longer has
+    with pytest.raises(ReservationLostError, match="though its experiment is still there"):
+        worker.complete_trial(held.id, "host:1:w", 0.5)

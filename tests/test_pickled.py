@@ -545,6 +545,16 @@ def test_compaction_leftovers_do_not_matter(path: Path) -> None:
     assert len(PickledStorage(path).fetch_trials(exp_id)) == 104
 
 
+def test_a_compaction_leaves_the_temporary_files_of_another_storage_alone(path: Path) -> None:
+    """Storages runs/x.pkl and runs/x.pkl.v2: x.pkl took the in-flight compaction file of x.pkl.v2
+    (.x.pkl.v2.HEX.tmp) for one of its own leftovers and deleted it, and x.pkl.v2's write failed."""
+    path.parent.mkdir(parents=True)
+    other = path.parent / f".{path.name}.v2.{uuid.uuid4().hex}.tmp"
+    other.write_bytes(b"being written")
+    PickledStorage(path).create_experiment("exp", {})  # creating the file clears its own leftovers
+    assert other.exists()
+
+
 # -- locks --------------------------------------------------------------------------------
 
 
@@ -607,6 +617,53 @@ def test_a_kernel_lock_waits_for_a_soft_lock_holder_of_the_same_file(path: Path)
     assert not kernel.try_acquire()  # breaks the stale marker
     assert kernel.try_acquire()
     kernel.release()
+
+
+def test_bytes_written_into_a_kernel_lock_file_are_removed_at_once(path: Path, caplog: Any) -> None:
+    """`echo junk > x.pkl.lock` under running workers: they took it for a soft lock's marker and stalled
+    until it looked stale (30 s), with a warning about the soft lock."""
+    storage = PickledStorage(path, timeout=5)
+    exp_id = storage.create_experiment("exp", {})
+    lock_file = Path(f"{path}.lock")
+    lock_file.write_text("junk\n")
+    start = time.monotonic()
+    with caplog.at_level(logging.WARNING, logger="orchard.storages.pickled.locks"):
+        storage.register_trial(exp_id, {"x": 1.0})
+    assert time.monotonic() - start < 1.0
+    assert len(storage.fetch_trials(exp_id)) == 1
+    (message,) = [r.getMessage() for r in caplog.records]
+    assert "junk" in message and "another program wrote into it" in message and "soft" not in message
+    assert lock_file.read_bytes() == b""  # a new, empty lock file
+    assert Path(f"{path}.lock.foreign").read_text() == "junk\n", "nothing written there is destroyed"
+
+
+def test_a_storage_at_another_storages_lock_file_is_refused_both_ways(path: Path, caplog: Any) -> None:
+    """`--storage runs/orchard.pkl.lock` (a tab completion too far): its data went into the lock file of
+    runs/orchard.pkl, whose kernel-lock workers then took it for a stale soft lock's marker and deleted it."""
+    PickledStorage(path).create_experiment("exp", {})
+    with pytest.raises(ConfigurationError, match="is the lock file of storage"):
+        PickledStorage(f"{path}.lock")
+    other = path.parent / "fresh.pkl"
+    PickledStorage(f"{other}.lock").create_experiment("exp", {})  # made first, while fresh.pkl did not exist
+    with pytest.raises(ConfigurationError, match="holds another storage's data"):
+        PickledStorage(other)
+    assert PickledStorage(f"{other}.lock").get_experiment("exp") is not None
+    lock = KernelLock(f"{other}.lock")  # a storage made at fresh.pkl.lock while fresh.pkl ran: set aside, named
+    with caplog.at_level(logging.WARNING, logger="orchard.storages.pickled.locks"):
+        assert not lock.try_acquire()
+    assert "used it as its storage path" in caplog.text
+    assert PickledStorage(f"{other}.lock.foreign").get_experiment("exp") is not None, "moved, never deleted"
+
+
+def test_a_kernel_lock_moves_only_the_name_of_a_linked_lock_file(path: Path) -> None:
+    path.parent.mkdir(parents=True)
+    precious = path.parent / "notes.txt"
+    precious.write_text("mine\n")
+    Path(f"{path}.lock").symlink_to(precious)
+    storage = PickledStorage(path, timeout=5)
+    storage.create_experiment("exp", {})
+    assert precious.read_text() == "mine\n" and not Path(f"{path}.lock").is_symlink()
+    assert Path(f"{path}.lock.foreign").is_symlink()
 
 
 def _dead_pid() -> int:

@@ -11,14 +11,20 @@ from __future__ import annotations
 import logging
 import os
 import pickle
+import resource
 import struct
+import subprocess
+import sys
+import threading
 import zlib
 from pathlib import Path
 
 import pytest
 
 from orchard.cli import main
+from orchard.errors import StorageUnavailableError
 from orchard.storages.pickled import PickledStorage, fileformat
+from orchard.storages.pickled.locks import KernelLock
 from orchard.trial import Trial, TrialStatus
 
 
@@ -145,6 +151,93 @@ def test_db_check_and_repair_on_a_clean_file_and_other_storages(
     assert not [p for p in tmp_path.iterdir() if p.name.endswith(".damaged")]
     assert main(["db", "check", "--storage", "memory://"]) != 0
     assert "pickle files" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_a_repair_that_runs_out_of_space_leaves_no_partial_backup(tmp_path: Path) -> None:
+    """On a nearly full disk (here a file size limit, as `prlimit --fsize`), `orchard db repair` left a partial
+    copy of the file beside it, named nowhere, which filled what space the running workers had left."""
+    path = tmp_path / "orchard.pkl"
+    _fill(PickledStorage(path, compact_bytes=1 << 30), 60_000)
+    with open(path, "r+b") as f:
+        f.seek(30_000)
+        f.write(b"\xde\xad" * 16)
+    limit = 40_000  # the backup copy stops here
+
+    def limited() -> None:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+    done = subprocess.run([sys.executable, "-m", "orchard", "db", "repair", "--storage", str(path)],
+                          capture_output=True, text=True, preexec_fn=limited, timeout=120)
+    assert done.returncode == 1 and "could not repair storage file" in done.stderr, done.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["orchard.pkl", "orchard.pkl.lock"]
+    assert main(["db", "check", "--storage", str(path)]) == 1, "the damaged original is untouched"
+
+
+@pytest.mark.parametrize("at", [20, 2], ids=["generation", "magic"])
+def test_a_damaged_header_costs_no_record_once_repaired(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], at: int) -> None:
+    """Four bytes written into the 46-byte header made the whole file unreadable: every real worker exited
+    (results in memory lost), and check and repair refused it too: 'restore the file from a backup or move
+    it away'. Now a worker waits as for an outage, and the repair keeps every record."""
+    path = tmp_path / "orchard.pkl"
+    worker = PickledStorage(path)
+    exp_id, trials = _fill(worker, 20_000)
+    held = worker.reserve_trial(exp_id, "host:1:w")
+    assert held is not None
+    with open(path, "r+b") as f:
+        f.seek(at)
+        f.write(b"\x00\xff\x00\xff")
+    with pytest.raises(StorageUnavailableError, match="orchard db repair"):  # an outage: workers wait it out
+        PickledStorage(path).fetch_trials(exp_id)
+    assert main(["db", "check", "--storage", str(path)]) == 1
+    assert "bytes 0-46" in capsys.readouterr().out
+    assert main(["db", "repair", "--storage", str(path)]) == 0
+    assert worker.complete_trial(held.id, "host:1:w", 0.5).status is TrialStatus.COMPLETED
+    assert _by_id(PickledStorage(path).fetch_trials(exp_id)).keys() == _by_id(trials).keys()
+    assert main(["db", "check", "--storage", str(path)]) == 0
+
+
+def test_a_repair_waiting_for_the_lock_is_not_stopped_by_the_damaged_header(tmp_path: Path) -> None:
+    """What a repair replays while it waits for the lock met the header it was about to rewrite, and failed."""
+    path = tmp_path / "orchard.pkl"
+    exp_id, trials = _fill(PickledStorage(path), 5_000)
+    repairer = PickledStorage(path, timeout=10)  # `orchard db repair`: a process that has read nothing yet
+    with open(path, "r+b") as f:
+        f.seek(20)
+        f.write(b"\x00\xff\x00\xff")
+    holder = KernelLock(f"{path}.lock")
+    assert holder.try_acquire()  # a worker in the middle of a verb
+    threading.Timer(0.3, holder.release).start()
+    _, backup = repairer.repair()
+    assert backup is not None
+    assert _by_id(PickledStorage(path).fetch_trials(exp_id)).keys() == _by_id(trials).keys()
+
+
+@pytest.mark.parametrize("lock", ["soft", "kernel"])
+def test_a_repair_whose_lock_was_taken_meanwhile_replaces_nothing(tmp_path: Path, lock: str) -> None:
+    """A repair runs long under its lock (it copies, replays and rewrites the whole file). A soft lock unchanged
+    for its stale age (a slow NFS copy, a stopped process) is broken by a waiter, which then appends; the
+    repair then put its file in place all the same, and the waiter's acknowledged result was gone."""
+    path = tmp_path / "orchard.pkl"
+    repairer = PickledStorage(path, lock=lock, compact_bytes=1 << 30)
+    exp_id, _ = _fill(repairer, 20_000)
+    with open(path, "r+b") as f:
+        f.seek(10_000)
+        f.write(b"\xde\xad" * 16)
+    waiter = PickledStorage(path, lock=lock, timeout=5)
+    replay = repairer._log.replay_all
+
+    def stalled() -> None:
+        replay()
+        os.unlink(f"{path}.lock")  # broken as stale (soft), or deleted by a careless user (kernel)
+        waiter.register_trial(exp_id, {"x": 0.999}, worker="host:1:w")  # acknowledged to its worker
+
+    repairer._log.replay_all = stalled  # type: ignore[method-assign]
+    with pytest.raises(StorageUnavailableError, match="nothing was replaced; run the repair again"):
+        repairer.repair()
+    assert 0.999 in [t.params["x"] for t in PickledStorage(path, lock=lock).fetch_trials(exp_id)]
+    assert not [p for p in tmp_path.iterdir() if p.name.endswith(".damaged")], "its backup is not needed"
 
 
 def test_records_readers_would_skip_are_refused_when_written(tmp_path: Path) -> None:

@@ -166,6 +166,24 @@ def test_db_check_and_repair_of_a_mistyped_path_say_so_and_create_nothing(
     assert not (tmp_path / "runs").exists()
 
 
+def test_db_test_of_a_new_file_never_removes_what_a_worker_wrote_there_meanwhile(tmp_path: Path) -> None:
+    """`orchard db test --storage runs/x.pkl` removes the file it created; a hunt that created it and stored a
+    result while the test ran (reproduced with two processes) lost its experiment without a word."""
+    from orchard.cli._dbtest import check_storage
+
+    path = tmp_path / "runs" / "x.pkl"
+    steps = check_storage(lambda: get_storage(str(path)))
+    assert next(steps).startswith("storage ")  # the test is under way
+    worker = PickledStorage(path)
+    exp = worker.create_experiment("mine", SPACE)
+    trial = worker.register_trial(exp, {"x": 0.1}, worker="host:1:w")
+    worker.complete_trial(trial.id, "host:1:w", 1.0)
+    *_, cleanup, passed = steps
+    assert [t.objective for t in PickledStorage(path).fetch_trials(exp)] == [1.0]
+    assert passed == "all checks passed" and "test file" in cleanup
+    assert sorted(p.name for p in path.parent.iterdir()) == ["x.pkl", "x.pkl.lock"], "the test's file is removed"
+
+
 @pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="counts descriptors in /proc/self/fd")
 def test_storages_a_long_lived_process_opens_and_drops_leak_no_descriptor(path: Path) -> None:
     """`orchard.get_experiment(...)` in a notebook loop kept one descriptor per call open, up to 'Too many open files'."""

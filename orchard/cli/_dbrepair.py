@@ -56,8 +56,10 @@ def run_check(storage: BaseStorage, args: argparse.Namespace) -> int:
     for line in _describe(health):
         print(f"{store.path}: {line}")
     if health.damaged:
-        print(f"{store.path}: readers skip the damaged bytes and keep every other record; "
-              f"`orchard db repair --storage {store.path}` rewrites a clean file (keeping a backup)")
+        readers = ("workers wait while the file's header is damaged" if health.damaged[0].start == 0
+                   else "readers skip the damaged bytes and keep every other record")
+        print(f"{store.path}: {readers}; `orchard db repair --storage {store.path}` rewrites a clean file "
+              "(keeping a backup)")
         return 1
     print(f"{store.path}: no damage" + (" (the torn tail is ignored by readers)" if health.torn_tail else ""))
     return 0

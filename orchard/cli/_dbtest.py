@@ -1,7 +1,10 @@
 """``orchard db test``: check a storage end to end and time each step.
 
 The check works on a throw-away experiment ``_orchard_db_test_<random>``,
-deleted at the end whatever happens. A second handle, obtained by pickling the
+deleted at the end whatever happens. A pickle file that does not exist yet is
+not created: the check runs on a file of its own beside it, in the same folder
+(``PATH.db-test-<random>``, removed at the end), so that a worker creating the
+named file meanwhile never has it removed under it. A second handle, obtained by pickling the
 first (as executors do), plays a competing worker.
 """
 
@@ -16,7 +19,7 @@ from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING
 
 from orchard.errors import OrchardError, ReservationLostError, StorageError
-from orchard.storages import BaseStorage
+from orchard.storages import BaseStorage, get_storage
 
 if TYPE_CHECKING:  # pragma: no cover
     from typing_extensions import Self
@@ -58,7 +61,13 @@ def check_storage(open_storage: Callable[[], BaseStorage]) -> Iterator[str]:
         opened.detail = "(includes loading the backend's modules)"
     uri = storage.redacted_uri
     path = getattr(storage, "path", None)  # a file-based storage: remove it again if the test creates it
-    fresh_file = path if isinstance(path, str) and not os.path.exists(path) else None
+    fresh_file = None
+    if isinstance(path, str) and not os.path.exists(path):
+        # test a file of its own beside it: removing the named file afterwards threw away the experiments
+        # of a worker that created it meanwhile (a hunt started as the test ran)
+        fresh_file = f"{path}.db-test-{uuid.uuid4().hex[:8]}"
+        storage.close()
+        storage = get_storage(storage.uri.replace(path, fresh_file, 1))
     fresh_dirs = _missing_folders(os.path.dirname(os.path.abspath(fresh_file))) if fresh_file else []
     with _Step("connect", uri) as step:
         count = len(storage.list_experiments())
@@ -88,7 +97,7 @@ def check_storage(open_storage: Callable[[], BaseStorage]) -> Iterator[str]:
                     for folder in fresh_dirs:  # deepest first; one something else was put in meanwhile stays
                         with contextlib.suppress(OSError):
                             os.rmdir(folder)
-                    step.detail += f" and the file {fresh_file} it created"
+                    step.detail += f" and the test file {fresh_file} it created beside {path}"
     yield step.line
     yield "all checks passed"
 

@@ -221,6 +221,17 @@ class BaseStorage(abc.ABC):
         Two callers never win the same trial.
         """
 
+    def take_up_reserved(self, experiment_id: str, worker: str) -> list[Trial]:
+        """Return the experiment's trials reserved by ``worker``, taken up as reservations handed out here.
+
+        For a worker whose reservation reply was lost (an outage): the
+        reservation was made, and is found here instead of being held by
+        nobody until its lease runs out. A storage that remembers the trials
+        it handed out (to name what happened to one that vanishes) remembers
+        these too. The default reads the reserved trials and remembers nothing.
+        """
+        return [t for t in self.fetch_trials(experiment_id, [TrialStatus.RESERVED]) if t.worker == worker]
+
     @abc.abstractmethod
     def heartbeat_trial(self, trial_id: str, worker: str) -> None:
         """Refresh the heartbeat of a trial ``worker`` has reserved.

@@ -24,7 +24,8 @@ registered and reserved by it). Such a retry is *settled*: the stored trial is
 read, and returned if it shows the write took effect. A reservation whose reply
 was lost is taken up by the retry (a trial reserved by the worker that this
 handle never returned), instead of being held by nobody until its lease runs
-out and then counted as a lost attempt.
+out and then counted as a lost attempt; the wrapped storage takes it up as a
+reservation it handed out (:meth:`BaseStorage.take_up_reserved`).
 
 Errors before the first call that succeeded are not retried, unless the
 storage says it had been reached (:attr:`StorageUnavailableError.reached`: it
@@ -244,17 +245,30 @@ class RetryingStorage(BaseStorage):
             self._handed.add(trial.id)
         return trial
 
-    def _finished(self, trial_id_: str, trial: Trial) -> Trial:
-        self._handed.discard(trial_id_)  # no longer held: forget it
-        return trial
+    def _finishing(self, trial_id_: str, action: str, call: Callable[[], Trial], settle: Settle) -> Trial:
+        """A write ending this worker's hold on the trial: done or refused, the trial is forgotten.
+
+        A refused one (taken back after an outage longer than the lease) stayed remembered, so its next
+        reservation by this worker, often the very next (interrupted trials go first), was never taken up
+        when its reply was lost.
+        """
+        try:
+            return self._retry(action, call, settle)
+        finally:
+            self._handed.discard(trial_id_)
 
     def _orphan(self, experiment_id: str, worker: str) -> Trial | None:
         """A trial reserved by ``worker`` that this handle never returned: its reply was lost.
 
         Worker names are unique to one worker, which reserves through one handle.
         """
-        held = self.storage.fetch_trials(experiment_id, [TrialStatus.RESERVED])
-        return next((t for t in held if t.worker == worker and t.id not in self._handed), None)
+        held = self.storage.take_up_reserved(experiment_id, worker)
+        return next((t for t in held if t.id not in self._handed), None)
+
+    def take_up_reserved(self, experiment_id: str, worker: str) -> list[Trial]:
+        """See :meth:`BaseStorage.take_up_reserved`."""
+        return self._retry("read reserved trials",
+                           lambda: self.storage.take_up_reserved(experiment_id, worker))
 
     def heartbeat_trial(self, trial_id: str, worker: str) -> None:
         """See :meth:`BaseStorage.heartbeat_trial`."""
@@ -263,21 +277,21 @@ class RetryingStorage(BaseStorage):
     def complete_trial(self, trial_id: str, worker: str, objective: float,
                        results: Mapping[str, Any] | None = None) -> Trial:
         """See :meth:`BaseStorage.complete_trial`."""
-        return self._finished(trial_id, self._retry(
-            f"complete trial {trial_id}",
+        return self._finishing(
+            trial_id, f"complete trial {trial_id}",
             lambda: self.storage.complete_trial(trial_id, worker, objective, results),
             lambda: self._stored(trial_id, lambda t: t.status is TrialStatus.COMPLETED
                                  and t.worker == worker and t.objective == float(objective)),
-        ))
+        )
 
     def fail_trial(self, trial_id: str, worker: str, error: Mapping[str, Any]) -> Trial:
         """See :meth:`BaseStorage.fail_trial`."""
-        return self._finished(trial_id, self._retry(
-            f"mark trial {trial_id} broken",
+        return self._finishing(
+            trial_id, f"mark trial {trial_id} broken",
             lambda: self.storage.fail_trial(trial_id, worker, error),
             lambda: self._stored(trial_id, lambda t: t.status is TrialStatus.BROKEN and t.worker == worker
                                  and (t.error or {}).get("type") == error.get("type")),
-        ))
+        )
 
     def report_trial(self, trial_id: str, worker: str, step: int, value: ReportValue) -> Trial:
         """See :meth:`BaseStorage.report_trial`."""
@@ -290,19 +304,19 @@ class RetryingStorage(BaseStorage):
 
     def prune_trial(self, trial_id: str, worker: str, verdict: Mapping[str, Any]) -> Trial:
         """See :meth:`BaseStorage.prune_trial`."""
-        return self._finished(trial_id, self._retry(
-            f"prune trial {trial_id}",
+        return self._finishing(
+            trial_id, f"prune trial {trial_id}",
             lambda: self.storage.prune_trial(trial_id, worker, verdict),
             lambda: self._stored(trial_id, lambda t: t.status is TrialStatus.PRUNED and t.worker == worker),
-        ))
+        )
 
     def release_trial(self, trial_id: str, worker: str | None) -> Trial:
         """See :meth:`BaseStorage.release_trial`."""
-        return self._finished(trial_id, self._retry(
-            f"release trial {trial_id}",
+        return self._finishing(
+            trial_id, f"release trial {trial_id}",
             lambda: self.storage.release_trial(trial_id, worker),
             lambda: self._stored(trial_id, lambda t: t.status is TrialStatus.INTERRUPTED),
-        ))
+        )
 
     def release_lost(self, experiment_id: str, leases: Mapping[str, Lease], max_attempts: int) -> list[Trial]:
         """See :meth:`BaseStorage.release_lost`."""

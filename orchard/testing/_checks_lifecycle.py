@@ -99,6 +99,14 @@ class ReservationChecks(Checks):
         for i, trial in enumerate(won):
             assert stored(storage, trial.id).worker == f"host:{i}:w"
 
+    def test_take_up_reserved_returns_the_workers_reservations_only(self, storage: BaseStorage, exp: str) -> None:
+        register_many(storage, exp, 4)
+        mine = [reserve_as(storage, exp, W1) for _ in range(2)]
+        reserve_as(storage, exp, W2)
+        storage.complete_trial(mine[0].id, W1, 1.0)
+        assert [t.id for t in storage.take_up_reserved(exp, W1)] == [mine[1].id]
+        assert storage.take_up_reserved(exp, "host:9:nobody") == []
+
 
 class OwnershipChecks(Checks):
     """heartbeat/complete/fail/release: only the owner may write; refusals write nothing."""

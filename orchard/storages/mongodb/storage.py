@@ -9,7 +9,8 @@ Two collections in the URI's database (default ``orchard``)::
 ``_id`` of a trial is :func:`orchard.space.trial_id` of its experiment and
 params, so the primary key itself forbids duplicate params. Every write is one
 single-document operation conditional on the state it expects; there are no
-multi-document transactions, so nothing is left half-done when a process dies.
+multi-document transactions, so nothing is left half-done when a process dies
+(each transition as a filter and an update: :mod:`orchard.storages.mongodb.writes`).
 
 **Budget.** A trial holds a unit of budget iff it holds a ``slot``, unique
 per experiment by a unique index; every trial holds one except broken ones,
@@ -53,8 +54,8 @@ from orchard.errors import (
 )
 from orchard.space import to_builtin, trial_id
 from orchard.storages.base import BaseStorage, ExperimentRecord
-from orchard.storages.mongodb import client
-from orchard.storages.mongodb.changes import STAMP, ChangeFeed
+from orchard.storages.mongodb import client, writes
+from orchard.storages.mongodb.changes import ChangeFeed
 from orchard.storages.mongodb.slots import insert_holding_slot, record_holding_slot
 from orchard.storages.table import REMEMBERED
 from orchard.storages.values import check_error, check_params
@@ -65,19 +66,6 @@ __all__ = ["MongoStorage"]
 log = logging.getLogger(__name__)
 
 _AFTER, _translated = ReturnDocument.AFTER, client.translated
-
-
-def _expected(trial_id: str, change: transitions.Change) -> dict[str, Any]:
-    """The filter matching trial ``trial_id`` only in the state ``change`` requires."""
-    query: dict[str, Any] = {"_id": trial_id, "status": {"$in": sorted(s.value for s in change.before)}}
-    if change.owner is not None:
-        query["worker"] = change.owner
-    for name, value in change.expects.items():
-        query[name] = {"$in": [0, None]} if name == "attempts" and value == 0 else value  # None: stored before attempts
-    for name, count in change.lengths.items():  # only reports: counted in a field of their own
-        assert name == "reports", name
-        query[client.REPORT_COUNT] = {"$in": [0, None]} if count == 0 else count  # None: stored before reports
-    return query
 
 
 def _reopen(uri: str, change_margin: float, check_interval: float) -> MongoStorage:
@@ -132,7 +120,7 @@ class MongoStorage(BaseStorage):
         self._indexed = False
         self.answered = False  # whether a call has succeeded: losing the server is then an outage
         self._names: dict[str, str] = {}  # experiment id -> name, for ids known to exist
-        self._held: OrderedDict[str, None] = OrderedDict()  # the latest trials handed out reserved by this handle
+        self._held: OrderedDict[str, str] = OrderedDict()  # the latest trials handed out reserved here -> experiment
 
     @classmethod
     def from_uri(cls, uri: str) -> MongoStorage:
@@ -168,14 +156,6 @@ class MongoStorage(BaseStorage):
     @property
     def _trials(self) -> Any:
         return self._db().trials
-
-    def _stamp(self, changes: Mapping[str, Any], unset: Iterable[str] = (),
-               inc: Mapping[str, int] | None = None) -> dict[str, Any]:
-        """An update setting ``changes`` plus the write stamp every write carries."""
-        update: dict[str, Any] = {"$set": dict(changes), "$inc": {**(inc or {}), "version": 1}, **STAMP}
-        if unset:
-            update["$unset"] = {field: "" for field in unset}
-        return update
 
     # -- experiments ------------------------------------------------------------
 
@@ -319,21 +299,10 @@ class MongoStorage(BaseStorage):
 
     # -- trials: the reservation lifecycle --------------------------------------
 
-    def _update(self, change: transitions.Change) -> dict[str, Any]:
-        """The update applying ``change``; a trial that breaks frees its unit of budget in it."""
-        fields = {name: value.value if isinstance(value, TrialStatus) else value for name, value in change.sets.items()}
-        if "reports" in fields:
-            fields[client.REPORT_COUNT] = len(fields["reports"])
-        unset = ["slot"] if change.sets.get("status") is TrialStatus.BROKEN else []
-        update = self._stamp(fields, unset=unset, inc=dict(change.adds))
-        if change.appends:
-            update["$push"] = {name: list(item) for name, item in change.appends.items()}
-            update["$inc"].update({client.REPORT_COUNT: 1})
-        return update
-
     def _apply(self, trial_id: str, change: transitions.Change) -> Trial:
         """One conditional update applying ``change``; when it matches nothing, the change says why."""
-        doc = self._trials.find_one_and_update(_expected(trial_id, change), self._update(change), return_document=_AFTER)
+        doc = self._trials.find_one_and_update(writes.expected(trial_id, change), writes.update(change),
+                                               return_document=_AFTER)
         return self._settled(trial_id, change) if doc is None else client.doc_to_trial(doc, self.uri)
 
     def _settled(self, trial_id: str, change: transitions.Change) -> Trial:
@@ -352,14 +321,14 @@ class MongoStorage(BaseStorage):
 
     def _vanished(self, trial_id: str, worker: str) -> StorageError:
         """A held trial gone with its experiment (the worker stops), or from a restored or crashed database
-        while every experiment this handle uses is still there (it drops the result and goes on)."""
-        known = list(self._names)
-        if trial_id in self._held and self._db().experiments.count_documents({"_id": {"$in": known}}) == len(known):
+        while its experiment is still there (it drops the result and goes on)."""
+        experiment = self._held.get(trial_id)
+        if experiment is not None and self._db().experiments.count_documents({"_id": experiment}) == 1:
             return ReservationLostError.vanished(trial_id, self.redacted_uri, worker)
         return TrialNotFoundError.deleted(trial_id, self.redacted_uri, worker)
 
     def _handed(self, trial: Trial) -> Trial:
-        self._held[trial.id] = None
+        self._held[trial.id] = trial.experiment
         while len(self._held) > REMEMBERED:
             self._held.popitem(last=False)
         return trial
@@ -375,7 +344,8 @@ class MongoStorage(BaseStorage):
         while True:  # a trial holding values Orchard never writes is broken, not handed out: next one
             try:
                 doc = self._trials.find_one_and_update(
-                    {"experiment": experiment_id, **client.WAITING}, self._update(transitions.reserve(worker, self.now())),
+                    {"experiment": experiment_id, **client.WAITING},
+                    writes.update(transitions.reserve(worker, self.now())),
                     sort=client.WAITING_ORDER, return_document=_AFTER)
             except OperationFailure as err:  # another program's field the update cannot apply to (a version in text)
                 if err.code == client.TYPE_MISMATCH and client.break_first_waiting(
@@ -390,10 +360,16 @@ class MongoStorage(BaseStorage):
                 return self._handed(client.doc_to_trial(doc))
             client.break_unreadable(self._trials, doc, {"worker": worker}, why, self.now(), self.uri)
 
+    @_translated("read reserved trials")
+    def take_up_reserved(self, experiment_id: str, worker: str) -> list[Trial]:
+        """See :meth:`BaseStorage.take_up_reserved`: each trial found is remembered as handed out."""
+        docs = self._trials.find({"experiment": experiment_id, "status": TrialStatus.RESERVED.value, "worker": worker})
+        return [self._handed(trial) for trial in client.readable_trials(docs, self.uri)]
+
     @_translated("record a heartbeat")
     def heartbeat_trial(self, trial_id: str, worker: str) -> None:
         change = transitions.heartbeat(worker, self.now())
-        if self._trials.update_one(_expected(trial_id, change), self._update(change)).matched_count == 0:
+        if self._trials.update_one(writes.expected(trial_id, change), writes.update(change)).matched_count == 0:
             self._settled(trial_id, change)
 
     @_translated("complete a trial")
@@ -445,7 +421,7 @@ class MongoStorage(BaseStorage):
             return None
         change = transitions.take_back(client.doc_to_trial(doc, self.uri), lease, max_attempts, self.now())
         doc = self._trials.find_one_and_update(
-            _expected(trial_id, change), self._update(change), return_document=_AFTER
+            writes.expected(trial_id, change), writes.update(change), return_document=_AFTER
         )
         return None if doc is None else client.doc_to_trial(doc, self.uri)
 

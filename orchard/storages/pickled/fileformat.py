@@ -45,10 +45,12 @@ __all__ = [
     "Damage",
     "Header",
     "Scan",
+    "damaged_header_message",
     "decode_header",
     "encode_frame",
     "encode_header",
     "fsync_dir",
+    "header_is_damaged",
     "is_log_file",
     "pread",
     "pwrite_all",
@@ -78,6 +80,22 @@ def encode_header(generation: bytes, base: int) -> bytes:
     return head + _U32.pack(zlib.crc32(head))
 
 
+def header_is_damaged(data: bytes) -> bool:
+    """Whether ``data`` (a file's first bytes) starts like Orchard's header but fails its checksum.
+
+    Only the header is then lost: the frames after it can be read (``orchard db repair``).
+    """
+    return data.startswith(MAGIC) and (
+        len(data) < HEADER_SIZE or zlib.crc32(data[: _HEADER.size]) != _U32.unpack_from(data, _HEADER.size)[0])
+
+
+def damaged_header_message(path: str) -> str:
+    """What to do about a damaged header (:func:`header_is_damaged`)."""
+    return (f"the header of storage file {path} is damaged (the records after it are not): run `orchard db repair "
+            f"--storage {path}`, which rewrites the file from them, keeping a backup; running workers keep their "
+            "results in memory and wait for it (ORCHARD_STORAGE_PATIENCE)")
+
+
 def decode_header(data: bytes, path: str) -> Header:
     """Parse the first :data:`HEADER_SIZE` bytes of ``path``.
 
@@ -91,10 +109,8 @@ def decode_header(data: bytes, path: str) -> Header:
             "header); Orchard will not read or modify it. Pass a different --storage path, or move "
             "the file away"
         )
-    if len(data) < HEADER_SIZE or zlib.crc32(data[: _HEADER.size]) != _U32.unpack_from(data, _HEADER.size)[0]:
-        raise StorageCorruptedError(
-            f"the header of storage file {path} is damaged; restore the file from a backup or move it away"
-        )
+    if header_is_damaged(data):
+        raise StorageCorruptedError(damaged_header_message(path))
     _, version, generation, base = _HEADER.unpack_from(data)
     if version != VERSION:
         raise StorageCorruptedError(

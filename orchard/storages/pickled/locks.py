@@ -28,6 +28,7 @@ import logging
 import math
 import os
 import random
+import re
 import socket
 import time
 import uuid
@@ -35,6 +36,8 @@ from collections.abc import Callable
 from typing import Protocol
 
 import filelock
+
+from orchard.storages.pickled.fileformat import MAGIC
 
 try:
     import fcntl
@@ -56,6 +59,10 @@ _WORK_EVERY = 0.02
 #: made the fleet's polling grow as W² (a fifth of the CPU of 128 workers on 2 cores went to it).
 _PATIENCE = 0.1
 _LONGEST_PAUSE = 0.05
+
+
+#: What a soft lock writes into its marker (filelock's record: pid, host, and a start token).
+_SOFT_MARKER = re.compile(rb"[0-9]+\n[^\n]+\n(?:[0-9]+\n)?")
 
 
 class FileLockLike(Protocol):
@@ -101,9 +108,15 @@ class KernelLock:
         if not same:  # the lock file was deleted or replaced between open and flock
             os.close(fd)
             return False
-        if locked.st_size > 0:  # a soft lock's marker (a kernel lock file stays empty): its holder is inside
-            os.close(fd)
-            self._wait_for_marker()
+        if locked.st_size > 0:  # a kernel lock file stays empty: a soft lock's marker, or foreign bytes
+            try:
+                content = os.pread(fd, 1024, 0)
+                if _SOFT_MARKER.fullmatch(content):  # its holder is inside
+                    self._wait_for_marker()
+                else:
+                    self._set_aside(content, locked.st_size)
+            finally:
+                os.close(fd)
             return False
         self._fd, self._locked = fd, locked
         now = time.monotonic()
@@ -121,6 +134,30 @@ class KernelLock:
                         "?lock=soft while this one uses the kernel lock; this process waits for it, but give "
                         "every process the same lock mode", self.path)
         self._marker.break_if_stale()
+
+    def _set_aside(self, content: bytes, size: int) -> None:
+        """Move aside a lock file something other than a lock wrote into, while this process holds its flock.
+
+        Only the name moves (a symbolic link's target is left alone), to one
+        fixed name, so that nothing a user wrote there by mistake is destroyed
+        and repeated writes keep one file. A process waiting on the old file
+        finds it replaced and retries on a new one, as when a holder deletes it.
+        """
+        aside = f"{self.path}.foreign"
+        try:
+            os.replace(self.path, aside)
+            done = f"moved it to {aside}"
+        except FileNotFoundError:
+            return
+        except OSError:  # e.g. a directory of that name
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self.path)
+            done = "removed it"
+        writer = ("a process used it as its storage path: give that storage another path"
+                  if content.startswith(MAGIC) else f"another program wrote into it: do not write into {self.path}")
+        log.warning("lock file %s held %d bytes that no lock writes (%r); %s while workers run. This process %s "
+                    "and goes on (this storage's data is never in its lock file)",
+                    self.path, size, content[:80], writer, done)
 
     def holds(self) -> bool:
         """Whether this process holds the lock and the lock file is still the one it locked.

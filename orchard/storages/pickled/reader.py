@@ -66,6 +66,10 @@ def continuation_tag(generation: bytes, offset: int) -> bytes:
     return hashlib.blake2b(generation + offset.to_bytes(8, "little"), digest_size=TAG).digest()
 
 
+#: Bytes after a header whose first bytes are not Orchard's read to find Orchard frames (the snapshot's first).
+_LOOK_AHEAD = 1 << 16
+
+
 class Health(NamedTuple):
     """What a full read of the file found (see :meth:`LogReader.inspect`)."""
 
@@ -166,12 +170,17 @@ class LogReader:
         return info
 
     def check_header(self) -> None:
-        """Raise :class:`StorageCorruptedError` if the file exists and is not Orchard's."""
+        """Raise :class:`StorageCorruptedError` if the file exists and is not Orchard's.
+
+        A damaged header of Orchard's is let through: the verbs wait for it to be repaired
+        (an outage, named), and ``orchard db repair`` opens the file to rewrite it.
+        """
         fd = self.open(os.O_RDONLY)
         if fd is not None:
             try:
-                if self._size_of(fd):
-                    fileformat.decode_header(fileformat.pread(fd, HEADER_SIZE, 0), self.path)
+                head = fileformat.pread(fd, HEADER_SIZE, 0) if self._size_of(fd) else b""
+                if head and not self._header_is_damaged(fd, head):
+                    fileformat.decode_header(head, self.path)
             finally:
                 os.close(fd)
 
@@ -187,7 +196,10 @@ class LogReader:
             if self._generation is not None:
                 raise self.vanished("emptied")
             return True
-        header = fileformat.decode_header(fileformat.pread(fd, HEADER_SIZE, 0), self.path)
+        head = fileformat.pread(fd, HEADER_SIZE, 0)
+        if self._header_is_damaged(fd, head):  # an outage to running workers: they wait for the repair
+            raise StorageUnavailableError(fileformat.damaged_header_message(self.path))
+        header = fileformat.decode_header(head, self.path)
         if header.generation != self._generation and not self._continues(header):
             if self._generation is not None and self._generation != self._forked_from:
                 how = "replaced by another file (restored from an older copy, repaired, or copied over)"
@@ -334,12 +346,28 @@ class LogReader:
             size = self._size_of(fd)
             if size == 0:
                 return Health(0, 0, 0, [], 0)
-            fileformat.decode_header(fileformat.pread(fd, HEADER_SIZE, 0), self.path)
+            damaged = self._header_damage(fd)
             scan = fileformat.scan(fileformat.pread(fd, size - HEADER_SIZE, HEADER_SIZE), HEADER_SIZE, self.path)
         finally:
             os.close(fd)
         records = sum(map(len, scan.batches))
-        return Health(size, len(scan.batches), records, scan.damaged, size - scan.end)
+        return Health(size, len(scan.batches), records, damaged + scan.damaged, size - scan.end)
+
+    def _header_damage(self, fd: int) -> list[fileformat.Damage]:
+        """The header as damage if it is damaged (the frames after it stand); raise if the file is not Orchard's."""
+        head = fileformat.pread(fd, HEADER_SIZE, 0)
+        if self._header_is_damaged(fd, head):
+            return [fileformat.Damage(0, HEADER_SIZE, "the file's header")]
+        fileformat.decode_header(head, self.path)
+        return []
+
+    def _header_is_damaged(self, fd: int, head: bytes) -> bool:
+        """Whether ``head`` is Orchard's header, damaged: its checksum fails, or its first bytes are not
+        Orchard's in a file whose first frames are (a file that is not Orchard's never passes for one)."""
+        if head.startswith(fileformat.MAGIC) or len(head) < HEADER_SIZE:
+            return fileformat.header_is_damaged(head)
+        after = fileformat.pread(fd, _LOOK_AHEAD, HEADER_SIZE)
+        return bool(fileformat.scan(after, HEADER_SIZE, self.path).batches)
 
     def replay_all(self) -> None:
         """Replay the file from the start (under the lock): every readable record, damage skipped."""
@@ -347,6 +375,11 @@ class LogReader:
         fd = self.open(os.O_RDONLY)
         if fd is not None:
             try:
-                self.sync(fd, locked=True)
+                if self._size_of(fd) and self._header_damage(fd):  # every frame after it, for a new header
+                    scan = fileformat.scan(fileformat.pread(fd, self._size_of(fd) - HEADER_SIZE, HEADER_SIZE),
+                                           HEADER_SIZE, self.path)
+                    self._apply(scan.batches)
+                else:
+                    self.sync(fd, locked=True)
             finally:
                 os.close(fd)

@@ -32,8 +32,8 @@ from typing import Any, TypeVar
 
 from orchard.errors import ConfigurationError, StorageError, StorageUnavailableError
 from orchard.storages._uri import pickle_path, split_options
-from orchard.storages.pickled import locks
-from orchard.storages.pickled.writer import Health, LogFile
+from orchard.storages.pickled import fileformat, locks
+from orchard.storages.pickled.writer import Fence, Health, LogFile
 from orchard.storages.table_storage import Query, TableStorage, Verb
 
 __all__ = ["PickledStorage"]
@@ -139,6 +139,7 @@ class PickledStorage(TableStorage):
                 f"storage path {self._path} is a directory, not a storage file; "
                 f"give a file path, e.g. --storage {os.path.join(self._path, 'orchard.pkl')}"
             )
+        _check_not_a_lock_file(self._path)
         self._folder_made = False  # made by the first write: reading a path that does not exist changes nothing
         self._init_process_state()
         with self._translate("read"):
@@ -219,11 +220,41 @@ class PickledStorage(TableStorage):
                 return health, None
             backup = f"{self._path}.{time.strftime('%Y%m%dT%H%M%S')}-{os.getpid()}.damaged"
             with open(self._path, "rb") as damaged, open(backup, "xb") as kept:  # "x": never through a planted link
-                shutil.copyfileobj(damaged, kept)
-            shutil.copystat(self._path, backup)
-            self._log.replay_all()
-            self._log.rewrite()
+                with self._dropped_if_unneeded(backup, os.fstat(damaged.fileno())):
+                    shutil.copyfileobj(damaged, kept)
+                    shutil.copystat(self._path, backup)
+                    self._log.replay_all()
+                    if not self._log.rewrite(fence=self._still_held()):
+                        raise StorageUnavailableError(
+                            f"the lock of storage file {self._path} was taken from this repair (broken as stale, "
+                            "or its lock file deleted) while it read the file, so another process may have "
+                            "written meanwhile: nothing was replaced; run the repair again, with the workers "
+                            "stopped if it happens again (a soft lock held past its stale age looks abandoned)")
             return health, backup
+
+    def _fences(self) -> tuple[Fence | None, Fence | None]:
+        """Whether this process still holds the soft lock (``owns``), or the kernel lock's file (``holds``)."""
+        owns = self._lock.owns if isinstance(self._lock, locks.SoftLock) else None  # after a fork: the new lock
+        holds = self._lock.holds if isinstance(self._lock, locks.KernelLock) else None
+        return owns, holds
+
+    def _still_held(self) -> Fence | None:
+        owns, holds = self._fences()
+        return owns or holds
+
+    @contextlib.contextmanager
+    def _dropped_if_unneeded(self, backup: str, original: os.stat_result) -> Iterator[None]:
+        """Remove the backup if the repair fails while the original is still in place (a full disk).
+
+        A partial copy left behind filled the disk that running workers write to, and was named nowhere.
+        """
+        try:
+            yield
+        except BaseException:
+            with contextlib.suppress(OSError):
+                if os.path.samestat(original, os.stat(self._path)):
+                    os.unlink(backup)
+            raise
 
     # -- per-process state ---------------------------------------------------------
 
@@ -313,8 +344,13 @@ class PickledStorage(TableStorage):
             raise StorageUnavailableError(self._timeout_message())
 
     def _catch_up(self) -> None:
-        """Replay, without the lock, what others append while we wait for it: little is left under it."""
-        self._log.catch_up(keep=False)  # damage is left for the locked replay to judge
+        """Replay, without the lock, what others append while we wait for it: little is left under it.
+
+        Damage, and a file this process cannot read now (a damaged header a waiting repair is about
+        to rewrite), are left for the locked replay to judge.
+        """
+        with contextlib.suppress(StorageError):
+            self._log.catch_up(keep=False)
 
     def _lock_error(self, err: OSError) -> StorageError:
         if isinstance(err, FileNotFoundError) and self._log.has_replayed:  # its folder was deleted (rm -r runs/)
@@ -357,8 +393,7 @@ class PickledStorage(TableStorage):
         only what was appended while it waited.
         """
         with self._exclusive(), self._translate("write to"):
-            owns = self._lock.owns if isinstance(self._lock, locks.SoftLock) else None  # after a fork: the new lock
-            holds = self._lock.holds if isinstance(self._lock, locks.KernelLock) else None
+            owns, holds = self._fences()
             fd = self._log.catch_up(keep=owns is None)
             try:
                 with self._locked():
@@ -403,6 +438,20 @@ if hasattr(os, "register_at_fork"):
 #: filesystem's largest file: EFBIG), a read-only file or filesystem.
 _FULL_OR_READ_ONLY = frozenset({errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC), errno.EFBIG, errno.EROFS,
                                 errno.EACCES, errno.EPERM})
+
+
+def _check_not_a_lock_file(path: str) -> None:
+    """Refuse a path that is another storage's lock file, or whose lock file is another storage's data.
+
+    A process taking a kernel lock moves aside what it finds written in the lock file: the other
+    storage's data, had the two been allowed (before, a soft lock waiter deleted it as a stale marker).
+    """
+    if path.endswith(".lock") and fileformat.is_log_file(path[: -len(".lock")]):
+        raise ConfigurationError(f"storage path {path} is the lock file of storage {path[: -len('.lock')]}; "
+                                 "give the storage's own path, or another file name")
+    if fileformat.is_log_file(f"{path}.lock"):
+        raise ConfigurationError(f"the lock file {path}.lock of storage {path} holds another storage's data (a "
+                                 f"process used it as its storage path?); move {path}.lock to another name")
 
 
 def _validated(lock: str, timeout: float, fsync: bool, compact_bytes: int, stale_lock_after: float) -> str:

@@ -313,9 +313,16 @@ class LogFile(LogReader):
         """Delete temporary files of killed compactions (only called under the lock, so none is live)."""
         with contextlib.suppress(OSError), os.scandir(self._dir) as entries:
             for entry in entries:
-                if entry.name.startswith(self._tmp_prefix) and entry.name.endswith(".tmp"):
+                if self._is_leftover(entry.name):
                     with contextlib.suppress(OSError):
                         os.unlink(entry.path)
+
+    def _is_leftover(self, name: str) -> bool:
+        """Whether ``name`` is one of this file's temporary files (``.NAME.HEX.tmp``), not another
+        storage's whose name starts with this one's (``.NAME.v2.HEX.tmp``)."""
+        middle = name[len(self._tmp_prefix):-len(".tmp")]
+        return (name.startswith(self._tmp_prefix) and name.endswith(".tmp") and len(middle) == 32
+                and all(c in "0123456789abcdef" for c in middle))
 
     def snapshot_frames(self) -> Iterator[bytes]:
         """The current state as frames of at most :data:`_SNAPSHOT_CHUNK` records each."""
@@ -334,24 +341,26 @@ class LogFile(LogReader):
             self._compact_floor = self._offset + self.compact_bytes  # retry later, not on every write
             log.warning("could not compact storage file %s (%s); will retry later", self.path, err)
 
-    def rewrite(self, continues: bool = False, fence: Fence | None = None) -> None:
+    def rewrite(self, continues: bool = False, fence: Fence | None = None) -> bool:
         """Replace the file by a snapshot of the table (under the lock): compaction, and repair.
 
         With ``continues`` (compaction), the new generation is tagged so that
         readers of the replaced file can carry their replay on into it. With
         ``fence``, nothing is replaced unless it still holds once the snapshot is
-        written (see :meth:`replace_file`).
+        written (see :meth:`replace_file`). Returns whether the file was replaced.
         """
         if fence is not None and not fence():
-            return
+            return False
         frames = list(self.snapshot_frames())
         fresh = os.urandom(16)
         if continues and self._generation is not None:
             fresh = continuation_tag(self._generation, self._offset) + fresh[TAG:]
         generation, base = fresh, HEADER_SIZE + sum(map(len, frames))
         self.remove_leftovers()
-        if self.replace_file([fileformat.encode_header(generation, base), *frames], fence):
-            self._generation, self._base, self._offset, self._size = generation, base, base, base
+        if not self.replace_file([fileformat.encode_header(generation, base), *frames], fence):
+            return False
+        self._generation, self._base, self._offset, self._size = generation, base, base, base
+        return True
 
 
 def _fdatasync(fd: int) -> None:

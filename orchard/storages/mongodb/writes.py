@@ -1,0 +1,45 @@
+"""A trial's transitions as MongoDB writes: each :class:`orchard.trial.Change` is one conditional update.
+
+:func:`expected` is the filter that matches the trial only in the state the
+change requires (its statuses, its owner, the fields it expects), and
+:func:`update` the update document that applies it, stamped by the server
+(``mtime``, read by :mod:`orchard.storages.mongodb.changes`) and counted
+(``version``). A write whose filter matches nothing changed nothing: the
+storage then reads the trial to say why (:meth:`orchard.trial.Change.refusal`).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from orchard.storages.mongodb.client import REPORT_COUNT, STAMP
+from orchard.trial import Change, TrialStatus
+
+__all__ = ["expected", "update"]
+
+
+def expected(trial_id: str, change: Change) -> dict[str, Any]:
+    """The filter matching trial ``trial_id`` only in the state ``change`` requires."""
+    query: dict[str, Any] = {"_id": trial_id, "status": {"$in": sorted(s.value for s in change.before)}}
+    if change.owner is not None:
+        query["worker"] = change.owner
+    for name, value in change.expects.items():
+        query[name] = {"$in": [0, None]} if name == "attempts" and value == 0 else value  # None: stored before attempts
+    for name, count in change.lengths.items():  # only reports: counted in a field of their own
+        assert name == "reports", name
+        query[REPORT_COUNT] = {"$in": [0, None]} if count == 0 else count  # None: stored before reports
+    return query
+
+
+def update(change: Change) -> dict[str, Any]:
+    """The update applying ``change``; a trial that breaks frees its unit of budget in it."""
+    fields = {name: value.value if isinstance(value, TrialStatus) else value for name, value in change.sets.items()}
+    if "reports" in fields:
+        fields[REPORT_COUNT] = len(fields["reports"])
+    written: dict[str, Any] = {"$set": fields, "$inc": {**dict(change.adds), "version": 1}, **STAMP}
+    if change.sets.get("status") is TrialStatus.BROKEN:
+        written["$unset"] = {"slot": ""}
+    if change.appends:
+        written["$push"] = {name: list(item) for name, item in change.appends.items()}
+        written["$inc"][REPORT_COUNT] = 1
+    return written
