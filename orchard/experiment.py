@@ -285,7 +285,7 @@ class Experiment:
         settings = WorkerSettings.for_experiment(self.settings, idle_timeout=idle_timeout, max_trials_per_worker=None,
                                                  storage_patience=_config.resolve("storage_patience", storage_patience))
         settings = dataclasses.replace(settings, max_trials=self._call_budget(max_trials))
-        n_workers = workers_to_start(n_workers, budget_to_give(self.storage, self.id, settings.max_trials), self.name)
+        n_workers = workers_to_start(n_workers, lambda: budget_to_give(self.storage, self.id, settings.max_trials), self.name)
         pool_manager = make_executor(executor, n_workers, executor_config)  # validates name and size
         devices = assign_devices(parse_gpus(gpus), gpus_per_worker, n_workers, shares_environment(executor, executor_config))
         warn_if_budget_met(self.storage, self.id, self.name, self.max_trials)

@@ -198,7 +198,7 @@ def test_workon_starts_no_more_workers_than_the_budget_has_trials_left(caplog: p
     with _CountingPool() as pool:
         exp.workon(workloads.quadratic, n_workers=8, executor=pool, max_trials=2, progress=False)
     assert pool.loops == 2 and exp.stats["counts"]["completed"] == 7
-    assert workers_to_start(8, None, "no budget") == 8 and workers_to_start(8, 0, "met") == 1
+    assert workers_to_start(8, lambda: None, "no budget") == 8 and workers_to_start(8, lambda: 0, "met") == 1
 
 
 def test_a_pool_that_refuses_a_loop_leaves_none_of_the_others_running(store) -> None:

@@ -254,7 +254,9 @@ def _work(experiment: Experiment, template: CommandTemplate, settings: Settings)
     _make_folder(base, experiment.name)
     runner = ScriptRunner(template, experiment.name, base, settings.get("trial_timeout"),
                           memory_limit=parse_memory(settings.get("trial_memory_limit")))
-    to_give = budget_to_give(experiment.storage, experiment.id, experiment.max_trials)
+    def to_give() -> int | None:
+        return budget_to_give(experiment.storage, experiment.id, experiment.max_trials)
+
     n_workers = workers_to_start(settings.get("n_workers"), to_give, experiment.name)  # workon's own rule
     executor = settings.get("executor", use_default=False)
     if n_workers == 1 and executor in ("joblib", "loky"):

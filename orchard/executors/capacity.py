@@ -33,7 +33,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from orchard.errors import ConfigurationError
@@ -124,7 +124,7 @@ def check_n_workers(n_workers: object) -> None:
         raise ConfigurationError(f"n_workers must be a positive integer, got {n_workers!r}")
 
 
-def workers_to_start(n_workers: int, to_give: int | None, name: str) -> int:
+def workers_to_start(n_workers: int, to_give: Callable[[], int | None], name: str) -> int:
     """How many of ``n_workers`` worker loops are worth starting when the budget can hand out ``to_give`` trials.
 
     Workers beyond those trials would start and stop at once (``--n-workers 100000 --max-trials 1``
@@ -133,18 +133,20 @@ def workers_to_start(n_workers: int, to_give: int | None, name: str) -> int:
 
     Args:
         n_workers: how many the caller asked for.
-        to_give: :func:`orchard.recording.budget_to_give` (``None``: no budget, every worker starts).
+        to_give: returns :func:`orchard.recording.budget_to_give` (``None``: no budget, every worker
+            starts); asked only for more than one worker (it costs the storage a count).
         name: the experiment's name, for the log.
 
     Raises:
         ConfigurationError: ``n_workers`` is not a positive integer.
     """
     check_n_workers(n_workers)
-    if to_give is None or n_workers <= max(to_give, 1):
+    left = to_give() if n_workers > 1 else None
+    if left is None or n_workers <= max(left, 1):
         return n_workers
-    started = max(to_give, 1)
+    started = max(left, 1)
     log.info("experiment %r: starting %d of %d workers: only %d trial(s) of the budget are left", name, started,
-             n_workers, to_give)
+             n_workers, left)
     return started
 
 
