@@ -7,8 +7,8 @@ applies both, then folds the trial into its algorithm's history. This writes
 fresh file and times each stage over all of them in one process (process CPU,
 best of ``--repeat``), in microseconds per trial::
 
-    python bench/replay_cost.py                 # 2,000 trials, best of 3
-    python bench/replay_cost.py --trials 5000
+    python bench/replay_cost.py                             # 2,000 trials, best of 3
+    python bench/replay_cost.py --trials 5000 --repeat 5    # the figures in docs/scaling.md
 
 Stages: ``frames`` (checksums, unpickling with globals refused, checking every
 record: ``fileformat.scan``), of which ``unpickle`` and ``check`` alone;

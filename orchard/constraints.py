@@ -68,6 +68,9 @@ class Feasibility:
         return self.violation <= 0
 
 
+_UNCONSTRAINED = Feasibility(0.0)
+
+
 def parse_constraint(expression: Any) -> Constraint:
     """Parse ``"memory_gb <= 16"`` into a :class:`Constraint`.
 
@@ -112,6 +115,8 @@ def feasibility(results: Mapping[str, Any], constraints: Sequence[str] | None) -
     Returns:
         The total violation; a missing or non-numeric metric counts as ``inf``.
     """
+    if not constraints and REPORTED_KEY not in results:  # every worker judges every other worker's trial
+        return _UNCONSTRAINED
     total, reasons, missing = 0.0, [], []
     for constraint in map(parse_constraint, constraints or ()):
         value = finite_number(results.get(constraint.metric))

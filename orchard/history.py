@@ -102,11 +102,11 @@ class History:
             else:
                 self._pending.pop(trial.id, None)
             # a pruned trial is told with its last reported value: what it reached before it was stopped
-            told = trial.status in (TrialStatus.COMPLETED, TrialStatus.PRUNED)
-            objective = finite_float(trial.objective)  # another program's NaN, text or 5,000-digit int: not told
-            if told and objective is not None and newly_told:
-                self._told[trial.id] = self._observation(trial, objective)
-                self.observations.append(self._told[trial.id])
+            if newly_told and trial.status in (TrialStatus.COMPLETED, TrialStatus.PRUNED):
+                objective = finite_float(trial.objective)  # another program's NaN, text or 5,000-digit int: not told
+                if objective is not None:
+                    self._told[trial.id] = self._observation(trial, objective)
+                    self.observations.append(self._told[trial.id])
         return arrived
 
     def set_aside(self, space: Space) -> list[str]:

@@ -222,24 +222,33 @@ class Trial:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Trial:
-        """Build a trial from :meth:`to_dict` output; unknown keys are ignored.
+        """Build a trial from :meth:`to_dict` output (its dicts copied); unknown keys are ignored."""
+        known = {k: v for k, v in data.items() if k in _FIELD_NAMES}
+        if "id" not in known or "experiment" not in known:
+            return cls(params={}, **{k: v for k, v in known.items() if k != "params"})  # its error
+        return cls.from_record({**known, "params": dict(known.get("params") or {}),
+                                "results": dict(known.get("results") or {})})
 
-        Every process replays every trial record of a shared file through here: the
-        fields are set directly, not through ``__init__``, which costs three times more.
+    @classmethod
+    def from_record(cls, data: dict[str, Any]) -> Trial:
+        """Build a trial from a stored record (:meth:`to_record`) whose dicts it takes over, not copies.
+
+        Every process replays every trial record of a shared file through here (the trial
+        table hands over records nobody else changes): the fields are set straight into the
+        instance dict, not through ``__init__``, which costs three times more.
         """
-        fields = {**_DEFAULTS, **data} if _FIELD_NAMES.issuperset(data) else {
-            **_DEFAULTS, **{k: v for k, v in data.items() if k in _FIELD_NAMES}}
-        if "id" not in fields or "experiment" not in fields:
-            return cls(params={}, **{k: v for k, v in fields.items() if k in data and k != "params"})  # its error
-        status = fields["status"]
-        fields["status"] = _STATUSES.get(status) or TrialStatus(status)
-        fields["params"] = dict(fields["params"] or {})
-        fields["results"] = dict(fields["results"] or {})
+        if "id" not in data or "experiment" not in data or not _FIELD_NAMES.issuperset(data):
+            return cls.from_dict(data)
+        trial = object.__new__(cls)
+        fields = trial.__dict__
+        fields.update(_DEFAULTS)
+        fields.update(data)
+        fields["status"] = _STATUSES.get(fields["status"]) or TrialStatus(fields["status"])
+        fields["params"] = fields["params"] or {}
+        fields["results"] = fields["results"] or {}
         reports = fields["reports"]
         fields["reports"] = [(int(step), tuple(map(float, value)) if isinstance(value, (list, tuple)) else float(value))
                              for step, value in reports] if reports else []
-        trial = object.__new__(cls)
-        trial.__dict__.update(fields)
         return trial
 
     @property

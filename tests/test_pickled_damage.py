@@ -260,6 +260,25 @@ def test_records_readers_would_skip_are_refused_when_written(tmp_path: Path) -> 
     assert PickledStorage(path).get_trial(trial.id).status is TrialStatus.RESERVED  # type: ignore[union-attr]
 
 
+@pytest.mark.parametrize("status", [["completed"], {"completed": 1}])
+def test_a_trial_whose_status_is_a_list_or_a_dict_is_a_damaged_record(
+    tmp_path: Path, status: object, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An unhashable status is named like any unknown one; it made every reader fail with TypeError."""
+    path = tmp_path / "orchard.pkl"
+    storage = PickledStorage(path)
+    exp_id = storage.create_experiment("exp", {})
+    kept = storage.register_trial(exp_id, {"x": 1.0})
+    odd = Trial(id="s" * 32, experiment=exp_id, params={"x": 2.0}).to_dict()
+    odd["status"] = status
+    with path.open("ab") as f:
+        f.write(_frame(pickle.dumps([{"op": "trial", "trial": odd}], protocol=5)))
+    after = storage.register_trial(exp_id, {"x": 3.0})  # a frame after it, so it is not a torn tail
+    for reader in (PickledStorage(path), storage):
+        assert [t.id for t in reader.fetch_trials(exp_id)] == [kept.id, after.id]
+    assert "unknown trial status" in caplog.text
+
+
 HOSTILE = {
     "a 5,000-digit int param": ("params", {"x": 10**5000}),
     "an error that is a list": ("error", ["ValueError", "boom"]),

@@ -49,7 +49,7 @@ class _ExperimentTrials:
 
     def __init__(self) -> None:
         self.trials: dict[str, Trial] = {}
-        self.changed: OrderedDict[str, int] = OrderedDict()  # trial id -> seq, last change last
+        self.changed: dict[str, int] = {}  # trial id -> seq, last change last (moved by popping and re-inserting)
         self.waiting: dict[TrialStatus, dict[str, None]] = {
             TrialStatus.INTERRUPTED: {},
             TrialStatus.NEW: {},
@@ -98,7 +98,7 @@ class TrialTable:
             if exp.id not in self._by_experiment:
                 self._by_experiment[exp.id] = _ExperimentTrials()
         elif op == "trial":
-            self._put_trial(Trial.from_dict(record["trial"]))
+            self._put_trial(Trial.from_record(record["trial"]))
         elif op == "report":  # one report appended: not the whole trial again (10,000 of them may come)
             trial = self.trial(record["trial"])
             if trial is None:  # pragma: no cover - a writer appends reports to trials it holds
@@ -147,22 +147,25 @@ class TrialTable:
         table = self._by_experiment.get(trial.experiment)
         if table is None:  # not setdefault(…, _ExperimentTrials()): that builds indexes on every record
             table = self._by_experiment[trial.experiment] = _ExperimentTrials()
-        old = table.trials.get(trial.id)
+        tid, status = trial.id, trial.status
+        old = table.trials.get(tid)
         if old is not None:
             table.counts[old.status] -= 1
             table.unbudgeted -= old.status is not TrialStatus.BROKEN and not old.in_budget
-            table.waiting.get(old.status, {}).pop(trial.id, None)
-            table.reserved.pop(trial.id, None)
-        table.trials[trial.id] = trial
-        table.counts[trial.status] += 1
-        table.unbudgeted += trial.status is not TrialStatus.BROKEN and not trial.in_budget
-        if trial.status in table.waiting:
-            table.waiting[trial.status][trial.id] = None
-        elif trial.status is TrialStatus.RESERVED:
-            table.reserved[trial.id] = None
-        table.changed[trial.id] = self.seq
-        table.changed.move_to_end(trial.id)
-        self._owner_of[trial.id] = trial.experiment
+            if old.status in table.waiting:
+                table.waiting[old.status].pop(tid, None)
+            elif old.status is TrialStatus.RESERVED:
+                table.reserved.pop(tid, None)
+            table.changed.pop(tid, None)
+        table.trials[tid] = trial
+        table.counts[status] += 1
+        table.unbudgeted += status is not TrialStatus.BROKEN and not trial.in_budget
+        if status in table.waiting:
+            table.waiting[status][tid] = None
+        elif status is TrialStatus.RESERVED:
+            table.reserved[tid] = None
+        table.changed[tid] = self.seq
+        self._owner_of[tid] = trial.experiment
 
     def apply_all(self, records: Iterable[Record]) -> list[Record]:
         """Apply records in order and return them as a list."""

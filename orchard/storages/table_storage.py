@@ -23,7 +23,7 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import Any, TypeVar
 
 from orchard.storages.base import BaseStorage, ExperimentRecord
-from orchard.storages.table import SCALARS, Record, TrialTable
+from orchard.storages.table import Record, TrialTable
 from orchard.storages.values import check_error, check_params
 from orchard.trial import Lease, ReportValue, Trial, TrialStatus
 
@@ -37,12 +37,16 @@ Verb = Callable[[TrialTable, float], tuple[_T, list[Record]]]
 def _plain_copy(value: Any) -> Any:
     """A copy of nested plain dicts and lists (cheaper than ``copy.deepcopy`` on records).
 
-    Scalars are copied inline, without a call each: every trial a refresh returns passes here.
+    A dict is copied whole and only its lists and dicts copied again: every trial a refresh returns passes here.
     """
     if type(value) is dict:
-        return {key: item if type(item) in SCALARS else _plain_copy(item) for key, item in value.items()}
+        copied = value.copy()
+        for key, item in value.items():
+            if type(item) is dict or type(item) is list:
+                copied[key] = _plain_copy(item)
+        return copied
     if type(value) is list:
-        return [item if type(item) in SCALARS else _plain_copy(item) for item in value]
+        return [_plain_copy(item) if type(item) is dict or type(item) is list else item for item in value]
     return value
 
 

@@ -126,8 +126,9 @@ def _check_trial(trial: Any, budget: _Budget) -> None:
         raise RecordError("a trial that is not a dict")
     if type(trial.get("id")) is not str or type(trial.get("experiment")) is not str:
         raise RecordError("a trial without a string id and experiment")
-    if trial.get("status") not in _STATUSES or type(trial["status"]) is not str:  # a list is not even hashable
-        raise RecordError(f"unknown trial status {trial.get('status')!r}")
+    status = trial.get("status")
+    if type(status) is not str or status not in _STATUSES:  # its type first: a list is not even hashable
+        raise RecordError(f"unknown trial status {status!r}")
     params, results = trial.get("params"), trial.get("results")
     if type(params) is not dict:
         raise RecordError("trial params that are not a dict")
