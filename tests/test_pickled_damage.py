@@ -279,6 +279,25 @@ def test_a_trial_whose_status_is_a_list_or_a_dict_is_a_damaged_record(
     assert "unknown trial status" in caplog.text
 
 
+def test_a_report_of_a_trial_the_file_does_not_hold_is_skipped_and_named(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A well-formed report record of an unknown trial (another program's write) made every reader of the
+    file fail with StorageCorruptedError: every worker of every experiment in it stopped."""
+    path = tmp_path / "orchard.pkl"
+    storage = PickledStorage(path)
+    exp_id = storage.create_experiment("exp", {})
+    kept = storage.register_trial(exp_id, {"x": 1.0}, worker="w")
+    stray = {"op": "report", "trial": "u" * 32, "step": 1, "value": 0.5, "heartbeat": 1.7e9}
+    with path.open("ab") as f:
+        f.write(_frame(pickle.dumps([stray], protocol=5)))
+    storage.report_trial(kept.id, "w", 1, 0.25)  # the file goes on after it
+    for reader in (PickledStorage(path), storage):
+        [trial] = reader.fetch_trials(exp_id)
+        assert trial.id == kept.id and trial.reports == [(1, 0.25)]
+    assert f"skipped a report of unknown trial {'u' * 32!r}" in caplog.text
+
+
 HOSTILE = {
     "a 5,000-digit int param": ("params", {"x": 10**5000}),
     "an error that is a list": ("error", ["ValueError", "boom"]),

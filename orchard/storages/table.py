@@ -84,6 +84,8 @@ class TrialTable:
         self._deleted_trials: dict[str, str] = {}  # unfinished trial id -> id of its deleted experiment
         self.vanished: OrderedDict[str, str] = OrderedDict() if vanished is None else vanished
         self.seq = 0
+        #: Well-formed records that could not be applied and were skipped (what a reader names, then clears).
+        self.unapplied: list[str] = []
 
     # -- applying records (the only place state changes) -------------------------
 
@@ -101,8 +103,9 @@ class TrialTable:
             self._put_trial(Trial.from_record(record["trial"]))
         elif op == "report":  # one report appended: not the whole trial again (10,000 of them may come)
             trial = self.trial(record["trial"])
-            if trial is None:  # pragma: no cover - a writer appends reports to trials it holds
-                raise ValueError(f"a report of unknown trial {record['trial']!r}")
+            if trial is None:  # a writer appends reports to trials it holds: another program's record
+                self.unapplied.append(f"a report of unknown trial {record['trial']!r}")
+                return
             self._put_trial(dataclasses.replace(
                 trial, reports=[*trial.reports, (record["step"], _replayed(record["value"]))],
                 heartbeat=record["heartbeat"]

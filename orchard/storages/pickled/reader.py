@@ -312,6 +312,10 @@ class LogReader:
                 f"storage file {self.path} holds a record Orchard cannot apply ({err!r}); "
                 "restore it from a backup or move it away"
             ) from err
+        for what in self.table.unapplied:
+            log.warning("storage file %s: skipped %s (no Orchard writer makes such a record; another program "
+                        "wrote into the file?)", self.path, what)
+        self.table.unapplied.clear()
 
     def refresh(self, locked: Callable[[], contextlib.AbstractContextManager[None]]) -> None:
         """Catch up with the file, without the lock unless a damaged frame needs a second look."""
