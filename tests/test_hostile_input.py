@@ -195,6 +195,22 @@ def test_a_port_beyond_65535_is_refused_instead_of_another_port_served() -> None
         bind("127.0.0.1", 70000).close()
 
 
+def test_a_port_another_program_listens_on_is_named_with_what_to_do(
+        tmp_path: Any, capsys: pytest.CaptureFixture[str]) -> None:
+    """It printed '[Errno 98] Address already in use (OSError)': no address, nothing to do."""
+    import socket
+
+    from orchard.cli import main
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen(1)
+        port = taken.getsockname()[1]
+        assert main(["serve", "--storage", str(tmp_path / "o.pkl"), "--port", str(port)]) == 2
+    said = capsys.readouterr().err.strip().splitlines()
+    assert len(said) == 1 and f"cannot listen on 127.0.0.1:{port}" in said[0] and "--port 0" in said[0], said
+
+
 def test_an_ipv6_address_in_brackets_is_the_address() -> None:
     from orchard.dashboard import bind, is_loopback
 
