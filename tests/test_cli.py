@@ -896,3 +896,12 @@ def test_an_unreachable_mongodb_shows_the_driver_details_only_with_debug(workdir
     assert len(line) < 300 and "Topology" not in line
     debug = cli("list", "--storage", unreachable, "--debug", cwd=workdir)
     assert debug.returncode == 1 and "Topology" in debug.stderr
+
+
+def test_ctrl_c_pressed_again_does_not_say_no_trial_was_running_while_workers_still_hold_theirs() -> None:
+    """A second Ctrl-C stops waiting for the workers: nothing is released yet, but trials were running."""
+    from orchard.errors import Interrupted
+
+    said = str(Interrupted().joined([], unstopped=2))
+    assert "no trial was running" not in said and said.startswith("no trial released yet; 2 worker(s)"), said
+    assert str(Interrupted()) == "no trial was running"
