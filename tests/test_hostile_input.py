@@ -318,3 +318,29 @@ def test_restoring_a_trial_mongodb_would_skip_stores_nothing_and_says_which(para
     with pytest.raises(StorageError, match="not one Orchard writes"):
         storage.restore_trials(exp, [fine, odd])
     assert storage._trials.count_documents({}) == 0
+
+
+def test_stored_strings_cannot_drive_the_terminal_status_info_and_errors_print_them_on(
+        tmp_path: Any, capsys: pytest.CaptureFixture[str]) -> None:
+    """A choices value or a script's error printed raw cleared the screen and set the window title."""
+    from orchard.cli import main
+
+    hostile = "\x1b[2J\x1b]0;pwned\x07\x9b"
+    storage = str(tmp_path / "o.pkl")
+    exp = orchard.build_experiment("esc", space={"c": f"choices([{hostile!r}, 'b'])"}, storage=storage,
+                                   max_trials=3, max_broken=1)
+    kept = exp.insert({"c": hostile}, objective=0.1)
+
+    def fail(c: str) -> float:
+        raise RuntimeError(f"\x1b[31m{c}\rdone")
+
+    with pytest.raises(orchard.errors.ExperimentBrokenError):
+        exp.workon(fail, n_workers=1, executor="thread")
+    broken = next(t for t in exp.fetch_trials() if t.status is TrialStatus.BROKEN)
+    capsys.readouterr()
+    for argv in (["status"], ["info"], ["info", "--trial", broken.id], ["info", "--trial", kept.id], ["hunt", "true"]):
+        main([argv[0], "--storage", storage, "-n", "esc", *argv[1:]])
+        out, err = capsys.readouterr()
+        shown = out + err
+        assert not set(shown) & {"\x1b", "\x07", "\r", "\x9b"}, (argv, shown)
+        assert "\\x1b" in shown, (argv, shown)

@@ -28,7 +28,7 @@ import traceback
 from collections.abc import Sequence
 from typing import Any
 
-from orchard.cli._args import PROG, OneLineParser, UsageError, add_common
+from orchard.cli._args import PROG, OneLineParser, UsageError, add_common, printable
 from orchard.errors import Interrupted
 
 __all__ = ["build_parser", "main"]
@@ -113,7 +113,7 @@ def _report(err: BaseException, debug: bool) -> int:
 
     if debug:
         traceback.print_exception(type(err), err, err.__traceback__)
-    message = " ".join(str(err).split()) or type(err).__name__
+    message = printable(" ".join(str(err).split())) or type(err).__name__
     if isinstance(err, (UsageError, ConfigurationError)):
         code = 2
     elif isinstance(err, OrchardError):
@@ -140,9 +140,15 @@ def _silence_stdout() -> None:
         pass
 
 
+class _PrintableFormatter(logging.Formatter):
+    """Log lines with their control characters escaped: a message may quote a stored string."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return printable(super().format(record))
+
+
 def _configure_logging(debug: bool) -> None:
-    logging.basicConfig(
-        level=logging.DEBUG if debug else logging.WARNING,
-        format=f"{PROG}: %(levelname)s: " + ("%(name)s: %(message)s" if debug else "%(message)s"),
-        stream=sys.stderr,
-    )
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(_PrintableFormatter(
+        f"{PROG}: %(levelname)s: " + ("%(name)s: %(message)s" if debug else "%(message)s")))
+    logging.basicConfig(level=logging.DEBUG if debug else logging.WARNING, handlers=[handler])

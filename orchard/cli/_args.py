@@ -28,6 +28,7 @@ __all__ = [
     "open_experiment",
     "open_storage",
     "parse_literal",
+    "printable",
     "storage_uri",
 ]
 
@@ -158,10 +159,25 @@ def format_params(params: dict[str, Any] | None) -> str:
 
 
 def format_value(value: Any) -> str:
-    """A compact rendering of one value (floats with 6 significant digits)."""
+    """A compact rendering of one value (floats with 6 significant digits), control characters escaped."""
     if isinstance(value, float):
         return f"{value:.6g}"
-    return str(value)
+    return printable(str(value))
+
+
+#: Every control character but the line break and the tab, written as ``\xNN`` (C0, DEL, C1).
+_CONTROLS = {code: f"\\x{code:02x}" for code in (*range(0x20), *range(0x7F, 0xA0)) if code not in (0x09, 0x0A)}
+
+
+def printable(text: str) -> str:
+    """``text`` safe to print on a terminal: its control characters (but line breaks and tabs) escaped.
+
+    Stored strings (a ``choices`` value, a worker name, a script's error message) come from
+    whoever can write to the storage: printed as they are, an escape sequence in one clears the
+    screen, rewrites what was printed, sets the window title or, in some terminals, the
+    clipboard. Escaping twice changes nothing.
+    """
+    return text.translate(_CONTROLS)
 
 
 def format_age(seconds: float | None) -> str:

@@ -31,6 +31,7 @@ from orchard.cli._args import (
     missing_storage_file,
     open_experiment,
     open_storage,
+    printable,
 )
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -274,13 +275,13 @@ def _render(args: argparse.Namespace, statuses: list[dict[str, Any]]) -> str:
 def run_status(args: argparse.Namespace) -> int:
     """Print the status of one experiment (``-n``) or of all; ``--watch`` refreshes until Ctrl-C."""
     if not args.watch:
-        print(_render(args, _collect(args)))
+        print(printable(_render(args, _collect(args))))
         return 0
     in_place = sys.stdout.isatty()
     watches: dict[str, HeartbeatWatch] = {}
     try:
         while True:
-            text = _render(args, _collect(args, watches))
+            text = printable(_render(args, _collect(args, watches)))
             stamp = time.strftime("%H:%M:%S")
             sys.stdout.write((_CLEAR if in_place else "") + f"{text}\n(updated {stamp}; Ctrl-C to stop)\n\n")
             sys.stdout.flush()
@@ -344,7 +345,7 @@ def run_info(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(info, indent=2, default=str))
         return 0
-    print("\n".join(_info_lines(info)))
+    print(printable("\n".join(_info_lines(info))))
     return 0
 
 
@@ -418,7 +419,7 @@ def _trial_info(experiment: Experiment, prefix: str, as_json: bool) -> int:
             lines.append("  recomputed from the stored history: " + ("prune" if recomputed["prune"] else "go on"))
     if trial.error is not None:
         lines.append(f"  error:     {trial.error.get('type')}: {trial.error.get('message')}")
-    print("\n".join(lines))
+    print(printable("\n".join(lines)))
     return 0
 
 
