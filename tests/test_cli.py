@@ -513,6 +513,18 @@ def test_db_dump_and_load_round_trip(workdir: Path, capsys: pytest.CaptureFixtur
     assert len(orchard.get_experiment("e", storage=mock).fetch_trials([TrialStatus.COMPLETED])) == 3
 
 
+
+def test_db_load_reads_a_dump_from_stdin_as_dump_writes_one_to_stdout(
+        workdir: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    """`orchard db dump -o - | orchard db load -`: load said 'cannot read dump -: No such file'."""
+    assert hunt("e", "--max-trials", "2") == 0
+    capsys.readouterr()
+    assert main(["db", "dump", "-n", "e", "-o", "-"]) == 0
+    monkeypatch.setattr(sys, "stdin", io.StringIO(capsys.readouterr().out))
+    assert main(["db", "load", "-", "--storage", "other.pkl"]) == 0
+    assert "2 of 2 trials added" in capsys.readouterr().out
+
+
 _Edit = Callable[[dict[str, Any], dict[str, Any]], object]  # (the dump, its experiment) -> edits them
 
 _HOSTILE_DUMPS: dict[str, tuple[_Edit, str]] = {  # an edit of a good dump, and what the one error line says

@@ -47,7 +47,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     dump.set_defaults(func=_run_dump)
 
     load = commands.add_parser("load", help="restore experiments from a dump (into any storage)")
-    load.add_argument("file", metavar="FILE.json", help="a file written by 'orchard db dump'")
+    load.add_argument("file", metavar="FILE.json", help="a file written by 'orchard db dump' ('-': stdin)")
     load.add_argument("-n", "--name", metavar="NEWNAME",
                       help="load the experiment of a one-experiment dump under this name")
     load.set_defaults(func=_run_load)
