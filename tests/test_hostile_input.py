@@ -344,3 +344,21 @@ def test_stored_strings_cannot_drive_the_terminal_status_info_and_errors_print_t
         shown = out + err
         assert not set(shown) & {"\x1b", "\x07", "\r", "\x9b"}, (argv, shown)
         assert "\\x1b" in shown, (argv, shown)
+
+
+def test_insert_reads_a_bounded_amount_of_a_file_given_by_mistake(
+        tmp_path: Any, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    """--file /dev/zero (or a data set) was read whole: 4 GB of memory in 4 s, then the machine's."""
+    from orchard.cli import insert, main
+
+    store = str(tmp_path / "o.pkl")
+    exp = orchard.build_experiment("e", space={"x": "uniform(0, 1)"}, storage=store)
+    rows = tmp_path / "rows.csv"
+    rows.write_text("x,objective\n" + "".join(f"0.{i:03d},1\n" for i in range(200)))
+    monkeypatch.setattr(insert, "MAX_FILE_BYTES", 1000, raising=False)
+    assert main(["insert", "-n", "e", "--storage", store, "--file", str(rows)]) == 2
+    line = capsys.readouterr().err.strip()
+    assert len(line.splitlines()) == 1 and f"--file {rows} holds more than" in line and "split it" in line, line
+    monkeypatch.undo()
+    assert main(["insert", "-n", "e", "--storage", store, "--file", "/dev/zero"]) == 2
+    assert "--file /dev/zero holds more than 64 MiB" in capsys.readouterr().err and exp.fetch_trials() == []

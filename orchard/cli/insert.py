@@ -33,7 +33,7 @@ from orchard.cli._args import (
 if TYPE_CHECKING:  # pragma: no cover
     from orchard.experiment import Experiment
 
-__all__ = ["add_parser", "parse_assignments", "read_rows", "run"]
+__all__ = ["MAX_FILE_BYTES", "add_parser", "parse_assignments", "read_rows", "run"]
 
 
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
@@ -79,6 +79,10 @@ def parse_assignments(tokens: list[str], what: str = "dimension") -> dict[str, A
     return params
 
 
+#: Bytes of rows one ``insert --file`` reads at most (about a million rows of a few params).
+MAX_FILE_BYTES = 64 << 20
+
+
 def read_rows(path: Path) -> list[dict[str, Any]]:
     """The rows of a CSV (with a header) or JSON Lines file, as dicts; CSV cells are read as literals.
 
@@ -86,11 +90,16 @@ def read_rows(path: Path) -> list[dict[str, Any]]:
     one of the values would be dropped silently. A UTF-8 byte order mark (Excel) is skipped.
 
     Raises:
-        UsageError: the file cannot be read as UTF-8 text, a line is not a JSON object, a
-            name is given twice, or a row has more cells than the header.
+        UsageError: the file cannot be read as UTF-8 text or holds more than ``MAX_FILE_BYTES``,
+            a line is not a JSON object, a name is given twice, or a row has more cells than the header.
     """
     try:
-        text = path.read_text(encoding="utf-8-sig")
+        with path.open("rb") as handle:  # bounded: /dev/zero or a data set given by mistake must not fill memory
+            data = handle.read(MAX_FILE_BYTES + 1)
+        if len(data) > MAX_FILE_BYTES:
+            raise UsageError(f"--file {path} holds more than {MAX_FILE_BYTES >> 20} MiB, more rows than one insert "
+                             "takes (is it the right file?); split it and insert the parts one by one")
+        text = data.decode("utf-8-sig")
     except OSError as err:
         raise UsageError(f"cannot read --file {path}: {err.strerror or err}") from None
     except UnicodeDecodeError as err:
