@@ -68,6 +68,12 @@ elif args.mode == "unstorable":
     write('{"objective": 0.5, "deep": ' + "[" * 40 + "]" * 40 + "}")
 elif args.mode == "infinite":
     write('{"objective": ' + "9" * 400 + "}")
+elif args.mode == "pipe":
+    os.mkfifo(path)  # opened for reading, it blocked the worker until a writer came: never
+elif args.mode == "device":
+    os.symlink("/dev/zero", path)  # read whole: every byte of memory of the machine
+elif args.mode == "huge":
+    write('{"objective": 0.5, "curve": "' + "x" * (65 << 20) + '"}')
 else:
     import orchard
     orchard.report_objective((args.x - 0.3) ** 2 + (args.y - 0.2) ** 2, tag=args.tag,
@@ -272,6 +278,17 @@ def test_bad_results_break_the_trial_with_the_reason(workdir: Path, mode: str) -
     (trial,) = trials("e")
     assert trial.status is TrialStatus.BROKEN and trial.error is not None
     assert trial.error["reason"] == mode, trial.error
+
+
+@pytest.mark.parametrize(("mode", "reason", "said"), [("pipe", "unreadable", "is not a regular file"),
+                                                     ("device", "unreadable", "is not a regular file"),
+                                                     ("huge", "unstorable", "holds more than 67.1 MB")])
+def test_a_results_file_that_is_no_file_or_too_large_breaks_the_trial_unread(
+        workdir: Path, mode: str, reason: str, said: str) -> None:
+    assert hunt("e", "--max-trials", "1", "--max-broken", "1", command=train(f"--mode={mode}")) == 1
+    (trial,) = trials("e")
+    assert trial.status is TrialStatus.BROKEN and trial.error is not None
+    assert trial.error["reason"] == reason and said in trial.error["message"], trial.error
 
 
 @pytest.mark.slow
