@@ -934,3 +934,31 @@ def test_ctrl_c_pressed_again_does_not_say_no_trial_was_running_while_workers_st
     said = str(Interrupted().joined([], unstopped=2))
     assert "no trial was running" not in said and said.startswith("no trial released yet; 2 worker(s)"), said
     assert str(Interrupted()) == "no trial was running"
+
+
+def test_insert_file_interrupted_midway_says_how_far_it_got_and_the_same_command_records_the_rest(
+        workdir: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    """Ctrl-C stored 2,233 of 20,000 rows; the same command then refused row 1 ('already has a trial')."""
+    from orchard.experiment import Experiment
+
+    exp = orchard.build_experiment("e", space={"x": "uniform(0, 1)"}, storage="orchard.pkl")
+    rows = workdir / "rows.csv"
+    rows.write_text("x,objective,epochs\n" + "".join(f"0.{i},{i},3\n" for i in range(1, 7)))
+    insert, calls = Experiment.insert, []
+
+    def interrupted_at_the_fourth(self: Experiment, *args: Any, **kwargs: Any) -> Any:
+        calls.append(args)
+        if len(calls) == 4:
+            raise KeyboardInterrupt
+        return insert(self, *args, **kwargs)
+
+    monkeypatch.setattr(Experiment, "insert", interrupted_at_the_fourth)
+    base = ["insert", "-n", "e", "--storage", "orchard.pkl", "--file", str(rows)]
+    assert main(base) == 130
+    assert "at least 3 of the 6 rows to record were recorded; run the same command again" in capsys.readouterr().err
+    monkeypatch.setattr(Experiment, "insert", insert)
+    assert main(base) == 0
+    assert "recorded 3 evaluated trials" in capsys.readouterr().out
+    assert sorted(t.objective for t in exp.fetch_trials()) == [1, 2, 3, 4, 5, 6]
+    rows.write_text("x,objective,epochs\n0.1,1,3\n0.2,2.5,3\n")  # another value at the same point: refused
+    assert main(base) == 1 and "row 2 of" in capsys.readouterr().err

@@ -142,9 +142,14 @@ def _split_row(row: dict[str, Any], dimensions: set[str]) -> tuple[dict[str, Any
     return params, row.get("objective"), results
 
 
-def _record_file(experiment: Experiment, path: Path, count_in_budget: bool) -> list[Any]:
-    """Check every row of ``path``, then record them all; nothing is stored if one is bad."""
-    from orchard.errors import DuplicateTrialError, SpaceError
+def _record_file(experiment: Experiment, path: Path, count_in_budget: bool) -> tuple[int, int]:
+    """Check every row of ``path``, then record them all; nothing is stored if one is bad.
+
+    A row that an earlier insert recorded already (the same params, objective and results, and
+    budget) is skipped, so the same command run again after a Ctrl-C records the rest.
+    Returns how many rows were recorded and how many were skipped.
+    """
+    from orchard.errors import DuplicateTrialError, Interrupted, SpaceError
     from orchard.recording import check_evaluation
     from orchard.space import params_hash
 
@@ -152,8 +157,9 @@ def _record_file(experiment: Experiment, path: Path, count_in_budget: bool) -> l
     if not rows:
         raise UsageError(f"--file {path} holds no rows")
     dimensions = set(experiment.space)
-    taken = {params_hash(t.params): t.id for t in experiment.fetch_trials()}
-    checked = []
+    stored = {params_hash(t.params): t for t in experiment.fetch_trials()}
+    taken: dict[str, str] = {}
+    checked, skipped = [], 0
     for number, row in enumerate(rows, 1):
         label = f"row {number} of {path}"
         params, objective, results = _split_row(row, dimensions)
@@ -163,12 +169,31 @@ def _record_file(experiment: Experiment, path: Path, count_in_budget: bool) -> l
             raise SpaceError(f"{label}: {err}") from None
         check_evaluation(objective, results, experiment.settings.objectives, label)
         digest = params_hash(point)
-        if digest in taken:
+        there = stored.get(digest)
+        if there is not None and _recorded_as(there, objective, results, count_in_budget):
+            skipped += 1
+            continue
+        if there is not None or digest in taken:
             raise DuplicateTrialError(f"{label}: experiment {experiment.name!r} already has a trial at "
-                                      f"{format_params(point)} (trial {taken[digest]}); nothing was stored")
+                                      f"{format_params(point)} (trial {there.id if there else taken[digest]}); nothing "
+                                      "was stored")
         taken[digest] = label
         checked.append((point, objective, results))
-    return [experiment.insert(point, objective, results, count_in_budget) for point, objective, results in checked]
+    done = 0
+    try:
+        for point, objective, results in checked:
+            experiment.insert(point, objective, results, count_in_budget)
+            done += 1
+    except KeyboardInterrupt:
+        raise Interrupted(f"at least {done} of the {len(checked)} rows to record were recorded; run the same "
+                          "command again to record the rest (rows already recorded are skipped)") from None
+    return done, skipped
+
+
+def _recorded_as(trial: Any, objective: Any, results: dict[str, Any], count_in_budget: bool) -> bool:
+    """Whether ``trial`` is the record an earlier insert made of this row."""
+    return (trial.origin == "inserted" and trial.status.value == "completed" and trial.objective == objective
+            and bool(trial.in_budget) == count_in_budget and all(trial.results.get(k) == v for k, v in results.items()))
 
 
 def run(args: argparse.Namespace) -> int:
@@ -187,8 +212,9 @@ def run(args: argparse.Namespace) -> int:
     experiment = open_experiment(args)
     budget = "counted in the budget" if args.count_in_budget else "apart from the budget"
     if args.file is not None:
-        trials = _record_file(experiment, args.file, args.count_in_budget)
-        print(f"recorded {len(trials)} evaluated trials in experiment {experiment.name!r} ({budget})")
+        recorded, skipped = _record_file(experiment, args.file, args.count_in_budget)
+        print(f"recorded {recorded} evaluated trials in experiment {experiment.name!r} ({budget})"
+              + (f"; {skipped} rows recorded before were skipped" if skipped else ""))
         return 0
     params = parse_assignments(args.params)
     results = parse_assignments(args.result, "result") if args.result else None
