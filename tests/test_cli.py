@@ -962,3 +962,13 @@ def test_insert_file_interrupted_midway_says_how_far_it_got_and_the_same_command
     assert sorted(t.objective for t in exp.fetch_trials()) == [1, 2, 3, 4, 5, 6]
     rows.write_text("x,objective,epochs\n0.1,1,3\n0.2,2.5,3\n")  # another value at the same point: refused
     assert main(base) == 1 and "row 2 of" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("command", [["list"], ["status"], ["info", "-n", "e"],
+                                     ["plot", "regret", "-n", "e", "-o", "r.html"]])
+def test_a_pickle_uri_naming_no_file_is_said_by_reading_commands(
+        workdir: Path, capsys: pytest.CaptureFixture[str], command: list[str]) -> None:
+    """ORCHARD_STORAGE=pickle:// printed 'no experiments in  (the file does not exist)', exit 0."""
+    for uri in ("pickle://", "pickle://?fsync=0"):
+        assert main([*command, "--storage", uri]) == 2
+        assert "names no file; use e.g. pickle://runs/orchard.pkl" in error_line(capsys.readouterr().err)

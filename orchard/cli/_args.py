@@ -104,7 +104,7 @@ def missing_storage_file(args: argparse.Namespace) -> str | None:
     from orchard.storages._uri import pickle_path
 
     found = pickle_path(storage_uri(args).strip())
-    if found is None:
+    if found is None or not found[0]:  # pickle:// naming no file: opening the storage says so
         return None
     return None if os.path.exists(os.path.expanduser(found[0])) else found[0]
 
