@@ -362,3 +362,15 @@ def test_insert_reads_a_bounded_amount_of_a_file_given_by_mistake(
     monkeypatch.undo()
     assert main(["insert", "-n", "e", "--storage", store, "--file", "/dev/zero"]) == 2
     assert "--file /dev/zero holds more than 64 MiB" in capsys.readouterr().err and exp.fetch_trials() == []
+
+
+def test_an_error_quoting_a_huge_value_is_one_short_line_that_still_says_what_to_do(
+        tmp_path: Any, capsys: pytest.CaptureFixture[str]) -> None:
+    """insert x=<5,000 digits> printed an error line of 5 KB, the value quoted whole."""
+    from orchard.cli import main
+
+    store = str(tmp_path / "o.pkl")
+    orchard.build_experiment("e", space={"x": "uniform(0, 1)", "y": "uniform(0, 1)"}, storage=store)
+    assert main(["insert", "-n", "e", "--storage", store, "x=" + "1" * 5000]) == 2
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert len(line) < 1800 and "characters; --debug shows them" in line and "the space has x, y" in line, line

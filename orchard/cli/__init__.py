@@ -113,7 +113,7 @@ def _report(err: BaseException, debug: bool) -> int:
 
     if debug:
         traceback.print_exception(type(err), err, err.__traceback__)
-    message = printable(" ".join(str(err).split())) or type(err).__name__
+    message = _shortened(printable(" ".join(str(err).split()))) or type(err).__name__
     if isinstance(err, (UsageError, ConfigurationError)):
         code = 2
     elif isinstance(err, OrchardError):
@@ -127,6 +127,18 @@ def _report(err: BaseException, debug: bool) -> int:
             message += "; run again with --debug for the traceback"
     print(f"{PROG}: error: {message}", file=sys.stderr)
     return code
+
+
+#: Characters of an error message kept from its start and from its end (what to do is said last).
+_HEAD, _TAIL = 1000, 600
+
+
+def _shortened(message: str) -> str:
+    """``message`` cut in its middle if it is long: a value it quotes (5,000 digits) made a line of 5 KB."""
+    if len(message) <= _HEAD + _TAIL + 100:
+        return message
+    cut = len(message) - _HEAD - _TAIL
+    return f"{message[:_HEAD]} …[{cut} characters; --debug shows them]… {message[-_TAIL:]}"
 
 
 def _silence_stdout() -> None:
