@@ -972,3 +972,26 @@ def test_a_pickle_uri_naming_no_file_is_said_by_reading_commands(
     for uri in ("pickle://", "pickle://?fsync=0"):
         assert main([*command, "--storage", uri]) == 2
         assert "names no file; use e.g. pickle://runs/orchard.pkl" in error_line(capsys.readouterr().err)
+
+
+@pytest.mark.parametrize(("signum", "code", "said"), [(signal.SIGTERM, 143, "orchard: stopped by SIGTERM"),
+                                                      (signal.SIGHUP, 130, "orchard: interrupted")])
+def test_sigterm_or_sighup_to_db_dump_leaves_no_temporary_file_and_says_so(
+        workdir: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch,
+        signum: int, code: int, said: str) -> None:
+    """Killed at once, db dump left DUMP.json.<hex>.tmp (as big as the dump) behind, and said nothing."""
+    from orchard.cli import _dumps
+
+    assert hunt("e", "--max-trials", "2") == 0
+    write_into = _dumps._write_into
+
+    def signalled_midway(handle: Any, where: str, data: dict[str, Any]) -> None:
+        handle.write("{")
+        os.kill(os.getpid(), signum)  # handled before kill() returns
+        write_into(handle, where, data)
+
+    monkeypatch.setattr(_dumps, "_write_into", signalled_midway)
+    capsys.readouterr()
+    assert main(["db", "dump", "-o", "d.json", "--storage", "orchard.pkl"]) == code
+    assert capsys.readouterr().err.strip() == said
+    assert sorted(p.name for p in workdir.iterdir() if p.name.startswith("d.json")) == []

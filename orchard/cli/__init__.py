@@ -37,6 +37,9 @@ _COMMAND_MODULES = ("hunt", "status", "insert", "db", "serve")
 EXIT_INTERRUPTED = 130
 EXIT_TERMINATED = 143
 EXIT_BROKEN_PIPE = 141
+#: Commands that write (files, the storage) and that SIGTERM or SIGHUP stop as Ctrl-C does, cleaning up:
+#: killed at once, db dump left its temporary file and insert --file said nothing of the rows it stored.
+_SIGNALLED = ("insert", "db", "plot")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -82,7 +85,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         args = _parse(list(sys.argv[1:] if argv is None else argv))
         _configure_logging(args.debug)
-        return int(args.func(args))
+        if getattr(args, "subcommand", None) not in _SIGNALLED:
+            return int(args.func(args))
+        from orchard.interruption import interruptible
+
+        with interruptible():  # SIGTERM or SIGHUP end it as Ctrl-C does: its temporary files removed, said
+            return int(args.func(args))
     except SystemExit as exit_:  # --help, --version
         return exit_.code if isinstance(exit_.code, int) else 0
     except BrokenPipeError:  # the reader went away (orchard status | head): stop quietly
@@ -90,7 +98,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_BROKEN_PIPE
     except KeyboardInterrupt as err:  # Ctrl-C, or SIGTERM during hunt (an Interrupted says what it released)
         terminated = isinstance(err, Interrupted) and err.terminated
-        what = f"; {err}" if isinstance(err, Interrupted) else ""
+        running = getattr(args, "subcommand", None) == "hunt"  # what hunt's workers released
+        what = f"; {err}" if isinstance(err, Interrupted) and (running or err.args) else ""
         print(f"{PROG}: {'stopped by SIGTERM' if terminated else 'interrupted'}{what}", file=sys.stderr)
         return EXIT_TERMINATED if terminated else EXIT_INTERRUPTED
     except BaseException as err:  # noqa: BLE001 - every other failure: one line, exit code by kind

@@ -184,9 +184,10 @@ def _record_file(experiment: Experiment, path: Path, count_in_budget: bool) -> t
         for point, objective, results in checked:
             experiment.insert(point, objective, results, count_in_budget)
             done += 1
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as err:
         raise Interrupted(f"at least {done} of the {len(checked)} rows to record were recorded; run the same "
-                          "command again to record the rest (rows already recorded are skipped)") from None
+                          "command again to record the rest (rows already recorded are skipped)",
+                          terminated=isinstance(err, Interrupted) and err.terminated) from None
     return done, skipped
 
 
