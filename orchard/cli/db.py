@@ -183,7 +183,8 @@ def _run_release(args: argparse.Namespace) -> int:
         )
     if args.force:
         released = experiment.storage.release_trial(trial.id, None)
-        print(f"released trial {released.id} of experiment {experiment.name!r} (was reserved by {printable(str(trial.worker))}, "
+        holder = printable(str(trial.worker))
+        print(f"released trial {released.id} of experiment {experiment.name!r} (was reserved by {holder}, "
               "whose result, if it is still running, will be refused); it is now interrupted and the next "
               "worker takes it")
         return 0
@@ -192,7 +193,8 @@ def _run_release(args: argparse.Namespace) -> int:
     released = release_if_lost(experiment, trial)
     now = (f"it is now broken: its reservation was lost {released.attempts} times (max_attempts)"
            if released.status is TrialStatus.BROKEN else "it is now interrupted and the next worker takes it")
-    print(f"released trial {released.id} of experiment {experiment.name!r}: the heartbeat of {printable(str(trial.worker))} "
+    holder = printable(str(trial.worker))
+    print(f"released trial {released.id} of experiment {experiment.name!r}: the heartbeat of {holder} "
           f"stood unchanged for 3 × heartbeat, so that worker is gone; {now}")
     return 0
 

@@ -32,6 +32,7 @@ from orchard.cli._args import (
 
 if TYPE_CHECKING:  # pragma: no cover
     from orchard.experiment import Experiment
+    from orchard.trial import Trial
 
 __all__ = ["MAX_FILE_BYTES", "add_parser", "parse_assignments", "read_rows", "run"]
 
@@ -175,8 +176,8 @@ def _record_file(experiment: Experiment, path: Path, count_in_budget: bool) -> t
             continue
         if there is not None or digest in taken:
             raise DuplicateTrialError(f"{label}: experiment {experiment.name!r} already has a trial at "
-                                      f"{format_params(point)} (trial {there.id if there else taken[digest]}); nothing "
-                                      "was stored")
+                                      f"{format_params(point)} ({f'trial {there.id}' if there else taken[digest]}); "
+                                      "nothing was stored")
         taken[digest] = label
         checked.append((point, objective, results))
     done = 0
@@ -191,10 +192,13 @@ def _record_file(experiment: Experiment, path: Path, count_in_budget: bool) -> t
     return done, skipped
 
 
-def _recorded_as(trial: Any, objective: Any, results: dict[str, Any], count_in_budget: bool) -> bool:
+def _recorded_as(trial: Trial, objective: Any, results: dict[str, Any], count_in_budget: bool) -> bool:
     """Whether ``trial`` is the record an earlier insert made of this row."""
-    return (trial.origin == "inserted" and trial.status.value == "completed" and trial.objective == objective
-            and bool(trial.in_budget) == count_in_budget and all(trial.results.get(k) == v for k, v in results.items()))
+    from orchard.trial import TrialStatus
+
+    same_values = trial.objective == objective and all(trial.results.get(k) == v for k, v in results.items())
+    return (trial.origin == "inserted" and trial.status is TrialStatus.COMPLETED and same_values
+            and bool(trial.in_budget) == count_in_budget)
 
 
 def run(args: argparse.Namespace) -> int:
