@@ -374,3 +374,20 @@ def test_an_error_quoting_a_huge_value_is_one_short_line_that_still_says_what_to
     assert main(["insert", "-n", "e", "--storage", store, "x=" + "1" * 5000]) == 2
     (line,) = capsys.readouterr().err.strip().splitlines()
     assert len(line) < 1800 and "characters; --debug shows them" in line and "the space has x, y" in line, line
+
+
+def test_json_output_is_standard_json_when_a_stored_result_is_not_finite(
+        tmp_path: Any, capsys: pytest.CaptureFixture[str]) -> None:
+    """info --json wrote NaN and Infinity, which jq and strict JSON readers refuse."""
+    import json
+
+    from orchard.cli import main
+
+    store = str(tmp_path / "o.pkl")
+    exp = orchard.build_experiment("e", space={"x": "uniform(0, 1)"}, storage=store)
+    trial = exp.insert({"x": 0.5}, objective=0.1, results={"acc": float("nan"), "big": float("-inf")})
+    for argv in (["info", "-n", "e"], ["info", "-n", "e", "--trial", trial.id], ["status", "-n", "e"], ["list"]):
+        assert main([argv[0], "--storage", store, "--json", *argv[1:]]) == 0
+        json.loads(capsys.readouterr().out, parse_constant=lambda constant: pytest.fail(f"{argv}: {constant}"))
+    assert main(["info", "--storage", store, "--json", "-n", "e", "--trial", trial.id]) == 0
+    assert json.loads(capsys.readouterr().out)["trial"]["results"] == {"acc": None, "big": None}

@@ -30,6 +30,7 @@ __all__ = [
     "parse_literal",
     "printable",
     "storage_uri",
+    "strict_json",
 ]
 
 PROG = "orchard"
@@ -167,6 +168,26 @@ def format_value(value: Any) -> str:
 
 #: Every control character but the line break and the tab, written as ``\xNN`` (C0, DEL, C1).
 _CONTROLS = {code: f"\\x{code:02x}" for code in (*range(0x20), *range(0x7F, 0xA0)) if code not in (0x09, 0x0A)}
+
+
+def strict_json(value: Any) -> str:
+    """``value`` as indented, standard JSON: a non-finite float (a result another program stored) is ``null``.
+
+    ``json.dumps`` writes ``NaN`` and ``Infinity``, which ``jq`` and most JSON readers refuse.
+    """
+    import json
+    import math
+
+    def plain(item: Any) -> Any:
+        if isinstance(item, float) and not math.isfinite(item):
+            return None
+        if isinstance(item, dict):
+            return {key: plain(inner) for key, inner in item.items()}
+        if isinstance(item, (list, tuple)):
+            return [plain(inner) for inner in item]
+        return item
+
+    return json.dumps(plain(value), indent=2, default=str, allow_nan=False)
 
 
 def printable(text: str) -> str:

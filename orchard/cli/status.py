@@ -32,6 +32,7 @@ from orchard.cli._args import (
     open_experiment,
     open_storage,
     printable,
+    strict_json,
 )
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -266,7 +267,7 @@ def _status_or_problem(experiment: Experiment, watch: HeartbeatWatch) -> dict[st
 
 def _render(args: argparse.Namespace, statuses: list[dict[str, Any]]) -> str:
     if args.json:
-        return json.dumps(statuses[0] if args.name else statuses, indent=2, default=str)
+        return strict_json(statuses[0] if args.name else statuses)
     if not statuses:
         return "no experiments in this storage"
     return "\n\n".join("\n".join(_status_lines(s)) for s in statuses)
@@ -310,7 +311,7 @@ def run_list(args: argparse.Namespace) -> int:
                      "inserted_apart": storage.count_unbudgeted(record.id),
                      "counts": {status.value: counts[status] for status in TrialStatus}})
     if args.json:
-        print(json.dumps(rows, indent=2))
+        print(strict_json(rows))
     elif not rows:
         print(f"no experiments in {storage.redacted_uri}")
     else:
@@ -343,7 +344,7 @@ def run_info(args: argparse.Namespace) -> int:
         "rungs": _rungs(experiment), "stop": info_stats["stop"],
     }
     if args.json:
-        print(json.dumps(info, indent=2, default=str))
+        print(strict_json(info))
         return 0
     print(printable("\n".join(_info_lines(info))))
     return 0
@@ -397,7 +398,7 @@ def _trial_info(experiment: Experiment, prefix: str, as_json: bool) -> int:
         again = pruner.recompute(trial.id, Verdict.from_dict(trial.verdict), stored)
         recomputed = again.to_dict()
     if as_json:
-        print(json.dumps({"trial": data, "recomputed_verdict": recomputed}, indent=2, default=str))
+        print(strict_json({"trial": data, "recomputed_verdict": recomputed}))
         return 0
     lines = [f"trial {trial.id} of {experiment.name!r}: {trial.status.value}",
              f"  params:    {format_params(trial.params)}"]
