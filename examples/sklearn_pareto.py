@@ -1,7 +1,7 @@
 """Trade a random forest's validation error against its size on the digits data set (scikit-learn).
 
     python examples/sklearn_pareto.py                               # 40 trials, 2 workers, nsga2
-    python examples/sklearn_pareto.py --early-stopping              # random sampling, asha pruning
+    python examples/sklearn_pareto.py --early-stopping --name sklearn-pareto-asha   # random sampling, asha pruning
     python examples/sklearn_pareto.py --max-trials 120 --n-workers 4 --storage mongodb://db/orchard
 
 Two objectives, both minimised: the validation error rate and the size of the pickled model

@@ -332,7 +332,7 @@ class Interrupted(KeyboardInterrupt):
             return super().__str__()
         running = len(self.released) + len(self.kept)
         parts = [f"{len(self.released)} of {running} running trial(s) released (status interrupted)"
-                 if running else "no trial was running"]
+                 if running else "no trial was running" if not self.unstopped else "no trial released yet"]
         if self.kept:
             parts.append(f"could not release {', '.join(self.kept)}: taken back when its lease runs out")
         if self.unstopped:

@@ -27,6 +27,7 @@ import logging
 import math
 import os
 import signal
+import stat
 import subprocess
 from typing import Any
 
@@ -44,8 +45,9 @@ from orchard.isolation import (
     stop_group,
 )
 from orchard.naming import folder_in
-from orchard.objective import Outcome, TrialEvaluator, interpret_result
+from orchard.objective import MAX_RESULTS_BYTES, Outcome, TrialEvaluator, interpret_result
 from orchard.report import RESULTS_ENV
+from orchard.resources import format_bytes
 from orchard.trial import Trial
 from orchard.verdicts import ReportFollower, current_judge
 
@@ -54,6 +56,9 @@ __all__ = ["CommandTemplate", "ScriptRunner", "resolve_program"]  # the template
 log = logging.getLogger(__name__)
 
 RESULTS_FILE = "results.json"
+#: Bytes of a results file read at most: the results a trial may hold, with room for indentation.
+#: A larger file (an array dumped by mistake, a link to /dev/zero) is refused, not read into memory.
+MAX_RESULTS_FILE_BYTES = 16 * MAX_RESULTS_BYTES
 STDOUT_FILE = "stdout.log"
 STDERR_FILE = "stderr.log"
 STDERR_TAIL_LINES = 20
@@ -239,8 +244,17 @@ def _read_results(path: str) -> Outcome:
         return Outcome.failure(type_, message, reason=reason)
 
     try:
-        with open(path, encoding="utf-8") as handle:
-            text = handle.read()
+        with open(os.open(path, os.O_RDONLY | os.O_NONBLOCK), "rb") as handle:  # a pipe there must not block
+            if not stat.S_ISREG(os.fstat(handle.fileno()).st_mode):
+                return failure("unreadable", f"the results file {path} is not a regular file (a pipe, a link to a "
+                               "device); write the JSON into the file itself")
+            data = handle.read(MAX_RESULTS_FILE_BYTES + 1)
+        if len(data) > MAX_RESULTS_FILE_BYTES:
+            return failure("unstorable", f"the results file {path} holds more than "
+                           f"{format_bytes(MAX_RESULTS_FILE_BYTES)}, and a trial may hold "
+                           f"{format_bytes(MAX_RESULTS_BYTES)} of results: report summary numbers, and save arrays "
+                           "and curves to files (e.g. in the trial's working_dir)")
+        text = data.decode("utf-8")
     except FileNotFoundError:
         return failure("missing", f"the script exited 0 without reporting a result ({path} was not written); "
                        "call orchard.report_objective(value) or write JSON to $ORCHARD_RESULTS_PATH",

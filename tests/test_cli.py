@@ -68,6 +68,12 @@ elif args.mode == "unstorable":
     write('{"objective": 0.5, "deep": ' + "[" * 40 + "]" * 40 + "}")
 elif args.mode == "infinite":
     write('{"objective": ' + "9" * 400 + "}")
+elif args.mode == "pipe":
+    os.mkfifo(path)  # opened for reading, it blocked the worker until a writer came: never
+elif args.mode == "device":
+    os.symlink("/dev/zero", path)  # read whole: every byte of memory of the machine
+elif args.mode == "huge":
+    write('{"objective": 0.5, "curve": "' + "x" * (65 << 20) + '"}')
 else:
     import orchard
     orchard.report_objective((args.x - 0.3) ** 2 + (args.y - 0.2) ** 2, tag=args.tag,
@@ -272,6 +278,17 @@ def test_bad_results_break_the_trial_with_the_reason(workdir: Path, mode: str) -
     (trial,) = trials("e")
     assert trial.status is TrialStatus.BROKEN and trial.error is not None
     assert trial.error["reason"] == mode, trial.error
+
+
+@pytest.mark.parametrize(("mode", "reason", "said"), [("pipe", "unreadable", "is not a regular file"),
+                                                     ("device", "unreadable", "is not a regular file"),
+                                                     ("huge", "unstorable", "holds more than 67.1 MB")])
+def test_a_results_file_that_is_no_file_or_too_large_breaks_the_trial_unread(
+        workdir: Path, mode: str, reason: str, said: str) -> None:
+    assert hunt("e", "--max-trials", "1", "--max-broken", "1", command=train(f"--mode={mode}")) == 1
+    (trial,) = trials("e")
+    assert trial.status is TrialStatus.BROKEN and trial.error is not None
+    assert trial.error["reason"] == reason and said in trial.error["message"], trial.error
 
 
 @pytest.mark.slow
@@ -511,6 +528,18 @@ def test_db_dump_and_load_round_trip(workdir: Path, capsys: pytest.CaptureFixtur
     mock = f"mongomock://cli-{uuid.uuid4().hex[:8]}"
     assert main(["db", "load", "dump.json", "--storage", mock]) == 0
     assert len(orchard.get_experiment("e", storage=mock).fetch_trials([TrialStatus.COMPLETED])) == 3
+
+
+
+def test_db_load_reads_a_dump_from_stdin_as_dump_writes_one_to_stdout(
+        workdir: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    """`orchard db dump -o - | orchard db load -`: load said 'cannot read dump -: No such file'."""
+    assert hunt("e", "--max-trials", "2") == 0
+    capsys.readouterr()
+    assert main(["db", "dump", "-n", "e", "-o", "-"]) == 0
+    monkeypatch.setattr(sys, "stdin", io.StringIO(capsys.readouterr().out))
+    assert main(["db", "load", "-", "--storage", "other.pkl"]) == 0
+    assert "2 of 2 trials added" in capsys.readouterr().out
 
 
 _Edit = Callable[[dict[str, Any], dict[str, Any]], object]  # (the dump, its experiment) -> edits them
@@ -896,3 +925,73 @@ def test_an_unreachable_mongodb_shows_the_driver_details_only_with_debug(workdir
     assert len(line) < 300 and "Topology" not in line
     debug = cli("list", "--storage", unreachable, "--debug", cwd=workdir)
     assert debug.returncode == 1 and "Topology" in debug.stderr
+
+
+def test_ctrl_c_pressed_again_does_not_say_no_trial_was_running_while_workers_still_hold_theirs() -> None:
+    """A second Ctrl-C stops waiting for the workers: nothing is released yet, but trials were running."""
+    from orchard.errors import Interrupted
+
+    said = str(Interrupted().joined([], unstopped=2))
+    assert "no trial was running" not in said and said.startswith("no trial released yet; 2 worker(s)"), said
+    assert str(Interrupted()) == "no trial was running"
+
+
+def test_insert_file_interrupted_midway_says_how_far_it_got_and_the_same_command_records_the_rest(
+        workdir: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    """Ctrl-C stored 2,233 of 20,000 rows; the same command then refused row 1 ('already has a trial')."""
+    from orchard.experiment import Experiment
+
+    exp = orchard.build_experiment("e", space={"x": "uniform(0, 1)"}, storage="orchard.pkl")
+    rows = workdir / "rows.csv"
+    rows.write_text("x,objective,epochs\n" + "".join(f"0.{i},{i},3\n" for i in range(1, 7)))
+    insert, calls = Experiment.insert, []
+
+    def interrupted_at_the_fourth(self: Experiment, *args: Any, **kwargs: Any) -> Any:
+        calls.append(args)
+        if len(calls) == 4:
+            raise KeyboardInterrupt
+        return insert(self, *args, **kwargs)
+
+    monkeypatch.setattr(Experiment, "insert", interrupted_at_the_fourth)
+    base = ["insert", "-n", "e", "--storage", "orchard.pkl", "--file", str(rows)]
+    assert main(base) == 130
+    assert "at least 3 of the 6 rows to record were recorded; run the same command again" in capsys.readouterr().err
+    monkeypatch.setattr(Experiment, "insert", insert)
+    assert main(base) == 0
+    assert "recorded 3 evaluated trials" in capsys.readouterr().out
+    assert sorted(t.objective for t in exp.fetch_trials()) == [1, 2, 3, 4, 5, 6]
+    rows.write_text("x,objective,epochs\n0.1,1,3\n0.2,2.5,3\n")  # another value at the same point: refused
+    assert main(base) == 1 and "row 2 of" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("command", [["list"], ["status"], ["info", "-n", "e"],
+                                     ["plot", "regret", "-n", "e", "-o", "r.html"]])
+def test_a_pickle_uri_naming_no_file_is_said_by_reading_commands(
+        workdir: Path, capsys: pytest.CaptureFixture[str], command: list[str]) -> None:
+    """ORCHARD_STORAGE=pickle:// printed 'no experiments in  (the file does not exist)', exit 0."""
+    for uri in ("pickle://", "pickle://?fsync=0"):
+        assert main([*command, "--storage", uri]) == 2
+        assert "names no file; use e.g. pickle://runs/orchard.pkl" in error_line(capsys.readouterr().err)
+
+
+@pytest.mark.parametrize(("signum", "code", "said"), [(signal.SIGTERM, 143, "orchard: stopped by SIGTERM"),
+                                                      (signal.SIGHUP, 130, "orchard: interrupted")])
+def test_sigterm_or_sighup_to_db_dump_leaves_no_temporary_file_and_says_so(
+        workdir: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch,
+        signum: int, code: int, said: str) -> None:
+    """Killed at once, db dump left DUMP.json.<hex>.tmp (as big as the dump) behind, and said nothing."""
+    from orchard.cli import _dumps
+
+    assert hunt("e", "--max-trials", "2") == 0
+    write_into = _dumps._write_into
+
+    def signalled_midway(handle: Any, where: str, data: dict[str, Any]) -> None:
+        handle.write("{")
+        os.kill(os.getpid(), signum)  # handled before kill() returns
+        write_into(handle, where, data)
+
+    monkeypatch.setattr(_dumps, "_write_into", signalled_midway)
+    capsys.readouterr()
+    assert main(["db", "dump", "-o", "d.json", "--storage", "orchard.pkl"]) == code
+    assert capsys.readouterr().err.strip() == said
+    assert sorted(p.name for p in workdir.iterdir() if p.name.startswith("d.json")) == []

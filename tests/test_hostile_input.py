@@ -195,6 +195,22 @@ def test_a_port_beyond_65535_is_refused_instead_of_another_port_served() -> None
         bind("127.0.0.1", 70000).close()
 
 
+def test_a_port_another_program_listens_on_is_named_with_what_to_do(
+        tmp_path: Any, capsys: pytest.CaptureFixture[str]) -> None:
+    """It printed '[Errno 98] Address already in use (OSError)': no address, nothing to do."""
+    import socket
+
+    from orchard.cli import main
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen(1)
+        port = taken.getsockname()[1]
+        assert main(["serve", "--storage", str(tmp_path / "o.pkl"), "--port", str(port)]) == 2
+    said = capsys.readouterr().err.strip().splitlines()
+    assert len(said) == 1 and f"cannot listen on 127.0.0.1:{port}" in said[0] and "--port 0" in said[0], said
+
+
 def test_an_ipv6_address_in_brackets_is_the_address() -> None:
     from orchard.dashboard import bind, is_loopback
 
@@ -302,3 +318,76 @@ def test_restoring_a_trial_mongodb_would_skip_stores_nothing_and_says_which(para
     with pytest.raises(StorageError, match="not one Orchard writes"):
         storage.restore_trials(exp, [fine, odd])
     assert storage._trials.count_documents({}) == 0
+
+
+def test_stored_strings_cannot_drive_the_terminal_status_info_and_errors_print_them_on(
+        tmp_path: Any, capsys: pytest.CaptureFixture[str]) -> None:
+    """A choices value or a script's error printed raw cleared the screen and set the window title."""
+    from orchard.cli import main
+
+    hostile = "\x1b[2J\x1b]0;pwned\x07\x9b"
+    storage = str(tmp_path / "o.pkl")
+    exp = orchard.build_experiment("esc", space={"c": f"choices([{hostile!r}, 'b'])"}, storage=storage,
+                                   max_trials=3, max_broken=1)
+    kept = exp.insert({"c": hostile}, objective=0.1)
+
+    def fail(c: str) -> float:
+        raise RuntimeError(f"\x1b[31m{c}\rdone")
+
+    with pytest.raises(orchard.errors.ExperimentBrokenError):
+        exp.workon(fail, n_workers=1, executor="thread")
+    broken = next(t for t in exp.fetch_trials() if t.status is TrialStatus.BROKEN)
+    capsys.readouterr()
+    for argv in (["status"], ["info"], ["info", "--trial", broken.id], ["info", "--trial", kept.id], ["hunt", "true"]):
+        main([argv[0], "--storage", storage, "-n", "esc", *argv[1:]])
+        out, err = capsys.readouterr()
+        shown = out + err
+        assert not set(shown) & {"\x1b", "\x07", "\r", "\x9b"}, (argv, shown)
+        assert "\\x1b" in shown, (argv, shown)
+
+
+def test_insert_reads_a_bounded_amount_of_a_file_given_by_mistake(
+        tmp_path: Any, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    """--file /dev/zero (or a data set) was read whole: 4 GB of memory in 4 s, then the machine's."""
+    from orchard.cli import insert, main
+
+    store = str(tmp_path / "o.pkl")
+    exp = orchard.build_experiment("e", space={"x": "uniform(0, 1)"}, storage=store)
+    rows = tmp_path / "rows.csv"
+    rows.write_text("x,objective\n" + "".join(f"0.{i:03d},1\n" for i in range(200)))
+    monkeypatch.setattr(insert, "MAX_FILE_BYTES", 1000, raising=False)
+    assert main(["insert", "-n", "e", "--storage", store, "--file", str(rows)]) == 2
+    line = capsys.readouterr().err.strip()
+    assert len(line.splitlines()) == 1 and f"--file {rows} holds more than" in line and "split it" in line, line
+    monkeypatch.undo()
+    assert main(["insert", "-n", "e", "--storage", store, "--file", "/dev/zero"]) == 2
+    assert "--file /dev/zero holds more than 64 MiB" in capsys.readouterr().err and exp.fetch_trials() == []
+
+
+def test_an_error_quoting_a_huge_value_is_one_short_line_that_still_says_what_to_do(
+        tmp_path: Any, capsys: pytest.CaptureFixture[str]) -> None:
+    """insert x=<5,000 digits> printed an error line of 5 KB, the value quoted whole."""
+    from orchard.cli import main
+
+    store = str(tmp_path / "o.pkl")
+    orchard.build_experiment("e", space={"x": "uniform(0, 1)", "y": "uniform(0, 1)"}, storage=store)
+    assert main(["insert", "-n", "e", "--storage", store, "x=" + "1" * 5000]) == 2
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert len(line) < 1800 and "characters; --debug shows them" in line and "the space has x, y" in line, line
+
+
+def test_json_output_is_standard_json_when_a_stored_result_is_not_finite(
+        tmp_path: Any, capsys: pytest.CaptureFixture[str]) -> None:
+    """info --json wrote NaN and Infinity, which jq and strict JSON readers refuse."""
+    import json
+
+    from orchard.cli import main
+
+    store = str(tmp_path / "o.pkl")
+    exp = orchard.build_experiment("e", space={"x": "uniform(0, 1)"}, storage=store)
+    trial = exp.insert({"x": 0.5}, objective=0.1, results={"acc": float("nan"), "big": float("-inf")})
+    for argv in (["info", "-n", "e"], ["info", "-n", "e", "--trial", trial.id], ["status", "-n", "e"], ["list"]):
+        assert main([argv[0], "--storage", store, "--json", *argv[1:]]) == 0
+        json.loads(capsys.readouterr().out, parse_constant=lambda constant: pytest.fail(f"{argv}: {constant}"))
+    assert main(["info", "--storage", store, "--json", "-n", "e", "--trial", trial.id]) == 0
+    assert json.loads(capsys.readouterr().out)["trial"]["results"] == {"acc": None, "big": None}

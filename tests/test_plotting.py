@@ -373,6 +373,19 @@ def test_an_output_that_cannot_be_a_file_is_one_line_and_keeps_what_is_there(tmp
     assert sorted(p.name for p in tmp_path.rglob("*")) == ["keep", "notes.txt", "old.html"]
 
 
+def test_a_plot_never_replaces_an_orchard_storage_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """-o st.html with the storage pickle://st.html replaced the storage and its experiments with the plot."""
+    from orchard.cli import main
+
+    storage = tmp_path / "st.html"
+    exp = orchard.build_experiment("e", space={"x": "uniform(0, 1)"}, storage=f"pickle://{storage}")
+    exp.insert({"x": 0.5}, objective=1.0)
+    assert main(["plot", "regret", "-n", "e", "--storage", f"pickle://{storage}", "-o", str(storage)]) == 2
+    line = capsys.readouterr().err.strip()
+    assert len(line.splitlines()) == 1 and "is an Orchard storage file" in line and "st-plot.html" in line, line
+    assert [t.objective for t in orchard.get_experiment("e", storage=f"pickle://{storage}").fetch_trials()] == [1.0]
+
+
 def test_a_plot_is_never_written_through_a_link_planted_at_its_temporary_name(tmp_path: Path) -> None:
     """The temporary name was '.orchard-plot.PID.N.tmp.html', known in advance: a symbolic link planted
     there by whoever can write the folder made the plot overwrite the link's target."""

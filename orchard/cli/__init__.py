@@ -28,7 +28,7 @@ import traceback
 from collections.abc import Sequence
 from typing import Any
 
-from orchard.cli._args import PROG, OneLineParser, UsageError, add_common
+from orchard.cli._args import PROG, OneLineParser, UsageError, add_common, printable
 from orchard.errors import Interrupted
 
 __all__ = ["build_parser", "main"]
@@ -37,6 +37,9 @@ _COMMAND_MODULES = ("hunt", "status", "insert", "db", "serve")
 EXIT_INTERRUPTED = 130
 EXIT_TERMINATED = 143
 EXIT_BROKEN_PIPE = 141
+#: Commands that write (files, the storage) and that SIGTERM or SIGHUP stop as Ctrl-C does, cleaning up:
+#: killed at once, db dump left its temporary file and insert --file said nothing of the rows it stored.
+_SIGNALLED = ("insert", "db", "plot")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -82,7 +85,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         args = _parse(list(sys.argv[1:] if argv is None else argv))
         _configure_logging(args.debug)
-        return int(args.func(args))
+        if getattr(args, "subcommand", None) not in _SIGNALLED:
+            return int(args.func(args))
+        from orchard.interruption import interruptible
+
+        with interruptible():  # SIGTERM or SIGHUP end it as Ctrl-C does: its temporary files removed, said
+            return int(args.func(args))
     except SystemExit as exit_:  # --help, --version
         return exit_.code if isinstance(exit_.code, int) else 0
     except BrokenPipeError:  # the reader went away (orchard status | head): stop quietly
@@ -90,7 +98,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_BROKEN_PIPE
     except KeyboardInterrupt as err:  # Ctrl-C, or SIGTERM during hunt (an Interrupted says what it released)
         terminated = isinstance(err, Interrupted) and err.terminated
-        what = f"; {err}" if isinstance(err, Interrupted) else ""
+        running = getattr(args, "subcommand", None) == "hunt"  # what hunt's workers released
+        what = f"; {err}" if isinstance(err, Interrupted) and (running or err.args) else ""
         print(f"{PROG}: {'stopped by SIGTERM' if terminated else 'interrupted'}{what}", file=sys.stderr)
         return EXIT_TERMINATED if terminated else EXIT_INTERRUPTED
     except BaseException as err:  # noqa: BLE001 - every other failure: one line, exit code by kind
@@ -113,7 +122,7 @@ def _report(err: BaseException, debug: bool) -> int:
 
     if debug:
         traceback.print_exception(type(err), err, err.__traceback__)
-    message = " ".join(str(err).split()) or type(err).__name__
+    message = _shortened(printable(" ".join(str(err).split()))) or type(err).__name__
     if isinstance(err, (UsageError, ConfigurationError)):
         code = 2
     elif isinstance(err, OrchardError):
@@ -129,6 +138,18 @@ def _report(err: BaseException, debug: bool) -> int:
     return code
 
 
+#: Characters of an error message kept from its start and from its end (what to do is said last).
+_HEAD, _TAIL = 1000, 600
+
+
+def _shortened(message: str) -> str:
+    """``message`` cut in its middle if it is long: a value it quotes (5,000 digits) made a line of 5 KB."""
+    if len(message) <= _HEAD + _TAIL + 100:
+        return message
+    cut = len(message) - _HEAD - _TAIL
+    return f"{message[:_HEAD]} …[{cut} characters; --debug shows them]… {message[-_TAIL:]}"
+
+
 def _silence_stdout() -> None:
     """Point stdout at /dev/null so flushing it at exit does not raise again."""
     import os
@@ -140,9 +161,15 @@ def _silence_stdout() -> None:
         pass
 
 
+class _PrintableFormatter(logging.Formatter):
+    """Log lines with their control characters escaped: a message may quote a stored string."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return printable(super().format(record))
+
+
 def _configure_logging(debug: bool) -> None:
-    logging.basicConfig(
-        level=logging.DEBUG if debug else logging.WARNING,
-        format=f"{PROG}: %(levelname)s: " + ("%(name)s: %(message)s" if debug else "%(message)s"),
-        stream=sys.stderr,
-    )
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(_PrintableFormatter(
+        f"{PROG}: %(levelname)s: " + ("%(name)s: %(message)s" if debug else "%(message)s")))
+    logging.basicConfig(level=logging.DEBUG if debug else logging.WARNING, handlers=[handler])

@@ -28,7 +28,9 @@ __all__ = [
     "open_experiment",
     "open_storage",
     "parse_literal",
+    "printable",
     "storage_uri",
+    "strict_json",
 ]
 
 PROG = "orchard"
@@ -103,7 +105,7 @@ def missing_storage_file(args: argparse.Namespace) -> str | None:
     from orchard.storages._uri import pickle_path
 
     found = pickle_path(storage_uri(args).strip())
-    if found is None:
+    if found is None or not found[0]:  # pickle:// naming no file: opening the storage says so
         return None
     return None if os.path.exists(os.path.expanduser(found[0])) else found[0]
 
@@ -158,10 +160,45 @@ def format_params(params: dict[str, Any] | None) -> str:
 
 
 def format_value(value: Any) -> str:
-    """A compact rendering of one value (floats with 6 significant digits)."""
+    """A compact rendering of one value (floats with 6 significant digits), control characters escaped."""
     if isinstance(value, float):
         return f"{value:.6g}"
-    return str(value)
+    return printable(str(value))
+
+
+#: Every control character but the line break and the tab, written as ``\xNN`` (C0, DEL, C1).
+_CONTROLS = {code: f"\\x{code:02x}" for code in (*range(0x20), *range(0x7F, 0xA0)) if code not in (0x09, 0x0A)}
+
+
+def strict_json(value: Any) -> str:
+    """``value`` as indented, standard JSON: a non-finite float (a result another program stored) is ``null``.
+
+    ``json.dumps`` writes ``NaN`` and ``Infinity``, which ``jq`` and most JSON readers refuse.
+    """
+    import json
+    import math
+
+    def plain(item: Any) -> Any:
+        if isinstance(item, float) and not math.isfinite(item):
+            return None
+        if isinstance(item, dict):
+            return {key: plain(inner) for key, inner in item.items()}
+        if isinstance(item, (list, tuple)):
+            return [plain(inner) for inner in item]
+        return item
+
+    return json.dumps(plain(value), indent=2, default=str, allow_nan=False)
+
+
+def printable(text: str) -> str:
+    """``text`` safe to print on a terminal: its control characters (but line breaks and tabs) escaped.
+
+    Stored strings (a ``choices`` value, a worker name, a script's error message) come from
+    whoever can write to the storage: printed as they are, an escape sequence in one clears the
+    screen, rewrites what was printed, sets the window title or, in some terminals, the
+    clipboard. Escaping twice changes nothing.
+    """
+    return text.translate(_CONTROLS)
 
 
 def format_age(seconds: float | None) -> str:

@@ -135,7 +135,7 @@ def _check_writable(path: str) -> None:
 
 
 def read_dump(path: str, rename: str | None = None) -> dict[str, Any]:
-    """Read and check a dump file (every experiment and trial in it, before anything is loaded).
+    """Read and check a dump file, ``-`` for stdin (every experiment and trial in it, before anything is loaded).
 
     ``rename``: the experiment will be loaded under this name, so its name in the dump is not checked.
 
@@ -143,8 +143,11 @@ def read_dump(path: str, rename: str | None = None) -> dict[str, Any]:
         ConfigurationError: the file cannot be read or is not an Orchard dump.
     """
     try:
-        with open(path, encoding="utf-8") as handle:
-            data = json.load(handle, object_pairs_hook=each_key_once)  # a hand-edited dump: no value lost
+        if path == "-":  # the other end of `orchard db dump -o - | orchard db load -`
+            data = json.load(sys.stdin, object_pairs_hook=each_key_once)
+        else:
+            with open(path, encoding="utf-8") as handle:
+                data = json.load(handle, object_pairs_hook=each_key_once)  # a hand-edited dump: no value lost
     except (OSError, ValueError) as err:
         raise ConfigurationError(f"cannot read dump {path}: {err}") from None
     except RecursionError:

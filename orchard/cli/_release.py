@@ -31,7 +31,7 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from orchard.cli._args import format_age, format_time
+from orchard.cli._args import format_age, format_time, printable
 from orchard.errors import ConfigurationError, TrialNotFoundError
 from orchard.leases import LeaseObserver
 from orchard.trial import Lease, Trial, TrialStatus
@@ -65,7 +65,7 @@ def release_if_lost(experiment: Experiment, trial: Trial, *, clock: Callable[[],
     assert lease is not None, "the caller passes a reserved trial"
     observer = LeaseObserver(settings.stale_after, clock)
     poll = min(_LONGEST_POLL, settings.heartbeat / _POLLS_PER_HEARTBEAT)
-    print(f"trial {trial.id} is reserved by {lease.worker}; watching its heartbeat for up to "
+    print(f"trial {trial.id} is reserved by {printable(str(lease.worker))}; watching its heartbeat for up to "
           f"{format_age(settings.stale_after)} (3 × heartbeat) to tell a live worker from a lost one "
           "(--force releases at once, Ctrl-C releases nothing)", file=sys.stderr, flush=True)
     current, read_at = trial, clock()  # read_at: when the read that returned `current` began

@@ -15,7 +15,7 @@ import sys
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
-from orchard.cli._args import add_common, add_name, confirm, open_experiment, open_storage
+from orchard.cli._args import add_common, add_name, confirm, open_experiment, open_storage, printable
 from orchard.trial import Trial, TrialStatus
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -47,7 +47,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     dump.set_defaults(func=_run_dump)
 
     load = commands.add_parser("load", help="restore experiments from a dump (into any storage)")
-    load.add_argument("file", metavar="FILE.json", help="a file written by 'orchard db dump'")
+    load.add_argument("file", metavar="FILE.json", help="a file written by 'orchard db dump' ('-': stdin)")
     load.add_argument("-n", "--name", metavar="NEWNAME",
                       help="load the experiment of a one-experiment dump under this name")
     load.set_defaults(func=_run_load)
@@ -183,7 +183,8 @@ def _run_release(args: argparse.Namespace) -> int:
         )
     if args.force:
         released = experiment.storage.release_trial(trial.id, None)
-        print(f"released trial {released.id} of experiment {experiment.name!r} (was reserved by {trial.worker}, "
+        holder = printable(str(trial.worker))
+        print(f"released trial {released.id} of experiment {experiment.name!r} (was reserved by {holder}, "
               "whose result, if it is still running, will be refused); it is now interrupted and the next "
               "worker takes it")
         return 0
@@ -192,7 +193,8 @@ def _run_release(args: argparse.Namespace) -> int:
     released = release_if_lost(experiment, trial)
     now = (f"it is now broken: its reservation was lost {released.attempts} times (max_attempts)"
            if released.status is TrialStatus.BROKEN else "it is now interrupted and the next worker takes it")
-    print(f"released trial {released.id} of experiment {experiment.name!r}: the heartbeat of {trial.worker} "
+    holder = printable(str(trial.worker))
+    print(f"released trial {released.id} of experiment {experiment.name!r}: the heartbeat of {holder} "
           f"stood unchanged for 3 × heartbeat, so that worker is gone; {now}")
     return 0
 

@@ -32,8 +32,9 @@ from orchard.cli._args import (
 
 if TYPE_CHECKING:  # pragma: no cover
     from orchard.experiment import Experiment
+    from orchard.trial import Trial
 
-__all__ = ["add_parser", "parse_assignments", "read_rows", "run"]
+__all__ = ["MAX_FILE_BYTES", "add_parser", "parse_assignments", "read_rows", "run"]
 
 
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
@@ -79,6 +80,10 @@ def parse_assignments(tokens: list[str], what: str = "dimension") -> dict[str, A
     return params
 
 
+#: Bytes of rows one ``insert --file`` reads at most (about a million rows of a few params).
+MAX_FILE_BYTES = 64 << 20
+
+
 def read_rows(path: Path) -> list[dict[str, Any]]:
     """The rows of a CSV (with a header) or JSON Lines file, as dicts; CSV cells are read as literals.
 
@@ -86,11 +91,16 @@ def read_rows(path: Path) -> list[dict[str, Any]]:
     one of the values would be dropped silently. A UTF-8 byte order mark (Excel) is skipped.
 
     Raises:
-        UsageError: the file cannot be read as UTF-8 text, a line is not a JSON object, a
-            name is given twice, or a row has more cells than the header.
+        UsageError: the file cannot be read as UTF-8 text or holds more than ``MAX_FILE_BYTES``,
+            a line is not a JSON object, a name is given twice, or a row has more cells than the header.
     """
     try:
-        text = path.read_text(encoding="utf-8-sig")
+        with path.open("rb") as handle:  # bounded: /dev/zero or a data set given by mistake must not fill memory
+            data = handle.read(MAX_FILE_BYTES + 1)
+        if len(data) > MAX_FILE_BYTES:
+            raise UsageError(f"--file {path} holds more than {MAX_FILE_BYTES >> 20} MiB, more rows than one insert "
+                             "takes (is it the right file?); split it and insert the parts one by one")
+        text = data.decode("utf-8-sig")
     except OSError as err:
         raise UsageError(f"cannot read --file {path}: {err.strerror or err}") from None
     except UnicodeDecodeError as err:
@@ -133,9 +143,14 @@ def _split_row(row: dict[str, Any], dimensions: set[str]) -> tuple[dict[str, Any
     return params, row.get("objective"), results
 
 
-def _record_file(experiment: Experiment, path: Path, count_in_budget: bool) -> list[Any]:
-    """Check every row of ``path``, then record them all; nothing is stored if one is bad."""
-    from orchard.errors import DuplicateTrialError, SpaceError
+def _record_file(experiment: Experiment, path: Path, count_in_budget: bool) -> tuple[int, int]:
+    """Check every row of ``path``, then record them all; nothing is stored if one is bad.
+
+    A row that an earlier insert recorded already (the same params, objective and results, and
+    budget) is skipped, so the same command run again after a Ctrl-C records the rest.
+    Returns how many rows were recorded and how many were skipped.
+    """
+    from orchard.errors import DuplicateTrialError, Interrupted, SpaceError
     from orchard.recording import check_evaluation
     from orchard.space import params_hash
 
@@ -143,8 +158,9 @@ def _record_file(experiment: Experiment, path: Path, count_in_budget: bool) -> l
     if not rows:
         raise UsageError(f"--file {path} holds no rows")
     dimensions = set(experiment.space)
-    taken = {params_hash(t.params): t.id for t in experiment.fetch_trials()}
-    checked = []
+    stored = {params_hash(t.params): t for t in experiment.fetch_trials()}
+    taken: dict[str, str] = {}
+    checked, skipped = [], 0
     for number, row in enumerate(rows, 1):
         label = f"row {number} of {path}"
         params, objective, results = _split_row(row, dimensions)
@@ -154,12 +170,35 @@ def _record_file(experiment: Experiment, path: Path, count_in_budget: bool) -> l
             raise SpaceError(f"{label}: {err}") from None
         check_evaluation(objective, results, experiment.settings.objectives, label)
         digest = params_hash(point)
-        if digest in taken:
+        there = stored.get(digest)
+        if there is not None and _recorded_as(there, objective, results, count_in_budget):
+            skipped += 1
+            continue
+        if there is not None or digest in taken:
             raise DuplicateTrialError(f"{label}: experiment {experiment.name!r} already has a trial at "
-                                      f"{format_params(point)} (trial {taken[digest]}); nothing was stored")
+                                      f"{format_params(point)} ({f'trial {there.id}' if there else taken[digest]}); "
+                                      "nothing was stored")
         taken[digest] = label
         checked.append((point, objective, results))
-    return [experiment.insert(point, objective, results, count_in_budget) for point, objective, results in checked]
+    done = 0
+    try:
+        for point, objective, results in checked:
+            experiment.insert(point, objective, results, count_in_budget)
+            done += 1
+    except KeyboardInterrupt as err:
+        raise Interrupted(f"at least {done} of the {len(checked)} rows to record were recorded; run the same "
+                          "command again to record the rest (rows already recorded are skipped)",
+                          terminated=isinstance(err, Interrupted) and err.terminated) from None
+    return done, skipped
+
+
+def _recorded_as(trial: Trial, objective: Any, results: dict[str, Any], count_in_budget: bool) -> bool:
+    """Whether ``trial`` is the record an earlier insert made of this row."""
+    from orchard.trial import TrialStatus
+
+    same_values = trial.objective == objective and all(trial.results.get(k) == v for k, v in results.items())
+    return (trial.origin == "inserted" and trial.status is TrialStatus.COMPLETED and same_values
+            and bool(trial.in_budget) == count_in_budget)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -178,8 +217,9 @@ def run(args: argparse.Namespace) -> int:
     experiment = open_experiment(args)
     budget = "counted in the budget" if args.count_in_budget else "apart from the budget"
     if args.file is not None:
-        trials = _record_file(experiment, args.file, args.count_in_budget)
-        print(f"recorded {len(trials)} evaluated trials in experiment {experiment.name!r} ({budget})")
+        recorded, skipped = _record_file(experiment, args.file, args.count_in_budget)
+        print(f"recorded {recorded} evaluated trials in experiment {experiment.name!r} ({budget})"
+              + (f"; {skipped} rows recorded before were skipped" if skipped else ""))
         return 0
     params = parse_assignments(args.params)
     results = parse_assignments(args.result, "result") if args.result else None

@@ -39,9 +39,9 @@ def run(args: argparse.Namespace) -> int:
     """Serve the dashboard until Ctrl-C or SIGTERM; return 0.
 
     Raises:
-        ConfigurationError: the dashboard extra is missing, or --host or --port is not an address.
+        ConfigurationError: the dashboard extra is missing, or --host or --port is not an address
+            this machine can listen on (taken by another program, a port below 1024).
         StorageError: the storage cannot be opened.
-        OSError: the address cannot be bound.
     """
     _require_extra()
     from orchard.dashboard import bind, is_loopback, serve

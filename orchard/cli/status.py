@@ -31,6 +31,8 @@ from orchard.cli._args import (
     missing_storage_file,
     open_experiment,
     open_storage,
+    printable,
+    strict_json,
 )
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -265,7 +267,7 @@ def _status_or_problem(experiment: Experiment, watch: HeartbeatWatch) -> dict[st
 
 def _render(args: argparse.Namespace, statuses: list[dict[str, Any]]) -> str:
     if args.json:
-        return json.dumps(statuses[0] if args.name else statuses, indent=2, default=str)
+        return strict_json(statuses[0] if args.name else statuses)
     if not statuses:
         return "no experiments in this storage"
     return "\n\n".join("\n".join(_status_lines(s)) for s in statuses)
@@ -274,13 +276,13 @@ def _render(args: argparse.Namespace, statuses: list[dict[str, Any]]) -> str:
 def run_status(args: argparse.Namespace) -> int:
     """Print the status of one experiment (``-n``) or of all; ``--watch`` refreshes until Ctrl-C."""
     if not args.watch:
-        print(_render(args, _collect(args)))
+        print(printable(_render(args, _collect(args))))
         return 0
     in_place = sys.stdout.isatty()
     watches: dict[str, HeartbeatWatch] = {}
     try:
         while True:
-            text = _render(args, _collect(args, watches))
+            text = printable(_render(args, _collect(args, watches)))
             stamp = time.strftime("%H:%M:%S")
             sys.stdout.write((_CLEAR if in_place else "") + f"{text}\n(updated {stamp}; Ctrl-C to stop)\n\n")
             sys.stdout.flush()
@@ -309,7 +311,7 @@ def run_list(args: argparse.Namespace) -> int:
                      "inserted_apart": storage.count_unbudgeted(record.id),
                      "counts": {status.value: counts[status] for status in TrialStatus}})
     if args.json:
-        print(json.dumps(rows, indent=2))
+        print(strict_json(rows))
     elif not rows:
         print(f"no experiments in {storage.redacted_uri}")
     else:
@@ -342,9 +344,9 @@ def run_info(args: argparse.Namespace) -> int:
         "rungs": _rungs(experiment), "stop": info_stats["stop"],
     }
     if args.json:
-        print(json.dumps(info, indent=2, default=str))
+        print(strict_json(info))
         return 0
-    print("\n".join(_info_lines(info)))
+    print(printable("\n".join(_info_lines(info))))
     return 0
 
 
@@ -396,7 +398,7 @@ def _trial_info(experiment: Experiment, prefix: str, as_json: bool) -> int:
         again = pruner.recompute(trial.id, Verdict.from_dict(trial.verdict), stored)
         recomputed = again.to_dict()
     if as_json:
-        print(json.dumps({"trial": data, "recomputed_verdict": recomputed}, indent=2, default=str))
+        print(strict_json({"trial": data, "recomputed_verdict": recomputed}))
         return 0
     lines = [f"trial {trial.id} of {experiment.name!r}: {trial.status.value}",
              f"  params:    {format_params(trial.params)}"]
@@ -418,7 +420,7 @@ def _trial_info(experiment: Experiment, prefix: str, as_json: bool) -> int:
             lines.append("  recomputed from the stored history: " + ("prune" if recomputed["prune"] else "go on"))
     if trial.error is not None:
         lines.append(f"  error:     {trial.error.get('type')}: {trial.error.get('message')}")
-    print("\n".join(lines))
+    print(printable("\n".join(lines)))
     return 0
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import ipaddress
 import socket
 from collections.abc import Callable, Iterable
@@ -42,13 +43,22 @@ def _unbracketed(host: str) -> str:
     return host[1:-1] if host.startswith("[") and host.endswith("]") else host
 
 
+_BIND_HINTS = {  # what to do when the kernel refuses the address, by errno
+    errno.EADDRINUSE: "another program (another orchard serve?) listens there; give another --port, or --port 0 "
+                      "for any free port",
+    errno.EACCES: "ports below 1024 need privileges; give a --port from 1024 up, or --port 0 for any free port",
+    errno.EADDRNOTAVAIL: "no interface of this machine has that address; give 127.0.0.1, 0.0.0.0 or one of its "
+                         "addresses",
+}
+
+
 def bind(host: str, port: int) -> socket.socket:
     """A listening TCP socket on ``host:port`` (port 0 picks a free one).
 
     Raises:
         ConfigurationError: ``port`` is not a TCP port (0 to 65535), or ``host`` is neither an
             address nor a name this machine resolves (a scheme or a port written into it, a typo).
-        OSError: the address cannot be bound (in use, not local, permission).
+            Or the address cannot be bound (in use, not this machine's, a port below 1024).
     """
     if not 0 <= port <= 65535:  # the kernel would take it modulo 65536: another port, silently
         raise ConfigurationError(f"--port {port} is not a TCP port; give 1 to 65535, or 0 for any free port")
@@ -66,9 +76,10 @@ def bind(host: str, port: int) -> socket.socket:
     try:
         sock.bind(address)
         sock.listen(128)
-    except OSError:
+    except OSError as err:
         sock.close()
-        raise
+        hint = _BIND_HINTS.get(err.errno or 0, "give another --host or --port")
+        raise ConfigurationError(f"cannot listen on {host}:{port}: {err.strerror or err}; {hint}") from err
     sock.set_inheritable(True)
     return sock
 

@@ -134,8 +134,8 @@ def check_output(path: str | os.PathLike[str]) -> Path:
 
     Raises:
         ConfigurationError: unknown suffix (the message lists ``.html`` and
-            ``.png``), the folder does not exist, ``path`` is a folder, or its
-            name is longer than the folder's file system allows.
+            ``.png``), the folder does not exist, ``path`` is a folder or an Orchard
+            storage file, or its name is longer than the folder's file system allows.
     """
     out = Path(path)
     if out.suffix.lower() not in FORMATS:
@@ -156,6 +156,12 @@ def check_output(path: str | os.PathLike[str]) -> Path:
         if out.is_dir():
             raise ConfigurationError(f"cannot write plot {str(out)!r}: it is a folder; name a file, "
                                      f"such as {str(out / ('plot' + out.suffix))!r}")
+        from orchard.storages.pickled.fileformat import is_log_file
+
+        if is_log_file(str(out)):  # a storage named st.html: the plot would replace it and its experiments
+            raise ConfigurationError(f"cannot write plot {str(out)!r}: it is an Orchard storage file, which the "
+                                     "plot would replace with every experiment in it; give a new file name, such "
+                                     f"as {str(out.with_name(out.stem + '-plot' + out.suffix))!r}")
     except OSError as err:  # a folder's name too long, a folder this user may not enter
         raise ConfigurationError(f"cannot write plot {str(out)[:60]!r}: {err.strerror or err}; "
                                  "check the path") from None
