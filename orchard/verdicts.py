@@ -21,6 +21,7 @@ import contextvars
 import json
 import logging
 import os
+import stat
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
@@ -198,6 +199,7 @@ class ReportFollower:
         self._done = threading.Event()
         self._pruned_event = threading.Event()
         self.skipped = 0
+        self._irregular = False  # whether the report file was found not to be a regular file (said once)
         self._thread = threading.Thread(target=self._follow, name=f"orchard-reports-{trial_id[:8]}", daemon=True)
 
     @staticmethod
@@ -218,7 +220,7 @@ class ReportFollower:
     def __enter__(self) -> ReportFollower:
         """Start following (the files were :meth:`prepare`-d before the child started)."""
         with contextlib.suppress(OSError):  # opened now, so a child deleting it at once loses no line
-            self._file = open(self.report_path, "rb")  # held across reads, closed in __exit__
+            self._file = self._open()  # held across reads, closed in __exit__
         self._thread.start()
         return self
 
@@ -260,10 +262,27 @@ class ReportFollower:
                 self._file.close()
                 self._file = None
                 self._feed(b"\n")  # the old file's last line ends with it
-            self._file = open(self.report_path, "rb")  # noqa: SIM115 -- held across reads, closed in __exit__
-            self._feed_file(self._file)
+            self._file = self._open()
+            if self._file is not None:
+                self._feed_file(self._file)
         except OSError:  # not there (deleted and not yet written again): the next read looks again
             return
+
+    def _open(self) -> BinaryIO | None:
+        """The report file opened for reading, or ``None`` (said once) if it is not a regular file.
+
+        A script that makes it a link to ``/dev/zero`` or a FIFO would otherwise have its worker
+        read without end, or block, when the trial ends; it is opened without blocking and not read.
+        """
+        fd = os.open(self.report_path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0))
+        if stat.S_ISREG(os.fstat(fd).st_mode):
+            return os.fdopen(fd, "rb")
+        os.close(fd)
+        if not self._irregular:
+            self._irregular = True
+            log.warning("trial %s: %s is not a regular file (a link to a device, a FIFO?); its reports are not "
+                        "read: let orchard.report() write that file", self.trial_id, self.report_path)
+        return None
 
     def _feed_file(self, handle: BinaryIO) -> None:
         while chunk := handle.read(MAX_REPORT_LINE):

@@ -279,6 +279,36 @@ def test_a_report_file_the_script_deletes_or_replaces_loses_no_report(
     assert json.loads(verdict.read_text()) == {"step": 3, "prune": False}
 
 
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize("odd", ["a link to /dev/zero", "a FIFO"])
+def test_a_report_file_the_script_makes_no_regular_file_is_not_read(
+        odd: str, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """A link to /dev/zero was read without end when the trial ended (its worker hung); a FIFO blocked it."""
+    from orchard.verdicts import ReportFollower
+
+    exp = orchard.build_experiment("p-odd", space=SPACE, max_trials=1, storage="memory://")
+    trial = exp.suggest()
+    reports, verdict = tmp_path / "r.jsonl", tmp_path / "v.json"
+    ReportFollower.prepare(str(reports), str(verdict))
+    started = time.monotonic()
+    with caplog.at_level(logging.WARNING), ReportFollower(exp._client_worker().judge, trial.id, str(reports),
+                                                          str(verdict), stop=lambda: None, grace=1.0):
+        with open(reports, "a") as handle:
+            handle.write('{"step": 1, "objective": 0.5}\n')
+        while _verdict_step(verdict) != 1:
+            time.sleep(0.005)
+        reports.unlink()
+        if odd == "a FIFO":
+            os.mkfifo(reports)
+        else:
+            reports.symlink_to("/dev/zero")
+        time.sleep(0.3)  # the follower looks every FOLLOW_INTERVAL: let it meet the odd file while it runs
+    assert time.monotonic() - started < 10
+    stored = exp.storage.get_trial(trial.id)
+    assert stored is not None and stored.reports == [(1, 0.5)]
+    assert sum("is not a regular file" in r.message for r in caplog.records) == 1
+
+
 def test_an_overlong_report_line_is_skipped_unread(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     """A child writing 400 MB without a newline took its worker to 900 MB (10 GB would kill it)."""
     import tracemalloc
