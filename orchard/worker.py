@@ -50,6 +50,7 @@ from orchard.naming import worker_name
 from orchard.objective import Outcome, with_objectives
 from orchard.pacemaker import Evaluation, Pacemaker
 from orchard.pruners import make_pruner
+from orchard.recording import off_the_space
 from orchard.space import trial_id as params_trial_id
 from orchard.stopping import StopGate, StopRules
 from orchard.storages.base import BaseStorage
@@ -254,6 +255,8 @@ class Worker:
             self._check_stop()
             self._release_stale()
             trial = self._acquire()
+            if trial is not None and self._broke_off_the_space(trial):
+                continue  # never evaluated; the refreshed view applies max_broken
             if trial is not None and self.stopping is not None and not self.stopping.admit(trial.id):
                 self._release_quietly(trial)  # a stopping rule fired meanwhile: give it back, then stop
                 continue
@@ -389,6 +392,14 @@ class Worker:
         if trial is not None or (budget is not None and held >= budget):  # all held: nothing to register
             return trial
         return self._register_suggestion()
+
+    def _broke_off_the_space(self, trial: Trial) -> bool:
+        """Break a reserved trial whose params another program stored off the space; whether it did."""
+        error = off_the_space(trial, self.settings.space, self.label)
+        if error is not None:
+            log.error("worker %s: %s", self.name, error["message"])
+            self.storage.fail_trial(trial.id, self.name, error)  # frees its unit of the budget
+        return error is not None
 
     def _register_suggestion(self) -> Trial | None:
         collided: list[dict[str, Any]] = []

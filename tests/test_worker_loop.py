@@ -581,3 +581,22 @@ def test_an_interruption_as_a_timed_evaluation_forks_leaves_no_child_running(mon
     with pytest.raises(ChildProcessError):
         os.waitpid(child, os.WNOHANG)  # reaped: killed and waited for, so it cannot write later
     assert not marker.exists()
+
+
+@pytest.mark.parametrize("params", [{"x": "abc"}, {}, {"x": 0.5, "y": 1}, {"x": 2.0}],
+                         ids=["a text", "a missing dimension", "an unknown dimension", "out of its prior"])
+def test_a_waiting_trial_stored_off_the_space_is_broken_unevaluated_and_the_worker_goes_on(
+        storage, exp_id, params, caplog) -> None:
+    bad = storage.register_trial(exp_id, params)  # another program's write: no space check
+    good = storage.register_trial(exp_id, {"x": 0.25})
+    evaluated: list[dict] = []
+    worker = Worker(storage, exp_id, settings(max_trials=3), lambda t: evaluated.append(t.params) or Outcome(objective=1.0))
+    report = worker.run()
+    assert bad.params not in evaluated and {"x": 0.25} in evaluated
+    assert report.reason == "budget" and report.completed == 3  # the broken trial freed its unit of the budget
+    stored = storage.get_trial(bad.id)
+    assert stored.status is TrialStatus.BROKEN and stored.error["reason"] == "params"
+    assert bad.id in stored.error["message"] and "not a point of its space" in stored.error["message"]
+    assert "exp.insert" in stored.error["message"] and len(stored.error["message"]) < 1000
+    assert storage.get_trial(good.id).status is TrialStatus.COMPLETED
+    assert any(bad.id in r.getMessage() for r in caplog.records)
