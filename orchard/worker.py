@@ -395,11 +395,11 @@ class Worker:
 
     def _broke_off_the_space(self, trial: Trial) -> bool:
         """Break a reserved trial whose params another program stored off the space; whether it did."""
-        error = off_the_space(trial, self.settings.space, self.label)
-        if error is not None:
-            log.error("worker %s: %s", self.name, error["message"])
-            self.storage.fail_trial(trial.id, self.name, error)  # frees its unit of the budget
-        return error is not None
+        if (error := off_the_space(trial, self.settings.space, self.label)) is None:
+            return False
+        log.error("worker %s: %s", self.name, error["message"])
+        self.storage.fail_trial(trial.id, self.name, error)  # frees its unit of the budget
+        return True
 
     def _register_suggestion(self) -> Trial | None:
         collided: list[dict[str, Any]] = []
@@ -484,8 +484,12 @@ class Worker:
         return stored
 
     def _given_back(self, trial: Trial, interruption: Interrupted) -> Interrupted:
-        """``interruption``, saying whether ``trial``, given back now, was released or kept."""
-        released, kept = self._release_quietly(trial)
+        """``interruption``, saying whether ``trial``, given back now, was released or kept (a second Ctrl-C
+        cutting the release short instead, the trial kept: :func:`~orchard.executors.task.run_worker` reads it)."""
+        try:
+            released, kept = self._release_quietly(trial)
+        except KeyboardInterrupt as late:
+            interruption, released, kept = Interrupted.of(late), [], [trial.id]
         interruption.released += released
         interruption.kept += kept
         return interruption

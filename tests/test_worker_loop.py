@@ -14,6 +14,7 @@ import uuid
 import pytest
 
 from orchard.clock import ManualClock
+from orchard.executors.task import WorkerTask, run_worker
 from orchard.errors import (
     BudgetExhaustedError,
     ExperimentBrokenError,
@@ -24,6 +25,7 @@ from orchard.errors import (
 from orchard.objective import Outcome
 from orchard.space import Space
 from orchard.storages import get_storage
+from orchard.storages.memory import MemoryStorage
 from orchard.trial import Trial, TrialStatus
 from orchard.worker import History, Pacemaker, Worker, WorkerSettings
 
@@ -600,3 +602,31 @@ def test_a_waiting_trial_stored_off_the_space_is_broken_unevaluated_and_the_work
     assert "exp.insert" in stored.error["message"] and len(stored.error["message"]) < 1000
     assert storage.get_trial(good.id).status is TrialStatus.COMPLETED
     assert any(bad.id in r.getMessage() for r in caplog.records)
+
+
+class _SecondCtrlCAsTheReleaseLands(MemoryStorage):
+    """The second Ctrl-C comes as the release of the trial the first one stopped has been written."""
+
+    cut = False
+
+    def release_trial(self, trial_id: str, worker: str | None) -> Trial:
+        released = super().release_trial(trial_id, worker)
+        if not self.cut:
+            self.cut = True
+            raise Interrupted()
+        return released
+
+
+def test_a_second_ctrl_c_cutting_the_release_short_still_reports_the_trial_released() -> None:
+    storage = _SecondCtrlCAsTheReleaseLands()
+    exp_id = storage.create_experiment("e", {"space": SPACE.config()})
+
+    def first_ctrl_c(x: float) -> float:
+        raise KeyboardInterrupt
+
+    with pytest.raises(Interrupted) as stopped:
+        run_worker(WorkerTask(storage, exp_id, settings(), first_ctrl_c))
+    (trial,) = storage.fetch_trials(exp_id)
+    assert trial.status is TrialStatus.INTERRUPTED
+    assert stopped.value.released == [trial.id] and not stopped.value.kept
+    assert str(stopped.value).startswith("1 of 1 running trial(s) released")
