@@ -630,3 +630,29 @@ def test_a_second_ctrl_c_cutting_the_release_short_still_reports_the_trial_relea
     assert trial.status is TrialStatus.INTERRUPTED
     assert stopped.value.released == [trial.id] and not stopped.value.kept
     assert str(stopped.value).startswith("1 of 1 running trial(s) released")
+
+
+class _SecondCtrlCAsTheLoopLooksForWhatItHolds(MemoryStorage):
+    """A real SIGINT arrives as the stopping loop reads which reservations it still holds."""
+
+    sent = False
+
+    def fetch_trials(self, experiment_id: str, statuses=None) -> list[Trial]:
+        if statuses == [TrialStatus.RESERVED] and not self.sent:
+            self.sent = True
+            signal.raise_signal(signal.SIGINT)
+        return super().fetch_trials(experiment_id, statuses)
+
+
+def test_a_second_ctrl_c_as_a_stopping_loop_reads_what_it_holds_waits_for_the_read() -> None:
+    storage = _SecondCtrlCAsTheLoopLooksForWhatItHolds()
+    exp_id = storage.create_experiment("e", {"space": SPACE.config()})
+
+    def first_ctrl_c(x: float) -> float:
+        raise KeyboardInterrupt
+
+    with pytest.raises(Interrupted) as stopped:
+        run_worker(WorkerTask(storage, exp_id, settings(), first_ctrl_c))
+    assert storage.sent
+    (trial,) = storage.fetch_trials(exp_id)
+    assert trial.status is TrialStatus.INTERRUPTED and stopped.value.released == [trial.id]

@@ -22,7 +22,7 @@ from orchard.errors import ConfigurationError, Interrupted, StorageError
 from orchard.executors.children import stopped_before
 from orchard.executors.remote import RemoteStopped, watched
 from orchard.executors.threads import request_for
-from orchard.interruption import interruptible
+from orchard.interruption import deferred, interruptible
 from orchard.leases import give_back
 from orchard.objective import ObjectiveEvaluator, TrialEvaluator
 from orchard.resources import DEVICES_ENV, visible_devices, worker_label
@@ -145,13 +145,15 @@ def _given_back(worker: Worker, interruption: KeyboardInterrupt) -> Interrupted:
     """
     stopped = Interrupted.of(interruption)
     storage = worker.storage.storage
-    try:
-        held = {trial.id: worker.name for trial in storage.fetch_trials(worker.experiment_id, [TrialStatus.RESERVED])
-                if trial.worker == worker.name and trial.id not in stopped.released}
-    except StorageError:
-        return stopped
-    landed = [trial_id for trial_id in stopped.kept if trial_id not in held]
-    released, kept = give_back(storage, held)
-    stopped.released += [*landed, *released]
-    stopped.kept[:] = kept
+    # a second Ctrl-C waits for this read and these writes (the loop is stopping anyway): else what it cut is not counted
+    with contextlib.suppress(KeyboardInterrupt), deferred():
+        try:
+            held = {trial.id: worker.name for trial in storage.fetch_trials(worker.experiment_id, [TrialStatus.RESERVED])
+                    if trial.worker == worker.name and trial.id not in stopped.released}
+        except StorageError:
+            return stopped
+        landed = [trial_id for trial_id in stopped.kept if trial_id not in held]
+        released, kept = give_back(storage, held)
+        stopped.released += [*landed, *released]
+        stopped.kept[:] = kept
     return stopped
