@@ -507,8 +507,14 @@ def test_loops_of_the_local_cluster_workon_started_reserve_nothing_after_sigterm
 DOUBLE_CTRL_C_SCRIPT = """
 import os, sys, time, orchard
 def objective(x, y):
-    slow = not os.path.exists(sys.argv[2] + ".slow")  # the first to start cleans up for 2 s when interrupted
-    open(sys.argv[2] + (".slow" if slow else ".fast"), "w").write(str(os.getpid()))
+    try:  # the first to start cleans up for 2 s when interrupted
+        os.close(os.open(sys.argv[2] + ".claim", os.O_CREAT | os.O_EXCL))
+        slow = True
+    except FileExistsError:
+        slow = False
+    with open(sys.argv[2] + ".tmp" + str(os.getpid()), "w") as mark:
+        mark.write(str(os.getpid()))
+    os.replace(mark.name, sys.argv[2] + (".slow" if slow else ".fast"))
     try:
         time.sleep(60)
     except KeyboardInterrupt:
@@ -539,7 +545,7 @@ def test_a_second_ctrl_c_reaching_a_pool_process_whose_loop_stopped_loses_no_rep
                             stderr=subprocess.PIPE, text=True, start_new_session=True)
     fast, slow = Path(f"{marks}.fast"), Path(f"{marks}.slow")
     deadline = time.monotonic() + 60
-    while not (fast.exists() and slow.exists() and fast.read_text() and slow.read_text()):
+    while not (fast.exists() and slow.exists()):
         assert time.monotonic() < deadline and proc.poll() is None, proc.communicate()
         time.sleep(0.05)
     exp = orchard.get_experiment("dc", storage=storage)
