@@ -32,7 +32,7 @@ from orchard.objective import Outcome, check_objective, interpret_result
 from orchard.objectives import normalize_objectives
 from orchard.pareto import best_of, front_hypervolume, pareto_front
 from orchard.pruners import check_objectives, normalize_pruner_config
-from orchard.recording import budget_held, budget_to_give, record_evaluation, warn_if_budget_met
+from orchard.recording import budget_held, budget_to_give, queue_trial, record_evaluation, warn_if_budget_met
 from orchard.report import TrialPruned, check_report
 from orchard.resources import assign_devices, parse_gpus, parse_memory
 from orchard.space import Space
@@ -415,10 +415,10 @@ class Experiment:
             SpaceError: the params are not a point of the space (the message names the dimension).
             ConfigurationError: the objective is missing or not finite, or a result cannot be stored.
             DuplicateTrialError: a trial with those params exists.
-            BudgetExhaustedError: the budget is fully used (by a new or a counted trial); raise ``max_trials``.
+            BudgetExhaustedError: the budget is fully used (raise ``max_trials``) or a stopping rule fired.
         """
         if objective is None and results is None:
-            return self.storage.register_trial(self.id, self.space.validate(params), budget=self.max_trials)
+            return queue_trial(self.storage, self.id, self.settings, params, self.name)
         return record_evaluation(self.storage, self.id, self.settings, params, objective, results,
                                  count_in_budget, f"insert into experiment {self.name!r}")
 

@@ -21,7 +21,9 @@ interrupted (Ctrl-C in a terminal reaches every process of its group, and so
 does SIGHUP when the terminal closes; a scheduler's SIGTERM may too) ignores
 later SIGTERM, SIGHUP and STOP_SIGNAL copies, so
 they cannot cut its release short; a second SIGINT still stops it at once (a
-script is then killed without its grace). An interruption that lands while a
+script is then killed without its grace). A pool process running no loop
+(its loop already stopped) ignores SIGINT (:func:`pool_handlers`): its death
+would break the pool under the loops still stopping. An interruption that lands while a
 worker stores a result waits for the write (:func:`deferred`), and a worker
 that stops gives back every reservation of its own it finds stored, so one
 made as the interruption came is not held until its lease runs out.
@@ -60,7 +62,7 @@ from orchard import suspension
 from orchard.errors import Interrupted
 
 __all__ = ["STOP_SIGNAL", "STOP_TIMEOUT", "default_handlers", "deferred", "interrupt_main", "interruptible",
-           "stop_workers"]
+           "pool_handlers", "stop_workers"]
 
 #: What the process that called ``workon`` sends its pool processes to stop their loops (POSIX only).
 STOP_SIGNAL: signal.Signals | None = getattr(signal, "SIGURG", None)
@@ -86,6 +88,27 @@ def _defaults() -> dict[signal.Signals, Any]:
     if STOP_SIGNAL is not None:
         defaults[STOP_SIGNAL] = signal.SIG_DFL
     return defaults
+
+
+def _between_loops(signum: int, frame: FrameType | None) -> None:
+    """SIGINT to a pool's process that runs no worker loop now: ignored (see :func:`pool_handlers`)."""
+
+
+def pool_handlers() -> None:
+    """In a pool's process (``process``, ``joblib``): :func:`default_handlers`, but SIGINT ignored between loops.
+
+    Ctrl-C reaches every process of the terminal's group. A pool process whose loop had
+    already stopped for the first Ctrl-C died of the second one in the pool's own code, and a
+    dead process breaks the standard library's pool: the reports of the loops still stopping
+    were thrown away ("1 of 1 running trial(s) released" for 2), and the pool's SIGTERM to
+    them came while they ignored copies, so one of them blocked for ever on a queue lock
+    its killed neighbour held, and ``workon`` with it. The caller stops its pool's loops
+    (:func:`stop_workers`) and then the pool; a loop handles SIGINT itself
+    (:func:`interruptible` replaces this handler, and puts it back when the loop ends). A
+    Python handler, not ``SIG_IGN``, which a script started with ``exec`` would inherit.
+    """
+    default_handlers()
+    signal.signal(signal.SIGINT, _between_loops)
 
 
 def default_handlers() -> None:
@@ -144,7 +167,7 @@ def interruptible() -> Iterator[None]:
     global _stop_handled
     previous: dict[signal.Signals, Callable[[int, FrameType | None], Any] | int | None] = {}
     for signum, default in _defaults().items():
-        if signal.getsignal(signum) == default:
+        if signal.getsignal(signum) in (default, _between_loops):
             previous[signum] = signal.signal(signum, on_signal)
     handles_stop = STOP_SIGNAL is not None and STOP_SIGNAL in previous
     _stop_handled |= handles_stop

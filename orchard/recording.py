@@ -14,6 +14,14 @@ evaluation is folded into the stopping ledger before it is stored (see
 
 The budget used is ``completed + pruned`` minus the trials recorded apart from
 it (:func:`budget_used`); every caller that judges "is the budget met" reads it here.
+
+A trial inserted to be run (``exp.insert(params)``) is refused when a stopping
+rule has fired (no worker would ever run it), and stored with a warning when
+``max_broken`` trials are broken (:func:`check_will_run`).
+
+A trial another program stored ``new`` is checked by the worker that reserves it
+before it is evaluated (:func:`off_the_space`): params that are not a point of
+the space are never handed to the objective; the trial is broken instead.
 """
 
 from __future__ import annotations
@@ -23,15 +31,18 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
-from orchard.errors import ConfigurationError
+from orchard.errors import BudgetExhaustedError, ConfigurationError, SpaceError, StopReason
 from orchard.experiment_config import ExperimentConfig
 from orchard.objective import Outcome, interpret_result, with_objectives
-from orchard.space import trial_id
-from orchard.stopping import StopGate, StopRules
+from orchard.space import Space, trial_id
+from orchard.stopping import LEDGER_KEY, Ledger, StopGate, StopRules, stop_message
 from orchard.storages.base import BaseStorage
 from orchard.trial import Trial, TrialStatus
 
-__all__ = ["budget_held", "budget_to_give", "budget_used", "check_evaluation", "record_evaluation", "warn_if_budget_met"]
+__all__ = [
+    "budget_held", "budget_to_give", "budget_used", "check_evaluation", "check_will_run", "off_the_space",
+    "queue_trial", "record_evaluation", "warn_if_budget_met",
+]
 
 log = logging.getLogger(__name__)
 
@@ -113,6 +124,61 @@ def _fold(storage: BaseStorage, experiment_id: str, settings: ExperimentConfig, 
         return  # record_trial raises the refusal
     gate = StopGate(storage, experiment_id, rules, storage.experiment(experiment_id).name, time.monotonic)
     gate.fold(tid, outcome, "inserted" if in_budget else "apart", point)
+
+
+def queue_trial(storage: BaseStorage, experiment_id: str, settings: ExperimentConfig, params: Mapping[str, Any],
+                name: str) -> Trial:
+    """Store a ``new`` trial at ``params`` for the next free worker (``exp.insert(params)``).
+
+    Raises:
+        SpaceError: the params are not a point of the space; the message names the dimension.
+        BudgetExhaustedError: the budget is fully used, or a stopping rule fired (see :func:`check_will_run`).
+        DuplicateTrialError: a trial with those params exists.
+    """
+    point = settings.space.validate(params)
+    check_will_run(storage, experiment_id, settings, name)
+    return storage.register_trial(experiment_id, point, budget=settings.max_trials)
+
+
+def check_will_run(storage: BaseStorage, experiment_id: str, settings: ExperimentConfig, name: str) -> None:
+    """Before a ``new`` trial is inserted: refuse it if no worker will ever run it, warn if none will now.
+
+    Raises:
+        BudgetExhaustedError: a stopping rule has fired (reason ``STOPPED``): a trial stored
+            ``new`` would wait forever and show as work left; nothing is stored.
+    """
+    if settings.stop:
+        fired = Ledger.from_dict(storage.experiment(experiment_id).config.get(LEDGER_KEY), name).fired
+        if fired is not None:
+            raise BudgetExhaustedError(
+                f"{stop_message(name, fired)}; no worker runs a trial inserted into it, so nothing was stored. "
+                "Record an evaluation made elsewhere with its result (exp.insert(params, objective=...)), "
+                "or search on in an experiment with a new name", StopReason.STOPPED)
+    broken = storage.count_trials(experiment_id)[TrialStatus.BROKEN]
+    if broken >= settings.max_broken:
+        log.warning("experiment %r has %d broken trials (max_broken=%d): the trial inserted will not run until "
+                    "max_broken is raised, e.g. orchard.build_experiment(%r, max_broken=%d)",
+                    name, broken, settings.max_broken, name, broken + settings.max_broken)
+
+
+def off_the_space(trial: Trial, space: Space, label: str) -> dict[str, Any] | None:
+    """The error to break ``trial`` with if its params are not a point of ``space``, else ``None``.
+
+    Orchard checks every point it stores (a suggestion, ``insert``); another program
+    writing to the storage may not, and a text for a ``uniform`` once reached the objective.
+    """
+    try:
+        space.validate(trial.params)
+    except SpaceError as err:
+        why = str(err)
+    except Exception as err:  # noqa: BLE001 -- a hostile value can break the message itself (a 5,000-digit int)
+        why = f"a value the space cannot read ({type(err).__name__})"
+    else:
+        return None
+    return {"type": "SpaceError", "reason": "params", "message": (
+        f"trial {trial.id} of experiment {label!r} was stored with params that are not a point of its space "
+        f"({why[:300]}); it was not evaluated. Another program stored it: insert the point with exp.insert(params) "
+        "or `orchard insert`, which check it")}
 
 
 def budget_used(storage: BaseStorage, experiment_id: str) -> int:

@@ -50,6 +50,7 @@ from orchard.naming import worker_name
 from orchard.objective import Outcome, with_objectives
 from orchard.pacemaker import Evaluation, Pacemaker
 from orchard.pruners import make_pruner
+from orchard.recording import off_the_space
 from orchard.space import trial_id as params_trial_id
 from orchard.stopping import StopGate, StopRules
 from orchard.storages.base import BaseStorage
@@ -254,6 +255,8 @@ class Worker:
             self._check_stop()
             self._release_stale()
             trial = self._acquire()
+            if trial is not None and self._broke_off_the_space(trial):
+                continue  # never evaluated; the refreshed view applies max_broken
             if trial is not None and self.stopping is not None and not self.stopping.admit(trial.id):
                 self._release_quietly(trial)  # a stopping rule fired meanwhile: give it back, then stop
                 continue
@@ -390,6 +393,14 @@ class Worker:
             return trial
         return self._register_suggestion()
 
+    def _broke_off_the_space(self, trial: Trial) -> bool:
+        """Break a reserved trial whose params another program stored off the space; whether it did."""
+        if (error := off_the_space(trial, self.settings.space, self.label)) is None:
+            return False
+        log.error("worker %s: %s", self.name, error["message"])
+        self.storage.fail_trial(trial.id, self.name, error)  # frees its unit of the budget
+        return True
+
     def _register_suggestion(self) -> Trial | None:
         collided: list[dict[str, Any]] = []
         repeats = 0  # suggestions the view already held: the algorithm ignored them, no racer registered them
@@ -473,8 +484,12 @@ class Worker:
         return stored
 
     def _given_back(self, trial: Trial, interruption: Interrupted) -> Interrupted:
-        """``interruption``, saying whether ``trial``, given back now, was released or kept."""
-        released, kept = self._release_quietly(trial)
+        """``interruption``, saying whether ``trial``, given back now, was released or kept (a second Ctrl-C
+        cutting the release short instead, the trial kept: :func:`~orchard.executors.task.run_worker` reads it)."""
+        try:
+            released, kept = self._release_quietly(trial)
+        except KeyboardInterrupt as late:
+            interruption, released, kept = Interrupted.of(late), [], [trial.id]
         interruption.released += released
         interruption.kept += kept
         return interruption

@@ -6,6 +6,7 @@ import logging
 import math
 import subprocess
 import sys
+import uuid
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -363,3 +364,13 @@ def test_joining_with_another_seed_or_heartbeat_is_refused(setting: dict[str, fl
     with pytest.raises(ExperimentConflictError, match=f"{key}: stored .* != given {value}"):
         orchard.build_experiment("fixed", storage=storage, **setting)  # type: ignore[arg-type]
     assert orchard.build_experiment("fixed", storage=storage, seed=3, heartbeat=30.0).settings.seed == 3
+
+
+def test_best_trial_on_memory_skips_a_completed_trial_whose_stored_objective_is_a_text_or_nan() -> None:
+    exp = orchard.build_experiment("odd-best", {"x": "uniform(0, 1)"}, storage=f"memory://{uuid.uuid4().hex}")
+    odd = [Trial(id=uuid.uuid4().hex, experiment=exp.id, params={"x": i / 10}, status=TrialStatus.COMPLETED,
+                 objective=value) for i, value in enumerate(["abc", float("nan"), 0.5, [0.1]])]
+    exp.storage.restore_trials(exp.id, odd)  # another program's write: memory stores it as it is
+    best = exp.best_trial
+    assert best is not None and best.objective == 0.5
+    assert exp.stats["best_objective"] == 0.5

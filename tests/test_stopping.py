@@ -228,6 +228,28 @@ def test_workon_ends_when_a_rule_fires() -> None:
 # -- inserted evaluations ----------------------------------------------------------------------
 
 
+def test_a_trial_inserted_to_run_after_a_rule_fired_is_refused_and_nothing_is_stored() -> None:
+    exp = _experiment({"target": 0.1}, max_trials=10)
+    _tell(exp, 0.05)
+    with pytest.raises(BudgetExhaustedError) as refused:
+        exp.insert({"x": 0.3})  # no worker would ever run it
+    assert refused.value.reason is StopReason.STOPPED
+    message = str(refused.value)
+    assert "'e'" in message and "target" in message and "nothing was stored" in message and "objective=" in message
+    assert exp.stats["counts"]["new"] == 0
+    exp.insert({"x": 0.3}, objective=0.5)  # an evaluation made elsewhere is still recorded
+
+
+def test_a_trial_inserted_into_a_broken_experiment_is_stored_with_a_warning_saying_what_to_do(
+        caplog: pytest.LogCaptureFixture) -> None:
+    exp = orchard.build_experiment("b", space=SPACE, storage="memory://", max_trials=10, max_broken=1)
+    exp.observe(exp.suggest(), float("nan"))  # broken: the experiment's max_broken is reached
+    exp.insert({"x": 0.3})
+    assert exp.stats["counts"]["new"] == 1
+    warned = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert any("'b'" in m and "max_broken" in m and "will not run" in m for m in warned), warned
+
+
 @pytest.mark.parametrize("in_budget", [False, True], ids=["apart", "in-budget"])
 def test_an_inserted_evaluation_that_reaches_the_target_stops_the_experiment(in_budget: bool) -> None:
     """An evaluation made elsewhere that already meets the target: workers have nothing left to find."""

@@ -14,6 +14,7 @@ import uuid
 import pytest
 
 from orchard.clock import ManualClock
+from orchard.executors.task import WorkerTask, run_worker
 from orchard.errors import (
     BudgetExhaustedError,
     ExperimentBrokenError,
@@ -24,6 +25,7 @@ from orchard.errors import (
 from orchard.objective import Outcome
 from orchard.space import Space
 from orchard.storages import get_storage
+from orchard.storages.memory import MemoryStorage
 from orchard.trial import Trial, TrialStatus
 from orchard.worker import History, Pacemaker, Worker, WorkerSettings
 
@@ -581,3 +583,76 @@ def test_an_interruption_as_a_timed_evaluation_forks_leaves_no_child_running(mon
     with pytest.raises(ChildProcessError):
         os.waitpid(child, os.WNOHANG)  # reaped: killed and waited for, so it cannot write later
     assert not marker.exists()
+
+
+@pytest.mark.parametrize("params", [{"x": "abc"}, {}, {"x": 0.5, "y": 1}, {"x": 2.0}],
+                         ids=["a text", "a missing dimension", "an unknown dimension", "out of its prior"])
+def test_a_waiting_trial_stored_off_the_space_is_broken_unevaluated_and_the_worker_goes_on(
+        storage, exp_id, params, caplog) -> None:
+    bad = storage.register_trial(exp_id, params)  # another program's write: no space check
+    good = storage.register_trial(exp_id, {"x": 0.25})
+    evaluated: list[dict] = []
+    worker = Worker(storage, exp_id, settings(max_trials=3), lambda t: evaluated.append(t.params) or Outcome(objective=1.0))
+    report = worker.run()
+    assert bad.params not in evaluated and {"x": 0.25} in evaluated
+    assert report.reason == "budget" and report.completed == 3  # the broken trial freed its unit of the budget
+    stored = storage.get_trial(bad.id)
+    assert stored.status is TrialStatus.BROKEN and stored.error["reason"] == "params"
+    assert bad.id in stored.error["message"] and "not a point of its space" in stored.error["message"]
+    assert "exp.insert" in stored.error["message"] and len(stored.error["message"]) < 1000
+    assert storage.get_trial(good.id).status is TrialStatus.COMPLETED
+    assert any(bad.id in r.getMessage() for r in caplog.records)
+
+
+class _SecondCtrlCAsTheReleaseLands(MemoryStorage):
+    """The second Ctrl-C comes as the release of the trial the first one stopped has been written."""
+
+    cut = False
+
+    def release_trial(self, trial_id: str, worker: str | None) -> Trial:
+        released = super().release_trial(trial_id, worker)
+        if not self.cut:
+            self.cut = True
+            raise Interrupted()
+        return released
+
+
+def test_a_second_ctrl_c_cutting_the_release_short_still_reports_the_trial_released() -> None:
+    storage = _SecondCtrlCAsTheReleaseLands()
+    exp_id = storage.create_experiment("e", {"space": SPACE.config()})
+
+    def first_ctrl_c(x: float) -> float:
+        raise KeyboardInterrupt
+
+    with pytest.raises(Interrupted) as stopped:
+        run_worker(WorkerTask(storage, exp_id, settings(), first_ctrl_c))
+    (trial,) = storage.fetch_trials(exp_id)
+    assert trial.status is TrialStatus.INTERRUPTED
+    assert stopped.value.released == [trial.id] and not stopped.value.kept
+    assert str(stopped.value).startswith("1 of 1 running trial(s) released")
+
+
+class _SecondCtrlCAsTheLoopLooksForWhatItHolds(MemoryStorage):
+    """A real SIGINT arrives as the stopping loop reads which reservations it still holds."""
+
+    sent = False
+
+    def fetch_trials(self, experiment_id: str, statuses=None) -> list[Trial]:
+        if statuses == [TrialStatus.RESERVED] and not self.sent:
+            self.sent = True
+            signal.raise_signal(signal.SIGINT)
+        return super().fetch_trials(experiment_id, statuses)
+
+
+def test_a_second_ctrl_c_as_a_stopping_loop_reads_what_it_holds_waits_for_the_read() -> None:
+    storage = _SecondCtrlCAsTheLoopLooksForWhatItHolds()
+    exp_id = storage.create_experiment("e", {"space": SPACE.config()})
+
+    def first_ctrl_c(x: float) -> float:
+        raise KeyboardInterrupt
+
+    with pytest.raises(Interrupted) as stopped:
+        run_worker(WorkerTask(storage, exp_id, settings(), first_ctrl_c))
+    assert storage.sent
+    (trial,) = storage.fetch_trials(exp_id)
+    assert trial.status is TrialStatus.INTERRUPTED and stopped.value.released == [trial.id]

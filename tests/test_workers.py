@@ -502,3 +502,58 @@ def test_loops_of_the_local_cluster_workon_started_reserve_nothing_after_sigterm
     assert not [t for t in trials if t.start_time is not None and t.start_time > signalled], \
         [(t.status.value, t.start_time - signalled) for t in trials if t.start_time]
     assert not [t for t in trials if t.status is TrialStatus.RESERVED]
+
+
+DOUBLE_CTRL_C_SCRIPT = """
+import os, sys, time, orchard
+def objective(x, y):
+    try:  # the first to start cleans up for 2 s when interrupted
+        os.close(os.open(sys.argv[2] + ".claim", os.O_CREAT | os.O_EXCL))
+        slow = True
+    except FileExistsError:
+        slow = False
+    with open(sys.argv[2] + ".tmp" + str(os.getpid()), "w") as mark:
+        mark.write(str(os.getpid()))
+    os.replace(mark.name, sys.argv[2] + (".slow" if slow else ".fast"))
+    try:
+        time.sleep(60)
+    except KeyboardInterrupt:
+        if slow:
+            time.sleep(2)
+        raise
+    return x
+if __name__ == "__main__":
+    exp = orchard.build_experiment("dc", space={"x": "uniform(0, 1)", "y": "uniform(0, 1)"}, storage=sys.argv[1],
+                                   max_trials=10)
+    try:
+        exp.workon(objective, n_workers=2, executor="process", progress=False)
+    except KeyboardInterrupt as err:
+        print("interrupted:", err, flush=True)
+"""
+
+
+@pytest.mark.timeout(90)
+def test_a_second_ctrl_c_reaching_a_pool_process_whose_loop_stopped_loses_no_report(tmp_path) -> None:
+    """Ctrl-C reaches every process of the terminal's group: a pool process whose loop already stopped for the
+    first one died of the second in the pool's own code, which broke the pool under the loop still stopping:
+    its report was thrown away ("1 of 1 running trial(s) released" for 2), and the pool's SIGTERM to it came
+    while it ignored copies (with a queue lock left held by a killed neighbour, workon waited for ever)."""
+    script = tmp_path / "script.py"
+    script.write_text(DOUBLE_CTRL_C_SCRIPT)
+    storage, marks = str(tmp_path / "o.pkl"), tmp_path / "mark"
+    proc = subprocess.Popen([sys.executable, str(script), storage, str(marks)], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+    fast, slow = Path(f"{marks}.fast"), Path(f"{marks}.slow")
+    deadline = time.monotonic() + 60
+    while not (fast.exists() and slow.exists()):
+        assert time.monotonic() < deadline and proc.poll() is None, proc.communicate()
+        time.sleep(0.05)
+    exp = orchard.get_experiment("dc", storage=storage)
+    os.killpg(proc.pid, signal.SIGINT)  # the first Ctrl-C: the fast loop stops, the slow one cleans up for 2 s
+    while not exp.fetch_trials([TrialStatus.INTERRUPTED]):
+        assert time.monotonic() < deadline and proc.poll() is None, proc.communicate()
+        time.sleep(0.02)
+    os.kill(int(fast.read_text()), signal.SIGINT)  # the second reaches the pool process whose loop stopped
+    out, err = proc.communicate(timeout=30)
+    assert "interrupted: 2 of 2 running trial(s) released" in out, (out, err)
+    assert sorted(t.status.value for t in exp.fetch_trials()) == ["interrupted", "interrupted"]

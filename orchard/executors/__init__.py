@@ -40,7 +40,7 @@ from typing import Any
 
 from orchard.errors import ConfigurationError, ExecutorError, OrchardError
 from orchard.executors.capacity import check_capacity, check_n_workers, counted_as
-from orchard.interruption import default_handlers, deferred
+from orchard.interruption import deferred, pool_handlers
 
 __all__ = ["EXECUTORS", "InlineExecutor", "is_dask_client", "make_executor", "outlasts_workon",
            "reaches_local_processes", "shares_environment"]
@@ -105,7 +105,7 @@ def _stop_when_orphaned(parent: int, initializer: Callable[..., object] | None, 
             os.kill(os.getpid(), signal.SIGTERM)
             time.sleep(ORPHAN_LOOK)
 
-    default_handlers()  # not the caller's, inherited through fork: each worker loop installs its own
+    pool_handlers()  # not the caller's, inherited through fork: each worker loop installs its own
     if os.getppid() == parent:
         threading.Thread(target=watch, name="orchard-orphan-watch", daemon=True).start()
     if initializer is not None:

@@ -161,6 +161,15 @@ class Fleet:
     def __exit__(self, kind: type[BaseException] | None, error: BaseException | None,
                  traceback: TracebackType | None) -> None:
         self._exits.close()  # the pool is closed: every loop has looked its stop request up
+        try:
+            with deferred():  # a second Ctrl-C waits for the accounting: the message counts every trial released
+                self._settle(error)
+        except KeyboardInterrupt:
+            if not isinstance(error, Interrupted):
+                raise  # the run had ended: the Ctrl-C is the caller's
+
+    def _settle(self, error: BaseException | None) -> None:
+        """Count what stopped loops reported to the interruption ``error``; give back what ended loops hold."""
         # a Dask client cancels the future of a loop still running as a thread of this process: not ended
         ended = {task.token for task, future in zip(self.tasks, self._futures) if future.done()}
         ended -= self._stop.still_running() | self._unreached

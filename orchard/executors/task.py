@@ -22,7 +22,7 @@ from orchard.errors import ConfigurationError, Interrupted, StorageError
 from orchard.executors.children import stopped_before
 from orchard.executors.remote import RemoteStopped, watched
 from orchard.executors.threads import request_for
-from orchard.interruption import interruptible
+from orchard.interruption import deferred, interruptible
 from orchard.leases import give_back
 from orchard.objective import ObjectiveEvaluator, TrialEvaluator
 from orchard.resources import DEVICES_ENV, visible_devices, worker_label
@@ -139,17 +139,21 @@ def _given_back(worker: Worker, interruption: KeyboardInterrupt) -> Interrupted:
 
     A reservation whose write landed as the interruption came (the worker never saw
     it) is given back now, not taken back when its lease runs out as a lost attempt.
-    One read, without the outage retries: a failing storage leaves it to the lease.
+    A trial the worker could not give back (the storage failed, or a second Ctrl-C cut
+    its release short) is tried again, or counted released if the read shows its release
+    landed. One read, without the outage retries: a failing storage leaves it to the lease.
     """
     stopped = Interrupted.of(interruption)
     storage = worker.storage.storage
-    done = {*stopped.released, *stopped.kept}
-    try:
-        held = {trial.id: worker.name for trial in storage.fetch_trials(worker.experiment_id, [TrialStatus.RESERVED])
-                if trial.worker == worker.name and trial.id not in done}
-    except StorageError:
-        return stopped
-    released, kept = give_back(storage, held)
-    stopped.released += released
-    stopped.kept += kept
+    # a second Ctrl-C waits for this read and these writes (the loop is stopping anyway): else what it cut is not counted
+    with contextlib.suppress(KeyboardInterrupt), deferred():
+        try:
+            held = {trial.id: worker.name for trial in storage.fetch_trials(worker.experiment_id, [TrialStatus.RESERVED])
+                    if trial.worker == worker.name and trial.id not in stopped.released}
+        except StorageError:
+            return stopped
+        landed = [trial_id for trial_id in stopped.kept if trial_id not in held]
+        released, kept = give_back(storage, held)
+        stopped.released += [*landed, *released]
+        stopped.kept[:] = kept
     return stopped

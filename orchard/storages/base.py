@@ -46,7 +46,7 @@ import time
 from collections.abc import Iterable, Mapping
 from typing import Any, TypeVar
 
-from orchard.trial import Lease, ReportValue, Trial, TrialStatus
+from orchard.trial import Lease, ReportValue, Trial, TrialStatus, finite_float
 
 __all__ = ["BaseStorage", "ExperimentRecord"]
 
@@ -409,9 +409,13 @@ class BaseStorage(abc.ABC):
         return f"{type(self).__name__}({self.redacted_uri!r})"
 
     def best_trial(self, experiment_id: str) -> Trial | None:
-        """Return the completed trial with the lowest objective, or ``None``."""
+        """Return the completed trial with the lowest objective, or ``None``.
+
+        A trial whose stored objective is not a finite number (NaN, a text: another
+        program's write) is skipped, on every backend, as :func:`orchard.pareto.best_of` skips it.
+        """
         completed = self.fetch_trials(experiment_id, [TrialStatus.COMPLETED])
-        scored = [t for t in completed if t.objective is not None]
+        scored = [t for t in completed if finite_float(t.objective) is not None]
         return min(scored, key=lambda t: t.objective, default=None)  # type: ignore[arg-type, return-value]
 
     def count_unbudgeted(self, experiment_id: str) -> int:

@@ -362,6 +362,14 @@ class ReadingChecks(Checks):
         best = storage.best_trial(exp)
         assert best is not None and best.objective == -1.0
 
+    def test_best_trial_skips_an_objective_another_program_stored_not_finite(self, storage: BaseStorage, exp: str) -> None:
+        odd = [Trial(id=uuid.uuid4().hex, experiment=exp, params={"v": i}, status=TrialStatus.COMPLETED,
+                     objective=value, submit_time=1.0, end_time=2.0)
+               for i, value in enumerate([float("nan"), 2.0, float("-inf"), 1.0, float("inf")])]
+        storage.restore_trials(exp, odd)  # a dump written by another program: NaN and infinities are stored
+        best = storage.best_trial(exp)
+        assert best is not None and best.objective == 1.0
+
     def test_restore_trials_keeps_records_and_skips_existing(self, storage: BaseStorage, exp: str) -> None:
         source = list(one_of_each_status(storage, exp).values())
         dest = storage.create_experiment("restored", CONFIG)
