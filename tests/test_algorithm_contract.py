@@ -104,7 +104,8 @@ def test_optuna_tpe_refuses_bounds_whose_sum_overflows_when_the_experiment_is_bu
 
 def test_optuna_gp_refuses_an_integer_dimension_too_wide_to_list_when_the_experiment_is_built() -> None:
     """GPSampler lists every value of an integer dimension per suggestion: MemoryError in every worker."""
-    pytest.importorskip("optuna")  # the refusal needs no PyTorch: the sampler is not built
+    pytest.importorskip("optuna")
+    pytest.importorskip("torch")  # without it, GPSampler is refused first for that
     gp = {"optuna": {"sampler": "GPSampler"}}
     with pytest.raises(ConfigurationError, match=r"'GPSampler' cannot sample dimension 'k' \(.*lists every value"):
         orchard.build_experiment("q", space={"k": "uniform(-9e15, 9e15, discrete=True)"}, algorithm=gp,
