@@ -40,10 +40,11 @@ import contextlib
 import contextvars
 import json
 import os
+import stat
 import tempfile
 import time
 from collections.abc import Callable, Iterator, Mapping
-from typing import Any
+from typing import Any, BinaryIO
 
 from orchard.trial import INT_LIMIT, finite_float, finite_number
 
@@ -54,6 +55,7 @@ __all__ = [
     "Reported",
     "TrialPruned",
     "check_report",
+    "open_regular",
     "plain",
     "replace_file",
     "report",
@@ -257,6 +259,22 @@ def replace_file(path: str, text: str) -> None:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
+
+
+def open_regular(path: str) -> BinaryIO | None:
+    """``path`` opened for reading, or ``None`` if it is not a regular file (a FIFO, a link to a device).
+
+    Opened without blocking, so a FIFO a script left there does not hang its worker, and
+    a link to ``/dev/zero`` is never read without end.
+
+    Raises:
+        OSError: it cannot be opened (``FileNotFoundError``: it is not there).
+    """
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0))
+    if stat.S_ISREG(os.fstat(fd).st_mode):
+        return os.fdopen(fd, "rb")
+    os.close(fd)
+    return None
 
 
 def plain(value: Any) -> Any:

@@ -27,7 +27,6 @@ import logging
 import math
 import os
 import signal
-import stat
 import subprocess
 from typing import Any
 
@@ -46,7 +45,7 @@ from orchard.isolation import (
 )
 from orchard.naming import folder_in
 from orchard.objective import MAX_RESULTS_BYTES, Outcome, TrialEvaluator, interpret_result
-from orchard.report import RESULTS_ENV
+from orchard.report import RESULTS_ENV, open_regular
 from orchard.resources import format_bytes
 from orchard.trial import Trial
 from orchard.verdicts import ReportFollower, current_judge
@@ -244,10 +243,11 @@ def _read_results(path: str) -> Outcome:
         return Outcome.failure(type_, message, reason=reason)
 
     try:
-        with open(os.open(path, os.O_RDONLY | os.O_NONBLOCK), "rb") as handle:  # a pipe there must not block
-            if not stat.S_ISREG(os.fstat(handle.fileno()).st_mode):
-                return failure("unreadable", f"the results file {path} is not a regular file (a pipe, a link to a "
-                               "device); write the JSON into the file itself")
+        handle = open_regular(path)
+        if handle is None:
+            return failure("unreadable", f"the results file {path} is not a regular file (a pipe, a link to a "
+                           "device); write the JSON into the file itself")
+        with handle:
             data = handle.read(MAX_RESULTS_FILE_BYTES + 1)
         if len(data) > MAX_RESULTS_FILE_BYTES:
             return failure("unstorable", f"the results file {path} holds more than "

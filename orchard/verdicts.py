@@ -21,7 +21,6 @@ import contextvars
 import json
 import logging
 import os
-import stat
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
@@ -30,7 +29,7 @@ from typing import Any, BinaryIO
 from orchard.errors import InvalidReportError, OrchardError
 from orchard.objectives import minimized
 from orchard.pruners import BasePruner, NopPruner, Verdict
-from orchard.report import Reported, check_report, replace_file
+from orchard.report import Reported, check_report, open_regular, replace_file
 from orchard.storages.base import BaseStorage
 from orchard.trial import MAX_REPORTS_PER_TRIAL, ReportValue, Trial, TrialStatus
 
@@ -274,10 +273,9 @@ class ReportFollower:
         A script that makes it a link to ``/dev/zero`` or a FIFO would otherwise have its worker
         read without end, or block, when the trial ends; it is opened without blocking and not read.
         """
-        fd = os.open(self.report_path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0))
-        if stat.S_ISREG(os.fstat(fd).st_mode):
-            return os.fdopen(fd, "rb")
-        os.close(fd)
+        handle = open_regular(self.report_path)
+        if handle is not None:
+            return handle
         if not self._irregular:
             self._irregular = True
             log.warning("trial %s: %s is not a regular file (a link to a device, a FIFO?); its reports are not "
