@@ -183,7 +183,11 @@ def off_the_space(trial: Trial, space: Space, label: str) -> dict[str, Any] | No
 
 def budget_used(storage: BaseStorage, experiment_id: str) -> int:
     """Trials that used a unit of the budget: completed or pruned, not recorded apart from it."""
-    counts = storage.count_trials(experiment_id)
+    return _used(storage, experiment_id, storage.count_trials(experiment_id))
+
+
+def _used(storage: BaseStorage, experiment_id: str, counts: Mapping[TrialStatus, int]) -> int:
+    """:func:`budget_used` from counts already read (trials recorded apart are completed ones)."""
     done = counts[TrialStatus.COMPLETED] + counts[TrialStatus.PRUNED]
     return done - storage.count_unbudgeted(experiment_id) if done else 0
 
@@ -203,10 +207,7 @@ def budget_to_give(storage: BaseStorage, experiment_id: str, max_trials: int | N
     if max_trials is None:
         return None
     counts = storage.count_trials(experiment_id)
-    used = counts[TrialStatus.COMPLETED] + counts[TrialStatus.PRUNED]
-    if counts[TrialStatus.COMPLETED]:
-        used -= storage.count_unbudgeted(experiment_id)
-    return max(max_trials - used - counts[TrialStatus.RESERVED], 0)
+    return max(max_trials - _used(storage, experiment_id, counts) - counts[TrialStatus.RESERVED], 0)
 
 
 def warn_if_budget_met(storage: BaseStorage, experiment_id: str, name: str, max_trials: int | None) -> bool:
