@@ -32,6 +32,7 @@ from typing import Any
 
 from orchard.current import CurrentTrial, current_trial, evaluating
 from orchard.errors import ConfigurationError, Interrupted
+from orchard.forks import own_process
 from orchard.isolation import ForkedCall, Stopped, call_spawned, hold_group, kill_tree
 from orchard.report import TrialPruned, plain, reporting_to, shown
 from orchard.resources import format_bytes
@@ -337,7 +338,9 @@ def call_objective(
     """
     if timeout is None and memory_limit is None:
         try:
-            return interpret_result(fn(**params))
+            with own_process():  # a child the objective forked leaves here, not as a second worker
+                value = fn(**params)
+            return interpret_result(value)
         except TrialPruned:
             return Outcome.pruned_by_objective()
         except KeyboardInterrupt:
@@ -422,8 +425,9 @@ def _evaluate_for_parent(fn: Callable[..., Any], params: dict[str, Any],
     if reporting is not None:  # this child's reports go to the files its parent follows, not to the parent's judge
         os.environ.update(reporting)
     try:
-        with reporting_to(None):
-            return interpret_result(fn(**params))
+        with reporting_to(None), own_process():  # a grandchild leaves here: it sends no second frame
+            value = fn(**params)
+        return interpret_result(value)
     except TrialPruned:
         return Outcome.pruned_by_objective()
     except KeyboardInterrupt:

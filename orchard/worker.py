@@ -12,10 +12,9 @@ There is no master. :meth:`Worker.run` repeats three public steps::
     evaluate(trial)     while the pacemaker heartbeats (a lost reservation cancels it)
     finish(trial, o)    complete or fail it (a lost reservation's result is dropped/refused)
 
-``Experiment.suggest/observe/release`` (ask and tell) call the same steps.
-Every race is settled by an atomic storage verb; the loop itself keeps no
-state another worker depends on. What executors run is
-:func:`orchard.executors.task.run_worker`.
+``Experiment.suggest/observe/release`` (ask and tell) call the same steps. Every race is settled
+by an atomic storage verb; the loop itself keeps no state another worker depends on. What
+executors run is :func:`orchard.executors.task.run_worker`.
 """
 
 from __future__ import annotations
@@ -43,6 +42,7 @@ from orchard.errors import (
     WorkerStoppedError,
 )
 from orchard.experiment_config import WorkerSettings
+from orchard.forks import own_process
 from orchard.history import History
 from orchard.interruption import deferred
 from orchard.leases import LeaseObserver, give_back
@@ -193,8 +193,8 @@ class Worker:
 
     def _run_trial(self, trial: Trial) -> None:
         try:  # orchard.report() inside the evaluation comes to the judge; the heartbeat thread and the stop to it
-            with self.evaluation.running(trial), judging(self.judge, trial.id):
-                outcome = self.evaluate(trial)
+            with self.evaluation.running(trial), judging(self.judge, trial.id), own_process():
+                outcome = self.evaluate(trial)  # a copy it forked that returns leaves: it is no second worker
         except KeyboardInterrupt as err:
             interruption = self._given_back(trial, Interrupted.of(err))
             if interruption is err:

@@ -40,6 +40,7 @@ from typing import Any
 
 from orchard.errors import ConfigurationError, ExecutorError, OrchardError
 from orchard.executors.capacity import check_capacity, check_n_workers, counted_as
+from orchard.forks import end_children_at_exit
 from orchard.interruption import deferred, pool_handlers
 
 __all__ = ["EXECUTORS", "InlineExecutor", "is_dask_client", "make_executor", "outlasts_workon",
@@ -96,7 +97,11 @@ def _stop_when_orphaned(parent: int, initializer: Callable[..., object] | None, 
     experiment on as orphans (and the standard library's then wait for ever for work). The first SIGTERM
     stops a running worker loop as an interruption does (its trial is given back;
     copies are ignored while it does); one after the loop has ended ends the idle
-    process. Runs the user's own ``initializer`` after.
+    process. The multiprocessing children an objective left running end as the process exits
+    (:func:`~orchard.forks.end_children_at_exit`), not hold the pool's shutdown for ever; and in
+    a loky process, ``multiprocessing.Process`` starts processes with this platform's default
+    method again (loky's own, which loky sets there, fails with "'Process' object has no attribute 'env'").
+    Runs the user's own ``initializer`` after.
     """
     def watch() -> None:
         while os.getppid() == parent:
@@ -106,6 +111,9 @@ def _stop_when_orphaned(parent: int, initializer: Callable[..., object] | None, 
             time.sleep(ORPHAN_LOOK)
 
     pool_handlers()  # not the caller's, inherited through fork: each worker loop installs its own
+    end_children_at_exit()
+    if multiprocessing.get_start_method(allow_none=True) == "loky":  # loky's, which multiprocessing.Process cannot use
+        multiprocessing.set_start_method(None, force=True)  # the objective's processes start as they would at home
     if os.getppid() == parent:
         threading.Thread(target=watch, name="orchard-orphan-watch", daemon=True).start()
     if initializer is not None:

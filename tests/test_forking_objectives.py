@@ -1,0 +1,80 @@
+"""Objectives that fork: whatever their children do, ``workon`` ends, loses no trial and leaves no copy running.
+
+Each run is a process of its own (``python -m tests.fork_workloads``) in a session of its
+own, so that a hang is a timeout here and every process it left is found and killed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import signal
+import subprocess
+import sys
+
+import psutil
+import pytest
+
+from tests.fork_workloads import BUDGET
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+#: Seconds a run may take; each takes about 2 s.
+RUN_TIMEOUT = 40
+
+
+def _left_running(session: int) -> list[psutil.Process]:
+    """The processes of ``session`` still running (zombies waiting for a reaper are not)."""
+    left = []
+    for process in psutil.process_iter():
+        try:
+            if os.getsid(process.pid) == session and process.status() != psutil.STATUS_ZOMBIE:
+                left.append(process)
+        except (OSError, psutil.Error):
+            continue
+    return left
+
+
+def _run(tmp_path: pathlib.Path, behaviour: str, executor: str, n_workers: int) -> str:
+    """Run the workload; its stdout. Fails on a hang, a failure, or a process left running."""
+    storage = str(tmp_path / "orchard.pkl")
+    process = subprocess.Popen(
+        [sys.executable, "-m", "tests.fork_workloads", storage, behaviour, executor, str(n_workers)],
+        cwd=ROOT, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        start_new_session=True)
+    try:
+        out, err = process.communicate(timeout=RUN_TIMEOUT)
+    except subprocess.TimeoutExpired:
+        for left in _left_running(process.pid):
+            left.kill()
+        process.kill()
+        out, err = process.communicate()
+        pytest.fail(f"workon with an objective whose child {behaviour} hung for {RUN_TIMEOUT} s:\n{err[-3000:]}")
+    left = _left_running(process.pid)
+    for process_left in left:
+        process_left.kill()
+    assert process.returncode == 0, err[-3000:]
+    assert left == [], f"processes left running once the script ended: {[p.cmdline() for p in left]}"
+    return out
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(RUN_TIMEOUT + 20)
+@pytest.mark.parametrize("behaviour, executor, n_workers", [
+    ("returns", "process", 2), ("returns", "joblib", 2), ("returns", "single", 1), ("raises", "process", 2),
+])
+def test_a_forked_child_coming_out_of_the_objective_leaves_instead_of_running_as_a_second_worker(
+        tmp_path: pathlib.Path, behaviour: str, executor: str, n_workers: int) -> None:
+    out = _run(tmp_path, behaviour, executor, n_workers)
+    ends = [line for line in out.splitlines() if line.startswith("workon ended")]
+    assert len(ends) == 1, f"the rest of the user's script ran {len(ends)} times"
+    assert json.loads(ends[0].removeprefix("workon ended")) == {"completed": BUDGET}
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(RUN_TIMEOUT + 20)
+@pytest.mark.parametrize("behaviour, executor", [("never-joined", "process"), ("joined", "joblib")])
+def test_a_multiprocessing_child_of_the_objective_starts_and_never_holds_the_pool_shutdown(
+        tmp_path: pathlib.Path, behaviour: str, executor: str) -> None:
+    out = _run(tmp_path, behaviour, executor, 2)  # under joblib, multiprocessing.Process used loky's start method
+    assert out.startswith("workon ended") and json.loads(out.removeprefix("workon ended")) == {"completed": BUDGET}
