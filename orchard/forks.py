@@ -4,8 +4,8 @@ An objective may fork (``os.fork``, a ``multiprocessing.Process``, a data
 loader's workers). Two things the user's children could do would otherwise stall
 or corrupt the run, and this module stops both::
 
-    the user's code                          what Orchard does
-    ───────────────────────────────────────  ─────────────────────────────────────────────
+    the user's code                           what Orchard does
+    ────────────────────────────────────────  ─────────────────────────────────────────────
     a child of os.fork() returns (or raises)  :func:`own_process`: it leaves at once with
     out of the objective, into Orchard        ``os._exit`` (0 for a return, 1 for an
                                               exception, SystemExit's code), instead of running
@@ -20,8 +20,9 @@ or corrupt the run, and this module stops both::
                                               for ever, and the pool's shutdown with them)
 
 A child of ``os.fork`` that stays inside the objective (it sleeps, serves a data
-loader, ``os._exit``\\ s) is the user's: Orchard does not wait for it, and it
-keeps only what the objective's frame held (a flock Orchard takes is released
+loader, calls ``os._exit``) is the user's: Orchard does not wait for it. It starts
+with Python's default signal handlers, not the worker's (:mod:`orchard.interruption`),
+and keeps only what the objective's frame held (a flock Orchard takes is released
 explicitly by its holder, so an inherited descriptor does not keep it).
 """
 

@@ -74,6 +74,8 @@ _REPEAT = 0.5
 _REDELIVER = 0.01
 #: Whether an :func:`interruptible` block of the main thread handles :data:`STOP_SIGNAL` now.
 _stop_handled = False
+#: The signals an :func:`interruptible` block of the main thread handles now (default in a forked child).
+_handled: tuple[signal.Signals, ...] = ()
 #: How many :func:`deferred` blocks the main thread is in, and the interruption they hold back.
 _deferring = 0
 _pending: Interrupted | None = None
@@ -164,13 +166,14 @@ def interruptible() -> Iterator[None]:
         # handled in this hook, and dropped again): handled where the program goes on
         threading.Timer(_REDELIVER, os.kill, (os.getpid(), signum)).start()
 
-    global _stop_handled
+    global _stop_handled, _handled
     previous: dict[signal.Signals, Callable[[int, FrameType | None], Any] | int | None] = {}
     for signum, default in _defaults().items():
         if signal.getsignal(signum) in (default, _between_loops):
             previous[signum] = signal.signal(signum, on_signal)
     handles_stop = STOP_SIGNAL is not None and STOP_SIGNAL in previous
     _stop_handled |= handles_stop
+    outer, _handled = _handled, (*_handled, *previous)
     unraisable_before = sys.unraisablehook
     if previous:
         sys.unraisablehook = on_unraisable
@@ -182,6 +185,7 @@ def interruptible() -> Iterator[None]:
             sys.unraisablehook = unraisable_before
         for signum, handler in previous.items():
             signal.signal(signum, handler)
+        _handled = outer
         if handles_stop:
             _stop_handled = False
 
@@ -214,9 +218,19 @@ def deferred() -> Iterator[None]:
 
 
 def _forked() -> None:
-    """In a child forked inside a :func:`deferred` block (a pool's worker): nothing is deferred there."""
-    global _deferring, _pending
-    _deferring, _pending = 0, None
+    """In a child forked inside a :func:`deferred` block (a pool's worker): nothing is deferred there.
+
+    And one forked inside an :func:`interruptible` block (by the objective: a data loader's worker)
+    gets the default handlers back: a SIGTERM ends it as it would at home, not with an
+    :class:`Interrupted` raised in code that is no worker's.
+    """
+    global _deferring, _pending, _handled, _stop_handled
+    _deferring, _pending, _stop_handled = 0, None, False
+    defaults = _defaults()
+    for signum in _handled:
+        with contextlib.suppress(ValueError, OSError):  # forked from a thread other than the main one
+            signal.signal(signum, defaults[signum])
+    _handled = ()
 
 
 if hasattr(os, "register_at_fork"):

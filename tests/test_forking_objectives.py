@@ -9,13 +9,16 @@ from __future__ import annotations
 import json
 import os
 import pathlib
+import re
 import signal
 import subprocess
 import sys
+from collections.abc import Callable
 
 import psutil
 import pytest
 
+from orchard.forks import own_process
 from tests.fork_workloads import BUDGET
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
@@ -35,8 +38,8 @@ def _left_running(session: int) -> list[psutil.Process]:
     return left
 
 
-def _run(tmp_path: pathlib.Path, behaviour: str, executor: str, n_workers: int) -> str:
-    """Run the workload; its stdout. Fails on a hang, a failure, or a process left running."""
+def _run(tmp_path: pathlib.Path, behaviour: str, executor: str, n_workers: int) -> tuple[str, str]:
+    """Run the workload; its stdout and stderr. Fails on a hang, a failure, or a process left running."""
     storage = str(tmp_path / "orchard.pkl")
     process = subprocess.Popen(
         [sys.executable, "-m", "tests.fork_workloads", storage, behaviour, executor, str(n_workers)],
@@ -55,7 +58,7 @@ def _run(tmp_path: pathlib.Path, behaviour: str, executor: str, n_workers: int) 
         process_left.kill()
     assert process.returncode == 0, err[-3000:]
     assert left == [], f"processes left running once the script ended: {[p.cmdline() for p in left]}"
-    return out
+    return out, err
 
 
 @pytest.mark.slow
@@ -65,7 +68,7 @@ def _run(tmp_path: pathlib.Path, behaviour: str, executor: str, n_workers: int) 
 ])
 def test_a_forked_child_coming_out_of_the_objective_leaves_instead_of_running_as_a_second_worker(
         tmp_path: pathlib.Path, behaviour: str, executor: str, n_workers: int) -> None:
-    out = _run(tmp_path, behaviour, executor, n_workers)
+    out, _ = _run(tmp_path, behaviour, executor, n_workers)
     ends = [line for line in out.splitlines() if line.startswith("workon ended")]
     assert len(ends) == 1, f"the rest of the user's script ran {len(ends)} times"
     assert json.loads(ends[0].removeprefix("workon ended")) == {"completed": BUDGET}
@@ -76,5 +79,40 @@ def test_a_forked_child_coming_out_of_the_objective_leaves_instead_of_running_as
 @pytest.mark.parametrize("behaviour, executor", [("never-joined", "process"), ("joined", "joblib")])
 def test_a_multiprocessing_child_of_the_objective_starts_and_never_holds_the_pool_shutdown(
         tmp_path: pathlib.Path, behaviour: str, executor: str) -> None:
-    out = _run(tmp_path, behaviour, executor, 2)  # under joblib, multiprocessing.Process used loky's start method
+    out, err = _run(tmp_path, behaviour, executor, 2)  # under joblib, multiprocessing.Process used loky's start method
     assert out.startswith("workon ended") and json.loads(out.removeprefix("workon ended")) == {"completed": BUDGET}
+    assert "Interrupted" not in err, f"the stopped child raised the worker's interruption:\n{err[-2000:]}"
+    said = sum(int(count) for count in re.findall(r"the objective left (\d+) process\(es\) running", err))
+    assert said == (BUDGET if behaviour == "never-joined" else 0), "the workers did not say what they stopped"
+
+
+
+def _fork_inside(leaving: Callable[[], None]) -> int | None:
+    """Fork inside :func:`own_process`, the child doing ``leaving``; the child's exit code (``None`` in the child)."""
+    with own_process():
+        pid = os.fork()
+        if pid == 0:
+            leaving()
+    if pid == 0:  # only a child that got out of the block: own_process failed
+        os._exit(99)
+    _, status = os.waitpid(pid, 0)
+    return os.waitstatus_to_exitcode(status)
+
+
+def _raise(error: BaseException) -> Callable[[], None]:
+    def leaving() -> None:
+        raise error
+    return leaving
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize("leaving, code", [
+    (lambda: None, 0), (_raise(ValueError("child")), 1), (_raise(SystemExit(3)), 3), (_raise(SystemExit()), 0),
+    (_raise(KeyboardInterrupt()), 1),
+])
+def test_a_forked_copy_leaving_the_users_code_exits_as_a_main_that_returned_or_raised_would(
+        leaving: Callable[[], None], code: int) -> None:
+    assert _fork_inside(leaving) == code
+    with own_process():
+        pass  # this process itself goes on
