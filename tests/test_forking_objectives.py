@@ -64,7 +64,8 @@ def _run(tmp_path: pathlib.Path, behaviour: str, executor: str, n_workers: int) 
 @pytest.mark.slow
 @pytest.mark.timeout(RUN_TIMEOUT + 20)
 @pytest.mark.parametrize("behaviour, executor, n_workers", [
-    ("returns", "process", 2), ("returns", "joblib", 2), ("returns", "single", 1), ("raises", "process", 2),
+    ("returns", "process", 2), ("returns", "joblib", 2), ("returns", "thread", 2), ("returns", "single", 1),
+    ("raises", "process", 2),
 ])
 def test_a_forked_child_coming_out_of_the_objective_leaves_instead_of_running_as_a_second_worker(
         tmp_path: pathlib.Path, behaviour: str, executor: str, n_workers: int) -> None:
