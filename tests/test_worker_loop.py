@@ -656,3 +656,32 @@ def test_a_second_ctrl_c_as_a_stopping_loop_reads_what_it_holds_waits_for_the_re
     assert storage.sent
     (trial,) = storage.fetch_trials(exp_id)
     assert trial.status is TrialStatus.INTERRUPTED and stopped.value.released == [trial.id]
+
+
+@pytest.mark.skipif(signal.getsignal(signal.SIGINT) is not signal.default_int_handler,
+                    reason="SIGINT has a handler already")
+@pytest.mark.parametrize("moment", ["joining its heartbeat thread", "closing its storage"])
+def test_a_second_ctrl_c_as_a_stopped_worker_ends_still_reports_the_trial_it_released(
+        storage, exp_id, monkeypatch, moment: str) -> None:
+    """The first Ctrl-C stops the evaluation and the trial is released; a second one landing while the loop ends
+    raised a new interruption in place of the one that said so: workon counted "1 of 1 released" for 2."""
+    def second_ctrl_c(close):
+        def closing(*args, **kwargs):
+            os.kill(os.getpid(), signal.SIGINT)  # handled in the main thread before the close starts
+            return close(*args, **kwargs)
+        return closing
+
+    def objective(x: float) -> float:
+        os.kill(os.getpid(), signal.SIGINT)  # the first Ctrl-C, during the evaluation
+        return x
+
+    if moment == "joining its heartbeat thread":
+        monkeypatch.setattr(Pacemaker, "close", second_ctrl_c(Pacemaker.close))
+        monkeypatch.setattr(storage, "close", lambda: None)  # run_worker closes the storage the test reads
+    else:
+        monkeypatch.setattr(storage, "close", second_ctrl_c(lambda: None))
+    with pytest.raises(Interrupted) as caught:
+        run_worker(WorkerTask(storage, exp_id, settings(), objective))
+    (trial,) = storage.fetch_trials(exp_id)
+    assert trial.status is TrialStatus.INTERRUPTED
+    assert caught.value.released == [trial.id] and caught.value.kept == []
