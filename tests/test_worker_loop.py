@@ -617,8 +617,8 @@ class _SecondCtrlCAsTheReleaseLands(MemoryStorage):
         return released
 
 
-def test_a_second_ctrl_c_cutting_the_release_short_still_reports_the_trial_released() -> None:
-    storage = _SecondCtrlCAsTheReleaseLands()
+def _stopped_by_a_ctrl_c_in_the_first_trial(storage: MemoryStorage) -> tuple[str, Interrupted]:
+    """The experiment a worker ran on ``storage`` until its first trial got Ctrl-C, and how it stopped."""
     exp_id = storage.create_experiment("e", {"space": SPACE.config()})
 
     def first_ctrl_c(x: float) -> float:
@@ -626,10 +626,16 @@ def test_a_second_ctrl_c_cutting_the_release_short_still_reports_the_trial_relea
 
     with pytest.raises(Interrupted) as stopped:
         run_worker(WorkerTask(storage, exp_id, settings(), first_ctrl_c))
+    return exp_id, stopped.value
+
+
+def test_a_second_ctrl_c_cutting_the_release_short_still_reports_the_trial_released() -> None:
+    storage = _SecondCtrlCAsTheReleaseLands()
+    exp_id, stopped = _stopped_by_a_ctrl_c_in_the_first_trial(storage)
     (trial,) = storage.fetch_trials(exp_id)
     assert trial.status is TrialStatus.INTERRUPTED
-    assert stopped.value.released == [trial.id] and not stopped.value.kept
-    assert str(stopped.value).startswith("1 of 1 running trial(s) released")
+    assert stopped.released == [trial.id] and not stopped.kept
+    assert str(stopped).startswith("1 of 1 running trial(s) released")
 
 
 class _SecondCtrlCAsTheLoopLooksForWhatItHolds(MemoryStorage):
@@ -646,16 +652,10 @@ class _SecondCtrlCAsTheLoopLooksForWhatItHolds(MemoryStorage):
 
 def test_a_second_ctrl_c_as_a_stopping_loop_reads_what_it_holds_waits_for_the_read() -> None:
     storage = _SecondCtrlCAsTheLoopLooksForWhatItHolds()
-    exp_id = storage.create_experiment("e", {"space": SPACE.config()})
-
-    def first_ctrl_c(x: float) -> float:
-        raise KeyboardInterrupt
-
-    with pytest.raises(Interrupted) as stopped:
-        run_worker(WorkerTask(storage, exp_id, settings(), first_ctrl_c))
+    exp_id, stopped = _stopped_by_a_ctrl_c_in_the_first_trial(storage)
     assert storage.sent
     (trial,) = storage.fetch_trials(exp_id)
-    assert trial.status is TrialStatus.INTERRUPTED and stopped.value.released == [trial.id]
+    assert trial.status is TrialStatus.INTERRUPTED and stopped.released == [trial.id]
 
 
 @pytest.mark.skipif(signal.getsignal(signal.SIGINT) is not signal.default_int_handler,
