@@ -10,7 +10,10 @@ A callback that raises stops the run: the monitor calls no callback after it,
 interrupts the main thread (whose ``workon`` stops its workers and releases
 their running trials, as for Ctrl-C) and raises the callback's exception when
 its block ends. Every finished trial is already stored; nothing is lost but
-the calls not made.
+the calls not made. A run that ended on its own before the callback raised
+(its budget met, ``max_broken`` trials broken before the monitor's look) has
+nothing left to stop: the exception is raised alone, no
+:class:`~orchard.errors.Interrupted` behind it.
 """
 
 from __future__ import annotations
