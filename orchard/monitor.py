@@ -118,7 +118,11 @@ class ProgressMonitor:
                 pass
             if self.failure is not None:
                 with self._lock:  # not once the run is ending: the exception is raised on exit anyway
-                    self._interrupted = not self._stop.is_set() and interrupt_main()
+                    # marked before the signal goes: a main thread waiting for this lock in _close may handle
+                    # it before interrupt_main returns, and must know it as ours (else it escapes workon)
+                    self._interrupted = not self._stop.is_set()
+                    if self._interrupted:
+                        self._interrupted = interrupt_main()
                 then = ("interrupting the run as Ctrl-C would; it is raised once the workers stopped"
                         if self._interrupted else "no callback is called again; it is raised when the run ends")
                 trial = self._failed_on
