@@ -495,6 +495,59 @@ def test_progress_monitor_reports_each_trial_finished_while_it_runs_once(storage
     assert [t.id for t in completed] == [good.id] and [t.id for t in broken] == [bad.id]
 
 
+def _poll(condition, timeout: float = 10.0) -> None:
+    import time
+
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "the main thread never got there"
+        time.sleep(0.001)
+
+
+def test_a_raising_callback_whose_interruption_lands_as_the_run_ends_still_raises_its_error(
+        storage, exp_id, monkeypatch) -> None:
+    """The monitor interrupts the main thread while holding the lock the main thread's ``_close`` waits for:
+    the main thread may handle the signal before ``interrupt_main`` has returned. That interruption is the
+    monitor's own, so the callback's exception reaches the caller, not an ``Interrupted`` of nothing."""
+    import sys
+
+    from orchard import monitor as monitoring
+    from orchard.interruption import interrupt_main, interruptible
+    from orchard.monitor import TICK, ProgressMonitor
+
+    main = threading.main_thread()
+
+    def closing():  # the frame of ProgressMonitor._close the main thread runs, if any
+        frame = sys._current_frames().get(main.ident)
+        while frame is not None and frame.f_code is not ProgressMonitor._close.__code__:
+            frame = frame.f_back
+        return frame
+
+    interrupting = threading.Event()
+
+    def interrupt_as_the_run_ends() -> bool:
+        interrupting.set()  # the body ends now
+        _poll(lambda: closing() is not None)  # and _close waits for the lock held here
+        waiting = closing()
+        sent = interrupt_main()
+        _poll(lambda: closing() is not waiting)  # the main thread handled the signal before the answer
+        return sent
+
+    def on_error(trial: Trial) -> None:
+        raise ValueError("callback bug")
+
+    monkeypatch.setattr(monitoring, "interrupt_main", interrupt_as_the_run_ends)
+    clock = ManualClock()
+    monitor = ProgressMonitor(storage, exp_id, "e", 5, on_error=on_error, clock=clock)
+    with pytest.raises(BaseException) as caught, interruptible(), monitor:  # an Interrupted: not pytest's Ctrl-C
+        bad = storage.register_trial(exp_id, {"x": 0.3}, worker="w")
+        storage.fail_trial(bad.id, "w", {"type": "ValueError", "message": "boom"})
+        clock.settle(1)
+        clock.advance(TICK)  # the monitor looks, its callback raises
+        assert interrupting.wait(10)  # the run ends as the monitor interrupts it
+    assert caught.type is ValueError, caught.value
+
+
 @pytest.mark.skipif(signal.getsignal(signal.SIGTERM) != signal.SIG_DFL, reason="SIGTERM has a handler already")
 @pytest.mark.parametrize("verb", ["register_trial", "complete_trial"])
 def test_sigterm_while_a_worker_writes_to_the_storage_leaves_no_trial_reserved_and_keeps_the_result(
