@@ -10,7 +10,10 @@ A callback that raises stops the run: the monitor calls no callback after it,
 interrupts the main thread (whose ``workon`` stops its workers and releases
 their running trials, as for Ctrl-C) and raises the callback's exception when
 its block ends. Every finished trial is already stored; nothing is lost but
-the calls not made.
+the calls not made. A run that ended on its own before the callback raised
+(its budget met, ``max_broken`` trials broken before the monitor's look) has
+nothing left to stop: the exception is raised alone, no
+:class:`~orchard.errors.Interrupted` behind it.
 """
 
 from __future__ import annotations
@@ -115,7 +118,11 @@ class ProgressMonitor:
                 pass
             if self.failure is not None:
                 with self._lock:  # not once the run is ending: the exception is raised on exit anyway
-                    self._interrupted = not self._stop.is_set() and interrupt_main()
+                    # marked before the signal goes: a main thread waiting for this lock in _close may handle
+                    # it before interrupt_main returns, and must know it as ours (else it escapes workon)
+                    self._interrupted = not self._stop.is_set()
+                    if self._interrupted:
+                        self._interrupted = interrupt_main()
                 then = ("interrupting the run as Ctrl-C would; it is raised once the workers stopped"
                         if self._interrupted else "no callback is called again; it is raised when the run ends")
                 trial = self._failed_on

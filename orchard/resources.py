@@ -104,7 +104,7 @@ def parse_gpus(value: str | int | Sequence[int | str] | None) -> list[str] | Non
         The device ids as strings (``CUDA_VISIBLE_DEVICES`` entries), or ``None``.
 
     Raises:
-        ConfigurationError: an empty list, or an entry with a comma or a space.
+        ConfigurationError: an empty list, an entry with a comma or a space, or a device listed twice.
     """
     if value is None:
         return None
@@ -121,6 +121,13 @@ def parse_gpus(value: str | int | Sequence[int | str] | None) -> list[str] | Non
     if not devices or any(not d or "," in d or " " in d for d in devices):
         raise ConfigurationError(
             f"gpus {value!r} is not a list of device ids; give e.g. gpus=[0, 1] or --gpus 0,1"
+        )
+    twice = next((d for at, d in enumerate(devices) if d in devices[:at]), None)
+    if twice is not None:  # round-robin already shares devices among more workers: a repeat is a typo
+        once = ",".join(dict.fromkeys(devices))
+        raise ConfigurationError(
+            f"gpus {value!r} names device {twice} twice; list each device once, e.g. gpus=[{once.replace(',', ', ')}] "
+            f"or --gpus {once} (workers beyond the devices share them round-robin)"
         )
     return devices
 

@@ -91,6 +91,7 @@ class WorkerReport:
     pruned: int = 0
     lost: int = 0
     reason: StopReason | None = None
+    released: list[str] = dataclasses.field(default_factory=list)  # trials it gave back when interrupted
 
 
 class Worker:
@@ -127,18 +128,9 @@ class Worker:
             thread runs to its end and is recorded.
     """
 
-    def __init__(
-        self,
-        storage: BaseStorage,
-        experiment_id: str,
-        settings: WorkerSettings,
-        evaluate: Evaluator,
-        name: str | None = None,
-        on_outcome: Callable[[Trial, Outcome], None] | None = None,
-        label: str | None = None,
-        clock: Clock = SYSTEM_CLOCK,
-        stop: threading.Event | None = None,
-    ) -> None:
+    def __init__(self, storage: BaseStorage, experiment_id: str, settings: WorkerSettings, evaluate: Evaluator,
+                 name: str | None = None, on_outcome: Callable[[Trial, Outcome], None] | None = None,
+                 label: str | None = None, clock: Clock = SYSTEM_CLOCK, stop: threading.Event | None = None) -> None:
         self.storage = RetryingStorage(storage, patience=max(settings.storage_patience, settings.stale_after))
         storage = self.storage
         self.experiment_id = experiment_id
@@ -492,6 +484,7 @@ class Worker:
             interruption, released, kept = Interrupted.of(late), [], [trial.id]
         interruption.released += released
         interruption.kept += kept
+        self.report.released += released
         return interruption
 
     def _release_quietly(self, trial: Trial, unretried: BaseStorage | None = None) -> tuple[list[str], list[str]]:

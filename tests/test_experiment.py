@@ -147,6 +147,25 @@ def test_a_callback_that_raises_stops_the_run_and_its_error_reaches_the_caller(s
     assert not [t for t in trials if t.status is TrialStatus.RESERVED]  # the running trial was given back
 
 
+def test_a_callback_raising_after_the_run_ended_on_its_own_reaches_the_caller_uninterrupted(store, monkeypatch) -> None:
+    """The run ends (max_broken) before the monitor looks: its last look, as workon ends, calls the callback.
+
+    Nothing is left to stop, so nothing is interrupted: workon raises the callback's exception, with no
+    Interrupted behind it claiming a stop. (Objectives that break at once reach max_broken in well under
+    a look's 0.5 s; the look is pushed back here so that it always does.)"""
+    from orchard import monitor
+
+    monkeypatch.setattr(monitor, "TICK", 3600.0)
+    exp = build(store, max_trials=40, max_broken=3)
+    calls: list[str] = []
+    with pytest.raises(ValueError, match="callback bug") as caught:
+        exp.workon(workloads.always_raises, executor="single", progress=False, on_error=_raises_on_second_call(calls))
+    assert not isinstance(caught.value.__context__, orchard.Interrupted)
+    assert len(calls) == 2  # no callback after the one that raised
+    assert exp.storage.count_trials(exp.id)[TrialStatus.BROKEN] == 3
+    assert not exp.fetch_trials([TrialStatus.RESERVED])
+
+
 def test_trial_timeout_breaks_with_reason(store) -> None:
     exp = build(store, max_trials=1, max_broken=1)
     with pytest.raises(ExperimentBrokenError, match="timeout"):

@@ -3,6 +3,7 @@ URIs with typos, and what the dashboard shows of them."""
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import uuid
 from typing import Any
@@ -391,3 +392,34 @@ def test_json_output_is_standard_json_when_a_stored_result_is_not_finite(
         json.loads(capsys.readouterr().out, parse_constant=lambda constant: pytest.fail(f"{argv}: {constant}"))
     assert main(["info", "--storage", store, "--json", "-n", "e", "--trial", trial.id]) == 0
     assert json.loads(capsys.readouterr().out)["trial"]["results"] == {"acc": None, "big": None}
+
+
+def test_db_load_reads_a_bounded_amount_of_a_file_given_by_mistake(
+        tmp_path: Any, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    """db load /dev/zero, a FIFO fed without end or stdin read whole: the memory filled until the machine's ran out."""
+    import os
+    import threading
+
+    from orchard.cli import _dumps, main
+
+    store = str(tmp_path / "o.pkl")
+    monkeypatch.setattr(_dumps, "MAX_DUMP_BYTES", 1000, raising=False)
+    huge = tmp_path / "huge.json"
+    with huge.open("wb") as handle:  # sparse: refused by its size, unread
+        handle.truncate(10**12)
+    fifo = str(tmp_path / "fifo")
+    os.mkfifo(fifo)
+
+    def feed() -> None:
+        with open(fifo, "wb") as writer, contextlib.suppress(BrokenPipeError):
+            while True:
+                writer.write(b" " * 65536)
+
+    threading.Thread(target=feed, daemon=True).start()
+    with open("/dev/zero") as zeros:
+        monkeypatch.setattr("sys.stdin", zeros)
+        for path in ("/dev/zero", str(huge), fifo, "-"):
+            assert main(["db", "load", "--storage", store, path]) == 2
+            (line,) = capsys.readouterr().err.strip().splitlines()
+            assert f"dump {path} holds more than 1 KB" in line and "is it the right file?" in line, line
+    assert not os.path.exists(store)  # nothing was loaded, no storage created

@@ -9,10 +9,14 @@ between spawned processes.
 from __future__ import annotations
 
 import datetime
+import gc
 import multiprocessing
 import pickle
+import subprocess
+import sys
 import time
 import uuid
+import warnings
 from collections import Counter
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -670,6 +674,29 @@ def test_a_forked_child_reconnects_with_its_own_client(wire: MongoStorage) -> No
     child.join(30)
     assert child.exitcode == 0
     assert wire.count_trials(exp)[TrialStatus.NEW] == 1  # the parent's client still works
+
+
+@pytest.mark.slow
+def test_an_ask_and_tell_script_ends_without_a_warning_of_an_unclosed_client(wire_uri: str, tmp_path: Any) -> None:
+    """Every script on MongoDB ended with "Exception ignored in MongoClient.__del__ ... ResourceWarning: Unclosed
+    MongoClient" (python -X dev, -W error::ResourceWarning, or a test runner showing warnings): no one closed it."""
+    script = tmp_path / "ask.py"
+    script.write_text(
+        "import orchard\n"
+        f"exp = orchard.build_experiment('ask', space={{'x': 'uniform(0, 1)'}}, storage={wire_uri!r})\n"
+        "exp.observe(exp.suggest(), 0.5)\n"
+        "kept = exp.suggest()  # never observed: given back at exit, before the client is closed\n")
+    done = subprocess.run([sys.executable, "-X", "dev", "-W", "error::ResourceWarning", str(script)],
+                          capture_output=True, text=True, timeout=60, check=False)
+    assert done.returncode == 0 and done.stderr.startswith("gave back 1 trial(s)"), done.stderr
+    assert len(done.stderr.splitlines()) == 1, done.stderr
+    dropped = MongoStorage(wire_uri)
+    dropped.list_experiments()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        del dropped
+        gc.collect()
+    assert [str(w.message) for w in caught] == []
 
 
 @pytest.mark.slow

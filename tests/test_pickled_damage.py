@@ -109,6 +109,22 @@ def test_a_file_cut_short_under_a_reader_keeps_what_remains(tmp_path: Path, capl
     assert added.id in _by_id(storage.fetch_trials(exp_id)) and storage.check().clean
 
 
+def _skipped_between_two_trials(path: Path, odd_id: str, field: str, value: object) -> tuple[PickledStorage, str]:
+    """Append a trial record whose ``field`` is ``value`` between two good trials, and check that a fresh
+    reader and the writer both skip it; return the writer and the experiment's id."""
+    storage = PickledStorage(path)
+    exp_id = storage.create_experiment("exp", {})
+    kept = storage.register_trial(exp_id, {"x": 1.0})
+    odd = Trial(id=odd_id, experiment=exp_id, params={"x": 2.0}).to_dict()
+    odd[field] = value
+    with path.open("ab") as f:
+        f.write(_frame(pickle.dumps([{"op": "trial", "trial": odd}], protocol=5)))
+    after = storage.register_trial(exp_id, {"x": 3.0})  # a frame after it, so it is not a torn tail
+    for reader in (PickledStorage(path), storage):
+        assert [t.id for t in reader.fetch_trials(exp_id)] == [kept.id, after.id]
+    return storage, exp_id
+
+
 def _nested_shared_lists(depth: int) -> list[object]:
     """``depth`` levels of a list holding its child twice: tiny as a pickle, 2**depth leaves when walked."""
     node: list[object] = [0]
@@ -122,19 +138,9 @@ def _nested_shared_lists(depth: int) -> list[object]:
 def test_a_tiny_frame_of_nested_shared_lists_is_a_damaged_record(
     tmp_path: Path, where: str, caplog: pytest.LogCaptureFixture
 ) -> None:
-    path = tmp_path / "orchard.pkl"
-    storage = PickledStorage(path)
-    exp_id = storage.create_experiment("exp", {})
-    kept = storage.register_trial(exp_id, {"x": 1.0})
-    bomb = Trial(id="b" * 32, experiment=exp_id, params={"x": 2.0}).to_dict()
-    bomb[where] = {"x": _nested_shared_lists(100)}
-    frame = _frame(pickle.dumps([{"op": "trial", "trial": bomb}], protocol=5))
-    assert len(frame) < 1000
-    with path.open("ab") as f:
-        f.write(frame)
-    after = storage.register_trial(exp_id, {"x": 3.0})  # a frame after it, so it is not a torn tail
-    for reader in (PickledStorage(path), storage):
-        assert [t.id for t in reader.fetch_trials(exp_id)] == [kept.id, after.id]
+    bomb = {"x": _nested_shared_lists(100)}
+    assert len(pickle.dumps(bomb, protocol=5)) < 1000
+    storage, exp_id = _skipped_between_two_trials(tmp_path / "orchard.pkl", "b" * 32, where, bomb)
     assert "not Orchard's records" in caplog.text
     assert storage.get_trial("b" * 32) is None
     assert [t.status for t in storage.fetch_trials(exp_id)] == [TrialStatus.NEW, TrialStatus.NEW]
@@ -265,17 +271,7 @@ def test_a_trial_whose_status_is_a_list_or_a_dict_is_a_damaged_record(
     tmp_path: Path, status: object, caplog: pytest.LogCaptureFixture
 ) -> None:
     """An unhashable status is named like any unknown one; it made every reader fail with TypeError."""
-    path = tmp_path / "orchard.pkl"
-    storage = PickledStorage(path)
-    exp_id = storage.create_experiment("exp", {})
-    kept = storage.register_trial(exp_id, {"x": 1.0})
-    odd = Trial(id="s" * 32, experiment=exp_id, params={"x": 2.0}).to_dict()
-    odd["status"] = status
-    with path.open("ab") as f:
-        f.write(_frame(pickle.dumps([{"op": "trial", "trial": odd}], protocol=5)))
-    after = storage.register_trial(exp_id, {"x": 3.0})  # a frame after it, so it is not a torn tail
-    for reader in (PickledStorage(path), storage):
-        assert [t.id for t in reader.fetch_trials(exp_id)] == [kept.id, after.id]
+    _skipped_between_two_trials(tmp_path / "orchard.pkl", "s" * 32, "status", status)
     assert "unknown trial status" in caplog.text
 
 

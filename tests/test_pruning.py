@@ -11,7 +11,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import pytest
 
@@ -251,18 +251,34 @@ def test_a_garbage_line_in_the_report_file_is_skipped_with_a_warning(
     assert json.loads(Path(verdict).read_text()) == {"step": 4, "prune": False}
 
 
+class _Followed(NamedTuple):
+    exp: Any
+    trial_id: str
+    reports: Path
+    verdict: Path
+    follower: Any  # orchard.verdicts.ReportFollower, imported where used
+
+
+def _followed(tmp_path: Path, name: str) -> _Followed:
+    """A suggested trial of a new one-trial experiment, its report and verdict files prepared, and the
+    follower (entered by the test) that stores the trial's reports and writes its verdicts."""
+    from orchard.verdicts import ReportFollower
+
+    exp = orchard.build_experiment(name, space=SPACE, max_trials=1, storage="memory://")
+    trial = exp.suggest()
+    reports, verdict = tmp_path / "r.jsonl", tmp_path / "v.json"
+    ReportFollower.prepare(str(reports), str(verdict))
+    follower = ReportFollower(exp._client_worker().judge, trial.id, str(reports), str(verdict),
+                              stop=lambda: None, grace=1.0)
+    return _Followed(exp, trial.id, reports, verdict, follower)
+
+
 @pytest.mark.parametrize("cleanup", ["deleted", "replaced", "truncated"])
 def test_a_report_file_the_script_deletes_or_replaces_loses_no_report(
         cleanup: str, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     """A script cleaning its folder mid-training lost the next reports and waited 30 s for each verdict."""
-    from orchard.verdicts import ReportFollower
-
-    exp = orchard.build_experiment("p-cleanup", space=SPACE, max_trials=1, storage="memory://")
-    trial = exp.suggest()
-    reports, verdict = tmp_path / "r.jsonl", tmp_path / "v.json"
-    ReportFollower.prepare(str(reports), str(verdict))
-    with caplog.at_level(logging.WARNING), ReportFollower(exp._client_worker().judge, trial.id, str(reports),
-                                                          str(verdict), stop=lambda: None, grace=1.0):
+    exp, trial_id, reports, verdict, follower = _followed(tmp_path, "p-cleanup")
+    with caplog.at_level(logging.WARNING), follower:
         with open(reports, "a") as handle:
             handle.write('{"step": 1, "objective": 0.5}\n{"step": 2, "objective": 0.4}\n')
         while cleanup == "truncated" and _verdict_step(verdict) != 2:  # truncation destroys what is unread
@@ -274,7 +290,7 @@ def test_a_report_file_the_script_deletes_or_replaces_loses_no_report(
             os.replace(tmp_path / "other", reports)
         with open(reports, "w" if cleanup == "truncated" else "a") as handle:
             handle.write('{"step": 3, "objective": 0.3}\n')
-    stored = exp.storage.get_trial(trial.id)
+    stored = exp.storage.get_trial(trial_id)
     assert stored is not None and stored.reports == [(1, 0.5), (2, 0.4), (3, 0.3)]
     assert json.loads(verdict.read_text()) == {"step": 3, "prune": False}
 
@@ -284,15 +300,9 @@ def test_a_report_file_the_script_deletes_or_replaces_loses_no_report(
 def test_a_report_file_the_script_makes_no_regular_file_is_not_read(
         odd: str, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     """A link to /dev/zero was read without end when the trial ended (its worker hung); a FIFO blocked it."""
-    from orchard.verdicts import ReportFollower
-
-    exp = orchard.build_experiment("p-odd", space=SPACE, max_trials=1, storage="memory://")
-    trial = exp.suggest()
-    reports, verdict = tmp_path / "r.jsonl", tmp_path / "v.json"
-    ReportFollower.prepare(str(reports), str(verdict))
+    exp, trial_id, reports, verdict, follower = _followed(tmp_path, "p-odd")
     started = time.monotonic()
-    with caplog.at_level(logging.WARNING), ReportFollower(exp._client_worker().judge, trial.id, str(reports),
-                                                          str(verdict), stop=lambda: None, grace=1.0):
+    with caplog.at_level(logging.WARNING), follower:
         with open(reports, "a") as handle:
             handle.write('{"step": 1, "objective": 0.5}\n')
         while _verdict_step(verdict) != 1:
@@ -304,7 +314,7 @@ def test_a_report_file_the_script_makes_no_regular_file_is_not_read(
             reports.symlink_to("/dev/zero")
         time.sleep(0.3)  # the follower looks every FOLLOW_INTERVAL: let it meet the odd file while it runs
     assert time.monotonic() - started < 10
-    stored = exp.storage.get_trial(trial.id)
+    stored = exp.storage.get_trial(trial_id)
     assert stored is not None and stored.reports == [(1, 0.5)]
     assert sum("is not a regular file" in r.message for r in caplog.records) == 1
 
@@ -313,15 +323,8 @@ def test_an_overlong_report_line_is_skipped_unread(tmp_path: Path, caplog: pytes
     """A child writing 400 MB without a newline took its worker to 900 MB (10 GB would kill it)."""
     import tracemalloc
 
-    from orchard.verdicts import ReportFollower
-
     limit = 1 << 20  # orchard.verdicts.MAX_REPORT_LINE
-    exp = orchard.build_experiment("p-long", space=SPACE, max_trials=1, storage="memory://")
-    trial = exp.suggest()
-    reports, verdict = tmp_path / "r.jsonl", tmp_path / "v.json"
-    ReportFollower.prepare(str(reports), str(verdict))
-    follower = ReportFollower(exp._client_worker().judge, trial.id, str(reports), str(verdict),
-                              stop=lambda: None, grace=1.0)
+    exp, trial_id, reports, _, follower = _followed(tmp_path, "p-long")
     piece, rest = b"1," * limit, b'1]\n{"step": 1, "objective": 0.5}\n' + b"x" * (limit + 1)
     tracemalloc.start()  # after making the pieces written: what is measured is the follower's
     try:
@@ -336,7 +339,7 @@ def test_an_overlong_report_line_is_skipped_unread(tmp_path: Path, caplog: pytes
         peak = max(peak_before_exit, tracemalloc.get_traced_memory()[1])
     finally:
         tracemalloc.stop()
-    stored = exp.storage.get_trial(trial.id)
+    stored = exp.storage.get_trial(trial_id)
     assert stored is not None and stored.reports == [(1, 0.5), (2, 0.4)]
     assert follower.skipped == 2 and sum("longer than" in r.message for r in caplog.records) == 2
     assert peak < 8 * limit  # a line is never held whole (4.2 MB here; 21 MB when it was read whole)

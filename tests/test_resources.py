@@ -62,6 +62,17 @@ def _refused_hunt(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytes
     return lines[0]
 
 
+def test_a_device_listed_twice_is_refused_naming_the_option(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """--gpus 0,1,0 dealt device 0 to more workers than 1, and --gpus 0,0 --gpus-per-worker 2 gave one device as two."""
+    line = _refused_hunt(tmp_path, monkeypatch, capsys, "--gpus", "0,1,0", "--n-workers", "2")
+    assert line.endswith("gpus '0,1,0' names device 0 twice; list each device once, e.g. gpus=[0, 1] or --gpus 0,1 "
+                         "(workers beyond the devices share them round-robin)"), line
+    with pytest.raises(ConfigurationError, match=r"gpus \[3, '3'\] names device 3 twice"):
+        parse_gpus([3, "3"])
+
+
 def test_devices_are_dealt_round_robin() -> None:
     assert assign_devices(parse_gpus([0, 1]), 1, 4) == ["0", "1", "0", "1"]
     assert assign_devices(parse_gpus("0,1,2,3"), 2, 2) == ["0,1", "2,3"]

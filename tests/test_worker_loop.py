@@ -495,6 +495,59 @@ def test_progress_monitor_reports_each_trial_finished_while_it_runs_once(storage
     assert [t.id for t in completed] == [good.id] and [t.id for t in broken] == [bad.id]
 
 
+def _poll(condition, timeout: float = 10.0) -> None:
+    import time
+
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "the main thread never got there"
+        time.sleep(0.001)
+
+
+def test_a_raising_callback_whose_interruption_lands_as_the_run_ends_still_raises_its_error(
+        storage, exp_id, monkeypatch) -> None:
+    """The monitor interrupts the main thread while holding the lock the main thread's ``_close`` waits for:
+    the main thread may handle the signal before ``interrupt_main`` has returned. That interruption is the
+    monitor's own, so the callback's exception reaches the caller, not an ``Interrupted`` of nothing."""
+    import sys
+
+    from orchard import monitor as monitoring
+    from orchard.interruption import interrupt_main, interruptible
+    from orchard.monitor import TICK, ProgressMonitor
+
+    main = threading.main_thread()
+
+    def closing():  # the frame of ProgressMonitor._close the main thread runs, if any
+        frame = sys._current_frames().get(main.ident)
+        while frame is not None and frame.f_code is not ProgressMonitor._close.__code__:
+            frame = frame.f_back
+        return frame
+
+    interrupting = threading.Event()
+
+    def interrupt_as_the_run_ends() -> bool:
+        interrupting.set()  # the body ends now
+        _poll(lambda: closing() is not None)  # and _close waits for the lock held here
+        waiting = closing()
+        sent = interrupt_main()
+        _poll(lambda: closing() is not waiting)  # the main thread handled the signal before the answer
+        return sent
+
+    def on_error(trial: Trial) -> None:
+        raise ValueError("callback bug")
+
+    monkeypatch.setattr(monitoring, "interrupt_main", interrupt_as_the_run_ends)
+    clock = ManualClock()
+    monitor = ProgressMonitor(storage, exp_id, "e", 5, on_error=on_error, clock=clock)
+    with pytest.raises(BaseException) as caught, interruptible(), monitor:  # an Interrupted: not pytest's Ctrl-C
+        bad = storage.register_trial(exp_id, {"x": 0.3}, worker="w")
+        storage.fail_trial(bad.id, "w", {"type": "ValueError", "message": "boom"})
+        clock.settle(1)
+        clock.advance(TICK)  # the monitor looks, its callback raises
+        assert interrupting.wait(10)  # the run ends as the monitor interrupts it
+    assert caught.type is ValueError, caught.value
+
+
 @pytest.mark.skipif(signal.getsignal(signal.SIGTERM) != signal.SIG_DFL, reason="SIGTERM has a handler already")
 @pytest.mark.parametrize("verb", ["register_trial", "complete_trial"])
 def test_sigterm_while_a_worker_writes_to_the_storage_leaves_no_trial_reserved_and_keeps_the_result(
@@ -617,8 +670,8 @@ class _SecondCtrlCAsTheReleaseLands(MemoryStorage):
         return released
 
 
-def test_a_second_ctrl_c_cutting_the_release_short_still_reports_the_trial_released() -> None:
-    storage = _SecondCtrlCAsTheReleaseLands()
+def _stopped_by_a_ctrl_c_in_the_first_trial(storage: MemoryStorage) -> tuple[str, Interrupted]:
+    """The experiment a worker ran on ``storage`` until its first trial got Ctrl-C, and how it stopped."""
     exp_id = storage.create_experiment("e", {"space": SPACE.config()})
 
     def first_ctrl_c(x: float) -> float:
@@ -626,10 +679,16 @@ def test_a_second_ctrl_c_cutting_the_release_short_still_reports_the_trial_relea
 
     with pytest.raises(Interrupted) as stopped:
         run_worker(WorkerTask(storage, exp_id, settings(), first_ctrl_c))
+    return exp_id, stopped.value
+
+
+def test_a_second_ctrl_c_cutting_the_release_short_still_reports_the_trial_released() -> None:
+    storage = _SecondCtrlCAsTheReleaseLands()
+    exp_id, stopped = _stopped_by_a_ctrl_c_in_the_first_trial(storage)
     (trial,) = storage.fetch_trials(exp_id)
     assert trial.status is TrialStatus.INTERRUPTED
-    assert stopped.value.released == [trial.id] and not stopped.value.kept
-    assert str(stopped.value).startswith("1 of 1 running trial(s) released")
+    assert stopped.released == [trial.id] and not stopped.kept
+    assert str(stopped).startswith("1 of 1 running trial(s) released")
 
 
 class _SecondCtrlCAsTheLoopLooksForWhatItHolds(MemoryStorage):
@@ -646,13 +705,36 @@ class _SecondCtrlCAsTheLoopLooksForWhatItHolds(MemoryStorage):
 
 def test_a_second_ctrl_c_as_a_stopping_loop_reads_what_it_holds_waits_for_the_read() -> None:
     storage = _SecondCtrlCAsTheLoopLooksForWhatItHolds()
-    exp_id = storage.create_experiment("e", {"space": SPACE.config()})
-
-    def first_ctrl_c(x: float) -> float:
-        raise KeyboardInterrupt
-
-    with pytest.raises(Interrupted) as stopped:
-        run_worker(WorkerTask(storage, exp_id, settings(), first_ctrl_c))
+    exp_id, stopped = _stopped_by_a_ctrl_c_in_the_first_trial(storage)
     assert storage.sent
     (trial,) = storage.fetch_trials(exp_id)
-    assert trial.status is TrialStatus.INTERRUPTED and stopped.value.released == [trial.id]
+    assert trial.status is TrialStatus.INTERRUPTED and stopped.released == [trial.id]
+
+
+@pytest.mark.skipif(signal.getsignal(signal.SIGINT) is not signal.default_int_handler,
+                    reason="SIGINT has a handler already")
+@pytest.mark.parametrize("moment", ["joining its heartbeat thread", "closing its storage"])
+def test_a_second_ctrl_c_as_a_stopped_worker_ends_still_reports_the_trial_it_released(
+        storage, exp_id, monkeypatch, moment: str) -> None:
+    """The first Ctrl-C stops the evaluation and the trial is released; a second one landing while the loop ends
+    raised a new interruption in place of the one that said so: workon counted "1 of 1 released" for 2."""
+    def second_ctrl_c(close):
+        def closing(*args, **kwargs):
+            os.kill(os.getpid(), signal.SIGINT)  # handled in the main thread before the close starts
+            return close(*args, **kwargs)
+        return closing
+
+    def objective(x: float) -> float:
+        os.kill(os.getpid(), signal.SIGINT)  # the first Ctrl-C, during the evaluation
+        return x
+
+    if moment == "joining its heartbeat thread":
+        monkeypatch.setattr(Pacemaker, "close", second_ctrl_c(Pacemaker.close))
+        monkeypatch.setattr(storage, "close", lambda: None)  # run_worker closes the storage the test reads
+    else:
+        monkeypatch.setattr(storage, "close", second_ctrl_c(lambda: None))
+    with pytest.raises(Interrupted) as caught:
+        run_worker(WorkerTask(storage, exp_id, settings(), objective))
+    (trial,) = storage.fetch_trials(exp_id)
+    assert trial.status is TrialStatus.INTERRUPTED
+    assert caught.value.released == [trial.id] and caught.value.kept == []

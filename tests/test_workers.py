@@ -63,7 +63,10 @@ def test_workon_two_workers_with_each_executor(tmp_path, executor: str) -> None:
 
 
 def test_a_raising_callback_stops_pool_workers_and_releases_their_trials(tmp_path) -> None:
-    exp = orchard.build_experiment("cb", space=workloads.SPACE, storage=str(tmp_path / "o.pkl"), max_trials=40)
+    # a third of the trials break at once: with the default max_broken=3 the run could end on its own before
+    # the monitor's first look (0.5 s), leaving nothing for the callback to stop (test_experiment.py has that case)
+    exp = orchard.build_experiment("cb", space=workloads.SPACE, storage=str(tmp_path / "o.pkl"), max_trials=40,
+                                   max_broken=100)
     calls: list[str] = []
 
     def on_error(trial: Trial) -> None:

@@ -165,7 +165,7 @@ def _build_once(sampler: str, kwargs: Mapping[str, Any]) -> None:
     optuna = _optuna()
     try:
         with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # Optuna's experimental-feature warnings: said when the workers build it
+            warnings.simplefilter("ignore")  # a warning of Optuna's about an option: said when the workers build it
             getattr(optuna.samplers, sampler)(seed=0, **kwargs)
             if sampler == "TPESampler":
                 _ask_past_startup(optuna, optuna.samplers.TPESampler(seed=0, **{**kwargs, "n_startup_trials": 0}))
@@ -260,7 +260,9 @@ class OptunaSampler(BaseAlgorithm):
 
     def _sampler(self, completed: Sequence[Observation], pending: Sequence[Any]) -> Any:
         seed = int(self.rng(completed, pending).integers(2**31 - 1))
-        return getattr(self._optuna.samplers, self.options["sampler"])(seed=seed, **self._kwargs)
+        with warnings.catch_warnings():  # "QMCSampler is experimental, its interface can change": the adapter's
+            warnings.simplefilter("ignore", self._optuna.exceptions.ExperimentalWarning)  # concern, not the user's
+            return getattr(self._optuna.samplers, self.options["sampler"])(seed=seed, **self._kwargs)
 
     def _extends(self, completed: Sequence[Observation]) -> bool:
         """Whether ``completed`` is the list the study was last synced with, grown at its end."""

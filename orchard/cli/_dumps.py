@@ -20,17 +20,21 @@ import sys
 import time
 import uuid
 from collections.abc import Iterator, Mapping
-from typing import Any, TextIO
+from typing import IO, Any, TextIO
 
 from orchard.cli._args import each_key_once
 from orchard.errors import ConfigurationError, ExperimentConflictError
+from orchard.resources import format_bytes
 from orchard.storages import BaseStorage
 from orchard.storages._uri import redact
 from orchard.trial import Trial, TrialStatus
 
-__all__ = ["dump_experiments", "load_experiments", "read_dump", "write_dump"]
+__all__ = ["MAX_DUMP_BYTES", "dump_experiments", "load_experiments", "read_dump", "write_dump"]
 
 FORMAT, VERSION = "orchard-dump", 1
+
+#: Bytes of a dump ``db load`` reads at most: about two million trials of a few params (520 bytes each).
+MAX_DUMP_BYTES = 10**9
 
 
 def dump_experiments(storage: BaseStorage, name: str | None = None) -> dict[str, Any]:
@@ -144,10 +148,11 @@ def read_dump(path: str, rename: str | None = None) -> dict[str, Any]:
     """
     try:
         if path == "-":  # the other end of `orchard db dump -o - | orchard db load -`
-            data = json.load(sys.stdin, object_pairs_hook=each_key_once)
+            text = _read_bounded(sys.stdin, path)
         else:
-            with open(path, encoding="utf-8") as handle:
-                data = json.load(handle, object_pairs_hook=each_key_once)  # a hand-edited dump: no value lost
+            with open(path, "rb") as handle:
+                text = _read_bounded(handle, path)
+        data = json.loads(text, object_pairs_hook=each_key_once)  # a hand-edited dump: no value lost
     except (OSError, ValueError) as err:
         raise ConfigurationError(f"cannot read dump {path}: {err}") from None
     except RecursionError:
@@ -164,6 +169,20 @@ def read_dump(path: str, rename: str | None = None) -> dict[str, Any]:
     for at, entry in enumerate(experiments):
         _check_experiment(entry, f"dump {path}, experiment {at}", rename is None)
     return data
+
+
+def _read_bounded(handle: IO[Any], path: str) -> str:
+    """The text of a dump, read up to ``MAX_DUMP_BYTES``: ``/dev/zero``, a pipe without end or a data set
+    given by mistake must not fill the memory (a regular file that large is refused unread)."""
+    try:
+        size = os.fstat(handle.fileno()).st_size  # 0 for a pipe or a device
+    except (OSError, ValueError):  # a stream without a file (a StringIO in place of stdin)
+        size = 0
+    data = handle.read(MAX_DUMP_BYTES + 1) if size <= MAX_DUMP_BYTES else ""
+    if size > MAX_DUMP_BYTES or len(data) > MAX_DUMP_BYTES:
+        raise ConfigurationError(f"dump {path} holds more than {format_bytes(MAX_DUMP_BYTES)}, more than 'orchard db "
+                                 "dump' writes of two million trials: is it the right file? nothing was loaded")
+    return data.decode("utf-8") if isinstance(data, bytes) else data
 
 
 def _check_experiment(entry: Any, where: str, named: bool) -> None:

@@ -114,24 +114,30 @@ def run_worker(task: WorkerTask) -> WorkerReport:
     evaluate: TrialEvaluator = fn if isinstance(fn, TrialEvaluator) else ObjectiveEvaluator(
         fn, task.trial_timeout, task.memory_limit, task.working_dir)
     request = request_for(task.token)
-    with request.running(task.token) if request else watched(task.remote_stop) as stop, interruptible(), \
-            visible_devices(task.devices):
-        if stopped_before(task.local_stop):  # its handlers are in place: a stop not marked yet will reach it
-            raise Interrupted()  # before any reservation: nothing to give back
-        worker = Worker(task.storage, task.experiment_id, task.settings, evaluate,
-                        name=worker_label(os.environ.get(DEVICES_ENV), task.token), label=task.label, stop=stop)
-        try:
-            return worker.run()
-        except KeyboardInterrupt as interruption:
-            stopped = _given_back(worker, interruption)
-            if request is not None and request.event.is_set():
-                request.reports.append(stopped)  # and returned: Dask's worker threads die of a KeyboardInterrupt
-                return worker.report
-            if request is None and stop is not None and stop.is_set():
-                raise RemoteStopped(stopped) from None  # to the caller, through Dask
-            raise stopped from None
-        finally:
-            task.storage.close()
+    worker: Worker | None = None
+    try:
+        with request.running(task.token) if request else watched(task.remote_stop) as stop, interruptible(), \
+                visible_devices(task.devices):
+            if stopped_before(task.local_stop):  # its handlers are in place: a stop not marked yet will reach it
+                raise Interrupted()  # before any reservation: nothing to give back
+            worker = Worker(task.storage, task.experiment_id, task.settings, evaluate,
+                            name=worker_label(os.environ.get(DEVICES_ENV), task.token), label=task.label, stop=stop)
+            try:
+                return worker.run()
+            except KeyboardInterrupt as interruption:
+                stopped = _given_back(worker, interruption)
+                if request is not None and request.event.is_set():
+                    request.reports.append(stopped)  # and returned: Dask's worker threads die of a KeyboardInterrupt
+                    return worker.report
+                if request is None and stop is not None and stop.is_set():
+                    raise RemoteStopped(stopped) from None  # to the caller, through Dask
+                raise stopped from None
+            finally:
+                task.storage.close()
+    except KeyboardInterrupt as late:  # a second Ctrl-C as the loop was ending: it still reports what it released
+        if worker is None:
+            raise
+        raise _counting_releases(worker, Interrupted.of(late)) from None
 
 
 def _given_back(worker: Worker, interruption: KeyboardInterrupt) -> Interrupted:
@@ -143,7 +149,7 @@ def _given_back(worker: Worker, interruption: KeyboardInterrupt) -> Interrupted:
     its release short) is tried again, or counted released if the read shows its release
     landed. One read, without the outage retries: a failing storage leaves it to the lease.
     """
-    stopped = Interrupted.of(interruption)
+    stopped = _counting_releases(worker, Interrupted.of(interruption))
     storage = worker.storage.storage
     # a second Ctrl-C waits for this read and these writes (the loop is stopping anyway): else what it cut is not counted
     with contextlib.suppress(KeyboardInterrupt), deferred():
@@ -157,3 +163,16 @@ def _given_back(worker: Worker, interruption: KeyboardInterrupt) -> Interrupted:
         stopped.released += [*landed, *released]
         stopped.kept[:] = kept
     return stopped
+
+
+def _counting_releases(worker: Worker, interruption: Interrupted) -> Interrupted:
+    """``interruption``, also listing the trials ``worker`` gave back before it came.
+
+    A second Ctrl-C that lands after a stopping worker's release was stored (while its
+    heartbeat thread is joined, or its loop returns) raises a new interruption in place
+    of the one that said so: without this, ``workon`` counted that trial as never running.
+    """
+    released = [tid for tid in worker.report.released if tid not in interruption.released]
+    interruption.released += released
+    interruption.kept[:] = [tid for tid in interruption.kept if tid not in released]
+    return interruption

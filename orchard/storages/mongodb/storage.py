@@ -36,10 +36,12 @@ import logging
 import os
 import threading
 import uuid
+import weakref
 from collections import OrderedDict
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+import pymongo
 from pymongo import ReturnDocument
 from pymongo.errors import DuplicateKeyError, OperationFailure
 
@@ -70,6 +72,11 @@ _AFTER, _translated = ReturnDocument.AFTER, client.translated
 
 def _reopen(uri: str, change_margin: float, check_interval: float) -> MongoStorage:
     return MongoStorage(uri, change_margin=change_margin, check_interval=check_interval)
+
+
+def _close(mongo: client.Client) -> None:
+    with pymongo.timeout(0.5):  # its endSessions, a courtesy (they expire), must not hold up an exit in an outage
+        mongo.close()
 
 
 class MongoStorage(BaseStorage):
@@ -115,7 +122,9 @@ class MongoStorage(BaseStorage):
         self._check_interval = check_interval
         self._changes = ChangeFeed(change_margin, check_interval, uri=self.uri)
         self._lock = threading.Lock()
-        self._client, self._db_name = client.open_client(self.uri)
+        self._client: client.Client | None = None
+        self._closer: weakref.finalize[Any, Any] | None = None
+        self._connect()
         self._pid = os.getpid()
         self._indexed = False
         self.answered = False  # whether a call has succeeded: losing the server is then an outage
@@ -131,23 +140,36 @@ class MongoStorage(BaseStorage):
         return (_reopen, (self.uri, self._margin, self._check_interval))
 
     def close(self) -> None:
-        """Close the connection pool; the next verb reconnects."""
+        """Close the connection pool; the next verb reconnects.
+
+        A storage never closed is closed when it is collected or the interpreter exits (after
+        the trials an ask-and-tell script left are given back): pymongo warns of a client left open.
+        """
         with self._lock:
-            if self._client is not None and not client.is_mock(self.uri):
-                self._client.close()
+            if self._closer is not None:
+                self._closer()
             self._client = None
 
     # -- connection -------------------------------------------------------------
 
+    def _connect(self) -> client.Client:
+        mongo, self._db_name = client.open_client(self.uri)
+        self._client, self._indexed = mongo, False
+        if not client.is_mock(self.uri):  # a mongomock client is the process's, shared by its storages
+            self._closer = weakref.finalize(self, _close, mongo)
+        return mongo
+
     def _db(self) -> Any:
-        """The database, (re)connecting after ``close`` or in a forked child; indexes ensured."""
+        """The database, (re)connecting after a close (also the one at exit) or in a forked child; indexes ensured."""
         if self._pid != os.getpid():  # forked: the parent's client and lock (maybe held) are not ours
+            if self._closer is not None:
+                self._closer.detach()
             self._client, self._lock, self._pid = None, threading.Lock(), os.getpid()
         with self._lock:
-            if self._client is None:
-                self._client, self._db_name = client.open_client(self.uri)
-                self._indexed = False
-            db = self._client[self._db_name]
+            mongo = self._client
+            if mongo is None or self._closer is not None and not self._closer.alive:
+                mongo = self._connect()
+            db = mongo[self._db_name]
             if not self._indexed:
                 client.ensure_indexes(db, self.uri)
                 self._indexed = True
