@@ -24,6 +24,8 @@ from tests.fork_workloads import BUDGET
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 #: Seconds a run may take; each takes about 2 s.
 RUN_TIMEOUT = 40
+#: Seconds the processes of a run have to end on their own once its script ended.
+LEFT_GRACE = 10
 
 
 def _left_running(session: int) -> list[psutil.Process]:
@@ -36,6 +38,13 @@ def _left_running(session: int) -> list[psutil.Process]:
         except (OSError, psutil.Error):
             continue
     return left
+
+
+def _command(process: psutil.Process) -> list[str] | str:
+    try:
+        return process.cmdline()
+    except psutil.Error as err:
+        return type(err).__name__
 
 
 def _run(tmp_path: pathlib.Path, behaviour: str, executor: str, n_workers: int) -> tuple[str, str]:
@@ -53,11 +62,13 @@ def _run(tmp_path: pathlib.Path, behaviour: str, executor: str, n_workers: int) 
         process.kill()
         out, err = process.communicate()
         pytest.fail(f"workon with an objective whose child {behaviour} hung for {RUN_TIMEOUT} s:\n{err[-3000:]}")
-    left = _left_running(process.pid)
+    # a pool's processes notice their parent's exit and end on their own (loky's, a moment after the script)
+    left = psutil.wait_procs(_left_running(process.pid), timeout=LEFT_GRACE)[1]
+    commands = [_command(p) for p in left]
     for process_left in left:
         process_left.kill()
     assert process.returncode == 0, err[-3000:]
-    assert left == [], f"processes left running once the script ended: {[p.cmdline() for p in left]}"
+    assert left == [], f"processes still running {LEFT_GRACE} s after the script ended: {commands}"
     return out, err
 
 
