@@ -10,7 +10,6 @@ import json
 import os
 import pathlib
 import re
-import signal
 import subprocess
 import sys
 from collections.abc import Callable
