@@ -14,7 +14,6 @@ import uuid
 import pytest
 
 from orchard.clock import ManualClock
-from orchard.executors.task import WorkerTask, run_worker
 from orchard.errors import (
     BudgetExhaustedError,
     ExperimentBrokenError,
@@ -22,6 +21,7 @@ from orchard.errors import (
     ReservationLostError,
     StopReason,
 )
+from orchard.executors.task import WorkerTask, run_worker
 from orchard.objective import Outcome
 from orchard.space import Space
 from orchard.storages import get_storage
