@@ -72,9 +72,8 @@ STOP_TIMEOUT = 30.0
 _REPEAT = 0.5
 #: Seconds after which an interruption Python dropped is sent again.
 _REDELIVER = 0.01
-#: Whether an :func:`interruptible` block of the main thread handles :data:`STOP_SIGNAL` now.
-_stop_handled = False
-#: The signals an :func:`interruptible` block of the main thread handles now (default in a forked child).
+#: The signals an :func:`interruptible` block of the main thread handles now (default in a forked child;
+#: :func:`interrupt_main` works while :data:`STOP_SIGNAL` is one of them).
 _handled: tuple[signal.Signals, ...] = ()
 #: How many :func:`deferred` blocks the main thread is in, and the interruption they hold back.
 _deferring = 0
@@ -166,13 +165,11 @@ def interruptible() -> Iterator[None]:
         # handled in this hook, and dropped again): handled where the program goes on
         threading.Timer(_REDELIVER, os.kill, (os.getpid(), signum)).start()
 
-    global _stop_handled, _handled
+    global _handled
     previous: dict[signal.Signals, Callable[[int, FrameType | None], Any] | int | None] = {}
     for signum, default in _defaults().items():
         if signal.getsignal(signum) in (default, _between_loops):
             previous[signum] = signal.signal(signum, on_signal)
-    handles_stop = STOP_SIGNAL is not None and STOP_SIGNAL in previous
-    _stop_handled |= handles_stop
     outer, _handled = _handled, (*_handled, *previous)
     unraisable_before = sys.unraisablehook
     if previous:
@@ -186,8 +183,6 @@ def interruptible() -> Iterator[None]:
         for signum, handler in previous.items():
             signal.signal(signum, handler)
         _handled = outer
-        if handles_stop:
-            _stop_handled = False
 
 
 @contextlib.contextmanager
@@ -224,8 +219,8 @@ def _forked() -> None:
     gets the default handlers back: a SIGTERM ends it as it would at home, not with an
     :class:`Interrupted` raised in code that is no worker's.
     """
-    global _deferring, _pending, _handled, _stop_handled
-    _deferring, _pending, _stop_handled = 0, None, False
+    global _deferring, _pending, _handled
+    _deferring, _pending = 0, None
     defaults = _defaults()
     for signum in _handled:
         with contextlib.suppress(ValueError, OSError):  # forked from a thread other than the main one
@@ -248,7 +243,7 @@ def interrupt_main() -> bool:
         Whether the main thread was interrupted (``False``: nothing was done).
     """
     main = threading.main_thread()
-    if not _stop_handled or STOP_SIGNAL is None or main.ident is None:
+    if STOP_SIGNAL is None or STOP_SIGNAL not in _handled or main.ident is None:
         return False
     signal.pthread_kill(main.ident, STOP_SIGNAL)
     return True
