@@ -44,7 +44,7 @@ import stat
 import tempfile
 import time
 from collections.abc import Callable, Iterator, Mapping
-from typing import Any, BinaryIO
+from typing import IO, Any, AnyStr, BinaryIO
 
 from orchard.trial import INT_LIMIT, finite_float, finite_number
 
@@ -57,6 +57,7 @@ __all__ = [
     "check_report",
     "open_regular",
     "plain",
+    "read_at_most",
     "replace_file",
     "report",
     "report_objective",
@@ -275,6 +276,23 @@ def open_regular(path: str) -> BinaryIO | None:
         return os.fdopen(fd, "rb")
     os.close(fd)
     return None
+
+
+def read_at_most(handle: IO[AnyStr], limit: int) -> AnyStr | None:
+    """All of ``handle`` if it holds at most ``limit`` bytes (characters, for a text stream), else ``None``.
+
+    A regular file larger than ``limit`` is refused unread; anything else (``/dev/zero``, a
+    pipe without end, a data set given by mistake) is read up to ``limit + 1``, so no input
+    fills the memory. The caller names the file and the limit in its own message.
+    """
+    try:
+        size = os.fstat(handle.fileno()).st_size  # 0 for a pipe or a device
+    except (OSError, ValueError):  # a stream without a file (a StringIO in place of stdin)
+        size = 0
+    if size > limit:
+        return None
+    data = handle.read(limit + 1)
+    return None if len(data) > limit else data
 
 
 def plain(value: Any) -> Any:

@@ -45,7 +45,7 @@ from orchard.isolation import (
 )
 from orchard.naming import folder_in
 from orchard.objective import MAX_RESULTS_BYTES, Outcome, TrialEvaluator, interpret_result
-from orchard.report import RESULTS_ENV, open_regular
+from orchard.report import RESULTS_ENV, open_regular, read_at_most
 from orchard.resources import format_bytes
 from orchard.trial import Trial
 from orchard.verdicts import ReportFollower, current_judge
@@ -248,8 +248,8 @@ def _read_results(path: str) -> Outcome:
             return failure("unreadable", f"the results file {path} is not a regular file (a pipe, a link to a "
                            "device); write the JSON into the file itself")
         with handle:
-            data = handle.read(MAX_RESULTS_FILE_BYTES + 1)
-        if len(data) > MAX_RESULTS_FILE_BYTES:
+            data = read_at_most(handle, MAX_RESULTS_FILE_BYTES)
+        if data is None:
             return failure("unstorable", f"the results file {path} holds more than "
                            f"{format_bytes(MAX_RESULTS_FILE_BYTES)}, and a trial may hold "
                            f"{format_bytes(MAX_RESULTS_BYTES)} of results: report summary numbers, and save arrays "

@@ -24,6 +24,7 @@ from typing import IO, Any, TextIO
 
 from orchard.cli._args import each_key_once
 from orchard.errors import ConfigurationError, ExperimentConflictError
+from orchard.report import read_at_most
 from orchard.resources import format_bytes
 from orchard.storages import BaseStorage
 from orchard.storages._uri import redact
@@ -172,14 +173,9 @@ def read_dump(path: str, rename: str | None = None) -> dict[str, Any]:
 
 
 def _read_bounded(handle: IO[Any], path: str) -> str:
-    """The text of a dump, read up to ``MAX_DUMP_BYTES``: ``/dev/zero``, a pipe without end or a data set
-    given by mistake must not fill the memory (a regular file that large is refused unread)."""
-    try:
-        size = os.fstat(handle.fileno()).st_size  # 0 for a pipe or a device
-    except (OSError, ValueError):  # a stream without a file (a StringIO in place of stdin)
-        size = 0
-    data = handle.read(MAX_DUMP_BYTES + 1) if size <= MAX_DUMP_BYTES else ""
-    if size > MAX_DUMP_BYTES or len(data) > MAX_DUMP_BYTES:
+    """The text of a dump, read up to ``MAX_DUMP_BYTES`` (:func:`~orchard.report.read_at_most`)."""
+    data = read_at_most(handle, MAX_DUMP_BYTES)
+    if data is None:
         raise ConfigurationError(f"dump {path} holds more than {format_bytes(MAX_DUMP_BYTES)}, more than 'orchard db "
                                  "dump' writes of two million trials: is it the right file? nothing was loaded")
     return data.decode("utf-8") if isinstance(data, bytes) else data

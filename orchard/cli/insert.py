@@ -29,6 +29,7 @@ from orchard.cli._args import (
     open_experiment,
     parse_literal,
 )
+from orchard.report import read_at_most
 
 if TYPE_CHECKING:  # pragma: no cover
     from orchard.experiment import Experiment
@@ -96,8 +97,8 @@ def read_rows(path: Path) -> list[dict[str, Any]]:
     """
     try:
         with path.open("rb") as handle:  # bounded: /dev/zero or a data set given by mistake must not fill memory
-            data = handle.read(MAX_FILE_BYTES + 1)
-        if len(data) > MAX_FILE_BYTES:
+            data = read_at_most(handle, MAX_FILE_BYTES)
+        if data is None:
             raise UsageError(f"--file {path} holds more than {MAX_FILE_BYTES >> 20} MiB, more rows than one insert "
                              "takes (is it the right file?); split it and insert the parts one by one")
         text = data.decode("utf-8-sig")
