@@ -301,15 +301,18 @@ class Interrupted(KeyboardInterrupt):
         released: ids of the running trials given back.
         kept: ids of running trials that could not be given back (the storage failed):
             they are taken back once their lease runs out.
+        pruned: ids of running trials recorded ``pruned`` instead of given back: their
+            pruner had already told them to stop, and that verdict stands.
         unstopped: workers that were not stopped (unreachable, or too slow to answer).
     """
 
     def __init__(self, *args: object, terminated: bool = False, released: Iterable[str] = (),
-                 kept: Iterable[str] = (), unstopped: int = 0) -> None:
+                 kept: Iterable[str] = (), unstopped: int = 0, pruned: Iterable[str] = ()) -> None:
         super().__init__(*args)
         self.terminated = terminated
         self.released = list(released)
         self.kept = list(kept)
+        self.pruned = list(pruned)
         self.unstopped = unstopped
 
     @classmethod
@@ -319,20 +322,24 @@ class Interrupted(KeyboardInterrupt):
 
     def joined(self, others: Iterable[BaseException | None], unstopped: int = 0) -> Interrupted:
         """This interruption together with what other workers it stopped reported."""
-        released, kept = list(self.released), list(self.kept)
+        released, kept, pruned = list(self.released), list(self.kept), list(self.pruned)
         for other in others:
             if isinstance(other, Interrupted):
                 released += other.released
                 kept += other.kept
+                pruned += other.pruned
         return Interrupted(terminated=self.terminated, released=dict.fromkeys(released), kept=dict.fromkeys(kept),
-                           unstopped=self.unstopped + unstopped)  # a trial given back twice counts once
+                           unstopped=self.unstopped + unstopped,
+                           pruned=dict.fromkeys(pruned))  # a trial given back twice counts once
 
     def __str__(self) -> str:
         if self.args:
             return super().__str__()
-        running = len(self.released) + len(self.kept)
+        running = len(self.released) + len(self.kept) + len(self.pruned)
         parts = [f"{len(self.released)} of {running} running trial(s) released (status interrupted)"
                  if running else "no trial was running" if not self.unstopped else "no trial released yet"]
+        if self.pruned:
+            parts.append(f"{len(self.pruned)} recorded pruned (its pruner had told it to stop)")
         if self.kept:
             parts.append(f"could not release {', '.join(self.kept)}: taken back when its lease runs out")
         if self.unstopped:

@@ -17,6 +17,7 @@ child's process group if it goes on past a "prune" verdict.
 from __future__ import annotations
 
 import contextlib
+import contextlib
 import contextvars
 import json
 import logging
@@ -26,7 +27,8 @@ import time
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any, BinaryIO
 
-from orchard.errors import InvalidReportError, OrchardError
+from orchard.errors import InvalidReportError, OrchardError, StorageError
+from orchard.interruption import deferred
 from orchard.objectives import minimized
 from orchard.pruners import BasePruner, NopPruner, Verdict
 from orchard.report import Reported, check_report, open_regular, replace_file
@@ -113,6 +115,21 @@ class Judge:
     def verdict_of(self, trial_id: str) -> Verdict | None:
         """The "prune" verdict ``trial_id`` received from this judge, if any."""
         return self.pruned.get(trial_id)
+
+    def prune_on_stop(self, trial_id: str, storage: BaseStorage) -> bool:
+        """Record ``trial_id`` pruned in ``storage`` if it received a "prune" verdict; whether it was.
+
+        For a worker stopping (Ctrl-C, SIGTERM) in the middle of the trial: its verdict
+        stands whatever stopped it, so it is not given back to be run again. One write,
+        a second Ctrl-C deferred until it lands; a storage that fails it returns ``False``
+        (the trial is then given back like any other).
+        """
+        verdict = self.pruned.get(trial_id)
+        with deferred(), contextlib.suppress(StorageError):
+            if verdict is not None:
+                storage.prune_trial(trial_id, self.worker, verdict.to_dict())
+                return True
+        return False
 
     def forget(self, trial_id: str) -> None:
         """Drop what the judge kept of a trial once its outcome is recorded."""

@@ -477,8 +477,14 @@ class Worker:
 
     def _given_back(self, trial: Trial, interruption: Interrupted) -> Interrupted:
         """``interruption``, saying whether ``trial``, given back now, was released or kept (a second Ctrl-C
-        cutting the release short instead, the trial kept: :func:`~orchard.executors.task.run_worker` reads it)."""
+        cutting the release short instead, the trial kept: :func:`~orchard.executors.task.run_worker` reads it).
+        A trial that received a "prune" verdict is recorded pruned instead (unretried: a stop waits for no outage)."""
         try:
+            self.pacemaker.unwatch(trial.id)
+            if self.judge.prune_on_stop(trial.id, self.storage.storage):
+                self.report.pruned += 1
+                interruption.pruned.append(trial.id)
+                return interruption
             released, kept = self._release_quietly(trial)
         except KeyboardInterrupt as late:
             interruption, released, kept = Interrupted.of(late), [], [trial.id]

@@ -7,6 +7,7 @@ import json
 import logging
 import math
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -508,3 +509,65 @@ def test_workon_with_four_processes_prunes_with_an_exact_budget(backend: str, tm
     assert_verdicts_recompute(exp)
     for trial in exp.storage.fetch_trials(exp.id, [TrialStatus.COMPLETED]):
         assert [step for step, _ in trial.reports] == list(range(1, 21))
+
+
+@pytest.mark.skipif(signal.getsignal(signal.SIGINT) is not signal.default_int_handler,
+                    reason="SIGINT has a handler already")
+def test_ctrl_c_after_a_prune_verdict_records_the_trial_pruned_not_interrupted(tmp_path: Path) -> None:
+    """The verdict stands whatever stopped the trial: given back, it would be run again to be pruned again."""
+    def ignores_the_verdict(x: float) -> float:
+        orchard.report(x + 1.0, 1)  # pruned by the threshold at once
+        os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C before the objective looks at the verdict
+        time.sleep(30)
+        return x
+
+    exp = orchard.build_experiment("p-ctrl-c", space=SPACE, max_trials=3, storage=str(tmp_path / "db.pkl"),
+                                   pruner={"threshold": {"upper": 0.0}})
+    with pytest.raises(orchard.Interrupted) as raised:
+        exp.workon(ignores_the_verdict, progress=False)
+    (trial,) = exp.storage.fetch_trials(exp.id)
+    assert trial.status is TrialStatus.PRUNED and trial.verdict is not None
+    assert raised.value.pruned == [trial.id] and raised.value.released == []
+    assert "1 recorded pruned" in str(raised.value)
+    assert_verdicts_recompute(exp)
+
+
+GRACE_SCRIPT = """
+import sys, time
+import orchard, orchard.objective
+orchard.objective.PRUNE_GRACE = 60.0  # the window a Ctrl-C lands in
+
+def stubborn(x):
+    for step in range(1, 1000):
+        orchard.report(x + 1.0, step)  # pruned by the threshold at step 1; never asks
+        time.sleep(0.05)
+    return x
+
+exp = orchard.build_experiment("p-grace", space={"x": "uniform(0, 1)"}, max_trials=2, storage=sys.argv[1],
+                               pruner={"threshold": {"upper": 0.0}})
+exp.workon(stubborn, trial_timeout=300, progress=False)
+"""
+
+
+@pytest.mark.slow
+def test_ctrl_c_while_a_script_ignores_its_prune_verdict_records_it_pruned(tmp_path: Path) -> None:
+    """A real SIGINT during the grace a timed child has to end after its "prune" verdict."""
+    uri = str(tmp_path / "db.pkl")
+    script = tmp_path / "worker.py"
+    script.write_text(GRACE_SCRIPT)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
+    run = subprocess.Popen([sys.executable, str(script), uri], env=env, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 60
+    while True:  # past its verdict (step 1) and well inside the 60 s grace
+        assert time.monotonic() < deadline and run.poll() is None, "the trial never reported 3 steps"
+        exp = orchard.get_experiment("p-grace", storage=uri) if Path(uri).exists() else None
+        trials = [] if exp is None else exp.storage.fetch_trials(exp.id)
+        if trials and len(trials[0].reports) >= 3:
+            break
+        time.sleep(0.05)
+    run.send_signal(signal.SIGINT)
+    _, err = run.communicate(timeout=60)
+    assert run.returncode != 0 and b"1 recorded pruned" in err, err.decode()[-2000:]
+    assert exp is not None
+    (trial,) = exp.storage.fetch_trials(exp.id)
+    assert trial.status is TrialStatus.PRUNED and Verdict.from_dict(trial.verdict).step == 1

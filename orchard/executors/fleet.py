@@ -195,7 +195,7 @@ class Fleet:
         """Add what loops that stopped once the pool closed (threads, a LocalCluster's) reported."""
         reports = [reported(future.exception()) for future in self._futures if future.done() and not future.cancelled()]
         late = interruption.joined([*reports, *self._stop.reports])
-        interruption.released[:], interruption.kept[:] = late.released, late.kept
+        interruption.released[:], interruption.kept[:], interruption.pruned[:] = late.released, late.kept, late.pruned
         interruption.unstopped = sum(not future.done() for future in self._futures) + len(self._unreached)
 
     def _give_back(self, held: list[Trial], interruption: Interrupted) -> None:
