@@ -180,8 +180,10 @@ class _Careless(BaseAlgorithm):
             raise ValueError("plugin bug")
         if answer == "exit":
             sys.exit(3)  # a plugin's own command-line habit: it ended workon with no message
-        return {"outside": [{"x": 5.0}], "missing": [{}], "empty": [], "none": None,
-                "same": [{"x": 0.5}]}[answer]  # type: ignore[return-value]
+        huge = 10**5000  # repr refuses ints of more than 4,300 digits: the worker died of its message
+        return {"outside": [{"x": 5.0}], "missing": [{}], "empty": [], "none": None, "same": [{"x": 0.5}],
+                "huge": [{"x": huge}], "huge-extra": [{"x": 0.5, "w": huge}],
+                "huge-name": [{"x": 0.5, huge: 1}]}[answer]  # type: ignore[return-value]
 
 
 @pytest.mark.parametrize("answer, words", [
@@ -192,7 +194,11 @@ class _Careless(BaseAlgorithm):
     ("none", "answered None instead of a list of points"),
     ("same", "suggested 20 points in a row that the experiment already holds (the last: {'x': 0.5})"),
     ("exit", "failed to suggest a point: it called sys.exit(3)"),
-], ids=["raise", "outside", "missing", "empty", "none", "same", "exit"])
+    ("huge", "suggested a point outside the space: dimension 'x': value an int of 16610 bits is outside"),
+    ("huge-extra", "suggested a point outside the space: params {'x': 0.5, 'w': an int of 16610 bits} do not "
+                   "match the space: unknown 'w'"),
+    ("huge-name", "do not match the space: unknown an int of 16610 bits"),
+], ids=["raise", "outside", "missing", "empty", "none", "same", "exit", "huge", "huge-extra", "huge-name"])
 def test_an_algorithm_breaking_its_contract_stops_the_worker_with_one_line(monkeypatch, answer: str,
                                                                           words: str) -> None:
     monkeypatch.setitem(ALGORITHMS, "careless", lambda: _Careless)
