@@ -160,6 +160,22 @@ def test_optuna_samplers_are_told_which_trials_broke_the_constraints(sampler: di
     assert sorted(drawn)[10] > 0.45  # around the best feasible points
 
 
+@pytest.mark.parametrize("sampler", ["TPESampler", "QMCSampler", "NSGAIISampler", "RandomSampler"])
+def test_optuna_is_told_normal_values_past_four_sigma(sampler: str) -> None:
+    """Optuna's distribution of ``normal(mu, s)`` ends at mu ± 4s, Orchard's prior does not: a trial at 7.5 of
+    ``normal(0, 1)`` (a warm start from a wider normal, an insert, a random draw) failed every worker's every
+    suggestion with ``ValueError: The value 7.5 of parameter 'x' isn't contained in the distribution``."""
+    pytest.importorskip("optuna")
+    from orchard.algorithms import Observation
+
+    space = Space.from_config({"x": "normal(0, 1)", "y": "uniform(0, 1)"})
+    done = [Observation({"x": x, "y": 0.5}, abs(x), float(i)) for i, x in enumerate([7.5, -0.5, 0.25, 1.0, -12.0])]
+    algorithm = make_algorithm({"optuna": {"sampler": sampler}}, space, seed=0)
+    for pending in ([], [{"x": -9.0, "y": 0.25}]):
+        (point,) = algorithm.suggest(done, pending)
+        assert space.validate(point) == point
+
+
 def test_the_kit_catches_an_algorithm_that_ignores_pending() -> None:
     random_search = algorithm_class("random")
 

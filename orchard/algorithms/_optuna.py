@@ -32,7 +32,8 @@ discrete=True)``
 ``loguniform(a, b)``   ``FloatDistribution(a, b, log=True)``
 ``randint(a, b)``      ``IntDistribution(a, b - 1)`` (``b`` is excluded)
 ``choices([...])``     ``CategoricalDistribution([...])``
-``normal(mu, s)``      ``FloatDistribution(mu - 4s, mu + 4s)``
+``normal(mu, s)``      ``FloatDistribution(mu - 4s, mu + 4s)`` (a trial
+                       beyond is told at the nearer bound)
 ``fidelity(a, b)``     not sampled: fixed at ``b``, its high end
 =====================  =================================================
 
@@ -286,19 +287,28 @@ class OptunaSampler(BaseAlgorithm):
                 continue
             attrs = {generation_key: len(self._told) // size}
             self._told.add(digest)
-            params = {k: v for k, v in observation.params.items() if k in self._distributions}
             self._study.add_trial(optuna.trial.create_trial(
-                params=params, distributions=self._distributions, values=list(values), system_attrs=attrs,
-                constraints={"violation": _violation(observation)}))
+                params=self._as_told(observation.params), distributions=self._distributions, values=list(values),
+                system_attrs=attrs, constraints={"violation": _violation(observation)}))
         wanted = {params_hash(p): p for p in pending}
         for digest in [d for d in self._running if d not in wanted]:
             self._retire(self._running.pop(digest))
         for digest, point in wanted.items():
             if digest not in self._running and digest not in self._told:
                 trial = optuna.trial.create_trial(
-                    params={k: v for k, v in point.items() if k in self._distributions},
+                    params=self._as_told(point),
                     distributions=self._distributions, state=optuna.trial.TrialState.RUNNING)
                 self._running[digest] = self._study._storage.create_new_trial(self._study._study_id, template_trial=trial)
+
+    def _as_told(self, params: Mapping[str, Any]) -> dict[str, Any]:
+        """``params`` as the study is told them: the sampled dims, a ``normal`` value clipped to mu ± 4 sigma.
+
+        Optuna's distribution of ``normal(mu, s)`` ends at ``mu ± 4s``, the prior does not: a trial
+        beyond (a warm start from a wider normal, an insert, a random search's tail) made Optuna
+        refuse it, failing every worker's every suggestion. Orchard's ``bayes`` clips it the same way.
+        """
+        return {k: self.space[k].encode(v) if isinstance(self.space[k], Normal) else v
+                for k, v in params.items() if k in self._distributions}
 
     def _retire(self, trial_id: int) -> None:
         self._study._storage.set_trial_state_values(trial_id, self._optuna.trial.TrialState.FAIL)
