@@ -176,6 +176,32 @@ def test_optuna_is_told_normal_values_past_four_sigma(sampler: str) -> None:
         assert space.validate(point) == point
 
 
+@pytest.mark.parametrize(("drawn", "words"), [
+    (5.0, "suggested a point outside the space: dimension 'x': value 5.0 is outside uniform(0.0, 1.0)"),
+    (RuntimeError("sampler bug"), "failed to suggest a point: RuntimeError('sampler bug')"),
+], ids=["outside", "raises"])
+def test_an_optuna_sampler_breaking_the_contract_is_named_with_the_dimension(
+        monkeypatch: pytest.MonkeyPatch, drawn: Any, words: str) -> None:
+    """A sampler's point outside the space stopped workon with a bare SpaceError ("dimension 'x': value 5.0
+    is outside uniform(0.0, 1.0)"), naming neither the algorithm nor the sampler; its own failure named no sampler."""
+    optuna = pytest.importorskip("optuna")
+    from orchard.errors import AlgorithmError
+
+    def sample(self: Any, study: Any, trial: Any, name: str, distribution: Any) -> Any:
+        if isinstance(drawn, Exception):
+            raise drawn
+        return drawn
+
+    monkeypatch.setattr(optuna.samplers.RandomSampler, "sample_independent", sample)
+    exp = orchard.build_experiment("off", space={"x": "uniform(0, 1)"}, algorithm={"optuna": {"sampler": "RandomSampler"}},
+                                   max_trials=2, storage="memory://")
+    with pytest.raises(AlgorithmError) as caught:
+        exp.workon(lambda x: x, progress=False)
+    message = str(caught.value)
+    assert "algorithm 'optuna' sampler 'RandomSampler' " + words in message and "\n" not in message, message
+    assert exp.fetch_trials() == []
+
+
 def test_the_kit_catches_an_algorithm_that_ignores_pending() -> None:
     random_search = algorithm_class("random")
 

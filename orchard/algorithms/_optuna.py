@@ -52,8 +52,9 @@ from typing import Any, ClassVar
 
 from orchard.algorithms._optuna_cmaes import CmaEsState, completion_order
 from orchard.algorithms.base import BaseAlgorithm, Observation, SeenPoints
-from orchard.errors import ConfigurationError
+from orchard.errors import AlgorithmError, ConfigurationError, OrchardError, SpaceError
 from orchard.priors import Choices, LogUniform, Normal, Prior, RandInt, Uniform
+from orchard.report import shown
 from orchard.space import Space, params_hash
 
 __all__ = ["OptunaSampler"]
@@ -76,6 +77,8 @@ _EXACT_INTS = 2**53
 _TINY_VIOLATION, _HUGE_VIOLATION = 1e-12, 1e300
 #: The most values of an integer dimension ``GPSampler`` is given (it lists them all: ~220 MB at this count).
 _LISTABLE = 10**7
+#: What to do when one of Optuna's samplers fails inside the adapter.
+_REPORT_IT = "choose another sampler or algorithm, and report it with the experiment's history (orchard db dump)"
 #: Optuna's suggestion retries before a duplicate is replaced by a random unseen point.
 _RETRIES = 3
 
@@ -351,7 +354,25 @@ class OptunaSampler(BaseAlgorithm):
         n: int = 1,
         seen: SeenPoints | None = None,
     ) -> list[dict[str, Any]]:
-        """Return up to ``n`` unseen points from the sampler (see :meth:`BaseAlgorithm.suggest`)."""
+        """Return up to ``n`` unseen points from the sampler (see :meth:`BaseAlgorithm.suggest`).
+
+        Raises:
+            SpaceExhaustedError: no unseen point is left.
+            AlgorithmError: the sampler failed, or suggested a point outside the space; the
+                message names the sampler (and the dimension).
+        """
+        label = f"algorithm 'optuna' sampler {self.options['sampler']!r}"
+        try:
+            return self._suggest(completed, pending, n, seen)
+        except SpaceError as err:  # from _first_unseen: Optuna drew outside the distribution it was given
+            raise AlgorithmError(f"{label} suggested a point outside the space: {err}; {_REPORT_IT}") from None
+        except OrchardError:
+            raise
+        except Exception as err:  # noqa: BLE001 -- Optuna's own failure, named with its sampler
+            raise AlgorithmError(f"{label} failed to suggest a point: {shown(err, 200)}; {_REPORT_IT}") from err
+
+    def _suggest(self, completed: Sequence[Observation], pending: Sequence[Mapping[str, Any]], n: int,
+                 seen: SeenPoints | None) -> list[dict[str, Any]]:
         asked: list[int] = []
         if self._cmaes is not None:
             draw = self._cmaes_drawer(self._cmaes, completed, pending)
