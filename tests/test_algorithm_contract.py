@@ -100,6 +100,17 @@ def test_optuna_refuses_what_it_cannot_run() -> None:
         make_algorithm("optuna", huge)
 
 
+def test_optuna_cmaes_with_several_objectives_is_refused_when_the_experiment_is_built(tmp_path: Path) -> None:
+    """It was stored, and every worker failed once its first trial had completed: an experiment no joiner
+    could run nor change (CMA-ES optimizes one objective)."""
+    pytest.importorskip("optuna")
+    store = str(tmp_path / "o.pkl")
+    with pytest.raises(ConfigurationError, match="'CmaEsSampler' optimizes one objective; this experiment has 2"):
+        orchard.build_experiment("cma", space=DEFAULT_SPACE, algorithm={"optuna": {"sampler": "CmaEsSampler"}},
+                                 objectives={"error": "min", "latency": "min"}, storage=store)
+    assert orchard.storages.get_storage(store).get_experiment("cma") is None
+
+
 @pytest.mark.parametrize("prior", ["normal(1e308, 1e300)", "uniform(1e307, 1.7e308)", "uniform(-1.7e308, -9e307)"])
 def test_optuna_tpe_refuses_bounds_whose_sum_overflows_when_the_experiment_is_built(prior: str) -> None:
     """TPE centres its prior kernel at 0.5 * (low + high): past a float's range that is inf, and every

@@ -197,6 +197,11 @@ def _violation(observation: Observation) -> float:
     return 0.0 if observation.feasible else min(max(observation.violation, _TINY_VIOLATION), _HUGE_VIOLATION)
 
 
+def _one_objective_only(several: int) -> ConfigurationError:
+    return ConfigurationError(f"algorithm 'optuna' sampler 'CmaEsSampler' optimizes one objective; this experiment "
+                              f"has {several}: use NSGAIISampler or TPESampler")
+
+
 class OptunaSampler(BaseAlgorithm):
     """An Optuna sampler run on Orchard's shared history (see the module docstring).
 
@@ -237,6 +242,12 @@ class OptunaSampler(BaseAlgorithm):
                 ) from exc
         _build_once(sampler, {k: v for k, v in merged.items() if k != "sampler"})
         return merged
+
+    @classmethod
+    def check_objectives(cls, options: Mapping[str, Any], objectives: Mapping[str, str]) -> None:
+        """Refuse ``CmaEsSampler`` for several objectives (see :meth:`BaseAlgorithm.check_objectives`)."""
+        if options.get("sampler") == "CmaEsSampler" and len(objectives) > 1:
+            raise _one_objective_only(len(objectives))
 
     def __init__(self, space: Space, seed: int | None = None, **options: Any) -> None:
         super().__init__(space, seed, **options)
@@ -338,10 +349,8 @@ class OptunaSampler(BaseAlgorithm):
                       pending: Sequence[Mapping[str, Any]]) -> Callable[[], dict[str, Any]]:
         """Draws from the CMA-ES distribution, or at random during its start (as Optuna does)."""
         several = next((len(o.values) for o in completed if o.values is not None and len(o.values) > 1), 0)
-        if several:
-            raise ConfigurationError(
-                f"algorithm 'optuna' sampler 'CmaEsSampler' optimizes one objective; this experiment has {several}: "
-                "use NSGAIISampler or TPESampler")
+        if several:  # refused when the experiment is created: here for an experiment stored before that check
+            raise _one_objective_only(several)
         rng = self.rng(completed, pending)
         if cmaes.fold(self.settled(completed, pending)):
             return cmaes.drawer(rng)
