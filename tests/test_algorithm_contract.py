@@ -150,6 +150,22 @@ def test_optuna_options_its_sampler_refuses_are_refused_with_the_experiment(samp
         orchard.build_experiment("q", space=DEFAULT_SPACE, algorithm={"optuna": sampler}, storage="memory://")
 
 
+@pytest.mark.parametrize(("sampler", "words"), [
+    ({"sampler": "NSGAIISampler", "population_size": 20.0}, "option 'population_size' must be an integer, got 20.0"),
+    ({"sampler": "NSGAIISampler", "elite_population_selection_strategy": "best"},
+     "option 'elite_population_selection_strategy' takes a Python object"),
+    ({"sampler": "QMCSampler", "independent_sampler": "RandomSampler"}, "option 'independent_sampler' takes a Python object"),
+])
+def test_optuna_options_its_sampler_would_fail_on_later_are_refused_with_the_experiment(
+        sampler: dict[str, Any], words: str) -> None:
+    """Optuna's constructors take them; the sampler failed on them once a generation was complete (NSGA-II) or at
+    the first suggestion (QMC), on every worker, with the experiment stored. An option taking a Python object
+    (a sampler, a callable) can hold nothing a storage keeps but a string, which is never one."""
+    pytest.importorskip("optuna")
+    with pytest.raises(ConfigurationError, match=f"'{sampler['sampler']}' {words}"):
+        orchard.build_experiment("q", space=DEFAULT_SPACE, algorithm={"optuna": sampler}, storage="memory://")
+
+
 @pytest.mark.parametrize("sampler", [{"sampler": "TPESampler", "n_startup_trials": 0},
                                      {"sampler": "NSGAIISampler", "population_size": 10}])
 def test_optuna_samplers_are_told_which_trials_broke_the_constraints(sampler: dict[str, Any]) -> None:

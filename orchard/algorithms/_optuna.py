@@ -71,6 +71,8 @@ INCREMENTAL = ("TPESampler", "RandomSampler")
 _REFUSED = {"CmaEsSampler": {"with_margin": "its margin state lives in trial attributes Orchard does not store",
                              "source_trials": "Optuna trials cannot be given; the sampler learns from the experiment's history"},
             "NSGAIISampler": {"constraints_func": "declare the experiment's constraints instead"}}
+#: Words of Optuna's annotations naming a Python object, which no stored option can be.
+_OBJECT_TYPES = ("Callable", "BaseSampler", "BaseMutation", "BaseCrossover", "FrozenTrial")
 #: The largest integer bound Optuna samples exactly (its integers go through floats).
 _EXACT_INTS = 2**53
 #: Bounds of a violation told to Optuna: an infeasible trial's is positive, and finite (a missing metric is ``inf``).
@@ -157,6 +159,26 @@ def _check_listable(space: Space, distributions: Mapping[str, Any]) -> None:
                 "sampler (TPESampler, CmaEsSampler) or algorithm")
 
 
+def _check_types(sampler: str, options: Mapping[str, Any], parameters: Mapping[str, inspect.Parameter]) -> None:
+    """Refuse what the sampler's constructor takes but its suggestions fail on, in every worker.
+
+    ``NSGAIISampler(population_size=20.0)`` is built, then slices its generations with the float
+    once the first one is complete; an option taking a Python object (``independent_sampler``,
+    ``elite_population_selection_strategy``) can only hold what a storage keeps, a string, and
+    the sampler calls it. Optuna's annotations say which is which.
+    """
+    for option, value in options.items():
+        annotation = str(parameters[option].annotation) if option in parameters else ""
+        if value is not None and any(word in annotation for word in _OBJECT_TYPES):
+            raise ConfigurationError(
+                f"algorithm 'optuna' sampler {sampler!r} option {option!r} takes a Python object ({annotation}), "
+                f"which the experiment cannot store (each worker builds the sampler from the stored options); "
+                f"leave it unset, got {shown(value)}")
+        if annotation in ("int", "int | None") and value is not None and type(value) is not int:
+            raise ConfigurationError(
+                f"algorithm 'optuna' sampler {sampler!r} option {option!r} must be an integer, got {shown(value)}")
+
+
 def _build_once(sampler: str, kwargs: Mapping[str, Any]) -> None:
     """Build ``sampler`` with ``kwargs`` once, so a value it refuses is refused with the experiment.
 
@@ -220,7 +242,8 @@ class OptunaSampler(BaseAlgorithm):
         sampler = merged["sampler"]
         if sampler not in SAMPLERS:
             raise ConfigurationError(f"algorithm 'optuna' has no sampler {sampler!r}; valid: {', '.join(SAMPLERS)}")
-        accepted = set(inspect.signature(getattr(_optuna().samplers, sampler)).parameters) - {"seed"}
+        parameters = inspect.signature(getattr(_optuna().samplers, sampler)).parameters
+        accepted = set(parameters) - {"seed"}
         unknown = sorted(set(merged) - accepted - {"sampler"})
         if unknown:
             raise ConfigurationError(
@@ -231,6 +254,7 @@ class OptunaSampler(BaseAlgorithm):
             if merged.get(option):
                 raise ConfigurationError(
                     f"algorithm 'optuna' sampler {sampler!r} cannot take option {option!r} in Orchard: {reason}")
+        _check_types(sampler, merged, parameters)
         needs = {"GPSampler": ("torch", "pip install torch"), "CmaEsSampler": ("cmaes", "pip install cmaes")}
         if sampler in needs:
             module, hint = needs[sampler]
