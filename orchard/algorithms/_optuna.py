@@ -71,7 +71,7 @@ INCREMENTAL = ("TPESampler", "RandomSampler")
 _REFUSED = {"CmaEsSampler": {"with_margin": "its margin state lives in trial attributes Orchard does not store",
                              "source_trials": "Optuna trials cannot be given; the sampler learns from the experiment's history"},
             "NSGAIISampler": {"constraints_func": "declare the experiment's constraints instead"}}
-#: Words of Optuna's annotations naming a Python object, which no stored option can be.
+#: Words of Optuna's annotations naming a Python object (only a ``memory://`` storage keeps one).
 _OBJECT_TYPES = ("Callable", "BaseSampler", "BaseMutation", "BaseCrossover", "FrozenTrial")
 #: The largest integer bound Optuna samples exactly (its integers go through floats).
 _EXACT_INTS = 2**53
@@ -164,16 +164,15 @@ def _check_types(sampler: str, options: Mapping[str, Any], parameters: Mapping[s
 
     ``NSGAIISampler(population_size=20.0)`` is built, then slices its generations with the float
     once the first one is complete; an option taking a Python object (``independent_sampler``,
-    ``elite_population_selection_strategy``) can only hold what a storage keeps, a string, and
-    the sampler calls it. Optuna's annotations say which is which.
+    ``elite_population_selection_strategy``) was given a string, which the sampler called.
+    Optuna's annotations say which is which.
     """
     for option, value in options.items():
         annotation = str(parameters[option].annotation) if option in parameters else ""
-        if value is not None and any(word in annotation for word in _OBJECT_TYPES):
+        if isinstance(value, (str, int, float, list, dict)) and any(word in annotation for word in _OBJECT_TYPES):
             raise ConfigurationError(
                 f"algorithm 'optuna' sampler {sampler!r} option {option!r} takes a Python object ({annotation}), "
-                f"which the experiment cannot store (each worker builds the sampler from the stored options); "
-                f"leave it unset, got {shown(value)}")
+                f"not {shown(value)}; leave it unset (only a memory:// storage keeps an object)")
         if annotation in ("int", "int | None") and value is not None and type(value) is not int:
             raise ConfigurationError(
                 f"algorithm 'optuna' sampler {sampler!r} option {option!r} must be an integer, got {shown(value)}")
