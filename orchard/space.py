@@ -151,7 +151,7 @@ def _why_not(prior: Prior, value: Any) -> str:
 
 
 def _quoted(value: Any) -> str:
-    """``repr(value)``, or :func:`shown` where ``repr`` fails (an algorithm's point may hold a 5,000-digit int).
+    """``repr(value)``, or :func:`shown` where ``repr`` fails (a point may hold a 5,000-digit int).
 
     The worker died of the ``ValueError`` of ``repr`` while it built the message that refused the point.
     """

@@ -105,8 +105,9 @@ def test_optuna_cmaes_with_several_objectives_is_refused_when_the_experiment_is_
     could run nor change (CMA-ES optimizes one objective)."""
     pytest.importorskip("optuna")
     store = str(tmp_path / "o.pkl")
+    cma = {"optuna": {"sampler": "CmaEsSampler"}}
     with pytest.raises(ConfigurationError, match="'CmaEsSampler' optimizes one objective; this experiment has 2"):
-        orchard.build_experiment("cma", space=DEFAULT_SPACE, algorithm={"optuna": {"sampler": "CmaEsSampler"}},
+        orchard.build_experiment("cma", space=DEFAULT_SPACE, algorithm=cma,
                                  objectives={"error": "min", "latency": "min"}, storage=store)
     assert orchard.storages.get_storage(store).get_experiment("cma") is None
 
@@ -151,16 +152,18 @@ def test_optuna_options_its_sampler_refuses_are_refused_with_the_experiment(samp
 
 
 @pytest.mark.parametrize(("sampler", "words"), [
-    ({"sampler": "NSGAIISampler", "population_size": 20.0}, "option 'population_size' must be an integer, got 20.0"),
+    ({"sampler": "NSGAIISampler", "population_size": 20.0},
+     "option 'population_size' must be an integer, got 20.0"),
     ({"sampler": "NSGAIISampler", "elite_population_selection_strategy": "best"},
      "option 'elite_population_selection_strategy' takes a Python object"),
-    ({"sampler": "QMCSampler", "independent_sampler": "RandomSampler"}, "option 'independent_sampler' takes a Python object"),
+    ({"sampler": "QMCSampler", "independent_sampler": "RandomSampler"},
+     "option 'independent_sampler' takes a Python object"),
 ])
 def test_optuna_options_its_sampler_would_fail_on_later_are_refused_with_the_experiment(
         sampler: dict[str, Any], words: str) -> None:
-    """Optuna's constructors take them; the sampler failed on them once a generation was complete (NSGA-II) or at
-    the first suggestion (QMC), on every worker, with the experiment stored. An option taking a Python object
-    (a sampler, a callable) can hold nothing a storage keeps but a string, which is never one."""
+    """Optuna's constructors take them; the sampler failed on them once a generation was complete (NSGA-II)
+    or at the first suggestion (QMC), on every worker, with the experiment stored. A string or number is
+    never the Python object (a sampler, a callable) such an option takes."""
     pytest.importorskip("optuna")
     with pytest.raises(ConfigurationError, match=f"'{sampler['sampler']}' {words}"):
         orchard.build_experiment("q", space=DEFAULT_SPACE, algorithm={"optuna": sampler}, storage="memory://")
@@ -189,14 +192,15 @@ def test_optuna_samplers_are_told_which_trials_broke_the_constraints(sampler: di
 
 @pytest.mark.parametrize("sampler", ["TPESampler", "QMCSampler", "NSGAIISampler", "RandomSampler"])
 def test_optuna_is_told_normal_values_past_four_sigma(sampler: str) -> None:
-    """Optuna's distribution of ``normal(mu, s)`` ends at mu ± 4s, Orchard's prior does not: a trial at 7.5 of
-    ``normal(0, 1)`` (a warm start from a wider normal, an insert, a random draw) failed every worker's every
-    suggestion with ``ValueError: The value 7.5 of parameter 'x' isn't contained in the distribution``."""
+    """Optuna's distribution of ``normal(mu, s)`` ends at mu ± 4s, Orchard's prior does not: a trial at 7.5
+    of ``normal(0, 1)`` (a warm start from a wider normal, an insert, a random draw) failed every worker's
+    every suggestion with ``The value 7.5 of parameter 'x' isn't contained in the distribution``."""
     pytest.importorskip("optuna")
     from orchard.algorithms import Observation
 
     space = Space.from_config({"x": "normal(0, 1)", "y": "uniform(0, 1)"})
-    done = [Observation({"x": x, "y": 0.5}, abs(x), float(i)) for i, x in enumerate([7.5, -0.5, 0.25, 1.0, -12.0])]
+    xs = [7.5, -0.5, 0.25, 1.0, -12.0]
+    done = [Observation({"x": x, "y": 0.5}, abs(x), float(i)) for i, x in enumerate(xs)]
     algorithm = make_algorithm({"optuna": {"sampler": sampler}}, space, seed=0)
     for pending in ([], [{"x": -9.0, "y": 0.25}]):
         (point,) = algorithm.suggest(done, pending)
@@ -209,8 +213,9 @@ def test_optuna_is_told_normal_values_past_four_sigma(sampler: str) -> None:
 ], ids=["outside", "raises"])
 def test_an_optuna_sampler_breaking_the_contract_is_named_with_the_dimension(
         monkeypatch: pytest.MonkeyPatch, drawn: Any, words: str) -> None:
-    """A sampler's point outside the space stopped workon with a bare SpaceError ("dimension 'x': value 5.0
-    is outside uniform(0.0, 1.0)"), naming neither the algorithm nor the sampler; its own failure named no sampler."""
+    """A sampler's point outside the space stopped workon with a bare SpaceError ("dimension 'x': value
+    5.0 is outside uniform(0.0, 1.0)"), naming neither the algorithm nor the sampler; its own failure named
+    no sampler."""
     optuna = pytest.importorskip("optuna")
     from orchard.errors import AlgorithmError
 
@@ -220,8 +225,8 @@ def test_an_optuna_sampler_breaking_the_contract_is_named_with_the_dimension(
         return drawn
 
     monkeypatch.setattr(optuna.samplers.RandomSampler, "sample_independent", sample)
-    exp = orchard.build_experiment("off", space={"x": "uniform(0, 1)"}, algorithm={"optuna": {"sampler": "RandomSampler"}},
-                                   max_trials=2, storage="memory://")
+    exp = orchard.build_experiment("off", space={"x": "uniform(0, 1)"}, max_trials=2, storage="memory://",
+                                   algorithm={"optuna": {"sampler": "RandomSampler"}})
     with pytest.raises(AlgorithmError) as caught:
         exp.workon(lambda x: x, progress=False)
     message = str(caught.value)

@@ -80,7 +80,8 @@ _TINY_VIOLATION, _HUGE_VIOLATION = 1e-12, 1e300
 #: The most values of an integer dimension ``GPSampler`` is given (it lists them all: ~220 MB at this count).
 _LISTABLE = 10**7
 #: What to do when one of Optuna's samplers fails inside the adapter.
-_REPORT_IT = "choose another sampler or algorithm, and report it with the experiment's history (orchard db dump)"
+_REPORT_IT = ("choose another sampler or algorithm, and report it with the experiment's history "
+              "(orchard db dump)")
 #: Optuna's suggestion retries before a duplicate is replaced by a random unseen point.
 _RETRIES = 3
 
@@ -159,7 +160,8 @@ def _check_listable(space: Space, distributions: Mapping[str, Any]) -> None:
                 "sampler (TPESampler, CmaEsSampler) or algorithm")
 
 
-def _check_types(sampler: str, options: Mapping[str, Any], parameters: Mapping[str, inspect.Parameter]) -> None:
+def _check_types(sampler: str, options: Mapping[str, Any],
+                 parameters: Mapping[str, inspect.Parameter]) -> None:
     """Refuse what the sampler's constructor takes but its suggestions fail on, in every worker.
 
     ``NSGAIISampler(population_size=20.0)`` is built, then slices its generations with the float
@@ -169,13 +171,13 @@ def _check_types(sampler: str, options: Mapping[str, Any], parameters: Mapping[s
     """
     for option, value in options.items():
         annotation = str(parameters[option].annotation) if option in parameters else ""
-        if isinstance(value, (str, int, float, list, dict)) and any(word in annotation for word in _OBJECT_TYPES):
-            raise ConfigurationError(
-                f"algorithm 'optuna' sampler {sampler!r} option {option!r} takes a Python object ({annotation}), "
-                f"not {shown(value)}; leave it unset (only a memory:// storage keeps an object)")
+        where = f"algorithm 'optuna' sampler {sampler!r} option {option!r}"
+        plain = isinstance(value, (str, int, float, list, dict))
+        if plain and any(word in annotation for word in _OBJECT_TYPES):
+            raise ConfigurationError(f"{where} takes a Python object ({annotation}), not {shown(value)}; "
+                                     "leave it unset (only a memory:// storage keeps an object)")
         if annotation in ("int", "int | None") and value is not None and type(value) is not int:
-            raise ConfigurationError(
-                f"algorithm 'optuna' sampler {sampler!r} option {option!r} must be an integer, got {shown(value)}")
+            raise ConfigurationError(f"{where} must be an integer, got {shown(value)}")
 
 
 def _build_once(sampler: str, kwargs: Mapping[str, Any]) -> None:
@@ -219,8 +221,8 @@ def _violation(observation: Observation) -> float:
 
 
 def _one_objective_only(several: int) -> ConfigurationError:
-    return ConfigurationError(f"algorithm 'optuna' sampler 'CmaEsSampler' optimizes one objective; this experiment "
-                              f"has {several}: use NSGAIISampler or TPESampler")
+    return ConfigurationError(f"algorithm 'optuna' sampler 'CmaEsSampler' optimizes one objective; this "
+                              f"experiment has {several}: use NSGAIISampler or TPESampler")
 
 
 class OptunaSampler(BaseAlgorithm):
@@ -325,8 +327,8 @@ class OptunaSampler(BaseAlgorithm):
             attrs = {generation_key: len(self._told) // size}
             self._told.add(digest)
             self._study.add_trial(optuna.trial.create_trial(
-                params=self._as_told(observation.params), distributions=self._distributions, values=list(values),
-                system_attrs=attrs, constraints={"violation": _violation(observation)}))
+                params=self._as_told(observation.params), distributions=self._distributions,
+                values=list(values), system_attrs=attrs, constraints={"violation": _violation(observation)}))
         wanted = {params_hash(p): p for p in pending}
         for digest in [d for d in self._running if d not in wanted]:
             self._retire(self._running.pop(digest))
@@ -397,11 +399,13 @@ class OptunaSampler(BaseAlgorithm):
         try:
             return self._suggest(completed, pending, n, seen)
         except SpaceError as err:  # from _first_unseen: Optuna drew outside the distribution it was given
-            raise AlgorithmError(f"{label} suggested a point outside the space: {err}; {_REPORT_IT}") from None
+            raise AlgorithmError(f"{label} suggested a point outside the space: {err}; "
+                                 f"{_REPORT_IT}") from None
         except OrchardError:
             raise
         except Exception as err:  # noqa: BLE001 -- Optuna's own failure, named with its sampler
-            raise AlgorithmError(f"{label} failed to suggest a point: {shown(err, 200)}; {_REPORT_IT}") from err
+            raise AlgorithmError(f"{label} failed to suggest a point: {shown(err, 200)}; "
+                                 f"{_REPORT_IT}") from err
 
     def _suggest(self, completed: Sequence[Observation], pending: Sequence[Mapping[str, Any]], n: int,
                  seen: SeenPoints | None) -> list[dict[str, Any]]:
