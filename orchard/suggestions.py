@@ -11,6 +11,11 @@ and the worker stops before anything is stored, instead of:
 * an empty answer, or points the experiment already holds suggested again and again,
   while the worker waits forever for something new.
 
+The algorithm is given an overlay of the worker's set of the experiment's points: one that adds
+its own suggestion to the set it is given (the contract says not to) changes nothing the worker
+decides by; each point it added looked registered, and the worker stopped, blaming it for ignoring
+the history.
+
 Trials another program stored with params outside the space make every algorithm
 that reads them fail: after a failure, the worker sets them aside
 (:meth:`~orchard.history.History.set_aside`), names them, and asks once more.
@@ -25,7 +30,7 @@ import logging
 from collections.abc import Mapping
 from typing import Any
 
-from orchard.algorithms.base import BaseAlgorithm
+from orchard.algorithms.base import BaseAlgorithm, SeenPoints
 from orchard.errors import AlgorithmError, OrchardError, SpaceError, SpaceExhaustedError
 from orchard.history import History
 from orchard.report import shown
@@ -80,7 +85,9 @@ class Suggester:
 
     def _next(self, history: History, collided: list[dict[str, Any]]) -> dict[str, Any] | None:
         try:
-            answer = self.algorithm.suggest(history.observations, history.pending(collided), n=1, seen=history.seen)
+            seen = SeenPoints(base=history.seen)  # the algorithm's to add to; history.seen stays as it is
+            pending = history.pending(collided, seen)
+            answer = self.algorithm.suggest(history.observations, pending, n=1, seen=seen)
         except SpaceExhaustedError:
             self.exhausted = True
             return None

@@ -180,6 +180,11 @@ class _Careless(BaseAlgorithm):
             raise ValueError("plugin bug")
         if answer == "exit":
             sys.exit(3)  # a plugin's own command-line habit: it ended workon with no message
+        if answer == "seen-add":  # keeps its own record in the set it is given (the kit does not pass one)
+            point = {"x": (len(completed) + 0.5) / 10}
+            if seen is not None:
+                seen.add(point)
+            return [point]
         huge = 10**5000  # repr refuses ints of more than 4,300 digits: the worker died of its message
         return {"outside": [{"x": 5.0}], "missing": [{}], "empty": [], "none": None, "same": [{"x": 0.5}],
                 "huge": [{"x": huge}], "huge-extra": [{"x": 0.5, "w": huge}],
@@ -208,6 +213,19 @@ def test_an_algorithm_breaking_its_contract_stops_the_worker_with_one_line(monke
         exp.workon(lambda x: x, progress=False, idle_timeout=1)  # it polled forever, or evaluated x=5
     assert words in str(caught.value) and "'careless'" in str(caught.value) and "\n" not in str(caught.value)
     assert [t.params for t in exp.fetch_trials()] == ([{"x": 0.5}] if answer == "same" else [])
+
+
+def test_an_algorithm_that_adds_its_point_to_the_seen_set_it_is_given_does_not_corrupt_the_worker(
+        monkeypatch) -> None:
+    """The set was the worker's record of the experiment's points: each point the plugin added there looked
+    registered already, and the worker stopped with "suggested 20 points in a row that the experiment already
+    holds ... it ignores the completed and pending points", which the plugin did not."""
+    monkeypatch.setitem(ALGORITHMS, "careless", lambda: _Careless)
+    exp = orchard.build_experiment("careless-seen", space=SPACE, max_trials=3, storage="memory://",
+                                   algorithm={"careless": {"answer": "seen-add"}})
+    exp.workon(lambda x: x, progress=False)
+    done = [t.params["x"] for t in exp.fetch_trials() if t.status is TrialStatus.COMPLETED]
+    assert sorted(done) == [0.05, 0.15, 0.25]
 
 
 class _FloatCounter(BaseAlgorithm):
