@@ -8,6 +8,7 @@ and the worker stops before anything is stored, instead of:
 
 * an exception from inside the algorithm, reported as if the objective had crashed;
 * a point outside the space, or missing a dimension, registered and evaluated;
+* a point registered with a parent that is no trial of the experiment;
 * an empty answer, or points the experiment already holds suggested again and again,
   while the worker waits forever for something new.
 
@@ -34,7 +35,7 @@ from orchard.algorithms.base import BaseAlgorithm, SeenPoints
 from orchard.errors import AlgorithmError, OrchardError, SpaceError, SpaceExhaustedError
 from orchard.history import History
 from orchard.report import shown
-from orchard.space import Space
+from orchard.space import Space, trial_id
 
 __all__ = ["Suggester"]
 
@@ -108,6 +109,33 @@ class Suggester:
         except SpaceError as err:
             raise AlgorithmError(f"algorithm {self.name!r} suggested a point outside the space: {err}; "
                                  f"{_CHECK_IT}") from None
+
+    def parent_id(self, params: Mapping[str, Any], history: History, experiment_id: str) -> str | None:
+        """The id of the trial the algorithm names as the parent of ``params`` (a promotion), or ``None``.
+
+        Raises:
+            AlgorithmError: ``parent_of`` raised, or named something that is not the params of a
+                trial the experiment holds (the point would be stored with a dangling parent).
+        """
+        point = shown(dict(params))
+        try:
+            parent = self.algorithm.parent_of(params)
+        except (Exception, SystemExit) as err:  # a plugin's own failure: name it, not the objective
+            raise AlgorithmError(f"algorithm {self.name!r} failed to name the parent of point {point}: "
+                                 f"{shown(err, 200)}; {_CHECK_IT}") from err
+        if parent is None:
+            return None
+        if not isinstance(parent, Mapping):
+            raise AlgorithmError(f"algorithm {self.name!r} named {shown(parent)} as the parent of point {point}, "
+                                 f"not the params of a trial; {_CHECK_IT}")
+        try:
+            parent_id: str | None = trial_id(experiment_id, parent)
+        except OrchardError:  # params no trial can have
+            parent_id = None
+        if parent_id not in history.trials:
+            raise AlgorithmError(f"algorithm {self.name!r} named {shown(dict(parent))} as the parent of point "
+                                 f"{point}, which is no trial of the experiment; {_CHECK_IT}")
+        return parent_id
 
     def repeating(self, params: Mapping[str, Any], times: int) -> AlgorithmError:
         """The error for an algorithm that suggested ``times`` points in a row the experiment holds."""

@@ -228,6 +228,42 @@ def test_an_algorithm_that_adds_its_point_to_the_seen_set_it_is_given_does_not_c
     assert sorted(done) == [0.05, 0.15, 0.25]
 
 
+class _ParentNaming(BaseAlgorithm):
+    """A plugin whose ``parent_of`` breaks the contract in the way its option ``parent`` names."""
+
+    OPTIONS: ClassVar[dict[str, Any]] = {"parent": "raise"}
+
+    def suggest(self, completed: Sequence[Observation], pending: Sequence[Mapping[str, Any]], n: int = 1,
+                seen: SeenPoints | None = None) -> list[dict[str, Any]]:
+        return [{"x": (len(completed) + len(pending) + 0.5) / 10}]
+
+    def parent_of(self, params: Mapping[str, Any]) -> dict[str, Any] | None:
+        parent = self.options["parent"]
+        if parent == "raise":
+            raise KeyError("rung")
+        return {"text": "x=0.1", "ghost": {"x": 0.999}, "itself": dict(params)}[parent]  # type: ignore[return-value]
+
+
+@pytest.mark.parametrize("parent, words", [
+    ("raise", "failed to name the parent of point {'x': 0.05}: KeyError('rung')"),
+    ("text", "named 'x=0.1' as the parent of point {'x': 0.05}, not the params of a trial"),
+    ("ghost", "named {'x': 0.999} as the parent of point {'x': 0.05}, which is no trial of the experiment"),
+    ("itself", "named {'x': 0.05} as the parent of point {'x': 0.05}, which is no trial of the experiment"),
+], ids=["raise", "text", "ghost", "itself"])
+def test_an_algorithm_naming_a_parent_that_is_no_trial_stops_the_worker_with_one_line(
+        monkeypatch, parent: str, words: str) -> None:
+    """A parent_of that raised killed the worker ("a worker died ...: KeyError ... If the objective crashed its
+    process ..."), and one naming no trial of the experiment had its point stored with a dangling parent id
+    (a script was handed ORCHARD_PARENT_WORKING_DIR of a trial that never ran)."""
+    monkeypatch.setitem(ALGORITHMS, "parent_naming", lambda: _ParentNaming)
+    exp = orchard.build_experiment(f"parent-{parent}", space=SPACE, max_trials=3, storage="memory://",
+                                   algorithm={"parent_naming": {"parent": parent}})
+    with pytest.raises(AlgorithmError) as caught:
+        exp.workon(lambda x: x, progress=False)
+    assert f"algorithm 'parent_naming' {words}" in str(caught.value) and "\n" not in str(caught.value)
+    assert exp.fetch_trials() == []
+
+
 class _FloatCounter(BaseAlgorithm):
     """A plugin that suggests its integer dimension as floats (3.0), as numpy-minded code does."""
 
