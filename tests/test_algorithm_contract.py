@@ -234,6 +234,32 @@ def test_an_optuna_sampler_breaking_the_contract_is_named_with_the_dimension(
     assert exp.fetch_trials() == []
 
 
+def test_an_optuna_suggestion_failing_midway_leaves_no_torn_study(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A failure while the study was told the history (Optuna refusing a trial) left it told in part and
+    marked read: the same worker's next suggestion, Experiment.suggest() called again, came from a study
+    missing those trials, unlike a fresh worker's (the masterless rule)."""
+    optuna = pytest.importorskip("optuna")
+    from orchard.algorithms import Observation
+    from orchard.errors import AlgorithmError
+
+    space = Space.from_config({"x": "uniform(0, 1)", "y": "uniform(0, 1)"})
+    done = [Observation({"x": i / 20, "y": i * 7 % 20 / 20}, abs(i / 20 - 0.3), float(i)) for i in range(20)]
+    config = {"optuna": {"sampler": "TPESampler", "n_startup_trials": 5}}
+    worker = make_algorithm(config, space, seed=0)
+    real = optuna.trial.create_trial
+    calls = iter(range(10**6))
+
+    def refusing(**kwargs: Any) -> Any:
+        if next(calls) == 10:
+            raise ValueError("refused by Optuna")
+        return real(**kwargs)
+
+    monkeypatch.setattr(optuna.trial, "create_trial", refusing)
+    with pytest.raises(AlgorithmError, match="refused by Optuna"):
+        worker.suggest(done, [])
+    assert worker.suggest(done, []) == make_algorithm(config, space, seed=0).suggest(done, [])
+
+
 def test_the_kit_catches_an_algorithm_that_ignores_pending() -> None:
     random_search = algorithm_class("random")
 

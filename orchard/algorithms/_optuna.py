@@ -52,7 +52,13 @@ from typing import Any, ClassVar
 
 from orchard.algorithms._optuna_cmaes import CmaEsState, completion_order
 from orchard.algorithms.base import BaseAlgorithm, Observation, SeenPoints
-from orchard.errors import AlgorithmError, ConfigurationError, OrchardError, SpaceError
+from orchard.errors import (
+    AlgorithmError,
+    ConfigurationError,
+    OrchardError,
+    SpaceError,
+    SpaceExhaustedError,
+)
 from orchard.priors import Choices, LogUniform, Normal, Prior, RandInt, Uniform
 from orchard.report import shown
 from orchard.space import Space, params_hash
@@ -398,14 +404,17 @@ class OptunaSampler(BaseAlgorithm):
         label = f"algorithm 'optuna' sampler {self.options['sampler']!r}"
         try:
             return self._suggest(completed, pending, n, seen)
-        except SpaceError as err:  # from _first_unseen: Optuna drew outside the distribution it was given
-            raise AlgorithmError(f"{label} suggested a point outside the space: {err}; "
-                                 f"{_REPORT_IT}") from None
-        except OrchardError:
+        except SpaceExhaustedError:
             raise
-        except Exception as err:  # noqa: BLE001 -- Optuna's own failure, named with its sampler
-            raise AlgorithmError(f"{label} failed to suggest a point: {shown(err, 200)}; "
-                                 f"{_REPORT_IT}") from err
+        except BaseException as err:  # noqa: BLE001 -- Ctrl-C too: a torn study must not outlive the call
+            self._reset()  # the study may hold part of the history, marked read: the next call starts afresh
+            if isinstance(err, SpaceError):  # from _first_unseen: Optuna drew outside its distribution
+                raise AlgorithmError(f"{label} suggested a point outside the space: {err}; "
+                                     f"{_REPORT_IT}") from None
+            if isinstance(err, Exception) and not isinstance(err, OrchardError):  # Optuna's own failure
+                raise AlgorithmError(f"{label} failed to suggest a point: {shown(err, 200)}; "
+                                     f"{_REPORT_IT}") from err
+            raise
 
     def _suggest(self, completed: Sequence[Observation], pending: Sequence[Mapping[str, Any]], n: int,
                  seen: SeenPoints | None) -> list[dict[str, Any]]:
