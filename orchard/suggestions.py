@@ -117,24 +117,21 @@ class Suggester:
             AlgorithmError: ``parent_of`` raised, or named something that is not the params of a
                 trial the experiment holds (the point would be stored with a dangling parent).
         """
-        point = shown(dict(params))
         try:
             parent = self.algorithm.parent_of(params)
         except (Exception, SystemExit) as err:  # a plugin's own failure: name it, not the objective
-            raise AlgorithmError(f"algorithm {self.name!r} failed to name the parent of point {point}: "
-                                 f"{shown(err, 200)}; {_CHECK_IT}") from err
+            raise AlgorithmError(f"algorithm {self.name!r} failed to name the parent of point "
+                                 f"{shown(dict(params))}: {shown(err, 200)}; {_CHECK_IT}") from err
         if parent is None:
             return None
-        if not isinstance(parent, Mapping):
-            raise AlgorithmError(f"algorithm {self.name!r} named {shown(parent)} as the parent of point {point}, "
-                                 f"not the params of a trial; {_CHECK_IT}")
         try:
-            parent_id: str | None = trial_id(experiment_id, parent)
+            parent_id = trial_id(experiment_id, parent) if isinstance(parent, Mapping) else None
         except OrchardError:  # params no trial can have
             parent_id = None
-        if parent_id not in history.trials:
-            raise AlgorithmError(f"algorithm {self.name!r} named {shown(dict(parent))} as the parent of point "
-                                 f"{point}, which is no trial of the experiment; {_CHECK_IT}")
+        if parent_id is None or parent_id not in history.trials:
+            what = "which is no trial of the experiment" if parent_id else "not the params of a trial"
+            raise AlgorithmError(f"algorithm {self.name!r} named {shown(parent)} as the parent of point "
+                                 f"{shown(dict(params))}, {what}; {_CHECK_IT}")
         return parent_id
 
     def repeating(self, params: Mapping[str, Any], times: int) -> AlgorithmError:
