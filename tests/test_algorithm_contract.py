@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import subprocess
 import sys
@@ -209,13 +210,15 @@ def test_optuna_is_told_normal_values_past_four_sigma(sampler: str) -> None:
 
 @pytest.mark.parametrize(("drawn", "words"), [
     (5.0, "suggested a point outside the space: dimension 'x': value 5.0 is outside uniform(0.0, 1.0)"),
-    (RuntimeError("sampler bug"), "failed to suggest a point: RuntimeError('sampler bug')"),
-], ids=["outside", "raises"])
+    (math.nan, "failed to suggest dimension 'x' (uniform(0.0, 1.0)): ValueError('`nan` is invalid value.')"),
+    (RuntimeError("sampler bug"),
+     "failed to suggest dimension 'x' (uniform(0.0, 1.0)): RuntimeError('sampler bug')"),
+], ids=["outside", "nan", "raises"])
 def test_an_optuna_sampler_breaking_the_contract_is_named_with_the_dimension(
         monkeypatch: pytest.MonkeyPatch, drawn: Any, words: str) -> None:
     """A sampler's point outside the space stopped workon with a bare SpaceError ("dimension 'x': value
-    5.0 is outside uniform(0.0, 1.0)"), naming neither the algorithm nor the sampler; its own failure named
-    no sampler."""
+    5.0 is outside uniform(0.0, 1.0)"), naming neither the algorithm nor the sampler; its own failure, or
+    Optuna's refusal of a NaN it drew, named neither the sampler nor the dimension."""
     optuna = pytest.importorskip("optuna")
     from orchard.errors import AlgorithmError
 

@@ -370,8 +370,15 @@ class OptunaSampler(BaseAlgorithm):
         self._study.sampler = self._sampler(completed, pending)
 
         def draw() -> dict[str, Any]:
-            trial = self._study.ask(self._distributions)
+            trial = self._study.ask()
             asked.append(trial._trial_id)
+            for name, distribution in self._distributions.items():  # as ask(distributions) does, naming each
+                try:
+                    trial._suggest(name, distribution)
+                except Exception as err:  # noqa: BLE001 -- Optuna's refusal of its own value (nan), named
+                    raise AlgorithmError(
+                        f"algorithm 'optuna' sampler {self.options['sampler']!r} failed to suggest dimension "
+                        f"{name!r} ({self.space[name]}): {shown(err, 200)}; {_REPORT_IT}") from err
             return dict(trial.params)
 
         return draw
