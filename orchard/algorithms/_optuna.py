@@ -166,18 +166,20 @@ def _check_listable(space: Space, distributions: Mapping[str, Any]) -> None:
                 "sampler (TPESampler, CmaEsSampler) or algorithm")
 
 
-def _check_types(sampler: str, options: Mapping[str, Any],
-                 parameters: Mapping[str, inspect.Parameter]) -> None:
+def _check_types(options: Mapping[str, Any], signature: inspect.Signature) -> None:
     """Refuse what the sampler's constructor takes but its suggestions fail on, in every worker.
 
     ``NSGAIISampler(population_size=20.0)`` is built, then slices its generations with the float
     once the first one is complete; an option taking a Python object (``independent_sampler``,
     ``elite_population_selection_strategy``) was given a string, which the sampler called.
-    Optuna's annotations say which is which.
+    Optuna's annotations say which is which. Checked when the sampler is built for a space (the
+    experiment created, a worker started), not when a stored configuration is read: an experiment
+    stored with such an option still shows its trials.
     """
     for option, value in options.items():
-        annotation = str(parameters[option].annotation) if option in parameters else ""
-        where = f"algorithm 'optuna' sampler {sampler!r} option {option!r}"
+        parameter = signature.parameters.get(option)
+        annotation = "" if parameter is None else str(parameter.annotation)
+        where = f"algorithm 'optuna' sampler {options['sampler']!r} option {option!r}"
         plain = isinstance(value, (str, int, float, list, dict))
         if plain and any(word in annotation for word in _OBJECT_TYPES):
             raise ConfigurationError(f"{where} takes a Python object ({annotation}), not {shown(value)}; "
@@ -249,8 +251,7 @@ class OptunaSampler(BaseAlgorithm):
         sampler = merged["sampler"]
         if sampler not in SAMPLERS:
             raise ConfigurationError(f"algorithm 'optuna' has no sampler {sampler!r}; valid: {', '.join(SAMPLERS)}")
-        parameters = inspect.signature(getattr(_optuna().samplers, sampler)).parameters
-        accepted = set(parameters) - {"seed"}
+        accepted = set(inspect.signature(getattr(_optuna().samplers, sampler)).parameters) - {"seed"}
         unknown = sorted(set(merged) - accepted - {"sampler"})
         if unknown:
             raise ConfigurationError(
@@ -261,7 +262,6 @@ class OptunaSampler(BaseAlgorithm):
             if merged.get(option):
                 raise ConfigurationError(
                     f"algorithm 'optuna' sampler {sampler!r} cannot take option {option!r} in Orchard: {reason}")
-        _check_types(sampler, merged, parameters)
         needs = {"GPSampler": ("torch", "pip install torch"), "CmaEsSampler": ("cmaes", "pip install cmaes")}
         if sampler in needs:
             module, hint = needs[sampler]
@@ -283,6 +283,7 @@ class OptunaSampler(BaseAlgorithm):
     def __init__(self, space: Space, seed: int | None = None, **options: Any) -> None:
         super().__init__(space, seed, **options)
         self._optuna = _optuna()
+        _check_types(self.options, inspect.signature(getattr(self._optuna.samplers, self.options["sampler"])))
         fidelity = space.fidelity
         self._fixed: dict[str, Any] = {fidelity[0]: fidelity[1].high} if fidelity else {}
         self._distributions = {
