@@ -115,10 +115,11 @@ def build_experiment(
     wanted_space = Space.from_config(space) if space is not None else None
     wanted_algo = settings.get("algorithm", algorithm, use_default=False)
     algo_options = explicit_options(wanted_algo) if wanted_algo is not None else frozenset()
-    wanted_algo = normalize_algorithm_config(wanted_algo, wanted_space) if wanted_algo is not None else None
+    goals = normalize_objectives(settings.get("objectives", objectives, use_default=False))
+    if wanted_algo is not None:
+        wanted_algo = normalize_algorithm_config(wanted_algo, wanted_space, goals)
     wanted_pruner = settings.get("pruner", pruner, use_default=False)
     wanted_pruner = normalize_pruner_config(wanted_pruner) if wanted_pruner is not None else None
-    goals = normalize_objectives(settings.get("objectives", objectives, use_default=False))
     sources = normalize_warm_start(settings.get("warm_start", warm_start, use_default=False))
     wanted = {"objectives": goals, "stop": normalize_stop(settings.get("stop", stop, use_default=False), goals),
               "constraints": normalize_constraints(settings.get("constraints", constraints, use_default=False)),
@@ -480,8 +481,7 @@ class Experiment:
         ends = [t.end_time for t in trials if t.end_time]
         elapsed = max(ends) - min(starts) if starts and ends else 0.0
         return {
-            "name": self.name,
-            "counts": counts,
+            "name": self.name, "counts": counts,
             "best_objective": best.objective if best else None,
             "best_params": dict(best.params) if best else None,
             "elapsed": elapsed,

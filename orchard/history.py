@@ -183,9 +183,14 @@ class History:
         return Observation(trial.params, objective, trial.end_time, values, standing.feasible, standing.violation,
                            pruned=trial.status is TrialStatus.PRUNED)
 
-    def pending(self, extra: list[dict[str, Any]] | None = None) -> list[dict[str, Any]]:
-        """Params being, or about to be, evaluated by anyone (plus ``extra``), with :meth:`completes_after`."""
-        return Pending(self._pending.values(), extra or (), self.seen, self.completes_after())  # first ones: in seen
+    def pending(self, extra: list[dict[str, Any]] | None = None,
+                seen: SeenPoints | None = None) -> list[dict[str, Any]]:
+        """Params being, or about to be, evaluated by anyone (plus ``extra``), with :meth:`completes_after`.
+
+        ``seen`` is :attr:`seen` or an overlay of it (the set handed to the algorithm with this list).
+        """
+        return Pending(self._pending.values(), extra or (), seen or self.seen,  # the first ones: in seen
+                       self.completes_after())
 
     def completes_after(self) -> float:
         """A time before which no completion this view lacks was recorded (``inf``: none will be).

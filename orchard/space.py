@@ -23,6 +23,7 @@ import numpy as np
 from orchard.errors import SpaceError
 from orchard.fidelity import Fidelity
 from orchard.priors import Choices, LogUniform, Normal, Prior, RandInt, Scalar, Uniform, is_number, to_builtin
+from orchard.report import shown
 
 __all__ = [
     "PRIORS",
@@ -144,9 +145,22 @@ def _why_not(prior: Prior, value: Any) -> str:
     """Why ``value`` is not in ``prior``: a wrong type, or outside its bounds or choices."""
     if isinstance(prior, Choices):
         return f"is not one of {prior}"
-    if not is_number(value):
+    if not is_number(value) and not isinstance(value, int):  # an int too large for a float is a number
         return f"is a {type(value).__name__}, not a finite number as {prior} needs"
     return f"is outside {prior}"
+
+
+def _quoted(value: Any) -> str:
+    """``repr(value)``, or :func:`shown` where ``repr`` fails (a point may hold a 5,000-digit int).
+
+    The worker died of the ``ValueError`` of ``repr`` while it built the message that refused the point.
+    """
+    try:
+        return repr(value)
+    except Exception:  # noqa: BLE001 -- a message must not fail on the value it describes
+        if isinstance(value, Mapping):
+            return "{" + ", ".join(f"{shown(k, 10_000)}: {shown(v, 10_000)}" for k, v in value.items()) + "}"
+        return shown(value, 10_000)
 
 
 class Space(Mapping[str, Prior]):
@@ -226,15 +240,15 @@ class Space(Mapping[str, Prior]):
         missing = [n for n in self._priors if n not in params]
         extra = [n for n in params if n not in self._priors]
         if missing or extra:
-            problems = [f"{label} {', '.join(map(repr, names))}"
+            problems = [f"{label} {', '.join(map(_quoted, names))}"
                         for label, names in (("missing", missing), ("unknown", extra)) if names]
-            raise SpaceError(f"params {dict(params)!r} do not match the space: {'; '.join(problems)} "
+            raise SpaceError(f"params {_quoted(dict(params))} do not match the space: {'; '.join(problems)} "
                              f"(the space has {', '.join(self._priors)})")
         point: dict[str, Scalar] = {}
         for name, prior in self._priors.items():
             value = to_builtin(params[name])
             if not prior.contains(value):
-                raise SpaceError(f"dimension {name!r}: value {value!r} {_why_not(prior, value)}")
+                raise SpaceError(f"dimension {name!r}: value {_quoted(value)} {_why_not(prior, value)}")
             point[name] = prior.cast(value)
         return point
 

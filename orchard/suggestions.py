@@ -8,8 +8,14 @@ and the worker stops before anything is stored, instead of:
 
 * an exception from inside the algorithm, reported as if the objective had crashed;
 * a point outside the space, or missing a dimension, registered and evaluated;
+* a point registered with a parent that is no trial of the experiment;
 * an empty answer, or points the experiment already holds suggested again and again,
   while the worker waits forever for something new.
+
+The algorithm is given an overlay of the worker's set of the experiment's points: one that adds
+its own suggestion to the set it is given (the contract says not to) changes nothing the worker
+decides by; each point it added looked registered, and the worker stopped, blaming it for ignoring
+the history.
 
 Trials another program stored with params outside the space make every algorithm
 that reads them fail: after a failure, the worker sets them aside
@@ -25,11 +31,11 @@ import logging
 from collections.abc import Mapping
 from typing import Any
 
-from orchard.algorithms.base import BaseAlgorithm
+from orchard.algorithms.base import BaseAlgorithm, SeenPoints
 from orchard.errors import AlgorithmError, OrchardError, SpaceError, SpaceExhaustedError
 from orchard.history import History
 from orchard.report import shown
-from orchard.space import Space
+from orchard.space import Space, trial_id
 
 __all__ = ["Suggester"]
 
@@ -80,7 +86,9 @@ class Suggester:
 
     def _next(self, history: History, collided: list[dict[str, Any]]) -> dict[str, Any] | None:
         try:
-            answer = self.algorithm.suggest(history.observations, history.pending(collided), n=1, seen=history.seen)
+            seen = SeenPoints(base=history.seen)  # the algorithm's to add to; history.seen stays as it is
+            pending = history.pending(collided, seen)
+            answer = self.algorithm.suggest(history.observations, pending, n=1, seen=seen)
         except SpaceExhaustedError:
             self.exhausted = True
             return None
@@ -101,6 +109,30 @@ class Suggester:
         except SpaceError as err:
             raise AlgorithmError(f"algorithm {self.name!r} suggested a point outside the space: {err}; "
                                  f"{_CHECK_IT}") from None
+
+    def parent_id(self, params: Mapping[str, Any], history: History, experiment_id: str) -> str | None:
+        """The id of the trial the algorithm names as the parent of ``params`` (a promotion), or ``None``.
+
+        Raises:
+            AlgorithmError: ``parent_of`` raised, or named something that is not the params of a
+                trial the experiment holds (the point would be stored with a dangling parent).
+        """
+        try:
+            parent = self.algorithm.parent_of(params)
+        except (Exception, SystemExit) as err:  # a plugin's own failure: name it, not the objective
+            raise AlgorithmError(f"algorithm {self.name!r} failed to name the parent of point "
+                                 f"{shown(dict(params))}: {shown(err, 200)}; {_CHECK_IT}") from err
+        if parent is None:
+            return None
+        try:
+            parent_id = trial_id(experiment_id, parent) if isinstance(parent, Mapping) else None
+        except OrchardError:  # params no trial can have
+            parent_id = None
+        if parent_id is None or parent_id not in history.trials:
+            what = "which is no trial of the experiment" if parent_id else "not the params of a trial"
+            raise AlgorithmError(f"algorithm {self.name!r} named {shown(parent)} as the parent of point "
+                                 f"{shown(dict(params))}, {what}; {_CHECK_IT}")
+        return parent_id
 
     def repeating(self, params: Mapping[str, Any], times: int) -> AlgorithmError:
         """The error for an algorithm that suggested ``times`` points in a row the experiment holds."""

@@ -51,7 +51,6 @@ from orchard.objective import Outcome, with_objectives
 from orchard.pacemaker import Evaluation, Pacemaker
 from orchard.pruners import make_pruner
 from orchard.recording import off_the_space
-from orchard.space import trial_id as params_trial_id
 from orchard.stopping import StopGate, StopRules
 from orchard.storages.base import BaseStorage
 from orchard.storages.retrying import RetryingStorage
@@ -409,10 +408,9 @@ class Worker:
             if slow and self._taken_meanwhile(params):
                 continue  # another worker registered (nearly) this point while we computed it
             try:
-                parent = self.algorithm.parent_of(params)  # a multi-fidelity promotion's parent
                 return self.storage.register_trial(
                     self.experiment_id, params, worker=self.name, budget=self.settings.max_trials,
-                    parent=None if parent is None else params_trial_id(self.experiment_id, parent),
+                    parent=self.suggester.parent_id(params, self.history, self.experiment_id),  # a promotion's
                 )
             except DuplicateTrialError:
                 collided.append(params)  # a racing worker registered it: treat it as pending

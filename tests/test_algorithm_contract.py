@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import subprocess
 import sys
@@ -100,6 +101,18 @@ def test_optuna_refuses_what_it_cannot_run() -> None:
         make_algorithm("optuna", huge)
 
 
+def test_optuna_cmaes_with_several_objectives_is_refused_when_the_experiment_is_built(tmp_path: Path) -> None:
+    """It was stored, and every worker failed once its first trial had completed: an experiment no joiner
+    could run nor change (CMA-ES optimizes one objective)."""
+    pytest.importorskip("optuna")
+    store = str(tmp_path / "o.pkl")
+    cma = {"optuna": {"sampler": "CmaEsSampler"}}
+    with pytest.raises(ConfigurationError, match="'CmaEsSampler' optimizes one objective; this experiment has 2"):
+        orchard.build_experiment("cma", space=DEFAULT_SPACE, algorithm=cma,
+                                 objectives={"error": "min", "latency": "min"}, storage=store)
+    assert orchard.storages.get_storage(store).get_experiment("cma") is None
+
+
 @pytest.mark.parametrize("prior", ["normal(1e308, 1e300)", "uniform(1e307, 1.7e308)", "uniform(-1.7e308, -9e307)"])
 def test_optuna_tpe_refuses_bounds_whose_sum_overflows_when_the_experiment_is_built(prior: str) -> None:
     """TPE centres its prior kernel at 0.5 * (low + high): past a float's range that is inf, and every
@@ -139,6 +152,24 @@ def test_optuna_options_its_sampler_refuses_are_refused_with_the_experiment(samp
         orchard.build_experiment("q", space=DEFAULT_SPACE, algorithm={"optuna": sampler}, storage="memory://")
 
 
+@pytest.mark.parametrize(("sampler", "words"), [
+    ({"sampler": "NSGAIISampler", "population_size": 20.0},
+     "option 'population_size' must be an integer, got 20.0"),
+    ({"sampler": "NSGAIISampler", "elite_population_selection_strategy": "best"},
+     "option 'elite_population_selection_strategy' takes a Python object"),
+    ({"sampler": "QMCSampler", "independent_sampler": "RandomSampler"},
+     "option 'independent_sampler' takes a Python object"),
+])
+def test_optuna_options_its_sampler_would_fail_on_later_are_refused_with_the_experiment(
+        sampler: dict[str, Any], words: str) -> None:
+    """Optuna's constructors take them; the sampler failed on them once a generation was complete (NSGA-II)
+    or at the first suggestion (QMC), on every worker, with the experiment stored. A string or number is
+    never the Python object (a sampler, a callable) such an option takes."""
+    pytest.importorskip("optuna")
+    with pytest.raises(ConfigurationError, match=f"'{sampler['sampler']}' {words}"):
+        orchard.build_experiment("q", space=DEFAULT_SPACE, algorithm={"optuna": sampler}, storage="memory://")
+
+
 @pytest.mark.parametrize("sampler", [{"sampler": "TPESampler", "n_startup_trials": 0},
                                      {"sampler": "NSGAIISampler", "population_size": 10}])
 def test_optuna_samplers_are_told_which_trials_broke_the_constraints(sampler: dict[str, Any]) -> None:
@@ -158,6 +189,78 @@ def test_optuna_samplers_are_told_which_trials_broke_the_constraints(sampler: di
     for _ in range(20):
         drawn += [point["x"] for point in algorithm.suggest(done, [{"x": x, "y": 0.5} for x in drawn])]
     assert sorted(drawn)[10] > 0.45  # around the best feasible points
+
+
+@pytest.mark.parametrize("sampler", ["TPESampler", "QMCSampler", "NSGAIISampler", "RandomSampler"])
+def test_optuna_is_told_normal_values_past_four_sigma(sampler: str) -> None:
+    """Optuna's distribution of ``normal(mu, s)`` ends at mu ± 4s, Orchard's prior does not: a trial at 7.5
+    of ``normal(0, 1)`` (a warm start from a wider normal, an insert, a random draw) failed every worker's
+    every suggestion with ``The value 7.5 of parameter 'x' isn't contained in the distribution``."""
+    pytest.importorskip("optuna")
+    from orchard.algorithms import Observation
+
+    space = Space.from_config({"x": "normal(0, 1)", "y": "uniform(0, 1)"})
+    xs = [7.5, -0.5, 0.25, 1.0, -12.0]
+    done = [Observation({"x": x, "y": 0.5}, abs(x), float(i)) for i, x in enumerate(xs)]
+    algorithm = make_algorithm({"optuna": {"sampler": sampler}}, space, seed=0)
+    for pending in ([], [{"x": -9.0, "y": 0.25}]):
+        (point,) = algorithm.suggest(done, pending)
+        assert space.validate(point) == point
+
+
+@pytest.mark.parametrize(("drawn", "words"), [
+    (5.0, "suggested a point outside the space: dimension 'x': value 5.0 is outside uniform(0.0, 1.0)"),
+    (math.nan, "failed to suggest dimension 'x' (uniform(0.0, 1.0)): ValueError('`nan` is invalid value.')"),
+    (RuntimeError("sampler bug"),
+     "failed to suggest dimension 'x' (uniform(0.0, 1.0)): RuntimeError('sampler bug')"),
+], ids=["outside", "nan", "raises"])
+def test_an_optuna_sampler_breaking_the_contract_is_named_with_the_dimension(
+        monkeypatch: pytest.MonkeyPatch, drawn: Any, words: str) -> None:
+    """A sampler's point outside the space stopped workon with a bare SpaceError ("dimension 'x': value
+    5.0 is outside uniform(0.0, 1.0)"), naming neither the algorithm nor the sampler; its own failure, or
+    Optuna's refusal of a NaN it drew, named neither the sampler nor the dimension."""
+    optuna = pytest.importorskip("optuna")
+    from orchard.errors import AlgorithmError
+
+    def sample(self: Any, study: Any, trial: Any, name: str, distribution: Any) -> Any:
+        if isinstance(drawn, Exception):
+            raise drawn
+        return drawn
+
+    monkeypatch.setattr(optuna.samplers.RandomSampler, "sample_independent", sample)
+    exp = orchard.build_experiment("off", space={"x": "uniform(0, 1)"}, max_trials=2, storage="memory://",
+                                   algorithm={"optuna": {"sampler": "RandomSampler"}})
+    with pytest.raises(AlgorithmError) as caught:
+        exp.workon(lambda x: x, progress=False)
+    message = str(caught.value)
+    assert "algorithm 'optuna' sampler 'RandomSampler' " + words in message and "\n" not in message, message
+    assert exp.fetch_trials() == []
+
+
+def test_an_optuna_suggestion_failing_midway_leaves_no_torn_study(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A failure while the study was told the history (Optuna refusing a trial) left it told in part and
+    marked read: the same worker's next suggestion, Experiment.suggest() called again, came from a study
+    missing those trials, unlike a fresh worker's (the masterless rule)."""
+    optuna = pytest.importorskip("optuna")
+    from orchard.algorithms import Observation
+    from orchard.errors import AlgorithmError
+
+    space = Space.from_config({"x": "uniform(0, 1)", "y": "uniform(0, 1)"})
+    done = [Observation({"x": i / 20, "y": i * 7 % 20 / 20}, abs(i / 20 - 0.3), float(i)) for i in range(20)]
+    config = {"optuna": {"sampler": "TPESampler", "n_startup_trials": 5}}
+    worker = make_algorithm(config, space, seed=0)
+    real = optuna.trial.create_trial
+    calls = iter(range(10**6))
+
+    def refusing(**kwargs: Any) -> Any:
+        if next(calls) == 10:
+            raise ValueError("refused by Optuna")
+        return real(**kwargs)
+
+    monkeypatch.setattr(optuna.trial, "create_trial", refusing)
+    with pytest.raises(AlgorithmError, match="refused by Optuna"):
+        worker.suggest(done, [])
+    assert worker.suggest(done, []) == make_algorithm(config, space, seed=0).suggest(done, [])
 
 
 def test_the_kit_catches_an_algorithm_that_ignores_pending() -> None:

@@ -180,8 +180,15 @@ class _Careless(BaseAlgorithm):
             raise ValueError("plugin bug")
         if answer == "exit":
             sys.exit(3)  # a plugin's own command-line habit: it ended workon with no message
-        return {"outside": [{"x": 5.0}], "missing": [{}], "empty": [], "none": None,
-                "same": [{"x": 0.5}]}[answer]  # type: ignore[return-value]
+        if answer == "seen-add":  # keeps its own record in the set it is given (the kit does not pass one)
+            point = {"x": (len(completed) + 0.5) / 10}
+            if seen is not None:
+                seen.add(point)
+            return [point]
+        huge = 10**5000  # repr refuses ints of more than 4,300 digits: the worker died of its message
+        return {"outside": [{"x": 5.0}], "missing": [{}], "empty": [], "none": None, "same": [{"x": 0.5}],
+                "huge": [{"x": huge}], "huge-extra": [{"x": 0.5, "w": huge}],
+                "huge-name": [{"x": 0.5, huge: 1}]}[answer]  # type: ignore[return-value]
 
 
 @pytest.mark.parametrize("answer, words", [
@@ -192,7 +199,11 @@ class _Careless(BaseAlgorithm):
     ("none", "answered None instead of a list of points"),
     ("same", "suggested 20 points in a row that the experiment already holds (the last: {'x': 0.5})"),
     ("exit", "failed to suggest a point: it called sys.exit(3)"),
-], ids=["raise", "outside", "missing", "empty", "none", "same", "exit"])
+    ("huge", "suggested a point outside the space: dimension 'x': value an int of 16610 bits is outside"),
+    ("huge-extra", "suggested a point outside the space: params {'x': 0.5, 'w': an int of 16610 bits} do not "
+                   "match the space: unknown 'w'"),
+    ("huge-name", "do not match the space: unknown an int of 16610 bits"),
+], ids=["raise", "outside", "missing", "empty", "none", "same", "exit", "huge", "huge-extra", "huge-name"])
 def test_an_algorithm_breaking_its_contract_stops_the_worker_with_one_line(monkeypatch, answer: str,
                                                                           words: str) -> None:
     monkeypatch.setitem(ALGORITHMS, "careless", lambda: _Careless)
@@ -202,6 +213,55 @@ def test_an_algorithm_breaking_its_contract_stops_the_worker_with_one_line(monke
         exp.workon(lambda x: x, progress=False, idle_timeout=1)  # it polled forever, or evaluated x=5
     assert words in str(caught.value) and "'careless'" in str(caught.value) and "\n" not in str(caught.value)
     assert [t.params for t in exp.fetch_trials()] == ([{"x": 0.5}] if answer == "same" else [])
+
+
+def test_an_algorithm_that_adds_its_point_to_the_seen_set_it_is_given_does_not_corrupt_the_worker(
+        monkeypatch) -> None:
+    """The set was the worker's record of the experiment's points: each point the plugin added there looked
+    registered already, and the worker stopped with "suggested 20 points in a row that the experiment already
+    holds ... it ignores the completed and pending points", which the plugin did not."""
+    monkeypatch.setitem(ALGORITHMS, "careless", lambda: _Careless)
+    exp = orchard.build_experiment("careless-seen", space=SPACE, max_trials=3, storage="memory://",
+                                   algorithm={"careless": {"answer": "seen-add"}})
+    exp.workon(lambda x: x, progress=False)
+    done = [t.params["x"] for t in exp.fetch_trials() if t.status is TrialStatus.COMPLETED]
+    assert sorted(done) == [0.05, 0.15, 0.25]
+
+
+class _ParentNaming(BaseAlgorithm):
+    """A plugin whose ``parent_of`` breaks the contract in the way its option ``parent`` names."""
+
+    OPTIONS: ClassVar[dict[str, Any]] = {"parent": "raise"}
+
+    def suggest(self, completed: Sequence[Observation], pending: Sequence[Mapping[str, Any]], n: int = 1,
+                seen: SeenPoints | None = None) -> list[dict[str, Any]]:
+        return [{"x": (len(completed) + len(pending) + 0.5) / 10}]
+
+    def parent_of(self, params: Mapping[str, Any]) -> dict[str, Any] | None:
+        parent = self.options["parent"]
+        if parent == "raise":
+            raise KeyError("rung")
+        return {"text": "x=0.1", "ghost": {"x": 0.999}, "itself": dict(params)}[parent]  # type: ignore[return-value]
+
+
+@pytest.mark.parametrize("parent, words", [
+    ("raise", "failed to name the parent of point {'x': 0.05}: KeyError('rung')"),
+    ("text", "named 'x=0.1' as the parent of point {'x': 0.05}, not the params of a trial"),
+    ("ghost", "named {'x': 0.999} as the parent of point {'x': 0.05}, which is no trial of the experiment"),
+    ("itself", "named {'x': 0.05} as the parent of point {'x': 0.05}, which is no trial of the experiment"),
+], ids=["raise", "text", "ghost", "itself"])
+def test_an_algorithm_naming_a_parent_that_is_no_trial_stops_the_worker_with_one_line(
+        monkeypatch, parent: str, words: str) -> None:
+    """A parent_of that raised killed the worker ("a worker died ...: KeyError ... If the objective crashed its
+    process ..."), and one naming no trial of the experiment had its point stored with a dangling parent id
+    (a script was handed ORCHARD_PARENT_WORKING_DIR of a trial that never ran)."""
+    monkeypatch.setitem(ALGORITHMS, "parent_naming", lambda: _ParentNaming)
+    exp = orchard.build_experiment(f"parent-{parent}", space=SPACE, max_trials=3, storage="memory://",
+                                   algorithm={"parent_naming": {"parent": parent}})
+    with pytest.raises(AlgorithmError) as caught:
+        exp.workon(lambda x: x, progress=False)
+    assert f"algorithm 'parent_naming' {words}" in str(caught.value) and "\n" not in str(caught.value)
+    assert exp.fetch_trials() == []
 
 
 class _FloatCounter(BaseAlgorithm):

@@ -188,7 +188,8 @@ def explicit_options(config: AlgorithmConfig) -> frozenset[str]:
     return frozenset(_split(config)[1])
 
 
-def normalize_algorithm_config(config: AlgorithmConfig, space: Space | None = None) -> dict[str, dict[str, Any]]:
+def normalize_algorithm_config(config: AlgorithmConfig, space: Space | None = None,
+                               objectives: Mapping[str, str] | None = None) -> dict[str, dict[str, Any]]:
     """Return the canonical ``{name: {option: value}}`` form, defaults filled in.
 
     Args:
@@ -196,16 +197,22 @@ def normalize_algorithm_config(config: AlgorithmConfig, space: Space | None = No
         space: the experiment's space, if known: the algorithm is then built once
             for it, so a setting that does not fit the space (``asha`` without a
             ``fidelity`` dimension, more rungs than the fidelity has) is refused here.
+        objectives: the experiment's objectives, if known: a setting that optimizes one
+            only is refused for several (:meth:`BaseAlgorithm.check_objectives`).
 
     Returns:
         A new dict with one key, the algorithm's name, mapped to all its options.
 
     Raises:
         ConfigurationError: unknown algorithm, unknown option, invalid option value,
-            or an algorithm that does not fit ``space``.
+            or an algorithm that does not fit ``space`` or ``objectives``.
     """
     name, options = _split(config)
-    normalized = {name: _checked_options(algorithm_class(name), name, options)}
+    cls = algorithm_class(name)
+    normalized = {name: _checked_options(cls, name, options)}
+    if objectives is not None and len(objectives) > 1:
+        with _plugin_step(cls, name, f"check the objectives {dict(objectives)!r}"):
+            cls.check_objectives(normalized[name], objectives)
     if space is not None:
         make_algorithm(normalized, space)
     return normalized

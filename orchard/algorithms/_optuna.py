@@ -32,7 +32,8 @@ discrete=True)``
 ``loguniform(a, b)``   ``FloatDistribution(a, b, log=True)``
 ``randint(a, b)``      ``IntDistribution(a, b - 1)`` (``b`` is excluded)
 ``choices([...])``     ``CategoricalDistribution([...])``
-``normal(mu, s)``      ``FloatDistribution(mu - 4s, mu + 4s)``
+``normal(mu, s)``      ``FloatDistribution(mu - 4s, mu + 4s)`` (a trial
+                       beyond is told at the nearer bound)
 ``fidelity(a, b)``     not sampled: fixed at ``b``, its high end
 =====================  =================================================
 
@@ -51,8 +52,15 @@ from typing import Any, ClassVar
 
 from orchard.algorithms._optuna_cmaes import CmaEsState, completion_order
 from orchard.algorithms.base import BaseAlgorithm, Observation, SeenPoints
-from orchard.errors import ConfigurationError
+from orchard.errors import (
+    AlgorithmError,
+    ConfigurationError,
+    OrchardError,
+    SpaceError,
+    SpaceExhaustedError,
+)
 from orchard.priors import Choices, LogUniform, Normal, Prior, RandInt, Uniform
+from orchard.report import shown
 from orchard.space import Space, params_hash
 
 __all__ = ["OptunaSampler"]
@@ -69,12 +77,17 @@ INCREMENTAL = ("TPESampler", "RandomSampler")
 _REFUSED = {"CmaEsSampler": {"with_margin": "its margin state lives in trial attributes Orchard does not store",
                              "source_trials": "Optuna trials cannot be given; the sampler learns from the experiment's history"},
             "NSGAIISampler": {"constraints_func": "declare the experiment's constraints instead"}}
+#: Words of Optuna's annotations naming a Python object (only a ``memory://`` storage keeps one).
+_OBJECT_TYPES = ("Callable", "BaseSampler", "BaseMutation", "BaseCrossover", "FrozenTrial")
 #: The largest integer bound Optuna samples exactly (its integers go through floats).
 _EXACT_INTS = 2**53
 #: Bounds of a violation told to Optuna: an infeasible trial's is positive, and finite (a missing metric is ``inf``).
 _TINY_VIOLATION, _HUGE_VIOLATION = 1e-12, 1e300
 #: The most values of an integer dimension ``GPSampler`` is given (it lists them all: ~220 MB at this count).
 _LISTABLE = 10**7
+#: What to do when one of Optuna's samplers fails inside the adapter.
+_REPORT_IT = ("choose another sampler or algorithm, and report it with the experiment's history "
+              "(orchard db dump)")
 #: Optuna's suggestion retries before a duplicate is replaced by a random unseen point.
 _RETRIES = 3
 
@@ -153,6 +166,28 @@ def _check_listable(space: Space, distributions: Mapping[str, Any]) -> None:
                 "sampler (TPESampler, CmaEsSampler) or algorithm")
 
 
+def _check_types(options: Mapping[str, Any], signature: inspect.Signature) -> None:
+    """Refuse what the sampler's constructor takes but its suggestions fail on, in every worker.
+
+    ``NSGAIISampler(population_size=20.0)`` is built, then slices its generations with the float
+    once the first one is complete; an option taking a Python object (``independent_sampler``,
+    ``elite_population_selection_strategy``) was given a string, which the sampler called.
+    Optuna's annotations say which is which. Checked when the sampler is built for a space (the
+    experiment created, a worker started), not when a stored configuration is read: an experiment
+    stored with such an option still shows its trials.
+    """
+    for option, value in options.items():
+        parameter = signature.parameters.get(option)
+        annotation = "" if parameter is None else str(parameter.annotation)
+        where = f"algorithm 'optuna' sampler {options['sampler']!r} option {option!r}"
+        plain = isinstance(value, (str, int, float, list, dict))
+        if plain and any(word in annotation for word in _OBJECT_TYPES):
+            raise ConfigurationError(f"{where} takes a Python object ({annotation}), not {shown(value)}; "
+                                     "leave it unset (only a memory:// storage keeps an object)")
+        if annotation in ("int", "int | None") and value is not None and type(value) is not int:
+            raise ConfigurationError(f"{where} must be an integer, got {shown(value)}")
+
+
 def _build_once(sampler: str, kwargs: Mapping[str, Any]) -> None:
     """Build ``sampler`` with ``kwargs`` once, so a value it refuses is refused with the experiment.
 
@@ -191,6 +226,11 @@ def _violation(observation: Observation) -> float:
     experiment's constraints were silently ignored by the search.
     """
     return 0.0 if observation.feasible else min(max(observation.violation, _TINY_VIOLATION), _HUGE_VIOLATION)
+
+
+def _one_objective_only(several: int) -> ConfigurationError:
+    return ConfigurationError(f"algorithm 'optuna' sampler 'CmaEsSampler' optimizes one objective; this "
+                              f"experiment has {several}: use NSGAIISampler or TPESampler")
 
 
 class OptunaSampler(BaseAlgorithm):
@@ -234,9 +274,16 @@ class OptunaSampler(BaseAlgorithm):
         _build_once(sampler, {k: v for k, v in merged.items() if k != "sampler"})
         return merged
 
+    @classmethod
+    def check_objectives(cls, options: Mapping[str, Any], objectives: Mapping[str, str]) -> None:
+        """Refuse ``CmaEsSampler`` for several objectives (see :meth:`BaseAlgorithm.check_objectives`)."""
+        if options.get("sampler") == "CmaEsSampler" and len(objectives) > 1:
+            raise _one_objective_only(len(objectives))
+
     def __init__(self, space: Space, seed: int | None = None, **options: Any) -> None:
         super().__init__(space, seed, **options)
         self._optuna = _optuna()
+        _check_types(self.options, inspect.signature(getattr(self._optuna.samplers, self.options["sampler"])))
         fidelity = space.fidelity
         self._fixed: dict[str, Any] = {fidelity[0]: fidelity[1].high} if fidelity else {}
         self._distributions = {
@@ -286,19 +333,28 @@ class OptunaSampler(BaseAlgorithm):
                 continue
             attrs = {generation_key: len(self._told) // size}
             self._told.add(digest)
-            params = {k: v for k, v in observation.params.items() if k in self._distributions}
             self._study.add_trial(optuna.trial.create_trial(
-                params=params, distributions=self._distributions, values=list(values), system_attrs=attrs,
-                constraints={"violation": _violation(observation)}))
+                params=self._as_told(observation.params), distributions=self._distributions,
+                values=list(values), system_attrs=attrs, constraints={"violation": _violation(observation)}))
         wanted = {params_hash(p): p for p in pending}
         for digest in [d for d in self._running if d not in wanted]:
             self._retire(self._running.pop(digest))
         for digest, point in wanted.items():
             if digest not in self._running and digest not in self._told:
                 trial = optuna.trial.create_trial(
-                    params={k: v for k, v in point.items() if k in self._distributions},
+                    params=self._as_told(point),
                     distributions=self._distributions, state=optuna.trial.TrialState.RUNNING)
                 self._running[digest] = self._study._storage.create_new_trial(self._study._study_id, template_trial=trial)
+
+    def _as_told(self, params: Mapping[str, Any]) -> dict[str, Any]:
+        """``params`` as the study is told them: the sampled dims, a ``normal`` value clipped to mu ± 4 sigma.
+
+        Optuna's distribution of ``normal(mu, s)`` ends at ``mu ± 4s``, the prior does not: a trial
+        beyond (a warm start from a wider normal, an insert, a random search's tail) made Optuna
+        refuse it, failing every worker's every suggestion. Orchard's ``bayes`` clips it the same way.
+        """
+        return {k: self.space[k].encode(v) if isinstance(self.space[k], Normal) else v
+                for k, v in params.items() if k in self._distributions}
 
     def _retire(self, trial_id: int) -> None:
         self._study._storage.set_trial_state_values(trial_id, self._optuna.trial.TrialState.FAIL)
@@ -315,8 +371,15 @@ class OptunaSampler(BaseAlgorithm):
         self._study.sampler = self._sampler(completed, pending)
 
         def draw() -> dict[str, Any]:
-            trial = self._study.ask(self._distributions)
+            trial = self._study.ask()
             asked.append(trial._trial_id)
+            for name, distribution in self._distributions.items():  # as ask(distributions) does, naming each
+                try:
+                    trial._suggest(name, distribution)
+                except Exception as err:  # noqa: BLE001 -- Optuna's refusal of its own value (nan), named
+                    raise AlgorithmError(
+                        f"algorithm 'optuna' sampler {self.options['sampler']!r} failed to suggest dimension "
+                        f"{name!r} ({self.space[name]}): {shown(err, 200)}; {_REPORT_IT}") from err
             return dict(trial.params)
 
         return draw
@@ -325,10 +388,8 @@ class OptunaSampler(BaseAlgorithm):
                       pending: Sequence[Mapping[str, Any]]) -> Callable[[], dict[str, Any]]:
         """Draws from the CMA-ES distribution, or at random during its start (as Optuna does)."""
         several = next((len(o.values) for o in completed if o.values is not None and len(o.values) > 1), 0)
-        if several:
-            raise ConfigurationError(
-                f"algorithm 'optuna' sampler 'CmaEsSampler' optimizes one objective; this experiment has {several}: "
-                "use NSGAIISampler or TPESampler")
+        if several:  # refused when the experiment is created: here for an experiment stored before that check
+            raise _one_objective_only(several)
         rng = self.rng(completed, pending)
         if cmaes.fold(self.settled(completed, pending)):
             return cmaes.drawer(rng)
@@ -341,7 +402,30 @@ class OptunaSampler(BaseAlgorithm):
         n: int = 1,
         seen: SeenPoints | None = None,
     ) -> list[dict[str, Any]]:
-        """Return up to ``n`` unseen points from the sampler (see :meth:`BaseAlgorithm.suggest`)."""
+        """Return up to ``n`` unseen points from the sampler (see :meth:`BaseAlgorithm.suggest`).
+
+        Raises:
+            SpaceExhaustedError: no unseen point is left.
+            AlgorithmError: the sampler failed, or suggested a point outside the space; the
+                message names the sampler (and the dimension).
+        """
+        label = f"algorithm 'optuna' sampler {self.options['sampler']!r}"
+        try:
+            return self._suggest(completed, pending, n, seen)
+        except SpaceExhaustedError:
+            raise
+        except BaseException as err:  # noqa: BLE001 -- Ctrl-C too: a torn study must not outlive the call
+            self._reset()  # the study may hold part of the history, marked read: the next call starts afresh
+            if isinstance(err, SpaceError):  # from _first_unseen: Optuna drew outside its distribution
+                raise AlgorithmError(f"{label} suggested a point outside the space: {err}; "
+                                     f"{_REPORT_IT}") from None
+            if isinstance(err, Exception) and not isinstance(err, OrchardError):  # Optuna's own failure
+                raise AlgorithmError(f"{label} failed to suggest a point: {shown(err, 200)}; "
+                                     f"{_REPORT_IT}") from err
+            raise
+
+    def _suggest(self, completed: Sequence[Observation], pending: Sequence[Mapping[str, Any]], n: int,
+                 seen: SeenPoints | None) -> list[dict[str, Any]]:
         asked: list[int] = []
         if self._cmaes is not None:
             draw = self._cmaes_drawer(self._cmaes, completed, pending)

@@ -202,6 +202,17 @@ class BaseAlgorithm(Configurable, abc.ABC):
             SpaceExhaustedError: no unseen point is left.
         """
 
+    @classmethod
+    def check_objectives(cls, options: Mapping[str, Any], objectives: Mapping[str, str]) -> None:
+        """Refuse ``options`` that cannot optimise ``objectives``, an experiment's several objectives.
+
+        Called when the experiment is created, so the experiment is not stored with an algorithm
+        that fails its workers once the first results come in. The default accepts any number.
+
+        Raises:
+            ConfigurationError: this configuration optimizes one objective only.
+        """
+
     def parent_of(self, params: Mapping[str, Any]) -> dict[str, Any] | None:
         """The params of the trial a suggestion was promoted from, if it is a promotion.
 
