@@ -455,3 +455,26 @@ def test_a_write_the_driver_retried_after_it_took_effect_is_not_refused() -> Non
     assert storage._apply(trial.id, done).objective == 1.0  # the same command again: its own effect
     with pytest.raises(ReservationLostError):
         storage._apply(trial.id, transitions.complete("w", 2.0, {}, 11.0))  # another result: refused
+
+
+@pytest.mark.parametrize("backend", [pytest.param("mongomock", id="mongomock"),
+                                     pytest.param("mongodb", id="mongodb", marks=pytest.mark.slow)])
+@pytest.mark.parametrize("value", [0.5, (0.5, -2.0)], ids=["one objective", "two objectives"])
+def test_a_report_the_driver_retried_after_it_took_effect_is_stored_once_not_refused(
+        backend: str, value: Any, request: pytest.FixtureRequest, tmp_path: Path) -> None:
+    """SecantusDB restarted (like a mongod that lost its session table) does not recognise the driver's retry
+    of a report whose reply was lost: the retry met the report stored and was refused as a lost reservation,
+    so the worker gave up a trial it still held (its evaluation lost, the trial waiting out its lease)."""
+    from orchard import trial as transitions
+    from orchard.errors import ReservationLostError
+
+    storage: Any = get_storage(backend_uri(backend, request, tmp_path))
+    exp = storage.create_experiment("e", {})
+    trial = storage.register_trial(exp, {"x": 1}, worker="w")
+    report = transitions.report(trial.id, "w", 1, value, 10.0, 0, None)
+    assert storage._apply(trial.id, report).reports == [(1, value)]
+    again = storage._apply(trial.id, report)  # the same command again: its own effect
+    assert (again.status, again.worker, again.reports) == (TrialStatus.RESERVED, "w", [(1, value)])
+    with pytest.raises(ReservationLostError):  # another report made at the same count: refused
+        storage._apply(trial.id, transitions.report(trial.id, "w", 2, value, 11.0, 0, None))
+    assert storage.get_trial(trial.id).reports == [(1, value)]

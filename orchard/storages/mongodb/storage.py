@@ -328,10 +328,10 @@ class MongoStorage(BaseStorage):
         return self._settled(trial_id, change) if doc is None else client.doc_to_trial(doc, self.uri)
 
     def _settled(self, trial_id: str, change: transitions.Change) -> Trial:
-        """The trial if ``change`` took effect all the same (every field as it sets), else raise why not."""
+        """The trial if ``change`` took effect all the same (:func:`.writes.took_effect`), else raise why not."""
         doc = self._trials.find_one({"_id": trial_id})
         trial = None if doc is None else client.doc_to_trial(doc, self.uri)
-        if trial is not None and not change.appends and client.holds(doc, change.owner, change.sets):
+        if trial is not None and writes.took_effect(doc, trial, change):
             return trial  # the driver's own retry of a write whose reply was lost met the write's effect
         error = change.refusal(trial_id, trial, self.redacted_uri)
         if trial is None and change.owner is not None:  # it existed when this worker reserved it
