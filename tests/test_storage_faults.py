@@ -148,6 +148,37 @@ def test_joining_while_the_server_restarts_waits_for_it(tmp_path: Path) -> None:
         assert time.monotonic() - started < 5, "a storage that never answered must fail at once"
 
 
+@pytest.mark.timeout(60)
+def test_a_worker_started_during_an_outage_waits_for_a_server_its_parent_had_reached(tmp_path: Path) -> None:
+    """workon ships the storage to its workers by pickle; a worker whose first call fell in an outage (the server
+    killed as the workers started) died at once with 'cannot reach MongoDB … check that mongod is running',
+    as for a wrong address, and workon raised it, though the process that started it had reached the server."""
+    import pickle
+
+    from orchard.storages.retrying import RetryingStorage
+
+    with WireServer(tmp_path, durable=True) as server:
+        uri = with_database(server.uri, "shipped") + "?serverSelectionTimeoutMS=1000"
+        store = get_storage(uri)
+        exp = store.create_experiment("e", {})
+        shipped = pickle.loads(pickle.dumps(store))  # as an executor hands it to a worker process
+        server.kill()
+        restart = threading.Timer(3.0, server.start)
+        restart.start()
+        try:
+            counts = RetryingStorage(shipped, 30.0).count_trials(exp)  # the worker's first call
+        finally:
+            restart.join()
+        assert sum(counts.values()) == 0
+        store.close()
+        shipped.close()
+        never = pickle.loads(pickle.dumps(get_storage("mongodb://127.0.0.1:1/e?serverSelectionTimeoutMS=300")))
+        started = time.monotonic()
+        with pytest.raises(StorageUnavailableError, match="cannot reach MongoDB"):
+            RetryingStorage(never, 30.0).count_trials(exp)
+        assert time.monotonic() - started < 5, "a storage that never answered must still fail at once"
+
+
 # -- a full or read-only disk, a deleted file (the pickle storage) ---------------------------
 
 

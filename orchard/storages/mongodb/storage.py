@@ -70,8 +70,10 @@ log = logging.getLogger(__name__)
 _AFTER, _translated = ReturnDocument.AFTER, client.translated
 
 
-def _reopen(uri: str, change_margin: float, check_interval: float) -> MongoStorage:
-    return MongoStorage(uri, change_margin=change_margin, check_interval=check_interval)
+def _reopen(uri: str, change_margin: float, check_interval: float, answered: bool = False) -> MongoStorage:
+    storage = MongoStorage(uri, change_margin=change_margin, check_interval=check_interval)
+    storage.answered = answered  # a server that answered the process shipping the handle is not a wrong address
+    return storage
 
 
 def _close(mongo: client.Client) -> None:
@@ -137,7 +139,7 @@ class MongoStorage(BaseStorage):
         return cls(uri)
 
     def __reduce__(self) -> tuple[Any, ...]:
-        return (_reopen, (self.uri, self._margin, self._check_interval))
+        return (_reopen, (self.uri, self._margin, self._check_interval, self.answered))
 
     def close(self) -> None:
         """Close the connection pool; the next verb reconnects.
