@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import signal
 import subprocess
 import sys
 import threading
@@ -177,6 +178,32 @@ def test_a_worker_started_during_an_outage_waits_for_a_server_its_parent_had_rea
         with pytest.raises(StorageUnavailableError, match="cannot reach MongoDB"):
             RetryingStorage(never, 30.0).count_trials(exp)
         assert time.monotonic() - started < 5, "a storage that never answered must still fail at once"
+
+
+@pytest.mark.timeout(90)
+def test_status_watch_rides_out_a_server_restart(tmp_path: Path) -> None:
+    """`orchard status --watch` ended with 'orchard: error: cannot reach MongoDB … check that mongod is running'
+    (exit 2) on the first refresh that fell in a 4 s restart: a monitor stopped by the outage it should show."""
+    with WireServer(tmp_path, durable=True) as server:
+        uri = with_database(server.uri, "watch") + "?serverSelectionTimeoutMS=500"
+        exp = orchard.build_experiment("w", space={"x": "uniform(0, 1)"}, algorithm="random", max_trials=1, storage=uri)
+        exp.workon(lambda x: x, n_workers=1)
+        out, err = tmp_path / "watch.out", tmp_path / "watch.err"
+        with open(out, "w") as stdout, open(err, "w") as stderr:
+            proc = subprocess.Popen([sys.executable, "-m", "orchard", "status", "-n", "w", "--watch", "--interval", "0.2",
+                                     "--storage", uri], stdout=stdout, stderr=stderr)
+        try:
+            wait_for(lambda: "1 completed" in out.read_text(), 30, "a first reading")
+            server.kill()
+            wait_for(lambda: "unavailable" in err.read_text() or proc.poll() is not None, 30, "a refresh in the outage")
+            assert proc.poll() is None, err.read_text()
+            shown = out.read_text().count("1 completed")
+            server.start()
+            wait_for(lambda: out.read_text().count("1 completed") > shown, 30, "a reading after the restart")
+        finally:
+            proc.send_signal(signal.SIGINT)
+            assert proc.wait(timeout=30) == 0
+    assert "tries again" in err.read_text()
 
 
 # -- a full or read-only disk, a deleted file (the pickle storage) ---------------------------
