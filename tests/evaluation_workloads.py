@@ -108,6 +108,18 @@ def crashes_one_reporting_worker(x: float, folder: str, workers: int = 3) -> flo
     return x
 
 
+def reports_every_step(x: float, steps: int = 40) -> float:
+    """Reports ``x * step / 20`` at each of ``steps`` steps, a few milliseconds apart; stops when pruned."""
+    value = 0.0
+    for step in range(steps):
+        value = x * step / 20
+        orchard.report(value, step)
+        if orchard.should_prune():
+            raise orchard.TrialPruned()
+        time.sleep(0.005)
+    return value
+
+
 def ticks(x: float, folder: str, count: int = 50) -> float:
     """Append a line to ``folder/ticks`` every 0.05 s, ``count`` times (about 2.5 s while it runs), then return ``x``."""
     with open(os.path.join(folder, "ticks"), "a") as out:

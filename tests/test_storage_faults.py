@@ -121,6 +121,42 @@ def test_a_wire_server_down_for_twice_the_lease_loses_nothing(
     assert "was unavailable for" in worker.log()
 
 
+@pytest.mark.slow
+@pytest.mark.timeout(240)
+def test_a_server_down_for_6_s_amid_reports_and_prune_verdicts_stores_each_once_and_breaks_nothing(
+        tmp_path: Path) -> None:
+    """Three workon workers report every step and are pruned mid-run while the server is killed for 6 s. A report
+    applied just before the kill had its reply lost; its retry met it stored and was refused ('report step 13 is
+    not after the last reported step 13'), which broke the trial (3 runs in 5 on the code before the fix)."""
+    from tests.evaluation_workloads import reports_every_step
+
+    with WireServer(tmp_path, durable=True) as server:
+        uri = with_database(server.uri, "amid") + "?serverSelectionTimeoutMS=1000"
+        exp = orchard.build_experiment("amid", space={"x": "uniform(0, 1)"}, algorithm="random", max_trials=30,
+                                       pruner={"threshold": {"upper": 0.9}}, storage=uri)
+        watcher = get_storage(uri)
+
+        def outage() -> None:
+            wait_for(lambda: sum(len(t.reports) for t in watcher.fetch_trials(exp.id)) >= 20, 120, "reports")
+            server.kill()
+            time.sleep(6.0)  # the outage itself, shorter than the lease (90 s)
+            server.start()
+
+        killer = threading.Thread(target=outage)
+        killer.start()
+        try:
+            exp.workon(reports_every_step, n_workers=3, progress=False)
+        finally:
+            killer.join()
+        trials = exp.fetch_trials()
+    counts = {status: sum(t.status is status for t in trials) for status in TrialStatus}
+    assert counts[TrialStatus.COMPLETED] + counts[TrialStatus.PRUNED] == 30 == len(trials), counts
+    assert counts[TrialStatus.PRUNED] > 0
+    for trial in trials:
+        assert [step for step, _ in trial.reports] == list(range(len(trial.reports))), trial  # each stored once
+        assert trial.attempts == 1 and (trial.verdict is not None) == (trial.status is TrialStatus.PRUNED), trial
+
+
 @pytest.mark.timeout(60)
 def test_joining_while_the_server_restarts_waits_for_it(tmp_path: Path) -> None:
     """A server the driver had found goes away as a worker joins: the join waits for it (seen in chaos runs).
