@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import signal
 import time
 from pathlib import Path
 
@@ -85,6 +86,38 @@ def crashes_one_worker(x: float, folder: str, workers: int = 3) -> float:
     os.write(descriptor, repr(x).encode())
     os.close(descriptor)
     os._exit(3)
+
+
+def crashes_one_reporting_worker(x: float, folder: str, workers: int = 3) -> float:
+    """Like :func:`crashes_one_worker`, but every call reports a value at each step (the others until their pool
+    is torn down, so their trials' heartbeats move as it is), and the crashing one is SIGKILLed between reports."""
+    Path(folder, f"{os.getpid()}.running").write_text(repr(x))
+    try:
+        descriptor = os.open(Path(folder, "crashed"), os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+    except FileExistsError:
+        descriptor = -1
+    deadline = time.monotonic() + 60
+    for step in range(100_000):
+        orchard.report(x + 1.0 / (step + 1), step)
+        if descriptor >= 0 and len(list(Path(folder).glob("*.running"))) >= workers:
+            os.write(descriptor, repr(x).encode())
+            os.close(descriptor)
+            os.kill(os.getpid(), signal.SIGKILL)
+        if time.monotonic() > deadline:
+            break
+    return x
+
+
+def reports_every_step(x: float, steps: int = 40) -> float:
+    """Reports ``x * step / 20`` at each of ``steps`` steps, a few milliseconds apart; stops when pruned."""
+    value = 0.0
+    for step in range(steps):
+        value = x * step / 20
+        orchard.report(value, step)
+        if orchard.should_prune():
+            raise orchard.TrialPruned()
+        time.sleep(0.005)
+    return value
 
 
 def ticks(x: float, folder: str, count: int = 50) -> float:

@@ -63,6 +63,21 @@ def test_fold_shows_the_storage_and_then_only_what_changed(store: BaseStorage) -
     assert experiment_summary(view)["broken"] == 1
 
 
+
+def test_progress_counts_the_pruned_trials_against_the_budget_and_not_those_inserted_apart(store: BaseStorage) -> None:
+    """An experiment of 3 completed and 5 pruned trials with max_trials=8 is done; it showed 3 / 8 at 37.5 %."""
+    exp_id = make_experiment(store, max_trials=4)
+    done = store.register_trial(exp_id, {"x": 0.1}, worker="w")
+    store.complete_trial(done.id, "w", 0.5)
+    cut = store.register_trial(exp_id, {"x": 0.2}, worker="w")
+    store.report_trial(cut.id, "w", 1, 0.9)
+    store.prune_trial(cut.id, "w", {"pruner": "median", "step": 1})
+    store.record_trial(exp_id, {"x": 0.3}, 0.4, {}, in_budget=False)  # inserted apart from the budget
+    view = ExperimentView(store, store.require_experiment("exp"))
+    view.fold()
+    summary = experiment_summary(view)
+    assert (summary["done"], summary["progress"]) == (2, 0.5)
+
 def test_the_best_shown_is_feasible_as_the_experiments_best_trial(store: BaseStorage) -> None:
     exp_id = make_experiment(store, constraints=["memory_gb <= 8"])
     for x, objective, memory in ((0.1, 0.5, 4.0), (0.2, 0.1, 12.0), (0.3, 0.3, 8.0)):  # the lowest breaks it

@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from orchard.errors import ReservationLostError, StorageError, StorageUnavailableError
+from orchard.errors import InvalidReportError, ReservationLostError, StorageError, StorageUnavailableError
 from orchard.leases import LeaseObserver, give_back, lost_error
 from orchard.storages import get_storage
 from orchard.storages.base import BaseStorage
@@ -225,6 +225,24 @@ def test_a_result_whose_reply_was_lost_is_settled_not_refused(clock: FakeClock) 
     outage.down = 1
     again = storage.register_trial(exp, {"x": 2}, worker=W)
     assert (again.status, again.worker) == (TrialStatus.RESERVED, W)
+
+
+def test_a_report_whose_reply_was_lost_is_stored_once_and_the_trial_goes_on(clock: FakeClock) -> None:
+    """The retry of a report the storage had stored met it as a step already reported and was refused
+    (InvalidReportError): orchard.report() raised in the objective, which broke a trial its worker still held."""
+    storage, exp = _retrying(clock)
+    trial = storage.register_trial(exp, {"x": 1}, worker=W)
+    outage = Outage(storage.storage, applied_before_failing=True)
+    outage.wrap("report_trial")
+    outage.down = 1
+    assert storage.report_trial(trial.id, W, 1, 0.5).reports == [(1, 0.5)]
+    assert storage.report_trial(trial.id, W, 2, 0.4).reports == [(1, 0.5), (2, 0.4)]
+    outage.down = 1
+    with pytest.raises(InvalidReportError, match="not after"):  # a step reported with another value: refused
+        storage.report_trial(trial.id, W, 2, 0.3)
+    with pytest.raises(InvalidReportError, match="not after"):  # and a step reported twice without an outage
+        storage.report_trial(trial.id, W, 2, 0.4)
+    assert storage.complete_trial(trial.id, W, 0.4).reports == [(1, 0.5), (2, 0.4)]
 
 
 def test_a_reservation_whose_reply_was_lost_is_taken_up_not_left_to_count_as_a_lost_attempt(

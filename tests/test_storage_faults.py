@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import signal
 import subprocess
 import sys
 import threading
@@ -120,6 +121,42 @@ def test_a_wire_server_down_for_twice_the_lease_loses_nothing(
     assert "was unavailable for" in worker.log()
 
 
+@pytest.mark.slow
+@pytest.mark.timeout(240)
+def test_a_server_down_for_6_s_amid_reports_and_prune_verdicts_stores_each_once_and_breaks_nothing(
+        tmp_path: Path) -> None:
+    """Three workon workers report every step and are pruned mid-run while the server is killed for 6 s. A report
+    applied just before the kill had its reply lost; its retry met it stored and was refused ('report step 13 is
+    not after the last reported step 13'), which broke the trial (3 runs in 5 on the code before the fix)."""
+    from tests.evaluation_workloads import reports_every_step
+
+    with WireServer(tmp_path, durable=True) as server:
+        uri = with_database(server.uri, "amid") + "?serverSelectionTimeoutMS=1000"
+        exp = orchard.build_experiment("amid", space={"x": "uniform(0, 1)"}, algorithm="random", max_trials=30,
+                                       pruner={"threshold": {"upper": 0.9}}, storage=uri)
+        watcher = get_storage(uri)
+
+        def outage() -> None:
+            wait_for(lambda: sum(len(t.reports) for t in watcher.fetch_trials(exp.id)) >= 20, 120, "reports")
+            server.kill()
+            time.sleep(6.0)  # the outage itself, shorter than the lease (90 s)
+            server.start()
+
+        killer = threading.Thread(target=outage)
+        killer.start()
+        try:
+            exp.workon(reports_every_step, n_workers=3, progress=False)
+        finally:
+            killer.join()
+        trials = exp.fetch_trials()
+    counts = {status: sum(t.status is status for t in trials) for status in TrialStatus}
+    assert counts[TrialStatus.COMPLETED] + counts[TrialStatus.PRUNED] == 30 == len(trials), counts
+    assert counts[TrialStatus.PRUNED] > 0
+    for trial in trials:
+        assert [step for step, _ in trial.reports] == list(range(len(trial.reports))), trial  # each stored once
+        assert trial.attempts == 1 and (trial.verdict is not None) == (trial.status is TrialStatus.PRUNED), trial
+
+
 @pytest.mark.timeout(60)
 def test_joining_while_the_server_restarts_waits_for_it(tmp_path: Path) -> None:
     """A server the driver had found goes away as a worker joins: the join waits for it (seen in chaos runs).
@@ -146,6 +183,63 @@ def test_joining_while_the_server_restarts_waits_for_it(tmp_path: Path) -> None:
         with pytest.raises(StorageUnavailableError, match="cannot reach MongoDB"):
             orchard.build_experiment("join", space={"x": "uniform(0, 1)"}, storage=nobody)
         assert time.monotonic() - started < 5, "a storage that never answered must fail at once"
+
+
+@pytest.mark.timeout(60)
+def test_a_worker_started_during_an_outage_waits_for_a_server_its_parent_had_reached(tmp_path: Path) -> None:
+    """workon ships the storage to its workers by pickle; a worker whose first call fell in an outage (the server
+    killed as the workers started) died at once with 'cannot reach MongoDB … check that mongod is running',
+    as for a wrong address, and workon raised it, though the process that started it had reached the server."""
+    import pickle
+
+    from orchard.storages.retrying import RetryingStorage
+
+    with WireServer(tmp_path, durable=True) as server:
+        uri = with_database(server.uri, "shipped") + "?serverSelectionTimeoutMS=1000"
+        store = get_storage(uri)
+        exp = store.create_experiment("e", {})
+        shipped = pickle.loads(pickle.dumps(store))  # as an executor hands it to a worker process
+        server.kill()
+        restart = threading.Timer(3.0, server.start)
+        restart.start()
+        try:
+            counts = RetryingStorage(shipped, 30.0).count_trials(exp)  # the worker's first call
+        finally:
+            restart.join()
+        assert sum(counts.values()) == 0
+        store.close()
+        shipped.close()
+        never = pickle.loads(pickle.dumps(get_storage("mongodb://127.0.0.1:1/e?serverSelectionTimeoutMS=300")))
+        started = time.monotonic()
+        with pytest.raises(StorageUnavailableError, match="cannot reach MongoDB"):
+            RetryingStorage(never, 30.0).count_trials(exp)
+        assert time.monotonic() - started < 5, "a storage that never answered must still fail at once"
+
+
+@pytest.mark.timeout(90)
+def test_status_watch_rides_out_a_server_restart(tmp_path: Path) -> None:
+    """`orchard status --watch` ended with 'orchard: error: cannot reach MongoDB … check that mongod is running'
+    (exit 2) on the first refresh that fell in a 4 s restart: a monitor stopped by the outage it should show."""
+    with WireServer(tmp_path, durable=True) as server:
+        uri = with_database(server.uri, "watch") + "?serverSelectionTimeoutMS=500"
+        exp = orchard.build_experiment("w", space={"x": "uniform(0, 1)"}, algorithm="random", max_trials=1, storage=uri)
+        exp.workon(lambda x: x, n_workers=1)
+        out, err = tmp_path / "watch.out", tmp_path / "watch.err"
+        with open(out, "w") as stdout, open(err, "w") as stderr:
+            proc = subprocess.Popen([sys.executable, "-m", "orchard", "status", "-n", "w", "--watch", "--interval", "0.2",
+                                     "--storage", uri], stdout=stdout, stderr=stderr)
+        try:
+            wait_for(lambda: "1 completed" in out.read_text(), 30, "a first reading")
+            server.kill()
+            wait_for(lambda: "unavailable" in err.read_text() or proc.poll() is not None, 30, "a refresh in the outage")
+            assert proc.poll() is None, err.read_text()
+            shown = out.read_text().count("1 completed")
+            server.start()
+            wait_for(lambda: out.read_text().count("1 completed") > shown, 30, "a reading after the restart")
+        finally:
+            proc.send_signal(signal.SIGINT)
+            assert proc.wait(timeout=30) == 0
+    assert "tries again" in err.read_text()
 
 
 # -- a full or read-only disk, a deleted file (the pickle storage) ---------------------------
@@ -455,3 +549,26 @@ def test_a_write_the_driver_retried_after_it_took_effect_is_not_refused() -> Non
     assert storage._apply(trial.id, done).objective == 1.0  # the same command again: its own effect
     with pytest.raises(ReservationLostError):
         storage._apply(trial.id, transitions.complete("w", 2.0, {}, 11.0))  # another result: refused
+
+
+@pytest.mark.parametrize("backend", [pytest.param("mongomock", id="mongomock"),
+                                     pytest.param("mongodb", id="mongodb", marks=pytest.mark.slow)])
+@pytest.mark.parametrize("value", [0.5, (0.5, -2.0)], ids=["one objective", "two objectives"])
+def test_a_report_the_driver_retried_after_it_took_effect_is_stored_once_not_refused(
+        backend: str, value: Any, request: pytest.FixtureRequest, tmp_path: Path) -> None:
+    """SecantusDB restarted (like a mongod that lost its session table) does not recognise the driver's retry
+    of a report whose reply was lost: the retry met the report stored and was refused as a lost reservation,
+    so the worker gave up a trial it still held (its evaluation lost, the trial waiting out its lease)."""
+    from orchard import trial as transitions
+    from orchard.errors import ReservationLostError
+
+    storage: Any = get_storage(backend_uri(backend, request, tmp_path))
+    exp = storage.create_experiment("e", {})
+    trial = storage.register_trial(exp, {"x": 1}, worker="w")
+    report = transitions.report(trial.id, "w", 1, value, 10.0, 0, None)
+    assert storage._apply(trial.id, report).reports == [(1, value)]
+    again = storage._apply(trial.id, report)  # the same command again: its own effect
+    assert (again.status, again.worker, again.reports) == (TrialStatus.RESERVED, "w", [(1, value)])
+    with pytest.raises(ReservationLostError):  # another report made at the same count: refused
+        storage._apply(trial.id, transitions.report(trial.id, "w", 2, value, 11.0, 0, None))
+    assert storage.get_trial(trial.id).reports == [(1, value)]

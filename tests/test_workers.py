@@ -175,6 +175,26 @@ def test_a_worker_process_that_dies_leaves_no_trial_reserved(tmp_path, executor:
     assert [t.attempts for t in trials if t.params["x"] == crashed] == [1]
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("backend", ["pickle", "mongodb"])
+def test_a_loky_worker_killed_while_the_others_report_leaves_no_trial_reserved(
+        tmp_path, backend: str, request: pytest.FixtureRequest) -> None:
+    """loky fails the pool's futures before it SIGKILLs the other workers: workon took back the trials while those
+    workers still ran, their reports moved the heartbeats it had read, and the trials stayed reserved until their
+    leases ran out (every run on MongoDB, most on a pickle file)."""
+    from tests.conftest import backend_uri
+    from tests.evaluation_workloads import crashes_one_reporting_worker
+
+    exp = orchard.build_experiment("dies", space={"x": "uniform(0, 1)"}, storage=backend_uri(backend, request, tmp_path),
+                                   max_trials=6, pruner="none")
+    with pytest.raises(orchard.ExecutorError, match="died under executor 'joblib'"):
+        exp.workon(functools.partial(crashes_one_reporting_worker, folder=str(tmp_path)), n_workers=3,
+                   executor="joblib", progress=False)
+    trials = exp.fetch_trials()
+    assert len(trials) == 3 and all(t.status is TrialStatus.INTERRUPTED for t in trials), trials
+    assert sorted(t.attempts for t in trials) == [1, 1, 1]
+
+
 MAIN_SCRIPT = """
 import sys, orchard
 def objective(x, y):          # defined in __main__: loky ships it with cloudpickle

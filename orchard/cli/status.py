@@ -278,14 +278,26 @@ def run_status(args: argparse.Namespace) -> int:
     if not args.watch:
         print(printable(_render(args, _collect(args))))
         return 0
+    from orchard.errors import StorageUnavailableError
+
     in_place = sys.stdout.isatty()
     watches: dict[str, HeartbeatWatch] = {}
+    shown = False
     try:
         while True:
-            text = printable(_render(args, _collect(args, watches)))
             stamp = time.strftime("%H:%M:%S")
-            sys.stdout.write((_CLEAR if in_place else "") + f"{text}\n(updated {stamp}; Ctrl-C to stop)\n\n")
-            sys.stdout.flush()
+            try:
+                text = printable(_render(args, _collect(args, watches)))
+            except StorageUnavailableError as err:  # a restart or failover: the watch shows it and goes on
+                if not shown:
+                    raise  # never read: a wrong address, most likely
+                print(f"orchard: storage unavailable at {stamp} ({err}); status --watch tries again every "
+                      f"{args.interval:g} s", file=sys.stderr, flush=True)
+                watches.clear()  # no heartbeat could land meanwhile: the ages start over
+            else:
+                shown = True
+                sys.stdout.write((_CLEAR if in_place else "") + f"{text}\n(updated {stamp}; Ctrl-C to stop)\n\n")
+                sys.stdout.flush()
             time.sleep(args.interval)
     except KeyboardInterrupt:
         return 0  # stopping a watch is its normal end

@@ -96,6 +96,7 @@ class ExperimentView:
         trials: the last version of every trial, by id, in the order first seen.
         numbers: each trial's rank in that order (1 for the first seen), stable across folds.
         counts: how many trials are in each status.
+        done: how many trials used a unit of ``max_trials`` (completed or pruned, not recorded apart).
         best: the completed trial with the lowest finite objective, or ``None``.
         reserved: the reserved trials, by id.
 
@@ -124,6 +125,7 @@ class ExperimentView:
         self.version = 0
         self.numbers: dict[str, int] = {}
         self.counts: dict[TrialStatus, int] = {status: 0 for status in TrialStatus}
+        self.done = 0
         self.best: Trial | None = None
         self.reserved: dict[str, Trial] = {}
         self._changed_at: dict[str, int] = {}
@@ -196,6 +198,7 @@ class ExperimentView:
         self.version += 1
         self.trials, self.numbers, self._changed_at, self._sightings, self.reserved = {}, {}, {}, {}, {}
         self.counts = {status: 0 for status in TrialStatus}
+        self.done = 0
         self.best = None
         self._cursor = None
 
@@ -217,7 +220,9 @@ class ExperimentView:
     def _count(self, old: Trial | None, new: Trial) -> None:
         if old is not None:
             self.counts[old.status] -= 1
+            self.done -= _used(old)
         self.counts[new.status] += 1
+        self.done += _used(new)
         if new.status is TrialStatus.RESERVED:
             self.reserved[new.id] = new
         else:
@@ -304,3 +309,8 @@ class StorageView:
             views[record.name] = view
         self._views = views
         self._listed_at = now
+
+
+def _used(trial: Trial) -> int:
+    """1 if ``trial`` used a unit of ``max_trials`` (completed or pruned, not recorded apart from it), else 0."""
+    return int(trial.in_budget and trial.status in (TrialStatus.COMPLETED, TrialStatus.PRUNED))

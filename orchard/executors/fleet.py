@@ -22,7 +22,9 @@ A process that dies takes its pool down with it: the standard library's pool
 trials themselves and only the dead worker's trial counts an attempt; loky
 (``joblib``) SIGKILLs them, so every trial of the pool counts one. A trial
 that keeps killing its worker is therefore broken after ``max_attempts``
-runs, never handed out for ever.
+runs, never handed out for ever. A broken pool is shut down before its trials are looked
+at: loky fails the futures before it kills the other workers, whose reports and heartbeats would
+otherwise move the leases being taken back.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ import dataclasses
 import logging
 from collections.abc import Sequence
 from concurrent.futures import Executor, Future, ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from types import TracebackType
 
 from orchard.errors import Interrupted, StorageError
@@ -112,6 +115,8 @@ class Fleet:
             # kernel delivered to another thread would otherwise wait for the first loop to end
             while concurrent.futures.wait(self._futures, _WAKE).not_done:
                 pass
+            if any(isinstance(future.exception(), BrokenProcessPool) for future in self._futures):
+                pool.shutdown(wait=True)  # loky fails the futures first, then kills the other workers: wait for that
             return [reported(future.exception()) for future in self._futures]
         except KeyboardInterrupt as interruption:
             raise self._stop_loops(interruption, remote, local, reachable, lasting) from None

@@ -20,8 +20,9 @@ observer starts its watches over instead of taking an outage for a dead owner.
 
 A write whose reply was lost may have been applied: its retry then meets its
 own effect (the trial already completed by this worker, the params already
-registered and reserved by it). Such a retry is *settled*: the stored trial is
-read, and returned if it shows the write took effect. A reservation whose reply
+registered and reserved by it, the report already stored at its step). Such a
+retry is *settled*: the stored trial is read, and returned if it shows the write
+took effect. A reservation whose reply
 was lost is taken up by the retry (a trial reserved by the worker that this
 handle never returned), instead of being held by nobody until its lease runs
 out and then counted as a lost attempt; the wrapped storage takes it up as a
@@ -42,7 +43,7 @@ import time
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any, TypeVar
 
-from orchard.errors import DuplicateTrialError, ReservationLostError, StorageUnavailableError
+from orchard.errors import DuplicateTrialError, InvalidReportError, ReservationLostError, StorageUnavailableError
 from orchard.space import to_builtin, trial_id
 from orchard.storages.base import BaseStorage, ExperimentRecord
 from orchard.trial import Lease, ReportValue, Trial, TrialStatus, report_value
@@ -132,7 +133,7 @@ class RetryingStorage(BaseStorage):
                 self._sleep(min(delay * random.uniform(0.5, 1.0), left))
                 delay = min(2 * delay, _MAX_DELAY)
                 continue
-            except (ReservationLostError, DuplicateTrialError):
+            except (ReservationLostError, DuplicateTrialError, InvalidReportError):  # maybe its own effect
                 settled = settle() if settle is not None and outage is not None else None
                 if settled is None:
                     raise

@@ -3,7 +3,7 @@
 
 function progressCell(row) {
   const td = el("td");
-  const done = row.counts.completed;
+  const done = row.done;  // completed and pruned trials, those that count against max_trials
   if (row.max_trials) {
     const bar = el("span", null, "bar");
     const fill = el("span");

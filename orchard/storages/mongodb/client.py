@@ -52,7 +52,6 @@ __all__ = [
     "doc_to_trial",
     "duplicate_key_field",
     "ensure_indexes",
-    "holds",
     "insert_stamped",
     "is_mock",
     "name_anonymous_mock",
@@ -314,12 +313,6 @@ def trial_to_doc(trial: Trial) -> dict[str, Any]:
     doc["version"] = 1
     doc[REPORT_COUNT] = len(trial.reports)
     return doc
-
-
-def holds(doc: dict[str, Any], owner: str | None, fields: Mapping[str, Any]) -> bool:
-    """Whether ``doc`` is owned by ``owner`` and holds exactly ``fields`` (enums by their value)."""
-    stored = {key: getattr(value, "value", value) for key, value in fields.items()}
-    return owner is not None and doc.get("worker") == owner and all(doc.get(k) == v for k, v in stored.items())
 
 
 def break_unreadable(trials: Any, doc: Mapping[str, Any], holder: Mapping[str, Any], why: str, now: float,

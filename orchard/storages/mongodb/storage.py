@@ -70,8 +70,10 @@ log = logging.getLogger(__name__)
 _AFTER, _translated = ReturnDocument.AFTER, client.translated
 
 
-def _reopen(uri: str, change_margin: float, check_interval: float) -> MongoStorage:
-    return MongoStorage(uri, change_margin=change_margin, check_interval=check_interval)
+def _reopen(uri: str, change_margin: float, check_interval: float, answered: bool = False) -> MongoStorage:
+    storage = MongoStorage(uri, change_margin=change_margin, check_interval=check_interval)
+    storage.answered = answered  # a server that answered the process shipping the handle is not a wrong address
+    return storage
 
 
 def _close(mongo: client.Client) -> None:
@@ -137,7 +139,7 @@ class MongoStorage(BaseStorage):
         return cls(uri)
 
     def __reduce__(self) -> tuple[Any, ...]:
-        return (_reopen, (self.uri, self._margin, self._check_interval))
+        return (_reopen, (self.uri, self._margin, self._check_interval, self.answered))
 
     def close(self) -> None:
         """Close the connection pool; the next verb reconnects.
@@ -328,10 +330,10 @@ class MongoStorage(BaseStorage):
         return self._settled(trial_id, change) if doc is None else client.doc_to_trial(doc, self.uri)
 
     def _settled(self, trial_id: str, change: transitions.Change) -> Trial:
-        """The trial if ``change`` took effect all the same (every field as it sets), else raise why not."""
+        """The trial if ``change`` took effect all the same (:func:`.writes.took_effect`), else raise why not."""
         doc = self._trials.find_one({"_id": trial_id})
         trial = None if doc is None else client.doc_to_trial(doc, self.uri)
-        if trial is not None and not change.appends and client.holds(doc, change.owner, change.sets):
+        if trial is not None and writes.took_effect(doc, trial, change):
             return trial  # the driver's own retry of a write whose reply was lost met the write's effect
         error = change.refusal(trial_id, trial, self.redacted_uri)
         if trial is None and change.owner is not None:  # it existed when this worker reserved it

@@ -10,12 +10,13 @@ storage then reads the trial to say why (:meth:`orchard.trial.Change.refusal`).
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from orchard.storages.mongodb.client import REPORT_COUNT, STAMP
-from orchard.trial import Change, TrialStatus
+from orchard.trial import Change, Trial, TrialStatus
 
-__all__ = ["expected", "update"]
+__all__ = ["expected", "took_effect", "update"]
 
 
 def expected(trial_id: str, change: Change) -> dict[str, Any]:
@@ -43,3 +44,19 @@ def update(change: Change) -> dict[str, Any]:
         written["$push"] = {name: list(item) for name, item in change.appends.items()}
         written["$inc"][REPORT_COUNT] = 1
     return written
+
+
+def took_effect(doc: Mapping[str, Any], trial: Trial, change: Change) -> bool:
+    """Whether ``doc`` (read as ``trial``) shows ``change`` applied by its owner.
+
+    Every field it sets holds the value set, and each item it appends is the last one, right
+    after the items it was conditional on (a report). The driver retries a write whose reply
+    was lost; a server that does not recognise the retry (restarted meanwhile) applies it
+    again, and it meets its own effect: that is the write's success, not a refusal.
+    """
+    stored = {key: value.value if isinstance(value, TrialStatus) else value for key, value in change.sets.items()}
+    if change.owner is None or doc.get("worker") != change.owner or any(doc.get(k) != v for k, v in stored.items()):
+        return False
+    return not change.appends or trial.status in change.before and all(
+        len(items := getattr(trial, name)) == change.lengths.get(name, -1) + 1 and items[-1] == item
+        for name, item in change.appends.items())
