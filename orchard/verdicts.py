@@ -69,6 +69,7 @@ class Judge:
         #: Trials with at least one report stored by this judge.
         self.reported: set[str] = set()
         self._held: dict[str, int] = {}  # reports each of them holds, as its last write returned
+        self._curves = _Curves()
 
     def __call__(self, trial_id: str, value: Reported, step: int) -> Verdict:
         """Store ``value`` at ``step`` on ``trial_id`` and return the verdict on it.
@@ -90,12 +91,11 @@ class Judge:
             self._held[trial_id] = len(stored.reports)
             self.reported.add(trial_id)
             self._refresh()
-            others = {
-                tid: trial.reports
-                for tid, trial in self._trials().items()
-                if tid != trial_id and trial.reports and trial.status is not TrialStatus.BROKEN
-            }
-            verdict = self.pruner.judge(trial_id, stored.reports, others)
+            judged = {tid: trial for tid, trial in self._trials().items()
+                      if trial.reports and trial.status is not TrialStatus.BROKEN}
+            curves = self._curves.of({**judged, trial_id: stored})
+            own = curves.pop(trial_id)
+            verdict = self.pruner.judge(trial_id, own, curves)
             if verdict.prune:
                 self.pruned.setdefault(trial_id, verdict)
             return verdict
@@ -119,6 +119,33 @@ class Judge:
         self.pruned.pop(trial_id, None)
         self.reported.discard(trial_id)
         self._held.pop(trial_id, None)
+
+
+class _Curves:
+    """Each trial's reports as one list per reservation, only ever appended to, as the history grows.
+
+    A pruner is handed the same list for a trial from one verdict to the next, so it can extend
+    what it derived from it instead of reading every report of every trial at each report
+    (:class:`~orchard.pruners.base.BestSoFar`). A trial reserved again starts a new list (its
+    reports start over). Only the trials of the latest call are kept: memory follows the history.
+    """
+
+    def __init__(self) -> None:
+        self._lists: dict[str, tuple[tuple[Any, ...], list[tuple[int, ReportValue]]]] = {}
+
+    def of(self, trials: Mapping[str, Trial]) -> dict[str, list[tuple[int, ReportValue]]]:
+        """The kept list of each trial's reports, extended by those it gained since the last call."""
+        lists: dict[str, tuple[tuple[Any, ...], list[tuple[int, ReportValue]]]] = {}
+        for tid, trial in trials.items():
+            reservation = (trial.start_time, trial.attempts, trial.worker)
+            known, held = self._lists.get(tid, (None, []))
+            reports, count = trial.reports, len(held)
+            if known != reservation or count > len(reports) or (count and reports[count - 1] != held[-1]):
+                held = []  # another reservation's reports (they start over), or a history read again
+            held.extend(reports[len(held):])  # the new reports only (the slice copies no more)
+            lists[tid] = (reservation, held)
+        self._lists = lists
+        return {tid: held for tid, (_, held) in lists.items()}
 
 
 def stored_value(trial_id: str, value: Reported, objectives: Mapping[str, str] | None,

@@ -125,6 +125,32 @@ def test_ask_and_tell_prunes_on_the_verdict() -> None:
     assert exp.observe(mine, orchard.TrialPruned()).status is TrialStatus.PRUNED
 
 
+def test_the_judge_hands_its_pruner_one_growing_list_per_trial(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every verdict handed the pruner new copies of every trial's reports, so it could only read them all
+    again: a trial's n reports cost n² reads. One list per trial and reservation, appended to, lets the
+    pruner read each report once (test_pruners.py counts those reads)."""
+    exp = orchard.build_experiment("p-lists", space=SPACE, max_trials=3, storage="memory://",
+                                   pruner={"median": {"min_trials": 1}})
+    first, second = exp.suggest(), exp.suggest()
+    pruner = exp._client_worker().judge.pruner
+    handed: dict[str, list[Any]] = {first.id: [], second.id: []}
+    judge = pruner.judge
+
+    def spy(trial_id: str, own: Any, others: Any) -> Verdict:
+        handed[trial_id].append(own)
+        for tid, curve in others.items():
+            handed[tid].append(curve)
+        return judge(trial_id, own, others)
+
+    monkeypatch.setattr(pruner, "judge", spy)
+    for step in range(1, 6):
+        exp.report(first, 1.0 + step, step)
+        exp.report(second, 2.0 + step, step)
+    for tid, value in ((first.id, 1.0), (second.id, 2.0)):
+        assert len({id(curve) for curve in handed[tid]}) == 1, tid
+        assert handed[tid][-1] == [(step, value + step) for step in range(1, 6)]
+
+
 @pytest.mark.parametrize("setting", ["pruned", "infeasible"])
 def test_a_pruned_or_infeasible_trial_is_never_shown_as_best(setting: str, tmp_path: Path,
                                                              capsys: pytest.CaptureFixture[str]) -> None:

@@ -7,8 +7,8 @@ from collections.abc import Callable, Mapping
 from typing import Any, ClassVar
 
 from orchard.errors import ConfigurationError
-from orchard.pruners.base import BasePruner, Curve, Verdict, check_int, check_number, scalar_curve
-from orchard.trial import ReportValue
+from orchard.pruners.base import BasePruner, BestSoFar, Curve, Verdict, check_int, check_number
+from orchard.trial import ReportValue, first_value
 
 __all__ = ["NopPruner", "PatiencePruner", "ThresholdPruner"]
 
@@ -58,7 +58,7 @@ class ThresholdPruner(BasePruner):
         return self
 
     def judge(self, trial_id: str, own: Curve, others: Mapping[str, Curve]) -> Verdict:
-        step, value = scalar_curve(own)[-1]
+        step, value = own[-1][0], first_value(own[-1][1])  # the last report alone: not the whole curve again
         warmup, interval = self.options["warmup_steps"], self.options["interval_steps"]
         if step < warmup or (step - warmup) % interval:
             return self._going_on(own, f"step {step} is not judged (warm-up {warmup}, interval {interval})")
@@ -102,6 +102,7 @@ class PatiencePruner(BasePruner):
         build = type(self).build
         wrapped = self.options["wrapped"]
         self.wrapped: BasePruner | None = build(wrapped) if wrapped is not None and build is not None else None
+        self._best = BestSoFar()  # the best before the last `patience` reports, not read again at every report
 
     def facing(self, objectives: Mapping[str, str] | None) -> BasePruner:
         if self.wrapped is not None:
@@ -120,9 +121,9 @@ class PatiencePruner(BasePruner):
             return self._going_on(own, f"{len(own)} reports, patience needs more than {patience}")
         if isinstance(own[-1][1], tuple):
             return self._judge_several(trial_id, own, others)
-        own = scalar_curve(own)
-        before = min(value for _, value in own[:-patience])
-        recent = min(value for _, value in own[-patience:])
+        self._best.new_round()
+        before = self._best.before(own, len(own) - patience)
+        recent = min(first_value(own[index][1]) for index in range(len(own) - patience, len(own)))
         if recent < before - self.options["min_delta"]:
             return self._going_on(own, f"improved to {recent:.6g} in the last {patience} reports", value=recent)
         if self.wrapped is not None:
