@@ -33,7 +33,7 @@ from orchard.report import Reported, check_report, open_regular, replace_file
 from orchard.storages.base import BaseStorage
 from orchard.trial import MAX_REPORTS_PER_TRIAL, ReportValue, Trial, TrialStatus
 
-__all__ = ["MAX_REPORT_LINE", "Judge", "ReportFollower", "current_judge", "judging", "stored_value"]
+__all__ = ["MAX_LINE_WARNINGS", "MAX_REPORT_LINE", "Judge", "ReportFollower", "current_judge", "judging", "stored_value"]
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +42,10 @@ FOLLOW_INTERVAL = 0.01
 #: The longest report line taken, in bytes (one with 1,000 objectives is ~30 KB); a longer one is skipped
 #: unread, so a child writing gigabytes without a newline cannot exhaust its worker's memory.
 MAX_REPORT_LINE = 1 << 20
+#: Problems with a report file (a line skipped or refused, the file replaced) a worker warns about one by
+#: one; the rest are counted and their number said when the child ends, so junk written there (binary
+#: output, a file rewritten whole at each step) cannot flood the worker's log.
+MAX_LINE_WARNINGS = 10
 
 
 class Judge:
@@ -225,6 +229,9 @@ class ReportFollower:
         self._done = threading.Event()
         self._pruned_event = threading.Event()
         self.skipped = 0
+        self.refused = 0
+        self._problems = 0  # skipped, refused, replaced: warned about one by one up to MAX_LINE_WARNINGS
+        self._last_step: int | None = None  # of the last report stored: a step not after it is refused here
         self._irregular = False  # whether the report file was found not to be a regular file (said once)
         self._thread = threading.Thread(target=self._follow, name=f"orchard-reports-{trial_id[:8]}", daemon=True)
 
@@ -256,6 +263,19 @@ class ReportFollower:
         self._drain()  # lines written just before the child ended
         if self._file is not None:
             self._file.close()
+        if self._problems > MAX_LINE_WARNINGS:
+            log.warning("trial %s: %d lines of %s were skipped and %d refused in all (only the first %d problems "
+                        "were shown): a report line is {\"step\": S, \"objective\": V}, S growing; append one "
+                        "per report", self.trial_id, self.skipped, self.report_path, self.refused, MAX_LINE_WARNINGS)
+
+    def _warn(self, message: str, *args: object) -> None:
+        """Log a problem with the report file, up to :data:`MAX_LINE_WARNINGS` of them; count the rest."""
+        self._problems += 1
+        if self._problems <= MAX_LINE_WARNINGS:
+            log.warning(message, *args)
+        if self._problems == MAX_LINE_WARNINGS:
+            log.warning("trial %s: further problems with %s are counted, not shown; their number is said when "
+                        "the trial ends", self.trial_id, self.report_path)
 
     def _follow(self) -> None:
         pruned_at: float | None = None
@@ -283,8 +303,8 @@ class ReportFollower:
                 self._feed_file(self._file)
                 if os.path.samestat(os.stat(self.report_path), held):  # the same device and inode
                     return
-                log.warning("trial %s: %s was deleted or replaced while the trial ran; reading the new one",
-                            self.trial_id, self.report_path)
+                self._warn("trial %s: %s was deleted or replaced while the trial ran; reading the new one",
+                           self.trial_id, self.report_path)
                 self._file.close()
                 self._file = None
                 self._feed(b"\n")  # the old file's last line ends with it
@@ -330,22 +350,25 @@ class ReportFollower:
 
     def _skip_overlong(self) -> None:
         self.skipped += 1
-        log.warning("trial %s: skipped a line of %s longer than %d bytes (a report line is one small JSON object)",
-                    self.trial_id, self.report_path, MAX_REPORT_LINE)
+        self._warn("trial %s: skipped a line of %s longer than %d bytes (a report line is one small JSON object)",
+                   self.trial_id, self.report_path, MAX_REPORT_LINE)
 
     def _take(self, line: bytes) -> None:
         parsed = _parse(line)
         if isinstance(parsed, str):
             self.skipped += 1
-            log.warning("trial %s: skipped a line of %s: %s", self.trial_id, self.report_path, parsed)
+            self._warn("trial %s: skipped a line of %s: %s", self.trial_id, self.report_path, parsed)
             return
         step, value = parsed
         answer: dict[str, Any] = {"step": step, "prune": False}
         try:
+            if self._last_step is not None and step <= self._last_step:  # a file rewritten whole: no storage call
+                raise InvalidReportError.not_after(self.trial_id, step, self._last_step)
             verdict = self.judge(self.trial_id, value, step)
-            answer["prune"] = verdict.prune
+            answer["prune"], self._last_step = verdict.prune, step
         except OrchardError as err:  # refused (bad step, lost reservation): said to the child, nothing stored
-            log.warning("trial %s: report at step %s refused: %s", self.trial_id, step, err)
+            self.refused += 1
+            self._warn("trial %s: report at step %s refused: %s", self.trial_id, step, err)
             answer["refused"] = str(err)
         try:
             _write_verdict(self.verdict_path, answer)

@@ -277,6 +277,28 @@ def test_a_garbage_line_in_the_report_file_is_skipped_with_a_warning(
     assert json.loads(Path(verdict).read_text()) == {"step": 4, "prune": False}
 
 
+def test_a_report_file_full_of_junk_gets_a_bounded_number_of_warnings(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """Each skipped or refused line was one warning: a script writing 1 MB of binary junk there (4,149 lines)
+    made its worker print 1.5 MB of warnings, and one rewriting the file whole at each step (3,000 steps)
+    5.9 MB, with one storage write per line read again. The first few problems are shown, then one line
+    says how many lines were skipped and refused; old steps are refused without a storage write."""
+    followed = _followed(tmp_path, "p-junk")
+    judged: list[Any] = []
+    judge = followed.follower.judge
+    followed.follower.judge = lambda *args: judged.append(args) or judge(*args)
+    with caplog.at_level(logging.WARNING), followed.follower, open(followed.reports, "a") as handle:
+        handle.write('{"step": 5, "objective": 0.5}\n' + "junk\n" * 500 + '{"step": 1, "objective": 0.5}\n' * 500
+                     + '{"step": 6, "objective": 0.25}\n')
+    stored = followed.exp.storage.get_trial(followed.trial_id)
+    assert stored is not None and stored.reports == [(5, 0.5), (6, 0.25)]
+    warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert len(warnings) <= 20, len(warnings)
+    assert "500 lines" in warnings[-1] and "500 refused" in warnings[-1], warnings[-1]
+    assert str(followed.reports) in warnings[-1]
+    assert len(judged) == 2  # a step not after the last stored one is refused without a storage write
+
+
 class _Followed(NamedTuple):
     exp: Any
     trial_id: str
