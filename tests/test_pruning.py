@@ -151,6 +151,40 @@ def test_the_judge_hands_its_pruner_one_growing_list_per_trial(monkeypatch: pyte
         assert handed[tid][-1] == [(step, value + step) for step in range(1, 6)]
 
 
+def test_a_report_from_a_thread_that_outlives_its_objective_says_what_to_do() -> None:
+    """A thread the objective started (in a copy of its context) reporting after the objective returned was
+    told to "observe each suggested trial once, and report before observing it": ask-and-tell words for
+    a workon user, who never observes."""
+    import contextvars
+    import threading
+
+    returned, errors = threading.Event(), []
+
+    def late() -> None:
+        returned.wait(10)
+        try:
+            orchard.report(0.1, 2)
+        except OrchardError as err:
+            errors.append(str(err))
+
+    threads = []
+
+    def objective(x: float) -> float:
+        orchard.report(x, 1)
+        threads.append(threading.Thread(target=contextvars.copy_context().run, args=(late,)))
+        threads[-1].start()
+        return x
+
+    exp = orchard.build_experiment("p-late", space=SPACE, max_trials=1, storage="memory://")
+    exp.workon(objective, progress=False)
+    returned.set()
+    threads[0].join(10)
+    (trial,) = exp.storage.fetch_trials(exp.id)
+    assert trial.status is TrialStatus.COMPLETED and len(trial.reports) == 1
+    (message,) = errors
+    assert "before the objective returns" in message and "join" in message and "\n" not in message
+
+
 @pytest.mark.parametrize("setting", ["pruned", "infeasible"])
 def test_a_pruned_or_infeasible_trial_is_never_shown_as_best(setting: str, tmp_path: Path,
                                                              capsys: pytest.CaptureFixture[str]) -> None:
