@@ -16,6 +16,7 @@ child's process group if it goes on past a "prune" verdict.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import contextvars
 import json
@@ -46,6 +47,9 @@ MAX_REPORT_LINE = 1 << 20
 #: one; the rest are counted and their number said when the child ends, so junk written there (binary
 #: output, a file rewritten whole at each step) cannot flood the worker's log.
 MAX_LINE_WARNINGS = 10
+#: Answers to the latest report lines that carry an ``"id"`` kept in the verdict file (each waiting
+#: :func:`orchard.report` call finds its own, whatever lines other threads wrote since).
+MAX_ANSWERS = 64
 
 
 class Judge:
@@ -232,6 +236,7 @@ class ReportFollower:
         self.refused = 0
         self._problems = 0  # skipped, refused, replaced: warned about one by one up to MAX_LINE_WARNINGS
         self._last_step: int | None = None  # of the last report stored: a step not after it is refused here
+        self._answers: collections.OrderedDict[str, dict[str, Any]] = collections.OrderedDict()  # by line id
         self._irregular = False  # whether the report file was found not to be a regular file (said once)
         self._thread = threading.Thread(target=self._follow, name=f"orchard-reports-{trial_id[:8]}", daemon=True)
 
@@ -359,7 +364,7 @@ class ReportFollower:
             self.skipped += 1
             self._warn("trial %s: skipped a line of %s: %s", self.trial_id, self.report_path, parsed)
             return
-        step, value = parsed
+        step, value, line_id = parsed
         answer: dict[str, Any] = {"step": step, "prune": False}
         try:
             if self._last_step is not None and step <= self._last_step:  # a file rewritten whole: no storage call
@@ -370,8 +375,12 @@ class ReportFollower:
             self.refused += 1
             self._warn("trial %s: report at step %s refused: %s", self.trial_id, step, err)
             answer["refused"] = str(err)
+        if line_id is not None:
+            self._answers[line_id] = answer
+            while len(self._answers) > MAX_ANSWERS:
+                self._answers.popitem(last=False)
         try:
-            _write_verdict(self.verdict_path, answer)
+            _write_verdict(self.verdict_path, {**answer, "answers": self._answers} if self._answers else answer)
         except OSError as err:  # the child's folder removed under it: the verdict still stands (and stops it)
             log.warning("trial %s: cannot write the verdict on step %s to %s: %s", self.trial_id, step,
                         self.verdict_path, err)
@@ -379,8 +388,8 @@ class ReportFollower:
             self._pruned_event.set()
 
 
-def _parse(line: bytes) -> tuple[int, Reported] | str:
-    """``(step, value)`` of a report line, or why it is not one."""
+def _parse(line: bytes) -> tuple[int, Reported, str | None] | str:
+    """``(step, value, id)`` of a report line (``id``: what :func:`orchard.report` names it by), or why it is not one."""
     try:
         data = json.loads(line)
     except ValueError:
@@ -391,7 +400,8 @@ def _parse(line: bytes) -> tuple[int, Reported] | str:
         value, step = check_report(data["objective"], data["step"])
     except ValueError as err:
         return str(err)
-    return step, value
+    line_id = data.get("id")
+    return step, value, line_id if isinstance(line_id, str) and len(line_id) <= 64 else None
 
 
 def _write_verdict(path: str, answer: dict[str, Any]) -> None:

@@ -355,6 +355,46 @@ def _followed(tmp_path: Path, name: str) -> _Followed:
     return _Followed(exp, trial.id, reports, verdict, follower)
 
 
+def test_a_script_whose_step_goes_backwards_is_told(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """In a script, orchard.report() waited for a verdict on a step at least its own: a step not after the
+    last one found the last one's verdict and returned, its report refused by the worker and lost without
+    a word to the script (a step counter reset each epoch lost every epoch but the first). From several
+    threads, one thread took another's refusal, or waited 30 s for a verdict overwritten by a lower step's."""
+    import importlib
+    import threading
+
+    module = importlib.import_module("orchard.report")  # orchard.report is the function
+    followed = _followed(tmp_path, "p-backwards")
+    monkeypatch.setenv(module.REPORT_ENV, str(followed.reports))
+    monkeypatch.setenv(module.VERDICT_ENV, str(followed.verdict))
+    monkeypatch.setattr(module, "VERDICT_WAIT", 5.0)
+    returned: list[int] = []
+
+    def reporting(steps: range) -> None:
+        for step in steps:
+            try:
+                orchard.report(1.0 / (step + 1), step)
+                returned.append(step)
+            except ValueError as err:
+                assert f"report step {step} is not after" in str(err)
+
+    with followed.follower:
+        orchard.report(0.5, 5)
+        for step in (3, 5):
+            with pytest.raises(ValueError, match=f"report step {step} is not after the last reported step 5"):
+                orchard.report(0.4, step)
+        started = time.monotonic()
+        threads = [threading.Thread(target=reporting, args=(range(6 + k, 200, 4),)) for k in range(4)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        assert time.monotonic() - started < 5.0  # no thread waited out VERDICT_WAIT
+    stored = followed.exp.storage.get_trial(followed.trial_id)
+    assert stored is not None
+    assert sorted(returned) == [step for step, _ in stored.reports][1:]  # returned exactly when stored
+
+
 @pytest.mark.parametrize("cleanup", ["deleted", "replaced", "truncated"])
 def test_a_report_file_the_script_deletes_or_replaces_loses_no_report(
         cleanup: str, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
