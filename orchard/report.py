@@ -70,6 +70,7 @@ __all__ = [
 RESULTS_ENV = "ORCHARD_RESULTS_PATH"
 REPORT_ENV = "ORCHARD_REPORT_PATH"
 VERDICT_ENV = "ORCHARD_VERDICT_PATH"
+TRIAL_ENV = "ORCHARD_TRIAL_ID"
 #: Seconds :func:`report` waits for a child's verdict before going on (the worker is slowed by an outage).
 VERDICT_WAIT = 30.0
 
@@ -120,7 +121,10 @@ def report(value: float | Mapping[str, float], step: int) -> None:
             f"context: threading.Thread(target=contextvars.copy_context().run, args=(fn,))), or set {REPORT_ENV}"
         )
     line_id = os.urandom(8).hex()  # names this line in the verdict file: several threads may report at once
-    line = json.dumps({"step": step, "objective": value, "id": line_id}) + "\n"
+    fields: dict[str, Any] = {"step": step, "objective": value, "id": line_id}
+    if os.environ.get(TRIAL_ENV):  # a file linked to, or shared with, other trials' keeps them apart
+        fields["trial"] = os.environ[TRIAL_ENV]
+    line = json.dumps(fields) + "\n"
     with open(path, "a", encoding="utf-8") as handle:
         handle.write(line)
     _PRUNE.set(_await_verdict(step, line_id))

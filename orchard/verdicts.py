@@ -30,7 +30,7 @@ from typing import Any, BinaryIO
 from orchard.errors import InvalidReportError, OrchardError
 from orchard.objectives import minimized
 from orchard.pruners import BasePruner, NopPruner, Verdict
-from orchard.report import Reported, check_report, open_regular, replace_file
+from orchard.report import Reported, check_report, open_regular, replace_file, shown
 from orchard.storages.base import BaseStorage
 from orchard.trial import MAX_REPORTS_PER_TRIAL, ReportValue, Trial, TrialStatus
 
@@ -359,7 +359,7 @@ class ReportFollower:
                    self.trial_id, self.report_path, MAX_REPORT_LINE)
 
     def _take(self, line: bytes) -> None:
-        parsed = _parse(line)
+        parsed = _parse(line, self.trial_id)
         if isinstance(parsed, str):
             self.skipped += 1
             self._warn("trial %s: skipped a line of %s: %s", self.trial_id, self.report_path, parsed)
@@ -388,14 +388,18 @@ class ReportFollower:
             self._pruned_event.set()
 
 
-def _parse(line: bytes) -> tuple[int, Reported, str | None] | str:
-    """``(step, value, id)`` of a report line (``id``: what :func:`orchard.report` names it by), or why it is not one."""
+def _parse(line: bytes, trial_id: str) -> tuple[int, Reported, str | None] | str:
+    """``(step, value, id)`` of a report line of ``trial_id`` (``id``: what :func:`orchard.report` names it by),
+    or why it is not one."""
     try:
         data = json.loads(line)
     except ValueError:
         return f"not JSON: {line[:80]!r}"
     if not isinstance(data, dict) or "step" not in data or "objective" not in data:
         return f'not a {{"step": S, "objective": V}} object: {line[:80]!r}'
+    if data.get("trial", trial_id) != trial_id:
+        return (f"it reports trial {shown(data['trial'])}, not this one: each trial has its own report file "
+                "(is it a link to another trial's, or a file they share?)")
     try:
         value, step = check_report(data["objective"], data["step"])
     except ValueError as err:

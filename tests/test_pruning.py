@@ -395,6 +395,29 @@ def test_a_script_whose_step_goes_backwards_is_told(tmp_path: Path, monkeypatch:
     assert sorted(returned) == [step for step, _ in stored.reports][1:]  # returned exactly when stored
 
 
+def test_a_report_file_shared_with_other_trials_keeps_their_reports_apart(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Scripts that made their report file a link to one file (to collect every curve in one place), or to
+    another trial's, had each trial store the reports of all: three trials held the first one's curve.
+    orchard.report() names its trial in the line; a line of another trial is skipped."""
+    import importlib
+
+    module = importlib.import_module("orchard.report")  # orchard.report is the function
+    followed = _followed(tmp_path, "p-shared")
+    monkeypatch.setenv(module.REPORT_ENV, str(followed.reports))
+    monkeypatch.delenv(module.VERDICT_ENV, raising=False)  # no verdict awaited: written by the test's "scripts"
+    with followed.follower:
+        monkeypatch.setenv("ORCHARD_TRIAL_ID", "another-trial")
+        orchard.report(0.9, 1)
+        monkeypatch.setenv("ORCHARD_TRIAL_ID", followed.trial_id)
+        orchard.report(0.5, 2)
+        with open(followed.reports, "a") as handle:  # another language's line names no trial: taken
+            handle.write('{"step": 3, "objective": 0.25}\n{"step": 4, "objective": 0.2, "trial": 12}\n')
+    stored = followed.exp.storage.get_trial(followed.trial_id)
+    assert stored is not None and stored.reports == [(2, 0.5), (3, 0.25)]
+    assert followed.follower.skipped == 2
+
+
 @pytest.mark.parametrize("cleanup", ["deleted", "replaced", "truncated"])
 def test_a_report_file_the_script_deletes_or_replaces_loses_no_report(
         cleanup: str, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
