@@ -203,9 +203,11 @@ class CountingCurve(list):  # type: ignore[type-arg]
         return item
 
 
-@pytest.mark.parametrize("config", [{"median": {"min_trials": 1}}, {"percentile": {"min_trials": 1}},
-                                    {"patience": {"patience": 3}}, {"threshold": {"upper": 9.0}}])
-def test_a_report_costs_reads_independent_of_how_many_came_before(config: dict[str, Any]) -> None:
+@pytest.mark.parametrize("config, objectives", [
+    ({"median": {"min_trials": 1}}, 1), ({"percentile": {"min_trials": 1}}, 1), ({"patience": {"patience": 3}}, 1),
+    ({"threshold": {"upper": 9.0}}, 1), ({"patience": {"patience": 3}}, 2),
+])
+def test_a_report_costs_reads_independent_of_how_many_came_before(config: dict[str, Any], objectives: int) -> None:
     """median and percentile read every report of every trial at each report (patience and threshold the
     trial's own): n reports of each of T trials cost T·n²/2 reads, 50 ms a report at 10,000 reports.
     Given curves the way the worker's judge hands them (one list per trial, appended to), each report
@@ -216,7 +218,8 @@ def test_a_report_costs_reads_independent_of_how_many_came_before(config: dict[s
     own = CountingCurve()
     CountingCurve.reads = 0
     for step in range(1, steps + 1):
-        own.append((step, 2.0 + 1.0 / step))
+        value = 2.0 + 1.0 / step
+        own.append((step, value if objectives == 1 else (value, value / 2)))
         pruner.judge("t", own, others)
     assert CountingCurve.reads <= 20 * (trials + 1) * steps, CountingCurve.reads  # it was ~1,000,000
     fresh = {tid: list(c) for tid, c in others.items()}

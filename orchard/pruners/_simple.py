@@ -103,6 +103,7 @@ class PatiencePruner(BasePruner):
         wrapped = self.options["wrapped"]
         self.wrapped: BasePruner | None = build(wrapped) if wrapped is not None and build is not None else None
         self._best = BestSoFar()  # the best before the last `patience` reports, not read again at every report
+        self._front = _FrontSoFar()  # the same with several objectives
 
     def facing(self, objectives: Mapping[str, str] | None) -> BasePruner:
         if self.wrapped is not None:
@@ -136,8 +137,8 @@ class PatiencePruner(BasePruner):
 
     def _judge_several(self, trial_id: str, own: Curve, others: Mapping[str, Curve]) -> Verdict:
         patience, delta, step = self.options["patience"], self.options["min_delta"], own[-1][0]
-        before = [_vector(value) for _, value in own[:-patience]]
-        recent = [_vector(value) for _, value in own[-patience:]]
+        before = self._front.before(own, len(own) - patience)  # an earlier report matches v iff one of these does
+        recent = [_vector(own[index][1]) for index in range(len(own) - patience, len(own))]
         improving = [v for v in recent if not any(all(x - delta <= y for x, y in zip(u, v, strict=True))
                                                   for u in before)]
         if improving:
@@ -148,6 +149,43 @@ class PatiencePruner(BasePruner):
         reason = (f"each of the last {patience} reports is matched, within min_delta={delta:g}, on every "
                   "objective by an earlier report")
         return Verdict(True, self.name, step, reason=reason)
+
+
+class _FrontSoFar:
+    """The reports no other among a curve's first ``index`` is as good as on every objective, kept and extended.
+
+    An earlier report that matches a recent one within ``min_delta`` on every objective exists
+    exactly when one of these does (a report that another is as good as, everywhere, matches
+    less). Kept for the latest curve, by identity, and extended as ``index`` grows, as
+    :class:`~orchard.pruners.base.BestSoFar` does: each report is read once, not at every report.
+    """
+
+    def __init__(self) -> None:
+        self._curve: Curve | None = None
+        self._index = 0
+        self._last: tuple[int, ReportValue] | None = None
+        self._front: list[tuple[float, ...]] = []
+
+    def before(self, curve: Curve, index: int) -> list[tuple[float, ...]]:
+        """The front of ``curve[:index]``."""
+        if self._curve is not curve or index < self._index or (self._index and curve[self._index - 1] != self._last):
+            self._curve, self._index, self._front = curve, 0, []  # another curve, or this one changed: read whole
+        for position in range(self._index, index):
+            point = _vector(curve[position][1])
+            if not any(_as_good(kept, point) for kept in self._front):
+                self._front = [kept for kept in self._front if not _as_good(point, kept)] + [point]
+        if index > self._index:
+            self._index, self._last = index, curve[index - 1]
+        return self._front
+
+    def __getstate__(self) -> dict[str, Any]:
+        """Nothing kept crosses a process: curve identities mean nothing there."""
+        return {"_curve": None, "_index": 0, "_last": None, "_front": []}
+
+
+def _as_good(u: tuple[float, ...], v: tuple[float, ...]) -> bool:
+    """Whether ``u`` is at least as good as ``v`` on every objective (minimised)."""
+    return all(x <= y for x, y in zip(u, v, strict=True))
 
 
 def _vector(value: ReportValue) -> tuple[float, ...]:
