@@ -178,7 +178,7 @@ def shown(value: Any, width: int = 80) -> str:
 
 
 def _await_verdict(step: int, line_id: str) -> bool:
-    """The worker's verdict on the report line ``line_id`` (``False`` if none comes within :data:`VERDICT_WAIT`).
+    """The worker's verdict on report line ``line_id`` (``False`` if none comes within :data:`VERDICT_WAIT`).
 
     The verdict file answers the latest lines by their ``id`` (``"answers"``), so a report refused
     (a step not after the last) is told to its caller even when its step is below one judged before.
@@ -194,8 +194,8 @@ def _await_verdict(step: int, line_id: str) -> bool:
             verdict = json.load(handle)  # OSError: not written yet (it is replaced whole)
         answers = verdict.get("answers") if isinstance(verdict, dict) else None
         answer = answers.get(line_id) if isinstance(answers, dict) else None
-        if answer is None and isinstance(verdict, dict) and answers is None and verdict.get("step", -1) >= step:
-            answer = verdict  # a worker that does not answer lines by id
+        if answer is None and answers is None and isinstance(verdict, dict):  # a worker that names no line
+            answer = verdict if verdict.get("step", -1) >= step else None
         if isinstance(answer, dict):
             if answer.get("refused"):
                 raise ValueError(str(answer["refused"]))

@@ -34,7 +34,9 @@ from orchard.report import Reported, check_report, open_regular, replace_file, s
 from orchard.storages.base import BaseStorage
 from orchard.trial import MAX_REPORTS_PER_TRIAL, ReportValue, Trial, TrialStatus
 
-__all__ = ["MAX_LINE_WARNINGS", "MAX_REPORT_LINE", "Judge", "ReportFollower", "current_judge", "judging", "stored_value"]
+__all__ = [
+    "MAX_LINE_WARNINGS", "MAX_REPORT_LINE", "Judge", "ReportFollower", "current_judge", "judging", "stored_value",
+]
 
 log = logging.getLogger(__name__)
 
@@ -269,9 +271,10 @@ class ReportFollower:
         if self._file is not None:
             self._file.close()
         if self._problems > MAX_LINE_WARNINGS:
-            log.warning("trial %s: %d lines of %s were skipped and %d refused in all (only the first %d problems "
-                        "were shown): a report line is {\"step\": S, \"objective\": V}, S growing; append one "
-                        "per report", self.trial_id, self.skipped, self.report_path, self.refused, MAX_LINE_WARNINGS)
+            log.warning("trial %s: %d lines of %s were skipped and %d refused in all (only the first %d "
+                        "problems were shown): a report line is {\"step\": S, \"objective\": V}, S "
+                        "growing; append one per report",
+                        self.trial_id, self.skipped, self.report_path, self.refused, MAX_LINE_WARNINGS)
 
     def _warn(self, message: str, *args: object) -> None:
         """Log a problem with the report file, up to :data:`MAX_LINE_WARNINGS` of them; count the rest."""
@@ -279,8 +282,8 @@ class ReportFollower:
         if self._problems <= MAX_LINE_WARNINGS:
             log.warning(message, *args)
         if self._problems == MAX_LINE_WARNINGS:
-            log.warning("trial %s: further problems with %s are counted, not shown; their number is said when "
-                        "the trial ends", self.trial_id, self.report_path)
+            log.warning("trial %s: further problems with %s are counted, not shown; their number is said "
+                        "when the trial ends", self.trial_id, self.report_path)
 
     def _follow(self) -> None:
         pruned_at: float | None = None
@@ -355,8 +358,8 @@ class ReportFollower:
 
     def _skip_overlong(self) -> None:
         self.skipped += 1
-        self._warn("trial %s: skipped a line of %s longer than %d bytes (a report line is one small JSON object)",
-                   self.trial_id, self.report_path, MAX_REPORT_LINE)
+        self._warn("trial %s: skipped a line of %s longer than %d bytes (a report line is one small JSON "
+                   "object)", self.trial_id, self.report_path, MAX_REPORT_LINE)
 
     def _take(self, line: bytes) -> None:
         parsed = _parse(line, self.trial_id)
@@ -367,7 +370,7 @@ class ReportFollower:
         step, value, line_id = parsed
         answer: dict[str, Any] = {"step": step, "prune": False}
         try:
-            if self._last_step is not None and step <= self._last_step:  # a file rewritten whole: no storage call
+            if self._last_step is not None and step <= self._last_step:  # a file rewritten whole: no write
                 raise InvalidReportError.not_after(self.trial_id, step, self._last_step)
             verdict = self.judge(self.trial_id, value, step)
             answer["prune"], self._last_step = verdict.prune, step
@@ -380,7 +383,8 @@ class ReportFollower:
             while len(self._answers) > MAX_ANSWERS:
                 self._answers.popitem(last=False)
         try:
-            _write_verdict(self.verdict_path, {**answer, "answers": self._answers} if self._answers else answer)
+            written = {**answer, "answers": self._answers} if self._answers else answer
+            _write_verdict(self.verdict_path, written)
         except OSError as err:  # the child's folder removed under it: the verdict still stands (and stops it)
             log.warning("trial %s: cannot write the verdict on step %s to %s: %s", self.trial_id, step,
                         self.verdict_path, err)
@@ -389,8 +393,10 @@ class ReportFollower:
 
 
 def _parse(line: bytes, trial_id: str) -> tuple[int, Reported, str | None] | str:
-    """``(step, value, id)`` of a report line of ``trial_id`` (``id``: what :func:`orchard.report` names it by),
-    or why it is not one."""
+    """``(step, value, id)`` of a report line of ``trial_id``, or why it is not one.
+
+    ``id`` is what :func:`orchard.report` names its line by (``None`` if the line has none).
+    """
     try:
         data = json.loads(line)
     except ValueError:

@@ -102,7 +102,7 @@ class PatiencePruner(BasePruner):
         build = type(self).build
         wrapped = self.options["wrapped"]
         self.wrapped: BasePruner | None = build(wrapped) if wrapped is not None and build is not None else None
-        self._best = BestSoFar()  # the best before the last `patience` reports, not read again at every report
+        self._best = BestSoFar()  # the best before the last `patience` reports, not read at every report
         self._front = _FrontSoFar()  # the same with several objectives
 
     def facing(self, objectives: Mapping[str, str] | None) -> BasePruner:
@@ -137,7 +137,7 @@ class PatiencePruner(BasePruner):
 
     def _judge_several(self, trial_id: str, own: Curve, others: Mapping[str, Curve]) -> Verdict:
         patience, delta, step = self.options["patience"], self.options["min_delta"], own[-1][0]
-        before = self._front.before(own, len(own) - patience)  # an earlier report matches v iff one of these does
+        before = self._front.before(own, len(own) - patience)  # an earlier report matches iff one of these does
         recent = [_vector(own[index][1]) for index in range(len(own) - patience, len(own))]
         improving = [v for v in recent if not any(all(x - delta <= y for x, y in zip(u, v, strict=True))
                                                   for u in before)]
@@ -152,7 +152,7 @@ class PatiencePruner(BasePruner):
 
 
 class _FrontSoFar:
-    """The reports no other among a curve's first ``index`` is as good as on every objective, kept and extended.
+    """The reports among a curve's first ``index`` that no other is as good as everywhere, kept and extended.
 
     An earlier report that matches a recent one within ``min_delta`` on every objective exists
     exactly when one of these does (a report that another is as good as, everywhere, matches
@@ -168,8 +168,9 @@ class _FrontSoFar:
 
     def before(self, curve: Curve, index: int) -> list[tuple[float, ...]]:
         """The front of ``curve[:index]``."""
-        if self._curve is not curve or index < self._index or (self._index and curve[self._index - 1] != self._last):
-            self._curve, self._index, self._front = curve, 0, []  # another curve, or this one changed: read whole
+        changed = self._index > 0 and curve[self._index - 1] != self._last
+        if self._curve is not curve or index < self._index or changed:  # another curve, or changed: read whole
+            self._curve, self._index, self._front = curve, 0, []
         for position in range(self._index, index):
             point = _vector(curve[position][1])
             if not any(_as_good(kept, point) for kept in self._front):
