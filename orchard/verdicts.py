@@ -101,11 +101,8 @@ class Judge:
             self._held[trial_id] = len(stored.reports)
             self.reported.add(trial_id)
             self._refresh()
-            judged = {tid: trial for tid, trial in self._trials().items()
-                      if trial.reports and trial.status is not TrialStatus.BROKEN}
-            curves = self._curves.of({**judged, trial_id: stored})
-            own = curves.pop(trial_id)
-            verdict = self.pruner.judge(trial_id, own, curves)
+            own, others = self._curves.of(stored, self._trials())
+            verdict = self.pruner.judge(trial_id, own, others)
             if verdict.prune:
                 self.pruned.setdefault(trial_id, verdict)
             return verdict
@@ -131,31 +128,50 @@ class Judge:
         self._held.pop(trial_id, None)
 
 
+_Kept = tuple[Trial, tuple[Any, ...], list[tuple[int, ReportValue]]]  # the trial last seen, its reservation, its list
+
+
 class _Curves:
     """Each trial's reports as one list per reservation, only ever appended to, as the history grows.
 
     A pruner is handed the same list for a trial from one verdict to the next, so it can extend
     what it derived from it instead of reading every report of every trial at each report
     (:class:`~orchard.pruners.base.BestSoFar`). A trial reserved again starts a new list (its
-    reports start over). Only the trials of the latest call are kept: memory follows the history.
+    reports start over). A trial whose record did not change since the last call costs a lookup.
+    Only the trials of the latest call are kept: memory follows the history.
     """
 
     def __init__(self) -> None:
-        self._lists: dict[str, tuple[tuple[Any, ...], list[tuple[int, ReportValue]]]] = {}
+        self._kept: dict[str, _Kept] = {}
 
-    def of(self, trials: Mapping[str, Trial]) -> dict[str, list[tuple[int, ReportValue]]]:
-        """The kept list of each trial's reports, extended by those it gained since the last call."""
-        lists: dict[str, tuple[tuple[Any, ...], list[tuple[int, ReportValue]]]] = {}
-        for tid, trial in trials.items():
-            reservation = (trial.start_time, trial.attempts, trial.worker)
-            known, held = self._lists.get(tid, (None, []))
-            reports, count = trial.reports, len(held)
-            if known != reservation or count > len(reports) or (count and reports[count - 1] != held[-1]):
-                held = []  # another reservation's reports (they start over), or a history read again
-            held.extend(reports[len(held):])  # the new reports only (the slice copies no more)
-            lists[tid] = (reservation, held)
-        self._lists = lists
-        return {tid: held for tid, (_, held) in lists.items()}
+    def of(self, judged: Trial, history: Mapping[str, Trial]) -> tuple[list[tuple[int, ReportValue]],
+                                                                      dict[str, list[tuple[int, ReportValue]]]]:
+        """The kept list of ``judged``'s reports and those of the other trials with reports (broken ones left out)."""
+        kept, others = self._kept, {}
+        for tid, trial in history.items():
+            entry = kept.get(tid)
+            if entry is None or entry[0] is not trial:  # new or changed since the last call
+                if not trial.reports or trial.status is TrialStatus.BROKEN:
+                    kept.pop(tid, None)
+                    continue
+                entry = kept[tid] = _followed(trial, entry)
+            others[tid] = entry[2]
+        own = kept[judged.id] = _followed(judged, kept.get(judged.id))
+        others.pop(judged.id, None)
+        if len(kept) > len(others) + 1:  # trials gone from the history (an experiment deleted): forget them
+            self._kept = {tid: kept[tid] for tid in (*others, judged.id)}
+        return own[2], others
+
+
+def _followed(trial: Trial, entry: _Kept | None) -> _Kept:
+    """``entry``'s list extended by the reports ``trial`` gained, or a new one for another reservation."""
+    reservation = (trial.start_time, trial.attempts, trial.worker)
+    held = [] if entry is None else entry[2]
+    reports, count = trial.reports, len(held)
+    if entry is None or entry[1] != reservation or count > len(reports) or (count and reports[count - 1] != held[-1]):
+        held = []  # another reservation's reports (they start over), or a history read again
+    held.extend(reports[len(held):])  # the new reports only (the slice copies no more)
+    return trial, reservation, held
 
 
 def stored_value(trial_id: str, value: Reported, objectives: Mapping[str, str] | None,

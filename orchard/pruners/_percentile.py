@@ -52,7 +52,7 @@ class PercentilePruner(BasePruner):
         warmup, interval = self.options["warmup_steps"], self.options["interval_steps"]
         if step < warmup or (step - warmup) % interval:
             return self._going_on(own, f"step {step} is not judged (warm-up {warmup}, interval {interval})")
-        self._best.new_round()
+        self._best.new_round(len(others) + 1)
         mine = self._best.until(own, step)
         assert mine is not None  # own reached its own last step
         peers = {tid: self._best.until(curve, step) for tid, curve in others.items() if tid != trial_id}

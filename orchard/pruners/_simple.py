@@ -122,7 +122,7 @@ class PatiencePruner(BasePruner):
             return self._going_on(own, f"{len(own)} reports, patience needs more than {patience}")
         if isinstance(own[-1][1], tuple):
             return self._judge_several(trial_id, own, others)
-        self._best.new_round()
+        self._best.new_round(1)
         before = self._best.before(own, len(own) - patience)
         recent = min(first_value(own[index][1]) for index in range(len(own) - patience, len(own)))
         if recent < before - self.options["min_delta"]:

@@ -105,27 +105,28 @@ class BestSoFar:
     trial and reservation, only ever appended to. A curve not seen before, or
     one shortened or whose last known report changed, is read whole; reports are
     never changed once stored, so the answers never depend on what is kept and
-    the pruner stays a pure function of its arguments. Only the curves of the
-    latest round (:meth:`new_round`, one per verdict) are kept. Not thread-safe:
-    the judge calls its pruner under a lock.
+    the pruner stays a pure function of its arguments. What is kept is forgotten
+    when it holds far more curves than a verdict reads (:meth:`new_round`), so
+    memory follows the history. Not thread-safe: the judge calls its pruner
+    under a lock.
     """
 
     def __init__(self) -> None:
         self._kept: dict[int, _Kept] = {}
-        self._before: dict[int, _Kept] = {}
 
-    def new_round(self) -> None:
-        """Start a verdict: what the next calls do not use is forgotten at the round after."""
-        self._before, self._kept = self._kept, {}
+    def new_round(self, curves: int) -> None:
+        """Start a verdict that reads up to ``curves`` curves (forget what is kept if it holds far more)."""
+        if len(self._kept) > 2 * curves + 16:  # lists the judge no longer hands (trials reserved again, gone)
+            self._kept = {}
 
     def until(self, curve: Curve, step: int) -> float | None:
         """The best value ``curve`` reported up to ``step``; ``None`` if it has not reached ``step``.
 
         A curve whose first report lies beyond ``step`` counts with that first value.
         """
-        kept = self._extended(curve)
-        if not kept.steps or kept.steps[-1] < step:
+        if not curve or curve[-1][0] < step:  # not there yet
             return None
+        kept = self._extended(curve)
         index = bisect.bisect_right(kept.steps, step)
         return kept.minima[max(index - 1, 0)]
 
@@ -135,12 +136,11 @@ class BestSoFar:
 
     def _extended(self, curve: Curve) -> _Kept:
         key = id(curve)
-        kept = self._kept.get(key) or self._before.get(key)
+        kept = self._kept.get(key)
         count = len(curve)
         if kept is None or kept.curve is not curve or len(kept.steps) > count or (
                 kept.last is not None and curve[len(kept.steps) - 1] != kept.last):
-            kept = _Kept(curve)  # a new curve, or one changed in place: read whole
-        self._kept[key] = kept
+            kept = self._kept[key] = _Kept(curve)  # a new curve, or one changed in place: read whole
         if len(kept.steps) < count:
             best = kept.minima[-1] if kept.minima else math.inf
             for index in range(len(kept.steps), count):  # by index: only the new reports are read
@@ -153,7 +153,7 @@ class BestSoFar:
 
     def __getstate__(self) -> dict[str, Any]:
         """Nothing kept crosses a process: curve identities mean nothing there."""
-        return {"_kept": {}, "_before": {}}
+        return {"_kept": {}}
 
 
 def value_at(curve: Curve, step: int) -> ReportValue | None:
