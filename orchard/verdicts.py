@@ -262,11 +262,15 @@ class ReportFollower:
         self._thread = threading.Thread(target=self._follow, name=f"orchard-reports-{trial_id[:8]}", daemon=True)
 
     @staticmethod
-    def environment(report_path: str, verdict_path: str) -> dict[str, str]:
-        """The variables that point a child's :func:`orchard.report` at these files."""
-        from orchard.report import REPORT_ENV, VERDICT_ENV
+    def environment(report_path: str, verdict_path: str, trial_id: str) -> dict[str, str]:
+        """The variables that point a child's :func:`orchard.report` at these files, for ``trial_id``.
 
-        return {REPORT_ENV: report_path, VERDICT_ENV: verdict_path}
+        The trial's id too: a worker run inside another trial (a script under ``orchard hunt``)
+        inherits that one's, and the lines would name it.
+        """
+        from orchard.report import REPORT_ENV, TRIAL_ENV, VERDICT_ENV
+
+        return {REPORT_ENV: report_path, VERDICT_ENV: verdict_path, TRIAL_ENV: trial_id}
 
     @staticmethod
     def prepare(report_path: str, verdict_path: str) -> None:

@@ -292,6 +292,18 @@ def test_timed_child_that_ignores_the_verdict_is_stopped_and_recorded_pruned(
     assert_verdicts_recompute(exp)
 
 
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="timed evaluations fork")
+def test_a_timed_child_of_a_worker_run_inside_a_trial_reports_its_own_trial(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A workon in a script run by `orchard hunt` inherits that trial's ORCHARD_TRIAL_ID: its timed child's
+    report lines named the outer trial, and its worker skipped them all as another trial's."""
+    monkeypatch.setenv("ORCHARD_TRIAL_ID", "the-outer-hunt-trial")
+    exp = orchard.build_experiment("p-nested", space=SPACE, max_trials=1, storage=str(tmp_path / "db.pkl"))
+    exp.workon(curve_objective, trial_timeout=60, progress=False)
+    (trial,) = exp.storage.fetch_trials(exp.id)
+    assert trial.status is TrialStatus.COMPLETED and len(trial.reports) == 10
+
+
 def test_a_garbage_line_in_the_report_file_is_skipped_with_a_warning(
         tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     from orchard.verdicts import ReportFollower
