@@ -109,8 +109,10 @@ class ReservationLostError(StorageError):
     def refused(cls, trial_id: str, status: str, owner: str | None, worker: str | None) -> ReservationLostError:
         """The storage's refusal of a write by ``worker`` to a trial it does not hold."""
         if owner is not None and owner == worker and status in ("completed", "broken", "pruned"):
-            return cls(f"trial {trial_id} is already {status}, recorded by this worker ({worker}); a trial takes "
-                       "one result: observe each suggested trial once, and report before observing it")
+            return cls(f"trial {trial_id} is already {status}, recorded by this worker ({worker}); a trial "
+                       "takes one result and its reports come before it: report before the objective returns "
+                       "(join a thread that reports), or in ask-and-tell before observe(), and observe each "
+                       "trial once")
         held = f"owned by {owner}" if owner else "unowned"
         return cls(
             f"trial {trial_id} is {status} and {held}, not reserved by {worker or 'anyone'}; its "

@@ -21,7 +21,9 @@ judges it with the experiment's pruner before :func:`report` returns;
 call is direct. In a child process (a timed Python objective, a script) the
 report is one JSON line appended to ``ORCHARD_REPORT_PATH``
 (``{"step": 3, "objective": 0.41}``: any language can write it) and the verdict
-comes back in ``ORCHARD_VERDICT_PATH`` (``{"step": 3, "prune": false}``). A
+comes back in ``ORCHARD_VERDICT_PATH`` (``{"step": 3, "prune": false}``); a line
+that carries an ``"id"`` is answered by it under ``"answers"``, which is how
+:func:`report` finds its own verdict, or refusal, among other threads'. A
 child that ignores a "prune" verdict is stopped by the worker anyway (SIGTERM
 to its process group, SIGKILL after a grace) and its trial recorded pruned.
 
@@ -69,6 +71,7 @@ __all__ = [
 RESULTS_ENV = "ORCHARD_RESULTS_PATH"
 REPORT_ENV = "ORCHARD_REPORT_PATH"
 VERDICT_ENV = "ORCHARD_VERDICT_PATH"
+TRIAL_ENV = "ORCHARD_TRIAL_ID"
 #: Seconds :func:`report` waits for a child's verdict before going on (the worker is slowed by an outage).
 VERDICT_WAIT = 30.0
 
@@ -118,10 +121,14 @@ def report(value: float | Mapping[str, float], step: int) -> None:
             f"(workon, hunt), in the objective's own thread (a thread it starts must run in a copy of its "
             f"context: threading.Thread(target=contextvars.copy_context().run, args=(fn,))), or set {REPORT_ENV}"
         )
-    line = json.dumps({"step": step, "objective": value}) + "\n"
+    line_id = os.urandom(8).hex()  # names this line in the verdict file: several threads may report at once
+    fields: dict[str, Any] = {"step": step, "objective": value, "id": line_id}
+    if os.environ.get(TRIAL_ENV):  # a file linked to, or shared with, other trials' keeps them apart
+        fields["trial"] = os.environ[TRIAL_ENV]
+    line = json.dumps(fields) + "\n"
     with open(path, "a", encoding="utf-8") as handle:
         handle.write(line)
-    _PRUNE.set(_await_verdict(step))
+    _PRUNE.set(_await_verdict(step, line_id))
 
 
 def should_prune() -> bool:
@@ -171,8 +178,12 @@ def shown(value: Any, width: int = 80) -> str:
     return text[:width]
 
 
-def _await_verdict(step: int) -> bool:
-    """The worker's verdict on the report at ``step`` (``False`` if none comes within :data:`VERDICT_WAIT`)."""
+def _await_verdict(step: int, line_id: str) -> bool:
+    """The worker's verdict on report line ``line_id`` (``False`` if none comes within :data:`VERDICT_WAIT`).
+
+    The verdict file answers the latest lines by their ``id`` (``"answers"``), so a report refused
+    (a step not after the last) is told to its caller even when its step is below one judged before.
+    """
     path = os.environ.get(VERDICT_ENV)
     if not path:
         return False
@@ -182,12 +193,16 @@ def _await_verdict(step: int) -> bool:
         verdict: Any = None
         with contextlib.suppress(OSError, ValueError), open(path, encoding="utf-8") as handle:
             verdict = json.load(handle)  # OSError: not written yet (it is replaced whole)
-        if isinstance(verdict, dict) and verdict.get("step", -1) >= step:
-            if verdict.get("refused"):
-                raise ValueError(str(verdict["refused"]))
-            return bool(verdict.get("prune"))
+        answers = verdict.get("answers") if isinstance(verdict, dict) else None
+        answer = answers.get(line_id) if isinstance(answers, dict) else None
+        if answer is None and answers is None and isinstance(verdict, dict):  # a worker that names no line
+            answer = verdict if verdict.get("step", -1) >= step else None
+        if isinstance(answer, dict):
+            if answer.get("refused"):
+                raise ValueError(str(answer["refused"]))
+            return bool(answer.get("prune"))
         time.sleep(pause)
-        pause = min(pause * 2, 0.02)
+        pause = min(pause * 2, 0.002)  # a verdict comes within milliseconds: look often (a small JSON read)
     return False
 
 

@@ -124,7 +124,7 @@ class ScriptRunner(TrialEvaluator):
         if trial.parent is not None:
             env.update(ORCHARD_PARENT_TRIAL_ID=trial.parent, ORCHARD_PARENT_WORKING_DIR=parent_folder)
         reports = (os.path.join(folder, REPORTS_FILE), os.path.join(folder, VERDICT_FILE))
-        env.update(ReportFollower.environment(*reports))
+        env.update(ReportFollower.environment(*reports, trial.id))
         ReportFollower.prepare(*reports)
         log.debug("trial %s: running %s in %s", trial.id, argv, folder)
         returncode, stopped = self._run(trial.id, argv, folder, env, reports)

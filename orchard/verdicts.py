@@ -16,6 +16,7 @@ child's process group if it goes on past a "prune" verdict.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import contextlib
 import contextvars
@@ -31,19 +32,30 @@ from orchard.errors import InvalidReportError, OrchardError, StorageError
 from orchard.interruption import deferred
 from orchard.objectives import minimized
 from orchard.pruners import BasePruner, NopPruner, Verdict
-from orchard.report import Reported, check_report, open_regular, replace_file
+from orchard.report import Reported, check_report, open_regular, replace_file, shown
 from orchard.storages.base import BaseStorage
 from orchard.trial import MAX_REPORTS_PER_TRIAL, ReportValue, Trial, TrialStatus
 
-__all__ = ["MAX_REPORT_LINE", "Judge", "ReportFollower", "current_judge", "judging", "stored_value"]
+__all__ = [
+    "MAX_LINE_WARNINGS", "MAX_REPORT_LINE", "Judge", "ReportFollower", "current_judge", "judging", "stored_value",
+]
 
 log = logging.getLogger(__name__)
 
-#: Seconds between two reads of a report file.
+#: Seconds between two reads of a report file that gave no line; after a read that did, the next comes
+#: after :data:`FOLLOW_BUSY`, doubling back up to this: a script that waits for each verdict waits less.
 FOLLOW_INTERVAL = 0.01
+FOLLOW_BUSY = 0.001
 #: The longest report line taken, in bytes (one with 1,000 objectives is ~30 KB); a longer one is skipped
 #: unread, so a child writing gigabytes without a newline cannot exhaust its worker's memory.
 MAX_REPORT_LINE = 1 << 20
+#: Problems with a report file (a line skipped or refused, the file replaced) a worker warns about one by
+#: one; the rest are counted and their number said when the child ends, so junk written there (binary
+#: output, a file rewritten whole at each step) cannot flood the worker's log.
+MAX_LINE_WARNINGS = 10
+#: Answers to the latest report lines that carry an ``"id"`` kept in the verdict file (each waiting
+#: :func:`orchard.report` call finds its own, whatever lines other threads wrote since).
+MAX_ANSWERS = 64
 
 
 class Judge:
@@ -71,6 +83,7 @@ class Judge:
         #: Trials with at least one report stored by this judge.
         self.reported: set[str] = set()
         self._held: dict[str, int] = {}  # reports each of them holds, as its last write returned
+        self._curves = _Curves()
 
     def __call__(self, trial_id: str, value: Reported, step: int) -> Verdict:
         """Store ``value`` at ``step`` on ``trial_id`` and return the verdict on it.
@@ -92,12 +105,8 @@ class Judge:
             self._held[trial_id] = len(stored.reports)
             self.reported.add(trial_id)
             self._refresh()
-            others = {
-                tid: trial.reports
-                for tid, trial in self._trials().items()
-                if tid != trial_id and trial.reports and trial.status is not TrialStatus.BROKEN
-            }
-            verdict = self.pruner.judge(trial_id, stored.reports, others)
+            own, others = self._curves.of(stored, self._trials())
+            verdict = self.pruner.judge(trial_id, own, others)
             if verdict.prune:
                 self.pruned.setdefault(trial_id, verdict)
             return verdict
@@ -136,6 +145,52 @@ class Judge:
         self.pruned.pop(trial_id, None)
         self.reported.discard(trial_id)
         self._held.pop(trial_id, None)
+
+
+_Kept = tuple[Trial, tuple[Any, ...], list[tuple[int, ReportValue]]]  # the trial last seen, its reservation, its list
+
+
+class _Curves:
+    """Each trial's reports as one list per reservation, only ever appended to, as the history grows.
+
+    A pruner is handed the same list for a trial from one verdict to the next, so it can extend
+    what it derived from it instead of reading every report of every trial at each report
+    (:class:`~orchard.pruners.base.BestSoFar`). A trial reserved again starts a new list (its
+    reports start over). A trial whose record did not change since the last call costs a lookup.
+    Only the trials of the latest call are kept: memory follows the history.
+    """
+
+    def __init__(self) -> None:
+        self._kept: dict[str, _Kept] = {}
+
+    def of(self, judged: Trial, history: Mapping[str, Trial]) -> tuple[list[tuple[int, ReportValue]],
+                                                                      dict[str, list[tuple[int, ReportValue]]]]:
+        """The kept list of ``judged``'s reports and those of the other trials with reports (broken ones left out)."""
+        kept, others = self._kept, {}
+        for tid, trial in history.items():
+            entry = kept.get(tid)
+            if entry is None or entry[0] is not trial:  # new or changed since the last call
+                if not trial.reports or trial.status is TrialStatus.BROKEN:
+                    kept.pop(tid, None)
+                    continue
+                entry = kept[tid] = _followed(trial, entry)
+            others[tid] = entry[2]
+        own = kept[judged.id] = _followed(judged, kept.get(judged.id))
+        others.pop(judged.id, None)
+        if len(kept) > len(others) + 1:  # trials gone from the history (an experiment deleted): forget them
+            self._kept = {tid: kept[tid] for tid in (*others, judged.id)}
+        return own[2], others
+
+
+def _followed(trial: Trial, entry: _Kept | None) -> _Kept:
+    """``entry``'s list extended by the reports ``trial`` gained, or a new one for another reservation."""
+    reservation = (trial.start_time, trial.attempts, trial.worker)
+    held = [] if entry is None else entry[2]
+    reports, count = trial.reports, len(held)
+    if entry is None or entry[1] != reservation or count > len(reports) or (count and reports[count - 1] != held[-1]):
+        held = []  # another reservation's reports (they start over), or a history read again
+    held.extend(reports[len(held):])  # the new reports only (the slice copies no more)
+    return trial, reservation, held
 
 
 def stored_value(trial_id: str, value: Reported, objectives: Mapping[str, str] | None,
@@ -215,15 +270,24 @@ class ReportFollower:
         self._done = threading.Event()
         self._pruned_event = threading.Event()
         self.skipped = 0
+        self.refused = 0
+        self._taken = 0  # lines read (the follower reads again sooner after a read that found some)
+        self._problems = 0  # skipped, refused, replaced: warned about one by one up to MAX_LINE_WARNINGS
+        self._last_step: int | None = None  # of the last report stored: a step not after it is refused here
+        self._answers: collections.OrderedDict[str, dict[str, Any]] = collections.OrderedDict()  # by line id
         self._irregular = False  # whether the report file was found not to be a regular file (said once)
         self._thread = threading.Thread(target=self._follow, name=f"orchard-reports-{trial_id[:8]}", daemon=True)
 
     @staticmethod
-    def environment(report_path: str, verdict_path: str) -> dict[str, str]:
-        """The variables that point a child's :func:`orchard.report` at these files."""
-        from orchard.report import REPORT_ENV, VERDICT_ENV
+    def environment(report_path: str, verdict_path: str, trial_id: str) -> dict[str, str]:
+        """The variables that point a child's :func:`orchard.report` at these files, for ``trial_id``.
 
-        return {REPORT_ENV: report_path, VERDICT_ENV: verdict_path}
+        The trial's id too: a worker run inside another trial (a script under ``orchard hunt``)
+        inherits that one's, and the lines would name it.
+        """
+        from orchard.report import REPORT_ENV, TRIAL_ENV, VERDICT_ENV
+
+        return {REPORT_ENV: report_path, VERDICT_ENV: verdict_path, TRIAL_ENV: trial_id}
 
     @staticmethod
     def prepare(report_path: str, verdict_path: str) -> None:
@@ -246,11 +310,28 @@ class ReportFollower:
         self._drain()  # lines written just before the child ended
         if self._file is not None:
             self._file.close()
+        if self._problems > MAX_LINE_WARNINGS:
+            log.warning("trial %s: %d lines of %s were skipped and %d refused in all (only the first %d "
+                        "problems were shown): a report line is {\"step\": S, \"objective\": V}, S "
+                        "growing; append one per report",
+                        self.trial_id, self.skipped, self.report_path, self.refused, MAX_LINE_WARNINGS)
+
+    def _warn(self, message: str, *args: object) -> None:
+        """Log a problem with the report file, up to :data:`MAX_LINE_WARNINGS` of them; count the rest."""
+        self._problems += 1
+        if self._problems <= MAX_LINE_WARNINGS:
+            log.warning(message, *args)
+        if self._problems == MAX_LINE_WARNINGS:
+            log.warning("trial %s: further problems with %s are counted, not shown; their number is said "
+                        "when the trial ends", self.trial_id, self.report_path)
 
     def _follow(self) -> None:
         pruned_at: float | None = None
-        while not self._done.wait(FOLLOW_INTERVAL):
+        interval = FOLLOW_INTERVAL
+        while not self._done.wait(interval):
+            taken = self._taken
             self._drain()
+            interval = FOLLOW_BUSY if self._taken > taken else min(2 * interval, FOLLOW_INTERVAL)
             if self._pruned_event.is_set() and pruned_at is None:
                 pruned_at = time.monotonic()
             if pruned_at is not None and time.monotonic() - pruned_at >= self.grace:
@@ -273,8 +354,8 @@ class ReportFollower:
                 self._feed_file(self._file)
                 if os.path.samestat(os.stat(self.report_path), held):  # the same device and inode
                     return
-                log.warning("trial %s: %s was deleted or replaced while the trial ran; reading the new one",
-                            self.trial_id, self.report_path)
+                self._warn("trial %s: %s was deleted or replaced while the trial ran; reading the new one",
+                           self.trial_id, self.report_path)
                 self._file.close()
                 self._file = None
                 self._feed(b"\n")  # the old file's last line ends with it
@@ -320,25 +401,34 @@ class ReportFollower:
 
     def _skip_overlong(self) -> None:
         self.skipped += 1
-        log.warning("trial %s: skipped a line of %s longer than %d bytes (a report line is one small JSON object)",
-                    self.trial_id, self.report_path, MAX_REPORT_LINE)
+        self._warn("trial %s: skipped a line of %s longer than %d bytes (a report line is one small JSON "
+                   "object)", self.trial_id, self.report_path, MAX_REPORT_LINE)
 
     def _take(self, line: bytes) -> None:
-        parsed = _parse(line)
+        self._taken += 1
+        parsed = _parse(line, self.trial_id)
         if isinstance(parsed, str):
             self.skipped += 1
-            log.warning("trial %s: skipped a line of %s: %s", self.trial_id, self.report_path, parsed)
+            self._warn("trial %s: skipped a line of %s: %s", self.trial_id, self.report_path, parsed)
             return
-        step, value = parsed
+        step, value, line_id = parsed
         answer: dict[str, Any] = {"step": step, "prune": False}
         try:
+            if self._last_step is not None and step <= self._last_step:  # a file rewritten whole: no write
+                raise InvalidReportError.not_after(self.trial_id, step, self._last_step)
             verdict = self.judge(self.trial_id, value, step)
-            answer["prune"] = verdict.prune
+            answer["prune"], self._last_step = verdict.prune, step
         except OrchardError as err:  # refused (bad step, lost reservation): said to the child, nothing stored
-            log.warning("trial %s: report at step %s refused: %s", self.trial_id, step, err)
+            self.refused += 1
+            self._warn("trial %s: report at step %s refused: %s", self.trial_id, step, err)
             answer["refused"] = str(err)
+        if line_id is not None:
+            self._answers[line_id] = answer
+            while len(self._answers) > MAX_ANSWERS:
+                self._answers.popitem(last=False)
         try:
-            _write_verdict(self.verdict_path, answer)
+            written = {**answer, "answers": self._answers} if self._answers else answer
+            _write_verdict(self.verdict_path, written)
         except OSError as err:  # the child's folder removed under it: the verdict still stands (and stops it)
             log.warning("trial %s: cannot write the verdict on step %s to %s: %s", self.trial_id, step,
                         self.verdict_path, err)
@@ -346,19 +436,26 @@ class ReportFollower:
             self._pruned_event.set()
 
 
-def _parse(line: bytes) -> tuple[int, Reported] | str:
-    """``(step, value)`` of a report line, or why it is not one."""
+def _parse(line: bytes, trial_id: str) -> tuple[int, Reported, str | None] | str:
+    """``(step, value, id)`` of a report line of ``trial_id``, or why it is not one.
+
+    ``id`` is what :func:`orchard.report` names its line by (``None`` if the line has none).
+    """
     try:
         data = json.loads(line)
     except ValueError:
         return f"not JSON: {line[:80]!r}"
     if not isinstance(data, dict) or "step" not in data or "objective" not in data:
         return f'not a {{"step": S, "objective": V}} object: {line[:80]!r}'
+    if data.get("trial", trial_id) != trial_id:
+        return (f"it reports trial {shown(data['trial'])}, not this one: each trial has its own report file "
+                "(is it a link to another trial's, or a file they share?)")
     try:
         value, step = check_report(data["objective"], data["step"])
     except ValueError as err:
         return str(err)
-    return step, value
+    line_id = data.get("id")
+    return step, value, line_id if isinstance(line_id, str) and len(line_id) <= 64 else None
 
 
 def _write_verdict(path: str, answer: dict[str, Any]) -> None:

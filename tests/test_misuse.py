@@ -145,7 +145,7 @@ def test_a_report_line_with_a_huge_number_is_skipped_and_the_follower_survives()
     from orchard.verdicts import _parse
 
     line = b'{"step": 1, "objective": 1' + b"0" * 400 + b"}"
-    assert "finite number" in str(_parse(line))  # a reason to skip it, not an OverflowError in the thread
+    assert "finite number" in str(_parse(line, "t"))  # a reason to skip it, not an OverflowError in the thread
 
 
 def test_a_worker_whose_result_the_storage_refuses_breaks_the_trial_instead_of_dying() -> None:

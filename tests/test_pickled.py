@@ -950,6 +950,32 @@ def test_a_forked_worker_replays_quietly_a_file_compacted_since_its_parent_read_
     assert os.waitstatus_to_exitcode(status) == 0, "exit 11: a warning that the file was replaced by another one"
 
 
+def test_a_reader_that_missed_several_compactions_replays_without_calling_the_file_replaced(
+        path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """A process that read nothing while others compacted the file twice or more (the main process of a
+    workon whose workers report thousands of steps; a dashboard) warned that the file "was replaced by
+    another file (restored from an older copy, repaired, or copied over) ... trials this process held may
+    not exist". The compacted files keep the lineage of the file they compact, so it is told apart."""
+    writer = PickledStorage(path, fsync=False, compact_bytes=4096)
+    exp = writer.create_experiment("exp", {})
+    reader = PickledStorage(path)
+    assert reader.fetch_trials(exp) == []
+    generations = {_generation(path)}
+    for i in range(200):
+        writer.register_trial(exp, {"x": i, "pad": "p" * 200})
+        generations.add(_generation(path))
+    assert len(generations) >= 3, "the file was not compacted twice"
+    with caplog.at_level(logging.WARNING, logger="orchard.storages.pickled"):
+        assert len(reader.fetch_trials(exp)) == 200
+    assert not caplog.records, [r.getMessage() for r in caplog.records]
+    other = path.parent / "other.pkl"
+    PickledStorage(other).create_experiment("exp", {})
+    os.replace(other, path)  # another file copied over it: still said
+    with caplog.at_level(logging.WARNING, logger="orchard.storages.pickled"):
+        reader.get_experiment("exp")
+    assert any("replaced by another file" in r.getMessage() for r in caplog.records)
+
+
 def test_reading_a_path_that_does_not_exist_makes_no_folder(tmp_path: Path) -> None:
     """A moved warm-start source or a mistyped --storage read by `orchard list` leaves nothing behind."""
     path = tmp_path / "moved" / "runs" / "orchard.pkl"

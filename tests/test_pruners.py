@@ -185,3 +185,42 @@ def test_normalized_config_spells_every_option() -> None:
     nested = normalize_pruner_config({"patience": {"wrapped": "asha"}})
     assert nested["patience"]["wrapped"] == {"asha": {"min_step": 1, "reduction_factor": 3, "min_early_stopping_rate": 0}}
     assert isinstance(make_pruner(nested), BasePruner)
+
+
+class CountingCurve(list):  # type: ignore[type-arg]
+    """A curve that counts the reports read from it (by iteration, index or slice)."""
+
+    reads = 0
+
+    def __iter__(self) -> Any:
+        for item in super().__iter__():
+            CountingCurve.reads += 1
+            yield item
+
+    def __getitem__(self, index: Any) -> Any:
+        item = super().__getitem__(index)
+        CountingCurve.reads += len(item) if isinstance(index, slice) else 1
+        return item
+
+
+@pytest.mark.parametrize("config, objectives", [
+    ({"median": {"min_trials": 1}}, 1), ({"percentile": {"min_trials": 1}}, 1), ({"patience": {"patience": 3}}, 1),
+    ({"threshold": {"upper": 9.0}}, 1), ({"patience": {"patience": 3}}, 2),
+])
+def test_a_report_costs_reads_independent_of_how_many_came_before(config: dict[str, Any], objectives: int) -> None:
+    """median and percentile read every report of every trial at each report (patience and threshold the
+    trial's own): n reports of each of T trials cost T·n²/2 reads, 50 ms a report at 10,000 reports.
+    Given curves the way the worker's judge hands them (one list per trial, appended to), each report
+    is read a bounded number of times, plus a binary search per trial."""
+    trials, steps = 5, 600
+    pruner = make_pruner(config)
+    others = {f"o{i}": CountingCurve(curve(*[1.0 + i + 1.0 / s for s in range(1, steps + 1)])) for i in range(trials)}
+    own = CountingCurve()
+    CountingCurve.reads = 0
+    for step in range(1, steps + 1):
+        value = 2.0 + 1.0 / step
+        own.append((step, value if objectives == 1 else (value, value / 2)))
+        pruner.judge("t", own, others)
+    assert CountingCurve.reads <= 20 * (trials + 1) * steps, CountingCurve.reads  # it was ~1,000,000
+    fresh = {tid: list(c) for tid, c in others.items()}
+    assert pruner.judge("t", list(own), fresh) == pruner.judge("t", own, others)  # what is kept changes no answer

@@ -126,6 +126,66 @@ def test_ask_and_tell_prunes_on_the_verdict() -> None:
     assert exp.observe(mine, orchard.TrialPruned()).status is TrialStatus.PRUNED
 
 
+def test_the_judge_hands_its_pruner_one_growing_list_per_trial(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every verdict handed the pruner new copies of every trial's reports, so it could only read them all
+    again: a trial's n reports cost n² reads. One list per trial and reservation, appended to, lets the
+    pruner read each report once (test_pruners.py counts those reads)."""
+    exp = orchard.build_experiment("p-lists", space=SPACE, max_trials=3, storage="memory://",
+                                   pruner={"median": {"min_trials": 1}})
+    first, second = exp.suggest(), exp.suggest()
+    pruner = exp._client_worker().judge.pruner
+    handed: dict[str, list[Any]] = {first.id: [], second.id: []}
+    judge = pruner.judge
+
+    def spy(trial_id: str, own: Any, others: Any) -> Verdict:
+        handed[trial_id].append(own)
+        for tid, curve in others.items():
+            handed[tid].append(curve)
+        return judge(trial_id, own, others)
+
+    monkeypatch.setattr(pruner, "judge", spy)
+    for step in range(1, 6):
+        exp.report(first, 1.0 + step, step)
+        exp.report(second, 2.0 + step, step)
+    for tid, value in ((first.id, 1.0), (second.id, 2.0)):
+        assert len({id(curve) for curve in handed[tid]}) == 1, tid
+        assert handed[tid][-1] == [(step, value + step) for step in range(1, 6)]
+
+
+def test_a_report_from_a_thread_that_outlives_its_objective_says_what_to_do() -> None:
+    """A thread the objective started (in a copy of its context) reporting after the objective returned was
+    told to "observe each suggested trial once, and report before observing it": ask-and-tell words for
+    a workon user, who never observes."""
+    import contextvars
+    import threading
+
+    returned, errors = threading.Event(), []
+
+    def late() -> None:
+        returned.wait(10)
+        try:
+            orchard.report(0.1, 2)
+        except OrchardError as err:
+            errors.append(str(err))
+
+    threads = []
+
+    def objective(x: float) -> float:
+        orchard.report(x, 1)
+        threads.append(threading.Thread(target=contextvars.copy_context().run, args=(late,)))
+        threads[-1].start()
+        return x
+
+    exp = orchard.build_experiment("p-late", space=SPACE, max_trials=1, storage="memory://")
+    exp.workon(objective, progress=False)
+    returned.set()
+    threads[0].join(10)
+    (trial,) = exp.storage.fetch_trials(exp.id)
+    assert trial.status is TrialStatus.COMPLETED and len(trial.reports) == 1
+    (message,) = errors
+    assert "before the objective returns" in message and "join" in message and "\n" not in message
+
+
 @pytest.mark.parametrize("setting", ["pruned", "infeasible"])
 def test_a_pruned_or_infeasible_trial_is_never_shown_as_best(setting: str, tmp_path: Path,
                                                              capsys: pytest.CaptureFixture[str]) -> None:
@@ -233,6 +293,18 @@ def test_timed_child_that_ignores_the_verdict_is_stopped_and_recorded_pruned(
     assert_verdicts_recompute(exp)
 
 
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="timed evaluations fork")
+def test_a_timed_child_of_a_worker_run_inside_a_trial_reports_its_own_trial(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A workon in a script run by `orchard hunt` inherits that trial's ORCHARD_TRIAL_ID: its timed child's
+    report lines named the outer trial, and its worker skipped them all as another trial's."""
+    monkeypatch.setenv("ORCHARD_TRIAL_ID", "the-outer-hunt-trial")
+    exp = orchard.build_experiment("p-nested", space=SPACE, max_trials=1, storage=str(tmp_path / "db.pkl"))
+    exp.workon(curve_objective, trial_timeout=60, progress=False)
+    (trial,) = exp.storage.fetch_trials(exp.id)
+    assert trial.status is TrialStatus.COMPLETED and len(trial.reports) == 10
+
+
 def test_a_garbage_line_in_the_report_file_is_skipped_with_a_warning(
         tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     from orchard.verdicts import ReportFollower
@@ -250,6 +322,28 @@ def test_a_garbage_line_in_the_report_file_is_skipped_with_a_warning(
     assert stored is not None and stored.reports == [(1, 0.5), (4, 0.25)]
     assert sum("skipped a line" in r.message for r in caplog.records) == 3
     assert json.loads(Path(verdict).read_text()) == {"step": 4, "prune": False}
+
+
+def test_a_report_file_full_of_junk_gets_a_bounded_number_of_warnings(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """Each skipped or refused line was one warning: a script writing 1 MB of binary junk there (4,149 lines)
+    made its worker print 1.5 MB of warnings, and one rewriting the file whole at each step (3,000 steps)
+    5.9 MB, with one storage write per line read again. The first few problems are shown, then one line
+    says how many lines were skipped and refused; old steps are refused without a storage write."""
+    followed = _followed(tmp_path, "p-junk")
+    judged: list[Any] = []
+    judge = followed.follower.judge
+    followed.follower.judge = lambda *args: judged.append(args) or judge(*args)
+    with caplog.at_level(logging.WARNING), followed.follower, open(followed.reports, "a") as handle:
+        handle.write('{"step": 5, "objective": 0.5}\n' + "junk\n" * 500 + '{"step": 1, "objective": 0.5}\n' * 500
+                     + '{"step": 6, "objective": 0.25}\n')
+    stored = followed.exp.storage.get_trial(followed.trial_id)
+    assert stored is not None and stored.reports == [(5, 0.5), (6, 0.25)]
+    warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert len(warnings) <= 20, len(warnings)
+    assert "500 lines" in warnings[-1] and "500 refused" in warnings[-1], warnings[-1]
+    assert str(followed.reports) in warnings[-1]
+    assert len(judged) == 2  # a step not after the last stored one is refused without a storage write
 
 
 class _Followed(NamedTuple):
@@ -272,6 +366,88 @@ def _followed(tmp_path: Path, name: str) -> _Followed:
     follower = ReportFollower(exp._client_worker().judge, trial.id, str(reports), str(verdict),
                               stop=lambda: None, grace=1.0)
     return _Followed(exp, trial.id, reports, verdict, follower)
+
+
+def test_a_script_whose_step_goes_backwards_is_told(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """In a script, orchard.report() waited for a verdict on a step at least its own: a step not after the
+    last one found the last one's verdict and returned, its report refused by the worker and lost without
+    a word to the script (a step counter reset each epoch lost every epoch but the first). From several
+    threads, one thread took another's refusal, or waited 30 s for a verdict overwritten by a lower step's."""
+    import importlib
+    import threading
+
+    module = importlib.import_module("orchard.report")  # orchard.report is the function
+    followed = _followed(tmp_path, "p-backwards")
+    monkeypatch.setenv(module.REPORT_ENV, str(followed.reports))
+    monkeypatch.setenv(module.VERDICT_ENV, str(followed.verdict))
+    monkeypatch.setattr(module, "VERDICT_WAIT", 5.0)
+    returned: list[int] = []
+
+    def reporting(steps: range) -> None:
+        for step in steps:
+            try:
+                orchard.report(1.0 / (step + 1), step)
+                returned.append(step)
+            except ValueError as err:
+                assert f"report step {step} is not after" in str(err)
+
+    with followed.follower:
+        orchard.report(0.5, 5)
+        for step in (3, 5):
+            with pytest.raises(ValueError, match=f"report step {step} is not after the last reported step 5"):
+                orchard.report(0.4, step)
+        started = time.monotonic()
+        threads = [threading.Thread(target=reporting, args=(range(6 + k, 200, 4),)) for k in range(4)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        assert time.monotonic() - started < 5.0  # no thread waited out VERDICT_WAIT
+    stored = followed.exp.storage.get_trial(followed.trial_id)
+    assert stored is not None
+    assert sorted(returned) == [step for step, _ in stored.reports][1:]  # returned exactly when stored
+
+
+def test_a_report_file_shared_with_other_trials_keeps_their_reports_apart(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Scripts that made their report file a link to one file (to collect every curve in one place), or to
+    another trial's, had each trial store the reports of all: three trials held the first one's curve.
+    orchard.report() names its trial in the line; a line of another trial is skipped."""
+    import importlib
+
+    module = importlib.import_module("orchard.report")  # orchard.report is the function
+    followed = _followed(tmp_path, "p-shared")
+    monkeypatch.setenv(module.REPORT_ENV, str(followed.reports))
+    monkeypatch.delenv(module.VERDICT_ENV, raising=False)  # no verdict awaited: written by the test's "scripts"
+    with followed.follower:
+        monkeypatch.setenv("ORCHARD_TRIAL_ID", "another-trial")
+        orchard.report(0.9, 1)
+        monkeypatch.setenv("ORCHARD_TRIAL_ID", followed.trial_id)
+        orchard.report(0.5, 2)
+        with open(followed.reports, "a") as handle:  # another language's line names no trial: taken
+            handle.write('{"step": 3, "objective": 0.25}\n{"step": 4, "objective": 0.2, "trial": 12}\n')
+    stored = followed.exp.storage.get_trial(followed.trial_id)
+    assert stored is not None and stored.reports == [(2, 0.5), (3, 0.25)]
+    assert followed.follower.skipped == 2
+
+
+def test_a_script_waits_milliseconds_for_each_verdict(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """orchard.report() in a script took 12-13 ms a report, 2 minutes for 10,000, most of it waiting: the
+    follower read the file every 10 ms and the script looked for its verdict at 1, 3, 7, 15, 35 ms...
+    The follower reads again within a millisecond while lines come, the script looks every 2 ms."""
+    import importlib
+
+    module = importlib.import_module("orchard.report")  # orchard.report is the function
+    followed = _followed(tmp_path, "p-latency")
+    monkeypatch.setenv(module.REPORT_ENV, str(followed.reports))
+    monkeypatch.setenv(module.VERDICT_ENV, str(followed.verdict))
+    with followed.follower:
+        orchard.report(1.0, 0)
+        started = time.monotonic()
+        for step in range(1, 51):
+            orchard.report(1.0 / step, step)
+        took = (time.monotonic() - started) / 50
+    assert took < 0.006, f"{took * 1000:.1f} ms a report"
 
 
 @pytest.mark.parametrize("cleanup", ["deleted", "replaced", "truncated"])

@@ -7,21 +7,9 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from orchard.pruners.base import BasePruner, Curve, Verdict, check_int, check_number, scalar_curve
+from orchard.pruners.base import BasePruner, BestSoFar, Curve, Verdict, check_int, check_number
 
-__all__ = ["MedianPruner", "PercentilePruner", "best_until"]
-
-
-def best_until(curve: Curve, step: int) -> float | None:
-    """The best (lowest) value a curve reported up to ``step``; ``None`` if it has not reached ``step``.
-
-    A curve whose first report lies beyond ``step`` counts with that first value.
-    """
-    if not curve or curve[-1][0] < step:
-        return None
-    values = scalar_curve(curve)
-    upto = [value for reported_step, value in values if reported_step <= step]
-    return min(upto) if upto else values[0][1]
+__all__ = ["MedianPruner", "PercentilePruner"]
 
 
 class PercentilePruner(BasePruner):
@@ -55,14 +43,19 @@ class PercentilePruner(BasePruner):
         check_int("min_trials", cls.name, options["min_trials"], 1)
         check_int("interval_steps", cls.name, options["interval_steps"], 1)
 
+    def __init__(self, **options: Any) -> None:
+        super().__init__(**options)
+        self._best = BestSoFar()  # each curve read once, not at every report (see BestSoFar)
+
     def judge(self, trial_id: str, own: Curve, others: Mapping[str, Curve]) -> Verdict:
         step = own[-1][0]
         warmup, interval = self.options["warmup_steps"], self.options["interval_steps"]
         if step < warmup or (step - warmup) % interval:
             return self._going_on(own, f"step {step} is not judged (warm-up {warmup}, interval {interval})")
-        mine = best_until(own, step)
+        self._best.new_round(len(others) + 1)
+        mine = self._best.until(own, step)
         assert mine is not None  # own reached its own last step
-        peers = {tid: best_until(curve, step) for tid, curve in others.items() if tid != trial_id}
+        peers = {tid: self._best.until(curve, step) for tid, curve in others.items() if tid != trial_id}
         values = {tid: value for tid, value in peers.items() if value is not None}
         compared = tuple(sorted(values))
         if len(compared) < self.options["min_trials"]:

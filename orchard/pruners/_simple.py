@@ -7,8 +7,8 @@ from collections.abc import Callable, Mapping
 from typing import Any, ClassVar
 
 from orchard.errors import ConfigurationError
-from orchard.pruners.base import BasePruner, Curve, Verdict, check_int, check_number, scalar_curve
-from orchard.trial import ReportValue
+from orchard.pruners.base import BasePruner, BestSoFar, Curve, Verdict, check_int, check_number
+from orchard.trial import ReportValue, first_value
 
 __all__ = ["NopPruner", "PatiencePruner", "ThresholdPruner"]
 
@@ -58,7 +58,7 @@ class ThresholdPruner(BasePruner):
         return self
 
     def judge(self, trial_id: str, own: Curve, others: Mapping[str, Curve]) -> Verdict:
-        step, value = scalar_curve(own)[-1]
+        step, value = own[-1][0], first_value(own[-1][1])  # the last report alone: not the whole curve again
         warmup, interval = self.options["warmup_steps"], self.options["interval_steps"]
         if step < warmup or (step - warmup) % interval:
             return self._going_on(own, f"step {step} is not judged (warm-up {warmup}, interval {interval})")
@@ -102,6 +102,8 @@ class PatiencePruner(BasePruner):
         build = type(self).build
         wrapped = self.options["wrapped"]
         self.wrapped: BasePruner | None = build(wrapped) if wrapped is not None and build is not None else None
+        self._best = BestSoFar()  # the best before the last `patience` reports, not read at every report
+        self._front = _FrontSoFar()  # the same with several objectives
 
     def facing(self, objectives: Mapping[str, str] | None) -> BasePruner:
         if self.wrapped is not None:
@@ -120,9 +122,9 @@ class PatiencePruner(BasePruner):
             return self._going_on(own, f"{len(own)} reports, patience needs more than {patience}")
         if isinstance(own[-1][1], tuple):
             return self._judge_several(trial_id, own, others)
-        own = scalar_curve(own)
-        before = min(value for _, value in own[:-patience])
-        recent = min(value for _, value in own[-patience:])
+        self._best.new_round(1)
+        before = self._best.before(own, len(own) - patience)
+        recent = min(first_value(own[index][1]) for index in range(len(own) - patience, len(own)))
         if recent < before - self.options["min_delta"]:
             return self._going_on(own, f"improved to {recent:.6g} in the last {patience} reports", value=recent)
         if self.wrapped is not None:
@@ -135,8 +137,8 @@ class PatiencePruner(BasePruner):
 
     def _judge_several(self, trial_id: str, own: Curve, others: Mapping[str, Curve]) -> Verdict:
         patience, delta, step = self.options["patience"], self.options["min_delta"], own[-1][0]
-        before = [_vector(value) for _, value in own[:-patience]]
-        recent = [_vector(value) for _, value in own[-patience:]]
+        before = self._front.before(own, len(own) - patience)  # an earlier report matches iff one of these does
+        recent = [_vector(own[index][1]) for index in range(len(own) - patience, len(own))]
         improving = [v for v in recent if not any(all(x - delta <= y for x, y in zip(u, v, strict=True))
                                                   for u in before)]
         if improving:
@@ -147,6 +149,44 @@ class PatiencePruner(BasePruner):
         reason = (f"each of the last {patience} reports is matched, within min_delta={delta:g}, on every "
                   "objective by an earlier report")
         return Verdict(True, self.name, step, reason=reason)
+
+
+class _FrontSoFar:
+    """The reports among a curve's first ``index`` that no other is as good as everywhere, kept and extended.
+
+    An earlier report that matches a recent one within ``min_delta`` on every objective exists
+    exactly when one of these does (a report that another is as good as, everywhere, matches
+    less). Kept for the latest curve, by identity, and extended as ``index`` grows, as
+    :class:`~orchard.pruners.base.BestSoFar` does: each report is read once, not at every report.
+    """
+
+    def __init__(self) -> None:
+        self._curve: Curve | None = None
+        self._index = 0
+        self._last: tuple[int, ReportValue] | None = None
+        self._front: list[tuple[float, ...]] = []
+
+    def before(self, curve: Curve, index: int) -> list[tuple[float, ...]]:
+        """The front of ``curve[:index]``."""
+        changed = self._index > 0 and curve[self._index - 1] != self._last
+        if self._curve is not curve or index < self._index or changed:  # another curve, or changed: read whole
+            self._curve, self._index, self._front = curve, 0, []
+        for position in range(self._index, index):
+            point = _vector(curve[position][1])
+            if not any(_as_good(kept, point) for kept in self._front):
+                self._front = [kept for kept in self._front if not _as_good(point, kept)] + [point]
+        if index > self._index:
+            self._index, self._last = index, curve[index - 1]
+        return self._front
+
+    def __getstate__(self) -> dict[str, Any]:
+        """Nothing kept crosses a process: curve identities mean nothing there."""
+        return {"_curve": None, "_index": 0, "_last": None, "_front": []}
+
+
+def _as_good(u: tuple[float, ...], v: tuple[float, ...]) -> bool:
+    """Whether ``u`` is at least as good as ``v`` on every objective (minimised)."""
+    return all(x <= y for x, y in zip(u, v, strict=True))
 
 
 def _vector(value: ReportValue) -> tuple[float, ...]:

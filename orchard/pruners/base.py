@@ -26,7 +26,9 @@ trial, the tests to check every stored verdict).
 from __future__ import annotations
 
 import abc
+import bisect
 import dataclasses
+import math
 from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar
 
@@ -35,15 +37,10 @@ from orchard.options import Configurable
 from orchard.report import shown
 from orchard.trial import INT_LIMIT, ReportValue, finite_number, first_value
 
-__all__ = ["BasePruner", "Curve", "Verdict", "scalar_curve", "value_at"]
+__all__ = ["BasePruner", "BestSoFar", "Curve", "Verdict", "value_at"]
 
 #: A trial's reports: ``(step, value)`` pairs, steps strictly increasing.
 Curve = Sequence[tuple[int, ReportValue]]
-
-
-def scalar_curve(curve: Curve) -> list[tuple[int, float]]:
-    """``curve`` with each value reduced to one number (its first objective, for several)."""
-    return [(step, first_value(value)) for step, value in curve]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -83,6 +80,80 @@ class Verdict:
         kept = {k: v for k, v in data.items() if k in fields}
         kept["compared"] = tuple(kept.get("compared", ()))
         return cls(**kept)
+
+
+class _Kept:
+    """What :class:`BestSoFar` derived from one curve: its steps and running minimum, up to ``len(steps)``."""
+
+    __slots__ = ("curve", "last", "minima", "steps")
+
+    def __init__(self, curve: Curve) -> None:
+        self.curve = curve
+        self.steps: list[int] = []
+        self.minima: list[float] = []
+        self.last: tuple[int, ReportValue] | None = None
+
+
+class BestSoFar:
+    """The best (lowest) value of each curve up to a step or an index, read once per report.
+
+    Comparing best values so far (``median``, ``percentile``, ``patience``) reads
+    every report of every trial; done afresh at each report, a trial of ``n``
+    reports would cost ``n²`` reads. What was derived from a curve is kept by the
+    curve object's identity and extended by the reports appended to it since:
+    the worker's :class:`~orchard.verdicts.Judge` hands a pruner one list per
+    trial and reservation, only ever appended to. A curve not seen before, or
+    one shortened or whose last known report changed, is read whole; reports are
+    never changed once stored, so the answers never depend on what is kept and
+    the pruner stays a pure function of its arguments. What is kept is forgotten
+    when it holds far more curves than a verdict reads (:meth:`new_round`), so
+    memory follows the history. Not thread-safe: the judge calls its pruner
+    under a lock.
+    """
+
+    def __init__(self) -> None:
+        self._kept: dict[int, _Kept] = {}
+
+    def new_round(self, curves: int) -> None:
+        """Start a verdict that reads up to ``curves`` curves (forget what is kept if it holds far more)."""
+        if len(self._kept) > 2 * curves + 16:  # lists the judge no longer hands (trials reserved again, gone)
+            self._kept = {}
+
+    def until(self, curve: Curve, step: int) -> float | None:
+        """The best value ``curve`` reported up to ``step``; ``None`` if it has not reached ``step``.
+
+        A curve whose first report lies beyond ``step`` counts with that first value.
+        """
+        if not curve or curve[-1][0] < step:  # not there yet
+            return None
+        kept = self._extended(curve)
+        index = bisect.bisect_right(kept.steps, step)
+        return kept.minima[max(index - 1, 0)]
+
+    def before(self, curve: Curve, index: int) -> float:
+        """The best value among ``curve[:index]`` (``0 < index <= len(curve)``)."""
+        return self._extended(curve).minima[index - 1]
+
+    def _extended(self, curve: Curve) -> _Kept:
+        key = id(curve)
+        kept = self._kept.get(key)
+        count = len(curve)
+        if kept is None or kept.curve is not curve or len(kept.steps) > count or (
+                kept.last is not None and curve[len(kept.steps) - 1] != kept.last):
+            kept = self._kept[key] = _Kept(curve)  # a new curve, or one changed in place: read whole
+        if len(kept.steps) < count:
+            best = kept.minima[-1] if kept.minima else math.inf
+            for index in range(len(kept.steps), count):  # by index: only the new reports are read
+                step, value = curve[index]
+                best = min(best, first_value(value))
+                kept.steps.append(step)
+                kept.minima.append(best)
+            kept.last = curve[count - 1]
+        return kept
+
+    def __getstate__(self) -> dict[str, Any]:
+        """Nothing kept crosses a process: curve identities mean nothing there."""
+        return {"_kept": {}}
 
 
 def value_at(curve: Curve, step: int) -> ReportValue | None:

@@ -14,8 +14,11 @@ then stands exactly where the snapshot was taken, carries its replay on into
 the new file (its table and its ``fetch_changes`` cursors stay valid). A
 reader that cannot (the old file could not be read to the same point, or the
 file was repaired or recreated) replays the new file from its start, as
-before. With hundreds of workers, a compaction used to cost every one of them
-a full replay at the same moment.
+before. A compaction also keeps the file's lineage (:data:`LINEAGE` bytes of
+the generation), so a reader that missed several compactions replays quietly,
+and warns only of a file that is not the one it read, compacted. With
+hundreds of workers, a compaction used to cost every one of them a full
+replay at the same moment.
 """
 
 from __future__ import annotations
@@ -36,12 +39,15 @@ from orchard.storages.pickled import fileformat
 from orchard.storages.pickled.fileformat import HEADER_SIZE, Damage, Header
 from orchard.storages.table import Record, TrialTable
 
-__all__ = ["OPEN_FLAGS", "TAG", "Health", "LogReader", "continuation_tag"]
+__all__ = ["LINEAGE", "OPEN_FLAGS", "TAG", "Health", "LogReader", "continuation_tag"]
 
 log = logging.getLogger(__name__)
 
 OPEN_FLAGS = getattr(os, "O_BINARY", 0) | getattr(os, "O_NONBLOCK", 0)  # no hang on a FIFO
 TAG = 8  # bytes of a compacted file's generation that name the replay it continues
+#: Bytes after the tag that a compaction keeps from the generation it compacts: the file's lineage, new when
+#: the file is created or repaired. A reader that missed several compactions tells them from another file.
+LINEAGE = 4
 
 
 _READERS: weakref.WeakSet[LogReader] = weakref.WeakSet()  # this process's readers, for the fork hook
@@ -202,9 +208,14 @@ class LogReader:
         header = fileformat.decode_header(head, self.path)
         if header.generation != self._generation and not self._continues(header):
             if self._generation is not None and self._generation != self._forked_from:
-                how = "replaced by another file (restored from an older copy, repaired, or copied over)"
-                log.warning("storage file %s was %s; replaying the new file, in which trials this process held "
-                            "may not exist", self.path, how)
+                if header.generation[TAG:TAG + LINEAGE] == self._generation[TAG:TAG + LINEAGE]:
+                    how = ("compacted again since this process last read it (or restored from an older copy "
+                           "of itself)")
+                    log.info("storage file %s was %s; replaying it", self.path, how)
+                else:
+                    how = "replaced by another file (restored from an older copy, repaired, or copied over)"
+                    log.warning("storage file %s was %s; replaying the new file, in which trials this "
+                                "process held may not exist", self.path, how)
                 self._replaced(how)
             self.reset(header)  # first read, or rewritten by another process: replay from scratch
         if size < self._offset:

@@ -23,7 +23,7 @@ from typing import TypeVar
 from orchard.errors import StorageError, StorageUnavailableError
 from orchard.storages.pickled import fileformat
 from orchard.storages.pickled.fileformat import HEADER_SIZE
-from orchard.storages.pickled.reader import OPEN_FLAGS, TAG, Health, LogReader, continuation_tag
+from orchard.storages.pickled.reader import LINEAGE, OPEN_FLAGS, TAG, Health, LogReader, continuation_tag
 from orchard.storages.pickled.records import MAX_DEPTH, RecordError, check_batch
 from orchard.storages.table import Record, TrialTable
 
@@ -353,8 +353,9 @@ class LogFile(LogReader):
             return False
         frames = list(self.snapshot_frames())
         fresh = os.urandom(16)
-        if continues and self._generation is not None:
-            fresh = continuation_tag(self._generation, self._offset) + fresh[TAG:]
+        if continues and self._generation is not None:  # the tag, the file's lineage, then random bytes
+            fresh = (continuation_tag(self._generation, self._offset) + self._generation[TAG:TAG + LINEAGE]
+                     + fresh[TAG + LINEAGE:])
         generation, base = fresh, HEADER_SIZE + sum(map(len, frames))
         self.remove_leftovers()
         if not self.replace_file([fileformat.encode_header(generation, base), *frames], fence):
