@@ -413,6 +413,8 @@ class MongoStorage(BaseStorage):
         )
         if seen is None:
             raise TrialNotFoundError.missing(trial_id, self.redacted_uri)
+        if seen.get("status") != TrialStatus.RESERVED.value or seen.get("worker") != worker:  # the owner first
+            raise ReservationLostError.refused(trial_id, str(seen.get("status")), seen.get("worker"), worker)
         last = seen.get("reports") or []
         change = transitions.report(
             trial_id, worker, step, value, self.now(), int(seen.get(client.REPORT_COUNT) or 0),
