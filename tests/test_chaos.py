@@ -18,9 +18,10 @@ port and data. Afterwards:
   two beats after its script ended and before it could record the result (its
   lease runs out with the node frozen: the evaluation is lost with the lease).
 
-The pruning variant runs the same chaos (for ``PRUNING_SECONDS``) on an experiment
-with a ``median`` pruner, its scripts reporting a curve of ``STEPS`` steps
-(``reports.log``), and checks, besides the above with pruned trials counted:
+The pruning variant runs the same chaos (for ``PRUNING_SECONDS``, ``PRUNING_TRIALS``
+trials) on an experiment with a ``median`` or an ``asha`` pruner (by the seed), its
+scripts reporting a curve of ``STEPS`` steps (``reports.log``), and checks, besides
+the above with pruned trials counted:
 
 * every trial ends completed, pruned or broken, and completed + pruned is
   ``max_trials``;
@@ -64,16 +65,18 @@ pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
 ROOT = Path(__file__).resolve().parents[1]
 N_WORKERS, MAX_TRIALS, HEARTBEAT, CHAOS_SECONDS = 6, 100, 2.0, 60.0
 WAKE_GRACE = 1.0
-#: The pruning variant: its pruner (half the trials go on at each step: both pruned and completed ones
-#: occur), the steps each script reports, and how long the driver goes on.
-PRUNER, STEPS, PRUNING_SECONDS = {"median": {"min_trials": 5}}, 5, 40.0
+#: The pruning variant: its pruners (each prunes most trials and lets some complete), the steps each script
+#: reports, its budget (its trials are shorter) and how long the driver goes on.
+PRUNERS: list[dict[str, dict[str, int]]] = [{"median": {"min_trials": 5}},
+                                            {"asha": {"min_step": 1, "reduction_factor": 3}}]
+STEPS, PRUNING_TRIALS, PRUNING_SECONDS = 5, 200, 40.0
 
 
 class Cluster:
     """The worker processes, and what the driver did to them."""
 
-    def __init__(self, tmp: Path, uri: str, options: list[str]) -> None:
-        self.tmp, self.uri, self.options = tmp, uri, options
+    def __init__(self, tmp: Path, uri: str, max_trials: int, options: list[str]) -> None:
+        self.tmp, self.uri, self.max_trials, self.options = tmp, uri, max_trials, options
         self.live: list[subprocess.Popen[bytes]] = []
         self.killed: set[int] = set()
         self.stopped: dict[int, float] = {}  # pid -> when to resume it
@@ -91,7 +94,7 @@ class Cluster:
         with open(self.tmp / f"worker-{index}.log", "wb") as log:
             self.live.append(subprocess.Popen(
                 [sys.executable, "-m", "tests.fault_workers", self.uri, "chaos", "script", "--dir", str(self.tmp),
-                 "--max-trials", str(MAX_TRIALS), "--heartbeat", str(HEARTBEAT), "--max-broken", "1000",
+                 "--max-trials", str(self.max_trials), "--heartbeat", str(HEARTBEAT), "--max-broken", "1000",
                  *self.options],
                 cwd=ROOT, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
             ))
@@ -186,7 +189,7 @@ def _drive(cluster: Cluster, server: WireServer, rng: random.Random, seconds: fl
     while _registered(cluster.uri) == 0 and time.monotonic() < setup:
         time.sleep(0.2)
     deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline and _completed(cluster.uri) < MAX_TRIALS:
+    while time.monotonic() < deadline and _completed(cluster.uri) < cluster.max_trials:
         time.sleep(rng.uniform(0.5, 2.0))
         cluster.thaw()
         action = rng.choices(["kill", "stop", "server"], weights=[2, 3, 1])[0]
@@ -214,12 +217,15 @@ class Chaos:
     trials: list[Trial]
 
 
-def _chaos(tmp_path: Path, seconds: float, options: list[str]) -> Chaos:
-    seed = int(os.environ.get("ORCHARD_CHAOS_SEED", random.randrange(10**6)))
+def _seed() -> int:
+    return int(os.environ.get("ORCHARD_CHAOS_SEED", random.randrange(10**6)))
+
+
+def _chaos(tmp_path: Path, seed: int, seconds: float, max_trials: int, options: list[str]) -> Chaos:
     rng = random.Random(seed)
     with WireServer(tmp_path, durable=True) as server:
         uri = with_database(server.uri, "chaos")
-        cluster = Cluster(tmp_path, uri, options)
+        cluster = Cluster(tmp_path, uri, max_trials, options)
         try:
             for _ in range(N_WORKERS):
                 cluster.start()
@@ -237,8 +243,8 @@ def _chaos(tmp_path: Path, seconds: float, options: list[str]) -> Chaos:
     return Chaos(seed, tmp_path, cluster, codes, trials)
 
 
-def _check_results(chaos: Chaos) -> str:
-    """The invariants of every chaos run (module docstring); returns what happened, to print."""
+def _check_results(chaos: Chaos) -> None:
+    """The invariants of every chaos run (module docstring), once what happened is printed."""
     cluster, tmp_path = chaos.cluster, chaos.tmp
     stored = {t.id: t for t in chaos.trials}
     statuses = collections.Counter(t.status.value for t in chaos.trials)
@@ -261,13 +267,12 @@ def _check_results(chaos: Chaos) -> str:
                 or frozen_before_recording(trial_id, pid, when))
 
     twice = {tid: runs for tid, runs in ends.items() if len([r for r in runs if not excused(tid, *r)]) > 1}
-    summary = (f"chaos seed {chaos.seed}: {dict(cluster.done)}; trials {dict(statuses)}; {len(reported)} "
-               f"results reported; {sum(len(p) for p in ends.values())} script ends; "
-               f"{sum(len(p) > 1 for p in ends.values())} trials whose script ended twice "
-               f"({len(twice)} explained by no SIGKILL, wake-up or freeze before recording)")
-    print(summary)
+    print(f"chaos seed {chaos.seed}: {dict(cluster.done)}; trials {dict(statuses)}; {len(reported)} "
+          f"results reported; {sum(len(p) for p in ends.values())} script ends; "
+          f"{sum(len(p) > 1 for p in ends.values())} trials whose script ended twice "
+          f"({len(twice)} explained by no SIGKILL, wake-up or freeze before recording)")
     assert chaos.codes == [0] * len(chaos.codes), f"workers exited with {chaos.codes}; logs in {tmp_path}"
-    assert statuses[TrialStatus.COMPLETED.value] + statuses[TrialStatus.PRUNED.value] == MAX_TRIALS
+    assert statuses[TrialStatus.COMPLETED.value] + statuses[TrialStatus.PRUNED.value] == cluster.max_trials
     finished = {s.value for s in (TrialStatus.COMPLETED, TrialStatus.PRUNED, TrialStatus.BROKEN)}
     assert set(statuses) <= finished, f"trials left unfinished: {dict(statuses)}"
     duplicates = [tid for tid, n in collections.Counter(tid for tid, _, _, _ in reported).items() if n > 1]
@@ -278,28 +283,31 @@ def _check_results(chaos: Chaos) -> str:
         assert status in (TrialStatus.COMPLETED.value, TrialStatus.PRUNED.value), f"{trial_id}: {status}"
         assert repr(trial.objective) == objective
     assert not twice, f"scripts that ran to their end twice (worker pid, time): {twice}"
-    return summary
 
 
 def test_six_workers_survive_a_minute_of_kills_freezes_and_server_restarts(tmp_path: Path) -> None:
-    chaos = _chaos(tmp_path, CHAOS_SECONDS, [])
+    chaos = _chaos(tmp_path, _seed(), CHAOS_SECONDS, MAX_TRIALS, [])
     _check_results(chaos)
     assert all(t.status is not TrialStatus.PRUNED for t in chaos.trials)
 
 
 def test_reports_and_verdicts_survive_kills_freezes_and_server_restarts(tmp_path: Path) -> None:
-    chaos = _chaos(tmp_path, PRUNING_SECONDS, ["--pruner", json.dumps(PRUNER), "--steps", str(STEPS)])
-    summary = _check_results(chaos)
+    seed = _seed()
+    pruner = PRUNERS[seed % len(PRUNERS)]
+    chaos = _chaos(tmp_path, seed, PRUNING_SECONDS, PRUNING_TRIALS,
+                   ["--pruner", json.dumps(pruner), "--steps", str(STEPS)])
+    _check_results(chaos)
     runs = _runs(_lines(tmp_path / "reports.log"))
     statuses = collections.Counter(t.status for t in chaos.trials)
-    print(f"{summary}; {len(runs)} script runs reported {sum(len(r.sent) for r in runs.values())} steps, "
-          f"{sum(len(r.acked) for r in runs.values())} acked, "
-          f"{sum(r.unanswered for r in runs.values())} returned unanswered, "
-          f"{sum(r.refused for r in runs.values())} refused")
+    sent = sum(len(r.sent) for r in runs.values())
+    print(f"pruner {pruner}: {len(runs)} script runs reported {sent} steps, "
+          f"{sum(len(r.acked) for r in runs.values())} answered, {sum(r.unanswered for r in runs.values())} "
+          f"returned unanswered, {sum(r.refused for r in runs.values())} refused; "
+          f"{len(runs) - len({r.trial for r in runs.values()})} runs of a trial another run had reported for")
     assert statuses[TrialStatus.PRUNED] > 0 and statuses[TrialStatus.COMPLETED] > 0  # the variant tests both
     for trial in chaos.trials:
         _check_reports(trial, runs)
-    assert_verdicts_recompute(chaos.trials, PRUNER)
+    assert_verdicts_recompute(chaos.trials, pruner)
 
 
 @dataclasses.dataclass
