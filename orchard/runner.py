@@ -10,7 +10,8 @@ process group, with ``ORCHARD_EXPERIMENT_NAME``, ``ORCHARD_TRIAL_ID``,
 by ``asha``/``hyperband`` also ``ORCHARD_PARENT_TRIAL_ID`` and
 ``ORCHARD_PARENT_WORKING_DIR`` (the parent's folder, where it left its checkpoint). Its stdout and stderr
 go to ``stdout.log`` and ``stderr.log`` in that folder. The result is the JSON
-the script wrote to ``ORCHARD_RESULTS_PATH`` (see :mod:`orchard.report`).
+the script wrote to ``ORCHARD_RESULTS_PATH`` (see :mod:`orchard.report`); its
+reports go to ``ORCHARD_REPORT_PATH``, a file of that run alone.
 A timeout or an interruption stops the group (SIGTERM, then SIGKILL after a
 grace period); a memory limit (the tree's resident memory) or a cancellation
 (the worker lost the trial) kills it at once (:mod:`orchard.isolation`); once
@@ -28,6 +29,7 @@ import math
 import os
 import signal
 import subprocess
+import uuid
 from typing import Any
 
 from orchard import suspension
@@ -61,8 +63,9 @@ MAX_RESULTS_FILE_BYTES = 16 * MAX_RESULTS_BYTES
 STDOUT_FILE = "stdout.log"
 STDERR_FILE = "stderr.log"
 STDERR_TAIL_LINES = 20
-REPORTS_FILE = "reports.jsonl"
-VERDICT_FILE = "verdict.json"
+#: The report and verdict files of one run of a trial's script (``run``: its token), removed when it ends.
+REPORTS_FILE = "reports-{run}.jsonl"
+VERDICT_FILE = "verdict-{run}.json"
 
 
 # -- running one trial --------------------------------------------------------------
@@ -123,11 +126,20 @@ class ScriptRunner(TrialEvaluator):
             env.pop(key, None)  # never inherited from a hunt that itself runs inside a trial
         if trial.parent is not None:
             env.update(ORCHARD_PARENT_TRIAL_ID=trial.parent, ORCHARD_PARENT_WORKING_DIR=parent_folder)
-        reports = (os.path.join(folder, REPORTS_FILE), os.path.join(folder, VERDICT_FILE))
+        # files of this run's own: a run that lost the trial (its worker frozen past the lease) and wakes
+        # beside the next run in this folder reports into, and reads verdicts from, its own files only
+        run = uuid.uuid4().hex[:12]
+        reports = (os.path.join(folder, REPORTS_FILE.format(run=run)),
+                   os.path.join(folder, VERDICT_FILE.format(run=run)))
         env.update(ReportFollower.environment(*reports, trial.id))
         ReportFollower.prepare(*reports)
         log.debug("trial %s: running %s in %s", trial.id, argv, folder)
-        returncode, stopped = self._run(trial.id, argv, folder, env, reports)
+        try:
+            returncode, stopped = self._run(trial.id, argv, folder, env, reports)
+        finally:
+            for path in reports:
+                with contextlib.suppress(OSError):
+                    os.remove(path)
         outcome = returncode if isinstance(returncode, Outcome) else _outcome(folder, returncode, stopped)
         if outcome.error is not None:
             log.debug("trial %s broken: %s", trial.id, outcome.error["message"])

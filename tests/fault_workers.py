@@ -65,8 +65,10 @@ SCRIPT = "script"  # the objective that runs tests/chaos_script.py as a hunt wou
 def script_worker(args: argparse.Namespace) -> dict[str, object]:
     """One worker evaluating trials by running chaos_script.py; reports each result it wrote.
 
-    After each result the storage accepted, appends ``TRIAL_ID OBJECTIVE PID`` to
+    After each result the storage accepted, appends ``TRIAL_ID OBJECTIVE PID STATUS`` to
     ``DIR/reported.log``: the results this worker (process ``PID``) says were written.
+    With ``--pruner`` (JSON) the experiment has that pruner and the script reports
+    ``--steps`` steps, logged to ``DIR/reports.log`` (see chaos_script.py).
     """
     from orchard.runner import CommandTemplate, ScriptRunner, resolve_program
     from orchard.worker import Worker, WorkerSettings
@@ -76,15 +78,18 @@ def script_worker(args: argparse.Namespace) -> dict[str, object]:
     template = CommandTemplate.parse(tokens).with_program(program, script)
     exp = orchard.build_experiment(args.name, space=template.space, algorithm="random", storage=args.storage,
                                    max_trials=args.max_trials, heartbeat=args.heartbeat,
-                                   max_broken=args.max_broken)
+                                   max_broken=args.max_broken, pruner=json.loads(args.pruner or "null"))
     os.environ["CHAOS_ENDS"] = str(Path(args.dir) / "ends.log")
+    if args.pruner:
+        os.environ.update(CHAOS_REPORTS=str(Path(args.dir) / "reports.log"), CHAOS_STEPS=str(args.steps))
     runner = ScriptRunner(template, exp.name, os.path.join(args.dir, "runs"))
     settings = WorkerSettings(space=exp.space, algorithm=exp.algorithm, max_trials=exp.max_trials,
-                              max_broken=args.max_broken, heartbeat=args.heartbeat)
+                              max_broken=args.max_broken, heartbeat=args.heartbeat,
+                              pruner=exp.settings.pruner)
 
     def reported(trial: Trial, outcome: Outcome) -> None:
         with open(Path(args.dir) / "reported.log", "a") as log:
-            log.write(f"{trial.id} {trial.objective!r} {os.getpid()}\n")
+            log.write(f"{trial.id} {trial.objective!r} {os.getpid()} {trial.status.value}\n")
 
     report = Worker(exp.storage, exp.id, settings, runner, on_outcome=reported).run()
     return dataclasses.asdict(report)
@@ -99,6 +104,8 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--max-trials", type=int, required=True)
     parser.add_argument("--heartbeat", type=float, default=30.0)
     parser.add_argument("--max-broken", type=int, default=3)
+    parser.add_argument("--pruner", help="the script's pruner (JSON); it reports --steps steps")
+    parser.add_argument("--steps", type=int, default=5)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                         format=f"%(created).3f {os.getpid()} %(name)s %(levelname)s %(message)s")

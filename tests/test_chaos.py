@@ -18,6 +18,21 @@ port and data. Afterwards:
   two beats after its script ended and before it could record the result (its
   lease runs out with the node frozen: the evaluation is lost with the lease).
 
+The pruning variant runs the same chaos (for ``PRUNING_SECONDS``, ``PRUNING_TRIALS``
+trials) on an experiment with a ``median`` or an ``asha`` pruner (by the seed), its
+scripts reporting a curve of ``STEPS`` steps (``reports.log``), and checks, besides
+the above with pruned trials counted:
+
+* every trial ends completed, pruned or broken, and completed + pruned is
+  ``max_trials``;
+* every report whose ``orchard.report()`` call returned with the worker's answer
+  is stored on its trial, once, at its step, with its value, unless that run of the
+  trial was taken over (a new reservation starts the trial's reports over); the
+  stored reports are what the trial's last run sent, and nothing else;
+* every pruned trial's stored verdict is reached again from the stored reports, or
+  it compared with a trial taken over since (its reports started over);
+* no trial was reported completed by one worker and pruned by another.
+
 Workers run ``tests/chaos_script.py`` through :class:`orchard.runner.ScriptRunner`
 (``python -m tests.fault_workers ... script``). The seed is printed; set
 ``ORCHARD_CHAOS_SEED`` to replay a run's choices.
@@ -26,6 +41,8 @@ Workers run ``tests/chaos_script.py`` through :class:`orchard.runner.ScriptRunne
 from __future__ import annotations
 
 import collections
+import dataclasses
+import json
 import os
 import random
 import signal
@@ -41,20 +58,26 @@ from orchard.errors import StorageError
 from orchard.storages import get_storage
 from orchard.testing._mongo_uri import with_database
 from orchard.testing.mongo_server import WireServer
-from orchard.trial import TrialStatus
+from orchard.trial import Trial, TrialStatus
+from tests.verdict_checks import assert_verdicts_recompute, unrecomputed
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
 
 ROOT = Path(__file__).resolve().parents[1]
 N_WORKERS, MAX_TRIALS, HEARTBEAT, CHAOS_SECONDS = 6, 100, 2.0, 60.0
 WAKE_GRACE = 1.0
+#: The pruning variant: its pruners (each prunes most trials and lets some complete), the steps each script
+#: reports, its budget (its trials are shorter) and how long the driver goes on.
+PRUNERS: list[dict[str, dict[str, int]]] = [{"median": {"min_trials": 5}},
+                                            {"asha": {"min_step": 1, "reduction_factor": 3}}]
+STEPS, PRUNING_TRIALS, PRUNING_SECONDS = 5, 200, 40.0
 
 
 class Cluster:
     """The worker processes, and what the driver did to them."""
 
-    def __init__(self, tmp: Path, uri: str) -> None:
-        self.tmp, self.uri = tmp, uri
+    def __init__(self, tmp: Path, uri: str, max_trials: int, options: list[str]) -> None:
+        self.tmp, self.uri, self.max_trials, self.options = tmp, uri, max_trials, options
         self.live: list[subprocess.Popen[bytes]] = []
         self.killed: set[int] = set()
         self.stopped: dict[int, float] = {}  # pid -> when to resume it
@@ -72,7 +95,8 @@ class Cluster:
         with open(self.tmp / f"worker-{index}.log", "wb") as log:
             self.live.append(subprocess.Popen(
                 [sys.executable, "-m", "tests.fault_workers", self.uri, "chaos", "script", "--dir", str(self.tmp),
-                 "--max-trials", str(MAX_TRIALS), "--heartbeat", str(HEARTBEAT), "--max-broken", "1000"],
+                 "--max-trials", str(self.max_trials), "--heartbeat", str(HEARTBEAT), "--max-broken", "1000",
+                 *self.options],
                 cwd=ROOT, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
             ))
         self.note(f"start worker-{index}", self.live[-1].pid)
@@ -138,10 +162,12 @@ def _signal(process: psutil.Process, sig: signal.Signals) -> None:
 
 
 def _completed(uri: str) -> int:
+    """Completed and pruned trials: the budget used."""
     try:
         with get_storage(uri) as storage:
             record = storage.get_experiment("chaos")
-            return 0 if record is None else storage.count_trials(record.id)[TrialStatus.COMPLETED]
+            counts = None if record is None else storage.count_trials(record.id)
+            return 0 if counts is None else counts[TrialStatus.COMPLETED] + counts[TrialStatus.PRUNED]
     except StorageError:
         return 0
 
@@ -155,7 +181,7 @@ def _registered(uri: str) -> int:
         return 0
 
 
-def _drive(cluster: Cluster, server: WireServer, rng: random.Random) -> None:
+def _drive(cluster: Cluster, server: WireServer, rng: random.Random, seconds: float) -> None:
     # The test server is first killed once the experiment and its collections exist: SecantusDB
     # killed while creating a collection can come back without the collection's file (seen:
     # "WiredTigerError: No such file or directory" on every later command), a fault of the test
@@ -163,8 +189,8 @@ def _drive(cluster: Cluster, server: WireServer, rng: random.Random) -> None:
     setup = time.monotonic() + 60
     while _registered(cluster.uri) == 0 and time.monotonic() < setup:
         time.sleep(0.2)
-    deadline = time.monotonic() + CHAOS_SECONDS
-    while time.monotonic() < deadline and _completed(cluster.uri) < MAX_TRIALS:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline and _completed(cluster.uri) < cluster.max_trials:
         time.sleep(rng.uniform(0.5, 2.0))
         cluster.thaw()
         action = rng.choices(["kill", "stop", "server"], weights=[2, 3, 1])[0]
@@ -181,20 +207,30 @@ def _drive(cluster: Cluster, server: WireServer, rng: random.Random) -> None:
             cluster.freeze(rng.choice(running), rng.uniform(1.0, 10.0))
 
 
-def _lines(path: Path) -> list[list[str]]:
-    return [line.split() for line in path.read_text().splitlines()] if path.exists() else []
+@dataclasses.dataclass
+class Chaos:
+    """One chaos run, once its workers have exited."""
+
+    seed: int
+    tmp: Path
+    cluster: Cluster
+    codes: list[int]
+    trials: list[Trial]
 
 
-def test_six_workers_survive_a_minute_of_kills_freezes_and_server_restarts(tmp_path: Path) -> None:
-    seed = int(os.environ.get("ORCHARD_CHAOS_SEED", random.randrange(10**6)))
+def _seed() -> int:
+    return int(os.environ.get("ORCHARD_CHAOS_SEED", random.randrange(10**6)))
+
+
+def _chaos(tmp_path: Path, seed: int, seconds: float, max_trials: int, options: list[str]) -> Chaos:
     rng = random.Random(seed)
     with WireServer(tmp_path, durable=True) as server:
         uri = with_database(server.uri, "chaos")
-        cluster = Cluster(tmp_path, uri)
+        cluster = Cluster(tmp_path, uri, max_trials, options)
         try:
             for _ in range(N_WORKERS):
                 cluster.start()
-            _drive(cluster, server, rng)
+            _drive(cluster, server, rng, seconds)
             cluster.thaw(everyone=True)
             codes = [proc.wait(timeout=120) for proc in cluster.live]
         finally:
@@ -205,14 +241,20 @@ def test_six_workers_survive_a_minute_of_kills_freezes_and_server_restarts(tmp_p
             cluster.journal.close()
         with get_storage(uri) as storage:
             trials = storage.fetch_trials(storage.require_experiment("chaos").id)
-    stored = {t.id: t for t in trials}
-    statuses = collections.Counter(t.status.value for t in trials)
+    return Chaos(seed, tmp_path, cluster, codes, trials)
+
+
+def _check_results(chaos: Chaos) -> None:
+    """The invariants of every chaos run (module docstring), once what happened is printed."""
+    cluster, tmp_path = chaos.cluster, chaos.tmp
+    stored = {t.id: t for t in chaos.trials}
+    statuses = collections.Counter(t.status.value for t in chaos.trials)
     reported = _lines(tmp_path / "reported.log")
     ends: dict[str, list[tuple[int, float]]] = collections.defaultdict(list)
     for trial_id, worker_pid, when in _lines(tmp_path / "ends.log"):
         ends[trial_id].append((int(worker_pid), float(when)))
 
-    recorded = {(trial_id, int(pid)) for trial_id, _, pid in reported}
+    recorded = {(trial_id, int(pid)) for trial_id, _, pid, _ in reported}
 
     def frozen_before_recording(trial_id: str, pid: int, when: float) -> bool:
         """Whether the worker did not record this end's result, having frozen for over two beats after it."""
@@ -226,16 +268,101 @@ def test_six_workers_survive_a_minute_of_kills_freezes_and_server_restarts(tmp_p
                 or frozen_before_recording(trial_id, pid, when))
 
     twice = {tid: runs for tid, runs in ends.items() if len([r for r in runs if not excused(tid, *r)]) > 1}
-    print(f"chaos seed {seed}: {dict(cluster.done)}; trials {dict(statuses)}; {len(reported)} results "
-          f"reported; {sum(len(p) for p in ends.values())} script ends; "
+    print(f"chaos seed {chaos.seed}: {dict(cluster.done)}; trials {dict(statuses)}; {len(reported)} "
+          f"results reported; {sum(len(p) for p in ends.values())} script ends; "
           f"{sum(len(p) > 1 for p in ends.values())} trials whose script ended twice "
           f"({len(twice)} explained by no SIGKILL, wake-up or freeze before recording)")
-    assert codes == [0] * len(codes), f"workers exited with {codes}; logs in {tmp_path}"
-    assert statuses[TrialStatus.COMPLETED.value] == MAX_TRIALS
-    duplicates = [tid for tid, n in collections.Counter(tid for tid, _, _ in reported).items() if n > 1]
-    assert not duplicates, f"trials reported completed twice: {duplicates}"
-    for trial_id, objective, _ in reported:
+    assert chaos.codes == [0] * len(chaos.codes), f"workers exited with {chaos.codes}; logs in {tmp_path}"
+    assert statuses[TrialStatus.COMPLETED.value] + statuses[TrialStatus.PRUNED.value] == cluster.max_trials
+    finished = {s.value for s in (TrialStatus.COMPLETED, TrialStatus.PRUNED, TrialStatus.BROKEN)}
+    assert set(statuses) <= finished, f"trials left unfinished: {dict(statuses)}"
+    duplicates = [tid for tid, n in collections.Counter(tid for tid, _, _, _ in reported).items() if n > 1]
+    assert not duplicates, f"trials reported finished twice: {duplicates}"
+    for trial_id, objective, _, status in reported:
         trial = stored.get(trial_id)
-        assert trial is not None and trial.status is TrialStatus.COMPLETED, f"reported result of {trial_id} lost"
+        assert trial is not None and trial.status.value == status, f"reported {status} of {trial_id} lost"
+        assert status in (TrialStatus.COMPLETED.value, TrialStatus.PRUNED.value), f"{trial_id}: {status}"
         assert repr(trial.objective) == objective
     assert not twice, f"scripts that ran to their end twice (worker pid, time): {twice}"
+
+
+def test_six_workers_survive_a_minute_of_kills_freezes_and_server_restarts(tmp_path: Path) -> None:
+    chaos = _chaos(tmp_path, _seed(), CHAOS_SECONDS, MAX_TRIALS, [])
+    _check_results(chaos)
+    assert all(t.status is not TrialStatus.PRUNED for t in chaos.trials)
+
+
+def test_reports_and_verdicts_survive_kills_freezes_and_server_restarts(tmp_path: Path) -> None:
+    seed = _seed()
+    pruner = PRUNERS[seed % len(PRUNERS)]
+    chaos = _chaos(tmp_path, seed, PRUNING_SECONDS, PRUNING_TRIALS,
+                   ["--pruner", json.dumps(pruner), "--steps", str(STEPS)])
+    _check_results(chaos)
+    runs = _runs(_lines(tmp_path / "reports.log"))
+    statuses = collections.Counter(t.status for t in chaos.trials)
+    sent = sum(len(r.sent) for r in runs.values())
+    print(f"pruner {pruner}: {len(runs)} script runs reported {sent} steps, "
+          f"{sum(len(r.acked) for r in runs.values())} answered, {sum(r.unanswered for r in runs.values())} "
+          f"returned unanswered, {sum(r.refused for r in runs.values())} refused; "
+          f"{len(runs) - len({r.trial for r in runs.values()})} runs of a trial another run had reported for")
+    assert statuses[TrialStatus.PRUNED] > 0 and statuses[TrialStatus.COMPLETED] > 0  # the variant tests both
+    for trial in chaos.trials:
+        _check_reports(trial, runs)
+    retaken = {t.id for t in chaos.trials if t.attempts > 1}  # their reports started over (docs/pruning.md)
+    print(f"{len(unrecomputed(chaos.trials, pruner))} of {statuses[TrialStatus.PRUNED]} verdicts not reached "
+          f"again from the stored reports; {len(retaken)} trials were taken over")
+    assert_verdicts_recompute(chaos.trials, pruner, retaken)
+
+
+@dataclasses.dataclass
+class Run:
+    """One script run's reports (``reports.log``): what it sent and what came back answered, by step."""
+
+    trial: str
+    worker: int
+    sent: dict[int, str] = dataclasses.field(default_factory=dict)
+    acked: dict[int, str] = dataclasses.field(default_factory=dict)
+    unanswered: int = 0
+    refused: int = 0
+
+
+def _runs(lines: list[list[str]]) -> dict[int, Run]:
+    """The script runs of ``reports.log`` by script pid, in the order they first reported."""
+    runs: dict[int, Run] = {}
+    for trial_id, worker, script, step, value, what in lines:
+        run = runs.setdefault(int(script), Run(trial_id, int(worker)))
+        if what == "sent":
+            run.sent[int(step)] = value
+        elif what == "acked":
+            run.acked[int(step)] = value
+        run.unanswered += what == "unanswered"
+        run.refused += what == "refused"
+    return runs
+
+
+def _check_reports(trial: Trial, runs: dict[int, Run]) -> None:
+    """The trial's stored reports are its last run's, each one that run saw answered among them.
+
+    The last run is the last one the trial's owner (the worker its record names) started:
+    a new reservation starts the trial's reports over, so earlier runs' reports are gone.
+    """
+    steps = [step for step, _ in trial.reports]
+    assert steps == sorted(set(steps)), f"trial {trial.id}: steps twice or out of order: {trial.reports}"
+    owner = int(trial.worker.split(":")[1]) if trial.worker else None
+    mine = [run for run in runs.values() if run.trial == trial.id and run.worker == owner]
+    if not mine:
+        assert trial.status is TrialStatus.BROKEN or not trial.reports, f"no run of {trial.id} by its owner"
+        return
+    last = mine[-1]
+    stored = {step: repr(value) for step, value in trial.reports}
+    assert stored == {step: last.sent[step] for step in stored if step in last.sent}, (
+        f"trial {trial.id} holds reports its last run (worker {owner}) did not send: stored {trial.reports}, "
+        f"sent {last.sent}")
+    lost = {step: value for step, value in last.acked.items() if stored.get(step) != value}
+    assert not lost, f"trial {trial.id}: reports answered to its last run not stored: {lost}; {trial.reports}"
+    if trial.status is TrialStatus.COMPLETED:
+        assert steps == list(range(1, STEPS + 1)), f"completed trial {trial.id} holds {trial.reports}"
+
+
+def _lines(path: Path) -> list[list[str]]:
+    return [line.split() for line in path.read_text().splitlines()] if path.exists() else []

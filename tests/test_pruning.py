@@ -18,8 +18,9 @@ import pytest
 
 import orchard
 from orchard.errors import ConfigurationError, InvalidReportError, OrchardError
-from orchard.pruners import Verdict, make_pruner
+from orchard.pruners import Verdict
 from orchard.trial import TrialStatus
+from tests.verdict_checks import assert_verdicts_recompute
 
 SPACE = {"x": "uniform(0, 1)"}
 
@@ -41,21 +42,6 @@ def stubborn_objective(x: float) -> float:
     return x
 
 
-def assert_verdicts_recompute(exp: orchard.Experiment) -> list[Any]:
-    """Every pruned trial's stored verdict is reached again from the stored history."""
-    trials = exp.storage.fetch_trials(exp.id)
-    stored = {t.id: t.reports for t in trials if t.reports}
-    pruner = make_pruner(exp.settings.pruner)
-    pruned = [t for t in trials if t.status is TrialStatus.PRUNED]
-    for trial in pruned:
-        assert trial.verdict is not None and trial.reports
-        verdict = Verdict.from_dict(trial.verdict)
-        assert verdict.prune
-        assert pruner.recompute(trial.id, verdict, stored).prune
-        assert trial.objective == trial.reports[-1][1]
-    return pruned
-
-
 def test_workon_in_thread_prunes_and_keeps_the_budget_exact(tmp_path: Path) -> None:
     exp = orchard.build_experiment("p-thread", space=SPACE, max_trials=12, storage=str(tmp_path / "db.pkl"),
                                    pruner={"median": {"min_trials": 2}}, seed=1)
@@ -63,7 +49,7 @@ def test_workon_in_thread_prunes_and_keeps_the_budget_exact(tmp_path: Path) -> N
     counts = exp.storage.count_trials(exp.id)
     assert counts[TrialStatus.COMPLETED] + counts[TrialStatus.PRUNED] == 12
     assert counts[TrialStatus.PRUNED] > 0
-    pruned = assert_verdicts_recompute(exp)
+    pruned = assert_verdicts_recompute(exp.storage.fetch_trials(exp.id), exp.settings.pruner)
     assert all(t.verdict["pruner"] == "median" for t in pruned)
     completed = exp.storage.fetch_trials(exp.id, [TrialStatus.COMPLETED])
     assert all(len(t.reports) == 10 for t in completed)
@@ -290,7 +276,7 @@ def test_timed_child_that_ignores_the_verdict_is_stopped_and_recorded_pruned(
     assert [t.status for t in trials] == [TrialStatus.PRUNED] * 4
     assert all(len(t.reports) < 40 for t in trials)  # stopped, not run to the end
     assert took < 4 * (0.5 + 1.5)  # each one stopped within the grace (2 s of the 40 x 0.05 s run)
-    assert_verdicts_recompute(exp)
+    assert_verdicts_recompute(exp.storage.fetch_trials(exp.id), exp.settings.pruner)
 
 
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="timed evaluations fork")
@@ -572,7 +558,7 @@ def test_two_concurrent_hunts_prune_scripts_exactly(backend: str, tmp_path: Path
     counts = exp.storage.count_trials(exp.id)
     assert counts[TrialStatus.COMPLETED] + counts[TrialStatus.PRUNED] == 16
     assert counts[TrialStatus.PRUNED] > 0 and counts[TrialStatus.RESERVED] == 0
-    assert_verdicts_recompute(exp)
+    assert_verdicts_recompute(exp.storage.fetch_trials(exp.id), exp.settings.pruner)
     for trial in exp.storage.fetch_trials(exp.id, [TrialStatus.COMPLETED]):
         assert [step for step, _ in trial.reports] == list(range(1, 31))  # no report lost
     for trial in exp.storage.fetch_trials(exp.id, [TrialStatus.PRUNED]):
@@ -682,7 +668,7 @@ def test_workon_with_four_processes_prunes_with_an_exact_budget(backend: str, tm
     assert counts[TrialStatus.COMPLETED] + counts[TrialStatus.PRUNED] == 24
     assert counts[TrialStatus.PRUNED] > 0 and counts[TrialStatus.RESERVED] == 0
     assert len({t.worker for t in exp.storage.fetch_trials(exp.id)}) > 1  # several processes took part
-    assert_verdicts_recompute(exp)
+    assert_verdicts_recompute(exp.storage.fetch_trials(exp.id), exp.settings.pruner)
     for trial in exp.storage.fetch_trials(exp.id, [TrialStatus.COMPLETED]):
         assert [step for step, _ in trial.reports] == list(range(1, 21))
 
@@ -705,7 +691,7 @@ def test_ctrl_c_after_a_prune_verdict_records_the_trial_pruned_not_interrupted(t
     assert trial.status is TrialStatus.PRUNED and trial.verdict is not None
     assert raised.value.pruned == [trial.id] and raised.value.released == []
     assert "1 recorded pruned" in str(raised.value)
-    assert_verdicts_recompute(exp)
+    assert_verdicts_recompute(exp.storage.fetch_trials(exp.id), exp.settings.pruner)
 
 
 GRACE_SCRIPT = """

@@ -572,3 +572,23 @@ def test_a_report_the_driver_retried_after_it_took_effect_is_stored_once_not_ref
     with pytest.raises(ReservationLostError):  # another report made at the same count: refused
         storage._apply(trial.id, transitions.report(trial.id, "w", 2, value, 11.0, 0, None))
     assert storage.get_trial(trial.id).reports == [(1, value)]
+
+
+def test_a_report_the_driver_retried_is_found_stored_after_a_heartbeat_landed_meanwhile() -> None:
+    """The worker's heartbeat thread beats on while the report's retry waits for the restarted server: a beat
+    landing first changes the heartbeat the report set, and the retry, which met its report stored, was refused
+    ("trial ... is reserved and owned by w, not reserved by w"), as seen in the chaos test with reporting scripts."""
+    from orchard import trial as transitions
+    from orchard.errors import ReservationLostError
+
+    storage: Any = get_storage("mongomock://")
+    exp = storage.create_experiment("e", {})
+    trial = storage.register_trial(exp, {"x": 1}, worker="w")
+    storage.report_trial(trial.id, "w", 1, 0.5)
+    second = transitions.report(trial.id, "w", 2, 0.25, 10.0, 1, 1)
+    assert storage._apply(trial.id, second).reports == [(1, 0.5), (2, 0.25)]
+    storage.heartbeat_trial(trial.id, "w")  # the lease renewed between the write and the driver's retry
+    assert storage._apply(trial.id, second).reports == [(1, 0.5), (2, 0.25)]  # the same command: its own effect
+    with pytest.raises(ReservationLostError):  # the same report by a worker that does not hold the trial
+        storage._apply(trial.id, transitions.report(trial.id, "v", 2, 0.25, 10.0, 1, 1))
+    assert storage.get_trial(trial.id).reports == [(1, 0.5), (2, 0.25)]

@@ -288,7 +288,8 @@ class BaseStorage(abc.ABC):
                 a non-negative int greater than the last reported step, or the
                 trial holds the most reports allowed; nothing is written.
             ReservationLostError: the trial is not reserved by ``worker`` (a
-                late report is refused like a late result); nothing is written.
+                late report is refused like a late result, whatever its step: this
+                is checked first); nothing is written.
             TrialNotFoundError: no trial with that id.
         """
 

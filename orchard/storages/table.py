@@ -367,11 +367,11 @@ class TrialTable:
         trial = self.trial(trial_id_)
         if trial is None:
             raise self._missing(trial_id_)
-        last = trial.reports[-1][0] if trial.reports else None
-        change = transitions.report(trial_id_, worker, step, value, now, len(trial.reports), last)
-        refusal = change.refusal(trial_id_, trial)
+        refusal = transitions.held_by(worker).refusal(trial_id_, trial)  # the owner first, then the step
         if refusal is not None:
             raise refusal
+        last = trial.reports[-1][0] if trial.reports else None
+        change = transitions.report(trial_id_, worker, step, value, now, len(trial.reports), last)
         (step_, value_) = change.appends["reports"]
         stored = list(value_) if isinstance(value_, tuple) else value_  # records hold plain JSON values
         record = {"op": "report", "trial": trial_id_, "step": step_, "value": stored, "heartbeat": now}

@@ -55,6 +55,22 @@ class PruningChecks(Checks):
             storage.report_trial("no-such-trial", W1, 2, 0.5)
         assert frozen(storage, exp) == released and before[0][trial.id]["reports"] == [[1, 0.9]]
 
+    def test_a_worker_that_lost_the_trial_hears_so_whatever_step_it_reports(
+        self, storage: BaseStorage, exp: str
+    ) -> None:
+        """A worker woken after its lease ran out reports a step the next attempt has reported already:
+        it is told that it lost the trial, not that its step is not after the last."""
+        trial = _reporting(storage, exp, [0.9, 0.8])
+        lease = stored(storage, trial.id).lease
+        assert lease is not None
+        storage.release_lost(exp, {trial.id: lease}, 3)
+        reserve_as(storage, exp, W2)
+        storage.report_trial(trial.id, W2, 1, 0.7)
+        storage.report_trial(trial.id, W2, 2, 0.6)
+        with pytest.raises(ReservationLostError, match="owned by"):
+            storage.report_trial(trial.id, W1, 1, 0.9)
+        assert stored(storage, trial.id).reports == [(1, 0.7), (2, 0.6)]
+
     @pytest.mark.parametrize("step, value", [
         (2, math.nan), (2, math.inf), (2, -math.inf), (2, "0.5"), (2, None), (2, True),
         (-1, 0.5), (1.5, 0.5), ("2", 0.5), (True, 0.5), (1, 0.5), (0, 0.5),

@@ -411,8 +411,8 @@ class MongoStorage(BaseStorage):
         seen = self._trials.find_one(
             {"_id": trial_id}, projection={"status": 1, "worker": 1, client.REPORT_COUNT: 1, "reports": {"$slice": -1}}
         )
-        if seen is None:
-            raise TrialNotFoundError.missing(trial_id, self.redacted_uri)
+        if (refusal := writes.report_refusal(trial_id, seen, worker, self.redacted_uri)) is not None:
+            raise refusal  # the owner first, then the step
         last = seen.get("reports") or []
         change = transitions.report(
             trial_id, worker, step, value, self.now(), int(seen.get(client.REPORT_COUNT) or 0),

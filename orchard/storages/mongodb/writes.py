@@ -13,10 +13,11 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from orchard.errors import OrchardError, ReservationLostError, TrialNotFoundError
 from orchard.storages.mongodb.client import REPORT_COUNT, STAMP
 from orchard.trial import Change, Trial, TrialStatus
 
-__all__ = ["expected", "took_effect", "update"]
+__all__ = ["expected", "report_refusal", "took_effect", "update"]
 
 
 def expected(trial_id: str, change: Change) -> dict[str, Any]:
@@ -49,14 +50,29 @@ def update(change: Change) -> dict[str, Any]:
 def took_effect(doc: Mapping[str, Any], trial: Trial, change: Change) -> bool:
     """Whether ``doc`` (read as ``trial``) shows ``change`` applied by its owner.
 
-    Every field it sets holds the value set, and each item it appends is the last one, right
+    Every field it sets holds the value set (but the heartbeat a report set, which the worker's
+    beats overwrite while it waits for the retry), and each item it appends is the last one, right
     after the items it was conditional on (a report). The driver retries a write whose reply
     was lost; a server that does not recognise the retry (restarted meanwhile) applies it
     again, and it meets its own effect: that is the write's success, not a refusal.
     """
-    stored = {key: value.value if isinstance(value, TrialStatus) else value for key, value in change.sets.items()}
+    stored = {key: value.value if isinstance(value, TrialStatus) else value for key, value in change.sets.items()
+              if not (change.appends and key == "heartbeat")}  # a report's: the beats since overwrite it
     if change.owner is None or doc.get("worker") != change.owner or any(doc.get(k) != v for k, v in stored.items()):
         return False
     return not change.appends or trial.status in change.before and all(
         len(items := getattr(trial, name)) == change.lengths.get(name, -1) + 1 and items[-1] == item
         for name, item in change.appends.items())
+
+
+def report_refusal(trial_id: str, seen: Mapping[str, Any] | None, worker: str,
+                   where: str) -> OrchardError | None:
+    """Why ``worker`` may not report on the trial ``seen`` (its status and worker), checked before the step.
+
+    A worker that lost the trial hears so, not that its step is not after the next attempt's reports.
+    """
+    if seen is None:
+        return TrialNotFoundError.missing(trial_id, where)
+    if seen.get("status") != TrialStatus.RESERVED.value or seen.get("worker") != worker:
+        return ReservationLostError.refused(trial_id, str(seen.get("status")), seen.get("worker"), worker)
+    return None
