@@ -15,10 +15,11 @@ Records::
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import uuid
 from collections import OrderedDict
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
 from orchard import trial as transitions
@@ -62,9 +63,11 @@ class _ExperimentTrials:
 class TrialTable:
     """In-memory experiments and trials; every verb returns the records it applied.
 
-    The objects it returns are the stored ones (never mutated in place: a
-    change replaces them), so a storage must copy them before handing them
-    out (:class:`~orchard.storages.table_storage.TableStorage` does, in one place).
+    The objects it returns are the stored ones (never mutated in place once
+    returned: a change replaces them; only a batch of records changes in place
+    the trials it built itself, see :meth:`replay`), so a storage must copy them
+    before handing them out (:class:`~orchard.storages.table_storage.TableStorage`
+    does, in one place).
     """
 
     def __init__(self, vanished: OrderedDict[str, str] | None = None) -> None:
@@ -86,6 +89,10 @@ class TrialTable:
         self.seq = 0
         #: Well-formed records that could not be applied and were skipped (what a reader names, then clears).
         self.unapplied: list[str] = []
+        #: Trial ids whose stored object the batch being applied built (``None``: no batch): nothing outside
+        #: the table has seen them, so the batch may change them in place; every other stored object is never
+        #: mutated, a change replaces it.
+        self._unseen: set[str] | None = None
 
     # -- applying records (the only place state changes) -------------------------
 
@@ -100,20 +107,39 @@ class TrialTable:
             if exp.id not in self._by_experiment:
                 self._by_experiment[exp.id] = _ExperimentTrials()
         elif op == "trial":
-            self._put_trial(Trial.from_record(record["trial"]))
+            trial = Trial.from_record(record["trial"])
+            self._put_trial(trial)
+            if self._unseen is not None:
+                self._unseen.add(trial.id)
         elif op == "report":  # one report appended: not the whole trial again (10,000 of them may come)
-            trial = self.trial(record["trial"])
-            if trial is None:  # a writer appends reports to trials it holds: another program's record
-                self.unapplied.append(f"a report of unknown trial {record['trial']!r}")
-                return
-            self._put_trial(dataclasses.replace(
-                trial, reports=[*trial.reports, (record["step"], _replayed(record["value"]))],
-                heartbeat=record["heartbeat"]
-            ))
+            self._report(record)
         elif op == "drop":
             self._drop(record["experiment"])
         else:  # pragma: no cover - guarded by the pickle loader
             raise ValueError(f"unknown record op {op!r}")
+
+    def _report(self, record: Record) -> None:
+        """Append one report to its trial: in place if this batch built the stored trial, else on a copy.
+
+        A stored trial that nothing outside the batch can have seen is the batch's own to change,
+        so a replay of 10,000 reports of one trial copies its list once, not 10,000 times.
+        """
+        tid = record["trial"]
+        trial = self.trial(tid)
+        if trial is None:  # a writer appends reports to trials it holds: another program's record
+            self.unapplied.append(f"a report of unknown trial {tid!r}")
+            return
+        report = (record["step"], _replayed(record["value"]))
+        if self._unseen is not None and tid in self._unseen:
+            trial.reports.append(report)
+            trial.heartbeat = record["heartbeat"]
+        else:
+            trial = _copied(trial)
+            trial.reports.append(report)
+            trial.heartbeat = record["heartbeat"]
+            if self._unseen is not None:
+                self._unseen.add(tid)
+        self._put_trial(trial)
 
     def _drop(self, exp_id: str) -> None:
         """Forget an experiment, remembering (boundedly) what its running workers need to be told."""
@@ -171,12 +197,36 @@ class TrialTable:
         self._owner_of[tid] = trial.experiment
 
     def apply_all(self, records: Iterable[Record]) -> list[Record]:
-        """Apply records in order and return them as a list."""
-        applied = []
-        for record in records:
-            self.apply(record)
-            applied.append(record)
+        """Apply records in order, as one batch (see :meth:`replay`), and return them as a list."""
+        applied: list[Record] = []
+        with self._batch():
+            for record in records:
+                self.apply(record)
+                applied.append(record)
         return applied
+
+    def replay(self, batches: Iterable[Iterable[Record]]) -> None:
+        """Apply the records of a log, as one batch: nothing is handed out before it ends.
+
+        A trial stored by an earlier record of the batch is then changed in place by the
+        later ones (its reports appended to, not copied), since no one else holds it.
+        """
+        with self._batch():
+            for batch in batches:
+                for record in batch:
+                    self.apply(record)
+
+    @contextlib.contextmanager
+    def _batch(self) -> Iterator[None]:
+        """Records applied inside may change the trials built inside in place (see :meth:`_report`)."""
+        if self._unseen is not None:  # already in one
+            yield
+            return
+        self._unseen = set()
+        try:
+            yield
+        finally:
+            self._unseen = None
 
     def snapshot(self) -> list[Record]:
         """Records that rebuild the current state from an empty table (for compaction)."""
@@ -438,6 +488,14 @@ class TrialTable:
 def _trial_record(trial: Trial) -> Record:
     """The record that stores ``trial`` (:meth:`Trial.to_record`: its fields at their default left out)."""
     return {"op": "trial", "trial": trial.to_record()}
+
+
+def _copied(trial: Trial) -> Trial:
+    """A copy of the stored ``trial`` with its own reports list (the rest is never mutated: shared)."""
+    copied = object.__new__(Trial)  # field by field: dataclasses.replace would re-run __init__
+    copied.__dict__.update(trial.__dict__)
+    copied.reports = list(trial.reports)
+    return copied
 
 
 def _replayed(value: Any) -> ReportValue:

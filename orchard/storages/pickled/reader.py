@@ -315,8 +315,7 @@ class LogReader:
 
     def _apply(self, batches: list[list[Record]]) -> None:
         try:
-            for batch in batches:
-                self.table.apply_all(batch)
+            self.table.replay(batches)
         except Exception as err:  # a record with valid framing but meaningless content
             self.reset(None)
             raise StorageCorruptedError(
