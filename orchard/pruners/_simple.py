@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import bisect
 import math
 from collections.abc import Callable, Mapping
 from typing import Any, ClassVar
+
+import numpy as np
 
 from orchard.errors import ConfigurationError
 from orchard.pruners.base import BasePruner, BestSoFar, Curve, Verdict, check_int, check_number
@@ -137,12 +140,9 @@ class PatiencePruner(BasePruner):
 
     def _judge_several(self, trial_id: str, own: Curve, others: Mapping[str, Curve]) -> Verdict:
         patience, delta, step = self.options["patience"], self.options["min_delta"], own[-1][0]
-        before = self._front.before(own, len(own) - patience)  # an earlier report matches iff one of these does
-        recent = [_vector(own[index][1]) for index in range(len(own) - patience, len(own))]
-        improving = [v for v in recent if not any(all(x - delta <= y for x, y in zip(u, v, strict=True))
-                                                  for u in before)]
+        improving = self._front.unmatched(own, patience, delta)
         if improving:
-            return self._going_on(own, f"{len(improving)} of the last {patience} reports improve on every "
+            return self._going_on(own, f"{improving} of the last {patience} reports improve on every "
                                        f"earlier one in some objective by more than min_delta={delta:g}")
         if self.wrapped is not None:
             return self.wrapped.judge(trial_id, own, others)
@@ -152,41 +152,93 @@ class PatiencePruner(BasePruner):
 
 
 class _FrontSoFar:
-    """The reports among a curve's first ``index`` that no other is as good as everywhere, kept and extended.
+    """Which of a curve's last ``patience`` reports no earlier report matches, kept and extended.
 
-    An earlier report that matches a recent one within ``min_delta`` on every objective exists
-    exactly when one of these does (a report that another is as good as, everywhere, matches
-    less). Kept for the latest curve, by identity, and extended as ``index`` grows, as
-    :class:`~orchard.pruners.base.BestSoFar` does: each report is read once, not at every report.
+    A recent report is *matched* when a report before the window is as good on every
+    objective to within ``min_delta``; the set before the window only grows, so a matched
+    report stays matched. Each report is checked once when it enters the window (against
+    :class:`_Front`, the earlier reports no other is as good as everywhere), then against
+    each report that leaves the window after it, until it is matched or leaves too: a
+    report costs one query of the front plus ``patience`` comparisons, not ``patience``
+    scans of the front. Kept for the latest curve, by identity, as
+    :class:`~orchard.pruners.base.BestSoFar` does; a curve not seen before, shortened, or
+    whose last known report changed is read whole.
     """
 
     def __init__(self) -> None:
         self._curve: Curve | None = None
-        self._index = 0
+        self._settings: tuple[int, float] = (0, 0.0)
+        self._index = 0  # the reports before the window: curve[:index], in the front
+        self._entered = 0  # the reports checked on entering the window: curve[:entered]
         self._last: tuple[int, ReportValue] | None = None
-        self._front: list[tuple[float, ...]] = []
+        self._front = _Front()
+        self._unmatched: dict[int, tuple[float, ...]] = {}  # index in the curve -> value, of recent reports
 
-    def before(self, curve: Curve, index: int) -> list[tuple[float, ...]]:
-        """The front of ``curve[:index]``."""
-        changed = self._index > 0 and curve[self._index - 1] != self._last
-        if self._curve is not curve or index < self._index or changed:  # another curve, or changed: read whole
-            self._curve, self._index, self._front = curve, 0, []
-        for position in range(self._index, index):
+    def unmatched(self, curve: Curve, patience: int, delta: float) -> int:
+        """How many of the last ``patience`` reports of ``curve`` no earlier report matches within ``delta``."""
+        start = len(curve) - patience
+        changed = self._entered > 0 and curve[self._entered - 1] != self._last
+        if (self._curve is not curve or len(curve) < self._entered or changed
+                or self._settings != (patience, delta)):  # another curve, or changed: read whole
+            self._curve, self._settings, self._index, self._entered = curve, (patience, delta), 0, 0
+            self._front, self._unmatched = _Front(), {}
+        for position in range(self._index, start):  # reports leaving the window join the earlier ones
             point = _vector(curve[position][1])
-            if not any(_as_good(kept, point) for kept in self._front):
-                self._front = [kept for kept in self._front if not _as_good(point, kept)] + [point]
-        if index > self._index:
-            self._index, self._last = index, curve[index - 1]
-        return self._front
+            self._unmatched.pop(position, None)
+            self._unmatched = {index: value for index, value in self._unmatched.items()
+                               if not all(x - delta <= y for x, y in zip(point, value, strict=True))}
+            self._front.add(point)
+        self._index = max(self._index, start)
+        for position in range(max(self._entered, start), len(curve)):  # reports entering the window
+            value = _vector(curve[position][1])
+            if not self._front.matches(value, delta):
+                self._unmatched[position] = value
+        self._entered, self._last = len(curve), curve[-1]
+        return len(self._unmatched)
 
     def __getstate__(self) -> dict[str, Any]:
         """Nothing kept crosses a process: curve identities mean nothing there."""
-        return {"_curve": None, "_index": 0, "_last": None, "_front": []}
+        fresh = _FrontSoFar()
+        return fresh.__dict__
 
 
-def _as_good(u: tuple[float, ...], v: tuple[float, ...]) -> bool:
-    """Whether ``u`` is at least as good as ``v`` on every objective (minimised)."""
-    return all(x <= y for x, y in zip(u, v, strict=True))
+class _Front:
+    """Points no other is as good as on every objective (minimised), and whether one matches a value.
+
+    With two objectives the points are kept sorted by the first (the second then falls): a
+    query is a binary search, an insertion a search plus the points it replaces. With more
+    there is no such order, and the front has no bound below the number of points (a curve
+    whose every report trades one objective for others keeps them all): a query compares
+    the value with every point, in one numpy expression (the same float comparisons).
+    """
+
+    def __init__(self) -> None:
+        self._points: list[tuple[float, ...]] = []  # with two objectives: by ascending first value
+        self._firsts: list[float] = []  # with two objectives: the first value of each point
+        self._array: np.ndarray[Any, np.dtype[np.float64]] | None = None  # with more: one row per point
+
+    def matches(self, value: tuple[float, ...], delta: float) -> bool:
+        """Whether a point is as good as ``value`` on every objective to within ``delta`` (``x - delta <= v``)."""
+        if len(value) != 2:
+            return self._array is not None and bool(np.any(np.all(self._array - delta <= value, axis=1)))
+        # the last point whose first value passes has the lowest second value of those that pass
+        index = bisect.bisect_right(self._firsts, value[0], key=lambda x: x - delta) - 1
+        return index >= 0 and self._points[index][1] - delta <= value[1]
+
+    def add(self, point: tuple[float, ...]) -> None:
+        """Add ``point`` unless a point is as good everywhere; drop the points it is as good as."""
+        if self.matches(point, 0.0):
+            return
+        if len(point) != 2:
+            row = np.array([point], dtype=np.float64)
+            kept = self._array
+            self._array = row if kept is None else np.concatenate([kept[~np.all(row <= kept, axis=1)], row])
+            return
+        start = end = bisect.bisect_left(self._firsts, point[0])
+        while end < len(self._points) and self._points[end][1] >= point[1]:  # those it is as good as follow it
+            end += 1
+        self._points[start:end] = [point]
+        self._firsts[start:end] = [point[0]]
 
 
 def _vector(value: ReportValue) -> tuple[float, ...]:
