@@ -478,12 +478,12 @@ class Worker:
         cutting the release short instead, the trial kept: :func:`~orchard.executors.task.run_worker` reads it).
         A trial that received a "prune" verdict is recorded pruned instead (unretried: a stop waits for no outage)."""
         try:
-            self.pacemaker.unwatch(trial.id)
+            self.pacemaker.unwatch(trial.id)  # before either write: no beat lands on the trial given back
             if self.judge.prune_on_stop(trial.id, self.storage.storage):
                 self.report.pruned += 1
                 interruption.pruned.append(trial.id)
                 return interruption
-            released, kept = self._release_quietly(trial)
+            released, kept = give_back(self.storage, {trial.id: self.name})  # as _release_quietly, unwatched
         except KeyboardInterrupt as late:
             interruption, released, kept = Interrupted.of(late), [], [trial.id]
         interruption.released += released
