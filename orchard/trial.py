@@ -39,29 +39,9 @@ from typing import Any, NamedTuple
 from orchard.errors import InvalidReportError, OrchardError, ReservationLostError, TrialNotFoundError
 
 __all__ = [
-    "INSERTED",
-    "INT_LIMIT",
-    "MAX_DEPTH",
-    "MAX_REPORTS_PER_TRIAL",
-    "Change",
-    "Lease",
-    "ReportValue",
-    "Trial",
-    "TrialStatus",
-    "complete",
-    "fail",
-    "finite_float",
-    "finite_number",
-    "first_value",
-    "heartbeat",
-    "held_by",
-    "prune",
-    "recorded",
-    "release",
-    "report",
-    "report_value",
-    "reserve",
-    "take_back",
+    "INSERTED", "INT_LIMIT", "MAX_DEPTH", "MAX_REPORTS_PER_TRIAL", "Change", "Lease", "ReportValue", "Trial",
+    "TrialStatus", "complete", "fail", "finite_float", "finite_number", "first_value", "heartbeat",
+    "held_by", "prune", "recorded", "release", "report", "report_value", "reserve", "take_back",
 ]
 
 #: :attr:`Trial.origin` of an evaluation made elsewhere and recorded with its result (``insert``).
@@ -310,8 +290,7 @@ class Change:
     def holds(self, trial: Trial) -> bool:
         """Whether ``trial`` is in the state this change requires."""
         return (
-            trial.status in self.before
-            and (self.owner is None or trial.worker == self.owner)
+            self._admits(trial.status, trial.worker)
             and all(getattr(trial, name) == value for name, value in self.expects.items())
             and all(len(getattr(trial, name)) == count for name, count in self.lengths.items())
         )
@@ -328,6 +307,25 @@ class Change:
         if self.holds(trial):
             return None
         return ReservationLostError.refused(trial_id, trial.status.value, trial.worker, self.owner)
+
+    def seen_refusal(
+        self, trial_id: str, seen: Mapping[str, Any] | None, where: str = "the storage"
+    ) -> OrchardError | None:
+        """:meth:`refusal` from a trial's stored ``status`` and ``worker`` alone (``seen``; ``None``: no trial).
+
+        Checks the status and owner only, all :func:`held_by` asks: for a backend that reads
+        no more before its conditional write.
+        """
+        if seen is None:
+            return TrialNotFoundError.missing(trial_id, where)
+        status, holder = seen.get("status"), seen.get("worker")
+        if self._admits(_STATUSES.get(status) if isinstance(status, str) else None, holder):
+            return None
+        return ReservationLostError.refused(trial_id, str(status), holder, self.owner)
+
+    def _admits(self, status: TrialStatus | None, worker: Any) -> bool:
+        """The status and owner this change requires (the rule :meth:`refusal` and :meth:`seen_refusal` share)."""
+        return status in self.before and (self.owner is None or worker == self.owner)
 
     def applied_to(self, trial: Trial | None, trial_id: str = "") -> Trial:
         """The trial after this change.

@@ -77,3 +77,23 @@ def test_a_graceful_release_gives_its_attempt_back_never_below_zero() -> None:
 def test_statuses() -> None:
     assert [s for s in TrialStatus if s.is_terminal] == [TrialStatus.COMPLETED, TrialStatus.BROKEN, TrialStatus.PRUNED]
     assert {s for s in TrialStatus if s.is_reservable} == {TrialStatus.NEW, TrialStatus.INTERRUPTED}
+
+
+def test_a_report_on_mongodb_is_refused_by_held_by_s_rule_on_the_two_fields_it_reads(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """MongoDB's report path checked "reserved by this worker" with a rule of its own beside held_by's: one
+    rule now, so a change to it reaches both (here: a rule that also lets an interrupted trial's last owner in)."""
+    from orchard.storages.mongodb import writes
+
+    for status in TrialStatus:
+        for holder in ("w1", "w2", None):
+            trial = Trial(id="t", experiment="e", params={}, status=status, worker=holder)
+            want = transitions.held_by("w1").refusal("t", trial, "db")
+            got = writes.report_refusal("t", {"status": status.value, "worker": holder}, "w1", "db")
+            assert (type(got), str(got)) == (type(want), str(want))
+    assert isinstance(writes.report_refusal("t", None, "w1", "db"), TrialNotFoundError)
+    hostile = writes.report_refusal("t", {"status": ["reserved"], "worker": "w1"}, "w1", "db")
+    assert isinstance(hostile, ReservationLostError)  # another program's document: refused, named
+    lenient = transitions.Change(frozenset({TrialStatus.RESERVED, TrialStatus.INTERRUPTED}), "w1")
+    monkeypatch.setattr(transitions, "held_by", lambda worker: lenient)
+    assert writes.report_refusal("t", {"status": "interrupted", "worker": "w1"}, "w1", "db") is None

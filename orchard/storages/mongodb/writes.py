@@ -13,7 +13,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from orchard.errors import OrchardError, ReservationLostError, TrialNotFoundError
+from orchard import trial as transitions
+from orchard.errors import OrchardError
 from orchard.storages.mongodb.client import REPORT_COUNT, STAMP
 from orchard.trial import Change, Trial, TrialStatus
 
@@ -69,10 +70,7 @@ def report_refusal(trial_id: str, seen: Mapping[str, Any] | None, worker: str,
                    where: str) -> OrchardError | None:
     """Why ``worker`` may not report on the trial ``seen`` (its status and worker), checked before the step.
 
-    A worker that lost the trial hears so, not that its step is not after the next attempt's reports.
+    :func:`orchard.trial.held_by`'s rule, on the two fields read. A worker that lost the trial
+    hears so, not that its step is not after the next attempt's reports.
     """
-    if seen is None:
-        return TrialNotFoundError.missing(trial_id, where)
-    if seen.get("status") != TrialStatus.RESERVED.value or seen.get("worker") != worker:
-        return ReservationLostError.refused(trial_id, str(seen.get("status")), seen.get("worker"), worker)
-    return None
+    return transitions.held_by(worker).seen_refusal(trial_id, seen, where)
