@@ -66,6 +66,20 @@ __all__ = [
 ]
 
 
+def shown(value: Any, width: int = 80) -> str:
+    """``repr(value)`` cut to ``width`` characters, for a message; never raises.
+
+    ``repr`` refuses ints of more than 4,300 digits, and a user's ``__repr__`` may fail.
+    """
+    if isinstance(value, int) and value.bit_length() > 256:
+        return f"an int of {value.bit_length()} bits"
+    try:
+        text = repr(value)
+    except Exception:  # noqa: BLE001 -- a message must not fail on the value it describes
+        return f"a {type(value).__name__} that cannot be shown"
+    return text[:width]
+
+
 class OrchardError(Exception):
     """Root of every error Orchard raises on purpose."""
 
@@ -169,14 +183,14 @@ class InvalidReportError(OrchardError):
 
     @classmethod
     def bad_step(cls, trial_id: str, step: Any) -> InvalidReportError:
-        """``step`` is not a non-negative integer."""
-        return cls(f"trial {trial_id}: report step {step!r} is not a non-negative integer; "
+        """``step`` is not a non-negative integer below ``2**63``."""
+        return cls(f"trial {trial_id}: report step {shown(step)} is not an integer >= 0 and < 2**63; "
                    "report the epoch, iteration or samples seen as an int")
 
     @classmethod
     def bad_value(cls, trial_id: str, value: Any) -> InvalidReportError:
         """``value`` is not a finite number."""
-        return cls(f"trial {trial_id}: reported value {value!r} is not a finite number; "
+        return cls(f"trial {trial_id}: reported value {shown(value)} is not a finite number; "
                    "report the objective at that step as a float, or one float per objective (not NaN or inf)")
 
     @classmethod

@@ -48,6 +48,7 @@ import time
 from collections.abc import Callable, Iterator, Mapping
 from typing import IO, Any, AnyStr, BinaryIO
 
+from orchard.errors import shown
 from orchard.trial import INT_LIMIT, finite_float, finite_number
 
 __all__ = [
@@ -162,20 +163,6 @@ def check_report(value: Any, step: Any) -> tuple[Reported, int]:
     if isinstance(step, bool) or not isinstance(step, int) or not 0 <= step < INT_LIMIT:  # a stored int is 64-bit
         raise ValueError(f"orchard.report() needs an integer step >= 0 and < 2**63, got {shown(step)}")
     return value, step
-
-
-def shown(value: Any, width: int = 80) -> str:
-    """``repr(value)`` cut to ``width`` characters, for a message; never raises.
-
-    ``repr`` refuses ints of more than 4,300 digits, and a user's ``__repr__`` may fail.
-    """
-    if isinstance(value, int) and value.bit_length() > 256:
-        return f"an int of {value.bit_length()} bits"
-    try:
-        text = repr(value)
-    except Exception:  # noqa: BLE001 -- a message must not fail on the value it describes
-        return f"a {type(value).__name__} that cannot be shown"
-    return text[:width]
 
 
 def _await_verdict(step: int, line_id: str) -> bool:

@@ -386,7 +386,7 @@ def report(
     Args:
         trial_id: the trial (for messages).
         worker: the worker that must hold the reservation.
-        step: a non-negative ``int`` greater than ``last_step``.
+        step: an ``int`` greater than ``last_step``, ``0 <= step < INT_LIMIT`` (what every backend stores).
         value: a finite number (the objective at that step, to minimize), or a sequence of
             them (several objectives, in minimisation form).
         now: the storage's clock.
@@ -396,7 +396,7 @@ def report(
     Raises:
         InvalidReportError: ``step`` or ``value`` is not one that can be stored; nothing is written.
     """
-    if isinstance(step, bool) or not isinstance(step, numbers.Integral) or step < 0:
+    if isinstance(step, bool) or not isinstance(step, numbers.Integral) or not 0 <= int(step) < INT_LIMIT:
         raise InvalidReportError.bad_step(trial_id, step)
     stored = report_value(value)
     if stored is None:

@@ -8,9 +8,12 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from orchard.errors import InvalidReportError
+from orchard.storages import BaseStorage
 from orchard.storages.table import Record, TrialTable
 
 
@@ -82,3 +85,23 @@ def test_a_trial_handed_out_before_a_replay_never_changes_under_its_holder() -> 
     fresh = table.trial(tid)
     assert fresh is not None and [step for step, _ in fresh.reports] == [0, 1, 2, 7] and fresh.heartbeat == 9.0
     assert fresh.reports[1] == (1, (1.0, 1.0))  # read back as a tuple per objective
+
+
+# -- values and steps no backend can store ------------------------------------------------------
+
+
+@pytest.mark.parametrize("step, value", [(2**63, 1.0), (10**5000, 1.0), (1, 10**5000)],
+                         ids=["step-2**63", "step-of-16610-bits", "value-of-16610-bits"])
+def test_a_step_or_value_beyond_what_is_stored_is_refused_alike_by_every_backend(
+        storage: BaseStorage, step: Any, value: Any) -> None:
+    """memory:// stored a step of 2**63 or of 16,610 bits that a pickle file refused with a StorageError about
+    "params, results and configuration values", and a report of an int too long to print raised a bare
+    ValueError from building the message: one InvalidReportError now, naming the step or value, nothing stored."""
+    exp_id = storage.create_experiment("exp", {})
+    trial = storage.register_trial(exp_id, {"x": 1}, worker="w")
+    storage.report_trial(trial.id, "w", 0, 0.5)
+    with pytest.raises(InvalidReportError, match=f"trial {trial.id}: report(ed)? (step|value) .*(bits|2\\*\\*63)"):
+        storage.report_trial(trial.id, "w", step, value)
+    stored = storage.get_trial(trial.id)
+    assert stored is not None and stored.reports == [(0, 0.5)]
+    assert storage.report_trial(trial.id, "w", 2**63 - 1, 0.25).reports[-1] == (2**63 - 1, 0.25)  # the largest

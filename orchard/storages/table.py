@@ -129,16 +129,12 @@ class TrialTable:
         if trial is None:  # a writer appends reports to trials it holds: another program's record
             self.unapplied.append(f"a report of unknown trial {tid!r}")
             return
-        report = (record["step"], _replayed(record["value"]))
-        if self._unseen is not None and tid in self._unseen:
-            trial.reports.append(report)
-            trial.heartbeat = record["heartbeat"]
-        else:
+        if self._unseen is None or tid not in self._unseen:  # a trial others may hold: changed on a copy
             trial = _copied(trial)
-            trial.reports.append(report)
-            trial.heartbeat = record["heartbeat"]
             if self._unseen is not None:
                 self._unseen.add(tid)
+        trial.reports.append((record["step"], _replayed(record["value"])))
+        trial.heartbeat = record["heartbeat"]
         self._put_trial(trial)
 
     def _drop(self, exp_id: str) -> None:
