@@ -217,3 +217,28 @@ def test_info_explains_a_trial_pruned_on_both_objectives(tmp_path: Path, capsys:
     last = pruned.reports[-1][1]
     assert f"last ({last[0]:.6g}, {last[1]:.6g}) at step" in out  # type: ignore[index]
     assert "recomputed from the stored history: prune" in out and "(front " in out
+
+
+_RUNS: list[float] = []
+
+
+def _long_then_short(x: float) -> dict[str, float]:
+    _RUNS.append(x)
+    steps = 40 if len(_RUNS) == 1 else 6  # an improving curve (every report trades size for error): never pruned
+    for step in range(1, steps + 1):
+        orchard.report({"error": x + 1.0 / step, "size": 1.0 + step}, step)
+    return {"error": x, "size": 1.0 + steps}
+
+
+def test_patience_judges_a_short_trial_after_a_long_one_in_the_same_worker() -> None:
+    """One worker's patience pruner kept its front by the index reached in the previous trial's curve: the
+    next trial's first judged report looked that index up in its own, shorter curve and raised IndexError in the
+    objective, so every trial after a long one broke."""
+    exp = orchard.build_experiment("mo-patience", space={"x": "choices([0.25, 0.75])"}, storage="memory://",
+                                   max_trials=2, objectives={"error": "min", "size": "min"},
+                                   pruner={"patience": {"patience": 3}})
+    _RUNS.clear()
+    exp.workon(_long_then_short, progress=False)  # one worker, in this thread: the long trial first
+    trials = exp.storage.fetch_trials(exp.id)
+    assert sorted((len(t.reports), t.status) for t in trials) == [(6, TrialStatus.COMPLETED),
+                                                                  (40, TrialStatus.COMPLETED)]

@@ -177,9 +177,8 @@ class _FrontSoFar:
     def unmatched(self, curve: Curve, patience: int, delta: float) -> int:
         """How many of the last ``patience`` reports of ``curve`` no earlier report matches within ``delta``."""
         start = len(curve) - patience
-        changed = self._entered > 0 and curve[self._entered - 1] != self._last
-        if (self._curve is not curve or len(curve) < self._entered or changed
-                or self._settings != (patience, delta)):  # another curve, or changed: read whole
+        if (self._curve is not curve or len(curve) < self._entered or self._settings != (patience, delta)
+                or (self._entered and curve[self._entered - 1] != self._last)):  # another curve, or changed
             self._curve, self._settings, self._index, self._entered = curve, (patience, delta), 0, 0
             self._front, self._unmatched = _Front(), {}
         for position in range(self._index, start):  # reports leaving the window join the earlier ones
