@@ -177,16 +177,11 @@ def test_an_interruption_travels_between_processes_and_sums_what_workers_release
     assert isinstance(joined, KeyboardInterrupt), "user code's `except Exception` does not swallow it"
 
 
-def test_a_trial_given_back_at_ctrl_c_stops_its_heartbeat_once(storage, exp_id, monkeypatch) -> None:
-    """The give-back stopped the heartbeat watch, then the release it called stopped it again."""
+def test_ctrl_c_during_an_evaluation_says_which_trial_was_released(storage, exp_id, monkeypatch) -> None:
+    """... and stops its heartbeat once (the give-back stopped it, then the release it called stopped it again)."""
     stopped: list[str] = []
     real = Pacemaker.unwatch
-
-    def unwatch(self: Pacemaker, trial_id: str) -> bool:
-        stopped.append(trial_id)
-        return real(self, trial_id)
-
-    monkeypatch.setattr(Pacemaker, "unwatch", unwatch)
+    monkeypatch.setattr(Pacemaker, "unwatch", lambda self, trial_id: stopped.append(trial_id) or real(self, trial_id))
 
     def interrupted(trial: Trial) -> Outcome:
         raise KeyboardInterrupt
@@ -196,16 +191,6 @@ def test_a_trial_given_back_at_ctrl_c_stops_its_heartbeat_once(storage, exp_id, 
     (trial,) = storage.fetch_trials(exp_id)
     assert caught.value.released == [trial.id] and trial.status is TrialStatus.INTERRUPTED
     assert stopped == [trial.id]
-
-
-def test_ctrl_c_during_an_evaluation_says_which_trial_was_released(storage, exp_id) -> None:
-    def interrupted(trial: Trial) -> Outcome:
-        raise KeyboardInterrupt
-
-    with pytest.raises(Interrupted) as caught:
-        Worker(storage, exp_id, settings(), interrupted).run()
-    (trial,) = storage.fetch_trials(exp_id)
-    assert caught.value.released == [trial.id] and trial.status is TrialStatus.INTERRUPTED
 
 
 def test_thread_workers_told_to_stop_reserve_no_trial_after(storage, exp_id) -> None:
