@@ -46,7 +46,7 @@ from orchard.isolation import (
     stop_group,
 )
 from orchard.naming import folder_in
-from orchard.objective import MAX_RESULTS_BYTES, Outcome, TrialEvaluator, interpret_result
+from orchard.objective import MAX_RESULT_DEPTH, MAX_RESULTS_BYTES, Outcome, TrialEvaluator, interpret_result
 from orchard.report import RESULTS_ENV, open_regular, read_at_most
 from orchard.resources import format_bytes
 from orchard.trial import Trial
@@ -240,8 +240,7 @@ def _outcome(folder: str, returncode: int, stopped: Outcome | None) -> Outcome:
         stopped.error["stderr"] = stderr
         return stopped
     if returncode != 0:
-        how = (f"was killed by {_signal_name(-returncode)}" if returncode < 0
-               else f"exited with code {returncode}")
+        how = f"was killed by {_signal_name(-returncode)}" if returncode < 0 else _exit_status(returncode)
         return Outcome.failure("ScriptError", f"script {how}{hint}", reason="exit-code",
                                returncode=returncode, stderr=stderr)
     outcome = _read_results(os.path.join(folder, RESULTS_FILE))
@@ -277,9 +276,12 @@ def _read_results(path: str) -> Outcome:
         return failure("empty", f"the results file {path} is empty")
     try:
         data = json.loads(text)
+        outcome = interpret_result(data)
+    except RecursionError:  # parsing and reading recurse once a level: [[[[…]]]] a thousand deep
+        return failure("unstorable", f"the results file {path} nests lists or dicts more than "
+                       f"{MAX_RESULT_DEPTH} deep, which no storage holds: report summary numbers")
     except ValueError as err:
         return failure("not-json", f"the results file {path} is not JSON ({err}): {text[:80]!r}")
-    outcome = interpret_result(data)
     if outcome.error is not None and "reason" not in outcome.error:  # e.g. "unstorable" is given
         value = data.get("objective") if isinstance(data, dict) else data
         outcome.error["reason"] = _invalid_reason(data, value)
@@ -309,6 +311,15 @@ def _tail(path: str, lines: int = STDERR_TAIL_LINES, limit: int = 8192) -> str:
 
 def _signal_name(number: int) -> str:
     try:
-        return signal.Signals(number).name
+        name = signal.Signals(number).name
     except ValueError:
         return f"signal {number}"
+    return f"{name} (the kernel's out-of-memory killer sends it)" if number == signal.SIGKILL else name
+
+
+def _exit_status(code: int) -> str:
+    """``exited with code 137``, and what a code above 128 (a shell's answer for a killed child) means."""
+    if code > 128 and code - 128 in signal.valid_signals():
+        return (f"exited with code {code} (a shell's code for a program it ran that was killed by "
+                f"{_signal_name(code - 128)})")
+    return f"exited with code {code}"

@@ -1,0 +1,95 @@
+"""``orchard hunt`` used carelessly or with hostile scripts: what reaches the script, and what is said.
+
+Each test runs ``hunt`` in-process (:func:`orchard.cli.main`) on a pickle file in ``tmp_path``,
+around a tiny Python script; the report follower is driven directly.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+import orchard
+from orchard.cli import main
+from orchard.trial import TrialStatus
+
+SCRIPT = r'''
+import os, sys
+mode = sys.argv[1].split("=", 1)[1]
+path = os.environ["ORCHARD_RESULTS_PATH"]
+if mode == "oom":
+    sys.exit(137)  # what bash returns when the program it ran was killed by SIGKILL
+if mode == "deep":
+    with open(path, "w") as handle:
+        handle.write('{"objective": 0.5, "curve": ' + "[" * 5000 + "]" * 5000 + "}")
+else:
+    import orchard
+    orchard.report_objective(0.5)
+'''
+
+
+@pytest.fixture
+def workdir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """``tmp_path`` as the current directory, with ``script.py`` in it and no ambient config."""
+    (tmp_path / "script.py").write_text(SCRIPT)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    for key in list(os.environ):
+        if key.startswith("ORCHARD_"):
+            monkeypatch.delenv(key)
+    return tmp_path
+
+
+def hunt(*command: str) -> int:
+    return main(["hunt", "-n", "e", "--storage", "orchard.pkl", "--max-trials", "1", "--max-broken", "1",
+                 *command])
+
+
+def only_trial() -> orchard.Trial:
+    (trial,) = orchard.get_experiment("e", storage="orchard.pkl").fetch_trials()
+    return trial
+
+
+def test_an_exit_code_above_128_says_which_signal_killed_the_program_the_shell_ran(workdir: Path) -> None:
+    """Exit code 137 (a shell's child killed by SIGKILL, most often by the out-of-memory killer) was
+    reported as a bare 'exited with code 137'."""
+    assert hunt(sys.executable, "script.py", "--mode~choices(['oom'])") == 1
+    error = only_trial().error
+    assert error is not None and error["returncode"] == 137
+    assert "exited with code 137" in error["message"] and "SIGKILL" in error["message"]
+    assert "out-of-memory" in error["message"]
+
+
+def test_a_results_file_nested_thousands_deep_breaks_the_trial_as_unstorable(
+        workdir: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """json's parser recursed past the interpreter's limit: the trial broke on a RecursionError, logged as
+    an error of the worker, instead of with the reason every other unstorable result has."""
+    with caplog.at_level(logging.WARNING):
+        assert hunt(sys.executable, "script.py", "--mode~choices(['deep'])") == 1
+    error = only_trial().error
+    assert error is not None and error["reason"] == "unstorable", error
+    assert "nests lists or dicts more than" in error["message"]
+    assert not [r for r in caplog.records if "RecursionError" in r.getMessage()]
+
+
+def test_a_report_line_nested_thousands_deep_is_skipped_and_the_follower_goes_on(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """The line killed the worker's follower thread: every later report of the script waited 30 s for a
+    verdict, and was neither stored nor judged."""
+    from orchard.verdicts import ReportFollower
+
+    exp = orchard.build_experiment("deep", space={"x": "uniform(0, 1)"}, max_trials=1, storage="memory://")
+    trial = exp.suggest()
+    reports, verdict = str(tmp_path / "r.jsonl"), str(tmp_path / "v.json")
+    ReportFollower.prepare(reports, verdict)
+    with caplog.at_level(logging.WARNING), \
+            ReportFollower(exp._client_worker().judge, trial.id, reports, verdict, stop=lambda: None, grace=1.0), \
+            open(reports, "a") as handle:
+        handle.write("[" * 5000 + "]" * 5000 + '\n{"step": 1, "objective": 0.5}\n')
+    stored = exp.storage.get_trial(trial.id)
+    assert stored is not None and stored.reports == [(1, 0.5)]
+    assert any("nested too deeply" in r.getMessage() for r in caplog.records)
