@@ -54,6 +54,22 @@ def only_trial() -> orchard.Trial:
     return trial
 
 
+@pytest.mark.parametrize("token", ["--out={trial.hash}", "{exp.working_dir}/model.pt", "--lr={trial.params.lr}"])
+def test_a_placeholder_hunt_does_not_replace_is_refused_before_anything_is_stored(
+        workdir: Path, token: str, capsys: pytest.CaptureFixture[str]) -> None:
+    """An Orion-style {trial.hash} or a {trial.params.lr} reached every script as it was written."""
+    assert hunt(sys.executable, "script.py", "--mode~choices(['ok'])", token) == 2
+    error = capsys.readouterr().err
+    assert "does not replace" in error and "{trial.id}" in error and token.split("{")[1].split("}")[0] in error
+    assert not (workdir / "orchard.pkl").exists()
+
+
+def test_the_known_placeholders_and_braces_that_name_none_reach_the_script(workdir: Path) -> None:
+    assert hunt(sys.executable, "script.py", "--mode~choices(['ok'])", "--tag={trial.id}-{exp.name}",
+                '--json={"trial.x": 1}', "{x}") == 0
+    assert only_trial().status is TrialStatus.COMPLETED
+
+
 def test_an_exit_code_above_128_says_which_signal_killed_the_program_the_shell_ran(workdir: Path) -> None:
     """Exit code 137 (a shell's child killed by SIGKILL, most often by the out-of-memory killer) was
     reported as a bare 'exited with code 137'."""
@@ -93,3 +109,23 @@ def test_a_report_line_nested_thousands_deep_is_skipped_and_the_follower_goes_on
     stored = exp.storage.get_trial(trial.id)
     assert stored is not None and stored.reports == [(1, 0.5)]
     assert any("nested too deeply" in r.getMessage() for r in caplog.records)
+
+
+def test_a_relative_path_to_a_file_here_that_no_trial_folder_holds_is_warned_about(
+        workdir: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """Behind a wrapper (env, srun, time), the script stayed relative: every trial broke on 'can't open
+    file', and the experiment with them, without a word before it ran."""
+    (workdir / "data.csv").write_text("1\n")
+    with caplog.at_level(logging.WARNING):
+        hunt("env", sys.executable, "script.py", "--mode~choices(['ok'])", "--data=data.csv")
+    warned = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warned) == 2, warned
+    assert "'script.py'" in warned[0] and str(workdir / "script.py") in warned[0]
+    assert "'--data=data.csv'" in warned[1] and str(workdir / "data.csv") in warned[1]
+
+
+def test_a_script_an_interpreter_runs_is_made_absolute_and_not_warned_about(
+        workdir: Path, caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.WARNING):
+        assert hunt(sys.executable, "script.py", "--mode~choices(['ok'])", "--data=/dev/null") == 0
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]

@@ -10,6 +10,7 @@ flags, the ``--config`` file, ``ORCHARD_*`` variables, ``./orchard.yaml``,
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
@@ -23,6 +24,8 @@ if TYPE_CHECKING:  # pragma: no cover
     from orchard.storages import BaseStorage
 
 __all__ = ["add_parser", "run"]
+
+log = logging.getLogger(__name__)
 
 #: The folder of the trial folders when none is given: ``DEFAULT_RUNS/NAME`` in the directory of the
 #: ``hunt`` that creates the experiment (stored absolute).
@@ -144,7 +147,7 @@ def _hunt(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _template(tokens: list[str], file_space: Mapping[str, str] | None) -> CommandTemplate:
-    from orchard.command import CommandTemplate, resolve_program
+    from orchard.command import CommandTemplate, relative_files, resolve_program
     from orchard.errors import ConfigurationError
 
     template = CommandTemplate.parse(tokens)
@@ -156,7 +159,11 @@ def _template(tokens: list[str], file_space: Mapping[str, str] | None) -> Comman
             raise ConfigurationError("space in the config file must be a mapping of names to priors")
         template = template.with_dimensions(file_space)
     program, script = resolve_program(tokens)
-    return template.with_program(program, script)
+    template = template.with_program(program, script)
+    for token, path in relative_files(template, os.getcwd()):
+        log.warning("the command names %r, a file of %s, by a relative path, but each trial runs in a folder "
+                    "of its own, where that path finds nothing: give it absolute (%s)", token, os.getcwd(), path)
+    return template
 
 
 def _complete_space(template: CommandTemplate, storage: BaseStorage, name: str) -> CommandTemplate:
