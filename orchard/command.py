@@ -142,7 +142,8 @@ def _check_placeholders(token: str) -> None:
         known = ", ".join("{" + name + "}" for name in PLACEHOLDERS)
         raise ConfigurationError(
             f"token {token!r} names the placeholder {{{unknown[0]}}}, which hunt does not replace; the "
-            f"placeholders are {known} (a dimension's value reaches the script through its --name~'prior' token)")
+            f"placeholders are {known} (a dimension's value reaches the script through its --name~'prior' "
+            "token)")
 
 
 def _substitute(text: str, placeholders: Mapping[str, str]) -> str:

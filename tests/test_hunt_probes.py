@@ -54,13 +54,15 @@ def only_trial() -> orchard.Trial:
     return trial
 
 
-@pytest.mark.parametrize("token", ["--out={trial.hash}", "{exp.working_dir}/model.pt", "--lr={trial.params.lr}"])
+@pytest.mark.parametrize("token", ["--out={trial.hash}", "{exp.working_dir}/model.pt",
+                                   "--lr={trial.params.lr}"])
 def test_a_placeholder_hunt_does_not_replace_is_refused_before_anything_is_stored(
         workdir: Path, token: str, capsys: pytest.CaptureFixture[str]) -> None:
     """An Orion-style {trial.hash} or a {trial.params.lr} reached every script as it was written."""
     assert hunt(sys.executable, "script.py", "--mode~choices(['ok'])", token) == 2
     error = capsys.readouterr().err
-    assert "does not replace" in error and "{trial.id}" in error and token.split("{")[1].split("}")[0] in error
+    named = "{" + token.split("{")[1].split("}")[0] + "}"
+    assert "does not replace" in error and named in error and "{trial.id}" in error
     assert not (workdir / "orchard.pkl").exists()
 
 
@@ -102,9 +104,9 @@ def test_a_report_line_nested_thousands_deep_is_skipped_and_the_follower_goes_on
     trial = exp.suggest()
     reports, verdict = str(tmp_path / "r.jsonl"), str(tmp_path / "v.json")
     ReportFollower.prepare(reports, verdict)
-    with caplog.at_level(logging.WARNING), \
-            ReportFollower(exp._client_worker().judge, trial.id, reports, verdict, stop=lambda: None, grace=1.0), \
-            open(reports, "a") as handle:
+    follower = ReportFollower(exp._client_worker().judge, trial.id, reports, verdict, stop=lambda: None,
+                              grace=1.0)
+    with caplog.at_level(logging.WARNING), follower, open(reports, "a") as handle:
         handle.write("[" * 5000 + "]" * 5000 + '\n{"step": 1, "objective": 0.5}\n')
     stored = exp.storage.get_trial(trial.id)
     assert stored is not None and stored.reports == [(1, 0.5)]

@@ -89,7 +89,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     option("--gpus-per-worker", metavar="N", help="devices per worker (default 1)")
     option("--heartbeat", metavar="SECONDS",
            help="seconds between a worker's heartbeats (default 30); a trial whose heartbeat stands still "
-                "for 3 x this is lost. Only used when the experiment is created")
+                "for 3 x this is lost. Fixed when the experiment is created: a joiner gives the same or none")
     option("--idle-timeout", metavar="SECONDS",
            help="a worker exits after this long with nothing to do")
     option("--working-dir", metavar="DIR",
@@ -99,7 +99,8 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     option("--config", metavar="FILE",
            help="a YAML file of settings, which may also hold name and space")
     option("--seed", metavar="SEED",
-           help="seed of the algorithm (an integer >= 0), stored when the experiment is created")
+           help="seed of the algorithm (an integer >= 0), fixed when the experiment is created: a joiner "
+                "gives the same or none")
     parser.add_argument("command", nargs=argparse.REMAINDER, metavar="COMMAND",
                         help="the command to run for each trial; its --name~'prior' tokens define the space")
     add_common(parser)
@@ -162,7 +163,8 @@ def _template(tokens: list[str], file_space: Mapping[str, str] | None) -> Comman
     template = template.with_program(program, script)
     for token, path in relative_files(template, os.getcwd()):
         log.warning("the command names %r, a file of %s, by a relative path, but each trial runs in a folder "
-                    "of its own, where that path finds nothing: give it absolute (%s)", token, os.getcwd(), path)
+                    "of its own, where that path finds nothing: give it absolute (%s)",
+                    token, os.getcwd(), path)
     return template
 
 
