@@ -29,6 +29,7 @@ import math
 import os
 import signal
 import subprocess
+import time
 import uuid
 from typing import Any
 
@@ -63,6 +64,12 @@ MAX_RESULTS_FILE_BYTES = 16 * MAX_RESULTS_BYTES
 STDOUT_FILE = "stdout.log"
 STDERR_FILE = "stderr.log"
 STDERR_TAIL_LINES = 20
+#: Seconds a worker waits, after its script was ended by SIGTERM, SIGINT or SIGHUP from elsewhere, for the
+#: same signal to reach the worker before it records the trial broken. A scheduler stopping a job (scancel,
+#: a time limit, systemd) signals every process of it at once, the script often first: its trial is given
+#: back, not broken (max_broken of them broke the experiment of every worker).
+STOP_SIGNAL_WAIT = 1.0
+_STOP_SIGNALS = frozenset({signal.SIGTERM, signal.SIGINT, signal.SIGHUP})
 #: The report and verdict files of one run of a trial's script (``run``: its token), removed when it ends.
 REPORTS_FILE = "reports-{run}.jsonl"
 VERDICT_FILE = "verdict-{run}.json"
@@ -209,7 +216,11 @@ class ScriptRunner(TrialEvaluator):
                 return returncode, Outcome.failure(
                     "Cancelled", "the script was killed because the worker lost its reservation",
                     reason="cancelled")
-            return returncode, None if watch.stopped is None else self._stopped(watch.stopped)
+            if watch.stopped is not None:
+                return returncode, self._stopped(watch.stopped)
+            if _stop_signal(returncode) and (judging is None or judging[0].verdict_of(trial_id) is None):
+                time.sleep(STOP_SIGNAL_WAIT)  # an interruption of this worker raises here: the trial is released
+            return returncode, None
 
     def _stopped(self, stopped: Stopped) -> Outcome:
         if stopped.reason == "memory":
@@ -218,6 +229,11 @@ class ScriptRunner(TrialEvaluator):
         return Outcome.failure(
             "TimeoutError", f"script ran longer than --trial-timeout={self.timeout:g} s; "
             "its process group was killed", reason="timeout")
+
+
+def _stop_signal(returncode: int) -> bool:
+    """Whether the script was ended by a signal that stops jobs (directly, or as a shell's code 128 + N)."""
+    return -returncode in _STOP_SIGNALS or returncode - 128 in _STOP_SIGNALS
 
 
 def _wait(proc: subprocess.Popen[bytes], seconds: float) -> bool:

@@ -8,7 +8,10 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
+import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -18,9 +21,14 @@ from orchard.cli import main
 from orchard.trial import TrialStatus
 
 SCRIPT = r'''
-import os, sys
+import os, sys, time
 mode = sys.argv[1].split("=", 1)[1]
 path = os.environ["ORCHARD_RESULTS_PATH"]
+if mode == "wait":  # says it runs, then runs until stopped
+    with open("../../../running.tmp", "w") as handle:
+        handle.write(str(os.getpid()))
+    os.replace("../../../running.tmp", "../../../running")
+    time.sleep(60)
 if mode == "oom":
     sys.exit(137)  # what bash returns when the program it ran was killed by SIGKILL
 if mode == "deep":
@@ -131,3 +139,25 @@ def test_a_script_an_interpreter_runs_is_made_absolute_and_not_warned_about(
     with caplog.at_level(logging.WARNING):
         assert hunt(sys.executable, "script.py", "--mode~choices(['ok'])", "--data=/dev/null") == 0
     assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+
+
+@pytest.mark.slow
+def test_a_job_stopped_whole_by_its_scheduler_gives_its_trial_back_instead_of_breaking_it(workdir: Path) -> None:
+    """scancel, a SLURM time limit or systemd send SIGTERM to every process of the job at once, the script
+    often first: its worker found it killed by SIGTERM and recorded the trial broken before its own SIGTERM
+    came (three tasks of an array cancelled broke the experiment of every other task)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ORCHARD_")}
+    hunt = subprocess.Popen([sys.executable, "-m", "orchard.cli", "hunt", "-n", "e", "--storage", "orchard.pkl",
+                             "--max-trials", "2", sys.executable, "script.py", "--mode~choices(['wait'])"],
+                            cwd=workdir, env=env, stderr=subprocess.PIPE, text=True)
+    marker = workdir / "running"
+    deadline = time.monotonic() + 60
+    while not marker.exists():
+        assert hunt.poll() is None and time.monotonic() < deadline, hunt.communicate()
+        time.sleep(0.05)
+    os.kill(int(marker.read_text()), signal.SIGTERM)
+    time.sleep(0.5)  # the scheduler's SIGTERM reaches the worker after the script's (not a wait for a state)
+    hunt.send_signal(signal.SIGTERM)
+    _, stderr = hunt.communicate(timeout=60)
+    assert only_trial().status is TrialStatus.INTERRUPTED, stderr
+    assert hunt.returncode == 143 and "1 of 1 running trial(s) released" in stderr, stderr
