@@ -161,3 +161,16 @@ def test_a_job_stopped_whole_by_its_scheduler_gives_its_trial_back_instead_of_br
     _, stderr = hunt.communicate(timeout=60)
     assert only_trial().status is TrialStatus.INTERRUPTED, stderr
     assert hunt.returncode == 143 and "1 of 1 running trial(s) released" in stderr, stderr
+
+
+def test_a_new_experiment_whose_name_is_close_to_a_stored_one_is_said_to_be_new(
+        workdir: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """A mistyped -n created a second experiment without a word: the worker meant to join ran apart."""
+    command = [sys.executable, "script.py", "--mode~choices(['ok'])"]
+    assert main(["hunt", "-n", "lr-search", "--storage", "orchard.pkl", "--max-trials", "1", *command]) == 0
+    with caplog.at_level(logging.WARNING):
+        assert main(["hunt", "-n", "lr-serch", "--storage", "orchard.pkl", "--max-trials", "1", *command]) == 0
+        assert main(["hunt", "-n", "lr-serch", "--storage", "orchard.pkl", "--max-trials", "1", *command]) == 0
+        assert main(["hunt", "-n", "resnet", "--storage", "orchard.pkl", "--max-trials", "1", *command]) == 0
+    warned = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warned) == 1 and "created experiment 'lr-serch'" in warned[0] and "'lr-search'" in warned[0], warned

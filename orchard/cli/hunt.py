@@ -211,7 +211,8 @@ def _experiment(name: str, template: CommandTemplate, storage: BaseStorage, sett
     if given("working_dir"):
         _make_folder(os.path.abspath(working_dir), name)  # before anything is stored with it
 
-    return build_experiment(
+    new = storage.get_experiment(name) is None
+    experiment = build_experiment(
         name, space=template.space, algorithm=given("algorithm"),
         storage=storage, max_trials=given("max_trials"), max_broken=given("max_broken"),
         max_attempts=given("max_attempts"), heartbeat=given("heartbeat"), seed=given("seed"),
@@ -219,6 +220,20 @@ def _experiment(name: str, template: CommandTemplate, storage: BaseStorage, sett
         objectives=given("objectives"), constraints=given("constraints"), stop=given("stop"),
         warm_start=given("warm_start"),
     )
+    if new:
+        _warn_of_similar_names(storage, name)
+    return experiment
+
+
+def _warn_of_similar_names(storage: BaseStorage, name: str) -> None:
+    """Say that a new experiment's name is close to a stored one: a mistyped -n creates an experiment."""
+    import difflib
+
+    others = [record.name for record in storage.list_experiments() if record.name != name]
+    similar = difflib.get_close_matches(name, others, n=3, cutoff=0.8)
+    if similar:
+        log.warning("created experiment %r in %s, which also holds %s: to join one of those instead, stop "
+                    "this hunt and check -n", name, storage.redacted_uri, ", ".join(map(repr, similar)))
 
 
 def _default_runs(name: str) -> str:
