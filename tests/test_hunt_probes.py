@@ -174,3 +174,13 @@ def test_a_new_experiment_whose_name_is_close_to_a_stored_one_is_said_to_be_new(
         assert main(["hunt", "-n", "resnet", "--storage", "orchard.pkl", "--max-trials", "1", *command]) == 0
     warned = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert len(warned) == 1 and "created experiment 'lr-serch'" in warned[0] and "'lr-search'" in warned[0], warned
+
+
+def test_a_hunt_started_with_its_standard_streams_closed_runs_its_trials(
+        workdir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Started with 2>&- (Python's sys.stderr is then None), hunt created the experiment, ran no trial and
+    exited 1 on an AttributeError it could not print."""
+    for stream in ("stdin", "stdout", "stderr"):
+        monkeypatch.setattr(sys, stream, None)
+    assert hunt(sys.executable, "script.py", "--mode~choices(['ok'])") == 0
+    assert only_trial().status is TrialStatus.COMPLETED
