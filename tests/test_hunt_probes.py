@@ -171,7 +171,8 @@ def test_a_new_experiment_whose_name_is_close_to_a_stored_one_is_said_to_be_new(
     with caplog.at_level(logging.WARNING):
         assert main(["hunt", "-n", "lr-serch", "--storage", "orchard.pkl", "--max-trials", "1", *command]) == 0
         assert main(["hunt", "-n", "lr-serch", "--storage", "orchard.pkl", "--max-trials", "1", *command]) == 0
-        assert main(["hunt", "-n", "resnet", "--storage", "orchard.pkl", "--max-trials", "1", *command]) == 0
+        for name in ("resnet", "lr-search-2", "lr-search-3", "lr-searches"):  # another name, a series
+            assert main(["hunt", "-n", name, "--storage", "orchard.pkl", "--max-trials", "1", *command]) == 0
     warned = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert len(warned) == 1 and "created experiment 'lr-serch'" in warned[0] and "'lr-search'" in warned[0], warned
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import re
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -227,14 +228,33 @@ def _experiment(name: str, template: CommandTemplate, storage: BaseStorage, sett
 
 def _warn_of_similar_names(storage: BaseStorage, name: str) -> None:
     """Say that a new experiment's name is close to a stored one: a mistyped -n creates an experiment."""
-    import difflib
-
-    others = [record.name for record in storage.list_experiments() if record.name != name]
-    similar = difflib.get_close_matches(name, others, n=3, cutoff=0.8)
+    similar = [record.name for record in storage.list_experiments() if _mistyped(name, record.name)]
     if similar:
         log.warning("created experiment %r in %s, which also holds %s: to join one of those instead, stop "
                     "this hunt and check -n", name, storage.redacted_uri, ", ".join(map(repr, similar)))
 
+
+def _mistyped(name: str, other: str) -> bool:
+    """Whether ``name`` looks like ``other`` mistyped: another case or separator, or one letter wrong.
+
+    Names of a numbered series (``run-1``, ``run-2``, ``lr-search-v2``) are not typos of each other.
+    """
+    def folded(text: str) -> str:
+        return re.sub(r"[-_.]", "", text.lower())
+
+    if name == other or re.sub(r"\d", "", name) == re.sub(r"\d", "", other):
+        return False
+    if folded(name) == folded(other):
+        return True
+    short, long = sorted((name, other), key=len)
+    if len(short) < 5 or len(long) - len(short) > 1:
+        return False
+    if len(short) < len(long):  # one letter left out
+        return any(long[:i] + long[i + 1:] == short for i in range(len(long)))
+    wrong = [i for i in range(len(name)) if name[i] != other[i]]
+    swapped = len(wrong) == 2 and wrong[1] == wrong[0] + 1 and name[wrong[0]] == other[wrong[1]] \
+        and name[wrong[1]] == other[wrong[0]]
+    return len(wrong) == 1 or swapped
 
 def _default_runs(name: str) -> str:
     """``./orchard-runs/NAME``, absolute."""
