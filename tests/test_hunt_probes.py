@@ -185,3 +185,26 @@ def test_a_hunt_started_with_its_standard_streams_closed_runs_its_trials(
         monkeypatch.setattr(sys, stream, None)
     assert hunt(sys.executable, "script.py", "--mode~choices(['ok'])") == 0
     assert only_trial().status is TrialStatus.COMPLETED
+
+
+def test_a_dimension_the_command_and_the_config_file_give_differently_is_refused(
+        workdir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """The command's prior was used and the file's dropped without a word."""
+    (workdir / "exp.yaml").write_text("space:\n  mode: choices(['ok', 'oom'])\n")
+    command = [sys.executable, "script.py", "--mode~choices(['ok'])"]
+    assert main(["hunt", "-n", "e", "--config", "exp.yaml", "--storage", "orchard.pkl", *command]) == 2
+    error = capsys.readouterr().err
+    assert "dimension 'mode'" in error and "config file exp.yaml" in error and "define it in one place" in error
+    assert not (workdir / "orchard.pkl").exists()
+    (workdir / "exp.yaml").write_text("space:\n  mode: choices(['ok'])\n")  # the same prior: one dimension
+    assert main(["hunt", "-n", "e", "--config", "exp.yaml", "--storage", "orchard.pkl", "--max-trials", "1",
+                 *command]) == 0
+
+
+def test_a_bad_dimension_of_the_config_file_is_refused_naming_the_file(
+        workdir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    (workdir / "exp.yaml").write_text("space:\n  lr: loguniform(1e-5, 1\n")
+    assert main(["hunt", "-n", "e", "--config", "exp.yaml", "--storage", "orchard.pkl", sys.executable,
+                 "script.py", "--mode~choices(['ok'])"]) == 2
+    error = capsys.readouterr().err
+    assert "dimension 'lr'" in error and "config file exp.yaml" in error

@@ -138,7 +138,7 @@ def _hunt(args: argparse.Namespace, settings: Settings) -> int:
     tokens = list(args.command)
     if tokens[:1] == ["--"]:
         tokens = tokens[1:]
-    template = _template(tokens, settings.get("space"))
+    template = _template(tokens, settings.get("space"), args.config)
     storage = get_storage(settings.get("storage"))
     template = _complete_space(template, storage, name)
     _check_capacity(storage, name, settings)
@@ -148,7 +148,7 @@ def _hunt(args: argparse.Namespace, settings: Settings) -> int:
     return _work(experiment, template, settings)
 
 
-def _template(tokens: list[str], file_space: Mapping[str, str] | None) -> CommandTemplate:
+def _template(tokens: list[str], file_space: Mapping[str, str] | None, config_file: str | None) -> CommandTemplate:
     from orchard.command import CommandTemplate, relative_files, resolve_program
     from orchard.errors import ConfigurationError
 
@@ -159,6 +159,7 @@ def _template(tokens: list[str], file_space: Mapping[str, str] | None) -> Comman
     if file_space:
         if not isinstance(file_space, Mapping):
             raise ConfigurationError("space in the config file must be a mapping of names to priors")
+        _check_file_space(template, file_space, config_file)
         template = template.with_dimensions(file_space)
     program, script = resolve_program(tokens)
     template = template.with_program(program, script)
@@ -167,6 +168,26 @@ def _template(tokens: list[str], file_space: Mapping[str, str] | None) -> Comman
                     "of its own, where that path finds nothing: give it absolute (%s)",
                     token, os.getcwd(), path)
     return template
+
+
+def _check_file_space(template: CommandTemplate, file_space: Mapping[str, str], config_file: str | None) -> None:
+    """Refuse a bad dimension of the ``--config`` space naming the file, and one the command gives otherwise.
+
+    The command's prior was used and the file's dropped without a word.
+    """
+    from orchard.errors import SpaceError
+    from orchard.space import Space
+
+    where = f"the space of config file {config_file}" if config_file else "the space of the config file"
+    try:
+        given = Space.from_config(file_space)
+    except SpaceError as err:
+        raise SpaceError(f"{err} (in {where})") from None
+    command = Space.from_config({name: template.space[name] for name in given if name in template.space})
+    for name in command:
+        if command[name] != given[name]:
+            raise SpaceError(f"dimension {name!r} is {command[name]} in the command but {given[name]} in {where}; "
+                             "define it in one place")
 
 
 def _complete_space(template: CommandTemplate, storage: BaseStorage, name: str) -> CommandTemplate:
