@@ -208,3 +208,14 @@ def test_a_bad_dimension_of_the_config_file_is_refused_naming_the_file(
                  "script.py", "--mode~choices(['ok'])"]) == 2
     error = capsys.readouterr().err
     assert "dimension 'lr'" in error and "config file exp.yaml" in error
+
+
+def test_a_hunt_option_after_the_command_is_said_to_go_to_the_script(
+        workdir: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """orchard hunt -n e python train.py --lr~… --max-trials 50: the script got --max-trials, broke on it,
+    and the experiment was created without a budget, all without a word before the first trial."""
+    with caplog.at_level(logging.WARNING):
+        hunt(sys.executable, "script.py", "--mode~choices(['ok'])", "--max-trials=50", "--n-workers", "2")
+    warned = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warned) == 2 and "'--max-trials=50' comes after the command" in warned[0], warned
+    assert "'--n-workers' comes after the command" in warned[1]

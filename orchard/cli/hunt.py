@@ -167,7 +167,17 @@ def _template(tokens: list[str], file_space: Mapping[str, str] | None, config_fi
         log.warning("the command names %r, a file of %s, by a relative path, but each trial runs in a folder "
                     "of its own, where that path finds nothing: give it absolute (%s)",
                     token, os.getcwd(), path)
+    for token in tokens[1:]:
+        if token.split("=", 1)[0] in _HUNT_ONLY:
+            log.warning("%r comes after the command, so it is passed to the script, not to hunt: put hunt's "
+                        "options before the command", token)
     return template
+
+
+#: Options of hunt that scripts hardly have: given after the command, they were meant for hunt.
+_HUNT_ONLY = frozenset({"--max-trials", "--max-broken", "--max-attempts", "--n-workers", "--executor-config",
+                        "--trial-timeout", "--trial-memory-limit", "--idle-timeout", "--warm-start",
+                        "--gpus-per-worker"})
 
 
 def _check_file_space(template: CommandTemplate, file_space: Mapping[str, str], config_file: str | None) -> None:
