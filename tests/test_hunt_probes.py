@@ -41,15 +41,10 @@ else:
 
 
 @pytest.fixture
-def workdir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+def workdir(no_ambient: Path) -> Path:
     """``tmp_path`` as the current directory, with ``script.py`` in it and no ambient config."""
-    (tmp_path / "script.py").write_text(SCRIPT)
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.setenv("HOME", str(tmp_path))
-    for key in list(os.environ):
-        if key.startswith("ORCHARD_"):
-            monkeypatch.delenv(key)
-    return tmp_path
+    (no_ambient / "script.py").write_text(SCRIPT)
+    return no_ambient
 
 
 def hunt(*command: str) -> int:
