@@ -330,12 +330,14 @@ def _signal_name(number: int) -> str:
         name = signal.Signals(number).name
     except ValueError:
         return f"signal {number}"
-    return f"{name} (the kernel's out-of-memory killer sends it)" if number == signal.SIGKILL else name
+    if number == signal.SIGKILL:
+        return f"{name}, which the kernel's out-of-memory killer sends among others"
+    return name
 
 
 def _exit_status(code: int) -> str:
     """``exited with code 137``, and what a code above 128 (a shell's answer for a killed child) means."""
     if code > 128 and code - 128 in signal.valid_signals():
-        return (f"exited with code {code} (a shell's code for a program it ran that was killed by "
-                f"{_signal_name(code - 128)})")
+        return (f"exited with code {code}, a shell's code for a program it ran that was killed by "
+                f"{_signal_name(code - 128)}")
     return f"exited with code {code}"
