@@ -70,6 +70,7 @@ STDERR_TAIL_LINES = 20
 #: back, not broken (max_broken of them broke the experiment of every worker).
 STOP_SIGNAL_WAIT = 1.0
 _STOP_SIGNALS = frozenset({signal.SIGTERM, signal.SIGINT, signal.SIGHUP})
+_STOP_LOOK = 0.01  # seconds between two looks for a stop request meanwhile
 #: The report and verdict files of one run of a trial's script (``run``: its token), removed when it ends.
 REPORTS_FILE = "reports-{run}.jsonl"
 VERDICT_FILE = "verdict-{run}.json"
@@ -212,15 +213,24 @@ class ScriptRunner(TrialEvaluator):
                 watch.stop()
                 self._running.pop(trial_id, None)
             signal_group(proc.pid, signal.SIGKILL)  # what the command left running ends with its trial
+            if trial_id not in self._cancelled and watch.stopped is None and _stop_signal(returncode) \
+                    and (judging is None or judging[0].verdict_of(trial_id) is None):
+                self._await_stop(trial_id)
             if trial_id in self._cancelled:
                 return returncode, Outcome.failure(
                     "Cancelled", "the script was killed because the worker lost its reservation",
                     reason="cancelled")
-            if watch.stopped is not None:
-                return returncode, self._stopped(watch.stopped)
-            if _stop_signal(returncode) and (judging is None or judging[0].verdict_of(trial_id) is None):
-                time.sleep(STOP_SIGNAL_WAIT)  # an interruption of this worker raises here: the trial is released
-            return returncode, None
+            return returncode, None if watch.stopped is None else self._stopped(watch.stopped)
+
+    def _await_stop(self, trial_id: str) -> None:
+        """Wait :data:`STOP_SIGNAL_WAIT` for this worker to be stopped as its script was.
+
+        A signal to a worker in its process's main thread raises here; a worker running as a thread is
+        stopped by a request, which cancels the trial: either way the trial is given back, not broken.
+        """
+        deadline = time.monotonic() + STOP_SIGNAL_WAIT
+        while trial_id not in self._cancelled and time.monotonic() < deadline:
+            time.sleep(_STOP_LOOK)
 
     def _stopped(self, stopped: Stopped) -> Outcome:
         if stopped.reason == "memory":

@@ -137,13 +137,16 @@ def test_a_script_an_interpreter_runs_is_made_absolute_and_not_warned_about(
 
 
 @pytest.mark.slow
-def test_a_job_stopped_whole_by_its_scheduler_gives_its_trial_back_instead_of_breaking_it(workdir: Path) -> None:
+@pytest.mark.parametrize("executor", ["single", "thread"])
+def test_a_job_stopped_whole_by_its_scheduler_gives_its_trial_back_instead_of_breaking_it(
+        workdir: Path, executor: str) -> None:
     """scancel, a SLURM time limit or systemd send SIGTERM to every process of the job at once, the script
     often first: its worker found it killed by SIGTERM and recorded the trial broken before its own SIGTERM
     came (three tasks of an array cancelled broke the experiment of every other task)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("ORCHARD_")}
     hunt = subprocess.Popen([sys.executable, "-m", "orchard.cli", "hunt", "-n", "e", "--storage", "orchard.pkl",
-                             "--max-trials", "2", sys.executable, "script.py", "--mode~choices(['wait'])"],
+                             "--max-trials", "2", "--executor", executor, sys.executable, "script.py",
+                             "--mode~choices(['wait'])"],
                             cwd=workdir, env=env, stderr=subprocess.PIPE, text=True)
     marker = workdir / "running"
     deadline = time.monotonic() + 60
