@@ -18,7 +18,8 @@ as ``--learning-rate=…``). The bare form is only recognised when what follows
 The placeholders ``{trial.id}``, ``{trial.working_dir}``,
 ``{trial.parent_working_dir}`` and ``{exp.name}`` are substituted in every
 other token (``{trial.parent_working_dir}`` is empty unless the trial is a
-multi-fidelity promotion).
+multi-fidelity promotion); any other ``{trial.…}`` or ``{exp.…}`` is refused, since
+it would reach every trial's script as it is written.
 
 :func:`resolve_program` checks, before anything is stored, that the program
 (and the script an interpreter runs) exist and can run — not empty, not a
@@ -37,7 +38,10 @@ from typing import Any
 
 from orchard.errors import ConfigurationError, SpaceError
 
-__all__ = ["CommandTemplate", "resolve_program"]
+__all__ = ["PLACEHOLDERS", "CommandTemplate", "relative_files", "resolve_program"]
+
+#: The placeholders replaced in every literal token of the command, for each trial.
+PLACEHOLDERS = ("trial.id", "trial.working_dir", "trial.parent_working_dir", "exp.name")
 
 _DIMENSION = re.compile(r"^(?P<dashes>-{0,2})(?P<option>[A-Za-z_][A-Za-z0-9_.-]*)~(?P<prior>.*)$", re.DOTALL)
 _PRIOR_CALL = re.compile(r"^\s*[A-Za-z_]\w*\s*\(")
@@ -45,6 +49,8 @@ _PRIOR_CALL = re.compile(r"^\s*[A-Za-z_]\w*\s*\(")
 _BAD_DIMENSION = re.compile(r"^(-{1,2}[^=~]*|)~\s*[A-Za-z_]\w*\s*\(")
 _INTERPRETERS = re.compile(r"^(python[\d.]*|pypy[\d.]*|bash|sh|zsh|Rscript|julia|node|perl|ruby)$")
 _SCRIPT_SUFFIXES = (".py", ".sh", ".R", ".r", ".jl", ".js", ".pl", ".rb")
+# what a placeholder looks like ({trial.hash}, {exp.working_dir}): an unknown one is a typo, not text
+_PLACEHOLDER = re.compile(r"\{((?:trial|exp)\.[^{}\s]*)\}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -86,6 +92,7 @@ class CommandTemplate:
                 raise SpaceError(f"token {token!r} defines a dimension without a valid name; write "
                                  "--name~'prior' with a name of letters, digits and _ (e.g. --lr~'uniform(0, 1)')")
             if match is None or (not match["dashes"] and not _PRIOR_CALL.match(match["prior"])):
+                _check_placeholders(token)
                 slots.append(_Slot(token))
                 continue
             name = re.sub(r"[-.]", "_", match["option"])
@@ -128,6 +135,17 @@ class CommandTemplate:
         return argv
 
 
+def _check_placeholders(token: str) -> None:
+    """Refuse a ``{trial.…}``/``{exp.…}`` that hunt does not replace: every script would get it verbatim."""
+    unknown = [name for name in _PLACEHOLDER.findall(token) if name not in PLACEHOLDERS]
+    if unknown:
+        known = ", ".join("{" + name + "}" for name in PLACEHOLDERS)
+        raise ConfigurationError(
+            f"token {token!r} names the placeholder {{{unknown[0]}}}, which hunt does not replace; the "
+            f"placeholders are {known} (a dimension's value reaches the script through its --name~'prior' "
+            "token)")
+
+
 def _substitute(text: str, placeholders: Mapping[str, str]) -> str:
     if "{" not in text:
         return text
@@ -138,6 +156,24 @@ def _substitute(text: str, placeholders: Mapping[str, str]) -> str:
 
 def _format_value(value: Any) -> str:
     return repr(value) if isinstance(value, float) else str(value)
+
+
+def relative_files(template: CommandTemplate, cwd: str) -> list[tuple[str, str]]:
+    """``(token, absolute path)`` of the tokens after the program naming a file of ``cwd`` by a relative path.
+
+    Such as ``data.csv`` or ``--data=data.csv``. Each trial runs in its own folder, where the path finds
+    nothing: a script behind a wrapper (``env python train.py``, ``srun python train.py``) or a data file
+    breaks every trial.
+    """
+    found = []
+    for slot in template.slots[1:]:
+        if slot.dimension is not None or "{" in slot.text:
+            continue
+        path = slot.text.split("=", 1)[1] if slot.text.startswith("-") and "=" in slot.text else slot.text
+        if path and not path.startswith("-") and not os.path.isabs(path) \
+                and os.path.isfile(os.path.join(cwd, path)):
+            found.append((slot.text, os.path.abspath(os.path.join(cwd, path))))
+    return found
 
 
 def resolve_program(tokens: Sequence[str], cwd: str | None = None) -> tuple[str, tuple[int, str] | None]:

@@ -29,6 +29,7 @@ import math
 import os
 import signal
 import subprocess
+import time
 import uuid
 from typing import Any
 
@@ -46,7 +47,7 @@ from orchard.isolation import (
     stop_group,
 )
 from orchard.naming import folder_in
-from orchard.objective import MAX_RESULTS_BYTES, Outcome, TrialEvaluator, interpret_result
+from orchard.objective import MAX_RESULT_DEPTH, MAX_RESULTS_BYTES, Outcome, TrialEvaluator, interpret_result
 from orchard.report import RESULTS_ENV, open_regular, read_at_most
 from orchard.resources import format_bytes
 from orchard.trial import Trial
@@ -63,6 +64,13 @@ MAX_RESULTS_FILE_BYTES = 16 * MAX_RESULTS_BYTES
 STDOUT_FILE = "stdout.log"
 STDERR_FILE = "stderr.log"
 STDERR_TAIL_LINES = 20
+#: Seconds a worker waits, after its script was ended by SIGTERM, SIGINT or SIGHUP from elsewhere, for the
+#: same signal to reach the worker before it records the trial broken. A scheduler stopping a job (scancel,
+#: a time limit, systemd) signals every process of it at once, the script often first: its trial is given
+#: back, not broken (max_broken of them broke the experiment of every worker).
+STOP_SIGNAL_WAIT = 1.0
+_STOP_SIGNALS = frozenset({signal.SIGTERM, signal.SIGINT, signal.SIGHUP})
+_STOP_LOOK = 0.01  # seconds between two looks for a stop request meanwhile
 #: The report and verdict files of one run of a trial's script (``run``: its token), removed when it ends.
 REPORTS_FILE = "reports-{run}.jsonl"
 VERDICT_FILE = "verdict-{run}.json"
@@ -205,11 +213,24 @@ class ScriptRunner(TrialEvaluator):
                 watch.stop()
                 self._running.pop(trial_id, None)
             signal_group(proc.pid, signal.SIGKILL)  # what the command left running ends with its trial
+            if trial_id not in self._cancelled and watch.stopped is None and _stop_signal(returncode) \
+                    and (judging is None or judging[0].verdict_of(trial_id) is None):
+                self._await_stop(trial_id)
             if trial_id in self._cancelled:
                 return returncode, Outcome.failure(
                     "Cancelled", "the script was killed because the worker lost its reservation",
                     reason="cancelled")
             return returncode, None if watch.stopped is None else self._stopped(watch.stopped)
+
+    def _await_stop(self, trial_id: str) -> None:
+        """Wait :data:`STOP_SIGNAL_WAIT` for this worker to be stopped as its script was.
+
+        A signal to a worker in its process's main thread raises here; a worker running as a thread is
+        stopped by a request, which cancels the trial: either way the trial is given back, not broken.
+        """
+        deadline = time.monotonic() + STOP_SIGNAL_WAIT
+        while trial_id not in self._cancelled and time.monotonic() < deadline:
+            time.sleep(_STOP_LOOK)
 
     def _stopped(self, stopped: Stopped) -> Outcome:
         if stopped.reason == "memory":
@@ -218,6 +239,11 @@ class ScriptRunner(TrialEvaluator):
         return Outcome.failure(
             "TimeoutError", f"script ran longer than --trial-timeout={self.timeout:g} s; "
             "its process group was killed", reason="timeout")
+
+
+def _stop_signal(returncode: int) -> bool:
+    """Whether the script was ended by a signal that stops jobs (directly, or as a shell's code 128 + N)."""
+    return -returncode in _STOP_SIGNALS or returncode - 128 in _STOP_SIGNALS
 
 
 def _wait(proc: subprocess.Popen[bytes], seconds: float) -> bool:
@@ -240,8 +266,7 @@ def _outcome(folder: str, returncode: int, stopped: Outcome | None) -> Outcome:
         stopped.error["stderr"] = stderr
         return stopped
     if returncode != 0:
-        how = (f"was killed by {_signal_name(-returncode)}" if returncode < 0
-               else f"exited with code {returncode}")
+        how = f"was killed by {_signal_name(-returncode)}" if returncode < 0 else _exit_status(returncode)
         return Outcome.failure("ScriptError", f"script {how}{hint}", reason="exit-code",
                                returncode=returncode, stderr=stderr)
     outcome = _read_results(os.path.join(folder, RESULTS_FILE))
@@ -277,9 +302,12 @@ def _read_results(path: str) -> Outcome:
         return failure("empty", f"the results file {path} is empty")
     try:
         data = json.loads(text)
+        outcome = interpret_result(data)
+    except RecursionError:  # parsing and reading recurse once a level: [[[[…]]]] a thousand deep
+        return failure("unstorable", f"the results file {path} nests lists or dicts more than "
+                       f"{MAX_RESULT_DEPTH} deep, which no storage holds: report summary numbers")
     except ValueError as err:
         return failure("not-json", f"the results file {path} is not JSON ({err}): {text[:80]!r}")
-    outcome = interpret_result(data)
     if outcome.error is not None and "reason" not in outcome.error:  # e.g. "unstorable" is given
         value = data.get("objective") if isinstance(data, dict) else data
         outcome.error["reason"] = _invalid_reason(data, value)
@@ -309,6 +337,17 @@ def _tail(path: str, lines: int = STDERR_TAIL_LINES, limit: int = 8192) -> str:
 
 def _signal_name(number: int) -> str:
     try:
-        return signal.Signals(number).name
+        name = signal.Signals(number).name
     except ValueError:
         return f"signal {number}"
+    if number == signal.SIGKILL:
+        return f"{name}, which the kernel's out-of-memory killer sends among others"
+    return name
+
+
+def _exit_status(code: int) -> str:
+    """``exited with code 137``, and what a code above 128 (a shell's answer for a killed child) means."""
+    if code > 128 and code - 128 in signal.valid_signals():
+        return (f"exited with code {code}, a shell's code for a program it ran that was killed by "
+                f"{_signal_name(code - 128)}")
+    return f"exited with code {code}"

@@ -443,6 +443,8 @@ def _parse(line: bytes, trial_id: str) -> tuple[int, Reported, str | None] | str
     """
     try:
         data = json.loads(line)
+    except RecursionError:  # [[[[…]]]] a thousand deep: skipped, or the follower thread died of it
+        return f"JSON nested too deeply: {line[:80]!r}"
     except ValueError:
         return f"not JSON: {line[:80]!r}"
     if not isinstance(data, dict) or "step" not in data or "objective" not in data:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import faulthandler
+import os
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -67,6 +68,17 @@ def mongo_db_uri(mongo_uri: str, _mongo_admin: Any) -> Iterator[str]:
     database = f"orchard_test_{uuid.uuid4().hex[:12]}"
     yield with_database(mongo_uri, database)
     _mongo_admin.drop_database(database)
+
+
+@pytest.fixture
+def no_ambient(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """``tmp_path`` as current and home directory, and no ORCHARD_* variables."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    for key in list(os.environ):
+        if key.startswith("ORCHARD_"):
+            monkeypatch.delenv(key)
+    return tmp_path
 
 
 def backend_uri(backend: str, request: pytest.FixtureRequest, tmp_path: Path) -> str:

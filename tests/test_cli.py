@@ -85,15 +85,10 @@ PRIORS = ["--x~uniform(0, 1)", "--y~uniform(0, 1)"]
 
 
 @pytest.fixture
-def workdir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+def workdir(no_ambient: Path) -> Path:
     """``tmp_path`` as the current directory, with ``train.py`` in it and no ambient config."""
-    (tmp_path / "train.py").write_text(TRAIN)
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.setenv("HOME", str(tmp_path))
-    for key in list(os.environ):
-        if key.startswith("ORCHARD_"):
-            monkeypatch.delenv(key)
-    return tmp_path
+    (no_ambient / "train.py").write_text(TRAIN)
+    return no_ambient
 
 
 def train(*extra: str) -> list[str]:

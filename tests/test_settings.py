@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import sys
 import time
 from pathlib import Path
@@ -18,17 +17,6 @@ from orchard.space import Space
 from orchard.storages import get_storage
 
 SPACE = {"x": "uniform(0, 1)"}
-
-
-@pytest.fixture
-def no_ambient(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """``tmp_path`` as current and home directory, and no ORCHARD_* variables."""
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.setenv("HOME", str(tmp_path))
-    for key in list(os.environ):
-        if key.startswith("ORCHARD_"):
-            monkeypatch.delenv(key)
-    return tmp_path
 
 
 def test_experiment_config_round_trips_through_the_stored_dict() -> None:

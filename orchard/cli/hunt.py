@@ -10,7 +10,9 @@ flags, the ``--config`` file, ``ORCHARD_*`` variables, ``./orchard.yaml``,
 from __future__ import annotations
 
 import argparse
+import logging
 import os
+import re
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -23,6 +25,8 @@ if TYPE_CHECKING:  # pragma: no cover
     from orchard.storages import BaseStorage
 
 __all__ = ["add_parser", "run"]
+
+log = logging.getLogger(__name__)
 
 #: The folder of the trial folders when none is given: ``DEFAULT_RUNS/NAME`` in the directory of the
 #: ``hunt`` that creates the experiment (stored absolute).
@@ -86,7 +90,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     option("--gpus-per-worker", metavar="N", help="devices per worker (default 1)")
     option("--heartbeat", metavar="SECONDS",
            help="seconds between a worker's heartbeats (default 30); a trial whose heartbeat stands still "
-                "for 3 x this is lost. Only used when the experiment is created")
+                "for 3 x this is lost. Fixed when the experiment is created: a joiner gives the same or none")
     option("--idle-timeout", metavar="SECONDS",
            help="a worker exits after this long with nothing to do")
     option("--working-dir", metavar="DIR",
@@ -96,7 +100,8 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     option("--config", metavar="FILE",
            help="a YAML file of settings, which may also hold name and space")
     option("--seed", metavar="SEED",
-           help="seed of the algorithm (an integer >= 0), stored when the experiment is created")
+           help="seed of the algorithm (an integer >= 0), fixed when the experiment is created: a joiner "
+                "gives the same or none")
     parser.add_argument("command", nargs=argparse.REMAINDER, metavar="COMMAND",
                         help="the command to run for each trial; its --name~'prior' tokens define the space")
     add_common(parser)
@@ -133,7 +138,7 @@ def _hunt(args: argparse.Namespace, settings: Settings) -> int:
     tokens = list(args.command)
     if tokens[:1] == ["--"]:
         tokens = tokens[1:]
-    template = _template(tokens, settings.get("space"))
+    template = _template(tokens, settings.get("space"), args.config)
     storage = get_storage(settings.get("storage"))
     template = _complete_space(template, storage, name)
     _check_capacity(storage, name, settings)
@@ -143,8 +148,8 @@ def _hunt(args: argparse.Namespace, settings: Settings) -> int:
     return _work(experiment, template, settings)
 
 
-def _template(tokens: list[str], file_space: Mapping[str, str] | None) -> CommandTemplate:
-    from orchard.command import CommandTemplate, resolve_program
+def _template(tokens: list[str], file_space: Mapping[str, str] | None, config_file: str | None) -> CommandTemplate:
+    from orchard.command import CommandTemplate, relative_files, resolve_program
     from orchard.errors import ConfigurationError
 
     template = CommandTemplate.parse(tokens)
@@ -154,9 +159,45 @@ def _template(tokens: list[str], file_space: Mapping[str, str] | None) -> Comman
     if file_space:
         if not isinstance(file_space, Mapping):
             raise ConfigurationError("space in the config file must be a mapping of names to priors")
+        _check_file_space(template, file_space, config_file)
         template = template.with_dimensions(file_space)
     program, script = resolve_program(tokens)
-    return template.with_program(program, script)
+    template = template.with_program(program, script)
+    for token, path in relative_files(template, os.getcwd()):
+        log.warning("the command names %r, a file of %s, by a relative path, but each trial runs in a folder "
+                    "of its own, where that path finds nothing: give it absolute (%s)",
+                    token, os.getcwd(), path)
+    for token in tokens[1:]:
+        if token.split("=", 1)[0] in _HUNT_ONLY:
+            log.warning("%r comes after the command, so it is passed to the script, not to hunt: put hunt's "
+                        "options before the command", token)
+    return template
+
+
+#: Options of hunt that scripts hardly have: given after the command, they were meant for hunt.
+_HUNT_ONLY = frozenset({"--max-trials", "--max-broken", "--max-attempts", "--n-workers", "--executor-config",
+                        "--trial-timeout", "--trial-memory-limit", "--idle-timeout", "--warm-start",
+                        "--gpus-per-worker"})
+
+
+def _check_file_space(template: CommandTemplate, file_space: Mapping[str, str], config_file: str | None) -> None:
+    """Refuse a bad dimension of the ``--config`` space naming the file, and one the command gives otherwise.
+
+    The command's prior was used and the file's dropped without a word.
+    """
+    from orchard.errors import SpaceError
+    from orchard.space import Space
+
+    where = f"the space of config file {config_file}" if config_file else "the space of the config file"
+    try:
+        given = Space.from_config(file_space)
+    except SpaceError as err:
+        raise SpaceError(f"{err} (in {where})") from None
+    command = Space.from_config({name: template.space[name] for name in given if name in template.space})
+    for name in command:
+        if command[name] != given[name]:
+            raise SpaceError(f"dimension {name!r} is {command[name]} in the command but {given[name]} in {where}; "
+                             "define it in one place")
 
 
 def _complete_space(template: CommandTemplate, storage: BaseStorage, name: str) -> CommandTemplate:
@@ -202,7 +243,8 @@ def _experiment(name: str, template: CommandTemplate, storage: BaseStorage, sett
     if given("working_dir"):
         _make_folder(os.path.abspath(working_dir), name)  # before anything is stored with it
 
-    return build_experiment(
+    new = storage.get_experiment(name) is None
+    experiment = build_experiment(
         name, space=template.space, algorithm=given("algorithm"),
         storage=storage, max_trials=given("max_trials"), max_broken=given("max_broken"),
         max_attempts=given("max_attempts"), heartbeat=given("heartbeat"), seed=given("seed"),
@@ -210,7 +252,40 @@ def _experiment(name: str, template: CommandTemplate, storage: BaseStorage, sett
         objectives=given("objectives"), constraints=given("constraints"), stop=given("stop"),
         warm_start=given("warm_start"),
     )
+    if new:
+        _warn_of_similar_names(storage, name)
+    return experiment
 
+
+def _warn_of_similar_names(storage: BaseStorage, name: str) -> None:
+    """Say that a new experiment's name is close to a stored one: a mistyped -n creates an experiment."""
+    similar = [record.name for record in storage.list_experiments() if _mistyped(name, record.name)]
+    if similar:
+        log.warning("created experiment %r in %s, which also holds %s: to join one of those instead, stop "
+                    "this hunt and check -n", name, storage.redacted_uri, ", ".join(map(repr, similar)))
+
+
+def _mistyped(name: str, other: str) -> bool:
+    """Whether ``name`` looks like ``other`` mistyped: another case or separator, or one letter wrong.
+
+    Names of a numbered series (``run-1``, ``run-2``, ``lr-search-v2``) are not typos of each other.
+    """
+    def folded(text: str) -> str:
+        return re.sub(r"[-_.]", "", text.lower())
+
+    if name == other or re.sub(r"\d", "", name) == re.sub(r"\d", "", other):
+        return False
+    if folded(name) == folded(other):
+        return True
+    short, long = sorted((name, other), key=len)
+    if len(short) < 5 or len(long) - len(short) > 1:
+        return False
+    if len(short) < len(long):  # one letter left out
+        return any(long[:i] + long[i + 1:] == short for i in range(len(long)))
+    wrong = [i for i in range(len(name)) if name[i] != other[i]]
+    swapped = len(wrong) == 2 and wrong[1] == wrong[0] + 1 and name[wrong[0]] == other[wrong[1]] \
+        and name[wrong[1]] == other[wrong[0]]
+    return len(wrong) == 1 or swapped
 
 def _default_runs(name: str) -> str:
     """``./orchard-runs/NAME``, absolute."""

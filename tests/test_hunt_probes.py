@@ -1,0 +1,219 @@
+"""``orchard hunt`` used carelessly or with hostile scripts: what reaches the script, and what is said.
+
+Each test runs ``hunt`` in-process (:func:`orchard.cli.main`) on a pickle file in ``tmp_path``,
+around a tiny Python script; the report follower is driven directly.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+import orchard
+from orchard.cli import main
+from orchard.trial import TrialStatus
+
+SCRIPT = r'''
+import os, sys, time
+mode = sys.argv[1].split("=", 1)[1]
+path = os.environ["ORCHARD_RESULTS_PATH"]
+if mode == "wait":  # says it runs, then runs until stopped
+    with open("../../../running.tmp", "w") as handle:
+        handle.write(str(os.getpid()))
+    os.replace("../../../running.tmp", "../../../running")
+    time.sleep(60)
+if mode == "oom":
+    sys.exit(137)  # what bash returns when the program it ran was killed by SIGKILL
+if mode == "deep":
+    with open(path, "w") as handle:
+        handle.write('{"objective": 0.5, "curve": ' + "[" * 5000 + "]" * 5000 + "}")
+else:
+    import orchard
+    orchard.report_objective(0.5)
+'''
+
+
+@pytest.fixture
+def workdir(no_ambient: Path) -> Path:
+    """``tmp_path`` as the current directory, with ``script.py`` in it and no ambient config."""
+    (no_ambient / "script.py").write_text(SCRIPT)
+    return no_ambient
+
+
+def hunt(*command: str) -> int:
+    return main(["hunt", "-n", "e", "--storage", "orchard.pkl", "--max-trials", "1", "--max-broken", "1",
+                 *command])
+
+
+def only_trial() -> orchard.Trial:
+    (trial,) = orchard.get_experiment("e", storage="orchard.pkl").fetch_trials()
+    return trial
+
+
+@pytest.mark.parametrize("token", ["--out={trial.hash}", "{exp.working_dir}/model.pt",
+                                   "--lr={trial.params.lr}"])
+def test_a_placeholder_hunt_does_not_replace_is_refused_before_anything_is_stored(
+        workdir: Path, token: str, capsys: pytest.CaptureFixture[str]) -> None:
+    """An Orion-style {trial.hash} or a {trial.params.lr} reached every script as it was written."""
+    assert hunt(sys.executable, "script.py", "--mode~choices(['ok'])", token) == 2
+    error = capsys.readouterr().err
+    named = "{" + token.split("{")[1].split("}")[0] + "}"
+    assert "does not replace" in error and named in error and "{trial.id}" in error
+    assert not (workdir / "orchard.pkl").exists()
+
+
+def test_the_known_placeholders_and_braces_that_name_none_reach_the_script(workdir: Path) -> None:
+    assert hunt(sys.executable, "script.py", "--mode~choices(['ok'])", "--tag={trial.id}-{exp.name}",
+                '--json={"trial.x": 1}', "{x}") == 0
+    assert only_trial().status is TrialStatus.COMPLETED
+
+
+def test_an_exit_code_above_128_says_which_signal_killed_the_program_the_shell_ran(workdir: Path) -> None:
+    """Exit code 137 (a shell's child killed by SIGKILL, most often by the out-of-memory killer) was
+    reported as a bare 'exited with code 137'."""
+    assert hunt(sys.executable, "script.py", "--mode~choices(['oom'])") == 1
+    error = only_trial().error
+    assert error is not None and error["returncode"] == 137
+    assert "exited with code 137" in error["message"] and "SIGKILL" in error["message"]
+    assert "out-of-memory" in error["message"]
+
+
+def test_a_results_file_nested_thousands_deep_breaks_the_trial_as_unstorable(
+        workdir: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """json's parser recursed past the interpreter's limit: the trial broke on a RecursionError, logged as
+    an error of the worker, instead of with the reason every other unstorable result has."""
+    with caplog.at_level(logging.WARNING):
+        assert hunt(sys.executable, "script.py", "--mode~choices(['deep'])") == 1
+    error = only_trial().error
+    assert error is not None and error["reason"] == "unstorable", error
+    assert "nests lists or dicts more than" in error["message"]
+    assert not [r for r in caplog.records if "RecursionError" in r.getMessage()]
+
+
+def test_a_report_line_nested_thousands_deep_is_skipped_and_the_follower_goes_on(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """The line killed the worker's follower thread: every later report of the script waited 30 s for a
+    verdict, and was neither stored nor judged."""
+    from orchard.verdicts import ReportFollower
+
+    exp = orchard.build_experiment("deep", space={"x": "uniform(0, 1)"}, max_trials=1, storage="memory://")
+    trial = exp.suggest()
+    reports, verdict = str(tmp_path / "r.jsonl"), str(tmp_path / "v.json")
+    ReportFollower.prepare(reports, verdict)
+    follower = ReportFollower(exp._client_worker().judge, trial.id, reports, verdict, stop=lambda: None,
+                              grace=1.0)
+    with caplog.at_level(logging.WARNING), follower, open(reports, "a") as handle:
+        handle.write("[" * 5000 + "]" * 5000 + '\n{"step": 1, "objective": 0.5}\n')
+    stored = exp.storage.get_trial(trial.id)
+    assert stored is not None and stored.reports == [(1, 0.5)]
+    assert any("nested too deeply" in r.getMessage() for r in caplog.records)
+
+
+def test_a_relative_path_to_a_file_here_that_no_trial_folder_holds_is_warned_about(
+        workdir: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """Behind a wrapper (env, srun, time), the script stayed relative: every trial broke on 'can't open
+    file', and the experiment with them, without a word before it ran."""
+    (workdir / "data.csv").write_text("1\n")
+    with caplog.at_level(logging.WARNING):
+        hunt("env", sys.executable, "script.py", "--mode~choices(['ok'])", "--data=data.csv")
+    warned = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warned) == 2, warned
+    assert "'script.py'" in warned[0] and str(workdir / "script.py") in warned[0]
+    assert "'--data=data.csv'" in warned[1] and str(workdir / "data.csv") in warned[1]
+
+
+def test_a_script_an_interpreter_runs_is_made_absolute_and_not_warned_about(
+        workdir: Path, caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.WARNING):
+        assert hunt(sys.executable, "script.py", "--mode~choices(['ok'])", "--data=/dev/null") == 0
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("executor", ["single", "thread"])
+def test_a_job_stopped_whole_by_its_scheduler_gives_its_trial_back_instead_of_breaking_it(
+        workdir: Path, executor: str) -> None:
+    """scancel, a SLURM time limit or systemd send SIGTERM to every process of the job at once, the script
+    often first: its worker found it killed by SIGTERM and recorded the trial broken before its own SIGTERM
+    came (three tasks of an array cancelled broke the experiment of every other task)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ORCHARD_")}
+    hunt = subprocess.Popen([sys.executable, "-m", "orchard.cli", "hunt", "-n", "e", "--storage", "orchard.pkl",
+                             "--max-trials", "2", "--executor", executor, sys.executable, "script.py",
+                             "--mode~choices(['wait'])"],
+                            cwd=workdir, env=env, stderr=subprocess.PIPE, text=True)
+    marker = workdir / "running"
+    deadline = time.monotonic() + 60
+    while not marker.exists():
+        assert hunt.poll() is None and time.monotonic() < deadline, hunt.communicate()
+        time.sleep(0.05)
+    os.kill(int(marker.read_text()), signal.SIGTERM)
+    time.sleep(0.5)  # the scheduler's SIGTERM reaches the worker after the script's (not a wait for a state)
+    hunt.send_signal(signal.SIGTERM)
+    _, stderr = hunt.communicate(timeout=60)
+    assert only_trial().status is TrialStatus.INTERRUPTED, stderr
+    assert hunt.returncode == 143 and "1 of 1 running trial(s) released" in stderr, stderr
+
+
+def test_a_new_experiment_whose_name_is_close_to_a_stored_one_is_said_to_be_new(
+        workdir: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """A mistyped -n created a second experiment without a word: the worker meant to join ran apart."""
+    command = [sys.executable, "script.py", "--mode~choices(['ok'])"]
+    assert main(["hunt", "-n", "lr-search", "--storage", "orchard.pkl", "--max-trials", "1", *command]) == 0
+    with caplog.at_level(logging.WARNING):
+        assert main(["hunt", "-n", "lr-serch", "--storage", "orchard.pkl", "--max-trials", "1", *command]) == 0
+        assert main(["hunt", "-n", "lr-serch", "--storage", "orchard.pkl", "--max-trials", "1", *command]) == 0
+        for name in ("resnet", "lr-search-2", "lr-search-3", "lr-searches"):  # another name, a series
+            assert main(["hunt", "-n", name, "--storage", "orchard.pkl", "--max-trials", "1", *command]) == 0
+    warned = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warned) == 1 and "created experiment 'lr-serch'" in warned[0] and "'lr-search'" in warned[0], warned
+
+
+def test_a_hunt_started_with_its_standard_streams_closed_runs_its_trials(
+        workdir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Started with 2>&- (Python's sys.stderr is then None), hunt created the experiment, ran no trial and
+    exited 1 on an AttributeError it could not print."""
+    for stream in ("stdin", "stdout", "stderr"):
+        monkeypatch.setattr(sys, stream, None)
+    assert hunt(sys.executable, "script.py", "--mode~choices(['ok'])") == 0
+    assert only_trial().status is TrialStatus.COMPLETED
+
+
+def test_a_dimension_the_command_and_the_config_file_give_differently_is_refused(
+        workdir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """The command's prior was used and the file's dropped without a word."""
+    (workdir / "exp.yaml").write_text("space:\n  mode: choices(['ok', 'oom'])\n")
+    command = [sys.executable, "script.py", "--mode~choices(['ok'])"]
+    assert main(["hunt", "-n", "e", "--config", "exp.yaml", "--storage", "orchard.pkl", *command]) == 2
+    error = capsys.readouterr().err
+    assert "dimension 'mode'" in error and "config file exp.yaml" in error and "define it in one place" in error
+    assert not (workdir / "orchard.pkl").exists()
+    (workdir / "exp.yaml").write_text("space:\n  mode: choices(['ok'])\n")  # the same prior: one dimension
+    assert main(["hunt", "-n", "e", "--config", "exp.yaml", "--storage", "orchard.pkl", "--max-trials", "1",
+                 *command]) == 0
+
+
+def test_a_bad_dimension_of_the_config_file_is_refused_naming_the_file(
+        workdir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    (workdir / "exp.yaml").write_text("space:\n  lr: loguniform(1e-5, 1\n")
+    assert main(["hunt", "-n", "e", "--config", "exp.yaml", "--storage", "orchard.pkl", sys.executable,
+                 "script.py", "--mode~choices(['ok'])"]) == 2
+    error = capsys.readouterr().err
+    assert "dimension 'lr'" in error and "config file exp.yaml" in error
+
+
+def test_a_hunt_option_after_the_command_is_said_to_go_to_the_script(
+        workdir: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """orchard hunt -n e python train.py --lr~… --max-trials 50: the script got --max-trials, broke on it,
+    and the experiment was created without a budget, all without a word before the first trial."""
+    with caplog.at_level(logging.WARNING):
+        hunt(sys.executable, "script.py", "--mode~choices(['ok'])", "--max-trials=50", "--n-workers", "2")
+    warned = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warned) == 2 and "'--max-trials=50' comes after the command" in warned[0], warned
+    assert "'--n-workers' comes after the command" in warned[1]
