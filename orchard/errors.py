@@ -303,6 +303,16 @@ class SpaceExhaustedError(AlgorithmError):
 class ExecutorError(OrchardError):
     """An executor backend could not start or run the workers."""
 
+    @classmethod
+    def loops_cancelled(cls, experiment: str | None, cancelled: int, total: int, dask: bool) -> ExecutorError:
+        """The executor cancelled worker loops that had not ended (a Dask client that lost its scheduler)."""
+        cause = ("the Dask client lost its scheduler, or something cancelled its futures" if dask
+                 else "the pool was shut down")
+        return cls(f"{cancelled} of the {total} worker loop(s) of experiment {experiment!r} were cancelled before "
+                   f"they ended ({cause}): a loop still running goes on against the storage until it ends, and a "
+                   "trial held by one that died is taken back once its lease runs out; check the executor, then "
+                   "run workon again to go on")
+
 
 class Interrupted(KeyboardInterrupt):
     """Ctrl-C, SIGINT, SIGTERM or SIGHUP stopped workers; the trials they were running were given back.

@@ -5,13 +5,19 @@ One in-process ``LocalCluster`` (its scheduler runs in this process), shared by 
 
 from __future__ import annotations
 
+import subprocess
+import sys
+import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
+from subprocess import DEVNULL
 from typing import Any
 
 import pytest
 
 import orchard
+from orchard.errors import ExecutorError
 from orchard.trial import Trial, TrialStatus
 from tests import workloads
 
@@ -67,3 +73,46 @@ def test_a_workon_that_ends_normally_leaves_no_stop_event_on_the_scheduler(clien
     exp.workon(_slow, n_workers=2, executor=client, progress=False)
     assert exp.stats["counts"]["completed"] == 6
     _wait_for_none_left(client, before)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(120)
+def test_a_dask_scheduler_that_goes_away_leaves_the_running_trial_to_its_loop(tmp_path, monkeypatch) -> None:
+    """The scheduler workon's loops run under goes away mid-trial: its client cancels every future, while the
+    loops run on on the workers. workon took them for ended loops: it took their trials back under them ("its
+    worker's process died under it", an attempt counted, the result then refused) and raised a bare
+    CancelledError. It raises one line, and the loop stores its result."""
+    scheduler_file, marker = tmp_path / "scheduler.json", tmp_path / "running"
+    monkeypatch.setenv("ORCHARD_TEST_MARKER", str(marker))  # the worker process inherits it
+    root = Path(__file__).resolve().parents[1]  # the worker imports tests.workloads from here
+    dask = [sys.executable, "-m"]
+    scheduler = subprocess.Popen([*dask, "distributed.cli.dask_scheduler", "--scheduler-file", str(scheduler_file),
+                                  "--port", "0", "--no-dashboard"], cwd=root, stdout=DEVNULL, stderr=DEVNULL)
+    worker = subprocess.Popen([*dask, "distributed.cli.dask_worker", "--scheduler-file", str(scheduler_file),
+                               "--nthreads", "1", "--no-dashboard"], cwd=root, stdout=DEVNULL, stderr=DEVNULL)
+
+    def kill_the_scheduler_mid_trial() -> None:
+        while not marker.exists() and scheduler.poll() is None:
+            time.sleep(0.05)
+        scheduler.kill()
+
+    try:
+        while not scheduler_file.exists():
+            assert scheduler.poll() is None
+            time.sleep(0.05)
+        killer = threading.Thread(target=kill_the_scheduler_mid_trial, daemon=True)
+        killer.start()
+        exp = orchard.build_experiment("gone", space=workloads.SPACE, storage=str(tmp_path / "o.pkl"), max_trials=1)
+        with pytest.raises(ExecutorError, match="cancelled before they ended") as raised:
+            exp.workon(workloads.marker_then_brief, n_workers=1, executor="dask", progress=False,
+                       executor_config={"scheduler_file": str(scheduler_file), "timeout": 2})
+        assert "\n" not in str(raised.value)
+        assert [t.status for t in exp.fetch_trials()] == [TrialStatus.RESERVED]  # not taken back under its loop
+        deadline = time.monotonic() + 30
+        while exp.fetch_trials([TrialStatus.RESERVED]) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert [(t.status, t.attempts) for t in exp.fetch_trials()] == [(TrialStatus.COMPLETED, 1)]
+    finally:
+        for process in (worker, scheduler):
+            process.kill()
+            process.wait()

@@ -70,3 +70,10 @@ def workon_process(storage: str, name: str, max_trials: int, fn_name: str = "slo
 
 def exits_process(x: float, y: float = 0.0) -> float:
     os._exit(3)
+
+
+def marker_then_brief(x: float, y: float = 0.0) -> float:
+    """Writes a marker (``ORCHARD_TEST_MARKER``), then sleeps 3 s: lets a test break something mid-trial."""
+    Path(os.environ["ORCHARD_TEST_MARKER"]).touch()
+    time.sleep(3)
+    return quadratic(x, y)

@@ -38,7 +38,7 @@ from concurrent.futures import Executor, Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from types import TracebackType
 
-from orchard.errors import Interrupted, StorageError
+from orchard.errors import ExecutorError, Interrupted, StorageError
 from orchard.executors.children import LocalStop
 from orchard.executors.remote import RemoteStop, reported
 from orchard.executors.task import WorkerTask, run_worker
@@ -76,7 +76,7 @@ class Fleet:
         self.tasks, self.max_attempts = list(tasks), max_attempts
         self._futures: list[Future[WorkerReport]] = []
         self._stop = StopRequest()  # tells the loops running as threads of this process
-        self._unreached: set[str] = set()  # the tokens of loops on Dask workers that did not stop in time
+        self._unreached: set[str] = set()  # the tokens of loops on Dask workers not stopped in time, or cancelled
         self._exits = contextlib.ExitStack()
 
     def run(self, pool: Executor, reachable: bool = True, lasting: bool = False) -> list[BaseException | None]:
@@ -115,6 +115,7 @@ class Fleet:
             # kernel delivered to another thread would otherwise wait for the first loop to end
             while concurrent.futures.wait(self._futures, _WAKE).not_done:
                 pass
+            self._raise_if_cancelled(dask=remote is not None)
             if any(isinstance(future.exception(), BrokenProcessPool) for future in self._futures):
                 pool.shutdown(wait=True)  # loky fails the futures first, then kills the other workers: wait for that
             return [reported(future.exception()) for future in self._futures]
@@ -128,6 +129,17 @@ class Fleet:
                 remote.close(loops_ended=all(future.done() for future in self._futures) and not self._unreached)
             if local is not None:
                 local.close()
+
+    def _raise_if_cancelled(self, dask: bool) -> None:
+        """Raise if the pool cancelled loops that had not ended; leave their trials to their leases.
+
+        A Dask client that loses its scheduler cancels every future, while the loops run on on the
+        workers: a trial one holds is no trial of an ended loop, to take back under it.
+        """
+        cancelled = [task.token for task, future in zip(self.tasks, self._futures) if future.cancelled()]
+        if cancelled:
+            self._unreached.update(cancelled)
+            raise ExecutorError.loops_cancelled(self.tasks[0].label, len(cancelled), len(self.tasks), dask)
 
     def _stop_loops(self, interruption: KeyboardInterrupt, remote: RemoteStop | None, local: LocalStop | None,
                     reachable: bool, lasting: bool) -> Interrupted:
