@@ -329,16 +329,20 @@ class Interrupted(KeyboardInterrupt):
             they are taken back once their lease runs out.
         pruned: ids of running trials recorded ``pruned`` instead of given back: their
             pruner had already told them to stop, and that verdict stands.
+        finished: ids of running trials whose evaluation could not be stopped (it runs in a
+            worker's own thread) and ran to its end: recorded like any other.
         unstopped: workers that were not stopped (unreachable, or too slow to answer).
     """
 
     def __init__(self, *args: object, terminated: bool = False, released: Iterable[str] = (),
-                 kept: Iterable[str] = (), unstopped: int = 0, pruned: Iterable[str] = ()) -> None:
+                 kept: Iterable[str] = (), unstopped: int = 0, pruned: Iterable[str] = (),
+                 finished: Iterable[str] = ()) -> None:
         super().__init__(*args)
         self.terminated = terminated
         self.released = list(released)
         self.kept = list(kept)
         self.pruned = list(pruned)
+        self.finished = list(finished)
         self.unstopped = unstopped
 
     @classmethod
@@ -355,17 +359,20 @@ class Interrupted(KeyboardInterrupt):
                 kept += other.kept
                 pruned += other.pruned
         return Interrupted(terminated=self.terminated, released=dict.fromkeys(released), kept=dict.fromkeys(kept),
-                           unstopped=self.unstopped + unstopped,
-                           pruned=dict.fromkeys(pruned))  # a trial given back twice counts once
+                           unstopped=self.unstopped + unstopped, pruned=dict.fromkeys(pruned),  # counted once each
+                           finished=dict.fromkeys(self.finished))
 
     def __str__(self) -> str:
         if self.args:
             return super().__str__()
-        running = len(self.released) + len(self.kept) + len(self.pruned)
+        running = len(self.released) + len(self.kept) + len(self.pruned) + len(self.finished)
         parts = [f"{len(self.released)} of {running} running trial(s) released (status interrupted)"
                  if running else "no trial was running" if not self.unstopped else "no trial released yet"]
         if self.pruned:
             parts.append(f"{len(self.pruned)} recorded pruned (its pruner had told it to stop)")
+        if self.finished:
+            parts.append(f"{len(self.finished)} finished and recorded (an evaluation in a worker's own thread "
+                         "cannot be stopped: it runs to its end)")
         if self.kept:
             parts.append(f"could not release {', '.join(self.kept)}: taken back when its lease runs out")
         if self.unstopped:

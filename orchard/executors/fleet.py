@@ -76,6 +76,7 @@ class Fleet:
         self.tasks, self.max_attempts = list(tasks), max_attempts
         self._futures: list[Future[WorkerReport]] = []
         self._stop = StopRequest()  # tells the loops running as threads of this process
+        self._running_at_stop: list[str] = []  # the trials the loops held once told to stop
         self._unreached: set[str] = set()  # the tokens of loops on Dask workers not stopped in time, or cancelled
         self._exits = contextlib.ExitStack()
 
@@ -147,6 +148,11 @@ class Fleet:
         self._stop.set()
         if local is not None:
             local.set()  # before the signals
+        else:  # threads and Dask workers, whose evaluations may run to their end: what they hold now
+            if remote is not None:
+                remote.set()
+            with contextlib.suppress(StorageError):  # nothing said of them then
+                self._running_at_stop = [trial.id for trial in self._held({task.token for task in self.tasks})]
         if remote is not None and lasting:
             stopped = self._stop_remote(remote, interruption)
         else:
@@ -197,8 +203,7 @@ class Fleet:
         if not ended:
             return
         try:
-            held = [trial for trial in self.storage.fetch_trials(self.experiment_id, [TrialStatus.RESERVED])
-                    if token_of(trial.worker) in ended]
+            held = self._held(ended)
             if not held:
                 return
             if isinstance(error, Interrupted):
@@ -213,7 +218,26 @@ class Fleet:
         reports = [reported(future.exception()) for future in self._futures if future.done() and not future.cancelled()]
         late = interruption.joined([*reports, *self._stop.reports])
         interruption.released[:], interruption.kept[:], interruption.pruned[:] = late.released, late.kept, late.pruned
-        interruption.unstopped = sum(not future.done() for future in self._futures) + len(self._unreached)
+        # a thread whose Dask future was cancelled runs on too
+        running = {task.token for task, future in zip(self.tasks, self._futures) if not future.done()}
+        interruption.unstopped = len(running | self._unreached | self._stop.still_running())
+        interruption.finished[:] = self._finished(interruption)
+
+    def _finished(self, interruption: Interrupted) -> list[str]:
+        """The trials the loops held once told to stop that were recorded since (their evaluations ran to their end)."""
+        if not self._running_at_stop:
+            return []
+        try:
+            ended = {trial.id for trial in self.storage.fetch_trials(
+                self.experiment_id, [TrialStatus.COMPLETED, TrialStatus.BROKEN, TrialStatus.PRUNED])}
+        except StorageError:
+            return []
+        return [tid for tid in self._running_at_stop if tid in ended and tid not in interruption.pruned]
+
+    def _held(self, tokens: set[str]) -> list[Trial]:
+        """The trials the loops of ``tokens`` hold now (one read)."""
+        return [trial for trial in self.storage.fetch_trials(self.experiment_id, [TrialStatus.RESERVED])
+                if token_of(trial.worker) in tokens]
 
     def _give_back(self, held: list[Trial], interruption: Interrupted) -> None:
         """Release what ended loops hold; a trial a loop could not give back but this process could moves to released."""
