@@ -426,10 +426,12 @@ def test_pool_workers_of_a_killed_workon_give_their_trials_back_and_exit(tmp_pat
 @pytest.mark.parametrize(("n_workers", "trial_timeout", "sig", "executor"),
                          [(2, 0, signal.SIGTERM, "joblib"), (1, 120, signal.SIGTERM, "single"),
                           (2, 0, signal.SIGHUP, "joblib"), (2, 0, signal.SIGTERM, "dask"),
-                          (2, 120, signal.SIGTERM, "thread"), (2, 120, signal.SIGTERM, "dask-threads")],
+                          (2, 120, signal.SIGTERM, "thread"), (2, 120, signal.SIGTERM, "dask-threads"),
+                          (2, 120, signal.SIGTERM, "dask")],
                          ids=["two-pool-workers", "one-worker-with-trial-timeout", "SIGHUP-two-pool-workers",
                               "two-dask-local-workers", "two-thread-workers-with-trial-timeout",
-                              "two-in-process-dask-workers-with-trial-timeout"])
+                              "two-in-process-dask-workers-with-trial-timeout",
+                              "two-dask-local-workers-with-trial-timeout"])  # they release their trials themselves
 def test_sigterm_to_workon_stops_its_workers_and_releases_their_trials(
         tmp_path, n_workers: int, trial_timeout: float, sig: signal.Signals, executor: str) -> None:
     """``kill`` on a Python process running ``workon`` (a scheduler's SIGTERM; SIGHUP, its terminal closed):

@@ -221,18 +221,27 @@ class Fleet:
         # a thread whose Dask future was cancelled runs on too
         running = {task.token for task, future in zip(self.tasks, self._futures) if not future.done()}
         interruption.unstopped = len(running | self._unreached | self._stop.still_running())
-        interruption.finished[:] = self._finished(interruption)
+        self._count_settled(interruption)
 
-    def _finished(self, interruption: Interrupted) -> list[str]:
-        """The trials the loops held once told to stop that were recorded since (their evaluations ran to their end)."""
+    def _count_settled(self, interruption: Interrupted) -> None:
+        """Count how the trials the loops held once told to stop were settled since, by their status now.
+
+        A loop whose evaluation ran to its end in its thread recorded it (``finished``); a loop whose report
+        was dropped (a LocalCluster closed under it, a future cancelled) may have released its trial itself.
+        """
         if not self._running_at_stop:
-            return []
+            return
         try:
-            ended = {trial.id for trial in self.storage.fetch_trials(
-                self.experiment_id, [TrialStatus.COMPLETED, TrialStatus.BROKEN, TrialStatus.PRUNED])}
+            now = {trial.id: trial.status for trial in self.storage.fetch_trials(self.experiment_id, [
+                TrialStatus.COMPLETED, TrialStatus.BROKEN, TrialStatus.PRUNED, TrialStatus.INTERRUPTED])}
         except StorageError:
-            return []
-        return [tid for tid in self._running_at_stop if tid in ended and tid not in interruption.pruned]
+            return
+        counted = {*interruption.released, *interruption.pruned}
+        settled = [tid for tid in self._running_at_stop if tid in now and tid not in counted]
+        released = [tid for tid in settled if now[tid] is TrialStatus.INTERRUPTED]
+        interruption.released += released
+        interruption.kept[:] = [tid for tid in interruption.kept if tid not in released]
+        interruption.finished[:] = [tid for tid in settled if now[tid] is not TrialStatus.INTERRUPTED]
 
     def _held(self, tokens: set[str]) -> list[Trial]:
         """The trials the loops of ``tokens`` hold now (one read)."""
