@@ -373,6 +373,23 @@ def test_dask_without_workers_fails_within_the_timeout(tmp_path: Path) -> None:
     assert exp.fetch_trials() == []
 
 
+@pytest.mark.parametrize(("config", "taker", "named"), [
+    ({"dashboard_addres": None}, "LocalCluster", "dashboard_addres"),  # its worker processes refuse it
+    ({"address": "tcp://127.0.0.1:1", "dashboard_address": None}, "Client", "dashboard_address"),
+], ids=["misspelled-for-the-local-cluster", "a-local-cluster-option-with-an-address"])
+def test_dask_options_dask_refuses_are_one_configuration_error(tmp_path: Path, config: dict, taker: str,
+                                                               named: str) -> None:
+    """A misspelled LocalCluster option failed its worker processes' start, and workon blamed a missing
+    ``if __name__ == "__main__":``; an option Client does not take raised Dask's bare ValueError."""
+    exp = orchard.build_experiment("opts", space={"x": "uniform(0, 1)"}, storage=str(tmp_path / "o.pkl"),
+                                   max_trials=2)
+    with pytest.raises(orchard.errors.ConfigurationError, match=f"dask.distributed.{taker} refused") as raised:
+        exp.workon(loads.visible_devices, n_workers=1, executor="dask", executor_config=config, progress=False)
+    message = str(raised.value)
+    assert named in message and "__main__" not in message and "\n" not in message
+    assert exp.fetch_trials() == []
+
+
 def test_dask_worker_resources_are_asked_for_each_worker(tmp_path: Path) -> None:
     exp = orchard.build_experiment("dr", space={"x": "uniform(0, 1)"}, storage=str(tmp_path / "o.pkl"),
                                    max_trials=4)

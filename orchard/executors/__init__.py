@@ -171,14 +171,20 @@ def _dask(n_workers: int, config: Mapping[str, Any]) -> Iterator[Executor]:
     options = {k: v for k, v in config.items() if k not in _DASK_ORCHARD_KEYS}
     with contextlib.ExitStack() as stack:
         if "address" in options or "scheduler_file" in options:
-            client = stack.enter_context(Client(**options))  # type: ignore[no-untyped-call]
+            try:
+                client = stack.enter_context(Client(**options))  # type: ignore[no-untyped-call]
+            except (TypeError, ValueError) as err:  # an option it does not take, a value it cannot use
+                raise _refused("Client", err) from err
         else:
             cluster_options = {"n_workers": n_workers, "threads_per_worker": 1, "processes": True,
                                "dashboard_address": None, "resources": config.get("resources"), **options}
             try:
                 with deferred():  # interrupted half-built, its close at exit fails ("AssertionError: Status.init")
                     cluster = stack.enter_context(LocalCluster(**cluster_options))  # type: ignore[no-untyped-call]
-            except (RuntimeError, OSError, TimeoutError) as err:
+            except (TypeError, RuntimeError, OSError, TimeoutError) as err:
+                cause = _root_cause(err)  # a worker process that failed to start says why only there
+                if isinstance(cause, TypeError):  # LocalCluster passes the options it does not know on to its workers
+                    raise _refused("LocalCluster", cause) from err
                 raise ExecutorError(
                     f"executor 'dask' could not start a LocalCluster of {n_workers} workers "
                     f"({type(err).__name__}: {err}). Dask starts workers with 'spawn', which re-imports "
@@ -187,6 +193,20 @@ def _dask(n_workers: int, config: Mapping[str, Any]) -> Iterator[Executor]:
                 ) from err
             client = stack.enter_context(Client(cluster))  # type: ignore[no-untyped-call]
         yield _dask_executor(client, config)
+
+
+def _root_cause(err: BaseException) -> BaseException:
+    while err.__cause__ is not None:
+        err = err.__cause__
+    return err
+
+
+def _refused(taker: str, err: BaseException) -> ConfigurationError:
+    """Dask's ``taker`` (``Client`` or ``LocalCluster``) refused the options of executor_config."""
+    return ConfigurationError(
+        f"executor 'dask': dask.distributed.{taker} refused executor_config ({type(err).__name__}: {err}); "
+        "it takes Client's options with an address or a scheduler_file, LocalCluster's and its workers' "
+        f"without them, and Orchard's {' and '.join(_DASK_ORCHARD_KEYS)}")
 
 
 def _dask_executor(client: Any, config: Mapping[str, Any]) -> Executor:
