@@ -268,14 +268,11 @@ if __name__ == "__main__":
 """
 
 
-@pytest.mark.timeout(120)
-def test_ctrl_c_does_not_take_back_the_trial_of_a_loop_still_running_in_a_borrowed_in_process_dask_client(
-        tmp_path) -> None:
-    """The caller's own Dask client (left open) whose workers are threads of this process: Ctrl-C stops
-    its loop after the evaluation under way, whose result is stored. Dask cancels the loop's future at
-    once; workon took that for an ended loop and gave its trial back under it, throwing the result away."""
+def _ctrl_c_once_started(tmp_path: Path, text: str) -> tuple[str, str]:
+    """Run the script ``text`` (argv: its storage, the marker its objective makes), Ctrl-C it once the
+    marker exists; its stdout and stderr (it must exit 0)."""
     script, marker = tmp_path / "script.py", tmp_path / "started"
-    script.write_text(BORROWED_CLIENT_SCRIPT)
+    script.write_text(text)
     proc = subprocess.Popen([sys.executable, str(script), str(tmp_path / "o.pkl"), str(marker)],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 60
@@ -285,6 +282,16 @@ def test_ctrl_c_does_not_take_back_the_trial_of_a_loop_still_running_in_a_borrow
     proc.send_signal(signal.SIGINT)
     out, err = proc.communicate(timeout=60)
     assert proc.returncode == 0, err
+    return out, err
+
+
+@pytest.mark.timeout(120)
+def test_ctrl_c_does_not_take_back_the_trial_of_a_loop_still_running_in_a_borrowed_in_process_dask_client(
+        tmp_path) -> None:
+    """The caller's own Dask client (left open) whose workers are threads of this process: Ctrl-C stops
+    its loop after the evaluation under way, whose result is stored. Dask cancels the loop's future at
+    once; workon took that for an ended loop and gave its trial back under it, throwing the result away."""
+    out, err = _ctrl_c_once_started(tmp_path, BORROWED_CLIENT_SCRIPT)
     said, statuses = out.splitlines()  # it said no trial was running, though its loop still ran one
     assert said.startswith("no trial released yet; 1 worker(s) did not stop in time"), (out, err[-2000:])
     assert statuses == "completed", (out, err[-2000:])
@@ -311,17 +318,7 @@ if __name__ == "__main__":
 def test_ctrl_c_says_that_a_trial_running_in_a_thread_finished_and_was_recorded(tmp_path) -> None:
     """Ctrl-C to workon(executor="thread") while a trial runs: the evaluation in the thread runs to its end and
     is recorded; the interruption said "no trial was running"."""
-    script, marker = tmp_path / "script.py", tmp_path / "started"
-    script.write_text(THREAD_SCRIPT)
-    proc = subprocess.Popen([sys.executable, str(script), str(tmp_path / "o.pkl"), str(marker)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 60
-    while not marker.exists():
-        assert time.monotonic() < deadline and proc.poll() is None, proc.communicate()
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGINT)
-    out, err = proc.communicate(timeout=60)
-    assert proc.returncode == 0, err
+    out, err = _ctrl_c_once_started(tmp_path, THREAD_SCRIPT)
     assert out.splitlines() == ["0 of 1 running trial(s) released (status interrupted); 1 finished and recorded (an "
                                 "evaluation in a worker's own thread cannot be stopped: it runs to its end)",
                                 "completed"], (out, err[-2000:])
