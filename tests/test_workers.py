@@ -322,6 +322,7 @@ def test_ctrl_c_says_that_a_trial_running_in_a_thread_finished_and_was_recorded(
     assert out.splitlines() == ["0 of 1 running trial(s) released (status interrupted); 1 finished and recorded (an "
                                 "evaluation in a worker's own thread cannot be stopped: it runs to its end)",
                                 "completed"], (out, err[-2000:])
+    assert "interrupted: waiting for 1 worker loop(s) to stop" in err, err[-2000:]  # it said nothing as it waited
 
 
 REMOTE_DASK_SCRIPT = """

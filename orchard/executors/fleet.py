@@ -153,6 +153,11 @@ class Fleet:
                 remote.set()
             with contextlib.suppress(StorageError):  # nothing said of them then
                 self._running_at_stop = [trial.id for trial in self._held({task.token for task in self.tasks})]
+        waiting = sum(not future.done() for future in self._futures) if remote is not None and lasting else (
+            len(self._stop.still_running()) if reachable else 0)
+        if waiting:  # else a Ctrl-C looks ignored for as long as an evaluation runs on
+            log.warning("interrupted: waiting for %d worker loop(s) to stop and give their trials back; an evaluation "
+                        "running in a worker's own thread cannot be stopped and runs to its end first", waiting)
         if remote is not None and lasting:
             stopped = self._stop_remote(remote, interruption)
         else:
