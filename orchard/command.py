@@ -32,14 +32,18 @@ from __future__ import annotations
 import dataclasses
 import os
 import re
+import shlex
 import shutil
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 from orchard.errors import ConfigurationError, SpaceError
 
-__all__ = ["PLACEHOLDERS", "CommandTemplate", "relative_files", "resolve_program"]
+__all__ = ["COMMAND_KEY", "PLACEHOLDERS", "CommandTemplate", "relative_files", "resolve_program"]
 
+#: The experiment configuration key holding the command of the first hunt that worked on it: a record,
+#: not a setting (never compared on join; :meth:`ExperimentConfig.from_dict` ignores it).
+COMMAND_KEY = "hunt_command"
 #: The placeholders replaced in every literal token of the command, for each trial.
 PLACEHOLDERS = ("trial.id", "trial.working_dir", "trial.parent_working_dir", "exp.name")
 
@@ -50,6 +54,7 @@ _BAD_DIMENSION = re.compile(r"^(-{1,2}[^=~]*|)~\s*[A-Za-z_]\w*\s*\(")
 _INTERPRETERS = re.compile(r"^(python[\d.]*|pypy[\d.]*|bash|sh|zsh|Rscript|julia|node|perl|ruby)$")
 _SCRIPT_SUFFIXES = (".py", ".sh", ".R", ".r", ".jl", ".js", ".pl", ".rb")
 # what a placeholder looks like ({trial.hash}, {exp.working_dir}): an unknown one is a typo, not text
+_SHOWN_DIMENSION = re.compile(r"^(-{1,2}[^=]+=)?<\w+>$")  # a dimension's token in CommandTemplate.shown()
 _PLACEHOLDER = re.compile(r"\{((?:trial|exp)\.[^{}\s]*)\}")
 
 
@@ -121,6 +126,33 @@ class CommandTemplate:
     def tokens(self) -> list[str]:
         """The literal tokens (dimension slots as their option names)."""
         return [slot.text for slot in self.slots]
+
+    def shown(self) -> str:
+        """The command as a shell takes it, each dimension as ``<name>`` where its value goes."""
+        tokens: list[str] = []
+        for slot in self.slots:
+            if slot.dimension is None:
+                tokens.append(slot.text)
+            elif slot.dashes == "-":
+                tokens += [f"-{slot.text}", f"<{slot.dimension}>"]
+            else:
+                tokens.append(f"{slot.dashes}{slot.text}=<{slot.dimension}>")
+        return shlex.join(tokens)
+
+    def runs_like(self, shown: str) -> bool:
+        """Whether the command :meth:`shown` as ``shown`` runs the same program with the same fixed tokens.
+
+        Dimensions may come in another order: a hunt whose command gives no prior passes the stored
+        dimensions after its tokens.
+        """
+        def split(tokens: list[str]) -> tuple[list[str], list[str]]:
+            fixed = [token for token in tokens if not _SHOWN_DIMENSION.match(token)]
+            return fixed, sorted(token for token in tokens if _SHOWN_DIMENSION.match(token))
+
+        try:
+            return split(shlex.split(shown)) == split(shlex.split(self.shown()))
+        except ValueError:  # not shlex's: another program wrote it
+            return False
 
     def render(self, params: Mapping[str, Any], placeholders: Mapping[str, str]) -> list[str]:
         """Return the argv of one trial: values in place of priors, placeholders substituted."""

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -217,3 +218,29 @@ def test_a_hunt_option_after_the_command_is_said_to_go_to_the_script(
     warned = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert len(warned) == 2 and "'--max-trials=50' comes after the command" in warned[0], warned
     assert "'--n-workers' comes after the command" in warned[1]
+
+
+def test_a_hunt_joining_with_another_command_is_said_to_mix_results(
+        workdir: Path, caplog: pytest.LogCaptureFixture, capsys: pytest.CaptureFixture[str]) -> None:
+    """A hunt with other fixed arguments (--epochs 10 against 20) or another script joined the experiment
+    without a word, and its results were ranked with the others'."""
+    def run(*command: str, max_trials: int) -> int:
+        return main(["hunt", "-n", "e", "--storage", "orchard.pkl", "--max-trials", str(max_trials), *command])
+
+    first = [sys.executable, "script.py", "--mode~choices(['ok'])", "--epochs", "10"]
+    with caplog.at_level(logging.WARNING):
+        assert run(*first, max_trials=1) == 0
+        assert run(sys.executable, "script.py", "--epochs", "10", max_trials=2) == 0  # the stored space: same
+        assert run(*first, max_trials=3) == 0
+    assert not [r for r in caplog.records if r.levelno == logging.WARNING], caplog.text
+    with caplog.at_level(logging.WARNING):
+        assert run(*first[:-1], "20", max_trials=4) == 0
+    (warned,) = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    stored = shlex.join([sys.executable, os.path.abspath("script.py"), "--mode=<mode>", "--epochs", "10"])
+    assert f"experiment 'e' was first hunted with `{stored}`" in warned, warned
+    assert warned.endswith("--epochs 20`: both go into one history; if their results are not comparable, stop "
+                           "this hunt and use another -n"), warned
+    capsys.readouterr()
+    assert main(["info", "-n", "e", "--storage", "orchard.pkl"]) == 0
+    shown = capsys.readouterr().out
+    assert f"  command:   {stored}\n" in shown and "hunt_command" not in shown, shown

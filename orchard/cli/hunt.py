@@ -143,6 +143,7 @@ def _hunt(args: argparse.Namespace, settings: Settings) -> int:
     template = _complete_space(template, storage, name)
     _check_capacity(storage, name, settings)
     experiment = _experiment(name, template, storage, settings)
+    _compare_command(experiment, template)
     if _budget_met(experiment):
         return 0
     return _work(experiment, template, settings)
@@ -255,6 +256,26 @@ def _experiment(name: str, template: CommandTemplate, storage: BaseStorage, sett
     if new:
         _warn_of_similar_names(storage, name)
     return experiment
+
+
+def _compare_command(experiment: Experiment, template: CommandTemplate) -> None:
+    """Store the command of an experiment's first hunt; warn when a hunt joins it with another command.
+
+    Hunts running another script, or the same one with other fixed arguments (``--epochs 10``
+    against ``--epochs 20``), put results into one history that cannot be compared: said, not refused,
+    since a node may run its own copy of the script or pass its own device on purpose.
+    """
+    from orchard.command import COMMAND_KEY
+
+    shown = template.shown()
+    storage = experiment.storage
+    if storage.swap_experiment(experiment.id, COMMAND_KEY, None, shown):
+        return
+    stored = storage.experiment(experiment.id).config.get(COMMAND_KEY)
+    if isinstance(stored, str) and not template.runs_like(stored):
+        log.warning("experiment %r was first hunted with `%s`, and this hunt runs `%s`: both go into one "
+                    "history; if their results are not comparable, stop this hunt and use another -n",
+                    experiment.name, stored, shown)
 
 
 def _warn_of_similar_names(storage: BaseStorage, name: str) -> None:

@@ -34,6 +34,7 @@ from orchard.cli._args import (
     printable,
     strict_json,
 )
+from orchard.command import COMMAND_KEY
 
 if TYPE_CHECKING:  # pragma: no cover
     from orchard.experiment import Experiment
@@ -350,7 +351,8 @@ def run_info(args: argparse.Namespace) -> int:
         "name": experiment.name, "id": experiment.id, "storage": experiment.storage.redacted_uri,
         "created": record.created, "space": experiment.space.config(), "algorithm": experiment.algorithm,
         "config": {k: v for k, v in experiment.config.items()
-                   if k not in ("space", "algorithm", "stop_state", "warm_start")},
+                   if k not in ("space", "algorithm", "stop_state", "warm_start", COMMAND_KEY)},
+        "command": experiment.config.get(COMMAND_KEY),  # the first hunt's, dimensions as <name>
         "warm_start": _warm_start(experiment),
         "best_trial": best.to_dict() if best else None, "pareto_front": front, "stats": info_stats,
         "rungs": _rungs(experiment), "stop": info_stats["stop"],
@@ -441,6 +443,8 @@ def _info_lines(info: dict[str, Any]) -> list[str]:
              f"  created:   {format_time(info['created'])}", "  space:"]
     lines += [f"    {name}: {prior}" for name, prior in info["space"].items()]
     lines.append(f"  algorithm: {json.dumps(info['algorithm'])}")
+    if isinstance(info["command"], str):
+        lines.append(f"  command:   {info['command']}")
     config = sorted(info["config"].items())
     lines.append("  config:    " + ", ".join(f"{k}={format_value(v)}" for k, v in config))
     lines += _warm_start_line(info.get("warm_start"))
