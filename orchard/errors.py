@@ -165,8 +165,11 @@ class TrialNotFoundError(StorageError):
                    "deleted (orchard db rm?) or the database restored from an older copy; this write was refused")
 
 
-class InvalidReportError(OrchardError):
-    """A report (intermediate value at a step) was refused; nothing was written."""
+class InvalidReportError(OrchardError, ValueError):
+    """A report (intermediate value at a step) was refused; nothing was written.
+
+    Also a ``ValueError``: what :func:`orchard.report` raises for a bad value or step, wherever it runs.
+    """
 
     @classmethod
     def objectives_expected(cls, trial_id: str, given: str, objectives: Any) -> InvalidReportError:

@@ -48,7 +48,7 @@ import time
 from collections.abc import Callable, Iterator, Mapping
 from typing import IO, Any, AnyStr, BinaryIO
 
-from orchard.errors import shown
+from orchard.errors import InvalidReportError, shown
 from orchard.trial import INT_LIMIT, finite_float, finite_number
 
 __all__ = [
@@ -106,8 +106,8 @@ def report(value: float | Mapping[str, float], step: int) -> None:
     Raises:
         ValueError: ``value`` is not a finite number (or a mapping of names to finite
             numbers), ``step`` is not an integer >= 0, or the worker refused the report
-            (a step not above the last one, too many steps, objectives that are not the
-            experiment's).
+            (:class:`~orchard.errors.InvalidReportError`: a step not above the last one, too many
+            steps, objectives that are not the experiment's).
         RuntimeError: called outside an evaluation run by an Orchard worker.
     """
     value, step = check_report(value, step)
@@ -186,7 +186,7 @@ def _await_verdict(step: int, line_id: str) -> bool:
             answer = verdict if verdict.get("step", -1) >= step else None
         if isinstance(answer, dict):
             if answer.get("refused"):
-                raise ValueError(str(answer["refused"]))
+                raise InvalidReportError(str(answer["refused"]))  # what report() in the worker's thread raises
             return bool(answer.get("prune"))
         time.sleep(pause)
         pause = min(pause * 2, 0.002)  # a verdict comes within milliseconds: look often (a small JSON read)

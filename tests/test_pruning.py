@@ -91,6 +91,7 @@ def test_a_step_going_backwards_is_refused_and_nothing_is_lost() -> None:
     with pytest.raises(InvalidReportError) as info:
         exp.report(trial, 0.7, 2)
     assert trial.id in str(info.value)
+    assert isinstance(info.value, ValueError)  # what report() is documented to raise for a refused report
     stored = exp.storage.get_trial(trial.id)
     assert stored is not None and stored.reports == [(1, 0.9), (2, 0.8)]
     assert exp.observe(trial, 0.8).status is TrialStatus.COMPLETED
@@ -380,8 +381,8 @@ def test_a_script_whose_step_goes_backwards_is_told(tmp_path: Path, monkeypatch:
     with followed.follower:
         orchard.report(0.5, 5)
         for step in (3, 5):
-            with pytest.raises(ValueError, match=f"report step {step} is not after the last reported step 5"):
-                orchard.report(0.4, step)
+            with pytest.raises(InvalidReportError, match=f"report step {step} is not after the last reported step 5"):
+                orchard.report(0.4, step)  # the error an in-thread report() raises (a script raised ValueError)
         started = time.monotonic()
         threads = [threading.Thread(target=reporting, args=(range(6 + k, 200, 4),)) for k in range(4)]
         for thread in threads:
