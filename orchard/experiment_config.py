@@ -150,6 +150,10 @@ def check_setting(key: str, value: Any, rule: Rule, source: str = "") -> Any:
     """
     try:
         return rule(value)
+    except ConfigurationError as err:  # a rule that words its own message (stop rules): the source goes first
+        if not source:
+            raise
+        raise ConfigurationError(f"{source}: {err}") from None
     except ValueError as err:
         where = f" (from {source})" if source else ""
         unset = " (or unset)" if _allows_unset(rule) else ""

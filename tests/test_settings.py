@@ -195,3 +195,18 @@ def test_a_key_twice_in_an_option_given_as_yaml_is_refused_naming_the_option(no_
     assert main(["hunt", "-n", "e", "--storage", "o.pkl", "--algorithm", "{random: {seed: \udcff}}",
                  sys.executable, "train.py", "--x~uniform(0, 1)"]) == 2
     assert "'\\udcff' is a character YAML does not allow" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("where", ["config file", "ORCHARD_STOP", "--stop"])
+def test_a_bad_stop_rule_names_where_it_was_given(no_ambient: Path, where: str) -> None:
+    """Every other bad setting named its file, variable or flag; a stop rule's did not."""
+    path = no_ambient / "exp.yaml"
+    path.write_text("stop:\n  target: abc\n")
+    settings = {"config file": config.Settings(config_file=path, environ={}, files=[]),
+                "ORCHARD_STOP": config.Settings(environ={"ORCHARD_STOP": "target=abc"}, files=[]),
+                "--stop": config.Settings(flags={"stop": ["target=abc"]}, environ={}, files=[])}[where]
+    with pytest.raises(ConfigurationError) as info:
+        settings.check()
+    source = f"config file {path}" if where == "config file" else where
+    assert str(info.value) == (f"{source}: invalid stop rule target='abc': it must be a finite number; correct it "
+                               "and try again")
