@@ -244,3 +244,16 @@ def test_a_hunt_joining_with_another_command_is_said_to_mix_results(
     assert main(["info", "-n", "e", "--storage", "orchard.pkl"]) == 0
     shown = capsys.readouterr().out
     assert f"  command:   {stored}\n" in shown and "hunt_command" not in shown, shown
+
+
+def test_a_hunt_that_runs_out_of_points_before_max_trials_says_so(
+        workdir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A space of 3 choices with --max-trials 10 ended with "3 completed" and exit 0, and no word of the 7."""
+    command = [sys.executable, "script.py", "--mode~choices(['ok'])", "--k~choices([1, 2, 3])"]
+    assert main(["hunt", "-n", "e", "--storage", "orchard.pkl", "--max-trials", "10", *command]) == 0
+    out = capsys.readouterr().out
+    assert "experiment 'e': 3 completed, 0 broken" in out, out
+    assert ("experiment 'e': 7 of max_trials=10 not run: the algorithm has no new point to suggest (a space of "
+            "choices, integers or a grid may hold fewer points than max_trials)") in out, out
+    assert main(["hunt", "-n", "f", "--storage", "orchard.pkl", "--max-trials", "3", *command]) == 0
+    assert "not run" not in capsys.readouterr().out  # the budget was met
