@@ -18,13 +18,11 @@ and a registration with ``budget=M`` only claims slots below ``M``. The trial
 and its slot are one insert; ``fail_trial`` frees the slot in the update that
 marks the trial broken. Details in :mod:`orchard.storages.mongodb.slots`.
 
-**Change feed.** Every write has the server stamp ``mtime`` and increments
-``version``; :mod:`orchard.storages.mongodb.changes` reads by that stamp, so no
-client clock orders the feed. Trial times are the clients' (``stamps_in_order``).
-
-**Lost leases.** :meth:`MongoStorage.release_lost` takes a trial back only if
-it still holds the exact worker and heartbeat value an observer saw
-(:mod:`orchard.leases`); no clock is compared.
+**Change feed.** Every write has the server stamp ``mtime`` and increments ``version``, which
+:mod:`.changes` reads by (trial times are the clients': ``stamps_in_order``). **Lost leases:**
+:meth:`MongoStorage.release_lost` takes a trial back only if it still holds the worker and heartbeat
+an observer saw (:mod:`orchard.leases`). **Counts** are those of the trials readers read
+(:mod:`.counts`).
 
 **Durability.** Writes use ``w=majority`` and ``journal=true`` unless the URI sets them.
 """
@@ -32,6 +30,7 @@ it still holds the exact worker and heartbeat value an observer saw
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import os
 import threading
@@ -58,6 +57,7 @@ from orchard.space import to_builtin, trial_id
 from orchard.storages.base import BaseStorage, ExperimentRecord
 from orchard.storages.mongodb import client, writes
 from orchard.storages.mongodb.changes import ChangeFeed
+from orchard.storages.mongodb.counts import count_by_status, count_unbudgeted
 from orchard.storages.mongodb.slots import insert_holding_slot, record_holding_slot
 from orchard.storages.table import REMEMBERED
 from orchard.storages.values import check_error, check_params
@@ -444,9 +444,8 @@ class MongoStorage(BaseStorage):
         if doc is None:
             return None
         change = transitions.take_back(client.doc_to_trial(doc, self.uri), lease, max_attempts, self.now())
-        doc = self._trials.find_one_and_update(
-            writes.expected(trial_id, change), writes.update(change), return_document=_AFTER
-        )
+        doc = self._trials.find_one_and_update(writes.expected(trial_id, change), writes.update(change),
+                                               return_document=_AFTER)
         return None if doc is None else client.doc_to_trial(doc, self.uri)
 
     # -- trials: reading --------------------------------------------------------
@@ -468,28 +467,21 @@ class MongoStorage(BaseStorage):
 
     @_translated("count trials")
     def count_trials(self, experiment_id: str) -> dict[TrialStatus, int]:
-        counts = {status: 0 for status in TrialStatus}
-        known = {status.value: status for status in TrialStatus}
-        for row in self._trials.aggregate([
-            {"$match": {"experiment": experiment_id}},
-            {"$group": {"_id": "$status", "n": {"$sum": 1}}},
-        ]):
-            if isinstance(row["_id"], str) and row["_id"] in known:  # another program's status: not a trial's
-                counts[known[row["_id"]]] = int(row["n"])
+        """See :meth:`BaseStorage.count_trials`: the trials readers read (:mod:`.counts`)."""
+        counts = count_by_status(self._trials, experiment_id, self.uri)
         if not any(counts.values()):
             self._experiment_name(experiment_id)
         return counts
 
     @_translated("count unbudgeted trials")
     def count_unbudgeted(self, experiment_id: str) -> int:
-        return int(self._trials.count_documents({"experiment": experiment_id, "in_budget": False}))
+        return count_unbudgeted(self._trials, experiment_id, self.uri)
 
     @_translated("fetch changed trials")
     def fetch_changes(self, experiment_id: str, cursor: Any = None) -> tuple[list[Trial], Any]:
         """See :meth:`BaseStorage.fetch_changes`; the guarantee is in :mod:`orchard.storages.mongodb.changes`."""
-        trials, cursor = self._changes.fetch(
-            self._trials, experiment_id, cursor, lambda: self.count_trials(experiment_id)
-        )
+        every = functools.partial(count_by_status, self._trials, experiment_id, self.uri, every=True)
+        trials, cursor = self._changes.fetch(self._trials, experiment_id, cursor, every)  # the feed's view: every doc
         if not cursor.seen:
             self._experiment_name(experiment_id)  # raise if the experiment does not exist
         return trials, cursor
