@@ -21,8 +21,8 @@ marks the trial broken. Details in :mod:`orchard.storages.mongodb.slots`.
 **Change feed.** Every write has the server stamp ``mtime`` and increments ``version``, which
 :mod:`.changes` reads by (trial times are the clients': ``stamps_in_order``). **Lost leases:**
 :meth:`MongoStorage.release_lost` takes a trial back only if it still holds the worker and heartbeat
-an observer saw (:mod:`orchard.leases`). **Counts** are those of the trials readers read
-(:mod:`.counts`).
+an observer saw (:mod:`orchard.leases`). **Reports** are one write each, answered without the
+reports (:mod:`.reports`); **counts** are those of the trials readers read (:mod:`.counts`).
 
 **Durability.** Writes use ``w=majority`` and ``journal=true`` unless the URI sets them.
 """
@@ -58,6 +58,7 @@ from orchard.storages.base import BaseStorage, ExperimentRecord
 from orchard.storages.mongodb import client, writes
 from orchard.storages.mongodb.changes import ChangeFeed
 from orchard.storages.mongodb.counts import count_by_status, count_unbudgeted
+from orchard.storages.mongodb.reports import WITHOUT_REPORTS, KnownReports
 from orchard.storages.mongodb.slots import insert_holding_slot, record_holding_slot
 from orchard.storages.table import REMEMBERED
 from orchard.storages.values import check_error, check_params
@@ -132,6 +133,7 @@ class MongoStorage(BaseStorage):
         self.answered = False  # whether a call has succeeded: losing the server is then an outage
         self._names: dict[str, str] = {}  # experiment id -> name, for ids known to exist
         self._held: OrderedDict[str, str] = OrderedDict()  # the latest trials handed out reserved here -> experiment
+        self._reports = KnownReports()  # the reports of the latest trials reported on here
 
     @classmethod
     def from_uri(cls, uri: str) -> MongoStorage:
@@ -166,7 +168,7 @@ class MongoStorage(BaseStorage):
         if self._pid != os.getpid():  # forked: the parent's client and lock (maybe held) are not ours
             if self._closer is not None:
                 self._closer.detach()
-            self._client, self._lock, self._pid = None, threading.Lock(), os.getpid()
+            self._client, self._lock, self._pid, self._reports = None, threading.Lock(), os.getpid(), KnownReports()
         with self._lock:
             mongo = self._client
             if mongo is None or self._closer is not None and not self._closer.alive:
@@ -325,6 +327,8 @@ class MongoStorage(BaseStorage):
 
     def _apply(self, trial_id: str, change: transitions.Change) -> Trial:
         """One conditional update applying ``change``; when it matches nothing, the change says why."""
+        if not change.appends:  # it ends the reservation, or is another's: what this handle knew of its reports is old
+            self._reports.forget(trial_id)
         doc = self._trials.find_one_and_update(writes.expected(trial_id, change), writes.update(change),
                                                return_document=_AFTER)
         return self._settled(trial_id, change) if doc is None else client.doc_to_trial(doc, self.uri)
@@ -408,17 +412,21 @@ class MongoStorage(BaseStorage):
 
     @_translated("store a report")
     def report_trial(self, trial_id: str, worker: str, step: int, value: ReportValue) -> Trial:
-        seen = self._trials.find_one(
-            {"_id": trial_id}, projection={"status": 1, "worker": 1, client.REPORT_COUNT: 1, "reports": {"$slice": -1}}
-        )
-        if (refusal := writes.report_refusal(trial_id, seen, worker, self.redacted_uri)) is not None:
+        """One write, its reply without the reports this handle knows the trial holds (:mod:`.reports`)."""
+        tried = self._reports.change(trial_id, worker, step, value, self.now())
+        if tried is not None and (doc := self._trials.find_one_and_update(
+                writes.expected(trial_id, tried[0]), writes.update(tried[0]), projection=WITHOUT_REPORTS,
+                return_document=_AFTER)) is not None:
+            return self._reports.stored(client.doc_to_trial(doc, self.uri), tried[1], tried[0])
+        doc = self._trials.find_one({"_id": trial_id})
+        if (refusal := writes.report_refusal(trial_id, doc, worker, self.redacted_uri)) is not None:
             raise refusal  # the owner first, then the step
-        last = seen.get("reports") or []
-        change = transitions.report(
-            trial_id, worker, step, value, self.now(), int(seen.get(client.REPORT_COUNT) or 0),
-            int(last[-1][0]) if last else None,
-        )
-        return self._apply(trial_id, change)
+        trial = client.doc_to_trial(doc, self.uri)
+        if tried is not None and writes.took_effect(doc, trial, tried[0]):
+            return self._reports.remember(trial)  # the driver's retry of a write whose reply was lost met its effect
+        change = transitions.report(trial_id, worker, step, value, self.now(), int(doc.get(client.REPORT_COUNT) or 0),
+                                    trial.reports[-1][0] if trial.reports else None)
+        return self._reports.remember(self._apply(trial_id, change))
 
     @_translated("prune a trial")
     def prune_trial(self, trial_id: str, worker: str, verdict: Mapping[str, Any]) -> Trial:
