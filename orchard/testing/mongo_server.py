@@ -50,7 +50,8 @@ class WireServer:
     """A SecantusDB server process that a test can kill and start again on the same port and data.
 
     Used by the outage tests: :meth:`kill` takes the server down at once
-    (SIGKILL by default, as a crash would), :meth:`start` brings it back on
+    (SIGKILL by default, as a crash would), :meth:`pause` freezes it with its
+    connections open, :meth:`start` brings it back on
     the port it had and the data directory it wrote. Each start logs to a new
     file in the server's directory.
 
@@ -102,6 +103,16 @@ class WireServer:
         if self._process is not None and self._process.poll() is None:
             self._process.send_signal(sig)
             self._process.wait()
+
+    def pause(self, paused: bool = True) -> None:
+        """Freeze the server (SIGSTOP: its connections stay open, nothing answers), or let it go on (SIGCONT)."""
+        if self._process is not None and self._process.poll() is None:
+            self._process.send_signal(signal.SIGSTOP if paused else signal.SIGCONT)
+            stat, deadline = Path(f"/proc/{self._process.pid}/stat"), time.monotonic() + 10
+            while paused and stat.exists() and stat.read_text().rpartition(")")[2].split()[0] != "T":
+                if time.monotonic() > deadline:  # a signal is delivered at once: this is a stuck machine
+                    raise RuntimeError(f"the SecantusDB test server (pid {self._process.pid}) did not stop")
+                time.sleep(0.01)
 
     def stop(self) -> None:
         """Stop the server gracefully (SIGTERM, then SIGKILL after 10 s); idempotent."""
