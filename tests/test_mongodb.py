@@ -436,10 +436,12 @@ def test_writes_default_to_majority_journaled_write_concern() -> None:
 
 @pytest.mark.parametrize(("options", "timeout"), [("", 20.0), ("?socketTimeoutMS=90000", 90.0),
                                                   ("?sockettimeoutms=0", None), ("?timeoutMS=30000", None)])
-def test_a_reply_is_waited_for_20_s_unless_the_uri_says_otherwise(options: str, timeout: float | None) -> None:
-    """A server frozen with its connections open (SIGSTOP) held a call until it woke: no reply had a time limit.
-    The URI's socketTimeoutMS wins, and its timeoutMS (a bound on a whole operation) replaces the default."""
-    assert MongoStorage(f"mongodb://localhost/db{options}")._client.options.pool_options.socket_timeout == timeout
+def test_a_reply_is_waited_for_20_s_unless_the_uri_says_otherwise(options: str,
+                                                                   timeout: float | None) -> None:
+    """A server frozen with its connections open (SIGSTOP) held a call until it woke: no reply had a time
+    limit. The URI's socketTimeoutMS wins, and its timeoutMS (a bound on a whole operation) replaces it."""
+    mongo = MongoStorage(f"mongodb://localhost/db{options}")._client
+    assert mongo.options.pool_options.socket_timeout == timeout
 
 
 # -- reading ----------------------------------------------------------------------

@@ -76,7 +76,7 @@ def test_a_report_is_one_round_trip_whose_reply_does_not_grow_with_the_reports(
 
 
 def test_a_report_stored_through_another_handle_is_read_not_overwritten() -> None:
-    """A handle's hint of the reports stored is conditional on their count: another handle's report is read."""
+    """A handle's hint of the reports stored is conditional on their count: another's report is read."""
     mine, exp = _mock()
     other = MongoStorage(mine.uri)
     trial = mine.register_trial(exp, {"x": 1.0}, worker=W1)
@@ -185,7 +185,7 @@ def _fill(storage: MongoStorage) -> str:
 
 @pytest.mark.slow
 def test_counts_on_the_wire_leave_out_the_trials_readers_skip(mongo_db_uri: str) -> None:
-    """``orchard list`` showed 5 trials where 4 are readable: the count included another program's documents."""
+    """``orchard list`` showed 5 trials where 4 are readable: counts included another program's documents."""
     storage = MongoStorage(mongo_db_uri, check_interval=0.0)
     exp = _fill(storage)
     _, cursor = storage.fetch_changes(exp)

@@ -126,11 +126,11 @@ def test_a_wire_server_down_for_twice_the_lease_loses_nothing(
 @pytest.mark.timeout(300)
 def test_a_frozen_server_is_an_outage_the_calls_give_up_on_and_the_worker_rides_out(
         tmp_path: Path, spawn: Callable[..., FaultWorker]) -> None:
-    """SIGSTOP: the server keeps its connections open and answers nothing. A call waited for it to wake (no
-    timeout on a reply; pymongo's monitor, which interrupts calls once its heartbeat times out on pymongo 4.7 and
-    later, looks once in 5 minutes here, as a URI may ask): it returned when the server woke, 80 s later, and the
-    worker never said it had waited. Now each try gives up after 20 s (socketTimeoutMS), and one call makes up to
-    3: the command, its retry, and the retry's new connection's handshake."""
+    """SIGSTOP: the server keeps its connections open and answers nothing. A call waited for it to wake
+    (no timeout on a reply; pymongo's monitor, which interrupts calls once its heartbeat times out on
+    pymongo 4.7 and later, looks once in 5 minutes here, as a URI may ask): it returned when the server
+    woke, 80 s later. Now each try gives up after 20 s (socketTimeoutMS), and one call makes up to 3:
+    the command, its retry, and the retry's new connection's handshake."""
     with WireServer(tmp_path, durable=True) as server:
         uri = with_database(server.uri, "frozen") + "?heartbeatFrequencyMS=300000"
         worker = spawn(uri, "frozen", "steady", max_trials=4, heartbeat=10.0)
@@ -163,7 +163,7 @@ def test_a_frozen_server_is_an_outage_the_calls_give_up_on_and_the_worker_rides_
             server.pause(False)
         calling.join(30)
         [(took, error)] = outcome
-        assert error is not None and "lost MongoDB" in str(error), f"the call returned after {took:.1f} s: {error}"
+        assert error is not None and "lost MongoDB" in str(error), f"returned after {took:.1f} s: {error}"
         assert took < 75, f"a call to the frozen server gave up after {took:.1f} s (3 tries of 20 s at most)"
         assert_finished_normally(worker, timeout=120)
         trials = trials_of(uri, "frozen")

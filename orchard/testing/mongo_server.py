@@ -105,7 +105,7 @@ class WireServer:
             self._process.wait()
 
     def pause(self, paused: bool = True) -> None:
-        """Freeze the server (SIGSTOP: its connections stay open, nothing answers), or let it go on (SIGCONT)."""
+        """Freeze the server (SIGSTOP: its connections stay open, nothing answers), or go on (SIGCONT)."""
         if self._process is not None and self._process.poll() is None:
             self._process.send_signal(signal.SIGSTOP if paused else signal.SIGCONT)
             stat, deadline = Path(f"/proc/{self._process.pid}/stat"), time.monotonic() + 10

@@ -38,7 +38,7 @@ def _time(field: str) -> dict[str, Any]:
     return {"$and": [_typed(field, *_ABSENT, *_NUMBERS), {"$or": [_typed(field, *_ABSENT), within]}]}
 
 
-#: The query matching the trial documents whose fields have the types Orchard writes (see the module docstring).
+#: The query matching the trial documents whose fields have the types Orchard writes (module docstring).
 READABLE: dict[str, Any] = {"$expr": {"$and": [
     _typed("_id", "string"),
     {"$in": ["$status", [status.value for status in TrialStatus]]},
@@ -51,13 +51,14 @@ READABLE: dict[str, Any] = {"$expr": {"$and": [
     _typed("in_budget", "missing", "bool"),
     *(_typed(name, *_ABSENT, "object") for name in ("error", "verdict")),
     _typed("reports", "missing", "array"),
-    {"$allElementsTrue": [{"$map": {  # every param a plain scalar (an expression need not stop at the first false)
+    {"$allElementsTrue": [{"$map": {  # every param a plain scalar (an expression may not stop at a false)
         "input": {"$objectToArray": {"$cond": [{"$eq": [{"$type": "$params"}, "object"]}, "$params", {}]}},
         "in": {"$in": [{"$type": "$$this.v"}, ["string", "bool", "null", *_NUMBERS]]}}}]},
 ]}}
 
 
-def count_by_status(trials: Any, experiment_id: str, uri: str, *, every: bool = False) -> dict[TrialStatus, int]:
+def count_by_status(trials: Any, experiment_id: str, uri: str, *,
+                    every: bool = False) -> dict[TrialStatus, int]:
     """How many trials of ``experiment_id`` each status has: those readers read, or ``every`` document.
 
     One round trip; on mongomock, a read of the experiment's documents.

@@ -44,8 +44,9 @@ class KnownReports:
         self._lock = threading.Lock()
         self._known: OrderedDict[str, tuple[str | None, float | None, Known]] = OrderedDict()
 
-    def change(self, trial_id: str, worker: str, step: int, value: object, now: float) -> tuple[Change, Known] | None:
-        """The report's change built from the known reports, and those; ``None`` if there are none to build on.
+    def change(self, trial_id: str, worker: str, step: int, value: object,
+               now: float) -> tuple[Change, Known] | None:
+        """The report's change built on the known reports, and those; ``None`` if none are known.
 
         Also ``None`` for a report the known steps refuse: the read of the trial says why
         (that the worker lost the trial comes first).
@@ -63,7 +64,7 @@ class KnownReports:
         return dataclasses.replace(change, expects={**change.expects, "start_time": start_time}), known
 
     def stored(self, trial: Trial, known: Known, change: Change) -> Trial:
-        """``trial``, read from a reply without its reports, with those ``change`` (built on ``known``) left stored."""
+        """``trial`` (from a reply without its reports) holding ``known`` and the one ``change`` adds."""
         return self.remember(dataclasses.replace(trial, reports=[*known, change.appends["reports"]]))
 
     def remember(self, trial: Trial) -> Trial:

@@ -168,7 +168,8 @@ class MongoStorage(BaseStorage):
         if self._pid != os.getpid():  # forked: the parent's client and lock (maybe held) are not ours
             if self._closer is not None:
                 self._closer.detach()
-            self._client, self._lock, self._pid, self._reports = None, threading.Lock(), os.getpid(), KnownReports()
+            self._client, self._lock, self._pid = None, threading.Lock(), os.getpid()
+            self._reports = KnownReports()  # and its lock
         with self._lock:
             mongo = self._client
             if mongo is None or self._closer is not None and not self._closer.alive:
@@ -327,7 +328,7 @@ class MongoStorage(BaseStorage):
 
     def _apply(self, trial_id: str, change: transitions.Change) -> Trial:
         """One conditional update applying ``change``; when it matches nothing, the change says why."""
-        if not change.appends:  # it ends the reservation, or is another's: what this handle knew of its reports is old
+        if not change.appends:  # the reservation ends (or is another's): what was known of its reports is old
             self._reports.forget(trial_id)
         doc = self._trials.find_one_and_update(writes.expected(trial_id, change), writes.update(change),
                                                return_document=_AFTER)
@@ -423,9 +424,9 @@ class MongoStorage(BaseStorage):
             raise refusal  # the owner first, then the step
         trial = client.doc_to_trial(doc, self.uri)
         if tried is not None and writes.took_effect(doc, trial, tried[0]):
-            return self._reports.remember(trial)  # the driver's retry of a write whose reply was lost met its effect
-        change = transitions.report(trial_id, worker, step, value, self.now(), int(doc.get(client.REPORT_COUNT) or 0),
-                                    trial.reports[-1][0] if trial.reports else None)
+            return self._reports.remember(trial)  # the driver retried a write that had taken effect
+        count, last = int(doc.get(client.REPORT_COUNT) or 0), trial.reports[-1][0] if trial.reports else None
+        change = transitions.report(trial_id, worker, step, value, self.now(), count, last)
         return self._reports.remember(self._apply(trial_id, change))
 
     @_translated("prune a trial")
@@ -475,7 +476,6 @@ class MongoStorage(BaseStorage):
 
     @_translated("count trials")
     def count_trials(self, experiment_id: str) -> dict[TrialStatus, int]:
-        """See :meth:`BaseStorage.count_trials`: the trials readers read (:mod:`.counts`)."""
         counts = count_by_status(self._trials, experiment_id, self.uri)
         if not any(counts.values()):
             self._experiment_name(experiment_id)
@@ -489,7 +489,7 @@ class MongoStorage(BaseStorage):
     def fetch_changes(self, experiment_id: str, cursor: Any = None) -> tuple[list[Trial], Any]:
         """See :meth:`BaseStorage.fetch_changes`; the guarantee is in :mod:`orchard.storages.mongodb.changes`."""
         every = functools.partial(count_by_status, self._trials, experiment_id, self.uri, every=True)
-        trials, cursor = self._changes.fetch(self._trials, experiment_id, cursor, every)  # the feed's view: every doc
+        trials, cursor = self._changes.fetch(self._trials, experiment_id, cursor, every)  # it holds every doc
         if not cursor.seen:
             self._experiment_name(experiment_id)  # raise if the experiment does not exist
         return trials, cursor
