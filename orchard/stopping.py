@@ -39,7 +39,8 @@ apart from the budget it only reaches ``target`` or raises the bar ``patience``
 measures from (see :meth:`Ledger.folded`).
 
 Folded results count even if their write is then refused (the reservation was
-lost meanwhile): they were evaluated. Trials broken because their worker died
+lost meanwhile): they were evaluated. The trial's next evaluation, by the worker that
+takes it up, is folded too. Trials broken because their worker died
 are not folded (no worker finished them).
 """
 
@@ -127,8 +128,10 @@ class Ledger:
         return dataclasses.asdict(self)
 
     def folded(self, rules: StopRules, trial_id: str, outcome: Outcome, seconds: float,
-               origin: str = "evaluated", level: str = "") -> Ledger:
+               origin: str = "evaluated", level: str = "", mark: str | None = None) -> Ledger:
         """This ledger with one more finished trial, fired if a rule holds now.
+
+        ``mark`` is what ``recent`` keeps of this fold (default: the trial id): see :meth:`StopGate.fold`.
 
         ``origin``: ``"evaluated"`` (a worker's trial), ``"inserted"`` (made elsewhere, in the
         budget: counted alike) or ``"apart"`` (apart from the budget: it can reach ``target``
@@ -138,7 +141,7 @@ class Ledger:
         """
         counted = origin != "apart"
         after = dataclasses.replace(self, finished=self.finished + counted, time=_sum(self.time, max(seconds, 0.0)),
-                                    recent=[*self.recent, trial_id][-_RECENT:])
+                                    recent=[*self.recent, mark or trial_id][-_RECENT:])
         value: float | None = None  # the objective of a feasible completed trial
         if outcome.ok and outcome.objective is not None:
             if counted:
@@ -240,24 +243,29 @@ class StopGate:
         return True
 
     def fold(self, trial_id: str, outcome: Outcome, origin: str = "evaluated",
-             params: Mapping[str, Any] | None = None) -> Ledger:
+             params: Mapping[str, Any] | None = None, reserved_at: float | None = None) -> Ledger:
         """Fold a finished trial into the ledger (before its result is written); return the ledger.
 
         Its evaluation time runs from :meth:`admit` to now, on this worker's monotonic clock
         (none for a trial never admitted: an inserted one, whose ``origin`` :meth:`Ledger.folded` explains).
         ``params`` tell the fidelity the trial ran at (``patience`` compares it with the best there).
+        ``reserved_at`` (the reservation's start time) tells this evaluation from another of the same
+        trial: one whose reservation was lost after its fold, reserved again and evaluated again, is
+        folded again (it was evaluated again, and may reach the target the first did not), while a
+        retried swap of this fold that had landed is not.
 
         Raises:
             StorageError: the swap kept losing to other workers for 1000 rounds.
         """
         started = self._started.pop(trial_id, None)
         seconds = 0.0 if started is None else self._clock() - started
+        mark = trial_id if reserved_at is None else f"{trial_id}@{reserved_at!r}"
         for _ in range(_MAX_SWAPS):
             stored = self.storage.experiment(self.experiment_id).config.get(LEDGER_KEY)
             ledger = Ledger.from_dict(stored, self.label)
-            if ledger.fired is not None or trial_id in ledger.recent:
+            if ledger.fired is not None or mark in ledger.recent:
                 return ledger  # fired before (running trials are not folded), or our retried swap landed
-            after = ledger.folded(self.rules, trial_id, outcome, seconds, origin, self.rules.level(params))
+            after = ledger.folded(self.rules, trial_id, outcome, seconds, origin, self.rules.level(params), mark)
             if self.storage.swap_experiment(self.experiment_id, LEDGER_KEY, stored, after.to_dict()):
                 if after.fired is not None:
                     log.info("%s", stop_message(self.label, after.fired))

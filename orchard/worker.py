@@ -298,7 +298,7 @@ class Worker:
                 raise ReservationLostError.dropped(trial.id, self.name)
             outcome = self._settle(trial.id, outcome)
             if self.stopping is not None:  # folded before the result is stored: see orchard.stopping
-                self.stopping.fold(trial.id, outcome, params=trial.params)
+                self.stopping.fold(trial.id, outcome, params=trial.params, reserved_at=trial.start_time)
             stored = self._record(trial, outcome)  # still heartbeating: a slow write must not cost the lease
         except ReservationLostError:
             self.report.lost += 1

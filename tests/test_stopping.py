@@ -27,6 +27,7 @@ from orchard.errors import (
     BudgetExhaustedError,
     ConfigurationError,
     ExperimentConflictError,
+    ReservationLostError,
     StopReason,
     WorkerStoppedError,
 )
@@ -216,6 +217,22 @@ def test_a_trial_running_when_the_rule_fires_finishes_and_nothing_is_reserved_af
     assert counts[TrialStatus.COMPLETED] == 2
     assert counts[TrialStatus.RESERVED] == counts[TrialStatus.NEW] == 0
     assert storage.experiment(first.id).config[LEDGER_KEY]["finished"] == 1
+
+
+def test_a_trial_evaluated_again_after_its_reservation_was_lost_is_judged_again() -> None:
+    """The first evaluation was folded, then its write refused (its lease was taken back); the worker
+    that took the trial up evaluated it again and reached the target. That fold was skipped as a
+    retry of the first, so the target never fired and the workers kept searching."""
+    exp = _experiment({"target": 0.1})
+    trial = exp.suggest()
+    exp.storage.release_trial(trial.id, None)  # its lease taken back, as from a frozen worker
+    with pytest.raises(ReservationLostError):
+        exp.observe(trial, 0.5)  # folded, then refused: it still counts
+    again = exp.suggest()
+    assert again.id == trial.id
+    exp.observe(again, 0.01)
+    fired = _stopped(exp)
+    assert (fired["rule"], fired["finished"]) == ("target", 2)
 
 
 def test_workon_ends_when_a_rule_fires() -> None:
