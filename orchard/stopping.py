@@ -63,7 +63,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from orchard.storages.base import BaseStorage
 
 __all__ = [
-    "LEDGER_KEY", "RULES", "Ledger", "StopGate", "StopRules", "normalize_stop", "parse_duration", "stop_message",
+    "LEDGER_KEY", "RULES", "SEARCH_ON", "Ledger", "StopGate", "StopRules", "normalize_stop", "parse_duration", "stop_message",
     "stop_summary", "unreadable_ledger",
 ]
 
@@ -71,6 +71,8 @@ log = logging.getLogger(__name__)
 
 #: The experiment config key the stopping ledger is stored under (not a setting: never compared on join).
 LEDGER_KEY = "stop_state"
+#: What to do to run more trials once a rule has fired (a stopped experiment stays stopped).
+SEARCH_ON = "to search on, start an experiment with a new name (it can warm-start from this one)"
 _RECENT = 8  # folded trial ids the ledger keeps, so a retried swap can tell it had landed
 _MAX_SWAPS = 1000
 
@@ -230,7 +232,7 @@ class StopGate:
         """
         fired = self.read().fired
         if fired is not None:
-            raise BudgetExhaustedError(stop_message(self.label, fired), StopReason.STOPPED)
+            raise BudgetExhaustedError(f"{stop_message(self.label, fired)}; {SEARCH_ON}", StopReason.STOPPED)
 
     def admit(self, trial_id: str) -> bool:
         """Whether a reservation just written may run: ``False`` once a rule has fired (read after it).

@@ -389,7 +389,12 @@ def test_hunt_status_and_info_say_which_rule_stopped_the_experiment(
     hunt = ["hunt", "-n", "e", "--storage", "db.pkl", "--stop", "max_cost=2", sys.executable, "f.py",
             "--x~uniform(0, 1)"]
     assert main(hunt) == 0
-    assert "stopped by max_cost after 2 finished trials" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "stopped by max_cost after 2 finished trials" in out and "before this hunt" not in out
+    assert main([*hunt[:5], "--max-trials", "50", *hunt[5:]]) == 0  # a larger budget does not resume it
+    out = capsys.readouterr().out.splitlines()[-1]
+    assert out.endswith("it was stopped before this hunt, which ran no trial; to search on, start an experiment "
+                        "with a new name (it can warm-start from this one)"), out
     assert main(["status", "-n", "e", "--storage", "db.pkl"]) == 0
     assert "stop:    stopped by max_cost after 2 finished trials" in capsys.readouterr().out
     assert main(["info", "-n", "e", "--storage", "db.pkl", "--json"]) == 0

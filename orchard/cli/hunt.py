@@ -343,7 +343,7 @@ def _work(experiment: Experiment, template: CommandTemplate, settings: Settings)
     from orchard.recording import budget_to_give
     from orchard.resources import parse_memory
     from orchard.runner import ScriptRunner
-    from orchard.stopping import stop_summary
+    from orchard.stopping import SEARCH_ON, stop_summary
 
     base = os.path.abspath(settings.get("working_dir") or experiment.settings.working_dir
                            or _default_runs(experiment.name))  # None: stored by an older release
@@ -353,6 +353,7 @@ def _work(experiment: Experiment, template: CommandTemplate, settings: Settings)
     def to_give() -> int | None:
         return budget_to_give(experiment.storage, experiment.id, experiment.max_trials)
 
+    stopped_before = (stop_summary(experiment.storage.experiment(experiment.id).config) or {}).get("fired")
     n_workers = workers_to_start(settings.get("n_workers"), to_give, experiment.name)  # workon's own rule
     executor = settings.get("executor", use_default=False)
     if n_workers == 1 and executor in ("joblib", "loky"):
@@ -373,7 +374,8 @@ def _work(experiment: Experiment, template: CommandTemplate, settings: Settings)
           f"{best}")
     stopping = stop_summary(experiment.storage.experiment(experiment.id).config)
     if stopping is not None and stopping["fired"] is not None:
-        print(f"experiment {experiment.name!r}: {stopping['line']}")
+        before = f"; it was stopped before this hunt, which ran no trial; {SEARCH_ON}" if stopped_before else ""
+        print(f"experiment {experiment.name!r}: {stopping['line']}{before}")
     elif settings.get("idle_timeout") is None:
         _say_why_short(experiment, counts)
     return 0
