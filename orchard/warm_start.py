@@ -319,9 +319,21 @@ def check_sources(space: Space, stored: Sequence[Mapping[str, Any]] | None, own:
             measured other objectives.
         StorageError: a source's storage cannot be opened.
     """
-    if any(s.experiment == name and s.storage is None for s in _sources(stored)):
+    if any(s.experiment == name and _in_storage(s, own) for s in _sources(stored)):
         raise ConfigurationError(f"experiment {name!r} cannot warm-start from itself; name an earlier experiment")
     _gather(space, stored, own, strict=True, objectives=objectives)
+
+
+def _in_storage(source: Source, own: BaseStorage) -> bool:
+    """Whether ``source`` is kept in ``own`` (named by its URI or path too): a self-source named by path was
+    reported as missing from its own storage."""
+    if source.storage is None:
+        return True
+    try:
+        with get_storage(source.storage) as theirs:
+            return theirs.uri == own.uri
+    except OrchardError:
+        return False  # _gather says why it cannot be read
 
 
 def prior_trials(space: Space, stored: Sequence[Mapping[str, Any]] | None, own: BaseStorage) -> list[Trial]:

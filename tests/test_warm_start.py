@@ -309,6 +309,16 @@ def test_a_relative_source_path_means_the_same_file_to_workers_started_elsewhere
     assert list((tmp_path / "b").iterdir()) == []
 
 
+@pytest.mark.parametrize("written", ["{store}:new", "pickle://{store}:new"])
+def test_an_experiment_named_as_its_own_source_by_its_storage_path_is_refused_as_such(
+        store: str, written: str) -> None:
+    """It was reported as missing from its own storage ("no experiment named 'new' in storage ...")."""
+    finished(store)
+    with pytest.raises(ConfigurationError, match="'new' cannot warm-start from itself"):
+        orchard.build_experiment("new", space=BRANIN_SPACE, storage=store, warm_start=[written.format(store=store)])
+    assert orchard.get_storage(store).get_experiment("new") is None
+
+
 def test_joining_agrees_on_the_sources(store: str) -> None:
     finished(store)
     finished(store, "older")
