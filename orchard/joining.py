@@ -17,6 +17,7 @@ from orchard.errors import ExperimentConflictError
 from orchard.experiment_config import ExperimentConfig
 from orchard.space import Space
 from orchard.storages.base import BaseStorage, ExperimentRecord
+from orchard.storages._uri import redact_all
 from orchard.storages.retrying import RetryingStorage
 
 __all__ = ["join_experiment", "patiently"]
@@ -63,8 +64,8 @@ def join_experiment(
     if pruner is not None and pruner != stored.pruner:
         problems.append(f"pruner: stored {stored.pruner} != given {pruner}")
     for key, value in (goals or {}).items():
-        if value is not None and value != getattr(stored, key):
-            problems.append(f"{key}: stored {getattr(stored, key)} != given {value}")
+        if value is not None and value != getattr(stored, key):  # a warm-start source's URI may hold a password
+            problems.append(f"{key}: stored {redact_all(getattr(stored, key))} != given {redact_all(value)}")
         elif key == "objectives" and value is not None and list(value) != list(stored.objectives or ()):
             problems.append(f"objectives: stored in the order {', '.join(stored.objectives or ())} != given "
                             f"{', '.join(value)} (the first is each trial's objective)")

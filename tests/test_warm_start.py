@@ -329,6 +329,18 @@ def test_joining_agrees_on_the_sources(store: str) -> None:
         orchard.build_experiment("new", storage=store, warm_start=["older"])
 
 
+def test_a_conflict_over_the_sources_never_shows_a_password(store: str) -> None:
+    finished(store)
+    exp = orchard.build_experiment("new", space=BRANIN_SPACE, storage=store, warm_start=["old"])
+    hidden = {"experiment": "old", "storage": "mongodb://alice:s3cret@db-host/orchard", "fill": {}}
+    assert exp.storage.swap_experiment(exp.id, "warm_start", exp.settings.warm_start, [hidden])  # stored with one
+    with pytest.raises(ExperimentConflictError) as conflict:  # and given with one
+        orchard.build_experiment("new", space=BRANIN_SPACE, storage=store, warm_start=["mongodb://bob:pa55@h/db:old"])
+    assert "s3cret" not in str(conflict.value) and "pa55" not in str(conflict.value)
+    assert "mongodb://alice:***@db-host/orchard" in str(conflict.value), conflict.value
+    assert "mongodb://bob:***@h/db" in str(conflict.value), conflict.value
+
+
 def test_a_deleted_source_never_stops_the_experiment_it_warm_started(
     store: str, caplog: pytest.LogCaptureFixture,
 ) -> None:

@@ -16,7 +16,7 @@ from orchard.dashboard._views import ExperimentView
 from orchard.objectives import dominates
 from orchard.pareto import scored
 from orchard.stopping import LEDGER_KEY, stop_summary
-from orchard.storages._uri import redact
+from orchard.storages._uri import redact_all
 from orchard.trial import Trial, TrialStatus, first_value
 
 __all__ = ["RowCache", "devices_of", "experiment_detail", "experiment_summary", "fidelity_param", "pareto_front",
@@ -90,7 +90,7 @@ def experiment_detail(view: ExperimentView, storage_uri: str) -> dict[str, Any]:
         **experiment_summary(view),
         "storage": storage_uri,
         "space": dict(config.get("space") or {}),
-        "settings": {k: _redacted(v) for k, v in config.items() if k not in ("space", "algorithm", LEDGER_KEY)},
+        "settings": {k: redact_all(v) for k, v in config.items() if k not in ("space", "algorithm", LEDGER_KEY)},
         "stopping": stop_summary(config),
         "best_params": None if best is None else best.params,
         "stale_after": view.stale_after,
@@ -265,17 +265,6 @@ def _row(trial: Trial, number: int) -> dict[str, Any]:
         "reports": [[step, _finite(first_value(value))] for step, value in trial.reports],
         "verdict": None if not trial.verdict else _text(trial.verdict.get("reason", "")),
     }
-
-
-def _redacted(value: Any) -> Any:
-    """``value`` with the password of every URI in it hidden (a warm-start source names its storage)."""
-    if isinstance(value, str):
-        return redact(value)
-    if isinstance(value, dict):
-        return {key: _redacted(item) for key, item in value.items()}
-    if isinstance(value, list):
-        return [_redacted(item) for item in value]
-    return value
 
 
 def _error_row(error: Any) -> dict[str, str]:

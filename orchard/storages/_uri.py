@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import re
 import urllib.parse
+from typing import Any
 
-__all__ = ["password_of", "pickle_path", "redact", "split_options"]
+__all__ = ["password_of", "pickle_path", "redact", "redact_all", "split_options"]
 
 _SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*:/*")
 
@@ -44,6 +45,17 @@ def redact(uri: str) -> str:
     found = _user_info(uri)
     shown = uri if found is None else uri[:found[0]] + "***" + uri[found[1]:]
     return _SECRET_OPTION.sub(lambda m: m.group("key") + "***", shown)
+
+
+def redact_all(value: Any) -> Any:
+    """``value`` with the password of every URI in it hidden (a warm-start source names its storage)."""
+    if isinstance(value, str):
+        return redact(value)
+    if isinstance(value, dict):
+        return {key: redact_all(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [redact_all(item) for item in value]
+    return value
 
 
 def password_of(uri: str) -> str:
