@@ -8,7 +8,8 @@ and the worker stops before anything is stored, instead of:
 
 * an exception from inside the algorithm, reported as if the objective had crashed;
 * a point outside the space, or missing a dimension, registered and evaluated;
-* a point registered with a parent that is no trial of the experiment;
+* a point registered with a parent that is no trial of the experiment (a warm start's trial
+  promoted is registered with none);
 * an empty answer, or points the experiment already holds suggested again and again,
   while the worker waits forever for something new.
 
@@ -128,6 +129,8 @@ class Suggester:
             parent_id = trial_id(experiment_id, parent) if isinstance(parent, Mapping) else None
         except OrchardError:  # params no trial can have
             parent_id = None
+        if parent_id is not None and parent_id not in history.trials and parent in history.seen:
+            return None  # a warm start's trial promoted: its parent is another experiment's, evidence only
         if parent_id is None or parent_id not in history.trials:
             what = "which is no trial of the experiment" if parent_id else "not the params of a trial"
             raise AlgorithmError(f"algorithm {self.name!r} named {shown(parent)} as the parent of point "

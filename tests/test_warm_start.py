@@ -319,6 +319,20 @@ def test_an_experiment_named_as_its_own_source_by_its_storage_path_is_refused_as
     assert orchard.get_storage(store).get_experiment("new") is None
 
 
+@pytest.mark.parametrize("budgets", ["fidelity(1, 9, base=3)", "fidelity(1, 27, base=3)"])
+def test_asha_warm_started_from_a_fidelity_source_promotes_its_trials(store: str, budgets: str) -> None:
+    """ASHA promoted a source's trial and named it as the parent; the worker refused the point as
+    naming no trial of the experiment and stopped with an AlgorithmError."""
+    old = orchard.build_experiment("old", space={"x": "uniform(0, 10)", "e": "fidelity(1, 9, base=3)"},
+                                   storage=store, algorithm="asha", seed=1)
+    old.workon(lambda x, e: x / e, max_trials=20)
+    new = orchard.build_experiment("new", space={"x": "uniform(0, 10)", "e": budgets}, storage=store,
+                                   algorithm="asha", seed=1, warm_start=["old"])
+    assert new.workon(lambda x, e: x / e, max_trials=6)["counts"]["completed"] == 6
+    promoted = [t for t in new.fetch_trials() if t.params["e"] > 1]
+    assert promoted and all(t.parent is None or t.parent in {p.id for p in new.fetch_trials()} for t in promoted)
+
+
 def test_joining_agrees_on_the_sources(store: str) -> None:
     finished(store)
     finished(store, "older")
