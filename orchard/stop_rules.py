@@ -117,7 +117,8 @@ def _items(value: Any) -> Mapping[str, Any]:
 
 
 def normalize_stop(value: Any, objectives: Mapping[str, str] | None = None) -> dict[str, Any] | None:
-    """Check stopping rules; return their stored form (only the rules given), or ``None`` for none.
+    """Check stopping rules; return their stored form (the rules given; options at their default left out)
+    or ``None`` for none.
 
     Args:
         value: ``{"target": 0.1, "patience": 20, "min_delta": 1e-3, "max_cost": 10, "max_time": "2h"}``
@@ -158,6 +159,9 @@ def normalize_stop(value: Any, objectives: Mapping[str, str] | None = None) -> d
     for option, rule in (("min_delta", "patience"), ("cost_metric", "max_cost")):
         if option in checked and rule not in checked:
             raise ConfigurationError(f"stop option {option} needs the rule {rule}; give {rule} too, or drop {option}")
+    for option, default in (("min_delta", 0.0), ("cost_metric", "cost")):
+        if checked.get(option) == default:  # said once: a joiner spelling the default out joins
+            del checked[option]
     several = objectives is not None and len(objectives) > 1
     if several and ("target" in checked or "patience" in checked):
         raise ConfigurationError(

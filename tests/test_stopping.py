@@ -366,6 +366,19 @@ def test_rules_are_stored_and_joining_with_other_rules_is_refused() -> None:
         orchard.build_experiment("e", storage=storage, stop={"patience": 21})
 
 
+def test_joining_with_an_option_spelled_out_at_its_default_joins() -> None:
+    """A joiner giving cost_metric=cost or min_delta=0 was refused: 'exists with a different configuration'."""
+    storage = get_storage("memory://")
+    exp = _experiment({"max_cost": 5, "patience": 3}, storage)
+    for same in ({"max_cost": 5, "cost_metric": "cost", "patience": 3}, "max_cost=5,patience=3,min_delta=0"):
+        assert orchard.build_experiment("e", storage=storage, stop=same).id == exp.id
+    stored = {"max_cost": 5.0, "cost_metric": "cost", "patience": 3, "min_delta": 0.0}  # as another release wrote it
+    assert storage.swap_experiment(exp.id, "stop", exp.config["stop"], stored)
+    assert orchard.build_experiment("e", storage=storage, stop={"max_cost": 5, "patience": 3}).id == exp.id
+    with pytest.raises(ConfigurationError, match="min_delta needs the rule patience"):
+        _experiment({"target": 1, "min_delta": 0}, name="f")
+
+
 def test_rules_come_from_flags_the_environment_and_config_files(tmp_path: Path) -> None:
     assert config.resolve("stop", flag=["target=0.1", "max-time=2h"], environ={}, files=[]) == {
         "target": 0.1, "max_time": 7200.0}
