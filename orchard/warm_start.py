@@ -267,19 +267,24 @@ def _gather(space: Space, stored: Sequence[Mapping[str, Any]] | None, own: BaseS
 
     ``strict`` (when the experiment is created) refuses a missing source and one none of whose
     trials fits; otherwise (a worker starting later) such a source gives nothing, with a warning,
-    so deleting an old experiment, recreating it with another space, or losing or damaging the
-    other storage it was in, never stops the ones it warm-started.
+    so deleting an old experiment, recreating it with another space, damaging its record, or losing
+    or damaging the other storage it was in, never stops the ones it warm-started.
     """
     prior: list[Trial] = []
     uses: list[SourceUse] = []
     for source in _sources(stored):
         try:
             theirs, their_objectives, trials = _read(source, own)
-        except (ExperimentNotFoundError, StorageError) as err:  # the experiment's own storage failing is no excuse
+        except (ExperimentNotFoundError, StorageError, ConfigurationError) as err:
             if strict or (isinstance(err, StorageError) and source.storage is None):
-                raise
-            why = "no longer exists" if isinstance(err, ExperimentNotFoundError) else f"cannot be read ({err})"
-            log.warning("warm start source %r %s; going on without it", source.label, why)
+                raise  # the experiment's own storage failing is no excuse
+            if isinstance(err, ConfigurationError):  # its record holds a space this release cannot read
+                why = str(err)
+            elif isinstance(err, ExperimentNotFoundError):
+                why = f"warm start source {source.label!r} no longer exists"
+            else:
+                why = f"warm start source {source.label!r} cannot be read ({err})"
+            log.warning("%s; going on without it", why)
             uses.append(SourceUse(source.label, 0, 0, {}))
             continue
         problems = _fit_problems(source, theirs, space)

@@ -22,6 +22,7 @@ from pathlib import Path
 import pytest
 
 import orchard
+from orchard import warm_start
 from orchard.cli import main
 from orchard.errors import (
     BudgetExhaustedError,
@@ -380,6 +381,23 @@ def test_a_source_recreated_with_another_space_never_stops_the_experiment_it_war
     assert "warm start source 'old' no longer fits this space ('x' is new in this space" in caplog.text
     assert main(["info", "-n", "new", "--storage", store]) == 0
     assert "old (0 of 2 completed trials)" in capsys.readouterr().out
+
+
+def test_a_source_whose_stored_space_cannot_be_read_never_stops_the_experiment_it_warm_started(
+    store: str, caplog: pytest.LogCaptureFixture, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Every worker starting afterwards, and info, failed with 'warm start source 'old' has no usable space'."""
+    old = finished(store)
+    new = orchard.build_experiment("new", space=BRANIN_SPACE, max_trials=2, storage=store, warm_start=["old"])
+    space = old.storage.experiment(old.id).config["space"]
+    assert old.storage.swap_experiment(old.id, "space", space, {"x": "wibble(1, 2)"})  # another program's record
+    monkeypatch.setattr(warm_start, "_CACHE", {})  # as a worker process started now reads it
+    new.workon(branin, progress=False)
+    assert len(new.fetch_trials([TrialStatus.COMPLETED])) == 2
+    assert "warm start source 'old' has no usable space (dimension 'x'" in caplog.text
+    assert "going on without it" in caplog.text
+    assert main(["info", "-n", "new", "--storage", store]) == 0
+    assert "old (0 of 0 completed trials)" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize("damage", ["overwritten", "a directory"])
