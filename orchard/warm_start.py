@@ -200,8 +200,8 @@ def _fit_problems(source: Source, theirs: Space, space: Space) -> list[str]:
 def _mapped(trial: Trial, space: Space, fill: Mapping[str, Any], dropped: dict[str, int]) -> Trial | None:
     """``trial`` with its params in ``space``, or ``None`` (counted in ``dropped``) if one is outside it."""
     point = {**trial.params, **fill}
-    for name, prior in space.items():
-        if not prior.contains(to_builtin(point[name])):
+    for name, prior in space.items():  # a record another program wrote may lack a dimension
+        if name not in point or not prior.contains(to_builtin(point[name])):
             dropped[name] = dropped.get(name, 0) + 1
             return None
     return dataclasses.replace(trial, params={name: prior.cast(point[name]) for name, prior in space.items()})

@@ -400,6 +400,21 @@ def test_a_source_whose_stored_space_cannot_be_read_never_stops_the_experiment_i
     assert "old (0 of 0 completed trials)" in capsys.readouterr().out
 
 
+def test_source_trials_another_program_stored_without_a_dimension_are_left_out(
+        store: str, capsys: pytest.CaptureFixture[str]) -> None:
+    """A source trial lacking a param made every worker of the warm-started experiment die of KeyError: 'x',
+    and 'orchard info' with it."""
+    old = finished(store)
+    new = orchard.build_experiment("new", space=BRANIN_SPACE, max_trials=2, storage=store, warm_start=["old"])
+    odd = [Trial(f"odd{i}", old.id, params, TrialStatus.COMPLETED, objective=1.0)
+           for i, params in enumerate([{"y": 1.0}, {"x": "abc", "y": 1.0}])]
+    assert old.storage.restore_trials(old.id, odd) == 2
+    new.workon(branin, progress=False)
+    assert len(new.fetch_trials([TrialStatus.COMPLETED])) == 2
+    assert main(["info", "-n", "new", "--storage", store]) == 0
+    assert "old (12 of 14 completed trials; 2 outside x)" in capsys.readouterr().out
+
+
 @pytest.mark.parametrize("damage", ["overwritten", "a directory"])
 def test_a_source_in_another_storage_that_cannot_be_read_never_stops_the_experiment(
     tmp_path: Path, store: str, damage: str, caplog: pytest.LogCaptureFixture,
