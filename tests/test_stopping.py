@@ -410,6 +410,10 @@ def test_hunt_status_and_info_say_which_rule_stopped_the_experiment(
                         "with a new name (it can warm-start from this one)"), out
     assert main(["status", "-n", "e", "--storage", "db.pkl"]) == 0
     assert "stop:    stopped by max_cost after 2 finished trials" in capsys.readouterr().out
+    assert main(["list", "--storage", "db.pkl"]) == 0  # it read as an experiment with budget left
+    assert capsys.readouterr().out.rstrip().endswith("0 waiting  stopped by max_cost")
+    assert main(["list", "--storage", "db.pkl", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)[0]["stopped"]["rule"] == "max_cost"
     assert main(["info", "-n", "e", "--storage", "db.pkl", "--json"]) == 0
     info = json.loads(capsys.readouterr().out)
     assert info["stop"]["fired"]["rule"] == "max_cost"

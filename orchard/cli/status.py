@@ -309,6 +309,7 @@ def run_status(args: argparse.Namespace) -> int:
 
 def run_list(args: argparse.Namespace) -> int:
     """Print one line per experiment: name, completed of budget, broken, running."""
+    from orchard.stopping import stop_summary
     from orchard.trial import TrialStatus
 
     missing = missing_storage_file(args)
@@ -322,7 +323,8 @@ def run_list(args: argparse.Namespace) -> int:
         rows.append({"name": record.name, "created": record.created,
                      "max_trials": record.config.get("max_trials"),
                      "inserted_apart": storage.count_unbudgeted(record.id),
-                     "counts": {status.value: counts[status] for status in TrialStatus}})
+                     "counts": {status.value: counts[status] for status in TrialStatus},
+                     "stopped": (stop_summary(record.config) or {}).get("fired")})  # no budget left, whatever it says
     if args.json:
         print(strict_json(rows))
     elif not rows:
@@ -334,7 +336,8 @@ def run_list(args: argparse.Namespace) -> int:
             inserted = f" ({row['inserted_apart']} inserted apart)" if row["inserted_apart"] else ""
             print(f"{row['name']:<{width}}  {c['completed']}/{budget} completed{inserted}  {c.get('pruned', 0)} pruned  "
                   f"{c['broken']} broken  "
-                  f"{c['reserved']} running  {c['new'] + c['interrupted']} waiting")
+                  f"{c['reserved']} running  {c['new'] + c['interrupted']} waiting"
+                  + (f"  stopped by {row['stopped']['rule']}" if row["stopped"] else ""))
     return 0
 
 
