@@ -35,7 +35,7 @@ from orchard.errors import BudgetExhaustedError, ConfigurationError, SpaceError,
 from orchard.experiment_config import ExperimentConfig
 from orchard.objective import Outcome, interpret_result, with_objectives
 from orchard.space import Space, trial_id
-from orchard.stopping import LEDGER_KEY, Ledger, StopGate, StopRules, stop_message
+from orchard.stopping import LEDGER_KEY, SEARCH_ON, Ledger, StopGate, StopRules, stop_message
 from orchard.storages.base import BaseStorage
 from orchard.trial import Trial, TrialStatus
 
@@ -211,11 +211,15 @@ def budget_to_give(storage: BaseStorage, experiment_id: str, max_trials: int | N
 
 
 def warn_if_budget_met(storage: BaseStorage, experiment_id: str, name: str, max_trials: int | None) -> bool:
-    """Say so (a warning) when the budget is met, instead of returning silently; whether it is.
+    """Say so (a warning) when the budget is met or a stopping rule fired, instead of returning silently.
 
-    Reads nothing without a budget, and counts the trials recorded apart from it only when
-    the completed and pruned ones alone reach it: one read for a worker joining a running experiment.
+    Returns whether either is so. Counts the trials recorded apart from the budget only when the
+    completed and pruned ones alone reach it.
     """
+    fired = Ledger.from_dict(storage.experiment(experiment_id).config.get(LEDGER_KEY), name).fired
+    if fired is not None:  # a larger max_trials is no remedy
+        log.warning("%s; nothing to do: %s", stop_message(name, fired), SEARCH_ON)
+        return True
     if max_trials is None:
         return False
     counts = storage.count_trials(experiment_id)

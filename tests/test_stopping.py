@@ -242,6 +242,16 @@ def test_workon_ends_when_a_rule_fires() -> None:
     assert stats["stop"]["fired"]["rule"] == "max_cost"
 
 
+def test_workon_on_a_stopped_experiment_says_so_and_how_to_search_on(caplog: pytest.LogCaptureFixture) -> None:
+    """It returned the same counts without a word, as if the larger max_trials had been run."""
+    exp = _experiment({"max_cost": 2})
+    exp.workon(lambda x: {"objective": x, "cost": 1.0})
+    stats = exp.workon(lambda x: {"objective": x, "cost": 1.0}, max_trials=50)
+    assert stats["counts"]["completed"] == 2
+    assert "experiment 'e' was stopped by rule max_cost after 2 finished trials" in caplog.text
+    assert "nothing to do: to search on, start an experiment with a new name" in caplog.text
+
+
 # -- inserted evaluations ----------------------------------------------------------------------
 
 
@@ -403,11 +413,13 @@ def test_hunt_status_and_info_say_which_rule_stopped_the_experiment(
             "--x~uniform(0, 1)"]
     assert main(hunt) == 0
     out = capsys.readouterr().out
-    assert "stopped by max_cost after 2 finished trials" in out and "before this hunt" not in out
+    assert "stopped by max_cost after 2 finished trials" in out and "nothing to do" not in out
     assert main([*hunt[:5], "--max-trials", "50", *hunt[5:]]) == 0  # a larger budget does not resume it
-    out = capsys.readouterr().out.splitlines()[-1]
-    assert out.endswith("it was stopped before this hunt, which ran no trial; to search on, start an experiment "
-                        "with a new name (it can warm-start from this one)"), out
+    out = capsys.readouterr().out
+    assert out.startswith("experiment 'e': stopped by max_cost after 2 finished trials"), out
+    assert out.rstrip().endswith("; nothing to do: to search on, start an experiment with a new name (it can "
+                                 "warm-start from this one)"), out
+    assert len(get_storage("db.pkl").fetch_trials(get_storage("db.pkl").get_experiment("e").id)) == 2
     assert main(["status", "-n", "e", "--storage", "db.pkl"]) == 0
     assert "stop:    stopped by max_cost after 2 finished trials" in capsys.readouterr().out
     assert main(["list", "--storage", "db.pkl"]) == 0  # it read as an experiment with budget left

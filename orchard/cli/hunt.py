@@ -144,7 +144,7 @@ def _hunt(args: argparse.Namespace, settings: Settings) -> int:
     _check_capacity(storage, name, settings)
     experiment = _experiment(name, template, storage, settings)
     _compare_command(experiment, template)
-    if _budget_met(experiment):
+    if _stopped(experiment) or _budget_met(experiment):
         return 0
     return _work(experiment, template, settings)
 
@@ -327,6 +327,17 @@ def _make_folder(path: str, name: str) -> None:
             "give --working-dir with a folder this machine can write") from err
 
 
+def _stopped(experiment: Experiment) -> bool:
+    """Say so when a stopping rule stopped the experiment: no worker starts, and a larger --max-trials is no remedy."""
+    from orchard.stopping import SEARCH_ON, stop_summary
+
+    stopping = stop_summary(experiment.storage.experiment(experiment.id).config)
+    if stopping is None or stopping["fired"] is None:
+        return False
+    print(f"experiment {experiment.name!r}: {stopping['line']}; nothing to do: {SEARCH_ON}")
+    return True
+
+
 def _budget_met(experiment: Experiment) -> bool:
     from orchard.recording import budget_used
 
@@ -343,7 +354,7 @@ def _work(experiment: Experiment, template: CommandTemplate, settings: Settings)
     from orchard.recording import budget_to_give
     from orchard.resources import parse_memory
     from orchard.runner import ScriptRunner
-    from orchard.stopping import SEARCH_ON, stop_summary
+    from orchard.stopping import stop_summary
 
     base = os.path.abspath(settings.get("working_dir") or experiment.settings.working_dir
                            or _default_runs(experiment.name))  # None: stored by an older release
@@ -353,7 +364,6 @@ def _work(experiment: Experiment, template: CommandTemplate, settings: Settings)
     def to_give() -> int | None:
         return budget_to_give(experiment.storage, experiment.id, experiment.max_trials)
 
-    stopped_before = (stop_summary(experiment.storage.experiment(experiment.id).config) or {}).get("fired")
     n_workers = workers_to_start(settings.get("n_workers"), to_give, experiment.name)  # workon's own rule
     executor = settings.get("executor", use_default=False)
     if n_workers == 1 and executor in ("joblib", "loky"):
@@ -374,8 +384,7 @@ def _work(experiment: Experiment, template: CommandTemplate, settings: Settings)
           f"{best}")
     stopping = stop_summary(experiment.storage.experiment(experiment.id).config)
     if stopping is not None and stopping["fired"] is not None:
-        before = f"; it was stopped before this hunt, which ran no trial; {SEARCH_ON}" if stopped_before else ""
-        print(f"experiment {experiment.name!r}: {stopping['line']}{before}")
+        print(f"experiment {experiment.name!r}: {stopping['line']}")
     elif settings.get("idle_timeout") is None:
         _say_why_short(experiment, counts)
     return 0
