@@ -289,7 +289,7 @@ class Experiment:
         n_workers = workers_to_start(n_workers, lambda: budget_to_give(self.storage, self.id, settings.max_trials), self.name)
         pool_manager = make_executor(executor, n_workers, executor_config)  # validates name and size
         devices = assign_devices(parse_gpus(gpus), gpus_per_worker, n_workers, shares_environment(executor, executor_config))
-        warn_if_budget_met(self.storage, self.id, self.name, self.max_trials)
+        warn_if_budget_met(self.storage, self.id, self.name, self.max_trials, self.config)  # as refreshed above
         if executor not in ("single", "thread") and not shares_environment(executor):
             check_travels(fn, self.storage, executor)  # fail fast, with the pickler's reason
         tasks = [WorkerTask(self.storage, self.id, self._seeded(settings, i), fn, trial_timeout, self.name,

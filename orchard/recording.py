@@ -210,13 +210,15 @@ def budget_to_give(storage: BaseStorage, experiment_id: str, max_trials: int | N
     return max(max_trials - _used(storage, experiment_id, counts) - counts[TrialStatus.RESERVED], 0)
 
 
-def warn_if_budget_met(storage: BaseStorage, experiment_id: str, name: str, max_trials: int | None) -> bool:
+def warn_if_budget_met(storage: BaseStorage, experiment_id: str, name: str, max_trials: int | None,
+                       config: Mapping[str, Any]) -> bool:
     """Say so (a warning) when the budget is met or a stopping rule fired, instead of returning silently.
 
-    Returns whether either is so. Counts the trials recorded apart from the budget only when the
+    Returns whether either is so. ``config`` is the experiment's stored configuration, just read (the
+    stopping ledger is in it). Counts the trials recorded apart from the budget only when the
     completed and pruned ones alone reach it.
     """
-    fired = Ledger.from_dict(storage.experiment(experiment_id).config.get(LEDGER_KEY), name).fired
+    fired = Ledger.from_dict(config.get(LEDGER_KEY), name).fired
     if fired is not None:  # a larger max_trials is no remedy
         log.warning("%s; nothing to do: %s", stop_message(name, fired), SEARCH_ON)
         return True
