@@ -15,6 +15,7 @@ from typing import Any
 from orchard.dashboard._views import ExperimentView
 from orchard.objectives import dominates
 from orchard.pareto import scored
+from orchard.plotting.curves import sampled
 from orchard.stopping import LEDGER_KEY, stop_summary
 from orchard.storages._uri import redact_all
 from orchard.trial import Trial, TrialStatus, first_value
@@ -24,6 +25,8 @@ __all__ = ["RowCache", "devices_of", "experiment_detail", "experiment_summary", 
 
 #: Points of the front's scatter at most (the front's own points always included).
 MAX_FRONT_POINTS = 5_000
+#: Reports of one trial sent in its row at most (evenly spaced; first, last and lowest kept).
+MAX_ROW_REPORTS = 50
 
 
 def devices_of(trial: Trial) -> list[str]:
@@ -262,7 +265,8 @@ def _row(trial: Trial, number: int) -> dict[str, Any]:
         "submit_time": trial.submit_time, "start_time": trial.start_time, "end_time": trial.end_time,
         "heartbeat": trial.heartbeat, "duration": trial.duration, "attempts": trial.attempts, "parent": trial.parent,
         "error": None if error is None else _error_row(error),
-        "reports": [[step, _finite(first_value(value))] for step, value in trial.reports],
+        "reports": [[step, _short(first_value(value))] for step, value in sampled(trial.reports, MAX_ROW_REPORTS)],
+        "reported": len(trial.reports),
         "verdict": None if not trial.verdict else _text(trial.verdict.get("reason", "")),
     }
 
@@ -291,6 +295,12 @@ def _finite(value: float | None) -> float | None:
     if value is None or not isinstance(value, (int, float)) or not math.isfinite(value):
         return None
     return float(value)
+
+
+def _short(value: float) -> float | None:
+    """A reported value to 6 significant digits (as the page shows numbers), half the JSON of its repr."""
+    finite = _finite(value)
+    return None if finite is None else float(f"{finite:.6g}")
 
 
 def _plain(value: Any) -> Any:

@@ -307,7 +307,8 @@ function drawCurves() {
   const completed = reported.filter((t) => t.status === "completed" && t.objective !== null);
   const best = completed.reduce((a, t) => (a === null || t.objective < a.objective ? t : a), null);
   if (reported.length > MAX_CURVES) {
-    const last = (t) => t.reports[t.reports.length - 1][1];
+    // A last value sent as null (NaN or infinite, stored by another program) ranks last, not as 0.
+    const last = (t) => { const v = t.reports[t.reports.length - 1][1]; return v === null ? Infinity : v; };
     const byValue = [...reported].sort((a, b) => last(a) - last(b)).slice(0, MAX_CURVES / 2);
     const latest = [...reported].sort((a, b) => b.number - a.number).slice(0, MAX_CURVES / 2);
     reported = [...new Set([...byValue, ...latest, ...(best ? [best] : [])])];
@@ -316,11 +317,13 @@ function drawCurves() {
   reported.forEach((t) => {
     const isBest = best !== null && t.id === best.id;
     const color = isBest ? "#d62728" : t.status === "completed" ? "#1f77b4" : (STATUS_COLORS[t.status] || "#8a96a3");
-    const label = plotText("#" + t.number + " " + fmtParams(t.params) + (t.verdict ? " — pruned: " + t.verdict : ""));
+    // The server sends at most 50 reports of a curve (evenly spaced; first, last and lowest kept): say so.
+    const sampled = t.reported > t.reports.length ? " (" + t.reports.length + " of " + t.reported + " reports)" : "";
+    const label = plotText("#" + t.number + " " + fmtParams(t.params) + (t.verdict ? " — pruned: " + t.verdict : "") + sampled);
     data.push({ x: t.reports.map((r) => r[0]), y: t.reports.map((r) => r[1]), mode: "lines", showlegend: false,
       line: { color, width: isBest ? 3 : 1, dash: t.status === "reserved" ? "dash" : "solid" },
-      opacity: isBest || t.status === "completed" ? 1 : 0.55, text: t.reports.map(() => label),
-      hovertemplate: "%{text}<br>step %{x}: %{y:.4g}<extra></extra>" });
+      opacity: isBest || t.status === "completed" ? 1 : 0.55, name: label,
+      hovertemplate: "%{fullData.name}<br>step %{x}: %{y:.4g}<extra></extra>" });
     if (t.status === "pruned") {
       const end = t.reports[t.reports.length - 1];
       data.push({ x: [end[0]], y: [end[1]], mode: "markers", showlegend: false, hoverinfo: "skip",
