@@ -406,13 +406,14 @@ def test_a_name_near_the_longest_is_written_though_a_longer_temporary_name_would
 
 
 def test_long_curves_are_drawn_from_a_bounded_sample_that_keeps_their_ends_and_lowest_point() -> None:
-    """A trial with 100,000 reports made an 85 MB html file; a NaN objective stored by another program was 'best'."""
+    """A trial with 100,000 reports made an 85 MB html file; a NaN objective stored elsewhere was 'best'."""
     long = [(step, 1.0 + (step % 7) / 10) for step in range(100_000)]
     long[61_234] = (61_234, 0.01)
     trials = [
         Trial(id="nan", experiment="e", params={"x": 0}, status=TrialStatus.COMPLETED, objective=math.nan,
               reports=[(1, math.nan)]),
-        Trial(id="long", experiment="e", params={"x": 1}, status=TrialStatus.COMPLETED, objective=1.3, reports=long),
+        Trial(id="long", experiment="e", params={"x": 1}, status=TrialStatus.COMPLETED, objective=1.3,
+              reports=long),
     ]
     fig = plotting.make_figure("curves", trials, "exp")
     drawn = {c.label.split()[1]: c for c in fig.curves}
@@ -424,11 +425,11 @@ def test_long_curves_are_drawn_from_a_bounded_sample_that_keeps_their_ends_and_l
 
 
 def test_when_curves_are_thinned_those_ending_in_nan_rank_last() -> None:
-    """At most 300 curves (400 were all drawn), the lowest last values first: a curve ending in NaN is not among them."""
+    """At most 300 curves (400 were all drawn), the lowest last values first; one ending in NaN ranks last."""
     trials = [Trial(id=f"n{i:03d}", experiment="e", params={"x": i}, status=TrialStatus.PRUNED, objective=1.0,
                     reports=[(1, 1.0), (2, math.nan)]) for i in range(200)]
-    trials += [Trial(id=f"f{i:03d}", experiment="e", params={"x": 1000 + i}, status=TrialStatus.PRUNED, objective=1.0,
-                     reports=[(1, 1.0), (2, 0.5 + i / 1000)]) for i in range(200)]
+    trials += [Trial(id=f"f{i:03d}", experiment="e", params={"x": 1000 + i}, status=TrialStatus.PRUNED,
+                     objective=1.0, reports=[(1, 1.0), (2, 0.5 + i / 1000)]) for i in range(200)]
     fig = plotting.make_figure("curves", trials, "exp")
     kept = {c.label.split()[1] for c in fig.curves}
     assert len(fig.curves) <= MAX_CURVES and {f"f{i:03d}" for i in range(MAX_CURVES // 2)} <= kept

@@ -265,7 +265,7 @@ def _row(trial: Trial, number: int) -> dict[str, Any]:
         "submit_time": trial.submit_time, "start_time": trial.start_time, "end_time": trial.end_time,
         "heartbeat": trial.heartbeat, "duration": trial.duration, "attempts": trial.attempts, "parent": trial.parent,
         "error": None if error is None else _error_row(error),
-        "reports": [[step, _short(first_value(value))] for step, value in sampled(trial.reports, MAX_ROW_REPORTS)],
+        "reports": [[step, _short(first_value(v))] for step, v in sampled(trial.reports, MAX_ROW_REPORTS)],
         "reported": len(trial.reports),
         "verdict": None if not trial.verdict else _text(trial.verdict.get("reason", "")),
     }

@@ -30,7 +30,7 @@ MAX_CURVE_POINTS = 500
 
 
 def sampled(reports: Sequence[tuple[int, ReportValue]], limit: int) -> list[tuple[int, ReportValue]]:
-    """At most ``limit`` (>= 3) of ``reports``, in order: evenly spaced, the first, last and lowest always kept.
+    """At most ``limit`` (>= 3) of ``reports``, in order: evenly spaced; the first, last and lowest kept.
 
     The lowest is the lowest finite first value (the trial's best report); a curve of
     ``limit`` reports or fewer comes back whole.
@@ -86,7 +86,7 @@ def curves(trials: Sequence[Trial], name: str, space: Space | None = None) -> Cu
         keep = ranked[:MAX_CURVES // 2]
         rest = ranked[MAX_CURVES // 2:]
         room = MAX_CURVES - len(keep)
-        keep += [rest[i * len(rest) // room] for i in range(min(room, len(rest)))]  # an even sample of the rest
+        keep += [rest[i * len(rest) // room] for i in range(min(room, len(rest)))]  # an even sample
         kept = {id(t) for t in keep}
         reported = [t for t in reported if id(t) in kept or t is best]
     pruned = sum(t.status is TrialStatus.PRUNED for t in trials)
@@ -114,7 +114,7 @@ def curves_plotly(figure: CurvesFigure, fig: Any, go: Any) -> None:
             x=curve.steps, y=curve.values, mode="lines", showlegend=False, name=curve.label,
             line={"color": _color(curve), "width": 3 if curve.best else 1, "dash": dash},
             opacity=1.0 if curve.best or curve.status is TrialStatus.COMPLETED else 0.5,
-            hovertemplate="%{fullData.name}<br>step %{x}: %{y:.4g}<extra></extra>"))  # the label once, not per point
+            hovertemplate="%{fullData.name}<br>step %{x}: %{y:.4g}<extra></extra>"))  # the label once
         if curve.status is TrialStatus.PRUNED:
             fig.add_trace(go.Scatter(x=curve.steps[-1:], y=curve.values[-1:], mode="markers", showlegend=False,
                                      marker={"symbol": "x", "size": 7, "color": _color(curve)}, hoverinfo="skip"))
