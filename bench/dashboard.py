@@ -245,19 +245,12 @@ def page_times(url: str) -> tuple[float, float] | None:
     """
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     try:
-        from selenium import webdriver
-        from selenium.webdriver.chrome.service import Service
-
-        from tests.test_dashboard_live import BROWSER_FLAGS, CHROMEDRIVER, CHROMIUM
-    except ImportError:
+        from tests.test_dashboard_live import CHROMEDRIVER, CHROMIUM, start_chromium
+    except ImportError:  # pytest or selenium missing
         return None
     if not (os.path.exists(CHROMIUM) and os.path.exists(CHROMEDRIVER)):
         return None
-    options = webdriver.ChromeOptions()
-    for flag in BROWSER_FLAGS:
-        options.add_argument(flag)
-    options.binary_location = CHROMIUM
-    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
+    driver = start_chromium()
     try:
         started = time.perf_counter()
         driver.get(url)

@@ -224,20 +224,25 @@ def test_a_request_naming_a_host_not_served_is_refused(tmp_path: Path) -> None:
 # -- pages in a real browser ------------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Any]:
+def start_chromium() -> Any:
+    """Headless Chromium driven by Selenium, keeping the console's log (bench/dashboard.py uses it too)."""
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
 
-    for program in (CHROMIUM, CHROMEDRIVER):
-        if not os.path.exists(program):
-            pytest.fail(f"{program} is missing: apt-get install -y chromium chromium-driver", pytrace=False)
     options = webdriver.ChromeOptions()
     for flag in BROWSER_FLAGS:
         options.add_argument(flag)
     options.binary_location = CHROMIUM
     options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
-    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
+    return webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    for program in (CHROMIUM, CHROMEDRIVER):
+        if not os.path.exists(program):
+            pytest.fail(f"{program} is missing: apt-get install -y chromium chromium-driver", pytrace=False)
+    driver = start_chromium()
     yield driver
     driver.quit()
 
