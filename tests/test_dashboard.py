@@ -11,6 +11,7 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -287,6 +288,10 @@ def test_a_trial_error_stored_by_another_program_as_a_list_is_still_a_row() -> N
     assert _row(broken, 1)["error"] == {"type": "list", "reason": "", "message": "<unprintable list>"}
     odd = Trial(id="u", experiment="e", params={"x": 1}, status=TrialStatus.BROKEN, error={"type": ["E"], "message": 7})
     assert _row(odd, 2)["error"] == {"type": "['E']", "reason": "", "message": "7"}
+    verdicts: list[Any] = [(["cut", 3], "['cut', 3]"), ("worse", "worse"), ({"reason": "<b>x</b>"}, "<b>x</b>")]
+    for verdict, shown in verdicts:  # a verdict that is not a mapping raised: no page of trials for anyone
+        pruned = Trial(id="p", experiment="e", params={"x": 1}, status=TrialStatus.PRUNED, verdict=verdict)
+        assert _row(pruned, 3)["verdict"] == shown
 
 
 def test_a_trials_row_carries_a_bounded_sample_of_its_curve(store: BaseStorage) -> None:

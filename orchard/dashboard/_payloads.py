@@ -267,7 +267,7 @@ def _row(trial: Trial, number: int) -> dict[str, Any]:
         "error": None if error is None else _error_row(error),
         "reports": [[step, _short(first_value(v))] for step, v in sampled(trial.reports, MAX_ROW_REPORTS)],
         "reported": len(trial.reports),
-        "verdict": None if not trial.verdict else _text(trial.verdict.get("reason", "")),
+        "verdict": _verdict_row(trial.verdict),
     }
 
 
@@ -276,6 +276,13 @@ def _error_row(error: Any) -> dict[str, str]:
     if not isinstance(error, dict):
         return {"type": type(error).__name__, "reason": "", "message": _text(error)}
     return {k: _text(error.get(k, "")) for k in ("type", "reason", "message")}
+
+
+def _verdict_row(verdict: Any) -> str | None:
+    """Why a trial was pruned, as text (``None``: not pruned), whatever another program stored (a list, a text)."""
+    if not verdict:
+        return None
+    return _text(verdict.get("reason", "") if isinstance(verdict, dict) else verdict)
 
 
 def _text(value: Any, limit: int = 2_000) -> str:
