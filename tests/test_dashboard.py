@@ -315,3 +315,21 @@ def test_a_trials_row_carries_a_bounded_sample_of_its_curve(store: BaseStorage) 
     assert [777, 0.123457] in row["reports"]
     assert row["reports"][-1] == [99_999, None]
     assert len(json.dumps(row)) < 3_000
+
+
+def test_the_front_is_sent_again_only_when_trials_changed(store: BaseStorage) -> None:
+    """An open page of 8,000 trials with two objectives was sent their 5,000-point front every 2 s."""
+    exp_id = make_experiment(store, objectives={"error": "min", "latency": "min"})
+    for i in range(3):
+        trial = store.register_trial(exp_id, {"x": i / 10}, worker="w")
+        store.complete_trial(trial.id, "w", i / 10, {"error": i / 10, "latency": 1.0 - i / 10})
+    view = ExperimentView(store, store.require_experiment("exp"))
+    view.fold()
+    shown = view.version
+    assert len(experiment_detail(view, store.redacted_uri)["front"]["points"]) == 3
+    assert "front" not in experiment_detail(view, store.redacted_uri, since=shown)
+    trial = store.register_trial(exp_id, {"x": 0.9}, worker="w")
+    store.complete_trial(trial.id, "w", 0.05, {"error": 0.05, "latency": 0.05})
+    view.fold()
+    front = experiment_detail(view, store.redacted_uri, since=shown)["front"]
+    assert [row["number"] for row in front["trials"]] == [1, 4]

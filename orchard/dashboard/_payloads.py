@@ -85,11 +85,15 @@ def experiment_summary(view: ExperimentView) -> dict[str, Any]:
     }
 
 
-def experiment_detail(view: ExperimentView, storage_uri: str) -> dict[str, Any]:
-    """The experiment page's header data: summary, space, settings, workers, rungs, version."""
+def experiment_detail(view: ExperimentView, storage_uri: str, since: int = 0) -> dict[str, Any]:
+    """The experiment page's header data: summary, space, settings, workers, rungs, front, version.
+
+    With ``since`` equal to the view's version (nothing changed since), the front (up to
+    :data:`MAX_FRONT_POINTS` points) is left out: the page asking already shows it.
+    """
     config = view.config
     best = view.best
-    return {
+    detail: dict[str, Any] = {
         **experiment_summary(view),
         "storage": storage_uri,
         "space": dict(config.get("space") or {}),
@@ -103,6 +107,9 @@ def experiment_detail(view: ExperimentView, storage_uri: str) -> dict[str, Any]:
         "version": view.version,
         "rebuilt_at": view.rebuilt_at,
     }
+    if since and since == view.version:
+        del detail["front"]
+    return detail
 
 
 def live_workers(view: ExperimentView) -> list[dict[str, Any]]:
