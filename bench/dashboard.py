@@ -14,8 +14,14 @@
    after the server's refresh interval so that every call folds the change
    feed again.
 
+3. Learning curves (``--curves``): 2,000 trials of 2,000 reports each and 3 of
+   100,000, written with ``restore_trials``; the bytes of each page of trials,
+   the server's resident memory, and the size and build time of
+   ``orchard plot curves`` as .html.
+
     python bench/dashboard.py                # 6 alternated rounds of 8,000 trials, then latency
     python bench/dashboard.py --quick        # 1 round of 3,000 trials
+    python bench/dashboard.py --curves       # only the learning curves (about a minute)
 """
 
 from __future__ import annotations
@@ -52,8 +58,11 @@ def cpu_seconds(pid: int) -> float:
 
 
 @contextlib.contextmanager
-def serving(storage: str, cpu: list[float] | None = None) -> Iterator[str]:
-    """``orchard serve --port 0`` on ``storage`` for the block; yields its URL; appends its CPU seconds to ``cpu``."""
+def serving(storage: str, cpu: list[float] | None = None, rss: list[float] | None = None) -> Iterator[str]:
+    """``orchard serve --port 0`` on ``storage`` for the block; yields its URL.
+
+    Appends the server's CPU seconds to ``cpu``, and its resident memory (MB) at the block's end to ``rss``.
+    """
     proc = subprocess.Popen([sys.executable, "-m", "orchard", "serve", "--storage", storage, "--port", "0"],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     assert proc.stdout is not None
@@ -67,6 +76,9 @@ def serving(storage: str, cpu: list[float] | None = None) -> Iterator[str]:
     finally:
         if cpu is not None:
             cpu.append(cpu_seconds(proc.pid))
+        if rss is not None:
+            with open(f"/proc/{proc.pid}/status") as status:
+                rss.extend(int(line.split()[1]) / 1024 for line in status if line.startswith("VmRSS"))
         proc.send_signal(signal.SIGINT)
         proc.wait(timeout=30)
 
@@ -176,6 +188,84 @@ def latency(n_trials: int = 10_000, calls: int = 15) -> None:
               f"| {max(later[endpoint]) * 1e3:.0f} ms |")
 
 
+def curves(n_trials: int = 2_000, steps: int = 2_000, long: int = 3, long_steps: int = 100_000) -> None:
+    import orchard
+    from orchard.trial import Trial, TrialStatus
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "orchard.pkl")
+        exp = orchard.build_experiment("curves", space=SPACE, algorithm="random", storage=path,
+                                       max_trials=2 * n_trials)
+        now = time.time()
+
+        def length(i: int) -> int:
+            return long_steps if i < long else steps
+
+        trials = [Trial(id=f"{i:032x}", experiment=exp.id, params={"x": i / n_trials, "y": 0.0},
+                        status=TrialStatus.PRUNED if i % 3 else TrialStatus.COMPLETED,
+                        objective=1.0 / (1 + i),
+                        worker=f"host:{i % 8}:w", submit_time=now + i, start_time=now + i,
+                        end_time=now + i + 0.5, heartbeat=now + i + 0.5, attempts=1,
+                        reports=[(s, 1 / (1 + s * (1 + i % 13))) for s in range(length(i))])
+                  for i in range(n_trials + long)]
+        assert exp.storage.restore_trials(exp.id, trials) == len(trials)
+        del trials
+        memory: list[float] = []
+        with serving(path, rss=memory) as base:
+            sizes, after, more, started = [], 0, True, time.perf_counter()
+            while more:
+                url = f"{base}api/experiments/curves/trials?after={after}"
+                with urllib.request.urlopen(url, timeout=300) as response:
+                    body = response.read()
+                page = json.loads(body)
+                sizes.append(len(body))
+                after, more = page["after"], page["more"]
+            loaded = time.perf_counter() - started
+            drawn = page_times(base + "experiments/curves")
+        started = time.perf_counter()
+        out = os.path.join(tmp, "curves.html")
+        subprocess.run([sys.executable, "-m", "orchard", "plot", "curves", "-n", "curves", "--storage", path,
+                        "-o", out], check=True, stdout=subprocess.DEVNULL)
+        plotted, size = time.perf_counter() - started, os.path.getsize(out)
+    print(f"\nlearning curves, {n_trials:,} trials x {steps:,} reports + {long} x {long_steps:,}, "
+          f"pickle file ({_load()}):")
+    print(f"  trials API: {len(sizes)} pages, the first {sizes[0] / 1e6:.1f} MB, {sum(sizes) / 1e6:.1f} MB "
+          f"in all, {loaded:.1f} s (first read of the file included); server {memory[0]:.0f} MB resident")
+    if drawn is not None:
+        print(f"  headless Chromium: curves drawn {drawn[0]:.1f} s after opening the page, "
+              f"every chart and the table redrawn in {drawn[1] * 1e3:.0f} ms")
+    print(f"  orchard plot curves -o curves.html: {size / 1e6:.1f} MB in {plotted:.1f} s")
+
+
+def page_times(url: str) -> tuple[float, float] | None:
+    """Seconds until the page at ``url`` drew its curves, and one redraw of every chart (None: no Chromium).
+
+    The browser runs as the live tests run it (tests/test_dashboard_live.py: Debian's chromium and
+    chromium-driver, driven by Selenium).
+    """
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    try:
+        from tests.test_dashboard_live import CHROMEDRIVER, CHROMIUM, start_chromium
+    except ImportError:  # pytest or selenium missing
+        return None
+    if not (os.path.exists(CHROMIUM) and os.path.exists(CHROMEDRIVER)):
+        return None
+    driver = start_chromium()
+    try:
+        started = time.perf_counter()
+        driver.get(url)
+        drawn = "const d = document.getElementById('plot-curves').data; return d && d.length"
+        while not driver.execute_script(drawn):
+            time.sleep(0.05)
+        opened = time.perf_counter() - started
+        redraw = driver.execute_script("const t = performance.now(); state.drawnVersion = -1; drawPlots(); "
+                                       "renderTable(); return performance.now() - t;")
+        driver.get("about:blank")
+    finally:
+        driver.quit()
+    return opened, float(redraw) / 1e3
+
+
 def timed(url: str) -> float:
     start = time.perf_counter()
     get(url)
@@ -189,7 +279,11 @@ def _load() -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="one round of short runs")
+    parser.add_argument("--curves", action="store_true", help="only the learning curves' payloads and plot")
     args = parser.parse_args()
+    if args.curves:
+        curves()
+        return
     print(f"load average: {os.getloadavg()[0]:.2f} {os.getloadavg()[1]:.2f} {os.getloadavg()[2]:.2f}", flush=True)
     throughput(1 if args.quick else 6, 3000 if args.quick else 8000)
     latency()

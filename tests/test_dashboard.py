@@ -11,6 +11,7 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -287,3 +288,48 @@ def test_a_trial_error_stored_by_another_program_as_a_list_is_still_a_row() -> N
     assert _row(broken, 1)["error"] == {"type": "list", "reason": "", "message": "<unprintable list>"}
     odd = Trial(id="u", experiment="e", params={"x": 1}, status=TrialStatus.BROKEN, error={"type": ["E"], "message": 7})
     assert _row(odd, 2)["error"] == {"type": "['E']", "reason": "", "message": "7"}
+    verdicts: list[Any] = [(["cut", 3], "['cut', 3]"), ("worse", "worse"), ({"reason": "<b>x</b>"}, "<b>x</b>")]
+    for verdict, shown in verdicts:  # a verdict that is not a mapping raised: no page of trials for anyone
+        pruned = Trial(id="p", experiment="e", params={"x": 1}, status=TrialStatus.PRUNED, verdict=verdict)
+        assert _row(pruned, 3)["verdict"] == shown
+
+
+def test_a_trials_row_carries_a_bounded_sample_of_its_curve(store: BaseStorage) -> None:
+    """A row sent every report: 2,000 trials of 2,000 steps made a 105 MB page, resent as they reported."""
+    from orchard.dashboard._payloads import MAX_ROW_REPORTS
+    from orchard.trial import Trial
+
+    exp_id = make_experiment(store)
+    reports: list[tuple[int, float | tuple[float, ...]]] = [(s, 2.0 + (s % 5) / 10) for s in range(100_000)]
+    reports[777] = (777, 0.123456789)  # the lowest report: always sent
+    reports[5] = (5, float("nan"))  # stored by another program
+    reports[99_999] = (99_999, (float("inf"), 3.0))  # several objectives: the first is shown
+    store.restore_trials(exp_id, [Trial(id="long", experiment=exp_id, params={"x": 0.5},
+                                        status=TrialStatus.RESERVED, worker="w", reports=reports)])
+    view = ExperimentView(store, store.require_experiment("exp"))
+    view.fold()
+    (row,) = trial_rows(view)["trials"]
+    steps = [step for step, _ in row["reports"]]
+    assert len(steps) <= MAX_ROW_REPORTS and row["reported"] == 100_000
+    assert steps == sorted(steps) and (steps[0], steps[-1]) == (0, 99_999)
+    assert [777, 0.123457] in row["reports"]
+    assert row["reports"][-1] == [99_999, None]
+    assert len(json.dumps(row)) < 3_000
+
+
+def test_the_front_is_sent_again_only_when_trials_changed(store: BaseStorage) -> None:
+    """An open page of 8,000 trials with two objectives was sent their 5,000-point front every 2 s."""
+    exp_id = make_experiment(store, objectives={"error": "min", "latency": "min"})
+    for i in range(3):
+        trial = store.register_trial(exp_id, {"x": i / 10}, worker="w")
+        store.complete_trial(trial.id, "w", i / 10, {"error": i / 10, "latency": 1.0 - i / 10})
+    view = ExperimentView(store, store.require_experiment("exp"))
+    view.fold()
+    shown = view.version
+    assert len(experiment_detail(view, store.redacted_uri)["front"]["points"]) == 3
+    assert "front" not in experiment_detail(view, store.redacted_uri, since=shown)
+    trial = store.register_trial(exp_id, {"x": 0.9}, worker="w")
+    store.complete_trial(trial.id, "w", 0.05, {"error": 0.05, "latency": 0.05})
+    view.fold()
+    front = experiment_detail(view, store.redacted_uri, since=shown)["front"]
+    assert [row["number"] for row in front["trials"]] == [1, 4]

@@ -67,6 +67,9 @@ def test_the_experiment_page_shows_the_front_live(browser: Any, tmp_path: Path) 
         assert wait_for(browser, lambda b: scatter(b) == {"dominated": 1, "infeasible": 1, "front": 2})
         assert "memory_gb <= 16 (1 infeasible)" in browser.find_element(By.ID, "front-note").text
         assert browser.find_element(By.ID, "best").text == "2"  # the card counts the front: no single best
+        refreshed = browser.find_element(By.ID, "updated").text
+        wait_for(browser, lambda b: b.find_element(By.ID, "updated").text != refreshed)
+        assert browser.find_element(By.ID, "best").text == "2"  # still, after a refresh that sent no front
         complete(store, exp_id, 0.6, 0.1, 0.95, 8.0)  # dominates both: the front becomes that one trial
         wait_for(browser, lambda b: [r[0] for r in front_rows(b)] == ["5"])
         assert wait_for(browser, lambda b: scatter(b) == {"dominated": 3, "infeasible": 1, "front": 1})

@@ -224,20 +224,25 @@ def test_a_request_naming_a_host_not_served_is_refused(tmp_path: Path) -> None:
 # -- pages in a real browser ------------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Any]:
+def start_chromium() -> Any:
+    """Headless Chromium driven by Selenium, keeping the console's log (bench/dashboard.py uses it too)."""
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
 
-    for program in (CHROMIUM, CHROMEDRIVER):
-        if not os.path.exists(program):
-            pytest.fail(f"{program} is missing: apt-get install -y chromium chromium-driver", pytrace=False)
     options = webdriver.ChromeOptions()
     for flag in BROWSER_FLAGS:
         options.add_argument(flag)
     options.binary_location = CHROMIUM
     options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
-    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
+    return webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    for program in (CHROMIUM, CHROMEDRIVER):
+        if not os.path.exists(program):
+            pytest.fail(f"{program} is missing: apt-get install -y chromium chromium-driver", pytrace=False)
+    driver = start_chromium()
     yield driver
     driver.quit()
 
@@ -479,3 +484,31 @@ def test_the_experiment_page_draws_learning_curves_and_marks_pruned_trials(brows
         wait_for(browser, lambda b: sum(t[0] == "lines" and t[1] == 2 for t in traces(b)) == 2)
         browser.get("about:blank")
     store.close()
+
+
+def test_the_curves_drawn_are_the_lowest_and_a_long_one_is_a_sample(browser: Any, tmp_path: Path) -> None:
+    """A curve ending in NaN (another program's) ranked as 0, among the lowest; long curves came whole."""
+    from orchard.trial import Trial, TrialStatus
+
+    uri = str(tmp_path / "orchard.pkl")
+    store = get_storage(uri)
+    exp_id = store.create_experiment("many", {"space": {"x": "uniform(0, 1)"}, "algorithm": "random",
+                                              "max_trials": 500})
+    trials = [Trial(id=f"{i:04d}", experiment=exp_id, params={"x": i / 1000}, status=TrialStatus.PRUNED,
+                    objective=1.0, worker="host:1:a",
+                    reports=[(1, 1.0), (2, math.nan if i < 200 else 0.5 + i / 1000)]) for i in range(400)]
+    trials.append(Trial(id="long", experiment=exp_id, params={"x": 0.9}, status=TrialStatus.PRUNED,
+                        objective=0.1, worker="host:1:a", reports=[(s, 1.0 / (1 + s)) for s in range(2_000)]))
+    assert store.restore_trials(exp_id, trials) == 401
+    store.close()
+    with serving(uri, cwd=tmp_path) as served:
+        browser.get(served.url + "experiments/many")
+        lines = wait_for(browser, lambda b: b.execute_script(
+            "const d = document.getElementById('plot-curves').data || [];"
+            "return d.length && d.filter(t => t.mode === 'lines')"
+            "  .map(t => [t.name, t.x.length, t.y[t.y.length - 1]]);"))
+        ending_in_nan = [name for name, _, last in lines if last is None]
+        assert len(lines) <= 301 and ending_in_nan == [], ending_in_nan[:3]
+        (long,) = [(name, count) for name, count, _ in lines if "x=0.9" in name]
+        assert long[1] <= 50 and f"({long[1]} of 2000 reports)" in long[0]
+        browser.get("about:blank")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
+import math
 import os
 import re
 import sys
@@ -16,6 +17,7 @@ import pytest
 import orchard
 from orchard import plotting
 from orchard.errors import ConfigurationError, ExperimentNotFoundError
+from orchard.plotting.curves import MAX_CURVE_POINTS, MAX_CURVES
 from orchard.space import Space
 from orchard.trial import Trial, TrialStatus
 
@@ -401,3 +403,33 @@ def test_a_name_near_the_longest_is_written_though_a_longer_temporary_name_would
     out = tmp_path / ("a" * 250 + ".png")  # its temporary name was '.{stem}.{pid}.tmp.png': too long
     assert plotting.save(plotting.regret([], "exp"), out) == out
     assert out.read_bytes().startswith(PNG_MAGIC) and [p.name for p in tmp_path.iterdir()] == [out.name]
+
+
+def test_long_curves_are_drawn_from_a_bounded_sample_that_keeps_their_ends_and_lowest_point() -> None:
+    """A trial with 100,000 reports made an 85 MB html file; a NaN objective stored elsewhere was 'best'."""
+    long = [(step, 1.0 + (step % 7) / 10) for step in range(100_000)]
+    long[61_234] = (61_234, 0.01)
+    trials = [
+        Trial(id="nan", experiment="e", params={"x": 0}, status=TrialStatus.COMPLETED, objective=math.nan,
+              reports=[(1, math.nan)]),
+        Trial(id="long", experiment="e", params={"x": 1}, status=TrialStatus.COMPLETED, objective=1.3,
+              reports=long),
+    ]
+    fig = plotting.make_figure("curves", trials, "exp")
+    drawn = {c.label.split()[1]: c for c in fig.curves}
+    curve = drawn["long"]
+    assert len(curve.steps) <= MAX_CURVE_POINTS
+    assert curve.steps[0] == 0 and curve.steps[-1] == 99_999 and 61_234 in curve.steps
+    assert curve.steps == sorted(curve.steps) and min(curve.values) == 0.01
+    assert [c.best for c in (drawn["nan"], curve)] == [False, True]  # a NaN objective is never the best
+
+
+def test_when_curves_are_thinned_those_ending_in_nan_rank_last() -> None:
+    """At most 300 curves (400 were all drawn), the lowest last values first; one ending in NaN ranks last."""
+    trials = [Trial(id=f"n{i:03d}", experiment="e", params={"x": i}, status=TrialStatus.PRUNED, objective=1.0,
+                    reports=[(1, 1.0), (2, math.nan)]) for i in range(200)]
+    trials += [Trial(id=f"f{i:03d}", experiment="e", params={"x": 1000 + i}, status=TrialStatus.PRUNED,
+                     objective=1.0, reports=[(1, 1.0), (2, 0.5 + i / 1000)]) for i in range(200)]
+    fig = plotting.make_figure("curves", trials, "exp")
+    kept = {c.label.split()[1] for c in fig.curves}
+    assert len(fig.curves) <= MAX_CURVES and {f"f{i:03d}" for i in range(MAX_CURVES // 2)} <= kept

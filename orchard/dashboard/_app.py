@@ -6,7 +6,8 @@ path                                   what
 ``/``                                  the experiments list (a page)
 ``/experiments/{name}``                one experiment (a page)
 ``/api/experiments``                   every experiment with its counts by status
-``/api/experiments/{name}``            one experiment: summary, workers, rungs
+``/api/experiments/{name}``            one experiment: summary, workers, rungs, front
+                                       (``?since=V``: no front if nothing changed after V)
 ``/api/experiments/{name}/trials``     its trials, a page of at most ``limit`` (default 2,000) rows;
                                        ``?since=V`` only those changed after version V,
                                        ``&after=N`` those numbered above N (the next page)
@@ -148,7 +149,8 @@ def build_app(view: StorageView, allowed_hosts: Iterable[str] = ()) -> ASGIApp:
             return _json(to_json([experiment_summary(v) for v in view.experiments()]))
 
     def experiment(request: Request) -> Response:
-        return _with_experiment(view, request, lambda v: to_json(experiment_detail(v, uri)))
+        since = _int_param(request, "since")
+        return _with_experiment(view, request, lambda v: to_json(experiment_detail(v, uri, since)))
 
     def trials(request: Request) -> Response:
         since, after = _int_param(request, "since"), _int_param(request, "after")

@@ -15,6 +15,7 @@ from typing import Any
 from orchard.dashboard._views import ExperimentView
 from orchard.objectives import dominates
 from orchard.pareto import scored
+from orchard.plotting.curves import sampled
 from orchard.stopping import LEDGER_KEY, stop_summary
 from orchard.storages._uri import redact_all
 from orchard.trial import Trial, TrialStatus, first_value
@@ -24,6 +25,8 @@ __all__ = ["RowCache", "devices_of", "experiment_detail", "experiment_summary", 
 
 #: Points of the front's scatter at most (the front's own points always included).
 MAX_FRONT_POINTS = 5_000
+#: Reports of one trial sent in its row at most (evenly spaced; first, last and lowest kept).
+MAX_ROW_REPORTS = 50
 
 
 def devices_of(trial: Trial) -> list[str]:
@@ -82,11 +85,15 @@ def experiment_summary(view: ExperimentView) -> dict[str, Any]:
     }
 
 
-def experiment_detail(view: ExperimentView, storage_uri: str) -> dict[str, Any]:
-    """The experiment page's header data: summary, space, settings, workers, rungs, version."""
+def experiment_detail(view: ExperimentView, storage_uri: str, since: int = 0) -> dict[str, Any]:
+    """The experiment page's header data: summary, space, settings, workers, rungs, front, version.
+
+    With ``since`` equal to the view's version (nothing changed since), the front (up to
+    :data:`MAX_FRONT_POINTS` points) is left out: the page asking already shows it.
+    """
     config = view.config
     best = view.best
-    return {
+    detail: dict[str, Any] = {
         **experiment_summary(view),
         "storage": storage_uri,
         "space": dict(config.get("space") or {}),
@@ -100,6 +107,9 @@ def experiment_detail(view: ExperimentView, storage_uri: str) -> dict[str, Any]:
         "version": view.version,
         "rebuilt_at": view.rebuilt_at,
     }
+    if since and since == view.version:
+        del detail["front"]
+    return detail
 
 
 def live_workers(view: ExperimentView) -> list[dict[str, Any]]:
@@ -262,8 +272,9 @@ def _row(trial: Trial, number: int) -> dict[str, Any]:
         "submit_time": trial.submit_time, "start_time": trial.start_time, "end_time": trial.end_time,
         "heartbeat": trial.heartbeat, "duration": trial.duration, "attempts": trial.attempts, "parent": trial.parent,
         "error": None if error is None else _error_row(error),
-        "reports": [[step, _finite(first_value(value))] for step, value in trial.reports],
-        "verdict": None if not trial.verdict else _text(trial.verdict.get("reason", "")),
+        "reports": [[step, _short(first_value(v))] for step, v in sampled(trial.reports, MAX_ROW_REPORTS)],
+        "reported": len(trial.reports),
+        "verdict": _verdict_row(trial.verdict),
     }
 
 
@@ -272,6 +283,13 @@ def _error_row(error: Any) -> dict[str, str]:
     if not isinstance(error, dict):
         return {"type": type(error).__name__, "reason": "", "message": _text(error)}
     return {k: _text(error.get(k, "")) for k in ("type", "reason", "message")}
+
+
+def _verdict_row(verdict: Any) -> str | None:
+    """Why a trial was pruned, as text (``None``: not pruned), whatever another program stored (a list, a text)."""
+    if not verdict:
+        return None
+    return _text(verdict.get("reason", "") if isinstance(verdict, dict) else verdict)
 
 
 def _text(value: Any, limit: int = 2_000) -> str:
@@ -291,6 +309,12 @@ def _finite(value: float | None) -> float | None:
     if value is None or not isinstance(value, (int, float)) or not math.isfinite(value):
         return None
     return float(value)
+
+
+def _short(value: float) -> float | None:
+    """A reported value to 6 significant digits (as the page shows numbers), half the JSON of its repr."""
+    finite = _finite(value)
+    return None if finite is None else float(f"{finite:.6g}")
 
 
 def _plain(value: Any) -> Any:

@@ -5,22 +5,48 @@ blue, pruned ones in grey ending in a cross at the step they were stopped, the
 running trials dashed, and the trial with the best objective drawn thick.
 With several objectives a report holds one value per objective; the curve is
 its first objective (as minimised, like the trial's ``objective``).
+
+A curve longer than :data:`MAX_CURVE_POINTS` reports is drawn from that many of them
+(:func:`sampled`): evenly spaced, its first, last and lowest reports always among them.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Sequence
 from typing import Any
 
 from orchard.plotting.figures import STATUS_COLORS, describe
 from orchard.space import Space
-from orchard.trial import Trial, TrialStatus, first_value
+from orchard.trial import ReportValue, Trial, TrialStatus, first_value
 
-__all__ = ["Curve", "CurvesFigure", "curves", "curves_mpl", "curves_plotly"]
+__all__ = ["Curve", "CurvesFigure", "curves", "curves_mpl", "curves_plotly", "sampled"]
 
 #: More curves than this are thinned to the best ones and an even sample of the rest (pages stay fast).
 MAX_CURVES = 300
+#: Points of one curve at most: a trial with 100,000 reports is drawn from this many (:func:`sampled`).
+MAX_CURVE_POINTS = 500
+
+
+def sampled(reports: Sequence[tuple[int, ReportValue]], limit: int) -> list[tuple[int, ReportValue]]:
+    """At most ``limit`` (>= 3) of ``reports``, in order: evenly spaced; the first, last and lowest kept.
+
+    The lowest is the lowest finite first value (the trial's best report); a curve of
+    ``limit`` reports or fewer comes back whole.
+    """
+    count = len(reports)
+    if count <= limit:
+        return list(reports)
+    picked = {round(i * (count - 1) / (limit - 2)) for i in range(limit - 1)}
+    picked.add(min(range(count), key=lambda i: _rank(reports[i][1])))
+    return [reports[i] for i in sorted(picked)]
+
+
+def _rank(value: ReportValue) -> float:
+    """A report's first value for ranking: a NaN or infinite one (stored by another program) ranks last."""
+    number = first_value(value)
+    return number if math.isfinite(number) else math.inf
 
 
 @dataclasses.dataclass(frozen=True)
@@ -53,17 +79,23 @@ def curves(trials: Sequence[Trial], name: str, space: Space | None = None) -> Cu
     """
     reported = [t for t in trials if t.reports]
     completed = [t for t in reported if t.status is TrialStatus.COMPLETED and t.objective is not None]
-    best = min(completed, key=lambda t: float(t.objective), default=None)  # type: ignore[arg-type]
+    scored = [t for t in completed if math.isfinite(float(t.objective))]  # type: ignore[arg-type]
+    best = min(scored, key=lambda t: float(t.objective), default=None)  # type: ignore[arg-type]
     if len(reported) > MAX_CURVES:
-        ranked = sorted(reported, key=lambda t: first_value(t.reports[-1][1]))
+        ranked = sorted(reported, key=lambda t: _rank(t.reports[-1][1]))
         keep = ranked[:MAX_CURVES // 2]
         rest = ranked[MAX_CURVES // 2:]
-        keep += rest[:: max(1, len(rest) // (MAX_CURVES - len(keep)))]
-        reported = [t for t in reported if t in keep or t is best]
+        room = MAX_CURVES - len(keep)
+        keep += [rest[i * len(rest) // room] for i in range(min(room, len(rest)))]  # an even sample
+        kept = {id(t) for t in keep}
+        reported = [t for t in reported if id(t) in kept or t is best]
     pruned = sum(t.status is TrialStatus.PRUNED for t in trials)
     title = f"{name}: learning curves ({len(completed)} completed, {pruned} pruned)"
-    drawn = [Curve([s for s, _ in t.reports], [first_value(v) for _, v in t.reports], t.status, describe(t), t is best)
-             for t in reported]
+    drawn = []
+    for trial in reported:
+        points = sampled(trial.reports, MAX_CURVE_POINTS)
+        drawn.append(Curve([s for s, _ in points], [first_value(v) for _, v in points], trial.status,
+                           describe(trial), trial is best))
     note = None if drawn else "no trial has reported an intermediate value (orchard.report) yet"
     return CurvesFigure(title, note, drawn)
 
@@ -79,10 +111,10 @@ def curves_plotly(figure: CurvesFigure, fig: Any, go: Any) -> None:
     for curve in sorted(figure.curves, key=lambda c: c.best):  # the best on top
         dash = "dash" if curve.status is TrialStatus.RESERVED else "solid"
         fig.add_trace(go.Scatter(
-            x=curve.steps, y=curve.values, mode="lines", showlegend=False,
+            x=curve.steps, y=curve.values, mode="lines", showlegend=False, name=curve.label,
             line={"color": _color(curve), "width": 3 if curve.best else 1, "dash": dash},
             opacity=1.0 if curve.best or curve.status is TrialStatus.COMPLETED else 0.5,
-            text=[curve.label] * len(curve.steps), hovertemplate="%{text}<br>step %{x}: %{y:.4g}<extra></extra>"))
+            hovertemplate="%{fullData.name}<br>step %{x}: %{y:.4g}<extra></extra>"))  # the label once
         if curve.status is TrialStatus.PRUNED:
             fig.add_trace(go.Scatter(x=curve.steps[-1:], y=curve.values[-1:], mode="markers", showlegend=False,
                                      marker={"symbol": "x", "size": 7, "color": _color(curve)}, hoverinfo="skip"))

@@ -4,7 +4,8 @@
 const NAME = pageName();
 const API = "/api/experiments/" + encodeURIComponent(NAME);
 const MAX_ROWS = 500;
-const state = { fidelity: null, version: 0, trials: new Map(), params: [], sortKey: "number", sortDir: 1, drawnVersion: -1 };
+const state = { fidelity: null, version: 0, trials: new Map(), params: [], sortKey: "number", sortDir: 1,
+  drawnVersion: -1, front: null, frontVersion: 0 };
 const PLOT_CONFIG = { displaylogo: false, responsive: true };
 const STATUS_COLORS = { completed: "#2f7d4f", pruned: "#6b7785", reserved: "#1f5fa8", broken: "#b3261e", interrupted: "#c98a00", new: "#8a96a3" };
 
@@ -83,10 +84,7 @@ function renderFront(front) {
   const section = document.getElementById("front-section");
   section.hidden = !front;
   if (!front) return;
-  // No single best with several objectives: the card counts the front's trials instead.
-  document.getElementById("best").previousElementSibling.textContent = "Pareto front";
-  setText("best", front.trials.length);
-  setText("best-params", "trials, feasible and non-dominated");
+  renderFrontCard(front);
   const names = Object.keys(front.objectives);
   const label = (n) => n + " (" + front.objectives[n] + ")";
   const infeasible = front.points.filter((p) => !p[1]).length;
@@ -116,6 +114,14 @@ function renderFront(front) {
   const layout = { margin: { l: 60, r: 10, t: 10, b: 40 }, xaxis: { title: { text: plotText(label(names[0])) } },
     yaxis: { title: { text: plotText(label(names[1])) } }, legend: { orientation: "h", y: 1.12 } };
   Plotly.react("plot-front", data, layout, PLOT_CONFIG);
+}
+
+// No single best with several objectives: the card counts the front's trials instead.
+function renderFrontCard(front) {
+  if (!front) return;
+  document.getElementById("best").previousElementSibling.textContent = "Pareto front";
+  setText("best", front.trials.length);
+  setText("best-params", "trials, feasible and non-dominated");
 }
 
 // -- the trial table ---------------------------------------------------------------------------------
@@ -307,7 +313,8 @@ function drawCurves() {
   const completed = reported.filter((t) => t.status === "completed" && t.objective !== null);
   const best = completed.reduce((a, t) => (a === null || t.objective < a.objective ? t : a), null);
   if (reported.length > MAX_CURVES) {
-    const last = (t) => t.reports[t.reports.length - 1][1];
+    // A last value sent as null (NaN or infinite, stored by another program) ranks last, not as 0.
+    const last = (t) => { const v = t.reports[t.reports.length - 1][1]; return v === null ? Infinity : v; };
     const byValue = [...reported].sort((a, b) => last(a) - last(b)).slice(0, MAX_CURVES / 2);
     const latest = [...reported].sort((a, b) => b.number - a.number).slice(0, MAX_CURVES / 2);
     reported = [...new Set([...byValue, ...latest, ...(best ? [best] : [])])];
@@ -316,11 +323,13 @@ function drawCurves() {
   reported.forEach((t) => {
     const isBest = best !== null && t.id === best.id;
     const color = isBest ? "#d62728" : t.status === "completed" ? "#1f77b4" : (STATUS_COLORS[t.status] || "#8a96a3");
-    const label = plotText("#" + t.number + " " + fmtParams(t.params) + (t.verdict ? " — pruned: " + t.verdict : ""));
+    // The server sends at most 50 reports of a curve (evenly spaced; first, last and lowest kept): say so.
+    const sampled = t.reported > t.reports.length ? " (" + t.reports.length + " of " + t.reported + " reports)" : "";
+    const label = plotText("#" + t.number + " " + fmtParams(t.params) + (t.verdict ? " — pruned: " + t.verdict : "") + sampled);
     data.push({ x: t.reports.map((r) => r[0]), y: t.reports.map((r) => r[1]), mode: "lines", showlegend: false,
       line: { color, width: isBest ? 3 : 1, dash: t.status === "reserved" ? "dash" : "solid" },
-      opacity: isBest || t.status === "completed" ? 1 : 0.55, text: t.reports.map(() => label),
-      hovertemplate: "%{text}<br>step %{x}: %{y:.4g}<extra></extra>" });
+      opacity: isBest || t.status === "completed" ? 1 : 0.55, name: label,
+      hovertemplate: "%{fullData.name}<br>step %{x}: %{y:.4g}<extra></extra>" });
     if (t.status === "pruned") {
       const end = t.reports[t.reports.length - 1];
       data.push({ x: [end[0]], y: [end[1]], mode: "markers", showlegend: false, hoverinfo: "skip",
@@ -345,11 +354,18 @@ function drawPlots() {
 // -- refresh -----------------------------------------------------------------------------------------
 
 async function refreshExperiment() {
-  const detail = await getJSON(API);
+  // The front (up to 5,000 points) comes only when it changed since the version of the one shown.
+  const detail = await getJSON(API + "?since=" + state.frontVersion);
   renderSummary(detail);
   renderWorkers(detail.workers);
   renderRungs(detail.rungs);
-  renderFront(detail.front);
+  if ("front" in detail) {
+    state.front = detail.front;
+    state.frontVersion = detail.version;
+    renderFront(state.front);
+  } else {
+    renderFrontCard(state.front);  // renderSummary wrote the best objective over it
+  }
   state.fidelity = detail.fidelity;
   // The server restarted, the experiment was re-created, or the storage started over (an older copy of its
   // file restored): the rows held are not the storage's any more.
