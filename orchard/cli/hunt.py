@@ -308,6 +308,7 @@ def _mistyped(name: str, other: str) -> bool:
         and name[wrong[1]] == other[wrong[0]]
     return len(wrong) == 1 or swapped
 
+
 def _default_runs(name: str) -> str:
     """``./orchard-runs/NAME``, absolute."""
     from orchard.naming import folder_in
