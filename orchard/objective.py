@@ -259,8 +259,11 @@ def with_objectives(outcome: Outcome, objectives: Mapping[str, str]) -> Outcome:
         return failure
     if outcome.pruned is not None or (outcome.error is not None and outcome.error.get("reason") != "no-objective"):
         return outcome
-    if "objective" in objectives and outcome.objective is not None:  # an objective named "objective" was taken apart
-        outcome = Outcome(objective=outcome.objective, results={**outcome.results, "objective": outcome.objective})
+    # a number returned whole is the objective named "objective" (taken apart from the results), or the
+    # one declared objective's value in its own direction, as orchard.report() takes it
+    named = "objective" if "objective" in objectives else next(iter(objectives)) if len(objectives) == 1 else None
+    if outcome.objective is not None and named is not None and named not in outcome.results:
+        outcome = Outcome(objective=outcome.objective, results={**outcome.results, named: outcome.objective})
     for name in objectives:
         value = outcome.results.get(name)
         if finite_number(value) is None:

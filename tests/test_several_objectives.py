@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import math
 
+import numpy as np
 import pytest
 
 import orchard
@@ -138,6 +139,23 @@ def test_an_objective_named_objective_is_read_from_the_result(store, objectives,
     assert [t.status for t in trials] == [TrialStatus.COMPLETED] * 3
     assert all(t.objective == -t.params["x"] and t.results["objective"] == t.params["x"] for t in trials)
     assert max(t.params["x"] for t in trials) in [t.results["objective"] for t in exp.pareto_front()]
+
+
+@pytest.mark.parametrize("fn", [
+    lambda x, y: x,
+    lambda x, y: np.float32(x),
+    lambda x, y: {"objective": x, "y": y},
+])
+def test_one_declared_objective_returned_as_a_number_is_its_value(store, fn) -> None:
+    """How an Optuna study's direction="maximize" is declared; orchard.report(x, step) took the bare number
+    as the accuracy, but a bare number returned broke every trial ("objective 'accuracy' is missing")."""
+    exp = build(store, objectives={"accuracy": "max"}, max_trials=3)
+    exp.workon(fn, executor="single", progress=False)
+    trials = exp.fetch_trials()
+    assert [t.status for t in trials] == [TrialStatus.COMPLETED] * 3
+    assert all(t.results["accuracy"] == pytest.approx(t.params["x"]) for t in trials)
+    assert all(t.objective == -t.results["accuracy"] for t in trials)
+    assert exp.best_trial.params["x"] == max(t.params["x"] for t in trials)
 
 
 @pytest.mark.parametrize(("options", "words"), [
