@@ -88,21 +88,40 @@ def parse_constraint(expression: Any) -> Constraint:
     return Constraint(match.group(1), match.group(2), bound)
 
 
-def normalize_constraints(value: Any) -> list[str] | None:
+#: No ``objectives`` given to :func:`normalize_constraints`: a stored configuration read back (it loads).
+UNCHECKED: Any = object()
+
+
+def normalize_constraints(value: Any, objectives: Mapping[str, str] | None = UNCHECKED) -> list[str] | None:
     """Check a list of constraint expressions; ``None`` stays ``None``.
+
+    Args:
+        value: the expressions.
+        objectives: the declared objectives of the experiment being built (``None``: one, unnamed);
+            a constraint on ``objective`` is checked against them only when they are given.
 
     Returns:
         The expressions in canonical form (``"memory_gb <= 16"``), in order.
 
     Raises:
-        ConfigurationError: not a list of strings, or an expression that does not parse.
+        ConfigurationError: not a list of strings, an expression that does not parse, or one on
+            ``objective`` when no objective has that name (constraints read the metrics beside
+            the objective, so it could never hold).
     """
     if value is None:
         return None
     if isinstance(value, str) or not isinstance(value, Sequence):
         raise ConfigurationError(
             f"constraints must be a list of expressions such as ['memory_gb <= 16'], got {value!r}")
-    return [str(parse_constraint(expression)) for expression in value]
+    parsed = [parse_constraint(expression) for expression in value]
+    named = objectives is UNCHECKED or "objective" in (objectives or {})
+    for constraint in parsed:
+        if constraint.metric == "objective" and not named:
+            raise ConfigurationError(
+                f"constraint '{constraint}' names the objective, which constraints do not read (they read "
+                "the metrics returned beside it), so no trial would be feasible; return the value under a "
+                "name of its own too, e.g. {'objective': loss, 'loss': loss}, and constrain that name")
+    return [str(constraint) for constraint in parsed]
 
 
 def feasibility(results: Mapping[str, Any], constraints: Sequence[str] | None) -> Feasibility:

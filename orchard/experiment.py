@@ -122,8 +122,8 @@ def build_experiment(
     wanted_pruner = normalize_pruner_config(wanted_pruner) if wanted_pruner is not None else None
     sources = normalize_warm_start(settings.get("warm_start", warm_start, use_default=False))
     wanted = {"objectives": goals, "stop": normalize_stop(settings.get("stop", stop, use_default=False), goals),
-              "constraints": normalize_constraints(settings.get("constraints", constraints, use_default=False)),
-              "warm_start": sources}
+              "constraints": normalize_constraints(settings.get("constraints", constraints, use_default=False),
+                                                  goals), "warm_start": sources}
     store = get_storage(settings.get("storage", storage))
 
     def open_record() -> ExperimentRecord:  # run again from the start if the storage is lost mid-way

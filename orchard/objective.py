@@ -261,8 +261,8 @@ def with_objectives(outcome: Outcome, objectives: Mapping[str, str]) -> Outcome:
         return outcome
     # a number returned whole is the objective named "objective" (taken apart from the results), or the
     # one declared objective's value in its own direction, as orchard.report() takes it
-    named = "objective" if "objective" in objectives else next(iter(objectives)) if len(objectives) == 1 else None
-    if outcome.objective is not None and named is not None and named not in outcome.results:
+    named = "objective" if "objective" in objectives or len(objectives) > 1 else next(iter(objectives))
+    if outcome.objective is not None and named not in outcome.results and named in objectives:
         outcome = Outcome(objective=outcome.objective, results={**outcome.results, named: outcome.objective})
     for name in objectives:
         value = outcome.results.get(name)

@@ -117,6 +117,19 @@ def test_a_constraint_on_a_metric_never_returned_is_a_warning_once_per_worker(st
     assert exp.best_trial is None
 
 
+@pytest.mark.parametrize("objectives", [None, {"loss": "min"}, {"loss": "min", "f2": "min"}])
+def test_a_constraint_on_the_objective_itself_is_refused_when_no_objective_has_that_name(store, objectives) -> None:
+    """constraints=["objective <= 0.5"] was stored; constraints read the results beside the objective, so
+    every trial was infeasible ("did not report metric 'objective'", though it had) and best_trial None."""
+    with pytest.raises(ConfigurationError, match=r"'objective <= 0.5' names the objective.*constrain that name"):
+        build(store, objectives=objectives, constraints=["objective <= 0.5"])
+    with pytest.raises(orchard.errors.ExperimentNotFoundError):
+        orchard.get_experiment("exp", storage=store)
+    exp = build(store, objectives={"objective": "min", "f2": "min"}, constraints=["objective <= 0.5"], max_trials=6)
+    exp.workon(lambda x, y: {"objective": x, "f2": y}, executor="single", progress=False)
+    assert {t.results["objective"] <= 0.5 for t in exp.pareto_front()} == {True}
+
+
 @pytest.mark.parametrize(("fn", "words"), [(misses_f2, "'f2' is missing"), (nan_f2, "'f2' is nan")])
 def test_a_missing_or_non_finite_objective_breaks_the_trial_naming_it(store, fn, words) -> None:
     exp = build(store, objectives=GOALS, max_trials=3, max_broken=1)
