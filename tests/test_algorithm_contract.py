@@ -87,6 +87,8 @@ def test_optuna_refuses_what_it_cannot_run() -> None:
     space = Space.from_config(DEFAULT_SPACE)
     with pytest.raises(ConfigurationError, match="no option 'multivariat'"):
         make_algorithm({"optuna": {"multivariat": True}}, space)
+    with pytest.raises(ConfigurationError, match=r"takes its seed from the experiment.*give seed=42 to build_"):
+        make_algorithm({"optuna": {"sampler": "TPESampler", "seed": 42}}, space)  # said "takes no option 'seed'"
     with pytest.raises(ConfigurationError, match="'CmaEsSampler' cannot take option 'with_margin'"):
         make_algorithm({"optuna": {"sampler": "CmaEsSampler", "with_margin": True}}, space)
     try:

@@ -252,6 +252,11 @@ class OptunaSampler(BaseAlgorithm):
         if sampler not in SAMPLERS:
             raise ConfigurationError(f"algorithm 'optuna' has no sampler {sampler!r}; valid: {', '.join(SAMPLERS)}")
         accepted = set(inspect.signature(getattr(_optuna().samplers, sampler)).parameters) - {"seed"}
+        if "seed" in merged:  # Optuna's habit: TPESampler(seed=42)
+            raise ConfigurationError(
+                f"algorithm 'optuna' sampler {sampler!r} takes its seed from the experiment, not from option "
+                f"'seed': give seed={shown(merged['seed'])} to build_experiment (--seed on the command line); "
+                "each worker then seeds the sampler from it and the history, so a run reproduces")
         unknown = sorted(set(merged) - accepted - {"sampler"})
         if unknown:
             raise ConfigurationError(
