@@ -47,6 +47,25 @@ def test_median_waits_for_min_trials_and_warmup() -> None:
     assert make_pruner({"median": {"min_trials": 1}}).judge("t", curve(9, 9), others).prune
 
 
+@pytest.mark.parametrize(("config", "steps", "judged"), [
+    ({"median": {"min_trials": 1, "warmup_steps": 500, "interval_steps": 1000}}, range(1000, 6001, 1000),
+     [1000, 2000, 3000, 4000, 5000, 6000]),
+    ({"median": {"min_trials": 1, "warmup_steps": 5, "interval_steps": 2}}, range(2, 13, 2), [6, 8, 10, 12]),
+    ({"median": {"min_trials": 1, "warmup_steps": 0, "interval_steps": 10}}, range(1, 25, 3), [1, 10, 22]),
+    ({"threshold": {"upper": 1.0, "warmup_steps": 1, "interval_steps": 2}}, range(2, 9, 2), [2, 4, 6, 8]),
+])
+def test_a_report_past_each_judging_step_is_judged_as_in_optuna(config: dict[str, Any], steps: range,
+                                                                 judged: list[int]) -> None:
+    """Only a report falling on warmup_steps + k·interval_steps was judged: a training reporting every
+    1,000 samples with warmup 500 and interval 1000 (or every other epoch, warmup 5) was never pruned."""
+    pruner = make_pruner(config)
+    own = [(step, 9.0) for step in steps]
+    others = {"o": [(step, 0.0) for step in range(0, 10_000)]}
+    verdicts = [pruner.judge("t", own[:i + 1], others) for i in range(len(own))]
+    assert [v.step for v in verdicts if v.prune] == judged
+    assert all("not judged" in v.reason for v in verdicts if not v.prune)
+
+
 def test_median_ignores_trials_that_have_not_reached_the_step() -> None:
     pruner = make_pruner({"median": {"min_trials": 1}})
     verdict = pruner.judge("t", curve(5, 5, 5), {"short": curve(0.0), "long": curve(9, 9, 9)})

@@ -7,7 +7,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from orchard.pruners.base import BasePruner, BestSoFar, Curve, Verdict, check_int, check_number
+from orchard.pruners.base import BasePruner, BestSoFar, Curve, Verdict, check_int, check_number, judged
 
 __all__ = ["MedianPruner", "PercentilePruner"]
 
@@ -15,7 +15,7 @@ __all__ = ["MedianPruner", "PercentilePruner"]
 class PercentilePruner(BasePruner):
     """Stops a trial whose best value so far is worse than a percentile of the others' at that step.
 
-    At a judged step ``s`` (from ``warmup_steps`` on, every ``interval_steps``),
+    At a judged step ``s`` (from ``warmup_steps`` on, the first report past every ``interval_steps``),
     each other trial that has reported at ``s`` or later contributes its best value
     up to ``s``; the trial goes on if its own best up to ``s`` is no worse than
     the ``percentile``-th percentile of those values (linear interpolation). With
@@ -25,7 +25,8 @@ class PercentilePruner(BasePruner):
         percentile: in [0, 100]; 50 is the median, lower prunes more (default 25).
         warmup_steps: steps before which no trial is pruned (default 0).
         min_trials: other trials that must have reached the step first (default 5).
-        interval_steps: judge only every this many steps after the warm-up (default 1).
+        interval_steps: judge the first report at or past each ``warmup_steps + k·interval_steps``
+            (default 1: every report from the warm-up on).
     """
 
     name: ClassVar[str] = "percentile"
@@ -50,7 +51,7 @@ class PercentilePruner(BasePruner):
     def judge(self, trial_id: str, own: Curve, others: Mapping[str, Curve]) -> Verdict:
         step = own[-1][0]
         warmup, interval = self.options["warmup_steps"], self.options["interval_steps"]
-        if step < warmup or (step - warmup) % interval:
+        if not judged(own, warmup, interval):
             return self._going_on(own, f"step {step} is not judged (warm-up {warmup}, interval {interval})")
         self._best.new_round(len(others) + 1)
         mine = self._best.until(own, step)

@@ -10,7 +10,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from orchard.errors import ConfigurationError
-from orchard.pruners.base import BasePruner, BestSoFar, Curve, Verdict, check_int, check_number
+from orchard.pruners.base import BasePruner, BestSoFar, Curve, Verdict, check_int, check_number, judged
 from orchard.trial import ReportValue, first_value
 
 __all__ = ["NopPruner", "PatiencePruner", "ThresholdPruner"]
@@ -36,7 +36,8 @@ class ThresholdPruner(BasePruner):
         upper: prune a value above this (default ``None``: no upper bound).
         lower: prune a value below this (default ``None``: no lower bound).
         warmup_steps: steps before which nothing is pruned (default 0).
-        interval_steps: judge only every this many steps after the warm-up (default 1).
+        interval_steps: judge the first report at or past each ``warmup_steps + k·interval_steps``
+            (default 1: every report from the warm-up on).
     """
 
     name: ClassVar[str] = "threshold"
@@ -63,7 +64,7 @@ class ThresholdPruner(BasePruner):
     def judge(self, trial_id: str, own: Curve, others: Mapping[str, Curve]) -> Verdict:
         step, value = own[-1][0], first_value(own[-1][1])  # the last report alone: not the whole curve again
         warmup, interval = self.options["warmup_steps"], self.options["interval_steps"]
-        if step < warmup or (step - warmup) % interval:
+        if not judged(own, warmup, interval):
             return self._going_on(own, f"step {step} is not judged (warm-up {warmup}, interval {interval})")
         lower, upper, shown = self.options["lower"], self.options["upper"], value * self.sign  # as reported
         if upper is not None and shown > upper:

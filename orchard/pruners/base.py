@@ -37,7 +37,7 @@ from orchard.options import Configurable
 from orchard.report import shown
 from orchard.trial import INT_LIMIT, ReportValue, finite_number, first_value
 
-__all__ = ["BasePruner", "BestSoFar", "Curve", "Verdict", "value_at"]
+__all__ = ["BasePruner", "BestSoFar", "Curve", "Verdict", "judged", "value_at"]
 
 #: A trial's reports: ``(step, value)`` pairs, steps strictly increasing.
 Curve = Sequence[tuple[int, ReportValue]]
@@ -154,6 +154,21 @@ class BestSoFar:
     def __getstate__(self) -> dict[str, Any]:
         """Nothing kept crosses a process: curve identities mean nothing there."""
         return {"_kept": {}}
+
+
+def judged(own: Curve, warmup: int, interval: int) -> bool:
+    """Whether the last report of ``own`` is judged: the first at or past a judging step ``warmup + k·interval``.
+
+    As Optuna's pruners decide it. Judging only a report that falls on such a step never judged
+    a curve whose steps miss them all: one reporting every 1,000 samples with ``warmup_steps=500``
+    and ``interval_steps=1000``, or every other epoch with ``warmup_steps=5, interval_steps=2``,
+    was never pruned. Its first report past each judging step is judged (2,000, 3,000, …).
+    """
+    step = own[-1][0]
+    if step < warmup:
+        return False
+    before = own[-2][0] if len(own) > 1 else -1
+    return before < warmup + (step - warmup) // interval * interval
 
 
 def value_at(curve: Curve, step: int) -> ReportValue | None:
