@@ -115,6 +115,30 @@ def test_cmaes_moves_its_distribution_across_calls_and_workers() -> None:
     assert float(np.median(best)) < 1e-3, f"best squared distance to the optimum per seed: {best}"
 
 
+@pytest.mark.parametrize("consider", [None, False, True])
+def test_cmaes_leaves_pruned_trials_out_unless_consider_pruned_trials(consider: bool | None) -> None:
+    """consider_pruned_trials (Optuna's default False) was passed to the sampler and ignored: every pruned
+    trial, told with an early report, joined a generation of the distribution."""
+    space = Space.from_config({"x": "uniform(0, 1)", "y": "uniform(0, 1)"})
+    options: dict[str, Any] = {"sampler": "CmaEsSampler", "popsize": 4}
+    if consider is not None:
+        options["consider_pruned_trials"] = consider
+    rng = np.random.default_rng(0)
+    points = [space.sample(rng) for _ in range(17)]
+    done = [Observation(p, p["x"] + p["y"], end_time=float(i)) for i, p in enumerate(points[:9])]
+    pruned = [Observation(p, -5.0, end_time=i + 0.5, pruned=True) for i, p in enumerate(points[9:])]
+    states = []
+    for history in (done, done + pruned):
+        algorithm = make_algorithm({"optuna": options}, space, seed=1)
+        algorithm.suggest(history, [])
+        states.append((algorithm._cmaes.generation, algorithm._cmaes._optimizer._mean.tolist()))
+    assert states[0][0] == 2  # 1 random start, then 2 generations of 4
+    if consider:
+        assert states[1][0] == 4
+    else:
+        assert states[1] == states[0]
+
+
 def test_a_tpe_worker_reads_only_the_new_trials_of_a_grown_history(monkeypatch: pytest.MonkeyPatch) -> None:
     from orchard.algorithms import _optuna
 

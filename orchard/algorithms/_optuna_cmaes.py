@@ -7,6 +7,8 @@ trials:
 
 * the settled ones (:meth:`~orchard.algorithms.base.BaseAlgorithm.settled`) are put
   in completion order (recorded end time, then the params' hash);
+* pruned trials are left out unless ``consider_pruned_trials`` (then told with their
+  last reported value), as Optuna's sampler does;
 * the first ``n_startup_trials`` (Optuna's default 1) are drawn at random, as in
   Optuna, and not told;
 * the rest form the generations: with population size ``λ`` (Optuna's default
@@ -66,6 +68,7 @@ class CmaEsState:
         self._names = set(numeric)
         self._transform = _SearchSpaceTransform(numeric, transform_step=True, transform_0_1=True) if numeric else None
         self._sampler = optuna.samplers.CmaEsSampler(seed=0, **options)
+        self._pruned = bool(options.get("consider_pruned_trials", False))  # Optuna's default: leave them out
         self._direction = optuna.study.StudyDirection.MINIMIZE
         self._told: list[str] = []  # digests of the trials folded in, in order
         self._optimizer = self._initial()
@@ -79,8 +82,12 @@ class CmaEsState:
         return 0 if self._optimizer is None else int(self._optimizer.generation)
 
     def fold(self, completed: Sequence[Observation]) -> bool:
-        """Tell the distribution every full generation of ``completed``; ``False`` during the random start."""
-        ordered = completion_order(completed)
+        """Tell the distribution every full generation of ``completed``; ``False`` during the random start.
+
+        Pruned trials (told with their last report) count only with ``consider_pruned_trials``, as in
+        Optuna: the option was passed to the sampler and ignored, every pruned trial joining a generation.
+        """
+        ordered = completion_order([o for o in completed if self._pruned or not o.pruned])
         startup = self._sampler._n_startup_trials
         if len(ordered) < max(startup, 1):
             return False
