@@ -66,11 +66,13 @@ def check_evaluation(
     if "objective" in results:
         raise ConfigurationError(f"{label}: give the objective as objective=..., not as a result named 'objective'")
     if objectives is not None:
-        if objective is not None:
+        if objective is not None and (len(objectives) > 1 or set(objectives) & set(results)):
             raise ConfigurationError(
-                f"{label}: the experiment has several objectives ({', '.join(objectives)}); give each in "
+                f"{label}: the experiment has the objectives {', '.join(objectives)}; give each once, in "
                 "results by name, not objective=...")
-        outcome = with_objectives(interpret_result(results), objectives)
+        # one declared objective given as objective=... is its value, in its direction, as a worker takes it
+        outcome = with_objectives(interpret_result({**results, "objective": objective} if objective is not None
+                                                   else results), objectives)
     elif objective is None:
         raise ConfigurationError(f"{label}: no objective given; an evaluated trial needs objective=<finite number>")
     else:

@@ -122,8 +122,18 @@ def test_insert_with_several_objectives_reads_each_from_results(store: str) -> N
     assert trial.objective == 0.2 and exp.pareto_front()[0].id == trial.id
     with pytest.raises(ConfigurationError, match="'accuracy' is missing"):
         exp.insert({"x": 2.0, "y": 1.0}, results={"error": 0.2})
-    with pytest.raises(ConfigurationError, match="several objectives"):
+    with pytest.raises(ConfigurationError, match="objectives error, accuracy; give each once, in results"):
         exp.insert({"x": 2.0, "y": 1.0}, objective=0.2, results={"error": 0.2, "accuracy": 0.9})
+
+
+def test_insert_with_one_declared_objective_takes_objective_as_its_value(store: str) -> None:
+    """It was refused as 'the experiment has several objectives (accuracy)'; a worker takes a bare number so."""
+    exp = orchard.build_experiment("e", space=BRANIN_SPACE, storage=store, objectives={"accuracy": "max"})
+    trial = exp.insert({"x": 1.0, "y": 1.0}, objective=0.9, results={"epochs": 3})
+    assert trial.results == {"accuracy": 0.9, "epochs": 3} and trial.objective == -0.9
+    assert exp.best_trial.id == trial.id
+    with pytest.raises(ConfigurationError, match="give each once"):
+        exp.insert({"x": 2.0, "y": 1.0}, objective=0.9, results={"accuracy": 0.8})
 
 
 def test_old_trial_records_read_as_ordinary_trials() -> None:
