@@ -109,7 +109,9 @@ class Judge:
             verdict = self.pruner.judge(trial_id, own, others)
             if verdict.prune:
                 self.pruned.setdefault(trial_id, verdict)
-            return verdict
+            # a "prune" verdict stands (the trial is recorded pruned whatever follows): a later report judged
+            # "go on" answered should_prune() False, and an objective that went on had its result dropped
+            return self.pruned.get(trial_id, verdict)
 
     def _unjudged(self, trial_id: str, step: int) -> Verdict:
         """The answer to a report past the cap: the trial's "prune" verdict if it got one, else go on."""

@@ -280,6 +280,42 @@ def test_timed_child_that_ignores_the_verdict_is_stopped_and_recorded_pruned(
     assert_verdicts_recompute(exp.storage.fetch_trials(exp.id), exp.settings.pruner)
 
 
+def diverges_then_recovers(x: float, answers: str) -> float:
+    """Above threshold 1.5 at step 1 only; asks for the verdict once, after the last report."""
+    for step in range(1, 6):
+        orchard.report(2.0 if step == 1 else x, step)
+    with open(answers, "a") as out:
+        out.write(f"{orchard.should_prune()}\n")
+    if orchard.should_prune():
+        raise orchard.TrialPruned()
+    return x
+
+
+@pytest.mark.parametrize("where", ["thread", "timed child"])
+def test_a_prune_verdict_stands_for_the_later_reports_of_the_trial(where: str, tmp_path: Path) -> None:
+    """A later report judged "go on" made should_prune() False: the objective went on to its end and
+    returned, and its trial was recorded pruned anyway, its result dropped (in the thread and a child)."""
+    exp = orchard.build_experiment("p-stands", space=SPACE, max_trials=2, storage=str(tmp_path / "db.pkl"),
+                                   pruner={"threshold": {"upper": 1.5}}, seed=3)
+    answers = tmp_path / "answers.txt"
+    exp.workon(functools.partial(diverges_then_recovers, answers=str(answers)),
+               trial_timeout=60 if where == "timed child" else None, progress=False)
+    assert answers.read_text().split() == ["True", "True"]
+    trials = exp.storage.fetch_trials(exp.id)
+    assert [t.status for t in trials] == [TrialStatus.PRUNED] * 2
+    assert all(t.verdict["step"] == 1 and len(t.reports) == 5 for t in trials)
+    assert_verdicts_recompute(trials, exp.settings.pruner)
+
+
+def test_ask_and_tell_and_a_report_in_the_thread_agree_on_a_prune_verdict() -> None:
+    exp = orchard.build_experiment("p-agree", space=SPACE, max_trials=1, storage="memory://",
+                                   pruner={"threshold": {"upper": 1.5}})
+    trial = exp.suggest()
+    exp.report(trial, 2.0, 1)
+    exp.report(trial, 0.5, 2)
+    assert exp.should_prune(trial)
+
+
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="timed evaluations fork")
 def test_a_timed_child_of_a_worker_run_inside_a_trial_reports_its_own_trial(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
