@@ -161,12 +161,15 @@ def test_optuna_options_its_sampler_refuses_are_refused_with_the_experiment(samp
      "option 'elite_population_selection_strategy' takes a Python object"),
     ({"sampler": "QMCSampler", "independent_sampler": "RandomSampler"},
      "option 'independent_sampler' takes a Python object"),
+    ({"sampler": "TPESampler", "multivariate": "false"}, "option 'multivariate' must be true or false, got 'false'"),
+    ({"sampler": "CmaEsSampler", "consider_pruned_trials": 0}, "option 'consider_pruned_trials' must be true or false"),
 ])
 def test_optuna_options_its_sampler_would_fail_on_later_are_refused_with_the_experiment(
         sampler: dict[str, Any], words: str) -> None:
     """Optuna's constructors take them; the sampler failed on them once a generation was complete (NSGA-II)
     or at the first suggestion (QMC), on every worker, with the experiment stored. A string or number is
-    never the Python object (a sampler, a callable) such an option takes."""
+    never the Python object (a sampler, a callable) such an option takes. A switch given as "false" (or 0)
+    was taken as true, silently."""
     pytest.importorskip("optuna")
     with pytest.raises(ConfigurationError, match=f"'{sampler['sampler']}' {words}"):
         orchard.build_experiment("q", space=DEFAULT_SPACE, algorithm={"optuna": sampler}, storage="memory://")

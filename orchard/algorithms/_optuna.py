@@ -170,7 +170,8 @@ def _check_types(options: Mapping[str, Any], signature: inspect.Signature) -> No
     """Refuse what the sampler's constructor takes but its suggestions fail on, in every worker.
 
     ``NSGAIISampler(population_size=20.0)`` is built, then slices its generations with the float
-    once the first one is complete; an option taking a Python object (``independent_sampler``,
+    once the first one is complete; a switch given as a text (``multivariate: "false"``) was taken
+    as true; an option taking a Python object (``independent_sampler``,
     ``elite_population_selection_strategy``) was given a string, which the sampler called.
     Optuna's annotations say which is which. Checked when the sampler is built for a space (the
     experiment created, a worker started), not when a stored configuration is read: an experiment
@@ -186,6 +187,8 @@ def _check_types(options: Mapping[str, Any], signature: inspect.Signature) -> No
                                      "leave it unset (only a memory:// storage keeps an object)")
         if annotation in ("int", "int | None") and value is not None and type(value) is not int:
             raise ConfigurationError(f"{where} must be an integer, got {shown(value)}")
+        if annotation in ("bool", "bool | None") and value is not None and type(value) is not bool:  # "false"
+            raise ConfigurationError(f"{where} must be true or false, got {shown(value)}")
 
 
 def _build_once(sampler: str, kwargs: Mapping[str, Any]) -> None:
