@@ -283,6 +283,9 @@ def test_an_unknown_algorithm_lists_the_valid_names() -> None:
     with pytest.raises(ConfigurationError, match="valid algorithms: random, grid, bayes"):
         algorithm_class("no_such_search")
     assert algorithm_names()[: len(ALGORITHMS)] == list(ALGORITHMS)
+    with pytest.raises(ConfigurationError, match=r"Optuna's sampler: \{'optuna': \{'sampler': 'CmaEsSampler'\}\}"):
+        algorithm_class("cmaessampler")  # an Optuna user's name: said only 'unknown algorithm'
+
 
 
 PLUGIN_PACKAGE = Path(__file__).parent / "data" / "plugin_pkg"

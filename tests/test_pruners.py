@@ -171,6 +171,8 @@ def test_every_verdict_is_recomputed_from_the_stored_history(name: str) -> None:
     "config, words",
     [
         ("nope", "unknown pruner 'nope'; valid pruners: none, median"),
+        ("MedianPruner", "patience (Optuna's MedianPruner is 'median')"),  # said only 'unknown pruner'
+        ("SuccessiveHalvingPruner", "(Optuna's SuccessiveHalvingPruner is 'asha')"),
         ({"median": {"warmup": 3}}, "no option 'warmup'"),
         ({"percentile": {"percentile": 120}}, "'percentile' must be a finite number in [0.0, 100.0]"),
         # an int beyond a float's range raised a bare OverflowError from math.isfinite

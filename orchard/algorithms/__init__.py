@@ -157,7 +157,12 @@ def algorithm_class(name: str) -> type[BaseAlgorithm]:
         return ALGORITHMS[name]()
     plugin = _entry_points().get(name) if isinstance(name, str) else None
     if plugin is None:
-        raise ConfigurationError(f"unknown algorithm {name!r}; valid algorithms: {', '.join(algorithm_names())}")
+        from orchard.algorithms._optuna import SAMPLERS
+
+        sampler = next((s for s in SAMPLERS if isinstance(name, str) and s.lower() == name.lower()), None)
+        hint = f" (Optuna's sampler: {{'optuna': {{'sampler': {sampler!r}}}}})" if sampler else ""
+        raise ConfigurationError(
+            f"unknown algorithm {name!r}; valid algorithms: {', '.join(algorithm_names())}{hint}")
     return _load_plugin(plugin)
 
 

@@ -83,9 +83,17 @@ def _split(config: PrunerConfig) -> tuple[str, Mapping[str, Any]]:
     )
 
 
+#: Optuna's pruners by class name, for the message that refuses one given by that name.
+_OPTUNA_NAMES = {"NopPruner": "none", "MedianPruner": "median", "PercentilePruner": "percentile",
+                 "SuccessiveHalvingPruner": "asha", "HyperbandPruner": "hyperband",
+                 "ThresholdPruner": "threshold", "PatientPruner": "patience"}
+
+
 def _pruner_class(name: str) -> type[BasePruner]:
     if not isinstance(name, str) or name not in PRUNERS:
-        raise ConfigurationError(f"unknown pruner {name!r}; valid pruners: {', '.join(PRUNERS)}")
+        ours = _OPTUNA_NAMES.get(name) if isinstance(name, str) else None
+        hint = f" (Optuna's {name} is {ours!r})" if ours else ""
+        raise ConfigurationError(f"unknown pruner {name!r}; valid pruners: {', '.join(PRUNERS)}{hint}")
     return PRUNERS[name]()
 
 
