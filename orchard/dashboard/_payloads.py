@@ -16,7 +16,7 @@ from orchard.dashboard._views import ExperimentView
 from orchard.objectives import dominates
 from orchard.pareto import scored
 from orchard.plotting.curves import sampled
-from orchard.stopping import LEDGER_KEY, stop_summary
+from orchard.stopping import LEDGER_KEY, Ledger, stop_summary
 from orchard.storages._uri import redact_all
 from orchard.trial import Trial, TrialStatus, first_value
 
@@ -82,7 +82,14 @@ def experiment_summary(view: ExperimentView) -> dict[str, Any]:
         "live_workers": len({w["worker"] for w in live_workers(view) if not w["stale"]}),
         "fidelity": fidelity_param(view.config),
         "problem": view.problem,
+        "stopped": _stopped_by(view.config),
     }
+
+
+def _stopped_by(config: dict[str, Any]) -> str | None:
+    """The stopping rule that stopped the experiment (no worker starts it again), or ``None``."""
+    fired = Ledger.from_dict(config.get(LEDGER_KEY)).fired
+    return None if fired is None else _text(fired.get("rule"), 40)
 
 
 def experiment_detail(view: ExperimentView, storage_uri: str, since: int = 0) -> dict[str, Any]:

@@ -14,6 +14,9 @@ function progressCell(row) {
   } else {
     td.textContent = done + " / no limit";
   }
+  if (row.stopped) {  // a stopping rule fired: no worker runs it again, whatever the budget says
+    td.appendChild(el("div", "stopped by " + row.stopped, "stopped"));
+  }
   return td;
 }
 
