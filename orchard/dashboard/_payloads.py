@@ -13,10 +13,9 @@ from collections.abc import Iterable
 from typing import Any
 
 from orchard.dashboard._views import ExperimentView
-from orchard.objectives import dominates
+from orchard.objectives import Shown, dominates
 from orchard.pareto import scored
 from orchard.plotting.curves import sampled
-from orchard.plotting.figures import Shown
 from orchard.stopping import LEDGER_KEY, Ledger, stop_summary
 from orchard.storages._uri import redact_all
 from orchard.trial import Trial, TrialStatus, first_value

@@ -35,13 +35,13 @@ from orchard.plotting._libs import INSTALL_HINT
 from orchard.plotting._mpl import write_png
 from orchard.plotting._plotly import write_html
 from orchard.plotting.curves import CurvesFigure, curves
+from orchard.objectives import Shown
 from orchard.plotting.figures import (
     STATUS_COLORS,
     Axis,
     Bar,
     ParallelFigure,
     RegretFigure,
-    Shown,
     TimelineFigure,
     parallel,
     regret,
@@ -66,7 +66,6 @@ __all__ = [
     "ParetoFigure",
     "RegretFigure",
     "RungsFigure",
-    "Shown",
     "Subject",
     "TimelineFigure",
     "check_output",

@@ -5,7 +5,7 @@ blue, pruned ones in grey ending in a cross at the step they were stopped, the
 running trials dashed, and the trial with the best objective drawn thick.
 With several objectives a report holds one value per objective; the curve is
 its first objective. Values are drawn as the objective returned them (a ``"max"``
-objective's reports are stored negated, see :class:`~orchard.plotting.figures.Shown`).
+objective's reports are stored negated, see :class:`~orchard.objectives.Shown`).
 
 A curve longer than :data:`MAX_CURVE_POINTS` reports is drawn from that many of them
 (:func:`sampled`): evenly spaced, its first, last and lowest reports always among them.
@@ -18,7 +18,8 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
-from orchard.plotting.figures import STATUS_COLORS, Shown, describe
+from orchard.objectives import Shown
+from orchard.plotting.figures import STATUS_COLORS, describe
 from orchard.space import Space
 from orchard.trial import ReportValue, Trial, TrialStatus, first_value
 
@@ -68,7 +69,7 @@ class CurvesFigure:
     title: str
     note: str | None
     curves: list[Curve]
-    label: str = "objective"  # what the values are (see :class:`~orchard.plotting.figures.Shown`)
+    label: str = "objective"  # what the values are (see :class:`~orchard.objectives.Shown`)
 
 
 def curves(trials: Sequence[Trial], name: str, space: Space | None = None,

@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from typing import Any
 
+from orchard.objectives import Shown
 from orchard.space import Prior, Space
 from orchard.trial import Trial, TrialStatus
 
@@ -20,7 +21,6 @@ __all__ = [
     "Bar",
     "ParallelFigure",
     "RegretFigure",
-    "Shown",
     "TimelineFigure",
     "describe",
     "no_results_note",
@@ -39,42 +39,6 @@ STATUS_COLORS: dict[TrialStatus, str] = {
     TrialStatus.INTERRUPTED: "#ff7f0e",
     TrialStatus.NEW: "#7f7f7f",
 }
-
-
-@dataclasses.dataclass(frozen=True)
-class Shown:
-    """How figures show the trials' objective: the experiment's first objective, named, in its own direction.
-
-    A trial's ``objective`` and its reports are stored minimised (a ``"max"`` objective
-    negated, see :func:`orchard.objectives.minimized`); a figure shows what the objective
-    returned, so ``objectives={"accuracy": "max"}`` is drawn as accuracy 0.97, not as an
-    "objective" of -0.97, and its best is the highest.
-    """
-
-    name: str = "objective"
-    sign: float = 1.0  # -1.0 for a "max" objective
-    of_several: int = 0  # how many objectives the experiment declares, when more than one
-
-    @classmethod
-    def of(cls, objectives: Mapping[str, str] | None) -> Shown:
-        """How to show the objective of an experiment declaring ``objectives`` (``None``: one, unnamed)."""
-        if not objectives:
-            return cls()
-        name, direction = next(iter(objectives.items()))
-        return cls(name, -1.0 if direction == "max" else 1.0, len(objectives) if len(objectives) > 1 else 0)
-
-    @property
-    def higher_is_better(self) -> bool:
-        return self.sign < 0
-
-    @property
-    def label(self) -> str:
-        """The axis label: the objective's name, and which of several it is."""
-        return self.name + (f" (the first of {self.of_several} objectives)" if self.of_several else "")
-
-    def value(self, minimised: float) -> float:
-        """The value the objective returned, from its stored (minimised) form."""
-        return self.sign * minimised
 
 
 # -- figure records ------------------------------------------------------------------

@@ -14,7 +14,8 @@ from collections.abc import Sequence
 from typing import Any
 
 from orchard.plotting._libs import require
-from orchard.plotting.figures import Shown, describe, no_results_note, scored
+from orchard.objectives import Shown
+from orchard.plotting.figures import describe, no_results_note, scored
 from orchard.space import Space
 from orchard.trial import Trial, TrialStatus
 
@@ -34,7 +35,7 @@ class RungsFigure:
     objectives: list[float]
     labels: list[str]
     promotions: list[tuple[Point, Point]]
-    label: str = "objective"  # the y axis (see :class:`~orchard.plotting.figures.Shown`)
+    label: str = "objective"  # the y axis (see :class:`~orchard.objectives.Shown`)
 
 
 def rungs(trials: Sequence[Trial], name: str, space: Space | None = None,
