@@ -219,6 +219,22 @@ def test_hunt_declares_objectives_and_constraints(tmp_path, monkeypatch, capsys)
     assert "objectives: stored" in capsys.readouterr().err
 
 
+def test_hunt_with_one_objective_to_maximise_ends_with_its_best_value(tmp_path, monkeypatch, capsys) -> None:
+    """hunt --objective latency_ms:max ended with "1 trials on the Pareto front" (one objective has none)."""
+    import sys
+
+    from orchard.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    (tmp_path / "train.py").write_text(SCRIPT)
+    command = [sys.executable, "train.py", "--x~uniform(0, 1)", "--y~uniform(0, 1)"]
+    assert main(["hunt", "-n", "e", "--storage", "orchard.pkl", "--max-trials", "3", "--objective", "latency_ms:max",
+                 *command]) == 0
+    best = max(t.results["latency_ms"] for t in orchard.get_experiment("e", storage="orchard.pkl").fetch_trials())
+    assert f"; best latency_ms {best:.6g} at " in capsys.readouterr().out
+
+
 def test_an_objective_given_twice_on_the_command_line_is_refused(tmp_path, monkeypatch, capsys) -> None:
     """--objective err:min --objective err:max kept the last one silently (and ORCHARD_OBJECTIVES='a:min,a:max')."""
     import sys
