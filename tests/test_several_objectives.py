@@ -274,3 +274,19 @@ def test_status_and_info_show_the_front_instead_of_a_best_trial(store, capsys) -
         assert main([command, "-n", "exp", "--storage", store]) == 0
         out = capsys.readouterr().out
         assert f"{size} trials on the Pareto front" in out and "f1=" in out and "best:" not in out
+
+
+def test_insert_takes_the_value_of_one_declared_objective(tmp_path, capsys) -> None:
+    """objectives={"acc": "max"}: insert(params, objective=0.97) was refused as "the experiment has several
+    objectives (acc)", and `orchard insert --objective` with it; it is the accuracy, stored as the results'."""
+    from orchard.cli import main
+
+    storage = str(tmp_path / "o.pkl")
+    exp = orchard.build_experiment("acc", space={"x": "uniform(0, 1)"}, storage=storage, objectives={"acc": "max"})
+    trial = exp.insert({"x": 0.5}, objective=0.97)
+    assert (trial.results, trial.objective, trial.status) == ({"acc": 0.97}, -0.97, TrialStatus.COMPLETED)
+    assert main(["insert", "-n", "acc", "--storage", storage, "x=0.25", "--objective", "0.99"]) == 0
+    assert "acc 0.99 (apart from the budget)" in capsys.readouterr().out
+    assert exp.best_trial.results == {"acc": 0.99}
+    with pytest.raises(orchard.errors.ConfigurationError, match="give acc once"):
+        exp.insert({"x": 0.75}, objective=0.9, results={"acc": 0.9})
