@@ -50,7 +50,9 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     )
     add_name(parser)
     parser.add_argument("params", nargs="*", metavar="NAME=VALUE", help="one value per dimension")
-    parser.add_argument("--objective", metavar="VALUE", help="the objective this point reached (minimized)")
+    parser.add_argument("--objective", metavar="VALUE",
+                        help="the objective this point reached (minimized; with one declared objective, such as "
+                        "acc:max, its value as the script reports it)")
     parser.add_argument("--result", metavar="NAME=VALUE", action="append", default=[],
                         help="an extra metric (repeatable); with several objectives, one per objective")
     parser.add_argument("--file", metavar="ROWS", type=Path,
