@@ -243,8 +243,9 @@ def interpret_result(value: Any) -> Outcome:
 def with_objectives(outcome: Outcome, objectives: Mapping[str, str]) -> Outcome:
     """The outcome of an experiment with several ``objectives``, read from the reported metrics.
 
-    Every objective must be reported by name as a finite number; the first one, as
-    minimized (negated for ``"max"``), becomes the trial's scalar ``objective``.
+    Every objective must be reported by name as a finite number (with one declared objective, a
+    bare number is its value); the first one, as minimized (negated for ``"max"``), becomes the
+    trial's scalar ``objective``.
     Pruned outcomes and failures of the evaluation itself are returned unchanged.
 
     Returns:
@@ -261,6 +262,10 @@ def with_objectives(outcome: Outcome, objectives: Mapping[str, str]) -> Outcome:
         return outcome
     if "objective" in objectives and outcome.objective is not None:  # an objective named "objective" was taken apart
         outcome = Outcome(objective=outcome.objective, results={**outcome.results, "objective": outcome.objective})
+    (only, *others) = objectives
+    if not others and outcome.objective is not None and only not in outcome.results:
+        # one declared objective: a bare number (report_objective(v) in a script) is its value, in its direction
+        outcome = Outcome(objective=outcome.objective, results={**outcome.results, only: outcome.objective})
     for name in objectives:
         value = outcome.results.get(name)
         if finite_number(value) is None:

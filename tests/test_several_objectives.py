@@ -290,3 +290,23 @@ def test_insert_takes_the_value_of_one_declared_objective(tmp_path, capsys) -> N
     assert exp.best_trial.results == {"acc": 0.99}
     with pytest.raises(orchard.errors.ConfigurationError, match="give acc once"):
         exp.insert({"x": 0.75}, objective=0.9, results={"acc": 0.9})
+
+
+def test_a_bare_number_is_the_value_of_one_declared_objective(tmp_path) -> None:
+    """objectives={"acc": "max"} (Optuna's direction="maximize"): `return acc` broke every trial ("objective
+    'acc' is missing") and max_broken stopped the experiment, while report(acc, step) took the same number;
+    in ask-and-tell, observe(trial, acc) broke it too."""
+    exp = orchard.build_experiment("acc", space={"x": "uniform(0, 1)"}, storage=str(tmp_path / "o.pkl"),
+                                   max_trials=3, objectives={"acc": "max"})
+    exp.workon(lambda x: x, n_workers=1, executor="thread", progress=False)
+    trials = exp.fetch_trials()
+    assert all(t.status is TrialStatus.COMPLETED and t.objective == -t.results["acc"] for t in trials)
+    assert exp.best_trial.results["acc"] == max(t.params["x"] for t in trials)
+    several = orchard.build_experiment("two", space={"x": "uniform(0, 1)"}, storage=str(tmp_path / "o.pkl"),
+                                       max_trials=2, objectives={"acc": "max", "cost": "min"})
+    trial = several.suggest()
+    assert several.observe(trial, 0.5).status is TrialStatus.BROKEN  # which of two? still refused
+    asked = orchard.build_experiment("ask", space={"x": "uniform(0, 1)"}, storage=str(tmp_path / "o.pkl"),
+                                     max_trials=2, objectives={"acc": "max"})
+    trial = asked.suggest()
+    assert asked.observe(trial, 0.75).results == {"acc": 0.75}
