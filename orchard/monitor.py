@@ -26,6 +26,7 @@ from typing import Any
 from orchard.clock import SYSTEM_CLOCK, Clock
 from orchard.errors import OrchardError
 from orchard.history import History
+from orchard.objectives import Shown, normalize_objectives
 from orchard.interruption import interrupt_main
 from orchard.storages.base import BaseStorage
 from orchard.trial import Trial, TrialStatus
@@ -69,6 +70,7 @@ class ProgressMonitor:
     ) -> None:
         self._clock = clock
         self._history = History(storage, experiment_id)
+        self._storage, self._experiment_id = storage, experiment_id
         self._label, self._total = label, max_trials
         self._callbacks = {TrialStatus.COMPLETED: on_result, TrialStatus.BROKEN: on_error}
         self._show_bar = show_bar
@@ -76,7 +78,8 @@ class ProgressMonitor:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._watch, name="orchard-monitor", daemon=True)
         self._bar: Any = None
-        self._best: float | None = None
+        self._best: float | None = None  # stored (minimised)
+        self._shown = Shown()  # how the bar shows it: the first declared objective, as returned
         self.failure: Exception | None = None  # what a callback raised
         self._failed_on: Trial | None = None  # the trial it raised on
         self._interrupted = False  # the main thread was interrupted for it
@@ -84,6 +87,7 @@ class ProgressMonitor:
 
     def __enter__(self) -> ProgressMonitor:
         if self._active:
+            self._shown = _shown(self._storage, self._experiment_id)
             self._history.refresh()  # what is already finished is not news
             self._best = min((o.objective for o in self._history.observations), default=None)
             self._thread.start()
@@ -153,6 +157,16 @@ class ProgressMonitor:
         counts = self._history.counts
         self._bar.n = counts[TrialStatus.COMPLETED] + counts[TrialStatus.PRUNED]
         pruned = {"pruned": counts[TrialStatus.PRUNED]} if counts[TrialStatus.PRUNED] else {}
-        self._bar.set_postfix(best=self._best, running=counts[TrialStatus.RESERVED],
-                              broken=counts[TrialStatus.BROKEN], **pruned, refresh=False)
+        key = "best" if self._shown == Shown() else f"best {self._shown.name}"
+        best = None if self._best is None else self._shown.value(self._best)
+        self._bar.set_postfix({key: best, "running": counts[TrialStatus.RESERVED],
+                               "broken": counts[TrialStatus.BROKEN], **pruned}, refresh=False)
         self._bar.refresh()
+
+
+def _shown(storage: BaseStorage, experiment_id: str) -> Shown:
+    """How the bar shows the best objective: ``best acc=0.97`` for ``objectives={"acc": "max"}``, not -0.97."""
+    try:
+        return Shown.of(normalize_objectives(storage.experiment(experiment_id).config.get("objectives")))
+    except OrchardError:  # odd objectives another program stored: shown as stored
+        return Shown()

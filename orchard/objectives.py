@@ -11,6 +11,7 @@ violation wins; two feasible points compare by Pareto dominance.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import sys
 from collections.abc import Mapping, Sequence
@@ -23,6 +24,7 @@ from orchard.trial import finite_float
 
 __all__ = [
     "DIRECTIONS",
+    "Shown",
     "Vector",
     "crowding_distance",
     "dominates",
@@ -243,3 +245,39 @@ def _area(points: Sequence[Vector], ref_x: float, ref_y: float) -> float:
             area += (ref_x - x) * (lowest_y - y)
             lowest_y = y
     return area
+
+
+@dataclasses.dataclass(frozen=True)
+class Shown:
+    """How figures, pages and progress bars show the trials' objective: the first declared one, named.
+
+    A trial's ``objective`` and its reports are stored minimised (a ``"max"`` objective
+    negated, see :func:`minimized`); they are shown as the objective returned them, so
+    ``objectives={"accuracy": "max"}`` is drawn as accuracy 0.97, not as an "objective"
+    of -0.97, and its best is the highest.
+    """
+
+    name: str = "objective"
+    sign: float = 1.0  # -1.0 for a "max" objective
+    of_several: int = 0  # how many objectives the experiment declares, when more than one
+
+    @classmethod
+    def of(cls, objectives: Mapping[str, str] | None) -> Shown:
+        """How to show the objective of an experiment declaring ``objectives`` (``None``: one, unnamed)."""
+        if not objectives:
+            return cls()
+        name, direction = next(iter(objectives.items()))
+        return cls(name, -1.0 if direction == "max" else 1.0, len(objectives) if len(objectives) > 1 else 0)
+
+    @property
+    def higher_is_better(self) -> bool:
+        return self.sign < 0
+
+    @property
+    def label(self) -> str:
+        """The axis label: the objective's name, and which of several it is."""
+        return self.name + (f" (the first of {self.of_several} objectives)" if self.of_several else "")
+
+    def value(self, minimised: float) -> float:
+        """The value the objective returned, from its stored (minimised) form."""
+        return self.sign * minimised

@@ -53,8 +53,9 @@ def check_evaluation(
     """The completed outcome of an evaluation made elsewhere, checked as a worker checks its own.
 
     Args:
-        objective: the objective (minimized); ``None`` with several ``objectives``, which are read
-            from ``results`` by name.
+        objective: the objective (minimized); with one declared objective, its value in its own
+            direction (``objectives={"acc": "max"}``: the accuracy); ``None`` with several
+            ``objectives``, which are read from ``results`` by name.
         results: extra metrics (and, with several objectives, each of them).
         objectives: the experiment's several objectives, if any.
         label: how the message names what is inserted (``"experiment 'x'"``, ``"row 3 of rows.csv"``).

@@ -296,6 +296,58 @@ def assert_offline_and_clean(browser: Any, url: str) -> None:
     assert errors == []
 
 
+def test_the_list_says_which_experiment_a_stopping_rule_stopped(browser: Any, tmp_path: Path) -> None:
+    """`orchard list` said so and the experiment's page did, the list did not: a stopped experiment looked
+    like one waiting for workers, its budget not used up."""
+    from selenium.webdriver.common.by import By
+
+    import orchard
+
+    path = str(tmp_path / "orchard.pkl")
+    halted = orchard.build_experiment("halted", space={"x": "uniform(0, 1)"}, storage=path, max_trials=8,
+                                      stop={"target": 0.5})
+    halted.workon(lambda x: 0.1, n_workers=1, executor="thread", progress=False)
+    store = get_storage(path)
+    populate(store)
+    store.close()
+    with serving(path, cwd=tmp_path) as served:
+        rows = {row["name"]: row for row in request(served.url + "api/experiments")[1]}
+        assert rows["halted"]["stopped"] == "target" and rows["dash"]["stopped"] is None
+        browser.get(served.url)
+        wait_for(browser, lambda b: b.find_elements(By.CSS_SELECTOR, "#experiments tr[data-name='dash']"))
+        assert "stopped by target" in text_of(browser, "#experiments tr[data-name='halted']")
+        assert "stopped" not in text_of(browser, "#experiments tr[data-name='dash']")
+        browser.get("about:blank")
+
+
+def test_pages_show_an_objective_to_maximise_as_returned(browser: Any, tmp_path: Path) -> None:
+    """objectives={"acc": "max"}: the list, the best card, the table and the best-so-far chart showed every
+    accuracy negated (as stored, minimised), the best one as the lowest number, all named "objective"."""
+    from selenium.webdriver.common.by import By
+
+    import orchard
+
+    path = str(tmp_path / "orchard.pkl")
+    exp = orchard.build_experiment("acc", space={"x": "uniform(0, 1)"}, storage=path, max_trials=3,
+                                   objectives={"acc": "max"})
+    exp.workon(lambda x: {"acc": 0.5 + x / 4}, n_workers=1, executor="thread", progress=False)
+    best = max(t.results["acc"] for t in exp.fetch_trials())
+    with serving(path, cwd=tmp_path) as served:
+        (row,) = request(served.url + "api/experiments")[1]
+        assert row["shown"] == {"name": "acc", "label": "acc", "sign": -1.0} and row["best_objective"] == -best
+        browser.get(served.url)
+        wait_for(browser, lambda b: b.find_elements(By.CSS_SELECTOR, "#experiments tr[data-name='acc']"))
+        assert float(text_of(browser, "#experiments tr[data-name='acc'] td:nth-child(4)")) == pytest.approx(best, abs=1e-5)
+        browser.get(served.url + "experiments/acc")
+        wait_for(browser, lambda b: b.find_elements(By.CSS_SELECTOR, "#plot-best svg.main-svg"))
+        assert float(text_of(browser, "#best")) == pytest.approx(best, abs=1e-5)
+        assert browser.find_element(By.ID, "best").find_element(By.XPATH, "preceding-sibling::*[1]").text == "best acc"
+        assert "acc" in [th.text for th in browser.find_elements(By.CSS_SELECTOR, "#trials th")]
+        drawn = browser.execute_script("return document.getElementById('plot-best').data[1].y")
+        assert max(drawn) == pytest.approx(best) and drawn == sorted(drawn)  # best so far rises
+        browser.get("about:blank")
+
+
 def test_pages_show_the_experiment_its_counts_and_its_plots(browser: Any, tmp_path: Path) -> None:
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import Select

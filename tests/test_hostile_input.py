@@ -423,3 +423,27 @@ def test_db_load_reads_a_bounded_amount_of_a_file_given_by_mistake(
             (line,) = capsys.readouterr().err.strip().splitlines()
             assert f"dump {path} holds more than 1 KB" in line and "is it the right file?" in line, line
     assert not os.path.exists(store)  # nothing was loaded, no storage created
+
+
+@pytest.mark.parametrize("verdict", [
+    {"pruner": "median", "prune": True, "step": 1, "cutoff": "abc", "compared": 5},  # odd values of its own pruner
+    {"pruner": "another", "reason": 7},  # a plugin's or another program's shape
+])
+def test_info_of_a_trial_shows_a_verdict_another_program_wrote(
+        tmp_path: Any, capsys: pytest.CaptureFixture[str], verdict: dict[str, Any]) -> None:
+    """info --trial of a pruned trial whose verdict is a dict Orchard's pruners never write failed with
+    "unexpected TypeError" (recomputing it, and formatting its cut-off)."""
+    from orchard.cli import main
+    from orchard.storages import get_storage
+
+    store = str(tmp_path / "o.pkl")
+    exp = orchard.build_experiment("e", space={"x": "uniform(0, 1)"}, storage=store, pruner="median")
+    storage = get_storage(store)
+    trial = storage.register_trial(exp.id, {"x": 0.5}, worker="w")
+    storage.report_trial(trial.id, "w", 1, 0.5)
+    storage.prune_trial(trial.id, "w", verdict)
+    assert main(["info", "--storage", store, "-n", "e", "--trial", trial.id]) == 0
+    out = capsys.readouterr().out
+    assert f"pruned by: {verdict['pruner']}" in out and "not recomputed: the stored verdict is not one 'median'" in out
+    assert main(["info", "--storage", store, "--json", "-n", "e", "--trial", trial.id]) == 0
+    assert '"recomputed_verdict": null' in capsys.readouterr().out

@@ -433,3 +433,36 @@ def test_when_curves_are_thinned_those_ending_in_nan_rank_last() -> None:
     fig = plotting.make_figure("curves", trials, "exp")
     kept = {c.label.split()[1] for c in fig.curves}
     assert len(fig.curves) <= MAX_CURVES and {f"f{i:03d}" for i in range(MAX_CURVES // 2)} <= kept
+
+
+def test_figures_show_an_objective_to_maximise_as_returned_and_named(tmp_path: Path) -> None:
+    """objectives={"acc": "max"} drew every accuracy negated (stored minimised) as an "objective", its best the
+    lowest: "best -0.96" in the regret plot, its curves and parallel coordinates upside down."""
+    exp = orchard.build_experiment("acc", space={"x": "uniform(0, 1)"}, storage=str(tmp_path / "o.pkl"),
+                                   max_trials=4, objectives={"acc": "max"})
+
+    def train(x: float) -> dict[str, float]:
+        for epoch in range(3):
+            orchard.report(0.5 + x * epoch / 10, step=epoch)
+        return {"acc": 0.5 + x * 0.2}
+
+    exp.workon(train, n_workers=1, executor="thread", progress=False)
+    trials = exp.fetch_trials()
+    accuracies = sorted(t.results["acc"] for t in trials)
+    settings = exp.settings
+
+    def figure(kind: str) -> Any:
+        return plotting.make_figure(kind, trials, exp.name, exp.space, settings.objectives, settings.constraints)
+
+    regret = figure("regret")
+    assert sorted(regret.objectives) == accuracies and regret.best[-1] == accuracies[-1] and regret.label == "acc"
+    assert f"best acc {accuracies[-1]:.4g}" in regret.title
+    parallel = figure("parallel")
+    assert parallel.axes[-1].label == "acc" and sorted(parallel.objectives) == accuracies
+    assert parallel.higher_is_better and "darker = higher acc" in parallel.title
+    curves = figure("curves")
+    assert all(v >= 0.5 for c in curves.curves for v in c.values) and curves.label == "acc"
+    assert sorted(figure("rungs").objectives) == accuracies
+    for kind in ("regret", "parallel", "curves"):
+        saved = plotting.save(figure(kind), str(tmp_path / f"{kind}.html"))
+        assert "acc" in Path(saved).read_text()

@@ -126,6 +126,7 @@ def test_a_constraint_on_the_objective_itself_is_refused_when_no_objective_has_t
     with pytest.raises(orchard.errors.ExperimentNotFoundError):
         orchard.get_experiment("exp", storage=store)
     exp = build(store, objectives={"objective": "min", "f2": "min"}, constraints=["objective <= 0.5"], max_trials=6)
+    exp.insert({"x": 0.25, "y": 0.5})  # one feasible trial at least: 6 random ones all miss 1 time in 64
     exp.workon(lambda x, y: {"objective": x, "f2": y}, executor="single", progress=False)
     assert {t.results["objective"] <= 0.5 for t in exp.pareto_front()} == {True}
 
@@ -250,6 +251,22 @@ def test_hunt_declares_objectives_and_constraints(tmp_path, monkeypatch, capsys)
     assert "objectives: stored" in capsys.readouterr().err
 
 
+def test_hunt_with_one_objective_to_maximise_ends_with_its_best_value(tmp_path, monkeypatch, capsys) -> None:
+    """hunt --objective latency_ms:max ended with "1 trials on the Pareto front" (one objective has none)."""
+    import sys
+
+    from orchard.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    (tmp_path / "train.py").write_text(SCRIPT)
+    command = [sys.executable, "train.py", "--x~uniform(0, 1)", "--y~uniform(0, 1)"]
+    assert main(["hunt", "-n", "e", "--storage", "orchard.pkl", "--max-trials", "3", "--objective", "latency_ms:max",
+                 *command]) == 0
+    best = max(t.results["latency_ms"] for t in orchard.get_experiment("e", storage="orchard.pkl").fetch_trials())
+    assert f"; best latency_ms {best:.6g} at " in capsys.readouterr().out
+
+
 def test_an_objective_given_twice_on_the_command_line_is_refused(tmp_path, monkeypatch, capsys) -> None:
     """--objective err:min --objective err:max kept the last one silently (and ORCHARD_OBJECTIVES='a:min,a:max')."""
     import sys
@@ -289,3 +306,27 @@ def test_status_and_info_show_the_front_instead_of_a_best_trial(store, capsys) -
         assert main([command, "-n", "exp", "--storage", store]) == 0
         out = capsys.readouterr().out
         assert f"{size} trials on the Pareto front" in out and "f1=" in out and "best:" not in out
+
+
+def test_cli_insert_prints_the_value_of_one_declared_objective_as_given(tmp_path, capsys) -> None:
+    """orchard insert --objective 0.99 into objectives={"acc": "max"} printed "objective -0.99" (as stored)."""
+    from orchard.cli import main
+
+    storage = str(tmp_path / "o.pkl")
+    exp = orchard.build_experiment("acc", space={"x": "uniform(0, 1)"}, storage=storage, objectives={"acc": "max"})
+    assert main(["insert", "-n", "acc", "--storage", storage, "x=0.25", "--objective", "0.99"]) == 0
+    assert "acc 0.99 (apart from the budget)" in capsys.readouterr().out
+    assert exp.best_trial.results == {"acc": 0.99}
+
+
+def test_observe_takes_a_bare_number_as_the_value_of_one_declared_objective(tmp_path) -> None:
+    """Ask-and-tell: observe(trial, acc) with objectives={"acc": "max"} broke the trial ("objective 'acc' is
+    missing"); with several objectives a bare number is still no objective's value."""
+    several = orchard.build_experiment("two", space={"x": "uniform(0, 1)"}, storage=str(tmp_path / "o.pkl"),
+                                       max_trials=2, objectives={"acc": "max", "cost": "min"})
+    trial = several.suggest()
+    assert several.observe(trial, 0.5).status is TrialStatus.BROKEN  # which of two? still refused
+    asked = orchard.build_experiment("ask", space={"x": "uniform(0, 1)"}, storage=str(tmp_path / "o.pkl"),
+                                     max_trials=2, objectives={"acc": "max"})
+    trial = asked.suggest()
+    assert asked.observe(trial, 0.75).results == {"acc": 0.75}

@@ -501,6 +501,20 @@ def test_progress_monitor_reports_each_trial_finished_while_it_runs_once(storage
     assert [t.id for t in completed] == [good.id] and [t.id for t in broken] == [bad.id]
 
 
+def test_the_progress_bar_shows_an_objective_to_maximise_as_returned(storage, capsys) -> None:
+    """objectives={"acc": "max"}: workon's bar said best=-0.97, the stored (negated) accuracy."""
+    from orchard.monitor import ProgressMonitor
+
+    exp_id = storage.create_experiment("acc", {"space": SPACE.config(), "objectives": {"acc": "max"}})
+    clock = ManualClock()
+    with ProgressMonitor(storage, exp_id, "acc", 5, show_bar=True, clock=clock) as monitor:
+        for x, acc in ((0.1, 0.91), (0.2, 0.97), (0.3, 0.5)):
+            trial = storage.register_trial(exp_id, {"x": x}, worker="w")
+            storage.complete_trial(trial.id, "w", -acc, {"acc": acc})
+        monitor._tick()
+        assert monitor._bar.postfix.startswith("best acc=0.97,"), monitor._bar.postfix
+
+
 def _poll(condition, timeout: float = 10.0) -> None:
     import time
 

@@ -352,6 +352,7 @@ def _budget_met(experiment: Experiment) -> bool:
 
 def _work(experiment: Experiment, template: CommandTemplate, settings: Settings) -> int:
     from orchard.executors.capacity import workers_to_start
+    from orchard.objectives import Shown
     from orchard.recording import budget_to_give
     from orchard.resources import parse_memory
     from orchard.runner import ScriptRunner
@@ -376,10 +377,13 @@ def _work(experiment: Experiment, template: CommandTemplate, settings: Settings)
     )
     counts = stats["counts"]
     best = ""
-    if experiment.settings.objectives is not None:
+    objectives = experiment.settings.objectives
+    if objectives is not None and len(objectives) > 1:
         best = f"; {len(experiment.pareto_front())} trials on the Pareto front (exp.pareto_front())"
-    elif stats["best_objective"] is not None:
-        best = f"; best objective {stats['best_objective']:.6g} at {format_params(stats['best_params'])}"
+    elif stats["best_objective"] is not None:  # as the objective returned it: best acc 0.97, not -0.97
+        shown = Shown.of(objectives)
+        value = shown.value(stats["best_objective"])
+        best = f"; best {shown.name} {value:.6g} at {format_params(stats['best_params'])}"
     pruned = f", {counts['pruned']} pruned" if counts["pruned"] else ""  # they hold budget too
     print(f"experiment {experiment.name!r}: {counts['completed']} completed{pruned}, {counts['broken']} broken"
           f"{best}")

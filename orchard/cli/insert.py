@@ -50,7 +50,9 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     )
     add_name(parser)
     parser.add_argument("params", nargs="*", metavar="NAME=VALUE", help="one value per dimension")
-    parser.add_argument("--objective", metavar="VALUE", help="the objective this point reached (minimized)")
+    parser.add_argument("--objective", metavar="VALUE",
+                        help="the objective this point reached (minimized; with one declared objective, such as "
+                        "acc:max, its value as the script reports it)")
     parser.add_argument("--result", metavar="NAME=VALUE", action="append", default=[],
                         help="an extra metric (repeatable); with several objectives, one per objective")
     parser.add_argument("--file", metavar="ROWS", type=Path,
@@ -222,6 +224,8 @@ def run(args: argparse.Namespace) -> int:
         print(f"recorded {recorded} evaluated trials in experiment {experiment.name!r} ({budget})"
               + (f"; {skipped} rows recorded before were skipped" if skipped else ""))
         return 0
+    from orchard.objectives import Shown
+
     params = parse_assignments(args.params)
     results = parse_assignments(args.result, "result") if args.result else None
     objective = None if args.objective is None else parse_literal(args.objective)
@@ -230,6 +234,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"inserted trial {trial.id} in experiment {experiment.name!r}: {format_params(trial.params)}")
         return 0
     trial = experiment.insert(params, objective, results or {}, args.count_in_budget)
+    shown = Shown.of(experiment.settings.objectives)  # as given: accuracy 0.97, not its stored -0.97
     print(f"recorded trial {trial.id} in experiment {experiment.name!r}: {format_params(trial.params)}, "
-          f"objective {trial.objective:.6g} ({budget})")
+          f"{shown.name} {shown.value(trial.objective or 0.0):.6g} ({budget})")
     return 0

@@ -393,7 +393,7 @@ def _warm_start_line(uses: list[dict[str, Any]] | None) -> list[str]:
 
 def _trial_info(experiment: Experiment, prefix: str, as_json: bool) -> int:
     """Print one trial of ``experiment``; for a pruned one, the verdict and how it is reached again."""
-    from orchard.errors import ConfigurationError, TrialNotFoundError
+    from orchard.errors import ConfigurationError, TrialNotFoundError, shown as cut
     from orchard.pruners import Verdict, make_pruner
 
     if not prefix.strip():
@@ -408,12 +408,16 @@ def _trial_info(experiment: Experiment, prefix: str, as_json: bool) -> int:
                                  "(orchard db dump lists them)")
     (trial,) = matches
     data = trial.to_dict()
-    recomputed = None
+    recomputed, unrecomputed = None, None
     if trial.verdict is not None and trial.verdict.get("pruner") not in (None, "objective"):
         stored = {t.id: t.reports for t in trials if t.reports}
         pruner = make_pruner(experiment.settings.pruner, experiment.settings.objectives)
-        again = pruner.recompute(trial.id, Verdict.from_dict(trial.verdict), stored)
-        recomputed = again.to_dict()
+        try:  # a verdict another program (or another pruner) wrote is shown, not recomputed
+            again = pruner.recompute(trial.id, Verdict.from_dict(trial.verdict), stored)
+        except (TypeError, ValueError, KeyError, AttributeError) as err:
+            unrecomputed = f"not recomputed: the stored verdict is not one {pruner.name!r} writes ({cut(err, 120)})"
+        else:
+            recomputed = again.to_dict()
     if as_json:
         print(strict_json({"trial": data, "recomputed_verdict": recomputed}))
         return 0
@@ -431,10 +435,15 @@ def _trial_info(experiment: Experiment, prefix: str, as_json: bool) -> int:
         lines.append(f"  pruned by: {verdict.get('pruner')} at step {verdict.get('step')}"
                      + (f" (rung {verdict['rung']})" if verdict.get("rung") is not None else ""))
         lines.append(f"  why:       {verdict.get('reason', '')}")
-        if verdict.get("cutoff") is not None:
-            lines.append(f"  cut-off:   {verdict['cutoff']:.6g}, compared with {len(verdict.get('compared', ()))} trials")
+        cutoff, compared = verdict.get("cutoff"), verdict.get("compared", ())
+        if isinstance(cutoff, (int, float)) and isinstance(compared, list):
+            lines.append(f"  cut-off:   {cutoff:.6g}, compared with {len(compared)} trials")
+        elif cutoff is not None:
+            lines.append(f"  cut-off:   {cut(cutoff, 60)}")
         if recomputed is not None:
             lines.append("  recomputed from the stored history: " + ("prune" if recomputed["prune"] else "go on"))
+        elif unrecomputed is not None:
+            lines.append(f"  {unrecomputed}")
     if trial.error is not None:
         lines.append(f"  error:     {trial.error.get('type')}: {trial.error.get('message')}")
     print(printable("\n".join(lines)))

@@ -13,10 +13,10 @@ from collections.abc import Iterable
 from typing import Any
 
 from orchard.dashboard._views import ExperimentView
-from orchard.objectives import dominates
+from orchard.objectives import Shown, dominates
 from orchard.pareto import scored
 from orchard.plotting.curves import sampled
-from orchard.stopping import LEDGER_KEY, stop_summary
+from orchard.stopping import LEDGER_KEY, Ledger, stop_summary
 from orchard.storages._uri import redact_all
 from orchard.trial import Trial, TrialStatus, first_value
 
@@ -82,7 +82,28 @@ def experiment_summary(view: ExperimentView) -> dict[str, Any]:
         "live_workers": len({w["worker"] for w in live_workers(view) if not w["stale"]}),
         "fidelity": fidelity_param(view.config),
         "problem": view.problem,
+        "stopped": _stopped_by(view.config),
+        "shown": _shown_objective(view.config),
     }
+
+
+def _shown_objective(config: dict[str, Any]) -> dict[str, Any]:
+    """How pages show the stored (minimised) objective: the first declared objective's name, and the sign
+    that gives its value as returned (``-1`` for a ``"max"`` one: an accuracy of 0.97, not -0.97).
+
+    Every ``objective``, ``best_objective`` and report value the API sends is as stored: a page
+    multiplies it by ``sign``, and ranks by the stored value (lower is better).
+    """
+    objectives = config.get("objectives")
+    fit = isinstance(objectives, dict) and objectives and all(d in ("min", "max") for d in objectives.values())
+    shown = Shown.of(objectives if fit else None)  # another program's odd objectives: shown as stored
+    return {"name": shown.name, "label": shown.label, "sign": shown.sign}
+
+
+def _stopped_by(config: dict[str, Any]) -> str | None:
+    """The stopping rule that stopped the experiment (no worker starts it again), or ``None``."""
+    fired = Ledger.from_dict(config.get(LEDGER_KEY)).fired
+    return None if fired is None else _text(fired.get("rule"), 40)
 
 
 def experiment_detail(view: ExperimentView, storage_uri: str, since: int = 0) -> dict[str, Any]:

@@ -35,6 +35,7 @@ from orchard.plotting._libs import INSTALL_HINT
 from orchard.plotting._mpl import write_png
 from orchard.plotting._plotly import write_html
 from orchard.plotting.curves import CurvesFigure, curves
+from orchard.objectives import Shown
 from orchard.plotting.figures import (
     STATUS_COLORS,
     Axis,
@@ -94,11 +95,11 @@ class Subject:
 
 #: Figure kind -> builder taking ``(trials, subject)``.
 FIGURES: dict[str, Callable[[Sequence[Trial], Subject], Figure]] = {
-    "regret": lambda trials, s: regret(trials, s.name),
-    "parallel": lambda trials, s: parallel(trials, s.name, s.space),
+    "regret": lambda trials, s: regret(trials, s.name, Shown.of(s.objectives)),
+    "parallel": lambda trials, s: parallel(trials, s.name, s.space, Shown.of(s.objectives)),
     "timeline": lambda trials, s: timeline(trials, s.name),
-    "rungs": lambda trials, s: rungs(trials, s.name, s.space),
-    "curves": lambda trials, s: curves(trials, s.name, s.space),
+    "rungs": lambda trials, s: rungs(trials, s.name, s.space, Shown.of(s.objectives)),
+    "curves": lambda trials, s: curves(trials, s.name, s.space, Shown.of(s.objectives)),
     "pareto": lambda trials, s: pareto(trials, s.name, s.objectives, s.constraints),
     "hypervolume": lambda trials, s: hypervolume(trials, s.name, s.objectives, s.constraints),
 }
@@ -113,7 +114,8 @@ def make_figure(kind: str, trials: Sequence[Trial], name: str, space: Space | No
         trials: the experiment's trials.
         name: the experiment's name.
         space: its space (parallel coordinates, rungs).
-        objectives: its several objectives, if any (pareto, hypervolume).
+        objectives: its declared objectives, if any: every figure names the first and shows it in its
+            own direction (a ``"max"`` one as returned, not negated); pareto and hypervolume need several.
         constraints: its constraints, if any (pareto, hypervolume).
 
     Raises:

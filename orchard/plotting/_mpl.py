@@ -37,7 +37,7 @@ def write_png(figure: Any, path: Path) -> None:
 
 def _regret_mpl(figure: Any, fig: Any, ax: Any) -> None:
     if figure.x:
-        ax.plot(figure.x, figure.objectives, "o", color="#1f77b4", alpha=0.7, label="objective")
+        ax.plot(figure.x, figure.objectives, "o", color="#1f77b4", alpha=0.7, label=figure.label)
         ax.step(figure.x, figure.best, where="post", color="#ff7f0e", linewidth=2, label="best so far")
     else:
         ax.set_yticks([])
@@ -50,7 +50,7 @@ def _regret_mpl(figure: Any, fig: Any, ax: Any) -> None:
     else:
         ax.set_xticks([])
     ax.set_xlabel("trial (completion order)")
-    ax.set_ylabel("objective")
+    ax.set_ylabel(figure.label)
     ax.grid(alpha=0.3)
 
 
@@ -66,7 +66,8 @@ def _parallel_mpl(figure: Any, fig: Any, ax: Any) -> None:
     scaled = [_unit_scale(axis) for axis in figure.axes]
     lines = [list(enumerate(point)) for point in zip(*(s for s, _ in scaled))]
     norm = colors.Normalize(min(figure.objectives), max(figure.objectives))
-    paths = collections.LineCollection(lines, array=figure.objectives, cmap="viridis", norm=norm,
+    cmap = "viridis_r" if figure.higher_is_better else "viridis"  # darker is better either way
+    paths = collections.LineCollection(lines, array=figure.objectives, cmap=cmap, norm=norm,
                                        linewidths=1.2, alpha=0.8)
     ax.add_collection(paths)
     for i, (axis, (_, to_unit)) in enumerate(zip(figure.axes, scaled)):
@@ -75,7 +76,7 @@ def _parallel_mpl(figure: Any, fig: Any, ax: Any) -> None:
     ax.set_ylim(-0.05, 1.05)
     ax.set_xticks(range(len(figure.axes)), [a.label for a in figure.axes])
     ax.tick_params(axis="x", length=0, pad=8)
-    fig.colorbar(paths, ax=ax, label="objective", pad=0.01)
+    fig.colorbar(paths, ax=ax, label=figure.label, pad=0.01)
 
 
 def _unit_scale(axis: Axis) -> tuple[list[float], Callable[[float], float]]:

@@ -70,7 +70,7 @@ def plain(value: Any) -> Any:
 def _regret_plotly(figure: Any, fig: Any, go: Any) -> None:
     hover = "%{text}<extra></extra>"
     if figure.x:
-        fig.add_trace(go.Scatter(x=figure.x, y=figure.objectives, mode="markers", name="objective",
+        fig.add_trace(go.Scatter(x=figure.x, y=figure.objectives, mode="markers", name=figure.label,
                                  text=figure.labels, hovertemplate=hover, marker={"color": "#1f77b4"}))
         fig.add_trace(go.Scatter(x=figure.x, y=figure.best, mode="lines", line_shape="hv", name="best so far",
                                  line={"color": "#ff7f0e", "width": 2}, hoverinfo="skip"))
@@ -78,7 +78,7 @@ def _regret_plotly(figure: Any, fig: Any, go: Any) -> None:
         marker = {"symbol": "x", "size": 10, "color": STATUS_COLORS[TrialStatus.BROKEN]}
         fig.add_trace(go.Scatter(x=figure.broken_x, y=figure.broken_y, mode="markers", name="broken",
                                  text=figure.broken_labels, hovertemplate=hover, marker=marker))
-    fig.update_layout(xaxis_title="trial (completion order)", yaxis_title="objective", showlegend=True)
+    fig.update_layout(xaxis_title="trial (completion order)", yaxis_title=figure.label, showlegend=True)
     fig.update_xaxes(tickformat="d")
 
 
@@ -94,7 +94,8 @@ def _parallel_plotly(figure: Any, fig: Any, go: Any) -> None:
             dim.update(tickvals=axis.ticks, ticktext=axis.ticktext, range=_padded(axis.ticks))
         dims.append(dim)
     line = {"color": figure.objectives, "colorscale": "Viridis", "showscale": True,
-            "colorbar": {"title": {"text": "objective"}}}
+            "reversescale": figure.higher_is_better,  # darker is better either way
+            "colorbar": {"title": {"text": figure.label}}}
     fig.add_trace(go.Parcoords(dimensions=dims, line=line))
 
 

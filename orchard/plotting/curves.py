@@ -4,7 +4,8 @@ One line per trial that reported (:func:`orchard.report`): completed trials in
 blue, pruned ones in grey ending in a cross at the step they were stopped, the
 running trials dashed, and the trial with the best objective drawn thick.
 With several objectives a report holds one value per objective; the curve is
-its first objective (as minimised, like the trial's ``objective``).
+its first objective. Values are drawn as the objective returned them (a ``"max"``
+objective's reports are stored negated, see :class:`~orchard.objectives.Shown`).
 
 A curve longer than :data:`MAX_CURVE_POINTS` reports is drawn from that many of them
 (:func:`sampled`): evenly spaced, its first, last and lowest reports always among them.
@@ -17,6 +18,7 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
+from orchard.objectives import Shown
 from orchard.plotting.figures import STATUS_COLORS, describe
 from orchard.space import Space
 from orchard.trial import ReportValue, Trial, TrialStatus, first_value
@@ -67,15 +69,18 @@ class CurvesFigure:
     title: str
     note: str | None
     curves: list[Curve]
+    label: str = "objective"  # what the values are (see :class:`~orchard.objectives.Shown`)
 
 
-def curves(trials: Sequence[Trial], name: str, space: Space | None = None) -> CurvesFigure:
+def curves(trials: Sequence[Trial], name: str, space: Space | None = None,
+           shown: Shown = Shown()) -> CurvesFigure:
     """Build the curves figure from the trials' stored reports.
 
     Args:
         trials: the experiment's trials; those with reports are drawn.
         name: the experiment's name, used in the title.
         space: unused (the figure builders share one signature).
+        shown: how the objective is shown (its name and direction).
     """
     reported = [t for t in trials if t.reports]
     completed = [t for t in reported if t.status is TrialStatus.COMPLETED and t.objective is not None]
@@ -94,10 +99,10 @@ def curves(trials: Sequence[Trial], name: str, space: Space | None = None) -> Cu
     drawn = []
     for trial in reported:
         points = sampled(trial.reports, MAX_CURVE_POINTS)
-        drawn.append(Curve([s for s, _ in points], [first_value(v) for _, v in points], trial.status,
-                           describe(trial), trial is best))
+        values = [shown.value(first_value(v)) for _, v in points]
+        drawn.append(Curve([s for s, _ in points], values, trial.status, describe(trial, shown), trial is best))
     note = None if drawn else "no trial has reported an intermediate value (orchard.report) yet"
-    return CurvesFigure(title, note, drawn)
+    return CurvesFigure(title, note, drawn, shown.label)
 
 
 def _color(curve: Curve) -> str:
@@ -119,7 +124,7 @@ def curves_plotly(figure: CurvesFigure, fig: Any, go: Any) -> None:
             fig.add_trace(go.Scatter(x=curve.steps[-1:], y=curve.values[-1:], mode="markers", showlegend=False,
                                      marker={"symbol": "x", "size": 7, "color": _color(curve)}, hoverinfo="skip"))
     fig.update_xaxes(title="step")
-    fig.update_yaxes(title="reported value")
+    fig.update_yaxes(title=f"reported {figure.label}")
 
 
 def curves_mpl(figure: CurvesFigure, fig: Any, ax: Any) -> None:
@@ -131,5 +136,5 @@ def curves_mpl(figure: CurvesFigure, fig: Any, ax: Any) -> None:
         if curve.status is TrialStatus.PRUNED:
             ax.plot(curve.steps[-1:], curve.values[-1:], "x", color=_color(curve), alpha=alpha)
     ax.set_xlabel("step")
-    ax.set_ylabel("reported value")
+    ax.set_ylabel(f"reported {figure.label}")
     ax.grid(alpha=0.3)

@@ -11,6 +11,7 @@ import math
 from collections.abc import Iterable
 from typing import Any
 
+from orchard.objectives import Shown
 from orchard.space import Prior, Space
 from orchard.trial import Trial, TrialStatus
 
@@ -60,6 +61,7 @@ class RegretFigure:
     broken_x: list[int]
     broken_y: list[float]
     broken_labels: list[str]
+    label: str = "objective"  # the y axis: what ``objectives`` are (see :class:`Shown`)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -85,6 +87,8 @@ class ParallelFigure:
     note: str | None
     axes: list[Axis]
     objectives: list[float]
+    label: str = "objective"  # what the colour is (see :class:`Shown`)
+    higher_is_better: bool = False  # the colour scale is reversed: darker is better either way
 
 
 @dataclasses.dataclass(frozen=True)
@@ -113,17 +117,19 @@ class TimelineFigure:
 # -- builders ------------------------------------------------------------------------
 
 
-def regret(trials: Iterable[Trial], name: str) -> RegretFigure:
+def regret(trials: Iterable[Trial], name: str, shown: Shown = Shown()) -> RegretFigure:
     """Build the regret figure: objectives in completion order and the best so far.
 
     Args:
         trials: the experiment's trials (any statuses; unfinished ones are ignored).
         name: the experiment's name, used in the title.
+        shown: how the objective is shown (its name and direction).
 
     Returns:
         The figure record; empty, with a note, when no trial has completed.
     """
     finished = sorted((t for t in trials if scored(t) or t.status is TrialStatus.BROKEN), key=_end_key)
+    better = max if shown.higher_is_better else min
     x: list[int] = []
     objectives: list[float] = []
     best: list[float] = []
@@ -135,20 +141,23 @@ def regret(trials: Iterable[Trial], name: str) -> RegretFigure:
             broken_at.append(best[-1] if best else None)
             continue
         x.append(rank)
-        objectives.append(float(trial.objective))  # type: ignore[arg-type]
-        best.append(min(objectives[-1], best[-1]) if best else objectives[-1])
+        objectives.append(shown.value(float(trial.objective)))  # type: ignore[arg-type]
+        best.append(better(objectives[-1], best[-1]) if best else objectives[-1])
     # Broken trials sit on the best-so-far line; those before any result on the first one.
     broken_y = [objectives[0] if y is None else y for y in broken_at] if objectives else [0.0] * len(broken_x)
-    labels = [describe(t) for t in finished if t.status is not TrialStatus.BROKEN]
-    broken_labels = [describe(t) for t in finished if t.status is TrialStatus.BROKEN]
+    labels = [describe(t, shown) for t in finished if t.status is not TrialStatus.BROKEN]
+    broken_labels = [describe(t, shown) for t in finished if t.status is TrialStatus.BROKEN]
     title = f"{name}: regret"
     if best:
-        title += f" (best {best[-1]:.4g} after {len(x)} completed, {len(broken_x)} broken)"
+        named = "" if shown == Shown() else f"{shown.name} "
+        title += f" (best {named}{best[-1]:.4g} after {len(x)} completed, {len(broken_x)} broken)"
     note = None if x else no_results_note(len(broken_x))
-    return RegretFigure(title, note, x, objectives, labels, best, broken_x, broken_y, broken_labels)
+    return RegretFigure(title, note, x, objectives, labels, best, broken_x, broken_y, broken_labels,
+                        shown.label)
 
 
-def parallel(trials: Iterable[Trial], name: str, space: Space | None = None) -> ParallelFigure:
+def parallel(trials: Iterable[Trial], name: str, space: Space | None = None,
+             shown: Shown = Shown()) -> ParallelFigure:
     """Build a parallel-coordinates figure of the completed trials, coloured by objective.
 
     Args:
@@ -157,6 +166,7 @@ def parallel(trials: Iterable[Trial], name: str, space: Space | None = None) -> 
         space: the experiment's space, if known: it orders the axes, keeps the
             order of ``choices`` and puts ``loguniform`` dimensions on a log axis.
             Without it, dimensions with any non-numeric value are categorical.
+        shown: how the objective is shown (its name and direction).
 
     Returns:
         The figure record; empty, with a note, when no trial has completed.
@@ -166,13 +176,14 @@ def parallel(trials: Iterable[Trial], name: str, space: Space | None = None) -> 
     done = sorted(filter(scored, all_trials), key=lambda t: -float(t.objective))  # type: ignore[arg-type]
     names = list(space) if space is not None else _param_names(done)
     done = [t for t in done if all(n in t.params for n in names)]
-    objectives = [float(t.objective) for t in done]  # type: ignore[arg-type]
+    objectives = [shown.value(float(t.objective)) for t in done]  # type: ignore[arg-type]
     axes = [_axis(n, [t.params[n] for t in done], space.get(n) if space else None) for n in names]
-    axes.append(Axis("objective", objectives))
+    axes.append(Axis(shown.name, objectives))
     broken = sum(t.status is TrialStatus.BROKEN for t in all_trials)
     note = None if done else no_results_note(broken)
-    title = f"{name}: parallel coordinates of {len(done)} completed trials (darker = lower objective)"
-    return ParallelFigure(title, note, axes, objectives)
+    darker = "higher" if shown.higher_is_better else "lower"
+    title = f"{name}: parallel coordinates of {len(done)} completed trials (darker = {darker} {shown.name})"
+    return ParallelFigure(title, note, axes, objectives, shown.label, shown.higher_is_better)
 
 
 def timeline(trials: Iterable[Trial], name: str) -> TimelineFigure:
@@ -228,9 +239,11 @@ def _end_time(trial: Trial) -> float:
     return max(start, trial.end_time or trial.heartbeat or start)
 
 
-def describe(trial: Trial) -> str:
+def describe(trial: Trial, shown: Shown = Shown()) -> str:
+    """A trial's hover label: its id, its objective as ``shown`` (or its status) and its params."""
     params = ", ".join(f"{k}={_fmt(v)}" for k, v in trial.params.items())
-    result = f"objective {trial.objective:.6g}" if trial.objective is not None else trial.status.value
+    objective = trial.objective
+    result = f"{shown.name} {shown.value(objective):.6g}" if objective is not None else trial.status.value
     if trial.status is TrialStatus.BROKEN and trial.error:
         result += f": {trial.error.get('type', 'error')}"
     return f"trial {trial.id[:8]} ({result}) {params}"

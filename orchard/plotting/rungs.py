@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from orchard.plotting._libs import require
+from orchard.objectives import Shown
 from orchard.plotting.figures import describe, no_results_note, scored
 from orchard.space import Space
 from orchard.trial import Trial, TrialStatus
@@ -34,15 +35,18 @@ class RungsFigure:
     objectives: list[float]
     labels: list[str]
     promotions: list[tuple[Point, Point]]
+    label: str = "objective"  # the y axis (see :class:`~orchard.objectives.Shown`)
 
 
-def rungs(trials: Sequence[Trial], name: str, space: Space | None = None) -> RungsFigure:
+def rungs(trials: Sequence[Trial], name: str, space: Space | None = None,
+          shown: Shown = Shown()) -> RungsFigure:
     """Build the rungs figure.
 
     Args:
         trials: the experiment's trials; completed ones are drawn.
         name: the experiment's name, used in the title.
         space: the experiment's space; its ``fidelity`` dimension is the x axis.
+        shown: how the objective is shown (its name and direction).
 
     Returns:
         The figure record; empty, with a note, when no trial has completed. Without
@@ -51,17 +55,18 @@ def rungs(trials: Sequence[Trial], name: str, space: Space | None = None) -> Run
     found = space.fidelity if space is not None else None
     dimension = found[0] if found is not None else None
     done = {t.id: t for t in trials if scored(t) and (dimension is None or dimension in t.params)}
-    points = {tid: (_budget(t, dimension), float(t.objective)) for tid, t in done.items()}  # type: ignore[arg-type]
+    points = {tid: (_budget(t, dimension), shown.value(float(t.objective)))  # type: ignore[arg-type]
+              for tid, t in done.items()}
     promotions = [(points[t.parent], points[tid]) for tid, t in done.items() if t.parent in points]
     broken = sum(t.status is TrialStatus.BROKEN for t in trials)
     label = dimension or "budget"
-    title = f"{name}: objective per {label} ({len(done)} completed, {len(promotions)} promotions)"
+    title = f"{name}: {shown.name} per {label} ({len(done)} completed, {len(promotions)} promotions)"
     if dimension is None:
         title += "; no fidelity dimension, so every trial ran at full budget"
     return RungsFigure(
         title, None if done else no_results_note(broken), label,
         [p[0] for p in points.values()], [p[1] for p in points.values()],
-        [describe(t) for t in done.values()], promotions,
+        [describe(t, shown) for t in done.values()], promotions, shown.label,
     )
 
 
@@ -85,7 +90,7 @@ def rungs_plotly(figure: RungsFigure, fig: Any, go: Any) -> None:
                                  marker={"color": "#1f77b4", "opacity": 0.7}))
     ticks = sorted(set(figure.x))
     fig.update_xaxes(type="log", title=f"{figure.dimension} (log)", tickvals=ticks, ticktext=[f"{r:g}" for r in ticks])
-    fig.update_yaxes(title="objective")
+    fig.update_yaxes(title=figure.label)
 
 
 def rungs_mpl(figure: RungsFigure, fig: Any, ax: Any) -> None:
@@ -106,5 +111,5 @@ def rungs_mpl(figure: RungsFigure, fig: Any, ax: Any) -> None:
         ax.set_xticks([])
         ax.set_yticks([])
     ax.set_xlabel(f"{figure.dimension} (log)")
-    ax.set_ylabel("objective")
+    ax.set_ylabel(figure.label)
     ax.grid(alpha=0.3)

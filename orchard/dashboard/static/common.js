@@ -17,6 +17,12 @@ function el(tag, text, className) {
   return node;
 }
 
+// An objective as the experiment's objective returned it: the API sends them as stored, minimised (a "max"
+// objective negated); `shown` is the experiment's {name, label, sign}.
+function shownValue(shown, value) {
+  return value === null || value === undefined || !shown ? value : shown.sign * value;
+}
+
 function fmtNumber(value) {
   if (value === null || value === undefined) return "-";
   if (typeof value !== "number") return String(value);

@@ -5,9 +5,14 @@ const NAME = pageName();
 const API = "/api/experiments/" + encodeURIComponent(NAME);
 const MAX_ROWS = 500;
 const state = { fidelity: null, version: 0, trials: new Map(), params: [], sortKey: "number", sortDir: 1,
-  drawnVersion: -1, front: null, frontVersion: 0 };
+  drawnVersion: -1, front: null, frontVersion: 0, shown: { name: "objective", label: "objective", sign: 1 } };
 const PLOT_CONFIG = { displaylogo: false, responsive: true };
 const STATUS_COLORS = { completed: "#2f7d4f", pruned: "#6b7785", reserved: "#1f5fa8", broken: "#b3261e", interrupted: "#c98a00", new: "#8a96a3" };
+
+// The objective as returned (the API's are stored minimised: a "max" objective negated).
+function sv(value) {
+  return shownValue(state.shown, value);
+}
 
 // The experiment named by the address; a '%' that starts no escape (typed by hand) is taken as it is,
 // so the page says there is no such experiment instead of stopping on a URIError.
@@ -31,7 +36,8 @@ function renderSummary(detail) {
   setText("count-waiting", c.new + c.interrupted);
   setText("count-broken", c.broken);
   setText("count-pruned", c.pruned || 0);
-  setText("best", fmtNumber(detail.best_objective));
+  document.getElementById("best").previousElementSibling.textContent = "best " + detail.shown.name;
+  setText("best", fmtNumber(shownValue(detail.shown, detail.best_objective)));
   setText("best-params", fmtParams(detail.best_params));
   setText("algorithm", detail.algorithm);
   setText("stale-after", fmtAge(detail.stale_after));
@@ -72,7 +78,7 @@ function renderRungs(rungs) {
   if (!rungs) return;
   document.querySelector("#rungs tbody").replaceChildren(...rungs.map((r) => {
     const tr = el("tr");
-    [r.fidelity, r.completed, r.running, r.broken, r.promoted, fmtNumber(r.best_objective)]
+    [r.fidelity, r.completed, r.running, r.broken, r.promoted, fmtNumber(sv(r.best_objective))]
       .forEach((v) => tr.appendChild(el("td", v, "num")));
     return tr;
   }));
@@ -129,13 +135,14 @@ function renderFrontCard(front) {
 function columns() {
   const cols = [{ key: "number", label: "#" }, { key: "status", label: "status" }];
   state.params.forEach((p) => cols.push({ key: "param:" + p, label: p }));
-  return cols.concat([{ key: "objective", label: "objective" }, { key: "worker", label: "worker" },
+  return cols.concat([{ key: "objective", label: state.shown.name }, { key: "worker", label: "worker" },
     { key: "duration", label: "duration" }, { key: "attempts", label: "attempts" }, { key: "error", label: "error" }]);
 }
 
 function cellValue(trial, key) {
   if (key.startsWith("param:")) return trial.params[key.slice(6)];
   if (key === "error") return trial.error ? trial.error.type + ": " + trial.error.message : null;
+  if (key === "objective") return sv(trial.objective);
   return trial[key];
 }
 
@@ -221,12 +228,12 @@ function thinned(items, keep) {
 function drawBest(all) {
   let best = Infinity;
   const improved = new Set();
-  all.forEach((t, i) => { if (t.objective < best) { best = t.objective; improved.add(i); } });
+  all.forEach((t, i) => { if (t.objective < best) { best = t.objective; improved.add(i); } });  // stored: lower is better
   const ranked = all.map((t, i) => ({ t, x: i + 1, i }));
   const shown = thinned(ranked, (r) => improved.has(r.i));  // every improvement stays: the best line is exact
   const done = shown.map((r) => r.t);
   best = Infinity;
-  const bestSoFar = shown.map((r) => (best = Math.min(best, all[r.i].objective)));
+  const bestSoFar = shown.map((r) => sv(best = Math.min(best, all[r.i].objective)));
   const xs = shown.map((r) => r.x);
   const marker = { color: "#8a96a3", size: 6 };
   if (state.fidelity) {  // multi-fidelity: say which rung each objective comes from
@@ -235,13 +242,13 @@ function drawBest(all) {
       showscale: true, colorbar: { title: { text: plotText(state.fidelity) }, thickness: 12 } });
   }
   const data = [
-    { x: xs, y: done.map((t) => t.objective), mode: "markers", marker,
-      name: done.length < all.length ? "objective (" + done.length + " of " + all.length + " drawn)" : "objective",
+    { x: xs, y: done.map((t) => sv(t.objective)), mode: "markers", marker,
+      name: plotText(state.shown.name) + (done.length < all.length ? " (" + done.length + " of " + all.length + " drawn)" : ""),
       text: done.map((t) => plotText(fmtParams(t.params))) },
     { x: xs, y: bestSoFar, mode: "lines", name: "best so far", line: { color: "#2f7d4f", width: 2.5, shape: "hv" } },
   ];
   const layout = { margin: { l: 50, r: 10, t: 10, b: 40 }, xaxis: { title: { text: "completed trial" } },
-    yaxis: { title: { text: "objective" } }, legend: { orientation: "h", y: 1.12 } };
+    yaxis: { title: { text: plotText(state.shown.label) } }, legend: { orientation: "h", y: 1.12 } };
   Plotly.react("plot-best", data, layout, PLOT_CONFIG);
 }
 
@@ -258,11 +265,12 @@ function dimension(name, values) {
 function drawParallel(all) {
   // The best MAX_POINTS lines at most: the ones worth reading.
   const done = all.length <= MAX_POINTS ? all : [...all].sort((a, b) => a.objective - b.objective).slice(0, MAX_POINTS);
-  const objectives = done.map((t) => t.objective);
+  const objectives = done.map((t) => sv(t.objective));
   const dims = state.params.map((p) => dimension(p, done.map((t) => t.params[p])));
-  dims.push({ label: "objective", values: objectives });
+  dims.push({ label: plotText(state.shown.name), values: objectives });
+  // Viridis is darkest at its low end: reversed for an objective to maximise, so darker is better either way.
   const data = [{ type: "parcoords", dimensions: dims,
-    line: { color: objectives, colorscale: "Viridis", reversescale: true, showscale: true } }];
+    line: { color: objectives, colorscale: "Viridis", reversescale: state.shown.sign < 0, showscale: true } }];
   Plotly.react("plot-parallel", data, { margin: { l: 50, r: 40, t: 40, b: 20 } }, PLOT_CONFIG);
 }
 
@@ -326,18 +334,18 @@ function drawCurves() {
     // The server sends at most 50 reports of a curve (evenly spaced; first, last and lowest kept): say so.
     const sampled = t.reported > t.reports.length ? " (" + t.reports.length + " of " + t.reported + " reports)" : "";
     const label = plotText("#" + t.number + " " + fmtParams(t.params) + (t.verdict ? " — pruned: " + t.verdict : "") + sampled);
-    data.push({ x: t.reports.map((r) => r[0]), y: t.reports.map((r) => r[1]), mode: "lines", showlegend: false,
+    data.push({ x: t.reports.map((r) => r[0]), y: t.reports.map((r) => sv(r[1])), mode: "lines", showlegend: false,
       line: { color, width: isBest ? 3 : 1, dash: t.status === "reserved" ? "dash" : "solid" },
       opacity: isBest || t.status === "completed" ? 1 : 0.55, name: label,
       hovertemplate: "%{fullData.name}<br>step %{x}: %{y:.4g}<extra></extra>" });
     if (t.status === "pruned") {
       const end = t.reports[t.reports.length - 1];
-      data.push({ x: [end[0]], y: [end[1]], mode: "markers", showlegend: false, hoverinfo: "skip",
+      data.push({ x: [end[0]], y: [sv(end[1])], mode: "markers", showlegend: false, hoverinfo: "skip",
         marker: { symbol: "x", size: 8, color } });
     }
   });
   const layout = { margin: { l: 50, r: 10, t: 10, b: 40 }, xaxis: { title: { text: "step" } },
-    yaxis: { title: { text: "reported value" } } };
+    yaxis: { title: { text: "reported " + plotText(state.shown.name) } } };
   Plotly.react("plot-curves", data, layout, PLOT_CONFIG);
 }
 
@@ -356,6 +364,7 @@ function drawPlots() {
 async function refreshExperiment() {
   // The front (up to 5,000 points) comes only when it changed since the version of the one shown.
   const detail = await getJSON(API + "?since=" + state.frontVersion);
+  state.shown = detail.shown;
   renderSummary(detail);
   renderWorkers(detail.workers);
   renderRungs(detail.rungs);

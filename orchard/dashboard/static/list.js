@@ -14,6 +14,9 @@ function progressCell(row) {
   } else {
     td.textContent = done + " / no limit";
   }
+  if (row.stopped) {  // a stopping rule fired: no worker runs it again, whatever the budget says
+    td.appendChild(el("div", "stopped by " + row.stopped, "stopped"));
+  }
   return td;
 }
 
@@ -32,7 +35,9 @@ function experimentRow(row) {
   }
   tr.appendChild(algorithm);
   tr.appendChild(progressCell(row));
-  tr.appendChild(el("td", fmtNumber(row.best_objective), "num"));
+  const best = el("td", fmtNumber(shownValue(row.shown, row.best_objective)), "num");
+  best.title = row.shown.label;  // which objective, in its own direction
+  tr.appendChild(best);
   tr.appendChild(el("td", row.live_workers, "num"));
   tr.appendChild(el("td", row.broken, "num" + (row.broken ? " status-broken" : "")));
   tr.appendChild(el("td", row.counts.completed, "num count-completed"));
