@@ -137,3 +137,33 @@ def test_a_dump_holding_one_thing_twice_is_refused(
     assert main(["db", "load", path, "--storage", "copy.pkl"]) == 2
     assert words in error_line(capsys.readouterr().err)
     assert not Path("copy.pkl").exists()
+
+
+def test_a_load_stopped_midway_says_what_stays_and_the_same_command_adds_the_rest(
+        workdir: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    """Ctrl-C or SIGTERM during a load printed only 'orchard: stopped by SIGTERM', not that the trials loaded
+    so far stay nor that running the command again completes the load."""
+    from orchard.errors import Interrupted
+    from orchard.storages.pickled import PickledStorage
+
+    dump_of("a", SPACE)
+    dump_of("b", SPACE)
+    assert main(["db", "dump", "-o", "both.json", "--storage", "src.pkl"]) == 0
+    restore = PickledStorage.restore_trials
+
+    def stopped_at_the_second(self: PickledStorage, experiment_id: str, trials: Any) -> int:
+        if self.experiment(experiment_id).name == "b":
+            raise Interrupted(terminated=True)  # what SIGTERM raises in a db command
+        return restore(self, experiment_id, trials)
+
+    monkeypatch.setattr(PickledStorage, "restore_trials", stopped_at_the_second)
+    capsys.readouterr()
+    assert main(["db", "load", "both.json", "--storage", "copy.pkl"]) == 143
+    assert capsys.readouterr().err.strip() == (
+        "orchard: stopped by SIGTERM; the trials loaded so far stay, and the same command adds the rest "
+        "(those already there are skipped)")
+    monkeypatch.setattr(PickledStorage, "restore_trials", restore)
+    assert main(["db", "load", "both.json", "--storage", "copy.pkl"]) == 0
+    out = capsys.readouterr().out
+    assert "'a' into pickle" in out and "0 of 2 trials added (2 were already there)" in out
+    assert "'b' into pickle" in out and ": 2 of 2 trials added" in out
