@@ -176,8 +176,8 @@ def read_dump(path: str, rename: str | None = None) -> dict[str, Any]:
     names = collections.Counter(entry["name"] for entry in experiments) if rename is None else {}
     twice = sorted(name for name, count in names.items() if count > 1)
     if twice:  # the second's trials went into the first, or half the dump was loaded
-        raise ConfigurationError(f"dump {path} holds experiment {twice[0]!r} twice; keep one, or rename the other; "
-                                 "nothing was loaded")
+        raise ConfigurationError(f"dump {path} holds experiment {twice[0]!r} twice; keep one, or rename the "
+                                 "other; nothing was loaded")
     return data
 
 
@@ -235,7 +235,8 @@ def _check_experiment(entry: Any, where: str, named: bool) -> None:
             _check_numbers(trial, config.objectives or {})
             first = points.setdefault(params_hash(trial.params), number)
             if first != number:  # one was dropped as "already there"
-                raise ValueError(f"its params are those of trial {first}, and an experiment holds one trial per point")
+                raise ValueError(f"its params are those of trial {first}, and an experiment holds one trial "
+                                 "per point")
         except (ConfigurationError, StorageError, TypeError, ValueError, KeyError) as err:
             raise ConfigurationError(f"{where}, trial {number} cannot be loaded: {err}; nothing was loaded") from None
 
@@ -295,7 +296,8 @@ def load_experiments(
         experiment_id = storage.create_experiment(name, entry["config"], created=entry.get("created"))
         record = storage.require_experiment(name)
         _check_fits(storage, record, entry["config"], len(experiments), "the experiments before it were loaded")
-        new_ids = {t["id"]: trial_id(experiment_id, t["params"]) for t in entry["trials"] if isinstance(t.get("id"), str)}
+        new_ids = {t["id"]: trial_id(experiment_id, t["params"])
+                   for t in entry["trials"] if isinstance(t.get("id"), str)}
         trials = [_restorable(t, experiment_id, new_ids) for t in entry["trials"]]
         _follow_ledger(storage, record, entry["config"].get(LEDGER_KEY), new_ids)
         yield name, storage.restore_trials(experiment_id, trials), len(trials)
@@ -318,14 +320,16 @@ def _check_fits(storage: BaseStorage, record: ExperimentRecord, config: dict[str
     else:
         problems = [f"space {line}" for line in theirs.space.diff(ours.space)]
         if list((theirs.objectives or {}).items()) != list((ours.objectives or {}).items()):
-            problems.append(f"objectives {theirs.objectives or 'objective: min'} != {ours.objectives or 'objective: min'}")
+            there, here = (goals.objectives or "objective: min" for goals in (theirs, ours))
+            problems.append(f"objectives {there} != {here}")
     if not problems:
         return
+    name = record.name
     how = "load it under another name with -n NEWNAME" if dumped == 1 else (
-        f"dump it alone (orchard db dump -n {record.name} -o {record.name}.json) and load that with -n NEWNAME")
+        f"dump it alone (orchard db dump -n {name} -o {name}.json) and load that with -n NEWNAME")
     raise ExperimentConflictError(
-        f"experiment {record.name!r} exists in {storage.redacted_uri} with another configuration than the dump's "
-        f"(stored != dumped: {'; '.join(problems)}), so the dumped trials do not fit it; {how}; {done}")
+        f"experiment {name!r} exists in {storage.redacted_uri} with another configuration than the "
+        f"dump's (stored != dumped: {'; '.join(problems)}), so the dumped trials do not fit it; {how}; {done}")
 
 
 def _restorable(record: dict[str, Any], experiment_id: str, new_ids: Mapping[str, str]) -> Trial:
@@ -340,7 +344,8 @@ def _restorable(record: dict[str, Any], experiment_id: str, new_ids: Mapping[str
     return dataclasses.replace(trial, id=trial_id(experiment_id, trial.params), parent=parent)
 
 
-def _follow_ledger(storage: BaseStorage, record: ExperimentRecord, dumped: Any, new_ids: Mapping[str, str]) -> None:
+def _follow_ledger(storage: BaseStorage, record: ExperimentRecord, dumped: Any,
+                   new_ids: Mapping[str, str]) -> None:
     """Rename the trials the dumped stopping ledger names (the one that fired a rule) to their new ids.
 
     Only in the ledger this load stored: a compare-and-swap against the dumped one, so

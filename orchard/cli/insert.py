@@ -210,9 +210,9 @@ def _check_room(experiment: Experiment, path: Path, rows: int) -> None:
     room = max(budget - budget_held(experiment.storage, experiment.id), 0)
     if rows > room:  # the rows before the one refused were stored, and the error said nothing of them
         raise BudgetExhaustedError(
-            f"--file {path} has {rows} rows to record in the budget, but experiment {experiment.name!r} has room "
-            f"for {room} (max_trials={budget}); raise max_trials to at least {budget + rows - room}, or record "
-            "them apart from the budget (without --count-in-budget); nothing was stored")
+            f"--file {path} has {rows} rows to record in the budget, but experiment {experiment.name!r} has "
+            f"room for {room} (max_trials={budget}); raise max_trials to at least {budget + rows - room}, or "
+            "record them apart from the budget (without --count-in-budget); nothing was stored")
 
 
 def _recorded_as(trial: Trial, objective: Any, results: dict[str, Any], count_in_budget: bool) -> bool:
