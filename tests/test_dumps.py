@@ -167,3 +167,25 @@ def test_a_load_stopped_midway_says_what_stays_and_the_same_command_adds_the_res
     out = capsys.readouterr().out
     assert "'a' into pickle" in out and "0 of 2 trials added (2 were already there)" in out
     assert "'b' into pickle" in out and ": 2 of 2 trials added" in out
+
+
+def test_a_dump_taken_while_a_rule_fires_holds_the_fired_ledger_with_the_trial_that_fired_it(
+        workdir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The configuration (and its stopping ledger) was read before the trials: a trial reaching the target in
+    between was dumped completed under a ledger that had not fired, and the workers of the loaded copy went on."""
+    from orchard.storages.pickled import PickledStorage
+
+    exp = orchard.build_experiment("e", space={"x": "uniform(0, 1)"}, stop={"target": 0.1}, storage="src.pkl")
+    exp.insert({"x": 0.5}, objective=0.5)
+    fetch, fired = PickledStorage.fetch_trials, []
+
+    def a_worker_finishes_first(self: PickledStorage, *args: Any, **kwargs: Any) -> Any:
+        if not fired:
+            fired.append(exp.insert({"x": 0.05}, objective=0.05))  # another process, between the dump's reads
+        return fetch(self, *args, **kwargs)
+
+    monkeypatch.setattr(PickledStorage, "fetch_trials", a_worker_finishes_first)
+    assert main(["db", "dump", "-o", "e.json", "--storage", "src.pkl"]) == 0
+    monkeypatch.setattr(PickledStorage, "fetch_trials", fetch)
+    (dumped,) = json.loads(Path("e.json").read_text())["experiments"]
+    assert len(dumped["trials"]) == 2 and (dumped["config"]["stop_state"]["fired"] or {}).get("rule") == "target"

@@ -45,15 +45,27 @@ MAX_DUMP_BYTES = 10**9
 def dump_experiments(storage: BaseStorage, name: str | None = None) -> dict[str, Any]:
     """Everything about experiment ``name`` (or every experiment) as JSON-ready data.
 
+    Each experiment's configuration is read after its trials, so that a dump of running
+    workers holds a stopping ledger no older than its trials, as the storage always does:
+    a dumped trial that fired a rule is never loaded into a copy whose rules did not fire.
+
     Raises:
         ExperimentNotFoundError: no experiment called ``name``.
     """
+    from orchard.errors import ExperimentNotFoundError
+
     records = [storage.require_experiment(name)] if name else storage.list_experiments()
-    experiments = [
-        {"name": r.name, "config": _shareable(r.config), "created": r.created,
-         "trials": [t.to_dict() for t in storage.fetch_trials(r.id)]}
-        for r in records
-    ]
+    experiments = []
+    for listed in records:
+        trials = [t.to_dict() for t in storage.fetch_trials(listed.id)]
+        try:  # read after the trials: the stopping ledger is folded before a result is stored, never after
+            record = storage.experiment(listed.id)
+        except ExperimentNotFoundError:
+            if name:
+                raise
+            continue  # deleted (db rm) while the others were read
+        experiments.append({"name": record.name, "config": _shareable(record.config), "created": record.created,
+                            "trials": trials})
     return {"format": FORMAT, "version": VERSION, "created": time.time(),
             "source": storage.redacted_uri, "experiments": experiments}
 
