@@ -98,6 +98,29 @@ def test_one_objective_keeps_the_scalar_order() -> None:
     assert asha().suggest(rung, []) == [{"x": 0.2, "epochs": 3}]
 
 
+def test_a_pruned_trial_on_a_rung_of_several_objectives_ranks_after_the_others() -> None:
+    """A pruned trial has no vector: ranked among the vectors, the rung failed to sort ('setting an array element
+    with a sequence'), and asha with a pruner and several objectives stopped suggesting after its first prune."""
+    pruned = Observation({"x": 0.9, "epochs": 1}, 0.0, pruned=True)
+    rung = [two(0.1, 1, 1.0, 9.0), pruned, two(0.2, 1, 5.0, 1.0), two(0.3, 1, 6.0, 9.5)]
+    entries = [Entry(o.objective, f"k{o.params['x']}", o) for o in rung]
+    assert [e.observation.params["x"] for e in pareto_order(entries)][-1] == 0.9
+    (promoted,) = asha().suggest(rung, [])
+    assert promoted["epochs"] == 3 and promoted["x"] in (0.1, 0.2)  # the first front; never the pruned one
+
+
+def _fidelity_curves(x: float, epochs: int) -> dict[str, float]:
+    return _two_curves(x)
+
+
+def test_asha_with_the_asha_pruner_and_several_objectives_runs_to_its_budget() -> None:
+    exp = orchard.build_experiment("mo-asha", space=SPACE, storage="memory://", max_trials=20, seed=4,
+                                   objectives={"error": "min", "accuracy": "max"}, algorithm="asha", pruner="asha")
+    exp.workon(_fidelity_curves, progress=False)
+    counts = exp.storage.count_trials(exp.id)
+    assert counts[TrialStatus.COMPLETED] + counts[TrialStatus.PRUNED] == 20 and counts[TrialStatus.PRUNED] > 0
+
+
 # -- the step pruners ---------------------------------------------------------------------
 
 

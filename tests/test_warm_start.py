@@ -164,6 +164,22 @@ def test_cli_insert_records_one_evaluation_and_a_file(tmp_path: Path, store: str
     assert "already has a trial" in capsys.readouterr().err and len(exp.fetch_trials()) == 3
 
 
+def test_cli_insert_of_a_file_larger_than_the_budget_left_stores_no_row(
+        tmp_path: Path, store: str, capsys: pytest.CaptureFixture[str]) -> None:
+    """With --count-in-budget, the rows up to the budget were stored, then one error line saying only
+    that the budget was used: not that some rows were recorded, nor which."""
+    exp = orchard.build_experiment("e", space={"x": "uniform(0, 1)"}, max_trials=3, storage=store)
+    exp.insert({"x": 0.01})  # waiting for a worker: it holds a unit of the budget
+    rows = tmp_path / "rows.csv"
+    rows.write_text("x,objective\n0.1,1\n0.2,1\n0.3,1\n")
+    assert main(["insert", "-n", "e", "--storage", store, "--file", str(rows), "--count-in-budget"]) == 1
+    error = capsys.readouterr().err
+    assert "has 3 rows to record in the budget, but experiment 'e' has room for 2 (max_trials=3)" in error
+    assert "raise max_trials to at least 4" in error and error.rstrip().endswith("nothing was stored")
+    assert [t.params for t in exp.fetch_trials()] == [{"x": 0.01}]
+    assert main(["insert", "-n", "e", "--storage", store, "--file", str(rows)]) == 0  # apart from it: all
+
+
 @pytest.mark.parametrize(("name", "content", "expected"), [
     # each was recorded with one of the values dropped silently
     ("rows.csv", "x,x,objective\n0.1,0.2,1\n", "rows.csv names column(s) 'x' twice; keep one"),

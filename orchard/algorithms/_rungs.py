@@ -69,14 +69,19 @@ def pareto_order(entries: Sequence[Entry]) -> list[Entry]:
     crowding distance, larger first (the front's extremes first, then the most
     isolated points), then the configuration's hash. It depends on the entries
     only, so every worker holding the same rung ranks it alike.
+
+    Entries without a vector (a pruned trial: its last report is no result at the rung's
+    fidelity) come after all the others, by objective: ranked among the vectors, they made
+    a rung of several objectives that a pruner had pruned in unrankable.
     """
-    vectors = [e.observation.values or (e.objective,) for e in entries]
+    ranked = [e for e in entries if e.several]
+    vectors = [e.observation.values or () for e in ranked]
     order: list[Entry] = []
-    for front in non_dominated_sort(vectors, [e.observation.violation for e in entries]):
+    for front in non_dominated_sort(vectors, [e.observation.violation for e in ranked]):
         distance = crowding_distance([vectors[i] for i in front])
-        ranked = sorted(zip(front, distance, strict=True), key=lambda p: (-p[1], entries[p[0]].key))
-        order += [entries[i] for i, _ in ranked]
-    return order
+        by_distance = sorted(zip(front, distance, strict=True), key=lambda p: (-p[1], ranked[p[0]].key))
+        order += [ranked[i] for i, _ in by_distance]
+    return order + sorted((e for e in entries if not e.several), key=lambda e: e.rank)
 
 
 def survives(position: int, arrived: int, eta: float) -> bool:

@@ -12,6 +12,7 @@ experiment id). Trials that were reserved when dumped are loaded as
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import json
 import math
@@ -24,9 +25,12 @@ from typing import IO, Any, TextIO
 
 from orchard.cli._args import each_key_once
 from orchard.errors import ConfigurationError, ExperimentConflictError
+from orchard.experiment_config import ExperimentConfig
 from orchard.report import read_at_most
 from orchard.resources import format_bytes
-from orchard.storages import BaseStorage
+from orchard.space import params_hash, trial_id
+from orchard.stopping import LEDGER_KEY, unreadable_ledger
+from orchard.storages import BaseStorage, ExperimentRecord
 from orchard.storages._uri import redact
 from orchard.trial import Trial, TrialStatus
 
@@ -41,15 +45,27 @@ MAX_DUMP_BYTES = 10**9
 def dump_experiments(storage: BaseStorage, name: str | None = None) -> dict[str, Any]:
     """Everything about experiment ``name`` (or every experiment) as JSON-ready data.
 
+    Each experiment's configuration is read after its trials, so that a dump of running
+    workers holds a stopping ledger no older than its trials, as the storage always does:
+    a dumped trial that fired a rule is never loaded into a copy whose rules did not fire.
+
     Raises:
         ExperimentNotFoundError: no experiment called ``name``.
     """
+    from orchard.errors import ExperimentNotFoundError
+
     records = [storage.require_experiment(name)] if name else storage.list_experiments()
-    experiments = [
-        {"name": r.name, "config": _shareable(r.config), "created": r.created,
-         "trials": [t.to_dict() for t in storage.fetch_trials(r.id)]}
-        for r in records
-    ]
+    experiments = []
+    for listed in records:
+        trials = [t.to_dict() for t in storage.fetch_trials(listed.id)]
+        try:  # read after the trials: the stopping ledger is folded before a result is stored, never after
+            record = storage.experiment(listed.id)
+        except ExperimentNotFoundError:
+            if name:
+                raise
+            continue  # deleted (db rm) while the others were read
+        experiments.append({"name": record.name, "config": _shareable(record.config), "created": record.created,
+                            "trials": trials})
     return {"format": FORMAT, "version": VERSION, "created": time.time(),
             "source": storage.redacted_uri, "experiments": experiments}
 
@@ -169,6 +185,11 @@ def read_dump(path: str, rename: str | None = None) -> dict[str, Any]:
         raise ConfigurationError(f"dump {path} has no list of experiments; it was not written by 'orchard db dump'")
     for at, entry in enumerate(experiments):
         _check_experiment(entry, f"dump {path}, experiment {at}", rename is None)
+    names = collections.Counter(entry["name"] for entry in experiments) if rename is None else {}
+    twice = sorted(name for name, count in names.items() if count > 1)
+    if twice:  # the second's trials went into the first, or half the dump was loaded
+        raise ConfigurationError(f"dump {path} holds experiment {twice[0]!r} twice; keep one, or rename the "
+                                 "other; nothing was loaded")
     return data
 
 
@@ -192,7 +213,6 @@ def _check_experiment(entry: Any, where: str, named: bool) -> None:
         ConfigurationError: what is wrong, and where in the dump.
     """
     from orchard.errors import StorageError
-    from orchard.experiment_config import ExperimentConfig
     from orchard.naming import check_experiment_name
     from orchard.storages.pickled.records import check_trial, experiment_fault
 
@@ -215,6 +235,7 @@ def _check_experiment(entry: Any, where: str, named: bool) -> None:
         fault = experiment_fault({"id": "", "name": "", "created": created, "config": {}})
         if fault is not None:
             raise ConfigurationError(f"{where} cannot be loaded: {fault}; nothing was loaded")
+    points: dict[str, int] = {}
     for number, record in enumerate(entry["trials"]):
         try:
             if not isinstance(record, dict):
@@ -224,6 +245,10 @@ def _check_experiment(entry: Any, where: str, named: bool) -> None:
             trial = Trial.from_dict(fields)
             config.space.validate(trial.params)
             _check_numbers(trial, config.objectives or {})
+            first = points.setdefault(params_hash(trial.params), number)
+            if first != number:  # one was dropped as "already there"
+                raise ValueError(f"its params are those of trial {first}, and an experiment holds one trial "
+                                 "per point")
         except (ConfigurationError, StorageError, TypeError, ValueError, KeyError) as err:
             raise ConfigurationError(f"{where}, trial {number} cannot be loaded: {err}; nothing was loaded") from None
 
@@ -257,35 +282,98 @@ def load_experiments(
 ) -> Iterator[tuple[str, int, int]]:
     """Restore each experiment of a dump; yield ``(name, trials added, trials in the dump)``.
 
-    An experiment that exists in the target with the same space receives the
-    trials it lacks; one with a different space is an error.
+    An experiment that exists in the target with the same space and objectives
+    receives the trials it lacks; one with another space or other objectives is
+    an error, found for every experiment of the dump before anything is stored.
+    Trial ids are recomputed for the target experiment, and every reference to a
+    trial of the dump (a promotion's ``parent``, the trials the stopping ledger
+    names) follows its trial to its new id.
 
     Raises:
         ConfigurationError: ``rename`` given for a dump of several experiments.
-        ExperimentConflictError: the target has the experiment with another space.
+        ExperimentConflictError: the target has an experiment of that name with another
+            space or other objectives.
     """
     experiments = data["experiments"]
     if rename and len(experiments) != 1:
         raise ConfigurationError(
             f"-n renames one experiment but the dump holds {len(experiments)}; dump them one by one with -n"
         )
+    for entry in experiments:  # every conflict before the first write
+        record = storage.get_experiment(rename or entry["name"])
+        if record is not None:
+            _check_fits(storage, record, entry["config"], len(experiments), "nothing was loaded")
     for entry in experiments:
         name = rename or entry["name"]
         experiment_id = storage.create_experiment(name, entry["config"], created=entry.get("created"))
         record = storage.require_experiment(name)
-        if record.config.get("space") != entry["config"].get("space"):
-            raise ExperimentConflictError(
-                f"experiment {name!r} exists in {storage.redacted_uri} with space "
-                f"{record.config.get('space')}, "
-                f"the dump has {entry['config'].get('space')}; load it under another name with -n NEWNAME"
-            )
-        trials = [_restorable(Trial.from_dict(t), experiment_id) for t in entry["trials"]]
+        _check_fits(storage, record, entry["config"], len(experiments), "the experiments before it were loaded")
+        new_ids = {t["id"]: trial_id(experiment_id, t["params"])
+                   for t in entry["trials"] if isinstance(t.get("id"), str)}
+        trials = [_restorable(t, experiment_id, new_ids) for t in entry["trials"]]
+        _follow_ledger(storage, record, entry["config"].get(LEDGER_KEY), new_ids)
         yield name, storage.restore_trials(experiment_id, trials), len(trials)
 
 
-def _restorable(trial: Trial, experiment_id: str) -> Trial:
-    from orchard.space import trial_id
+def _check_fits(storage: BaseStorage, record: ExperimentRecord, config: dict[str, Any], dumped: int,
+                done: str) -> None:
+    """Refuse to load trials into ``record`` if its space or objectives differ from the dump's ``config``.
 
+    Both are read as a worker reads them (``uniform(0,1)`` is ``uniform(0.0, 1.0)``).
+
+    Raises:
+        ExperimentConflictError: the differences, and how to load the experiment under another name.
+    """
+    ours = ExperimentConfig.from_dict(config)  # checked by read_dump
+    try:
+        theirs = ExperimentConfig.from_dict(record.config)
+    except ConfigurationError as err:
+        problems = [f"its stored configuration cannot be read ({err})"]
+    else:
+        problems = [f"space {line}" for line in theirs.space.diff(ours.space)]
+        if list((theirs.objectives or {}).items()) != list((ours.objectives or {}).items()):
+            there, here = (goals.objectives or "objective: min" for goals in (theirs, ours))
+            problems.append(f"objectives {there} != {here}")
+    if not problems:
+        return
+    name = record.name
+    how = "load it under another name with -n NEWNAME" if dumped == 1 else (
+        f"dump it alone (orchard db dump -n {name} -o {name}.json) and load that with -n NEWNAME")
+    raise ExperimentConflictError(
+        f"experiment {name!r} exists in {storage.redacted_uri} with another configuration than the "
+        f"dump's (stored != dumped: {'; '.join(problems)}), so the dumped trials do not fit it; {how}; {done}")
+
+
+def _restorable(record: dict[str, Any], experiment_id: str, new_ids: Mapping[str, str]) -> Trial:
+    """A dumped trial as ``db load`` stores it: its id recomputed, its parent's followed, never reserved.
+
+    A field left out of the dump (written by hand) reads as its default, as :func:`_check_experiment` read it.
+    """
+    trial = Trial.from_dict({**_DEFAULT_FIELDS, **record, "id": "", "experiment": experiment_id})
     if trial.status is TrialStatus.RESERVED:
         trial = dataclasses.replace(trial, status=TrialStatus.INTERRUPTED, worker=None, heartbeat=None)
-    return dataclasses.replace(trial, id=trial_id(experiment_id, trial.params), experiment=experiment_id)
+    parent = new_ids.get(trial.parent, trial.parent) if trial.parent is not None else None
+    return dataclasses.replace(trial, id=trial_id(experiment_id, trial.params), parent=parent)
+
+
+def _follow_ledger(storage: BaseStorage, record: ExperimentRecord, dumped: Any,
+                   new_ids: Mapping[str, str]) -> None:
+    """Rename the trials the dumped stopping ledger names (the one that fired a rule) to their new ids.
+
+    Only in the ledger this load stored: a compare-and-swap against the dumped one, so
+    the ledger of an experiment that existed, or that a worker has folded into since, stays.
+    """
+    stored = record.config.get(LEDGER_KEY)
+    if not isinstance(dumped, dict) or stored != dumped or unreadable_ledger(dumped) is not None:
+        return
+    ledger = {**dumped, "recent": [_renamed(item, new_ids) for item in dumped.get("recent", [])]}
+    if isinstance(dumped.get("fired"), dict):
+        ledger["fired"] = {**dumped["fired"], "trial": _renamed(dumped["fired"]["trial"], new_ids)}
+    if ledger != dumped:
+        storage.swap_experiment(record.id, LEDGER_KEY, stored, ledger)
+
+
+def _renamed(item: str, new_ids: Mapping[str, str]) -> str:
+    """A ledger's ``TRIAL_ID`` or ``TRIAL_ID@TIME`` with the trial's new id."""
+    old, at, when = item.partition("@")
+    return new_ids.get(old, old) + at + when

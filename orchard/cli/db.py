@@ -137,13 +137,16 @@ def _run_load(args: argparse.Namespace) -> int:
 
 @contextlib.contextmanager
 def _again_on_outage(what: str) -> Iterator[None]:
-    """Say, when the storage is lost midway, what was done and that running the command again is safe."""
-    from orchard.errors import StorageUnavailableError
+    """Say, when the storage is lost midway or Ctrl-C (SIGTERM) stops the command, what was done and
+    that running the command again is safe."""
+    from orchard.errors import Interrupted, StorageUnavailableError
 
     try:
         yield
     except StorageUnavailableError as err:
         raise StorageUnavailableError(f"{err}; {what}", reached=err.reached) from err
+    except KeyboardInterrupt as err:  # was only 'stopped by SIGTERM': what was stored, and what to do, unsaid
+        raise Interrupted(what, terminated=isinstance(err, Interrupted) and err.terminated) from None
 
 
 def _run_rm(args: argparse.Namespace) -> int:

@@ -183,6 +183,8 @@ def _record_file(experiment: Experiment, path: Path, count_in_budget: bool) -> t
                                       "nothing was stored")
         taken[digest] = label
         checked.append((point, objective, results))
+    if count_in_budget:
+        _check_room(experiment, path, len(checked))
     done = 0
     try:
         for point, objective, results in checked:
@@ -193,6 +195,26 @@ def _record_file(experiment: Experiment, path: Path, count_in_budget: bool) -> t
                           "command again to record the rest (rows already recorded are skipped)",
                           terminated=isinstance(err, Interrupted) and err.terminated) from None
     return done, skipped
+
+
+def _check_room(experiment: Experiment, path: Path, rows: int) -> None:
+    """Refuse rows to record in the budget that it has no room for, before the first is stored.
+
+    Raises:
+        BudgetExhaustedError: fewer units of ``max_trials`` are free than rows; nothing was stored.
+    """
+    from orchard.errors import BudgetExhaustedError
+    from orchard.recording import budget_held
+
+    budget = experiment.settings.max_trials
+    if budget is None:
+        return
+    room = max(budget - budget_held(experiment.storage, experiment.id), 0)
+    if rows > room:  # the rows before the one refused were stored, and the error said nothing of them
+        raise BudgetExhaustedError(
+            f"--file {path} has {rows} rows to record in the budget, but experiment {experiment.name!r} has "
+            f"room for {room} (max_trials={budget}); raise max_trials to at least {budget + rows - room}, or "
+            "record them apart from the budget (without --count-in-budget); nothing was stored")
 
 
 def _recorded_as(trial: Trial, objective: Any, results: dict[str, Any], count_in_budget: bool) -> bool:
