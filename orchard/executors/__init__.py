@@ -40,7 +40,7 @@ from typing import Any
 
 from orchard.errors import ConfigurationError, ExecutorError, OrchardError
 from orchard.executors.capacity import check_capacity, check_n_workers, counted_as
-from orchard.forks import end_children_at_exit
+from orchard.forks import end_children_at_exit, outlive_threads_at_exit
 from orchard.interruption import deferred, pool_handlers
 
 __all__ = ["EXECUTORS", "InlineExecutor", "is_dask_client", "make_executor", "outlasts_workon",
@@ -98,7 +98,8 @@ def _stop_when_orphaned(parent: int, initializer: Callable[..., object] | None, 
     stops a running worker loop as an interruption does (its trial is given back;
     copies are ignored while it does); one after the loop has ended ends the idle
     process. The multiprocessing children an objective left running end as the process exits
-    (:func:`~orchard.forks.end_children_at_exit`), not hold the pool's shutdown for ever; and in
+    (:func:`~orchard.forks.end_children_at_exit`), not hold the pool's shutdown for ever, nor do
+    its threads (:func:`~orchard.forks.outlive_threads_at_exit`); and in
     a loky process, ``multiprocessing.Process`` starts processes with this platform's default
     method again (loky's own, which loky sets there, fails with "'Process' object has no attribute 'env'").
     Runs the user's own ``initializer`` after.
@@ -112,6 +113,7 @@ def _stop_when_orphaned(parent: int, initializer: Callable[..., object] | None, 
 
     pool_handlers()  # not the caller's, inherited through fork: each worker loop installs its own
     end_children_at_exit()
+    outlive_threads_at_exit()
     if multiprocessing.get_start_method(allow_none=True) == "loky":  # loky's, which multiprocessing.Process cannot use
         multiprocessing.set_start_method(None, force=True)  # the objective's processes start as they would at home
     if os.getppid() == parent:
