@@ -18,7 +18,7 @@ from orchard import config as _config
 from orchard.algorithms import explicit_options, normalize_algorithm_config
 from orchard.constraints import normalize_constraints
 from orchard.dataframe import trials_frame
-from orchard.errors import ConfigurationError, ExecutorError, ExperimentBrokenError, OrchardError
+from orchard.errors import ConfigurationError, ExecutorError, ExperimentBrokenError, Interrupted, OrchardError
 from orchard.executors import make_executor, outlasts_workon, reaches_local_processes, shares_environment
 from orchard.executors.capacity import workers_to_start
 from orchard.executors.fleet import Fleet
@@ -314,8 +314,8 @@ class Experiment:
         if not failures:
             return
         err = failures[0]
-        if isinstance(err, (OrchardError, KeyboardInterrupt)):
-            raise err
+        if isinstance(err, (OrchardError, KeyboardInterrupt)):  # objectives raising KeyboardInterrupt: all released
+            raise err.joined(failures[1:]) if isinstance(err, Interrupted) else err
         summary = (str(err).strip().splitlines() or [""])[0].rstrip(".")
         raise ExecutorError(
             f"a worker of experiment {self.name!r} died under executor {executor!r}: "

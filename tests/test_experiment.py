@@ -290,6 +290,22 @@ def test_an_objective_raising_keyboard_interrupt_releases_its_trial_as_ctrl_c_do
     assert trial.status is TrialStatus.INTERRUPTED and trial.error is None  # not a failure of the objective
 
 
+def test_objectives_of_several_workers_raising_keyboard_interrupt_count_every_trial_released(store) -> None:
+    """workon joins what each stopped worker reports, not only the first one's."""
+    import threading
+
+    both_running = threading.Barrier(2, timeout=20)
+
+    def interrupted(x: float, y: float) -> float:
+        both_running.wait()
+        raise KeyboardInterrupt
+
+    exp = build(store, max_trials=4)
+    with pytest.raises(orchard.errors.Interrupted, match="2 of 2 running trial"):
+        exp.workon(interrupted, n_workers=2, executor="thread", progress=False)
+    assert [trial.status for trial in exp.fetch_trials()] == [TrialStatus.INTERRUPTED] * 2
+
+
 def test_ctrl_c_stops_thread_workers_after_their_running_evaluations(store) -> None:
     """Threads cannot be interrupted, but they stop at their next trial: Ctrl-C does not wait for the budget."""
     import os
