@@ -109,6 +109,22 @@ def test_suggest_observe_release_insert(store) -> None:
     assert exp.stats["counts"] == {"new": 0, "reserved": 0, "completed": 3, "broken": 1, "interrupted": 0, "pruned": 0}
 
 
+def test_a_trial_suggested_through_one_handle_is_this_processs_to_observe_through_any_other(store) -> None:
+    """A notebook cell run again builds a new handle: its observe was refused and the result lost, while the
+    old handle's heartbeats kept the trial reserved for as long as the kernel ran."""
+    old = build(store, max_trials=3)
+    observed, released, reported = old.suggest(), old.suggest(), old.suggest()
+    new = build(store, max_trials=3)  # the cell run again
+    new.report(reported, 0.4, step=0)
+    assert not new.should_prune(reported)
+    assert new.observe(observed, 0.5).status is TrialStatus.COMPLETED
+    assert orchard.get_experiment("exp", storage=store).release(released).status is TrialStatus.INTERRUPTED
+    assert len(new.observe(reported, 0.3).reports) == 1
+    with pytest.raises(ReservationLostError):
+        old.observe(observed, 0.6)  # still one result per trial
+    assert new.stats["counts"]["reserved"] == 0
+
+
 def test_always_raising_objective_stops_at_max_broken(store) -> None:
     exp = build(store, max_trials=20, max_broken=3)
     with pytest.raises(ExperimentBrokenError) as info:
