@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 import re
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, ClassVar
 
 import numpy as np
@@ -342,7 +342,8 @@ class _TensorLike:
 
 @pytest.mark.parametrize("result", [
     np.array(0.25), _TensorLike(0.25), {"objective": np.array(0.25), "accuracy": np.array(0.9)},
-], ids=["0-d array", "tensor", "mapping of 0-d arrays"])
+    _TensorLike(np.float32(0.25)),  # type: ignore[arg-type]
+], ids=["0-d array", "tensor", "mapping of 0-d arrays", "tensor of a numpy scalar"])
 def test_an_objective_returning_what_report_takes_completes(result: object) -> None:
     def train(x: float) -> object:
         orchard.report(result["objective"] if isinstance(result, dict) else result, 1)  # accepted here...
@@ -355,12 +356,14 @@ def test_an_objective_returning_what_report_takes_completes(result: object) -> N
     assert trial.results == ({"accuracy": 0.9} if isinstance(result, dict) else {})
 
 
-def test_several_objectives_may_be_0d_arrays() -> None:
+@pytest.mark.parametrize("one_value", [np.array, _TensorLike], ids=["0-d arrays", "tensors"])
+def test_several_objectives_may_be_0d_arrays_or_tensors(one_value: Callable[[float], object]) -> None:
+    """As orchard.report({"error": loss, ...}) takes them: a loss tensor returned as it is."""
     exp = orchard.build_experiment("tensor-objectives", space=SPACE, objectives={"error": "min", "size": "max"},
                                    max_trials=1, max_broken=1, storage="memory://")
-    exp.workon(lambda x: {"error": np.array(0.25), "size": np.array(3)}, progress=False)
+    exp.workon(lambda x: {"error": one_value(0.25), "size": one_value(3), "note": "kept"}, progress=False)
     (trial,) = exp.fetch_trials()
-    assert trial.status is TrialStatus.COMPLETED and trial.results == {"error": 0.25, "size": 3}
+    assert trial.status is TrialStatus.COMPLETED and trial.results == {"error": 0.25, "size": 3, "note": "kept"}
 
 
 async def _awaited(x: float) -> float:
