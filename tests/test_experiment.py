@@ -264,6 +264,32 @@ def test_bad_options_are_clear(store) -> None:
             workloads.quadratic, n_workers=2, executor="process")
 
 
+@pytest.mark.parametrize("options, words", [
+    ({"on_result": 3}, "on_result 3 is not callable"),
+    ({"on_error": "print"}, "on_error 'print' is not callable"),
+    ({"n_workers": 2, "executor": "process", "executor_config": {"bogus": 1}},
+     r"executor .process.: ProcessPoolExecutor refused executor_config \(TypeError: .*bogus"),
+    ({"n_workers": 2, "executor": "joblib", "executor_config": {"max_workers": 5}},
+     "executor 'joblib': get_reusable_executor refused executor_config .*n_workers gives max_workers"),
+    ({"n_workers": 2, "executor": "process", "executor_config": {"mp_context": "nope"}},
+     "executor 'process': ProcessPoolExecutor refused executor_config"),
+])
+def test_a_mistyped_workon_option_is_one_line_before_any_trial(store, options: dict[str, Any],
+                                                               words: str) -> None:
+    """They raised a bare TypeError (a callback's once the first trial had ended, stopping the run)."""
+    exp = build(store, max_trials=2)
+    with pytest.raises(ConfigurationError, match=words) as info:
+        exp.workon(workloads.quadratic, progress=False, **options)
+    assert "\n" not in str(info.value) and exp.fetch_trials() == []
+
+
+def test_an_mp_context_may_be_named(store) -> None:
+    exp = build(store, max_trials=2)
+    exp.workon(workloads.quadratic, n_workers=2, executor="process", executor_config={"mp_context": "spawn"},
+               progress=False)
+    assert exp.stats["counts"]["completed"] == 2
+
+
 def test_memory_storage_with_threads() -> None:
     exp = orchard.build_experiment("t", space=workloads.SPACE, storage="memory://threads", max_trials=30)
     exp.workon(workloads.quadratic, n_workers=4, executor="thread", progress=False)

@@ -68,7 +68,10 @@ def _loky(n_workers: int, config: Mapping[str, Any]) -> Iterator[Executor]:
     with deferred():
         from joblib.externals.loky import get_reusable_executor
 
-        pool = get_reusable_executor(max_workers=n_workers, **_watching_their_parent(config))
+        try:
+            pool = get_reusable_executor(max_workers=n_workers, **_watching_their_parent(config))
+        except (TypeError, ValueError) as err:
+            raise _pool_refused("joblib", "get_reusable_executor", err) from err
     yield pool
 
 
@@ -133,10 +136,23 @@ def _watching_their_parent(config: Mapping[str, Any]) -> dict[str, Any]:
 @contextlib.contextmanager
 def _process(n_workers: int, config: Mapping[str, Any]) -> Iterator[Executor]:
     options = dict(config)
-    if "mp_context" not in options:
-        options["mp_context"] = _fork_context()
-    with ProcessPoolExecutor(max_workers=n_workers, **_watching_their_parent(options)) as pool:
+    try:
+        if "mp_context" not in options:
+            options["mp_context"] = _fork_context()
+        elif isinstance(options["mp_context"], str):  # a start method's name, as multiprocessing takes it
+            options["mp_context"] = multiprocessing.get_context(options["mp_context"])
+        pool = ProcessPoolExecutor(max_workers=n_workers, **_watching_their_parent(options))
+    except (TypeError, ValueError, AttributeError) as err:  # AttributeError: an mp_context that is no context
+        raise _pool_refused("process", "ProcessPoolExecutor", err) from err
+    with pool:
         yield pool
+
+
+def _pool_refused(executor: str, taker: str, err: Exception) -> ConfigurationError:
+    """The local pool ``taker`` of ``executor`` refused the options of executor_config."""
+    return ConfigurationError(
+        f"executor {executor!r}: {taker} refused executor_config ({type(err).__name__}: {err}); give it "
+        f"{taker}'s own options, but max_workers: n_workers gives max_workers")
 
 
 @contextlib.contextmanager
