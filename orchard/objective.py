@@ -213,7 +213,12 @@ def interpret_result(value: Any) -> Outcome:
     results: dict[str, Any] = {}
     original = value
     if isinstance(value, Mapping):
-        results = {str(k): to_builtin(plain(v)) for k, v in value.items() if k != "objective"}  # tensors too
+        try:
+            results = {str(k): to_builtin(plain(v)) for k, v in value.items() if k != "objective"}  # tensors
+        except RecursionError:  # a result that holds itself, or lists thousands deep
+            return Outcome.failure("InvalidResult", "the results cannot be stored: they are nested more than "
+                                   f"{MAX_RESULT_DEPTH} deep (or hold themselves); {_STORABLE}",
+                                   reason="unstorable")
         unstorable = _unstorable(results)
         if unstorable is not None:
             return Outcome.failure("InvalidResult", unstorable, reason="unstorable")

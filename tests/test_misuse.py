@@ -77,6 +77,12 @@ def test_an_evaluator_that_raises_leaves_no_trial_reserved() -> None:
     assert trial.status is TrialStatus.BROKEN and trial.error["type"] == "RuntimeError"
 
 
+def _holding_itself() -> dict[str, object]:
+    result: dict[str, object] = {"objective": 0.5}
+    result["self"] = result
+    return result
+
+
 def _nested(depth: int) -> object:
     value: object = 1
     for _ in range(depth):
@@ -88,12 +94,15 @@ def _nested(depth: int) -> object:
     (10**400, "an int of 1329 bits; it must be a finite number"),
     ({"objective": 0.5, "count": 10**30}, "result 'count' cannot be stored: it holds an int of 100 bits"),
     ({"objective": 0.5, "curve": _nested(40)}, "nested more than 32 deep"),
+    ({"objective": 0.5, "curve": _nested(5000)}, "nested more than 32 deep"),  # a RecursionError in Orchard
+    (_holding_itself(), "nested more than 32 deep"),
     ({"objective": 0.5, "cost": 10**400}, "result 'cost' cannot be stored"),  # max_cost sums it
     ({"objective": 0.5, "memory_gb": 10**300}, "result 'memory_gb' cannot be stored"),  # a constraint reads it
     # 5 MB of JSON: MongoDB refused it (27 MB of BSON), the pickle file made every worker read it
     ({"objective": 0.5, "loss": 0.1, "curve": [0.5] * 1_000_000},
      "the results take 5 MB as JSON (the largest is 'curve'), more than the 4.19 MB a trial may hold"),
-], ids=["objective", "int", "depth", "cost", "constraint", "size"])
+], ids=["objective", "int", "depth", "depth beyond recursion", "holding itself", "cost", "constraint",
+        "size"])
 def test_a_result_the_storage_cannot_hold_breaks_the_trial_and_the_worker_goes_on(tmp_path, result, words) -> None:
     exp = orchard.build_experiment("unholdable", space=SPACE, max_trials=3, max_broken=2, stop={"max_cost": 5.0},
                                    constraints=["memory_gb <= 16"], storage=str(tmp_path / "db.pkl"))
