@@ -16,9 +16,10 @@ from typing import Any
 
 from orchard import config as _config
 from orchard.algorithms import explicit_options, normalize_algorithm_config
+from orchard.asking import holder, new_client, suggested
 from orchard.constraints import normalize_constraints
 from orchard.dataframe import trials_frame
-from orchard.errors import ConfigurationError, ExecutorError, ExperimentBrokenError, OrchardError
+from orchard.errors import ConfigurationError, ExecutorError, ExperimentBrokenError, Interrupted, OrchardError
 from orchard.executors import make_executor, outlasts_workon, reaches_local_processes, shares_environment
 from orchard.executors.capacity import workers_to_start
 from orchard.executors.fleet import Fleet
@@ -314,8 +315,8 @@ class Experiment:
         if not failures:
             return
         err = failures[0]
-        if isinstance(err, (OrchardError, KeyboardInterrupt)):
-            raise err
+        if isinstance(err, (OrchardError, KeyboardInterrupt)):  # objectives raising KeyboardInterrupt: all released
+            raise err.joined(failures[1:]) if isinstance(err, Interrupted) else err
         summary = (str(err).strip().splitlines() or [""])[0].rstrip(".")
         raise ExecutorError(
             f"a worker of experiment {self.name!r} died under executor {executor!r}: "
@@ -347,8 +348,7 @@ class Experiment:
     def _client_worker(self) -> Worker:
         if self._client is None:
             settings = WorkerSettings.for_experiment(self.settings)
-            self._client = Worker(self.storage, self.id, settings, evaluate=_told_later, label=self.name)
-            self._client.pacemaker.release_at_exit()  # what is never observed goes back when the script ends
+            self._client = new_client(self.storage, self.id, settings, self.name)
         return self._client
 
     def suggest(self) -> Trial:
@@ -360,10 +360,10 @@ class Experiment:
             BudgetExhaustedError: the budget is met or fully reserved, or the space is exhausted.
             ExperimentBrokenError: ``max_broken`` trials broke.
         """
-        return self._client_worker().next_trial(timeout=0)
+        return suggested(self._client_worker())
 
     def observe(self, trial: Trial, result: float | Mapping[str, Any] | TrialPruned) -> Trial:
-        """Record the result of a trial from :meth:`suggest`; a non-numeric result breaks it.
+        """Record the result of a trial from :meth:`suggest` (any handle's in this process); a non-number breaks it.
 
         A trial whose last :meth:`report` got a "prune" verdict is recorded ``pruned``
         whatever ``result`` says; pass a :class:`~orchard.TrialPruned` to prune it on your own
@@ -376,7 +376,7 @@ class Experiment:
             ReservationLostError: the reservation was lost (heartbeat stale).
         """
         outcome = Outcome.pruned_by_objective() if isinstance(result, TrialPruned) else interpret_result(result)
-        return self._client_worker().finish(trial, outcome)
+        return holder(trial, self._client_worker, ending=True).finish(trial, outcome)
 
     def report(self, trial: Trial, value: float | Mapping[str, float], step: int) -> None:
         """Store an intermediate ``value`` at ``step`` on a trial from :meth:`suggest`, and judge it.
@@ -392,11 +392,11 @@ class Experiment:
             ReservationLostError: the reservation was lost (heartbeat stale).
         """
         value, step = check_report(value, step)
-        self._client_worker().judge(trial.id, value, step)
+        holder(trial, self._client_worker).judge(trial.id, value, step)
 
     def should_prune(self, trial: Trial) -> bool:
         """Whether a :meth:`report` of ``trial`` got a "prune" verdict (then :meth:`observe` records it pruned)."""
-        return self._client_worker().judge.verdict_of(trial.id) is not None
+        return holder(trial, self._client_worker).judge.verdict_of(trial.id) is not None
 
     def release(self, trial: Trial) -> Trial:
         """Give a suggested trial back unevaluated (it becomes ``interrupted``).
@@ -404,7 +404,7 @@ class Experiment:
         Raises:
             ReservationLostError: the reservation was lost meanwhile.
         """
-        return self._client_worker().release(trial)
+        return holder(trial, self._client_worker, ending=True).release(trial)
 
     def insert(self, params: Mapping[str, Any], objective: float | None = None,
                results: Mapping[str, Any] | None = None, count_in_budget: bool = False) -> Trial:
@@ -494,7 +494,3 @@ class Experiment:
         """The trials as a ``pandas.DataFrame``, one row each (see :func:`orchard.dataframe.trials_frame`)."""
         return trials_frame(self.fetch_trials())
 
-
-def _told_later(trial: Trial) -> Outcome:
-    """The ask-and-tell client's evaluator: the caller evaluates and calls ``observe``."""
-    raise AssertionError("an ask-and-tell worker never evaluates")

@@ -18,6 +18,12 @@ or corrupt the run, and this module stops both::
                                               SIGTERM, then SIGKILL after :data:`LEFTOVER_GRACE`
                                               seconds (multiprocessing itself would join them
                                               for ever, and the pool's shutdown with them)
+    a thread never joined that never ends     :func:`outlive_threads_at_exit`: as a pool's process
+    (not ``daemon``)                          Orchard started exits, it waits :data:`LEFTOVER_GRACE`
+                                              seconds for its leftover threads, then leaves without
+                                              them (Python would wait for them for ever, and the
+                                              pool's shutdown, or the exit of the script whose
+                                              loky pool it is, with them)
 
 A child of ``os.fork`` that stays inside the objective (it sleeps, serves a data
 loader, calls ``os._exit``) is the user's: Orchard does not wait for it. It starts
@@ -34,15 +40,17 @@ import multiprocessing
 import multiprocessing.util
 import os
 import sys
+import threading
 import time
 import traceback
 from collections.abc import Iterator
 
-__all__ = ["LEFTOVER_GRACE", "end_children_at_exit", "own_process"]
+__all__ = ["LEFTOVER_GRACE", "end_children_at_exit", "outlive_threads_at_exit", "own_process"]
 
 log = logging.getLogger(__name__)
 
-#: Seconds a pool process's leftover multiprocessing children have to end after SIGTERM, before SIGKILL.
+#: Seconds a pool process's leftover multiprocessing children have to end after SIGTERM, before SIGKILL,
+#: and its leftover threads have to end before it leaves without them.
 LEFTOVER_GRACE = 5.0
 
 
@@ -103,3 +111,36 @@ def _end_leftover_children() -> None:
             with contextlib.suppress(Exception):
                 child.kill()
             child.join()
+
+
+def outlive_threads_at_exit() -> None:
+    """In a pool's process Orchard started: threads the objective left running do not keep it from exiting.
+
+    Registered as the last multiprocessing finalizer: it runs after the pool's own
+    (its queues flushed), before Python joins the threads that are not daemons.
+    """
+    multiprocessing.util.Finalize(None, _bound_the_wait_for_threads, exitpriority=-100)
+
+
+def _leftover_threads() -> list[threading.Thread]:
+    here = threading.current_thread()
+    return [thread for thread in threading.enumerate()
+            if not thread.daemon and thread is not here and thread is not threading.main_thread()]
+
+
+def _bound_the_wait_for_threads() -> None:
+    if _leftover_threads():  # Python joins them once this returns; a daemon thread ends the wait in time
+        threading.Thread(target=_leave_past_threads, name="orchard-leftover-threads", daemon=True).start()
+
+
+def _leave_past_threads() -> None:
+    deadline = time.monotonic() + LEFTOVER_GRACE
+    for thread in _leftover_threads():
+        thread.join(max(deadline - time.monotonic(), 0.0))
+    left = _leftover_threads()
+    if not left:
+        return
+    log.warning("process %d: the objective left %d thread(s) running (%s); the worker exits without them. "
+                "Join the threads an objective starts before it returns, or make them daemon=True",
+                os.getpid(), len(left), ", ".join(thread.name for thread in left))
+    _leave(0)

@@ -24,7 +24,7 @@ from collections.abc import Callable
 from typing import Any
 
 from orchard.clock import SYSTEM_CLOCK, Clock
-from orchard.errors import OrchardError
+from orchard.errors import ConfigurationError, OrchardError
 from orchard.history import History
 from orchard.objectives import Shown, normalize_objectives
 from orchard.interruption import interrupt_main
@@ -55,6 +55,9 @@ class ProgressMonitor:
         on_error: called with each newly broken trial.
         show_bar: draw a ``tqdm`` progress bar.
         clock: what its ticks are timed with (default: the system's).
+
+    Raises:
+        ConfigurationError: ``on_result`` or ``on_error`` is not callable (before any worker starts).
     """
 
     def __init__(
@@ -68,6 +71,10 @@ class ProgressMonitor:
         show_bar: bool = False,
         clock: Clock = SYSTEM_CLOCK,
     ) -> None:
+        for name, callback in (("on_result", on_result), ("on_error", on_error)):
+            if callback is not None and not callable(callback):
+                raise ConfigurationError(
+                    f"{name} {callback!r} is not callable; give a function that takes the finished Trial, or None")
         self._clock = clock
         self._history = History(storage, experiment_id)
         self._storage, self._experiment_id = storage, experiment_id

@@ -213,7 +213,12 @@ def interpret_result(value: Any) -> Outcome:
     results: dict[str, Any] = {}
     original = value
     if isinstance(value, Mapping):
-        results = {str(k): to_builtin(v) for k, v in value.items() if k != "objective"}
+        try:
+            results = {str(k): to_builtin(plain(v)) for k, v in value.items() if k != "objective"}  # tensors
+        except RecursionError:  # a result that holds itself, or lists thousands deep
+            return Outcome.failure("InvalidResult", "the results cannot be stored: they are nested more than "
+                                   f"{MAX_RESULT_DEPTH} deep (or hold themselves); {_STORABLE}",
+                                   reason="unstorable")
         unstorable = _unstorable(results)
         if unstorable is not None:
             return Outcome.failure("InvalidResult", unstorable, reason="unstorable")
@@ -224,7 +229,7 @@ def interpret_result(value: Any) -> Outcome:
             failure.results = results
             return failure
         value = value["objective"]
-    value = plain(to_builtin(value))  # the 0-d array or tensor orchard.report() takes too
+    value = to_builtin(plain(value))  # the 0-d array or tensor orchard.report() takes too
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         failure = Outcome.failure(
             "InvalidResult", f"objective must be a number, got {type(value).__name__} {shown(value)}; "

@@ -47,6 +47,8 @@ _UNITS = {
     "k": 10**3, "kb": 10**3, "m": 10**6, "mb": 10**6, "g": 10**9, "gb": 10**9, "t": 10**12, "tb": 10**12,
     "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40,
 }
+#: A device CUDA_VISIBLE_DEVICES names: its index, or its UUID (``GPU-…``, or a MIG instance's ``MIG-…``).
+_DEVICE = re.compile(r"^(?:[0-9]+|GPU-\S+|MIG-\S+)$")
 _MEMORY = re.compile(r"^\s*(?P<number>\d+(?:\.\d*)?|\.\d+)\s*(?P<unit>[a-zA-Z]*)\s*$")
 
 
@@ -104,7 +106,8 @@ def parse_gpus(value: str | int | Sequence[int | str] | None) -> list[str] | Non
         The device ids as strings (``CUDA_VISIBLE_DEVICES`` entries), or ``None``.
 
     Raises:
-        ConfigurationError: an empty list, an entry with a comma or a space, or a device listed twice.
+        ConfigurationError: an empty list, an entry with a comma or a space, an entry that is no device
+            index or UUID (``cuda:0``, ``all``, ``-1``), or a device listed twice.
     """
     if value is None:
         return None
@@ -121,6 +124,14 @@ def parse_gpus(value: str | int | Sequence[int | str] | None) -> list[str] | Non
     if not devices or any(not d or "," in d or " " in d for d in devices):
         raise ConfigurationError(
             f"gpus {value!r} is not a list of device ids; give e.g. gpus=[0, 1] or --gpus 0,1"
+        )
+    unknown = [repr(item) for item, device in zip(items, devices)
+               if isinstance(item, (bool, float)) or not _DEVICE.match(device)]
+    if unknown:  # CUDA stops reading CUDA_VISIBLE_DEVICES at an entry it does not know: no GPU, silently
+        raise ConfigurationError(
+            f"gpus {value!r} is not a list of device ids: CUDA knows no device {unknown[0]} and would "
+            "show the objective no GPU; name each by its index such as 0 or a UUID such as GPU-8932f937-… "
+            "(nvidia-smi -L), e.g. gpus=[0, 1] or --gpus 0,1"
         )
     twice = next((d for at, d in enumerate(devices) if d in devices[:at]), None)
     if twice is not None:  # round-robin already shares devices among more workers: a repeat is a typo

@@ -14,6 +14,7 @@ import json
 import multiprocessing
 import os
 import sys
+import threading
 import time
 
 import orchard
@@ -45,8 +46,13 @@ def _child_joined(x: float) -> float:
     return x
 
 
+def _thread_left(x: float) -> float:
+    threading.Thread(target=time.sleep, args=(3600,), name="left-behind").start()  # not daemon, never joined
+    return x
+
+
 BEHAVIOURS = {"returns": _child_returns, "raises": _child_raises, "never-joined": _child_never_joined,
-              "joined": _child_joined}
+              "joined": _child_joined, "thread-left": _thread_left}
 
 
 def main(storage: str, behaviour: str, executor: str, n_workers: int) -> None:

@@ -109,6 +109,22 @@ def test_suggest_observe_release_insert(store) -> None:
     assert exp.stats["counts"] == {"new": 0, "reserved": 0, "completed": 3, "broken": 1, "interrupted": 0, "pruned": 0}
 
 
+def test_a_trial_suggested_through_one_handle_is_this_processs_to_observe_through_any_other(store) -> None:
+    """A notebook cell run again builds a new handle: its observe was refused and the result lost, while the
+    old handle's heartbeats kept the trial reserved for as long as the kernel ran."""
+    old = build(store, max_trials=3)
+    observed, released, reported = old.suggest(), old.suggest(), old.suggest()
+    new = build(store, max_trials=3)  # the cell run again
+    new.report(reported, 0.4, step=0)
+    assert not new.should_prune(reported)
+    assert new.observe(observed, 0.5).status is TrialStatus.COMPLETED
+    assert orchard.get_experiment("exp", storage=store).release(released).status is TrialStatus.INTERRUPTED
+    assert len(new.observe(reported, 0.3).reports) == 1
+    with pytest.raises(ReservationLostError):
+        old.observe(observed, 0.6)  # still one result per trial
+    assert new.stats["counts"]["reserved"] == 0
+
+
 def test_always_raising_objective_stops_at_max_broken(store) -> None:
     exp = build(store, max_trials=20, max_broken=3)
     with pytest.raises(ExperimentBrokenError) as info:
@@ -248,6 +264,32 @@ def test_bad_options_are_clear(store) -> None:
             workloads.quadratic, n_workers=2, executor="process")
 
 
+@pytest.mark.parametrize("options, words", [
+    ({"on_result": 3}, "on_result 3 is not callable"),
+    ({"on_error": "print"}, "on_error 'print' is not callable"),
+    ({"n_workers": 2, "executor": "process", "executor_config": {"bogus": 1}},
+     r"executor .process.: ProcessPoolExecutor refused executor_config \(TypeError: .*bogus"),
+    ({"n_workers": 2, "executor": "joblib", "executor_config": {"max_workers": 5}},
+     "executor 'joblib': get_reusable_executor refused executor_config .*n_workers gives max_workers"),
+    ({"n_workers": 2, "executor": "process", "executor_config": {"mp_context": "nope"}},
+     "executor 'process': ProcessPoolExecutor refused executor_config"),
+])
+def test_a_mistyped_workon_option_is_one_line_before_any_trial(store, options: dict[str, Any],
+                                                               words: str) -> None:
+    """They raised a bare TypeError (a callback's once the first trial had ended, stopping the run)."""
+    exp = build(store, max_trials=2)
+    with pytest.raises(ConfigurationError, match=words) as info:
+        exp.workon(workloads.quadratic, progress=False, **options)
+    assert "\n" not in str(info.value) and exp.fetch_trials() == []
+
+
+def test_an_mp_context_may_be_named(store) -> None:
+    exp = build(store, max_trials=2)
+    exp.workon(workloads.quadratic, n_workers=2, executor="process", executor_config={"mp_context": "spawn"},
+               progress=False)
+    assert exp.stats["counts"]["completed"] == 2
+
+
 def test_memory_storage_with_threads() -> None:
     exp = orchard.build_experiment("t", space=workloads.SPACE, storage="memory://threads", max_trials=30)
     exp.workon(workloads.quadratic, n_workers=4, executor="thread", progress=False)
@@ -288,6 +330,22 @@ def test_an_objective_raising_keyboard_interrupt_releases_its_trial_as_ctrl_c_do
         exp.workon(_raises_keyboard_interrupt, executor="single", trial_timeout=trial_timeout, progress=False)
     (trial,) = exp.fetch_trials()
     assert trial.status is TrialStatus.INTERRUPTED and trial.error is None  # not a failure of the objective
+
+
+def test_objectives_of_several_workers_raising_keyboard_interrupt_count_every_trial_released(store) -> None:
+    """workon joins what each stopped worker reports, not only the first one's."""
+    import threading
+
+    both_running = threading.Barrier(2, timeout=20)
+
+    def interrupted(x: float, y: float) -> float:
+        both_running.wait()
+        raise KeyboardInterrupt
+
+    exp = build(store, max_trials=4)
+    with pytest.raises(orchard.errors.Interrupted, match="2 of 2 running trial"):
+        exp.workon(interrupted, n_workers=2, executor="thread", progress=False)
+    assert [trial.status for trial in exp.fetch_trials()] == [TrialStatus.INTERRUPTED] * 2
 
 
 def test_ctrl_c_stops_thread_workers_after_their_running_evaluations(store) -> None:

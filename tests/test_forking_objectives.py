@@ -97,6 +97,17 @@ def test_a_multiprocessing_child_of_the_objective_starts_and_never_holds_the_poo
     assert said == (BUDGET if behaviour == "never-joined" else 0), "the workers did not say what they stopped"
 
 
+@pytest.mark.slow
+@pytest.mark.timeout(RUN_TIMEOUT + 20)
+@pytest.mark.parametrize("executor", ["process", "joblib"])
+def test_a_thread_the_objective_never_joins_holds_neither_workon_nor_the_scripts_exit(
+        tmp_path: pathlib.Path, executor: str) -> None:
+    out, err = _run(tmp_path, "thread-left", executor, 2)
+    assert out.startswith("workon ended") and json.loads(out.removeprefix("workon ended")) == {"completed": BUDGET}
+    said = sum(int(count) for count in re.findall(r"the objective left (\d+) thread\(s\) running \(left-behind", err))
+    assert said == BUDGET, f"the workers did not say what they left:\n{err[-2000:]}"
+
+
 
 def _fork_inside(leaving: Callable[[], None]) -> int | None:
     """Fork inside :func:`own_process`, the child doing ``leaving``; the child's exit code (``None`` in the child)."""

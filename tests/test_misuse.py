@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 import re
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, ClassVar
 
 import numpy as np
@@ -77,6 +77,12 @@ def test_an_evaluator_that_raises_leaves_no_trial_reserved() -> None:
     assert trial.status is TrialStatus.BROKEN and trial.error["type"] == "RuntimeError"
 
 
+def _holding_itself() -> dict[str, object]:
+    result: dict[str, object] = {"objective": 0.5}
+    result["self"] = result
+    return result
+
+
 def _nested(depth: int) -> object:
     value: object = 1
     for _ in range(depth):
@@ -88,12 +94,15 @@ def _nested(depth: int) -> object:
     (10**400, "an int of 1329 bits; it must be a finite number"),
     ({"objective": 0.5, "count": 10**30}, "result 'count' cannot be stored: it holds an int of 100 bits"),
     ({"objective": 0.5, "curve": _nested(40)}, "nested more than 32 deep"),
+    ({"objective": 0.5, "curve": _nested(5000)}, "nested more than 32 deep"),  # a RecursionError in Orchard
+    (_holding_itself(), "nested more than 32 deep"),
     ({"objective": 0.5, "cost": 10**400}, "result 'cost' cannot be stored"),  # max_cost sums it
     ({"objective": 0.5, "memory_gb": 10**300}, "result 'memory_gb' cannot be stored"),  # a constraint reads it
     # 5 MB of JSON: MongoDB refused it (27 MB of BSON), the pickle file made every worker read it
     ({"objective": 0.5, "loss": 0.1, "curve": [0.5] * 1_000_000},
      "the results take 5 MB as JSON (the largest is 'curve'), more than the 4.19 MB a trial may hold"),
-], ids=["objective", "int", "depth", "cost", "constraint", "size"])
+], ids=["objective", "int", "depth", "depth beyond recursion", "holding itself", "cost", "constraint",
+        "size"])
 def test_a_result_the_storage_cannot_hold_breaks_the_trial_and_the_worker_goes_on(tmp_path, result, words) -> None:
     exp = orchard.build_experiment("unholdable", space=SPACE, max_trials=3, max_broken=2, stop={"max_cost": 5.0},
                                    constraints=["memory_gb <= 16"], storage=str(tmp_path / "db.pkl"))
@@ -342,7 +351,8 @@ class _TensorLike:
 
 @pytest.mark.parametrize("result", [
     np.array(0.25), _TensorLike(0.25), {"objective": np.array(0.25), "accuracy": np.array(0.9)},
-], ids=["0-d array", "tensor", "mapping of 0-d arrays"])
+    _TensorLike(np.float32(0.25)),  # type: ignore[arg-type]
+], ids=["0-d array", "tensor", "mapping of 0-d arrays", "tensor of a numpy scalar"])
 def test_an_objective_returning_what_report_takes_completes(result: object) -> None:
     def train(x: float) -> object:
         orchard.report(result["objective"] if isinstance(result, dict) else result, 1)  # accepted here...
@@ -355,12 +365,14 @@ def test_an_objective_returning_what_report_takes_completes(result: object) -> N
     assert trial.results == ({"accuracy": 0.9} if isinstance(result, dict) else {})
 
 
-def test_several_objectives_may_be_0d_arrays() -> None:
+@pytest.mark.parametrize("one_value", [np.array, _TensorLike], ids=["0-d arrays", "tensors"])
+def test_several_objectives_may_be_0d_arrays_or_tensors(one_value: Callable[[float], object]) -> None:
+    """As orchard.report({"error": loss, ...}) takes them: a loss tensor returned as it is."""
     exp = orchard.build_experiment("tensor-objectives", space=SPACE, objectives={"error": "min", "size": "max"},
                                    max_trials=1, max_broken=1, storage="memory://")
-    exp.workon(lambda x: {"error": np.array(0.25), "size": np.array(3)}, progress=False)
+    exp.workon(lambda x: {"error": one_value(0.25), "size": one_value(3), "note": "kept"}, progress=False)
     (trial,) = exp.fetch_trials()
-    assert trial.status is TrialStatus.COMPLETED and trial.results == {"error": 0.25, "size": 3}
+    assert trial.status is TrialStatus.COMPLETED and trial.results == {"error": 0.25, "size": 3, "note": "kept"}
 
 
 async def _awaited(x: float) -> float:

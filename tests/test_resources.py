@@ -84,6 +84,24 @@ def test_devices_are_dealt_round_robin() -> None:
         parse_gpus("0,,1")
 
 
+@pytest.mark.parametrize("gpus", [
+    "cuda:0,cuda:1", ["cuda:0"], "all", [-1], "-1", [0.5], [0, True], "gpu0", [None],
+])
+def test_a_device_cuda_would_not_see_is_refused_instead_of_hiding_every_gpu(gpus: object) -> None:
+    """CUDA_VISIBLE_DEVICES=cuda:0 (or all, -1, 0.5) makes CUDA see no device: the objective would run on the CPU."""
+    with pytest.raises(ConfigurationError, match=r"is not a list of device ids.*index such as 0 or a UUID") as info:
+        parse_gpus(gpus)  # type: ignore[arg-type]
+    assert "\n" not in str(info.value)
+
+
+def test_device_indexes_and_uuids_are_accepted() -> None:
+    assert parse_gpus([0, "1", " 2"]) == ["0", "1", "2"]
+    uuids = "GPU-8932f937-d72c-4106-c12f-20bd9faed9f6,MIG-GPU-8932f937-d72c-4106-c12f-20bd9faed9f6/1/0"
+    assert parse_gpus(uuids) == uuids.split(",")
+    mig = "MIG-c6d4f1ef-42e4-5de3-91c7-45d71c87eb3f"
+    assert parse_gpus([mig]) == [mig]
+
+
 def test_gpus_with_thread_workers_are_refused() -> None:
     exp = orchard.build_experiment("g", space={"x": "uniform(0, 1)"}, storage="memory://", max_trials=2)
     with pytest.raises(ConfigurationError, match="share one environment"):

@@ -40,7 +40,7 @@ from typing import Any
 
 from orchard.errors import ConfigurationError, ExecutorError, OrchardError
 from orchard.executors.capacity import check_capacity, check_n_workers, counted_as
-from orchard.forks import end_children_at_exit
+from orchard.forks import end_children_at_exit, outlive_threads_at_exit
 from orchard.interruption import deferred, pool_handlers
 
 __all__ = ["EXECUTORS", "InlineExecutor", "is_dask_client", "make_executor", "outlasts_workon",
@@ -68,7 +68,10 @@ def _loky(n_workers: int, config: Mapping[str, Any]) -> Iterator[Executor]:
     with deferred():
         from joblib.externals.loky import get_reusable_executor
 
-        pool = get_reusable_executor(max_workers=n_workers, **_watching_their_parent(config))
+        try:
+            pool = get_reusable_executor(max_workers=n_workers, **_watching_their_parent(config))
+        except (TypeError, ValueError) as err:
+            raise _pool_refused("joblib", "get_reusable_executor", err) from err
     yield pool
 
 
@@ -98,7 +101,8 @@ def _stop_when_orphaned(parent: int, initializer: Callable[..., object] | None, 
     stops a running worker loop as an interruption does (its trial is given back;
     copies are ignored while it does); one after the loop has ended ends the idle
     process. The multiprocessing children an objective left running end as the process exits
-    (:func:`~orchard.forks.end_children_at_exit`), not hold the pool's shutdown for ever; and in
+    (:func:`~orchard.forks.end_children_at_exit`), not hold the pool's shutdown for ever, nor do
+    its threads (:func:`~orchard.forks.outlive_threads_at_exit`); and in
     a loky process, ``multiprocessing.Process`` starts processes with this platform's default
     method again (loky's own, which loky sets there, fails with "'Process' object has no attribute 'env'").
     Runs the user's own ``initializer`` after.
@@ -112,6 +116,7 @@ def _stop_when_orphaned(parent: int, initializer: Callable[..., object] | None, 
 
     pool_handlers()  # not the caller's, inherited through fork: each worker loop installs its own
     end_children_at_exit()
+    outlive_threads_at_exit()
     if multiprocessing.get_start_method(allow_none=True) == "loky":  # loky's, which multiprocessing.Process cannot use
         multiprocessing.set_start_method(None, force=True)  # the objective's processes start as they would at home
     if os.getppid() == parent:
@@ -131,10 +136,23 @@ def _watching_their_parent(config: Mapping[str, Any]) -> dict[str, Any]:
 @contextlib.contextmanager
 def _process(n_workers: int, config: Mapping[str, Any]) -> Iterator[Executor]:
     options = dict(config)
-    if "mp_context" not in options:
-        options["mp_context"] = _fork_context()
-    with ProcessPoolExecutor(max_workers=n_workers, **_watching_their_parent(options)) as pool:
+    try:
+        if "mp_context" not in options:
+            options["mp_context"] = _fork_context()
+        elif isinstance(options["mp_context"], str):  # a start method's name, as multiprocessing takes it
+            options["mp_context"] = multiprocessing.get_context(options["mp_context"])
+        pool = ProcessPoolExecutor(max_workers=n_workers, **_watching_their_parent(options))
+    except (TypeError, ValueError, AttributeError) as err:  # AttributeError: an mp_context that is no context
+        raise _pool_refused("process", "ProcessPoolExecutor", err) from err
+    with pool:
         yield pool
+
+
+def _pool_refused(executor: str, taker: str, err: Exception) -> ConfigurationError:
+    """The local pool ``taker`` of ``executor`` refused the options of executor_config."""
+    return ConfigurationError(
+        f"executor {executor!r}: {taker} refused executor_config ({type(err).__name__}: {err}); give it "
+        f"{taker}'s own options, but max_workers: n_workers gives max_workers")
 
 
 @contextlib.contextmanager

@@ -1,0 +1,54 @@
+"""Ask and tell in one process: which worker holds each trial suggested, whichever handle asked.
+
+Each :class:`~orchard.experiment.Experiment` handle asks through a worker of its
+own, which reserves the trial under its name and heartbeats it until it is
+observed or released. A suggested trial is this process's, not the handle's:
+a notebook cell that builds the experiment again before the result comes in
+makes a new handle, and its ``observe`` would otherwise be refused (the
+reservation is the old worker's) while the old worker kept heartbeating the
+trial for as long as the kernel ran. So the worker that holds each trial
+suggested and not yet observed or released is kept here, and any handle
+records, judges or releases the trial through it::
+
+    old = build_experiment("e", ...)    trial = old.suggest()     held[trial.id] = old's worker
+    new = build_experiment("e", ...)    new.observe(trial, 0.5)   old's worker records it, and forgets it
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from orchard.objective import Outcome
+from orchard.storages import BaseStorage
+from orchard.trial import Trial
+from orchard.worker import Worker, WorkerSettings
+
+__all__ = ["holder", "new_client", "suggested"]
+
+#: Trial id -> the worker of this process that suggested it, until it is observed or released.
+_HELD: dict[str, Worker] = {}
+
+
+def new_client(storage: BaseStorage, experiment_id: str, settings: WorkerSettings, label: str) -> Worker:
+    """A handle's ask-and-tell worker: the caller evaluates; what it never observes goes back at exit."""
+    worker = Worker(storage, experiment_id, settings, evaluate=_told_later, label=label)
+    worker.pacemaker.release_at_exit()
+    return worker
+
+
+def suggested(worker: Worker) -> Trial:
+    """Reserve a trial through ``worker`` without waiting, and remember that ``worker`` holds it."""
+    trial = worker.next_trial(timeout=0)
+    _HELD[trial.id] = worker
+    return trial
+
+
+def holder(trial: Trial, own: Callable[[], Worker], ending: bool = False) -> Worker:
+    """The worker of this process that holds ``trial`` (``own()`` if none does); ``ending`` forgets it."""
+    held = _HELD.pop(trial.id, None) if ending else _HELD.get(trial.id)
+    return own() if held is None else held
+
+
+def _told_later(trial: Trial) -> Outcome:
+    """The ask-and-tell client's evaluator: the caller evaluates and calls ``observe``."""
+    raise AssertionError("an ask-and-tell worker never evaluates")
