@@ -202,6 +202,21 @@ def check_objective(fn: object, names: Iterable[str]) -> None:
         ) from None
 
 
+def _listed(value: Any) -> Any:
+    """An array or tensor of several values (a metric per class, a curve) as its nested list; else ``value``.
+
+    Duck-typed on ``.tolist()`` (numpy arrays, PyTorch tensors), after :func:`~orchard.report.plain` took
+    one-value ones: the trial keeps its objective instead of breaking on a metric that is not JSON data.
+    """
+    tolist = getattr(value, "tolist", None)
+    if not callable(tolist) or isinstance(value, (list, dict, str, bytes)):
+        return value
+    try:
+        return tolist()
+    except Exception:  # noqa: BLE001 -- a foreign tolist(): left to the checks, which name the value
+        return value
+
+
 def interpret_result(value: Any) -> Outcome:
     """Turn what an objective returned into an :class:`Outcome`.
 
@@ -214,7 +229,7 @@ def interpret_result(value: Any) -> Outcome:
     original = value
     if isinstance(value, Mapping):
         try:
-            results = {str(k): to_builtin(plain(v)) for k, v in value.items() if k != "objective"}  # tensors
+            results = {str(k): to_builtin(_listed(plain(v))) for k, v in value.items() if k != "objective"}
         except RecursionError:  # a result that holds itself, or lists thousands deep
             return Outcome.failure("InvalidResult", "the results cannot be stored: they are nested more than "
                                    f"{MAX_RESULT_DEPTH} deep (or hold themselves); {_STORABLE}",

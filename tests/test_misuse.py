@@ -375,6 +375,27 @@ def test_several_objectives_may_be_0d_arrays_or_tensors(one_value: Callable[[flo
     assert trial.status is TrialStatus.COMPLETED and trial.results == {"error": 0.25, "size": 3, "note": "kept"}
 
 
+class _Tensor(_TensorLike):
+    """A tensor of several values: ``item()`` refuses it, ``tolist()`` gives them (as PyTorch's)."""
+
+    def item(self) -> float:
+        raise ValueError("only one element tensors can be converted to Python scalars")
+
+    def tolist(self) -> list[float]:
+        return [self.value, self.value]
+
+
+def test_a_metric_of_several_values_is_stored_as_its_list() -> None:
+    """{"objective": loss, "per_class": np.array([...])} broke the trial (not JSON data): the loss was lost."""
+    metrics = {"per_class": np.array([0.5, 0.75]), "confusion": np.array([[3, 1], [0, 4]], dtype=np.int64),
+               "curve": _Tensor(0.5)}
+    exp = orchard.build_experiment("arrays", space=SPACE, max_trials=1, max_broken=1, storage="memory://")
+    exp.workon(lambda x: {"objective": 0.25, **metrics}, progress=False)
+    (trial,) = exp.fetch_trials()
+    assert trial.status is TrialStatus.COMPLETED and trial.objective == 0.25
+    assert trial.results == {"per_class": [0.5, 0.75], "confusion": [[3, 1], [0, 4]], "curve": [0.5, 0.5]}
+
+
 async def _awaited(x: float) -> float:
     return x
 
