@@ -34,7 +34,7 @@ from orchard.current import CurrentTrial, current_trial, evaluating
 from orchard.errors import ConfigurationError, Interrupted
 from orchard.forks import own_process
 from orchard.isolation import ForkedCall, Stopped, call_spawned, hold_group, kill_tree
-from orchard.report import TrialPruned, plain, reporting_to, shown
+from orchard.report import TrialPruned, listed, plain, reporting_to, shown
 from orchard.resources import format_bytes
 from orchard.space import to_builtin
 from orchard.storages.values import int_fits
@@ -202,21 +202,6 @@ def check_objective(fn: object, names: Iterable[str]) -> None:
         ) from None
 
 
-def _listed(value: Any) -> Any:
-    """An array or tensor of several values (a metric per class, a curve) as its nested list; else ``value``.
-
-    Duck-typed on ``.tolist()`` (numpy arrays, PyTorch tensors), after :func:`~orchard.report.plain` took
-    one-value ones: the trial keeps its objective instead of breaking on a metric that is not JSON data.
-    """
-    tolist = getattr(value, "tolist", None)
-    if not callable(tolist) or isinstance(value, (list, dict, str, bytes)):
-        return value
-    try:
-        return tolist()
-    except Exception:  # noqa: BLE001 -- a foreign tolist(): left to the checks, which name the value
-        return value
-
-
 def interpret_result(value: Any) -> Outcome:
     """Turn what an objective returned into an :class:`Outcome`.
 
@@ -229,7 +214,7 @@ def interpret_result(value: Any) -> Outcome:
     original = value
     if isinstance(value, Mapping):
         try:
-            results = {str(k): to_builtin(_listed(plain(v))) for k, v in value.items() if k != "objective"}
+            results = {str(k): to_builtin(listed(plain(v))) for k, v in value.items() if k != "objective"}
         except RecursionError:  # a result that holds itself, or lists thousands deep
             return Outcome.failure("InvalidResult", "the results cannot be stored: they are nested more than "
                                    f"{MAX_RESULT_DEPTH} deep (or hold themselves); {_STORABLE}",

@@ -58,6 +58,7 @@ __all__ = [
     "Reported",
     "TrialPruned",
     "check_report",
+    "listed",
     "open_regular",
     "plain",
     "read_at_most",
@@ -244,7 +245,7 @@ def _write(results: Mapping[str, Any], caller: str) -> None:
             f"{RESULTS_ENV} is not set: {caller} only works inside a trial started by "
             "'orchard hunt'; run your script through it"
         )
-    replace_file(path, json.dumps({str(k): plain(v) for k, v in results.items()}))  # fails before touching files
+    replace_file(path, json.dumps({str(k): listed(plain(v)) for k, v in results.items()}))  # fails before writing
 
 
 def replace_file(path: str, text: str) -> None:
@@ -295,6 +296,21 @@ def read_at_most(handle: IO[AnyStr], limit: int) -> AnyStr | None:
         return None
     data = handle.read(limit + 1)
     return None if len(data) > limit else data
+
+
+def listed(value: Any) -> Any:
+    """An array or tensor of several values (a metric per class, a curve) as its nested list; else ``value``.
+
+    Duck-typed on ``.tolist()`` (numpy arrays, PyTorch tensors); apply it after :func:`plain`, which takes
+    one-value ones: a metric like that is JSON data, not a reason to lose the trial's objective.
+    """
+    tolist = getattr(value, "tolist", None)
+    if not callable(tolist) or isinstance(value, (list, dict, str, bytes)):
+        return value
+    try:
+        return tolist()
+    except Exception:  # noqa: BLE001 -- a foreign tolist(): left to the checks, which name the value
+        return value
 
 
 def plain(value: Any) -> Any:

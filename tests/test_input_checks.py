@@ -157,6 +157,17 @@ def test_report_results_of_a_bare_value_says_to_pass_a_dict(results: Any, tmp_pa
     assert "\n" not in message and not (tmp_path / "results.json").exists()
 
 
+def test_a_script_reports_arrays_among_its_results_as_lists(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """report_objective(loss, per_class=np.array([...])) raised "Object of type ndarray is not JSON serializable"
+    (a TypeError the docs do not name) and the script lost its result."""
+    import numpy as np
+
+    monkeypatch.setenv("ORCHARD_RESULTS_PATH", str(tmp_path / "results.json"))
+    orchard.report_objective(np.float32(0.25), per_class=np.array([0.5, 0.75]), epochs=np.int64(3))
+    assert json.loads((tmp_path / "results.json").read_text()) == {"objective": 0.25, "per_class": [0.5, 0.75],
+                                                                    "epochs": 3}
+
+
 def test_results_are_never_written_through_a_link_planted_beside_them(tmp_path: Path,
                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
     """The results file was written through ``results.json.tmp``, a name known in advance: a symbolic link
