@@ -191,8 +191,15 @@ def test_a_loky_worker_killed_while_the_others_report_leaves_no_trial_reserved(
         exp.workon(functools.partial(crashes_one_reporting_worker, folder=str(tmp_path)), n_workers=3,
                    executor="joblib", progress=False)
     trials = exp.fetch_trials()
-    assert len(trials) == 3 and all(t.status is TrialStatus.INTERRUPTED for t in trials), trials
-    assert sorted(t.attempts for t in trials) == [1, 1, 1]
+    assert len(trials) == 3 and all(t.status is TrialStatus.INTERRUPTED for t in trials), _states(trials)
+    assert sorted(t.attempts for t in trials) == [1, 1, 1], _states(trials)
+
+
+def _states(trials: list[Trial]) -> str:
+    """Each trial's status, attempts, worker, heartbeat and report count, one short line each (a trial's
+    repr holds every report)."""
+    return "".join(f"\n  {t.id[:8]} {t.status.value} attempts={t.attempts} worker={t.worker} heartbeat={t.heartbeat} "
+                   f"reports={len(t.reports)}" for t in trials)
 
 
 MAIN_SCRIPT = """
