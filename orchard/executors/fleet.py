@@ -277,6 +277,6 @@ class Fleet:
                 verb = "broke" if trial.status is TrialStatus.BROKEN else "took back"
                 log.warning("%s trial %s: its worker's process died under it (attempt %d of %d)",
                             verb, trial.id, trial.attempts, self.max_attempts)
-            if not leases:
+            held = [trial for trial in self._held(ended) if trial.id in leases] if leases else []
+            if not held:
                 return
-            held = [trial for trial in self._held(ended) if trial.id in leases]
