@@ -150,11 +150,11 @@ def test_asha_checkpoint_example_resumes_parents_under_workon(tmp_path: Path) ->
 @pytest.mark.slow
 def test_asha_checkpoint_example_runs_under_orchard_hunt(tmp_path: Path) -> None:
     storage = str(tmp_path / "hunt.pkl")
-    run([orchard_cli(), "hunt", "-n", "digits", "--storage", storage, "--max-trials", "10",
+    run([orchard_cli(), "hunt", "-n", "digits", "--storage", storage, "--max-trials", "6",
          "--algorithm", "asha", sys.executable, str(EXAMPLES / "asha_checkpoint.py"),
          "--lr~loguniform(1e-4, 1e-1)", "--alpha~loguniform(1e-6, 1e-2)", "--epochs~fidelity(1, 9, base=3)"],
         tmp_path)
-    assert completed("digits", storage) == 10
+    assert completed("digits", storage) == 6
     trials = orchard.get_experiment("digits", storage=storage).fetch_trials()
     assert any(t.parent is not None for t in trials)
 

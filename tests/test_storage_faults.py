@@ -129,10 +129,11 @@ def test_a_frozen_server_is_an_outage_the_calls_give_up_on_and_the_worker_rides_
     """SIGSTOP: the server keeps its connections open and answers nothing. A call waited for it to wake
     (no timeout on a reply; pymongo's monitor, which interrupts calls once its heartbeat times out on
     pymongo 4.7 and later, looks once in 5 minutes here, as a URI may ask): it returned when the server
-    woke, 80 s later. Now each try gives up after 20 s (socketTimeoutMS), and one call makes up to 3:
+    woke. Now each try gives up after socketTimeoutMS (20 s by default, which tests/test_mongodb.py checks;
+    5 s here, as a URI may set it, to freeze the server for 30 s rather than 80), and one call makes up to 3:
     the command, its retry, and the retry's new connection's handshake."""
     with WireServer(tmp_path, durable=True) as server:
-        uri = with_database(server.uri, "frozen") + "?heartbeatFrequencyMS=300000"
+        uri = with_database(server.uri, "frozen") + "?heartbeatFrequencyMS=300000&socketTimeoutMS=5000"
         worker = spawn(uri, "frozen", "steady", max_trials=4, heartbeat=10.0)
 
         def running() -> bool:
@@ -158,13 +159,13 @@ def test_a_frozen_server_is_an_outage_the_calls_give_up_on_and_the_worker_rides_
         try:
             calling = threading.Thread(target=call)
             calling.start()
-            time.sleep(80)  # the freeze: longer than the 3 tries of one call of the worker's, so one fails
+            time.sleep(30)  # the freeze: longer than the 3 tries of one call of the worker's, so one fails
         finally:
             server.pause(False)
         calling.join(30)
         [(took, error)] = outcome
         assert error is not None and "lost MongoDB" in str(error), f"returned after {took:.1f} s: {error}"
-        assert took < 75, f"a call to the frozen server gave up after {took:.1f} s (3 tries of 20 s at most)"
+        assert took < 25, f"a call to the frozen server gave up after {took:.1f} s (3 tries of 5 s at most)"
         assert_finished_normally(worker, timeout=120)
         trials = trials_of(uri, "frozen")
     assert [(t.status, t.attempts) for t in trials] == [(TrialStatus.COMPLETED, 1)] * 4

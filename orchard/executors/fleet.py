@@ -24,7 +24,8 @@ trials themselves and only the dead worker's trial counts an attempt; loky
 that keeps killing its worker is therefore broken after ``max_attempts``
 runs, never handed out for ever. A broken pool is shut down before its trials are looked
 at: loky fails the futures before it kills the other workers, whose reports and heartbeats would
-otherwise move the leases being taken back.
+otherwise move the leases being taken back. A write a killed worker sent just before it died can
+still reach a MongoDB server after the leases were read: a lease it moved is read again.
 """
 
 from __future__ import annotations
@@ -56,6 +57,10 @@ log = logging.getLogger(__name__)
 
 #: Seconds between two wake-ups of the thread waiting for the loops (so that it handles a signal).
 _WAKE = 0.5
+
+#: How many times a take-back reads again the leases that writes of dead workers moved after its read: a dead
+#: worker left at most one write on the way per thread of it that writes (its evaluation's reports, its pacemaker).
+_LATE_WRITES = 3
 
 
 class Fleet:
@@ -214,7 +219,7 @@ class Fleet:
             if isinstance(error, Interrupted):
                 self._give_back(held, error)
             elif not isinstance(error, KeyboardInterrupt):
-                self._take_back(held)
+                self._take_back(held, ended)
         except StorageError as err:  # their leases run out instead
             log.warning("could not give back the trials of workers that ended: %s", err)
 
@@ -259,9 +264,19 @@ class Fleet:
         interruption.released += released
         interruption.kept[:] = dict.fromkeys([*(tid for tid in interruption.kept if tid not in released), *kept])
 
-    def _take_back(self, held: list[Trial]) -> None:
-        leases = {trial.id: trial.lease for trial in held if trial.lease is not None}
-        for trial in self.storage.release_lost(self.experiment_id, leases, self.max_attempts):
-            verb = "broke" if trial.status is TrialStatus.BROKEN else "took back"
-            log.warning("%s trial %s: its worker's process died under it (attempt %d of %d)",
-                        verb, trial.id, trial.attempts, self.max_attempts)
+    def _take_back(self, held: list[Trial], ended: set[str]) -> None:
+        """Take back what ended loops hold, each trial conditional on the lease read.
+
+        A write a worker sent before its process died can still reach the storage after the read (a report,
+        a heartbeat on its way to a MongoDB server): the leases such writes moved are read again.
+        """
+        for _ in range(_LATE_WRITES + 1):
+            leases = {trial.id: trial.lease for trial in held if trial.lease is not None}
+            for trial in self.storage.release_lost(self.experiment_id, leases, self.max_attempts):
+                leases.pop(trial.id)
+                verb = "broke" if trial.status is TrialStatus.BROKEN else "took back"
+                log.warning("%s trial %s: its worker's process died under it (attempt %d of %d)",
+                            verb, trial.id, trial.attempts, self.max_attempts)
+            held = [trial for trial in self._held(ended) if trial.id in leases] if leases else []
+            if not held:
+                return
