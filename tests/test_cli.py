@@ -241,6 +241,16 @@ def test_hunt_reads_settings_from_a_config_file(workdir: Path) -> None:
     assert len(experiment.fetch_trials([TrialStatus.COMPLETED])) == 3
 
 
+def test_hunt_takes_the_whole_space_from_a_config_file(workdir: Path) -> None:
+    # docs/cli.md: "orchard hunt --config lr-search.yaml python train.py", the command holding no
+    # dimension; it was refused with "the search space is empty".
+    (workdir / "exp.yaml").write_text("name: spacefile\nmax_trials: 2\nspace:\n  x: uniform(0, 1)\n")
+    assert main(["hunt", "--config", "exp.yaml", "--storage", "orchard.pkl", sys.executable, "train.py"]) == 0
+    experiment = orchard.get_experiment("spacefile", storage="orchard.pkl")
+    assert set(experiment.space) == {"x"}
+    assert len(experiment.fetch_trials([TrialStatus.COMPLETED])) == 2
+
+
 def test_failing_script_breaks_trials_and_stops_at_max_broken(workdir: Path) -> None:
     proc = cli("hunt", "-n", "e", "--max-trials", "5", "--max-broken", "2", *train("--mode=fail"),
                cwd=workdir)

@@ -223,6 +223,18 @@ def test_png_is_a_valid_image(experiment: Any, kind: str, tmp_path: Path) -> Non
 
 
 @pytest.mark.parametrize("suffix", [".html", ".png"])
+def test_a_saved_plot_has_the_mode_the_umask_gives(tmp_path: Path, suffix: str) -> None:
+    # orchard plot -o regret.html wrote a file of mode 0600 (tempfile.mkstemp's) under umask 022
+    mask = os.umask(0o022)
+    try:
+        out = plotting.save(plotting.regret([], "exp"), tmp_path / f"plot{suffix}")
+    finally:
+        os.umask(mask)
+    assert out.stat().st_mode & 0o777 == 0o644
+    assert [p.name for p in tmp_path.iterdir()] == [out.name]
+
+
+@pytest.mark.parametrize("suffix", [".html", ".png"])
 @pytest.mark.parametrize("kind", KINDS)
 def test_empty_experiment_still_gives_a_figure(tmp_path: Path, kind: str, suffix: str) -> None:
     exp = orchard.build_experiment("empty", space=SPACE, storage=storage_uri(tmp_path))

@@ -194,7 +194,10 @@ def _check_file_space(template: CommandTemplate, file_space: Mapping[str, str], 
         given = Space.from_config(file_space)
     except SpaceError as err:
         raise SpaceError(f"{err} (in {where})") from None
-    command = Space.from_config({name: template.space[name] for name in given if name in template.space})
+    both = {name: template.space[name] for name in given if name in template.space}
+    if not both:  # the command holds none of the file's dimensions: nothing to compare
+        return
+    command = Space.from_config(both)
     for name in command:
         if command[name] != given[name]:
             raise SpaceError(f"dimension {name!r} is {command[name]} in the command but {given[name]} in {where}; "

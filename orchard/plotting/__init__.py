@@ -26,7 +26,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import os
-import tempfile
+import secrets
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
@@ -199,11 +199,12 @@ def save(figure: Figure, path: str | os.PathLike[str]) -> Path:
     render = FORMATS[out.suffix.lower()]
     # a short name of its own (out's name plus a mark could pass the longest name the file system takes),
     # unpredictable and created exclusively: a link planted at a name known in advance is never written through
+    # (tempfile.mkstemp would make it 0600: the plot is then readable by its owner only, whatever the umask)
     tmp: Path | None = None
     try:
-        fd, name = tempfile.mkstemp(dir=out.parent, prefix=".orchard-plot.", suffix=f".tmp{out.suffix}")
-        os.close(fd)
-        tmp = Path(name)
+        name = out.parent / f".orchard-plot.{secrets.token_hex(8)}.tmp{out.suffix}"
+        os.close(os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+        tmp = name
         render(figure, tmp)
         os.replace(tmp, out)
     except OSError as err:
