@@ -85,7 +85,8 @@ def main(argv: list[str] | None = None) -> list[orchard.Trial]:
     print(f"{counts['completed']} trials completed and {counts.get('pruned', 0)} pruned in {stats['elapsed']:.1f} s")
     front = sorted(exp.pareto_front(), key=lambda t: t.results["error"])
     volume, reference = exp.hypervolume()
-    print(f"{len(front)} trials on the Pareto front (hypervolume {volume:.4g}, reference {reference}):")
+    print(f"{len(front)} trial{'' if len(front) == 1 else 's'} on the Pareto front (hypervolume {volume:.4g}, "
+          f"reference {reference}):")
     for trial in front:
         r = trial.results
         print(f"  error {r['error']:.4f}  size {r['size_kb']:8.1f} kB  latency {r['latency_ms']:5.1f} ms  "

@@ -119,7 +119,7 @@ def test_sklearn_pareto_example_stops_early_on_both_objectives_and_prints_the_fr
         if trial.verdict is not None:
             assert make_pruner(exp.settings.pruner).recompute(trial.id, Verdict.from_dict(trial.verdict), stored).prune
     front = exp.pareto_front()
-    assert f"{len(front)} trials on the Pareto front" in proc.stdout
+    assert f"{len(front)} trial{'' if len(front) == 1 else 's'} on the Pareto front" in proc.stdout
     goals = exp.settings.objectives or {}
     feasible = [minimized(t.results, goals) for t in exp.fetch_trials() if t.results.get("latency_ms", 99) <= 50]
     assert not any(dominates(v, minimized(t.results, goals)) for t in front for v in feasible)

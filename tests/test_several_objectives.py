@@ -305,7 +305,8 @@ def test_status_and_info_show_the_front_instead_of_a_best_trial(store, capsys) -
     for command in ("status", "info"):
         assert main([command, "-n", "exp", "--storage", store]) == 0
         out = capsys.readouterr().out
-        assert f"{size} trials on the Pareto front" in out and "f1=" in out and "best:" not in out
+        assert f"{size} trial{'' if size == 1 else 's'} on the Pareto front" in out and "f1=" in out
+        assert "best:" not in out
 
 
 def test_cli_insert_prints_the_value_of_one_declared_objective_as_given(tmp_path, capsys) -> None:

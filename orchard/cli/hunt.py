@@ -382,7 +382,8 @@ def _work(experiment: Experiment, template: CommandTemplate, settings: Settings)
     best = ""
     objectives = experiment.settings.objectives
     if objectives is not None and len(objectives) > 1:
-        best = f"; {len(experiment.pareto_front())} trials on the Pareto front (exp.pareto_front())"
+        front = len(experiment.pareto_front())
+        best = f"; {front} trial{'' if front == 1 else 's'} on the Pareto front (exp.pareto_front())"
     elif stats["best_objective"] is not None:  # as the objective returned it: best acc 0.97, not -0.97
         shown = Shown.of(objectives)
         value = shown.value(stats["best_objective"])

@@ -172,7 +172,8 @@ def _shown_best(objective: float, objectives: dict[str, str] | None) -> str:
 def _front_lines(front: list[dict[str, Any]] | None, indent: str, shown: int = 5) -> list[str]:
     if front is None:
         return []
-    lines = [f"{indent}{len(front)} trials on the Pareto front (exp.pareto_front())"]
+    plural = "" if len(front) == 1 else "s"
+    lines = [f"{indent}{len(front)} trial{plural} on the Pareto front (exp.pareto_front())"]
     for entry in front[:shown]:
         values = ", ".join(f"{k}={format_value(v)}" for k, v in entry.items() if k not in ("id", "params"))
         lines.append(f"{indent}  {values} at {format_params(entry['params'])} (trial {entry['id'][:12]})")
