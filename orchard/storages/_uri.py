@@ -28,6 +28,9 @@ def _user_info(uri: str) -> tuple[int, int] | None:
     colon = uri.find(":", start, at)
     if colon >= 0:
         return colon + 1, at
+    escaped = uri.lower().find("%3a", start, at)  # "user:pass" escaped whole (quote_plus): the driver wants a password
+    if escaped >= 0:
+        return escaped + 3, at
     if scheme and "/" not in scheme.group() and start:  # "user:secret@host": read as a scheme "user:"
         return start, at
     return None
