@@ -13,13 +13,16 @@ default; the defaults of experiment settings come from
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-from orchard.errors import ConfigurationError
+from orchard.algorithms import normalize_algorithm_config
+from orchard.constraints import normalize_constraints
+from orchard.errors import ConfigurationError, ExperimentConflictError
 from orchard.experiment_config import (
     EXPERIMENT_RULES,
     ExperimentConfig,
@@ -29,9 +32,12 @@ from orchard.experiment_config import (
     positive_int,
     positive_number,
 )
+from orchard.objectives import normalize_objectives
+from orchard.pruners import normalize_pruner_config
 from orchard.resources import parse_gpus, parse_memory
 from orchard.stopping import normalize_stop
 from orchard.storages import DEFAULT_STORAGE
+from orchard.warm_start import normalize_warm_start
 
 __all__ = [
     "DEFAULTS",
@@ -53,11 +59,14 @@ class Setting:
         rule: casts and checks a value from any source (``None``: taken as given).
         default: the value when no source sets it.
         env: whether ``ORCHARD_<KEY>`` may set it.
+        ambient: whether ``./orchard.yaml`` and ``~/.config/orchard/config.yaml`` may set it
+            (``name`` and ``space`` describe one experiment: only a ``--config`` file gives them).
     """
 
     rule: Rule | None = None
     default: Any = None
     env: bool = True
+    ambient: bool = True
 
 
 def name_or_mapping(value: Any) -> Any:
@@ -112,6 +121,40 @@ def stop_rules(value: Any) -> Any:
     return normalize_stop(value)
 
 
+def checked_by(check: Callable[[Any], Any], parse: Rule | None = None) -> Rule:
+    """``parse``, then ``check`` run on the result, which is kept as given (``None`` passes through).
+
+    So a setting checked fully only where the experiment is built (the algorithm, with its space)
+    is refused at once, its error naming the source (``ORCHARD_ALGORITHM``, a config file).
+    """
+
+    def rule(value: Any) -> Any:
+        value = value if parse is None else parse(value)
+        if value is not None:
+            check(value)
+        return value
+
+    rule.__doc__ = (parse or check).__doc__
+    return rule
+
+
+def storage_location(value: Any) -> Any:
+    """A storage URI or path (opened, and checked further, by :func:`orchard.storages.get_storage`) or a storage."""
+    from orchard.storages import BaseStorage
+
+    if isinstance(value, BaseStorage) or isinstance(value, str) and value.strip():
+        return value
+    raise ValueError("a storage URI or a path ending in .pkl, such as runs/orchard.pkl or mongodb://host/db")
+
+
+def option_mapping(value: Any) -> Any:
+    """A mapping of options, or one written as YAML/JSON text (``'{address: tcp://scheduler:8786}'``)."""
+    value = name_or_mapping(value)
+    if not isinstance(value, Mapping):
+        raise ValueError("a YAML/JSON mapping of options, such as '{address: tcp://scheduler:8786}'")
+    return value
+
+
 def executor_name(value: Any) -> Any:
     """A name of :data:`orchard.executors.EXECUTORS` (checked here: ``hunt`` stored the experiment first)."""
     from orchard.executors import EXECUTORS
@@ -128,25 +171,25 @@ def _experiment(key: str) -> Setting:
 #: Every setting Orchard resolves. ``name``, ``space`` and ``executor_config`` come
 #: only from flags, arguments and config files.
 SETTINGS: dict[str, Setting] = {
-    "name": Setting(optional(str), env=False),  # checked by orchard.naming where it is used
-    "space": Setting(env=False),
-    "storage": Setting(default=DEFAULT_STORAGE),  # a URI, a path or a BaseStorage
-    # the algorithm's name and options are checked when the experiment is built
-    "algorithm": Setting(name_or_mapping, ExperimentConfig.default("algorithm")),
-    # likewise the pruner's (orchard.pruners)
-    "pruner": Setting(name_or_mapping, ExperimentConfig.default("pruner")),
+    "name": Setting(optional(str), env=False, ambient=False),  # checked by orchard.naming where it is used
+    "space": Setting(env=False, ambient=False),
+    "storage": Setting(storage_location, DEFAULT_STORAGE),
+    # the algorithm's name and options; checked again against the space when the experiment is built
+    "algorithm": Setting(checked_by(normalize_algorithm_config, name_or_mapping), ExperimentConfig.default("algorithm")),
+    "pruner": Setting(checked_by(normalize_pruner_config, name_or_mapping), ExperimentConfig.default("pruner")),
     **{key: _experiment(key) for key in EXPERIMENT_RULES},
-    # several objectives and constraints: checked when the experiment is built
-    "objectives": Setting(objective_mapping),
-    "constraints": Setting(expression_list),
+    # several objectives and constraints: checked against each other when the experiment is built
+    "objectives": Setting(checked_by(normalize_objectives, objective_mapping)),
+    "constraints": Setting(checked_by(normalize_constraints, expression_list)),
     "stop": Setting(stop_rules),  # orchard.stopping
-    "warm_start": Setting(env=False),  # sources checked by orchard.warm_start where the experiment is built
+    # sources checked here for their form, against the space where the experiment is built (orchard.warm_start)
+    "warm_start": Setting(checked_by(normalize_warm_start), env=False),
     "idle_timeout": Setting(optional(positive_number)),
     # how long a worker waits for an unreachable storage before it gives up (never less than the lease)
     "storage_patience": Setting(positive_number, 600.0),
     "trial_timeout": Setting(optional(positive_number)),
     "executor": Setting(executor_name, "joblib"),
-    "executor_config": Setting(name_or_mapping, env=False),
+    "executor_config": Setting(option_mapping, env=False),
     "n_workers": Setting(positive_int, 1),
     # resources of the workers: their parsers raise their own one-line ConfigurationError
     "trial_memory_limit": Setting(parse_memory),
@@ -258,6 +301,28 @@ class Settings:
         for key in SETTINGS:
             self.get(key, use_default=False)
 
+    def source(self, key: str, argument: Any = None) -> str:
+        """Where the value of ``key`` comes from (``"ORCHARD_SEED"``, ``"config file F"``, ``"--seed"``);
+        ``""`` for an argument or the default."""
+        found = (source for value, source in self._sources(key, argument, SETTINGS[key]) if value is not None)
+        return next(found, "")
+
+    @contextlib.contextmanager
+    def naming_conflicts(self, arguments: Mapping[str, Any]) -> Iterator[None]:
+        """Name the source of each setting an :class:`ExperimentConflictError` lists, unless given in ``arguments``.
+
+        A joiner refused for ``heartbeat: stored 10 != given 20`` learns the 20 came from
+        ``ORCHARD_HEARTBEAT`` (or a config file), which it may not know it set.
+        """
+        try:
+            yield
+        except ExperimentConflictError as err:
+            named = [f"{key} from {source}" for key in SETTINGS if f"{key}: stored" in str(err)
+                     and (source := self.source(key, arguments.get(key)))]
+            if not named:
+                raise
+            raise ExperimentConflictError(f"{err} (given: {', '.join(named)})") from None
+
     def _sources(self, key: str, argument: Any, setting: Setting) -> Iterator[tuple[Any, str]]:
         """``(value, where it came from)`` in precedence order; files are read only if reached."""
         yield argument, ""
@@ -266,7 +331,7 @@ class Settings:
         if setting.env:
             variable = _ENV_PREFIX + key.upper()
             yield self._environ.get(variable) or None, variable
-        for path in self._files:
+        for path in self._files if setting.ambient else ():
             yield load_config_file(path).get(key), f"config file {path}"
 
 

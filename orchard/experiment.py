@@ -147,7 +147,9 @@ def build_experiment(
         return join_experiment(store, record, wanted_space, wanted_algo, chosen, wanted_pruner, wanted,
                                algorithm_options=algo_options)
 
-    return Experiment(store, patiently(store, open_record))
+    with settings.naming_conflicts({**given, "algorithm": algorithm, "pruner": pruner, "objectives": objectives,
+                                    "constraints": constraints, "stop": stop, "warm_start": warm_start}):
+        return Experiment(store, patiently(store, open_record))
 
 
 def get_experiment(name: str, storage: str | BaseStorage | None = None) -> Experiment:

@@ -28,6 +28,7 @@ from orchard.objectives import normalize_objectives
 from orchard.pruners import normalize_pruner_config
 from orchard.space import Space
 from orchard.stopping import normalize_stop
+from orchard.storages._uri import redact_all
 from orchard.trial import INT_LIMIT
 from orchard.warm_start import normalize_warm_start
 
@@ -158,7 +159,7 @@ def check_setting(key: str, value: Any, rule: Rule, source: str = "") -> Any:
         where = f" (from {source})" if source else ""
         unset = " (or unset)" if _allows_unset(rule) else ""
         raise ConfigurationError(
-            f"invalid setting {key}={value!r}{where}: it must be {err}{unset}; correct it and try again"
+            f"invalid setting {key}={redact_all(value)!r}{where}: it must be {err}{unset}; correct it and try again"
         ) from None
 
 

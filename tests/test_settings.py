@@ -210,3 +210,72 @@ def test_a_bad_stop_rule_names_where_it_was_given(no_ambient: Path, where: str) 
     source = f"config file {path}" if where == "config file" else where
     assert str(info.value) == (f"{source}: invalid stop rule target='abc': it must be a finite number; correct it "
                                "and try again")
+
+
+# -- probe-settings: every source named, ambient files keep to their keys, secrets hidden -----------
+
+
+def test_name_and_space_in_an_ambient_config_file_are_ignored(no_ambient: Path, capsys) -> None:
+    (no_ambient / "train.py").write_text("import orchard, sys; orchard.report_objective(0.0)\n")
+    # docs/cli.md: only a --config file gives name and space; ./orchard.yaml gave both, the space
+    # adding --y=... to every script's arguments
+    (no_ambient / "orchard.yaml").write_text("name: from-file\nspace: {y: 'uniform(0, 1)'}\n")
+    assert main(["hunt", "--max-trials", "1", sys.executable, "train.py", "--x~uniform(0, 1)"]) == 2
+    assert "needs an experiment name" in capsys.readouterr().err
+    assert main(["hunt", "-n", "e", "--max-trials", "1", sys.executable, "train.py", "--x~uniform(0, 1)"]) == 0
+    assert list(orchard.get_experiment("e").space.config()) == ["x"]
+
+
+@pytest.mark.parametrize(("key", "value", "expected"), [
+    ("algorithm", "grdi", "unknown algorithm 'grdi'"),
+    ("algorithm", "{bayes: {xi: 1e-3}}", "bayes option xi must be a number"),  # YAML 1.1 reads 1e-3 as text
+    ("pruner", "medain", "unknown pruner 'medain'"),
+    ("objectives", "error:up", "direction 'up'"),
+    ("constraints", "memory <<= 3", "'memory <<= 3' is not understood"),
+    ("storage", 123, "invalid setting storage=123"),
+])
+def test_a_setting_checked_where_the_experiment_is_built_names_its_source(tmp_path, key, value, expected) -> None:
+    file = tmp_path / "orchard.yaml"
+    file.write_text(f"{key}: {value}\n")
+    sources = [(config.Settings(environ={}, files=[file]), f"config file {file}")]
+    if isinstance(value, str):  # any text is a storage path
+        sources.append((config.Settings(environ={f"ORCHARD_{key.upper()}": value}, files=[]), f"ORCHARD_{key.upper()}"))
+    for settings, source in sources:
+        with pytest.raises(ConfigurationError) as info:
+            settings.check()
+        assert expected in str(info.value) and source in str(info.value)
+
+
+def test_a_storage_of_the_wrong_type_is_refused_without_its_password(tmp_path) -> None:
+    file = tmp_path / "orchard.yaml"
+    file.write_text("storage: [mongodb://bob:hunter2@db-host/orchard]\n")
+    with pytest.raises(ConfigurationError) as info:
+        config.Settings(environ={}, files=[file]).get("storage")
+    assert f"from config file {file}" in str(info.value) and "hunter2" not in str(info.value)
+
+
+def test_a_user_info_escaped_whole_keeps_its_password_hidden(no_ambient: Path, capsys) -> None:
+    # 'bob:hunter2' escaped with quote_plus: the driver finds no password and says so, with the URI
+    uri = "mongodb://bob%3Ahunter2@db-host/orchard"
+    assert main(["--storage", uri, "list"]) == 2
+    err = capsys.readouterr().err
+    assert "A password is required" in err and "hunter2" not in err
+
+
+def test_joining_with_a_different_setting_names_the_source_that_gave_it(no_ambient: Path, monkeypatch) -> None:
+    orchard.build_experiment("e", space=SPACE, heartbeat=10)
+    monkeypatch.setenv("ORCHARD_HEARTBEAT", "20")
+    with pytest.raises(orchard.errors.ExperimentConflictError) as info:
+        orchard.build_experiment("e")
+    assert "heartbeat: stored 10.0 != given 20.0" in str(info.value)
+    assert "(given: heartbeat from ORCHARD_HEARTBEAT)" in str(info.value)
+    (no_ambient / "train.py").write_text("import orchard; orchard.report_objective(0.0)\n")
+    assert main(["hunt", "-n", "e", sys.executable, "train.py", "--x~uniform(0, 1)"]) == 1
+
+
+def test_an_executor_config_that_is_not_a_mapping_is_refused_naming_its_source(no_ambient: Path, capsys) -> None:
+    (no_ambient / "train.py").write_text("import orchard; orchard.report_objective(0.0)\n")
+    (no_ambient / "orchard.yaml").write_text("executor_config: 5\n")  # was dropped without a word (one worker)
+    assert main(["hunt", "-n", "e", "--max-trials", "1", sys.executable, "train.py", "--x~uniform(0, 1)"]) == 2
+    err = capsys.readouterr().err
+    assert "executor_config=5" in err and f"config file {no_ambient / 'orchard.yaml'}" in err

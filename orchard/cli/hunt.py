@@ -248,14 +248,15 @@ def _experiment(name: str, template: CommandTemplate, storage: BaseStorage, sett
         _make_folder(os.path.abspath(working_dir), name)  # before anything is stored with it
 
     new = storage.get_experiment(name) is None
-    experiment = build_experiment(
-        name, space=template.space, algorithm=given("algorithm"),
-        storage=storage, max_trials=given("max_trials"), max_broken=given("max_broken"),
-        max_attempts=given("max_attempts"), heartbeat=given("heartbeat"), seed=given("seed"),
-        working_dir=working_dir, pruner=given("pruner"),
-        objectives=given("objectives"), constraints=given("constraints"), stop=given("stop"),
-        warm_start=given("warm_start"),
-    )
+    with settings.naming_conflicts({}):
+        experiment = build_experiment(
+            name, space=template.space, algorithm=given("algorithm"),
+            storage=storage, max_trials=given("max_trials"), max_broken=given("max_broken"),
+            max_attempts=given("max_attempts"), heartbeat=given("heartbeat"), seed=given("seed"),
+            working_dir=working_dir, pruner=given("pruner"),
+            objectives=given("objectives"), constraints=given("constraints"), stop=given("stop"),
+            warm_start=given("warm_start"),
+        )
     if new:
         _warn_of_similar_names(storage, name)
     return experiment
