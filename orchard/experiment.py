@@ -304,7 +304,7 @@ class Experiment:
         self._raise_worker_failure([e for e in errors if e is not None], str(executor))
         trials = self.fetch_trials()  # one read for the broken check and the stats
         self._raise_if_broken(trials)
-        return self._stats_of(trials)
+        return self.stats_of(trials)
 
     def refresh(self) -> None:
         """Re-read the experiment's stored configuration (e.g. a budget raised elsewhere)."""
@@ -469,10 +469,10 @@ class Experiment:
     def stats(self) -> dict[str, Any]:
         """Counts by status, :attr:`best_trial`'s objective and params, elapsed seconds, trials/s, stopping
         rules (``stop``), ``inserted_apart``: completed trials recorded apart from the budget (in ``completed``)."""
-        return self._stats_of(self.fetch_trials())
+        return self.stats_of(self.fetch_trials())
 
-    def _stats_of(self, trials: list[Trial]) -> dict[str, Any]:
-        """:attr:`stats` of ``trials``, the experiment's trials just read."""
+    def stats_of(self, trials: list[Trial]) -> dict[str, Any]:
+        """:attr:`stats` of ``trials``, the experiment's trials just read (several figures from one read)."""
         counts = {status.value: 0 for status in TrialStatus}
         for trial in trials:
             counts[trial.status.value] += 1

@@ -577,6 +577,31 @@ def test_status_and_info_show_rung_counts(tmp_path: Path, capsys: pytest.Capture
         assert f"1: {rows[0]['completed']} completed" in line and "(by epochs)" in line
 
 
+def test_status_reads_counts_rungs_and_workers_from_one_history(tmp_path: Path,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """Workers finishing trials while ``orchard status`` reads must not make its lines disagree."""
+    from orchard.cli.status import experiment_status
+
+    storage = str(tmp_path / "o.pkl")
+    run_small_asha(storage)
+    exp = orchard.build_experiment("mf", storage=storage, max_trials=60)
+    real, racing = exp.fetch_trials, [False]
+
+    def read_while_a_worker_races(*args: Any, **kwargs: Any) -> Any:
+        if not racing[0]:  # a worker completes a trial and reserves the next before each read
+            racing[0] = True
+            exp.observe(exp.suggest(), 0.5)
+            exp.suggest()
+            racing[0] = False
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(exp, "fetch_trials", read_while_a_worker_races)
+    status = experiment_status(exp)
+    rows = status["rungs"]["rungs"]
+    assert sum(r["completed"] for r in rows) == status["counts"]["completed"]
+    assert sum(r["pending"] for r in rows) == status["counts"]["reserved"] == len(status["workers"])
+
+
 def test_rungs_plot_draws_promotions_as_lines(tmp_path: Path) -> None:
     exp = run_small_asha(str(tmp_path / "o.pkl"))
     trials = exp.fetch_trials()
