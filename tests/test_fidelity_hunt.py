@@ -126,3 +126,20 @@ def test_a_worker_killed_mid_promotion_is_reported_as_such_and_the_hunt_resumes(
     assert sorted(t.status.value for t in trials) == ["completed"] * 12
     parents = [t.parent for t in trials if t.parent is not None]
     assert parents and len(parents) == len(set(parents))
+
+
+def test_a_worker_with_its_own_working_dir_finds_the_parents_checkpoint(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """ORCHARD_PARENT_WORKING_DIR named this worker's --working-dir/PARENT_ID, a folder that never existed."""
+    (tmp_path / "resume.py").write_text(RESUME)
+    monkeypatch.chdir(tmp_path)
+    for key in [k for k in os.environ if k.startswith("ORCHARD_")]:
+        monkeypatch.delenv(key)
+    command = [sys.executable, "resume.py", "--x~uniform(0, 1)", "--epochs~fidelity(1, 9, base=3)",
+               "--parent-dir={trial.parent_working_dir}"]
+    first = ["--max-trials", "3", "--working-dir", "created", "--algorithm",
+             "{asha: {sampler: random, rule: promotion}}"]  # 3 new points: the 4th trial is a promotion
+    assert main(["hunt", "-n", "mf", "--storage", "orchard.pkl", *first, *command]) == 0
+    assert main(["hunt", "-n", "mf", "--storage", "orchard.pkl", "--max-trials", "4", "--max-broken", "1",
+                 "--working-dir", "joined", *command]) == 0
+    assert_every_promotion_resumed(orchard.get_experiment("mf", storage="orchard.pkl"), 4)
