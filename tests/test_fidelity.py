@@ -669,6 +669,18 @@ def test_bohb_style_sampler_runs_a_whole_experiment() -> None:
     assert any(t.parent is not None for t in trials)
 
 
+def test_joining_with_another_asha_option_names_that_option(tmp_path: Path) -> None:
+    """The refusal printed both whole configurations (746 characters) for one changed option."""
+    storage, space = str(tmp_path / "o.pkl"), {"x": "uniform(0, 1)", "epochs": "fidelity(1, 27)"}
+    orchard.build_experiment("mf", space=space, algorithm="asha", storage=storage)
+    with pytest.raises(orchard.ExperimentConflictError) as refused:
+        orchard.build_experiment("mf", space=space, algorithm={"asha": {"num_rungs": 2}}, storage=storage)
+    assert "algorithm asha option num_rungs: stored None != given 2" in str(refused.value)
+    assert "sampler" not in str(refused.value)
+    with pytest.raises(orchard.ExperimentConflictError, match="algorithm: stored asha != given hyperband"):
+        orchard.build_experiment("mf", space=space, algorithm="hyperband", storage=storage)
+
+
 def test_an_experiment_whose_algorithm_needs_a_fidelity_is_refused_before_it_is_stored() -> None:
     with pytest.raises(ConfigurationError, match="algorithm 'asha' needs a fidelity dimension"):
         orchard.build_experiment("nofid", space={"x": "uniform(0, 1)"}, algorithm="asha", storage="memory://")
