@@ -36,6 +36,7 @@ from orchard.pruners import check_objectives, normalize_pruner_config
 from orchard.recording import budget_held, budget_to_give, queue_trial, record_evaluation, warn_if_budget_met
 from orchard.report import TrialPruned, check_report
 from orchard.resources import assign_devices, parse_gpus, parse_memory
+from orchard.runner import ScriptRunner
 from orchard.space import Space
 from orchard.stopping import normalize_stop, stop_summary
 from orchard.storages import BaseStorage, get_storage
@@ -303,28 +304,30 @@ class Experiment:
         with interruptible(), monitor, fleet, pool_manager as pool:
             errors = fleet.run(pool, reachable=reaches_local_processes(executor) or shares_environment(
                 executor, executor_config), lasting=outlasts_workon(executor, executor_config))
-        self._raise_worker_failure([e for e in errors if e is not None], str(executor))
+        isolated = trial_timeout is not None or memory_limit is not None or isinstance(fn, ScriptRunner)
+        self._raise_worker_failure([e for e in errors if e is not None], str(executor), isolated)
         trials = self.fetch_trials()  # one read for the broken check and the stats
         self._raise_if_broken(trials)
-        return self._stats_of(trials)
+        return self.stats_of(trials)
 
     def refresh(self) -> None:
         """Re-read the experiment's stored configuration (e.g. a budget raised elsewhere)."""
         self._record = self.storage.require_experiment(self.name)
         self._settings = None
 
-    def _raise_worker_failure(self, failures: list[BaseException], executor: str) -> None:
+    def _raise_worker_failure(self, failures: list[BaseException], executor: str, isolated: bool) -> None:
         if not failures:
             return
         err = failures[0]
         if isinstance(err, (OrchardError, KeyboardInterrupt)):  # objectives raising KeyboardInterrupt: all released
             raise err.joined(failures[1:]) if isinstance(err, Interrupted) else err
         summary = (str(err).strip().splitlines() or [""])[0].rstrip(".")
-        raise ExecutorError(
-            f"a worker of experiment {self.name!r} died under executor {executor!r}: "
-            f"{type(err).__name__}: {summary}. If the objective crashed its process (segfault, out of "
-            "memory, os._exit), run it with trial_timeout=... so it runs in a child process"
-        ) from err
+        hint = ("Its evaluations ran in child processes, so the worker's own process was killed (kill -9, the "
+                "out-of-memory killer); its trials were given back: run again to resume" if isolated else
+                "If the objective crashed its process (segfault, out of memory, os._exit), run it with "
+                "trial_timeout=... so it runs in a child process")
+        raise ExecutorError(f"a worker of experiment {self.name!r} died under executor {executor!r}: "
+                            f"{type(err).__name__}: {summary}. {hint}") from err
 
     @staticmethod
     def _seeded(settings: WorkerSettings, index: int) -> WorkerSettings:
@@ -471,10 +474,10 @@ class Experiment:
     def stats(self) -> dict[str, Any]:
         """Counts by status, :attr:`best_trial`'s objective and params, elapsed seconds, trials/s, stopping
         rules (``stop``), ``inserted_apart``: completed trials recorded apart from the budget (in ``completed``)."""
-        return self._stats_of(self.fetch_trials())
+        return self.stats_of(self.fetch_trials())
 
-    def _stats_of(self, trials: list[Trial]) -> dict[str, Any]:
-        """:attr:`stats` of ``trials``, the experiment's trials just read."""
+    def stats_of(self, trials: list[Trial]) -> dict[str, Any]:
+        """:attr:`stats` of ``trials``, the experiment's trials just read (several figures from one read)."""
         counts = {status.value: 0 for status in TrialStatus}
         for trial in trials:
             counts[trial.status.value] += 1

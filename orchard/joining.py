@@ -59,8 +59,8 @@ def join_experiment(
     problems: list[str] = []
     if space is not None:
         problems += [f"space {line}" for line in stored.space.diff(space)]
-    if algorithm is not None and _algorithm_differs(stored.algorithm, algorithm, algorithm_options):
-        problems.append(f"algorithm: stored {stored.algorithm} != given {algorithm}")
+    if algorithm is not None:
+        problems += _algorithm_differences(stored.algorithm, algorithm, algorithm_options)
     if pruner is not None and pruner != stored.pruner:
         problems.append(f"pruner: stored {stored.pruner} != given {pruner}")
     for key, value in (goals or {}).items():
@@ -94,12 +94,17 @@ _RAISABLE = ("max_trials", "max_broken", "max_attempts")
 _FIXED = ("seed", "heartbeat")
 
 
-def _algorithm_differs(stored: Mapping[str, Any], given: Mapping[str, Any], options: frozenset[str] | None) -> bool:
-    """Whether a normalized ``given`` algorithm differs from the ``stored`` one in a name or a set option."""
-    if options is None or stored.keys() != given.keys():
-        return stored != given
+def _algorithm_differences(stored: Mapping[str, Any], given: Mapping[str, Any],
+                           options: frozenset[str] | None) -> list[str]:
+    """How a normalized ``given`` algorithm differs from the ``stored`` one: its name, or each option set
+    (``options``; ``None``: every option) to another value, named (the whole configurations ran to 700
+    characters, and the user had to find the one option that differed)."""
+    if stored.keys() != given.keys():
+        return [f"algorithm: stored {', '.join(stored)} != given {', '.join(given)}"]
     ((name, wanted),) = given.items()
-    return any(stored[name].get(key) != wanted[key] for key in options)
+    keys = sorted(wanted.keys() | stored[name].keys()) if options is None else sorted(options)
+    return [f"algorithm {name} option {key}: stored {stored[name].get(key)!r} != given {wanted.get(key)!r}"
+            for key in keys if stored[name].get(key) != wanted.get(key)]
 
 
 def patiently(store: BaseStorage, join: Callable[[], T]) -> T:

@@ -91,6 +91,8 @@ class ScriptRunner(TrialEvaluator):
         grace: seconds between SIGTERM and SIGKILL when stopping a script.
         memory_limit: bytes of resident memory (the script's whole process tree)
             past which its process group is killed.
+        parent_dirs: more absolute folders a promoted trial's parent may have run under (the
+            experiment's own ``working_dir`` when this worker was given another), after ``working_dir``.
     """
 
     template: CommandTemplate
@@ -99,6 +101,7 @@ class ScriptRunner(TrialEvaluator):
     timeout: float | None = None
     grace: float = 5.0
     memory_limit: int | None = None
+    parent_dirs: tuple[str, ...] = ()
     _running: dict[str, subprocess.Popen[bytes]] = dataclasses.field(
         default_factory=dict, init=False, repr=False, compare=False)
     _cancelled: set[str] = dataclasses.field(default_factory=set, init=False, repr=False, compare=False)
@@ -120,7 +123,7 @@ class ScriptRunner(TrialEvaluator):
             os.makedirs(folder, exist_ok=True)
             if os.path.exists(results):
                 os.remove(results)  # left by an earlier, interrupted attempt
-            parent_folder = "" if trial.parent is None else folder_in(self.working_dir, trial.parent)
+            parent_folder = "" if trial.parent is None else self._parent_folder(trial.parent)
         except (OSError, ConfigurationError) as err:
             return Outcome.failure(type(err).__name__, f"cannot prepare trial folder {folder}: {err}",
                                    reason="setup")
@@ -152,6 +155,12 @@ class ScriptRunner(TrialEvaluator):
         if outcome.error is not None:
             log.debug("trial %s broken: %s", trial.id, outcome.error["message"])
         return outcome
+
+    def _parent_folder(self, parent: str) -> str:
+        """The parent's folder: under this worker's ``working_dir``, else the first of :attr:`parent_dirs`
+        that holds it (the parent ran on a worker with another ``--working-dir``)."""
+        folders = [folder_in(base, parent) for base in (self.working_dir, *self.parent_dirs)]
+        return next((folder for folder in folders if os.path.isdir(folder)), folders[0])
 
     def cancel(self, trial: Trial) -> bool:
         """Kill ``trial``'s script, its whole process group at once (the worker lost the trial)."""

@@ -577,6 +577,33 @@ def test_status_and_info_show_rung_counts(tmp_path: Path, capsys: pytest.Capture
         assert f"1: {rows[0]['completed']} completed" in line and "(by epochs)" in line
 
 
+def test_status_reads_counts_rungs_and_workers_from_one_history(tmp_path: Path,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """Workers finishing trials while ``orchard status`` reads must not make its lines disagree."""
+    from orchard.cli.status import experiment_status
+
+    storage = str(tmp_path / "o.pkl")
+    run_small_asha(storage)
+    exp = orchard.build_experiment("mf", storage=storage, max_trials=60)
+    real, racing, held = exp.fetch_trials, [False], []
+
+    def read_while_a_worker_races(*args: Any, **kwargs: Any) -> Any:
+        if not racing[0]:  # a worker completes a trial and reserves the next before each read
+            racing[0] = True
+            exp.observe(exp.suggest(), 0.5)
+            held.append(exp.suggest())
+            racing[0] = False
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(exp, "fetch_trials", read_while_a_worker_races)
+    status = experiment_status(exp)
+    rows = status["rungs"]["rungs"]
+    assert sum(r["completed"] for r in rows) == status["counts"]["completed"]
+    assert sum(r["pending"] for r in rows) == status["counts"]["reserved"] == len(status["workers"])
+    for trial in held:
+        exp.observe(trial, 0.5)
+
+
 def test_rungs_plot_draws_promotions_as_lines(tmp_path: Path) -> None:
     exp = run_small_asha(str(tmp_path / "o.pkl"))
     trials = exp.fetch_trials()
@@ -640,6 +667,18 @@ def test_bohb_style_sampler_runs_a_whole_experiment() -> None:
     trials = exp.fetch_trials()
     assert len(trials) == 30 and all(t.status.value == "completed" for t in trials)
     assert any(t.parent is not None for t in trials)
+
+
+def test_joining_with_another_asha_option_names_that_option(tmp_path: Path) -> None:
+    """The refusal printed both whole configurations (746 characters) for one changed option."""
+    storage, space = str(tmp_path / "o.pkl"), {"x": "uniform(0, 1)", "epochs": "fidelity(1, 27)"}
+    orchard.build_experiment("mf", space=space, algorithm="asha", storage=storage)
+    with pytest.raises(orchard.ExperimentConflictError) as refused:
+        orchard.build_experiment("mf", space=space, algorithm={"asha": {"num_rungs": 2}}, storage=storage)
+    assert "algorithm asha option num_rungs: stored None != given 2" in str(refused.value)
+    assert "sampler" not in str(refused.value)
+    with pytest.raises(orchard.ExperimentConflictError, match="algorithm: stored asha != given hyperband"):
+        orchard.build_experiment("mf", space=space, algorithm="hyperband", storage=storage)
 
 
 def test_an_experiment_whose_algorithm_needs_a_fidelity_is_refused_before_it_is_stored() -> None:

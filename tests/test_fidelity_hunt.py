@@ -91,3 +91,55 @@ def test_workon_objectives_read_the_parent_from_current_trial(tmp_path: Path, ex
                progress=False)
     assert_every_promotion_resumed(exp, 30)
     assert orchard.current_trial() is None
+
+
+KILLS_ITS_WORKER = r'''
+import os, signal, sys
+import orchard
+x, epochs = float(sys.argv[2].split("=")[1]), int(sys.argv[3].split("=")[1])
+if os.environ.get("ORCHARD_PARENT_TRIAL_ID") and os.getppid() != int(sys.argv[1]):
+    try:
+        os.close(os.open(os.path.join(os.path.dirname(__file__), "killed"), os.O_CREAT | os.O_EXCL))  # once
+        os.kill(os.getppid(), signal.SIGKILL)  # its worker dies mid-promotion
+    except FileExistsError:
+        pass
+orchard.report_objective((x - 0.3) ** 2 + 1.0 / epochs)
+'''
+
+
+def test_a_worker_killed_mid_promotion_is_reported_as_such_and_the_hunt_resumes(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    """The error told a hunt to set trial_timeout "so it runs in a child process": its scripts already do."""
+    (tmp_path / "kill.py").write_text(KILLS_ITS_WORKER)
+    monkeypatch.chdir(tmp_path)
+    for key in [k for k in os.environ if k.startswith("ORCHARD_")]:
+        monkeypatch.delenv(key)
+    command = ["hunt", "-n", "mf", "--storage", "orchard.pkl", "--max-trials", "12", "--n-workers", "2",
+               "--executor", "process", "--algorithm", "asha", sys.executable, "kill.py", str(os.getpid()),
+               "--x~uniform(0, 1)", "--epochs~fidelity(1, 9, base=3)"]
+    assert main(command) != 0
+    error = capsys.readouterr().err
+    assert (tmp_path / "killed").exists() and "died under executor 'process'" in error
+    assert "trial_timeout" not in error and "run again to resume" in error, error
+    assert main(command) == 0
+    trials = orchard.get_experiment("mf", storage="orchard.pkl").fetch_trials()
+    assert sorted(t.status.value for t in trials) == ["completed"] * 12
+    parents = [t.parent for t in trials if t.parent is not None]
+    assert parents and len(parents) == len(set(parents))
+
+
+def test_a_worker_with_its_own_working_dir_finds_the_parents_checkpoint(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """ORCHARD_PARENT_WORKING_DIR named this worker's --working-dir/PARENT_ID, a folder that never existed."""
+    (tmp_path / "resume.py").write_text(RESUME)
+    monkeypatch.chdir(tmp_path)
+    for key in [k for k in os.environ if k.startswith("ORCHARD_")]:
+        monkeypatch.delenv(key)
+    command = [sys.executable, "resume.py", "--x~uniform(0, 1)", "--epochs~fidelity(1, 9, base=3)",
+               "--parent-dir={trial.parent_working_dir}"]
+    first = ["--max-trials", "3", "--working-dir", "created", "--algorithm",
+             "{asha: {sampler: random, rule: promotion}}"]  # 3 new points: the 4th trial is a promotion
+    assert main(["hunt", "-n", "mf", "--storage", "orchard.pkl", *first, *command]) == 0
+    assert main(["hunt", "-n", "mf", "--storage", "orchard.pkl", "--max-trials", "4", "--max-broken", "1",
+                 "--working-dir", "joined", *command]) == 0
+    assert_every_promotion_resumed(orchard.get_experiment("mf", storage="orchard.pkl"), 4)

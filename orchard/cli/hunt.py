@@ -365,8 +365,10 @@ def _work(experiment: Experiment, template: CommandTemplate, settings: Settings)
     base = os.path.abspath(settings.get("working_dir") or experiment.settings.working_dir
                            or _default_runs(experiment.name))  # None: stored by an older release
     _make_folder(base, experiment.name)
+    stored = experiment.settings.working_dir
     runner = ScriptRunner(template, experiment.name, base, settings.get("trial_timeout"),
-                          memory_limit=parse_memory(settings.get("trial_memory_limit")))
+                          memory_limit=parse_memory(settings.get("trial_memory_limit")),
+                          parent_dirs=(os.path.abspath(stored),) if stored else ())
     def to_give() -> int | None:
         return budget_to_give(experiment.storage, experiment.id, experiment.max_trials)
 

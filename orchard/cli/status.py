@@ -129,11 +129,12 @@ def experiment_status(experiment: Experiment, watch: HeartbeatWatch | None = Non
     from orchard.resources import devices_of
     from orchard.trial import TrialStatus
 
-    stats = experiment.stats
+    trials = experiment.fetch_trials()  # one read: the counts, rungs and workers agree while workers run
+    stats = experiment.stats_of(trials)
     front = _front(experiment)
     best = experiment.best_trial if front is None else None
     stale_after = experiment.settings.stale_after
-    reserved = experiment.fetch_trials([TrialStatus.RESERVED])
+    reserved = [trial for trial in trials if trial.status is TrialStatus.RESERVED]
     ages = (watch or HeartbeatWatch()).observe(reserved)
     workers = []
     for trial in reserved:
@@ -148,7 +149,7 @@ def experiment_status(experiment: Experiment, watch: HeartbeatWatch | None = Non
         "best_objective": stats["best_objective"] if front is None else None, "best_params": stats["best_params"],
         "objectives": experiment.settings.objectives, "pareto_front": front, "elapsed": stats["elapsed"],
         "trials_per_second": stats["trials_per_second"], "workers": workers,
-        "rungs": _rungs(experiment), "stop": stats["stop"], "inserted_apart": stats["inserted_apart"],
+        "rungs": _rungs(experiment, trials), "stop": stats["stop"], "inserted_apart": stats["inserted_apart"],
     }
 
 
@@ -182,7 +183,7 @@ def _front_lines(front: list[dict[str, Any]] | None, indent: str, shown: int = 5
     return lines
 
 
-def _rungs(experiment: Experiment) -> dict[str, Any] | None:
+def _rungs(experiment: Experiment, trials: list[Trial]) -> dict[str, Any] | None:
     """Trials per rung of the fidelity dimension (multi-fidelity experiments), else ``None``."""
     from orchard.fidelity import rung_counts
 
@@ -190,7 +191,7 @@ def _rungs(experiment: Experiment) -> dict[str, Any] | None:
     if found is None:
         return None
     name, prior = found
-    return {"dimension": name, "rungs": rung_counts(prior, name, experiment.fetch_trials())}
+    return {"dimension": name, "rungs": rung_counts(prior, name, trials)}
 
 
 def _rung_lines(rungs: dict[str, Any] | None, indent: str) -> list[str]:
@@ -350,7 +351,8 @@ def run_info(args: argparse.Namespace) -> int:
     front = _front(experiment)
     best = experiment.best_trial if front is None else None
     record = experiment.storage.require_experiment(experiment.name)
-    info_stats = experiment.stats
+    trials = experiment.fetch_trials()
+    info_stats = experiment.stats_of(trials)
     info = {
         "name": experiment.name, "id": experiment.id, "storage": experiment.storage.redacted_uri,
         "created": record.created, "space": experiment.space.config(), "algorithm": experiment.algorithm,
@@ -359,7 +361,7 @@ def run_info(args: argparse.Namespace) -> int:
         "command": experiment.config.get(COMMAND_KEY),  # the first hunt's, dimensions as <name>
         "warm_start": _warm_start(experiment),
         "best_trial": best.to_dict() if best else None, "pareto_front": front, "stats": info_stats,
-        "rungs": _rungs(experiment), "stop": info_stats["stop"],
+        "rungs": _rungs(experiment, trials), "stop": info_stats["stop"],
     }
     if args.json:
         print(strict_json(info))
