@@ -318,8 +318,7 @@ class Experiment:
     def _raise_worker_failure(self, failures: list[BaseException], executor: str, isolated: bool) -> None:
         if not failures:
             return
-        err = failures[0]
-        if isinstance(err, (OrchardError, KeyboardInterrupt)):  # objectives raising KeyboardInterrupt: all released
+        if isinstance(err := failures[0], (OrchardError, KeyboardInterrupt)):  # objectives raising KeyboardInterrupt: all released
             raise err.joined(failures[1:]) if isinstance(err, Interrupted) else err
         summary = (str(err).strip().splitlines() or [""])[0].rstrip(".")
         hint = ("Its evaluations ran in child processes, so the worker's own process was killed (kill -9, the "
