@@ -26,7 +26,7 @@ from typing import Any
 from orchard.clock import SYSTEM_CLOCK, Clock
 from orchard.errors import ConfigurationError, OrchardError
 from orchard.history import History
-from orchard.objectives import Shown, normalize_objectives
+from orchard.objectives import Shown
 from orchard.interruption import interrupt_main
 from orchard.storages.base import BaseStorage
 from orchard.trial import Trial, TrialStatus
@@ -174,6 +174,7 @@ class ProgressMonitor:
 def _shown(storage: BaseStorage, experiment_id: str) -> Shown:
     """How the bar shows the best objective: ``best acc=0.97`` for ``objectives={"acc": "max"}``, not -0.97."""
     try:
-        return Shown.of(normalize_objectives(storage.experiment(experiment_id).config.get("objectives")))
-    except OrchardError:  # odd objectives another program stored: shown as stored
+        config = storage.experiment(experiment_id).config
+    except OrchardError:  # the refresh that follows says what the storage could not do
         return Shown()
+    return Shown.stored(config.get("objectives"))

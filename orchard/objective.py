@@ -214,7 +214,7 @@ def interpret_result(value: Any) -> Outcome:
     original = value
     if isinstance(value, Mapping):
         try:
-            results = {str(k): to_builtin(listed(plain(v))) for k, v in value.items() if k != "objective"}
+            results = {str(k): to_builtin(listed(v)) for k, v in value.items() if k != "objective"}
         except RecursionError:  # a result that holds itself, or lists thousands deep
             return Outcome.failure("InvalidResult", "the results cannot be stored: they are nested more than "
                                    f"{MAX_RESULT_DEPTH} deep (or hold themselves); {_STORABLE}",

@@ -269,6 +269,15 @@ class Shown:
         name, direction = next(iter(objectives.items()))
         return cls(name, -1.0 if direction == "max" else 1.0, len(objectives) if len(objectives) > 1 else 0)
 
+    @classmethod
+    def stored(cls, objectives: Any) -> Shown:
+        """How to show the objective of a stored configuration's ``objectives``, whatever is there: a value
+        Orchard does not accept as a declaration (another program's) is shown as stored, unnamed."""
+        try:
+            return cls.of(normalize_objectives(objectives))
+        except ConfigurationError:
+            return cls()
+
     @property
     def higher_is_better(self) -> bool:
         return self.sign < 0

@@ -245,7 +245,7 @@ def _write(results: Mapping[str, Any], caller: str) -> None:
             f"{RESULTS_ENV} is not set: {caller} only works inside a trial started by "
             "'orchard hunt'; run your script through it"
         )
-    replace_file(path, json.dumps({str(k): listed(plain(v)) for k, v in results.items()}))  # fails before writing
+    replace_file(path, json.dumps({str(k): listed(v) for k, v in results.items()}))  # fails before writing
 
 
 def replace_file(path: str, text: str) -> None:
@@ -299,11 +299,13 @@ def read_at_most(handle: IO[AnyStr], limit: int) -> AnyStr | None:
 
 
 def listed(value: Any) -> Any:
-    """An array or tensor of several values (a metric per class, a curve) as its nested list; else ``value``.
+    """A metric as JSON data: a one-value array or tensor as its value (:func:`plain`), one of several values
+    (a metric per class, a curve) as its nested list; else ``value``.
 
-    Duck-typed on ``.tolist()`` (numpy arrays, PyTorch tensors); apply it after :func:`plain`, which takes
-    one-value ones: a metric like that is JSON data, not a reason to lose the trial's objective.
+    Duck-typed on ``.tolist()`` (numpy arrays, PyTorch tensors): such a metric is data, not a reason to lose
+    the trial's objective.
     """
+    value = plain(value)
     tolist = getattr(value, "tolist", None)
     if not callable(tolist) or isinstance(value, (list, dict, str, bytes)):
         return value

@@ -164,10 +164,12 @@ def _front(experiment: Experiment) -> list[dict[str, Any]] | None:
 
 def _shown_best(objective: float, objectives: dict[str, str] | None) -> str:
     """The best objective as declared: ``accuracy=0.97`` for ``objectives={"accuracy": "max"}``, not -0.97."""
+    from orchard.objectives import Shown
+
     if not objectives:
         return f"{objective:.6g}"
-    name, direction = next(iter(objectives.items()))
-    return f"{name}={-objective if direction == 'max' else objective:.6g}"
+    shown = Shown.stored(objectives)
+    return f"{shown.name}={shown.value(objective):.6g}"
 
 
 def _front_lines(front: list[dict[str, Any]] | None, indent: str, shown: int = 5) -> list[str]:

@@ -94,9 +94,7 @@ def _shown_objective(config: dict[str, Any]) -> dict[str, Any]:
     Every ``objective``, ``best_objective`` and report value the API sends is as stored: a page
     multiplies it by ``sign``, and ranks by the stored value (lower is better).
     """
-    objectives = config.get("objectives")
-    fit = isinstance(objectives, dict) and objectives and all(d in ("min", "max") for d in objectives.values())
-    shown = Shown.of(objectives if fit else None)  # another program's odd objectives: shown as stored
+    shown = Shown.stored(config.get("objectives"))
     return {"name": shown.name, "label": shown.label, "sign": shown.sign}
 
 
