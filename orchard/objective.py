@@ -400,7 +400,8 @@ class ObjectiveEvaluator(TrialEvaluator):
                     reports.callback(shutil.rmtree, folder, ignore_errors=True)
                     paths = (os.path.join(folder, "reports.jsonl"), os.path.join(folder, "verdict.json"))
                     ReportFollower.prepare(*paths)
-                environment = None if paths is None else ReportFollower.environment(*paths, trial.id)
+                environment = None if paths is None or judging is None else ReportFollower.environment(
+                    *paths, trial.id, judging[0].objectives)
                 child = ForkedCall(functools.partial(_evaluate_for_parent, self.fn, dict(trial.params), environment))
                 self._running[trial.id] = child
                 if judging is not None and paths is not None:  # started after the fork: no thread is forked

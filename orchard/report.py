@@ -58,6 +58,7 @@ __all__ = [
     "Reported",
     "TrialPruned",
     "check_report",
+    "declared_objectives",
     "listed",
     "open_regular",
     "plain",
@@ -74,6 +75,8 @@ RESULTS_ENV = "ORCHARD_RESULTS_PATH"
 REPORT_ENV = "ORCHARD_REPORT_PATH"
 VERDICT_ENV = "ORCHARD_VERDICT_PATH"
 TRIAL_ENV = "ORCHARD_TRIAL_ID"
+#: The objectives the experiment declares (JSON, ``{"accuracy": "max"}``), set for a child only if it declares some.
+OBJECTIVES_ENV = "ORCHARD_TRIAL_OBJECTIVES"
 #: Seconds :func:`report` waits for a child's verdict before going on (the worker is slowed by an outage).
 VERDICT_WAIT = 30.0
 
@@ -83,6 +86,9 @@ Reported = float | dict[str, float]
 #: Where :func:`report` sends a value in the worker's own thread: ``(value, step) -> prune?``.
 _SINK: contextvars.ContextVar[Callable[[Reported, int], bool] | None] = contextvars.ContextVar(
     "orchard_report_sink", default=None)
+#: The objectives the experiment of this thread's evaluation declares (see :func:`declared_objectives`).
+_DECLARED: contextvars.ContextVar[Mapping[str, str] | None] = contextvars.ContextVar(
+    "orchard_declared_objectives", default=None)
 #: The verdict of the last report of this thread's evaluation.
 _PRUNE: contextvars.ContextVar[bool] = contextvars.ContextVar("orchard_prune", default=False)
 
@@ -131,6 +137,30 @@ def report(value: float | Mapping[str, float], step: int) -> None:
     with open(path, "a", encoding="utf-8") as handle:
         handle.write(line)
     _PRUNE.set(_await_verdict(step, line_id))
+
+
+def declared_objectives() -> dict[str, str] | None:
+    """The objectives the running trial's experiment declares (name -> ``"min"``/``"max"``), ``None`` if none.
+
+    What a reported bare number means depends on it: minimized when none is declared, the
+    value of the one declared objective, in its direction, otherwise. An integration that
+    knows a metric's direction (LightGBM's "higher is better") reads it to report the value
+    as the experiment takes it. In a child process it comes from ``ORCHARD_TRIAL_OBJECTIVES``.
+    """
+    if _SINK.get() is not None:
+        declared = _DECLARED.get()
+        return None if declared is None else dict(declared)
+    text = os.environ.get(OBJECTIVES_ENV)
+    if not text:
+        return None
+    try:
+        found = json.loads(text)
+    except ValueError:
+        found = None
+    if not isinstance(found, dict) or not all(isinstance(v, str) for v in found.values()):
+        raise ValueError(f"{OBJECTIVES_ENV} is not a JSON object of objective names to 'min' or 'max': "
+                         f"{text[:200]!r}; unset it or let the worker set it")
+    return found
 
 
 def should_prune() -> bool:
@@ -195,14 +225,19 @@ def _await_verdict(step: int, line_id: str) -> bool:
 
 
 @contextlib.contextmanager
-def reporting_to(sink: Callable[[Reported, int], bool] | None) -> Iterator[None]:
-    """Send this thread's :func:`report` calls to ``sink`` for the ``with`` block (``None``: to the files)."""
-    token, prune = _SINK.set(sink), _PRUNE.set(False)
+def reporting_to(sink: Callable[[Reported, int], bool] | None,
+                 objectives: Mapping[str, str] | None = None) -> Iterator[None]:
+    """Send this thread's :func:`report` calls to ``sink`` for the ``with`` block (``None``: to the files).
+
+    ``objectives`` are the experiment's declared ones, for :func:`declared_objectives`.
+    """
+    token, prune, declared = _SINK.set(sink), _PRUNE.set(False), _DECLARED.set(objectives)
     try:
         yield
     finally:
         _SINK.reset(token)
         _PRUNE.reset(prune)
+        _DECLARED.reset(declared)
 
 
 def report_results(results: Mapping[str, Any]) -> None:

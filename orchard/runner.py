@@ -142,7 +142,8 @@ class ScriptRunner(TrialEvaluator):
         run = uuid.uuid4().hex[:12]
         reports = (os.path.join(folder, REPORTS_FILE.format(run=run)),
                    os.path.join(folder, VERDICT_FILE.format(run=run)))
-        env.update(ReportFollower.environment(*reports, trial.id))
+        judging = current_judge()  # the experiment's declared objectives: what the script's bare numbers mean
+        env.update(ReportFollower.environment(*reports, trial.id, None if judging is None else judging[0].objectives))
         ReportFollower.prepare(*reports)
         log.debug("trial %s: running %s in %s", trial.id, argv, folder)
         try:

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import collections
 import contextlib
-import contextlib
 import contextvars
 import json
 import logging
@@ -242,7 +241,7 @@ def judging(judge: Judge, trial_id: str) -> Iterator[None]:
 
     token = _JUDGE.set((judge, trial_id))
     try:
-        with reporting_to(lambda value, step: judge(trial_id, value, step).prune):
+        with reporting_to(lambda value, step: judge(trial_id, value, step).prune, judge.objectives):
             yield
     finally:
         _JUDGE.reset(token)
@@ -281,15 +280,19 @@ class ReportFollower:
         self._thread = threading.Thread(target=self._follow, name=f"orchard-reports-{trial_id[:8]}", daemon=True)
 
     @staticmethod
-    def environment(report_path: str, verdict_path: str, trial_id: str) -> dict[str, str]:
+    def environment(report_path: str, verdict_path: str, trial_id: str,
+                    objectives: Mapping[str, str] | None) -> dict[str, str]:
         """The variables that point a child's :func:`orchard.report` at these files, for ``trial_id``.
 
         The trial's id too: a worker run inside another trial (a script under ``orchard hunt``)
-        inherits that one's, and the lines would name it.
+        inherits that one's, and the lines would name it. The experiment's declared
+        ``objectives`` (always set, empty when none: never the enclosing trial's) say what a
+        bare number means (:func:`orchard.report.declared_objectives`).
         """
-        from orchard.report import REPORT_ENV, TRIAL_ENV, VERDICT_ENV
+        from orchard.report import OBJECTIVES_ENV, REPORT_ENV, TRIAL_ENV, VERDICT_ENV
 
-        return {REPORT_ENV: report_path, VERDICT_ENV: verdict_path, TRIAL_ENV: trial_id}
+        return {REPORT_ENV: report_path, VERDICT_ENV: verdict_path, TRIAL_ENV: trial_id,
+                OBJECTIVES_ENV: json.dumps(dict(objectives)) if objectives else ""}
 
     @staticmethod
     def prepare(report_path: str, verdict_path: str) -> None:

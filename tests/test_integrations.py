@@ -62,3 +62,35 @@ def test_lightgbm_callback_names_the_metrics_it_saw() -> None:
     with judging(exp._client_worker().judge, trial.id), pytest.raises(ConfigurationError, match="valid/binary_logloss"):
         lgb.train({"objective": "binary", "metric": "binary_logloss", "verbosity": -1}, train,
                   num_boost_round=2, valid_sets=[valid], valid_names=["valid"], callbacks=[pruning_callback("auc")])
+
+
+@pytest.mark.parametrize("trial_timeout", [None, 60.0], ids=["in-thread", "timed-child"])
+def test_lightgbm_callback_reports_a_declared_objective_to_maximise_in_its_direction(
+        tmp_path: Path, trial_timeout: float | None) -> None:
+    """With ``objectives={"auc": "max"}`` the reports are the AUC as the experiment takes it, like its result.
+
+    The callback used to negate a "higher is better" metric on its own, which the declared direction
+    negated again: every report was stored as the opposite of the objective, and the pruner stopped
+    the best trainings.
+    """
+    from orchard.integrations.lightgbm import pruning_callback
+
+    train, valid = _data()
+
+    def objective(learning_rate: float) -> float:
+        seen: dict[str, dict[str, list[float]]] = {}
+        lgb.train({"objective": "binary", "metric": "auc", "learning_rate": learning_rate,
+                   "num_leaves": 7, "verbosity": -1, "seed": 0, "num_threads": 1},
+                  train, num_boost_round=5, valid_sets=[valid], valid_names=["valid"],
+                  callbacks=[pruning_callback("auc"), lgb.record_evaluation(seen)])
+        return seen["valid"]["auc"][-1]  # the last round's AUC, as its last report
+
+    exp = orchard.build_experiment("lgb-max", space={"learning_rate": "loguniform(1e-3, 0.5)"}, max_trials=2,
+                                   storage=str(tmp_path / "db.pkl"), seed=0, objectives={"auc": "max"},
+                                   pruner={"threshold": {"upper": 10.0}})
+    exp.workon(objective, progress=False, trial_timeout=trial_timeout)
+    for trial in exp.storage.fetch_trials(exp.id):
+        assert trial.status is TrialStatus.COMPLETED
+        assert [step for step, _ in trial.reports] == [1, 2, 3, 4, 5]
+        assert all(-1.0 <= value < -0.5 for _, value in trial.reports), trial.reports  # -AUC: minimized form
+        assert trial.reports[-1][1] == pytest.approx(trial.objective)

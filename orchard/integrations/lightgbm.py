@@ -14,8 +14,11 @@
         return booster.best_score["valid"]["binary_logloss"]
 
 Each round's value of ``metric`` on ``valid_name`` is reported with
-:func:`orchard.report` at step = the round (1-based); a metric LightGBM says is
-"higher is better" (AUC) is reported negated, because Orchard minimizes. When
+:func:`orchard.report` at step = the round (1-based). A metric LightGBM says is
+"higher is better" (AUC) is reported negated when the experiment declares no
+objectives, because Orchard then minimizes; an experiment that declares its
+objective (``objectives={"auc": "max"}``) takes the value as it is, in the
+declared direction, so it is reported as LightGBM computes it. When
 the experiment's pruner says stop, the callback raises
 :class:`orchard.TrialPruned`, which ends ``lgb.train`` and the trial as pruned.
 """
@@ -27,6 +30,7 @@ from typing import Any
 
 import orchard
 from orchard.errors import ConfigurationError
+from orchard.report import declared_objectives
 
 __all__ = ["pruning_callback"]
 
@@ -54,7 +58,9 @@ def pruning_callback(metric: str, valid_name: str | None = None) -> Callable[[An
                 + (f" on {valid_name!r}" if valid_name else "")
                 + f" (it evaluated: {', '.join(seen) or 'nothing'}); pass valid_sets and one of those metrics")
         _, _, value, higher_is_better = found[-1][:4]
-        orchard.report(-float(value) if higher_is_better else float(value), env.iteration + 1)
+        # a declared objective takes the value in its own direction; otherwise Orchard minimizes it
+        negated = higher_is_better and declared_objectives() is None
+        orchard.report(-float(value) if negated else float(value), env.iteration + 1)
         if orchard.should_prune():
             raise orchard.TrialPruned()
 
