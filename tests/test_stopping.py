@@ -400,6 +400,17 @@ def test_rules_come_from_flags_the_environment_and_config_files(tmp_path: Path) 
     assert parse_duration("1h30m") == 5400.0 and parse_duration(90) == 90.0
 
 
+def test_one_stop_flag_takes_several_comma_separated_rules_as_the_docs_show(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "f.py").write_text("import orchard\norchard.report_objective(1.0)\n")
+    assert main(["hunt", "-n", "e", "--storage", "db.pkl", "--stop", "target=0.05,patience=2",
+                 "--stop", "max_time=2h", sys.executable, "f.py", "--x~uniform(0, 1)"]) == 0
+    stored = get_storage("db.pkl").get_experiment("e")
+    assert stored is not None and stored.config["stop"] == {"target": 0.05, "patience": 2, "max_time": 7200.0}
+    assert stored.config[LEDGER_KEY]["fired"]["rule"] == "patience"  # 1.0, 1.0, 1.0: no improvement in 2
+
+
 # -- what is shown -----------------------------------------------------------------------------
 
 
