@@ -379,3 +379,25 @@ def test_a_plugin_whose_option_check_fails_is_one_clear_line(monkeypatch: pytest
                                                  r"\{'depth': 'deep'\}: ValueError: invalid literal"):
         orchard.build_experiment("plugged", space={"x": "uniform(0, 1)"}, algorithm={"picky": {"depth": "deep"}},
                                  storage="memory://")
+
+
+def test_a_plugin_that_sets_no_name_of_its_own_is_named_by_its_entry_point(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A plugin extending RandomSearch was 'random' in its messages (one setting no name at all was '')."""
+    import types
+    from importlib import metadata
+
+    from orchard import algorithms
+    from orchard.algorithms import RandomSearch
+
+    class Extended(RandomSearch):  # type: ignore[misc, valid-type]
+        OPTIONS: ClassVar[dict[str, Any]] = {"depth": 3}
+
+    module = types.ModuleType("test_algorithm_contract_named")
+    module.Extended = Extended  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, module.__name__, module)
+    point = metadata.EntryPoint("my_random", f"{module.__name__}:Extended", algorithms.ENTRY_POINT_GROUP)
+    monkeypatch.setattr(algorithms, "_entry_points", lambda: {"my_random": point})
+    with pytest.raises(ConfigurationError, match=r"^algorithm 'my_random' has no option 'dept'; valid options: depth$"):
+        orchard.build_experiment("plugged", space={"x": "uniform(0, 1)"}, algorithm={"my_random": {"dept": 2}},
+                                 storage="memory://")
+    assert RandomSearch.name == "random"

@@ -143,6 +143,8 @@ def _load_plugin(entry_point: metadata.EntryPoint) -> type[BaseAlgorithm]:
                                  "reinstall the package providing it") from exc
     if not (isinstance(loaded, type) and issubclass(loaded, BaseAlgorithm)):
         raise ConfigurationError(f"{where} is not a BaseAlgorithm subclass: got {loaded!r}")
+    if not vars(loaded).get("name"):  # messages name it as the user does, not '' or the class it extends
+        loaded.name = entry_point.name
     return loaded
 
 
