@@ -98,13 +98,15 @@ class SourceUse:
     """What a warm start took from one source: ``used`` of its ``completed`` trials.
 
     ``dropped`` counts, per dimension, the trials left out because their value was
-    outside this space's prior there.
+    outside this space's prior there. ``unused`` says why a source gives nothing now
+    (it no longer exists, cannot be read, or no longer fits), ``None`` while it gives.
     """
 
     source: str
     used: int
     completed: int
     dropped: Mapping[str, int]
+    unused: str | None = None
 
 
 def _parse_source(item: Any) -> Source:
@@ -279,19 +281,19 @@ def _gather(space: Space, stored: Sequence[Mapping[str, Any]] | None, own: BaseS
             if strict or (isinstance(err, StorageError) and source.storage is None):
                 raise  # the experiment's own storage failing is no excuse
             if isinstance(err, ConfigurationError):  # its record holds a space this release cannot read
-                why = str(err)
+                unused, why = "its space cannot be read", str(err)
             elif isinstance(err, ExperimentNotFoundError):
-                why = f"warm start source {source.label!r} no longer exists"
+                unused, why = "it no longer exists", f"warm start source {source.label!r} no longer exists"
             else:
-                why = f"warm start source {source.label!r} cannot be read ({err})"
+                unused, why = "it cannot be read", f"warm start source {source.label!r} cannot be read ({err})"
             log.warning("%s; going on without it", why)
-            uses.append(SourceUse(source.label, 0, 0, {}))
+            uses.append(SourceUse(source.label, 0, 0, {}, unused))
             continue
         problems = _fit_problems(source, theirs, space)
         if problems and not strict:  # recreated with another space since: the sources cannot be changed
             log.warning("warm start source %r no longer fits this space (%s); going on without it",
                         source.label, "; ".join(problems))
-            uses.append(SourceUse(source.label, 0, len(trials), {}))
+            uses.append(SourceUse(source.label, 0, len(trials), {}, "it no longer fits this space"))
             continue
         if problems:
             raise ConfigurationError(

@@ -12,6 +12,7 @@ stored. The last test runs two real ``orchard hunt`` processes on one pickle fil
 from __future__ import annotations
 
 import itertools
+import json
 import math
 import os
 import statistics
@@ -383,14 +384,19 @@ def test_a_conflict_over_the_sources_never_shows_a_password(store: str) -> None:
 
 
 def test_a_deleted_source_never_stops_the_experiment_it_warm_started(
-    store: str, caplog: pytest.LogCaptureFixture,
+    store: str, caplog: pytest.LogCaptureFixture, capsys: pytest.CaptureFixture[str],
 ) -> None:
+    """info said 'old (0 of 0 completed trials)', as of a source that has none yet."""
     old = finished(store)
     new = orchard.build_experiment("new", space=BRANIN_SPACE, max_trials=2, storage=store, warm_start=["old"])
     old.storage.delete_experiment(old.id)
     new.workon(branin, progress=False)
     assert len(new.fetch_trials([TrialStatus.COMPLETED])) == 2
     assert "warm start source 'old' no longer exists" in caplog.text
+    assert main(["info", "-n", "new", "--storage", store]) == 0
+    assert "warm start: old (0 of 0 completed trials; gives nothing: it no longer exists)" in capsys.readouterr().out
+    assert main(["info", "-n", "new", "--storage", store, "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["warm_start"][0]["unused"] == "it no longer exists"
 
 
 def test_a_source_recreated_with_another_space_never_stops_the_experiment_it_warm_started(
@@ -406,7 +412,7 @@ def test_a_source_recreated_with_another_space_never_stops_the_experiment_it_war
     assert len(new.fetch_trials([TrialStatus.COMPLETED])) == 2
     assert "warm start source 'old' no longer fits this space ('x' is new in this space" in caplog.text
     assert main(["info", "-n", "new", "--storage", store]) == 0
-    assert "old (0 of 2 completed trials)" in capsys.readouterr().out
+    assert "old (0 of 2 completed trials; gives nothing: it no longer fits this space)" in capsys.readouterr().out
 
 
 def test_a_source_whose_stored_space_cannot_be_read_never_stops_the_experiment_it_warm_started(
@@ -423,7 +429,7 @@ def test_a_source_whose_stored_space_cannot_be_read_never_stops_the_experiment_i
     assert "warm start source 'old' has no usable space (dimension 'x'" in caplog.text
     assert "going on without it" in caplog.text
     assert main(["info", "-n", "new", "--storage", store]) == 0
-    assert "old (0 of 0 completed trials)" in capsys.readouterr().out
+    assert "old (0 of 0 completed trials; gives nothing: its space cannot be read)" in capsys.readouterr().out
 
 
 def test_source_trials_another_program_stored_without_a_dimension_are_left_out(
