@@ -326,21 +326,31 @@ def check_sources(space: Space, stored: Sequence[Mapping[str, Any]] | None, own:
             measured other objectives.
         StorageError: a source's storage cannot be opened.
     """
-    if any(s.experiment == name and _in_storage(s, own) for s in _sources(stored)):
+    sources = _sources(stored)
+    places = [_storage_uri(source, own) for source in sources]
+    if any(s.experiment == name and place == own.uri for s, place in zip(sources, places)):
         raise ConfigurationError(f"experiment {name!r} cannot warm-start from itself; name an earlier experiment")
+    named: dict[tuple[str, str], Source] = {}
+    for source, place in zip(sources, places):
+        same = None if place is None else named.setdefault((place, source.experiment), source)
+        if same is not None and same is not source:  # its trials were told twice, as if evaluated twice
+            raise ConfigurationError(f"warm_start names one experiment twice: {same.label!r} and {source.label!r}; "
+                                     "name each source once")
     _gather(space, stored, own, strict=True, objectives=objectives)
 
 
-def _in_storage(source: Source, own: BaseStorage) -> bool:
-    """Whether ``source`` is kept in ``own`` (named by its URI or path too): a self-source named by path was
-    reported as missing from its own storage."""
+def _storage_uri(source: Source, own: BaseStorage) -> str | None:
+    """The URI of the storage ``source`` is kept in, however it was written (``None``: it cannot be opened).
+
+    A source named by the path of the experiment's own storage is in that storage.
+    """
     if source.storage is None:
-        return True
+        return own.uri
     try:
         with get_storage(source.storage) as theirs:
-            return theirs.uri == own.uri
+            return theirs.uri
     except OrchardError:
-        return False  # _gather says why it cannot be read
+        return None  # _gather says why it cannot be read
 
 
 def prior_trials(space: Space, stored: Sequence[Mapping[str, Any]] | None, own: BaseStorage) -> list[Trial]:

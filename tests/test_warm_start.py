@@ -243,6 +243,14 @@ def test_bad_sources_are_refused(store: str, sources: list[object], error: type[
     assert orchard.get_storage(store).get_experiment("new") is None
 
 
+def test_one_source_named_twice_in_two_spellings_is_refused(store: str) -> None:
+    """'old' and 'PATH:old' (the same file) were both read: every trial of old was told twice."""
+    finished(store)
+    with pytest.raises(ConfigurationError, match=f"^warm_start names one experiment twice: 'old' and '{store}:old'"):
+        orchard.build_experiment("new", space=BRANIN_SPACE, storage=store, warm_start=["old", f"{store}:old"])
+    assert orchard.get_storage(store).get_experiment("new") is None
+
+
 def test_a_source_is_told_with_this_experiments_objectives(store: str) -> None:
     """A source maximising acc was told as is (-acc) to one minimising it: steered to its worst points."""
     old = orchard.build_experiment("old", space=BRANIN_SPACE, max_trials=4, storage=store,
