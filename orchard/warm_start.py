@@ -220,7 +220,15 @@ def _read(source: Source, own: BaseStorage) -> tuple[Space, dict[str, str] | Non
     """The source's space, objectives and completed trials, read once per process while its count stays the same."""
     storage = own if source.storage is None else get_storage(source.storage)
     try:
-        record = storage.require_experiment(source.experiment)
+        record = storage.get_experiment(source.experiment)
+        if record is None:  # require_experiment's advice, "check the name and --storage", blamed the wrong option
+            names = ", ".join(sorted(r.name for r in storage.list_experiments())) or "none"
+            where, fix = (("this experiment's storage", "check its name, or write STORAGE:NAME for an experiment "
+                           "in another storage") if source.storage is None else ("its storage", "check its name "
+                                                                                  "and its storage"))
+            raise ExperimentNotFoundError(
+                f"warm start source {source.label!r} does not exist: no experiment named {source.experiment!r} in "
+                f"{where} {storage.redacted_uri} (experiments there: {names}); {fix}")
         count = storage.count_trials(record.id)[TrialStatus.COMPLETED]
         key = (storage.uri, record.id)
         with _CACHE_LOCK:

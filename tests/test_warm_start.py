@@ -243,6 +243,24 @@ def test_bad_sources_are_refused(store: str, sources: list[object], error: type[
     assert orchard.get_storage(store).get_experiment("new") is None
 
 
+def test_a_missing_source_is_named_as_the_warm_start_source_not_blamed_on_storage(
+        store: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """The message was require_experiment's: "no experiment named 'old' in storage ...; check the name and --storage"."""
+    train = tmp_path / "f.py"
+    train.write_text("import orchard\norchard.report_objective(1.0)\n")
+    other = tmp_path / "other.pkl"
+    for source, words in [("nope", f"warm start source 'nope' does not exist: no experiment named 'nope' in this "
+                                   f"experiment's storage pickle://{store} (experiments there: none); check its name, "
+                                   "or write STORAGE:NAME"),
+                          (f"{other}:old", f"warm start source '{other}:old' does not exist: no experiment named "
+                                           f"'old' in its storage pickle://{other} (experiments there: none); check "
+                                           "its name and its storage")]:
+        assert main(["hunt", "-n", "new", "--storage", store, "--warm-start", source, sys.executable, str(train),
+                     "--x~uniform(0, 1)"]) != 0
+        err = capsys.readouterr().err
+        assert words in err and "--storage" not in err, err
+
+
 def test_one_source_named_twice_in_two_spellings_is_refused(store: str) -> None:
     """'old' and 'PATH:old' (the same file) were both read: every trial of old was told twice."""
     finished(store)
