@@ -221,14 +221,8 @@ def _read(source: Source, own: BaseStorage) -> tuple[Space, dict[str, str] | Non
     storage = own if source.storage is None else get_storage(source.storage)
     try:
         record = storage.get_experiment(source.experiment)
-        if record is None:  # require_experiment's advice, "check the name and --storage", blamed the wrong option
-            names = ", ".join(sorted(r.name for r in storage.list_experiments())) or "none"
-            where, fix = (("this experiment's storage", "check its name, or write STORAGE:NAME for an experiment "
-                           "in another storage") if source.storage is None else ("its storage", "check its name "
-                                                                                  "and its storage"))
-            raise ExperimentNotFoundError(
-                f"warm start source {source.label!r} does not exist: no experiment named {source.experiment!r} in "
-                f"{where} {storage.redacted_uri} (experiments there: {names}); {fix}")
+        if record is None:
+            raise _missing(source, storage)
         count = storage.count_trials(record.id)[TrialStatus.COMPLETED]
         key = (storage.uri, record.id)
         with _CACHE_LOCK:
@@ -247,6 +241,22 @@ def _read(source: Source, own: BaseStorage) -> tuple[Space, dict[str, str] | Non
         if source.storage is not None:
             storage.close()
     return cached
+
+
+def _missing(source: Source, storage: BaseStorage) -> ExperimentNotFoundError:
+    """The error for a source ``storage`` does not hold, naming it as a warm start source.
+
+    (``require_experiment``'s advice, "check the name and --storage", blamed an option that was right.)
+    """
+    names = ", ".join(sorted(r.name for r in storage.list_experiments())) or "none"
+    if source.storage is None:
+        where = "this experiment's storage"
+        fix = "check its name, or write STORAGE:NAME for one in another storage"
+    else:
+        where, fix = "its storage", "check its name and its storage"
+    return ExperimentNotFoundError(
+        f"warm start source {source.label!r} does not exist: no experiment named {source.experiment!r} "
+        f"in {where} {storage.redacted_uri} (experiments there: {names}); {fix}")
 
 
 def _scored(trial: Trial, objectives: Mapping[str, str] | None) -> bool:
@@ -293,7 +303,8 @@ def _gather(space: Space, stored: Sequence[Mapping[str, Any]] | None, own: BaseS
             elif isinstance(err, ExperimentNotFoundError):
                 unused, why = "it no longer exists", f"warm start source {source.label!r} no longer exists"
             else:
-                unused, why = "it cannot be read", f"warm start source {source.label!r} cannot be read ({err})"
+                unused = "it cannot be read"
+                why = f"warm start source {source.label!r} cannot be read ({err})"
             log.warning("%s; going on without it", why)
             uses.append(SourceUse(source.label, 0, 0, {}, unused))
             continue
@@ -342,8 +353,8 @@ def check_sources(space: Space, stored: Sequence[Mapping[str, Any]] | None, own:
     for source, place in zip(sources, places):
         same = None if place is None else named.setdefault((place, source.experiment), source)
         if same is not None and same is not source:  # its trials were told twice, as if evaluated twice
-            raise ConfigurationError(f"warm_start names one experiment twice: {same.label!r} and {source.label!r}; "
-                                     "name each source once")
+            raise ConfigurationError(f"warm_start names one experiment twice: {same.label!r} and "
+                                     f"{source.label!r}; name each source once")
     _gather(space, stored, own, strict=True, objectives=objectives)
 
 

@@ -381,7 +381,8 @@ def test_a_plugin_whose_option_check_fails_is_one_clear_line(monkeypatch: pytest
                                  storage="memory://")
 
 
-def test_a_plugin_that_sets_no_name_of_its_own_is_named_by_its_entry_point(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_plugin_that_sets_no_name_of_its_own_is_named_by_its_entry_point(
+        monkeypatch: pytest.MonkeyPatch) -> None:
     """A plugin extending RandomSearch was 'random' in its messages (one setting no name at all was '')."""
     import types
     from importlib import metadata
@@ -397,7 +398,26 @@ def test_a_plugin_that_sets_no_name_of_its_own_is_named_by_its_entry_point(monke
     monkeypatch.setitem(sys.modules, module.__name__, module)
     point = metadata.EntryPoint("my_random", f"{module.__name__}:Extended", algorithms.ENTRY_POINT_GROUP)
     monkeypatch.setattr(algorithms, "_entry_points", lambda: {"my_random": point})
-    with pytest.raises(ConfigurationError, match=r"^algorithm 'my_random' has no option 'dept'; valid options: depth$"):
-        orchard.build_experiment("plugged", space={"x": "uniform(0, 1)"}, algorithm={"my_random": {"dept": 2}},
-                                 storage="memory://")
+    typo = r"^algorithm 'my_random' has no option 'dept'; valid options: depth$"
+    with pytest.raises(ConfigurationError, match=typo):
+        orchard.build_experiment("plugged", space={"x": "uniform(0, 1)"},
+                                 algorithm={"my_random": {"dept": 2}}, storage="memory://")
     assert RandomSearch.name == "random"
+
+
+def test_a_plugin_option_given_as_a_tuple_joins_when_given_again(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """The storage keeps (1, 2) as [1, 2]: the same script run again was refused (stored [1, 2] != given)."""
+    from orchard import algorithms
+    from orchard.algorithms import RandomSearch
+
+    class Levels(RandomSearch):  # type: ignore[misc, valid-type]
+        name = "levels"
+        OPTIONS: ClassVar[dict[str, Any]] = {"levels": None}
+
+    monkeypatch.setattr(algorithms, "algorithm_class", lambda name: Levels)
+    setting = {"levels": {"levels": (1, 2)}}
+    store = str(tmp_path / "a.pkl")
+    first = orchard.build_experiment("e", space={"x": "uniform(0, 1)"}, algorithm=setting, storage=store)
+    again = orchard.build_experiment("e", space={"x": "uniform(0, 1)"}, algorithm=setting, storage=store)
+    assert again.id == first.id and again.algorithm == {"levels": {"levels": [1, 2]}}

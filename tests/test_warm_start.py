@@ -245,18 +245,18 @@ def test_bad_sources_are_refused(store: str, sources: list[object], error: type[
 
 def test_a_missing_source_is_named_as_the_warm_start_source_not_blamed_on_storage(
         store: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    """The message was require_experiment's: "no experiment named 'old' in storage ...; check the name and --storage"."""
+    """The message was require_experiment's: "no experiment named 'old' in storage ...; check the name and
+    --storage"."""
     train = tmp_path / "f.py"
     train.write_text("import orchard\norchard.report_objective(1.0)\n")
     other = tmp_path / "other.pkl"
-    for source, words in [("nope", f"warm start source 'nope' does not exist: no experiment named 'nope' in this "
-                                   f"experiment's storage pickle://{store} (experiments there: none); check its name, "
-                                   "or write STORAGE:NAME"),
-                          (f"{other}:old", f"warm start source '{other}:old' does not exist: no experiment named "
-                                           f"'old' in its storage pickle://{other} (experiments there: none); check "
-                                           "its name and its storage")]:
-        assert main(["hunt", "-n", "new", "--storage", store, "--warm-start", source, sys.executable, str(train),
-                     "--x~uniform(0, 1)"]) != 0
+    here = (f"warm start source 'nope' does not exist: no experiment named 'nope' in this experiment's "
+            f"storage pickle://{store} (experiments there: none); check its name, or write STORAGE:NAME for one")
+    there = (f"warm start source '{other}:old' does not exist: no experiment named 'old' in its storage "
+             f"pickle://{other} (experiments there: none); check its name and its storage")
+    for source, words in [("nope", here), (f"{other}:old", there)]:
+        assert main(["hunt", "-n", "new", "--storage", store, "--warm-start", source, sys.executable,
+                     str(train), "--x~uniform(0, 1)"]) != 0
         err = capsys.readouterr().err
         assert words in err and "--storage" not in err, err
 
@@ -264,7 +264,8 @@ def test_a_missing_source_is_named_as_the_warm_start_source_not_blamed_on_storag
 def test_one_source_named_twice_in_two_spellings_is_refused(store: str) -> None:
     """'old' and 'PATH:old' (the same file) were both read: every trial of old was told twice."""
     finished(store)
-    with pytest.raises(ConfigurationError, match=f"^warm_start names one experiment twice: 'old' and '{store}:old'"):
+    twice = f"^warm_start names one experiment twice: 'old' and '{store}:old'"
+    with pytest.raises(ConfigurationError, match=twice):
         orchard.build_experiment("new", space=BRANIN_SPACE, storage=store, warm_start=["old", f"{store}:old"])
     assert orchard.get_storage(store).get_experiment("new") is None
 
@@ -420,7 +421,8 @@ def test_a_deleted_source_never_stops_the_experiment_it_warm_started(
     assert len(new.fetch_trials([TrialStatus.COMPLETED])) == 2
     assert "warm start source 'old' no longer exists" in caplog.text
     assert main(["info", "-n", "new", "--storage", store]) == 0
-    assert "warm start: old (0 of 0 completed trials; gives nothing: it no longer exists)" in capsys.readouterr().out
+    gone = "warm start: old (0 of 0 completed trials; gives nothing: it no longer exists)"
+    assert gone in capsys.readouterr().out
     assert main(["info", "-n", "new", "--storage", store, "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["warm_start"][0]["unused"] == "it no longer exists"
 
@@ -438,7 +440,8 @@ def test_a_source_recreated_with_another_space_never_stops_the_experiment_it_war
     assert len(new.fetch_trials([TrialStatus.COMPLETED])) == 2
     assert "warm start source 'old' no longer fits this space ('x' is new in this space" in caplog.text
     assert main(["info", "-n", "new", "--storage", store]) == 0
-    assert "old (0 of 2 completed trials; gives nothing: it no longer fits this space)" in capsys.readouterr().out
+    unfit = "old (0 of 2 completed trials; gives nothing: it no longer fits this space)"
+    assert unfit in capsys.readouterr().out
 
 
 def test_a_source_whose_stored_space_cannot_be_read_never_stops_the_experiment_it_warm_started(
@@ -455,7 +458,8 @@ def test_a_source_whose_stored_space_cannot_be_read_never_stops_the_experiment_i
     assert "warm start source 'old' has no usable space (dimension 'x'" in caplog.text
     assert "going on without it" in caplog.text
     assert main(["info", "-n", "new", "--storage", store]) == 0
-    assert "old (0 of 0 completed trials; gives nothing: its space cannot be read)" in capsys.readouterr().out
+    unreadable = "old (0 of 0 completed trials; gives nothing: its space cannot be read)"
+    assert unreadable in capsys.readouterr().out
 
 
 def test_source_trials_another_program_stored_without_a_dimension_are_left_out(

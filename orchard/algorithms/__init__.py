@@ -47,6 +47,7 @@ from typing import TYPE_CHECKING, Any
 
 from orchard.algorithms.base import BaseAlgorithm, Observation
 from orchard.errors import ConfigurationError, OrchardError
+from orchard.priors import to_builtin
 from orchard.space import Space
 
 if TYPE_CHECKING:
@@ -216,7 +217,9 @@ def normalize_algorithm_config(config: AlgorithmConfig, space: Space | None = No
     """
     name, options = _split(config)
     cls = algorithm_class(name)
-    normalized = {name: _checked_options(cls, name, options)}
+    # as a storage keeps them (a tuple as a list): the same options given again join, and every worker,
+    # rebuilt from the storage, builds the algorithm from the values the first one checked
+    normalized = {name: _checked_options(cls, name, to_builtin(options))}
     if objectives is not None and len(objectives) > 1:
         with _plugin_step(cls, name, f"check the objectives {dict(objectives)!r}"):
             cls.check_objectives(normalized[name], objectives)
