@@ -251,7 +251,7 @@ def test_a_missing_source_is_named_as_the_warm_start_source_not_blamed_on_storag
     train.write_text("import orchard\norchard.report_objective(1.0)\n")
     other = tmp_path / "other.pkl"
     here = (f"warm start source 'nope' does not exist: no experiment named 'nope' in this experiment's "
-            f"storage pickle://{store} (experiments there: none); check its name, or write STORAGE:NAME for one")
+            f"storage pickle://{store} (experiments there: none); check its name, or write STORAGE:NAME")
     there = (f"warm start source '{other}:old' does not exist: no experiment named 'old' in its storage "
              f"pickle://{other} (experiments there: none); check its name and its storage")
     for source, words in [("nope", here), (f"{other}:old", there)]:
