@@ -21,6 +21,7 @@ import os
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from orchard import algorithms
 from orchard.algorithms import normalize_algorithm_config
 from orchard.constraints import normalize_constraints
 from orchard.errors import ConfigurationError
@@ -181,6 +182,22 @@ EXPERIMENT_RULES: dict[str, Rule] = {
 }
 
 
+def _algorithm_setting(value: Any, stored: bool) -> dict[str, dict[str, Any]]:
+    """``value`` normalized; a stored one whose algorithm cannot be loaded here, as it was stored.
+
+    The experiment's record said "unusable stored configuration ... delete it" wherever its plugin
+    was not installed, although nothing but a worker needs the algorithm.
+    """
+    if stored and isinstance(value, Mapping) and len(value) == 1:
+        ((name, options),) = value.items()
+        try:
+            algorithms.algorithm_class(name)
+        except ConfigurationError:
+            if isinstance(options, Mapping):
+                return {name: dict(options)}
+    return normalize_algorithm_config(value)
+
+
 @dataclasses.dataclass(frozen=True)
 class ExperimentConfig:
     """The settings of one experiment, shared by every worker through the storage.
@@ -224,13 +241,15 @@ class ExperimentConfig:
     constraints: list[str] | None = None
     stop: dict[str, Any] | None = None
     warm_start: list[dict[str, Any]] | None = None
+    #: A configuration read from the storage (see :meth:`from_dict`), not a field.
+    stored: dataclasses.InitVar[bool] = False
 
-    def __post_init__(self) -> None:
+    def __post_init__(self, stored: bool = False) -> None:
         if not isinstance(self.space, Space):
             raise ConfigurationError(
                 f"space must be a Space, got {type(self.space).__name__}; "
                 "use ExperimentConfig.from_dict for a mapping of priors")
-        object.__setattr__(self, "algorithm", normalize_algorithm_config(self.algorithm))
+        object.__setattr__(self, "algorithm", _algorithm_setting(self.algorithm, stored))
         object.__setattr__(self, "pruner", normalize_pruner_config(self.pruner))
         object.__setattr__(self, "objectives", normalize_objectives(self.objectives))
         object.__setattr__(self, "constraints", normalize_constraints(self.constraints))
@@ -245,11 +264,13 @@ class ExperimentConfig:
         return 3.0 * self.heartbeat
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> ExperimentConfig:
-        """Read a stored (or user-given) configuration; missing keys take their defaults.
+    def from_dict(cls, data: Mapping[str, Any], stored: bool = True) -> ExperimentConfig:
+        """Read a stored (or, with ``stored=False``, user-given) configuration; missing keys take their defaults.
 
         Keys this version does not know are ignored, so a record written by a newer
-        release can still be read.
+        release can still be read. A stored algorithm this installation cannot load (a plugin
+        installed only where the workers run) is kept as stored: ``status``, ``info``, plots and
+        dumps read the experiment; a worker's settings (:class:`WorkerSettings`) still refuse it.
 
         Raises:
             ConfigurationError: a value is invalid, or ``space`` is missing.
@@ -259,7 +280,7 @@ class ExperimentConfig:
         known = {field.name for field in dataclasses.fields(cls)} - {"space"}
         values = {key: data[key] for key in known if data.get(key) is not None}
         space = data["space"]
-        return cls(space=space if isinstance(space, Space) else Space.from_config(space), **values)
+        return cls(space=space if isinstance(space, Space) else Space.from_config(space), **values, stored=stored)
 
     def to_dict(self) -> dict[str, Any]:
         """The plain dict the storage keeps (JSON/BSON-friendly)."""
@@ -302,8 +323,8 @@ class WorkerSettings(ExperimentConfig):
     max_trials_per_worker: int | None = None
     storage_patience: float = 600.0
 
-    def __post_init__(self) -> None:
-        super().__post_init__()
+    def __post_init__(self, stored: bool = False) -> None:
+        super().__post_init__(stored)
         for key, rule in (("idle_timeout", optional(positive_number)),
                           ("max_trials_per_worker", optional(positive_int)),
                           ("storage_patience", positive_number)):

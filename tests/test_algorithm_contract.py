@@ -421,3 +421,34 @@ def test_a_plugin_option_given_as_a_tuple_joins_when_given_again(
     first = orchard.build_experiment("e", space={"x": "uniform(0, 1)"}, algorithm=setting, storage=store)
     again = orchard.build_experiment("e", space={"x": "uniform(0, 1)"}, algorithm=setting, storage=store)
     assert again.id == first.id and again.algorithm == {"levels": {"levels": [1, 2]}}
+
+
+def test_an_experiment_of_a_plugin_not_installed_here_is_read_but_not_run(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """status, info, get_experiment and db load said "unusable stored configuration (unknown algorithm
+    'center_first') ...; delete it with `orchard db rm`" wherever the plugin was not installed."""
+    import types
+    from importlib import metadata
+
+    from orchard import algorithms
+    from orchard.algorithms import RandomSearch
+    from orchard.cli import main
+
+    module = types.ModuleType("test_algorithm_contract_elsewhere")
+    module.CenterFirst = type("CenterFirst", (RandomSearch,), {})  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, module.__name__, module)
+    point = metadata.EntryPoint("center_first", f"{module.__name__}:CenterFirst", algorithms.ENTRY_POINT_GROUP)
+    store = str(tmp_path / "a.pkl")
+    with monkeypatch.context() as patched:  # installed where the workers ran
+        patched.setattr(algorithms, "_entry_points", lambda: {"center_first": point})
+        exp = orchard.build_experiment("e", space={"x": "uniform(0, 1)"}, algorithm="center_first", storage=store)
+        exp.workon(lambda x: x, max_trials=2, progress=False)
+    here = orchard.get_experiment("e", storage=store)
+    assert here.algorithm == {"center_first": {}} and here.best_trial is not None
+    dump = str(tmp_path / "d.json")
+    for command in (["status", "-n", "e"], ["info", "-n", "e"], ["db", "dump", "-n", "e", "-o", dump],
+                    ["db", "load", dump, "-n", "copy"]):
+        assert main([*command, "--storage", store]) == 0, capsys.readouterr().err
+    assert len(orchard.get_experiment("copy", storage=store).fetch_trials()) == 2
+    with pytest.raises(ConfigurationError, match="^unknown algorithm 'center_first'"):
+        here.workon(lambda x: x, max_trials=3, progress=False)
