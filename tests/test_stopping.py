@@ -355,6 +355,12 @@ def test_bad_rules_are_refused_before_anything_is_stored(stop: Any) -> None:
     assert storage.list_experiments() == []
 
 
+def test_min_delta_given_both_in_patience_and_beside_it_is_refused() -> None:
+    """{'patience': {'trials': 3, 'min_delta': 0.1}, 'min_delta': 0.5} kept 0.1 and dropped 0.5 without a word."""
+    with pytest.raises(ConfigurationError, match="give min_delta twice; give it once"):
+        _experiment({"patience": {"trials": 3, "min_delta": 0.1}, "min_delta": 0.5})
+
+
 def test_target_and_patience_are_refused_with_several_objectives() -> None:
     storage = get_storage("memory://")
     for stop in ({"target": 0.1}, {"patience": 5}):
