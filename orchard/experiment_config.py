@@ -265,7 +265,7 @@ class ExperimentConfig:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], stored: bool = True) -> ExperimentConfig:
-        """Read a stored (or, with ``stored=False``, user-given) configuration; missing keys take their defaults.
+        """Read a stored (or, ``stored=False``, a user-given) configuration; missing keys take their defaults.
 
         Keys this version does not know are ignored, so a record written by a newer
         release can still be read. A stored algorithm this installation cannot load (a plugin
@@ -279,8 +279,8 @@ class ExperimentConfig:
             raise ConfigurationError("an experiment configuration needs a space")
         known = {field.name for field in dataclasses.fields(cls)} - {"space"}
         values = {key: data[key] for key in known if data.get(key) is not None}
-        space = data["space"]
-        return cls(space=space if isinstance(space, Space) else Space.from_config(space), **values, stored=stored)
+        space = data["space"] if isinstance(data["space"], Space) else Space.from_config(data["space"])
+        return cls(space=space, **values, stored=stored)
 
     def to_dict(self) -> dict[str, Any]:
         """The plain dict the storage keeps (JSON/BSON-friendly)."""

@@ -147,8 +147,8 @@ def normalize_stop(value: Any, objectives: Mapping[str, str] | None = None) -> d
         if "min_delta" in patience:
             if given.get("min_delta") is not None:  # one of the two was dropped without a word
                 raise ConfigurationError(
-                    f"stop rule patience={dict(patience)!r} and min_delta={given['min_delta']!r} give min_delta "
-                    "twice; give it once")
+                    f"stop rule patience={dict(patience)!r} and min_delta={given['min_delta']!r} give "
+                    "min_delta twice; give it once")
             given["min_delta"] = patience["min_delta"]
     unknown = sorted(set(given) - set(RULES) - set(_OPTIONS))
     if unknown:

@@ -437,11 +437,13 @@ def test_an_experiment_of_a_plugin_not_installed_here_is_read_but_not_run(
     module = types.ModuleType("test_algorithm_contract_elsewhere")
     module.CenterFirst = type("CenterFirst", (RandomSearch,), {})  # type: ignore[attr-defined]
     monkeypatch.setitem(sys.modules, module.__name__, module)
-    point = metadata.EntryPoint("center_first", f"{module.__name__}:CenterFirst", algorithms.ENTRY_POINT_GROUP)
+    point = metadata.EntryPoint("center_first", f"{module.__name__}:CenterFirst",
+                                algorithms.ENTRY_POINT_GROUP)
     store = str(tmp_path / "a.pkl")
     with monkeypatch.context() as patched:  # installed where the workers ran
         patched.setattr(algorithms, "_entry_points", lambda: {"center_first": point})
-        exp = orchard.build_experiment("e", space={"x": "uniform(0, 1)"}, algorithm="center_first", storage=store)
+        exp = orchard.build_experiment("e", space={"x": "uniform(0, 1)"}, algorithm="center_first",
+                                       storage=store)
         exp.workon(lambda x: x, max_trials=2, progress=False)
     here = orchard.get_experiment("e", storage=store)
     assert here.algorithm == {"center_first": {}} and here.best_trial is not None

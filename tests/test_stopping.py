@@ -356,7 +356,7 @@ def test_bad_rules_are_refused_before_anything_is_stored(stop: Any) -> None:
 
 
 def test_min_delta_given_both_in_patience_and_beside_it_is_refused() -> None:
-    """{'patience': {'trials': 3, 'min_delta': 0.1}, 'min_delta': 0.5} kept 0.1 and dropped 0.5 without a word."""
+    """{'patience': {'trials': 3, 'min_delta': 0.1}, 'min_delta': 0.5} dropped 0.5 silently."""
     with pytest.raises(ConfigurationError, match="give min_delta twice; give it once"):
         _experiment({"patience": {"trials": 3, "min_delta": 0.1}, "min_delta": 0.5})
 
