@@ -21,7 +21,6 @@ import os
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from orchard import algorithms
 from orchard.algorithms import normalize_algorithm_config
 from orchard.constraints import normalize_constraints
 from orchard.errors import ConfigurationError
@@ -183,19 +182,19 @@ EXPERIMENT_RULES: dict[str, Rule] = {
 
 
 def _algorithm_setting(value: Any, stored: bool) -> dict[str, dict[str, Any]]:
-    """``value`` normalized; a stored one whose algorithm cannot be loaded here, as it was stored.
+    """``value`` normalized; a stored one this installation cannot build, as it was stored.
 
-    The experiment's record said "unusable stored configuration ... delete it" wherever its plugin
-    was not installed, although nothing but a worker needs the algorithm.
+    A plugin installed only where the workers run (or in another version there) made the
+    experiment an "unusable stored configuration ... delete it" for status, info and plots,
+    although only a worker needs the algorithm; a worker's settings still refuse it.
     """
-    if stored and isinstance(value, Mapping) and len(value) == 1:
-        ((name, options),) = value.items()
-        try:
-            algorithms.algorithm_class(name)
-        except ConfigurationError:
-            if isinstance(options, Mapping):
-                return {name: dict(options)}
-    return normalize_algorithm_config(value)
+    try:
+        return normalize_algorithm_config(value)
+    except ConfigurationError:
+        if not (stored and isinstance(value, Mapping) and len(value) == 1
+                and all(isinstance(options, Mapping) for options in value.values())):
+            raise
+        return {str(name): dict(options) for name, options in value.items()}
 
 
 @dataclasses.dataclass(frozen=True)
