@@ -454,3 +454,25 @@ def test_an_experiment_of_a_plugin_not_installed_here_is_read_but_not_run(
     assert len(orchard.get_experiment("copy", storage=store).fetch_trials()) == 2
     with pytest.raises(ConfigurationError, match="^unknown algorithm 'center_first'"):
         here.workon(lambda x: x, max_trials=3, progress=False)
+
+
+def test_a_package_with_damaged_entry_points_is_named_and_the_other_plugins_still_load(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """One damaged entry_points.txt of any installed package made every plugin lookup fail with
+    "unexpected TypeError: Pair.__new__() missing 1 required positional argument: 'value'"."""
+    from orchard import algorithms
+
+    sound = "sound_search = orchard.algorithms._random:RandomSearch"
+    for name, points in [("damaged", "no equals sign here"), ("sound", sound)]:
+        info = tmp_path / f"{name}-0.1.dist-info"
+        info.mkdir()
+        (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {name}\nVersion: 0.1\n")
+        (info / "entry_points.txt").write_text(f"[orchard.algorithms]\n{points}\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    algorithms._entry_points.cache_clear()
+    try:
+        assert "sound_search" in algorithm_names()
+        assert algorithm_class("sound_search").__name__ == "RandomSearch"
+    finally:
+        algorithms._entry_points.cache_clear()
+    assert "installed package 'damaged' declares entry points Orchard cannot read" in caplog.text

@@ -42,6 +42,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import importlib
+import logging
 from collections.abc import Callable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -77,6 +78,8 @@ __all__ = [
 ]
 
 AlgorithmConfig = str | Mapping[str, Any]
+
+log = logging.getLogger(__name__)
 
 
 def _lazy(module: str, name: str) -> Callable[[], type[BaseAlgorithm]]:
@@ -122,10 +125,25 @@ ENTRY_POINT_GROUP = "orchard.algorithms"
 
 @functools.cache
 def _entry_points() -> dict[str, metadata.EntryPoint]:
-    """The installed packages' algorithm entry points by name (read once per process)."""
+    """The installed packages' algorithm entry points by name (read once per process).
+
+    A package whose entry points cannot be read (a damaged ``entry_points.txt``) is left out with a
+    warning naming it: reading them all at once failed every plugin lookup with the parser's error.
+    """
     from importlib import metadata  # importing it costs a fresh worker process ~20 ms: only when needed
 
-    return {ep.name: ep for ep in metadata.entry_points(group=ENTRY_POINT_GROUP)}
+    found: dict[str, metadata.EntryPoint] = {}
+    for distribution in metadata.distributions():
+        try:
+            points = distribution.entry_points.select(group=ENTRY_POINT_GROUP)
+        except Exception as err:  # noqa: BLE001 -- any damage to another package's metadata
+            log.warning("installed package %r declares entry points Orchard cannot read (%s: %s); its "
+                        "algorithms, if any, are left out: reinstall it", distribution.metadata["Name"],
+                        type(err).__name__, err)
+            continue
+        for point in points:
+            found.setdefault(point.name, point)  # the first on sys.path, as an import would find it
+    return found
 
 
 def algorithm_names() -> list[str]:
