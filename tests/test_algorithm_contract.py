@@ -476,3 +476,25 @@ def test_a_package_with_damaged_entry_points_is_named_and_the_other_plugins_stil
     finally:
         algorithms._entry_points.cache_clear()
     assert "installed package 'damaged' declares entry points Orchard cannot read" in caplog.text
+
+
+def test_a_plugin_written_to_the_documented_suggest_signature_runs(monkeypatch: pytest.MonkeyPatch) -> None:
+    """suggest(completed, pending, n), as docs/algorithms.md gives it, passed check_algorithm but failed every
+    worker: "Doc.suggest() got an unexpected keyword argument 'seen'"."""
+    from orchard import algorithms
+    from orchard.algorithms.base import BaseAlgorithm
+
+    class Documented(BaseAlgorithm):
+        name = "documented"
+
+        def suggest(self, completed: Any, pending: Any, n: int = 1) -> list[dict[str, Any]]:  # type: ignore
+
+            seen = self.seen_points(completed, pending, None)
+            return [self.random_unseen(self.rng(completed, pending), seen)]
+
+    check_algorithm(lambda space, seed: Documented(space, seed))
+    monkeypatch.setitem(algorithms.ALGORITHMS, "documented", lambda: Documented)
+    exp = orchard.build_experiment("e", space={"x": "uniform(0, 1)"}, algorithm="documented",
+                                   storage="memory://")
+    exp.workon(lambda x: x, max_trials=3, progress=False)
+    assert len(exp.fetch_trials()) == 3
