@@ -181,6 +181,22 @@ EXPERIMENT_RULES: dict[str, Rule] = {
 }
 
 
+def _algorithm_setting(value: Any, stored: bool) -> dict[str, dict[str, Any]]:
+    """``value`` normalized; a stored one this installation cannot build, as it was stored.
+
+    A plugin installed only where the workers run (or in another version there) made the
+    experiment an "unusable stored configuration ... delete it" for status, info and plots,
+    although only a worker needs the algorithm; a worker's settings still refuse it.
+    """
+    try:
+        return normalize_algorithm_config(value)
+    except ConfigurationError:
+        if not (stored and isinstance(value, Mapping) and len(value) == 1
+                and all(isinstance(options, Mapping) for options in value.values())):
+            raise
+        return {str(name): dict(options) for name, options in value.items()}
+
+
 @dataclasses.dataclass(frozen=True)
 class ExperimentConfig:
     """The settings of one experiment, shared by every worker through the storage.
@@ -224,13 +240,15 @@ class ExperimentConfig:
     constraints: list[str] | None = None
     stop: dict[str, Any] | None = None
     warm_start: list[dict[str, Any]] | None = None
+    #: A configuration read from the storage (see :meth:`from_dict`), not a field.
+    stored: dataclasses.InitVar[bool] = False
 
-    def __post_init__(self) -> None:
+    def __post_init__(self, stored: bool = False) -> None:
         if not isinstance(self.space, Space):
             raise ConfigurationError(
                 f"space must be a Space, got {type(self.space).__name__}; "
                 "use ExperimentConfig.from_dict for a mapping of priors")
-        object.__setattr__(self, "algorithm", normalize_algorithm_config(self.algorithm))
+        object.__setattr__(self, "algorithm", _algorithm_setting(self.algorithm, stored))
         object.__setattr__(self, "pruner", normalize_pruner_config(self.pruner))
         object.__setattr__(self, "objectives", normalize_objectives(self.objectives))
         object.__setattr__(self, "constraints", normalize_constraints(self.constraints))
@@ -245,11 +263,13 @@ class ExperimentConfig:
         return 3.0 * self.heartbeat
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> ExperimentConfig:
-        """Read a stored (or user-given) configuration; missing keys take their defaults.
+    def from_dict(cls, data: Mapping[str, Any], stored: bool = True) -> ExperimentConfig:
+        """Read a stored (or, ``stored=False``, a user-given) configuration; missing keys take their defaults.
 
         Keys this version does not know are ignored, so a record written by a newer
-        release can still be read.
+        release can still be read. A stored algorithm this installation cannot load (a plugin
+        installed only where the workers run) is kept as stored: ``status``, ``info``, plots and
+        dumps read the experiment; a worker's settings (:class:`WorkerSettings`) still refuse it.
 
         Raises:
             ConfigurationError: a value is invalid, or ``space`` is missing.
@@ -258,8 +278,8 @@ class ExperimentConfig:
             raise ConfigurationError("an experiment configuration needs a space")
         known = {field.name for field in dataclasses.fields(cls)} - {"space"}
         values = {key: data[key] for key in known if data.get(key) is not None}
-        space = data["space"]
-        return cls(space=space if isinstance(space, Space) else Space.from_config(space), **values)
+        space = data["space"] if isinstance(data["space"], Space) else Space.from_config(data["space"])
+        return cls(space=space, **values, stored=stored)
 
     def to_dict(self) -> dict[str, Any]:
         """The plain dict the storage keeps (JSON/BSON-friendly)."""
@@ -302,8 +322,8 @@ class WorkerSettings(ExperimentConfig):
     max_trials_per_worker: int | None = None
     storage_patience: float = 600.0
 
-    def __post_init__(self) -> None:
-        super().__post_init__()
+    def __post_init__(self, stored: bool = False) -> None:
+        super().__post_init__(stored)
         for key, rule in (("idle_timeout", optional(positive_number)),
                           ("max_trials_per_worker", optional(positive_int)),
                           ("storage_patience", positive_number)):

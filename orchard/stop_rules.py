@@ -99,10 +99,13 @@ _CHECKS: dict[str, Callable[[Any], Any]] = {
 
 
 def _items(value: Any) -> Mapping[str, Any]:
-    """A mapping from a mapping, ``RULE=VALUE`` items, or one text of comma-separated ones."""
+    """A mapping from a mapping, or ``RULE=VALUE`` items: comma-separated in one text or in each of several
+    (``--stop target=0.05,patience=30`` is two rules, as ``ORCHARD_STOP`` is)."""
     if isinstance(value, Mapping):
         return value
-    items = value.split(",") if isinstance(value, str) else value
+    items = [value] if isinstance(value, str) else value
+    if isinstance(items, (list, tuple)) and all(isinstance(item, str) for item in items):
+        items = [part for item in items for part in item.split(",")]
     if not isinstance(items, (list, tuple)) or not all(isinstance(i, str) and "=" in i for i in items):
         raise ConfigurationError(
             f"stop={value!r} is not a set of stopping rules; give a mapping such as "
@@ -142,6 +145,10 @@ def normalize_stop(value: Any, objectives: Mapping[str, str] | None = None) -> d
                 "{'trials': N, 'min_delta': X}; correct it and try again")
         given["patience"] = patience["trials"]
         if "min_delta" in patience:
+            if given.get("min_delta") is not None:  # one of the two was dropped without a word
+                raise ConfigurationError(
+                    f"stop rule patience={dict(patience)!r} and min_delta={given['min_delta']!r} give "
+                    "min_delta twice; give it once")
             given["min_delta"] = patience["min_delta"]
     unknown = sorted(set(given) - set(RULES) - set(_OPTIONS))
     if unknown:

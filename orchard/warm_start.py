@@ -98,13 +98,15 @@ class SourceUse:
     """What a warm start took from one source: ``used`` of its ``completed`` trials.
 
     ``dropped`` counts, per dimension, the trials left out because their value was
-    outside this space's prior there.
+    outside this space's prior there. ``unused`` says why a source gives nothing now
+    (it no longer exists, cannot be read, or no longer fits), ``None`` while it gives.
     """
 
     source: str
     used: int
     completed: int
     dropped: Mapping[str, int]
+    unused: str | None = None
 
 
 def _parse_source(item: Any) -> Source:
@@ -218,7 +220,9 @@ def _read(source: Source, own: BaseStorage) -> tuple[Space, dict[str, str] | Non
     """The source's space, objectives and completed trials, read once per process while its count stays the same."""
     storage = own if source.storage is None else get_storage(source.storage)
     try:
-        record = storage.require_experiment(source.experiment)
+        record = storage.get_experiment(source.experiment)
+        if record is None:
+            raise _missing(source, storage)
         count = storage.count_trials(record.id)[TrialStatus.COMPLETED]
         key = (storage.uri, record.id)
         with _CACHE_LOCK:
@@ -237,6 +241,22 @@ def _read(source: Source, own: BaseStorage) -> tuple[Space, dict[str, str] | Non
         if source.storage is not None:
             storage.close()
     return cached
+
+
+def _missing(source: Source, storage: BaseStorage) -> ExperimentNotFoundError:
+    """The error for a source ``storage`` does not hold, naming it as a warm start source.
+
+    (``require_experiment``'s advice, "check the name and --storage", blamed an option that was right.)
+    """
+    names = ", ".join(sorted(r.name for r in storage.list_experiments())) or "none"
+    if source.storage is None:
+        where = "this experiment's storage"
+        fix = "check its name, or write STORAGE:NAME for one in another storage"
+    else:
+        where, fix = "its storage", "check its name and its storage"
+    return ExperimentNotFoundError(
+        f"warm start source {source.label!r} does not exist: no experiment named {source.experiment!r} "
+        f"in {where} {storage.redacted_uri} (experiments there: {names}); {fix}")
 
 
 def _scored(trial: Trial, objectives: Mapping[str, str] | None) -> bool:
@@ -279,19 +299,20 @@ def _gather(space: Space, stored: Sequence[Mapping[str, Any]] | None, own: BaseS
             if strict or (isinstance(err, StorageError) and source.storage is None):
                 raise  # the experiment's own storage failing is no excuse
             if isinstance(err, ConfigurationError):  # its record holds a space this release cannot read
-                why = str(err)
+                unused, why = "its space cannot be read", str(err)
             elif isinstance(err, ExperimentNotFoundError):
-                why = f"warm start source {source.label!r} no longer exists"
+                unused, why = "it no longer exists", f"warm start source {source.label!r} no longer exists"
             else:
+                unused = "it cannot be read"
                 why = f"warm start source {source.label!r} cannot be read ({err})"
             log.warning("%s; going on without it", why)
-            uses.append(SourceUse(source.label, 0, 0, {}))
+            uses.append(SourceUse(source.label, 0, 0, {}, unused))
             continue
         problems = _fit_problems(source, theirs, space)
         if problems and not strict:  # recreated with another space since: the sources cannot be changed
             log.warning("warm start source %r no longer fits this space (%s); going on without it",
                         source.label, "; ".join(problems))
-            uses.append(SourceUse(source.label, 0, len(trials), {}))
+            uses.append(SourceUse(source.label, 0, len(trials), {}, "it no longer fits this space"))
             continue
         if problems:
             raise ConfigurationError(
@@ -324,21 +345,31 @@ def check_sources(space: Space, stored: Sequence[Mapping[str, Any]] | None, own:
             measured other objectives.
         StorageError: a source's storage cannot be opened.
     """
-    if any(s.experiment == name and _in_storage(s, own) for s in _sources(stored)):
+    sources = _sources(stored)
+    places = [_storage_uri(source, own) for source in sources]
+    if any(s.experiment == name and place == own.uri for s, place in zip(sources, places)):
         raise ConfigurationError(f"experiment {name!r} cannot warm-start from itself; name an earlier experiment")
+    named: dict[tuple[str, str], Source] = {}
+    for source, place in zip(sources, places):
+        same = None if place is None else named.setdefault((place, source.experiment), source)
+        if same is not None and same is not source:  # its trials were told twice, as if evaluated twice
+            raise ConfigurationError(f"warm_start names one experiment twice: {same.label!r} and "
+                                     f"{source.label!r}; name each source once")
     _gather(space, stored, own, strict=True, objectives=objectives)
 
 
-def _in_storage(source: Source, own: BaseStorage) -> bool:
-    """Whether ``source`` is kept in ``own`` (named by its URI or path too): a self-source named by path was
-    reported as missing from its own storage."""
+def _storage_uri(source: Source, own: BaseStorage) -> str | None:
+    """The URI of the storage ``source`` is kept in, however it was written (``None``: it cannot be opened).
+
+    A source named by the path of the experiment's own storage is in that storage.
+    """
     if source.storage is None:
-        return True
+        return own.uri
     try:
         with get_storage(source.storage) as theirs:
-            return theirs.uri == own.uri
+            return theirs.uri
     except OrchardError:
-        return False  # _gather says why it cannot be read
+        return None  # _gather says why it cannot be read
 
 
 def prior_trials(space: Space, stored: Sequence[Mapping[str, Any]] | None, own: BaseStorage) -> list[Trial]:

@@ -379,3 +379,122 @@ def test_a_plugin_whose_option_check_fails_is_one_clear_line(monkeypatch: pytest
                                                  r"\{'depth': 'deep'\}: ValueError: invalid literal"):
         orchard.build_experiment("plugged", space={"x": "uniform(0, 1)"}, algorithm={"picky": {"depth": "deep"}},
                                  storage="memory://")
+
+
+def test_a_plugin_that_sets_no_name_of_its_own_is_named_by_its_entry_point(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A plugin extending RandomSearch was 'random' in its messages (one setting no name at all was '')."""
+    import types
+    from importlib import metadata
+
+    from orchard import algorithms
+    from orchard.algorithms import RandomSearch
+
+    class Extended(RandomSearch):  # type: ignore[misc, valid-type]
+        OPTIONS: ClassVar[dict[str, Any]] = {"depth": 3}
+
+    module = types.ModuleType("test_algorithm_contract_named")
+    module.Extended = Extended  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, module.__name__, module)
+    point = metadata.EntryPoint("my_random", f"{module.__name__}:Extended", algorithms.ENTRY_POINT_GROUP)
+    monkeypatch.setattr(algorithms, "_entry_points", lambda: {"my_random": point})
+    typo = r"^algorithm 'my_random' has no option 'dept'; valid options: depth$"
+    with pytest.raises(ConfigurationError, match=typo):
+        orchard.build_experiment("plugged", space={"x": "uniform(0, 1)"},
+                                 algorithm={"my_random": {"dept": 2}}, storage="memory://")
+    assert RandomSearch.name == "random"
+
+
+def test_a_plugin_option_given_as_a_tuple_joins_when_given_again(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """The storage keeps (1, 2) as [1, 2]: the same script run again was refused (stored [1, 2] != given)."""
+    from orchard import algorithms
+    from orchard.algorithms import RandomSearch
+
+    class Levels(RandomSearch):  # type: ignore[misc, valid-type]
+        name = "levels"
+        OPTIONS: ClassVar[dict[str, Any]] = {"levels": None}
+
+    monkeypatch.setattr(algorithms, "algorithm_class", lambda name: Levels)
+    setting = {"levels": {"levels": (1, 2)}}
+    store = str(tmp_path / "a.pkl")
+    first = orchard.build_experiment("e", space={"x": "uniform(0, 1)"}, algorithm=setting, storage=store)
+    again = orchard.build_experiment("e", space={"x": "uniform(0, 1)"}, algorithm=setting, storage=store)
+    assert again.id == first.id and again.algorithm == {"levels": {"levels": [1, 2]}}
+
+
+def test_an_experiment_of_a_plugin_not_installed_here_is_read_but_not_run(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """status, info, get_experiment and db load said "unusable stored configuration (unknown algorithm
+    'center_first') ...; delete it with `orchard db rm`" wherever the plugin was not installed."""
+    import types
+    from importlib import metadata
+
+    from orchard import algorithms
+    from orchard.algorithms import RandomSearch
+    from orchard.cli import main
+
+    module = types.ModuleType("test_algorithm_contract_elsewhere")
+    module.CenterFirst = type("CenterFirst", (RandomSearch,), {})  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, module.__name__, module)
+    point = metadata.EntryPoint("center_first", f"{module.__name__}:CenterFirst",
+                                algorithms.ENTRY_POINT_GROUP)
+    store = str(tmp_path / "a.pkl")
+    with monkeypatch.context() as patched:  # installed where the workers ran
+        patched.setattr(algorithms, "_entry_points", lambda: {"center_first": point})
+        exp = orchard.build_experiment("e", space={"x": "uniform(0, 1)"}, algorithm="center_first",
+                                       storage=store)
+        exp.workon(lambda x: x, max_trials=2, progress=False)
+    here = orchard.get_experiment("e", storage=store)
+    assert here.algorithm == {"center_first": {}} and here.best_trial is not None
+    dump = str(tmp_path / "d.json")
+    for command in (["status", "-n", "e"], ["info", "-n", "e"], ["db", "dump", "-n", "e", "-o", dump],
+                    ["db", "load", dump, "-n", "copy"]):
+        assert main([*command, "--storage", store]) == 0, capsys.readouterr().err
+    assert len(orchard.get_experiment("copy", storage=store).fetch_trials()) == 2
+    with pytest.raises(ConfigurationError, match="^unknown algorithm 'center_first'"):
+        here.workon(lambda x: x, max_trials=3, progress=False)
+
+
+def test_a_package_with_damaged_entry_points_is_named_and_the_other_plugins_still_load(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """One damaged entry_points.txt of any installed package made every plugin lookup fail with
+    "unexpected TypeError: Pair.__new__() missing 1 required positional argument: 'value'"."""
+    from orchard import algorithms
+
+    sound = "sound_search = orchard.algorithms._random:RandomSearch"
+    for name, points in [("damaged", "no equals sign here"), ("sound", sound)]:
+        info = tmp_path / f"{name}-0.1.dist-info"
+        info.mkdir()
+        (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {name}\nVersion: 0.1\n")
+        (info / "entry_points.txt").write_text(f"[orchard.algorithms]\n{points}\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    algorithms._entry_points.cache_clear()
+    try:
+        assert "sound_search" in algorithm_names()
+        assert algorithm_class("sound_search").__name__ == "RandomSearch"
+    finally:
+        algorithms._entry_points.cache_clear()
+    assert "installed package 'damaged' declares entry points Orchard cannot read" in caplog.text
+
+
+def test_a_plugin_written_to_the_documented_suggest_signature_runs(monkeypatch: pytest.MonkeyPatch) -> None:
+    """suggest(completed, pending, n), as docs/algorithms.md gives it, passed check_algorithm but failed every
+    worker: "Doc.suggest() got an unexpected keyword argument 'seen'"."""
+    from orchard import algorithms
+    from orchard.algorithms.base import BaseAlgorithm
+
+    class Documented(BaseAlgorithm):
+        name = "documented"
+
+        def suggest(self, completed: Any, pending: Any, n: int = 1) -> list[dict[str, Any]]:  # type: ignore
+
+            seen = self.seen_points(completed, pending, None)
+            return [self.random_unseen(self.rng(completed, pending), seen)]
+
+    check_algorithm(lambda space, seed: Documented(space, seed))
+    monkeypatch.setitem(algorithms.ALGORITHMS, "documented", lambda: Documented)
+    exp = orchard.build_experiment("e", space={"x": "uniform(0, 1)"}, algorithm="documented",
+                                   storage="memory://")
+    exp.workon(lambda x: x, max_trials=3, progress=False)
+    assert len(exp.fetch_trials()) == 3

@@ -355,6 +355,12 @@ def test_bad_rules_are_refused_before_anything_is_stored(stop: Any) -> None:
     assert storage.list_experiments() == []
 
 
+def test_min_delta_given_both_in_patience_and_beside_it_is_refused() -> None:
+    """{'patience': {'trials': 3, 'min_delta': 0.1}, 'min_delta': 0.5} dropped 0.5 silently."""
+    with pytest.raises(ConfigurationError, match="give min_delta twice; give it once"):
+        _experiment({"patience": {"trials": 3, "min_delta": 0.1}, "min_delta": 0.5})
+
+
 def test_target_and_patience_are_refused_with_several_objectives() -> None:
     storage = get_storage("memory://")
     for stop in ({"target": 0.1}, {"patience": 5}):
@@ -398,6 +404,17 @@ def test_rules_come_from_flags_the_environment_and_config_files(tmp_path: Path) 
     (tmp_path / "orchard.yaml").write_text("stop:\n  target: 0.5\n")
     assert config.resolve("stop", environ={}, files=[tmp_path / "orchard.yaml"]) == {"target": 0.5}
     assert parse_duration("1h30m") == 5400.0 and parse_duration(90) == 90.0
+
+
+def test_one_stop_flag_takes_several_comma_separated_rules_as_the_docs_show(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "f.py").write_text("import orchard\norchard.report_objective(1.0)\n")
+    assert main(["hunt", "-n", "e", "--storage", "db.pkl", "--stop", "target=0.05,patience=2",
+                 "--stop", "max_time=2h", sys.executable, "f.py", "--x~uniform(0, 1)"]) == 0
+    stored = get_storage("db.pkl").get_experiment("e")
+    assert stored is not None and stored.config["stop"] == {"target": 0.05, "patience": 2, "max_time": 7200.0}
+    assert stored.config[LEDGER_KEY]["fired"]["rule"] == "patience"  # 1.0, 1.0, 1.0: no improvement in 2
 
 
 # -- what is shown -----------------------------------------------------------------------------

@@ -12,6 +12,7 @@ stored. The last test runs two real ``orchard hunt`` processes on one pickle fil
 from __future__ import annotations
 
 import itertools
+import json
 import math
 import os
 import statistics
@@ -242,6 +243,33 @@ def test_bad_sources_are_refused(store: str, sources: list[object], error: type[
     assert orchard.get_storage(store).get_experiment("new") is None
 
 
+def test_a_missing_source_is_named_as_the_warm_start_source_not_blamed_on_storage(
+        store: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """The message was require_experiment's: "no experiment named 'old' in storage ...; check the name and
+    --storage"."""
+    train = tmp_path / "f.py"
+    train.write_text("import orchard\norchard.report_objective(1.0)\n")
+    other = tmp_path / "other.pkl"
+    here = (f"warm start source 'nope' does not exist: no experiment named 'nope' in this experiment's "
+            f"storage pickle://{store} (experiments there: none); check its name, or write STORAGE:NAME")
+    there = (f"warm start source '{other}:old' does not exist: no experiment named 'old' in its storage "
+             f"pickle://{other} (experiments there: none); check its name and its storage")
+    for source, words in [("nope", here), (f"{other}:old", there)]:
+        assert main(["hunt", "-n", "new", "--storage", store, "--warm-start", source, sys.executable,
+                     str(train), "--x~uniform(0, 1)"]) != 0
+        err = capsys.readouterr().err
+        assert words in err and "--storage" not in err, err
+
+
+def test_one_source_named_twice_in_two_spellings_is_refused(store: str) -> None:
+    """'old' and 'PATH:old' (the same file) were both read: every trial of old was told twice."""
+    finished(store)
+    twice = f"^warm_start names one experiment twice: 'old' and '{store}:old'"
+    with pytest.raises(ConfigurationError, match=twice):
+        orchard.build_experiment("new", space=BRANIN_SPACE, storage=store, warm_start=["old", f"{store}:old"])
+    assert orchard.get_storage(store).get_experiment("new") is None
+
+
 def test_a_source_is_told_with_this_experiments_objectives(store: str) -> None:
     """A source maximising acc was told as is (-acc) to one minimising it: steered to its worst points."""
     old = orchard.build_experiment("old", space=BRANIN_SPACE, max_trials=4, storage=store,
@@ -383,14 +411,20 @@ def test_a_conflict_over_the_sources_never_shows_a_password(store: str) -> None:
 
 
 def test_a_deleted_source_never_stops_the_experiment_it_warm_started(
-    store: str, caplog: pytest.LogCaptureFixture,
+    store: str, caplog: pytest.LogCaptureFixture, capsys: pytest.CaptureFixture[str],
 ) -> None:
+    """info said 'old (0 of 0 completed trials)', as of a source that has none yet."""
     old = finished(store)
     new = orchard.build_experiment("new", space=BRANIN_SPACE, max_trials=2, storage=store, warm_start=["old"])
     old.storage.delete_experiment(old.id)
     new.workon(branin, progress=False)
     assert len(new.fetch_trials([TrialStatus.COMPLETED])) == 2
     assert "warm start source 'old' no longer exists" in caplog.text
+    assert main(["info", "-n", "new", "--storage", store]) == 0
+    gone = "warm start: old (0 of 0 completed trials; gives nothing: it no longer exists)"
+    assert gone in capsys.readouterr().out
+    assert main(["info", "-n", "new", "--storage", store, "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["warm_start"][0]["unused"] == "it no longer exists"
 
 
 def test_a_source_recreated_with_another_space_never_stops_the_experiment_it_warm_started(
@@ -406,7 +440,8 @@ def test_a_source_recreated_with_another_space_never_stops_the_experiment_it_war
     assert len(new.fetch_trials([TrialStatus.COMPLETED])) == 2
     assert "warm start source 'old' no longer fits this space ('x' is new in this space" in caplog.text
     assert main(["info", "-n", "new", "--storage", store]) == 0
-    assert "old (0 of 2 completed trials)" in capsys.readouterr().out
+    unfit = "old (0 of 2 completed trials; gives nothing: it no longer fits this space)"
+    assert unfit in capsys.readouterr().out
 
 
 def test_a_source_whose_stored_space_cannot_be_read_never_stops_the_experiment_it_warm_started(
@@ -423,7 +458,8 @@ def test_a_source_whose_stored_space_cannot_be_read_never_stops_the_experiment_i
     assert "warm start source 'old' has no usable space (dimension 'x'" in caplog.text
     assert "going on without it" in caplog.text
     assert main(["info", "-n", "new", "--storage", store]) == 0
-    assert "old (0 of 0 completed trials)" in capsys.readouterr().out
+    unreadable = "old (0 of 0 completed trials; gives nothing: its space cannot be read)"
+    assert unreadable in capsys.readouterr().out
 
 
 def test_source_trials_another_program_stored_without_a_dimension_are_left_out(

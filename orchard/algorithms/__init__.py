@@ -42,11 +42,13 @@ from __future__ import annotations
 import contextlib
 import functools
 import importlib
+import logging
 from collections.abc import Callable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
 from orchard.algorithms.base import BaseAlgorithm, Observation
 from orchard.errors import ConfigurationError, OrchardError
+from orchard.priors import to_builtin
 from orchard.space import Space
 
 if TYPE_CHECKING:
@@ -76,6 +78,8 @@ __all__ = [
 ]
 
 AlgorithmConfig = str | Mapping[str, Any]
+
+log = logging.getLogger(__name__)
 
 
 def _lazy(module: str, name: str) -> Callable[[], type[BaseAlgorithm]]:
@@ -121,10 +125,25 @@ ENTRY_POINT_GROUP = "orchard.algorithms"
 
 @functools.cache
 def _entry_points() -> dict[str, metadata.EntryPoint]:
-    """The installed packages' algorithm entry points by name (read once per process)."""
+    """The installed packages' algorithm entry points by name (read once per process).
+
+    A package whose entry points cannot be read (a damaged ``entry_points.txt``) is left out with a
+    warning naming it: reading them all at once failed every plugin lookup with the parser's error.
+    """
     from importlib import metadata  # importing it costs a fresh worker process ~20 ms: only when needed
 
-    return {ep.name: ep for ep in metadata.entry_points(group=ENTRY_POINT_GROUP)}
+    found: dict[str, metadata.EntryPoint] = {}
+    for distribution in metadata.distributions():
+        try:
+            points = distribution.entry_points.select(group=ENTRY_POINT_GROUP)
+        except Exception as err:  # noqa: BLE001 -- any damage to another package's metadata
+            log.warning("installed package %r declares entry points Orchard cannot read (%s: %s); its "
+                        "algorithms, if any, are left out: reinstall it", distribution.metadata["Name"],
+                        type(err).__name__, err)
+            continue
+        for point in points:
+            found.setdefault(point.name, point)  # the first on sys.path, as an import would find it
+    return found
 
 
 def algorithm_names() -> list[str]:
@@ -143,6 +162,8 @@ def _load_plugin(entry_point: metadata.EntryPoint) -> type[BaseAlgorithm]:
                                  "reinstall the package providing it") from exc
     if not (isinstance(loaded, type) and issubclass(loaded, BaseAlgorithm)):
         raise ConfigurationError(f"{where} is not a BaseAlgorithm subclass: got {loaded!r}")
+    if not vars(loaded).get("name"):  # messages name it as the user does, not '' or the class it extends
+        loaded.name = entry_point.name
     return loaded
 
 
@@ -214,7 +235,9 @@ def normalize_algorithm_config(config: AlgorithmConfig, space: Space | None = No
     """
     name, options = _split(config)
     cls = algorithm_class(name)
-    normalized = {name: _checked_options(cls, name, options)}
+    # as a storage keeps them (a tuple as a list): the same options given again join, and every worker,
+    # rebuilt from the storage, builds the algorithm from the values the first one checked
+    normalized = {name: _checked_options(cls, name, to_builtin(options))}
     if objectives is not None and len(objectives) > 1:
         with _plugin_step(cls, name, f"check the objectives {dict(objectives)!r}"):
             cls.check_objectives(normalized[name], objectives)

@@ -391,6 +391,8 @@ def _warm_start_line(uses: list[dict[str, Any]] | None) -> list[str]:
     parts = []
     for use in uses:
         dropped = ", ".join(f"{n} outside {name}" for name, n in sorted(use["dropped"].items()))
+        if use.get("unused"):  # "0 of 0 completed trials" read as an empty source, not a lost one
+            dropped = f"gives nothing: {use['unused']}"
         parts.append(f"{use['source']} ({use['used']} of {use['completed']} completed trials"
                      + (f"; {dropped}" if dropped else "") + ")")
     return ["  warm start: " + ", ".join(parts)]
