@@ -51,7 +51,16 @@ class Constraint:
         return max(0.0, excess)
 
     def __str__(self) -> str:
-        return f"{self.metric} {self.operator} {self.bound:g}"
+        """The canonical form stored with the experiment: the bound exactly, as short as it reads."""
+        return f"{self.metric} {self.operator} {_exact(self.bound)}"
+
+
+def _exact(number: float) -> str:
+    """``number`` in the fewest significant digits (six at least, as ``:g``) that give it back exactly.
+
+    ``:g`` alone keeps six, so ``acc >= 0.9999999`` would be stored as ``acc >= 1``.
+    """
+    return next(text for digits in range(6, 18) if float(text := f"{number:.{digits}g}") == number)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -148,7 +157,7 @@ def feasibility(results: Mapping[str, Any], constraints: Sequence[str] | None) -
         excess = constraint.violation(value)
         if excess > 0:
             total += excess
-            reasons.append(f"{constraint.metric}={value:g} breaks '{constraint}'")
+            reasons.append(f"{constraint.metric}={_exact(value)} breaks '{constraint}'")
     reported = results.get(REPORTED_KEY)
     if reported is not None:
         values = [finite_number(v) for v in reported] if isinstance(reported, (list, tuple)) else [None]

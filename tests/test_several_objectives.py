@@ -331,3 +331,16 @@ def test_observe_takes_a_bare_number_as_the_value_of_one_declared_objective(tmp_
                                      max_trials=2, objectives={"acc": "max"})
     trial = asked.suggest()
     assert asked.observe(trial, 0.75).results == {"acc": 0.75}
+
+
+@pytest.mark.parametrize(("constraint", "metric", "feasible", "infeasible"), [
+    ("accuracy >= 0.9999999", "accuracy", 0.99999995, 0.99999985),
+    ("size_bytes <= 1234567", "size_bytes", 1234567, 1234569),
+])
+def test_a_constraint_keeps_its_bound_to_the_last_digit(store, constraint, metric, feasible, infeasible) -> None:
+    exp = build(store, objectives={"f1": "min"}, constraints=[constraint])
+    assert exp.settings.constraints == [constraint]
+    exp.insert({"x": 0.1, "y": 0.1}, results={"f1": 1.0, metric: feasible})
+    exp.insert({"x": 0.2, "y": 0.2}, results={"f1": 0.5, metric: infeasible})
+    assert [t.results[metric] for t in exp.pareto_front()] == [feasible]
+    assert build(store, objectives={"f1": "min"}, constraints=[constraint]).settings.constraints == [constraint]
