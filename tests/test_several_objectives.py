@@ -344,3 +344,21 @@ def test_a_constraint_keeps_its_bound_to_the_last_digit(store, constraint, metri
     exp.insert({"x": 0.2, "y": 0.2}, results={"f1": 0.5, metric: infeasible})
     assert [t.results[metric] for t in exp.pareto_front()] == [feasible]
     assert build(store, objectives={"f1": "min"}, constraints=[constraint]).settings.constraints == [constraint]
+
+
+def test_objectives_given_in_one_flag_are_read_as_the_environment_reads_them(tmp_path, monkeypatch, capsys) -> None:
+    """--objective error:min,latency_ms:min declared one objective 'error:min,latency_ms' to maximise."""
+    import sys
+
+    from orchard.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    (tmp_path / "train.py").write_text(SCRIPT)
+    command = [sys.executable, "train.py", "--x~uniform(0, 1)", "--y~uniform(0, 1)"]
+    assert main(["hunt", "-n", "e", "--storage", "orchard.pkl", "--max-trials", "2",
+                 "--objective", "error:min,latency_ms:min", *command]) == 0
+    exp = orchard.get_experiment("e", storage="orchard.pkl")
+    assert exp.settings.objectives == {"error": "min", "latency_ms": "min"}
+    assert main(["hunt", "-n", "f", "--storage", "orchard.pkl", "--objective", "error", *command]) != 0
+    assert "(from --objective)" in capsys.readouterr().err
