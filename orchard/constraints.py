@@ -28,6 +28,7 @@ __all__ = [
     "feasibility",
     "normalize_constraints",
     "parse_constraint",
+    "reported_problem",
 ]
 
 #: The results key of a reported list of constraint values (each ``<= 0``: satisfied).
@@ -169,3 +170,19 @@ def feasibility(results: Mapping[str, Any], constraints: Sequence[str] | None) -
                 total += value
                 reasons.append(f"reported constraints[{k}]={value:g} > 0")
     return Feasibility(total, tuple(reasons), tuple(missing))
+
+
+def reported_problem(results: Mapping[str, Any]) -> str | None:
+    """Why the ``"constraints"`` a trial reported are not a list of numbers (none NaN), or ``None``.
+
+    A trial reporting them otherwise (one number, a text, NaN) is broken with this message rather
+    than judged infeasible: no limit it meant to set could be read from them.
+    """
+    if REPORTED_KEY not in results:
+        return None
+    reported = results[REPORTED_KEY]
+    if isinstance(reported, (list, tuple)) and all(
+            isinstance(v, (int, float)) and not isinstance(v, bool) and not math.isnan(v) for v in reported):
+        return None
+    return (f"results[{REPORTED_KEY!r}] is {reported!r:.60}, not a list of numbers; report the constraints as a "
+            f"list, each satisfied when <= 0 (e.g. {{{REPORTED_KEY!r}: [memory_gb - 16]}}), or name the metric otherwise")

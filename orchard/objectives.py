@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from orchard.constraints import REPORTED_KEY
 from orchard.errors import ConfigurationError
 from orchard.trial import finite_float
 
@@ -57,7 +58,8 @@ def normalize_objectives(value: Any) -> dict[str, str] | None:
 
     Raises:
         ConfigurationError: not a mapping, empty, a name that is not a non-empty
-            string or is given twice (``"a"`` and ``"a "``), or a direction other than min/max.
+            string or is given twice (``"a"`` and ``"a "``), a name ``"constraints"`` (the key of
+            reported constraint values), or a direction other than min/max.
     """
     if value is None:
         return None
@@ -74,6 +76,10 @@ def normalize_objectives(value: Any) -> dict[str, str] | None:
         if not isinstance(direction, str) or direction.strip().lower() not in DIRECTIONS:
             raise ConfigurationError(
                 f"objective {name!r} has direction {direction!r}; it must be 'min' or 'max'")
+        if name.strip() == REPORTED_KEY:
+            raise ConfigurationError(
+                f"objective {name!r} clashes with the results key {REPORTED_KEY!r}, where a trial reports its list "
+                "of constraint values; name the objective otherwise")
         if name.strip() in checked:
             raise ConfigurationError(f"objective {name.strip()!r} is named twice ({name!r}); name each objective once")
         checked[name.strip()] = direction.strip().lower()

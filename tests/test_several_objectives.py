@@ -362,3 +362,22 @@ def test_objectives_given_in_one_flag_are_read_as_the_environment_reads_them(tmp
     assert exp.settings.objectives == {"error": "min", "latency_ms": "min"}
     assert main(["hunt", "-n", "f", "--storage", "orchard.pkl", "--objective", "error", *command]) != 0
     assert "(from --objective)" in capsys.readouterr().err
+
+
+def test_reported_constraints_that_are_not_a_list_break_the_trial_with_a_message(store) -> None:
+    """{"constraints": x - 0.5} (one number, not a list) made every trial infeasible, silently: an empty front."""
+    exp = build(store, objectives=GOALS, max_trials=2, max_broken=1)
+    with pytest.raises(orchard.ExperimentBrokenError, match=r"results\['constraints'\] is -?0\.\d+, not a list"):
+        exp.workon(lambda x, y: {**zdt1(x, y), "constraints": x - 0.5}, executor="single", progress=False)
+    nan = build(store.replace(".pkl", "-nan.pkl"), objectives=GOALS, max_trials=2, max_broken=1)
+    with pytest.raises(orchard.ExperimentBrokenError, match="not a list of numbers"):
+        nan.workon(lambda x, y: {**zdt1(x, y), "constraints": [math.nan]}, executor="single", progress=False)
+    listed = build(store.replace(".pkl", "-list.pkl"), objectives=GOALS, max_trials=4)
+    listed.workon(lambda x, y: {**zdt1(x, y), "constraints": [x - 2.0]}, executor="single", progress=False)
+    assert len(listed.pareto_front()) >= 1
+
+
+def test_an_objective_named_constraints_is_refused(store) -> None:
+    """Its value was read as the reported constraint list: every trial infeasible, the front empty."""
+    with pytest.raises(ConfigurationError, match="clashes with the results key 'constraints'"):
+        build(store, objectives={"constraints": "min", "f2": "min"})
