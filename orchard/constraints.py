@@ -116,7 +116,7 @@ def normalize_constraints(value: Any, objectives: Mapping[str, str] | None = UNC
     Raises:
         ConfigurationError: not a list of strings, an expression that does not parse, or one on
             ``objective`` when no objective has that name (constraints read the metrics beside
-            the objective, so it could never hold).
+            the objective, so it could never hold) or on ``constraints`` (a list, never a number).
     """
     if value is None:
         return None
@@ -131,6 +131,11 @@ def normalize_constraints(value: Any, objectives: Mapping[str, str] | None = UNC
                 f"constraint '{constraint}' names the objective, which constraints do not read (they read "
                 "the metrics returned beside it), so no trial would be feasible; return the value under a "
                 "name of its own too, e.g. {'objective': loss, 'loss': loss}, and constrain that name")
+        if constraint.metric == REPORTED_KEY:
+            raise ConfigurationError(
+                f"constraint '{constraint}' names {REPORTED_KEY!r}, the results key of a reported list of "
+                "constraint values (each satisfied when <= 0), never one number; report the values there, or "
+                "constrain a metric of another name")
     return [str(constraint) for constraint in parsed]
 
 

@@ -377,7 +377,9 @@ def test_reported_constraints_that_are_not_a_list_break_the_trial_with_a_message
     assert len(listed.pareto_front()) >= 1
 
 
-def test_an_objective_named_constraints_is_refused(store) -> None:
+def test_an_objective_or_a_constraint_on_the_key_constraints_is_refused(store) -> None:
     """Its value was read as the reported constraint list: every trial infeasible, the front empty."""
     with pytest.raises(ConfigurationError, match="clashes with the results key 'constraints'"):
         build(store, objectives={"constraints": "min", "f2": "min"})
+    with pytest.raises(ConfigurationError, match="names 'constraints', the results key of a reported list"):
+        build(store, objectives=GOALS, constraints=["constraints <= 0"])
