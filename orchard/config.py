@@ -96,7 +96,7 @@ def objective_mapping(value: Any) -> Any:
     requirement = "NAME:min or NAME:max items, such as error:min (or a mapping {error: min})"
     if not isinstance(items, (list, tuple)) or not all(isinstance(i, str) for i in items):
         raise ValueError(requirement)
-    items = [part for item in items for part in item.split(",")]  # --objective a:min,b:max reads as the env form
+    items = [part for item in items for part in item.split(",")]  # --objective a:min,b:max: as the env form
     if not all(":" in item for item in items):
         raise ValueError(requirement)
     pairs = [item.rsplit(":", 1) for item in items]

@@ -189,5 +189,6 @@ def reported_problem(results: Mapping[str, Any]) -> str | None:
     if isinstance(reported, (list, tuple)) and all(
             isinstance(v, (int, float)) and not isinstance(v, bool) and not math.isnan(v) for v in reported):
         return None
-    return (f"results[{REPORTED_KEY!r}] is {reported!r:.60}, not a list of numbers; report the constraints as a "
-            f"list, each satisfied when <= 0 (e.g. {{{REPORTED_KEY!r}: [memory_gb - 16]}}), or name the metric otherwise")
+    return (f"results[{REPORTED_KEY!r}] is {reported!r:.60}, not a list of numbers; report the constraints "
+            f"as a list, each satisfied when <= 0 (e.g. {{{REPORTED_KEY!r}: [memory_gb - 16]}}), or name the "
+            "metric otherwise")

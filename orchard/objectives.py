@@ -78,8 +78,8 @@ def normalize_objectives(value: Any) -> dict[str, str] | None:
                 f"objective {name!r} has direction {direction!r}; it must be 'min' or 'max'")
         if name.strip() == REPORTED_KEY:
             raise ConfigurationError(
-                f"objective {name!r} clashes with the results key {REPORTED_KEY!r}, where a trial reports its list "
-                "of constraint values; name the objective otherwise")
+                f"objective {name!r} clashes with the results key {REPORTED_KEY!r}, where a trial reports "
+                "its list of constraint values; name the objective otherwise")
         if name.strip() in checked:
             raise ConfigurationError(f"objective {name.strip()!r} is named twice ({name!r}); name each objective once")
         checked[name.strip()] = direction.strip().lower()

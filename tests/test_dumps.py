@@ -204,7 +204,8 @@ def test_a_loaded_copy_reaches_each_pruned_trial_s_verdict_again(
     """A verdict names the trials it compared by id, and load recomputed the ids but not those: `info --trial`
     on every pruned trial of a loaded copy said "recomputed from the stored history: go on"."""
     exp = orchard.build_experiment("e", space={"x": "uniform(0, 1)"}, storage="src.pkl", max_trials=6, seed=1,
-                                   objectives={"error": "min", "acc": "max"}, pruner={"asha": {"min_step": 1}})
+                                   objectives={"error": "min", "acc": "max"},
+                                   pruner={"asha": {"min_step": 1}})
     exp.workon(reports_two_objectives, executor="single", progress=False)
     assert main(["db", "dump", "-n", "e", "-o", "e.json", "--storage", "src.pkl"]) == 0
     assert main(["db", "load", "e.json", "--storage", "copy.pkl"]) == 0

@@ -356,8 +356,10 @@ def _restorable(record: dict[str, Any], experiment_id: str, new_ids: Mapping[str
     parent = new_ids.get(trial.parent, trial.parent) if trial.parent is not None else None
     verdict = trial.verdict
     if isinstance(verdict, dict) and isinstance(verdict.get("compared"), list):
-        verdict = {**verdict, "compared": [new_ids.get(c, c) if isinstance(c, str) else c for c in verdict["compared"]]}
-    return dataclasses.replace(trial, id=trial_id(experiment_id, trial.params), parent=parent, verdict=verdict)
+        compared = [new_ids.get(c, c) if isinstance(c, str) else c for c in verdict["compared"]]
+        verdict = {**verdict, "compared": compared}
+    new_id = trial_id(experiment_id, trial.params)
+    return dataclasses.replace(trial, id=new_id, parent=parent, verdict=verdict)
 
 
 def _follow_ledger(storage: BaseStorage, record: ExperimentRecord, dumped: Any,
