@@ -29,6 +29,7 @@ __all__ = [
     "Vector",
     "crowding_distance",
     "dominates",
+    "first_front",
     "hypervolume",
     "minimized",
     "non_dominated_sort",
@@ -147,6 +148,31 @@ def non_dominated_sort(points: Sequence[Vector], violations: Sequence[float] | N
     return fronts
 
 
+def first_front(points: Sequence[Vector]) -> list[int]:
+    """The indices of the points no other point dominates, in index order (all feasible).
+
+    ``non_dominated_sort(points)[0]`` without ranking the rest: the points are taken in
+    lexicographic order, where whatever dominates a point comes before it, and each is
+    compared with the front found so far only (a dominated point's dominators are
+    dominated by a point of the front too). The cost grows with the points times the
+    front's size, not with their square: 20,000 trials with a front of tens take a
+    fraction of a second, where ranking them all took a minute and half a gigabyte.
+    """
+    n = len(points)
+    if n == 0:
+        return []
+    values = np.asarray(points, dtype=float).reshape(n, -1)
+    kept = np.empty_like(values)
+    front: list[int] = []
+    for i in np.lexsort(values.T[::-1]):
+        value, members = values[i], kept[:len(front)]
+        if ((members <= value).all(axis=1) & (members < value).any(axis=1)).any():
+            continue
+        kept[len(front)] = value
+        front.append(int(i))
+    return sorted(front)
+
+
 def crowding_distance(points: Sequence[Vector]) -> list[float]:
     """NSGA-II's crowding distance of each point within one front (boundary points: ``inf``)."""
     n = len(points)
@@ -214,6 +240,7 @@ def hypervolume(points: Sequence[Vector], reference: Vector) -> float:
     inside = [tuple(p) for p in points if all(x < r for x, r in zip(p, reference, strict=True))]
     if not inside:
         return 0.0
+    inside = [inside[i] for i in first_front(inside)]  # dominated points add nothing, and cost the most
     volume = _volume(inside, tuple(reference))
     if math.isfinite(volume):
         return volume

@@ -17,7 +17,7 @@ from typing import Any
 
 from orchard.constraints import feasibility
 from orchard.errors import ConfigurationError
-from orchard.objectives import hypervolume, minimized, non_dominated_sort, reference_point
+from orchard.objectives import first_front, hypervolume, minimized, reference_point
 from orchard.report import shown
 from orchard.trial import Trial, TrialStatus, finite_float
 
@@ -49,8 +49,7 @@ def pareto_front(
     rows = [row for row in scored(trials, objectives, constraints) if row[2] <= 0]
     if not rows:
         return []
-    first = non_dominated_sort([vector for _, vector, _ in rows])[0]
-    return [rows[i][0] for i in first]
+    return [rows[i][0] for i in first_front([vector for _, vector, _ in rows])]
 
 
 def best_of(
