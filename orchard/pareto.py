@@ -21,7 +21,7 @@ from orchard.objectives import first_front, hypervolume, minimized, reference_po
 from orchard.report import shown
 from orchard.trial import Trial, TrialStatus, finite_float
 
-__all__ = ["best_of", "front_hypervolume", "pareto_front", "scored"]
+__all__ = ["best_of", "front_hypervolume", "infeasible", "pareto_front", "scored"]
 
 
 def scored(
@@ -50,6 +50,19 @@ def pareto_front(
     if not rows:
         return []
     return [rows[i][0] for i in first_front([vector for _, vector, _ in rows])]
+
+
+def infeasible(trials: Iterable[Trial], constraints: Sequence[str] | None) -> dict[str, Any] | None:
+    """How many completed trials break a constraint, and why the latest of them does, for a person to read.
+
+    Returns:
+        ``{"count": ..., "trial": id, "reason": ...}``; ``None`` when every completed trial is feasible.
+    """
+    broken = [(t, standing) for t in trials if t.status is TrialStatus.COMPLETED
+              and not (standing := feasibility(t.results, constraints)).feasible]
+    if not broken:
+        return None
+    return {"count": len(broken), "trial": broken[-1][0].id, "reason": "; ".join(broken[-1][1].reasons)}
 
 
 def best_of(

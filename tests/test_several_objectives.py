@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 
@@ -412,3 +413,18 @@ def test_the_front_of_a_long_history_costs_the_front_s_size_not_the_history_s_sq
             order = np.argsort(values[:, 0])
             best_before = np.minimum.accumulate(np.concatenate([[np.inf], values[order, 1]]))[:-1]
             assert front == {i / count for i in order[values[order, 1] < best_before]}
+
+
+def test_status_and_info_say_why_the_front_is_empty_when_every_trial_is_infeasible(store, capsys) -> None:
+    """With a constraint on a metric the objective did not return, they printed '0 trials on the Pareto front'
+    (and no best line for one objective) with no word of why."""
+    from orchard.cli import main
+
+    exp = build(store, objectives=GOALS, constraints=["memory_mb <= 16"], max_trials=3, seed=2)
+    exp.workon(zdt1, executor="single", progress=False)
+    for command in ("status", "info"):
+        assert main([command, "-n", "exp", "--storage", store]) == 0
+        line = next(line for line in capsys.readouterr().out.splitlines() if "infeasible:" in line)
+        assert "3 completed trial(s) break a constraint" in line and "metric 'memory_mb'" in line
+        assert main([command, "-n", "exp", "--storage", store, "--json"]) == 0
+        assert json.loads(capsys.readouterr().out)["infeasible"]["count"] == 3
