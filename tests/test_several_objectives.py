@@ -428,3 +428,19 @@ def test_status_and_info_say_why_the_front_is_empty_when_every_trial_is_infeasib
         assert "3 completed trial(s) break a constraint" in line and "metric 'memory_mb'" in line
         assert main([command, "-n", "exp", "--storage", store, "--json"]) == 0
         assert json.loads(capsys.readouterr().out)["infeasible"]["count"] == 3
+
+
+def test_the_regret_plot_s_best_so_far_is_the_best_feasible_trial(store) -> None:
+    """It was the lowest objective of any trial, infeasible ones included: 'best 0.05' in the plot's title
+    while status and exp.best_trial gave 0.2."""
+    from orchard.plotting import make_figure
+
+    exp = build(store, constraints=["memory_gb <= 16"])
+    exp.insert({"x": 0.1, "y": 0.1}, objective=0.1, results={"memory_gb": 20.0})
+    exp.insert({"x": 0.2, "y": 0.2}, objective=0.2, results={"memory_gb": 8.0})
+    exp.insert({"x": 0.3, "y": 0.3}, objective=0.05, results={"memory_gb": 32.0})
+    assert exp.best_trial is not None and exp.best_trial.objective == 0.2
+    figure = make_figure("regret", exp.fetch_trials(), "exp", exp.space, exp.settings.objectives,
+                         exp.settings.constraints)
+    assert "best 0.2 after 3 completed, 0 broken, 2 infeasible" in figure.title
+    assert math.isnan(figure.best[0]) and figure.best[1:] == [0.2, 0.2]

@@ -95,7 +95,7 @@ class Subject:
 
 #: Figure kind -> builder taking ``(trials, subject)``.
 FIGURES: dict[str, Callable[[Sequence[Trial], Subject], Figure]] = {
-    "regret": lambda trials, s: regret(trials, s.name, Shown.of(s.objectives)),
+    "regret": lambda trials, s: regret(trials, s.name, Shown.of(s.objectives), s.constraints),
     "parallel": lambda trials, s: parallel(trials, s.name, s.space, Shown.of(s.objectives)),
     "timeline": lambda trials, s: timeline(trials, s.name),
     "rungs": lambda trials, s: rungs(trials, s.name, s.space, Shown.of(s.objectives)),
