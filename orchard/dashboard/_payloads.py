@@ -12,6 +12,7 @@ import math
 from collections.abc import Iterable
 from typing import Any
 
+from orchard.constraints import feasibility
 from orchard.dashboard._views import ExperimentView
 from orchard.objectives import Shown, dominates
 from orchard.pareto import scored
@@ -234,7 +235,8 @@ def trial_rows(view: ExperimentView, since: int = 0, rows: bool = True) -> dict[
         changed = view.changed_since(since)
         payload["after"] = view.numbers[changed[-1].id] if changed else 0
         payload["more"] = False
-        payload["trials"] = [_row(trial, view.numbers[trial.id]) for trial in changed]
+        constraints = view.config.get("constraints")
+        payload["trials"] = [_row(trial, view.numbers[trial.id], constraints) for trial in changed]
     return payload
 
 
@@ -275,7 +277,7 @@ class RowCache:
                 break
             cached = self._rows.get(trial.id)
             if cached is None or cached[0] is not trial:
-                cached = (trial, to_json(_row(trial, number)))
+                cached = (trial, to_json(_row(trial, number, view.config.get("constraints"))))
                 self._rows[trial.id] = cached
             parts.append(cached[1])
             last = number
@@ -283,7 +285,8 @@ class RowCache:
         return head[:-1] + page + ',"trials":[' + ",".join(parts) + "]}"
 
 
-def _row(trial: Trial, number: int) -> dict[str, Any]:
+def _row(trial: Trial, number: int, constraints: Any = None) -> dict[str, Any]:
+    """A trial as a table row; ``infeasible``: it completed breaking ``constraints`` (never best so far)."""
     error = trial.error or None
     return {
         "number": number, "id": trial.id, "status": trial.status.value, "params": {k: _plain(v) for k, v in trial.params.items()},
@@ -294,6 +297,8 @@ def _row(trial: Trial, number: int) -> dict[str, Any]:
         "reports": [[step, _short(first_value(v))] for step, v in sampled(trial.reports, MAX_ROW_REPORTS)],
         "reported": len(trial.reports),
         "verdict": _verdict_row(trial.verdict),
+        "infeasible": (trial.status is TrialStatus.COMPLETED
+                       and not feasibility(trial.results, constraints).feasible),
     }
 
 
