@@ -444,3 +444,17 @@ def test_the_regret_plot_s_best_so_far_is_the_best_feasible_trial(store) -> None
                          exp.settings.constraints)
     assert "best 0.2 after 3 completed, 0 broken, 2 infeasible" in figure.title
     assert math.isnan(figure.best[0]) and figure.best[1:] == [0.2, 0.2]
+
+
+def test_the_learning_curves_draw_the_best_feasible_trial_thick(store) -> None:
+    """The curve drawn as the best was that of the lowest objective, an infeasible trial's."""
+    from orchard.plotting import make_figure
+
+    exp = build(store, constraints=["memory_gb <= 16"])
+    for x, objective, memory in ((0.1, 0.05, 20.0), (0.2, 0.2, 8.0)):
+        trial = exp.storage.register_trial(exp.id, {"x": x, "y": x}, worker="w")
+        exp.storage.report_trial(trial.id, "w", 1, objective)
+        exp.storage.complete_trial(trial.id, "w", objective, {"memory_gb": memory})
+    figure = make_figure("curves", exp.fetch_trials(), "exp", exp.space, exp.settings.objectives,
+                         exp.settings.constraints)
+    assert [curve.values for curve in figure.curves if curve.best] == [[0.2]]
