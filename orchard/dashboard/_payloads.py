@@ -157,7 +157,7 @@ def rungs(view: ExperimentView) -> list[dict[str, Any]] | None:
     result = []
     for value in sorted(groups, key=_sort_key):
         members = groups[value]
-        best = _best(members)
+        best = _best(members, view.config.get("constraints"))
         result.append({
             "fidelity": value,
             "completed": sum(t.status is TrialStatus.COMPLETED for t in members),
@@ -324,8 +324,10 @@ def _text(value: Any, limit: int = 2_000) -> str:
         return f"<unprintable {type(value).__name__}>"
 
 
-def _best(trials: Iterable[Trial]) -> Trial | None:
-    scored = [t for t in trials if t.status is TrialStatus.COMPLETED and _finite(t.objective) is not None]
+def _best(trials: Iterable[Trial], constraints: Any) -> Trial | None:
+    """The completed trial of the lowest finite objective meeting ``constraints`` (as ``best_trial``)."""
+    scored = [t for t in trials if t.status is TrialStatus.COMPLETED and _finite(t.objective) is not None
+              and feasibility(t.results, constraints).feasible]
     return min(scored, key=lambda t: t.objective, default=None)  # type: ignore[arg-type, return-value]
 
 
