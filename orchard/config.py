@@ -92,9 +92,12 @@ def objective_mapping(value: Any) -> Any:
     """
     if value is None or isinstance(value, Mapping):
         return value
-    items = value.split(",") if isinstance(value, str) else value
+    items = [value] if isinstance(value, str) else value
     requirement = "NAME:min or NAME:max items, such as error:min (or a mapping {error: min})"
-    if not isinstance(items, (list, tuple)) or not all(isinstance(i, str) and ":" in i for i in items):
+    if not isinstance(items, (list, tuple)) or not all(isinstance(i, str) for i in items):
+        raise ValueError(requirement)
+    items = [part for item in items for part in item.split(",")]  # --objective a:min,b:max: as the env form
+    if not all(":" in item for item in items):
         raise ValueError(requirement)
     pairs = [item.rsplit(":", 1) for item in items]
     names = [name.strip() for name, _ in pairs]
@@ -201,6 +204,8 @@ SETTINGS: dict[str, Setting] = {
 DEFAULTS: dict[str, Any] = {key: setting.default for key, setting in SETTINGS.items()}
 
 _ENV_PREFIX = "ORCHARD_"
+#: The command-line flag of each setting whose flag is not ``--`` and the key (repeated flags, named singly).
+_FLAGS = {"objectives": "--objective", "constraints": "--constraint"}
 
 
 def config_files(cwd: Path | None = None) -> list[Path]:
@@ -326,7 +331,7 @@ class Settings:
     def _sources(self, key: str, argument: Any, setting: Setting) -> Iterator[tuple[Any, str]]:
         """``(value, where it came from)`` in precedence order; files are read only if reached."""
         yield argument, ""
-        yield self._flags.get(key), "--" + key.replace("_", "-")
+        yield self._flags.get(key), _FLAGS.get(key, "--" + key.replace("_", "-"))
         yield self._explicit.get(key), f"config file {self._explicit_path}"
         if setting.env:
             variable = _ENV_PREFIX + key.upper()

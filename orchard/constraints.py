@@ -28,6 +28,7 @@ __all__ = [
     "feasibility",
     "normalize_constraints",
     "parse_constraint",
+    "reported_problem",
 ]
 
 #: The results key of a reported list of constraint values (each ``<= 0``: satisfied).
@@ -51,7 +52,16 @@ class Constraint:
         return max(0.0, excess)
 
     def __str__(self) -> str:
-        return f"{self.metric} {self.operator} {self.bound:g}"
+        """The canonical form stored with the experiment: the bound exactly, as short as it reads."""
+        return f"{self.metric} {self.operator} {_exact(self.bound)}"
+
+
+def _exact(number: float) -> str:
+    """``number`` in the fewest significant digits (six at least, as ``:g``) that give it back exactly.
+
+    ``:g`` alone keeps six, so ``acc >= 0.9999999`` would be stored as ``acc >= 1``.
+    """
+    return next(text for digits in range(6, 18) if float(text := f"{number:.{digits}g}") == number)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -106,7 +116,7 @@ def normalize_constraints(value: Any, objectives: Mapping[str, str] | None = UNC
     Raises:
         ConfigurationError: not a list of strings, an expression that does not parse, or one on
             ``objective`` when no objective has that name (constraints read the metrics beside
-            the objective, so it could never hold).
+            the objective, so it could never hold) or on ``constraints`` (a list, never a number).
     """
     if value is None:
         return None
@@ -121,6 +131,11 @@ def normalize_constraints(value: Any, objectives: Mapping[str, str] | None = UNC
                 f"constraint '{constraint}' names the objective, which constraints do not read (they read "
                 "the metrics returned beside it), so no trial would be feasible; return the value under a "
                 "name of its own too, e.g. {'objective': loss, 'loss': loss}, and constrain that name")
+        if constraint.metric == REPORTED_KEY:
+            raise ConfigurationError(
+                f"constraint '{constraint}' names {REPORTED_KEY!r}, the results key of a reported list of "
+                "constraint values (each satisfied when <= 0), never one number; report the values there, or "
+                "constrain a metric of another name")
     return [str(constraint) for constraint in parsed]
 
 
@@ -148,7 +163,7 @@ def feasibility(results: Mapping[str, Any], constraints: Sequence[str] | None) -
         excess = constraint.violation(value)
         if excess > 0:
             total += excess
-            reasons.append(f"{constraint.metric}={value:g} breaks '{constraint}'")
+            reasons.append(f"{constraint.metric}={_exact(value)} breaks '{constraint}'")
     reported = results.get(REPORTED_KEY)
     if reported is not None:
         values = [finite_number(v) for v in reported] if isinstance(reported, (list, tuple)) else [None]
@@ -160,3 +175,20 @@ def feasibility(results: Mapping[str, Any], constraints: Sequence[str] | None) -
                 total += value
                 reasons.append(f"reported constraints[{k}]={value:g} > 0")
     return Feasibility(total, tuple(reasons), tuple(missing))
+
+
+def reported_problem(results: Mapping[str, Any]) -> str | None:
+    """Why the ``"constraints"`` a trial reported are not a list of numbers (none NaN), or ``None``.
+
+    A trial reporting them otherwise (one number, a text, NaN) is broken with this message rather
+    than judged infeasible: no limit it meant to set could be read from them.
+    """
+    if REPORTED_KEY not in results:
+        return None
+    reported = results[REPORTED_KEY]
+    if isinstance(reported, (list, tuple)) and all(
+            isinstance(v, (int, float)) and not isinstance(v, bool) and not math.isnan(v) for v in reported):
+        return None
+    return (f"results[{REPORTED_KEY!r}] is {reported!r:.60}, not a list of numbers; report the constraints "
+            f"as a list, each satisfied when <= 0 (e.g. {{{REPORTED_KEY!r}: [memory_gb - 16]}}), or name the "
+            "metric otherwise")

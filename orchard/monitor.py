@@ -20,10 +20,11 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from orchard.clock import SYSTEM_CLOCK, Clock
+from orchard.constraints import feasibility, normalize_constraints
 from orchard.errors import ConfigurationError, OrchardError
 from orchard.history import History
 from orchard.objectives import Shown
@@ -85,8 +86,9 @@ class ProgressMonitor:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._watch, name="orchard-monitor", daemon=True)
         self._bar: Any = None
-        self._best: float | None = None  # stored (minimised)
+        self._best: float | None = None  # stored (minimised); of the feasible completed trials, as best_trial
         self._shown = Shown()  # how the bar shows it: the first declared objective, as returned
+        self._constraints: Any = None  # the experiment's: a trial breaking them is never the best
         self.failure: Exception | None = None  # what a callback raised
         self._failed_on: Trial | None = None  # the trial it raised on
         self._interrupted = False  # the main thread was interrupted for it
@@ -94,9 +96,9 @@ class ProgressMonitor:
 
     def __enter__(self) -> ProgressMonitor:
         if self._active:
-            self._shown = _shown(self._storage, self._experiment_id)
+            self._shown, self._constraints = _shown(self._storage, self._experiment_id)
             self._history.refresh()  # what is already finished is not news
-            self._best = min((o.objective for o in self._history.observations), default=None)
+            self._fold_best(self._history.trials.values())
             self._thread.start()
         return self
 
@@ -144,9 +146,8 @@ class ProgressMonitor:
 
     def _tick(self) -> None:
         self._history.refresh()
+        self._fold_best(self._history.finished)
         for trial in self._history.finished:
-            if trial.status is TrialStatus.COMPLETED and trial.objective is not None:
-                self._best = trial.objective if self._best is None else min(self._best, trial.objective)
             callback = self._callbacks.get(trial.status)
             if callback is not None and self.failure is None:
                 try:
@@ -155,6 +156,13 @@ class ProgressMonitor:
                     self.failure, self._failed_on = err, trial
         if self._show_bar:
             self._draw()
+
+    def _fold_best(self, trials: Iterable[Trial]) -> None:
+        """Fold ``trials`` into the best: completed feasible ones only (not a pruned trial's last report)."""
+        for trial in trials:
+            if (trial.status is TrialStatus.COMPLETED and trial.objective is not None
+                    and feasibility(trial.results, self._constraints).feasible):
+                self._best = trial.objective if self._best is None else min(self._best, trial.objective)
 
     def _draw(self) -> None:
         from tqdm import tqdm
@@ -171,10 +179,15 @@ class ProgressMonitor:
         self._bar.refresh()
 
 
-def _shown(storage: BaseStorage, experiment_id: str) -> Shown:
-    """How the bar shows the best objective: ``best acc=0.97`` for ``objectives={"acc": "max"}``, not -0.97."""
+def _shown(storage: BaseStorage, experiment_id: str) -> tuple[Shown, Any]:
+    """How the bar shows the best objective (``best acc=0.97`` for ``objectives={"acc": "max"}``, not -0.97),
+    and the constraints a trial meets to be best (``None`` where the stored ones do not read as such)."""
     try:
         config = storage.experiment(experiment_id).config
     except OrchardError:  # the refresh that follows says what the storage could not do
-        return Shown()
-    return Shown.stored(config.get("objectives"))
+        return Shown(), None
+    try:
+        constraints = normalize_constraints(config.get("constraints"))
+    except ConfigurationError:  # another program's value: the workers refuse the experiment themselves
+        constraints = None
+    return Shown.stored(config.get("objectives")), constraints

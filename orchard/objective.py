@@ -30,6 +30,7 @@ import traceback
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
+from orchard.constraints import reported_problem
 from orchard.current import CurrentTrial, current_trial, evaluating
 from orchard.errors import ConfigurationError, Interrupted
 from orchard.forks import own_process
@@ -222,6 +223,9 @@ def interpret_result(value: Any) -> Outcome:
         unstorable = _unstorable(results)
         if unstorable is not None:
             return Outcome.failure("InvalidResult", unstorable, reason="unstorable")
+        unreadable = reported_problem(results)
+        if unreadable is not None:
+            return Outcome.failure("InvalidResult", unreadable, reason="constraints")
         if "objective" not in value:  # the metrics are kept: several objectives are read from them
             failure = Outcome.failure(
                 "InvalidResult", f"result mapping has no 'objective' key (keys: {sorted(map(str, value))})",

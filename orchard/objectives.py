@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from orchard.constraints import REPORTED_KEY
 from orchard.errors import ConfigurationError
 from orchard.trial import finite_float
 
@@ -28,6 +29,7 @@ __all__ = [
     "Vector",
     "crowding_distance",
     "dominates",
+    "first_front",
     "hypervolume",
     "minimized",
     "non_dominated_sort",
@@ -57,7 +59,8 @@ def normalize_objectives(value: Any) -> dict[str, str] | None:
 
     Raises:
         ConfigurationError: not a mapping, empty, a name that is not a non-empty
-            string or is given twice (``"a"`` and ``"a "``), or a direction other than min/max.
+            string or is given twice (``"a"`` and ``"a "``), a name ``"constraints"`` (the key of
+            reported constraint values), or a direction other than min/max.
     """
     if value is None:
         return None
@@ -74,6 +77,10 @@ def normalize_objectives(value: Any) -> dict[str, str] | None:
         if not isinstance(direction, str) or direction.strip().lower() not in DIRECTIONS:
             raise ConfigurationError(
                 f"objective {name!r} has direction {direction!r}; it must be 'min' or 'max'")
+        if name.strip() == REPORTED_KEY:
+            raise ConfigurationError(
+                f"objective {name!r} clashes with the results key {REPORTED_KEY!r}, where a trial reports "
+                "its list of constraint values; name the objective otherwise")
         if name.strip() in checked:
             raise ConfigurationError(f"objective {name.strip()!r} is named twice ({name!r}); name each objective once")
         checked[name.strip()] = direction.strip().lower()
@@ -139,6 +146,31 @@ def non_dominated_sort(points: Sequence[Vector], violations: Sequence[float] | N
         left[front] = False
         beaten_by -= beats[front].sum(axis=0)
     return fronts
+
+
+def first_front(points: Sequence[Vector]) -> list[int]:
+    """The indices of the points no other point dominates, in index order (all feasible).
+
+    ``non_dominated_sort(points)[0]`` without ranking the rest: the points are taken in
+    lexicographic order, where whatever dominates a point comes before it, and each is
+    compared with the front found so far only (a dominated point's dominators are
+    dominated by a point of the front too). The cost grows with the points times the
+    front's size, not with their square: 20,000 trials with a front of tens take a
+    fraction of a second, where ranking them all took a minute and half a gigabyte.
+    """
+    n = len(points)
+    if n == 0:
+        return []
+    values = np.asarray(points, dtype=float).reshape(n, -1)
+    kept = np.empty_like(values)
+    front: list[int] = []
+    for i in np.lexsort(values.T[::-1]):
+        value, members = values[i], kept[:len(front)]
+        if ((members <= value).all(axis=1) & (members < value).any(axis=1)).any():
+            continue
+        kept[len(front)] = value
+        front.append(int(i))
+    return sorted(front)
 
 
 def crowding_distance(points: Sequence[Vector]) -> list[float]:
@@ -208,6 +240,7 @@ def hypervolume(points: Sequence[Vector], reference: Vector) -> float:
     inside = [tuple(p) for p in points if all(x < r for x, r in zip(p, reference, strict=True))]
     if not inside:
         return 0.0
+    inside = [inside[i] for i in first_front(inside)]  # dominated points add nothing, and cost the most
     volume = _volume(inside, tuple(reference))
     if math.isfinite(volume):
         return volume

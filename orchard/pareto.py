@@ -17,11 +17,11 @@ from typing import Any
 
 from orchard.constraints import feasibility
 from orchard.errors import ConfigurationError
-from orchard.objectives import hypervolume, minimized, non_dominated_sort, reference_point
+from orchard.objectives import first_front, hypervolume, minimized, reference_point
 from orchard.report import shown
 from orchard.trial import Trial, TrialStatus, finite_float
 
-__all__ = ["best_of", "front_hypervolume", "pareto_front", "scored"]
+__all__ = ["best_of", "front_hypervolume", "infeasible", "pareto_front", "scored"]
 
 
 def scored(
@@ -49,8 +49,20 @@ def pareto_front(
     rows = [row for row in scored(trials, objectives, constraints) if row[2] <= 0]
     if not rows:
         return []
-    first = non_dominated_sort([vector for _, vector, _ in rows])[0]
-    return [rows[i][0] for i in first]
+    return [rows[i][0] for i in first_front([vector for _, vector, _ in rows])]
+
+
+def infeasible(trials: Iterable[Trial], constraints: Sequence[str] | None) -> dict[str, Any] | None:
+    """How many completed trials break a constraint, and why the latest of them does, for a person to read.
+
+    Returns:
+        ``{"count": ..., "trial": id, "reason": ...}``; ``None`` when every completed trial is feasible.
+    """
+    broken = [(t, standing) for t in trials if t.status is TrialStatus.COMPLETED
+              and not (standing := feasibility(t.results, constraints)).feasible]
+    if not broken:
+        return None
+    return {"count": len(broken), "trial": broken[-1][0].id, "reason": "; ".join(broken[-1][1].reasons)}
 
 
 def best_of(

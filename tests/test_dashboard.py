@@ -333,3 +333,33 @@ def test_the_front_is_sent_again_only_when_trials_changed(store: BaseStorage) ->
     view.fold()
     front = experiment_detail(view, store.redacted_uri, since=shown)["front"]
     assert [row["number"] for row in front["trials"]] == [1, 4]
+
+
+def test_a_row_says_whether_its_trial_breaks_a_constraint(store: BaseStorage) -> None:
+    """The page's best-so-far line took infeasible trials (the lowest objective of all), while the best
+    card and exp.best_trial took the best feasible one: rows now carry `infeasible`, which the line skips."""
+    from orchard.dashboard._payloads import RowCache
+
+    exp_id = make_experiment(store, constraints=["memory_gb <= 16"])
+    for x, objective, memory in ((0.1, 0.1, 20.0), (0.2, 0.2, 8.0)):
+        store.record_trial(exp_id, {"x": x}, objective, {"memory_gb": memory})
+    running = store.register_trial(exp_id, {"x": 0.3}, worker="w")
+    view = ExperimentView(store, store.require_experiment("exp"))
+    view.fold()
+    expected = {0.1: True, 0.2: False, 0.3: False}
+    assert {row["params"]["x"]: row["infeasible"] for row in trial_rows(view)["trials"]} == expected
+    paged = json.loads(RowCache().trial_rows(view))["trials"]
+    assert {row["params"]["x"]: row["infeasible"] for row in paged} == expected
+    assert experiment_summary(view)["best_objective"] == 0.2 and running.status is TrialStatus.RESERVED
+
+
+def test_a_rung_s_best_objective_meets_the_constraints(store: BaseStorage) -> None:
+    """The rungs table gave each rung's lowest objective, an infeasible trial's included."""
+    exp_id = make_experiment(store, space={"x": "uniform(0, 1)", "epochs": "fidelity(1, 9, base=3)"},
+                             constraints=["memory_gb <= 16"])
+    for x, objective, memory in ((0.1, 0.05, 20.0), (0.2, 0.2, 8.0)):
+        store.record_trial(exp_id, {"x": x, "epochs": 1}, objective, {"memory_gb": memory})
+    view = ExperimentView(store, store.require_experiment("exp"))
+    view.fold()
+    (rung,) = experiment_detail(view, "memory://")["rungs"]
+    assert (rung["fidelity"], rung["completed"], rung["best_objective"]) == (1, 2, 0.2)

@@ -189,3 +189,29 @@ def test_a_dump_taken_while_a_rule_fires_holds_the_fired_ledger_with_the_trial_t
     monkeypatch.setattr(PickledStorage, "fetch_trials", fetch)
     (dumped,) = json.loads(Path("e.json").read_text())["experiments"]
     assert len(dumped["trials"]) == 2 and (dumped["config"]["stop_state"]["fired"] or {}).get("rule") == "target"
+
+
+def reports_two_objectives(x: float) -> dict[str, float]:
+    for step in range(1, 4):
+        orchard.report({"error": x * step, "acc": -x}, step=step)
+        if orchard.should_prune():
+            raise orchard.TrialPruned()
+    return {"error": x, "acc": -x}
+
+
+def test_a_loaded_copy_reaches_each_pruned_trial_s_verdict_again(
+        workdir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A verdict names the trials it compared by id, and load recomputed the ids but not those: `info --trial`
+    on every pruned trial of a loaded copy said "recomputed from the stored history: go on"."""
+    exp = orchard.build_experiment("e", space={"x": "uniform(0, 1)"}, storage="src.pkl", max_trials=6, seed=1,
+                                   objectives={"error": "min", "acc": "max"},
+                                   pruner={"asha": {"min_step": 1}})
+    exp.workon(reports_two_objectives, executor="single", progress=False)
+    assert main(["db", "dump", "-n", "e", "-o", "e.json", "--storage", "src.pkl"]) == 0
+    assert main(["db", "load", "e.json", "--storage", "copy.pkl"]) == 0
+    pruned = orchard.get_experiment("e", storage="copy.pkl").fetch_trials([TrialStatus.PRUNED])
+    assert pruned
+    capsys.readouterr()
+    for trial in pruned:
+        assert main(["info", "-n", "e", "--storage", "copy.pkl", "--trial", trial.id]) == 0
+        assert "recomputed from the stored history: prune" in capsys.readouterr().out

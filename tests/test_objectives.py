@@ -16,6 +16,7 @@ from orchard.errors import ConfigurationError
 from orchard.objectives import (
     crowding_distance,
     dominates,
+    first_front,
     hypervolume,
     minimized,
     non_dominated_sort,
@@ -180,3 +181,12 @@ def test_reported_constraint_values_follow_optunas_convention() -> None:
     assert feasibility({"constraints": [-1.0, 0.0]}, None).feasible
     assert feasibility({"constraints": [0.5, -2.0, 1.0]}, None).violation == pytest.approx(1.5)
     assert feasibility({"constraints": ["x"]}, None).violation == math.inf
+
+
+def test_the_first_front_is_that_of_the_full_sort() -> None:
+    rng = random.Random(7)
+    for _ in range(500):
+        dims, count = rng.choice([1, 2, 3, 4]), rng.randint(0, 25)
+        points = [tuple(rng.choice([0.0, 1.0, 2.0, rng.random()]) for _ in range(dims)) for _ in range(count)]
+        points += points[:rng.randint(0, 3)]  # duplicates: neither dominates the other
+        assert first_front(points) == (non_dominated_sort(points)[0] if points else [])

@@ -758,3 +758,21 @@ def test_a_second_ctrl_c_as_a_stopped_worker_ends_still_reports_the_trial_it_rel
     (trial,) = storage.fetch_trials(exp_id)
     assert trial.status is TrialStatus.INTERRUPTED
     assert caught.value.released == [trial.id] and caught.value.kept == []
+
+
+def test_the_progress_bar_s_best_is_the_best_feasible_completed_trial(storage) -> None:
+    """It took infeasible trials, and (for a run joining an experiment) pruned trials' last reports: best=0.05
+    on the bar while exp.best_trial was the trial of 0.2."""
+    from orchard.monitor import ProgressMonitor
+
+    exp_id = storage.create_experiment("c", {"space": SPACE.config(), "constraints": ["memory_gb <= 16"]})
+    pruned = storage.register_trial(exp_id, {"x": 0.05}, worker="w")
+    storage.report_trial(pruned.id, "w", 1, 0.01)
+    storage.prune_trial(pruned.id, "w", {"prune": True, "pruner": "median", "step": 1})
+    clock = ManualClock()
+    with ProgressMonitor(storage, exp_id, "c", 5, show_bar=True, clock=clock) as monitor:
+        for x, objective, memory in ((0.1, 0.05, 20.0), (0.2, 0.2, 8.0), (0.3, 0.1, 32.0)):
+            trial = storage.register_trial(exp_id, {"x": x}, worker="w")
+            storage.complete_trial(trial.id, "w", objective, {"memory_gb": memory})
+        monitor._tick()
+        assert monitor._bar.postfix.startswith("best=0.2,"), monitor._bar.postfix

@@ -286,8 +286,8 @@ def load_experiments(
     receives the trials it lacks; one with another space or other objectives is
     an error, found for every experiment of the dump before anything is stored.
     Trial ids are recomputed for the target experiment, and every reference to a
-    trial of the dump (a promotion's ``parent``, the trials the stopping ledger
-    names) follows its trial to its new id.
+    trial of the dump (a promotion's ``parent``, the trials a pruned trial's verdict
+    compared it with, the trials the stopping ledger names) follows its trial to its new id.
 
     Raises:
         ConfigurationError: ``rename`` given for a dump of several experiments.
@@ -345,7 +345,8 @@ def _check_fits(storage: BaseStorage, record: ExperimentRecord, config: dict[str
 
 
 def _restorable(record: dict[str, Any], experiment_id: str, new_ids: Mapping[str, str]) -> Trial:
-    """A dumped trial as ``db load`` stores it: its id recomputed, its parent's followed, never reserved.
+    """A dumped trial as ``db load`` stores it: its id recomputed, its parent's and its verdict's trials
+    followed (so ``info --trial`` reaches a pruned trial's verdict again), never reserved.
 
     A field left out of the dump (written by hand) reads as its default, as :func:`_check_experiment` read it.
     """
@@ -353,7 +354,12 @@ def _restorable(record: dict[str, Any], experiment_id: str, new_ids: Mapping[str
     if trial.status is TrialStatus.RESERVED:
         trial = dataclasses.replace(trial, status=TrialStatus.INTERRUPTED, worker=None, heartbeat=None)
     parent = new_ids.get(trial.parent, trial.parent) if trial.parent is not None else None
-    return dataclasses.replace(trial, id=trial_id(experiment_id, trial.params), parent=parent)
+    verdict = trial.verdict
+    if isinstance(verdict, dict) and isinstance(verdict.get("compared"), list):
+        compared = [new_ids.get(c, c) if isinstance(c, str) else c for c in verdict["compared"]]
+        verdict = {**verdict, "compared": compared}
+    new_id = trial_id(experiment_id, trial.params)
+    return dataclasses.replace(trial, id=new_id, parent=parent, verdict=verdict)
 
 
 def _follow_ledger(storage: BaseStorage, record: ExperimentRecord, dumped: Any,

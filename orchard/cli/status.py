@@ -35,6 +35,7 @@ from orchard.cli._args import (
     strict_json,
 )
 from orchard.command import COMMAND_KEY
+from orchard.pareto import infeasible
 
 if TYPE_CHECKING:  # pragma: no cover
     from orchard.experiment import Experiment
@@ -150,6 +151,7 @@ def experiment_status(experiment: Experiment, watch: HeartbeatWatch | None = Non
         "objectives": experiment.settings.objectives, "pareto_front": front, "elapsed": stats["elapsed"],
         "trials_per_second": stats["trials_per_second"], "workers": workers,
         "rungs": _rungs(experiment, trials), "stop": stats["stop"], "inserted_apart": stats["inserted_apart"],
+        "infeasible": infeasible(trials, experiment.settings.constraints),
     }
 
 
@@ -160,6 +162,13 @@ def _front(experiment: Experiment) -> list[dict[str, Any]] | None:
         return None
     return [{"id": t.id, "params": t.params, **{name: t.results[name] for name in objectives}}
             for t in experiment.pareto_front()]
+
+
+def _infeasible_lines(infeasible: dict[str, Any] | None, indent: str) -> list[str]:
+    if infeasible is None:
+        return []
+    return [f"{indent}{infeasible['count']} completed trial(s) break a constraint, so are never best nor on "
+            f"the front (the latest, {infeasible['trial'][:12]}: {infeasible['reason']})"]
 
 
 def _shown_best(objective: float, objectives: dict[str, str] | None) -> str:
@@ -228,6 +237,7 @@ def _status_lines(status: dict[str, Any]) -> list[str]:
                      f"{format_params(status['best_params'])} "
                      f"(trial {status['best_trial'][:12]})")
     lines += _front_lines(status["pareto_front"], "  front:   ")
+    lines += _infeasible_lines(status["infeasible"], "  infeasible: ")
     if status["stop"] is not None:
         lines.append(f"  stop:    {status['stop']['line']}")
     lines.append(f"  speed:   {_speed(status)}")
@@ -364,6 +374,7 @@ def run_info(args: argparse.Namespace) -> int:
         "warm_start": _warm_start(experiment),
         "best_trial": best.to_dict() if best else None, "pareto_front": front, "stats": info_stats,
         "rungs": _rungs(experiment, trials), "stop": info_stats["stop"],
+        "infeasible": infeasible(trials, experiment.settings.constraints),
     }
     if args.json:
         print(strict_json(info))
@@ -473,6 +484,7 @@ def _info_lines(info: dict[str, Any]) -> list[str]:
                      f"{format_params(best['params'])} "
                      f"(trial {best['id'][:12]}, worker {best['worker']})")
     lines += _front_lines(info["pareto_front"], "  front:     ")
+    lines += _infeasible_lines(info["infeasible"], "  infeasible: ")
     stats = info["stats"]
     lines.append("  trials:    " + _counts(stats["counts"]))
     lines += _rung_lines(info["rungs"], "  rungs:     ")

@@ -12,6 +12,7 @@ import math
 from collections.abc import Iterable
 from typing import Any
 
+from orchard.constraints import feasibility
 from orchard.dashboard._views import ExperimentView
 from orchard.objectives import Shown, dominates
 from orchard.pareto import scored
@@ -156,7 +157,7 @@ def rungs(view: ExperimentView) -> list[dict[str, Any]] | None:
     result = []
     for value in sorted(groups, key=_sort_key):
         members = groups[value]
-        best = _best(members)
+        best = _best(members, view.config.get("constraints"))
         result.append({
             "fidelity": value,
             "completed": sum(t.status is TrialStatus.COMPLETED for t in members),
@@ -234,7 +235,8 @@ def trial_rows(view: ExperimentView, since: int = 0, rows: bool = True) -> dict[
         changed = view.changed_since(since)
         payload["after"] = view.numbers[changed[-1].id] if changed else 0
         payload["more"] = False
-        payload["trials"] = [_row(trial, view.numbers[trial.id]) for trial in changed]
+        constraints = view.config.get("constraints")
+        payload["trials"] = [_row(trial, view.numbers[trial.id], constraints) for trial in changed]
     return payload
 
 
@@ -275,7 +277,7 @@ class RowCache:
                 break
             cached = self._rows.get(trial.id)
             if cached is None or cached[0] is not trial:
-                cached = (trial, to_json(_row(trial, number)))
+                cached = (trial, to_json(_row(trial, number, view.config.get("constraints"))))
                 self._rows[trial.id] = cached
             parts.append(cached[1])
             last = number
@@ -283,7 +285,8 @@ class RowCache:
         return head[:-1] + page + ',"trials":[' + ",".join(parts) + "]}"
 
 
-def _row(trial: Trial, number: int) -> dict[str, Any]:
+def _row(trial: Trial, number: int, constraints: Any = None) -> dict[str, Any]:
+    """A trial as a table row; ``infeasible``: it completed breaking ``constraints`` (never best so far)."""
     error = trial.error or None
     return {
         "number": number, "id": trial.id, "status": trial.status.value, "params": {k: _plain(v) for k, v in trial.params.items()},
@@ -294,6 +297,8 @@ def _row(trial: Trial, number: int) -> dict[str, Any]:
         "reports": [[step, _short(first_value(v))] for step, v in sampled(trial.reports, MAX_ROW_REPORTS)],
         "reported": len(trial.reports),
         "verdict": _verdict_row(trial.verdict),
+        "infeasible": (trial.status is TrialStatus.COMPLETED
+                       and not feasibility(trial.results, constraints).feasible),
     }
 
 
@@ -319,8 +324,10 @@ def _text(value: Any, limit: int = 2_000) -> str:
         return f"<unprintable {type(value).__name__}>"
 
 
-def _best(trials: Iterable[Trial]) -> Trial | None:
-    scored = [t for t in trials if t.status is TrialStatus.COMPLETED and _finite(t.objective) is not None]
+def _best(trials: Iterable[Trial], constraints: Any) -> Trial | None:
+    """The completed trial of the lowest finite objective meeting ``constraints`` (as ``best_trial``)."""
+    scored = [t for t in trials if t.status is TrialStatus.COMPLETED and _finite(t.objective) is not None
+              and feasibility(t.results, constraints).feasible]
     return min(scored, key=lambda t: t.objective, default=None)  # type: ignore[arg-type, return-value]
 
 

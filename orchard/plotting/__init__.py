@@ -95,11 +95,11 @@ class Subject:
 
 #: Figure kind -> builder taking ``(trials, subject)``.
 FIGURES: dict[str, Callable[[Sequence[Trial], Subject], Figure]] = {
-    "regret": lambda trials, s: regret(trials, s.name, Shown.of(s.objectives)),
+    "regret": lambda trials, s: regret(trials, s.name, Shown.of(s.objectives), s.constraints),
     "parallel": lambda trials, s: parallel(trials, s.name, s.space, Shown.of(s.objectives)),
     "timeline": lambda trials, s: timeline(trials, s.name),
     "rungs": lambda trials, s: rungs(trials, s.name, s.space, Shown.of(s.objectives)),
-    "curves": lambda trials, s: curves(trials, s.name, s.space, Shown.of(s.objectives)),
+    "curves": lambda trials, s: curves(trials, s.name, s.space, Shown.of(s.objectives), s.constraints),
     "pareto": lambda trials, s: pareto(trials, s.name, s.objectives, s.constraints),
     "hypervolume": lambda trials, s: hypervolume(trials, s.name, s.objectives, s.constraints),
 }

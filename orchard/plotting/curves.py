@@ -18,6 +18,7 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
+from orchard.constraints import feasibility
 from orchard.objectives import Shown
 from orchard.plotting.figures import STATUS_COLORS, describe
 from orchard.space import Space
@@ -73,7 +74,7 @@ class CurvesFigure:
 
 
 def curves(trials: Sequence[Trial], name: str, space: Space | None = None,
-           shown: Shown = Shown()) -> CurvesFigure:
+           shown: Shown = Shown(), constraints: Sequence[str] | None = None) -> CurvesFigure:
     """Build the curves figure from the trials' stored reports.
 
     Args:
@@ -81,10 +82,12 @@ def curves(trials: Sequence[Trial], name: str, space: Space | None = None,
         name: the experiment's name, used in the title.
         space: unused (the figure builders share one signature).
         shown: how the objective is shown (its name and direction).
+        constraints: the experiment's constraints: the best trial drawn thick meets them (as ``best_trial``).
     """
     reported = [t for t in trials if t.reports]
     completed = [t for t in reported if t.status is TrialStatus.COMPLETED and t.objective is not None]
-    scored = [t for t in completed if math.isfinite(float(t.objective))]  # type: ignore[arg-type]
+    scored = [t for t in completed if math.isfinite(float(t.objective))  # type: ignore[arg-type]
+              and feasibility(t.results, constraints).feasible]
     best = min(scored, key=lambda t: float(t.objective), default=None)  # type: ignore[arg-type]
     if len(reported) > MAX_CURVES:
         ranked = sorted(reported, key=lambda t: _rank(t.reports[-1][1]))

@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Any
 
+from orchard.constraints import feasibility
 from orchard.objectives import Shown
 from orchard.space import Prior, Space
 from orchard.trial import Trial, TrialStatus
@@ -117,13 +118,17 @@ class TimelineFigure:
 # -- builders ------------------------------------------------------------------------
 
 
-def regret(trials: Iterable[Trial], name: str, shown: Shown = Shown()) -> RegretFigure:
-    """Build the regret figure: objectives in completion order and the best so far.
+def regret(trials: Iterable[Trial], name: str, shown: Shown = Shown(),
+           constraints: Sequence[str] | None = None) -> RegretFigure:
+    """Build the regret figure: objectives in completion order and the best feasible one so far.
 
     Args:
         trials: the experiment's trials (any statuses; unfinished ones are ignored).
         name: the experiment's name, used in the title.
         shown: how the objective is shown (its name and direction).
+        constraints: the experiment's constraints: a trial breaking them is drawn, but is never
+            the best so far (as it is never ``best_trial``); before the first feasible trial the
+            line has a gap (NaN).
 
     Returns:
         The figure record; empty, with a note, when no trial has completed.
@@ -135,14 +140,19 @@ def regret(trials: Iterable[Trial], name: str, shown: Shown = Shown()) -> Regret
     best: list[float] = []
     broken_x: list[int] = []
     broken_at: list[float | None] = []
+    so_far, infeasible = math.nan, 0
     for rank, trial in enumerate(finished, start=1):
         if trial.status is TrialStatus.BROKEN:
             broken_x.append(rank)
-            broken_at.append(best[-1] if best else None)
+            broken_at.append(None if math.isnan(so_far) else so_far)
             continue
         x.append(rank)
         objectives.append(shown.value(float(trial.objective)))  # type: ignore[arg-type]
-        best.append(better(objectives[-1], best[-1]) if best else objectives[-1])
+        if feasibility(trial.results, constraints).feasible:
+            so_far = objectives[-1] if math.isnan(so_far) else better(objectives[-1], so_far)
+        else:
+            infeasible += 1
+        best.append(so_far)
     # Broken trials sit on the best-so-far line; those before any result on the first one.
     broken_y = [objectives[0] if y is None else y for y in broken_at] if objectives else [0.0] * len(broken_x)
     labels = [describe(t, shown) for t in finished if t.status is not TrialStatus.BROKEN]
@@ -150,7 +160,9 @@ def regret(trials: Iterable[Trial], name: str, shown: Shown = Shown()) -> Regret
     title = f"{name}: regret"
     if best:
         named = "" if shown == Shown() else f"{shown.name} "
-        title += f" (best {named}{best[-1]:.4g} after {len(x)} completed, {len(broken_x)} broken)"
+        found = f"best {named}{so_far:.4g}" if not math.isnan(so_far) else "no feasible trial"
+        title += f" ({found} after {len(x)} completed, {len(broken_x)} broken"
+        title += f", {infeasible} infeasible)" if constraints or infeasible else ")"
     note = None if x else no_results_note(len(broken_x))
     return RegretFigure(title, note, x, objectives, labels, best, broken_x, broken_y, broken_labels,
                         shown.label)

@@ -21,7 +21,7 @@ import itertools
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from orchard.objectives import dominates, reference_point
+from orchard.objectives import dominates, first_front, reference_point
 from orchard.objectives import hypervolume as volume
 from orchard.pareto import scored
 from orchard.plotting.figures import describe, no_results_note
@@ -116,7 +116,7 @@ def pareto(trials: Sequence[Trial], name: str, objectives: Mapping[str, str] | N
         return ParetoFigure(f"{name}: Pareto front", "the experiment has one objective: its front is its best "
                             "trial (see 'orchard plot regret')", [])
     feasible = [(t, v) for t, v, violation in rows if violation <= 0]
-    front = {t.id for t, v in feasible if not any(dominates(w, v) for _, w in feasible)}
+    front = {feasible[i][0].id for i in first_front([v for _, v in feasible])}
     names = list(directions)
     panels = []
     for i, j in itertools.combinations(range(len(names)), 2):

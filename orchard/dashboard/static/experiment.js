@@ -228,12 +228,18 @@ function thinned(items, keep) {
 function drawBest(all) {
   let best = Infinity;
   const improved = new Set();
-  all.forEach((t, i) => { if (t.objective < best) { best = t.objective; improved.add(i); } });  // stored: lower is better
+  // stored: lower is better; a trial breaking a constraint is never the best (as exp.best_trial)
+  all.forEach((t, i) => {
+    if (!t.infeasible && t.objective < best) { best = t.objective; improved.add(i); }
+  });
   const ranked = all.map((t, i) => ({ t, x: i + 1, i }));
   const shown = thinned(ranked, (r) => improved.has(r.i));  // every improvement stays: the best line is exact
   const done = shown.map((r) => r.t);
   best = Infinity;
-  const bestSoFar = shown.map((r) => sv(best = Math.min(best, all[r.i].objective)));
+  const bestSoFar = shown.map((r) => {
+    if (!all[r.i].infeasible) best = Math.min(best, all[r.i].objective);
+    return best === Infinity ? null : sv(best);  // a gap before the first feasible trial
+  });
   const xs = shown.map((r) => r.x);
   const marker = { color: "#8a96a3", size: 6 };
   if (state.fidelity) {  // multi-fidelity: say which rung each objective comes from
