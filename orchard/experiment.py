@@ -390,7 +390,7 @@ class Experiment:
         The report is stored before this returns; :meth:`should_prune` gives the verdict.
 
         Raises:
-            ValueError: ``value`` is not a finite number or ``step`` not an integer >= 0.
+            ValueError: ``value`` is no number (NaN, inf: see :func:`orchard.report`), ``step`` no int >= 0.
             InvalidReportError: the storage refused it (a step not above the last one). Past 10,000
                 reports a trial's reports are neither stored nor judged (see :class:`orchard.verdicts.Judge`).
             ReservationLostError: the reservation was lost (heartbeat stale).

@@ -41,6 +41,7 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import json
+import math
 import os
 import stat
 import tempfile
@@ -110,11 +111,15 @@ def report(value: float | Mapping[str, float], step: int) -> None:
     one declared objective (``objectives={"accuracy": "max"}``) a number is its
     value, in its direction.
 
+    A NaN or infinite value (a diverged training) is not stored: the verdict is "prune",
+    with any pruner but ``none``, once the trial holds a report to be pruned at.
+
     Raises:
-        ValueError: ``value`` is not a finite number (or a mapping of names to finite
-            numbers), ``step`` is not an integer >= 0, or the worker refused the report
+        ValueError: ``value`` is not a number (or a mapping of names to numbers), ``step`` is
+            not an integer >= 0, or the worker refused the report
             (:class:`~orchard.errors.InvalidReportError`: a step not above the last one, too many
-            steps, objectives that are not the experiment's).
+            steps, objectives that are not the experiment's, NaN or an infinity with nothing to
+            prune at).
         RuntimeError: called outside an evaluation run by an Orchard worker.
     """
     value, step = check_report(value, step)
@@ -169,7 +174,10 @@ def should_prune() -> bool:
 
 
 def check_report(value: Any, step: Any) -> tuple[Reported, int]:
-    """``(value, step)`` as a finite float (or names to finite floats) and an int >= 0.
+    """``(value, step)`` as a float (or names to floats) and an int >= 0.
+
+    NaN and the infinities pass, as a diverged training reports them: the worker's judge prunes
+    the trial on them, or refuses them (:class:`orchard.verdicts.Judge`).
 
     Raises:
         ValueError: naming what is wrong.
@@ -179,14 +187,14 @@ def check_report(value: Any, step: Any) -> tuple[Reported, int]:
             raise ValueError("orchard.report() got an empty mapping; give each objective by name")
         checked = {}
         for name, item in value.items():
-            number = finite_float(plain(item))
+            number = reported_number(item)
             if not isinstance(name, str) or number is None:
                 raise ValueError(f"orchard.report() needs a finite number for objective {shown(name)}, "
                                  f"got {shown(item)}")
             checked[name] = number
         value = checked
     else:
-        number = finite_float(plain(value))
+        number = reported_number(value)
         if number is None:
             raise ValueError(f"orchard.report() needs a finite number as the value, got {shown(value)}")
         value = number
@@ -194,6 +202,18 @@ def check_report(value: Any, step: Any) -> tuple[Reported, int]:
     if isinstance(step, bool) or not isinstance(step, int) or not 0 <= step < INT_LIMIT:  # a stored int is 64-bit
         raise ValueError(f"orchard.report() needs an integer step >= 0 and < 2**63, got {shown(step)}")
     return value, step
+
+
+def reported_number(value: Any) -> float | None:
+    """A reported value as a float, NaN and the infinities included; ``None`` for what is no number.
+
+    A training that diverged reports NaN or an infinity: the worker's judge prunes the trial
+    on it, or refuses it when nothing can (see :class:`orchard.verdicts.Judge`).
+    """
+    value = plain(value)
+    if isinstance(value, float) and not math.isfinite(value):
+        return value
+    return finite_float(value)
 
 
 def _await_verdict(step: int, line_id: str) -> bool:

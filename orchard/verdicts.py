@@ -21,6 +21,7 @@ import contextlib
 import contextvars
 import json
 import logging
+import math
 import os
 import threading
 import time
@@ -82,6 +83,7 @@ class Judge:
         #: Trials with at least one report stored by this judge.
         self.reported: set[str] = set()
         self._held: dict[str, int] = {}  # reports each of them holds, as its last write returned
+        self._last_step: dict[str, int] = {}  # the step of the last of them
         self._curves = _Curves()
 
     def __call__(self, trial_id: str, value: Reported, step: int) -> Verdict:
@@ -98,10 +100,12 @@ class Judge:
         """
         kept = stored_value(trial_id, value, self.objectives, ranked=not isinstance(self.pruner, NopPruner))
         with self._lock:  # a follower thread and the worker's thread never refresh the history together
+            if not all(map(math.isfinite, kept if isinstance(kept, tuple) else (kept,))):
+                return self._diverged(trial_id, value, step)
             if self._held.get(trial_id, 0) >= MAX_REPORTS_PER_TRIAL:
                 return self._unjudged(trial_id, step)
             stored = self.storage.report_trial(trial_id, self.worker, step, kept)
-            self._held[trial_id] = len(stored.reports)
+            self._held[trial_id], self._last_step[trial_id] = len(stored.reports), stored.reports[-1][0]
             self.reported.add(trial_id)
             self._refresh()
             own, others = self._curves.of(stored, self._trials())
@@ -111,6 +115,24 @@ class Judge:
             # a "prune" verdict stands (the trial is recorded pruned whatever follows): a later report judged
             # "go on" answered should_prune() False, and an objective that went on had its result dropped
             return self.pruned.get(trial_id, verdict)
+
+    def _diverged(self, trial_id: str, value: Reported, step: int) -> Verdict:
+        """The verdict on a NaN or infinite report (a diverged training): "prune", at its last stored report.
+
+        The value is not stored (a report is a finite number). Every pruner but ``none`` prunes
+        on it, as Optuna's do, so a diverged training stops instead of breaking its trial.
+
+        Raises:
+            InvalidReportError: the pruner is ``none``, the trial holds no report to be pruned at, or
+                ``step`` is not after its last one.
+        """
+        if isinstance(self.pruner, NopPruner) or not self._held.get(trial_id):
+            raise InvalidReportError.bad_value(trial_id, value)
+        if step <= self._last_step[trial_id]:
+            raise InvalidReportError.not_after(trial_id, step, self._last_step[trial_id])
+        return self.pruned.setdefault(trial_id, Verdict(True, self.pruner.name, step, reason=(
+            f"value {shown(value)} at step {step} is not a finite number: the training diverged "
+            "(the value is not stored)")))
 
     def _unjudged(self, trial_id: str, step: int) -> Verdict:
         """The answer to a report past the cap: the trial's "prune" verdict if it got one, else go on."""
@@ -146,6 +168,7 @@ class Judge:
         self.pruned.pop(trial_id, None)
         self.reported.discard(trial_id)
         self._held.pop(trial_id, None)
+        self._last_step.pop(trial_id, None)
 
 
 _Kept = tuple[Trial, tuple[Any, ...], list[tuple[int, ReportValue]]]  # the trial last seen, its reservation, its list

@@ -307,6 +307,81 @@ def test_a_prune_verdict_stands_for_the_later_reports_of_the_trial(where: str, t
     assert_verdicts_recompute(trials, exp.settings.pruner)
 
 
+def diverges(x: float, bad: float) -> float:
+    """A training whose loss turns ``bad`` (NaN, infinite) at step 3, asking for the verdict at each report."""
+    for step in range(1, 6):
+        orchard.report(x if step < 3 else bad, step)
+        if orchard.should_prune():
+            raise orchard.TrialPruned()
+    return x
+
+
+@pytest.mark.parametrize("where", ["thread", "timed child"])
+@pytest.mark.parametrize("pruner, bad", [({"threshold": {"upper": 10.0}}, math.nan), ("median", math.inf),
+                                         ({"asha": {"min_step": 3}}, -math.inf)])
+def test_a_loss_that_turns_nan_or_infinite_is_pruned_not_broken(pruner: Any, bad: float, where: str,
+                                                                 tmp_path: Path) -> None:
+    """A diverged training (a NaN or infinite loss) raised ValueError in the objective: each such trial
+    broke, and three of them stopped the experiment (max_broken=3), under the threshold pruner documented
+    for "a loss that diverges". It is pruned at its last finite report, as Optuna's pruners do."""
+    exp = orchard.build_experiment("p-nan", space=SPACE, max_trials=4, storage=str(tmp_path / "db.pkl"),
+                                   pruner=pruner)
+    exp.workon(functools.partial(diverges, bad=bad), trial_timeout=60 if where == "timed child" else None,
+               progress=False)
+    trials = exp.storage.fetch_trials(exp.id)
+    assert [t.status for t in trials] == [TrialStatus.PRUNED] * 4
+    assert all(t.reports == [(1, t.params["x"]), (2, t.params["x"])] and t.objective == t.params["x"]
+               for t in trials)
+    assert all(t.verdict["step"] == 3 and "not a finite number" in t.verdict["reason"] for t in trials)
+    assert_verdicts_recompute(trials, exp.settings.pruner)
+
+
+@pytest.mark.parametrize("language", ["python", "sh"])
+def test_a_script_whose_loss_turns_nan_is_pruned_under_hunt(language: str, tmp_path: Path,
+                                                            monkeypatch: pytest.MonkeyPatch,
+                                                            capsys: pytest.CaptureFixture[str]) -> None:
+    """orchard.report(nan) raised ValueError in the script (every trial broken, the hunt stopped at
+    max_broken), and a shell script's NaN line was skipped as not a report, the training run to its end."""
+    from orchard.cli import main
+
+    if language == "python":
+        script = tmp_path / "train.py"
+        script.write_text("import sys, orchard\nfor step, loss in enumerate([0.5, 0.4, float('nan')], 1):\n"
+                          "    orchard.report(loss, step=step)\n    if orchard.should_prune():\n"
+                          "        sys.exit(0)\nsys.exit(3)\n")
+        command = [sys.executable, str(script)]
+    else:
+        script = tmp_path / "train.sh"
+        script.write_text('for line in \'"step": 1, "objective": 0.5\' \'"step": 2, "objective": 0.4\' '
+                          '\'"step": 3, "objective": NaN\'; do\n  echo "{$line}" >> "$ORCHARD_REPORT_PATH"\n'
+                          "done\n")  # exits 0 without a result: a verdict to prune, or a broken trial
+        command = ["sh", str(script)]
+    monkeypatch.chdir(tmp_path)
+    assert main(["hunt", "-n", "p-nan-hunt", "--storage", "db.pkl", "--max-trials", "2", "--pruner",
+                 "{threshold: {upper: 1.0}}", *command, "--x~uniform(0, 1)"]) == 0
+    assert "experiment 'p-nan-hunt': 0 completed, 2 pruned, 0 broken" in capsys.readouterr().out
+    exp = orchard.get_experiment("p-nan-hunt", storage="db.pkl")
+    assert all(t.reports == [(1, 0.5), (2, 0.4)] and t.verdict["step"] == 3 for t in exp.fetch_trials())
+
+
+def test_a_nan_report_in_ask_and_tell_prunes_and_a_first_or_unjudged_one_is_refused() -> None:
+    exp = orchard.build_experiment("p-nan-ask", space=SPACE, max_trials=3, storage="memory://", pruner="median")
+    trial = exp.suggest()
+    with pytest.raises(InvalidReportError, match="not a finite number"):  # nothing to be pruned at
+        exp.report(trial, math.nan, 1)
+    exp.report(trial, 0.5, 1)
+    exp.report(trial, math.nan, 2)
+    assert exp.should_prune(trial)
+    stored = exp.observe(trial, math.nan)
+    assert stored.status is TrialStatus.PRUNED and stored.reports == [(1, 0.5)] and stored.objective == 0.5
+    unpruned = orchard.build_experiment("p-nan-none", space=SPACE, max_trials=1, storage="memory://")
+    trial = unpruned.suggest()
+    unpruned.report(trial, 0.5, 1)
+    with pytest.raises(InvalidReportError, match="not a finite number"):  # no pruner to stop it
+        unpruned.report(trial, math.nan, 2)
+    unpruned.release(trial)
+
+
 def test_ask_and_tell_and_a_report_in_the_thread_agree_on_a_prune_verdict() -> None:
     exp = orchard.build_experiment("p-agree", space=SPACE, max_trials=1, storage="memory://",
                                    pruner={"threshold": {"upper": 1.5}})

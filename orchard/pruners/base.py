@@ -239,8 +239,13 @@ class BasePruner(Configurable, abc.ABC):
             trial_id: the judged trial's id.
             verdict: a verdict this pruner returned for it.
             stored: every trial's stored reports by id, ``trial_id``'s included.
+
+        A verdict on a report that is not stored, a NaN or infinite value every pruner
+        prunes on (:class:`orchard.verdicts.Judge`), is reached again as it is.
         """
         own = [(step, value) for step, value in stored.get(trial_id, ()) if step <= verdict.step]
+        if verdict.prune and (not own or own[-1][0] < verdict.step):
+            return verdict
         others = {tid: stored[tid] for tid in verdict.compared if tid in stored}
         return self.judge(trial_id, own, others)
 
