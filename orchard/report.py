@@ -90,8 +90,29 @@ _SINK: contextvars.ContextVar[Callable[[Reported, int], bool] | None] = contextv
 #: The objectives the experiment of this thread's evaluation declares (see :func:`declared_objectives`).
 _DECLARED: contextvars.ContextVar[Mapping[str, str] | None] = contextvars.ContextVar(
     "orchard_declared_objectives", default=None)
-#: The verdict of the last report of this thread's evaluation.
-_PRUNE: contextvars.ContextVar[bool] = contextvars.ContextVar("orchard_prune", default=False)
+
+
+class _Told:
+    """Whether a report of one evaluation got a "prune" verdict, from whichever of its threads it came.
+
+    One object per evaluation, held by a context variable: a thread the objective starts in a
+    copy of its context holds the same object, so the objective's own :func:`should_prune`
+    sees the verdict on a report that thread made. A "prune" verdict stands: it is never unset.
+    """
+
+    __slots__ = ("prune",)
+
+    def __init__(self) -> None:
+        self.prune = False
+
+
+#: What this evaluation was told (``None``: a process evaluating one trial, a script: :data:`_PROCESS_TOLD`).
+_TOLD: contextvars.ContextVar[_Told | None] = contextvars.ContextVar("orchard_told", default=None)
+_PROCESS_TOLD = _Told()
+
+
+def _told() -> _Told:
+    return _TOLD.get() or _PROCESS_TOLD
 
 
 class TrialPruned(Exception):
@@ -125,7 +146,8 @@ def report(value: float | Mapping[str, float], step: int) -> None:
     value, step = check_report(value, step)
     sink = _SINK.get()
     if sink is not None:
-        _PRUNE.set(sink(value, step))
+        if sink(value, step):
+            _told().prune = True
         return
     path = os.environ.get(REPORT_ENV)
     if not path:
@@ -141,7 +163,8 @@ def report(value: float | Mapping[str, float], step: int) -> None:
     line = json.dumps(fields) + "\n"
     with open(path, "a", encoding="utf-8") as handle:
         handle.write(line)
-    _PRUNE.set(_await_verdict(step, line_id))
+    if _await_verdict(step, line_id):  # no verdict within the wait (an outage) leaves a "prune" standing
+        _told().prune = True
 
 
 def declared_objectives() -> dict[str, str] | None:
@@ -169,8 +192,11 @@ def declared_objectives() -> dict[str, str] | None:
 
 
 def should_prune() -> bool:
-    """Whether the verdict on the last :func:`report` of this evaluation is "prune" (``False`` before any)."""
-    return _PRUNE.get()
+    """Whether a :func:`report` of this evaluation got a "prune" verdict (``False`` before any).
+
+    A report made from a thread the objective started in a copy of its context counts.
+    """
+    return _told().prune
 
 
 def check_report(value: Any, step: Any) -> tuple[Reported, int]:
@@ -251,12 +277,12 @@ def reporting_to(sink: Callable[[Reported, int], bool] | None,
 
     ``objectives`` are the experiment's declared ones, for :func:`declared_objectives`.
     """
-    token, prune, declared = _SINK.set(sink), _PRUNE.set(False), _DECLARED.set(objectives)
+    token, told, declared = _SINK.set(sink), _TOLD.set(_Told()), _DECLARED.set(objectives)
     try:
         yield
     finally:
         _SINK.reset(token)
-        _PRUNE.reset(prune)
+        _TOLD.reset(told)
         _DECLARED.reset(declared)
 
 

@@ -291,16 +291,49 @@ def diverges_then_recovers(x: float, answers: str) -> float:
     return x
 
 
+def reports_from_a_thread(x: float, answers: str) -> float:
+    """Reports each epoch from a thread started in a copy of its context (as docs/pruning.md shows), and
+    asks for the verdict in its own thread (above threshold 1.5 from step 1)."""
+    import contextvars
+    import threading
+
+    for step in range(1, 6):
+        thread = threading.Thread(target=contextvars.copy_context().run, args=(orchard.report, 2.0 + x, step))
+        thread.start()
+        thread.join()
+        with open(answers, "a") as out:
+            out.write(f"{step}\n")
+        if orchard.should_prune():
+            raise orchard.TrialPruned()
+    return x
+
+
+def two_trials_under_a_threshold(objective: Any, where: str, tmp_path: Path) -> tuple[Any, list[str]]:
+    """The experiment after two trials of ``objective(x, answers)`` under a threshold of 1.5 (in the worker's
+    thread, or a timed child), and the lines the objective wrote to ``answers``."""
+    exp = orchard.build_experiment("p-answers", space=SPACE, max_trials=2, storage=str(tmp_path / "db.pkl"),
+                                   pruner={"threshold": {"upper": 1.5}}, seed=3)
+    answers = tmp_path / "answers.txt"
+    exp.workon(functools.partial(objective, answers=str(answers)),
+               trial_timeout=60 if where == "timed child" else None, progress=False)
+    return exp, answers.read_text().split()
+
+
+@pytest.mark.parametrize("where", ["thread", "timed child"])
+def test_a_verdict_on_a_report_made_from_a_thread_is_seen_by_the_objective(where: str, tmp_path: Path) -> None:
+    """The thread's report got a "prune" verdict, but orchard.should_prune() in the objective's own thread
+    answered False: the training ran all its epochs and was then recorded pruned, its result dropped."""
+    exp, epochs = two_trials_under_a_threshold(reports_from_a_thread, where, tmp_path)
+    assert epochs == ["1", "1"]  # each training stopped after its first epoch
+    assert [len(t.reports) for t in exp.storage.fetch_trials(exp.id, [TrialStatus.PRUNED])] == [1, 1]
+
+
 @pytest.mark.parametrize("where", ["thread", "timed child"])
 def test_a_prune_verdict_stands_for_the_later_reports_of_the_trial(where: str, tmp_path: Path) -> None:
     """A later report judged "go on" made should_prune() False: the objective went on to its end and
     returned, and its trial was recorded pruned anyway, its result dropped (in the thread and a child)."""
-    exp = orchard.build_experiment("p-stands", space=SPACE, max_trials=2, storage=str(tmp_path / "db.pkl"),
-                                   pruner={"threshold": {"upper": 1.5}}, seed=3)
-    answers = tmp_path / "answers.txt"
-    exp.workon(functools.partial(diverges_then_recovers, answers=str(answers)),
-               trial_timeout=60 if where == "timed child" else None, progress=False)
-    assert answers.read_text().split() == ["True", "True"]
+    exp, answers = two_trials_under_a_threshold(diverges_then_recovers, where, tmp_path)
+    assert answers == ["True", "True"]
     trials = exp.storage.fetch_trials(exp.id)
     assert [t.status for t in trials] == [TrialStatus.PRUNED] * 2
     assert all(t.verdict["step"] == 1 and len(t.reports) == 5 for t in trials)
