@@ -336,6 +336,7 @@ class ReportFollower:
         self._done.set()
         self._thread.join()
         self._drain()  # lines written just before the child ended
+        self._feed(b"\n")  # and its last one, complete without a newline now that its writer is gone
         if self._file is not None:
             self._file.close()
         if self._problems > MAX_LINE_WARNINGS:

@@ -499,6 +499,16 @@ def _followed(tmp_path: Path, name: str) -> _Followed:
     return _Followed(exp, trial.id, reports, verdict, follower)
 
 
+def test_the_last_report_line_of_a_script_that_ends_without_a_newline_is_stored(tmp_path: Path) -> None:
+    """A script's last report written without a newline (printf '{...}' >> "$ORCHARD_REPORT_PATH") was
+    dropped without a word when the script ended: a line is complete once its writer is gone."""
+    followed = _followed(tmp_path, "p-unended")
+    with followed.follower:
+        followed.reports.write_text('{"step": 1, "objective": 0.5}\n{"step": 2, "objective": 0.4}')
+    stored = followed.exp.storage.get_trial(followed.trial_id)
+    assert stored is not None and stored.reports == [(1, 0.5), (2, 0.4)]
+
+
 def test_a_script_whose_step_goes_backwards_is_told(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """In a script, orchard.report() waited for a verdict on a step at least its own: a step not after the
     last one found the last one's verdict and returned, its report refused by the worker and lost without
