@@ -30,7 +30,6 @@ from typing import Any, BinaryIO
 
 from orchard.errors import InvalidReportError, OrchardError, StorageError
 from orchard.interruption import deferred
-from orchard.objectives import minimized
 from orchard.pruners import BasePruner, NopPruner, Verdict
 from orchard.report import Reported, check_report, open_regular, replace_file, shown
 from orchard.storages.base import BaseStorage
@@ -231,6 +230,8 @@ def stored_value(trial_id: str, value: Reported, objectives: Mapping[str, str] |
         ranked: whether the pruner ranks the reports (with several objectives a bare
             number is then refused: it cannot be ranked against the others' vectors).
 
+    The values are floats (:func:`orchard.report.check_report`); NaN and infinities stay, for the judge.
+
     Raises:
         InvalidReportError: names that are not exactly the experiment's objectives, names in a
             single-objective experiment, or a bare number that a pruner would have to rank.
@@ -238,14 +239,14 @@ def stored_value(trial_id: str, value: Reported, objectives: Mapping[str, str] |
     if not isinstance(value, Mapping):
         if objectives is not None and len(objectives) > 1 and ranked:
             raise InvalidReportError.objectives_expected(trial_id, "a single number", objectives)
-        if objectives is not None and len(objectives) == 1:  # the one declared objective, in its direction
-            return minimized({name: value for name in objectives}, objectives)[0]
-        return value
+        if objectives is None or len(objectives) > 1:
+            return value
+        value = {name: value for name in objectives}  # the one declared objective, in its direction
     if objectives is None:
         raise InvalidReportError.one_objective(trial_id)
     if set(value) != set(objectives):
         raise InvalidReportError.objectives_expected(trial_id, ", ".join(map(str, value)), objectives)
-    vector = minimized(value, objectives)
+    vector = tuple(-value[name] if direction == "max" else value[name] for name, direction in objectives.items())
     return vector if len(vector) > 1 else vector[0]
 
 

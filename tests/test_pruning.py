@@ -415,6 +415,22 @@ def test_a_nan_report_in_ask_and_tell_prunes_and_a_first_or_unjudged_one_is_refu
     unpruned.release(trial)
 
 
+@pytest.mark.parametrize("objectives, good, bad", [
+    ({"accuracy": "max"}, 0.5, math.nan),
+    ({"accuracy": "max"}, {"accuracy": 0.5}, {"accuracy": -math.inf}),
+    ({"error": "min", "accuracy": "max"}, {"error": 0.5, "accuracy": 0.5}, {"error": 0.4, "accuracy": math.nan}),
+])
+def test_a_nan_report_with_declared_objectives_prunes(objectives: dict[str, str], good: Any, bad: Any) -> None:
+    exp = orchard.build_experiment("p-nan-objectives", space=SPACE, max_trials=1, storage="memory://",
+                                   objectives=objectives, pruner="asha")
+    trial = exp.suggest()
+    exp.report(trial, good, 1)
+    exp.report(trial, bad, 2)
+    assert exp.should_prune(trial)
+    stored = exp.observe(trial, orchard.TrialPruned())
+    assert stored.status is TrialStatus.PRUNED and len(stored.reports) == 1
+
+
 def test_ask_and_tell_and_a_report_in_the_thread_agree_on_a_prune_verdict() -> None:
     exp = orchard.build_experiment("p-agree", space=SPACE, max_trials=1, storage="memory://",
                                    pruner={"threshold": {"upper": 1.5}})
