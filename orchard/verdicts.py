@@ -246,7 +246,7 @@ def stored_value(trial_id: str, value: Reported, objectives: Mapping[str, str] |
         raise InvalidReportError.one_objective(trial_id)
     if set(value) != set(objectives):
         raise InvalidReportError.objectives_expected(trial_id, ", ".join(map(str, value)), objectives)
-    vector = tuple(-value[name] if direction == "max" else value[name] for name, direction in objectives.items())
+    vector = tuple(-value[name] if way == "max" else value[name] for name, way in objectives.items())
     return vector if len(vector) > 1 else vector[0]
 
 
