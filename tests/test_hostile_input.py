@@ -428,6 +428,7 @@ def test_db_load_reads_a_bounded_amount_of_a_file_given_by_mistake(
 @pytest.mark.parametrize("verdict", [
     {"pruner": "median", "prune": True, "step": 1, "cutoff": "abc", "compared": 5},  # odd values of its own pruner
     {"pruner": "another", "reason": 7},  # a plugin's or another program's shape
+    {"pruner": "median", "prune": False, "step": 0},  # before its first report: "unexpected IndexError"
 ])
 def test_info_of_a_trial_shows_a_verdict_another_program_wrote(
         tmp_path: Any, capsys: pytest.CaptureFixture[str], verdict: dict[str, Any]) -> None:

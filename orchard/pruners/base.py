@@ -242,9 +242,15 @@ class BasePruner(Configurable, abc.ABC):
 
         A verdict on a report that is not stored, a NaN or infinite value every pruner
         prunes on (:class:`orchard.verdicts.Judge`), is reached again as it is.
+
+        Raises:
+            ValueError: the verdict's step comes before the trial's first stored report (no
+                pruner of Orchard's wrote it).
         """
         own = [(step, value) for step, value in stored.get(trial_id, ()) if step <= verdict.step]
-        if verdict.prune and (not own or own[-1][0] < verdict.step):
+        if not own:
+            raise ValueError(f"its step {verdict.step} comes before the trial's first stored report")
+        if verdict.prune and own[-1][0] < verdict.step:
             return verdict
         others = {tid: stored[tid] for tid in verdict.compared if tid in stored}
         return self.judge(trial_id, own, others)
