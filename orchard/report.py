@@ -213,14 +213,14 @@ def check_report(value: Any, step: Any) -> tuple[Reported, int]:
             raise ValueError("orchard.report() got an empty mapping; give each objective by name")
         checked = {}
         for name, item in value.items():
-            number = reported_number(item)
+            number = _reported_number(item)
             if not isinstance(name, str) or number is None:
                 raise ValueError(f"orchard.report() needs a finite number for objective {shown(name)}, "
                                  f"got {shown(item)}")
             checked[name] = number
         value = checked
     else:
-        number = reported_number(value)
+        number = _reported_number(value)
         if number is None:
             raise ValueError(f"orchard.report() needs a finite number as the value, got {shown(value)}")
         value = number
@@ -230,7 +230,7 @@ def check_report(value: Any, step: Any) -> tuple[Reported, int]:
     return value, step
 
 
-def reported_number(value: Any) -> float | None:
+def _reported_number(value: Any) -> float | None:
     """A reported value as a float, NaN and the infinities included; ``None`` for what is no number.
 
     A training that diverged reports NaN or an infinity: the worker's judge prunes the trial
