@@ -189,3 +189,33 @@ def test_a_dump_taken_while_a_rule_fires_holds_the_fired_ledger_with_the_trial_t
     monkeypatch.setattr(PickledStorage, "fetch_trials", fetch)
     (dumped,) = json.loads(Path("e.json").read_text())["experiments"]
     assert len(dumped["trials"]) == 2 and (dumped["config"]["stop_state"]["fired"] or {}).get("rule") == "target"
+
+
+@pytest.mark.parametrize("target", ["pickle", pytest.param("mongodb", marks=pytest.mark.slow)])
+def test_a_later_dump_brings_the_results_of_trials_an_earlier_load_left_waiting(
+        workdir: Path, request: pytest.FixtureRequest, capsys: pytest.CaptureFixture[str], target: str) -> None:
+    """Dumps taken while workers ran, loaded one after the other (a backup kept up to date, a move to MongoDB
+    caught up): a trial running at the first dump was loaded `interrupted`, and the later dump's result for it
+    was skipped as 'already there'; the copy lacked that result, and its workers ran the point again."""
+    exp = orchard.build_experiment("e", space={"x": "uniform(0, 1)"}, storage="src.pkl")
+    running = {x: exp.storage.register_trial(exp.id, {"x": x}, worker="w") for x in (0.25, 0.5)}
+    assert main(["db", "dump", "-n", "e", "-o", "early.json", "--storage", "src.pkl"]) == 0
+    for x, trial in running.items():
+        exp.storage.complete_trial(trial.id, "w", x)
+    assert main(["db", "dump", "-n", "e", "-o", "late.json", "--storage", "src.pkl"]) == 0
+    uri = "copy.pkl" if target == "pickle" else str(request.getfixturevalue("mongo_db_uri"))
+    assert main(["db", "load", "early.json", "--storage", uri]) == 0
+    copy = orchard.get_experiment("e", storage=uri)
+    taken = copy.storage.reserve_trial(copy.id, "copy-worker")  # a worker of the copy runs one again
+    assert taken is not None
+    capsys.readouterr()
+
+    assert main(["db", "load", "late.json", "--storage", uri]) == 0
+    assert "1 of 2 trials added (1 were already there)" in capsys.readouterr().out
+    by_x = {t.params["x"]: t for t in copy.fetch_trials()}
+    waited = by_x[0.75 - taken.params["x"]]
+    assert (waited.status, waited.objective) == (TrialStatus.COMPLETED, waited.params["x"])
+    assert by_x[taken.params["x"]].status is TrialStatus.RESERVED  # a live reservation is never overwritten
+    copy.storage.complete_trial(taken.id, "copy-worker", 1.0)
+    with pytest.raises(orchard.errors.BudgetExhaustedError):
+        copy.storage.register_trial(copy.id, {"x": 0.75}, budget=2)  # still one unit of budget per trial

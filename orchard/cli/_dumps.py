@@ -283,7 +283,8 @@ def load_experiments(
     """Restore each experiment of a dump; yield ``(name, trials added, trials in the dump)``.
 
     An experiment that exists in the target with the same space and objectives
-    receives the trials it lacks; one with another space or other objectives is
+    receives the trials it lacks, and the results of those still waiting to run
+    there (:func:`~orchard.storages.base.finishes`); one with another space or other objectives is
     an error, found for every experiment of the dump before anything is stored.
     Trial ids are recomputed for the target experiment, and every reference to a
     trial of the dump (a promotion's ``parent``, the trials the stopping ledger
