@@ -202,6 +202,9 @@ DEFAULTS: dict[str, Any] = {key: setting.default for key, setting in SETTINGS.it
 
 _ENV_PREFIX = "ORCHARD_"
 
+#: The command-line flags not named after their setting: one item per flag, the flag repeated.
+_FLAGS = {"objectives": "--objective", "constraints": "--constraint"}
+
 
 def config_files(cwd: Path | None = None) -> list[Path]:
     """Config files in precedence order: ``./orchard.yaml`` then ``~/.config/orchard/config.yaml``."""
@@ -326,7 +329,7 @@ class Settings:
     def _sources(self, key: str, argument: Any, setting: Setting) -> Iterator[tuple[Any, str]]:
         """``(value, where it came from)`` in precedence order; files are read only if reached."""
         yield argument, ""
-        yield self._flags.get(key), "--" + key.replace("_", "-")
+        yield self._flags.get(key), _FLAGS.get(key, "--" + key.replace("_", "-"))
         yield self._explicit.get(key), f"config file {self._explicit_path}"
         if setting.env:
             variable = _ENV_PREFIX + key.upper()
