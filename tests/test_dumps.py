@@ -219,3 +219,17 @@ def test_a_later_dump_brings_the_results_of_trials_an_earlier_load_left_waiting(
     copy.storage.complete_trial(taken.id, "copy-worker", 1.0)
     with pytest.raises(orchard.errors.BudgetExhaustedError):
         copy.storage.register_trial(copy.id, {"x": 0.75}, budget=2)  # still one unit of budget per trial
+
+
+def test_a_trial_running_when_dumped_is_loaded_with_its_attempt_given_back(workdir: Path) -> None:
+    """A trial dumped `reserved` was loaded `interrupted` with that live attempt still counted, so a copy with
+    max_attempts=2 broke it (reason lost) the first time one of its own workers lost it."""
+    exp = orchard.build_experiment("e", space={"x": "uniform(0, 1)"}, max_attempts=2, storage="src.pkl")
+    exp.storage.register_trial(exp.id, {"x": 0.5}, worker="w")  # running in the source
+    assert main(["db", "dump", "-n", "e", "-o", "e.json", "--storage", "src.pkl"]) == 0
+    assert main(["db", "load", "e.json", "--storage", "copy.pkl"]) == 0
+    copy = orchard.get_experiment("e", storage="copy.pkl")
+    taken = copy.storage.reserve_trial(copy.id, "copy-worker")
+    assert taken is not None and taken.lease is not None
+    (lost,) = copy.storage.release_lost(copy.id, {taken.id: taken.lease}, max_attempts=2)
+    assert lost.status is TrialStatus.INTERRUPTED, lost.error

@@ -7,7 +7,8 @@
 
 Trial ids are recomputed for the target experiment on load (they hash the
 experiment id). Trials that were reserved when dumped are loaded as
-``interrupted``: their workers do not exist in the target storage.
+``interrupted``, their attempt given back (not counted against ``max_attempts``), as a
+graceful release does: their workers do not exist in the target storage.
 """
 
 from __future__ import annotations
@@ -351,8 +352,9 @@ def _restorable(record: dict[str, Any], experiment_id: str, new_ids: Mapping[str
     A field left out of the dump (written by hand) reads as its default, as :func:`_check_experiment` read it.
     """
     trial = Trial.from_dict({**_DEFAULT_FIELDS, **record, "id": "", "experiment": experiment_id})
-    if trial.status is TrialStatus.RESERVED:
-        trial = dataclasses.replace(trial, status=TrialStatus.INTERRUPTED, worker=None, heartbeat=None)
+    if trial.status is TrialStatus.RESERVED:  # its worker is not in the target: given back, as by a release
+        trial = dataclasses.replace(trial, status=TrialStatus.INTERRUPTED, worker=None, heartbeat=None,
+                                    attempts=max(trial.attempts - 1, 0))
     parent = new_ids.get(trial.parent, trial.parent) if trial.parent is not None else None
     return dataclasses.replace(trial, id=trial_id(experiment_id, trial.params), parent=parent)
 
