@@ -207,6 +207,9 @@ _ENV_PREFIX = "ORCHARD_"
 #: The command-line flag of each setting whose flag is not ``--`` and the key (repeated flags, named singly).
 _FLAGS = {"objectives": "--objective", "constraints": "--constraint"}
 
+#: The command-line flags not named after their setting: one item per flag, the flag repeated.
+_FLAGS = {"objectives": "--objective", "constraints": "--constraint"}
+
 
 def config_files(cwd: Path | None = None) -> list[Path]:
     """Config files in precedence order: ``./orchard.yaml`` then ``~/.config/orchard/config.yaml``."""

@@ -215,3 +215,47 @@ def test_a_loaded_copy_reaches_each_pruned_trial_s_verdict_again(
     for trial in pruned:
         assert main(["info", "-n", "e", "--storage", "copy.pkl", "--trial", trial.id]) == 0
         assert "recomputed from the stored history: prune" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("target", ["pickle", pytest.param("mongodb", marks=pytest.mark.slow)])
+def test_a_later_dump_brings_the_results_of_trials_an_earlier_load_left_waiting(
+        workdir: Path, request: pytest.FixtureRequest, capsys: pytest.CaptureFixture[str], target: str) -> None:
+    """Dumps taken while workers ran, loaded one after the other (a backup kept up to date, a move to MongoDB
+    caught up): a trial running at the first dump was loaded `interrupted`, and the later dump's result for it
+    was skipped as 'already there'; the copy lacked that result, and its workers ran the point again."""
+    exp = orchard.build_experiment("e", space={"x": "uniform(0, 1)"}, storage="src.pkl")
+    running = {x: exp.storage.register_trial(exp.id, {"x": x}, worker="w") for x in (0.25, 0.5)}
+    assert main(["db", "dump", "-n", "e", "-o", "early.json", "--storage", "src.pkl"]) == 0
+    for x, trial in running.items():
+        exp.storage.complete_trial(trial.id, "w", x)
+    assert main(["db", "dump", "-n", "e", "-o", "late.json", "--storage", "src.pkl"]) == 0
+    uri = "copy.pkl" if target == "pickle" else str(request.getfixturevalue("mongo_db_uri"))
+    assert main(["db", "load", "early.json", "--storage", uri]) == 0
+    copy = orchard.get_experiment("e", storage=uri)
+    taken = copy.storage.reserve_trial(copy.id, "copy-worker")  # a worker of the copy runs one again
+    assert taken is not None
+    capsys.readouterr()
+
+    assert main(["db", "load", "late.json", "--storage", uri]) == 0
+    assert "1 of 2 trials added (1 were already there)" in capsys.readouterr().out
+    by_x = {t.params["x"]: t for t in copy.fetch_trials()}
+    waited = by_x[0.75 - taken.params["x"]]
+    assert (waited.status, waited.objective) == (TrialStatus.COMPLETED, waited.params["x"])
+    assert by_x[taken.params["x"]].status is TrialStatus.RESERVED  # a live reservation is never overwritten
+    copy.storage.complete_trial(taken.id, "copy-worker", 1.0)
+    with pytest.raises(orchard.errors.BudgetExhaustedError):
+        copy.storage.register_trial(copy.id, {"x": 0.75}, budget=2)  # still one unit of budget per trial
+
+
+def test_a_trial_running_when_dumped_is_loaded_with_its_attempt_given_back(workdir: Path) -> None:
+    """A trial dumped `reserved` was loaded `interrupted` with that live attempt still counted, so a copy with
+    max_attempts=2 broke it (reason lost) the first time one of its own workers lost it."""
+    exp = orchard.build_experiment("e", space={"x": "uniform(0, 1)"}, max_attempts=2, storage="src.pkl")
+    exp.storage.register_trial(exp.id, {"x": 0.5}, worker="w")  # running in the source
+    assert main(["db", "dump", "-n", "e", "-o", "e.json", "--storage", "src.pkl"]) == 0
+    assert main(["db", "load", "e.json", "--storage", "copy.pkl"]) == 0
+    copy = orchard.get_experiment("e", storage="copy.pkl")
+    taken = copy.storage.reserve_trial(copy.id, "copy-worker")
+    assert taken is not None and taken.lease is not None
+    (lost,) = copy.storage.release_lost(copy.id, {taken.id: taken.lease}, max_attempts=2)
+    assert lost.status is TrialStatus.INTERRUPTED, lost.error

@@ -279,3 +279,17 @@ def test_an_executor_config_that_is_not_a_mapping_is_refused_naming_its_source(n
     assert main(["hunt", "-n", "e", "--max-trials", "1", sys.executable, "train.py", "--x~uniform(0, 1)"]) == 2
     err = capsys.readouterr().err
     assert "executor_config=5" in err and f"config file {no_ambient / 'orchard.yaml'}" in err
+
+
+def test_errors_name_the_repeatable_flags_as_typed(no_ambient: Path, capsys) -> None:
+    """A bad `--objective acc:mux` was reported as `--objectives: …`, and a joiner's conflicting objectives as
+    'given: objectives from --objectives': flags hunt does not have (`--objectives` is refused as unknown)."""
+    (no_ambient / "train.py").write_text("import orchard, sys; orchard.report_objective(0.0)\n")
+    command = [sys.executable, "train.py", "--x~uniform(0, 1)"]
+    assert main(["hunt", "-n", "e", "--storage", "o.pkl", "--objective", "acc:mux", *command]) == 2
+    assert capsys.readouterr().err.startswith("orchard: error: --objective: objective 'acc' has direction 'mux'")
+    assert main(["hunt", "-n", "e", "--storage", "o.pkl", "--constraint", "acc = 3", *command]) == 2
+    assert capsys.readouterr().err.startswith("orchard: error: --constraint: constraint 'acc = 3'")
+    orchard.build_experiment("e", space={"x": "uniform(0, 1)"}, storage="o.pkl")
+    assert main(["hunt", "-n", "e", "--storage", "o.pkl", "--objective", "acc:max", *command]) == 1
+    assert capsys.readouterr().err.strip().endswith("(given: objectives from --objective)")

@@ -7,7 +7,8 @@
 
 Trial ids are recomputed for the target experiment on load (they hash the
 experiment id). Trials that were reserved when dumped are loaded as
-``interrupted``: their workers do not exist in the target storage.
+``interrupted``, their attempt given back (not counted against ``max_attempts``), as a
+graceful release does: their workers do not exist in the target storage.
 """
 
 from __future__ import annotations
@@ -283,7 +284,8 @@ def load_experiments(
     """Restore each experiment of a dump; yield ``(name, trials added, trials in the dump)``.
 
     An experiment that exists in the target with the same space and objectives
-    receives the trials it lacks; one with another space or other objectives is
+    receives the trials it lacks, and the results of those still waiting to run
+    there (:func:`~orchard.storages.base.finishes`); one with another space or other objectives is
     an error, found for every experiment of the dump before anything is stored.
     Trial ids are recomputed for the target experiment, and every reference to a
     trial of the dump (a promotion's ``parent``, the trials a pruned trial's verdict
@@ -351,8 +353,9 @@ def _restorable(record: dict[str, Any], experiment_id: str, new_ids: Mapping[str
     A field left out of the dump (written by hand) reads as its default, as :func:`_check_experiment` read it.
     """
     trial = Trial.from_dict({**_DEFAULT_FIELDS, **record, "id": "", "experiment": experiment_id})
-    if trial.status is TrialStatus.RESERVED:
-        trial = dataclasses.replace(trial, status=TrialStatus.INTERRUPTED, worker=None, heartbeat=None)
+    if trial.status is TrialStatus.RESERVED:  # its worker is not in the target: given back, as by a release
+        trial = dataclasses.replace(trial, status=TrialStatus.INTERRUPTED, worker=None, heartbeat=None,
+                                    attempts=max(trial.attempts - 1, 0))
     parent = new_ids.get(trial.parent, trial.parent) if trial.parent is not None else None
     verdict = trial.verdict
     if isinstance(verdict, dict) and isinstance(verdict.get("compared"), list):

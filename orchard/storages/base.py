@@ -48,7 +48,21 @@ from typing import Any, TypeVar
 
 from orchard.trial import Lease, ReportValue, Trial, TrialStatus, finite_float
 
-__all__ = ["BaseStorage", "ExperimentRecord"]
+__all__ = ["BaseStorage", "ExperimentRecord", "finishes"]
+
+_FINISHED = frozenset({TrialStatus.COMPLETED, TrialStatus.PRUNED})
+
+
+def finishes(stored: Trial, restored: Trial) -> bool:
+    """Whether ``restored`` (a dump's trial) brings ``stored``, of the same id, up to date.
+
+    It does when ``stored`` waits to run (``new`` or ``interrupted``: held by no worker,
+    so no evaluation is thrown away) and ``restored`` holds its result (``completed`` or
+    ``pruned``), both in the budget or both apart: it then holds the same unit of budget.
+    """
+    return (stored.status in (TrialStatus.NEW, TrialStatus.INTERRUPTED) and restored.status in _FINISHED
+            and stored.in_budget == restored.in_budget)
+
 
 _Storage = TypeVar("_Storage", bound="BaseStorage")  # `with PickledStorage(...) as s` keeps its type
 
@@ -205,8 +219,10 @@ class BaseStorage(abc.ABC):
     def restore_trials(self, experiment_id: str, trials: Iterable[Trial]) -> int:
         """Insert trials as they are (status, times, results), for loading dumps.
 
-        Trials whose id already exists are skipped. The trials' ``experiment``
-        field is rewritten to ``experiment_id``. Returns how many were added.
+        Trials whose id already exists are skipped, unless the restored one
+        :func:`finishes` the stored one: it then replaces it (a dump taken while
+        the trial ran was loaded before). The trials' ``experiment`` field is
+        rewritten to ``experiment_id``. Returns how many were added or replaced.
         """
 
     # -- trials: the reservation lifecycle -------------------------------------

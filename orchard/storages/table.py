@@ -32,7 +32,7 @@ from orchard.errors import (
     TrialNotFoundError,
 )
 from orchard.space import to_builtin, trial_id
-from orchard.storages.base import ExperimentRecord
+from orchard.storages.base import ExperimentRecord, finishes
 from orchard.trial import Lease, ReportValue, Trial, TrialStatus
 
 __all__ = ["REMEMBERED", "SCALARS", "Record", "TrialTable"]
@@ -379,7 +379,7 @@ class TrialTable:
         records: list[Record] = []
         for trial in trials:
             tid = trial_id(experiment_id, trial.params)
-            if tid in table.trials:
+            if tid in table.trials and not finishes(table.trials[tid], trial):
                 continue
             fresh = dataclasses.replace(trial, id=tid, experiment=experiment_id)
             records.append(self.apply_all([_trial_record(fresh)])[0])

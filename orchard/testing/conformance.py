@@ -31,6 +31,7 @@ must then raise an :class:`~orchard.errors.OrchardError` that says so.
 
 from __future__ import annotations
 
+import dataclasses
 import pickle
 import uuid
 from collections.abc import Callable
@@ -387,6 +388,28 @@ class ReadingChecks(Checks):
             storage.register_trial(dest, source[0].params)
         extra = storage.register_trial(exp, {"x": 100})
         assert storage.restore_trials(dest, [*source, extra]) == 1
+
+    def test_restore_trials_gives_a_waiting_trial_its_dumped_result(self, storage: BaseStorage, exp: str) -> None:
+        """A dump taken while trials ran, loaded first, left them waiting: a later dump's results reach them
+        (and the change feed), never a trial a worker has reserved since."""
+        early = [Trial(id="", experiment=exp, params={"x": x}, status=status, submit_time=1.0)
+                 for x, status in ((1, TrialStatus.NEW), (2, TrialStatus.INTERRUPTED), (3, TrialStatus.NEW))]
+        assert storage.restore_trials(exp, early) == 3
+        taken = storage.reserve_trial(exp, W1)
+        assert taken is not None and taken.params == {"x": 2}
+        _, cursor = storage.fetch_changes(exp)
+        late = [dataclasses.replace(t, status=TrialStatus.COMPLETED, objective=float(t.params["x"]), end_time=2.0)
+                for t in early]
+        assert storage.restore_trials(exp, late) == 2
+        assert storage.restore_trials(exp, late) == 0
+        by_x = {t.params["x"]: t for t in storage.fetch_trials(exp)}
+        assert [(by_x[x].status, by_x[x].objective) for x in (1, 3)] == [(TrialStatus.COMPLETED, 1.0),
+                                                                         (TrialStatus.COMPLETED, 3.0)]
+        assert by_x[2].status is TrialStatus.RESERVED and by_x[2].worker == W1
+        page, _ = storage.fetch_changes(exp, cursor)
+        assert sorted(t.params["x"] for t in page) == [1, 3]
+        with pytest.raises(BudgetExhaustedError):
+            storage.register_trial(exp, {"x": 4}, budget=3)  # each holds its one unit of budget still
 
 
 class ChangeFeedChecks(Checks):

@@ -319,9 +319,9 @@ class MongoStorage(BaseStorage):
                     client.insert_stamped(self._trials, doc)
                 else:
                     insert_holding_slot(self._db(), doc, None, name)
+                added += 1
             except (DuplicateKeyError, DuplicateTrialError):
-                continue
-            added += 1
+                added += writes.finish_waiting(self._trials, fresh, doc)
         return added
 
     # -- trials: the reservation lifecycle --------------------------------------

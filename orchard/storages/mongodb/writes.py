@@ -15,10 +15,11 @@ from typing import Any
 
 from orchard import trial as transitions
 from orchard.errors import OrchardError
-from orchard.storages.mongodb.client import REPORT_COUNT, STAMP
+from orchard.storages.base import finishes
+from orchard.storages.mongodb.client import REPORT_COUNT, STAMP, doc_to_trial
 from orchard.trial import Change, Trial, TrialStatus
 
-__all__ = ["expected", "report_refusal", "took_effect", "update"]
+__all__ = ["expected", "finish_waiting", "report_refusal", "took_effect", "update"]
 
 
 def expected(trial_id: str, change: Change) -> dict[str, Any]:
@@ -74,3 +75,19 @@ def report_refusal(trial_id: str, seen: Mapping[str, Any] | None, worker: str,
     hears so, not that its step is not after the next attempt's reports.
     """
     return transitions.held_by(worker).seen_refusal(trial_id, seen, where)
+
+
+def finish_waiting(trials: Any, restored: Trial, doc: Mapping[str, Any]) -> bool:
+    """Store ``doc``, the stored form of a dump's ``restored`` trial, over the trial of its id if
+    :func:`~orchard.storages.base.finishes` says it brings it up to date; whether it did.
+
+    Conditional on the version read: a worker that reserves the trial meanwhile keeps it. The
+    stored trial's unit of budget (its ``slot``) stays with it.
+    """
+    stored = trials.find_one({"_id": doc["_id"]})
+    if stored is None or not finishes(doc_to_trial(stored), restored):
+        return False
+    fields = {name: value for name, value in doc.items() if name not in ("_id", "version")}
+    done = trials.update_one({"_id": doc["_id"], "version": stored.get("version")},
+                             {"$set": fields, "$inc": {"version": 1}, **STAMP})
+    return bool(done.matched_count)
