@@ -289,7 +289,7 @@ class Experiment:
         self.refresh()  # another process may have raised the budget since this handle was made
         settings = WorkerSettings.for_experiment(self.settings, idle_timeout=idle_timeout, max_trials_per_worker=None,
                                                  storage_patience=_config.resolve("storage_patience", storage_patience))
-        settings = dataclasses.replace(settings, max_trials=self._call_budget(max_trials))
+        settings = dataclasses.replace(settings, **self._call_budget(max_trials))
         n_workers = workers_to_start(n_workers, lambda: budget_to_give(self.storage, self.id, settings.max_trials), self.name)
         pool_manager = make_executor(executor, n_workers, executor_config)  # validates name and size
         devices = assign_devices(parse_gpus(gpus), gpus_per_worker, n_workers, shares_environment(executor, executor_config))
@@ -334,12 +334,12 @@ class Experiment:
             return settings
         return dataclasses.replace(settings, seed=settings.seed * 1_000_003 + index)
 
-    def _call_budget(self, max_trials: int | None) -> int | None:
-        if max_trials is None:
-            return self.max_trials
+    def _call_budget(self, max_trials: int | None) -> dict[str, Any]:
+        if max_trials is None:  # the experiment's own: raised meanwhile, the workers go on to it
+            return {"max_trials": self.max_trials, "fixed_budget": False}
         max_trials = _config.check("max_trials", max_trials)
         cap = budget_held(self.storage, self.id) + max_trials
-        return cap if self.max_trials is None else min(cap, self.max_trials)
+        return {"max_trials": cap if self.max_trials is None else min(cap, self.max_trials), "fixed_budget": True}
 
     def _raise_if_broken(self, trials: list[Trial]) -> None:
         broken = [t for t in trials if t.status is TrialStatus.BROKEN]

@@ -316,11 +316,14 @@ class WorkerSettings(ExperimentConfig):
             (``None``: as long as other workers hold trials).
         max_trials_per_worker: trials (completed or broken) after which this worker stops.
         storage_patience: seconds a call is retried while the storage is unreachable (at least the lease).
+        fixed_budget: whether ``max_trials`` is this run's own cap (``workon(max_trials=N)``), kept when
+            the experiment's budget is raised meanwhile; otherwise the worker goes on to a raised budget.
     """
 
     idle_timeout: float | None = None
     max_trials_per_worker: int | None = None
     storage_patience: float = 600.0
+    fixed_budget: bool = False
 
     def __post_init__(self, stored: bool = False) -> None:
         super().__post_init__(stored)

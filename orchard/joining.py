@@ -9,20 +9,24 @@ A joiner waits for a storage that went away as it joined (:func:`patiently`).
 
 from __future__ import annotations
 
+import dataclasses
+import logging
 from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
 
 from orchard import config
 from orchard.errors import ExperimentConflictError
-from orchard.experiment_config import ExperimentConfig
+from orchard.experiment_config import ExperimentConfig, WorkerSettings
 from orchard.space import Space
 from orchard.storages.base import BaseStorage, ExperimentRecord
 from orchard.storages._uri import redact_all
 from orchard.storages.retrying import RetryingStorage
 
-__all__ = ["join_experiment", "patiently"]
+__all__ = ["budget_followed", "join_experiment", "patiently"]
 
 T = TypeVar("T")
+
+log = logging.getLogger(__name__)
 
 
 def join_experiment(
@@ -118,3 +122,22 @@ def patiently(store: BaseStorage, join: Callable[[], T]) -> T:
     to repeat (a creation that took effect is read back by the next try).
     """
     return RetryingStorage(store, config.resolve("storage_patience", None)).retry("join the experiment", join)
+
+
+
+def budget_followed(store: BaseStorage, experiment_id: str, settings: WorkerSettings,
+                    label: str) -> WorkerSettings:
+    """``settings`` with the experiment's stored ``max_trials`` if a joiner raised it past theirs.
+
+    A worker asks once the budget it started with looks met: ``max_trials`` may be raised while
+    workers run (``orchard hunt --max-trials 30``, or ``build_experiment(..., max_trials=30)``, beside
+    them), and they go on to it instead of stopping under a budget the storage no longer holds. A
+    run's own cap (``workon(max_trials=N)``: ``settings.fixed_budget``) is kept.
+    """
+    stored = store.experiment(experiment_id).config.get("max_trials")
+    if settings.fixed_budget or settings.max_trials is None or not isinstance(stored, int) \
+            or isinstance(stored, bool) or stored <= settings.max_trials:
+        return settings
+    log.info("experiment %r: its budget was raised to %d trials while this worker ran; going on",
+             label, stored)
+    return dataclasses.replace(settings, max_trials=stored)

@@ -4,7 +4,7 @@ There is no master. :meth:`Worker.run` repeats three public steps::
 
     next_trial()        stop (raise Interrupted) if the caller's stop event is set
                         refresh the history view (incremental)
-                        stop (raise) if the budget is met, max_broken trials are broken, ...
+                        stop (raise) if the budget (raised meanwhile?) is met, max_broken are broken, ...
                         release stale reservations (rate-limited)
                         reserve an interrupted/new trial, or
                           claim budget + register a pending-aware suggestion as our reservation
@@ -12,9 +12,8 @@ There is no master. :meth:`Worker.run` repeats three public steps::
     evaluate(trial)     while the pacemaker heartbeats (a lost reservation cancels it)
     finish(trial, o)    complete or fail it (a lost reservation's result is dropped/refused)
 
-``Experiment.suggest/observe/release`` (ask and tell) call the same steps. Every race is settled
-by an atomic storage verb; the loop itself keeps no state another worker depends on. What
-executors run is :func:`orchard.executors.task.run_worker`.
+``Experiment.suggest/observe/release`` (ask and tell) call the same steps. Every race is settled by an
+atomic storage verb; the loop keeps no state another worker depends on (executors run it: ``run_worker``).
 """
 
 from __future__ import annotations
@@ -45,6 +44,7 @@ from orchard.experiment_config import WorkerSettings
 from orchard.forks import own_process
 from orchard.history import History
 from orchard.interruption import deferred
+from orchard.joining import budget_followed
 from orchard.leases import LeaseObserver, give_back
 from orchard.naming import worker_name
 from orchard.objective import Outcome, with_objectives
@@ -332,7 +332,10 @@ class Worker:
     def _check_stop(self) -> None:
         """Raise the stop that applies to the refreshed history, if any."""
         counts, settings = self.history.counts, self.settings
-        if settings.max_trials is not None and counts[TrialStatus.COMPLETED] + counts[TrialStatus.PRUNED] >= settings.max_trials:
+        finished = counts[TrialStatus.COMPLETED] + counts[TrialStatus.PRUNED]
+        if settings.max_trials is not None and finished >= settings.max_trials:
+            settings = self.settings = budget_followed(self.storage, self.experiment_id, settings, self.label)
+        if settings.max_trials is not None and finished >= settings.max_trials:
             raise BudgetExhaustedError(
                 f"experiment {self.label!r} has finished its {settings.max_trials} trials (completed or pruned)")
         if counts[TrialStatus.BROKEN] >= settings.max_broken:

@@ -10,9 +10,11 @@ import pickle
 import signal
 import threading
 import uuid
+from pathlib import Path
 
 import pytest
 
+import orchard
 from orchard.clock import ManualClock
 from orchard.errors import (
     BudgetExhaustedError,
@@ -776,3 +778,19 @@ def test_the_progress_bar_s_best_is_the_best_feasible_completed_trial(storage) -
             storage.complete_trial(trial.id, "w", objective, {"memory_gb": memory})
         monitor._tick()
         assert monitor._bar.postfix.startswith("best=0.2,"), monitor._bar.postfix
+
+
+@pytest.mark.parametrize("call_cap", [None, 3])
+def test_running_workers_go_on_to_a_budget_raised_while_they_run(tmp_path: Path, call_cap: int | None) -> None:
+    """max_trials may be raised later (SPEC): a worker that started under the old budget ran to it and
+    stopped, status 0, while the stored budget said more. A `workon(max_trials=N)` call keeps its own cap."""
+    storage = str(tmp_path / "db.pkl")
+    exp = orchard.build_experiment("e", space={"x": "uniform(0, 1)"}, storage=storage, max_trials=4)
+
+    def objective(x: float) -> float:
+        if exp.storage.count_trials(exp.id)[TrialStatus.COMPLETED] == 1:  # raised by another handle, as a user does
+            orchard.build_experiment("e", storage=storage, max_trials=7)
+        return x
+
+    exp.workon(objective, n_workers=1, executor="single", progress=False, max_trials=call_cap)
+    assert exp.storage.count_trials(exp.id)[TrialStatus.COMPLETED] == (7 if call_cap is None else call_cap)

@@ -46,8 +46,8 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     add_name(parser, required=False)
     option = parser.add_argument
     option("--max-trials", metavar="N",
-           help="the budget: how many completed trials the experiment ends with; it can be raised later, "
-                "never lowered. Without one, workers run until stopped, the grid is exhausted, or "
+           help="the budget: how many completed trials the experiment ends with; it can be raised later "
+                "(running workers go on to it), never lowered. Without one, workers run until stopped, the grid is exhausted, or "
                 "--idle-timeout expires")
     option("--max-broken", metavar="N",
            help="stop when N trials are broken (default 3); given when joining, it replaces the stored value")
