@@ -16,7 +16,7 @@ import re
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
-from orchard.cli._args import UsageError, add_common, add_name, format_params
+from orchard.cli._args import UsageError, add_common, add_name, format_params, printable
 
 if TYPE_CHECKING:  # pragma: no cover
     from orchard.command import CommandTemplate
@@ -339,7 +339,7 @@ def _stopped(experiment: Experiment) -> bool:
     stopping = stop_summary(experiment.storage.experiment(experiment.id).config)
     if stopping is None or stopping["fired"] is None:
         return False
-    print(f"experiment {experiment.name!r}: {stopping['line']}; nothing to do: {SEARCH_ON}")
+    print(printable(f"experiment {experiment.name!r}: {stopping['line']}; nothing to do: {SEARCH_ON}"))
     return True
 
 
@@ -392,11 +392,11 @@ def _work(experiment: Experiment, template: CommandTemplate, settings: Settings)
         value = shown.value(stats["best_objective"])
         best = f"; best {shown.name} {value:.6g} at {format_params(stats['best_params'])}"
     pruned = f", {counts['pruned']} pruned" if counts["pruned"] else ""  # they hold budget too
-    print(f"experiment {experiment.name!r}: {counts['completed']} completed{pruned}, {counts['broken']} broken"
-          f"{best}")
+    print(printable(f"experiment {experiment.name!r}: {counts['completed']} completed{pruned}, "
+                    f"{counts['broken']} broken{best}"))
     stopping = stop_summary(experiment.storage.experiment(experiment.id).config)
     if stopping is not None and stopping["fired"] is not None:
-        print(f"experiment {experiment.name!r}: {stopping['line']}")
+        print(printable(f"experiment {experiment.name!r}: {stopping['line']}"))
     elif settings.get("idle_timeout") is None:
         _say_why_short(experiment, counts)
     return 0

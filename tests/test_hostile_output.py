@@ -1,0 +1,48 @@
+"""What a program with write access to a storage can make Orchard show: its strings reach the
+user's terminal only escaped."""
+
+from __future__ import annotations
+
+import unicodedata
+from pathlib import Path
+
+import pytest
+
+from orchard.stopping import Ledger
+from orchard.storages import get_storage
+
+#: Clears the screen, sets the window title, then reverses the rest of the line (U+202E, U+2066).
+HOSTILE = "\x1b[2J\x1b]0;pwned\x07\u202eRTL\u2066\rover"
+
+
+def _drives_the_terminal(text: str) -> list[str]:
+    """The control and bidirectional formatting characters in ``text`` (but line breaks and tabs)."""
+    return [repr(ch) for ch in text if unicodedata.category(ch) in ("Cc", "Cf") and ch not in "\n\t"]
+
+
+def _hostile_storage(path: Path) -> str:
+    """A pickle file another program wrote: an experiment named with escapes, a choices value and a
+    worker name holding them, and a stopping rule that fired for a reason holding them."""
+    storage = get_storage(str(path))
+    ledger = Ledger(finished=1, completed=1)
+    ledger.fired = {"rule": "target", "trial": "t" * 32, "finished": 1, "completed": 1, "reason": HOSTILE}
+    config = {"space": {"c": f"choices([{HOSTILE!r}, 'b'])"}, "algorithm": "random", "max_trials": 3,
+              "stop": {"target": 0.5}, "stop_state": ledger.to_dict()}
+    storage.create_experiment("evil" + HOSTILE, config)
+    storage.create_experiment("plain", config)
+    return str(path)
+
+
+@pytest.mark.parametrize("argv", [["list"], ["status"], ["status", "-n", "plain"], ["info", "-n", "plain"],
+                                  ["hunt", "-n", "plain", "true"]])
+def test_stored_names_reasons_and_bidi_controls_reach_the_terminal_escaped(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], argv: list[str]) -> None:
+    """`orchard list` printed an experiment's name raw (clearing the screen); every command printed
+    U+202E raw, which shows the rest of the line reversed; hunt printed a stopping reason raw."""
+    from orchard.cli import main
+
+    storage = _hostile_storage(tmp_path / "o.pkl")
+    main([*argv[:1], "--storage", storage, *argv[1:]])
+    out, err = capsys.readouterr()
+    assert _drives_the_terminal(out + err) == [], out + err
+    assert "\\u202e" in out + err, out + err
