@@ -46,3 +46,4 @@ def test_stored_names_reasons_and_bidi_controls_reach_the_terminal_escaped(
     out, err = capsys.readouterr()
     assert _drives_the_terminal(out + err) == [], out + err
     assert "\\u202e" in out + err, out + err
+

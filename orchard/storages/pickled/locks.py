@@ -61,6 +61,9 @@ _PATIENCE = 0.1
 _LONGEST_PAUSE = 0.05
 
 
+#: The lock file is opened without following a symbolic link: one planted at its name in a shared folder
+#: would make the process create, lock and touch whatever file the link names.
+_NO_FOLLOW = getattr(os, "O_NOFOLLOW", 0)
 #: What a soft lock writes into its marker (filelock's record: pid, host, and a start token).
 _SOFT_MARKER = re.compile(rb"[0-9]+\n[^\n]+\n(?:[0-9]+\n)?")
 
@@ -92,7 +95,7 @@ class KernelLock:
 
     def try_acquire(self) -> bool:
         """Take the lock if it is free; return whether this call took it."""
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | _NO_FOLLOW, 0o666)  # a symbolic link: ELOOP
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as err:
