@@ -47,3 +47,24 @@ def test_stored_names_reasons_and_bidi_controls_reach_the_terminal_escaped(
     assert _drives_the_terminal(out + err) == [], out + err
     assert "\\u202e" in out + err, out + err
 
+
+
+# -- files Orchard writes -----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("argv", [["db", "dump", "-n", "plain", "-o"], ["plot", "regret", "-n", "plain", "-o"]])
+def test_a_dump_or_plot_written_over_a_private_file_stays_private(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], argv: list[str]) -> None:
+    """Dumping (or plotting) again over a file its owner had made chmod 600 left it world-readable
+    (the umask's 644): every trial's params, results, errors and host names."""
+    import orchard
+    from orchard.cli import main
+
+    storage = str(tmp_path / "o.pkl")
+    orchard.build_experiment("plain", space={"x": "uniform(0, 1)"}, storage=storage).insert({"x": 0.5}, objective=1.0)
+    out = tmp_path / ("private.json" if argv[0] == "db" else "private.html")
+    out.write_text("")
+    out.chmod(0o600)
+    assert main([*argv[:1], "--storage", storage, *argv[1:], str(out)]) == 0, capsys.readouterr()
+    assert out.stat().st_mode & 0o777 == 0o600
+    assert out.stat().st_size > 0
