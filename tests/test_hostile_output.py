@@ -68,3 +68,17 @@ def test_a_dump_or_plot_written_over_a_private_file_stays_private(
     assert main([*argv[:1], "--storage", storage, *argv[1:], str(out)]) == 0, capsys.readouterr()
     assert out.stat().st_mode & 0o777 == 0o600
     assert out.stat().st_size > 0
+
+
+def test_hunt_without_priors_joining_a_space_stored_as_text_names_the_stored_configuration(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`orchard hunt -n NAME script` (priors taken from the stored experiment) ended with "unexpected
+    TypeError: string indices must be integers" on a space another program stored as text."""
+    from orchard.cli import main
+
+    storage = str(tmp_path / "o.pkl")
+    get_storage(storage).create_experiment("odd", {"space": "x", "algorithm": "random", "max_trials": 3})
+    assert main(["hunt", "-n", "odd", "--storage", storage, "true"]) == 2
+    err = capsys.readouterr().err
+    assert "unusable stored configuration" in err and "orchard db rm -n odd" in err, err
+    assert len(err.strip().splitlines()) == 1, err

@@ -205,8 +205,12 @@ def _check_file_space(template: CommandTemplate, file_space: Mapping[str, str], 
 
 
 def _complete_space(template: CommandTemplate, storage: BaseStorage, name: str) -> CommandTemplate:
-    """Without priors in the command, join the stored experiment and pass all its dimensions."""
+    """Without priors in the command, join the stored experiment and pass all its dimensions.
+
+    A stored configuration Orchard refuses (a space another program wrote as text) is named as such.
+    """
     from orchard.errors import ConfigurationError
+    from orchard.experiment import Experiment
 
     if template.space:
         return template
@@ -216,7 +220,7 @@ def _complete_space(template: CommandTemplate, storage: BaseStorage, name: str) 
             f"the command defines no dimension and experiment {name!r} does not exist in "
             f"{storage.redacted_uri}; mark hyperparameters as --name~'prior', e.g. {EXAMPLE}"
         )
-    return template.with_dimensions(record.config["space"])
+    return template.with_dimensions(Experiment(storage, record).space.config())
 
 
 def _check_capacity(storage: BaseStorage, name: str, settings: Settings) -> None:
