@@ -655,20 +655,24 @@ def test_a_storage_at_another_storages_lock_file_is_refused_both_ways(path: Path
     assert PickledStorage(f"{other}.lock.foreign").get_experiment("exp") is not None, "moved, never deleted"
 
 
-def test_a_lock_file_planted_as_a_symbolic_link_is_refused_and_its_target_left_alone(path: Path) -> None:
+def test_a_lock_file_planted_as_a_symbolic_link_is_refused_and_its_target_left_alone(
+        path: Path, caplog: Any) -> None:
     """A link planted at PATH.lock in a shared folder made every worker create the file it named (in
-    another user's home, say), lock it, and quote its first bytes in a warning."""
+    another user's home, say), lock it, and quote its first bytes in a warning; under the soft lock,
+    the link was broken as a stale marker, quoting its target's first kilobyte."""
     shared, home = path.parent, path.parent.parent / "home"
     shared.mkdir(parents=True)
     home.mkdir()
     (home / "rc").write_text("export TOKEN=s3cret\n")
-    for name, target in (("a.pkl", home / "rc"), ("b.pkl", home / "made-by-orchard")):
+    for name, target, lock in (("a.pkl", home / "rc", "kernel"), ("b.pkl", home / "made-by-orchard", "kernel"),
+                               ("c.pkl", home / "rc", "soft")):
         (shared / f"{name}.lock").symlink_to(target)
         with pytest.raises(StorageError, match=r"\.lock is a symbolic link.*remove the link"):
-            PickledStorage(shared / name, timeout=5).create_experiment("exp", {})
+            PickledStorage(shared / name, timeout=5, lock=lock, stale_lock_after=0.1).create_experiment("exp", {})
         assert (shared / f"{name}.lock").is_symlink()
     assert sorted(p.name for p in home.iterdir()) == ["rc"]
     assert (home / "rc").read_text() == "export TOKEN=s3cret\n"
+    assert "s3cret" not in caplog.text
 
 
 def _dead_pid() -> int:

@@ -244,10 +244,16 @@ class SoftLock:
         self._watched: tuple[tuple[int, int, bytes], float] | None = None  # marker seen, since (monotonic)
 
     def try_acquire(self) -> bool:
-        """Take the lock if it is free (breaking a stale marker first); return whether taken."""
+        """Take the lock if it is free (breaking a stale marker first); return whether taken.
+
+        Raises:
+            OSError: ``ELOOP``, the lock file is a symbolic link (never a marker: its target is not read).
+        """
         try:
             self._lock.acquire(timeout=0)
         except filelock.Timeout:
+            if os.path.islink(self.path):
+                raise OSError(errno.ELOOP, "the lock file is a symbolic link", self.path) from None
             self.break_if_stale()
             return False
         self._mine = _read_marker(self.path)
@@ -266,9 +272,9 @@ class SoftLock:
         """Remove the marker if its holder is gone; return whether this call removed it."""
         try:
             judged = os.lstat(self.path)
-            with open(self.path, "rb") as f:
+            with open(self.path, "rb", opener=lambda path, flags: os.open(path, flags | _NO_FOLLOW)) as f:
                 content = f.read(1024)
-        except OSError:
+        except OSError:  # gone, or a symbolic link: what it names is not quoted in a warning
             return False
         if not self._is_stale(judged, content):
             return False
