@@ -82,3 +82,19 @@ def test_hunt_without_priors_joining_a_space_stored_as_text_names_the_stored_con
     err = capsys.readouterr().err
     assert "unusable stored configuration" in err and "orchard db rm -n odd" in err, err
     assert len(err.strip().splitlines()) == 1, err
+
+
+def test_the_progress_bar_shows_a_stored_objective_name_escaped(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """The bar of workon and hunt (on a terminal) wrote `best NAME=...` with the objective's name as
+    stored: escapes in it cleared the screen and set the window title."""
+    from orchard.monitor import ProgressMonitor
+
+    storage = get_storage(str(tmp_path / "o.pkl"))
+    exp = storage.create_experiment("bar", {"space": {"x": "uniform(0, 1)"}, "objectives": {"acc" + HOSTILE: "max"}})
+    trial = storage.register_trial(exp, {"x": 0.5}, worker="h:1:a")
+    storage.complete_trial(trial.id, "h:1:a", -0.5, {"acc" + HOSTILE: 0.5})
+    with ProgressMonitor(storage, exp, "bar", 3, show_bar=True):
+        pass
+    err = capsys.readouterr().err
+    assert "best acc" in err and not set(err) & {"\x1b", "\x07", "\u202e", "\u2066"}, err  # tqdm's own \r stay

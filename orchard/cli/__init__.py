@@ -28,7 +28,8 @@ import traceback
 from collections.abc import Sequence
 from typing import Any
 
-from orchard.cli._args import PROG, OneLineParser, UsageError, add_common, printable
+from orchard.cli._args import PROG, OneLineParser, UsageError, add_common
+from orchard.terminal import printable
 from orchard.errors import Interrupted
 
 __all__ = ["build_parser", "main"]

@@ -16,7 +16,8 @@ import re
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
-from orchard.cli._args import UsageError, add_common, add_name, format_params, printable
+from orchard.cli._args import UsageError, add_common, add_name, format_params
+from orchard.terminal import printable
 
 if TYPE_CHECKING:  # pragma: no cover
     from orchard.command import CommandTemplate

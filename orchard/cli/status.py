@@ -31,10 +31,10 @@ from orchard.cli._args import (
     missing_storage_file,
     open_experiment,
     open_storage,
-    printable,
     strict_json,
 )
 from orchard.command import COMMAND_KEY
+from orchard.terminal import printable
 
 if TYPE_CHECKING:  # pragma: no cover
     from orchard.experiment import Experiment
