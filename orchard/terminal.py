@@ -1,8 +1,10 @@
-"""Text from a storage made safe to print on a terminal."""
+"""Text from a storage made safe to print on a terminal, and log lines that print it so."""
 
 from __future__ import annotations
 
-__all__ = ["printable"]
+import logging
+
+__all__ = ["PrintableFormatter", "escape_unconfigured_logs", "printable"]
 
 #: Every control character but the line break and the tab, written as ``\xNN`` (C0, DEL, C1), and the
 #: bidirectional controls as ``\uNNNN``: one reorders what the terminal shows after it on its line.
@@ -21,3 +23,21 @@ def printable(text: str) -> str:
     Escaping twice changes nothing.
     """
     return text.translate(_CONTROLS)
+
+
+class PrintableFormatter(logging.Formatter):
+    """Log lines with their control characters escaped: a message may quote a stored string."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return printable(super().format(record))
+
+
+def escape_unconfigured_logs() -> None:
+    """Escape the log lines of a process without logging configuration (a pool's worker process).
+
+    Python prints its warnings through :data:`logging.lastResort`, the message alone on stderr: a
+    worker name or a source's name quoted in one reached the terminal raw. Only their control
+    characters change.
+    """
+    if logging.lastResort is not None:
+        logging.lastResort.setFormatter(PrintableFormatter())

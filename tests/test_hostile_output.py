@@ -98,3 +98,23 @@ def test_the_progress_bar_shows_a_stored_objective_name_escaped(
         pass
     err = capsys.readouterr().err
     assert "best acc" in err and not set(err) & {"\x1b", "\x07", "\u202e", "\u2066"}, err  # tqdm's own \r stay
+
+
+@pytest.mark.slow  # a hunt with two loky worker processes
+def test_warnings_of_hunts_worker_processes_quote_a_stored_worker_name_escaped(tmp_path: Path) -> None:
+    """The worker processes of `hunt --n-workers 2` have no logging configuration: Python printed their
+    warning "worker NAME stopped heartbeating it" raw, escape sequences of the stored name included."""
+    import subprocess
+    import sys
+
+    storage = str(tmp_path / "o.pkl")
+    store = get_storage(storage)
+    exp = store.create_experiment("lost", {"space": {"x": "uniform(0, 1)"}, "algorithm": "random", "max_trials": 3,
+                                           "heartbeat": 0.3})
+    store.register_trial(exp, {"x": 0.5}, worker=f"gone{HOSTILE}:1:a")  # its worker is gone: released by another
+    done = subprocess.run([sys.executable, "-m", "orchard", "hunt", "-n", "lost", "--storage", storage,
+                           "--n-workers", "2", sys.executable, "-c", "import orchard; orchard.report_objective(1.0)"],
+                          capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    said = done.stdout + done.stderr
+    assert done.returncode == 0 and "stopped heartbeating" in said, said
+    assert _drives_the_terminal(said) == [], said
