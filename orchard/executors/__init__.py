@@ -42,7 +42,6 @@ from orchard.errors import ConfigurationError, ExecutorError, OrchardError
 from orchard.executors.capacity import check_capacity, check_n_workers, counted_as
 from orchard.forks import end_children_at_exit, outlive_threads_at_exit
 from orchard.interruption import deferred, pool_handlers
-from orchard.terminal import escape_unconfigured_logs
 
 __all__ = ["EXECUTORS", "InlineExecutor", "is_dask_client", "make_executor", "outlasts_workon",
            "reaches_local_processes", "shares_environment"]
@@ -106,8 +105,7 @@ def _stop_when_orphaned(parent: int, initializer: Callable[..., object] | None, 
     its threads (:func:`~orchard.forks.outlive_threads_at_exit`); and in
     a loky process, ``multiprocessing.Process`` starts processes with this platform's default
     method again (loky's own, which loky sets there, fails with "'Process' object has no attribute 'env'").
-    Its warnings print escaped (:func:`~orchard.terminal.escape_unconfigured_logs`). Runs the user's own
-    ``initializer`` after.
+    Runs the user's own ``initializer`` after.
     """
     def watch() -> None:
         while os.getppid() == parent:
@@ -117,7 +115,6 @@ def _stop_when_orphaned(parent: int, initializer: Callable[..., object] | None, 
             time.sleep(ORPHAN_LOOK)
 
     pool_handlers()  # not the caller's, inherited through fork: each worker loop installs its own
-    escape_unconfigured_logs()  # a loky worker has no logging configuration: its warnings quote stored names
     end_children_at_exit()
     outlive_threads_at_exit()
     if multiprocessing.get_start_method(allow_none=True) == "loky":  # loky's, which multiprocessing.Process cannot use
