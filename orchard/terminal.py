@@ -8,7 +8,8 @@ __all__ = ["PrintableFormatter", "escape_unconfigured_logs", "printable"]
 
 #: Every control character but the line break and the tab, written as ``\xNN`` (C0, DEL, C1), and the
 #: bidirectional controls as ``\uNNNN``: one reorders what the terminal shows after it on its line.
-_CONTROLS = {code: f"\\x{code:02x}" for code in (*range(0x20), *range(0x7F, 0xA0)) if code not in (0x09, 0x0A)}
+_CONTROLS = {code: f"\\x{code:02x}" for code in (*range(0x20), *range(0x7F, 0xA0))
+             if code not in (0x09, 0x0A)}
 _CONTROLS.update({code: f"\\u{code:04x}" for code in (0x061C, 0x200E, 0x200F, *range(0x202A, 0x202F),
                                                        *range(0x2066, 0x206A))})
 

@@ -52,7 +52,8 @@ def test_stored_names_reasons_and_bidi_controls_reach_the_terminal_escaped(
 # -- files Orchard writes -----------------------------------------------------------------
 
 
-@pytest.mark.parametrize("argv", [["db", "dump", "-n", "plain", "-o"], ["plot", "regret", "-n", "plain", "-o"]])
+@pytest.mark.parametrize("argv", [["db", "dump", "-n", "plain", "-o"],
+                                  ["plot", "regret", "-n", "plain", "-o"]])
 def test_a_dump_or_plot_written_over_a_private_file_stays_private(
         tmp_path: Path, capsys: pytest.CaptureFixture[str], argv: list[str]) -> None:
     """Dumping (or plotting) again over a file its owner had made chmod 600 left it world-readable
@@ -61,7 +62,8 @@ def test_a_dump_or_plot_written_over_a_private_file_stays_private(
     from orchard.cli import main
 
     storage = str(tmp_path / "o.pkl")
-    orchard.build_experiment("plain", space={"x": "uniform(0, 1)"}, storage=storage).insert({"x": 0.5}, objective=1.0)
+    exp = orchard.build_experiment("plain", space={"x": "uniform(0, 1)"}, storage=storage)
+    exp.insert({"x": 0.5}, objective=1.0)
     out = tmp_path / ("private.json" if argv[0] == "db" else "private.html")
     out.write_text("")
     out.chmod(0o600)
@@ -91,13 +93,15 @@ def test_the_progress_bar_shows_a_stored_objective_name_escaped(
     from orchard.monitor import ProgressMonitor
 
     storage = get_storage(str(tmp_path / "o.pkl"))
-    exp = storage.create_experiment("bar", {"space": {"x": "uniform(0, 1)"}, "objectives": {"acc" + HOSTILE: "max"}})
+    exp = storage.create_experiment("bar", {"space": {"x": "uniform(0, 1)"},
+                                            "objectives": {"acc" + HOSTILE: "max"}})
     trial = storage.register_trial(exp, {"x": 0.5}, worker="h:1:a")
     storage.complete_trial(trial.id, "h:1:a", -0.5, {"acc" + HOSTILE: 0.5})
     with ProgressMonitor(storage, exp, "bar", 3, show_bar=True):
         pass
     err = capsys.readouterr().err
-    assert "best acc" in err and not set(err) & {"\x1b", "\x07", "\u202e", "\u2066"}, err  # tqdm's own \r stay
+    assert "best acc" in err, err
+    assert not set(err) & {"\x1b", "\x07", "\u202e", "\u2066"}, err  # tqdm's own \r stay
 
 
 @pytest.mark.slow  # a hunt with two loky worker processes
@@ -109,11 +113,12 @@ def test_warnings_of_hunts_worker_processes_quote_a_stored_worker_name_escaped(t
 
     storage = str(tmp_path / "o.pkl")
     store = get_storage(storage)
-    exp = store.create_experiment("lost", {"space": {"x": "uniform(0, 1)"}, "algorithm": "random", "max_trials": 3,
-                                           "heartbeat": 0.3})
-    store.register_trial(exp, {"x": 0.5}, worker=f"gone{HOSTILE}:1:a")  # its worker is gone: released by another
+    exp = store.create_experiment("lost", {"space": {"x": "uniform(0, 1)"}, "algorithm": "random",
+                                           "max_trials": 3, "heartbeat": 0.3})
+    store.register_trial(exp, {"x": 0.5}, worker=f"gone{HOSTILE}:1:a")  # a worker gone: another releases it
+    script = "import orchard; orchard.report_objective(1.0)"
     done = subprocess.run([sys.executable, "-m", "orchard", "hunt", "-n", "lost", "--storage", storage,
-                           "--n-workers", "2", sys.executable, "-c", "import orchard; orchard.report_objective(1.0)"],
+                           "--n-workers", "2", sys.executable, "-c", script],
                           capture_output=True, text=True, timeout=120, cwd=tmp_path)
     said = done.stdout + done.stderr
     assert done.returncode == 0 and "stopped heartbeating" in said, said

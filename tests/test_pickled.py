@@ -664,11 +664,13 @@ def test_a_lock_file_planted_as_a_symbolic_link_is_refused_and_its_target_left_a
     shared.mkdir(parents=True)
     home.mkdir()
     (home / "rc").write_text("export TOKEN=s3cret\n")
-    for name, target, lock in (("a.pkl", home / "rc", "kernel"), ("b.pkl", home / "made-by-orchard", "kernel"),
-                               ("c.pkl", home / "rc", "soft")):
+    planted = (("a.pkl", home / "rc", "kernel"), ("b.pkl", home / "made-by-orchard", "kernel"),
+               ("c.pkl", home / "rc", "soft"))
+    for name, target, lock in planted:
         (shared / f"{name}.lock").symlink_to(target)
+        storage = PickledStorage(shared / name, timeout=5, lock=lock, stale_lock_after=0.1)
         with pytest.raises(StorageError, match=r"\.lock is a symbolic link.*remove the link"):
-            PickledStorage(shared / name, timeout=5, lock=lock, stale_lock_after=0.1).create_experiment("exp", {})
+            storage.create_experiment("exp", {})
         assert (shared / f"{name}.lock").is_symlink()
     assert sorted(p.name for p in home.iterdir()) == ["rc"]
     assert (home / "rc").read_text() == "export TOKEN=s3cret\n"
