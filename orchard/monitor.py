@@ -30,6 +30,7 @@ from orchard.history import History
 from orchard.objectives import Shown
 from orchard.interruption import interrupt_main
 from orchard.storages.base import BaseStorage
+from orchard.terminal import printable
 from orchard.trial import Trial, TrialStatus
 
 __all__ = ["ProgressMonitor"]
@@ -172,7 +173,7 @@ class ProgressMonitor:
         counts = self._history.counts
         self._bar.n = counts[TrialStatus.COMPLETED] + counts[TrialStatus.PRUNED]
         pruned = {"pruned": counts[TrialStatus.PRUNED]} if counts[TrialStatus.PRUNED] else {}
-        key = "best" if self._shown == Shown() else f"best {self._shown.name}"
+        key = "best" if self._shown == Shown() else printable(f"best {self._shown.name}")  # stored by anyone
         best = None if self._best is None else self._shown.value(self._best)
         self._bar.set_postfix({key: best, "running": counts[TrialStatus.RESERVED],
                                "broken": counts[TrialStatus.BROKEN], **pruned}, refresh=False)

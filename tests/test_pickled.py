@@ -655,15 +655,26 @@ def test_a_storage_at_another_storages_lock_file_is_refused_both_ways(path: Path
     assert PickledStorage(f"{other}.lock.foreign").get_experiment("exp") is not None, "moved, never deleted"
 
 
-def test_a_kernel_lock_moves_only_the_name_of_a_linked_lock_file(path: Path) -> None:
-    path.parent.mkdir(parents=True)
-    precious = path.parent / "notes.txt"
-    precious.write_text("mine\n")
-    Path(f"{path}.lock").symlink_to(precious)
-    storage = PickledStorage(path, timeout=5)
-    storage.create_experiment("exp", {})
-    assert precious.read_text() == "mine\n" and not Path(f"{path}.lock").is_symlink()
-    assert Path(f"{path}.lock.foreign").is_symlink()
+def test_a_lock_file_planted_as_a_symbolic_link_is_refused_and_its_target_left_alone(
+        path: Path, caplog: Any) -> None:
+    """A link planted at PATH.lock in a shared folder made every worker create the file it named (in
+    another user's home, say), lock it, and quote its first bytes in a warning; under the soft lock,
+    the link was broken as a stale marker, quoting its target's first kilobyte."""
+    shared, home = path.parent, path.parent.parent / "home"
+    shared.mkdir(parents=True)
+    home.mkdir()
+    (home / "rc").write_text("export TOKEN=s3cret\n")
+    planted = (("a.pkl", home / "rc", "kernel"), ("b.pkl", home / "made-by-orchard", "kernel"),
+               ("c.pkl", home / "rc", "soft"))
+    for name, target, lock in planted:
+        (shared / f"{name}.lock").symlink_to(target)
+        storage = PickledStorage(shared / name, timeout=5, lock=lock, stale_lock_after=0.1)
+        with pytest.raises(StorageError, match=r"\.lock is a symbolic link.*remove the link"):
+            storage.create_experiment("exp", {})
+        assert (shared / f"{name}.lock").is_symlink()
+    assert sorted(p.name for p in home.iterdir()) == ["rc"]
+    assert (home / "rc").read_text() == "export TOKEN=s3cret\n"
+    assert "s3cret" not in caplog.text
 
 
 def _dead_pid() -> int:

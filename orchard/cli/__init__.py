@@ -28,7 +28,8 @@ import traceback
 from collections.abc import Sequence
 from typing import Any
 
-from orchard.cli._args import PROG, OneLineParser, UsageError, add_common, printable
+from orchard.cli._args import PROG, OneLineParser, UsageError, add_common
+from orchard.terminal import PrintableFormatter, printable
 from orchard.errors import Interrupted
 
 __all__ = ["build_parser", "main"]
@@ -161,15 +162,8 @@ def _silence_stdout() -> None:
         pass
 
 
-class _PrintableFormatter(logging.Formatter):
-    """Log lines with their control characters escaped: a message may quote a stored string."""
-
-    def format(self, record: logging.LogRecord) -> str:
-        return printable(super().format(record))
-
-
 def _configure_logging(debug: bool) -> None:
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(_PrintableFormatter(
+    handler.setFormatter(PrintableFormatter(
         f"{PROG}: %(levelname)s: " + ("%(name)s: %(message)s" if debug else "%(message)s")))
     logging.basicConfig(level=logging.DEBUG if debug else logging.WARNING, handlers=[handler])

@@ -13,6 +13,8 @@ import os
 import sys
 from typing import TYPE_CHECKING, Any, NoReturn
 
+from orchard.terminal import printable
+
 if TYPE_CHECKING:  # pragma: no cover
     from orchard.experiment import Experiment
     from orchard.storages import BaseStorage
@@ -28,7 +30,6 @@ __all__ = [
     "open_experiment",
     "open_storage",
     "parse_literal",
-    "printable",
     "storage_uri",
     "strict_json",
 ]
@@ -166,10 +167,6 @@ def format_value(value: Any) -> str:
     return printable(str(value))
 
 
-#: Every control character but the line break and the tab, written as ``\xNN`` (C0, DEL, C1).
-_CONTROLS = {code: f"\\x{code:02x}" for code in (*range(0x20), *range(0x7F, 0xA0)) if code not in (0x09, 0x0A)}
-
-
 def strict_json(value: Any) -> str:
     """``value`` as indented, standard JSON: a non-finite float (a result another program stored) is ``null``.
 
@@ -188,17 +185,6 @@ def strict_json(value: Any) -> str:
         return item
 
     return json.dumps(plain(value), indent=2, default=str, allow_nan=False)
-
-
-def printable(text: str) -> str:
-    """``text`` safe to print on a terminal: its control characters (but line breaks and tabs) escaped.
-
-    Stored strings (a ``choices`` value, a worker name, a script's error message) come from
-    whoever can write to the storage: printed as they are, an escape sequence in one clears the
-    screen, rewrites what was printed, sets the window title or, in some terminals, the
-    clipboard. Escaping twice changes nothing.
-    """
-    return text.translate(_CONTROLS)
 
 
 def format_age(seconds: float | None) -> str:

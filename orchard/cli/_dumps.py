@@ -14,10 +14,12 @@ graceful release does: their workers do not exist in the target storage.
 from __future__ import annotations
 
 import collections
+import contextlib
 import dataclasses
 import json
 import math
 import os
+import shutil
 import sys
 import time
 import uuid
@@ -88,8 +90,9 @@ def _shareable(config: dict[str, Any]) -> dict[str, Any]:
 def write_dump(data: dict[str, Any], path: str) -> None:
     """Write a dump to ``path`` atomically (temp file, fsync, rename); ``-`` is stdout.
 
-    A symbolic link stays one (the file it names is replaced); a path that names no
-    regular file (``/dev/stdout``, a FIFO) is written into, never replaced.
+    A symbolic link stays one (the file it names is replaced), and a replaced file keeps its
+    permissions; a path that names no regular file (``/dev/stdout``, a FIFO) is written into,
+    never replaced.
 
     Raises:
         ConfigurationError: ``path`` is a directory, its folder does not exist, or it
@@ -113,6 +116,8 @@ def write_dump(data: dict[str, Any], path: str) -> None:
     tmp = f"{target}.{uuid.uuid4().hex}.tmp"
     try:
         with open(tmp, "x", encoding="utf-8") as handle:
+            with contextlib.suppress(FileNotFoundError):  # a file chmod 600 stays so: it holds every trial
+                shutil.copymode(target, tmp)
             _write_into(handle, path, data)
             os.fsync(handle.fileno())
         os.replace(tmp, target)

@@ -31,7 +31,8 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from orchard.cli._args import format_age, format_time, printable
+from orchard.cli._args import format_age, format_time
+from orchard.terminal import printable
 from orchard.errors import ConfigurationError, TrialNotFoundError
 from orchard.leases import LeaseObserver
 from orchard.trial import Lease, Trial, TrialStatus

@@ -15,7 +15,8 @@ import sys
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
-from orchard.cli._args import add_common, add_name, confirm, open_experiment, open_storage, printable
+from orchard.cli._args import add_common, add_name, confirm, open_experiment, open_storage
+from orchard.terminal import printable
 from orchard.trial import Trial, TrialStatus
 
 if TYPE_CHECKING:  # pragma: no cover

@@ -17,6 +17,7 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from orchard.cli._args import UsageError, add_common, add_name, format_params
+from orchard.terminal import printable
 
 if TYPE_CHECKING:  # pragma: no cover
     from orchard.command import CommandTemplate
@@ -206,8 +207,12 @@ def _check_file_space(template: CommandTemplate, file_space: Mapping[str, str], 
 
 
 def _complete_space(template: CommandTemplate, storage: BaseStorage, name: str) -> CommandTemplate:
-    """Without priors in the command, join the stored experiment and pass all its dimensions."""
+    """Without priors in the command, join the stored experiment and pass all its dimensions.
+
+    A stored configuration Orchard refuses (a space another program wrote as text) is named as such.
+    """
     from orchard.errors import ConfigurationError
+    from orchard.experiment import Experiment
 
     if template.space:
         return template
@@ -217,7 +222,7 @@ def _complete_space(template: CommandTemplate, storage: BaseStorage, name: str) 
             f"the command defines no dimension and experiment {name!r} does not exist in "
             f"{storage.redacted_uri}; mark hyperparameters as --name~'prior', e.g. {EXAMPLE}"
         )
-    return template.with_dimensions(record.config["space"])
+    return template.with_dimensions(Experiment(storage, record).space.config())
 
 
 def _check_capacity(storage: BaseStorage, name: str, settings: Settings) -> None:
@@ -340,7 +345,7 @@ def _stopped(experiment: Experiment) -> bool:
     stopping = stop_summary(experiment.storage.experiment(experiment.id).config)
     if stopping is None or stopping["fired"] is None:
         return False
-    print(f"experiment {experiment.name!r}: {stopping['line']}; nothing to do: {SEARCH_ON}")
+    print(printable(f"experiment {experiment.name!r}: {stopping['line']}; nothing to do: {SEARCH_ON}"))
     return True
 
 
@@ -393,11 +398,11 @@ def _work(experiment: Experiment, template: CommandTemplate, settings: Settings)
         value = shown.value(stats["best_objective"])
         best = f"; best {shown.name} {value:.6g} at {format_params(stats['best_params'])}"
     pruned = f", {counts['pruned']} pruned" if counts["pruned"] else ""  # they hold budget too
-    print(f"experiment {experiment.name!r}: {counts['completed']} completed{pruned}, {counts['broken']} broken"
-          f"{best}")
+    print(printable(f"experiment {experiment.name!r}: {counts['completed']} completed{pruned}, "
+                    f"{counts['broken']} broken{best}"))
     stopping = stop_summary(experiment.storage.experiment(experiment.id).config)
     if stopping is not None and stopping["fired"] is not None:
-        print(f"experiment {experiment.name!r}: {stopping['line']}")
+        print(printable(f"experiment {experiment.name!r}: {stopping['line']}"))
     elif settings.get("idle_timeout") is None:
         _say_why_short(experiment, counts)
     return 0

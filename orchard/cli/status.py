@@ -31,11 +31,11 @@ from orchard.cli._args import (
     missing_storage_file,
     open_experiment,
     open_storage,
-    printable,
     strict_json,
 )
 from orchard.command import COMMAND_KEY
 from orchard.pareto import infeasible
+from orchard.terminal import printable
 
 if TYPE_CHECKING:  # pragma: no cover
     from orchard.experiment import Experiment
@@ -348,10 +348,10 @@ def run_list(args: argparse.Namespace) -> int:
         for row in rows:
             c, budget = row["counts"], row["max_trials"] or "-"
             inserted = f" ({row['inserted_apart']} inserted apart)" if row["inserted_apart"] else ""
-            print(f"{row['name']:<{width}}  {c['completed']}/{budget} completed{inserted}  {c.get('pruned', 0)} pruned  "
-                  f"{c['broken']} broken  "
-                  f"{c['reserved']} running  {c['new'] + c['interrupted']} waiting"
-                  + (f"  stopped by {row['stopped']['rule']}" if row["stopped"] else ""))
+            print(printable(f"{row['name']:<{width}}  {c['completed']}/{budget} completed{inserted}  "
+                            f"{c.get('pruned', 0)} pruned  {c['broken']} broken  "
+                            f"{c['reserved']} running  {c['new'] + c['interrupted']} waiting"
+                            + (f"  stopped by {row['stopped']['rule']}" if row["stopped"] else "")))
     return 0
 
 

@@ -27,6 +27,7 @@ from orchard.leases import give_back
 from orchard.objective import ObjectiveEvaluator, TrialEvaluator
 from orchard.resources import DEVICES_ENV, visible_devices, worker_label
 from orchard.storages.base import BaseStorage
+from orchard.terminal import escape_unconfigured_logs
 from orchard.trial import TrialStatus
 from orchard.worker import Worker, WorkerReport, WorkerSettings
 
@@ -104,12 +105,16 @@ def run_worker(task: WorkerTask) -> WorkerReport:
     (:mod:`orchard.executors.remote`) and raises the error in a
     :class:`~orchard.executors.remote.RemoteStopped`.
 
+    Its warnings print escaped where nothing configured logging (a pool's or a Dask worker's
+    process: :func:`~orchard.terminal.escape_unconfigured_logs`), since they quote stored names.
+
     Args:
         task: the storage, experiment, settings, objective and resources.
 
     Returns:
         The worker's report.
     """
+    escape_unconfigured_logs()
     fn = task.fn
     evaluate: TrialEvaluator = fn if isinstance(fn, TrialEvaluator) else ObjectiveEvaluator(
         fn, task.trial_timeout, task.memory_limit, task.working_dir)

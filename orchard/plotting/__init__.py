@@ -27,6 +27,7 @@ import contextlib
 import dataclasses
 import os
 import secrets
+import shutil
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
@@ -182,7 +183,7 @@ def save(figure: Figure, path: str | os.PathLike[str]) -> Path:
     """Draw ``figure`` into ``path``: ``.html`` with plotly, ``.png`` with matplotlib.
 
     The file is written to a temporary name next to ``path`` and then renamed,
-    so a reader never sees half a plot.
+    so a reader never sees half a plot; a file replaced keeps its permissions.
 
     Args:
         figure: a record built by :func:`regret`, :func:`parallel` or :func:`timeline`.
@@ -205,6 +206,8 @@ def save(figure: Figure, path: str | os.PathLike[str]) -> Path:
         name = out.parent / f".orchard-plot.{secrets.token_hex(8)}.tmp{out.suffix}"
         os.close(os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
         tmp = name
+        with contextlib.suppress(FileNotFoundError):  # a plot replaced keeps its permissions (a chmod 600)
+            shutil.copymode(out, tmp)
         render(figure, tmp)
         os.replace(tmp, out)
     except OSError as err:

@@ -61,6 +61,9 @@ _PATIENCE = 0.1
 _LONGEST_PAUSE = 0.05
 
 
+#: The lock file is opened without following a symbolic link: one planted at its name in a shared folder
+#: would make the process create, lock and touch whatever file the link names.
+_NO_FOLLOW = getattr(os, "O_NOFOLLOW", 0)
 #: What a soft lock writes into its marker (filelock's record: pid, host, and a start token).
 _SOFT_MARKER = re.compile(rb"[0-9]+\n[^\n]+\n(?:[0-9]+\n)?")
 
@@ -92,7 +95,7 @@ class KernelLock:
 
     def try_acquire(self) -> bool:
         """Take the lock if it is free; return whether this call took it."""
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | _NO_FOLLOW, 0o666)  # a symbolic link: ELOOP
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as err:
@@ -241,10 +244,16 @@ class SoftLock:
         self._watched: tuple[tuple[int, int, bytes], float] | None = None  # marker seen, since (monotonic)
 
     def try_acquire(self) -> bool:
-        """Take the lock if it is free (breaking a stale marker first); return whether taken."""
+        """Take the lock if it is free (breaking a stale marker first); return whether taken.
+
+        Raises:
+            OSError: ``ELOOP``, the lock file is a symbolic link (never a marker: its target is not read).
+        """
         try:
             self._lock.acquire(timeout=0)
         except filelock.Timeout:
+            if os.path.islink(self.path):
+                raise OSError(errno.ELOOP, "the lock file is a symbolic link", self.path) from None
             self.break_if_stale()
             return False
         self._mine = _read_marker(self.path)
@@ -263,9 +272,9 @@ class SoftLock:
         """Remove the marker if its holder is gone; return whether this call removed it."""
         try:
             judged = os.lstat(self.path)
-            with open(self.path, "rb") as f:
+            with open(self.path, "rb", opener=lambda path, flags: os.open(path, flags | _NO_FOLLOW)) as f:
                 content = f.read(1024)
-        except OSError:
+        except OSError:  # gone, or a symbolic link: what it names is not quoted in a warning
             return False
         if not self._is_stale(judged, content):
             return False

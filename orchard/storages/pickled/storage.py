@@ -355,6 +355,11 @@ class PickledStorage(TableStorage):
     def _lock_error(self, err: OSError) -> StorageError:
         if isinstance(err, FileNotFoundError) and self._log.has_replayed:  # its folder was deleted (rm -r runs/)
             return self._log.vanished("deleted with its folder")
+        if err.errno == errno.ELOOP and os.path.islink(self._lock.path):
+            return StorageError(
+                f"lock file {self._lock.path} is a symbolic link; Orchard never makes one and does not "
+                "lock the file it names (planted in a shared folder, it names another user's file): "
+                "remove the link")
         unsupported = (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL)
         if self._lock_kind == "kernel" and err.errno in unsupported:
             return StorageUnavailableError(

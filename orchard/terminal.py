@@ -1,0 +1,44 @@
+"""Text from a storage made safe to print on a terminal, and log lines that print it so."""
+
+from __future__ import annotations
+
+import logging
+
+__all__ = ["PrintableFormatter", "escape_unconfigured_logs", "printable"]
+
+#: Every control character but the line break and the tab, written as ``\xNN`` (C0, DEL, C1), and the
+#: bidirectional controls as ``\uNNNN``: one reorders what the terminal shows after it on its line.
+_CONTROLS = {code: f"\\x{code:02x}" for code in (*range(0x20), *range(0x7F, 0xA0))
+             if code not in (0x09, 0x0A)}
+_CONTROLS.update({code: f"\\u{code:04x}" for code in (0x061C, 0x200E, 0x200F, *range(0x202A, 0x202F),
+                                                       *range(0x2066, 0x206A))})
+
+
+def printable(text: str) -> str:
+    """``text`` safe to print on a terminal: its control characters (but line breaks and tabs) escaped.
+
+    Stored strings (a ``choices`` value, a worker name, a script's error message) come from
+    whoever can write to the storage: printed as they are, an escape sequence in one clears the
+    screen, rewrites what was printed, sets the window title or, in some terminals, the
+    clipboard, and a bidirectional control (U+202E) shows the rest of its line reversed.
+    Escaping twice changes nothing.
+    """
+    return text.translate(_CONTROLS)
+
+
+class PrintableFormatter(logging.Formatter):
+    """Log lines with their control characters escaped: a message may quote a stored string."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return printable(super().format(record))
+
+
+def escape_unconfigured_logs() -> None:
+    """Escape the log lines of a process without logging configuration (a pool's worker process).
+
+    Python prints its warnings through :data:`logging.lastResort`, the message alone on stderr: a
+    worker name or a source's name quoted in one reached the terminal raw. Only their control
+    characters change.
+    """
+    if logging.lastResort is not None:
+        logging.lastResort.setFormatter(PrintableFormatter())
