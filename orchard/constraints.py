@@ -35,7 +35,10 @@ __all__ = [
 REPORTED_KEY = "constraints"
 
 _NUMBER = r"[-+]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][-+]?\d+)?"
-_GRAMMAR = re.compile(rf"^\s*([A-Za-z_][A-Za-z0-9_.\-]*)\s*(<=|>=)\s*({_NUMBER})\s*$")
+_METRIC = r"[A-Za-z_][A-Za-z0-9_.\-/]*"  # val/loss: the names Lightning and TensorBoard log
+_GRAMMAR = re.compile(rf"^\s*({_METRIC})\s*(<=|>=)\s*({_NUMBER})\s*$")
+#: The right form around a metric name the grammar refuses (``memory gb <= 16``), to say what a name may hold.
+_SHAPE = re.compile(rf"^\s*([^<>=]*?)\s*(<=|>=)\s*{_NUMBER}\s*$")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -88,6 +91,12 @@ def parse_constraint(expression: Any) -> Constraint:
         ConfigurationError: anything but ``<metric> <= <number>`` or ``<metric> >= <number>``.
     """
     match = _GRAMMAR.match(expression) if isinstance(expression, str) else None
+    shape = _SHAPE.match(expression) if match is None and isinstance(expression, str) else None
+    if shape is not None and shape.group(1) and not shape.group(1)[0].isdigit():
+        raise ConfigurationError(
+            f"constraint {expression!r} is not understood: a metric name (here {shape.group(1)!r}) may "
+            "hold only letters, digits, '_', '.', '-' and '/', starting with a letter or '_'; report the "
+            "metric so named")
     if match is None:
         raise ConfigurationError(
             f"constraint {expression!r} is not understood; write '<metric> <= <number>' or "

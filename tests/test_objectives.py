@@ -141,6 +141,7 @@ def test_values_at_the_ends_of_the_float_range_give_a_finite_volume_or_one_clear
     ("memory_gb <= 16", ("memory_gb", "<=", 16.0)),
     ("  latency_ms>=5.5 ", ("latency_ms", ">=", 5.5)),
     ("val.loss <= -1e-3", ("val.loss", "<=", -0.001)),
+    ("val/latency_ms <= 50", ("val/latency_ms", "<=", 50.0)),  # Lightning's and TensorBoard's metric names
 ])
 def test_constraints_parse(expression: str, expected: tuple[str, str, float]) -> None:
     constraint = parse_constraint(expression)
@@ -155,6 +156,12 @@ def test_unsafe_or_unknown_expressions_are_refused_quoting_them(expression: obje
     with pytest.raises(ConfigurationError, match="is not understood|finite bound") as info:
         parse_constraint(expression)
     assert repr(expression) in str(info.value)
+
+
+def test_a_metric_name_outside_the_grammar_is_named_with_the_characters_it_may_hold() -> None:
+    with pytest.raises(ConfigurationError, match=r"not understood: a metric name \(here 'memory gb'\) may hold only letters, digits") as info:
+        parse_constraint("memory gb <= 16")
+    assert "\n" not in str(info.value)
 
 
 def test_normalized_constraints_are_canonical() -> None:
