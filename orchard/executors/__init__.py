@@ -40,6 +40,7 @@ from typing import Any
 
 from orchard.errors import ConfigurationError, ExecutorError, OrchardError
 from orchard.executors.capacity import check_capacity, check_n_workers, counted_as
+from orchard.executors.remote import worker_timeout
 from orchard.forks import end_children_at_exit, outlive_threads_at_exit
 from orchard.interruption import deferred, pool_handlers
 
@@ -171,8 +172,6 @@ def _single(n_workers: int, config: Mapping[str, Any]) -> Iterator[Executor]:
     yield InlineExecutor()
 
 
-#: Seconds to wait for a first Dask worker before giving up (``executor_config["worker_timeout"]``).
-DASK_WORKER_TIMEOUT = 300.0
 _DASK_ORCHARD_KEYS = ("worker_timeout", "resources")
 
 
@@ -233,7 +232,7 @@ def _dask_executor(client: Any, config: Mapping[str, Any]) -> Executor:
     ``config["resources"]`` (e.g. ``{"GPU": 1}``) is what each Orchard worker needs:
     Dask runs it only on a Dask worker that offers it.
     """
-    timeout = config.get("worker_timeout", DASK_WORKER_TIMEOUT)
+    timeout = worker_timeout(config)
     if timeout is not None:
         try:
             client.wait_for_workers(1, timeout=timeout)
@@ -269,7 +268,8 @@ def make_executor(
             pool, ``mpi4py.futures.MPIPoolExecutor``, ...) or a ``dask.distributed.Client``.
         n_workers: how many worker loops will be submitted.
         config: options of a named executor; for Dask (a name or a client) also
-            ``worker_timeout`` (seconds to wait for a first worker, default 300; ``None``
+            ``worker_timeout`` (seconds to wait for a worker: a first one, and a new one once
+            all have left, see :class:`~orchard.executors.fleet.Fleet`; default 300, ``None``
             waits forever) and ``resources`` (what each worker loop needs, e.g. ``{"GPU": 1}``).
 
     Raises:
