@@ -203,3 +203,16 @@ def test_workers_with_clocks_100_s_apart_reserve_every_trial_once(
     assert collections.Counter(t.attempts for t in trials) == {1: n_trials}, "a live trial was released"
     for worker in workers:
         assert "refused" not in worker.log() and "stopped heartbeating" not in worker.log(), worker.log()
+
+
+def test_a_trial_timeout_stops_a_script_of_a_worker_under_faketime(tmp_path: Path) -> None:
+    """A worker under faketime (a node's skewed clock) never stopped a script at its --trial-timeout (nor at
+    its --trial-memory-limit): the thread watching it timed its waits with a clock libfaketime fakes, and a
+    hung script ran on for as long as it liked."""
+    hunt = ["faketime", "-f", "+100s", sys.executable, "-m", "orchard", "hunt", "-n", "hung", "--storage",
+            str(tmp_path / "o.pkl"), "--max-trials", "1", "--max-broken", "1", "--trial-timeout", "1"]
+    started = time.monotonic()
+    result = subprocess.run([*hunt, sys.executable, "-c", "import time; time.sleep(40)", "--x~uniform(0, 1)"],
+                            cwd=ROOT, capture_output=True, text=True, timeout=90, check=False)
+    assert "TimeoutError: script ran longer than --trial-timeout=1 s" in result.stderr, result.stderr
+    assert time.monotonic() - started < 30
