@@ -106,15 +106,25 @@ class RemoteStop:
         """Seconds for which the scheduler has had no worker (0: it has one, or the client cannot tell).
 
         Read from what the client last heard from the scheduler (it asks every few seconds by
-        itself), so a scheduler that cannot be reached does not block the caller.
+        itself), so a scheduler that cannot be reached does not block the caller; the scheduler
+        itself is asked only when that copy first says it has none.
         """
         info = getattr(self._client, "_scheduler_identity", None) or {}
-        if info.get("n_workers", 1) != 0:
+        if info.get("n_workers", 1) != 0 or (self._alone_since is None and not self._asked_workerless()):
             self._alone_since = None
             return 0.0
         now = time.monotonic()
         self._alone_since = now if self._alone_since is None else self._alone_since
         return now - self._alone_since
+
+    def _asked_workerless(self) -> bool:
+        """Whether the scheduler itself says it has no worker (the client's copy can be seconds old: a
+        ``LocalCluster`` whose workers joined since); ``False`` if it cannot be asked."""
+        try:
+            info = self._client.scheduler_info(n_workers=0)
+        except Exception:  # noqa: BLE001 -- a scheduler gone: the client cancels the loops' futures
+            return False
+        return bool(info.get("n_workers", 1) == 0)
 
     def set(self) -> None:
         """Tell every loop watching the request to stop (a scheduler that cannot be reached is not told)."""
