@@ -10,6 +10,7 @@ under test), so a test of a 30 s lease runs in milliseconds and every
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from typing import Protocol
@@ -33,6 +34,9 @@ class Clock(Protocol):
 class SystemClock:
     """The process's own monotonic clock."""
 
+    def __init__(self) -> None:
+        self._sliced = _timed_waits_hang()
+
     def monotonic(self) -> float:
         """``time.monotonic()``."""
         return time.monotonic()
@@ -42,9 +46,30 @@ class SystemClock:
         time.sleep(seconds)
 
     def wait(self, event: threading.Event, seconds: float) -> bool:
-        """``event.wait(seconds)``."""
-        return event.wait(seconds)
+        """``event.wait(seconds)``; in sleeps of at most :data:`_SLICE` where that would never end
+        (:func:`_timed_waits_hang`), so a worker's heartbeats go on there."""
+        if not self._sliced:
+            return event.wait(seconds)
+        deadline = time.monotonic() + seconds
+        while not event.is_set() and (left := deadline - time.monotonic()) > 0:
+            time.sleep(min(left, _SLICE))
+        return event.is_set()
 
+
+def _timed_waits_hang() -> bool:
+    """Whether this process runs under libfaketime faking its monotonic clock (``faketime``, as used to
+    simulate a node's skewed clock, without ``FAKETIME_DONT_FAKE_MONOTONIC=1``).
+
+    Python times a lock's wait to a deadline computed from ``CLOCK_MONOTONIC``, which libfaketime fakes,
+    while the kernel keeps the real one (libfaketime issue #390): a timed ``Event.wait`` there lasts
+    for decades. ``time.sleep`` is faked consistently.
+    """
+    kept = ("FAKETIME_DONT_FAKE_MONOTONIC", "DONT_FAKE_MONOTONIC")  # its switch, by its current and old name
+    return "faketime" in os.environ.get("LD_PRELOAD", "") and "1" not in map(os.environ.get, kept)
+
+
+#: Seconds of one sleep of :meth:`SystemClock.wait` where timed waits hang.
+_SLICE = 0.05
 
 #: The clock every worker uses unless given another.
 SYSTEM_CLOCK: Clock = SystemClock()

@@ -316,6 +316,15 @@ class ExecutorError(OrchardError):
                    "trial held by one that died is taken back once its lease runs out; check the executor, then "
                    "run workon again to go on")
 
+    @classmethod
+    def workerless(cls, experiment: str | None, scheduler: str, timeout: float) -> ExecutorError:
+        """Every Dask worker left the scheduler, and none joined within ``worker_timeout``."""
+        return cls(f"the Dask scheduler {scheduler} has had no worker for {timeout:g} s, so the worker loops "
+                   f"of experiment {experiment!r} cannot run (every worker died or reached its walltime); "
+                   "their trials are taken back once their leases run out. Start workers (dask worker "
+                   "ADDRESS, or cluster.scale(N)) and run workon again, or raise "
+                   "executor_config={'worker_timeout': SECONDS}")
+
 
 class Interrupted(KeyboardInterrupt):
     """Ctrl-C, SIGINT, SIGTERM or SIGHUP stopped workers; the trials they were running were given back.

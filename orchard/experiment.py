@@ -300,7 +300,7 @@ class Experiment:
                             self.settings.working_dir, memory_limit, devices[i]) for i in range(n_workers)]
         monitor = ProgressMonitor(self.storage, self.id, self.name, self.max_trials, on_result, on_error,
                                   show_bar=progress and sys.stderr is not None and sys.stderr.isatty())
-        fleet = Fleet(self.storage, self.id, tasks, settings.max_attempts)  # gives back what ended workers hold
+        fleet = Fleet(self.storage, self.id, tasks, settings.max_attempts, executor_config)
         with interruptible(), monitor, fleet, pool_manager as pool:
             errors = fleet.run(pool, reachable=reaches_local_processes(executor) or shares_environment(
                 executor, executor_config), lasting=outlasts_workon(executor, executor_config))

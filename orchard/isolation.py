@@ -44,6 +44,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from orchard.clock import SYSTEM_CLOCK
 from orchard.interruption import default_handlers, deferred
 from orchard.resources import format_bytes
 from orchard.suspension import following, paused_seconds
@@ -198,7 +199,7 @@ class GroupWatch:
             self._thread.start()
 
     def _watch(self) -> None:
-        while not self._done.wait(self._limits.wait(longest=3600.0)):
+        while not SYSTEM_CLOCK.wait(self._done, self._limits.wait(longest=3600.0)):
             stopped = self._limits.check()
             if stopped is None:
                 continue
@@ -206,7 +207,7 @@ class GroupWatch:
             if stopped.reason == "memory":
                 kill_tree(self._pid)
             else:
-                stop_group(self._pid, self._grace, self._done.wait)
+                stop_group(self._pid, self._grace, functools.partial(SYSTEM_CLOCK.wait, self._done))
             return
 
     def stop(self) -> None:

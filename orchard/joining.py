@@ -86,13 +86,29 @@ def join_experiment(
             + "; ".join(problems)
             + ". Use the stored settings, or a new experiment name"
         )
-    changes = {key: chosen[key] for key in _RAISABLE
+    if max_trials is not None and max_trials != stored.max_trials:
+        record = _raised_budget(store, record.id, stored.max_trials, max_trials)
+    changes = {key: chosen[key] for key in _REPLACEABLE
                if chosen.get(key) is not None and chosen[key] != getattr(stored, key)}
     return store.update_experiment(record.id, changes) if changes else record
 
 
-#: Settings a joiner may change in the stored experiment.
-_RAISABLE = ("max_trials", "max_broken", "max_attempts")
+#: Settings a joiner may replace in the stored experiment (``max_trials`` is only raised: :func:`_raised_budget`).
+_REPLACEABLE = ("max_broken", "max_attempts")
+
+
+def _raised_budget(store: BaseStorage, experiment_id: str, seen: int | None, wanted: int) -> ExperimentRecord:
+    """The experiment once its ``max_trials`` is at least ``wanted`` (``seen``: the value its joiner read).
+
+    A compare-and-swap, repeated while others change the budget: of joiners raising it at
+    once (a SLURM array resubmitted with larger budgets), the largest raise stands. A plain
+    write of each would let a smaller raise land last and lower the budget under the others.
+    """
+    while seen is None or seen < wanted:
+        if store.swap_experiment(experiment_id, "max_trials", seen, wanted):
+            break
+        seen = store.experiment(experiment_id).config.get("max_trials")
+    return store.experiment(experiment_id)
 #: Settings every worker must share, so a joiner giving another value is refused (the working
 #: directory is left out: a relative one given by workers started elsewhere differs and is ignored).
 _FIXED = ("seed", "heartbeat")

@@ -273,7 +273,7 @@ class Evaluation:
     def _stop_when_asked(self, stop: threading.Event) -> None:
         """Once ``stop`` is set, ask the evaluator to stop the evaluation under way until it can
         (a child not forked yet cannot), until :meth:`close`."""
-        while not self._closed.wait(_STOP_LOOK):
+        while not SYSTEM_CLOCK.wait(self._closed, _STOP_LOOK):
             trial = self.trial
             if (stop.is_set() and trial is not None and self._stopped != trial.id
                     and self._tell(trial, "cancel") is not False):

@@ -28,6 +28,7 @@ import time
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any, BinaryIO
 
+from orchard.clock import SYSTEM_CLOCK
 from orchard.errors import InvalidReportError, OrchardError, StorageError
 from orchard.interruption import deferred
 from orchard.pruners import BasePruner, NopPruner, Verdict
@@ -358,7 +359,7 @@ class ReportFollower:
     def _follow(self) -> None:
         pruned_at: float | None = None
         interval = FOLLOW_INTERVAL
-        while not self._done.wait(interval):
+        while not SYSTEM_CLOCK.wait(self._done, interval):
             taken = self._taken
             self._drain()
             interval = FOLLOW_BUSY if self._taken > taken else min(2 * interval, FOLLOW_INTERVAL)

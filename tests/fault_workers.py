@@ -57,8 +57,14 @@ def steady(x: float) -> float:
     return x
 
 
+def outlasting(x: float) -> float:
+    """Takes longer than a lease of a 1 s heartbeat (3 s): only heartbeats keep its trial reserved."""
+    time.sleep(3.5)
+    return x
+
+
 OBJECTIVES: dict[str, Callable[[float], float]] = {"waits_for_go": waits_for_go, "poison": poison,
-                                                   "steady": steady}
+                                                   "steady": steady, "outlasting": outlasting}
 SCRIPT = "script"  # the objective that runs tests/chaos_script.py as a hunt would
 
 

@@ -188,10 +188,14 @@ def test_a_reservation_holding_no_heartbeat_is_taken_back_without_an_attempt_and
 @pytest.mark.parametrize("backend", ["pickle", "mongodb"])
 def test_workers_with_clocks_100_s_apart_reserve_every_trial_once(
         backend: str, request: pytest.FixtureRequest, tmp_path: Path, spawn: Callable[..., Worker]) -> None:
+    """Trials outlast the lease, and a worker left without one watches the others': the faked workers'
+    heartbeats keep theirs (their heartbeat thread's timed waits never ended under libfaketime, so their
+    trials were taken back from them as lost and run twice)."""
     uri = backend_uri(backend, request, tmp_path)
-    n_trials = 12 if backend == "pickle" else 9  # the wire server is slow under contention
+    n_trials = 2  # fewer than the workers: one waits, watching the leases of the others' trials
     skews = [(), ("faketime", "-f", "+100s"), ("faketime", "-f", "-100s")]
-    workers = [spawn(uri, "skew", "steady", max_trials=n_trials, heartbeat=1.0, prefix=skew) for skew in skews]
+    workers = [spawn(uri, "skew", "outlasting", max_trials=n_trials, heartbeat=1.0, prefix=skew)
+               for skew in skews]
     for worker in workers:
         assert_finished_normally(worker, timeout=150)
     trials = trials_of(uri, "skew")
@@ -199,3 +203,16 @@ def test_workers_with_clocks_100_s_apart_reserve_every_trial_once(
     assert collections.Counter(t.attempts for t in trials) == {1: n_trials}, "a live trial was released"
     for worker in workers:
         assert "refused" not in worker.log() and "stopped heartbeating" not in worker.log(), worker.log()
+
+
+def test_a_trial_timeout_stops_a_script_of_a_worker_under_faketime(tmp_path: Path) -> None:
+    """A worker under faketime (a node's skewed clock) never stopped a script at its --trial-timeout (nor at
+    its --trial-memory-limit): the thread watching it timed its waits with a clock libfaketime fakes, and a
+    hung script ran on for as long as it liked."""
+    hunt = ["faketime", "-f", "+100s", sys.executable, "-m", "orchard", "hunt", "-n", "hung", "--storage",
+            str(tmp_path / "o.pkl"), "--max-trials", "1", "--max-broken", "1", "--trial-timeout", "1"]
+    started = time.monotonic()
+    result = subprocess.run([*hunt, sys.executable, "-c", "import time; time.sleep(40)", "--x~uniform(0, 1)"],
+                            cwd=ROOT, capture_output=True, text=True, timeout=90, check=False)
+    assert "TimeoutError: script ran longer than --trial-timeout=1 s" in result.stderr, result.stderr
+    assert time.monotonic() - started < 30

@@ -84,24 +84,10 @@ def test_a_dask_scheduler_that_goes_away_leaves_the_running_trial_to_its_loop(tm
     CancelledError. It raises one line, and the loop stores its result."""
     scheduler_file, marker = tmp_path / "scheduler.json", tmp_path / "running"
     monkeypatch.setenv("ORCHARD_TEST_MARKER", str(marker))  # the worker process inherits it
-    root = Path(__file__).resolve().parents[1]  # the worker imports tests.workloads from here
-    dask = [sys.executable, "-m"]
-    scheduler = subprocess.Popen([*dask, "distributed.cli.dask_scheduler", "--scheduler-file", str(scheduler_file),
-                                  "--port", "0", "--no-dashboard"], cwd=root, stdout=DEVNULL, stderr=DEVNULL)
-    worker = subprocess.Popen([*dask, "distributed.cli.dask_worker", "--scheduler-file", str(scheduler_file),
-                               "--nthreads", "1", "--no-dashboard"], cwd=root, stdout=DEVNULL, stderr=DEVNULL)
-
-    def kill_the_scheduler_mid_trial() -> None:
-        while not marker.exists() and scheduler.poll() is None:
-            time.sleep(0.05)
-        scheduler.kill()
-
+    scheduler, worker = _scheduler_and_worker(scheduler_file)
     try:
-        while not scheduler_file.exists():
-            assert scheduler.poll() is None
-            time.sleep(0.05)
-        killer = threading.Thread(target=kill_the_scheduler_mid_trial, daemon=True)
-        killer.start()
+        _wait_for(scheduler_file, scheduler)
+        _kill_mid_trial(scheduler, marker)
         exp = orchard.build_experiment("gone", space=workloads.SPACE, storage=str(tmp_path / "o.pkl"), max_trials=1)
         with pytest.raises(ExecutorError, match="cancelled before they ended") as raised:
             exp.workon(workloads.marker_then_brief, n_workers=1, executor="dask", progress=False,
@@ -112,6 +98,58 @@ def test_a_dask_scheduler_that_goes_away_leaves_the_running_trial_to_its_loop(tm
         while exp.fetch_trials([TrialStatus.RESERVED]) and time.monotonic() < deadline:
             time.sleep(0.1)
         assert [(t.status, t.attempts) for t in exp.fetch_trials()] == [(TrialStatus.COMPLETED, 1)]
+    finally:
+        for process in (worker, scheduler):
+            process.kill()
+            process.wait()
+
+
+
+def _scheduler_and_worker(scheduler_file: Path, *worker_options: str) -> tuple[subprocess.Popen[bytes], ...]:
+    """A Dask scheduler process writing ``scheduler_file`` and one single-threaded worker process of it."""
+    root = Path(__file__).resolve().parents[1]  # the worker imports tests.workloads from here
+    found = ["--scheduler-file", str(scheduler_file), "--no-dashboard"]
+    return tuple(subprocess.Popen([sys.executable, "-m", f"distributed.cli.{cli}", *found, *options],
+                                  cwd=root, stdout=DEVNULL, stderr=DEVNULL)
+                 for cli, options in (("dask_scheduler", ["--port", "0"]),
+                                      ("dask_worker", ["--nthreads", "1", *worker_options])))
+
+
+def _wait_for(scheduler_file: Path, scheduler: subprocess.Popen[bytes]) -> None:
+    while not scheduler_file.exists():
+        assert scheduler.poll() is None
+        time.sleep(0.05)
+
+
+def _kill_mid_trial(process: subprocess.Popen[bytes], marker: Path) -> None:
+    """Kill ``process`` from a thread once the objective wrote ``marker``."""
+    def kill() -> None:
+        while not marker.exists() and process.poll() is None:
+            time.sleep(0.05)
+        process.kill()
+
+    threading.Thread(target=kill, daemon=True).start()
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(60)
+def test_workon_gives_up_on_a_scheduler_left_without_workers(tmp_path, monkeypatch) -> None:
+    """Every Dask worker died mid-run (a SLURMCluster's jobs reaching their walltime): Dask holds the loops
+    for a worker that never comes, and workon waited silently for ever. It raises one line after
+    worker_timeout."""
+    scheduler_file, marker = tmp_path / "scheduler.json", tmp_path / "running"
+    monkeypatch.setenv("ORCHARD_TEST_MARKER", str(marker))
+    scheduler, worker = _scheduler_and_worker(scheduler_file, "--no-nanny")  # killed, it stays dead
+    try:
+        _wait_for(scheduler_file, scheduler)
+        _kill_mid_trial(worker, marker)
+        exp = orchard.build_experiment("left", space=workloads.SPACE, storage=str(tmp_path / "o.pkl"),
+                                       max_trials=2)
+        with pytest.raises(ExecutorError, match="has had no worker for 1 s") as raised:
+            exp.workon(workloads.marker_then_brief, n_workers=1, executor="dask", progress=False,
+                       executor_config={"scheduler_file": str(scheduler_file), "worker_timeout": 1})
+        assert "\n" not in str(raised.value)
+        assert [t.status for t in exp.fetch_trials()] == [TrialStatus.RESERVED]  # left to its lease
     finally:
         for process in (worker, scheduler):
             process.kill()

@@ -459,6 +459,48 @@ def test_pool_workers_of_a_killed_workon_give_their_trials_back_and_exit(tmp_pat
     assert all(t.attempts == 0 for t in trials)
 
 
+KILLED_AS_ITS_POOL_STARTS = """
+import os, signal, sys, threading, time, psutil, orchard
+from tests import workloads
+def kill_me_once_the_pool_spawns(pids_file):  # loky's workers then still import, before their initializer
+    me = psutil.Process()
+    while not (workers := [c.pid for c in me.children() if "popen_loky_posix" in " ".join(c.cmdline())]):
+        time.sleep(0.002)
+    open(pids_file, "w").write(" ".join(map(str, workers)))
+    os.kill(os.getpid(), signal.SIGKILL)
+if __name__ == "__main__":
+    exp = orchard.build_experiment("orphans", space=workloads.SPACE, storage=sys.argv[1], max_trials=4)
+    threading.Thread(target=kill_me_once_the_pool_spawns, args=(sys.argv[2],), daemon=True).start()
+    exp.workon(workloads.marker_then_slow, n_workers=2, executor="joblib", progress=False)
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(60)
+def test_pool_workers_starting_after_their_workon_was_killed_exit_instead_of_running_on(tmp_path) -> None:
+    """``kill -9`` of ``workon`` (or ``orchard hunt --n-workers``) in the second its loky workers import: they
+    found their caller gone at start, did not watch it, and ran the experiment on as orphans, for ever."""
+    script, pids = tmp_path / "script.py", tmp_path / "workers"
+    script.write_text(KILLED_AS_ITS_POOL_STARTS)
+    storage = str(tmp_path / "o.pkl")
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "ORCHARD_TEST_MARKER": str(tmp_path / "marker"), "PYTHONPATH": str(root)}
+    with (tmp_path / "workon.log").open("w") as out:  # not a pipe: orphans would hold it open
+        proc = subprocess.run([sys.executable, str(script), storage, str(pids)], stdout=out, stderr=out,
+                              env=env, timeout=50, check=False)
+    assert proc.returncode == -signal.SIGKILL, (tmp_path / "workon.log").read_text()
+    workers = [int(pid) for pid in pids.read_text().split()]
+    deadline = time.monotonic() + 15
+    try:
+        while any(map(_alive, workers)):
+            assert time.monotonic() < deadline, "a pool worker started after its workon was killed runs on"
+            time.sleep(0.05)
+    finally:
+        for pid in filter(_alive, workers):
+            os.kill(pid, signal.SIGKILL)
+    assert not orchard.get_experiment("orphans", storage=storage).fetch_trials([TrialStatus.COMPLETED])
+
+
 @pytest.mark.parametrize(("n_workers", "trial_timeout", "sig", "executor"),
                          [(2, 0, signal.SIGTERM, "joblib"), (1, 120, signal.SIGTERM, "single"),
                           (2, 0, signal.SIGHUP, "joblib"), (2, 0, signal.SIGTERM, "dask"),

@@ -36,10 +36,12 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor
+from pathlib import Path
 from typing import Any
 
 from orchard.errors import ConfigurationError, ExecutorError, OrchardError
 from orchard.executors.capacity import check_capacity, check_n_workers, counted_as
+from orchard.executors.remote import worker_timeout
 from orchard.forks import end_children_at_exit, outlive_threads_at_exit
 from orchard.interruption import deferred, pool_handlers
 
@@ -97,7 +99,8 @@ def _stop_when_orphaned(parent: int, initializer: Callable[..., object] | None, 
     """In a pool's worker (``process``, ``joblib``): SIGTERM ourselves, again and again, once ``parent`` is gone.
 
     A caller killed with SIGKILL cannot stop its pool: the workers would run its
-    experiment on as orphans (and the standard library's then wait for ever for work). The first SIGTERM
+    experiment on as orphans (and the standard library's then wait for ever for work), as would a worker
+    that starts (a loky interpreter importing for a second) after its caller died. The first SIGTERM
     stops a running worker loop as an interruption does (its trial is given back;
     copies are ignored while it does); one after the loop has ended ends the idle
     process. The multiprocessing children an objective left running end as the process exits
@@ -119,10 +122,23 @@ def _stop_when_orphaned(parent: int, initializer: Callable[..., object] | None, 
     outlive_threads_at_exit()
     if multiprocessing.get_start_method(allow_none=True) == "loky":  # loky's, which multiprocessing.Process cannot use
         multiprocessing.set_start_method(None, force=True)  # the objective's processes start as they would at home
-    if os.getppid() == parent:
+    if os.getppid() == parent or _gone(parent):  # a caller killed as its pool started: orphaned already
         threading.Thread(target=watch, name="orchard-orphan-watch", daemon=True).start()
     if initializer is not None:
         initializer(*initargs)
+
+
+def _gone(pid: int) -> bool:
+    """Whether process ``pid`` has ended: no such pid, or a zombie (Linux; a pid taken by another process
+    since, or a parent that is not the caller, under ``forkserver``, counts as alive)."""
+    try:
+        os.kill(pid, 0)
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except ProcessLookupError:
+        return True
+    except (OSError, IndexError):  # another user's process took the pid; no /proc
+        return False
+    return state == "Z"
 
 
 def _watching_their_parent(config: Mapping[str, Any]) -> dict[str, Any]:
@@ -171,8 +187,6 @@ def _single(n_workers: int, config: Mapping[str, Any]) -> Iterator[Executor]:
     yield InlineExecutor()
 
 
-#: Seconds to wait for a first Dask worker before giving up (``executor_config["worker_timeout"]``).
-DASK_WORKER_TIMEOUT = 300.0
 _DASK_ORCHARD_KEYS = ("worker_timeout", "resources")
 
 
@@ -233,7 +247,7 @@ def _dask_executor(client: Any, config: Mapping[str, Any]) -> Executor:
     ``config["resources"]`` (e.g. ``{"GPU": 1}``) is what each Orchard worker needs:
     Dask runs it only on a Dask worker that offers it.
     """
-    timeout = config.get("worker_timeout", DASK_WORKER_TIMEOUT)
+    timeout = worker_timeout(config)
     if timeout is not None:
         try:
             client.wait_for_workers(1, timeout=timeout)
@@ -269,7 +283,8 @@ def make_executor(
             pool, ``mpi4py.futures.MPIPoolExecutor``, ...) or a ``dask.distributed.Client``.
         n_workers: how many worker loops will be submitted.
         config: options of a named executor; for Dask (a name or a client) also
-            ``worker_timeout`` (seconds to wait for a first worker, default 300; ``None``
+            ``worker_timeout`` (seconds to wait for a worker: a first one, and a new one once
+            all have left, see :class:`~orchard.executors.fleet.Fleet`; default 300, ``None``
             waits forever) and ``resources`` (what each worker loop needs, e.g. ``{"GPU": 1}``).
 
     Raises:

@@ -34,14 +34,15 @@ import concurrent.futures
 import contextlib
 import dataclasses
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from concurrent.futures import Executor, Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from types import TracebackType
+from typing import Any
 
 from orchard.errors import ExecutorError, Interrupted, StorageError
 from orchard.executors.children import LocalStop
-from orchard.executors.remote import RemoteStop, reported
+from orchard.executors.remote import RemoteStop, reported, worker_timeout
 from orchard.executors.task import WorkerTask, run_worker
 from orchard.executors.threads import StopRequest
 from orchard.interruption import STOP_TIMEOUT, deferred, stop_workers
@@ -73,12 +74,15 @@ class Fleet:
         experiment_id: the experiment the loops work on.
         tasks: one per worker loop.
         max_attempts: the experiment's ``max_attempts`` (a trial taken back as lost that reached it breaks).
+        executor_config: the executor's options; Dask's ``worker_timeout`` (default 300 s) is how long
+            the loops wait on a scheduler left without any worker before ``run`` gives up on them.
     """
 
     def __init__(self, storage: BaseStorage, experiment_id: str, tasks: Sequence[WorkerTask],
-                 max_attempts: int) -> None:
+                 max_attempts: int, executor_config: Mapping[str, Any] | None = None) -> None:
         self.storage, self.experiment_id = storage, experiment_id
         self.tasks, self.max_attempts = list(tasks), max_attempts
+        self._worker_timeout = worker_timeout(executor_config or {})
         self._futures: list[Future[WorkerReport]] = []
         self._stop = StopRequest()  # tells the loops running as threads of this process
         self._running_at_stop: list[str] = []  # the trials the loops held once told to stop
@@ -120,7 +124,8 @@ class Fleet:
             # woken every _WAKE seconds: Python runs a signal's handler in this thread only, and a Ctrl-C the
             # kernel delivered to another thread would otherwise wait for the first loop to end
             while concurrent.futures.wait(self._futures, _WAKE).not_done:
-                pass
+                if remote is not None:
+                    self._raise_if_workerless(remote)
             self._raise_if_cancelled(dask=remote is not None)
             if any(isinstance(future.exception(), BrokenProcessPool) for future in self._futures):
                 pool.shutdown(wait=True)  # loky fails the futures first, then kills the other workers: wait for that
@@ -146,6 +151,20 @@ class Fleet:
         if cancelled:
             self._unreached.update(cancelled)
             raise ExecutorError.loops_cancelled(self.tasks[0].label, len(cancelled), len(self.tasks), dask)
+
+    def _raise_if_workerless(self, remote: RemoteStop) -> None:
+        """Give up on loops whose scheduler has had no worker for ``worker_timeout`` seconds.
+
+        Dask would hold them for ever (every job of a SLURMCluster reached its walltime): their
+        futures are cancelled and their trials left to their leases, as a worker cut off from
+        the scheduler may still run one.
+        """
+        if self._worker_timeout is None or remote.workerless_for() < self._worker_timeout:
+            return
+        for task, future in zip(self.tasks, self._futures):
+            if future.cancel():
+                self._unreached.add(task.token)
+        raise ExecutorError.workerless(self.tasks[0].label, remote.scheduler, self._worker_timeout)
 
     def _stop_loops(self, interruption: KeyboardInterrupt, remote: RemoteStop | None, local: LocalStop | None,
                     reachable: bool, lasting: bool) -> Interrupted:

@@ -35,17 +35,26 @@ from __future__ import annotations
 
 import contextlib
 import threading
+import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from concurrent.futures import Executor
 from typing import Any
 
 from orchard.errors import Interrupted
 
-__all__ = ["RemoteStop", "RemoteStopped", "reported", "watched"]
+__all__ = ["DASK_WORKER_TIMEOUT", "RemoteStop", "RemoteStopped", "reported", "watched", "worker_timeout"]
 
 #: Seconds a loop's watch waits on the scheduler at once (it ends at the first wait after its loop ended).
 _WATCH = 5.0
+#: Seconds ``workon`` waits for a Dask worker when the scheduler has none, by default.
+DASK_WORKER_TIMEOUT = 300.0
+
+
+def worker_timeout(config: Mapping[str, Any]) -> float | None:
+    """``executor_config``'s ``worker_timeout``: seconds to wait for a Dask worker (``None``: for ever)."""
+    timeout: float | None = config.get("worker_timeout", DASK_WORKER_TIMEOUT)
+    return timeout
 
 
 class RemoteStopped(Exception):
@@ -77,6 +86,8 @@ class RemoteStop:
 
         self.name = f"orchard-stop-{uuid.uuid4().hex}"
         self._event = Event(self.name, client=client)  # type: ignore[no-untyped-call]
+        self._client = client
+        self._alone_since: float | None = None  # when (monotonic) the scheduler was first seen workerless
 
     @classmethod
     def of(cls, pool: Executor) -> RemoteStop | None:
@@ -85,6 +96,35 @@ class RemoteStop:
         if not type(pool).__module__.startswith("distributed.") or client is None:
             return None
         return cls(client)
+
+    @property
+    def scheduler(self) -> str:
+        """The scheduler's address, for messages."""
+        return str(getattr(self._client.scheduler, "address", "?"))
+
+    def workerless_for(self) -> float:
+        """Seconds for which the scheduler has had no worker (0: it has one, or the client cannot tell).
+
+        Read from what the client last heard from the scheduler (it asks every few seconds by
+        itself), so a scheduler that cannot be reached does not block the caller; the scheduler
+        itself is asked only when that copy first says it has none.
+        """
+        info = getattr(self._client, "_scheduler_identity", None) or {}
+        if info.get("n_workers", 1) != 0 or (self._alone_since is None and not self._asked_workerless()):
+            self._alone_since = None
+            return 0.0
+        now = time.monotonic()
+        self._alone_since = now if self._alone_since is None else self._alone_since
+        return now - self._alone_since
+
+    def _asked_workerless(self) -> bool:
+        """Whether the scheduler itself says it has no worker (the client's copy can be seconds old: a
+        ``LocalCluster`` whose workers joined since); ``False`` if it cannot be asked."""
+        try:
+            info = self._client.scheduler_info(n_workers=0)
+        except Exception:  # noqa: BLE001 -- a scheduler gone: the client cancels the loops' futures
+            return False
+        return bool(info.get("n_workers", 1) == 0)
 
     def set(self) -> None:
         """Tell every loop watching the request to stop (a scheduler that cannot be reached is not told)."""
