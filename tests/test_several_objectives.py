@@ -310,6 +310,23 @@ def test_status_and_info_show_the_front_instead_of_a_best_trial(store, capsys) -
         assert "best:" not in out
 
 
+def test_status_shows_a_front_whose_objectives_are_named_like_a_trials_fields(tmp_path, capsys) -> None:
+    """Objectives named `id` and `params` overwrote the front entries' own keys: `orchard status` failed with
+    "unexpected TypeError" and its --json gave the objective's value as the trial's id."""
+    from orchard.cli import main
+
+    storage = str(tmp_path / "o.pkl")
+    exp = orchard.build_experiment("ids", space={"x": "uniform(0, 1)"}, storage=storage, max_trials=3, seed=1,
+                                   objectives={"id": "min", "params": "max"})
+    exp.workon(lambda x: {"id": x, "params": x * x}, executor="single", progress=False)
+    assert main(["status", "-n", "ids", "--storage", storage]) == 0
+    assert "id=" in capsys.readouterr().out
+    assert main(["status", "-n", "ids", "--storage", storage, "--json"]) == 0
+    front = json.loads(capsys.readouterr().out)["pareto_front"]
+    assert {entry["id"] for entry in front} <= {t.id for t in exp.fetch_trials()}
+    assert all(set(entry["values"]) == {"id", "params"} and "x" in entry["params"] for entry in front)
+
+
 def test_cli_insert_prints_the_value_of_one_declared_objective_as_given(tmp_path, capsys) -> None:
     """orchard insert --objective 0.99 into objectives={"acc": "max"} printed "objective -0.99" (as stored)."""
     from orchard.cli import main

@@ -156,11 +156,14 @@ def experiment_status(experiment: Experiment, watch: HeartbeatWatch | None = Non
 
 
 def _front(experiment: Experiment) -> list[dict[str, Any]] | None:
-    """The Pareto front (id, params, each objective) of an experiment with several objectives, else ``None``."""
+    """The Pareto front (id, params, each objective's value) of a several-objective experiment, else ``None``.
+
+    The values are under ``values``: an objective named ``id`` or ``params`` overwrote the trial's own.
+    """
     objectives = experiment.settings.objectives
     if objectives is None or len(objectives) < 2:
         return None
-    return [{"id": t.id, "params": t.params, **{name: t.results[name] for name in objectives}}
+    return [{"id": t.id, "params": t.params, "values": {name: t.results[name] for name in objectives}}
             for t in experiment.pareto_front()]
 
 
@@ -187,7 +190,7 @@ def _front_lines(front: list[dict[str, Any]] | None, indent: str, shown: int = 5
     plural = "" if len(front) == 1 else "s"
     lines = [f"{indent}{len(front)} trial{plural} on the Pareto front (exp.pareto_front())"]
     for entry in front[:shown]:
-        values = ", ".join(f"{k}={format_value(v)}" for k, v in entry.items() if k not in ("id", "params"))
+        values = ", ".join(f"{printable(k)}={format_value(v)}" for k, v in entry["values"].items())
         lines.append(f"{indent}  {values} at {format_params(entry['params'])} (trial {entry['id'][:12]})")
     if len(front) > shown:
         lines.append(f"{indent}  ... and {len(front) - shown} more")
