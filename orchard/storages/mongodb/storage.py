@@ -246,12 +246,11 @@ class MongoStorage(BaseStorage):
 
     @_translated("update an experiment")
     def swap_experiment(self, experiment_id: str, key: str, expected: Any, value: Any) -> bool:
-        field = f"config.{key}"
-        query = {"_id": experiment_id, field: to_builtin(expected)}
-        if self._db().experiments.update_one(query, {"$set": {field: to_builtin(value)}}).matched_count:
-            return True
-        self.experiment(experiment_id)  # raise if the experiment does not exist
-        return False
+        experiments = self._db().experiments
+        swapped = writes.swap_config(experiments, experiment_id, key, expected, to_builtin(value), self.uri)
+        if swapped is None:
+            raise self._no_experiment(experiment_id)
+        return swapped
 
     @_translated("delete an experiment")
     def delete_experiment(self, experiment_id: str) -> int:
@@ -341,7 +340,7 @@ class MongoStorage(BaseStorage):
         if trial is not None and writes.took_effect(doc, trial, change):
             return trial  # the driver's own retry of a write whose reply was lost met the write's effect
         error = change.refusal(trial_id, trial, self.redacted_uri)
-        if trial is None and change.owner is not None:  # it existed when this worker reserved it
+        if trial is None and change.owner is not None and trial_id in self._held:  # handed out: it existed
             error = self._vanished(trial_id, change.owner)
         if error is None:  # it changed back between the update and this read: refuse all the same
             assert trial is not None

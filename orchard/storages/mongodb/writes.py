@@ -15,10 +15,10 @@ from typing import Any
 
 from orchard import trial as transitions
 from orchard.errors import OrchardError
-from orchard.storages.mongodb.client import REPORT_COUNT, STAMP
+from orchard.storages.mongodb.client import REPORT_COUNT, STAMP, check_experiment
 from orchard.trial import Change, Trial, TrialStatus
 
-__all__ = ["expected", "report_refusal", "took_effect", "update"]
+__all__ = ["expected", "report_refusal", "swap_config", "took_effect", "update"]
 
 
 def expected(trial_id: str, change: Change) -> dict[str, Any]:
@@ -74,3 +74,23 @@ def report_refusal(trial_id: str, seen: Mapping[str, Any] | None, worker: str,
     hears so, not that its step is not after the next attempt's reports.
     """
     return transitions.held_by(worker).seen_refusal(trial_id, seen, where)
+
+
+def swap_config(experiments: Any, experiment_id: str, key: str, expected: Any, value: Any, uri: str
+                ) -> bool | None:
+    """Set the experiment's ``config.key`` to ``value`` iff it equals ``expected`` now; ``None``: none.
+
+    Equal as on every backend (Python's ``==``): a query on the key itself would also match a
+    stored list that merely holds ``expected``. The write is conditional on the whole config as
+    read, so a change of any other key in between makes it read and compare again.
+    """
+    while True:
+        doc = experiments.find_one({"_id": experiment_id})
+        if doc is None:
+            return None
+        check_experiment(doc, uri)
+        if (doc.get("config") or {}).get(key) != expected:
+            return False
+        as_read = {"_id": experiment_id, "config": doc.get("config")}
+        if experiments.update_one(as_read, {"$set": {f"config.{key}": value}}).matched_count:
+            return True
