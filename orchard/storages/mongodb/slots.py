@@ -56,6 +56,7 @@ from pymongo.errors import DuplicateKeyError
 from orchard.errors import BudgetExhaustedError, DuplicateTrialError, ExperimentNotFoundError, StorageError
 from orchard.space import to_builtin, trial_id
 from orchard.storages.mongodb.client import BATCH, duplicate_key_field, insert_stamped, trial_to_doc
+from orchard.storages.mongodb.writes import refuse_unreadable
 from orchard.trial import Trial, TrialStatus, recorded
 
 __all__ = ["duplicate_trial", "insert_holding_slot", "record_holding_slot", "slot_key"]
@@ -96,8 +97,10 @@ def insert_holding_slot(db: Any, doc: Mapping[str, Any], budget: int | None | Li
         DuplicateTrialError: a trial with the same id exists (checked before the budget).
         BudgetExhaustedError: ``budget`` non-broken trials exist.
         ExperimentNotFoundError: the experiment was deleted (budgeted registrations).
-        StorageError: slots kept being taken by others for 100 rounds.
+        StorageError: slots kept being taken by others for 100 rounds, or ``doc`` holds values
+            readers would skip (:func:`.writes.refuse_unreadable`).
     """
+    refuse_unreadable(doc)
     if budget is False:
         try:
             insert_stamped(db.trials, dict(doc))
