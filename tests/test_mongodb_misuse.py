@@ -170,3 +170,21 @@ def test_a_value_readers_would_skip_is_refused_before_it_is_written(
     assert [(t.id, t.status) for t in worker.fetch_trials(exp)] == [(held.id, TrialStatus.RESERVED)]
     assert worker.count_trials(exp)[TrialStatus.RESERVED] == 1
     assert worker.complete_trial(held.id, "w", 1.0, {"m": 1}).status is TrialStatus.COMPLETED
+
+
+def test_a_reader_of_an_experiment_deleted_by_another_process_is_told_so(
+    handles: tuple[MongoStorage, MongoStorage], exp: str
+) -> None:
+    """After `orchard db rm` in another process, a running reader (a dashboard, `status --watch`, a
+    worker) read the experiment as empty and went on: no trials, zero counts. The pickle file raises."""
+    user, reader = handles
+    reader.register_trial(exp, {"x": 0.1})
+    assert len(reader.fetch_trials(exp)) == 1
+    assert user.delete_experiment(exp) == 1
+    with pytest.raises(ExperimentNotFoundError, match=f"id '{exp}' in storage .*: 'e' was deleted \\(orchard db rm"):
+        reader.fetch_trials(exp)
+    for read in (reader.count_trials, reader.fetch_changes, reader.best_trial):
+        with pytest.raises(ExperimentNotFoundError):
+            read(exp)
+    with pytest.raises(ExperimentNotFoundError):
+        reader.reserve_trial(exp, "w")

@@ -268,9 +268,10 @@ class MongoStorage(BaseStorage):
         self._names[doc["_id"]] = doc["name"]
         return ExperimentRecord(doc["_id"], doc["name"], dict(doc.get("config") or {}), doc["created"])
 
-    def _experiment_name(self, experiment_id: str) -> str:
-        """The experiment's name; one read the first time an id is seen, then cached."""
-        name = self._names.get(experiment_id)
+    def _experiment_name(self, experiment_id: str, cached: bool = True) -> str:
+        """The experiment's name; one read the first time an id is seen, then cached (``cached=False``: read
+        again, for a reader that must notice an experiment another process deleted)."""
+        name = self._names.get(experiment_id) if cached else None
         if name is None:
             doc = self._db().experiments.find_one({"_id": experiment_id})
             if doc is None:
@@ -279,9 +280,9 @@ class MongoStorage(BaseStorage):
         return name
 
     def _no_experiment(self, experiment_id: str) -> ExperimentNotFoundError:
-        return ExperimentNotFoundError(
-            f"no experiment with id {experiment_id!r} in storage {self.redacted_uri}"
-        )
+        known, where = self._names.pop(experiment_id, None), self.redacted_uri  # known: deleted since
+        gone = f": {known!r} was deleted (orchard db rm?) while this process was using it" if known else ""
+        return ExperimentNotFoundError(f"no experiment with id {experiment_id!r} in storage {where}{gone}")
 
     # -- trials: creation -------------------------------------------------------
 
@@ -469,15 +470,15 @@ class MongoStorage(BaseStorage):
         if statuses is not None:
             query["status"] = {"$in": [TrialStatus(s).value for s in statuses]}
         trials = client.readable_trials(self._trials.find(query, batch_size=client.BATCH), self.uri)
-        if not trials:
-            self._experiment_name(experiment_id)
+        if not trials:  # an experiment deleted by another process reads as none, as on every backend
+            self._experiment_name(experiment_id, cached=False)
         return sorted(trials, key=lambda t: t.submit_time or 0.0)
 
     @_translated("count trials")
     def count_trials(self, experiment_id: str) -> dict[TrialStatus, int]:
         counts = count_by_status(self._trials, experiment_id, self.uri)
         if not any(counts.values()):
-            self._experiment_name(experiment_id)
+            self._experiment_name(experiment_id, cached=False)
         return counts
 
     @_translated("count unbudgeted trials")
@@ -490,7 +491,7 @@ class MongoStorage(BaseStorage):
         every = functools.partial(count_by_status, self._trials, experiment_id, self.uri, every=True)
         trials, cursor = self._changes.fetch(self._trials, experiment_id, cursor, every)  # it holds every doc
         if not cursor.seen:
-            self._experiment_name(experiment_id)  # raise if the experiment does not exist
+            self._experiment_name(experiment_id, cached=False)  # raise if the experiment does not exist
         return trials, cursor
 
     def resent_everything(self, before: Any, after: Any) -> bool:
