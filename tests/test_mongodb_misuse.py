@@ -188,3 +188,20 @@ def test_a_reader_of_an_experiment_deleted_by_another_process_is_told_so(
             read(exp)
     with pytest.raises(ExperimentNotFoundError):
         reader.reserve_trial(exp, "w")
+
+
+def test_an_insert_outside_the_budget_lands_nothing_in_an_experiment_deleted_under_it(
+    handles: tuple[MongoStorage, MongoStorage], exp: str
+) -> None:
+    """exp.insert (recorded apart from the budget) into an experiment another process deleted wrote a trial
+    no one could see, and an unbudgeted registration raised a bare StorageError; the pickle file refuses
+    both with ExperimentNotFoundError."""
+    user, worker = handles
+    worker.register_trial(exp, {"x": 0.1})  # the worker knows the experiment
+    assert user.delete_experiment(exp) == 1
+    deleted = "experiment 'e' was deleted \\(orchard db rm\\?\\).*nothing was registered"
+    with pytest.raises(ExperimentNotFoundError, match=deleted):
+        worker.record_trial(exp, {"x": 0.2}, 1.0, {}, in_budget=False)
+    with pytest.raises(ExperimentNotFoundError, match=deleted):
+        worker.register_trial(exp, {"x": 0.3}, worker="w")
+    assert user._trials.count_documents({}) == 0, "a trial was written into the deleted experiment"
