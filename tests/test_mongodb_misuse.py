@@ -8,12 +8,13 @@ refused and names what happened.
 
 from __future__ import annotations
 
+import datetime
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from orchard.errors import ExperimentNotFoundError
+from orchard.errors import ExperimentNotFoundError, StorageError
 from orchard.storages.mongodb import MongoStorage
 from orchard.trial import TrialStatus
 from tests.conftest import backend_uri
@@ -142,3 +143,65 @@ def test_a_trial_a_restore_took_away_is_judged_by_its_own_experiment(
     user._trials.delete_one({"_id": held.id})  # what a restored or crashed database no longer has
     with pytest.raises(ReservationLostError, match="though its experiment is still there"):
         worker.complete_trial(held.id, "host:1:w", 0.5)
+
+
+def _nested(depth: int) -> list[object]:
+    value: list[object] = [1]
+    for _ in range(depth):
+        value = [value]
+    return value
+
+
+@pytest.mark.parametrize("value", [b"bytes", datetime.datetime(2020, 1, 1), _nested(40), 2**70],
+                         ids=["bytes", "datetime", "nested", "int71"])
+def test_a_value_readers_would_skip_is_refused_before_it_is_written(
+    handles: tuple[MongoStorage, MongoStorage], exp: str, value: object
+) -> None:
+    """A result holding bytes, a datetime or deep nesting was stored, then called 'written by another
+    program': readers skipped the trial while counts held it; an int beyond 64 bits raised a raw
+    OverflowError. The pickle file refuses all four before writing; so does MongoDB."""
+    worker = handles[1]
+    held = worker.register_trial(exp, {"x": 0.1}, worker="w")
+    refused = "^cannot store .* in MongoDB: only plain values"
+    with pytest.raises(StorageError, match=refused):
+        worker.complete_trial(held.id, "w", 1.0, {"m": value})
+    with pytest.raises(StorageError, match=refused):
+        worker.record_trial(exp, {"x": 0.2}, 1.0, {"m": value})
+    assert [(t.id, t.status) for t in worker.fetch_trials(exp)] == [(held.id, TrialStatus.RESERVED)]
+    assert worker.count_trials(exp)[TrialStatus.RESERVED] == 1
+    assert worker.complete_trial(held.id, "w", 1.0, {"m": 1}).status is TrialStatus.COMPLETED
+
+
+def test_a_reader_of_an_experiment_deleted_by_another_process_is_told_so(
+    handles: tuple[MongoStorage, MongoStorage], exp: str
+) -> None:
+    """After `orchard db rm` in another process, a running reader (a dashboard, `status --watch`, a
+    worker) read the experiment as empty and went on: no trials, zero counts. The pickle file raises."""
+    user, reader = handles
+    reader.register_trial(exp, {"x": 0.1})
+    assert len(reader.fetch_trials(exp)) == 1
+    assert user.delete_experiment(exp) == 1
+    with pytest.raises(ExperimentNotFoundError, match=f"id '{exp}' in storage .*: 'e' was deleted \\(orchard db rm"):
+        reader.fetch_trials(exp)
+    for read in (reader.count_trials, reader.fetch_changes, reader.best_trial):
+        with pytest.raises(ExperimentNotFoundError):
+            read(exp)
+    with pytest.raises(ExperimentNotFoundError):
+        reader.reserve_trial(exp, "w")
+
+
+def test_an_insert_outside_the_budget_lands_nothing_in_an_experiment_deleted_under_it(
+    handles: tuple[MongoStorage, MongoStorage], exp: str
+) -> None:
+    """exp.insert (recorded apart from the budget) into an experiment another process deleted wrote a trial
+    no one could see, and an unbudgeted registration raised a bare StorageError; the pickle file refuses
+    both with ExperimentNotFoundError."""
+    user, worker = handles
+    worker.register_trial(exp, {"x": 0.1})  # the worker knows the experiment
+    assert user.delete_experiment(exp) == 1
+    deleted = "experiment 'e' was deleted \\(orchard db rm\\?\\).*nothing was registered"
+    with pytest.raises(ExperimentNotFoundError, match=deleted):
+        worker.record_trial(exp, {"x": 0.2}, 1.0, {}, in_budget=False)
+    with pytest.raises(ExperimentNotFoundError, match=deleted):
+        worker.register_trial(exp, {"x": 0.3}, worker="w")
+    assert user._trials.count_documents({}) == 0, "a trial was written into the deleted experiment"

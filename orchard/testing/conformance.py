@@ -145,6 +145,15 @@ class ExperimentChecks(Checks):
         with pytest.raises(ExperimentNotFoundError):
             storage.swap_experiment(uuid.uuid4().hex, "ledger", None, 1)
 
+    def test_swap_compares_the_whole_value_never_an_element_of_a_list(self, storage: BaseStorage) -> None:
+        exp = storage.create_experiment("exp", CONFIG)
+        storage.update_experiment(exp, {"ids": [1, 2], "nested": [[1, 2]], "holes": [None]})
+        assert not storage.swap_experiment(exp, "ids", 1, "taken"), "a list holding the value is not it"
+        assert not storage.swap_experiment(exp, "nested", [1, 2], "taken")
+        assert not storage.swap_experiment(exp, "holes", None, "taken"), "a list holding None is not unset"
+        assert storage.swap_experiment(exp, "ids", [1, 2], [3])
+        assert storage.experiment(exp).config == {**CONFIG, "ids": [3], "nested": [[1, 2]], "holes": [None]}
+
     def test_delete_experiment_removes_it_and_only_its_trials(self, storage: BaseStorage) -> None:
         doomed = storage.create_experiment("doomed", CONFIG)
         kept = storage.create_experiment("kept", CONFIG)

@@ -56,6 +56,7 @@ from pymongo.errors import DuplicateKeyError
 from orchard.errors import BudgetExhaustedError, DuplicateTrialError, ExperimentNotFoundError, StorageError
 from orchard.space import to_builtin, trial_id
 from orchard.storages.mongodb.client import BATCH, duplicate_key_field, insert_stamped, trial_to_doc
+from orchard.storages.mongodb.writes import refuse_unreadable
 from orchard.trial import Trial, TrialStatus, recorded
 
 __all__ = ["duplicate_trial", "insert_holding_slot", "record_holding_slot", "slot_key"]
@@ -95,16 +96,21 @@ def insert_holding_slot(db: Any, doc: Mapping[str, Any], budget: int | None | Li
     Raises:
         DuplicateTrialError: a trial with the same id exists (checked before the budget).
         BudgetExhaustedError: ``budget`` non-broken trials exist.
-        ExperimentNotFoundError: the experiment was deleted (budgeted registrations).
-        StorageError: slots kept being taken by others for 100 rounds.
+        ExperimentNotFoundError: the experiment was deleted (by another process, since it was read).
+        StorageError: slots kept being taken by others for 100 rounds, or ``doc`` holds values
+            readers would skip (:func:`.writes.refuse_unreadable`).
     """
+    refuse_unreadable(doc)
+    experiment_id = doc["experiment"]
     if budget is False:
         try:
             insert_stamped(db.trials, dict(doc))
         except DuplicateKeyError as err:
             raise duplicate_trial(doc, name) from err
+        if db.experiments.find_one({"_id": experiment_id}, projection={"_id": 1}) is None:  # deleted since
+            db.trials.delete_one({"_id": doc["_id"]})  # a trial no one can see: deletion deletes it anyway
+            raise _deleted(name)
         return
-    experiment_id = doc["experiment"]
     for _ in range(_MAX_ROUNDS):
         k = _draw(db.experiments, experiment_id, budget)
         if k is not None:
@@ -113,13 +119,12 @@ def insert_holding_slot(db: Any, doc: Mapping[str, Any], budget: int | None | Li
             _catch_up(db, experiment_id)  # the counter was behind the slots held
             continue
         if budget is None:  # an unconditional draw matches any existing experiment
-            raise StorageError(f"experiment {name!r} was deleted while a trial was being registered in it")
+            raise _deleted(name)
         free, held = _freed(db.trials, doc, budget, name)
         if db.experiments.find_one({"_id": experiment_id}, projection={"_id": 1}) is None:
             # every slot of a deleted experiment looks free: a worker that knew it would go on
             # registering trials no one can see, up to its whole budget
-            raise ExperimentNotFoundError(f"experiment {name!r} was deleted (orchard db rm?) while this process "
-                                          "registered a trial in it; nothing was registered")
+            raise _deleted(name)
         if any(_insert_at(db.trials, doc, k, name) for k in free[:_FREE_TRIES]):
             return
         if len(free) > _FREE_TRIES:  # the rest are most likely drawn by racers still inserting
@@ -128,6 +133,11 @@ def insert_holding_slot(db: Any, doc: Mapping[str, Any], budget: int | None | Li
         f"could not claim a budget slot for a trial of experiment {name!r} after "
         f"{_MAX_ROUNDS} rounds of contention; try again"
     )
+
+
+def _deleted(name: str) -> ExperimentNotFoundError:
+    return ExperimentNotFoundError(f"experiment {name!r} was deleted (orchard db rm?) while this process "
+                                   "registered a trial in it; nothing was registered")
 
 
 def record_holding_slot(db: Any, experiment_id: str, name: str, params: Mapping[str, Any], objective: float,

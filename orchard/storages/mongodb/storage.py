@@ -246,12 +246,11 @@ class MongoStorage(BaseStorage):
 
     @_translated("update an experiment")
     def swap_experiment(self, experiment_id: str, key: str, expected: Any, value: Any) -> bool:
-        field = f"config.{key}"
-        query = {"_id": experiment_id, field: to_builtin(expected)}
-        if self._db().experiments.update_one(query, {"$set": {field: to_builtin(value)}}).matched_count:
-            return True
-        self.experiment(experiment_id)  # raise if the experiment does not exist
-        return False
+        experiments = self._db().experiments
+        swapped = writes.swap_config(experiments, experiment_id, key, expected, to_builtin(value), self.uri)
+        if swapped is None:
+            raise self._no_experiment(experiment_id)
+        return swapped
 
     @_translated("delete an experiment")
     def delete_experiment(self, experiment_id: str) -> int:
@@ -269,9 +268,10 @@ class MongoStorage(BaseStorage):
         self._names[doc["_id"]] = doc["name"]
         return ExperimentRecord(doc["_id"], doc["name"], dict(doc.get("config") or {}), doc["created"])
 
-    def _experiment_name(self, experiment_id: str) -> str:
-        """The experiment's name; one read the first time an id is seen, then cached."""
-        name = self._names.get(experiment_id)
+    def _experiment_name(self, experiment_id: str, cached: bool = True) -> str:
+        """The experiment's name; one read the first time an id is seen, then cached (``cached=False``: read
+        again, for a reader that must notice an experiment another process deleted)."""
+        name = self._names.get(experiment_id) if cached else None
         if name is None:
             doc = self._db().experiments.find_one({"_id": experiment_id})
             if doc is None:
@@ -280,9 +280,9 @@ class MongoStorage(BaseStorage):
         return name
 
     def _no_experiment(self, experiment_id: str) -> ExperimentNotFoundError:
-        return ExperimentNotFoundError(
-            f"no experiment with id {experiment_id!r} in storage {self.redacted_uri}"
-        )
+        known, where = self._names.pop(experiment_id, None), self.redacted_uri  # known: deleted since
+        gone = f": {known!r} was deleted (orchard db rm?) while this process was using it" if known else ""
+        return ExperimentNotFoundError(f"no experiment with id {experiment_id!r} in storage {where}{gone}")
 
     # -- trials: creation -------------------------------------------------------
 
@@ -341,7 +341,7 @@ class MongoStorage(BaseStorage):
         if trial is not None and writes.took_effect(doc, trial, change):
             return trial  # the driver's own retry of a write whose reply was lost met the write's effect
         error = change.refusal(trial_id, trial, self.redacted_uri)
-        if trial is None and change.owner is not None:  # it existed when this worker reserved it
+        if trial is None and change.owner is not None and trial_id in self._held:  # handed out: it existed
             error = self._vanished(trial_id, change.owner)
         if error is None:  # it changed back between the update and this read: refuse all the same
             assert trial is not None
@@ -470,15 +470,15 @@ class MongoStorage(BaseStorage):
         if statuses is not None:
             query["status"] = {"$in": [TrialStatus(s).value for s in statuses]}
         trials = client.readable_trials(self._trials.find(query, batch_size=client.BATCH), self.uri)
-        if not trials:
-            self._experiment_name(experiment_id)
+        if not trials:  # an experiment deleted by another process reads as none, as on every backend
+            self._experiment_name(experiment_id, cached=False)
         return sorted(trials, key=lambda t: t.submit_time or 0.0)
 
     @_translated("count trials")
     def count_trials(self, experiment_id: str) -> dict[TrialStatus, int]:
         counts = count_by_status(self._trials, experiment_id, self.uri)
         if not any(counts.values()):
-            self._experiment_name(experiment_id)
+            self._experiment_name(experiment_id, cached=False)
         return counts
 
     @_translated("count unbudgeted trials")
@@ -491,7 +491,7 @@ class MongoStorage(BaseStorage):
         every = functools.partial(count_by_status, self._trials, experiment_id, self.uri, every=True)
         trials, cursor = self._changes.fetch(self._trials, experiment_id, cursor, every)  # it holds every doc
         if not cursor.seen:
-            self._experiment_name(experiment_id)  # raise if the experiment does not exist
+            self._experiment_name(experiment_id, cached=False)  # raise if the experiment does not exist
         return trials, cursor
 
     def resent_everything(self, before: Any, after: Any) -> bool:

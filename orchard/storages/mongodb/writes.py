@@ -14,12 +14,17 @@ from collections.abc import Mapping
 from typing import Any
 
 from orchard import trial as transitions
-from orchard.errors import OrchardError
+from orchard.errors import OrchardError, StorageError
 from orchard.storages.base import finishes
-from orchard.storages.mongodb.client import REPORT_COUNT, STAMP, doc_to_trial
+from orchard.storages.mongodb.client import REPORT_COUNT, STAMP, check_experiment, doc_to_trial, unreadable
+from orchard.storages.pickled.records import MAX_DEPTH, plain_fault
 from orchard.trial import Change, Trial, TrialStatus
 
-__all__ = ["expected", "finish_waiting", "report_refusal", "took_effect", "update"]
+__all__ = ["expected", "finish_waiting", "refuse_unreadable", "report_refusal", "swap_config", "took_effect",
+           "update"]
+
+_BSON_VALUES = 2**24  # values one document (16 MiB at most) can hold: the walk's bound
+_CALLERS_VALUES = ("results", "error", "verdict")  # the fields a transition writes with the caller's values
 
 
 def expected(trial_id: str, change: Change) -> dict[str, Any]:
@@ -36,7 +41,15 @@ def expected(trial_id: str, change: Change) -> dict[str, Any]:
 
 
 def update(change: Change) -> dict[str, Any]:
-    """The update applying ``change``; a trial that breaks frees its unit of budget in it."""
+    """The update applying ``change``; a trial that breaks frees its unit of budget in it.
+
+    Raises:
+        StorageError: it would store a value readers skip (see :func:`refuse_unreadable`).
+    """
+    for name in _CALLERS_VALUES:
+        why = plain_fault(change.sets.get(name), _BSON_VALUES)
+        if why is not None:
+            raise _unstorable(f"{why} in the trial's {name}")
     fields = {name: value.value if isinstance(value, TrialStatus) else value for name, value in change.sets.items()}
     if "reports" in fields:
         fields[REPORT_COUNT] = len(fields["reports"])
@@ -91,3 +104,44 @@ def finish_waiting(trials: Any, restored: Trial, doc: Mapping[str, Any]) -> bool
     done = trials.update_one({"_id": doc["_id"], "version": stored.get("version")},
                              {"$set": fields, "$inc": {"version": 1}, **STAMP})
     return bool(done.matched_count)
+
+
+def swap_config(experiments: Any, experiment_id: str, key: str, expected: Any, value: Any, uri: str
+                ) -> bool | None:
+    """Set the experiment's ``config.key`` to ``value`` iff it equals ``expected`` now; ``None``: none.
+
+    Equal as on every backend (Python's ``==``): a query on the key itself would also match a
+    stored list that merely holds ``expected``. The write is conditional on the whole config as
+    read, so a change of any other key in between makes it read and compare again.
+    """
+    while True:
+        doc = experiments.find_one({"_id": experiment_id})
+        if doc is None:
+            return None
+        check_experiment(doc, uri)
+        if (doc.get("config") or {}).get(key) != expected:
+            return False
+        as_read = {"_id": experiment_id, "config": doc.get("config")}
+        if experiments.update_one(as_read, {"$set": {f"config.{key}": value}}).matched_count:
+            return True
+
+
+def refuse_unreadable(doc: Mapping[str, Any]) -> None:
+    """Refuse a trial document readers would skip as one Orchard never writes, before it is inserted.
+
+    A datetime, bytes, a set, an int beyond 64 bits or values nested beyond ``MAX_DEPTH`` would
+    be stored (or refused by the driver with a raw error) and then skipped by every reader,
+    while counted: the pickle writer refuses the same values (:func:`.pickled.records.check_batch`).
+
+    Raises:
+        StorageError: one line saying what is wrong.
+    """
+    why = unreadable(dict(doc))
+    if why is not None:
+        raise _unstorable(why)
+
+
+def _unstorable(why: str) -> StorageError:
+    return StorageError(f"cannot store {why} in MongoDB: only plain values (numbers, strings, booleans, "
+                        f"None, lists and dicts of them, nested at most {MAX_DEPTH} deep; params flat) can "
+                        "be stored; convert params, results and errors to those")

@@ -40,7 +40,7 @@ from orchard.storages.values import ERROR_TEXTS, INT_LIMIT, MAX_DEPTH
 from orchard.trial import TrialStatus
 
 __all__ = ["INT_LIMIT", "MAX_DEPTH", "SCALARS", "TIME_LIMIT", "RecordError", "check_batch", "check_trial",
-           "experiment_fault", "time_fault"]
+           "experiment_fault", "plain_fault", "time_fault"]
 
 _NODE_FLOOR = 10_000  # nodes any frame may hold, beyond its size in bytes
 _STATUSES = frozenset(status.value for status in TrialStatus)
@@ -286,3 +286,12 @@ def check_trial(trial: Any, max_values: int = _NODE_FLOOR) -> None:
         RecordError: it is not a trial Orchard writes; the message says what is wrong.
     """
     _check_trial(trial, _Budget(max_values))
+
+
+def plain_fault(value: Any, max_values: int = _NODE_FLOOR) -> str | None:
+    """Why ``value`` is not a plain value readers take in a trial's results, error or verdict (else None)."""
+    try:
+        _plain(value, _Budget(max_values))
+    except RecordError as err:
+        return str(err)
+    return None
