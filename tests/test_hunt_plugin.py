@@ -23,7 +23,8 @@ def test_a_hunt_refused_for_a_plugin_not_installed_leaves_the_budget_as_stored(
     module = types.ModuleType("test_hunt_plugin_elsewhere")
     module.CenterFirst = type("CenterFirst", (RandomSearch,), {})  # type: ignore[attr-defined]
     monkeypatch.setitem(sys.modules, module.__name__, module)
-    point = metadata.EntryPoint("center_first", f"{module.__name__}:CenterFirst", algorithms.ENTRY_POINT_GROUP)
+    group = algorithms.ENTRY_POINT_GROUP
+    point = metadata.EntryPoint("center_first", f"{module.__name__}:CenterFirst", group)
     store = str(tmp_path / "a.pkl")
     with monkeypatch.context() as patched:  # installed where the experiment was created
         patched.setattr(algorithms, "_entry_points", lambda: {"center_first": point})
