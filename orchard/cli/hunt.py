@@ -143,6 +143,7 @@ def _hunt(args: argparse.Namespace, settings: Settings) -> int:
     template = _template(tokens, settings.get("space"), args.config)
     storage = get_storage(settings.get("storage"))
     template = _complete_space(template, storage, name)
+    _check_runnable(storage, name)
     _check_capacity(storage, name, settings)
     experiment = _experiment(name, template, storage, settings)
     _compare_command(experiment, template)
@@ -223,6 +224,20 @@ def _complete_space(template: CommandTemplate, storage: BaseStorage, name: str) 
             f"{storage.redacted_uri}; mark hyperparameters as --name~'prior', e.g. {EXAMPLE}"
         )
     return template.with_dimensions(Experiment(storage, record).space.config())
+
+
+def _check_runnable(storage: BaseStorage, name: str) -> None:
+    """Refuse, before a raised ``--max-trials`` is stored, a stored experiment no worker here can run.
+
+    Its algorithm is a plugin not installed here: status and info read such an experiment, but
+    the workers refuse it, and a hunt that failed so had already stored the budget it was given.
+    """
+    from orchard.experiment import Experiment
+    from orchard.experiment_config import WorkerSettings
+
+    record = storage.get_experiment(name)
+    if record is not None:
+        WorkerSettings.for_experiment(Experiment(storage, record).settings)
 
 
 def _check_capacity(storage: BaseStorage, name: str, settings: Settings) -> None:
