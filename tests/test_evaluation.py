@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -435,3 +436,24 @@ def test_mpi_pool_executor_runs_the_workers_under_mpiexec(tmp_path: Path) -> Non
     assert "completed 12 open 32" in proc.stdout  # the pool ran the workers and was left open
     trials = orchard.get_experiment("mpi", storage=str(tmp_path / "o.pkl")).fetch_trials()
     assert len({t.worker.split(":")[1] for t in trials}) == 2, "two MPI worker processes shared the work"
+
+
+def test_a_dask_run_leaves_port_8787_to_a_dask_dashboard_already_there(tmp_path: Path) -> None:
+    """Orchard's LocalCluster has no dashboard, but its scheduler's HTTP server still took port 8787: with a
+    Dask dashboard of the user's (or a second run) there, every run printed "Port 8787 is already in use"."""
+    import warnings
+
+    exp = orchard.build_experiment("p", space={"x": "uniform(0, 1)"}, storage=str(tmp_path / "o.pkl"),
+                                   max_trials=2)
+    with socket.socket() as taken:
+        try:
+            taken.bind(("127.0.0.1", 8787))
+        except OSError:
+            pass  # already held by some server here: the run must leave it alone all the same
+        taken.listen()
+        with warnings.catch_warnings(record=True) as seen:
+            warnings.simplefilter("always")
+            stats = exp.workon(loads.visible_devices, n_workers=1, executor="dask",
+                               executor_config={"processes": False, "worker_timeout": 60}, progress=False)
+    assert stats["counts"]["completed"] == 2
+    assert not [w for w in seen if "8787" in str(w.message)], [str(w.message) for w in seen]

@@ -210,6 +210,10 @@ def _dask(n_workers: int, config: Mapping[str, Any]) -> Iterator[Executor]:
         else:
             cluster_options = {"n_workers": n_workers, "threads_per_worker": 1, "processes": True,
                                "dashboard_address": None, "resources": config.get("resources"), **options}
+            if cluster_options["dashboard_address"] is None:  # its HTTP server (health, metrics) listens anyway:
+                # on a free port, not on 8787, which a Dask dashboard of the user's (or a second run) holds
+                scheduler = {"dashboard_address": "127.0.0.1:0", **(cluster_options.get("scheduler_kwargs") or {})}
+                cluster_options["scheduler_kwargs"] = scheduler
             try:
                 with deferred():  # interrupted half-built, its close at exit fails ("AssertionError: Status.init")
                     cluster = stack.enter_context(LocalCluster(**cluster_options))  # type: ignore[no-untyped-call]
