@@ -257,3 +257,25 @@ def test_a_hunt_that_runs_out_of_points_before_max_trials_says_so(
             "choices, integers or a grid may hold fewer points than max_trials)") in out, out
     assert main(["hunt", "-n", "f", "--storage", "orchard.pkl", "--max-trials", "3", *command]) == 0
     assert "not run" not in capsys.readouterr().out  # the budget was met
+
+
+@pytest.mark.parametrize("where", ["command", "config file", "stored space"])
+def test_choices_a_script_receives_as_one_text_are_refused(
+        workdir: Path, where: str, capsys: pytest.CaptureFixture[str]) -> None:
+    """``choices(['ok', 1, '1'])``: two trials ran one command, ``--mode=1``, recorded as two points."""
+    prior = "choices(['ok', 1, '1'])"
+    command = [sys.executable, "script.py"]
+    if where == "command":
+        command.append(f"--mode~{prior}")
+    elif where == "config file":
+        (workdir / "exp.yaml").write_text(f'space:\n  mode: "{prior}"\n')
+        command = ["--config", "exp.yaml", *command]
+    else:
+        orchard.build_experiment("e", space={"mode": prior}, storage="orchard.pkl")
+    assert hunt(*command) == 2
+    error = capsys.readouterr().err
+    assert "dimension 'mode': choices 1 and '1' both reach the script as the text '1'" in error
+    if where == "stored space":
+        assert not orchard.get_experiment("e", storage="orchard.pkl").fetch_trials()
+    else:
+        assert not (workdir / "orchard.pkl").exists()
