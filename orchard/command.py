@@ -50,8 +50,9 @@ PLACEHOLDERS = ("trial.id", "trial.working_dir", "trial.parent_working_dir", "ex
 
 _DIMENSION = re.compile(r"^(?P<dashes>-{0,2})(?P<option>[A-Za-z_][A-Za-z0-9_.-]*)~(?P<prior>.*)$", re.DOTALL)
 _PRIOR_CALL = re.compile(r"^\s*[A-Za-z_]\w*\s*\(")
-# looks like a dimension (dashes or nothing, then ~prior(...)) but its name is empty or invalid
-_BAD_DIMENSION = re.compile(r"^(-{1,2}[^=~]*|)~\s*[A-Za-z_]\w*\s*\(")
+# looks like a dimension (dashes or a bare word, then ~prior(...)) but its name is empty or invalid; the bare
+# word (not a path, not a Hydra value) was passed to the script as text: é~uniform(0, 1), 2x~uniform(0, 1)
+_BAD_DIMENSION = re.compile(r"^(-{1,2}[^=~]*|[^-=~\s/][^=~\s/]*|)~\s*[A-Za-z_]\w*\s*\(")
 _INTERPRETERS = re.compile(r"^(python[\d.]*|pypy[\d.]*|bash|sh|zsh|Rscript|julia|node|perl|ruby)$")
 _SCRIPT_SUFFIXES = (".py", ".sh", ".R", ".r", ".jl", ".js", ".pl", ".rb")
 # what a placeholder looks like ({trial.hash}, {exp.working_dir}): an unknown one is a typo, not text

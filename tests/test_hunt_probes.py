@@ -279,3 +279,18 @@ def test_choices_a_script_receives_as_one_text_are_refused(
         assert not orchard.get_experiment("e", storage="orchard.pkl").fetch_trials()
     else:
         assert not (workdir / "orchard.pkl").exists()
+
+
+@pytest.mark.parametrize("token", ["é~uniform(0, 1)", "2x~uniform(0, 1)", "a+b~uniform(0,1)"])
+def test_a_bare_prior_token_with_an_invalid_name_is_refused(
+        workdir: Path, token: str, capsys: pytest.CaptureFixture[str]) -> None:
+    """``é~uniform(0, 1)`` reached the script as that text, its prior silently not searched."""
+    assert hunt(sys.executable, "script.py", "--mode~choices(['ok'])", token) == 2
+    assert f"token {token!r} defines a dimension without a valid name" in capsys.readouterr().err
+    assert not (workdir / "orchard.pkl").exists()
+
+
+@pytest.mark.parametrize("token", ["data~backup", "/data/a~uniform(0, 1)", "x=a~uniform(0,1)", "~/file"])
+def test_tokens_that_only_hold_a_tilde_reach_the_script_as_they_are(workdir: Path, token: str) -> None:
+    assert hunt(sys.executable, "script.py", "--mode~choices(['ok'])", token) == 0
+    assert only_trial().status is TrialStatus.COMPLETED
