@@ -43,3 +43,19 @@ def test_optuna_suggests_each_choice_as_the_object_given(sampler: str) -> None:
     algorithm = make_algorithm({"optuna": {"sampler": sampler}}, space, seed=3)
     for point in algorithm.suggest(history, [], n=8):
         assert any(type(point["c"]) is type(c) and point["c"] == c for c in choices), point
+
+
+@pytest.mark.parametrize("sampler", ["TPESampler", "QMCSampler", "NSGAIISampler", "CmaEsSampler"])
+def test_optuna_runs_a_space_of_choices_only(sampler: str) -> None:
+    """Through the random start and past it, every suggestion is a point of the space."""
+    if sampler == "CmaEsSampler":
+        pytest.importorskip("cmaes")
+    space = Space.from_config({"c": "choices(['a', 1, True, 2.5])", "k": "choices([False, 0])"})
+    startup = {"n_startup_trials": 2} if sampler in ("TPESampler", "CmaEsSampler") else {}
+    algorithm = make_algorithm({"optuna": {"sampler": sampler, **startup}}, space, seed=0)
+    history: list[Observation] = []
+    for i in range(7):
+        (point,) = algorithm.suggest(history, [], n=1)
+        assert space.validate(point) == point
+        history.append(Observation(point, float(i), end_time=float(i)))
+    assert len({(repr(o.params["c"]), repr(o.params["k"])) for o in history}) == 7

@@ -390,7 +390,7 @@ class OptunaSampler(BaseAlgorithm):
                     raise AlgorithmError(
                         f"algorithm 'optuna' sampler {self.options['sampler']!r} failed to suggest dimension "
                         f"{name!r} ({self.space[name]}): {shown(err, 200)}; {_REPORT_IT}") from err
-            return dict(trial.params)
+            return self._decoded(trial.params)
 
         return draw
 
@@ -402,8 +402,13 @@ class OptunaSampler(BaseAlgorithm):
             raise _one_objective_only(several)
         rng = self.rng(completed, pending)
         if cmaes.fold(self.settled(completed, pending)):
-            return cmaes.drawer(rng)
+            draw = cmaes.drawer(rng)
+            return lambda: self._decoded(draw())
         return lambda: self.space.sample(rng)
+
+    def _decoded(self, told: Mapping[str, Any]) -> dict[str, Any]:
+        """A point drawn from the study's distributions as values of the space (a choice from its index)."""
+        return {name: self.space[name].decode(value) for name, value in told.items()}
 
     def suggest(
         self,
@@ -457,8 +462,7 @@ class OptunaSampler(BaseAlgorithm):
     def _first_unseen(self, draw: Callable[[], dict[str, Any]], taken: SeenPoints) -> dict[str, Any] | None:
         """The sampler's first point within :data:`_RETRIES` draws that is not taken, if any."""
         for _ in range(_RETRIES):
-            drawn = {name: self.space[name].decode(value) for name, value in draw().items()}
-            candidate = dict(self.space.validate({**drawn, **self._fixed}))
+            candidate = dict(self.space.validate({**draw(), **self._fixed}))
             if candidate not in taken:
                 return candidate
         return None
