@@ -294,3 +294,16 @@ def test_a_bare_prior_token_with_an_invalid_name_is_refused(
 def test_tokens_that_only_hold_a_tilde_reach_the_script_as_they_are(workdir: Path, token: str) -> None:
     assert hunt(sys.executable, "script.py", "--mode~choices(['ok'])", token) == 0
     assert only_trial().status is TrialStatus.COMPLETED
+
+
+def test_a_prior_among_hunts_own_options_is_said_to_go_after_the_program(
+        workdir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """``orchard hunt -n e --lr~'uniform(0,1)' python train.py`` said only "unrecognized arguments".
+
+    (A prior holding a space is taken by argparse for the command's start, which hunt already names.)
+    """
+    assert main(["hunt", "-n", "e", "--storage", "orchard.pkl", "--lr~uniform(0,1)", sys.executable,
+                 "script.py"]) == 2
+    error = capsys.readouterr().err
+    assert "a prior such as '--lr~uniform(0,1)' goes after the program it is passed to" in error
+    assert not (workdir / "orchard.pkl").exists()
