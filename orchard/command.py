@@ -38,6 +38,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from orchard.errors import ConfigurationError, SpaceError
+from orchard.priors import Choices, Prior
 
 __all__ = ["COMMAND_KEY", "PLACEHOLDERS", "CommandTemplate", "relative_files", "resolve_program"]
 
@@ -49,8 +50,9 @@ PLACEHOLDERS = ("trial.id", "trial.working_dir", "trial.parent_working_dir", "ex
 
 _DIMENSION = re.compile(r"^(?P<dashes>-{0,2})(?P<option>[A-Za-z_][A-Za-z0-9_.-]*)~(?P<prior>.*)$", re.DOTALL)
 _PRIOR_CALL = re.compile(r"^\s*[A-Za-z_]\w*\s*\(")
-# looks like a dimension (dashes or nothing, then ~prior(...)) but its name is empty or invalid
-_BAD_DIMENSION = re.compile(r"^(-{1,2}[^=~]*|)~\s*[A-Za-z_]\w*\s*\(")
+# looks like a dimension (dashes or a bare word, then ~prior(...)) but its name is empty or invalid; the bare
+# word (not a path, not a Hydra value) was passed to the script as text: é~uniform(0, 1), 2x~uniform(0, 1)
+_BAD_DIMENSION = re.compile(r"^(-{1,2}[^=~]*|[^-=~\s/][^=~\s/]*|)~\s*[A-Za-z_]\w*\s*\(")
 _INTERPRETERS = re.compile(r"^(python[\d.]*|pypy[\d.]*|bash|sh|zsh|Rscript|julia|node|perl|ruby)$")
 _SCRIPT_SUFFIXES = (".py", ".sh", ".R", ".r", ".jl", ".js", ".pl", ".rb")
 # what a placeholder looks like ({trial.hash}, {exp.working_dir}): an unknown one is a typo, not text
@@ -103,14 +105,22 @@ class CommandTemplate:
             name = re.sub(r"[-.]", "_", match["option"])
             if name in space:
                 raise SpaceError(f"dimension {name!r} is defined twice in the command (token {token!r})")
-            parse_prior(name, match["prior"])  # fail early, naming the dimension
+            _check_texts(name, parse_prior(name, match["prior"]))  # fail early, naming the dimension
             space[name] = match["prior"]
             slots.append(_Slot(match["option"], name, match["dashes"]))
         return cls(tuple(slots), space)
 
     def with_dimensions(self, space: Mapping[str, str]) -> CommandTemplate:
-        """Return a template that also passes the dimensions of ``space`` it lacks, as ``--name=value``."""
+        """Return a template that also passes the dimensions of ``space`` it lacks, as ``--name=value``.
+
+        Raises:
+            SpaceError: a prior cannot be parsed, or two of its choices reach the script as one text.
+        """
+        from orchard.space import parse_prior
+
         extra = [_Slot(name, name, "--") for name in space if name not in self.space]
+        for slot in extra:
+            _check_texts(slot.text, parse_prior(slot.text, space[slot.text]))
         merged = {**self.space, **{name: space[name] for name in space if name not in self.space}}
         return CommandTemplate(self.slots + tuple(extra), merged)
 
@@ -165,6 +175,23 @@ class CommandTemplate:
             else:
                 argv.append(f"{slot.dashes}{slot.text}={_format_value(params[slot.dimension])}")
         return argv
+
+
+def _check_texts(name: str, prior: Prior) -> None:
+    """Refuse choices a script receives as one text: ``'1'`` and ``1``, ``'True'`` and ``True``.
+
+    Each is a trial of its own, but their commands were the same: the script ran one point twice
+    and the two results were recorded as if they were of different points.
+    """
+    if not isinstance(prior, Choices):
+        return
+    texts: dict[str, Any] = {}
+    for value in prior.values:
+        text = _format_value(value)
+        if text in texts:
+            raise SpaceError(f"dimension {name!r}: choices {texts[text]!r} and {value!r} both reach the "
+                             f"script as the text {text!r}, so it cannot tell their trials apart; keep one")
+        texts[text] = value
 
 
 def _check_placeholders(token: str) -> None:

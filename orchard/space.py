@@ -22,7 +22,18 @@ import numpy as np
 
 from orchard.errors import SpaceError
 from orchard.fidelity import Fidelity
-from orchard.priors import Choices, LogUniform, Normal, Prior, RandInt, Scalar, Uniform, is_number, to_builtin
+from orchard.priors import (
+    Choices,
+    LogUniform,
+    Normal,
+    Prior,
+    RandInt,
+    Scalar,
+    Uniform,
+    is_integral,
+    is_number,
+    to_builtin,
+)
 from orchard.report import shown
 
 __all__ = [
@@ -142,12 +153,27 @@ def parse_prior(name: str, text: str) -> Prior:
 
 
 def _why_not(prior: Prior, value: Any) -> str:
-    """Why ``value`` is not in ``prior``: a wrong type, or outside its bounds or choices."""
+    """Why ``value`` is not in ``prior``: a wrong type, a fraction where integers go, or out of bounds.
+
+    ``True`` was said to be "outside uniform(0.0, 2.0)", and 2.5 "outside randint(0, 5)".
+    """
     if isinstance(prior, Choices):
-        return f"is not one of {prior}"
-    if not is_number(value) and not isinstance(value, int):  # an int too large for a float is a number
+        return f"is not one of {prior}{_type_twin(prior, value)}"
+    number = is_number(value) or isinstance(value, int)  # an int too large for a float is a number
+    if isinstance(value, bool) or not number:
         return f"is a {type(value).__name__}, not a finite number as {prior} needs"
+    if isinstance(prior, (RandInt, Uniform)) and prior.size() is not None and not is_integral(value):
+        return f"is not an integer, as {prior} needs"
     return f"is outside {prior}"
+
+
+def _type_twin(prior: Choices, value: Any) -> str:
+    """Name the choice ``value`` equals but for its type (1.0 for the choice 1): choices match by type."""
+    same_kind = (v for v in prior.values if isinstance(v, bool) is isinstance(value, bool))
+    twin = next((v for v in same_kind if v == value), None)
+    if twin is None:
+        return ""
+    return f" (its type is {type(value).__name__}; the choice {twin!r} has type {type(twin).__name__})"
 
 
 def _quoted(value: Any) -> str:

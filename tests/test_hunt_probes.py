@@ -257,3 +257,53 @@ def test_a_hunt_that_runs_out_of_points_before_max_trials_says_so(
             "choices, integers or a grid may hold fewer points than max_trials)") in out, out
     assert main(["hunt", "-n", "f", "--storage", "orchard.pkl", "--max-trials", "3", *command]) == 0
     assert "not run" not in capsys.readouterr().out  # the budget was met
+
+
+@pytest.mark.parametrize("where", ["command", "config file", "stored space"])
+def test_choices_a_script_receives_as_one_text_are_refused(
+        workdir: Path, where: str, capsys: pytest.CaptureFixture[str]) -> None:
+    """``choices(['ok', 1, '1'])``: two trials ran one command, ``--mode=1``, recorded as two points."""
+    prior = "choices(['ok', 1, '1'])"
+    command = [sys.executable, "script.py"]
+    if where == "command":
+        command.append(f"--mode~{prior}")
+    elif where == "config file":
+        (workdir / "exp.yaml").write_text(f'space:\n  mode: "{prior}"\n')
+        command = ["--config", "exp.yaml", *command]
+    else:
+        orchard.build_experiment("e", space={"mode": prior}, storage="orchard.pkl")
+    assert hunt(*command) == 2
+    error = capsys.readouterr().err
+    assert "dimension 'mode': choices 1 and '1' both reach the script as the text '1'" in error
+    if where == "stored space":
+        assert not orchard.get_experiment("e", storage="orchard.pkl").fetch_trials()
+    else:
+        assert not (workdir / "orchard.pkl").exists()
+
+
+@pytest.mark.parametrize("token", ["é~uniform(0, 1)", "2x~uniform(0, 1)", "a+b~uniform(0,1)"])
+def test_a_bare_prior_token_with_an_invalid_name_is_refused(
+        workdir: Path, token: str, capsys: pytest.CaptureFixture[str]) -> None:
+    """``é~uniform(0, 1)`` reached the script as that text, its prior silently not searched."""
+    assert hunt(sys.executable, "script.py", "--mode~choices(['ok'])", token) == 2
+    assert f"token {token!r} defines a dimension without a valid name" in capsys.readouterr().err
+    assert not (workdir / "orchard.pkl").exists()
+
+
+@pytest.mark.parametrize("token", ["data~backup", "/data/a~uniform(0, 1)", "x=a~uniform(0,1)", "~/file"])
+def test_tokens_that_only_hold_a_tilde_reach_the_script_as_they_are(workdir: Path, token: str) -> None:
+    assert hunt(sys.executable, "script.py", "--mode~choices(['ok'])", token) == 0
+    assert only_trial().status is TrialStatus.COMPLETED
+
+
+def test_a_prior_among_hunts_own_options_is_said_to_go_after_the_program(
+        workdir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """``orchard hunt -n e --lr~'uniform(0,1)' python train.py`` said only "unrecognized arguments".
+
+    (A prior holding a space is taken by argparse for the command's start, which hunt already names.)
+    """
+    assert main(["hunt", "-n", "e", "--storage", "orchard.pkl", "--lr~uniform(0,1)", sys.executable,
+                 "script.py"]) == 2
+    error = capsys.readouterr().err
+    assert "a prior such as '--lr~uniform(0,1)' goes after the program it is passed to" in error
+    assert not (workdir / "orchard.pkl").exists()

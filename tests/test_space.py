@@ -150,3 +150,22 @@ def test_space_errors_and_diff() -> None:
     assert a.diff(b) == ["x: uniform(0.0, 1.0) != uniform(0.0, 2.0)", "y: randint(0, 3) != (absent)",
                          "z: (absent) != randint(0, 3)"]
     assert a == Space.from_config({"x": "uniform(0.0, 1)", "y": "randint(0, 3)"})
+
+
+@pytest.mark.parametrize(("name", "value", "why"), [
+    ("u", True, "value True is a bool, not a finite number as uniform(0.0, 2.0) needs"),
+    ("r", True, "value True is a bool, not a finite number as randint(0, 5) needs"),
+    ("r", 2.5, "value 2.5 is not an integer, as randint(0, 5) needs"),
+    ("d", 2.5, "value 2.5 is not an integer, as uniform(0, 3, discrete=True) needs"),
+    ("d", 7, "value 7 is outside uniform(0, 3, discrete=True)"),
+    ("c", 1.0, "value 1.0 is not one of choices([1, True, 'a']) (its type is float; the choice 1 has type int)"),
+    ("c", "b", "value 'b' is not one of choices([1, True, 'a'])"),
+])
+def test_a_refused_value_is_said_to_be_of_the_wrong_kind_not_outside(name: str, value: object, why: str) -> None:
+    """``True`` was "outside uniform(0.0, 2.0)" and 2.5 "outside randint(0, 5)", though both lie within."""
+    space = Space.from_config({"u": "uniform(0, 2)", "r": "randint(0, 5)", "d": "uniform(0, 3, discrete=True)",
+                               "c": "choices([1, True, 'a'])"})
+    point = {"u": 1.0, "r": 1, "d": 1, "c": "a", name: value}
+    with pytest.raises(SpaceError) as caught:
+        space.validate(point)
+    assert str(caught.value) == f"dimension {name!r}: {why}"

@@ -31,7 +31,9 @@ Orchard prior          Optuna distribution
 discrete=True)``
 ``loguniform(a, b)``   ``FloatDistribution(a, b, log=True)``
 ``randint(a, b)``      ``IntDistribution(a, b - 1)`` (``b`` is excluded)
-``choices([...])``     ``CategoricalDistribution([...])``
+``choices([...])``     ``CategoricalDistribution`` of the choices'
+                       indexes (Optuna tells ``True`` from ``1`` by
+                       ``list.index``, which finds ``1`` for both)
 ``normal(mu, s)``      ``FloatDistribution(mu - 4s, mu + 4s)`` (a trial
                        beyond is told at the nearer bound)
 ``fidelity(a, b)``     not sampled: fixed at ``b``, its high end
@@ -111,8 +113,8 @@ def _distribution(optuna: Any, name: str, prior: Prior) -> Any:
         return dists.FloatDistribution(prior.low, prior.high, log=True)
     if isinstance(prior, RandInt):
         return _integers(dists, name, prior, prior.low, prior.high - 1)
-    if isinstance(prior, Choices):
-        return dists.CategoricalDistribution(list(prior.values))
+    if isinstance(prior, Choices):  # indexes: Optuna's list.index() took True for 1 and told the model so
+        return dists.CategoricalDistribution(list(range(len(prior.values))))
     if isinstance(prior, Normal):
         return dists.FloatDistribution(prior.mu - 4 * prior.sigma, prior.mu + 4 * prior.sigma)
     raise ConfigurationError(f"algorithm 'optuna' cannot map dimension {name!r} ({prior}); use another prior")
@@ -355,14 +357,14 @@ class OptunaSampler(BaseAlgorithm):
                 self._running[digest] = self._study._storage.create_new_trial(self._study._study_id, template_trial=trial)
 
     def _as_told(self, params: Mapping[str, Any]) -> dict[str, Any]:
-        """``params`` as the study is told them: the sampled dims, a ``normal`` value clipped to mu ± 4 sigma.
+        """``params`` as the study is told them: the sampled dims, a choice as its index, a ``normal`` value
+        clipped to mu ± 4 sigma.
 
         Optuna's distribution of ``normal(mu, s)`` ends at ``mu ± 4s``, the prior does not: a trial
         beyond (a warm start from a wider normal, an insert, a random search's tail) made Optuna
         refuse it, failing every worker's every suggestion. Orchard's ``bayes`` clips it the same way.
         """
-        return {k: self.space[k].encode(v) if isinstance(self.space[k], Normal) else v
-                for k, v in params.items() if k in self._distributions}
+        return {k: self.space[k].encode(v) for k, v in params.items() if k in self._distributions}
 
     def _retire(self, trial_id: int) -> None:
         self._study._storage.set_trial_state_values(trial_id, self._optuna.trial.TrialState.FAIL)
@@ -388,7 +390,7 @@ class OptunaSampler(BaseAlgorithm):
                     raise AlgorithmError(
                         f"algorithm 'optuna' sampler {self.options['sampler']!r} failed to suggest dimension "
                         f"{name!r} ({self.space[name]}): {shown(err, 200)}; {_REPORT_IT}") from err
-            return dict(trial.params)
+            return self._decoded(trial.params)
 
         return draw
 
@@ -400,8 +402,13 @@ class OptunaSampler(BaseAlgorithm):
             raise _one_objective_only(several)
         rng = self.rng(completed, pending)
         if cmaes.fold(self.settled(completed, pending)):
-            return cmaes.drawer(rng)
+            draw = cmaes.drawer(rng)
+            return lambda: self._decoded(draw())
         return lambda: self.space.sample(rng)
+
+    def _decoded(self, told: Mapping[str, Any]) -> dict[str, Any]:
+        """A point drawn from the study's distributions as values of the space (a choice from its index)."""
+        return {name: self.space[name].decode(value) for name, value in told.items()}
 
     def suggest(
         self,

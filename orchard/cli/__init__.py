@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import re
 import sys
 import traceback
 from collections.abc import Sequence
@@ -113,8 +114,17 @@ def _parse(argv: list[str]) -> argparse.Namespace:
     if extra:
         command = " ".join(filter(None, (PROG, getattr(args, "subcommand", None),
                                          getattr(args, "db_command", None))))
-        raise UsageError(f"unrecognized arguments: {' '.join(extra)}; see '{command} --help'")
+        priors = [token for token in extra if _PRIOR_TOKEN.search(token)]
+        hint = ""
+        if priors and getattr(args, "subcommand", None) == "hunt":
+            hint = (f"; a prior such as {priors[0]!r} goes after the program it is passed to, e.g. "
+                    "orchard hunt -n exp python train.py --lr~'loguniform(1e-5, 1)'")
+        raise UsageError(f"unrecognized arguments: {' '.join(extra)}{hint}; see '{command} --help'")
     return args
+
+
+#: A token that defines a dimension (``--lr~loguniform(...)``), found among hunt's own options.
+_PRIOR_TOKEN = re.compile(r"~\s*[A-Za-z_]\w*\s*\(")
 
 
 def _report(err: BaseException, debug: bool) -> int:
