@@ -363,3 +363,45 @@ def test_a_rung_s_best_objective_meets_the_constraints(store: BaseStorage) -> No
     view.fold()
     (rung,) = experiment_detail(view, "memory://")["rungs"]
     assert (rung["fidelity"], rung["completed"], rung["best_objective"]) == (1, 2, 0.2)
+
+
+@pytest.mark.parametrize("seen_between", [False, True])
+def test_an_experiment_deleted_and_created_again_makes_clients_drop_the_old_rows(
+        store: BaseStorage, seen_between: bool) -> None:
+    """`orchard db rm` then a new hunt of that name while a page was open: the new view started again at
+    version 1 with rebuilt_at 0, so the page (at version 1) kept the deleted experiment's rows and plots."""
+    clock = FakeClock()
+    view = StorageView(store, min_interval=0.5, clock=clock)
+    old_id = make_experiment(store)
+    store.complete_trial(store.register_trial(old_id, {"x": 0.1}, worker="w").id, "w", 0.1)
+    held = trial_rows(view.experiment("exp"))  # type: ignore[arg-type]
+    store.delete_experiment(old_id)
+    if seen_between:  # the list page asked while no experiment had the name
+        clock.now += 1.0
+        assert view.experiments() == []
+    new_id = make_experiment(store)
+    store.complete_trial(store.register_trial(new_id, {"x": 0.7}, worker="w").id, "w", 0.7)
+    clock.now += 1.0
+
+    [shown] = view.experiments()  # the list page is open too
+    assert shown.record.id == new_id
+    detail = experiment_detail(shown, "memory://", since=held["version"])
+    assert held["version"] < detail["rebuilt_at"] <= detail["version"]  # the page's rule to drop its rows
+    assert [row["params"]["x"] for row in trial_rows(shown, since=0)["trials"]] == [0.7]
+
+
+def test_an_experiment_page_follows_its_experiment_deleted_and_created_again(store: BaseStorage) -> None:
+    """With only the experiment's page open, `orchard db rm` made its API answer 503 ("reading the storage
+    failed: ... was deleted") forever, also after a new hunt created the experiment again."""
+    clock = FakeClock()
+    view = StorageView(store, min_interval=0.5, clock=clock)
+    old_id = make_experiment(store)
+    assert view.experiment("exp") is not None
+    store.delete_experiment(old_id)
+    clock.now += 1.0
+    assert view.experiment("exp") is None  # the page says there is no such experiment
+    new_id = make_experiment(store)
+    store.complete_trial(store.register_trial(new_id, {"x": 0.7}, worker="w").id, "w", 0.7)
+    clock.now += 1.0
+    shown = view.experiment("exp")
+    assert shown is not None and shown.record.id == new_id and shown.counts[TrialStatus.COMPLETED] == 1
