@@ -141,9 +141,27 @@ def test_rungs_group_trials_by_their_fidelity(store: BaseStorage) -> None:
     detail = experiment_detail(view, store.redacted_uri)
     assert detail["algorithm"] == "asha" and detail["fidelity"] == "epochs"
     assert detail["rungs"] == [
-        {"fidelity": 1, "completed": 3, "running": 0, "broken": 0, "promoted": 0, "best_objective": 1.0},
-        {"fidelity": 3, "completed": 0, "running": 1, "broken": 0, "promoted": 1, "best_objective": None},
+        {"fidelity": 1, "completed": 3, "running": 0, "pruned": 0, "broken": 0, "promoted": 0,
+         "best_objective": 1.0},
+        {"fidelity": 3, "completed": 0, "running": 1, "pruned": 0, "broken": 0, "promoted": 1,
+         "best_objective": None},
     ]
+
+
+def test_a_rung_counts_its_pruned_trials(store: BaseStorage) -> None:
+    """With a pruner, a finished rung of 20 trials, 9 of them pruned, showed 11 completed and nothing else."""
+    exp_id = make_experiment(store, space={"x": "uniform(0, 1)", "epochs": "fidelity(1, 9, base=3)"},
+                             algorithm={"asha": {}}, pruner="median")
+    done = store.register_trial(exp_id, {"x": 0.1, "epochs": 1}, worker="w")
+    store.complete_trial(done.id, "w", 1.0)
+    cut = store.register_trial(exp_id, {"x": 0.2, "epochs": 1}, worker="w")
+    store.report_trial(cut.id, "w", 1, 3.0)
+    store.prune_trial(cut.id, "w", {"pruner": "median", "reason": "worse than the median", "step": 1})
+    view = ExperimentView(store, store.require_experiment("exp"))
+    view.fold()
+
+    [low] = experiment_detail(view, store.redacted_uri)["rungs"]
+    assert (low["completed"], low["pruned"], low["running"]) == (1, 1, 0)
 
 
 def test_single_fidelity_experiments_have_no_rungs_and_payloads_are_strict_json(store: BaseStorage) -> None:

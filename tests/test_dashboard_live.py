@@ -489,7 +489,8 @@ def test_multi_fidelity_experiments_show_their_rungs(browser: Any, tmp_path: Pat
     store.close()
     with serving(str(tmp_path / "orchard.pkl"), cwd=tmp_path) as served:
         browser.get(served.url + "experiments/asha")
-        expected = [["1", "9", "0", "0", "0", "0.1"], ["3", "3", "0", "0", "3", "0.1"], ["9", "0", "1", "0", "1", "-"]]
+        expected = [["1", "9", "0", "0", "0", "0", "0.1"], ["3", "3", "0", "0", "0", "3", "0.1"],
+                    ["9", "0", "0", "1", "0", "1", "-"]]
         rows: list[list[str]] = []
 
         def rungs_shown(b: Any) -> bool:

@@ -162,6 +162,7 @@ def rungs(view: ExperimentView) -> list[dict[str, Any]] | None:
             "fidelity": value,
             "completed": sum(t.status is TrialStatus.COMPLETED for t in members),
             "running": sum(t.status is TrialStatus.RESERVED for t in members),
+            "pruned": sum(t.status is TrialStatus.PRUNED for t in members),
             "broken": sum(t.status is TrialStatus.BROKEN for t in members),
             "promoted": sum(t.parent is not None for t in members),
             "best_objective": None if best is None else _finite(best.objective),
