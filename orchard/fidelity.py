@@ -124,13 +124,13 @@ def rung_counts(prior: Fidelity, name: str, trials: Iterable[Trial]) -> list[dic
         trials: the experiment's trials.
 
     Returns:
-        One dict per rung, lowest first: ``fidelity``, ``completed``, ``pending``
+        One dict per rung, lowest first: ``fidelity``, ``completed``, ``pruned``, ``pending``
         (new, reserved or interrupted), ``broken``, and ``promoted`` (trials that
         reached the rung by promotion). Trials at a fidelity that is no rung
         (inserted by hand) are not counted.
     """
-    rows: list[dict[str, Any]] = [{"fidelity": rung, "completed": 0, "pending": 0, "broken": 0, "promoted": 0}
-            for rung in prior.rungs()]
+    rows: list[dict[str, Any]] = [{"fidelity": rung, "completed": 0, "pruned": 0, "pending": 0, "broken": 0,
+                                   "promoted": 0} for rung in prior.rungs()]
     for trial in trials:
         index = prior.rung_of(trial.params.get(name))
         if index is None:
@@ -138,8 +138,8 @@ def rung_counts(prior: Fidelity, name: str, trials: Iterable[Trial]) -> list[dic
         row = rows[index]
         if trial.status is TrialStatus.COMPLETED:
             row["completed"] += 1
-        elif trial.status is TrialStatus.BROKEN:
-            row["broken"] += 1
+        elif trial.status in (TrialStatus.BROKEN, TrialStatus.PRUNED):  # finished: never pending
+            row[trial.status.value] += 1
         else:
             row["pending"] += 1
         row["promoted"] += trial.parent is not None
@@ -151,7 +151,7 @@ def format_rungs(rows: list[dict[str, Any]]) -> str:
     parts = []
     for row in rows:
         text = f"{row['fidelity']}: {row['completed']} completed"
-        text += "".join(f", {row[key]} {key}" for key in ("pending", "broken") if row[key])
+        text += "".join(f", {row[key]} {key}" for key in ("pruned", "pending", "broken") if row.get(key))
         parts.append(text + (f" ({row['promoted']} promoted)" if row["promoted"] else ""))
     return " | ".join(parts)
 

@@ -141,9 +141,27 @@ def test_rungs_group_trials_by_their_fidelity(store: BaseStorage) -> None:
     detail = experiment_detail(view, store.redacted_uri)
     assert detail["algorithm"] == "asha" and detail["fidelity"] == "epochs"
     assert detail["rungs"] == [
-        {"fidelity": 1, "completed": 3, "running": 0, "broken": 0, "promoted": 0, "best_objective": 1.0},
-        {"fidelity": 3, "completed": 0, "running": 1, "broken": 0, "promoted": 1, "best_objective": None},
+        {"fidelity": 1, "completed": 3, "running": 0, "pruned": 0, "broken": 0, "promoted": 0,
+         "best_objective": 1.0},
+        {"fidelity": 3, "completed": 0, "running": 1, "pruned": 0, "broken": 0, "promoted": 1,
+         "best_objective": None},
     ]
+
+
+def test_a_rung_counts_its_pruned_trials(store: BaseStorage) -> None:
+    """With a pruner, a finished rung of 20 trials, 9 of them pruned, showed 11 completed and nothing else."""
+    exp_id = make_experiment(store, space={"x": "uniform(0, 1)", "epochs": "fidelity(1, 9, base=3)"},
+                             algorithm={"asha": {}}, pruner="median")
+    done = store.register_trial(exp_id, {"x": 0.1, "epochs": 1}, worker="w")
+    store.complete_trial(done.id, "w", 1.0)
+    cut = store.register_trial(exp_id, {"x": 0.2, "epochs": 1}, worker="w")
+    store.report_trial(cut.id, "w", 1, 3.0)
+    store.prune_trial(cut.id, "w", {"pruner": "median", "reason": "worse than the median", "step": 1})
+    view = ExperimentView(store, store.require_experiment("exp"))
+    view.fold()
+
+    [low] = experiment_detail(view, store.redacted_uri)["rungs"]
+    assert (low["completed"], low["pruned"], low["running"]) == (1, 1, 0)
 
 
 def test_single_fidelity_experiments_have_no_rungs_and_payloads_are_strict_json(store: BaseStorage) -> None:
@@ -363,3 +381,45 @@ def test_a_rung_s_best_objective_meets_the_constraints(store: BaseStorage) -> No
     view.fold()
     (rung,) = experiment_detail(view, "memory://")["rungs"]
     assert (rung["fidelity"], rung["completed"], rung["best_objective"]) == (1, 2, 0.2)
+
+
+@pytest.mark.parametrize("seen_between", [False, True])
+def test_an_experiment_deleted_and_created_again_makes_clients_drop_the_old_rows(
+        store: BaseStorage, seen_between: bool) -> None:
+    """`orchard db rm` then a new hunt of that name while a page was open: the new view started again at
+    version 1 with rebuilt_at 0, so the page (at version 1) kept the deleted experiment's rows and plots."""
+    clock = FakeClock()
+    view = StorageView(store, min_interval=0.5, clock=clock)
+    old_id = make_experiment(store)
+    store.complete_trial(store.register_trial(old_id, {"x": 0.1}, worker="w").id, "w", 0.1)
+    held = trial_rows(view.experiment("exp"))  # type: ignore[arg-type]
+    store.delete_experiment(old_id)
+    if seen_between:  # the list page asked while no experiment had the name
+        clock.now += 1.0
+        assert view.experiments() == []
+    new_id = make_experiment(store)
+    store.complete_trial(store.register_trial(new_id, {"x": 0.7}, worker="w").id, "w", 0.7)
+    clock.now += 1.0
+
+    [shown] = view.experiments()  # the list page is open too
+    assert shown.record.id == new_id
+    detail = experiment_detail(shown, "memory://", since=held["version"])
+    assert held["version"] < detail["rebuilt_at"] <= detail["version"]  # the page's rule to drop its rows
+    assert [row["params"]["x"] for row in trial_rows(shown, since=0)["trials"]] == [0.7]
+
+
+def test_an_experiment_page_follows_its_experiment_deleted_and_created_again(store: BaseStorage) -> None:
+    """With only the experiment's page open, `orchard db rm` made its API answer 503 ("reading the storage
+    failed: ... was deleted") forever, also after a new hunt created the experiment again."""
+    clock = FakeClock()
+    view = StorageView(store, min_interval=0.5, clock=clock)
+    old_id = make_experiment(store)
+    assert view.experiment("exp") is not None
+    store.delete_experiment(old_id)
+    clock.now += 1.0
+    assert view.experiment("exp") is None  # the page says there is no such experiment
+    new_id = make_experiment(store)
+    store.complete_trial(store.register_trial(new_id, {"x": 0.7}, worker="w").id, "w", 0.7)
+    clock.now += 1.0
+    shown = view.experiment("exp")
+    assert shown is not None and shown.record.id == new_id and shown.counts[TrialStatus.COMPLETED] == 1

@@ -489,7 +489,8 @@ def test_multi_fidelity_experiments_show_their_rungs(browser: Any, tmp_path: Pat
     store.close()
     with serving(str(tmp_path / "orchard.pkl"), cwd=tmp_path) as served:
         browser.get(served.url + "experiments/asha")
-        expected = [["1", "9", "0", "0", "0", "0.1"], ["3", "3", "0", "0", "3", "0.1"], ["9", "0", "1", "0", "1", "-"]]
+        expected = [["1", "9", "0", "0", "0", "0", "0.1"], ["3", "3", "0", "0", "0", "3", "0.1"],
+                    ["9", "0", "0", "1", "0", "1", "-"]]
         rows: list[list[str]] = []
 
         def rungs_shown(b: Any) -> bool:
@@ -563,4 +564,45 @@ def test_the_curves_drawn_are_the_lowest_and_a_long_one_is_a_sample(browser: Any
         assert len(lines) <= 301 and ending_in_nan == [], ending_in_nan[:3]
         (long,) = [(name, count) for name, count, _ in lines if "x=0.9" in name]
         assert long[1] <= 50 and f"({long[1]} of 2000 reports)" in long[0]
+        browser.get("about:blank")
+
+
+def restore_completed(store: BaseStorage, name: str, count: int, **config: Any) -> None:
+    """An experiment of ``count`` completed trials, each with 2 reports, written in one go."""
+    import uuid
+
+    from orchard.trial import Trial, TrialStatus
+
+    exp_id = store.create_experiment(name, {"space": {"x": "uniform(0, 1)"}, "algorithm": "random",
+                                            "max_trials": count, **config})
+    store.restore_trials(exp_id, [
+        Trial(id=uuid.uuid4().hex, experiment=exp_id, params={"x": i / count}, status=TrialStatus.COMPLETED,
+              objective=i / count, results={"a": i / count, "b": (i % 97) / 97}, worker=f"host:{i % 3}:w",
+              submit_time=1e9 + i, start_time=1e9 + i, end_time=1e9 + i + 0.5, attempts=1,
+              reports=[(1, 1.0 + i / count), (2, i / count)]) for i in range(count)])
+
+
+def test_every_chart_that_leaves_trials_out_says_how_many_it_draws(browser: Any, tmp_path: Path) -> None:
+    """With 5,010 trials only the best-so-far chart said how many it drew: the parallel coordinates,
+    the timeline, the learning curves and the front's scatter dropped trials without a word."""
+    from selenium.webdriver.common.by import By
+
+    uri = str(tmp_path / "orchard.pkl")
+    store = get_storage(uri)
+    restore_completed(store, "many", 5_010)
+    restore_completed(store, "front", 5_010, objectives={"a": "min", "b": "min"})
+    restore_completed(store, "few", 10)
+    store.close()
+    notes = {"parallel-note": "5000 of 5010 completed trials drawn: the best ones",
+             "timeline-note": "5000 of 5010 trials drawn: the latest started",
+             "curves-note": "300 of 5010 curves drawn: the lowest last values, the latest trials "
+                            "and the best"}
+    with serving(uri, cwd=tmp_path) as served:
+        for name, said in (("many", notes), ("few", dict.fromkeys(notes, ""))):
+            browser.get(served.url + "experiments/" + name)
+            wait_for(browser, lambda b: b.find_elements(By.CSS_SELECTOR, "#plot-timeline svg.main-svg"), 60)
+            assert {key: browser.find_element(By.ID, key).text for key in notes} == said
+        browser.get(served.url + "experiments/front")
+        wait_for(browser, lambda b: "5000 of 5010 completed trials drawn: the front's and the latest"
+                 in b.find_element(By.ID, "front-note").text, 60)
         browser.get("about:blank")

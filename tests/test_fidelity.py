@@ -577,6 +577,30 @@ def test_status_and_info_show_rung_counts(tmp_path: Path, capsys: pytest.Capture
         assert f"1: {rows[0]['completed']} completed" in line and "(by epochs)" in line
 
 
+def test_status_counts_a_rung_s_pruned_trials_as_pruned_not_pending(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A finished experiment with a pruner said "rungs: 1: 11 completed, 9 pending": the 9 were pruned."""
+    storage = str(tmp_path / "o.pkl")
+
+    def train(x: float, epochs: int) -> float:
+        orchard.report(x, step=1)
+        if x > 0.5:
+            raise orchard.TrialPruned()
+        return x
+
+    exp = orchard.build_experiment("mf", space={"x": "uniform(0, 1)", "epochs": "fidelity(1, 27)"},
+                                   algorithm="asha", pruner={"threshold": {"upper": 0.5}}, storage=storage,
+                                   max_trials=12, seed=1)
+    exp.workon(train, executor="single", progress=False)
+    pruned = sum(t.status is TrialStatus.PRUNED for t in exp.fetch_trials())
+    assert main(["status", "-n", "mf", "--storage", storage, "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)["rungs"]["rungs"]
+    assert (sum(r["pruned"] for r in rows), sum(r["pending"] for r in rows)) == (pruned, 0) and pruned > 0
+    assert main(["status", "-n", "mf", "--storage", storage]) == 0
+    line = next(ln for ln in capsys.readouterr().out.splitlines() if "rungs:" in ln)
+    assert f"{pruned} pruned" in line and "pending" not in line
+
+
 def test_status_reads_counts_rungs_and_workers_from_one_history(tmp_path: Path,
                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
     """Workers finishing trials while ``orchard status`` reads must not make its lines disagree."""

@@ -162,6 +162,7 @@ def rungs(view: ExperimentView) -> list[dict[str, Any]] | None:
             "fidelity": value,
             "completed": sum(t.status is TrialStatus.COMPLETED for t in members),
             "running": sum(t.status is TrialStatus.RESERVED for t in members),
+            "pruned": sum(t.status is TrialStatus.PRUNED for t in members),
             "broken": sum(t.status is TrialStatus.BROKEN for t in members),
             "promoted": sum(t.parent is not None for t in members),
             "best_objective": None if best is None else _finite(best.objective),
@@ -179,7 +180,8 @@ def pareto_front(view: ExperimentView) -> dict[str, Any] | None:
     ``constraints``, ``trials`` (the front's rows: number, id, params, each
     objective's value in its own direction; ordered by the first objective) and
     ``points`` (``[number, feasible, on the front, value, value, ...]`` for each
-    completed trial, at most :data:`MAX_FRONT_POINTS`). Computed once per version
+    completed trial, at most :data:`MAX_FRONT_POINTS` of the ``scored`` ones: the front's, then the
+    latest). Computed once per version
     of the view.
     """
     objectives = view.config.get("objectives")
@@ -210,6 +212,7 @@ def pareto_front(view: ExperimentView) -> dict[str, Any] | None:
         "constraints": list(constraints or []),
         "trials": [{"number": view.numbers[t.id], "id": t.id, "params": {k: _plain(x) for k, x in t.params.items()},
                     "values": shown(v)} for t, v in sorted(members, key=lambda m: m[1])],
+        "scored": len(rows),
         "points": [[view.numbers[t.id], True, True, *shown(v)] for t, v in members]
         + [[view.numbers[t.id], violation <= 0, False, *shown(v)] for t, v, violation in others],
     }

@@ -27,11 +27,11 @@ import contextlib
 import math
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any, NamedTuple
 
 from orchard.constraints import feasibility
-from orchard.errors import ConfigurationError
+from orchard.errors import ConfigurationError, ExperimentNotFoundError
 from orchard.experiment_config import ExperimentConfig
 from orchard.stopping import LEDGER_KEY, unreadable_ledger
 from orchard.storages.base import BaseStorage, ExperimentRecord
@@ -109,13 +109,17 @@ class ExperimentView:
             (0: never); a client holding rows of an earlier version must drop them.
     """
 
-    def __init__(self, storage: BaseStorage, record: ExperimentRecord, clock: Clock = time.monotonic) -> None:
+    def __init__(self, storage: BaseStorage, record: ExperimentRecord, clock: Clock = time.monotonic,
+                 replaces: int = 0) -> None:
         """Start an empty view; nothing is read until :meth:`fold`.
 
         Args:
             storage: the storage to read (only ``fetch_changes`` and ``count_trials`` are called).
             record: the experiment to follow.
             clock: a monotonic clock, for heartbeat ages and throttling.
+            replaces: the last version of an earlier view of the same name (an experiment deleted,
+                then created again): this view's versions continue after it, and it counts as
+                rebuilt, so a client holding that view's rows drops them instead of merging.
         """
         self.config: dict[str, Any] = {}
         self.problem: str | None = None
@@ -135,6 +139,8 @@ class ExperimentView:
         self._cursor: object = None
         self._folded_at: float | None = None
         self.rebuilt_at = 0
+        if replaces:
+            self.version = self.rebuilt_at = replaces + 1
 
     @property
     def record(self) -> ExperimentRecord:
@@ -263,6 +269,7 @@ class StorageView:
         self._clock = clock
         self._lock = threading.RLock()
         self._views: dict[str, ExperimentView] = {}
+        self._last_versions: dict[str, int] = {}  # of every name that had a view: versions never go back
         self._listed_at: float | None = None
 
     @contextlib.contextmanager
@@ -278,33 +285,53 @@ class StorageView:
         """Every experiment, each refreshed if due, oldest first."""
         with self._lock:
             self._relist()
-            for view in self._views.values():
-                if view.due(self.min_interval):
-                    view.fold()
+            try:
+                self._fold_due(self._views)
+            except ExperimentNotFoundError:  # deleted since the storage was listed
+                self._relist(force=True)
+                self._fold_due(self._views)
             return list(self._views.values())
 
     def experiment(self, name: str) -> ExperimentView | None:
-        """The experiment called ``name``, refreshed if due, or ``None`` if there is none."""
+        """The experiment called ``name``, refreshed if due, or ``None`` if there is none.
+
+        The storage is listed again when due, as for :meth:`experiments`: an experiment
+        deleted (``orchard db rm``) is ``None``, and one created again under its name is
+        the new one, even when no one asks for the whole list.
+        """
         with self._lock:
-            view = self._views.get(name)
-            if view is None:
+            self._relist(force=name not in self._views)
+            try:
+                self._fold_due([name])
+            except ExperimentNotFoundError:  # deleted since the storage was listed
                 self._relist(force=True)
-                view = self._views.get(name)
-            if view is not None and view.due(self.min_interval):
+                self._fold_due([name])
+            return self._views.get(name)
+
+    def _fold_due(self, names: Iterable[str]) -> None:
+        """Fold the views of ``names`` (those that have one) last folded over ``min_interval`` ago."""
+        for view in [self._views[name] for name in names if name in self._views]:
+            if view.due(self.min_interval):
                 view.fold()
-            return view
 
     def _relist(self, force: bool = False) -> None:
-        """Pick up new experiments and drop deleted ones (views of kept ones stay folded)."""
+        """Pick up new experiments and drop deleted ones (views of kept ones stay folded).
+
+        An experiment deleted and created again under its name (``orchard db rm``, then a new
+        hunt) gets a new view whose versions continue after the old one's, with ``rebuilt_at``
+        past them: a page or script holding the old experiment's rows drops them.
+        """
         now = self._clock()
         if not force and self._listed_at is not None and now - self._listed_at < self.min_interval:
             return
         records = self.storage.list_experiments()
+        self._last_versions.update((name, view.version) for name, view in self._views.items())
         views = {}
         for record in records:
             view = self._views.get(record.name)
             if view is None or view.record.id != record.id:
-                view = ExperimentView(self.storage, record, self._clock)
+                replaces = self._last_versions.get(record.name, 0)
+                view = ExperimentView(self.storage, record, self._clock, replaces)
             view.record = record  # max_trials may have been raised
             views[record.name] = view
         self._views = views

@@ -78,7 +78,7 @@ function renderRungs(rungs) {
   if (!rungs) return;
   document.querySelector("#rungs tbody").replaceChildren(...rungs.map((r) => {
     const tr = el("tr");
-    [r.fidelity, r.completed, r.running, r.broken, r.promoted, fmtNumber(sv(r.best_objective))]
+    [r.fidelity, r.completed, r.pruned, r.running, r.broken, r.promoted, fmtNumber(sv(r.best_objective))]
       .forEach((v) => tr.appendChild(el("td", v, "num")));
     return tr;
   }));
@@ -96,7 +96,9 @@ function renderFront(front) {
   const infeasible = front.points.filter((p) => !p[1]).length;
   setText("front-note", front.trials.length + " feasible trials no other feasible trial dominates" +
     (front.constraints.length ? "; constraints: " + front.constraints.join(", ") + " (" + infeasible + " infeasible)" : "") +
-    (names.length > 2 ? "; the scatter shows the first two objectives" : ""));
+    (names.length > 2 ? "; the scatter shows the first two objectives" : "") +
+    (front.points.length < front.scored ? "; " + front.points.length + " of " + front.scored +
+      " completed trials drawn: the front's and the latest" : ""));
   document.querySelector("#front thead tr").replaceChildren(
     ...["#", "params", ...names.map(label)].map((h) => el("th", h)));
   document.querySelector("#front tbody").replaceChildren(...front.trials.map((t) => {
@@ -218,6 +220,13 @@ function completedInOrder() {
 // and nobody can tell the points apart. What is left out is said under the chart's data (the legend).
 const MAX_POINTS = 5000;
 
+// What a chart leaves out is said above it ("5000 of 18000 trials drawn: the best ones").
+function noteDrawn(id, drawn, total, what, which) {
+  const node = document.getElementById(id);
+  node.hidden = drawn >= total;
+  node.textContent = drawn >= total ? "" : drawn + " of " + total + " " + what + " drawn: " + which;
+}
+
 // Every k-th item, plus those keep() asks for, so that at most about MAX_POINTS remain.
 function thinned(items, keep) {
   if (items.length <= MAX_POINTS) return items;
@@ -271,6 +280,7 @@ function dimension(name, values) {
 function drawParallel(all) {
   // The best MAX_POINTS lines at most: the ones worth reading.
   const done = all.length <= MAX_POINTS ? all : [...all].sort((a, b) => a.objective - b.objective).slice(0, MAX_POINTS);
+  noteDrawn("parallel-note", done.length, all.length, "completed trials", "the best ones");
   const objectives = done.map((t) => sv(t.objective));
   const dims = state.params.map((p) => dimension(p, done.map((t) => t.params[p])));
   dims.push({ label: plotText(state.shown.name), values: objectives });
@@ -290,7 +300,9 @@ function hostOf(worker) {
 function drawTimeline() {
   // The latest MAX_POINTS bars at most.
   let started = [...state.trials.values()].filter((t) => t.start_time !== null && t.worker);
+  const total = started.length;
   if (started.length > MAX_POINTS) started = started.sort((a, b) => b.start_time - a.start_time).slice(0, MAX_POINTS);
+  noteDrawn("timeline-note", started.length, total, "trials", "the latest started");
   const latest = {};
   started.forEach((t) => {
     const host = hostOf(t.worker);
@@ -326,6 +338,7 @@ function drawCurves() {
   if (!reported.length) return;
   const completed = reported.filter((t) => t.status === "completed" && t.objective !== null);
   const best = completed.reduce((a, t) => (a === null || t.objective < a.objective ? t : a), null);
+  const total = reported.length;
   if (reported.length > MAX_CURVES) {
     // A last value sent as null (NaN or infinite, stored by another program) ranks last, not as 0.
     const last = (t) => { const v = t.reports[t.reports.length - 1][1]; return v === null ? Infinity : v; };
@@ -333,6 +346,8 @@ function drawCurves() {
     const latest = [...reported].sort((a, b) => b.number - a.number).slice(0, MAX_CURVES / 2);
     reported = [...new Set([...byValue, ...latest, ...(best ? [best] : [])])];
   }
+  noteDrawn("curves-note", reported.length, total, "curves",
+    "the lowest last values, the latest trials and the best");
   const data = [];
   reported.forEach((t) => {
     const isBest = best !== null && t.id === best.id;
