@@ -42,3 +42,18 @@ def test_bayes_broken_points_steer_the_suggestion() -> None:
     seen = SeenPoints([o.params for o in completed] + [first])
     after = algorithm.suggest(completed, Pending([], [], seen, broken=[first]), seen=seen)[0]
     assert abs(after["x"] - first["x"]) + abs(after["y"] - first["y"]) > 0.05
+
+
+
+def two_objectives_crashing_right_half(x: float, y: float) -> dict[str, float]:
+    return {"a": x, "b": crashes_right_half(x, y) + 1 - x}
+
+
+def test_bayes_with_two_objectives_moves_away_from_broken_trials(tmp_path: Any) -> None:
+    exp = orchard.build_experiment(
+        "crashy", space={"x": "uniform(0, 1)", "y": "uniform(0, 1)"}, objectives={"a": "min", "b": "min"},
+        max_trials=16, max_broken=8, seed=3, algorithm={"bayes": {"n_initial_points": 3}},
+        storage=str(tmp_path / "o.pkl"))
+    exp.workon(two_objectives_crashing_right_half, progress=False)  # would raise ExperimentBrokenError at 8 broken
+    broken = [t for t in exp.fetch_trials() if t.status is orchard.TrialStatus.BROKEN]
+    assert len(broken) < 8
