@@ -57,3 +57,17 @@ def test_bayes_with_two_objectives_moves_away_from_broken_trials(tmp_path: Any) 
     exp.workon(two_objectives_crashing_right_half, progress=False)  # would raise ExperimentBrokenError at 8 broken
     broken = [t for t in exp.fetch_trials() if t.status is orchard.TrialStatus.BROKEN]
     assert len(broken) < 8
+
+
+def crashes_right_half_at_fidelity(x: float, y: float, epochs: int) -> float:
+    return crashes_right_half(x, y) + 1 / epochs
+
+
+@pytest.mark.parametrize("algorithm", ["asha", "hyperband"])
+def test_multi_fidelity_samplers_move_away_from_broken_trials(tmp_path: Any, algorithm: str) -> None:
+    exp = orchard.build_experiment(
+        "crashy", space={"x": "uniform(0, 1)", "y": "uniform(0, 1)", "epochs": "fidelity(1, 9)"},
+        algorithm=algorithm, max_trials=40, max_broken=25, seed=1, storage=str(tmp_path / "o.pkl"))
+    exp.workon(crashes_right_half_at_fidelity, progress=False)  # would raise ExperimentBrokenError at 25 broken
+    broken = [t for t in exp.fetch_trials() if t.status is orchard.TrialStatus.BROKEN]
+    assert len(broken) < 25
