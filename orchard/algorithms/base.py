@@ -190,7 +190,8 @@ class BaseAlgorithm(Configurable, abc.ABC):
 
         Args:
             completed: the completed trials (params and objective).
-            pending: params of trials being, or about to be, evaluated by anyone.
+            pending: params of trials being, or about to be, evaluated by anyone; the
+                worker's (a :class:`Pending`) also holds the broken trials' (:meth:`failed_points`).
             n: how many points to return.
             seen: optional points known to be taken (at least every completed
                 point; pending ones are added); kept by the caller so the cost
