@@ -344,7 +344,7 @@ class Asha(BaseAlgorithm):
         sampler = _make_sampler(self.options["sampler"], self.sampler_space, seed)
         fit = self._fit_observations()
         lies = [self._top(p) for p in pending]
-        failed = [self._top(p) for p in self.failed_points(pending)]  # told the worst, so the sampler moves on
+        failed = [self._top(p) for p in self.failed_points(pending)]  # told the worst: the sampler moves on
         for _ in range(_SAMPLER_RETRIES):
             point = sampler.suggest(fit, Pending([], lies, SeenPoints(), broken=failed), n=1)[0]
             params = self.at_rung(point, self.start_rung(self.bracket_of(point)))

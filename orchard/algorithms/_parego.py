@@ -174,7 +174,7 @@ class ParEgoBayes(BayesianOptimization):
         self, used: list[tuple[dict[str, Any], tuple[float, ...], float]], pending: list[Mapping[str, Any]],
         weights: NDArray[Any], rng: np.random.Generator, taken: SeenPoints, failed: int = 0,
     ) -> dict[str, Any]:
-        """The next point; the last ``failed`` of ``pending`` are broken trials, told the worst scalarization."""
+        """The next point; the last ``failed`` of ``pending`` are broken trials, told the worst value."""
         space = unit_box(self.space).space  # skopt's normalized space, built once per process
         scalar = chebyshev(np.array([vector for _, vector, _ in used]), weights)
         violation = _finite(np.array([v for _, _, v in used]))
