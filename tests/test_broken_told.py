@@ -28,7 +28,7 @@ def test_bayes_moves_away_from_broken_trials(tmp_path: Any, options: dict[str, A
     exp = orchard.build_experiment(
         "crashy", space={"x": "uniform(0, 1)", "y": "uniform(0, 1)"}, max_trials=16, max_broken=8, seed=3,
         algorithm={"bayes": {"n_initial_points": 3, **options}}, storage=str(tmp_path / "o.pkl"))
-    exp.workon(crashes_right_half, progress=False)  # would raise ExperimentBrokenError at 8 broken
+    exp.workon(crashes_right_half, progress=False)  # raises ExperimentBrokenError at 8 broken
     broken = [t for t in exp.fetch_trials() if t.status is orchard.TrialStatus.BROKEN]
     assert len(broken) < 8
 
@@ -54,7 +54,7 @@ def test_bayes_with_two_objectives_moves_away_from_broken_trials(tmp_path: Any) 
         "crashy", space={"x": "uniform(0, 1)", "y": "uniform(0, 1)"}, objectives={"a": "min", "b": "min"},
         max_trials=16, max_broken=8, seed=3, algorithm={"bayes": {"n_initial_points": 3}},
         storage=str(tmp_path / "o.pkl"))
-    exp.workon(two_objectives_crashing_right_half, progress=False)  # would raise ExperimentBrokenError at 8 broken
+    exp.workon(two_objectives_crashing_right_half, progress=False)  # raises ExperimentBrokenError at 8 broken
     broken = [t for t in exp.fetch_trials() if t.status is orchard.TrialStatus.BROKEN]
     assert len(broken) < 8
 
@@ -68,6 +68,6 @@ def test_multi_fidelity_samplers_move_away_from_broken_trials(tmp_path: Any, alg
     exp = orchard.build_experiment(
         "crashy", space={"x": "uniform(0, 1)", "y": "uniform(0, 1)", "epochs": "fidelity(1, 9)"},
         algorithm=algorithm, max_trials=40, max_broken=25, seed=1, storage=str(tmp_path / "o.pkl"))
-    exp.workon(crashes_right_half_at_fidelity, progress=False)  # would raise ExperimentBrokenError at 25 broken
+    exp.workon(crashes_right_half_at_fidelity, progress=False)  # raises ExperimentBrokenError at 25 broken
     broken = [t for t in exp.fetch_trials() if t.status is orchard.TrialStatus.BROKEN]
     assert len(broken) < 25

@@ -183,7 +183,8 @@ class ParEgoBayes(BayesianOptimization):
         lie = float(_LIARS[self.options["liar"]]((scalar[feasible] if feasible.any() else scalar).tolist()))
         x = space.transform([self.space.to_skopt_point(used[i][0]) for i in chosen]
                             + [self.space.to_skopt_point(p) for p in pending])
-        y = np.concatenate([scalar[chosen], np.full(len(pending) - failed, lie), np.full(failed, scalar.max())])
+        lies = np.full(len(pending) - failed, lie)
+        y = np.concatenate([scalar[chosen], lies, np.full(failed, scalar.max())])
         acquisition = _Acquisition(self._surrogate(len(y), rng).fit(x, y),
                                    float(scalar[feasible].min()) if feasible.any() else None, self._xi(SCALARIZED_XI))
         if not feasible.all():
