@@ -57,6 +57,7 @@ class History:
         self.observations: list[Observation] = []  # completed and pruned trials, in the order they were seen
         self._told: dict[str, Observation] = {}  # the observation of each trial, by id
         self._pending: dict[str, dict[str, Any]] = {}
+        self._broken: dict[str, dict[str, Any]] = {}  # the broken trials' params, by id
         self.seen = SeenPoints(experiment_id=experiment_id)  # every trial's params, kept incrementally
         self.counts: dict[TrialStatus, int] = {status: 0 for status in TrialStatus}
         self.finished: list[Trial] = []  # trials that became completed/broken in the last refresh
@@ -101,6 +102,10 @@ class History:
                 self._pending[trial.id] = trial.params
             else:
                 self._pending.pop(trial.id, None)
+            if trial.status is TrialStatus.BROKEN:
+                self._broken[trial.id] = trial.params
+            else:  # a broken trial given another attempt (orchard db set) counts as broken no more
+                self._broken.pop(trial.id, None)
             # a pruned trial is told with its last reported value: what it reached before it was stopped
             if newly_told and trial.status in (TrialStatus.COMPLETED, TrialStatus.PRUNED):
                 objective = finite_float(trial.objective)  # another program's NaN, text or 5,000-digit int: not told
@@ -128,6 +133,7 @@ class History:
         self._aside.update(unfit)
         for tid in unfit:
             self._pending.pop(tid, None)
+            self._broken.pop(tid, None)
         dropped = {id(self._told.pop(tid)) for tid in unfit if tid in self._told}
         if dropped:
             self.observations = [o for o in self.observations if id(o) not in dropped]
@@ -145,6 +151,7 @@ class History:
         for tid in gone:
             self._count(self.trials.pop(tid), -1)
             self._pending.pop(tid, None)
+            self._broken.pop(tid, None)
             if tid in self._told:
                 dropped.add(id(self._told.pop(tid)))
         if dropped:
@@ -185,12 +192,14 @@ class History:
 
     def pending(self, extra: list[dict[str, Any]] | None = None,
                 seen: SeenPoints | None = None) -> list[dict[str, Any]]:
-        """Params being, or about to be, evaluated by anyone (plus ``extra``), with :meth:`completes_after`.
+        """Params being, or about to be, evaluated by anyone (plus ``extra``), with :meth:`completes_after`
+        and the broken trials' params (``Pending.broken``, ordered by trial id: the same for every worker).
 
         ``seen`` is :attr:`seen` or an overlay of it (the set handed to the algorithm with this list).
         """
+        broken = [self._broken[tid] for tid in sorted(self._broken)]
         return Pending(self._pending.values(), extra or (), seen or self.seen,  # the first ones: in seen
-                       self.completes_after())
+                       self.completes_after(), broken)
 
     def completes_after(self) -> float:
         """A time before which no completion this view lacks was recorded (``inf``: none will be).

@@ -77,7 +77,7 @@ from typing import Any, ClassVar, TypeVar
 import numpy as np
 
 from orchard.algorithms._rungs import Ladder, Place, config_key
-from orchard.algorithms.base import BaseAlgorithm, Observation, SeenPoints, space_size
+from orchard.algorithms.base import BaseAlgorithm, Observation, Pending, SeenPoints, space_size
 from orchard.errors import ConfigurationError, SpaceExhaustedError
 from orchard.priors import LogUniform, Uniform
 from orchard.space import Space
@@ -344,8 +344,9 @@ class Asha(BaseAlgorithm):
         sampler = _make_sampler(self.options["sampler"], self.sampler_space, seed)
         fit = self._fit_observations()
         lies = [self._top(p) for p in pending]
+        failed = [self._top(p) for p in self.failed_points(pending)]  # told the worst: the sampler moves on
         for _ in range(_SAMPLER_RETRIES):
-            point = sampler.suggest(fit, lies, n=1)[0]
+            point = sampler.suggest(fit, Pending([], lies, SeenPoints(), broken=failed), n=1)[0]
             params = self.at_rung(point, self.start_rung(self.bracket_of(point)))
             if params not in taken:
                 return params

@@ -5,7 +5,10 @@ model survives between calls), tells it the history in **one** bulk ``tell``
 (one surrogate fit) and asks for **one** point. Pending points are told with a
 lie value (constant liar: the best, mean or worst completed objective), so the
 acquisition function is flat around what other workers are evaluating and
-parallel workers spread out. ``ask(n_points=k)`` is never used: it refits k times.
+parallel workers spread out. Broken trials are told with the worst completed
+objective: untold, they would leave the surrogate unchanged, and a deterministic
+acquisition search would land beside the failed point again, trial after trial.
+``ask(n_points=k)`` is never used: it refits k times.
 
 The acquisition function is fixed (``EI`` by default). skopt's default
 ``gp_hedge`` learns weights over ``EI``/``PI``/``LCB`` across calls of one
@@ -218,12 +221,13 @@ class BayesianOptimization(BaseAlgorithm):
             AlgorithmError: the surrogate could not be fitted.
         """
         completed = [o for o in completed if math.isfinite(o.objective)]
+        failed = list(self.failed_points(pending))
         pending = list(pending)
         seen = self.seen_points(completed, pending, seen)
         suggestions: list[dict[str, Any]] = []
         for _ in range(n):
             try:
-                params = self._suggest_one(completed, pending, seen)
+                params = self._suggest_one(completed, pending, seen, failed)
             except SpaceExhaustedError:
                 if suggestions:
                     break
@@ -234,7 +238,8 @@ class BayesianOptimization(BaseAlgorithm):
         return suggestions
 
     def _suggest_one(
-        self, completed: list[Observation], pending: list[Mapping[str, Any]], seen: SeenPoints
+        self, completed: list[Observation], pending: list[Mapping[str, Any]], seen: SeenPoints,
+        failed: list[dict[str, Any]],
     ) -> dict[str, Any]:
         self.check_unseen_left(seen)
         rng = self.rng(completed, pending)
@@ -244,8 +249,8 @@ class BayesianOptimization(BaseAlgorithm):
             warnings.simplefilter("ignore")  # skopt's "evaluated at this point before", sklearn's fit notes
             try:
                 if self._sampled_gp():
-                    return self._sampled_gp_point(completed, pending, rng, seen)
-                optimizer = self._fitted_optimizer(completed, pending, rng)
+                    return self._sampled_gp_point(completed, pending, failed, rng, seen)
+                optimizer = self._fitted_optimizer(completed, pending, failed, rng)
                 params = self.space.from_skopt_point(optimizer.ask())
                 if params in seen:
                     params = self._best_unseen_candidate(optimizer, rng, seen)
@@ -261,8 +266,8 @@ class BayesianOptimization(BaseAlgorithm):
         return bool(self.options["base_estimator"] == "GP" and self.options["acq_optimizer"] == "sampling")
 
     def _sampled_gp_point(
-        self, completed: list[Observation], pending: list[Mapping[str, Any]], rng: np.random.Generator,
-        seen: SeenPoints,
+        self, completed: list[Observation], pending: list[Mapping[str, Any]], failed: list[dict[str, Any]],
+        rng: np.random.Generator, seen: SeenPoints,
     ) -> dict[str, Any]:
         """The unseen candidate of best acquisition value: random candidates, then local refinement.
 
@@ -275,11 +280,8 @@ class BayesianOptimization(BaseAlgorithm):
         from skopt.acquisition import _gaussian_acquisition
 
         box = unit_box(self.space)
-        fit_on = select_for_fit(completed, self.options["max_gp_points"], rng)
-        lie = float(_LIARS[self.options["liar"]]([o.objective for o in completed]))
-        points = [self.space.to_skopt_point(o.params) for o in fit_on]
-        points += [self.space.to_skopt_point(p) for p in pending]
-        values = np.array([float(o.objective) for o in fit_on] + [lie] * len(pending))
+        points, told = self._training_set(completed, pending, failed, rng)
+        values = np.array(told)
         random_state = int(rng.integers(2**31 - 1))
         acq_func = self.options["acq_func"]
         if acq_func == "portfolio":
@@ -301,17 +303,28 @@ class BayesianOptimization(BaseAlgorithm):
         return self.random_unseen(rng, seen)
 
     def _fitted_optimizer(
-        self, completed: list[Observation], pending: list[Mapping[str, Any]], rng: np.random.Generator
+        self, completed: list[Observation], pending: list[Mapping[str, Any]], failed: list[dict[str, Any]],
+        rng: np.random.Generator,
     ) -> Any:
         """A fresh skopt ``Optimizer`` told the (capped) history and the lies, in one fit."""
-        fit_on = select_for_fit(completed, self.options["max_gp_points"], rng)
-        lie = float(_LIARS[self.options["liar"]]([o.objective for o in completed]))
-        points = [self.space.to_skopt_point(o.params) for o in fit_on]
-        points += [self.space.to_skopt_point(p) for p in pending]
-        values = [float(o.objective) for o in fit_on] + [lie] * len(pending)
+        points, values = self._training_set(completed, pending, failed, rng)
         optimizer = self._optimizer(len(points), rng)
         optimizer.tell(points, values)
         return optimizer
+
+    def _training_set(
+        self, completed: list[Observation], pending: list[Mapping[str, Any]], failed: list[dict[str, Any]],
+        rng: np.random.Generator,
+    ) -> tuple[list[list[Any]], list[float]]:
+        """The surrogate's points and values: the (capped) completed trials, the pending ones told the
+        liar's value, and the broken ones told the worst objective, so the next suggestion moves away
+        from a point that failed instead of landing beside it again."""
+        fit_on = select_for_fit(completed, self.options["max_gp_points"], rng)
+        objectives = [o.objective for o in completed]
+        lie = float(_LIARS[self.options["liar"]](objectives))
+        points = [self.space.to_skopt_point(p) for p in [*(o.params for o in fit_on), *pending, *failed]]
+        values = [float(o.objective) for o in fit_on] + [lie] * len(pending) + [max(objectives)] * len(failed)
+        return points, values
 
     def _optimizer(self, n_points: int, rng: np.random.Generator) -> Any:
         from skopt import Optimizer

@@ -142,17 +142,18 @@ class ParEgoBayes(BayesianOptimization):
     """
 
     def _suggest_one(
-        self, completed: list[Observation], pending: list[Mapping[str, Any]], seen: SeenPoints
+        self, completed: list[Observation], pending: list[Mapping[str, Any]], seen: SeenPoints,
+        failed: list[dict[str, Any]],
     ) -> dict[str, Any]:
         """One point: the parent's for one objective and no infeasible trial, else one ParEGO step."""
         used = _scalarizable(completed)
         if not any(len(vector) > 1 or violation > 0 for _, vector, violation in used):
-            return super()._suggest_one(completed, pending, seen)
-        return self._scalarized_step(completed, used, pending, seen)
+            return super()._suggest_one(completed, pending, seen, failed)
+        return self._scalarized_step(completed, used, pending, seen, failed)
 
     def _scalarized_step(
         self, completed: list[Observation], used: list[tuple[dict[str, Any], tuple[float, ...], float]],
-        pending: list[Mapping[str, Any]], taken: SeenPoints,
+        pending: list[Mapping[str, Any]], taken: SeenPoints, failed: list[dict[str, Any]],
     ) -> dict[str, Any]:
         self.check_unseen_left(taken)
         rng = self.rng(completed, pending)
@@ -162,7 +163,7 @@ class ParEgoBayes(BayesianOptimization):
         with warnings.catch_warnings(), threadpool_limits(limits=1, user_api="blas"):
             warnings.simplefilter("ignore")
             try:
-                return self._maximize(used, pending, weights, rng, taken)
+                return self._maximize(used, [*pending, *failed], weights, rng, taken, len(failed))
             except (ValueError, np.linalg.LinAlgError) as err:
                 raise AlgorithmError(
                     f"bayes could not fit its {self.options['base_estimator']} surrogates on "
@@ -171,8 +172,9 @@ class ParEgoBayes(BayesianOptimization):
 
     def _maximize(
         self, used: list[tuple[dict[str, Any], tuple[float, ...], float]], pending: list[Mapping[str, Any]],
-        weights: NDArray[Any], rng: np.random.Generator, taken: SeenPoints,
+        weights: NDArray[Any], rng: np.random.Generator, taken: SeenPoints, failed: int = 0,
     ) -> dict[str, Any]:
+        """The next point; the last ``failed`` of ``pending`` are broken trials, told the worst value."""
         space = unit_box(self.space).space  # skopt's normalized space, built once per process
         scalar = chebyshev(np.array([vector for _, vector, _ in used]), weights)
         violation = _finite(np.array([v for _, _, v in used]))
@@ -181,7 +183,8 @@ class ParEgoBayes(BayesianOptimization):
         lie = float(_LIARS[self.options["liar"]]((scalar[feasible] if feasible.any() else scalar).tolist()))
         x = space.transform([self.space.to_skopt_point(used[i][0]) for i in chosen]
                             + [self.space.to_skopt_point(p) for p in pending])
-        y = np.concatenate([scalar[chosen], np.full(len(pending), lie)])
+        lies = np.full(len(pending) - failed, lie)
+        y = np.concatenate([scalar[chosen], lies, np.full(failed, scalar.max())])
         acquisition = _Acquisition(self._surrogate(len(y), rng).fit(x, y),
                                    float(scalar[feasible].min()) if feasible.any() else None, self._xi(SCALARIZED_XI))
         if not feasible.all():

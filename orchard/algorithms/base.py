@@ -124,15 +124,17 @@ class Pending(list[dict[str, Any]]):
 
     ``completes_after`` bounds the ``end_time`` of every completion not yet in the
     caller's view: none will be recorded earlier (see :meth:`BaseAlgorithm.settled`).
+    ``broken`` holds the params of the experiment's broken trials (see :meth:`BaseAlgorithm.failed_points`).
     """
 
     def __init__(self, known: Iterable[dict[str, Any]], extra: Iterable[dict[str, Any]], seen_by: SeenPoints,
-                 completes_after: float = math.inf) -> None:
+                 completes_after: float = math.inf, broken: Sequence[dict[str, Any]] = ()) -> None:
         super().__init__(known)
         self.known = len(self)
         self.extend(extra)
         self.seen_by = seen_by
         self.completes_after = completes_after
+        self.broken = broken
 
 
 class BaseAlgorithm(Configurable, abc.ABC):
@@ -188,7 +190,8 @@ class BaseAlgorithm(Configurable, abc.ABC):
 
         Args:
             completed: the completed trials (params and objective).
-            pending: params of trials being, or about to be, evaluated by anyone.
+            pending: params of trials being, or about to be, evaluated by anyone; the
+                worker's (a :class:`Pending`) also holds the broken trials' (:meth:`failed_points`).
             n: how many points to return.
             seen: optional points known to be taken (at least every completed
                 point; pending ones are added); kept by the caller so the cost
@@ -257,6 +260,16 @@ class BaseAlgorithm(Configurable, abc.ABC):
         """
         bound = pending.completes_after if isinstance(pending, Pending) else math.inf
         return [o for o in completed if o.end_time is not None and o.end_time < bound]
+
+    @staticmethod
+    def failed_points(pending: Sequence[Mapping[str, Any]]) -> Sequence[dict[str, Any]]:
+        """The params of the experiment's broken trials, in the same order for every worker.
+
+        Neither completed nor pending, they reach an algorithm only here (a :class:`Pending`'s
+        ``broken``; a plain ``pending`` sequence has none). A model that is not told them sees
+        nothing new after a failure and suggests the failed point's neighbour next.
+        """
+        return pending.broken if isinstance(pending, Pending) else ()
 
     def rng(self, completed: Sequence[Any], pending: Sequence[Any]) -> np.random.Generator:
         """A generator derived from the seed and the history size (see the class docstring)."""
