@@ -104,7 +104,7 @@ class History:
                 self._pending.pop(trial.id, None)
             if trial.status is TrialStatus.BROKEN:
                 self._broken[trial.id] = trial.params
-            else:  # a broken trial given another attempt (orchard db set) counts as broken no more
+            elif old is not None and old.status is TrialStatus.BROKEN:  # given another attempt
                 self._broken.pop(trial.id, None)
             # a pruned trial is told with its last reported value: what it reached before it was stopped
             if newly_told and trial.status in (TrialStatus.COMPLETED, TrialStatus.PRUNED):
