@@ -102,12 +102,14 @@ class History:
                 self._pending[trial.id] = trial.params
             else:
                 self._pending.pop(trial.id, None)
-            if trial.status is TrialStatus.BROKEN:
+            status = trial.status
+            failed = status is TrialStatus.BROKEN or (status is TrialStatus.PRUNED and _diverged(trial))
+            if failed:  # told as a failure (BaseAlgorithm.failed_points), not at its last finite value
                 self._broken[trial.id] = trial.params
             elif old is not None and old.status is TrialStatus.BROKEN:  # given another attempt
                 self._broken.pop(trial.id, None)
             # a pruned trial is told with its last reported value: what it reached before it was stopped
-            if newly_told and trial.status in (TrialStatus.COMPLETED, TrialStatus.PRUNED):
+            if newly_told and not failed and trial.status in (TrialStatus.COMPLETED, TrialStatus.PRUNED):
                 objective = finite_float(trial.objective)  # another program's NaN, text or 5,000-digit int: not told
                 if objective is not None:
                     self._told[trial.id] = self._observation(trial, objective)
@@ -229,3 +231,17 @@ class History:
     def others_reserved(self) -> bool:
         """Whether any trial is waiting or being evaluated (so waiting can pay off)."""
         return any(self.counts[s] for s in (TrialStatus.RESERVED, TrialStatus.NEW, TrialStatus.INTERRUPTED))
+
+
+def _diverged(trial: Trial) -> bool:
+    """Whether ``trial`` was pruned for a NaN or infinite report (its training diverged).
+
+    Such a verdict is reached on a value that is not stored, at a step after the trial's last
+    report (:meth:`orchard.verdicts.Judge.report`); its last finite report, which may look good, says
+    nothing of the region but that training there blows up. Optuna's TPE ranks such a trial worst.
+    """
+    verdict, reports = trial.verdict, trial.reports
+    if trial.status is not TrialStatus.PRUNED or not isinstance(verdict, dict) or not reports:
+        return False
+    step = verdict.get("step")
+    return verdict.get("value") is None and isinstance(step, int) and step > reports[-1][0]

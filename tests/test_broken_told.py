@@ -71,3 +71,29 @@ def test_multi_fidelity_samplers_move_away_from_broken_trials(tmp_path: Any, alg
     exp.workon(crashes_right_half_at_fidelity, progress=False)  # raises ExperimentBrokenError at 25 broken
     broken = [t for t in exp.fetch_trials() if t.status is orchard.TrialStatus.BROKEN]
     assert len(broken) < 25
+
+
+def diverges_right_half(x: float) -> float:
+    orchard.report(0.01, step=1)  # looks excellent, then blows up
+    if x > 0.5:
+        orchard.report(float("nan"), step=2)
+        if orchard.should_prune():
+            raise orchard.TrialPruned()
+    return 0.5 + x
+
+
+def test_a_training_pruned_because_it_diverged_is_told_as_a_failure_not_at_its_last_value(tmp_path: Any) -> None:
+    """A NaN report prunes the trial at its last finite report (0.01 here, better than any result): told to an
+    algorithm at that value, the region where training blows up looked the best of the space."""
+    from orchard.history import History
+    from orchard.trial import TrialStatus
+
+    exp = orchard.build_experiment("nan", space={"x": "uniform(0, 1)"}, max_trials=12, seed=2, pruner="median",
+                                   storage=str(tmp_path / "o.pkl"))
+    exp.workon(diverges_right_half, executor="single", progress=False)
+    history = History(exp.storage, exp.id)
+    history.refresh()
+    diverged = [t.params for t in exp.fetch_trials([TrialStatus.PRUNED])]
+    assert diverged and all(p["x"] > 0.5 for p in diverged)
+    assert sorted(p["x"] for p in history.pending().broken) == sorted(p["x"] for p in diverged)
+    assert all(o.params["x"] <= 0.5 for o in history.observations)  # only the completed ones, at their results
