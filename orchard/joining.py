@@ -109,6 +109,8 @@ def _raised_budget(store: BaseStorage, experiment_id: str, seen: int | None, wan
             break
         seen = store.experiment(experiment_id).config.get("max_trials")
     return store.experiment(experiment_id)
+
+
 #: Settings every worker must share, so a joiner giving another value is refused (the working
 #: directory is left out: a relative one given by workers started elsewhere differs and is ignored).
 _FIXED = ("seed", "heartbeat")
@@ -138,7 +140,6 @@ def patiently(store: BaseStorage, join: Callable[[], T]) -> T:
     to repeat (a creation that took effect is read back by the next try).
     """
     return RetryingStorage(store, config.resolve("storage_patience", None)).retry("join the experiment", join)
-
 
 
 def budget_followed(store: BaseStorage, experiment_id: str, settings: WorkerSettings,

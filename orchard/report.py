@@ -76,7 +76,7 @@ RESULTS_ENV = "ORCHARD_RESULTS_PATH"
 REPORT_ENV = "ORCHARD_REPORT_PATH"
 VERDICT_ENV = "ORCHARD_VERDICT_PATH"
 TRIAL_ENV = "ORCHARD_TRIAL_ID"
-#: The objectives the experiment declares (JSON, ``{"accuracy": "max"}``), set for a child only if it declares some.
+#: The objectives the experiment declares (JSON, ``{"accuracy": "max"}``), set for a child; empty if none.
 OBJECTIVES_ENV = "ORCHARD_TRIAL_OBJECTIVES"
 #: Seconds :func:`report` waits for a child's verdict before going on (the worker is slowed by an outage).
 VERDICT_WAIT = 30.0
