@@ -259,3 +259,41 @@ def test_a_trial_running_when_dumped_is_loaded_with_its_attempt_given_back(workd
     assert taken is not None and taken.lease is not None
     (lost,) = copy.storage.release_lost(copy.id, {taken.id: taken.lease}, max_attempts=2)
     assert lost.status is TrialStatus.INTERRUPTED, lost.error
+
+
+def trains_with_hyperband(x: float) -> float:
+    for step in range(1, 10):
+        orchard.report((x - 0.3) ** 2 + 1.0 / step, step=step)
+        if orchard.should_prune():
+            raise orchard.TrialPruned()
+    return (x - 0.3) ** 2
+
+
+@pytest.mark.parametrize("target", ["pickle", pytest.param("mongodb", marks=pytest.mark.slow)])
+def test_a_loaded_copy_keeps_its_trial_ids_so_every_hyperband_verdict_is_reached_again(
+        workdir: Path, request: pytest.FixtureRequest, capsys: pytest.CaptureFixture[str],
+        target: str) -> None:
+    """Load gave the experiment a new id, so every trial a new id: the hyperband pruner places a trial in a
+    bracket by a hash of its id, and `info --trial` on most pruned trials of the copy said "recomputed from
+    the stored history: go on" (judged in other brackets); its workers judged in other brackets too."""
+    exp = orchard.build_experiment("e", space={"x": "uniform(0, 1)"}, storage="src.pkl", max_trials=20,
+                                   seed=0, pruner={"hyperband": {"max_step": 9}})
+    exp.workon(trains_with_hyperband, executor="single", progress=False)
+    assert main(["db", "dump", "-n", "e", "-o", "e.json", "--storage", "src.pkl"]) == 0
+    uri = "copy.pkl" if target == "pickle" else str(request.getfixturevalue("mongo_db_uri"))
+    assert main(["db", "load", "e.json", "--storage", uri]) == 0
+    copy = orchard.get_experiment("e", storage=uri)
+    assert (copy.id, {t.id for t in copy.fetch_trials()}) == (exp.id, {t.id for t in exp.fetch_trials()})
+    pruned = copy.fetch_trials([TrialStatus.PRUNED])
+    assert len(pruned) > 3
+    capsys.readouterr()
+    for trial in pruned:
+        assert main(["info", "-n", "e", "--storage", uri, "--trial", trial.id]) == 0
+        assert "recomputed from the stored history: prune" in capsys.readouterr().out
+
+    # where the id is taken (the same dump under another name), the copy gets a new one, every trial loaded
+    assert main(["db", "load", "e.json", "-n", "again", "--storage", uri]) == 0
+    again = orchard.get_experiment("again", storage=uri)
+    assert again.id != exp.id and len(again.fetch_trials()) == len(exp.fetch_trials())
+    assert {t.parent for t in again.fetch_trials()} == {None}
+

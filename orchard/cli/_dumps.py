@@ -3,10 +3,12 @@
 ::
 
     {"format": "orchard-dump", "version": 1, "created": 1700000000.0, "source": "runs/orchard.pkl",
-     "experiments": [{"name": "exp", "config": {...}, "created": ..., "trials": [Trial.to_dict(), ...]}]}
+     "experiments": [{"name": "exp", "id": "9f…", "config": {...}, "created": ...,
+                      "trials": [Trial.to_dict(), ...]}]}
 
-Trial ids are recomputed for the target experiment on load (they hash the
-experiment id). Trials that were reserved when dumped are loaded as
+An experiment is loaded with its dumped id unless an experiment of the target holds it, so its
+trials keep their ids (they hash the experiment id); else the trial ids are recomputed for the
+target experiment. Trials that were reserved when dumped are loaded as
 ``interrupted``, their attempt given back (not counted against ``max_attempts``), as a
 graceful release does: their workers do not exist in the target storage.
 """
@@ -67,8 +69,8 @@ def dump_experiments(storage: BaseStorage, name: str | None = None) -> dict[str,
             if name:
                 raise
             continue  # deleted (db rm) while the others were read
-        experiments.append({"name": record.name, "config": _shareable(record.config), "created": record.created,
-                            "trials": trials})
+        experiments.append({"name": record.name, "id": record.id, "config": _shareable(record.config),
+                            "created": record.created, "trials": trials})
     return {"format": FORMAT, "version": VERSION, "created": time.time(),
             "source": storage.redacted_uri, "experiments": experiments}
 
@@ -292,7 +294,8 @@ def load_experiments(
     receives the trials it lacks, and the results of those still waiting to run
     there (:func:`~orchard.storages.base.finishes`); one with another space or other objectives is
     an error, found for every experiment of the dump before anything is stored.
-    Trial ids are recomputed for the target experiment, and every reference to a
+    A new experiment keeps its dumped id unless the target holds it, so its trials keep theirs.
+    Else trial ids are recomputed for the target experiment, and every reference to a
     trial of the dump (a promotion's ``parent``, the trials a pruned trial's verdict
     compared it with, the trials the stopping ledger names) follows its trial to its new id.
 
@@ -312,7 +315,8 @@ def load_experiments(
             _check_fits(storage, record, entry["config"], len(experiments), "nothing was loaded")
     for entry in experiments:
         name = rename or entry["name"]
-        experiment_id = storage.create_experiment(name, entry["config"], created=entry.get("created"))
+        experiment_id = storage.create_experiment(name, entry["config"], created=entry.get("created"),
+                                                  keep_id=_dumped_id(entry))
         record = storage.require_experiment(name)
         _check_fits(storage, record, entry["config"], len(experiments), "the experiments before it were loaded")
         new_ids = {t["id"]: trial_id(experiment_id, t["params"])
@@ -320,6 +324,15 @@ def load_experiments(
         trials = [_restorable(t, experiment_id, new_ids) for t in entry["trials"]]
         _follow_ledger(storage, record, entry["config"].get(LEDGER_KEY), new_ids)
         yield name, storage.restore_trials(experiment_id, trials), len(trials)
+
+
+def _dumped_id(entry: Mapping[str, Any]) -> str | None:
+    """The id an experiment had where it was dumped: its ``id``, or (a dump of an earlier release)
+    the ``experiment`` of its trials when they all name one."""
+    if isinstance(entry.get("id"), str):
+        return str(entry["id"])
+    named = {t.get("experiment") if isinstance(t.get("experiment"), str) else None for t in entry["trials"]}
+    return named.pop() if len(named) == 1 else None
 
 
 def _check_fits(storage: BaseStorage, record: ExperimentRecord, config: dict[str, Any], dumped: int,

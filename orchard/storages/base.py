@@ -42,13 +42,15 @@ from __future__ import annotations
 
 import abc
 import dataclasses
+import re
 import time
+import uuid
 from collections.abc import Iterable, Mapping
 from typing import Any, TypeVar
 
 from orchard.trial import Lease, ReportValue, Trial, TrialStatus, finite_float
 
-__all__ = ["BaseStorage", "ExperimentRecord", "finishes"]
+__all__ = ["BaseStorage", "ExperimentRecord", "finishes", "new_experiment_id"]
 
 _FINISHED = frozenset({TrialStatus.COMPLETED, TrialStatus.PRUNED})
 
@@ -64,6 +66,15 @@ def finishes(stored: Trial, restored: Trial) -> bool:
             and stored.in_budget == restored.in_budget)
 
 
+def new_experiment_id(keep_id: Any = None, taken: Any = ()) -> str:
+    """The id of an experiment being created: ``keep_id`` if it is one (32 lowercase hex digits, as
+    every experiment id) and not in ``taken``, else a new random one."""
+    if isinstance(keep_id, str) and _EXPERIMENT_ID.fullmatch(keep_id) and keep_id not in taken:
+        return keep_id
+    return uuid.uuid4().hex
+
+
+_EXPERIMENT_ID = re.compile(r"[0-9a-f]{32}")
 _Storage = TypeVar("_Storage", bound="BaseStorage")  # `with PickledStorage(...) as s` keeps its type
 
 
@@ -104,13 +115,18 @@ class BaseStorage(abc.ABC):
     # -- experiments -----------------------------------------------------------
 
     @abc.abstractmethod
-    def create_experiment(self, name: str, config: Mapping[str, Any], created: float | None = None) -> str:
+    def create_experiment(self, name: str, config: Mapping[str, Any], created: float | None = None,
+                          keep_id: str | None = None) -> str:
         """Create the experiment ``name`` unless it exists; return its id.
 
         Get-or-create, atomic across processes: N processes racing to create
         the same name all receive the same id and exactly one record exists.
         ``config`` is stored only by the call that creates the record, with
         ``created`` as its creation time (default: now; ``db load`` keeps the dumped one).
+        The record gets the id ``keep_id`` (:func:`valid_id`) when no experiment of the storage
+        holds it, else a new one: ``db load`` keeps the dumped id, so every trial keeps its own
+        (:func:`~orchard.space.trial_id`), and with it the hyperband bracket and the rank that
+        decided each verdict.
 
         Raises:
             StorageError: the storage could not be written.

@@ -152,10 +152,11 @@ class RetryingStorage(BaseStorage):
 
     # -- experiments ------------------------------------------------------------
 
-    def create_experiment(self, name: str, config: Mapping[str, Any], created: float | None = None) -> str:
+    def create_experiment(self, name: str, config: Mapping[str, Any], created: float | None = None,
+                          keep_id: str | None = None) -> str:
         """See :meth:`BaseStorage.create_experiment`."""
         return self._retry(f"create experiment {name!r}",
-                           lambda: self.storage.create_experiment(name, config, created))
+                           lambda: self.storage.create_experiment(name, config, created, keep_id))
 
     def get_experiment(self, name: str) -> ExperimentRecord | None:
         """See :meth:`BaseStorage.get_experiment`."""

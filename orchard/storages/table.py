@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import uuid
 from collections import OrderedDict
 from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
@@ -32,7 +31,7 @@ from orchard.errors import (
     TrialNotFoundError,
 )
 from orchard.space import to_builtin, trial_id
-from orchard.storages.base import ExperimentRecord, finishes
+from orchard.storages.base import ExperimentRecord, finishes, new_experiment_id
 from orchard.trial import Lease, ReportValue, Trial, TrialStatus
 
 __all__ = ["REMEMBERED", "SCALARS", "Record", "TrialTable"]
@@ -300,10 +299,12 @@ class TrialTable:
 
     # -- verbs: each returns the records to apply (and apply() them) -------------
 
-    def create_experiment(self, name: str, config: Mapping[str, Any], now: float) -> tuple[str, list[Record]]:
+    def create_experiment(self, name: str, config: Mapping[str, Any], now: float,
+                          keep_id: str | None = None) -> tuple[str, list[Record]]:
         if name in self._names:
             return self._names[name], []
-        record = ExperimentRecord(uuid.uuid4().hex, name, to_builtin(dict(config)), now)
+        experiment_id = new_experiment_id(keep_id, self._experiments)
+        record = ExperimentRecord(experiment_id, name, to_builtin(dict(config)), now)
         return record.id, self.apply_all([{"op": "experiment", "record": record.to_dict()}])
 
     def update_experiment(

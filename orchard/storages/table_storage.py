@@ -97,12 +97,13 @@ class TableStorage(BaseStorage):
 
     # -- experiments -----------------------------------------------------------
 
-    def create_experiment(self, name: str, config: Mapping[str, Any], created: float | None = None) -> str:
+    def create_experiment(self, name: str, config: Mapping[str, Any], created: float | None = None,
+                          keep_id: str | None = None) -> str:
         """See :meth:`BaseStorage.create_experiment`."""
         if (existing := self.get_experiment(name)) is not None:
             return existing.id
-        return self._change(
-            lambda table, now: table.create_experiment(name, config, now if created is None else created))
+        return self._change(lambda table, now: table.create_experiment(
+            name, config, now if created is None else created, keep_id))
 
     def get_experiment(self, name: str) -> ExperimentRecord | None:
         """See :meth:`BaseStorage.get_experiment`."""

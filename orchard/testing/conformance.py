@@ -104,6 +104,13 @@ class ExperimentChecks(Checks):
         record = storage.require_experiment("restored")
         assert record.created == 1_700_000_000.5, "db load must keep the dumped creation time"
 
+    def test_create_experiment_keeps_a_given_id_unless_it_is_taken(self, storage: BaseStorage) -> None:
+        kept = "0123456789abcdef0123456789abcdef"
+        assert storage.create_experiment("restored", CONFIG, keep_id=kept) == kept, "db load keeps dumped ids"
+        other = storage.create_experiment("renamed", CONFIG, keep_id=kept)
+        assert other != kept and storage.require_experiment("renamed").id == other
+        assert storage.create_experiment("odd", CONFIG, keep_id="../x") != "../x"
+
     def test_get_experiment_unknown_name_is_none(self, storage: BaseStorage) -> None:
         assert storage.get_experiment("nope") is None
         storage.create_experiment("exp", CONFIG)

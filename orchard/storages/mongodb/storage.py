@@ -54,7 +54,7 @@ from orchard.errors import (
     TrialNotFoundError,
 )
 from orchard.space import to_builtin, trial_id
-from orchard.storages.base import BaseStorage, ExperimentRecord
+from orchard.storages.base import BaseStorage, ExperimentRecord, new_experiment_id
 from orchard.storages.mongodb import client, writes
 from orchard.storages.mongodb.changes import ChangeFeed
 from orchard.storages.mongodb.counts import count_by_status, count_unbudgeted
@@ -187,26 +187,25 @@ class MongoStorage(BaseStorage):
     # -- experiments ------------------------------------------------------------
 
     @_translated("create an experiment")
-    def create_experiment(self, name: str, config: Mapping[str, Any], created: float | None = None) -> str:
-        fresh = {"_id": uuid.uuid4().hex, "config": to_builtin(dict(config)),
+    def create_experiment(self, name: str, config: Mapping[str, Any], created: float | None = None,
+                          keep_id: str | None = None) -> str:
+        fresh = {"_id": new_experiment_id(keep_id), "config": to_builtin(dict(config)),
                  "created": self.now() if created is None else created}
         db = self._db()
         client.ensure_indexes(db, self.uri, "experiments")  # the unique name settles racing creators
         experiments = db.experiments
         for _ in range(3):
             try:
-                doc = experiments.find_one_and_update(
-                    {"name": name}, {"$setOnInsert": fresh}, upsert=True, return_document=_AFTER
-                )
+                doc = experiments.find_one_and_update({"name": name}, {"$setOnInsert": fresh}, upsert=True,
+                                                      return_document=_AFTER)
             except DuplicateKeyError:  # a racing process inserted the name first: read its record
                 doc = experiments.find_one({"name": name})
+                fresh["_id"] = uuid.uuid4().hex  # or another experiment holds keep_id: a new one
             if doc is not None:
                 self._names[doc["_id"]] = name
                 return str(doc["_id"])
-        raise StorageError(
-            f"experiment {name!r} in {self.redacted_uri} was created and deleted repeatedly "
-            "while this process tried to join it; try again"
-        )
+        raise StorageError(f"experiment {name!r} in {self.redacted_uri} was created and deleted repeatedly "
+                           "while this process tried to join it; try again")
 
     @_translated("read an experiment")
     def get_experiment(self, name: str) -> ExperimentRecord | None:
