@@ -36,6 +36,7 @@ from orchard.resources import format_bytes
 from orchard.space import params_hash, trial_id
 from orchard.stopping import LEDGER_KEY, unreadable_ledger
 from orchard.storages import BaseStorage, ExperimentRecord
+from orchard.storages.base import finishes
 from orchard.storages._uri import redact
 from orchard.trial import Trial, TrialStatus
 
@@ -323,7 +324,9 @@ def load_experiments(
                    for t in entry["trials"] if isinstance(t.get("id"), str)}
         trials = [_restorable(t, experiment_id, new_ids) for t in entry["trials"]]
         _follow_ledger(storage, record, entry["config"].get(LEDGER_KEY), new_ids)
-        yield name, storage.restore_trials(experiment_id, trials), len(trials)
+        stored = {t.id: t for t in storage.fetch_trials(experiment_id)}  # one read, not a refused write each
+        trials = [t for t in trials if t.id not in stored or finishes(stored[t.id], t)]
+        yield name, storage.restore_trials(experiment_id, trials) if trials else 0, len(entry["trials"])
 
 
 def _dumped_id(entry: Mapping[str, Any]) -> str | None:
