@@ -12,13 +12,17 @@ __all__ = ["trials_frame"]
 
 #: The columns holding epoch seconds, turned into timezone-aware UTC datetimes.
 _TIME_COLUMNS = frozenset({"submit_time", "start_time", "end_time", "heartbeat"})
+#: Beyond this magnitude a float64 column no longer holds every int exactly.
+_EXACT_IN_FLOAT = 2**53
 
 
 def trials_frame(trials: Iterable[Trial]) -> Any:
     """A ``pandas.DataFrame`` with one row per trial (params prefixed ``params.``, results ``results.``).
 
     The times (``submit_time``, ``start_time``, ``end_time``, ``heartbeat``) are
-    timezone-aware UTC datetimes (``NaT`` when unset).
+    timezone-aware UTC datetimes (``NaT`` when unset). A column of ints that some rows lack, or
+    mixed with floats, would be float64; one holding an int beyond ``2**53``, which float64
+    would round, is kept exact instead: ``Int64`` (``<NA>`` when unset), or ``object`` with floats.
 
     Raises:
         ConfigurationError: pandas is not installed.
@@ -36,4 +40,13 @@ def trials_frame(trials: Iterable[Trial]) -> Any:
     frame = pd.DataFrame(rows)
     for column in _TIME_COLUMNS.intersection(frame.columns):
         frame[column] = pd.to_datetime(frame[column], unit="s", utc=True)
+    for column in frame.columns[frame.dtypes == "float64"]:
+        values: list[Any] = [row.get(column) for row in rows]
+        if any(_integer(v) and abs(v) > _EXACT_IN_FLOAT for v in values):  # float64 rounds it
+            exact = all(v is None or _integer(v) for v in values)
+            frame[column] = pd.array(values, dtype="Int64") if exact else pd.Series(values, dtype=object)
     return frame
+
+
+def _integer(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)

@@ -144,6 +144,20 @@ def test_dict_results_callbacks_and_pandas(store) -> None:
     assert len(frame) == 4 and {"params.x", "params.y", "results.accuracy", "objective"} <= set(frame.columns)
 
 
+def test_to_pandas_keeps_every_int_a_float_column_would_round(store) -> None:
+    """A result holding an int beyond 2**53 (a seed, a hash, a byte count) that some trial lacks made a
+    float64 column: 2**62 + 1 read 4611686018427387904, and -(2**63 - 1) an int64 cannot hold."""
+    exp = build(store)
+    big, low = 2**62 + 1, -(2**63 - 1)
+    exp.insert({"x": 0.5, "y": 1}, objective=1.0, results={"seed": big, "mixed": big})
+    exp.insert({"x": 0.25, "y": 2}, objective=2.0, results={"seed": low, "mixed": 0.5, "small": 3})
+    exp.insert({"x": 0.75, "y": 3}, objective=3.0)
+    frame = exp.to_pandas().sort_values("objective")
+    assert frame["results.seed"].tolist()[:2] == [big, low] and frame["results.seed"].isna().tolist()[2]
+    assert frame["results.mixed"].tolist()[:2] == [big, 0.5]
+    assert str(frame["results.small"].dtype) == "float64"  # small ints stay as pandas makes them
+
+
 def _raises_on_second_call(calls: list[str]) -> Callable[[Trial], None]:
     def callback(trial: Trial) -> None:
         calls.append(trial.id)
