@@ -346,3 +346,20 @@ def test_a_load_into_memory_is_refused_since_nothing_would_outlive_the_command(
     assert main(["db", "load", "e.json", "--storage", "memory://"]) == 2
     line = error_line(capsys.readouterr().err)
     assert "memory:// lives in the memory of this command only" in line and "nothing was loaded" in line
+
+
+@pytest.mark.slow
+def test_a_trial_mongodb_cannot_store_is_named_and_none_of_its_experiment_is_half_loaded(
+        workdir: Path, mongo_db_uri: str, capsys: pytest.CaptureFixture[str]) -> None:
+    """A results key holding a NUL character, which a pickle file keeps, stopped the load into MongoDB at that
+    trial: the trials before it were stored, and the error named neither the trial nor the dump."""
+    exp = orchard.build_experiment("e", space={"x": "uniform(0, 1)"}, storage="src.pkl")
+    for x in (0.1, 0.2, 0.3):
+        exp.insert({"x": x}, objective=x, results={"n\x00ul" if x == 0.3 else "ok": 1})
+    assert main(["db", "dump", "-n", "e", "-o", "e.json", "--storage", "src.pkl"]) == 0
+    capsys.readouterr()
+    assert main(["db", "load", "e.json", "--storage", mongo_db_uri]) == 1
+    line = error_line(capsys.readouterr().err)
+    (bad,) = [t.id for t in exp.fetch_trials() if t.params["x"] == 0.3]
+    assert f"cannot restore trial {bad!r} into experiment 'e'" in line and "MongoDB cannot store it" in line
+    assert orchard.get_experiment("e", storage=mongo_db_uri).fetch_trials() == []

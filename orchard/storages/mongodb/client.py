@@ -58,7 +58,6 @@ __all__ = [
     "open_client",
     "readable_experiments",
     "readable_trials",
-    "restorable",
     "translate",
     "translated",
     "trial_to_doc",
@@ -410,21 +409,6 @@ def _plain_ints(value: Any) -> Any:
 
 
 _NESTED = frozenset({Int64, dict, list})  # what _plain_ints looks into or replaces
-
-
-def restorable(docs: list[dict[str, Any]], experiment: str, uri: str) -> list[dict[str, Any]]:
-    """``docs``, once each is known to hold a trial readers can read (a dump may have been edited by hand).
-
-    Raises:
-        StorageError: one does not (see :func:`unreadable`); it is named, and nothing is stored.
-    """
-    for doc in docs:
-        why = unreadable(doc)
-        if why is not None:
-            raise StorageError(
-                f"cannot restore trial {doc['_id']!r} into experiment {experiment!r} in MongoDB at {redact(uri)}: it "
-                f"is not one Orchard writes ({why}); nothing was restored. Fix or remove that trial in the dump")
-    return docs
 
 
 def doc_to_trial(doc: dict[str, Any], uri: str = "") -> Trial:

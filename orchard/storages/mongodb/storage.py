@@ -311,7 +311,7 @@ class MongoStorage(BaseStorage):
         name = self._experiment_name(experiment_id)
         added = 0
         restored = [dataclasses.replace(t, id=trial_id(experiment_id, t.params), experiment=experiment_id) for t in trials]
-        docs = client.restorable([client.trial_to_doc(fresh) for fresh in restored], name, self.uri)
+        docs = writes.restorable([client.trial_to_doc(fresh) for fresh in restored], name, self.uri)
         for fresh, doc in zip(restored, docs, strict=True):
             try:
                 if not fresh.holds_budget:

@@ -13,15 +13,19 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+import bson
+from bson.errors import BSONError
+
 from orchard import trial as transitions
 from orchard.errors import OrchardError, StorageError
 from orchard.storages.base import finishes
+from orchard.storages._uri import redact
 from orchard.storages.mongodb.client import REPORT_COUNT, STAMP, check_experiment, doc_to_trial, unreadable
 from orchard.storages.pickled.records import MAX_DEPTH, plain_fault
 from orchard.trial import Change, Trial, TrialStatus
 
-__all__ = ["expected", "finish_waiting", "refuse_unreadable", "report_refusal", "swap_config", "took_effect",
-           "update"]
+__all__ = ["expected", "finish_waiting", "refuse_unreadable", "report_refusal", "restorable", "swap_config",
+           "took_effect", "update"]
 
 _BSON_VALUES = 2**24  # values one document (16 MiB at most) can hold: the walk's bound
 _CALLERS_VALUES = ("results", "error", "verdict")  # the fields a transition writes with the caller's values
@@ -145,3 +149,25 @@ def _unstorable(why: str) -> StorageError:
     return StorageError(f"cannot store {why} in MongoDB: only plain values (numbers, strings, booleans, "
                         f"None, lists and dicts of them, nested at most {MAX_DEPTH} deep; params flat) can "
                         "be stored; convert params, results and errors to those")
+
+
+def restorable(docs: list[dict[str, Any]], experiment: str, uri: str) -> list[dict[str, Any]]:
+    """``docs``, once each is known to hold a trial readers can read (a dump may have been edited by hand)
+    and one MongoDB can store (a results key holding a NUL character, which a pickle file keeps, cannot be).
+
+    Raises:
+        StorageError: one does not (see :func:`unreadable`); it is named, and nothing is stored.
+    """
+    for doc in docs:
+        why = unreadable(doc)
+        why = None if why is None else f"it is not one Orchard writes ({why})"
+        if why is None:
+            try:
+                bson.encode(doc)
+            except BSONError as err:  # the driver refused it at its insert: the trials before it were stored
+                why = f"MongoDB cannot store it ({err})"
+        if why is not None:
+            raise StorageError(
+                f"cannot restore trial {doc['_id']!r} into experiment {experiment!r} in MongoDB at "
+                f"{redact(uri)}: {why}; nothing was restored. Fix or remove that trial in the dump")
+    return docs
