@@ -25,8 +25,9 @@ from orchard.worker import Worker, WorkerSettings
 
 __all__ = ["holder", "new_client", "suggested"]
 
-#: Trial id -> the worker of this process that suggested it, until it is observed or released.
-_HELD: dict[str, Worker] = {}
+#: (Storage URI, trial id) -> the worker of this process that suggested it, until it is observed or
+#: released. By storage too: a copy loaded with ``db load`` holds the same trial ids.
+_HELD: dict[tuple[str, str], Worker] = {}
 
 
 def new_client(storage: BaseStorage, experiment_id: str, settings: WorkerSettings, label: str) -> Worker:
@@ -39,13 +40,14 @@ def new_client(storage: BaseStorage, experiment_id: str, settings: WorkerSetting
 def suggested(worker: Worker) -> Trial:
     """Reserve a trial through ``worker`` without waiting, and remember that ``worker`` holds it."""
     trial = worker.next_trial(timeout=0)
-    _HELD[trial.id] = worker
+    _HELD[worker.storage.uri, trial.id] = worker
     return trial
 
 
-def holder(trial: Trial, own: Callable[[], Worker], ending: bool = False) -> Worker:
-    """The worker of this process that holds ``trial`` (``own()`` if none does); ``ending`` forgets it."""
-    held = _HELD.pop(trial.id, None) if ending else _HELD.get(trial.id)
+def holder(trial: Trial, storage: str, own: Callable[[], Worker], ending: bool = False) -> Worker:
+    """The worker of this process that holds ``trial`` in the storage of URI ``storage`` (``own()`` if none
+    does); ``ending`` forgets it."""
+    held = _HELD.pop((storage, trial.id), None) if ending else _HELD.get((storage, trial.id))
     return own() if held is None else held
 
 

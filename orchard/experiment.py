@@ -380,7 +380,7 @@ class Experiment:
             ReservationLostError: the reservation was lost (heartbeat stale).
         """
         outcome = Outcome.pruned_by_objective() if isinstance(result, TrialPruned) else interpret_result(result)
-        return holder(trial, self._client_worker, ending=True).finish(trial, outcome)
+        return holder(trial, self.storage.uri, self._client_worker, ending=True).finish(trial, outcome)
 
     def report(self, trial: Trial, value: float | Mapping[str, float], step: int) -> None:
         """Store an intermediate ``value`` at ``step`` on a trial from :meth:`suggest`, and judge it.
@@ -396,11 +396,11 @@ class Experiment:
             ReservationLostError: the reservation was lost (heartbeat stale).
         """
         value, step = check_report(value, step)
-        holder(trial, self._client_worker).judge(trial.id, value, step)
+        holder(trial, self.storage.uri, self._client_worker).judge(trial.id, value, step)
 
     def should_prune(self, trial: Trial) -> bool:
         """Whether a :meth:`report` of ``trial`` got a "prune" verdict (then :meth:`observe` records it pruned)."""
-        return holder(trial, self._client_worker).judge.verdict_of(trial.id) is not None
+        return holder(trial, self.storage.uri, self._client_worker).judge.verdict_of(trial.id) is not None
 
     def release(self, trial: Trial) -> Trial:
         """Give a suggested trial back unevaluated (it becomes ``interrupted``).
@@ -408,7 +408,7 @@ class Experiment:
         Raises:
             ReservationLostError: the reservation was lost meanwhile.
         """
-        return holder(trial, self._client_worker, ending=True).release(trial)
+        return holder(trial, self.storage.uri, self._client_worker, ending=True).release(trial)
 
     def insert(self, params: Mapping[str, Any], objective: float | None = None,
                results: Mapping[str, Any] | None = None, count_in_budget: bool = False) -> Trial:

@@ -363,3 +363,22 @@ def test_a_trial_mongodb_cannot_store_is_named_and_none_of_its_experiment_is_hal
     (bad,) = [t.id for t in exp.fetch_trials() if t.params["x"] == 0.3]
     assert f"cannot restore trial {bad!r} into experiment 'e'" in line and "MongoDB cannot store it" in line
     assert orchard.get_experiment("e", storage=mongo_db_uri).fetch_trials() == []
+
+
+def test_a_result_observed_on_the_source_goes_to_the_source_when_its_copy_suggested_the_same_trial(
+        workdir: Path) -> None:
+    """A loaded copy keeps the trial ids, and the process remembered a suggested trial's worker by id alone:
+    the same grid point suggested by the source and by its copy, observed on the source, was completed in
+    the copy, and the source's trial stayed reserved."""
+    source = orchard.build_experiment("g", space={"x": "choices([1, 2, 3])"}, algorithm="grid",
+                                      storage="a.pkl")
+    assert main(["db", "dump", "-o", "g.json", "--storage", "a.pkl"]) == 0
+    assert main(["db", "load", "g.json", "--storage", "b.pkl"]) == 0
+    copy = orchard.get_experiment("g", storage="b.pkl")
+    here, there = source.suggest(), copy.suggest()
+    assert here.id == there.id
+    source.observe(here, 0.5)
+    assert [t.status for t in source.fetch_trials()] == [TrialStatus.COMPLETED]
+    assert [t.status for t in copy.fetch_trials()] == [TrialStatus.RESERVED]
+    copy.observe(there, 0.25)
+    assert [t.objective for t in copy.fetch_trials()] == [0.25]
