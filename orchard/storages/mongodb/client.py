@@ -188,21 +188,23 @@ _INDEXES = {
                            name="experiment_status_submit"),
         # fetch_changes: trials written since a server stamp (orchard.storages.mongodb.changes)
         pymongo.IndexModel([("experiment", 1), ("mtime", 1)], name="experiment_mtime"),
+        pymongo.IndexModel([("experiment", 1), ("_id", 1)], name="experiment_id"),  # changes.EVERY_TRIAL
         # budget slots (see orchard.storages.mongodb.slots): one per non-broken trial
         pymongo.IndexModel("slot", name="slot_unique", unique=True, sparse=True),
     ],
 }
 
 
-def ensure_indexes(db: Any, uri: str, collection: str = "trials") -> None:
-    """Create the indexes the verbs on ``collection`` rely on: one round trip, once per process, URI and collection.
+def ensure_indexes(db: Any, uri: str, collection: str = "trials", again: bool = False) -> None:
+    """Create the indexes the verbs on ``collection`` rely on: one round trip, once per process, URI and
+    collection (``again``: once more, the collection was dropped and made anew since).
 
     The trials' indexes are ensured before any verb; the experiments' unique name only before an
     experiment is created (the one verb that relies on it), so joining an experiment costs one.
     """
     key = (os.getpid(), uri, collection)
     with _mock_lock:
-        if key in _indexed:
+        if key in _indexed and not again:
             return
     db[collection].create_indexes(_INDEXES[collection])
     with _mock_lock:

@@ -56,7 +56,7 @@ from orchard.errors import (
 from orchard.space import to_builtin, trial_id
 from orchard.storages.base import BaseStorage, ExperimentRecord
 from orchard.storages.mongodb import client, writes
-from orchard.storages.mongodb.changes import ChangeFeed
+from orchard.storages.mongodb.changes import ChangeFeed, find_trials
 from orchard.storages.mongodb.counts import count_by_status, count_unbudgeted
 from orchard.storages.mongodb.reports import WITHOUT_REPORTS, KnownReports
 from orchard.storages.mongodb.slots import insert_holding_slot, record_holding_slot
@@ -466,11 +466,9 @@ class MongoStorage(BaseStorage):
 
     @_translated("fetch trials")
     def fetch_trials(self, experiment_id: str, statuses: Iterable[TrialStatus | str] | None = None) -> list[Trial]:
-        query: dict[str, Any] = {"experiment": experiment_id}
-        if statuses is not None:
-            query["status"] = {"$in": [TrialStatus(s).value for s in statuses]}
-        trials = client.readable_trials(self._trials.find(query, batch_size=client.BATCH), self.uri)
-        if not trials:  # an experiment deleted by another process reads as none, as on every backend
+        wanted = None if statuses is None else [TrialStatus(s).value for s in statuses]
+        docs = find_trials(self._trials, experiment_id, wanted, self.uri)  # each trial read once
+        if not (trials := client.readable_trials(docs, self.uri)):  # deleted by another process? Raise if so
             self._experiment_name(experiment_id, cached=False)
         return sorted(trials, key=lambda t: t.submit_time or 0.0)
 
