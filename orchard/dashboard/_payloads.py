@@ -170,9 +170,6 @@ def rungs(view: ExperimentView) -> list[dict[str, Any]] | None:
     return result
 
 
-_FRONTS: dict[str, tuple[int, dict[str, Any]]] = {}
-
-
 def pareto_front(view: ExperimentView) -> dict[str, Any] | None:
     """The feasible Pareto front of an experiment with several objectives, and the points of its scatter.
 
@@ -181,15 +178,14 @@ def pareto_front(view: ExperimentView) -> dict[str, Any] | None:
     objective's value in its own direction; ordered by the first objective) and
     ``points`` (``[number, feasible, on the front, value, value, ...]`` for each
     completed trial, at most :data:`MAX_FRONT_POINTS` of the ``scored`` ones: the front's, then the
-    latest). Computed once per version
-    of the view.
+    latest). Computed once per version of the view, and kept on the view (:attr:`ExperimentView.front`):
+    it goes with the view of a deleted experiment.
     """
     objectives = view.config.get("objectives")
     if not isinstance(objectives, dict) or len(objectives) < 2:
         return None
-    cached = _FRONTS.get(view.record.id)
-    if cached is not None and cached[0] == view.version:
-        return cached[1]
+    if view.front is not None and view.front[0] == view.version:
+        return view.front[1]
     constraints = view.config.get("constraints")
     rows = scored(view.trials.values(), objectives, constraints)
     ordered = sorted((vector, trial.id) for trial, vector, violation in rows if violation <= 0)
@@ -216,7 +212,7 @@ def pareto_front(view: ExperimentView) -> dict[str, Any] | None:
         "points": [[view.numbers[t.id], True, True, *shown(v)] for t, v in members]
         + [[view.numbers[t.id], violation <= 0, False, *shown(v)] for t, v, violation in others],
     }
-    _FRONTS[view.record.id] = (view.version, payload)
+    view.front = (view.version, payload)
     return payload
 
 
