@@ -256,18 +256,18 @@ def scored(trial: Trial) -> bool:
 
 
 def drawable(*values: float | None) -> bool:
-    """Whether each of ``values`` is within :data:`DRAWN_LIMIT` of zero (``None`` is not drawn: it is)."""
-    return all(value is None or abs(value) <= DRAWN_LIMIT for value in values)
+    """Whether none of ``values`` is beyond :data:`DRAWN_LIMIT` (``None`` and NaN, drawn as gaps, are not)."""
+    return not any(value is not None and abs(value) > DRAWN_LIMIT for value in values)
 
 
-def left_out(trials: Iterable[Trial]) -> str:
-    """The title's second line: the trials left out for an objective beyond :data:`DRAWN_LIMIT`, or ""."""
+def left_out(trials: Iterable[Trial], what: str = "an objective") -> str:
+    """The title's second line: the trials left out for ``what`` beyond :data:`DRAWN_LIMIT`, or ""."""
     ids = [t.id[:8] for t in trials]
     if not ids:
         return ""
     named = ", ".join(ids[:3]) + (f" and {len(ids) - 3} more" if len(ids) > 3 else "")
     limit = f"{DRAWN_LIMIT:.0e}".replace("+", "")
-    return f"\nnot drawn, an objective beyond ±{limit}: {len(ids)} trial{'s' * (len(ids) > 1)} ({named})"
+    return f"\nnot drawn, {what} beyond ±{limit}: {len(ids)} trial{'s' * (len(ids) > 1)} ({named})"
 
 
 def _end_key(trial: Trial) -> tuple[float, float]:
