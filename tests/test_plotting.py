@@ -336,12 +336,12 @@ def test_trials_from_suggest_and_observe_are_drawn(experiment: Any, tmp_path: Pa
     assert plotting.save(timeline, tmp_path / "t.png").read_bytes().startswith(PNG_MAGIC)
 
 
-@pytest.mark.parametrize("kind", ["regret", "parallel"])
+@pytest.mark.parametrize("kind", ["regret", "parallel", "rungs"])
 def test_objectives_near_the_largest_float_are_named_and_the_rest_drawn(
         kind: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """`orchard plot regret -o r.png` failed with "unexpected ValueError: arange: cannot compute length"
-    (parallel: "Axis limits cannot be NaN or Inf"): an axis from -1e308 to 1.7e308 spans more than the
-    largest float."""
+    (parallel: "Axis limits cannot be NaN or Inf", rungs as regret): an axis from -1e308 to 1.7e308 spans
+    more than the largest float."""
     from orchard.cli import main
 
     uri = str(tmp_path / "db.pkl")
