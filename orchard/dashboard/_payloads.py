@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import weakref
 from collections.abc import Iterable
 from typing import Any
 
@@ -248,11 +249,13 @@ class RowCache:
     """The JSON text of each trial's table row, encoded once per version of the trial.
 
     Serving 10,000 rows then costs a join, not 10,000 encodings: a row is
-    re-encoded only when a fold replaced its trial.
+    re-encoded only when a fold replaced its trial. The rows are kept by view, and go with
+    it: a dashboard kept every row of the experiments deleted while it ran, for its life.
     """
 
     def __init__(self) -> None:
-        self._rows: dict[str, tuple[Trial, str]] = {}
+        self._rows: weakref.WeakKeyDictionary[ExperimentView, dict[str, tuple[Trial, str]]] = (
+            weakref.WeakKeyDictionary())
 
     def trial_rows(self, view: ExperimentView, since: int = 0, after: int = 0, limit: int | None = None) -> str:
         """The JSON text of one page of :func:`trial_rows` ``(view, since)``.
@@ -265,6 +268,7 @@ class RowCache:
         sent again by the next ``since`` query (from the first page's version).
         """
         head = to_json({**trial_rows(view, since=-1, rows=False), "since": since})
+        encoded = self._rows.setdefault(view, {})
         parts: list[str] = []
         last, more = after, False
         for trial in view.changed_since(since):
@@ -274,10 +278,10 @@ class RowCache:
             if limit is not None and len(parts) >= limit:
                 more = True
                 break
-            cached = self._rows.get(trial.id)
+            cached = encoded.get(trial.id)
             if cached is None or cached[0] is not trial:
                 cached = (trial, to_json(_row(trial, number, view.config.get("constraints"))))
-                self._rows[trial.id] = cached
+                encoded[trial.id] = cached
             parts.append(cached[1])
             last = number
         page = f',"after":{last},"more":{"true" if more else "false"}'
