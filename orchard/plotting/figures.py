@@ -46,8 +46,9 @@ STATUS_COLORS: dict[TrialStatus, str] = {
 
 
 #: The largest magnitude of an objective drawn. Beyond it an axis from the lowest to the highest value
-#: can span more than the largest float (1.8e308): matplotlib then fails, and plotly draws no axis. A
-#: trial with such a value (an overflow in the objective, most likely) is left out, and the title says so.
+#: can span more than the largest float (1.8e308), which matplotlib fails on ("arange: cannot compute
+#: length"). A trial with such a value (an overflow in the objective, most likely) is left out of every
+#: figure, its ``.html`` too, and the title says so.
 DRAWN_LIMIT = 1e300
 
 
