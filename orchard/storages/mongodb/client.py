@@ -34,6 +34,7 @@ from pymongo.uri_parser import parse_uri
 
 from orchard.errors import ConfigurationError, StorageCorruptedError, StorageError, StorageUnavailableError
 from orchard.storages._uri import password_of, redact, split_options
+from orchard.storages.mongodb.formats import check_format
 from orchard.storages.pickled.records import RecordError, check_trial, experiment_fault
 from orchard.trial import Trial, TrialStatus
 
@@ -475,13 +476,15 @@ def check_experiment(doc: Mapping[str, Any], uri: str) -> None:
     """Raise unless ``doc`` is an experiment Orchard writes.
 
     Raises:
-        StorageCorruptedError: it is not (see :func:`unreadable_experiment`); the message names it.
+        StorageCorruptedError: it is not (see :func:`unreadable_experiment`), or a newer release wrote it
+            (:func:`~orchard.storages.mongodb.formats.check_format`); the message names it.
     """
     why = unreadable_experiment(doc)
     if why is not None:
         raise StorageCorruptedError(
             f"experiment {doc.get('name')!r} (id {doc.get('_id')!r}) in MongoDB at {redact(uri)} is not one "
             f"Orchard writes ({why}); written by another program? Delete or fix that document")
+    check_format(doc, uri)
 
 
 def readable_experiments(docs: Iterable[dict[str, Any]], uri: str) -> list[dict[str, Any]]:

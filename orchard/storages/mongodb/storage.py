@@ -54,7 +54,7 @@ from orchard.errors import (
 )
 from orchard.space import to_builtin, trial_id
 from orchard.storages.base import BaseStorage, ExperimentRecord
-from orchard.storages.mongodb import client, writes
+from orchard.storages.mongodb import client, formats, writes
 from orchard.storages.mongodb.changes import ChangeFeed, find_trials
 from orchard.storages.mongodb.counts import count_by_status, count_unbudgeted
 from orchard.storages.mongodb.reports import WITHOUT_REPORTS, KnownReports
@@ -188,7 +188,7 @@ class MongoStorage(BaseStorage):
 
     @_translated("create an experiment")
     def create_experiment(self, name: str, config: Mapping[str, Any], created: float | None = None) -> str:
-        fresh = {"_id": uuid.uuid4().hex, "config": to_builtin(dict(config)),
+        fresh = {"_id": uuid.uuid4().hex, "config": to_builtin(dict(config)), "format": formats.FORMAT,
                  "created": self.now() if created is None else created}
         db = self._db()
         client.ensure_indexes(db, self.uri, "experiments")  # the unique name settles racing creators
