@@ -198,9 +198,8 @@ _INDEXES = {
 
 def ensure_indexes(db: Any, uri: str, collection: str = "trials", again: bool = False) -> None:
     """Create the indexes the verbs on ``collection`` rely on: one round trip, once per process, URI and
-    collection (``again``: once more, the collection was dropped and made anew since).
-
-    The trials' indexes are ensured before any verb; the experiments' unique name only before an
+    collection (``again``: once more, the collection was dropped and made anew since). The trials'
+    indexes are ensured before any verb; the experiments' unique name only before an
     experiment is created (the one verb that relies on it), so joining an experiment costs one.
     """
     key = (os.getpid(), uri, collection)
@@ -476,8 +475,7 @@ def check_experiment(doc: Mapping[str, Any], uri: str) -> None:
     """Raise unless ``doc`` is an experiment Orchard writes.
 
     Raises:
-        StorageCorruptedError: it is not (see :func:`unreadable_experiment`), or a newer release wrote it
-            (:func:`~orchard.storages.mongodb.formats.check_format`); the message names it.
+        StorageCorruptedError: it is not (:func:`unreadable_experiment`), or a newer release wrote it.
     """
     why = unreadable_experiment(doc)
     if why is not None:
