@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
 
@@ -65,7 +66,7 @@ def join_experiment(
         problems += [f"space {line}" for line in stored.space.diff(space)]
     if algorithm is not None:
         problems += _algorithm_differences(stored.algorithm, algorithm, algorithm_options)
-    if pruner is not None and pruner != stored.pruner:
+    if pruner is not None and not _same(pruner, stored.pruner):
         problems.append(f"pruner: stored {stored.pruner} != given {pruner}")
     for key, value in (goals or {}).items():
         if value is not None and value != getattr(stored, key):  # a warm-start source's URI may hold a password
@@ -126,7 +127,19 @@ def _algorithm_differences(stored: Mapping[str, Any], given: Mapping[str, Any],
     ((name, wanted),) = given.items()
     keys = sorted(wanted.keys() | stored[name].keys()) if options is None else sorted(options)
     return [f"algorithm {name} option {key}: stored {stored[name].get(key)!r} != given {wanted.get(key)!r}"
-            for key in keys if stored[name].get(key) != wanted.get(key)]
+            for key in keys if not _same(stored[name].get(key), wanted.get(key))]
+
+
+def _same(stored: Any, given: Any) -> bool:
+    """Whether two settings in their stored form are equal, a NaN to a NaN (Python's ``nan != nan``
+    refused every joiner of an experiment created with a NaN option: "stored nan != given nan")."""
+    if isinstance(stored, float) and isinstance(given, float) and math.isnan(stored) and math.isnan(given):
+        return True
+    if isinstance(stored, Mapping) and isinstance(given, Mapping):
+        return stored.keys() == given.keys() and all(_same(stored[key], given[key]) for key in stored)
+    if isinstance(stored, (list, tuple)) and type(stored) is type(given):
+        return len(stored) == len(given) and all(map(_same, stored, given))
+    return bool(stored == given)
 
 
 def patiently(store: BaseStorage, join: Callable[[], T]) -> T:

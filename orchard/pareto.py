@@ -21,7 +21,14 @@ from orchard.objectives import first_front, hypervolume, minimized, reference_po
 from orchard.report import shown
 from orchard.trial import Trial, TrialStatus, finite_float
 
-__all__ = ["best_of", "front_hypervolume", "infeasible", "pareto_front", "scored"]
+__all__ = ["best_of", "front_hypervolume", "infeasible", "pareto_front", "reported", "scored"]
+
+
+def reported(trial: Trial) -> Mapping[str, Any]:
+    """A trial's results with ``objective`` in them: a worker of an older release took it out into
+    :attr:`Trial.objective` (an objective named ``objective`` of a several-objective experiment is then
+    only there)."""
+    return trial.results if "objective" in trial.results else {**trial.results, "objective": trial.objective}
 
 
 def scored(
@@ -33,7 +40,7 @@ def scored(
     for trial in trials:
         if trial.status is not TrialStatus.COMPLETED:
             continue
-        values = {**trial.results, "objective": trial.objective} if "objective" not in trial.results else trial.results
+        values = reported(trial)
         try:
             vector = minimized(values, objectives)
         except (KeyError, TypeError, ValueError):  # stored before the objectives were checked

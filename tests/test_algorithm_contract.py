@@ -423,6 +423,32 @@ def test_a_plugin_option_given_as_a_tuple_joins_when_given_again(
     assert again.id == first.id and again.algorithm == {"levels": {"levels": [1, 2]}}
 
 
+@pytest.mark.parametrize("backend", ["pickle", "mongodb"])
+def test_a_plugin_option_set_to_nan_joins_when_given_again(
+        backend: str, monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest, tmp_path: Path,
+) -> None:
+    """nan != nan: every join of an experiment stored with a NaN option was refused, the very first
+    build too ("option temperature: stored nan != given nan"). Another value is still refused."""
+    from orchard import algorithms
+    from orchard.algorithms import RandomSearch
+    from orchard.errors import ExperimentConflictError
+    from tests.conftest import backend_uri
+
+    class Tempered(RandomSearch):  # type: ignore[misc, valid-type]
+        name = "tempered"
+        OPTIONS: ClassVar[dict[str, Any]] = {"temperature": 1.0, "schedule": None}
+
+    monkeypatch.setattr(algorithms, "algorithm_class", lambda name: Tempered)
+    store, nan = backend_uri(backend, request, tmp_path), float("nan")
+    setting = {"tempered": {"temperature": nan, "schedule": {"steps": [1.0, nan]}}}
+    first = orchard.build_experiment("e", space={"x": "uniform(0, 1)"}, algorithm=setting, storage=store)
+    again = orchard.build_experiment("e", space={"x": "uniform(0, 1)"}, algorithm=setting, storage=store)
+    assert again.id == first.id
+    other = {"tempered": {"temperature": 1.0, "schedule": {"steps": [1.0, nan]}}}
+    with pytest.raises(ExperimentConflictError, match="option temperature: stored nan != given 1.0"):
+        orchard.build_experiment("e", space={"x": "uniform(0, 1)"}, algorithm=other, storage=store)
+
+
 def test_an_experiment_of_a_plugin_not_installed_here_is_read_but_not_run(
         monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """status, info, get_experiment and db load said "unusable stored configuration (unknown algorithm

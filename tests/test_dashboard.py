@@ -353,6 +353,39 @@ def test_the_front_is_sent_again_only_when_trials_changed(store: BaseStorage) ->
     assert [row["number"] for row in front["trials"]] == [1, 4]
 
 
+def test_a_long_lived_dashboard_keeps_nothing_of_a_deleted_experiment(store: BaseStorage) -> None:
+    """The fronts were cached by experiment id, and the trials' rows by trial id, for the server's life: a
+    dashboard left running while experiments were created and deleted grew by each one's points and rows."""
+    import gc
+
+    from orchard.dashboard._payloads import RowCache
+    from orchard.trial import Trial
+
+    clock = FakeClock()
+    view, rows = StorageView(store, min_interval=0.5, clock=clock), RowCache()
+    deleted: set[str] = set()
+    for round_ in range(3):
+        exp_id = make_experiment(store, f"exp{round_}", objectives={"error": "min", "latency": "min"})
+        for i in range(3):
+            trial_id = store.register_trial(exp_id, {"x": i / 10}, worker="w").id
+            store.complete_trial(trial_id, "w", i / 10, {"error": i / 10, "latency": 1.0 - i / 10})
+            deleted.add(trial_id)
+        clock.now += 1.0
+        shown = view.experiment(f"exp{round_}")
+        assert shown is not None and len(experiment_detail(shown, "memory://")["front"]["points"]) == 3
+        assert len(json.loads(rows.trial_rows(shown))["trials"]) == 3
+        del shown
+        store.delete_experiment(exp_id)
+    clock.now += 1.0
+    assert view.experiments() == []
+    gc.collect()
+    kept = [o for o in gc.get_objects() if isinstance(o, dict) and isinstance(o.get("trials"), list)
+            and any(isinstance(row, dict) and row.get("id") in deleted for row in o["trials"])]
+    assert not kept, f"{len(kept)} fronts of deleted experiments are still held"
+    held = [o for o in gc.get_objects() if isinstance(o, Trial) and o.id in deleted]
+    assert not held, f"{len(held)} trials of deleted experiments are still held"
+
+
 def test_a_row_says_whether_its_trial_breaks_a_constraint(store: BaseStorage) -> None:
     """The page's best-so-far line took infeasible trials (the lowest objective of all), while the best
     card and exp.best_trial took the best feasible one: rows now carry `infeasible`, which the line skips."""

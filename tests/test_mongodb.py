@@ -609,7 +609,7 @@ def _count_in_child(storage: MongoStorage, exp: str, results: Any) -> None:
 def test_every_verb_over_the_wire(wire: MongoStorage) -> None:
     exp = wire.create_experiment("verbs", {"a": 1})
     names = {i["name"] for i in wire._trials.list_indexes()}
-    assert {"experiment_status_submit", "experiment_mtime", "slot_unique"} <= names
+    assert {"experiment_status_submit", "experiment_mtime", "experiment_id", "slot_unique"} <= names
     a = wire.register_trial(exp, {"x": 1}, budget=2)
     with pytest.raises(DuplicateTrialError):
         wire.register_trial(exp, {"x": 1}, budget=2)
@@ -642,6 +642,61 @@ def test_every_verb_over_the_wire(wire: MongoStorage) -> None:
     [stale] = wire.release_lost(exp, {c.id: reserved.lease}, 3)
     assert (stale.id, stale.status) == (c.id, TrialStatus.INTERRUPTED)
     assert isinstance(_doc(wire, c.id)["mtime"], datetime.datetime), "the wire server stamps writes itself"
+
+
+class _Sent(pymongo.monitoring.CommandListener):
+    """The reads (``find``, ``aggregate``) a client sent."""
+
+    def __init__(self) -> None:
+        self.reads: list[dict[str, Any]] = []
+
+    def started(self, event: pymongo.monitoring.CommandStartedEvent) -> None:
+        if event.command_name in ("find", "aggregate"):
+            sent = event.command.items()
+            self.reads.append({k: v for k, v in sent if k not in ("lsid", "$db", "$clusterTime")})
+
+    def succeeded(self, event: pymongo.monitoring.CommandSucceededEvent) -> None:
+        pass
+
+    def failed(self, event: pymongo.monitoring.CommandFailedEvent) -> None:
+        pass
+
+
+def _scanned_keys(explained: Any) -> list[list[str]]:
+    """The key patterns of the indexes a plan the server explained scans."""
+    if isinstance(explained, list):
+        return [keys for item in explained for keys in _scanned_keys(item)]
+    if not isinstance(explained, dict):
+        return []
+    here = [list(explained["keyPattern"])] if "keyPattern" in explained else []
+    below = [value for key, value in explained.items() if key != "rejectedPlans"]
+    return here + [keys for value in below for keys in _scanned_keys(value)]
+
+
+@pytest.mark.slow
+def test_a_read_of_every_trial_scans_an_index_whose_keys_no_write_changes(wire_uri: str) -> None:
+    """`fetch_trials` (a `db dump`) was a plain find the server served from the (experiment, mtime) index:
+    on mongod a trial written during a read of several batches moves in that index, and is read twice or
+    missed (a trial read twice made the dump refuse to load). Hinted to (experiment, _id): each trial once."""
+    sent = _Sent()
+    storage = MongoStorage(wire_uri)
+    storage._client = pymongo.MongoClient(wire_uri, event_listeners=[sent])
+    exp = storage.create_experiment("isolated", {})
+    registered = [storage.register_trial(exp, {"x": x}, worker="w" if x % 2 else None) for x in range(5)]
+    storage.complete_trial(registered[1].id, "w", 1.0)
+    del sent.reads[:]
+    assert [t.id for t in storage.fetch_trials(exp)] == [t.id for t in registered]  # oldest first
+    waiting = [registered[i].id for i in (0, 2, 3, 4)]
+    assert [t.id for t in storage.fetch_trials(exp, ["new", "reserved"])] == waiting
+    assert len(storage.fetch_changes(exp)[0]) == 5  # a first look: every trial, each once
+    db = storage._db()
+    for read in sent.reads:
+        scanned = _scanned_keys(db.command("explain", read))
+        assert scanned and all(set(keys) <= {"experiment", "_id"} for keys in scanned), (read, scanned)
+    storage._trials.drop_index("experiment_id")  # a collection restored from a dump of an older release
+    assert len(storage.fetch_trials(exp)) == len(MongoStorage(wire_uri).fetch_changes(exp)[0]) == 5
+    assert "experiment_id" in {index["name"] for index in storage._trials.list_indexes()}
+    storage._client.close()
 
 
 @pytest.mark.slow

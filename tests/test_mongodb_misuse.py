@@ -190,6 +190,24 @@ def test_a_reader_of_an_experiment_deleted_by_another_process_is_told_so(
         reader.reserve_trial(exp, "w")
 
 
+def test_a_fresh_experiment_read_empty_is_not_read_again_and_its_deletion_stops_the_first_registration(
+    handles: tuple[MongoStorage, MongoStorage], exp: str
+) -> None:
+    """A joiner's count and first look of an empty experiment each read the experiment once more (deleted
+    by another process?): 2 finds per worker, 256 at once when 128 joined. A handle that never saw it hold
+    a trial reads it no more; a deletion stops the worker at its first registration, which writes nothing."""
+    user, worker = handles
+    assert worker.require_experiment("e").id == exp  # joined
+    assert user.delete_experiment(exp) == 0
+    assert not any(worker.count_trials(exp).values()) and worker.fetch_changes(exp)[0] == []
+    for budget in (5, None):
+        with pytest.raises(ExperimentNotFoundError, match="'e' was deleted"):
+            worker.register_trial(exp, {"x": 0.1}, worker="w", budget=budget)
+    assert user._trials.count_documents({}) == 0
+    with pytest.raises(ExperimentNotFoundError, match="nope"):  # an id never seen is read: it does not exist
+        worker.count_trials("nope")
+
+
 def test_an_insert_outside_the_budget_lands_nothing_in_an_experiment_deleted_under_it(
     handles: tuple[MongoStorage, MongoStorage], exp: str
 ) -> None:

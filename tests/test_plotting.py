@@ -336,6 +336,54 @@ def test_trials_from_suggest_and_observe_are_drawn(experiment: Any, tmp_path: Pa
     assert plotting.save(timeline, tmp_path / "t.png").read_bytes().startswith(PNG_MAGIC)
 
 
+@pytest.mark.parametrize("kind", ["regret", "parallel", "rungs"])
+def test_objectives_near_the_largest_float_are_named_and_the_rest_drawn(
+        kind: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`orchard plot regret -o r.png` failed with "unexpected ValueError: arange: cannot compute length"
+    (parallel: "Axis limits cannot be NaN or Inf", rungs as regret): an axis from -1e308 to 1.7e308 spans
+    more than the largest float."""
+    from orchard.cli import main
+
+    uri = str(tmp_path / "db.pkl")
+    exp = orchard.build_experiment("huge", space={"x": "uniform(0, 1)"}, storage=uri)
+    values = [1e308, -1e308, 0.5, 1.7e308, -1.7e308, 0.25]
+    for x, objective in enumerate(values):
+        exp.insert({"x": x / 10}, objective)
+    for suffix in (".png", ".html"):
+        out = tmp_path / f"{kind}{suffix}"
+        code = main(["plot", kind, "-n", "huge", "--storage", uri, "-o", str(out)])
+        assert code == 0, capsys.readouterr().err
+    fig = plotting.make_figure(kind, exp.fetch_trials(), "huge", exp.space)
+    drawn = fig.objectives
+    far = [t.id[:8] for t in exp.fetch_trials() if abs(t.objective or 0) > 1]
+    assert sorted(drawn) == [0.25, 0.5] and fig.note is None
+    named = f"4 trials ({', '.join(far[:3])} and 1 more)"
+    assert fig.title.endswith(f"\nnot drawn, an objective beyond ±1e300: {named}"), fig.title
+
+
+def test_curves_with_a_report_near_the_largest_float_are_named_and_the_rest_drawn(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`orchard plot curves -o c.png` failed with "unexpected ValueError: arange: cannot compute length"."""
+    from orchard.cli import main
+    from orchard.storages import get_storage
+
+    uri = str(tmp_path / "db.pkl")
+    exp = orchard.build_experiment("huge", space={"x": "uniform(0, 1)"}, storage=uri)
+    storage = get_storage(uri)
+    for i, reports in enumerate([[1e308, 1.0], [-1e308, 0.5], [0.3, 0.2]]):
+        trial = storage.register_trial(exp.id, {"x": i / 10}, worker="w")
+        for step, value in enumerate(reports):
+            storage.report_trial(trial.id, "w", step, value)
+        storage.complete_trial(trial.id, "w", reports[-1])
+    for suffix in (".png", ".html"):
+        code = main(["plot", "curves", "-n", "huge", "--storage", uri, "-o", str(tmp_path / f"c{suffix}")])
+        assert code == 0, capsys.readouterr().err
+    fig = plotting.make_figure("curves", exp.fetch_trials(), "huge", exp.space)
+    assert [curve.values for curve in fig.curves] == [[0.3, 0.2]]
+    far = ", ".join(t.id[:8] for t in exp.fetch_trials() if t.objective != 0.2)
+    assert fig.title.endswith(f"\nnot drawn, a report beyond ±1e300: 2 trials ({far})")
+
+
 def test_orchard_plot_through_the_command_line(
     experiment: Any, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -86,6 +86,26 @@ def test_hypervolume_beyond_the_float_range_says_why_instead_of_drawing_infinity
     assert fig.volumes == [] and "beyond the largest float" in (fig.note or "")  # was [inf, inf]
 
 
+@pytest.mark.parametrize("suffix", [".png", ".html"])
+def test_pareto_of_objectives_near_the_largest_float_draws_the_rest_and_names_the_others(
+        tmp_path: Path, suffix: str, capsys: pytest.CaptureFixture[str]) -> None:
+    """`orchard plot pareto -o f.png` failed with "unexpected ValueError: arange: cannot compute length": an
+    axis from -1e308 to 1e308 spans more than the largest float. Such trials are left out, and named."""
+    uri = str(tmp_path / "db.pkl")
+    exp = orchard.build_experiment("huge", space={"x": "uniform(0, 1)"}, storage=uri, objectives=TWO)
+    for x, error, accuracy in [(0.1, 1e308, 0.5), (0.2, -1.7e308, 0.6), (0.3, 0.2, 0.7), (0.4, 0.1, 0.6)]:
+        exp.insert({"x": x}, results={"error": error, "accuracy": accuracy})
+    out = tmp_path / f"pareto{suffix}"
+    code = main(["plot", "pareto", "-n", "huge", "--storage", uri, "-o", str(out)])
+    assert code == 0, capsys.readouterr().err
+    fig = plotting.pareto(exp.fetch_trials(), "huge", TWO)
+    [panel] = fig.panels
+    assert sorted(panel.front.x + panel.others.x) == [0.1, 0.2]
+    far = [t.id[:8] for t in exp.fetch_trials() if abs(t.results["error"]) > 1]
+    assert fig.title.endswith(f"\nnot drawn, an objective beyond ±1e300: 2 trials ({', '.join(far)})")
+    assert fig.title.startswith("huge: Pareto front, 2 of 4 completed trials")  # -1.7e308 is on the front
+
+
 def test_hypervolume_beyond_three_objectives_says_why() -> None:
     four = {"a": "min", "b": "min", "c": "min", "d": "min"}
     assert "up to 3 objectives" in (plotting.hypervolume([], "mo", four).note or "")

@@ -272,6 +272,7 @@ def _check_numbers(trial: Trial, objectives: Mapping[str, str]) -> None:
 
     JSON dumps may hold NaN and Infinity: a NaN objective loaded became the best trial.
     """
+    from orchard.pareto import reported
     from orchard.report import shown
     from orchard.trial import finite_number
 
@@ -281,9 +282,10 @@ def _check_numbers(trial: Trial, objectives: Mapping[str, str]) -> None:
         if not all(math.isfinite(v) for v in (value if isinstance(value, tuple) else (value,))):
             raise ValueError(f"its report at step {step} is {shown(value)}, not finite numbers")
     if trial.status is TrialStatus.COMPLETED:
+        values = reported(trial)  # a worker of an older release took `objective` out of the results
         for name in objectives:
-            if finite_number(trial.results.get(name)) is None:
-                raise ValueError(f"objective {shown(name)} is {shown(trial.results.get(name))}, not a finite number")
+            if finite_number(values.get(name)) is None:
+                raise ValueError(f"objective {shown(name)} is {shown(values.get(name))}, not a finite number")
 
 
 def load_experiments(

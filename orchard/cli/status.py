@@ -34,7 +34,7 @@ from orchard.cli._args import (
     strict_json,
 )
 from orchard.command import COMMAND_KEY
-from orchard.pareto import infeasible
+from orchard.pareto import infeasible, reported
 from orchard.terminal import printable
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -163,7 +163,7 @@ def _front(experiment: Experiment) -> list[dict[str, Any]] | None:
     objectives = experiment.settings.objectives
     if objectives is None or len(objectives) < 2:
         return None
-    return [{"id": t.id, "params": t.params, "values": {name: t.results[name] for name in objectives}}
+    return [{"id": t.id, "params": t.params, "values": {name: reported(t)[name] for name in objectives}}
             for t in experiment.pareto_front()]
 
 

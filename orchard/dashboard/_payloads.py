@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import weakref
 from collections.abc import Iterable
 from typing import Any
 
@@ -170,9 +171,6 @@ def rungs(view: ExperimentView) -> list[dict[str, Any]] | None:
     return result
 
 
-_FRONTS: dict[str, tuple[int, dict[str, Any]]] = {}
-
-
 def pareto_front(view: ExperimentView) -> dict[str, Any] | None:
     """The feasible Pareto front of an experiment with several objectives, and the points of its scatter.
 
@@ -181,15 +179,14 @@ def pareto_front(view: ExperimentView) -> dict[str, Any] | None:
     objective's value in its own direction; ordered by the first objective) and
     ``points`` (``[number, feasible, on the front, value, value, ...]`` for each
     completed trial, at most :data:`MAX_FRONT_POINTS` of the ``scored`` ones: the front's, then the
-    latest). Computed once per version
-    of the view.
+    latest). Computed once per version of the view, and kept on the view (:attr:`ExperimentView.front`):
+    it goes with the view of a deleted experiment.
     """
     objectives = view.config.get("objectives")
     if not isinstance(objectives, dict) or len(objectives) < 2:
         return None
-    cached = _FRONTS.get(view.record.id)
-    if cached is not None and cached[0] == view.version:
-        return cached[1]
+    if view.front is not None and view.front[0] == view.version:
+        return view.front[1]
     constraints = view.config.get("constraints")
     rows = scored(view.trials.values(), objectives, constraints)
     ordered = sorted((vector, trial.id) for trial, vector, violation in rows if violation <= 0)
@@ -216,7 +213,7 @@ def pareto_front(view: ExperimentView) -> dict[str, Any] | None:
         "points": [[view.numbers[t.id], True, True, *shown(v)] for t, v in members]
         + [[view.numbers[t.id], violation <= 0, False, *shown(v)] for t, v, violation in others],
     }
-    _FRONTS[view.record.id] = (view.version, payload)
+    view.front = (view.version, payload)
     return payload
 
 
@@ -252,11 +249,13 @@ class RowCache:
     """The JSON text of each trial's table row, encoded once per version of the trial.
 
     Serving 10,000 rows then costs a join, not 10,000 encodings: a row is
-    re-encoded only when a fold replaced its trial.
+    re-encoded only when a fold replaced its trial. The rows are kept by view, and go with
+    it: a dashboard kept every row of the experiments deleted while it ran, for its life.
     """
 
     def __init__(self) -> None:
-        self._rows: dict[str, tuple[Trial, str]] = {}
+        self._rows: weakref.WeakKeyDictionary[ExperimentView, dict[str, tuple[Trial, str]]] = (
+            weakref.WeakKeyDictionary())
 
     def trial_rows(self, view: ExperimentView, since: int = 0, after: int = 0, limit: int | None = None) -> str:
         """The JSON text of one page of :func:`trial_rows` ``(view, since)``.
@@ -269,6 +268,7 @@ class RowCache:
         sent again by the next ``since`` query (from the first page's version).
         """
         head = to_json({**trial_rows(view, since=-1, rows=False), "since": since})
+        encoded = self._rows.setdefault(view, {})
         parts: list[str] = []
         last, more = after, False
         for trial in view.changed_since(since):
@@ -278,10 +278,10 @@ class RowCache:
             if limit is not None and len(parts) >= limit:
                 more = True
                 break
-            cached = self._rows.get(trial.id)
+            cached = encoded.get(trial.id)
             if cached is None or cached[0] is not trial:
                 cached = (trial, to_json(_row(trial, number, view.config.get("constraints"))))
-                self._rows[trial.id] = cached
+                encoded[trial.id] = cached
             parts.append(cached[1])
             last = number
         page = f',"after":{last},"more":{"true" if more else "false"}'

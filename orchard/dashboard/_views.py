@@ -107,6 +107,8 @@ class ExperimentView:
             version that last changed them so clients can ask for the rest.
         rebuilt_at: the version at which the view was last rebuilt from scratch
             (0: never); a client holding rows of an earlier version must drop them.
+        front: the Pareto front's payload and the version it was built at, or ``None``
+            (:func:`orchard.dashboard._payloads.pareto_front` keeps it here: it goes with the view).
     """
 
     def __init__(self, storage: BaseStorage, record: ExperimentRecord, clock: Clock = time.monotonic,
@@ -139,6 +141,7 @@ class ExperimentView:
         self._cursor: object = None
         self._folded_at: float | None = None
         self.rebuilt_at = 0
+        self.front: tuple[int, dict[str, Any]] | None = None
         if replaces:
             self.version = self.rebuilt_at = replaces + 1
 

@@ -41,7 +41,7 @@ def plotly_figure(figure: Any) -> Any:
             HypervolumeFigure: hypervolume_plotly}
     fig = go.Figure()
     draw[type(figure)](figure, fig, go)
-    fig.update_layout(title={"text": figure.title}, template="plotly_white")
+    fig.update_layout(title={"text": figure.title.replace("\n", "<br>")}, template="plotly_white")
     if figure.note:
         fig.add_annotation(text=figure.note, x=0.5, y=0.75, xref="paper", yref="paper",
                            showarrow=False, font={"size": 18, "color": "gray"})

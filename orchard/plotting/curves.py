@@ -20,7 +20,7 @@ from typing import Any
 
 from orchard.constraints import feasibility
 from orchard.objectives import Shown
-from orchard.plotting.figures import STATUS_COLORS, describe
+from orchard.plotting.figures import STATUS_COLORS, describe, drawable, left_out
 from orchard.space import Space
 from orchard.trial import ReportValue, Trial, TrialStatus, first_value
 
@@ -99,13 +99,18 @@ def curves(trials: Sequence[Trial], name: str, space: Space | None = None,
         reported = [t for t in reported if id(t) in kept or t is best]
     pruned = sum(t.status is TrialStatus.PRUNED for t in trials)
     title = f"{name}: learning curves ({len(completed)} completed, {pruned} pruned)"
-    drawn = []
+    drawn, far = [], []
     for trial in reported:
         points = sampled(trial.reports, MAX_CURVE_POINTS)
         values = [shown.value(first_value(v)) for _, v in points]
+        if not drawable(*values):
+            far.append(trial)
+            continue
         drawn.append(Curve([s for s, _ in points], values, trial.status, describe(trial, shown), trial is best))
     note = None if drawn else "no trial has reported an intermediate value (orchard.report) yet"
-    return CurvesFigure(title, note, drawn, shown.label)
+    if far and not drawn:
+        note = "no curve can be drawn: see the title"
+    return CurvesFigure(title + left_out(far, "a report"), note, drawn, shown.label)
 
 
 def _color(curve: Curve) -> str:

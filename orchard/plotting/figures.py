@@ -17,6 +17,7 @@ from orchard.space import Prior, Space
 from orchard.trial import Trial, TrialStatus
 
 __all__ = [
+    "DRAWN_LIMIT",
     "STATUS_COLORS",
     "Axis",
     "Bar",
@@ -24,6 +25,8 @@ __all__ = [
     "RegretFigure",
     "TimelineFigure",
     "describe",
+    "drawable",
+    "left_out",
     "no_results_note",
     "parallel",
     "regret",
@@ -40,6 +43,13 @@ STATUS_COLORS: dict[TrialStatus, str] = {
     TrialStatus.INTERRUPTED: "#ff7f0e",
     TrialStatus.NEW: "#7f7f7f",
 }
+
+
+#: The largest magnitude of an objective drawn. Beyond it an axis from the lowest to the highest value
+#: can span more than the largest float (1.8e308), which matplotlib fails on ("arange: cannot compute
+#: length"). A trial with such a value (an overflow in the objective, most likely) is left out of every
+#: figure, its ``.html`` too, and the title says so.
+DRAWN_LIMIT = 1e300
 
 
 # -- figure records ------------------------------------------------------------------
@@ -133,7 +143,9 @@ def regret(trials: Iterable[Trial], name: str, shown: Shown = Shown(),
     Returns:
         The figure record; empty, with a note, when no trial has completed.
     """
-    finished = sorted((t for t in trials if scored(t) or t.status is TrialStatus.BROKEN), key=_end_key)
+    trials = list(trials)
+    drawn = [t for t in trials if scored(t) and drawable(t.objective) or t.status is TrialStatus.BROKEN]
+    finished = sorted(drawn, key=_end_key)
     better = max if shown.higher_is_better else min
     x: list[int] = []
     objectives: list[float] = []
@@ -163,7 +175,8 @@ def regret(trials: Iterable[Trial], name: str, shown: Shown = Shown(),
         found = f"best {named}{so_far:.4g}" if not math.isnan(so_far) else "no feasible trial"
         title += f" ({found} after {len(x)} completed, {len(broken_x)} broken"
         title += f", {infeasible} infeasible)" if constraints or infeasible else ")"
-    note = None if x else no_results_note(len(broken_x))
+    title += (far := left_out(t for t in trials if scored(t) and not drawable(t.objective)))
+    note = None if x else no_results_note(len(broken_x), far)
     return RegretFigure(title, note, x, objectives, labels, best, broken_x, broken_y, broken_labels,
                         shown.label)
 
@@ -185,16 +198,19 @@ def parallel(trials: Iterable[Trial], name: str, space: Space | None = None,
     """
     all_trials = list(trials)
     # Worst first, so the best lines are drawn last, on top.
-    done = sorted(filter(scored, all_trials), key=lambda t: -float(t.objective))  # type: ignore[arg-type]
+    done = sorted((t for t in all_trials if scored(t) and drawable(t.objective)),
+                  key=lambda t: -float(t.objective))  # type: ignore[arg-type]
     names = list(space) if space is not None else _param_names(done)
     done = [t for t in done if all(n in t.params for n in names)]
     objectives = [shown.value(float(t.objective)) for t in done]  # type: ignore[arg-type]
     axes = [_axis(n, [t.params[n] for t in done], space.get(n) if space else None) for n in names]
     axes.append(Axis(shown.name, objectives))
     broken = sum(t.status is TrialStatus.BROKEN for t in all_trials)
-    note = None if done else no_results_note(broken)
+    far = left_out(t for t in all_trials if scored(t) and not drawable(t.objective))
+    note = None if done else no_results_note(broken, far)
     darker = "higher" if shown.higher_is_better else "lower"
     title = f"{name}: parallel coordinates of {len(done)} completed trials (darker = {darker} {shown.name})"
+    title += far
     return ParallelFigure(title, note, axes, objectives, shown.label, shown.higher_is_better)
 
 
@@ -240,6 +256,21 @@ def scored(trial: Trial) -> bool:
     return trial.status is TrialStatus.COMPLETED and trial.objective is not None
 
 
+def drawable(*values: float | None) -> bool:
+    """Whether none of ``values`` is beyond :data:`DRAWN_LIMIT` (``None`` and NaN, drawn as gaps, are not)."""
+    return not any(value is not None and abs(value) > DRAWN_LIMIT for value in values)
+
+
+def left_out(trials: Iterable[Trial], what: str = "an objective") -> str:
+    """The title's second line: the trials left out for ``what`` beyond :data:`DRAWN_LIMIT`, or ""."""
+    ids = [t.id[:8] for t in trials]
+    if not ids:
+        return ""
+    named = ", ".join(ids[:3]) + (f" and {len(ids) - 3} more" if len(ids) > 3 else "")
+    limit = f"{DRAWN_LIMIT:.0e}".replace("+", "")
+    return f"\nnot drawn, {what} beyond ±{limit}: {len(ids)} trial{'s' * (len(ids) > 1)} ({named})"
+
+
 def _end_key(trial: Trial) -> tuple[float, float]:
     end = trial.end_time if trial.end_time is not None else math.inf
     return end, trial.submit_time or 0.0
@@ -265,7 +296,10 @@ def _fmt(value: Any) -> str:
     return f"{value:.4g}" if isinstance(value, float) else str(value)
 
 
-def no_results_note(broken: int) -> str:
+def no_results_note(broken: int, far: str = "") -> str:
+    """The note of a figure with nothing to draw (``far``: what :func:`left_out` said, if anything)."""
+    if far:
+        return "no completed trial can be drawn: see the title"
     return "no completed trials yet" + (f" ({broken} broken)" if broken else "")
 
 

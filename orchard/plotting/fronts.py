@@ -24,7 +24,7 @@ from typing import Any
 from orchard.objectives import dominates, first_front, reference_point
 from orchard.objectives import hypervolume as volume
 from orchard.pareto import scored
-from orchard.plotting.figures import describe, no_results_note
+from orchard.plotting.figures import describe, drawable, left_out, no_results_note
 from orchard.trial import Trial, TrialStatus
 
 __all__ = [
@@ -108,14 +108,16 @@ def pareto(trials: Sequence[Trial], name: str, objectives: Mapping[str, str] | N
         The figure record; empty, with a note, without completed trials or with one objective.
     """
     directions = _directions(objectives)
-    rows = scored(trials, directions, constraints)
+    every = scored(trials, directions, constraints)
+    rows = [row for row in every if drawable(*row[1])]
+    far = left_out(trial for trial, vector, _ in every if not drawable(*vector))
     if not rows:
         broken = sum(t.status is TrialStatus.BROKEN for t in trials)
-        return ParetoFigure(f"{name}: Pareto front", no_results_note(broken), [])
+        return ParetoFigure(f"{name}: Pareto front{far}", no_results_note(broken, far), [])
     if len(directions) < 2:
         return ParetoFigure(f"{name}: Pareto front", "the experiment has one objective: its front is its best "
                             "trial (see 'orchard plot regret')", [])
-    feasible = [(t, v) for t, v, violation in rows if violation <= 0]
+    feasible = [(t, v) for t, v, violation in every if violation <= 0]  # the front of all, drawn or not
     front = {feasible[i][0].id for i in first_front([v for _, v in feasible])}
     names = list(directions)
     panels = []
@@ -132,11 +134,11 @@ def pareto(trials: Sequence[Trial], name: str, objectives: Mapping[str, str] | N
         front_points = Points([fx[k] for k in order], [fy[k] for k in order], [fl[k] for k in order])
         panels.append(ParetoPanel(_label(names[i], directions), _label(names[j], directions), front_points,
                                   Points(*groups["o"]), Points(*groups["i"]), joined=len(names) == 2))
-    infeasible = sum(violation > 0 for _, _, violation in rows)
-    title = f"{name}: Pareto front, {len(front)} of {len(rows)} completed trials"
+    infeasible = sum(violation > 0 for _, _, violation in every)
+    title = f"{name}: Pareto front, {len(front)} of {len(every)} completed trials"
     if constraints or infeasible:
         title += f" ({infeasible} infeasible)"
-    return ParetoFigure(title, None, panels)
+    return ParetoFigure(title + far, None, panels)
 
 
 def _label(name: str, directions: Mapping[str, str]) -> str:

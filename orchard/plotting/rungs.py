@@ -15,7 +15,7 @@ from typing import Any
 
 from orchard.plotting._libs import require
 from orchard.objectives import Shown
-from orchard.plotting.figures import describe, no_results_note, scored
+from orchard.plotting.figures import describe, drawable, left_out, no_results_note, scored
 from orchard.space import Space
 from orchard.trial import Trial, TrialStatus
 
@@ -55,6 +55,8 @@ def rungs(trials: Sequence[Trial], name: str, space: Space | None = None,
     found = space.fidelity if space is not None else None
     dimension = found[0] if found is not None else None
     done = {t.id: t for t in trials if scored(t) and (dimension is None or dimension in t.params)}
+    far = left_out(t for t in done.values() if not drawable(t.objective))
+    done = {tid: t for tid, t in done.items() if drawable(t.objective)}
     points = {tid: (_budget(t, dimension), shown.value(float(t.objective)))  # type: ignore[arg-type]
               for tid, t in done.items()}
     promotions = [(points[t.parent], points[tid]) for tid, t in done.items() if t.parent in points]
@@ -64,7 +66,7 @@ def rungs(trials: Sequence[Trial], name: str, space: Space | None = None,
     if dimension is None:
         title += "; no fidelity dimension, so every trial ran at full budget"
     return RungsFigure(
-        title, None if done else no_results_note(broken), label,
+        title + far, None if done else no_results_note(broken, far), label,
         [p[0] for p in points.values()], [p[1] for p in points.values()],
         [describe(t, shown) for t in done.values()], promotions, shown.label,
     )

@@ -54,15 +54,24 @@ import dataclasses
 import datetime
 import time
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, TypeVar
+
+from pymongo.errors import OperationFailure
 
 from orchard.storages.mongodb import client
 from orchard.storages.mongodb.client import STAMP, version_of
 from orchard.trial import Trial, TrialStatus
 
-__all__ = ["STAMP", "ChangeCursor", "ChangeFeed"]
+__all__ = ["EVERY_TRIAL", "STAMP", "ChangeCursor", "ChangeFeed", "find_trials"]
 
 
+#: The index a read of all the trials of an experiment is hinted to (``fetch_trials``, a full read here):
+#: its keys, ``(experiment, _id)``, never change, so each trial is read once. Through another index
+#: (status, mtime), a trial written while a read of several batches runs moves in that index, and is
+#: read twice or missed: MongoDB reads are not isolated (a repeated trial made a dump refuse to load).
+EVERY_TRIAL = "experiment_id"
+_BAD_VALUE = 2  # the server's code for a hint naming no index of the collection
+_T = TypeVar("_T")
 _ORIGIN = datetime.datetime(1970, 1, 1)  # naive UTC, as pymongo returns dates
 _FLEET = 8  # workers whose count checks the fleet's stay at: the interval stretches beyond them
 _MAX_STRETCH = 12  # the longest interval, in check intervals: how long a missed write can wait
@@ -147,7 +156,8 @@ class ChangeFeed:
         caller must drop what it holds that is not returned (the cursor says so).
         """
         now = self._clock()
-        docs, server_now = self._read(trials, {"experiment": experiment_id})
+        query = {"experiment": experiment_id}
+        docs, server_now = _hinted(trials, self.uri, lambda: self._read(trials, query, hint=EVERY_TRIAL))
         seen = _seen(docs)
         since = _bounded(max(_stamps(docs), default=_ORIGIN), server_now)
         ordered = sorted(client.readable_trials(docs, self.uri), key=lambda t: t.submit_time or 0.0)
@@ -157,7 +167,8 @@ class ChangeFeed:
         """The query of the trials stamped at least ``margin`` seconds before ``since``."""
         return {"experiment": experiment_id, "mtime": {"$gte": since - datetime.timedelta(seconds=self.margin)}}
 
-    def _read(self, trials: Any, query: dict[str, Any]) -> tuple[list[dict[str, Any]], datetime.datetime | None]:
+    def _read(self, trials: Any, query: dict[str, Any],
+              **hint: str) -> tuple[list[dict[str, Any]], datetime.datetime | None]:
         """The documents matching ``query``, and the server's date when the read began (one round trip).
 
         The date rides on every document read (``$$NOW``, MongoDB 4.2+), so a read that finds
@@ -165,7 +176,7 @@ class ChangeFeed:
         evaluate ``$$NOW`` (mongomock, whose server is this process), this process's clock stands in.
         """
         docs = list(trials.aggregate([{"$match": query}, {"$project": {"slot": 0}}, {"$addFields": {_NOW: "$$NOW"}}],
-                                     batchSize=client.BATCH))
+                                     batchSize=client.BATCH, **hint))
         dates = [date for date in (d.pop(_NOW, None) for d in docs) if isinstance(date, datetime.datetime)]
         if dates:
             return docs, min(dates)
@@ -177,6 +188,33 @@ class ChangeFeed:
             return False  # the view is not even looked at: most calls cost nothing here
         workers = len({worker for _, status, worker in seen.values() if status == _RESERVED})
         return elapsed >= self.check_interval * min(_MAX_STRETCH, max(1.0, workers / _FLEET))
+
+
+def find_trials(trials: Any, experiment_id: str, statuses: list[str] | None,
+                uri: str) -> list[dict[str, Any]]:
+    """The documents of the trials of ``experiment_id`` (those in ``statuses`` if given), each once.
+
+    Hinted to :data:`EVERY_TRIAL` unless one status is asked for: a trial changing status then leaves
+    or enters the range read, at the same place, so the status index returns it at most once.
+    """
+    query: dict[str, Any] = {"experiment": experiment_id}
+    if statuses is not None:
+        query["status"] = {"$in": statuses}
+    if statuses is not None and len(set(statuses)) == 1:
+        return list(trials.find(query, batch_size=client.BATCH))
+    return _hinted(trials, uri, lambda: list(trials.find(query, batch_size=client.BATCH).hint(EVERY_TRIAL)))
+
+
+def _hinted(trials: Any, uri: str, read: Callable[[], _T]) -> _T:
+    """``read()``, a read hinted to :data:`EVERY_TRIAL`; run again once the indexes are made again if the
+    server refused it (the hint names an index the collection lacks: dropped, restored from an older dump)."""
+    try:
+        return read()
+    except OperationFailure as err:
+        if err.code != _BAD_VALUE:
+            raise
+    client.ensure_indexes(trials.database, uri, again=True)
+    return read()
 
 
 def _mongomock_date() -> datetime.datetime:

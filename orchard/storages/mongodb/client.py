@@ -34,6 +34,7 @@ from pymongo.uri_parser import parse_uri
 
 from orchard.errors import ConfigurationError, StorageCorruptedError, StorageError, StorageUnavailableError
 from orchard.storages._uri import password_of, redact, split_options
+from orchard.storages.mongodb.formats import check_format
 from orchard.storages.pickled.records import RecordError, check_trial, experiment_fault
 from orchard.trial import Trial, TrialStatus
 
@@ -187,21 +188,22 @@ _INDEXES = {
                            name="experiment_status_submit"),
         # fetch_changes: trials written since a server stamp (orchard.storages.mongodb.changes)
         pymongo.IndexModel([("experiment", 1), ("mtime", 1)], name="experiment_mtime"),
+        pymongo.IndexModel([("experiment", 1), ("_id", 1)], name="experiment_id"),  # changes.EVERY_TRIAL
         # budget slots (see orchard.storages.mongodb.slots): one per non-broken trial
         pymongo.IndexModel("slot", name="slot_unique", unique=True, sparse=True),
     ],
 }
 
 
-def ensure_indexes(db: Any, uri: str, collection: str = "trials") -> None:
-    """Create the indexes the verbs on ``collection`` rely on: one round trip, once per process, URI and collection.
-
-    The trials' indexes are ensured before any verb; the experiments' unique name only before an
+def ensure_indexes(db: Any, uri: str, collection: str = "trials", again: bool = False) -> None:
+    """Create the indexes the verbs on ``collection`` rely on: one round trip, once per process, URI and
+    collection (``again``: once more, the collection was dropped and made anew since). The trials'
+    indexes are ensured before any verb; the experiments' unique name only before an
     experiment is created (the one verb that relies on it), so joining an experiment costs one.
     """
     key = (os.getpid(), uri, collection)
     with _mock_lock:
-        if key in _indexed:
+        if key in _indexed and not again:
             return
     db[collection].create_indexes(_INDEXES[collection])
     with _mock_lock:
@@ -457,13 +459,14 @@ def check_experiment(doc: Mapping[str, Any], uri: str) -> None:
     """Raise unless ``doc`` is an experiment Orchard writes.
 
     Raises:
-        StorageCorruptedError: it is not (see :func:`unreadable_experiment`); the message names it.
+        StorageCorruptedError: it is not (:func:`unreadable_experiment`), or a newer release wrote it.
     """
     why = unreadable_experiment(doc)
     if why is not None:
         raise StorageCorruptedError(
             f"experiment {doc.get('name')!r} (id {doc.get('_id')!r}) in MongoDB at {redact(uri)} is not one "
             f"Orchard writes ({why}); written by another program? Delete or fix that document")
+    check_format(doc, uri)
 
 
 def readable_experiments(docs: Iterable[dict[str, Any]], uri: str) -> list[dict[str, Any]]:

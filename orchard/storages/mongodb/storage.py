@@ -46,7 +46,6 @@ from pymongo.errors import DuplicateKeyError, OperationFailure
 
 from orchard import trial as transitions
 from orchard.errors import (
-    ConfigurationError,
     DuplicateTrialError,
     ExperimentNotFoundError,
     ReservationLostError,
@@ -55,8 +54,8 @@ from orchard.errors import (
 )
 from orchard.space import to_builtin, trial_id
 from orchard.storages.base import BaseStorage, ExperimentRecord, new_experiment_id
-from orchard.storages.mongodb import client, writes
-from orchard.storages.mongodb.changes import ChangeFeed
+from orchard.storages.mongodb import client, formats, writes
+from orchard.storages.mongodb.changes import ChangeFeed, find_trials
 from orchard.storages.mongodb.counts import count_by_status, count_unbudgeted
 from orchard.storages.mongodb.reports import WITHOUT_REPORTS, KnownReports
 from orchard.storages.mongodb.slots import insert_holding_slot, record_holding_slot
@@ -132,6 +131,7 @@ class MongoStorage(BaseStorage):
         self._indexed = False
         self.answered = False  # whether a call has succeeded: losing the server is then an outage
         self._names: dict[str, str] = {}  # experiment id -> name, for ids known to exist
+        self._filled: set[str] = set()  # ids of the experiments this handle saw hold a trial (:meth:`_found`)
         self._held: OrderedDict[str, str] = OrderedDict()  # the latest trials handed out reserved here -> experiment
         self._reports = KnownReports()  # the reports of the latest trials reported on here
 
@@ -190,7 +190,7 @@ class MongoStorage(BaseStorage):
     def create_experiment(self, name: str, config: Mapping[str, Any], created: float | None = None,
                           keep_id: str | None = None) -> str:
         fresh = {"_id": new_experiment_id(keep_id), "config": to_builtin(dict(config)),
-                 "created": self.now() if created is None else created}
+                 "format": formats.FORMAT, "created": self.now() if created is None else created}
         db = self._db()
         client.ensure_indexes(db, self.uri, "experiments")  # the unique name settles racing creators
         experiments = db.experiments
@@ -219,12 +219,7 @@ class MongoStorage(BaseStorage):
 
     @_translated("update an experiment")
     def update_experiment(self, experiment_id: str, changes: Mapping[str, Any]) -> ExperimentRecord:
-        bad = [key for key in changes if "." in key or key.startswith("$")]
-        if bad:
-            raise ConfigurationError(
-                f"experiment option names {bad!r} contain '.' or start with '$'; rename them"
-            )
-        fields = {f"config.{key}": value for key, value in to_builtin(dict(changes)).items()}
+        fields = writes.config_fields(to_builtin(dict(changes)))
         experiments = self._db().experiments
         if fields:
             doc = experiments.find_one_and_update(
@@ -260,6 +255,7 @@ class MongoStorage(BaseStorage):
         db.experiments.delete_one({"_id": experiment_id})  # then trials registered meanwhile (refused after: .slots)
         deleted += db.trials.delete_many({"experiment": experiment_id}).deleted_count
         self._names.pop(experiment_id, None)
+        self._filled.discard(experiment_id)
         return int(deleted)
 
     def _record(self, doc: Mapping[str, Any]) -> ExperimentRecord:
@@ -277,6 +273,14 @@ class MongoStorage(BaseStorage):
                 raise self._no_experiment(experiment_id)
             name = self._record(doc).name
         return name
+
+    def _found(self, experiment_id: str, any_trial: bool) -> None:
+        """A read found none of its trials: read the experiment again (deleted by another process?), unless
+        this handle knows it exists and never saw it hold a trial (a joiner's first looks read no more)."""
+        if any_trial:
+            self._filled.add(experiment_id)
+        elif experiment_id in self._filled or experiment_id not in self._names:
+            self._experiment_name(experiment_id, cached=False)
 
     def _no_experiment(self, experiment_id: str) -> ExperimentNotFoundError:
         known, where = self._names.pop(experiment_id, None), self.redacted_uri  # known: deleted since
@@ -465,19 +469,16 @@ class MongoStorage(BaseStorage):
 
     @_translated("fetch trials")
     def fetch_trials(self, experiment_id: str, statuses: Iterable[TrialStatus | str] | None = None) -> list[Trial]:
-        query: dict[str, Any] = {"experiment": experiment_id}
-        if statuses is not None:
-            query["status"] = {"$in": [TrialStatus(s).value for s in statuses]}
-        trials = client.readable_trials(self._trials.find(query, batch_size=client.BATCH), self.uri)
-        if not trials:  # an experiment deleted by another process reads as none, as on every backend
-            self._experiment_name(experiment_id, cached=False)
+        wanted = None if statuses is None else [TrialStatus(s).value for s in statuses]
+        docs = find_trials(self._trials, experiment_id, wanted, self.uri)  # each trial read once
+        trials = client.readable_trials(docs, self.uri)
+        self._found(experiment_id, bool(trials))  # none: deleted by another process?
         return sorted(trials, key=lambda t: t.submit_time or 0.0)
 
     @_translated("count trials")
     def count_trials(self, experiment_id: str) -> dict[TrialStatus, int]:
         counts = count_by_status(self._trials, experiment_id, self.uri)
-        if not any(counts.values()):
-            self._experiment_name(experiment_id, cached=False)
+        self._found(experiment_id, any(counts.values()))
         return counts
 
     @_translated("count unbudgeted trials")
@@ -489,8 +490,7 @@ class MongoStorage(BaseStorage):
         """See :meth:`BaseStorage.fetch_changes`; the guarantee is in :mod:`orchard.storages.mongodb.changes`."""
         every = functools.partial(count_by_status, self._trials, experiment_id, self.uri, every=True)
         trials, cursor = self._changes.fetch(self._trials, experiment_id, cursor, every)  # it holds every doc
-        if not cursor.seen:
-            self._experiment_name(experiment_id, cached=False)  # raise if the experiment does not exist
+        self._found(experiment_id, bool(cursor.seen))
         return trials, cursor
 
     def resent_everything(self, before: Any, after: Any) -> bool:

@@ -17,15 +17,15 @@ import bson
 from bson.errors import BSONError
 
 from orchard import trial as transitions
-from orchard.errors import OrchardError, StorageError
+from orchard.errors import ConfigurationError, OrchardError, StorageError
 from orchard.storages.base import finishes
 from orchard.storages._uri import redact
 from orchard.storages.mongodb.client import REPORT_COUNT, STAMP, check_experiment, doc_to_trial, unreadable
 from orchard.storages.pickled.records import MAX_DEPTH, plain_fault
 from orchard.trial import Change, Trial, TrialStatus
 
-__all__ = ["expected", "finish_waiting", "refuse_unreadable", "report_refusal", "restorable", "swap_config",
-           "took_effect", "update"]
+__all__ = ["config_fields", "expected", "finish_waiting", "refuse_unreadable", "report_refusal", "restorable",
+           "swap_config", "took_effect", "update"]
 
 _BSON_VALUES = 2**24  # values one document (16 MiB at most) can hold: the walk's bound
 _CALLERS_VALUES = ("results", "error", "verdict")  # the fields a transition writes with the caller's values
@@ -108,6 +108,19 @@ def finish_waiting(trials: Any, restored: Trial, doc: Mapping[str, Any]) -> bool
     done = trials.update_one({"_id": doc["_id"], "version": stored.get("version")},
                              {"$set": fields, "$inc": {"version": 1}, **STAMP})
     return bool(done.matched_count)
+
+
+def config_fields(changes: Mapping[str, Any]) -> dict[str, Any]:
+    """The ``$set`` of an experiment's ``changes`` (top-level config keys), their names checked.
+
+    Raises:
+        ConfigurationError: a name holds '.' or starts with '$' (MongoDB would read a path or an operator).
+    """
+    bad = [key for key in changes if "." in key or key.startswith("$")]
+    if bad:
+        raise ConfigurationError(
+            f"experiment option names {bad!r} contain '.' or start with '$'; rename them")
+    return {f"config.{key}": value for key, value in changes.items()}
 
 
 def swap_config(experiments: Any, experiment_id: str, key: str, expected: Any, value: Any, uri: str

@@ -59,7 +59,13 @@ __all__ = [
 ]
 
 MAGIC = b"\x89ORCHARD-LOG\r\n\x1a\n"  # binary, recognisable, and broken by text-mode copies
-VERSION = 1
+#: The format version this release writes. Version 1 is the format of the releases before reports and
+#: pruning (report records, the ``pruned`` status, warm-started and unbudgeted trials): they skip its
+#: records as damage, and their compactions, repairs and rewrites of a trial drop them, so this release
+#: writes version 2, which they refuse to open (every release reads the header whenever the file grew).
+#: A file of version 1 is upgraded by the first write of this release (:meth:`LogFile.commit`).
+VERSION = 2
+READS = frozenset({1, VERSION})  # the versions this release reads
 _HEADER = struct.Struct(f"<{len(MAGIC)}sH16sQ")  # magic, version, generation, base
 _U32 = struct.Struct("<I")
 HEADER_SIZE = _HEADER.size + _U32.size
@@ -72,6 +78,7 @@ class Header(NamedTuple):
 
     generation: bytes  # changes whenever the file is rewritten (created or compacted)
     base: int  # file offset where the snapshot ends and appended frames begin
+    version: int = VERSION  # the format version (:data:`READS`)
 
 
 def encode_header(generation: bytes, base: int) -> bytes:
@@ -112,12 +119,18 @@ def decode_header(data: bytes, path: str) -> Header:
     if header_is_damaged(data):
         raise StorageCorruptedError(damaged_header_message(path))
     _, version, generation, base = _HEADER.unpack_from(data)
-    if version != VERSION:
+    if version > VERSION:
         raise StorageCorruptedError(
-            f"storage file {path} uses format version {version} but this Orchard reads version "
+            f"storage file {path} was written by a newer Orchard release (format version {version}; this "
+            f"release reads versions 1 to {VERSION}): upgrade Orchard here to the release of the other "
+            "workers; this release does not read or modify the file"
+        )
+    if version not in READS:
+        raise StorageCorruptedError(
+            f"storage file {path} uses format version {version} but this Orchard reads versions 1 to "
             f"{VERSION}; use the Orchard release that wrote it, or another --storage path"
         )
-    return Header(generation, base)
+    return Header(generation, base, version)
 
 
 def is_log_file(path: str) -> bool:

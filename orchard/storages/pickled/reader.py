@@ -124,6 +124,7 @@ class LogReader:
         self.token = uuid.uuid4().hex  # names this replay in fetch_changes cursors
         self._generation = None if header is None else header.generation
         self._base = HEADER_SIZE if header is None else header.base
+        self._version = fileformat.VERSION if header is None else header.version  # the file's format version
         self._offset = HEADER_SIZE
         self._size = 0
         self._compact_floor = 0  # the writer's: no compaction attempt below this offset
@@ -206,6 +207,7 @@ class LogReader:
         if self._header_is_damaged(fd, head):  # an outage to running workers: they wait for the repair
             raise StorageUnavailableError(fileformat.damaged_header_message(self.path))
         header = fileformat.decode_header(head, self.path)
+        self._version = header.version
         if header.generation != self._generation and not self._continues(header):
             if self._generation is not None and self._generation != self._forked_from:
                 if header.generation[TAG:TAG + LINEAGE] == self._generation[TAG:TAG + LINEAGE]:

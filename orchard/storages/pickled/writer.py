@@ -155,9 +155,28 @@ class LogFile(LogReader):
             self._unflushed = fd  # flushed once the lock is free: other writers need not wait for the disk
         else:
             os.close(fd)  # on NFS, close() also sends the appended bytes to the server
-        if records:
+        if records and self._version < fileformat.VERSION:
+            self._upgrade(owns or holds)
+        elif records:
             self.maybe_compact(owns or holds)
         return result
+
+    def _upgrade(self, fence: Fence | None) -> None:
+        """Rewrite a file of an older format version in this release's (under the lock, after a write).
+
+        Older releases read this release's records as damage and drop them when they compact or repair the
+        file, or write a trial back: the new header's version makes them refuse the file instead (every
+        release reads the header whenever the file grew). The rewrite is a compaction, so that this
+        release's readers carry their replay on.
+        """
+        try:
+            if self.rewrite(continues=True, fence=fence):
+                log.warning("storage file %s was upgraded to format version %d: Orchard releases that read "
+                            "version 1 only can no longer open it (run this release on every worker of "
+                            "the file)", self.path, fileformat.VERSION)
+        except OSError as err:  # retried at the next write, which also leaves the old readers the file
+            log.warning("could not upgrade storage file %s to format version %d (%s); will retry",
+                        self.path, fileformat.VERSION, err)
 
     def flush(self) -> None:
         """Make the last append durable (``fsync``), outside the lock: concurrent flushes share the disk's work."""
@@ -361,6 +380,7 @@ class LogFile(LogReader):
         if not self.replace_file([fileformat.encode_header(generation, base), *frames], fence):
             return False
         self._generation, self._base, self._offset, self._size = generation, base, base, base
+        self._version = fileformat.VERSION
         return True
 
 
