@@ -123,7 +123,7 @@ class BaseStorage(abc.ABC):
         the same name all receive the same id and exactly one record exists.
         ``config`` is stored only by the call that creates the record, with
         ``created`` as its creation time (default: now; ``db load`` keeps the dumped one).
-        The record gets the id ``keep_id`` (:func:`valid_id`) when no experiment of the storage
+        The record gets the id ``keep_id`` (:func:`new_experiment_id`) when no experiment of the storage
         holds it, else a new one: ``db load`` keeps the dumped id, so every trial keeps its own
         (:func:`~orchard.space.trial_id`), and with it the hyperband bracket and the rank that
         decided each verdict.

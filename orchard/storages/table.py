@@ -303,7 +303,7 @@ class TrialTable:
                           keep_id: str | None = None) -> tuple[str, list[Record]]:
         if name in self._names:
             return self._names[name], []
-        experiment_id = new_experiment_id(keep_id, self._experiments)
+        experiment_id = new_experiment_id(keep_id, self._experiments.keys() | self._deleted.keys())
         record = ExperimentRecord(experiment_id, name, to_builtin(dict(config)), now)
         return record.id, self.apply_all([{"op": "experiment", "record": record.to_dict()}])
 
