@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import signal
@@ -10,6 +11,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -134,15 +136,22 @@ def test_ctrl_z_pauses_the_evaluation_with_its_worker_and_fg_resumes_it(tmp_path
     assert trial.status is TrialStatus.COMPLETED, (trial.error, stderr)
 
 
-def test_an_objective_that_leaves_a_process_running_still_completes(tmp_path: Path) -> None:
+@pytest.mark.parametrize("objective", [loads.leaves_a_process_running, loads.leaves_a_session_running])
+def test_an_objective_that_leaves_a_process_running_still_completes(tmp_path: Path, objective: Any) -> None:
+    """A process the objective left running, in its process group or in a session of its own, is killed."""
     exp = orchard.build_experiment("left", space={"x": "uniform(0, 1)"}, storage=str(tmp_path / "o.pkl"),
                                    max_trials=1)
     started = time.monotonic()
-    stats = exp.workon(functools.partial(loads.leaves_a_process_running, folder=str(tmp_path)),
+    stats = exp.workon(functools.partial(objective, folder=str(tmp_path)),
                        executor="single", trial_timeout=8, progress=False)
     assert stats["counts"]["completed"] == 1, exp.fetch_trials()[0].error
     assert time.monotonic() - started < 6, "the result must be read when the objective returns"
-    assert _gone(int((tmp_path / "left.pid").read_text())), "what the objective left running is killed"
+    left = int((tmp_path / "left.pid").read_text())
+    try:
+        assert _gone(left, timeout=5), "what the objective left running is killed"
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(left, signal.SIGKILL)
 
 
 LEAVES_A_PROCESS = r'''
@@ -167,6 +176,44 @@ def test_a_script_that_leaves_a_process_running_completes_and_the_process_ends_w
         TrialStatus.COMPLETED] * 2
     left = [int(path.name.split("-")[1]) for path in tmp_path.glob("left-*")]
     assert len(left) == 2 and all(_gone(pid, timeout=5) for pid in left), "a process the script left outlived it"
+
+
+
+LAUNCHER = r"""
+import json, os, subprocess, sys, time
+# as torchrun does: each worker in a session of its own, which the script's process group does not hold
+worker = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"], start_new_session=True)
+with open(os.path.join(sys.argv[1], f"worker-{worker.pid}"), "w"):
+    pass
+if sys.argv[2] == "--then=run":
+    time.sleep(60)  # until its trial's timeout ends the launcher: SIGTERM, which ends it at once
+with open(os.environ["ORCHARD_RESULTS_PATH"], "w") as handle:
+    json.dump({"objective": 1.0}, handle)
+"""
+
+
+@pytest.mark.parametrize(("then", "timeout", "status"), [
+    ("exit", [], TrialStatus.COMPLETED), ("run", ["--trial-timeout", "1"], TrialStatus.BROKEN)])
+def test_a_process_a_script_started_in_a_session_of_its_own_ends_with_its_trial(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, then: str, timeout: list[str],
+        status: TrialStatus) -> None:
+    """A launcher (torchrun) starts its workers with ``setsid``: out of the script's process group, and no
+    longer its descendants once it exits. Its trial ended, they ran on, holding their GPUs, trial after
+    trial."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "launcher.py").write_text(LAUNCHER)
+    code = main(["hunt", "-n", "launch", "--storage", "o.pkl", "--max-trials", "1", "--max-broken", "1",
+                 *timeout, sys.executable, str(tmp_path / "launcher.py"), str(tmp_path), f"--then={then}",
+                 "--x~uniform(0, 1)"])
+    assert code == (0 if status is TrialStatus.COMPLETED else 1)
+    (trial,) = orchard.get_experiment("launch", storage="o.pkl").fetch_trials()
+    assert trial.status is status, trial.error
+    (worker,) = [int(path.name.split("-")[1]) for path in tmp_path.glob("worker-*")]
+    try:
+        assert _gone(worker, timeout=5), "the launcher's worker outlived its trial"
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(worker, signal.SIGKILL)
 
 
 # -- cancellation: a worker that lost its reservation stops its evaluation (issue 9 item 4) --
