@@ -278,7 +278,45 @@ def _check_file(program: str, here: str) -> str:
             f"script {program!r} is not executable; run 'chmod +x {program}' "
             f"or start it through its interpreter, e.g. 'python {program}'"
         )
+    problem = _interpreter_problem(path, program)
+    if problem is not None:  # exec refuses it, and every trial breaks: 'Exec format error', 'No such file'
+        raise ConfigurationError(f"script {program!r} {problem}")
     return path
+
+
+def _interpreter_problem(path: str, program: str) -> str | None:
+    """What keeps a text file from running as a program: no ``#!`` line (a shell runs it as a shell script,
+    ``exec`` does not), a ``#!`` line ending in a carriage return, or naming no interpreter here (``exec``
+    then says the *script* does not exist). A binary (ELF, Mach-O, a format the kernel was taught) passes."""
+    try:
+        with open(path, "rb") as handle:
+            head = handle.read(512)
+    except OSError:
+        return None  # executable but unreadable: exec may still run it
+    if not head.startswith(b"#!"):
+        if b"\0" in head or not _is_text(head):
+            return None
+        return (f"has no '#!' line naming its interpreter, so it cannot run as a program (a shell runs "
+                f"it as a shell script, Orchard does not): make its first line e.g. '#!/bin/bash', or "
+                f"start it through its interpreter, e.g. 'bash {program}'")
+    line = head[2:].split(b"\n", 1)[0]
+    if line.endswith(b"\r"):
+        return ("has Windows line ends: its '#!' line ends with a carriage return, so the interpreter it "
+                f"names is not found; convert it, e.g. 'dos2unix {program}'")
+    interpreter = os.fsdecode(line.split()[0]) if line.split() else ""
+    if len(head) > len(line) + 2 and not (os.path.isfile(interpreter) and os.access(interpreter, os.X_OK)):
+        return (f"names the interpreter {interpreter!r} in its '#!' line, which does not exist here or "
+                f"cannot run; fix that line (e.g. '#!/usr/bin/env python3'), or start the script through "
+                f"its interpreter")
+    return None
+
+
+def _is_text(head: bytes) -> bool:
+    try:
+        head.decode("utf-8")
+    except UnicodeDecodeError as err:
+        return err.start >= len(head) - 3  # a character cut at the end of what was read
+    return True
 
 
 def _find_script(tokens: Sequence[str], here: str) -> tuple[int, str] | None:
