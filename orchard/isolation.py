@@ -232,9 +232,13 @@ def signal_group(pgid: int, sig: signal.Signals) -> None:
         os.killpg(pgid, sig)
 
 
-def hold_group(pgid: int, held: bool) -> None:
-    """Pause (SIGSTOP) or resume (SIGCONT) a whole process group; a group that is gone is ignored."""
+def hold_group(pgid: int, held: bool, run: str | None = None) -> None:
+    """Pause (SIGSTOP) or resume (SIGCONT) a whole process group, and the processes of ``run`` out of it.
+
+    A group that is gone is ignored.
+    """
     signal_group(pgid, signal.SIGSTOP if held else signal.SIGCONT)
+    signal_marked(run, signal.SIGSTOP if held else signal.SIGCONT, pgid)
 
 
 def stop_group(pgid: int, grace: float, exited: Callable[[float], object], run: str | None = None) -> None:
@@ -296,12 +300,12 @@ class ForkedCall:
     def __init__(self, job: Callable[[], Any]) -> None:
         _prctl()  # looked up before the fork: the child imports nothing to die with the worker
         read_fd, write_fd = os.pipe()
-        pid, self._run = 0, os.urandom(6).hex()
+        pid, self.run = 0, os.urandom(6).hex()  # the token of the programs it runs (orchard.strays)
         try:
             with deferred():  # an interruption handled in fork's at-fork hooks would be dropped there
                 pid = os.fork()
                 if pid == 0:
-                    _child_main(job, read_fd, write_fd, self._run)
+                    _child_main(job, read_fd, write_fd, self.run)
         except BaseException:  # interrupted as the child started: it has done nothing worth keeping
             if pid:
                 kill_tree(pid)
@@ -319,7 +323,7 @@ class ForkedCall:
     def cancel(self) -> None:
         """Kill the call's process group now; :meth:`result` then reports it ``cancelled``."""
         self._cancelled = True
-        kill_tree(self.pid, run=self._run)
+        kill_tree(self.pid, run=self.run)
 
     def result(self, timeout: float | None, memory_limit: int | None) -> object:
         """Wait for ``job``'s value, enforcing the limits; the child and its group are gone on return.
@@ -330,10 +334,10 @@ class ForkedCall:
         ``KeyboardInterrupt`` (and any other exception) kills the child before it propagates.
         """
         try:
-            with following(self.pid):  # Ctrl-Z pauses the child with the worker
+            with following(self.pid, self.run):  # Ctrl-Z pauses the child with the worker
                 return self._collect(LimitWatch(self.pid, timeout, memory_limit))
         finally:
-            kill_tree(self.pid, run=self._run)  # processes the job left running, or the child itself
+            kill_tree(self.pid, run=self.run)  # processes the job left running, or the child itself
             with contextlib.suppress(ChildProcessError):
                 os.waitpid(self.pid, 0)
             os.close(self._fd)
@@ -347,7 +351,7 @@ class ForkedCall:
                 return Stopped("cancelled")
             stopped = limits.check()
             if stopped is not None:
-                kill_tree(self.pid, run=self._run)
+                kill_tree(self.pid, run=self.run)
                 return stopped
             if not self._read(limits.wait(_EXIT_CHECK)):
                 return self._value_or_crash()

@@ -429,7 +429,7 @@ class ObjectiveEvaluator(TrialEvaluator):
         child = self._running.get(trial.id)
         if child is None:
             return False
-        hold_group(child.pid, held)
+        hold_group(child.pid, held, child.run)
         return True
 
 

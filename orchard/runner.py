@@ -180,7 +180,7 @@ class ScriptRunner(TrialEvaluator):
         running = self._running.get(trial.id)
         if running is None:
             return False  # not started yet, or over
-        hold_group(running[0].pid, held)
+        hold_group(running[0].pid, held, running[1])
         return True
 
     def _run(self, trial_id: str, argv: list[str], folder: str, env: dict[str, str],
@@ -216,7 +216,7 @@ class ScriptRunner(TrialEvaluator):
                     judging[0], trial_id, *reports, grace=self.grace,
                     stop=lambda: stop_group(proc.pid, self.grace, lambda grace: _wait(proc, grace), run)))
             watch = GroupWatch(proc.pid, self.timeout, self.memory_limit, self.grace, run)
-            following.enter_context(suspension.following(proc.pid))  # Ctrl-Z pauses the script with the worker
+            following.enter_context(suspension.following(proc.pid, run))  # Ctrl-Z pauses it with the worker
             try:
                 returncode = proc.wait()
             except BaseException:  # Ctrl-C (KeyboardInterrupt) or SIGTERM: stop the script first

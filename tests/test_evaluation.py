@@ -90,15 +90,27 @@ def _state(pid: int) -> str:
     return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
 
 
-@pytest.mark.parametrize("how", ["hunt-script", "workon-trial-timeout"])
+_LAUNCHING_SCRIPT = """
+import json, os, subprocess, sys
+ticks = ("import sys; sys.path.insert(0, {root!r}); "
+         "from tests.evaluation_workloads import ticks; ticks(0.5, {folder!r})")
+subprocess.run([sys.executable, "-c", ticks], start_new_session=True, check=True)  # as torchrun starts one
+with open(os.environ["ORCHARD_RESULTS_PATH"], "w") as handle:
+    json.dump({{"objective": 1.0}}, handle)
+"""
+
+
+@pytest.mark.parametrize("how", ["hunt-script", "hunt-launcher", "workon-trial-timeout"])
 def test_ctrl_z_pauses_the_evaluation_with_its_worker_and_fg_resumes_it(tmp_path: Path, how: str) -> None:
     """Ctrl-Z in a terminal (SIGTSTP to the job's process group) stops the worker and its evaluation, which
     runs in a process group of its own: before, the script or timed objective trained on while the job was
     stopped. SIGCONT (``fg``) resumes both, and the seconds stopped do not count against the 4 s time limit
-    (the evaluation needs about 2.5 s of running; the test keeps the job stopped for 2.5 s)."""
+    (the evaluation needs about 2.5 s of running; the test keeps the job stopped for 2.5 s). A launcher's
+    worker in a session of its own is paused too: it trained on."""
     storage = str(tmp_path / "o.pkl")
-    if how == "hunt-script":
-        (tmp_path / "work.py").write_text(_TICKS_SCRIPT.format(root=str(ROOT), folder=str(tmp_path)))
+    if how.startswith("hunt"):
+        script = _TICKS_SCRIPT if how == "hunt-script" else _LAUNCHING_SCRIPT
+        (tmp_path / "work.py").write_text(script.format(root=str(ROOT), folder=str(tmp_path)))
         command = [sys.executable, "-m", "orchard.cli", "hunt", "-n", "ticks", "--storage", storage,
                    "--max-trials", "1", "--trial-timeout", "4", sys.executable, str(tmp_path / "work.py"),
                    "--x~uniform(0, 1)"]
