@@ -220,6 +220,17 @@ def test_a_hunt_option_after_the_command_is_said_to_go_to_the_script(
     assert "'--n-workers' comes after the command" in warned[1]
 
 
+def test_a_name_given_after_the_command_is_said_to_go_to_the_script(
+        workdir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """orchard hunt python train.py -n e --lr~…: 'hunt needs an experiment name: -n NAME', which was
+    given."""
+    assert main(["hunt", "--storage", "orchard.pkl", sys.executable, "script.py", "-n", "e",
+                 "--mode~choices(['ok'])"]) == 2
+    err = capsys.readouterr().err
+    assert "the '-n' after the command is passed to the script: put hunt's options before the command" in err
+    assert not (workdir / "orchard.pkl").exists()
+
+
 def test_a_hunt_joining_with_another_command_is_said_to_mix_results(
         workdir: Path, caplog: pytest.LogCaptureFixture, capsys: pytest.CaptureFixture[str]) -> None:
     """A hunt with other fixed arguments (--epochs 10 against 20) or another script joined the experiment
