@@ -306,7 +306,7 @@ def _read_results(path: str) -> Outcome:
                            f"{format_bytes(MAX_RESULTS_FILE_BYTES)}, and a trial may hold "
                            f"{format_bytes(MAX_RESULTS_BYTES)} of results: report summary numbers, and save arrays "
                            "and curves to files (e.g. in the trial's working_dir)")
-        text = data.decode("utf-8")
+        text = data.decode("utf-8-sig")  # a byte order mark (Windows tools write one) is no part of the JSON
     except FileNotFoundError:
         return failure("missing", f"the script exited 0 without reporting a result ({path} was not written); "
                        "call orchard.report_objective(value) or write JSON to $ORCHARD_RESULTS_PATH",

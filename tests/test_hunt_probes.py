@@ -35,6 +35,9 @@ if mode == "oom":
 if mode == "deep":
     with open(path, "w") as handle:
         handle.write('{"objective": 0.5, "curve": ' + "[" * 5000 + "]" * 5000 + "}")
+elif mode == "bom":  # as PowerShell's Out-File -Encoding utf8 and R's fileEncoding="UTF-8-BOM" write
+    with open(path, "w", encoding="utf-8-sig", newline="\r\n") as handle:
+        handle.write('{"objective": 0.5}\n')
 else:
     import orchard
     orchard.report_objective(0.5)
@@ -96,6 +99,14 @@ def test_a_results_file_nested_thousands_deep_breaks_the_trial_as_unstorable(
     assert error is not None and error["reason"] == "unstorable", error
     assert "nests lists or dicts more than" in error["message"]
     assert not [r for r in caplog.records if "RecursionError" in r.getMessage()]
+
+
+def test_a_results_file_that_starts_with_a_byte_order_mark_is_read(workdir: Path) -> None:
+    """JSON may be preceded by a UTF-8 byte order mark, which a parser may ignore (RFC 8259): the trial broke
+    with 'not JSON (Unexpected UTF-8 BOM …)' on the result it had written."""
+    assert hunt(sys.executable, "script.py", "--mode~choices(['bom'])") == 0
+    trial = only_trial()
+    assert trial.status is TrialStatus.COMPLETED and trial.objective == 0.5, trial.error
 
 
 def test_a_report_line_nested_thousands_deep_is_skipped_and_the_follower_goes_on(
