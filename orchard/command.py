@@ -54,6 +54,15 @@ _PRIOR_CALL = re.compile(r"^\s*[A-Za-z_]\w*\s*\(")
 # word (not a path, not a Hydra value) was passed to the script as text: é~uniform(0, 1), 2x~uniform(0, 1)
 _BAD_DIMENSION = re.compile(r"^(-{1,2}[^=~]*|[^-=~\s/][^=~\s/]*|)~\s*[A-Za-z_]\w*\s*\(")
 _INTERPRETERS = re.compile(r"^(python[\d.]*|pypy[\d.]*|bash|sh|zsh|Rscript|julia|node|perl|ruby)$")
+#: An interpreter's options whose value is the next token (``python -X dev train.py``, ``julia -t 4 x.jl``):
+#: taken for the script, it left the real one relative, and every trial broke on "can't open file".
+_VALUED_OPTIONS = {"python": {"-X", "-W", "--check-hash-based-pycs"}, "pypy": {"-X", "-W"},
+                   "bash": {"-o", "-O", "+o", "+O"}, "sh": {"-o", "+o"}, "zsh": {"-o", "+o"},
+                   "julia": {"-t", "--threads", "-p", "--procs", "-J", "--sysimage", "-C", "--cpu-target",
+                             "--machine-file"},
+                   "node": {"-r", "--require", "--import", "--loader", "--experimental-loader", "-C",
+                            "--conditions"},
+                   "ruby": {"-I", "-r", "-C"}, "perl": {"-I"}, "Rscript": set()}
 _SCRIPT_SUFFIXES = (".py", ".sh", ".R", ".r", ".jl", ".js", ".pl", ".rb")
 # what a placeholder looks like ({trial.hash}, {exp.working_dir}): an unknown one is a typo, not text
 _SHOWN_DIMENSION = re.compile(r"^(-{1,2}[^=]+=)?<\w+>$")  # a dimension's token in CommandTemplate.shown()
@@ -327,14 +336,17 @@ def _find_script(tokens: Sequence[str], here: str) -> tuple[int, str] | None:
     package, or only dimensions after the interpreter are refused.
     """
     interpreter = os.path.basename(tokens[0])
+    valued = _VALUED_OPTIONS[re.sub(r"[\d.]+$", "", interpreter)]
     rest = tokens[1:]
     if all(_DIMENSION.match(token) for token in rest):
         raise ConfigurationError(f"{interpreter} is given no script to run; name it after the interpreter, "
                                  f"e.g. '{interpreter} train.py --lr~\"loguniform(1e-5, 1)\"'")
+    value_next = False
     for index, token in enumerate(rest, start=1):
         if token in ("-m", "-c", "-e", "--eval"):
             return None
-        if token.startswith("-") or "~" in token:
+        if value_next or token.startswith("-") or "~" in token or token in valued:
+            value_next = token in valued
             continue
         path = os.path.join(here, token)
         if not token.strip():

@@ -148,6 +148,26 @@ def test_a_script_an_interpreter_runs_is_made_absolute_and_not_warned_about(
     assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
 
 
+@pytest.mark.parametrize("options", [["-X", "dev"], ["-W", "ignore", "-u"], ["-X", "utf8", "-W", "error"]])
+def test_a_script_after_interpreter_options_that_take_a_value_is_made_absolute(
+        workdir: Path, caplog: pytest.LogCaptureFixture, options: list[str]) -> None:
+    """python -X dev train.py: 'dev' was taken for the script, train.py stayed relative, and every trial
+    broke on "can't open file" in its own folder."""
+    with caplog.at_level(logging.WARNING):
+        assert hunt(sys.executable, *options, "script.py", "--mode~choices(['ok'])") == 0
+    assert only_trial().status is TrialStatus.COMPLETED
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+
+
+def test_a_julia_script_after_its_thread_count_is_made_absolute(workdir: Path) -> None:
+    from orchard.command import resolve_program
+
+    (workdir / "julia").write_text("#!/bin/sh\n")
+    (workdir / "julia").chmod(0o755)
+    (workdir / "train.jl").write_text("")
+    assert resolve_program(["./julia", "-t", "4", "train.jl"])[1] == (3, str(workdir / "train.jl"))
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("executor", ["single", "thread"])
 def test_a_job_stopped_whole_by_its_scheduler_gives_its_trial_back_instead_of_breaking_it(
