@@ -17,8 +17,9 @@ grace period); a memory limit (the tree's resident memory) or a cancellation
 (the worker lost the trial) kills it at once (:mod:`orchard.isolation`); once
 the command has exited, whatever it left running in its group is killed. Each
 of these also reaches the processes that left the group but inherited the run's
-``ORCHARD_TRIAL_RUN`` (:mod:`orchard.strays`). POSIX only: process groups are
-stopped with ``os.killpg``.
+``ORCHARD_TRIAL_RUN`` (:mod:`orchard.strays`); before the command starts, what
+an earlier attempt left running in the trial's folder is killed. POSIX only:
+process groups are stopped with ``os.killpg``.
 """
 
 from __future__ import annotations
@@ -52,7 +53,7 @@ from orchard.naming import folder_in
 from orchard.objective import MAX_RESULT_DEPTH, MAX_RESULTS_BYTES, Outcome, TrialEvaluator, interpret_result
 from orchard.report import RESULTS_ENV, open_regular, read_at_most
 from orchard.resources import format_bytes
-from orchard.strays import RUN_ENV, signal_marked
+from orchard.strays import RUN_ENV, kill_earlier_attempts, signal_marked
 from orchard.trial import Trial
 from orchard.verdicts import ReportFollower, current_judge
 
@@ -149,6 +150,10 @@ class ScriptRunner(TrialEvaluator):
         judging = current_judge()  # the experiment's declared objectives: what the script's bare numbers mean
         env.update(ReportFollower.environment(*reports, trial.id, None if judging is None else judging[0].objectives))
         ReportFollower.prepare(*reports)
+        left = kill_earlier_attempts(folder)
+        if left:
+            log.warning("trial %s: killed %d process(es) an earlier attempt left running in %s (its worker "
+                        "was killed outright)", trial.id, left, folder)
         log.debug("trial %s: running %s in %s", trial.id, argv, folder)
         try:
             returncode, stopped = self._run(trial.id, argv, folder, env, reports, run)

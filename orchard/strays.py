@@ -6,7 +6,9 @@ workers torchrun starts in sessions of their own) is out of the group's reach,
 and once its parent has exited it is no longer a descendant either: a trial's
 timeout, its pruning or a stopped ``hunt`` left it running, holding its GPU.
 Every process the script starts inherits its environment, though, unless it is
-started without it: the run's token in :data:`RUN_ENV` finds them all.
+started without it: the run's token in :data:`RUN_ENV` finds them all, and
+the trial's folder in ``ORCHARD_WORKING_DIR`` those an attempt left behind when
+its worker was killed outright (:func:`kill_earlier_attempts`).
 """
 
 from __future__ import annotations
@@ -15,14 +17,15 @@ import contextlib
 import os
 import signal
 
-__all__ = ["RUN_ENV", "marked_processes", "signal_marked"]
+__all__ = ["RUN_ENV", "kill_earlier_attempts", "marked_processes", "signal_marked"]
 
 #: The variable naming one run of a trial's script, set in its environment.
 RUN_ENV = "ORCHARD_TRIAL_RUN"
 
 
-def marked_processes(run: str) -> list[int]:
-    """The pids of the processes whose environment holds :data:`RUN_ENV` ``= run``, this one left out.
+def marked_processes(run: str, name: str = RUN_ENV) -> list[int]:
+    """The pids of the processes whose environment holds ``name=run`` (:data:`RUN_ENV` by default), this one
+    left out.
 
     Reads Linux's ``/proc`` (another user's processes cannot be read, and are not looked at); psutil
     elsewhere.
@@ -31,8 +34,8 @@ def marked_processes(run: str) -> list[int]:
         import psutil
 
         return [process.pid for process in psutil.process_iter(["environ"])
-                if (process.info["environ"] or {}).get(RUN_ENV) == run and process.pid != os.getpid()]
-    entry, pids = f"\0{RUN_ENV}={run}\0".encode(), []
+                if (process.info["environ"] or {}).get(name) == run and process.pid != os.getpid()]
+    entry, pids = f"\0{name}={run}\0".encode(), []
     for name in os.listdir("/proc"):
         if name.isdigit() and int(name) != os.getpid():
             with contextlib.suppress(OSError), open(f"/proc/{name}/environ", "rb") as handle:
@@ -51,3 +54,18 @@ def signal_marked(run: str | None, sig: signal.Signals, group: int | None = None
         with contextlib.suppress(ProcessLookupError, PermissionError):
             if group is None or os.getpgid(pid) != group:
                 os.kill(pid, sig)
+
+
+def kill_earlier_attempts(folder: str) -> int:
+    """SIGKILL what earlier attempts of a trial left running in its ``folder``; return how many processes.
+
+    A worker killed outright (SIGKILL) takes its script with it (``PR_SET_PDEATHSIG``) but not what
+    the script started (``bash train.sh`` running ``python train.py``): the next attempt of the trial
+    on this machine ran beside it, in the same folder, on the same checkpoint. They carry the
+    folder in ``ORCHARD_WORKING_DIR``, which names one trial of one experiment.
+    """
+    pids = marked_processes(folder, "ORCHARD_WORKING_DIR")
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(pid, signal.SIGKILL)
+    return len(pids)

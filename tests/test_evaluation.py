@@ -228,6 +228,52 @@ def test_a_process_a_script_started_in_a_session_of_its_own_ends_with_its_trial(
             os.kill(worker, signal.SIGKILL)
 
 
+
+WRAPPER = r"""#!/bin/sh
+# a wrapper that runs the training as its child, as most do (no exec): the first attempt trains on
+if [ ! -e "$1/first" ]; then
+    touch "$1/first"
+    {python} "$1/trainer.py" "$1"
+fi
+echo '{{"objective": 1.0}}' > "$ORCHARD_RESULTS_PATH"
+"""
+TRAINER = """
+import os, sys, time
+with open(os.path.join(sys.argv[1], "trainer.tmp"), "w") as handle:
+    handle.write(str(os.getpid()))
+os.replace(os.path.join(sys.argv[1], "trainer.tmp"), os.path.join(sys.argv[1], "trainer"))
+time.sleep(60)
+"""
+
+
+def test_the_next_attempt_of_a_trial_kills_what_a_worker_killed_outright_left_running(tmp_path: Path) -> None:
+    """hunt killed with SIGKILL takes its script with it (PR_SET_PDEATHSIG), not the training the script runs:
+    the trial's next attempt on this machine ran beside it, in the same folder."""
+    (tmp_path / "train.sh").write_text(WRAPPER.format(python=sys.executable))
+    (tmp_path / "train.sh").chmod(0o755)
+    (tmp_path / "trainer.py").write_text(TRAINER)
+    command = [sys.executable, "-m", "orchard.cli", "hunt", "-n", "e", "--storage", str(tmp_path / "o.pkl"),
+               "--max-trials", "1", "--heartbeat", "0.5", str(tmp_path / "train.sh"), str(tmp_path),
+               "--x~uniform(0, 1)"]
+    first = subprocess.Popen(command, cwd=tmp_path, env=_env(), text=True, stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE)
+    trainer = int(_wait_for(tmp_path / "trainer", first))
+    first.kill()
+    first.communicate(timeout=30)
+    try:
+        assert not _gone(trainer, timeout=0.5), "the training died with its worker: nothing to test"
+        second = subprocess.run(command, cwd=tmp_path, env=_env(), text=True, capture_output=True, timeout=90,
+                                check=False)
+        assert second.returncode == 0, second.stderr
+        assert "killed 1 process(es) an earlier attempt left running" in second.stderr
+        assert _gone(trainer, timeout=5), "the first attempt's training ran on beside the second"
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(trainer, signal.SIGKILL)
+    (trial,) = orchard.get_experiment("e", storage=str(tmp_path / "o.pkl")).fetch_trials()
+    assert trial.status is TrialStatus.COMPLETED and trial.attempts == 2  # the lost one counted
+
+
 # -- cancellation: a worker that lost its reservation stops its evaluation (issue 9 item 4) --
 
 WORK = r'''
@@ -271,7 +317,8 @@ def test_a_frozen_hunt_that_lost_its_trial_does_not_finish_the_script_again(
         assert (tmp_path / "finished.log").read_text().count("\n") == 1
     finally:
         os.killpg(first.pid, signal.SIGCONT)
-        os.killpg(script, signal.SIGCONT)
+        with contextlib.suppress(ProcessLookupError):  # the second attempt killed it before it started
+            os.killpg(script, signal.SIGCONT)
     _, err = first.communicate(timeout=60)
     assert first.returncode == 0, err
     assert _gone(script)
