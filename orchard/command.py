@@ -54,6 +54,15 @@ _PRIOR_CALL = re.compile(r"^\s*[A-Za-z_]\w*\s*\(")
 # word (not a path, not a Hydra value) was passed to the script as text: é~uniform(0, 1), 2x~uniform(0, 1)
 _BAD_DIMENSION = re.compile(r"^(-{1,2}[^=~]*|[^-=~\s/][^=~\s/]*|)~\s*[A-Za-z_]\w*\s*\(")
 _INTERPRETERS = re.compile(r"^(python[\d.]*|pypy[\d.]*|bash|sh|zsh|Rscript|julia|node|perl|ruby)$")
+#: An interpreter's options whose value is the next token (``python -X dev train.py``, ``julia -t 4 x.jl``):
+#: taken for the script, it left the real one relative, and every trial broke on "can't open file".
+_VALUED_OPTIONS = {"python": {"-X", "-W", "--check-hash-based-pycs"}, "pypy": {"-X", "-W"},
+                   "bash": {"-o", "-O", "+o", "+O"}, "sh": {"-o", "+o"}, "zsh": {"-o", "+o"},
+                   "julia": {"-t", "--threads", "-p", "--procs", "-J", "--sysimage", "-C", "--cpu-target",
+                             "--machine-file"},
+                   "node": {"-r", "--require", "--import", "--loader", "--experimental-loader", "-C",
+                            "--conditions"},
+                   "ruby": {"-I", "-r", "-C"}, "perl": {"-I"}, "Rscript": set()}
 _SCRIPT_SUFFIXES = (".py", ".sh", ".R", ".r", ".jl", ".js", ".pl", ".rb")
 # what a placeholder looks like ({trial.hash}, {exp.working_dir}): an unknown one is a typo, not text
 _SHOWN_DIMENSION = re.compile(r"^(-{1,2}[^=]+=)?<\w+>$")  # a dimension's token in CommandTemplate.shown()
@@ -278,7 +287,45 @@ def _check_file(program: str, here: str) -> str:
             f"script {program!r} is not executable; run 'chmod +x {program}' "
             f"or start it through its interpreter, e.g. 'python {program}'"
         )
+    problem = _interpreter_problem(path, program)
+    if problem is not None:  # exec refuses it, and every trial breaks: 'Exec format error', 'No such file'
+        raise ConfigurationError(f"script {program!r} {problem}")
     return path
+
+
+def _interpreter_problem(path: str, program: str) -> str | None:
+    """What keeps a text file from running as a program: no ``#!`` line (a shell runs it as a shell script,
+    ``exec`` does not), a ``#!`` line ending in a carriage return, or naming no interpreter here (``exec``
+    then says the *script* does not exist). A binary (ELF, Mach-O, a format the kernel was taught) passes."""
+    try:
+        with open(path, "rb") as handle:
+            head = handle.read(512)
+    except OSError:
+        return None  # executable but unreadable: exec may still run it
+    if not head.startswith(b"#!"):
+        if b"\0" in head or not _is_text(head):
+            return None
+        return (f"has no '#!' line naming its interpreter, so it cannot run as a program (a shell runs "
+                f"it as a shell script, Orchard does not): make its first line e.g. '#!/bin/bash', or "
+                f"start it through its interpreter, e.g. 'bash {program}'")
+    line = head[2:].split(b"\n", 1)[0]
+    if line.endswith(b"\r"):
+        return ("has Windows line ends: its '#!' line ends with a carriage return, so the interpreter it "
+                f"names is not found; convert it, e.g. 'dos2unix {program}'")
+    interpreter = os.fsdecode(line.split()[0]) if line.split() else ""
+    if len(head) > len(line) + 2 and not (os.path.isfile(interpreter) and os.access(interpreter, os.X_OK)):
+        return (f"names the interpreter {interpreter!r} in its '#!' line, which does not exist here or "
+                f"cannot run; fix that line (e.g. '#!/usr/bin/env python3'), or start the script through "
+                f"its interpreter")
+    return None
+
+
+def _is_text(head: bytes) -> bool:
+    try:
+        head.decode("utf-8")
+    except UnicodeDecodeError as err:
+        return err.start >= len(head) - 3  # a character cut at the end of what was read
+    return True
 
 
 def _find_script(tokens: Sequence[str], here: str) -> tuple[int, str] | None:
@@ -289,14 +336,17 @@ def _find_script(tokens: Sequence[str], here: str) -> tuple[int, str] | None:
     package, or only dimensions after the interpreter are refused.
     """
     interpreter = os.path.basename(tokens[0])
+    valued = _VALUED_OPTIONS[re.sub(r"[\d.]+$", "", interpreter)]
     rest = tokens[1:]
     if all(_DIMENSION.match(token) for token in rest):
         raise ConfigurationError(f"{interpreter} is given no script to run; name it after the interpreter, "
                                  f"e.g. '{interpreter} train.py --lr~\"loguniform(1e-5, 1)\"'")
+    value_next = False
     for index, token in enumerate(rest, start=1):
         if token in ("-m", "-c", "-e", "--eval"):
             return None
-        if token.startswith("-") or "~" in token:
+        if value_next or token.startswith("-") or "~" in token or token in valued:
+            value_next = token in valued
             continue
         path = os.path.join(here, token)
         if not token.strip():

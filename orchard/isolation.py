@@ -14,7 +14,9 @@ in a forked child (:class:`ForkedCall`, for ``workon``'s ``trial_timeout`` and
 * stopping: :func:`kill_tree` (SIGKILL to the group and every descendant at
   once: a memory limit, a lost reservation), :func:`stop_group` (SIGTERM, then
   SIGKILL after a grace period: a script's timeout, an interruption), and
-  :func:`hold_group` (SIGSTOP / SIGCONT while a lease is in doubt).
+  :func:`hold_group` (SIGSTOP / SIGCONT while a lease is in doubt); given a
+  script's run token, both also reach the processes that left its group and its
+  tree but carry its mark (:mod:`orchard.strays`).
 
 A forked call sends its value back as one length-prefixed frame::
 
@@ -47,6 +49,7 @@ from typing import Any
 from orchard.clock import SYSTEM_CLOCK
 from orchard.interruption import default_handlers, deferred
 from orchard.resources import format_bytes
+from orchard.strays import RUN_ENV, signal_marked
 from orchard.suspension import following, paused_seconds
 
 __all__ = [
@@ -186,11 +189,13 @@ class GroupWatch:
         timeout: seconds from now.
         memory_limit: bytes of resident memory of the whole tree.
         grace: seconds between SIGTERM and SIGKILL on a timeout.
+        run: the run token its processes carry (:mod:`orchard.strays`), stopped with the group.
     """
 
-    def __init__(self, pid: int, timeout: float | None, memory_limit: int | None, grace: float) -> None:
+    def __init__(self, pid: int, timeout: float | None, memory_limit: int | None, grace: float,
+                 run: str | None = None) -> None:
         self.stopped: Stopped | None = None
-        self._pid, self._grace = pid, grace
+        self._pid, self._grace, self._run = pid, grace, run
         self._limits = LimitWatch(pid, timeout, memory_limit)
         self._done = threading.Event()
         self._thread: threading.Thread | None = None
@@ -205,9 +210,10 @@ class GroupWatch:
                 continue
             self.stopped = stopped
             if stopped.reason == "memory":
-                kill_tree(self._pid)
+                kill_tree(self._pid, run=self._run)
             else:
-                stop_group(self._pid, self._grace, functools.partial(SYSTEM_CLOCK.wait, self._done))
+                waiting = functools.partial(SYSTEM_CLOCK.wait, self._done)
+                stop_group(self._pid, self._grace, waiting, self._run)
             return
 
     def stop(self) -> None:
@@ -226,12 +232,16 @@ def signal_group(pgid: int, sig: signal.Signals) -> None:
         os.killpg(pgid, sig)
 
 
-def hold_group(pgid: int, held: bool) -> None:
-    """Pause (SIGSTOP) or resume (SIGCONT) a whole process group; a group that is gone is ignored."""
+def hold_group(pgid: int, held: bool, run: str | None = None) -> None:
+    """Pause (SIGSTOP) or resume (SIGCONT) a whole process group, and the processes of ``run`` out of it.
+
+    A group that is gone is ignored.
+    """
     signal_group(pgid, signal.SIGSTOP if held else signal.SIGCONT)
+    signal_marked(run, signal.SIGSTOP if held else signal.SIGCONT, pgid)
 
 
-def stop_group(pgid: int, grace: float, exited: Callable[[float], object]) -> None:
+def stop_group(pgid: int, grace: float, exited: Callable[[float], object], run: str | None = None) -> None:
     """Stop a process group: SIGTERM, then SIGKILL to whatever is left after ``grace`` seconds.
 
     Args:
@@ -239,15 +249,19 @@ def stop_group(pgid: int, grace: float, exited: Callable[[float], object]) -> No
         grace: seconds the group has to exit after SIGTERM.
         exited: waits up to its argument in seconds for the leader to exit (returns early
             when it has). A ``KeyboardInterrupt`` while it waits (a second Ctrl-C) kills at once.
+        run: a run token: the processes carrying it outside the group are stopped too
+            (:func:`orchard.strays.marked_processes`).
     """
     signal_group(pgid, signal.SIGTERM)
+    signal_marked(run, signal.SIGTERM, pgid)
     with contextlib.suppress(KeyboardInterrupt):
         exited(grace)
     signal_group(pgid, signal.SIGKILL)
+    signal_marked(run, signal.SIGKILL, pgid)
 
 
-def kill_tree(pid: int, group: bool = True) -> None:
-    """SIGKILL the process group led by ``pid`` and every descendant of ``pid`` at once.
+def kill_tree(pid: int, group: bool = True, run: str | None = None) -> None:
+    """SIGKILL the process group led by ``pid``, every descendant of ``pid``, and the processes of ``run``.
 
     Descendants are listed before anything is killed, so those that left the group
     (``setsid``) are found while they are still the tree's.
@@ -265,6 +279,7 @@ def kill_tree(pid: int, group: bool = True) -> None:
     for process in descendants:
         with contextlib.suppress(Exception):
             process.kill()
+    signal_marked(run, signal.SIGKILL, pid if group else None)
 
 
 # -- a call in a forked child -------------------------------------------------------
@@ -278,18 +293,19 @@ class ForkedCall:
     length-prefixed frame (``job``'s pickled value) and exits, so the value is read as
     soon as ``job`` returns, even if it left processes running that inherited the pipe.
     ``job`` should not raise: a child that sends no frame is reported ``crashed``. On
-    Linux the child dies with the worker (``PR_SET_PDEATHSIG``).
+    Linux the child dies with the worker (``PR_SET_PDEATHSIG``). The programs it runs carry
+    its run token (:mod:`orchard.strays`): one that left its group ends with it too.
     """
 
     def __init__(self, job: Callable[[], Any]) -> None:
         _prctl()  # looked up before the fork: the child imports nothing to die with the worker
         read_fd, write_fd = os.pipe()
-        pid = 0
+        pid, self.run = 0, os.urandom(6).hex()  # the token of the programs it runs (orchard.strays)
         try:
             with deferred():  # an interruption handled in fork's at-fork hooks would be dropped there
                 pid = os.fork()
                 if pid == 0:
-                    _child_main(job, read_fd, write_fd)
+                    _child_main(job, read_fd, write_fd, self.run)
         except BaseException:  # interrupted as the child started: it has done nothing worth keeping
             if pid:
                 kill_tree(pid)
@@ -307,7 +323,7 @@ class ForkedCall:
     def cancel(self) -> None:
         """Kill the call's process group now; :meth:`result` then reports it ``cancelled``."""
         self._cancelled = True
-        kill_tree(self.pid)
+        kill_tree(self.pid, run=self.run)
 
     def result(self, timeout: float | None, memory_limit: int | None) -> object:
         """Wait for ``job``'s value, enforcing the limits; the child and its group are gone on return.
@@ -318,10 +334,10 @@ class ForkedCall:
         ``KeyboardInterrupt`` (and any other exception) kills the child before it propagates.
         """
         try:
-            with following(self.pid):  # Ctrl-Z pauses the child with the worker
+            with following(self.pid, self.run):  # Ctrl-Z pauses the child with the worker
                 return self._collect(LimitWatch(self.pid, timeout, memory_limit))
         finally:
-            kill_tree(self.pid)  # processes the job left running, or the child itself
+            kill_tree(self.pid, run=self.run)  # processes the job left running, or the child itself
             with contextlib.suppress(ChildProcessError):
                 os.waitpid(self.pid, 0)
             os.close(self._fd)
@@ -335,7 +351,7 @@ class ForkedCall:
                 return Stopped("cancelled")
             stopped = limits.check()
             if stopped is not None:
-                kill_tree(self.pid)
+                kill_tree(self.pid, run=self.run)
                 return stopped
             if not self._read(limits.wait(_EXIT_CHECK)):
                 return self._value_or_crash()
@@ -385,9 +401,10 @@ class ForkedCall:
         return f"exit code {info.si_status if info is not None else '?'}"
 
 
-def _child_main(job: Callable[[], Any], read_fd: int, write_fd: int) -> None:
+def _child_main(job: Callable[[], Any], read_fd: int, write_fd: int, run: str) -> None:
     """The forked child: run the job, send one frame, leave without cleanup (never returns)."""
     try:
+        os.environ[RUN_ENV] = run  # what the programs it runs inherit (a process it forks keeps the worker's)
         os.close(read_fd)
         with contextlib.suppress(OSError):
             os.setpgid(0, 0)

@@ -410,7 +410,7 @@ class ObjectiveEvaluator(TrialEvaluator):
                 self._running[trial.id] = child
                 if judging is not None and paths is not None:  # started after the fork: no thread is forked
                     reports.enter_context(ReportFollower(judging[0], judging[1], *paths, grace=PRUNE_GRACE,
-                                                         stop=lambda: kill_tree(child.pid)))
+                                                         stop=lambda: kill_tree(child.pid, run=child.run)))
                 try:
                     return _outcome_of(child.result(self.timeout, self.memory_limit), self.timeout)
                 finally:
@@ -429,7 +429,7 @@ class ObjectiveEvaluator(TrialEvaluator):
         child = self._running.get(trial.id)
         if child is None:
             return False
-        hold_group(child.pid, held)
+        hold_group(child.pid, held, child.run)
         return True
 
 

@@ -15,8 +15,11 @@ reports go to ``ORCHARD_REPORT_PATH``, a file of that run alone.
 A timeout or an interruption stops the group (SIGTERM, then SIGKILL after a
 grace period); a memory limit (the tree's resident memory) or a cancellation
 (the worker lost the trial) kills it at once (:mod:`orchard.isolation`); once
-the command has exited, whatever it left running in its group is killed. POSIX
-only: process groups are stopped with ``os.killpg``.
+the command has exited, whatever it left running in its group is killed. Each
+of these also reaches the processes that left the group but inherited the run's
+``ORCHARD_TRIAL_RUN`` (:mod:`orchard.strays`); before the command starts, what
+an earlier attempt left running in the trial's folder is killed. POSIX only:
+process groups are stopped with ``os.killpg``.
 """
 
 from __future__ import annotations
@@ -50,6 +53,7 @@ from orchard.naming import folder_in
 from orchard.objective import MAX_RESULT_DEPTH, MAX_RESULTS_BYTES, Outcome, TrialEvaluator, interpret_result
 from orchard.report import RESULTS_ENV, open_regular, read_at_most
 from orchard.resources import format_bytes
+from orchard.strays import RUN_ENV, kill_earlier_attempts, signal_marked
 from orchard.trial import Trial
 from orchard.verdicts import ReportFollower, current_judge
 
@@ -102,7 +106,7 @@ class ScriptRunner(TrialEvaluator):
     grace: float = 5.0
     memory_limit: int | None = None
     parent_dirs: tuple[str, ...] = ()
-    _running: dict[str, subprocess.Popen[bytes]] = dataclasses.field(
+    _running: dict[str, tuple[subprocess.Popen[bytes], str]] = dataclasses.field(
         default_factory=dict, init=False, repr=False, compare=False)
     _cancelled: set[str] = dataclasses.field(default_factory=set, init=False, repr=False, compare=False)
 
@@ -140,14 +144,19 @@ class ScriptRunner(TrialEvaluator):
         # files of this run's own: a run that lost the trial (its worker frozen past the lease) and wakes
         # beside the next run in this folder reports into, and reads verdicts from, its own files only
         run = uuid.uuid4().hex[:12]
+        env[RUN_ENV] = run  # inherited by every process it starts: those that leave its group are stopped too
         reports = (os.path.join(folder, REPORTS_FILE.format(run=run)),
                    os.path.join(folder, VERDICT_FILE.format(run=run)))
         judging = current_judge()  # the experiment's declared objectives: what the script's bare numbers mean
         env.update(ReportFollower.environment(*reports, trial.id, None if judging is None else judging[0].objectives))
         ReportFollower.prepare(*reports)
+        left = kill_earlier_attempts(folder)
+        if left:
+            log.warning("trial %s: killed %d process(es) an earlier attempt left running in %s (its worker "
+                        "was killed outright)", trial.id, left, folder)
         log.debug("trial %s: running %s in %s", trial.id, argv, folder)
         try:
-            returncode, stopped = self._run(trial.id, argv, folder, env, reports)
+            returncode, stopped = self._run(trial.id, argv, folder, env, reports, run)
         finally:
             for path in reports:
                 with contextlib.suppress(OSError):
@@ -166,21 +175,21 @@ class ScriptRunner(TrialEvaluator):
     def cancel(self, trial: Trial) -> bool:
         """Kill ``trial``'s script, its whole process group at once (the worker lost the trial)."""
         self._cancelled.add(trial.id)
-        proc = self._running.get(trial.id)
-        if proc is not None:
-            kill_tree(proc.pid)
+        running = self._running.get(trial.id)
+        if running is not None:
+            kill_tree(running[0].pid, run=running[1])
         return True  # a script not started yet is killed as it starts
 
     def hold(self, trial: Trial, held: bool) -> bool:
         """Pause or resume ``trial``'s script, its whole process group (the lease is in doubt)."""
-        proc = self._running.get(trial.id)
-        if proc is None:
+        running = self._running.get(trial.id)
+        if running is None:
             return False  # not started yet, or over
-        hold_group(proc.pid, held)
+        hold_group(running[0].pid, held, running[1])
         return True
 
     def _run(self, trial_id: str, argv: list[str], folder: str, env: dict[str, str],
-             reports: tuple[str, str]) -> tuple[int | Outcome, Outcome | None]:
+             reports: tuple[str, str], run: str) -> tuple[int | Outcome, Outcome | None]:
         """Run the script; return its exit code and, if Orchard stopped it, the failure why."""
         self._cancelled.discard(trial_id)
         judging = current_judge()
@@ -200,29 +209,30 @@ class ScriptRunner(TrialEvaluator):
                 return Outcome.failure("OSError", f"cannot start {argv[0]!r}: {error}", reason="start"), None
             except BaseException:  # interrupted as it started: it has done nothing yet
                 for proc in started:
-                    kill_tree(proc.pid)
+                    kill_tree(proc.pid, run=run)
                     proc.wait()
                 raise
             proc = started[0]
-            self._running[trial_id] = proc
+            self._running[trial_id] = (proc, run)
             if trial_id in self._cancelled:  # the reservation was lost before the script started
-                kill_tree(proc.pid)
+                kill_tree(proc.pid, run=run)
             if judging is not None:  # the script's reports are stored and judged while it runs
                 following.enter_context(ReportFollower(
                     judging[0], trial_id, *reports, grace=self.grace,
-                    stop=lambda: stop_group(proc.pid, self.grace, lambda grace: _wait(proc, grace))))
-            watch = GroupWatch(proc.pid, self.timeout, self.memory_limit, self.grace)
-            following.enter_context(suspension.following(proc.pid))  # Ctrl-Z pauses the script with the worker
+                    stop=lambda: stop_group(proc.pid, self.grace, lambda grace: _wait(proc, grace), run)))
+            watch = GroupWatch(proc.pid, self.timeout, self.memory_limit, self.grace, run)
+            following.enter_context(suspension.following(proc.pid, run))  # Ctrl-Z pauses it with the worker
             try:
                 returncode = proc.wait()
             except BaseException:  # Ctrl-C (KeyboardInterrupt) or SIGTERM: stop the script first
-                stop_group(proc.pid, self.grace, lambda grace: _wait(proc, grace))
+                stop_group(proc.pid, self.grace, lambda grace: _wait(proc, grace), run)
                 proc.wait()
                 raise
             finally:
                 watch.stop()
                 self._running.pop(trial_id, None)
-            signal_group(proc.pid, signal.SIGKILL)  # what the command left running ends with its trial
+            signal_group(proc.pid, signal.SIGKILL)  # what the command left running ends with its trial,
+            signal_marked(run, signal.SIGKILL, proc.pid)  # in its group or out of it
             if trial_id not in self._cancelled and watch.stopped is None and _stop_signal(returncode) \
                     and (judging is None or judging[0].verdict_of(trial_id) is None):
                 self._await_stop(trial_id)
@@ -301,7 +311,7 @@ def _read_results(path: str) -> Outcome:
                            f"{format_bytes(MAX_RESULTS_FILE_BYTES)}, and a trial may hold "
                            f"{format_bytes(MAX_RESULTS_BYTES)} of results: report summary numbers, and save arrays "
                            "and curves to files (e.g. in the trial's working_dir)")
-        text = data.decode("utf-8")
+        text = data.decode("utf-8-sig")  # a byte order mark (Windows tools write one) is no part of the JSON
     except FileNotFoundError:
         return failure("missing", f"the script exited 0 without reporting a result ({path} was not written); "
                        "call orchard.report_objective(value) or write JSON to $ORCHARD_RESULTS_PATH",

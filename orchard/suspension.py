@@ -29,18 +29,23 @@ import time
 from collections.abc import Iterator
 from types import FrameType
 
+from orchard.strays import signal_marked
+
 __all__ = ["following", "handled", "paused_seconds"]
 
 _SIGTSTP: signal.Signals | None = getattr(signal, "SIGTSTP", None)
-_groups: dict[int, None] = {}  # process groups of this process's running evaluations
+_groups: dict[int, str | None] = {}  # process groups of this process's running evaluations, to their runs
 _paused = 0.0  # seconds this process has spent stopped by SIGTSTP so far
 _handling = False  # whether a handled() block of the main thread is running
 
 
 @contextlib.contextmanager
-def following(pgid: int) -> Iterator[None]:
-    """While the block runs, the process group ``pgid`` is paused and resumed with this process."""
-    _groups[pgid] = None
+def following(pgid: int, run: str | None = None) -> Iterator[None]:
+    """While the block runs, the process group ``pgid`` is paused and resumed with this process.
+
+    So are the processes that left the group but carry its ``run`` token (:mod:`orchard.strays`).
+    """
+    _groups[pgid] = run
     _arm()
     try:
         yield
@@ -54,17 +59,18 @@ def paused_seconds() -> float:
     return _paused
 
 
-def _signal_groups(groups: tuple[int, ...], sig: signal.Signals) -> None:
-    for pgid in groups:
+def _signal_groups(groups: dict[int, str | None], sig: signal.Signals) -> None:
+    for pgid, run in groups.items():
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(pgid, sig)
+        signal_marked(run, sig, pgid)
 
 
 def _on_stop(signum: int, frame: FrameType | None) -> None:
     """SIGTSTP: pause the evaluations' groups, stop here as the default action would, resume them on SIGCONT."""
     global _paused
     assert _SIGTSTP is not None
-    groups = tuple(_groups)
+    groups = dict(_groups)
     _signal_groups(groups, signal.SIGSTOP)  # SIGSTOP: their groups are not a terminal's, SIGTSTP would be dropped
     stopped = time.monotonic()
     signal.signal(_SIGTSTP, signal.SIG_DFL)

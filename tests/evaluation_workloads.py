@@ -5,6 +5,8 @@ from __future__ import annotations
 import multiprocessing
 import os
 import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -38,6 +40,13 @@ def leaves_a_process_running(x: float, folder: str) -> float:
     """Starts a forked multiprocessing child that outlives the call (a DataLoader worker, say)."""
     child = multiprocessing.get_context("fork").Process(target=time.sleep, args=(60,))
     child.start()
+    (Path(folder) / "left.pid").write_text(str(child.pid))
+    return x
+
+
+def leaves_a_session_running(x: float, folder: str) -> float:
+    """Starts a program in a session of its own (a launcher's worker, a daemon), never waited for."""
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"], start_new_session=True)
     (Path(folder) / "left.pid").write_text(str(child.pid))
     return x
 

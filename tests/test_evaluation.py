@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import signal
@@ -10,6 +11,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -88,15 +90,27 @@ def _state(pid: int) -> str:
     return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
 
 
-@pytest.mark.parametrize("how", ["hunt-script", "workon-trial-timeout"])
+_LAUNCHING_SCRIPT = """
+import json, os, subprocess, sys
+ticks = ("import sys; sys.path.insert(0, {root!r}); "
+         "from tests.evaluation_workloads import ticks; ticks(0.5, {folder!r})")
+subprocess.run([sys.executable, "-c", ticks], start_new_session=True, check=True)  # as torchrun starts one
+with open(os.environ["ORCHARD_RESULTS_PATH"], "w") as handle:
+    json.dump({{"objective": 1.0}}, handle)
+"""
+
+
+@pytest.mark.parametrize("how", ["hunt-script", "hunt-launcher", "workon-trial-timeout"])
 def test_ctrl_z_pauses_the_evaluation_with_its_worker_and_fg_resumes_it(tmp_path: Path, how: str) -> None:
     """Ctrl-Z in a terminal (SIGTSTP to the job's process group) stops the worker and its evaluation, which
     runs in a process group of its own: before, the script or timed objective trained on while the job was
     stopped. SIGCONT (``fg``) resumes both, and the seconds stopped do not count against the 4 s time limit
-    (the evaluation needs about 2.5 s of running; the test keeps the job stopped for 2.5 s)."""
+    (the evaluation needs about 2.5 s of running; the test keeps the job stopped for 2.5 s). A launcher's
+    worker in a session of its own is paused too: it trained on."""
     storage = str(tmp_path / "o.pkl")
-    if how == "hunt-script":
-        (tmp_path / "work.py").write_text(_TICKS_SCRIPT.format(root=str(ROOT), folder=str(tmp_path)))
+    if how.startswith("hunt"):
+        script = _TICKS_SCRIPT if how == "hunt-script" else _LAUNCHING_SCRIPT
+        (tmp_path / "work.py").write_text(script.format(root=str(ROOT), folder=str(tmp_path)))
         command = [sys.executable, "-m", "orchard.cli", "hunt", "-n", "ticks", "--storage", storage,
                    "--max-trials", "1", "--trial-timeout", "4", sys.executable, str(tmp_path / "work.py"),
                    "--x~uniform(0, 1)"]
@@ -134,15 +148,22 @@ def test_ctrl_z_pauses_the_evaluation_with_its_worker_and_fg_resumes_it(tmp_path
     assert trial.status is TrialStatus.COMPLETED, (trial.error, stderr)
 
 
-def test_an_objective_that_leaves_a_process_running_still_completes(tmp_path: Path) -> None:
+@pytest.mark.parametrize("objective", [loads.leaves_a_process_running, loads.leaves_a_session_running])
+def test_an_objective_that_leaves_a_process_running_still_completes(tmp_path: Path, objective: Any) -> None:
+    """A process the objective left running, in its process group or in a session of its own, is killed."""
     exp = orchard.build_experiment("left", space={"x": "uniform(0, 1)"}, storage=str(tmp_path / "o.pkl"),
                                    max_trials=1)
     started = time.monotonic()
-    stats = exp.workon(functools.partial(loads.leaves_a_process_running, folder=str(tmp_path)),
+    stats = exp.workon(functools.partial(objective, folder=str(tmp_path)),
                        executor="single", trial_timeout=8, progress=False)
     assert stats["counts"]["completed"] == 1, exp.fetch_trials()[0].error
     assert time.monotonic() - started < 6, "the result must be read when the objective returns"
-    assert _gone(int((tmp_path / "left.pid").read_text())), "what the objective left running is killed"
+    left = int((tmp_path / "left.pid").read_text())
+    try:
+        assert _gone(left, timeout=5), "what the objective left running is killed"
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(left, signal.SIGKILL)
 
 
 LEAVES_A_PROCESS = r'''
@@ -167,6 +188,90 @@ def test_a_script_that_leaves_a_process_running_completes_and_the_process_ends_w
         TrialStatus.COMPLETED] * 2
     left = [int(path.name.split("-")[1]) for path in tmp_path.glob("left-*")]
     assert len(left) == 2 and all(_gone(pid, timeout=5) for pid in left), "a process the script left outlived it"
+
+
+
+LAUNCHER = r"""
+import json, os, subprocess, sys, time
+# as torchrun does: each worker in a session of its own, which the script's process group does not hold
+worker = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"], start_new_session=True)
+with open(os.path.join(sys.argv[1], f"worker-{worker.pid}"), "w"):
+    pass
+if sys.argv[2] == "--then=run":
+    time.sleep(60)  # until its trial's timeout ends the launcher: SIGTERM, which ends it at once
+with open(os.environ["ORCHARD_RESULTS_PATH"], "w") as handle:
+    json.dump({"objective": 1.0}, handle)
+"""
+
+
+@pytest.mark.parametrize(("then", "timeout", "status"), [
+    ("exit", [], TrialStatus.COMPLETED), ("run", ["--trial-timeout", "1"], TrialStatus.BROKEN)])
+def test_a_process_a_script_started_in_a_session_of_its_own_ends_with_its_trial(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, then: str, timeout: list[str],
+        status: TrialStatus) -> None:
+    """A launcher (torchrun) starts its workers with ``setsid``: out of the script's process group, and no
+    longer its descendants once it exits. Its trial ended, they ran on, holding their GPUs, trial after
+    trial."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "launcher.py").write_text(LAUNCHER)
+    code = main(["hunt", "-n", "launch", "--storage", "o.pkl", "--max-trials", "1", "--max-broken", "1",
+                 *timeout, sys.executable, str(tmp_path / "launcher.py"), str(tmp_path), f"--then={then}",
+                 "--x~uniform(0, 1)"])
+    assert code == (0 if status is TrialStatus.COMPLETED else 1)
+    (trial,) = orchard.get_experiment("launch", storage="o.pkl").fetch_trials()
+    assert trial.status is status, trial.error
+    (worker,) = [int(path.name.split("-")[1]) for path in tmp_path.glob("worker-*")]
+    try:
+        assert _gone(worker, timeout=5), "the launcher's worker outlived its trial"
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(worker, signal.SIGKILL)
+
+
+
+WRAPPER = r"""#!/bin/sh
+# a wrapper that runs the training as its child, as most do (no exec): the first attempt trains on
+if [ ! -e "$1/first" ]; then
+    touch "$1/first"
+    {python} "$1/trainer.py" "$1"
+fi
+echo '{{"objective": 1.0}}' > "$ORCHARD_RESULTS_PATH"
+"""
+TRAINER = """
+import os, sys, time
+with open(os.path.join(sys.argv[1], "trainer.tmp"), "w") as handle:
+    handle.write(str(os.getpid()))
+os.replace(os.path.join(sys.argv[1], "trainer.tmp"), os.path.join(sys.argv[1], "trainer"))
+time.sleep(60)
+"""
+
+
+def test_the_next_attempt_of_a_trial_kills_what_a_worker_killed_outright_left_running(tmp_path: Path) -> None:
+    """hunt killed with SIGKILL takes its script with it (PR_SET_PDEATHSIG), not the training the script runs:
+    the trial's next attempt on this machine ran beside it, in the same folder."""
+    (tmp_path / "train.sh").write_text(WRAPPER.format(python=sys.executable))
+    (tmp_path / "train.sh").chmod(0o755)
+    (tmp_path / "trainer.py").write_text(TRAINER)
+    command = [sys.executable, "-m", "orchard.cli", "hunt", "-n", "e", "--storage", str(tmp_path / "o.pkl"),
+               "--max-trials", "1", "--heartbeat", "0.5", str(tmp_path / "train.sh"), str(tmp_path),
+               "--x~uniform(0, 1)"]
+    first = subprocess.Popen(command, cwd=tmp_path, env=_env(), text=True, stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE)
+    trainer = int(_wait_for(tmp_path / "trainer", first))
+    first.kill()
+    first.communicate(timeout=30)
+    try:
+        assert not _gone(trainer, timeout=0.5), "the training died with its worker: nothing to test"
+        second = subprocess.run(command, cwd=tmp_path, env=_env(), text=True, capture_output=True, timeout=90,
+                                check=False)
+        assert second.returncode == 0, second.stderr
+        assert "killed 1 process(es) an earlier attempt left running" in second.stderr
+        assert _gone(trainer, timeout=5), "the first attempt's training ran on beside the second"
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(trainer, signal.SIGKILL)
+    (trial,) = orchard.get_experiment("e", storage=str(tmp_path / "o.pkl")).fetch_trials()
+    assert trial.status is TrialStatus.COMPLETED and trial.attempts == 2  # the lost one counted
 
 
 # -- cancellation: a worker that lost its reservation stops its evaluation (issue 9 item 4) --
@@ -212,7 +317,8 @@ def test_a_frozen_hunt_that_lost_its_trial_does_not_finish_the_script_again(
         assert (tmp_path / "finished.log").read_text().count("\n") == 1
     finally:
         os.killpg(first.pid, signal.SIGCONT)
-        os.killpg(script, signal.SIGCONT)
+        with contextlib.suppress(ProcessLookupError):  # the second attempt killed it before it started
+            os.killpg(script, signal.SIGCONT)
     _, err = first.communicate(timeout=60)
     assert first.returncode == 0, err
     assert _gone(script)

@@ -35,6 +35,9 @@ if mode == "oom":
 if mode == "deep":
     with open(path, "w") as handle:
         handle.write('{"objective": 0.5, "curve": ' + "[" * 5000 + "]" * 5000 + "}")
+elif mode == "bom":  # as PowerShell's Out-File -Encoding utf8 and R's fileEncoding="UTF-8-BOM" write
+    with open(path, "w", encoding="utf-8-sig", newline="\r\n") as handle:
+        handle.write('{"objective": 0.5}\n')
 else:
     import orchard
     orchard.report_objective(0.5)
@@ -98,6 +101,14 @@ def test_a_results_file_nested_thousands_deep_breaks_the_trial_as_unstorable(
     assert not [r for r in caplog.records if "RecursionError" in r.getMessage()]
 
 
+def test_a_results_file_that_starts_with_a_byte_order_mark_is_read(workdir: Path) -> None:
+    """JSON may be preceded by a UTF-8 byte order mark, which a parser may ignore (RFC 8259): the trial broke
+    with 'not JSON (Unexpected UTF-8 BOM …)' on the result it had written."""
+    assert hunt(sys.executable, "script.py", "--mode~choices(['bom'])") == 0
+    trial = only_trial()
+    assert trial.status is TrialStatus.COMPLETED and trial.objective == 0.5, trial.error
+
+
 def test_a_report_line_nested_thousands_deep_is_skipped_and_the_follower_goes_on(
         tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     """The line killed the worker's follower thread: every later report of the script waited 30 s for a
@@ -135,6 +146,26 @@ def test_a_script_an_interpreter_runs_is_made_absolute_and_not_warned_about(
     with caplog.at_level(logging.WARNING):
         assert hunt(sys.executable, "script.py", "--mode~choices(['ok'])", "--data=/dev/null") == 0
     assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+
+
+@pytest.mark.parametrize("options", [["-X", "dev"], ["-W", "ignore", "-u"], ["-X", "utf8", "-W", "error"]])
+def test_a_script_after_interpreter_options_that_take_a_value_is_made_absolute(
+        workdir: Path, caplog: pytest.LogCaptureFixture, options: list[str]) -> None:
+    """python -X dev train.py: 'dev' was taken for the script, train.py stayed relative, and every trial
+    broke on "can't open file" in its own folder."""
+    with caplog.at_level(logging.WARNING):
+        assert hunt(sys.executable, *options, "script.py", "--mode~choices(['ok'])") == 0
+    assert only_trial().status is TrialStatus.COMPLETED
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+
+
+def test_a_julia_script_after_its_thread_count_is_made_absolute(workdir: Path) -> None:
+    from orchard.command import resolve_program
+
+    (workdir / "julia").write_text("#!/bin/sh\n")
+    (workdir / "julia").chmod(0o755)
+    (workdir / "train.jl").write_text("")
+    assert resolve_program(["./julia", "-t", "4", "train.jl"])[1] == (3, str(workdir / "train.jl"))
 
 
 @pytest.mark.slow
@@ -218,6 +249,17 @@ def test_a_hunt_option_after_the_command_is_said_to_go_to_the_script(
     warned = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert len(warned) == 2 and "'--max-trials=50' comes after the command" in warned[0], warned
     assert "'--n-workers' comes after the command" in warned[1]
+
+
+def test_a_name_given_after_the_command_is_said_to_go_to_the_script(
+        workdir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """orchard hunt python train.py -n e --lr~…: 'hunt needs an experiment name: -n NAME', which was
+    given."""
+    assert main(["hunt", "--storage", "orchard.pkl", sys.executable, "script.py", "-n", "e",
+                 "--mode~choices(['ok'])"]) == 2
+    err = capsys.readouterr().err
+    assert "the '-n' after the command is passed to the script: put hunt's options before the command" in err
+    assert not (workdir / "orchard.pkl").exists()
 
 
 def test_a_hunt_joining_with_another_command_is_said_to_mix_results(

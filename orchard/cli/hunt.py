@@ -134,10 +134,13 @@ def _hunt(args: argparse.Namespace, settings: Settings) -> int:
 
     settings.check()  # every bad value is refused before anything is stored
     name = settings.get("name")
-    if not name:
-        raise UsageError("hunt needs an experiment name: -n NAME (or name: in --config)")
-    check_experiment_name(name)
     tokens = list(args.command)
+    if not name:
+        given = next((token for token in tokens[1:] if token.split("=", 1)[0] in ("-n", "--name")), None)
+        late = "" if given is None else (f"; the {given!r} after the command is passed to the script: put "
+                                         "hunt's options before the command")
+        raise UsageError(f"hunt needs an experiment name: -n NAME (or name: in --config){late}")
+    check_experiment_name(name)
     if tokens[:1] == ["--"]:
         tokens = tokens[1:]
     template = _template(tokens, settings.get("space"), args.config)
