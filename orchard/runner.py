@@ -53,7 +53,7 @@ from orchard.naming import folder_in
 from orchard.objective import MAX_RESULT_DEPTH, MAX_RESULTS_BYTES, Outcome, TrialEvaluator, interpret_result
 from orchard.report import RESULTS_ENV, open_regular, read_at_most
 from orchard.resources import format_bytes
-from orchard.strays import RUN_ENV, kill_earlier_attempts, signal_marked
+from orchard.strays import RUN_ENV, WORKER_ENV, kill_earlier_attempts, signal_marked
 from orchard.trial import Trial
 from orchard.verdicts import ReportFollower, current_judge
 
@@ -145,6 +145,7 @@ class ScriptRunner(TrialEvaluator):
         # beside the next run in this folder reports into, and reads verdicts from, its own files only
         run = uuid.uuid4().hex[:12]
         env[RUN_ENV] = run  # inherited by every process it starts: those that leave its group are stopped too
+        env[WORKER_ENV] = str(os.getpid())  # what it leaves running once this process is gone is killed
         reports = (os.path.join(folder, REPORTS_FILE.format(run=run)),
                    os.path.join(folder, VERDICT_FILE.format(run=run)))
         judging = current_judge()  # the experiment's declared objectives: what the script's bare numbers mean

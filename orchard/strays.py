@@ -17,10 +17,12 @@ import contextlib
 import os
 import signal
 
-__all__ = ["RUN_ENV", "kill_earlier_attempts", "marked_processes", "signal_marked"]
+__all__ = ["RUN_ENV", "WORKER_ENV", "kill_earlier_attempts", "marked_processes", "signal_marked"]
 
 #: The variable naming one run of a trial's script, set in its environment.
 RUN_ENV = "ORCHARD_TRIAL_RUN"
+#: The variable holding the pid of the worker process that started the run.
+WORKER_ENV = "ORCHARD_TRIAL_WORKER_PID"
 
 
 def marked_processes(run: str, name: str = RUN_ENV) -> list[int]:
@@ -30,18 +32,29 @@ def marked_processes(run: str, name: str = RUN_ENV) -> list[int]:
     Reads Linux's ``/proc`` (another user's processes cannot be read, and are not looked at); psutil
     elsewhere.
     """
-    if not os.path.isdir("/proc/self"):  # macOS: psutil reads them (an unreadable one is None)
+    return [pid for pid, _ in _environments(name, run)]
+
+
+def _environments(name: str, value: str) -> list[tuple[int, bytes]]:
+    """The pids and environments (NUL-separated, framed by NULs) of the processes with ``name=value``,
+    this one left out: Linux's ``/proc``, psutil elsewhere (an unreadable one is ``None`` there)."""
+    entry, found = f"\0{name}={value}\0".encode(), []
+    if not os.path.isdir("/proc/self"):
         import psutil
 
-        return [process.pid for process in psutil.process_iter(["environ"])
-                if (process.info["environ"] or {}).get(name) == run and process.pid != os.getpid()]
-    entry, pids = f"\0{name}={run}\0".encode(), []
-    for name in os.listdir("/proc"):
-        if name.isdigit() and int(name) != os.getpid():
-            with contextlib.suppress(OSError), open(f"/proc/{name}/environ", "rb") as handle:
-                if entry in b"\0" + handle.read() + b"\0":
-                    pids.append(int(name))
-    return pids
+        for process in psutil.process_iter(["environ"]):
+            variables = process.info["environ"] or {}
+            if variables.get(name) == value and process.pid != os.getpid():
+                pairs = "\0".join(f"{key}={text}" for key, text in variables.items())
+                found.append((process.pid, f"\0{pairs}\0".encode()))
+        return found
+    for entry_name in os.listdir("/proc"):
+        if entry_name.isdigit() and int(entry_name) != os.getpid():
+            with contextlib.suppress(OSError), open(f"/proc/{entry_name}/environ", "rb") as handle:
+                environment = b"\0" + handle.read() + b"\0"
+                if entry in environment:
+                    found.append((int(entry_name), environment))
+    return found
 
 
 def signal_marked(run: str | None, sig: signal.Signals, group: int | None = None) -> None:
@@ -63,9 +76,36 @@ def kill_earlier_attempts(folder: str) -> int:
     the script started (``bash train.sh`` running ``python train.py``): the next attempt of the trial
     on this machine ran beside it, in the same folder, on the same checkpoint. They carry the
     folder in ``ORCHARD_WORKING_DIR``, which names one trial of one experiment.
+
+    Only processes whose worker (:data:`WORKER_ENV`) is gone: a worker that is alive, frozen or not, still
+    owns its run, and another storage's copy of the experiment (``db load`` keeps trial ids) may run the
+    same trial in the same folder.
     """
-    pids = marked_processes(folder, "ORCHARD_WORKING_DIR")
-    for pid in pids:
+    killed = 0
+    for pid, environment in _environments("ORCHARD_WORKING_DIR", folder):
+        worker = _value(environment, WORKER_ENV)
+        if worker is None or not worker.isdigit() or _alive(int(worker)):
+            continue
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.kill(pid, signal.SIGKILL)
-    return len(pids)
+            killed += 1
+    return killed
+
+
+def _value(environment: bytes, name: str) -> str | None:
+    """The value of ``name`` in a NUL-separated environment framed by NULs, if set."""
+    start = environment.find(f"\0{name}=".encode())
+    if start < 0:
+        return None
+    start += len(name) + 2
+    return environment[start:environment.index(b"\0", start)].decode(errors="replace")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

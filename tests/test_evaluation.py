@@ -274,6 +274,38 @@ def test_the_next_attempt_of_a_trial_kills_what_a_worker_killed_outright_left_ru
     assert trial.status is TrialStatus.COMPLETED and trial.attempts == 2  # the lost one counted
 
 
+def test_what_a_live_worker_started_in_the_trial_folder_is_left_to_it(tmp_path: Path) -> None:
+    """Only a gone worker's leftovers are killed: a copy of the experiment loaded into another storage
+    (``db load`` keeps trial ids) may run the same trial in the same folder while its worker is alive."""
+    from orchard.strays import WORKER_ENV, kill_earlier_attempts
+
+    folder = str(tmp_path / "trial")
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    sleeper = [sys.executable, "-c", "import time; time.sleep(60)"]
+    alive_worker = {**os.environ, "ORCHARD_WORKING_DIR": folder, WORKER_ENV: str(os.getpid())}
+    dead_worker = {**os.environ, "ORCHARD_WORKING_DIR": folder, WORKER_ENV: str(gone.pid)}
+    kept, left = subprocess.Popen(sleeper, env=alive_worker), subprocess.Popen(sleeper, env=dead_worker)
+    try:
+        assert _wait_until(lambda: kill_earlier_attempts(folder) == 1)
+        assert left.wait(timeout=10) == -signal.SIGKILL
+        assert kept.poll() is None, "a running worker's training was killed"
+    finally:
+        kept.kill()
+        left.kill()
+        kept.wait()
+
+
+def _wait_until(condition: Any, timeout: float = 10) -> bool:
+    """Whether ``condition()`` came true within ``timeout`` (a new process's environment is readable once it runs)."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
+    return True
+
+
 # -- cancellation: a worker that lost its reservation stops its evaluation (issue 9 item 4) --
 
 WORK = r'''
