@@ -474,6 +474,36 @@ def test_an_objective_that_cannot_reach_the_worker_processes_is_refused_before_a
     assert exp.fetch_trials() == []  # said: 'If the objective crashed its process ... run it with trial_timeout'
 
 
+def test_an_objective_the_worker_processes_cannot_import_is_named_not_called_a_crash(tmp_path, monkeypatch) -> None:
+    def objective(x: float) -> float:  # a notebook's or `python -c`'s function: in no module a process can import
+        return x
+
+    objective.__module__, objective.__qualname__ = "__main__", "orchard_notebook_objective"
+    monkeypatch.setattr(sys.modules["__main__"], "orchard_notebook_objective", objective, raising=False)
+    exp = orchard.build_experiment("notebook", space=SPACE, max_trials=2, storage=str(tmp_path / "db.pkl"))
+    with pytest.raises(ConfigurationError, match=r"the objective orchard_notebook_objective cannot be loaded in the "
+                       r"worker processes of executor 'process' \(AttributeError: .*\): they import it by name"):
+        exp.workon(objective, executor="process", executor_config={"mp_context": "spawn"}, progress=False)
+    assert exp.fetch_trials() == []  # said: 'a worker died ... If the objective crashed its process (segfault, ...)'
+
+
+def test_an_objective_calling_workon_of_its_own_experiment_breaks_its_trial_instead_of_hanging() -> None:
+    exp = orchard.build_experiment("nested", space=SPACE, max_trials=2, max_broken=1, storage="memory://")
+
+    def tune_again(x: float) -> float:
+        exp.workon(lambda x: x, progress=False)  # waited for ever for the trial it runs in
+        return x
+
+    with pytest.raises(ExperimentBrokenError):
+        exp.workon(tune_again, progress=False)
+    (trial,) = exp.fetch_trials()
+    assert trial.error["message"].startswith("workon of experiment 'nested' was called by its own objective")
+    outer = orchard.build_experiment("outer", space=SPACE, max_trials=1, storage=exp.storage)
+    inner = orchard.build_experiment("inner", space=SPACE, max_trials=1, storage=exp.storage)
+    outer.workon(lambda x: inner.workon(lambda x: x, progress=False)["best_objective"], progress=False)
+    assert outer.stats["counts"]["completed"] == inner.stats["counts"]["completed"] == 1  # a search of its own runs
+
+
 def test_a_training_that_reports_past_the_cap_goes_on_to_its_result(monkeypatch, caplog) -> None:
     import orchard.trial
     import orchard.verdicts

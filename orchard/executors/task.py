@@ -31,7 +31,7 @@ from orchard.terminal import escape_unconfigured_logs
 from orchard.trial import TrialStatus
 from orchard.worker import Worker, WorkerReport, WorkerSettings
 
-__all__ = ["WorkerTask", "check_travels", "run_worker"]
+__all__ = ["PackedObjective", "WorkerTask", "check_travels", "run_worker"]
 
 
 @dataclasses.dataclass
@@ -41,7 +41,7 @@ class WorkerTask:
     storage: BaseStorage
     experiment_id: str
     settings: WorkerSettings
-    fn: Callable[..., Any]
+    fn: Callable[..., Any] | PackedObjective
     trial_timeout: float | None = None
     label: str | None = None
     working_dir: str | None = None  # per-trial folders of orchard.current_trial()
@@ -58,7 +58,40 @@ class WorkerTask:
     local_stop: str | None = None
 
 
-def check_travels(fn: Callable[..., Any], storage: BaseStorage, executor: str | Any) -> None:
+@dataclasses.dataclass(frozen=True)
+class PackedObjective:
+    """An objective pickled once by ``workon``'s caller, unpickled by :func:`run_worker` in each worker.
+
+    Unpickled as part of the task, an objective the worker's process cannot load (a function of a
+    notebook's or ``python -c``'s ``__main__`` under ``spawn``, of a module that is not installed there)
+    killed that process before any loop ran ("a worker died ... segfault, out of memory"); loaded here,
+    the worker raises what went wrong instead.
+    """
+
+    data: bytes
+    label: str
+    executor: str
+
+    def load(self) -> Callable[..., Any]:
+        """The objective.
+
+        Raises:
+            ConfigurationError: it cannot be unpickled in this process; the message says why and what to do.
+        """
+        try:
+            fn: Callable[..., Any] = pickle.loads(self.data)
+        except Exception as err:  # noqa: BLE001 -- whatever unpickling raised: AttributeError, ImportError
+            raise ConfigurationError(
+                f"the objective {self.label} cannot be loaded in the worker processes of executor "
+                f"{self.executor!r} ({type(err).__name__}: {err}): they import it by name, so it must be "
+                "defined at the top level of a module or script that they can import (not in a notebook, "
+                "`python -c` or under `if __name__ == \"__main__\":`); or use executor='joblib', which sends "
+                "a function of your script or notebook by value") from None
+        return fn
+
+
+def check_travels(fn: Callable[..., Any], storage: BaseStorage,
+                  executor: str | Any) -> Callable[..., Any] | PackedObjective:
     """Refuse, before any trial is reserved, a storage or an objective that cannot reach the executor's processes.
 
     The storage must pickle (it reconnects by URI in each process); it raises its own message
@@ -66,22 +99,26 @@ def check_travels(fn: Callable[..., Any], storage: BaseStorage, executor: str | 
     standard library's pickle (a lambda or a closure does not travel); joblib and Dask with
     cloudpickle when it is installed (they do, but not over a lock, a socket or an open file).
 
+    Returns:
+        What the tasks carry: for a named executor, the objective pickled once
+        (:class:`PackedObjective`); for an executor of the caller's own, ``fn`` itself.
+
     Raises:
         ConfigurationError: naming the objective, the executor and the pickler's reason.
     """
     pickle.dumps(storage)
     if not isinstance(executor, str):
-        return  # an executor of the caller's own: its pickler is unknown
+        return fn  # an executor of the caller's own: its pickler is unknown
     dumps: Callable[[Any], bytes] = pickle.dumps
     if executor != "process":
         with contextlib.suppress(ImportError):  # joblib's loky falls back to pickle without it
             import cloudpickle
 
             dumps = cloudpickle.dumps
+    label = getattr(fn, "__qualname__", None) or type(fn).__name__
     try:
-        dumps(fn)
+        return PackedObjective(dumps(fn), label, executor)
     except Exception as err:  # noqa: BLE001 -- any pickler failure: PicklingError, TypeError, AttributeError
-        label = getattr(fn, "__qualname__", None) or type(fn).__name__
         raise ConfigurationError(
             f"the objective {label} cannot be sent to the worker processes of executor {executor!r}: "
             f"{type(err).__name__}: {err}; define it at the top level of a module, keep locks, sockets and "
@@ -115,7 +152,7 @@ def run_worker(task: WorkerTask) -> WorkerReport:
         The worker's report.
     """
     escape_unconfigured_logs()
-    fn = task.fn
+    fn = task.fn.load() if isinstance(task.fn, PackedObjective) else task.fn
     evaluate: TrialEvaluator = fn if isinstance(fn, TrialEvaluator) else ObjectiveEvaluator(
         fn, task.trial_timeout, task.memory_limit, task.working_dir)
     request = request_for(task.token)
