@@ -233,12 +233,17 @@ def interpret_result(value: Any) -> Outcome:
             failure.results = results
             return failure
         value = value["objective"]
-    value = to_builtin(plain(value))  # the 0-d array or tensor orchard.report() takes too
+    raw, value = value, to_builtin(plain(value))  # the 0-d array or tensor orchard.report() takes too
     if isinstance(value, bool) or not isinstance(value, (int, float)):
+        sequence = isinstance(raw, (tuple, list))  # Optuna's form of several objectives
+        several = sequence and len(raw) > 1 and all(finite_number(v) is not None for v in to_builtin(raw))
+        got = f"{type(raw).__name__} {shown(raw if sequence else value)}"
         failure = Outcome.failure(
-            "InvalidResult", f"objective must be a number, got {type(value).__name__} {shown(value)}; "
+            "InvalidResult", f"objective must be a number, got {got}; "
             "return a finite number or a dict with a numeric 'objective' (a script's results file: "
-            '{"objective": 0.25})'
+            '{"objective": 0.25})' + ("; for several objectives, declare them (build_experiment(..., "
+                                      "objectives={'a': 'min', 'b': 'max'})) and return each by name"
+                                      if several else "")
         )
     else:
         number = finite_float(value)

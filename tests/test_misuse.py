@@ -440,6 +440,16 @@ def test_several_objectives_returned_unnamed_are_told_to_be_named(result: object
                                       "return each by name, e.g. return {'error': ..., 'size': ...}")
 
 
+def test_a_tuple_returned_by_a_single_objective_is_shown_as_returned_and_told_how_to_declare_several() -> None:
+    exp = orchard.build_experiment("tuple", space=SPACE, max_trials=2, max_broken=1, storage="memory://")
+    with pytest.raises(ExperimentBrokenError):
+        exp.workon(lambda x: (0.2, 0.8), progress=False)  # Optuna's habit for two objectives
+    (trial,) = exp.fetch_trials()
+    assert trial.error["message"].startswith("objective must be a number, got tuple (0.2, 0.8); ")  # was: list [...]
+    assert trial.error["message"].endswith("; for several objectives, declare them (build_experiment(..., "
+                                           "objectives={'a': 'min', 'b': 'max'})) and return each by name")
+
+
 @pytest.mark.parametrize("prior, words", [
     ("uniform(-1e308, 1e308)", "high - low must be a finite float"),
     ("uniform(0, 1e30, discrete=True)", "discrete uniform bounds must keep its values within 64 bits"),
