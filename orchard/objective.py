@@ -184,7 +184,9 @@ def check_objective(fn: object, names: Iterable[str]) -> None:
             "called as fn(**params) that returns a number or a dict with 'objective'"
         )
     label = getattr(fn, "__qualname__", None) or type(fn).__name__
-    if inspect.iscoroutinefunction(fn) or inspect.isasyncgenfunction(fn) or inspect.isgeneratorfunction(fn):
+    calls = (fn, getattr(type(fn), "__call__", None))  # an instance's own async __call__ too
+    if any(inspect.iscoroutinefunction(c) or inspect.isasyncgenfunction(c) or inspect.isgeneratorfunction(c)
+           for c in calls):
         raise ConfigurationError(
             f"the objective {label} is an async or generator function: calling it gives a coroutine or a "
             "generator, never a value; pass a plain function that returns the value (an async one "

@@ -404,7 +404,12 @@ def _yielding(x: float) -> Any:
     yield x
 
 
-@pytest.mark.parametrize("fn", [_awaited, _yielding], ids=["async", "generator"])
+class _AsyncModel:
+    async def __call__(self, x: float) -> float:
+        return x
+
+
+@pytest.mark.parametrize("fn", [_awaited, _yielding, _AsyncModel()], ids=["async", "generator", "async-instance"])
 def test_an_objective_whose_call_gives_no_value_is_refused_before_any_trial(fn: Any) -> None:
     exp = orchard.build_experiment("no-value", space=SPACE, max_trials=2, storage="memory://")
     with pytest.raises(ConfigurationError, match="is an async or generator function"):
