@@ -332,6 +332,18 @@ def test_an_objective_raising_keyboard_interrupt_releases_its_trial_as_ctrl_c_do
     assert trial.status is TrialStatus.INTERRUPTED and trial.error is None  # not a failure of the objective
 
 
+@pytest.mark.slow
+def test_an_objective_raising_keyboard_interrupt_on_a_dask_worker_process_releases_its_trial(store) -> None:
+    """It ended Dask's worker process: Dask ran the loop again on 4 new ones, then workon said a worker died."""
+    pytest.importorskip("distributed")
+    exp = build(store, max_trials=3)
+    with pytest.raises(orchard.errors.Interrupted, match="^1 of 1 running trial"):
+        exp.workon(_raises_keyboard_interrupt, executor="dask", executor_config={"dashboard_address": None},
+                   progress=False)
+    (trial,) = exp.fetch_trials()
+    assert trial.status is TrialStatus.INTERRUPTED and trial.attempts == 0
+
+
 def test_objectives_of_several_workers_raising_keyboard_interrupt_count_every_trial_released(store) -> None:
     """workon joins what each stopped worker reports, not only the first one's."""
     import threading

@@ -140,7 +140,8 @@ def run_worker(task: WorkerTask) -> WorkerReport:
     (:mod:`orchard.executors.threads`), reports that error to it, and returns;
     one on a Dask worker in another process is told by a Dask event
     (:mod:`orchard.executors.remote`) and raises the error in a
-    :class:`~orchard.executors.remote.RemoteStopped`.
+    :class:`~orchard.executors.remote.RemoteStopped`, as it does when its
+    objective raised ``KeyboardInterrupt`` (Dask would end its worker and run the loop again).
 
     Its warnings print escaped where nothing configured logging (a pool's or a Dask worker's
     process: :func:`~orchard.terminal.escape_unconfigured_logs`), since they quote stored names.
@@ -171,8 +172,8 @@ def run_worker(task: WorkerTask) -> WorkerReport:
                 if request is not None and request.event.is_set():
                     request.reports.append(stopped)  # and returned: Dask's worker threads die of a KeyboardInterrupt
                     return worker.report
-                if request is None and stop is not None and stop.is_set():
-                    raise RemoteStopped(stopped) from None  # to the caller, through Dask
+                if request is None and stop is not None:  # stopped by the caller, or the objective raised it:
+                    raise RemoteStopped(stopped) from None  # to the caller, through Dask, whose worker it would end
                 raise stopped from None
             finally:
                 task.storage.close()
