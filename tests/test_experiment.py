@@ -334,7 +334,7 @@ def test_an_objective_raising_keyboard_interrupt_releases_its_trial_as_ctrl_c_do
 
 @pytest.mark.slow
 def test_an_objective_raising_keyboard_interrupt_on_a_dask_worker_process_releases_its_trial(store) -> None:
-    """It ended Dask's worker process: Dask ran the loop again on 4 new ones, then workon said a worker died."""
+    """It ended Dask's worker process: Dask ran the loop again on 4 new ones, then said a worker died."""
     pytest.importorskip("distributed")
     exp = build(store, max_trials=3)
     with pytest.raises(orchard.errors.Interrupted, match="^1 of 1 running trial"):
