@@ -409,7 +409,8 @@ class _AsyncModel:
         return x
 
 
-@pytest.mark.parametrize("fn", [_awaited, _yielding, _AsyncModel()], ids=["async", "generator", "async-instance"])
+@pytest.mark.parametrize("fn", [_awaited, _yielding, _AsyncModel()],
+                         ids=["async", "generator", "async-instance"])
 def test_an_objective_whose_call_gives_no_value_is_refused_before_any_trial(fn: Any) -> None:
     exp = orchard.build_experiment("no-value", space=SPACE, max_trials=2, storage="memory://")
     with pytest.raises(ConfigurationError, match="is an async or generator function"):
@@ -445,12 +446,12 @@ def test_several_objectives_returned_unnamed_are_told_to_be_named(result: object
                                       "return each by name, e.g. return {'error': ..., 'size': ...}")
 
 
-def test_a_tuple_returned_by_a_single_objective_is_shown_as_returned_and_told_how_to_declare_several() -> None:
+def test_a_tuple_returned_by_a_single_objective_is_shown_and_told_how_to_declare_several() -> None:
     exp = orchard.build_experiment("tuple", space=SPACE, max_trials=2, max_broken=1, storage="memory://")
     with pytest.raises(ExperimentBrokenError):
         exp.workon(lambda x: (0.2, 0.8), progress=False)  # Optuna's habit for two objectives
     (trial,) = exp.fetch_trials()
-    assert trial.error["message"].startswith("objective must be a number, got tuple (0.2, 0.8); ")  # was: list [...]
+    assert trial.error["message"].startswith("objective must be a number, got tuple (0.2, 0.8); ")  # was: list
     assert trial.error["message"].endswith("; for several objectives, declare them (build_experiment(..., "
                                            "objectives={'a': 'min', 'b': 'max'})) and return each by name")
 
@@ -489,17 +490,19 @@ def test_an_objective_that_cannot_reach_the_worker_processes_is_refused_before_a
     assert exp.fetch_trials() == []  # said: 'If the objective crashed its process ... run it with trial_timeout'
 
 
-def test_an_objective_the_worker_processes_cannot_import_is_named_not_called_a_crash(tmp_path, monkeypatch) -> None:
-    def objective(x: float) -> float:  # a notebook's or `python -c`'s function: in no module a process can import
+def test_an_objective_the_worker_processes_cannot_import_is_named_not_called_a_crash(tmp_path,
+                                                                                     monkeypatch) -> None:
+    def objective(x: float) -> float:  # a notebook's or `python -c`'s function: in no module another can import
         return x
 
     objective.__module__, objective.__qualname__ = "__main__", "orchard_notebook_objective"
     monkeypatch.setattr(sys.modules["__main__"], "orchard_notebook_objective", objective, raising=False)
     exp = orchard.build_experiment("notebook", space=SPACE, max_trials=2, storage=str(tmp_path / "db.pkl"))
-    with pytest.raises(ConfigurationError, match=r"the objective orchard_notebook_objective cannot be loaded in the "
-                       r"worker processes of executor 'process' \(AttributeError: .*\): they import it by name"):
+    with pytest.raises(ConfigurationError, match=r"the objective orchard_notebook_objective cannot be loaded in "
+                       r"the worker processes of executor 'process' \(AttributeError: .*\): they import it by "
+                       r"name"):
         exp.workon(objective, executor="process", executor_config={"mp_context": "spawn"}, progress=False)
-    assert exp.fetch_trials() == []  # said: 'a worker died ... If the objective crashed its process (segfault, ...)'
+    assert exp.fetch_trials() == []  # said: 'a worker died ... If the objective crashed its process (segfault'
 
 
 def test_an_objective_calling_workon_of_its_own_experiment_breaks_its_trial_instead_of_hanging() -> None:
@@ -516,7 +519,7 @@ def test_an_objective_calling_workon_of_its_own_experiment_breaks_its_trial_inst
     outer = orchard.build_experiment("outer", space=SPACE, max_trials=1, storage=exp.storage)
     inner = orchard.build_experiment("inner", space=SPACE, max_trials=1, storage=exp.storage)
     outer.workon(lambda x: inner.workon(lambda x: x, progress=False)["best_objective"], progress=False)
-    assert outer.stats["counts"]["completed"] == inner.stats["counts"]["completed"] == 1  # a search of its own runs
+    assert outer.stats["counts"]["completed"] == inner.stats["counts"]["completed"] == 1  # its own search runs
 
 
 def test_a_training_that_reports_past_the_cap_goes_on_to_its_result(monkeypatch, caplog) -> None:
