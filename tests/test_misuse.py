@@ -451,7 +451,7 @@ def test_a_tuple_returned_by_a_single_objective_is_shown_and_told_how_to_declare
     with pytest.raises(ExperimentBrokenError):
         exp.workon(lambda x: (0.2, 0.8), progress=False)  # Optuna's habit for two objectives
     (trial,) = exp.fetch_trials()
-    assert trial.error["message"].startswith("objective must be a number, got tuple (0.2, 0.8); ")  # was: list
+    assert trial.error["message"].startswith("objective must be a number, got tuple (0.2, 0.8); ") # was: list
     assert trial.error["message"].endswith("; for several objectives, declare them (build_experiment(..., "
                                            "objectives={'a': 'min', 'b': 'max'})) and return each by name")
 
@@ -492,17 +492,17 @@ def test_an_objective_that_cannot_reach_the_worker_processes_is_refused_before_a
 
 def test_an_objective_the_worker_processes_cannot_import_is_named_not_called_a_crash(tmp_path,
                                                                                      monkeypatch) -> None:
-    def objective(x: float) -> float:  # a notebook's or `python -c`'s function: in no module another can import
+    def objective(x: float) -> float:  # a notebook's or `python -c`'s function: in no module one can import
         return x
 
     objective.__module__, objective.__qualname__ = "__main__", "orchard_notebook_objective"
     monkeypatch.setattr(sys.modules["__main__"], "orchard_notebook_objective", objective, raising=False)
     exp = orchard.build_experiment("notebook", space=SPACE, max_trials=2, storage=str(tmp_path / "db.pkl"))
-    with pytest.raises(ConfigurationError, match=r"the objective orchard_notebook_objective cannot be loaded in "
-                       r"the worker processes of executor 'process' \(AttributeError: .*\): they import it by "
-                       r"name"):
+    words = (r"the objective orchard_notebook_objective cannot be loaded in the worker processes of executor "
+             r"'process' \(AttributeError: .*\): they import it by name")
+    with pytest.raises(ConfigurationError, match=words):
         exp.workon(objective, executor="process", executor_config={"mp_context": "spawn"}, progress=False)
-    assert exp.fetch_trials() == []  # said: 'a worker died ... If the objective crashed its process (segfault'
+    assert exp.fetch_trials() == []  # said: 'a worker died ... If the objective crashed its process (segf'
 
 
 def test_an_objective_calling_workon_of_its_own_experiment_breaks_its_trial_instead_of_hanging() -> None:
@@ -519,7 +519,7 @@ def test_an_objective_calling_workon_of_its_own_experiment_breaks_its_trial_inst
     outer = orchard.build_experiment("outer", space=SPACE, max_trials=1, storage=exp.storage)
     inner = orchard.build_experiment("inner", space=SPACE, max_trials=1, storage=exp.storage)
     outer.workon(lambda x: inner.workon(lambda x: x, progress=False)["best_objective"], progress=False)
-    assert outer.stats["counts"]["completed"] == inner.stats["counts"]["completed"] == 1  # its own search runs
+    assert outer.stats["counts"]["completed"] == inner.stats["counts"]["completed"] == 1  # its own runs
 
 
 def test_a_training_that_reports_past_the_cap_goes_on_to_its_result(monkeypatch, caplog) -> None:

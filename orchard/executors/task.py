@@ -173,7 +173,7 @@ def run_worker(task: WorkerTask) -> WorkerReport:
                     request.reports.append(stopped)  # and returned: Dask's worker threads die of a KeyboardInterrupt
                     return worker.report
                 if request is None and stop is not None:  # stopped by the caller, or the objective raised it:
-                    raise RemoteStopped(stopped) from None  # to the caller through Dask, whose worker it would end
+                    raise RemoteStopped(stopped) from None  # through Dask, whose worker it would end
                 raise stopped from None
             finally:
                 task.storage.close()
