@@ -451,7 +451,7 @@ def test_a_tuple_returned_by_a_single_objective_is_shown_and_told_how_to_declare
     with pytest.raises(ExperimentBrokenError):
         exp.workon(lambda x: (0.2, 0.8), progress=False)  # Optuna's habit for two objectives
     (trial,) = exp.fetch_trials()
-    assert trial.error["message"].startswith("objective must be a number, got tuple (0.2, 0.8); ") # was: list
+    assert trial.error["message"].startswith("objective must be a number, got tuple (0.2, 0.8); ")  # said list
     assert trial.error["message"].endswith("; for several objectives, declare them (build_experiment(..., "
                                            "objectives={'a': 'min', 'b': 'max'})) and return each by name")
 
@@ -502,7 +502,7 @@ def test_an_objective_the_worker_processes_cannot_import_is_named_not_called_a_c
              r"'process' \(AttributeError: .*\): they import it by name")
     with pytest.raises(ConfigurationError, match=words):
         exp.workon(objective, executor="process", executor_config={"mp_context": "spawn"}, progress=False)
-    assert exp.fetch_trials() == []  # said: 'a worker died ... If the objective crashed its process (segf'
+    assert exp.fetch_trials() == []  # said: 'a worker died ... (segfault, out of memory'
 
 
 def test_an_objective_calling_workon_of_its_own_experiment_breaks_its_trial_instead_of_hanging() -> None:
