@@ -451,7 +451,7 @@ def test_a_tuple_returned_by_a_single_objective_is_shown_and_told_how_to_declare
     with pytest.raises(ExperimentBrokenError):
         exp.workon(lambda x: (0.2, 0.8), progress=False)  # Optuna's habit for two objectives
     (trial,) = exp.fetch_trials()
-    assert trial.error["message"].startswith("objective must be a number, got tuple (0.2, 0.8); ")  # said list
+    assert trial.error["message"].startswith("objective must be a number, got tuple (0.2, 0.8); ")
     assert trial.error["message"].endswith("; for several objectives, declare them (build_experiment(..., "
                                            "objectives={'a': 'min', 'b': 'max'})) and return each by name")
 
