@@ -490,6 +490,17 @@ def test_an_objective_that_cannot_reach_the_worker_processes_is_refused_before_a
     assert exp.fetch_trials() == []  # said: 'If the objective crashed its process ... run it with trial_timeout'
 
 
+def test_an_objective_that_cannot_reach_a_process_pool_of_the_callers_own_is_refused_before_any_trial(
+        tmp_path) -> None:
+    from concurrent.futures import ProcessPoolExecutor
+
+    exp = orchard.build_experiment("own-pool", space=SPACE, max_trials=2, storage=str(tmp_path / "db.pkl"))
+    with ProcessPoolExecutor(max_workers=1) as pool, pytest.raises(
+            ConfigurationError, match="cannot be sent to the worker processes of your ProcessPoolExecutor: "):
+        exp.workon(lambda x: x, executor=pool, progress=False)  # said: 'a worker died ... (segfault'
+    assert exp.fetch_trials() == []
+
+
 def test_an_objective_the_worker_processes_cannot_import_is_named_not_called_a_crash(tmp_path,
                                                                                      monkeypatch) -> None:
     def objective(x: float) -> float:  # a notebook's or `python -c`'s function: in no module one can import

@@ -16,6 +16,7 @@ import os
 import pickle
 import uuid
 from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor
 from typing import Any
 
 from orchard.errors import ConfigurationError, Interrupted, StorageError
@@ -70,6 +71,7 @@ class PackedObjective:
 
     data: bytes
     label: str
+    #: The executor, for messages: ``executor 'process'``, ``your ProcessPoolExecutor``.
     executor: str
 
     def load(self) -> Callable[..., Any]:
@@ -82,8 +84,8 @@ class PackedObjective:
             fn: Callable[..., Any] = pickle.loads(self.data)
         except Exception as err:  # noqa: BLE001 -- whatever unpickling raised: AttributeError, ImportError
             raise ConfigurationError(
-                f"the objective {self.label} cannot be loaded in the worker processes of executor "
-                f"{self.executor!r} ({type(err).__name__}: {err}): they import it by name, so it must be "
+                f"the objective {self.label} cannot be loaded in the worker processes of {self.executor} "
+                f"({type(err).__name__}: {err}): they import it by name, so it must be "
                 "defined at the top level of a module or script that they can import (not in a notebook, "
                 "`python -c` or under `if __name__ == \"__main__\":`); or use executor='joblib', which sends "
                 "a function of your script or notebook by value") from None
@@ -100,14 +102,19 @@ def check_travels(fn: Callable[..., Any], storage: BaseStorage,
     cloudpickle when it is installed (they do, but not over a lock, a socket or an open file).
 
     Returns:
-        What the tasks carry: for a named executor, the objective pickled once
-        (:class:`PackedObjective`); for an executor of the caller's own, ``fn`` itself.
+        What the tasks carry: for a named executor or a ``ProcessPoolExecutor`` of the caller's own,
+        the objective pickled once (:class:`PackedObjective`); for another executor of the caller's
+        own, whose pickler is unknown, ``fn`` itself.
 
     Raises:
         ConfigurationError: naming the objective, the executor and the pickler's reason.
     """
     pickle.dumps(storage)
-    if not isinstance(executor, str):
+    if isinstance(executor, ProcessPoolExecutor):  # the caller's own, with the standard library's pickle
+        executor, where = "process", f"your {type(executor).__name__}"
+    elif isinstance(executor, str):
+        where = f"executor {executor!r}"
+    else:
         return fn  # an executor of the caller's own: its pickler is unknown
     dumps: Callable[[Any], bytes] = pickle.dumps
     if executor != "process":
@@ -117,10 +124,10 @@ def check_travels(fn: Callable[..., Any], storage: BaseStorage,
             dumps = cloudpickle.dumps
     label = getattr(fn, "__qualname__", None) or type(fn).__name__
     try:
-        return PackedObjective(dumps(fn), label, executor)
+        return PackedObjective(dumps(fn), label, where)
     except Exception as err:  # noqa: BLE001 -- any pickler failure: PicklingError, TypeError, AttributeError
         raise ConfigurationError(
-            f"the objective {label} cannot be sent to the worker processes of executor {executor!r}: "
+            f"the objective {label} cannot be sent to the worker processes of {where}: "
             f"{type(err).__name__}: {err}; define it at the top level of a module, keep locks, sockets and "
             "open files out of it, or run it with n_workers=1 (this thread) or executor='thread'") from None
 
