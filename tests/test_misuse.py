@@ -425,6 +425,14 @@ def test_a_worker_count_that_is_not_a_positive_int_is_one_line(n_workers: Any) -
         exp.workon(lambda x: x, n_workers=n_workers, progress=False)
 
 
+def test_a_numpy_worker_count_is_a_count_and_joblibs_minus_one_is_told_what_to_pass() -> None:
+    exp = orchard.build_experiment("numpy-count", space=SPACE, max_trials=2, storage="memory://")
+    with pytest.raises(ConfigurationError, match=r"got -1 \(joblib's -1 for one per CPU is n_workers=os.cpu"):
+        exp.workon(lambda x: x, n_workers=-1, progress=False)
+    stats = exp.workon(lambda x: x, n_workers=np.int64(2), executor="thread", progress=False)  # was refused
+    assert stats["counts"]["completed"] == 2
+
+
 def test_observing_a_trial_twice_says_so() -> None:
     exp = orchard.build_experiment("twice", space=SPACE, max_trials=2, storage="memory://")
     trial = exp.suggest()
