@@ -175,6 +175,9 @@ class Experiment:
     def __repr__(self) -> str:
         return f"Experiment(name={self.name!r}, storage={self.storage.redacted_uri!r})"
 
+    def __getstate__(self) -> dict[str, Any]:  # an objective's closure may hold it: its ask-and-tell worker
+        return {**self.__dict__, "_client": None}  # (threads, locks) stays here, a copy makes its own
+
     # -- configuration ---------------------------------------------------------
 
     @property
@@ -271,9 +274,8 @@ class Experiment:
 
         Raises:
             ExperimentBrokenError: ``max_broken`` trials broke; the message shows the last error.
-            ConfigurationError: ``fn`` is not callable or cannot take the space's names, or it cannot be
-                loaded in the worker processes; ``fn`` calls ``workon`` of its own experiment; an
-                invalid option, or ``gpus`` with threads that share one environment.
+            ConfigurationError: ``fn`` is not callable, cannot take the space's names or be loaded by the
+                workers, or calls ``workon`` of its experiment; a bad option, ``gpus`` with threads.
             ExecutorError: a worker process died.
             Interrupted: Ctrl-C, SIGINT or SIGTERM reached this process (or a worker's); the
                 workers in local processes or this thread stopped and released their running
@@ -343,16 +345,14 @@ class Experiment:
 
     def _raise_if_broken(self, trials: list[Trial]) -> None:
         broken = [t for t in trials if t.status is TrialStatus.BROKEN]
-        limit = self.settings.max_broken
-        if len(broken) >= limit:
+        if len(broken) >= (limit := self.settings.max_broken):
             raise ExperimentBrokenError.limit_reached(self.name, len(broken), limit, broken[-1].error if broken else None)
 
     # -- ask and tell ----------------------------------------------------------
 
     def _client_worker(self) -> Worker:
         if self._client is None:
-            settings = WorkerSettings.for_experiment(self.settings)
-            self._client = new_client(self.storage, self.id, settings, self.name)
+            self._client = new_client(self.storage, self.id, self.settings, self.name)
         return self._client
 
     def suggest(self) -> Trial:

@@ -298,6 +298,17 @@ def test_memory_storage_with_threads() -> None:
     assert not math.isnan(exp.best_trial.objective)
 
 
+def test_an_objective_holding_a_handle_that_asked_and_told_still_reaches_the_worker_processes(store) -> None:
+    exp = build(store, max_trials=3)
+    exp.observe(exp.suggest(), 0.5)  # the handle's ask-and-tell worker has threads and locks
+
+    def objective(x: float, y: float) -> float:  # a closure over the handle, as in a notebook
+        return x + y + 0 * len(exp.name)
+
+    stats = exp.workon(objective, n_workers=2, executor="joblib", progress=False)  # was: cannot pickle lock
+    assert stats["counts"]["completed"] == 3
+
+
 def test_one_worker_runs_in_the_calling_process_so_unpicklable_objectives_work(store) -> None:
     import os
     import socket
