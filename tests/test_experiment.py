@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
+import os
+import signal
 import subprocess
 import sys
+import time
 import uuid
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -353,6 +357,32 @@ def test_an_objective_raising_keyboard_interrupt_on_a_dask_worker_process_releas
                    progress=False)
     (trial,) = exp.fetch_trials()
     assert trial.status is TrialStatus.INTERRUPTED and trial.attempts == 0
+
+
+def _catches_ctrl_c(x: float, y: float = 0.0, marker: str = "") -> float:
+    """A training loop that saves its state on Ctrl-C and returns what it reached (Ctrl-C at its first)."""
+    if os.path.exists(marker):
+        return x
+    open(marker, "w").close()
+    try:
+        os.kill(os.getppid() if marker.endswith("parent") else os.getpid(), signal.SIGINT)
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            time.sleep(0.01)
+    except KeyboardInterrupt:
+        pass  # the checkpoint is saved here
+    return x
+
+
+@pytest.mark.parametrize("executor", ["single", "process"])
+def test_an_objective_that_catches_ctrl_c_and_returns_is_recorded_and_the_run_stops(store, tmp_path,
+                                                                                     executor: str) -> None:
+    """The loop went on to the next trial, deaf to later stop requests: workon ran the whole budget."""
+    exp = build(store, max_trials=20)
+    marker = str(tmp_path / ("ctrl-c-to-" + ("self" if executor == "single" else "parent")))
+    with pytest.raises(orchard.errors.Interrupted):
+        exp.workon(functools.partial(_catches_ctrl_c, marker=marker), executor=executor, progress=False)
+    assert [t.status for t in exp.fetch_trials()] == [TrialStatus.COMPLETED]
 
 
 def test_objectives_of_several_workers_raising_keyboard_interrupt_count_every_trial_released(store) -> None:
