@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from orchard.experiment_config import ExperimentConfig
 from orchard.objective import Outcome
 from orchard.storages import BaseStorage
 from orchard.trial import Trial
@@ -30,8 +31,9 @@ __all__ = ["holder", "new_client", "suggested"]
 _HELD: dict[tuple[str, str], Worker] = {}
 
 
-def new_client(storage: BaseStorage, experiment_id: str, settings: WorkerSettings, label: str) -> Worker:
+def new_client(storage: BaseStorage, experiment_id: str, config: ExperimentConfig, label: str) -> Worker:
     """A handle's ask-and-tell worker: the caller evaluates; what it never observes goes back at exit."""
+    settings = WorkerSettings.for_experiment(config)
     worker = Worker(storage, experiment_id, settings, evaluate=_told_later, label=label)
     worker.pacemaker.release_at_exit()
     return worker

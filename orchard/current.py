@@ -16,9 +16,10 @@ import os
 from collections.abc import Iterator
 from typing import Any
 
+from orchard.errors import ConfigurationError
 from orchard.trial import Trial
 
-__all__ = ["CurrentTrial", "current_trial", "evaluating"]
+__all__ = ["CurrentTrial", "current_trial", "evaluating", "refuse_nested"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -32,6 +33,7 @@ class CurrentTrial:
         working_dir: the trial's own folder (created), or ``None`` when the
             experiment has no ``working_dir``.
         parent_working_dir: the parent's folder (where it saved its checkpoint), or ``None``.
+        experiment: the id of the trial's experiment.
     """
 
     id: str
@@ -39,6 +41,7 @@ class CurrentTrial:
     parent: str | None
     working_dir: str | None
     parent_working_dir: str | None
+    experiment: str = ""
 
 
 _CURRENT: contextvars.ContextVar[CurrentTrial | None] = contextvars.ContextVar("orchard_trial", default=None)
@@ -73,9 +76,27 @@ def evaluating(trial: Trial, working_dir: str | None = None) -> Iterator[Current
         folder = os.path.join(working_dir, trial.id)
         os.makedirs(folder, exist_ok=True)
         parent_folder = None if trial.parent is None else os.path.join(working_dir, trial.parent)
-    info = CurrentTrial(trial.id, dict(trial.params), trial.parent, folder, parent_folder)
+    info = CurrentTrial(trial.id, dict(trial.params), trial.parent, folder, parent_folder, trial.experiment)
     token = _CURRENT.set(info)
     try:
         yield info
     finally:
         _CURRENT.reset(token)
+
+
+def refuse_nested(experiment_id: str, name: str) -> None:
+    """Refuse a ``workon`` of experiment ``name`` called by an objective it is evaluating.
+
+    The inner call's workers would wait for ever for the budget the trial of the outer
+    call holds, and the outer trial for the inner call: nothing ends, and no signal reaches
+    a thread worker's objective. A search nested in an objective needs an experiment of its own.
+
+    Raises:
+        ConfigurationError: the calling objective evaluates a trial of this experiment.
+    """
+    running = current_trial()
+    if running is not None and running.experiment == experiment_id:
+        raise ConfigurationError(
+            f"workon of experiment {name!r} was called by its own objective, evaluating trial {running.id}: "
+            "it would wait for ever for the trial it runs in; call workon once, outside the objective "
+            "(a search inside an objective needs an experiment of its own)")

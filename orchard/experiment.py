@@ -18,6 +18,7 @@ from orchard import config as _config
 from orchard.algorithms import explicit_options, normalize_algorithm_config
 from orchard.asking import holder, new_client, suggested
 from orchard.constraints import normalize_constraints
+from orchard.current import refuse_nested
 from orchard.dataframe import trials_frame
 from orchard.errors import ConfigurationError, ExecutorError, ExperimentBrokenError, Interrupted, OrchardError
 from orchard.executors import make_executor, outlasts_workon, reaches_local_processes, shares_environment
@@ -76,8 +77,7 @@ def build_experiment(
     Args:
         name: the experiment's unique name in the storage.
         space: ``{dimension: prior string}``; may be omitted when joining.
-        algorithm: ``"random"``, ``"grid"``, ``"bayes"`` or ``{"bayes": {...options}}``
-            (default ``"random"`` when creating).
+        algorithm: ``"random"`` (the default to create), ``"grid"``, ``"bayes"``, ``{"bayes": {...options}}``.
         storage: a URI or path (see :func:`orchard.storages.get_storage`); default
             ``ORCHARD_STORAGE``, then the config file, then ``./orchard.pkl``.
         max_trials: the budget of completed trials; may be raised when joining.
@@ -175,6 +175,9 @@ class Experiment:
     def __repr__(self) -> str:
         return f"Experiment(name={self.name!r}, storage={self.storage.redacted_uri!r})"
 
+    def __getstate__(self) -> dict[str, Any]:  # an objective's closure may hold it: its ask-and-tell worker
+        return {**self.__dict__, "_client": None}  # (threads, locks) stays here, a copy makes its own
+
     # -- configuration ---------------------------------------------------------
 
     @property
@@ -249,12 +252,10 @@ class Experiment:
             fn: the objective, called as ``fn(**params)``; returns a float or a dict
                 with ``"objective"``. An exception marks the trial broken.
             n_workers: how many workers to run; no more start than the trials ``max_trials`` can still hand out.
-            executor: ``joblib`` (processes; the default for several workers),
-                ``process``, ``dask``, ``thread`` or ``single``; or an executor you
-                already have (a ``concurrent.futures.Executor`` or a
-                ``dask.distributed.Client``), used as it is and left open. With one
-                worker and no executor named, the worker runs in this thread
-                (``single``), so ``fn`` need not be picklable.
+            executor: ``joblib`` (processes; the default for several workers), ``process``, ``dask``,
+                ``thread`` or ``single``; or an executor you already have (a ``concurrent.futures.Executor``
+                or a ``dask.distributed.Client``), used as it is and left open. With one worker and no
+                executor named, the worker runs in this thread (``single``), so ``fn`` need not be picklable.
             executor_config: options for the executor (Dask: passed to ``Client``, plus
                 ``worker_timeout`` and ``resources``; see :func:`orchard.executors.make_executor`).
             max_trials: run at most this many more trials in this call.
@@ -273,14 +274,15 @@ class Experiment:
 
         Raises:
             ExperimentBrokenError: ``max_broken`` trials broke; the message shows the last error.
-            ConfigurationError: ``fn`` is not callable or cannot take the space's names; an
-                invalid option, or ``gpus`` with threads that share one environment.
+            ConfigurationError: ``fn`` is not callable, cannot take the space's names or be loaded by the
+                workers, or calls ``workon`` of its experiment; a bad option, ``gpus`` with threads.
             ExecutorError: a worker process died.
             Interrupted: Ctrl-C, SIGINT or SIGTERM reached this process (or a worker's); the
                 workers in local processes or this thread stopped and released their running
                 trials (status ``interrupted``), and the error says so. A ``KeyboardInterrupt``.
         """
         check_objective(fn, self.space)
+        refuse_nested(self.id, self.name)
         trial_timeout = _config.check("trial_timeout", trial_timeout)
         idle_timeout = _config.check("idle_timeout", idle_timeout)
         memory_limit = parse_memory(trial_memory_limit)
@@ -294,9 +296,9 @@ class Experiment:
         pool_manager = make_executor(executor, n_workers, executor_config)  # validates name and size
         devices = assign_devices(parse_gpus(gpus), gpus_per_worker, n_workers, shares_environment(executor, executor_config))
         warn_if_budget_met(self.storage, self.id, self.name, self.max_trials, self.config)  # as refreshed above
-        if executor not in ("single", "thread") and not shares_environment(executor):
-            check_travels(fn, self.storage, executor)  # fail fast, with the pickler's reason
-        tasks = [WorkerTask(self.storage, self.id, self._seeded(settings, i), fn, trial_timeout, self.name,
+        travels = executor not in ("single", "thread") and not shares_environment(executor)
+        sent = check_travels(fn, self.storage, executor) if travels else fn  # the pickler's reason, if any
+        tasks = [WorkerTask(self.storage, self.id, self._seeded(settings, i), sent, trial_timeout, self.name,
                             self.settings.working_dir, memory_limit, devices[i]) for i in range(n_workers)]
         monitor = ProgressMonitor(self.storage, self.id, self.name, self.max_trials, on_result, on_error,
                                   show_bar=progress and sys.stderr is not None and sys.stderr.isatty())
@@ -343,16 +345,14 @@ class Experiment:
 
     def _raise_if_broken(self, trials: list[Trial]) -> None:
         broken = [t for t in trials if t.status is TrialStatus.BROKEN]
-        limit = self.settings.max_broken
-        if len(broken) >= limit:
+        if len(broken) >= (limit := self.settings.max_broken):
             raise ExperimentBrokenError.limit_reached(self.name, len(broken), limit, broken[-1].error if broken else None)
 
     # -- ask and tell ----------------------------------------------------------
 
     def _client_worker(self) -> Worker:
         if self._client is None:
-            settings = WorkerSettings.for_experiment(self.settings)
-            self._client = new_client(self.storage, self.id, settings, self.name)
+            self._client = new_client(self.storage, self.id, self.settings, self.name)
         return self._client
 
     def suggest(self) -> Trial:

@@ -62,7 +62,7 @@ from orchard import suspension
 from orchard.errors import Interrupted
 
 __all__ = ["STOP_SIGNAL", "STOP_TIMEOUT", "default_handlers", "deferred", "interrupt_main", "interruptible",
-           "pool_handlers", "stop_workers"]
+           "pool_handlers", "raise_swallowed", "stop_workers"]
 
 #: What the process that called ``workon`` sends its pool processes to stop their loops (POSIX only).
 STOP_SIGNAL: signal.Signals | None = getattr(signal, "SIGURG", None)
@@ -78,6 +78,8 @@ _handled: tuple[signal.Signals, ...] = ()
 #: How many :func:`deferred` blocks the main thread is in, and the interruption they hold back.
 _deferring = 0
 _pending: Interrupted | None = None
+#: The interruption the main thread's handling :func:`interruptible` block raised, until the block ends.
+_raised: Interrupted | None = None
 
 
 def _defaults() -> dict[signal.Signals, Any]:
@@ -140,10 +142,10 @@ def interruptible() -> Iterator[None]:
 
     def on_signal(signum: int, frame: FrameType | None) -> None:
         nonlocal interrupted
-        global _pending
+        global _pending, _raised
         if interrupted and signum != signal.SIGINT:
             return  # a copy of an interruption already being handled
-        interruption = Interrupted(terminated=signum == signal.SIGTERM)
+        interruption = _raised = Interrupted(terminated=signum == signal.SIGTERM)
         if _deferring and _pending is None:
             interrupted, _pending = True, interruption  # raised when the deferred block ends
             return
@@ -155,22 +157,24 @@ def interruptible() -> Iterator[None]:
     def on_unraisable(unraisable: Any) -> None:
         """An Interrupted raised in a finalizer or an at-fork hook is dropped there: deliver it again."""
         nonlocal interrupted
+        global _raised
         dropped = unraisable.exc_value
         signum = raised.pop(id(dropped), None) if isinstance(dropped, Interrupted) else None
         if signum is None:
             unraisable_before(unraisable)
             return
-        interrupted = False  # it never reached the code it was raised for
+        interrupted, _raised = False, None  # it never reached the code it was raised for
         # sent again from another thread once this hook has returned (a signal sent from here would be
         # handled in this hook, and dropped again): handled where the program goes on
         threading.Timer(_REDELIVER, os.kill, (os.getpid(), signum)).start()
 
-    global _handled
+    global _handled, _raised
     previous: dict[signal.Signals, Callable[[int, FrameType | None], Any] | int | None] = {}
     for signum, default in _defaults().items():
         if signal.getsignal(signum) in (default, _between_loops):
             previous[signum] = signal.signal(signum, on_signal)
     outer, _handled = _handled, (*_handled, *previous)
+    raised_before = _raised
     unraisable_before = sys.unraisablehook
     if previous:
         sys.unraisablehook = on_unraisable
@@ -183,6 +187,24 @@ def interruptible() -> Iterator[None]:
         for signum, handler in previous.items():
             signal.signal(signum, handler)
         _handled = outer
+        if previous:
+            _raised = raised_before
+
+
+def raise_swallowed() -> None:
+    """Between two trials of a loop in the main thread: raise again an interruption the objective caught.
+
+    An objective that catches ``KeyboardInterrupt`` to save its state and return early
+    (``except KeyboardInterrupt: break``) returns a result, which is recorded; without this
+    the loop would go on to the next trial as if nothing had happened, deaf to the copies
+    of the interruption that come after (they are ignored while one is handled), and
+    ``workon`` would run its whole budget.
+
+    Raises:
+        Interrupted: the main thread's :func:`interruptible` block raised one already.
+    """
+    if _raised is not None and threading.current_thread() is threading.main_thread():
+        raise Interrupted(terminated=_raised.terminated)
 
 
 @contextlib.contextmanager
@@ -219,8 +241,8 @@ def _forked() -> None:
     gets the default handlers back: a SIGTERM ends it as it would at home, not with an
     :class:`Interrupted` raised in code that is no worker's.
     """
-    global _deferring, _pending, _handled
-    _deferring, _pending = 0, None
+    global _deferring, _pending, _handled, _raised
+    _deferring, _pending, _raised = 0, None, None
     defaults = _defaults()
     for signum in _handled:
         with contextlib.suppress(ValueError, OSError):  # forked from a thread other than the main one

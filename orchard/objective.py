@@ -184,7 +184,9 @@ def check_objective(fn: object, names: Iterable[str]) -> None:
             "called as fn(**params) that returns a number or a dict with 'objective'"
         )
     label = getattr(fn, "__qualname__", None) or type(fn).__name__
-    if inspect.iscoroutinefunction(fn) or inspect.isasyncgenfunction(fn) or inspect.isgeneratorfunction(fn):
+    calls = (fn, getattr(type(fn), "__call__", None))  # an instance's own async __call__ too
+    if any(inspect.iscoroutinefunction(c) or inspect.isasyncgenfunction(c) or inspect.isgeneratorfunction(c)
+           for c in calls):
         raise ConfigurationError(
             f"the objective {label} is an async or generator function: calling it gives a coroutine or a "
             "generator, never a value; pass a plain function that returns the value (an async one "
@@ -233,12 +235,17 @@ def interpret_result(value: Any) -> Outcome:
             failure.results = results
             return failure
         value = value["objective"]
-    value = to_builtin(plain(value))  # the 0-d array or tensor orchard.report() takes too
+    raw, value = value, to_builtin(plain(value))  # the 0-d array or tensor orchard.report() takes too
     if isinstance(value, bool) or not isinstance(value, (int, float)):
+        sequence = isinstance(raw, (tuple, list))  # Optuna's form of several objectives
+        several = sequence and len(raw) > 1 and all(finite_number(v) is not None for v in to_builtin(raw))
+        got = f"{type(raw).__name__} {shown(raw if sequence else value)}"
         failure = Outcome.failure(
-            "InvalidResult", f"objective must be a number, got {type(value).__name__} {shown(value)}; "
+            "InvalidResult", f"objective must be a number, got {got}; "
             "return a finite number or a dict with a numeric 'objective' (a script's results file: "
-            '{"objective": 0.25})'
+            '{"objective": 0.25})' + ("; for several objectives, declare them (build_experiment(..., "
+                                      "objectives={'a': 'min', 'b': 'max'})) and return each by name"
+                                      if several else "")
         )
     else:
         number = finite_float(value)

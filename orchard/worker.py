@@ -43,7 +43,7 @@ from orchard.errors import (
 from orchard.experiment_config import WorkerSettings
 from orchard.forks import own_process
 from orchard.history import History
-from orchard.interruption import deferred
+from orchard.interruption import deferred, raise_swallowed
 from orchard.joining import budget_followed
 from orchard.leases import LeaseObserver, give_back
 from orchard.naming import worker_name
@@ -111,10 +111,9 @@ class Worker:
         storage: the shared storage.
         experiment_id: the experiment to work on.
         settings: budget, heartbeat and algorithm settings.
-        evaluate: called with each reserved trial; returns its :class:`Outcome`. If it
-            has a ``cancel(trial)`` method, that is called (from the heartbeat thread)
-            when the trial's reservation is found lost (it returns False when it cannot
-            stop the evaluation), and the result is dropped.
+        evaluate: called with each reserved trial; returns its :class:`Outcome`. If it has a
+            ``cancel(trial)`` method, that is called (from the heartbeat thread) when the trial's reservation
+            is found lost (it returns False when it cannot stop the evaluation), and the result is dropped.
         name: the worker identity written into reservations (default: host:pid:uuid).
         on_outcome: called after each finished trial with ``(trial, outcome)``.
         label: how messages name the experiment (default: its id).
@@ -173,6 +172,7 @@ class Worker:
             with fewer_collections():
                 while True:
                     try:
+                        raise_swallowed()  # the objective caught Ctrl-C and returned: result stored, stop
                         trial = self.next_trial(self.settings.idle_timeout)
                     except WorkerStoppedError as stop:
                         self.report.reason = stop.reason

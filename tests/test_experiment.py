@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
+import os
+import signal
 import subprocess
 import sys
+import time
 import uuid
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -312,6 +316,17 @@ def test_memory_storage_with_threads() -> None:
     assert not math.isnan(exp.best_trial.objective)
 
 
+def test_an_objective_holding_a_handle_that_asked_and_told_still_reaches_the_worker_processes(store) -> None:
+    exp = build(store, max_trials=3)
+    exp.observe(exp.suggest(), 0.5)  # the handle's ask-and-tell worker has threads and locks
+
+    def objective(x: float, y: float) -> float:  # a closure over the handle, as in a notebook
+        return x + y + 0 * len(exp.name)
+
+    stats = exp.workon(objective, n_workers=2, executor="joblib", progress=False)  # was: cannot pickle lock
+    assert stats["counts"]["completed"] == 3
+
+
 def test_one_worker_runs_in_the_calling_process_so_unpicklable_objectives_work(store) -> None:
     import os
     import socket
@@ -344,6 +359,44 @@ def test_an_objective_raising_keyboard_interrupt_releases_its_trial_as_ctrl_c_do
         exp.workon(_raises_keyboard_interrupt, executor="single", trial_timeout=trial_timeout, progress=False)
     (trial,) = exp.fetch_trials()
     assert trial.status is TrialStatus.INTERRUPTED and trial.error is None  # not a failure of the objective
+
+
+@pytest.mark.slow
+def test_an_objective_raising_keyboard_interrupt_on_a_dask_worker_process_releases_its_trial(store) -> None:
+    """It ended Dask's worker process: Dask ran the loop again on 4 new ones, then said a worker died."""
+    pytest.importorskip("distributed")
+    exp = build(store, max_trials=3)
+    with pytest.raises(orchard.errors.Interrupted, match="^1 of 1 running trial"):
+        exp.workon(_raises_keyboard_interrupt, executor="dask", executor_config={"dashboard_address": None},
+                   progress=False)
+    (trial,) = exp.fetch_trials()
+    assert trial.status is TrialStatus.INTERRUPTED and trial.attempts == 0
+
+
+def _catches_ctrl_c(x: float, y: float = 0.0, marker: str = "") -> float:
+    """A training loop that saves its state on Ctrl-C and returns what it reached (Ctrl-C at its first)."""
+    if os.path.exists(marker):
+        return x
+    open(marker, "w").close()
+    try:
+        os.kill(os.getppid() if marker.endswith("parent") else os.getpid(), signal.SIGINT)
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            time.sleep(0.01)
+    except KeyboardInterrupt:
+        pass  # the checkpoint is saved here
+    return x
+
+
+@pytest.mark.parametrize("executor", ["single", "process"])
+def test_an_objective_that_catches_ctrl_c_and_returns_is_recorded_and_the_run_stops(store, tmp_path,
+                                                                                     executor: str) -> None:
+    """The loop went on to the next trial, deaf to later stop requests: workon ran the whole budget."""
+    exp = build(store, max_trials=20)
+    marker = str(tmp_path / ("ctrl-c-to-" + ("self" if executor == "single" else "parent")))
+    with pytest.raises(orchard.errors.Interrupted):
+        exp.workon(functools.partial(_catches_ctrl_c, marker=marker), executor=executor, progress=False)
+    assert [t.status for t in exp.fetch_trials()] == [TrialStatus.COMPLETED]
 
 
 def test_objectives_of_several_workers_raising_keyboard_interrupt_count_every_trial_released(store) -> None:

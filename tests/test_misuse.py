@@ -404,7 +404,13 @@ def _yielding(x: float) -> Any:
     yield x
 
 
-@pytest.mark.parametrize("fn", [_awaited, _yielding], ids=["async", "generator"])
+class _AsyncModel:
+    async def __call__(self, x: float) -> float:
+        return x
+
+
+@pytest.mark.parametrize("fn", [_awaited, _yielding, _AsyncModel()],
+                         ids=["async", "generator", "async-instance"])
 def test_an_objective_whose_call_gives_no_value_is_refused_before_any_trial(fn: Any) -> None:
     exp = orchard.build_experiment("no-value", space=SPACE, max_trials=2, storage="memory://")
     with pytest.raises(ConfigurationError, match="is an async or generator function"):
@@ -417,6 +423,14 @@ def test_a_worker_count_that_is_not_a_positive_int_is_one_line(n_workers: Any) -
     exp = orchard.build_experiment("counted", space=SPACE, max_trials=2, storage="memory://")
     with pytest.raises(ConfigurationError, match="n_workers must be a positive integer"):
         exp.workon(lambda x: x, n_workers=n_workers, progress=False)
+
+
+def test_a_numpy_worker_count_is_a_count_and_joblibs_minus_one_is_told_what_to_pass() -> None:
+    exp = orchard.build_experiment("numpy-count", space=SPACE, max_trials=2, storage="memory://")
+    with pytest.raises(ConfigurationError, match=r"got -1 \(joblib's -1 for one per CPU is n_workers=os.cpu"):
+        exp.workon(lambda x: x, n_workers=-1, progress=False)
+    stats = exp.workon(lambda x: x, n_workers=np.int64(2), executor="thread", progress=False)  # was refused
+    assert stats["counts"]["completed"] == 2
 
 
 def test_observing_a_trial_twice_says_so() -> None:
@@ -438,6 +452,16 @@ def test_several_objectives_returned_unnamed_are_told_to_be_named(result: object
     (trial,) = exp.fetch_trials()
     assert trial.error["message"] == (f"the result is {returned}, but the experiment has objectives error, size: "
                                       "return each by name, e.g. return {'error': ..., 'size': ...}")
+
+
+def test_a_tuple_returned_by_a_single_objective_is_shown_and_told_how_to_declare_several() -> None:
+    exp = orchard.build_experiment("tuple", space=SPACE, max_trials=2, max_broken=1, storage="memory://")
+    with pytest.raises(ExperimentBrokenError):
+        exp.workon(lambda x: (0.2, 0.8), progress=False)  # Optuna's habit for two objectives
+    (trial,) = exp.fetch_trials()
+    assert trial.error["message"].startswith("objective must be a number, got tuple (0.2, 0.8); ")
+    assert trial.error["message"].endswith("; for several objectives, declare them (build_experiment(..., "
+                                           "objectives={'a': 'min', 'b': 'max'})) and return each by name")
 
 
 @pytest.mark.parametrize("prior, words", [
@@ -472,6 +496,49 @@ def test_an_objective_that_cannot_reach_the_worker_processes_is_refused_before_a
     with pytest.raises(ConfigurationError, match=f"cannot be sent to the worker processes of executor '{executor}'"):
         exp.workon(lambda x: x if lock else 0.0, n_workers=2, executor=executor, progress=False)
     assert exp.fetch_trials() == []  # said: 'If the objective crashed its process ... run it with trial_timeout'
+
+
+def test_an_objective_that_cannot_reach_a_process_pool_of_the_callers_own_is_refused_before_any_trial(
+        tmp_path) -> None:
+    from concurrent.futures import ProcessPoolExecutor
+
+    exp = orchard.build_experiment("own-pool", space=SPACE, max_trials=2, storage=str(tmp_path / "db.pkl"))
+    with ProcessPoolExecutor(max_workers=1) as pool, pytest.raises(
+            ConfigurationError, match="cannot be sent to the worker processes of your ProcessPoolExecutor: "):
+        exp.workon(lambda x: x, executor=pool, progress=False)  # said: 'a worker died ... (segfault'
+    assert exp.fetch_trials() == []
+
+
+def test_an_objective_the_worker_processes_cannot_import_is_named_not_called_a_crash(tmp_path,
+                                                                                     monkeypatch) -> None:
+    def objective(x: float) -> float:  # a notebook's or `python -c`'s function: in no module one can import
+        return x
+
+    objective.__module__, objective.__qualname__ = "__main__", "orchard_notebook_objective"
+    monkeypatch.setattr(sys.modules["__main__"], "orchard_notebook_objective", objective, raising=False)
+    exp = orchard.build_experiment("notebook", space=SPACE, max_trials=2, storage=str(tmp_path / "db.pkl"))
+    words = (r"the objective orchard_notebook_objective cannot be loaded in the worker processes of executor "
+             r"'process' \(AttributeError: .*\): they import it by name")
+    with pytest.raises(ConfigurationError, match=words):
+        exp.workon(objective, executor="process", executor_config={"mp_context": "spawn"}, progress=False)
+    assert exp.fetch_trials() == []  # said: 'a worker died ... (segfault, out of memory'
+
+
+def test_an_objective_calling_workon_of_its_own_experiment_breaks_its_trial_instead_of_hanging() -> None:
+    exp = orchard.build_experiment("nested", space=SPACE, max_trials=2, max_broken=1, storage="memory://")
+
+    def tune_again(x: float) -> float:
+        exp.workon(lambda x: x, progress=False)  # waited for ever for the trial it runs in
+        return x
+
+    with pytest.raises(ExperimentBrokenError):
+        exp.workon(tune_again, progress=False)
+    (trial,) = exp.fetch_trials()
+    assert trial.error["message"].startswith("workon of experiment 'nested' was called by its own objective")
+    outer = orchard.build_experiment("outer", space=SPACE, max_trials=1, storage=exp.storage)
+    inner = orchard.build_experiment("inner", space=SPACE, max_trials=1, storage=exp.storage)
+    outer.workon(lambda x: inner.workon(lambda x: x, progress=False)["best_objective"], progress=False)
+    assert outer.stats["counts"]["completed"] == inner.stats["counts"]["completed"] == 1  # its own runs
 
 
 def test_a_training_that_reports_past_the_cap_goes_on_to_its_result(monkeypatch, caplog) -> None:

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import operator
 import os
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -118,10 +119,16 @@ def counted_as(executor: str, config: Mapping[str, Any]) -> str:
     return "thread" if config.get("processes") is False else LOCAL_CLUSTER
 
 
-def check_n_workers(n_workers: object) -> None:
-    """Refuse an ``n_workers`` that is not a positive integer (``ConfigurationError``)."""
-    if not isinstance(n_workers, int) or isinstance(n_workers, bool) or n_workers < 1:
-        raise ConfigurationError(f"n_workers must be a positive integer, got {n_workers!r}")
+def check_n_workers(n_workers: object) -> int:
+    """``n_workers`` as an ``int`` (from a numpy integer too); ``ConfigurationError`` if not positive."""
+    try:
+        count = operator.index(n_workers)  # type: ignore[arg-type]  # no integer: refused below
+    except TypeError:
+        count = 0
+    if isinstance(n_workers, bool) or count < 1:
+        hint = " (joblib's -1 for one per CPU is n_workers=os.cpu_count() here)" if count < 0 else ""
+        raise ConfigurationError(f"n_workers must be a positive integer, got {n_workers!r}{hint}")
+    return count
 
 
 def workers_to_start(n_workers: int, to_give: Callable[[], int | None], name: str) -> int:
@@ -140,7 +147,7 @@ def workers_to_start(n_workers: int, to_give: Callable[[], int | None], name: st
     Raises:
         ConfigurationError: ``n_workers`` is not a positive integer.
     """
-    check_n_workers(n_workers)
+    n_workers = check_n_workers(n_workers)
     left = to_give() if n_workers > 1 else None
     if left is None or n_workers <= max(left, 1):
         return n_workers

@@ -16,6 +16,7 @@ import os
 import pickle
 import uuid
 from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor
 from typing import Any
 
 from orchard.errors import ConfigurationError, Interrupted, StorageError
@@ -31,7 +32,7 @@ from orchard.terminal import escape_unconfigured_logs
 from orchard.trial import TrialStatus
 from orchard.worker import Worker, WorkerReport, WorkerSettings
 
-__all__ = ["WorkerTask", "check_travels", "run_worker"]
+__all__ = ["PackedObjective", "WorkerTask", "check_travels", "run_worker"]
 
 
 @dataclasses.dataclass
@@ -41,7 +42,7 @@ class WorkerTask:
     storage: BaseStorage
     experiment_id: str
     settings: WorkerSettings
-    fn: Callable[..., Any]
+    fn: Callable[..., Any] | PackedObjective
     trial_timeout: float | None = None
     label: str | None = None
     working_dir: str | None = None  # per-trial folders of orchard.current_trial()
@@ -58,7 +59,41 @@ class WorkerTask:
     local_stop: str | None = None
 
 
-def check_travels(fn: Callable[..., Any], storage: BaseStorage, executor: str | Any) -> None:
+@dataclasses.dataclass(frozen=True)
+class PackedObjective:
+    """An objective pickled once by ``workon``'s caller, unpickled by :func:`run_worker` in each worker.
+
+    Unpickled as part of the task, an objective the worker's process cannot load (a function of a
+    notebook's or ``python -c``'s ``__main__`` under ``spawn``, of a module that is not installed there)
+    killed that process before any loop ran ("a worker died ... segfault, out of memory"); loaded here,
+    the worker raises what went wrong instead.
+    """
+
+    data: bytes
+    label: str
+    #: The executor, for messages: ``executor 'process'``, ``your ProcessPoolExecutor``.
+    executor: str
+
+    def load(self) -> Callable[..., Any]:
+        """The objective.
+
+        Raises:
+            ConfigurationError: it cannot be unpickled in this process; the message says why and what to do.
+        """
+        try:
+            fn: Callable[..., Any] = pickle.loads(self.data)
+        except Exception as err:  # noqa: BLE001 -- whatever unpickling raised: AttributeError, ImportError
+            raise ConfigurationError(
+                f"the objective {self.label} cannot be loaded in the worker processes of {self.executor} "
+                f"({type(err).__name__}: {err}): they import it by name, so it must be "
+                "defined at the top level of a module or script that they can import (not in a notebook, "
+                "`python -c` or under `if __name__ == \"__main__\":`); or use executor='joblib', which sends "
+                "a function of your script or notebook by value") from None
+        return fn
+
+
+def check_travels(fn: Callable[..., Any], storage: BaseStorage,
+                  executor: str | Any) -> Callable[..., Any] | PackedObjective:
     """Refuse, before any trial is reserved, a storage or an objective that cannot reach the executor's processes.
 
     The storage must pickle (it reconnects by URI in each process); it raises its own message
@@ -66,24 +101,33 @@ def check_travels(fn: Callable[..., Any], storage: BaseStorage, executor: str | 
     standard library's pickle (a lambda or a closure does not travel); joblib and Dask with
     cloudpickle when it is installed (they do, but not over a lock, a socket or an open file).
 
+    Returns:
+        What the tasks carry: for a named executor or a ``ProcessPoolExecutor`` of the caller's own,
+        the objective pickled once (:class:`PackedObjective`); for another executor of the caller's
+        own, whose pickler is unknown, ``fn`` itself.
+
     Raises:
         ConfigurationError: naming the objective, the executor and the pickler's reason.
     """
     pickle.dumps(storage)
-    if not isinstance(executor, str):
-        return  # an executor of the caller's own: its pickler is unknown
+    if isinstance(executor, ProcessPoolExecutor):  # the caller's own, with the standard library's pickle
+        executor, where = "process", f"your {type(executor).__name__}"
+    elif isinstance(executor, str):
+        where = f"executor {executor!r}"
+    else:
+        return fn  # an executor of the caller's own: its pickler is unknown
     dumps: Callable[[Any], bytes] = pickle.dumps
     if executor != "process":
         with contextlib.suppress(ImportError):  # joblib's loky falls back to pickle without it
             import cloudpickle
 
             dumps = cloudpickle.dumps
+    label = getattr(fn, "__qualname__", None) or type(fn).__name__
     try:
-        dumps(fn)
+        return PackedObjective(dumps(fn), label, where)
     except Exception as err:  # noqa: BLE001 -- any pickler failure: PicklingError, TypeError, AttributeError
-        label = getattr(fn, "__qualname__", None) or type(fn).__name__
         raise ConfigurationError(
-            f"the objective {label} cannot be sent to the worker processes of executor {executor!r}: "
+            f"the objective {label} cannot be sent to the worker processes of {where}: "
             f"{type(err).__name__}: {err}; define it at the top level of a module, keep locks, sockets and "
             "open files out of it, or run it with n_workers=1 (this thread) or executor='thread'") from None
 
@@ -103,7 +147,8 @@ def run_worker(task: WorkerTask) -> WorkerReport:
     (:mod:`orchard.executors.threads`), reports that error to it, and returns;
     one on a Dask worker in another process is told by a Dask event
     (:mod:`orchard.executors.remote`) and raises the error in a
-    :class:`~orchard.executors.remote.RemoteStopped`.
+    :class:`~orchard.executors.remote.RemoteStopped`, as it does when its
+    objective raised ``KeyboardInterrupt`` (Dask would end its worker and run the loop again).
 
     Its warnings print escaped where nothing configured logging (a pool's or a Dask worker's
     process: :func:`~orchard.terminal.escape_unconfigured_logs`), since they quote stored names.
@@ -115,7 +160,7 @@ def run_worker(task: WorkerTask) -> WorkerReport:
         The worker's report.
     """
     escape_unconfigured_logs()
-    fn = task.fn
+    fn = task.fn.load() if isinstance(task.fn, PackedObjective) else task.fn
     evaluate: TrialEvaluator = fn if isinstance(fn, TrialEvaluator) else ObjectiveEvaluator(
         fn, task.trial_timeout, task.memory_limit, task.working_dir)
     request = request_for(task.token)
@@ -134,8 +179,8 @@ def run_worker(task: WorkerTask) -> WorkerReport:
                 if request is not None and request.event.is_set():
                     request.reports.append(stopped)  # and returned: Dask's worker threads die of a KeyboardInterrupt
                     return worker.report
-                if request is None and stop is not None and stop.is_set():
-                    raise RemoteStopped(stopped) from None  # to the caller, through Dask
+                if request is None and stop is not None:  # stopped by the caller, or the objective raised it:
+                    raise RemoteStopped(stopped) from None  # through Dask, whose worker it would end
                 raise stopped from None
             finally:
                 task.storage.close()
