@@ -257,6 +257,11 @@ class ExperimentConfig:
         for key, rule in EXPERIMENT_RULES.items():
             object.__setattr__(self, key, check_setting(key, getattr(self, key), rule))
 
+    def __repr__(self) -> str:  # a warm-start source's password: not in a log line or a traceback's locals
+        values = {field.name: getattr(self, field.name) for field in dataclasses.fields(self)}
+        values["warm_start"] = hide_passwords(self.warm_start)
+        return f"{type(self).__name__}({', '.join(f'{key}={value!r}' for key, value in values.items())})"
+
     @property
     def stale_after(self) -> float:
         """Seconds a reservation's heartbeat may stay unchanged before it is lost (3 × heartbeat)."""
@@ -310,7 +315,7 @@ class ExperimentConfig:
         raise KeyError(key)
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, repr=False)  # ExperimentConfig's repr, which hides passwords
 class WorkerSettings(ExperimentConfig):
     """An experiment's settings plus the limits of one worker's run.
 

@@ -454,6 +454,7 @@ def test_a_sources_password_is_not_stored_yet_the_workers_given_it_read_the_sour
     assert new.config["warm_start"][0]["storage"] == redact(source)
     new.workon(branin, progress=False)  # its workers were given the password: they read the source
     assert "cannot be read" not in caplog.text
+    assert not _leaks(repr(new.settings)) and not _leaks(repr(WorkerSettings.for_experiment(new.settings)))
     uses = warm_start.source_uses(new.space, new.settings.warm_start, new.storage)
     assert [use.used for use in uses] == [12]
     joiner = orchard.build_experiment("new", storage=store, warm_start=[written])  # same source: no conflict
