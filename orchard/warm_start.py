@@ -63,7 +63,7 @@ from orchard.priors import to_builtin
 from orchard.report import shown
 from orchard.space import Space
 from orchard.storages import BaseStorage, get_storage
-from orchard.storages._uri import lend_password, password_of, pickle_path, redact
+from orchard.storages._uri import lend_password, password_of, pickle_path, redact, redact_all
 from orchard.trial import Trial, TrialStatus
 
 __all__ = ["Source", "SourceUse", "check_sources", "hide_passwords", "normalize_warm_start", "prior_trials",
@@ -119,21 +119,23 @@ def _parse_source(item: Any) -> Source:
     if isinstance(item, str) and item.lstrip().startswith("{"):
         from orchard.yaml_input import load_yaml
 
-        item = load_yaml(item, f"warm_start source {shown(item)}")
+        item = load_yaml(item, f"warm_start source {shown(redact(item))}")
     if isinstance(item, Mapping):
         unknown = sorted(set(map(str, item)) - _SOURCE_KEYS)
         fill = item.get("fill") or {}
         if unknown or not isinstance(fill, Mapping) or not isinstance(item.get("storage") or "", str):
+            unknown_keys = f"; unknown: {unknown}" if unknown else ""
             raise ConfigurationError(
-                f"warm_start source {dict(item)!r}: keys are experiment, storage (a URI) and fill (a mapping of "
-                f"dimension to value){f'; unknown: {unknown}' if unknown else ''}; e.g. {_EXAMPLE}")
+                f"warm_start source {redact_all(dict(item))!r}: keys are experiment, storage (a URI) and "
+                f"fill (a mapping of dimension to value){unknown_keys}; e.g. {_EXAMPLE}")
         name, storage = item.get("experiment"), item.get("storage") or None
         fill = {str(k): to_builtin(v) for k, v in fill.items()}
     elif isinstance(item, str) and item.strip():
         storage, name = _split(item.strip())
         fill = {}
     else:
-        raise ConfigurationError(f"warm_start source {item!r} is not an experiment name or mapping; e.g. {_EXAMPLE}")
+        raise ConfigurationError(
+            f"warm_start source {redact_all(item)!r} is not an experiment name or mapping; e.g. {_EXAMPLE}")
     return Source(check_experiment_name(name), _absolute(storage) if storage else None, fill)
 
 

@@ -248,6 +248,20 @@ def test_bad_sources_are_refused(store: str, sources: list[object], error: type[
     assert orchard.get_storage(store).get_experiment("new") is None
 
 
+@pytest.mark.parametrize("source", [
+    {"experiment": "old", "storage": "mongodb://alice:s3cret@db-host/runs", "fil": {}},
+    {"experiment": "old", "storage": "mongodb://alice:s3cret@db-host/runs", "fill": 3},
+    '{experiment: old, storage: "mongodb://alice:s3cret@db-host/runs", fill: [1',
+    ["mongodb://alice:s3cret@db-host/runs:old"],
+])
+def test_a_malformed_source_is_refused_without_its_password(store: str, source: object) -> None:
+    """The message showed the source as written, its storage's password with it."""
+    with pytest.raises(ConfigurationError) as refused:
+        orchard.build_experiment("new", space=BRANIN_SPACE, storage=store,
+                                 warm_start=[source])  # type: ignore[list-item]
+    assert "s3cret" not in str(refused.value) and "***@db-host" in str(refused.value), refused.value
+
+
 def test_a_missing_source_is_named_as_the_warm_start_source_not_blamed_on_storage(
         store: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """The message was require_experiment's: "no experiment named 'old' in storage ...; check the name and
