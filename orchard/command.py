@@ -39,8 +39,9 @@ from typing import Any
 
 from orchard.errors import ConfigurationError, SpaceError
 from orchard.priors import Choices, Prior
+from orchard.storages._uri import redact
 
-__all__ = ["COMMAND_KEY", "PLACEHOLDERS", "CommandTemplate", "relative_files", "resolve_program"]
+__all__ = ["COMMAND_KEY", "PLACEHOLDERS", "CommandTemplate", "redacted", "relative_files", "resolve_program"]
 
 #: The experiment configuration key holding the command of the first hunt that worked on it: a record,
 #: not a setting (never compared on join; :meth:`ExperimentConfig.from_dict` ignores it).
@@ -147,11 +148,13 @@ class CommandTemplate:
         return [slot.text for slot in self.slots]
 
     def shown(self) -> str:
-        """The command as a shell takes it, each dimension as ``<name>`` where its value goes."""
+        """The command as a shell takes it, each dimension as ``<name>`` where its value goes, and the
+        password of a URI in it hidden: the experiment records it, and its readers are not all the
+        readers of the script's database."""
         tokens: list[str] = []
         for slot in self.slots:
             if slot.dimension is None:
-                tokens.append(slot.text)
+                tokens.append(redact(slot.text))
             elif slot.dashes == "-":
                 tokens += [f"-{slot.text}", f"<{slot.dimension}>"]
             else:
@@ -169,7 +172,7 @@ class CommandTemplate:
             return fixed, sorted(token for token in tokens if _SHOWN_DIMENSION.match(token))
 
         try:
-            return split(shlex.split(shown)) == split(shlex.split(self.shown()))
+            return split(shlex.split(redacted(shown))) == split(shlex.split(self.shown()))
         except ValueError:  # not shlex's: another program wrote it
             return False
 
@@ -184,6 +187,14 @@ class CommandTemplate:
             else:
                 argv.append(f"{slot.dashes}{slot.text}={_format_value(params[slot.dimension])}")
         return argv
+
+
+def redacted(command: str) -> str:
+    """A recorded ``command`` with the password of each URI in it hidden (an older release recorded them)."""
+    try:
+        return shlex.join(redact(token) for token in shlex.split(command))
+    except ValueError:  # not shlex's: another program wrote it
+        return redact(command)
 
 
 def _check_texts(name: str, prior: Prior) -> None:

@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import logging
 import os
+import stat
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -37,6 +39,7 @@ from orchard.pruners import normalize_pruner_config
 from orchard.resources import parse_gpus, parse_memory
 from orchard.stopping import normalize_stop
 from orchard.storages import DEFAULT_STORAGE
+from orchard.storages._uri import redact_all
 from orchard.warm_start import normalize_warm_start
 
 __all__ = [
@@ -211,6 +214,12 @@ _FLAGS = {"objectives": "--objective", "constraints": "--constraint"}
 _FLAGS = {"objectives": "--objective", "constraints": "--constraint"}
 
 
+log = logging.getLogger(__name__)
+
+#: Config files already said to be readable by others while they hold a password (said once per process).
+_EXPOSED: set[str] = set()
+
+
 def config_files(cwd: Path | None = None) -> list[Path]:
     """Config files in precedence order: ``./orchard.yaml`` then ``~/.config/orchard/config.yaml``."""
     here = Path.cwd() if cwd is None else cwd
@@ -240,7 +249,21 @@ def load_config_file(path: Path) -> dict[str, Any]:
         raise ConfigurationError(
             f"config file {path} has unknown setting(s) {', '.join(unknown)}; valid: {', '.join(sorted(SETTINGS))}"
         )
+    _warn_if_exposed(path, data)
     return data
+
+
+def _warn_if_exposed(path: Path, data: Mapping[str, Any]) -> None:
+    """Say when a file whose storage URI (or a warm-start source's) holds a password can be read by others."""
+    secrets = {key: data.get(key) for key in ("storage", "warm_start")}
+    try:
+        mode = stat.S_IMODE(path.stat().st_mode)
+    except OSError:
+        return
+    if mode & 0o044 and redact_all(secrets) != secrets and str(path) not in _EXPOSED:
+        _EXPOSED.add(str(path))
+        log.warning("config file %s holds a password and other users can read it (mode %04o); make it "
+                    "yours alone: chmod 600 %s", path, mode, path)
 
 
 class Settings:

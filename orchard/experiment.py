@@ -150,7 +150,7 @@ def build_experiment(
 
     with settings.naming_conflicts({**given, "algorithm": algorithm, "pruner": pruner, "objectives": objectives,
                                     "constraints": constraints, "stop": stop, "warm_start": warm_start}):
-        return Experiment(store, patiently(store, open_record))
+        return Experiment(store, patiently(store, open_record), sources)
 
 
 def get_experiment(name: str, storage: str | BaseStorage | None = None) -> Experiment:
@@ -166,9 +166,9 @@ def get_experiment(name: str, storage: str | BaseStorage | None = None) -> Exper
 class Experiment:
     """A handle on one experiment in a storage (cheap; many may exist at once)."""
 
-    def __init__(self, storage: BaseStorage, record: ExperimentRecord) -> None:
-        self.storage = storage
-        self._record = record
+    def __init__(self, storage: BaseStorage, record: ExperimentRecord,
+                 warm_start: list[dict[str, Any]] | None = None) -> None:  # the sources given, with passwords
+        self.storage, self._record, self._sources = storage, record, warm_start
         self._settings: ExperimentConfig | None = None  # read on first use: `db rm` needs none
         self._client: Worker | None = None
 
@@ -204,7 +204,7 @@ class Experiment:
         """
         if self._settings is None:
             try:
-                self._settings = ExperimentConfig.from_dict(self._record.config)
+                self._settings = ExperimentConfig.from_dict(self._record.config).with_passwords(self._sources)
             except ConfigurationError as err:
                 raise ConfigurationError(
                     f"experiment {self.name!r} in {self.storage.redacted_uri} has an unusable stored "

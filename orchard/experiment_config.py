@@ -30,7 +30,7 @@ from orchard.space import Space
 from orchard.stopping import normalize_stop
 from orchard.storages._uri import redact_all
 from orchard.trial import INT_LIMIT
-from orchard.warm_start import normalize_warm_start
+from orchard.warm_start import hide_passwords, normalize_warm_start, with_passwords
 
 __all__ = [
     "EXPERIMENT_RULES",
@@ -257,6 +257,11 @@ class ExperimentConfig:
         for key, rule in EXPERIMENT_RULES.items():
             object.__setattr__(self, key, check_setting(key, getattr(self, key), rule))
 
+    def __repr__(self) -> str:  # a warm-start source's password: not in a log line or a traceback's locals
+        values = {field.name: getattr(self, field.name) for field in dataclasses.fields(self)}
+        values["warm_start"] = hide_passwords(self.warm_start)
+        return f"{type(self).__name__}({', '.join(f'{key}={value!r}' for key, value in values.items())})"
+
     @property
     def stale_after(self) -> float:
         """Seconds a reservation's heartbeat may stay unchanged before it is lost (3 × heartbeat)."""
@@ -281,12 +286,18 @@ class ExperimentConfig:
         space = data["space"] if isinstance(data["space"], Space) else Space.from_config(data["space"])
         return cls(space=space, **values, stored=stored)
 
+    def with_passwords(self, sources: list[dict[str, Any]] | None) -> ExperimentConfig:
+        """This stored configuration with the password of each warm-start source's storage (not stored)
+        taken from the same source in ``sources`` (as given to this process)."""
+        return dataclasses.replace(self, stored=True, warm_start=with_passwords(self.warm_start, sources))
+
     def to_dict(self) -> dict[str, Any]:
-        """The plain dict the storage keeps (JSON/BSON-friendly)."""
+        """The plain dict the storage keeps (JSON/BSON-friendly; a warm-start source's password hidden)."""
         values = {field.name: getattr(self, field.name) for field in dataclasses.fields(self)}
         values["space"] = self.space.config()
         values["algorithm"] = {name: dict(options) for name, options in self.algorithm.items()}
         values["pruner"] = {name: dict(options) for name, options in self.pruner.items()}
+        values["warm_start"] = hide_passwords(values["warm_start"])  # its readers: not the source's
         for key in ("objectives", "constraints", "stop", "warm_start"):  # unset: left out, so single-objective records stay as they were
             value = values.pop(key)
             if value is not None:
@@ -304,7 +315,7 @@ class ExperimentConfig:
         raise KeyError(key)
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, repr=False)  # ExperimentConfig's repr, which hides passwords
 class WorkerSettings(ExperimentConfig):
     """An experiment's settings plus the limits of one worker's run.
 

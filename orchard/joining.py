@@ -69,8 +69,9 @@ def join_experiment(
     if pruner is not None and not _same(pruner, stored.pruner):
         problems.append(f"pruner: stored {stored.pruner} != given {pruner}")
     for key, value in (goals or {}).items():
-        if value is not None and value != getattr(stored, key):  # a warm-start source's URI may hold a password
-            problems.append(f"{key}: stored {redact_all(getattr(stored, key))} != given {redact_all(value)}")
+        theirs = getattr(stored, key)  # a warm-start source's URI is stored with its password hidden
+        if value is not None and redact_all(value) != redact_all(theirs):
+            problems.append(f"{key}: stored {redact_all(theirs)} != given {redact_all(value)}")
         elif key == "objectives" and value is not None and list(value) != list(stored.objectives or ()):
             problems.append(f"objectives: stored in the order {', '.join(stored.objectives or ())} != given "
                             f"{', '.join(value)} (the first is each trial's objective)")

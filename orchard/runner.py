@@ -53,6 +53,7 @@ from orchard.naming import folder_in
 from orchard.objective import MAX_RESULT_DEPTH, MAX_RESULTS_BYTES, Outcome, TrialEvaluator, interpret_result
 from orchard.report import RESULTS_ENV, open_regular, read_at_most
 from orchard.resources import format_bytes
+from orchard.storages._uri import redact
 from orchard.strays import RUN_ENV, WORKER_ENV, kill_earlier_attempts, signal_marked
 from orchard.trial import Trial
 from orchard.verdicts import ReportFollower, current_judge
@@ -155,7 +156,7 @@ class ScriptRunner(TrialEvaluator):
         if left:
             log.warning("trial %s: killed %d process(es) an earlier attempt left running in %s (its worker "
                         "was killed outright)", trial.id, left, folder)
-        log.debug("trial %s: running %s in %s", trial.id, argv, folder)
+        log.debug("trial %s: running %s in %s", trial.id, [redact(arg) for arg in argv], folder)
         try:
             returncode, stopped = self._run(trial.id, argv, folder, env, reports, run)
         finally:

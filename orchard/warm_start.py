@@ -10,7 +10,12 @@ config file. Each *source* is written
 * a mapping ``{"experiment": NAME, "storage": URI, "fill": {DIM: VALUE}}`` (storage and fill optional).
 
 The sources are stored with the experiment's configuration, so every worker
-that joins uses the same ones. Each worker reads them once, when it starts
+that joins uses the same ones. A source's storage is stored with its password
+hidden (:func:`hide_passwords`): whoever reads the experiment does not read the
+credentials of another database. A worker takes the password from the sources
+it was given (:func:`with_passwords`), else from its own storage's URI when
+the source is kept on the same server for the same user; without either, the
+source gives nothing, with a warning saying how to give it. Each worker reads them once, when it starts
 (:func:`prior_trials`; a process keeps what it read while a source's count
 of completed trials stays the same), and hands their completed trials to the
 algorithm before its own (:class:`orchard.history.History`'s ``prior``).
@@ -58,10 +63,11 @@ from orchard.priors import to_builtin
 from orchard.report import shown
 from orchard.space import Space
 from orchard.storages import BaseStorage, get_storage
-from orchard.storages._uri import pickle_path, redact
+from orchard.storages._uri import lend_password, password_of, pickle_path, redact, redact_all
 from orchard.trial import Trial, TrialStatus
 
-__all__ = ["Source", "SourceUse", "check_sources", "normalize_warm_start", "prior_trials", "source_uses"]
+__all__ = ["Source", "SourceUse", "check_sources", "hide_passwords", "normalize_warm_start", "prior_trials",
+           "source_uses", "with_passwords"]
 
 log = logging.getLogger(__name__)
 
@@ -113,21 +119,23 @@ def _parse_source(item: Any) -> Source:
     if isinstance(item, str) and item.lstrip().startswith("{"):
         from orchard.yaml_input import load_yaml
 
-        item = load_yaml(item, f"warm_start source {shown(item)}")
+        item = load_yaml(item, f"warm_start source {shown(redact(item))}")
     if isinstance(item, Mapping):
         unknown = sorted(set(map(str, item)) - _SOURCE_KEYS)
         fill = item.get("fill") or {}
         if unknown or not isinstance(fill, Mapping) or not isinstance(item.get("storage") or "", str):
+            unknown_keys = f"; unknown: {unknown}" if unknown else ""
             raise ConfigurationError(
-                f"warm_start source {dict(item)!r}: keys are experiment, storage (a URI) and fill (a mapping of "
-                f"dimension to value){f'; unknown: {unknown}' if unknown else ''}; e.g. {_EXAMPLE}")
+                f"warm_start source {redact_all(dict(item))!r}: keys are experiment, storage (a URI) and "
+                f"fill (a mapping of dimension to value){unknown_keys}; e.g. {_EXAMPLE}")
         name, storage = item.get("experiment"), item.get("storage") or None
         fill = {str(k): to_builtin(v) for k, v in fill.items()}
     elif isinstance(item, str) and item.strip():
         storage, name = _split(item.strip())
         fill = {}
     else:
-        raise ConfigurationError(f"warm_start source {item!r} is not an experiment name or mapping; e.g. {_EXAMPLE}")
+        raise ConfigurationError(
+            f"warm_start source {redact_all(item)!r} is not an experiment name or mapping; e.g. {_EXAMPLE}")
     return Source(check_experiment_name(name), _absolute(storage) if storage else None, fill)
 
 
@@ -179,6 +187,26 @@ def normalize_warm_start(value: Any) -> list[dict[str, Any]] | None:
     return [source.to_dict() for source in sources]
 
 
+def hide_passwords(sources: Sequence[Any] | None) -> list[Any] | None:
+    """``sources`` as an experiment stores them, and a dump shows them: each storage URI's password hidden
+    (pickle paths as they are; an item that is no source, in a damaged record, too)."""
+    if sources is None:
+        return None
+    return [{**item, "storage": redact(item["storage"])} if isinstance(item, Mapping)
+            and isinstance(item.get("storage"), str) and pickle_path(item["storage"]) is None else item
+            for item in sources]
+
+
+def with_passwords(stored: Sequence[Mapping[str, Any]] | None,
+                   given: Sequence[Mapping[str, Any]] | None) -> list[dict[str, Any]] | None:
+    """The ``stored`` sources, each storage whose password is hidden taken from the same source ``given``."""
+    known = {(redact(s["storage"]), s["experiment"]): s["storage"] for s in given or () if s.get("storage")}
+    if stored is None:
+        return None
+    return [{**s, "storage": known.get((redact(s["storage"]), s["experiment"]), s["storage"])}
+            if s.get("storage") else dict(s) for s in stored]
+
+
 def _sources(stored: Sequence[Mapping[str, Any]] | None) -> list[Source]:
     return [Source(s["experiment"], s.get("storage"), s.get("fill") or {}) for s in stored or ()]
 
@@ -218,7 +246,7 @@ _CACHE_LOCK = threading.Lock()
 
 def _read(source: Source, own: BaseStorage) -> tuple[Space, dict[str, str] | None, list[Trial]]:
     """The source's space, objectives and completed trials, read once per process while its count stays the same."""
-    storage = own if source.storage is None else get_storage(source.storage)
+    storage = own if source.storage is None else get_storage(lend_password(source.storage, own.uri))
     try:
         record = storage.get_experiment(source.experiment)
         if record is None:
@@ -305,6 +333,9 @@ def _gather(space: Space, stored: Sequence[Mapping[str, Any]] | None, own: BaseS
             else:
                 unused = "it cannot be read"
                 why = f"warm start source {source.label!r} cannot be read ({err})"
+                if password_of(source.storage or "") == "***":
+                    why += ("; its password is not stored with the experiment: give the source again, "
+                            "with it, to each worker (--warm-start, warm_start=)")
             log.warning("%s; going on without it", why)
             uses.append(SourceUse(source.label, 0, 0, {}, unused))
             continue

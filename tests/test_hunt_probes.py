@@ -6,6 +6,7 @@ around a tiny Python script; the report follower is driven directly.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import shlex
@@ -286,6 +287,28 @@ def test_a_hunt_joining_with_another_command_is_said_to_mix_results(
     assert main(["info", "-n", "e", "--storage", "orchard.pkl"]) == 0
     shown = capsys.readouterr().out
     assert f"  command:   {stored}\n" in shown and "hunt_command" not in shown, shown
+
+
+def test_a_password_in_the_hunted_command_reaches_the_script_but_is_not_recorded(
+        workdir: Path, caplog: pytest.LogCaptureFixture, capsys: pytest.CaptureFixture[str]) -> None:
+    """The command of the first hunt was stored as typed: a script's database URI given in it put its password
+    in the experiment (its file, `orchard info`) and in the --debug line of each trial's argv."""
+    script = "import json, sys, orchard\njson.dump(sys.argv, open('argv.json', 'w'))\n"
+    (workdir / "argv.py").write_text(script + "orchard.report_objective(0.5)\n")
+    uri = "mongodb://alice:s3cr%40t@db-host/runs"
+    command = [sys.executable, "argv.py", "--db", uri, "--x~uniform(0, 1)"]
+    with caplog.at_level(logging.DEBUG):
+        assert main(["hunt", "-n", "e", "--storage", "orchard.pkl", "--max-trials", "1", *command]) == 0
+        assert main(["hunt", "-n", "e", "--storage", "orchard.pkl", "--max-trials", "2", *command]) == 0
+    (folder, _) = sorted((workdir / "orchard-runs" / "e").iterdir())
+    assert uri in json.loads((folder / "argv.json").read_text())  # the script gets it as given
+    assert "s3cr" not in caplog.text and "s3cr" not in str(orchard.get_experiment("e", "orchard.pkl").config)
+    assert b"s3cr" not in (workdir / "orchard.pkl").read_bytes()
+    assert "first hunted with" not in caplog.text  # the same command: no warning
+    capsys.readouterr()
+    assert main(["info", "-n", "e", "--storage", "orchard.pkl"]) == 0
+    shown = capsys.readouterr().out
+    assert "--db 'mongodb://alice:***@db-host/runs'" in shown and "s3cr" not in shown, shown
 
 
 def test_a_hunt_that_runs_out_of_points_before_max_trials_says_so(

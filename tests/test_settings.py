@@ -165,6 +165,27 @@ def test_a_config_file_with_a_key_twice_an_alias_bomb_or_odd_text_is_one_line(no
     assert message.startswith(f"config file {path} ") and expected in message and "\n" not in message
 
 
+@pytest.mark.parametrize(("text", "mode", "warned"), [
+    ("storage: mongodb://alice:s3cret@db-host/runs?authSource=admin\n", 0o644, True),
+    ("warm_start: ['mongodb://alice:s3cret@db-host/old:lr']\n", 0o640, True),
+    ("storage: mongodb://alice:s3cret@db-host/runs?authSource=admin\n", 0o600, False),
+    ("storage: mongodb://db-host/runs\n", 0o644, False),
+])
+def test_a_config_file_holding_a_password_that_others_can_read_is_said_once(
+        no_ambient: Path, caplog: pytest.LogCaptureFixture, text: str, mode: int, warned: bool) -> None:
+    """A password in a config file the umask left readable by every user was read without a word."""
+    path = no_ambient / "orchard.yaml"
+    path.write_text(text)
+    path.chmod(mode)
+    config.load_config_file(path)
+    config.load_config_file(path)
+    said = [r.getMessage() for r in caplog.records if "holds a password" in r.getMessage()]
+    expected = (f"config file {path} holds a password and other users can read it (mode {mode:04o}); "
+                f"make it yours alone: chmod 600 {path}")
+    assert said == ([expected] if warned else []), caplog.text
+    assert "s3cret" not in caplog.text
+
+
 def test_a_config_file_that_is_a_folder_or_no_file_says_so(no_ambient: Path) -> None:
     (no_ambient / "runs.yaml").mkdir()
     for given, said in [("runs.yaml", "config file runs.yaml is a folder"), ("/dev/null", "is not a file"),

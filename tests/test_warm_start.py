@@ -18,7 +18,11 @@ import os
 import statistics
 import subprocess
 import sys
+import urllib.parse
+import uuid
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -32,6 +36,7 @@ from orchard.errors import (
     ExperimentNotFoundError,
 )
 from orchard.history import History
+from orchard.storages._uri import lend_password, redact
 from orchard.trial import Trial, TrialStatus
 from orchard.worker import Worker, WorkerSettings
 
@@ -243,6 +248,20 @@ def test_bad_sources_are_refused(store: str, sources: list[object], error: type[
     assert orchard.get_storage(store).get_experiment("new") is None
 
 
+@pytest.mark.parametrize("source", [
+    {"experiment": "old", "storage": "mongodb://alice:s3cret@db-host/runs", "fil": {}},
+    {"experiment": "old", "storage": "mongodb://alice:s3cret@db-host/runs", "fill": 3},
+    '{experiment: old, storage: "mongodb://alice:s3cret@db-host/runs", fill: [1',
+    ["mongodb://alice:s3cret@db-host/runs:old"],
+])
+def test_a_malformed_source_is_refused_without_its_password(store: str, source: object) -> None:
+    """The message showed the source as written, its storage's password with it."""
+    with pytest.raises(ConfigurationError) as refused:
+        orchard.build_experiment("new", space=BRANIN_SPACE, storage=store,
+                                 warm_start=[source])  # type: ignore[list-item]
+    assert "s3cret" not in str(refused.value) and "***@db-host" in str(refused.value), refused.value
+
+
 def test_a_missing_source_is_named_as_the_warm_start_source_not_blamed_on_storage(
         store: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """The message was require_experiment's: "no experiment named 'old' in storage ...; check the name and
@@ -408,6 +427,81 @@ def test_a_conflict_over_the_sources_never_shows_a_password(store: str) -> None:
     assert "s3cret" not in str(conflict.value) and "pa55" not in str(conflict.value)
     assert "mongodb://alice:***@db-host/orchard" in str(conflict.value), conflict.value
     assert "mongodb://bob:***@h/db" in str(conflict.value), conflict.value
+
+
+PASSWORD = "p@ss:wörd/Zq9%"
+
+
+@pytest.fixture
+def secret_uri(mongo_uri: str, _mongo_admin: Any) -> Iterator[Callable[[str], str]]:
+    """URIs of databases of the test server that log in a user of its own, whose password is PASSWORD."""
+    user, databases = f"u{uuid.uuid4().hex[:10]}", []
+    _mongo_admin.admin.command("createUser", user, pwd=PASSWORD, roles=[{"role": "root", "db": "admin"}])
+    host = urllib.parse.urlsplit(mongo_uri).netloc.rpartition("@")[2]
+
+    def uri(name: str) -> str:
+        databases.append(database := f"orchard_test_{uuid.uuid4().hex[:12]}_{name}")
+        return f"mongodb://{user}:{urllib.parse.quote(PASSWORD, safe='')}@{host}/{database}?authSource=admin"
+
+    yield uri
+    for database in databases:
+        _mongo_admin.drop_database(database)
+    _mongo_admin.admin.command("dropUser", user)
+
+
+def _leaks(text: str | bytes) -> bool:
+    raw = text if isinstance(text, bytes) else text.encode()
+    return any(form.encode() in raw for form in ("Zq9", urllib.parse.quote(PASSWORD, safe="")))
+
+
+def test_a_sources_password_is_not_stored_yet_the_workers_given_it_read_the_source(
+    store: str, secret_uri: Callable[[str], str], caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The storage URI of a source in another database was stored whole: whoever could read the
+    experiment (its pickle file, its MongoDB document, pymongo's debug log) read that database's password."""
+    source = secret_uri("old")
+    finished(source)
+    written = f"{source}:old"
+    new = orchard.build_experiment("new", space=BRANIN_SPACE, max_trials=14, storage=store,
+                                   warm_start=[written])
+    assert not _leaks(Path(store).read_bytes()) and not _leaks(repr(new.config))
+    assert new.config["warm_start"][0]["storage"] == redact(source)
+    new.workon(branin, progress=False)  # its workers were given the password: they read the source
+    assert "cannot be read" not in caplog.text
+    assert not _leaks(repr(new.settings)) and not _leaks(repr(WorkerSettings.for_experiment(new.settings)))
+    uses = warm_start.source_uses(new.space, new.settings.warm_start, new.storage)
+    assert [use.used for use in uses] == [12]
+    joiner = orchard.build_experiment("new", storage=store, warm_start=[written])  # same source: no conflict
+    assert joiner.settings.warm_start == [{"experiment": "old", "storage": source, "fill": {}}]
+    reader = orchard.get_experiment("new", store)  # given no password, the source gives nothing and says why
+    assert warm_start.source_uses(reader.space, reader.settings.warm_start, reader.storage)[0].used == 0
+    assert "give the source again" in caplog.text and not _leaks(caplog.text)
+    assert not _leaks(Path(store).read_bytes())
+
+
+def test_a_source_on_the_same_server_for_the_same_user_is_read_with_the_storages_own_password(
+    secret_uri: Callable[[str], str],
+) -> None:
+    """A worker joining without the sources (orchard hunt -n new) reads a source kept beside its own."""
+    source, own = secret_uri("old"), secret_uri("new")
+    finished(source)
+    orchard.build_experiment("new", space=BRANIN_SPACE, storage=own, warm_start=[f"{source}:old"])
+    joiner = orchard.get_experiment("new", own)
+    assert not _leaks(repr(joiner.config))
+    assert warm_start.source_uses(joiner.space, joiner.settings.warm_start, joiner.storage)[0].used == 12
+
+
+@pytest.mark.parametrize("source", [
+    "mongodb://bob:***@db:27017/old?authSource=admin",  # another user
+    "mongodb://alice:***@elsewhere:27017/old?authSource=admin",  # another server
+    "mongodb://alice:***@db:27017/old",  # another authentication database (old)
+    "mongodb+srv://alice:***@db:27017/old?authSource=admin",  # another scheme
+])
+def test_a_storages_password_is_lent_to_no_other_account(source: str) -> None:
+    own = "mongodb://alice:s3cret@db:27017/runs?authSource=admin"
+    assert lend_password(source, own) == source
+    assert lend_password("mongodb://alice:***@DB:27017/old?authSource=admin", own) == (
+        "mongodb://alice:s3cret@DB:27017/old?authSource=admin")
 
 
 def test_a_deleted_source_never_stops_the_experiment_it_warm_started(

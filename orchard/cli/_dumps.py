@@ -37,8 +37,8 @@ from orchard.space import params_hash, trial_id
 from orchard.stopping import LEDGER_KEY, unreadable_ledger
 from orchard.storages import BaseStorage, ExperimentRecord
 from orchard.storages.base import finishes
-from orchard.storages._uri import redact
 from orchard.trial import Trial, TrialStatus
+from orchard.warm_start import hide_passwords
 
 __all__ = ["MAX_DUMP_BYTES", "dump_experiments", "load_experiments", "read_dump", "write_dump"]
 
@@ -80,14 +80,11 @@ def _shareable(config: dict[str, Any]) -> dict[str, Any]:
     """``config`` with the password of each warm-start source's storage URI hidden, as every URI in a dump.
 
     A dump is made to be shared. After ``db load``, a source whose storage needs that
-    password cannot be read: its warm start gives nothing, with a warning.
+    password, and is not on the loading storage's server for the same user, cannot be read:
+    its warm start gives nothing, with a warning.
     """
     sources = config.get("warm_start")
-    if not isinstance(sources, list):
-        return config
-    hidden = [{**source, "storage": redact(source["storage"])}
-              if isinstance(source, dict) and isinstance(source.get("storage"), str) else source for source in sources]
-    return {**config, "warm_start": hidden}
+    return {**config, "warm_start": hide_passwords(sources)} if isinstance(sources, list) else config
 
 
 def write_dump(data: dict[str, Any], path: str) -> None:

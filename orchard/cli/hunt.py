@@ -293,7 +293,7 @@ def _compare_command(experiment: Experiment, template: CommandTemplate) -> None:
     against ``--epochs 20``), put results into one history that cannot be compared: said, not refused,
     since a node may run its own copy of the script or pass its own device on purpose.
     """
-    from orchard.command import COMMAND_KEY
+    from orchard.command import COMMAND_KEY, redacted
 
     shown = template.shown()
     storage = experiment.storage
@@ -303,7 +303,7 @@ def _compare_command(experiment: Experiment, template: CommandTemplate) -> None:
     if isinstance(stored, str) and not template.runs_like(stored):
         log.warning("experiment %r was first hunted with `%s`, and this hunt runs `%s`: both go into one "
                     "history; if their results are not comparable, stop this hunt and use another -n",
-                    experiment.name, stored, shown)
+                    experiment.name, redacted(stored), shown)
 
 
 def _warn_of_similar_names(storage: BaseStorage, name: str) -> None:

@@ -33,7 +33,7 @@ from orchard.cli._args import (
     open_storage,
     strict_json,
 )
-from orchard.command import COMMAND_KEY
+from orchard.command import COMMAND_KEY, redacted
 from orchard.pareto import infeasible, reported
 from orchard.terminal import printable
 
@@ -373,7 +373,8 @@ def run_info(args: argparse.Namespace) -> int:
         "created": record.created, "space": experiment.space.config(), "algorithm": experiment.algorithm,
         "config": {k: v for k, v in experiment.config.items()
                    if k not in ("space", "algorithm", "stop_state", "warm_start", COMMAND_KEY)},
-        "command": experiment.config.get(COMMAND_KEY),  # the first hunt's, dimensions as <name>
+        "command": redacted(command) if isinstance(command := experiment.config.get(COMMAND_KEY), str)
+        else command,
         "warm_start": _warm_start(experiment),
         "best_trial": best.to_dict() if best else None, "pareto_front": front, "stats": info_stats,
         "rungs": _rungs(experiment, trials), "stop": info_stats["stop"],

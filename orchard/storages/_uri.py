@@ -6,7 +6,7 @@ import re
 import urllib.parse
 from typing import Any
 
-__all__ = ["password_of", "pickle_path", "redact", "redact_all", "split_options"]
+__all__ = ["lend_password", "password_of", "pickle_path", "redact", "redact_all", "split_options"]
 
 _SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*:/*")
 
@@ -65,6 +65,29 @@ def password_of(uri: str) -> str:
     """The text :func:`redact` hides in ``uri`` (``""`` when it hides nothing)."""
     found = _user_info(uri)
     return "" if found is None else uri[found[0]:found[1]]
+
+
+def _account(uri: str) -> tuple[str, str, str]:
+    """The scheme, ``user:***@hosts`` and authentication database of ``uri`` (case-blind scheme and hosts)."""
+    base, options = split_options(redact(uri))
+    scheme, _, rest = base.partition("://")
+    hosts, _, database = rest.partition("/")
+    source = next((value for key, value in options.items() if key.lower() == "authsource"), None)
+    user, at, names = hosts.rpartition("@")
+    return scheme.lower(), user + at + names.lower(), source or database or "admin"
+
+
+def lend_password(uri: str, donor: str) -> str:
+    """``uri`` with its hidden password (``***``) taken from ``donor`` when both log the same user in to the
+    same hosts (scheme, user, hosts and authentication database alike); else ``uri`` as it is.
+
+    A warm-start source is stored with its password hidden; the experiment's own storage URI,
+    given again to every worker, holds the password of a source kept on the same server.
+    """
+    if password_of(uri) != "***" or not password_of(donor) or _account(uri) != _account(donor):
+        return uri
+    start, end = _user_info(uri) or (0, 0)
+    return uri[:start] + password_of(donor) + uri[end:]
 
 
 def split_options(uri: str) -> tuple[str, dict[str, str]]:
