@@ -280,16 +280,23 @@ def load_config_file(path: Path) -> dict[str, Any]:
     """Read one YAML config file; a missing file is empty.
 
     Raises:
-        ConfigurationError: the file cannot be read, is not valid YAML (a key given twice is
-            refused, see :mod:`orchard.yaml_input`) or not a mapping, or has unknown keys.
+        ConfigurationError: the file is a folder, cannot be read, is not UTF-8 or not valid YAML (a
+            key given twice is refused, see :mod:`orchard.yaml_input`) or not a mapping, or has unknown keys.
     """
     if not path.is_file():
+        if path.is_dir():  # ./orchard.yaml made a folder by mistake: its settings were dropped without a word
+            raise ConfigurationError(f"config file {path} is a folder; put the settings in a file, "
+                                     "or remove it")
         return {}
     from orchard.yaml_input import load_yaml
 
     try:
-        content = path.read_text()
-    except (OSError, UnicodeDecodeError) as err:
+        content = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as err:
+        byte = err.object[err.start]
+        raise ConfigurationError(f"config file {path} is not UTF-8 text (byte {byte:#04x} at offset "
+                                 f"{err.start}); save it as UTF-8") from None
+    except OSError as err:
         raise ConfigurationError(f"config file {path} cannot be read: {err}") from None
     data = load_yaml(content, f"config file {path}") or {}
     if not isinstance(data, dict):

@@ -349,3 +349,15 @@ def test_a_working_dir_with_an_unexpanded_variable_or_blank_is_refused(
         ["orchard.yaml"] if where == "orchard.yaml" else [])])
     with pytest.raises(ConfigurationError, match="without \\$HOME, which nothing expanded"):
         orchard.build_experiment("e", space=SPACE, storage="o.pkl", working_dir="$HOME/runs")
+
+
+def test_an_ambient_config_file_that_is_a_folder_or_not_utf8_says_so(no_ambient: Path) -> None:
+    """A folder ./orchard.yaml was skipped without a word (its settings, a budget, were never read), and a
+    Latin-1 file said only "'utf-8' codec can't decode byte 0xe9 in position 19"."""
+    (no_ambient / "orchard.yaml").mkdir()
+    with pytest.raises(ConfigurationError, match="orchard.yaml is a folder; put the settings in a file"):
+        config.Settings(environ={}).check()
+    (no_ambient / "orchard.yaml").rmdir()
+    (no_ambient / "orchard.yaml").write_bytes("max_trials: 3  # café\n".encode("latin-1"))
+    with pytest.raises(ConfigurationError, match=r"not UTF-8 text \(byte 0xe9 at offset 20\); save it as"):
+        config.Settings(environ={}).check()
