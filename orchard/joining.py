@@ -169,17 +169,25 @@ def patiently(store: BaseStorage, join: Callable[[], T]) -> T:
 
 def budget_followed(store: BaseStorage, experiment_id: str, settings: WorkerSettings,
                     label: str) -> WorkerSettings:
-    """``settings`` with the experiment's stored ``max_trials`` if a joiner raised it past theirs.
+    """``settings`` with the experiment's stored ``max_trials`` if a joiner raised it past theirs, or set one.
 
     A worker asks once the budget it started with looks met: ``max_trials`` may be raised while
     workers run (``orchard hunt --max-trials 30``, or ``build_experiment(..., max_trials=30)``, beside
     them), and they go on to it instead of stopping under a budget the storage no longer holds. A
     run's own cap (``workon(max_trials=N)``: ``settings.fixed_budget``) is kept.
+
+    A worker with no budget asks each time it looks for a trial: a joiner may set one on an experiment
+    created without (a forgotten ``--max-trials``). Such workers ran on and on, while ``orchard status``
+    said "18 completed ... of max_trials=5".
     """
     stored = store.experiment(experiment_id).config.get("max_trials")
-    if settings.fixed_budget or settings.max_trials is None or not isinstance(stored, int) \
-            or isinstance(stored, bool) or stored <= settings.max_trials:
+    if settings.fixed_budget or not isinstance(stored, int) or isinstance(stored, bool) \
+            or settings.max_trials is not None and stored <= settings.max_trials:
         return settings
-    log.info("experiment %r: its budget was raised to %d trials while this worker ran; going on",
-             label, stored)
+    if settings.max_trials is None:
+        log.warning("experiment %r: a budget of %d trials was set while this worker ran without one; "
+                    "it stops there", label, stored)
+    else:
+        log.info("experiment %r: its budget was raised to %d trials while this worker ran; going on",
+                 label, stored)
     return dataclasses.replace(settings, max_trials=stored)

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
 import sys
+import time
 
 import pytest
 
@@ -75,3 +78,31 @@ def test_a_refused_change_of_space_says_how_to_keep_the_results_and_stores_nothi
     hint = "a new experiment name warm-started from this one (--warm-start exp, warm_start=['exp'])"
     assert hint in str(info.value)
     assert orchard.get_experiment("exp", storage=storage).config == before  # nor were the raises stored
+
+
+def _completed(storage: str) -> int:
+    return int(orchard.get_experiment("e", storage=storage).stats["counts"]["completed"])
+
+
+def test_a_budget_set_on_an_experiment_without_one_stops_its_running_workers(no_ambient) -> None:
+    """A hunt started without --max-trials ran on after another set --max-trials 12: `orchard status` said
+    "18 completed ... of max_trials=12" while it kept going (workers followed raises only)."""
+    script = "import orchard, time\ntime.sleep(0.2)\norchard.report_objective(0.0)\n"
+    (no_ambient / "train.py").write_text(script)
+    storage = str(no_ambient / "o.pkl")
+    worker = subprocess.Popen([sys.executable, "-m", "orchard", "hunt", "-n", "e", "--storage", storage,
+                               sys.executable, str(no_ambient / "train.py"), "--x~uniform(0, 1)"],
+                              stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        while (not os.path.exists(storage) or get_storage(storage).get_experiment("e") is None
+               or _completed(storage) < 2) and time.monotonic() < deadline:
+            time.sleep(0.05)  # waiting for the worker's first results
+        budget = _completed(storage) + 4
+        orchard.build_experiment("e", max_trials=budget, storage=storage)
+        _, err = worker.communicate(timeout=60)
+    finally:
+        worker.kill()
+    assert worker.returncode == 0, err
+    assert f"a budget of {budget} trials was set while this worker ran without one; it stops there" in err
+    assert _completed(storage) == budget
