@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import difflib
 import logging
 import os
 import stat
@@ -36,11 +37,15 @@ from orchard.experiment_config import (
 )
 from orchard.objectives import normalize_objectives
 from orchard.pruners import normalize_pruner_config
+from orchard.report import OBJECTIVES_ENV, REPORT_ENV, RESULTS_ENV, TRIAL_ENV, VERDICT_ENV
 from orchard.resources import parse_gpus, parse_memory
 from orchard.stopping import normalize_stop
 from orchard.storages import DEFAULT_STORAGE
-from orchard.storages._uri import redact_all
+from orchard.storages._uri import UNEXPANDED, redact_all
+from orchard.strays import RUN_ENV, WORKER_ENV
 from orchard.warm_start import normalize_warm_start
+
+log = logging.getLogger(__name__)
 
 __all__ = [
     "DEFAULTS",
@@ -51,6 +56,7 @@ __all__ = [
     "config_files",
     "load_config_file",
     "resolve",
+    "unknown_variables",
 ]
 
 
@@ -170,6 +176,19 @@ def executor_name(value: Any) -> Any:
     return value
 
 
+def working_folder(value: Any) -> Any:
+    """A folder path (checked and made absolute by the ``working_dir`` rule of the experiment) that a user
+    wrote: a blank one, or one holding a ``$VARIABLE`` nothing expanded, made a folder named ``" "`` or
+    ``$HOME`` in the directory of the hunt, where every trial ran."""
+    if isinstance(value, str) and not value.strip():
+        raise ValueError("a folder path, not blank")
+    unexpanded = UNEXPANDED.search(value) if isinstance(value, str) else None
+    if unexpanded is not None:
+        raise ValueError(f"a folder path without {unexpanded.group()}, which nothing expanded (a file, a "
+                         "variable or single quotes): write the path out, or let the shell expand it")
+    return EXPERIMENT_RULES["working_dir"](value)
+
+
 def _experiment(key: str) -> Setting:
     return Setting(EXPERIMENT_RULES[key], ExperimentConfig.default(key))
 
@@ -184,6 +203,7 @@ SETTINGS: dict[str, Setting] = {
     "algorithm": Setting(checked_by(normalize_algorithm_config, name_or_mapping), ExperimentConfig.default("algorithm")),
     "pruner": Setting(checked_by(normalize_pruner_config, name_or_mapping), ExperimentConfig.default("pruner")),
     **{key: _experiment(key) for key in EXPERIMENT_RULES},
+    "working_dir": Setting(optional(working_folder)),
     # several objectives and constraints: checked against each other when the experiment is built
     "objectives": Setting(checked_by(normalize_objectives, objective_mapping)),
     "constraints": Setting(checked_by(normalize_constraints, expression_list)),
@@ -207,17 +227,50 @@ SETTINGS: dict[str, Setting] = {
 DEFAULTS: dict[str, Any] = {key: setting.default for key, setting in SETTINGS.items()}
 
 _ENV_PREFIX = "ORCHARD_"
-#: The command-line flag of each setting whose flag is not ``--`` and the key (repeated flags, named singly).
-_FLAGS = {"objectives": "--objective", "constraints": "--constraint"}
 
 #: The command-line flags not named after their setting: one item per flag, the flag repeated.
 _FLAGS = {"objectives": "--objective", "constraints": "--constraint"}
 
 
-log = logging.getLogger(__name__)
-
 #: Config files already said to be readable by others while they hold a password (said once per process).
 _EXPOSED: set[str] = set()
+#: ``ORCHARD_*`` variables a user may guess that set nothing, and what to use instead.
+_NOT_VARIABLES = {
+    "CONFIG": "give the file with --config, or write ./orchard.yaml",
+    **{key.upper(): f"{key} is given by {'a flag, ' if key != 'space' else 'the command, '}an argument or a "
+       f"config file only" for key, setting in SETTINGS.items() if not setting.env},
+}
+#: The variables ``hunt`` sets for a trial's command (a hunt run inside a trial sees them).
+_TRIAL_VARIABLES = frozenset({
+    RESULTS_ENV, REPORT_ENV, VERDICT_ENV, TRIAL_ENV, OBJECTIVES_ENV, RUN_ENV, WORKER_ENV,
+    "ORCHARD_EXPERIMENT_NAME", "ORCHARD_PARENT_TRIAL_ID", "ORCHARD_PARENT_WORKING_DIR",
+})
+_unknown_seen: set[str] = set()
+
+
+def unknown_variables(environ: Mapping[str, str]) -> list[str]:
+    """What is wrong with each ``ORCHARD_*`` variable of ``environ`` meant as a setting that sets none.
+
+    ``ORCHARD_MAX_TRIAL=10`` (a letter short), ``ORCHARD_NAME`` (read from no variable) or
+    ``orchard_seed`` (lower case) was ignored without a word, and a hunt meant to stop after 10
+    trials ran until killed. Names far from every setting (a script's own ``ORCHARD_DATA``, the
+    variables ``hunt`` sets for a trial) are left alone.
+    """
+    valid = {_ENV_PREFIX + key.upper(): key for key, setting in SETTINGS.items() if setting.env}
+    problems = []
+    for variable in sorted(environ):
+        if variable in valid or variable in _TRIAL_VARIABLES or not variable.upper().startswith(_ENV_PREFIX) \
+                or not environ[variable].strip():
+            continue
+        suffix = variable.upper()[len(_ENV_PREFIX):]
+        if variable.upper() in valid:
+            problems.append(f"{variable} sets nothing: variable names are case-sensitive, did you mean "
+                            f"{variable.upper()}?")
+        elif suffix in _NOT_VARIABLES:
+            problems.append(f"{variable} sets nothing: {_NOT_VARIABLES[suffix]}")
+        elif close := difflib.get_close_matches(variable.upper(), list(valid), n=1, cutoff=0.85):
+            problems.append(f"{variable} sets nothing: did you mean {close[0]}?")
+    return problems
 
 
 def config_files(cwd: Path | None = None) -> list[Path]:
@@ -230,16 +283,23 @@ def load_config_file(path: Path) -> dict[str, Any]:
     """Read one YAML config file; a missing file is empty.
 
     Raises:
-        ConfigurationError: the file cannot be read, is not valid YAML (a key given twice is
-            refused, see :mod:`orchard.yaml_input`) or not a mapping, or has unknown keys.
+        ConfigurationError: the file is a folder, cannot be read, is not UTF-8 or not valid YAML (a
+            key given twice is refused, see :mod:`orchard.yaml_input`) or not a mapping, or has unknown keys.
     """
     if not path.is_file():
+        if path.is_dir():  # ./orchard.yaml made a folder by mistake: its settings were dropped without a word
+            raise ConfigurationError(f"config file {path} is a folder; put the settings in a file, "
+                                     "or remove it")
         return {}
     from orchard.yaml_input import load_yaml
 
     try:
-        content = path.read_text()
-    except (OSError, UnicodeDecodeError) as err:
+        content = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as err:
+        byte = err.object[err.start]
+        raise ConfigurationError(f"config file {path} is not UTF-8 text (byte {byte:#04x} at offset "
+                                 f"{err.start}); save it as UTF-8") from None
+    except OSError as err:
         raise ConfigurationError(f"config file {path} cannot be read: {err}") from None
     data = load_yaml(content, f"config file {path}") or {}
     if not isinstance(data, dict):
@@ -294,6 +354,12 @@ class Settings:
         self._files = config_files() if files is None else files
         self._explicit: dict[str, Any] = {}
         self._explicit_path = str(config_file) if config_file else ""
+        if environ is None:  # the process's own environment: each mistyped variable said once
+            for problem in unknown_variables(self._environ):
+                if problem not in _unknown_seen:
+                    _unknown_seen.add(problem)
+                    log.warning("environment variable %s (the variables: docs/cli.md#environment-variables)",
+                                problem)
         if config_file:
             if not Path(config_file).is_file():
                 found = "is a folder" if Path(config_file).is_dir() else \

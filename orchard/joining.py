@@ -2,8 +2,8 @@
 
 A worker that joins an experiment may leave any setting out (it then uses the
 stored one); a setting it gives must match the stored one (``seed`` and
-``heartbeat`` included), except the budgets (``max_trials`` may only be raised,
-``max_broken`` and ``max_attempts`` replaced) and ``working_dir`` (the stored one is used).
+``heartbeat`` included), except the budgets (``max_trials``, ``max_broken`` and
+``max_attempts`` may only be raised) and ``working_dir`` (the stored one is used).
 A joiner waits for a storage that went away as it joined (:func:`patiently`).
 """
 
@@ -79,37 +79,49 @@ def join_experiment(
         if chosen.get(key) is not None and chosen[key] != getattr(stored, key):
             problems.append(f"{key}: stored {getattr(stored, key)} != given {chosen[key]} (fixed when the experiment "
                             "was created: leave it out to use the stored one)")
-    max_trials = chosen.get("max_trials")
-    if max_trials is not None and stored.max_trials is not None and max_trials < stored.max_trials:
-        problems.append(f"max_trials: stored {stored.max_trials} > given {max_trials} (it can only be raised)")
+    for key in _RAISABLE:
+        given, kept = chosen.get(key), getattr(stored, key)
+        if given is not None and kept is not None and given < kept:
+            problems.append(f"{key}: stored {kept} > given {given} (it can only be raised: leave it out "
+                            f"to keep {kept})")
     if problems:
         raise ExperimentConflictError(
             f"experiment {record.name!r} exists with a different configuration: "
             + "; ".join(problems)
-            + ". Use the stored settings, or a new experiment name"
+            + f". Use the stored settings, or a new experiment name{_carry_over(problems, record.name)}"
         )
-    if max_trials is not None and max_trials != stored.max_trials:
-        record = _raised_budget(store, record.id, stored.max_trials, max_trials)
-    changes = {key: chosen[key] for key in _REPLACEABLE
-               if chosen.get(key) is not None and chosen[key] != getattr(stored, key)}
-    return store.update_experiment(record.id, changes) if changes else record
+    for key in _RAISABLE:
+        if chosen.get(key) is not None and chosen[key] != getattr(stored, key):
+            record = _raised_budget(store, record.id, key, getattr(stored, key), chosen[key])
+    return record
 
 
-#: Settings a joiner may replace in the stored experiment (``max_trials`` is only raised: :func:`_raised_budget`).
-_REPLACEABLE = ("max_broken", "max_attempts")
+#: Budgets a joiner may raise, never lower (:func:`_raised_budget`). ``max_broken`` was replaced: a
+#: SLURM task resubmitted with the ``--max-broken 3`` of its script undid the 10 the user had raised it
+#: to after a fix, and stopped every worker that joined later with "raise max_broken".
+_RAISABLE = ("max_trials", "max_broken", "max_attempts")
 
 
-def _raised_budget(store: BaseStorage, experiment_id: str, seen: int | None, wanted: int) -> ExperimentRecord:
-    """The experiment once its ``max_trials`` is at least ``wanted`` (``seen``: the value its joiner read).
+def _carry_over(problems: list[str], name: str) -> str:
+    """How to keep an experiment's results when its space, algorithm, goals or pruner must change."""
+    if all(problem.startswith(_RAISABLE + _FIXED) for problem in problems):
+        return ""
+    return (f" warm-started from this one (--warm-start {name}, warm_start=[{name!r}]), which tells the "
+            "algorithm its completed trials")
+
+
+def _raised_budget(store: BaseStorage, experiment_id: str, key: str, seen: int | None,
+                   wanted: int) -> ExperimentRecord:
+    """The experiment once its budget ``key`` is at least ``wanted`` (``seen``: the value its joiner read).
 
     A compare-and-swap, repeated while others change the budget: of joiners raising it at
     once (a SLURM array resubmitted with larger budgets), the largest raise stands. A plain
     write of each would let a smaller raise land last and lower the budget under the others.
     """
     while seen is None or seen < wanted:
-        if store.swap_experiment(experiment_id, "max_trials", seen, wanted):
+        if store.swap_experiment(experiment_id, key, seen, wanted):
             break
-        seen = store.experiment(experiment_id).config.get("max_trials")
+        seen = store.experiment(experiment_id).config.get(key)
     return store.experiment(experiment_id)
 
 
@@ -158,17 +170,25 @@ def patiently(store: BaseStorage, join: Callable[[], T]) -> T:
 
 def budget_followed(store: BaseStorage, experiment_id: str, settings: WorkerSettings,
                     label: str) -> WorkerSettings:
-    """``settings`` with the experiment's stored ``max_trials`` if a joiner raised it past theirs.
+    """``settings`` with the experiment's stored ``max_trials`` if a joiner raised it past theirs, or set one.
 
     A worker asks once the budget it started with looks met: ``max_trials`` may be raised while
     workers run (``orchard hunt --max-trials 30``, or ``build_experiment(..., max_trials=30)``, beside
     them), and they go on to it instead of stopping under a budget the storage no longer holds. A
     run's own cap (``workon(max_trials=N)``: ``settings.fixed_budget``) is kept.
+
+    A worker with no budget asks each time it looks for a trial: a joiner may set one on an experiment
+    created without (a forgotten ``--max-trials``). Such workers ran on and on, while ``orchard status``
+    said "18 completed ... of max_trials=5".
     """
     stored = store.experiment(experiment_id).config.get("max_trials")
-    if settings.fixed_budget or settings.max_trials is None or not isinstance(stored, int) \
-            or isinstance(stored, bool) or stored <= settings.max_trials:
+    if settings.fixed_budget or not isinstance(stored, int) or isinstance(stored, bool) \
+            or settings.max_trials is not None and stored <= settings.max_trials:
         return settings
-    log.info("experiment %r: its budget was raised to %d trials while this worker ran; going on",
-             label, stored)
+    if settings.max_trials is None:
+        log.warning("experiment %r: a budget of %d trials was set while this worker ran without one; "
+                    "it stops there", label, stored)
+    else:
+        log.info("experiment %r: its budget was raised to %d trials while this worker ran; going on",
+                 label, stored)
     return dataclasses.replace(settings, max_trials=stored)

@@ -333,7 +333,7 @@ class Worker:
         """Raise the stop that applies to the refreshed history, if any."""
         counts, settings = self.history.counts, self.settings
         finished = counts[TrialStatus.COMPLETED] + counts[TrialStatus.PRUNED]
-        if settings.max_trials is not None and finished >= settings.max_trials:
+        if settings.max_trials is None or finished >= settings.max_trials:  # raised, or set on one without
             settings = self.settings = budget_followed(self.storage, self.experiment_id, settings, self.label)
         if settings.max_trials is not None and finished >= settings.max_trials:
             raise BudgetExhaustedError(

@@ -2,7 +2,15 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+import time
+
+import pytest
+
 import orchard
+from orchard.cli import main
 from orchard.joining import join_experiment
 from orchard.storages import get_storage
 from tests import workloads
@@ -22,3 +30,79 @@ def test_a_raise_of_max_trials_read_before_a_larger_one_never_lowers_it(tmp_path
     assert joined.config["max_trials"] == 17 and joined.config["max_broken"] == 7
     assert orchard.get_experiment("exp", storage=storage).max_trials == 17
     assert join_experiment(store, joined, None, None, {"max_trials": 20}).config["max_trials"] == 20
+
+
+def test_a_joiner_with_a_stale_max_broken_cannot_undo_a_raise(no_ambient, capsys) -> None:
+    """After a fix the user raised --max-broken to 10; a SLURM task resubmitted with its script's
+    `--max-broken 3` replaced it, and every worker joining later stopped at once with "raise max_broken"."""
+    (no_ambient / "train.py").write_text("import orchard, pathlib, sys\n"
+                                         f"if pathlib.Path({str(no_ambient / 'bug')!r}).exists():\n"
+                                         "    sys.exit(1)\n"
+                                         "orchard.report_objective(0.0)\n")
+    (no_ambient / "bug").touch()
+    command = [sys.executable, str(no_ambient / "train.py"), "--x~uniform(0, 1)"]
+    # 3 broken: stopped
+    assert main(["hunt", "-n", "e", "--max-trials", "2", "--max-broken", "3", *command]) == 1
+    (no_ambient / "bug").unlink()
+    assert main(["hunt", "-n", "e", "--max-broken", "10", *command]) == 0  # fixed, raised: the budget is met
+    capsys.readouterr()
+
+    assert main(["hunt", "-n", "e", "--max-trials", "2", "--max-broken", "3", *command]) == 1
+    err = capsys.readouterr().err
+    assert "max_broken: stored 10 > given 3 (it can only be raised: leave it out to keep 10)" in err
+    assert orchard.get_experiment("e").settings.max_broken == 10
+
+
+def test_a_raise_of_max_broken_read_before_a_larger_one_never_lowers_it(tmp_path) -> None:
+    storage = str(tmp_path / "orchard.pkl")
+    orchard.build_experiment("exp", space=workloads.SPACE, storage=storage)
+    store = get_storage(storage)
+    read_by_the_slower = store.require_experiment("exp")
+    orchard.build_experiment("exp", max_broken=10, max_attempts=5, storage=storage)  # the faster raise
+
+    joined = join_experiment(store, read_by_the_slower, None, None, {"max_broken": 7, "max_attempts": 4})
+
+    assert joined.config["max_broken"] == 10 and joined.config["max_attempts"] == 5
+
+
+def test_a_refused_change_of_space_says_how_to_keep_the_results_and_stores_nothing(tmp_path) -> None:
+    """The refusal said only "or a new experiment name", and the docs said to carry points over with insert:
+    a warm start from the old experiment is what keeps its evidence."""
+    storage = str(tmp_path / "orchard.pkl")
+    orchard.build_experiment("exp", space=workloads.SPACE, max_trials=5, storage=storage)
+    before = orchard.get_experiment("exp", storage=storage).config
+    wider = {**workloads.SPACE, "z": "uniform(0, 1)"}
+    with pytest.raises(orchard.errors.ExperimentConflictError) as info:
+        orchard.build_experiment("exp", space=wider, max_trials=50, max_broken=9, storage=storage)
+    assert "space z: (absent) != uniform(0.0, 1.0)" in str(info.value)
+    hint = "a new experiment name warm-started from this one (--warm-start exp, warm_start=['exp'])"
+    assert hint in str(info.value)
+    assert orchard.get_experiment("exp", storage=storage).config == before  # nor were the raises stored
+
+
+def _completed(storage: str) -> int:
+    return int(orchard.get_experiment("e", storage=storage).stats["counts"]["completed"])
+
+
+def test_a_budget_set_on_an_experiment_without_one_stops_its_running_workers(no_ambient) -> None:
+    """A hunt started without --max-trials ran on after another set --max-trials 12: `orchard status` said
+    "18 completed ... of max_trials=12" while it kept going (workers followed raises only)."""
+    script = "import orchard, time\ntime.sleep(0.2)\norchard.report_objective(0.0)\n"
+    (no_ambient / "train.py").write_text(script)
+    storage = str(no_ambient / "o.pkl")
+    worker = subprocess.Popen([sys.executable, "-m", "orchard", "hunt", "-n", "e", "--storage", storage,
+                               sys.executable, str(no_ambient / "train.py"), "--x~uniform(0, 1)"],
+                              stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        while (not os.path.exists(storage) or get_storage(storage).get_experiment("e") is None
+               or _completed(storage) < 2) and time.monotonic() < deadline:
+            time.sleep(0.05)  # waiting for the worker's first results
+        budget = _completed(storage) + 4
+        orchard.build_experiment("e", max_trials=budget, storage=storage)
+        _, err = worker.communicate(timeout=60)
+    finally:
+        worker.kill()
+    assert worker.returncode == 0, err
+    assert f"a budget of {budget} trials was set while this worker ran without one; it stops there" in err
+    assert _completed(storage) == budget

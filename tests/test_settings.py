@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -314,3 +316,69 @@ def test_errors_name_the_repeatable_flags_as_typed(no_ambient: Path, capsys) -> 
     orchard.build_experiment("e", space={"x": "uniform(0, 1)"}, storage="o.pkl")
     assert main(["hunt", "-n", "e", "--storage", "o.pkl", "--objective", "acc:max", *command]) == 1
     assert capsys.readouterr().err.strip().endswith("(given: objectives from --objective)")
+
+
+def test_a_mistyped_orchard_variable_is_named_not_silently_ignored(no_ambient: Path) -> None:
+    """`ORCHARD_MAX_TRIAL=2 orchard hunt ...` (a letter short) set nothing without a word: the hunt meant to
+    stop after 2 trials ran until it was killed."""
+    (no_ambient / "train.py").write_text("import orchard; orchard.report_objective(0.0)\n")
+    env = {**os.environ, "ORCHARD_MAX_TRIAL": "2", "ORCHARD_NAME": "e", "ORCHARD_DATA": "/data"}
+    done = subprocess.run([sys.executable, "-m", "orchard", "hunt", "-n", "e", "--max-trials", "1",
+                           sys.executable, "train.py", "--x~uniform(0, 1)"],
+                          env=env, capture_output=True, text=True, timeout=120, check=False)
+    assert done.returncode == 0, done.stderr
+    err = done.stderr
+    assert "environment variable ORCHARD_MAX_TRIAL sets nothing: did you mean ORCHARD_MAX_TRIALS?" in err
+    assert "ORCHARD_NAME sets nothing: name is given by a flag, an argument or a config file only" in err
+    assert "ORCHARD_DATA" not in err  # a script's own variable, near no setting
+
+
+@pytest.mark.parametrize(("variable", "said"), [
+    ("orchard_seed", "variable names are case-sensitive, did you mean ORCHARD_SEED?"),
+    ("ORCHARD_CONFIG", "give the file with --config, or write ./orchard.yaml"),
+    ("ORCHARD_STORGE", "did you mean ORCHARD_STORAGE?"),
+    ("ORCHARD_WARM_START", "warm_start is given by a flag, an argument or a config file only"),
+])
+def test_each_kind_of_mistyped_variable_says_what_to_use(variable: str, said: str) -> None:
+    assert config.unknown_variables({variable: "1"}) == [f"{variable} sets nothing: {said}"]
+    # set by hunt for a trial's command, or empty: nothing to say
+    quiet = {"ORCHARD_PARENT_WORKING_DIR": "/x", "ORCHARD_TRIAL_ID": "1", variable: ""}
+    assert config.unknown_variables(quiet) == []
+
+
+@pytest.mark.parametrize(("where", "folder", "said"), [
+    ("orchard.yaml", "$HOME/runs", "working_dir='$HOME/runs' (from config file"),
+    ("ORCHARD_WORKING_DIR", "${SCRATCH}/runs", "working_dir='${SCRATCH}/runs' (from ORCHARD_WORKING_DIR)"),
+    ("--working-dir", " ", "working_dir=' ' (from --working-dir): it must be a folder path, not blank"),
+])
+def test_a_working_dir_with_an_unexpanded_variable_or_blank_is_refused(
+        no_ambient: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+        where: str, folder: str, said: str) -> None:
+    """A folder named `$HOME` (or ` `) was made in the hunt's directory and every trial ran there, while the
+    same `$HOME` in `storage:` was refused."""
+    (no_ambient / "train.py").write_text("import orchard; orchard.report_objective(0.0)\n")
+    flags = ["--working-dir", folder] if where == "--working-dir" else []
+    if where == "orchard.yaml":
+        (no_ambient / where).write_text(f"working_dir: {folder}\n")
+    elif where.startswith("ORCHARD_"):
+        monkeypatch.setenv(where, folder)
+    assert main(["hunt", "-n", "e", "--storage", "o.pkl", "--max-trials", "1", *flags,
+                 sys.executable, "train.py", "--x~uniform(0, 1)"]) == 2
+    err = capsys.readouterr().err
+    assert said in err and err.count("\n") == 1
+    assert sorted(path.name for path in no_ambient.iterdir()) == sorted(["train.py", *(
+        ["orchard.yaml"] if where == "orchard.yaml" else [])])
+    with pytest.raises(ConfigurationError, match="without \\$HOME, which nothing expanded"):
+        orchard.build_experiment("e", space=SPACE, storage="o.pkl", working_dir="$HOME/runs")
+
+
+def test_an_ambient_config_file_that_is_a_folder_or_not_utf8_says_so(no_ambient: Path) -> None:
+    """A folder ./orchard.yaml was skipped without a word (its settings, a budget, were never read), and a
+    Latin-1 file said only "'utf-8' codec can't decode byte 0xe9 in position 19"."""
+    (no_ambient / "orchard.yaml").mkdir()
+    with pytest.raises(ConfigurationError, match="orchard.yaml is a folder; put the settings in a file"):
+        config.Settings(environ={}).check()
+    (no_ambient / "orchard.yaml").rmdir()
+    (no_ambient / "orchard.yaml").write_bytes("max_trials: 3  # café\n".encode("latin-1"))
+    with pytest.raises(ConfigurationError, match=r"not UTF-8 text \(byte 0xe9 at offset 20\); save it as"):
+        config.Settings(environ={}).check()

@@ -51,9 +51,11 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
                 "(running workers go on to it), never lowered. Without one, workers run until stopped, the grid is exhausted, or "
                 "--idle-timeout expires")
     option("--max-broken", metavar="N",
-           help="stop when N trials are broken (default 3); given when joining, it replaces the stored value")
+           help="stop when N trials are broken (default 3); it can be raised later (after a fix), "
+                "never lowered")
     option("--max-attempts", metavar="N",
-           help="break a trial after its reservation was lost N times to dead or frozen workers (default 3)")
+           help="break a trial after its reservation was lost N times to dead or frozen workers "
+                "(default 3); it can be raised later, never lowered")
     option("--algorithm", metavar="ALGO",
            help="random (default), grid, bayes, asha, hyperband, an installed plugin's name, or a YAML mapping of a name to options, "
                 "such as '{bayes: {acq_func: EI, n_initial_points: 5}}'")

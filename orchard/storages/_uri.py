@@ -6,9 +6,12 @@ import re
 import urllib.parse
 from typing import Any
 
-__all__ = ["lend_password", "password_of", "pickle_path", "redact", "redact_all", "split_options"]
+__all__ = ["UNEXPANDED", "lend_password", "password_of", "pickle_path", "redact", "redact_all", "split_options"]
 
 _SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*:/*")
+#: A ``$NAME`` or ``${NAME}`` a shell would have expanded: in a path from a config file, a variable or
+#: single quotes, nothing expands it, and a folder named ``$SCRATCH`` is made in each worker's directory.
+UNEXPANDED = re.compile(r"\$(\{[A-Za-z_]\w*\}|[A-Za-z_]\w*)")
 
 
 def _user_info(uri: str) -> tuple[int, int] | None:

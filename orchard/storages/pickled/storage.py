@@ -22,7 +22,6 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
-import re
 import shutil
 import threading
 import time
@@ -31,7 +30,7 @@ from collections.abc import Iterator
 from typing import Any, TypeVar
 
 from orchard.errors import ConfigurationError, StorageError, StorageUnavailableError
-from orchard.storages._uri import pickle_path, split_options
+from orchard.storages._uri import UNEXPANDED, pickle_path, split_options
 from orchard.storages.pickled import fileformat, locks
 from orchard.storages.pickled.writer import Fence, Health, LogFile
 from orchard.storages.table_storage import Query, TableStorage, Verb
@@ -41,7 +40,6 @@ __all__ = ["PickledStorage"]
 _T = TypeVar("_T")
 
 _LOCKS = ("kernel", "soft")
-_VARIABLE = re.compile(r"\$(\{[A-Za-z_]\w*\}|[A-Za-z_]\w*)")  # $NAME or ${NAME}, as a shell would expand
 _URI_OPTIONS = ("lock", "timeout", "fsync")
 _TRUE, _FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
 
@@ -122,7 +120,7 @@ class PickledStorage(TableStorage):
         """
         if "\0" in os.fspath(path):  # no OS takes it: os.* raise a bare ValueError
             raise ConfigurationError(f"storage path {os.fspath(path)!r} holds a NUL character; give a file path")
-        unexpanded = _VARIABLE.search(os.fspath(path))
+        unexpanded = UNEXPANDED.search(os.fspath(path))
         if unexpanded is not None:  # else a folder named "$SCRATCH" is made in each worker's directory
             raise ConfigurationError(
                 f"storage path {os.fspath(path)!r} holds {unexpanded.group()}, which nothing expanded (a config "
