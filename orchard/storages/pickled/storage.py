@@ -186,9 +186,13 @@ class PickledStorage(TableStorage):
         return self._path
 
     def close(self) -> None:
-        """Drop the in-memory replay; the next call replays the file again."""
+        """Close the file this process keeps open; the replay is kept: the next call reads only what changed.
+
+        A worker loop run as a thread of ``workon`` closes the storage it was given when it ends: dropping
+        the replay made the caller, and every loop sharing the storage, replay the whole file again.
+        """
         with self._exclusive():
-            self._log.reset(None)
+            self._log.release()
 
     # -- checking and repairing the file -----------------------------------------------
 
