@@ -90,7 +90,8 @@ def _records(sizes: list[int], templates: dict[str, Any], rng: random.Random, lo
     ids: set[str] = set()
     now = time.time() - 86400 * 365
     pending: list[dict[str, Any]] = []
-    plan = [(f"exp-{i:03d}", kinds[i % len(kinds)], n) for i, n in enumerate(sizes)] + [("small", "plain", small)]
+    plan = [(f"exp-{i:03d}", kinds[i % len(kinds)], n) for i, n in enumerate(sizes)]
+    plan.append(("small", "plain", small))
     for name, kind, n in plan:
         config, trials = templates[kind]
         exp_id = new_experiment_id(None, ids)
@@ -110,7 +111,8 @@ def _records(sizes: list[int], templates: dict[str, Any], rng: random.Random, lo
                             if key not in ("objective", "results", "reports", "verdict", "end_time")}
                 yield [{"op": "trial", "trial": dict(reserved, status="reserved", results={})}]
                 for step, value in record.get("reports", []):
-                    yield [{"op": "report", "trial": record["id"], "step": step, "value": value, "heartbeat": now}]
+                    yield [{"op": "report", "trial": record["id"], "step": step, "value": value,
+                            "heartbeat": now}]
                 yield [{"op": "trial", "trial": record}]
             else:
                 pending.append({"op": "trial", "trial": record})
@@ -128,7 +130,8 @@ def write(path: str, experiments: int, trials: int, log: bool, small: int, seed:
     rng = random.Random(seed)
     sizes = _experiments(experiments, trials, rng)
     for target, plan in ((path, sizes), (path + ".small.pkl", [])):
-        frames = (fileformat.encode_frame(batch) for batch in _records(plan, templates, rng, log, small, extra))
+        batches = _records(plan, templates, rng, log, small, extra)
+        frames = (fileformat.encode_frame(batch) for batch in batches)
         tmp = target + ".tmp"
         with open(tmp, "wb") as f:
             f.write(fileformat.encode_header(os.urandom(16), fileformat.HEADER_SIZE))
@@ -145,12 +148,14 @@ def write(path: str, experiments: int, trials: int, log: bool, small: int, seed:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("path")
     parser.add_argument("--experiments", type=int, default=300)
     parser.add_argument("--trials", type=int, default=80_000)
     parser.add_argument("--small", type=int, default=20, help="trials of the experiment named small")
-    parser.add_argument("--log", action="store_true", help="write the history as appended frames, not a snapshot")
+    parser.add_argument("--log", action="store_true",
+                        help="write the history as appended frames, not a snapshot")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--extra", type=int, default=0, help="extra float metrics in each trial's results")
     args = parser.parse_args()

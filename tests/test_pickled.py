@@ -532,7 +532,8 @@ def test_a_repaired_file_is_replayed_from_scratch(path: Path) -> None:
     assert len(changed) == 8  # not a continuation: the reader's view may differ from the repairer's
 
 
-def test_workon_in_this_process_reads_no_other_experiment_again(path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_workon_in_this_process_reads_no_other_experiment_again(
+        path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A worker loop run as a thread of workon closes the storage it was given when it ends, and the pickle
     storage's close dropped its replay: with a shared lab file (80,000 trials of 300 experiments, 15 MiB),
     workon(n_workers=2) on a 20-trial experiment replayed the whole file twice more (5 s of CPU, every other
@@ -561,7 +562,7 @@ def test_workon_in_this_process_reads_no_other_experiment_again(path: Path, monk
 
 
 def test_a_replay_decodes_a_long_history_a_piece_at_a_time(path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """A process opening a file decoded the whole log at once before applying any of it: a lab's 92 MiB history
+    """A process opening a file decoded the whole log before applying any of it: a lab's 92 MiB history
     (300 experiments, 80,000 trials) held 830 MiB of decoded records, for a table of 250 MiB."""
     storage = PickledStorage(path, compact_bytes=1 << 30)
     exps = [_populate(storage, 30, name=f"e{i}") for i in range(4)]
