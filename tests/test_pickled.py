@@ -561,7 +561,8 @@ def test_workon_in_this_process_reads_no_other_experiment_again(
     assert after_close == PickledStorage(path).fetch_trials(exp.id)
 
 
-def test_a_replay_decodes_a_long_history_a_piece_at_a_time(path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_replay_decodes_a_long_history_a_piece_at_a_time(
+        path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A process opening a file decoded the whole log before applying any of it: a lab's 92 MiB history
     (300 experiments, 80,000 trials) held 830 MiB of decoded records, for a table of 250 MiB."""
     storage = PickledStorage(path, compact_bytes=1 << 30)
@@ -585,8 +586,8 @@ def test_a_replay_decodes_a_long_history_a_piece_at_a_time(path: Path, monkeypat
 
 
 def test_a_compaction_writes_its_snapshot_as_it_encodes_it(path: Path) -> None:
-    """A compaction built every record of the snapshot, then encoded every frame, before writing any: compacting
-    a 245 MiB history into a 163 MiB snapshot took 390 MiB more than the compacting process's own replay."""
+    """A compaction built every record of the snapshot, then encoded every frame, before writing any:
+    compacting a 245 MiB history into a 163 MiB snapshot took 390 MiB more than the process's own replay."""
     import tracemalloc
 
     storage = PickledStorage(path, compact_bytes=1 << 30, fsync=False)

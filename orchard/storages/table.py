@@ -224,7 +224,7 @@ class TrialTable:
             self._unseen = None
 
     def snapshot(self) -> Iterator[Record]:
-        """Records that rebuild the current state from an empty table (for compaction), made as they are taken."""
+        """Records that rebuild the current state from an empty table (for compaction), made one at a time."""
         yield from ({"op": "experiment", "record": exp.to_dict()} for exp in self._experiments.values())
         for table in self._by_experiment.values():
             yield from (_trial_record(table.trials[tid]) for tid in table.changed)

@@ -266,8 +266,8 @@ def scan(data: bytes, start: int, path: str) -> Scan:
     return Scan(batches, start + pos, damaged)
 
 
-#: Bytes of the file a reader decodes at once (:func:`scan_file`): the decoded records of a piece take about ten
-#: times its size, so a process replaying a long history holds its table and one piece, not the whole log decoded.
+#: Bytes of the file a reader decodes at once (:func:`scan_file`): the decoded records of a piece take about
+#: ten times its size, so a process replaying a long history holds its table and one piece, not the whole log.
 CHUNK = 1 << 22
 
 

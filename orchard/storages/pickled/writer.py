@@ -383,8 +383,8 @@ class LogFile(LogReader):
             return False
         generation = os.urandom(16)
         if continues and self._generation is not None:  # the tag, the file's lineage, then random bytes
-            generation = (continuation_tag(self._generation, self._offset) + self._generation[TAG:TAG + LINEAGE]
-                          + generation[TAG + LINEAGE:])
+            tag = continuation_tag(self._generation, self._offset)
+            generation = tag + self._generation[TAG:TAG + LINEAGE] + generation[TAG + LINEAGE:]
         self.remove_leftovers()
         base = self.replace_file(self.snapshot_frames(), fence, generation)
         if base is None:
