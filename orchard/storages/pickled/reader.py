@@ -350,12 +350,18 @@ class LogReader:
                 finally:
                     os.close(fd)
 
-    def inspect(self) -> Health:
+    def inspect(self, replay: bool = False) -> Health:
         """Read the whole file afresh and say what is damaged (changes nothing, not even the table).
+
+        With ``replay`` (a repair, under the lock), the table is rebuilt from every readable
+        record in the same read, damage skipped, for :meth:`rewrite`; the caller rewrites the
+        file or resets the replay (:meth:`reset`). A repair read the file twice under the lock.
 
         Raises:
             StorageCorruptedError: the file is not Orchard's, or its header is damaged.
         """
+        if replay:
+            self.reset(None)
         fd = self.open(os.O_RDONLY)
         if fd is None:
             return Health(0, 0, 0, [], 0)
@@ -369,6 +375,8 @@ class LogReader:
             for scan in fileformat.scan_file(fd, HEADER_SIZE, size, self.path):
                 frames, records = frames + len(scan.batches), records + sum(map(len, scan.batches))
                 damaged, end = damaged + scan.damaged, scan.end
+                if replay:
+                    self._apply(scan.batches)
         finally:
             os.close(fd)
         return Health(size, frames, records, damaged, size - end)
@@ -388,17 +396,3 @@ class LogReader:
             return fileformat.header_is_damaged(head)
         after = fileformat.pread(fd, _LOOK_AHEAD, HEADER_SIZE)
         return bool(fileformat.scan(after, HEADER_SIZE, self.path).batches)
-
-    def replay_all(self) -> None:
-        """Replay the file from the start (under the lock): every readable record, damage skipped."""
-        self.reset(None)
-        fd = self.open(os.O_RDONLY)
-        if fd is not None:
-            try:
-                if self._size_of(fd) and self._header_damage(fd):  # every frame after it, for a new header
-                    for scan in fileformat.scan_file(fd, HEADER_SIZE, self._size_of(fd), self.path):
-                        self._apply(scan.batches)
-                else:
-                    self.sync(fd, locked=True)
-            finally:
-                os.close(fd)
