@@ -74,6 +74,19 @@ def _populate(storage: PickledStorage, n: int, name: str = "exp") -> str:
     return exp_id
 
 
+def counting_scans(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """The bytes each call of ``fileformat.scan`` decodes from now on (what a process reads of a file)."""
+    scanned: list[int] = []
+    scan = fileformat.scan
+
+    def counting(data: bytes, start: int, name: str) -> fileformat.Scan:
+        scanned.append(len(data))
+        return scan(data, start, name)
+
+    monkeypatch.setattr(fileformat, "scan", counting)
+    return scanned
+
+
 @pytest.fixture
 def path(tmp_path: Path) -> Path:
     return tmp_path / "runs" / "orchard.pkl"
@@ -569,14 +582,7 @@ def test_a_replay_decodes_a_long_history_a_piece_at_a_time(
     exps = [_populate(storage, 30, name=f"e{i}") for i in range(4)]
     trial = storage.register_trial(exps[0], {"x": 5.0}, worker="w1")
     storage.complete_trial(trial.id, "w1", 1.0, {"blob": "x" * 10_000})  # one frame longer than a piece
-    scanned: list[int] = []
-    scan = fileformat.scan
-
-    def counting(data: bytes, start: int, name: str) -> fileformat.Scan:
-        scanned.append(len(data))
-        return scan(data, start, name)
-
-    monkeypatch.setattr(fileformat, "scan", counting)
+    scanned = counting_scans(monkeypatch)
     monkeypatch.setattr(fileformat, "CHUNK", 4096, raising=False)
     reader = PickledStorage(path)
     assert [reader.fetch_trials(e) for e in exps] == [storage.fetch_trials(e) for e in exps]

@@ -26,6 +26,7 @@ from orchard.errors import StorageUnavailableError
 from orchard.storages.pickled import PickledStorage, fileformat
 from orchard.storages.pickled.locks import KernelLock
 from orchard.trial import Trial, TrialStatus
+from tests.test_pickled import counting_scans
 
 
 def _frame(payload: bytes) -> bytes:
@@ -155,14 +156,8 @@ def test_a_repair_reads_the_file_once(tmp_path: Path, monkeypatch: pytest.Monkey
     with path.open("r+b") as f:
         f.seek(path.stat().st_size // 2)
         f.write(b"\xff" * 8)
-    scanned: list[int] = []
     scan = fileformat.scan
-
-    def counting(data: bytes, start: int, name: str) -> fileformat.Scan:
-        scanned.append(len(data))
-        return scan(data, start, name)
-
-    monkeypatch.setattr(fileformat, "scan", counting)
+    scanned = counting_scans(monkeypatch)
     size = path.stat().st_size
     health, backup = PickledStorage(path).repair()
     assert backup is not None and not health.clean and health.records > 0
