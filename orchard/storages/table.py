@@ -223,14 +223,11 @@ class TrialTable:
         finally:
             self._unseen = None
 
-    def snapshot(self) -> list[Record]:
-        """Records that rebuild the current state from an empty table (for compaction)."""
-        records: list[Record] = [
-            {"op": "experiment", "record": exp.to_dict()} for exp in self._experiments.values()
-        ]
+    def snapshot(self) -> Iterator[Record]:
+        """Records that rebuild the current state from an empty table (for compaction), made one at a time."""
+        yield from ({"op": "experiment", "record": exp.to_dict()} for exp in self._experiments.values())
         for table in self._by_experiment.values():
-            records.extend(_trial_record(table.trials[tid]) for tid in table.changed)
-        return records
+            yield from (_trial_record(table.trials[tid]) for tid in table.changed)
 
     # -- lookups ---------------------------------------------------------------
 

@@ -231,8 +231,7 @@ class LogReader:
             self._replaced("truncated or overwritten by another program (an older copy copied over it?)")
             self.reset(header)
         self._size = size
-        if size > self._offset:
-            scan = fileformat.scan(fileformat.pread(fd, size - self._offset, self._offset), self._offset, self.path)
+        for scan in fileformat.scan_file(fd, self._offset, size, self.path):  # good frames stay applied
             if scan.damaged and not locked:
                 return False  # maybe a writer truncating a torn tail under our feet: look again, locked
             self._apply(scan.batches)
@@ -280,17 +279,15 @@ class LogReader:
         old = self._kept[0]
         try:
             size = os.fstat(old).st_size
-            tail = fileformat.pread(old, size - self._offset, self._offset) if size > self._offset else b""
+            if size < self._offset:
+                return False
+            for scan in fileformat.scan_file(old, self._offset, size, self.path):
+                if scan.damaged:
+                    return False  # let the full replay judge it
+                self._apply(scan.batches)
+                self._offset = scan.end
         except OSError:  # e.g. a stale NFS handle: the old file is gone for us
             return False
-        if size < self._offset:
-            return False
-        if tail:
-            scan = fileformat.scan(tail, self._offset, self.path)
-            if scan.damaged:
-                return False  # let the full replay judge it
-            self._apply(scan.batches)
-            self._offset = scan.end
         if header.generation[:TAG] != continuation_tag(self._generation, self._offset):
             return False
         self._generation, self._base, self._offset, self._size = header.generation, header.base, header.base, 0
@@ -309,6 +306,10 @@ class LogReader:
         close = weakref.finalize(self, _close_quietly, kept)
         close.atexit = False
         self._close_kept = close
+
+    def release(self) -> None:
+        """Close the replayed file kept open (a compaction meanwhile then costs a replay from the start)."""
+        self._forget_kept()
 
     def _forget_kept(self) -> None:
         close, self._close_kept, self._kept = self._close_kept, None, None
@@ -349,12 +350,18 @@ class LogReader:
                 finally:
                     os.close(fd)
 
-    def inspect(self) -> Health:
+    def inspect(self, replay: bool = False) -> Health:
         """Read the whole file afresh and say what is damaged (changes nothing, not even the table).
+
+        With ``replay`` (a repair, under the lock), the table is rebuilt from every readable
+        record in the same read, damage skipped, for :meth:`rewrite`; the caller rewrites the
+        file or resets the replay (:meth:`reset`). A repair read the file twice under the lock.
 
         Raises:
             StorageCorruptedError: the file is not Orchard's, or its header is damaged.
         """
+        if replay:
+            self.reset(None)
         fd = self.open(os.O_RDONLY)
         if fd is None:
             return Health(0, 0, 0, [], 0)
@@ -363,11 +370,16 @@ class LogReader:
             if size == 0:
                 return Health(0, 0, 0, [], 0)
             damaged = self._header_damage(fd)
-            scan = fileformat.scan(fileformat.pread(fd, size - HEADER_SIZE, HEADER_SIZE), HEADER_SIZE, self.path)
+            frames = records = 0
+            end = HEADER_SIZE
+            for scan in fileformat.scan_file(fd, HEADER_SIZE, size, self.path):
+                frames, records = frames + len(scan.batches), records + sum(map(len, scan.batches))
+                damaged, end = damaged + scan.damaged, scan.end
+                if replay:
+                    self._apply(scan.batches)
         finally:
             os.close(fd)
-        records = sum(map(len, scan.batches))
-        return Health(size, len(scan.batches), records, damaged + scan.damaged, size - scan.end)
+        return Health(size, frames, records, damaged, size - end)
 
     def _header_damage(self, fd: int) -> list[fileformat.Damage]:
         """The header as damage if it is damaged (the frames after it stand); raise if the file is not Orchard's."""
@@ -384,18 +396,3 @@ class LogReader:
             return fileformat.header_is_damaged(head)
         after = fileformat.pread(fd, _LOOK_AHEAD, HEADER_SIZE)
         return bool(fileformat.scan(after, HEADER_SIZE, self.path).batches)
-
-    def replay_all(self) -> None:
-        """Replay the file from the start (under the lock): every readable record, damage skipped."""
-        self.reset(None)
-        fd = self.open(os.O_RDONLY)
-        if fd is not None:
-            try:
-                if self._size_of(fd) and self._header_damage(fd):  # every frame after it, for a new header
-                    scan = fileformat.scan(fileformat.pread(fd, self._size_of(fd) - HEADER_SIZE, HEADER_SIZE),
-                                           HEADER_SIZE, self.path)
-                    self._apply(scan.batches)
-                else:
-                    self.sync(fd, locked=True)
-            finally:
-                os.close(fd)

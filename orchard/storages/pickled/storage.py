@@ -184,9 +184,13 @@ class PickledStorage(TableStorage):
         return self._path
 
     def close(self) -> None:
-        """Drop the in-memory replay; the next call replays the file again."""
+        """Close the file this process keeps open; the replay is kept: the next call reads only what changed.
+
+        A worker loop run as a thread of ``workon`` closes the storage it was given when it ends: dropping
+        the replay made the caller, and every loop sharing the storage, replay the whole file again.
+        """
         with self._exclusive():
-            self._log.reset(None)
+            self._log.release()
 
     # -- checking and repairing the file -----------------------------------------------
 
@@ -213,15 +217,15 @@ class PickledStorage(TableStorage):
             StorageError: the file or its backup cannot be written.
         """
         with self._exclusive(), self._translate("repair"), self._locked():
-            health = self._log.inspect()
+            health = self._log.inspect(replay=True)
             if health.clean:
+                self._log.reset(None)  # its offsets were not kept: the next verb replays the file
                 return health, None
             backup = f"{self._path}.{time.strftime('%Y%m%dT%H%M%S')}-{os.getpid()}.damaged"
             with open(self._path, "rb") as damaged, open(backup, "xb") as kept:  # "x": never through a planted link
                 with self._dropped_if_unneeded(backup, os.fstat(damaged.fileno())):
                     shutil.copyfileobj(damaged, kept)
                     shutil.copystat(self._path, backup)
-                    self._log.replay_all()
                     if not self._log.rewrite(fence=self._still_held()):
                         raise StorageUnavailableError(
                             f"the lock of storage file {self._path} was taken from this repair (broken as stale, "

@@ -12,6 +12,7 @@ under its file lock.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import logging
 import os
 import pickle
@@ -298,14 +299,19 @@ class LogFile(LogReader):
             os.ftruncate(fd, self._offset)  # a partial frame, which no reader accepts
         self.reset(None)  # the table holds records the file does not: rebuild it from the file
 
-    def replace_file(self, chunks: Iterable[bytes], fence: Fence | None = None) -> bool:
-        """Write ``chunks`` to a temporary file, flush it to disk and rename it over the log.
+    def replace_file(self, chunks: Iterable[bytes], fence: Fence | None = None,
+                     generation: bytes | None = None) -> int | None:
+        """Write ``chunks`` to a temporary file, flush it to disk and rename it over the log; return its size.
+
+        With ``generation``, the file starts with the header of that generation, whose
+        snapshot ends where the chunks do: written once they all are, so that a snapshot
+        is written as it is encoded (a list of its frames held them all at once).
 
         ``fence`` is asked once the new file is on the disk, just before the rename: if the lock
         is no longer this process's (its lock file was deleted while the file was written, which
         can take seconds), another process may have appended to the log meanwhile, and the
         rename would throw its write away. The new file is then dropped and this returns
-        ``False``, having changed nothing.
+        ``None``, having changed nothing.
         """
         tmp = os.path.join(self._dir, f"{self._tmp_prefix}{uuid.uuid4().hex}.tmp")
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | OPEN_FLAGS, 0o666)
@@ -313,20 +319,25 @@ class LogFile(LogReader):
             with contextlib.suppress(OSError):
                 os.fchmod(fd, stat.S_IMODE(os.stat(self.path).st_mode))  # keep the old file's mode
             with os.fdopen(fd, "wb") as f:
+                f.seek(0 if generation is None else HEADER_SIZE)
                 for chunk in chunks:
                     f.write(chunk)
+                size = f.tell()
+                if generation is not None:
+                    f.seek(0)
+                    f.write(fileformat.encode_header(generation, size))
                 f.flush()
                 os.fsync(f.fileno())
             if fence is not None and not fence():
                 os.unlink(tmp)
-                return False
+                return None
             os.replace(tmp, self.path)
         except BaseException:
             with contextlib.suppress(OSError):
                 os.unlink(tmp)
             raise
         fileformat.fsync_dir(self._dir)
-        return True
+        return size
 
     def remove_leftovers(self) -> None:
         """Delete temporary files of killed compactions (only called under the lock, so none is live)."""
@@ -346,8 +357,8 @@ class LogFile(LogReader):
     def snapshot_frames(self) -> Iterator[bytes]:
         """The current state as frames of at most :data:`_SNAPSHOT_CHUNK` records each."""
         records = self.table.snapshot()
-        for i in range(0, len(records), _SNAPSHOT_CHUNK):
-            yield self._encode(records[i : i + _SNAPSHOT_CHUNK])
+        while batch := list(itertools.islice(records, _SNAPSHOT_CHUNK)):
+            yield self._encode(batch)
 
     def maybe_compact(self, owns: Fence | None = None) -> None:
         """Rewrite the file as a snapshot if the log has grown enough since the last one."""
@@ -370,14 +381,13 @@ class LogFile(LogReader):
         """
         if fence is not None and not fence():
             return False
-        frames = list(self.snapshot_frames())
-        fresh = os.urandom(16)
+        generation = os.urandom(16)
         if continues and self._generation is not None:  # the tag, the file's lineage, then random bytes
-            fresh = (continuation_tag(self._generation, self._offset) + self._generation[TAG:TAG + LINEAGE]
-                     + fresh[TAG + LINEAGE:])
-        generation, base = fresh, HEADER_SIZE + sum(map(len, frames))
+            tag = continuation_tag(self._generation, self._offset)
+            generation = tag + self._generation[TAG:TAG + LINEAGE] + generation[TAG + LINEAGE:]
         self.remove_leftovers()
-        if not self.replace_file([fileformat.encode_header(generation, base), *frames], fence):
+        base = self.replace_file(self.snapshot_frames(), fence, generation)
+        if base is None:
             return False
         self._generation, self._base, self._offset, self._size = generation, base, base, base
         self._version = fileformat.VERSION
