@@ -137,9 +137,9 @@ def test_a_worker_with_its_own_working_dir_finds_the_parents_checkpoint(
         monkeypatch.delenv(key)
     command = [sys.executable, "resume.py", "--x~uniform(0, 1)", "--epochs~fidelity(1, 9, base=3)",
                "--parent-dir={trial.parent_working_dir}"]
-    first = ["--max-trials", "3", "--working-dir", "created", "--algorithm",
+    first = ["--max-trials", "3", "--max-broken", "1", "--working-dir", "created", "--algorithm",
              "{asha: {sampler: random, rule: promotion}}"]  # 3 new points: the 4th trial is a promotion
     assert main(["hunt", "-n", "mf", "--storage", "orchard.pkl", *first, *command]) == 0
-    assert main(["hunt", "-n", "mf", "--storage", "orchard.pkl", "--max-trials", "4", "--max-broken", "1",
+    assert main(["hunt", "-n", "mf", "--storage", "orchard.pkl", "--max-trials", "4",
                  "--working-dir", "joined", *command]) == 0
     assert_every_promotion_resumed(orchard.get_experiment("mf", storage="orchard.pkl"), 4)
