@@ -49,7 +49,7 @@ from typing import Any
 from orchard.clock import SYSTEM_CLOCK
 from orchard.interruption import default_handlers, deferred
 from orchard.resources import format_bytes
-from orchard.strays import RUN_ENV, signal_marked
+from orchard.strays import RUN_ENV, signal_group, signal_marked
 from orchard.suspension import following, paused_seconds
 
 __all__ = [
@@ -226,19 +226,12 @@ class GroupWatch:
 # -- stopping -----------------------------------------------------------------------
 
 
-def signal_group(pgid: int, sig: signal.Signals) -> None:
-    """Send ``sig`` to a process group; a group that is gone is ignored."""
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(pgid, sig)
-
-
 def hold_group(pgid: int, held: bool, run: str | None = None) -> None:
     """Pause (SIGSTOP) or resume (SIGCONT) a whole process group, and the processes of ``run`` out of it.
 
     A group that is gone is ignored.
     """
-    signal_group(pgid, signal.SIGSTOP if held else signal.SIGCONT)
-    signal_marked(run, signal.SIGSTOP if held else signal.SIGCONT, pgid)
+    signal_group(pgid, signal.SIGSTOP if held else signal.SIGCONT, run)
 
 
 def stop_group(pgid: int, grace: float, exited: Callable[[float], object], run: str | None = None) -> None:
@@ -252,12 +245,10 @@ def stop_group(pgid: int, grace: float, exited: Callable[[float], object], run: 
         run: a run token: the processes carrying it outside the group are stopped too
             (:func:`orchard.strays.marked_processes`).
     """
-    signal_group(pgid, signal.SIGTERM)
-    signal_marked(run, signal.SIGTERM, pgid)
+    signal_group(pgid, signal.SIGTERM, run)
     with contextlib.suppress(KeyboardInterrupt):
         exited(grace)
-    signal_group(pgid, signal.SIGKILL)
-    signal_marked(run, signal.SIGKILL, pgid)
+    signal_group(pgid, signal.SIGKILL, run)
 
 
 def kill_tree(pid: int, group: bool = True, run: str | None = None) -> None:

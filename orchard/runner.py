@@ -54,7 +54,7 @@ from orchard.objective import MAX_RESULT_DEPTH, MAX_RESULTS_BYTES, Outcome, Tria
 from orchard.report import RESULTS_ENV, open_regular, read_at_most
 from orchard.resources import format_bytes
 from orchard.storages._uri import redact
-from orchard.strays import RUN_ENV, WORKER_ENV, kill_earlier_attempts, signal_marked
+from orchard.strays import RUN_ENV, WORKER_ENV, kill_earlier_attempts
 from orchard.trial import Trial
 from orchard.verdicts import ReportFollower, current_judge
 
@@ -233,8 +233,8 @@ class ScriptRunner(TrialEvaluator):
             finally:
                 watch.stop()
                 self._running.pop(trial_id, None)
-            signal_group(proc.pid, signal.SIGKILL)  # what the command left running ends with its trial,
-            signal_marked(run, signal.SIGKILL, proc.pid)  # in its group or out of it
+            signal_group(proc.pid, signal.SIGKILL, run)  # what it left running ends with its trial, in its group
+            # or out of it
             if trial_id not in self._cancelled and watch.stopped is None and _stop_signal(returncode) \
                     and (judging is None or judging[0].verdict_of(trial_id) is None):
                 self._await_stop(trial_id)

@@ -17,7 +17,8 @@ import contextlib
 import os
 import signal
 
-__all__ = ["RUN_ENV", "WORKER_ENV", "kill_earlier_attempts", "marked_processes", "signal_marked"]
+__all__ = ["RUN_ENV", "WORKER_ENV", "kill_earlier_attempts", "marked_processes", "signal_group",
+           "signal_marked"]
 
 #: The variable naming one run of a trial's script, set in its environment.
 RUN_ENV = "ORCHARD_TRIAL_RUN"
@@ -55,6 +56,14 @@ def _environments(name: str, value: str) -> list[tuple[int, bytes]]:
                 if entry in environment:
                     found.append((int(entry_name), environment))
     return found
+
+
+def signal_group(pgid: int, sig: signal.Signals, run: str | None = None) -> None:
+    """Send ``sig`` to a process group (one that is gone is ignored), and to the processes out of it that
+    carry ``run``."""
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pgid, sig)
+    signal_marked(run, sig, pgid)
 
 
 def signal_marked(run: str | None, sig: signal.Signals, group: int | None = None) -> None:

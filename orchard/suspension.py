@@ -29,7 +29,7 @@ import time
 from collections.abc import Iterator
 from types import FrameType
 
-from orchard.strays import signal_marked
+from orchard.strays import signal_group
 
 __all__ = ["following", "handled", "paused_seconds"]
 
@@ -61,9 +61,7 @@ def paused_seconds() -> float:
 
 def _signal_groups(groups: dict[int, str | None], sig: signal.Signals) -> None:
     for pgid, run in groups.items():
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(pgid, sig)
-        signal_marked(run, sig, pgid)
+        signal_group(pgid, sig, run)
 
 
 def _on_stop(signum: int, frame: FrameType | None) -> None:
