@@ -85,6 +85,11 @@ class Outcome:
         return self.error is None and self.pruned is None
 
     @classmethod
+    def of(cls, value: Any) -> Outcome:
+        """``value`` if it is an outcome, else what an objective returning it produced (:func:`interpret_result`)."""
+        return value if isinstance(value, Outcome) else interpret_result(value)
+
+    @classmethod
     def pruned_by(cls, verdict: Mapping[str, Any]) -> Outcome:
         """An outcome that ends the trial ``pruned``, for ``verdict``."""
         return cls(pruned=dict(verdict))

@@ -276,7 +276,7 @@ class Worker:
         holders = len({trial.worker for trial in self.history.reserved()})
         return _MIN_POLL * max(1.0, holders / _FLEET)
 
-    def finish(self, trial: Trial, outcome: Outcome) -> Trial:
+    def finish(self, trial: Trial, outcome: Outcome | Any) -> Trial:
         """Record the outcome of a trial from :meth:`next_trial`, then stop heartbeating it.
 
         The trial is heartbeaten until the write has landed: a write slowed by an
@@ -284,7 +284,7 @@ class Worker:
 
         Args:
             trial: the reserved trial.
-            outcome: what its evaluation produced; an error marks it broken.
+            outcome: an :class:`Outcome`, or what an objective returns (a number, a dict); an error breaks it.
 
         Returns:
             The stored trial, ``completed`` or ``broken``.
@@ -296,7 +296,7 @@ class Worker:
         try:
             if self.pacemaker.is_lost(trial.id):
                 raise ReservationLostError.dropped(trial.id, self.name)
-            outcome = self._settle(trial.id, outcome)
+            outcome = self._settle(trial.id, Outcome.of(outcome))
             if self.stopping is not None:  # folded before the result is stored: see orchard.stopping
                 self.stopping.fold(trial.id, outcome, params=trial.params, reserved_at=trial.start_time)
             stored = self._record(trial, outcome)  # still heartbeating: a slow write must not cost the lease

@@ -292,6 +292,19 @@ def test_steps_reserve_finish_and_release(storage, exp_id) -> None:
     worker.pacemaker.close()
 
 
+def test_finish_takes_what_an_objective_returns(storage, exp_id) -> None:
+    """``finish(trial, 0.5)`` as a user driving the steps writes it: recorded as the objective would be.
+    It raised AttributeError ('float' object has no attribute 'ok') and left the trial reserved with its
+    heartbeat stopped, to be taken back later as a lost attempt."""
+    worker = Worker(storage, exp_id, settings(max_trials=3), lambda t: Outcome(), clock=ManualClock())
+    assert worker.finish(worker.next_trial(), 0.5).objective == 0.5
+    done = worker.finish(worker.next_trial(), {"objective": 0.25, "epochs": 3})
+    assert done.status is TrialStatus.COMPLETED and done.results == {"epochs": 3}
+    broken = worker.finish(worker.next_trial(), "0.5")
+    assert broken.status is TrialStatus.BROKEN and "objective must be a number" in broken.error["message"]
+    worker.pacemaker.close()
+
+
 def test_a_slow_result_write_keeps_the_lease_alive(storage, exp_id) -> None:
     """The trial is heartbeaten until its result has landed, not just until the evaluation ended.
 
