@@ -348,3 +348,9 @@ class WorkerSettings(ExperimentConfig):
         """``config`` plus this run's ``limits`` (``idle_timeout``, ``max_trials_per_worker``, ``storage_patience``)."""
         fields = {field.name: getattr(config, field.name) for field in dataclasses.fields(config)}
         return cls(**fields, **limits)
+
+    def seeded(self, index: int) -> WorkerSettings:
+        """The settings of the ``index``-th worker of one run: its own seed, derived from the experiment's."""
+        if self.seed is None or index == 0:
+            return self
+        return dataclasses.replace(self, seed=self.seed * 1_000_003 + index)
