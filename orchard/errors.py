@@ -291,7 +291,8 @@ class ExperimentBrokenError(ExperimentError, WorkerStoppedError):
 
     @classmethod
     def limit_reached(cls, experiment: str, broken: int, max_broken: int,
-                      last_error: Mapping[str, Any] | None, last_trial: str | None = None) -> ExperimentBrokenError:
+                      last_error: Mapping[str, Any] | None,
+                      last_trial: str | None = None) -> ExperimentBrokenError:
         """The error for ``broken`` >= ``max_broken``, showing the last trial's (``last_trial``'s) error."""
         last = last_error or {}
         of = "" if last_trial is None else f" (trial {last_trial})"
@@ -374,7 +375,8 @@ class Interrupted(KeyboardInterrupt):
 
     def joined(self, others: Iterable[BaseException | None], unstopped: int = 0) -> Interrupted:
         """This interruption together with what other workers it stopped reported."""
-        released, kept, pruned, caught = list(self.released), list(self.kept), list(self.pruned), list(self.caught)
+        released, kept, pruned = list(self.released), list(self.kept), list(self.pruned)
+        caught = list(self.caught)
         for other in others:
             if isinstance(other, Interrupted):
                 released += other.released
@@ -388,15 +390,16 @@ class Interrupted(KeyboardInterrupt):
     def __str__(self) -> str:
         if self.args:
             return super().__str__()
-        running = len(self.released) + len(self.kept) + len(self.pruned) + len(self.finished) + len(self.caught)
+        running = sum(map(len, (self.released, self.kept, self.pruned, self.finished, self.caught)))
         caught = ("its objective" if len(self.caught) == 1 else "their objectives") + \
             " caught KeyboardInterrupt and returned a value"
         if self.caught and running == len(self.caught):
             parts = [f"the running trial finished and was recorded ({caught})" if running == 1 else
                      f"the {running} running trials finished and were recorded ({caught})"]
         else:
-            parts = [f"{len(self.released)} of {running} running trial(s) released (status interrupted)" if running
-                     else "no trial was running" if not self.unstopped else "no trial released yet"]
+            idle = "no trial was running" if not self.unstopped else "no trial released yet"
+            parts = [f"{len(self.released)} of {running} running trial(s) released (status interrupted)"
+                     if running else idle]
             if self.caught:
                 parts.append(f"{len(self.caught)} finished and recorded ({caught})")
         if self.pruned:

@@ -340,7 +340,8 @@ class Experiment:
     def _raise_if_broken(self, trials: list[Trial]) -> None:
         broken = [t for t in trials if t.status is TrialStatus.BROKEN]
         if broken and len(broken) >= (limit := self.settings.max_broken):
-            raise ExperimentBrokenError.limit_reached(self.name, len(broken), limit, broken[-1].error, broken[-1].id)
+            last = broken[-1]
+            raise ExperimentBrokenError.limit_reached(self.name, len(broken), limit, last.error, last.id)
 
     # -- ask and tell ----------------------------------------------------------
 

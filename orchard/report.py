@@ -406,7 +406,8 @@ def plain(value: Any) -> Any:
     A number converts as ``float()`` converts it (what Optuna takes): a ``Decimal`` NaN or one beyond a
     float becomes NaN or an infinity, which the callers refuse as no finite number.
     """
-    if isinstance(value, (numbers.Real, decimal.Decimal)) and not isinstance(value, (numbers.Integral, float)):
+    exact = isinstance(value, (numbers.Real, decimal.Decimal)) and not isinstance(value, numbers.Integral)
+    if exact and not isinstance(value, float):
         try:
             return float(value)
         except OverflowError:  # a Fraction beyond a float

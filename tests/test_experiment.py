@@ -130,7 +130,7 @@ def test_a_trial_suggested_through_one_handle_is_this_processs_to_observe_throug
     assert new.stats["counts"]["reserved"] == 0
 
 
-def test_a_trial_of_another_experiment_is_refused_by_every_ask_and_tell_verb_and_nothing_is_stored(store) -> None:
+def test_a_trial_of_another_experiment_is_refused_by_each_ask_and_tell_verb_and_stores_nothing(store) -> None:
     """``e.observe(e2.suggest(), 0.1)`` (two experiments asked side by side, variables crossed) recorded
     the result on e2, silently: the trial's worker was found by its id alone."""
     first = build(store, max_trials=3)
@@ -142,7 +142,8 @@ def test_a_trial_of_another_experiment_is_refused_by_every_ask_and_tell_verb_and
         with pytest.raises(ExperimentError, match=foreign):
             verb()
     stored = other.fetch_trials()
-    assert [(t.status, t.reports) for t in stored] == [(TrialStatus.RESERVED, [])] and first.fetch_trials() == []
+    assert [(t.status, t.reports) for t in stored] == [(TrialStatus.RESERVED, [])]
+    assert first.fetch_trials() == []
     assert other.observe(theirs, 0.2).objective == 0.2  # still its own experiment's to record
 
 
