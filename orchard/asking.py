@@ -12,15 +12,20 @@ records, judges or releases the trial through it::
 
     old = build_experiment("e", ...)    trial = old.suggest()     held[trial.id] = old's worker
     new = build_experiment("e", ...)    new.observe(trial, 0.5)   old's worker records it, and forgets it
+
+Any handle *of that experiment*: a trial another experiment suggested, handed to this one's
+``observe`` (two experiments asked side by side, variables crossed), is refused before anything is
+written. Its worker would otherwise have recorded the result on the other experiment, silently.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 
+from orchard.errors import ExperimentError, StorageError
 from orchard.experiment_config import ExperimentConfig
 from orchard.objective import Outcome
-from orchard.storages import BaseStorage
+from orchard.storages import BaseStorage, ExperimentRecord
 from orchard.trial import Trial
 from orchard.worker import Worker, WorkerSettings
 
@@ -46,11 +51,30 @@ def suggested(worker: Worker) -> Trial:
     return trial
 
 
-def holder(trial: Trial, storage: str, own: Callable[[], Worker], ending: bool = False) -> Worker:
-    """The worker of this process that holds ``trial`` in the storage of URI ``storage`` (``own()`` if none
-    does); ``ending`` forgets it."""
-    held = _HELD.pop((storage, trial.id), None) if ending else _HELD.get((storage, trial.id))
+def holder(trial: Trial, storage: BaseStorage, experiment: ExperimentRecord, own: Callable[[], Worker],
+           ending: bool = False) -> Worker:
+    """The worker of this process that holds ``trial`` in ``storage`` (``own()`` if none does); ``ending``
+    forgets it.
+
+    Raises:
+        ExperimentError: ``trial`` is not a trial of ``experiment`` (nothing is forgotten).
+    """
+    key = (storage.uri, trial.id)
+    if trial.experiment != experiment.id:
+        owner = _name_of(trial, storage, _HELD.get(key))
+        raise ExperimentError.foreign_trial(trial.id, experiment.name, owner)
+    held = _HELD.pop(key, None) if ending else _HELD.get(key)
     return own() if held is None else held
+
+
+def _name_of(trial: Trial, storage: BaseStorage, held: Worker | None) -> str:
+    """The name of ``trial``'s experiment (its id if the storage cannot say)."""
+    if held is not None:
+        return held.label
+    try:
+        return storage.experiment(trial.experiment).name
+    except (ExperimentError, StorageError):
+        return trial.experiment
 
 
 def _told_later(trial: Trial) -> Outcome:

@@ -268,6 +268,12 @@ class BudgetExhaustedError(WorkerStoppedError):
 class ExperimentError(OrchardError):
     """Base class for errors about an experiment as a whole."""
 
+    @classmethod
+    def foreign_trial(cls, trial_id: str, experiment: str, owner: str) -> ExperimentError:
+        """Trial ``trial_id`` of experiment ``owner`` was handed to a method of experiment ``experiment``."""
+        return cls(f"trial {trial_id} is a trial of experiment {owner!r}, not of {experiment!r}; nothing was "
+                   f"stored: pass it to a handle of {owner!r}, such as orchard.get_experiment({owner!r})")
+
 
 class ExperimentNotFoundError(ExperimentError):
     """No experiment with the given name exists in the storage."""
@@ -285,12 +291,14 @@ class ExperimentBrokenError(ExperimentError, WorkerStoppedError):
 
     @classmethod
     def limit_reached(cls, experiment: str, broken: int, max_broken: int,
-                      last_error: Mapping[str, Any] | None) -> ExperimentBrokenError:
-        """The error for ``broken`` >= ``max_broken``, showing the last trial's error."""
+                      last_error: Mapping[str, Any] | None,
+                      last_trial: str | None = None) -> ExperimentBrokenError:
+        """The error for ``broken`` >= ``max_broken``, showing the last trial's (``last_trial``'s) error."""
         last = last_error or {}
+        of = "" if last_trial is None else f" (trial {last_trial})"
         return cls(
             f"experiment {experiment!r} stopped: {broken} trials are broken (max_broken={max_broken}); "
-            f"last error: {last.get('type')}: {last.get('message')}. "
+            f"last error{of}: {last.get('type')}: {last.get('message')}. "
             "Fix the objective, then raise max_broken or start a new experiment"
         )
 
@@ -344,17 +352,20 @@ class Interrupted(KeyboardInterrupt):
         finished: ids of running trials whose evaluation could not be stopped (it runs in a
             worker's own thread) and ran to its end: recorded like any other.
         unstopped: workers that were not stopped (unreachable, or too slow to answer).
+        caught: ids of running trials whose objective caught the interruption and returned: their
+            result was recorded, then the worker stopped (:func:`orchard.interruption.raise_swallowed`).
     """
 
     def __init__(self, *args: object, terminated: bool = False, released: Iterable[str] = (),
                  kept: Iterable[str] = (), unstopped: int = 0, pruned: Iterable[str] = (),
-                 finished: Iterable[str] = ()) -> None:
+                 finished: Iterable[str] = (), caught: Iterable[str] = ()) -> None:
         super().__init__(*args)
         self.terminated = terminated
         self.released = list(released)
         self.kept = list(kept)
         self.pruned = list(pruned)
         self.finished = list(finished)
+        self.caught = list(caught)
         self.unstopped = unstopped
 
     @classmethod
@@ -365,21 +376,32 @@ class Interrupted(KeyboardInterrupt):
     def joined(self, others: Iterable[BaseException | None], unstopped: int = 0) -> Interrupted:
         """This interruption together with what other workers it stopped reported."""
         released, kept, pruned = list(self.released), list(self.kept), list(self.pruned)
+        caught = list(self.caught)
         for other in others:
             if isinstance(other, Interrupted):
                 released += other.released
                 kept += other.kept
                 pruned += other.pruned
+                caught += other.caught
         return Interrupted(terminated=self.terminated, released=dict.fromkeys(released), kept=dict.fromkeys(kept),
                            unstopped=self.unstopped + unstopped, pruned=dict.fromkeys(pruned),  # counted once each
-                           finished=dict.fromkeys(self.finished))
+                           finished=dict.fromkeys(self.finished), caught=dict.fromkeys(caught))
 
     def __str__(self) -> str:
         if self.args:
             return super().__str__()
-        running = len(self.released) + len(self.kept) + len(self.pruned) + len(self.finished)
-        parts = [f"{len(self.released)} of {running} running trial(s) released (status interrupted)"
-                 if running else "no trial was running" if not self.unstopped else "no trial released yet"]
+        running = sum(map(len, (self.released, self.kept, self.pruned, self.finished, self.caught)))
+        caught = ("its objective" if len(self.caught) == 1 else "their objectives") + \
+            " caught KeyboardInterrupt and returned a value"
+        if self.caught and running == len(self.caught):
+            parts = [f"the running trial finished and was recorded ({caught})" if running == 1 else
+                     f"the {running} running trials finished and were recorded ({caught})"]
+        else:
+            idle = "no trial was running" if not self.unstopped else "no trial released yet"
+            parts = [f"{len(self.released)} of {running} running trial(s) released (status interrupted)"
+                     if running else idle]
+            if self.caught:
+                parts.append(f"{len(self.caught)} finished and recorded ({caught})")
         if self.pruned:
             parts.append(f"{len(self.pruned)} recorded pruned (its pruner had told it to stop)")
         if self.finished:
@@ -392,3 +414,4 @@ class Interrupted(KeyboardInterrupt):
                          "stopped, such as one running in a worker's own thread, finishes first): a trial such a "
                          "worker still holds is settled when it stops, or taken back once its lease runs out")
         return "; ".join(parts)
+

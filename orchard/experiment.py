@@ -298,7 +298,7 @@ class Experiment:
         warn_if_budget_met(self.storage, self.id, self.name, self.max_trials, self.config)  # as refreshed above
         travels = executor not in ("single", "thread") and not shares_environment(executor)
         sent = check_travels(fn, self.storage, executor) if travels else fn  # the pickler's reason, if any
-        tasks = [WorkerTask(self.storage, self.id, self._seeded(settings, i), sent, trial_timeout, self.name,
+        tasks = [WorkerTask(self.storage, self.id, settings.seeded(i), sent, trial_timeout, self.name,
                             self.settings.working_dir, memory_limit, devices[i]) for i in range(n_workers)]
         monitor = ProgressMonitor(self.storage, self.id, self.name, self.max_trials, on_result, on_error,
                                   show_bar=progress and sys.stderr is not None and sys.stderr.isatty())
@@ -330,12 +330,6 @@ class Experiment:
         raise ExecutorError(f"a worker of experiment {self.name!r} died under executor {executor!r}: "
                             f"{type(err).__name__}: {summary}. {hint}") from err
 
-    @staticmethod
-    def _seeded(settings: WorkerSettings, index: int) -> WorkerSettings:
-        if settings.seed is None or index == 0:
-            return settings
-        return dataclasses.replace(settings, seed=settings.seed * 1_000_003 + index)
-
     def _call_budget(self, max_trials: int | None) -> dict[str, Any]:
         if max_trials is None:  # the experiment's own: raised meanwhile, the workers go on to it
             return {"max_trials": self.max_trials, "fixed_budget": False}
@@ -345,12 +339,15 @@ class Experiment:
 
     def _raise_if_broken(self, trials: list[Trial]) -> None:
         broken = [t for t in trials if t.status is TrialStatus.BROKEN]
-        if len(broken) >= (limit := self.settings.max_broken):
-            raise ExperimentBrokenError.limit_reached(self.name, len(broken), limit, broken[-1].error if broken else None)
+        if broken and len(broken) >= (limit := self.settings.max_broken):
+            last = broken[-1]
+            raise ExperimentBrokenError.limit_reached(self.name, len(broken), limit, last.error, last.id)
 
     # -- ask and tell ----------------------------------------------------------
 
-    def _client_worker(self) -> Worker:
+    def _client_worker(self, trial: Trial | None = None, ending: bool = False) -> Worker:
+        if trial is not None:  # the worker of this process that holds it, whichever handle asked
+            return holder(trial, self.storage, self._record, self._client_worker, ending)
         if self._client is None:
             self._client = new_client(self.storage, self.id, self.settings, self.name)
         return self._client
@@ -378,9 +375,10 @@ class Experiment:
 
         Raises:
             ReservationLostError: the reservation was lost (heartbeat stale).
+            ExperimentError: ``trial`` is another experiment's (so is refused by ``report`` and ``release``).
         """
         outcome = Outcome.pruned_by_objective() if isinstance(result, TrialPruned) else interpret_result(result)
-        return holder(trial, self.storage.uri, self._client_worker, ending=True).finish(trial, outcome)
+        return self._client_worker(trial, ending=True).finish(trial, outcome)
 
     def report(self, trial: Trial, value: float | Mapping[str, float], step: int) -> None:
         """Store an intermediate ``value`` at ``step`` on a trial from :meth:`suggest`, and judge it.
@@ -396,11 +394,11 @@ class Experiment:
             ReservationLostError: the reservation was lost (heartbeat stale).
         """
         value, step = check_report(value, step)
-        holder(trial, self.storage.uri, self._client_worker).judge(trial.id, value, step)
+        self._client_worker(trial).judge(trial.id, value, step)
 
     def should_prune(self, trial: Trial) -> bool:
         """Whether a :meth:`report` of ``trial`` got a "prune" verdict (then :meth:`observe` records it pruned)."""
-        return holder(trial, self.storage.uri, self._client_worker).judge.verdict_of(trial.id) is not None
+        return self._client_worker(trial).judge.verdict_of(trial.id) is not None
 
     def release(self, trial: Trial) -> Trial:
         """Give a suggested trial back unevaluated (it becomes ``interrupted``).
@@ -408,7 +406,7 @@ class Experiment:
         Raises:
             ReservationLostError: the reservation was lost meanwhile.
         """
-        return holder(trial, self.storage.uri, self._client_worker, ending=True).release(trial)
+        return self._client_worker(trial, ending=True).release(trial)
 
     def insert(self, params: Mapping[str, Any], objective: float | None = None,
                results: Mapping[str, Any] | None = None, count_in_budget: bool = False) -> Trial:

@@ -16,6 +16,7 @@ timeouts).
 from __future__ import annotations
 
 import dataclasses
+import decimal
 import math
 import os
 from collections.abc import Callable, Mapping
@@ -70,12 +71,12 @@ def heartbeat_seconds(value: Any) -> float:
 
 
 def positive_int(value: Any) -> int:
-    """``value`` as an int >= 1 (strings are parsed)."""
+    """``value`` as an int >= 1 (strings are parsed; a whole number written ``3.0`` or ``1e3`` is one)."""
     return _integer(value, 1, "a positive integer")
 
 
 def non_negative_int(value: Any) -> int:
-    """``value`` as an int >= 0 (strings are parsed)."""
+    """``value`` as an int >= 0 (strings are parsed; a whole number written ``3.0`` or ``1e3`` is one)."""
     return _integer(value, 0, "an integer >= 0")
 
 
@@ -124,10 +125,24 @@ def optional(rule: Rule) -> Rule:
 
 
 def _integer(value: Any, minimum: int, requirement: str) -> int:
-    if isinstance(value, bool) or isinstance(value, float) and not value.is_integer():
+    """One rule for every source: ``max_trials=3.0`` was taken while ``ORCHARD_MAX_TRIALS=2.0``,
+    ``--max-trials 1e3`` and ``max_trials: 1e3`` in a file (text to YAML) were refused. A whole number
+    is taken however written, exactly (text is read as a ``Decimal``, not rounded through a float)."""
+    if isinstance(value, str):
+        try:
+            value = decimal.Decimal(value.strip())
+        except decimal.InvalidOperation:
+            raise ValueError(requirement) from None
+    if isinstance(value, (float, decimal.Decimal)):  # bounded before int(): int(Decimal("1e999999999")) hangs
+        finite = value.is_finite() if isinstance(value, decimal.Decimal) else math.isfinite(value)
+        if finite and value >= INT_LIMIT:
+            raise ValueError(f"{requirement} below 2**63 (what every storage holds)")
+        if not finite or value <= -INT_LIMIT or value != int(value):
+            raise ValueError(requirement)
+    if isinstance(value, bool):
         raise ValueError(requirement)
     try:
-        number = int(value.strip() if isinstance(value, str) else value)
+        number = int(value)
     except (TypeError, ValueError):
         raise ValueError(requirement) from None
     if number < minimum:
@@ -348,3 +363,9 @@ class WorkerSettings(ExperimentConfig):
         """``config`` plus this run's ``limits`` (``idle_timeout``, ``max_trials_per_worker``, ``storage_patience``)."""
         fields = {field.name: getattr(config, field.name) for field in dataclasses.fields(config)}
         return cls(**fields, **limits)
+
+    def seeded(self, index: int) -> WorkerSettings:
+        """The settings of the ``index``-th worker of one run: its own seed, derived from the experiment's."""
+        if self.seed is None or index == 0:
+            return self
+        return dataclasses.replace(self, seed=self.seed * 1_000_003 + index)

@@ -191,7 +191,7 @@ def interruptible() -> Iterator[None]:
             _raised = raised_before
 
 
-def raise_swallowed() -> None:
+def raise_swallowed(last: str | None = None) -> None:
     """Between two trials of a loop in the main thread: raise again an interruption the objective caught.
 
     An objective that catches ``KeyboardInterrupt`` to save its state and return early
@@ -200,11 +200,15 @@ def raise_swallowed() -> None:
     of the interruption that come after (they are ignored while one is handled), and
     ``workon`` would run its whole budget.
 
+    Args:
+        last: the id of the trial the loop ran last, whose objective caught it: its result was recorded
+            (``None``: no trial ran yet), as the error says.
+
     Raises:
         Interrupted: the main thread's :func:`interruptible` block raised one already.
     """
     if _raised is not None and threading.current_thread() is threading.main_thread():
-        raise Interrupted(terminated=_raised.terminated)
+        raise Interrupted(terminated=_raised.terminated, caught=() if last is None else [last])
 
 
 @contextlib.contextmanager

@@ -4,6 +4,9 @@ A worker that joins an experiment may leave any setting out (it then uses the
 stored one); a setting it gives must match the stored one (``seed`` and
 ``heartbeat`` included), except the budgets (``max_trials``, ``max_broken`` and
 ``max_attempts`` may only be raised) and ``working_dir`` (the stored one is used).
+A ``max_trials`` set where there was none may not be below the trials already used.
+A stopping rule that fired ends the experiment whatever its budgets: a raise then
+changes nothing, so it is not stored, and the joiner is told.
 A joiner waits for a storage that went away as it joined (:func:`patiently`).
 """
 
@@ -18,7 +21,9 @@ from typing import Any, TypeVar
 from orchard import config
 from orchard.errors import ExperimentConflictError
 from orchard.experiment_config import ExperimentConfig, WorkerSettings
+from orchard.recording import budget_used
 from orchard.space import Space
+from orchard.stopping import LEDGER_KEY, SEARCH_ON, Ledger
 from orchard.storages.base import BaseStorage, ExperimentRecord
 from orchard.storages._uri import redact_all
 from orchard.storages.retrying import RetryingStorage
@@ -84,15 +89,27 @@ def join_experiment(
         if given is not None and kept is not None and given < kept:
             problems.append(f"{key}: stored {kept} > given {given} (it can only be raised: leave it out "
                             f"to keep {kept})")
+    if chosen.get("max_trials") is not None and stored.max_trials is None:  # set where there was none
+        used = budget_used(store, record.id)
+        if chosen["max_trials"] < used:
+            problems.append(f"max_trials: given {chosen['max_trials']} < the {used} trials already completed "
+                            f"or pruned (a budget cannot be below what was used: give at least {used}, or "
+                            "leave it out to keep it unlimited)")
     if problems:
         raise ExperimentConflictError(
             f"experiment {record.name!r} exists with a different configuration: "
             + "; ".join(problems)
             + f". Use the stored settings, or a new experiment name{_carry_over(problems, record.name)}"
         )
-    for key in _RAISABLE:
-        if chosen.get(key) is not None and chosen[key] != getattr(stored, key):
-            record = _raised_budget(store, record.id, key, getattr(stored, key), chosen[key])
+    raised = [key for key in _RAISABLE if chosen.get(key) is not None and chosen[key] != getattr(stored, key)]
+    fired = Ledger.from_dict(record.config.get(LEDGER_KEY), record.name).fired if raised else None
+    if fired is not None:  # stored, it would show a budget no worker ever uses
+        log.warning("experiment %r: %s not stored: its stopping rule %s fired, and a stopped experiment "
+                    "stays stopped, whatever its budget; %s", record.name,
+                    ", ".join(f"{key}={chosen[key]}" for key in raised), fired.get("rule"), SEARCH_ON)
+        return record
+    for key in raised:
+        record = _raised_budget(store, record.id, key, getattr(stored, key), chosen[key])
     return record
 
 

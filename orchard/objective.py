@@ -245,13 +245,13 @@ def interpret_result(value: Any) -> Outcome:
         sequence = isinstance(raw, (tuple, list))  # Optuna's form of several objectives
         several = sequence and len(raw) > 1 and all(finite_number(v) is not None for v in to_builtin(raw))
         got = f"{type(raw).__name__} {shown(raw if sequence else value)}"
+        hint = ("; for several objectives, declare them (build_experiment(..., objectives={'a': 'min', 'b': "
+                "'max'})) and return each by name" if several else "; return the number, not a list of it"
+                if sequence and len(raw) == 1 else "; return the number, not its text"
+                if isinstance(value, str) else "")
         failure = Outcome.failure(
-            "InvalidResult", f"objective must be a number, got {got}; "
-            "return a finite number or a dict with a numeric 'objective' (a script's results file: "
-            '{"objective": 0.25})' + ("; for several objectives, declare them (build_experiment(..., "
-                                      "objectives={'a': 'min', 'b': 'max'})) and return each by name"
-                                      if several else "")
-        )
+            "InvalidResult", f"objective must be a number, got {got}; return a finite number or a dict with "
+            "a numeric 'objective' (a script's results file: {\"objective\": 0.25})" + hint)
     else:
         number = finite_float(value)
         if number is not None:

@@ -40,8 +40,10 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import decimal
 import json
 import math
+import numbers
 import os
 import stat
 import tempfile
@@ -317,7 +319,7 @@ def _write(results: Mapping[str, Any], caller: str) -> None:
                         f"{type(results).__name__} {shown(results)}; for one number call report_objective(value)")
     objective = results.get("objective")
     by_name = caller == "report_results" and "objective" not in results and bool(results)  # several objectives
-    if not by_name and finite_number(objective) is None:
+    if not by_name and finite_number(plain(objective)) is None:
         wanted = "a finite number" if caller == "report_objective" else "a finite numeric 'objective'"
         raise ValueError(f"{caller} needs {wanted}, got {shown(objective)}")
     path = os.environ.get(RESULTS_ENV)
@@ -397,10 +399,21 @@ def listed(value: Any) -> Any:
 
 
 def plain(value: Any) -> Any:
-    """A one-value array or tensor (numpy scalar, 0-d array, torch scalar) as its Python value; else ``value``.
+    """A one-value array or tensor (numpy scalar, 0-d array, torch scalar) as its Python value, a ``Decimal``,
+    ``Fraction`` or other real number as its ``float``; else ``value``.
 
     Duck-typed on ``.item()``, so nothing is imported; an ``item()`` that fails leaves ``value`` as it is.
+    A number converts as ``float()`` converts it (what Optuna takes): a ``Decimal`` NaN or one beyond a
+    float becomes NaN or an infinity, which the callers refuse as no finite number.
     """
+    exact = isinstance(value, (numbers.Real, decimal.Decimal)) and not isinstance(value, numbers.Integral)
+    if exact and not isinstance(value, float):
+        try:
+            return float(value)
+        except OverflowError:  # a Fraction beyond a float
+            return math.copysign(math.inf, value.numerator) if isinstance(value, numbers.Rational) else value
+        except (ValueError, TypeError):  # a signalling NaN, a foreign __float__: refused, named as given
+            return value
     item = getattr(value, "item", None)
     if not callable(item) or isinstance(value, (list, dict)):
         return value

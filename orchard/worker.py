@@ -30,16 +30,8 @@ from orchard.algorithms.base import BaseAlgorithm
 from orchard.clock import SYSTEM_CLOCK, Clock
 from orchard.collector import fewer_collections
 from orchard.constraints import feasibility
-from orchard.errors import (
-    BudgetExhaustedError,
-    DuplicateTrialError,
-    ExperimentBrokenError,
-    Interrupted,
-    ReservationLostError,
-    StopReason,
-    StorageUnavailableError,
-    WorkerStoppedError,
-)
+from orchard.errors import (BudgetExhaustedError, DuplicateTrialError, ExperimentBrokenError, Interrupted,
+                            ReservationLostError, StopReason, StorageUnavailableError, WorkerStoppedError)
 from orchard.experiment_config import WorkerSettings
 from orchard.forks import own_process
 from orchard.history import History
@@ -166,13 +158,15 @@ class Worker:
             The report; its ``reason`` is the :class:`StopReason`.
 
         ``KeyboardInterrupt`` releases the current trial as ``interrupted`` and propagates as an
-        :class:`~orchard.errors.Interrupted` that says whether it was released.
+        :class:`~orchard.errors.Interrupted` that says whether it was released. An objective that catches
+        it and returns a value has its trial recorded, then the loop stops the same way, saying so.
         """
         try:
             with fewer_collections():
+                trial: Trial | None = None  # the last one run
                 while True:
                     try:
-                        raise_swallowed()  # the objective caught Ctrl-C and returned: result stored, stop
+                        raise_swallowed(None if trial is None else trial.id)  # its objective caught Ctrl-C
                         trial = self.next_trial(self.settings.idle_timeout)
                     except WorkerStoppedError as stop:
                         self.report.reason = stop.reason
@@ -341,7 +335,7 @@ class Worker:
         if counts[TrialStatus.BROKEN] >= settings.max_broken:
             broken = [t for t in self.history.trials.values() if t.status is TrialStatus.BROKEN]
             raise ExperimentBrokenError.limit_reached(
-                self.label, counts[TrialStatus.BROKEN], settings.max_broken, broken[-1].error)
+                self.label, counts[TrialStatus.BROKEN], settings.max_broken, broken[-1].error, broken[-1].id)
         if self.stopping is not None:
             self.stopping.check()
         done = self.report.completed + self.report.broken + self.report.pruned

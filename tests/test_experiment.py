@@ -24,6 +24,7 @@ from orchard.errors import (
     DuplicateTrialError,
     ExperimentBrokenError,
     ExperimentConflictError,
+    ExperimentError,
     ExperimentNotFoundError,
     ReservationLostError,
     SpaceError,
@@ -127,6 +128,23 @@ def test_a_trial_suggested_through_one_handle_is_this_processs_to_observe_throug
     with pytest.raises(ReservationLostError):
         old.observe(observed, 0.6)  # still one result per trial
     assert new.stats["counts"]["reserved"] == 0
+
+
+def test_a_trial_of_another_experiment_is_refused_by_each_ask_and_tell_verb_and_stores_nothing(store) -> None:
+    """``e.observe(e2.suggest(), 0.1)`` (two experiments asked side by side, variables crossed) recorded
+    the result on e2, silently: the trial's worker was found by its id alone."""
+    first = build(store, max_trials=3)
+    other = orchard.build_experiment("other", space=workloads.SPACE, storage=store, max_trials=3)
+    theirs = other.suggest()
+    foreign = "trial .* is a trial of experiment 'other', not of 'exp'; nothing was stored"
+    for verb in (lambda: first.observe(theirs, 0.1), lambda: first.report(theirs, 0.1, step=0),
+                 lambda: first.should_prune(theirs), lambda: first.release(theirs)):
+        with pytest.raises(ExperimentError, match=foreign):
+            verb()
+    stored = other.fetch_trials()
+    assert [(t.status, t.reports) for t in stored] == [(TrialStatus.RESERVED, [])]
+    assert first.fetch_trials() == []
+    assert other.observe(theirs, 0.2).objective == 0.2  # still its own experiment's to record
 
 
 def test_always_raising_objective_stops_at_max_broken(store) -> None:
@@ -391,12 +409,15 @@ def _catches_ctrl_c(x: float, y: float = 0.0, marker: str = "") -> float:
 @pytest.mark.parametrize("executor", ["single", "process"])
 def test_an_objective_that_catches_ctrl_c_and_returns_is_recorded_and_the_run_stops(store, tmp_path,
                                                                                      executor: str) -> None:
-    """The loop went on to the next trial, deaf to later stop requests: workon ran the whole budget."""
+    """The loop went on to the next trial, deaf to later stop requests: workon ran the whole budget. Then it
+    stopped, but said "no trial was running" of the trial it had just recorded."""
     exp = build(store, max_trials=20)
     marker = str(tmp_path / ("ctrl-c-to-" + ("self" if executor == "single" else "parent")))
-    with pytest.raises(orchard.errors.Interrupted):
+    with pytest.raises(orchard.errors.Interrupted) as stopped:
         exp.workon(functools.partial(_catches_ctrl_c, marker=marker), executor=executor, progress=False)
     assert [t.status for t in exp.fetch_trials()] == [TrialStatus.COMPLETED]
+    assert str(stopped.value) == ("the running trial finished and was recorded (its objective caught "
+                                  "KeyboardInterrupt and returned a value)")
 
 
 def test_objectives_of_several_workers_raising_keyboard_interrupt_count_every_trial_released(store) -> None:

@@ -80,6 +80,41 @@ def test_a_refused_change_of_space_says_how_to_keep_the_results_and_stores_nothi
     assert orchard.get_experiment("exp", storage=storage).config == before  # nor were the raises stored
 
 
+def test_a_budget_raised_on_an_experiment_a_stop_rule_ended_is_not_stored_and_says_so(no_ambient,
+                                                                                      caplog) -> None:
+    """The raise was stored ("max_trials=20" in orchard info) while hunt said "nothing to do": a budget no
+    worker would ever use, shown as the experiment's."""
+    (no_ambient / "train.py").write_text("import orchard\norchard.report_objective(0.05)\n")
+    command = [sys.executable, str(no_ambient / "train.py"), "--x~uniform(0, 1)"]
+    assert main(["hunt", "-n", "e", "--max-trials", "10", "--stop", "target=0.1", *command]) == 0
+    caplog.clear()
+
+    assert main(["hunt", "-n", "e", "--max-trials", "20", "--max-broken", "5", *command]) == 0
+    err = caplog.text
+    assert ("experiment 'e': max_trials=20, max_broken=5 not stored: its stopping rule target fired, and a "
+            "stopped experiment stays stopped, whatever its budget; to search on, start an experiment with a "
+            "new name") in err
+    settings = orchard.get_experiment("e").settings
+    assert (settings.max_trials, settings.max_broken) == (10, 3)
+    assert orchard.get_experiment("e").stats["counts"]["completed"] == 1
+
+
+def test_a_budget_below_the_trials_already_used_is_refused_and_stores_nothing(tmp_path) -> None:
+    """An experiment run without a budget took ``max_trials=2`` after 3 completed trials, shown as "has
+    already completed its 3 trials (max_trials=2)": a budget below what was used (raise-only budgets)."""
+    storage = str(tmp_path / "orchard.pkl")
+    exp = orchard.build_experiment("exp", space=workloads.SPACE, storage=storage)
+    for value in (0.1, 0.2, 0.3):
+        exp.observe(exp.suggest(), value)
+    with pytest.raises(orchard.errors.ExperimentConflictError) as info:
+        orchard.build_experiment("exp", max_trials=2, storage=storage)
+    said = str(info.value)
+    assert "max_trials: given 2 < the 3 trials already completed or pruned" in said and "\n" not in said
+    assert "give at least 3" in said and "warm-start" not in said
+    assert orchard.get_experiment("exp", storage=storage).max_trials is None
+    assert orchard.build_experiment("exp", max_trials=3, storage=storage).max_trials == 3
+
+
 def _completed(storage: str) -> int:
     return int(orchard.get_experiment("e", storage=storage).stats["counts"]["completed"])
 

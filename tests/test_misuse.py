@@ -7,6 +7,8 @@ user reads one line naming the object and what to do.
 
 from __future__ import annotations
 
+import decimal
+import fractions
 import math
 import re
 import sys
@@ -106,7 +108,7 @@ def _nested(depth: int) -> object:
 def test_a_result_the_storage_cannot_hold_breaks_the_trial_and_the_worker_goes_on(tmp_path, result, words) -> None:
     exp = orchard.build_experiment("unholdable", space=SPACE, max_trials=3, max_broken=2, stop={"max_cost": 5.0},
                                    constraints=["memory_gb <= 16"], storage=str(tmp_path / "db.pkl"))
-    with pytest.raises(ExperimentBrokenError, match="last error: InvalidResult"):
+    with pytest.raises(ExperimentBrokenError, match=r"last error \(trial \w+\): InvalidResult"):
         exp.workon(lambda x: result, progress=False)
     trials = exp.fetch_trials()
     assert [t.status for t in trials] == [TrialStatus.BROKEN] * 2, "none left reserved"
@@ -462,6 +464,39 @@ def test_a_tuple_returned_by_a_single_objective_is_shown_and_told_how_to_declare
     assert trial.error["message"].startswith("objective must be a number, got tuple (0.2, 0.8); ")
     assert trial.error["message"].endswith("; for several objectives, declare them (build_experiment(..., "
                                            "objectives={'a': 'min', 'b': 'max'})) and return each by name")
+
+
+def test_a_decimal_or_fraction_objective_is_recorded_as_its_float() -> None:
+    """Decimal and Fraction, which ``float()`` takes (and Optuna with it), broke the trial: "objective must be
+    a number, got Decimal Decimal('0.25')"."""
+    exp = orchard.build_experiment("exact", space=SPACE, max_trials=3, max_broken=1, storage="memory://")
+    returned = iter([decimal.Decimal("0.25"), fractions.Fraction(1, 3),
+                     {"objective": decimal.Decimal("0.5"), "cost": fractions.Fraction(1, 2)}])
+    exp.workon(lambda x: next(returned), progress=False)
+    trials = exp.fetch_trials()
+    assert [t.status for t in trials] == [TrialStatus.COMPLETED] * 3
+    assert [t.objective for t in trials] == [0.25, 1 / 3, 0.5]
+    assert trials[2].results == {"cost": 0.5}
+    asked = orchard.build_experiment("asked", space=SPACE, max_trials=1, storage="memory://")
+    trial = asked.suggest()
+    asked.report(trial, decimal.Decimal("0.75"), step=0)
+    assert asked.observe(trial, fractions.Fraction(1, 4)).objective == 0.25
+
+
+@pytest.mark.parametrize("result, hint", [
+    ("0.5", "; return the number, not its text"),
+    ([0.1], "; return the number, not a list of it"),
+])
+def test_a_text_or_a_one_value_list_stays_refused_and_the_error_names_the_trial_and_what_to_return(
+        result: Any, hint: str) -> None:
+    exp = orchard.build_experiment("text", space=SPACE, max_trials=2, max_broken=1, storage="memory://")
+    with pytest.raises(ExperimentBrokenError) as info:
+        exp.workon(lambda x: result, progress=False)
+    (trial,) = exp.fetch_trials()
+    assert trial.status is TrialStatus.BROKEN and trial.error["message"].endswith(hint)
+    said = str(info.value)
+    assert f"last error (trial {trial.id}): InvalidResult: objective must be a number, got " in said
+    assert hint in said and "\n" not in said
 
 
 @pytest.mark.parametrize("prior, words", [

@@ -100,6 +100,25 @@ def test_one_resolver_casts_every_source_in_precedence_order(no_ambient: Path) -
         config.Settings(environ={"ORCHARD_HEARTBEAT": "soon"}).get("heartbeat")
 
 
+def test_a_whole_number_is_taken_however_written_from_every_source(no_ambient: Path, capsys) -> None:
+    """``max_trials=3.0`` in Python and ``max_trials: 3.0`` in a file were taken, while
+    ``ORCHARD_MAX_TRIALS=2.0``, ``--max-trials 2.0`` and ``max_trials: 1e3`` in a file (text to YAML)
+    were "not a positive integer"."""
+    (no_ambient / "orchard.yaml").write_text("max_trials: 1e3\nmax_broken: 4.0\n")
+    assert config.Settings(environ={}).get("max_trials") == 1000
+    assert config.Settings(environ={}).get("max_broken") == 4
+    for text, expected in (("2.0", 2), ("1e3", 1000), (" 7 ", 7), ("9223372036854775807.0", 2**63 - 1)):
+        assert config.Settings(environ={"ORCHARD_MAX_TRIALS": text}, files=[]).get("max_trials") == expected
+    assert config.Settings(flags={"seed": "0.0"}, environ={}, files=[]).get("seed") == 0
+    for text in ("2.5", "1e-3", "nan", "inf", "1e999999999", "-1e999999999"):  # no billion-digit int made
+        with pytest.raises(ConfigurationError, match=r"max_trials=.* it must be a positive integer"):
+            config.Settings(environ={"ORCHARD_MAX_TRIALS": text}, files=[]).get("max_trials")
+    (no_ambient / "train.py").write_text("import orchard, sys; orchard.report_objective(0.0)\n")
+    assert main(["hunt", "-n", "e", "--storage", "o.pkl", "--max-trials", "2.0",
+                 sys.executable, "train.py", "--x~uniform(0, 1)"]) == 0, capsys.readouterr().err
+    assert orchard.get_experiment("e", storage="o.pkl").stats["counts"]["completed"] == 2
+
+
 def test_python_and_cli_share_the_defaults() -> None:
     assert config.DEFAULTS["max_broken"] == ExperimentConfig.default("max_broken") == 3
     assert config.DEFAULTS["heartbeat"] == ExperimentConfig.default("heartbeat") == 30.0
