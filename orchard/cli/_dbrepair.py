@@ -93,22 +93,23 @@ def _mib(size: int) -> str:
 
 
 def run_compact(storage: BaseStorage, args: argparse.Namespace) -> int:
-    """Compact a pickle file now, printing its size before and after (other storages: nothing to compact)."""
-    from orchard.storages import MemoryStorage
+    """Compact a pickle file now, printing its size before and after (MongoDB: nothing to compact)."""
     from orchard.storages.pickled import PickledStorage
 
-    if isinstance(storage, MemoryStorage):
+    if isinstance(storage, PickledStorage):
+        store = _pickle_file(storage, "compact")
+        assert isinstance(store, PickledStorage)
+        before, after = store.compact()
+        print(f"{store.path}: compacted from {_mib(before)} to {_mib(after)}")
+        return 0
+    from orchard.storages import MongoStorage  # imports pymongo: only when the storage is not a file
+
+    if not isinstance(storage, MongoStorage):
         raise ConfigurationError(f"orchard db compact rewrites pickle files, and {storage.redacted_uri} "
                                  "has no file; give the pickle file with --storage")
-    if not isinstance(storage, PickledStorage):
-        print(f"{storage.redacted_uri}: nothing to compact: MongoDB keeps no log that processes replay, and "
-              "deletes a removed experiment's documents at once (its own `compact` command gives the freed "
-              "disk space back to the system)")
-        return 0
-    store = _pickle_file(storage, "compact")
-    assert isinstance(store, PickledStorage)
-    before, after = store.compact()
-    print(f"{store.path}: compacted from {_mib(before)} to {_mib(after)}")
+    print(f"{storage.redacted_uri}: nothing to compact: MongoDB keeps no log that processes replay, and "
+          "deletes a removed experiment's documents at once (its own `compact` command gives the freed "
+          "disk space back to the system)")
     return 0
 
 
