@@ -9,9 +9,14 @@ history a worker appends (each trial's reservation, reports and result, one fram
 
     python bench/bigfile.py /tmp/lab.pkl --experiments 300 --trials 80000
     python bench/bigfile.py /tmp/lab.pkl --experiments 300 --trials 80000 --log
+    python bench/bigfile.py /tmp/lab.pkl --experiments 300 --trials 80000 --growth-ratio 4
 
 A small experiment named ``small`` (random search, a few trials) is added last; the same
 experiment is also written alone to ``PATH.small.pkl``, to compare against.
+With ``--growth-ratio K``, the history is appended as workers write it and compacted by Orchard
+whenever the log has grown past ``max(1 MiB, K × the last snapshot)`` (Orchard's rule has K = 1);
+each compaction is printed, and the file as it stood before the last one is kept as
+``PATH.peak.pkl`` (no ``PATH.small.pkl``).
 """
 
 from __future__ import annotations
@@ -139,12 +144,45 @@ def write(path: str, experiments: int, trials: int, log: bool, small: int, seed:
             for frame in frames:
                 f.write(frame)
                 base += len(frame)
-        if not log:  # a snapshot: the header says where it ends (compaction then waits for 4x its size)
+        if not log:  # a snapshot: the header says where it ends (compaction then waits for the log to grow)
             with open(tmp, "r+b") as f:
                 f.write(fileformat.encode_header(os.urandom(16), base))
         os.replace(tmp, target)
         print(f"{target}: {os.path.getsize(target) / 2**20:.1f} MiB, "
               f"{len(plan) + 1} experiments, {sum(plan) + small} trials")
+
+
+def simulate(path: str, experiments: int, trials: int, small: int, seed: int, extra: int,
+             ratio: float) -> None:
+    """Append the history as workers do, compacting (with Orchard) once the log has grown past
+    ``max(1 MiB, ratio × the last snapshot)``; keep the file as it stood before its last compaction."""
+    import shutil
+
+    from orchard.storages.pickled import PickledStorage, fileformat
+
+    rng = random.Random(seed)
+    sizes = _experiments(experiments, trials, rng)
+    with open(path, "wb") as f:
+        f.write(fileformat.encode_header(os.urandom(16), fileformat.HEADER_SIZE))
+    storage = PickledStorage(path, fsync=False, compact_bytes=1 << 40)  # compacted here, by the rule given
+    base, held = fileformat.HEADER_SIZE, 0.0
+    f = open(path, "ab")
+    for batch in _records(sizes, _templates(), rng, True, small, extra):
+        f.write(fileformat.encode_frame(batch))
+        if f.tell() - base <= max(1 << 20, ratio * base):
+            continue
+        f.close()
+        shutil.copyfile(path, path + ".peak.pkl")
+        storage.list_experiments()  # what the writer had replayed before it took the lock
+        started = time.process_time()
+        before, base = storage.compact()
+        held += time.process_time() - started
+        print(f"compacted {before / 2**20:.1f} MiB into {base / 2**20:.1f} MiB "
+              f"(CPU {held:.1f} s in all compactions)")
+        f = open(path, "ab")
+    f.close()
+    print(f"{path}: {os.path.getsize(path) / 2**20:.1f} MiB; {path}.peak.pkl: the file before its last "
+          f"compaction, {os.path.getsize(path + '.peak.pkl') / 2**20:.1f} MiB")
 
 
 def main() -> None:
@@ -156,10 +194,17 @@ def main() -> None:
     parser.add_argument("--small", type=int, default=20, help="trials of the experiment named small")
     parser.add_argument("--log", action="store_true",
                         help="write the history as appended frames, not a snapshot")
+    parser.add_argument("--growth-ratio", type=float, metavar="K",
+                        help="append the history as workers do, compacting it with Orchard once the log has "
+                             "grown past max(1 MiB, K x the last snapshot); prints each compaction")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--extra", type=int, default=0, help="extra float metrics in each trial's results")
     args = parser.parse_args()
-    write(args.path, args.experiments, args.trials, args.log, args.small, args.seed, args.extra)
+    if args.growth_ratio:
+        simulate(args.path, args.experiments, args.trials, args.small, args.seed, args.extra,
+                 args.growth_ratio)
+    else:
+        write(args.path, args.experiments, args.trials, args.log, args.small, args.seed, args.extra)
 
 
 if __name__ == "__main__":

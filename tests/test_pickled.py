@@ -12,6 +12,7 @@ import multiprocessing
 import os
 import pickle
 import random
+import re
 import signal
 import socket
 import struct
@@ -25,6 +26,7 @@ from typing import Any
 
 import pytest
 
+from orchard.cli import main
 from orchard.errors import (
     ConfigurationError,
     ExperimentNotFoundError,
@@ -633,6 +635,78 @@ def test_a_compaction_leaves_the_temporary_files_of_another_storage_alone(path: 
     other.write_bytes(b"being written")
     PickledStorage(path).create_experiment("exp", {})  # creating the file clears its own leftovers
     assert other.exists()
+
+
+def test_the_file_stays_within_twice_its_snapshot(path: Path) -> None:
+    """The log was compacted only once it had grown past 4 x the last snapshot: a file ranged up to 5 times
+    its snapshot, and every process opening a lab's file read 2.2 times what the compacted file holds."""
+    storage = PickledStorage(path, fsync=False, compact_bytes=4096)
+    exp_id = storage.create_experiment("exp", {})
+    for i in range(60):
+        storage.register_trial(exp_id, {"x": float(i)}, worker="w")
+    trials = storage.fetch_trials(exp_id)
+    worst = 0.0
+    for _ in range(4):  # heartbeats: the log grows, the snapshot does not
+        for trial in trials:
+            storage.heartbeat_trial(trial.id, "w")
+            snapshot = fileformat.decode_header(path.read_bytes()[: fileformat.HEADER_SIZE], str(path)).base
+            worst = max(worst, path.stat().st_size / snapshot)
+    assert 1.8 < worst <= 2.1, f"the file reached {worst:.1f} times its snapshot"
+
+
+def _register_trials(path: str, exp_id: str, n: int, started: Any) -> None:
+    storage = PickledStorage(path, fsync=False)
+    started.set()
+    for i in range(n):
+        storage.register_trial(exp_id, {"x": 1000.0 + i}, worker="writer")
+
+
+def test_db_compact_drops_a_deleted_experiment_now_and_running_workers_carry_on(
+        path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """After `orchard db rm` of a large experiment the file kept its size, and every process opening it
+    replayed the deleted trials, until its log had grown 4 x its last snapshot: nothing compacted on
+    demand."""
+    worker = PickledStorage(path, fsync=False)
+    _populate(worker, 400, "big")
+    small = _populate(worker, 20, "small")
+    _, cursor = worker.fetch_changes(small)
+    worker.delete_experiment(worker.require_experiment("big").id)
+    size = path.stat().st_size
+    writer = SPAWN.Process(target=_register_trials, args=(str(path), small, 200, (started := SPAWN.Event())))
+    writer.start()
+    try:
+        assert started.wait(WAIT)
+        assert main(["db", "compact", "--storage", str(path)]) == 0  # while another process writes
+    finally:
+        writer.join(WAIT)
+    assert writer.exitcode == 0
+    out = capsys.readouterr().out
+    assert re.fullmatch(rf"{re.escape(str(path))}: compacted from [\d.]+ KiB to [\d.]+ KiB\n", out), out
+    late = worker.register_trial(small, {"x": -1.0}, worker="w")
+    assert path.stat().st_size < size / 2, "the deleted experiment's records are gone from the file"
+    changed, _ = worker.fetch_changes(small, cursor)  # only what changed: its replay was carried on
+    assert len(changed) == 201 and changed[-1].id == late.id
+    assert PickledStorage(path).fetch_trials(small) == worker.fetch_trials(small)
+    assert len(worker.fetch_trials(small)) == 221
+    assert PickledStorage(path).get_experiment("big") is None
+
+
+def test_db_rm_compacts_when_the_experiment_was_a_large_part_of_the_file(
+        path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`db rm` of an experiment holding most of the file appended one record: the file kept its size."""
+    storage = PickledStorage(path, fsync=False)
+    _populate(storage, 300, "big")
+    _populate(storage, 30, "kept")
+    _populate(storage, 10, "tiny")
+    size = path.stat().st_size
+    assert main(["db", "rm", "-n", "tiny", "--yes", "--storage", str(path)]) == 0
+    assert "`orchard db compact --storage" in capsys.readouterr().out  # 10 of 340 trials: not worth the lock
+    assert path.stat().st_size > size
+    assert main(["db", "rm", "-n", "big", "--yes", "--storage", str(path)]) == 0
+    assert "compacted from" in capsys.readouterr().out
+    assert path.stat().st_size < size / 4
+    assert [e.name for e in PickledStorage(path).list_experiments()] == ["kept"]
+    assert len(storage.fetch_trials(storage.require_experiment("kept").id)) == 30
 
 
 # -- locks --------------------------------------------------------------------------------

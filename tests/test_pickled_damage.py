@@ -180,6 +180,36 @@ def test_db_check_and_repair_on_a_clean_file_and_other_storages(
     assert "pickle files" in capsys.readouterr().err
 
 
+def test_db_compact_refuses_a_damaged_file_and_points_at_repair(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A compaction drops what readers skip: on a damaged file it must not throw those bytes away unkept."""
+    path = tmp_path / "orchard.pkl"
+    _fill(PickledStorage(path, fsync=False, compact_bytes=1 << 30), 40_000)
+    with path.open("r+b") as f:
+        f.seek(20_000)
+        f.write(b"\xde\xad" * 16)
+    damaged = path.read_bytes()
+    assert main(["db", "compact", "--storage", str(path)]) == 1
+    err = capsys.readouterr().err
+    assert "holds damaged bytes" in err and "run `orchard db repair`" in err, err
+    assert path.read_bytes() == damaged, "nothing was compacted"
+    assert main(["db", "repair", "--storage", str(path)]) == 0
+    assert main(["db", "compact", "--storage", str(path)]) == 0
+
+
+def test_db_compact_on_other_storages(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], mongo_db_uri: str
+) -> None:
+    assert main(["db", "compact", "--storage", str(tmp_path / "missing.pkl")]) == 1
+    assert "does not exist, so there is nothing to compact" in capsys.readouterr().err
+    assert not list(tmp_path.iterdir()), "no folder or lock file made for a mistyped path"
+    assert main(["db", "compact", "--storage", "memory://"]) == 2
+    assert "has no file" in capsys.readouterr().err
+    assert main(["db", "compact", "--storage", mongo_db_uri]) == 0
+    assert "nothing to compact: MongoDB keeps no log" in capsys.readouterr().out
+
+
 @pytest.mark.slow
 def test_a_repair_that_runs_out_of_space_leaves_no_partial_backup(tmp_path: Path) -> None:
     """On a nearly full disk (here a file size limit, as `prlimit --fsize`), `orchard db repair` left a partial

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
+import os
 import signal
 import subprocess
 import sys
@@ -31,6 +33,8 @@ from orchard.errors import (
 )
 from orchard.space import trial_id
 from orchard.storages import get_storage
+from orchard.storages.pickled import PickledStorage
+from orchard.storages.pickled import writer as writer_module
 from orchard.testing._mongo_uri import with_database
 from orchard.testing.mongo_server import WireServer
 from orchard.trial import Trial, TrialStatus
@@ -401,6 +405,44 @@ def test_a_result_computed_while_the_disk_refuses_writes_is_kept_and_written_lat
     refusing_disk.stop()
     assert_finished_normally(worker, timeout=60)
     assert_one_result_stored(storage, "full")
+
+
+def test_a_compaction_that_finds_the_disk_full_is_not_retried_after_every_write(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A compaction failing with ENOSPC was tried again after each further `compact_bytes` (1 MiB) of log,
+    each attempt holding the lock while it wrote (1.1 s at 44 MiB), with a warning each time."""
+    disk = DiskFull(tmp_path)
+    try:
+        path = str(disk.path)
+        exp_id = PickledStorage(path, fsync=False, compact_bytes=1 << 30).create_experiment("e", {})
+        writer = PickledStorage(path, fsync=False, compact_bytes=1 << 30)  # a long log, never compacted
+        for i in range(600):
+            trial = writer.register_trial(exp_id, {"x": float(i)}, worker="w")
+            writer.complete_trial(trial.id, "w", float(i))
+        disk.start()
+        os.truncate(disk.filler, disk.filler.stat().st_size - 64_000)  # room for appends, not for a snapshot
+        worker = PickledStorage(path, fsync=False, compact_bytes=4096)
+        with caplog.at_level(logging.DEBUG, logger="orchard.storages.pickled"):
+            for i in range(150):  # about 45 KB of log: 11 x compact_bytes
+                worker.register_trial(exp_id, {"x": 1000.0 + i}, worker="w")
+        attempts = [r for r in caplog.records if "could not compact" in r.getMessage()]
+        assert "No space left on device" in attempts[0].getMessage()
+        assert [r.levelno for r in attempts].count(logging.WARNING) == 1, "warned once"
+        assert len(attempts) == 1, f"{len(attempts)} attempts, each holding the lock"
+        assert not [p for p in disk.disk.iterdir() if p.name.endswith(".tmp")]
+        disk.stop()
+        worker.register_trial(exp_id, {"x": -1.0}, worker="w")
+        assert sum("could not compact" in r.getMessage() for r in caplog.records) == 1, \
+            "not tried again before the log grew by half or RETRY_AFTER passed"
+        later = writer_module._clock() + writer_module.RETRY_AFTER
+        monkeypatch.setattr(writer_module, "_clock", lambda: later)
+        with caplog.at_level(logging.WARNING, logger="orchard.storages.pickled"):
+            worker.register_trial(exp_id, {"x": -2.0}, worker="w")
+        assert "compacted storage file" in caplog.records[-1].getMessage()
+        assert os.path.getsize(path) < 370_000 / 2
+        assert len(PickledStorage(path).fetch_trials(exp_id)) == 752
+    finally:
+        disk.close()
 
 
 @pytest.mark.slow

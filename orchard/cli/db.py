@@ -1,10 +1,11 @@
-"""``orchard db {test,dump,load,rm,release,check,repair}``: storage tools.
+"""``orchard db {test,dump,load,rm,release,check,repair,compact}``: storage tools.
 
 ``dump`` writes experiments (configuration and every trial) to a JSON file,
 ``load`` restores them into any storage (e.g. from a pickle file to MongoDB);
 ``rm`` deletes an experiment after confirmation; ``release`` gives back a
 reservation whose worker is gone (reserved → interrupted); ``test`` checks a storage end to end;
-``check`` lists damaged bytes of a pickle file and ``repair`` rewrites it clean.
+``check`` lists damaged bytes of a pickle file, ``repair`` rewrites it clean and ``compact``
+rewrites it as a snapshot now (``rm`` does so when the experiment was a large part of the file).
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     from orchard.cli._args import OneLineParser
 
     parser: argparse.ArgumentParser = subparsers.add_parser(
-        "db", help="storage tools: test, dump, load, rm, release, check, repair"
+        "db", help="storage tools: test, dump, load, rm, release, check, repair, compact"
     )
     commands = parser.add_subparsers(dest="db_command", metavar="SUBCOMMAND", parser_class=OneLineParser)
     commands.required = True
@@ -77,7 +78,13 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     )
     repair.set_defaults(func=_run_repair)
 
-    for sub in (parser, test, dump, load, rm, release, check, repair):  # `db --storage X test` and `db test --storage X`
+    compact = commands.add_parser(
+        "compact", help="rewrite a pickle file now without the records of deleted experiments and of past "
+                        "changes (workers may keep running); prints its size before and after")
+    compact.set_defaults(func=_run_compact)
+
+    # `db --storage X test` and `db test --storage X`
+    for sub in (parser, test, dump, load, rm, release, check, repair, compact):
         add_common(sub)
     return parser
 
@@ -100,6 +107,12 @@ def _run_repair(args: argparse.Namespace) -> int:
     from orchard.cli._dbrepair import run_repair
 
     return run_repair(open_storage(args), args)
+
+
+def _run_compact(args: argparse.Namespace) -> int:
+    from orchard.cli._dbrepair import run_compact
+
+    return run_compact(open_storage(args), args)
 
 
 def _run_dump(args: argparse.Namespace) -> int:
@@ -177,9 +190,13 @@ def _run_rm(args: argparse.Namespace) -> int:
                        f"from {storage.redacted_uri}?"):
             print("nothing deleted")
             return 1
+    from orchard.cli._dbrepair import compact_after_rm, trials_in_file
+
+    total = trials_in_file(storage)
     with _again_on_outage("some of its trials may be deleted already; run the same command again to finish"):
         deleted = storage.delete_experiment(experiment.id)
     print(f"deleted experiment {experiment.name!r} and its {deleted} trials from {storage.redacted_uri}")
+    compact_after_rm(storage, deleted, total)
     return 0
 
 

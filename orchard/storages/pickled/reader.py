@@ -127,7 +127,7 @@ class LogReader:
         self._version = fileformat.VERSION if header is None else header.version  # the file's format version
         self._offset = HEADER_SIZE
         self._size = 0
-        self._compact_floor = 0  # the writer's: no compaction attempt below this offset
+        self.skipped_damage = False  # whether this replay skipped damaged bytes of the file
         self._seen: tuple[int, int, int] | None = None  # (device, inode, size) of the file fully replayed
 
     @property
@@ -237,6 +237,7 @@ class LogReader:
             self._apply(scan.batches)
             self._offset = scan.end
             for damage in scan.damaged:
+                self.skipped_damage = True
                 log.warning(
                     "storage file %s: skipped damaged %s; every other record was kept. `orchard db "
                     "check` lists the damage, `orchard db repair` rewrites a clean file", self.path, damage,
@@ -291,7 +292,7 @@ class LogReader:
         if header.generation[:TAG] != continuation_tag(self._generation, self._offset):
             return False
         self._generation, self._base, self._offset, self._size = header.generation, header.base, header.base, 0
-        self._compact_floor, self._seen = 0, None
+        self._seen, self.skipped_damage = None, False
         return True
 
     def _keep(self, fd: int, info: os.stat_result) -> None:

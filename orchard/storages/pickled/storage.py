@@ -81,7 +81,7 @@ class PickledStorage(TableStorage):
       was broken is fenced out and raises instead of interleaving unseen.
     * **Bounded cost.** Each verb reads only what other processes appended since
       its last call. The log is compacted to a snapshot when it has grown past
-      ``max(compact_bytes, 4 × the last snapshot)``, which keeps the file, and
+      ``max(compact_bytes, the last snapshot's size)``, which keeps the file, and
       the cost of a fresh process replaying it, proportional to the live state.
 
     Errors: lock timeouts raise :class:`~orchard.errors.StorageUnavailableError`;
@@ -233,6 +233,30 @@ class PickledStorage(TableStorage):
                             "written meanwhile: nothing was replaced; run the repair again, with the workers "
                             "stopped if it happens again (a soft lock held past its stale age looks abandoned)")
             return health, backup
+
+    def compact(self) -> tuple[int, int]:
+        """Rewrite the file now as a snapshot of what it holds (a deleted experiment's records dropped).
+
+        Under the lock, as an automatic compaction: running workers carry their replay on into the new file.
+
+        Returns:
+            The file's size in bytes before and after.
+
+        Raises:
+            StorageError: the file does not exist, holds damaged bytes (:meth:`repair` it: that keeps a
+                backup), or no copy of it fits beside it (a full disk).
+            StorageUnavailableError: the lock could not be taken, or was lost meanwhile (nothing replaced).
+        """
+        with self._exclusive(), self._translate("compact"):
+            self._catch_up()  # without the lock: under it, only what is appended meanwhile is read
+            sizes = None
+            if os.path.exists(self._path):  # else the lock would make its folder and lock file
+                with self._locked():
+                    sizes = self._log.compact(self._still_held())
+        if sizes is None:
+            raise StorageError(f"storage file {self._path} does not exist, so there is nothing to compact; "
+                               "check the path (--storage) and the folder you run from")
+        return sizes
 
     def _fences(self) -> tuple[Fence | None, Fence | None]:
         """Whether this process still holds the soft lock (``owns``), or the kernel lock's file (``holds``)."""
