@@ -13,8 +13,10 @@ for as little work as possible. The verbs themselves are
 :class:`~orchard.storages.table_storage.TableStorage`'s, shared with ``memory://``.
 
 Compaction rewrites the log as a snapshot of the current state into a temporary
-file that replaces the log with ``os.replace``, under a new generation id;
-readers notice the new generation in the header and replay from scratch.
+file that replaces the log with ``os.replace``, under a new generation id that
+names the replay it continues: a reader that had replayed the old file to its
+end carries its replay on into the new one; any other reader replays it from
+scratch (:mod:`~orchard.storages.pickled.reader`).
 """
 
 from __future__ import annotations
