@@ -17,6 +17,10 @@ Seconds spent stopped are not counted against a trial's time limit
 (:func:`paused_seconds`). While the worker is stopped it sends no heartbeat: past
 its lease, other workers may take its trial back, and the worker learns so when
 it resumes, as after any freeze.
+
+Between the fork of an evaluation's child and :func:`following` its group, a
+Ctrl-Z found no group to pause: the worker stopped and the child trained on. A
+child holds its work at a :class:`StartGate` until :func:`following` opens it.
 """
 
 from __future__ import annotations
@@ -31,7 +35,7 @@ from types import FrameType
 
 from orchard.strays import signal_group
 
-__all__ = ["following", "handled", "paused_seconds"]
+__all__ = ["StartGate", "following", "handled", "paused_seconds"]
 
 _SIGTSTP: signal.Signals | None = getattr(signal, "SIGTSTP", None)
 _groups: dict[int, str | None] = {}  # process groups of this process's running evaluations, to their runs
@@ -39,14 +43,51 @@ _paused = 0.0  # seconds this process has spent stopped by SIGTSTP so far
 _handling = False  # whether a handled() block of the main thread is running
 
 
+class StartGate:
+    """What a forked evaluation waits at before its work, until its parent follows its group.
+
+    Made before the fork; the child calls :meth:`wait`, the parent passes it to :func:`following`,
+    which opens it, and then closes it (:meth:`close` too, where it never followed the child).
+    """
+
+    def __init__(self) -> None:
+        self._read, self._write = os.pipe()
+
+    def wait(self) -> bool:
+        """In the child: wait until the parent opens the gate; False if it closed it without (do no work)."""
+        os.close(self._write)
+        try:
+            return os.read(self._read, 1) == b"g"
+        finally:
+            os.close(self._read)
+
+    def open(self) -> None:
+        """In the parent: let the child start (a child gone is ignored)."""
+        if self._write >= 0:
+            with contextlib.suppress(OSError):
+                os.write(self._write, b"g")
+        self.close()
+
+    def close(self) -> None:
+        """In the parent: let go of the gate (idempotent); a child still waiting then gives up."""
+        for fd in (self._read, self._write):
+            if fd >= 0:
+                with contextlib.suppress(OSError):
+                    os.close(fd)
+        self._read = self._write = -1
+
+
 @contextlib.contextmanager
-def following(pgid: int, run: str | None = None) -> Iterator[None]:
+def following(pgid: int, run: str | None = None, gate: StartGate | None = None) -> Iterator[None]:
     """While the block runs, the process group ``pgid`` is paused and resumed with this process.
 
     So are the processes that left the group but carry its ``run`` token (:mod:`orchard.strays`).
+    ``gate``, the group's leader waits at, is opened once the group is followed.
     """
     _groups[pgid] = run
     _arm()
+    if gate is not None:
+        gate.open()
     try:
         yield
     finally:
