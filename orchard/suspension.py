@@ -18,9 +18,11 @@ Seconds spent stopped are not counted against a trial's time limit
 its lease, other workers may take its trial back, and the worker learns so when
 it resumes, as after any freeze.
 
-Between the fork of an evaluation's child and :func:`following` its group, a
-Ctrl-Z found no group to pause: the worker stopped and the child trained on. A
-child holds its work at a :class:`StartGate` until :func:`following` opens it.
+Between the start of an evaluation and :func:`following` its group, a Ctrl-Z
+found no group to pause: the worker stopped and the evaluation trained on. A
+forked child holds its work at a :class:`StartGate` until :func:`following`
+opens it; a script, which cannot wait (``Popen`` returns once it runs), is
+started within :func:`starting`, where a Ctrl-Z waits until its group is followed.
 """
 
 from __future__ import annotations
@@ -35,12 +37,14 @@ from types import FrameType
 
 from orchard.strays import signal_group
 
-__all__ = ["StartGate", "following", "handled", "paused_seconds"]
+__all__ = ["StartGate", "following", "handled", "paused_seconds", "starting"]
 
 _SIGTSTP: signal.Signals | None = getattr(signal, "SIGTSTP", None)
 _groups: dict[int, str | None] = {}  # process groups of this process's running evaluations, to their runs
 _paused = 0.0  # seconds this process has spent stopped by SIGTSTP so far
 _handling = False  # whether a handled() block of the main thread is running
+_starting = 0  # starting() blocks running: a Ctrl-Z meanwhile is held until they end
+_held = False  # whether a Ctrl-Z was held
 
 
 class StartGate:
@@ -78,6 +82,30 @@ class StartGate:
 
 
 @contextlib.contextmanager
+def starting() -> Iterator[None]:
+    """While the block starts an evaluation and follows its group, a Ctrl-Z is held until the block ends.
+
+    The handler is armed before the evaluation starts; a Ctrl-Z it got meanwhile is sent again at the end,
+    when it pauses the group followed since (a Ctrl-Z before would have stopped the worker only). In the
+    main thread only, where the handler runs (elsewhere, nothing changes).
+    """
+    global _starting, _held
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    _starting += 1
+    _arm()
+    try:
+        yield
+    finally:
+        _starting -= 1
+        _arm()
+        if _held and not _starting and _SIGTSTP is not None:
+            _held = False
+            os.kill(os.getpid(), _SIGTSTP)
+
+
+@contextlib.contextmanager
 def following(pgid: int, run: str | None = None, gate: StartGate | None = None) -> Iterator[None]:
     """While the block runs, the process group ``pgid`` is paused and resumed with this process.
 
@@ -107,8 +135,11 @@ def _signal_groups(groups: dict[int, str | None], sig: signal.Signals) -> None:
 
 def _on_stop(signum: int, frame: FrameType | None) -> None:
     """SIGTSTP: pause the evaluations' groups, stop here as the default action would, resume them on SIGCONT."""
-    global _paused
+    global _paused, _held
     assert _SIGTSTP is not None
+    if _starting:  # an evaluation is starting: stopped once its group is followed (starting())
+        _held = True
+        return
     groups = dict(_groups)
     _signal_groups(groups, signal.SIGSTOP)  # SIGSTOP: their groups are not a terminal's, SIGTSTP would be dropped
     stopped = time.monotonic()
@@ -147,14 +178,14 @@ def _arm() -> None:
     """Install the SIGTSTP handler while a :func:`handled` block has running groups; the default otherwise."""
     if _SIGTSTP is None or not _handling or threading.current_thread() is not threading.main_thread():
         return
-    signal.signal(_SIGTSTP, _on_stop if _groups else signal.SIG_DFL)
+    signal.signal(_SIGTSTP, _on_stop if _groups or _starting else signal.SIG_DFL)
 
 
 def _forked() -> None:
     """In a forked child: the parent's evaluations are not the child's to pause."""
-    global _handling
+    global _handling, _starting, _held
     _groups.clear()
-    _handling = False
+    _handling, _starting, _held = False, 0, False
 
 
 if hasattr(os, "register_at_fork"):

@@ -195,6 +195,42 @@ def test_ctrl_z_as_the_timed_evaluation_starts_holds_it_until_fg(tmp_path: Path)
         _fg_runs_its_trial_to_the_end(proc, tmp_path, storage)
 
 
+_CTRL_Z_AS_THE_SCRIPT_STARTS = """
+import os, signal, subprocess, sys
+from orchard.cli import main
+Popen = subprocess.Popen
+def popen_then_ctrl_z(*args, **kwargs):  # Ctrl-Z once the script runs, before the worker follows its group
+    subprocess.Popen = Popen
+    proc = Popen(*args, **kwargs)
+    os.killpg(os.getpgrp(), signal.SIGTSTP)
+    return proc
+subprocess.Popen = popen_then_ctrl_z
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_ctrl_z_as_hunt_starts_the_script_pauses_it_with_the_worker(tmp_path: Path) -> None:
+    """Ctrl-Z in the moment between the start of ``hunt``'s script, in a session of its own, and the worker
+    following its group: the worker stopped and the script trained on. The Ctrl-Z now waits for the group to
+    be followed, and pauses both."""
+    storage = str(tmp_path / "o.pkl")
+    (tmp_path / "work.py").write_text(_TICKS_SCRIPT.format(root=str(ROOT), folder=str(tmp_path)))
+    hunt = ["hunt", "-n", "ticks", "--storage", storage, "--max-trials", "1", "--trial-timeout", "4",
+            sys.executable, str(tmp_path / "work.py"), "--x~uniform(0, 1)"]
+    with _job([sys.executable, "-c", _CTRL_Z_AS_THE_SCRIPT_STARTS, *hunt]) as proc:
+        deadline = time.monotonic() + 60
+        while _state(proc.pid) != "T":
+            assert proc.poll() is None, proc.communicate()
+            assert time.monotonic() < deadline, "the job was never stopped"
+            time.sleep(0.01)
+        ticks = tmp_path / "ticks"
+        before = ticks.read_text() if ticks.exists() else ""
+        time.sleep(1.5)  # as long as the job stays stopped: the script must not tick meanwhile
+        after = ticks.read_text() if ticks.exists() else ""
+        assert after == before, "the script ran on while its job was stopped"
+        _fg_runs_its_trial_to_the_end(proc, tmp_path, storage)
+
+
 @pytest.mark.parametrize("objective", [loads.leaves_a_process_running, loads.leaves_a_session_running])
 def test_an_objective_that_leaves_a_process_running_still_completes(tmp_path: Path, objective: Any) -> None:
     """A process the objective left running, in its process group or in a session of its own, is killed."""
