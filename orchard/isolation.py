@@ -20,7 +20,7 @@ in a forked child (:class:`ForkedCall`, for ``workon``'s ``trial_timeout`` and
 
 A forked call sends its value back as one length-prefixed frame::
 
-    worker ──fork──> child: setpgid, PR_SET_PDEATHSIG, job(), write frame, _exit
+    worker ──fork──> child: setpgid, PR_SET_PDEATHSIG, wait until followed, job(), write frame, _exit
       └─ reads the frame as soon as it is whole (not at end-of-file: a process the
          job left running may hold the pipe), watches the limits; kills the whole
          group on return, limit, cancellation or KeyboardInterrupt
@@ -50,7 +50,7 @@ from orchard.clock import SYSTEM_CLOCK
 from orchard.interruption import default_handlers, deferred
 from orchard.resources import format_bytes
 from orchard.strays import RUN_ENV, signal_group, signal_marked
-from orchard.suspension import following, paused_seconds
+from orchard.suspension import StartGate, following, paused_seconds
 
 __all__ = [
     "SAMPLE_INTERVAL",
@@ -292,17 +292,19 @@ class ForkedCall:
         _prctl()  # looked up before the fork: the child imports nothing to die with the worker
         read_fd, write_fd = os.pipe()
         pid, self.run = 0, os.urandom(6).hex()  # the token of the programs it runs (orchard.strays)
+        self._gate = StartGate()  # the job starts once result() follows the child: a Ctrl-Z before pauses it
         try:
             with deferred():  # an interruption handled in fork's at-fork hooks would be dropped there
                 pid = os.fork()
                 if pid == 0:
-                    _child_main(job, read_fd, write_fd, self.run)
+                    _child_main(job, read_fd, write_fd, self.run, self._gate)
         except BaseException:  # interrupted as the child started: it has done nothing worth keeping
             if pid:
                 kill_tree(pid)
                 os.waitpid(pid, 0)
             os.close(read_fd)
             os.close(write_fd)
+            self._gate.close()
             raise
         os.close(write_fd)
         with contextlib.suppress(OSError):
@@ -325,9 +327,10 @@ class ForkedCall:
         ``KeyboardInterrupt`` (and any other exception) kills the child before it propagates.
         """
         try:
-            with following(self.pid, self.run):  # Ctrl-Z pauses the child with the worker
+            with following(self.pid, self.run, self._gate):  # Ctrl-Z pauses the child with the worker
                 return self._collect(LimitWatch(self.pid, timeout, memory_limit))
         finally:
+            self._gate.close()
             kill_tree(self.pid, run=self.run)  # processes the job left running, or the child itself
             with contextlib.suppress(ChildProcessError):
                 os.waitpid(self.pid, 0)
@@ -392,7 +395,7 @@ class ForkedCall:
         return f"exit code {info.si_status if info is not None else '?'}"
 
 
-def _child_main(job: Callable[[], Any], read_fd: int, write_fd: int, run: str) -> None:
+def _child_main(job: Callable[[], Any], read_fd: int, write_fd: int, run: str, gate: StartGate) -> None:
     """The forked child: run the job, send one frame, leave without cleanup (never returns)."""
     try:
         os.environ[RUN_ENV] = run  # what the programs it runs inherit (a process it forks keeps the worker's)
@@ -401,6 +404,8 @@ def _child_main(job: Callable[[], Any], read_fd: int, write_fd: int, run: str) -
             os.setpgid(0, 0)
         die_with_parent()
         default_handlers()  # the worker's, inherited through fork: the child is stopped by its parent
+        if not gate.wait():  # until its worker follows it (a Ctrl-Z meanwhile stopped the worker only)
+            return
         payload = pickle.dumps(job())
         with os.fdopen(write_fd, "wb") as pipe:
             pipe.write(_FRAME_HEADER.pack(len(payload)) + payload)

@@ -242,14 +242,15 @@ class Evaluation:
                  stop: threading.Event | None = None) -> None:
         self.evaluate, self.worker, self._stop = evaluate, worker, stop
         self.trial: Trial | None = None
-        self._stopped: str | None = None  # the trial whose evaluation the stop request stopped
+        self._stopping: str | None = None  # the trial whose evaluation the stop request asked to stop
+        self._stopped: str | None = None  # ... and whose evaluator said it stops it (not asked again)
         self._closed = threading.Event()
         self._watch: threading.Thread | None = None
 
     @contextlib.contextmanager
     def running(self, trial: Trial) -> Iterator[None]:
         """While the block evaluates ``trial``, the callbacks and the stop request reach its evaluation."""
-        self.trial, self._stopped = trial, None
+        self.trial, self._stopping, self._stopped = trial, None, None
         if self._stop is not None and self._watch is None:
             self._watch = threading.Thread(target=self._stop_when_asked, args=(self._stop,),
                                            name="orchard-stop-watch", daemon=True)
@@ -264,7 +265,7 @@ class Evaluation:
 
         An evaluation that ended by itself as the request came keeps its outcome.
         """
-        return self._stopped == trial_id and error is not None and error.get("reason") == "cancelled"
+        return self._stopping == trial_id and error is not None and error.get("reason") == "cancelled"
 
     def close(self) -> None:
         """End the stop request's watch (the worker evaluates no more)."""
@@ -275,8 +276,12 @@ class Evaluation:
         (a child not forked yet cannot), until :meth:`close`."""
         while not SYSTEM_CLOCK.wait(self._closed, _STOP_LOOK):
             trial = self.trial
-            if (stop.is_set() and trial is not None and self._stopped != trial.id
-                    and self._tell(trial, "cancel") is not False):
+            if not stop.is_set() or trial is None or self._stopped == trial.id:
+                continue
+            # marked before the call: the killed evaluation's end can reach the worker before the call
+            # returns (it still looks for the child's strays in /proc), which recorded it broken
+            self._stopping = trial.id
+            if self._tell(trial, "cancel") is not False:
                 self._stopped = trial.id
 
     def hold(self, trial_id: str, held: bool) -> object:

@@ -200,13 +200,15 @@ class ScriptRunner(TrialEvaluator):
                 contextlib.ExitStack() as following:
             started: list[subprocess.Popen[bytes]] = []
             try:
-                # an interruption handled in fork's at-fork hooks would be dropped there: raised once started
-                with deferred():
+                # an interruption handled in fork's at-fork hooks would be dropped there: raised once started;
+                # a Ctrl-Z as it starts, once its group is followed: it pauses the script with the worker
+                with suspension.starting(), deferred():
                     # dies with this process: a SIGKILLed hunt left its script running, and after the lease
                     # a second attempt of the trial ran beside it
                     started.append(subprocess.Popen(
                         argv, cwd=folder, env=env, stdin=subprocess.DEVNULL, stdout=out, stderr=err,
                         start_new_session=True, preexec_fn=death_hook()))  # noqa: PLW1509 - no import or dlopen
+                    following.enter_context(suspension.following(started[0].pid, run))
             except OSError as error:
                 return Outcome.failure("OSError", f"cannot start {argv[0]!r}: {error}", reason="start"), None
             except BaseException:  # interrupted as it started: it has done nothing yet
@@ -223,7 +225,6 @@ class ScriptRunner(TrialEvaluator):
                     judging[0], trial_id, *reports, grace=self.grace,
                     stop=lambda: stop_group(proc.pid, self.grace, lambda grace: _wait(proc, grace), run)))
             watch = GroupWatch(proc.pid, self.timeout, self.memory_limit, self.grace, run)
-            following.enter_context(suspension.following(proc.pid, run))  # Ctrl-Z pauses it with the worker
             try:
                 returncode = proc.wait()
             except BaseException:  # Ctrl-C (KeyboardInterrupt) or SIGTERM: stop the script first

@@ -10,6 +10,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -117,10 +118,7 @@ def test_ctrl_z_pauses_the_evaluation_with_its_worker_and_fg_resumes_it(tmp_path
     else:
         command = [sys.executable, "-c",
                    f"from tests import evaluation_workloads as w; w.workon_ticks({storage!r}, {str(tmp_path)!r})"]
-    # a job of the test's session, as a shell starts one: SIGTSTP stops only a group that is not orphaned
-    proc = subprocess.Popen(command, cwd=ROOT, env=_env(), text=True, process_group=0,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    try:
+    with _job(command) as proc:
         deadline = time.monotonic() + 60
         while not _wait_for(tmp_path / "ticks", proc).split():  # the file exists before its first line
             assert time.monotonic() < deadline, "the evaluation never ticked"
@@ -136,16 +134,101 @@ def test_ctrl_z_pauses_the_evaluation_with_its_worker_and_fg_resumes_it(tmp_path
         before = (tmp_path / "ticks").read_text()
         time.sleep(2.5)
         assert (tmp_path / "ticks").read_text() == before, "the evaluation ran on while its job was stopped"
-        os.killpg(proc.pid, signal.SIGCONT)  # fg
-        _, stderr = proc.communicate(timeout=60)
+        _fg_runs_its_trial_to_the_end(proc, tmp_path, storage)
+
+
+@contextlib.contextmanager
+def _job(command: list[str]) -> Iterator[subprocess.Popen[str]]:
+    """``command`` as a job of the test's session, as a shell starts one (SIGTSTP stops only a group that is
+    not orphaned); killed if the test fails."""
+    proc = subprocess.Popen(command, cwd=ROOT, env=_env(), text=True, process_group=0,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        yield proc
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
+
+
+def _fg_runs_its_trial_to_the_end(proc: subprocess.Popen[str], folder: Path, storage: str) -> None:
+    """``fg`` the stopped job: its one trial (50 ticks) completes."""
+    os.killpg(proc.pid, signal.SIGCONT)
+    _, stderr = proc.communicate(timeout=60)
     assert proc.returncode == 0, stderr
-    assert len((tmp_path / "ticks").read_text().split()) == 50
+    assert len((folder / "ticks").read_text().split()) == 50
     (trial,) = orchard.get_experiment("ticks", storage=storage).fetch_trials()
     assert trial.status is TrialStatus.COMPLETED, (trial.error, stderr)
+
+
+_CTRL_Z_AS_IT_FORKS = """
+import os, signal, sys, time
+from tests import evaluation_workloads as w
+fork = os.fork
+def fork_then_ctrl_z():  # Ctrl-Z once the evaluation's child has a group of its own, before it is followed
+    os.fork = fork
+    pid = fork()
+    if pid:
+        while os.getpgid(pid) == os.getpgrp():
+            time.sleep(0.001)
+        os.killpg(os.getpgrp(), signal.SIGTSTP)  # the worker stops here, until SIGCONT
+    return pid
+os.fork = fork_then_ctrl_z
+w.workon_ticks(sys.argv[1], sys.argv[2])
+"""
+
+
+def test_ctrl_z_as_the_timed_evaluation_starts_holds_it_until_fg(tmp_path: Path) -> None:
+    """Ctrl-Z in the moment between the fork of a timed objective's child and the worker following its group:
+    the worker stopped, and the child, in a group of its own the terminal does not reach, trained on while the
+    job was stopped. It starts its work only once its worker follows it, so it waits for ``fg``."""
+    storage = str(tmp_path / "o.pkl")
+    with _job([sys.executable, "-c", _CTRL_Z_AS_IT_FORKS, storage, str(tmp_path)]) as proc:
+        deadline = time.monotonic() + 60
+        while _state(proc.pid) != "T":
+            assert proc.poll() is None, proc.communicate()
+            assert time.monotonic() < deadline, "the job was never stopped"
+            time.sleep(0.01)
+        time.sleep(1.0)  # as long as the job stays stopped: the child must not start its work meanwhile
+        ticks = tmp_path / "ticks"
+        assert not ticks.exists() or not ticks.read_text(), "the evaluation ran while its job was stopped"
+        _fg_runs_its_trial_to_the_end(proc, tmp_path, storage)
+
+
+_CTRL_Z_AS_THE_SCRIPT_STARTS = """
+import os, signal, subprocess, sys
+from orchard.cli import main
+Popen = subprocess.Popen
+def popen_then_ctrl_z(*args, **kwargs):  # Ctrl-Z once the script runs, before the worker follows its group
+    subprocess.Popen = Popen
+    proc = Popen(*args, **kwargs)
+    os.killpg(os.getpgrp(), signal.SIGTSTP)
+    return proc
+subprocess.Popen = popen_then_ctrl_z
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_ctrl_z_as_hunt_starts_the_script_pauses_it_with_the_worker(tmp_path: Path) -> None:
+    """Ctrl-Z in the moment between the start of ``hunt``'s script, in a session of its own, and the worker
+    following its group: the worker stopped and the script trained on. The Ctrl-Z now waits for the group to
+    be followed, and pauses both."""
+    storage = str(tmp_path / "o.pkl")
+    (tmp_path / "work.py").write_text(_TICKS_SCRIPT.format(root=str(ROOT), folder=str(tmp_path)))
+    hunt = ["hunt", "-n", "ticks", "--storage", storage, "--max-trials", "1", "--trial-timeout", "4",
+            sys.executable, str(tmp_path / "work.py"), "--x~uniform(0, 1)"]
+    with _job([sys.executable, "-c", _CTRL_Z_AS_THE_SCRIPT_STARTS, *hunt]) as proc:
+        deadline = time.monotonic() + 60
+        while _state(proc.pid) != "T":
+            assert proc.poll() is None, proc.communicate()
+            assert time.monotonic() < deadline, "the job was never stopped"
+            time.sleep(0.01)
+        ticks = tmp_path / "ticks"
+        before = ticks.read_text() if ticks.exists() else ""
+        time.sleep(1.5)  # as long as the job stays stopped: the script must not tick meanwhile
+        after = ticks.read_text() if ticks.exists() else ""
+        assert after == before, "the script ran on while its job was stopped"
+        _fg_runs_its_trial_to_the_end(proc, tmp_path, storage)
 
 
 @pytest.mark.parametrize("objective", [loads.leaves_a_process_running, loads.leaves_a_session_running])

@@ -238,6 +238,49 @@ def test_a_thread_worker_waiting_for_trials_held_elsewhere_stops_when_told(stora
     assert len(stop.reports) == 1 and not stop.reports[0].released, stop.reports
 
 
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="a timed evaluation runs in a forked child")
+def test_a_thread_worker_told_to_stop_releases_an_evaluation_killed_before_the_kill_returned(
+        storage, exp_id, tmp_path) -> None:
+    """executor="thread" (or an in-process Dask LocalCluster) with trial_timeout, stopped by SIGTERM: the stop
+    request kills the evaluation's child. When the child's end reached the worker before the kill returned (it
+    still looks for the child's strays in /proc, slow on a loaded machine), the trial was recorded broken
+    ("killed because the worker lost its reservation"), and workon said "1 of 2 released; 1 finished"."""
+    import time
+
+    from orchard.executors.threads import StopRequest
+    from orchard.objective import ObjectiveEvaluator
+
+    marker = tmp_path / "evaluating"
+
+    def objective(x: float) -> float:
+        marker.touch()
+        time.sleep(60)  # only the stop ends it
+        return x
+
+    class SlowToReturnFromTheKill(ObjectiveEvaluator):
+        def cancel(self, trial: Trial) -> bool:
+            killed = super().cancel(trial)
+            deadline = time.monotonic() + 10  # returns once the worker has settled the killed trial
+            while killed and storage.get_trial(trial.id).status is TrialStatus.RESERVED:
+                assert time.monotonic() < deadline, "the worker never settled the killed evaluation"
+                time.sleep(0.01)
+            return killed
+
+    stop = StopRequest()
+    evaluate = SlowToReturnFromTheKill(objective, timeout=120)
+    task = WorkerTask(storage, exp_id, settings(max_trials=4), evaluate)
+    loop = threading.Thread(target=run_worker, args=(task,), daemon=True)
+    with stop.covering([task.token]):
+        loop.start()
+        _poll(marker.exists, timeout=30)
+        stop.set()
+        loop.join(30)
+    assert not loop.is_alive(), "the stopped worker did not end"
+    (trial,) = storage.fetch_trials(exp_id)
+    assert trial.status is TrialStatus.INTERRUPTED and trial.attempts == 0, (trial.status, trial.error)
+    assert len(stop.reports) == 1 and stop.reports[0].released == [trial.id], stop.reports
+
+
 def test_worker_waits_for_others_then_exits_on_idle_timeout(storage, exp_id) -> None:
     storage.register_trial(exp_id, {"x": 0.9}, worker="someone-else", budget=1)
     clock = ManualClock()
