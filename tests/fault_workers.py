@@ -112,9 +112,13 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--max-broken", type=int, default=3)
     parser.add_argument("--pruner", help="the script's pruner (JSON); it reports --steps steps")
     parser.add_argument("--steps", type=int, default=5)
+    parser.add_argument("--log-driver-errors", action="store_true",
+                        help="log each MongoDB call the driver gave up on (a DEBUG line of the client)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                         format=f"%(created).3f {os.getpid()} %(name)s %(levelname)s %(message)s")
+    if args.log_driver_errors:
+        logging.getLogger("orchard.storages.mongodb.client").setLevel(logging.DEBUG)
     os.environ[_DIR_VAR] = args.dir
     if args.objective == SCRIPT:
         print(json.dumps(script_worker(args)))

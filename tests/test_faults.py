@@ -68,9 +68,9 @@ def spawn(tmp_path: Path) -> Iterator[Callable[..., Worker]]:
     started: list[Worker] = []
 
     def start(storage: str, name: str, objective: str, *, max_trials: int, heartbeat: float,
-              prefix: Sequence[str] = (), max_broken: int = 3) -> Worker:
+              prefix: Sequence[str] = (), max_broken: int = 3, options: Sequence[str] = ()) -> Worker:
         args = [storage, name, objective, "--dir", str(tmp_path), "--max-trials", str(max_trials),
-                "--heartbeat", str(heartbeat), "--max-broken", str(max_broken)]
+                "--heartbeat", str(heartbeat), "--max-broken", str(max_broken), *options]
         started.append(Worker(tmp_path, f"worker-{len(started)}", args, prefix))
         return started[-1]
 

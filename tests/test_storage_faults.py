@@ -134,11 +134,12 @@ def test_a_frozen_server_is_an_outage_the_calls_give_up_on_and_the_worker_rides_
     (no timeout on a reply; pymongo's monitor, which interrupts calls once its heartbeat times out on
     pymongo 4.7 and later, looks once in 5 minutes here, as a URI may ask): it returned when the server
     woke. Now each try gives up after socketTimeoutMS (20 s by default, which tests/test_mongodb.py checks;
-    5 s here, as a URI may set it, to freeze the server for 30 s rather than 80), and one call makes up to 3:
-    the command, its retry, and the retry's new connection's handshake."""
+    5 s here, as a URI may set it, to freeze the server for seconds rather than a minute), and one call makes
+    up to 3: the command, its retry, and the retry's new connection's handshake. The freeze lasts until this
+    call and one of the worker's have given up (the worker logs each call the driver gave up on)."""
     with WireServer(tmp_path, durable=True) as server:
         uri = with_database(server.uri, "frozen") + "?heartbeatFrequencyMS=300000&socketTimeoutMS=5000"
-        worker = spawn(uri, "frozen", "steady", max_trials=4, heartbeat=10.0)
+        worker = spawn(uri, "frozen", "steady", max_trials=4, heartbeat=10.0, options=["--log-driver-errors"])
 
         def running() -> bool:
             with contextlib.suppress(ExperimentNotFoundError):
@@ -159,11 +160,14 @@ def test_a_frozen_server_is_an_outage_the_calls_give_up_on_and_the_worker_rides_
             else:
                 outcome.append((time.monotonic() - start, None))
 
+        gave_up = "MongoDB driver error"  # the line the worker logs for each call the driver gave up on
+        before = worker.log().count(gave_up)
         server.pause()
         try:
             calling = threading.Thread(target=call)
             calling.start()
-            time.sleep(30)  # the freeze: longer than the 3 tries of one call of the worker's, so one fails
+            wait_for(lambda: bool(outcome) and worker.log().count(gave_up) > before, 60,
+                     "this call and one of the worker's to give up on the frozen server")
         finally:
             server.pause(False)
         calling.join(30)
