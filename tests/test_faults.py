@@ -151,9 +151,9 @@ def test_a_trial_that_kills_its_worker_breaks_after_3_losses_and_the_experiment_
         tmp_path: Path, spawn: Callable[..., Worker]) -> None:
     uri, n_trials = str(tmp_path / "db.pkl"), 10
     exp = orchard.build_experiment("poison", space={"x": "uniform(0, 1)"}, algorithm="random",
-                                   storage=uri, max_trials=n_trials, heartbeat=1.0)
+                                   storage=uri, max_trials=n_trials, heartbeat=0.5)
     exp.insert({"x": POISON})  # reserved first, by whichever worker comes first
-    workers = [spawn(uri, "poison", "poison", max_trials=n_trials, heartbeat=1.0) for _ in range(6)]
+    workers = [spawn(uri, "poison", "poison", max_trials=n_trials, heartbeat=0.5) for _ in range(6)]
     codes = [w.wait(timeout=180) for w in workers]
     assert sorted(codes) == [-9, -9, -9, 0, 0, 0], "exactly three workers died on the poison trial"
     trials = trials_of(uri, "poison")

@@ -772,7 +772,7 @@ def train(x):
     return x
 
 exp = orchard.build_experiment("p-kill", space={"x": "uniform(0, 1)"}, max_trials=1, storage=sys.argv[1],
-                               heartbeat=1, pruner="median")
+                               heartbeat=0.5, pruner="median")
 exp.workon(train, progress=False)
 """
 

@@ -453,9 +453,9 @@ def test_a_compaction_that_finds_the_disk_full_is_not_retried_after_every_write(
 @pytest.mark.timeout(120)
 def test_a_file_deleted_under_a_running_worker_is_named_not_recreated(
         tmp_path: Path, spawn: Callable[..., FaultWorker], monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("ORCHARD_STORAGE_PATIENCE", "1")  # the lease (3 s) then bounds the wait
+    monkeypatch.setenv("ORCHARD_STORAGE_PATIENCE", "1")  # the lease (1.5 s) then bounds the wait
     path = tmp_path / "orchard.pkl"
-    worker = spawn(str(path), "deleted", "steady", max_trials=20, heartbeat=1.0)
+    worker = spawn(str(path), "deleted", "steady", max_trials=20, heartbeat=0.5)
     def a_result() -> bool:
         with contextlib.suppress(ExperimentNotFoundError):
             return any(t.status is TrialStatus.COMPLETED for t in trials_of(str(path), "deleted"))

@@ -88,7 +88,7 @@ def test_sigkilled_worker_trial_is_recovered_by_another(tmp_path) -> None:
     marker = tmp_path / "marker"
     env = {**os.environ, "ORCHARD_TEST_MARKER": str(marker)}
     code = ("from tests import workloads; workloads.workon_process("
-            f"{storage!r}, 'crash', 6, fn_name='marker_then_slow', heartbeat=1.0)")
+            f"{storage!r}, 'crash', 6, fn_name='marker_then_slow', heartbeat=0.5)")
     victim = subprocess.Popen([sys.executable, "-c", code], env=env, cwd=Path(__file__).parent.parent)
     deadline = time.monotonic() + 60
     while not marker.exists():
