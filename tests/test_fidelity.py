@@ -744,8 +744,10 @@ def test_a_new_point_of_the_default_asha_costs_well_under_100_ms_of_cpu_at_1000_
         "momentum": "uniform(0.1, 0.99)", "dropout": "uniform(0, 1)", "epochs": "fidelity(1, 81, base=3)"})
     builder = make_algorithm({"asha": {"sampler": "random"}}, space, seed=0)
     completed: list[Observation] = []
+    built = SeenPoints()  # kept up to date as a worker keeps its own: no suggestion re-hashes the history
     while len(completed) < 1000:
-        (params,) = builder.suggest(completed, [])
+        (params,) = builder.suggest(completed, [], seen=built)
+        built.add(params)
         loss = (math.log(params["lr"]) + 5) ** 2 + params["decay"] + 1 / params["epochs"]
         completed.append(Observation(params, loss, end_time=float(len(completed))))
     seen = SeenPoints(o.params for o in completed)
