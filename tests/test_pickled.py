@@ -41,6 +41,7 @@ from orchard.storages.pickled.locks import KernelLock, SoftLock
 from orchard.trial import TrialStatus
 
 SPAWN = multiprocessing.get_context("spawn")
+FORK = multiprocessing.get_context("fork")
 WAIT = 60.0  # generous bound on a child getting ready (spawn imports take a while on loaded CI)
 
 
@@ -894,7 +895,7 @@ def test_storage_travels_to_other_processes(path: Path, method: str) -> None:
     storage = PickledStorage(path, lock="soft", timeout=30)
     exp_id = storage.create_experiment("exp", {})
     storage.register_trial(exp_id, {"x": 0.0})
-    context = SPAWN if method == "spawn" else multiprocessing.get_context("fork")
+    context = SPAWN if method == "spawn" else FORK
     child = context.Process(target=_register_from_child, args=(storage, exp_id, 1.0))
     child.start()
     child.join(WAIT)
@@ -970,8 +971,8 @@ def test_sigkilled_writer_loses_nothing_that_returned(path: Path, tmp_path: Path
     checked = 0
     for round_ in range(20):
         name, log_path = f"crash-{round_ // 5}", tmp_path / f"returned-{round_ // 5}.log"
-        ready = SPAWN.Event()
-        child = SPAWN.Process(target=_crash_loop, args=(str(path), str(log_path), name, ready), daemon=True)
+        ready = FORK.Event()  # a copy of this process starts in milliseconds; spawn imports for 0.4 s
+        child = FORK.Process(target=_crash_loop, args=(str(path), str(log_path), name, ready), daemon=True)
         child.start()
         assert ready.wait(WAIT), "writer did not start"
         time.sleep(random.uniform(0.02, 0.3))
