@@ -8,6 +8,8 @@
   cannot start, every test that needs it fails loudly; nothing is skipped.
 * ``mongo_db_uri`` — ``mongo_uri`` pointing at a database of its own, dropped
   after the test, so tests never see each other's data.
+* ``browser`` — the session's headless Chromium (one start for every page test), on a
+  blank page, its console log read: a test sees what its own pages logged.
 """
 
 from __future__ import annotations
@@ -102,3 +104,23 @@ def storage(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[BaseStor
         yield store
     finally:
         store.close()
+
+
+@pytest.fixture(scope="session")
+def _chromium() -> Iterator[Any]:
+    from tests.test_dashboard_live import CHROMEDRIVER, CHROMIUM, start_chromium
+
+    for program in (CHROMIUM, CHROMEDRIVER):
+        if not os.path.exists(program):
+            pytest.fail(f"{program} is missing: apt-get install -y chromium chromium-driver", pytrace=False)
+    driver = start_chromium()
+    yield driver
+    driver.quit()
+
+
+@pytest.fixture
+def browser(_chromium: Any) -> Any:
+    """The session's Chromium (see the module docstring)."""
+    _chromium.get("about:blank")
+    _chromium.get_log("browser")  # what earlier tests' pages logged is theirs
+    return _chromium

@@ -9,17 +9,9 @@ from typing import Any
 import pytest
 
 from orchard.storages import get_storage
-from tests.test_dashboard_live import (
-    assert_offline_and_clean,
-    browser,
-    request,
-    screenshot,
-    serving,
-    wait_for,
-)
+from tests.test_dashboard_live import assert_offline_and_clean, request, screenshot, serving, wait_for
 
 pytestmark = pytest.mark.slow
-__all__ = ["browser"]  # the fixture, shared with tests/test_dashboard_live.py
 
 CONFIG = {"space": {"x": "uniform(0, 1)"}, "algorithm": "random", "max_trials": 20,
           "objectives": {"error": "min", "accuracy": "max"}, "constraints": ["memory_gb <= 16"]}

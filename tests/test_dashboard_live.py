@@ -237,16 +237,6 @@ def start_chromium() -> Any:
     return webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
 
 
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Any]:
-    for program in (CHROMIUM, CHROMEDRIVER):
-        if not os.path.exists(program):
-            pytest.fail(f"{program} is missing: apt-get install -y chromium chromium-driver", pytrace=False)
-    driver = start_chromium()
-    yield driver
-    driver.quit()
-
-
 def wait_for(browser: Any, check: Callable[[Any], Any], timeout: float = 30.0) -> Any:
     """Poll ``check`` until it is truthy. An element that the page re-rendered between finding it
     and reading it (stale) means: poll again, like an element not found yet."""

@@ -255,33 +255,23 @@ def test_a_password_written_as_an_option_is_not_printed_in_the_error(capsys: pyt
 
 
 @pytest.mark.slow
-def test_the_pages_show_every_experiment_and_the_problem_of_an_odd_one(tmp_path: Any) -> None:
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
+def test_the_pages_show_every_experiment_and_the_problem_of_an_odd_one(browser: Any, tmp_path: Any) -> None:
     from selenium.webdriver.common.by import By
 
-    from tests.test_dashboard_live import BROWSER_FLAGS, CHROMEDRIVER, CHROMIUM, serving, text_of, wait_for
+    from tests.test_dashboard_live import serving, text_of, wait_for
 
     storage = get_storage(str(tmp_path / "o.pkl"))
     storage.create_experiment("good", {"space": {"x": "uniform(0, 1)"}, "max_trials": 4})
     storage.create_experiment("odd", {"space": {"x": "uniform(0, 1)"}, "max_trials": "ten"})  # another program's
     storage.close()
-    options = webdriver.ChromeOptions()
-    for flag in BROWSER_FLAGS:
-        options.add_argument(flag)
-    options.binary_location = CHROMIUM
-    browser = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
-    try:
-        with serving(str(tmp_path / "o.pkl"), cwd=tmp_path) as served:
-            browser.get(served.url)
-            wait_for(browser, lambda b: len(b.find_elements(By.CSS_SELECTOR, "#experiments tbody tr")) == 2)
-            assert "odd settings" in text_of(browser, "#experiments tr[data-name='odd']")
-            browser.get(served.url + "experiments/odd")
-            wait_for(browser, lambda b: "max_trials" in b.find_element(By.ID, "config-problem").text)
-            assert text_of(browser, "h1#name") == "odd"
-            browser.get("about:blank")  # stop polling before the server stops
-    finally:
-        browser.quit()
+    with serving(str(tmp_path / "o.pkl"), cwd=tmp_path) as served:
+        browser.get(served.url)
+        wait_for(browser, lambda b: len(b.find_elements(By.CSS_SELECTOR, "#experiments tbody tr")) == 2)
+        assert "odd settings" in text_of(browser, "#experiments tr[data-name='odd']")
+        browser.get(served.url + "experiments/odd")
+        wait_for(browser, lambda b: "max_trials" in b.find_element(By.ID, "config-problem").text)
+        assert text_of(browser, "h1#name") == "odd"
+        browser.get("about:blank")  # stop polling before the server stops
 
 
 @pytest.mark.slow

@@ -216,8 +216,24 @@ def test_a_server_down_for_6_s_amid_reports_and_prune_verdicts_stores_each_once_
         assert trial.attempts == 1 and (trial.verdict is not None) == (trial.status is TrialStatus.PRUNED), trial
 
 
+def _restart_after_a_failed_call(server: WireServer, caplog: pytest.LogCaptureFixture) -> threading.Thread:
+    """Start the killed ``server`` again once a call of this process has failed on it (after the driver's
+    own selection retry: the client's debug line), in a thread; join it."""
+    caplog.set_level(logging.DEBUG, logger="orchard.storages.mongodb.client")
+
+    def restart() -> None:
+        deadline = time.monotonic() + 60
+        while "MongoDB driver error" not in caplog.text and time.monotonic() < deadline:
+            time.sleep(0.02)
+        server.start()
+
+    thread = threading.Thread(target=restart)
+    thread.start()
+    return thread
+
+
 @pytest.mark.timeout(60)
-def test_joining_while_the_server_restarts_waits_for_it(tmp_path: Path) -> None:
+def test_joining_while_the_server_restarts_waits_for_it(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     """A server the driver had found goes away as a worker joins: the join waits for it (seen in chaos runs).
 
     A storage that never answered still fails at once (a wrong address): only a server that had
@@ -229,8 +245,7 @@ def test_joining_while_the_server_restarts_waits_for_it(tmp_path: Path) -> None:
         store = get_storage(uri)
         store.list_experiments()  # the driver has found the server
         server.kill()
-        restart = threading.Timer(3.0, server.start)  # longer than the driver's own selection retry
-        restart.start()
+        restart = _restart_after_a_failed_call(server, caplog)
         try:
             joined = orchard.build_experiment("join", storage=store)
         finally:
@@ -245,7 +260,8 @@ def test_joining_while_the_server_restarts_waits_for_it(tmp_path: Path) -> None:
 
 
 @pytest.mark.timeout(60)
-def test_a_worker_started_during_an_outage_waits_for_a_server_its_parent_had_reached(tmp_path: Path) -> None:
+def test_a_worker_started_during_an_outage_waits_for_a_server_its_parent_had_reached(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     """workon ships the storage to its workers by pickle; a worker whose first call fell in an outage (the server
     killed as the workers started) died at once with 'cannot reach MongoDB … check that mongod is running',
     as for a wrong address, and workon raised it, though the process that started it had reached the server."""
@@ -259,8 +275,7 @@ def test_a_worker_started_during_an_outage_waits_for_a_server_its_parent_had_rea
         exp = store.create_experiment("e", {})
         shipped = pickle.loads(pickle.dumps(store))  # as an executor hands it to a worker process
         server.kill()
-        restart = threading.Timer(3.0, server.start)
-        restart.start()
+        restart = _restart_after_a_failed_call(server, caplog)
         try:
             counts = RetryingStorage(shipped, 30.0).count_trials(exp)  # the worker's first call
         finally:
