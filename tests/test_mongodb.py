@@ -39,7 +39,6 @@ from orchard.errors import (
 from orchard.storages import get_storage
 from orchard.storages.mongodb import MongoStorage, client
 from orchard.testing._mongo_uri import with_database
-from orchard.testing.mongo_server import mongodb_for_tests
 from orchard.trial import Lease, Trial, TrialStatus
 
 SPAWN = multiprocessing.get_context("spawn")
@@ -546,14 +545,23 @@ def test_the_storage_pickles_by_uri(storage: MongoStorage, exp: str) -> None:
 
 
 @pytest.fixture(scope="module")
-def wire_uri(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """A database of this module's own on the wire server (dropped afterwards)."""
-    with mongodb_for_tests(tmp_path_factory.mktemp("mongo")) as uri:
-        database = f"orchard_test_{uuid.uuid4().hex[:12]}"
-        yield with_database(uri, database)
-        mongo: Any = pymongo.MongoClient(uri, serverSelectionTimeoutMS=20000)
-        mongo.drop_database(database)
-        mongo.close()
+def wire_uri(mongo_uri: str, _mongo_admin: Any) -> Iterator[str]:
+    """A database of this module's own on the session's wire server (dropped afterwards)."""
+    database = f"orchard_test_{uuid.uuid4().hex[:12]}"
+    yield with_database(mongo_uri, database)
+    _mongo_admin.drop_database(database)
+
+
+def test_the_test_server_stops_without_waiting_out_its_accept_loop(tmp_path: Any) -> None:
+    """SecantusDB's accept loop sees a stop only when a connection comes: each stop of a test server
+    (every outage test's, the session's) waited out its 2 s join timeout."""
+    from orchard.testing.mongo_server import WireServer
+
+    server = WireServer(tmp_path)
+    server.start()
+    started = time.monotonic()
+    server.stop()
+    assert time.monotonic() - started < 1.9, "the stop waited for the server's 2 s join timeout"
 
 
 @pytest.fixture

@@ -23,6 +23,7 @@ import contextlib
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -117,7 +118,7 @@ class WireServer:
     def stop(self) -> None:
         """Stop the server gracefully (SIGTERM, then SIGKILL after 10 s); idempotent."""
         if self._process is not None:
-            _stop(self._process)
+            _stop(self._process, (self.host, int(self.port)))
 
     def __enter__(self) -> WireServer:  # noqa: PYI034 - Self needs Python 3.11
         self.start()
@@ -175,15 +176,50 @@ def _wait_listening(process: subprocess.Popen[bytes], log_path: Path, timeout: f
         time.sleep(0.05)
 
 
-def _stop(process: subprocess.Popen[bytes]) -> None:
+def _stop(process: subprocess.Popen[bytes], address: tuple[str, int]) -> None:
+    """SIGTERM, then SIGKILL after 10 s.
+
+    SecantusDB's stop closes its listening socket, then waits 2 s for its accept loop, which
+    stays blocked in ``accept`` until a connection comes: once the socket is closed (on Linux,
+    where ``/proc`` shows it), one connection ends that wait. Not before: one that comes as the
+    server handles the signal can leave it waiting for ever.
+    """
     if process.poll() is not None:
         return
+    listening = _listening_socket(address[1])
     process.send_signal(signal.SIGTERM)
-    try:
-        process.wait(timeout=10)
-    except subprocess.TimeoutExpired:
+    deadline = time.monotonic() + 10
+    while process.poll() is None and time.monotonic() < deadline:
+        if listening is not None and not _holds(process.pid, listening):
+            with contextlib.suppress(OSError):
+                socket.create_connection(address, timeout=0.2).close()
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            process.wait(timeout=0.05)
+    if process.poll() is None:
         process.kill()
         process.wait()
+
+
+def _listening_socket(port: int) -> str | None:
+    """``socket:[INODE]``, the listening TCP socket on ``port`` (``None`` without Linux's ``/proc``)."""
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with contextlib.suppress(OSError):
+            for line in Path(table).read_text().splitlines()[1:]:
+                fields = line.split()
+                if fields[3] == "0A" and int(fields[1].rsplit(":", 1)[1], 16) == port:  # 0A: LISTEN
+                    return f"socket:[{fields[9]}]"
+    return None
+
+
+def _holds(pid: int, target: str) -> bool:
+    """Whether process ``pid`` has a file descriptor open on ``target`` (as ``/proc/PID/fd`` shows it)."""
+    with contextlib.suppress(OSError):
+        for fd in Path(f"/proc/{pid}/fd").iterdir():
+            with contextlib.suppress(OSError):
+                if os.readlink(fd) == target:
+                    return True
+        return False
+    return True  # unreadable: as if still open (no connection is made)
 
 
 @contextlib.contextmanager
