@@ -233,7 +233,8 @@ def _restart_after_a_failed_call(server: WireServer, caplog: pytest.LogCaptureFi
 
 
 @pytest.mark.timeout(60)
-def test_joining_while_the_server_restarts_waits_for_it(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+def test_joining_while_the_server_restarts_waits_for_it(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     """A server the driver had found goes away as a worker joins: the join waits for it (seen in chaos runs).
 
     A storage that never answered still fails at once (a wrong address): only a server that had
