@@ -509,6 +509,8 @@ def test_the_count_check_stretches_with_the_workers_holding_trials(
     cursor = feed.fetch(storage._trials, exp, None, dict)[1]
     for now[0] in np.arange(0.5, 250.0, 0.5):
         cursor = feed.fetch(storage._trials, exp, cursor, lambda: (counted.append(now[0]), storage.count_trials(exp))[1])[1]
+        if len(counted) == 2:
+            break  # the two checks asserted
     assert counted[:2] == [first_check, 2 * first_check]
 
 
