@@ -154,3 +154,49 @@ def test_workon_gives_up_on_a_scheduler_left_without_workers(tmp_path, monkeypat
         for process in (worker, scheduler):
             process.kill()
             process.wait()
+
+
+_CLIENT = """
+import sys
+import orchard
+from tests import workloads
+exp = orchard.build_experiment("orphan", space=workloads.SPACE, storage=sys.argv[1], max_trials=50)
+exp.workon(workloads.marker_then_brief, n_workers=1, executor="dask", progress=False,
+           executor_config={"scheduler_file": sys.argv[2]})
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(120)
+def test_loops_on_dask_workers_stop_once_the_process_that_called_workon_is_killed(tmp_path,
+                                                                                    monkeypatch) -> None:
+    """The process running workon was SIGKILLed (a notebook's kernel restarted, the OOM killer): Dask cancels
+    its tasks but runs their threads on, so its loops ran the whole experiment on for nobody, holding the
+    worker's slots from the next workon. A loop stops once its client released it: it reserves no other
+    trial."""
+    scheduler_file, marker = tmp_path / "scheduler.json", tmp_path / "running"
+    storage = str(tmp_path / "o.pkl")
+    monkeypatch.setenv("ORCHARD_TEST_MARKER", str(marker))
+    scheduler, worker = _scheduler_and_worker(scheduler_file)
+    try:
+        _wait_for(scheduler_file, scheduler)
+        root = Path(__file__).resolve().parents[1]
+        caller = subprocess.Popen([sys.executable, "-c", _CLIENT, storage, str(scheduler_file)], cwd=root,
+                                  stdout=DEVNULL, stderr=DEVNULL)
+        _kill_mid_trial(caller, marker)
+        assert caller.wait(60) == -9
+        with distributed.Client(scheduler_file=str(scheduler_file)) as dask_client:
+            def running() -> bool:  # the worker's own view: the scheduler forgot the task with its client
+                return any(dask_client.run(lambda dask_worker: len(dask_worker.state.executing)).values())
+
+            deadline = time.monotonic() + 30
+            while running() and time.monotonic() < deadline:
+                time.sleep(0.1)
+            assert not running(), "the orphaned loop runs on"
+        trials = orchard.get_experiment("orphan", storage=storage).fetch_trials()
+        assert 1 <= len(trials) <= 2  # the trial it ran, and one it may have reserved before it saw
+        assert {t.status for t in trials} == {TrialStatus.COMPLETED}
+    finally:
+        for process in (worker, scheduler):
+            process.kill()
+            process.wait()
