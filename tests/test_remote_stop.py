@@ -5,6 +5,8 @@ One in-process ``LocalCluster`` (its scheduler runs in this process), shared by 
 
 from __future__ import annotations
 
+import os
+import signal
 import subprocess
 import sys
 import threading
@@ -196,6 +198,39 @@ def test_loops_on_dask_workers_stop_once_the_process_that_called_workon_is_kille
         trials = orchard.get_experiment("orphan", storage=storage).fetch_trials()
         assert 1 <= len(trials) <= 2  # the trial it ran, and one it may have reserved before it saw
         assert {t.status for t in trials} == {TrialStatus.COMPLETED}
+    finally:
+        for process in (worker, scheduler):
+            process.kill()
+            process.wait()
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(120)
+def test_workon_says_which_trials_a_killed_dask_worker_lost(tmp_path, monkeypatch, caplog) -> None:
+    """A Dask worker SIGKILLed mid-trial (the OOM killer): its nanny restarts it and Dask runs the loop
+    again, so workon ended as if nothing had happened. The budget stays exact, and workon names the trial
+    run again."""
+    scheduler_file, marker = tmp_path / "scheduler.json", tmp_path / "running"
+    monkeypatch.setenv("ORCHARD_TEST_MARKER", str(marker))
+    scheduler, worker = _scheduler_and_worker(scheduler_file)  # with a nanny, which restarts it
+
+    def kill_the_worker_process() -> None:
+        while not marker.exists() or not marker.read_text():
+            time.sleep(0.05)
+        os.kill(int(marker.read_text().split()[0]), signal.SIGKILL)
+
+    try:
+        _wait_for(scheduler_file, scheduler)
+        threading.Thread(target=kill_the_worker_process, daemon=True).start()
+        exp = orchard.build_experiment("oom", space=workloads.SPACE, storage=str(tmp_path / "o.pkl"),
+                                       max_trials=2, heartbeat=1)
+        with caplog.at_level("WARNING", logger="orchard.executors.fleet"):
+            stats = exp.workon(workloads.marker_then_slow, n_workers=1, executor="dask", progress=False,
+                               executor_config={"scheduler_file": str(scheduler_file)})
+        assert stats["counts"]["completed"] == 2 and len(exp.fetch_trials()) == 2
+        (lost,) = [t for t in exp.fetch_trials() if t.attempts == 2]
+        assert "1 trial(s) of experiment 'oom' lost a Dask worker that died under them" in caplog.text
+        assert lost.id in caplog.text
     finally:
         for process in (worker, scheduler):
             process.kill()
