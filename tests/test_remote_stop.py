@@ -235,3 +235,32 @@ def test_workon_says_which_trials_a_killed_dask_worker_lost(tmp_path, monkeypatc
         for process in (worker, scheduler):
             process.kill()
             process.wait()
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(120)
+def test_a_loop_whose_dask_worker_lost_its_scheduler_gives_back_the_trial_its_child_evaluates(
+        tmp_path, monkeypatch) -> None:
+    """Dask closes a worker that lost its scheduler, and its process dies with the evaluation's child: the
+    loop kept reserving trials meanwhile, and the trial it held stayed reserved until its lease ran out.
+    The loop sees its worker closing: it stops the child and gives the trial back (no attempt counted)."""
+    scheduler_file, marker = tmp_path / "scheduler.json", tmp_path / "running"
+    monkeypatch.setenv("ORCHARD_TEST_MARKER", str(marker))
+    scheduler, worker = _scheduler_and_worker(scheduler_file)
+    try:
+        _wait_for(scheduler_file, scheduler)
+        _kill_mid_trial(scheduler, marker)
+        exp = orchard.build_experiment("closing", space=workloads.SPACE, storage=str(tmp_path / "o.pkl"),
+                                       max_trials=1)
+        with pytest.raises(ExecutorError, match="cancelled before they ended"):
+            exp.workon(workloads.marker_then_slow, n_workers=1, executor="dask", progress=False,
+                       trial_timeout=100,
+                       executor_config={"scheduler_file": str(scheduler_file), "timeout": 2})
+        deadline = time.monotonic() + 30
+        while exp.fetch_trials([TrialStatus.RESERVED]) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert [(t.status, t.attempts) for t in exp.fetch_trials()] == [(TrialStatus.INTERRUPTED, 0)]
+    finally:
+        for process in (worker, scheduler):
+            process.kill()
+            process.wait()
