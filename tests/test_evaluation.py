@@ -620,6 +620,23 @@ def test_dask_worker_resources_are_asked_for_each_worker(tmp_path: Path) -> None
     assert stats["counts"]["completed"] == 4
 
 
+
+@pytest.mark.timeout(60)
+def test_dask_resources_no_worker_offers_are_one_error_not_a_hang(tmp_path: Path) -> None:
+    """executor_config={"resources": {"GPU": 1}} on a cluster whose workers were started without
+    ``--resources GPU=1``: Dask held the loops for ever, and workon waited silently."""
+    distributed = pytest.importorskip("distributed")
+    exp = orchard.build_experiment("no-gpu", space={"x": "uniform(0, 1)"}, storage=str(tmp_path / "o.pkl"),
+                                   max_trials=2)
+    words = (r"no Dask worker .* offers the resources \{'GPU': 1\} .* within 1 s \(its workers offer none\); "
+             r"start workers with .*--resources GPU=1")
+    with distributed.LocalCluster(n_workers=1, threads_per_worker=1, processes=False,
+                                  dashboard_address=None) as cluster, distributed.Client(cluster) as client:
+        with pytest.raises(ExecutorError, match=words):
+            exp.workon(loads.visible_devices, n_workers=1, executor=client, progress=False,
+                       executor_config={"resources": {"GPU": 1}, "worker_timeout": 1})
+    assert exp.fetch_trials() == []
+
 MPI_MAIN = r'''
 import sys
 from mpi4py.futures import MPIPoolExecutor

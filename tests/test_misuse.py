@@ -559,6 +559,32 @@ def test_an_objective_the_worker_processes_cannot_import_is_named_not_called_a_c
     assert exp.fetch_trials() == []  # said: 'a worker died ... (segfault, out of memory'
 
 
+
+def test_an_objective_using_a_module_only_the_caller_has_says_to_install_it_on_the_workers(
+        tmp_path, monkeypatch) -> None:
+    """A notebook's objective (sent by value) that calls a module of the caller's alone: the worker processes
+    cannot import that module, and workon said the objective must be importable "or use executor='joblib'",
+    the executor it was running on."""
+    import importlib.machinery
+    import types
+
+    helper = types.ModuleType("orchard_caller_only_helper")
+    helper.__spec__ = importlib.machinery.ModuleSpec(helper.__name__, None)  # imported by name in the workers
+    helper.scale = lambda x: x  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, helper.__name__, helper)
+
+    def objective(x: float) -> float:
+        return float(helper.scale(x))
+
+    objective.__module__ = "__main__"  # a notebook's: cloudpickle sends it by value
+    exp = orchard.build_experiment("caller-only", space=SPACE, max_trials=2, storage=str(tmp_path / "db.pkl"))
+    words = (r"cannot be loaded in the worker processes of executor 'joblib' \(ModuleNotFoundError: .*"
+             r"orchard_caller_only_helper.*\): .* the modules it uses .* install them where those processes")
+    with pytest.raises(ConfigurationError, match=words) as raised:
+        exp.workon(objective, n_workers=1, executor="joblib", progress=False)
+    assert "use executor='joblib'" not in str(raised.value)
+    assert exp.fetch_trials() == []
+
 def test_an_objective_calling_workon_of_its_own_experiment_breaks_its_trial_instead_of_hanging() -> None:
     exp = orchard.build_experiment("nested", space=SPACE, max_trials=2, max_broken=1, storage="memory://")
 

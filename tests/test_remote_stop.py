@@ -5,6 +5,8 @@ One in-process ``LocalCluster`` (its scheduler runs in this process), shared by 
 
 from __future__ import annotations
 
+import os
+import signal
 import subprocess
 import sys
 import threading
@@ -150,6 +152,114 @@ def test_workon_gives_up_on_a_scheduler_left_without_workers(tmp_path, monkeypat
                        executor_config={"scheduler_file": str(scheduler_file), "worker_timeout": 1})
         assert "\n" not in str(raised.value)
         assert [t.status for t in exp.fetch_trials()] == [TrialStatus.RESERVED]  # left to its lease
+    finally:
+        for process in (worker, scheduler):
+            process.kill()
+            process.wait()
+
+
+_CLIENT = """
+import sys
+import orchard
+from tests import workloads
+exp = orchard.build_experiment("orphan", space=workloads.SPACE, storage=sys.argv[1], max_trials=50)
+exp.workon(workloads.marker_then_brief, n_workers=1, executor="dask", progress=False,
+           executor_config={"scheduler_file": sys.argv[2]})
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(120)
+def test_loops_on_dask_workers_stop_once_the_process_that_called_workon_is_killed(tmp_path,
+                                                                                    monkeypatch) -> None:
+    """The process running workon was SIGKILLed (a notebook's kernel restarted, the OOM killer): Dask cancels
+    its tasks but runs their threads on, so its loops ran the whole experiment on for nobody, holding the
+    worker's slots from the next workon. A loop stops once its client released it: it reserves no other
+    trial."""
+    scheduler_file, marker = tmp_path / "scheduler.json", tmp_path / "running"
+    storage = str(tmp_path / "o.pkl")
+    monkeypatch.setenv("ORCHARD_TEST_MARKER", str(marker))
+    scheduler, worker = _scheduler_and_worker(scheduler_file)
+    try:
+        _wait_for(scheduler_file, scheduler)
+        root = Path(__file__).resolve().parents[1]
+        caller = subprocess.Popen([sys.executable, "-c", _CLIENT, storage, str(scheduler_file)], cwd=root,
+                                  stdout=DEVNULL, stderr=DEVNULL)
+        _kill_mid_trial(caller, marker)
+        assert caller.wait(60) == -9
+        with distributed.Client(scheduler_file=str(scheduler_file)) as dask_client:
+            def running() -> bool:  # the worker's own view: the scheduler forgot the task with its client
+                return any(dask_client.run(lambda dask_worker: len(dask_worker.state.executing)).values())
+
+            deadline = time.monotonic() + 30
+            while running() and time.monotonic() < deadline:
+                time.sleep(0.1)
+            assert not running(), "the orphaned loop runs on"
+        trials = orchard.get_experiment("orphan", storage=storage).fetch_trials()
+        assert 1 <= len(trials) <= 2  # the trial it ran, and one it may have reserved before it saw
+        assert {t.status for t in trials} == {TrialStatus.COMPLETED}
+    finally:
+        for process in (worker, scheduler):
+            process.kill()
+            process.wait()
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(120)
+def test_workon_says_which_trials_a_killed_dask_worker_lost(tmp_path, monkeypatch, caplog) -> None:
+    """A Dask worker SIGKILLed mid-trial (the OOM killer): its nanny restarts it and Dask runs the loop
+    again, so workon ended as if nothing had happened. The budget stays exact, and workon names the trial
+    run again."""
+    scheduler_file, marker = tmp_path / "scheduler.json", tmp_path / "running"
+    monkeypatch.setenv("ORCHARD_TEST_MARKER", str(marker))
+    scheduler, worker = _scheduler_and_worker(scheduler_file)  # with a nanny, which restarts it
+
+    def kill_the_worker_process() -> None:
+        while not marker.exists() or not marker.read_text():
+            time.sleep(0.05)
+        os.kill(int(marker.read_text().split()[0]), signal.SIGKILL)
+
+    try:
+        _wait_for(scheduler_file, scheduler)
+        threading.Thread(target=kill_the_worker_process, daemon=True).start()
+        exp = orchard.build_experiment("oom", space=workloads.SPACE, storage=str(tmp_path / "o.pkl"),
+                                       max_trials=2, heartbeat=1)
+        with caplog.at_level("WARNING", logger="orchard.executors.fleet"):
+            stats = exp.workon(workloads.marker_then_slow, n_workers=1, executor="dask", progress=False,
+                               executor_config={"scheduler_file": str(scheduler_file)})
+        assert stats["counts"]["completed"] == 2 and len(exp.fetch_trials()) == 2
+        (lost,) = [t for t in exp.fetch_trials() if t.attempts == 2]
+        assert "1 trial(s) of experiment 'oom' lost a Dask worker that died under them" in caplog.text
+        assert lost.id in caplog.text
+    finally:
+        for process in (worker, scheduler):
+            process.kill()
+            process.wait()
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(120)
+def test_a_loop_whose_dask_worker_lost_its_scheduler_gives_back_the_trial_its_child_evaluates(
+        tmp_path, monkeypatch) -> None:
+    """Dask closes a worker that lost its scheduler, and its process dies with the evaluation's child: the
+    loop kept reserving trials meanwhile, and the trial it held stayed reserved until its lease ran out.
+    The loop sees its worker closing: it stops the child and gives the trial back (no attempt counted)."""
+    scheduler_file, marker = tmp_path / "scheduler.json", tmp_path / "running"
+    monkeypatch.setenv("ORCHARD_TEST_MARKER", str(marker))
+    scheduler, worker = _scheduler_and_worker(scheduler_file)
+    try:
+        _wait_for(scheduler_file, scheduler)
+        _kill_mid_trial(scheduler, marker)
+        exp = orchard.build_experiment("closing", space=workloads.SPACE, storage=str(tmp_path / "o.pkl"),
+                                       max_trials=1)
+        with pytest.raises(ExecutorError, match="cancelled before they ended"):
+            exp.workon(workloads.marker_then_slow, n_workers=1, executor="dask", progress=False,
+                       trial_timeout=100,
+                       executor_config={"scheduler_file": str(scheduler_file), "timeout": 2})
+        deadline = time.monotonic() + 30
+        while exp.fetch_trials([TrialStatus.RESERVED]) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert [(t.status, t.attempts) for t in exp.fetch_trials()] == [(TrialStatus.INTERRUPTED, 0)]
     finally:
         for process in (worker, scheduler):
             process.kill()

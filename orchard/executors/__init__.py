@@ -262,7 +262,29 @@ def _dask_executor(client: Any, config: Mapping[str, Any]) -> Executor:
                 "the scheduler, or raise executor_config={'worker_timeout': SECONDS}"
             ) from err
     resources = config.get("resources")
+    if resources and timeout is not None:
+        _wait_for_resources(client, dict(resources), timeout)
     return client.get_executor(pure=False, **({"resources": dict(resources)} if resources else {}))  # type: ignore[no-any-return]
+
+
+def _wait_for_resources(client: Any, resources: dict[str, float], timeout: float) -> None:
+    """Wait up to ``timeout`` seconds for a Dask worker that offers ``resources``: Dask holds a task no worker
+    can run for ever, silently (workers started without ``--resources GPU=1``)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        workers = client.scheduler_info(n_workers=-1).get("workers", {})
+        seen = [dict(worker.get("resources") or {}) for worker in workers.values()]
+        if any(all(has.get(k, 0) >= v for k, v in resources.items()) for has in seen):
+            return
+        if time.monotonic() >= deadline:
+            offers = ", ".join(sorted({str(has) for has in seen if has})) or "none"
+            needs = ",".join(f"{k}={v:g}" for k, v in resources.items())
+            raise ExecutorError(
+                f"no Dask worker of the scheduler {client.scheduler.address} offers the resources "
+                f"{resources} that executor_config asks each worker loop for, within {timeout:g} s "
+                f"(its workers offer {offers}); start workers with `dask worker ... --resources {needs}`, "
+                "or drop 'resources' from executor_config")
+        time.sleep(0.5)
 
 
 #: Executor name -> factory. Unknown names are an error listing these.

@@ -112,6 +112,7 @@ class Fleet:
         remote = RemoteStop.of(pool)  # loops on Dask workers, which no signal reaches
         if remote is not None:
             self.tasks = [dataclasses.replace(task, remote_stop=remote.name) for task in self.tasks]
+        attempts = self._attempts() if remote is not None else None  # Dask re-runs a loop whose worker died
         local = LocalStop.of(pool)  # loops in pool processes that start after the stop signal was sent
         if local is not None:
             self.tasks = [dataclasses.replace(task, local_stop=local.path) for task in self.tasks]
@@ -127,6 +128,8 @@ class Fleet:
                 if remote is not None:
                     self._raise_if_workerless(remote)
             self._raise_if_cancelled(dask=remote is not None)
+            if attempts is not None:
+                self._tell_lost(attempts)
             if any(isinstance(future.exception(), BrokenProcessPool) for future in self._futures):
                 pool.shutdown(wait=True)  # loky fails the futures first, then kills the other workers: wait for that
             return [reported(future.exception()) for future in self._futures]
@@ -140,6 +143,33 @@ class Fleet:
                 remote.close(loops_ended=all(future.done() for future in self._futures) and not self._unreached)
             if local is not None:
                 local.close()
+
+    def _attempts(self) -> dict[str, int] | None:
+        """Each trial's attempts now (``None``: the storage cannot tell)."""
+        try:
+            return {trial.id: trial.attempts for trial in self.storage.fetch_trials(self.experiment_id)}
+        except StorageError:
+            return None
+
+    def _tell_lost(self, before: dict[str, int]) -> None:
+        """Say which trials the loops ran again after a Dask worker died under them.
+
+        Dask runs the loop of a worker that died again elsewhere, so its future says nothing; the trial it
+        held was taken back once its lease ran out: an attempt counted beyond the one that finished it.
+        """
+        tokens = {task.token for task in self.tasks}
+        try:
+            trials = self.storage.fetch_trials(self.experiment_id, [
+                TrialStatus.COMPLETED, TrialStatus.BROKEN, TrialStatus.PRUNED])
+        except StorageError:
+            return
+        lost = sorted(trial.id for trial in trials if trial.worker is not None
+                      and token_of(trial.worker) in tokens and trial.attempts - before.get(trial.id, 0) > 1)
+        if lost:
+            log.warning("%d trial(s) of experiment %r lost a Dask worker that died under them (killed, out "
+                        "of memory, its node lost) and were taken back once their leases ran out (then run "
+                        "again, or broken at max_attempts): %s",
+                        len(lost), self.tasks[0].label, ", ".join(lost))
 
     def _raise_if_cancelled(self, dask: bool) -> None:
         """Raise if the pool cancelled loops that had not ended; leave their trials to their leases.

@@ -34,6 +34,7 @@ they look at it: a few bytes on the scheduler.
 from __future__ import annotations
 
 import contextlib
+import logging
 import threading
 import time
 import uuid
@@ -44,6 +45,8 @@ from typing import Any
 from orchard.errors import Interrupted
 
 __all__ = ["DASK_WORKER_TIMEOUT", "RemoteStop", "RemoteStopped", "reported", "watched", "worker_timeout"]
+
+log = logging.getLogger(__name__)
 
 #: Seconds a loop's watch waits on the scheduler at once (it ends at the first wait after its loop ended).
 _WATCH = 5.0
@@ -147,26 +150,38 @@ class RemoteStop:
 def watched(name: str | None) -> Iterator[threading.Event | None]:
     """In a loop on a Dask worker: an event set once the :class:`RemoteStop` called ``name`` is (``None``: no request).
 
-    Outside a Dask worker (the task was sent elsewhere), nothing is watched.
+    It is set too once nobody waits for the loop (:func:`_abandoned`): the process that called ``workon`` died
+    (SIGKILL, the OOM killer, a notebook's kernel restarted), or the Dask worker is closing (it lost its
+    scheduler). Outside a Dask worker (the task was sent elsewhere), nothing is watched.
     """
     if name is None:
         yield None
         return
     try:
-        from distributed import Event, get_client
+        from distributed import Event, get_client, get_worker
+        from distributed.utils import thread_state  # type: ignore[attr-defined]
 
         event = Event(name, client=get_client())  # type: ignore[no-untyped-call]
+        worker, key = get_worker(), getattr(thread_state, "key", None)  # of this thread: the task's
     except (ImportError, ValueError):  # no Dask, or not in a Dask worker
         yield None
         return
     stop, ended = threading.Event(), threading.Event()
 
     def watch() -> None:
-        with contextlib.suppress(Exception):  # the worker is closing: its loop ends too
-            while not ended.is_set():
-                if event.wait(_WATCH):  # type: ignore[no-untyped-call]
-                    stop.set()
-                    return
+        while not ended.is_set():
+            try:
+                told = event.wait(_WATCH)  # type: ignore[no-untyped-call]
+            except Exception:  # noqa: BLE001 -- the scheduler cannot be reached: look at the worker instead
+                told = False
+                ended.wait(_WATCH)
+            reason = None if told else _abandoned(worker, key)
+            if reason is not None:
+                log.warning("stopping Orchard's worker loop (Dask task %s): %s; it reserves no other trial",
+                            key, reason)
+            if told or reason is not None:
+                stop.set()
+                return
 
     threading.Thread(target=watch, name="orchard-remote-stop-watch", daemon=True).start()
     try:
@@ -174,3 +189,19 @@ def watched(name: str | None) -> Iterator[threading.Event | None]:
     finally:
         ended.set()
 
+
+def _abandoned(worker: Any, key: object) -> str | None:
+    """Why the loop running as task ``key`` of Dask ``worker`` runs for nobody (``None``: it does not).
+
+    Its client released it (the scheduler marks a running task whose client went away ``cancelled``,
+    while its thread runs on: the loop would run the experiment to its end, holding the worker's slot
+    for the next ``workon``), or the worker is closing (it lost its scheduler, and its process ends
+    soon, with the trial the loop holds).
+    """
+    status = str(getattr(getattr(worker, "status", None), "name", ""))
+    if status in ("closing", "closed", "failed"):
+        return f"this Dask worker is {status} (it lost its scheduler, or was told to close)"
+    task = getattr(getattr(worker, "state", None), "tasks", {}).get(key) if key is not None else None
+    if getattr(task, "state", None) == "cancelled":
+        return "its Dask client released it (the process that called workon is gone)"
+    return None

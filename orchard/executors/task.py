@@ -73,6 +73,9 @@ class PackedObjective:
     label: str
     #: The executor, for messages: ``executor 'process'``, ``your ProcessPoolExecutor``.
     executor: str
+    #: Pickled with cloudpickle (joblib, Dask), which sends a function of ``__main__`` by value: only the
+    #: modules it uses are imported by name.
+    by_value: bool = False
 
     def load(self) -> Callable[..., Any]:
         """The objective.
@@ -83,6 +86,13 @@ class PackedObjective:
         try:
             fn: Callable[..., Any] = pickle.loads(self.data)
         except Exception as err:  # noqa: BLE001 -- whatever unpickling raised: AttributeError, ImportError
+            if self.by_value and isinstance(err, ImportError):
+                raise ConfigurationError(
+                    f"the objective {self.label} cannot be loaded in the worker processes of {self.executor} "
+                    f"({type(err).__name__}: {err}): a function of your script or notebook is sent by value, "
+                    "but the modules it uses (and the module of an imported function) are imported by name "
+                    "there; install them where those processes run, at the versions of this process, or put "
+                    "them on their PYTHONPATH (Dask: client.upload_file(PATH) sends one file)") from None
             raise ConfigurationError(
                 f"the objective {self.label} cannot be loaded in the worker processes of {self.executor} "
                 f"({type(err).__name__}: {err}): they import it by name, so it must be "
@@ -124,7 +134,7 @@ def check_travels(fn: Callable[..., Any], storage: BaseStorage,
             dumps = cloudpickle.dumps
     label = getattr(fn, "__qualname__", None) or type(fn).__name__
     try:
-        return PackedObjective(dumps(fn), label, where)
+        return PackedObjective(dumps(fn), label, where, by_value=dumps is not pickle.dumps)
     except Exception as err:  # noqa: BLE001 -- any pickler failure: PicklingError, TypeError, AttributeError
         raise ConfigurationError(
             f"the objective {label} cannot be sent to the worker processes of {where}: "
