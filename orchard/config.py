@@ -306,8 +306,11 @@ def load_config_file(path: Path) -> dict[str, Any]:
         raise ConfigurationError(f"config file {path} must hold a mapping of settings, got {type(data).__name__}")
     unknown = sorted(map(repr, set(data) - set(SETTINGS)))  # keys of several types (1, 'foo') do not sort
     if unknown:
+        near = [f"{close[0]} for {key}" for key in unknown
+                if (close := difflib.get_close_matches(key.strip("'").lower(), list(SETTINGS), 1, 0.75))]
         raise ConfigurationError(
             f"config file {path} has unknown setting(s) {', '.join(unknown)}; valid: {', '.join(sorted(SETTINGS))}"
+            + (f"; did you mean {', '.join(near)}?" if near else "")
         )
     _warn_if_exposed(path, data)
     return data

@@ -800,6 +800,77 @@ def test_unknown_option_points_at_the_command_help(workdir: Path, capsys: pytest
     assert "see 'orchard db dump --help'" in error_line(capsys.readouterr().err)
 
 
+@pytest.mark.parametrize(("args", "expected"), [
+    (["status", "--jsn"], "(--jsn: did you mean --json?)"),
+    (["status", "--JSON"], "(--JSON: did you mean --json?)"),
+    (["hunt", "-n", "e", "--max-trails=5", sys.executable, "train.py"], "did you mean --max-trials?"),
+    (["info", "-n", "e", "--trail", "ab"], "(--trail: did you mean --trial?)"),
+    (["stauts"], "invalid choice: 'stauts' (choose from 'hunt', 'status',"),
+    (["stauts"], "; did you mean 'status'?; see 'orchard --help'"),
+    (["db", "dupm"], "did you mean 'dump'?; see 'orchard db --help'"),
+    (["plot", "regert", "-n", "e", "-o", "r.html"], "did you mean 'regret'?"),
+])
+def test_a_mistyped_option_or_command_names_the_one_meant(
+    workdir: Path, capsys: pytest.CaptureFixture[str], args: list[str], expected: str
+) -> None:
+    """`orchard hunt --max-trails 5` said only 'unrecognized arguments: --max-trails'."""
+    assert main(args) == 2
+    assert expected in error_line(capsys.readouterr().err)
+
+
+def test_a_name_given_twice_is_refused_not_the_last_taken(
+    workdir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`db rm -n keep --yes ... -n old` (a script's options joined) deleted 'old' without a word."""
+    for name in ("keep", "old"):
+        orchard.build_experiment(name, space={"x": "uniform(0, 1)"}, storage="orchard.pkl")
+    assert main(["db", "rm", "-n", "keep", "--yes", "-n", "old"]) == 2
+    assert "-n/--name is given twice ('keep', then 'old')" in error_line(capsys.readouterr().err)
+    assert orchard.get_experiment("old", storage="orchard.pkl").name == "old"
+    assert main(["status", "-n", "old", "-n", "old", "--json"]) == 0  # the same name twice is harmless
+    assert json.loads(capsys.readouterr().out)["name"] == "old"
+
+
+def test_a_missing_experiment_names_the_stored_ones_it_looks_like(
+    workdir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Among 40 experiments, `info -n lr-serch` listed them all (cut in the middle), none pointed at."""
+    storage = orchard.get_storage("orchard.pkl")
+    for name in ["lr-search", "LR", *(f"run-{i:02}" for i in range(38))]:
+        orchard.build_experiment(name, space={"x": "uniform(0, 1)"}, storage=storage)
+    assert main(["info", "-n", "lr-serch"]) == 1
+    line = error_line(capsys.readouterr().err)
+    assert "no experiment named 'lr-serch' in storage" in line and "did you mean 'lr-search'?" in line
+    assert "(experiments there: LR, lr-search, run-00," in line and "run-17 and 20 more)" in line
+    assert main(["status", "-n", "lr"]) == 1
+    assert "did you mean 'LR'?" in error_line(capsys.readouterr().err)
+    assert main(["status", "-n", "zzzz"]) == 1
+    assert "did you mean" not in error_line(capsys.readouterr().err)
+
+
+def test_status_of_a_missing_storage_file_says_the_file_does_not_exist(
+    workdir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`status --storage runs/orchrad.pkl` said 'no experiments in this storage', as for an empty one."""
+    assert main(["status", "--storage", "runs/orchrad.pkl"]) == 0
+    assert capsys.readouterr().out.strip() == "no experiments in runs/orchrad.pkl (the file does not exist)"
+
+
+def test_db_dump_to_a_reader_that_stops_early_exits_141_quietly(workdir: Path) -> None:
+    """`orchard db dump -o - | head -c 10` exited 2: 'cannot write dump stdout: Broken pipe; …'."""
+    experiment = orchard.build_experiment("e", space={"x": "uniform(0, 1)"}, storage="orchard.pkl")
+    for i in range(400):  # a dump far larger than a pipe's buffer
+        experiment.insert({"x": i / 400}, objective=float(i))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ORCHARD_")}
+    proc = subprocess.Popen([sys.executable, "-m", "orchard.cli", "db", "dump", "-o", "-"], cwd=workdir,
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert proc.stdout is not None and proc.stderr is not None
+    assert proc.stdout.read(10).startswith(b"{")
+    proc.stdout.close()
+    assert proc.wait(timeout=60) == 141
+    assert proc.stderr.read() == b""
+
+
 def test_help_texts_name_every_storage_source(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["status", "--help"]) == 0
     text = " ".join(capsys.readouterr().out.split())

@@ -174,6 +174,9 @@ def _laughs(indent: str) -> str:
     ("max_trials: 1" + "0" * 5000 + "\n", "is not valid YAML at line 1, column 13: Exceeds the limit"),
     ("max_trials: 5\x07\n", "is not valid YAML at character 14: '\\x07' is a character YAML does not allow"),
     ("1: 1\nmax_trial: 2\n", "has unknown setting(s) 'max_trial', 1; valid: algorithm"),  # was a TypeError
+    # named the valid keys only: which was meant was left to the reader
+    ("max_trial: 2\nMax-Broken: 3\n",
+     "; did you mean max_broken for 'Max-Broken', max_trials for 'max_trial'?"),
 ])
 def test_a_config_file_with_a_key_twice_an_alias_bomb_or_odd_text_is_one_line(no_ambient: Path, text: str, expected: str) -> None:
     path = no_ambient / "exp.yaml"

@@ -9,8 +9,11 @@ import argparse
 import ast
 import collections
 import datetime
+import difflib
 import os
+import re
 import sys
+from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any, NoReturn
 
 from orchard.terminal import printable
@@ -27,6 +30,7 @@ __all__ = [
     "format_age",
     "format_params",
     "missing_storage_file",
+    "nearest",
     "open_experiment",
     "open_storage",
     "parse_literal",
@@ -42,10 +46,41 @@ class UsageError(Exception):
 
 
 class OneLineParser(argparse.ArgumentParser):
-    """An ``ArgumentParser`` whose errors are one line (no usage block) and raise :class:`UsageError`."""
+    """An ``ArgumentParser`` whose errors are one line (no usage block) and raise :class:`UsageError`.
+
+    An invalid choice (``orchard stauts``, ``orchard db dupm``) names the nearest valid one.
+    """
 
     def error(self, message: str) -> NoReturn:
+        found = re.match(r"argument [^:]+: invalid choice: (.+?) \(choose from (.+)\)$", message)
+        if found:
+            given = parse_literal(found.group(1))
+            near = nearest(str(given), [str(c) for c in re.findall(r"'([^']*)'", found.group(2))])
+            if near:
+                message += f"; did you mean {near!r}?"
         raise UsageError(f"{message}; see '{self.prog} --help'")
+
+
+def nearest(given: str, valid: Iterable[str]) -> str | None:
+    """The one of ``valid`` that ``given`` likely mistypes (``--max-trails``: ``--max-trials``), if any."""
+    choices = list(valid)
+    folded = {choice.lower(): choice for choice in choices}
+    if given.lower() in folded:  # --Json, Status
+        return folded[given.lower()]
+    close = difflib.get_close_matches(given, choices, n=1, cutoff=0.75)
+    return close[0] if close else None
+
+
+class _NamedOnce(argparse.Action):
+    """``-n``/``--name`` given twice with two values is refused: ``db rm -n keep … -n old`` took the last."""
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: Any,
+                 option_string: str | None = None) -> None:
+        before = getattr(namespace, self.dest, None)
+        if before is not None and before != values:
+            raise UsageError(f"{'/'.join(self.option_strings)} is given twice ({before!r}, then {values!r}); "
+                             f"give one experiment name; see '{parser.prog} --help'")
+        setattr(namespace, self.dest, values)
 
 
 def add_common(parser: argparse.ArgumentParser, top: bool = False) -> None:
@@ -73,7 +108,7 @@ def add_common(parser: argparse.ArgumentParser, top: bool = False) -> None:
 
 def add_name(parser: argparse.ArgumentParser, required: bool = True, meaning: str | None = None) -> None:
     """Add ``-n/--name``, the experiment's name (``meaning``: its help text for this command)."""
-    parser.add_argument("-n", "--name", required=required, metavar="NAME",
+    parser.add_argument("-n", "--name", required=required, metavar="NAME", action=_NamedOnce,
                         help=meaning or "the experiment's name: letters, digits and . _ - + = @ (at most 128)")
 
 

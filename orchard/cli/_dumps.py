@@ -137,6 +137,8 @@ def _write_into(handle: TextIO, where: str, data: dict[str, Any]) -> None:
     except OSError as err:
         if handle is sys.stdout:  # what is left in its buffer cannot be written either: drop it quietly
             sys.stdout = open(os.devnull, "w", encoding="utf-8")  # noqa: SIM115 - lives until exit
+            if isinstance(err, BrokenPipeError):  # `db dump -o - | head`: the reader left (exit 141)
+                raise
         raise _unwritable(where, err) from err
 
 

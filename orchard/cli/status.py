@@ -286,8 +286,9 @@ def _status_or_problem(experiment: Experiment, watch: HeartbeatWatch) -> dict[st
 def _render(args: argparse.Namespace, statuses: list[dict[str, Any]]) -> str:
     if args.json:
         return strict_json(statuses[0] if args.name else statuses)
-    if not statuses:
-        return "no experiments in this storage"
+    if not statuses:  # as list says it: a mistyped --storage is no empty storage
+        missing = missing_storage_file(args)
+        return "no experiments in " + (f"{missing} (the file does not exist)" if missing else "this storage")
     return "\n\n".join("\n".join(_status_lines(s)) for s in statuses)
 
 
