@@ -897,6 +897,24 @@ def test_insert_names_what_is_wrong(workdir: Path, capsys: pytest.CaptureFixture
     assert "is not one of" in error_line(capsys.readouterr().err)
 
 
+@pytest.mark.parametrize(("objectives", "expected"), [
+    (["nan"], "argument --objective: 'nan' is not a finite number"),  # was: 'return the number, not its text'
+    (["inf"], "argument --objective: 'inf' is not a finite number"),
+    (["low"], "argument --objective: 'low' is not a number"),
+    (["1", "2"], "--objective is given twice (1, then 2); give it once"),  # 2 was recorded
+])
+def test_insert_objective_must_be_one_finite_number(
+    workdir: Path, capsys: pytest.CaptureFixture[str], objectives: list[str], expected: str
+) -> None:
+    orchard.build_experiment("e", space={"x": "uniform(0, 1)"}, storage="orchard.pkl")
+    given = [token for value in objectives for token in ("--objective", value)]
+    assert main(["insert", "-n", "e", "x=0.5", *given]) == 2
+    assert expected in error_line(capsys.readouterr().err)
+    assert trials("e") == []
+    assert main(["insert", "-n", "e", "x=0.5", "--objective", "1e-3", "--objective", "1e-3"]) == 0
+    assert [t.objective for t in trials("e")] == [0.001]
+
+
 def test_db_dump_to_a_directory_or_a_missing_folder(workdir: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert hunt("e", "--max-trials", "1") == 0
     (workdir / "out").mkdir()

@@ -23,6 +23,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from orchard.storages import BaseStorage
 
 __all__ = [
+    "GivenOnce",
     "OneLineParser",
     "UsageError",
     "add_common",
@@ -71,15 +72,15 @@ def nearest(given: str, valid: Iterable[str]) -> str | None:
     return close[0] if close else None
 
 
-class _NamedOnce(argparse.Action):
-    """``-n``/``--name`` given twice with two values is refused: ``db rm -n keep … -n old`` took the last."""
+class GivenOnce(argparse.Action):
+    """An option whose second, other value is refused, not taken: ``db rm -n keep … -n old`` deleted 'old'."""
 
     def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: Any,
                  option_string: str | None = None) -> None:
         before = getattr(namespace, self.dest, None)
         if before is not None and before != values:
             raise UsageError(f"{'/'.join(self.option_strings)} is given twice ({before!r}, then {values!r}); "
-                             f"give one experiment name; see '{parser.prog} --help'")
+                             f"give it once; see '{parser.prog} --help'")
         setattr(namespace, self.dest, values)
 
 
@@ -108,7 +109,7 @@ def add_common(parser: argparse.ArgumentParser, top: bool = False) -> None:
 
 def add_name(parser: argparse.ArgumentParser, required: bool = True, meaning: str | None = None) -> None:
     """Add ``-n/--name``, the experiment's name (``meaning``: its help text for this command)."""
-    parser.add_argument("-n", "--name", required=required, metavar="NAME", action=_NamedOnce,
+    parser.add_argument("-n", "--name", required=required, metavar="NAME", action=GivenOnce,
                         help=meaning or "the experiment's name: letters, digits and . _ - + = @ (at most 128)")
 
 
