@@ -252,6 +252,20 @@ def test_a_hunt_option_after_the_command_is_said_to_go_to_the_script(
     assert "'--n-workers' comes after the command" in warned[1]
 
 
+@pytest.mark.parametrize("options", [["--gpu", "0"], ["--n=3"], ["--max", "10"], ["--s", "1"], ["--exec=a"]])
+def test_a_script_option_that_begins_like_several_hunt_options_reaches_the_script(
+        workdir: Path, capsys: pytest.CaptureFixture[str], options: list[str]) -> None:
+    """orchard hunt -n e python train.py --lr~… --gpu 0: 'ambiguous option: --gpu could match --gpus,
+    --gpus-per-worker' (exit 2), and no trial ran: the command's options were matched against hunt's."""
+    (workdir / "argv.py").write_text("import json, sys, orchard\n"
+                                     "open('../../../argv.json', 'w').write(json.dumps(sys.argv[1:]))\n"
+                                     "orchard.report_objective(0.5)\n")
+    assert hunt(sys.executable, "argv.py", "--x~uniform(0, 1)", *options) == 0, capsys.readouterr().err
+    assert json.loads((workdir / "argv.json").read_text())[1:] == options
+    assert main(["hunt", "-n", "f", "--max-trial", "1", sys.executable, "argv.py", "--x~uniform(0, 1)"]) == 2
+    assert "did you mean --max-trials?" in capsys.readouterr().err  # before the command, abbreviations are typos
+
+
 def test_a_name_given_after_the_command_is_said_to_go_to_the_script(
         workdir: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """orchard hunt python train.py -n e --lr~…: 'hunt needs an experiment name: -n NAME', which was
