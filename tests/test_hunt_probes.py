@@ -263,7 +263,7 @@ def test_a_script_option_that_begins_like_several_hunt_options_reaches_the_scrip
     assert hunt(sys.executable, "argv.py", "--x~uniform(0, 1)", *options) == 0, capsys.readouterr().err
     assert json.loads((workdir / "argv.json").read_text())[1:] == options
     assert main(["hunt", "-n", "f", "--max-trial", "1", sys.executable, "argv.py", "--x~uniform(0, 1)"]) == 2
-    assert "did you mean --max-trials?" in capsys.readouterr().err  # before the command, abbreviations are typos
+    assert "did you mean --max-trials?" in capsys.readouterr().err  # before the command: a typo
 
 
 def test_a_name_given_after_the_command_is_said_to_go_to_the_script(

@@ -41,7 +41,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     parser: argparse.ArgumentParser = subparsers.add_parser(
         "hunt", help="run a script as trials of an experiment (one worker per hunt; join at will)",
         usage="orchard hunt -n NAME [options] COMMAND...",
-        allow_abbrev=False,  # a script's --gpu 0 or --n=3 after the command was an 'ambiguous option' of hunt's
+        allow_abbrev=False,  # a script's --gpu 0 or --n=3 after the command was an 'ambiguous option'
         description="Run COMMAND once per trial. Tokens --name~'prior' define the search space and are "
                     f"replaced by each trial's value. Example: {EXAMPLE}",
     )
