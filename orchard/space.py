@@ -13,6 +13,7 @@ workers registering the same point register the same trial.
 from __future__ import annotations
 
 import ast
+import difflib
 import hashlib
 import json
 from collections.abc import Iterator, Mapping, Sequence
@@ -135,7 +136,9 @@ def parse_prior(name: str, text: str) -> Prior:
         raise fail(f"expected one of {', '.join(PRIORS)} followed by (arguments)")
     cls = PRIORS.get(tree.func.id)
     if cls is None:
-        raise fail(f"unknown prior {tree.func.id!r}; valid priors: {', '.join(PRIORS)}")
+        near = difflib.get_close_matches(tree.func.id.lower(), list(PRIORS), n=1, cutoff=0.7)
+        raise fail(f"unknown prior {tree.func.id!r}" + (f" (did you mean {near[0]}?)" if near else "")
+                   + f"; valid priors: {', '.join(PRIORS)}")
     try:
         args = [ast.literal_eval(a) for a in tree.args]
         kwargs = {str(k.arg): ast.literal_eval(k.value) for k in tree.keywords}

@@ -266,6 +266,30 @@ def test_a_script_option_that_begins_like_several_hunt_options_reaches_the_scrip
     assert "did you mean --max-trials?" in capsys.readouterr().err  # before the command: a typo
 
 
+@pytest.mark.parametrize(("tokens", "expected"), [
+    # "orchard hunt ... --lr~uniform(0, 1)".split() from a script: '('  was never closed, and nothing more
+    (["--lr~uniform(0,", "1)"], "the prior was cut at a space: quote it whole so that it stays one word, "
+                                "--lr~'uniform(0, 1)' (from Python, one list item)"),
+    (["lr~choices(['a',", "'b'])"], "lr~'choices(['a', 'b'])'"),
+    # subprocess.run([..., "--lr~'uniform(0, 1)'"]): 'expected one of uniform, … followed by (arguments)'
+    (["--lr~'uniform(0, 1)'"], "its quotes reached hunt as part of it: they are for the shell only, "
+                               "e.g. --lr~uniform(0, 1)"),
+    (["--lr~unifrom(0, 1)"], "unknown prior 'unifrom' (did you mean uniform?); valid priors: uniform,"),
+])
+def test_a_prior_cut_at_a_space_quoted_twice_or_misspelled_says_so(
+        workdir: Path, capsys: pytest.CaptureFixture[str], tokens: list[str], expected: str) -> None:
+    assert hunt(sys.executable, "script.py", *tokens) == 2
+    assert expected in capsys.readouterr().err
+    assert not (workdir / "orchard.pkl").exists()
+
+
+def test_a_prior_missing_its_parenthesis_is_not_said_to_be_cut(
+        workdir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert hunt(sys.executable, "script.py", "--lr~uniform(0, 1", "--y=2") == 2
+    err = capsys.readouterr().err
+    assert "'(' was never closed" in err and "cut at a space" not in err
+
+
 def test_a_name_given_after_the_command_is_said_to_go_to_the_script(
         workdir: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """orchard hunt python train.py -n e --lr~…: 'hunt needs an experiment name: -n NAME', which was
