@@ -658,6 +658,20 @@ def test_db_test_checks_and_cleans_up(
     assert orchard.get_storage(storage).list_experiments() == []
 
 
+@pytest.mark.parametrize(("storage", "code", "expected"), [
+    ("runs", 2, "db test failed at step 'open' on the storage: storage 'runs' is neither a URI"),  # was 1
+    ("foo://x", 2, "unknown scheme 'foo'"),
+    ("memory://", 2, "db test failed at step 'reopen' on memory://: storage memory:// lives in one process"),
+    ("mongodb://127.0.0.1:1/db?serverSelectionTimeoutMS=200", 1, "db test failed at step 'connect'"),
+])
+def test_db_test_exits_2_for_a_storage_uri_that_cannot_work_and_1_for_a_storage_that_fails(
+    workdir: Path, capsys: pytest.CaptureFixture[str], storage: str, code: int, expected: str
+) -> None:
+    """A script reads `orchard db test`'s code as any command's: 2 a bad configuration, 1 a failure."""
+    assert main(["db", "test", "--storage", storage]) == code
+    assert expected in error_line(capsys.readouterr().err)
+
+
 # -- errors ----------------------------------------------------------------------------------------
 
 
