@@ -25,7 +25,7 @@ from typing import Any
 
 from orchard.algorithms import normalize_algorithm_config
 from orchard.constraints import normalize_constraints
-from orchard.errors import ConfigurationError, ExperimentConflictError
+from orchard.errors import ConfigurationError, ExperimentConflictError, meant
 from orchard.experiment_config import (
     EXPERIMENT_RULES,
     ExperimentConfig,
@@ -306,8 +306,7 @@ def load_config_file(path: Path) -> dict[str, Any]:
         raise ConfigurationError(f"config file {path} must hold a mapping of settings, got {type(data).__name__}")
     unknown = sorted(map(repr, set(data) - set(SETTINGS)))  # keys of several types (1, 'foo') do not sort
     if unknown:
-        near = [f"{close[0]} for {key}" for key in unknown
-                if (close := difflib.get_close_matches(key.strip("'").lower(), list(SETTINGS), 1, 0.75))]
+        near = [f"{close} for {key}" for key in unknown if (close := meant(key.strip("'").lower(), SETTINGS))]
         raise ConfigurationError(
             f"config file {path} has unknown setting(s) {', '.join(unknown)}; valid: {', '.join(sorted(SETTINGS))}"
             + (f"; did you mean {', '.join(near)}?" if near else "")

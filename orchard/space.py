@@ -13,7 +13,6 @@ workers registering the same point register the same trial.
 from __future__ import annotations
 
 import ast
-import difflib
 import hashlib
 import json
 from collections.abc import Iterator, Mapping, Sequence
@@ -21,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from orchard.errors import SpaceError
+from orchard.errors import SpaceError, did_you_mean
 from orchard.fidelity import Fidelity
 from orchard.priors import (
     Choices,
@@ -136,9 +135,8 @@ def parse_prior(name: str, text: str) -> Prior:
         raise fail(f"expected one of {', '.join(PRIORS)} followed by (arguments)")
     cls = PRIORS.get(tree.func.id)
     if cls is None:
-        near = difflib.get_close_matches(tree.func.id.lower(), list(PRIORS), n=1, cutoff=0.7)
-        raise fail(f"unknown prior {tree.func.id!r}" + (f" (did you mean {near[0]}?)" if near else "")
-                   + f"; valid priors: {', '.join(PRIORS)}")
+        raise fail(f"unknown prior {tree.func.id!r}{did_you_mean(tree.func.id, PRIORS)}; "
+                   f"valid priors: {', '.join(PRIORS)}")
     try:
         args = [ast.literal_eval(a) for a in tree.args]
         kwargs = {str(k.arg): ast.literal_eval(k.value) for k in tree.keywords}

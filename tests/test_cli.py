@@ -823,6 +823,13 @@ def test_unknown_option_points_at_the_command_help(workdir: Path, capsys: pytest
     (["stauts"], "; did you mean 'status'?; see 'orchard --help'"),
     (["db", "dupm"], "did you mean 'dump'?; see 'orchard db --help'"),
     (["plot", "regert", "-n", "e", "-o", "r.html"], "did you mean 'regret'?"),
+    (["hunt", "-n", "e", "--algorithm", "bayse", *train()], "unknown algorithm 'bayse'; valid algorithms: "),
+    (["hunt", "-n", "e", "--algorithm", "bayse", *train()], "(did you mean bayes?)"),
+    (["hunt", "-n", "e", "--algorithm", "{bayes: {acq_fun: EI}}", *train()],
+     "has no option 'acq_fun' (did you mean acq_func?); valid options:"),
+    (["hunt", "-n", "e", "--pruner", "medain", *train()], "(did you mean median?)"),
+    (["hunt", "-n", "e", "--stop", "tagret=0.1", *train()], "stopping rule 'tagret' (did you mean target?)"),
+    (["hunt", "-n", "e", sys.executable, "train.py", "--x~unifrom(0, 1)"], "(did you mean uniform?)"),
 ])
 def test_a_mistyped_option_or_command_names_the_one_meant(
     workdir: Path, capsys: pytest.CaptureFixture[str], args: list[str], expected: str

@@ -29,9 +29,9 @@ import traceback
 from collections.abc import Sequence
 from typing import Any
 
-from orchard.cli._args import PROG, OneLineParser, UsageError, add_common, nearest
+from orchard.cli._args import PROG, OneLineParser, UsageError, add_common
 from orchard.terminal import PrintableFormatter, printable
-from orchard.errors import Interrupted
+from orchard.errors import Interrupted, meant
 
 __all__ = ["build_parser", "main"]
 
@@ -138,7 +138,7 @@ def _options_of(parser: argparse.ArgumentParser, path: list[str]) -> list[str]:
 def _near_options(extra: list[str], options: list[str]) -> str:
     """``" (did you mean --max-trials?)"`` for a mistyped option among ``extra``, else ``""``."""
     for token in extra:
-        if token.startswith("-") and (near := nearest(token.split("=", 1)[0], options)):
+        if token.startswith("-") and (near := meant(token.split("=", 1)[0], options)):
             return f" ({token.split('=', 1)[0]}: did you mean {near}?)"
     return ""
 

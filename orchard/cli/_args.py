@@ -9,13 +9,12 @@ import argparse
 import ast
 import collections
 import datetime
-import difflib
 import os
 import re
 import sys
-from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any, NoReturn
 
+from orchard.errors import meant
 from orchard.terminal import printable
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -31,7 +30,6 @@ __all__ = [
     "format_age",
     "format_params",
     "missing_storage_file",
-    "nearest",
     "open_experiment",
     "open_storage",
     "parse_literal",
@@ -56,20 +54,10 @@ class OneLineParser(argparse.ArgumentParser):
         found = re.match(r"argument [^:]+: invalid choice: (.+?) \(choose from (.+)\)$", message)
         if found:
             given = parse_literal(found.group(1))
-            near = nearest(str(given), [str(c) for c in re.findall(r"'([^']*)'", found.group(2))])
+            near = meant(str(given), [str(c) for c in re.findall(r"'([^']*)'", found.group(2))])
             if near:
                 message += f"; did you mean {near!r}?"
         raise UsageError(f"{message}; see '{self.prog} --help'")
-
-
-def nearest(given: str, valid: Iterable[str]) -> str | None:
-    """The one of ``valid`` that ``given`` likely mistypes (``--max-trails``: ``--max-trials``), if any."""
-    choices = list(valid)
-    folded = {choice.lower(): choice for choice in choices}
-    if given.lower() in folded:  # --Json, Status
-        return folded[given.lower()]
-    close = difflib.get_close_matches(given, choices, n=1, cutoff=0.75)
-    return close[0] if close else None
 
 
 class GivenOnce(argparse.Action):
