@@ -547,6 +547,19 @@ def test_db_load_reads_a_dump_from_stdin_as_dump_writes_one_to_stdout(
     assert "2 of 2 trials added" in capsys.readouterr().out
 
 
+@pytest.mark.parametrize(("source", "expected"), [
+    ("-", "cannot read dump -: nothing came on stdin: did the command before the pipe fail?; nothing was loaded"),
+    ("empty.json", "cannot read dump empty.json: the file is empty; nothing was loaded"),
+])
+def test_db_load_of_nothing_says_so(workdir: Path, capsys: pytest.CaptureFixture[str],
+                                    monkeypatch: pytest.MonkeyPatch, source: str, expected: str) -> None:
+    """`orchard db dump -n typo -o - | orchard db load -` said 'Expecting value: line 1 column 1 (char 0)'."""
+    (workdir / "empty.json").write_text("")
+    monkeypatch.setattr(sys, "stdin", io.StringIO(""))
+    assert main(["db", "load", source]) == 2
+    assert error_line(capsys.readouterr().err) == f"orchard: error: {expected}"
+
+
 _Edit = Callable[[dict[str, Any], dict[str, Any]], object]  # (the dump, its experiment) -> edits them
 
 _HOSTILE_DUMPS: dict[str, tuple[_Edit, str]] = {  # an edit of a good dump, and what the one error line says
@@ -850,6 +863,10 @@ def test_a_name_given_twice_is_refused_not_the_last_taken(
     assert orchard.get_experiment("old", storage="orchard.pkl").name == "old"
     assert main(["status", "-n", "old", "-n", "old", "--json"]) == 0  # the same name twice is harmless
     assert json.loads(capsys.readouterr().out)["name"] == "old"
+    assert main(["db", "dump", "-n", "old", "-o", "old.json"]) == 0
+    assert main(["db", "load", "old.json", "-n", "copy", "-n", "copy2", "--storage", "copy.pkl"]) == 2
+    assert "-n/--name is given twice ('copy', then 'copy2')" in error_line(capsys.readouterr().err)
+    assert not (workdir / "copy.pkl").exists()
 
 
 def test_a_missing_experiment_names_the_stored_ones_it_looks_like(

@@ -177,6 +177,10 @@ def read_dump(path: str, rename: str | None = None) -> dict[str, Any]:
         else:
             with open(path, "rb") as handle:
                 text = _read_bounded(handle, path)
+        if not text.strip():  # json said 'Expecting value: line 1 column 1 (char 0)'
+            source = "nothing came on stdin: did the command before the pipe fail?" if path == "-" else \
+                "the file is empty"
+            raise ConfigurationError(f"cannot read dump {path}: {source}; nothing was loaded")
         data = json.loads(text, object_pairs_hook=each_key_once)  # a hand-edited dump: no value lost
     except (OSError, ValueError) as err:
         raise ConfigurationError(f"cannot read dump {path}: {err}") from None
