@@ -548,7 +548,8 @@ def test_db_load_reads_a_dump_from_stdin_as_dump_writes_one_to_stdout(
 
 
 @pytest.mark.parametrize(("source", "expected"), [
-    ("-", "cannot read dump -: nothing came on stdin: did the command before the pipe fail?; nothing was loaded"),
+    ("-", "cannot read dump -: nothing came on stdin: did the command before the pipe fail?; "
+          "nothing was loaded"),
     ("empty.json", "cannot read dump empty.json: the file is empty; nothing was loaded"),
 ])
 def test_db_load_of_nothing_says_so(workdir: Path, capsys: pytest.CaptureFixture[str],
