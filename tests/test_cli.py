@@ -1029,6 +1029,24 @@ def test_db_rm_suggests_a_dump_first(workdir: Path, capsys: pytest.CaptureFixtur
 # -- the reference page ---------------------------------------------------------------------------------
 
 
+def test_every_key_of_status_and_list_json_is_documented(
+    workdir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Scripts read `status --json` and `list --json`: 'objectives', 'rungs', 'inserted_apart', 'infeasible'
+    (status) and 'inserted_apart' (list) were printed but documented nowhere."""
+    docs = Path(__file__).resolve().parent.parent / "docs"
+    monitoring = " ".join((docs / "plots-and-monitoring.md").read_text().split())
+    listing = " ".join((docs / "cli.md").read_text().split("## `orchard list`")[1].split("## ")[0].split())
+    assert hunt("e", "--max-trials", "1") == 0
+    capsys.readouterr()
+    assert main(["status", "-n", "e", "--json"]) == 0
+    status = json.loads(capsys.readouterr().out)
+    assert main(["list", "--json"]) == 0
+    (row,) = json.loads(capsys.readouterr().out)
+    assert [key for key in status if f"`{key}`" not in monitoring] == []
+    assert [key for key in row if f"`{key}`" not in listing] == []
+
+
 def test_docs_cli_option_tables_match_the_help() -> None:
     """docs/cli.md's option tables are generated from the parsers; regenerate them when this fails:
     python -m orchard.cli._reference docs/cli.md"""

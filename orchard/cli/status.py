@@ -78,7 +78,8 @@ def add_parser(subparsers: Any) -> None:
 
     listing = subparsers.add_parser("list", help="the experiments in the storage")
     listing.add_argument("--json", action="store_true",
-                         help="print a JSON list of objects with name, created, max_trials and counts")
+                         help="print a JSON list of objects with name, created, max_trials, inserted_apart, "
+                              "counts and stopped")
     add_common(listing)
     listing.set_defaults(func=run_list)
 
