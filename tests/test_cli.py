@@ -460,6 +460,22 @@ def test_status_watch_refreshes_until_ctrl_c(workdir: Path) -> None:
     assert "Ctrl-C to stop" in "".join(seen) + out
 
 
+def test_status_watch_json_prints_one_json_document_a_line(workdir: Path) -> None:
+    """`orchard status -n e --watch --json | jq` failed: '(updated 08:24:25; Ctrl-C to stop)' came after each."""
+    assert hunt("e", "--max-trials", "1") == 0
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ORCHARD_")}
+    proc = subprocess.Popen([sys.executable, "-m", "orchard.cli", "status", "-n", "e", "--watch", "--json",
+                             "--interval", "0.2"], cwd=workdir, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    assert proc.stdout is not None
+    lines = [proc.stdout.readline(), proc.stdout.readline()]  # two refreshes, each one line
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=20)
+    assert proc.returncode == 0, err
+    for line in [*lines, *out.splitlines()]:
+        assert json.loads(line)["counts"]["completed"] == 1, line
+
+
 def test_status_of_an_empty_storage(workdir: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["status"]) == 0
     assert "no experiments" in capsys.readouterr().out

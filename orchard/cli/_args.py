@@ -191,8 +191,8 @@ def format_value(value: Any) -> str:
     return printable(str(value))
 
 
-def strict_json(value: Any) -> str:
-    """``value`` as indented, standard JSON: a non-finite float (a result another program stored) is ``null``.
+def strict_json(value: Any, indent: int | None = 2) -> str:
+    """``value`` as standard JSON (``indent=None``: on one line); a non-finite float is ``null``.
 
     ``json.dumps`` writes ``NaN`` and ``Infinity``, which ``jq`` and most JSON readers refuse.
     """
@@ -208,7 +208,7 @@ def strict_json(value: Any) -> str:
             return [plain(inner) for inner in item]
         return item
 
-    return json.dumps(plain(value), indent=2, default=str, allow_nan=False)
+    return json.dumps(plain(value), indent=indent, default=str, allow_nan=False)
 
 
 def format_age(seconds: float | None) -> str:
