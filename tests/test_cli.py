@@ -461,7 +461,7 @@ def test_status_watch_refreshes_until_ctrl_c(workdir: Path) -> None:
 
 
 def test_status_watch_json_prints_one_json_document_a_line(workdir: Path) -> None:
-    """`orchard status -n e --watch --json | jq` failed: '(updated 08:24:25; Ctrl-C to stop)' came after each."""
+    """`orchard status -n e --watch --json | jq` failed: '(updated 08:24:25; Ctrl-C to stop)' came next."""
     assert hunt("e", "--max-trials", "1") == 0
     env = {k: v for k, v in os.environ.items() if not k.startswith("ORCHARD_")}
     proc = subprocess.Popen([sys.executable, "-m", "orchard.cli", "status", "-n", "e", "--watch", "--json",

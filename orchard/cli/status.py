@@ -315,7 +315,7 @@ def run_status(args: argparse.Namespace) -> int:
                 watches.clear()  # no heartbeat could land meanwhile: the ages start over
             else:
                 shown = True
-                trailer = "" if args.json else f"(updated {stamp}; Ctrl-C to stop)\n\n"  # in JSON, it broke `jq`
+                trailer = "" if args.json else f"(updated {stamp}; Ctrl-C to stop)\n\n"  # JSON: broke `jq`
                 sys.stdout.write((_CLEAR if in_place and not args.json else "") + f"{text}\n{trailer}")
                 sys.stdout.flush()
             time.sleep(args.interval)
