@@ -128,6 +128,9 @@ def read_rows(path: Path) -> list[dict[str, Any]]:
                 if line.strip()]
     reader = csv.reader(text.splitlines())
     header = next(reader, [])
+    if len(header) == 1 and (separator := next((c for c in ";\t|" if c in header[0]), None)):
+        raise UsageError(f"the header of {path} is one column, {header[0]!r}: its columns are separated by "
+                         f"{separator!r}, not commas; save it as CSV with commas, or as JSON Lines (.jsonl)")
     twice = sorted({name for name in header if name and header.count(name) > 1})
     if twice:
         raise UsageError(f"the header of {path} names column(s) {', '.join(map(repr, twice))} twice; keep one")
@@ -136,8 +139,22 @@ def read_rows(path: Path) -> list[dict[str, Any]]:
         if len(cells) > len(header):
             raise UsageError(f"row {number} of {path} has {len(cells)} cells but the header names {len(header)} "
                              "columns; quote a value that holds a comma, or name every column")
-        rows.append({name: parse_literal(cell) for name, cell in zip(header, cells) if name and cell != ""})
+        rows.append({name: _cell(name, cell) for name, cell in zip(header, cells) if name and cell != ""})
     return rows
+
+
+def _cell(column: str, text: str) -> Any:
+    """A CSV cell as a literal; an objective of ``nan`` or ``inf`` (as spreadsheets write them) as that float.
+
+    Read as text, it was refused as 'text, not the number', when the number itself is what is wrong.
+    """
+    value = parse_literal(text)
+    if column == "objective" and isinstance(value, str) and value.strip().lower().lstrip("+-") in _NOT_FINITE:
+        return float(value)
+    return value
+
+
+_NOT_FINITE = frozenset({"nan", "inf", "infinity"})
 
 
 def _json_row(line: str, where: str) -> dict[str, Any]:
