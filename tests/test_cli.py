@@ -886,6 +886,18 @@ def test_a_name_given_twice_is_refused_not_the_last_taken(
     assert not (workdir / "copy.pkl").exists()
 
 
+@pytest.mark.parametrize("argv", [["status", "--json"], ["db", "dump", "-o", "all.json"], ["info"],
+                                  ["db", "rm", "-y"]])
+def test_an_empty_name_is_refused_not_taken_for_every_experiment(
+    workdir: Path, capsys: pytest.CaptureFixture[str], argv: list[str]
+) -> None:
+    """`orchard status -n "$EXP" --json` with EXP unset printed the list of every experiment, exit 0."""
+    orchard.build_experiment("e", space={"x": "uniform(0, 1)"}, storage="orchard.pkl")
+    assert main([*argv, "-n", ""]) == 2
+    assert "-n/--name is empty (an unset shell variable?)" in error_line(capsys.readouterr().err)
+    assert not (workdir / "all.json").exists()
+
+
 def test_a_missing_experiment_names_the_stored_ones_it_looks_like(
     workdir: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

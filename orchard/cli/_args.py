@@ -61,11 +61,14 @@ class OneLineParser(argparse.ArgumentParser):
 
 
 class GivenOnce(argparse.Action):
-    """An option whose second, other value is refused, not taken: ``db rm -n keep … -n old`` deleted 'old'."""
+    """An option given empty, or twice with two values, is refused: ``db rm -n keep … -n old`` took 'old'."""
 
     def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: Any,
                  option_string: str | None = None) -> None:
         before = getattr(namespace, self.dest, None)
+        if isinstance(values, str) and not values.strip():  # `status -n "$EXP"` showed every experiment
+            raise UsageError(f"{'/'.join(self.option_strings)} is empty (an unset shell variable?); give a "
+                             f"value; see '{parser.prog} --help'")
         if before is not None and before != values:
             raise UsageError(f"{'/'.join(self.option_strings)} is given twice ({before!r}, then {values!r}); "
                              f"give it once; see '{parser.prog} --help'")
