@@ -67,8 +67,8 @@ class GivenOnce(argparse.Action):
                  option_string: str | None = None) -> None:
         before = getattr(namespace, self.dest, None)
         if isinstance(values, str) and not values.strip():  # `status -n "$EXP"` showed every experiment
-            raise UsageError(f"{'/'.join(self.option_strings)} is empty (an unset shell variable?); give a "
-                             f"value; see '{parser.prog} --help'")
+            raise UsageError(f"{'/'.join(self.option_strings)} is empty (an unset shell variable?); give "
+                             f"{self.option_strings[0]} {self.metavar}; see '{parser.prog} --help'")
         if before is not None and before != values:
             raise UsageError(f"{'/'.join(self.option_strings)} is given twice ({before!r}, then {values!r}); "
                              f"give it once; see '{parser.prog} --help'")
