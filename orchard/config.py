@@ -152,9 +152,12 @@ def checked_by(check: Callable[[Any], Any], parse: Rule | None = None) -> Rule:
 
 def storage_location(value: Any) -> Any:
     """A storage URI or path (opened, and checked further, by :func:`orchard.storages.get_storage`) or a storage."""
-    from orchard.storages import BaseStorage
+    from orchard.storages import BaseStorage, storage_opener
 
-    if isinstance(value, BaseStorage) or isinstance(value, str) and value.strip():
+    if isinstance(value, BaseStorage):
+        return value
+    if isinstance(value, str) and value.strip():
+        storage_opener(value)  # a malformed URI is refused naming its source (ORCHARD_STORAGE, a file)
         return value
     raise ValueError("a storage URI or a path ending in .pkl, such as runs/orchard.pkl or mongodb://host/db")
 

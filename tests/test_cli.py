@@ -689,7 +689,7 @@ def test_db_test_checks_and_cleans_up(
 
 
 @pytest.mark.parametrize(("storage", "code", "expected"), [
-    ("runs", 2, "db test failed at step 'open' on the storage: storage 'runs' is neither a URI"),  # was 1
+    ("runs", 2, "db test failed at step 'open' on the storage: --storage: storage 'runs' is neither a URI"),
     ("foo://x", 2, "unknown scheme 'foo'"),
     ("memory://", 2, "db test failed at step 'reopen' on memory://: storage memory:// lives in one process"),
     ("mongodb://127.0.0.1:1/db?serverSelectionTimeoutMS=200", 1, "db test failed at step 'connect'"),

@@ -299,6 +299,22 @@ def test_a_storage_of_the_wrong_type_is_refused_without_its_password(tmp_path) -
     assert f"from config file {file}" in str(info.value) and "hunter2" not in str(info.value)
 
 
+@pytest.mark.parametrize(("where", "expected"), [
+    ("env", "ORCHARD_STORAGE: storage 'runs' is neither a URI nor a path ending in .pkl"),
+    ("file", "orchard.yaml: storage 'foo://db' has unknown scheme 'foo'"),
+])
+def test_a_malformed_storage_names_the_variable_or_file_that_gave_it(
+        no_ambient: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch,
+        where: str, expected: str) -> None:
+    """ORCHARD_STORAGE=runs (set in a shell profile) said only "storage 'runs' is neither a URI …"."""
+    if where == "env":
+        monkeypatch.setenv("ORCHARD_STORAGE", "runs")
+    else:
+        (no_ambient / "orchard.yaml").write_text("storage: foo://db\n")
+    assert main(["list"]) == 2
+    assert expected in capsys.readouterr().err
+
+
 def test_a_user_info_escaped_whole_keeps_its_password_hidden(no_ambient: Path, capsys) -> None:
     # 'bob:hunter2' escaped with quote_plus: the driver finds no password and says so, with the URI
     uri = "mongodb://bob%3Ahunter2@db-host/orchard"
