@@ -290,6 +290,17 @@ def test_a_prior_missing_its_parenthesis_is_not_said_to_be_cut(
     assert "'(' was never closed" in err and "cut at a space" not in err
 
 
+def test_two_config_files_are_refused_not_the_first_dropped(
+        workdir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`hunt --config base.yaml --config gpu.yaml` ran with gpu.yaml alone: base.yaml's settings were lost."""
+    (workdir / "base.yaml").write_text("max_trials: 1\n")
+    (workdir / "gpu.yaml").write_text("gpus_per_worker: 1\n")
+    assert main(["hunt", "-n", "e", "--storage", "orchard.pkl", "--config", "base.yaml", "--config", "gpu.yaml",
+                 sys.executable, "script.py", "--mode~choices(['ok'])"]) == 2
+    assert "--config is given twice ('base.yaml', then 'gpu.yaml'); give it once" in capsys.readouterr().err
+    assert not (workdir / "orchard.pkl").exists()
+
+
 def test_a_name_given_after_the_command_is_said_to_go_to_the_script(
         workdir: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """orchard hunt python train.py -n e --lr~…: 'hunt needs an experiment name: -n NAME', which was
