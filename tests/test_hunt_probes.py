@@ -295,8 +295,8 @@ def test_two_config_files_are_refused_not_the_first_dropped(
     """`hunt --config base.yaml --config gpu.yaml` ran with gpu.yaml alone: base.yaml's settings were lost."""
     (workdir / "base.yaml").write_text("max_trials: 1\n")
     (workdir / "gpu.yaml").write_text("gpus_per_worker: 1\n")
-    assert main(["hunt", "-n", "e", "--storage", "orchard.pkl", "--config", "base.yaml", "--config", "gpu.yaml",
-                 sys.executable, "script.py", "--mode~choices(['ok'])"]) == 2
+    assert main(["hunt", "-n", "e", "--storage", "orchard.pkl", "--config", "base.yaml",
+                 "--config", "gpu.yaml", sys.executable, "script.py", "--mode~choices(['ok'])"]) == 2
     assert "--config is given twice ('base.yaml', then 'gpu.yaml'); give it once" in capsys.readouterr().err
     assert not (workdir / "orchard.pkl").exists()
 
