@@ -804,6 +804,14 @@ def test_hunt_refuses_names_that_are_not_one_safe_folder_name(
     assert not (workdir / "orchard-runs").exists() and not outside.exists()
 
 
+def test_a_name_with_a_letter_beyond_ascii_is_told_why(
+    workdir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """'naïve' was refused as 'use … letters, digits and . _ - + = @': ï is a letter."""
+    assert hunt("naïve", "--max-trials", "1") == 2
+    assert "use 1 to 128 characters among ASCII letters, digits" in error_line(capsys.readouterr().err)
+
+
 def test_read_only_commands_do_not_create_a_missing_storage(
     workdir: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -101,7 +101,8 @@ def add_common(parser: argparse.ArgumentParser, top: bool = False) -> None:
 def add_name(parser: argparse.ArgumentParser, required: bool = True, meaning: str | None = None) -> None:
     """Add ``-n/--name``, the experiment's name (``meaning``: its help text for this command)."""
     parser.add_argument("-n", "--name", required=required, metavar="NAME", action=GivenOnce,
-                        help=meaning or "the experiment's name: letters, digits and . _ - + = @ (at most 128)")
+                        help=meaning or "the experiment's name: ASCII letters, digits and . _ - + = @ "
+                                        "(at most 128)")
 
 
 def open_storage(args: argparse.Namespace) -> BaseStorage:
