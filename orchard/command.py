@@ -103,7 +103,7 @@ class CommandTemplate:
             )
         slots: list[_Slot] = []
         space: dict[str, str] = {}
-        for token in tokens:
+        for index, token in enumerate(tokens):
             match = _DIMENSION.match(token)
             if match is None and _BAD_DIMENSION.match(token):
                 raise SpaceError(f"token {token!r} defines a dimension without a valid name; write "
@@ -115,7 +115,12 @@ class CommandTemplate:
             name = re.sub(r"[-.]", "_", match["option"])
             if name in space:
                 raise SpaceError(f"dimension {name!r} is defined twice in the command (token {token!r})")
-            _check_texts(name, parse_prior(name, match["prior"]))  # fail early, naming the dimension
+            try:
+                prior = parse_prior(name, match["prior"])  # fail early, naming the dimension
+            except SpaceError as err:
+                hint = _split_or_quoted(match["dashes"] + match["option"], match["prior"], tokens[index + 1:])
+                raise SpaceError(f"{err}{hint}") from None
+            _check_texts(name, prior)
             space[name] = match["prior"]
             slots.append(_Slot(match["option"], name, match["dashes"]))
         return cls(tuple(slots), space)
@@ -212,6 +217,23 @@ def _check_texts(name: str, prior: Prior) -> None:
             raise SpaceError(f"dimension {name!r}: choices {texts[text]!r} and {value!r} both reach the "
                              f"script as the text {text!r}, so it cannot tell their trials apart; keep one")
         texts[text] = value
+
+
+def _split_or_quoted(whole: str, prior: str, after: Sequence[str]) -> str:
+    """What went wrong with the prior of option ``whole`` (``--lr``): cut at a space, or quoted, else ``""``.
+
+    ``after``: the tokens after it, where the rest of a prior cut at a space is.
+    """
+    joined = prior
+    for part in after[:3] if prior.count("(") > prior.count(")") else ():  # 'uniform(0,' then '1)'
+        joined += f" {part}"
+        if joined.count("(") <= joined.count(")"):
+            return (f"; the prior was cut at a space: quote it whole so that it stays one word, "
+                    f"{whole}~'{joined}' (from Python, one list item)")
+    if len(prior) > 1 and prior[0] == prior[-1] and prior[0] in "'\"":  # ["--lr~'uniform(0, 1)'"] from Python
+        return f"; its quotes reached hunt as part of it: they are for the shell only, e.g. " \
+               f"{whole}~{prior[1:-1]}"
+    return ""
 
 
 def _check_placeholders(token: str) -> None:

@@ -25,7 +25,7 @@ from typing import Any
 
 from orchard.algorithms import normalize_algorithm_config
 from orchard.constraints import normalize_constraints
-from orchard.errors import ConfigurationError, ExperimentConflictError
+from orchard.errors import ConfigurationError, ExperimentConflictError, meant
 from orchard.experiment_config import (
     EXPERIMENT_RULES,
     ExperimentConfig,
@@ -152,9 +152,12 @@ def checked_by(check: Callable[[Any], Any], parse: Rule | None = None) -> Rule:
 
 def storage_location(value: Any) -> Any:
     """A storage URI or path (opened, and checked further, by :func:`orchard.storages.get_storage`) or a storage."""
-    from orchard.storages import BaseStorage
+    from orchard.storages import BaseStorage, storage_opener
 
-    if isinstance(value, BaseStorage) or isinstance(value, str) and value.strip():
+    if isinstance(value, BaseStorage):
+        return value
+    if isinstance(value, str) and value.strip():
+        storage_opener(value)  # a malformed URI is refused naming its source (ORCHARD_STORAGE, a file)
         return value
     raise ValueError("a storage URI or a path ending in .pkl, such as runs/orchard.pkl or mongodb://host/db")
 
@@ -306,8 +309,10 @@ def load_config_file(path: Path) -> dict[str, Any]:
         raise ConfigurationError(f"config file {path} must hold a mapping of settings, got {type(data).__name__}")
     unknown = sorted(map(repr, set(data) - set(SETTINGS)))  # keys of several types (1, 'foo') do not sort
     if unknown:
+        near = [f"{close} for {key}" for key in unknown if (close := meant(key.strip("'").lower(), SETTINGS))]
         raise ConfigurationError(
             f"config file {path} has unknown setting(s) {', '.join(unknown)}; valid: {', '.join(sorted(SETTINGS))}"
+            + (f"; did you mean {', '.join(near)}?" if near else "")
         )
     _warn_if_exposed(path, data)
     return data

@@ -66,6 +66,26 @@ __all__ = [
 ]
 
 
+def meant(given: object, valid: Iterable[str]) -> str | None:
+    """The one of ``valid`` that ``given`` likely mistypes (``bayse``: ``bayes``; ``--Json``: ``--json``)."""
+    if not isinstance(given, str):
+        return None
+    choices = list(valid)
+    folded = {choice.lower(): choice for choice in choices}
+    if given.lower() in folded:
+        return folded[given.lower()]
+    import difflib
+
+    close = difflib.get_close_matches(given, choices, n=1, cutoff=0.75)
+    return close[0] if close else None
+
+
+def did_you_mean(given: object, valid: Iterable[str]) -> str:
+    """`` (did you mean bayes?)`` for a mistyped name, else ``""``: ends a message refusing ``given``."""
+    near = meant(given, valid)
+    return f" (did you mean {near}?)" if near else ""
+
+
 def shown(value: Any, width: int = 80) -> str:
     """``repr(value)`` cut to ``width`` characters, for a message; never raises.
 

@@ -29,7 +29,7 @@ from orchard.errors import ConfigurationError
 __all__ = ["MAX_NAME_LENGTH", "NAME_RULE", "check_experiment_name", "folder_in", "worker_name"]
 
 MAX_NAME_LENGTH = 128
-NAME_RULE = (f"1 to {MAX_NAME_LENGTH} characters among letters, digits and . _ - + = @, "
+NAME_RULE = (f"1 to {MAX_NAME_LENGTH} characters among ASCII letters, digits and . _ - + = @, "
              "starting with a letter, a digit or _")
 _NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._+=@-]*")
 

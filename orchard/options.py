@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, ClassVar
 
-from orchard.errors import ConfigurationError
+from orchard.errors import ConfigurationError, did_you_mean
 
 __all__ = ["Configurable"]
 
@@ -37,7 +37,8 @@ class Configurable:
         if unknown:
             valid = ", ".join(sorted(cls.OPTIONS)) or "(none)"
             raise ConfigurationError(
-                f"{cls.KIND} {cls.name!r} has no option {', '.join(map(repr, unknown))}; valid options: {valid}"
+                f"{cls.KIND} {cls.name!r} has no option {', '.join(map(repr, unknown))}"
+                f"{did_you_mean(unknown[0], cls.OPTIONS)}; valid options: {valid}"
             )
         merged = {**cls.OPTIONS, **options}
         cls._check_values(merged)

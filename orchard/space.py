@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from orchard.errors import SpaceError
+from orchard.errors import SpaceError, did_you_mean
 from orchard.fidelity import Fidelity
 from orchard.priors import (
     Choices,
@@ -135,7 +135,8 @@ def parse_prior(name: str, text: str) -> Prior:
         raise fail(f"expected one of {', '.join(PRIORS)} followed by (arguments)")
     cls = PRIORS.get(tree.func.id)
     if cls is None:
-        raise fail(f"unknown prior {tree.func.id!r}; valid priors: {', '.join(PRIORS)}")
+        raise fail(f"unknown prior {tree.func.id!r}{did_you_mean(tree.func.id, PRIORS)}; "
+                   f"valid priors: {', '.join(PRIORS)}")
     try:
         args = [ast.literal_eval(a) for a in tree.args]
         kwargs = {str(k.arg): ast.literal_eval(k.value) for k in tree.keywords}

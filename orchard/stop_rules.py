@@ -14,7 +14,7 @@ import re
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
-from orchard.errors import ConfigurationError
+from orchard.errors import ConfigurationError, did_you_mean
 from orchard.trial import INT_LIMIT
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -153,7 +153,9 @@ def normalize_stop(value: Any, objectives: Mapping[str, str] | None = None) -> d
     unknown = sorted(set(given) - set(RULES) - set(_OPTIONS))
     if unknown:
         raise ConfigurationError(
-            f"unknown stopping rule {', '.join(map(repr, unknown))}; the rules are {', '.join(RULES)} "
+            f"unknown stopping rule {', '.join(map(repr, unknown))}"
+            f"{did_you_mean(unknown[0], [*RULES, *_OPTIONS])}; "
+            f"the rules are {', '.join(RULES)} "
             f"(options: min_delta with patience, cost_metric with max_cost)")
     checked: dict[str, Any] = {}
     for key in (*RULES, *_OPTIONS):

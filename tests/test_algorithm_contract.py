@@ -398,7 +398,7 @@ def test_a_plugin_that_sets_no_name_of_its_own_is_named_by_its_entry_point(
     monkeypatch.setitem(sys.modules, module.__name__, module)
     point = metadata.EntryPoint("my_random", f"{module.__name__}:Extended", algorithms.ENTRY_POINT_GROUP)
     monkeypatch.setattr(algorithms, "_entry_points", lambda: {"my_random": point})
-    typo = r"^algorithm 'my_random' has no option 'dept'; valid options: depth$"
+    typo = r"^algorithm 'my_random' has no option 'dept' \(did you mean depth\?\); valid options: depth$"
     with pytest.raises(ConfigurationError, match=typo):
         orchard.build_experiment("plugged", space={"x": "uniform(0, 1)"},
                                  algorithm={"my_random": {"dept": 2}}, storage="memory://")

@@ -460,6 +460,22 @@ def test_status_watch_refreshes_until_ctrl_c(workdir: Path) -> None:
     assert "Ctrl-C to stop" in "".join(seen) + out
 
 
+def test_status_watch_json_prints_one_json_document_a_line(workdir: Path) -> None:
+    """`orchard status -n e --watch --json | jq` failed: '(updated 08:24:25; Ctrl-C to stop)' came next."""
+    assert hunt("e", "--max-trials", "1") == 0
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ORCHARD_")}
+    proc = subprocess.Popen([sys.executable, "-m", "orchard.cli", "status", "-n", "e", "--watch", "--json",
+                             "--interval", "0.2"], cwd=workdir, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    assert proc.stdout is not None
+    lines = [proc.stdout.readline(), proc.stdout.readline()]  # two refreshes, each one line
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=20)
+    assert proc.returncode == 0, err
+    for line in [*lines, *out.splitlines()]:
+        assert json.loads(line)["counts"]["completed"] == 1, line
+
+
 def test_status_of_an_empty_storage(workdir: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["status"]) == 0
     assert "no experiments" in capsys.readouterr().out
@@ -545,6 +561,20 @@ def test_db_load_reads_a_dump_from_stdin_as_dump_writes_one_to_stdout(
     monkeypatch.setattr(sys, "stdin", io.StringIO(capsys.readouterr().out))
     assert main(["db", "load", "-", "--storage", "other.pkl"]) == 0
     assert "2 of 2 trials added" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(("source", "expected"), [
+    ("-", "cannot read dump -: nothing came on stdin: did the command before the pipe fail?; "
+          "nothing was loaded"),
+    ("empty.json", "cannot read dump empty.json: the file is empty; nothing was loaded"),
+])
+def test_db_load_of_nothing_says_so(workdir: Path, capsys: pytest.CaptureFixture[str],
+                                    monkeypatch: pytest.MonkeyPatch, source: str, expected: str) -> None:
+    """`orchard db dump -n typo -o - | orchard db load -` said 'Expecting value: line 1 column 1 (char 0)'."""
+    (workdir / "empty.json").write_text("")
+    monkeypatch.setattr(sys, "stdin", io.StringIO(""))
+    assert main(["db", "load", source]) == 2
+    assert error_line(capsys.readouterr().err) == f"orchard: error: {expected}"
 
 
 _Edit = Callable[[dict[str, Any], dict[str, Any]], object]  # (the dump, its experiment) -> edits them
@@ -658,6 +688,20 @@ def test_db_test_checks_and_cleans_up(
     assert orchard.get_storage(storage).list_experiments() == []
 
 
+@pytest.mark.parametrize(("storage", "code", "expected"), [
+    ("runs", 2, "db test failed at step 'open' on the storage: --storage: storage 'runs' is neither a URI"),
+    ("foo://x", 2, "unknown scheme 'foo'"),
+    ("memory://", 2, "db test failed at step 'reopen' on memory://: storage memory:// lives in one process"),
+    ("mongodb://127.0.0.1:1/db?serverSelectionTimeoutMS=200", 1, "db test failed at step 'connect'"),
+])
+def test_db_test_exits_2_for_a_storage_uri_that_cannot_work_and_1_for_a_storage_that_fails(
+    workdir: Path, capsys: pytest.CaptureFixture[str], storage: str, code: int, expected: str
+) -> None:
+    """A script reads `orchard db test`'s code as any command's: 2 a bad configuration, 1 a failure."""
+    assert main(["db", "test", "--storage", storage]) == code
+    assert expected in error_line(capsys.readouterr().err)
+
+
 # -- errors ----------------------------------------------------------------------------------------
 
 
@@ -760,6 +804,14 @@ def test_hunt_refuses_names_that_are_not_one_safe_folder_name(
     assert not (workdir / "orchard-runs").exists() and not outside.exists()
 
 
+def test_a_name_with_a_letter_beyond_ascii_is_told_why(
+    workdir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """'naïve' was refused as 'use … letters, digits and . _ - + = @': ï is a letter."""
+    assert hunt("naïve", "--max-trials", "1") == 2
+    assert "use 1 to 128 characters among ASCII letters, digits" in error_line(capsys.readouterr().err)
+
+
 def test_read_only_commands_do_not_create_a_missing_storage(
     workdir: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -800,6 +852,100 @@ def test_unknown_option_points_at_the_command_help(workdir: Path, capsys: pytest
     assert "see 'orchard db dump --help'" in error_line(capsys.readouterr().err)
 
 
+@pytest.mark.parametrize(("args", "expected"), [
+    (["status", "--jsn"], "(--jsn: did you mean --json?)"),
+    (["status", "--JSON"], "(--JSON: did you mean --json?)"),
+    (["hunt", "-n", "e", "--max-trails=5", sys.executable, "train.py"], "did you mean --max-trials?"),
+    (["info", "-n", "e", "--trail", "ab"], "(--trail: did you mean --trial?)"),
+    (["stauts"], "invalid choice: 'stauts' (choose from 'hunt', 'status',"),
+    (["stauts"], "; did you mean 'status'?; see 'orchard --help'"),
+    (["db", "dupm"], "did you mean 'dump'?; see 'orchard db --help'"),
+    (["plot", "regert", "-n", "e", "-o", "r.html"], "did you mean 'regret'?"),
+    (["hunt", "-n", "e", "--algorithm", "bayse", *train()], "unknown algorithm 'bayse'; valid algorithms: "),
+    (["hunt", "-n", "e", "--algorithm", "bayse", *train()], "(did you mean bayes?)"),
+    (["hunt", "-n", "e", "--algorithm", "{bayes: {acq_fun: EI}}", *train()],
+     "has no option 'acq_fun' (did you mean acq_func?); valid options:"),
+    (["hunt", "-n", "e", "--pruner", "medain", *train()], "(did you mean median?)"),
+    (["hunt", "-n", "e", "--stop", "tagret=0.1", *train()], "stopping rule 'tagret' (did you mean target?)"),
+    (["hunt", "-n", "e", sys.executable, "train.py", "--x~unifrom(0, 1)"], "(did you mean uniform?)"),
+])
+def test_a_mistyped_option_or_command_names_the_one_meant(
+    workdir: Path, capsys: pytest.CaptureFixture[str], args: list[str], expected: str
+) -> None:
+    """`orchard hunt --max-trails 5` said only 'unrecognized arguments: --max-trails'."""
+    assert main(args) == 2
+    assert expected in error_line(capsys.readouterr().err)
+
+
+def test_a_name_given_twice_is_refused_not_the_last_taken(
+    workdir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`db rm -n keep --yes ... -n old` (a script's options joined) deleted 'old' without a word."""
+    for name in ("keep", "old"):
+        orchard.build_experiment(name, space={"x": "uniform(0, 1)"}, storage="orchard.pkl")
+    assert main(["db", "rm", "-n", "keep", "--yes", "-n", "old"]) == 2
+    assert "-n/--name is given twice ('keep', then 'old')" in error_line(capsys.readouterr().err)
+    assert orchard.get_experiment("old", storage="orchard.pkl").name == "old"
+    assert main(["status", "-n", "old", "-n", "old", "--json"]) == 0  # the same name twice is harmless
+    assert json.loads(capsys.readouterr().out)["name"] == "old"
+    assert main(["db", "dump", "-n", "old", "-o", "old.json"]) == 0
+    assert main(["db", "load", "old.json", "-n", "copy", "-n", "copy2", "--storage", "copy.pkl"]) == 2
+    assert "-n/--name is given twice ('copy', then 'copy2')" in error_line(capsys.readouterr().err)
+    assert not (workdir / "copy.pkl").exists()
+
+
+@pytest.mark.parametrize("argv", [["status", "--json"], ["db", "dump", "-o", "all.json"], ["info"],
+                                  ["db", "rm", "-y"]])
+def test_an_empty_name_is_refused_not_taken_for_every_experiment(
+    workdir: Path, capsys: pytest.CaptureFixture[str], argv: list[str]
+) -> None:
+    """`orchard status -n "$EXP" --json` with EXP unset printed the list of every experiment, exit 0."""
+    orchard.build_experiment("e", space={"x": "uniform(0, 1)"}, storage="orchard.pkl")
+    assert main([*argv, "-n", ""]) == 2
+    assert "-n/--name is empty (an unset shell variable?)" in error_line(capsys.readouterr().err)
+    assert not (workdir / "all.json").exists()
+
+
+def test_a_missing_experiment_names_the_stored_ones_it_looks_like(
+    workdir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Among 40 experiments, `info -n lr-serch` listed them all (cut in the middle), none pointed at."""
+    storage = orchard.get_storage("orchard.pkl")
+    for name in ["lr-search", "LR", *(f"run-{i:02}" for i in range(38))]:
+        orchard.build_experiment(name, space={"x": "uniform(0, 1)"}, storage=storage)
+    assert main(["info", "-n", "lr-serch"]) == 1
+    line = error_line(capsys.readouterr().err)
+    assert "no experiment named 'lr-serch' in storage" in line and "did you mean 'lr-search'?" in line
+    assert "(experiments there: LR, lr-search, run-00," in line and "run-17 and 20 more)" in line
+    assert main(["status", "-n", "lr"]) == 1
+    assert "did you mean 'LR'?" in error_line(capsys.readouterr().err)
+    assert main(["status", "-n", "zzzz"]) == 1
+    assert "did you mean" not in error_line(capsys.readouterr().err)
+
+
+def test_status_of_a_missing_storage_file_says_the_file_does_not_exist(
+    workdir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`status --storage runs/orchrad.pkl` said 'no experiments in this storage', as for an empty one."""
+    assert main(["status", "--storage", "runs/orchrad.pkl"]) == 0
+    assert capsys.readouterr().out.strip() == "no experiments in runs/orchrad.pkl (the file does not exist)"
+
+
+def test_db_dump_to_a_reader_that_stops_early_exits_141_quietly(workdir: Path) -> None:
+    """`orchard db dump -o - | head -c 10` exited 2: 'cannot write dump stdout: Broken pipe; …'."""
+    experiment = orchard.build_experiment("e", space={"x": "uniform(0, 1)"}, storage="orchard.pkl")
+    for i in range(400):  # a dump far larger than a pipe's buffer
+        experiment.insert({"x": i / 400}, objective=float(i))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ORCHARD_")}
+    proc = subprocess.Popen([sys.executable, "-m", "orchard.cli", "db", "dump", "-o", "-"], cwd=workdir,
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert proc.stdout is not None and proc.stderr is not None
+    assert proc.stdout.read(10).startswith(b"{")
+    proc.stdout.close()
+    assert proc.wait(timeout=60) == 141
+    assert proc.stderr.read() == b""
+
+
 def test_help_texts_name_every_storage_source(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["status", "--help"]) == 0
     text = " ".join(capsys.readouterr().out.split())
@@ -824,6 +970,24 @@ def test_insert_names_what_is_wrong(workdir: Path, capsys: pytest.CaptureFixture
     assert "is a str, not a finite number" in line and "outside" not in line
     assert main(["insert", "-n", "e", "x=0.5", "c=z"]) == 2
     assert "is not one of" in error_line(capsys.readouterr().err)
+
+
+@pytest.mark.parametrize(("objectives", "expected"), [
+    (["nan"], "argument --objective: 'nan' is not a finite number"),  # was: 'return the number, not its text'
+    (["inf"], "argument --objective: 'inf' is not a finite number"),
+    (["low"], "argument --objective: 'low' is not a number"),
+    (["1", "2"], "--objective is given twice (1, then 2); give it once"),  # 2 was recorded
+])
+def test_insert_objective_must_be_one_finite_number(
+    workdir: Path, capsys: pytest.CaptureFixture[str], objectives: list[str], expected: str
+) -> None:
+    orchard.build_experiment("e", space={"x": "uniform(0, 1)"}, storage="orchard.pkl")
+    given = [token for value in objectives for token in ("--objective", value)]
+    assert main(["insert", "-n", "e", "x=0.5", *given]) == 2
+    assert expected in error_line(capsys.readouterr().err)
+    assert trials("e") == []
+    assert main(["insert", "-n", "e", "x=0.5", "--objective", "1e-3", "--objective", "1e-3"]) == 0
+    assert [t.objective for t in trials("e")] == [0.001]
 
 
 def test_db_dump_to_a_directory_or_a_missing_folder(workdir: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -899,6 +1063,24 @@ def test_db_rm_suggests_a_dump_first(workdir: Path, capsys: pytest.CaptureFixtur
 
 
 # -- the reference page ---------------------------------------------------------------------------------
+
+
+def test_every_key_of_status_and_list_json_is_documented(
+    workdir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Scripts read `status --json` and `list --json`: 'objectives', 'rungs', 'inserted_apart', 'infeasible'
+    (status) and 'inserted_apart' (list) were printed but documented nowhere."""
+    docs = Path(__file__).resolve().parent.parent / "docs"
+    monitoring = " ".join((docs / "plots-and-monitoring.md").read_text().split())
+    listing = " ".join((docs / "cli.md").read_text().split("## `orchard list`")[1].split("## ")[0].split())
+    assert hunt("e", "--max-trials", "1") == 0
+    capsys.readouterr()
+    assert main(["status", "-n", "e", "--json"]) == 0
+    status = json.loads(capsys.readouterr().out)
+    assert main(["list", "--json"]) == 0
+    (row,) = json.loads(capsys.readouterr().out)
+    assert [key for key in status if f"`{key}`" not in monitoring] == []
+    assert [key for key in row if f"`{key}`" not in listing] == []
 
 
 def test_docs_cli_option_tables_match_the_help() -> None:

@@ -252,6 +252,55 @@ def test_a_hunt_option_after_the_command_is_said_to_go_to_the_script(
     assert "'--n-workers' comes after the command" in warned[1]
 
 
+@pytest.mark.parametrize("options", [["--gpu", "0"], ["--n=3"], ["--max", "10"], ["--s", "1"], ["--exec=a"]])
+def test_a_script_option_that_begins_like_several_hunt_options_reaches_the_script(
+        workdir: Path, capsys: pytest.CaptureFixture[str], options: list[str]) -> None:
+    """orchard hunt -n e python train.py --lr~… --gpu 0: 'ambiguous option: --gpu could match --gpus,
+    --gpus-per-worker' (exit 2), and no trial ran: the command's options were matched against hunt's."""
+    (workdir / "argv.py").write_text("import json, sys, orchard\n"
+                                     "open('../../../argv.json', 'w').write(json.dumps(sys.argv[1:]))\n"
+                                     "orchard.report_objective(0.5)\n")
+    assert hunt(sys.executable, "argv.py", "--x~uniform(0, 1)", *options) == 0, capsys.readouterr().err
+    assert json.loads((workdir / "argv.json").read_text())[1:] == options
+    assert main(["hunt", "-n", "f", "--max-trial", "1", sys.executable, "argv.py", "--x~uniform(0, 1)"]) == 2
+    assert "did you mean --max-trials?" in capsys.readouterr().err  # before the command: a typo
+
+
+@pytest.mark.parametrize(("tokens", "expected"), [
+    # "orchard hunt ... --lr~uniform(0, 1)".split() from a script: '('  was never closed, and nothing more
+    (["--lr~uniform(0,", "1)"], "the prior was cut at a space: quote it whole so that it stays one word, "
+                                "--lr~'uniform(0, 1)' (from Python, one list item)"),
+    (["lr~choices(['a',", "'b'])"], "lr~'choices(['a', 'b'])'"),
+    # subprocess.run([..., "--lr~'uniform(0, 1)'"]): 'expected one of uniform, … followed by (arguments)'
+    (["--lr~'uniform(0, 1)'"], "its quotes reached hunt as part of it: they are for the shell only, "
+                               "e.g. --lr~uniform(0, 1)"),
+    (["--lr~unifrom(0, 1)"], "unknown prior 'unifrom' (did you mean uniform?); valid priors: uniform,"),
+])
+def test_a_prior_cut_at_a_space_quoted_twice_or_misspelled_says_so(
+        workdir: Path, capsys: pytest.CaptureFixture[str], tokens: list[str], expected: str) -> None:
+    assert hunt(sys.executable, "script.py", *tokens) == 2
+    assert expected in capsys.readouterr().err
+    assert not (workdir / "orchard.pkl").exists()
+
+
+def test_a_prior_missing_its_parenthesis_is_not_said_to_be_cut(
+        workdir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert hunt(sys.executable, "script.py", "--lr~uniform(0, 1", "--y=2") == 2
+    err = capsys.readouterr().err
+    assert "'(' was never closed" in err and "cut at a space" not in err
+
+
+def test_two_config_files_are_refused_not_the_first_dropped(
+        workdir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`hunt --config base.yaml --config gpu.yaml` ran with gpu.yaml alone: base.yaml's settings were lost."""
+    (workdir / "base.yaml").write_text("max_trials: 1\n")
+    (workdir / "gpu.yaml").write_text("gpus_per_worker: 1\n")
+    assert main(["hunt", "-n", "e", "--storage", "orchard.pkl", "--config", "base.yaml",
+                 "--config", "gpu.yaml", sys.executable, "script.py", "--mode~choices(['ok'])"]) == 2
+    assert "--config is given twice ('base.yaml', then 'gpu.yaml'); give it once" in capsys.readouterr().err
+    assert not (workdir / "orchard.pkl").exists()
+
+
 def test_a_name_given_after_the_command_is_said_to_go_to_the_script(
         workdir: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """orchard hunt python train.py -n e --lr~…: 'hunt needs an experiment name: -n NAME', which was

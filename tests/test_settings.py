@@ -174,6 +174,9 @@ def _laughs(indent: str) -> str:
     ("max_trials: 1" + "0" * 5000 + "\n", "is not valid YAML at line 1, column 13: Exceeds the limit"),
     ("max_trials: 5\x07\n", "is not valid YAML at character 14: '\\x07' is a character YAML does not allow"),
     ("1: 1\nmax_trial: 2\n", "has unknown setting(s) 'max_trial', 1; valid: algorithm"),  # was a TypeError
+    # named the valid keys only: which was meant was left to the reader
+    ("max_trial: 2\nMax-Broken: 3\n",
+     "; did you mean max_broken for 'Max-Broken', max_trials for 'max_trial'?"),
 ])
 def test_a_config_file_with_a_key_twice_an_alias_bomb_or_odd_text_is_one_line(no_ambient: Path, text: str, expected: str) -> None:
     path = no_ambient / "exp.yaml"
@@ -294,6 +297,22 @@ def test_a_storage_of_the_wrong_type_is_refused_without_its_password(tmp_path) -
     with pytest.raises(ConfigurationError) as info:
         config.Settings(environ={}, files=[file]).get("storage")
     assert f"from config file {file}" in str(info.value) and "hunter2" not in str(info.value)
+
+
+@pytest.mark.parametrize(("where", "expected"), [
+    ("env", "ORCHARD_STORAGE: storage 'runs' is neither a URI nor a path ending in .pkl"),
+    ("file", "orchard.yaml: storage 'foo://db' has unknown scheme 'foo'"),
+])
+def test_a_malformed_storage_names_the_variable_or_file_that_gave_it(
+        no_ambient: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch,
+        where: str, expected: str) -> None:
+    """ORCHARD_STORAGE=runs (set in a shell profile) said only "storage 'runs' is neither a URI …"."""
+    if where == "env":
+        monkeypatch.setenv("ORCHARD_STORAGE", "runs")
+    else:
+        (no_ambient / "orchard.yaml").write_text("storage: foo://db\n")
+    assert main(["list"]) == 2
+    assert expected in capsys.readouterr().err
 
 
 def test_a_user_info_escaped_whole_keeps_its_password_hidden(no_ambient: Path, capsys) -> None:

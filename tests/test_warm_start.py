@@ -194,6 +194,13 @@ def test_cli_insert_of_a_file_larger_than_the_budget_left_stores_no_row(
     # 'unexpected RecursionError' and 'unexpected UnicodeDecodeError' (exit 1)
     ("rows.jsonl", "[" * 100_000 + "\n", "rows.jsonl is nested too deeply to be a row"),
     ("rows.csv", b"\x89PNG\r\n", "rows.csv: it is not UTF-8 text (byte 0)"),
+    # 'row 1 of rows.csv: params {} do not match the space: missing 'x'' (as Excel saves CSV in Europe)
+    ("rows.csv", "x;objective\n0.1;1\n", "is one column, 'x;objective': its columns are separated by ';'"),
+    ("rows.csv", "x\tobjective\n0.1\t1\n", "separated by '\\t', not commas"),
+    # 'objective must be a number, got str 'nan'; … return the number, not its text'
+    ("rows.csv", "x,objective\n0.1,NaN\n", "row 1 of"),
+    ("rows.csv", "x,objective\n0.1,NaN\n", "rows.csv: objective is nan; it must be a finite number"),
+    ("rows.csv", "x,objective\n0.1,-inf\n", "rows.csv: objective is -inf; it must be a finite number"),
 ])
 def test_cli_insert_refuses_a_file_whose_values_it_would_drop_or_cannot_read(
         tmp_path: Path, store: str, capsys: pytest.CaptureFixture[str], name: str, content: str | bytes,

@@ -47,7 +47,7 @@ from collections.abc import Callable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
 from orchard.algorithms.base import BaseAlgorithm, Observation
-from orchard.errors import ConfigurationError, OrchardError
+from orchard.errors import ConfigurationError, OrchardError, did_you_mean
 from orchard.priors import to_builtin
 from orchard.space import Space
 
@@ -181,7 +181,8 @@ def algorithm_class(name: str) -> type[BaseAlgorithm]:
         from orchard.algorithms._optuna import SAMPLERS
 
         sampler = next((s for s in SAMPLERS if isinstance(name, str) and s.lower() == name.lower()), None)
-        hint = f" (Optuna's sampler: {{'optuna': {{'sampler': {sampler!r}}}}})" if sampler else ""
+        hint = f" (Optuna's sampler: {{'optuna': {{'sampler': {sampler!r}}}}})" if sampler else \
+            did_you_mean(name, algorithm_names())
         raise ConfigurationError(
             f"unknown algorithm {name!r}; valid algorithms: {', '.join(algorithm_names())}{hint}")
     return _load_plugin(plugin)

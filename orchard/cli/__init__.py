@@ -31,7 +31,7 @@ from typing import Any
 
 from orchard.cli._args import PROG, OneLineParser, UsageError, add_common
 from orchard.terminal import PrintableFormatter, printable
-from orchard.errors import Interrupted
+from orchard.errors import Interrupted, meant
 
 __all__ = ["build_parser", "main"]
 
@@ -110,17 +110,37 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _parse(argv: list[str]) -> argparse.Namespace:
     """Parse ``argv``; an unknown option points at the help of the command it was given to."""
-    args, extra = build_parser().parse_known_args(argv)
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
     if extra:
-        command = " ".join(filter(None, (PROG, getattr(args, "subcommand", None),
-                                         getattr(args, "db_command", None))))
+        path = [name for name in (getattr(args, "subcommand", None), getattr(args, "db_command", None))
+                if name]
+        command = " ".join([PROG, *path])
         priors = [token for token in extra if _PRIOR_TOKEN.search(token)]
-        hint = ""
+        hint = _near_options(extra, _options_of(parser, path))
         if priors and getattr(args, "subcommand", None) == "hunt":
-            hint = (f"; a prior such as {priors[0]!r} goes after the program it is passed to, e.g. "
-                    "orchard hunt -n exp python train.py --lr~'loguniform(1e-5, 1)'")
+            hint += (f"; a prior such as {priors[0]!r} goes after the program it is passed to, e.g. "
+                     "orchard hunt -n exp python train.py --lr~'loguniform(1e-5, 1)'")
         raise UsageError(f"unrecognized arguments: {' '.join(extra)}{hint}; see '{command} --help'")
     return args
+
+
+def _options_of(parser: argparse.ArgumentParser, path: list[str]) -> list[str]:
+    """The option strings of the (sub-)command ``path`` (``["db", "dump"]``) of ``parser``."""
+    for name in path:
+        for action in parser._actions:  # noqa: SLF001 - argparse keeps its sub-parsers nowhere else
+            if isinstance(action, argparse._SubParsersAction) and name in action.choices:  # noqa: SLF001
+                parser = action.choices[name]
+                break
+    return [option for action in parser._actions for option in action.option_strings]  # noqa: SLF001
+
+
+def _near_options(extra: list[str], options: list[str]) -> str:
+    """``" (did you mean --max-trials?)"`` for a mistyped option among ``extra``, else ``""``."""
+    for token in extra:
+        if token.startswith("-") and (near := meant(token.split("=", 1)[0], options)):
+            return f" ({token.split('=', 1)[0]}: did you mean {near}?)"
+    return ""
 
 
 #: A token that defines a dimension (``--lr~loguniform(...)``), found among hunt's own options.

@@ -10,9 +10,11 @@ import ast
 import collections
 import datetime
 import os
+import re
 import sys
 from typing import TYPE_CHECKING, Any, NoReturn
 
+from orchard.errors import meant
 from orchard.terminal import printable
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -20,6 +22,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from orchard.storages import BaseStorage
 
 __all__ = [
+    "GivenOnce",
     "OneLineParser",
     "UsageError",
     "add_common",
@@ -42,10 +45,34 @@ class UsageError(Exception):
 
 
 class OneLineParser(argparse.ArgumentParser):
-    """An ``ArgumentParser`` whose errors are one line (no usage block) and raise :class:`UsageError`."""
+    """An ``ArgumentParser`` whose errors are one line (no usage block) and raise :class:`UsageError`.
+
+    An invalid choice (``orchard stauts``, ``orchard db dupm``) names the nearest valid one.
+    """
 
     def error(self, message: str) -> NoReturn:
+        found = re.match(r"argument [^:]+: invalid choice: (.+?) \(choose from (.+)\)$", message)
+        if found:
+            given = parse_literal(found.group(1))
+            near = meant(str(given), [str(c) for c in re.findall(r"'([^']*)'", found.group(2))])
+            if near:
+                message += f"; did you mean {near!r}?"
         raise UsageError(f"{message}; see '{self.prog} --help'")
+
+
+class GivenOnce(argparse.Action):
+    """An option given empty, or twice with two values, is refused: ``db rm -n keep … -n old`` took 'old'."""
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: Any,
+                 option_string: str | None = None) -> None:
+        before = getattr(namespace, self.dest, None)
+        if isinstance(values, str) and not values.strip():  # `status -n "$EXP"` showed every experiment
+            raise UsageError(f"{'/'.join(self.option_strings)} is empty (an unset shell variable?); give "
+                             f"{self.option_strings[0]} {self.metavar}; see '{parser.prog} --help'")
+        if before is not None and before != values:
+            raise UsageError(f"{'/'.join(self.option_strings)} is given twice ({before!r}, then {values!r}); "
+                             f"give it once; see '{parser.prog} --help'")
+        setattr(namespace, self.dest, values)
 
 
 def add_common(parser: argparse.ArgumentParser, top: bool = False) -> None:
@@ -73,8 +100,9 @@ def add_common(parser: argparse.ArgumentParser, top: bool = False) -> None:
 
 def add_name(parser: argparse.ArgumentParser, required: bool = True, meaning: str | None = None) -> None:
     """Add ``-n/--name``, the experiment's name (``meaning``: its help text for this command)."""
-    parser.add_argument("-n", "--name", required=required, metavar="NAME",
-                        help=meaning or "the experiment's name: letters, digits and . _ - + = @ (at most 128)")
+    parser.add_argument("-n", "--name", required=required, metavar="NAME", action=GivenOnce,
+                        help=meaning or "the experiment's name: ASCII letters, digits and . _ - + = @ "
+                                        "(at most 128)")
 
 
 def open_storage(args: argparse.Namespace) -> BaseStorage:
@@ -167,8 +195,8 @@ def format_value(value: Any) -> str:
     return printable(str(value))
 
 
-def strict_json(value: Any) -> str:
-    """``value`` as indented, standard JSON: a non-finite float (a result another program stored) is ``null``.
+def strict_json(value: Any, indent: int | None = 2) -> str:
+    """``value`` as standard JSON (``indent=None``: on one line); a non-finite float is ``null``.
 
     ``json.dumps`` writes ``NaN`` and ``Infinity``, which ``jq`` and most JSON readers refuse.
     """
@@ -184,7 +212,7 @@ def strict_json(value: Any) -> str:
             return [plain(inner) for inner in item]
         return item
 
-    return json.dumps(plain(value), indent=2, default=str, allow_nan=False)
+    return json.dumps(plain(value), indent=indent, default=str, allow_nan=False)
 
 
 def format_age(seconds: float | None) -> str:

@@ -18,7 +18,7 @@ import uuid
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING
 
-from orchard.errors import OrchardError, ReservationLostError, StorageError
+from orchard.errors import ConfigurationError, OrchardError, ReservationLostError, StorageError
 from orchard.storages import BaseStorage, get_storage
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -42,8 +42,9 @@ class _Step:
 
     def __exit__(self, kind: object, err: BaseException | None, tb: object) -> None:
         self.ms = (time.perf_counter() - self.start) * 1000
-        if isinstance(err, (OrchardError, OSError, AssertionError)):
-            raise StorageError(f"db test failed at step {self.name!r} on {self.uri}: {err}") from err
+        if isinstance(err, (OrchardError, OSError, AssertionError)):  # a bad URI stays one: exit 2
+            failed = ConfigurationError if isinstance(err, ConfigurationError) else StorageError
+            raise failed(f"db test failed at step {self.name!r} on {self.uri}: {err}") from err
 
     @property
     def line(self) -> str:

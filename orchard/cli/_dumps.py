@@ -137,6 +137,8 @@ def _write_into(handle: TextIO, where: str, data: dict[str, Any]) -> None:
     except OSError as err:
         if handle is sys.stdout:  # what is left in its buffer cannot be written either: drop it quietly
             sys.stdout = open(os.devnull, "w", encoding="utf-8")  # noqa: SIM115 - lives until exit
+            if isinstance(err, BrokenPipeError):  # `db dump -o - | head`: the reader left (exit 141)
+                raise
         raise _unwritable(where, err) from err
 
 
@@ -175,6 +177,10 @@ def read_dump(path: str, rename: str | None = None) -> dict[str, Any]:
         else:
             with open(path, "rb") as handle:
                 text = _read_bounded(handle, path)
+        if not text.strip():  # json said 'Expecting value: line 1 column 1 (char 0)'
+            source = "nothing came on stdin: did the command before the pipe fail?" if path == "-" else \
+                "the file is empty"
+            raise ConfigurationError(f"cannot read dump {path}: {source}; nothing was loaded")
         data = json.loads(text, object_pairs_hook=each_key_once)  # a hand-edited dump: no value lost
     except (OSError, ValueError) as err:
         raise ConfigurationError(f"cannot read dump {path}: {err}") from None

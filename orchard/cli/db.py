@@ -16,7 +16,7 @@ import sys
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
-from orchard.cli._args import add_common, add_name, confirm, open_experiment, open_storage
+from orchard.cli._args import GivenOnce, add_common, add_name, confirm, open_experiment, open_storage
 from orchard.terminal import printable
 from orchard.trial import Trial, TrialStatus
 
@@ -50,7 +50,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
 
     load = commands.add_parser("load", help="restore experiments from a dump (into any storage)")
     load.add_argument("file", metavar="FILE.json", help="a file written by 'orchard db dump' ('-': stdin)")
-    load.add_argument("-n", "--name", metavar="NEWNAME",
+    load.add_argument("-n", "--name", metavar="NEWNAME", action=GivenOnce,
                       help="load the experiment of a one-experiment dump under this name")
     load.set_defaults(func=_run_load)
 

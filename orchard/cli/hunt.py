@@ -16,7 +16,7 @@ import re
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
-from orchard.cli._args import UsageError, add_common, add_name, format_params
+from orchard.cli._args import GivenOnce, UsageError, add_common, add_name, format_params
 from orchard.terminal import printable
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -41,6 +41,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     parser: argparse.ArgumentParser = subparsers.add_parser(
         "hunt", help="run a script as trials of an experiment (one worker per hunt; join at will)",
         usage="orchard hunt -n NAME [options] COMMAND...",
+        allow_abbrev=False,  # a script's --gpu 0 or --n=3 after the command was an 'ambiguous option'
         description="Run COMMAND once per trial. Tokens --name~'prior' define the search space and are "
                     f"replaced by each trial's value. Example: {EXAMPLE}",
     )
@@ -101,7 +102,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
            help="the folder of the per-trial folders (default ./orchard-runs/NAME in the directory of the hunt "
                 "that creates the experiment); the folder the experiment is created with is stored, absolute, "
                 "and is the default of later workers, wherever they start")
-    option("--config", metavar="FILE",
+    option("--config", metavar="FILE", action=GivenOnce,
            help="a YAML file of settings, which may also hold name and space")
     option("--seed", metavar="SEED",
            help="seed of the algorithm (an integer >= 0), fixed when the experiment is created: a joiner "

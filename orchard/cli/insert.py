@@ -17,10 +17,12 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import math
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from orchard.cli._args import (
+    GivenOnce,
     UsageError,
     add_common,
     add_name,
@@ -50,7 +52,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     )
     add_name(parser)
     parser.add_argument("params", nargs="*", metavar="NAME=VALUE", help="one value per dimension")
-    parser.add_argument("--objective", metavar="VALUE",
+    parser.add_argument("--objective", metavar="VALUE", type=_objective, action=GivenOnce,
                         help="the objective this point reached (minimized; with one declared objective, such as "
                         "acc:max, its value as the script reports it)")
     parser.add_argument("--result", metavar="NAME=VALUE", action="append", default=[],
@@ -63,6 +65,18 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     add_common(parser)
     parser.set_defaults(func=run)
     return parser
+
+
+def _objective(text: str) -> float:
+    """``--objective``'s value, a finite number (``nan`` was refused as 'text, not the number')."""
+    value = parse_literal(text.strip())
+    try:
+        number = float(value)  # nan, inf, 1e999 are text to parse_literal
+    except (TypeError, ValueError, OverflowError):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number; e.g. --objective 0.25") from None
+    if isinstance(value, bool) or not math.isfinite(number):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a finite number; e.g. --objective 0.25")
+    return value if isinstance(value, (int, float)) else number
 
 
 def parse_assignments(tokens: list[str], what: str = "dimension") -> dict[str, Any]:
@@ -114,6 +128,9 @@ def read_rows(path: Path) -> list[dict[str, Any]]:
                 if line.strip()]
     reader = csv.reader(text.splitlines())
     header = next(reader, [])
+    if len(header) == 1 and (separator := next((c for c in ";\t|" if c in header[0]), None)):
+        raise UsageError(f"the header of {path} is one column, {header[0]!r}: its columns are separated by "
+                         f"{separator!r}, not commas; save it as CSV with commas, or as JSON Lines (.jsonl)")
     twice = sorted({name for name in header if name and header.count(name) > 1})
     if twice:
         raise UsageError(f"the header of {path} names column(s) {', '.join(map(repr, twice))} twice; keep one")
@@ -122,8 +139,22 @@ def read_rows(path: Path) -> list[dict[str, Any]]:
         if len(cells) > len(header):
             raise UsageError(f"row {number} of {path} has {len(cells)} cells but the header names {len(header)} "
                              "columns; quote a value that holds a comma, or name every column")
-        rows.append({name: parse_literal(cell) for name, cell in zip(header, cells) if name and cell != ""})
+        rows.append({name: _cell(name, cell) for name, cell in zip(header, cells) if name and cell != ""})
     return rows
+
+
+def _cell(column: str, text: str) -> Any:
+    """A CSV cell as a literal; an objective of ``nan`` or ``inf`` (as spreadsheets write them) as that float.
+
+    Read as text, it was refused as 'text, not the number', when the number itself is what is wrong.
+    """
+    value = parse_literal(text)
+    if column == "objective" and isinstance(value, str) and value.strip().lower().lstrip("+-") in _NOT_FINITE:
+        return float(value)
+    return value
+
+
+_NOT_FINITE = frozenset({"nan", "inf", "infinity"})
 
 
 def _json_row(line: str, where: str) -> dict[str, Any]:
@@ -250,7 +281,7 @@ def run(args: argparse.Namespace) -> int:
 
     params = parse_assignments(args.params)
     results = parse_assignments(args.result, "result") if args.result else None
-    objective = None if args.objective is None else parse_literal(args.objective)
+    objective = args.objective
     if objective is None and results is None:
         trial = experiment.insert(params)
         print(f"inserted trial {trial.id} in experiment {experiment.name!r}: {format_params(trial.params)}")

@@ -1,15 +1,13 @@
 """``orchard status``, ``orchard list`` and ``orchard info``: look at experiments.
 
-Workers are not registered anywhere (there is no master): the live workers
-shown are the owners of reserved trials. A heartbeat is stamped by its
-worker's clock, which may disagree with this machine's by minutes (SPEC §5.8),
-so its age is judged by observation, like the workers and the dashboard do:
-the seconds this command has seen the value stand unchanged on its own
-monotonic clock. One reading sees each value for the first time (age ``≥ 0 s``,
-a lower bound); ``--watch`` keeps watching, and a value unchanged for 3 × the
-experiment's heartbeat marks a lost worker. The stamp itself is printed as
-written, on the worker's clock. A worker's GPUs are read from its name
-(``host:pid:uuid/gpus=0,1``, see :mod:`orchard.resources`).
+Workers are not registered anywhere (there is no master): the live workers shown are the
+owners of reserved trials. A heartbeat is stamped by its worker's clock, which may disagree
+with this machine's by minutes (SPEC §5.8), so its age is judged by observation, like the
+workers and the dashboard do: the seconds this command has seen the value stand unchanged on
+its own monotonic clock. One reading sees each value for the first time (age ``≥ 0 s``, a lower
+bound); ``--watch`` keeps watching, and a value unchanged for 3 × the experiment's heartbeat
+marks a lost worker. The stamp itself is printed as written, on the worker's clock. A worker's
+GPUs are read from its name (``host:pid:uuid/gpus=0,1``, see :mod:`orchard.resources`).
 """
 
 from __future__ import annotations
@@ -72,13 +70,15 @@ def add_parser(subparsers: Any) -> None:
                              "in a terminal the screen is redrawn in place")
     status.add_argument("--interval", type=_positive_seconds, default=2.0, metavar="SECONDS",
                         help=f"refresh period of --watch, at least {MIN_INTERVAL} (default: %(default)s)")
-    status.add_argument("--json", action="store_true", help="print JSON: an object with -n, else a list of objects")
+    status.add_argument("--json", action="store_true",
+                        help="print JSON: an object with -n, else a list of objects (--watch: one a line)")
     add_common(status)
     status.set_defaults(func=run_status)
 
     listing = subparsers.add_parser("list", help="the experiments in the storage")
     listing.add_argument("--json", action="store_true",
-                         help="print a JSON list of objects with name, created, max_trials and counts")
+                         help="print a JSON list of objects with name, created, max_trials, inserted_apart, "
+                              "counts and stopped")
     add_common(listing)
     listing.set_defaults(func=run_list)
 
@@ -284,10 +284,11 @@ def _status_or_problem(experiment: Experiment, watch: HeartbeatWatch) -> dict[st
 
 
 def _render(args: argparse.Namespace, statuses: list[dict[str, Any]]) -> str:
-    if args.json:
-        return strict_json(statuses[0] if args.name else statuses)
-    if not statuses:
-        return "no experiments in this storage"
+    if args.json:  # --watch: one document a line (JSON Lines), which `jq` and `while read` take one by one
+        return strict_json(statuses[0] if args.name else statuses, indent=None if args.watch else 2)
+    if not statuses:  # as list says it: a mistyped --storage is no empty storage
+        missing = missing_storage_file(args)
+        return "no experiments in " + (f"{missing} (the file does not exist)" if missing else "this storage")
     return "\n\n".join("\n".join(_status_lines(s)) for s in statuses)
 
 
@@ -314,7 +315,8 @@ def run_status(args: argparse.Namespace) -> int:
                 watches.clear()  # no heartbeat could land meanwhile: the ages start over
             else:
                 shown = True
-                sys.stdout.write((_CLEAR if in_place else "") + f"{text}\n(updated {stamp}; Ctrl-C to stop)\n\n")
+                trailer = "" if args.json else f"(updated {stamp}; Ctrl-C to stop)\n\n"  # JSON: broke `jq`
+                sys.stdout.write((_CLEAR if in_place and not args.json else "") + f"{text}\n{trailer}")
                 sys.stdout.flush()
             time.sleep(args.interval)
     except KeyboardInterrupt:

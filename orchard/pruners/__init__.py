@@ -30,7 +30,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from orchard.errors import ConfigurationError
+from orchard.errors import ConfigurationError, did_you_mean
 from orchard.pruners._percentile import MedianPruner, PercentilePruner
 from orchard.pruners._rungs import AshaPruner, HyperbandPruner
 from orchard.pruners._simple import NopPruner, PatiencePruner, ThresholdPruner
@@ -92,7 +92,7 @@ _OPTUNA_NAMES = {"NopPruner": "none", "MedianPruner": "median", "PercentilePrune
 def _pruner_class(name: str) -> type[BasePruner]:
     if not isinstance(name, str) or name not in PRUNERS:
         ours = _OPTUNA_NAMES.get(name) if isinstance(name, str) else None
-        hint = f" (Optuna's {name} is {ours!r})" if ours else ""
+        hint = f" (Optuna's {name} is {ours!r})" if ours else did_you_mean(name, PRUNERS)
         raise ConfigurationError(f"unknown pruner {name!r}; valid pruners: {', '.join(PRUNERS)}{hint}")
     return PRUNERS[name]()
 

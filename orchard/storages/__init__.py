@@ -98,8 +98,16 @@ def get_storage(uri: str | BaseStorage | None = None) -> BaseStorage:
     """
     if isinstance(uri, BaseStorage):
         return uri
-    if uri is None:
-        uri = DEFAULT_STORAGE
+    factory, uri = storage_opener(DEFAULT_STORAGE if uri is None else uri)
+    return factory(uri)
+
+
+def storage_opener(uri: object) -> tuple[Callable[[str], BaseStorage], str]:
+    """The function that opens ``uri``, and the URI to give it: ``uri`` checked, nothing opened.
+
+    Raises:
+        ConfigurationError: the URI has an unknown scheme or is malformed.
+    """
     if not isinstance(uri, str) or not uri.strip():
         raise ConfigurationError(
             f"storage {uri!r} is not a URI; give a path ending in .pkl, pickle://PATH, "
@@ -109,7 +117,7 @@ def get_storage(uri: str | BaseStorage | None = None) -> BaseStorage:
     scheme, sep, _ = uri.partition("://")
     if not sep:
         if pickle_path(uri) is not None:
-            return STORAGES["pickle"](uri)
+            return STORAGES["pickle"], uri
         raise ConfigurationError(
             f"storage {redact(uri)!r} is neither a URI nor a path ending in .pkl; "
             "use e.g. runs/orchard.pkl, pickle://runs/db, mongodb://host:27017/orchard"
@@ -121,4 +129,4 @@ def get_storage(uri: str | BaseStorage | None = None) -> BaseStorage:
             f"storage {redact(uri)!r} has unknown scheme {scheme!r}; valid schemes: {known} "
             "(or a plain path ending in .pkl)"
         )
-    return factory(uri)
+    return factory, uri

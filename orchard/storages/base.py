@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import abc
 import dataclasses
+import difflib
 import re
 import time
 import uuid
@@ -75,6 +76,8 @@ def new_experiment_id(keep_id: Any = None, taken: Any = ()) -> str:
 
 
 _EXPERIMENT_ID = re.compile(r"[0-9a-f]{32}")
+#: How many stored names the error of a missing experiment lists (a storage may hold thousands).
+_LISTED = 20
 _Storage = TypeVar("_Storage", bound="BaseStorage")  # `with PickledStorage(...) as s` keeps its type
 
 
@@ -469,10 +472,15 @@ class BaseStorage(abc.ABC):
 
         record = self.get_experiment(name)
         if record is None:
-            names = ", ".join(sorted(r.name for r in self.list_experiments())) or "none"
+            stored = sorted(r.name for r in self.list_experiments())
+            near = [other for other in stored if other.lower() == name.lower()] \
+                or difflib.get_close_matches(name, stored, n=3, cutoff=0.75)
+            more = f" and {len(stored) - _LISTED} more" if stored[_LISTED:] else ""
+            names = ", ".join(stored[:_LISTED]) + more
             raise ExperimentNotFoundError(
-                f"no experiment named {name!r} in storage {self.redacted_uri} "
-                f"(experiments there: {names}); check the name and --storage"
+                f"no experiment named {name!r} in storage {self.redacted_uri}"
+                + (f"; did you mean {' or '.join(map(repr, near))}?" if near else "")
+                + f" (experiments there: {names or 'none'}); check the name and --storage"
             )
         return record
 
