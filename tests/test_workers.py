@@ -195,6 +195,16 @@ def test_a_loky_worker_killed_while_the_others_report_leaves_no_trial_reserved(
     assert sorted(t.attempts for t in trials) == [1, 1, 1], _states(trials)
 
 
+def test_thread_workers_sharing_a_mongodb_storage_run_workon_after_workon(mongo_db_uri: str) -> None:
+    """A notebook calling workon in a loop with executor='thread': the first loop to end closed the storage
+    every loop shares, and another loop's next call failed ("Cannot use MongoClient after close"; within
+    2 to 7 calls of 4 workers in each of 3 runs)."""
+    exp = orchard.build_experiment("loop", space={"x": "uniform(0, 1)"}, storage=mongo_db_uri)
+    for _ in range(20):
+        exp.workon(workloads.quadratic, n_workers=4, executor="thread", max_trials=4, progress=False)
+    _assert_exact(exp, 80)
+
+
 @pytest.mark.slow
 def test_a_dead_workers_report_landing_after_workon_read_its_lease_leaves_no_trial_reserved(
         tmp_path, mongo_db_uri: str, monkeypatch: pytest.MonkeyPatch) -> None:

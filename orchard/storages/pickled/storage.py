@@ -186,8 +186,8 @@ class PickledStorage(TableStorage):
     def close(self) -> None:
         """Close the file this process keeps open; the replay is kept: the next call reads only what changed.
 
-        A worker loop run as a thread of ``workon`` closes the storage it was given when it ends: dropping
-        the replay made the caller, and every loop sharing the storage, replay the whole file again.
+        A storage may be closed while other threads use it (a worker loop of the caller's own executor
+        closing its copy): dropping the replay would make them all replay the whole file again.
         """
         with self._exclusive():
             self._log.release()
