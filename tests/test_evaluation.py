@@ -379,6 +379,36 @@ def test_cancelling_a_python_evaluation_kills_its_child_at_once(tmp_path: Path) 
     assert _gone(child)
 
 
+
+@contextlib.contextmanager
+def _every_file_taken() -> Any:
+    """This process holds as many open files as it may (``ulimit -n`` lowered, then filled) while the block runs."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (len(os.listdir("/proc/self/fd")) + 64, hard))
+    taken: list[int] = []
+    try:
+        with contextlib.suppress(OSError):
+            while True:
+                taken.append(os.open(os.devnull, os.O_RDONLY))
+        yield
+    finally:
+        for fd in taken:
+            os.close(fd)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="counts open files in Linux's /proc")
+def test_a_timed_evaluation_ending_with_every_file_taken_keeps_its_value() -> None:
+    """8 workers under ``ulimit -n 16``: the search for the processes a run left out of its group could not
+    read /proc once the value was in hand, and the trial was broken with OSError (its result lost)."""
+    from orchard.isolation import ForkedCall
+
+    call = ForkedCall(lambda: 42)
+    with _every_file_taken():
+        assert call.result(timeout=60, memory_limit=None) == 42
+
 # -- memory limits ---------------------------------------------------------------------
 
 
