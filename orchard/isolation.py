@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import errno
 import functools
 import multiprocessing
 import os
@@ -47,6 +48,7 @@ from collections.abc import Callable
 from typing import Any
 
 from orchard.clock import SYSTEM_CLOCK
+from orchard.errors import ExecutorError
 from orchard.interruption import default_handlers, deferred
 from orchard.resources import format_bytes
 from orchard.strays import RUN_ENV, signal_group, signal_marked
@@ -64,6 +66,7 @@ __all__ = [
     "die_with_parent",
     "hold_group",
     "kill_tree",
+    "no_room",
     "signal_group",
     "stop_group",
 ]
@@ -290,19 +293,24 @@ class ForkedCall:
 
     def __init__(self, job: Callable[[], Any]) -> None:
         _prctl()  # looked up before the fork: the child imports nothing to die with the worker
-        read_fd, write_fd = os.pipe()
+        try:
+            read_fd, write_fd = os.pipe()
+        except OSError as err:
+            raise no_room(err) from None
         pid, self.run = 0, os.urandom(6).hex()  # the token of the programs it runs (orchard.strays)
         try:
             with deferred():  # an interruption handled in fork's at-fork hooks would be dropped there
                 pid = os.fork()
                 if pid == 0:
                     _child_main(job, read_fd, write_fd, self.run)
-        except BaseException:  # interrupted as the child started: it has done nothing worth keeping
+        except BaseException as err:  # interrupted as the child started (or no fork): it has done nothing
             if pid:
                 kill_tree(pid)
                 os.waitpid(pid, 0)
             os.close(read_fd)
             os.close(write_fd)
+            if isinstance(err, OSError):
+                raise no_room(err) from None
             raise
         os.close(write_fd)
         with contextlib.suppress(OSError):
@@ -390,6 +398,19 @@ class ForkedCall:
         if info is not None and info.si_code in (os.CLD_KILLED, os.CLD_DUMPED):
             return f"signal {signal.Signals(info.si_status).name}"
         return f"exit code {info.si_status if info is not None else '?'}"
+
+
+def no_room(err: OSError) -> OSError | ExecutorError:
+    """``err``, or for running out of files, processes or memory as an evaluation starts, an
+    :class:`ExecutorError` saying so: the trial is not to blame (broken with the OSError, ``max_broken``
+    of them stopped the experiment), and the worker gives it back and stops
+    (:class:`~orchard.worker.Worker`)."""
+    if err.errno not in (errno.EMFILE, errno.ENFILE, errno.EAGAIN, errno.ENOMEM):
+        return err
+    return ExecutorError(
+        f"a worker could not start a child process to evaluate its trial ({type(err).__name__}: {err}), so "
+        "it gave the trial back and stopped; this process has run out of open files (ulimit -n) or processes "
+        "(ulimit -u): raise the limit or run fewer workers")
 
 
 def _child_main(job: Callable[[], Any], read_fd: int, write_fd: int, run: str) -> None:

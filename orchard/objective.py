@@ -34,7 +34,7 @@ from orchard.constraints import reported_problem
 from orchard.current import CurrentTrial, current_trial, evaluating
 from orchard.errors import ConfigurationError, Interrupted
 from orchard.forks import own_process
-from orchard.isolation import ForkedCall, Stopped, call_spawned, hold_group, kill_tree
+from orchard.isolation import ForkedCall, Stopped, call_spawned, hold_group, kill_tree, no_room
 from orchard.report import TrialPruned, listed, plain, reporting_to, shown
 from orchard.resources import format_bytes
 from orchard.space import to_builtin
@@ -410,7 +410,10 @@ class ObjectiveEvaluator(TrialEvaluator):
                     folder = tempfile.mkdtemp(prefix="orchard-reports-")
                     reports.callback(shutil.rmtree, folder, ignore_errors=True)
                     paths = (os.path.join(folder, "reports.jsonl"), os.path.join(folder, "verdict.json"))
-                    ReportFollower.prepare(*paths)
+                    try:
+                        ReportFollower.prepare(*paths)
+                    except OSError as err:
+                        raise no_room(err) from None
                 environment = None if paths is None or judging is None else ReportFollower.environment(
                     *paths, trial.id, judging[0].objectives)
                 child = ForkedCall(functools.partial(_evaluate_for_parent, self.fn, dict(trial.params), environment))

@@ -21,6 +21,7 @@ from orchard.errors import ExecutorError
 from orchard.resources import devices_of
 from orchard.trial import TrialStatus
 from tests import evaluation_workloads as loads
+from tests import workloads
 
 pytestmark = pytest.mark.slow
 
@@ -380,25 +381,6 @@ def test_cancelling_a_python_evaluation_kills_its_child_at_once(tmp_path: Path) 
 
 
 
-@contextlib.contextmanager
-def _every_file_taken() -> Any:
-    """This process holds as many open files as it may (``ulimit -n`` lowered, then filled) while the block runs."""
-    import resource
-
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    resource.setrlimit(resource.RLIMIT_NOFILE, (len(os.listdir("/proc/self/fd")) + 64, hard))
-    taken: list[int] = []
-    try:
-        with contextlib.suppress(OSError):
-            while True:
-                taken.append(os.open(os.devnull, os.O_RDONLY))
-        yield
-    finally:
-        for fd in taken:
-            os.close(fd)
-        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
-
-
 @pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="counts open files in Linux's /proc")
 def test_a_timed_evaluation_ending_with_every_file_taken_keeps_its_value() -> None:
     """8 workers under ``ulimit -n 16``: the search for the processes a run left out of its group could not
@@ -406,8 +388,21 @@ def test_a_timed_evaluation_ending_with_every_file_taken_keeps_its_value() -> No
     from orchard.isolation import ForkedCall
 
     call = ForkedCall(lambda: 42)
-    with _every_file_taken():
+    with workloads.every_file_taken():
         assert call.result(timeout=60, memory_limit=None) == 42
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="counts open files in Linux's /proc")
+def test_a_timed_evaluation_that_cannot_start_for_want_of_files_is_not_the_trials_fault() -> None:
+    """8 workers under ``ulimit -n 16``: os.pipe failed as the evaluation started, the trial was broken
+    with OSError, and 3 such stopped the experiment ("Fix the objective")."""
+    from orchard.objective import ObjectiveEvaluator
+    from orchard.trial import Trial
+
+    evaluate = ObjectiveEvaluator(lambda x: x, timeout=60)
+    with workloads.every_file_taken(), pytest.raises(ExecutorError, match=r"gave the trial back.*ulimit -n"):
+        evaluate(Trial(id="t1", experiment="e", params={"x": 0.5}))
+
 
 # -- memory limits ---------------------------------------------------------------------
 

@@ -319,6 +319,10 @@ class PickledStorage(TableStorage):
             return StorageUnavailableError(
                 f"could not {action} storage file {self._path}: {detail}; is its filesystem (NFS?) reachable?"
             )
+        if err.errno in (errno.EMFILE, errno.ENFILE):  # other workers of this process hold them for a moment
+            return StorageUnavailableError(
+                f"could not {action} storage file {self._path}: {detail}; this process has as many files "
+                "open as it may (ulimit -n): raise the limit or run fewer workers; workers retry for a while")
         return StorageError(f"could not {action} storage file {self._path}: {detail}")
 
     # -- the lock ------------------------------------------------------------------
