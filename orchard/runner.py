@@ -38,7 +38,7 @@ from typing import Any
 
 from orchard import suspension
 from orchard.command import CommandTemplate, resolve_program
-from orchard.errors import ConfigurationError
+from orchard.errors import ConfigurationError, ExecutorError
 from orchard.interruption import deferred
 from orchard.isolation import (
     GroupWatch,
@@ -46,6 +46,7 @@ from orchard.isolation import (
     death_hook,
     hold_group,
     kill_tree,
+    no_room,
     signal_group,
     stop_group,
 )
@@ -151,8 +152,11 @@ class ScriptRunner(TrialEvaluator):
                    os.path.join(folder, VERDICT_FILE.format(run=run)))
         judging = current_judge()  # the experiment's declared objectives: what the script's bare numbers mean
         env.update(ReportFollower.environment(*reports, trial.id, None if judging is None else judging[0].objectives))
-        ReportFollower.prepare(*reports)
-        left = kill_earlier_attempts(folder)
+        try:
+            ReportFollower.prepare(*reports)
+            left = kill_earlier_attempts(folder)
+        except OSError as error:
+            raise no_room(error) from None  # no file left to start it: the trial is given back
         if left:
             log.warning("trial %s: killed %d process(es) an earlier attempt left running in %s (its worker "
                         "was killed outright)", trial.id, left, folder)
@@ -208,6 +212,8 @@ class ScriptRunner(TrialEvaluator):
                         argv, cwd=folder, env=env, stdin=subprocess.DEVNULL, stdout=out, stderr=err,
                         start_new_session=True, preexec_fn=death_hook()))  # noqa: PLW1509 - no import or dlopen
             except OSError as error:
+                if isinstance(room := no_room(error), ExecutorError):  # not the script's fault: given back
+                    raise room from None
                 return Outcome.failure("OSError", f"cannot start {argv[0]!r}: {error}", reason="start"), None
             except BaseException:  # interrupted as it started: it has done nothing yet
                 for proc in started:
