@@ -48,7 +48,7 @@ from typing import Any
 
 from orchard.clock import SYSTEM_CLOCK
 from orchard.interruption import default_handlers, deferred
-from orchard.resources import format_bytes
+from orchard.resources import format_bytes, no_room
 from orchard.strays import RUN_ENV, signal_group, signal_marked
 from orchard.suspension import StartGate, following, paused_seconds
 
@@ -290,21 +290,30 @@ class ForkedCall:
 
     def __init__(self, job: Callable[[], Any]) -> None:
         _prctl()  # looked up before the fork: the child imports nothing to die with the worker
-        read_fd, write_fd = os.pipe()
         pid, self.run = 0, os.urandom(6).hex()  # the token of the programs it runs (orchard.strays)
-        self._gate = StartGate()  # the job starts once result() follows the child: a Ctrl-Z before pauses it
+        fds: list[int] = []
+        try:
+            fds.extend(os.pipe())
+            self._gate = StartGate()  # the job starts once result() follows the child: a Ctrl-Z before pauses it
+        except OSError as err:
+            for fd in fds:
+                os.close(fd)
+            raise no_room(err) from None
+        read_fd, write_fd = fds
         try:
             with deferred():  # an interruption handled in fork's at-fork hooks would be dropped there
                 pid = os.fork()
                 if pid == 0:
                     _child_main(job, read_fd, write_fd, self.run, self._gate)
-        except BaseException:  # interrupted as the child started: it has done nothing worth keeping
+        except BaseException as err:  # interrupted as the child started (or no fork): it has done nothing
             if pid:
                 kill_tree(pid)
                 os.waitpid(pid, 0)
             os.close(read_fd)
             os.close(write_fd)
             self._gate.close()
+            if isinstance(err, OSError):
+                raise no_room(err) from None
             raise
         os.close(write_fd)
         with contextlib.suppress(OSError):

@@ -36,7 +36,7 @@ from orchard.errors import ConfigurationError, Interrupted
 from orchard.forks import own_process
 from orchard.isolation import ForkedCall, Stopped, call_spawned, hold_group, kill_tree
 from orchard.report import TrialPruned, listed, plain, reporting_to, shown
-from orchard.resources import format_bytes
+from orchard.resources import format_bytes, no_room
 from orchard.space import to_builtin
 from orchard.storages.values import int_fits
 from orchard.trial import MAX_DEPTH, Trial, finite_float, finite_number
@@ -415,7 +415,10 @@ class ObjectiveEvaluator(TrialEvaluator):
                     folder = tempfile.mkdtemp(prefix="orchard-reports-")
                     reports.callback(shutil.rmtree, folder, ignore_errors=True)
                     paths = (os.path.join(folder, "reports.jsonl"), os.path.join(folder, "verdict.json"))
-                    ReportFollower.prepare(*paths)
+                    try:
+                        ReportFollower.prepare(*paths)
+                    except OSError as err:
+                        raise no_room(err) from None
                 environment = None if paths is None or judging is None else ReportFollower.environment(
                     *paths, trial.id, judging[0].objectives)
                 child = ForkedCall(functools.partial(_evaluate_for_parent, self.fn, dict(trial.params), environment))

@@ -1,4 +1,4 @@
-"""Per-trial and per-worker resources: memory limits and GPU assignment.
+"""Per-trial and per-worker resources: memory limits, GPU assignment, and running out of them.
 
 Memory: ``trial_memory_limit`` is parsed once at the edge by :func:`parse_memory`
 (bytes, or text such as ``"4GB"``, ``"512 MiB"``). An evaluation under a limit runs
@@ -17,12 +17,13 @@ status`` shows: no storage field is needed.
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import re
 from collections.abc import Iterator, Sequence
 from typing import Any
 
-from orchard.errors import ConfigurationError
+from orchard.errors import ConfigurationError, ExecutorError
 from orchard.naming import worker_name
 
 __all__ = [
@@ -31,6 +32,7 @@ __all__ = [
     "assign_devices",
     "devices_of",
     "format_bytes",
+    "no_room",
     "parse_gpus",
     "parse_memory",
     "token_of",
@@ -217,3 +219,16 @@ def worker_label(devices: str | None, token: str | None = None) -> str:
     """A new worker identity, ``host:pid:uuid`` (see :func:`worker_name`), then ``/gpus=DEVICES`` if it has devices."""
     name = worker_name(token)
     return f"{name}{DEVICES_MARK}{devices}" if devices else name
+
+
+def no_room(err: OSError) -> OSError | ExecutorError:
+    """``err``, or for running out of files, processes or memory as an evaluation starts, an
+    :class:`ExecutorError` saying so: the trial is not to blame (broken with the OSError, ``max_broken``
+    of them stopped the experiment), and the worker gives it back and stops
+    (:class:`~orchard.worker.Worker`)."""
+    if err.errno not in (errno.EMFILE, errno.ENFILE, errno.EAGAIN, errno.ENOMEM):
+        return err
+    return ExecutorError(
+        f"a worker could not start a child process to evaluate its trial ({type(err).__name__}: {err}), so "
+        "it gave the trial back and stopped; this process has run out of open files (ulimit -n) or processes "
+        "(ulimit -u): raise the limit or run fewer workers")

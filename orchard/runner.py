@@ -38,7 +38,7 @@ from typing import Any
 
 from orchard import suspension
 from orchard.command import CommandTemplate, resolve_program
-from orchard.errors import ConfigurationError
+from orchard.errors import ConfigurationError, ExecutorError
 from orchard.interruption import deferred
 from orchard.isolation import (
     GroupWatch,
@@ -52,7 +52,7 @@ from orchard.isolation import (
 from orchard.naming import folder_in
 from orchard.objective import MAX_RESULT_DEPTH, MAX_RESULTS_BYTES, Outcome, TrialEvaluator, interpret_result
 from orchard.report import RESULTS_ENV, open_regular, read_at_most
-from orchard.resources import format_bytes
+from orchard.resources import format_bytes, no_room
 from orchard.storages._uri import redact
 from orchard.strays import RUN_ENV, WORKER_ENV, kill_earlier_attempts
 from orchard.trial import Trial
@@ -151,8 +151,11 @@ class ScriptRunner(TrialEvaluator):
                    os.path.join(folder, VERDICT_FILE.format(run=run)))
         judging = current_judge()  # the experiment's declared objectives: what the script's bare numbers mean
         env.update(ReportFollower.environment(*reports, trial.id, None if judging is None else judging[0].objectives))
-        ReportFollower.prepare(*reports)
-        left = kill_earlier_attempts(folder)
+        try:
+            ReportFollower.prepare(*reports)
+            left = kill_earlier_attempts(folder)
+        except OSError as error:
+            raise no_room(error) from None  # no file left to start it: the trial is given back
         if left:
             log.warning("trial %s: killed %d process(es) an earlier attempt left running in %s (its worker "
                         "was killed outright)", trial.id, left, folder)
@@ -210,6 +213,8 @@ class ScriptRunner(TrialEvaluator):
                         start_new_session=True, preexec_fn=death_hook()))  # noqa: PLW1509 - no import or dlopen
                     following.enter_context(suspension.following(started[0].pid, run))
             except OSError as error:
+                if isinstance(room := no_room(error), ExecutorError):  # not the script's fault: given back
+                    raise room from None
                 return Outcome.failure("OSError", f"cannot start {argv[0]!r}: {error}", reason="start"), None
             except BaseException:  # interrupted as it started: it has done nothing yet
                 for proc in started:

@@ -14,11 +14,14 @@ its worker was killed outright (:func:`kill_earlier_attempts`).
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import signal
 
 __all__ = ["RUN_ENV", "WORKER_ENV", "kill_earlier_attempts", "marked_processes", "signal_group",
            "signal_marked"]
+
+log = logging.getLogger(__name__)
 
 #: The variable naming one run of a trial's script, set in its environment.
 RUN_ENV = "ORCHARD_TRIAL_RUN"
@@ -71,8 +74,18 @@ def signal_marked(run: str | None, sig: signal.Signals, group: int | None = None
 
     The group is signalled as a whole by the caller: a process signalled twice (a launcher's
     SIGTERM handler entered again) could cut its own clean-up short. Nothing when ``run`` is ``None``.
+
+    The search is the clean-up after a run, whose value is already in hand: a search that cannot read
+    ``/proc`` (this process has as many files open as it may, ``ulimit -n``) is given up with a warning,
+    not raised over that value (it lost the trial's result).
     """
-    for pid in [] if run is None else marked_processes(run):
+    try:
+        pids = [] if run is None else marked_processes(run)
+    except OSError as err:
+        log.warning("could not look for the processes run %s left out of its group (%s); any such process "
+                    "runs on", run, err)
+        return
+    for pid in pids:
         with contextlib.suppress(ProcessLookupError, PermissionError):
             if group is None or os.getpgid(pid) != group:
                 os.kill(pid, sig)

@@ -30,8 +30,9 @@ from orchard.algorithms.base import BaseAlgorithm
 from orchard.clock import SYSTEM_CLOCK, Clock
 from orchard.collector import fewer_collections
 from orchard.constraints import feasibility
-from orchard.errors import (BudgetExhaustedError, DuplicateTrialError, ExperimentBrokenError, Interrupted,
-                            ReservationLostError, StopReason, StorageUnavailableError, WorkerStoppedError)
+from orchard.errors import (BudgetExhaustedError, DuplicateTrialError, ExecutorError, ExperimentBrokenError,
+                            Interrupted, ReservationLostError, StopReason, StorageUnavailableError,
+                            WorkerStoppedError)
 from orchard.experiment_config import WorkerSettings
 from orchard.forks import own_process
 from orchard.history import History
@@ -185,6 +186,9 @@ class Worker:
             if interruption is err:
                 raise
             raise interruption.with_traceback(err.__traceback__) from None
+        except ExecutorError:  # no file or process left to start it (resources.no_room): not the trial's fault
+            self._release_quietly(trial)
+            raise
         except BaseException as err:  # noqa: BLE001 -- a faulty evaluator must not leave the trial reserved
             log.error("worker %s: evaluating trial %s raised %s", self.name, trial.id, type(err).__name__)
             outcome = Outcome.from_exception(err)

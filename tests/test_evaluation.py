@@ -22,6 +22,7 @@ from orchard.errors import ExecutorError
 from orchard.resources import devices_of
 from orchard.trial import TrialStatus
 from tests import evaluation_workloads as loads
+from tests import workloads
 
 pytestmark = pytest.mark.slow
 
@@ -460,6 +461,30 @@ def test_cancelling_a_python_evaluation_kills_its_child_at_once(tmp_path: Path) 
     assert not runner.is_alive() and time.monotonic() - started < 5
     assert outcomes[0].error is not None and outcomes[0].error["reason"] == "cancelled"
     assert _gone(child)
+
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="counts open files in Linux's /proc")
+def test_a_timed_evaluation_ending_with_every_file_taken_keeps_its_value() -> None:
+    """8 workers under ``ulimit -n 16``: the search for the processes a run left out of its group could not
+    read /proc once the value was in hand, and the trial was broken with OSError (its result lost)."""
+    from orchard.isolation import ForkedCall
+
+    call = ForkedCall(lambda: 42)
+    with workloads.every_file_taken():
+        assert call.result(timeout=60, memory_limit=None) == 42
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="counts open files in Linux's /proc")
+def test_a_timed_evaluation_that_cannot_start_for_want_of_files_is_not_the_trials_fault() -> None:
+    """8 workers under ``ulimit -n 16``: os.pipe failed as the evaluation started, the trial was broken
+    with OSError, and 3 such stopped the experiment ("Fix the objective")."""
+    from orchard.objective import ObjectiveEvaluator
+    from orchard.trial import Trial
+
+    evaluate = ObjectiveEvaluator(lambda x: x, timeout=60)
+    with workloads.every_file_taken(), pytest.raises(ExecutorError, match=r"gave the trial back.*ulimit -n"):
+        evaluate(Trial(id="t1", experiment="e", params={"x": 0.5}))
 
 
 # -- memory limits ---------------------------------------------------------------------

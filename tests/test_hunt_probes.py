@@ -421,3 +421,18 @@ def test_a_prior_among_hunts_own_options_is_said_to_go_after_the_program(
     error = capsys.readouterr().err
     assert "a prior such as '--lr~uniform(0,1)' goes after the program it is passed to" in error
     assert not (workdir / "orchard.pkl").exists()
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="counts open files in Linux's /proc")
+def test_a_script_that_cannot_be_started_for_want_of_files_is_given_back_not_broken(tmp_path: Path) -> None:
+    """``orchard hunt --n-workers 8 --executor thread`` under ``ulimit -n 24``: a trial was broken with
+    "cannot start '...': Too many open files" (reason ``start``); 3 such would stop the experiment."""
+    from orchard.command import CommandTemplate
+    from orchard.errors import ExecutorError
+    from orchard.runner import ScriptRunner
+    from orchard.trial import Trial
+    from tests import workloads
+
+    runner = ScriptRunner(CommandTemplate.parse(["true", "--x~uniform(0, 1)"]), "e", str(tmp_path / "runs"))
+    with workloads.every_file_taken(), pytest.raises(ExecutorError, match="gave the trial back.*ulimit -n"):
+        runner(Trial(id="t1", experiment="e", params={"x": 0.5}))

@@ -1150,3 +1150,18 @@ def test_reading_a_path_that_does_not_exist_makes_no_folder(tmp_path: Path) -> N
     assert not (tmp_path / "moved").exists()
     storage.create_experiment("exp", {"space": {"x": "uniform(0, 1)"}})  # the first write makes it
     assert path.is_file() and PickledStorage(str(path)).require_experiment("exp").name == "exp"
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="counts open files in Linux's /proc")
+def test_a_storage_file_that_cannot_be_opened_for_want_of_files_is_unavailable(tmp_path: Path) -> None:
+    """8 thread workers under ``ulimit -n 16``: the lock file could not be opened while the other workers held
+    their files, and a computed result was recorded broken ("the storage refused the trial's outcome");
+    as unavailable, the write is retried for ORCHARD_STORAGE_PATIENCE."""
+    from tests import workloads
+
+    storage = get_storage(str(tmp_path / "o.pkl"))
+    exp_id = storage.create_experiment("e", {"space": {"x": "uniform(0, 1)"}})
+    storage.close()
+    with workloads.every_file_taken(), pytest.raises(StorageUnavailableError, match=r"\(ulimit -n\)"):
+        storage.count_trials(exp_id)
+    assert storage.count_trials(exp_id)[TrialStatus.NEW] == 0

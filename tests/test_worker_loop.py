@@ -18,6 +18,7 @@ import orchard
 from orchard.clock import ManualClock
 from orchard.errors import (
     BudgetExhaustedError,
+    ExecutorError,
     ExperimentBrokenError,
     Interrupted,
     ReservationLostError,
@@ -150,6 +151,24 @@ def test_ctrl_c_releases_the_running_trial(storage, exp_id) -> None:
     # the next worker takes that very trial first
     done = Worker(storage, exp_id, settings(max_trials=1), lambda t: Outcome(objective=1.0)).run()
     assert done.completed == 1 and storage.get_trial(trial.id).status is TrialStatus.COMPLETED
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="counts open files in Linux's /proc")
+def test_a_worker_that_cannot_start_an_evaluation_gives_its_trial_back_and_stops(storage, exp_id) -> None:
+    """Under ``ulimit -n 16`` with 8 workers the trial was broken with OSError (3 stopped the experiment)."""
+    from orchard.objective import ObjectiveEvaluator
+    from tests import workloads
+
+    timed = ObjectiveEvaluator(lambda x: x, timeout=60)
+
+    def with_every_file_taken(trial: Trial) -> Outcome:
+        with workloads.every_file_taken():
+            return timed(trial)
+
+    with pytest.raises(ExecutorError, match="gave the trial back"):
+        Worker(storage, exp_id, settings(), with_every_file_taken).run()
+    (trial,) = storage.fetch_trials(exp_id)
+    assert trial.status is TrialStatus.INTERRUPTED and trial.worker is None and trial.error is None
 
 
 @pytest.mark.skipif(signal.getsignal(signal.SIGTERM) != signal.SIG_DFL, reason="SIGTERM has a handler already")

@@ -22,6 +22,7 @@ from tests import workloads
 pytestmark = pytest.mark.slow
 
 SPAWN = multiprocessing.get_context("spawn")
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def _assert_exact(exp: orchard.Experiment, budget: int) -> None:
@@ -193,6 +194,44 @@ def test_a_loky_worker_killed_while_the_others_report_leaves_no_trial_reserved(
     trials = exp.fetch_trials()
     assert len(trials) == 3 and all(t.status is TrialStatus.INTERRUPTED for t in trials), _states(trials)
     assert sorted(t.attempts for t in trials) == [1, 1, 1], _states(trials)
+
+
+_FEW_FILES = """
+import resource, sys
+resource.setrlimit(resource.RLIMIT_NOFILE, (16, resource.getrlimit(resource.RLIMIT_NOFILE)[1]))
+import orchard
+from tests import workloads
+exp = orchard.build_experiment("few", space={"x": "uniform(0, 1)"}, storage=sys.argv[1], max_trials=20)
+try:
+    exp.workon(workloads.quadratic, n_workers=8, executor=sys.argv[2], progress=False)
+except orchard.ExecutorError as err:
+    print(err)
+print(len(exp.fetch_trials()), "trials")
+"""
+
+
+@pytest.mark.parametrize("executor", ["process", "joblib"])
+def test_eight_workers_under_ulimit_n_16_fail_with_one_clear_error_and_the_script_ends(
+        tmp_path: Path, executor: str) -> None:
+    """The standard library's pool that could not fork its second process left the first waiting for work for
+    ever, and the script never ended (3 of 3 runs); loky raised "UnboundLocalError: ... 'child_r'"."""
+    run = subprocess.run([sys.executable, "-c", _FEW_FILES, str(tmp_path / "o.pkl"), executor], cwd=ROOT,
+                         capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr[-3000:]
+    said = run.stdout + run.stderr[-3000:]
+    assert f"executor {executor!r} failed: OSError: [Errno 24] Too many open files" in run.stdout, said
+    assert "this process may have 16 files open (ulimit -n)" in run.stdout, said
+    assert run.stdout.endswith("0 trials\n")
+
+
+def test_thread_workers_sharing_a_mongodb_storage_run_workon_after_workon(mongo_db_uri: str) -> None:
+    """A notebook calling workon in a loop with executor='thread': the first loop to end closed the storage
+    every loop shares, and another loop's next call failed ("Cannot use MongoClient after close"; within
+    2 to 7 calls of 4 workers in each of 3 runs)."""
+    exp = orchard.build_experiment("loop", space={"x": "uniform(0, 1)"}, storage=mongo_db_uri)
+    for _ in range(20):
+        exp.workon(workloads.quadratic, n_workers=4, executor="thread", max_trials=4, progress=False)
+    _assert_exact(exp, 80)
 
 
 @pytest.mark.slow

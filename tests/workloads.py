@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import orchard
@@ -77,3 +79,22 @@ def marker_then_brief(x: float, y: float = 0.0) -> float:
     Path(os.environ["ORCHARD_TEST_MARKER"]).touch()
     time.sleep(3)
     return quadratic(x, y)
+
+
+@contextlib.contextmanager
+def every_file_taken() -> Iterator[None]:
+    """This process holds as many open files as it may (``ulimit -n`` lowered, then filled) in the block."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (len(os.listdir("/proc/self/fd")) + 64, hard))
+    taken: list[int] = []
+    try:
+        with contextlib.suppress(OSError):
+            while True:
+                taken.append(os.open(os.devnull, os.O_RDONLY))
+        yield
+    finally:
+        for fd in taken:
+            os.close(fd)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))

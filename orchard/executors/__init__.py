@@ -27,6 +27,7 @@ is used as it is and left open.
 from __future__ import annotations
 
 import contextlib
+import errno
 import importlib.util
 import multiprocessing
 import os
@@ -160,8 +161,30 @@ def _process(n_workers: int, config: Mapping[str, Any]) -> Iterator[Executor]:
         pool = ProcessPoolExecutor(max_workers=n_workers, **_watching_their_parent(options))
     except (TypeError, ValueError, AttributeError) as err:  # AttributeError: an mp_context that is no context
         raise _pool_refused("process", "ProcessPoolExecutor", err) from err
-    with pool:
-        yield pool
+    stranded: list[multiprocessing.process.BaseProcess] = []
+    try:
+        with pool:
+            try:
+                yield pool
+            finally:
+                stranded = _stranded(pool)
+    finally:
+        for process in stranded:  # never handed any work: killed, and waited for without a timeout (a file)
+            with contextlib.suppress(OSError, ValueError):
+                process.kill()
+                process.join()
+
+
+def _stranded(pool: ProcessPoolExecutor) -> list[multiprocessing.process.BaseProcess]:
+    """The processes of a pool that failed to start them all (``os.fork``: "Too many open files").
+
+    The pool starts its thread that hands out work, and stops the processes at shutdown, only once all
+    have started: those started before the failure waited for work for ever, and the interpreter waited
+    for them at exit (``workon`` raised, then the script never ended). Private attributes, read with defaults.
+    """
+    if getattr(pool, "_executor_manager_thread", True) is not None:
+        return []
+    return list((getattr(pool, "_processes", None) or {}).values())
 
 
 def _pool_refused(executor: str, taker: str, err: Exception) -> ConfigurationError:
@@ -383,4 +406,25 @@ def _translated(manager: contextlib.AbstractContextManager[Executor], name: str)
     except OrchardError:
         raise
     except (OSError, RuntimeError) as err:
-        raise ExecutorError(f"executor {name!r} failed: {type(err).__name__}: {err}") from err
+        raise ExecutorError(f"executor {name!r} failed: {_described(err)}") from err
+    except Exception as err:
+        cause = err.__context__  # loky raises an UnboundLocalError over its failed os.pipe
+        if cause is not None and _out_of_files(cause):
+            raise ExecutorError(f"executor {name!r} failed: {_described(cause)}") from err
+        raise
+
+
+def _out_of_files(err: BaseException | None) -> bool:
+    return isinstance(err, OSError) and err.errno in (errno.EMFILE, errno.ENFILE)
+
+
+def _described(err: BaseException) -> str:
+    """``err`` for a message; one of running out of open files says which limit and what to do."""
+    said = f"{type(err).__name__}: {err}"
+    if _out_of_files(err):
+        import resource
+
+        soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+        said += (f"; this process may have {soft} files open (ulimit -n) and each worker takes a few: "
+                 "raise the limit (ulimit -n 4096) or run fewer workers")
+    return said

@@ -57,6 +57,15 @@ class WorkerTask:
     #: The file whose existence stops the loop in a pool process of the caller's machine
     #: (:mod:`orchard.executors.children`); ``None`` elsewhere.
     local_stop: str | None = None
+    #: Whether the loop closes ``storage`` when it ends: only a copy the task was shipped with
+    #: (:meth:`__setstate__`). Threads of the caller share its storage object, which another loop,
+    #: the progress monitor or the caller may be using at that moment: a MongoDB client closed
+    #: under them failed their call ("Cannot use MongoClient after close").
+    owns_storage: bool = False
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self.owns_storage = True  # unpickled: the storage is this process's own copy
 
 
 @dataclasses.dataclass(frozen=True)
@@ -193,7 +202,8 @@ def run_worker(task: WorkerTask) -> WorkerReport:
                     raise RemoteStopped(stopped) from None  # through Dask, whose worker it would end
                 raise stopped from None
             finally:
-                task.storage.close()
+                if task.owns_storage:
+                    task.storage.close()
     except KeyboardInterrupt as late:  # a second Ctrl-C as the loop was ending: it still reports what it released
         if worker is None:
             raise

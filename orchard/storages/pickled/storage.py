@@ -13,10 +13,9 @@ for as little work as possible. The verbs themselves are
 :class:`~orchard.storages.table_storage.TableStorage`'s, shared with ``memory://``.
 
 Compaction rewrites the log as a snapshot of the current state into a temporary
-file that replaces the log with ``os.replace``, under a new generation id that
-names the replay it continues: a reader that had replayed the old file to its
-end carries its replay on into the new one; any other reader replays it from
-scratch (:mod:`~orchard.storages.pickled.reader`).
+file that replaces the log with ``os.replace``, under a new generation id naming the
+replay it continues: a reader that had replayed the old file to its end carries its
+replay on into the new one; others replay it (:mod:`~orchard.storages.pickled.reader`).
 """
 
 from __future__ import annotations
@@ -188,9 +187,8 @@ class PickledStorage(TableStorage):
     def close(self) -> None:
         """Close the file this process keeps open; the replay is kept: the next call reads only what changed.
 
-        A worker loop run as a thread of ``workon`` closes the storage it was given when it ends: dropping
-        the replay made the caller, and every loop sharing the storage, replay the whole file again.
-        """
+        A storage may be closed while other threads use it (a worker loop closing its copy): dropping
+        the replay would make them all replay the whole file again."""
         with self._exclusive():
             self._log.release()
 
@@ -332,8 +330,7 @@ class PickledStorage(TableStorage):
             return StorageUnavailableError(
                 f"cannot write to storage file {self._path}: [Errno {err.errno}] {detail}; free disk space "
                 "(or raise the file size limit, `ulimit -f`), or make the file writable: workers keep their "
-                "results in memory and retry for a while "
-                "(ORCHARD_STORAGE_PATIENCE)")
+                "results in memory and retry for a while (ORCHARD_STORAGE_PATIENCE)")
         if isinstance(err, PermissionError):
             return StorageError(
                 f"permission denied trying to {action} storage file {self._path}: {detail}; check "
@@ -343,8 +340,11 @@ class PickledStorage(TableStorage):
             return StorageError(f"no space left to {action} storage file {self._path}: {detail}; free some disk space")
         if err.errno in (errno.EIO, getattr(errno, "ESTALE", errno.EIO), errno.ETIMEDOUT):
             return StorageUnavailableError(
-                f"could not {action} storage file {self._path}: {detail}; is its filesystem (NFS?) reachable?"
-            )
+                f"could not {action} storage file {self._path}: {detail}; is its filesystem (NFS?) reachable?")
+        if err.errno in (errno.EMFILE, errno.ENFILE):  # other workers of this process hold them for a moment
+            return StorageUnavailableError(
+                f"could not {action} storage file {self._path}: {detail}; this process has as many files "
+                "open as it may (ulimit -n): raise the limit or run fewer workers; workers retry for a while")
         return StorageError(f"could not {action} storage file {self._path}: {detail}")
 
     # -- the lock ------------------------------------------------------------------
