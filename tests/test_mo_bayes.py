@@ -112,7 +112,8 @@ def test_objectives_spanning_the_whole_float_range_run_the_experiment_to_its_bud
 
     exp = orchard.build_experiment(
         "wide", storage=str(tmp_path / "orchard.pkl"), space={"x": "uniform(0, 1)", "y": "uniform(0, 1)"},
-        objectives={"f1": "min", "f2": "min"}, algorithm={"bayes": {"n_initial_points": 3}}, max_trials=6, seed=1)
+        objectives={"f1": "min", "f2": "min"}, algorithm={"bayes": {"n_initial_points": 3}}, max_trials=6,
+        seed=1)
     exp.workon(objective, executor="single", progress=False)
     assert exp.stats["counts"]["completed"] == 6
     assert np.isfinite(chebyshev(np.array([[-1.7e308, 0.0], [1.7e308, 1.0]]), np.array([0.5, 0.5]))).all()
