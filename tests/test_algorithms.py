@@ -626,3 +626,14 @@ def test_bayes_trees_fit_a_dimension_past_float32(estimator: str) -> None:
                                    algorithm={"bayes": {"base_estimator": estimator, "n_initial_points": 2}},
                                    max_trials=5, seed=1)
     assert exp.workon(lambda x, y: y, executor="single")["counts"]["completed"] == 5
+
+
+@pytest.mark.parametrize("estimator", ["RF", "ET"])
+def test_bayes_trees_search_an_integer_range_near_2_to_the_63(tmp_path: Any, estimator: str) -> None:
+    """randint(2**63 - 1000, 2**63) beside a float: skopt's pick, rounded through a float, fell outside
+    the bounds and its own check raised, stopping every worker once the initial points were done."""
+    top = 2**63
+    exp = orchard.build_experiment(
+        "big", space={"x": f"randint({top - 1000}, {top})", "y": "uniform(0, 1)"},
+        storage=str(tmp_path / "o.pkl"), algorithm={"bayes": {"base_estimator": estimator, "n_initial_points": 3}}, max_trials=6, seed=0)
+    assert exp.workon(lambda x, y: (x - top + 1000) / 1000 + y, executor="single")["counts"]["completed"] == 6

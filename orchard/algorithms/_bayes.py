@@ -251,8 +251,11 @@ class BayesianOptimization(BaseAlgorithm):
                 if self._sampled_gp():
                     return self._sampled_gp_point(completed, pending, failed, rng, seen)
                 optimizer = self._fitted_optimizer(completed, pending, failed, rng)
-                params = self.space.from_skopt_point(optimizer.ask())
-                if params in seen:
+                try:
+                    params = self.space.from_skopt_point(optimizer.ask())
+                except RuntimeError:  # skopt refused its own pick: an integer past 2**53, rounded as a float,
+                    params = None     # fell outside its bounds (randint(2**63 - 1000, 2**63) with RF or ET)
+                if params is None or params in seen:
                     params = self._best_unseen_candidate(optimizer, rng, seen)
             except (ValueError, np.linalg.LinAlgError) as err:
                 raise AlgorithmError(
