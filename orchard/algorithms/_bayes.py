@@ -352,7 +352,7 @@ class BayesianOptimization(BaseAlgorithm):
             estimator = make_gp(dimensions, random_state, restarts, HYPERPARAMETER_POINTS)
         acq_optimizer = options["acq_optimizer"]
         if acq_optimizer == "lbfgs" and SkoptSpace(dimensions).is_categorical:  # as ParEGO does: a GP over
-            acq_optimizer = "sampling"  # categories only has no gradient; skopt refused 'lbfgs' past the start
+            acq_optimizer = "sampling"  # categories only has no gradient: skopt refused 'lbfgs' later
         return Optimizer(
             dimensions,
             base_estimator=estimator,
