@@ -626,3 +626,24 @@ def test_bayes_trees_fit_a_dimension_past_float32(estimator: str) -> None:
                                    algorithm={"bayes": {"base_estimator": estimator, "n_initial_points": 2}},
                                    max_trials=5, seed=1)
     assert exp.workon(lambda x, y: y, executor="single")["counts"]["completed"] == 5
+
+
+@pytest.mark.parametrize("estimator", ["RF", "ET"])
+def test_bayes_trees_search_an_integer_range_near_2_to_the_63(tmp_path: Any, estimator: str) -> None:
+    """randint(2**63 - 1000, 2**63) beside a float: skopt's pick, rounded through a float, fell outside
+    the bounds and its own check raised, stopping every worker once the initial points were done."""
+    top = 2**63
+    exp = orchard.build_experiment(
+        "big", space={"x": f"randint({top - 1000}, {top})", "y": "uniform(0, 1)"},
+        storage=str(tmp_path / "o.pkl"), algorithm={"bayes": {"base_estimator": estimator, "n_initial_points": 3}}, max_trials=6, seed=0)
+    assert exp.workon(lambda x, y: (x - top + 1000) / 1000 + y, executor="single")["counts"]["completed"] == 6
+
+
+def test_bayes_lbfgs_over_a_space_of_choices_only_samples_its_acquisition(tmp_path: Any) -> None:
+    """A GP over categories only has no gradient: skopt refused acq_optimizer='lbfgs' once the initial
+    points were done ("should run with acq_optimizer='sampling'"), stopping every worker."""
+    exp = orchard.build_experiment(
+        "cats", space={"c": "choices(['a', 'b', 'c', 'd'])", "d": "choices([1, 2.5, 'x'])"},
+        storage=str(tmp_path / "o.pkl"), max_trials=6, seed=0,
+        algorithm={"bayes": {"acq_optimizer": "lbfgs", "n_initial_points": 2}})
+    assert exp.workon(lambda c, d: len(c + str(d)), executor="single")["counts"]["completed"] == 6

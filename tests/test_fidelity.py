@@ -19,7 +19,7 @@ from orchard.algorithms import Asha, Hyperband, Observation, make_algorithm, nor
 from orchard.algorithms._hyperband import bracket_weights
 from orchard.algorithms._rungs import survives
 from orchard.cli import main
-from orchard.errors import ConfigurationError, SpaceError
+from orchard.errors import ConfigurationError, SpaceError, SpaceExhaustedError
 from orchard.fidelity import Fidelity
 from orchard.space import Space, parse_prior
 from orchard.trial import TrialStatus
@@ -494,6 +494,36 @@ def test_sequential_asha_keeps_the_rung_invariants() -> None:
     history = run_sequential(algo, 60)
     assert_rung_invariants(algo, history)
     assert any(o.params["epochs"] == 27 for o in history)
+
+
+SIX = {"a": "choices([1, 2, 3, 4, 5, 6])", "epochs": "fidelity(1, 27)"}
+
+
+@pytest.mark.parametrize("name", ["asha", "hyperband"])
+def test_a_finite_space_brings_each_bracket_s_best_configuration_to_the_top_fidelity(name: str) -> None:
+    """Six configurations, eta 3: the quota promoted two, stopped them at the next rung (quota 0),
+    and the experiment ended with no result at the top fidelity."""
+    algo = make_algorithm({name: {"sampler": "random", "rule": "promotion"}}, Space.from_config(SIX), seed=0)
+    assert isinstance(algo, Asha)
+    completed: list[Observation] = []
+    while True:
+        try:
+            (params,) = algo.suggest(completed, [])
+        except SpaceExhaustedError:
+            break
+        completed.append(Observation(params, float(params["a"]), end_time=float(len(completed))))
+    for bracket in {algo.bracket_of(o.params) for o in completed}:
+        best = min(o.params["a"] for o in completed if algo.bracket_of(o.params) == bracket)
+        assert {"a": best, "epochs": 27} in [o.params for o in completed], (bracket, completed)
+
+
+def test_a_finite_space_promotes_past_the_quota_only_from_rungs_nothing_can_still_reach() -> None:
+    algo = make_algorithm({"asha": {"sampler": "random", "rule": "promotion"}}, Space.from_config(SIX), seed=0)
+    rung0 = [Observation({"a": a, "epochs": 1}, float(a)) for a in range(1, 7)]
+    history = [*rung0, Observation({"a": 2, "epochs": 3}, 2.0)]
+    with pytest.raises(SpaceExhaustedError):  # a=1 still runs at epochs 3: waited for, not passed over
+        algo.suggest(history, [{"a": 1, "epochs": 3}])
+    assert algo.suggest([*history, Observation({"a": 1, "epochs": 3}, 1.0)], []) == [{"a": 1, "epochs": 9}]
 
 
 # -- Hyperband -------------------------------------------------------------------------

@@ -104,6 +104,35 @@ def test_a_constrained_experiment_ends_with_a_feasible_front(tmp_path) -> None:
     assert sum(t.results["memory_gb"] <= 10 for t in late) >= 7  # random keeps only half its draws
 
 
+def test_objectives_spanning_the_whole_float_range_run_the_experiment_to_its_budget(tmp_path) -> None:
+    """-1e308 and 1e308 on one objective: the scalarization's range was inf, inf / inf gave nan,
+    and every worker stopped after its initial points with 'Input y contains NaN'."""
+    def objective(x: float, y: float) -> dict[str, float]:
+        return {"f1": 1e308 if x > 0.5 else -1e308, "f2": y}
+
+    exp = orchard.build_experiment(
+        "wide", storage=str(tmp_path / "orchard.pkl"), space={"x": "uniform(0, 1)", "y": "uniform(0, 1)"},
+        objectives={"f1": "min", "f2": "min"}, algorithm={"bayes": {"n_initial_points": 3}}, max_trials=6,
+        seed=1)
+    exp.workon(objective, executor="single", progress=False)
+    assert exp.stats["counts"]["completed"] == 6
+    assert np.isfinite(chebyshev(np.array([[-1.7e308, 0.0], [1.7e308, 1.0]]), np.array([0.5, 0.5]))).all()
+
+
+def test_a_violation_past_half_the_largest_float_beside_a_missing_metric_is_still_modelled() -> None:
+    """A missing metric's violation (inf) was told as twice the largest finite one: inf, which the
+    feasibility surrogate refused."""
+    space = Space.from_config({"x": "uniform(0, 1)", "y": "uniform(0, 1)"})
+    rng = random.Random(0)
+    observed = []
+    for i in range(9):
+        p = {"x": rng.random(), "y": rng.random()}
+        violation = [0.0, 1e308, math.inf][i % 3]
+        observed.append(Observation(p, p["y"], float(i), None, violation <= 0, violation))
+    (point,) = make_algorithm({"bayes": {"n_initial_points": 3}}, space, seed=0).suggest(observed, [])
+    assert space.validate(point)
+
+
 def _front_volume(method: Any, seed: int, trials: int = 30, dims: int = 4) -> float:
     space = Space.from_config({f"x{i}": "uniform(0, 1)" for i in range(dims)})
     algo = make_algorithm(method, space, seed=seed)

@@ -31,7 +31,8 @@ ranking), not the whole history.
 Because a promotion needs a free slot in its rung's quota, no rung ever holds
 more promotions than ``floor(completed below / eta)`` of the view that made
 them; racers whose views lag by a registration or two can exceed a rung's final
-quota only by what their own views justified.
+quota only by what their own views justified. Once a finite space has no new point,
+a rung nothing can still reach promotes its top ``max(1, floor(n / eta))`` too.
 
 The ``stopping`` rule (option ``rule="stopping"``) replaces the quota by a
 verdict each trial gets when it reaches a rung: it is promotable if it ranks in
@@ -249,12 +250,15 @@ class Asha(BaseAlgorithm):
         pending_keys = self._pending_keys(pending)
         suggestions: list[dict[str, Any]] = []
         for _ in range(n):
+            params: dict[str, Any] | None
             try:
                 params = self.promotion(pending_keys, taken) or self._new_point(completed, pending, taken)
             except SpaceExhaustedError:
-                if suggestions:
+                params = None if self.stopping else self._closing_promotion(pending_keys, taken)
+                if params is None and suggestions:
                     break
-                raise
+                if params is None:
+                    raise
             taken.add(params)
             suggestions.append(params)
         return suggestions
@@ -302,13 +306,34 @@ class Asha(BaseAlgorithm):
                         return child
         return None
 
-    def _promote_from(self, bracket: int, rung: int, pending: set[str], taken: SeenPoints) -> dict[str, Any] | None:
+    def _closing_promotion(self, pending_keys: dict[Place, set[str]], taken: SeenPoints) -> dict[str, Any] | None:
+        """A promotion once no new point is left (a finite space), from a rung no trial can still reach.
+
+        Such a rung promotes its top ``max(1, floor(n / eta))`` as synchronous successive halving
+        would: under the plain quota six configurations with ``eta=3`` promoted two, whose rung
+        (quota 0) stopped them, and no result reached the top fidelity. Scanned from the bottom,
+        each bracket up to its first rung with a pending trial (a better one may still arrive above).
+        """
+        for bracket in self.brackets():
+            for rung in range(self.start_rung(bracket), len(self.rungs) - 1):
+                if pending_keys.get((bracket, rung)):
+                    break
+                above = pending_keys.get((bracket, rung + 1), set())
+                child = self._promote_from(bracket, rung, above, taken, closing=True)
+                if child is not None:
+                    return child
+        return None
+
+    def _promote_from(self, bracket: int, rung: int, pending: set[str], taken: SeenPoints,
+                      closing: bool = False) -> dict[str, Any] | None:
         if self.stopping:
             return self._promote_survivor(bracket, rung, pending, taken)
         entries = self.ladder.rungs.get((bracket, rung), [])
         quota = int(len(entries) // self.eta)
         above = self.ladder.keys.get((bracket, rung + 1), set())
         promoted = len(above) + len(pending - above)  # every trial above is a promotion from here
+        if closing:  # a final rung: its top max(1, n / eta) go on, whatever was promoted before
+            quota, promoted = max(quota, 1), 0
         for entry in entries[:quota]:
             if promoted >= quota:
                 return None

@@ -164,7 +164,7 @@ class BayesianOptimization(BaseAlgorithm):
         acq_func: ``"EI"`` (default), ``"PI"``, ``"LCB"``, or ``"portfolio"``: each
             suggestion draws one of the three with the seeded stream.
         acq_optimizer: ``"auto"`` (L-BFGS for the GP, sampling for trees),
-            ``"lbfgs"`` (GP only) or ``"sampling"``.
+            ``"lbfgs"`` (GP only; sampling over a space of choices only) or ``"sampling"``.
         xi: the improvement over the best objective that ``EI``/``PI`` ask for, in the
             objective's units (default ``None``: 0 for one objective, see
             :data:`SINGLE_OBJECTIVE_XI`; 0.01 for ParEGO's scalarization, on ``[0, 1]``).
@@ -251,8 +251,11 @@ class BayesianOptimization(BaseAlgorithm):
                 if self._sampled_gp():
                     return self._sampled_gp_point(completed, pending, failed, rng, seen)
                 optimizer = self._fitted_optimizer(completed, pending, failed, rng)
-                params = self.space.from_skopt_point(optimizer.ask())
-                if params in seen:
+                try:
+                    params = self.space.from_skopt_point(optimizer.ask())
+                except RuntimeError:  # skopt refused its own pick: an integer past 2**53, rounded as a float,
+                    params = None     # fell outside its bounds (randint(2**63 - 1000, 2**63) with RF or ET)
+                if params is None or params in seen:
                     params = self._best_unseen_candidate(optimizer, rng, seen)
             except (ValueError, np.linalg.LinAlgError) as err:
                 raise AlgorithmError(
@@ -328,6 +331,7 @@ class BayesianOptimization(BaseAlgorithm):
 
     def _optimizer(self, n_points: int, rng: np.random.Generator) -> Any:
         from skopt import Optimizer
+        from skopt.space import Space as SkoptSpace
 
         options = self.options
         random_state = int(rng.integers(2**31 - 1))
@@ -346,12 +350,15 @@ class BayesianOptimization(BaseAlgorithm):
         if estimator == "GP":
             restarts = kernel_restarts(min(n_points, HYPERPARAMETER_POINTS))
             estimator = make_gp(dimensions, random_state, restarts, HYPERPARAMETER_POINTS)
+        acq_optimizer = options["acq_optimizer"]
+        if acq_optimizer == "lbfgs" and SkoptSpace(dimensions).is_categorical:  # as ParEGO does: a GP over
+            acq_optimizer = "sampling"  # categories only has no gradient: skopt refused 'lbfgs' later
         return Optimizer(
             dimensions,
             base_estimator=estimator,
             n_initial_points=0,
             acq_func=acq_func,
-            acq_optimizer=options["acq_optimizer"],
+            acq_optimizer=acq_optimizer,
             random_state=random_state,
             acq_func_kwargs=self._acq_func_kwargs(),
             acq_optimizer_kwargs={"n_points": candidate_count(n_points), "n_restarts_optimizer": 5},

@@ -37,6 +37,7 @@ tapering restarts); ``bench/multiobjective.py`` reports the seconds per suggesti
 from __future__ import annotations
 
 import math
+import sys
 import warnings
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -82,6 +83,10 @@ def chebyshev(vectors: NDArray[Any], weights: NDArray[Any]) -> NDArray[Any]:
         ``n`` values, lower is better; a point on every objective's best value scores 0.
     """
     low, high = vectors.min(axis=0), vectors.max(axis=0)
+    with np.errstate(over="ignore"):
+        wide = not np.isfinite(high - low).all()
+    if wide:  # a range past the largest float (-1e308 to 1e308): measured in halves, else inf / inf is nan
+        vectors, low, high = vectors / 2, low / 2, high / 2
     span = np.where(high > low, high - low, 1.0)
     weighted = (vectors - low) / span * weights
     return np.asarray(weighted.max(axis=1) + RHO * weighted.sum(axis=1))
@@ -235,9 +240,10 @@ def _refine(acquisition: _Acquisition, starts: NDArray[Any], bounds: NDArray[Any
 
 
 def _finite(violation: NDArray[Any]) -> NDArray[Any]:
-    """Violations with ``inf`` (a constraint's metric not reported) set to twice the largest finite one."""
+    """Violations with ``inf`` (a constraint's metric not reported) set to twice the largest finite one
+    (to the largest float past half of it: a surrogate refuses ``inf``)."""
     finite = violation[np.isfinite(violation)]
-    worst = 2.0 * float(finite.max()) if finite.size and finite.max() > 0 else 1.0
+    worst = min(2.0 * float(finite.max()), sys.float_info.max) if finite.size and finite.max() > 0 else 1.0
     return np.where(np.isfinite(violation), violation, worst)
 
 
