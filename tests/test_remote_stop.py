@@ -5,6 +5,7 @@ One in-process ``LocalCluster`` (its scheduler runs in this process), shared by 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -86,9 +87,7 @@ def test_a_dask_scheduler_that_goes_away_leaves_the_running_trial_to_its_loop(tm
     CancelledError. It raises one line, and the loop stores its result."""
     scheduler_file, marker = tmp_path / "scheduler.json", tmp_path / "running"
     monkeypatch.setenv("ORCHARD_TEST_MARKER", str(marker))  # the worker process inherits it
-    scheduler, worker = _scheduler_and_worker(scheduler_file)
-    try:
-        _wait_for(scheduler_file, scheduler)
+    with _cluster(scheduler_file) as (scheduler, worker):
         _kill_mid_trial(scheduler, marker)
         exp = orchard.build_experiment("gone", space=workloads.SPACE, storage=str(tmp_path / "o.pkl"), max_trials=1)
         with pytest.raises(ExecutorError, match="cancelled before they ended") as raised:
@@ -100,10 +99,6 @@ def test_a_dask_scheduler_that_goes_away_leaves_the_running_trial_to_its_loop(tm
         while exp.fetch_trials([TrialStatus.RESERVED]) and time.monotonic() < deadline:
             time.sleep(0.1)
         assert [(t.status, t.attempts) for t in exp.fetch_trials()] == [(TrialStatus.COMPLETED, 1)]
-    finally:
-        for process in (worker, scheduler):
-            process.kill()
-            process.wait()
 
 
 
@@ -117,10 +112,19 @@ def _scheduler_and_worker(scheduler_file: Path, *worker_options: str) -> tuple[s
                                       ("dask_worker", ["--nthreads", "1", *worker_options])))
 
 
-def _wait_for(scheduler_file: Path, scheduler: subprocess.Popen[bytes]) -> None:
-    while not scheduler_file.exists():
-        assert scheduler.poll() is None
-        time.sleep(0.05)
+@contextlib.contextmanager
+def _cluster(scheduler_file: Path, *worker_options: str) -> Iterator[tuple[subprocess.Popen[bytes], ...]]:
+    """:func:`_scheduler_and_worker`, once the scheduler wrote its file; both killed when the block ends."""
+    scheduler, worker = _scheduler_and_worker(scheduler_file, *worker_options)
+    try:
+        while not scheduler_file.exists():
+            assert scheduler.poll() is None
+            time.sleep(0.05)
+        yield scheduler, worker
+    finally:
+        for process in (worker, scheduler):
+            process.kill()
+            process.wait()
 
 
 def _kill_mid_trial(process: subprocess.Popen[bytes], marker: Path) -> None:
@@ -141,9 +145,7 @@ def test_workon_gives_up_on_a_scheduler_left_without_workers(tmp_path, monkeypat
     worker_timeout."""
     scheduler_file, marker = tmp_path / "scheduler.json", tmp_path / "running"
     monkeypatch.setenv("ORCHARD_TEST_MARKER", str(marker))
-    scheduler, worker = _scheduler_and_worker(scheduler_file, "--no-nanny")  # killed, it stays dead
-    try:
-        _wait_for(scheduler_file, scheduler)
+    with _cluster(scheduler_file, "--no-nanny") as (scheduler, worker):  # killed, it stays dead
         _kill_mid_trial(worker, marker)
         exp = orchard.build_experiment("left", space=workloads.SPACE, storage=str(tmp_path / "o.pkl"),
                                        max_trials=2)
@@ -152,10 +154,6 @@ def test_workon_gives_up_on_a_scheduler_left_without_workers(tmp_path, monkeypat
                        executor_config={"scheduler_file": str(scheduler_file), "worker_timeout": 1})
         assert "\n" not in str(raised.value)
         assert [t.status for t in exp.fetch_trials()] == [TrialStatus.RESERVED]  # left to its lease
-    finally:
-        for process in (worker, scheduler):
-            process.kill()
-            process.wait()
 
 
 _CLIENT = """
@@ -179,9 +177,7 @@ def test_loops_on_dask_workers_stop_once_the_process_that_called_workon_is_kille
     scheduler_file, marker = tmp_path / "scheduler.json", tmp_path / "running"
     storage = str(tmp_path / "o.pkl")
     monkeypatch.setenv("ORCHARD_TEST_MARKER", str(marker))
-    scheduler, worker = _scheduler_and_worker(scheduler_file)
-    try:
-        _wait_for(scheduler_file, scheduler)
+    with _cluster(scheduler_file) as (scheduler, worker):
         root = Path(__file__).resolve().parents[1]
         caller = subprocess.Popen([sys.executable, "-c", _CLIENT, storage, str(scheduler_file)], cwd=root,
                                   stdout=DEVNULL, stderr=DEVNULL)
@@ -198,10 +194,6 @@ def test_loops_on_dask_workers_stop_once_the_process_that_called_workon_is_kille
         trials = orchard.get_experiment("orphan", storage=storage).fetch_trials()
         assert 1 <= len(trials) <= 2  # the trial it ran, and one it may have reserved before it saw
         assert {t.status for t in trials} == {TrialStatus.COMPLETED}
-    finally:
-        for process in (worker, scheduler):
-            process.kill()
-            process.wait()
 
 
 @pytest.mark.slow
@@ -212,15 +204,13 @@ def test_workon_says_which_trials_a_killed_dask_worker_lost(tmp_path, monkeypatc
     run again."""
     scheduler_file, marker = tmp_path / "scheduler.json", tmp_path / "running"
     monkeypatch.setenv("ORCHARD_TEST_MARKER", str(marker))
-    scheduler, worker = _scheduler_and_worker(scheduler_file)  # with a nanny, which restarts it
 
     def kill_the_worker_process() -> None:
         while not marker.exists() or not marker.read_text():
             time.sleep(0.05)
         os.kill(int(marker.read_text().split()[0]), signal.SIGKILL)
 
-    try:
-        _wait_for(scheduler_file, scheduler)
+    with _cluster(scheduler_file):  # with a nanny, which restarts the worker
         threading.Thread(target=kill_the_worker_process, daemon=True).start()
         exp = orchard.build_experiment("oom", space=workloads.SPACE, storage=str(tmp_path / "o.pkl"),
                                        max_trials=2, heartbeat=1)
@@ -231,10 +221,6 @@ def test_workon_says_which_trials_a_killed_dask_worker_lost(tmp_path, monkeypatc
         (lost,) = [t for t in exp.fetch_trials() if t.attempts == 2]
         assert "1 trial(s) of experiment 'oom' lost a Dask worker that died under them" in caplog.text
         assert lost.id in caplog.text
-    finally:
-        for process in (worker, scheduler):
-            process.kill()
-            process.wait()
 
 
 @pytest.mark.slow
@@ -246,9 +232,7 @@ def test_a_loop_whose_dask_worker_lost_its_scheduler_gives_back_the_trial_its_ch
     The loop sees its worker closing: it stops the child and gives the trial back (no attempt counted)."""
     scheduler_file, marker = tmp_path / "scheduler.json", tmp_path / "running"
     monkeypatch.setenv("ORCHARD_TEST_MARKER", str(marker))
-    scheduler, worker = _scheduler_and_worker(scheduler_file)
-    try:
-        _wait_for(scheduler_file, scheduler)
+    with _cluster(scheduler_file) as (scheduler, worker):
         _kill_mid_trial(scheduler, marker)
         exp = orchard.build_experiment("closing", space=workloads.SPACE, storage=str(tmp_path / "o.pkl"),
                                        max_trials=1)
@@ -260,7 +244,3 @@ def test_a_loop_whose_dask_worker_lost_its_scheduler_gives_back_the_trial_its_ch
         while exp.fetch_trials([TrialStatus.RESERVED]) and time.monotonic() < deadline:
             time.sleep(0.1)
         assert [(t.status, t.attempts) for t in exp.fetch_trials()] == [(TrialStatus.INTERRUPTED, 0)]
-    finally:
-        for process in (worker, scheduler):
-            process.kill()
-            process.wait()
