@@ -87,6 +87,7 @@ def _worker(uri: str, name: str, seconds: float, start: Any, results: Any) -> No
     start.wait()
     exp = orchard.get_experiment(name, storage=uri)
     exp.workon(_objective, n_workers=1, executor="single", progress=False)
+    exp.storage.close()  # as the process exit does (its sessions ended): workon leaves it open to the caller
     winding = [c for t, c in sent if _last_end[0] and t > _last_end[0] and f"<{_FIXED}" not in c]
     results.put((collections.Counter(c for _, c in sent), len(winding), failures))
 

@@ -37,14 +37,10 @@ def status(*args: str) -> list[str]:
 
 
 def readings(stream: Any) -> Iterator[dict[str, Any]]:
-    """The JSON objects ``status --watch --json`` prints, one per refresh."""
-    lines: list[str] = []
+    """The JSON objects ``status --watch --json`` prints, one per refresh (JSON Lines: one a line)."""
     for line in stream:
-        if line.startswith("(updated"):
-            yield json.loads("".join(lines))
-            lines = []
-        elif line.strip():
-            lines.append(line)
+        if line.strip():
+            yield json.loads(line)
 
 
 def test_a_worker_clock_ten_minutes_behind_is_not_reported_lost_and_a_silent_one_is(tmp_path: Path) -> None:

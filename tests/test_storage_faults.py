@@ -582,7 +582,9 @@ def _join_counting_commands(uri: str, name: str, *, start: Any) -> dict[str, int
     worker._RACE_CHECK_AFTER = float("inf")
     sent = _sent_commands()
     start.wait(120)
-    orchard.get_experiment(name, storage=uri).workon(_twice, executor="single", progress=False)
+    exp = orchard.get_experiment(name, storage=uri)
+    exp.workon(_twice, executor="single", progress=False)
+    exp.storage.close()  # as the process exit does (its sessions ended): workon leaves it open to the caller
     return dict(collections.Counter(sent))
 
 
