@@ -400,10 +400,10 @@ class LogFile(LogReader):
                     "(`orchard db compact` compacts at once)", self.path, err, self._failed_compactions,
                     wait / 2**20, RETRY_AFTER // 60)
             return
-        if compacted and self._failed_compactions:
-            log.warning("compacted storage file %s after %d failed attempt(s)", self.path,
-                        self._failed_compactions)
         if compacted:
+            if self._failed_compactions:
+                log.warning("compacted storage file %s after %d failed attempt(s)", self.path,
+                            self._failed_compactions)
             self._failed_compactions, self._retry = 0, None
 
     def _waiting_to_retry(self) -> bool:
