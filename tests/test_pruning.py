@@ -591,20 +591,27 @@ def test_a_report_file_shared_with_other_trials_keeps_their_reports_apart(
 def test_a_script_waits_milliseconds_for_each_verdict(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """orchard.report() in a script took 12-13 ms a report, 2 minutes for 10,000, most of it waiting: the
     follower read the file every 10 ms and the script looked for its verdict at 1, 3, 7, 15, 35 ms...
-    The follower reads again within a millisecond while lines come, the script looks every 2 ms."""
+    The follower reads again within a millisecond while lines come, the script looks every 2 ms.
+    Timed as the best of three batches' median report (2-3.5 ms here, quiet or under 3 busy loops; the old
+    waits gave 8 ms in every batch): a mean of 50 was once 7.9 ms in CI, a few reports held by its load."""
     import importlib
+    import statistics
 
     module = importlib.import_module("orchard.report")  # orchard.report is the function
     followed = _followed(tmp_path, "p-latency")
     monkeypatch.setenv(module.REPORT_ENV, str(followed.reports))
     monkeypatch.setenv(module.VERDICT_ENV, str(followed.verdict))
+    medians = []
     with followed.follower:
         orchard.report(1.0, 0)
-        started = time.monotonic()
-        for step in range(1, 51):
-            orchard.report(1.0 / step, step)
-        took = (time.monotonic() - started) / 50
-    assert took < 0.006, f"{took * 1000:.1f} ms a report"
+        for batch in range(3):
+            took = []
+            for step in range(1 + 40 * batch, 41 + 40 * batch):
+                started = time.monotonic()
+                orchard.report(1.0 / step, step)
+                took.append(time.monotonic() - started)
+            medians.append(statistics.median(took))
+    assert min(medians) < 0.006, f"median report {', '.join(f'{m * 1000:.1f}' for m in medians)} ms (3 batches)"
 
 
 @pytest.mark.parametrize("cleanup", ["deleted", "replaced", "truncated"])
