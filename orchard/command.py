@@ -35,11 +35,13 @@ import re
 import shlex
 import shutil
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from orchard.errors import ConfigurationError, SpaceError
-from orchard.priors import Choices, Prior
 from orchard.storages._uri import redact
+
+if TYPE_CHECKING:  # pragma: no cover
+    from orchard.priors import Prior
 
 __all__ = ["COMMAND_KEY", "PLACEHOLDERS", "CommandTemplate", "redacted", "relative_files", "resolve_program"]
 
@@ -49,10 +51,11 @@ COMMAND_KEY = "hunt_command"
 #: The placeholders replaced in every literal token of the command, for each trial.
 PLACEHOLDERS = ("trial.id", "trial.working_dir", "trial.parent_working_dir", "exp.name")
 
-_DIMENSION = re.compile(r"^(?P<dashes>-{0,2})(?P<option>[A-Za-z_][A-Za-z0-9_.-]*)~(?P<prior>.*)$", re.DOTALL)
+#: a name is a Python identifier once - and . are _, as the Python API takes it (--α~uniform(0, 1) too)
+_DIMENSION = re.compile(r"^(?P<dashes>-{0,2})(?P<option>[^\W\d][\w.-]*)~(?P<prior>.*)$", re.DOTALL)
 _PRIOR_CALL = re.compile(r"^\s*[A-Za-z_]\w*\s*\(")
 # looks like a dimension (dashes or a bare word, then ~prior(...)) but its name is empty or invalid; the bare
-# word (not a path, not a Hydra value) was passed to the script as text: é~uniform(0, 1), 2x~uniform(0, 1)
+# word (not a path, not a Hydra value) was passed to the script as text: 2x~uniform(0, 1)
 _BAD_DIMENSION = re.compile(r"^(-{1,2}[^=~]*|[^-=~\s/][^=~\s/]*|)~\s*[A-Za-z_]\w*\s*\(")
 _INTERPRETERS = re.compile(r"^(python[\d.]*|pypy[\d.]*|bash|sh|zsh|Rscript|julia|node|perl|ruby)$")
 #: An interpreter's options whose value is the next token (``python -X dev train.py``, ``julia -t 4 x.jl``):
@@ -105,6 +108,8 @@ class CommandTemplate:
         space: dict[str, str] = {}
         for index, token in enumerate(tokens):
             match = _DIMENSION.match(token)
+            if match is not None and not re.sub(r"[-.]", "_", match["option"]).isidentifier():
+                match = None  # x²: a word character that no name holds
             if match is None and _BAD_DIMENSION.match(token):
                 raise SpaceError(f"token {token!r} defines a dimension without a valid name; write "
                                  "--name~'prior' with a name of letters, digits and _ (e.g. --lr~'uniform(0, 1)')")
@@ -208,6 +213,8 @@ def _check_texts(name: str, prior: Prior) -> None:
     Each is a trial of its own, but their commands were the same: the script ran one point twice
     and the two results were recorded as if they were of different points.
     """
+    from orchard.priors import Choices  # numpy: not imported by every command line (orchard status)
+
     if not isinstance(prior, Choices):
         return
     texts: dict[str, Any] = {}

@@ -256,8 +256,9 @@ class Experiment:
                 ``thread`` or ``single``; or an executor you already have (a ``concurrent.futures.Executor``
                 or a ``dask.distributed.Client``), used as it is and left open. With one worker and no
                 executor named, the worker runs in this thread (``single``), so ``fn`` need not be picklable.
-            executor_config: options for the executor (Dask: passed to ``Client``, plus
-                ``worker_timeout`` and ``resources``; see :func:`orchard.executors.make_executor`).
+            executor_config: options for the executor (Dask: ``Client``'s, ``worker_timeout``, ``resources``;
+                see :func:`orchard.executors.make_executor`); without ``executor``, for the default pool even
+                with one worker; ``thread``, ``single`` and an executor of your own refuse them.
             max_trials: run at most this many more trials in this call.
             trial_timeout: seconds after which an evaluation is killed and the trial broken.
             on_result: called in this process with each newly completed trial.
@@ -287,7 +288,8 @@ class Experiment:
         idle_timeout = _config.check("idle_timeout", idle_timeout)
         memory_limit = parse_memory(trial_memory_limit)
         if executor is None:
-            executor = "single" if n_workers == 1 and gpus is None else _config.DEFAULTS["executor"]
+            executor = "single" if n_workers == 1 and gpus is None and not executor_config \
+                else _config.DEFAULTS["executor"]  # options are for the pool: 'single' takes none
         self.refresh()  # another process may have raised the budget since this handle was made
         settings = WorkerSettings.for_experiment(self.settings, idle_timeout=idle_timeout, max_trials_per_worker=None,
                                                  storage_patience=_config.resolve("storage_patience", storage_patience))

@@ -13,6 +13,7 @@ import json
 import math
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -294,6 +295,75 @@ def test_a_results_file_that_is_no_file_or_too_large_breaks_the_trial_unread(
     (trial,) = trials("e")
     assert trial.status is TrialStatus.BROKEN and trial.error is not None
     assert trial.error["reason"] == reason and said in trial.error["message"], trial.error
+
+
+def test_a_raised_budget_on_a_stopped_experiment_says_how_to_search_on_once(
+    workdir: Path, capsys: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture
+) -> None:
+    """`hunt --max-trials 10` on an experiment a stopping rule stopped said 'to search on, …' twice: in the
+    warning that the budget was not stored, then in its own line."""
+    assert hunt("e", "--max-trials", "5", "--stop", "target=2") == 0  # the first trial reaches the target
+    capsys.readouterr()
+    assert hunt("e", "--max-trials", "10") == 0
+    said = capsys.readouterr().out + caplog.text
+    assert said.count("to search on, start an experiment with a new name") == 1, said
+    assert "max_trials=10 not stored" in caplog.text and "stopped by target" in said
+    assert hunt("e") == 0  # no budget given: the line itself says it
+    assert capsys.readouterr().out.rstrip().endswith(
+        "nothing to do: to search on, start an experiment with a new name (it can warm-start from this one)")
+
+
+@pytest.mark.parametrize(("options", "expected"), [
+    (["--executor", "thread", "--n-workers", "2"], "executor 'thread' takes no executor_config (given: bog"),
+    (["--executor", "single"], "executor 'single' takes no executor_config (given: bogus); drop it"),
+    ([], "executor 'joblib': get_reusable_executor refused executor_config (TypeError:"),  # even one worker
+])
+def test_executor_options_are_given_to_the_executor_or_refused(
+    workdir: Path, capsys: pytest.CaptureFixture[str], options: list[str], expected: str
+) -> None:
+    """`--executor-config` was dropped without a word with --executor thread or single, and with one worker
+    (run in the hunt's own process, not in the pool it was meant for)."""
+    assert hunt("e", "--max-trials", "1", *options, "--executor-config", "{bogus: 1}") == 2
+    assert expected in error_line(capsys.readouterr().err)
+    assert (workdir / "orchard.pkl").exists() == (not options)  # thread, single: refused before it is stored
+    if not options:
+        assert orchard.get_experiment("e", storage="orchard.pkl").fetch_trials() == []
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="file limits counted on Linux")
+def test_workers_out_of_open_files_do_not_fail_a_hunt_the_others_finished(workdir: Path) -> None:
+    """Under a low `ulimit -n`, a worker that could not start an evaluation stopped, the other completed the
+    budget, and hunt exited 1 with only the out-of-files error. The lowest limit that completes the budget
+    fits one evaluation, not two at once."""
+    import resource
+
+    COMPLETED = TrialStatus.COMPLETED  # noqa: N806
+    (workdir / "slow.py").write_text("import sys, time, orchard\ntime.sleep(0.2)\n"
+                                     "orchard.report_objective(float(sys.argv[1].split('=')[1]))\n")
+
+    def hunt_under(limit: int) -> subprocess.CompletedProcess[str] | None:
+        """The hunt run with at most ``limit`` open files, if it completed the budget."""
+        shutil.rmtree(workdir / "orchard-runs", ignore_errors=True)
+        for stale in workdir.glob("orchard.pkl*"):
+            stale.unlink()
+        proc = cli("hunt", "-n", "e", "--storage", "orchard.pkl", "--max-trials", "3", "--n-workers", "2",
+                   "--executor", "thread", sys.executable, "slow.py", "--x~uniform(0, 1)", cwd=workdir,
+                   preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (limit, limit)))
+        done = (workdir / "orchard.pkl").exists() and [t.status for t in trials("e")] == [COMPLETED] * 3
+        return proc if done else None
+
+    lowest = next(limit for limit in range(8, 64) if (first := hunt_under(limit)) is not None)
+    runs = [first]
+    while "Too many open files" not in runs[-1].stderr and len(runs) < 4:  # 2 evaluations at once: seldom not
+        runs.append(hunt_under(lowest))
+        assert runs[-1] is not None, f"the budget was completed once, not again, under {lowest} open files"
+    for proc in runs:
+        assert proc.returncode == 0, proc.stderr  # the experiment is finished: not a failed hunt
+    assert ("orchard: WARNING: experiment 'e' is finished, but not every worker of this hunt ran to its end: "
+            "a worker could not start a child process to evaluate its trial (OSError: [Errno 24] Too many"
+            in runs[-1].stderr), [proc.stderr for proc in runs]
+    assert "experiment 'e': 3 completed, 0 broken" in runs[-1].stdout
 
 
 @pytest.mark.slow
@@ -777,6 +847,17 @@ def test_python_dash_m_orchard_and_version(workdir: Path) -> None:
     assert proc.returncode == 0 and proc.stdout.startswith("orchard ")
 
 
+@pytest.mark.parametrize("args", [["--version"], ["--help"], ["status", "--help"]])
+def test_the_command_line_starts_without_numpy_where_it_needs_none(workdir: Path, args: list[str]) -> None:
+    """Every `orchard` command imported numpy (0.1-0.3 s): `orchard --version` took 0.3-0.4 s."""
+    code = ("import runpy, sys\nsys.argv = ['orchard', *sys.argv[1:]]\ntry:\n"
+            "    runpy.run_module('orchard', run_name='__main__')\nexcept SystemExit:\n    pass\n"
+            "print('numpy' in sys.modules, file=sys.stderr)\n")
+    proc = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, timeout=60,
+                          check=False)
+    assert proc.stderr.strip().splitlines()[-1] == "False", proc.stderr
+
+
 @pytest.mark.parametrize("position", ["before", "after"])
 def test_storage_option_is_accepted_before_or_after_db_subcommand(
     workdir: Path, position: str, capsys: pytest.CaptureFixture[str]
@@ -875,6 +956,27 @@ def test_a_mistyped_option_or_command_names_the_one_meant(
     """`orchard hunt --max-trails 5` said only 'unrecognized arguments: --max-trails'."""
     assert main(args) == 2
     assert expected in error_line(capsys.readouterr().err)
+
+
+@pytest.mark.parametrize(("args", "expected"), [
+    (["insert", "-n", "e", "--objectiv", "1", "x=0.5"],
+     "unrecognized arguments: --objectiv (--objectiv: did you mean --objective?); see 'orchard insert"),
+    (["status", "--stor", "orchard.pkl"], "(--stor: did you mean --storage?); see 'orchard status --help'"),
+    (["--vers"], "unrecognized arguments: --vers (--vers: did you mean --version?)"),
+    (["db", "dump", "--outptu", "x.json"],
+     "unrecognized arguments: --outptu (--outptu: did you mean --output?); see 'orchard db dump --help'"),
+    (["--stoage", "orchard.pkl", "status"], "unrecognized arguments: --stoage (--stoage: did you mean --st"),
+])
+def test_an_abbreviated_or_unknown_option_is_named_by_every_command(
+    workdir: Path, capsys: pytest.CaptureFixture[str], args: list[str], expected: str
+) -> None:
+    """`orchard insert --objectiv 1 x=0.5` recorded the point as if --objective were given (hunt alone refused
+    abbreviations); `db dump --outptu x.json` said only that -o/--output was missing."""
+    orchard.build_experiment("e", space={"x": "uniform(0, 1)"}, storage="orchard.pkl")
+    assert main(args) == 2
+    assert expected in error_line(capsys.readouterr().err)
+    assert orchard.get_experiment("e", storage="orchard.pkl").fetch_trials() == []
+    assert not (workdir / "x.json").exists()
 
 
 def test_a_name_given_twice_is_refused_not_the_last_taken(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import concurrent.futures
 import functools
 import logging
 import math
@@ -309,6 +310,13 @@ def test_bad_options_are_clear(store) -> None:
      "executor 'joblib': get_reusable_executor refused executor_config .*n_workers gives max_workers"),
     ({"n_workers": 2, "executor": "process", "executor_config": {"mp_context": "nope"}},
      "executor 'process': ProcessPoolExecutor refused executor_config"),
+    # dropped without a word: thread and single take no options, one worker ran in this thread
+    ({"n_workers": 2, "executor": "thread", "executor_config": {"thread_name_prefix": "x"}},
+     r"executor 'thread' takes no executor_config \(given: thread_name_prefix\); drop it, or name an"),
+    ({"executor": "single", "executor_config": {"bogus": 1}}, "executor 'single' takes no executor_config"),
+    ({"executor_config": {"bogus": 1}}, "executor 'joblib': get_reusable_executor refused executor_config"),
+    ({"executor": concurrent.futures.ThreadPoolExecutor(1), "executor_config": {"bogus": 1}},
+     r"executor_config \(given: bogus\) is not used with an executor of your own \(ThreadPoolExecutor\)"),
 ])
 def test_a_mistyped_workon_option_is_one_line_before_any_trial(store, options: dict[str, Any],
                                                                words: str) -> None:

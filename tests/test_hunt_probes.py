@@ -395,13 +395,30 @@ def test_choices_a_script_receives_as_one_text_are_refused(
         assert not (workdir / "orchard.pkl").exists()
 
 
-@pytest.mark.parametrize("token", ["é~uniform(0, 1)", "2x~uniform(0, 1)", "a+b~uniform(0,1)"])
+@pytest.mark.parametrize("token", ["x²~uniform(0, 1)", "2x~uniform(0, 1)", "a+b~uniform(0,1)",
+                                   "--x²~uniform(0, 1)"])
 def test_a_bare_prior_token_with_an_invalid_name_is_refused(
         workdir: Path, token: str, capsys: pytest.CaptureFixture[str]) -> None:
-    """``é~uniform(0, 1)`` reached the script as that text, its prior silently not searched."""
+    """``2x~uniform(0, 1)`` reached the script as that text, its prior silently not searched."""
     assert hunt(sys.executable, "script.py", "--mode~choices(['ok'])", token) == 2
     assert f"token {token!r} defines a dimension without a valid name" in capsys.readouterr().err
     assert not (workdir / "orchard.pkl").exists()
+
+
+def test_a_dimension_named_in_another_script_than_latin_is_searched_as_the_python_api_does(
+        workdir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """``--α~'uniform(0, 1)'`` was refused as a name of letters, digits and _, while
+    ``build_experiment(space={"α": ...})`` takes it; the storage, status and db dump show it."""
+    (workdir / "greek.py").write_text("import sys, orchard\n"
+                                      "assert sys.argv[2].startswith('--α='), sys.argv\n"
+                                      "orchard.report_objective(float(sys.argv[2].split('=')[1]))\n")
+    assert hunt(sys.executable, "greek.py", "--mode~choices(['ok'])", "--α~uniform(0, 1)") == 0
+    assert set(only_trial().params) == {"mode", "α"} and only_trial().status is TrialStatus.COMPLETED
+    capsys.readouterr()
+    assert main(["status", "-n", "e", "--storage", "orchard.pkl", "--json"]) == 0
+    assert "α" in json.loads(capsys.readouterr().out)["best_params"]
+    assert main(["db", "dump", "-n", "e", "--storage", "orchard.pkl", "-o", "e.json"]) == 0
+    assert "α" in json.loads((workdir / "e.json").read_text())["experiments"][0]["config"]["space"]
 
 
 @pytest.mark.parametrize("token", ["data~backup", "/data/a~uniform(0, 1)", "x=a~uniform(0,1)", "~/file"])

@@ -31,7 +31,7 @@ from typing import Any
 
 from orchard.cli._args import PROG, OneLineParser, UsageError, add_common
 from orchard.terminal import PrintableFormatter, printable
-from orchard.errors import Interrupted, meant
+from orchard.errors import Interrupted
 
 __all__ = ["build_parser", "main"]
 
@@ -44,7 +44,7 @@ EXIT_BROKEN_PIPE = 141
 _SIGNALLED = ("insert", "db", "plot")
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser() -> OneLineParser:
     """Build the ``orchard`` parser with every command registered."""
     from orchard import __version__
 
@@ -111,36 +111,28 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _parse(argv: list[str]) -> argparse.Namespace:
     """Parse ``argv``; an unknown option points at the help of the command it was given to."""
     parser = build_parser()
+    args: argparse.Namespace
     args, extra = parser.parse_known_args(argv)
     if extra:
-        path = [name for name in (getattr(args, "subcommand", None), getattr(args, "db_command", None))
-                if name]
-        command = " ".join([PROG, *path])
+        command = _command_parser(parser, [name for name in (getattr(args, "subcommand", None),
+                                                             getattr(args, "db_command", None)) if name])
         priors = [token for token in extra if _PRIOR_TOKEN.search(token)]
-        hint = _near_options(extra, _options_of(parser, path))
+        hint = ""
         if priors and getattr(args, "subcommand", None) == "hunt":
-            hint += (f"; a prior such as {priors[0]!r} goes after the program it is passed to, e.g. "
-                     "orchard hunt -n exp python train.py --lr~'loguniform(1e-5, 1)'")
-        raise UsageError(f"unrecognized arguments: {' '.join(extra)}{hint}; see '{command} --help'")
+            hint = (f"; a prior such as {priors[0]!r} goes after the program it is passed to, e.g. "
+                    "orchard hunt -n exp python train.py --lr~'loguniform(1e-5, 1)'")
+        raise UsageError(f"{command.unrecognized(extra)}{hint}; see '{command.prog} --help'")
     return args
 
 
-def _options_of(parser: argparse.ArgumentParser, path: list[str]) -> list[str]:
-    """The option strings of the (sub-)command ``path`` (``["db", "dump"]``) of ``parser``."""
+def _command_parser(parser: OneLineParser, path: list[str]) -> OneLineParser:
+    """The parser of the (sub-)command ``path`` (``["db", "dump"]``) of ``parser``."""
     for name in path:
         for action in parser._actions:  # noqa: SLF001 - argparse keeps its sub-parsers nowhere else
             if isinstance(action, argparse._SubParsersAction) and name in action.choices:  # noqa: SLF001
                 parser = action.choices[name]
                 break
-    return [option for action in parser._actions for option in action.option_strings]  # noqa: SLF001
-
-
-def _near_options(extra: list[str], options: list[str]) -> str:
-    """``" (did you mean --max-trials?)"`` for a mistyped option among ``extra``, else ``""``."""
-    for token in extra:
-        if token.startswith("-") and (near := meant(token.split("=", 1)[0], options)):
-            return f" ({token.split('=', 1)[0]}: did you mean {near}?)"
-    return ""
+    return parser
 
 
 #: A token that defines a dimension (``--lr~loguniform(...)``), found among hunt's own options.

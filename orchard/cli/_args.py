@@ -47,17 +47,55 @@ class UsageError(Exception):
 class OneLineParser(argparse.ArgumentParser):
     """An ``ArgumentParser`` whose errors are one line (no usage block) and raise :class:`UsageError`.
 
-    An invalid choice (``orchard stauts``, ``orchard db dupm``) names the nearest valid one.
+    An invalid choice (``orchard stauts``, ``orchard db dupm``) names the nearest valid one. Long
+    options are never abbreviated: ``insert --objectiv 1`` was taken as ``--objective``, so a script's
+    typo meant another option silently (and an option added later would change what it means);
+    an unknown option is refused, naming the one meant. An unknown option is named before a missing one.
     """
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**{"allow_abbrev": False, **kwargs})
+        self._given: list[str] = []  # the arguments being parsed, for error()
+
+    def parse_known_args(self, args: Any = None, namespace: Any = None) -> Any:
+        self._given = [str(arg) for arg in (sys.argv[1:] if args is None else args)]
+        return super().parse_known_args(args, namespace)
 
     def error(self, message: str) -> NoReturn:
         found = re.match(r"argument [^:]+: invalid choice: (.+?) \(choose from (.+)\)$", message)
         if found:
-            given = parse_literal(found.group(1))
-            near = meant(str(given), [str(c) for c in re.findall(r"'([^']*)'", found.group(2))])
-            if near:
+            given = str(parse_literal(found.group(1)))
+            before = self._given[:self._given.index(given)] if given in self._given else []
+            unknown = self.unknown_options(before)  # `orchard --stoage x status`: x was taken for the command
+            near = meant(given, [str(c) for c in re.findall(r"'([^']*)'", found.group(2))])
+            if unknown:
+                message = self.unrecognized(unknown)
+            elif near:
                 message += f"; did you mean {near!r}?"
+        elif message.startswith("the following arguments are required") and self.unknown_options(self._given):
+            message = self.unrecognized(self.unknown_options(self._given))  # db dump --outptu: not just -o
         raise UsageError(f"{message}; see '{self.prog} --help'")
+
+    def unknown_options(self, tokens: list[str]) -> list[str]:
+        """The tokens of ``tokens`` that look like options and are none of this parser's."""
+        known = self._option_string_actions
+        tokens = tokens[:tokens.index("--")] if "--" in tokens else tokens
+        return [token for token in tokens if token[:1] in self.prefix_chars and len(token) > 1
+                and not self._negative_number_matcher.match(token) and token.split("=", 1)[0] not in known
+                and token[:2] not in known]  # -n3: -n with its value
+
+    def unrecognized(self, extra: list[str]) -> str:
+        """``unrecognized arguments: --objectiv (--objectiv: did you mean --objective?)`` for ``extra``."""
+        options = list(self._option_string_actions)
+        for token in extra:
+            given = token.split("=", 1)[0]
+            near = meant(given, options) if token.startswith("-") else None
+            if near is None and given.startswith("--"):  # an abbreviation, refused: the one it abbreviates
+                starting = [option for option in options if option.startswith(given)]
+                near = starting[0] if len(starting) == 1 else None
+            if near:
+                return f"unrecognized arguments: {' '.join(extra)} ({given}: did you mean {near}?)"
+        return f"unrecognized arguments: {' '.join(extra)}"
 
 
 class GivenOnce(argparse.Action):

@@ -41,7 +41,6 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     parser: argparse.ArgumentParser = subparsers.add_parser(
         "hunt", help="run a script as trials of an experiment (one worker per hunt; join at will)",
         usage="orchard hunt -n NAME [options] COMMAND...",
-        allow_abbrev=False,  # a script's --gpu 0 or --n=3 after the command was an 'ambiguous option'
         description="Run COMMAND once per trial. Tokens --name~'prior' define the search space and are "
                     f"replaced by each trial's value. Example: {EXAMPLE}",
     )
@@ -85,7 +84,8 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     option("--executor", metavar="NAME",
            help="the executor of the K workers: joblib (default; alias loky), process, dask, thread, single")
     option("--executor-config", metavar="MAPPING",
-           help="executor options as a YAML mapping, such as '{address: tcp://scheduler:8786}' for Dask")
+           help="executor options as a YAML mapping, such as '{address: tcp://scheduler:8786}' for Dask "
+                "(thread and single take none; with options, even one worker runs in the pool)")
     option("--trial-timeout", metavar="SECONDS",
            help="stop a trial's whole process group after this long; the trial is broken with reason timeout")
     option("--trial-memory-limit", metavar="SIZE",
@@ -153,7 +153,7 @@ def _hunt(args: argparse.Namespace, settings: Settings) -> int:
     _check_capacity(storage, name, settings)
     experiment = _experiment(name, template, storage, settings)
     _compare_command(experiment, template)
-    if _stopped(experiment) or _budget_met(experiment):
+    if _stopped(experiment, settings) or _budget_met(experiment):
         return 0
     return _work(experiment, template, settings)
 
@@ -247,10 +247,12 @@ def _check_runnable(storage: BaseStorage, name: str) -> None:
 
 
 def _check_capacity(storage: BaseStorage, name: str, settings: Settings) -> None:
-    """Refuse, before the experiment is stored, more local workers than this machine holds.
+    """Refuse, before the experiment is stored, more local workers than this machine holds, or executor
+    options that the executor would not use.
 
     Only the workers :func:`_work` starts count: no more than the budget.
     """
+    from orchard.executors import check_executor_config
     from orchard.executors.capacity import check_capacity, counted_as
 
     budget = settings.get("max_trials", use_default=False)
@@ -258,6 +260,7 @@ def _check_capacity(storage: BaseStorage, name: str, settings: Settings) -> None
         budget = record.config.get("max_trials")
     n_workers = settings.get("n_workers")
     config = settings.get("executor_config")
+    check_executor_config(settings.get("executor"), config)  # --executor thread dropped it without a word
     executor = counted_as(settings.get("executor"), config if isinstance(config, Mapping) else {})
     check_capacity(executor, min(n_workers, budget) if budget else n_workers)
 
@@ -359,14 +362,21 @@ def _make_folder(path: str, name: str) -> None:
             "give --working-dir with a folder this machine can write") from err
 
 
-def _stopped(experiment: Experiment) -> bool:
-    """Say so when a stopping rule stopped the experiment: no worker starts, and a larger --max-trials is no remedy."""
+def _stopped(experiment: Experiment, settings: Settings) -> bool:
+    """Say so when a stopping rule stopped the experiment: no worker starts, a larger budget is no remedy.
+
+    A budget given to raise it was not stored, and the warning saying so gave the remedy: not said twice.
+    """
     from orchard.stopping import SEARCH_ON, stop_summary
 
-    stopping = stop_summary(experiment.storage.experiment(experiment.id).config)
+    config = experiment.storage.experiment(experiment.id).config
+    stopping = stop_summary(config)
     if stopping is None or stopping["fired"] is None:
         return False
-    print(printable(f"experiment {experiment.name!r}: {stopping['line']}; nothing to do: {SEARCH_ON}"))
+    raised = any(settings.get(key, use_default=False) not in (None, config.get(key))
+                 for key in ("max_trials", "max_broken", "max_attempts"))
+    print(printable(f"experiment {experiment.name!r}: {stopping['line']}; nothing to do"
+                    + ("" if raised else f": {SEARCH_ON}")))
     return True
 
 
@@ -382,6 +392,7 @@ def _budget_met(experiment: Experiment) -> bool:
 
 
 def _work(experiment: Experiment, template: CommandTemplate, settings: Settings) -> int:
+    from orchard.errors import ExecutorError
     from orchard.executors.capacity import workers_to_start
     from orchard.objectives import Shown
     from orchard.recording import budget_to_give
@@ -401,13 +412,20 @@ def _work(experiment: Experiment, template: CommandTemplate, settings: Settings)
 
     n_workers = workers_to_start(settings.get("n_workers"), to_give, experiment.name)  # workon's own rule
     executor = settings.get("executor", use_default=False)
-    if n_workers == 1 and executor in ("joblib", "loky"):
-        executor = "single"  # one worker: run it here, no process pool to start
-    stats = experiment.workon(  # an interruption raises Interrupted, saying what was released
-        runner, n_workers=n_workers, executor=executor, idle_timeout=settings.get("idle_timeout"),
-        executor_config=settings.get("executor_config"),
-        gpus=settings.get("gpus"), gpus_per_worker=settings.get("gpus_per_worker"),
-    )
+    if n_workers == 1 and executor in ("joblib", "loky") and not settings.get("executor_config"):
+        executor = "single"  # one worker: run it here, no process pool to start (nor options to give it)
+    try:
+        stats = experiment.workon(  # an interruption raises Interrupted, saying what was released
+            runner, n_workers=n_workers, executor=executor, idle_timeout=settings.get("idle_timeout"),
+            executor_config=settings.get("executor_config"),
+            gpus=settings.get("gpus"), gpus_per_worker=settings.get("gpus_per_worker"),
+        )
+    except ExecutorError as err:  # a worker out of open files stopped, and the others finished the experiment
+        if not _finished(experiment):
+            raise
+        log.warning("experiment %r is finished, but not every worker of this hunt ran to its end: %s",
+                    experiment.name, err)
+        stats = experiment.stats
     counts = stats["counts"]
     best = ""
     objectives = experiment.settings.objectives
@@ -427,6 +445,18 @@ def _work(experiment: Experiment, template: CommandTemplate, settings: Settings)
     elif settings.get("idle_timeout") is None:
         _say_why_short(experiment, counts)
     return 0
+
+
+def _finished(experiment: Experiment) -> bool:
+    """Whether the experiment's budget is used up, or a stopping rule ended it: no worker has work left."""
+    from orchard.recording import budget_used
+    from orchard.stopping import stop_summary
+
+    stopping = stop_summary(experiment.storage.experiment(experiment.id).config)
+    if stopping is not None and stopping["fired"] is not None:
+        return True
+    budget = experiment.max_trials
+    return budget is not None and budget_used(experiment.storage, experiment.id) >= budget
 
 
 def _say_why_short(experiment: Experiment, counts: Mapping[str, int]) -> None:

@@ -19,20 +19,8 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from orchard.cli._args import (
-    add_common,
-    add_name,
-    format_age,
-    format_params,
-    format_time,
-    format_value,
-    missing_storage_file,
-    open_experiment,
-    open_storage,
-    strict_json,
-)
-from orchard.command import COMMAND_KEY, redacted
-from orchard.pareto import infeasible, reported
+from orchard.cli._args import (add_common, add_name, format_age, format_params, format_time, format_value,
+                               missing_storage_file, open_experiment, open_storage, strict_json)
 from orchard.terminal import printable
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -127,6 +115,7 @@ def experiment_status(experiment: Experiment, watch: HeartbeatWatch | None = Non
         experiment: the experiment to report.
         watch: the heartbeats seen by earlier readings (``--watch``); ``None``: this reading only.
     """
+    from orchard.pareto import infeasible  # numpy: imported by the commands that read trials only
     from orchard.resources import devices_of
     from orchard.trial import TrialStatus
 
@@ -160,6 +149,8 @@ def _front(experiment: Experiment) -> list[dict[str, Any]] | None:
 
     The values are under ``values``: an objective named ``id`` or ``params`` overwrote the trial's own.
     """
+    from orchard.pareto import reported
+
     objectives = experiment.settings.objectives
     if objectives is None or len(objectives) < 2:
         return None
@@ -362,6 +353,9 @@ def run_list(args: argparse.Namespace) -> int:
 
 def run_info(args: argparse.Namespace) -> int:
     """Print an experiment's space, algorithm, budget, config, best trial and stats (or one trial)."""
+    from orchard.command import COMMAND_KEY, redacted
+    from orchard.pareto import infeasible
+
     experiment = open_experiment(args)
     if getattr(args, "trial", None) is not None:  # '' too: an unset shell variable is not "no --trial"
         return _trial_info(experiment, args.trial, args.json)

@@ -46,8 +46,8 @@ from orchard.executors.remote import worker_timeout
 from orchard.forks import end_children_at_exit, outlive_threads_at_exit
 from orchard.interruption import deferred, pool_handlers
 
-__all__ = ["EXECUTORS", "InlineExecutor", "is_dask_client", "make_executor", "outlasts_workon",
-           "reaches_local_processes", "shares_environment"]
+__all__ = ["EXECUTORS", "InlineExecutor", "check_executor_config", "is_dask_client", "make_executor",
+           "outlasts_workon", "reaches_local_processes", "shares_environment"]
 
 ExecutorFactory = Callable[[int, Mapping[str, Any]], contextlib.AbstractContextManager[Executor]]
 
@@ -341,6 +341,7 @@ def make_executor(
             than this machine holds: :mod:`orchard.executors.capacity`), or a missing optional dependency.
     """
     check_n_workers(n_workers)
+    check_executor_config(executor, config)
     if isinstance(executor, str):
         check_capacity(counted_as(executor, config or {}), n_workers)
     if is_dask_client(executor):
@@ -354,6 +355,26 @@ def make_executor(
             "or a concurrent.futures.Executor or dask.distributed.Client instance"
         )
     return _translated(factory(n_workers, config or {}), executor)
+
+
+def check_executor_config(executor: str | Executor | Any, config: Mapping[str, Any] | None) -> None:
+    """Refuse options that no executor would use: ``thread`` and ``single`` dropped them without a word.
+
+    Raises:
+        ConfigurationError: ``config`` is not empty and ``executor`` is ``thread``, ``single`` or an
+            executor instance other than a Dask client.
+    """
+    if not config:
+        return
+    given = ", ".join(map(str, config))
+    if executor in ("thread", "single"):
+        raise ConfigurationError(
+            f"executor {executor!r} takes no executor_config (given: {given}); drop it, or name an executor "
+            "that takes options: joblib, process or dask")
+    if isinstance(executor, Executor) and not is_dask_client(executor):
+        raise ConfigurationError(
+            f"executor_config (given: {given}) is not used with an executor of your own "
+            f"({type(executor).__name__}): configure that executor itself and drop executor_config")
 
 
 def is_dask_client(executor: object) -> bool:
