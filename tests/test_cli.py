@@ -324,7 +324,9 @@ def test_executor_options_are_given_to_the_executor_or_refused(
     """`--executor-config` was dropped without a word with --executor thread or single, and with one worker
     (run in the hunt's own process, not in the pool it was meant for)."""
     assert hunt("e", "--max-trials", "1", *options, "--executor-config", "{bogus: 1}") == 2
-    assert expected in error_line(capsys.readouterr().err)
+    line = error_line(capsys.readouterr().err)
+    assert expected in line
+    assert line.endswith("(executor_config from --executor-config)") == bool(options)  # a config file's: named
     assert (workdir / "orchard.pkl").exists() == (not options)  # thread, single: refused before it is stored
     if not options:
         assert orchard.get_experiment("e", storage="orchard.pkl").fetch_trials() == []

@@ -252,6 +252,7 @@ def _check_capacity(storage: BaseStorage, name: str, settings: Settings) -> None
 
     Only the workers :func:`_work` starts count: no more than the budget.
     """
+    from orchard.errors import ConfigurationError
     from orchard.executors import check_executor_config
     from orchard.executors.capacity import check_capacity, counted_as
 
@@ -260,7 +261,10 @@ def _check_capacity(storage: BaseStorage, name: str, settings: Settings) -> None
         budget = record.config.get("max_trials")
     n_workers = settings.get("n_workers")
     config = settings.get("executor_config")
-    check_executor_config(settings.get("executor"), config)  # --executor thread dropped it without a word
+    try:  # --executor thread dropped them without a word, wherever they were set
+        check_executor_config(settings.get("executor"), config)
+    except ConfigurationError as err:
+        raise ConfigurationError(f"{err} (executor_config from {settings.source('executor_config')})") from None
     executor = counted_as(settings.get("executor"), config if isinstance(config, Mapping) else {})
     check_capacity(executor, min(n_workers, budget) if budget else n_workers)
 
