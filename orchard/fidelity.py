@@ -12,15 +12,15 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any, ClassVar
 
 import numpy as np
 
 from orchard.priors import Fail, Prior, Scalar, bounds, is_integral, is_number
-from orchard.trial import Trial, TrialStatus
+from orchard.trial import Trial, TrialStatus, finite_number
 
-__all__ = ["MAX_RUNGS", "Fidelity", "format_rungs", "rung_counts"]
+__all__ = ["MAX_RUNGS", "Fidelity", "best_by_fidelity", "format_rungs", "rung_counts"]
 
 #: The most rungs a fidelity may have (``low·base^k`` up to ``high``).
 MAX_RUNGS = 1000
@@ -144,6 +144,28 @@ def rung_counts(prior: Fidelity, name: str, trials: Iterable[Trial]) -> list[dic
             row["pending"] += 1
         row["promoted"] += trial.parent is not None
     return rows
+
+
+def best_by_fidelity(trials: Iterable[Trial], fidelity: tuple[str, Fidelity] | None,
+                     best: Callable[[list[Trial]], Trial | None]) -> Trial | None:
+    """``best`` of the trials at the highest fidelity where it finds one (of all of them without ``fidelity``,
+    the space's ``(name, prior)``).
+
+    A result at a higher fidelity wins over any at a lower one, as Optuna's ``best_trial`` never
+    is a pruned trial: under ``asha`` a constant objective made a one-epoch trial the best (the
+    oldest of the ties). A trial whose fidelity is not a number (another program's write) ranks lowest.
+    """
+    if fidelity is None:
+        return best(list(trials))
+    groups: dict[float, list[Trial]] = {}
+    for trial in trials:
+        value = finite_number(trial.params.get(fidelity[0]))
+        groups.setdefault(-math.inf if value is None else value, []).append(trial)
+    for value in sorted(groups, reverse=True):
+        found = best(groups[value])
+        if found is not None:
+            return found
+    return None
 
 
 def format_rungs(rows: list[dict[str, Any]]) -> str:

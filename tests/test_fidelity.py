@@ -19,6 +19,8 @@ from orchard.algorithms import Asha, Hyperband, Observation, make_algorithm, nor
 from orchard.algorithms._hyperband import bracket_weights
 from orchard.algorithms._rungs import survives
 from orchard.cli import main
+from orchard.dashboard._payloads import experiment_summary
+from orchard.dashboard._views import ExperimentView
 from orchard.errors import ConfigurationError, SpaceError, SpaceExhaustedError
 from orchard.fidelity import Fidelity
 from orchard.space import Space, parse_prior
@@ -796,3 +798,30 @@ def test_a_new_point_of_the_default_asha_costs_well_under_100_ms_of_cpu_at_1000_
             pending.append(params)
         costs.append(elapsed)
     assert statistics.median(costs) < 0.1
+
+
+def test_the_best_trial_is_at_the_highest_fidelity_that_has_a_result(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A constant objective under asha made a one-epoch trial the best (the oldest of the ties); a better
+    objective at a lower fidelity neither wins over a full-budget result, in best_trial, stats, status and the
+    dashboard."""
+    uri = str(tmp_path / "orchard.pkl")
+    exp = orchard.build_experiment("flat", space=SPACE, algorithm={"asha": {"sampler": "random"}},
+                                   max_trials=20, storage=uri, seed=1)
+    exp.workon(lambda x, epochs: 1.0, n_workers=1, executor="single", progress=False)
+    assert exp.best_trial is not None and exp.best_trial.params["epochs"] == 9
+    exp.insert({"x": 0.5, "epochs": 3}, objective=0.0)  # better, at a lower fidelity
+    best = exp.best_trial
+    assert best is not None and (best.params["epochs"], best.objective) == (9, 1.0)
+    assert (exp.stats["best_params"], exp.stats["best_objective"]) == (best.params, 1.0)
+    capsys.readouterr()
+    assert main(["status", "-n", "flat", "--storage", uri, "--json"]) == 0
+    status = json.loads(capsys.readouterr().out)
+    assert (status["best_trial"], status["best_params"]) == (best.id, best.params)
+    view = ExperimentView(exp.storage, exp.storage.require_experiment("flat"))
+    view.fold()
+    assert experiment_summary(view)["best_trial"] == best.id  # the dashboard's
+    lower = orchard.build_experiment("lower", space=SPACE, storage=uri)  # no result at the top yet
+    lower.insert({"x": 0.1, "epochs": 1}, objective=0.0)
+    lower.insert({"x": 0.2, "epochs": 3}, objective=2.0)
+    assert lower.best_trial is not None and lower.best_trial.params == {"x": 0.2, "epochs": 3}
