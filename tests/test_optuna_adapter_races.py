@@ -14,6 +14,7 @@ import pytest
 import orchard
 from orchard.algorithms import make_algorithm
 from orchard.algorithms.base import Observation
+from orchard.history import History
 from orchard.space import Space
 from orchard.testing import races
 from orchard.testing.algorithms import check_algorithm_racing
@@ -178,3 +179,41 @@ def test_a_tpe_suggestion_is_optunas_own_ask_on_the_same_trials_and_seed() -> No
             study.enqueue_trial(point)
             study.ask(distributions)
         assert study.ask(distributions).params == suggested
+
+
+def _train_pruned_early(x: float) -> float:
+    """A loss that grows with training (x + step / 10): a pruned trial's early report beats every final one."""
+    for step in range(1, 11):
+        orchard.report(x + step / 10, step)
+        if orchard.should_prune():
+            raise orchard.TrialPruned()
+    return x + 1.0
+
+
+def test_pruned_trials_reach_tpe_as_optuna_records_them(tmp_path: Path) -> None:
+    """Pruned trials were told COMPLETE at their early report, so TPE ranked them among the finished ones;
+    Optuna's tell records them PRUNED with their last report, ranked after every completed trial."""
+    import optuna
+    from optuna.trial import TrialState
+
+    uri = str(tmp_path / "tpe.pkl")
+    exp = orchard.build_experiment("pruned", space={"x": "uniform(0, 1)"}, algorithm=TPE, pruner="median",
+                                   max_trials=30, storage=uri, seed=1)
+    exp.workon(_train_pruned_early, n_workers=1, executor="single", progress=False)
+    trials = exp.fetch_trials()
+    assert {t.status for t in trials} == {TrialStatus.COMPLETED, TrialStatus.PRUNED}
+    history = History(exp.storage, exp.id)
+    history.refresh()
+    algorithm = make_algorithm(TPE, exp.space, 5)
+    (suggested,) = algorithm.suggest(history.observations, [])
+    x = optuna.distributions.FloatDistribution(0.0, 1.0)
+    study = optuna.create_study(sampler=optuna.samplers.TPESampler(
+        seed=int(algorithm.rng(history.observations, []).integers(2**31 - 1))))
+    for trial in sorted(trials, key=lambda t: (t.end_time, t.id)):  # as Optuna's own workers would tell them
+        study.enqueue_trial(trial.params)
+        asked = study.ask({"x": x})
+        for step, value in trial.reports:
+            asked.report(value, step)
+        done = trial.status is TrialStatus.COMPLETED
+        study.tell(asked, trial.objective if done else None, state=None if done else TrialState.PRUNED)
+    assert study.ask({"x": x}).params == suggested

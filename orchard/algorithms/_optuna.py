@@ -2,7 +2,8 @@
 
 Every worker keeps a private in-memory Optuna study that mirrors the shared
 history: completed trials are told as ``COMPLETE`` (with every objective when
-the experiment has several), pending ones as ``RUNNING`` (so samplers that look
+the experiment has several), pruned ones as ``PRUNED`` with their last report
+(as Optuna records them), pending ones as ``RUNNING`` (so samplers that look
 at running trials, such as TPE with ``constant_liar``, avoid them). The study
 lives in the worker process only; a fresh worker rebuilds the same study from
 the storage.
@@ -90,6 +91,8 @@ _LISTABLE = 10**7
 #: What to do when one of Optuna's samplers fails inside the adapter.
 _REPORT_IT = ("choose another sampler or algorithm, and report it with the experiment's history "
               "(orchard db dump)")
+#: The system attribute of NSGA-II's generation number.
+_GENERATION = "NSGAIISampler:generation"
 #: Optuna's suggestion retries before a duplicate is replaced by a random unseen point.
 _RETRIES = 3
 
@@ -312,6 +315,7 @@ class OptunaSampler(BaseAlgorithm):
     def _reset(self) -> None:
         self._study = self._optuna.create_study(directions=["minimize"] * self._n_objectives)
         self._told: set[str] = set()
+        self._completes = 0  # completed trials told (NSGA-II's generations)
         self._consumed: tuple[int, Observation | None] = (0, None)  # how far the completed list was read
         self._running: dict[str, int] = {}
 
@@ -333,19 +337,14 @@ class OptunaSampler(BaseAlgorithm):
         self._consumed = (len(completed), completed[-1] if completed else None)
         if self.options["sampler"] == "NSGAIISampler":
             unread = completion_order(unread)
-        generation_key, size = "NSGAIISampler:generation", int(self.options.get("population_size", 50))
         for observation in unread:
             digest = params_hash(observation.params)
             if digest in self._told:
                 continue
-            values = observation.values if self._n_objectives > 1 else (observation.objective,)
-            if values is None:  # a pruned trial has no objective vector
-                continue
-            attrs = {generation_key: len(self._told) // size}
-            self._told.add(digest)
-            self._study.add_trial(optuna.trial.create_trial(
-                params=self._as_told(observation.params), distributions=self._distributions,
-                values=list(values), system_attrs=attrs, constraints={"violation": _violation(observation)}))
+            frozen = self._frozen(observation)
+            if frozen is not None:
+                self._told.add(digest)
+                self._study.add_trial(frozen)
         wanted = {params_hash(p): p for p in pending}
         for digest in [d for d in self._running if d not in wanted]:
             self._retire(self._running.pop(digest))
@@ -355,6 +354,31 @@ class OptunaSampler(BaseAlgorithm):
                     params=self._as_told(point),
                     distributions=self._distributions, state=optuna.trial.TrialState.RUNNING)
                 self._running[digest] = self._study._storage.create_new_trial(self._study._study_id, template_trial=trial)
+
+    def _frozen(self, observation: Observation) -> Any:
+        """The Optuna trial ``observation`` is told as, or ``None`` (a pruned trial of several objectives).
+
+        A pruned trial is told ``PRUNED`` as Optuna records one: its last report as its value and
+        intermediate value. It was told ``COMPLETE`` at its early report: TPE ranked it among the
+        finished trials, where Optuna ranks pruned trials after them, by the step they reached.
+        Optuna prunes one-objective studies only. NSGA-II's generation numbers count the completed
+        trials, the only ones its generations hold.
+        """
+        trial = self._optuna.trial
+        told = {"params": self._as_told(observation.params), "distributions": self._distributions,
+                "constraints": {"violation": _violation(observation)}}
+        if observation.pruned:
+            step = 0 if observation.step is None else observation.step
+            return None if self._n_objectives > 1 else trial.create_trial(
+                state=trial.TrialState.PRUNED, value=observation.objective,
+                intermediate_values={step: observation.objective}, **told)
+        values = observation.values if self._n_objectives > 1 else (observation.objective,)
+        if values is None:
+            return None
+        size = int(self.options.get("population_size", 50))
+        self._completes += 1
+        return trial.create_trial(values=list(values), system_attrs={_GENERATION: (self._completes - 1) // size},
+                                  **told)
 
     def _as_told(self, params: Mapping[str, Any]) -> dict[str, Any]:
         """``params`` as the study is told them: the sampled dims, a choice as its index, a ``normal`` value
