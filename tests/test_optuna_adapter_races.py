@@ -15,7 +15,7 @@ import orchard
 from orchard.algorithms import make_algorithm
 from orchard.algorithms.base import Observation
 from orchard.history import History
-from orchard.space import Space
+from orchard.space import Space, params_hash
 from orchard.testing import races
 from orchard.testing.algorithms import check_algorithm_racing
 from orchard.trial import TrialStatus
@@ -175,7 +175,7 @@ def test_a_tpe_suggestion_is_optunas_own_ask_on_the_same_trials_and_seed() -> No
         study = optuna.create_study(sampler=optuna.samplers.TPESampler(seed=sampler_seed))
         study.add_trials([optuna.trial.create_trial(params=o.params, distributions=distributions, value=o.objective)
                           for o in completed])
-        for point in pending:  # other workers' trials: running
+        for point in sorted(pending, key=params_hash):  # other workers' trials: running, told by hash
             study.enqueue_trial(point)
             study.ask(distributions)
         assert study.ask(distributions).params == suggested
@@ -217,3 +217,25 @@ def test_pruned_trials_reach_tpe_as_optuna_records_them(tmp_path: Path) -> None:
         done = trial.status is TrialStatus.COMPLETED
         study.tell(asked, trial.objective if done else None, state=None if done else TrialState.PRUNED)
     assert study.ask({"x": x}).params == suggested
+
+
+@pytest.mark.parametrize("liar", [True, False])
+def test_a_tpe_suggestion_does_not_depend_on_the_order_the_history_arrived_in(liar: bool) -> None:
+    """TPE reads Optuna's trial numbers as the trials' age: told in the order given, the same trials in
+    another order (another worker's view, a completion seen late) gave another suggestion."""
+    space = Space.from_config(BRANIN)
+    rng = np.random.default_rng(7)
+    points = [space.sample(rng) for _ in range(40)]
+    completed = [Observation(p, branin(**p), end_time=float(i)) for i, p in enumerate(points[:36])]
+    pending = points[36:]
+    config = {"optuna": {"sampler": "TPESampler", "constant_liar": liar}}
+    for seed in range(3):
+        expected = make_algorithm(config, space, seed).suggest(completed, pending)
+        for order in range(3):
+            shuffled, racing = list(completed), list(pending)
+            np.random.default_rng(order).shuffle(shuffled)
+            np.random.default_rng(order).shuffle(racing)
+            assert make_algorithm(config, space, seed).suggest(shuffled, racing) == expected
+        worker = make_algorithm(config, space, seed)  # long-lived: the last completion arrives before another
+        worker.suggest(completed[:34] + [completed[35]], pending)
+        assert worker.suggest(completed[:34] + [completed[35], completed[34]], pending) == expected
