@@ -23,6 +23,7 @@ from orchard.dashboard._payloads import experiment_summary
 from orchard.dashboard._views import ExperimentView
 from orchard.errors import ConfigurationError, SpaceError, SpaceExhaustedError
 from orchard.fidelity import Fidelity
+from orchard.history import History
 from orchard.space import Space, parse_prior
 from orchard.trial import TrialStatus
 
@@ -825,3 +826,18 @@ def test_the_best_trial_is_at_the_highest_fidelity_that_has_a_result(
     lower.insert({"x": 0.1, "epochs": 1}, objective=0.0)
     lower.insert({"x": 0.2, "epochs": 3}, objective=2.0)
     assert lower.best_trial is not None and lower.best_trial.params == {"x": 0.2, "epochs": 3}
+
+
+@pytest.mark.parametrize("sampler", ["random", "bayes"])
+def test_no_new_point_is_said_by_asha_counting_every_rung(sampler: str) -> None:
+    """It was said by the sampler inside (algorithm 'random' ... 3 points), counting the configurations
+    at the top fidelity, of an experiment holding 5 trials."""
+    space = {"k": "choices([1, 2, 3])", "epochs": "fidelity(1, 9, base=3)"}
+    exp = orchard.build_experiment("few", space=space, algorithm={"asha": {"sampler": sampler}}, max_trials=40,
+                                   storage="memory://", seed=1)
+    exp.workon(lambda k, epochs: float(k) / epochs, n_workers=1, executor="single", progress=False)
+    history = History(exp.storage, exp.id)
+    history.refresh()
+    count = len(exp.fetch_trials())
+    with pytest.raises(SpaceExhaustedError, match=rf"^algorithm 'asha' .* \({count} points completed or pending\)"):
+        make_algorithm(exp.algorithm, exp.space, seed=1).suggest(history.observations, history.pending())
