@@ -448,7 +448,7 @@ class Experiment:
 
     def _best_of(self, trials: list[Trial]) -> Trial | None:
         s = self.settings
-        return best_by_fidelity(trials, s.space.fidelity, lambda some: best_of(some, s.objectives, s.constraints))
+        return best_by_fidelity(trials, s.space.fidelity, lambda t: best_of(t, s.objectives, s.constraints))
 
     def pareto_front(self) -> list[Trial]:
         """The feasible completed trials that no other feasible completed trial dominates, oldest first.

@@ -833,11 +833,12 @@ def test_no_new_point_is_said_by_asha_counting_every_rung(sampler: str) -> None:
     """It was said by the sampler inside (algorithm 'random' ... 3 points), counting the configurations
     at the top fidelity, of an experiment holding 5 trials."""
     space = {"k": "choices([1, 2, 3])", "epochs": "fidelity(1, 9, base=3)"}
-    exp = orchard.build_experiment("few", space=space, algorithm={"asha": {"sampler": sampler}}, max_trials=40,
-                                   storage="memory://", seed=1)
+    exp = orchard.build_experiment("few", space=space, algorithm={"asha": {"sampler": sampler}},
+                                   max_trials=40, storage="memory://", seed=1)
     exp.workon(lambda k, epochs: float(k) / epochs, n_workers=1, executor="single", progress=False)
     history = History(exp.storage, exp.id)
     history.refresh()
     count = len(exp.fetch_trials())
-    with pytest.raises(SpaceExhaustedError, match=rf"^algorithm 'asha' .* \({count} points completed or pending\)"):
+    said = rf"^algorithm 'asha' .* \({count} points completed or pending\)"
+    with pytest.raises(SpaceExhaustedError, match=said):
         make_algorithm(exp.algorithm, exp.space, seed=1).suggest(history.observations, history.pending())

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import time
+import warnings
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -182,7 +183,7 @@ def test_a_tpe_suggestion_is_optunas_own_ask_on_the_same_trials_and_seed() -> No
 
 
 def _train_pruned_early(x: float) -> float:
-    """A loss that grows with training (x + step / 10): a pruned trial's early report beats every final one."""
+    """A loss growing with training (x + step / 10): a pruned trial's early report beats every final one."""
     for step in range(1, 11):
         orchard.report(x + step / 10, step)
         if orchard.should_prune():
@@ -239,3 +240,19 @@ def test_a_tpe_suggestion_does_not_depend_on_the_order_the_history_arrived_in(li
         worker = make_algorithm(config, space, seed)  # long-lived: the last completion arrives before another
         worker.suggest(completed[:34] + [completed[35]], pending)
         assert worker.suggest(completed[:34] + [completed[35], completed[34]], pending) == expected
+
+
+def test_objectives_near_the_float_limit_give_no_overflow_warning() -> None:
+    """Two objectives near ±1e308: TPE's hypervolumes overflowed and numpy's RuntimeWarnings (overflow in
+    reduce, subtract, multiply) reached the user's terminal on every suggestion."""
+    space = Space.from_config({"x": "uniform(-1, 1)", "y": "uniform(-1, 1)"})
+    rng = np.random.default_rng(1)
+    points = [space.sample(rng) for _ in range(30)]
+    values = [(p["x"] * 1.7e308, (p["y"] - p["x"]) * 8.5e307) for p in points]
+    completed = [Observation(p, v[0], end_time=float(i), values=v)
+                 for i, (p, v) in enumerate(zip(points, values, strict=True))]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)
+        for seed in range(3):
+            (suggested,) = make_algorithm(TPE, space, seed).suggest(completed, [])
+            assert space.validate(suggested) == suggested

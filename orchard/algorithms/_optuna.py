@@ -54,6 +54,8 @@ import warnings
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, ClassVar
 
+import numpy as np
+
 from orchard.algorithms._optuna_checks import check_listable, check_midpoints, check_types
 from orchard.algorithms._optuna_cmaes import CmaEsState, completion_key
 from orchard.algorithms.base import BaseAlgorithm, Observation, SeenPoints
@@ -176,6 +178,11 @@ def _violation(observation: Observation) -> float:
     return 0.0 if observation.feasible else min(max(observation.violation, _TINY_VIOLATION), _HUGE_VIOLATION)
 
 
+def _keyed(completed: Sequence[Observation]) -> list[tuple[tuple[float, str], Observation]]:
+    """``completed`` in completion order, each with its :func:`completion_key`."""
+    return sorted(((completion_key(o), o) for o in completed), key=lambda row: row[0])
+
+
 def _one_objective_only(several: int) -> ConfigurationError:
     return ConfigurationError(f"algorithm 'optuna' sampler 'CmaEsSampler' optimizes one objective; this "
                               f"experiment has {several}: use NSGAIISampler or TPESampler")
@@ -284,11 +291,11 @@ class OptunaSampler(BaseAlgorithm):
         make the study start again from the whole history; so does a study holding many retired
         trials (the ones asked and the pending ones no longer pending, told ``FAIL``).
         """
-        unread = sorted(((completion_key(o), o) for o in completed[self._consumed[0]:]), key=lambda row: row[0])
+        unread = _keyed(completed[self._consumed[0]:])
         stale = self._retired > _RETIRED_LIMIT + 4 * len(self._told)
         if stale or (unread and self._last is not None and unread[0][0] < self._last):
             self._reset()
-            unread = sorted(((completion_key(o), o) for o in completed), key=lambda row: row[0])
+            unread = _keyed(completed)
         self._consumed = (len(completed), completed[-1] if completed else None)
         for key, observation in unread:
             if key[1] in self._told:
@@ -338,8 +345,8 @@ class OptunaSampler(BaseAlgorithm):
             return None
         size = int(self.options.get("population_size", 50))
         self._completes += 1
-        return trial.create_trial(values=list(values), system_attrs={_GENERATION: (self._completes - 1) // size},
-                                  **told)
+        generation = {_GENERATION: (self._completes - 1) // size}
+        return trial.create_trial(values=list(values), system_attrs=generation, **told)
 
     def _as_told(self, params: Mapping[str, Any]) -> dict[str, Any]:
         """``params`` as the study is told them: the sampled dims, a choice as its index, a ``normal`` value
@@ -411,8 +418,9 @@ class OptunaSampler(BaseAlgorithm):
                 message names the sampler (and the dimension).
         """
         label = f"algorithm 'optuna' sampler {self.options['sampler']!r}"
-        try:
-            return self._suggest(completed, pending, n, seen)
+        try:  # objectives near 1e308 overflow Optuna's hypervolumes: numpy's warnings help no user
+            with np.errstate(over="ignore"):
+                return self._suggest(completed, pending, n, seen)
         except SpaceExhaustedError:
             raise
         except BaseException as err:  # noqa: BLE001 -- Ctrl-C too: a torn study must not outlive the call

@@ -24,7 +24,7 @@ _LISTABLE = 10**7
 
 
 def check_midpoints(space: Space, distributions: Mapping[str, Any]) -> None:
-    """Refuse a float dimension whose bounds' sum overflows: TPE centres its prior kernel at ``0.5 * (low + high)``.
+    """Refuse a float dimension whose bounds' sum overflows: TPE centres its prior at ``0.5 * (low + high)``.
 
     That sum is ``inf`` at ``uniform(1e307, 1.7e308)`` or ``normal(1e308, 1e300)``
     (bounds ``mu ± 4 sigma``), and Optuna's TPE then drew ``nan`` and refused it,
@@ -35,14 +35,15 @@ def check_midpoints(space: Space, distributions: Mapping[str, Any]) -> None:
         low, high = getattr(dist, "low", 0), getattr(dist, "high", 0)
         if isinstance(low, float) and not getattr(dist, "log", False) and not math.isfinite(low + high):
             raise ConfigurationError(
-                f"algorithm 'optuna' sampler 'TPESampler' cannot sample dimension {name!r} ({space[name]}): TPE "
-                f"centres its prior at (low + high) / 2, which overflows a float for bounds {low:.8g} and {high:.8g}; "
-                "shift the dimension nearer 0 (and add the offset back in the objective), or use another sampler "
-                "(RandomSampler, QMCSampler, CmaEsSampler, GPSampler) or algorithm")
+                f"algorithm 'optuna' sampler 'TPESampler' cannot sample dimension {name!r} "
+                f"({space[name]}): TPE centres its prior at (low + high) / 2, which overflows a float for "
+                f"bounds {low:.8g} and {high:.8g}; shift the dimension nearer 0 (and add the offset back in "
+                "the objective), or use another sampler (RandomSampler, QMCSampler, CmaEsSampler, GPSampler) "
+                "or algorithm")
 
 
 def check_listable(space: Space, distributions: Mapping[str, Any]) -> None:
-    """Refuse an integer dimension too wide for ``GPSampler``, which lists every value of it on each suggestion.
+    """Refuse an integer dimension too wide for ``GPSampler``: it lists every value of it on each suggestion.
 
     Measured with Optuna 5.1: about 22 bytes a value (``randint(0, 3e7)``: 1 GB per worker);
     ``randint(-9e15, 9e15)`` failed every worker with ``MemoryError``, and a range the machine
@@ -52,10 +53,10 @@ def check_listable(space: Space, distributions: Mapping[str, Any]) -> None:
         step = getattr(dist, "step", None)
         if isinstance(dist.low, int) and step and (dist.high - dist.low) // step + 1 > _LISTABLE:
             raise ConfigurationError(
-                f"algorithm 'optuna' sampler 'GPSampler' cannot sample dimension {name!r} ({space[name]}): it lists "
-                f"every value of an integer dimension on each suggestion (about 22 bytes a value), and this one has "
-                f"more than {_LISTABLE:,}; narrow it, use uniform(...) and round in the objective, or use another "
-                "sampler (TPESampler, CmaEsSampler) or algorithm")
+                f"algorithm 'optuna' sampler 'GPSampler' cannot sample dimension {name!r} "
+                f"({space[name]}): it lists every value of an integer dimension on each suggestion (about "
+                f"22 bytes a value), and this one has more than {_LISTABLE:,}; narrow it, use uniform(...) "
+                "and round in the objective, or use another sampler (TPESampler, CmaEsSampler) or algorithm")
 
 
 def check_types(options: Mapping[str, Any], signature: inspect.Signature) -> None:

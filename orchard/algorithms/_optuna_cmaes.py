@@ -42,7 +42,7 @@ __all__ = ["CmaEsState", "completion_key", "completion_order"]
 
 
 def completion_key(observation: Observation) -> tuple[float, str]:
-    """An observation's place in the completion order: recorded end time (unknown: last), then the params' hash."""
+    """An observation's place in the completion order: end time (unknown: last), then the params' hash."""
     end = observation.end_time if observation.end_time is not None else math.inf
     return end, params_hash(observation.params)
 
