@@ -169,10 +169,15 @@ def best_by_fidelity(trials: Iterable[Trial], fidelity: tuple[str, Fidelity] | N
 
 
 def format_rungs(rows: list[dict[str, Any]]) -> str:
-    """One line: ``1: 27 completed, 2 pending | 3: 9 completed (9 promoted) | …``."""
+    """One line: ``1: 27 completed, 2 pending | 3: 9 completed (9 promoted) | …``.
+
+    A float rung is shown to 12 significant digits: ``fidelity(0.1, 0.9)``'s middle rung is
+    ``0.1 * 3``, the float ``0.30000000000000004``, shown as ``0.3`` (the trials hold the float).
+    """
     parts = []
     for row in rows:
-        text = f"{row['fidelity']}: {row['completed']} completed"
+        rung = row["fidelity"]
+        text = f"{f'{rung:.12g}' if isinstance(rung, float) else rung}: {row['completed']} completed"
         text += "".join(f", {row[key]} {key}" for key in ("pruned", "pending", "broken") if row.get(key))
         parts.append(text + (f" ({row['promoted']} promoted)" if row["promoted"] else ""))
     return " | ".join(parts)

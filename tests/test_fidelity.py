@@ -842,3 +842,18 @@ def test_no_new_point_is_said_by_asha_counting_every_rung(sampler: str) -> None:
     said = rf"^algorithm 'asha' .* \({count} points completed or pending\)"
     with pytest.raises(SpaceExhaustedError, match=said):
         make_algorithm(exp.algorithm, exp.space, seed=1).suggest(history.observations, history.pending())
+
+
+def test_float_rungs_are_shown_without_float_noise(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """fidelity(0.1, 0.9)'s middle rung, 0.1 * 3, printed as "0.30000000000000004: 5 completed"."""
+    storage = str(tmp_path / "o.pkl")
+    exp = orchard.build_experiment("frac", space={"x": "uniform(0, 1)", "frac": "fidelity(0.1, 0.9, base=3)"},
+                                   algorithm={"asha": {"sampler": "random"}}, max_trials=15, storage=storage,
+                                   seed=1)
+    exp.workon(lambda x, frac: x / frac, n_workers=1, executor="single", progress=False)
+    assert 0.1 * 3 in {t.params["frac"] for t in exp.fetch_trials()}  # the trials hold the float
+    for command in ("status", "info"):
+        assert main([command, "-n", "frac", "--storage", storage]) == 0
+        line = next(ln for ln in capsys.readouterr().out.splitlines() if "rungs:" in ln)
+        assert "| 0.3: " in line and "0000" not in line, line
