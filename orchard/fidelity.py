@@ -12,7 +12,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any, ClassVar
 
 import numpy as np
@@ -20,7 +20,8 @@ import numpy as np
 from orchard.priors import Fail, Prior, Scalar, bounds, is_integral, is_number
 from orchard.trial import Trial, TrialStatus, finite_number
 
-__all__ = ["MAX_RUNGS", "Fidelity", "best_by_fidelity", "format_rungs", "rung_counts"]
+__all__ = ["MAX_RUNGS", "Fidelity", "best_by_fidelity", "best_key", "fidelity_param", "format_rungs",
+           "rung_counts"]
 
 #: The most rungs a fidelity may have (``low·base^k`` up to ``high``).
 MAX_RUNGS = 1000
@@ -165,6 +166,25 @@ def best_by_fidelity(trials: Iterable[Trial], fidelity: tuple[str, Fidelity] | N
         found = best(groups[value])
         if found is not None:
             return found
+    return None
+
+
+def best_key(trial: Trial, fidelity: str | None) -> tuple[float, float]:
+    """A completed trial's key (finite objective) in :func:`best_by_fidelity`'s order (lowest: best).
+
+    For views that keep their best incrementally (the dashboard, the progress bar): the highest
+    fidelity first (``fidelity``: the dimension's name, or ``None``), then the lowest objective.
+    """
+    value = None if fidelity is None else finite_number(trial.params.get(fidelity))
+    return math.inf if value is None else -value, trial.objective  # type: ignore[return-value]
+
+
+def fidelity_param(config: Mapping[str, Any]) -> str | None:
+    """The name of a stored configuration's ``fidelity(...)`` dimension (``None``: single-fidelity)."""
+    space = config.get("space") or {}
+    for name, prior in space.items():
+        if isinstance(prior, str) and prior.replace(" ", "").startswith("fidelity("):
+            return str(name)
     return None
 
 

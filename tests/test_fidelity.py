@@ -24,6 +24,7 @@ from orchard.dashboard._views import ExperimentView
 from orchard.errors import ConfigurationError, SpaceError, SpaceExhaustedError
 from orchard.fidelity import Fidelity
 from orchard.history import History
+from orchard.monitor import ProgressMonitor
 from orchard.space import Space, parse_prior
 from orchard.trial import TrialStatus
 
@@ -804,8 +805,8 @@ def test_a_new_point_of_the_default_asha_costs_well_under_100_ms_of_cpu_at_1000_
 def test_the_best_trial_is_at_the_highest_fidelity_that_has_a_result(
         tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """A constant objective under asha made a one-epoch trial the best (the oldest of the ties); a better
-    objective at a lower fidelity neither wins over a full-budget result, in best_trial, stats, status and the
-    dashboard."""
+    objective at a lower fidelity neither wins over a full-budget result, in best_trial, stats, status, the
+    dashboard and the progress bar."""
     uri = str(tmp_path / "orchard.pkl")
     exp = orchard.build_experiment("flat", space=SPACE, algorithm={"asha": {"sampler": "random"}},
                                    max_trials=20, storage=uri, seed=1)
@@ -822,6 +823,9 @@ def test_the_best_trial_is_at_the_highest_fidelity_that_has_a_result(
     view = ExperimentView(exp.storage, exp.storage.require_experiment("flat"))
     view.fold()
     assert experiment_summary(view)["best_trial"] == best.id  # the dashboard's
+    with ProgressMonitor(exp.storage, exp.id, "flat", 20, show_bar=True) as monitor:  # workon's progress bar
+        monitor._tick()
+        assert monitor._bar.postfix.startswith("best=1"), monitor._bar.postfix
     lower = orchard.build_experiment("lower", space=SPACE, storage=uri)  # no result at the top yet
     lower.insert({"x": 0.1, "epochs": 1}, objective=0.0)
     lower.insert({"x": 0.2, "epochs": 3}, objective=2.0)

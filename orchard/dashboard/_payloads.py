@@ -14,7 +14,8 @@ from collections.abc import Iterable
 from typing import Any
 
 from orchard.constraints import feasibility
-from orchard.dashboard._views import ExperimentView, fidelity_param
+from orchard.dashboard._views import ExperimentView
+from orchard.fidelity import fidelity_param
 from orchard.objectives import Shown, dominates
 from orchard.pareto import scored
 from orchard.plotting.curves import sampled

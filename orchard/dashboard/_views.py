@@ -33,11 +33,12 @@ from typing import Any, NamedTuple
 from orchard.constraints import feasibility
 from orchard.errors import ConfigurationError, ExperimentNotFoundError
 from orchard.experiment_config import ExperimentConfig
+from orchard.fidelity import best_key, fidelity_param
 from orchard.stopping import LEDGER_KEY, unreadable_ledger
 from orchard.storages.base import BaseStorage, ExperimentRecord
-from orchard.trial import Trial, TrialStatus, finite_number
+from orchard.trial import Trial, TrialStatus
 
-__all__ = ["ExperimentView", "HeartbeatSighting", "StorageView", "fidelity_param", "shown_config"]
+__all__ = ["ExperimentView", "HeartbeatSighting", "StorageView", "shown_config"]
 
 _CHECKED = ("objectives", "space", "constraints", "stop", "max_trials", "heartbeat")  # what the pages compute with
 _ANY_SPACE = {"x": "uniform(0, 1)"}  # stands for the space while another setting is checked
@@ -243,15 +244,10 @@ class ExperimentView:
         objective = trial.objective
         if trial.status is not TrialStatus.COMPLETED or objective is None or not math.isfinite(objective):
             return False
-        if self.best is not None and self._rank(trial) >= self._rank(self.best):
+        fidelity = fidelity_param(self.config)  # the highest fidelity first, as Experiment.best_trial ranks
+        if self.best is not None and best_key(trial, fidelity) >= best_key(self.best, fidelity):
             return False
         return feasibility(trial.results, self.config.get("constraints")).feasible  # as Experiment.best_trial
-
-    def _rank(self, trial: Trial) -> tuple[float, float]:
-        """The highest fidelity first, then the lowest objective, as :attr:`Experiment.best_trial` ranks."""
-        name = fidelity_param(self.config)
-        fidelity = None if name is None else finite_number(trial.params.get(name))
-        return math.inf if fidelity is None else -fidelity, trial.objective  # type: ignore[return-value]
 
     def _sight(self, trial: Trial, now: float, lower_bound: bool) -> None:
         if trial.status is not TrialStatus.RESERVED:
@@ -350,12 +346,3 @@ class StorageView:
 def _used(trial: Trial) -> int:
     """1 if ``trial`` used a unit of ``max_trials`` (completed or pruned, not recorded apart from it), else 0."""
     return int(trial.in_budget and trial.status in (TrialStatus.COMPLETED, TrialStatus.PRUNED))
-
-
-def fidelity_param(config: dict[str, Any]) -> str | None:
-    """The name of the space's ``fidelity(...)`` dimension, or ``None`` for a single-fidelity space."""
-    space = config.get("space") or {}
-    for name, prior in space.items():
-        if isinstance(prior, str) and prior.replace(" ", "").startswith("fidelity("):
-            return str(name)
-    return None
