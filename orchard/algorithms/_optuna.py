@@ -310,12 +310,13 @@ class OptunaSampler(BaseAlgorithm):
 
     def _sync_pending(self, pending: Sequence[Mapping[str, Any]], renumber: bool) -> None:
         """Tell the pending trials as ``RUNNING``, by hash, after every completed one (see :meth:`_sync`)."""
-        wanted = sorted((d, p) for d, p in ((params_hash(p), p) for p in pending) if d not in self._told)
+        hashed = sorted(((params_hash(p), p) for p in pending), key=lambda row: row[0])
+        wanted = {digest: point for digest, point in hashed if digest not in self._told}
         running = list(self._running)  # in the order told
-        if renumber or running != [d for d, _ in wanted[: len(running)]]:
+        if renumber or running != list(wanted)[: len(running)]:
             for digest in running:
                 self._retire(self._running.pop(digest))
-        for digest, point in wanted:
+        for digest, point in wanted.items():
             if digest not in self._running:
                 trial = self._optuna.trial.create_trial(
                     params=self._as_told(point),
