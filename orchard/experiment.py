@@ -26,6 +26,7 @@ from orchard.executors.capacity import workers_to_start
 from orchard.executors.fleet import Fleet
 from orchard.executors.task import WorkerTask, check_travels
 from orchard.experiment_config import ExperimentConfig
+from orchard.fidelity import best_by_fidelity
 from orchard.interruption import interruptible
 from orchard.joining import join_experiment, patiently
 from orchard.monitor import ProgressMonitor
@@ -435,7 +436,7 @@ class Experiment:
 
     @property
     def best_trial(self) -> Trial | None:
-        """The completed trial with the lowest objective, or ``None``.
+        """The completed trial with the lowest objective (at the highest fidelity that has one), or ``None``.
 
         Raises:
             ConfigurationError: the experiment has several objectives (use :meth:`pareto_front`).
@@ -445,9 +446,11 @@ class Experiment:
             raise ConfigurationError(
                 f"experiment {self.name!r} has several objectives ({', '.join(objectives)}), so no single "
                 "best trial; use exp.pareto_front() for the trials no other one beats on every objective")
-        if objectives is not None or self.settings.constraints:
-            return best_of(self.fetch_trials([TrialStatus.COMPLETED]), objectives, self.settings.constraints)
-        return self.storage.best_trial(self.id)
+        return self._best_of(self.fetch_trials([TrialStatus.COMPLETED]))
+
+    def _best_of(self, trials: list[Trial]) -> Trial | None:
+        s = self.settings
+        return best_by_fidelity(trials, s.space.fidelity, lambda t: best_of(t, s.objectives, s.constraints))
 
     def pareto_front(self) -> list[Trial]:
         """The feasible completed trials that no other feasible completed trial dominates, oldest first.
@@ -480,7 +483,7 @@ class Experiment:
         counts = {status.value: 0 for status in TrialStatus}
         for trial in trials:
             counts[trial.status.value] += 1
-        best = best_of(trials, self.settings.objectives, self.settings.constraints)
+        best = self._best_of(trials)
         starts = [t.submit_time for t in trials if t.submit_time]
         ends = [t.end_time for t in trials if t.end_time]
         elapsed = max(ends) - min(starts) if starts and ends else 0.0
@@ -497,4 +500,3 @@ class Experiment:
     def to_pandas(self) -> Any:
         """The trials as a ``pandas.DataFrame``, one row each (see :func:`orchard.dataframe.trials_frame`)."""
         return trials_frame(self.fetch_trials())
-

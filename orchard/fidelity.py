@@ -12,15 +12,16 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any, ClassVar
 
 import numpy as np
 
 from orchard.priors import Fail, Prior, Scalar, bounds, is_integral, is_number
-from orchard.trial import Trial, TrialStatus
+from orchard.trial import Trial, TrialStatus, finite_number
 
-__all__ = ["MAX_RUNGS", "Fidelity", "format_rungs", "rung_counts"]
+__all__ = ["MAX_RUNGS", "Fidelity", "best_by_fidelity", "best_key", "fidelity_param", "format_rungs",
+           "rung_counts"]
 
 #: The most rungs a fidelity may have (``low·base^k`` up to ``high``).
 MAX_RUNGS = 1000
@@ -146,11 +147,57 @@ def rung_counts(prior: Fidelity, name: str, trials: Iterable[Trial]) -> list[dic
     return rows
 
 
+def best_by_fidelity(trials: Iterable[Trial], fidelity: tuple[str, Fidelity] | None,
+                     best: Callable[[list[Trial]], Trial | None]) -> Trial | None:
+    """``best`` of the trials at the highest fidelity where it finds one (of all of them without ``fidelity``,
+    the space's ``(name, prior)``).
+
+    A result at a higher fidelity wins over any at a lower one, as Optuna's ``best_trial`` never
+    is a pruned trial: under ``asha`` a constant objective made a one-epoch trial the best (the
+    oldest of the ties). A trial whose fidelity is not a number (another program's write) ranks lowest.
+    """
+    if fidelity is None:
+        return best(list(trials))
+    groups: dict[float, list[Trial]] = {}
+    for trial in trials:
+        value = finite_number(trial.params.get(fidelity[0]))
+        groups.setdefault(-math.inf if value is None else value, []).append(trial)
+    for value in sorted(groups, reverse=True):
+        found = best(groups[value])
+        if found is not None:
+            return found
+    return None
+
+
+def best_key(trial: Trial, fidelity: str | None) -> tuple[float, float]:
+    """A completed trial's key (finite objective) in :func:`best_by_fidelity`'s order (lowest: best).
+
+    For views that keep their best incrementally (the dashboard, the progress bar): the highest
+    fidelity first (``fidelity``: the dimension's name, or ``None``), then the lowest objective.
+    """
+    value = None if fidelity is None else finite_number(trial.params.get(fidelity))
+    return math.inf if value is None else -value, trial.objective  # type: ignore[return-value]
+
+
+def fidelity_param(config: Mapping[str, Any]) -> str | None:
+    """The name of a stored configuration's ``fidelity(...)`` dimension (``None``: single-fidelity)."""
+    space = config.get("space") or {}
+    for name, prior in space.items():
+        if isinstance(prior, str) and prior.replace(" ", "").startswith("fidelity("):
+            return str(name)
+    return None
+
+
 def format_rungs(rows: list[dict[str, Any]]) -> str:
-    """One line: ``1: 27 completed, 2 pending | 3: 9 completed (9 promoted) | …``."""
+    """One line: ``1: 27 completed, 2 pending | 3: 9 completed (9 promoted) | …``.
+
+    A float rung is shown to 12 significant digits: ``fidelity(0.1, 0.9)``'s middle rung is
+    ``0.1 * 3``, the float ``0.30000000000000004``, shown as ``0.3`` (the trials hold the float).
+    """
     parts = []
     for row in rows:
-        text = f"{row['fidelity']}: {row['completed']} completed"
+        rung = row["fidelity"]
+        text = f"{f'{rung:.12g}' if isinstance(rung, float) else rung}: {row['completed']} completed"
         text += "".join(f", {row[key]} {key}" for key in ("pruned", "pending", "broken") if row.get(key))
         parts.append(text + (f" ({row['promoted']} promoted)" if row["promoted"] else ""))
     return " | ".join(parts)

@@ -189,8 +189,10 @@ class History:
             except (KeyError, TypeError, ValueError):  # recorded before the objectives were checked
                 values = None
         standing = feasibility(trial.results, self._constraints)
+        pruned = trial.status is TrialStatus.PRUNED
+        step = trial.reports[-1][0] if pruned and trial.reports else None
         return Observation(trial.params, objective, trial.end_time, values, standing.feasible, standing.violation,
-                           pruned=trial.status is TrialStatus.PRUNED)
+                           pruned=pruned, step=step)
 
     def pending(self, extra: list[dict[str, Any]] | None = None,
                 seen: SeenPoints | None = None) -> list[dict[str, Any]]:

@@ -26,6 +26,7 @@ from typing import Any
 from orchard.clock import SYSTEM_CLOCK, Clock
 from orchard.constraints import feasibility, normalize_constraints
 from orchard.errors import ConfigurationError, OrchardError
+from orchard.fidelity import best_key, fidelity_param
 from orchard.history import History
 from orchard.objectives import Shown
 from orchard.interruption import interrupt_main
@@ -87,7 +88,8 @@ class ProgressMonitor:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._watch, name="orchard-monitor", daemon=True)
         self._bar: Any = None
-        self._best: float | None = None  # stored (minimised); of the feasible completed trials, as best_trial
+        self._best: Trial | None = None  # of the feasible completed trials, as best_trial
+        self._fidelity: str | None = None  # the space's fidelity dimension: the best is at the highest one
         self._shown = Shown()  # how the bar shows it: the first declared objective, as returned
         self._constraints: Any = None  # the experiment's: a trial breaking them is never the best
         self.failure: Exception | None = None  # what a callback raised
@@ -97,7 +99,7 @@ class ProgressMonitor:
 
     def __enter__(self) -> ProgressMonitor:
         if self._active:
-            self._shown, self._constraints = _shown(self._storage, self._experiment_id)
+            self._shown, self._constraints, self._fidelity = _shown(self._storage, self._experiment_id)
             self._history.refresh()  # what is already finished is not news
             self._fold_best(self._history.trials.values())
             self._thread.start()
@@ -162,8 +164,10 @@ class ProgressMonitor:
         """Fold ``trials`` into the best: completed feasible ones only (not a pruned trial's last report)."""
         for trial in trials:
             if (trial.status is TrialStatus.COMPLETED and trial.objective is not None
-                    and feasibility(trial.results, self._constraints).feasible):
-                self._best = trial.objective if self._best is None else min(self._best, trial.objective)
+                    and feasibility(trial.results, self._constraints).feasible
+                    and (self._best is None
+                         or best_key(trial, self._fidelity) < best_key(self._best, self._fidelity))):
+                self._best = trial
 
     def _draw(self) -> None:
         from tqdm import tqdm
@@ -174,21 +178,23 @@ class ProgressMonitor:
         self._bar.n = counts[TrialStatus.COMPLETED] + counts[TrialStatus.PRUNED]
         pruned = {"pruned": counts[TrialStatus.PRUNED]} if counts[TrialStatus.PRUNED] else {}
         key = "best" if self._shown == Shown() else printable(f"best {self._shown.name}")  # stored by anyone
-        best = None if self._best is None else self._shown.value(self._best)
+        objective = None if self._best is None else self._best.objective
+        best = None if objective is None else self._shown.value(objective)
         self._bar.set_postfix({key: best, "running": counts[TrialStatus.RESERVED],
                                "broken": counts[TrialStatus.BROKEN], **pruned}, refresh=False)
         self._bar.refresh()
 
 
-def _shown(storage: BaseStorage, experiment_id: str) -> tuple[Shown, Any]:
+def _shown(storage: BaseStorage, experiment_id: str) -> tuple[Shown, Any, str | None]:
     """How the bar shows the best objective (``best acc=0.97`` for ``objectives={"acc": "max"}``, not -0.97),
-    and the constraints a trial meets to be best (``None`` where the stored ones do not read as such)."""
+    the constraints a trial meets to be best (``None`` where the stored ones do not read as such), and
+    the fidelity dimension (the best is at the highest fidelity, as ``best_trial``)."""
     try:
         config = storage.experiment(experiment_id).config
     except OrchardError:  # the refresh that follows says what the storage could not do
-        return Shown(), None
+        return Shown(), None, None
     try:
         constraints = normalize_constraints(config.get("constraints"))
     except ConfigurationError:  # another program's value: the workers refuse the experiment themselves
         constraints = None
-    return Shown.stored(config.get("objectives")), constraints
+    return Shown.stored(config.get("objectives")), constraints, fidelity_param(config)

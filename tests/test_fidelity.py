@@ -19,8 +19,12 @@ from orchard.algorithms import Asha, Hyperband, Observation, make_algorithm, nor
 from orchard.algorithms._hyperband import bracket_weights
 from orchard.algorithms._rungs import survives
 from orchard.cli import main
+from orchard.dashboard._payloads import experiment_summary
+from orchard.dashboard._views import ExperimentView
 from orchard.errors import ConfigurationError, SpaceError, SpaceExhaustedError
 from orchard.fidelity import Fidelity
+from orchard.history import History
+from orchard.monitor import ProgressMonitor
 from orchard.space import Space, parse_prior
 from orchard.trial import TrialStatus
 
@@ -796,3 +800,64 @@ def test_a_new_point_of_the_default_asha_costs_well_under_100_ms_of_cpu_at_1000_
             pending.append(params)
         costs.append(elapsed)
     assert statistics.median(costs) < 0.1
+
+
+def test_the_best_trial_is_at_the_highest_fidelity_that_has_a_result(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A constant objective under asha made a one-epoch trial the best (the oldest of the ties); a better
+    objective at a lower fidelity neither wins over a full-budget result, in best_trial, stats, status, the
+    dashboard and the progress bar."""
+    uri = str(tmp_path / "orchard.pkl")
+    exp = orchard.build_experiment("flat", space=SPACE, algorithm={"asha": {"sampler": "random"}},
+                                   max_trials=20, storage=uri, seed=1)
+    exp.workon(lambda x, epochs: 1.0, n_workers=1, executor="single", progress=False)
+    assert exp.best_trial is not None and exp.best_trial.params["epochs"] == 9
+    exp.insert({"x": 0.5, "epochs": 3}, objective=0.0)  # better, at a lower fidelity
+    best = exp.best_trial
+    assert best is not None and (best.params["epochs"], best.objective) == (9, 1.0)
+    assert (exp.stats["best_params"], exp.stats["best_objective"]) == (best.params, 1.0)
+    capsys.readouterr()
+    assert main(["status", "-n", "flat", "--storage", uri, "--json"]) == 0
+    status = json.loads(capsys.readouterr().out)
+    assert (status["best_trial"], status["best_params"]) == (best.id, best.params)
+    view = ExperimentView(exp.storage, exp.storage.require_experiment("flat"))
+    view.fold()
+    assert experiment_summary(view)["best_trial"] == best.id  # the dashboard's
+    with ProgressMonitor(exp.storage, exp.id, "flat", 20, show_bar=True) as monitor:  # workon's progress bar
+        monitor._tick()
+        assert monitor._bar.postfix.startswith("best=1"), monitor._bar.postfix
+    lower = orchard.build_experiment("lower", space=SPACE, storage=uri)  # no result at the top yet
+    lower.insert({"x": 0.1, "epochs": 1}, objective=0.0)
+    lower.insert({"x": 0.2, "epochs": 3}, objective=2.0)
+    assert lower.best_trial is not None and lower.best_trial.params == {"x": 0.2, "epochs": 3}
+
+
+@pytest.mark.parametrize("sampler", ["random", "bayes"])
+def test_no_new_point_is_said_by_asha_counting_every_rung(sampler: str) -> None:
+    """It was said by the sampler inside (algorithm 'random' ... 3 points), counting the configurations
+    at the top fidelity, of an experiment holding 5 trials."""
+    space = {"k": "choices([1, 2, 3])", "epochs": "fidelity(1, 9, base=3)"}
+    exp = orchard.build_experiment("few", space=space, algorithm={"asha": {"sampler": sampler}},
+                                   max_trials=40, storage="memory://", seed=1)
+    exp.workon(lambda k, epochs: float(k) / epochs, n_workers=1, executor="single", progress=False)
+    history = History(exp.storage, exp.id)
+    history.refresh()
+    count = len(exp.fetch_trials())
+    said = rf"^algorithm 'asha' .* \({count} points completed or pending\)"
+    with pytest.raises(SpaceExhaustedError, match=said):
+        make_algorithm(exp.algorithm, exp.space, seed=1).suggest(history.observations, history.pending())
+
+
+def test_float_rungs_are_shown_without_float_noise(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """fidelity(0.1, 0.9)'s middle rung, 0.1 * 3, printed as "0.30000000000000004: 5 completed"."""
+    storage = str(tmp_path / "o.pkl")
+    exp = orchard.build_experiment("frac", space={"x": "uniform(0, 1)", "frac": "fidelity(0.1, 0.9, base=3)"},
+                                   algorithm={"asha": {"sampler": "random"}}, max_trials=15, storage=storage,
+                                   seed=1)
+    exp.workon(lambda x, frac: x / frac, n_workers=1, executor="single", progress=False)
+    assert 0.1 * 3 in {t.params["frac"] for t in exp.fetch_trials()}  # the trials hold the float
+    for command in ("status", "info"):
+        assert main([command, "-n", "frac", "--storage", storage]) == 0
+        line = next(ln for ln in capsys.readouterr().out.splitlines() if "rungs:" in ln)
+        assert "| 0.3: " in line and "0000" not in line, line

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import time
+import warnings
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -14,7 +15,8 @@ import pytest
 import orchard
 from orchard.algorithms import make_algorithm
 from orchard.algorithms.base import Observation
-from orchard.space import Space
+from orchard.history import History
+from orchard.space import Space, params_hash
 from orchard.testing import races
 from orchard.testing.algorithms import check_algorithm_racing
 from orchard.trial import TrialStatus
@@ -174,7 +176,83 @@ def test_a_tpe_suggestion_is_optunas_own_ask_on_the_same_trials_and_seed() -> No
         study = optuna.create_study(sampler=optuna.samplers.TPESampler(seed=sampler_seed))
         study.add_trials([optuna.trial.create_trial(params=o.params, distributions=distributions, value=o.objective)
                           for o in completed])
-        for point in pending:  # other workers' trials: running
+        for point in sorted(pending, key=params_hash):  # other workers' trials: running, told by hash
             study.enqueue_trial(point)
             study.ask(distributions)
         assert study.ask(distributions).params == suggested
+
+
+def _train_pruned_early(x: float) -> float:
+    """A loss growing with training (x + step / 10): a pruned trial's early report beats every final one."""
+    for step in range(1, 11):
+        orchard.report(x + step / 10, step)
+        if orchard.should_prune():
+            raise orchard.TrialPruned()
+    return x + 1.0
+
+
+def test_pruned_trials_reach_tpe_as_optuna_records_them(tmp_path: Path) -> None:
+    """Pruned trials were told COMPLETE at their early report, so TPE ranked them among the finished ones;
+    Optuna's tell records them PRUNED with their last report, ranked after every completed trial."""
+    import optuna
+    from optuna.trial import TrialState
+
+    uri = str(tmp_path / "tpe.pkl")
+    exp = orchard.build_experiment("pruned", space={"x": "uniform(0, 1)"}, algorithm=TPE, pruner="median",
+                                   max_trials=30, storage=uri, seed=1)
+    exp.workon(_train_pruned_early, n_workers=1, executor="single", progress=False)
+    trials = exp.fetch_trials()
+    assert {t.status for t in trials} == {TrialStatus.COMPLETED, TrialStatus.PRUNED}
+    history = History(exp.storage, exp.id)
+    history.refresh()
+    algorithm = make_algorithm(TPE, exp.space, 5)
+    (suggested,) = algorithm.suggest(history.observations, [])
+    x = optuna.distributions.FloatDistribution(0.0, 1.0)
+    study = optuna.create_study(sampler=optuna.samplers.TPESampler(
+        seed=int(algorithm.rng(history.observations, []).integers(2**31 - 1))))
+    for trial in sorted(trials, key=lambda t: (t.end_time, t.id)):  # as Optuna's own workers would tell them
+        study.enqueue_trial(trial.params)
+        asked = study.ask({"x": x})
+        for step, value in trial.reports:
+            asked.report(value, step)
+        done = trial.status is TrialStatus.COMPLETED
+        study.tell(asked, trial.objective if done else None, state=None if done else TrialState.PRUNED)
+    assert study.ask({"x": x}).params == suggested
+
+
+@pytest.mark.parametrize("liar", [True, False])
+def test_a_tpe_suggestion_does_not_depend_on_the_order_the_history_arrived_in(liar: bool) -> None:
+    """TPE reads Optuna's trial numbers as the trials' age: told in the order given, the same trials in
+    another order (another worker's view, a completion seen late) gave another suggestion."""
+    space = Space.from_config(BRANIN)
+    rng = np.random.default_rng(7)
+    points = [space.sample(rng) for _ in range(40)]
+    completed = [Observation(p, branin(**p), end_time=float(i)) for i, p in enumerate(points[:36])]
+    pending = points[36:]
+    config = {"optuna": {"sampler": "TPESampler", "constant_liar": liar}}
+    for seed in range(3):
+        expected = make_algorithm(config, space, seed).suggest(completed, pending)
+        for order in range(3):
+            shuffled, racing = list(completed), list(pending)
+            np.random.default_rng(order).shuffle(shuffled)
+            np.random.default_rng(order).shuffle(racing)
+            assert make_algorithm(config, space, seed).suggest(shuffled, racing) == expected
+        worker = make_algorithm(config, space, seed)  # long-lived: the last completion arrives before another
+        worker.suggest(completed[:34] + [completed[35]], pending)
+        assert worker.suggest(completed[:34] + [completed[35], completed[34]], pending) == expected
+
+
+def test_objectives_near_the_float_limit_give_no_overflow_warning() -> None:
+    """Two objectives near ±1e308: TPE's hypervolumes overflowed and numpy's RuntimeWarnings (overflow in
+    reduce, subtract, multiply) reached the user's terminal on every suggestion."""
+    space = Space.from_config({"x": "uniform(-1, 1)", "y": "uniform(-1, 1)"})
+    rng = np.random.default_rng(1)
+    points = [space.sample(rng) for _ in range(30)]
+    values = [(p["x"] * 1.7e308, (p["y"] - p["x"]) * 8.5e307) for p in points]
+    completed = [Observation(p, v[0], end_time=float(i), values=v)
+                 for i, (p, v) in enumerate(zip(points, values, strict=True))]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)
+        for seed in range(3):
+            (suggested,) = make_algorithm(TPE, space, seed).suggest(completed, [])
+            assert space.validate(suggested) == suggested

@@ -257,8 +257,8 @@ class Asha(BaseAlgorithm):
                 params = None if self.stopping else self._closing_promotion(pending_keys, taken)
                 if params is None and suggestions:
                     break
-                if params is None:
-                    raise
+                if params is None:  # the sampler's error counts the points at the top fidelity only
+                    raise SpaceExhaustedError(self._exhausted_message(taken)) from None
             taken.add(params)
             suggestions.append(params)
         return suggestions

@@ -2,7 +2,8 @@
 
 Every worker keeps a private in-memory Optuna study that mirrors the shared
 history: completed trials are told as ``COMPLETE`` (with every objective when
-the experiment has several), pending ones as ``RUNNING`` (so samplers that look
+the experiment has several), pruned ones as ``PRUNED`` with their last report
+(as Optuna records them), pending ones as ``RUNNING`` (so samplers that look
 at running trials, such as TPE with ``constant_liar``, avoid them). The study
 lives in the worker process only; a fresh worker rebuilds the same study from
 the storage.
@@ -40,19 +41,23 @@ discrete=True)``
 =====================  =================================================
 
 Each sampler is seeded per call from ``(seed, completed, pending)`` like every
-Orchard algorithm, so the same history gives the same suggestion.
+Orchard algorithm, so the same history gives the same suggestion, in whatever order it
+is given: the study is told the completed trials in completion order, then the pending ones by
+hash (TPE reads trial numbers as age), and starts again when a late arrival breaks that order.
 """
 
 from __future__ import annotations
 
 import importlib
 import inspect
-import math
 import warnings
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, ClassVar
 
-from orchard.algorithms._optuna_cmaes import CmaEsState, completion_order
+import numpy as np
+
+from orchard.algorithms._optuna_checks import check_listable, check_midpoints, check_types
+from orchard.algorithms._optuna_cmaes import CmaEsState, completion_key
 from orchard.algorithms.base import BaseAlgorithm, Observation, SeenPoints
 from orchard.errors import (
     AlgorithmError,
@@ -79,17 +84,17 @@ INCREMENTAL = ("TPESampler", "RandomSampler")
 _REFUSED = {"CmaEsSampler": {"with_margin": "its margin state lives in trial attributes Orchard does not store",
                              "source_trials": "Optuna trials cannot be given; the sampler learns from the experiment's history"},
             "NSGAIISampler": {"constraints_func": "declare the experiment's constraints instead"}}
-#: Words of Optuna's annotations naming a Python object (only a ``memory://`` storage keeps one).
-_OBJECT_TYPES = ("Callable", "BaseSampler", "BaseMutation", "BaseCrossover", "FrozenTrial")
 #: The largest integer bound Optuna samples exactly (its integers go through floats).
 _EXACT_INTS = 2**53
 #: Bounds of a violation told to Optuna: an infeasible trial's is positive, and finite (a missing metric is ``inf``).
 _TINY_VIOLATION, _HUGE_VIOLATION = 1e-12, 1e300
-#: The most values of an integer dimension ``GPSampler`` is given (it lists them all: ~220 MB at this count).
-_LISTABLE = 10**7
 #: What to do when one of Optuna's samplers fails inside the adapter.
 _REPORT_IT = ("choose another sampler or algorithm, and report it with the experiment's history "
               "(orchard db dump)")
+#: Retired (``FAIL``) trials a study may hold beyond four per completed trial before it is rebuilt.
+_RETIRED_LIMIT = 1000
+#: The system attribute of NSGA-II's generation number.
+_GENERATION = "NSGAIISampler:generation"
 #: Optuna's suggestion retries before a duplicate is replaced by a random unseen point.
 _RETRIES = 3
 
@@ -133,66 +138,6 @@ def _integers(dists: Any, name: str, prior: Prior, low: int, high: int) -> Any:
     return dists.IntDistribution(low, high)
 
 
-def _check_midpoints(space: Space, distributions: Mapping[str, Any]) -> None:
-    """Refuse a float dimension whose bounds' sum overflows: TPE centres its prior kernel at ``0.5 * (low + high)``.
-
-    That sum is ``inf`` at ``uniform(1e307, 1.7e308)`` or ``normal(1e308, 1e300)``
-    (bounds ``mu ± 4 sigma``), and Optuna's TPE then drew ``nan`` and refused it,
-    failing every worker once its startup trials were done. Optuna's other samplers
-    run such spaces (measured with Optuna 5.1).
-    """
-    for name, dist in distributions.items():
-        low, high = getattr(dist, "low", 0), getattr(dist, "high", 0)
-        if isinstance(low, float) and not getattr(dist, "log", False) and not math.isfinite(low + high):
-            raise ConfigurationError(
-                f"algorithm 'optuna' sampler 'TPESampler' cannot sample dimension {name!r} ({space[name]}): TPE "
-                f"centres its prior at (low + high) / 2, which overflows a float for bounds {low:.8g} and {high:.8g}; "
-                "shift the dimension nearer 0 (and add the offset back in the objective), or use another sampler "
-                "(RandomSampler, QMCSampler, CmaEsSampler, GPSampler) or algorithm")
-
-
-def _check_listable(space: Space, distributions: Mapping[str, Any]) -> None:
-    """Refuse an integer dimension too wide for ``GPSampler``, which lists every value of it on each suggestion.
-
-    Measured with Optuna 5.1: about 22 bytes a value (``randint(0, 3e7)``: 1 GB per worker);
-    ``randint(-9e15, 9e15)`` failed every worker with ``MemoryError``, and a range the machine
-    could just allocate would have had the kernel kill workers for memory.
-    """
-    for name, dist in distributions.items():
-        step = getattr(dist, "step", None)
-        if isinstance(dist.low, int) and step and (dist.high - dist.low) // step + 1 > _LISTABLE:
-            raise ConfigurationError(
-                f"algorithm 'optuna' sampler 'GPSampler' cannot sample dimension {name!r} ({space[name]}): it lists "
-                f"every value of an integer dimension on each suggestion (about 22 bytes a value), and this one has "
-                f"more than {_LISTABLE:,}; narrow it, use uniform(...) and round in the objective, or use another "
-                "sampler (TPESampler, CmaEsSampler) or algorithm")
-
-
-def _check_types(options: Mapping[str, Any], signature: inspect.Signature) -> None:
-    """Refuse what the sampler's constructor takes but its suggestions fail on, in every worker.
-
-    ``NSGAIISampler(population_size=20.0)`` is built, then slices its generations with the float
-    once the first one is complete; a switch given as a text (``multivariate: "false"``) was taken
-    as true; an option taking a Python object (``independent_sampler``,
-    ``elite_population_selection_strategy``) was given a string, which the sampler called.
-    Optuna's annotations say which is which. Checked when the sampler is built for a space (the
-    experiment created, a worker started), not when a stored configuration is read: an experiment
-    stored with such an option still shows its trials.
-    """
-    for option, value in options.items():
-        parameter = signature.parameters.get(option)
-        annotation = "" if parameter is None else str(parameter.annotation)
-        where = f"algorithm 'optuna' sampler {options['sampler']!r} option {option!r}"
-        plain = isinstance(value, (str, int, float, list, dict))
-        if plain and any(word in annotation for word in _OBJECT_TYPES):
-            raise ConfigurationError(f"{where} takes a Python object ({annotation}), not {shown(value)}; "
-                                     "leave it unset (only a memory:// storage keeps an object)")
-        if annotation in ("int", "int | None") and value is not None and type(value) is not int:
-            raise ConfigurationError(f"{where} must be an integer, got {shown(value)}")
-        if annotation in ("bool", "bool | None") and value is not None and type(value) is not bool:  # "false"
-            raise ConfigurationError(f"{where} must be true or false, got {shown(value)}")
-
-
 def _build_once(sampler: str, kwargs: Mapping[str, Any]) -> None:
     """Build ``sampler`` with ``kwargs`` once, so a value it refuses is refused with the experiment.
 
@@ -231,6 +176,11 @@ def _violation(observation: Observation) -> float:
     experiment's constraints were silently ignored by the search.
     """
     return 0.0 if observation.feasible else min(max(observation.violation, _TINY_VIOLATION), _HUGE_VIOLATION)
+
+
+def _keyed(completed: Sequence[Observation]) -> list[tuple[tuple[float, str], Observation]]:
+    """``completed`` in completion order, each with its :func:`completion_key`."""
+    return sorted(((completion_key(o), o) for o in completed), key=lambda row: row[0])
 
 
 def _one_objective_only(several: int) -> ConfigurationError:
@@ -293,16 +243,16 @@ class OptunaSampler(BaseAlgorithm):
     def __init__(self, space: Space, seed: int | None = None, **options: Any) -> None:
         super().__init__(space, seed, **options)
         self._optuna = _optuna()
-        _check_types(self.options, inspect.signature(getattr(self._optuna.samplers, self.options["sampler"])))
+        check_types(self.options, inspect.signature(getattr(self._optuna.samplers, self.options["sampler"])))
         fidelity = space.fidelity
         self._fixed: dict[str, Any] = {fidelity[0]: fidelity[1].high} if fidelity else {}
         self._distributions = {
             name: _distribution(self._optuna, name, prior) for name, prior in space.items() if name not in self._fixed
         }
         if self.options["sampler"] == "TPESampler":
-            _check_midpoints(space, self._distributions)
+            check_midpoints(space, self._distributions)
         if self.options["sampler"] == "GPSampler":
-            _check_listable(space, self._distributions)
+            check_listable(space, self._distributions)
         self._kwargs = {k: v for k, v in self.options.items() if k != "sampler"}
         self._cmaes = (CmaEsState(self._optuna, self._distributions, self._kwargs)
                        if self.options["sampler"] == "CmaEsSampler" else None)
@@ -312,8 +262,11 @@ class OptunaSampler(BaseAlgorithm):
     def _reset(self) -> None:
         self._study = self._optuna.create_study(directions=["minimize"] * self._n_objectives)
         self._told: set[str] = set()
+        self._completes = 0  # completed trials told (NSGA-II's generations)
         self._consumed: tuple[int, Observation | None] = (0, None)  # how far the completed list was read
-        self._running: dict[str, int] = {}
+        self._running: dict[str, int] = {}  # the pending trials told, by digest, in the order told
+        self._last: tuple[float, str] | None = None  # the completion key of the last completed trial told
+        self._retired = 0  # trials of the study told FAIL
 
     def _sampler(self, completed: Sequence[Observation], pending: Sequence[Any]) -> Any:
         seed = int(self.rng(completed, pending).integers(2**31 - 1))
@@ -327,34 +280,74 @@ class OptunaSampler(BaseAlgorithm):
         return count <= len(completed) and (count == 0 or completed[count - 1] is last)
 
     def _sync(self, completed: Sequence[Observation], pending: Sequence[Mapping[str, Any]]) -> None:
-        """Bring the private study up to date: new completed trials, the current pending ones."""
-        optuna = self._optuna
-        unread = completed[self._consumed[0]:]
+        """Bring the private study up to date: new completed trials, the current pending ones.
+
+        The study is told the completed trials in completion order (end time, then the params'
+        hash), then the pending ones by hash, so its trial numbers, which TPE reads as the trials'
+        age (it weighs the older ones down and picks kernels by position), are the same whatever
+        order a worker saw the history in: two workers, or a long-lived and a fresh one, given the
+        same trials in different orders suggested different points. New trials that sort before
+        one already told (a completion seen late) or pending ones that come after a new completion
+        make the study start again from the whole history; so does a study holding many retired
+        trials (the ones asked and the pending ones no longer pending, told ``FAIL``).
+        """
+        unread = _keyed(completed[self._consumed[0]:])
+        stale = self._retired > _RETIRED_LIMIT + 4 * len(self._told)
+        if stale or (unread and self._last is not None and unread[0][0] < self._last):
+            self._reset()
+            unread = _keyed(completed)
         self._consumed = (len(completed), completed[-1] if completed else None)
-        if self.options["sampler"] == "NSGAIISampler":
-            unread = completion_order(unread)
-        generation_key, size = "NSGAIISampler:generation", int(self.options.get("population_size", 50))
-        for observation in unread:
-            digest = params_hash(observation.params)
-            if digest in self._told:
+        for key, observation in unread:
+            if key[1] in self._told:
                 continue
-            values = observation.values if self._n_objectives > 1 else (observation.objective,)
-            if values is None:  # a pruned trial has no objective vector
-                continue
-            attrs = {generation_key: len(self._told) // size}
-            self._told.add(digest)
-            self._study.add_trial(optuna.trial.create_trial(
-                params=self._as_told(observation.params), distributions=self._distributions,
-                values=list(values), system_attrs=attrs, constraints={"violation": _violation(observation)}))
-        wanted = {params_hash(p): p for p in pending}
-        for digest in [d for d in self._running if d not in wanted]:
-            self._retire(self._running.pop(digest))
+            frozen = self._frozen(observation)
+            if frozen is not None:
+                self._told.add(key[1])
+                self._study.add_trial(frozen)
+        if unread:
+            self._last = unread[-1][0]
+        self._sync_pending(pending, renumber=bool(unread))
+
+    def _sync_pending(self, pending: Sequence[Mapping[str, Any]], renumber: bool) -> None:
+        """Tell the pending trials as ``RUNNING``, by hash, after every completed one (see :meth:`_sync`)."""
+        hashed = sorted(((params_hash(p), p) for p in pending), key=lambda row: row[0])
+        wanted = {digest: point for digest, point in hashed if digest not in self._told}
+        running = list(self._running)  # in the order told
+        if renumber or running != list(wanted)[: len(running)]:
+            for digest in running:
+                self._retire(self._running.pop(digest))
         for digest, point in wanted.items():
-            if digest not in self._running and digest not in self._told:
-                trial = optuna.trial.create_trial(
+            if digest not in self._running:
+                trial = self._optuna.trial.create_trial(
                     params=self._as_told(point),
-                    distributions=self._distributions, state=optuna.trial.TrialState.RUNNING)
-                self._running[digest] = self._study._storage.create_new_trial(self._study._study_id, template_trial=trial)
+                    distributions=self._distributions, state=self._optuna.trial.TrialState.RUNNING)
+                self._running[digest] = self._study._storage.create_new_trial(self._study._study_id,
+                                                                              template_trial=trial)
+
+    def _frozen(self, observation: Observation) -> Any:
+        """The Optuna trial ``observation`` is told as, or ``None`` (a pruned trial of several objectives).
+
+        A pruned trial is told ``PRUNED`` as Optuna records one: its last report as its value and
+        intermediate value. It was told ``COMPLETE`` at its early report: TPE ranked it among the
+        finished trials, where Optuna ranks pruned trials after them, by the step they reached.
+        Optuna prunes one-objective studies only. NSGA-II's generation numbers count the completed
+        trials, the only ones its generations hold.
+        """
+        trial = self._optuna.trial
+        told = {"params": self._as_told(observation.params), "distributions": self._distributions,
+                "constraints": {"violation": _violation(observation)}}
+        if observation.pruned:
+            step = 0 if observation.step is None else observation.step
+            return None if self._n_objectives > 1 else trial.create_trial(
+                state=trial.TrialState.PRUNED, value=observation.objective,
+                intermediate_values={step: observation.objective}, **told)
+        values = observation.values if self._n_objectives > 1 else (observation.objective,)
+        if values is None:
+            return None
+        size = int(self.options.get("population_size", 50))
+        self._completes += 1
+        generation = {_GENERATION: (self._completes - 1) // size}
+        return trial.create_trial(values=list(values), system_attrs=generation, **told)
 
     def _as_told(self, params: Mapping[str, Any]) -> dict[str, Any]:
         """``params`` as the study is told them: the sampled dims, a choice as its index, a ``normal`` value
@@ -368,6 +361,7 @@ class OptunaSampler(BaseAlgorithm):
 
     def _retire(self, trial_id: int) -> None:
         self._study._storage.set_trial_state_values(trial_id, self._optuna.trial.TrialState.FAIL)
+        self._retired += 1
 
     def _study_drawer(self, completed: Sequence[Observation], pending: Sequence[Mapping[str, Any]],
                       asked: list[int]) -> Callable[[], dict[str, Any]]:
@@ -425,8 +419,9 @@ class OptunaSampler(BaseAlgorithm):
                 message names the sampler (and the dimension).
         """
         label = f"algorithm 'optuna' sampler {self.options['sampler']!r}"
-        try:
-            return self._suggest(completed, pending, n, seen)
+        try:  # objectives near 1e308 overflow Optuna's hypervolumes: numpy's warnings help no user
+            with np.errstate(over="ignore"):
+                return self._suggest(completed, pending, n, seen)
         except SpaceExhaustedError:
             raise
         except BaseException as err:  # noqa: BLE001 -- Ctrl-C too: a torn study must not outlive the call

@@ -38,16 +38,18 @@ import numpy as np
 from orchard.algorithms.base import Observation
 from orchard.space import params_hash
 
-__all__ = ["CmaEsState", "completion_order"]
+__all__ = ["CmaEsState", "completion_key", "completion_order"]
+
+
+def completion_key(observation: Observation) -> tuple[float, str]:
+    """An observation's place in the completion order: end time (unknown: last), then the params' hash."""
+    end = observation.end_time if observation.end_time is not None else math.inf
+    return end, params_hash(observation.params)
 
 
 def completion_order(completed: Sequence[Observation]) -> list[Observation]:
     """The observations by recorded end time (unknown last), ties broken by the params' hash."""
-    def key(observation: Observation) -> tuple[float, str]:
-        end = observation.end_time if observation.end_time is not None else math.inf
-        return end, params_hash(observation.params)
-
-    return sorted(completed, key=key)
+    return sorted(completed, key=completion_key)
 
 
 class CmaEsState:

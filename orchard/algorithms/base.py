@@ -53,7 +53,8 @@ class Observation:
     pruned trial). ``feasible`` says whether the experiment's constraints hold;
     ``violation`` is by how much they are broken in total (``0.0``: feasible).
     ``pruned`` says a pruner stopped the trial: ``objective`` is then its last
-    reported value, evidence for a model but no result at its fidelity.
+    reported value, evidence for a model but no result at its fidelity, and ``step``
+    the step of that report (``None``: unknown).
     """
 
     params: dict[str, Any]
@@ -63,6 +64,7 @@ class Observation:
     feasible: bool = True
     violation: float = 0.0
     pruned: bool = False
+    step: int | None = None
 
 
 class SeenPoints:

@@ -15,6 +15,7 @@ from typing import Any
 
 from orchard.constraints import feasibility
 from orchard.dashboard._views import ExperimentView
+from orchard.fidelity import fidelity_param
 from orchard.objectives import Shown, dominates
 from orchard.pareto import scored
 from orchard.plotting.curves import sampled
@@ -45,15 +46,6 @@ def devices_of(trial: Trial) -> list[str]:
         return []
     devices = recorded_devices(trial.worker)
     return [d for d in str(devices).split(",") if d] if devices else []
-
-
-def fidelity_param(config: dict[str, Any]) -> str | None:
-    """The name of the space's ``fidelity(...)`` dimension, or ``None`` for a single-fidelity space."""
-    space = config.get("space") or {}
-    for name, prior in space.items():
-        if isinstance(prior, str) and prior.replace(" ", "").startswith("fidelity("):
-            return str(name)
-    return None
 
 
 def algorithm_name(config: dict[str, Any]) -> str:

@@ -33,6 +33,7 @@ from typing import Any, NamedTuple
 from orchard.constraints import feasibility
 from orchard.errors import ConfigurationError, ExperimentNotFoundError
 from orchard.experiment_config import ExperimentConfig
+from orchard.fidelity import best_key, fidelity_param
 from orchard.stopping import LEDGER_KEY, unreadable_ledger
 from orchard.storages.base import BaseStorage, ExperimentRecord
 from orchard.trial import Trial, TrialStatus
@@ -97,7 +98,7 @@ class ExperimentView:
         numbers: each trial's rank in that order (1 for the first seen), stable across folds.
         counts: how many trials are in each status.
         done: how many trials used a unit of ``max_trials`` (completed or pruned, not recorded apart).
-        best: the completed trial with the lowest finite objective, or ``None``.
+        best: the completed trial with the lowest finite objective (at the highest fidelity), or ``None``.
         reserved: the reserved trials, by id.
 
     The aggregates are updated by each fold from what changed, so reading them
@@ -243,7 +244,8 @@ class ExperimentView:
         objective = trial.objective
         if trial.status is not TrialStatus.COMPLETED or objective is None or not math.isfinite(objective):
             return False
-        if self.best is not None and objective >= self.best.objective:  # type: ignore[operator]
+        fidelity = fidelity_param(self.config)  # the highest fidelity first, as Experiment.best_trial ranks
+        if self.best is not None and best_key(trial, fidelity) >= best_key(self.best, fidelity):
             return False
         return feasibility(trial.results, self.config.get("constraints")).feasible  # as Experiment.best_trial
 
