@@ -489,10 +489,8 @@ class Experiment:
         elapsed = max(ends) - min(starts) if starts and ends else 0.0
         return {
             "name": self.name, "counts": counts,
-            "best_objective": best.objective if best else None,
-            "best_params": dict(best.params) if best else None,
-            "elapsed": elapsed,
-            "trials_per_second": counts["completed"] / elapsed if elapsed > 0 else 0.0,
+            "best_objective": best.objective if best else None, "best_params": dict(best.params) if best else None,
+            "elapsed": elapsed, "trials_per_second": counts["completed"] / elapsed if elapsed > 0 else 0.0,
             "max_trials": self.max_trials, "stop": stop_summary(self.storage.experiment(self.id).config),
             "inserted_apart": sum(not t.in_budget for t in trials if t.status is TrialStatus.COMPLETED),
         }
