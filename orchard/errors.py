@@ -345,13 +345,37 @@ class ExecutorError(OrchardError):
                    "run workon again to go on")
 
     @classmethod
-    def workerless(cls, experiment: str | None, scheduler: str, timeout: float) -> ExecutorError:
-        """Every Dask worker left the scheduler, and none joined within ``worker_timeout``."""
+    def workerless(cls, experiment: str | None, scheduler: str, timeout: float,
+                   resources: Mapping[str, float] | None = None) -> ExecutorError:
+        """Every Dask worker (offering ``resources``, if given) left the scheduler, and none joined within
+        ``worker_timeout``."""
+        if resources:
+            return cls(f"the Dask scheduler {scheduler} has had no worker offering the resources "
+                       f"{dict(resources)} that executor_config asks each worker loop for, for {timeout:g} "
+                       f"s, so the worker loops of experiment {experiment!r} cannot run (every worker "
+                       "offering them died, retired or reached its walltime; its other workers cannot run "
+                       "them); their trials are taken back once their leases run out. Start workers with "
+                       f"`dask worker ADDRESS --resources {_flag(resources)}` and run workon again, or raise "
+                       "executor_config={'worker_timeout': SECONDS}")
         return cls(f"the Dask scheduler {scheduler} has had no worker for {timeout:g} s, so the worker loops "
                    f"of experiment {experiment!r} cannot run (every worker died or reached its walltime); "
                    "their trials are taken back once their leases run out. Start workers (dask worker "
                    "ADDRESS, or cluster.scale(N)) and run workon again, or raise "
                    "executor_config={'worker_timeout': SECONDS}")
+
+    @classmethod
+    def unoffered(cls, scheduler: str, resources: Mapping[str, float], timeout: float,
+                  offers: str) -> ExecutorError:
+        """No worker of the Dask scheduler offered ``resources`` within ``worker_timeout`` of the start."""
+        return cls(f"no Dask worker of the scheduler {scheduler} offers the resources {dict(resources)} that "
+                   f"executor_config asks each worker loop for, within {timeout:g} s (its workers offer "
+                   f"{offers}); start workers with `dask worker ... --resources {_flag(resources)}`, or drop "
+                   "'resources' from executor_config")
+
+
+def _flag(resources: Mapping[str, float]) -> str:
+    """``resources`` as ``dask worker --resources`` takes them (``GPU=1,MEMORY=2e+09``)."""
+    return ",".join(f"{key}={need:g}" for key, need in resources.items())
 
 
 class Interrupted(KeyboardInterrupt):

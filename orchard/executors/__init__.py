@@ -42,7 +42,7 @@ from typing import Any
 
 from orchard.errors import ConfigurationError, ExecutorError, OrchardError
 from orchard.executors.capacity import check_capacity, check_n_workers, counted_as
-from orchard.executors.remote import worker_timeout
+from orchard.executors.remote import offering, worker_timeout
 from orchard.forks import end_children_at_exit, outlive_threads_at_exit
 from orchard.interruption import deferred, pool_handlers
 
@@ -296,17 +296,12 @@ def _wait_for_resources(client: Any, resources: dict[str, float], timeout: float
     deadline = time.monotonic() + timeout
     while True:
         workers = client.scheduler_info(n_workers=-1).get("workers", {})
-        seen = [dict(worker.get("resources") or {}) for worker in workers.values()]
-        if any(all(has.get(k, 0) >= v for k, v in resources.items()) for has in seen):
+        if offering(workers, resources):
             return
         if time.monotonic() >= deadline:
+            seen = [dict(worker.get("resources") or {}) for worker in workers.values()]
             offers = ", ".join(sorted({str(has) for has in seen if has})) or "none"
-            needs = ",".join(f"{k}={v:g}" for k, v in resources.items())
-            raise ExecutorError(
-                f"no Dask worker of the scheduler {client.scheduler.address} offers the resources "
-                f"{resources} that executor_config asks each worker loop for, within {timeout:g} s "
-                f"(its workers offer {offers}); start workers with `dask worker ... --resources {needs}`, "
-                "or drop 'resources' from executor_config")
+            raise ExecutorError.unoffered(client.scheduler.address, resources, timeout, offers)
         time.sleep(0.5)
 
 
