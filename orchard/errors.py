@@ -66,18 +66,22 @@ __all__ = [
 ]
 
 
-def meant(given: object, valid: Iterable[str]) -> str | None:
-    """The one of ``valid`` that ``given`` likely mistypes (``bayse``: ``bayes``; ``--Json``: ``--json``)."""
-    if not isinstance(given, str):
-        return None
+def near_names(given: str, valid: Iterable[str], n: int = 1, cutoff: float = 0.75) -> list[str]:
+    """The names of ``valid`` that ``given`` likely mistypes: each one equal to it but for case, else the
+    ``n`` closest whose likeness (``difflib``'s ratio, 0 to 1) reaches ``cutoff``, closest first."""
     choices = list(valid)
-    folded = {choice.lower(): choice for choice in choices}
-    if given.lower() in folded:
-        return folded[given.lower()]
+    same = [choice for choice in choices if choice.lower() == given.lower()]
+    if same:
+        return same
     import difflib
 
-    close = difflib.get_close_matches(given, choices, n=1, cutoff=0.75)
-    return close[0] if close else None
+    return difflib.get_close_matches(given, choices, n=n, cutoff=cutoff)
+
+
+def meant(given: object, valid: Iterable[str], cutoff: float = 0.75) -> str | None:
+    """The one of ``valid`` that ``given`` likely mistypes (``bayse``: ``bayes``; ``--Json``: ``--json``)."""
+    near = near_names(given, valid, cutoff=cutoff) if isinstance(given, str) else []
+    return near[0] if near else None
 
 
 def did_you_mean(given: object, valid: Iterable[str]) -> str:

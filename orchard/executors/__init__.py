@@ -27,7 +27,6 @@ is used as it is and left open.
 from __future__ import annotations
 
 import contextlib
-import errno
 import importlib.util
 import multiprocessing
 import os
@@ -45,6 +44,7 @@ from orchard.executors.capacity import check_capacity, check_n_workers, counted_
 from orchard.executors.remote import offering, worker_timeout
 from orchard.forks import end_children_at_exit, outlive_threads_at_exit
 from orchard.interruption import deferred, pool_handlers
+from orchard.resources import OUT_OF_FILES
 
 __all__ = ["EXECUTORS", "InlineExecutor", "is_dask_client", "make_executor", "outlasts_workon",
            "reaches_local_processes", "shares_environment"]
@@ -410,7 +410,7 @@ def _translated(manager: contextlib.AbstractContextManager[Executor], name: str)
 
 
 def _out_of_files(err: BaseException | None) -> bool:
-    return isinstance(err, OSError) and err.errno in (errno.EMFILE, errno.ENFILE)
+    return isinstance(err, OSError) and err.errno in OUT_OF_FILES
 
 
 def _described(err: BaseException) -> str:
