@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import difflib
 import logging
 import os
 import stat
@@ -271,8 +270,8 @@ def unknown_variables(environ: Mapping[str, str]) -> list[str]:
                             f"{variable.upper()}?")
         elif suffix in _NOT_VARIABLES:
             problems.append(f"{variable} sets nothing: {_NOT_VARIABLES[suffix]}")
-        elif close := difflib.get_close_matches(variable.upper(), list(valid), n=1, cutoff=0.85):
-            problems.append(f"{variable} sets nothing: did you mean {close[0]}?")
+        elif close := meant(variable.upper(), valid, cutoff=0.85):
+            problems.append(f"{variable} sets nothing: did you mean {close}?")
     return problems
 
 

@@ -66,18 +66,22 @@ __all__ = [
 ]
 
 
-def meant(given: object, valid: Iterable[str]) -> str | None:
-    """The one of ``valid`` that ``given`` likely mistypes (``bayse``: ``bayes``; ``--Json``: ``--json``)."""
-    if not isinstance(given, str):
-        return None
+def near_names(given: str, valid: Iterable[str], n: int = 1, cutoff: float = 0.75) -> list[str]:
+    """The names of ``valid`` that ``given`` likely mistypes: each one equal to it but for case, else the
+    ``n`` closest whose likeness (``difflib``'s ratio, 0 to 1) reaches ``cutoff``, closest first."""
     choices = list(valid)
-    folded = {choice.lower(): choice for choice in choices}
-    if given.lower() in folded:
-        return folded[given.lower()]
+    same = [choice for choice in choices if choice.lower() == given.lower()]
+    if same:
+        return same
     import difflib
 
-    close = difflib.get_close_matches(given, choices, n=1, cutoff=0.75)
-    return close[0] if close else None
+    return difflib.get_close_matches(given, choices, n=n, cutoff=cutoff)
+
+
+def meant(given: object, valid: Iterable[str], cutoff: float = 0.75) -> str | None:
+    """The one of ``valid`` that ``given`` likely mistypes (``bayse``: ``bayes``; ``--Json``: ``--json``)."""
+    near = near_names(given, valid, cutoff=cutoff) if isinstance(given, str) else []
+    return near[0] if near else None
 
 
 def did_you_mean(given: object, valid: Iterable[str]) -> str:
@@ -345,13 +349,37 @@ class ExecutorError(OrchardError):
                    "run workon again to go on")
 
     @classmethod
-    def workerless(cls, experiment: str | None, scheduler: str, timeout: float) -> ExecutorError:
-        """Every Dask worker left the scheduler, and none joined within ``worker_timeout``."""
+    def workerless(cls, experiment: str | None, scheduler: str, timeout: float,
+                   resources: Mapping[str, float] | None = None) -> ExecutorError:
+        """Every Dask worker (offering ``resources``, if given) left the scheduler, and none joined within
+        ``worker_timeout``."""
+        if resources:
+            return cls(f"the Dask scheduler {scheduler} has had no worker offering the resources "
+                       f"{dict(resources)} that executor_config asks each worker loop for, for {timeout:g} "
+                       f"s, so the worker loops of experiment {experiment!r} cannot run (every worker "
+                       "offering them died, retired or reached its walltime; its other workers cannot run "
+                       "them); their trials are taken back once their leases run out. Start workers with "
+                       f"`dask worker ADDRESS --resources {_flag(resources)}` and run workon again, or raise "
+                       "executor_config={'worker_timeout': SECONDS}")
         return cls(f"the Dask scheduler {scheduler} has had no worker for {timeout:g} s, so the worker loops "
                    f"of experiment {experiment!r} cannot run (every worker died or reached its walltime); "
                    "their trials are taken back once their leases run out. Start workers (dask worker "
                    "ADDRESS, or cluster.scale(N)) and run workon again, or raise "
                    "executor_config={'worker_timeout': SECONDS}")
+
+    @classmethod
+    def unoffered(cls, scheduler: str, resources: Mapping[str, float], timeout: float,
+                  offers: str) -> ExecutorError:
+        """No worker of the Dask scheduler offered ``resources`` within ``worker_timeout`` of the start."""
+        return cls(f"no Dask worker of the scheduler {scheduler} offers the resources {dict(resources)} that "
+                   f"executor_config asks each worker loop for, within {timeout:g} s (its workers offer "
+                   f"{offers}); start workers with `dask worker ... --resources {_flag(resources)}`, or drop "
+                   "'resources' from executor_config")
+
+
+def _flag(resources: Mapping[str, float]) -> str:
+    """``resources`` as ``dask worker --resources`` takes them (``GPU=1,MEMORY=2e+09``)."""
+    return ",".join(f"{key}={need:g}" for key, need in resources.items())
 
 
 class Interrupted(KeyboardInterrupt):

@@ -86,7 +86,7 @@ class ProgressMonitor:
         self._show_bar = show_bar
         self._active = show_bar or on_result is not None or on_error is not None
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._watch, name="orchard-monitor", daemon=True)
+        self._thread: threading.Thread | None = None  # made on entry: a monitor never entered holds no cycle
         self._bar: Any = None
         self._best: Trial | None = None  # of the feasible completed trials, as best_trial
         self._fidelity: str | None = None  # the space's fidelity dimension: the best is at the highest one
@@ -102,6 +102,7 @@ class ProgressMonitor:
             self._shown, self._constraints, self._fidelity = _shown(self._storage, self._experiment_id)
             self._history.refresh()  # what is already finished is not news
             self._fold_best(self._history.trials.values())
+            self._thread = threading.Thread(target=self._watch, name="orchard-monitor", daemon=True)
             self._thread.start()
         return self
 
@@ -119,7 +120,8 @@ class ProgressMonitor:
     def _close(self) -> None:
         with self._lock:
             self._stop.set()
-        self._thread.join()
+        if self._thread is not None:
+            self._thread.join()
         try:
             self._tick()
         finally:

@@ -29,6 +29,7 @@ from orchard.naming import worker_name
 __all__ = [
     "DEVICES_ENV",
     "DEVICES_MARK",
+    "OUT_OF_FILES",
     "assign_devices",
     "devices_of",
     "format_bytes",
@@ -43,6 +44,8 @@ __all__ = [
 #: What separates a worker's identity from the devices it was given, in its name.
 DEVICES_MARK = "/gpus="
 DEVICES_ENV = "CUDA_VISIBLE_DEVICES"
+#: The errnos of an open, a pipe or a socket refused for want of files (ulimit -n, or the system's limit).
+OUT_OF_FILES = frozenset({errno.EMFILE, errno.ENFILE})
 
 _UNITS = {
     "": 1, "b": 1,
@@ -90,8 +93,12 @@ def parse_memory(value: str | float | None) -> int | None:
     return size
 
 
-def format_bytes(size: float) -> str:
-    """``1536000000`` -> ``"1.54 GB"`` (powers of 1000, as limits are usually written)."""
+def format_bytes(size: float, binary: bool = False) -> str:
+    """``1536000000`` -> ``"1.54 GB"`` (powers of 1000, as limits are usually written); ``binary``:
+    ``103599104`` -> ``"98.8 MiB"``, ``512`` -> ``"0.5 KiB"`` (powers of 1024 to a tenth, as file sizes)."""
+    if binary:
+        prefix, base = ("Mi", 2**20) if size >= 2**20 else ("Ki", 2**10)
+        return f"{size / base:.1f} {prefix}B"
     for unit, scale in (("TB", 1e12), ("GB", 1e9), ("MB", 1e6), ("KB", 1e3)):
         if size >= scale:
             return f"{size / scale:.3g} {unit}"
@@ -226,7 +233,7 @@ def no_room(err: OSError) -> OSError | ExecutorError:
     :class:`ExecutorError` saying so: the trial is not to blame (broken with the OSError, ``max_broken``
     of them stopped the experiment), and the worker gives it back and stops
     (:class:`~orchard.worker.Worker`)."""
-    if err.errno not in (errno.EMFILE, errno.ENFILE, errno.EAGAIN, errno.ENOMEM):
+    if err.errno not in OUT_OF_FILES | {errno.EAGAIN, errno.ENOMEM}:
         return err
     return ExecutorError(
         f"a worker could not start a child process to evaluate its trial ({type(err).__name__}: {err}), so "

@@ -134,7 +134,8 @@ class Worker:
                                prior_trials(settings.space, settings.warm_start, storage))  # a warm start's evidence
         self.algorithm: BaseAlgorithm = make_algorithm(settings.algorithm, settings.space, settings.seed)
         self.suggester = Suggester(self.algorithm, settings.algorithm, settings.space)  # held to the contract
-        self.judge = Judge(storage, self.name, lambda: self.history.trials, self.history.refresh,
+        history = self.history  # not self in the lambda: no cycle, a worker dropped is freed at once
+        self.judge = Judge(storage, self.name, lambda: history.trials, history.refresh,
                            make_pruner(settings.pruner, settings.objectives), settings.objectives)
         self.report = WorkerReport(self.name)
         rules = StopRules.of(settings.stop, settings.objectives, settings.constraints, settings.space)

@@ -104,12 +104,19 @@ def test_a_dask_scheduler_that_goes_away_leaves_the_running_trial_to_its_loop(tm
 
 def _scheduler_and_worker(scheduler_file: Path, *worker_options: str) -> tuple[subprocess.Popen[bytes], ...]:
     """A Dask scheduler process writing ``scheduler_file`` and one single-threaded worker process of it."""
+    return _dask(scheduler_file, "dask_scheduler", "--port", "0"), _worker(scheduler_file, *worker_options)
+
+
+def _worker(scheduler_file: Path, *options: str) -> subprocess.Popen[bytes]:
+    """A single-threaded Dask worker process of the scheduler that wrote ``scheduler_file``."""
+    return _dask(scheduler_file, "dask_worker", "--nthreads", "1", *options)
+
+
+def _dask(scheduler_file: Path, cli: str, *options: str) -> subprocess.Popen[bytes]:
     root = Path(__file__).resolve().parents[1]  # the worker imports tests.workloads from here
     found = ["--scheduler-file", str(scheduler_file), "--no-dashboard"]
-    return tuple(subprocess.Popen([sys.executable, "-m", f"distributed.cli.{cli}", *found, *options],
-                                  cwd=root, stdout=DEVNULL, stderr=DEVNULL)
-                 for cli, options in (("dask_scheduler", ["--port", "0"]),
-                                      ("dask_worker", ["--nthreads", "1", *worker_options])))
+    return subprocess.Popen([sys.executable, "-m", f"distributed.cli.{cli}", *found, *options],
+                            cwd=root, stdout=DEVNULL, stderr=DEVNULL)
 
 
 @contextlib.contextmanager
@@ -154,6 +161,75 @@ def test_workon_gives_up_on_a_scheduler_left_without_workers(tmp_path, monkeypat
                        executor_config={"scheduler_file": str(scheduler_file), "worker_timeout": 1})
         assert "\n" not in str(raised.value)
         assert [t.status for t in exp.fetch_trials()] == [TrialStatus.RESERVED]  # left to its lease
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(60)
+def test_workon_gives_up_once_every_worker_offering_its_resources_left(tmp_path, monkeypatch) -> None:
+    """The only Dask worker offering the resources the loops ask for ({"GPU": 1}) died mid-run while
+    another worker stayed: Dask holds the loops for a worker that never comes, and workon waited for
+    ever (its check counted every worker). It raises one line after worker_timeout."""
+    scheduler_file, marker = tmp_path / "scheduler.json", tmp_path / "running"
+    monkeypatch.setenv("ORCHARD_TEST_MARKER", str(marker))
+    with _cluster(scheduler_file), distributed.Client(scheduler_file=str(scheduler_file)) as dask_client:
+        gpu = _worker(scheduler_file, "--no-nanny", "--resources", "GPU=1")  # killed, it stays dead
+        try:
+            dask_client.wait_for_workers(2, timeout=30)  # it, and the cluster's (no GPU, and it stays)
+            _kill_mid_trial(gpu, marker)
+            exp = orchard.build_experiment("gpu", space=workloads.SPACE, storage=str(tmp_path / "o.pkl"),
+                                           max_trials=2)
+            with pytest.raises(ExecutorError, match=r"no worker offering the resources \{'GPU': 1\}.* for 1 s"
+                               ) as raised:
+                exp.workon(workloads.marker_then_brief, n_workers=1, executor="dask", progress=False,
+                           executor_config={"scheduler_file": str(scheduler_file), "worker_timeout": 1,
+                                            "resources": {"GPU": 1}})
+        finally:
+            gpu.kill()
+            gpu.wait()
+    assert "\n" not in str(raised.value) and "--resources GPU=1" in str(raised.value)
+    assert [t.status for t in exp.fetch_trials()] == [TrialStatus.RESERVED]  # left to its lease
+
+
+def _retire(dask_worker: Any) -> int:
+    """Start retiring ``dask_worker`` as ``retire_workers`` does (its scheduler then moves its data off)."""
+    from distributed.core import Status
+
+    dask_worker.status = Status.closing_gracefully
+    return os.getpid()
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(90)
+def test_a_loop_on_a_retiring_dask_worker_goes_on_on_another(tmp_path, monkeypatch) -> None:
+    """A Dask worker being retired (closing_gracefully: retire_workers, an adaptive cluster scaling down)
+    runs no new task, yet the loop on it ran the whole experiment on, to be lost with it when it closes.
+    The loop sees its worker retiring: it reserves no other trial and Dask runs it on another worker."""
+    scheduler_file, marker = tmp_path / "scheduler.json", tmp_path / "running"
+    monkeypatch.setenv("ORCHARD_TEST_MARKER", str(marker))
+    with _cluster(scheduler_file), distributed.Client(scheduler_file=str(scheduler_file)) as dask_client:
+        other = _worker(scheduler_file)
+        retired: list[int] = []
+
+        def retire_the_busy_worker() -> None:
+            while not marker.exists():
+                time.sleep(0.05)
+            busy = [address for address, keys in dask_client.processing().items() if keys]
+            retired.extend(dask_client.run(_retire, workers=busy).values())
+
+        try:
+            dask_client.wait_for_workers(2, timeout=30)
+            threading.Thread(target=retire_the_busy_worker, daemon=True).start()
+            exp = orchard.build_experiment("retired", space=workloads.SPACE, storage=str(tmp_path / "o.pkl"),
+                                           max_trials=3)
+            exp.workon(workloads.marker_then_brief, n_workers=1, executor="dask", progress=False,
+                       executor_config={"scheduler_file": str(scheduler_file)})
+        finally:
+            other.kill()
+            other.wait()
+    trials = sorted(exp.fetch_trials(), key=lambda trial: trial.start_time or 0.0)
+    assert [(t.status, t.attempts) for t in trials] == [(TrialStatus.COMPLETED, 1)] * 3
+    assert len(retired) == 1 and trials[-1].worker is not None
+    assert trials[-1].worker.split(":")[1] != str(retired[0])  # run by the loop moved to the other worker
 
 
 _CLIENT = """

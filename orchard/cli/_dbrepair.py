@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 
 from orchard.errors import ConfigurationError, StorageError
+from orchard.resources import format_bytes
 from orchard.storages.base import BaseStorage
 
 __all__ = ["RM_COMPACTS", "compact_after_rm", "run_check", "run_compact", "run_repair", "trials_in_file"]
@@ -88,10 +89,6 @@ def run_repair(storage: BaseStorage, args: argparse.Namespace) -> int:
     return 0
 
 
-def _mib(size: int) -> str:
-    return f"{size / 2**20:.1f} MiB" if size >= 2**20 else f"{size / 1024:.1f} KiB"
-
-
 def run_compact(storage: BaseStorage, args: argparse.Namespace) -> int:
     """Compact a pickle file now, printing its size before and after (MongoDB: nothing to compact)."""
     from orchard.storages.pickled import PickledStorage
@@ -100,7 +97,8 @@ def run_compact(storage: BaseStorage, args: argparse.Namespace) -> int:
         store = _pickle_file(storage, "compact")
         assert isinstance(store, PickledStorage)
         before, after = store.compact()
-        print(f"{store.path}: compacted from {_mib(before)} to {_mib(after)}")
+        print(f"{store.path}: compacted from {format_bytes(before, binary=True)} to "
+              f"{format_bytes(after, binary=True)}")
         return 0
     from orchard.storages import MongoStorage  # imports pymongo: only when the storage is not a file
 
@@ -143,5 +141,5 @@ def compact_after_rm(storage: BaseStorage, deleted: int, total: int) -> None:
         print(f"{storage.path}: the experiment is deleted, but the file could not be compacted: {err}; "
               f"`orchard db compact --storage {storage.path}` tries again")
         return
-    print(f"{storage.path}: compacted from {_mib(before)} to {_mib(after)} (the experiment held "
-          f"{deleted} of its {total} trials)")
+    print(f"{storage.path}: compacted from {format_bytes(before, binary=True)} to "
+          f"{format_bytes(after, binary=True)} (the experiment held {deleted} of its {total} trials)")

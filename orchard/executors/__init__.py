@@ -27,7 +27,6 @@ is used as it is and left open.
 from __future__ import annotations
 
 import contextlib
-import errno
 import importlib.util
 import multiprocessing
 import os
@@ -42,9 +41,10 @@ from typing import Any
 
 from orchard.errors import ConfigurationError, ExecutorError, OrchardError
 from orchard.executors.capacity import check_capacity, check_n_workers, counted_as
-from orchard.executors.remote import worker_timeout
+from orchard.executors.remote import offering, worker_timeout
 from orchard.forks import end_children_at_exit, outlive_threads_at_exit
 from orchard.interruption import deferred, pool_handlers
+from orchard.resources import OUT_OF_FILES
 
 __all__ = ["EXECUTORS", "InlineExecutor", "check_executor_config", "is_dask_client", "make_executor",
            "outlasts_workon", "reaches_local_processes", "shares_environment"]
@@ -296,17 +296,12 @@ def _wait_for_resources(client: Any, resources: dict[str, float], timeout: float
     deadline = time.monotonic() + timeout
     while True:
         workers = client.scheduler_info(n_workers=-1).get("workers", {})
-        seen = [dict(worker.get("resources") or {}) for worker in workers.values()]
-        if any(all(has.get(k, 0) >= v for k, v in resources.items()) for has in seen):
+        if offering(workers, resources):
             return
         if time.monotonic() >= deadline:
+            seen = [dict(worker.get("resources") or {}) for worker in workers.values()]
             offers = ", ".join(sorted({str(has) for has in seen if has})) or "none"
-            needs = ",".join(f"{k}={v:g}" for k, v in resources.items())
-            raise ExecutorError(
-                f"no Dask worker of the scheduler {client.scheduler.address} offers the resources "
-                f"{resources} that executor_config asks each worker loop for, within {timeout:g} s "
-                f"(its workers offer {offers}); start workers with `dask worker ... --resources {needs}`, "
-                "or drop 'resources' from executor_config")
+            raise ExecutorError.unoffered(client.scheduler.address, resources, timeout, offers)
         time.sleep(0.5)
 
 
@@ -436,7 +431,7 @@ def _translated(manager: contextlib.AbstractContextManager[Executor], name: str)
 
 
 def _out_of_files(err: BaseException | None) -> bool:
-    return isinstance(err, OSError) and err.errno in (errno.EMFILE, errno.ENFILE)
+    return isinstance(err, OSError) and err.errno in OUT_OF_FILES
 
 
 def _described(err: BaseException) -> str:

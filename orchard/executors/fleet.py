@@ -83,6 +83,7 @@ class Fleet:
         self.storage, self.experiment_id = storage, experiment_id
         self.tasks, self.max_attempts = list(tasks), max_attempts
         self._worker_timeout = worker_timeout(executor_config or {})
+        self._resources = (executor_config or {}).get("resources")  # what each loop needs of a Dask worker
         self._futures: list[Future[WorkerReport]] = []
         self._stop = StopRequest()  # tells the loops running as threads of this process
         self._running_at_stop: list[str] = []  # the trials the loops held once told to stop
@@ -109,7 +110,7 @@ class Fleet:
                 :func:`~orchard.interruption.interruptible`); the loops in local worker
                 processes were told to stop, and the error says what they released.
         """
-        remote = RemoteStop.of(pool)  # loops on Dask workers, which no signal reaches
+        remote = RemoteStop.of(pool, self._resources)  # loops on Dask workers, which no signal reaches
         if remote is not None:
             self.tasks = [dataclasses.replace(task, remote_stop=remote.name) for task in self.tasks]
         attempts = self._attempts() if remote is not None else None  # Dask re-runs a loop whose worker died
@@ -183,7 +184,8 @@ class Fleet:
             raise ExecutorError.loops_cancelled(self.tasks[0].label, len(cancelled), len(self.tasks), dask)
 
     def _raise_if_workerless(self, remote: RemoteStop) -> None:
-        """Give up on loops whose scheduler has had no worker for ``worker_timeout`` seconds.
+        """Give up on loops whose scheduler has had no worker for ``worker_timeout`` seconds (none offering
+        the resources they need, while others stay).
 
         Dask would hold them for ever (every job of a SLURMCluster reached its walltime): their
         futures are cancelled and their trials left to their leases, as a worker cut off from
@@ -194,7 +196,8 @@ class Fleet:
         for task, future in zip(self.tasks, self._futures):
             if future.cancel():
                 self._unreached.add(task.token)
-        raise ExecutorError.workerless(self.tasks[0].label, remote.scheduler, self._worker_timeout)
+        raise ExecutorError.workerless(self.tasks[0].label, remote.scheduler, self._worker_timeout,
+                                       remote.resources)
 
     def _stop_loops(self, interruption: KeyboardInterrupt, remote: RemoteStop | None, local: LocalStop | None,
                     reachable: bool, lasting: bool) -> Interrupted:

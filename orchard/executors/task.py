@@ -21,7 +21,7 @@ from typing import Any
 
 from orchard.errors import ConfigurationError, Interrupted, StorageError
 from orchard.executors.children import stopped_before
-from orchard.executors.remote import RemoteStopped, watched
+from orchard.executors.remote import RemoteStopped, Watch, watched
 from orchard.executors.threads import request_for
 from orchard.interruption import deferred, interruptible
 from orchard.leases import give_back
@@ -198,6 +198,8 @@ def run_worker(task: WorkerTask) -> WorkerReport:
                 if request is not None and request.event.is_set():
                     request.reports.append(stopped)  # and returned: Dask's worker threads die of a KeyboardInterrupt
                     return worker.report
+                if isinstance(stop, Watch) and stop.leaving:  # its Dask worker is leaving: on to another
+                    raise stop.rerun() from None
                 if request is None and stop is not None:  # stopped by the caller, or the objective raised it:
                     raise RemoteStopped(stopped) from None  # through Dask, whose worker it would end
                 raise stopped from None

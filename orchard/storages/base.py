@@ -42,7 +42,6 @@ from __future__ import annotations
 
 import abc
 import dataclasses
-import difflib
 import re
 import time
 import uuid
@@ -468,13 +467,12 @@ class BaseStorage(abc.ABC):
         Raises:
             ExperimentNotFoundError: no such experiment; the message lists those that exist.
         """
-        from orchard.errors import ExperimentNotFoundError
+        from orchard.errors import ExperimentNotFoundError, near_names
 
         record = self.get_experiment(name)
         if record is None:
             stored = sorted(r.name for r in self.list_experiments())
-            near = [other for other in stored if other.lower() == name.lower()] \
-                or difflib.get_close_matches(name, stored, n=3, cutoff=0.75)
+            near = near_names(name, stored, n=3)
             more = f" and {len(stored) - _LISTED} more" if stored[_LISTED:] else ""
             names = ", ".join(stored[:_LISTED]) + more
             raise ExperimentNotFoundError(

@@ -31,6 +31,7 @@ from collections.abc import Iterator
 from typing import Any, TypeVar
 
 from orchard.errors import ConfigurationError, StorageError, StorageUnavailableError
+from orchard.resources import OUT_OF_FILES
 from orchard.storages._uri import UNEXPANDED, pickle_path, split_options
 from orchard.storages.pickled import fileformat, locks
 from orchard.storages.pickled.writer import Fence, Health, LogFile
@@ -161,8 +162,7 @@ class PickledStorage(TableStorage):
         if unknown:
             raise ConfigurationError(
                 f"storage URI {uri!r} has unknown option(s) {', '.join(unknown)}; "
-                f"valid options: {', '.join(_URI_OPTIONS)}"
-            )
+                f"valid options: {', '.join(_URI_OPTIONS)}")
         try:
             timeout = float(options.get("timeout", 60.0))
         except ValueError:
@@ -341,7 +341,7 @@ class PickledStorage(TableStorage):
         if err.errno in (errno.EIO, getattr(errno, "ESTALE", errno.EIO), errno.ETIMEDOUT):
             return StorageUnavailableError(
                 f"could not {action} storage file {self._path}: {detail}; is its filesystem (NFS?) reachable?")
-        if err.errno in (errno.EMFILE, errno.ENFILE):  # other workers of this process hold them for a moment
+        if err.errno in OUT_OF_FILES:  # other workers of this process hold them for a moment
             return StorageUnavailableError(
                 f"could not {action} storage file {self._path}: {detail}; this process has as many files "
                 "open as it may (ulimit -n): raise the limit or run fewer workers; workers retry for a while")
