@@ -40,7 +40,8 @@ from orchard.interruption import deferred, raise_swallowed
 from orchard.joining import budget_followed
 from orchard.leases import LeaseObserver, give_back
 from orchard.naming import worker_name
-from orchard.objective import Outcome, with_objectives
+from orchard.named_results import with_objectives
+from orchard.objective import Outcome
 from orchard.pacemaker import Evaluation, Pacemaker
 from orchard.pruners import make_pruner
 from orchard.recording import off_the_space
