@@ -43,7 +43,8 @@ the trial's results in this experiment's directions (a trial that did not record
 them all is left out; :class:`orchard.history.History` does it), so a source
 that maximised ``acc`` is not told as evidence for minimising it. A source that
 declared objectives cannot warm-start an experiment of one unnamed objective
-(what the source measured and what the new one returns cannot be matched).
+(what the source measured and what the new one returns cannot be matched); one
+deleted and created again so, after the experiment it warm-started, gives nothing.
 """
 
 from __future__ import annotations
@@ -287,6 +288,12 @@ def _missing(source: Source, storage: BaseStorage) -> ExperimentNotFoundError:
         f"in {where} {storage.redacted_uri} (experiments there: {names}); {fix}")
 
 
+def _file_gone(source: Source) -> str | None:
+    """The path of ``source``'s pickle file when it does not exist (``None``: it does, or it is no file)."""
+    found = pickle_path(source.storage) if source.storage is not None else None
+    return found[0] if found is not None and not os.path.exists(found[0]) else None
+
+
 def _scored(trial: Trial, objectives: Mapping[str, str] | None) -> bool:
     """Whether ``trial`` recorded every one of ``objectives`` (``None``: one unnamed one) as a finite number."""
     try:
@@ -328,6 +335,10 @@ def _gather(space: Space, stored: Sequence[Mapping[str, Any]] | None, own: BaseS
                 raise  # the experiment's own storage failing is no excuse
             if isinstance(err, ConfigurationError):  # its record holds a space this release cannot read
                 unused, why = "its space cannot be read", str(err)
+            elif isinstance(err, ExperimentNotFoundError) and _file_gone(source) is not None:  # moved, often
+                unused = "its storage file is gone"
+                why = (f"warm start source {source.label!r} cannot be read: its file {_file_gone(source)} does not "
+                       "exist (moved or deleted?)")
             elif isinstance(err, ExperimentNotFoundError):
                 unused, why = "it no longer exists", f"warm start source {source.label!r} no longer exists"
             else:
@@ -338,6 +349,11 @@ def _gather(space: Space, stored: Sequence[Mapping[str, Any]] | None, own: BaseS
                             "with it, to each worker (--warm-start, warm_start=)")
             log.warning("%s; going on without it", why)
             uses.append(SourceUse(source.label, 0, 0, {}, unused))
+            continue
+        if not strict and objectives is None and their_objectives is not None:  # deleted, created anew since
+            log.warning("warm start source %r now measures the objectives %r, not this experiment's one "
+                        "unnamed objective; going on without it", source.label, dict(their_objectives))
+            uses.append(SourceUse(source.label, 0, len(trials), {}, "it measures other objectives now"))
             continue
         problems = _fit_problems(source, theirs, space)
         if problems and not strict:  # recreated with another space since: the sources cannot be changed
@@ -403,17 +419,19 @@ def _storage_uri(source: Source, own: BaseStorage) -> str | None:
         return None  # _gather says why it cannot be read
 
 
-def prior_trials(space: Space, stored: Sequence[Mapping[str, Any]] | None, own: BaseStorage) -> list[Trial]:
-    """The completed trials of the sources, their params mapped into ``space``; ``[]`` without sources.
+def prior_trials(space: Space, stored: Sequence[Mapping[str, Any]] | None, own: BaseStorage,
+                 objectives: Mapping[str, str] | None = None) -> list[Trial]:
+    """The completed trials of the sources that recorded ``objectives`` (the experiment's declared ones;
+    ``None``: one unnamed objective), their params mapped into ``space``; ``[]`` without sources.
 
-    A source deleted since the experiment was created, recreated with a space that does not fit,
-    or kept in another storage that cannot be read now (unreachable, damaged, replaced), gives
-    nothing (with a warning).
+    A source deleted since the experiment was created, recreated with a space that does not fit
+    (or with declared objectives, for an experiment of one unnamed objective), or kept in another
+    storage that cannot be read now (unreachable, damaged, replaced), gives nothing (with a warning).
 
     Raises:
         StorageError: the experiment's own storage cannot be read.
     """
-    return _gather(space, stored, own, strict=False)[0] if stored else []
+    return _gather(space, stored, own, strict=False, objectives=objectives)[0] if stored else []
 
 
 def source_uses(space: Space, stored: Sequence[Mapping[str, Any]] | None, own: BaseStorage,

@@ -131,8 +131,8 @@ class Worker:
         self.name = name or worker_name()
         self.on_outcome = on_outcome
         self.label = label or experiment_id
-        self.history = History(storage, experiment_id, settings.objectives, settings.constraints,
-                               prior_trials(settings.space, settings.warm_start, storage))  # a warm start's evidence
+        prior = prior_trials(settings.space, settings.warm_start, storage, settings.objectives)  # warm start
+        self.history = History(storage, experiment_id, settings.objectives, settings.constraints, prior)
         self.algorithm: BaseAlgorithm = make_algorithm(settings.algorithm, settings.space, settings.seed)
         self.suggester = Suggester(self.algorithm, settings.algorithm, settings.space)  # held to the contract
         self.judge = Judge(storage, self.name, lambda: self.history.trials, self.history.refresh,

@@ -545,6 +545,27 @@ def test_a_source_recreated_with_another_space_never_stops_the_experiment_it_war
     assert unfit in capsys.readouterr().out
 
 
+def test_a_source_recreated_with_declared_objectives_is_not_told_as_one_unnamed_objective(
+    store: str, caplog: pytest.LogCaptureFixture, capsys: pytest.CaptureFixture[str],
+) -> None:
+    """'old' deleted and created again maximising acc (same space): each worker of 'new' (one unnamed
+    objective, minimised) was told its trials at -acc, about -100 (far better than any of its own), and
+    info said 'old (12 of 12 completed trials)'; creating 'new' from such a source is refused."""
+    old = finished(store)
+    new = orchard.build_experiment("new", space=BRANIN_SPACE, max_trials=2, storage=store, warm_start=["old"])
+    old.storage.delete_experiment(old.id)
+    again = orchard.build_experiment("old", space=BRANIN_SPACE, max_trials=12, storage=store,
+                                     objectives={"acc": "max", "ms": "min"})
+    again.workon(lambda x, y: {"acc": 100 + x, "ms": y}, progress=False)
+    worker = Worker(new.storage, new.id, WorkerSettings.for_experiment(new.settings),
+                    evaluate=lambda trial: None)  # type: ignore[arg-type, return-value]
+    assert worker.history.observations == []
+    assert "warm start source 'old' now measures the objectives {'acc': 'max', 'ms': 'min'}" in caplog.text
+    assert main(["info", "-n", "new", "--storage", store]) == 0
+    unscored = "old (0 of 12 completed trials; gives nothing: it measures other objectives now)"
+    assert unscored in capsys.readouterr().out
+
+
 def test_a_source_whose_stored_space_cannot_be_read_never_stops_the_experiment_it_warm_started(
     store: str, caplog: pytest.LogCaptureFixture, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -594,6 +615,23 @@ def test_a_source_in_another_storage_that_cannot_be_read_never_stops_the_experim
     new.workon(branin, progress=False)  # every worker exited at start, for good
     assert len(new.fetch_trials([TrialStatus.COMPLETED])) == 2
     assert f"warm start source '{elsewhere}:old' cannot be read" in caplog.text
+
+
+def test_a_source_whose_file_was_moved_is_said_to_be_gone_not_deleted(
+    tmp_path: Path, store: str, caplog: pytest.LogCaptureFixture, capsys: pytest.CaptureFixture[str],
+) -> None:
+    """The runs folder moved: every worker and info said the source 'no longer exists', as if deleted."""
+    elsewhere = tmp_path / "runs" / "old-runs.pkl"
+    elsewhere.parent.mkdir()
+    finished(str(elsewhere))
+    new = orchard.build_experiment("new", space=BRANIN_SPACE, max_trials=2, storage=store,
+                                   warm_start=[f"{elsewhere}:old"])
+    (tmp_path / "runs").rename(tmp_path / "runs-2026")
+    new.workon(branin, progress=False)
+    assert len(new.fetch_trials([TrialStatus.COMPLETED])) == 2
+    assert f"cannot be read: its file {elsewhere} does not exist (moved or deleted?)" in caplog.text
+    assert main(["info", "-n", "new", "--storage", store]) == 0
+    assert "(0 of 0 completed trials; gives nothing: its storage file is gone)" in capsys.readouterr().out
 
 
 # -- warm start: what it buys ----------------------------------------------------------------------
