@@ -294,6 +294,17 @@ def _file_gone(source: Source) -> str | None:
     return found[0] if found is not None and not os.path.exists(found[0]) else None
 
 
+def _named_objective(trial: Trial) -> Trial:
+    """A trial of one unnamed objective, with it in its results as ``"objective"`` (kept apart from them).
+
+    So an experiment declaring an objective of that name (``objectives={"objective": "max"}``: maximise
+    what the scripts report with ``report_objective``) is told the value the source recorded.
+    """
+    if "objective" in trial.results or trial.objective is None:
+        return trial
+    return dataclasses.replace(trial, results={**trial.results, "objective": trial.objective})
+
+
 def _scored(trial: Trial, objectives: Mapping[str, str] | None) -> bool:
     """Whether ``trial`` recorded every one of ``objectives`` (``None``: one unnamed one) as a finite number."""
     try:
@@ -355,6 +366,8 @@ def _gather(space: Space, stored: Sequence[Mapping[str, Any]] | None, own: BaseS
                         "unnamed objective; going on without it", source.label, dict(their_objectives))
             uses.append(SourceUse(source.label, 0, len(trials), {}, "it measures other objectives now"))
             continue
+        if their_objectives is None and "objective" in (objectives or ()):  # its one objective, by that name
+            trials = [_named_objective(t) for t in trials]
         problems = _fit_problems(source, theirs, space)
         if problems and not strict:  # recreated with another space since: the sources cannot be changed
             log.warning("warm start source %r no longer fits this space (%s); going on without it",

@@ -327,6 +327,26 @@ def test_info_counts_only_the_source_trials_that_recorded_the_objectives(
     assert f"old ({scored} of 4 completed trials)" in capsys.readouterr().out
 
 
+@pytest.mark.parametrize("objectives", [{"objective": "max"}, {"objective": "min", "size": "max"}])
+def test_a_source_of_one_unnamed_objective_gives_it_to_an_objective_declared_by_that_name(
+    store: str, objectives: dict[str, str], capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Maximising what scripts report with report_objective (objectives={'objective': 'max'}), warm-started
+    from the run that minimised it, was refused: "none of its 4 completed trials recorded the objectives
+    'objective'", though each had recorded it (as its objective, kept apart from its results)."""
+    old = orchard.build_experiment("old", space=BRANIN_SPACE, max_trials=4, storage=store, seed=7)
+    old.workon(lambda x, y: {"objective": x, "size": y}, progress=False)
+    new = orchard.build_experiment("new", space=BRANIN_SPACE, storage=store, objectives=objectives,
+                                   warm_start=["old"])
+    worker = Worker(new.storage, new.id, WorkerSettings.for_experiment(new.settings),
+                    evaluate=lambda trial: None)  # type: ignore[arg-type, return-value]
+    sign = -1 if objectives["objective"] == "max" else 1
+    told = sorted((o.params["x"], o.objective) for o in worker.history.observations)
+    assert told == sorted((t.params["x"], sign * t.params["x"]) for t in old.fetch_trials())
+    assert main(["info", "-n", "new", "--storage", store]) == 0
+    assert "warm start: old (4 of 4 completed trials)" in capsys.readouterr().out
+
+
 @pytest.mark.parametrize(("objectives", "culprit"), [
     (None, r"it measured the objectives \{'acc': 'max'\}, this experiment one unnamed objective"),
     ({"loss": "min"}, r"none of its 4 completed trials recorded the objectives 'loss'"),
