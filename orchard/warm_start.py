@@ -321,8 +321,11 @@ def _objective_problem(source: Source, theirs: Mapping[str, str] | None, objecti
                 f"one unnamed objective; declare the objectives it optimises (objectives={dict(theirs)!r}, with "
                 "this experiment's directions) or drop the source")
     if trials and not any(_scored(t, objectives) for t in trials):
+        names = list(objectives or ())
+        absent = [name for name in names if not any(name in t.results for t in trials)]
+        which = f" ({', '.join(map(repr, absent))} in none of them)" if 0 < len(absent) < len(names) else ""
         return (f"warm start from {source.label!r}: none of its {len(trials)} completed trials recorded the "
-                f"objectives {', '.join(map(repr, objectives or ()))} this experiment optimises; drop the source "
+                f"objectives {', '.join(map(repr, names))} this experiment optimises{which}; drop the source "
                 "or name the objectives as its trials recorded them")
     return None
 

@@ -349,7 +349,8 @@ def test_a_source_of_one_unnamed_objective_gives_it_to_an_objective_declared_by_
 
 @pytest.mark.parametrize(("objectives", "culprit"), [
     (None, r"it measured the objectives \{'acc': 'max'\}, this experiment one unnamed objective"),
-    ({"loss": "min"}, r"none of its 4 completed trials recorded the objectives 'loss'"),
+    ({"loss": "min"}, r"its 4 completed trials recorded the objectives 'loss' this experiment optimises;"),
+    ({"acc": "max", "ms": "min"}, r"recorded the objectives 'acc', 'ms' this experiment optimises \('ms' in"),
 ])
 def test_a_source_scored_on_other_objectives_is_refused(store: str, objectives: dict[str, str] | None,
                                                         culprit: str) -> None:
