@@ -345,6 +345,8 @@ def _gather(space: Space, stored: Sequence[Mapping[str, Any]] | None, own: BaseS
         try:
             theirs, their_objectives, trials = _read(source, own)
         except (ExperimentNotFoundError, StorageError, ConfigurationError) as err:
+            if strict and isinstance(err, StorageError) and source.storage is not None:  # not the own storage
+                raise StorageError(f"warm start source {source.label!r} cannot be read: {err}") from err
             if strict or (isinstance(err, StorageError) and source.storage is None):
                 raise  # the experiment's own storage failing is no excuse
             if isinstance(err, ConfigurationError):  # its record holds a space this release cannot read

@@ -15,6 +15,7 @@ import itertools
 import json
 import math
 import os
+import re
 import statistics
 import subprocess
 import sys
@@ -34,6 +35,7 @@ from orchard.errors import (
     ConfigurationError,
     ExperimentConflictError,
     ExperimentNotFoundError,
+    StorageError,
 )
 from orchard.history import History
 from orchard.storages._uri import lend_password, redact
@@ -267,6 +269,18 @@ def test_a_malformed_source_is_refused_without_its_password(store: str, source: 
         orchard.build_experiment("new", space=BRANIN_SPACE, storage=store,
                                  warm_start=[source])  # type: ignore[list-item]
     assert "s3cret" not in str(refused.value) and "***@db-host" in str(refused.value), refused.value
+
+
+def test_a_source_in_a_storage_that_cannot_be_read_is_named_when_the_experiment_is_created(
+        store: str, tmp_path: Path) -> None:
+    """'cannot reach MongoDB at 127.0.0.1:1 to read an experiment': which one, the experiment's own storage
+    or its source's, the message did not say."""
+    (tmp_path / "a-folder.pkl").mkdir()
+    named = re.escape(f"warm start source '{tmp_path}/a-folder.pkl:old' cannot be read: ")
+    with pytest.raises(StorageError, match=named):
+        orchard.build_experiment("new", space=BRANIN_SPACE, storage=store,
+                                 warm_start=[f"{tmp_path}/a-folder.pkl:old"])
+    assert orchard.get_storage(store).get_experiment("new") is None
 
 
 def test_a_missing_source_is_named_as_the_warm_start_source_not_blamed_on_storage(
