@@ -32,7 +32,8 @@ def with_objectives(outcome: Outcome, objectives: Mapping[str, str]) -> Outcome:
     Returns:
         A completed outcome, or a failure naming the objective that is missing or not finite.
     """
-    read = outcome.returned is not None or outcome.keyed is not None  # what the objective returned was read
+    given = outcome.given  # a value returned whole, or a mapping's "objective"
+    read = given is not None
     if outcome.pruned is not None or (outcome.error is not None and not read
                                       and outcome.error.get("reason") != "no-objective"):
         return outcome
@@ -41,12 +42,12 @@ def with_objectives(outcome: Outcome, objectives: Mapping[str, str]) -> Outcome:
     # one declared objective's value in its own direction, as orchard.report() takes it
     named = ("objective" if "objective" in objectives else next(iter(objectives)) if len(objectives) == 1
              else None)
-    if named is not None and named not in results and read:
-        if not outcome.ok:
-            return _unread(outcome, objectives) if outcome.returned is not None else outcome
-        results[named] = outcome.objective
-    elif outcome.keyed is not None:  # beside the objectives by name: a metric (a single-objective habit)
-        results["objective"] = outcome.keyed[0]
+    if named is not None and named not in results and given is not None:
+        if not outcome.ok and outcome.returned is None:
+            return outcome  # a mapping's "objective" that is no number: interpret_result said why
+        results[named] = outcome.objective if outcome.ok else given[0]  # a NaN returned whole: named below
+    elif given is not None and outcome.returned is None:  # beside the objectives by name: a metric
+        results["objective"] = given[0]
         why = unstorable(results)
         if why is not None:
             return Outcome.failure("InvalidResult", why, reason="unstorable")
@@ -68,7 +69,7 @@ def with_objectives(outcome: Outcome, objectives: Mapping[str, str]) -> Outcome:
 def _unread(outcome: Outcome, objectives: Mapping[str, str]) -> Outcome:
     """The failure of an outcome that gave one value (or a list) where ``objectives`` are read by name."""
     given = (f"is {outcome.returned}" if outcome.returned is not None
-             else f"gives 'objective' {shown(outcome.keyed[0] if outcome.keyed else None, 60)}")
+             else f"gives 'objective' {shown(outcome.given[0] if outcome.given else None, 60)}")
     failure = Outcome.failure(
         "InvalidResult", f"the result {given}, but the experiment has objectives {', '.join(objectives)}: "
         f"return each by name, e.g. return {_example(objectives)}", reason="objective")

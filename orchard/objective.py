@@ -78,9 +78,10 @@ class Outcome:
     pruned: dict[str, Any] | None = None
     #: What a result that was not a mapping was (``"list [0.1, 0.2]"``), for messages; never stored.
     returned: str | None = None
-    #: A result mapping's ``"objective"`` (in a 1-tuple), a metric like any other in an experiment whose
-    #: declared objectives, read by name, do not include that name (:mod:`orchard.named_results`).
-    keyed: tuple[Any] | None = None
+    #: What the result gave as its objective (in a 1-tuple): the value returned whole, or a mapping's
+    #: ``"objective"``, a metric like any other in an experiment whose declared objectives, read by name,
+    #: do not include that name (:mod:`orchard.named_results`).
+    given: tuple[Any] | None = None
 
     @property
     def ok(self) -> bool:
@@ -223,11 +224,11 @@ def interpret_result(value: Any) -> Outcome:
     """
     results: dict[str, Any] = {}
     original = value
-    keyed = None
+    given = None
     if isinstance(value, Mapping):
         try:
             results = {str(k): to_builtin(listed(v)) for k, v in value.items() if k != "objective"}
-            keyed = (to_builtin(listed(value["objective"])),) if "objective" in value else None
+            given = (to_builtin(listed(value["objective"])),) if "objective" in value else None
         except RecursionError:  # a result that holds itself, or lists thousands deep
             return Outcome.failure("InvalidResult", "the results cannot be stored: they are nested more than "
                                    f"{MAX_RESULT_DEPTH} deep (or hold themselves); {_STORABLE}",
@@ -262,8 +263,10 @@ def interpret_result(value: Any) -> Outcome:
         outcome = (Outcome(objective=number, results=results) if number is not None else Outcome.failure(
             "InvalidResult", f"objective is {shown(value)}; it must be a finite number"))
     if isinstance(original, Mapping):  # kept, failed or not: with_objectives may read the objectives by name
-        outcome.results, outcome.keyed = results, keyed
+        outcome.results, outcome.given = results, given
     else:
+        with contextlib.suppress(RecursionError):  # a list thousands deep: said as returned, not kept
+            outcome.given = (to_builtin(listed(original)),)
         number_or_not = value if isinstance(value, (int, float)) else original  # np.float32(0.5) shown as 0.5
         outcome.returned = f"{type(original).__name__} {shown(number_or_not)}"
     return outcome

@@ -206,6 +206,20 @@ def test_one_declared_objective_returned_as_a_number_is_its_value(store, fn) -> 
     assert exp.best_trial.params["x"] == max(t.params["x"] for t in trials)
 
 
+@pytest.mark.parametrize(("fn", "shown"), [
+    (lambda x, y: float("nan"), "nan"),
+    (lambda x, y: np.float32("-inf"), "-inf"),
+])
+def test_one_declared_objective_returned_as_nan_is_named_not_asked_by_name(store, fn, shown) -> None:
+    """A NaN returned for objectives={'accuracy': 'max'} broke the trial with "the result is float nan, but
+    the experiment has objectives accuracy: return each by name", which {'accuracy': nan} would not mend."""
+    exp = build(store, objectives={"accuracy": "max"}, max_trials=3, max_broken=1)
+    with pytest.raises(orchard.errors.ExperimentBrokenError):
+        exp.workon(fn, executor="single", progress=False)
+    (trial,) = exp.fetch_trials()
+    assert trial.error["message"].startswith(f"objective 'accuracy' is {shown}, not a finite number")
+
+
 @pytest.mark.parametrize(("options", "words"), [
     ({"objectives": {"f1": "minimise"}}, "'min' or 'max'"),
     ({"objectives": {}}, "empty"),
