@@ -104,11 +104,14 @@ def objective_mapping(value: Any) -> Any:
     requirement = "NAME:min or NAME:max items, such as error:min (or a mapping {error: min})"
     if not isinstance(items, (list, tuple)) or not all(isinstance(i, str) for i in items):
         raise ValueError(requirement)
-    items = [part for item in items for part in item.split(",")]  # --objective a:min,b:max: as the env form
+    items = [part for item in items for part in item.split(",") if part.strip()]  # --objective a:min,b:max
     if not all(":" in item for item in items):
         raise ValueError(requirement)
     pairs = [item.rsplit(":", 1) for item in items]
     names = [name.strip() for name, _ in pairs]
+    joined = [name for name in names if ":" in name or ";" in name]  # 'a:min; b:max' read as 'a:min; b'
+    if joined:
+        raise ValueError(f"{requirement}, separated by ',' ({joined[0]!r} is no objective name)")
     twice = sorted({name for name in names if names.count(name) > 1})
     if twice:  # a mapping would keep the last one silently
         raise ValueError(f"{requirement}, each objective once ({', '.join(twice)} given twice)")

@@ -54,7 +54,7 @@ __all__ = [
     "current_trial",
     "evaluating",
     "interpret_result",
-    "with_objectives",
+    "unstorable",
 ]
 
 
@@ -78,6 +78,10 @@ class Outcome:
     pruned: dict[str, Any] | None = None
     #: What a result that was not a mapping was (``"list [0.1, 0.2]"``), for messages; never stored.
     returned: str | None = None
+    #: What the result gave as its objective (in a 1-tuple): the value returned whole, or a mapping's
+    #: ``"objective"``, a metric like any other in an experiment whose declared objectives, read by name,
+    #: do not include that name (:mod:`orchard.named_results`).
+    given: tuple[Any] | None = None
 
     @property
     def ok(self) -> bool:
@@ -220,16 +224,18 @@ def interpret_result(value: Any) -> Outcome:
     """
     results: dict[str, Any] = {}
     original = value
+    given = None
     if isinstance(value, Mapping):
         try:
             results = {str(k): to_builtin(listed(v)) for k, v in value.items() if k != "objective"}
+            given = (to_builtin(listed(value["objective"])),) if "objective" in value else None
         except RecursionError:  # a result that holds itself, or lists thousands deep
             return Outcome.failure("InvalidResult", "the results cannot be stored: they are nested more than "
                                    f"{MAX_RESULT_DEPTH} deep (or hold themselves); {_STORABLE}",
                                    reason="unstorable")
-        unstorable = _unstorable(results)
-        if unstorable is not None:
-            return Outcome.failure("InvalidResult", unstorable, reason="unstorable")
+        why = unstorable(results)
+        if why is not None:
+            return Outcome.failure("InvalidResult", why, reason="unstorable")
         unreadable = reported_problem(results)
         if unreadable is not None:
             return Outcome.failure("InvalidResult", unreadable, reason="constraints")
@@ -249,60 +255,24 @@ def interpret_result(value: Any) -> Outcome:
                 "'max'})) and return each by name" if several else "; return the number, not a list of it"
                 if sequence and len(raw) == 1 else "; return the number, not its text"
                 if isinstance(value, str) else "")
-        failure = Outcome.failure(
+        outcome = Outcome.failure(
             "InvalidResult", f"objective must be a number, got {got}; return a finite number or a dict with "
             "a numeric 'objective' (a script's results file: {\"objective\": 0.25})" + hint)
     else:
         number = finite_float(value)
-        if number is not None:
-            return Outcome(objective=number, results=results)
-        failure = Outcome.failure("InvalidResult", f"objective is {shown(value)}; it must be a finite number")
-    failure.returned = None if isinstance(original, Mapping) else f"{type(original).__name__} {shown(original)}"
-    return failure
+        outcome = (Outcome(objective=number, results=results) if number is not None else Outcome.failure(
+            "InvalidResult", f"objective is {shown(value)}; it must be a finite number"))
+    if isinstance(original, Mapping):  # kept, failed or not: with_objectives may read the objectives by name
+        outcome.results, outcome.given = results, given
+    else:
+        with contextlib.suppress(RecursionError):  # a list thousands deep: said as returned, not kept
+            outcome.given = (to_builtin(listed(original)),)
+        number_or_not = value if isinstance(value, (int, float)) else original  # np.float32(0.5) shown as 0.5
+        outcome.returned = f"{type(original).__name__} {shown(number_or_not)}"
+    return outcome
 
 
-def with_objectives(outcome: Outcome, objectives: Mapping[str, str]) -> Outcome:
-    """The outcome of an experiment with several ``objectives``, read from the reported metrics.
-
-    Every objective must be reported by name as a finite number; the first one, as
-    minimized (negated for ``"max"``), becomes the trial's scalar ``objective``.
-    Pruned outcomes and failures of the evaluation itself are returned unchanged.
-
-    Returns:
-        A completed outcome, or a failure naming the objective that is missing or not finite.
-    """
-    if outcome.pruned is None and outcome.returned is not None:  # a list (Optuna's habit), a bare NaN...
-        failure = Outcome.failure("InvalidResult", f"the result is {outcome.returned}, but the experiment has "
-                                  f"objectives {', '.join(objectives)}: return each by name, e.g. return "
-                                  f"{_example(objectives)}",
-                                  reason="objective")
-        failure.error = {**(outcome.error or {}), **(failure.error or {})}  # a script's stderr stays
-        return failure
-    if outcome.pruned is not None or (outcome.error is not None and outcome.error.get("reason") != "no-objective"):
-        return outcome
-    # a number returned whole is the objective named "objective" (taken apart from the results), or the
-    # one declared objective's value in its own direction, as orchard.report() takes it
-    named = "objective" if "objective" in objectives or len(objectives) > 1 else next(iter(objectives))
-    if outcome.objective is not None and named not in outcome.results and named in objectives:
-        outcome = Outcome(objective=outcome.objective, results={**outcome.results, named: outcome.objective})
-    for name in objectives:
-        value = outcome.results.get(name)
-        if finite_number(value) is None:
-            found = "missing" if value is None else f"{shown(value, 40)}, not a finite number"
-            return Outcome.failure(
-                "InvalidResult", f"objective {name!r} is {found}; report every objective by name as a "
-                f"finite number ({', '.join(objectives)}), e.g. return {_example(objectives)}", reason="objective")
-    first, direction = next(iter(objectives.items()))
-    value = float(outcome.results[first])  # finite: checked above
-    return Outcome(objective=-value if direction == "max" else value, results=dict(outcome.results))
-
-
-def _example(objectives: Mapping[str, str]) -> str:
-    """A dict returning ``objectives`` by name, for failure messages (built only for a failure)."""
-    return f"{{{', '.join(f'{n!r}: ...' for n in objectives)}}}"
-
-
-def _unstorable(results: Mapping[str, Any]) -> str | None:
+def unstorable(results: Mapping[str, Any]) -> str | None:
     """Why ``results`` cannot be stored, or ``None``.
 
     Every storage and ``db dump`` take JSON data whose ints fit in 64 bits, nested at most

@@ -33,7 +33,8 @@ from typing import Any
 
 from orchard.errors import BudgetExhaustedError, ConfigurationError, SpaceError, StopReason
 from orchard.experiment_config import ExperimentConfig
-from orchard.objective import Outcome, interpret_result, with_objectives
+from orchard.named_results import with_objectives
+from orchard.objective import Outcome, interpret_result
 from orchard.space import Space, trial_id
 from orchard.stopping import LEDGER_KEY, SEARCH_ON, Ledger, StopGate, StopRules, stop_message
 from orchard.storages.base import BaseStorage

@@ -43,7 +43,8 @@ the trial's results in this experiment's directions (a trial that did not record
 them all is left out; :class:`orchard.history.History` does it), so a source
 that maximised ``acc`` is not told as evidence for minimising it. A source that
 declared objectives cannot warm-start an experiment of one unnamed objective
-(what the source measured and what the new one returns cannot be matched).
+(what the source measured and what the new one returns cannot be matched); one
+deleted and created again so, after the experiment it warm-started, gives nothing.
 """
 
 from __future__ import annotations
@@ -287,6 +288,23 @@ def _missing(source: Source, storage: BaseStorage) -> ExperimentNotFoundError:
         f"in {where} {storage.redacted_uri} (experiments there: {names}); {fix}")
 
 
+def _file_gone(source: Source) -> str | None:
+    """The path of ``source``'s pickle file when it does not exist (``None``: it does, or it is no file)."""
+    found = pickle_path(source.storage) if source.storage is not None else None
+    return found[0] if found is not None and not os.path.exists(found[0]) else None
+
+
+def _named_objective(trial: Trial) -> Trial:
+    """A trial of one unnamed objective, with it in its results as ``"objective"`` (kept apart from them).
+
+    So an experiment declaring an objective of that name (``objectives={"objective": "max"}``: maximise
+    what the scripts report with ``report_objective``) is told the value the source recorded.
+    """
+    if "objective" in trial.results or trial.objective is None:
+        return trial
+    return dataclasses.replace(trial, results={**trial.results, "objective": trial.objective})
+
+
 def _scored(trial: Trial, objectives: Mapping[str, str] | None) -> bool:
     """Whether ``trial`` recorded every one of ``objectives`` (``None``: one unnamed one) as a finite number."""
     try:
@@ -303,8 +321,11 @@ def _objective_problem(source: Source, theirs: Mapping[str, str] | None, objecti
                 f"one unnamed objective; declare the objectives it optimises (objectives={dict(theirs)!r}, with "
                 "this experiment's directions) or drop the source")
     if trials and not any(_scored(t, objectives) for t in trials):
+        names = list(objectives or ())
+        absent = [name for name in names if not any(name in t.results for t in trials)]
+        which = f" ({', '.join(map(repr, absent))} in none of them)" if 0 < len(absent) < len(names) else ""
         return (f"warm start from {source.label!r}: none of its {len(trials)} completed trials recorded the "
-                f"objectives {', '.join(map(repr, objectives or ()))} this experiment optimises; drop the source "
+                f"objectives {', '.join(map(repr, names))} this experiment optimises{which}; drop the source "
                 "or name the objectives as its trials recorded them")
     return None
 
@@ -324,10 +345,16 @@ def _gather(space: Space, stored: Sequence[Mapping[str, Any]] | None, own: BaseS
         try:
             theirs, their_objectives, trials = _read(source, own)
         except (ExperimentNotFoundError, StorageError, ConfigurationError) as err:
+            if strict and isinstance(err, StorageError) and source.storage is not None:  # not the own storage
+                raise StorageError(f"warm start source {source.label!r} cannot be read: {err}") from err
             if strict or (isinstance(err, StorageError) and source.storage is None):
                 raise  # the experiment's own storage failing is no excuse
             if isinstance(err, ConfigurationError):  # its record holds a space this release cannot read
                 unused, why = "its space cannot be read", str(err)
+            elif isinstance(err, ExperimentNotFoundError) and _file_gone(source) is not None:  # moved, often
+                unused = "its storage file is gone"
+                why = (f"warm start source {source.label!r} cannot be read: its file {_file_gone(source)} does not "
+                       "exist (moved or deleted?)")
             elif isinstance(err, ExperimentNotFoundError):
                 unused, why = "it no longer exists", f"warm start source {source.label!r} no longer exists"
             else:
@@ -339,6 +366,13 @@ def _gather(space: Space, stored: Sequence[Mapping[str, Any]] | None, own: BaseS
             log.warning("%s; going on without it", why)
             uses.append(SourceUse(source.label, 0, 0, {}, unused))
             continue
+        if not strict and objectives is None and their_objectives is not None:  # deleted, created anew since
+            log.warning("warm start source %r now measures the objectives %r, not this experiment's one "
+                        "unnamed objective; going on without it", source.label, dict(their_objectives))
+            uses.append(SourceUse(source.label, 0, len(trials), {}, "it measures other objectives now"))
+            continue
+        if their_objectives is None and "objective" in (objectives or ()):  # its one objective, by that name
+            trials = [_named_objective(t) for t in trials]
         problems = _fit_problems(source, theirs, space)
         if problems and not strict:  # recreated with another space since: the sources cannot be changed
             log.warning("warm start source %r no longer fits this space (%s); going on without it",
@@ -403,17 +437,19 @@ def _storage_uri(source: Source, own: BaseStorage) -> str | None:
         return None  # _gather says why it cannot be read
 
 
-def prior_trials(space: Space, stored: Sequence[Mapping[str, Any]] | None, own: BaseStorage) -> list[Trial]:
-    """The completed trials of the sources, their params mapped into ``space``; ``[]`` without sources.
+def prior_trials(space: Space, stored: Sequence[Mapping[str, Any]] | None, own: BaseStorage,
+                 objectives: Mapping[str, str] | None = None) -> list[Trial]:
+    """The completed trials of the sources that recorded ``objectives`` (the experiment's declared ones;
+    ``None``: one unnamed objective), their params mapped into ``space``; ``[]`` without sources.
 
-    A source deleted since the experiment was created, recreated with a space that does not fit,
-    or kept in another storage that cannot be read now (unreachable, damaged, replaced), gives
-    nothing (with a warning).
+    A source deleted since the experiment was created, recreated with a space that does not fit
+    (or with declared objectives, for an experiment of one unnamed objective), or kept in another
+    storage that cannot be read now (unreachable, damaged, replaced), gives nothing (with a warning).
 
     Raises:
         StorageError: the experiment's own storage cannot be read.
     """
-    return _gather(space, stored, own, strict=False)[0] if stored else []
+    return _gather(space, stored, own, strict=False, objectives=objectives)[0] if stored else []
 
 
 def source_uses(space: Space, stored: Sequence[Mapping[str, Any]] | None, own: BaseStorage,

@@ -40,7 +40,8 @@ from orchard.interruption import deferred, raise_swallowed
 from orchard.joining import budget_followed
 from orchard.leases import LeaseObserver, give_back
 from orchard.naming import worker_name
-from orchard.objective import Outcome, with_objectives
+from orchard.named_results import with_objectives
+from orchard.objective import Outcome
 from orchard.pacemaker import Evaluation, Pacemaker
 from orchard.pruners import make_pruner
 from orchard.recording import off_the_space
@@ -130,8 +131,8 @@ class Worker:
         self.name = name or worker_name()
         self.on_outcome = on_outcome
         self.label = label or experiment_id
-        self.history = History(storage, experiment_id, settings.objectives, settings.constraints,
-                               prior_trials(settings.space, settings.warm_start, storage))  # a warm start's evidence
+        prior = prior_trials(settings.space, settings.warm_start, storage, settings.objectives)  # warm start
+        self.history = History(storage, experiment_id, settings.objectives, settings.constraints, prior)
         self.algorithm: BaseAlgorithm = make_algorithm(settings.algorithm, settings.space, settings.seed)
         self.suggester = Suggester(self.algorithm, settings.algorithm, settings.space)  # held to the contract
         history = self.history  # not self in the lambda: no cycle, a worker dropped is freed at once

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 from pathlib import Path
@@ -42,6 +43,21 @@ def test_pareto_highlights_the_feasible_front_and_marks_infeasible_trials() -> N
     assert "3 of 5 completed trials (1 infeasible)" in fig.title
     front = [(e, -a) for e, a in zip(panel.front.x, panel.front.y)]
     assert not any(dominates(a, b) for a in front for b in front)
+
+
+def test_the_hover_labels_give_each_objective_in_its_own_direction() -> None:
+    """Hovering over a point of the pareto page said "(objective -0.9)", the minimised first objective,
+    and the timeline's bars "(objective -0.9)" for an accuracy of 0.9; both now name each objective as
+    returned."""
+    minimised = [dataclasses.replace(t, objective=-t.results["accuracy"]) for t in trials()]
+    first = {"accuracy": "max", "error": "min"}
+    (panel,) = plotting.make_figure("pareto", minimised, "mo", objectives=first).panels
+    labels = panel.front.labels + panel.others.labels
+    assert any("(accuracy 0.9, error 0.5) x=2" in label for label in labels)
+    assert not any("objective" in label for label in labels)
+    timed = [dataclasses.replace(t, worker="w") for t in minimised]
+    bars = plotting.make_figure("timeline", timed, "mo", objectives=first).bars
+    assert "(accuracy 0.9) x=2" in bars[1].label and not any("objective" in b.label for b in bars)
 
 
 def test_three_objectives_give_three_pairwise_views_of_one_front() -> None:

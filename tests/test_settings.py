@@ -356,6 +356,25 @@ def test_errors_name_the_repeatable_flags_as_typed(no_ambient: Path, capsys) -> 
     assert capsys.readouterr().err.strip().endswith("(given: objectives from --objective)")
 
 
+@pytest.mark.parametrize("objectives", ["err:min; acc:max", "err:min acc:max"])
+def test_objectives_not_separated_by_commas_are_refused_before_anything_is_stored(
+    no_ambient: Path, capsys, monkeypatch, objectives: str,
+) -> None:
+    """ORCHARD_OBJECTIVES='err:min; acc:max' (';' as ORCHARD_CONSTRAINTS separates) built an experiment of one
+    objective named 'err:min; acc', to maximise: every trial broke, and the name stayed taken."""
+    (no_ambient / "train.py").write_text("import orchard; orchard.report_results({'err': 0.5, 'acc': 0.5})\n")
+    monkeypatch.setenv("ORCHARD_OBJECTIVES", objectives)
+    command = [sys.executable, "train.py", "--x~uniform(0, 1)"]
+    assert main(["hunt", "-n", "e", "--storage", "o.pkl", "--max-trials", "1", *command]) == 2
+    err = capsys.readouterr().err
+    assert "ORCHARD_OBJECTIVES" in err and "separated by ','" in err
+    assert f"({objectives.split(':max')[0]!r} is no objective name)" in err
+    assert get_storage("o.pkl").get_experiment("e") is None
+    monkeypatch.setenv("ORCHARD_OBJECTIVES", "err:min, acc:max,")  # spaces and a last comma are fine
+    assert main(["hunt", "-n", "e", "--storage", "o.pkl", "--max-trials", "1", *command]) == 0
+    assert orchard.get_experiment("e", storage="o.pkl").settings.objectives == {"err": "min", "acc": "max"}
+
+
 def test_a_mistyped_orchard_variable_is_named_not_silently_ignored(no_ambient: Path) -> None:
     """`ORCHARD_MAX_TRIAL=2 orchard hunt ...` (a letter short) set nothing without a word: the hunt meant to
     stop after 2 trials ran until it was killed."""

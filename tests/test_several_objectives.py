@@ -141,6 +141,39 @@ def test_a_missing_or_non_finite_objective_breaks_the_trial_naming_it(store, fn,
     assert trial.status is TrialStatus.BROKEN and words in trial.error["message"]
 
 
+@pytest.mark.parametrize("leftover", [float("nan"), "n/a", None, [0.5, 0.25], 0.75])
+def test_an_objective_key_beside_every_objective_by_name_is_one_more_metric(store, leftover) -> None:
+    """A script's single-objective habit ({"objective": loss, ...} beside f1 and f2) broke every trial when
+    that loss was NaN or not a number ("objective is nan; it must be a finite number"), losing f1 and f2,
+    and dropped it when it was one."""
+    exp = build(store, objectives=GOALS, max_trials=3, max_broken=1)
+    exp.workon(lambda x, y: {"objective": leftover, "f1": x, "f2": y}, executor="single", progress=False)
+    trials = exp.fetch_trials()
+    assert [t.status for t in trials] == [TrialStatus.COMPLETED] * 3
+    assert all(t.objective == t.params["x"] and t.results["f2"] == t.params["y"] for t in trials)
+    kept = [t.results["objective"] for t in trials]
+    assert all(math.isnan(k) for k in kept) if leftover != leftover else kept == [leftover] * 3
+
+
+@pytest.mark.parametrize(("fn", "given"), [
+    (lambda x, y: x, "the result is float 0."),
+    (lambda x, y: np.float32(x), "the result is float32 0."),
+    (lambda x, y: {"objective": [x, y]}, "the result gives 'objective' [0."),
+    (lambda x, y: {"objective": x, "loss": y}, "the result gives 'objective' 0."),
+])
+def test_one_value_where_several_objectives_are_read_by_name_is_said_so(store, fn, given) -> None:
+    """One number (report_objective in a script) broke the trial with "objective 'f1' is missing"; a list
+    under 'objective' with "for several objectives, declare them (objectives={'a': 'min', 'b': 'max'})",
+    declared already."""
+    exp = build(store, objectives=GOALS, max_trials=3, max_broken=1)
+    with pytest.raises(orchard.errors.ExperimentBrokenError):
+        exp.workon(fn, executor="single", progress=False)
+    (trial,) = exp.fetch_trials()
+    message = trial.error["message"]
+    assert message.startswith(given) and message.endswith(
+        ", but the experiment has objectives f1, f2: return each by name, e.g. return {'f1': ..., 'f2': ...}")
+
+
 @pytest.mark.parametrize(("objectives", "fn"), [
     ({"objective": "max"}, lambda x, y: x),
     ({"objective": "max"}, lambda x, y: {"objective": x}),
@@ -171,6 +204,20 @@ def test_one_declared_objective_returned_as_a_number_is_its_value(store, fn) -> 
     assert all(t.results["accuracy"] == pytest.approx(t.params["x"]) for t in trials)
     assert all(t.objective == -t.results["accuracy"] for t in trials)
     assert exp.best_trial.params["x"] == max(t.params["x"] for t in trials)
+
+
+@pytest.mark.parametrize(("fn", "shown"), [
+    (lambda x, y: float("nan"), "nan"),
+    (lambda x, y: np.float32("-inf"), "-inf"),
+])
+def test_one_declared_objective_returned_as_nan_is_named_not_asked_by_name(store, fn, shown) -> None:
+    """A NaN returned for objectives={'accuracy': 'max'} broke the trial with "the result is float nan, but
+    the experiment has objectives accuracy: return each by name", which {'accuracy': nan} would not mend."""
+    exp = build(store, objectives={"accuracy": "max"}, max_trials=3, max_broken=1)
+    with pytest.raises(orchard.errors.ExperimentBrokenError):
+        exp.workon(fn, executor="single", progress=False)
+    (trial,) = exp.fetch_trials()
+    assert trial.error["message"].startswith(f"objective 'accuracy' is {shown}, not a finite number")
 
 
 @pytest.mark.parametrize(("options", "words"), [

@@ -15,6 +15,7 @@ import itertools
 import json
 import math
 import os
+import re
 import statistics
 import subprocess
 import sys
@@ -34,6 +35,7 @@ from orchard.errors import (
     ConfigurationError,
     ExperimentConflictError,
     ExperimentNotFoundError,
+    StorageError,
 )
 from orchard.history import History
 from orchard.storages._uri import lend_password, redact
@@ -269,6 +271,18 @@ def test_a_malformed_source_is_refused_without_its_password(store: str, source: 
     assert "s3cret" not in str(refused.value) and "***@db-host" in str(refused.value), refused.value
 
 
+def test_a_source_in_a_storage_that_cannot_be_read_is_named_when_the_experiment_is_created(
+        store: str, tmp_path: Path) -> None:
+    """'cannot reach MongoDB at 127.0.0.1:1 to read an experiment': which one, the experiment's own storage
+    or its source's, the message did not say."""
+    (tmp_path / "a-folder.pkl").mkdir()
+    named = re.escape(f"warm start source '{tmp_path}/a-folder.pkl:old' cannot be read: ")
+    with pytest.raises(StorageError, match=named):
+        orchard.build_experiment("new", space=BRANIN_SPACE, storage=store,
+                                 warm_start=[f"{tmp_path}/a-folder.pkl:old"])
+    assert orchard.get_storage(store).get_experiment("new") is None
+
+
 def test_a_missing_source_is_named_as_the_warm_start_source_not_blamed_on_storage(
         store: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """The message was require_experiment's: "no experiment named 'old' in storage ...; check the name and
@@ -327,9 +341,30 @@ def test_info_counts_only_the_source_trials_that_recorded_the_objectives(
     assert f"old ({scored} of 4 completed trials)" in capsys.readouterr().out
 
 
+@pytest.mark.parametrize("objectives", [{"objective": "max"}, {"objective": "min", "size": "max"}])
+def test_a_source_of_one_unnamed_objective_gives_it_to_an_objective_declared_by_that_name(
+    store: str, objectives: dict[str, str], capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Maximising what scripts report with report_objective (objectives={'objective': 'max'}), warm-started
+    from the run that minimised it, was refused: "none of its 4 completed trials recorded the objectives
+    'objective'", though each had recorded it (as its objective, kept apart from its results)."""
+    old = orchard.build_experiment("old", space=BRANIN_SPACE, max_trials=4, storage=store, seed=7)
+    old.workon(lambda x, y: {"objective": x, "size": y}, progress=False)
+    new = orchard.build_experiment("new", space=BRANIN_SPACE, storage=store, objectives=objectives,
+                                   warm_start=["old"])
+    worker = Worker(new.storage, new.id, WorkerSettings.for_experiment(new.settings),
+                    evaluate=lambda trial: None)  # type: ignore[arg-type, return-value]
+    sign = -1 if objectives["objective"] == "max" else 1
+    told = sorted((o.params["x"], o.objective) for o in worker.history.observations)
+    assert told == sorted((t.params["x"], sign * t.params["x"]) for t in old.fetch_trials())
+    assert main(["info", "-n", "new", "--storage", store]) == 0
+    assert "warm start: old (4 of 4 completed trials)" in capsys.readouterr().out
+
+
 @pytest.mark.parametrize(("objectives", "culprit"), [
     (None, r"it measured the objectives \{'acc': 'max'\}, this experiment one unnamed objective"),
-    ({"loss": "min"}, r"none of its 4 completed trials recorded the objectives 'loss'"),
+    ({"loss": "min"}, r"its 4 completed trials recorded the objectives 'loss' this experiment optimises;"),
+    ({"acc": "max", "ms": "min"}, r"recorded the objectives 'acc', 'ms' this experiment optimises \('ms' in"),
 ])
 def test_a_source_scored_on_other_objectives_is_refused(store: str, objectives: dict[str, str] | None,
                                                         culprit: str) -> None:
@@ -545,6 +580,27 @@ def test_a_source_recreated_with_another_space_never_stops_the_experiment_it_war
     assert unfit in capsys.readouterr().out
 
 
+def test_a_source_recreated_with_declared_objectives_is_not_told_as_one_unnamed_objective(
+    store: str, caplog: pytest.LogCaptureFixture, capsys: pytest.CaptureFixture[str],
+) -> None:
+    """'old' deleted and created again maximising acc (same space): each worker of 'new' (one unnamed
+    objective, minimised) was told its trials at -acc, about -100 (far better than any of its own), and
+    info said 'old (12 of 12 completed trials)'; creating 'new' from such a source is refused."""
+    old = finished(store)
+    new = orchard.build_experiment("new", space=BRANIN_SPACE, max_trials=2, storage=store, warm_start=["old"])
+    old.storage.delete_experiment(old.id)
+    again = orchard.build_experiment("old", space=BRANIN_SPACE, max_trials=12, storage=store,
+                                     objectives={"acc": "max", "ms": "min"})
+    again.workon(lambda x, y: {"acc": 100 + x, "ms": y}, progress=False)
+    worker = Worker(new.storage, new.id, WorkerSettings.for_experiment(new.settings),
+                    evaluate=lambda trial: None)  # type: ignore[arg-type, return-value]
+    assert worker.history.observations == []
+    assert "warm start source 'old' now measures the objectives {'acc': 'max', 'ms': 'min'}" in caplog.text
+    assert main(["info", "-n", "new", "--storage", store]) == 0
+    unscored = "old (0 of 12 completed trials; gives nothing: it measures other objectives now)"
+    assert unscored in capsys.readouterr().out
+
+
 def test_a_source_whose_stored_space_cannot_be_read_never_stops_the_experiment_it_warm_started(
     store: str, caplog: pytest.LogCaptureFixture, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -594,6 +650,23 @@ def test_a_source_in_another_storage_that_cannot_be_read_never_stops_the_experim
     new.workon(branin, progress=False)  # every worker exited at start, for good
     assert len(new.fetch_trials([TrialStatus.COMPLETED])) == 2
     assert f"warm start source '{elsewhere}:old' cannot be read" in caplog.text
+
+
+def test_a_source_whose_file_was_moved_is_said_to_be_gone_not_deleted(
+    tmp_path: Path, store: str, caplog: pytest.LogCaptureFixture, capsys: pytest.CaptureFixture[str],
+) -> None:
+    """The runs folder moved: every worker and info said the source 'no longer exists', as if deleted."""
+    elsewhere = tmp_path / "runs" / "old-runs.pkl"
+    elsewhere.parent.mkdir()
+    finished(str(elsewhere))
+    new = orchard.build_experiment("new", space=BRANIN_SPACE, max_trials=2, storage=store,
+                                   warm_start=[f"{elsewhere}:old"])
+    (tmp_path / "runs").rename(tmp_path / "runs-2026")
+    new.workon(branin, progress=False)
+    assert len(new.fetch_trials([TrialStatus.COMPLETED])) == 2
+    assert f"cannot be read: its file {elsewhere} does not exist (moved or deleted?)" in caplog.text
+    assert main(["info", "-n", "new", "--storage", store]) == 0
+    assert "(0 of 0 completed trials; gives nothing: its storage file is gone)" in capsys.readouterr().out
 
 
 # -- warm start: what it buys ----------------------------------------------------------------------

@@ -98,7 +98,7 @@ class Subject:
 FIGURES: dict[str, Callable[[Sequence[Trial], Subject], Figure]] = {
     "regret": lambda trials, s: regret(trials, s.name, Shown.of(s.objectives), s.constraints),
     "parallel": lambda trials, s: parallel(trials, s.name, s.space, Shown.of(s.objectives)),
-    "timeline": lambda trials, s: timeline(trials, s.name),
+    "timeline": lambda trials, s: timeline(trials, s.name, Shown.of(s.objectives)),
     "rungs": lambda trials, s: rungs(trials, s.name, s.space, Shown.of(s.objectives)),
     "curves": lambda trials, s: curves(trials, s.name, s.space, Shown.of(s.objectives), s.constraints),
     "pareto": lambda trials, s: pareto(trials, s.name, s.objectives, s.constraints),

@@ -214,7 +214,7 @@ def parallel(trials: Iterable[Trial], name: str, space: Space | None = None,
     return ParallelFigure(title, note, axes, objectives, shown.label, shown.higher_is_better)
 
 
-def timeline(trials: Iterable[Trial], name: str) -> TimelineFigure:
+def timeline(trials: Iterable[Trial], name: str, shown: Shown = Shown()) -> TimelineFigure:
     """Build the per-worker timeline: a row per worker, a bar per trial it ran.
 
     A worker's busy fraction is the time its trials ran over the time from its
@@ -225,6 +225,7 @@ def timeline(trials: Iterable[Trial], name: str) -> TimelineFigure:
     Args:
         trials: the experiment's trials.
         name: the experiment's name, used in the title.
+        shown: how a bar's label shows the objective (its first declared one, in its own direction).
 
     Returns:
         The figure record; empty, with a note, when no trial has started.
@@ -238,7 +239,7 @@ def timeline(trials: Iterable[Trial], name: str) -> TimelineFigure:
     workers = sorted(runs, key=lambda w: (min(s for s, _, _ in runs[w]), w))
     t0 = min(start for w in workers for start, _, _ in runs[w])
     t1 = max(end for w in workers for _, end, _ in runs[w])
-    bars = [Bar(row, s - t0, e - t0, t.status, describe(t))
+    bars = [Bar(row, s - t0, e - t0, t.status, describe(t, shown))
             for row, w in enumerate(workers) for s, e, t in sorted(runs[w], key=lambda r: r[:2])]
     busy = {w: _busy_seconds([(s, e) for s, e, _ in runs[w]]) for w in workers}
     labels = _short_names(workers)
@@ -282,11 +283,13 @@ def _end_time(trial: Trial) -> float:
     return max(start, trial.end_time or trial.heartbeat or start)
 
 
-def describe(trial: Trial, shown: Shown = Shown()) -> str:
-    """A trial's hover label: its id, its objective as ``shown`` (or its status) and its params."""
+def describe(trial: Trial, shown: Shown = Shown(), values: Sequence[tuple[str, float]] = ()) -> str:
+    """A trial's hover label: its id, its objective as ``shown`` (or each of several ``values``, by name,
+    or its status) and its params."""
     params = ", ".join(f"{k}={_fmt(v)}" for k, v in trial.params.items())
     objective = trial.objective
-    result = f"{shown.name} {shown.value(objective):.6g}" if objective is not None else trial.status.value
+    result = (", ".join(f"{n} {v:.6g}" for n, v in values) if values else
+              f"{shown.name} {shown.value(objective):.6g}" if objective is not None else trial.status.value)
     if trial.status is TrialStatus.BROKEN and trial.error:
         result += f": {trial.error.get('type', 'error')}"
     return f"trial {trial.id[:8]} ({result}) {params}"

@@ -128,7 +128,7 @@ def pareto(trials: Sequence[Trial], name: str, objectives: Mapping[str, str] | N
             key = "i" if violation > 0 else "f" if trial.id in front else "o"
             groups[key][0].append(shown[i])
             groups[key][1].append(shown[j])
-            groups[key][2].append(describe(trial))
+            groups[key][2].append(describe(trial, values=list(zip(names, shown))))  # not the minimised first
         fx, fy, fl = groups["f"]
         order = sorted(range(len(fx)), key=lambda k: (fx[k], fy[k]))
         front_points = Points([fx[k] for k in order], [fy[k] for k in order], [fl[k] for k in order])
