@@ -78,7 +78,7 @@ function renderRungs(rungs) {
   if (!rungs) return;
   document.querySelector("#rungs tbody").replaceChildren(...rungs.map((r) => {
     const tr = el("tr");
-    [r.fidelity, r.completed, r.pruned, r.running, r.broken, r.promoted, fmtNumber(sv(r.best_objective))]
+    [r.label, r.completed, r.pruned, r.running, r.broken, r.promoted, fmtNumber(sv(r.best_objective))]
       .forEach((v) => tr.appendChild(el("td", v, "num")));
     return tr;
   }));
