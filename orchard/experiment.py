@@ -20,10 +20,10 @@ from orchard.asking import holder, new_client, suggested
 from orchard.constraints import normalize_constraints
 from orchard.current import refuse_nested
 from orchard.dataframe import trials_frame
-from orchard.errors import ConfigurationError, ExecutorError, ExperimentBrokenError, Interrupted, OrchardError
+from orchard.errors import ConfigurationError, ExecutorError, ExperimentBrokenError
 from orchard.executors import make_executor, outlasts_workon, reaches_local_processes, shares_environment
 from orchard.executors.capacity import workers_to_start
-from orchard.executors.fleet import Fleet
+from orchard.executors.fleet import Fleet, raise_failure
 from orchard.executors.task import WorkerTask, check_travels
 from orchard.experiment_config import ExperimentConfig
 from orchard.fidelity import best_by_fidelity
@@ -35,7 +35,8 @@ from orchard.objective import Outcome, check_objective, interpret_result
 from orchard.objectives import normalize_objectives
 from orchard.pareto import best_of, front_hypervolume, pareto_front
 from orchard.pruners import check_objectives, normalize_pruner_config
-from orchard.recording import budget_held, budget_to_give, queue_trial, record_evaluation, warn_if_budget_met
+from orchard.recording import (budget_held, budget_to_give, finished, queue_trial, record_evaluation,
+                               warn_if_budget_met)
 from orchard.report import TrialPruned, check_report
 from orchard.resources import assign_devices, parse_gpus, parse_memory
 from orchard.runner import ScriptRunner
@@ -151,7 +152,7 @@ def build_experiment(
 
     with settings.naming_conflicts({**given, "algorithm": algorithm, "pruner": pruner, "objectives": objectives,
                                     "constraints": constraints, "stop": stop, "warm_start": warm_start}):
-        return Experiment(store, patiently(store, open_record), sources)
+        return Experiment(store, patiently(store, open_record), sources, chosen)
 
 
 def get_experiment(name: str, storage: str | BaseStorage | None = None) -> Experiment:
@@ -167,9 +168,11 @@ def get_experiment(name: str, storage: str | BaseStorage | None = None) -> Exper
 class Experiment:
     """A handle on one experiment in a storage (cheap; many may exist at once)."""
 
-    def __init__(self, storage: BaseStorage, record: ExperimentRecord,
-                 warm_start: list[dict[str, Any]] | None = None) -> None:  # the sources given, with passwords
+    def __init__(self, storage: BaseStorage, record: ExperimentRecord,  # warm_start: the sources given, with
+                 warm_start: list[dict[str, Any]] | None = None,  # passwords; asked: the budgets build got
+                 asked: Mapping[str, Any] | None = None) -> None:
         self.storage, self._record, self._sources = storage, record, warm_start
+        self._asked = dict(asked or {})
         self._settings: ExperimentConfig | None = None  # read on first use: `db rm` needs none
         self._client: Worker | None = None
 
@@ -278,7 +281,8 @@ class Experiment:
             ExperimentBrokenError: ``max_broken`` trials broke; the message shows the last error.
             ConfigurationError: ``fn`` is not callable, cannot take the space's names or be loaded by the
                 workers, or calls ``workon`` of its experiment; a bad option, ``gpus`` with threads.
-            ExecutorError: a worker process died.
+            ExecutorError: a worker process died, or could not run (out of open files), and the experiment
+                is not finished; finished (budget used, a stopping rule fired), it is a warning.
             Interrupted: Ctrl-C, SIGINT or SIGTERM reached this process (or a worker's); the
                 workers in local processes or this thread stopped and released their running
                 trials (status ``interrupted``), and the error says so. A ``KeyboardInterrupt``.
@@ -298,7 +302,7 @@ class Experiment:
         n_workers = workers_to_start(n_workers, lambda: budget_to_give(self.storage, self.id, settings.max_trials), self.name)
         pool_manager = make_executor(executor, n_workers, executor_config)  # validates name and size
         devices = assign_devices(parse_gpus(gpus), gpus_per_worker, n_workers, shares_environment(executor, executor_config))
-        warn_if_budget_met(self.storage, self.id, self.name, self.max_trials, self.config)  # as refreshed above
+        warn_if_budget_met(self.storage, self.id, self.name, self.max_trials, self.config, self._asked)
         travels = executor not in ("single", "thread") and not shares_environment(executor)
         sent = check_travels(fn, self.storage, executor) if travels else fn  # the pickler's reason, if any
         tasks = [WorkerTask(self.storage, self.id, settings.seeded(i), sent, trial_timeout, self.name,
@@ -306,11 +310,17 @@ class Experiment:
         monitor = ProgressMonitor(self.storage, self.id, self.name, self.max_trials, on_result, on_error,
                                   show_bar=progress and sys.stderr is not None and sys.stderr.isatty())
         fleet = Fleet(self.storage, self.id, tasks, settings.max_attempts, executor_config)
-        with interruptible(), monitor, fleet, pool_manager as pool:
-            errors = fleet.run(pool, reachable=reaches_local_processes(executor) or shares_environment(
-                executor, executor_config), lasting=outlasts_workon(executor, executor_config))
         isolated = trial_timeout is not None or memory_limit is not None or isinstance(fn, ScriptRunner)
-        self._raise_worker_failure([e for e in errors if e is not None], str(executor), isolated)
+        try:
+            with interruptible(), monitor, fleet, pool_manager as pool:
+                errors = fleet.run(pool, reachable=reaches_local_processes(executor) or shares_environment(
+                    executor, executor_config), lasting=outlasts_workon(executor, executor_config))
+            raise_failure(errors, self.name, str(executor), isolated)
+        except ExecutorError as err:  # a worker out of open files stopped, the others finished the experiment
+            if not finished(self.storage, self.id):
+                raise
+            log.warning("experiment %r is finished, but not every worker started here ran to its end: %s",
+                        self.name, err)
         trials = self.fetch_trials()  # one read for the broken check and the stats
         self._raise_if_broken(trials)
         return self.stats_of(trials)
@@ -319,19 +329,6 @@ class Experiment:
         """Re-read the experiment's stored configuration (e.g. a budget raised elsewhere)."""
         self._record = self.storage.require_experiment(self.name)
         self._settings = None
-
-    def _raise_worker_failure(self, failures: list[BaseException], executor: str, isolated: bool) -> None:
-        if not failures:
-            return
-        if isinstance(err := failures[0], (OrchardError, KeyboardInterrupt)):  # objectives raising KeyboardInterrupt: all released
-            raise err.joined(failures[1:]) if isinstance(err, Interrupted) else err
-        summary = (str(err).strip().splitlines() or [""])[0].rstrip(".")
-        hint = ("Its evaluations ran in child processes, so the worker's own process was killed (kill -9, the "
-                "out-of-memory killer); its trials were given back: run again to resume" if isolated else
-                "If the objective crashed its process (segfault, out of memory, os._exit), run it with "
-                "trial_timeout=... so it runs in a child process")
-        raise ExecutorError(f"a worker of experiment {self.name!r} died under executor {executor!r}: "
-                            f"{type(err).__name__}: {summary}. {hint}") from err
 
     def _call_budget(self, max_trials: int | None) -> dict[str, Any]:
         if max_trials is None:  # the experiment's own: raised meanwhile, the workers go on to it

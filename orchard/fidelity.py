@@ -21,7 +21,7 @@ from orchard.priors import Fail, Prior, Scalar, bounds, is_integral, is_number
 from orchard.trial import Trial, TrialStatus, finite_number
 
 __all__ = ["MAX_RUNGS", "Fidelity", "best_by_fidelity", "best_key", "fidelity_param", "format_rungs",
-           "rung_counts"]
+           "rung_counts", "rung_label"]
 
 #: The most rungs a fidelity may have (``low·base^k`` up to ``high``).
 MAX_RUNGS = 1000
@@ -188,16 +188,18 @@ def fidelity_param(config: Mapping[str, Any]) -> str | None:
     return None
 
 
-def format_rungs(rows: list[dict[str, Any]]) -> str:
-    """One line: ``1: 27 completed, 2 pending | 3: 9 completed (9 promoted) | …``.
+def rung_label(rung: Any) -> str:
+    """A rung's fidelity as shown (status, info, the dashboard, ``plot rungs``): a float to 12 significant
+    digits. ``fidelity(0.1, 0.9)``'s middle rung is ``0.1 * 3``, the float ``0.30000000000000004``, shown
+    as ``0.3`` (the trials hold the float); ``1234567.0`` is ``1234567``, not ``1.23457e+06``."""
+    return f"{rung:.12g}" if isinstance(rung, float) else str(rung)
 
-    A float rung is shown to 12 significant digits: ``fidelity(0.1, 0.9)``'s middle rung is
-    ``0.1 * 3``, the float ``0.30000000000000004``, shown as ``0.3`` (the trials hold the float).
-    """
+
+def format_rungs(rows: list[dict[str, Any]]) -> str:
+    """One line: ``1: 27 completed, 2 pending | 3: 9 completed (9 promoted) | …`` (rungs by :func:`rung_label`)."""
     parts = []
     for row in rows:
-        rung = row["fidelity"]
-        text = f"{f'{rung:.12g}' if isinstance(rung, float) else rung}: {row['completed']} completed"
+        text = f"{rung_label(row['fidelity'])}: {row['completed']} completed"
         text += "".join(f", {row[key]} {key}" for key in ("pruned", "pending", "broken") if row.get(key))
         parts.append(text + (f" ({row['promoted']} promoted)" if row["promoted"] else ""))
     return " | ".join(parts)

@@ -21,7 +21,7 @@ from typing import Any, TypeVar
 from orchard import config
 from orchard.errors import ExperimentConflictError
 from orchard.experiment_config import ExperimentConfig, WorkerSettings
-from orchard.recording import budget_used
+from orchard.recording import RAISABLE, budget_used
 from orchard.space import Space
 from orchard.stopping import LEDGER_KEY, SEARCH_ON, Ledger
 from orchard.storages.base import BaseStorage, ExperimentRecord
@@ -84,7 +84,7 @@ def join_experiment(
         if chosen.get(key) is not None and chosen[key] != getattr(stored, key):
             problems.append(f"{key}: stored {getattr(stored, key)} != given {chosen[key]} (fixed when the experiment "
                             "was created: leave it out to use the stored one)")
-    for key in _RAISABLE:
+    for key in RAISABLE:
         given, kept = chosen.get(key), getattr(stored, key)
         if given is not None and kept is not None and given < kept:
             problems.append(f"{key}: stored {kept} > given {given} (it can only be raised: leave it out "
@@ -101,7 +101,7 @@ def join_experiment(
             + "; ".join(problems)
             + f". Use the stored settings, or a new experiment name{_carry_over(problems, record.name)}"
         )
-    raised = [key for key in _RAISABLE if chosen.get(key) is not None and chosen[key] != getattr(stored, key)]
+    raised = [key for key in RAISABLE if chosen.get(key) is not None and chosen[key] != getattr(stored, key)]
     fired = Ledger.from_dict(record.config.get(LEDGER_KEY), record.name).fired if raised else None
     if fired is not None:  # stored, it would show a budget no worker ever uses
         log.warning("experiment %r: %s not stored: its stopping rule %s fired, and a stopped experiment "
@@ -113,15 +113,10 @@ def join_experiment(
     return record
 
 
-#: Budgets a joiner may raise, never lower (:func:`_raised_budget`). ``max_broken`` was replaced: a
-#: SLURM task resubmitted with the ``--max-broken 3`` of its script undid the 10 the user had raised it
-#: to after a fix, and stopped every worker that joined later with "raise max_broken".
-_RAISABLE = ("max_trials", "max_broken", "max_attempts")
-
 
 def _carry_over(problems: list[str], name: str) -> str:
     """How to keep an experiment's results when its space, algorithm, goals or pruner must change."""
-    if all(problem.startswith(_RAISABLE + _FIXED) for problem in problems):
+    if all(problem.startswith(RAISABLE + _FIXED) for problem in problems):
         return ""
     return (f" warm-started from this one (--warm-start {name}, warm_start=[{name!r}]), which tells the "
             "algorithm its completed trials")

@@ -36,16 +36,21 @@ from orchard.experiment_config import ExperimentConfig
 from orchard.named_results import with_objectives
 from orchard.objective import Outcome, interpret_result
 from orchard.space import Space, trial_id
-from orchard.stopping import LEDGER_KEY, SEARCH_ON, Ledger, StopGate, StopRules, stop_message
+from orchard.stopping import LEDGER_KEY, SEARCH_ON, Ledger, StopGate, StopRules, stop_message, stop_summary
 from orchard.storages.base import BaseStorage
 from orchard.trial import Trial, TrialStatus
 
 __all__ = [
-    "budget_held", "budget_to_give", "budget_used", "check_evaluation", "check_will_run", "off_the_space",
-    "queue_trial", "record_evaluation", "warn_if_budget_met",
+    "RAISABLE", "budget_held", "budget_to_give", "budget_used", "check_evaluation", "check_will_run",
+    "finished", "off_the_space", "queue_trial", "raise_refused", "record_evaluation", "warn_if_budget_met",
 ]
 
 log = logging.getLogger(__name__)
+
+#: Budgets a joiner may raise, never lower (:func:`orchard.joining.join_experiment`). ``max_broken`` was
+#: replaced: a SLURM task resubmitted with the ``--max-broken 3`` of its script undid the 10 the user had
+#: raised it to after a fix, and stopped every worker that joined later with "raise max_broken".
+RAISABLE = ("max_trials", "max_broken", "max_attempts")
 
 
 def check_evaluation(
@@ -214,17 +219,25 @@ def budget_to_give(storage: BaseStorage, experiment_id: str, max_trials: int | N
     return max(max_trials - _used(storage, experiment_id, counts) - counts[TrialStatus.RESERVED], 0)
 
 
+def raise_refused(config: Mapping[str, Any], asked: Mapping[str, Any]) -> bool:
+    """Whether a budget of ``asked`` (:data:`RAISABLE`) is not the stored ``config``'s: a raise of a
+    stopped experiment's, not stored, and the joiner was told how to search on (:mod:`orchard.joining`)."""
+    return any(asked.get(key) not in (None, config.get(key)) for key in RAISABLE)
+
+
 def warn_if_budget_met(storage: BaseStorage, experiment_id: str, name: str, max_trials: int | None,
-                       config: Mapping[str, Any]) -> bool:
+                       config: Mapping[str, Any], asked: Mapping[str, Any] | None = None) -> bool:
     """Say so (a warning) when the budget is met or a stopping rule fired, instead of returning silently.
 
     Returns whether either is so. ``config`` is the experiment's stored configuration, just read (the
     stopping ledger is in it). Counts the trials recorded apart from the budget only when the
-    completed and pruned ones alone reach it.
+    completed and pruned ones alone reach it. How to search on is said once: not again after a
+    raise of ``asked`` (the budgets the handle was built with) was refused saying it.
     """
     fired = Ledger.from_dict(config.get(LEDGER_KEY), name).fired
     if fired is not None:  # a larger max_trials is no remedy
-        log.warning("%s; nothing to do: %s", stop_message(name, fired), SEARCH_ON)
+        said = raise_refused(config, asked or {})
+        log.warning("%s; nothing to do%s", stop_message(name, fired), "" if said else f": {SEARCH_ON}")
         return True
     if max_trials is None:
         return False
@@ -237,3 +250,17 @@ def warn_if_budget_met(storage: BaseStorage, experiment_id: str, name: str, max_
     log.warning("experiment %r has already completed its %d trials (max_trials=%d); nothing to do. "
                 "Raise max_trials, or use a new experiment name", name, done, max_trials)
     return True
+
+
+def finished(storage: BaseStorage, experiment_id: str) -> bool:
+    """Whether the experiment's budget is used up, or a stopping rule ended it: no worker has work left.
+
+    ``workon`` (and so ``hunt``) then warns, and returns, when one of its workers could not run to
+    its end (out of open files, its executor gone) while the others finished the experiment.
+    """
+    config = storage.experiment(experiment_id).config
+    stopping = stop_summary(config)
+    if stopping is not None and stopping["fired"] is not None:
+        return True
+    budget = config.get("max_trials")
+    return budget is not None and budget_used(storage, experiment_id) >= budget

@@ -362,7 +362,7 @@ def test_workers_out_of_open_files_do_not_fail_a_hunt_the_others_finished(workdi
         assert runs[-1] is not None, f"the budget was completed once, not again, under {lowest} open files"
     for proc in runs:
         assert proc.returncode == 0, proc.stderr  # the experiment is finished: not a failed hunt
-    assert ("orchard: WARNING: experiment 'e' is finished, but not every worker of this hunt ran to its end: "
+    assert ("orchard: WARNING: experiment 'e' is finished, but not every worker started here ran to its end: "
             "a worker could not start a child process to evaluate its trial (OSError: [Errno 24] Too many"
             in runs[-1].stderr), [proc.stderr for proc in runs]
     assert "experiment 'e': 3 completed, 0 broken" in runs[-1].stdout

@@ -141,9 +141,9 @@ def test_rungs_group_trials_by_their_fidelity(store: BaseStorage) -> None:
     detail = experiment_detail(view, store.redacted_uri)
     assert detail["algorithm"] == "asha" and detail["fidelity"] == "epochs"
     assert detail["rungs"] == [
-        {"fidelity": 1, "completed": 3, "running": 0, "pruned": 0, "broken": 0, "promoted": 0,
+        {"fidelity": 1, "label": "1", "completed": 3, "running": 0, "pruned": 0, "broken": 0, "promoted": 0,
          "best_objective": 1.0},
-        {"fidelity": 3, "completed": 0, "running": 1, "pruned": 0, "broken": 0, "promoted": 1,
+        {"fidelity": 3, "label": "3", "completed": 0, "running": 1, "pruned": 0, "broken": 0, "promoted": 1,
          "best_objective": None},
     ]
 

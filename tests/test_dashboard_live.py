@@ -495,6 +495,33 @@ def test_multi_fidelity_experiments_show_their_rungs(browser: Any, tmp_path: Pat
 
 
 
+def test_a_multi_fidelity_page_shows_rungs_and_the_best_as_status_does(browser: Any, tmp_path: Path) -> None:
+    """The rungs table of fidelity(0.1, 0.9) showed its middle rung as 0.30000000000000004 (0.1 * 3), where
+    status and info show 0.3; the best-so-far line kept a low rung's objective, where best_trial (and the
+    page's own best card) give the best at the highest fidelity completed."""
+    from selenium.webdriver.common.by import By
+
+    store = get_storage(str(tmp_path / "orchard.pkl"))
+    exp_id = store.create_experiment("f", {"space": {"x": "uniform(0, 1)", "b": "fidelity(0.1, 0.9)"},
+                                          "algorithm": {"asha": {}}, "max_trials": 10})
+    for budget, objective in [(0.1, 0.2), (0.1 * 3, 0.5), (0.1, 0.1), (0.9, 0.4)]:
+        trial = store.register_trial(exp_id, {"x": objective, "b": budget}, worker="host:1:a")
+        store.complete_trial(trial.id, "host:1:a", objective)
+    store.close()
+    with serving(str(tmp_path / "orchard.pkl"), cwd=tmp_path) as served:
+        browser.get(served.url + "experiments/f")
+
+        def rungs(b: Any) -> list[str]:
+            return [row.text.split()[0] for row in b.find_elements(By.CSS_SELECTOR, "#rungs tbody tr")]
+
+        assert wait_for(browser, lambda b: len(rungs(b)) == 3 and rungs(b)) == ["0.1", "0.3", "0.9"]
+        wait_for(browser, lambda b: b.find_elements(By.CSS_SELECTOR, "#plot-best svg.main-svg"))
+        line = browser.execute_script(
+            "const d = document.getElementById('plot-best').data[1]; return [d.name, d.y]")
+        assert line == ["best so far (at the highest b reached)", [0.2, 0.5, 0.5, 0.4]]
+        assert browser.find_element(By.ID, "best").text == "0.4"
+
+
 def test_the_experiment_page_draws_learning_curves_and_marks_pruned_trials(browser: Any, tmp_path: Path) -> None:
     """Reports show as one line per trial; a pruned trial's line ends in a cross; the page follows new reports."""
     from selenium.webdriver.common.by import By

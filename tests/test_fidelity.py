@@ -678,6 +678,17 @@ def test_rungs_plot_draws_promotions_as_lines(tmp_path: Path) -> None:
         assert out.stat().st_size > 10_000
 
 
+def test_the_rungs_plot_labels_its_rungs_as_status_does(tmp_path: Path) -> None:
+    """Its ticks were written with 6 significant digits: fidelity(1000, 1234567)'s top rung read 1.23457e+06."""
+    exp = orchard.build_experiment("big", space={"x": "uniform(0, 1)", "n": "fidelity(1000, 1234567)"},
+                                   storage=str(tmp_path / "o.pkl"), algorithm="asha", max_trials=4)
+    for n in (1000, 1234567):
+        exp.insert({"x": 0.5, "n": n}, objective=1.0)
+    out = tmp_path / "rungs.html"
+    assert main(["plot", "rungs", "-n", "big", "--storage", str(tmp_path / "o.pkl"), "-o", str(out)]) == 0
+    assert '"ticktext":["1000","1234567"]' in out.read_text()
+
+
 def test_the_incremental_ladder_suggests_what_a_fresh_one_does() -> None:
     """The worker hands the same, growing list each time: the cache must change no suggestion."""
     space = Space.from_config({"x": "uniform(0, 1)", "y": "uniform(0, 1)", "epochs": "fidelity(1, 27)"})

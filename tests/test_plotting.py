@@ -62,6 +62,37 @@ def test_regret_best_so_far_never_rises() -> None:
     assert plotting.regret(trials, "exp").best == [4.0, 2.0, 2.0, 1.5, 1.5]
 
 
+def test_regret_best_so_far_under_multi_fidelity_is_what_best_trial_said_then() -> None:
+    """Its best so far was the lowest objective at any fidelity (a 1-epoch trial's 0.1), where best_trial,
+    status and the dashboard give the best at the highest fidelity that has a result."""
+    space = Space.from_config({"x": "uniform(0, 1)", "epochs": "fidelity(1, 9)"})
+    runs = [(1, 0.2), (1, 0.5), (3, 0.4), (1, 0.1), (3, 0.3), (9, 0.35)]
+    trials = [make_trial(i, objective=o, end=float(i), x=i / 10, epochs=e) for i, (e, o) in enumerate(runs)]
+    fig = plotting.make_figure("regret", trials, "mf", space)
+    assert isinstance(fig, plotting.RegretFigure)
+    assert fig.objectives == [0.2, 0.5, 0.4, 0.1, 0.3, 0.35]  # every trial is drawn
+    assert fig.best == [0.2, 0.2, 0.4, 0.4, 0.3, 0.35]
+    assert "best 0.35 at epochs=9 after 6 completed" in fig.title
+    assert fig.best_label == "best so far (at the highest epochs reached)"
+    assert plotting.regret(trials, "mf").best[-1] == 0.1  # no fidelity named: the lowest of all, as before
+
+
+def test_plot_regret_of_a_multi_fidelity_experiment_names_best_trials_best(tmp_path: Path) -> None:
+    from orchard.cli import main
+
+    storage = str(tmp_path / "o.pkl")
+    exp = orchard.build_experiment("mf", space={"x": "uniform(0, 1)", "epochs": "fidelity(1, 9)"},
+                                   algorithm="asha", storage=storage, max_trials=10)
+    for x, epochs, objective in [(0.1, 1, 0.1), (0.2, 1, 0.5), (0.2, 3, 0.4), (0.2, 9, 0.3)]:
+        exp.insert({"x": x, "epochs": epochs}, objective=objective)
+    assert exp.best_trial is not None and exp.best_trial.objective == 0.3
+    out = tmp_path / "regret.html"
+    assert main(["plot", "regret", "-n", "mf", "--storage", storage, "-o", str(out)]) == 0
+    html = out.read_text()
+    assert "mf: regret (best 0.3 at epochs=9 after 4 completed, 0 broken)" in html
+    assert "best so far (at the highest epochs reached)" in html
+
+
 def test_parallel_maps_choices_to_indices_in_space_order() -> None:
     space = Space.from_config(SPACE)
     trials = [

@@ -252,6 +252,25 @@ def test_workon_on_a_stopped_experiment_says_so_and_how_to_search_on(caplog: pyt
     assert "nothing to do: to search on, start an experiment with a new name" in caplog.text
 
 
+def test_a_raised_budget_on_a_stopped_experiment_says_how_to_search_on_once(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """build_experiment('st', max_trials=20) on a stopped experiment warned 'to search on, …', then workon
+    warned it again (hunt says it once)."""
+    storage = str(tmp_path / "o.pkl")
+    _experiment({"max_cost": 2}, storage, max_trials=5).workon(lambda x: {"objective": x, "cost": 1.0})
+    caplog.clear()
+    exp = _experiment({"max_cost": 2}, storage, max_trials=20)
+    assert exp.workon(lambda x: {"objective": x, "cost": 1.0})["counts"]["completed"] == 2
+    assert caplog.text.count("to search on, start an experiment with a new name") == 1, caplog.text
+    assert "max_trials=20 not stored" in caplog.text and caplog.text.rstrip().endswith("nothing to do")
+    caplog.clear()
+    exp.workon(lambda x: {"objective": x, "cost": 1.0})  # this handle's build said it: not again
+    assert "nothing to do" in caplog.text and "to search on" not in caplog.text
+    caplog.clear()
+    _experiment({"max_cost": 2}, storage).workon(lambda x: {"objective": x, "cost": 1.0})  # no raise: said
+    assert caplog.text.count("to search on, start an experiment with a new name") == 1, caplog.text
+
+
 # -- inserted evaluations ----------------------------------------------------------------------
 
 

@@ -224,6 +224,59 @@ def test_eight_workers_under_ulimit_n_16_fail_with_one_clear_error_and_the_scrip
     assert run.stdout.endswith("0 trials\n")
 
 
+_FINISHED_BY_OTHERS = """
+import resource, sys, time
+import orchard
+
+def slow(x):
+    time.sleep(0.2)
+    return x
+
+if __name__ == "__main__":
+    exp = orchard.build_experiment("e", space={"x": "uniform(0, 1)"}, storage=sys.argv[1], max_trials=3)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (int(sys.argv[2]), int(sys.argv[2])))
+    try:
+        exp.workon(slow, n_workers=2, executor="thread", trial_timeout=60, progress=False)
+    except orchard.ExecutorError as err:
+        print("raised:", err)
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="file limits counted on Linux")
+def test_a_worker_out_of_open_files_does_not_fail_a_workon_the_others_finished(tmp_path: Path) -> None:
+    """Under a low `ulimit -n`, a worker that could not start an evaluation stopped, the other completed the
+    budget, and workon raised the out-of-files ExecutorError (hunt was already warning): it warns and returns
+    when the experiment is finished, and raises when it is not."""
+    script = tmp_path / "few.py"
+    script.write_text(_FINISHED_BY_OTHERS)
+
+    def run(limit: int) -> tuple[bool, subprocess.CompletedProcess[str]]:
+        """Whether the budget was completed under at most ``limit`` open files, and the run."""
+        storage = tmp_path / f"{limit}-{time.monotonic_ns()}.pkl"
+        proc = subprocess.run([sys.executable, str(script), str(storage), str(limit)], cwd=tmp_path,
+                              capture_output=True, text=True, timeout=120)
+        trials = orchard.get_experiment("e", storage=str(storage)).fetch_trials() if storage.exists() else []
+        return [t.status for t in trials] == [TrialStatus.COMPLETED] * 3, proc
+
+    lowest = next(limit for limit in range(6, 64) if run(limit)[0])
+    finished = []
+    for attempt in range(12):  # the lowest limits: one of two evaluations at once is out of files, seldom not
+        done, proc = run(lowest + attempt % 3)
+        if not done:  # the budget not used: the error is raised
+            said = proc.stdout + proc.stderr
+            assert "raised: a worker could not start a child process" in proc.stdout, said
+            continue
+        assert proc.returncode == 0 and "raised:" not in proc.stdout, proc.stdout + proc.stderr[-3000:]
+        finished.append(proc)
+        if "Too many open files" in proc.stderr:
+            break
+    warned = [proc.stderr for proc in finished if "Too many open files" in proc.stderr]
+    assert warned, [proc.stdout + proc.stderr for proc in finished]
+    assert ("experiment 'e' is finished, but not every worker started here ran to its end: a worker could "
+            "not start a child process to evaluate its trial (OSError: [Errno 24] Too many open") in warned[0]
+
+
 def test_thread_workers_sharing_a_mongodb_storage_run_workon_after_workon(mongo_db_uri: str) -> None:
     """A notebook calling workon in a loop with executor='thread': the first loop to end closed the storage
     every loop shares, and another loop's next call failed ("Cannot use MongoClient after close"; within

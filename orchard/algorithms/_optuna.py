@@ -57,7 +57,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from orchard.algorithms._optuna_checks import check_listable, check_midpoints, check_types
-from orchard.algorithms._optuna_cmaes import CmaEsState, completion_key
+from orchard.algorithms._optuna_cmaes import CmaEsState, completion_key, make_sampler
 from orchard.algorithms.base import BaseAlgorithm, Observation, SeenPoints
 from orchard.errors import (
     AlgorithmError,
@@ -270,9 +270,7 @@ class OptunaSampler(BaseAlgorithm):
 
     def _sampler(self, completed: Sequence[Observation], pending: Sequence[Any]) -> Any:
         seed = int(self.rng(completed, pending).integers(2**31 - 1))
-        with warnings.catch_warnings():  # "QMCSampler is experimental, its interface can change": the adapter's
-            warnings.simplefilter("ignore", self._optuna.exceptions.ExperimentalWarning)  # concern, not the user's
-            return getattr(self._optuna.samplers, self.options["sampler"])(seed=seed, **self._kwargs)
+        return make_sampler(self._optuna, self.options["sampler"], seed=seed, **self._kwargs)
 
     def _extends(self, completed: Sequence[Observation]) -> bool:
         """Whether ``completed`` is the list the study was last synced with, grown at its end."""

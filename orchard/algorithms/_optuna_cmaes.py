@@ -30,6 +30,7 @@ worker's stream depends on their number, so a racing worker draws another point.
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -38,7 +39,17 @@ import numpy as np
 from orchard.algorithms.base import Observation
 from orchard.space import params_hash
 
-__all__ = ["CmaEsState", "completion_key", "completion_order"]
+__all__ = ["CmaEsState", "completion_key", "completion_order", "make_sampler"]
+
+
+def make_sampler(optuna: Any, name: str, **options: Any) -> Any:
+    """Optuna's sampler ``name``, without its ``ExperimentalWarning``s: "QMCSampler is experimental",
+    "Argument consider_pruned_trials is an experimental feature. The interface can change": the
+    interface is the adapter's concern, not the user's (who writes Orchard's configuration), and the
+    line came back each time a worker made a sampler."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        return getattr(optuna.samplers, name)(**options)
 
 
 def completion_key(observation: Observation) -> tuple[float, str]:
@@ -69,7 +80,7 @@ class CmaEsState:
         numeric = {k: d for k, d in distributions.items() if k not in self._choices}
         self._names = set(numeric)
         self._transform = _SearchSpaceTransform(numeric, transform_step=True, transform_0_1=True) if numeric else None
-        self._sampler = optuna.samplers.CmaEsSampler(seed=0, **options)
+        self._sampler = make_sampler(optuna, "CmaEsSampler", seed=0, **options)
         self._pruned = bool(options.get("consider_pruned_trials", False))  # Optuna's default: leave them out
         self._direction = optuna.study.StudyDirection.MINIMIZE
         self._told: list[str] = []  # digests of the trials folded in, in order

@@ -371,14 +371,14 @@ def _stopped(experiment: Experiment, settings: Settings) -> bool:
 
     A budget given to raise it was not stored, and the warning saying so gave the remedy: not said twice.
     """
+    from orchard.recording import RAISABLE, raise_refused
     from orchard.stopping import SEARCH_ON, stop_summary
 
     config = experiment.storage.experiment(experiment.id).config
     stopping = stop_summary(config)
     if stopping is None or stopping["fired"] is None:
         return False
-    raised = any(settings.get(key, use_default=False) not in (None, config.get(key))
-                 for key in ("max_trials", "max_broken", "max_attempts"))
+    raised = raise_refused(config, {key: settings.get(key, use_default=False) for key in RAISABLE})
     print(printable(f"experiment {experiment.name!r}: {stopping['line']}; nothing to do"
                     + ("" if raised else f": {SEARCH_ON}")))
     return True
@@ -396,7 +396,6 @@ def _budget_met(experiment: Experiment) -> bool:
 
 
 def _work(experiment: Experiment, template: CommandTemplate, settings: Settings) -> int:
-    from orchard.errors import ExecutorError
     from orchard.executors.capacity import workers_to_start
     from orchard.objectives import Shown
     from orchard.recording import budget_to_give
@@ -418,18 +417,13 @@ def _work(experiment: Experiment, template: CommandTemplate, settings: Settings)
     executor = settings.get("executor", use_default=False)
     if n_workers == 1 and executor in ("joblib", "loky") and not settings.get("executor_config"):
         executor = "single"  # one worker: run it here, no process pool to start (nor options to give it)
-    try:
-        stats = experiment.workon(  # an interruption raises Interrupted, saying what was released
-            runner, n_workers=n_workers, executor=executor, idle_timeout=settings.get("idle_timeout"),
-            executor_config=settings.get("executor_config"),
-            gpus=settings.get("gpus"), gpus_per_worker=settings.get("gpus_per_worker"),
-        )
-    except ExecutorError as err:  # a worker out of open files stopped, and the others finished the experiment
-        if not _finished(experiment):
-            raise
-        log.warning("experiment %r is finished, but not every worker of this hunt ran to its end: %s",
-                    experiment.name, err)
-        stats = experiment.stats
+    # an interruption raises Interrupted, saying what was released; a worker that could not run to its end
+    # while the others finished the experiment (out of open files) is a warning of workon's, and exit 0
+    stats = experiment.workon(
+        runner, n_workers=n_workers, executor=executor, idle_timeout=settings.get("idle_timeout"),
+        executor_config=settings.get("executor_config"),
+        gpus=settings.get("gpus"), gpus_per_worker=settings.get("gpus_per_worker"),
+    )
     counts = stats["counts"]
     best = ""
     objectives = experiment.settings.objectives
@@ -449,18 +443,6 @@ def _work(experiment: Experiment, template: CommandTemplate, settings: Settings)
     elif settings.get("idle_timeout") is None:
         _say_why_short(experiment, counts)
     return 0
-
-
-def _finished(experiment: Experiment) -> bool:
-    """Whether the experiment's budget is used up, or a stopping rule ended it: no worker has work left."""
-    from orchard.recording import budget_used
-    from orchard.stopping import stop_summary
-
-    stopping = stop_summary(experiment.storage.experiment(experiment.id).config)
-    if stopping is not None and stopping["fired"] is not None:
-        return True
-    budget = experiment.max_trials
-    return budget is not None and budget_used(experiment.storage, experiment.id) >= budget
 
 
 def _say_why_short(experiment: Experiment, counts: Mapping[str, int]) -> None:

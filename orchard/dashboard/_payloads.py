@@ -15,7 +15,7 @@ from typing import Any
 
 from orchard.constraints import feasibility
 from orchard.dashboard._views import ExperimentView
-from orchard.fidelity import fidelity_param
+from orchard.fidelity import fidelity_param, rung_label
 from orchard.objectives import Shown, dominates
 from orchard.pareto import scored
 from orchard.plotting.curves import sampled
@@ -140,7 +140,7 @@ def live_workers(view: ExperimentView) -> list[dict[str, Any]]:
 
 
 def rungs(view: ExperimentView) -> list[dict[str, Any]] | None:
-    """Trials grouped by their fidelity value (lowest rung first), or ``None`` without a fidelity."""
+    """Trials grouped by their fidelity value (lowest rung first; ``label``: as shown), or ``None`` without one."""
     name = fidelity_param(view.config)
     if name is None:
         return None
@@ -152,7 +152,7 @@ def rungs(view: ExperimentView) -> list[dict[str, Any]] | None:
         members = groups[value]
         best = _best(members, view.config.get("constraints"))
         result.append({
-            "fidelity": value,
+            "fidelity": value, "label": rung_label(value),
             "completed": sum(t.status is TrialStatus.COMPLETED for t in members),
             "running": sum(t.status is TrialStatus.RESERVED for t in members),
             "pruned": sum(t.status is TrialStatus.PRUNED for t in members),

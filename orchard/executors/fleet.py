@@ -40,7 +40,7 @@ from concurrent.futures.process import BrokenProcessPool
 from types import TracebackType
 from typing import Any
 
-from orchard.errors import ExecutorError, Interrupted, StorageError
+from orchard.errors import ExecutorError, Interrupted, OrchardError, StorageError
 from orchard.executors.children import LocalStop
 from orchard.executors.remote import RemoteStop, reported, worker_timeout
 from orchard.executors.task import WorkerTask, run_worker
@@ -52,7 +52,7 @@ from orchard.storages.base import BaseStorage
 from orchard.trial import Trial, TrialStatus
 from orchard.worker import WorkerReport
 
-__all__ = ["Fleet"]
+__all__ = ["Fleet", "raise_failure"]
 
 log = logging.getLogger(__name__)
 
@@ -332,3 +332,24 @@ class Fleet:
             held = [trial for trial in self._held(ended) if trial.id in leases] if leases else []
             if not held:
                 return
+
+
+def raise_failure(errors: Sequence[BaseException | None], name: str, executor: str, isolated: bool) -> None:
+    """Raise what the loops of experiment ``name`` raised (:meth:`Fleet.run`'s list), if any.
+
+    An Orchard error (or an objective's ``KeyboardInterrupt``: all released) as it is, every
+    interruption joined in one; anything else as the :class:`ExecutorError` of a worker that died,
+    saying what to try (``isolated``: the evaluations ran in child processes).
+    """
+    failures = [err for err in errors if err is not None]
+    if not failures:
+        return
+    if isinstance(err := failures[0], (OrchardError, KeyboardInterrupt)):
+        raise err.joined(failures[1:]) if isinstance(err, Interrupted) else err
+    summary = (str(err).strip().splitlines() or [""])[0].rstrip(".")
+    hint = ("Its evaluations ran in child processes, so the worker's own process was killed (kill -9, the "
+            "out-of-memory killer); its trials were given back: run again to resume" if isolated else
+            "If the objective crashed its process (segfault, out of memory, os._exit), run it with "
+            "trial_timeout=... so it runs in a child process")
+    raise ExecutorError(f"a worker of experiment {name!r} died under executor {executor!r}: "
+                        f"{type(err).__name__}: {summary}. {hint}") from err

@@ -96,7 +96,8 @@ class Subject:
 
 #: Figure kind -> builder taking ``(trials, subject)``.
 FIGURES: dict[str, Callable[[Sequence[Trial], Subject], Figure]] = {
-    "regret": lambda trials, s: regret(trials, s.name, Shown.of(s.objectives), s.constraints),
+    "regret": lambda trials, s: regret(trials, s.name, Shown.of(s.objectives), s.constraints,
+                                       s.space.fidelity[0] if s.space and s.space.fidelity else None),
     "parallel": lambda trials, s: parallel(trials, s.name, s.space, Shown.of(s.objectives)),
     "timeline": lambda trials, s: timeline(trials, s.name, Shown.of(s.objectives)),
     "rungs": lambda trials, s: rungs(trials, s.name, s.space, Shown.of(s.objectives)),

@@ -38,7 +38,7 @@ def write_png(figure: Any, path: Path) -> None:
 def _regret_mpl(figure: Any, fig: Any, ax: Any) -> None:
     if figure.x:
         ax.plot(figure.x, figure.objectives, "o", color="#1f77b4", alpha=0.7, label=figure.label)
-        ax.step(figure.x, figure.best, where="post", color="#ff7f0e", linewidth=2, label="best so far")
+        ax.step(figure.x, figure.best, where="post", color="#ff7f0e", linewidth=2, label=figure.best_label)
     else:
         ax.set_yticks([])
     if figure.broken_x:

@@ -72,7 +72,8 @@ def _regret_plotly(figure: Any, fig: Any, go: Any) -> None:
     if figure.x:
         fig.add_trace(go.Scatter(x=figure.x, y=figure.objectives, mode="markers", name=figure.label,
                                  text=figure.labels, hovertemplate=hover, marker={"color": "#1f77b4"}))
-        fig.add_trace(go.Scatter(x=figure.x, y=figure.best, mode="lines", line_shape="hv", name="best so far",
+        fig.add_trace(go.Scatter(x=figure.x, y=figure.best, mode="lines", line_shape="hv",
+                                 name=figure.best_label,
                                  line={"color": "#ff7f0e", "width": 2}, hoverinfo="skip"))
     if figure.broken_x:
         marker = {"symbol": "x", "size": 10, "color": STATUS_COLORS[TrialStatus.BROKEN]}

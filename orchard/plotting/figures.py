@@ -12,6 +12,7 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 from orchard.constraints import feasibility
+from orchard.fidelity import best_key, rung_label
 from orchard.objectives import Shown
 from orchard.space import Prior, Space
 from orchard.trial import Trial, TrialStatus
@@ -60,7 +61,8 @@ class RegretFigure:
     """Objective of each completed trial in completion order, and the best so far.
 
     ``x`` values are 1-based ranks among finished (completed or broken) trials,
-    so broken trials take their place on the same axis.
+    so broken trials take their place on the same axis. ``best`` is what ``best_trial`` said then:
+    under multi-fidelity, the best at the highest fidelity reached (``best_label`` says so).
     """
 
     title: str
@@ -73,6 +75,7 @@ class RegretFigure:
     broken_y: list[float]
     broken_labels: list[str]
     label: str = "objective"  # the y axis: what ``objectives`` are (see :class:`Shown`)
+    best_label: str = "best so far"  # the legend of ``best``
 
 
 @dataclasses.dataclass(frozen=True)
@@ -129,7 +132,7 @@ class TimelineFigure:
 
 
 def regret(trials: Iterable[Trial], name: str, shown: Shown = Shown(),
-           constraints: Sequence[str] | None = None) -> RegretFigure:
+           constraints: Sequence[str] | None = None, fidelity: str | None = None) -> RegretFigure:
     """Build the regret figure: objectives in completion order and the best feasible one so far.
 
     Args:
@@ -139,6 +142,11 @@ def regret(trials: Iterable[Trial], name: str, shown: Shown = Shown(),
         constraints: the experiment's constraints: a trial breaking them is drawn, but is never
             the best so far (as it is never ``best_trial``); before the first feasible trial the
             line has a gap (NaN).
+        fidelity: the name of the space's fidelity dimension, if any: every trial is drawn, and the
+            best so far is ``best_trial``'s rule at each point (the best at the highest fidelity
+            completed so far, :func:`orchard.fidelity.best_key`), as Optuna's history plot draws
+            the best of the trials that ran to the end, never a pruned one's value. A trial at a
+            lower fidelity than the best's does not move the line, however low its objective.
 
     Returns:
         The figure record; empty, with a note, when no trial has completed.
@@ -146,13 +154,12 @@ def regret(trials: Iterable[Trial], name: str, shown: Shown = Shown(),
     trials = list(trials)
     drawn = [t for t in trials if scored(t) and drawable(t.objective) or t.status is TrialStatus.BROKEN]
     finished = sorted(drawn, key=_end_key)
-    better = max if shown.higher_is_better else min
     x: list[int] = []
     objectives: list[float] = []
     best: list[float] = []
     broken_x: list[int] = []
     broken_at: list[float | None] = []
-    so_far, infeasible = math.nan, 0
+    so_far, infeasible, leader = math.nan, 0, None
     for rank, trial in enumerate(finished, start=1):
         if trial.status is TrialStatus.BROKEN:
             broken_x.append(rank)
@@ -161,7 +168,8 @@ def regret(trials: Iterable[Trial], name: str, shown: Shown = Shown(),
         x.append(rank)
         objectives.append(shown.value(float(trial.objective)))  # type: ignore[arg-type]
         if feasibility(trial.results, constraints).feasible:
-            so_far = objectives[-1] if math.isnan(so_far) else better(objectives[-1], so_far)
+            if leader is None or best_key(trial, fidelity) < best_key(leader, fidelity):
+                leader, so_far = trial, objectives[-1]
         else:
             infeasible += 1
         best.append(so_far)
@@ -172,13 +180,16 @@ def regret(trials: Iterable[Trial], name: str, shown: Shown = Shown(),
     title = f"{name}: regret"
     if best:
         named = "" if shown == Shown() else f"{shown.name} "
-        found = f"best {named}{so_far:.4g}" if not math.isnan(so_far) else "no feasible trial"
+        found = f"best {named}{so_far:.4g}" if leader is not None else "no feasible trial"
+        if leader is not None and fidelity is not None:
+            found += f" at {fidelity}={rung_label(leader.params.get(fidelity))}"
         title += f" ({found} after {len(x)} completed, {len(broken_x)} broken"
         title += f", {infeasible} infeasible)" if constraints or infeasible else ")"
     title += (far := left_out(t for t in trials if scored(t) and not drawable(t.objective)))
     note = None if x else no_results_note(len(broken_x), far)
+    best_label = "best so far" if fidelity is None else f"best so far (at the highest {fidelity} reached)"
     return RegretFigure(title, note, x, objectives, labels, best, broken_x, broken_y, broken_labels,
-                        shown.label)
+                        shown.label, best_label)
 
 
 def parallel(trials: Iterable[Trial], name: str, space: Space | None = None,

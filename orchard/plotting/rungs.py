@@ -13,8 +13,9 @@ import dataclasses
 from collections.abc import Sequence
 from typing import Any
 
-from orchard.plotting._libs import require
+from orchard.fidelity import rung_label
 from orchard.objectives import Shown
+from orchard.plotting._libs import require
 from orchard.plotting.figures import describe, drawable, left_out, no_results_note, scored
 from orchard.space import Space
 from orchard.trial import Trial, TrialStatus
@@ -91,7 +92,7 @@ def rungs_plotly(figure: RungsFigure, fig: Any, go: Any) -> None:
                                  text=figure.labels, hovertemplate="%{text}<extra></extra>",
                                  marker={"color": "#1f77b4", "opacity": 0.7}))
     ticks = sorted(set(figure.x))
-    fig.update_xaxes(type="log", title=f"{figure.dimension} (log)", tickvals=ticks, ticktext=[f"{r:g}" for r in ticks])
+    fig.update_xaxes(type="log", title=f"{figure.dimension} (log)", tickvals=ticks, ticktext=[rung_label(r) for r in ticks])
     fig.update_yaxes(title=figure.label)
 
 
@@ -106,7 +107,7 @@ def rungs_mpl(figure: RungsFigure, fig: Any, ax: Any) -> None:
         ax.plot(figure.x, figure.objectives, "o", color="#1f77b4", alpha=0.7, label="trial")
         ax.set_xscale("log")
         rungs_seen = sorted(set(figure.x))
-        ax.set_xticks(rungs_seen, [f"{r:g}" for r in rungs_seen])
+        ax.set_xticks(rungs_seen, [rung_label(r) for r in rungs_seen])
         ax.minorticks_off()
         ax.legend(loc="upper right")
     else:

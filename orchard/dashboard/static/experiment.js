@@ -78,7 +78,7 @@ function renderRungs(rungs) {
   if (!rungs) return;
   document.querySelector("#rungs tbody").replaceChildren(...rungs.map((r) => {
     const tr = el("tr");
-    [r.fidelity, r.completed, r.pruned, r.running, r.broken, r.promoted, fmtNumber(sv(r.best_objective))]
+    [r.label, r.completed, r.pruned, r.running, r.broken, r.promoted, fmtNumber(sv(r.best_objective))]
       .forEach((v) => tr.appendChild(el("td", v, "num")));
     return tr;
   }));
@@ -234,20 +234,35 @@ function thinned(items, keep) {
   return items.filter((item, i) => i % step === 0 || i === items.length - 1 || keep(item, i));
 }
 
+// A trial's fidelity for the best-so-far line (single-fidelity: 0 for all; not a number: ranks lowest).
+function fidelityOf(t) {
+  const value = state.fidelity ? t.params[state.fidelity] : 0;
+  return typeof value === "number" && Number.isFinite(value) ? value : -Infinity;
+}
+
+// Whether t is better than leader as exp.best_trial ranks them (orchard.fidelity.best_key): the highest
+// fidelity first, then the lower objective (stored: lower is better).
+function beats(t, leader) {
+  if (leader === null) return true;
+  const [level, other] = [fidelityOf(t), fidelityOf(leader)];
+  return level > other || (level === other && t.objective < leader.objective);
+}
+
 function drawBest(all) {
-  let best = Infinity;
+  let leader = null;
   const improved = new Set();
-  // stored: lower is better; a trial breaking a constraint is never the best (as exp.best_trial)
+  // a trial breaking a constraint is never the best (as exp.best_trial); under multi-fidelity the line is
+  // what best_trial said then: a 1-epoch trial's low objective does not beat a 9-epoch trial's
   all.forEach((t, i) => {
-    if (!t.infeasible && t.objective < best) { best = t.objective; improved.add(i); }
+    if (!t.infeasible && beats(t, leader)) { leader = t; improved.add(i); }
   });
   const ranked = all.map((t, i) => ({ t, x: i + 1, i }));
   const shown = thinned(ranked, (r) => improved.has(r.i));  // every improvement stays: the best line is exact
   const done = shown.map((r) => r.t);
-  best = Infinity;
+  leader = null;
   const bestSoFar = shown.map((r) => {
-    if (!all[r.i].infeasible) best = Math.min(best, all[r.i].objective);
-    return best === Infinity ? null : sv(best);  // a gap before the first feasible trial
+    if (!all[r.i].infeasible && beats(all[r.i], leader)) leader = all[r.i];
+    return leader === null ? null : sv(leader.objective);  // a gap before the first feasible trial
   });
   const xs = shown.map((r) => r.x);
   const marker = { color: "#8a96a3", size: 6 };
@@ -256,11 +271,13 @@ function drawBest(all) {
     Object.assign(marker, { color: levels, colorscale: "Blues", reversescale: true, cmin: 0, cmax: Math.max(...levels),
       showscale: true, colorbar: { title: { text: plotText(state.fidelity) }, thickness: 12 } });
   }
+  const reached = state.fidelity ? " (at the highest " + plotText(state.fidelity) + " reached)" : "";
   const data = [
     { x: xs, y: done.map((t) => sv(t.objective)), mode: "markers", marker,
       name: plotText(state.shown.name) + (done.length < all.length ? " (" + done.length + " of " + all.length + " drawn)" : ""),
       text: done.map((t) => plotText(fmtParams(t.params))) },
-    { x: xs, y: bestSoFar, mode: "lines", name: "best so far", line: { color: "#2f7d4f", width: 2.5, shape: "hv" } },
+    { x: xs, y: bestSoFar, mode: "lines", line: { color: "#2f7d4f", width: 2.5, shape: "hv" },
+      name: "best so far" + reached },
   ];
   const layout = { margin: { l: 50, r: 10, t: 10, b: 40 }, xaxis: { title: { text: "completed trial" } },
     yaxis: { title: { text: plotText(state.shown.label) } }, legend: { orientation: "h", y: 1.12 } };
