@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import faulthandler
 import os
+import signal
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -28,6 +29,10 @@ from orchard.storages import BaseStorage, get_storage
 from orchard.testing._mongo_uri import with_database
 
 faulthandler.enable()
+# A shell's background job starts with SIGINT ignored; Python then installs no KeyboardInterrupt handler,
+# here or in the interpreters this suite starts, and the Ctrl-C tests failed for the way pytest was run.
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 BACKENDS = [
     pytest.param("memory", id="memory"),
