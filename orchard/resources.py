@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import math
 import os
 import re
 from collections.abc import Iterator, Sequence
@@ -87,6 +88,8 @@ def parse_memory(value: str | float | None) -> int | None:
         if match is None or match["unit"].lower() not in _UNITS:
             raise ConfigurationError(f"trial_memory_limit {value!r} is not a memory size; {hint}")
         number, unit = float(match["number"]), match["unit"].lower()
+    if not math.isfinite(number * _UNITS[unit]):  # nan, inf, or more digits than a float holds
+        raise ConfigurationError(f"trial_memory_limit {value!r} is not a memory size; {hint}")
     size = int(number * _UNITS[unit])
     if size <= 0:
         raise ConfigurationError(f"trial_memory_limit must be positive, got {value!r}; {hint}")

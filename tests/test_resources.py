@@ -27,7 +27,7 @@ def test_memory_sizes_parse_to_bytes(text: str | int | None, size: int | None) -
     assert parse_memory(text) == size
 
 
-@pytest.mark.parametrize("bad", ["4 parsecs", -1, "-1GB", 0, "", "GB", "4 GB extra", True])
+@pytest.mark.parametrize("bad", ["4 parsecs", -1, "-1GB", 0, "", "GB", "4 GB extra", True, float("nan"), float("inf")])
 def test_bad_memory_sizes_are_one_clear_error(bad: object) -> None:
     with pytest.raises(ConfigurationError, match="trial_memory_limit") as info:
         parse_memory(bad)  # type: ignore[arg-type]
@@ -36,7 +36,7 @@ def test_bad_memory_sizes_are_one_clear_error(bad: object) -> None:
 
 def test_bad_memory_limit_fails_workon_before_anything_runs(tmp_path: Path) -> None:
     exp = orchard.build_experiment("m", space={"x": "uniform(0, 1)"}, storage="memory://", max_trials=2)
-    for bad in ("4 parsecs", -1):
+    for bad in ("4 parsecs", -1, float("nan")):
         with pytest.raises(ConfigurationError, match="trial_memory_limit"):
             exp.workon(workloads.quadratic, trial_memory_limit=bad, executor="single", progress=False)
     assert exp.fetch_trials() == []
