@@ -175,6 +175,8 @@ def assign_devices(gpus: Sequence[str] | None, per_worker: int, n_workers: int,
         ConfigurationError: ``per_worker`` is not a positive integer or exceeds the devices
             given, or devices were asked for workers that share one environment.
     """
+    if isinstance(per_worker, bool) or not isinstance(per_worker, int) or per_worker < 1:
+        raise ConfigurationError(f"gpus_per_worker must be a positive integer, got {per_worker!r}")
     if gpus is None:
         return [None] * n_workers
     if shared_environment:
@@ -182,8 +184,6 @@ def assign_devices(gpus: Sequence[str] | None, per_worker: int, n_workers: int,
             "gpus cannot be given to thread workers: they share one environment, so one "
             "CUDA_VISIBLE_DEVICES; use executor='joblib' or 'process'"
         )
-    if isinstance(per_worker, bool) or not isinstance(per_worker, int) or per_worker < 1:
-        raise ConfigurationError(f"gpus_per_worker must be a positive integer, got {per_worker!r}")
     if per_worker > len(gpus):
         raise ConfigurationError(
             f"gpus_per_worker={per_worker} but only {len(gpus)} device(s) were given ({','.join(gpus)}); "

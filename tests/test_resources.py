@@ -84,6 +84,15 @@ def test_devices_are_dealt_round_robin() -> None:
         parse_gpus("0,,1")
 
 
+@pytest.mark.parametrize("per_worker", [0, -1, 1.5, True])
+def test_a_bad_gpus_per_worker_is_refused_without_gpus_too(per_worker: object) -> None:
+    # as `orchard hunt --gpus-per-worker 0` is, whether --gpus is given or not
+    exp = orchard.build_experiment("g", space={"x": "uniform(0, 1)"}, storage="memory://", max_trials=1)
+    with pytest.raises(ConfigurationError, match="gpus_per_worker must be a positive integer"):
+        exp.workon(lambda x: x, executor="single", gpus_per_worker=per_worker)  # type: ignore[arg-type]
+    assert exp.fetch_trials() == []
+
+
 @pytest.mark.parametrize("gpus", [
     "cuda:0,cuda:1", ["cuda:0"], "all", [-1], "-1", [0.5], [0, True], "gpu0", [None],
 ])
