@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import math
 import os
 import re
 from collections.abc import Iterator, Sequence
@@ -87,6 +88,8 @@ def parse_memory(value: str | float | None) -> int | None:
         if match is None or match["unit"].lower() not in _UNITS:
             raise ConfigurationError(f"trial_memory_limit {value!r} is not a memory size; {hint}")
         number, unit = float(match["number"]), match["unit"].lower()
+    if not math.isfinite(number * _UNITS[unit]):  # nan, inf, or more digits than a float holds
+        raise ConfigurationError(f"trial_memory_limit {value!r} is not a memory size; {hint}")
     size = int(number * _UNITS[unit])
     if size <= 0:
         raise ConfigurationError(f"trial_memory_limit must be positive, got {value!r}; {hint}")
@@ -172,6 +175,8 @@ def assign_devices(gpus: Sequence[str] | None, per_worker: int, n_workers: int,
         ConfigurationError: ``per_worker`` is not a positive integer or exceeds the devices
             given, or devices were asked for workers that share one environment.
     """
+    if isinstance(per_worker, bool) or not isinstance(per_worker, int) or per_worker < 1:
+        raise ConfigurationError(f"gpus_per_worker must be a positive integer, got {per_worker!r}")
     if gpus is None:
         return [None] * n_workers
     if shared_environment:
@@ -179,8 +184,6 @@ def assign_devices(gpus: Sequence[str] | None, per_worker: int, n_workers: int,
             "gpus cannot be given to thread workers: they share one environment, so one "
             "CUDA_VISIBLE_DEVICES; use executor='joblib' or 'process'"
         )
-    if isinstance(per_worker, bool) or not isinstance(per_worker, int) or per_worker < 1:
-        raise ConfigurationError(f"gpus_per_worker must be a positive integer, got {per_worker!r}")
     if per_worker > len(gpus):
         raise ConfigurationError(
             f"gpus_per_worker={per_worker} but only {len(gpus)} device(s) were given ({','.join(gpus)}); "

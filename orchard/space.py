@@ -169,9 +169,12 @@ def _why_not(prior: Prior, value: Any) -> str:
 
 
 def _type_twin(prior: Choices, value: Any) -> str:
-    """Name the choice ``value`` equals but for its type (1.0 for the choice 1): choices match by type."""
+    """Name the choice ``value`` equals but for its type (1.0 for the choice 1, 3 for the choice ``'3'``):
+    choices match by type."""
     same_kind = (v for v in prior.values if isinstance(v, bool) is isinstance(value, bool))
     twin = next((v for v in same_kind if v == value), None)
+    if twin is None and not isinstance(value, str):  # 3 for the choice '3': a command line reads 3 as an int
+        twin = next((v for v in prior.values if isinstance(v, str) and v == str(value)), None)
     if twin is None:
         return ""
     return f" (its type is {type(value).__name__}; the choice {twin!r} has type {type(twin).__name__})"

@@ -1273,6 +1273,17 @@ def test_a_pickle_uri_naming_no_file_is_said_by_reading_commands(
         assert "names no file; use e.g. pickle://runs/orchard.pkl" in error_line(capsys.readouterr().err)
 
 
+def test_a_pickle_uri_ending_in_a_slash_is_refused_instead_of_becoming_a_file_named_like_the_folder(
+        workdir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """pickle://runs/ wrote the experiment into a file named runs (and runs.lock)."""
+    assert main(["list", "--storage", "pickle://runs/"]) == 2
+    said = error_line(capsys.readouterr().err)
+    assert "names a folder; give a file in it, e.g. pickle://runs/orchard.pkl" in said
+    with pytest.raises(orchard.ConfigurationError, match="names a folder"):
+        orchard.build_experiment("e", space={"x": "uniform(0, 1)"}, storage="pickle://runs/?fsync=0")
+    assert not (workdir / "runs").exists() and not (workdir / "runs.lock").exists()
+
+
 @pytest.mark.parametrize(("signum", "code", "said"), [(signal.SIGTERM, 143, "orchard: stopped by SIGTERM"),
                                                       (signal.SIGHUP, 130, "orchard: interrupted")])
 def test_sigterm_or_sighup_to_db_dump_leaves_no_temporary_file_and_says_so(

@@ -27,6 +27,7 @@ import pymongo
 import pytest
 from pymongo.errors import AutoReconnect, OperationFailure, ServerSelectionTimeoutError
 
+import orchard
 from orchard.errors import (
     BudgetExhaustedError,
     ConfigurationError,
@@ -41,6 +42,7 @@ from orchard.storages import get_storage
 from orchard.storages.mongodb import MongoStorage, client
 from orchard.testing._mongo_uri import with_database
 from orchard.trial import Lease, Trial, TrialStatus
+from tests import workloads
 
 SPAWN = multiprocessing.get_context("spawn")
 SECRET = "s3cr3t-Pa55"
@@ -127,6 +129,16 @@ def test_srv_uri_is_accepted_offline_and_redacted() -> None:
     assert clone.uri == storage.uri and SECRET not in repr(clone)
 
 
+def test_srv_host_missing_from_dns_says_what_to_check() -> None:
+    # .invalid never resolves (RFC 6761): the DNS lookup pymongo makes at the first call fails
+    storage = get_storage(f"mongodb+srv://alice:{SECRET}@no-such-cluster.invalid/x?connectTimeoutMS=2000")
+    with pytest.raises(StorageUnavailableError) as info:
+        storage.list_experiments()
+    message = str(info.value)
+    assert SECRET not in message and "alice:***@no-such-cluster.invalid" in message
+    assert "DNS" in message and "_mongodb._tcp.HOST" in message and "check" in message
+
+
 def test_unreachable_server_fails_fast_with_a_redacted_message() -> None:
     storage = get_storage(f"mongodb://alice:{SECRET}@127.0.0.1:1/x?serverSelectionTimeoutMS=500")
     start = time.monotonic()
@@ -193,6 +205,15 @@ def test_anonymous_mongomock_is_fresh_but_pickles_to_the_same_data() -> None:
     exp = first.create_experiment("e", {})
     assert second.list_experiments() == []
     assert pickle.loads(pickle.dumps(first)).get_experiment("e").id == exp  # type: ignore[union-attr]
+
+
+def test_mongomock_is_refused_for_workers_in_other_processes() -> None:
+    # each process would open its own empty mongomock: the workers found no experiment
+    exp = orchard.build_experiment("local", space=workloads.SPACE, storage=_mock_uri(), max_trials=2)
+    for executor in ("process", "joblib"):
+        with pytest.raises(ConfigurationError, match=r"mongomock://test-\w+ lives in this process.*pickle"):
+            exp.workon(workloads.quadratic, n_workers=2, executor=executor)
+    assert exp.fetch_trials() == []
 
 
 def test_named_mongomock_is_shared_in_the_process() -> None:

@@ -27,7 +27,7 @@ def test_memory_sizes_parse_to_bytes(text: str | int | None, size: int | None) -
     assert parse_memory(text) == size
 
 
-@pytest.mark.parametrize("bad", ["4 parsecs", -1, "-1GB", 0, "", "GB", "4 GB extra", True])
+@pytest.mark.parametrize("bad", ["4 parsecs", -1, "-1GB", 0, "", "GB", "4 GB extra", True, float("nan"), float("inf")])
 def test_bad_memory_sizes_are_one_clear_error(bad: object) -> None:
     with pytest.raises(ConfigurationError, match="trial_memory_limit") as info:
         parse_memory(bad)  # type: ignore[arg-type]
@@ -36,7 +36,7 @@ def test_bad_memory_sizes_are_one_clear_error(bad: object) -> None:
 
 def test_bad_memory_limit_fails_workon_before_anything_runs(tmp_path: Path) -> None:
     exp = orchard.build_experiment("m", space={"x": "uniform(0, 1)"}, storage="memory://", max_trials=2)
-    for bad in ("4 parsecs", -1):
+    for bad in ("4 parsecs", -1, float("nan")):
         with pytest.raises(ConfigurationError, match="trial_memory_limit"):
             exp.workon(workloads.quadratic, trial_memory_limit=bad, executor="single", progress=False)
     assert exp.fetch_trials() == []
@@ -82,6 +82,15 @@ def test_devices_are_dealt_round_robin() -> None:
         assign_devices(["0", "1"], 3, 2)
     with pytest.raises(ConfigurationError, match="not a list of device ids"):
         parse_gpus("0,,1")
+
+
+@pytest.mark.parametrize("per_worker", [0, -1, 1.5, True])
+def test_a_bad_gpus_per_worker_is_refused_without_gpus_too(per_worker: object) -> None:
+    # as `orchard hunt --gpus-per-worker 0` is, whether --gpus is given or not
+    exp = orchard.build_experiment("g", space={"x": "uniform(0, 1)"}, storage="memory://", max_trials=1)
+    with pytest.raises(ConfigurationError, match="gpus_per_worker must be a positive integer"):
+        exp.workon(lambda x: x, executor="single", gpus_per_worker=per_worker)  # type: ignore[arg-type]
+    assert exp.fetch_trials() == []
 
 
 @pytest.mark.parametrize("gpus", [

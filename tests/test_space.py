@@ -160,12 +160,16 @@ def test_space_errors_and_diff() -> None:
     ("d", 7, "value 7 is outside uniform(0, 3, discrete=True)"),
     ("c", 1.0, "value 1.0 is not one of choices([1, True, 'a']) (its type is float; the choice 1 has type int)"),
     ("c", "b", "value 'b' is not one of choices([1, True, 'a'])"),
+    # `orchard insert -n e s=3` reads 3 as an int: the str choice it was meant as is named
+    ("s", 3, "value 3 is not one of choices(['3', 'True']) (its type is int; the choice '3' has type str)"),
+    ("s", True,
+     "value True is not one of choices(['3', 'True']) (its type is bool; the choice 'True' has type str)"),
 ])
 def test_a_refused_value_is_said_to_be_of_the_wrong_kind_not_outside(name: str, value: object, why: str) -> None:
     """``True`` was "outside uniform(0.0, 2.0)" and 2.5 "outside randint(0, 5)", though both lie within."""
     space = Space.from_config({"u": "uniform(0, 2)", "r": "randint(0, 5)", "d": "uniform(0, 3, discrete=True)",
-                               "c": "choices([1, True, 'a'])"})
-    point = {"u": 1.0, "r": 1, "d": 1, "c": "a", name: value}
+                               "c": "choices([1, True, 'a'])", "s": "choices(['3', 'True'])"})
+    point = {"u": 1.0, "r": 1, "d": 1, "c": "a", "s": "3", name: value}
     with pytest.raises(SpaceError) as caught:
         space.validate(point)
     assert str(caught.value) == f"dimension {name!r}: {why}"

@@ -359,6 +359,17 @@ def test_dask_without_main_guard_fails_with_one_clear_line(tmp_path) -> None:
     assert guarded.returncode == 0 and "completed 6" in guarded.stdout, guarded.stderr
 
 
+def test_an_unreachable_dask_scheduler_is_one_line_that_says_what_to_check(tmp_path: Path) -> None:
+    exp = orchard.build_experiment("nosched", space=workloads.SPACE, storage=str(tmp_path / "o.pkl"),
+                                   max_trials=2)
+    with pytest.raises(orchard.ExecutorError) as info:
+        exp.workon(workloads.quadratic, n_workers=2, executor="dask",
+                   executor_config={"address": "tcp://127.0.0.1:1", "timeout": 1})
+    message = str(info.value)
+    assert "Dask scheduler tcp://127.0.0.1:1" in message and "check that it runs" in message
+    assert "\n" not in message and exp.fetch_trials() == []
+
+
 SIGTERM_SCRIPT = """
 import os, sys, time, orchard
 def objective(x):

@@ -169,12 +169,13 @@ def missing_storage_file(args: argparse.Namespace) -> str | None:
     Read-only commands stop there instead of opening the storage, which would create
     the file's folder and lock file.
     """
-    from orchard.storages._uri import pickle_path
+    from orchard.storages._uri import pickle_file, pickle_path
 
-    found = pickle_path(storage_uri(args).strip())
-    if found is None or not found[0]:  # pickle:// naming no file: opening the storage says so
+    uri = storage_uri(args).strip()
+    if pickle_path(uri) is None:
         return None
-    return None if os.path.exists(os.path.expanduser(found[0])) else found[0]
+    path = pickle_file(uri)[0]  # raises for a URI naming no file, or a folder
+    return None if os.path.exists(os.path.expanduser(path)) else path
 
 
 def open_experiment(args: argparse.Namespace) -> Experiment:

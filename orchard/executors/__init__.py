@@ -230,6 +230,12 @@ def _dask(n_workers: int, config: Mapping[str, Any]) -> Iterator[Executor]:
                 client = stack.enter_context(Client(**options))  # type: ignore[no-untyped-call]
             except (TypeError, ValueError) as err:  # an option it does not take, a value it cannot use
                 raise _refused("Client", err) from err
+            except OSError as err:  # no scheduler answered within the timeout
+                where = options.get("address") or f"of {options.get('scheduler_file')}"
+                raise ExecutorError(
+                    f"cannot reach the Dask scheduler {where} ({type(err).__name__}: {err}); check that it "
+                    "runs and that this host reaches it (address, port, firewall), or raise "
+                    "executor_config's 'timeout'") from err
         else:
             cluster_options = {"n_workers": n_workers, "threads_per_worker": 1, "processes": True,
                                "dashboard_address": None, "resources": config.get("resources"), **options}

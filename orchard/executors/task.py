@@ -116,9 +116,10 @@ def check_travels(fn: Callable[..., Any], storage: BaseStorage,
     """Refuse, before any trial is reserved, a storage or an objective that cannot reach the executor's processes.
 
     The storage must pickle (it reconnects by URI in each process); it raises its own message
-    otherwise. An objective for a named executor is checked too: ``process`` sends it with the
-    standard library's pickle (a lambda or a closure does not travel); joblib and Dask with
-    cloudpickle when it is installed (they do, but not over a lock, a socket or an open file).
+    otherwise; a ``mongomock://`` storage, whose data is in this process, is refused. An objective
+    for a named executor is checked too: ``process`` sends it with the standard library's pickle (a
+    lambda or a closure does not travel); joblib and Dask with cloudpickle when it is installed (they
+    do, but not over a lock, a socket or an open file).
 
     Returns:
         What the tasks carry: for a named executor or a ``ProcessPoolExecutor`` of the caller's own,
@@ -129,6 +130,11 @@ def check_travels(fn: Callable[..., Any], storage: BaseStorage,
         ConfigurationError: naming the objective, the executor and the pickler's reason.
     """
     pickle.dumps(storage)
+    if storage.process_local:
+        raise ConfigurationError(
+            f"storage {storage.redacted_uri} lives in this process's memory: worker processes would each "
+            "open an empty one; use a pickle file (e.g. runs/orchard.pkl) or MongoDB for several workers, or "
+            "executor='thread' / 'single'")
     if isinstance(executor, ProcessPoolExecutor):  # the caller's own, with the standard library's pickle
         executor, where = "process", f"your {type(executor).__name__}"
     elif isinstance(executor, str):

@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import os
 import re
 import urllib.parse
 from typing import Any
 
-__all__ = ["UNEXPANDED", "lend_password", "password_of", "pickle_path", "redact", "redact_all", "split_options"]
+from orchard.errors import ConfigurationError
+
+__all__ = [
+    "UNEXPANDED", "lend_password", "password_of", "pickle_file", "pickle_path", "redact", "redact_all",
+    "split_options",
+]
 
 _SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*:/*")
 #: A ``$NAME`` or ``${NAME}`` a shell would have expanded: in a path from a config file, a variable or
@@ -98,6 +104,20 @@ def split_options(uri: str) -> tuple[str, dict[str, str]]:
     base, _, query = uri.partition("?")
     options = dict(urllib.parse.parse_qsl(query, keep_blank_values=True))
     return base, options
+
+
+def pickle_file(uri: str) -> tuple[str, dict[str, str]]:
+    """The file path and query options of the pickle storage ``uri``.
+
+    Raises:
+        ConfigurationError: the URI names no file, or a folder (a path ending with a slash).
+    """
+    path, options = pickle_path(uri) or split_options(uri)
+    if not path or path.endswith(("/", os.sep)):  # a folder would become a file of its name
+        what = "a folder; give a file in it," if path else "no file; use"
+        example = f"pickle://{path or 'runs/'}orchard.pkl"
+        raise ConfigurationError(f"storage URI {uri!r} names {what} e.g. {example}")
+    return path, options
 
 
 def pickle_path(uri: str) -> tuple[str, dict[str, str]] | None:

@@ -242,6 +242,12 @@ def translate(err: PyMongoError | BSONError, uri: str, action: str, answered: bo
     if isinstance(err, ConnectionFailure):  # includes ServerSelectionTimeoutError, NetworkTimeout
         midway = isinstance(err, AutoReconnect) and not isinstance(err, ServerSelectionTimeoutError)
         return _unreachable(err, uri, action, reached=answered or midway)
+    if isinstance(err, PyMongoConfigurationError):  # a mongodb+srv:// URI's DNS lookup, by the first call
+        return StorageUnavailableError(
+            f"cannot find MongoDB at {where} to {action}: {detail.rstrip('.')}; check the host name in "
+            "the URI (a mongodb+srv:// host needs a DNS SRV record _mongodb._tcp.HOST) and this machine's "
+            "DNS",
+            reached=answered)
     if isinstance(err, BSONError):
         return StorageError(f"cannot {action} in MongoDB at {where}: a value is not storable ({detail})")
     if isinstance(err, OperationFailure) and err.code == _UNDEFINED_VARIABLE:  # $$NOW: the change feed's reads

@@ -120,6 +120,7 @@ class MongoStorage(BaseStorage):
 
     def __init__(self, uri: str, *, change_margin: float = 5.0, check_interval: float = 10.0) -> None:
         self.uri = client.name_anonymous_mock(uri)
+        self.process_local = client.is_mock(self.uri)
         self._margin = change_margin
         self._check_interval = check_interval
         self._changes = ChangeFeed(change_margin, check_interval, uri=self.uri)

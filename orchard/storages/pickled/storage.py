@@ -32,7 +32,7 @@ from typing import Any, TypeVar
 
 from orchard.errors import ConfigurationError, StorageError, StorageUnavailableError
 from orchard.resources import OUT_OF_FILES
-from orchard.storages._uri import UNEXPANDED, pickle_path, split_options
+from orchard.storages._uri import UNEXPANDED, pickle_file
 from orchard.storages.pickled import fileformat, locks
 from orchard.storages.pickled.writer import Fence, Health, LogFile
 from orchard.storages.table_storage import Query, TableStorage, Verb
@@ -155,9 +155,7 @@ class PickledStorage(TableStorage):
         Raises:
             ConfigurationError: the URI has no path or an unknown or invalid option.
         """
-        path, options = pickle_path(uri) or split_options(uri)
-        if not path:
-            raise ConfigurationError(f"storage URI {uri!r} names no file; use e.g. pickle://runs/orchard.pkl")
+        path, options = pickle_file(uri)
         unknown = sorted(set(options) - set(_URI_OPTIONS))
         if unknown:
             raise ConfigurationError(
