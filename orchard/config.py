@@ -421,11 +421,11 @@ class Settings:
         try:
             yield
         except ExperimentConflictError as err:
-            named = [f"{key} from {source}" for key in SETTINGS if f"{key}: stored" in str(err)
+            named = [f"{key} from {source}" for key in SETTINGS if key in err.settings
                      and (source := self.source(key, arguments.get(key)))]
             if not named:
                 raise
-            raise ExperimentConflictError(f"{err} (given: {', '.join(named)})") from None
+            raise ExperimentConflictError(f"{err} (given: {', '.join(named)})", err.settings) from None
 
     def _sources(self, key: str, argument: Any, setting: Setting) -> Iterator[tuple[Any, str]]:
         """``(value, where it came from)`` in precedence order; files are read only if reached."""

@@ -38,7 +38,7 @@ that ``except Exception`` in user code does not swallow it.
 from __future__ import annotations
 
 import enum
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 __all__ = [
@@ -304,7 +304,15 @@ class ExperimentNotFoundError(ExperimentError):
 
 
 class ExperimentConflictError(ExperimentError):
-    """An experiment was joined with a configuration that differs from the stored one."""
+    """An experiment was joined with a configuration that differs from the stored one.
+
+    ``settings`` names the settings that differ (``space``, ``algorithm``, ``max_trials``...),
+    one per difference listed in the message; empty where the differences are not settings.
+    """
+
+    def __init__(self, message: str, settings: Sequence[str] = ()) -> None:
+        super().__init__(message)
+        self.settings = tuple(settings)
 
 
 class ExperimentBrokenError(ExperimentError, WorkerStoppedError):

@@ -67,39 +67,48 @@ def join_experiment(
     """
     stored = ExperimentConfig.from_dict(record.config)
     problems: list[str] = []
+    differing: list[str] = []  # the setting each problem is about
+
+    def differ(key: str, problem: str) -> None:
+        differing.append(key)
+        problems.append(problem)
+
     if space is not None:
-        problems += [f"space {line}" for line in stored.space.diff(space)]
+        for line in stored.space.diff(space):
+            differ("space", f"space {line}")
     if algorithm is not None:
-        problems += _algorithm_differences(stored.algorithm, algorithm, algorithm_options)
+        for problem in _algorithm_differences(stored.algorithm, algorithm, algorithm_options):
+            differ("algorithm", problem)
     if pruner is not None and not _same(pruner, stored.pruner):
-        problems.append(f"pruner: stored {stored.pruner} != given {pruner}")
+        differ("pruner", f"pruner: stored {stored.pruner} != given {pruner}")
     for key, value in (goals or {}).items():
         theirs = getattr(stored, key)  # a warm-start source's URI is stored with its password hidden
         if value is not None and redact_all(value) != redact_all(theirs):
-            problems.append(f"{key}: stored {redact_all(theirs)} != given {redact_all(value)}")
+            differ(key, f"{key}: stored {redact_all(theirs)} != given {redact_all(value)}")
         elif key == "objectives" and value is not None and list(value) != list(stored.objectives or ()):
-            problems.append(f"objectives: stored in the order {', '.join(stored.objectives or ())} != given "
-                            f"{', '.join(value)} (the first is each trial's objective)")
+            differ(key, f"objectives: stored in the order {', '.join(stored.objectives or ())} != given "
+                        f"{', '.join(value)} (the first is each trial's objective)")
     for key in _FIXED:  # a joiner's other seed or heartbeat was dropped without a word
         if chosen.get(key) is not None and chosen[key] != getattr(stored, key):
-            problems.append(f"{key}: stored {getattr(stored, key)} != given {chosen[key]} (fixed when the experiment "
-                            "was created: leave it out to use the stored one)")
+            differ(key, f"{key}: stored {getattr(stored, key)} != given {chosen[key]} (fixed when the "
+                        "experiment was created: leave it out to use the stored one)")
     for key in RAISABLE:
         given, kept = chosen.get(key), getattr(stored, key)
         if given is not None and kept is not None and given < kept:
-            problems.append(f"{key}: stored {kept} > given {given} (it can only be raised: leave it out "
-                            f"to keep {kept})")
+            differ(key, f"{key}: stored {kept} > given {given} (it can only be raised: leave it out "
+                        f"to keep {kept})")
     if chosen.get("max_trials") is not None and stored.max_trials is None:  # set where there was none
         used = budget_used(store, record.id)
         if chosen["max_trials"] < used:
-            problems.append(f"max_trials: given {chosen['max_trials']} < the {used} trials already completed "
-                            f"or pruned (a budget cannot be below what was used: give at least {used}, or "
-                            "leave it out to keep it unlimited)")
+            differ("max_trials", f"max_trials: given {chosen['max_trials']} < the {used} trials already "
+                                 "completed or pruned (a budget cannot be below what was used: give at least "
+                                 f"{used}, or leave it out to keep it unlimited)")
     if problems:
         raise ExperimentConflictError(
             f"experiment {record.name!r} exists with a different configuration: "
             + "; ".join(problems)
-            + f". Use the stored settings, or a new experiment name{_carry_over(problems, record.name)}"
+            + f". Use the stored settings, or a new experiment name{_carry_over(differing, record.name)}",
+            settings=differing,
         )
     raised = [key for key in RAISABLE if chosen.get(key) is not None and chosen[key] != getattr(stored, key)]
     fired = Ledger.from_dict(record.config.get(LEDGER_KEY), record.name).fired if raised else None
@@ -113,10 +122,9 @@ def join_experiment(
     return record
 
 
-
-def _carry_over(problems: list[str], name: str) -> str:
+def _carry_over(settings: list[str], name: str) -> str:
     """How to keep an experiment's results when its space, algorithm, goals or pruner must change."""
-    if all(problem.startswith(RAISABLE + _FIXED) for problem in problems):
+    if all(key in RAISABLE + _FIXED for key in settings):
         return ""
     return (f" warm-started from this one (--warm-start {name}, warm_start=[{name!r}]), which tells the "
             "algorithm its completed trials")

@@ -80,6 +80,20 @@ def test_a_refused_change_of_space_says_how_to_keep_the_results_and_stores_nothi
     assert orchard.get_experiment("exp", storage=storage).config == before  # nor were the raises stored
 
 
+def test_a_conflict_names_the_settings_that_differ_for_callers_to_act_on(tmp_path, monkeypatch) -> None:
+    """Callers told the settings apart by searching the message for "KEY: stored" (STYLE: never branch on
+    message text): the error carries them, and the source of a setting given by the environment is named."""
+    storage = str(tmp_path / "orchard.pkl")
+    orchard.build_experiment("exp", space=workloads.SPACE, max_trials=5, heartbeat=10, storage=storage)
+    monkeypatch.setenv("ORCHARD_HEARTBEAT", "20")
+    with pytest.raises(orchard.errors.ExperimentConflictError) as info:
+        orchard.build_experiment("exp", space={**workloads.SPACE, "z": "uniform(0, 1)"}, max_trials=3,
+                                 storage=storage)
+    assert info.value.settings == ("space", "heartbeat", "max_trials")
+    assert "(given: heartbeat from ORCHARD_HEARTBEAT)" in str(info.value)
+    assert "warm-started from this one" in str(info.value)  # the space differs: its results are worth keeping
+
+
 def test_a_budget_raised_on_an_experiment_a_stop_rule_ended_is_not_stored_and_says_so(no_ambient,
                                                                                       caplog) -> None:
     """The raise was stored ("max_trials=20" in orchard info) while hunt said "nothing to do": a budget no
