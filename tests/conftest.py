@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import faulthandler
 import os
+import signal
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -28,6 +29,11 @@ from orchard.storages import BaseStorage, get_storage
 from orchard.testing._mongo_uri import with_database
 
 faulthandler.enable()
+if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+    # pytest run as a background job of a non-interactive shell (``cmd &`` in a script): SIGINT was ignored,
+    # and so by every process a test started, so the Ctrl-C tests timed out (or were skipped: "SIGINT has a
+    # handler already"). A Python handler is not inherited through exec: they start as from a terminal.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 BACKENDS = [
     pytest.param("memory", id="memory"),
