@@ -29,9 +29,10 @@ from orchard.storages import BaseStorage, get_storage
 from orchard.testing._mongo_uri import with_database
 
 faulthandler.enable()
-# A shell's background job starts with SIGINT ignored; Python then installs no KeyboardInterrupt handler,
-# here or in the interpreters this suite starts, and the Ctrl-C tests failed for the way pytest was run.
-if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+    # pytest run as a background job of a non-interactive shell (``cmd &`` in a script): SIGINT was ignored,
+    # and so by every process a test started, so the Ctrl-C tests timed out (or were skipped: "SIGINT has a
+    # handler already"). A Python handler is not inherited through exec: they start as from a terminal.
     signal.signal(signal.SIGINT, signal.default_int_handler)
 
 BACKENDS = [
