@@ -71,8 +71,8 @@ class PercentilePruner(BasePruner):
         prune = mine > cutoff
         verb = "is worse than" if prune else "is within"
         reason = (
-            f"best value {mine:.6g} up to step {step} {verb} the {self.options['percentile']:g}th percentile "
-            f"{cutoff:.6g} of {len(compared)} other trials"
+            f"best value {self.sign * mine:.6g} up to step {step} {verb} the {self.options['percentile']:g}"
+            f"th percentile {self.sign * cutoff:.6g} of {len(compared)} other trials"
         )
         return Verdict(prune, self.name, step, value=mine, cutoff=cutoff, compared=compared, reason=reason)
 
