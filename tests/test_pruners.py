@@ -135,6 +135,7 @@ def test_a_hyperband_bracket_starting_at_the_last_step_stops_no_training() -> No
 
 @pytest.mark.parametrize(("config", "words"), [
     ({"median": {"min_trials": 1}}, "best value 0.2 up to step 2 is worse than the 50th percentile 0.9 "),
+    ({"percentile": {"percentile": 25, "min_trials": 1}}, "is worse than the 75th percentile 0.9 of 1 other"),
     ("asha", "value 0.2 at rung 1 is not among the best 1 of 2 values there (cut-off 0.9)"),
     ({"patience": {"patience": 1}}, "no improvement over 0.2 by more than"),
 ])
