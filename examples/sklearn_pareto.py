@@ -75,7 +75,8 @@ def main(argv: list[str] | None = None) -> list[orchard.Trial]:
         objectives={"error": "min", "size_kb": "min"},
         constraints=["latency_ms <= 50"],
         algorithm="random" if args.early_stopping else {"nsga2": {"population_size": 8}},
-        pruner={"asha": {"min_step": 1, "reduction_factor": 3}} if args.early_stopping else "none",
+        pruner={"asha": {"min_step": 1, "reduction_factor": 3, "max_step": STEPS}}  # the last step: no rung
+        if args.early_stopping else "none",
         max_trials=args.max_trials,
         storage=args.storage,
         seed=0,

@@ -51,6 +51,7 @@ __all__ = [
     "ExperimentConflictError",
     "ExperimentError",
     "ExperimentNotFoundError",
+    "HypervolumeError",
     "Interrupted",
     "InvalidReportError",
     "OrchardError",
@@ -333,6 +334,13 @@ class ExperimentBrokenError(ExperimentError, WorkerStoppedError):
             f"last error{of}: {last.get('type')}: {last.get('message')}. "
             "Fix the objective, then raise max_broken or start a new experiment"
         )
+
+
+class HypervolumeError(ExperimentError, ValueError):
+    """An experiment's hypervolume cannot be computed (4 objectives or more, a volume past the largest float).
+
+    Also a ``ValueError``, what it was before it named the experiment.
+    """
 
 
 class AlgorithmError(OrchardError):

@@ -460,14 +460,14 @@ class Experiment:
         """The hypervolume of :meth:`pareto_front` and its reference point (minimisation form).
 
         Args:
-            reference: one value per objective, in the objectives' directions; ``None``: the
-                worst feasible value of each plus 10 % of its range.
+            reference: one value per objective, in their directions; ``None``: worst feasible + 10 % of range.
 
         Raises:
             ConfigurationError: ``reference`` is not one finite number per objective.
+            HypervolumeError: more than 3 objectives, or a volume beyond the largest float.
         """
-        trials = self.fetch_trials([TrialStatus.COMPLETED])
-        return front_hypervolume(trials, self.settings.objectives, self.settings.constraints, reference)
+        s, trials = self.settings, self.fetch_trials([TrialStatus.COMPLETED])
+        return front_hypervolume(trials, s.objectives, s.constraints, reference, f"experiment {self.name!r}")
 
     @property
     def stats(self) -> dict[str, Any]:

@@ -25,6 +25,7 @@ from orchard.trial import finite_float
 
 __all__ = [
     "DIRECTIONS",
+    "HYPERVOLUME_OBJECTIVES",
     "Shown",
     "Vector",
     "crowding_distance",
@@ -32,15 +33,22 @@ __all__ = [
     "first_front",
     "hypervolume",
     "minimized",
+    "named_values",
     "non_dominated_sort",
     "normalize_objectives",
     "reference_point",
+    "returned",
+    "shown_value",
 ]
 
 #: The directions an objective may take.
 DIRECTIONS = ("min", "max")
+#: Other words taken for them (Optuna's), stored as the direction they name.
+DIRECTION_ALIASES = {"minimize": "min", "maximize": "max"}
 #: An objective vector in minimisation form.
 Vector = Sequence[float]
+#: The most objectives :func:`hypervolume` measures (exactly, by slicing).
+HYPERVOLUME_OBJECTIVES = 3
 #: Share of the observed range added beyond the worst value to derive a reference point.
 REFERENCE_MARGIN = 0.1
 #: Rows of the pairwise comparison computed at once by :func:`non_dominated_sort` (bounds its memory).
@@ -55,7 +63,8 @@ def normalize_objectives(value: Any) -> dict[str, str] | None:
             importance (the first is the trial's scalar ``objective``).
 
     Returns:
-        A new dict of name -> ``"min"``/``"max"`` (directions lower-cased), in order.
+        A new dict of name -> ``"min"``/``"max"`` (directions lower-cased, Optuna's ``"minimize"``
+        and ``"maximize"`` taken for them), in order.
 
     Raises:
         ConfigurationError: not a mapping, empty, a name that is not a non-empty
@@ -74,16 +83,19 @@ def normalize_objectives(value: Any) -> dict[str, str] | None:
     for name, direction in value.items():
         if not isinstance(name, str) or not name.strip():
             raise ConfigurationError(f"objective name {name!r} must be a non-empty string")
-        if not isinstance(direction, str) or direction.strip().lower() not in DIRECTIONS:
+        word = direction.strip().lower() if isinstance(direction, str) else None
+        word = DIRECTION_ALIASES.get(word, word) if word is not None else None
+        if word not in DIRECTIONS:
             raise ConfigurationError(
-                f"objective {name!r} has direction {direction!r}; it must be 'min' or 'max'")
+                f"objective {name!r} has direction {direction!r}; it must be 'min' or 'max' "
+                "(or 'minimize', 'maximize')")
         if name.strip() == REPORTED_KEY:
             raise ConfigurationError(
                 f"objective {name!r} clashes with the results key {REPORTED_KEY!r}, where a trial reports "
                 "its list of constraint values; name the objective otherwise")
         if name.strip() in checked:
             raise ConfigurationError(f"objective {name.strip()!r} is named twice ({name!r}); name each objective once")
-        checked[name.strip()] = direction.strip().lower()
+        checked[name.strip()] = str(word)
     return checked
 
 
@@ -102,6 +114,28 @@ def minimized(values: Mapping[str, float], objectives: Mapping[str, str]) -> tup
             raise ValueError(f"objective {name!r} is not a finite number")
         vector.append(-number if direction == "max" else number)
     return tuple(vector)
+
+
+def returned(vector: Vector, objectives: Mapping[str, str]) -> list[float]:
+    """A minimisation-form ``vector`` back in the objectives' own directions (as the objective gave it)."""
+    return [-v if d == "max" else v for v, d in zip(vector, objectives.values(), strict=True)]
+
+
+def named_values(vector: Vector, objectives: Mapping[str, str]) -> str:
+    """A minimisation-form ``vector`` shown as returned, each value by name: ``"acc 0.917, err 0.0741"``."""
+    return ", ".join(f"{name} {value:.6g}" for name, value in zip(objectives, returned(vector, objectives),
+                                                                   strict=True))
+
+
+def shown_value(value: float | tuple[float, ...], objectives: Mapping[str, str] | None) -> str:
+    """A stored (minimised) value as the objectives gave it: a vector in parentheses, each value by
+    name (:func:`named_values`); one number under the first objective's name, if declared (``"acc 0.97"``)."""
+    if isinstance(value, tuple):
+        if objectives is not None and len(objectives) == len(value):
+            return f"({named_values(value, objectives)})"
+        return f"({', '.join(f'{v:.6g}' for v in value)})"
+    shown = Shown.of(objectives)
+    return f"{shown.name} {shown.value(value):.6g}" if objectives else f"{value:.6g}"
 
 
 def dominates(a: Vector, b: Vector) -> bool:
@@ -231,7 +265,7 @@ def hypervolume(points: Sequence[Vector], reference: Vector) -> float:
             float (about 1.8e308).
     """
     dims = len(reference)
-    if dims > 3:
+    if dims > HYPERVOLUME_OBJECTIVES:
         raise ValueError(f"exact hypervolume is implemented for up to 3 objectives, got {dims}")
     if any(len(p) != dims for p in points):
         raise ValueError("every point must have as many objectives as the reference point")

@@ -16,13 +16,12 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from orchard.constraints import feasibility
-from orchard.errors import ConfigurationError
-from orchard.objectives import first_front, hypervolume, minimized, reference_point
+from orchard.errors import ConfigurationError, HypervolumeError
+from orchard.objectives import HYPERVOLUME_OBJECTIVES, first_front, hypervolume, minimized, reference_point
 from orchard.report import shown
 from orchard.trial import Trial, TrialStatus, finite_float
 
 __all__ = ["best_of", "front_hypervolume", "infeasible", "pareto_front", "reported", "scored"]
-
 
 def reported(trial: Trial) -> Mapping[str, Any]:
     """A trial's results with ``objective`` in them: a worker of an older release took it out into
@@ -99,7 +98,7 @@ def _finite(objective: Any) -> bool:
 
 def front_hypervolume(
     trials: Iterable[Trial], objectives: Mapping[str, str] | None, constraints: Sequence[str] | None = None,
-    reference: Sequence[float] | None = None,
+    reference: Sequence[float] | None = None, experiment: str = "the experiment",
 ) -> tuple[float, tuple[float, ...]]:
     """The hypervolume of the feasible front, and the reference point used (minimisation form).
 
@@ -111,6 +110,7 @@ def front_hypervolume(
             reference is a low value); ``None``: derived from every feasible
             completed trial (worst value plus 10 % of the range, see
             :func:`orchard.objectives.reference_point`).
+        experiment: how errors name the experiment (``"experiment 'forest'"``).
 
     Returns:
         ``(hypervolume, reference point in minimisation form)``; ``(0.0, ())`` without
@@ -118,8 +118,15 @@ def front_hypervolume(
 
     Raises:
         ConfigurationError: ``reference`` is not one finite number per objective.
+        HypervolumeError: more than 3 objectives, or a volume beyond the largest float.
     """
     objectives = objectives or {"objective": "min"}
+    most = HYPERVOLUME_OBJECTIVES
+    if len(objectives) > most:
+        raise HypervolumeError(
+            f"{experiment} has {len(objectives)} objectives ({', '.join(objectives)}); its hypervolume is "
+            f"computed for up to {most}: compare fronts (pareto_front()) on {most} of them, or with a tool "
+            "that measures more dimensions (pymoo's or Optuna's hypervolume)")
     rows = [row for row in scored(trials, objectives, constraints) if row[2] <= 0]
     if reference is not None:
         point = minimized(_reference(reference, objectives), objectives)
@@ -127,7 +134,10 @@ def front_hypervolume(
         point = reference_point([vector for _, vector, _ in rows])
     else:
         return 0.0, ()
-    return hypervolume([vector for _, vector, _ in rows], point), point
+    try:
+        return hypervolume([vector for _, vector, _ in rows], point), point
+    except ValueError as err:  # a volume beyond the largest float: the message says what to do
+        raise HypervolumeError(f"{experiment}: {err}") from None
 
 
 def _reference(reference: Any, objectives: Mapping[str, str]) -> dict[str, float]:

@@ -56,9 +56,7 @@ from orchard.warm_start import prior_trials
 __all__ = [
     "History",  # re-exported: the view the worker keeps (orchard.history)
     "Pacemaker",  # re-exported: the heartbeat thread (orchard.pacemaker)
-    "StopReason",
-    "Worker",
-    "WorkerReport",
+    "StopReason", "Worker", "WorkerReport",
     "WorkerSettings",  # re-exported: an experiment's settings plus one run's limits (orchard.experiment_config)
     "worker_name",  # re-exported: a worker's identity (orchard.naming)
 ]
@@ -136,8 +134,9 @@ class Worker:
         self.algorithm: BaseAlgorithm = make_algorithm(settings.algorithm, settings.space, settings.seed)
         self.suggester = Suggester(self.algorithm, settings.algorithm, settings.space)  # held to the contract
         history = self.history  # not self in the lambda: no cycle, a worker dropped is freed at once
-        self.judge = Judge(storage, self.name, lambda: history.trials, history.refresh,
-                           make_pruner(settings.pruner, settings.objectives), settings.objectives)
+        pruner = make_pruner(settings.pruner, settings.objectives, settings.space)
+        self.judge = Judge(storage, self.name, lambda: history.trials, history.refresh, pruner,
+                           settings.objectives)
         self.report = WorkerReport(self.name)
         rules = StopRules.of(settings.stop, settings.objectives, settings.constraints, settings.space)
         self.stopping = None if rules is None else StopGate(storage, experiment_id, rules, self.label, clock.monotonic)

@@ -192,7 +192,7 @@ def test_workon_prunes_on_named_reports_stored_in_minimisation_form() -> None:
     x = first.params["x"]
     assert first.reports[0] == (1, (x + 1.0, -(1.0 - abs(x - 0.7) - 1.0)))  # accuracy negated
     stored = {t.id: t.reports for t in trials}
-    pruner = make_pruner(exp.settings.pruner)
+    pruner = make_pruner(exp.settings.pruner, exp.settings.objectives)  # as info does: reasons name them
     for trial in trials:
         if trial.status is TrialStatus.PRUNED:
             assert trial.verdict is not None and trial.objective == trial.reports[-1][1][0]  # type: ignore[index]
@@ -227,6 +227,8 @@ def test_a_bare_number_is_stored_when_no_pruner_ranks_it() -> None:
 
 
 def test_info_explains_a_trial_pruned_on_both_objectives(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """info showed 'last (1.56, -0.0053)' and 'why: values (1.56, -0.0053)': the 'max' accuracy negated (its
+    minimised, stored form); each objective is now shown by name, as returned."""
     from orchard.cli import main
 
     uri = str(tmp_path / "db.pkl")
@@ -237,9 +239,36 @@ def test_info_explains_a_trial_pruned_on_both_objectives(tmp_path: Path, capsys:
     pruned = next(t for t in exp.fetch_trials() if t.status is TrialStatus.PRUNED)
     assert main(["info", "-n", "mo-info", "--storage", uri, "--trial", pruned.id]) == 0
     out = capsys.readouterr().out
-    last = pruned.reports[-1][1]
-    assert f"last ({last[0]:.6g}, {last[1]:.6g}) at step" in out  # type: ignore[index]
+    error, accuracy = pruned.reports[-1][1]  # type: ignore[misc]
+    shown = f"(error {error:.6g}, accuracy {-accuracy:.6g})"
+    assert f"last {shown} at step" in out and f"why:       values {shown} at rung" in out
+    assert f"objective: error {error:.6g}\n" in out
     assert "recomputed from the stored history: prune" in out and "(front " in out
+
+
+def _accuracy(x: float) -> float:
+    for step in range(1, 10):
+        orchard.report(1.0 - abs(x - 0.7) - 1.0 / step, step)
+        if orchard.should_prune():
+            raise orchard.TrialPruned()
+    return 0.9 - abs(x - 0.7)
+
+
+def test_info_shows_a_max_objective_as_returned(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """One 'max' objective: info's objective, last report, reason and cut-off were its negation."""
+    from orchard.cli import main
+
+    uri = str(tmp_path / "db.pkl")
+    exp = orchard.build_experiment("max-info", space={"x": "uniform(0, 1)"}, storage=uri, max_trials=12,
+                                   seed=2, objectives={"accuracy": "max"}, pruner="asha")
+    exp.workon(_accuracy, progress=False)
+    pruned = next(t for t in exp.fetch_trials() if t.status is TrialStatus.PRUNED)
+    assert main(["info", "-n", "max-info", "--storage", uri, "--trial", pruned.id]) == 0
+    out = capsys.readouterr().out
+    accuracy, cutoff = -pruned.reports[-1][1], -pruned.verdict["cutoff"]  # type: ignore[operator,index]
+    assert f"objective: accuracy {accuracy:.6g}\n" in out and f"last accuracy {accuracy:.6g} at step" in out
+    assert f"why:       value {accuracy:.6g} at rung" in out and f"(cut-off {cutoff:.6g})" in out
+    assert f"cut-off:   accuracy {cutoff:.6g}, compared with" in out
 
 
 _RUNS: list[float] = []

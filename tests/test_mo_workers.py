@@ -93,7 +93,7 @@ def test_hunt_with_four_workers_prunes_on_both_objectives(backend: str, tmp_path
     trials = exp.storage.fetch_trials(exp.id)
     assert len({t.worker for t in trials}) > 1
     stored = {t.id: t.reports for t in trials if t.reports}
-    pruner = make_pruner(exp.settings.pruner)
+    pruner = make_pruner(exp.settings.pruner, exp.settings.objectives)  # as info does: reasons name them
     for trial in trials:
         assert all(isinstance(value, tuple) and len(value) == 2 for _, value in trial.reports)
         if trial.status is TrialStatus.PRUNED:

@@ -25,6 +25,11 @@ from orchard.objectives import (
 )
 
 
+def test_optunas_words_for_the_directions_are_taken_and_stored_normalised() -> None:
+    """objectives={'acc': 'maximize'} was refused ('must be 'min' or 'max'') though 'MAX' was taken."""
+    assert normalize_objectives({"acc": "maximize", "err": " Minimize "}) == {"acc": "max", "err": "min"}
+
+
 def test_objectives_are_normalized_in_order() -> None:
     assert normalize_objectives({"error": "min", "latency_ms": "MAX"}) == {"error": "min", "latency_ms": "max"}
     assert list(normalize_objectives({"b": "min", "a": "min"}) or {}) == ["b", "a"]
@@ -32,7 +37,7 @@ def test_objectives_are_normalized_in_order() -> None:
 
 
 @pytest.mark.parametrize(("value", "words"), [
-    ({"error": "minimize"}, "'min' or 'max'"),
+    ({"error": "lowest"}, "'min' or 'max'"),
     ({}, "empty"),
     ({3: "min"}, "non-empty string"),
     ({"": "min"}, "non-empty string"),

@@ -18,6 +18,7 @@ from orchard.pruners import (
     normalize_pruner_config,
 )
 from orchard.pruners._rungs import bracket_of
+from orchard.space import Space
 
 
 def curve(*values: float, start: int = 1) -> list[tuple[int, float]]:
@@ -99,6 +100,59 @@ def test_asha_judges_only_when_a_rung_is_reached() -> None:
 
 def test_asha_first_trial_at_a_rung_always_goes_on() -> None:
     assert not make_pruner("asha").judge("t", curve(100.0), {}).prune
+
+
+@pytest.mark.parametrize("config", [{"asha": {"max_step": 3}}, {"hyperband": {"max_step": 3, "brackets": 1}}])
+def test_a_report_at_the_last_step_is_not_pruned_by_a_rung(config: dict[str, Any]) -> None:
+    """With 3 steps, rung 3 was the last step: the worst training there was pruned though it had finished."""
+    pruner = make_pruner(config)
+    others = {f"o{i}": curve(0.0, 0.0, 0.0) for i in range(5)}
+    last = pruner.judge("t", curve(0.0, 9.0, 9.0), others)
+    assert not last.prune and last.rung is None and "step 3 is the last (max_step 3)" in last.reason
+    assert pruner.judge("t", curve(9.0), others).prune  # rung 1, below the end, still prunes
+
+
+def test_the_last_step_comes_from_the_experiments_integer_fidelity() -> None:
+    """Without max_step, an integer fidelity's high is the last step; a float fidelity's is no step."""
+    others = {f"o{i}": curve(0.0, 0.0, 0.0) for i in range(5)}
+    own = curve(0.0, 9.0, 9.0)
+    for fidelity, prune in [("fidelity(1, 3)", False), ("fidelity(1, 9)", True), ("fidelity(0.1, 3.)", True)]:
+        space = Space.from_config({"x": "uniform(0, 1)", "epochs": fidelity})
+        verdict = make_pruner("asha", None, space).judge("t", own, others)
+        assert verdict.prune is prune, fidelity
+    several = make_pruner("hyperband", {"a": "min", "b": "max"}, Space.from_config({"e": "fidelity(1, 9)"}))
+    assert isinstance(several, HyperbandPruner) and several.brackets == 3  # first rungs 1, 3 and 9
+
+
+def test_a_hyperband_bracket_starting_at_the_last_step_stops_no_training() -> None:
+    pruner = make_pruner({"hyperband": {"max_step": 9}})
+    assert isinstance(pruner, HyperbandPruner) and pruner.brackets == 3
+    ids = [f"trial-{i}" for i in range(100)]
+    last = [tid for tid in ids if bracket_of(tid, 3) == 2]
+    others = {tid: curve(*[0.0] * 9) for tid in last[1:]}
+    assert not pruner.judge(last[0], curve(*[9.0] * 9), others).prune
+
+
+@pytest.mark.parametrize(("config", "words"), [
+    ({"median": {"min_trials": 1}}, "best value 0.2 up to step 2 is worse than the 50th percentile 0.9 "),
+    ({"percentile": {"percentile": 25, "min_trials": 1}}, "is worse than the 75th percentile 0.9 of 1 other"),
+    ("asha", "value 0.2 at rung 1 is not among the best 1 of 2 values there (cut-off 0.9)"),
+    ({"patience": {"patience": 1}}, "no improvement over 0.2 by more than"),
+])
+def test_a_reason_shows_a_max_objective_as_returned(config: Any, words: str) -> None:
+    """objectives={'accuracy': 'max'}: reasons (what info's 'why' shows) gave the stored, negated values."""
+    pruner = make_pruner(config, {"accuracy": "max"})
+    verdict = pruner.judge("t", curve(-0.2, -0.2) if config != "asha" else curve(-0.2),
+                           {"o": curve(-0.9, -0.9)} if config != "asha" else {"o": curve(-0.9)})
+    assert verdict.prune and words in verdict.reason, verdict.reason
+    several = make_pruner("asha", {"error": "min", "accuracy": "max"})
+    verdict = several.judge("t", [(1, (0.5, -0.2))], {"o": [(1, (0.1, -0.9))]})
+    assert "values (error 0.5, accuracy 0.2) at rung 1 rank 2 of 2" in verdict.reason
+
+
+def test_asha_refuses_a_max_step_at_or_below_its_first_rung() -> None:
+    with pytest.raises(ConfigurationError, match="max_step=3 .* is not above the first rung"):
+        make_pruner({"asha": {"min_step": 3, "max_step": 3}})
 
 
 def test_hyperband_places_trials_by_a_hash_of_their_id_and_compares_within_a_bracket() -> None:
@@ -205,7 +259,8 @@ def test_normalized_config_spells_every_option() -> None:
         "median": {"warmup_steps": 0, "min_trials": 5, "interval_steps": 1}
     }
     nested = normalize_pruner_config({"patience": {"wrapped": "asha"}})
-    assert nested["patience"]["wrapped"] == {"asha": {"min_step": 1, "reduction_factor": 3, "min_early_stopping_rate": 0}}
+    assert nested["patience"]["wrapped"] == {
+        "asha": {"min_step": 1, "reduction_factor": 3, "min_early_stopping_rate": 0, "max_step": None}}
     assert isinstance(make_pruner(nested), BasePruner)
 
 

@@ -201,6 +201,32 @@ def test_a_pruned_or_infeasible_trial_is_never_shown_as_best(setting: str, tmp_p
     assert line.split()[1] == "1" and best.id[:12] in line
 
 
+def three_steps(x: float, epochs: int = 3, several: bool = False) -> Any:
+    """Reports 3 steps (the last the end of the training); stops when told."""
+    for step in range(1, epochs + 1):
+        value = (x - 0.3) ** 2 + 1.0 / step
+        orchard.report({"a": value, "b": x} if several else value, step)
+        if orchard.should_prune():
+            raise orchard.TrialPruned()
+    return {"a": value, "b": x} if several else value
+
+
+@pytest.mark.parametrize("several", [False, True])
+@pytest.mark.parametrize("end", ["max_step", "fidelity"])
+def test_a_training_that_ran_all_its_steps_is_completed_not_pruned(end: str, several: bool) -> None:
+    """asha with 3 steps pruned trials at rung 3, their last step ('rank 3 of 3; the best 1 go on'):
+    finished trainings ended pruned instead of completed, with one objective or several."""
+    space = {**SPACE, "epochs": "fidelity(1, 3)"} if end == "fidelity" else SPACE
+    exp = orchard.build_experiment(
+        f"p-end-{end}-{several}", space=space, algorithm="random", max_trials=20, storage="memory://", seed=1,
+        objectives={"a": "min", "b": "max"} if several else None,
+        pruner={"asha": {"max_step": 3}} if end == "max_step" else "asha")
+    exp.workon(functools.partial(three_steps, several=several))
+    trials = exp.fetch_trials()
+    assert any(t.status is TrialStatus.PRUNED for t in trials)  # rung 1 still prunes
+    assert all(t.status is TrialStatus.COMPLETED for t in trials if len(t.reports) == 3)
+
+
 def test_a_number_reported_for_one_max_objective_is_judged_in_its_direction() -> None:
     """objectives={"accuracy": "max"} with orchard.report(accuracy, step): the better trials were pruned."""
     exp = orchard.build_experiment("p-max", space=SPACE, max_trials=4, storage="memory://",

@@ -375,6 +375,27 @@ def test_objectives_not_separated_by_commas_are_refused_before_anything_is_store
     assert orchard.get_experiment("e", storage="o.pkl").settings.objectives == {"err": "min", "acc": "max"}
 
 
+def test_minimize_and_maximize_are_taken_wherever_objectives_are_given(no_ambient: Path, monkeypatch) -> None:
+    """--objective acc:maximize (and the same in Python, YAML, ORCHARD_OBJECTIVES) was refused: 'must be
+    'min' or 'max''; it is stored as 'max'."""
+    (no_ambient / "train.py").write_text("import orchard; orchard.report_results({'err': 0.5, 'acc': 0.5})\n")
+    command = [sys.executable, "train.py", "--x~uniform(0, 1)"]
+    assert main(["hunt", "-n", "cli", "--storage", "o.pkl", "--max-trials", "1",
+                 "--objective", "err:minimize", "--objective", "acc:MAXIMIZE", *command]) == 0
+    (no_ambient / "orchard.yaml").write_text("objectives: {err: minimize, acc: maximize}\n")
+    assert main(["hunt", "-n", "yaml", "--storage", "o.pkl", "--max-trials", "1", *command]) == 0
+    (no_ambient / "orchard.yaml").unlink()
+    monkeypatch.setenv("ORCHARD_OBJECTIVES", "err:minimize, acc:maximize")
+    assert main(["hunt", "-n", "env", "--storage", "o.pkl", "--max-trials", "1", *command]) == 0
+    monkeypatch.delenv("ORCHARD_OBJECTIVES")
+    orchard.build_experiment("py", space={"x": "uniform(0, 1)"}, storage="o.pkl",
+                             objectives={"err": "minimize", "acc": "maximize"})
+    for name in ("cli", "yaml", "env", "py"):
+        stored = orchard.get_experiment(name, storage="o.pkl").settings.objectives
+        assert stored == {"err": "min", "acc": "max"}
+    assert orchard.get_experiment("cli", storage="o.pkl").fetch_trials()[0].status.value == "completed"
+
+
 def test_a_mistyped_orchard_variable_is_named_not_silently_ignored(no_ambient: Path) -> None:
     """`ORCHARD_MAX_TRIAL=2 orchard hunt ...` (a letter short) set nothing without a word: the hunt meant to
     stop after 2 trials ran until it was killed."""

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 import orchard
-from orchard.errors import ConfigurationError, ExperimentConflictError
+from orchard.errors import ConfigurationError, ExperimentConflictError, HypervolumeError, OrchardError
 from orchard.experiment_config import ExperimentConfig
 from orchard.objectives import dominates, minimized
 from orchard.space import Space
@@ -94,6 +94,17 @@ def test_a_hypervolume_reference_that_is_not_one_number_per_objective_is_one_cle
     exp.workon(zdt1, executor="single", progress=False)
     with pytest.raises(ConfigurationError, match=r"one finite number per objective \(f1, f2\)"):
         exp.hypervolume(reference=reference)  # type: ignore[arg-type]
+
+
+def test_the_hypervolume_of_four_objectives_is_an_orchard_error_naming_the_experiment() -> None:
+    """exp.hypervolume() with 4 objectives raised a plain ValueError naming no experiment nor what to do."""
+    exp = orchard.build_experiment("four", space={"x": "uniform(0, 1)"}, storage="memory://", max_trials=3,
+                                   objectives={"a": "min", "b": "max", "c": "min", "d": "min"})
+    exp.workon(lambda x: {"a": x, "b": x, "c": 1 - x, "d": x * x}, progress=False)
+    with pytest.raises(OrchardError, match=r"experiment 'four' has 4 objectives \(a, b, c, d\); .* up to 3: "
+                                           r"compare fronts \(pareto_front\(\)\) on 3 of them") as caught:
+        exp.hypervolume()
+    assert isinstance(caught.value, (HypervolumeError, ValueError))
 
 
 def test_constraint_on_single_objective_keeps_infeasible_trials_but_never_returns_them(store) -> None:

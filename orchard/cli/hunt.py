@@ -64,9 +64,9 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
                 "(default), median, percentile, asha, hyperband, threshold, patience, or a YAML mapping "
                 "such as '{asha: {min_step: 2}}'")
     option("--objective", metavar="NAME:DIR", dest="objectives", action="append",
-           help="one of several objectives, min or max (repeat: --objective error:min --objective "
-                "latency_ms:min, or list them: error:min,latency_ms:min); the script then reports each by "
-                "name in its results JSON")
+           help="one of several objectives, min or max (or minimize, maximize) (repeat: --objective "
+                "error:min --objective latency_ms:min, or list them: error:min,latency_ms:min); the script "
+                "then reports each by name in its results JSON")
     option("--constraint", metavar="EXPR", dest="constraints", action="append",
            help="a bound on a reported metric, 'NAME <= NUMBER' or 'NAME >= NUMBER' (repeatable); "
                 "trials that break it are kept but never on the front")

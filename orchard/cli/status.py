@@ -412,6 +412,7 @@ def _warm_start_line(uses: list[dict[str, Any]] | None) -> list[str]:
 def _trial_info(experiment: Experiment, prefix: str, as_json: bool) -> int:
     """Print one trial of ``experiment``; for a pruned one, the verdict and how it is reached again."""
     from orchard.errors import ConfigurationError, TrialNotFoundError, shown as cut
+    from orchard.objectives import shown_value
     from orchard.pruners import Verdict, make_pruner
 
     if not prefix.strip():
@@ -429,7 +430,8 @@ def _trial_info(experiment: Experiment, prefix: str, as_json: bool) -> int:
     recomputed, unrecomputed = None, None
     if trial.verdict is not None and trial.verdict.get("pruner") not in (None, "objective"):
         stored = {t.id: t.reports for t in trials if t.reports}
-        pruner = make_pruner(experiment.settings.pruner, experiment.settings.objectives)
+        settings = experiment.settings
+        pruner = make_pruner(settings.pruner, settings.objectives, settings.space)
         try:  # a verdict another program (or another pruner) wrote is shown, not recomputed
             again = pruner.recompute(trial.id, Verdict.from_dict(trial.verdict), stored)
         except (TypeError, ValueError, KeyError, AttributeError) as err:
@@ -441,13 +443,13 @@ def _trial_info(experiment: Experiment, prefix: str, as_json: bool) -> int:
         return 0
     lines = [f"trial {trial.id} of {experiment.name!r}: {trial.status.value}",
              f"  params:    {format_params(trial.params)}"]
+    objectives = experiment.settings.objectives  # values are shown in their own directions, not minimised
     if trial.objective is not None:
-        lines.append(f"  objective: {trial.objective:.6g}")
+        lines.append(f"  objective: {shown_value(trial.objective, objectives)}")
     if trial.reports:
         last_step, last_value = trial.reports[-1]
-        shown = (f"({', '.join(f'{v:.6g}' for v in last_value)})" if isinstance(last_value, tuple)  # objectives
-                 else f"{last_value:.6g}")
-        lines.append(f"  reports:   {len(trial.reports)}, last {shown} at step {last_step}")
+        last = shown_value(last_value, objectives)
+        lines.append(f"  reports:   {len(trial.reports)}, last {last} at step {last_step}")
     if trial.verdict is not None:
         verdict = trial.verdict
         lines.append(f"  pruned by: {verdict.get('pruner')} at step {verdict.get('step')}"
@@ -455,7 +457,8 @@ def _trial_info(experiment: Experiment, prefix: str, as_json: bool) -> int:
         lines.append(f"  why:       {verdict.get('reason', '')}")
         cutoff, compared = verdict.get("cutoff"), verdict.get("compared", ())
         if isinstance(cutoff, (int, float)) and isinstance(compared, list):
-            lines.append(f"  cut-off:   {cutoff:.6g}, compared with {len(compared)} trials")
+            lines.append(f"  cut-off:   {shown_value(cutoff, objectives)}, compared with {len(compared)} "
+                         "trials")
         elif cutoff is not None:
             lines.append(f"  cut-off:   {cut(cutoff, 60)}")
         if recomputed is not None:

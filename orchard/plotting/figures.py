@@ -294,12 +294,12 @@ def _end_time(trial: Trial) -> float:
     return max(start, trial.end_time or trial.heartbeat or start)
 
 
-def describe(trial: Trial, shown: Shown = Shown(), values: Sequence[tuple[str, float]] = ()) -> str:
-    """A trial's hover label: its id, its objective as ``shown`` (or each of several ``values``, by name,
-    or its status) and its params."""
+def describe(trial: Trial, shown: Shown = Shown(), values: str = "") -> str:
+    """A trial's hover label: its id, its objective as ``shown`` (or several ``values``, by name, as
+    :func:`orchard.objectives.named_values` gives them, or its status) and its params."""
     params = ", ".join(f"{k}={_fmt(v)}" for k, v in trial.params.items())
     objective = trial.objective
-    result = (", ".join(f"{n} {v:.6g}" for n, v in values) if values else
+    result = (values if values else
               f"{shown.name} {shown.value(objective):.6g}" if objective is not None else trial.status.value)
     if trial.status is TrialStatus.BROKEN and trial.error:
         result += f": {trial.error.get('type', 'error')}"

@@ -21,7 +21,8 @@ import itertools
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from orchard.objectives import dominates, first_front, reference_point
+from orchard.objectives import (HYPERVOLUME_OBJECTIVES, dominates, first_front, named_values, reference_point,
+                                returned)
 from orchard.objectives import hypervolume as volume
 from orchard.pareto import scored
 from orchard.plotting.figures import describe, drawable, left_out, no_results_note
@@ -89,11 +90,6 @@ def _directions(objectives: Mapping[str, str] | None) -> dict[str, str]:
     return dict(objectives) if objectives else {"objective": "min"}
 
 
-def _shown(vector: Sequence[float], directions: Mapping[str, str]) -> list[float]:
-    """A minimisation-form vector back in the objectives' own directions."""
-    return [-v if d == "max" else v for v, d in zip(vector, directions.values(), strict=True)]
-
-
 def pareto(trials: Sequence[Trial], name: str, objectives: Mapping[str, str] | None = None,
            constraints: Sequence[str] | None = None) -> ParetoFigure:
     """Build the Pareto figure.
@@ -124,11 +120,11 @@ def pareto(trials: Sequence[Trial], name: str, objectives: Mapping[str, str] | N
     for i, j in itertools.combinations(range(len(names)), 2):
         groups: dict[str, tuple[list[float], list[float], list[str]]] = {k: ([], [], []) for k in ("f", "o", "i")}
         for trial, vector, violation in rows:
-            shown = _shown(vector, directions)
+            shown = returned(vector, directions)
             key = "i" if violation > 0 else "f" if trial.id in front else "o"
             groups[key][0].append(shown[i])
             groups[key][1].append(shown[j])
-            groups[key][2].append(describe(trial, values=list(zip(names, shown))))  # not the minimised first
+            groups[key][2].append(describe(trial, values=named_values(vector, directions)))  # not minimised
         fx, fy, fl = groups["f"]
         order = sorted(range(len(fx)), key=lambda k: (fx[k], fy[k]))
         front_points = Points([fx[k] for k in order], [fy[k] for k in order], [fl[k] for k in order])
@@ -161,7 +157,7 @@ def hypervolume(trials: Sequence[Trial], name: str, objectives: Mapping[str, str
     """
     directions = _directions(objectives)
     title = f"{name}: hypervolume of the feasible front"
-    if len(directions) > 3:
+    if len(directions) > HYPERVOLUME_OBJECTIVES:
         return HypervolumeFigure(title, f"exact hypervolume is computed for up to 3 objectives, not "
                                  f"{len(directions)}", [], [], [])
     rows = sorted(scored(trials, directions, constraints), key=lambda r: (r[0].end_time or 0.0, r[0].id))
@@ -187,7 +183,8 @@ def hypervolume(trials: Sequence[Trial], name: str, objectives: Mapping[str, str
         x.append(rank)
         seconds.append((trial.end_time or start) - start)
         volumes.append(current)
-    shown = ", ".join(f"{n}={v:.4g}" for n, v in zip(directions, _shown(reference, directions), strict=True))
+    back = returned(reference, directions)
+    shown = ", ".join(f"{n}={v:.4g}" for n, v in zip(directions, back, strict=True))
     return HypervolumeFigure(f"{title}: {current:.4g} after {len(rows)} completed trials (reference {shown})",
                              None, x, seconds, volumes)
 

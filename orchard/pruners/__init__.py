@@ -35,6 +35,7 @@ from orchard.pruners._percentile import MedianPruner, PercentilePruner
 from orchard.pruners._rungs import AshaPruner, HyperbandPruner
 from orchard.pruners._simple import NopPruner, PatiencePruner, ThresholdPruner
 from orchard.pruners.base import BasePruner, Curve, Verdict
+from orchard.space import Space
 
 __all__ = [
     "PRUNERS",
@@ -113,16 +114,21 @@ def normalize_pruner_config(config: PrunerConfig) -> dict[str, dict[str, Any]]:
     return {name: checked}
 
 
-def make_pruner(config: PrunerConfig, objectives: Mapping[str, str] | None = None) -> BasePruner:
+def make_pruner(config: PrunerConfig, objectives: Mapping[str, str] | None = None,
+                space: Space | None = None) -> BasePruner:
     """Build the pruner described by ``config`` (normalized or not; ``None`` is ``"none"``).
 
     ``objectives`` are the experiment's (see :meth:`BasePruner.facing`); ``None``: one, minimised.
+    ``space`` is the experiment's: the ``high`` of its fidelity, if an integer, is taken as the
+    last step a trial reports (``asha`` and ``hyperband`` stop no training there).
 
     Raises:
         ConfigurationError: unknown pruner, unknown option or invalid option value.
     """
     ((name, options),) = normalize_pruner_config(config).items()
-    return _pruner_class(name)(**options).facing(objectives)
+    fidelity = space.fidelity if space is not None else None
+    last_step = int(fidelity[1].high) if fidelity is not None and fidelity[1].integral else None
+    return _pruner_class(name)(**options).facing(objectives, last_step)
 
 
 def check_objectives(config: PrunerConfig, objectives: Mapping[str, str] | None) -> None:

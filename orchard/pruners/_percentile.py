@@ -70,9 +70,11 @@ class PercentilePruner(BasePruner):
         cutoff = float(np.percentile([values[tid] for tid in compared], self.options["percentile"]))
         prune = mine > cutoff
         verb = "is worse than" if prune else "is within"
+        percentile = self.options["percentile"]
+        percentile = percentile if self.sign > 0 else 100 - percentile  # of the values as returned
         reason = (
-            f"best value {mine:.6g} up to step {step} {verb} the {self.options['percentile']:g}th percentile "
-            f"{cutoff:.6g} of {len(compared)} other trials"
+            f"best value {self.sign * mine:.6g} up to step {step} {verb} the {percentile:g}th percentile "
+            f"{self.sign * cutoff:.6g} of {len(compared)} other trials"
         )
         return Verdict(prune, self.name, step, value=mine, cutoff=cutoff, compared=compared, reason=reason)
 

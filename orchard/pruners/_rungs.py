@@ -17,6 +17,12 @@ ranks alike (:func:`pareto_position`). The best ``max(1, n // η)`` go on.
 ``hyperband`` runs several such brackets (``s = 0, 1, …``): a trial's bracket is
 fixed by a hash of its id, so every worker places it the same way, and it is
 compared only with the trials of its own bracket.
+
+The last step a trial reports (``max_step``, or else the ``high`` of the experiment's integer
+fidelity, see :meth:`BasePruner.facing`) is no rung: rungs lie below it, and a report at or past
+it is never stopped by a rung decision, so a training that ran all its steps ends completed, as
+one under Optuna's ``SuccessiveHalvingPruner`` does when its objective returns (the rungs of
+Oríon's ASHA likewise stop below the fidelity's maximum).
 """
 
 from __future__ import annotations
@@ -27,7 +33,7 @@ from collections.abc import Mapping
 from typing import Any, ClassVar
 
 from orchard.errors import ConfigurationError
-from orchard.objectives import crowding_distance, non_dominated_sort
+from orchard.objectives import crowding_distance, non_dominated_sort, shown_value
 from orchard.pruners.base import BasePruner, Curve, Verdict, check_int, value_at
 from orchard.trial import INT_LIMIT, ReportValue
 
@@ -64,12 +70,15 @@ def _rungs_crossed(own: Curve, min_step: int, eta: int, rate: int) -> list[int]:
 
 
 def _halving(
-    pruner: BasePruner, own: Curve, others: Mapping[str, Curve], trial_id: str, rate: int
+    pruner: _RungPruner, own: Curve, others: Mapping[str, Curve], trial_id: str, rate: int
 ) -> Verdict:
     """Judge ``own`` at the highest rung its last report reached, against ``others`` there."""
     min_step, eta = pruner.options["min_step"], pruner.options["reduction_factor"]
     crossed = _rungs_crossed(own, min_step, eta, rate)
     step = own[-1][0]
+    if pruner.end is not None and step >= pruner.end:
+        return Verdict(False, pruner.name, step, reason=(
+            f"step {step} is the last ({pruner.ending}): a training that ran all its steps is not stopped"))
     if not crossed:
         return Verdict(False, pruner.name, step, reason=f"step {step} reached no new rung")
     rung = crossed[-1]
@@ -86,8 +95,8 @@ def _halving(
     prune = mine > cutoff
     verb = "is not" if prune else "is"
     reason = (
-        f"value {mine:.6g} at rung {rung} {verb} among the best {kept} of {len(ranked)} values "
-        f"there (cut-off {cutoff:.6g})"
+        f"value {pruner.sign * mine:.6g} at rung {rung} {verb} among the best {kept} of {len(ranked)} values "
+        f"there (cut-off {pruner.sign * cutoff:.6g})"
     )
     return Verdict(prune, pruner.name, step, value=mine, cutoff=cutoff, compared=compared, reason=reason, rung=rung)
 
@@ -109,44 +118,79 @@ def pareto_position(values: Mapping[str, tuple[float, ...]], trial_id: str) -> t
     return position, order[position][0]
 
 
-def _pareto_halving(pruner: BasePruner, trial_id: str, mine: tuple[float, ...],
+def _pareto_halving(pruner: _RungPruner, trial_id: str, mine: tuple[float, ...],
                     values: Mapping[str, ReportValue | None], step: int, rung: int) -> Verdict:
     """The rung rule with several objectives: go on if among the best ``n // η`` by :func:`pareto_position`."""
     reached = {tid: v for tid, v in values.items() if isinstance(v, tuple) and len(v) == len(mine)}
     position, front = pareto_position({**reached, trial_id: mine}, trial_id)
     kept = max(1, (len(reached) + 1) // pruner.options["reduction_factor"])
     prune = position >= kept
-    shown = ", ".join(f"{x:.6g}" for x in mine)
     reason = (
-        f"values ({shown}) at rung {rung} rank {position + 1} of {len(reached) + 1} there (front {front + 1}); "
-        f"the best {kept} go on"
+        f"values {shown_value(mine, pruner.objectives)} at rung {rung} rank {position + 1} of "
+        f"{len(reached) + 1} there (front {front + 1}); the best {kept} go on"
     )
     return Verdict(prune, pruner.name, step, compared=tuple(sorted(reached)), reason=reason, rung=rung)
 
 
-class AshaPruner(BasePruner):
+class _RungPruner(BasePruner):
+    """What ``asha`` and ``hyperband`` share: the last step, and the objectives to show values in."""
+
+    #: The last step a trial reports (``max_step``, else the fidelity's), ``None`` if unknown.
+    end: int | None = None
+    #: Where :attr:`end` comes from, for a verdict's reason.
+    ending: str = ""
+    objectives: Mapping[str, str] | None = None
+
+    def __init__(self, **options: Any) -> None:
+        super().__init__(**options)
+        self.facing(None)
+
+    def facing(self, objectives: Mapping[str, str] | None, last_step: int | None = None) -> BasePruner:
+        self.objectives = objectives if objectives and len(objectives) > 1 else None
+        if self.options["max_step"] is not None:
+            self.end, self.ending = self.options["max_step"], f"max_step {self.options['max_step']}"
+        elif last_step is not None:
+            self.end, self.ending = last_step, f"the fidelity's high, {last_step}"
+        else:
+            self.end, self.ending = None, ""
+        return super().facing(objectives, last_step)
+
+
+class AshaPruner(_RungPruner):
     """Asynchronous successive halving over the reported steps (see the module docstring).
 
     Options:
         min_step: the first rung (default 1).
         reduction_factor: ``η``, the factor between rungs; the best ``1/η`` go on (default 3).
         min_early_stopping_rate: ``s``, rungs start at ``min_step · η^s`` (default 0).
+        max_step: the last step a trial reports: no rung there, a report there goes on (default
+            ``None``: the ``high`` of the experiment's integer fidelity, if it has one).
     """
 
     name: ClassVar[str] = "asha"
     SEVERAL_OBJECTIVES: ClassVar[bool] = True
-    OPTIONS: ClassVar[dict[str, Any]] = {"min_step": 1, "reduction_factor": 3, "min_early_stopping_rate": 0}
+    OPTIONS: ClassVar[dict[str, Any]] = {"min_step": 1, "reduction_factor": 3, "min_early_stopping_rate": 0,
+                                         "max_step": None}
 
     @classmethod
     def _check_values(cls, options: dict[str, Any]) -> None:
         check_int("min_step", cls.name, options["min_step"], 1)
         check_int("reduction_factor", cls.name, options["reduction_factor"], 2)
         check_int("min_early_stopping_rate", cls.name, options["min_early_stopping_rate"], 0)
-        if _first_rung(options["min_step"], options["reduction_factor"], options["min_early_stopping_rate"]) is None:
+        rate = options["min_early_stopping_rate"]
+        first = _first_rung(options["min_step"], options["reduction_factor"], rate)
+        if first is None:
             raise ConfigurationError(
                 f"pruner 'asha': the first rung, min_step·η^min_early_stopping_rate = {options['min_step']}·"
                 f"{options['reduction_factor']}^{options['min_early_stopping_rate']}, is beyond every step a "
                 "trial can report (2**63), so no trial would ever be judged; lower min_early_stopping_rate")
+        if options["max_step"] is not None:
+            check_int("max_step", cls.name, options["max_step"], 1)
+            if options["max_step"] <= first:
+                raise ConfigurationError(
+                    f"pruner 'asha': max_step={options['max_step']} (the last step) is not above the first "
+                    f"rung, min_step·η^min_early_stopping_rate = {first}, so no trial would ever be judged; "
+                    "lower min_step or min_early_stopping_rate, or give the last step your training reports")
 
     def judge(self, trial_id: str, own: Curve, others: Mapping[str, Curve]) -> Verdict:
         return _halving(self, own, others, trial_id, self.options["min_early_stopping_rate"])
@@ -158,16 +202,18 @@ def bracket_of(trial_id: str, brackets: int) -> int:
     return int.from_bytes(digest[:8], "big") % brackets
 
 
-class HyperbandPruner(BasePruner):
+class HyperbandPruner(_RungPruner):
     """Several :class:`AshaPruner` brackets; a trial's bracket is fixed by a hash of its id.
 
     Options:
         min_step: the first rung of bracket 0 (default 1).
         reduction_factor: ``η`` (default 3).
-        max_step: the last step a trial reports; brackets whose first rung lies
-            beyond it are not used (default ``None``: ``brackets`` decides).
-        brackets: how many brackets (default ``None``: as many as fit below
-            ``max_step``, or 4 without ``max_step``).
+        max_step: the last step a trial reports: no rung there, a report there goes on, and
+            brackets whose first rung lies beyond it are not used (default ``None``: the ``high``
+            of the experiment's integer fidelity, if it has one, else ``brackets`` decides).
+        brackets: how many brackets (default ``None``: as many first rungs as fit up to
+            the last step, or 4 without one; a bracket whose first rung is the last step
+            stops nobody, as Hyperband's last bracket).
     """
 
     name: ClassVar[str] = "hyperband"
@@ -204,8 +250,8 @@ class HyperbandPruner(BasePruner):
         """The number of brackets in use."""
         if self.options["brackets"] is not None:
             return int(self.options["brackets"])
-        if self.options["max_step"] is not None:
-            return self._fitting(self.options["min_step"], self.options["reduction_factor"], self.options["max_step"])
+        if self.end is not None:  # at least one bracket: a fidelity's high below min_step prunes nobody
+            return max(1, self._fitting(self.options["min_step"], self.options["reduction_factor"], self.end))
         return 4
 
     def judge(self, trial_id: str, own: Curve, others: Mapping[str, Curve]) -> Verdict:

@@ -55,12 +55,6 @@ class ThresholdPruner(BasePruner):
         if lower is not None and upper is not None and lower > upper:
             raise ConfigurationError(f"pruner 'threshold': lower={lower} is above upper={upper}; swap them")
 
-    sign: float = 1.0  # -1 when the one objective is maximised: reports arrive negated
-
-    def facing(self, objectives: Mapping[str, str] | None) -> BasePruner:
-        self.sign = -1.0 if objectives is not None and list(objectives.values()) == ["max"] else 1.0
-        return self
-
     def judge(self, trial_id: str, own: Curve, others: Mapping[str, Curve]) -> Verdict:
         step, value = own[-1][0], first_value(own[-1][1])  # the last report alone: not the whole curve again
         warmup, interval = self.options["warmup_steps"], self.options["interval_steps"]
@@ -109,10 +103,10 @@ class PatiencePruner(BasePruner):
         self._best = BestSoFar()  # the best before the last `patience` reports, not read at every report
         self._front = _FrontSoFar()  # the same with several objectives
 
-    def facing(self, objectives: Mapping[str, str] | None) -> BasePruner:
+    def facing(self, objectives: Mapping[str, str] | None, last_step: int | None = None) -> BasePruner:
         if self.wrapped is not None:
-            self.wrapped.facing(objectives)
-        return self
+            self.wrapped.facing(objectives, last_step)
+        return super().facing(objectives, last_step)
 
     @classmethod
     def _check_values(cls, options: dict[str, Any]) -> None:
@@ -130,12 +124,13 @@ class PatiencePruner(BasePruner):
         before = self._best.before(own, len(own) - patience)
         recent = min(first_value(own[index][1]) for index in range(len(own) - patience, len(own)))
         if recent < before - self.options["min_delta"]:
-            return self._going_on(own, f"improved to {recent:.6g} in the last {patience} reports", value=recent)
+            return self._going_on(own, f"improved to {self.sign * recent:.6g} in the last {patience} reports",
+                                  value=recent)
         if self.wrapped is not None:
             return self.wrapped.judge(trial_id, own, others)
         reason = (
-            f"no improvement over {before:.6g} by more than min_delta={self.options['min_delta']:g} "
-            f"in the last {patience} reports"
+            f"no improvement over {self.sign * before:.6g} by more than "
+            f"min_delta={self.options['min_delta']:g} in the last {patience} reports"
         )
         return Verdict(True, self.name, step, value=recent, cutoff=before - self.options["min_delta"], reason=reason)
 

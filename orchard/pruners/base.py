@@ -205,6 +205,9 @@ class BasePruner(Configurable, abc.ABC):
     """
 
     KIND: ClassVar[str] = "pruner"
+    #: -1 when the experiment's one objective is maximised: reports arrive negated, and a reason shows
+    #: values as the objective returned them (:meth:`facing`).
+    sign: float = 1.0
     #: Whether the pruner ranks several objectives (tuples of values); those that do not are
     #: refused for an experiment with several objectives (:func:`orchard.pruners.check_objectives`).
     SEVERAL_OBJECTIVES: ClassVar[bool] = False
@@ -223,13 +226,18 @@ class BasePruner(Configurable, abc.ABC):
                 (``trial_id`` itself, if present, is ignored).
         """
 
-    def facing(self, objectives: Mapping[str, str] | None) -> BasePruner:
+    def facing(self, objectives: Mapping[str, str] | None, last_step: int | None = None) -> BasePruner:
         """This pruner, set up for an experiment of ``objectives`` (name -> ``"min"``/``"max"``; ``None``: one, minimised).
 
         Reports arrive minimised whatever the direction, which is all a pruner that
         ranks trials needs; one that compares with values the user gave in the
-        objective's own direction (``threshold``) turns them here.
+        objective's own direction (``threshold``) turns them here, and those that
+        explain a verdict show the values as the objectives returned them.
+        ``last_step`` is the last step a trial reports when the experiment says so
+        (the ``high`` of its integer fidelity): ``asha`` and ``hyperband`` stop no
+        training there.
         """
+        self.sign = -1.0 if objectives is not None and list(objectives.values()) == ["max"] else 1.0
         return self
 
     def recompute(self, trial_id: str, verdict: Verdict, stored: Mapping[str, Curve]) -> Verdict:
