@@ -443,6 +443,8 @@ class Experiment:
             raise ConfigurationError(
                 f"experiment {self.name!r} has several objectives ({', '.join(objectives)}), so no single "
                 "best trial; use exp.pareto_front() for the trials no other one beats on every objective")
+        if objectives is None and not self.settings.constraints and self.space.fidelity is None:
+            return self.storage.best_trial(self.id)  # the storage's own query: no trial fetched
         return self._best_of(self.fetch_trials([TrialStatus.COMPLETED]))
 
     def _best_of(self, trials: list[Trial]) -> Trial | None:

@@ -539,6 +539,22 @@ def test_joining_with_another_seed_or_heartbeat_is_refused(setting: dict[str, fl
     assert orchard.build_experiment("fixed", storage=storage, seed=3, heartbeat=30.0).settings.seed == 3
 
 
+def test_best_trial_of_one_objective_without_fidelity_is_the_storages_query_not_every_trial(
+        store, monkeypatch: pytest.MonkeyPatch) -> None:
+    """best_trial fetched every completed trial once multi-fidelity ranking came in (100,000 documents from
+    MongoDB for one answer): without a fidelity, constraints or declared objectives it is the storage's query."""
+    exp = build(store)
+    exp.workon(workloads.quadratic, executor="single", progress=False)
+    expected = min(exp.fetch_trials([TrialStatus.COMPLETED]), key=lambda t: t.objective)
+
+    def fetched(*args: object, **kwargs: object) -> None:
+        raise AssertionError("best_trial fetched the trials")
+
+    monkeypatch.setattr(exp, "fetch_trials", fetched)  # the storage's best_trial: MongoDB sorts and takes one
+    best = exp.best_trial
+    assert best is not None and best.id == expected.id
+
+
 def test_best_trial_on_memory_skips_a_completed_trial_whose_stored_objective_is_a_text_or_nan() -> None:
     exp = orchard.build_experiment("odd-best", {"x": "uniform(0, 1)"}, storage=f"memory://{uuid.uuid4().hex}")
     odd = [Trial(id=uuid.uuid4().hex, experiment=exp.id, params={"x": i / 10}, status=TrialStatus.COMPLETED,
