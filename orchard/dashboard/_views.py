@@ -126,6 +126,7 @@ class ExperimentView:
         """
         self.config: dict[str, Any] = {}
         self.problem: str | None = None
+        self._fidelity: str | None = None  # the config's fidelity dimension: the best is at its highest value
         self._record: ExperimentRecord | None = None
         self.record = record
         self.trials: dict[str, Trial] = {}
@@ -156,6 +157,7 @@ class ExperimentView:
     def record(self, record: ExperimentRecord) -> None:
         if self._record is None or record.config != self._record.config:
             self.config, self.problem = shown_config(record.config)
+            self._fidelity = fidelity_param(self.config)
         self._record = record
 
     @property
@@ -244,8 +246,8 @@ class ExperimentView:
         objective = trial.objective
         if trial.status is not TrialStatus.COMPLETED or objective is None or not math.isfinite(objective):
             return False
-        fidelity = fidelity_param(self.config)  # the highest fidelity first, as Experiment.best_trial ranks
-        if self.best is not None and best_key(trial, fidelity) >= best_key(self.best, fidelity):
+        # the highest fidelity first, as Experiment.best_trial ranks
+        if self.best is not None and best_key(trial, self._fidelity) >= best_key(self.best, self._fidelity):
             return False
         return feasibility(trial.results, self.config.get("constraints")).feasible  # as Experiment.best_trial
 
