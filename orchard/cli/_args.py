@@ -72,8 +72,9 @@ class OneLineParser(argparse.ArgumentParser):
                 message = self.unrecognized(unknown)
             elif near:
                 message += f"; did you mean {near!r}?"
-        elif message.startswith("the following arguments are required") and self.unknown_options(self._given):
-            message = self.unrecognized(self.unknown_options(self._given))  # db dump --outptu: not just -o
+        elif message.startswith("the following arguments are required") and (
+                unknown := self.unknown_options(self._given)):
+            message = self.unrecognized(unknown)  # db dump --outptu: not just -o
         raise UsageError(f"{message}; see '{self.prog} --help'")
 
     def unknown_options(self, tokens: list[str]) -> list[str]:
