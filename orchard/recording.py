@@ -32,7 +32,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from orchard.errors import BudgetExhaustedError, ConfigurationError, SpaceError, StopReason
-from orchard.experiment_config import ExperimentConfig
+from orchard.experiment_config import ExperimentConfig, WorkerSettings
 from orchard.named_results import with_objectives
 from orchard.objective import Outcome, interpret_result
 from orchard.space import Space, trial_id
@@ -252,15 +252,20 @@ def warn_if_budget_met(storage: BaseStorage, experiment_id: str, name: str, max_
     return True
 
 
-def finished(storage: BaseStorage, experiment_id: str) -> bool:
-    """Whether the experiment's budget is used up, or a stopping rule ended it: no worker has work left.
+def finished(storage: BaseStorage, experiment_id: str, settings: WorkerSettings) -> str | None:
+    """How the run's work ended, if it did: the budget used up, or a stopping rule ended it; ``None``: not.
 
     ``workon`` (and so ``hunt``) then warns, and returns, when one of its workers could not run to
-    its end (out of open files, its executor gone) while the others finished the experiment.
+    its end (out of open files, its executor gone) while the others finished the experiment, or the
+    trials of the call's own cap (``workon(max_trials=2)``: ``settings.fixed_budget``).
     """
     config = storage.experiment(experiment_id).config
     stopping = stop_summary(config)
     if stopping is not None and stopping["fired"] is not None:
-        return True
-    budget = config.get("max_trials")
-    return budget is not None and budget_used(storage, experiment_id) >= budget
+        return "is finished"
+    budget, used = config.get("max_trials"), budget_used(storage, experiment_id)
+    if budget is not None and used >= budget:
+        return "is finished"
+    if settings.fixed_budget and settings.max_trials is not None and used >= settings.max_trials:
+        return "ran the max_trials of this workon"
+    return None
