@@ -42,7 +42,8 @@ from orchard.trial import Trial, TrialStatus
 
 __all__ = [
     "RAISABLE", "budget_held", "budget_to_give", "budget_used", "check_evaluation", "check_will_run",
-    "finished", "off_the_space", "queue_trial", "raise_refused", "record_evaluation", "warn_if_budget_met",
+    "finished", "nothing_to_do", "off_the_space", "queue_trial", "raise_refused", "record_evaluation",
+    "warn_if_budget_met",
 ]
 
 log = logging.getLogger(__name__)
@@ -225,31 +226,41 @@ def raise_refused(config: Mapping[str, Any], asked: Mapping[str, Any]) -> bool:
     return any(asked.get(key) not in (None, config.get(key)) for key in RAISABLE)
 
 
-def warn_if_budget_met(storage: BaseStorage, experiment_id: str, name: str, max_trials: int | None,
-                       config: Mapping[str, Any], asked: Mapping[str, Any] | None = None) -> bool:
-    """Say so (a warning) when the budget is met or a stopping rule fired, instead of returning silently.
+def nothing_to_do(storage: BaseStorage, experiment_id: str, name: str, max_trials: int | None,
+                  config: Mapping[str, Any], asked: Mapping[str, Any], remedy: str) -> str | None:
+    """Why no worker has work (the budget is met, or a stopping rule fired), or ``None``: ``workon``'s
+    warning and ``hunt``'s line, which ends with ``remedy`` when a larger budget is one.
 
-    Returns whether either is so. ``config`` is the experiment's stored configuration, just read (the
-    stopping ledger is in it). Counts the trials recorded apart from the budget only when the
-    completed and pruned ones alone reach it. How to search on is said once: not again after a
-    raise of ``asked`` (the budgets the handle was built with) was refused saying it.
+    ``config`` is the experiment's stored configuration, just read (the stopping ledger is in it).
+    Counts the trials recorded apart from the budget only when the completed and pruned ones alone
+    reach it. How to search on is said once: not again after a raise of ``asked`` (the budgets the
+    handle was built with, or the command given) was refused saying it.
     """
     fired = Ledger.from_dict(config.get(LEDGER_KEY), name).fired
     if fired is not None:  # a larger max_trials is no remedy
-        said = raise_refused(config, asked or {})
-        log.warning("%s; nothing to do%s", stop_message(name, fired), "" if said else f": {SEARCH_ON}")
-        return True
+        said = raise_refused(config, asked)
+        return f"{stop_message(name, fired)}; nothing to do" + ("" if said else f": {SEARCH_ON}")
     if max_trials is None:
-        return False
+        return None
     counts = storage.count_trials(experiment_id)
     done = counts[TrialStatus.COMPLETED] + counts[TrialStatus.PRUNED]
     if done >= max_trials:  # only then can the trials recorded apart make a difference
         done -= storage.count_unbudgeted(experiment_id)
     if done < max_trials:
-        return False
-    log.warning("experiment %r has already completed its %d trials (max_trials=%d); nothing to do. "
-                "Raise max_trials, or use a new experiment name", name, done, max_trials)
-    return True
+        return None
+    return (f"experiment {name!r} has already completed its {done} trials (max_trials={max_trials}); "
+            f"nothing to do. {remedy}")
+
+
+def warn_if_budget_met(storage: BaseStorage, experiment_id: str, name: str, max_trials: int | None,
+                       config: Mapping[str, Any], asked: Mapping[str, Any] | None = None) -> bool:
+    """Say so (a warning, :func:`nothing_to_do`) when the budget is met or a stopping rule fired, instead of
+    returning silently; return whether either is so."""
+    said = nothing_to_do(storage, experiment_id, name, max_trials, config, asked or {},
+                         "Raise max_trials, or use a new experiment name")
+    if said is not None:
+        log.warning("%s", said)
+    return said is not None
 
 
 def finished(storage: BaseStorage, experiment_id: str, settings: WorkerSettings) -> str | None:

@@ -307,7 +307,7 @@ def test_a_raised_budget_on_a_stopped_experiment_says_how_to_search_on_once(
     assert hunt("e", "--max-trials", "10") == 0
     said = capsys.readouterr().out + caplog.text
     assert said.count("to search on, start an experiment with a new name") == 1, said
-    assert "max_trials=10 not stored" in caplog.text and "stopped by target" in said
+    assert "max_trials=10 not stored" in caplog.text and "stopped by rule target" in said
     assert hunt("e") == 0  # no budget given: the line itself says it
     assert capsys.readouterr().out.rstrip().endswith(
         "nothing to do: to search on, start an experiment with a new name (it can warm-start from this one)")
