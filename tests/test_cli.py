@@ -1104,6 +1104,18 @@ def test_insert_names_what_is_wrong(workdir: Path, capsys: pytest.CaptureFixture
     assert "is not one of" in error_line(capsys.readouterr().err)
 
 
+@pytest.mark.parametrize("given", [["objective=0.3"], ["--result", "objective=0.3"], ["--result", "acc=0.9"]])
+def test_insert_says_the_objective_is_given_with_the_objective_flag(
+        workdir: Path, capsys: pytest.CaptureFixture[str], given: list[str]) -> None:
+    """The API's words reached the command line: 'give the objective as objective=..., not as a result named
+    'objective'', then `objective=0.3` was refused as a dimension the space does not have."""
+    orchard.build_experiment("e", space={"x": "uniform(0, 1)"}, storage="orchard.pkl")
+    assert main(["insert", "-n", "e", "x=0.5", *given]) == 2
+    line = error_line(capsys.readouterr().err)
+    assert "experiment 'e'" in line and "--objective VALUE" in line and "objective=..., not" not in line, line
+    assert trials("e") == []
+
+
 @pytest.mark.parametrize(("objectives", "expected"), [
     (["nan"], "argument --objective: 'nan' is not a finite number"),  # was: 'return the number, not its text'
     (["inf"], "argument --objective: 'inf' is not a finite number"),

@@ -257,6 +257,24 @@ def _recorded_as(trial: Trial, objective: Any, results: dict[str, Any], count_in
             and bool(trial.in_budget) == count_in_budget)
 
 
+def _check_objective_flag(experiment: Experiment, params: dict[str, Any], results: dict[str, Any] | None,
+                          objective: float | None) -> None:
+    """Refuse an objective given other than with ``--objective``, saying so in the command's words.
+
+    The API's advice ("give the objective as objective=...") sent users to a param ``objective=0.3``,
+    which was refused as not a dimension of the space.
+    """
+    where = "a param, objective=..." if "objective" in params and "objective" not in experiment.space else \
+        "--result objective=..." if "objective" in (results or {}) else None
+    if where is not None:
+        raise UsageError(f"insert into experiment {experiment.name!r}: the objective is given as {where}; "
+                         "give it with --objective VALUE (e.g. --objective 0.25)")
+    if results is not None and objective is None and experiment.settings.objectives is None:
+        raise UsageError(f"insert into experiment {experiment.name!r}: --result without --objective; an "
+                         "evaluated trial needs --objective VALUE (e.g. --objective 0.25); params alone "
+                         "insert a point to run")
+
+
 def run(args: argparse.Namespace) -> int:
     """Validate the params against the experiment's space and add a trial, or record evaluations.
 
@@ -282,6 +300,7 @@ def run(args: argparse.Namespace) -> int:
     params = parse_assignments(args.params)
     results = parse_assignments(args.result, "result") if args.result else None
     objective = args.objective
+    _check_objective_flag(experiment, params, results, objective)
     if objective is None and results is None:
         trial = experiment.insert(params)
         print(f"inserted trial {trial.id} in experiment {experiment.name!r}: {format_params(trial.params)}")
