@@ -598,6 +598,18 @@ def test_info_of_an_empty_trial_id_is_refused_not_taken_for_no_trial(
     assert "no trial of experiment 'e' has an id starting with 'zz'" in error_line(capsys.readouterr().err)
 
 
+def test_info_of_a_trial_id_that_matches_none_says_to_check_it(
+        workdir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """No id started with it, and the error said 'give more of the id' (which can never match), echoing a
+    pasted 5,000-character text whole."""
+    assert hunt("e", "--max-trials", "2") == 0
+    capsys.readouterr()
+    assert main(["info", "-n", "e", "--trial", "zz" * 2500]) == 1
+    line = error_line(capsys.readouterr().err)
+    assert "no trial of experiment 'e' has an id" in line and "; check it" in line and "give more" not in line
+    assert len(line) < 300, line
+
+
 def test_status_of_every_experiment_names_an_unusable_one_and_shows_the_others(
         workdir: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert hunt("e", "--max-trials", "2") == 0

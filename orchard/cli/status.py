@@ -421,9 +421,9 @@ def _trial_info(experiment: Experiment, prefix: str, as_json: bool) -> int:
     trials = experiment.fetch_trials()
     matches = [t for t in trials if t.id.startswith(prefix)]
     if len(matches) != 1:
-        found = f"no trial of experiment {experiment.name!r} has" if not matches else \
-            f"{len(matches)} trials of experiment {experiment.name!r} have"
-        raise TrialNotFoundError(f"{found} an id starting with {prefix!r}; give more of the id "
+        found, remedy = (f"no trial of experiment {experiment.name!r} has", "check it") if not matches else \
+            (f"{len(matches)} trials of experiment {experiment.name!r} have", "give more of the id")
+        raise TrialNotFoundError(f"{found} an id starting with {cut(prefix)}; {remedy} "
                                  "(orchard db dump lists them)")
     (trial,) = matches
     data = trial.to_dict()
