@@ -1146,6 +1146,21 @@ def test_insert_objective_must_be_one_finite_number(
     assert [t.objective for t in trials("e")] == [0.001]
 
 
+@pytest.mark.parametrize("blank", ["", " "])
+def test_db_dump_and_load_refuse_a_blank_file_name(
+        workdir: Path, capsys: pytest.CaptureFixture[str], blank: str) -> None:
+    """`db dump -o "$OUT"` with OUT unset said 'cannot write dump : No such file or directory; the dump is
+    incomplete', and with OUT=' ' wrote a file named ' '; `db load ''` said 'cannot read dump : [Errno 2]'."""
+    assert hunt("e", "--max-trials", "1") == 0
+    capsys.readouterr()
+    before = set(workdir.iterdir())
+    assert main(["db", "dump", "-o", blank]) == 2
+    assert "-o/--output is empty (an unset shell variable?)" in error_line(capsys.readouterr().err)
+    assert set(workdir.iterdir()) == before
+    assert main(["db", "load", blank]) == 2
+    assert "FILE.json is empty (an unset shell variable?)" in error_line(capsys.readouterr().err)
+
+
 def test_db_dump_to_a_directory_or_a_missing_folder(workdir: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert hunt("e", "--max-trials", "1") == 0
     (workdir / "out").mkdir()

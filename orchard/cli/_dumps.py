@@ -171,6 +171,9 @@ def read_dump(path: str, rename: str | None = None) -> dict[str, Any]:
     Raises:
         ConfigurationError: the file cannot be read or is not an Orchard dump.
     """
+    if not path.strip():  # read as a file named '' or ' ', which did not exist
+        raise ConfigurationError("FILE.json is empty (an unset shell variable?); give a file written by "
+                                 "'orchard db dump', or - for stdin")
     try:
         if path == "-":  # the other end of `orchard db dump -o - | orchard db load -`
             text = _read_bounded(sys.stdin, path)

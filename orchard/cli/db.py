@@ -43,7 +43,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
 
     dump = commands.add_parser("dump", help="write experiments and their trials to a JSON file")
     add_name(dump, required=False, meaning="one experiment (default: every experiment in the storage)")
-    dump.add_argument("-o", "--output", required=True, metavar="FILE.json",
+    dump.add_argument("-o", "--output", required=True, metavar="FILE.json", action=GivenOnce,
                       help="the JSON file to write, through a temporary file renamed at the end; its folder "
                            "must exist ('-': stdout)")
     dump.set_defaults(func=_run_dump)
