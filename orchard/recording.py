@@ -166,9 +166,11 @@ def check_will_run(storage: BaseStorage, experiment_id: str, settings: Experimen
                 "or search on in an experiment with a new name", StopReason.STOPPED)
     broken = storage.count_trials(experiment_id)[TrialStatus.BROKEN]
     if broken >= settings.max_broken:
+        raised = broken + settings.max_broken
         log.warning("experiment %r has %d broken trials (max_broken=%d): the trial inserted will not run until "
-                    "max_broken is raised, e.g. orchard.build_experiment(%r, max_broken=%d)",
-                    name, broken, settings.max_broken, name, broken + settings.max_broken)
+                    "max_broken is raised, e.g. to %d (orchard hunt --max-broken %d, or "
+                    "orchard.build_experiment(%r, max_broken=%d))",
+                    name, broken, settings.max_broken, raised, raised, name, raised)
 
 
 def off_the_space(trial: Trial, space: Space, label: str) -> dict[str, Any] | None:

@@ -1116,6 +1116,16 @@ def test_insert_names_what_is_wrong(workdir: Path, capsys: pytest.CaptureFixture
     assert "is not one of" in error_line(capsys.readouterr().err)
 
 
+def test_insert_into_an_experiment_stopped_by_broken_trials_says_how_to_raise_max_broken_here(
+        workdir: Path, capsys: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture) -> None:
+    """The warning gave the remedy in Python only (orchard.build_experiment('e', max_broken=2))."""
+    (workdir / "bad.py").write_text("raise SystemExit(3)\n")
+    assert hunt("e", "--max-broken", "1", command=[sys.executable, "bad.py", "--x~uniform(0, 1)"]) == 1
+    caplog.clear()
+    assert main(["insert", "-n", "e", "x=0.5"]) == 0
+    assert "will not run until max_broken is raised, e.g. to 2 (orchard hunt --max-broken 2, or " in caplog.text
+
+
 @pytest.mark.parametrize("given", [["objective=0.3"], ["--result", "objective=0.3"], ["--result", "acc=0.9"]])
 def test_insert_says_the_objective_is_given_with_the_objective_flag(
         workdir: Path, capsys: pytest.CaptureFixture[str], given: list[str]) -> None:
