@@ -319,9 +319,11 @@ def load_experiments(
         record = storage.get_experiment(rename or entry["name"])
         if record is not None:
             _check_fits(storage, record, entry["config"], len(experiments), "nothing was loaded")
+    loaded = set() if rename else {entry["name"] for entry in experiments}
     for entry in experiments:
         name = rename or entry["name"]
-        experiment_id = storage.create_experiment(name, entry["config"], created=entry.get("created"),
+        config = _sources_followed(entry["config"], data.get("source"), storage, loaded)
+        experiment_id = storage.create_experiment(name, config, created=entry.get("created"),
                                                   keep_id=_dumped_id(entry))
         record = storage.require_experiment(name)
         _check_fits(storage, record, entry["config"], len(experiments), "the experiments before it were loaded")
@@ -332,6 +334,39 @@ def load_experiments(
         stored = {t.id: t for t in storage.fetch_trials(experiment_id)}  # one read, not a refused write each
         trials = [t for t in trials if t.id not in stored or finishes(stored[t.id], t)]
         yield name, storage.restore_trials(experiment_id, trials) if trials else 0, len(entry["trials"])
+
+
+def _sources_followed(config: dict[str, Any], origin: Any, storage: BaseStorage,
+                      loaded: set[str]) -> dict[str, Any]:
+    """``config`` with its warm-start sources naming where they are once loaded into ``storage``.
+
+    A source in the storage dumped from (``origin``) stays there unless this load brings it along:
+    named by its name alone, it read another experiment of that name in the target, or none
+    ("no longer exists"); named by the dumped storage's path, the old file, not the copy loaded beside it.
+    """
+    sources = config.get("warm_start")
+    if not isinstance(sources, list) or not isinstance(origin, str) or _same_storage(origin, storage.uri):
+        return config
+    followed = []
+    for source in sources:
+        if isinstance(source, dict) and isinstance(source.get("experiment"), str):
+            there = source.get("storage")
+            if there is None and source["experiment"] not in loaded:
+                source = {**source, "storage": origin}
+            elif isinstance(there, str) and source["experiment"] in loaded and _same_storage(there, origin):
+                source = {**source, "storage": None}
+        followed.append(source)
+    return {**config, "warm_start": followed}
+
+
+def _same_storage(one: str, other: str) -> bool:
+    """Whether two URIs name one storage: the same pickle file, or the same URI, passwords hidden."""
+    from orchard.storages._uri import pickle_path, redact
+
+    files = [found[0] for uri in (one, other) if (found := pickle_path(uri)) is not None]
+    if len(files) < 2:
+        return redact(one) == redact(other)
+    return len({os.path.realpath(os.path.expanduser(path)) for path in files}) == 1
 
 
 def _dumped_id(entry: Mapping[str, Any]) -> str | None:
