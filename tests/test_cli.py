@@ -669,6 +669,24 @@ def test_db_load_of_nothing_says_so(workdir: Path, capsys: pytest.CaptureFixture
     assert error_line(capsys.readouterr().err) == f"orchard: error: {expected}"
 
 
+def test_db_load_of_a_storage_file_or_a_text_file_says_what_it_is(
+        workdir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`db load runs/orchard.pkl` said "'utf-8' codec can't decode byte 0x89 in position 0", a text file
+    "Expecting value: line 1 column 1 (char 0)"."""
+    assert hunt("e", "--max-trials", "1") == 0
+    (workdir / "notes.txt").write_text("hello\n")
+    capsys.readouterr()
+    assert main(["db", "load", "orchard.pkl", "--storage", "other.pkl"]) == 2
+    assert error_line(capsys.readouterr().err) == (
+        "orchard: error: orchard.pkl is an Orchard storage file, not a dump; to copy its experiments, dump them "
+        "first (orchard db dump --storage orchard.pkl -o orchard.json) and load that; nothing was loaded")
+    assert main(["db", "load", "notes.txt", "--storage", "other.pkl"]) == 2
+    assert error_line(capsys.readouterr().err) == (
+        "orchard: error: cannot read dump notes.txt: it is not JSON (Expecting value: line 1 column 1 (char 0)), "
+        "so no file written by 'orchard db dump'; nothing was loaded")
+    assert not (workdir / "other.pkl").exists()
+
+
 _Edit = Callable[[dict[str, Any], dict[str, Any]], object]  # (the dump, its experiment) -> edits them
 
 _HOSTILE_DUMPS: dict[str, tuple[_Edit, str]] = {  # an edit of a good dump, and what the one error line says

@@ -171,6 +171,13 @@ def read_dump(path: str, rename: str | None = None) -> dict[str, Any]:
     Raises:
         ConfigurationError: the file cannot be read or is not an Orchard dump.
     """
+    from orchard.storages.pickled.fileformat import is_log_file
+
+    if path != "-" and is_log_file(path):  # it said "'utf-8' codec can't decode byte 0x89 in position 0"
+        raise ConfigurationError(
+            f"{path} is an Orchard storage file, not a dump; to copy its experiments, dump them first "
+            f"(orchard db dump --storage {path} -o {os.path.splitext(path)[0]}.json) and load that; "
+            "nothing was loaded")
     try:
         if path == "-":  # the other end of `orchard db dump -o - | orchard db load -`
             text = _read_bounded(sys.stdin, path)
@@ -182,6 +189,9 @@ def read_dump(path: str, rename: str | None = None) -> dict[str, Any]:
                 "the file is empty"
             raise ConfigurationError(f"cannot read dump {path}: {source}; nothing was loaded")
         data = json.loads(text, object_pairs_hook=each_key_once)  # a hand-edited dump: no value lost
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:  # a text file said "Expecting value: line 1 …"
+        raise ConfigurationError(f"cannot read dump {path}: it is not JSON ({err}), so no file written by "
+                                 "'orchard db dump'; nothing was loaded") from None
     except (OSError, ValueError) as err:
         raise ConfigurationError(f"cannot read dump {path}: {err}") from None
     except RecursionError:
