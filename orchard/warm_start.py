@@ -9,18 +9,15 @@ config file. Each *source* is written
   (``mongodb://host/db:other``, ``runs/old.pkl:other``); the name follows the last ``:``;
 * a mapping ``{"experiment": NAME, "storage": URI, "fill": {DIM: VALUE}}`` (storage and fill optional).
 
-The sources are stored with the experiment's configuration, so every worker
-that joins uses the same ones. A source's storage is stored with its password
-hidden (:func:`hide_passwords`): whoever reads the experiment does not read the
-credentials of another database. A worker takes the password from the sources
-it was given (:func:`with_passwords`), else from its own storage's URI when
-the source is kept on the same server for the same user; without either, the
-source gives nothing, with a warning saying how to give it. Each worker reads them once, when it starts
-(:func:`prior_trials`; a process keeps what it read while a source's count
-of completed trials stays the same), and hands their completed trials to the
-algorithm before its own (:class:`orchard.history.History`'s ``prior``).
-They are evidence only: not trials of the new experiment, so its budget,
-best trial and Pareto front stay its own.
+The sources are stored with the experiment's configuration, so every worker that joins uses the same
+ones. A source's storage is stored with its password hidden (:func:`hide_passwords`): whoever reads the
+experiment does not read the credentials of another database. A worker takes the password from the
+sources it was given (:func:`with_passwords`), else from its own storage's URI when the source is kept on
+the same server for the same user; without either, the source gives nothing, with a warning saying how to
+give it. Each worker reads them once, when it starts (:func:`prior_trials`; a process keeps what it read
+while a source's count of completed trials stays the same), and hands their completed trials to the
+algorithm before its own (:class:`orchard.history.History`'s ``prior``). They are evidence only: not
+trials of the new experiment, so its budget, best trial and Pareto front stay its own.
 
 **How a source's trials are mapped into this space.** The space has no
 default values, so the rule is explicit:
@@ -170,6 +167,10 @@ def _split(text: str) -> tuple[str | None, str]:
         raise ConfigurationError(
             f"warm_start source {redact(text)!r} names a storage but no experiment; write STORAGE:NAME, "
             "e.g. mongodb://host/db:old-exp or runs/orchard.pkl:old-exp")
+    if sep:  # no name holds ':' ("experiment name 'old.json:old' is not allowed" for a dump, or a folder)
+        raise ConfigurationError(
+            f"warm_start source {redact(text)!r}: {head!r} is neither a storage URI nor a .pkl path; write "
+            "STORAGE:NAME, e.g. runs/orchard.pkl:old-exp (load a dump into a storage first: orchard db load)")
     return None, text
 
 
