@@ -203,6 +203,11 @@ def test_cli_insert_of_a_file_larger_than_the_budget_left_stores_no_row(
     ("rows.csv", "x,objective\n0.1,NaN\n", "row 1 of"),
     ("rows.csv", "x,objective\n0.1,NaN\n", "rows.csv: objective is nan; it must be a finite number"),
     ("rows.csv", "x,objective\n0.1,-inf\n", "rows.csv: objective is -inf; it must be a finite number"),
+    # 'line 1 of dump.json is not JSON (Expecting property name enclosed in double quotes)'
+    ("dump.json", json.dumps({"format": "orchard-dump", "version": 1, "experiments": []}, indent=1),
+     "dump.json is an Orchard dump (orchard db dump), not rows of evaluations; restore it with 'orchard db"),
+    ("rows.json", '[{"x": 0.1, "objective": 1}]', "rows.json is one JSON array, not JSON Lines: write one"),
+    ("rows.json", '{\n "x": 0.1,\n "objective": 1\n}\n', "rows.json is one JSON object written over several"),
 ])
 def test_cli_insert_refuses_a_file_whose_values_it_would_drop_or_cannot_read(
         tmp_path: Path, store: str, capsys: pytest.CaptureFixture[str], name: str, content: str | bytes,
