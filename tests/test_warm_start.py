@@ -220,6 +220,17 @@ def test_cli_insert_refuses_a_file_whose_values_it_would_drop_or_cannot_read(
     assert expected in line and len(line.splitlines()) == 1 and exp.fetch_trials() == []
 
 
+def test_cli_insert_refuses_a_result_without_a_value(store: str, capsys: pytest.CaptureFixture[str]) -> None:
+    """`--result loss=$LOSS` with LOSS unset recorded the text '' as the result."""
+    exp = orchard.build_experiment("e", space={"x": "uniform(0, 1)"}, storage=store)
+    capsys.readouterr()
+    assert main(["insert", "-n", "e", "--storage", store, "x=0.5", "--objective", "1",
+                 "--result", "loss="]) == 2
+    assert capsys.readouterr().err == ("orchard: error: result 'loss' has no value ('loss=': an unset shell "
+                                       "variable?); give loss=VALUE (loss='\"\"' for an empty text)\n")
+    assert exp.fetch_trials() == []
+
+
 def test_cli_insert_reads_a_csv_file_saved_with_a_byte_order_mark(tmp_path: Path, store: str) -> None:
     exp = orchard.build_experiment("e", space={"x": "uniform(0, 1)"}, storage=store)
     rows = tmp_path / "rows.csv"
