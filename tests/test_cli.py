@@ -1204,6 +1204,20 @@ def test_db_rm_suggests_a_dump_first(workdir: Path, capsys: pytest.CaptureFixtur
     assert "orchard db dump -n e -o e.json" in error_line(capsys.readouterr().err)
 
 
+def test_db_rm_of_a_warm_start_source_names_the_experiments_it_warm_starts(
+        workdir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`db rm old` said only "deleted": the experiments warm-started from it were told nothing from it
+    from then on, which only their workers' warnings said, later."""
+    old = orchard.build_experiment("old", space={"x": "uniform(0, 1)"}, max_trials=1)
+    old.workon(lambda x: x, progress=False)
+    for name, source in [("new", "old"), ("by-path", f"{workdir}/orchard.pkl:old"), ("other", "new")]:
+        orchard.build_experiment(name, space={"x": "uniform(0, 1)"}, warm_start=[source])
+    capsys.readouterr()
+    assert main(["db", "rm", "-n", "old", "--yes"]) == 0
+    assert capsys.readouterr().err == ("orchard: WARNING: experiment(s) 'by-path', 'new' warm-start from "
+                                       "'old': once it is deleted, their workers are told nothing from it\n")
+
+
 # -- the reference page ---------------------------------------------------------------------------------
 
 

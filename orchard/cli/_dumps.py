@@ -40,7 +40,8 @@ from orchard.storages.base import finishes
 from orchard.trial import Trial, TrialStatus
 from orchard.warm_start import hide_passwords
 
-__all__ = ["MAX_DUMP_BYTES", "dump_experiments", "load_experiments", "read_dump", "write_dump"]
+__all__ = ["MAX_DUMP_BYTES", "dump_experiments", "load_experiments", "read_dump", "same_storage",
+           "warm_started_from", "write_dump"]
 
 FORMAT, VERSION = "orchard-dump", 1
 
@@ -355,7 +356,7 @@ def _sources_followed(config: dict[str, Any], origin: Any, storage: BaseStorage,
     ("no longer exists"); named by the dumped storage's path, the old file, not the copy loaded beside it.
     """
     sources = config.get("warm_start")
-    if not isinstance(sources, list) or not isinstance(origin, str) or _same_storage(origin, storage.uri):
+    if not isinstance(sources, list) or not isinstance(origin, str) or same_storage(origin, storage.uri):
         return config
     followed = []
     for source in sources:
@@ -363,13 +364,13 @@ def _sources_followed(config: dict[str, Any], origin: Any, storage: BaseStorage,
             there = source.get("storage")
             if there is None and source["experiment"] not in loaded:
                 source = {**source, "storage": origin}
-            elif isinstance(there, str) and source["experiment"] in loaded and _same_storage(there, origin):
+            elif isinstance(there, str) and source["experiment"] in loaded and same_storage(there, origin):
                 source = {**source, "storage": None}
         followed.append(source)
     return {**config, "warm_start": followed}
 
 
-def _same_storage(one: str, other: str) -> bool:
+def same_storage(one: str, other: str) -> bool:
     """Whether two URIs name one storage: the same pickle file, or the same URI, passwords hidden."""
     from orchard.storages._uri import pickle_path, redact
 
@@ -377,6 +378,18 @@ def _same_storage(one: str, other: str) -> bool:
     if len(files) < 2:
         return redact(one) == redact(other)
     return len({os.path.realpath(os.path.expanduser(path)) for path in files}) == 1
+
+
+def warm_started_from(storage: BaseStorage, name: str) -> list[str]:
+    """The experiments of ``storage`` that warm-start from its experiment ``name`` (for ``db rm`` to say)."""
+    def reads(source: Any) -> bool:
+        if not isinstance(source, dict) or source.get("experiment") != name:
+            return False
+        there = source.get("storage")
+        return there is None or isinstance(there, str) and same_storage(there, storage.uri)
+
+    return sorted(r.name for r in storage.list_experiments()
+                  if isinstance(r.config.get("warm_start"), list) and any(map(reads, r.config["warm_start"])))
 
 
 def _dumped_id(entry: Mapping[str, Any]) -> str | None:
