@@ -144,7 +144,7 @@ def build_experiment(
                 fields["pruner"] = wanted_pruner
             fields.update(wanted)
             check_objectives(fields.get("pruner"), fields["objectives"])  # on creation: stored ones still load
-            check_sources(wanted_space, sources, store, name, fields["objectives"])
+            check_sources(wanted_space, sources, store, name, fields["objectives"], fields.get("constraints"))
             store.create_experiment(name, ExperimentConfig(**fields).to_dict())
             record = store.require_experiment(name)
         return join_experiment(store, record, wanted_space, wanted_algo, chosen, wanted_pruner, wanted,

@@ -681,6 +681,24 @@ def test_db_load_of_nothing_says_so(workdir: Path, capsys: pytest.CaptureFixture
     assert error_line(capsys.readouterr().err) == f"orchard: error: {expected}"
 
 
+def test_db_load_of_a_storage_file_or_a_text_file_says_what_it_is(
+        workdir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`db load runs/orchard.pkl` said "'utf-8' codec can't decode byte 0x89 in position 0", a text file
+    "Expecting value: line 1 column 1 (char 0)"."""
+    assert hunt("e", "--max-trials", "1") == 0
+    (workdir / "notes.txt").write_text("hello\n")
+    capsys.readouterr()
+    assert main(["db", "load", "orchard.pkl", "--storage", "other.pkl"]) == 2
+    assert error_line(capsys.readouterr().err) == (
+        "orchard: error: orchard.pkl is an Orchard storage file, not a dump; to copy its experiments, dump them "
+        "first (orchard db dump --storage orchard.pkl -o orchard.json) and load that; nothing was loaded")
+    assert main(["db", "load", "notes.txt", "--storage", "other.pkl"]) == 2
+    assert error_line(capsys.readouterr().err) == (
+        "orchard: error: cannot read dump notes.txt: it is not JSON (Expecting value: line 1 column 1 (char 0)), "
+        "so no file written by 'orchard db dump'; nothing was loaded")
+    assert not (workdir / "other.pkl").exists()
+
+
 _Edit = Callable[[dict[str, Any], dict[str, Any]], object]  # (the dump, its experiment) -> edits them
 
 _HOSTILE_DUMPS: dict[str, tuple[_Edit, str]] = {  # an edit of a good dump, and what the one error line says
@@ -1241,6 +1259,20 @@ def test_db_rm_suggests_a_dump_first(workdir: Path, capsys: pytest.CaptureFixtur
     monkeypatch.setattr(sys, "stdin", io.StringIO(""))
     assert main(["db", "rm", "-n", "e"]) == 2
     assert "orchard db dump -n e -o e.json" in error_line(capsys.readouterr().err)
+
+
+def test_db_rm_of_a_warm_start_source_names_the_experiments_it_warm_starts(
+        workdir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`db rm old` said only "deleted": the experiments warm-started from it were told nothing from it
+    from then on, which only their workers' warnings said, later."""
+    old = orchard.build_experiment("old", space={"x": "uniform(0, 1)"}, max_trials=1)
+    old.workon(lambda x: x, progress=False)
+    for name, source in [("new", "old"), ("by-path", f"{workdir}/orchard.pkl:old"), ("other", "new")]:
+        orchard.build_experiment(name, space={"x": "uniform(0, 1)"}, warm_start=[source])
+    capsys.readouterr()
+    assert main(["db", "rm", "-n", "old", "--yes"]) == 0
+    assert capsys.readouterr().err == ("orchard: WARNING: experiment(s) 'by-path', 'new' warm-start from "
+                                       "'old': once it is deleted, their workers are told nothing from it\n")
 
 
 # -- the reference page ---------------------------------------------------------------------------------

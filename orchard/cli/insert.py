@@ -93,6 +93,9 @@ def parse_assignments(tokens: list[str], what: str = "dimension") -> dict[str, A
             raise UsageError(f"insert expects NAME=VALUE, got {token!r}; e.g. orchard insert -n exp x=1 y=2")
         if name in params:
             raise UsageError(f"{what} {name!r} is given twice")
+        if not text.strip():  # `--result loss=$LOSS` with LOSS unset stored the text '' as the result
+            raise UsageError(f"{what} {name!r} has no value ({token!r}: an unset shell variable?); give "
+                             f"{name}=VALUE ({name}='\"\"' for an empty text)")
         params[name] = parse_literal(text.strip())
     return params
 
@@ -124,6 +127,7 @@ def read_rows(path: Path) -> list[dict[str, Any]]:
         raise UsageError(f"cannot read --file {path}: it is not UTF-8 text (byte {err.start}); "
                          "give a CSV or JSON Lines file") from None
     if path.suffix.lower() in (".jsonl", ".ndjson", ".json"):
+        _one_document(text, path)
         return [_json_row(line, f"line {number} of {path}") for number, line in enumerate(text.splitlines(), 1)
                 if line.strip()]
     reader = csv.reader(text.splitlines())
@@ -155,6 +159,24 @@ def _cell(column: str, text: str) -> Any:
 
 
 _NOT_FINITE = frozenset({"nan", "inf", "infinity"})
+
+
+def _one_document(text: str, path: Path) -> None:
+    """Refuse a file that is one JSON document, not JSON Lines: a dump said "line 1 of dump.json is not JSON
+    (Expecting property name enclosed in double quotes)", an array "line 1 ... is not a JSON object"."""
+    try:
+        document = json.loads(text)
+    except (ValueError, RecursionError):
+        return  # JSON Lines of several rows, or a line that is wrong: said for that line
+    if isinstance(document, dict) and document.get("format") == "orchard-dump":
+        raise UsageError(f"--file {path} is an Orchard dump (orchard db dump), not rows of evaluations; "
+                         f"restore it with 'orchard db load {path}'")
+    if isinstance(document, list):
+        raise UsageError(f"--file {path} is one JSON array, not JSON Lines: write one object per line, e.g. "
+                         f"jq -c '.[]' {path} > rows.jsonl")
+    if isinstance(document, dict) and len(text.strip().splitlines()) > 1:
+        raise UsageError(f"--file {path} is one JSON object written over several lines; JSON Lines holds "
+                         "each row on one line")
 
 
 def _json_row(line: str, where: str) -> dict[str, Any]:
