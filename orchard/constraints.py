@@ -29,6 +29,7 @@ __all__ = [
     "normalize_constraints",
     "parse_constraint",
     "reported_problem",
+    "unrecorded",
 ]
 
 #: The results key of a reported list of constraint values (each ``<= 0``: satisfied).
@@ -184,6 +185,16 @@ def feasibility(results: Mapping[str, Any], constraints: Sequence[str] | None) -
                 total += value
                 reasons.append(f"reported constraints[{k}]={value:g} > 0")
     return Feasibility(total, tuple(reasons), tuple(missing))
+
+
+def unrecorded(results: Mapping[str, Any], constraints: Sequence[str] | None) -> list[str]:
+    """The metrics ``constraints`` read that ``results`` lack (absent or ``None``), in order, once each.
+
+    Unlike a value on the wrong side, or not a number, an absence is no evidence of infeasibility:
+    a warm-start source that did not measure the metric (:mod:`orchard.warm_start`).
+    """
+    metrics = dict.fromkeys(parse_constraint(expression).metric for expression in constraints or ())
+    return [metric for metric in metrics if results.get(metric) is None]
 
 
 def reported_problem(results: Mapping[str, Any]) -> str | None:

@@ -144,7 +144,7 @@ def build_experiment(
                 fields["pruner"] = wanted_pruner
             fields.update(wanted)
             check_objectives(fields.get("pruner"), fields["objectives"])  # on creation: stored ones still load
-            check_sources(wanted_space, sources, store, name, fields["objectives"])
+            check_sources(wanted_space, sources, store, name, fields["objectives"], fields.get("constraints"))
             store.create_experiment(name, ExperimentConfig(**fields).to_dict())
             record = store.require_experiment(name)
         return join_experiment(store, record, wanted_space, wanted_algo, chosen, wanted_pruner, wanted,
@@ -282,7 +282,8 @@ class Experiment:
             ConfigurationError: ``fn`` is not callable, cannot take the space's names or be loaded by the
                 workers, or calls ``workon`` of its experiment; a bad option, ``gpus`` with threads.
             ExecutorError: a worker process died, or could not run (out of open files), and the experiment
-                is not finished; finished (budget used, a stopping rule fired), it is a warning.
+                is not finished; finished (budget or this call's ``max_trials`` used, a stopping rule fired),
+                it is a warning.
             Interrupted: Ctrl-C, SIGINT or SIGTERM reached this process (or a worker's); the
                 workers in local processes or this thread stopped and released their running
                 trials (status ``interrupted``), and the error says so. A ``KeyboardInterrupt``.
@@ -317,10 +318,10 @@ class Experiment:
                     executor, executor_config), lasting=outlasts_workon(executor, executor_config))
             raise_failure(errors, self.name, str(executor), isolated)
         except ExecutorError as err:  # a worker out of open files stopped, the others finished the experiment
-            if not finished(self.storage, self.id):
+            if (done := finished(self.storage, self.id, settings)) is None:
                 raise
-            log.warning("experiment %r is finished, but not every worker started here ran to its end: %s",
-                        self.name, err)
+            log.warning("experiment %r %s, but not every worker started here ran to its end: %s",
+                        self.name, done, err)
         trials = self.fetch_trials()  # one read for the broken check and the stats
         self._raise_if_broken(trials)
         return self.stats_of(trials)

@@ -13,12 +13,13 @@ import dataclasses
 import functools
 import math
 from collections.abc import Callable, Iterable, Mapping
-from typing import Any, ClassVar
-
-import numpy as np
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from orchard.priors import Fail, Prior, Scalar, bounds, is_integral, is_number
 from orchard.trial import Trial, TrialStatus, finite_number
+
+if TYPE_CHECKING:
+    import numpy as np
 
 __all__ = ["MAX_RUNGS", "Fidelity", "best_by_fidelity", "best_key", "fidelity_param", "format_rungs",
            "rung_counts", "rung_label"]

@@ -17,8 +17,6 @@ import sys
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-import numpy as np
-
 from orchard.constraints import REPORTED_KEY
 from orchard.errors import ConfigurationError
 from orchard.trial import finite_float
@@ -158,6 +156,8 @@ def non_dominated_sort(points: Sequence[Vector], violations: Sequence[float] | N
     Returns:
         Fronts of indices into ``points``, best first; each front keeps index order.
     """
+    import numpy as np  # not at the top: `orchard list` needs no numpy (0.15 s)
+
     n = len(points)
     if n == 0:
         return []
@@ -192,6 +192,8 @@ def first_front(points: Sequence[Vector]) -> list[int]:
     front's size, not with their square: 20,000 trials with a front of tens take a
     fraction of a second, where ranking them all took a minute and half a gigabyte.
     """
+    import numpy as np
+
     n = len(points)
     if n == 0:
         return []

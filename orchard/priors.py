@@ -23,15 +23,17 @@ from __future__ import annotations
 import abc
 import dataclasses
 import math
+import sys
 from collections.abc import Callable, Mapping
 from fractions import Fraction
-from typing import Any, ClassVar
-
-import numpy as np
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from orchard.errors import SpaceError
 from orchard.report import shown
 from orchard.trial import INT_LIMIT, finite_number
+
+if TYPE_CHECKING:  # imported where a value is computed: `orchard list` needs no numpy (0.15 s)
+    import numpy as np
 
 __all__ = [
     "Choices",
@@ -56,7 +58,9 @@ Fail = Callable[[str], SpaceError]
 
 def to_builtin(value: Any) -> Any:
     """Convert numpy scalars and 0-d arrays (and containers of them) to plain Python values."""
-    if isinstance(value, np.generic) or (isinstance(value, np.ndarray) and value.ndim == 0):
+    numpy = sys.modules.get("numpy")  # not imported: no value is numpy's (`orchard list` needs no numpy)
+    if numpy is not None and (isinstance(value, numpy.generic)
+                              or (isinstance(value, numpy.ndarray) and value.ndim == 0)):
         return value.item()
     if isinstance(value, Mapping):
         return {str(k): to_builtin(v) for k, v in value.items()}
@@ -234,6 +238,8 @@ class Uniform(Prior):
             if count <= n:
                 return list(range(int(self.low), int(self.high) + 1))
             return _int_grid(int(self.low), int(self.high), n)
+        import numpy as np
+
         return [float(v) for v in np.linspace(self.low, self.high, max(n, 1))]
 
     def __str__(self) -> str:
@@ -276,6 +282,8 @@ class LogUniform(Prior):
         return bool(abs(math.log(x) - math.log(y)) <= tol * math.log(self.high / self.low))
 
     def grid(self, n: int) -> list[Scalar]:
+        import numpy as np
+
         return [float(v) for v in np.geomspace(self.low, self.high, max(n, 1))]
 
     def log_range(self) -> tuple[float, float] | None:
@@ -466,6 +474,8 @@ class Normal(Prior):
         return min(max(value, self.mu - 4 * self.sigma), self.mu + 4 * self.sigma)
 
     def grid(self, n: int) -> list[Scalar]:
+        import numpy as np
+
         return [float(v) for v in np.linspace(self.mu - 2 * self.sigma, self.mu + 2 * self.sigma, max(n, 1))]
 
     def __str__(self) -> str:

@@ -32,7 +32,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from orchard.errors import BudgetExhaustedError, ConfigurationError, SpaceError, StopReason
-from orchard.experiment_config import ExperimentConfig
+from orchard.experiment_config import ExperimentConfig, WorkerSettings
 from orchard.named_results import with_objectives
 from orchard.objective import Outcome, interpret_result
 from orchard.space import Space, trial_id
@@ -42,7 +42,8 @@ from orchard.trial import Trial, TrialStatus
 
 __all__ = [
     "RAISABLE", "budget_held", "budget_to_give", "budget_used", "check_evaluation", "check_will_run",
-    "finished", "off_the_space", "queue_trial", "raise_refused", "record_evaluation", "warn_if_budget_met",
+    "finished", "nothing_to_do", "off_the_space", "queue_trial", "raise_refused", "record_evaluation",
+    "warn_if_budget_met",
 ]
 
 log = logging.getLogger(__name__)
@@ -165,9 +166,11 @@ def check_will_run(storage: BaseStorage, experiment_id: str, settings: Experimen
                 "or search on in an experiment with a new name", StopReason.STOPPED)
     broken = storage.count_trials(experiment_id)[TrialStatus.BROKEN]
     if broken >= settings.max_broken:
+        raised = broken + settings.max_broken
         log.warning("experiment %r has %d broken trials (max_broken=%d): the trial inserted will not run until "
-                    "max_broken is raised, e.g. orchard.build_experiment(%r, max_broken=%d)",
-                    name, broken, settings.max_broken, name, broken + settings.max_broken)
+                    "max_broken is raised, e.g. to %d (orchard hunt --max-broken %d, or "
+                    "orchard.build_experiment(%r, max_broken=%d))",
+                    name, broken, settings.max_broken, raised, raised, name, raised)
 
 
 def off_the_space(trial: Trial, space: Space, label: str) -> dict[str, Any] | None:
@@ -225,42 +228,57 @@ def raise_refused(config: Mapping[str, Any], asked: Mapping[str, Any]) -> bool:
     return any(asked.get(key) not in (None, config.get(key)) for key in RAISABLE)
 
 
-def warn_if_budget_met(storage: BaseStorage, experiment_id: str, name: str, max_trials: int | None,
-                       config: Mapping[str, Any], asked: Mapping[str, Any] | None = None) -> bool:
-    """Say so (a warning) when the budget is met or a stopping rule fired, instead of returning silently.
+def nothing_to_do(storage: BaseStorage, experiment_id: str, name: str, max_trials: int | None,
+                  config: Mapping[str, Any], asked: Mapping[str, Any], remedy: str) -> str | None:
+    """Why no worker has work (the budget is met, or a stopping rule fired), or ``None``: ``workon``'s
+    warning and ``hunt``'s line, which ends with ``remedy`` when a larger budget is one.
 
-    Returns whether either is so. ``config`` is the experiment's stored configuration, just read (the
-    stopping ledger is in it). Counts the trials recorded apart from the budget only when the
-    completed and pruned ones alone reach it. How to search on is said once: not again after a
-    raise of ``asked`` (the budgets the handle was built with) was refused saying it.
+    ``config`` is the experiment's stored configuration, just read (the stopping ledger is in it).
+    Counts the trials recorded apart from the budget only when the completed and pruned ones alone
+    reach it. How to search on is said once: not again after a raise of ``asked`` (the budgets the
+    handle was built with, or the command given) was refused saying it.
     """
     fired = Ledger.from_dict(config.get(LEDGER_KEY), name).fired
     if fired is not None:  # a larger max_trials is no remedy
-        said = raise_refused(config, asked or {})
-        log.warning("%s; nothing to do%s", stop_message(name, fired), "" if said else f": {SEARCH_ON}")
-        return True
+        said = raise_refused(config, asked)
+        return f"{stop_message(name, fired)}; nothing to do" + ("" if said else f": {SEARCH_ON}")
     if max_trials is None:
-        return False
+        return None
     counts = storage.count_trials(experiment_id)
     done = counts[TrialStatus.COMPLETED] + counts[TrialStatus.PRUNED]
     if done >= max_trials:  # only then can the trials recorded apart make a difference
         done -= storage.count_unbudgeted(experiment_id)
     if done < max_trials:
-        return False
-    log.warning("experiment %r has already completed its %d trials (max_trials=%d); nothing to do. "
-                "Raise max_trials, or use a new experiment name", name, done, max_trials)
-    return True
+        return None
+    return (f"experiment {name!r} has already completed its {done} trials (max_trials={max_trials}); "
+            f"nothing to do. {remedy}")
 
 
-def finished(storage: BaseStorage, experiment_id: str) -> bool:
-    """Whether the experiment's budget is used up, or a stopping rule ended it: no worker has work left.
+def warn_if_budget_met(storage: BaseStorage, experiment_id: str, name: str, max_trials: int | None,
+                       config: Mapping[str, Any], asked: Mapping[str, Any] | None = None) -> bool:
+    """Say so (a warning, :func:`nothing_to_do`) when the budget is met or a stopping rule fired, instead of
+    returning silently; return whether either is so."""
+    said = nothing_to_do(storage, experiment_id, name, max_trials, config, asked or {},
+                         "Raise max_trials, or use a new experiment name")
+    if said is not None:
+        log.warning("%s", said)
+    return said is not None
+
+
+def finished(storage: BaseStorage, experiment_id: str, settings: WorkerSettings) -> str | None:
+    """How the run's work ended, if it did: the budget used up, or a stopping rule ended it; ``None``: not.
 
     ``workon`` (and so ``hunt``) then warns, and returns, when one of its workers could not run to
-    its end (out of open files, its executor gone) while the others finished the experiment.
+    its end (out of open files, its executor gone) while the others finished the experiment, or the
+    trials of the call's own cap (``workon(max_trials=2)``: ``settings.fixed_budget``).
     """
     config = storage.experiment(experiment_id).config
     stopping = stop_summary(config)
     if stopping is not None and stopping["fired"] is not None:
-        return True
-    budget = config.get("max_trials")
-    return budget is not None and budget_used(storage, experiment_id) >= budget
+        return "is finished"
+    budget, used = config.get("max_trials"), budget_used(storage, experiment_id)
+    if budget is not None and used >= budget:
+        return "is finished"
+    if settings.fixed_budget and settings.max_trials is not None and used >= settings.max_trials:
+        return "ran the max_trials of this workon"
+    return None

@@ -9,18 +9,15 @@ config file. Each *source* is written
   (``mongodb://host/db:other``, ``runs/old.pkl:other``); the name follows the last ``:``;
 * a mapping ``{"experiment": NAME, "storage": URI, "fill": {DIM: VALUE}}`` (storage and fill optional).
 
-The sources are stored with the experiment's configuration, so every worker
-that joins uses the same ones. A source's storage is stored with its password
-hidden (:func:`hide_passwords`): whoever reads the experiment does not read the
-credentials of another database. A worker takes the password from the sources
-it was given (:func:`with_passwords`), else from its own storage's URI when
-the source is kept on the same server for the same user; without either, the
-source gives nothing, with a warning saying how to give it. Each worker reads them once, when it starts
-(:func:`prior_trials`; a process keeps what it read while a source's count
-of completed trials stays the same), and hands their completed trials to the
-algorithm before its own (:class:`orchard.history.History`'s ``prior``).
-They are evidence only: not trials of the new experiment, so its budget,
-best trial and Pareto front stay its own.
+The sources are stored with the experiment's configuration, so every worker that joins uses the same
+ones. A source's storage is stored with its password hidden (:func:`hide_passwords`): whoever reads the
+experiment does not read the credentials of another database. A worker takes the password from the
+sources it was given (:func:`with_passwords`), else from its own storage's URI when the source is kept on
+the same server for the same user; without either, the source gives nothing, with a warning saying how to
+give it. Each worker reads them once, when it starts (:func:`prior_trials`; a process keeps what it read
+while a source's count of completed trials stays the same), and hands their completed trials to the
+algorithm before its own (:class:`orchard.history.History`'s ``prior``). They are evidence only: not
+trials of the new experiment, so its budget, best trial and Pareto front stay its own.
 
 **How a source's trials are mapped into this space.** The space has no
 default values, so the rule is explicit:
@@ -45,10 +42,14 @@ that maximised ``acc`` is not told as evidence for minimising it. A source that
 declared objectives cannot warm-start an experiment of one unnamed objective
 (what the source measured and what the new one returns cannot be matched); one
 deleted and created again so, after the experiment it warm-started, gives nothing.
+
+A trial that did not record a metric this experiment's ``constraints`` read says nothing of its point's
+feasibility: it is left out, with a warning (:func:`_measured`); a source of no other trials is refused.
 """
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import logging
 import math
@@ -57,6 +58,7 @@ import threading
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from orchard.constraints import unrecorded
 from orchard.errors import ConfigurationError, ExperimentNotFoundError, OrchardError, StorageError
 from orchard.naming import check_experiment_name
 from orchard.objectives import minimized
@@ -105,7 +107,8 @@ class SourceUse:
     """What a warm start took from one source: ``used`` of its ``completed`` trials.
 
     ``dropped`` counts, per dimension, the trials left out because their value was
-    outside this space's prior there. ``unused`` says why a source gives nothing now
+    outside this space's prior there; ``unmeasured``, per metric, those left out because they did not
+    record a metric a constraint of this experiment reads. ``unused`` says why a source gives nothing now
     (it no longer exists, cannot be read, or no longer fits), ``None`` while it gives.
     """
 
@@ -114,6 +117,7 @@ class SourceUse:
     completed: int
     dropped: Mapping[str, int]
     unused: str | None = None
+    unmeasured: Mapping[str, int] = dataclasses.field(default_factory=dict)
 
 
 def _parse_source(item: Any) -> Source:
@@ -163,6 +167,10 @@ def _split(text: str) -> tuple[str | None, str]:
         raise ConfigurationError(
             f"warm_start source {redact(text)!r} names a storage but no experiment; write STORAGE:NAME, "
             "e.g. mongodb://host/db:old-exp or runs/orchard.pkl:old-exp")
+    if sep:  # no name holds ':' ("experiment name 'old.json:old' is not allowed" for a dump, or a folder)
+        raise ConfigurationError(
+            f"warm_start source {redact(text)!r}: {head!r} is neither a storage URI nor a .pkl path; write "
+            "STORAGE:NAME, e.g. runs/orchard.pkl:old-exp (load a dump into a storage first: orchard db load)")
     return None, text
 
 
@@ -243,6 +251,7 @@ def _mapped(trial: Trial, space: Space, fill: Mapping[str, Any], dropped: dict[s
 #: was still growing (a process starting workers, or ``orchard info`` run, again and again held them all).
 _CACHE: dict[tuple[str, str], tuple[int, tuple[Space, dict[str, str] | None, list[Trial]]]] = {}
 _CACHE_LOCK = threading.Lock()
+_WARNED: set[tuple[str, str, tuple[tuple[str, int], ...]]] = set()  # (storage, source, counts) warned about
 
 
 def _read(source: Source, own: BaseStorage) -> tuple[Space, dict[str, str] | None, list[Trial]]:
@@ -273,16 +282,16 @@ def _read(source: Source, own: BaseStorage) -> tuple[Space, dict[str, str] | Non
 
 
 def _missing(source: Source, storage: BaseStorage) -> ExperimentNotFoundError:
-    """The error for a source ``storage`` does not hold, naming it as a warm start source.
-
-    (``require_experiment``'s advice, "check the name and --storage", blamed an option that was right.)
-    """
+    """The error for a source ``storage`` does not hold, naming it as a warm start source (not --storage);
+    a missing file is named (``experiments there: none`` made a typo look like an empty storage)."""
     names = ", ".join(sorted(r.name for r in storage.list_experiments())) or "none"
+    where, fix = "its storage", "check its name and its storage"
     if source.storage is None:
         where = "this experiment's storage"
         fix = "check its name, or write STORAGE:NAME for one in another storage"
-    else:
-        where, fix = "its storage", "check its name and its storage"
+    elif _file_gone(source) is not None:
+        return ExperimentNotFoundError(f"warm start source {source.label!r} does not exist: its storage file "
+                                       f"{_file_gone(source)} does not exist; check its path")
     return ExperimentNotFoundError(
         f"warm start source {source.label!r} does not exist: no experiment named {source.experiment!r} "
         f"in {where} {storage.redacted_uri} (experiments there: {names}); {fix}")
@@ -330,8 +339,9 @@ def _objective_problem(source: Source, theirs: Mapping[str, str] | None, objecti
     return None
 
 
-def _gather(space: Space, stored: Sequence[Mapping[str, Any]] | None, own: BaseStorage,
-            strict: bool, objectives: Mapping[str, str] | None = None) -> tuple[list[Trial], list[SourceUse]]:
+def _gather(space: Space, stored: Sequence[Mapping[str, Any]] | None, own: BaseStorage, strict: bool,
+            objectives: Mapping[str, str] | None = None,
+            constraints: Sequence[str] | None = None) -> tuple[list[Trial], list[SourceUse]]:
     """The sources' trials mapped into ``space``, and what each gave.
 
     ``strict`` (when the experiment is created) refuses a missing source and one none of whose
@@ -394,20 +404,44 @@ def _gather(space: Space, stored: Sequence[Mapping[str, Any]] | None, own: BaseS
             raise ConfigurationError(
                 f"warm start from {source.label!r}: none of its {len(trials)} completed trials fits this space "
                 f"({outside}); widen those dimensions or drop the source")
+        fitting, unmeasured = _measured(source, fitting, constraints, own, strict)
         prior += fitting
-        uses.append(SourceUse(source.label, len(fitting), len(trials), dropped))
+        uses.append(SourceUse(source.label, len(fitting), len(trials), dropped, unmeasured=unmeasured))
     return prior, uses
 
 
+def _measured(source: Source, trials: list[Trial], constraints: Sequence[str] | None, own: BaseStorage,
+              strict: bool) -> tuple[list[Trial], dict[str, int]]:
+    """``trials`` but those without a metric ``constraints`` read, and how many lacked each. Told, they
+    were judged infeasible (an infinite violation): the algorithm shunned every point the source evaluated."""
+    lacking = [unrecorded(trial.results, constraints) for trial in trials]
+    kept = [trial for trial, missing in zip(trials, lacking) if not missing]
+    unmeasured = dict(collections.Counter(metric for missing in lacking for metric in missing))
+    read = f"{', '.join(map(repr, sorted(unmeasured)))} (read by {', '.join(map(repr, constraints or ()))})"
+    if strict and trials and not kept:
+        raise ConfigurationError(
+            f"warm start from {source.label!r}: none of its {len(trials)} completed trials recorded {read}, "
+            "so none says whether its point is feasible; drop the source or those constraints")
+    key = (own.uri, source.label, tuple(sorted(unmeasured.items())))
+    if unmeasured and key not in _WARNED:  # once a process, not once a worker (a race: twice, harmless)
+        _WARNED.add(key)
+        log.warning("warm start source %r: %d of its %d completed trials did not record %s, so they say "
+                    "nothing of their points' feasibility; they are left out", source.label,
+                    len(trials) - len(kept), len(trials), read)
+    return kept, unmeasured
+
+
 def check_sources(space: Space, stored: Sequence[Mapping[str, Any]] | None, own: BaseStorage, name: str,
-                  objectives: Mapping[str, str] | None = None) -> None:
-    """Check, before an experiment is created, that each source exists, maps into ``space`` and was scored
-    on ``objectives`` (the experiment's several objectives; ``None``: one unnamed objective).
+                  objectives: Mapping[str, str] | None = None,
+                  constraints: Sequence[str] | None = None) -> None:
+    """Check, before an experiment is created, that each source exists, maps into ``space``, was scored
+    on ``objectives`` (the experiment's several objectives; ``None``: one unnamed objective) and
+    recorded the metrics its ``constraints`` read.
 
     Raises:
         ExperimentNotFoundError: a source experiment does not exist.
-        ConfigurationError: a source is the experiment itself, does not fit (the dimensions are named), or
-            measured other objectives.
+        ConfigurationError: a source is the experiment itself, does not fit (the dimensions are named),
+            measured other objectives, or none of its trials recorded a metric the constraints read.
         StorageError: a source's storage cannot be opened.
     """
     sources = _sources(stored)
@@ -420,7 +454,7 @@ def check_sources(space: Space, stored: Sequence[Mapping[str, Any]] | None, own:
         if same is not None and same is not source:  # its trials were told twice, as if evaluated twice
             raise ConfigurationError(f"warm_start names one experiment twice: {same.label!r} and "
                                      f"{source.label!r}; name each source once")
-    _gather(space, stored, own, strict=True, objectives=objectives)
+    _gather(space, stored, own, strict=True, objectives=objectives, constraints=constraints)
 
 
 def _storage_uri(source: Source, own: BaseStorage) -> str | None:
@@ -438,9 +472,11 @@ def _storage_uri(source: Source, own: BaseStorage) -> str | None:
 
 
 def prior_trials(space: Space, stored: Sequence[Mapping[str, Any]] | None, own: BaseStorage,
-                 objectives: Mapping[str, str] | None = None) -> list[Trial]:
+                 objectives: Mapping[str, str] | None = None,
+                 constraints: Sequence[str] | None = None) -> list[Trial]:
     """The completed trials of the sources that recorded ``objectives`` (the experiment's declared ones;
-    ``None``: one unnamed objective), their params mapped into ``space``; ``[]`` without sources.
+    ``None``: one unnamed objective) and the metrics ``constraints`` read, their params mapped into
+    ``space``; ``[]`` without sources.
 
     A source deleted since the experiment was created, recreated with a space that does not fit
     (or with declared objectives, for an experiment of one unnamed objective), or kept in another
@@ -449,14 +485,16 @@ def prior_trials(space: Space, stored: Sequence[Mapping[str, Any]] | None, own: 
     Raises:
         StorageError: the experiment's own storage cannot be read.
     """
-    return _gather(space, stored, own, strict=False, objectives=objectives)[0] if stored else []
+    return _gather(space, stored, own, False, objectives, constraints)[0] if stored else []
 
 
 def source_uses(space: Space, stored: Sequence[Mapping[str, Any]] | None, own: BaseStorage,
-                objectives: Mapping[str, str] | None = None) -> list[SourceUse]:
+                objectives: Mapping[str, str] | None = None, constraints: Sequence[str] | None = None,
+                ) -> list[SourceUse]:
     """What each source gives now (for ``orchard info``); ``[]`` without sources.
 
     With the experiment's ``objectives``, only trials that recorded each of them count (the others
-    tell the search nothing: :class:`~orchard.history.History` leaves them out).
+    tell the search nothing: :class:`~orchard.history.History` leaves them out), and only those that
+    recorded the metrics of its ``constraints``.
     """
-    return _gather(space, stored, own, strict=False, objectives=objectives)[1] if stored else []
+    return _gather(space, stored, own, False, objectives, constraints)[1] if stored else []

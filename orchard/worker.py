@@ -129,7 +129,8 @@ class Worker:
         self.name = name or worker_name()
         self.on_outcome = on_outcome
         self.label = label or experiment_id
-        prior = prior_trials(settings.space, settings.warm_start, storage, settings.objectives)  # warm start
+        prior = prior_trials(settings.space, settings.warm_start, storage, settings.objectives,  # warm start
+                             settings.constraints)
         self.history = History(storage, experiment_id, settings.objectives, settings.constraints, prior)
         self.algorithm: BaseAlgorithm = make_algorithm(settings.algorithm, settings.space, settings.seed)
         self.suggester = Suggester(self.algorithm, settings.algorithm, settings.space)  # held to the contract

@@ -307,7 +307,7 @@ def test_a_raised_budget_on_a_stopped_experiment_says_how_to_search_on_once(
     assert hunt("e", "--max-trials", "10") == 0
     said = capsys.readouterr().out + caplog.text
     assert said.count("to search on, start an experiment with a new name") == 1, said
-    assert "max_trials=10 not stored" in caplog.text and "stopped by target" in said
+    assert "max_trials=10 not stored" in caplog.text and "stopped by rule target" in said
     assert hunt("e") == 0  # no budget given: the line itself says it
     assert capsys.readouterr().out.rstrip().endswith(
         "nothing to do: to search on, start an experiment with a new name (it can warm-start from this one)")
@@ -598,6 +598,18 @@ def test_info_of_an_empty_trial_id_is_refused_not_taken_for_no_trial(
     assert "no trial of experiment 'e' has an id starting with 'zz'" in error_line(capsys.readouterr().err)
 
 
+def test_info_of_a_trial_id_that_matches_none_says_to_check_it(
+        workdir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """No id started with it, and the error said 'give more of the id' (which can never match), echoing a
+    pasted 5,000-character text whole."""
+    assert hunt("e", "--max-trials", "2") == 0
+    capsys.readouterr()
+    assert main(["info", "-n", "e", "--trial", "zz" * 2500]) == 1
+    line = error_line(capsys.readouterr().err)
+    assert "no trial of experiment 'e' has an id" in line and "; check it" in line and "give more" not in line
+    assert len(line) < 300, line
+
+
 def test_status_of_every_experiment_names_an_unusable_one_and_shows_the_others(
         workdir: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert hunt("e", "--max-trials", "2") == 0
@@ -667,6 +679,24 @@ def test_db_load_of_nothing_says_so(workdir: Path, capsys: pytest.CaptureFixture
     monkeypatch.setattr(sys, "stdin", io.StringIO(""))
     assert main(["db", "load", source]) == 2
     assert error_line(capsys.readouterr().err) == f"orchard: error: {expected}"
+
+
+def test_db_load_of_a_storage_file_or_a_text_file_says_what_it_is(
+        workdir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`db load runs/orchard.pkl` said "'utf-8' codec can't decode byte 0x89 in position 0", a text file
+    "Expecting value: line 1 column 1 (char 0)"."""
+    assert hunt("e", "--max-trials", "1") == 0
+    (workdir / "notes.txt").write_text("hello\n")
+    capsys.readouterr()
+    assert main(["db", "load", "orchard.pkl", "--storage", "other.pkl"]) == 2
+    assert error_line(capsys.readouterr().err) == (
+        "orchard: error: orchard.pkl is an Orchard storage file, not a dump; to copy its experiments, dump them "
+        "first (orchard db dump --storage orchard.pkl -o orchard.json) and load that; nothing was loaded")
+    assert main(["db", "load", "notes.txt", "--storage", "other.pkl"]) == 2
+    assert error_line(capsys.readouterr().err) == (
+        "orchard: error: cannot read dump notes.txt: it is not JSON (Expecting value: line 1 column 1 (char 0)), "
+        "so no file written by 'orchard db dump'; nothing was loaded")
+    assert not (workdir / "other.pkl").exists()
 
 
 _Edit = Callable[[dict[str, Any], dict[str, Any]], object]  # (the dump, its experiment) -> edits them
@@ -869,15 +899,23 @@ def test_python_dash_m_orchard_and_version(workdir: Path) -> None:
     assert proc.returncode == 0 and proc.stdout.startswith("orchard ")
 
 
-@pytest.mark.parametrize("args", [["--version"], ["--help"], ["status", "--help"]])
+@pytest.mark.parametrize("args", [["--version"], ["--help"], ["status", "--help"],
+                                  ["list", "--storage", "o.pkl"], ["list", "--json", "--storage", "o.pkl"]])
 def test_the_command_line_starts_without_numpy_where_it_needs_none(workdir: Path, args: list[str]) -> None:
-    """Every `orchard` command imported numpy (0.1-0.3 s): `orchard --version` took 0.3-0.4 s."""
+    """Every `orchard` command imported numpy (0.1-0.3 s): `orchard --version` took 0.3-0.4 s. `orchard list`
+    still did (reading the settings imported every algorithm's base, the priors and the pruners), 0.15 s of
+    its 0.4 s of CPU."""
+    if args[0] == "list":
+        space = {"x": "uniform(0, 1)", "n": "randint(1, 5)", "c": "choices(['a'])", "e": "fidelity(1, 9)"}
+        exp = orchard.build_experiment("e", space=space, storage="o.pkl", max_trials=3, pruner="median")
+        exp.workon(lambda x, n, c, e: x, max_trials=1, progress=False)
     code = ("import runpy, sys\nsys.argv = ['orchard', *sys.argv[1:]]\ntry:\n"
             "    runpy.run_module('orchard', run_name='__main__')\nexcept SystemExit:\n    pass\n"
             "print('numpy' in sys.modules, file=sys.stderr)\n")
     proc = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, timeout=60,
                           check=False)
     assert proc.stderr.strip().splitlines()[-1] == "False", proc.stderr
+    assert args[0] != "list" or "e" in proc.stdout, proc.stdout  # the experiment was listed
 
 
 @pytest.mark.parametrize("position", ["before", "after"])
@@ -1096,6 +1134,28 @@ def test_insert_names_what_is_wrong(workdir: Path, capsys: pytest.CaptureFixture
     assert "is not one of" in error_line(capsys.readouterr().err)
 
 
+def test_insert_into_an_experiment_stopped_by_broken_trials_says_how_to_raise_max_broken_here(
+        workdir: Path, capsys: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture) -> None:
+    """The warning gave the remedy in Python only (orchard.build_experiment('e', max_broken=2))."""
+    (workdir / "bad.py").write_text("raise SystemExit(3)\n")
+    assert hunt("e", "--max-broken", "1", command=[sys.executable, "bad.py", "--x~uniform(0, 1)"]) == 1
+    caplog.clear()
+    assert main(["insert", "-n", "e", "x=0.5"]) == 0
+    assert "will not run until max_broken is raised, e.g. to 2 (orchard hunt --max-broken 2, or " in caplog.text
+
+
+@pytest.mark.parametrize("given", [["objective=0.3"], ["--result", "objective=0.3"], ["--result", "acc=0.9"]])
+def test_insert_says_the_objective_is_given_with_the_objective_flag(
+        workdir: Path, capsys: pytest.CaptureFixture[str], given: list[str]) -> None:
+    """The API's words reached the command line: 'give the objective as objective=..., not as a result named
+    'objective'', then `objective=0.3` was refused as a dimension the space does not have."""
+    orchard.build_experiment("e", space={"x": "uniform(0, 1)"}, storage="orchard.pkl")
+    assert main(["insert", "-n", "e", "x=0.5", *given]) == 2
+    line = error_line(capsys.readouterr().err)
+    assert "experiment 'e'" in line and "--objective VALUE" in line and "objective=..., not" not in line, line
+    assert trials("e") == []
+
+
 @pytest.mark.parametrize(("objectives", "expected"), [
     (["nan"], "argument --objective: 'nan' is not a finite number"),  # was: 'return the number, not its text'
     (["inf"], "argument --objective: 'inf' is not a finite number"),
@@ -1112,6 +1172,21 @@ def test_insert_objective_must_be_one_finite_number(
     assert trials("e") == []
     assert main(["insert", "-n", "e", "x=0.5", "--objective", "1e-3", "--objective", "1e-3"]) == 0
     assert [t.objective for t in trials("e")] == [0.001]
+
+
+@pytest.mark.parametrize("blank", ["", " "])
+def test_db_dump_and_load_refuse_a_blank_file_name(
+        workdir: Path, capsys: pytest.CaptureFixture[str], blank: str) -> None:
+    """`db dump -o "$OUT"` with OUT unset said 'cannot write dump : No such file or directory; the dump is
+    incomplete', and with OUT=' ' wrote a file named ' '; `db load ''` said 'cannot read dump : [Errno 2]'."""
+    assert hunt("e", "--max-trials", "1") == 0
+    capsys.readouterr()
+    before = set(workdir.iterdir())
+    assert main(["db", "dump", "-o", blank]) == 2
+    assert "-o/--output is empty (an unset shell variable?)" in error_line(capsys.readouterr().err)
+    assert set(workdir.iterdir()) == before
+    assert main(["db", "load", blank]) == 2
+    assert "FILE.json is empty (an unset shell variable?)" in error_line(capsys.readouterr().err)
 
 
 def test_db_dump_to_a_directory_or_a_missing_folder(workdir: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -1184,6 +1259,20 @@ def test_db_rm_suggests_a_dump_first(workdir: Path, capsys: pytest.CaptureFixtur
     monkeypatch.setattr(sys, "stdin", io.StringIO(""))
     assert main(["db", "rm", "-n", "e"]) == 2
     assert "orchard db dump -n e -o e.json" in error_line(capsys.readouterr().err)
+
+
+def test_db_rm_of_a_warm_start_source_names_the_experiments_it_warm_starts(
+        workdir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`db rm old` said only "deleted": the experiments warm-started from it were told nothing from it
+    from then on, which only their workers' warnings said, later."""
+    old = orchard.build_experiment("old", space={"x": "uniform(0, 1)"}, max_trials=1)
+    old.workon(lambda x: x, progress=False)
+    for name, source in [("new", "old"), ("by-path", f"{workdir}/orchard.pkl:old"), ("other", "new")]:
+        orchard.build_experiment(name, space={"x": "uniform(0, 1)"}, warm_start=[source])
+    capsys.readouterr()
+    assert main(["db", "rm", "-n", "old", "--yes"]) == 0
+    assert capsys.readouterr().err == ("orchard: WARNING: experiment(s) 'by-path', 'new' warm-start from "
+                                       "'old': once it is deleted, their workers are told nothing from it\n")
 
 
 # -- the reference page ---------------------------------------------------------------------------------

@@ -382,3 +382,28 @@ def test_a_result_observed_on_the_source_goes_to_the_source_when_its_copy_sugges
     assert [t.status for t in copy.fetch_trials()] == [TrialStatus.RESERVED]
     copy.observe(there, 0.25)
     assert [t.objective for t in copy.fetch_trials()] == [0.25]
+
+
+def test_a_loaded_experiment_s_warm_start_source_names_where_that_source_is_after_the_load(
+        workdir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A warm-started experiment loaded alone into another storage read the target's experiment of its
+    source's name (an unrelated one) or said "it no longer exists"; loaded with its source, named by
+    the dumped file's path, it kept reading the old file, not the copy loaded beside it."""
+    for storage, offset in [("a.pkl", 0.0), ("d.pkl", 10.0)]:
+        orchard.build_experiment("exp", space={"x": "uniform(0, 1)"}, storage=storage,
+                                 max_trials=3).workon(lambda x, o=offset: o + x, progress=False)
+    for name, source in [("ws", "exp"), ("wp", "a.pkl:exp")]:
+        orchard.build_experiment(name, space={"x": "uniform(0, 1)"}, storage="a.pkl", max_trials=1,
+                                 warm_start=[source]).workon(lambda x: x, progress=False)
+    assert main(["db", "dump", "--storage", "a.pkl", "-o", "all.json"]) == 0
+    assert main(["db", "dump", "--storage", "a.pkl", "-n", "ws", "-o", "ws.json"]) == 0
+    assert main(["db", "load", "--storage", "b.pkl", "all.json"]) == 0
+    assert main(["db", "load", "--storage", "d.pkl", "ws.json"]) == 0
+    (workdir / "a.pkl").rename(workdir / "moved.pkl")
+    capsys.readouterr()
+    for name in ("ws", "wp"):  # both read the exp loaded beside them
+        assert main(["info", "--storage", "b.pkl", "-n", name]) == 0
+        assert "warm start: exp (3 of 3 completed trials)" in capsys.readouterr().out
+    assert main(["info", "--storage", "d.pkl", "-n", "ws"]) == 0  # not d.pkl's exp: the one it was dumped beside
+    assert f"warm start: pickle://{workdir}/a.pkl:exp (0 of 0 completed trials; gives nothing: its storage " \
+           "file is gone)" in capsys.readouterr().out

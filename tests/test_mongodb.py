@@ -521,7 +521,8 @@ def test_a_write_hidden_from_the_window_is_recovered_by_the_count_check(exp: str
     assert checking.fetch_changes(exp, cursor)[0] == []
 
 
-@pytest.mark.parametrize(("workers", "first_check"), [(1, 10.0), (8, 10.0), (32, 40.0), (200, 120.0)])
+@pytest.mark.parametrize(("workers", "first_check"), [(1, 10.0), (8, 10.0), (32, 40.0),
+                                                      pytest.param(200, 120.0, marks=pytest.mark.slow)])  # 30 s
 def test_the_count_check_stretches_with_the_workers_holding_trials(
         storage: MongoStorage, exp: str, workers: int, first_check: float) -> None:
     """A fleet sends about as many count checks as 8 workers do; a missed write waits 2 minutes at most."""

@@ -692,6 +692,16 @@ def test_db_compact_drops_a_deleted_experiment_now_and_running_workers_carry_on(
     assert PickledStorage(path).get_experiment("big") is None
 
 
+def test_db_compact_of_an_empty_file_does_not_say_it_does_not_exist(
+        path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`db compact` of a 0-byte storage file said "storage file ... does not exist", while `db check` read it."""
+    path.parent.mkdir(exist_ok=True)
+    path.write_bytes(b"")
+    assert main(["db", "compact", "--storage", str(path)]) == 0
+    assert capsys.readouterr().out == f"{path}: compacted from 0.0 KiB to 0.0 KiB\n"
+    assert path.read_bytes() == b""
+
+
 def test_db_rm_compacts_when_the_experiment_was_a_large_part_of_the_file(
         path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """`db rm` of an experiment holding most of the file appended one record: the file kept its size."""

@@ -439,6 +439,29 @@ def test_one_stop_flag_takes_several_comma_separated_rules_as_the_docs_show(
 # -- what is shown -----------------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("stop", [["--stop", "max_cost=2"], ["--max-trials", "2"]])
+def test_hunt_and_workon_say_nothing_is_left_to_do_in_the_same_words(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+        caplog: pytest.LogCaptureFixture, stop: list[str]) -> None:
+    """hunt wrote its own line for an experiment a rule stopped ('experiment 'e': stopped by max_cost
+    after ... (trial 1adf127012fa)'), workon another ('experiment 'e' was stopped by rule max_cost ...
+    (trial <its whole id>)'); a met budget, the same words but the remedy (a flag, an argument)."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "f.py").write_text(
+        "import sys, orchard\nx = float(sys.argv[1].split('=')[1])\n"
+        "orchard.report_results({'objective': x, 'cost': 1.0})\n")
+    hunt = ["hunt", "-n", "e", "--storage", "db.pkl", *stop, sys.executable, "f.py", "--x~uniform(0, 1)"]
+    assert main(hunt) == 0
+    capsys.readouterr()
+    assert main(hunt) == 0
+    said = capsys.readouterr().out.strip()
+    caplog.clear()
+    orchard.get_experiment("e", storage="db.pkl").workon(lambda x: x, progress=False)
+    warned = [record.getMessage() for record in caplog.records if "nothing to do" in record.getMessage()]
+    remedy = ("Raise max_trials, or use a new experiment name", "Raise --max-trials to run more")
+    assert warned and said == warned[0].replace(*remedy), said
+
+
 def test_hunt_status_and_info_say_which_rule_stopped_the_experiment(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
     monkeypatch.chdir(tmp_path)
@@ -452,7 +475,7 @@ def test_hunt_status_and_info_say_which_rule_stopped_the_experiment(
     assert "stopped by max_cost after 2 finished trials" in out and "nothing to do" not in out
     assert main([*hunt[:5], "--max-trials", "50", *hunt[5:]]) == 0  # a larger budget does not resume it
     out = capsys.readouterr().out
-    assert out.startswith("experiment 'e': stopped by max_cost after 2 finished trials"), out
+    assert out.startswith("experiment 'e' was stopped by rule max_cost after 2 finished trials"), out
     assert out.rstrip().endswith("; nothing to do"), out  # the warning that 50 is not stored says what to do
     assert len(get_storage("db.pkl").fetch_trials(get_storage("db.pkl").get_experiment("e").id)) == 2
     assert main(["status", "-n", "e", "--storage", "db.pkl"]) == 0

@@ -203,6 +203,11 @@ def test_cli_insert_of_a_file_larger_than_the_budget_left_stores_no_row(
     ("rows.csv", "x,objective\n0.1,NaN\n", "row 1 of"),
     ("rows.csv", "x,objective\n0.1,NaN\n", "rows.csv: objective is nan; it must be a finite number"),
     ("rows.csv", "x,objective\n0.1,-inf\n", "rows.csv: objective is -inf; it must be a finite number"),
+    # 'line 1 of dump.json is not JSON (Expecting property name enclosed in double quotes)'
+    ("dump.json", json.dumps({"format": "orchard-dump", "version": 1, "experiments": []}, indent=1),
+     "dump.json is an Orchard dump (orchard db dump), not rows of evaluations; restore it with 'orchard db"),
+    ("rows.json", '[{"x": 0.1, "objective": 1}]', "rows.json is one JSON array, not JSON Lines: write one"),
+    ("rows.json", '{\n "x": 0.1,\n "objective": 1\n}\n', "rows.json is one JSON object written over several"),
 ])
 def test_cli_insert_refuses_a_file_whose_values_it_would_drop_or_cannot_read(
         tmp_path: Path, store: str, capsys: pytest.CaptureFixture[str], name: str, content: str | bytes,
@@ -213,6 +218,17 @@ def test_cli_insert_refuses_a_file_whose_values_it_would_drop_or_cannot_read(
     assert main(["insert", "-n", "e", "--storage", store, "--file", str(rows)]) == 2
     line = capsys.readouterr().err.strip()
     assert expected in line and len(line.splitlines()) == 1 and exp.fetch_trials() == []
+
+
+def test_cli_insert_refuses_a_result_without_a_value(store: str, capsys: pytest.CaptureFixture[str]) -> None:
+    """`--result loss=$LOSS` with LOSS unset recorded the text '' as the result."""
+    exp = orchard.build_experiment("e", space={"x": "uniform(0, 1)"}, storage=store)
+    capsys.readouterr()
+    assert main(["insert", "-n", "e", "--storage", store, "x=0.5", "--objective", "1",
+                 "--result", "loss="]) == 2
+    assert capsys.readouterr().err == ("orchard: error: result 'loss' has no value ('loss=': an unset shell "
+                                       "variable?); give loss=VALUE (loss='\"\"' for an empty text)\n")
+    assert exp.fetch_trials() == []
 
 
 def test_cli_insert_reads_a_csv_file_saved_with_a_byte_order_mark(tmp_path: Path, store: str) -> None:
@@ -244,6 +260,9 @@ def test_a_source_that_does_not_fit_is_refused_naming_the_dims(store: str, space
     (["new"], ConfigurationError, "from itself"),
     (["old", "old"], ConfigurationError, "twice"),
     (["runs/x.pkl"], ConfigurationError, "no experiment"),
+    # a dump or a folder before the ':' said "experiment name 'old.json:old' is not allowed"
+    (["runs/old.json:old"], ConfigurationError,
+     "'runs/old.json' is neither a storage URI nor a .pkl path; write STORAGE:NAME, .* \\(load a dump into"),
     ([{"experiment": "old", "fill": 3}], ConfigurationError, "fill"),
     ([{"experiment": "old", "fill": {"x": 1.0}}], ConfigurationError, "'x' is in both spaces"),
     ([{"experiment": "old", "fill": {"q": 1.0}}], ConfigurationError, "fill names 'q', which is not in this space"),
@@ -289,12 +308,15 @@ def test_a_missing_source_is_named_as_the_warm_start_source_not_blamed_on_storag
     --storage"."""
     train = tmp_path / "f.py"
     train.write_text("import orchard\norchard.report_objective(1.0)\n")
-    other = tmp_path / "other.pkl"
+    other, gone = tmp_path / "other.pkl", tmp_path / "typo.pkl"
+    finished(str(other), "older", n=1)
     here = (f"warm start source 'nope' does not exist: no experiment named 'nope' in this experiment's "
             f"storage pickle://{store} (experiments there: none); check its name, or write STORAGE:NAME")
     there = (f"warm start source '{other}:old' does not exist: no experiment named 'old' in its storage "
-             f"pickle://{other} (experiments there: none); check its name and its storage")
-    for source, words in [("nope", here), (f"{other}:old", there)]:
+             f"pickle://{other} (experiments there: older); check its name and its storage")
+    # it said "(experiments there: none)": a typo in the path read as an empty storage
+    typo = f"warm start source '{gone}:old' does not exist: its storage file {gone} does not exist; check its path"
+    for source, words in [("nope", here), (f"{other}:old", there), (f"{gone}:old", typo)]:
         assert main(["hunt", "-n", "new", "--storage", store, "--warm-start", source, sys.executable,
                      str(train), "--x~uniform(0, 1)"]) != 0
         err = capsys.readouterr().err
@@ -339,6 +361,51 @@ def test_info_counts_only_the_source_trials_that_recorded_the_objectives(
     assert len(worker.history.observations) == scored
     assert main(["info", "-n", "new", "--storage", store]) == 0
     assert f"old ({scored} of 4 completed trials)" in capsys.readouterr().out
+
+
+def measured_source(store: str) -> orchard.Experiment:
+    """A source of four trials: two recorded mem (one within 16, one beyond), two did not measure it."""
+    old = orchard.build_experiment("old", space=BRANIN_SPACE, max_trials=4, storage=store)
+    for x, mem in [(1.0, 8.0), (2.0, 32.0), (3.0, None), (4.0, None)]:
+        old.insert({"x": x, "y": 1.0}, objective=x, results={} if mem is None else {"mem": mem})
+    return old
+
+
+def test_source_trials_without_a_constraints_metric_are_left_out_not_told_infeasible(
+        store: str, caplog: pytest.LogCaptureFixture, capsys: pytest.CaptureFixture[str]) -> None:
+    """A source that did not measure mem had each trial told infeasible (violation inf) to an experiment
+    constraining mem: the search shunned every point the source had evaluated."""
+    measured_source(store)
+    new = orchard.build_experiment("new", space=BRANIN_SPACE, storage=store, constraints=["mem <= 16"],
+                                   warm_start=["old"])
+    prior = warm_start.prior_trials(new.space, new.settings.warm_start, new.storage, None, ["mem <= 16"])
+    history = History(new.storage, new.id, None, ["mem <= 16"], prior)
+    told = sorted((o.params["x"], o.feasible, o.violation) for o in history.observations)
+    assert told == [(1.0, True, 0.0), (2.0, False, 16.0)]
+    warned = [r.getMessage() for r in caplog.records if "did not record" in r.getMessage()]
+    assert warned == ["warm start source 'old': 2 of its 4 completed trials did not record 'mem' (read by "
+                      "'mem <= 16'), so they say nothing of their points' feasibility; they are left out"]
+    assert main(["info", "-n", "new", "--storage", store]) == 0
+    assert "warm start: old (2 of 4 completed trials; 2 without mem)" in capsys.readouterr().out
+
+
+def test_a_worker_is_told_only_the_source_trials_that_recorded_the_constraints_metrics(store: str) -> None:
+    measured_source(store)
+    new = orchard.build_experiment("new", space=BRANIN_SPACE, storage=store, constraints=["mem <= 16"],
+                                   warm_start=["old"])
+    worker = Worker(new.storage, new.id, WorkerSettings.for_experiment(new.settings),
+                    evaluate=lambda trial: None)  # type: ignore[arg-type, return-value]
+    assert sorted(o.violation for o in worker.history.observations) == [0.0, 16.0]
+
+
+def test_a_source_that_recorded_no_metric_a_constraint_reads_is_refused(store: str) -> None:
+    measured_source(store)
+    refused = ("warm start from 'old': none of its 4 completed trials recorded 'gpu' (read by 'gpu <= 1'), so "
+               "none says whether its point is feasible; drop the source or those constraints")
+    with pytest.raises(ConfigurationError, match=re.escape(refused)):
+        orchard.build_experiment("new", space=BRANIN_SPACE, storage=store, constraints=["gpu <= 1"],
+                                 warm_start=["old"])
+    assert orchard.get_storage(store).get_experiment("new") is None
 
 
 @pytest.mark.parametrize("objectives", [{"objective": "max"}, {"objective": "min", "size": "max"}])

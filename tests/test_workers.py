@@ -233,10 +233,13 @@ def slow(x):
     return x
 
 if __name__ == "__main__":
-    exp = orchard.build_experiment("e", space={"x": "uniform(0, 1)"}, storage=sys.argv[1], max_trials=3)
+    in_call = sys.argv[3] == "workon"  # the budget is workon's max_trials, the experiment has none
+    exp = orchard.build_experiment("e", space={"x": "uniform(0, 1)"}, storage=sys.argv[1],
+                                   max_trials=None if in_call else 3)
     resource.setrlimit(resource.RLIMIT_NOFILE, (int(sys.argv[2]), int(sys.argv[2])))
     try:
-        exp.workon(slow, n_workers=2, executor="thread", trial_timeout=60, progress=False)
+        exp.workon(slow, n_workers=2, executor="thread", trial_timeout=60, progress=False,
+                   max_trials=3 if in_call else None)
     except orchard.ExecutorError as err:
         print("raised:", err)
 """
@@ -244,17 +247,20 @@ if __name__ == "__main__":
 
 @pytest.mark.slow
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="file limits counted on Linux")
-def test_a_worker_out_of_open_files_does_not_fail_a_workon_the_others_finished(tmp_path: Path) -> None:
+@pytest.mark.parametrize("budget", ["experiment", "workon"])
+def test_a_worker_out_of_open_files_does_not_fail_a_workon_the_others_finished(
+        tmp_path: Path, budget: str) -> None:
     """Under a low `ulimit -n`, a worker that could not start an evaluation stopped, the other completed the
     budget, and workon raised the out-of-files ExecutorError (hunt was already warning): it warns and returns
-    when the experiment is finished, and raises when it is not."""
+    when the experiment is finished, and raises when it is not. With the budget given to the call
+    (``workon(max_trials=3)``) it still raised, the experiment's own budget being unlimited."""
     script = tmp_path / "few.py"
     script.write_text(_FINISHED_BY_OTHERS)
 
     def run(limit: int) -> tuple[bool, subprocess.CompletedProcess[str]]:
         """Whether the budget was completed under at most ``limit`` open files, and the run."""
         storage = tmp_path / f"{limit}-{time.monotonic_ns()}.pkl"
-        proc = subprocess.run([sys.executable, str(script), str(storage), str(limit)], cwd=tmp_path,
+        proc = subprocess.run([sys.executable, str(script), str(storage), str(limit), budget], cwd=tmp_path,
                               capture_output=True, text=True, timeout=120)
         trials = orchard.get_experiment("e", storage=str(storage)).fetch_trials() if storage.exists() else []
         return [t.status for t in trials] == [TrialStatus.COMPLETED] * 3, proc
@@ -273,7 +279,8 @@ def test_a_worker_out_of_open_files_does_not_fail_a_workon_the_others_finished(t
             break
     warned = [proc.stderr for proc in finished if "Too many open files" in proc.stderr]
     assert warned, [proc.stdout + proc.stderr for proc in finished]
-    assert ("experiment 'e' is finished, but not every worker started here ran to its end: a worker could "
+    done = "is finished" if budget == "experiment" else "ran the max_trials of this workon"
+    assert (f"experiment 'e' {done}, but not every worker started here ran to its end: a worker could "
             "not start a child process to evaluate its trial (OSError: [Errno 24] Too many open") in warned[0]
 
 

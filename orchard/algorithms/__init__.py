@@ -46,12 +46,11 @@ import logging
 from collections.abc import Callable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
-from orchard.algorithms.base import BaseAlgorithm, Observation
 from orchard.errors import ConfigurationError, OrchardError, did_you_mean
 from orchard.priors import to_builtin
 from orchard.space import Space
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # the base imports numpy, which `orchard list` and the settings need not (0.15 s)
     from importlib import metadata
 
     from orchard.algorithms._asha import Asha
@@ -59,6 +58,7 @@ if TYPE_CHECKING:
     from orchard.algorithms._hyperband import Hyperband
     from orchard.algorithms._nsga2 import Nsga2
     from orchard.algorithms._random import RandomSearch
+    from orchard.algorithms.base import BaseAlgorithm, Observation
 
 __all__ = [
     "ALGORITHMS",
@@ -109,11 +109,11 @@ ALGORITHMS: dict[str, Callable[[], type[BaseAlgorithm]]] = {
 }
 
 _EXPORTED = {"Asha": "_asha", "GridSearch": "_grid", "Hyperband": "_hyperband", "Nsga2": "_nsga2",
-             "RandomSearch": "_random"}
+             "RandomSearch": "_random", "BaseAlgorithm": "base", "Observation": "base"}
 
 
 def __getattr__(name: str) -> Any:
-    """The re-exported algorithm classes, imported when first used (PEP 562)."""
+    """The re-exported classes (the algorithms, their base), imported when first used (PEP 562)."""
     if name in _EXPORTED:
         return _lazy(_EXPORTED[name], name)()
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
@@ -152,6 +152,8 @@ def algorithm_names() -> list[str]:
 
 
 def _load_plugin(entry_point: metadata.EntryPoint) -> type[BaseAlgorithm]:
+    from orchard.algorithms.base import BaseAlgorithm
+
     where = f"algorithm {entry_point.name!r} (entry point {entry_point.value!r} of group {ENTRY_POINT_GROUP!r})"
     try:
         loaded = entry_point.load()

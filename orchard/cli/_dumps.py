@@ -40,7 +40,8 @@ from orchard.storages.base import finishes
 from orchard.trial import Trial, TrialStatus
 from orchard.warm_start import hide_passwords
 
-__all__ = ["MAX_DUMP_BYTES", "dump_experiments", "load_experiments", "read_dump", "write_dump"]
+__all__ = ["MAX_DUMP_BYTES", "dump_experiments", "load_experiments", "read_dump", "same_storage",
+           "warm_started_from", "write_dump"]
 
 FORMAT, VERSION = "orchard-dump", 1
 
@@ -171,6 +172,16 @@ def read_dump(path: str, rename: str | None = None) -> dict[str, Any]:
     Raises:
         ConfigurationError: the file cannot be read or is not an Orchard dump.
     """
+    if not path.strip():  # read as a file named '' or ' ', which did not exist
+        raise ConfigurationError("FILE.json is empty (an unset shell variable?); give a file written by "
+                                 "'orchard db dump', or - for stdin")
+    from orchard.storages.pickled.fileformat import is_log_file
+
+    if path != "-" and is_log_file(path):  # it said "'utf-8' codec can't decode byte 0x89 in position 0"
+        raise ConfigurationError(
+            f"{path} is an Orchard storage file, not a dump; to copy its experiments, dump them first "
+            f"(orchard db dump --storage {path} -o {os.path.splitext(path)[0]}.json) and load that; "
+            "nothing was loaded")
     try:
         if path == "-":  # the other end of `orchard db dump -o - | orchard db load -`
             text = _read_bounded(sys.stdin, path)
@@ -182,6 +193,9 @@ def read_dump(path: str, rename: str | None = None) -> dict[str, Any]:
                 "the file is empty"
             raise ConfigurationError(f"cannot read dump {path}: {source}; nothing was loaded")
         data = json.loads(text, object_pairs_hook=each_key_once)  # a hand-edited dump: no value lost
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:  # a text file said "Expecting value: line 1 …"
+        raise ConfigurationError(f"cannot read dump {path}: it is not JSON ({err}), so no file written by "
+                                 "'orchard db dump'; nothing was loaded") from None
     except (OSError, ValueError) as err:
         raise ConfigurationError(f"cannot read dump {path}: {err}") from None
     except RecursionError:
@@ -319,9 +333,11 @@ def load_experiments(
         record = storage.get_experiment(rename or entry["name"])
         if record is not None:
             _check_fits(storage, record, entry["config"], len(experiments), "nothing was loaded")
+    loaded = set() if rename else {entry["name"] for entry in experiments}
     for entry in experiments:
         name = rename or entry["name"]
-        experiment_id = storage.create_experiment(name, entry["config"], created=entry.get("created"),
+        config = _sources_followed(entry["config"], data.get("source"), storage, loaded)
+        experiment_id = storage.create_experiment(name, config, created=entry.get("created"),
                                                   keep_id=_dumped_id(entry))
         record = storage.require_experiment(name)
         _check_fits(storage, record, entry["config"], len(experiments), "the experiments before it were loaded")
@@ -332,6 +348,51 @@ def load_experiments(
         stored = {t.id: t for t in storage.fetch_trials(experiment_id)}  # one read, not a refused write each
         trials = [t for t in trials if t.id not in stored or finishes(stored[t.id], t)]
         yield name, storage.restore_trials(experiment_id, trials) if trials else 0, len(entry["trials"])
+
+
+def _sources_followed(config: dict[str, Any], origin: Any, storage: BaseStorage,
+                      loaded: set[str]) -> dict[str, Any]:
+    """``config`` with its warm-start sources naming where they are once loaded into ``storage``.
+
+    A source in the storage dumped from (``origin``) stays there unless this load brings it along:
+    named by its name alone, it read another experiment of that name in the target, or none
+    ("no longer exists"); named by the dumped storage's path, the old file, not the copy loaded beside it.
+    """
+    sources = config.get("warm_start")
+    if not isinstance(sources, list) or not isinstance(origin, str) or same_storage(origin, storage.uri):
+        return config
+    followed = []
+    for source in sources:
+        if isinstance(source, dict) and isinstance(source.get("experiment"), str):
+            there = source.get("storage")
+            if there is None and source["experiment"] not in loaded:
+                source = {**source, "storage": origin}
+            elif isinstance(there, str) and source["experiment"] in loaded and same_storage(there, origin):
+                source = {**source, "storage": None}
+        followed.append(source)
+    return {**config, "warm_start": followed}
+
+
+def same_storage(one: str, other: str) -> bool:
+    """Whether two URIs name one storage: the same pickle file, or the same URI, passwords hidden."""
+    from orchard.storages._uri import pickle_path, redact
+
+    files = [found[0] for uri in (one, other) if (found := pickle_path(uri)) is not None]
+    if len(files) < 2:
+        return redact(one) == redact(other)
+    return len({os.path.realpath(os.path.expanduser(path)) for path in files}) == 1
+
+
+def warm_started_from(storage: BaseStorage, name: str) -> list[str]:
+    """The experiments of ``storage`` that warm-start from its experiment ``name`` (for ``db rm`` to say)."""
+    def reads(source: Any) -> bool:
+        if not isinstance(source, dict) or source.get("experiment") != name:
+            return False
+        there = source.get("storage")
+        return there is None or isinstance(there, str) and same_storage(there, storage.uri)
+
+    return sorted(r.name for r in storage.list_experiments()
+                  if isinstance(r.config.get("warm_start"), list) and any(map(reads, r.config["warm_start"])))
 
 
 def _dumped_id(entry: Mapping[str, Any]) -> str | None:

@@ -43,7 +43,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
 
     dump = commands.add_parser("dump", help="write experiments and their trials to a JSON file")
     add_name(dump, required=False, meaning="one experiment (default: every experiment in the storage)")
-    dump.add_argument("-o", "--output", required=True, metavar="FILE.json",
+    dump.add_argument("-o", "--output", required=True, metavar="FILE.json", action=GivenOnce,
                       help="the JSON file to write, through a temporary file renamed at the end; its folder "
                            "must exist ('-': stdout)")
     dump.set_defaults(func=_run_dump)
@@ -179,6 +179,12 @@ def _run_rm(args: argparse.Namespace) -> int:
     n_trials = sum(storage.count_trials(experiment.id).values())
     where = f" --storage {storage.redacted_uri}" if getattr(args, "storage", None) else ""
     backup = f"orchard db dump -n {experiment.name}{where} -o {experiment.name}.json"
+    from orchard.cli._dumps import warm_started_from
+
+    readers = ", ".join(map(repr, warm_started_from(storage, experiment.name)))
+    if readers:  # they lost its trials without a word (a warning from each of their workers, later)
+        print(f"orchard: WARNING: experiment(s) {readers} warm-start from {experiment.name!r}: once it is "
+              "deleted, their workers are told nothing from it", file=sys.stderr)
     if not args.yes:
         if not sys.stdin.isatty():
             raise ConfigurationError(

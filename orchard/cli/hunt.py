@@ -153,7 +153,7 @@ def _hunt(args: argparse.Namespace, settings: Settings) -> int:
     _check_capacity(storage, name, settings)
     experiment = _experiment(name, template, storage, settings)
     _compare_command(experiment, template)
-    if _stopped(experiment, settings) or _budget_met(experiment):
+    if _nothing_to_do(experiment, settings):
         return 0
     return _work(experiment, template, settings)
 
@@ -366,33 +366,21 @@ def _make_folder(path: str, name: str) -> None:
             "give --working-dir with a folder this machine can write") from err
 
 
-def _stopped(experiment: Experiment, settings: Settings) -> bool:
-    """Say so when a stopping rule stopped the experiment: no worker starts, a larger budget is no remedy.
+def _nothing_to_do(experiment: Experiment, settings: Settings) -> bool:
+    """Say so when the budget is met or a stopping rule stopped the experiment: no worker starts.
 
-    A budget given to raise it was not stored, and the warning saying so gave the remedy: not said twice.
+    A budget given to raise a stopped one was not stored, and the warning saying so gave the remedy: not
+    said twice.
     """
-    from orchard.recording import RAISABLE, raise_refused
-    from orchard.stopping import SEARCH_ON, stop_summary
+    from orchard.recording import RAISABLE, nothing_to_do
 
+    asked = {key: settings.get(key, use_default=False) for key in RAISABLE}
     config = experiment.storage.experiment(experiment.id).config
-    stopping = stop_summary(config)
-    if stopping is None or stopping["fired"] is None:
-        return False
-    raised = raise_refused(config, {key: settings.get(key, use_default=False) for key in RAISABLE})
-    print(printable(f"experiment {experiment.name!r}: {stopping['line']}; nothing to do"
-                    + ("" if raised else f": {SEARCH_ON}")))
-    return True
-
-
-def _budget_met(experiment: Experiment) -> bool:
-    from orchard.recording import budget_used
-
-    done = budget_used(experiment.storage, experiment.id)  # pruned trials used theirs, inserted ones may not
-    if experiment.max_trials is None or done < experiment.max_trials:
-        return False
-    print(f"experiment {experiment.name!r} has already completed its {done} trials "
-          f"(max_trials={experiment.max_trials}); nothing to do. Raise --max-trials to run more")
-    return True
+    said = nothing_to_do(experiment.storage, experiment.id, experiment.name, experiment.max_trials, config,
+                         asked, "Raise --max-trials to run more")
+    if said is not None:
+        print(printable(said))
+    return said is not None
 
 
 def _work(experiment: Experiment, template: CommandTemplate, settings: Settings) -> int:

@@ -93,6 +93,9 @@ def parse_assignments(tokens: list[str], what: str = "dimension") -> dict[str, A
             raise UsageError(f"insert expects NAME=VALUE, got {token!r}; e.g. orchard insert -n exp x=1 y=2")
         if name in params:
             raise UsageError(f"{what} {name!r} is given twice")
+        if not text.strip():  # `--result loss=$LOSS` with LOSS unset stored the text '' as the result
+            raise UsageError(f"{what} {name!r} has no value ({token!r}: an unset shell variable?); give "
+                             f"{name}=VALUE ({name}='\"\"' for an empty text)")
         params[name] = parse_literal(text.strip())
     return params
 
@@ -124,6 +127,7 @@ def read_rows(path: Path) -> list[dict[str, Any]]:
         raise UsageError(f"cannot read --file {path}: it is not UTF-8 text (byte {err.start}); "
                          "give a CSV or JSON Lines file") from None
     if path.suffix.lower() in (".jsonl", ".ndjson", ".json"):
+        _one_document(text, path)
         return [_json_row(line, f"line {number} of {path}") for number, line in enumerate(text.splitlines(), 1)
                 if line.strip()]
     reader = csv.reader(text.splitlines())
@@ -155,6 +159,24 @@ def _cell(column: str, text: str) -> Any:
 
 
 _NOT_FINITE = frozenset({"nan", "inf", "infinity"})
+
+
+def _one_document(text: str, path: Path) -> None:
+    """Refuse a file that is one JSON document, not JSON Lines: a dump said "line 1 of dump.json is not JSON
+    (Expecting property name enclosed in double quotes)", an array "line 1 ... is not a JSON object"."""
+    try:
+        document = json.loads(text)
+    except (ValueError, RecursionError):
+        return  # JSON Lines of several rows, or a line that is wrong: said for that line
+    if isinstance(document, dict) and document.get("format") == "orchard-dump":
+        raise UsageError(f"--file {path} is an Orchard dump (orchard db dump), not rows of evaluations; "
+                         f"restore it with 'orchard db load {path}'")
+    if isinstance(document, list):
+        raise UsageError(f"--file {path} is one JSON array, not JSON Lines: write one object per line, e.g. "
+                         f"jq -c '.[]' {path} > rows.jsonl")
+    if isinstance(document, dict) and len(text.strip().splitlines()) > 1:
+        raise UsageError(f"--file {path} is one JSON object written over several lines; JSON Lines holds "
+                         "each row on one line")
 
 
 def _json_row(line: str, where: str) -> dict[str, Any]:
@@ -257,6 +279,24 @@ def _recorded_as(trial: Trial, objective: Any, results: dict[str, Any], count_in
             and bool(trial.in_budget) == count_in_budget)
 
 
+def _check_objective_flag(experiment: Experiment, params: dict[str, Any], results: dict[str, Any] | None,
+                          objective: float | None) -> None:
+    """Refuse an objective given other than with ``--objective``, saying so in the command's words.
+
+    The API's advice ("give the objective as objective=...") sent users to a param ``objective=0.3``,
+    which was refused as not a dimension of the space.
+    """
+    where = "a param, objective=..." if "objective" in params and "objective" not in experiment.space else \
+        "--result objective=..." if "objective" in (results or {}) else None
+    if where is not None:
+        raise UsageError(f"insert into experiment {experiment.name!r}: the objective is given as {where}; "
+                         "give it with --objective VALUE (e.g. --objective 0.25)")
+    if results is not None and objective is None and experiment.settings.objectives is None:
+        raise UsageError(f"insert into experiment {experiment.name!r}: --result without --objective; an "
+                         "evaluated trial needs --objective VALUE (e.g. --objective 0.25); params alone "
+                         "insert a point to run")
+
+
 def run(args: argparse.Namespace) -> int:
     """Validate the params against the experiment's space and add a trial, or record evaluations.
 
@@ -282,6 +322,7 @@ def run(args: argparse.Namespace) -> int:
     params = parse_assignments(args.params)
     results = parse_assignments(args.result, "result") if args.result else None
     objective = args.objective
+    _check_objective_flag(experiment, params, results, objective)
     if objective is None and results is None:
         trial = experiment.insert(params)
         print(f"inserted trial {trial.id} in experiment {experiment.name!r}: {format_params(trial.params)}")

@@ -392,7 +392,7 @@ def _warm_start(experiment: Experiment) -> list[dict[str, Any]] | None:
     if not experiment.settings.warm_start:
         return None
     uses = source_uses(experiment.space, experiment.settings.warm_start, experiment.storage,
-                       experiment.settings.objectives)
+                       experiment.settings.objectives, experiment.settings.constraints)
     return [dataclasses.asdict(use) for use in uses]
 
 
@@ -401,7 +401,8 @@ def _warm_start_line(uses: list[dict[str, Any]] | None) -> list[str]:
         return []
     parts = []
     for use in uses:
-        dropped = ", ".join(f"{n} outside {name}" for name, n in sorted(use["dropped"].items()))
+        dropped = ", ".join([f"{n} outside {name}" for name, n in sorted(use["dropped"].items())]
+                            + [f"{n} without {name}" for name, n in sorted(use["unmeasured"].items())])
         if use.get("unused"):  # "0 of 0 completed trials" read as an empty source, not a lost one
             dropped = f"gives nothing: {use['unused']}"
         parts.append(f"{use['source']} ({use['used']} of {use['completed']} completed trials"
@@ -421,9 +422,9 @@ def _trial_info(experiment: Experiment, prefix: str, as_json: bool) -> int:
     trials = experiment.fetch_trials()
     matches = [t for t in trials if t.id.startswith(prefix)]
     if len(matches) != 1:
-        found = f"no trial of experiment {experiment.name!r} has" if not matches else \
-            f"{len(matches)} trials of experiment {experiment.name!r} have"
-        raise TrialNotFoundError(f"{found} an id starting with {prefix!r}; give more of the id "
+        found, remedy = (f"no trial of experiment {experiment.name!r} has", "check it") if not matches else \
+            (f"{len(matches)} trials of experiment {experiment.name!r} have", "give more of the id")
+        raise TrialNotFoundError(f"{found} an id starting with {cut(prefix)}; {remedy} "
                                  "(orchard db dump lists them)")
     (trial,) = matches
     data = trial.to_dict()

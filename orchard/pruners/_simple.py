@@ -5,13 +5,14 @@ from __future__ import annotations
 import bisect
 import math
 from collections.abc import Callable, Mapping
-from typing import Any, ClassVar
-
-import numpy as np
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from orchard.errors import ConfigurationError
 from orchard.pruners.base import BasePruner, BestSoFar, Curve, Verdict, check_int, check_number, judged
 from orchard.trial import ReportValue, first_value
+
+if TYPE_CHECKING:
+    import numpy as np
 
 __all__ = ["NopPruner", "PatiencePruner", "ThresholdPruner"]
 
@@ -215,6 +216,8 @@ class _Front:
     def matches(self, value: tuple[float, ...], delta: float) -> bool:
         """Whether a point is as good as ``value`` on every objective to within ``delta`` (``x - delta <= v``)."""
         if len(value) != 2:
+            import numpy as np  # not at the top: `orchard list` needs no numpy (0.15 s)
+
             return self._array is not None and bool(np.any(np.all(self._array - delta <= value, axis=1)))
         # the last point whose first value passes has the lowest second value of those that pass
         index = bisect.bisect_right(self._firsts, value[0], key=lambda x: x - delta) - 1
@@ -225,6 +228,8 @@ class _Front:
         if self.matches(point, 0.0):
             return
         if len(point) != 2:
+            import numpy as np
+
             row = np.array([point], dtype=np.float64)
             kept = self._array
             self._array = row if kept is None else np.concatenate([kept[~np.all(row <= kept, axis=1)], row])

@@ -251,10 +251,10 @@ class PickledStorage(TableStorage):
             if os.path.exists(self._path):  # else the lock would make its folder and lock file
                 with self._locked():
                     sizes = self._log.compact(self._still_held())
-        if sizes is None:
+        if sizes is None and not os.path.exists(self._path):  # an empty file was also said not to exist
             raise StorageError(f"storage file {self._path} does not exist, so there is nothing to compact; "
                                "check the path (--storage) and the folder you run from")
-        return sizes
+        return sizes or (0, 0)
 
     def _fences(self) -> tuple[Fence | None, Fence | None]:
         """Whether this process still holds the soft lock (``owns``), or the kernel lock's file (``holds``)."""
