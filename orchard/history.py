@@ -14,6 +14,7 @@ are observations but are left out of :attr:`History.counts`, and the
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any, overload
@@ -91,6 +92,22 @@ class Observations(Sequence[Observation]):
         self._items = [item for item in self._items if id(item) not in dropped]
 
 
+def _observation(trial: Trial, objective: float, objectives: Mapping[str, str] | None,
+                 constraints: Sequence[str] | None) -> Observation:
+    """What the algorithm is told of a completed or pruned ``trial`` scored ``objective``."""
+    values = None
+    if objectives is not None and trial.status is TrialStatus.COMPLETED:
+        try:
+            values = minimized(trial.results, objectives)
+        except (KeyError, TypeError, ValueError):  # recorded before the objectives were checked
+            values = None
+    standing = feasibility(trial.results, constraints)
+    pruned = trial.status is TrialStatus.PRUNED
+    step = trial.reports[-1][0] if pruned and trial.reports else None
+    return Observation(trial.params, objective, trial.end_time, values, standing.feasible, standing.violation,
+                       pruned=pruned, step=step)
+
+
 def _made(item: Observation | _Told) -> Observation:
     return item if isinstance(item, Observation) else item.observation()
 
@@ -120,6 +137,9 @@ class History:
         self._experiment_id = experiment_id
         self._cursor: Any = None
         self.trials: dict[str, Trial] = {}
+        # (a partial, not a bound method: a History the observations referred to would outlive its worker, and
+        # its storage with it, until the garbage collector found the cycle)
+        self._observation = functools.partial(_observation, objectives=objectives, constraints=constraints)
         self.observations = Observations()  # completed and pruned trials, in the order they were seen
         self._told: dict[str, _Told] = {}  # the observation of each trial, by id
         self._pending: dict[str, Trial] = {}  # pending trials by id (their params are read when asked for)
@@ -243,19 +263,6 @@ class History:
         except (KeyError, TypeError, ValueError):
             return None
         return first if math.isfinite(first) else None
-
-    def _observation(self, trial: Trial, objective: float) -> Observation:
-        values = None
-        if self._objectives is not None and trial.status is TrialStatus.COMPLETED:
-            try:
-                values = minimized(trial.results, self._objectives)
-            except (KeyError, TypeError, ValueError):  # recorded before the objectives were checked
-                values = None
-        standing = feasibility(trial.results, self._constraints)
-        pruned = trial.status is TrialStatus.PRUNED
-        step = trial.reports[-1][0] if pruned and trial.reports else None
-        return Observation(trial.params, objective, trial.end_time, values, standing.feasible, standing.violation,
-                           pruned=pruned, step=step)
 
     def pending(self, extra: list[dict[str, Any]] | None = None,
                 seen: SeenPoints | None = None) -> list[dict[str, Any]]:

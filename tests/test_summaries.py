@@ -172,3 +172,22 @@ def test_a_summary_holds_every_kind_of_param_a_space_gives() -> None:
     for cut in range(1, 40):  # a summary cut short or shifted never parses as another one
         damaged = payload[:-cut - 3] + payload[-3:]
         assert summaries.decode(memoryview(damaged)) is None or cut == 0
+
+
+def test_a_history_with_untold_observations_is_freed_without_the_garbage_collector(path: Path) -> None:
+    """The observations built when first read refer to no history: a dropped one (and its storage) is
+    freed at once, as a MongoDB client held by it must be."""
+    import gc
+    import weakref
+
+    exp, _ = _other_workers_trials(path, 3)
+    history = History(PickledStorage(str(path), fsync=False), exp)
+    history.refresh()
+    assert len(history.observations) == 3
+    gone = weakref.ref(history)
+    gc.disable()
+    try:
+        del history
+        assert gone() is None
+    finally:
+        gc.enable()
