@@ -82,6 +82,9 @@ def test_a_trial_read_by_its_summary_reads_as_the_trial_it_stands_for(path: Path
     read[0].params["x"] = 99.0  # a copy: the storage's trial is not changed
     read[0].results.clear()
     assert reader.fetch_trials(exp) == done
+    fresh = reader.fetch_trials(exp)[1]  # changed before anything is decoded: still its own, and no damage
+    fresh.params["x"], fresh.heartbeat = -1.0, 5.0
+    assert fresh.results == done[1].results and (fresh.params, fresh.heartbeat) == ({"x": -1.0, "kind": "a"}, 5.0)
 
 
 def test_a_summary_that_disagrees_with_its_record_is_named_when_read_and_repaired_away(

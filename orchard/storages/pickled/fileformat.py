@@ -217,7 +217,9 @@ class _Frame(Decoder):
     def decode(self, trial: LazyTrial) -> dict[str, Any]:
         """See :meth:`Decoder.decode`."""
         try:
-            stored = _described(trial.__dict__, _load_batch(memoryview(self._payload), self._at))
+            payload = memoryview(self._payload)
+            summary = summaries.decode(payload)  # as read, not the trial's fields now: a copy's are its own
+            stored = _described({} if summary is None else summary[2], _load_batch(payload, self._at))
         except RecordError as err:
             raise StorageCorruptedError(
                 f"storage file {self._path}: the record of trial {trial.id} at byte {self._at} is damaged ({err}); "
