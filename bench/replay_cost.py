@@ -10,12 +10,17 @@ best of ``--repeat``), in microseconds per trial::
     python bench/replay_cost.py                             # 2,000 trials, best of 3
     python bench/replay_cost.py --trials 5000 --repeat 5    # the figures in docs/scaling.md
 
-Stages: ``frames`` (checksums, unpickling with globals refused, checking every
-record: ``fileformat.scan``), of which ``unpickle`` and ``check`` alone;
-``apply`` (building the trials and indexing them in the table); ``history``
-(``fetch_changes`` copying the changed trials out, and the worker's history
-folding them in). A worker's CPU per trial at W workers is about W times the
-sum, plus its own verbs, plus what contention adds (``bench/scale.py``).
+Stages, each read two ways: *decoded* (every record unpickled and checked, as
+``orchard db check`` reads a file) and *by summaries* (what a worker's replay does:
+another worker's trial is built from the summary after its record and decoded
+only when its results are read, :mod:`orchard.storages.pickled.summaries`).
+``frames`` (checksums, then records or summaries: ``fileformat.scan``), of which
+``unpickle`` and ``check`` alone; ``apply`` (building the trials and indexing
+them in the table); ``worker`` (all of it as a worker does it: a new reader
+replays the file, and a random search's history folds it in, counts its
+observations and lists the pending points). A worker's CPU per trial at W
+workers is about W times ``worker``, plus its own verbs, plus what contention
+adds (``bench/scale.py``).
 """
 
 from __future__ import annotations
@@ -62,25 +67,40 @@ def main() -> None:
             payloads.append(data[pos + fileformat.FRAME.size: pos + fileformat.FRAME.size + length])
             pos += fileformat.FRAME.size + length
 
-        def apply() -> None:
+        lazy = fileformat.scan(data, start, storage.path, lazy=True).batches
+
+        def apply(batches: list[list[dict[str, object]]]) -> None:
             table = TrialTable()
             for batch in batches:
                 table.apply_all(batch)
 
+        def worker(decoding: bool) -> None:
+            """What a worker does with the file: replay it and fold it into a random search's history."""
+            scan_file = fileformat.scan_file
+            if decoding:  # every record unpickled and checked (what `db check` reads)
+                fileformat.scan_file = lambda *a, lazy=False: scan_file(*a, lazy=False)  # type: ignore[misc]
+            try:
+                history = History(PickledStorage(storage.path, fsync=False), exp)
+                history.refresh()
+                len(history.pending())
+                len(history.observations)
+            finally:
+                fileformat.scan_file = scan_file
+
         stages: list[tuple[str, Callable[[], object]]] = [
-            ("frames", lambda: fileformat.scan(data, start, storage.path)),
+            ("frames, decoded", lambda: fileformat.scan(data, start, storage.path)),
             ("  of which unpickle", lambda: [fileformat._RecordUnpickler(io.BytesIO(p)).load() for p in payloads]),
             ("  of which check", lambda: [check_batch(b, len(p)) for b, p in zip(batches, payloads)]),
-            ("apply", apply),
-            ("history", lambda: History(storage, exp).refresh()),
+            ("frames, by summaries", lambda: fileformat.scan(data, start, storage.path, lazy=True)),
+            ("apply, decoded", lambda: apply(batches)),
+            ("apply, by summaries", lambda: apply(lazy)),
+            ("worker, decoded", lambda: worker(True)),
+            ("worker, by summaries", lambda: worker(False)),
         ]
         print(f"{n} trials, {len(payloads)} frames, {len(data) / n:.0f} bytes per trial")
-        total = 0.0
         for name, stage in stages:
             best = min(_cpu(stage) for _ in range(args.repeat)) / n * 1e6
-            total += 0.0 if name.startswith(" ") else best
             print(f"{name:22s} {best:6.1f} µs per trial")
-        print(f"{'total':22s} {total:6.1f} µs per trial")
 
 
 def _cpu(stage: Callable[[], object]) -> float:

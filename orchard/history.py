@@ -14,9 +14,10 @@ are observations but are left out of :attr:`History.counts`, and the
 
 from __future__ import annotations
 
+import functools
 import math
-from collections.abc import Mapping, Sequence
-from typing import Any
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from typing import Any, overload
 
 from orchard.algorithms.base import Observation, Pending, SeenPoints
 from orchard.constraints import feasibility
@@ -26,7 +27,89 @@ from orchard.space import Space
 from orchard.storages.base import BaseStorage
 from orchard.trial import Trial, TrialStatus, finite_float
 
-__all__ = ["History"]
+__all__ = ["History", "Observations"]
+
+
+class _Told:
+    """A trial told to the algorithm, made an :class:`Observation` when first read.
+
+    Building one reads the trial's params and results, which a trial read by its
+    summary (:class:`~orchard.storages.lazy.LazyTrial`) decodes only then: an
+    algorithm that never looks at the observations (random search counts them)
+    never decodes another worker's results.
+    """
+
+    __slots__ = ("_build", "_made", "_objective", "_trial")
+
+    def __init__(self, build: Callable[[Trial, float], Observation], trial: Trial, objective: float) -> None:
+        self._build, self._trial, self._objective = build, trial, objective
+        self._made: Observation | None = None
+
+    def observation(self) -> Observation:
+        if self._made is None:
+            self._made = self._build(self._trial, self._objective)
+        return self._made
+
+
+class Observations(Sequence[Observation]):
+    """The observations a :class:`History` tells its algorithm, each built when first read (the same object
+    on every read after)."""
+
+    def __init__(self) -> None:
+        self._items: list[Observation | _Told] = []
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    @overload
+    def __getitem__(self, index: int) -> Observation: ...
+
+    @overload
+    def __getitem__(self, index: slice) -> list[Observation]: ...
+
+    def __getitem__(self, index: int | slice) -> Observation | list[Observation]:
+        if isinstance(index, slice):
+            return [_made(item) for item in self._items[index]]
+        return _made(self._items[index])
+
+    def __iter__(self) -> Iterator[Observation]:
+        return map(_made, self._items)
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, (list, Observations)):
+            return list(self) == list(other)
+        return NotImplemented
+
+    __hash__ = None  # type: ignore[assignment]  # as a list: mutable
+
+    def append(self, item: Observation | _Told) -> None:
+        """Tell one more observation (last)."""
+        self._items.append(item)
+
+    def drop(self, items: Sequence[Observation | _Told]) -> None:
+        """Forget ``items`` (appended before)."""
+        dropped = set(map(id, items))
+        self._items = [item for item in self._items if id(item) not in dropped]
+
+
+def _observation(trial: Trial, objective: float, objectives: Mapping[str, str] | None,
+                 constraints: Sequence[str] | None) -> Observation:
+    """What the algorithm is told of a completed or pruned ``trial`` scored ``objective``."""
+    values = None
+    if objectives is not None and trial.status is TrialStatus.COMPLETED:
+        try:
+            values = minimized(trial.results, objectives)
+        except (KeyError, TypeError, ValueError):  # recorded before the objectives were checked
+            values = None
+    standing = feasibility(trial.results, constraints)
+    pruned = trial.status is TrialStatus.PRUNED
+    step = trial.reports[-1][0] if pruned and trial.reports else None
+    return Observation(trial.params, objective, trial.end_time, values, standing.feasible, standing.violation,
+                       pruned=pruned, step=step)
+
+
+def _made(item: Observation | _Told) -> Observation:
+    return item if isinstance(item, Observation) else item.observation()
 
 
 class History:
@@ -54,9 +137,12 @@ class History:
         self._experiment_id = experiment_id
         self._cursor: Any = None
         self.trials: dict[str, Trial] = {}
-        self.observations: list[Observation] = []  # completed and pruned trials, in the order they were seen
-        self._told: dict[str, Observation] = {}  # the observation of each trial, by id
-        self._pending: dict[str, dict[str, Any]] = {}
+        # (a partial, not a bound method: a History the observations referred to would outlive its worker, and
+        # its storage with it, until the garbage collector found the cycle)
+        self._observation = functools.partial(_observation, objectives=objectives, constraints=constraints)
+        self.observations = Observations()  # completed and pruned trials, in the order they were seen
+        self._told: dict[str, _Told] = {}  # the observation of each trial, by id
+        self._pending: dict[str, Trial] = {}  # pending trials by id (their params are read when asked for)
         self._broken: dict[str, dict[str, Any]] = {}  # the broken trials' params, by id
         self.seen = SeenPoints(experiment_id=experiment_id)  # every trial's params, kept incrementally
         self.counts: dict[TrialStatus, int] = {status: 0 for status in TrialStatus}
@@ -99,7 +185,7 @@ class History:
             if trial.status.is_pending:
                 if trial.id not in self._pending:
                     arrived.append(trial.params)
-                self._pending[trial.id] = trial.params
+                self._pending[trial.id] = trial
             else:
                 self._pending.pop(trial.id, None)
             status = trial.status
@@ -112,7 +198,7 @@ class History:
             if newly_told and not failed and trial.status in (TrialStatus.COMPLETED, TrialStatus.PRUNED):
                 objective = finite_float(trial.objective)  # another program's NaN, text or 5,000-digit int: not told
                 if objective is not None:
-                    self._told[trial.id] = self._observation(trial, objective)
+                    self._told[trial.id] = _Told(self._observation, trial, objective)
                     self.observations.append(self._told[trial.id])
         return arrived
 
@@ -136,9 +222,7 @@ class History:
         for tid in unfit:
             self._pending.pop(tid, None)
             self._broken.pop(tid, None)
-        dropped = {id(self._told.pop(tid)) for tid in unfit if tid in self._told}
-        if dropped:
-            self.observations = [o for o in self.observations if id(o) not in dropped]
+        self.observations.drop([self._told.pop(tid) for tid in unfit if tid in self._told])
         return unfit
 
     def _drop_all_but(self, trials: list[Trial]) -> None:
@@ -149,15 +233,14 @@ class History:
         """
         kept = {trial.id for trial in trials}
         gone = [tid for tid in self.trials if tid not in kept]
-        dropped = set()
+        dropped = []
         for tid in gone:
             self._count(self.trials.pop(tid), -1)
             self._pending.pop(tid, None)
             self._broken.pop(tid, None)
             if tid in self._told:
-                dropped.add(id(self._told.pop(tid)))
-        if dropped:
-            self.observations = [o for o in self.observations if id(o) not in dropped]
+                dropped.append(self._told.pop(tid))
+        self.observations.drop(dropped)
 
     def _count(self, trial: Trial, sign: int) -> None:
         if trial.in_budget:
@@ -181,19 +264,6 @@ class History:
             return None
         return first if math.isfinite(first) else None
 
-    def _observation(self, trial: Trial, objective: float) -> Observation:
-        values = None
-        if self._objectives is not None and trial.status is TrialStatus.COMPLETED:
-            try:
-                values = minimized(trial.results, self._objectives)
-            except (KeyError, TypeError, ValueError):  # recorded before the objectives were checked
-                values = None
-        standing = feasibility(trial.results, self._constraints)
-        pruned = trial.status is TrialStatus.PRUNED
-        step = trial.reports[-1][0] if pruned and trial.reports else None
-        return Observation(trial.params, objective, trial.end_time, values, standing.feasible, standing.violation,
-                           pruned=pruned, step=step)
-
     def pending(self, extra: list[dict[str, Any]] | None = None,
                 seen: SeenPoints | None = None) -> list[dict[str, Any]]:
         """Params being, or about to be, evaluated by anyone (plus ``extra``), with :meth:`completes_after`
@@ -202,7 +272,7 @@ class History:
         ``seen`` is :attr:`seen` or an overlay of it (the set handed to the algorithm with this list).
         """
         broken = [self._broken[tid] for tid in sorted(self._broken)]
-        return Pending(self._pending.values(), extra or (), seen or self.seen,  # the first ones: in seen
+        return Pending([trial.params for trial in self._pending.values()], extra or (), seen or self.seen,  # in seen
                        self.completes_after(), broken)
 
     def completes_after(self) -> float:
@@ -228,7 +298,7 @@ class History:
 
     def reserved(self) -> list[Trial]:
         """The trials reserved right now, as last seen (costs the pending trials, not the history)."""
-        return [trial for tid in self._pending if (trial := self.trials[tid]).status is TrialStatus.RESERVED]
+        return [trial for trial in self._pending.values() if trial.status is TrialStatus.RESERVED]
 
     def others_reserved(self) -> bool:
         """Whether any trial is waiting or being evaluated (so waiting can pay off)."""

@@ -82,9 +82,9 @@ def counting_scans(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     scanned: list[int] = []
     scan = fileformat.scan
 
-    def counting(data: bytes, start: int, name: str) -> fileformat.Scan:
+    def counting(data: bytes, start: int, name: str, lazy: bool = False) -> fileformat.Scan:
         scanned.append(len(data))
-        return scan(data, start, name)
+        return scan(data, start, name, lazy)
 
     monkeypatch.setattr(fileformat, "scan", counting)
     return scanned

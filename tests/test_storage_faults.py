@@ -440,10 +440,10 @@ def test_a_compaction_that_finds_the_disk_full_is_not_retried_after_every_write(
             trial = writer.register_trial(exp_id, {"x": float(i)}, worker="w")
             writer.complete_trial(trial.id, "w", float(i))
         disk.start()
-        os.truncate(disk.filler, disk.filler.stat().st_size - 64_000)  # room for appends, not for a snapshot
+        os.truncate(disk.filler, disk.filler.stat().st_size - 100_000)  # room for appends, not for a snapshot
         worker = PickledStorage(path, fsync=False, compact_bytes=4096)
         with caplog.at_level(logging.DEBUG, logger="orchard.storages.pickled"):
-            for i in range(150):  # about 45 KB of log: 11 x compact_bytes
+            for i in range(150):  # about 70 KB of log: 17 x compact_bytes
                 worker.register_trial(exp_id, {"x": 1000.0 + i}, worker="w")
         attempts = [r for r in caplog.records if "could not compact" in r.getMessage()]
         assert "No space left on device" in attempts[0].getMessage()

@@ -106,7 +106,8 @@ class TrialTable:
             if exp.id not in self._by_experiment:
                 self._by_experiment[exp.id] = _ExperimentTrials()
         elif op == "trial":
-            trial = Trial.from_record(record["trial"])
+            stored = record["trial"]  # a LazyTrial from a replay that reads summaries (pickled.fileformat)
+            trial = stored if isinstance(stored, Trial) else Trial.from_record(stored)
             self._put_trial(trial)
             if self._unseen is not None:
                 self._unseen.add(trial.id)
@@ -486,9 +487,9 @@ def _trial_record(trial: Trial) -> Record:
 
 def _copied(trial: Trial) -> Trial:
     """A copy of the stored ``trial`` with its own reports list (the rest is never mutated: shared)."""
-    copied = object.__new__(Trial)  # field by field: dataclasses.replace would re-run __init__
+    copied = object.__new__(type(trial))  # field by field: dataclasses.replace would re-run __init__
     copied.__dict__.update(trial.__dict__)
-    copied.reports = list(trial.reports)
+    copied.reports = list(trial.reports)  # a lazy trial's copy decodes itself here
     return copied
 
 

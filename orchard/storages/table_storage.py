@@ -23,6 +23,7 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import Any, TypeVar
 
 from orchard.storages.base import BaseStorage, ExperimentRecord
+from orchard.storages.lazy import LazyTrial
 from orchard.storages.table import Record, TrialTable
 from orchard.storages.values import check_error, check_params
 from orchard.trial import Lease, ReportValue, Trial, TrialStatus
@@ -52,6 +53,8 @@ def _plain_copy(value: Any) -> Any:
 
 def _detached(value: Any) -> Any:
     """A copy of ``value`` sharing nothing mutable with the table (trials, experiments, lists of them)."""
+    if isinstance(value, LazyTrial) and value.undecoded:  # decodes its own fields when read
+        return value.lazy_copy()
     if isinstance(value, Trial):  # field by field: dataclasses.replace would re-run __init__
         copied = object.__new__(type(value))
         copied.__dict__.update(value.__dict__)

@@ -8,7 +8,11 @@ Layout::
     frame   ...
 
 A payload is a pickled list of :class:`~orchard.storages.table.TrialTable`
-records (protocol 5, plain values only), written by one ``write()``. A frame
+records (protocol 5, plain values only), written by one ``write()``; a frame
+of one trial record has the trial's scalar fields after the pickle
+(:mod:`~orchard.storages.pickled.summaries`), so a worker replaying another
+worker's trial does not unpickle it until it reads its params or results
+(``scan(lazy=True)``). A frame
 cut short at the end of the file is a *torn tail* (a writer killed mid-write):
 :func:`scan` stops before it. A bad frame followed by a valid one is *damage*:
 :func:`scan` skips it, resynchronising at the next valid frame (a payload
@@ -38,8 +42,11 @@ from collections.abc import Iterator
 from typing import Any, NamedTuple
 
 from orchard.errors import StorageCorruptedError
+from orchard.storages.lazy import DECODED, Decoder, LazyTrial
+from orchard.storages.pickled import summaries
 from orchard.storages.pickled.records import RecordError, check_batch
 from orchard.storages.table import Record
+from orchard.trial import Trial
 
 __all__ = [
     "HEADER_SIZE",
@@ -163,6 +170,7 @@ def encode_frame(records: list[Record]) -> bytes:
     """
     buffer = io.BytesIO()
     _RecordPickler(buffer, protocol=5).dump(records)
+    buffer.write(summaries.encode(records))
     payload = buffer.getvalue()
     head = _U32.pack(len(payload)) + _U32.pack(zlib.crc32(payload))
     return head + _U32.pack(zlib.crc32(head)) + payload
@@ -196,6 +204,66 @@ def _load_batch(payload: memoryview, at: int) -> list[Record]:
             )
         batch = batch[1:]
     return batch  # type: ignore[no-any-return]
+
+
+class _Frame(Decoder):
+    """A summarised frame's payload: unpickled, checked and compared with its summary when first read."""
+
+    __slots__ = ("_at", "_path", "_payload")
+
+    def __init__(self, payload: bytes, at: int, path: str) -> None:
+        self._payload, self._at, self._path = payload, at, path
+
+    def decode(self, trial: LazyTrial) -> dict[str, Any]:
+        """See :meth:`Decoder.decode`."""
+        try:
+            payload = memoryview(self._payload)
+            summary = summaries.decode(payload)  # as read, not the trial's fields now: a copy's are its own
+            stored = _described({} if summary is None else summary[2], _load_batch(payload, self._at))
+        except RecordError as err:
+            raise StorageCorruptedError(
+                f"storage file {self._path}: the record of trial {trial.id} at byte {self._at} is damaged ({err}); "
+                f"`orchard db check --storage {self._path}` lists the damage and `orchard db repair` rewrites a "
+                "file without it") from err
+        return {name: stored[name] for name in DECODED}
+
+
+def _described(scalars: dict[str, Any], batch: list[Record]) -> dict[str, Any]:
+    """The fields of the one trial of ``batch`` (a frame's records), checked against its summary's ``scalars``.
+
+    Raises:
+        RecordError: the frame is not one trial record, or the summary differs from it.
+    """
+    if len(batch) != 1 or batch[0]["op"] != "trial":
+        raise RecordError("it is not the one trial record its summary describes")
+    stored = Trial.from_record(batch[0]["trial"]).__dict__
+    differ = [name for name, value in scalars.items()  # repr: a NaN objective or param is itself
+              if name in stored and stored[name] != value and repr(stored[name]) != repr(value)]
+    if differ:
+        raise RecordError(f"its summary differs from its record in {', '.join(differ)}")
+    return stored
+
+
+def _checked(payload: memoryview, at: int) -> list[Record]:
+    """:func:`_load_batch`, and a summary (if any) checked against the record (what a check or repair reads)."""
+    batch = _load_batch(payload, at)
+    if payload[-1] == summaries.MARK:
+        summary = summaries.decode(payload)
+        if summary is None:
+            raise RecordError("its summary cannot be read")
+        if summary[0] != -1 and summary[0] != at:
+            raise RecordError(f"its summary names byte {summary[0]}, not where it is")
+        _described(summary[2], batch)
+    return batch
+
+
+def _summarised(payload: memoryview, at: int, path: str, fence: int, lock: str | None,
+                scalars: dict[str, Any]) -> Record:
+    """The record of a frame read by its summary (a fenced-out frame raises, as :func:`_load_batch` does)."""
+    if fence >= 0 and fence != at:
+        raise RecordError(f"it was written for byte {fence} by a holder of lock {lock} that had lost the lock "
+                          "(fenced out)")
+    return {"op": "trial", "trial": LazyTrial.of(scalars, _Frame(bytes(payload), at, path))}
 
 
 class Damage(NamedTuple):
@@ -238,13 +306,15 @@ def _next_frame(data: bytes, view: memoryview, pos: int) -> int | None:
     return None
 
 
-def scan(data: bytes, start: int, path: str) -> Scan:
+def scan(data: bytes, start: int, path: str, lazy: bool = False) -> Scan:
     """Decode the frames of ``data`` (read from file offset ``start``), resynchronising after damage.
 
     A bad frame (wrong checksum, or content that is not Orchard records) is
     skipped up to the next valid frame and reported in :attr:`Scan.damaged`;
     bad bytes with no valid frame after them are a torn tail, where the scan
-    stops. ``path`` names the file in messages.
+    stops. ``path`` names the file in messages. With ``lazy``, a frame with a
+    summary gives a :class:`~orchard.storages.lazy.LazyTrial`, whose record is
+    checked when it is first read (a replay; never a check or a repair).
     """
     view, size, pos = memoryview(data), len(data), 0
     batches: list[list[Record]] = []
@@ -259,7 +329,12 @@ def scan(data: bytes, start: int, path: str) -> Scan:
             pos = resume
             continue
         try:
-            batches.append(_load_batch(view[pos + FRAME.size : end], start + pos))
+            payload = view[pos + FRAME.size : end]
+            summary = summaries.decode(payload) if lazy and payload[-1] == summaries.MARK else None
+            if summary is None:
+                batches.append(_load_batch(payload, start + pos) if lazy else _checked(payload, start + pos))
+            else:
+                batches.append([_summarised(payload, start + pos, path, *summary)])
         except RecordError as err:
             damaged.append(Damage(start + pos, start + end, f"a frame that is not Orchard's records: {err}"))
         pos = end
@@ -271,7 +346,7 @@ def scan(data: bytes, start: int, path: str) -> Scan:
 CHUNK = 1 << 22
 
 
-def scan_file(fd: int, start: int, size: int, path: str) -> Iterator[Scan]:
+def scan_file(fd: int, start: int, size: int, path: str, lazy: bool = False) -> Iterator[Scan]:
     """:func:`scan` bytes ``start`` to ``size`` of ``fd``, a piece of about :data:`CHUNK` bytes at a time.
 
     Each scan starts where the previous one ended (a frame cut by the end of a piece is read
@@ -282,7 +357,7 @@ def scan_file(fd: int, start: int, size: int, path: str) -> Iterator[Scan]:
     pos, piece = start, CHUNK
     while pos < size:
         want = min(size - pos, piece)
-        found = scan(pread(fd, want, pos), pos, path)
+        found = scan(pread(fd, want, pos), pos, path, lazy)
         last = pos + want >= size
         if found.end == pos and not last:  # nothing whole in the piece: a frame longer than it
             piece *= 2

@@ -231,7 +231,7 @@ class LogReader:
             self._replaced("truncated or overwritten by another program (an older copy copied over it?)")
             self.reset(header)
         self._size = size
-        for scan in fileformat.scan_file(fd, self._offset, size, self.path):  # good frames stay applied
+        for scan in fileformat.scan_file(fd, self._offset, size, self.path, lazy=True):  # good frames stay applied
             if scan.damaged and not locked:
                 return False  # maybe a writer truncating a torn tail under our feet: look again, locked
             self._apply(scan.batches)
@@ -282,7 +282,7 @@ class LogReader:
             size = os.fstat(old).st_size
             if size < self._offset:
                 return False
-            for scan in fileformat.scan_file(old, self._offset, size, self.path):
+            for scan in fileformat.scan_file(old, self._offset, size, self.path, lazy=True):
                 if scan.damaged:
                     return False  # let the full replay judge it
                 self._apply(scan.batches)

@@ -1,0 +1,196 @@
+"""Other workers' trials read by their summaries, decoded only when a field beyond them is read.
+
+With hundreds of workers on one file, each worker replays every other worker's
+trials; these tests pin what that replay may skip (unpickling a trial's params,
+results and reports until something reads them) and what it must still do
+(refuse a frame whose summary and record disagree, fence out a lost lock's
+frames, read files written before summaries existed).
+"""
+
+from __future__ import annotations
+
+import io
+import pickle
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from orchard.cli import main
+from orchard.errors import StorageCorruptedError
+from orchard.history import History
+from orchard.storages.lazy import LazyTrial
+from orchard.storages.pickled import PickledStorage, fileformat, summaries
+from orchard.trial import Trial, TrialStatus
+
+RESULTS = {"objective": 0.25, "loss": [0.5, 0.25], "host": "n1", "cpu": 0.1}
+
+
+@pytest.fixture
+def path(tmp_path: Path) -> Path:
+    return tmp_path / "orchard.pkl"
+
+
+def _other_workers_trials(path: Path, count: int) -> tuple[str, list[Trial]]:
+    """``count`` trials registered, reserved and completed by another process's storage object."""
+    writer = PickledStorage(str(path), fsync=False)
+    exp = writer.create_experiment("e", {})
+    done = []
+    for i in range(count):
+        trial = writer.register_trial(exp, {"x": i / 10, "kind": "a"}, worker=f"w{i}", budget=None)
+        done.append(writer.complete_trial(trial.id, f"w{i}", i / 10, {**RESULTS, "objective": i / 10}))
+    return exp, done
+
+
+def _counting_builds(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    built: list[str] = []
+    from_record = Trial.from_record
+
+    def counting(data: dict[str, Any]) -> Trial:
+        built.append(data["id"])
+        return from_record(data)
+
+    monkeypatch.setattr(Trial, "from_record", counting)
+    return built
+
+
+def test_a_worker_decodes_no_other_workers_results_until_its_algorithm_reads_them(
+        path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A random-search worker counts others' completed trials; it never unpickles their results to do so."""
+    exp, done = _other_workers_trials(path, 20)
+    built = _counting_builds(monkeypatch)
+    history = History(PickledStorage(str(path), fsync=False), exp)
+    history.refresh()
+    assert len(history.observations) == 20 and history.counts[TrialStatus.COMPLETED] == 20
+    assert built == []  # nothing decoded: ids, statuses and budget come from the summaries
+    assert [t.params for t in history.trials.values()] == [t.params for t in done]  # in the summaries
+    assert built == []
+    assert [o.params for o in history.observations] == [t.params for t in done]  # observations read results:
+    assert sorted(built) == sorted(t.id for t in done)  # decoded, once each
+    assert [o.objective for o in history.observations] == [t.objective for t in done]
+
+
+def test_a_trial_read_by_its_summary_reads_as_the_trial_it_stands_for(path: Path) -> None:
+    exp, done = _other_workers_trials(path, 3)
+    reader = PickledStorage(str(path), fsync=False)
+    read = reader.fetch_trials(exp)
+    assert all(type(t) is LazyTrial for t in read)
+    assert read == done and done == read  # every field, either way round
+    assert [pickle.loads(pickle.dumps(t)) for t in read] == done
+    assert type(pickle.loads(pickle.dumps(read[0]))) is Trial
+    assert repr(read[0]) == repr(done[0])
+    read[0].params["x"] = 99.0  # a copy: the storage's trial is not changed
+    read[0].results.clear()
+    assert reader.fetch_trials(exp) == done
+    fresh = reader.fetch_trials(exp)[1]  # changed before anything is decoded: still its own, and no damage
+    fresh.params["x"], fresh.heartbeat = -1.0, 5.0
+    assert fresh.results == done[1].results and (fresh.params, fresh.heartbeat) == ({"x": -1.0, "kind": "a"}, 5.0)
+
+
+def test_a_summary_that_disagrees_with_its_record_is_named_when_read_and_repaired_away(
+        path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A tampered summary cannot make a worker see a trial that is not in the record: reading it fails,
+    naming the trial and the repair, and ``db check`` / ``db repair`` treat the frame as damage."""
+    writer = PickledStorage(str(path), fsync=False)
+    exp = writer.create_experiment("e", {})
+    kept = writer.register_trial(exp, {"x": 0.5}, worker="w0", budget=None)
+    record = {"op": "trial", "trial": {**kept.to_record(), "id": "f" * 32, "params": {"x": 0.75}}}
+    told = {**record["trial"], "status": "completed", "objective": 0.0}
+    buffer = io.BytesIO()
+    pickle.Pickler(buffer, protocol=5).dump([record])
+    payload = buffer.getvalue() + summaries.encode([{"op": "trial", "trial": told}])
+    with path.open("ab") as f:
+        f.write(_frame(payload))
+    reader = PickledStorage(str(path), fsync=False)
+    (lied,) = [t for t in reader.fetch_trials(exp) if t.id == "f" * 32]
+    with pytest.raises(StorageCorruptedError, match=r"trial f{32} at byte \d+ is damaged .*differs.*db repair"):
+        _ = lied.results
+    assert main(["db", "check", "--storage", str(path)]) != 0
+    assert "summary differs from its record in status, objective" in capsys.readouterr().out
+    assert main(["db", "repair", "--storage", str(path)]) == 0
+    assert [t.id for t in PickledStorage(str(path)).fetch_trials(exp)] == [kept.id]
+
+
+def test_a_frame_of_a_lost_lock_is_fenced_out_by_its_summary_too(path: Path) -> None:
+    """A frame written for another offset (its writer had lost a soft lock) is damage to a summary reader."""
+    writer = PickledStorage(str(path), fsync=False)
+    exp = writer.create_experiment("e", {})
+    trial = writer.register_trial(exp, {"x": 0.5}, worker="w0", budget=None)
+    fenced = [{"op": "fence", "at": 12, "lock": "1-abc"}, {"op": "trial", "trial": {**trial.to_record(), "id": "e" * 32}}]
+    with path.open("ab") as f:
+        f.write(fileformat.encode_frame(fenced))
+    found = fileformat.scan(path.read_bytes()[fileformat.HEADER_SIZE:], fileformat.HEADER_SIZE, str(path), lazy=True)
+    assert [d.reason for d in found.damaged] == [
+        "a frame that is not Orchard's records: it was written for byte 12 by a holder of lock 1-abc that had lost "
+        "the lock (fenced out)"]
+    assert [t.id for t in PickledStorage(str(path)).fetch_trials(exp)] == [trial.id]
+
+
+def test_frames_without_summaries_are_read_as_before(path: Path) -> None:
+    """Files written before summaries (and snapshots, whose frames hold many records) are decoded whole."""
+    writer = PickledStorage(str(path), fsync=False)
+    exp = writer.create_experiment("e", {})
+    trial = writer.register_trial(exp, {"x": 0.5}, worker="w0", budget=None)
+    bare = pickle.dumps([{"op": "trial", "trial": {**trial.to_record(), "id": "d" * 32}}], protocol=5)
+    with path.open("ab") as f:
+        f.write(_frame(bare))
+    read = {t.id: t for t in PickledStorage(str(path)).fetch_trials(exp)}
+    assert type(read["d" * 32]) is Trial and read["d" * 32].params == {"x": 0.5}
+
+
+def test_only_values_a_reader_accepts_get_a_summary() -> None:
+    base = {"id": "a" * 32, "experiment": "b", "params": {}, "status": "reserved", "results": {}}
+    assert summaries.encode([{"op": "trial", "trial": base}])
+    for odd in ({"objective": 1}, {"heartbeat": float("nan")}, {"attempts": -1}, {"worker": "\udc80"},
+                {"status": "gone"}, {"unknown": 1}, {"in_budget": 1}, {"params": {"x": 2**70}}, {"params": {1: 0.5}},
+                {"params": {"x": [1]}}):
+        assert summaries.encode([{"op": "trial", "trial": {**base, **odd}}]) == b"", odd
+    assert summaries.encode([{"op": "drop", "experiment": "b"}]) == b""
+
+
+def _frame(payload: bytes) -> bytes:
+    """A frame of ``payload`` built from the documented layout."""
+    import struct
+    import zlib
+
+    head = struct.pack("<II", len(payload), zlib.crc32(payload))
+    return head + struct.pack("<I", zlib.crc32(head)) + payload
+
+
+def test_a_summary_holds_every_kind_of_param_a_space_gives() -> None:
+    params = {"lr": 0.5, "layers": 3, "big": -(2**62), "on": True, "off": False, "none": None, "act": "relu",
+              "é": "ünï", "nan": float("nan")}
+    record = {"id": "a" * 32, "experiment": "b", "params": params, "status": "completed", "results": {},
+              "objective": 0.25, "worker": "w", "heartbeat": 2.0, "attempts": 2, "in_budget": False, "origin": "x"}
+    payload = pickle.dumps([{"op": "trial", "trial": record}], protocol=5) + summaries.encode(
+        [{"op": "fence", "at": 7, "lock": "l"}, {"op": "trial", "trial": record}])
+    at, lock, fields = summaries.decode(memoryview(payload)) or (None, None, {})
+    assert (at, lock) == (7, "l")
+    assert repr(fields["params"]) == repr(params) and [type(v) for v in fields["params"].values()] == [
+        type(v) for v in params.values()]
+    assert {k: fields[k] for k in ("objective", "worker", "heartbeat", "attempts", "in_budget", "origin",
+                                   "parent", "end_time")} == {
+        "objective": 0.25, "worker": "w", "heartbeat": 2.0, "attempts": 2, "in_budget": False, "origin": "x",
+        "parent": None, "end_time": None}
+    for cut in range(1, 40):  # a summary cut short or shifted never parses as another one
+        damaged = payload[:-cut - 3] + payload[-3:]
+        assert summaries.decode(memoryview(damaged)) is None or cut == 0
+
+
+def test_a_history_with_untold_observations_is_freed_without_the_garbage_collector(path: Path) -> None:
+    """The observations built when first read refer to no history: a dropped one (and its storage) is
+    freed at once, as a MongoDB client held by it must be."""
+    import gc
+    import weakref
+
+    exp, _ = _other_workers_trials(path, 3)
+    history = History(PickledStorage(str(path), fsync=False), exp)
+    history.refresh()
+    assert len(history.observations) == 3
+    gone = weakref.ref(history)
+    gc.disable()
+    try:
+        del history
+        assert gone() is None
+    finally:
+        gc.enable()
