@@ -291,6 +291,11 @@ def _quantile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
+def _percent(share: float) -> str:
+    """A steady-state efficiency, or ``none`` when no trial started after every worker had started one."""
+    return "none" if math.isnan(share) else f"{share * 100:.1f}"
+
+
 HEADER = (
     f"{'W':>4} {'eff %':>6} {'1st s':>6} {'busy s':>6} {'gap p50':>8} {'gap p95':>8} {'gap max':>8} "
     f"{'lock p50':>9} {'lock p99':>9} {'lock max':>9} {'hold p50':>9} {'hold p99':>9} {'read/tr':>8} {'rt/tr':>6} {'B/tr':>7} "
@@ -303,7 +308,7 @@ def row(r: Result) -> str:
     ms = 1000.0
     status = r.failed or "ok" + (" (sklearn imported!)" if r.sklearn else "")
     return (
-        f"{r.workers:>4} {r.efficiency * 100:>6.1f} {r.first_start:>6.1f} {r.all_busy:>6.1f} "
+        f"{r.workers:>4} {_percent(r.efficiency):>6} {r.first_start:>6.1f} {r.all_busy:>6.1f} "
         f"{_quantile(r.gaps, 0.5) * ms:>6.0f}ms {_quantile(r.gaps, 0.95) * ms:>6.0f}ms "
         f"{max(r.gaps, default=math.nan) * ms:>6.0f}ms "
         f"{_quantile(r.waits, 0.5) * ms:>7.2f}ms {_quantile(r.waits, 0.99) * ms:>7.1f}ms "
