@@ -113,10 +113,13 @@ def _params(params: dict[Any, Any]) -> tuple[bytes | None, list[float | int], li
 
 
 def _numbers(kinds: bytes) -> struct.Struct:
+    """The layout of the numbers of params of ``kinds``; the first 256 layouts seen are kept (a space gives one
+    or a few; a file of another program's making could give one per frame)."""
     layout = _NUMBERS.get(kinds)
     if layout is None:
-        layout = _NUMBERS[kinds] = struct.Struct("<" + "".join("d" if k == ord("f") else "q" for k in kinds
-                                                               if k in b"fi"))
+        layout = struct.Struct("<" + "".join("d" if k == ord("f") else "q" for k in kinds if k in b"fi"))
+        if len(_NUMBERS) < 256:
+            _NUMBERS[kinds] = layout
     return layout
 
 
