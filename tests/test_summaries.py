@@ -194,3 +194,17 @@ def test_a_history_with_untold_observations_is_freed_without_the_garbage_collect
         assert gone() is None
     finally:
         gc.enable()
+
+
+def test_a_summary_that_does_not_parse_makes_its_frame_damage_to_workers_and_checks_alike(
+        path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    writer = PickledStorage(str(path), fsync=False)
+    exp = writer.create_experiment("e", {})
+    kept = writer.register_trial(exp, {"x": 0.5}, worker="w0", budget=None)
+    record = {"op": "trial", "trial": {**kept.to_record(), "id": "c" * 32, "params": {"x": 0.25}}}
+    payload = pickle.dumps([record], protocol=5) + b"\x00" * 40 + b"\xff\xffS"  # a length past the payload
+    with path.open("ab") as f:
+        f.write(_frame(payload))
+    assert [t.id for t in PickledStorage(str(path)).fetch_trials(exp)] == [kept.id]
+    assert main(["db", "check", "--storage", str(path)]) != 0
+    assert "its summary cannot be read" in capsys.readouterr().out

@@ -332,7 +332,7 @@ def scan(data: bytes, start: int, path: str, lazy: bool = False) -> Scan:
             payload = view[pos + FRAME.size : end]
             summary = summaries.decode(payload) if lazy and payload[-1] == summaries.MARK else None
             if summary is None:
-                batches.append(_load_batch(payload, start + pos) if lazy else _checked(payload, start + pos))
+                batches.append(_checked(payload, start + pos))  # a summary that does not parse is damage
             else:
                 batches.append([_summarised(payload, start + pos, path, *summary)])
         except RecordError as err:
