@@ -287,7 +287,9 @@ def test_a_loaded_copy_keeps_its_trial_ids_so_every_hyperband_verdict_is_reached
     copy = orchard.get_experiment("e", storage=uri)
     assert (copy.id, {t.id for t in copy.fetch_trials()}) == (exp.id, {t.id for t in exp.fetch_trials()})
     pruned = copy.fetch_trials([TrialStatus.PRUNED])
-    assert len(pruned) > 3
+    # 3-13 of the 20 in 75 runs: hyperband's brackets follow the trial ids, which follow the experiment's
+    # random id (`> 3` failed a CI run with 3)
+    assert len(pruned) >= 2
     capsys.readouterr()
     for trial in pruned:
         assert main(["info", "-n", "e", "--storage", uri, "--trial", trial.id]) == 0
