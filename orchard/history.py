@@ -88,6 +88,8 @@ class Observations(Sequence[Observation]):
 
     def drop(self, items: Sequence[Observation | _Told]) -> None:
         """Forget ``items`` (appended before)."""
+        if not items:
+            return
         dropped = set(map(id, items))
         self._items = [item for item in self._items if id(item) not in dropped]
 
@@ -142,7 +144,7 @@ class History:
         self._observation = functools.partial(_observation, objectives=objectives, constraints=constraints)
         self.observations = Observations()  # completed and pruned trials, in the order they were seen
         self._told: dict[str, _Told] = {}  # the observation of each trial, by id
-        self._pending: dict[str, Trial] = {}  # pending trials by id (their params are read when asked for)
+        self._pending: dict[str, dict[str, Any]] = {}
         self._broken: dict[str, dict[str, Any]] = {}  # the broken trials' params, by id
         self.seen = SeenPoints(experiment_id=experiment_id)  # every trial's params, kept incrementally
         self.counts: dict[TrialStatus, int] = {status: 0 for status in TrialStatus}
@@ -185,7 +187,7 @@ class History:
             if trial.status.is_pending:
                 if trial.id not in self._pending:
                     arrived.append(trial.params)
-                self._pending[trial.id] = trial
+                self._pending[trial.id] = trial.params
             else:
                 self._pending.pop(trial.id, None)
             status = trial.status
@@ -272,7 +274,7 @@ class History:
         ``seen`` is :attr:`seen` or an overlay of it (the set handed to the algorithm with this list).
         """
         broken = [self._broken[tid] for tid in sorted(self._broken)]
-        return Pending([trial.params for trial in self._pending.values()], extra or (), seen or self.seen,  # in seen
+        return Pending(self._pending.values(), extra or (), seen or self.seen,  # the first ones: in seen
                        self.completes_after(), broken)
 
     def completes_after(self) -> float:
@@ -298,7 +300,7 @@ class History:
 
     def reserved(self) -> list[Trial]:
         """The trials reserved right now, as last seen (costs the pending trials, not the history)."""
-        return [trial for trial in self._pending.values() if trial.status is TrialStatus.RESERVED]
+        return [trial for tid in self._pending if (trial := self.trials[tid]).status is TrialStatus.RESERVED]
 
     def others_reserved(self) -> bool:
         """Whether any trial is waiting or being evaluated (so waiting can pay off)."""

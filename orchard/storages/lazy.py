@@ -102,7 +102,7 @@ class LazyTrial(Trial):
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, Trial):
             return NotImplemented
-        return all(getattr(self, name) == getattr(other, name) for name in _FIELDS)
+        return plain(self) == plain(other)  # the dataclass's own comparison of two plain trials
 
     def __repr__(self) -> str:
         return repr(plain(self))

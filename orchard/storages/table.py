@@ -489,7 +489,7 @@ def _copied(trial: Trial) -> Trial:
     """A copy of the stored ``trial`` with its own reports list (the rest is never mutated: shared)."""
     copied = object.__new__(type(trial))  # field by field: dataclasses.replace would re-run __init__
     copied.__dict__.update(trial.__dict__)
-    copied.reports = list(trial.reports)  # a lazy trial's copy decodes itself here
+    copied.reports = list(trial.reports)  # (reading a lazy trial's reports decodes the stored one)
     return copied
 
 

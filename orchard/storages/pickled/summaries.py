@@ -27,7 +27,6 @@ values are out of range, makes the reader decode the record as before.
 
 from __future__ import annotations
 
-import math
 import struct
 from collections.abc import Mapping
 from typing import Any
@@ -74,7 +73,7 @@ def encode(records: list[Record]) -> bytes:
     for bit, name in enumerate(_FLOATS, 1):
         value = trial.get(name)
         if value is not None:
-            if type(value) is not float or (name != "objective" and not _time(value)):
+            if type(value) is not float or (name != "objective" and not -TIME_LIMIT < value < TIME_LIMIT):
                 return b""
             flags |= 1 << bit
         floats.append(0.0 if value is None else value)
@@ -131,10 +130,6 @@ def _utf8(texts: list[str | None]) -> bytes | None:
         return "".join(text for text in texts if text is not None).encode()
     except UnicodeEncodeError:  # a lone surrogate: pickle keeps it, UTF-8 cannot
         return None
-
-
-def _time(value: float) -> bool:
-    return math.isfinite(value) and -TIME_LIMIT < value < TIME_LIMIT
 
 
 def decode(payload: memoryview) -> tuple[int, str | None, dict[str, Any]] | None:
