@@ -22,6 +22,7 @@ from orchard.history import History
 from orchard.storages.lazy import LazyTrial
 from orchard.storages.pickled import PickledStorage, fileformat, summaries
 from orchard.trial import Trial, TrialStatus
+from tests.test_pickled import _frame
 
 RESULTS = {"objective": 0.25, "loss": [0.5, 0.25], "host": "n1", "cpu": 0.1}
 
@@ -147,14 +148,6 @@ def test_only_values_a_reader_accepts_get_a_summary() -> None:
         assert summaries.encode([{"op": "trial", "trial": {**base, **odd}}]) == b"", odd
     assert summaries.encode([{"op": "drop", "experiment": "b"}]) == b""
 
-
-def _frame(payload: bytes) -> bytes:
-    """A frame of ``payload`` built from the documented layout."""
-    import struct
-    import zlib
-
-    head = struct.pack("<II", len(payload), zlib.crc32(payload))
-    return head + struct.pack("<I", zlib.crc32(head)) + payload
 
 
 def test_a_summary_holds_every_kind_of_param_a_space_gives() -> None:
