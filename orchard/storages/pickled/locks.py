@@ -59,7 +59,7 @@ _WORK_EVERY = 0.02
 #: made the fleet's polling grow as W² (a fifth of the CPU of 128 workers on 2 cores went to it).
 _PATIENCE = 0.1
 #: At most 50 ms, 512 workers on 2 cores polled and caught up 20 times a second each through waits of
-#: 16-18 s (median): 79-85 ms of CPU per trial each went to polling, the cores were saturated, and lock
+#: 12-18 s (median): 54-85 ms of CPU per trial each went to polling, the cores were saturated, and lock
 #: holders waited for them (hold p99 0.4 s). With 0.5 s, a lock freed while every waiter pauses is taken
 #: within 0.5 s / W on average, and a wait adds at most a tenth of itself (docs/scaling.md).
 _LONGEST_PAUSE = 0.5
