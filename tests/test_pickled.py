@@ -90,6 +90,21 @@ def counting_scans(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     return scanned
 
 
+def counting_builds(monkeypatch: pytest.MonkeyPatch) -> list[dict[str, Any]]:
+    """The records each trial built from a stored record from now on was built from (what a process decoded)."""
+    from orchard.trial import Trial
+
+    built: list[dict[str, Any]] = []
+    from_record = Trial.from_record
+
+    def counting(data: dict[str, Any]) -> Trial:
+        built.append(data)
+        return from_record(data)
+
+    monkeypatch.setattr(Trial, "from_record", counting)
+    return built
+
+
 @pytest.fixture
 def path(tmp_path: Path) -> Path:
     return tmp_path / "runs" / "orchard.pkl"
@@ -555,25 +570,18 @@ def test_workon_in_this_process_reads_no_other_experiment_again(
     workon(n_workers=2) on a 20-trial experiment replayed the whole file twice more (5 s of CPU, every other
     experiment's trials built again), and the caller's next call once more. Close now keeps the replay."""
     import orchard
-    from orchard.trial import Trial
 
     storage = PickledStorage(path)
     other = _populate(storage, 40, name="other")
     exp = orchard.build_experiment("small", space={"x": "uniform(0, 1)"}, max_trials=6, storage=storage)
-    built: list[str] = []
-    from_record = Trial.from_record
-
-    def counting(data: dict[str, Any]) -> Trial:
-        built.append(data["experiment"])
-        return from_record(data)
-
-    monkeypatch.setattr(Trial, "from_record", counting)
+    records = counting_builds(monkeypatch)
     exp.workon(lambda x: x, n_workers=2, executor="thread")
     assert len(exp.fetch_trials()) == 6 and len(storage.fetch_trials(other)) == 40
+    built = [data["experiment"] for data in records]
     assert other not in built, f"{built.count(other)} trials of another experiment built again"
     storage.close()
     after_close = storage.fetch_trials(exp.id)
-    assert other not in built
+    assert other not in [data["experiment"] for data in records]
     assert after_close == PickledStorage(path).fetch_trials(exp.id)
 
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 import io
 import pickle
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -22,7 +21,7 @@ from orchard.history import History
 from orchard.storages.lazy import LazyTrial
 from orchard.storages.pickled import PickledStorage, fileformat, summaries
 from orchard.trial import Trial, TrialStatus
-from tests.test_pickled import _frame
+from tests.test_pickled import _frame, counting_builds
 
 RESULTS = {"objective": 0.25, "loss": [0.5, 0.25], "host": "n1", "cpu": 0.1}
 
@@ -43,31 +42,19 @@ def _other_workers_trials(path: Path, count: int) -> tuple[str, list[Trial]]:
     return exp, done
 
 
-def _counting_builds(monkeypatch: pytest.MonkeyPatch) -> list[str]:
-    built: list[str] = []
-    from_record = Trial.from_record
-
-    def counting(data: dict[str, Any]) -> Trial:
-        built.append(data["id"])
-        return from_record(data)
-
-    monkeypatch.setattr(Trial, "from_record", counting)
-    return built
-
-
 def test_a_worker_decodes_no_other_workers_results_until_its_algorithm_reads_them(
         path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A random-search worker counts others' completed trials; it never unpickles their results to do so."""
     exp, done = _other_workers_trials(path, 20)
-    built = _counting_builds(monkeypatch)
+    records = counting_builds(monkeypatch)
     history = History(PickledStorage(str(path), fsync=False), exp)
     history.refresh()
     assert len(history.observations) == 20 and history.counts[TrialStatus.COMPLETED] == 20
-    assert built == []  # nothing decoded: ids, statuses and budget come from the summaries
+    assert records == []  # nothing decoded: ids, statuses and budget come from the summaries
     assert [t.params for t in history.trials.values()] == [t.params for t in done]  # in the summaries
-    assert built == []
+    assert records == []
     assert [o.params for o in history.observations] == [t.params for t in done]  # observations read results:
-    assert sorted(built) == sorted(t.id for t in done)  # decoded, once each
+    assert sorted(data["id"] for data in records) == sorted(t.id for t in done)  # decoded, once each
     assert [o.objective for o in history.observations] == [t.objective for t in done]
 
 
