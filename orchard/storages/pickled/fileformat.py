@@ -198,12 +198,15 @@ def _load_batch(payload: memoryview, at: int) -> list[Record]:
     check_batch(batch, len(payload))
     if batch and batch[0]["op"] == "fence":
         if batch[0]["at"] != at:
-            raise RecordError(
-                f"it was written for byte {batch[0]['at']} by a holder of lock {batch[0]['lock']} "
-                "that had lost the lock (fenced out)"
-            )
+            raise _fenced_out(batch[0]["at"], batch[0]["lock"])
         batch = batch[1:]
     return batch  # type: ignore[no-any-return]
+
+
+def _fenced_out(fence: int, lock: str | None) -> RecordError:
+    """The damage of a frame appended for byte ``fence`` elsewhere: its writer had lost soft lock ``lock``."""
+    return RecordError(f"it was written for byte {fence} by a holder of lock {lock} that had lost the lock "
+                       "(fenced out)")
 
 
 class _Frame(Decoder):
@@ -261,8 +264,7 @@ def _summarised(payload: memoryview, at: int, path: str, fence: int, lock: str |
                 scalars: dict[str, Any]) -> Record:
     """The record of a frame read by its summary (a fenced-out frame raises, as :func:`_load_batch` does)."""
     if fence >= 0 and fence != at:
-        raise RecordError(f"it was written for byte {fence} by a holder of lock {lock} that had lost the lock "
-                          "(fenced out)")
+        raise _fenced_out(fence, lock)
     return {"op": "trial", "trial": LazyTrial.of(scalars, _Frame(bytes(payload), at, path))}
 
 
