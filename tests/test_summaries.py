@@ -137,6 +137,20 @@ def test_only_values_a_reader_accepts_get_a_summary() -> None:
 
 
 
+def test_a_trial_whose_texts_a_summary_cannot_hold_is_stored_and_read_whole(path: Path) -> None:
+    """Params of 80,000 characters, or holding NUL, are a user's to store: such a frame gets no summary (the
+    first raised ``struct.error`` from every write of the trial) and every reader decodes its record."""
+    writer = PickledStorage(str(path), fsync=False)
+    exp = writer.create_experiment("e", {})
+    odd = [{"a": "x" * 40_000, "b": "y" * 40_000}, {"a": "nul\x00inside", "b": "z"}]
+    for i, params in enumerate(odd):
+        trial = writer.register_trial(exp, params, worker="w", budget=None)
+        writer.complete_trial(trial.id, "w", float(i), dict(RESULTS))
+    read = PickledStorage(str(path), fsync=False).fetch_trials(exp)
+    assert [t.params for t in read] == odd and [t.status for t in read] == [TrialStatus.COMPLETED] * 2
+    assert all(not isinstance(t, LazyTrial) for t in read)
+
+
 def test_a_summary_holds_every_kind_of_param_a_space_gives() -> None:
     params = {"lr": 0.5, "layers": 3, "big": -(2**62), "on": True, "off": False, "none": None, "act": "relu",
               "é": "ünï", "nan": float("nan")}

@@ -68,12 +68,12 @@ class LazyTrial(Trial):
     __hash__ = None  # type: ignore[assignment]  # as a dataclass with eq: trials are not hashable
 
     @classmethod
-    def of(cls, scalars: Mapping[str, Any], decoder: Decoder) -> LazyTrial:
-        """A lazy trial with the fields ``scalars`` (every field but :data:`DECODED`; it takes their dicts over)."""
+    def of(cls, scalars: dict[str, Any], decoder: Decoder) -> LazyTrial:
+        """A lazy trial with the fields ``scalars`` (every field but :data:`DECODED`); it takes the dict over
+        as its own (every worker builds one per record of every other worker: no copy)."""
         trial = object.__new__(cls)
-        fields = trial.__dict__
-        fields.update(scalars)
-        fields["_decoder"] = decoder
+        scalars["_decoder"] = decoder
+        trial.__dict__ = scalars
         return trial
 
     @property

@@ -260,14 +260,6 @@ def _checked(payload: memoryview, at: int) -> list[Record]:
     return batch
 
 
-def _summarised(payload: memoryview, at: int, path: str, fence: int, lock: str | None,
-                scalars: dict[str, Any]) -> Record:
-    """The record of a frame read by its summary (a fenced-out frame raises, as :func:`_load_batch` does)."""
-    if fence >= 0 and fence != at:
-        raise _fenced_out(fence, lock)
-    return {"op": "trial", "trial": LazyTrial.of(scalars, _Frame(bytes(payload), at, path))}
-
-
 class Damage(NamedTuple):
     """A byte range of the file that holds no valid frame, and why."""
 
@@ -336,7 +328,11 @@ def scan(data: bytes, start: int, path: str, lazy: bool = False) -> Scan:
             if summary is None:
                 batches.append(_checked(payload, start + pos))  # a summary that does not parse is damage
             else:
-                batches.append([_summarised(payload, start + pos, path, *summary)])
+                fence, lock, scalars = summary
+                if fence >= 0 and fence != start + pos:
+                    raise _fenced_out(fence, lock)
+                trial = LazyTrial.of(scalars, _Frame(bytes(payload), start + pos, path))
+                batches.append([{"op": "trial", "trial": trial}])
         except RecordError as err:
             damaged.append(Damage(start + pos, start + end, f"a frame that is not Orchard's records: {err}"))
         pos = end

@@ -4,21 +4,28 @@ A frame holding one trial record (a worker's registration, reservation,
 heartbeat, completion or failure, possibly after a fence) carries, after the
 pickle and inside the checksummed payload::
 
-    pickle | fence offset i64 | attempts u32 | status u8 | flags u8 | 5 x f64 | n u16
-           | n param kinds | their numbers, 8 bytes each | u16 lengths | UTF-8 text | u16 | b"S"
+    pickle | fence offset i64 | attempts u32 | status u8 | flags u16 | 5 x f64 | n u16
+           | n param kinds | their numbers, 8 bytes each | texts, UTF-8, NUL-separated | u16 | b"S"
 
 The five floats are the objective and the four times, each present if its flag
-bit is set (bit 0 is ``in_budget``). ``n`` params follow: one kind byte each
-(``f`` float, ``i`` int, ``t``/``F`` true/false, ``n`` None, ``s`` string), an
-8-byte value for each float and int, then the lengths in characters of the id,
-experiment, worker, parent, origin and fence lock (``0xFFFF``: absent), of each
-param's name and of each string value, and all those strings' UTF-8 bytes.
-Last come the length of the summary and the mark ``S``. A pickle always ends
-with its STOP opcode ``.``, so a payload ending with ``S`` has a summary and any
-other has none; a reader that unpickles the payload stops at STOP and never sees
-it. Readers of the shared file build a :class:`~orchard.storages.lazy.LazyTrial`
+bit is set (bit 0 is ``in_budget``, bits 1–5 the floats); bits 6–9 say which of
+the worker, parent, origin and fence lock are present. ``n`` params follow: one
+kind byte each (``f`` float, ``i`` int, ``t``/``F`` true/false, ``n`` None,
+``s`` string) and an 8-byte value for each float and int. The texts are the id,
+the experiment, those of the worker, parent, origin and fence lock that are
+present, each param's name and each string value, joined by NUL (a text holding
+NUL gets no summary). Last come the length of the summary and the mark ``S``. A
+pickle always ends with its STOP opcode ``.``, so a payload ending with ``S``
+has a summary and any other has none; a reader that unpickles the payload stops
+at STOP and never sees it, and a summary is only read where a STOP precedes it.
+Readers of the shared file build a :class:`~orchard.storages.lazy.LazyTrial`
 from the summary and unpickle the record only when something reads the trial's
 results, error or reports (:mod:`orchard.storages.pickled.fileformat`).
+
+Every worker reads every other worker's summaries (512 workers: each reads about
+500 per trial of its own), so :func:`decode` is one unpack of the fixed fields,
+one of the numbers, one split of the texts, and a dict: about a third of
+decoding the length-prefixed texts it replaced.
 
 A summary is written only when every field it holds has the type and range a
 reader would accept in the record itself; one that does not parse, or whose
@@ -29,7 +36,7 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, NamedTuple
 
 from orchard.storages.pickled.records import TIME_LIMIT
 from orchard.storages.table import Record
@@ -39,18 +46,31 @@ from orchard.trial import TrialStatus
 __all__ = ["MARK", "decode", "encode"]
 
 MARK = ord("S")  # the last byte of a payload that carries a summary (a bare pickle ends with b".")
-_FIXED = struct.Struct("<qIBB5dH")
+_STOP = ord(".")  # the last byte of a pickle: what precedes every summary
+_FIXED = struct.Struct("<qIBH5dH")
 _TAIL = struct.Struct("<HB")
+_LENGTH = struct.Struct("<H")
 _STATUSES = list(TrialStatus)
 _STATUS_INDEX = {status.value: index for index, status in enumerate(_STATUSES)}
 _FLOATS = ("objective", "heartbeat", "submit_time", "start_time", "end_time")
-_STRINGS = ("id", "experiment", "worker", "parent", "origin")
-_ABSENT = 0xFFFF
+_OPTIONAL = ("worker", "parent", "origin")  # then the fence lock: bits 6, 7, 8 and 9 of the flags
+_SEPARATOR = "\x00"
+_MOST = 0xFFFF  # params, and bytes of a summary
 _KNOWN = frozenset({"status", "params", "results", "error", "reports", "verdict", "attempts", "in_budget",
-                    *_FLOATS, *_STRINGS})
+                    "id", "experiment", *_FLOATS, *_OPTIONAL})
 _CONSTANTS: dict[int, Any] = {ord("t"): True, ord("F"): False, ord("n"): None}
 _STRING = ord("s")
-_NUMBERS: dict[bytes, struct.Struct] = {}  # the layout of the numbers of each sequence of param kinds
+
+
+class _Shape(NamedTuple):
+    """How the params of one sequence of kinds are laid out."""
+
+    numbers: struct.Struct  # the floats' and ints' layout
+    strings: int  # how many string values
+    numeric: bool  # every param a float or an int (their names zip with the numbers)
+
+
+_SHAPES: dict[bytes, _Shape | None] = {}  # the first 256 sequences of kinds seen (``None``: an unknown kind)
 
 
 def encode(records: list[Record]) -> bytes:
@@ -67,7 +87,7 @@ def encode(records: list[Record]) -> bytes:
     at = fence.get("at", -1)
     if (status is None or not _KNOWN.issuperset(trial) or type(attempts) is not int or not 0 <= attempts < 2**32
             or type(in_budget) is not bool or type(at) is not int or not -1 <= at < 2**63
-            or type(params) is not dict or len(params) >= _ABSENT):
+            or type(params) is not dict or len(params) >= _MOST):
         return b""
     flags, floats = int(in_budget), []
     for bit, name in enumerate(_FLOATS, 1):
@@ -78,16 +98,20 @@ def encode(records: list[Record]) -> bytes:
             flags |= 1 << bit
         floats.append(0.0 if value is None else value)
     kinds, numbers, strings = _params(params)
-    if kinds is None:
-        return b""
-    texts: list[str | None] = [trial.get(name) for name in _STRINGS]
-    texts += [fence.get("lock"), *params, *strings]
+    texts = [trial.get("id"), trial.get("experiment")]
+    for bit, text in enumerate((*(trial.get(name) for name in _OPTIONAL), fence.get("lock")), 6):
+        if text is not None:
+            texts.append(text)
+            flags |= 1 << bit
+    texts += [*params, *strings]
     encoded = _utf8(texts)
-    if encoded is None or texts[0] is None or texts[1] is None:
+    shape = None if kinds is None else _shape(kinds)
+    if kinds is None or shape is None or encoded is None:
         return b""
-    lengths = [_ABSENT if text is None else len(text) for text in texts]
     body = b"".join((_FIXED.pack(at, attempts, status, flags, *floats, len(params)), kinds,
-                     _numbers(kinds).pack(*numbers), struct.pack(f"<{len(lengths)}H", *lengths), encoded))
+                     shape.numbers.pack(*numbers), encoded))
+    if len(body) > _MOST:  # (two 40,000-character string params)
+        return b""
     return body + _TAIL.pack(len(body), MARK)
 
 
@@ -111,75 +135,84 @@ def _params(params: dict[Any, Any]) -> tuple[bytes | None, list[float | int], li
     return bytes(kinds), numbers, strings
 
 
-def _numbers(kinds: bytes) -> struct.Struct:
-    """The layout of the numbers of params of ``kinds``; the first 256 layouts seen are kept (a space gives one
-    or a few; a file of another program's making could give one per frame)."""
-    layout = _NUMBERS.get(kinds)
-    if layout is None:
-        layout = struct.Struct("<" + "".join("d" if k == ord("f") else "q" for k in kinds if k in b"fi"))
-        if len(_NUMBERS) < 256:
-            _NUMBERS[kinds] = layout
-    return layout
+def _shape(kinds: bytes) -> _Shape | None:
+    """The layout of params of ``kinds`` (``None`` if one is unknown); the first 256 are kept (a space gives
+    one or a few; a file of another program's making could give one per frame)."""
+    try:
+        return _SHAPES[kinds]
+    except KeyError:
+        pass
+    shape = None
+    if all(kind in b"fitFns" for kind in kinds):
+        shape = _Shape(struct.Struct("<" + "".join("d" if k == ord("f") else "q" for k in kinds if k in b"fi")),
+                       kinds.count(b"s"), all(kind in b"fi" for kind in kinds))
+    if len(_SHAPES) < 256:
+        _SHAPES[kinds] = shape
+    return shape
 
 
-def _utf8(texts: list[str | None]) -> bytes | None:
-    """The UTF-8 bytes of every string of ``texts`` (``None``: one a summary cannot hold)."""
-    if any(text is not None and (type(text) is not str or len(text) >= _ABSENT) for text in texts):
+def _utf8(texts: list[Any]) -> bytes | None:
+    """The UTF-8 bytes of ``texts`` joined by NUL (``None``: one a summary cannot hold)."""
+    if any(type(text) is not str or _SEPARATOR in text for text in texts):
         return None
     try:
-        return "".join(text for text in texts if text is not None).encode()
+        return _SEPARATOR.join(texts).encode()
     except UnicodeEncodeError:  # a lone surrogate: pickle keeps it, UTF-8 cannot
         return None
 
 
 def decode(payload: memoryview) -> tuple[int, str | None, dict[str, Any]] | None:
     """``(fence offset or -1, fence lock, fields)`` of a payload ending with :data:`MARK`; ``None`` if it does
-    not parse (the record is then decoded instead). Every worker reads every other worker's summaries."""
-    size = len(payload)
-    end = size - _TAIL.size
+    not parse (the record is then decoded instead). ``fields`` is a new dict, the caller's to keep."""
+    end = len(payload) - _TAIL.size
     if end < _FIXED.size:
         return None
-    start = end - _TAIL.unpack_from(payload, end)[0]
-    if start < 2:
+    start = end - _LENGTH.unpack_from(payload, end)[0]
+    if start < 2 or payload[start - 1] != _STOP:
         return None
     try:
         at, attempts, status, flags, objective, heartbeat, submit, begun, ended, count = _FIXED.unpack_from(
             payload, start)
-        pos = start + _FIXED.size
-        kinds = bytes(payload[pos:pos + count])
-        numbers = _numbers(kinds)
-        values = iter(numbers.unpack_from(payload, pos + count))
-        pos += count + numbers.size
-        strings = 6 + count + kinds.count(b"s")
-        lengths = struct.unpack_from(f"<{strings}H", payload, pos)
-        text = str(payload[pos + 2 * strings:end], "utf-8")
+        pos = start + _FIXED.size + count
+        shape = _shape(bytes(payload[pos - count:pos]))
+        if shape is None or status >= len(_STATUSES) or pos + shape.numbers.size > end:
+            return None
+        numbers = shape.numbers.unpack_from(payload, pos)
+        texts = str(payload[pos + shape.numbers.size:end], "utf-8").split(_SEPARATOR)
     except (struct.error, UnicodeDecodeError):
         return None
-    texts: list[str | None] = []
-    cut = 0
-    for length in lengths:
-        if length == _ABSENT:
-            texts.append(None)
-        else:
-            texts.append(text[cut:cut + length])
-            cut += length
-    if cut != len(text) or status >= len(_STATUSES) or texts[0] is None or texts[1] is None or len(kinds) != count:
+    worker = parent = origin = lock = None
+    i = 2
+    if flags & 64:
+        worker, i = texts[i], 3
+    if flags & 0x380:  # the rare ones
+        if flags & 128:
+            parent, i = texts[i], i + 1
+        if flags & 256:
+            origin, i = texts[i], i + 1
+        if flags & 512:
+            lock, i = texts[i], i + 1
+    if len(texts) != i + count + shape.strings or flags >> 10:
         return None
-    names, words = texts[6:6 + count], iter(texts[6 + count:])
-    if None in texts[6:]:
+    if shape.numeric:
+        params = dict(zip(texts[i:i + count], numbers))
+    else:
+        params = _mixed(texts[i:i + count], bytes(payload[pos - count:pos]), numbers, texts[i + count:])
+    if len(params) != count:  # a name twice
         return None
-    params: dict[Any, Any] = {}  # (every name is a string: checked above)
-    for name, kind in zip(names, kinds):
-        params[name] = next(values) if kind in b"fi" else next(words) if kind == _STRING else _CONSTANTS.get(kind, ...)
-    if ... in params.values() or len(params) != count:  # an unknown kind, or a name twice
+    if not (-TIME_LIMIT < heartbeat < TIME_LIMIT and -TIME_LIMIT < submit < TIME_LIMIT
+            and -TIME_LIMIT < begun < TIME_LIMIT and -TIME_LIMIT < ended < TIME_LIMIT):  # NaN fails too
         return None
-    times = (heartbeat if flags & 4 else None, submit if flags & 8 else None, begun if flags & 16 else None,
-             ended if flags & 32 else None)
-    for value in times:
-        if value is not None and not -TIME_LIMIT < value < TIME_LIMIT:  # NaN fails the comparison too
-            return None
-    return at, texts[5], {
+    return at, lock, {
         "id": texts[0], "experiment": texts[1], "params": params, "status": _STATUSES[status],
-        "objective": objective if flags & 2 else None, "worker": texts[2], "heartbeat": times[0],
-        "submit_time": times[1], "start_time": times[2], "end_time": times[3], "attempts": attempts,
-        "parent": texts[3], "origin": texts[4], "in_budget": bool(flags & 1)}
+        "objective": objective if flags & 2 else None, "worker": worker,
+        "heartbeat": heartbeat if flags & 4 else None, "submit_time": submit if flags & 8 else None,
+        "start_time": begun if flags & 16 else None, "end_time": ended if flags & 32 else None,
+        "attempts": attempts, "parent": parent, "origin": origin, "in_budget": bool(flags & 1)}
+
+
+def _mixed(names: list[str], kinds: bytes, numbers: tuple[Any, ...], words: list[str]) -> dict[str, Any]:
+    """The params of names of ``kinds``: numbers, strings and constants in order."""
+    values, strings = iter(numbers), iter(words)
+    return {name: next(values) if kind in b"fi" else next(strings) if kind == _STRING else _CONSTANTS[kind]
+            for name, kind in zip(names, kinds)}
