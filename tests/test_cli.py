@@ -537,6 +537,33 @@ def test_status_list_and_info(workdir: Path, capsys: pytest.CaptureFixture[str])
     assert json.loads(capsys.readouterr().out)["space"]["y"] == "uniform(0.0, 1.0)"
 
 
+def test_status_list_and_info_say_max_broken_stopped_the_experiment(
+    workdir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """An experiment max_broken stopped looked like any other, with a few broken trials: nothing said no worker
+    would start a trial of it."""
+    def fail(x: float) -> float:
+        raise ValueError("bad objective")
+
+    orchard.build_experiment("b", space={"x": "uniform(0, 1)"}, storage="orchard.pkl", max_trials=9, max_broken=2)
+    with pytest.raises(orchard.errors.ExperimentBrokenError):
+        orchard.get_experiment("b", storage="orchard.pkl").workon(fail, max_trials=9, progress=False)
+    orchard.build_experiment("ok", space={"x": "uniform(0, 1)"}, storage="orchard.pkl", max_trials=1, max_broken=2)
+    capsys.readouterr()
+    assert main(["status", "--storage", "orchard.pkl"]) == 0
+    out = capsys.readouterr().out
+    assert out.count("stopped: 2 broken trials (max_broken=2)") == 1 and "raised" in out, out
+    assert main(["list", "--storage", "orchard.pkl"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.endswith("stopped: 2 broken trials (max_broken=2)") for line in lines] == [True, False], lines
+    assert main(["status", "-n", "b", "--json", "--storage", "orchard.pkl"]) == 0
+    assert json.loads(capsys.readouterr().out)["broken_stop"]["max_broken"] == 2
+    assert main(["list", "--json", "--storage", "orchard.pkl"]) == 0
+    assert [row["broken_stop"] is None for row in json.loads(capsys.readouterr().out)] == [False, True]
+    assert main(["info", "-n", "b", "--storage", "orchard.pkl"]) == 0
+    assert "stopped: 2 broken trials" in capsys.readouterr().out
+
+
 def test_status_watch_refreshes_until_ctrl_c(workdir: Path) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("ORCHARD_")}
     proc = subprocess.Popen([sys.executable, "-m", "orchard.cli", "status", "--watch", "--interval", "0.2"],
