@@ -1017,6 +1017,15 @@ def test_status_interval_must_be_positive(
     assert "--interval" in error_line(capsys.readouterr().err)
 
 
+def test_status_interval_without_watch_is_refused(workdir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`orchard status --interval 5` printed one report and exited 0: the interval was silently ignored."""
+    assert hunt("e", "--max-trials", "1") == 0
+    capsys.readouterr()
+    assert main(["status", "-n", "e", "--interval", "5"]) == 2
+    captured = capsys.readouterr()
+    assert "add --watch" in error_line(captured.err) and "--interval 5" in captured.err and captured.out == ""
+
+
 def test_unknown_option_points_at_the_command_help(workdir: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["status", "--jsn"]) == 2
     assert "see 'orchard status --help'" in error_line(capsys.readouterr().err)

@@ -19,8 +19,8 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from orchard.cli._args import (add_common, add_name, format_age, format_params, format_time, format_value,
-                               missing_storage_file, open_experiment, open_storage, strict_json)
+from orchard.cli._args import (UsageError, add_common, add_name, format_age, format_params, format_time,
+                               format_value, missing_storage_file, open_experiment, open_storage, strict_json)
 from orchard.terminal import printable
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -34,6 +34,8 @@ _CLEAR = "\x1b[H\x1b[2J"
 
 #: The shortest ``--watch`` period: each refresh reads the whole storage (1e-300 read it in a busy loop).
 MIN_INTERVAL = 0.1
+#: The ``--watch`` period when ``--interval`` is not given.
+DEFAULT_INTERVAL = 2.0
 
 
 def _positive_seconds(text: str) -> float:
@@ -56,8 +58,9 @@ def add_parser(subparsers: Any) -> None:
     status.add_argument("--watch", action="store_true",
                         help="print the report again every --interval seconds until Ctrl-C (exit status 0); "
                              "in a terminal the screen is redrawn in place")
-    status.add_argument("--interval", type=_positive_seconds, default=2.0, metavar="SECONDS",
-                        help=f"refresh period of --watch, at least {MIN_INTERVAL} (default: %(default)s)")
+    status.add_argument("--interval", type=_positive_seconds, metavar="SECONDS",
+                        help=f"refresh period of --watch, at least {MIN_INTERVAL} (default: {DEFAULT_INTERVAL}); "
+                             "refused without --watch")
     status.add_argument("--json", action="store_true",
                         help="print JSON: an object with -n, else a list of objects (--watch: one a line)")
     add_common(status)
@@ -289,6 +292,10 @@ def _render(args: argparse.Namespace, statuses: list[dict[str, Any]]) -> str:
 
 def run_status(args: argparse.Namespace) -> int:
     """Print the status of one experiment (``-n``) or of all; ``--watch`` refreshes until Ctrl-C."""
+    if args.interval is not None and not args.watch:  # was ignored: one report, then exit 0
+        raise UsageError(f"--interval {args.interval:g} is the refresh period of --watch; add --watch "
+                         f"(orchard status --watch --interval {args.interval:g}), or leave --interval out")
+    interval = DEFAULT_INTERVAL if args.interval is None else args.interval
     if not args.watch:
         print(printable(_render(args, _collect(args))))
         return 0
@@ -306,14 +313,14 @@ def run_status(args: argparse.Namespace) -> int:
                 if not shown:
                     raise  # never read: a wrong address, most likely
                 print(f"orchard: storage unavailable at {stamp} ({err}); status --watch tries again every "
-                      f"{args.interval:g} s", file=sys.stderr, flush=True)
+                      f"{interval:g} s", file=sys.stderr, flush=True)
                 watches.clear()  # no heartbeat could land meanwhile: the ages start over
             else:
                 shown = True
                 trailer = "" if args.json else f"(updated {stamp}; Ctrl-C to stop)\n\n"  # JSON: broke `jq`
                 sys.stdout.write((_CLEAR if in_place and not args.json else "") + f"{text}\n{trailer}")
                 sys.stdout.flush()
-            time.sleep(args.interval)
+            time.sleep(interval)
     except KeyboardInterrupt:
         return 0  # stopping a watch is its normal end
 
