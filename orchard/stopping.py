@@ -63,8 +63,8 @@ if TYPE_CHECKING:  # pragma: no cover
     from orchard.storages.base import BaseStorage
 
 __all__ = [
-    "LEDGER_KEY", "RULES", "SEARCH_ON", "Ledger", "StopGate", "StopRules", "broken_stop", "normalize_stop", "parse_duration",
-    "stop_message", "stop_summary", "unreadable_ledger",
+    "LEDGER_KEY", "RULES", "SEARCH_ON", "Ledger", "StopGate", "StopRules", "broken_stop", "normalize_stop",
+    "parse_duration", "stop_message", "stop_summary", "unreadable_ledger",
 ]
 
 log = logging.getLogger(__name__)
@@ -358,5 +358,6 @@ def broken_stop(broken: int, max_broken: int | None) -> dict[str, Any] | None:
     if max_broken is None or broken < max_broken:
         return None
     return {"broken": broken, "max_broken": max_broken,
-            "line": f"stopped: {broken} broken trials (max_broken={max_broken}); no worker starts a trial until "
-                    f"max_broken is raised (fix the objective, then e.g. orchard hunt --max-broken {broken + max_broken})"}
+            "line": f"stopped: {broken} broken trials (max_broken={max_broken}); no worker starts a trial "
+                    "until max_broken is raised (fix the objective, then e.g. orchard hunt --max-broken "
+                    f"{broken + max_broken})"}

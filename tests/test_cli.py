@@ -540,22 +540,24 @@ def test_status_list_and_info(workdir: Path, capsys: pytest.CaptureFixture[str])
 def test_status_list_and_info_say_max_broken_stopped_the_experiment(
     workdir: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """An experiment max_broken stopped looked like any other, with a few broken trials: nothing said no worker
-    would start a trial of it."""
+    """An experiment max_broken stopped looked like any other, with a few broken trials: nothing said no
+    worker would start a trial of it."""
     def fail(x: float) -> float:
         raise ValueError("bad objective")
 
-    orchard.build_experiment("b", space={"x": "uniform(0, 1)"}, storage="orchard.pkl", max_trials=9, max_broken=2)
+    space = {"x": "uniform(0, 1)"}
+    orchard.build_experiment("b", space=space, storage="orchard.pkl", max_trials=9, max_broken=2)
     with pytest.raises(orchard.errors.ExperimentBrokenError):
         orchard.get_experiment("b", storage="orchard.pkl").workon(fail, max_trials=9, progress=False)
-    orchard.build_experiment("ok", space={"x": "uniform(0, 1)"}, storage="orchard.pkl", max_trials=1, max_broken=2)
+    orchard.build_experiment("ok", space=space, storage="orchard.pkl", max_trials=1, max_broken=2)
     capsys.readouterr()
     assert main(["status", "--storage", "orchard.pkl"]) == 0
     out = capsys.readouterr().out
     assert out.count("stopped: 2 broken trials (max_broken=2)") == 1 and "raised" in out, out
     assert main(["list", "--storage", "orchard.pkl"]) == 0
     lines = capsys.readouterr().out.splitlines()
-    assert [line.endswith("stopped: 2 broken trials (max_broken=2)") for line in lines] == [True, False], lines
+    stopped = [line.endswith("stopped: 2 broken trials (max_broken=2)") for line in lines]
+    assert stopped == [True, False], lines
     assert main(["status", "-n", "b", "--json", "--storage", "orchard.pkl"]) == 0
     assert json.loads(capsys.readouterr().out)["broken_stop"]["max_broken"] == 2
     assert main(["list", "--json", "--storage", "orchard.pkl"]) == 0
@@ -928,7 +930,8 @@ def test_python_dash_m_orchard_and_version(workdir: Path) -> None:
 
 @pytest.mark.parametrize("args", [["--version"], ["--help"], ["status", "--help"],
                                   ["list", "--storage", "o.pkl"], ["list", "--json", "--storage", "o.pkl"],
-                                  ["status", "--storage", "o.pkl"], ["status", "-n", "e", "--json", "--storage", "o.pkl"]])
+                                  ["status", "--storage", "o.pkl"],
+                                  ["status", "-n", "e", "--json", "--storage", "o.pkl"]])
 def test_the_command_line_starts_without_numpy_where_it_needs_none(workdir: Path, args: list[str]) -> None:
     """Every `orchard` command imported numpy (0.1-0.3 s): `orchard --version` took 0.3-0.4 s. `orchard list`
     still did (reading the settings imported every algorithm's base, the priors and the pruners), 0.15 s of

@@ -39,7 +39,8 @@ def trial_info(experiment: Experiment, prefix: str, as_json: bool) -> int:
         try:  # a verdict another program (or another pruner) wrote is shown, not recomputed
             again = pruner.recompute(trial.id, Verdict.from_dict(trial.verdict), stored)
         except (TypeError, ValueError, KeyError, AttributeError) as err:
-            unrecomputed = f"not recomputed: the stored verdict is not one {pruner.name!r} writes ({cut(err, 120)})"
+            unrecomputed = (f"not recomputed: the stored verdict is not one {pruner.name!r} writes "
+                            f"({cut(err, 120)})")
         else:
             recomputed = again.to_dict()
     if as_json:
@@ -66,7 +67,8 @@ def trial_info(experiment: Experiment, prefix: str, as_json: bool) -> int:
         elif cutoff is not None:
             lines.append(f"  cut-off:   {cut(cutoff, 60)}")
         if recomputed is not None:
-            lines.append("  recomputed from the stored history: " + ("prune" if recomputed["prune"] else "go on"))
+            verdict_now = "prune" if recomputed["prune"] else "go on"
+            lines.append(f"  recomputed from the stored history: {verdict_now}")
         elif unrecomputed is not None:
             lines.append(f"  {unrecomputed}")
     if trial.error is not None:

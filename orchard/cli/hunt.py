@@ -131,10 +131,24 @@ def run(args: argparse.Namespace) -> int:
         return _hunt(args, Settings(flags=vars(args), config_file=args.config))
 
 
+def _check_stop_is_no_command(values: list[str] | None) -> None:
+    """``--stop python obj.py`` took ``python`` as the stopping rule and ``obj.py`` as the command."""
+    import shutil
+
+    for value in values or ():
+        if "=" in value or value.lstrip().startswith("{"):
+            continue
+        if shutil.which(value) or os.path.exists(value):
+            raise UsageError(f"--stop {value}: {value!r} is the start of the command, taken as the stopping "
+                             f"rule; --stop needs a rule (RULE=VALUE) before the command, e.g. "
+                             f"--stop target=0.1 {value} ...")
+
+
 def _hunt(args: argparse.Namespace, settings: Settings) -> int:
     from orchard.naming import check_experiment_name
     from orchard.storages import get_storage
 
+    _check_stop_is_no_command(args.stop)
     settings.check()  # every bad value is refused before anything is stored
     name = settings.get("name")
     tokens = list(args.command)

@@ -59,8 +59,8 @@ def add_parser(subparsers: Any) -> None:
                         help="print the report again every --interval seconds until Ctrl-C (exit status 0); "
                              "in a terminal the screen is redrawn in place")
     status.add_argument("--interval", type=_positive_seconds, metavar="SECONDS",
-                        help=f"refresh period of --watch, at least {MIN_INTERVAL} (default: {DEFAULT_INTERVAL}); "
-                             "refused without --watch")
+                        help=f"refresh period of --watch, at least {MIN_INTERVAL} "
+                             f"(default: {DEFAULT_INTERVAL}); refused without --watch")
     status.add_argument("--json", action="store_true",
                         help="print JSON: an object with -n, else a list of objects (--watch: one a line)")
     add_common(status)
@@ -345,7 +345,8 @@ def run_list(args: argparse.Namespace) -> int:
                      "max_trials": record.config.get("max_trials"),
                      "inserted_apart": storage.count_unbudgeted(record.id),
                      "counts": {status.value: counts[status] for status in TrialStatus},
-                     "stopped": (stop_summary(record.config) or {}).get("fired"),  # no budget left, whatever it says
+                     # stopped: no budget left, whatever it says
+                     "stopped": (stop_summary(record.config) or {}).get("fired"),
                      "broken_stop": broken_stop(counts[TrialStatus.BROKEN], record.config.get("max_broken"))})
     if args.json:
         print(strict_json(rows))
@@ -360,9 +361,12 @@ def run_list(args: argparse.Namespace) -> int:
                             f"{c.get('pruned', 0)} pruned  {c['broken']} broken  "
                             f"{c['reserved']} running  {c['new'] + c['interrupted']} waiting"
                             + (f"  stopped by {row['stopped']['rule']}" if row["stopped"] else "")
-                            + (f"  stopped: {c['broken']} broken trials (max_broken={row['broken_stop']['max_broken']})"
-                               if row["broken_stop"] else "")))
+                            + (_broken_stop_words(row["broken_stop"]) if row["broken_stop"] else "")))
     return 0
+
+
+def _broken_stop_words(stop: dict[str, Any]) -> str:
+    return f"  stopped: {stop['broken']} broken trials (max_broken={stop['max_broken']})"
 
 
 def run_info(args: argparse.Namespace) -> int:
