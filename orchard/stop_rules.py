@@ -108,7 +108,9 @@ def _without_value(item: str) -> str:
     name = item.strip().replace("-", "_")
     if name in RULES or name in _OPTIONS:
         return f"stop rule {item!r} has no value; give it as {name}=VALUE, e.g. {_EXAMPLES[name]}"
-    return (f"{item!r} is not a stopping rule{did_you_mean(name, RULES)}; a rule is RULE=VALUE: "
+    said = "an empty stopping rule (an unset shell variable, a trailing comma?)" if not name else (
+        f"{item!r} is not a stopping rule{did_you_mean(name, RULES)}")
+    return (f"{said}; a rule is RULE=VALUE: "
             f"{', '.join(_EXAMPLES[rule] for rule in RULES)} (several: target=0.1,max_time=2h)")
 
 
