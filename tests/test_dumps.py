@@ -412,7 +412,7 @@ def test_a_loaded_experiment_s_warm_start_source_names_where_that_source_is_afte
 
 
 def _dump_of_ws_with(workdir: Path, warm_start: object) -> Path:
-    """``ws`` (warm-started from a.pkl's ``exp``) dumped, its ``warm_start`` edited by hand to ``warm_start``."""
+    """``ws`` (warm-started from a.pkl's ``exp``) dumped, its ``warm_start`` edited by hand."""
     for storage, offset in [("a.pkl", 0.0), ("d.pkl", 10.0)]:
         orchard.build_experiment("exp", space={"x": "uniform(0, 1)"}, storage=storage,
                                  max_trials=3).workon(lambda x, o=offset: o + x, progress=False)
