@@ -57,6 +57,8 @@ _PRIOR_CALL = re.compile(r"^\s*[A-Za-z_]\w*\s*\(")
 # looks like a dimension (dashes or a bare word, then ~prior(...)) but its name is empty or invalid; the bare
 # word (not a path, not a Hydra value) was passed to the script as text: 2x~uniform(0, 1)
 _BAD_DIMENSION = re.compile(r"^(-{1,2}[^=~]*|[^-=~\s/][^=~\s/]*|)~\s*[A-Za-z_]\w*\s*\(")
+# --x=~uniform(0, 1): an = before the ~ made the token the script's text, its prior not searched
+_EQUALS_TILDE = re.compile(r"^(?P<option>-{1,2}[^=~\s]+)=~\s*(?P<prior>[A-Za-z_]\w*\s*\(.*)$", re.DOTALL)
 _INTERPRETERS = re.compile(r"^(python[\d.]*|pypy[\d.]*|bash|sh|zsh|Rscript|julia|node|perl|ruby)$")
 #: An interpreter's options whose value is the next token (``python -X dev train.py``, ``julia -t 4 x.jl``):
 #: taken for the script, it left the real one relative, and every trial broke on "can't open file".
@@ -110,6 +112,11 @@ class CommandTemplate:
             match = _DIMENSION.match(token)
             if match is not None and not re.sub(r"[-.]", "_", match["option"]).isidentifier():
                 match = None  # x²: a word character that no name holds
+            slip = _EQUALS_TILDE.match(token) if match is None else None
+            if slip is not None:
+                raise SpaceError(f"token {token!r} is no dimension (an = before its ~); write "
+                                 f"{slip['option']}~'{slip['prior']}': a dimension is --name~'prior', "
+                                 "e.g. --lr~'uniform(0, 1)'")
             if match is None and _BAD_DIMENSION.match(token):
                 raise SpaceError(f"token {token!r} defines a dimension without a valid name; write "
                                  "--name~'prior' with a name of letters, digits and _ (e.g. --lr~'uniform(0, 1)')")
@@ -129,6 +136,14 @@ class CommandTemplate:
             space[name] = match["prior"]
             slots.append(_Slot(match["option"], name, match["dashes"]))
         return cls(tuple(slots), space)
+
+    def unnamed_prior(self) -> str | None:
+        """A token of the command that is a prior with no name (``--x uniform(0, 1)``), else ``None``."""
+        from orchard.space import PRIORS
+
+        calls = (slot.text for slot in self.slots if slot.dimension is None)
+        return next((text for text in calls if (m := _PRIOR_CALL.match(text)) and m[0].strip(" (") in PRIORS),
+                    None)
 
     def with_dimensions(self, space: Mapping[str, str]) -> CommandTemplate:
         """Return a template that also passes the dimensions of ``space`` it lacks, as ``--name=value``.

@@ -27,6 +27,11 @@ RULES = ("target", "patience", "max_cost", "max_time")
 #: The options a rule takes besides its value.
 _OPTIONS = ("min_delta", "cost_metric")
 
+#: One example of each rule and option, for the errors.
+_EXAMPLES = {"target": "target=0.1", "patience": "patience=20", "max_cost": "max_cost=10",
+             "max_time": "max_time=2h", "min_delta": "min_delta=0.001",
+             "cost_metric": "cost_metric=gpu_hours"}
+
 _UNITS = {"s": 1.0, "sec": 1.0, "m": 60.0, "min": 60.0, "h": 3600.0, "d": 86400.0}
 _PART = re.compile(r"\s*(\d+(?:\.\d*)?|\.\d+)\s*(s|sec|min|m|h|d)\s*", re.IGNORECASE)
 
@@ -98,6 +103,17 @@ _CHECKS: dict[str, Callable[[Any], Any]] = {
 }
 
 
+def _without_value(item: str) -> str:
+    """The error for an item that is not ``RULE=VALUE``: a rule without its value, or not a rule at all."""
+    name = item.strip().replace("-", "_")
+    if name in RULES or name in _OPTIONS:
+        return f"stop rule {item!r} has no value; give it as {name}=VALUE, e.g. {_EXAMPLES[name]}"
+    said = "an empty stopping rule (an unset shell variable, a trailing comma?)" if not name else (
+        f"{item!r} is not a stopping rule{did_you_mean(name, RULES)}")
+    return (f"{said}; a rule is RULE=VALUE: "
+            f"{', '.join(_EXAMPLES[rule] for rule in RULES)} (several: target=0.1,max_time=2h)")
+
+
 def _items(value: Any) -> Mapping[str, Any]:
     """A mapping from a mapping, or ``RULE=VALUE`` items: comma-separated in one text or in each of several
     (``--stop target=0.05,patience=30`` is two rules, as ``ORCHARD_STOP`` is)."""
@@ -106,6 +122,10 @@ def _items(value: Any) -> Mapping[str, Any]:
     items = [value] if isinstance(value, str) else value
     if isinstance(items, (list, tuple)) and all(isinstance(item, str) for item in items):
         items = [part for item in items for part in item.split(",")]
+    bare = next((i for i in items if isinstance(i, str) and "=" not in i), None) if isinstance(
+        items, (list, tuple)) else None
+    if bare is not None:  # named: "stop=['python'] is not a set of stopping rules" hid which word was wrong
+        raise ConfigurationError(_without_value(bare))
     if not isinstance(items, (list, tuple)) or not all(isinstance(i, str) and "=" in i for i in items):
         raise ConfigurationError(
             f"stop={value!r} is not a set of stopping rules; give a mapping such as "

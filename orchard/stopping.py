@@ -63,8 +63,8 @@ if TYPE_CHECKING:  # pragma: no cover
     from orchard.storages.base import BaseStorage
 
 __all__ = [
-    "LEDGER_KEY", "RULES", "SEARCH_ON", "Ledger", "StopGate", "StopRules", "normalize_stop", "parse_duration", "stop_message",
-    "stop_summary", "unreadable_ledger",
+    "LEDGER_KEY", "RULES", "SEARCH_ON", "Ledger", "StopGate", "StopRules", "broken_stop", "normalize_stop",
+    "parse_duration", "stop_message", "stop_summary", "unreadable_ledger",
 ]
 
 log = logging.getLogger(__name__)
@@ -347,3 +347,17 @@ def stop_summary(config: Mapping[str, Any]) -> dict[str, Any] | None:
                 f"{ledger.time:.6g} s evaluated)")
     return {"rules": dict(stop), "fired": ledger.fired, "finished": ledger.finished, "cost": ledger.cost,
             "time": ledger.time, "line": line}
+
+
+def broken_stop(broken: int, max_broken: int | None) -> dict[str, Any] | None:
+    """What ``status`` and ``list`` say of an experiment ``max_broken`` broken trials stopped (``None``: not).
+
+    Nothing is stored when they stop it: each worker reads the counts before a trial, so the counts say it.
+    ``status`` and ``list`` showed such an experiment as one that merely had broken trials.
+    """
+    if max_broken is None or broken < max_broken:
+        return None
+    return {"broken": broken, "max_broken": max_broken,
+            "line": f"stopped: {broken} broken trials (max_broken={max_broken}); no worker starts a trial "
+                    "until max_broken is raised (fix the objective, then e.g. orchard hunt --max-broken "
+                    f"{broken + max_broken})"}

@@ -9,39 +9,35 @@ config file. Each *source* is written
   (``mongodb://host/db:other``, ``runs/old.pkl:other``); the name follows the last ``:``;
 * a mapping ``{"experiment": NAME, "storage": URI, "fill": {DIM: VALUE}}`` (storage and fill optional).
 
-The sources are stored with the experiment's configuration, so every worker that joins uses the same
-ones. A source's storage is stored with its password hidden (:func:`hide_passwords`): whoever reads the
-experiment does not read the credentials of another database. A worker takes the password from the
-sources it was given (:func:`with_passwords`), else from its own storage's URI when the source is kept on
-the same server for the same user; without either, the source gives nothing, with a warning saying how to
-give it. Each worker reads them once, when it starts (:func:`prior_trials`; a process keeps what it read
-while a source's count of completed trials stays the same), and hands their completed trials to the
-algorithm before its own (:class:`orchard.history.History`'s ``prior``). They are evidence only: not
-trials of the new experiment, so its budget, best trial and Pareto front stay its own.
+The sources are stored with the experiment's configuration, so every worker that joins uses the same ones.
+A source's storage is stored with its password hidden (:func:`hide_passwords`): whoever reads the experiment
+does not read the credentials of another database. A worker takes the password from the sources it was
+given (:func:`with_passwords`), else from its own storage's URI when the source is kept on the same server
+for the same user; without either, the source gives nothing, with a warning saying how to give it. Each
+worker reads them once, when it starts (:func:`prior_trials`; a process keeps what it read while a source's
+count of completed trials stays the same), and hands their completed trials to the algorithm before its
+own (:class:`orchard.history.History`'s ``prior``). They are evidence only: not trials of the new
+experiment, so its budget, best trial and Pareto front stay its own.
 
-**How a source's trials are mapped into this space.** The space has no
-default values, so the rule is explicit:
+**How a source's trials are mapped into this space.** The space has no default values, so the rule is
+explicit:
 
-* a dimension of both spaces keeps the trial's value; a trial whose value is
-  outside this space's prior (a range narrowed, a choice removed) is dropped,
-  and counted per dimension;
-* a dimension this space adds takes the source's ``fill`` value (checked
-  against the prior); without one the source is refused;
-* a dimension this space lacks refuses the source: the trials were evaluated
-  at values this space cannot express.
+* a dimension of both spaces keeps the trial's value; a trial whose value is outside this space's prior
+  (a range narrowed, a choice removed) is dropped, and counted per dimension;
+* a dimension this space adds takes the source's ``fill`` value (checked against the prior); without one
+  the source is refused;
+* a dimension this space lacks refuses the source: the trials were evaluated at values this space cannot
+  express.
 
-A source whose dimensions do not fit, or none of whose completed trials fit,
-is refused when the experiment is created, with the dimensions named; nothing
-is stored.
+A source whose dimensions do not fit, or none of whose completed trials fit, is refused when the
+experiment is created, with the dimensions named; nothing is stored.
 
-**How a source's trials are scored.** A trial is told with this experiment's
-objective, not its source's: with declared ``objectives`` it is recomputed from
-the trial's results in this experiment's directions (a trial that did not record
-them all is left out; :class:`orchard.history.History` does it), so a source
-that maximised ``acc`` is not told as evidence for minimising it. A source that
-declared objectives cannot warm-start an experiment of one unnamed objective
-(what the source measured and what the new one returns cannot be matched); one
-deleted and created again so, after the experiment it warm-started, gives nothing.
+**How a source's trials are scored.** A trial is told with this experiment's objective, not its source's:
+with declared ``objectives`` it is recomputed from the trial's results in this experiment's directions (a
+trial that did not record them all is left out; :class:`orchard.history.History` does it), so a source
+that maximised ``acc`` is not told as evidence for minimising it. A source that declared objectives cannot
+warm-start an experiment of one unnamed objective (what the source measured and what the new one returns
+cannot be matched); one deleted and created again so, after the experiment it warm-started, gives nothing.
 
 A trial that did not record a metric this experiment's ``constraints`` read says nothing of its point's
 feasibility: it is left out, with a warning (:func:`_measured`); a source of no other trials is refused.
@@ -66,7 +62,7 @@ from orchard.priors import to_builtin
 from orchard.report import shown
 from orchard.space import Space
 from orchard.storages import BaseStorage, get_storage
-from orchard.storages._uri import lend_password, password_of, pickle_path, redact, redact_all
+from orchard.storages._uri import lend_password, names_storage, password_of, pickle_path, redact, redact_all
 from orchard.trial import Trial, TrialStatus
 
 __all__ = ["Source", "SourceUse", "check_sources", "hide_passwords", "normalize_warm_start", "prior_trials",
@@ -134,6 +130,8 @@ def _parse_source(item: Any) -> Source:
                 f"warm_start source {redact_all(dict(item))!r}: keys are experiment, storage (a URI) and "
                 f"fill (a mapping of dimension to value){unknown_keys}; e.g. {_EXAMPLE}")
         name, storage = item.get("experiment"), item.get("storage") or None
+        if storage is not None and not names_storage(storage):  # refused later, as if it were --storage
+            raise _not_a_storage(redact_all(dict(item)), storage, "e.g. {experiment: e, storage: runs/o.pkl}")
         fill = {str(k): to_builtin(v) for k, v in fill.items()}
     elif isinstance(item, str) and item.strip():
         storage, name = _split(item.strip())
@@ -145,11 +143,8 @@ def _parse_source(item: Any) -> Source:
 
 
 def _absolute(storage: str) -> str:
-    """A pickle file's path made absolute, so every worker reads the same file whatever its directory.
-
-    A relative path was resolved in each worker's own directory: workers started elsewhere found
-    no source (and made its folder there).
-    """
+    """A pickle file's path made absolute, so every worker reads the same file whatever its directory (a
+    relative one was resolved in each worker's: those started elsewhere found no source, made its folder)."""
     found = pickle_path(storage)
     if found is None:
         return storage
@@ -161,17 +156,20 @@ def _absolute(storage: str) -> str:
 def _split(text: str) -> tuple[str | None, str]:
     """``"STORAGE:NAME"`` into its storage and name; a plain name has no storage."""
     head, sep, name = text.rpartition(":")
-    if sep and "/" not in name and ("://" in head or pickle_path(head) is not None):
+    if sep and "/" not in name and names_storage(head):
         return head, name
-    if "://" in text or pickle_path(text) is not None:
+    if names_storage(text):
         raise ConfigurationError(
             f"warm_start source {redact(text)!r} names a storage but no experiment; write STORAGE:NAME, "
             "e.g. mongodb://host/db:old-exp or runs/orchard.pkl:old-exp")
     if sep:  # no name holds ':' ("experiment name 'old.json:old' is not allowed" for a dump, or a folder)
-        raise ConfigurationError(
-            f"warm_start source {redact(text)!r}: {head!r} is neither a storage URI nor a .pkl path; write "
-            "STORAGE:NAME, e.g. runs/orchard.pkl:old-exp (load a dump into a storage first: orchard db load)")
+        raise _not_a_storage(redact(text), head, "STORAGE:NAME, e.g. runs/orchard.pkl:old-exp")
     return None, text
+
+
+def _not_a_storage(label: Any, there: str, example: str) -> ConfigurationError:
+    said = f"warm_start source {label!r}: {redact(there)!r} is neither a storage URI nor a .pkl path"
+    return ConfigurationError(f"{said}; write {example} (load a dump into a storage: orchard db load)")
 
 
 def normalize_warm_start(value: Any) -> list[dict[str, Any]] | None:

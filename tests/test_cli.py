@@ -537,6 +537,35 @@ def test_status_list_and_info(workdir: Path, capsys: pytest.CaptureFixture[str])
     assert json.loads(capsys.readouterr().out)["space"]["y"] == "uniform(0.0, 1.0)"
 
 
+def test_status_list_and_info_say_max_broken_stopped_the_experiment(
+    workdir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """An experiment max_broken stopped looked like any other, with a few broken trials: nothing said no
+    worker would start a trial of it."""
+    def fail(x: float) -> float:
+        raise ValueError("bad objective")
+
+    space = {"x": "uniform(0, 1)"}
+    orchard.build_experiment("b", space=space, storage="orchard.pkl", max_trials=9, max_broken=2)
+    with pytest.raises(orchard.errors.ExperimentBrokenError):
+        orchard.get_experiment("b", storage="orchard.pkl").workon(fail, max_trials=9, progress=False)
+    orchard.build_experiment("ok", space=space, storage="orchard.pkl", max_trials=1, max_broken=2)
+    capsys.readouterr()
+    assert main(["status", "--storage", "orchard.pkl"]) == 0
+    out = capsys.readouterr().out
+    assert out.count("stopped: 2 broken trials (max_broken=2)") == 1 and "raised" in out, out
+    assert main(["list", "--storage", "orchard.pkl"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    stopped = [line.endswith("stopped: 2 broken trials (max_broken=2)") for line in lines]
+    assert stopped == [True, False], lines
+    assert main(["status", "-n", "b", "--json", "--storage", "orchard.pkl"]) == 0
+    assert json.loads(capsys.readouterr().out)["broken_stop"]["max_broken"] == 2
+    assert main(["list", "--json", "--storage", "orchard.pkl"]) == 0
+    assert [row["broken_stop"] is None for row in json.loads(capsys.readouterr().out)] == [False, True]
+    assert main(["info", "-n", "b", "--storage", "orchard.pkl"]) == 0
+    assert "stopped: 2 broken trials" in capsys.readouterr().out
+
+
 def test_status_watch_refreshes_until_ctrl_c(workdir: Path) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("ORCHARD_")}
     proc = subprocess.Popen([sys.executable, "-m", "orchard.cli", "status", "--watch", "--interval", "0.2"],
@@ -900,12 +929,16 @@ def test_python_dash_m_orchard_and_version(workdir: Path) -> None:
 
 
 @pytest.mark.parametrize("args", [["--version"], ["--help"], ["status", "--help"],
-                                  ["list", "--storage", "o.pkl"], ["list", "--json", "--storage", "o.pkl"]])
+                                  ["list", "--storage", "o.pkl"], ["list", "--json", "--storage", "o.pkl"],
+                                  ["status", "--storage", "o.pkl"],
+                                  ["status", "-n", "e", "--json", "--storage", "o.pkl"]])
 def test_the_command_line_starts_without_numpy_where_it_needs_none(workdir: Path, args: list[str]) -> None:
     """Every `orchard` command imported numpy (0.1-0.3 s): `orchard --version` took 0.3-0.4 s. `orchard list`
     still did (reading the settings imported every algorithm's base, the priors and the pruners), 0.15 s of
-    its 0.4 s of CPU."""
-    if args[0] == "list":
+    its 0.4 s of CPU. `orchard status` did after that (the Experiment it builds imports the worker, which
+    imported the algorithms' base)."""
+    reads = args[0] in ("list", "status") and "--help" not in args
+    if reads:
         space = {"x": "uniform(0, 1)", "n": "randint(1, 5)", "c": "choices(['a'])", "e": "fidelity(1, 9)"}
         exp = orchard.build_experiment("e", space=space, storage="o.pkl", max_trials=3, pruner="median")
         exp.workon(lambda x, n, c, e: x, max_trials=1, progress=False)
@@ -915,7 +948,8 @@ def test_the_command_line_starts_without_numpy_where_it_needs_none(workdir: Path
     proc = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, timeout=60,
                           check=False)
     assert proc.stderr.strip().splitlines()[-1] == "False", proc.stderr
-    assert args[0] != "list" or "e" in proc.stdout, proc.stdout  # the experiment was listed
+    assert not reads or "e" in proc.stdout, proc.stdout  # the experiment was listed
+    assert args[0] != "status" or not reads or '"completed": 1' in proc.stdout or "1 completed" in proc.stdout
 
 
 @pytest.mark.parametrize("position", ["before", "after"])
@@ -984,6 +1018,15 @@ def test_status_interval_must_be_positive(
 ) -> None:
     assert main(["status", "--watch", "--interval", interval]) == 2
     assert "--interval" in error_line(capsys.readouterr().err)
+
+
+def test_status_interval_without_watch_is_refused(workdir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`orchard status --interval 5` printed one report and exited 0: the interval was silently ignored."""
+    assert hunt("e", "--max-trials", "1") == 0
+    capsys.readouterr()
+    assert main(["status", "-n", "e", "--interval", "5"]) == 2
+    captured = capsys.readouterr()
+    assert "add --watch" in error_line(captured.err) and "--interval 5" in captured.err and captured.out == ""
 
 
 def test_unknown_option_points_at_the_command_help(workdir: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -409,3 +409,41 @@ def test_a_loaded_experiment_s_warm_start_source_names_where_that_source_is_afte
     assert main(["info", "--storage", "d.pkl", "-n", "ws"]) == 0  # not d.pkl's exp: the one it was dumped beside
     assert f"warm start: pickle://{workdir}/a.pkl:exp (0 of 0 completed trials; gives nothing: its storage " \
            "file is gone)" in capsys.readouterr().out
+
+
+def _dump_of_ws_with(workdir: Path, warm_start: object) -> Path:
+    """``ws`` (warm-started from a.pkl's ``exp``) dumped, its ``warm_start`` edited by hand."""
+    for storage, offset in [("a.pkl", 0.0), ("d.pkl", 10.0)]:
+        orchard.build_experiment("exp", space={"x": "uniform(0, 1)"}, storage=storage,
+                                 max_trials=3).workon(lambda x, o=offset: o + x, progress=False)
+    orchard.build_experiment("ws", space={"x": "uniform(0, 1)"}, storage="a.pkl", max_trials=1,
+                             warm_start=["exp"]).workon(lambda x: x, progress=False)
+    assert main(["db", "dump", "--storage", "a.pkl", "-n", "ws", "-o", "ws.json"]) == 0
+    data = json.loads((workdir / "ws.json").read_text())
+    data["experiments"][0]["config"]["warm_start"] = warm_start
+    (workdir / "edited.json").write_text(json.dumps(data))
+    return workdir / "edited.json"
+
+
+@pytest.mark.parametrize("warm_start", ["exp", ["exp"]])
+def test_a_warm_start_source_written_as_a_name_is_followed_by_db_load_as_a_mapping_is(
+        workdir: Path, capsys: pytest.CaptureFixture[str], warm_start: object) -> None:
+    """A dump whose warm_start was the name "exp" (not {"experiment": "exp", ...}), loaded into d.pkl, read
+    d.pkl's exp (objectives 10 to 11), an unrelated experiment, instead of the one beside it in a.pkl."""
+    dump = _dump_of_ws_with(workdir, warm_start)
+    assert main(["db", "load", "--storage", "d.pkl", str(dump)]) == 0
+    capsys.readouterr()
+    assert main(["info", "--storage", "d.pkl", "-n", "ws"]) == 0
+    assert f"warm start: pickle://{workdir}/a.pkl:exp (3 of 3 completed trials)" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("warm_start", ["ws", ["ws"], [{"experiment": "ws", "storage": None, "fill": {}}]])
+def test_a_dump_whose_experiment_warm_starts_from_itself_is_refused_and_nothing_is_loaded(
+        workdir: Path, capsys: pytest.CaptureFixture[str], warm_start: object) -> None:
+    """A dump edited so that ws warm-starts from ws loaded, and then told ws its own trials twice."""
+    dump = _dump_of_ws_with(workdir, warm_start)
+    capsys.readouterr()
+    assert main(["db", "load", "--storage", "b.pkl", str(dump)]) != 0
+    err = capsys.readouterr().err
+    assert "experiment 'ws' of the dump warm-starts from itself" in err and "nothing was loaded" in err, err
+    assert len(err.strip().splitlines()) == 1 and not (workdir / "b.pkl").exists()

@@ -405,6 +405,23 @@ def test_a_bare_prior_token_with_an_invalid_name_is_refused(
     assert not (workdir / "orchard.pkl").exists()
 
 
+@pytest.mark.parametrize(("command", "said"), [
+    (["--x=~uniform(0,1)"], "token '--x=~uniform(0,1)' is no dimension (an = before its ~); write "
+                            "--x~'uniform(0,1)'"),
+    (["--mode~choices(['ok'])", "--x=~uniform(0,1)"], "token '--x=~uniform(0,1)' is no dimension"),
+    (["--x", "uniform(0, 1)"], "defines no dimension (token 'uniform(0, 1)' is a prior with no name: "
+                               "write it as one token --name~'uniform(0, 1)')"),
+])
+def test_a_prior_that_defines_no_dimension_is_named(
+        workdir: Path, command: list[str], said: str, capsys: pytest.CaptureFixture[str]) -> None:
+    """``--x=~uniform(0,1)`` said only "the command defines no dimension" (and beside a dimension it reached
+    the script as that text, its prior silently not searched); ``--x uniform(0, 1)`` named no token either."""
+    assert hunt(sys.executable, "script.py", *command) == 2
+    err = capsys.readouterr().err
+    assert said in err and len(err.strip().splitlines()) == 1, err
+    assert not (workdir / "orchard.pkl").exists()
+
+
 def test_a_dimension_named_in_another_script_than_latin_is_searched_as_the_python_api_does(
         workdir: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """``--α~'uniform(0, 1)'`` was refused as a name of letters, digits and _, while

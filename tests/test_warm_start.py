@@ -263,6 +263,9 @@ def test_a_source_that_does_not_fit_is_refused_naming_the_dims(store: str, space
     # a dump or a folder before the ':' said "experiment name 'old.json:old' is not allowed"
     (["runs/old.json:old"], ConfigurationError,
      "'runs/old.json' is neither a storage URI nor a .pkl path; write STORAGE:NAME, .* \\(load a dump into"),
+    # the same as a mapping said "storage 'runs/old.json' is neither a URI nor ...", as if it were --storage
+    ([{"experiment": "old", "storage": "runs/old.json"}], ConfigurationError,
+     "^warm_start source .*'runs/old.json' is neither a storage URI nor a .pkl path; write e.g. {experiment"),
     ([{"experiment": "old", "fill": 3}], ConfigurationError, "fill"),
     ([{"experiment": "old", "fill": {"x": 1.0}}], ConfigurationError, "'x' is in both spaces"),
     ([{"experiment": "old", "fill": {"q": 1.0}}], ConfigurationError, "fill names 'q', which is not in this space"),

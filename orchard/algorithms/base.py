@@ -23,14 +23,15 @@ import dataclasses
 import itertools
 import math
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from typing import Any, ClassVar
-
-import numpy as np
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from orchard.errors import SpaceExhaustedError
 from orchard.options import Configurable
 from orchard.space import Prior, Space, params_hash, trial_id
 from orchard.trial import Trial
+
+if TYPE_CHECKING:  # a generator is made with it: `orchard status` builds a worker, needs no numpy
+    import numpy as np
 
 __all__ = ["BaseAlgorithm", "Observation", "Pending", "SeenPoints"]
 
@@ -275,6 +276,8 @@ class BaseAlgorithm(Configurable, abc.ABC):
 
     def rng(self, completed: Sequence[Any], pending: Sequence[Any]) -> np.random.Generator:
         """A generator derived from the seed and the history size (see the class docstring)."""
+        import numpy as np
+
         sequence = np.random.SeedSequence(self.seed, spawn_key=(len(completed), len(pending)))
         return np.random.default_rng(sequence)
 

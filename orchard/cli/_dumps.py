@@ -38,7 +38,7 @@ from orchard.stopping import LEDGER_KEY, unreadable_ledger
 from orchard.storages import BaseStorage, ExperimentRecord
 from orchard.storages.base import finishes
 from orchard.trial import Trial, TrialStatus
-from orchard.warm_start import hide_passwords
+from orchard.warm_start import hide_passwords, normalize_warm_start
 
 __all__ = ["MAX_DUMP_BYTES", "dump_experiments", "load_experiments", "read_dump", "same_storage",
            "warm_started_from", "write_dump"]
@@ -329,11 +329,13 @@ def load_experiments(
         raise ConfigurationError(
             f"-n renames one experiment but the dump holds {len(experiments)}; dump them one by one with -n"
         )
+    loaded = set() if rename else {entry["name"] for entry in experiments}
     for entry in experiments:  # every conflict before the first write
+        followed = _sources_followed(entry["config"], data.get("source"), storage, loaded)
+        _check_not_itself(rename or entry["name"], followed, storage)
         record = storage.get_experiment(rename or entry["name"])
         if record is not None:
             _check_fits(storage, record, entry["config"], len(experiments), "nothing was loaded")
-    loaded = set() if rename else {entry["name"] for entry in experiments}
     for entry in experiments:
         name = rename or entry["name"]
         config = _sources_followed(entry["config"], data.get("source"), storage, loaded)
@@ -358,19 +360,35 @@ def _sources_followed(config: dict[str, Any], origin: Any, storage: BaseStorage,
     named by its name alone, it read another experiment of that name in the target, or none
     ("no longer exists"); named by the dumped storage's path, the old file, not the copy loaded beside it.
     """
-    sources = config.get("warm_start")
-    if not isinstance(sources, list) or not isinstance(origin, str) or same_storage(origin, storage.uri):
+    sources = normalize_warm_start(config.get("warm_start"))  # "exp" too (checked by read_dump): it was not
+    if not sources:                                            # followed, and read the target's exp
         return config
+    if not isinstance(origin, str) or same_storage(origin, storage.uri):
+        return {**config, "warm_start": sources}
     followed = []
     for source in sources:
-        if isinstance(source, dict) and isinstance(source.get("experiment"), str):
-            there = source.get("storage")
-            if there is None and source["experiment"] not in loaded:
-                source = {**source, "storage": origin}
-            elif isinstance(there, str) and source["experiment"] in loaded and same_storage(there, origin):
-                source = {**source, "storage": None}
+        there = source["storage"]
+        if there is None and source["experiment"] not in loaded:
+            source = {**source, "storage": origin}
+        elif there is not None and source["experiment"] in loaded and same_storage(there, origin):
+            source = {**source, "storage": None}
         followed.append(source)
     return {**config, "warm_start": followed}
+
+
+def _check_not_itself(name: str, config: Mapping[str, Any], storage: BaseStorage) -> None:
+    """Refuse an experiment whose warm start, once loaded, names itself: its own trials were told twice.
+
+    ``build_experiment`` refuses it; a dump edited by hand was loaded.
+    """
+    for source in config.get("warm_start") or ():
+        there = source["storage"]
+        if source["experiment"] == name and (there is None or same_storage(there, storage.uri)):
+            raise ConfigurationError(
+                f"experiment {name!r} of the dump warm-starts from itself once loaded into "
+                f"{storage.redacted_uri} (its warm_start names {name!r}), so its own trials would be told "
+                "twice; name an earlier experiment in its warm_start, or leave warm_start out; "
+                "nothing was loaded")
 
 
 def same_storage(one: str, other: str) -> bool:

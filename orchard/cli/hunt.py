@@ -131,10 +131,24 @@ def run(args: argparse.Namespace) -> int:
         return _hunt(args, Settings(flags=vars(args), config_file=args.config))
 
 
+def _check_stop_is_no_command(values: list[str] | None) -> None:
+    """``--stop python obj.py`` took ``python`` as the stopping rule and ``obj.py`` as the command."""
+    import shutil
+
+    for value in values or ():
+        if "=" in value or value.lstrip().startswith("{"):
+            continue
+        if shutil.which(value) or os.path.exists(value):
+            raise UsageError(f"--stop {value}: {value!r} is the start of the command, taken as the stopping "
+                             f"rule; --stop needs a rule (RULE=VALUE) before the command, e.g. "
+                             f"--stop target=0.1 {value} ...")
+
+
 def _hunt(args: argparse.Namespace, settings: Settings) -> int:
     from orchard.naming import check_experiment_name
     from orchard.storages import get_storage
 
+    _check_stop_is_no_command(args.stop)
     settings.check()  # every bad value is refused before anything is stored
     name = settings.get("name")
     tokens = list(args.command)
@@ -225,8 +239,11 @@ def _complete_space(template: CommandTemplate, storage: BaseStorage, name: str) 
         return template
     record = storage.get_experiment(name)
     if record is None:
+        unnamed = template.unnamed_prior()
+        found = "" if unnamed is None else (f" (token {unnamed!r} is a prior with no name: write it as one "
+                                            f"token --name~'{unnamed}')")
         raise ConfigurationError(
-            f"the command defines no dimension and experiment {name!r} does not exist in "
+            f"the command defines no dimension{found} and experiment {name!r} does not exist in "
             f"{storage.redacted_uri}; mark hyperparameters as --name~'prior', e.g. {EXAMPLE}"
         )
     return template.with_dimensions(Experiment(storage, record).space.config())

@@ -19,8 +19,8 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from orchard.cli._args import (add_common, add_name, format_age, format_params, format_time, format_value,
-                               missing_storage_file, open_experiment, open_storage, strict_json)
+from orchard.cli._args import (UsageError, add_common, add_name, format_age, format_params, format_time,
+                               format_value, missing_storage_file, open_experiment, open_storage, strict_json)
 from orchard.terminal import printable
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -34,6 +34,8 @@ _CLEAR = "\x1b[H\x1b[2J"
 
 #: The shortest ``--watch`` period: each refresh reads the whole storage (1e-300 read it in a busy loop).
 MIN_INTERVAL = 0.1
+#: The ``--watch`` period when ``--interval`` is not given.
+DEFAULT_INTERVAL = 2.0
 
 
 def _positive_seconds(text: str) -> float:
@@ -56,8 +58,9 @@ def add_parser(subparsers: Any) -> None:
     status.add_argument("--watch", action="store_true",
                         help="print the report again every --interval seconds until Ctrl-C (exit status 0); "
                              "in a terminal the screen is redrawn in place")
-    status.add_argument("--interval", type=_positive_seconds, default=2.0, metavar="SECONDS",
-                        help=f"refresh period of --watch, at least {MIN_INTERVAL} (default: %(default)s)")
+    status.add_argument("--interval", type=_positive_seconds, metavar="SECONDS",
+                        help=f"refresh period of --watch, at least {MIN_INTERVAL} "
+                             f"(default: {DEFAULT_INTERVAL}); refused without --watch")
     status.add_argument("--json", action="store_true",
                         help="print JSON: an object with -n, else a list of objects (--watch: one a line)")
     add_common(status)
@@ -66,7 +69,7 @@ def add_parser(subparsers: Any) -> None:
     listing = subparsers.add_parser("list", help="the experiments in the storage")
     listing.add_argument("--json", action="store_true",
                          help="print a JSON list of objects with name, created, max_trials, inserted_apart, "
-                              "counts and stopped")
+                              "counts, stopped and broken_stop")
     add_common(listing)
     listing.set_defaults(func=run_list)
 
@@ -117,6 +120,7 @@ def experiment_status(experiment: Experiment, watch: HeartbeatWatch | None = Non
     """
     from orchard.pareto import infeasible  # numpy: imported by the commands that read trials only
     from orchard.resources import devices_of
+    from orchard.stopping import broken_stop
     from orchard.trial import TrialStatus
 
     trials = experiment.fetch_trials()  # one read: the counts, rungs and workers agree while workers run
@@ -141,6 +145,7 @@ def experiment_status(experiment: Experiment, watch: HeartbeatWatch | None = Non
         "trials_per_second": stats["trials_per_second"], "workers": workers,
         "rungs": _rungs(experiment, trials), "stop": stats["stop"], "inserted_apart": stats["inserted_apart"],
         "infeasible": infeasible(trials, experiment.settings.constraints),
+        "broken_stop": broken_stop(stats["counts"]["broken"], experiment.settings.max_broken),
     }
 
 
@@ -225,6 +230,8 @@ def _status_lines(status: dict[str, Any]) -> list[str]:
         f"experiment {status['name']!r} ({status['storage']})",
         "  trials:  " + _counts(counts) + budget,
     ]
+    if status["broken_stop"] is not None:
+        lines.append(f"  {status['broken_stop']['line']}")
     lines += _rung_lines(status["rungs"], "  rungs:   ")
     if status["best_objective"] is not None:
         lines.append(f"  best:    {_shown_best(status['best_objective'], status['objectives'])} at "
@@ -285,6 +292,10 @@ def _render(args: argparse.Namespace, statuses: list[dict[str, Any]]) -> str:
 
 def run_status(args: argparse.Namespace) -> int:
     """Print the status of one experiment (``-n``) or of all; ``--watch`` refreshes until Ctrl-C."""
+    if args.interval is not None and not args.watch:  # was ignored: one report, then exit 0
+        raise UsageError(f"--interval {args.interval:g} is the refresh period of --watch; add --watch "
+                         f"(orchard status --watch --interval {args.interval:g}), or leave --interval out")
+    interval = DEFAULT_INTERVAL if args.interval is None else args.interval
     if not args.watch:
         print(printable(_render(args, _collect(args))))
         return 0
@@ -302,14 +313,14 @@ def run_status(args: argparse.Namespace) -> int:
                 if not shown:
                     raise  # never read: a wrong address, most likely
                 print(f"orchard: storage unavailable at {stamp} ({err}); status --watch tries again every "
-                      f"{args.interval:g} s", file=sys.stderr, flush=True)
+                      f"{interval:g} s", file=sys.stderr, flush=True)
                 watches.clear()  # no heartbeat could land meanwhile: the ages start over
             else:
                 shown = True
                 trailer = "" if args.json else f"(updated {stamp}; Ctrl-C to stop)\n\n"  # JSON: broke `jq`
                 sys.stdout.write((_CLEAR if in_place and not args.json else "") + f"{text}\n{trailer}")
                 sys.stdout.flush()
-            time.sleep(args.interval)
+            time.sleep(interval)
     except KeyboardInterrupt:
         return 0  # stopping a watch is its normal end
 
@@ -319,7 +330,7 @@ def run_status(args: argparse.Namespace) -> int:
 
 def run_list(args: argparse.Namespace) -> int:
     """Print one line per experiment: name, completed of budget, broken, running."""
-    from orchard.stopping import stop_summary
+    from orchard.stopping import broken_stop, stop_summary
     from orchard.trial import TrialStatus
 
     missing = missing_storage_file(args)
@@ -334,7 +345,9 @@ def run_list(args: argparse.Namespace) -> int:
                      "max_trials": record.config.get("max_trials"),
                      "inserted_apart": storage.count_unbudgeted(record.id),
                      "counts": {status.value: counts[status] for status in TrialStatus},
-                     "stopped": (stop_summary(record.config) or {}).get("fired")})  # no budget left, whatever it says
+                     # stopped: no budget left, whatever it says
+                     "stopped": (stop_summary(record.config) or {}).get("fired"),
+                     "broken_stop": broken_stop(counts[TrialStatus.BROKEN], record.config.get("max_broken"))})
     if args.json:
         print(strict_json(rows))
     elif not rows:
@@ -347,18 +360,26 @@ def run_list(args: argparse.Namespace) -> int:
             print(printable(f"{row['name']:<{width}}  {c['completed']}/{budget} completed{inserted}  "
                             f"{c.get('pruned', 0)} pruned  {c['broken']} broken  "
                             f"{c['reserved']} running  {c['new'] + c['interrupted']} waiting"
-                            + (f"  stopped by {row['stopped']['rule']}" if row["stopped"] else "")))
+                            + (f"  stopped by {row['stopped']['rule']}" if row["stopped"] else "")
+                            + (_broken_stop_words(row["broken_stop"]) if row["broken_stop"] else "")))
     return 0
+
+
+def _broken_stop_words(stop: dict[str, Any]) -> str:
+    return f"  stopped: {stop['broken']} broken trials (max_broken={stop['max_broken']})"
 
 
 def run_info(args: argparse.Namespace) -> int:
     """Print an experiment's space, algorithm, budget, config, best trial and stats (or one trial)."""
     from orchard.command import COMMAND_KEY, redacted
     from orchard.pareto import infeasible
+    from orchard.stopping import broken_stop
 
     experiment = open_experiment(args)
     if getattr(args, "trial", None) is not None:  # '' too: an unset shell variable is not "no --trial"
-        return _trial_info(experiment, args.trial, args.json)
+        from orchard.cli._trial import trial_info
+
+        return trial_info(experiment, args.trial, args.json)
     front = _front(experiment)
     best = experiment.best_trial if front is None else None
     record = experiment.storage.require_experiment(experiment.name)
@@ -375,6 +396,7 @@ def run_info(args: argparse.Namespace) -> int:
         "best_trial": best.to_dict() if best else None, "pareto_front": front, "stats": info_stats,
         "rungs": _rungs(experiment, trials), "stop": info_stats["stop"],
         "infeasible": infeasible(trials, experiment.settings.constraints),
+        "broken_stop": broken_stop(info_stats["counts"]["broken"], experiment.settings.max_broken),
     }
     if args.json:
         print(strict_json(info))
@@ -410,68 +432,6 @@ def _warm_start_line(uses: list[dict[str, Any]] | None) -> list[str]:
     return ["  warm start: " + ", ".join(parts)]
 
 
-def _trial_info(experiment: Experiment, prefix: str, as_json: bool) -> int:
-    """Print one trial of ``experiment``; for a pruned one, the verdict and how it is reached again."""
-    from orchard.errors import ConfigurationError, TrialNotFoundError, shown as cut
-    from orchard.objectives import shown_value
-    from orchard.pruners import Verdict, make_pruner
-
-    if not prefix.strip():
-        raise ConfigurationError(f"--trial is empty (an unset shell variable?); give the id of a trial of "
-                                 f"experiment {experiment.name!r}, or a unique prefix of it")
-    trials = experiment.fetch_trials()
-    matches = [t for t in trials if t.id.startswith(prefix)]
-    if len(matches) != 1:
-        found, remedy = (f"no trial of experiment {experiment.name!r} has", "check it") if not matches else \
-            (f"{len(matches)} trials of experiment {experiment.name!r} have", "give more of the id")
-        raise TrialNotFoundError(f"{found} an id starting with {cut(prefix)}; {remedy} "
-                                 "(orchard db dump lists them)")
-    (trial,) = matches
-    data = trial.to_dict()
-    recomputed, unrecomputed = None, None
-    if trial.verdict is not None and trial.verdict.get("pruner") not in (None, "objective"):
-        stored = {t.id: t.reports for t in trials if t.reports}
-        settings = experiment.settings
-        pruner = make_pruner(settings.pruner, settings.objectives, settings.space)
-        try:  # a verdict another program (or another pruner) wrote is shown, not recomputed
-            again = pruner.recompute(trial.id, Verdict.from_dict(trial.verdict), stored)
-        except (TypeError, ValueError, KeyError, AttributeError) as err:
-            unrecomputed = f"not recomputed: the stored verdict is not one {pruner.name!r} writes ({cut(err, 120)})"
-        else:
-            recomputed = again.to_dict()
-    if as_json:
-        print(strict_json({"trial": data, "recomputed_verdict": recomputed}))
-        return 0
-    lines = [f"trial {trial.id} of {experiment.name!r}: {trial.status.value}",
-             f"  params:    {format_params(trial.params)}"]
-    objectives = experiment.settings.objectives  # values are shown in their own directions, not minimised
-    if trial.objective is not None:
-        lines.append(f"  objective: {shown_value(trial.objective, objectives)}")
-    if trial.reports:
-        last_step, last_value = trial.reports[-1]
-        last = shown_value(last_value, objectives)
-        lines.append(f"  reports:   {len(trial.reports)}, last {last} at step {last_step}")
-    if trial.verdict is not None:
-        verdict = trial.verdict
-        lines.append(f"  pruned by: {verdict.get('pruner')} at step {verdict.get('step')}"
-                     + (f" (rung {verdict['rung']})" if verdict.get("rung") is not None else ""))
-        lines.append(f"  why:       {verdict.get('reason', '')}")
-        cutoff, compared = verdict.get("cutoff"), verdict.get("compared", ())
-        if isinstance(cutoff, (int, float)) and isinstance(compared, list):
-            lines.append(f"  cut-off:   {shown_value(cutoff, objectives)}, compared with {len(compared)} "
-                         "trials")
-        elif cutoff is not None:
-            lines.append(f"  cut-off:   {cut(cutoff, 60)}")
-        if recomputed is not None:
-            lines.append("  recomputed from the stored history: " + ("prune" if recomputed["prune"] else "go on"))
-        elif unrecomputed is not None:
-            lines.append(f"  {unrecomputed}")
-    if trial.error is not None:
-        lines.append(f"  error:     {trial.error.get('type')}: {trial.error.get('message')}")
-    print(printable("\n".join(lines)))
-    return 0
-
-
 def _info_lines(info: dict[str, Any]) -> list[str]:
     lines = [f"experiment {info['name']!r} (id {info['id']}, {info['storage']})",
              f"  created:   {format_time(info['created'])}", "  space:"]
@@ -491,6 +451,8 @@ def _info_lines(info: dict[str, Any]) -> list[str]:
     lines += _infeasible_lines(info["infeasible"], "  infeasible: ")
     stats = info["stats"]
     lines.append("  trials:    " + _counts(stats["counts"]))
+    if info["broken_stop"] is not None:
+        lines.append(f"  {info['broken_stop']['line']}")
     lines += _rung_lines(info["rungs"], "  rungs:     ")
     if info["stop"] is not None:
         lines.append(f"  stop:      {info['stop']['line']}")

@@ -10,8 +10,8 @@ from typing import Any
 from orchard.errors import ConfigurationError
 
 __all__ = [
-    "UNEXPANDED", "lend_password", "password_of", "pickle_file", "pickle_path", "redact", "redact_all",
-    "split_options",
+    "UNEXPANDED", "lend_password", "names_storage", "password_of", "pickle_file", "pickle_path", "redact",
+    "redact_all", "split_options",
 ]
 
 _SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*:/*")
@@ -131,3 +131,8 @@ def pickle_path(uri: str) -> tuple[str, dict[str, str]] | None:
     if sep:
         return (rest, options) if scheme.lower() == "pickle" else None
     return (base, options) if base.endswith(".pkl") else None
+
+
+def names_storage(text: str) -> bool:
+    """Whether ``text`` reads as a storage: a URI (``SCHEME://…``) or a pickle file's path (``….pkl``)."""
+    return "://" in text or pickle_path(text) is not None
