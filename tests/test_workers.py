@@ -809,3 +809,32 @@ def test_a_second_ctrl_c_reaching_a_pool_process_whose_loop_stopped_loses_no_rep
     out, err = proc.communicate(timeout=30)
     assert "interrupted: 2 of 2 running trial(s) released" in out, (out, err)
     assert sorted(t.status.value for t in exp.fetch_trials()) == ["interrupted", "interrupted"]
+
+
+_ONE_IMPORT = """
+import orchard
+
+def objective(x, y):
+    return x + y
+
+if __name__ == "__main__":
+    exp = orchard.build_experiment("fk", space={"x": "uniform(0, 1)", "y": "uniform(0, 1)"},
+                                   storage=PATH, max_trials=4)
+    exp.workon(objective, n_workers=2, executor="process", progress=False)
+    print(len(exp.fetch_trials()))
+"""
+
+
+@pytest.mark.skipif(sys.platform == "darwin" or "fork" not in multiprocessing.get_all_start_methods(),
+                    reason="the process executor forks only where fork is safe")
+def test_forked_workers_share_the_callers_import_of_numpy(tmp_path: Path) -> None:
+    """Orchard imports numpy where a generator is made; the process executor imports it before it forks,
+    so its workers share it instead of each importing it again (75 ms of CPU and 6 MiB of its own each)."""
+    script = tmp_path / "fk.py"
+    script.write_text(_ONE_IMPORT.replace("PATH", repr(str(tmp_path / "o.pkl"))))
+    run = subprocess.run([sys.executable, "-X", "importtime", str(script)], capture_output=True, text=True,
+                         timeout=120, cwd=tmp_path)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert run.stdout.split() == ["4"]
+    imports = [line for line in run.stderr.splitlines() if line.rstrip().endswith("| numpy.random")]
+    assert len(imports) == 1, imports  # the caller's; before, one per worker
