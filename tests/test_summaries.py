@@ -202,3 +202,21 @@ def test_a_summary_that_does_not_parse_makes_its_frame_damage_to_workers_and_che
     assert [t.id for t in PickledStorage(str(path)).fetch_trials(exp)] == [kept.id]
     assert main(["db", "check", "--storage", str(path)]) != 0
     assert "its summary cannot be read" in capsys.readouterr().out
+
+
+def test_no_change_to_a_summary_makes_its_reader_raise() -> None:
+    """A frame passes its checksum whoever wrote it: a summary of another program's making, whatever its
+    bytes, reads as a summary or as none (the record is then decoded), never as an error of the reader."""
+    full = {"id": "a" * 32, "experiment": "b", "params": {"x": 0.5, "act": "relu", "on": True},
+            "status": "reserved", "results": {}, "worker": "w", "parent": "p", "heartbeat": 2.0}
+    bare = {"id": "a" * 32, "experiment": "b", "params": {}, "status": "new"}  # two texts: flags may claim more
+    for records in ([{"op": "fence", "at": 7, "lock": "l"}, {"op": "trial", "trial": full}],
+                    [{"op": "trial", "trial": bare}]):
+        pickled = pickle.dumps(records[-1:], protocol=5)
+        summary = summaries.encode(records)
+        assert summaries.decode(memoryview(pickled + summary)) is not None
+        for at in range(len(summary) - 1):
+            for value in (0, 1, 0x40, 0x7F, 0xFF, summary[at] ^ 0x80, summary[at] + 1 & 0xFF):
+                changed = bytearray(summary)
+                changed[at] = value
+                summaries.decode(memoryview(pickled + bytes(changed)))  # None or fields; raising fails the test

@@ -60,6 +60,7 @@ _KNOWN = frozenset({"status", "params", "results", "error", "reports", "verdict"
                     "id", "experiment", *_FLOATS, *_OPTIONAL})
 _CONSTANTS: dict[int, Any] = {ord("t"): True, ord("F"): False, ord("n"): None}
 _STRING = ord("s")
+_PRESENT = [bin(bits).count("1") for bits in range(16)]  # how many optional texts flags' bits 6-9 announce
 
 
 class _Shape(NamedTuple):
@@ -181,19 +182,20 @@ def decode(payload: memoryview) -> tuple[int, str | None, dict[str, Any]] | None
         texts = str(payload[pos + shape.numbers.size:end], "utf-8").split(_SEPARATOR)
     except (struct.error, UnicodeDecodeError):
         return None
-    worker = parent = origin = lock = None
-    i = 2
-    if flags & 64:
-        worker, i = texts[i], 3
-    if flags & 0x380:  # the rare ones
-        if flags & 128:
-            parent, i = texts[i], i + 1
-        if flags & 256:
-            origin, i = texts[i], i + 1
-        if flags & 512:
-            lock, i = texts[i], i + 1
+    i = 2 + _PRESENT[flags >> 6 & 15]  # where the names start
     if len(texts) != i + count + shape.strings or flags >> 10:
         return None
+    worker = parent = origin = lock = None
+    if flags & 64:
+        worker = texts[2]
+    if flags & 0x380:  # the rare ones
+        at_text = 2 + (flags >> 6 & 1)
+        if flags & 128:
+            parent, at_text = texts[at_text], at_text + 1
+        if flags & 256:
+            origin, at_text = texts[at_text], at_text + 1
+        if flags & 512:
+            lock = texts[at_text]
     if shape.numeric:
         params = dict(zip(texts[i:i + count], numbers))
     else:
