@@ -57,8 +57,10 @@ _PRIOR_CALL = re.compile(r"^\s*[A-Za-z_]\w*\s*\(")
 # looks like a dimension (dashes or a bare word, then ~prior(...)) but its name is empty or invalid; the bare
 # word (not a path, not a Hydra value) was passed to the script as text: 2x~uniform(0, 1)
 _BAD_DIMENSION = re.compile(r"^(-{1,2}[^=~]*|[^-=~\s/][^=~\s/]*|)~\s*[A-Za-z_]\w*\s*\(")
-# --x=~uniform(0, 1): an = before the ~ made the token the script's text, its prior not searched
-_EQUALS_TILDE = re.compile(r"^(?P<option>-{1,2}[^=~\s]+)=~\s*(?P<prior>[A-Za-z_]\w*\s*\(.*)$", re.DOTALL)
+# --x=~uniform(0, 1), x=~uniform(0, 1): an = before the ~ made the token the script's text, its prior not
+# searched
+_EQUALS_TILDE = re.compile(
+    r"^(?P<option>(?P<dashes>-{0,2})[^=~\s]+)=~\s*(?P<prior>(?P<call>[A-Za-z_]\w*)\s*\(.*)$", re.DOTALL)
 _INTERPRETERS = re.compile(r"^(python[\d.]*|pypy[\d.]*|bash|sh|zsh|Rscript|julia|node|perl|ruby)$")
 #: An interpreter's options whose value is the next token (``python -X dev train.py``, ``julia -t 4 x.jl``):
 #: taken for the script, it left the real one relative, and every trial broke on "can't open file".
@@ -112,11 +114,8 @@ class CommandTemplate:
             match = _DIMENSION.match(token)
             if match is not None and not re.sub(r"[-.]", "_", match["option"]).isidentifier():
                 match = None  # x²: a word character that no name holds
-            slip = _EQUALS_TILDE.match(token) if match is None else None
-            if slip is not None:
-                raise SpaceError(f"token {token!r} is no dimension (an = before its ~); write "
-                                 f"{slip['option']}~'{slip['prior']}': a dimension is --name~'prior', "
-                                 "e.g. --lr~'uniform(0, 1)'")
+            if match is None:
+                _refuse_equals_tilde(token)
             if match is None and _BAD_DIMENSION.match(token):
                 raise SpaceError(f"token {token!r} defines a dimension without a valid name; write "
                                  "--name~'prior' with a name of letters, digits and _ (e.g. --lr~'uniform(0, 1)')")
@@ -256,6 +255,28 @@ def _split_or_quoted(whole: str, prior: str, after: Sequence[str]) -> str:
         return f"; its quotes reached hunt as part of it: they are for the shell only, e.g. " \
                f"{whole}~{prior[1:-1]}"
     return ""
+
+
+def _refuse_equals_tilde(token: str) -> None:
+    """Refuse ``--x=~uniform(0, 1)``, and ``x=~uniform(0, 1)`` whose right-hand side calls a prior Orchard
+    knows (``a=~b(c)``, ``dir/x=~uniform(0,1)`` stay the script's text): given to the script as that text,
+    its prior was never searched.
+
+    Raises:
+        SpaceError: naming the token and the form to write.
+    """
+    from orchard.space import PRIORS
+
+    slip = _EQUALS_TILDE.match(token)
+    if slip is None:
+        return
+    option, prior = slip["option"], slip["prior"]
+    if slip["dashes"]:
+        raise SpaceError(f"token {token!r} is no dimension (an = before its ~); write {option}~'{prior}': "
+                         "a dimension is --name~'prior', e.g. --lr~'uniform(0, 1)'")
+    if re.sub(r"[-.]", "_", option).isidentifier() and slip["call"] in PRIORS:
+        raise SpaceError(f"token {token!r} is no dimension (an = before its ~); write --{option}~'{prior}' "
+                         f"(the script gets --{option}=VALUE) or {option}~'{prior}' (it gets {option}=VALUE)")
 
 
 def _check_placeholders(token: str) -> None:

@@ -65,6 +65,20 @@ def test_fold_shows_the_storage_and_then_only_what_changed(store: BaseStorage) -
 
 
 
+def test_max_broken_written_by_another_program_is_read_as_the_workers_read_it(store: BaseStorage) -> None:
+    """A max_broken of "two" (written by another program) is named and taken at its default, as workers
+    take it: 3 broken trials stop the experiment, 2 do not."""
+    exp_id = make_experiment(store, max_broken="two")
+    for number in range(3):
+        trial = store.register_trial(exp_id, {"x": number / 10}, worker="w")
+        store.fail_trial(trial.id, "w", {"type": "ValueError", "message": "bad x"})
+        view = ExperimentView(store, store.require_experiment("exp"))
+        view.fold()
+        summary = experiment_summary(view)
+        assert (summary["broken_stop"] is not None) == (number == 2), summary["broken_stop"]
+    assert "max_broken" in str(summary["problem"]) and summary["broken_stop"]["max_broken"] == 3
+
+
 def test_progress_counts_the_pruned_trials_against_the_budget_and_not_those_inserted_apart(store: BaseStorage) -> None:
     """An experiment of 3 completed and 5 pruned trials with max_trials=8 is done; it showed 3 / 8 at 37.5 %."""
     exp_id = make_experiment(store, max_trials=4)

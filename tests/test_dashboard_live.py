@@ -310,6 +310,42 @@ def test_the_list_says_which_experiment_a_stopping_rule_stopped(browser: Any, tm
         browser.get("about:blank")
 
 
+def test_the_list_and_the_page_say_max_broken_stopped_an_experiment(browser: Any, tmp_path: Path) -> None:
+    """`orchard list` and `status` said "stopped: 2 broken trials (max_broken=2)"; the dashboard's JSON and
+    pages said nothing (stopped: null), the experiment looking like one waiting for workers."""
+    from selenium.webdriver.common.by import By
+
+    import orchard
+
+    def fail(x: float) -> float:
+        raise ValueError("bad objective")
+
+    path = str(tmp_path / "orchard.pkl")
+    broken = orchard.build_experiment("broken", space={"x": "uniform(0, 1)"}, storage=path, max_trials=9,
+                                      max_broken=2)
+    with pytest.raises(orchard.errors.ExperimentBrokenError):
+        broken.workon(fail, max_trials=9, progress=False)
+    store = get_storage(path)
+    populate(store)  # one broken trial of the default max_broken=3: not stopped
+    store.close()
+    with serving(path, cwd=tmp_path) as served:
+        rows = {row["name"]: row for row in request(served.url + "api/experiments")[1]}
+        assert rows["broken"]["broken_stop"]["max_broken"] == 2 and rows["dash"]["broken_stop"] is None
+        detail = request(served.url + "api/experiments/broken")[1]
+        assert detail["broken_stop"]["line"].startswith("stopped: 2 broken trials (max_broken=2); no worker")
+        browser.get(served.url)
+        wait_for(browser, lambda b: b.find_elements(By.CSS_SELECTOR, "#experiments tr[data-name='dash']"))
+        row = text_of(browser, "#experiments tr[data-name='broken']")
+        assert "stopped: 2 broken trials (max_broken=2)" in row, row
+        assert "stopped" not in text_of(browser, "#experiments tr[data-name='dash']")
+        browser.get(served.url + "experiments/broken")
+        wait_for(browser, lambda b: "max_broken" in b.find_element(By.ID, "broken-stop").text)
+        browser.get(served.url + "experiments/dash")
+        wait_for(browser, lambda b: b.find_element(By.ID, "count-broken").text == "1")
+        assert not browser.find_element(By.ID, "broken-stop").is_displayed()
+        browser.get("about:blank")
+
+
 def test_pages_show_an_objective_to_maximise_as_returned(browser: Any, tmp_path: Path) -> None:
     """objectives={"acc": "max"}: the list, the best card, the table and the best-so-far chart showed every
     accuracy negated (as stored, minimised), the best one as the lowest number, all named "objective"."""

@@ -411,6 +411,10 @@ def test_a_bare_prior_token_with_an_invalid_name_is_refused(
     (["--mode~choices(['ok'])", "--x=~uniform(0,1)"], "token '--x=~uniform(0,1)' is no dimension"),
     (["--x", "uniform(0, 1)"], "defines no dimension (token 'uniform(0, 1)' is a prior with no name: "
                                "write it as one token --name~'uniform(0, 1)')"),
+    (["--y~uniform(0,1)", "x=~uniform(0,1)"], "token 'x=~uniform(0,1)' is no dimension (an = before its ~); "
+                                              "write --x~'uniform(0,1)' (the script gets --x=VALUE) or "
+                                              "x~'uniform(0,1)' (it gets x=VALUE)"),
+    (["x=~loguniform(1e-5, 1)"], "token 'x=~loguniform(1e-5, 1)' is no dimension"),
 ])
 def test_a_prior_that_defines_no_dimension_is_named(
         workdir: Path, command: list[str], said: str, capsys: pytest.CaptureFixture[str]) -> None:
@@ -420,6 +424,17 @@ def test_a_prior_that_defines_no_dimension_is_named(
     err = capsys.readouterr().err
     assert said in err and len(err.strip().splitlines()) == 1, err
     assert not (workdir / "orchard.pkl").exists()
+
+
+def test_script_arguments_with_an_equals_and_a_tilde_still_reach_the_script(
+        workdir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """``x=~uniform(0,1)`` is refused, the script's own ``a=b``, ``home=~/data``, ``f=~g(1)`` (no prior) and
+    ``dir/x=~uniform(0,1)`` (a path) are not: they reach the script as they were written."""
+    texts = ["mode=ok", "a=b", "home=~/data", "f=~g(1)", "dir/x=~uniform(0,1)"]
+    assert hunt(sys.executable, "script.py", *texts, "--y~uniform(0,1)") == 0, capsys.readouterr().err
+    command = orchard.get_experiment("e", storage="orchard.pkl").storage.require_experiment("e").config
+    assert shlex.split(command["hunt_command"])[2:] == [*texts, "--y=<y>"], command["hunt_command"]
+    assert only_trial().status is TrialStatus.COMPLETED
 
 
 def test_a_dimension_named_in_another_script_than_latin_is_searched_as_the_python_api_does(

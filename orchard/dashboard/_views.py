@@ -40,7 +40,8 @@ from orchard.trial import Trial, TrialStatus
 
 __all__ = ["ExperimentView", "HeartbeatSighting", "StorageView", "shown_config"]
 
-_CHECKED = ("objectives", "space", "constraints", "stop", "max_trials", "heartbeat")  # what the pages compute with
+#: what the pages compute with
+_CHECKED = ("objectives", "space", "constraints", "stop", "max_trials", "max_broken", "heartbeat")
 _ANY_SPACE = {"x": "uniform(0, 1)"}  # stands for the space while another setting is checked
 
 
@@ -65,7 +66,7 @@ def shown_config(config: Mapping[str, Any]) -> tuple[dict[str, Any], str | None]
             problems.append(f"{key}: {' '.join(str(err).split())[:300]}")
             del shown[key]
             continue
-        if key in ("max_trials", "heartbeat"):
+        if key in ("max_trials", "max_broken", "heartbeat"):
             shown[key] = getattr(checked, key)
     why = unreadable_ledger(shown[LEDGER_KEY]) if shown.get(LEDGER_KEY) else None
     if why is not None:

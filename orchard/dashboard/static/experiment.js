@@ -47,6 +47,9 @@ function renderSummary(detail) {
   const stopping = document.getElementById("stopping");  // the stopping rules, and which one fired
   stopping.hidden = !detail.stopping;
   if (detail.stopping) stopping.textContent = "Stopping rules: " + detail.stopping.line;
+  const broken = document.getElementById("broken-stop");  // max_broken trials are broken: no trial starts
+  broken.hidden = !detail.broken_stop;
+  broken.textContent = detail.broken_stop ? detail.broken_stop.line : "";
 }
 
 function renderWorkers(workers) {

@@ -17,6 +17,11 @@ function progressCell(row) {
   if (row.stopped) {  // a stopping rule fired: no worker runs it again, whatever the budget says
     td.appendChild(el("div", "stopped by " + row.stopped, "stopped"));
   }
+  if (row.broken_stop) {  // max_broken trials are broken: no worker starts a trial until it is raised
+    const b = row.broken_stop;
+    const text = "stopped: " + b.broken + " broken trials (max_broken=" + b.max_broken + ")";
+    td.appendChild(el("div", text, "stopped"));
+  }
   return td;
 }
 
