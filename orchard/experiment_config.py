@@ -34,6 +34,7 @@ from orchard.trial import INT_LIMIT
 from orchard.warm_start import hide_passwords, normalize_warm_start, with_passwords
 
 __all__ = [
+    "applied_max_broken",
     "EXPERIMENT_RULES",
     "HEARTBEAT_RANGE",
     "ExperimentConfig",
@@ -369,3 +370,13 @@ class WorkerSettings(ExperimentConfig):
         if self.seed is None or index == 0:
             return self
         return dataclasses.replace(self, seed=self.seed * 1_000_003 + index)
+
+
+def applied_max_broken(config: Mapping[str, Any]) -> int:
+    """The ``max_broken`` workers apply to a stored experiment's ``config``: its own, else the default.
+
+    Another program may store none, or text: ``orchard list`` read the raw value and showed no stop
+    where ``status`` and the workers, applying the default, had stopped.
+    """
+    max_broken = config.get("max_broken")
+    return max_broken if type(max_broken) is int and max_broken > 0 else ExperimentConfig.default("max_broken")

@@ -566,6 +566,24 @@ def test_status_list_and_info_say_max_broken_stopped_the_experiment(
     assert "stopped: 2 broken trials" in capsys.readouterr().out
 
 
+def test_list_applies_the_default_max_broken_to_an_experiment_stored_without_one(
+    workdir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Another program's experiment without max_broken: its workers (and status) apply the default, 3;
+    list read the missing value and showed no stop."""
+    from orchard.storages.pickled import PickledStorage
+
+    storage = PickledStorage("orchard.pkl")
+    exp = storage.create_experiment("other", {"space": {"x": "uniform(0, 1)"}, "algorithm": "random",
+                                              "max_trials": 10})
+    for i in range(3):
+        trial = storage.register_trial(exp, {"x": i / 10}, worker="w", budget=10)
+        storage.fail_trial(trial.id, "w", {"type": "ValueError", "message": "bad"})
+    capsys.readouterr()
+    assert main(["list", "--storage", "orchard.pkl"]) == 0
+    assert capsys.readouterr().out.rstrip().endswith("stopped: 3 broken trials (max_broken=3)")
+
+
 def test_status_watch_refreshes_until_ctrl_c(workdir: Path) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("ORCHARD_")}
     proc = subprocess.Popen([sys.executable, "-m", "orchard.cli", "status", "--watch", "--interval", "0.2"],

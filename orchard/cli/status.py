@@ -330,6 +330,7 @@ def run_status(args: argparse.Namespace) -> int:
 
 def run_list(args: argparse.Namespace) -> int:
     """Print one line per experiment: name, completed of budget, broken, running."""
+    from orchard.experiment_config import applied_max_broken
     from orchard.stopping import broken_stop, stop_summary
     from orchard.trial import TrialStatus
 
@@ -347,7 +348,7 @@ def run_list(args: argparse.Namespace) -> int:
                      "counts": {status.value: counts[status] for status in TrialStatus},
                      # stopped: no budget left, whatever it says
                      "stopped": (stop_summary(record.config) or {}).get("fired"),
-                     "broken_stop": broken_stop(counts[TrialStatus.BROKEN], record.config.get("max_broken"))})
+                     "broken_stop": broken_stop(counts[TrialStatus.BROKEN], applied_max_broken(record.config))})
     if args.json:
         print(strict_json(rows))
     elif not rows:

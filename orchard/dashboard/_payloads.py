@@ -19,7 +19,7 @@ from orchard.fidelity import fidelity_param, rung_label
 from orchard.objectives import Shown, dominates
 from orchard.pareto import scored
 from orchard.plotting.curves import sampled
-from orchard.experiment_config import ExperimentConfig
+from orchard.experiment_config import applied_max_broken
 from orchard.stopping import LEDGER_KEY, Ledger, broken_stop, stop_summary
 from orchard.storages._uri import redact_all
 from orchard.trial import Trial, TrialStatus, first_value
@@ -78,7 +78,7 @@ def experiment_summary(view: ExperimentView) -> dict[str, Any]:
         "fidelity": fidelity_param(view.config),
         "problem": view.problem,
         "stopped": _stopped_by(view.config),
-        "broken_stop": broken_stop(counts["broken"], _max_broken(view.config)),
+        "broken_stop": broken_stop(counts["broken"], applied_max_broken(view.config)),
         "shown": _shown_objective(view.config),
     }
 
@@ -98,12 +98,6 @@ def _stopped_by(config: dict[str, Any]) -> str | None:
     """The stopping rule that stopped the experiment (no worker starts it again), or ``None``."""
     fired = Ledger.from_dict(config.get(LEDGER_KEY)).fired
     return None if fired is None else _text(fired.get("rule"), 40)
-
-
-def _max_broken(config: dict[str, Any]) -> int:
-    """The ``max_broken`` the workers apply: the stored one, else the default (as the worker reads it)."""
-    max_broken = config.get("max_broken")
-    return max_broken if isinstance(max_broken, int) else ExperimentConfig.default("max_broken")
 
 
 def experiment_detail(view: ExperimentView, storage_uri: str, since: int = 0) -> dict[str, Any]:
