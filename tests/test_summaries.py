@@ -209,7 +209,7 @@ def test_no_change_to_a_summary_makes_its_reader_raise() -> None:
     bytes, reads as a summary or as none (the record is then decoded), never as an error of the reader."""
     full = {"id": "a" * 32, "experiment": "b", "params": {"x": 0.5, "act": "relu", "on": True},
             "status": "reserved", "results": {}, "worker": "w", "parent": "p", "heartbeat": 2.0}
-    bare = {"id": "a" * 32, "experiment": "b", "params": {}, "status": "new"}  # two texts: flags may claim more
+    bare = {"id": "a" * 32, "experiment": "b", "params": {}, "status": "new"}  # two texts; flags may claim more
     for records in ([{"op": "fence", "at": 7, "lock": "l"}, {"op": "trial", "trial": full}],
                     [{"op": "trial", "trial": bare}]):
         pickled = pickle.dumps(records[-1:], protocol=5)
@@ -219,4 +219,16 @@ def test_no_change_to_a_summary_makes_its_reader_raise() -> None:
             for value in (0, 1, 0x40, 0x7F, 0xFF, summary[at] ^ 0x80, summary[at] + 1 & 0xFF):
                 changed = bytearray(summary)
                 changed[at] = value
-                summaries.decode(memoryview(pickled + bytes(changed)))  # None or fields; raising fails the test
+                summaries.decode(memoryview(pickled + bytes(changed)))  # None or fields; never raises
+
+
+def test_a_summary_gives_no_int_param_a_stored_record_could_not_hold() -> None:
+    """-2**63 fits the summary's 8 bytes but not a stored int (-2**63 < n < 2**63): such a summary is none."""
+    record = {"id": "a" * 32, "experiment": "b", "params": {"n": -(2**63) + 1}, "status": "new"}
+    pickled = pickle.dumps([{"op": "trial", "trial": record}], protocol=5)
+    summary = bytearray(summaries.encode([{"op": "trial", "trial": record}]))
+    read = summaries.decode(memoryview(pickled + bytes(summary)))
+    assert read is not None and read[2]["params"] == {"n": -(2**63) + 1}
+    at = bytes(summary).find((-(2**63) + 1).to_bytes(8, "little", signed=True))
+    summary[at] = 0  # -2**63
+    assert summaries.decode(memoryview(pickled + bytes(summary))) is None

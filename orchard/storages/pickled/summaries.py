@@ -69,6 +69,7 @@ class _Shape(NamedTuple):
     numbers: struct.Struct  # the floats' and ints' layout
     strings: int  # how many string values
     numeric: bool  # every param a float or an int (their names zip with the numbers)
+    ints: bool  # some param an int (-2**63 fits the layout, not a stored int)
 
 
 _SHAPES: dict[bytes, _Shape | None] = {}  # the first 256 sequences of kinds seen (``None``: an unknown kind)
@@ -146,7 +147,7 @@ def _shape(kinds: bytes) -> _Shape | None:
     shape = None
     if all(kind in b"fitFns" for kind in kinds):
         shape = _Shape(struct.Struct("<" + "".join("d" if k == ord("f") else "q" for k in kinds if k in b"fi")),
-                       kinds.count(b"s"), all(kind in b"fi" for kind in kinds))
+                       kinds.count(b"s"), all(kind in b"fi" for kind in kinds), b"i" in kinds)
     if len(_SHAPES) < 256:
         _SHAPES[kinds] = shape
     return shape
@@ -175,10 +176,14 @@ def decode(payload: memoryview) -> tuple[int, str | None, dict[str, Any]] | None
         at, attempts, status, flags, objective, heartbeat, submit, begun, ended, count = _FIXED.unpack_from(
             payload, start)
         pos = start + _FIXED.size + count
+        if pos > end:
+            return None
         shape = _shape(bytes(payload[pos - count:pos]))
         if shape is None or status >= len(_STATUSES) or pos + shape.numbers.size > end:
             return None
         numbers = shape.numbers.unpack_from(payload, pos)
+        if shape.ints and -INT_LIMIT in numbers:
+            return None
         texts = str(payload[pos + shape.numbers.size:end], "utf-8").split(_SEPARATOR)
     except (struct.error, UnicodeDecodeError):
         return None
