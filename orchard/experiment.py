@@ -34,7 +34,7 @@ from orchard.naming import check_experiment_name
 from orchard.objective import Outcome, check_objective, interpret_result
 from orchard.objectives import normalize_objectives
 from orchard.pareto import best_of, front_hypervolume, pareto_front
-from orchard.pruners import check_objectives, normalize_pruner_config
+from orchard.pruners import check_pruner, normalize_pruner_config
 from orchard.recording import (budget_held, budget_to_give, finished, queue_trial, record_evaluation,
                                warn_if_budget_met)
 from orchard.report import TrialPruned, check_report
@@ -143,7 +143,7 @@ def build_experiment(
             if wanted_pruner is not None:
                 fields["pruner"] = wanted_pruner
             fields.update(wanted)
-            check_objectives(fields.get("pruner"), fields["objectives"])  # on creation: stored ones still load
+            check_pruner(fields.get("pruner"), fields["objectives"], wanted_space)  # on creation only
             check_sources(wanted_space, sources, store, name, fields["objectives"], fields.get("constraints"))
             store.create_experiment(name, ExperimentConfig(**fields).to_dict())
             record = store.require_experiment(name)

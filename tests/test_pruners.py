@@ -124,6 +124,27 @@ def test_the_last_step_comes_from_the_experiments_integer_fidelity() -> None:
     assert isinstance(several, HyperbandPruner) and several.brackets == 3  # first rungs 1, 3 and 9
 
 
+def test_creating_an_experiment_whose_rung_pruner_cannot_know_the_last_step_warns(
+        tmp_path: Any, caplog: pytest.LogCaptureFixture) -> None:
+    """Without max_step or an integer fidelity, asha and hyperband stop a training whose last report is on a
+    rung: the experiment was created without a word; now one warning says so and how to give max_step."""
+    import orchard
+
+    plain = {"x": "uniform(0, 1)"}
+    cases = [("asha", plain, True), ({"patience": {"wrapped": "hyperband"}}, plain, True),
+             ({"asha": {"max_step": 9}}, plain, False), ("hyperband", {**plain, "epochs": "fidelity(1, 9)"}, False),
+             ("asha", {**plain, "epochs": "fidelity(0.1, 9.0)"}, True), ("median", plain, False)]
+    for i, (pruner, space, warned) in enumerate(cases):
+        caplog.clear()
+        orchard.build_experiment(f"e{i}", space=space, pruner=pruner, storage=str(tmp_path / "o.pkl"))
+        said = [r.getMessage() for r in caplog.records if "does not know the last step" in r.getMessage()]
+        assert len(said) == int(warned), (pruner, said)
+        assert not warned or "max_step" in said[0]
+    caplog.clear()
+    orchard.build_experiment("e0", storage=str(tmp_path / "o.pkl"))  # joining: said where it was created
+    assert "does not know the last step" not in caplog.text
+
+
 def test_a_hyperband_bracket_starting_at_the_last_step_stops_no_training() -> None:
     pruner = make_pruner({"hyperband": {"max_step": 9}})
     assert isinstance(pruner, HyperbandPruner) and pruner.brackets == 3

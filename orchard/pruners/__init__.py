@@ -27,15 +27,18 @@ experiment when it is built (:func:`check_objectives`).
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Mapping
 from typing import Any
 
 from orchard.errors import ConfigurationError, did_you_mean
 from orchard.pruners._percentile import MedianPruner, PercentilePruner
-from orchard.pruners._rungs import AshaPruner, HyperbandPruner
+from orchard.pruners._rungs import AshaPruner, HyperbandPruner, RungPruner
 from orchard.pruners._simple import NopPruner, PatiencePruner, ThresholdPruner
 from orchard.pruners.base import BasePruner, Curve, Verdict
 from orchard.space import Space
+
+log = logging.getLogger(__name__)
 
 __all__ = [
     "PRUNERS",
@@ -50,6 +53,7 @@ __all__ = [
     "ThresholdPruner",
     "Verdict",
     "check_objectives",
+    "check_pruner",
     "make_pruner",
     "normalize_pruner_config",
 ]
@@ -148,6 +152,26 @@ def check_objectives(config: PrunerConfig, objectives: Mapping[str, str] | None)
             f"({', '.join(objectives)}); choose one of {', '.join(several)} (they rank by non-dominated sorting)")
     if name == "patience" and options["wrapped"] is not None:
         check_objectives(options["wrapped"], objectives)
+
+
+def check_pruner(config: PrunerConfig, objectives: Mapping[str, str] | None, space: Space) -> None:
+    """Check a new experiment's pruner against its objectives (:func:`check_objectives`) and its space.
+
+    ``asha`` and ``hyperband`` stop no training at the last step a trial reports, if they know it
+    (``max_step``, or the ``high`` of an integer fidelity). Without either, a training whose last
+    report falls on a rung is stopped there instead of completing: a warning says so, once, where
+    the experiment is created.
+
+    Raises:
+        ConfigurationError: as :func:`check_objectives`.
+    """
+    check_objectives(config, objectives)
+    built = make_pruner(config, objectives, space)
+    rungs = built.wrapped if isinstance(built, PatiencePruner) and built.wrapped is not None else built
+    if isinstance(rungs, RungPruner) and rungs.end is None:
+        log.warning("pruner %r does not know the last step a trial reports (no max_step, and the space has "
+                    "no integer fidelity): a training whose last report falls on a rung is stopped there "
+                    "instead of completing; give it max_step, e.g. {%r: {'max_step': 100}}", rungs.name, rungs.name)
 
 
 PatiencePruner.build = make_pruner

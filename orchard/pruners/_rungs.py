@@ -37,7 +37,7 @@ from orchard.objectives import crowding_distance, non_dominated_sort, shown_valu
 from orchard.pruners.base import BasePruner, Curve, Verdict, check_int, value_at
 from orchard.trial import INT_LIMIT, ReportValue
 
-__all__ = ["AshaPruner", "HyperbandPruner", "bracket_of", "pareto_position"]
+__all__ = ["AshaPruner", "HyperbandPruner", "RungPruner", "bracket_of", "pareto_position"]
 
 
 def _first_rung(min_step: int, eta: int, rate: int) -> int | None:
@@ -70,7 +70,7 @@ def _rungs_crossed(own: Curve, min_step: int, eta: int, rate: int) -> list[int]:
 
 
 def _halving(
-    pruner: _RungPruner, own: Curve, others: Mapping[str, Curve], trial_id: str, rate: int
+    pruner: RungPruner, own: Curve, others: Mapping[str, Curve], trial_id: str, rate: int
 ) -> Verdict:
     """Judge ``own`` at the highest rung its last report reached, against ``others`` there."""
     min_step, eta = pruner.options["min_step"], pruner.options["reduction_factor"]
@@ -118,7 +118,7 @@ def pareto_position(values: Mapping[str, tuple[float, ...]], trial_id: str) -> t
     return position, order[position][0]
 
 
-def _pareto_halving(pruner: _RungPruner, trial_id: str, mine: tuple[float, ...],
+def _pareto_halving(pruner: RungPruner, trial_id: str, mine: tuple[float, ...],
                     values: Mapping[str, ReportValue | None], step: int, rung: int) -> Verdict:
     """The rung rule with several objectives: go on if among the best ``n // η`` by :func:`pareto_position`."""
     reached = {tid: v for tid, v in values.items() if isinstance(v, tuple) and len(v) == len(mine)}
@@ -132,7 +132,7 @@ def _pareto_halving(pruner: _RungPruner, trial_id: str, mine: tuple[float, ...],
     return Verdict(prune, pruner.name, step, compared=tuple(sorted(reached)), reason=reason, rung=rung)
 
 
-class _RungPruner(BasePruner):
+class RungPruner(BasePruner):
     """What ``asha`` and ``hyperband`` share: the last step, and the objectives to show values in."""
 
     #: The last step a trial reports (``max_step``, else the fidelity's), ``None`` if unknown.
@@ -156,7 +156,7 @@ class _RungPruner(BasePruner):
         return super().facing(objectives, last_step)
 
 
-class AshaPruner(_RungPruner):
+class AshaPruner(RungPruner):
     """Asynchronous successive halving over the reported steps (see the module docstring).
 
     Options:
@@ -202,7 +202,7 @@ def bracket_of(trial_id: str, brackets: int) -> int:
     return int.from_bytes(digest[:8], "big") % brackets
 
 
-class HyperbandPruner(_RungPruner):
+class HyperbandPruner(RungPruner):
     """Several :class:`AshaPruner` brackets; a trial's bracket is fixed by a hash of its id.
 
     Options:
