@@ -8,6 +8,7 @@ next to the machine's load before and after.
 
 from __future__ import annotations
 
+import argparse
 import os
 import statistics
 import subprocess
@@ -77,3 +78,13 @@ def run_python(python: str, code: str, args: Sequence[str], cwd: str) -> str:
     if proc.returncode != 0:
         raise RuntimeError(f"{python} failed ({proc.returncode}): {proc.stderr[-2000:]}")
     return proc.stdout
+
+
+def scale_options(doc: str | None, workers: list[int]) -> argparse.Namespace:
+    """The options of the many-workers benchmarks (``scale_floor``, ``scale_threads``): the fleet sizes,
+    the rounds of trials and a trial's seconds."""
+    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--workers", type=int, nargs="+", default=workers)
+    parser.add_argument("--rounds", type=int, default=6)
+    parser.add_argument("--seconds", type=float, default=5.0)
+    return parser.parse_args()

@@ -21,7 +21,6 @@ same W and load.
 
 from __future__ import annotations
 
-import argparse
 import fcntl
 import os
 import statistics
@@ -29,6 +28,8 @@ import struct
 import tempfile
 import time
 import zlib
+
+from _harness import scale_options
 
 _FRAME = struct.Struct("<III")  # payload length, crc32(payload), crc32(the first 8 bytes): Orchard's frame
 _SIZES = (300, 560)  # an Orchard trial's two frames with bench/scale.py's probe results (docs/scaling.md)
@@ -112,11 +113,7 @@ def run(workers: int, rounds: int, seconds: float, tmp: str) -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--workers", type=int, nargs="+", default=[128, 256, 512])
-    parser.add_argument("--rounds", type=int, default=6)
-    parser.add_argument("--seconds", type=float, default=5.0)
-    args = parser.parse_args()
+    args = scale_options(__doc__, [128, 256, 512])
     load = os.getloadavg()
     print(f"{args.rounds} rounds of {args.seconds:g} s, {os.cpu_count()} cores, "
           f"load average {load[0]:.1f} {load[1]:.1f} {load[2]:.1f}")

@@ -12,12 +12,13 @@ start, and the wall time::
 
 from __future__ import annotations
 
-import argparse
 import functools
 import os
 import tempfile
 import time
 from typing import Any
+
+from _harness import scale_options
 
 
 def sleep_for(x: float, y: float, seconds: float) -> dict[str, Any]:
@@ -46,11 +47,7 @@ def run(workers: int, rounds: int, seconds: float) -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--workers", type=int, nargs="+", default=[64, 128, 256, 512])
-    parser.add_argument("--rounds", type=int, default=6)
-    parser.add_argument("--seconds", type=float, default=5.0)
-    args = parser.parse_args()
+    args = scale_options(__doc__, [64, 128, 256, 512])
     load = os.getloadavg()
     print(f"{args.rounds} rounds of {args.seconds:g} s trials, loops as threads of one process, "
           f"{os.cpu_count()} cores, load average {load[0]:.1f} {load[1]:.1f} {load[2]:.1f}")
