@@ -411,6 +411,8 @@ def test_a_bare_prior_token_with_an_invalid_name_is_refused(
     (["--mode~choices(['ok'])", "--x=~uniform(0,1)"], "token '--x=~uniform(0,1)' is no dimension"),
     (["--x", "uniform(0, 1)"], "defines no dimension (token 'uniform(0, 1)' is a prior with no name: "
                                "write it as one token --name~'uniform(0, 1)')"),
+    (["--x", "choices(['a', 'b'])"], "write it as one token --name~\"choices(['a', 'b'])\")"),  # shell-quoted
+    (["--x=~choices(['a', 'b'])"], "write --x~\"choices(['a', 'b'])\": a dimension is"),
     (["--y~uniform(0,1)", "x=~uniform(0,1)"], "token 'x=~uniform(0,1)' is no dimension (an = before its ~); "
                                               "write --x~'uniform(0,1)' (the script gets --x=VALUE) or "
                                               "x~'uniform(0,1)' (it gets x=VALUE)"),

@@ -241,7 +241,7 @@ def _complete_space(template: CommandTemplate, storage: BaseStorage, name: str) 
     if record is None:
         unnamed = template.unnamed_prior()
         found = "" if unnamed is None else (f" (token {unnamed!r} is a prior with no name: write it as one "
-                                            f"token --name~'{unnamed}')")
+                                            f"token --name~{unnamed!r})")
         raise ConfigurationError(
             f"the command defines no dimension{found} and experiment {name!r} does not exist in "
             f"{storage.redacted_uri}; mark hyperparameters as --name~'prior', e.g. {EXAMPLE}"
