@@ -258,9 +258,9 @@ def _split_or_quoted(whole: str, prior: str, after: Sequence[str]) -> str:
 
 
 def _refuse_equals_tilde(token: str) -> None:
-    """Refuse ``--x=~uniform(0, 1)``, and ``x=~uniform(0, 1)`` whose right-hand side calls a prior Orchard
-    knows (``a=~b(c)``, ``dir/x=~uniform(0,1)`` stay the script's text): given to the script as that text,
-    its prior was never searched.
+    """Refuse ``--x=~uniform(0, 1)`` and ``x=~uniform(0, 1)``, whose right-hand side calls a prior Orchard
+    knows: given to the script as that text, its prior was never searched. ``--expr=~f(x)``, ``a=~b(c)`` and
+    ``dir/x=~uniform(0,1)`` stay the script's text.
 
     Raises:
         SpaceError: naming the token and the form to write.
@@ -268,15 +268,19 @@ def _refuse_equals_tilde(token: str) -> None:
     from orchard.space import PRIORS
 
     slip = _EQUALS_TILDE.match(token)
-    if slip is None:
+    if slip is None or slip["call"] not in PRIORS:
         return
     option, prior = slip["option"], slip["prior"]
+    if not re.sub(r"[-.]", "_", option.lstrip("-")).isidentifier():
+        if not slip["dashes"]:
+            return
+        raise SpaceError(f"token {token!r} defines a dimension without a valid name; write --name~{prior!r} "
+                         "with a name of letters, digits and _ (e.g. --lr~'uniform(0, 1)')")
     if slip["dashes"]:
-        raise SpaceError(f"token {token!r} is no dimension (an = before its ~); write {option}~'{prior}': "
+        raise SpaceError(f"token {token!r} is no dimension (an = before its ~); write {option}~{prior!r}: "
                          "a dimension is --name~'prior', e.g. --lr~'uniform(0, 1)'")
-    if re.sub(r"[-.]", "_", option).isidentifier() and slip["call"] in PRIORS:
-        raise SpaceError(f"token {token!r} is no dimension (an = before its ~); write --{option}~'{prior}' "
-                         f"(the script gets --{option}=VALUE) or {option}~'{prior}' (it gets {option}=VALUE)")
+    raise SpaceError(f"token {token!r} is no dimension (an = before its ~); write --{option}~{prior!r} "
+                     f"(the script gets --{option}=VALUE) or {option}~{prior!r} (it gets {option}=VALUE)")
 
 
 def _check_placeholders(token: str) -> None:

@@ -373,10 +373,13 @@ class WorkerSettings(ExperimentConfig):
 
 
 def applied_max_broken(config: Mapping[str, Any]) -> int:
-    """The ``max_broken`` workers apply to a stored experiment's ``config``: its own, else the default.
+    """The ``max_broken`` workers apply to a stored experiment's ``config``: its own, read as they read it
+    (``"5"`` or ``5.0`` is 5), else the default (none, or one they refuse: the dashboard names it).
 
-    Another program may store none, or text: ``orchard list`` read the raw value and showed no stop
-    where ``status`` and the workers, applying the default, had stopped.
+    Another program may store none, or text: ``orchard list`` read the raw value and showed a stop at the
+    default 3 where ``status`` and the workers, reading ``"5"`` as 5, had not stopped.
     """
-    max_broken = config.get("max_broken")
-    return max_broken if type(max_broken) is int and max_broken > 0 else ExperimentConfig.default("max_broken")
+    try:
+        return positive_int(config["max_broken"])
+    except (KeyError, ValueError):
+        return int(ExperimentConfig.default("max_broken"))

@@ -584,6 +584,32 @@ def test_list_applies_the_default_max_broken_to_an_experiment_stored_without_one
     assert capsys.readouterr().out.rstrip().endswith("stopped: 3 broken trials (max_broken=3)")
 
 
+@pytest.mark.parametrize("stored", ["5", 5.0])
+def test_list_and_status_read_a_max_broken_stored_as_text_or_float_as_the_workers_do(
+    workdir: Path, capsys: pytest.CaptureFixture[str], stored: object
+) -> None:
+    """Another program's max_broken of "5" (or 5.0): its workers and status apply 5; list applied the
+    default 3 and said 'stopped: 4 broken trials (max_broken=3)' of an experiment still running."""
+    from orchard.storages.pickled import PickledStorage
+
+    storage = PickledStorage("orchard.pkl")
+    exp = storage.create_experiment("other", {"space": {"x": "uniform(0, 1)"}, "max_broken": stored})
+    for i in range(4):
+        trial = storage.register_trial(exp, {"x": i / 10}, worker="w", budget=None)
+        storage.fail_trial(trial.id, "w", {"type": "ValueError", "message": "bad"})
+    capsys.readouterr()
+    assert main(["list", "--storage", "orchard.pkl"]) == 0
+    assert "stopped" not in capsys.readouterr().out
+    assert main(["list", "--storage", "orchard.pkl", "--json"]) == 0
+    assert [e["broken_stop"] for e in json.loads(capsys.readouterr().out)] == [None]
+    assert main(["status", "-n", "other", "--storage", "orchard.pkl", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["broken_stop"] is None
+    storage.fail_trial(storage.register_trial(exp, {"x": 0.9}, worker="w", budget=None).id, "w",
+                       {"type": "ValueError", "message": "bad"})
+    assert main(["list", "--storage", "orchard.pkl"]) == 0
+    assert capsys.readouterr().out.rstrip().endswith("stopped: 5 broken trials (max_broken=5)")
+
+
 def test_status_watch_refreshes_until_ctrl_c(workdir: Path) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("ORCHARD_")}
     proc = subprocess.Popen([sys.executable, "-m", "orchard.cli", "status", "--watch", "--interval", "0.2"],

@@ -396,7 +396,7 @@ def test_choices_a_script_receives_as_one_text_are_refused(
 
 
 @pytest.mark.parametrize("token", ["x²~uniform(0, 1)", "2x~uniform(0, 1)", "a+b~uniform(0,1)",
-                                   "--x²~uniform(0, 1)"])
+                                   "--x²~uniform(0, 1)", "--x²=~uniform(0, 1)", "--=~uniform(0, 1)"])
 def test_a_bare_prior_token_with_an_invalid_name_is_refused(
         workdir: Path, token: str, capsys: pytest.CaptureFixture[str]) -> None:
     """``2x~uniform(0, 1)`` reached the script as that text, its prior silently not searched."""
@@ -411,6 +411,8 @@ def test_a_bare_prior_token_with_an_invalid_name_is_refused(
     (["--mode~choices(['ok'])", "--x=~uniform(0,1)"], "token '--x=~uniform(0,1)' is no dimension"),
     (["--x", "uniform(0, 1)"], "defines no dimension (token 'uniform(0, 1)' is a prior with no name: "
                                "write it as one token --name~'uniform(0, 1)')"),
+    (["--x", "choices(['a', 'b'])"], "write it as one token --name~\"choices(['a', 'b'])\")"),  # shell-quoted
+    (["--x=~choices(['a', 'b'])"], "write --x~\"choices(['a', 'b'])\": a dimension is"),
     (["--y~uniform(0,1)", "x=~uniform(0,1)"], "token 'x=~uniform(0,1)' is no dimension (an = before its ~); "
                                               "write --x~'uniform(0,1)' (the script gets --x=VALUE) or "
                                               "x~'uniform(0,1)' (it gets x=VALUE)"),
@@ -428,9 +430,11 @@ def test_a_prior_that_defines_no_dimension_is_named(
 
 def test_script_arguments_with_an_equals_and_a_tilde_still_reach_the_script(
         workdir: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    """``x=~uniform(0,1)`` is refused, the script's own ``a=b``, ``home=~/data``, ``f=~g(1)`` (no prior) and
-    ``dir/x=~uniform(0,1)`` (a path) are not: they reach the script as they were written."""
-    texts = ["mode=ok", "a=b", "home=~/data", "f=~g(1)", "dir/x=~uniform(0,1)"]
+    """``x=~uniform(0,1)`` is refused, the script's own ``a=b``, ``home=~/data``, ``f=~g(1)`` and
+    ``--expr=~f(x)`` (no prior; the latter was refused) and ``dir/x=~uniform(0,1)`` (a path) are not: they
+    reach the script as they were written."""
+    texts = ["mode=ok", "a=b", "home=~/data", "f=~g(1)", "dir/x=~uniform(0,1)", "--expr=~f(x)",
+             "--msg=~ approx (1)", "--lr=~1e-3", "--opt=~foo"]
     assert hunt(sys.executable, "script.py", *texts, "--y~uniform(0,1)") == 0, capsys.readouterr().err
     command = orchard.get_experiment("e", storage="orchard.pkl").storage.require_experiment("e").config
     assert shlex.split(command["hunt_command"])[2:] == [*texts, "--y=<y>"], command["hunt_command"]

@@ -442,6 +442,7 @@ def test_one_stop_flag_takes_several_comma_separated_rules_as_the_docs_show(
     ("target", "stop rule 'target' has no value; give it as target=VALUE, e.g. target=0.1"),
     ("tarrget", "'tarrget' is not a stopping rule (did you mean target?); a rule is RULE=VALUE: target=0.1"),
     ("target=0.1,", "an empty stopping rule (an unset shell variable, a trailing comma?); a rule is"),
+    ("data", "'data' is not a stopping rule; a rule is RULE=VALUE"),  # a folder: no command starts with it
 ])
 def test_a_stop_value_that_is_no_rule_is_named_with_what_a_rule_looks_like(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], stop: str,
@@ -450,6 +451,7 @@ def test_a_stop_value_that_is_no_rule_is_named_with_what_a_rule_looks_like(
     word, and not that --stop had taken the start of the command as its rule."""
     monkeypatch.chdir(tmp_path)
     (tmp_path / "f.py").write_text("import orchard\norchard.report_objective(1.0)\n")
+    (tmp_path / "data").mkdir()
     assert main(["hunt", "-n", "e", "--storage", "db.pkl", "--stop", stop, "f.py", "--x~uniform(0, 1)"]) == 2
     err = capsys.readouterr().err
     assert said in err and len(err.strip().splitlines()) == 1, err

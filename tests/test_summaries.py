@@ -232,3 +232,38 @@ def test_a_summary_gives_no_int_param_a_stored_record_could_not_hold() -> None:
     at = bytes(summary).find((-(2**63) + 1).to_bytes(8, "little", signed=True))
     summary[at] = 0  # -2**63
     assert summaries.decode(memoryview(pickled + bytes(summary))) is None
+
+
+def test_a_float_param_of_minus_two_to_the_63_beside_an_int_one_is_read_not_skipped_as_damage(
+        path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """-2.0**63 is a float any space may give; only an int of that value is one no record holds. Beside an
+    int param it made every reader skip the trial's frames as damage (and `db repair` drop them)."""
+    writer = PickledStorage(str(path), fsync=False)
+    exp = writer.create_experiment("e", {})
+    trial = writer.register_trial(exp, {"layers": 3, "x": -(2.0**63)}, worker="w", budget=None)
+    done = writer.complete_trial(trial.id, "w", 0.5, dict(RESULTS))
+    read = PickledStorage(str(path), fsync=False).fetch_trials(exp)
+    assert read == [done] and type(read[0]) is LazyTrial
+    assert [type(v) for v in read[0].params.values()] == [int, float]
+    assert main(["db", "check", "--storage", str(path)]) == 0
+    assert "no damage" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(("told", "read"), [(1, True), (1.0, 1), (0, False), (0.0, False)])
+def test_a_summary_that_gives_a_param_another_type_than_its_record_is_damage(
+        path: Path, capsys: pytest.CaptureFixture[str], told: object, read: object) -> None:
+    """A summary's ``1`` for the record's ``True`` (or ``1.0`` for ``1``) compared equal: a worker read one
+    type by the summary, another by decoding, and ``db check`` found no damage."""
+    writer = PickledStorage(str(path), fsync=False)
+    exp = writer.create_experiment("e", {})
+    kept = writer.register_trial(exp, {"x": 0.5}, worker="w0", budget=None)
+    record = {"op": "trial", "trial": {**kept.to_record(), "id": "f" * 32, "params": {"x": read}}}
+    payload = pickle.dumps([record], protocol=5) + summaries.encode(
+        [{"op": "trial", "trial": {**record["trial"], "params": {"x": told}}}])
+    with path.open("ab") as f:
+        f.write(_frame(payload))
+    (lied,) = [t for t in PickledStorage(str(path), fsync=False).fetch_trials(exp) if t.id == "f" * 32]
+    with pytest.raises(StorageCorruptedError, match="its summary differs from its record in params"):
+        _ = lied.results
+    assert main(["db", "check", "--storage", str(path)]) != 0
+    assert "summary differs from its record in params" in capsys.readouterr().out

@@ -138,7 +138,7 @@ def _check_stop_is_no_command(values: list[str] | None) -> None:
     for value in values or ():
         if "=" in value or value.lstrip().startswith("{"):
             continue
-        if shutil.which(value) or os.path.exists(value):
+        if shutil.which(value) or os.path.isfile(value):  # (a folder named as a rule is not a command)
             raise UsageError(f"--stop {value}: {value!r} is the start of the command, taken as the stopping "
                              f"rule; --stop needs a rule (RULE=VALUE) before the command, e.g. "
                              f"--stop target=0.1 {value} ...")
@@ -241,7 +241,7 @@ def _complete_space(template: CommandTemplate, storage: BaseStorage, name: str) 
     if record is None:
         unnamed = template.unnamed_prior()
         found = "" if unnamed is None else (f" (token {unnamed!r} is a prior with no name: write it as one "
-                                            f"token --name~'{unnamed}')")
+                                            f"token --name~{unnamed!r})")
         raise ConfigurationError(
             f"the command defines no dimension{found} and experiment {name!r} does not exist in "
             f"{storage.redacted_uri}; mark hyperparameters as --name~'prior', e.g. {EXAMPLE}"

@@ -240,11 +240,21 @@ def _described(scalars: dict[str, Any], batch: list[Record]) -> dict[str, Any]:
     if len(batch) != 1 or batch[0]["op"] != "trial":
         raise RecordError("it is not the one trial record its summary describes")
     stored = Trial.from_record(batch[0]["trial"]).__dict__
-    differ = [name for name, value in scalars.items()  # repr: a NaN objective or param is itself
-              if name in stored and stored[name] != value and repr(stored[name]) != repr(value)]
+    differ = [name for name, value in scalars.items() if name in stored and not _same(stored[name], value)]
     if differ:
         raise RecordError(f"its summary differs from its record in {', '.join(differ)}")
     return stored
+
+
+def _same(stored: Any, summarised: Any) -> bool:
+    """Whether a summary's value is the record's: of its type too (a summary's 1 is no True nor 1.0, though
+    equal to both), a NaN is itself, and params name the same params in the same order."""
+    if type(stored) is not type(summarised):
+        return False
+    if type(stored) is dict and (list(stored) != list(summarised) or not all(
+            type(a) is type(b) for a, b in zip(stored.values(), summarised.values()))):
+        return False
+    return bool(stored == summarised) or repr(stored) == repr(summarised)
 
 
 def _checked(payload: memoryview, at: int) -> list[Record]:

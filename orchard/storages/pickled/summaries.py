@@ -69,7 +69,7 @@ class _Shape(NamedTuple):
     numbers: struct.Struct  # the floats' and ints' layout
     strings: int  # how many string values
     numeric: bool  # every param a float or an int (their names zip with the numbers)
-    ints: bool  # some param an int (-2**63 fits the layout, not a stored int)
+    ints: tuple[int, ...]  # where the ints are among the numbers (-2**63 fits the layout, not a stored int)
 
 
 _SHAPES: dict[bytes, _Shape | None] = {}  # the first 256 sequences of kinds seen (``None``: an unknown kind)
@@ -146,8 +146,10 @@ def _shape(kinds: bytes) -> _Shape | None:
         pass
     shape = None
     if all(kind in b"fitFns" for kind in kinds):
-        shape = _Shape(struct.Struct("<" + "".join("d" if k == ord("f") else "q" for k in kinds if k in b"fi")),
-                       kinds.count(b"s"), all(kind in b"fi" for kind in kinds), b"i" in kinds)
+        numbers = bytes(kind for kind in kinds if kind in b"fi")
+        shape = _Shape(struct.Struct("<" + numbers.replace(b"f", b"d").replace(b"i", b"q").decode()),
+                       kinds.count(b"s"), len(numbers) == len(kinds),
+                       tuple(at for at, kind in enumerate(numbers) if kind == ord("i")))
     if len(_SHAPES) < 256:
         _SHAPES[kinds] = shape
     return shape
@@ -182,8 +184,8 @@ def decode(payload: memoryview) -> tuple[int, str | None, dict[str, Any]] | None
         if shape is None or status >= len(_STATUSES) or pos + shape.numbers.size > end:
             return None
         numbers = shape.numbers.unpack_from(payload, pos)
-        if shape.ints and -INT_LIMIT in numbers:
-            return None
+        if shape.ints and -INT_LIMIT in numbers and any(numbers[at] == -INT_LIMIT for at in shape.ints):
+            return None  # (a float param may be -2.0**63)
         texts = str(payload[pos + shape.numbers.size:end], "utf-8").split(_SEPARATOR)
     except (struct.error, UnicodeDecodeError):
         return None
