@@ -183,8 +183,11 @@ def normalize_stop(value: Any, objectives: Mapping[str, str] | None = None) -> d
             try:
                 checked[key] = _CHECKS[key](given[key])
             except ValueError as err:
-                raise ConfigurationError(
-                    f"invalid stop rule {key}={given[key]!r}: it must be {err}; correct it and try again") from None
+                glued = isinstance(given[key], str) and re.search(r"\s(\w+)=", given[key])
+                hint = (f" (rules are separated by commas: {key}={given[key].split()[0]},{glued[1]}=...)"
+                        if glued and glued[1].replace("-", "_") in (*RULES, *_OPTIONS) else "")
+                raise ConfigurationError(f"invalid stop rule {key}={given[key]!r}: it must be {err}{hint}; "
+                                         "correct it and try again") from None
     for option, rule in (("min_delta", "patience"), ("cost_metric", "max_cost")):
         if option in checked and rule not in checked:
             raise ConfigurationError(f"stop option {option} needs the rule {rule}; give {rule} too, or drop {option}")

@@ -443,6 +443,7 @@ def test_one_stop_flag_takes_several_comma_separated_rules_as_the_docs_show(
     ("tarrget", "'tarrget' is not a stopping rule (did you mean target?); a rule is RULE=VALUE: target=0.1"),
     ("target=0.1,", "an empty stopping rule (an unset shell variable, a trailing comma?); a rule is"),
     ("data", "'data' is not a stopping rule; a rule is RULE=VALUE"),  # a folder: no command starts with it
+    ("target=0.1 patience=3", "must be a finite number (rules are separated by commas: target=0.1,patience=...)"),
 ])
 def test_a_stop_value_that_is_no_rule_is_named_with_what_a_rule_looks_like(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], stop: str,
