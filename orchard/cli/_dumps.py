@@ -330,15 +330,14 @@ def load_experiments(
             f"-n renames one experiment but the dump holds {len(experiments)}; dump them one by one with -n"
         )
     loaded = set() if rename else {entry["name"] for entry in experiments}
-    for entry in experiments:  # every conflict before the first write
-        followed = _sources_followed(entry["config"], data.get("source"), storage, loaded)
-        _check_not_itself(rename or entry["name"], followed, storage)
+    configs = [_sources_followed(entry["config"], data.get("source"), storage, loaded) for entry in experiments]
+    for entry, config in zip(experiments, configs):  # every conflict before the first write
+        _check_not_itself(rename or entry["name"], config, storage)
         record = storage.get_experiment(rename or entry["name"])
         if record is not None:
             _check_fits(storage, record, entry["config"], len(experiments), "nothing was loaded")
-    for entry in experiments:
+    for entry, config in zip(experiments, configs):
         name = rename or entry["name"]
-        config = _sources_followed(entry["config"], data.get("source"), storage, loaded)
         experiment_id = storage.create_experiment(name, config, created=entry.get("created"),
                                                   keep_id=_dumped_id(entry))
         record = storage.require_experiment(name)
