@@ -330,7 +330,8 @@ def load_experiments(
             f"-n renames one experiment but the dump holds {len(experiments)}; dump them one by one with -n"
         )
     loaded = set() if rename else {entry["name"] for entry in experiments}
-    configs = [_sources_followed(entry["config"], data.get("source"), storage, loaded) for entry in experiments]
+    source = data.get("source")
+    configs = [_sources_followed(entry["config"], source, storage, loaded) for entry in experiments]
     for entry, config in zip(experiments, configs):  # every conflict before the first write
         _check_not_itself(rename or entry["name"], config, storage)
         record = storage.get_experiment(rename or entry["name"])
