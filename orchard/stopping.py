@@ -357,7 +357,7 @@ def broken_stop(broken: int, max_broken: int | None) -> dict[str, Any] | None:
     """
     if max_broken is None or broken < max_broken:
         return None
-    return {"broken": broken, "max_broken": max_broken,
-            "line": f"stopped: {broken} broken trials (max_broken={max_broken}); no worker starts a trial "
-                    "until max_broken is raised (fix the objective, then e.g. orchard hunt --max-broken "
-                    f"{broken + max_broken})"}
+    said = f"stopped: {broken} broken trials (max_broken={max_broken})"  # a list's row; line adds what to do
+    return {"broken": broken, "max_broken": max_broken, "said": said,
+            "line": f"{said}; no worker starts a trial until max_broken is raised (fix the objective, then "
+                    f"e.g. orchard hunt --max-broken {broken + max_broken})"}

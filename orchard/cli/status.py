@@ -362,12 +362,8 @@ def run_list(args: argparse.Namespace) -> int:
                             f"{c.get('pruned', 0)} pruned  {c['broken']} broken  "
                             f"{c['reserved']} running  {c['new'] + c['interrupted']} waiting"
                             + (f"  stopped by {row['stopped']['rule']}" if row["stopped"] else "")
-                            + (_broken_stop_words(row["broken_stop"]) if row["broken_stop"] else "")))
+                            + (f"  {row['broken_stop']['said']}" if row["broken_stop"] else "")))
     return 0
-
-
-def _broken_stop_words(stop: dict[str, Any]) -> str:
-    return f"  stopped: {stop['broken']} broken trials (max_broken={stop['max_broken']})"
 
 
 def run_info(args: argparse.Namespace) -> int:

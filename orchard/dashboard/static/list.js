@@ -18,9 +18,7 @@ function progressCell(row) {
     td.appendChild(el("div", "stopped by " + row.stopped, "stopped"));
   }
   if (row.broken_stop) {  // max_broken trials are broken: no worker starts a trial until it is raised
-    const b = row.broken_stop;
-    const text = "stopped: " + b.broken + " broken trials (max_broken=" + b.max_broken + ")";
-    td.appendChild(el("div", text, "stopped"));
+    td.appendChild(el("div", row.broken_stop.said, "stopped"));
   }
   return td;
 }
