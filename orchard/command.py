@@ -112,13 +112,12 @@ class CommandTemplate:
         space: dict[str, str] = {}
         for index, token in enumerate(tokens):
             match = _DIMENSION.match(token)
-            if match is not None and not re.sub(r"[-.]", "_", match["option"]).isidentifier():
+            if match is not None and not _named(match["option"]):
                 match = None  # x²: a word character that no name holds
             if match is None:
                 _refuse_equals_tilde(token)
             if match is None and _BAD_DIMENSION.match(token):
-                raise SpaceError(f"token {token!r} defines a dimension without a valid name; write "
-                                 "--name~'prior' with a name of letters, digits and _ (e.g. --lr~'uniform(0, 1)')")
+                raise _nameless(token, "'prior'")
             if match is None or (not match["dashes"] and not _PRIOR_CALL.match(match["prior"])):
                 _check_placeholders(token)
                 slots.append(_Slot(token))
@@ -271,16 +270,26 @@ def _refuse_equals_tilde(token: str) -> None:
     if slip is None or slip["call"] not in PRIORS:
         return
     option, prior = slip["option"], slip["prior"]
-    if not re.sub(r"[-.]", "_", option.lstrip("-")).isidentifier():
+    if not _named(option.lstrip("-")):
         if not slip["dashes"]:
             return
-        raise SpaceError(f"token {token!r} defines a dimension without a valid name; write --name~{prior!r} "
-                         "with a name of letters, digits and _ (e.g. --lr~'uniform(0, 1)')")
+        raise _nameless(token, repr(prior))
     if slip["dashes"]:
         raise SpaceError(f"token {token!r} is no dimension (an = before its ~); write {option}~{prior!r}: "
                          "a dimension is --name~'prior', e.g. --lr~'uniform(0, 1)'")
     raise SpaceError(f"token {token!r} is no dimension (an = before its ~); write --{option}~{prior!r} "
                      f"(the script gets --{option}=VALUE) or {option}~{prior!r} (it gets {option}=VALUE)")
+
+
+def _named(option: str) -> bool:
+    """Whether an option's name (``lr``, ``batch-size``, ``opt.lr``) can name a dimension."""
+    return re.sub(r"[-.]", "_", option).isidentifier()
+
+
+def _nameless(token: str, prior: str) -> SpaceError:
+    """The error for a token that defines a dimension whose name is empty or invalid."""
+    return SpaceError(f"token {token!r} defines a dimension without a valid name; write --name~{prior} with a "
+                      "name of letters, digits and _ (e.g. --lr~'uniform(0, 1)')")
 
 
 def _check_placeholders(token: str) -> None:
