@@ -19,8 +19,9 @@ executor initializer installs in each worker process). From those records:
 * **CPU per trial per worker**: the process CPU time (user + system, so a loaded machine does not
   inflate it as it does wall times) a worker spends between the end of one trial and the start of
   its next (median), the probe's own reads excluded, and of it the main thread's CPU **replaying**
-  the file's frames (``replay``) and **polling** the lock (trying it and pausing between tries,
-  replays done while waiting excluded); **start-up CPU**: from the fork to the first
+  the file's frames (``replay``), **polling** the lock (trying it and pausing between tries,
+  replays done while waiting excluded) and folding the changes into the worker's **history**
+  (``History.refresh``, replays excluded); **start-up CPU**: from the fork to the first
   trial (median; a worker started by ``spawn`` also pays its interpreter's start before that);
 * **lock wait** p50 / p99 / max and **lock hold** p50 / p99 (pickle), **bytes read per worker per trial**,
   **MongoDB round trips and bytes (BSON of commands + replies) per trial**,
@@ -61,7 +62,8 @@ _WAITS: list[float] = []
 _HOLDS: list[float] = []
 _HELD = {"since": 0.0}
 _MONGO = {"commands": 0, "bytes": 0}
-_CPU = {"replay": 0.0, "polling": 0.0}  # thread CPU replaying the file's frames; trying the lock (minus replays)
+#: thread CPU replaying the file's frames; trying the lock; folding changes into the history (both minus replays)
+_CPU = {"replay": 0.0, "polling": 0.0, "history": 0.0}
 _LAST: dict[str, Any] = {}
 _PROFILE: dict[str, Any] = {}
 
@@ -72,6 +74,7 @@ def install_probes(mongo: bool, profile_dir: str | None = None) -> None:
     With ``profile_dir``, the worker process runs under :mod:`cProfile` and
     writes its cumulative profile to ``profile_dir/PID.prof`` at each trial.
     """
+    from orchard import history
     from orchard.storages.pickled import locks, reader
 
     if profile_dir is not None:
@@ -102,6 +105,15 @@ def install_probes(mongo: bool, profile_dir: str | None = None) -> None:
         finally:
             _CPU["replay"] += time.thread_time() - cpu
 
+    refresh = history.History.refresh
+
+    def timed_refresh(self: Any) -> Any:
+        cpu, replay = time.thread_time(), _CPU["replay"]
+        try:
+            return refresh(self)
+        finally:
+            _CPU["history"] += time.thread_time() - cpu - (_CPU["replay"] - replay)
+
     def timed_release(lock: Any) -> None:
         _HOLDS.append(time.perf_counter() - _HELD["since"])
         release(lock)
@@ -109,6 +121,7 @@ def install_probes(mongo: bool, profile_dir: str | None = None) -> None:
     locks.acquire = timed
     reader.LogReader.sync = timed_sync  # type: ignore[method-assign]
     locks.KernelLock.release = timed_release  # type: ignore[method-assign, assignment]
+    history.History.refresh = timed_refresh  # type: ignore[method-assign]
     if mongo:  # pymongo is imported only where it is used, as the storage does
         _install_mongo_probe()
 
@@ -169,6 +182,7 @@ def probe_sleep(x: float, y: float, seconds: float) -> dict[str, Any]:
         "mongo_bytes": mongo["bytes"] - _LAST.get("mongo_bytes", 0),
         "replay_cpu": _CPU["replay"] - _LAST.get("replay_cpu", 0.0),
         "polling_cpu": _CPU["polling"] - _LAST.get("polling_cpu", 0.0),
+        "history_cpu": _CPU["history"] - _LAST.get("history_cpu", 0.0),
     }
     memory = {"rss_kib": _read_counter("/proc/self/status", "VmRSS:"), **_memory()}  # idle, between trials
     if _PROFILE:
@@ -176,7 +190,7 @@ def probe_sleep(x: float, y: float, seconds: float) -> dict[str, Any]:
         _PROFILE["profiler"].enable()  # dumping disabled it
     _LAST.update(rchar=_read_counter("/proc/self/io", "rchar:"), commands=mongo["commands"],
                  mongo_bytes=mongo["bytes"], cpu=time.process_time(), replay_cpu=_CPU["replay"],
-                 polling_cpu=_CPU["polling"])
+                 polling_cpu=_CPU["polling"], history_cpu=_CPU["history"])
     time.sleep(seconds)
     return {
         "objective": x * x + y,
@@ -216,6 +230,7 @@ class Result:
     cpu_per_trial: float = math.nan  # seconds of process CPU a worker spends between two trials (median)
     replay_per_trial: float = math.nan  # of which (main thread) replaying frames, median
     polling_per_trial: float = math.nan  # of which trying the lock and pausing, replays excluded, median
+    history_per_trial: float = math.nan  # of which folding changes into the worker's history, replays excluded
     start_cpu: float = math.nan  # seconds of process CPU from a worker's start to its first trial (median)
     sklearn: bool = False
     wall: float = math.nan
@@ -273,6 +288,7 @@ def _measure(result: Result, records: list[dict[str, Any]], called: float) -> No
         result.cpu_per_trial = statistics.median(r["cpu"] for r in later)
         result.replay_per_trial = statistics.median(r.get("replay_cpu", math.nan) for r in later)
         result.polling_per_trial = statistics.median(r.get("polling_cpu", math.nan) for r in later)
+        result.history_per_trial = statistics.median(r.get("history_cpu", math.nan) for r in later)
     result.start_cpu = statistics.median(rs[0]["cpu"] for rs in runs)
     last = [rs[-1] for rs in runs]
     result.rss_mib = statistics.median(r["rss_kib"] for r in last) / 1024
@@ -299,7 +315,7 @@ def _percent(share: float) -> str:
 HEADER = (
     f"{'W':>4} {'eff %':>6} {'1st s':>6} {'busy s':>6} {'gap p50':>8} {'gap p95':>8} {'gap max':>8} "
     f"{'lock p50':>9} {'lock p99':>9} {'lock max':>9} {'hold p50':>9} {'hold p99':>9} {'read/tr':>8} {'rt/tr':>6} {'B/tr':>7} "
-    f"{'RSS MiB':>7} {'PSS MiB':>7} {'USS MiB':>7} {'cpu/tr':>7} {'replay':>7} {'polling':>7} {'cpu st':>7} {'wall s':>6}  status"
+    f"{'RSS MiB':>7} {'PSS MiB':>7} {'USS MiB':>7} {'cpu/tr':>7} {'replay':>7} {'polling':>7} {'history':>7} {'cpu st':>7} {'wall s':>6}  status"
 )
 
 
@@ -316,7 +332,7 @@ def row(r: Result) -> str:
         f"{_quantile(r.holds, 0.5) * ms:>7.2f}ms {_quantile(r.holds, 0.99) * ms:>7.1f}ms "
         f"{_kib(r.read_per_trial):>8} {r.commands_per_trial:>6.1f} {_kib(r.mongo_bytes_per_trial):>7} "
         f"{r.rss_mib:>7.0f} {r.pss_mib:>7.0f} {r.uss_mib:>7.1f} {r.cpu_per_trial * ms:>5.1f}ms "
-        f"{r.replay_per_trial * ms:>5.1f}ms {r.polling_per_trial * ms:>5.1f}ms "
+        f"{r.replay_per_trial * ms:>5.1f}ms {r.polling_per_trial * ms:>5.1f}ms {r.history_per_trial * ms:>5.1f}ms "
         f"{r.start_cpu * ms:>5.0f}ms {r.wall:>6.0f}  {status}"
     )
 
