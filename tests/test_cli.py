@@ -610,6 +610,31 @@ def test_list_and_status_read_a_max_broken_stored_as_text_or_float_as_the_worker
     assert capsys.readouterr().out.rstrip().endswith("stopped: 5 broken trials (max_broken=5)")
 
 
+@pytest.mark.parametrize("stored", [0, -1, "ten", 2.5])
+def test_list_names_a_stored_max_broken_the_workers_refuse(
+    workdir: Path, capsys: pytest.CaptureFixture[str], stored: object
+) -> None:
+    """Another program's max_broken of 0 (or -1, "ten", 2.5): hunt, status and info refuse the experiment as
+    unusable, and list showed it as a sound one, with nothing to say why no worker would run it."""
+    from orchard.storages.pickled import PickledStorage
+
+    storage = PickledStorage("orchard.pkl")
+    storage.create_experiment("other", {"space": {"x": "uniform(0, 1)"}, "max_broken": stored})
+    storage.create_experiment("fine", {"space": {"x": "uniform(0, 1)"}})
+    capsys.readouterr()
+    assert main(["status", "-n", "other", "--storage", "orchard.pkl"]) == 2
+    refused = capsys.readouterr().err
+    assert f"max_broken={stored!r}" in refused, refused
+    assert main(["list", "--storage", "orchard.pkl"]) == 0
+    shown = capsys.readouterr()
+    other, fine = shown.out.splitlines()
+    assert f"unusable: invalid setting max_broken={stored!r}" in other and "unusable" not in fine, shown.out
+    assert "orchard db dump -n NAME" in shown.err and "db load NAME.json -n NEWNAME" in shown.err, shown.err
+    assert main(["list", "--storage", "orchard.pkl", "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert f"max_broken={stored!r}" in rows[0]["unusable"] and rows[1]["unusable"] is None, rows
+
+
 def test_status_watch_refreshes_until_ctrl_c(workdir: Path) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("ORCHARD_")}
     proc = subprocess.Popen([sys.executable, "-m", "orchard.cli", "status", "--watch", "--interval", "0.2"],
