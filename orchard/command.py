@@ -72,6 +72,8 @@ _VALUED_OPTIONS = {"python": {"-X", "-W", "--check-hash-based-pycs"}, "pypy": {"
                             "--conditions"},
                    "ruby": {"-I", "-r", "-C"}, "perl": {"-I"}, "Rscript": set()}
 _SCRIPT_SUFFIXES = (".py", ".sh", ".R", ".r", ".jl", ".js", ".pl", ".rb")
+_SUFFIX_INTERPRETERS = {".sh": "bash", ".R": "Rscript", ".r": "Rscript", ".jl": "julia", ".js": "node",
+                        ".pl": "perl", ".rb": "ruby"}
 # what a placeholder looks like ({trial.hash}, {exp.working_dir}): an unknown one is a typo, not text
 _SHOWN_DIMENSION = re.compile(r"^(-{1,2}[^=]+=)?<\w+>$")  # a dimension's token in CommandTemplate.shown()
 _PLACEHOLDER = re.compile(r"\{((?:trial|exp)\.[^{}\s]*)\}")
@@ -374,12 +376,28 @@ def _check_file(program: str, here: str) -> str:
     if not os.access(path, os.X_OK):
         raise ConfigurationError(
             f"script {program!r} is not executable; run 'chmod +x {program}' "
-            f"or start it through its interpreter, e.g. 'python {program}'"
+            f"or start it through its interpreter, e.g. '{_interpreter_of(path)} {program}'"
         )
     problem = _interpreter_problem(path, program)
     if problem is not None:  # exec refuses it, and every trial breaks: 'Exec format error', 'No such file'
         raise ConfigurationError(f"script {program!r} {problem}")
     return path
+
+
+def _interpreter_of(path: str) -> str:
+    """The interpreter a script names in its ``#!`` line (``#!/usr/bin/env python3``: ``python3``), else the
+    one its suffix says (``.sh``: ``bash``): a shell script not executable was told to run as 'python x.sh'."""
+    try:
+        with open(path, "rb") as handle:
+            head = handle.read(512)
+    except OSError:
+        head = b""
+    words = head[2:].split(b"\n", 1)[0].split() if head.startswith(b"#!") else []
+    if words and os.path.basename(words[0]) == b"env":
+        words = [word for word in words[1:] if not word.startswith(b"-")]
+    if words:
+        return os.fsdecode(os.path.basename(words[0]))
+    return _SUFFIX_INTERPRETERS.get(os.path.splitext(path)[1], "python")
 
 
 def _interpreter_problem(path: str, program: str) -> str | None:

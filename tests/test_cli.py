@@ -958,6 +958,8 @@ def test_errors_are_one_line(workdir: Path, capsys: pytest.CaptureFixture[str],
     (["./noline.sh"], "script './noline.sh' has no '#!' line naming its interpreter"),  # 'Exec format error'
     (["./crlf.sh"], "script './crlf.sh' has Windows line ends"),  # 'No such file or directory: ./crlf.sh'
     (["./py2.py"], "names the interpreter '/nonexistent/python2.7' in its '#!' line"),  # the same
+    (["./off.sh"], "e.g. 'bash ./off.sh'"),  # was told to run it as 'python ./off.sh'
+    (["./off"], "e.g. 'python3 ./off'"),  # #!/usr/bin/env python3
 ])
 def test_a_command_that_cannot_run_is_one_line_before_anything_is_stored(
     workdir: Path, capsys: pytest.CaptureFixture[str], command: list[str], expected: str
@@ -968,6 +970,8 @@ def test_a_command_that_cannot_run_is_one_line_before_anything_is_stored(
     (workdir / "py2.py").write_text("#!/nonexistent/python2.7\nprint(1)\n")
     for script in ("noline.sh", "crlf.sh", "py2.py"):
         (workdir / script).chmod(0o755)
+    (workdir / "off.sh").write_text('echo \'{"objective": 1}\' > "$ORCHARD_RESULTS_PATH"\n')  # not executable
+    (workdir / "off").write_text("#!/usr/bin/env python3\nimport orchard\norchard.report_objective(1)\n")
     assert main(["hunt", "-n", "e", "--storage", "orchard.pkl", *command, "--x~uniform(0, 1)"]) == 2
     assert expected in error_line(capsys.readouterr().err)
     assert not (workdir / "orchard.pkl").exists(), "the experiment was stored before its command was refused"
