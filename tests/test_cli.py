@@ -708,6 +708,27 @@ def test_info_of_a_trial_id_that_matches_none_says_to_check_it(
     assert len(line) < 300, line
 
 
+def test_info_of_a_trial_shows_its_results_nan_as_stored_and_says_json_writes_null(
+        workdir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A script's results {"aux": NaN, "big": Infinity}: info --trial --json writes null (jq refuses NaN) and
+    the text showed no results at all, so nothing but db dump said the value was NaN and not missing."""
+    from orchard.storages.pickled import PickledStorage
+
+    storage = PickledStorage("orchard.pkl")
+    exp = storage.create_experiment("e", {"space": {"x": "uniform(0, 1)"}})
+    trial = storage.register_trial(exp, {"x": 0.5}, worker="w", budget=None)
+    storage.complete_trial(trial.id, "w", 1.0, {"aux": math.nan, "big": math.inf, "curve": list(range(100))})
+    capsys.readouterr()
+    assert main(["info", "-n", "e", "--trial", trial.id[:8], "--storage", "orchard.pkl"]) == 0
+    line = next(line for line in capsys.readouterr().out.splitlines() if "results:" in line)
+    assert "aux=nan, big=inf, curve=[0, 1, 2" in line and line.endswith("…") and len(line) < 120, line
+    assert main(["info", "-n", "e", "--trial", trial.id[:8], "--storage", "orchard.pkl", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["trial"]["results"]["aux"] is None
+    info = " ".join((Path(__file__).resolve().parent.parent / "docs" / "cli.md").read_text()
+                    .split("## `orchard info`")[1].split("## ")[0].split())
+    assert "NaN" in info and "null" in info and "db dump" in info, info
+
+
 def test_status_of_every_experiment_names_an_unusable_one_and_shows_the_others(
         workdir: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert hunt("e", "--max-trials", "2") == 0
