@@ -1412,6 +1412,22 @@ def test_db_rm_of_a_warm_start_source_names_the_experiments_it_warm_starts(
                                        "'old': once it is deleted, their workers are told nothing from it\n")
 
 
+def test_db_rm_of_an_experiment_with_running_trials_says_their_results_are_lost(
+        workdir: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    """`db rm` asked "delete experiment 'e' and its 3 trials?" of an experiment two workers were evaluating:
+    nothing said that they would stop and their results be lost."""
+    experiment = orchard.build_experiment("e", space={"x": "uniform(0, 1)"}, storage="orchard.pkl")
+    for x in (0.1, 0.2):
+        experiment.storage.register_trial(experiment.id, {"x": x}, worker=f"host:{int(x * 10)}:beef")
+    experiment.storage.register_trial(experiment.id, {"x": 0.3})
+    capsys.readouterr()
+    monkeypatch.setattr(sys, "stdin", io.StringIO(""))
+    assert main(["db", "rm", "-n", "e"]) == 2
+    assert "2 trial(s) of 'e' are running now" in capsys.readouterr().err
+    assert main(["db", "rm", "-n", "e", "--yes"]) == 0
+    assert "their results are lost; stop them first" in capsys.readouterr().err
+
+
 # -- the reference page ---------------------------------------------------------------------------------
 
 
