@@ -686,6 +686,21 @@ def test_hunt_starts_no_more_workers_than_max_trials(workdir: Path, monkeypatch:
     assert started == [2] and len(trials("e")) == 2
 
 
+def test_a_script_named_in_latin_1_is_hunted_on_mongodb(
+        workdir: Path, capsys: pytest.CaptureFixture[str], mongo_db_uri: str) -> None:
+    """A file name with a byte that is no UTF-8 (b\\xffd.py, saved by a Latin-1 system) reaches Python as
+    '\\udcff'; MongoDB refused the command hunt records, and every hunt stopped on 'unexpected
+    UnicodeEncodeError' after creating the experiment."""
+    script = "b\udcffd.py"  # what os.fsdecode makes of the bytes b"b\xffd.py"
+    (workdir / script).write_text(TRAIN)
+    assert main(["hunt", "-n", "e", "--storage", mongo_db_uri, "--max-trials", "1", sys.executable, script,
+                 "--x~uniform(0, 1)"]) == 0, capsys.readouterr().err
+    assert [t.status for t in trials("e", mongo_db_uri)] == [TrialStatus.COMPLETED]
+    capsys.readouterr()
+    assert main(["info", "-n", "e", "--storage", mongo_db_uri]) == 0
+    assert "b\\xffd.py" in capsys.readouterr().out
+
+
 def test_info_of_an_empty_trial_id_is_refused_not_taken_for_no_trial(
         workdir: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert hunt("e", "--max-trials", "2") == 0
