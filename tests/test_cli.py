@@ -1286,6 +1286,19 @@ def test_insert_names_what_is_wrong(workdir: Path, capsys: pytest.CaptureFixture
     assert "is not one of" in error_line(capsys.readouterr().err)
 
 
+@pytest.mark.parametrize("token", ["note=caf\udce9", "caf\udce9=1"])  # b"caf\xe9": Latin-1 in a UTF-8 shell
+def test_insert_of_a_result_that_is_no_utf_8_is_one_line_on_mongodb(
+        workdir: Path, capsys: pytest.CaptureFixture[str], mongo_db_uri: str, token: str) -> None:
+    """--result note=caf\\xe9 stopped on 'unexpected UnicodeEncodeError' on MongoDB (and a pickle file stored a
+    text no other storage takes: db load into MongoDB failed the same way)."""
+    orchard.build_experiment("e", space={"x": "uniform(0, 1)"}, storage=mongo_db_uri)
+    capsys.readouterr()
+    assert main(["insert", "-n", "e", "--storage", mongo_db_uri, "x=0.5", "--objective", "1",
+                 "--result", token]) == 2
+    assert "holds bytes that are not UTF-8 text" in error_line(capsys.readouterr().err)
+    assert trials("e", mongo_db_uri) == []
+
+
 def test_insert_into_an_experiment_stopped_by_broken_trials_says_how_to_raise_max_broken_here(
         workdir: Path, capsys: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture) -> None:
     """The warning gave the remedy in Python only (orchard.build_experiment('e', max_broken=2))."""
