@@ -42,6 +42,7 @@ from orchard.stopping import normalize_stop
 from orchard.storages import DEFAULT_STORAGE
 from orchard.storages._uri import UNEXPANDED, redact_all
 from orchard.strays import RUN_ENV, WORKER_ENV
+from orchard.terminal import is_utf8
 from orchard.warm_start import normalize_warm_start
 
 log = logging.getLogger(__name__)
@@ -105,6 +106,9 @@ def objective_mapping(value: Any) -> Any:
     if not isinstance(items, (list, tuple)) or not all(isinstance(i, str) for i in items):
         raise ValueError(requirement)
     items = [part for item in items for part in item.split(",") if part.strip()]  # --objective a:min,b:max
+    unreadable = [item for item in items if not is_utf8(item)]
+    if unreadable:  # a byte of a command line that is no UTF-8: no script can report it, MongoDB refused it
+        raise ValueError(f"{requirement}, in UTF-8 text ({unreadable[0]!r} holds bytes that are not UTF-8)")
     if not all(":" in item for item in items):
         raise ValueError(requirement)
     pairs = [item.rsplit(":", 1) for item in items]

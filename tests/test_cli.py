@@ -1299,6 +1299,15 @@ def test_insert_of_a_result_that_is_no_utf_8_is_one_line_on_mongodb(
     assert trials("e", mongo_db_uri) == []
 
 
+def test_an_objective_name_that_is_no_utf_8_is_refused_before_anything_is_stored(
+        workdir: Path, capsys: pytest.CaptureFixture[str], mongo_db_uri: str) -> None:
+    """hunt --objective 'acc\\xff:max' stopped on 'unexpected UnicodeEncodeError' on MongoDB (on a pickle file
+    it was stored, and no script can report that name in its results JSON)."""
+    assert hunt("e", "--storage", mongo_db_uri, "--objective", "acc\udcff:max") == 2
+    assert "holds bytes that are not UTF-8" in error_line(capsys.readouterr().err)
+    assert orchard.get_storage(mongo_db_uri).list_experiments() == []
+
+
 def test_insert_into_an_experiment_stopped_by_broken_trials_says_how_to_raise_max_broken_here(
         workdir: Path, capsys: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture) -> None:
     """The warning gave the remedy in Python only (orchard.build_experiment('e', max_broken=2))."""
