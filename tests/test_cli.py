@@ -332,6 +332,18 @@ def test_executor_options_are_given_to_the_executor_or_refused(
         assert orchard.get_experiment("e", storage="orchard.pkl").fetch_trials() == []
 
 
+def test_executor_single_with_several_workers_is_refused_before_the_experiment_is_stored(
+    workdir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`--executor single --n-workers 2` was refused by the executor, after the experiment was stored with
+    the settings of that command, in Python's words (use executor='thread')."""
+    assert hunt("e", "--max-trials", "4", "--executor", "single", "--n-workers", "2") == 2
+    line = error_line(capsys.readouterr().err)
+    assert "executor 'single' (from --executor) runs one worker in the hunt process, not 2" in line, line
+    assert "--executor thread" in line and not (workdir / "orchard.pkl").exists()
+    assert hunt("e", "--max-trials", "1", "--executor", "single", "--n-workers", "2") == 0  # one is started
+
+
 @pytest.mark.slow
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="file limits counted on Linux")
 def test_workers_out_of_open_files_do_not_fail_a_hunt_the_others_finished(workdir: Path) -> None:
