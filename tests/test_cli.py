@@ -332,6 +332,17 @@ def test_executor_options_are_given_to_the_executor_or_refused(
         assert orchard.get_experiment("e", storage="orchard.pkl").fetch_trials() == []
 
 
+@pytest.mark.slow
+def test_hunt_with_dask_prints_its_line_not_dasks_info_logs(workdir: Path) -> None:
+    """`hunt --executor dask --n-workers 2` printed some 30 lines 'orchard: INFO: State start', 'Start Nanny
+    at …': Dask sets its loggers to INFO, and the one handler of the command line printed them."""
+    done = cli("hunt", "-n", "e", "--storage", "orchard.pkl", "--max-trials", "2", "--executor", "dask",
+               "--n-workers", "2", *train(), cwd=workdir)
+    assert done.returncode == 0, done.stderr
+    assert "INFO" not in done.stderr, done.stderr
+    assert done.stdout.startswith("experiment 'e': 2 completed"), done.stdout
+
+
 def test_executor_single_with_several_workers_is_refused_before_the_experiment_is_stored(
     workdir: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
