@@ -648,6 +648,7 @@ def test_list_names_a_stored_max_broken_the_workers_refuse(
     assert main(["status", "-n", "other", "--storage", "orchard.pkl"]) == 2
     refused = capsys.readouterr().err
     assert f"max_broken={stored!r}" in refused, refused
+    assert "to keep its trials, dump it (orchard db dump -n other -o other.json)" in refused, refused  # not rm
     assert main(["list", "--storage", "orchard.pkl"]) == 0
     shown = capsys.readouterr()
     other, fine = shown.out.splitlines()

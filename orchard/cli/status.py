@@ -385,9 +385,10 @@ def _print_rows(rows: list[dict[str, Any]]) -> None:
                         + (f"  {row['broken_stop']['said']}" if row["broken_stop"] else "")
                         + (f"  unusable: {row['unusable']}" if row["unusable"] else "")))
     if any(row["unusable"] for row in rows):
-        print("orchard: hunt, status and info refuse an unusable experiment; to keep its trials, dump it "
-              "(orchard db dump -n NAME -o NAME.json), correct the setting in the file and load it under a "
-              "new name (orchard db load NAME.json -n NEWNAME)", file=sys.stderr)
+        from orchard.experiment_config import kept_through_a_dump
+
+        print(f"orchard: hunt, status and info refuse an unusable experiment; {kept_through_a_dump('NAME')}",
+              file=sys.stderr)
 
 
 def run_info(args: argparse.Namespace) -> int:
