@@ -1417,6 +1417,11 @@ def test_db_dump_never_writes_over_a_storage_file(workdir: Path, capsys: pytest.
         assert main(["db", "dump", "-n", "e", "-o", target]) == 2
         assert f"-o {target} is an Orchard storage file" in error_line(capsys.readouterr().err)
     assert {name: (workdir / name).read_bytes() for name in kept} == kept
+    (workdir / "dump.json").symlink_to("orchard.pkl")  # was told to give a new name: 'e.g. -o dump.json'
+    assert main(["db", "dump", "-n", "e", "-o", "dump.json"]) == 2
+    line = error_line(capsys.readouterr().err)
+    assert f"(a link to {workdir / 'orchard.pkl'})" in line and line.endswith("e.g. -o dump-dump.json"), line
+    (workdir / "dump.json").unlink()
     assert main(["db", "dump", "-n", "e", "-o", "dump.json"]) == 0
 
 
