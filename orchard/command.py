@@ -72,8 +72,8 @@ _VALUED_OPTIONS = {"python": {"-X", "-W", "--check-hash-based-pycs"}, "pypy": {"
                             "--conditions"},
                    "ruby": {"-I", "-r", "-C"}, "perl": {"-I"}, "Rscript": set()}
 _SCRIPT_SUFFIXES = (".py", ".sh", ".R", ".r", ".jl", ".js", ".pl", ".rb")
-_SUFFIX_INTERPRETERS = {".sh": "bash", ".R": "Rscript", ".r": "Rscript", ".jl": "julia", ".js": "node",
-                        ".pl": "perl", ".rb": "ruby"}
+_SUFFIX_INTERPRETERS = {".py": "python", ".sh": "bash", ".R": "Rscript", ".r": "Rscript", ".jl": "julia",
+                        ".js": "node", ".pl": "perl", ".rb": "ruby"}
 # what a placeholder looks like ({trial.hash}, {exp.working_dir}): an unknown one is a typo, not text
 _SHOWN_DIMENSION = re.compile(r"^(-{1,2}[^=]+=)?<\w+>$")  # a dimension's token in CommandTemplate.shown()
 _PLACEHOLDER = re.compile(r"\{((?:trial|exp)\.[^{}\s]*)\}")
@@ -386,7 +386,8 @@ def _check_file(program: str, here: str) -> str:
     if not os.access(path, os.X_OK):
         raise ConfigurationError(
             f"script {program!r} is not executable; run 'chmod +x {program}' "
-            f"or start it through its interpreter, e.g. '{_interpreter_of(path)} {program}'"
+            f"or start it through its interpreter, e.g. "
+            + " or ".join(f"'{interpreter} {program}'" for interpreter in _interpreters_of(path))
         )
     problem = _interpreter_problem(path, program)
     if problem is not None:  # exec refuses it, and every trial breaks: 'Exec format error', 'No such file'
@@ -394,9 +395,10 @@ def _check_file(program: str, here: str) -> str:
     return path
 
 
-def _interpreter_of(path: str) -> str:
+def _interpreters_of(path: str) -> list[str]:
     """The interpreter a script names in its ``#!`` line (``#!/usr/bin/env python3``: ``python3``), else the
-    one its suffix says (``.sh``: ``bash``): a shell script not executable was told to run as 'python x.sh'."""
+    one its suffix says (``.sh``: ``bash``), else the usual two: a shell script not executable was told to
+    run as 'python x.sh'."""
     try:
         with open(path, "rb") as handle:
             head = handle.read(512)
@@ -406,8 +408,9 @@ def _interpreter_of(path: str) -> str:
     if words and os.path.basename(words[0]) == b"env":
         words = [word for word in words[1:] if not word.startswith(b"-")]
     if words:
-        return os.fsdecode(os.path.basename(words[0]))
-    return _SUFFIX_INTERPRETERS.get(os.path.splitext(path)[1], "python")
+        return [os.fsdecode(os.path.basename(words[0]))]
+    suffix = os.path.splitext(path)[1]
+    return [_SUFFIX_INTERPRETERS[suffix]] if suffix in _SUFFIX_INTERPRETERS else ["bash", "python"]
 
 
 def _interpreter_problem(path: str, program: str) -> str | None:

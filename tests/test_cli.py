@@ -1020,6 +1020,7 @@ def test_errors_are_one_line(workdir: Path, capsys: pytest.CaptureFixture[str],
     (["./py2.py"], "names the interpreter '/nonexistent/python2.7' in its '#!' line"),  # the same
     (["./off.sh"], "e.g. 'bash ./off.sh'"),  # was told to run it as 'python ./off.sh'
     (["./off"], "e.g. 'python3 ./off'"),  # #!/usr/bin/env python3
+    (["./run"], "e.g. 'bash ./run' or 'python ./run'"),  # neither a #! line nor a suffix: no one guess
 ])
 def test_a_command_that_cannot_run_is_one_line_before_anything_is_stored(
     workdir: Path, capsys: pytest.CaptureFixture[str], command: list[str], expected: str
@@ -1032,6 +1033,7 @@ def test_a_command_that_cannot_run_is_one_line_before_anything_is_stored(
         (workdir / script).chmod(0o755)
     (workdir / "off.sh").write_text('echo \'{"objective": 1}\' > "$ORCHARD_RESULTS_PATH"\n')  # not executable
     (workdir / "off").write_text("#!/usr/bin/env python3\nimport orchard\norchard.report_objective(1)\n")
+    (workdir / "run").write_text('echo \'{"objective": 1}\' > "$ORCHARD_RESULTS_PATH"\n')
     assert main(["hunt", "-n", "e", "--storage", "orchard.pkl", *command, "--x~uniform(0, 1)"]) == 2
     assert expected in error_line(capsys.readouterr().err)
     assert not (workdir / "orchard.pkl").exists(), "the experiment was stored before its command was refused"
