@@ -72,6 +72,8 @@ _VALUED_OPTIONS = {"python": {"-X", "-W", "--check-hash-based-pycs"}, "pypy": {"
                             "--conditions"},
                    "ruby": {"-I", "-r", "-C"}, "perl": {"-I"}, "Rscript": set()}
 _SCRIPT_SUFFIXES = (".py", ".sh", ".R", ".r", ".jl", ".js", ".pl", ".rb")
+_SUFFIX_INTERPRETERS = {".py": "python", ".sh": "bash", ".R": "Rscript", ".r": "Rscript", ".jl": "julia",
+                        ".js": "node", ".pl": "perl", ".rb": "ruby"}
 # what a placeholder looks like ({trial.hash}, {exp.working_dir}): an unknown one is a typo, not text
 _SHOWN_DIMENSION = re.compile(r"^(-{1,2}[^=]+=)?<\w+>$")  # a dimension's token in CommandTemplate.shown()
 _PLACEHOLDER = re.compile(r"\{((?:trial|exp)\.[^{}\s]*)\}")
@@ -182,7 +184,7 @@ class CommandTemplate:
                 tokens += [f"-{slot.text}", f"<{slot.dimension}>"]
             else:
                 tokens.append(f"{slot.dashes}{slot.text}=<{slot.dimension}>")
-        return shlex.join(tokens)
+        return _storable(shlex.join(tokens))
 
     def runs_like(self, shown: str) -> bool:
         """Whether the command :meth:`shown` as ``shown`` runs the same program with the same fixed tokens.
@@ -210,6 +212,16 @@ class CommandTemplate:
             else:
                 argv.append(f"{slot.dashes}{slot.text}={_format_value(params[slot.dimension])}")
         return argv
+
+
+def _storable(text: str) -> str:
+    """``text`` with the bytes an argument holds that are no UTF-8 (a file named in Latin-1 reaches Python as
+    ``'\\udcff'``) written as ``\\xff``: MongoDB stores UTF-8 only, and refused the whole command, so every
+    hunt of such a script stopped on an ``unexpected UnicodeEncodeError``."""
+    try:
+        return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    except UnicodeEncodeError:  # a lone surrogate no file name holds
+        return text.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 def redacted(command: str) -> str:
@@ -374,12 +386,31 @@ def _check_file(program: str, here: str) -> str:
     if not os.access(path, os.X_OK):
         raise ConfigurationError(
             f"script {program!r} is not executable; run 'chmod +x {program}' "
-            f"or start it through its interpreter, e.g. 'python {program}'"
+            f"or start it through its interpreter, e.g. "
+            + " or ".join(f"'{interpreter} {program}'" for interpreter in _interpreters_of(path))
         )
     problem = _interpreter_problem(path, program)
     if problem is not None:  # exec refuses it, and every trial breaks: 'Exec format error', 'No such file'
         raise ConfigurationError(f"script {program!r} {problem}")
     return path
+
+
+def _interpreters_of(path: str) -> list[str]:
+    """The interpreter a script names in its ``#!`` line (``#!/usr/bin/env python3``: ``python3``), else the
+    one its suffix says (``.sh``: ``bash``), else the usual two: a shell script not executable was told to
+    run as 'python x.sh'."""
+    try:
+        with open(path, "rb") as handle:
+            head = handle.read(512)
+    except OSError:
+        head = b""
+    words = head[2:].split(b"\n", 1)[0].split() if head.startswith(b"#!") else []
+    if words and os.path.basename(words[0]) == b"env":
+        words = [word for word in words[1:] if not word.startswith(b"-")]
+    if words:
+        return [os.fsdecode(os.path.basename(words[0]))]
+    suffix = os.path.splitext(path)[1]
+    return [_SUFFIX_INTERPRETERS[suffix]] if suffix in _SUFFIX_INTERPRETERS else ["bash", "python"]
 
 
 def _interpreter_problem(path: str, program: str) -> str | None:

@@ -36,12 +36,13 @@ from orchard.experiment_config import (
 )
 from orchard.objectives import normalize_objectives
 from orchard.pruners import normalize_pruner_config
-from orchard.report import OBJECTIVES_ENV, REPORT_ENV, RESULTS_ENV, TRIAL_ENV, VERDICT_ENV
+from orchard.report import OBJECTIVES_ENV, REPORT_ENV, RESULTS_ENV, TRIAL_ENV, VERDICT_ENV, read_at_most
 from orchard.resources import parse_gpus, parse_memory
 from orchard.stopping import normalize_stop
 from orchard.storages import DEFAULT_STORAGE
 from orchard.storages._uri import UNEXPANDED, redact_all
 from orchard.strays import RUN_ENV, WORKER_ENV
+from orchard.terminal import is_utf8
 from orchard.warm_start import normalize_warm_start
 
 log = logging.getLogger(__name__)
@@ -105,6 +106,9 @@ def objective_mapping(value: Any) -> Any:
     if not isinstance(items, (list, tuple)) or not all(isinstance(i, str) for i in items):
         raise ValueError(requirement)
     items = [part for item in items for part in item.split(",") if part.strip()]  # --objective a:min,b:max
+    unreadable = [item for item in items if not is_utf8(item)]
+    if unreadable:  # a byte of a command line that is no UTF-8: no script can report it, MongoDB refused it
+        raise ValueError(f"{requirement}, in UTF-8 text ({unreadable[0]!r} holds bytes that are not UTF-8)")
     if not all(":" in item for item in items):
         raise ValueError(requirement)
     pairs = [item.rsplit(":", 1) for item in items]
@@ -284,6 +288,10 @@ def config_files(cwd: Path | None = None) -> list[Path]:
     return [here / "orchard.yaml", Path.home() / ".config" / "orchard" / "config.yaml"]
 
 
+#: Characters a config file may hold: a space of a thousand dimensions takes 30,000.
+MAX_CONFIG_CHARACTERS = 1 << 20
+
+
 def load_config_file(path: Path) -> dict[str, Any]:
     """Read one YAML config file; a missing file is empty.
 
@@ -299,7 +307,11 @@ def load_config_file(path: Path) -> dict[str, Any]:
     from orchard.yaml_input import load_yaml
 
     try:
-        content = path.read_text(encoding="utf-8")
+        with path.open(encoding="utf-8") as handle:
+            content = read_at_most(handle, MAX_CONFIG_CHARACTERS)
+        if content is None:  # a data set given by mistake: YAML read 60 MB of it for a minute
+            raise ConfigurationError(f"config file {path} holds more than {MAX_CONFIG_CHARACTERS >> 20} MiB "
+                                     "of text; a file of settings is smaller: check --config")
     except UnicodeDecodeError as err:
         byte = err.object[err.start]
         raise ConfigurationError(f"config file {path} is not UTF-8 text (byte {byte:#04x} at offset "

@@ -25,7 +25,7 @@ from orchard.executors import make_executor, outlasts_workon, reaches_local_proc
 from orchard.executors.capacity import workers_to_start
 from orchard.executors.fleet import Fleet, raise_failure
 from orchard.executors.task import WorkerTask, check_travels
-from orchard.experiment_config import ExperimentConfig
+from orchard.experiment_config import ExperimentConfig, kept_through_a_dump
 from orchard.fidelity import best_by_fidelity
 from orchard.interruption import interruptible
 from orchard.joining import join_experiment, patiently
@@ -212,8 +212,8 @@ class Experiment:
             except ConfigurationError as err:
                 raise ConfigurationError(
                     f"experiment {self.name!r} in {self.storage.redacted_uri} has an unusable stored "
-                    f"configuration ({err}); delete it with `orchard db rm -n {self.name}` or use a new name"
-                ) from None
+                    f"configuration ({err}); {kept_through_a_dump(self.name)}; else delete it with "
+                    f"`orchard db rm -n {self.name}` or use a new name") from None
         return self._settings
 
     @property

@@ -42,6 +42,7 @@ __all__ = [
     "WorkerSettings",
     "check_setting",
     "heartbeat_seconds",
+    "kept_through_a_dump",
     "non_negative_int",
     "optional",
     "positive_int",
@@ -383,3 +384,10 @@ def applied_max_broken(config: Mapping[str, Any]) -> int:
         return positive_int(config["max_broken"])
     except (KeyError, ValueError):
         return int(ExperimentConfig.default("max_broken"))
+
+
+def kept_through_a_dump(name: str) -> str:
+    """How to keep the trials of an experiment whose stored configuration Orchard refuses: its error and
+    ``orchard list`` said only to delete it (``orchard db rm``), which deletes them."""
+    return (f"to keep its trials, dump it (orchard db dump -n {name} -o {name}.json), correct the setting in "
+            f"the file and load it under a new name (orchard db load {name}.json -n NEWNAME)")

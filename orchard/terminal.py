@@ -1,10 +1,11 @@
-"""Text from a storage made safe to print on a terminal, and log lines that print it so."""
+"""Text from a storage made safe to print on a terminal, log lines that print it so, and the check that
+text from a command line is UTF-8."""
 
 from __future__ import annotations
 
 import logging
 
-__all__ = ["PrintableFormatter", "escape_unconfigured_logs", "printable"]
+__all__ = ["PrintableFormatter", "escape_unconfigured_logs", "is_utf8", "printable"]
 
 #: Every control character but the line break and the tab, written as ``\xNN`` (C0, DEL, C1), and the
 #: bidirectional controls as ``\uNNNN``: one reorders what the terminal shows after it on its line.
@@ -24,6 +25,17 @@ def printable(text: str) -> str:
     Escaping twice changes nothing.
     """
     return text.translate(_CONTROLS)
+
+
+def is_utf8(text: str) -> bool:
+    """Whether ``text`` is UTF-8 text: the bytes of a command line that are not (a Latin-1 ``\\xe9``) reach
+    Python as lone surrogates, which MongoDB refuses (an ``unexpected UnicodeEncodeError``) and no script
+    can report back in its results JSON."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 class PrintableFormatter(logging.Formatter):

@@ -128,7 +128,10 @@ def load_yaml(text: str, what: str) -> Any:
         node = loader.get_single_node()
         if node is None:
             return None
-        if _expanded_size(node, {}, MAX_NODES) > MAX_NODES:
+        sizes: dict[int, int] = {}
+        if _expanded_size(node, sizes, MAX_NODES) > MAX_NODES:
+            if len(sizes) > MAX_NODES:  # as many values written out: no alias to blame (there was none)
+                raise _Refused(f"holds more than {MAX_NODES:,} values; settings take far fewer: check it")
             raise _Refused(f"holds more than {MAX_NODES:,} values once its aliases (*name) are expanded; "
                            "write the values out, or use fewer aliases")
         return loader.construct_document(node)

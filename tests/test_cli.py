@@ -333,6 +333,29 @@ def test_executor_options_are_given_to_the_executor_or_refused(
 
 
 @pytest.mark.slow
+def test_hunt_with_dask_prints_its_line_not_dasks_info_logs(workdir: Path) -> None:
+    """`hunt --executor dask --n-workers 2` printed some 30 lines 'orchard: INFO: State start', 'Start Nanny
+    at …': Dask sets its loggers to INFO, and the one handler of the command line printed them."""
+    done = cli("hunt", "-n", "e", "--storage", "orchard.pkl", "--max-trials", "2", "--executor", "dask",
+               "--n-workers", "2", *train(), cwd=workdir)
+    assert done.returncode == 0, done.stderr
+    assert "INFO" not in done.stderr, done.stderr
+    assert done.stdout.startswith("experiment 'e': 2 completed"), done.stdout
+
+
+def test_executor_single_with_several_workers_is_refused_before_the_experiment_is_stored(
+    workdir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`--executor single --n-workers 2` was refused by the executor, after the experiment was stored with
+    the settings of that command, in Python's words (use executor='thread')."""
+    assert hunt("e", "--max-trials", "4", "--executor", "single", "--n-workers", "2") == 2
+    line = error_line(capsys.readouterr().err)
+    assert "executor 'single' (from --executor) runs one worker in the hunt process, not 2" in line, line
+    assert "--executor thread" in line and not (workdir / "orchard.pkl").exists()
+    assert hunt("e", "--max-trials", "1", "--executor", "single", "--n-workers", "2") == 0  # one is started
+
+
+@pytest.mark.slow
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="file limits counted on Linux")
 def test_workers_out_of_open_files_do_not_fail_a_hunt_the_others_finished(workdir: Path) -> None:
     """Under a low `ulimit -n`, a worker that could not start an evaluation stopped, the other completed the
@@ -610,6 +633,32 @@ def test_list_and_status_read_a_max_broken_stored_as_text_or_float_as_the_worker
     assert capsys.readouterr().out.rstrip().endswith("stopped: 5 broken trials (max_broken=5)")
 
 
+@pytest.mark.parametrize("stored", [0, -1, "ten", 2.5])
+def test_list_names_a_stored_max_broken_the_workers_refuse(
+    workdir: Path, capsys: pytest.CaptureFixture[str], stored: object
+) -> None:
+    """Another program's max_broken of 0 (or -1, "ten", 2.5): hunt, status and info refuse the experiment as
+    unusable, and list showed it as a sound one, with nothing to say why no worker would run it."""
+    from orchard.storages.pickled import PickledStorage
+
+    storage = PickledStorage("orchard.pkl")
+    storage.create_experiment("other", {"space": {"x": "uniform(0, 1)"}, "max_broken": stored})
+    storage.create_experiment("fine", {"space": {"x": "uniform(0, 1)"}})
+    capsys.readouterr()
+    assert main(["status", "-n", "other", "--storage", "orchard.pkl"]) == 2
+    refused = capsys.readouterr().err
+    assert f"max_broken={stored!r}" in refused, refused
+    assert "to keep its trials, dump it (orchard db dump -n other -o other.json)" in refused, refused  # not rm
+    assert main(["list", "--storage", "orchard.pkl"]) == 0
+    shown = capsys.readouterr()
+    other, fine = shown.out.splitlines()
+    assert f"unusable: invalid setting max_broken={stored!r}" in other and "unusable" not in fine, shown.out
+    assert "orchard db dump -n NAME" in shown.err and "db load NAME.json -n NEWNAME" in shown.err, shown.err
+    assert main(["list", "--storage", "orchard.pkl", "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert f"max_broken={stored!r}" in rows[0]["unusable"] and rows[1]["unusable"] is None, rows
+
+
 def test_status_watch_refreshes_until_ctrl_c(workdir: Path) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("ORCHARD_")}
     proc = subprocess.Popen([sys.executable, "-m", "orchard.cli", "status", "--watch", "--interval", "0.2"],
@@ -661,6 +710,21 @@ def test_hunt_starts_no_more_workers_than_max_trials(workdir: Path, monkeypatch:
     assert started == [2] and len(trials("e")) == 2
 
 
+def test_a_script_named_in_latin_1_is_hunted_on_mongodb(
+        workdir: Path, capsys: pytest.CaptureFixture[str], mongo_db_uri: str) -> None:
+    """A file name with a byte that is no UTF-8 (b\\xffd.py, saved by a Latin-1 system) reaches Python as
+    '\\udcff'; MongoDB refused the command hunt records, and every hunt stopped on 'unexpected
+    UnicodeEncodeError' after creating the experiment."""
+    script = "b\udcffd.py"  # what os.fsdecode makes of the bytes b"b\xffd.py"
+    (workdir / script).write_text(TRAIN)
+    assert main(["hunt", "-n", "e", "--storage", mongo_db_uri, "--max-trials", "1", sys.executable, script,
+                 "--x~uniform(0, 1)"]) == 0, capsys.readouterr().err
+    assert [t.status for t in trials("e", mongo_db_uri)] == [TrialStatus.COMPLETED]
+    capsys.readouterr()
+    assert main(["info", "-n", "e", "--storage", mongo_db_uri]) == 0
+    assert "b\\xffd.py" in capsys.readouterr().out
+
+
 def test_info_of_an_empty_trial_id_is_refused_not_taken_for_no_trial(
         workdir: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert hunt("e", "--max-trials", "2") == 0
@@ -681,6 +745,27 @@ def test_info_of_a_trial_id_that_matches_none_says_to_check_it(
     line = error_line(capsys.readouterr().err)
     assert "no trial of experiment 'e' has an id" in line and "; check it" in line and "give more" not in line
     assert len(line) < 300, line
+
+
+def test_info_of_a_trial_shows_its_results_nan_as_stored_and_says_json_writes_null(
+        workdir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A script's results {"aux": NaN, "big": Infinity}: info --trial --json writes null (jq refuses NaN) and
+    the text showed no results at all, so nothing but db dump said the value was NaN and not missing."""
+    from orchard.storages.pickled import PickledStorage
+
+    storage = PickledStorage("orchard.pkl")
+    exp = storage.create_experiment("e", {"space": {"x": "uniform(0, 1)"}})
+    trial = storage.register_trial(exp, {"x": 0.5}, worker="w", budget=None)
+    storage.complete_trial(trial.id, "w", 1.0, {"aux": math.nan, "big": math.inf, "curve": list(range(100))})
+    capsys.readouterr()
+    assert main(["info", "-n", "e", "--trial", trial.id[:8], "--storage", "orchard.pkl"]) == 0
+    line = next(line for line in capsys.readouterr().out.splitlines() if "results:" in line)
+    assert "aux=nan, big=inf, curve=[0, 1, 2" in line and line.endswith("…") and len(line) < 120, line
+    assert main(["info", "-n", "e", "--trial", trial.id[:8], "--storage", "orchard.pkl", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["trial"]["results"]["aux"] is None
+    info = " ".join((Path(__file__).resolve().parent.parent / "docs" / "cli.md").read_text()
+                    .split("## `orchard info`")[1].split("## ")[0].split())
+    assert "NaN" in info and "null" in info and "db dump" in info, info
 
 
 def test_status_of_every_experiment_names_an_unusable_one_and_shows_the_others(
@@ -933,6 +1018,9 @@ def test_errors_are_one_line(workdir: Path, capsys: pytest.CaptureFixture[str],
     (["./noline.sh"], "script './noline.sh' has no '#!' line naming its interpreter"),  # 'Exec format error'
     (["./crlf.sh"], "script './crlf.sh' has Windows line ends"),  # 'No such file or directory: ./crlf.sh'
     (["./py2.py"], "names the interpreter '/nonexistent/python2.7' in its '#!' line"),  # the same
+    (["./off.sh"], "e.g. 'bash ./off.sh'"),  # was told to run it as 'python ./off.sh'
+    (["./off"], "e.g. 'python3 ./off'"),  # #!/usr/bin/env python3
+    (["./run"], "e.g. 'bash ./run' or 'python ./run'"),  # neither a #! line nor a suffix: no one guess
 ])
 def test_a_command_that_cannot_run_is_one_line_before_anything_is_stored(
     workdir: Path, capsys: pytest.CaptureFixture[str], command: list[str], expected: str
@@ -943,6 +1031,9 @@ def test_a_command_that_cannot_run_is_one_line_before_anything_is_stored(
     (workdir / "py2.py").write_text("#!/nonexistent/python2.7\nprint(1)\n")
     for script in ("noline.sh", "crlf.sh", "py2.py"):
         (workdir / script).chmod(0o755)
+    (workdir / "off.sh").write_text('echo \'{"objective": 1}\' > "$ORCHARD_RESULTS_PATH"\n')  # not executable
+    (workdir / "off").write_text("#!/usr/bin/env python3\nimport orchard\norchard.report_objective(1)\n")
+    (workdir / "run").write_text('echo \'{"objective": 1}\' > "$ORCHARD_RESULTS_PATH"\n')
     assert main(["hunt", "-n", "e", "--storage", "orchard.pkl", *command, "--x~uniform(0, 1)"]) == 2
     assert expected in error_line(capsys.readouterr().err)
     assert not (workdir / "orchard.pkl").exists(), "the experiment was stored before its command was refused"
@@ -1221,6 +1312,28 @@ def test_insert_names_what_is_wrong(workdir: Path, capsys: pytest.CaptureFixture
     assert "is not one of" in error_line(capsys.readouterr().err)
 
 
+@pytest.mark.parametrize("token", ["note=caf\udce9", "caf\udce9=1"])  # b"caf\xe9": Latin-1 in a UTF-8 shell
+def test_insert_of_a_result_that_is_no_utf_8_is_one_line_on_mongodb(
+        workdir: Path, capsys: pytest.CaptureFixture[str], mongo_db_uri: str, token: str) -> None:
+    """--result note=caf\\xe9 stopped on 'unexpected UnicodeEncodeError' on MongoDB (and a pickle file stored a
+    text no other storage takes: db load into MongoDB failed the same way)."""
+    orchard.build_experiment("e", space={"x": "uniform(0, 1)"}, storage=mongo_db_uri)
+    capsys.readouterr()
+    assert main(["insert", "-n", "e", "--storage", mongo_db_uri, "x=0.5", "--objective", "1",
+                 "--result", token]) == 2
+    assert "holds bytes that are not UTF-8 text" in error_line(capsys.readouterr().err)
+    assert trials("e", mongo_db_uri) == []
+
+
+def test_an_objective_name_that_is_no_utf_8_is_refused_before_anything_is_stored(
+        workdir: Path, capsys: pytest.CaptureFixture[str], mongo_db_uri: str) -> None:
+    """hunt --objective 'acc\\xff:max' stopped on 'unexpected UnicodeEncodeError' on MongoDB (on a pickle file
+    it was stored, and no script can report that name in its results JSON)."""
+    assert hunt("e", "--storage", mongo_db_uri, "--objective", "acc\udcff:max") == 2
+    assert "holds bytes that are not UTF-8" in error_line(capsys.readouterr().err)
+    assert orchard.get_storage(mongo_db_uri).list_experiments() == []
+
+
 def test_insert_into_an_experiment_stopped_by_broken_trials_says_how_to_raise_max_broken_here(
         workdir: Path, capsys: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture) -> None:
     """The warning gave the remedy in Python only (orchard.build_experiment('e', max_broken=2))."""
@@ -1306,6 +1419,11 @@ def test_db_dump_never_writes_over_a_storage_file(workdir: Path, capsys: pytest.
         assert main(["db", "dump", "-n", "e", "-o", target]) == 2
         assert f"-o {target} is an Orchard storage file" in error_line(capsys.readouterr().err)
     assert {name: (workdir / name).read_bytes() for name in kept} == kept
+    (workdir / "dump.json").symlink_to("orchard.pkl")  # was told to give a new name: 'e.g. -o dump.json'
+    assert main(["db", "dump", "-n", "e", "-o", "dump.json"]) == 2
+    line = error_line(capsys.readouterr().err)
+    assert f"(a link to {workdir / 'orchard.pkl'})" in line and line.endswith("e.g. -o dump-dump.json"), line
+    (workdir / "dump.json").unlink()
     assert main(["db", "dump", "-n", "e", "-o", "dump.json"]) == 0
 
 
@@ -1360,6 +1478,22 @@ def test_db_rm_of_a_warm_start_source_names_the_experiments_it_warm_starts(
     assert main(["db", "rm", "-n", "old", "--yes"]) == 0
     assert capsys.readouterr().err == ("orchard: WARNING: experiment(s) 'by-path', 'new' warm-start from "
                                        "'old': once it is deleted, their workers are told nothing from it\n")
+
+
+def test_db_rm_of_an_experiment_with_running_trials_says_their_results_are_lost(
+        workdir: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    """`db rm` asked "delete experiment 'e' and its 3 trials?" of an experiment two workers were evaluating:
+    nothing said that they would stop and their results be lost."""
+    experiment = orchard.build_experiment("e", space={"x": "uniform(0, 1)"}, storage="orchard.pkl")
+    for x in (0.1, 0.2):
+        experiment.storage.register_trial(experiment.id, {"x": x}, worker=f"host:{int(x * 10)}:beef")
+    experiment.storage.register_trial(experiment.id, {"x": 0.3})
+    capsys.readouterr()
+    monkeypatch.setattr(sys, "stdin", io.StringIO(""))
+    assert main(["db", "rm", "-n", "e"]) == 2
+    assert "2 trial(s) of 'e' are running now" in capsys.readouterr().err
+    assert main(["db", "rm", "-n", "e", "--yes"]) == 0
+    assert "their results are lost; stop them first" in capsys.readouterr().err
 
 
 # -- the reference page ---------------------------------------------------------------------------------

@@ -190,3 +190,41 @@ def test_an_unreachable_mongodb_is_one_short_line() -> None:
     assert "\n" not in message and len(message) < 300, message
     assert "127.0.0.1:1" in message and "0.3 s" in message and "Topology" not in message
     assert os.linesep not in message
+
+
+# -- config files --------------------------------------------------------------------------------
+
+
+def test_a_config_file_the_size_of_a_data_set_is_refused_unread(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    """`--config` given a 60 MB file (a data set, a log) was parsed as YAML for a minute before anything
+    was said."""
+    from orchard.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    big = tmp_path / "train.jsonl"
+    big.write_text("max_trials: 1\n" + "# a comment line of the kind a data file is full of\n" * 30_000)
+    assert main(["hunt", "-n", "e", "--storage", "orchard.pkl", "--config", str(big), "true",
+                 "x~uniform(0, 1)"]) == 2
+    err = capsys.readouterr().err
+    assert "holds more than 1 MiB of text; a file of settings is smaller: check --config" in err, err
+    assert not (tmp_path / "orchard.pkl").exists()
+
+
+def test_a_config_file_of_many_values_without_aliases_is_not_blamed_on_aliases(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A list of 110,000 values was refused for its 'aliases (*name)', which it did not have."""
+    from orchard import yaml_input
+    from orchard.config import load_config_file
+
+    monkeypatch.setattr(yaml_input, "MAX_NODES", 1_000)  # the same count, read in a 100th of the time
+    many = tmp_path / "many.yaml"
+    many.write_text("warm_start: [" + ",".join("1" for _ in range(1_100)) + "]\n")
+    with pytest.raises(ConfigurationError, match="more than 1,000 values; settings take far fewer") as err:
+        load_config_file(many)
+    assert "alias" not in str(err.value)
+    aliased = tmp_path / "aliased.yaml"
+    forty = ",".join("1" for _ in range(40))
+    aliased.write_text(f"a: &a [{forty}]\nwarm_start: [" + ",".join(["*a"] * 40) + "]\n")
+    with pytest.raises(ConfigurationError, match="once its aliases"):
+        load_config_file(aliased)

@@ -186,6 +186,8 @@ def _silence_stdout() -> None:
 
 def _configure_logging(debug: bool) -> None:
     handler = logging.StreamHandler(sys.stderr)
+    # a library that sets its own loggers' level (Dask's: INFO) printed 30 lines through this handler
+    handler.setLevel(logging.DEBUG if debug else logging.WARNING)
     handler.setFormatter(PrintableFormatter(
         f"{PROG}: %(levelname)s: " + ("%(name)s: %(message)s" if debug else "%(message)s")))
     logging.basicConfig(level=logging.DEBUG if debug else logging.WARNING, handlers=[handler])

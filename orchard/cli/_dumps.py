@@ -148,6 +148,10 @@ def _unwritable(where: str, err: OSError) -> ConfigurationError:
                               "give a writable file path with -o (on a disk with free space)")
 
 
+def _linked(path: str) -> str:
+    return f" (a link to {os.path.realpath(path)})" if os.path.islink(path) else ""
+
+
 def _check_writable(path: str) -> None:
     if os.path.isdir(path):
         suggestion = os.path.join(path, "dump.json")
@@ -155,9 +159,11 @@ def _check_writable(path: str) -> None:
     from orchard.storages.pickled.fileformat import is_log_file
 
     if is_log_file(path):  # e.g. `-o runs/orchard.pkl`: the dump would replace a storage and its experiments
+        stem, suffix = os.path.splitext(path)  # dump.json, a link to the storage file, was given as the new name
+        named = f"{stem}-dump.json" if suffix == ".json" else f"{stem}.json"
         raise ConfigurationError(
-            f"-o {path} is an Orchard storage file; writing the dump there would replace it and every "
-            f"experiment in it: give a new file name, e.g. -o {os.path.splitext(path)[0]}.json"
+            f"-o {path} is an Orchard storage file{_linked(path)}; writing the dump there would replace it and "
+            f"every experiment in it: give a new file name, e.g. -o {named}"
         )
     folder = os.path.dirname(path) or "."
     if not os.path.isdir(folder):

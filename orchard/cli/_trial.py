@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from orchard.cli._args import format_params, strict_json
+from orchard.cli._args import format_params, format_value, strict_json
 from orchard.terminal import printable
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -51,6 +51,9 @@ def trial_info(experiment: Experiment, prefix: str, as_json: bool) -> int:
     objectives = experiment.settings.objectives  # values are shown in their own directions, not minimised
     if trial.objective is not None:
         lines.append(f"  objective: {shown_value(trial.objective, objectives)}")
+    if trial.results:  # as stored: a NaN a script reported is nan here, null in --json
+        lines.append("  results:   " + ", ".join(f"{name}={_shown_result(value)}"
+                                                 for name, value in trial.results.items()))
     if trial.reports:
         last_step, last_value = trial.reports[-1]
         last = shown_value(last_value, objectives)
@@ -75,3 +78,14 @@ def trial_info(experiment: Experiment, prefix: str, as_json: bool) -> int:
         lines.append(f"  error:     {trial.error.get('type')}: {trial.error.get('message')}")
     print(printable("\n".join(lines)))
     return 0
+
+
+def _shown_result(value: object) -> str:
+    """A float in 6 digits (``nan``, ``inf`` as such), anything else cut to 60 characters: a result may
+    be a list of a thousand numbers."""
+    from orchard.errors import shown as cut
+
+    if isinstance(value, (float, int)):
+        return format_value(value)
+    text = cut(value, 61)
+    return text if len(text) <= 60 else text[:59] + "…"

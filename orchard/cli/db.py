@@ -176,7 +176,8 @@ def _run_rm(args: argparse.Namespace) -> int:
 
     experiment = open_experiment(args)
     storage = experiment.storage
-    n_trials = sum(storage.count_trials(experiment.id).values())
+    counts = storage.count_trials(experiment.id)
+    n_trials = sum(counts.values())
     where = f" --storage {storage.redacted_uri}" if getattr(args, "storage", None) else ""
     backup = f"orchard db dump -n {experiment.name}{where} -o {experiment.name}.json"
     from orchard.cli._dumps import warm_started_from
@@ -185,6 +186,10 @@ def _run_rm(args: argparse.Namespace) -> int:
     if readers:  # they lost its trials without a word (a warning from each of their workers, later)
         print(f"orchard: WARNING: experiment(s) {readers} warm-start from {experiment.name!r}: once it is "
               "deleted, their workers are told nothing from it", file=sys.stderr)
+    if counts[TrialStatus.RESERVED]:  # the question asked of them said nothing of it
+        print(f"orchard: WARNING: {counts[TrialStatus.RESERVED]} trial(s) of {experiment.name!r} are running "
+              f"now (orchard status -n {experiment.name} names their workers): once it is deleted, their "
+              "workers stop and their results are lost; stop them first to keep them", file=sys.stderr)
     if not args.yes:
         if not sys.stdin.isatty():
             raise ConfigurationError(

@@ -282,8 +282,14 @@ def _check_capacity(storage: BaseStorage, name: str, settings: Settings) -> None
         check_executor_config(settings.get("executor"), config)
     except ConfigurationError as err:
         raise ConfigurationError(f"{err} (executor_config from {settings.source('executor_config')})") from None
+    started = min(n_workers, budget) if budget else n_workers
+    if settings.get("executor") == "single" and started > 1:  # refused by the executor: the experiment stored
+        raise ConfigurationError(f"executor 'single' (from {settings.source('executor')}) runs one worker in "
+                                 f"the hunt process, not {started} (n_workers from "
+                                 f"{settings.source('n_workers')}); use --executor thread or joblib for several, "
+                                 "or give one worker")
     executor = counted_as(settings.get("executor"), config if isinstance(config, Mapping) else {})
-    check_capacity(executor, min(n_workers, budget) if budget else n_workers)
+    check_capacity(executor, started)
 
 
 def _experiment(name: str, template: CommandTemplate, storage: BaseStorage, settings: Settings) -> Experiment:

@@ -32,6 +32,7 @@ from orchard.cli._args import (
     parse_literal,
 )
 from orchard.report import read_at_most
+from orchard.terminal import is_utf8
 
 if TYPE_CHECKING:  # pragma: no cover
     from orchard.experiment import Experiment
@@ -93,6 +94,8 @@ def parse_assignments(tokens: list[str], what: str = "dimension") -> dict[str, A
             raise UsageError(f"insert expects NAME=VALUE, got {token!r}; e.g. orchard insert -n exp x=1 y=2")
         if name in params:
             raise UsageError(f"{what} {name!r} is given twice")
+        if not is_utf8(token):
+            raise UsageError(f"{token!r} holds bytes that are not UTF-8 text; write it in UTF-8")
         if not text.strip():  # `--result loss=$LOSS` with LOSS unset stored the text '' as the result
             raise UsageError(f"{what} {name!r} has no value ({token!r}: an unset shell variable?); give "
                              f"{name}=VALUE ({name}='\"\"' for an empty text)")

@@ -348,22 +348,47 @@ def run_list(args: argparse.Namespace) -> int:
                      "counts": {status.value: counts[status] for status in TrialStatus},
                      # stopped: no budget left, whatever it says
                      "stopped": (stop_summary(record.config) or {}).get("fired"),
-                     "broken_stop": broken_stop(counts[TrialStatus.BROKEN], applied_max_broken(record.config))})
+                     "broken_stop": broken_stop(counts[TrialStatus.BROKEN], applied_max_broken(record.config)),
+                     "unusable": _unusable(record.config)})
     if args.json:
         print(strict_json(rows))
     elif not rows:
         print(f"no experiments in {storage.redacted_uri}")
     else:
-        width = max(len(r["name"]) for r in rows)
-        for row in rows:
-            c, budget = row["counts"], row["max_trials"] or "-"
-            inserted = f" ({row['inserted_apart']} inserted apart)" if row["inserted_apart"] else ""
-            print(printable(f"{row['name']:<{width}}  {c['completed']}/{budget} completed{inserted}  "
-                            f"{c.get('pruned', 0)} pruned  {c['broken']} broken  "
-                            f"{c['reserved']} running  {c['new'] + c['interrupted']} waiting"
-                            + (f"  stopped by {row['stopped']['rule']}" if row["stopped"] else "")
-                            + (f"  {row['broken_stop']['said']}" if row["broken_stop"] else "")))
+        _print_rows(rows)
     return 0
+
+
+def _unusable(config: dict[str, Any]) -> str | None:
+    """Why ``hunt``, ``status`` and ``info`` refuse a stored configuration (another program's
+    ``max_broken`` of 0, a space that is a list), or ``None``: ``list`` showed such an experiment
+    as a sound one."""
+    from orchard.errors import ConfigurationError
+    from orchard.experiment_config import ExperimentConfig
+
+    try:
+        ExperimentConfig.from_dict(config)
+    except (ConfigurationError, TypeError, ValueError) as err:
+        return " ".join(str(err).split())
+    return None
+
+
+def _print_rows(rows: list[dict[str, Any]]) -> None:
+    width = max(len(r["name"]) for r in rows)
+    for row in rows:
+        c, budget = row["counts"], row["max_trials"] or "-"
+        inserted = f" ({row['inserted_apart']} inserted apart)" if row["inserted_apart"] else ""
+        print(printable(f"{row['name']:<{width}}  {c['completed']}/{budget} completed{inserted}  "
+                        f"{c.get('pruned', 0)} pruned  {c['broken']} broken  "
+                        f"{c['reserved']} running  {c['new'] + c['interrupted']} waiting"
+                        + (f"  stopped by {row['stopped']['rule']}" if row["stopped"] else "")
+                        + (f"  {row['broken_stop']['said']}" if row["broken_stop"] else "")
+                        + (f"  unusable: {row['unusable']}" if row["unusable"] else "")))
+    if any(row["unusable"] for row in rows):
+        from orchard.experiment_config import kept_through_a_dump
+
+        print(f"orchard: hunt, status and info refuse an unusable experiment; {kept_through_a_dump('NAME')}",
+              file=sys.stderr)
 
 
 def run_info(args: argparse.Namespace) -> int:
