@@ -68,6 +68,29 @@ def test_objective_that_raises_trial_pruned_before_any_report_is_broken(tmp_path
     assert "before reporting any value" in trial.error["message"]
 
 
+@pytest.mark.parametrize("timeout", [None, 30.0])
+def test_optunas_trial_pruned_raised_by_a_ported_objective_prunes_the_trial(tmp_path: Path,
+                                                                            timeout: float | None) -> None:
+    """An objective ported from Optuna that kept its own ``raise optuna.TrialPruned()`` broke its trials with
+    the message "TrialPruned: ", and the third stopped the experiment ("Fix the objective")."""
+    optuna = pytest.importorskip("optuna")
+
+    def ported(x: float) -> float:
+        for step in range(1, 4):
+            orchard.report(x + 1.0 / step, step)
+            if x > 0.5:  # its own early stop, as Optuna objectives often do
+                raise optuna.TrialPruned(f"x={x} is hopeless")
+        return x
+
+    exp = orchard.build_experiment("p-optuna", space=SPACE, max_trials=8, storage=str(tmp_path / "db.pkl"),
+                                   seed=1)
+    exp.workon(ported, progress=False, trial_timeout=timeout)
+    trials = exp.storage.fetch_trials(exp.id)
+    assert {t.status for t in trials if t.params["x"] > 0.5} == {TrialStatus.PRUNED}
+    assert {t.status for t in trials if t.params["x"] <= 0.5} == {TrialStatus.COMPLETED}
+    assert all(t.objective == t.reports[0][1] for t in trials if t.status is TrialStatus.PRUNED)
+
+
 @pytest.mark.parametrize("value, step, words", [
     (math.nan, 1, "finite number"), (math.inf, 1, "finite number"), ("0.3", 1, "finite number"),
     (0.5, -1, "integer step >= 0"), (0.5, 1.5, "integer step >= 0"),
