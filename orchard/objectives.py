@@ -11,6 +11,7 @@ violation wins; two feasible points compare by Pareto dominance.
 
 from __future__ import annotations
 
+import bisect
 import dataclasses
 import math
 import sys
@@ -276,7 +277,7 @@ def hypervolume(points: Sequence[Vector], reference: Vector) -> float:
     inside = [tuple(p) for p in points if all(x < r for x, r in zip(p, reference, strict=True))]
     if not inside:
         return 0.0
-    inside = [inside[i] for i in first_front(inside)]  # dominated points add nothing, and cost the most
+    # dominated points add nothing and are skipped as they come (a pairwise sort of 10,000 first took 7 s)
     volume = _volume(inside, tuple(reference))
     if math.isfinite(volume):
         return volume
@@ -298,13 +299,46 @@ def _volume(inside: Sequence[Vector], reference: Vector) -> float:
         return reference[0] - min(p[0] for p in inside)
     if len(reference) == 2:
         return _area(inside, reference[0], reference[1])
-    volume = 0.0
+    volume, staircase = 0.0, _Staircase(reference[0], reference[1])
     ordered = sorted(inside, key=lambda p: p[2])
     for k, point in enumerate(ordered):
+        staircase.add(point[0], point[1])
         top = ordered[k + 1][2] if k + 1 < len(ordered) else reference[2]
-        if top > point[2]:
-            volume += (top - point[2]) * _area(ordered[: k + 1], reference[0], reference[1])
+        if top > point[2] and staircase.area > 0:  # no 0 · inf: an overflow is rescaled by the caller
+            volume += (top - point[2]) * staircase.area
     return volume
+
+
+class _Staircase:
+    """The 2-D front of the points added so far (x ascending, y descending) and the area it dominates.
+
+    Each point updates the area by what it adds, so slicing three objectives along the third costs
+    ``n log n`` plus list moves, not a sort of every slice: re-sorting each slice made the hypervolume
+    of a 1,000-point front take 0.3 s and ``orchard plot hypervolume`` of 1,000 trials 99 s.
+    """
+
+    def __init__(self, ref_x: float, ref_y: float) -> None:
+        self.ref_x, self.ref_y = ref_x, ref_y
+        self.xs: list[float] = []
+        self.ys: list[float] = []
+        self.area = 0.0
+
+    def add(self, x: float, y: float) -> None:
+        """Add the point ``(x, y)`` (strictly inside the reference), unless a point already dominates it."""
+        at = bisect.bisect_left(self.xs, x)  # points before ``at`` have a smaller x
+        if (at > 0 and self.ys[at - 1] <= y) or (at < len(self.xs) and self.xs[at] == x and self.ys[at] <= y):
+            return
+        end, height, left = at, self.ys[at - 1] if at > 0 else self.ref_y, x
+        while end < len(self.xs) and self.ys[end] >= y:  # dominated by the new point: its area is re-counted
+            self._strip(self.xs[end] - left, height - y)
+            left, height = self.xs[end], self.ys[end]
+            end += 1
+        self._strip((self.xs[end] if end < len(self.xs) else self.ref_x) - left, height - y)
+        self.xs[at:end], self.ys[at:end] = [x], [y]
+
+    def _strip(self, width: float, height: float) -> None:
+        if width > 0 and height > 0:
+            self.area += width * height
 
 
 def _area(points: Sequence[Vector], ref_x: float, ref_y: float) -> float:
