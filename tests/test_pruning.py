@@ -250,6 +250,30 @@ def test_a_training_that_ran_all_its_steps_is_completed_not_pruned(end: str, sev
     assert all(t.status is TrialStatus.COMPLETED for t in trials if len(t.reports) == 3)
 
 
+@pytest.mark.parametrize("pruner", ["asha", "median"])
+def test_a_trial_of_a_multi_fidelity_algorithm_is_never_pruned_at_the_last_step_of_its_fidelity(
+    tmp_path: Path, pruner: str,
+) -> None:
+    """algorithm='asha' runs trials at 1, 3, 9 and 27 epochs; its pruner took 27 as every trial's last step
+    and pruned 9 of 40 trials at their own last step (a 1-epoch trial at step 1): each lost its result at
+    its fidelity, so asha could not promote it, and stopping it saved nothing."""
+    exp = orchard.build_experiment(f"p-fid-{pruner}", space={**SPACE, "epochs": "fidelity(1, 27)"},
+                                   algorithm="asha", pruner=pruner, max_trials=40, seed=1,
+                                   storage=str(tmp_path / "db.pkl"))
+
+    def train(x: float, epochs: int) -> float:
+        for step in range(1, epochs + 1):
+            orchard.report(x + 1.0 / step, step)
+            if orchard.should_prune():
+                raise orchard.TrialPruned()
+        return x + 1.0 / epochs
+
+    exp.workon(train, progress=False)
+    trials = exp.storage.fetch_trials(exp.id)
+    assert [t for t in trials if t.status is TrialStatus.PRUNED and t.reports[-1][0] >= t.params["epochs"]] == []
+    assert {t.params["epochs"] for t in trials if t.status is TrialStatus.COMPLETED} == {1, 3, 9, 27}
+
+
 def test_a_number_reported_for_one_max_objective_is_judged_in_its_direction() -> None:
     """objectives={"accuracy": "max"} with orchard.report(accuracy, step): the better trials were pruned."""
     exp = orchard.build_experiment("p-max", space=SPACE, max_trials=4, storage="memory://",
