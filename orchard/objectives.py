@@ -162,6 +162,8 @@ def non_dominated_sort(points: Sequence[Vector], violations: Sequence[float] | N
     n = len(points)
     if n == 0:
         return []
+    if len(points[0]) == 2 and (violations is None or max(violations) <= 0):
+        return _two_objective_fronts([(float(p[0]), float(p[1])) for p in points])
     values = np.asarray(points, dtype=float).reshape(n, -1)
     violation = np.zeros(n) if violations is None else np.maximum(np.asarray(violations, dtype=float), 0.0)
     feasible = violation <= 0
@@ -180,6 +182,31 @@ def non_dominated_sort(points: Sequence[Vector], violations: Sequence[float] | N
         fronts.append([int(i) for i in front])
         left[front] = False
         beaten_by -= beats[front].sum(axis=0)
+    return fronts
+
+
+def _two_objective_fronts(points: list[tuple[float, float]]) -> list[list[int]]:
+    """:func:`non_dominated_sort` of feasible points of two objectives, in ``n log n``.
+
+    In lexicographic order, whatever dominates a point comes before it, and the lowest second
+    objective of each front found so far grows with the front's number: a point joins the first
+    front whose lowest second objective is above its own (identical points share a front). The
+    pairwise comparison cost each verdict of an ``asha`` pruner 5 s with 6,000 trials at a rung.
+    """
+    lowest: list[float] = []  # per front, the lowest second objective among its points so far
+    front_of = [0] * len(points)
+    previous, placed = None, -1
+    for i in sorted(range(len(points)), key=points.__getitem__):
+        if points[i] != previous:
+            previous, placed = points[i], bisect.bisect_right(lowest, points[i][1])
+            if placed == len(lowest):
+                lowest.append(points[i][1])
+            else:
+                lowest[placed] = points[i][1]
+        front_of[i] = placed
+    fronts: list[list[int]] = [[] for _ in lowest]
+    for i, number in enumerate(front_of):
+        fronts[number].append(i)
     return fronts
 
 

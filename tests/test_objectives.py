@@ -98,6 +98,20 @@ def test_sorting_agrees_with_brute_force() -> None:
     assert sorted(i for front in non_dominated_sort(points) for i in front) == list(range(40))
 
 
+def test_fronts_of_two_objectives_agree_with_pairwise_domination_ties_included() -> None:
+    """Two objectives are sorted in n log n (no pairwise matrix): the same fronts, in index order."""
+    rng = random.Random(4)
+    for _ in range(300):
+        points = [(float(rng.randint(0, 5)), float(rng.randint(-3, 2))) for _ in range(rng.randint(1, 40))]
+        left, fronts = set(range(len(points))), []
+        while left:  # peel: the points no remaining point dominates
+            front = sorted(i for i in left if not any(dominates(points[j], points[i]) for j in left))
+            fronts.append(front)
+            left -= set(front)
+        assert non_dominated_sort(points) == fronts
+        assert non_dominated_sort(points, [0.0] * len(points)) == fronts
+
+
 def test_crowding_distance_favours_isolated_points() -> None:
     distance = crowding_distance([(0, 4), (1, 3), (3, 1), (4, 0)])
     assert distance[0] == distance[3] == math.inf
