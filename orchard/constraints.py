@@ -6,8 +6,9 @@ are on the wrong side (``0.0``: feasible). A trial may also report a
 ``"constraints"`` list of numbers where each value ``<= 0`` is satisfied
 (Optuna's convention); its positive values add to the violation.
 
-A constraint naming a metric the trial did not report makes the trial
-infeasible (violation ``inf``), with a message naming the metric.
+A constraint naming a metric the trial did not report, or reported as no finite
+number (NaN, infinity, a text), makes the trial infeasible (violation ``inf``), with a
+message naming the metric and saying which.
 """
 
 from __future__ import annotations
@@ -74,7 +75,7 @@ class Feasibility:
 
     violation: float
     reasons: tuple[str, ...] = ()
-    missing: tuple[str, ...] = ()  # metrics a constraint names that the trial did not report
+    missing: tuple[str, ...] = ()  # metrics a constraint names that the trial gave no finite number for
 
     @property
     def feasible(self) -> bool:
@@ -167,8 +168,7 @@ def feasibility(results: Mapping[str, Any], constraints: Sequence[str] | None) -
         if value is None:
             total = math.inf
             missing.append(constraint.metric)
-            reasons.append(f"the trial did not report metric {constraint.metric!r} named by "
-                           f"constraint '{constraint}'")
+            reasons.append(_unusable(constraint, results.get(constraint.metric)))
             continue
         excess = constraint.violation(value)
         if excess > 0:
@@ -185,6 +185,18 @@ def feasibility(results: Mapping[str, Any], constraints: Sequence[str] | None) -
                 total += value
                 reasons.append(f"reported constraints[{k}]={value:g} > 0")
     return Feasibility(total, tuple(reasons), tuple(missing))
+
+
+def _unusable(constraint: Constraint, value: Any) -> str:
+    """Why ``value`` of ``constraint``'s metric says nothing of it: absent, or there but no finite number.
+
+    A NaN reported (a diverged measure) was said to be "not reported", sending the user to look for a
+    metric the objective did return.
+    """
+    if value is None:
+        return f"the trial did not report metric {constraint.metric!r} named by constraint '{constraint}'"
+    return (f"the trial reported metric {constraint.metric!r} as {value!r:.40}, not a finite number, so "
+            f"constraint '{constraint}' cannot hold")
 
 
 def unrecorded(results: Mapping[str, Any], constraints: Sequence[str] | None) -> list[str]:

@@ -112,8 +112,13 @@ class Outcome:
     def from_exception(cls, err: BaseException) -> Outcome:
         """An outcome for an exception raised by the objective (type, message, traceback tail).
 
-        Never raises: an exception whose ``__str__`` fails is described by its type.
+        Never raises: an exception whose ``__str__`` fails is described by its type. Optuna's
+        ``TrialPruned`` (an objective ported from Optuna) prunes the trial as Orchard's does: it broke
+        the trial with the message "TrialPruned: ", and three of them stopped the experiment.
         """
+        if any(c.__name__ == "TrialPruned" and c.__module__.partition(".")[0] == "optuna"
+               for c in type(err).__mro__):
+            return cls.pruned_by_objective()
         tail = "".join(traceback.format_exception(type(err), err, err.__traceback__)[-3:])
         try:
             message = str(err)

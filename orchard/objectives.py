@@ -11,6 +11,7 @@ violation wins; two feasible points compare by Pareto dominance.
 
 from __future__ import annotations
 
+import bisect
 import dataclasses
 import math
 import sys
@@ -161,6 +162,8 @@ def non_dominated_sort(points: Sequence[Vector], violations: Sequence[float] | N
     n = len(points)
     if n == 0:
         return []
+    if len(points[0]) == 2 and (violations is None or max(violations) <= 0):
+        return _two_objective_fronts([(float(p[0]), float(p[1])) for p in points])
     values = np.asarray(points, dtype=float).reshape(n, -1)
     violation = np.zeros(n) if violations is None else np.maximum(np.asarray(violations, dtype=float), 0.0)
     feasible = violation <= 0
@@ -182,6 +185,53 @@ def non_dominated_sort(points: Sequence[Vector], violations: Sequence[float] | N
     return fronts
 
 
+def _two_objective_fronts(points: list[tuple[float, float]]) -> list[list[int]]:
+    """:func:`non_dominated_sort` of feasible points of two objectives, in ``n log n``.
+
+    In lexicographic order, whatever dominates a point comes before it, and the lowest second
+    objective of each front found so far grows with the front's number: a point joins the first
+    front whose lowest second objective is above its own (identical points share a front). The
+    pairwise comparison cost each verdict of an ``asha`` pruner 5 s with 6,000 trials at a rung.
+    """
+    lowest: list[float] = []  # per front, the lowest second objective among its points so far
+    front_of = [0] * len(points)
+    previous, placed = None, -1
+    for i in sorted(range(len(points)), key=points.__getitem__):
+        if points[i] != previous:
+            previous, placed = points[i], bisect.bisect_right(lowest, points[i][1])
+            if placed == len(lowest):
+                lowest.append(points[i][1])
+            else:
+                lowest[placed] = points[i][1]
+        front_of[i] = placed
+    fronts: list[list[int]] = [[] for _ in lowest]
+    for i, number in enumerate(front_of):
+        fronts[number].append(i)
+    return fronts
+
+
+def _three_objective_front(points: list[tuple[float, float, float]]) -> list[int]:
+    """:func:`first_front` of three objectives: in lexicographic order, a point is dominated when an earlier
+    one is as good on the last two objectives, which a staircase of the front's last two answers."""
+    ys: list[float] = []  # the front so far on the last two objectives: y ascending, z descending
+    zs: list[float] = []
+    front: list[int] = []
+    previous, kept = None, False
+    for i in sorted(range(len(points)), key=points.__getitem__):
+        _, y, z = points[i]
+        if points[i] != previous:  # an identical point shares its twin's standing
+            at = bisect.bisect_right(ys, y)
+            previous, kept = points[i], not (at > 0 and zs[at - 1] <= z)
+            if kept:
+                start = end = bisect.bisect_left(ys, y)
+                while end < len(ys) and zs[end] >= z:  # now dominated on the last two
+                    end += 1
+                ys[start:end], zs[start:end] = [y], [z]
+        if kept:
+            front.append(i)
+    return sorted(front)
+
+
 def first_front(points: Sequence[Vector]) -> list[int]:
     """The indices of the points no other point dominates, in index order (all feasible).
 
@@ -197,6 +247,10 @@ def first_front(points: Sequence[Vector]) -> list[int]:
     n = len(points)
     if n == 0:
         return []
+    if len(points[0]) == 2:  # a front of 20,000 (a converged search) took 12 s compared point by point
+        return _two_objective_fronts([(float(p[0]), float(p[1])) for p in points])[0]
+    if len(points[0]) == 3:  # 10,000: 7 s
+        return _three_objective_front([(float(p[0]), float(p[1]), float(p[2])) for p in points])
     values = np.asarray(points, dtype=float).reshape(n, -1)
     kept = np.empty_like(values)
     front: list[int] = []
@@ -276,7 +330,7 @@ def hypervolume(points: Sequence[Vector], reference: Vector) -> float:
     inside = [tuple(p) for p in points if all(x < r for x, r in zip(p, reference, strict=True))]
     if not inside:
         return 0.0
-    inside = [inside[i] for i in first_front(inside)]  # dominated points add nothing, and cost the most
+    # dominated points add nothing and are skipped as they come (a pairwise sort of 10,000 first took 7 s)
     volume = _volume(inside, tuple(reference))
     if math.isfinite(volume):
         return volume
@@ -298,13 +352,46 @@ def _volume(inside: Sequence[Vector], reference: Vector) -> float:
         return reference[0] - min(p[0] for p in inside)
     if len(reference) == 2:
         return _area(inside, reference[0], reference[1])
-    volume = 0.0
+    volume, staircase = 0.0, _Staircase(reference[0], reference[1])
     ordered = sorted(inside, key=lambda p: p[2])
     for k, point in enumerate(ordered):
+        staircase.add(point[0], point[1])
         top = ordered[k + 1][2] if k + 1 < len(ordered) else reference[2]
-        if top > point[2]:
-            volume += (top - point[2]) * _area(ordered[: k + 1], reference[0], reference[1])
+        if top > point[2] and staircase.area > 0:  # no 0 · inf: an overflow is rescaled by the caller
+            volume += (top - point[2]) * staircase.area
     return volume
+
+
+class _Staircase:
+    """The 2-D front of the points added so far (x ascending, y descending) and the area it dominates.
+
+    Each point updates the area by what it adds, so slicing three objectives along the third costs
+    ``n log n`` plus list moves, not a sort of every slice: re-sorting each slice made the hypervolume
+    of a 1,000-point front take 0.3 s and ``orchard plot hypervolume`` of 1,000 trials 99 s.
+    """
+
+    def __init__(self, ref_x: float, ref_y: float) -> None:
+        self.ref_x, self.ref_y = ref_x, ref_y
+        self.xs: list[float] = []
+        self.ys: list[float] = []
+        self.area = 0.0
+
+    def add(self, x: float, y: float) -> None:
+        """Add the point ``(x, y)`` (strictly inside the reference), unless a point already dominates it."""
+        at = bisect.bisect_left(self.xs, x)  # points before ``at`` have a smaller x
+        if (at > 0 and self.ys[at - 1] <= y) or (at < len(self.xs) and self.xs[at] == x and self.ys[at] <= y):
+            return
+        end, height, left = at, self.ys[at - 1] if at > 0 else self.ref_y, x
+        while end < len(self.xs) and self.ys[end] >= y:  # dominated by the new point: its area is re-counted
+            self._strip(self.xs[end] - left, height - y)
+            left, height = self.xs[end], self.ys[end]
+            end += 1
+        self._strip((self.xs[end] if end < len(self.xs) else self.ref_x) - left, height - y)
+        self.xs[at:end], self.ys[at:end] = [x], [y]
+
+    def _strip(self, width: float, height: float) -> None:
+        if width > 0 and height > 0:
+            self.area += width * height
 
 
 def _area(points: Sequence[Vector], ref_x: float, ref_y: float) -> float:

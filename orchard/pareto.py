@@ -11,6 +11,7 @@ feasibility comes from the experiment's ``constraints`` and any reported
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
@@ -98,7 +99,7 @@ def _finite(objective: Any) -> bool:
 
 def front_hypervolume(
     trials: Iterable[Trial], objectives: Mapping[str, str] | None, constraints: Sequence[str] | None = None,
-    reference: Sequence[float] | None = None, experiment: str = "the experiment",
+    reference: Sequence[float] | Mapping[str, float] | None = None, experiment: str = "the experiment",
 ) -> tuple[float, tuple[float, ...]]:
     """The hypervolume of the feasible front, and the reference point used (minimisation form).
 
@@ -107,7 +108,8 @@ def front_hypervolume(
         objectives: the experiment's objectives.
         constraints: the experiment's constraints.
         reference: in the objectives' own directions (a ``"max"`` objective's
-            reference is a low value); ``None``: derived from every feasible
+            reference is a low value), in their order (a list, a tuple, a numpy array)
+            or by name; ``None``: derived from every feasible
             completed trial (worst value plus 10 % of the range, see
             :func:`orchard.objectives.reference_point`).
         experiment: how errors name the experiment (``"experiment 'forest'"``).
@@ -141,11 +143,27 @@ def front_hypervolume(
 
 
 def _reference(reference: Any, objectives: Mapping[str, str]) -> dict[str, float]:
-    """``reference`` by objective name, each a finite float."""
-    values = list(reference) if isinstance(reference, Sequence) and not isinstance(reference, str) else None
+    """``reference`` by objective name, each a finite float.
+
+    Given in order (a list, a tuple, a numpy array: ``np.array([1.0, 0.0])`` was refused as "not one
+    finite number per objective") or by name (``{"error": 1.0, "accuracy": 0.0}``, exactly the objectives).
+    """
+    if isinstance(reference, Mapping):
+        values = [reference[name] for name in objectives] if set(reference) == set(objectives) else None
+    elif isinstance(reference, (str, bytes, set, frozenset)) or not hasattr(reference, "__iter__") \
+            or _is_scalar_array(reference):  # a set has no order to match the objectives'
+        values = None
+    else:  # one more than needed says "too many" without reading an endless iterator
+        values = list(itertools.islice(reference, len(objectives) + 1))
     numbers = [finite_float(value) for value in values or ()]
     if values is None or len(values) != len(objectives) or None in numbers:
         raise ConfigurationError(
             f"a hypervolume reference gives one finite number per objective ({', '.join(objectives)}), "
-            f"in their own directions; got {shown(reference)}")
+            "in their own directions, in that order or as a mapping by name; got "
+            f"{shown(reference)}")
     return dict(zip(objectives, numbers, strict=True))  # type: ignore[arg-type]
+
+
+def _is_scalar_array(value: Any) -> bool:
+    """Whether ``value`` is a 0-d numpy array (it has ``__iter__`` but iterating it raises)."""
+    return getattr(value, "ndim", None) == 0

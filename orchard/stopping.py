@@ -130,10 +130,12 @@ class Ledger:
         return dataclasses.asdict(self)
 
     def folded(self, rules: StopRules, trial_id: str, outcome: Outcome, seconds: float,
-               origin: str = "evaluated", level: str = "", mark: str | None = None) -> Ledger:
+               origin: str = "evaluated", level: str = "", mark: str | None = None,
+               warn: bool = True) -> Ledger:
         """This ledger with one more finished trial, fired if a rule holds now.
 
         ``mark`` is what ``recent`` keeps of this fold (default: the trial id): see :meth:`StopGate.fold`.
+        ``warn``: log a trial's missing ``cost`` (once per fold: not again when a lost swap is retried).
 
         ``origin``: ``"evaluated"`` (a worker's trial), ``"inserted"`` (made elsewhere, in the
         budget: counted alike) or ``"apart"`` (apart from the budget: it can reach ``target``
@@ -147,7 +149,8 @@ class Ledger:
         value: float | None = None  # the objective of a feasible completed trial
         if outcome.ok and outcome.objective is not None:
             if counted:
-                after.cost = _sum(after.cost, _cost(outcome.results, rules.cost_metric, trial_id, rules.max_cost is not None))
+                wanted = warn and rules.max_cost is not None
+                after.cost = _sum(after.cost, _cost(outcome.results, rules.cost_metric, trial_id, wanted))
             if feasibility(outcome.results, rules.constraints).feasible:
                 value = float(outcome.objective)
                 after.completed += counted
@@ -262,12 +265,13 @@ class StopGate:
         started = self._started.pop(trial_id, None)
         seconds = 0.0 if started is None else self._clock() - started
         mark = trial_id if reserved_at is None else f"{trial_id}@{reserved_at!r}"
-        for _ in range(_MAX_SWAPS):
+        for attempt in range(_MAX_SWAPS):
             stored = self.storage.experiment(self.experiment_id).config.get(LEDGER_KEY)
             ledger = Ledger.from_dict(stored, self.label)
             if ledger.fired is not None or mark in ledger.recent:
                 return ledger  # fired before (running trials are not folded), or our retried swap landed
-            after = ledger.folded(self.rules, trial_id, outcome, seconds, origin, self.rules.level(params), mark)
+            level = self.rules.level(params)  # warn once: a swap lost to another worker said it twice
+            after = ledger.folded(self.rules, trial_id, outcome, seconds, origin, level, mark, warn=attempt == 0)
             if self.storage.swap_experiment(self.experiment_id, LEDGER_KEY, stored, after.to_dict()):
                 if after.fired is not None:
                     log.info("%s", stop_message(self.label, after.fired))

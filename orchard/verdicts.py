@@ -109,7 +109,7 @@ class Judge:
             self.reported.add(trial_id)
             self._refresh()
             own, others = self._curves.of(stored, self._trials())
-            verdict = self.pruner.judge(trial_id, own, others)
+            verdict = self.pruner.at_its_end(stored.params, self.pruner.judge(trial_id, own, others))
             if verdict.prune:
                 self.pruned.setdefault(trial_id, verdict)
             # a "prune" verdict stands (the trial is recorded pruned whatever follows): a later report judged

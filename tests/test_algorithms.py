@@ -6,6 +6,7 @@ under a minute.
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import json
 import math
@@ -647,3 +648,30 @@ def test_bayes_lbfgs_over_a_space_of_choices_only_samples_its_acquisition(tmp_pa
         storage=str(tmp_path / "o.pkl"), max_trials=6, seed=0,
         algorithm={"bayes": {"acq_optimizer": "lbfgs", "n_initial_points": 2}})
     assert exp.workon(lambda c, d: len(c + str(d)), executor="single")["counts"]["completed"] == 6
+
+
+@pytest.mark.parametrize("algorithm, objectives", [
+    ({"bayes": {"n_initial_points": 2}}, 1), ({"bayes": {"n_initial_points": 2}}, 2),
+    ({"nsga2": {"population_size": 4}}, 2), ({"optuna": {"sampler": "TPESampler", "n_startup_trials": 2}}, 1),
+    ({"optuna": {"sampler": "CmaEsSampler", "n_startup_trials": 2}}, 1),
+])
+def test_results_below_the_top_fidelity_are_not_told_as_results_at_it(algorithm: Any, objectives: int) -> None:
+    """bayes warm-started from a hyperband experiment was told its 1-epoch trials as results at 9 epochs
+    (every fidelity value reads as the top one to it) and fitted their 1-epoch losses as full trainings'."""
+    space = Space.from_config({"x": "uniform(0, 1)", "y": "uniform(0, 1)", "e": "fidelity(1, 9)"})
+
+    def seen(x: float, y: float, e: int, end: float) -> Observation:
+        values = (x, 1 - x + y) if objectives > 1 else None
+        return Observation({"x": x, "y": y, "e": e}, x + y, end_time=end, values=values)
+
+    full = [seen((7 * i % 10) / 10, (3 * i % 10) / 10, 9, 100.0 + i) for i in range(8)]
+    early = [seen(0.05 * i, 0.9, 1, float(i)) for i in range(1, 5)]  # a source's 1-epoch runs, oddly good
+    early = [dataclasses.replace(o, objective=-100.0, values=(-100.0, -100.0) if objectives > 1 else None)
+             for o in early]
+
+    def suggested(completed: list[Observation]) -> dict[str, Any]:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return make_algorithm(algorithm, space, seed=3).suggest(completed, [], n=1)[0]
+
+    assert suggested([*early, *full]) == suggested(full)

@@ -68,6 +68,29 @@ def test_objective_that_raises_trial_pruned_before_any_report_is_broken(tmp_path
     assert "before reporting any value" in trial.error["message"]
 
 
+@pytest.mark.parametrize("timeout", [None, 30.0])
+def test_optunas_trial_pruned_raised_by_a_ported_objective_prunes_the_trial(tmp_path: Path,
+                                                                            timeout: float | None) -> None:
+    """An objective ported from Optuna that kept its own ``raise optuna.TrialPruned()`` broke its trials with
+    the message "TrialPruned: ", and the third stopped the experiment ("Fix the objective")."""
+    optuna = pytest.importorskip("optuna")
+
+    def ported(x: float) -> float:
+        for step in range(1, 4):
+            orchard.report(x + 1.0 / step, step)
+            if x > 0.5:  # its own early stop, as Optuna objectives often do
+                raise optuna.TrialPruned(f"x={x} is hopeless")
+        return x
+
+    exp = orchard.build_experiment("p-optuna", space=SPACE, max_trials=8, storage=str(tmp_path / "db.pkl"),
+                                   seed=1)
+    exp.workon(ported, progress=False, trial_timeout=timeout)
+    trials = exp.storage.fetch_trials(exp.id)
+    assert {t.status for t in trials if t.params["x"] > 0.5} == {TrialStatus.PRUNED}
+    assert {t.status for t in trials if t.params["x"] <= 0.5} == {TrialStatus.COMPLETED}
+    assert all(t.objective == t.reports[0][1] for t in trials if t.status is TrialStatus.PRUNED)
+
+
 @pytest.mark.parametrize("value, step, words", [
     (math.nan, 1, "finite number"), (math.inf, 1, "finite number"), ("0.3", 1, "finite number"),
     (0.5, -1, "integer step >= 0"), (0.5, 1.5, "integer step >= 0"),
@@ -225,6 +248,30 @@ def test_a_training_that_ran_all_its_steps_is_completed_not_pruned(end: str, sev
     trials = exp.fetch_trials()
     assert any(t.status is TrialStatus.PRUNED for t in trials)  # rung 1 still prunes
     assert all(t.status is TrialStatus.COMPLETED for t in trials if len(t.reports) == 3)
+
+
+@pytest.mark.parametrize("pruner", ["asha", "median"])
+def test_a_trial_of_a_multi_fidelity_algorithm_is_never_pruned_at_the_last_step_of_its_fidelity(
+    tmp_path: Path, pruner: str,
+) -> None:
+    """algorithm='asha' runs trials at 1, 3, 9 and 27 epochs; its pruner took 27 as every trial's last step
+    and pruned 9 of 40 trials at their own last step (a 1-epoch trial at step 1): each lost its result at
+    its fidelity, so asha could not promote it, and stopping it saved nothing."""
+    exp = orchard.build_experiment(f"p-fid-{pruner}", space={**SPACE, "epochs": "fidelity(1, 27)"},
+                                   algorithm="asha", pruner=pruner, max_trials=40, seed=1,
+                                   storage=str(tmp_path / "db.pkl"))
+
+    def train(x: float, epochs: int) -> float:
+        for step in range(1, epochs + 1):
+            orchard.report(x + 1.0 / step, step)
+            if orchard.should_prune():
+                raise orchard.TrialPruned()
+        return x + 1.0 / epochs
+
+    exp.workon(train, progress=False)
+    trials = exp.storage.fetch_trials(exp.id)
+    assert [t for t in trials if t.status is TrialStatus.PRUNED and t.reports[-1][0] >= t.params["epochs"]] == []
+    assert {t.params["epochs"] for t in trials if t.status is TrialStatus.COMPLETED} == {1, 3, 9, 27}
 
 
 def test_a_number_reported_for_one_max_objective_is_judged_in_its_direction() -> None:

@@ -85,7 +85,19 @@ def test_front_is_non_dominated_and_feasible(store) -> None:
         _ = exp.best_trial
 
 
-@pytest.mark.parametrize("reference", [(2.0,), (2.0, 11.0, 3.0), (math.nan, 11.0), ("2", 11.0), 2.0, "ab"])
+@pytest.mark.parametrize("reference", [np.array([2.0, 11.0]), [np.float32(2.0), np.int64(11)],
+                                       {"f2": 11.0, "f1": 2.0}, (v for v in (2.0, 11.0))])
+def test_a_hypervolume_reference_is_taken_as_a_numpy_array_or_by_objective_name(store, reference: object) -> None:
+    """``exp.hypervolume(np.array([2.0, 11.0]))`` was refused as "not one finite number per objective"."""
+    exp = build(store, objectives=GOALS, max_trials=6, seed=2)
+    exp.workon(zdt1, executor="single", progress=False)
+    assert exp.hypervolume(reference=reference) == exp.hypervolume(reference=(2.0, 11.0))  # type: ignore[arg-type]
+    assert exp.hypervolume(reference=(2.0, 11.0))[1] == (2.0, 11.0)
+
+
+@pytest.mark.parametrize("reference", [(2.0,), (2.0, 11.0, 3.0), (math.nan, 11.0), ("2", 11.0), 2.0, "ab",
+                                       np.array(2.0), {2.0, 11.0}, {"f1": 2.0}, {"f1": 2.0, "f3": 11.0},
+                                       iter(range(10**9))])
 def test_a_hypervolume_reference_that_is_not_one_number_per_objective_is_one_clear_line(
     store, reference: object,
 ) -> None:
@@ -127,6 +139,21 @@ def test_a_constraint_on_a_metric_never_returned_is_a_warning_once_per_worker(st
     assert "did not report metric 'x'" in infeasible[0].getMessage()
     assert "return each metric a constraint names" in infeasible[0].getMessage()
     assert exp.best_trial is None
+
+
+@pytest.mark.parametrize("value", [math.nan, math.inf, "12"])
+def test_a_constraint_metric_reported_as_no_finite_number_is_named_as_such_not_as_missing(
+    store, caplog, value: object,
+) -> None:
+    """A ``memory_gb`` returned as NaN made the trial infeasible (right) with the reason "the trial did not
+    report metric 'memory_gb'", though it had: the user looked for a metric the objective did return."""
+    exp = build(store, constraints=["memory_gb <= 16"], max_trials=2, seed=4)
+    with caplog.at_level(logging.WARNING, logger="orchard.worker"):
+        exp.workon(lambda x, y: {"objective": x, "memory_gb": value}, executor="single", progress=False)
+    said = [r.getMessage() for r in caplog.records if "is infeasible" in r.getMessage()]
+    assert said and f"reported metric 'memory_gb' as {value!r}, not a finite number" in said[0]
+    assert "did not report" not in said[0]
+    assert exp.best_trial is None and len(exp.fetch_trials([TrialStatus.COMPLETED])) == 2
 
 
 @pytest.mark.parametrize("objectives", [None, {"loss": "min"}, {"loss": "min", "f2": "min"}])

@@ -12,6 +12,7 @@ from __future__ import annotations
 import collections
 import dataclasses
 import json
+import logging
 import math
 import sys
 import time
@@ -144,6 +145,34 @@ def test_max_cost_sums_the_reported_cost_metric() -> None:
     _runs(other)
     _tell(other, {"objective": 1.0, "gpu_hours": 3.5})
     assert _stopped(other)["rule"] == "max_cost"
+
+
+def test_a_trial_without_its_cost_is_said_once_when_its_fold_loses_a_swap_to_another_worker(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture,
+) -> None:
+    """With 4 workers, "trial … reported no finite 'cost' metric" was logged twice for some trials: each
+    retry of a swap another worker's fold had won recomputed the fold, warning again."""
+    store = str(tmp_path / "db.pkl")
+    exp = _experiment({"max_cost": 100}, storage=store)
+    mine, theirs = get_storage(store), get_storage(store)
+    rules = StopRules(max_cost=100)
+    rival = StopGate(theirs, exp.id, rules, "e", clock=time.monotonic)
+    reads = [0]
+    read = mine.experiment
+
+    def read_then_lose(experiment_id: str) -> Any:  # another worker folds between this read and the swap
+        record = read(experiment_id)
+        reads[0] += 1
+        if reads[0] == 1:
+            rival.fold("rival", Outcome(objective=1.0, results={"cost": 1.0}))
+        return record
+
+    mine.experiment = read_then_lose  # type: ignore[method-assign]
+    with caplog.at_level(logging.WARNING, logger="orchard.stopping"):
+        ledger = StopGate(mine, exp.id, rules, "e", clock=time.monotonic).fold("costless", Outcome(objective=1.0))
+    assert reads[0] >= 2 and ledger.finished == 2 and ledger.cost == 1.0  # the swap was lost, then retried
+    said = [r.getMessage() for r in caplog.records if "costless" in r.getMessage()]
+    assert len(said) == 1 and "no finite 'cost' metric" in said[0]
 
 
 def test_sums_past_a_float_stay_a_ledger_orchard_reads() -> None:

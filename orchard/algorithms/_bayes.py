@@ -220,7 +220,7 @@ class BayesianOptimization(BaseAlgorithm):
             SpaceExhaustedError: no unseen point is left.
             AlgorithmError: the surrogate could not be fitted.
         """
-        completed = [o for o in completed if math.isfinite(o.objective)]
+        completed = [o for o in self.at_top_fidelity(completed) if math.isfinite(o.objective)]
         failed = list(self.failed_points(pending))
         pending = list(pending)
         seen = self.seen_points(completed, pending, seen)

@@ -181,6 +181,7 @@ class Nsga2(BaseAlgorithm):
         """Children of the current population (random points while generation 0 fills)."""
         taken = self.seen_points(completed, pending, seen)
         self.check_unseen_left(taken)
+        completed = self.at_top_fidelity(completed)
         rng = self.rng(completed, pending)
         parents = population(self.settled(completed, pending), self.options["population_size"], self._memo)
         keys = _ranked(parents)

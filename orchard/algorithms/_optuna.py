@@ -419,7 +419,7 @@ class OptunaSampler(BaseAlgorithm):
         label = f"algorithm 'optuna' sampler {self.options['sampler']!r}"
         try:  # objectives near 1e308 overflow Optuna's hypervolumes: numpy's warnings help no user
             with np.errstate(over="ignore"):
-                return self._suggest(completed, pending, n, seen)
+                return self._suggest(self.at_top_fidelity(completed), pending, n, seen)
         except SpaceExhaustedError:
             raise
         except BaseException as err:  # noqa: BLE001 -- Ctrl-C too: a torn study must not outlive the call

@@ -235,6 +235,20 @@ class BaseAlgorithm(Configurable, abc.ABC):
 
     # -- helpers shared by the implementations ---------------------------------
 
+    def at_top_fidelity(self, completed: Sequence[Observation]) -> Sequence[Observation]:
+        """``completed`` without the observations made below the space's fidelity ``high``.
+
+        For the algorithms that evaluate at ``high`` only (all but ``asha`` and ``hyperband``): a
+        warm-start source's or an inserted trial run at 1 epoch of 27 was told as a result at 27
+        (every fidelity value reads as ``high`` to them), its one-epoch loss fitted as a full
+        training's. A space without a fidelity keeps every observation.
+        """
+        fidelity = self.space.fidelity
+        if fidelity is None:
+            return completed
+        name, prior = fidelity
+        return [o for o in completed if o.params.get(name) == prior.high]
+
     @staticmethod
     def seen_points(
         completed: Sequence[Observation], pending: Sequence[Mapping[str, Any]], seen: SeenPoints | None

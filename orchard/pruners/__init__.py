@@ -132,7 +132,9 @@ def make_pruner(config: PrunerConfig, objectives: Mapping[str, str] | None = Non
     ((name, options),) = normalize_pruner_config(config).items()
     fidelity = space.fidelity if space is not None else None
     last_step = int(fidelity[1].high) if fidelity is not None and fidelity[1].integral else None
-    return _pruner_class(name)(**options).facing(objectives, last_step)
+    built = _pruner_class(name)(**options).facing(objectives, last_step)
+    built.fidelity = None if last_step is None or fidelity is None else fidelity[0]
+    return built
 
 
 def check_objectives(config: PrunerConfig, objectives: Mapping[str, str] | None) -> None:

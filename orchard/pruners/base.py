@@ -208,6 +208,9 @@ class BasePruner(Configurable, abc.ABC):
     #: -1 when the experiment's one objective is maximised: reports arrive negated, and a reason shows
     #: values as the objective returned them (:meth:`facing`).
     sign: float = 1.0
+    #: The experiment's integer fidelity dimension, if any: a trial's value there is the last step it reports
+    #: (under ``asha`` and ``hyperband``, a trial at 3 epochs of 27 ends at step 3), which no verdict stops.
+    fidelity: str | None = None
     #: Whether the pruner ranks several objectives (tuples of values); those that do not are
     #: refused for an experiment with several objectives (:func:`orchard.pruners.check_objectives`).
     SEVERAL_OBJECTIVES: ClassVar[bool] = False
@@ -239,6 +242,19 @@ class BasePruner(Configurable, abc.ABC):
         """
         self.sign = -1.0 if objectives is not None and list(objectives.values()) == ["max"] else 1.0
         return self
+
+    def at_its_end(self, params: Mapping[str, Any], verdict: Verdict) -> Verdict:
+        """``verdict`` on a trial of ``params``, but "go on" at its last step (its :attr:`fidelity` value).
+
+        Under ``asha`` or ``hyperband`` (the algorithms) a trial at 1 or 3 epochs of 27 reports its last
+        step there: pruned at it, it lost its result at that fidelity (never promoted) and saved nothing.
+        """
+        end = params.get(self.fidelity) if self.fidelity is not None else None
+        if not verdict.prune or type(end) is not int or verdict.step < end:
+            return verdict
+        return dataclasses.replace(verdict, prune=False, reason=(
+            f"step {verdict.step} is the last this trial reports ({self.fidelity}={end}): a training that "
+            f"ran all its steps is not stopped (else: {verdict.reason})"))
 
     def recompute(self, trial_id: str, verdict: Verdict, stored: Mapping[str, Curve]) -> Verdict:
         """Reach ``verdict`` again from the stored history, as any worker could later.
