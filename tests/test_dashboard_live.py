@@ -659,3 +659,33 @@ def test_every_chart_that_leaves_trials_out_says_how_many_it_draws(browser: Any,
         wait_for(browser, lambda b: "5000 of 5010 completed trials drawn: the front's and the latest"
                  in b.find_element(By.ID, "front-note").text, 60)
         browser.get("about:blank")
+
+
+def test_a_page_of_a_hundred_params_keeps_the_objective_axis_and_a_short_best_card(
+        browser: Any, tmp_path: Path) -> None:
+    """Plotly draws 60 parallel axes and dropped the rest, the objective's (the last) first; the best card
+    printed every param (10,000 of them filled screens); axes of values near 1e16 showed
+    "×10<sup>16</sup>"."""
+    from selenium.webdriver.common.by import By
+
+    store = get_storage(str(tmp_path / "orchard.pkl"))
+    exp_id = store.create_experiment("wide", {"space": {f"p{i}": "uniform(0, 1e17)" for i in range(100)},
+                                              "algorithm": "random"})
+    for n in range(1, 4):
+        trial = store.register_trial(exp_id, {f"p{i}": n * 1e16 + i for i in range(100)}, worker="h:1:a")
+        store.complete_trial(trial.id, "h:1:a", n * 1e16)
+    store.close()
+    with serving(str(tmp_path / "orchard.pkl"), cwd=tmp_path) as served:
+        browser.get(served.url + "experiments/wide")
+        wait_for(browser, lambda b: b.find_elements(By.CSS_SELECTOR, "#plot-parallel .axis-title"))
+        titles = browser.execute_script(
+            "return [...document.querySelectorAll('#plot-parallel .axis-title')].map(t => t.textContent)")
+        assert len(titles) == 60 and titles[-1] == "objective" and titles[:2] == ["p0", "p1"]
+        assert "the first 59 of 100 parameters drawn" in browser.find_element(By.ID, "parallel-note").text
+        ticks = browser.execute_script(
+            "return [...document.querySelectorAll('#plot-parallel .tick text')].map(t => t.textContent)")
+        assert ticks and not [t for t in ticks if "<" in t], ticks
+        card = browser.find_element(By.ID, "best-params").text
+        assert card.startswith("p0=10000000000000000, p1=") and card.endswith("(and 80 more)")
+        assert "p20=" not in card
+        browser.get("about:blank")

@@ -557,3 +557,41 @@ def test_figures_show_an_objective_to_maximise_as_returned_and_named(tmp_path: P
     for kind in ("regret", "parallel", "curves"):
         saved = plotting.save(figure(kind), str(tmp_path / f"{kind}.html"))
         assert "acc" in Path(saved).read_text()
+
+
+def test_parallel_axis_titles_with_markup_are_drawn_as_text() -> None:
+    """Plotly reads a parallel-coordinates axis title as HTML (a parameter named <a href> was a working link
+    in the .html plot); its tick labels it draws as plain text, so they stay as they are."""
+    from orchard.plotting._plotly import plotly_figure
+
+    trials = [make_trial(n, objective=float(n), **{HOSTILE: float(n), "tag": HOSTILE if n % 2 else "x"})
+              for n in range(1, 4)]
+    drawn = plotly_figure(plotting.parallel(trials, "exp")).to_plotly_json()
+    dims = {d["label"]: d for d in drawn["data"][0]["dimensions"]}
+    escaped = "&lt;a href=\"https://evil.example/\"&gt;click&lt;/a&gt;&lt;b&gt;bold&lt;/b&gt;"
+    assert set(dims) == {escaped, "tag", "objective"}
+    assert HOSTILE in dims["tag"]["ticktext"]  # plain text already: escaping it would show "&lt;"
+
+
+def test_parallel_of_more_parameters_than_plotly_draws_keeps_the_objective_axis() -> None:
+    """Plotly draws 60 axes of parallel coordinates and drops the rest: with 100 parameters the objective's
+    axis (the last) was not drawn, and nothing said so."""
+    from orchard.plotting._plotly import plotly_figure
+
+    space = Space.from_config({f"p{i}": "uniform(0, 1)" for i in range(100)})
+    trials = [make_trial(n, objective=float(n), **{f"p{i}": n / 10 for i in range(100)}) for n in range(1, 4)]
+    fig = plotting.parallel(trials, "wide", space)
+    assert [a.label for a in fig.axes] == [f"p{i}" for i in range(59)] + ["objective"]
+    assert "the first 59 of 100 parameters" in fig.title
+    dims = plotly_figure(fig).to_plotly_json()["data"][0]["dimensions"]
+    assert len(dims) == 60 and dims[-1]["label"] == "objective"
+
+
+def test_parallel_ticks_of_large_values_are_numbers_not_markup() -> None:
+    """Plotly's own format for 2e16 is "2×10<sup>16</sup>", which parallel coordinates (plain text) showed
+    with its tags; every axis of numbers is given a plain format."""
+    from orchard.plotting._plotly import plotly_figure
+
+    trials = [make_trial(n, objective=n * 1e16, big=n * 1e17) for n in range(1, 4)]
+    dims = plotly_figure(plotting.parallel(trials, "exp")).to_plotly_json()["data"][0]["dimensions"]
+    assert [d.get("tickformat") for d in dims] == ["~g", "~g"]

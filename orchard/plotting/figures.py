@@ -19,6 +19,7 @@ from orchard.trial import Trial, TrialStatus
 
 __all__ = [
     "DRAWN_LIMIT",
+    "MAX_PARALLEL_PARAMS",
     "STATUS_COLORS",
     "Axis",
     "Bar",
@@ -51,6 +52,10 @@ STATUS_COLORS: dict[TrialStatus, str] = {
 #: length"). A trial with such a value (an overflow in the objective, most likely) is left out of every
 #: figure, its ``.html`` too, and the title says so.
 DRAWN_LIMIT = 1e300
+
+#: Parameters drawn as axes of the parallel coordinates at most: plotly draws 60 axes and drops the others,
+#: the objective's (the last) first. Beyond, the first ones in the space's order are drawn; the title says so.
+MAX_PARALLEL_PARAMS = 59
 
 
 # -- figure records ------------------------------------------------------------------
@@ -213,6 +218,9 @@ def parallel(trials: Iterable[Trial], name: str, space: Space | None = None,
                   key=lambda t: -float(t.objective))  # type: ignore[arg-type]
     names = list(space) if space is not None else _param_names(done)
     done = [t for t in done if all(n in t.params for n in names)]
+    many = len(names) > MAX_PARALLEL_PARAMS
+    left = f"; the first {MAX_PARALLEL_PARAMS} of {len(names)} parameters" if many else ""
+    names = names[:MAX_PARALLEL_PARAMS]
     objectives = [shown.value(float(t.objective)) for t in done]  # type: ignore[arg-type]
     axes = [_axis(n, [t.params[n] for t in done], space.get(n) if space else None) for n in names]
     axes.append(Axis(shown.name, objectives))
@@ -221,7 +229,7 @@ def parallel(trials: Iterable[Trial], name: str, space: Space | None = None,
     note = None if done else no_results_note(broken, far)
     darker = "higher" if shown.higher_is_better else "lower"
     title = f"{name}: parallel coordinates of {len(done)} completed trials (darker = {darker} {shown.name})"
-    title += far
+    title += left + far
     return ParallelFigure(title, note, axes, objectives, shown.label, shown.higher_is_better)
 
 

@@ -38,7 +38,7 @@ function renderSummary(detail) {
   setText("count-pruned", c.pruned || 0);
   document.getElementById("best").previousElementSibling.textContent = "best " + detail.shown.name;
   setText("best", fmtNumber(shownValue(detail.shown, detail.best_objective)));
-  setText("best-params", fmtParams(detail.best_params));
+  setText("best-params", fmtSomeParams(detail.best_params));
   setText("algorithm", detail.algorithm);
   setText("stale-after", fmtAge(detail.stale_after));
   const odd = document.getElementById("config-problem");  // settings Orchard would refuse, shown at their defaults
@@ -66,7 +66,7 @@ function renderWorkers(workers) {
     const tr = el("tr");
     tr.appendChild(el("td", w.worker));
     tr.appendChild(el("td", w.trial.slice(0, 12)));
-    tr.appendChild(el("td", fmtParams(w.params), "wrap"));
+    tr.appendChild(el("td", fmtSomeParams(w.params), "wrap"));
     const age = (w.heartbeat_age_is_lower_bound ? "\u2265 " : "") + fmtAge(w.heartbeat_age) + (w.stale ? " (lost?)" : "");
     tr.appendChild(el("td", age, w.stale ? "stale" : "num"));
     tr.appendChild(el("td", w.devices.length ? w.devices.join(", ") : "-"));
@@ -108,7 +108,7 @@ function renderFront(front) {
     const tr = el("tr");
     tr.dataset.id = t.id;
     tr.appendChild(el("td", t.number, "num"));
-    tr.appendChild(el("td", fmtParams(t.params), "wrap"));
+    tr.appendChild(el("td", fmtSomeParams(t.params), "wrap"));
     t.values.forEach((v) => tr.appendChild(el("td", fmtNumber(v), "num")));
     return tr;
   }));
@@ -278,7 +278,7 @@ function drawBest(all) {
   const data = [
     { x: xs, y: done.map((t) => sv(t.objective)), mode: "markers", marker,
       name: plotText(state.shown.name) + (done.length < all.length ? " (" + done.length + " of " + all.length + " drawn)" : ""),
-      text: done.map((t) => plotText(fmtParams(t.params))) },
+      text: done.map((t) => plotText(fmtSomeParams(t.params))) },
     { x: xs, y: bestSoFar, mode: "lines", line: { color: "#2f7d4f", width: 2.5, shape: "hv" },
       name: "best so far" + reached },
   ];
@@ -289,21 +289,33 @@ function drawBest(all) {
 
 function dimension(name, values) {
   // Parallel coordinates draw an axis's label as plotly's HTML subset (a param named <a href=…> would be a
-  // link) but its ticks as plain text: plotText for the label only.
+  // link) but its ticks as plain text: plotText for the label only. "~g" ticks: 2e+16, not plotly's own
+  // "2×10<sup>16</sup>", which plain text shows with its tags.
   const label = plotText(name);
-  if (values.every((v) => typeof v === "number")) return { label, values };
+  if (values.every((v) => typeof v === "number")) return { label, values, tickformat: "~g" };
   const levels = [...new Set(values.map(String))].sort();
   return { label, values: values.map((v) => levels.indexOf(String(v))), tickvals: levels.map((_, i) => i),
     ticktext: levels };
 }
 
+// Plotly draws 60 axes of parallel coordinates and drops the others, the objective's (the last) first.
+const MAX_AXES = 60;
+
 function drawParallel(all) {
   // The best MAX_POINTS lines at most: the ones worth reading.
   const done = all.length <= MAX_POINTS ? all : [...all].sort((a, b) => a.objective - b.objective).slice(0, MAX_POINTS);
   noteDrawn("parallel-note", done.length, all.length, "completed trials", "the best ones");
+  const params = state.params.slice(0, MAX_AXES - 1);
+  if (params.length < state.params.length) {
+    const note = document.getElementById("parallel-note");
+    note.hidden = false;
+    const axes = "the first " + params.length + " of " + state.params.length + " parameters drawn, and the "
+      + "objective";
+    note.textContent = (note.textContent ? note.textContent + "; " : "") + axes;
+  }
   const objectives = done.map((t) => sv(t.objective));
-  const dims = state.params.map((p) => dimension(p, done.map((t) => t.params[p])));
-  dims.push({ label: plotText(state.shown.name), values: objectives });
+  const dims = params.map((p) => dimension(p, done.map((t) => t.params[p])));
+  dims.push({ label: plotText(state.shown.name), values: objectives, tickformat: "~g" });
   // Viridis is darkest at its low end: reversed for an objective to maximise, so darker is better either way.
   const data = [{ type: "parcoords", dimensions: dims,
     line: { color: objectives, colorscale: "Viridis", reversescale: state.shown.sign < 0, showscale: true } }];
@@ -337,7 +349,8 @@ function drawTimeline() {
     type: "bar", orientation: "h", name: status, marker: { color: STATUS_COLORS[status] },
     y: items.map((i) => plotText(i.t.worker)), base: items.map((i) => new Date(i.t.start_time * 1000).toISOString()),
     x: items.map((i) => Math.max((i.end - i.t.start_time) * 1000, 1)),
-    hovertext: items.map((i) => plotText("#" + i.t.number + " " + fmtParams(i.t.params))), hoverinfo: "text+name",
+    hovertext: items.map((i) => plotText("#" + i.t.number + " " + fmtSomeParams(i.t.params))),
+    hoverinfo: "text+name",
     textposition: "none",
   }));
   const workers = new Set(started.map((t) => t.worker)).size;
@@ -374,7 +387,8 @@ function drawCurves() {
     const color = isBest ? "#d62728" : t.status === "completed" ? "#1f77b4" : (STATUS_COLORS[t.status] || "#8a96a3");
     // The server sends at most 50 reports of a curve (evenly spaced; first, last and lowest kept): say so.
     const sampled = t.reported > t.reports.length ? " (" + t.reports.length + " of " + t.reported + " reports)" : "";
-    const label = plotText("#" + t.number + " " + fmtParams(t.params) + (t.verdict ? " — pruned: " + t.verdict : "") + sampled);
+    const pruned = t.verdict ? " — pruned: " + t.verdict : "";
+    const label = plotText("#" + t.number + " " + fmtSomeParams(t.params) + pruned + sampled);
     data.push({ x: t.reports.map((r) => r[0]), y: t.reports.map((r) => sv(r[1])), mode: "lines", showlegend: false,
       line: { color, width: isBest ? 3 : 1, dash: t.status === "reserved" ? "dash" : "solid" },
       opacity: isBest || t.status === "completed" ? 1 : 0.55, name: label,
