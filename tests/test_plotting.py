@@ -595,3 +595,29 @@ def test_parallel_ticks_of_large_values_are_numbers_not_markup() -> None:
     trials = [make_trial(n, objective=n * 1e16, big=n * 1e17) for n in range(1, 4)]
     dims = plotly_figure(plotting.parallel(trials, "exp")).to_plotly_json()["data"][0]["dimensions"]
     assert [d.get("tickformat") for d in dims] == ["~g", "~g"]
+
+
+@pytest.mark.parametrize("kind", DRAWN_KINDS)
+def test_png_draws_dollar_signs_in_values_as_text_not_formulas(kind: str, tmp_path: Path) -> None:
+    """Matplotlib reads text between two $ as a formula: a choice or a worker named $\\frac{a}$ stopped
+    the .png with a ValueError, and "$5-$10" lost its dollars; every text is drawn as written."""
+    from matplotlib.text import Text
+
+    drawn: list[str] = []
+    real_draw = Text.draw
+
+    def recording_draw(self: Any, renderer: Any) -> None:
+        if self.get_visible() and self.get_text():
+            formula = "" if self.get_parse_math() is False else "(as a formula) "
+            drawn.append(formula + self.get_text())
+        real_draw(self, renderer)
+
+    formula = "$\\frac{a}$"
+    trials = [make_trial(n, objective=float(n), worker=f"{formula}:1:a", start=n, end=n + 1.0,
+                         price="$5-$10" if n % 2 else formula, b=float(n)) for n in range(1, 5)]
+    for trial in trials:
+        trial.reports = [(1, 2.0), (2, 1.0)]
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(Text, "draw", recording_draw)
+        plotting.save(plotting.make_figure(kind, trials, "exp"), tmp_path / f"{kind}.png")
+    assert drawn and not [text for text in drawn if text.startswith("(as a formula)")]

@@ -17,7 +17,16 @@ __all__ = ["write_png"]
 
 
 def write_png(figure: Any, path: Path) -> None:
-    """Draw ``figure`` into ``path`` as a PNG image."""
+    """Draw ``figure`` into ``path`` as a PNG image.
+
+    Every text is drawn as written: matplotlib would read text between two ``$`` as a formula
+    (a choice ``"$5-$10"`` lost its dollars, one such as ``"$\\frac{a}$"`` stopped the plot).
+    """
+    with require("matplotlib").rc_context({"text.parse_math": False}):
+        _write_png(figure, path)
+
+
+def _write_png(figure: Any, path: Path) -> None:
     mpl_figure = require("matplotlib.figure")
     agg = require("matplotlib.backends.backend_agg")
     height = max(4.5, 1.5 + 0.35 * len(figure.rows)) if isinstance(figure, TimelineFigure) else 5.5
