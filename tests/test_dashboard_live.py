@@ -661,11 +661,11 @@ def test_every_chart_that_leaves_trials_out_says_how_many_it_draws(browser: Any,
         browser.get("about:blank")
 
 
-def test_a_page_of_a_hundred_params_keeps_the_objective_axis_and_a_short_best_card(
+def test_a_page_of_a_hundred_params_keeps_the_objective_axis_a_short_best_card_and_table(
         browser: Any, tmp_path: Path) -> None:
     """Plotly draws 60 parallel axes and dropped the rest, the objective's (the last) first; the best card
-    printed every param (10,000 of them filled screens); axes of values near 1e16 showed
-    "×10<sup>16</sup>"."""
+    printed every param (10,000 of them filled screens), the table made a column of each; axes of values
+    near 1e16 showed "×10<sup>16</sup>"."""
     from selenium.webdriver.common.by import By
 
     store = get_storage(str(tmp_path / "orchard.pkl"))
@@ -688,4 +688,8 @@ def test_a_page_of_a_hundred_params_keeps_the_objective_axis_and_a_short_best_ca
         card = browser.find_element(By.ID, "best-params").text
         assert card.startswith("p0=10000000000000000, p1=") and card.endswith("(and 80 more)")
         assert "p20=" not in card
+        # the table's columns: 10,000 params made each redraw of 30 rows take 3 s
+        assert "the first 50 of 100 params as columns" in browser.find_element(By.ID, "shown").text
+        heads = browser.execute_script("return [...document.querySelectorAll('#trials th')].map(h => h.textContent)")
+        assert heads[:3] == ["#", "status", "p0"] and heads[51:53] == ["p49", "objective"]
         browser.get("about:blank")
