@@ -690,6 +690,7 @@ def test_a_page_of_a_hundred_params_keeps_the_objective_axis_a_short_best_card_a
         assert "p20=" not in card
         # the table's columns: 10,000 params made each redraw of 30 rows take 3 s
         assert "the first 50 of 100 params as columns" in browser.find_element(By.ID, "shown").text
-        heads = browser.execute_script("return [...document.querySelectorAll('#trials th')].map(h => h.textContent)")
+        heads = browser.execute_script(
+            "return [...document.querySelectorAll('#trials th')].map(h => h.textContent)")
         assert heads[:3] == ["#", "status", "p0"] and heads[51:53] == ["p49", "objective"]
         browser.get("about:blank")
