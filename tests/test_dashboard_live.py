@@ -661,6 +661,17 @@ def test_every_chart_that_leaves_trials_out_says_how_many_it_draws(browser: Any,
         browser.get("about:blank")
 
 
+def completed_by(tmp_path: Path, name: str, space: dict[str, str],
+                 rows: list[tuple[dict[str, Any], float, str]]) -> None:
+    """An experiment in ``tmp_path/orchard.pkl``: a completed trial per (params, objective, worker) row."""
+    store = get_storage(str(tmp_path / "orchard.pkl"))
+    exp_id = store.create_experiment(name, {"space": space, "algorithm": "random"})
+    for params, objective, worker in rows:
+        trial = store.register_trial(exp_id, params, worker=worker)
+        store.complete_trial(trial.id, worker, objective)
+    store.close()
+
+
 def test_a_page_of_a_hundred_params_keeps_the_objective_axis_a_short_best_card_and_table(
         browser: Any, tmp_path: Path) -> None:
     """Plotly draws 60 parallel axes and dropped the rest, the objective's (the last) first; the best card
@@ -668,13 +679,9 @@ def test_a_page_of_a_hundred_params_keeps_the_objective_axis_a_short_best_card_a
     near 1e16 showed "×10<sup>16</sup>"."""
     from selenium.webdriver.common.by import By
 
-    store = get_storage(str(tmp_path / "orchard.pkl"))
-    exp_id = store.create_experiment("wide", {"space": {f"p{i}": "uniform(0, 1e17)" for i in range(100)},
-                                              "algorithm": "random"})
-    for n in range(1, 4):
-        trial = store.register_trial(exp_id, {f"p{i}": n * 1e16 + i for i in range(100)}, worker="h:1:a")
-        store.complete_trial(trial.id, "h:1:a", n * 1e16)
-    store.close()
+    space = {f"p{i}": "uniform(0, 1e17)" for i in range(100)}
+    completed_by(tmp_path, "wide", space, [({f"p{i}": n * 1e16 + i for i in range(100)}, n * 1e16, "h:1:a")
+                                           for n in range(1, 4)])
     with serving(str(tmp_path / "orchard.pkl"), cwd=tmp_path) as served:
         browser.get(served.url + "experiments/wide")
         wait_for(browser, lambda b: b.find_elements(By.CSS_SELECTOR, "#plot-parallel .axis-title"))
@@ -693,4 +700,21 @@ def test_a_page_of_a_hundred_params_keeps_the_objective_axis_a_short_best_card_a
         heads = browser.execute_script(
             "return [...document.querySelectorAll('#trials th')].map(h => h.textContent)")
         assert heads[:3] == ["#", "status", "p0"] and heads[51:53] == ["p49", "objective"]
+        browser.get("about:blank")
+
+
+def test_a_timeline_of_many_workers_draws_those_that_started_last(browser: Any, tmp_path: Path) -> None:
+    """A row each for 2,000 workers (a cluster's job array) made the timeline 68,000 px tall."""
+    from selenium.webdriver.common.by import By
+
+    completed_by(tmp_path, "many", {"x": "uniform(0, 1)"}, [({"x": n / 1000}, n / 1000, f"node{n}:1:a")
+                                                            for n in range(150)])
+    with serving(str(tmp_path / "orchard.pkl"), cwd=tmp_path) as served:
+        browser.get(served.url + "experiments/many")
+        wait_for(browser, lambda b: b.find_elements(By.CSS_SELECTOR, "#plot-timeline svg.main-svg"))
+        rows = browser.execute_script(
+            "return [...new Set(document.getElementById('plot-timeline').data.flatMap(t => t.y))]")
+        assert len(rows) == 100 and "node149:1:a" in rows and "node49:1:a" not in rows
+        assert "the 100 of 150 workers that started a trial last" in text_of(browser, "#timeline-note")
+        assert browser.find_element(By.ID, "plot-timeline").size["height"] < 4_000
         browser.get("about:blank")

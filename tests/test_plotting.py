@@ -153,6 +153,20 @@ def test_timeline_keeps_full_worker_ids_when_short_ones_collide() -> None:
     assert [r.split()[0] for r in plotting.timeline(trials, "exp").rows] == ["h:1:aaa", "h:1:bbb"]
 
 
+def test_a_timeline_of_thousands_of_workers_draws_those_that_started_last_and_counts_all(
+        tmp_path: Path) -> None:
+    """A row each for 2,000 workers (a cluster's job array) made the .png 77,000 pixels tall, in a minute."""
+    trials = [make_trial(n, worker=f"node{n}:{n}:u", start=float(n), end=n + 5.0) for n in range(2_000)]
+    fig = plotting.timeline(trials, "exp")
+    assert len(fig.rows) == 100
+    assert fig.rows[0].startswith("node1900:1900") and fig.rows[-1].startswith("node1999:")
+    assert {b.row for b in fig.bars} == set(range(100)) and fig.bars[0].start == 1900.0
+    assert "2000 workers over 2004 s" in fig.title and "the 100 that started last drawn" in fig.title
+    out = plotting.save(fig, tmp_path / "timeline.png")
+    height = int.from_bytes(out.read_bytes()[20:24], "big")  # the PNG header's height
+    assert height < 5_000
+
+
 @pytest.mark.parametrize("kind", KINDS)
 def test_figures_of_no_trials_carry_a_note(kind: str) -> None:
     fig = plotting.make_figure(kind, [], "exp")

@@ -20,6 +20,7 @@ from orchard.trial import Trial, TrialStatus
 __all__ = [
     "DRAWN_LIMIT",
     "MAX_PARALLEL_PARAMS",
+    "MAX_TIMELINE_ROWS",
     "STATUS_COLORS",
     "Axis",
     "Bar",
@@ -56,6 +57,10 @@ DRAWN_LIMIT = 1e300
 #: Parameters drawn as axes of the parallel coordinates at most: plotly draws 60 axes and drops the others,
 #: the objective's (the last) first. Beyond, the first ones in the space's order are drawn; the title says so.
 MAX_PARALLEL_PARAMS = 59
+
+#: Workers drawn as rows of the timeline at most (those that started last): a row each for 2,000 workers made
+#: a .png 77,000 pixels tall in a minute, and 10,000 would need gigabytes. The title counts every worker.
+MAX_TIMELINE_ROWS = 100
 
 
 # -- figure records ------------------------------------------------------------------
@@ -258,14 +263,17 @@ def timeline(trials: Iterable[Trial], name: str, shown: Shown = Shown()) -> Time
     workers = sorted(runs, key=lambda w: (min(s for s, _, _ in runs[w]), w))
     t0 = min(start for w in workers for start, _, _ in runs[w])
     t1 = max(end for w in workers for _, end, _ in runs[w])
-    bars = [Bar(row, s - t0, e - t0, t.status, describe(t, shown))
-            for row, w in enumerate(workers) for s, e, t in sorted(runs[w], key=lambda r: r[:2])]
     busy = {w: _busy_seconds([(s, e) for s, e, _ in runs[w]]) for w in workers}
-    labels = _short_names(workers)
-    rows = [f"{label}  busy {_fraction(busy[w], runs[w]):.0%}" for w, label in zip(workers, labels)]
     total = sum(busy.values()) / (len(workers) * (t1 - t0)) if t1 > t0 else 1.0
     count = f"{len(workers)} worker" + ("s" if len(workers) > 1 else "")
     title = f"{name}: {count} over {t1 - t0:.4g} s, busy {total:.0%} of the time"
+    if len(workers) > MAX_TIMELINE_ROWS:
+        title += f"; the {MAX_TIMELINE_ROWS} that started last drawn"
+        workers = workers[-MAX_TIMELINE_ROWS:]
+    bars = [Bar(row, s - t0, e - t0, t.status, describe(t, shown))
+            for row, w in enumerate(workers) for s, e, t in sorted(runs[w], key=lambda r: r[:2])]
+    labels = _short_names(workers)
+    rows = [f"{label}  busy {_fraction(busy[w], runs[w]):.0%}" for w, label in zip(workers, labels)]
     return TimelineFigure(title, None, rows, bars)
 
 

@@ -335,12 +335,32 @@ function hostOf(worker) {
   return worker.split(":")[0];
 }
 
+// Worker rows drawn at most: a row each for 2,000 workers (a cluster's job array) made a chart 68,000 px
+// tall.
+const MAX_WORKER_ROWS = 100;
+
 function drawTimeline() {
-  // The latest MAX_POINTS bars at most.
+  // The latest MAX_POINTS bars at most, of the MAX_WORKER_ROWS workers that started a trial last.
   let started = [...state.trials.values()].filter((t) => t.start_time !== null && t.worker);
   const total = started.length;
+  const lastStart = new Map();
+  started.forEach((t) => {
+    const seen = lastStart.has(t.worker) ? lastStart.get(t.worker) : -Infinity;
+    lastStart.set(t.worker, Math.max(seen, t.start_time));
+  });
+  if (lastStart.size > MAX_WORKER_ROWS) {
+    const latest = [...lastStart].sort((a, b) => b[1] - a[1]).slice(0, MAX_WORKER_ROWS);
+    const kept = new Set(latest.map(([worker]) => worker));
+    started = started.filter((t) => kept.has(t.worker));
+  }
   if (started.length > MAX_POINTS) started = started.sort((a, b) => b.start_time - a.start_time).slice(0, MAX_POINTS);
   noteDrawn("timeline-note", started.length, total, "trials", "the latest started");
+  if (lastStart.size > MAX_WORKER_ROWS) {
+    const note = document.getElementById("timeline-note");
+    note.hidden = false;
+    note.textContent += (note.textContent ? "; " : "") + "the " + MAX_WORKER_ROWS + " of " + lastStart.size +
+      " workers that started a trial last";
+  }
   const latest = {};
   started.forEach((t) => {
     const host = hostOf(t.worker);
