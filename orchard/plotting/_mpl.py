@@ -9,7 +9,7 @@ from typing import Any
 from orchard.plotting._libs import require
 from orchard.plotting.curves import CurvesFigure, curves_mpl
 from orchard.plotting.figures import STATUS_COLORS, Axis, ParallelFigure, RegretFigure, TimelineFigure
-from orchard.plotting.fronts import HypervolumeFigure, ParetoFigure, hypervolume_mpl, pareto_mpl
+from orchard.plotting.fronts import HypervolumeFigure, ParetoFigure, hypervolume_mpl, panel_grid, pareto_mpl
 from orchard.plotting.rungs import RungsFigure, rungs_mpl
 from orchard.trial import TrialStatus
 
@@ -30,6 +30,8 @@ def _write_png(figure: Any, path: Path) -> None:
     mpl_figure = require("matplotlib.figure")
     agg = require("matplotlib.backends.backend_agg")
     height = max(4.5, 1.5 + 0.35 * len(figure.rows)) if isinstance(figure, TimelineFigure) else 5.5
+    if isinstance(figure, ParetoFigure):  # a row of panels each, 3 at most in a row
+        height = max(height, 1.0 + 4.0 * panel_grid(len(figure.panels))[0])
     fig = mpl_figure.Figure(figsize=(11, height), layout="constrained")
     agg.FigureCanvasAgg(fig)
     ax = fig.add_subplot()
