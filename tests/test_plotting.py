@@ -167,6 +167,17 @@ def test_a_timeline_of_thousands_of_workers_draws_those_that_started_last_and_co
     assert height < 5_000
 
 
+def test_a_timeline_png_of_tens_of_thousands_of_trials_is_drawn_in_seconds(tmp_path: Path) -> None:
+    """A patch per bar made orchard plot timeline -o x.png take 96 s for 50,000 trials (8 workers)."""
+    import time
+
+    trials = [make_trial(n, worker=f"h:{n % 8}:a", start=float(n), end=n + 7.5) for n in range(30_000)]
+    fig = plotting.timeline(trials, "exp")
+    started = time.monotonic()
+    plotting.save(fig, tmp_path / "timeline.png")
+    assert time.monotonic() - started < 20  # 55 s before, 2 s after, on 2 shared cores
+
+
 @pytest.mark.parametrize("kind", KINDS)
 def test_figures_of_no_trials_carry_a_note(kind: str) -> None:
     fig = plotting.make_figure(kind, [], "exp")

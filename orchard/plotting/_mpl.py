@@ -119,8 +119,13 @@ def _draw_axis(ax: Any, i: int, axis: Axis, to_unit: Callable[[float], float]) -
 def _timeline_mpl(figure: Any, fig: Any, ax: Any) -> None:
     patches = require("matplotlib.patches")
     bars = figure.bars
-    ax.barh([b.row for b in bars], [b.end - b.start for b in bars], left=[b.start for b in bars], height=0.7,
-            color=[STATUS_COLORS[b.status] for b in bars], edgecolor="white", linewidth=0.5)
+    # one collection per row and status: a patch per bar (barh) took 96 s for 50,000 trials
+    spans: dict[tuple[int, TrialStatus], list[tuple[float, float]]] = {}
+    for b in bars:
+        spans.setdefault((b.row, b.status), []).append((b.start, b.end - b.start))
+    for (row, status), ranges in spans.items():
+        ax.broken_barh(ranges, (row - 0.35, 0.7), facecolors=STATUS_COLORS[status], edgecolor="white",
+                       linewidth=0.5)
     ax.set_yticks(range(len(figure.rows)), figure.rows)
     if figure.rows:
         ax.set_ylim(len(figure.rows) - 0.5, -0.5)
