@@ -718,3 +718,24 @@ def test_a_timeline_of_many_workers_draws_those_that_started_last(browser: Any, 
         assert "the 100 of 150 workers that started a trial last" in text_of(browser, "#timeline-note")
         assert browser.find_element(By.ID, "plot-timeline").size["height"] < 4_000
         browser.get("about:blank")
+
+
+def test_objectives_beyond_1e300_are_left_out_of_the_charts_and_named(browser: Any, tmp_path: Path) -> None:
+    """An objective of -1e308 took the best-so-far line off the chart (its axis could not reach it), and one
+    of 1e308 squeezed every parallel line onto one point; orchard plot leaves them out and names them."""
+    from selenium.webdriver.common.by import By
+
+    objectives = [0.5, 0.3, -1e308, 0.2, 1e308]
+    completed_by(tmp_path, "huge", {"x": "uniform(0, 1)"},
+                 [({"x": n / 10}, objective, "h:1:a") for n, objective in enumerate(objectives)])
+    with serving(str(tmp_path / "orchard.pkl"), cwd=tmp_path) as served:
+        browser.get(served.url + "experiments/huge")
+        wait_for(browser, lambda b: b.find_elements(By.CSS_SELECTOR, "#plot-parallel svg.main-svg"))
+        best = browser.execute_script("return document.getElementById('plot-best').data.map(t => t.y)")
+        assert best == [[0.5, 0.3, 0.2], [0.5, 0.3, 0.2]]
+        drawn = browser.execute_script(
+            "return document.getElementById('plot-parallel').data[0].dimensions[1].values")
+        assert drawn == [0.5, 0.3, 0.2]
+        said = "2 completed trials with an objective beyond ±1e300 left out of the charts: #3, #5"
+        assert said in text_of(browser, "#best-note")
+        browser.get("about:blank")

@@ -220,9 +220,21 @@ function renderTable() {
 
 // -- plots ---------------------------------------------------------------------------------------------
 
+// The largest objective drawn (as orchard plot): an axis reaching -1e308 from 0.5 ran off every chart, the
+// best-so-far line with it, and a parallel axis to 1e308 squeezed every other line onto one point.
+const DRAWN_LIMIT = 1e300;
+
+// The completed trials with an objective, in completion order, but those beyond DRAWN_LIMIT (said above
+// the best-so-far chart).
 function completedInOrder() {
-  return [...state.trials.values()].filter((t) => t.status === "completed" && t.objective !== null)
-    .sort((a, b) => a.end_time - b.end_time);
+  const done = [...state.trials.values()].filter((t) => t.status === "completed" && t.objective !== null);
+  const far = done.filter((t) => Math.abs(t.objective) > DRAWN_LIMIT).sort((a, b) => a.number - b.number);
+  const note = document.getElementById("best-note");
+  note.hidden = far.length === 0;
+  const named = far.slice(0, 3).map((t) => "#" + t.number).join(", ") + (far.length > 3 ? ", \u2026" : "");
+  note.textContent = far.length ? far.length + " completed trial" + (far.length > 1 ? "s" : "") +
+    " with an objective beyond \u00b11e300 left out of the charts: " + named : "";
+  return done.filter((t) => Math.abs(t.objective) <= DRAWN_LIMIT).sort((a, b) => a.end_time - b.end_time);
 }
 
 // Charts draw at most MAX_POINTS markers, bars or lines: beyond that a browser spends seconds per redraw
