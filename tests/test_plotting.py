@@ -612,6 +612,14 @@ def test_parallel_of_more_parameters_than_plotly_draws_keeps_the_objective_axis(
     assert len(dims) == 60 and dims[-1]["label"] == "objective"
 
 
+def test_parallel_draws_the_other_lines_when_an_objective_is_nan() -> None:
+    """A diverged trial's NaN objective, sorted first, made the colour scale NaN: the .png showed no line."""
+    trials = [make_trial(n, objective=value) for n, value in enumerate([math.nan, 3.0, 1.0, 2.0, 0.5])]
+    fig = plotting.parallel(trials, "exp")
+    assert fig.objectives == [3.0, 2.0, 1.0, 0.5] and fig.axes[0].values == [1.0, 3.0, 2.0, 4.0]
+    assert "4 completed trials" in fig.title and "1 with a NaN objective not drawn" in fig.title
+
+
 def test_parallel_ticks_of_large_values_are_numbers_not_markup() -> None:
     """Plotly's own format for 2e16 is "2×10<sup>16</sup>", which parallel coordinates (plain text) showed
     with its tags; every axis of numbers is given a plain format."""

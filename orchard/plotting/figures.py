@@ -218,8 +218,11 @@ def parallel(trials: Iterable[Trial], name: str, space: Space | None = None,
         The figure record; empty, with a note, when no trial has completed.
     """
     all_trials = list(trials)
+    # A NaN objective is no line, and sorted first it made the colour scale NaN: nothing was drawn at all.
+    nan = sum(scored(t) and math.isnan(float(t.objective)) for t in all_trials)  # type: ignore[arg-type]
     # Worst first, so the best lines are drawn last, on top.
-    done = sorted((t for t in all_trials if scored(t) and drawable(t.objective)),
+    done = sorted((t for t in all_trials if scored(t) and drawable(t.objective)
+                   and not math.isnan(float(t.objective))),  # type: ignore[arg-type]
                   key=lambda t: -float(t.objective))  # type: ignore[arg-type]
     names = list(space) if space is not None else _param_names(done)
     done = [t for t in done if all(n in t.params for n in names)]
@@ -234,7 +237,7 @@ def parallel(trials: Iterable[Trial], name: str, space: Space | None = None,
     note = None if done else no_results_note(broken, far)
     darker = "higher" if shown.higher_is_better else "lower"
     title = f"{name}: parallel coordinates of {len(done)} completed trials (darker = {darker} {shown.name})"
-    title += left + far
+    title += left + (f"; {nan} with a NaN objective not drawn" if nan else "") + far
     return ParallelFigure(title, note, axes, objectives, shown.label, shown.higher_is_better)
 
 
