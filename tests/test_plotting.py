@@ -620,6 +620,15 @@ def test_parallel_draws_the_other_lines_when_an_objective_is_nan() -> None:
     assert "4 completed trials" in fig.title and "1 with a NaN objective not drawn" in fig.title
 
 
+def test_regret_best_so_far_skips_a_nan_objective_even_the_first() -> None:
+    """A first trial with a NaN objective (a diverged run) led for good: the line was NaN, "best nan"."""
+    values = [math.nan, 3.0, 1.0, 2.0]
+    trials = [make_trial(n, objective=value, end=float(n)) for n, value in enumerate(values)]
+    fig = plotting.regret(trials, "exp")
+    assert fig.best[1:] == [3.0, 1.0, 1.0] and math.isnan(fig.best[0])
+    assert "best 1 after 4 completed" in fig.title
+
+
 def test_parallel_ticks_of_large_values_are_numbers_not_markup() -> None:
     """Plotly's own format for 2e16 is "2×10<sup>16</sup>", which parallel coordinates (plain text) showed
     with its tags; every axis of numbers is given a plain format."""

@@ -177,7 +177,9 @@ def regret(trials: Iterable[Trial], name: str, shown: Shown = Shown(),
             continue
         x.append(rank)
         objectives.append(shown.value(float(trial.objective)))  # type: ignore[arg-type]
-        if feasibility(trial.results, constraints).feasible:
+        if math.isnan(objectives[-1]):
+            pass  # a gap, never the best (as best_trial): first, it held the line at NaN for good
+        elif feasibility(trial.results, constraints).feasible:
             if leader is None or best_key(trial, fidelity) < best_key(leader, fidelity):
                 leader, so_far = trial, objectives[-1]
         else:
