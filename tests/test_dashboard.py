@@ -191,6 +191,24 @@ def test_single_fidelity_experiments_have_no_rungs_and_payloads_are_strict_json(
     assert rows["trials"][0]["params"] == {"x": None}
 
 
+def test_an_experiment_whose_best_or_running_params_or_settings_hold_nan_is_still_served(
+        store: BaseStorage) -> None:
+    """A best trial or a running one with a NaN or infinite param, or such a setting (written by another
+    program), made /api/experiments/NAME answer 500: the page showed nothing. They are null, as elsewhere."""
+    from orchard.dashboard._payloads import to_json
+
+    exp_id = make_experiment(store, note=float("nan"))
+    best = store.register_trial(exp_id, {"x": float("nan")}, worker="w")
+    store.complete_trial(best.id, "w", 0.1)
+    store.register_trial(exp_id, {"x": float("-inf")}, worker="w2")
+    view = ExperimentView(store, store.require_experiment("exp"))
+    view.fold()
+    detail = json.loads(to_json(experiment_detail(view, store.redacted_uri)))
+    assert detail["best_params"] == {"x": None} and detail["best_objective"] == 0.1
+    assert [w["params"] for w in detail["workers"]] == [{"x": None}]
+    assert detail["settings"]["note"] is None
+
+
 @pytest.mark.parametrize(("host", "local"), [("127.0.0.1", True), ("localhost", True), ("::1", True),
                                              ("0.0.0.0", False), ("192.168.1.5", False), ("example.org", False)])
 def test_only_loopback_hosts_count_as_local(host: str, local: bool) -> None:

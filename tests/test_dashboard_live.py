@@ -659,3 +659,83 @@ def test_every_chart_that_leaves_trials_out_says_how_many_it_draws(browser: Any,
         wait_for(browser, lambda b: "5000 of 5010 completed trials drawn: the front's and the latest"
                  in b.find_element(By.ID, "front-note").text, 60)
         browser.get("about:blank")
+
+
+def completed_by(tmp_path: Path, name: str, space: dict[str, str],
+                 rows: list[tuple[dict[str, Any], float, str]]) -> None:
+    """An experiment in ``tmp_path/orchard.pkl``: a completed trial per (params, objective, worker) row."""
+    store = get_storage(str(tmp_path / "orchard.pkl"))
+    exp_id = store.create_experiment(name, {"space": space, "algorithm": "random"})
+    for params, objective, worker in rows:
+        trial = store.register_trial(exp_id, params, worker=worker)
+        store.complete_trial(trial.id, worker, objective)
+    store.close()
+
+
+def test_a_page_of_a_hundred_params_keeps_the_objective_axis_a_short_best_card_and_table(
+        browser: Any, tmp_path: Path) -> None:
+    """Plotly draws 60 parallel axes and dropped the rest, the objective's (the last) first; the best card
+    printed every param (10,000 of them filled screens), the table made a column of each; axes of values
+    near 1e16 showed "×10<sup>16</sup>"."""
+    from selenium.webdriver.common.by import By
+
+    space = {f"p{i}": "uniform(0, 1e17)" for i in range(100)}
+    completed_by(tmp_path, "wide", space, [({f"p{i}": n * 1e16 + i for i in range(100)}, n * 1e16, "h:1:a")
+                                           for n in range(1, 4)])
+    with serving(str(tmp_path / "orchard.pkl"), cwd=tmp_path) as served:
+        browser.get(served.url + "experiments/wide")
+        wait_for(browser, lambda b: b.find_elements(By.CSS_SELECTOR, "#plot-parallel .axis-title"))
+        titles = browser.execute_script(
+            "return [...document.querySelectorAll('#plot-parallel .axis-title')].map(t => t.textContent)")
+        assert len(titles) == 60 and titles[-1] == "objective" and titles[:2] == ["p0", "p1"]
+        assert "the first 59 of 100 parameters drawn" in browser.find_element(By.ID, "parallel-note").text
+        ticks = browser.execute_script(
+            "return [...document.querySelectorAll('#plot-parallel .tick text')].map(t => t.textContent)")
+        assert ticks and not [t for t in ticks if "<" in t], ticks
+        card = browser.find_element(By.ID, "best-params").text
+        assert card.startswith("p0=10000000000000000, p1=") and card.endswith("(and 80 more)")
+        assert "p20=" not in card
+        # the table's columns: 10,000 params made each redraw of 30 rows take 3 s
+        assert "the first 50 of 100 params as columns" in browser.find_element(By.ID, "shown").text
+        heads = browser.execute_script(
+            "return [...document.querySelectorAll('#trials th')].map(h => h.textContent)")
+        assert heads[:3] == ["#", "status", "p0"] and heads[51:53] == ["p49", "objective"]
+        browser.get("about:blank")
+
+
+def test_a_timeline_of_many_workers_draws_those_that_started_last(browser: Any, tmp_path: Path) -> None:
+    """A row each for 2,000 workers (a cluster's job array) made the timeline 68,000 px tall."""
+    from selenium.webdriver.common.by import By
+
+    completed_by(tmp_path, "many", {"x": "uniform(0, 1)"}, [({"x": n / 1000}, n / 1000, f"node{n}:1:a")
+                                                            for n in range(150)])
+    with serving(str(tmp_path / "orchard.pkl"), cwd=tmp_path) as served:
+        browser.get(served.url + "experiments/many")
+        wait_for(browser, lambda b: b.find_elements(By.CSS_SELECTOR, "#plot-timeline svg.main-svg"))
+        rows = browser.execute_script(
+            "return [...new Set(document.getElementById('plot-timeline').data.flatMap(t => t.y))]")
+        assert len(rows) == 100 and "node149:1:a" in rows and "node49:1:a" not in rows
+        assert "the 100 of 150 workers that started a trial last" in text_of(browser, "#timeline-note")
+        assert browser.find_element(By.ID, "plot-timeline").size["height"] < 4_000
+        browser.get("about:blank")
+
+
+def test_objectives_beyond_1e300_are_left_out_of_the_charts_and_named(browser: Any, tmp_path: Path) -> None:
+    """An objective of -1e308 took the best-so-far line off the chart (its axis could not reach it), and one
+    of 1e308 squeezed every parallel line onto one point; orchard plot leaves them out and names them."""
+    from selenium.webdriver.common.by import By
+
+    objectives = [0.5, 0.3, -1e308, 0.2, 1e308]
+    completed_by(tmp_path, "huge", {"x": "uniform(0, 1)"},
+                 [({"x": n / 10}, objective, "h:1:a") for n, objective in enumerate(objectives)])
+    with serving(str(tmp_path / "orchard.pkl"), cwd=tmp_path) as served:
+        browser.get(served.url + "experiments/huge")
+        wait_for(browser, lambda b: b.find_elements(By.CSS_SELECTOR, "#plot-parallel svg.main-svg"))
+        best = browser.execute_script("return document.getElementById('plot-best').data.map(t => t.y)")
+        assert best == [[0.5, 0.3, 0.2], [0.5, 0.3, 0.2]]
+        drawn = browser.execute_script(
+            "return document.getElementById('plot-parallel').data[0].dimensions[1].values")
+        assert drawn == [0.5, 0.3, 0.2]
+        said = "2 completed trials with an objective beyond ±1e300 left out of the charts: #3, #5"
+        assert said in text_of(browser, "#best-note")
+        browser.get("about:blank")

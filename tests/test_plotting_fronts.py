@@ -157,3 +157,26 @@ def test_pareto_draws_markup_in_values_as_text() -> None:
     shown = [trial(n, *point, name=HOSTILE) for n, point in enumerate(POINTS, start=1)]
     drawn = json.dumps(plotly_figure(plotting.pareto(shown, HOSTILE, TWO, ["memory_gb <= 16"])).to_plotly_json())
     assert "<a href" not in drawn and drawn.count("&lt;a href=") >= 5
+
+
+@pytest.mark.parametrize("suffix", [".html", ".png"])
+def test_pareto_of_many_objectives_draws_the_pairs_of_the_first_six_in_rows(
+        tmp_path: Path, suffix: str) -> None:
+    """Six objectives give 15 panels: in one row, plotly stopped the .html with a ValueError (its spacing
+    cannot fit 15 columns) and the .png squeezed them to nothing. 13 objectives would give 78."""
+    names = [f"m{i}" for i in range(13)]
+    rows = [Trial(id=f"{n:032x}", experiment="e", params={"x": float(n)}, status=TrialStatus.COMPLETED,
+                  objective=float(n), results={m: float((n * (i + 1)) % 7) for i, m in enumerate(names)},
+                  start_time=0.0, end_time=float(n)) for n in range(1, 8)]
+    fig = plotting.pareto(rows, "many", {m: "min" for m in names})
+    assert len(fig.panels) == 15
+    assert fig.panels[-1].x_label.startswith("m4") and fig.panels[-1].y_label.startswith("m5")
+    assert "the pairs of the first 6 of 13 objectives drawn" in fig.title
+    out = plotting.save(fig, tmp_path / f"front{suffix}")
+    if suffix == ".html":
+        page = out.read_text()
+        layout = re.search(r"Plotly\.newPlot\(.*?\]\s*,\s*(\{.*?\})\s*,\s*\{\"responsive", page, re.DOTALL)
+        assert layout and '"yaxis15"' in layout.group(1)  # every panel has its axes
+    else:
+        width, height = (int.from_bytes(out.read_bytes()[at:at + 4], "big") for at in (16, 20))
+        assert height > width  # five rows of three panels

@@ -235,8 +235,27 @@ def trial_rows(view: ExperimentView, since: int = 0, rows: bool = True) -> dict[
 
 
 def to_json(payload: Any) -> str:
-    """Compact, strict JSON (no NaN): what every API response body is."""
-    return json.dumps(payload, allow_nan=False, default=str, separators=(",", ":"))
+    """Compact, strict JSON (no NaN): what every API response body is.
+
+    A NaN or infinity left anywhere in ``payload`` (a best trial's or a running trial's
+    param, a setting another program stored) is sent as ``null``, as in a trial's row:
+    it made the whole answer a 500 before.
+    """
+    try:
+        return json.dumps(payload, allow_nan=False, default=str, separators=(",", ":"))
+    except ValueError:  # the rare payload holding a non-finite float: walked once more, only then
+        return json.dumps(_finite_only(payload), allow_nan=False, default=str, separators=(",", ":"))
+
+
+def _finite_only(value: Any) -> Any:
+    """``value`` with every non-finite float in it, at any depth of dicts, lists and tuples, as ``None``."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {key: _finite_only(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite_only(item) for item in value]
+    return value
 
 
 class RowCache:

@@ -9,7 +9,7 @@ from typing import Any
 from orchard.plotting._libs import require
 from orchard.plotting.curves import CurvesFigure, curves_mpl
 from orchard.plotting.figures import STATUS_COLORS, Axis, ParallelFigure, RegretFigure, TimelineFigure
-from orchard.plotting.fronts import HypervolumeFigure, ParetoFigure, hypervolume_mpl, pareto_mpl
+from orchard.plotting.fronts import HypervolumeFigure, ParetoFigure, hypervolume_mpl, panel_grid, pareto_mpl
 from orchard.plotting.rungs import RungsFigure, rungs_mpl
 from orchard.trial import TrialStatus
 
@@ -17,10 +17,21 @@ __all__ = ["write_png"]
 
 
 def write_png(figure: Any, path: Path) -> None:
-    """Draw ``figure`` into ``path`` as a PNG image."""
+    """Draw ``figure`` into ``path`` as a PNG image.
+
+    Every text is drawn as written: matplotlib would read text between two ``$`` as a formula
+    (a choice ``"$5-$10"`` lost its dollars, one such as ``"$\\frac{a}$"`` stopped the plot).
+    """
+    with require("matplotlib").rc_context({"text.parse_math": False}):
+        _write_png(figure, path)
+
+
+def _write_png(figure: Any, path: Path) -> None:
     mpl_figure = require("matplotlib.figure")
     agg = require("matplotlib.backends.backend_agg")
     height = max(4.5, 1.5 + 0.35 * len(figure.rows)) if isinstance(figure, TimelineFigure) else 5.5
+    if isinstance(figure, ParetoFigure):  # a row of panels each, 3 at most in a row
+        height = max(height, 1.0 + 4.0 * panel_grid(len(figure.panels))[0])
     fig = mpl_figure.Figure(figsize=(11, height), layout="constrained")
     agg.FigureCanvasAgg(fig)
     ax = fig.add_subplot()
@@ -108,8 +119,13 @@ def _draw_axis(ax: Any, i: int, axis: Axis, to_unit: Callable[[float], float]) -
 def _timeline_mpl(figure: Any, fig: Any, ax: Any) -> None:
     patches = require("matplotlib.patches")
     bars = figure.bars
-    ax.barh([b.row for b in bars], [b.end - b.start for b in bars], left=[b.start for b in bars], height=0.7,
-            color=[STATUS_COLORS[b.status] for b in bars], edgecolor="white", linewidth=0.5)
+    # one collection per row and status: a patch per bar (barh) took 96 s for 50,000 trials
+    spans: dict[tuple[int, TrialStatus], list[tuple[float, float]]] = {}
+    for b in bars:
+        spans.setdefault((b.row, b.status), []).append((b.start, b.end - b.start))
+    for (row, status), ranges in spans.items():
+        ax.broken_barh(ranges, (row - 0.35, 0.7), facecolors=STATUS_COLORS[status], edgecolor="white",
+                       linewidth=0.5)
     ax.set_yticks(range(len(figure.rows)), figure.rows)
     if figure.rows:
         ax.set_ylim(len(figure.rows) - 0.5, -0.5)

@@ -4,7 +4,8 @@ Plotly reads every text it draws (hover labels, tick and axis labels, titles) as
 a subset of HTML: ``<a href>`` becomes a working link, ``<b>``/``<span style>``
 style it. Parameter values, worker and experiment names come from users, so
 every text of a figure record is escaped (:func:`plain`) before it is drawn;
-except the axes of parallel coordinates, which plotly draws as plain text.
+except the tick labels of parallel coordinates, which plotly draws as plain text
+(their axis titles it reads as HTML, like every other text).
 """
 
 from __future__ import annotations
@@ -32,8 +33,10 @@ def write_html(figure: Any, path: Path) -> None:
 def plotly_figure(figure: Any) -> Any:
     """The ``plotly.graph_objects.Figure`` of a figure record, every text in it escaped."""
     go = require("plotly.graph_objects")
-    if isinstance(figure, ParallelFigure):  # its axes' labels and ticks are drawn as plain text already
-        figure = dataclasses.replace(figure, title=plain(figure.title), note=plain(figure.note))
+    if isinstance(figure, ParallelFigure):  # its axes' tick labels are drawn as plain text already
+        axes = [dataclasses.replace(axis, label=plain(axis.label)) for axis in figure.axes]
+        figure = dataclasses.replace(figure, title=plain(figure.title), note=plain(figure.note),
+                                     label=plain(figure.label), axes=axes)
     else:
         figure = plain(figure)
     draw = {RegretFigure: _regret_plotly, ParallelFigure: _parallel_plotly, TimelineFigure: _timeline_plotly,
@@ -90,7 +93,8 @@ def _parallel_plotly(figure: Any, fig: Any, go: Any) -> None:
         return
     dims = []
     for axis in figure.axes:
-        dim: dict[str, Any] = {"label": axis.label, "values": axis.values}
+        # "~g": 2e+16, not plotly's own "2×10<sup>16</sup>", which parallel coordinates show as that text
+        dim: dict[str, Any] = {"label": axis.label, "values": axis.values, "tickformat": "~g"}
         if axis.ticks is not None:
             dim.update(tickvals=axis.ticks, ticktext=axis.ticktext, range=_padded(axis.ticks))
         dims.append(dim)

@@ -19,6 +19,8 @@ from orchard.trial import Trial, TrialStatus
 
 __all__ = [
     "DRAWN_LIMIT",
+    "MAX_PARALLEL_PARAMS",
+    "MAX_TIMELINE_ROWS",
     "STATUS_COLORS",
     "Axis",
     "Bar",
@@ -51,6 +53,14 @@ STATUS_COLORS: dict[TrialStatus, str] = {
 #: length"). A trial with such a value (an overflow in the objective, most likely) is left out of every
 #: figure, its ``.html`` too, and the title says so.
 DRAWN_LIMIT = 1e300
+
+#: Parameters drawn as axes of the parallel coordinates at most: plotly draws 60 axes and drops the others,
+#: the objective's (the last) first. Beyond, the first ones in the space's order are drawn; the title says so.
+MAX_PARALLEL_PARAMS = 59
+
+#: Workers drawn as rows of the timeline at most (those that started last): a row each for 2,000 workers made
+#: a .png 77,000 pixels tall in a minute, and 10,000 would need gigabytes. The title counts every worker.
+MAX_TIMELINE_ROWS = 100
 
 
 # -- figure records ------------------------------------------------------------------
@@ -167,7 +177,9 @@ def regret(trials: Iterable[Trial], name: str, shown: Shown = Shown(),
             continue
         x.append(rank)
         objectives.append(shown.value(float(trial.objective)))  # type: ignore[arg-type]
-        if feasibility(trial.results, constraints).feasible:
+        if math.isnan(objectives[-1]):
+            pass  # a gap, never the best (as best_trial): first, it held the line at NaN for good
+        elif feasibility(trial.results, constraints).feasible:
             if leader is None or best_key(trial, fidelity) < best_key(leader, fidelity):
                 leader, so_far = trial, objectives[-1]
         else:
@@ -208,11 +220,17 @@ def parallel(trials: Iterable[Trial], name: str, space: Space | None = None,
         The figure record; empty, with a note, when no trial has completed.
     """
     all_trials = list(trials)
+    # A NaN objective is no line, and sorted first it made the colour scale NaN: nothing was drawn at all.
+    nan = sum(scored(t) and math.isnan(float(t.objective)) for t in all_trials)  # type: ignore[arg-type]
     # Worst first, so the best lines are drawn last, on top.
-    done = sorted((t for t in all_trials if scored(t) and drawable(t.objective)),
+    done = sorted((t for t in all_trials if scored(t) and drawable(t.objective)
+                   and not math.isnan(float(t.objective))),  # type: ignore[arg-type]
                   key=lambda t: -float(t.objective))  # type: ignore[arg-type]
     names = list(space) if space is not None else _param_names(done)
     done = [t for t in done if all(n in t.params for n in names)]
+    many = len(names) > MAX_PARALLEL_PARAMS
+    left = f"; the first {MAX_PARALLEL_PARAMS} of {len(names)} parameters" if many else ""
+    names = names[:MAX_PARALLEL_PARAMS]
     objectives = [shown.value(float(t.objective)) for t in done]  # type: ignore[arg-type]
     axes = [_axis(n, [t.params[n] for t in done], space.get(n) if space else None) for n in names]
     axes.append(Axis(shown.name, objectives))
@@ -221,7 +239,7 @@ def parallel(trials: Iterable[Trial], name: str, space: Space | None = None,
     note = None if done else no_results_note(broken, far)
     darker = "higher" if shown.higher_is_better else "lower"
     title = f"{name}: parallel coordinates of {len(done)} completed trials (darker = {darker} {shown.name})"
-    title += far
+    title += left + (f"; {nan} with a NaN objective not drawn" if nan else "") + far
     return ParallelFigure(title, note, axes, objectives, shown.label, shown.higher_is_better)
 
 
@@ -250,14 +268,17 @@ def timeline(trials: Iterable[Trial], name: str, shown: Shown = Shown()) -> Time
     workers = sorted(runs, key=lambda w: (min(s for s, _, _ in runs[w]), w))
     t0 = min(start for w in workers for start, _, _ in runs[w])
     t1 = max(end for w in workers for _, end, _ in runs[w])
-    bars = [Bar(row, s - t0, e - t0, t.status, describe(t, shown))
-            for row, w in enumerate(workers) for s, e, t in sorted(runs[w], key=lambda r: r[:2])]
     busy = {w: _busy_seconds([(s, e) for s, e, _ in runs[w]]) for w in workers}
-    labels = _short_names(workers)
-    rows = [f"{label}  busy {_fraction(busy[w], runs[w]):.0%}" for w, label in zip(workers, labels)]
     total = sum(busy.values()) / (len(workers) * (t1 - t0)) if t1 > t0 else 1.0
     count = f"{len(workers)} worker" + ("s" if len(workers) > 1 else "")
     title = f"{name}: {count} over {t1 - t0:.4g} s, busy {total:.0%} of the time"
+    if len(workers) > MAX_TIMELINE_ROWS:
+        title += f"; the {MAX_TIMELINE_ROWS} that started last drawn"
+        workers = workers[-MAX_TIMELINE_ROWS:]
+    bars = [Bar(row, s - t0, e - t0, t.status, describe(t, shown))
+            for row, w in enumerate(workers) for s, e, t in sorted(runs[w], key=lambda r: r[:2])]
+    labels = _short_names(workers)
+    rows = [f"{label}  busy {_fraction(busy[w], runs[w]):.0%}" for w, label in zip(workers, labels)]
     return TimelineFigure(title, None, rows, bars)
 
 

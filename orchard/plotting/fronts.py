@@ -29,6 +29,8 @@ from orchard.plotting.figures import describe, drawable, left_out, no_results_no
 from orchard.trial import Trial, TrialStatus
 
 __all__ = [
+    "MAX_PANEL_OBJECTIVES",
+    "PANEL_COLUMNS",
     "HypervolumeFigure",
     "ParetoFigure",
     "ParetoPanel",
@@ -38,11 +40,18 @@ __all__ = [
     "pareto",
     "pareto_mpl",
     "pareto_plotly",
+    "panel_grid",
 ]
 
 FRONT_COLOR = "#d62728"
 OTHER_COLOR = "#1f77b4"
 INFEASIBLE_COLOR = "#7f7f7f"
+#: Objectives whose pairs get a panel at most (15 panels): the pairs of 13 objectives, 78 panels in a row,
+#: stopped the .html with plotly's ValueError and squeezed the .png to nothing. The front is still computed
+#: on every objective.
+MAX_PANEL_OBJECTIVES = 6
+#: Panels in a row; more go on further rows.
+PANEL_COLUMNS = 3
 
 
 @dataclasses.dataclass(frozen=True)
@@ -117,7 +126,7 @@ def pareto(trials: Sequence[Trial], name: str, objectives: Mapping[str, str] | N
     front = {feasible[i][0].id for i in first_front([v for _, v in feasible])}
     names = list(directions)
     panels = []
-    for i, j in itertools.combinations(range(len(names)), 2):
+    for i, j in itertools.combinations(range(min(len(names), MAX_PANEL_OBJECTIVES)), 2):
         groups: dict[str, tuple[list[float], list[float], list[str]]] = {k: ([], [], []) for k in ("f", "o", "i")}
         for trial, vector, violation in rows:
             shown = returned(vector, directions)
@@ -134,7 +143,15 @@ def pareto(trials: Sequence[Trial], name: str, objectives: Mapping[str, str] | N
     title = f"{name}: Pareto front, {len(front)} of {len(every)} completed trials"
     if constraints or infeasible:
         title += f" ({infeasible} infeasible)"
+    if len(names) > MAX_PANEL_OBJECTIVES:
+        title += f"; the pairs of the first {MAX_PANEL_OBJECTIVES} of {len(names)} objectives drawn"
     return ParetoFigure(title + far, None, panels)
+
+
+def panel_grid(count: int) -> tuple[int, int]:
+    """The rows and columns of a grid holding ``count`` panels, :data:`PANEL_COLUMNS` at most in a row."""
+    columns = max(1, min(count, PANEL_COLUMNS))
+    return -(-count // columns), columns
 
 
 def _label(name: str, directions: Mapping[str, str]) -> str:
@@ -198,9 +215,12 @@ def pareto_plotly(figure: ParetoFigure, fig: Any, go: Any) -> None:
         fig.update_xaxes(visible=False)
         fig.update_yaxes(visible=False)
         return
-    fig.set_subplots(rows=1, cols=len(figure.panels), horizontal_spacing=0.08)
-    for col, panel in enumerate(figure.panels, start=1):
-        legend = col == 1
+    rows, cols = panel_grid(len(figure.panels))
+    fig.set_subplots(rows=rows, cols=cols, horizontal_spacing=0.08, vertical_spacing=0.3 / rows)
+    fig.update_layout(height=max(450, 330 * rows))
+    for index, panel in enumerate(figure.panels):
+        row, col = divmod(index, cols)
+        row, col, legend = row + 1, col + 1, index == 0
         for points, label, marker in ((panel.others, "dominated", {"color": OTHER_COLOR, "opacity": 0.6}),
                                       (panel.infeasible, "infeasible", {"color": INFEASIBLE_COLOR, "symbol": "x"}),
                                       (panel.front, "front", {"color": FRONT_COLOR, "size": 9})):
@@ -209,9 +229,9 @@ def pareto_plotly(figure: ParetoFigure, fig: Any, go: Any) -> None:
                 fig.add_trace(go.Scatter(x=points.x, y=points.y, mode=mode, name=label, marker=marker,
                                          line={"color": FRONT_COLOR}, text=points.labels,
                                          hovertemplate="%{text}<extra></extra>", showlegend=legend,
-                                         legendgroup=label), row=1, col=col)
-        fig.update_xaxes(title=panel.x_label, row=1, col=col)
-        fig.update_yaxes(title=panel.y_label, row=1, col=col)
+                                         legendgroup=label), row=row, col=col)
+        fig.update_xaxes(title=panel.x_label, row=row, col=col)
+        fig.update_yaxes(title=panel.y_label, row=row, col=col)
 
 
 def pareto_mpl(figure: ParetoFigure, fig: Any, ax: Any) -> None:
@@ -221,7 +241,11 @@ def pareto_mpl(figure: ParetoFigure, fig: Any, ax: Any) -> None:
         ax.set_yticks([])
         return
     fig.delaxes(ax)
-    for panel, axis in zip(figure.panels, fig.subplots(1, len(figure.panels), squeeze=False)[0], strict=True):
+    rows, cols = panel_grid(len(figure.panels))
+    grid = list(fig.subplots(rows, cols, squeeze=False).flat)
+    for spare in grid[len(figure.panels):]:
+        fig.delaxes(spare)
+    for panel, axis in zip(figure.panels, grid, strict=False):
         if panel.others.x:
             axis.plot(panel.others.x, panel.others.y, "o", color=OTHER_COLOR, alpha=0.6, label="dominated")
         if panel.infeasible.x:

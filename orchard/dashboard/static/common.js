@@ -39,9 +39,23 @@ function fmtAge(seconds) {
   return (seconds / 3600).toFixed(1) + " h";
 }
 
+// Every param, as the filter searches them.
 function fmtParams(params) {
   if (!params) return "-";
   return Object.entries(params).map(([k, v]) => k + "=" + fmtNumber(v)).join(", ");
+}
+
+// The first SHOWN_PARAMS params, each value cut to SHOWN_CHARS, and how many are left out: what a card or a
+// cell shows (10,000 params printed in full pushed everything else off the page).
+const SHOWN_PARAMS = 20, SHOWN_CHARS = 100;
+
+function fmtSomeParams(params) {
+  if (!params) return "-";
+  const entries = Object.entries(params);
+  const cut = (text) => (text.length > SHOWN_CHARS ? text.slice(0, SHOWN_CHARS) + "\u2026" : text);
+  const shown = entries.slice(0, SHOWN_PARAMS).map(([k, v]) => cut(k) + "=" + cut(fmtNumber(v))).join(", ");
+  const more = entries.length - SHOWN_PARAMS;
+  return more > 0 ? shown + " (and " + more + " more)" : shown;
 }
 
 // Plotly reads every text it draws (hover labels, ticks, axis titles) as a subset of HTML: <a href> would be

@@ -38,7 +38,7 @@ function renderSummary(detail) {
   setText("count-pruned", c.pruned || 0);
   document.getElementById("best").previousElementSibling.textContent = "best " + detail.shown.name;
   setText("best", fmtNumber(shownValue(detail.shown, detail.best_objective)));
-  setText("best-params", fmtParams(detail.best_params));
+  setText("best-params", fmtSomeParams(detail.best_params));
   setText("algorithm", detail.algorithm);
   setText("stale-after", fmtAge(detail.stale_after));
   const odd = document.getElementById("config-problem");  // settings Orchard would refuse, shown at their defaults
@@ -66,7 +66,7 @@ function renderWorkers(workers) {
     const tr = el("tr");
     tr.appendChild(el("td", w.worker));
     tr.appendChild(el("td", w.trial.slice(0, 12)));
-    tr.appendChild(el("td", fmtParams(w.params), "wrap"));
+    tr.appendChild(el("td", fmtSomeParams(w.params), "wrap"));
     const age = (w.heartbeat_age_is_lower_bound ? "\u2265 " : "") + fmtAge(w.heartbeat_age) + (w.stale ? " (lost?)" : "");
     tr.appendChild(el("td", age, w.stale ? "stale" : "num"));
     tr.appendChild(el("td", w.devices.length ? w.devices.join(", ") : "-"));
@@ -108,7 +108,7 @@ function renderFront(front) {
     const tr = el("tr");
     tr.dataset.id = t.id;
     tr.appendChild(el("td", t.number, "num"));
-    tr.appendChild(el("td", fmtParams(t.params), "wrap"));
+    tr.appendChild(el("td", fmtSomeParams(t.params), "wrap"));
     t.values.forEach((v) => tr.appendChild(el("td", fmtNumber(v), "num")));
     return tr;
   }));
@@ -137,9 +137,13 @@ function renderFrontCard(front) {
 
 // -- the trial table ---------------------------------------------------------------------------------
 
+// Params shown as columns at most: 10,000 of them made each redraw of 30 rows take 3 s (the filter still
+// searches every param; the best card, the hovers and the API hold them all).
+const MAX_PARAM_COLUMNS = 50;
+
 function columns() {
   const cols = [{ key: "number", label: "#" }, { key: "status", label: "status" }];
-  state.params.forEach((p) => cols.push({ key: "param:" + p, label: p }));
+  state.params.slice(0, MAX_PARAM_COLUMNS).forEach((p) => cols.push({ key: "param:" + p, label: p }));
   return cols.concat([{ key: "objective", label: state.shown.name }, { key: "worker", label: "worker" },
     { key: "duration", label: "duration" }, { key: "attempts", label: "attempts" }, { key: "error", label: "error" }]);
 }
@@ -209,14 +213,28 @@ function renderTable() {
   const cols = columns();
   document.querySelector("#trials tbody").replaceChildren(...rows.slice(0, MAX_ROWS).map((t) => trialRow(t, cols)));
   const more = rows.length > MAX_ROWS ? " (first " + MAX_ROWS + " shown; filter or sort to see others)" : "";
-  setText("shown", rows.length + " of " + state.trials.size + " trials" + more);
+  const params = state.params.length > MAX_PARAM_COLUMNS
+    ? "; the first " + MAX_PARAM_COLUMNS + " of " + state.params.length + " params as columns" : "";
+  setText("shown", rows.length + " of " + state.trials.size + " trials" + more + params);
 }
 
 // -- plots ---------------------------------------------------------------------------------------------
 
+// The largest objective drawn (as orchard plot): an axis reaching -1e308 from 0.5 ran off every chart, the
+// best-so-far line with it, and a parallel axis to 1e308 squeezed every other line onto one point.
+const DRAWN_LIMIT = 1e300;
+
+// The completed trials with an objective, in completion order, but those beyond DRAWN_LIMIT (said above
+// the best-so-far chart).
 function completedInOrder() {
-  return [...state.trials.values()].filter((t) => t.status === "completed" && t.objective !== null)
-    .sort((a, b) => a.end_time - b.end_time);
+  const done = [...state.trials.values()].filter((t) => t.status === "completed" && t.objective !== null);
+  const far = done.filter((t) => Math.abs(t.objective) > DRAWN_LIMIT).sort((a, b) => a.number - b.number);
+  const note = document.getElementById("best-note");
+  note.hidden = far.length === 0;
+  const named = far.slice(0, 3).map((t) => "#" + t.number).join(", ") + (far.length > 3 ? ", \u2026" : "");
+  note.textContent = far.length ? far.length + " completed trial" + (far.length > 1 ? "s" : "") +
+    " with an objective beyond \u00b11e300 left out of the charts: " + named : "";
+  return done.filter((t) => Math.abs(t.objective) <= DRAWN_LIMIT).sort((a, b) => a.end_time - b.end_time);
 }
 
 // Charts draw at most MAX_POINTS markers, bars or lines: beyond that a browser spends seconds per redraw
@@ -278,7 +296,7 @@ function drawBest(all) {
   const data = [
     { x: xs, y: done.map((t) => sv(t.objective)), mode: "markers", marker,
       name: plotText(state.shown.name) + (done.length < all.length ? " (" + done.length + " of " + all.length + " drawn)" : ""),
-      text: done.map((t) => plotText(fmtParams(t.params))) },
+      text: done.map((t) => plotText(fmtSomeParams(t.params))) },
     { x: xs, y: bestSoFar, mode: "lines", line: { color: "#2f7d4f", width: 2.5, shape: "hv" },
       name: "best so far" + reached },
   ];
@@ -289,21 +307,33 @@ function drawBest(all) {
 
 function dimension(name, values) {
   // Parallel coordinates draw an axis's label as plotly's HTML subset (a param named <a href=…> would be a
-  // link) but its ticks as plain text: plotText for the label only.
+  // link) but its ticks as plain text: plotText for the label only. "~g" ticks: 2e+16, not plotly's own
+  // "2×10<sup>16</sup>", which plain text shows with its tags.
   const label = plotText(name);
-  if (values.every((v) => typeof v === "number")) return { label, values };
+  if (values.every((v) => typeof v === "number")) return { label, values, tickformat: "~g" };
   const levels = [...new Set(values.map(String))].sort();
   return { label, values: values.map((v) => levels.indexOf(String(v))), tickvals: levels.map((_, i) => i),
     ticktext: levels };
 }
 
+// Plotly draws 60 axes of parallel coordinates and drops the others, the objective's (the last) first.
+const MAX_AXES = 60;
+
 function drawParallel(all) {
   // The best MAX_POINTS lines at most: the ones worth reading.
   const done = all.length <= MAX_POINTS ? all : [...all].sort((a, b) => a.objective - b.objective).slice(0, MAX_POINTS);
   noteDrawn("parallel-note", done.length, all.length, "completed trials", "the best ones");
+  const params = state.params.slice(0, MAX_AXES - 1);
+  if (params.length < state.params.length) {
+    const note = document.getElementById("parallel-note");
+    note.hidden = false;
+    const axes = "the first " + params.length + " of " + state.params.length + " parameters drawn, and the "
+      + "objective";
+    note.textContent = (note.textContent ? note.textContent + "; " : "") + axes;
+  }
   const objectives = done.map((t) => sv(t.objective));
-  const dims = state.params.map((p) => dimension(p, done.map((t) => t.params[p])));
-  dims.push({ label: plotText(state.shown.name), values: objectives });
+  const dims = params.map((p) => dimension(p, done.map((t) => t.params[p])));
+  dims.push({ label: plotText(state.shown.name), values: objectives, tickformat: "~g" });
   // Viridis is darkest at its low end: reversed for an objective to maximise, so darker is better either way.
   const data = [{ type: "parcoords", dimensions: dims,
     line: { color: objectives, colorscale: "Viridis", reversescale: state.shown.sign < 0, showscale: true } }];
@@ -317,12 +347,32 @@ function hostOf(worker) {
   return worker.split(":")[0];
 }
 
+// Worker rows drawn at most: a row each for 2,000 workers (a cluster's job array) made a chart 68,000 px
+// tall.
+const MAX_WORKER_ROWS = 100;
+
 function drawTimeline() {
-  // The latest MAX_POINTS bars at most.
+  // The latest MAX_POINTS bars at most, of the MAX_WORKER_ROWS workers that started a trial last.
   let started = [...state.trials.values()].filter((t) => t.start_time !== null && t.worker);
   const total = started.length;
+  const lastStart = new Map();
+  started.forEach((t) => {
+    const seen = lastStart.has(t.worker) ? lastStart.get(t.worker) : -Infinity;
+    lastStart.set(t.worker, Math.max(seen, t.start_time));
+  });
+  if (lastStart.size > MAX_WORKER_ROWS) {
+    const latest = [...lastStart].sort((a, b) => b[1] - a[1]).slice(0, MAX_WORKER_ROWS);
+    const kept = new Set(latest.map(([worker]) => worker));
+    started = started.filter((t) => kept.has(t.worker));
+  }
   if (started.length > MAX_POINTS) started = started.sort((a, b) => b.start_time - a.start_time).slice(0, MAX_POINTS);
   noteDrawn("timeline-note", started.length, total, "trials", "the latest started");
+  if (lastStart.size > MAX_WORKER_ROWS) {
+    const note = document.getElementById("timeline-note");
+    note.hidden = false;
+    note.textContent += (note.textContent ? "; " : "") + "the " + MAX_WORKER_ROWS + " of " + lastStart.size +
+      " workers that started a trial last";
+  }
   const latest = {};
   started.forEach((t) => {
     const host = hostOf(t.worker);
@@ -337,7 +387,8 @@ function drawTimeline() {
     type: "bar", orientation: "h", name: status, marker: { color: STATUS_COLORS[status] },
     y: items.map((i) => plotText(i.t.worker)), base: items.map((i) => new Date(i.t.start_time * 1000).toISOString()),
     x: items.map((i) => Math.max((i.end - i.t.start_time) * 1000, 1)),
-    hovertext: items.map((i) => plotText("#" + i.t.number + " " + fmtParams(i.t.params))), hoverinfo: "text+name",
+    hovertext: items.map((i) => plotText("#" + i.t.number + " " + fmtSomeParams(i.t.params))),
+    hoverinfo: "text+name",
     textposition: "none",
   }));
   const workers = new Set(started.map((t) => t.worker)).size;
@@ -374,7 +425,8 @@ function drawCurves() {
     const color = isBest ? "#d62728" : t.status === "completed" ? "#1f77b4" : (STATUS_COLORS[t.status] || "#8a96a3");
     // The server sends at most 50 reports of a curve (evenly spaced; first, last and lowest kept): say so.
     const sampled = t.reported > t.reports.length ? " (" + t.reports.length + " of " + t.reported + " reports)" : "";
-    const label = plotText("#" + t.number + " " + fmtParams(t.params) + (t.verdict ? " — pruned: " + t.verdict : "") + sampled);
+    const pruned = t.verdict ? " — pruned: " + t.verdict : "";
+    const label = plotText("#" + t.number + " " + fmtSomeParams(t.params) + pruned + sampled);
     data.push({ x: t.reports.map((r) => r[0]), y: t.reports.map((r) => sv(r[1])), mode: "lines", showlegend: false,
       line: { color, width: isBest ? 3 : 1, dash: t.status === "reserved" ? "dash" : "solid" },
       opacity: isBest || t.status === "completed" ? 1 : 0.55, name: label,
