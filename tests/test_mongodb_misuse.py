@@ -223,3 +223,24 @@ def test_an_insert_outside_the_budget_lands_nothing_in_an_experiment_deleted_und
     with pytest.raises(ExperimentNotFoundError, match=deleted):
         worker.register_trial(exp, {"x": 0.3}, worker="w")
     assert user._trials.count_documents({}) == 0, "a trial was written into the deleted experiment"
+
+
+@pytest.mark.parametrize("case", ["no status", "params in a list", "a version that is text"])
+def test_a_trial_document_readers_skip_frees_its_unit_of_the_budget(uri: str, case: str) -> None:
+    """A trial document another program edited into one readers skip kept its unit of the budget: the workers
+    saw 7 of max_trials=8 trials, could register none, and waited for the eighth forever (orchard hunt hung)."""
+    from orchard.errors import BudgetExhaustedError
+    from tests.test_mongodb_reports import UNREADABLE
+
+    store = MongoStorage(uri)
+    exp = store.create_experiment("e", {"space": {"x": "uniform(0, 1)"}, "max_trials": 4})
+    first, *_ = [store.register_trial(exp, {"x": x / 10}, worker="w", budget=4) for x in range(4)]
+    edit = {"$unset": {"status": ""}} if case == "no status" else {"$set": UNREADABLE[case]}
+    store._trials.update_one({"_id": first.id}, edit)  # another program's edit
+    assert len(store.fetch_trials(exp)) == 3
+    store.register_trial(exp, {"x": 0.9}, worker="w", budget=4)
+    with pytest.raises(BudgetExhaustedError):
+        store.register_trial(exp, {"x": 0.95}, worker="w", budget=4)
+    assert len(store.fetch_trials(exp)) == 4
+    assert store._trials.count_documents({"experiment": exp}) == 5  # the edited document is kept
+    store.close()
