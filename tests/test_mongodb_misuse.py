@@ -244,3 +244,25 @@ def test_a_trial_document_readers_skip_frees_its_unit_of_the_budget(uri: str, ca
     assert len(store.fetch_trials(exp)) == 4
     assert store._trials.count_documents({"experiment": exp}) == 5  # the edited document is kept
     store.close()
+
+
+@pytest.mark.parametrize("counter", ["many", None, float("nan"), -5, 1e300])
+@pytest.mark.parametrize("budget", [4, None])
+def test_a_budget_counter_another_program_spoiled_is_rebuilt(uri: str, counter: object, budget: int | None) -> None:
+    """An experiment document whose slot counter another program set to text failed every registration of every
+    worker ('failed to register a trial: … Cannot apply $inc to a value of non-numeric type')."""
+    from orchard.errors import BudgetExhaustedError
+
+    store = MongoStorage(uri)
+    exp = store.create_experiment("e", {"space": {"x": "uniform(0, 1)"}, "max_trials": 4})
+    for x in range(2):
+        store.register_trial(exp, {"x": x / 10}, worker="w", budget=budget)
+    store._db().experiments.update_one({"_id": exp}, {"$set": {"slots": counter}})  # another program's edit
+    store.register_trial(exp, {"x": 0.5}, worker="w", budget=budget)
+    store.register_trial(exp, {"x": 0.6}, worker="w", budget=budget)
+    if budget is not None:
+        with pytest.raises(BudgetExhaustedError):
+            store.register_trial(exp, {"x": 0.7}, worker="w", budget=budget)
+    slots = [d["slot"] for d in store._trials.find({"experiment": exp})]
+    assert len(slots) == len(set(slots)) == 4
+    store.close()

@@ -72,6 +72,7 @@ _HOLDING = [s.value for s in TrialStatus if s is not TrialStatus.BROKEN]
 _MAX_ROUNDS = 100
 _FREE_TRIES = 2  # free slots one registration tries at the end (others are likely being filled)
 _COUNTER = "slots"  # field of the experiment document: the next slot number to draw
+_SANE = {"$type": "number", "$gte": 0, "$lte": 2**53}  # a counter $inc and int() take (no NaN, text, null)
 
 
 def slot_key(experiment_id: str, k: int) -> str:
@@ -118,7 +119,7 @@ def insert_holding_slot(db: Any, doc: Mapping[str, Any], budget: int | None | Li
             raise _deleted(name)
         return
     for _ in range(_MAX_ROUNDS):
-        k = _draw(db.experiments, experiment_id, budget)
+        k = _draw(db.experiments, experiment_id, budget, name)
         if k is not None:
             if _insert_at(db.trials, doc, k, name):
                 return
@@ -235,14 +236,24 @@ def _insert_at(trials: Any, doc: Mapping[str, Any], k: int, name: str, stray: An
     return True
 
 
-def _draw(experiments: Any, experiment_id: str, budget: int | None) -> int | None:
-    """Take the next slot number from the counter; ``None`` when it has reached ``budget``."""
-    query: dict[str, Any] = {"_id": experiment_id}
-    if budget is not None:
-        query[_COUNTER] = {"$not": {"$gte": budget}}  # also matches a counter not created yet
+def _draw(experiments: Any, experiment_id: str, budget: int | None, name: str) -> int | None:
+    """Take the next slot number from the counter; ``None`` when it has reached ``budget``.
+
+    A counter another program made other than a count (text, null, NaN, negative) is removed first: the
+    server refuses to ``$inc`` it, which failed every registration. It then starts again from 0, and the
+    first slot found held raises it past the highest (:func:`_catch_up`).
+    """
+    counter = {**_SANE, "$lt": budget} if budget is not None else _SANE
+    query = {"_id": experiment_id, "$or": [{_COUNTER: {"$exists": False}}, {_COUNTER: counter}]}
     drawn = experiments.find_one_and_update(
         query, {"$inc": {_COUNTER: 1}}, projection={_COUNTER: 1}, return_document=ReturnDocument.AFTER
     )
+    if drawn is None and experiments.update_one(
+            {"_id": experiment_id, "$nor": [{_COUNTER: {"$exists": False}}, {_COUNTER: _SANE}]},
+            {"$unset": {_COUNTER: ""}}).modified_count:
+        log.warning("experiment %r: its budget counter %r was not a count (another program's edit?); it was "
+                    "reset, and is rebuilt from the trials' slots", name, _COUNTER)
+        return _draw(experiments, experiment_id, budget, name)
     k = None if drawn is None else int(drawn[_COUNTER]) - 1
     return None if k is None or (budget is not None and k >= budget) else k  # a missing counter matches budget 0
 
