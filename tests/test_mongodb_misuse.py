@@ -266,3 +266,21 @@ def test_a_budget_counter_another_program_spoiled_is_rebuilt(uri: str, counter: 
     slots = [d["slot"] for d in store._trials.find({"experiment": exp})]
     assert len(slots) == len(set(slots)) == 4
     store.close()
+
+
+@pytest.mark.parametrize("stamp", ["2", 2.0, True, [2]])
+def test_an_experiment_whose_format_is_not_a_number_is_skipped_as_another_programs_not_a_newer_release(
+        uri: str, stamp: object) -> None:
+    """`format: "2"` (another program's edit) made `orchard list`, `status` and `db dump` of the whole storage fail
+    with '… was written by a newer Orchard release (format '2'; this release reads formats 1 to 2): upgrade'."""
+    from orchard.errors import StorageCorruptedError
+
+    store = MongoStorage(uri)
+    odd = store.create_experiment("odd", {"space": {"x": "uniform(0, 1)"}})
+    store.create_experiment("fine", {"space": {"x": "uniform(0, 1)"}})
+    store._db().experiments.update_one({"_id": odd}, {"$set": {"format": stamp}})
+    assert [record.name for record in store.list_experiments()] == ["fine"]
+    with pytest.raises(StorageCorruptedError, match="not one Orchard writes \\(field 'format' is") as refused:
+        store.get_experiment("odd")
+    assert "newer" not in str(refused.value)
+    store.close()

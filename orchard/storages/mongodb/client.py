@@ -34,7 +34,7 @@ from pymongo.uri_parser import parse_uri
 
 from orchard.errors import ConfigurationError, StorageCorruptedError, StorageError, StorageUnavailableError
 from orchard.storages._uri import password_of, redact, split_options
-from orchard.storages.mongodb.formats import check_format
+from orchard.storages.mongodb.formats import check_format, format_fault
 from orchard.storages.pickled.records import RecordError, check_trial, experiment_fault
 from orchard.trial import Trial, TrialStatus
 
@@ -466,9 +466,9 @@ def readable_trials(docs: Iterable[dict[str, Any]], uri: str) -> list[Trial]:
 def unreadable_experiment(doc: Mapping[str, Any]) -> str | None:
     """Why ``doc`` is not an experiment Orchard writes (a field missing or of another type), or ``None``.
 
-    The checks are the pickle log's (:func:`orchard.storages.pickled.records.experiment_fault`).
+    The checks are the pickle log's (:func:`orchard.storages.pickled.records.experiment_fault`), and format's.
     """
-    return experiment_fault(doc, "_id")
+    return experiment_fault(doc, "_id") or format_fault(doc)
 
 
 def check_experiment(doc: Mapping[str, Any], uri: str) -> None:
