@@ -199,7 +199,7 @@ def _strays(trials: Any, experiment_id: str, budget: int) -> dict[int, dict[str,
     wait for the last one forever."""
     query: dict[str, Any] = {"slot": _slot_range(experiment_id, 0, budget)}
     if not type(trials).__module__.startswith("mongomock"):  # mongomock knows no $type list: all are read
-        query["$nor"] = [READABLE]  # the server sends only the likely strays; unreadable() decides
+        query["$expr"] = {"$not": [READABLE["$expr"]]}  # only the likely strays; unreadable() decides
     found = trials.find(query, batch_size=BATCH)
     return {_number(d["slot"]): d for d in found if unreadable(d) is not None}
 
