@@ -593,6 +593,22 @@ def test_the_test_server_stops_without_waiting_out_its_accept_loop(tmp_path: Any
     assert time.monotonic() - started < 1.9, "the stop waited for the server's 2 s join timeout"
 
 
+def test_a_replica_set_the_server_is_not_a_member_of_is_named_not_taken_for_an_outage(
+        wire_uri: str, capsys: pytest.CaptureFixture[str]) -> None:
+    """`orchard list` with `?replicaSet=rs9` on a server that is not in set rs9 (a standalone, another set's
+    member) said 'cannot reach MongoDB at HOST … check that mongod is running there', though it answered."""
+    from orchard.cli import main
+
+    uri = f"{wire_uri}{'&' if '?' in wire_uri else '?'}replicaSet=nosuchset&serverSelectionTimeoutMS=300"
+    assert main(["list", "--storage", uri]) != 0
+    err = capsys.readouterr().err
+    assert "answered, but not as a member of replica set 'nosuchset'" in err, err
+    assert "cannot reach" not in err and "mongod is running" not in err
+    silent = "mongodb://127.0.0.1:1/orchard?replicaSet=nosuchset&serverSelectionTimeoutMS=300"
+    with pytest.raises(StorageUnavailableError, match="cannot reach MongoDB at 127.0.0.1:1"):
+        MongoStorage(silent).list_experiments()  # a host that never answered is still unreachable
+
+
 @pytest.fixture
 def wire(wire_uri: str) -> Iterator[MongoStorage]:
     store = MongoStorage(wire_uri)

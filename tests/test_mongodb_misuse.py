@@ -223,3 +223,64 @@ def test_an_insert_outside_the_budget_lands_nothing_in_an_experiment_deleted_und
     with pytest.raises(ExperimentNotFoundError, match=deleted):
         worker.register_trial(exp, {"x": 0.3}, worker="w")
     assert user._trials.count_documents({}) == 0, "a trial was written into the deleted experiment"
+
+
+@pytest.mark.parametrize("case", ["no status", "params in a list", "a version that is text"])
+def test_a_trial_document_readers_skip_frees_its_unit_of_the_budget(uri: str, case: str) -> None:
+    """A trial document another program edited into one readers skip kept its unit of the budget: the workers
+    saw 7 of max_trials=8 trials, could register none, and waited for the eighth forever (orchard hunt hung)."""
+    from orchard.errors import BudgetExhaustedError
+    from tests.test_mongodb_reports import UNREADABLE
+
+    store = MongoStorage(uri)
+    exp = store.create_experiment("e", {"space": {"x": "uniform(0, 1)"}, "max_trials": 4})
+    first, *_ = [store.register_trial(exp, {"x": x / 10}, worker="w", budget=4) for x in range(4)]
+    edit = {"$unset": {"status": ""}} if case == "no status" else {"$set": UNREADABLE[case]}
+    store._trials.update_one({"_id": first.id}, edit)  # another program's edit
+    assert len(store.fetch_trials(exp)) == 3
+    store.register_trial(exp, {"x": 0.9}, worker="w", budget=4)
+    with pytest.raises(BudgetExhaustedError):
+        store.register_trial(exp, {"x": 0.95}, worker="w", budget=4)
+    assert len(store.fetch_trials(exp)) == 4
+    assert store._trials.count_documents({"experiment": exp}) == 5  # the edited document is kept
+    store.close()
+
+
+@pytest.mark.parametrize("counter", ["many", None, float("nan"), -5, 1e300])
+@pytest.mark.parametrize("budget", [4, None])
+def test_a_budget_counter_another_program_spoiled_is_rebuilt(uri: str, counter: object, budget: int | None) -> None:
+    """An experiment document whose slot counter another program set to text failed every registration of every
+    worker ('failed to register a trial: … Cannot apply $inc to a value of non-numeric type')."""
+    from orchard.errors import BudgetExhaustedError
+
+    store = MongoStorage(uri)
+    exp = store.create_experiment("e", {"space": {"x": "uniform(0, 1)"}, "max_trials": 4})
+    for x in range(2):
+        store.register_trial(exp, {"x": x / 10}, worker="w", budget=budget)
+    store._db().experiments.update_one({"_id": exp}, {"$set": {"slots": counter}})  # another program's edit
+    store.register_trial(exp, {"x": 0.5}, worker="w", budget=budget)
+    store.register_trial(exp, {"x": 0.6}, worker="w", budget=budget)
+    if budget is not None:
+        with pytest.raises(BudgetExhaustedError):
+            store.register_trial(exp, {"x": 0.7}, worker="w", budget=budget)
+    slots = [d["slot"] for d in store._trials.find({"experiment": exp})]
+    assert len(slots) == len(set(slots)) == 4
+    store.close()
+
+
+@pytest.mark.parametrize("stamp", ["2", 2.0, True, [2]])
+def test_an_experiment_whose_format_is_not_a_number_is_skipped_as_another_programs_not_a_newer_release(
+        uri: str, stamp: object) -> None:
+    """`format: "2"` (another program's edit) made `orchard list`, `status` and `db dump` of the whole storage fail
+    with '… was written by a newer Orchard release (format '2'; this release reads formats 1 to 2): upgrade'."""
+    from orchard.errors import StorageCorruptedError
+
+    store = MongoStorage(uri)
+    odd = store.create_experiment("odd", {"space": {"x": "uniform(0, 1)"}})
+    store.create_experiment("fine", {"space": {"x": "uniform(0, 1)"}})
+    store._db().experiments.update_one({"_id": odd}, {"$set": {"format": stamp}})
+    assert [record.name for record in store.list_experiments()] == ["fine"]
+    with pytest.raises(StorageCorruptedError, match="not one Orchard writes \\(field 'format' is") as refused:
+        store.get_experiment("odd")
+    assert "newer" not in str(refused.value)
+    store.close()

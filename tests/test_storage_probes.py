@@ -364,3 +364,21 @@ def test_db_repair_never_writes_its_backup_through_a_planted_link(path: Path, mo
     with pytest.raises(StorageError, match="File exists"):
         storage.repair()
     assert victim.read_text() == "precious"
+
+
+def test_a_lock_file_made_a_directory_under_a_worker_is_named_and_waited_out(tmp_path: Path) -> None:
+    """`rm PATH.lock; mkdir PATH.lock` under a running `orchard hunt`: it stopped at once with 'could not lock storage
+    file …: Is a directory', a StorageError that is not retried, and the result of its running trial was lost."""
+    from orchard.errors import StorageUnavailableError
+    from orchard.storages.retrying import RetryingStorage
+
+    path = tmp_path / "orchard.pkl"
+    worker = PickledStorage(path)
+    exp_id = worker.create_experiment("exp", SPACE)
+    held = worker.register_trial(exp_id, {"x": 0.5}, worker="w1")
+    os.remove(f"{path}.lock")
+    os.mkdir(f"{path}.lock")
+    with pytest.raises(StorageUnavailableError, match=r"orchard.pkl.lock is a directory, .*remove it \(rmdir\)"):
+        worker.complete_trial(held.id, "w1", 1.0)
+    os.rmdir(f"{path}.lock")
+    assert RetryingStorage(worker, patience=5.0).complete_trial(held.id, "w1", 1.0).objective == 1.0

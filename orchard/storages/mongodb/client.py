@@ -34,7 +34,7 @@ from pymongo.uri_parser import parse_uri
 
 from orchard.errors import ConfigurationError, StorageCorruptedError, StorageError, StorageUnavailableError
 from orchard.storages._uri import password_of, redact, split_options
-from orchard.storages.mongodb.formats import check_format
+from orchard.storages.mongodb.formats import check_format, format_fault
 from orchard.storages.pickled.records import RecordError, check_trial, experiment_fault
 from orchard.trial import Trial, TrialStatus
 
@@ -227,11 +227,13 @@ def _detail(err: BaseException, uri: str) -> str:
     return scrub(first_line[:300], uri)
 
 
-def translate(err: PyMongoError | BSONError, uri: str, action: str, answered: bool = False) -> StorageError:
+def translate(err: PyMongoError | BSONError, uri: str, action: str, answered: bool = False,
+              mongo: Client | None = None) -> StorageError:
     """Return the :mod:`orchard.errors` leaf for a driver error raised while doing ``action``.
 
     ``answered``: the server had answered this storage before; losing it now is an outage
     (:attr:`StorageUnavailableError.reached`), as is a connection lost in the middle of a call.
+    ``mongo``: the client that raised it; its driver drops each host answering as no member of replicaSet.
     """
     where, detail = redact(uri), _detail(err, uri)
     if isinstance(err, OperationFailure) and err.code in _AUTH_CODES:
@@ -241,7 +243,7 @@ def translate(err: PyMongoError | BSONError, uri: str, action: str, answered: bo
         )
     if isinstance(err, ConnectionFailure):  # includes ServerSelectionTimeoutError, NetworkTimeout
         midway = isinstance(err, AutoReconnect) and not isinstance(err, ServerSelectionTimeoutError)
-        return _unreachable(err, uri, action, reached=answered or midway)
+        return _unreachable(err, uri, action, reached=answered or midway, mongo=mongo)
     if isinstance(err, PyMongoConfigurationError):  # a mongodb+srv:// URI's DNS lookup, by the first call
         return StorageUnavailableError(
             f"cannot find MongoDB at {where} to {action}: {detail.rstrip('.')}; check the host name in "
@@ -255,13 +257,20 @@ def translate(err: PyMongoError | BSONError, uri: str, action: str, answered: bo
     return StorageError(f"MongoDB at {where} failed to {action}: {detail}")
 
 
-def _unreachable(err: ConnectionFailure, uri: str, action: str, reached: bool) -> StorageUnavailableError:
+def _unreachable(err: ConnectionFailure, uri: str, action: str, reached: bool,
+                 mongo: Client | None = None) -> StorageUnavailableError:
     """One line naming the hosts, the timeout and what to check; the driver's topology dump goes to
     the debug log (``--debug``), not into the message."""
     log.debug("MongoDB driver error while trying to %s: %s", action, scrub(str(err), uri))
     options = {key.lower(): value for key, value in split_options(uri)[1].items()}
     timeout_ms = options.get("serverselectiontimeoutms", _CLIENT_DEFAULTS["serverSelectionTimeoutMS"])
     hosts = redact(split_options(uri)[0]).split("://", 1)[-1].split("/", 1)[0]
+    if "replicaset" in options and isinstance(err, ServerSelectionTimeoutError) and isinstance(
+            mongo, pymongo.MongoClient) and not mongo.topology_description.server_descriptions():
+        return StorageUnavailableError(
+            f"MongoDB at {hosts} answered, but not as a member of replica set {options['replicaset']!r} "
+            f"(the URI's replicaSet) when trying to {action}; give the set's name (rs.status() shows it), "
+            "or remove replicaSet for a standalone server", reached=reached)
     if reached:
         return StorageUnavailableError(
             f"lost MongoDB at {hosts} while trying to {action}: it had answered and cannot be reached now "
@@ -276,6 +285,7 @@ def _unreachable(err: ConnectionFailure, uri: str, action: str, reached: bool) -
 class _Located(Protocol):
     uri: str
     answered: bool  # a call of this handle has succeeded (set by the decorator below)
+    _client: Client | None  # its driver's client, if connected
 
 
 _S = TypeVar("_S", bound=_Located)
@@ -292,7 +302,7 @@ def translated(action: str) -> Callable[[Callable[Concatenate[_S, _P], _R]], Cal
             try:
                 result = method(self, *args, **kwargs)
             except (PyMongoError, BSONError) as err:
-                raise translate(err, self.uri, action, self.answered) from err
+                raise translate(err, self.uri, action, self.answered, self._client) from err
             self.answered = True
             return result
 
@@ -456,9 +466,9 @@ def readable_trials(docs: Iterable[dict[str, Any]], uri: str) -> list[Trial]:
 def unreadable_experiment(doc: Mapping[str, Any]) -> str | None:
     """Why ``doc`` is not an experiment Orchard writes (a field missing or of another type), or ``None``.
 
-    The checks are the pickle log's (:func:`orchard.storages.pickled.records.experiment_fault`).
+    The checks are the pickle log's (:func:`orchard.storages.pickled.records.experiment_fault`), and format's.
     """
-    return experiment_fault(doc, "_id")
+    return experiment_fault(doc, "_id") or format_fault(doc)
 
 
 def check_experiment(doc: Mapping[str, Any], uri: str) -> None:

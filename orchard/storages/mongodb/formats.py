@@ -16,9 +16,16 @@ from typing import Any
 from orchard.errors import StorageCorruptedError
 from orchard.storages._uri import redact
 
-__all__ = ["FORMAT", "check_format"]
+__all__ = ["FORMAT", "check_format", "format_fault"]
 
 FORMAT = 2  # the format this release writes and reads (1: no ``format`` field, the releases before it)
+
+
+def format_fault(doc: Mapping[str, Any]) -> str | None:
+    """Why the ``format`` of the experiment document ``doc`` is none a release writes (``None``: absent or
+    an int): text or a float is another program's edit, not a newer release, and reads skip it as such."""
+    stamped = doc.get("format", 1)
+    return None if type(stamped) is int else f"field 'format' is {type(stamped).__name__}"
 
 
 def check_format(doc: Mapping[str, Any], uri: str) -> None:

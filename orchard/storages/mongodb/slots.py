@@ -19,7 +19,9 @@ A registration with ``budget=M`` only claims ``k < M``:
    (or was drawn from the counter too), so fewer than ``M`` are held.
 2. When the counter has reached ``M`` (the ``$inc`` matches nothing), it
    looks for slots broken trials freed, and slots whose drawer never inserted
-   (a duplicate, a process that died): it refuses if the trial's id exists
+   (a duplicate, a process that died), and slots held by documents readers skip
+   (another program's edits: :func:`_strays`, taken back before they are used):
+   it refuses if the trial's id exists
    (duplicates are reported before the budget), refuses if ``M`` non-broken
    trials exist, else tries two of the free slots below ``M`` at random, so
    racers spread over them; when both are taken and more remain, the rest are
@@ -38,7 +40,7 @@ instant as budgeted ones (or having pushed the experiment past ``M`` before)
 can leave more than ``M`` non-broken trials.
 
 Round trips: two per registration (the draw and the insert), whatever the
-number of racers; the path of step 2 adds one read, and two more when fewer
+number of racers; the path of step 2 adds two reads (the count, the strays), and two more when fewer
 than ``M`` trials hold a slot (the slots held, and whether the experiment
 still exists: a deleted experiment's counter matches nothing and all its
 slots look free).
@@ -46,6 +48,7 @@ slots look free).
 
 from __future__ import annotations
 
+import logging
 import random
 from collections.abc import Mapping
 from typing import Any, Literal
@@ -55,17 +58,21 @@ from pymongo.errors import DuplicateKeyError
 
 from orchard.errors import BudgetExhaustedError, DuplicateTrialError, ExperimentNotFoundError, StorageError
 from orchard.space import to_builtin, trial_id
-from orchard.storages.mongodb.client import BATCH, duplicate_key_field, insert_stamped, trial_to_doc
+from orchard.storages.mongodb.client import (BATCH, duplicate_key_field, insert_stamped, trial_to_doc,
+                                             unreadable)
+from orchard.storages.mongodb.counts import READABLE
 from orchard.storages.mongodb.writes import refuse_unreadable
 from orchard.trial import Trial, TrialStatus, recorded
 
 __all__ = ["duplicate_trial", "insert_holding_slot", "record_holding_slot", "slot_key"]
 
+log = logging.getLogger(__name__)
 _DIGITS = 10
 _HOLDING = [s.value for s in TrialStatus if s is not TrialStatus.BROKEN]
 _MAX_ROUNDS = 100
 _FREE_TRIES = 2  # free slots one registration tries at the end (others are likely being filled)
 _COUNTER = "slots"  # field of the experiment document: the next slot number to draw
+_SANE = {"$type": "number", "$gte": 0, "$lte": 2**53}  # a counter $inc and int() take (no NaN, text, null)
 
 
 def slot_key(experiment_id: str, k: int) -> str:
@@ -112,7 +119,7 @@ def insert_holding_slot(db: Any, doc: Mapping[str, Any], budget: int | None | Li
             raise _deleted(name)
         return
     for _ in range(_MAX_ROUNDS):
-        k = _draw(db.experiments, experiment_id, budget)
+        k = _draw(db.experiments, experiment_id, budget, name)
         if k is not None:
             if _insert_at(db.trials, doc, k, name):
                 return
@@ -120,12 +127,12 @@ def insert_holding_slot(db: Any, doc: Mapping[str, Any], budget: int | None | Li
             continue
         if budget is None:  # an unconditional draw matches any existing experiment
             raise _deleted(name)
-        free, held = _freed(db.trials, doc, budget, name)
+        free, held, strays = _freed(db.trials, doc, budget, name)
         if db.experiments.find_one({"_id": experiment_id}, projection={"_id": 1}) is None:
             # every slot of a deleted experiment looks free: a worker that knew it would go on
             # registering trials no one can see, up to its whole budget
             raise _deleted(name)
-        if any(_insert_at(db.trials, doc, k, name) for k in free[:_FREE_TRIES]):
+        if any(_insert_at(db.trials, doc, k, name, strays.get(k, {}).get("_id")) for k in free[:_FREE_TRIES]):
             return
         if len(free) > _FREE_TRIES:  # the rest are most likely drawn by racers still inserting
             raise _exhausted(name, held, budget, claimed=True)
@@ -154,11 +161,13 @@ def record_holding_slot(db: Any, experiment_id: str, name: str, params: Mapping[
     return trial
 
 
-def _freed(trials: Any, doc: Mapping[str, Any], budget: int, name: str) -> tuple[list[int], int]:
-    """Free slots below ``budget``, shuffled, and how many trials hold one; refuses when none is free.
+def _freed(trials: Any, doc: Mapping[str, Any], budget: int,
+           name: str) -> tuple[list[int], int, dict[int, dict[str, Any]]]:
+    """Free slots below ``budget``, shuffled, how many trials hold one, and the slots held by documents
+    readers skip (:func:`_strays`), free too; refuses when none is free.
 
     One read answers both "does the trial exist" and "how many hold a slot"; a second lists the
-    slots held, when fewer than ``budget`` are.
+    slots held, when fewer than ``budget`` are. A third lists the strays.
     """
     experiment_id = doc["experiment"]
     holding = {"status": {"$in": _HOLDING}, "in_budget": {"$ne": False}}
@@ -168,17 +177,31 @@ def _freed(trials: Any, doc: Mapping[str, Any], budget: int, name: str) -> tuple
     ])}
     if groups.get(True):
         raise duplicate_trial(doc, name)
-    held = groups.get(False, 0)
+    strays = _strays(trials, experiment_id, budget)
+    held = groups.get(False, 0) - sum(d.get("status") in _HOLDING and d.get("in_budget") is not False
+                                      for d in strays.values())
     if held < budget:
         taken = {_number(d["slot"]) for d in trials.find(
             {"slot": _slot_range(experiment_id, 0, budget)}, projection={"slot": 1, "_id": 0}, batch_size=BATCH
-        )}
+        )} - set(strays)
         free = [k for k in range(budget) if k not in taken]
         if free:
             random.shuffle(free)  # racers for the last units spread over them
-            return free, held
+            return free, held, strays
         held = budget  # they were taken between the two reads
     raise _exhausted(name, held, budget)
+
+
+def _strays(trials: Any, experiment_id: str, budget: int) -> dict[int, dict[str, Any]]:
+    """The slots below ``budget`` held by trial documents readers skip (another program's edits: a status
+    or params Orchard never writes), by slot number. No reader counts such a trial, nor
+    does any worker: its unit of budget is free, else workers seeing fewer trials than ``max_trials`` would
+    wait for the last one forever."""
+    query: dict[str, Any] = {"slot": _slot_range(experiment_id, 0, budget)}
+    if not type(trials).__module__.startswith("mongomock"):  # mongomock knows no $type list: all are read
+        query["$expr"] = {"$not": [READABLE["$expr"]]}  # only the likely strays; unreadable() decides
+    found = trials.find(query, batch_size=BATCH)
+    return {_number(d["slot"]): d for d in found if unreadable(d) is not None}
 
 
 def _exhausted(name: str, held: int, budget: int, claimed: bool = False) -> BudgetExhaustedError:
@@ -192,10 +215,16 @@ def _exhausted(name: str, held: int, budget: int, claimed: bool = False) -> Budg
     )
 
 
-def _insert_at(trials: Any, doc: Mapping[str, Any], k: int, name: str) -> bool:
-    """Insert ``doc`` holding slot ``k``; ``False`` if another trial holds it."""
+def _insert_at(trials: Any, doc: Mapping[str, Any], k: int, name: str, stray: Any = None) -> bool:
+    """Insert ``doc`` holding slot ``k``; ``False`` if another trial holds it. ``stray``: the id of a document
+    readers skip that holds ``k`` (:func:`_strays`), whose slot is taken back first."""
+    key = slot_key(doc["experiment"], k)
+    if stray is not None and trials.update_one({"_id": stray, "slot": key},
+                                               {"$unset": {"slot": ""}}).modified_count:
+        log.warning("experiment %r: trial document %r, which readers skip, no longer holds unit %d of the "
+                    "budget; a new trial takes it", name, stray, k)
     try:
-        insert_stamped(trials, {**doc, "slot": slot_key(doc["experiment"], k)})
+        insert_stamped(trials, {**doc, "slot": key})
     except DuplicateKeyError as err:
         field = duplicate_key_field(err)
         if field is None:  # the server did not name the index (mongomock): look
@@ -207,14 +236,24 @@ def _insert_at(trials: Any, doc: Mapping[str, Any], k: int, name: str) -> bool:
     return True
 
 
-def _draw(experiments: Any, experiment_id: str, budget: int | None) -> int | None:
-    """Take the next slot number from the counter; ``None`` when it has reached ``budget``."""
-    query: dict[str, Any] = {"_id": experiment_id}
-    if budget is not None:
-        query[_COUNTER] = {"$not": {"$gte": budget}}  # also matches a counter not created yet
+def _draw(experiments: Any, experiment_id: str, budget: int | None, name: str) -> int | None:
+    """Take the next slot number from the counter; ``None`` when it has reached ``budget``.
+
+    A counter another program made other than a count (text, null, NaN, negative) is removed first: the
+    server refuses to ``$inc`` it, which failed every registration. It then starts again from 0, and the
+    first slot found held raises it past the highest (:func:`_catch_up`).
+    """
+    counter = {**_SANE, "$lt": budget} if budget is not None else _SANE
+    query = {"_id": experiment_id, "$or": [{_COUNTER: {"$exists": False}}, {_COUNTER: counter}]}
     drawn = experiments.find_one_and_update(
         query, {"$inc": {_COUNTER: 1}}, projection={_COUNTER: 1}, return_document=ReturnDocument.AFTER
     )
+    if drawn is None and experiments.update_one(
+            {"_id": experiment_id, "$nor": [{_COUNTER: {"$exists": False}}, {_COUNTER: _SANE}]},
+            {"$unset": {_COUNTER: ""}}).modified_count:
+        log.warning("experiment %r: its budget counter %r was not a count (another program's edit?); it was "
+                    "reset, and is rebuilt from the trials' slots", name, _COUNTER)
+        return _draw(experiments, experiment_id, budget, name)
     k = None if drawn is None else int(drawn[_COUNTER]) - 1
     return None if k is None or (budget is not None and k >= budget) else k  # a missing counter matches budget 0
 

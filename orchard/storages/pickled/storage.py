@@ -392,15 +392,15 @@ class PickledStorage(TableStorage):
                 f"cannot lock {self._lock.path}: {err.strerror}; this filesystem does not support "
                 f"flock (NFS/Lustre?): use pickle://{self._path}?lock=soft"
             )
+        if err.errno == errno.EISDIR:  # made by hand (a clean-up script?): workers wait for its removal
+            return StorageUnavailableError(f"lock file {self._lock.path} is a directory, which Orchard never "
+                                           "makes: remove it (rmdir); workers retry for a while")
         return self._os_error(err, "lock")
 
     def _timeout_message(self) -> str:
-        hint = (
-            "a stale lock file left by a crashed process on another host (it is broken once a "
-            f"waiter has watched it unchanged for {self._stale_lock_after:g} s)"
-            if self._lock_kind == "soft"
-            else "a filesystem without working flock (NFS, Lustre): use ?lock=soft there"
-        )
+        hint = ("a stale lock file left by a crashed process on another host (it is broken once a waiter has "
+                f"watched it unchanged for {self._stale_lock_after:g} s)" if self._lock_kind == "soft"
+                else "a filesystem without working flock (NFS, Lustre): use ?lock=soft there")
         return (
             f"could not lock storage file {self._path}: the lock did not change hands for "
             f"{self._timeout:g} s (lock file {self._lock.path}). Likely causes: another process holding the lock for a long "
