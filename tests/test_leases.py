@@ -7,6 +7,12 @@ real processes in tests/test_faults.py; these tests pin the rules those rely on.
 from __future__ import annotations
 
 import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
 import uuid
 from collections.abc import Callable
 from typing import Any
@@ -14,7 +20,7 @@ from typing import Any
 import pytest
 
 from orchard.errors import InvalidReportError, ReservationLostError, StorageError, StorageUnavailableError
-from orchard.leases import LeaseObserver, give_back, lost_error
+from orchard.leases import RUNNING_HOLDER_PATIENCE, LeaseObserver, give_back, lost_error
 from orchard.storages import get_storage
 from orchard.storages.base import BaseStorage
 from orchard.storages.retrying import RetryingStorage
@@ -57,6 +63,49 @@ def test_a_heartbeat_standing_still_for_stale_after_is_lost() -> None:
     assert observer.lost() == {"a": Lease(W, 5.0)}
     clock.now += 0.2
     assert observer.lost() == {"a": Lease(W, 5.0), "b": Lease(W, 7.5)}
+
+
+def test_a_holder_running_on_this_host_is_watched_longer_and_a_stopped_or_dead_one_is_not() -> None:
+    """With 512 workers on 2 cores the pickle file's lock was waited for 80-115 s: an observer took
+    back trials whose live workers' heartbeats and results were queued behind it (their results
+    refused, evaluated again). A real process of this host holds these leases."""
+    clock = FakeClock()
+    observer = LeaseObserver(30.0, clock=clock)
+    holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        here = f"{socket.gethostname()}:{holder.pid}:w"
+        elsewhere, mine = f"other-{socket.gethostname()}:{holder.pid}:w", f"{socket.gethostname()}:{os.getpid()}:w"
+        observer.observe([reserved("here", 5.0, here), reserved("elsewhere", 5.0, elsewhere),
+                          reserved("mine", 5.0, mine)])
+        clock.now += 30.0
+        assert set(observer.lost()) == {"elsewhere", "mine"}  # a running holder of this host: not yet
+        holder.send_signal(signal.SIGSTOP)  # frozen: judged as before
+        _wait_for_state(holder.pid, b"T")
+        assert set(observer.lost()) == {"here", "elsewhere", "mine"}
+        holder.send_signal(signal.SIGCONT)
+        _wait_for_state(holder.pid, b"S", b"R")
+        assert "here" not in observer.lost()
+        clock.now += 30.0 * (RUNNING_HOLDER_PATIENCE - 1) - 0.1
+        assert "here" not in observer.lost()
+        clock.now += 0.1  # a running holder that never beats (hung) is lost after all
+        assert "here" in observer.lost()
+        clock.now -= 30.0 * (RUNNING_HOLDER_PATIENCE - 1)
+        holder.kill()
+        holder.wait()
+        assert "here" in observer.lost()  # dead
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+def _wait_for_state(pid: int, *states: bytes) -> None:
+    """Until the kernel shows process ``pid`` in one of ``states`` (a signal is delivered asynchronously)."""
+    for _ in range(500):
+        with open(f"/proc/{pid}/stat", "rb") as stat:
+            if stat.read().rsplit(b")", 1)[1].split()[0] in states:
+                return
+        time.sleep(0.01)
+    raise AssertionError(f"process {pid} never reached state {states}")
 
 
 def test_an_outage_restarts_the_watch_so_owners_that_could_not_beat_are_not_lost() -> None:
