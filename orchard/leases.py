@@ -21,7 +21,7 @@ A holder that is a running process of the observer's own host (its worker name
 ``host:pid:token`` names this host and a live pid that is not stopped) is given
 :data:`RUNNING_HOLDER_PATIENCE` times as long. Such a holder is not dead; its
 heartbeats are queued behind a congested storage: with 512 workers on 2
-cores, waits for the pickle file's lock reach 80-115 s, and an observer that
+cores, waits for the pickle file's lock reach 60-115 s, and an observer that
 got the lock sooner took back trials whose workers were alive and about to
 write their results, which were refused and evaluated again. A stopped
 (``SIGSTOP``), dead or zombie holder, one on another host, and one of the

@@ -66,7 +66,7 @@ def test_a_heartbeat_standing_still_for_stale_after_is_lost() -> None:
 
 
 def test_a_holder_running_on_this_host_is_watched_longer_and_a_stopped_or_dead_one_is_not() -> None:
-    """With 512 workers on 2 cores the pickle file's lock was waited for 80-115 s: an observer took
+    """With 512 workers on 2 cores the pickle file's lock was waited for 60-115 s: an observer took
     back trials whose live workers' heartbeats and results were queued behind it (their results
     refused, evaluated again). A real process of this host holds these leases."""
     clock = FakeClock()
