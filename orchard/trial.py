@@ -36,7 +36,7 @@ import numbers
 from collections.abc import Mapping
 from typing import Any, NamedTuple
 
-from orchard.errors import InvalidReportError, OrchardError, ReservationLostError, TrialNotFoundError
+from orchard.errors import InvalidReportError, OrchardError, ReservationLostError, StorageError, TrialNotFoundError
 
 __all__ = [
     "INSERTED", "INT_LIMIT", "MAX_DEPTH", "MAX_REPORTS_PER_TRIAL", "Change", "Lease", "ReportValue", "Trial",
@@ -368,9 +368,24 @@ def heartbeat(worker: str, now: float) -> Change:
 def complete(worker: str, objective: float, results: Mapping[str, Any], now: float) -> Change:
     """reserved -> completed, by its owner, with the objective and extra results."""
     return Change(_RESERVED, worker, sets={
-        "status": TrialStatus.COMPLETED, "objective": float(objective), "results": dict(results),
+        "status": TrialStatus.COMPLETED, "objective": stored_objective(objective), "results": dict(results),
         "end_time": now, "heartbeat": now,
     })
+
+
+def stored_objective(objective: Any) -> float:
+    """``objective`` as the float a trial stores.
+
+    Raises:
+        StorageError: it is no number a float holds (an int of 5,000 digits, a text); nothing is written.
+    """
+    try:
+        return float(objective)
+    except (OverflowError, TypeError, ValueError):
+        big = type(objective) is int  # (too long for str() too: Python prints at most 4,300 digits)
+        shown = f"an int of about {int(objective.bit_length() * 0.30103) + 1} digits" if big else repr(objective)[:60]
+        raise StorageError(f"cannot store objective {shown} ({type(objective).__name__}): a trial's objective "
+                           "is a float; pass float(value), or a number within a float's range") from None
 
 
 def fail(worker: str, error: Mapping[str, Any], now: float) -> Change:
@@ -440,7 +455,7 @@ def recorded(
     """
     return Trial(
         id=trial_id, experiment=experiment, params=dict(params), status=TrialStatus.COMPLETED,
-        objective=float(objective), results=dict(results), submit_time=now, end_time=now,
+        objective=stored_objective(objective), results=dict(results), submit_time=now, end_time=now,
         origin=INSERTED, in_budget=in_budget,
     )
 

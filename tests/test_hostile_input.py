@@ -438,3 +438,17 @@ def test_info_of_a_trial_shows_a_verdict_another_program_wrote(
     assert f"pruned by: {verdict['pruner']}" in out and "not recomputed: the stored verdict is not one 'median'" in out
     assert main(["info", "--storage", store, "--json", "-n", "e", "--trial", trial.id]) == 0
     assert '"recomputed_verdict": null' in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("objective", [10**5000 - 1, "0.5x"], ids=["5000-digit-int", "text"])
+@pytest.mark.parametrize("uri", ["memory://objective-{}", "pickle://{tmp}/o.pkl"])
+def test_an_objective_no_float_holds_is_one_storage_error_and_the_trial_stays_reserved(
+        objective: Any, uri: str, tmp_path: Any) -> None:
+    """`complete_trial(id, w, 10**5000 - 1)` raised a bare OverflowError out of the storage."""
+    storage = get_storage(uri.format(uuid.uuid4().hex, tmp=tmp_path))
+    exp = storage.create_experiment("o", {})
+    trial = storage.register_trial(exp, {"x": 1.0}, worker="w", budget=None)
+    with pytest.raises(orchard.StorageError, match=r"cannot store objective .* a trial's objective is a float"):
+        storage.complete_trial(trial.id, "w", objective)
+    assert storage.get_trial(trial.id).status is TrialStatus.RESERVED  # nothing written: the worker may retry
+    assert storage.complete_trial(trial.id, "w", 0.5).objective == 0.5
