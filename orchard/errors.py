@@ -120,6 +120,12 @@ class SpaceError(ConfigurationError):
 class StorageError(OrchardError):
     """The storage could not carry out an operation."""
 
+    @classmethod
+    def unstorable(cls, objective: Any) -> StorageError:
+        """A trial's objective that is no float (an int of 5,000 digits, a text); nothing was written."""
+        return cls(f"cannot store objective {shown(objective, 60)} ({type(objective).__name__}): a trial's "
+                   "objective is a float; pass float(value), or a number within a float's range")
+
 
 class StorageUnavailableError(StorageError):
     """The storage cannot be reached (server down, lock not obtained in time).

@@ -17,14 +17,13 @@ Reports survive a lost or released reservation (the trial keeps them while
 interrupted); the next reservation starts them over, since its evaluation runs
 from the start again.
 
-Each arrow is a pure function (:func:`reserve`, :func:`complete`, :func:`fail`,
-:func:`release`, :func:`take_back`, :func:`prune`, plus :func:`heartbeat` and
-:func:`report`, which stay on ``reserved``) returning a :class:`Change`: the state the trial must be in
-before (status, owner, exact values) and the fields it gets. Every backend
-applies the same :class:`Change`: the table storage checks it against the
-stored trial (:meth:`Change.applied_to`); MongoDB turns it into one
-conditional update and, when that matches nothing, asks the same change why
-(:meth:`Change.refusal`). The messages are built in :mod:`orchard.errors`.
+Each arrow is a pure function (:func:`reserve`, :func:`complete`, :func:`fail`, :func:`release`,
+:func:`take_back`, :func:`prune`, plus :func:`heartbeat` and :func:`report`, which stay on
+``reserved``) returning a :class:`Change`: the state the trial must be in before (status, owner,
+exact values) and the fields it gets. Every backend applies the same :class:`Change`: the table
+storage checks it against the stored trial (:meth:`Change.applied_to`); MongoDB turns it into one
+conditional update and, when that matches nothing, asks the same change why (:meth:`Change.refusal`).
+The messages are built in :mod:`orchard.errors`.
 """
 
 from __future__ import annotations
@@ -36,7 +35,8 @@ import numbers
 from collections.abc import Mapping
 from typing import Any, NamedTuple
 
-from orchard.errors import InvalidReportError, OrchardError, ReservationLostError, StorageError, TrialNotFoundError
+from orchard.errors import (InvalidReportError, OrchardError, ReservationLostError, StorageError,
+                            TrialNotFoundError)
 
 __all__ = [
     "INSERTED", "INT_LIMIT", "MAX_DEPTH", "MAX_REPORTS_PER_TRIAL", "Change", "Lease", "ReportValue", "Trial",
@@ -368,24 +368,17 @@ def heartbeat(worker: str, now: float) -> Change:
 def complete(worker: str, objective: float, results: Mapping[str, Any], now: float) -> Change:
     """reserved -> completed, by its owner, with the objective and extra results."""
     return Change(_RESERVED, worker, sets={
-        "status": TrialStatus.COMPLETED, "objective": stored_objective(objective), "results": dict(results),
+        "status": TrialStatus.COMPLETED, "objective": _stored(objective), "results": dict(results),
         "end_time": now, "heartbeat": now,
     })
 
 
-def stored_objective(objective: Any) -> float:
-    """``objective`` as the float a trial stores.
-
-    Raises:
-        StorageError: it is no number a float holds (an int of 5,000 digits, a text); nothing is written.
-    """
+def _stored(objective: Any) -> float:
+    """``objective`` as the float a trial stores (:meth:`StorageError.unstorable` if it is none)."""
     try:
         return float(objective)
     except (OverflowError, TypeError, ValueError):
-        big = type(objective) is int  # (too long for str() too: Python prints at most 4,300 digits)
-        shown = f"an int of about {int(objective.bit_length() * 0.30103) + 1} digits" if big else repr(objective)[:60]
-        raise StorageError(f"cannot store objective {shown} ({type(objective).__name__}): a trial's objective "
-                           "is a float; pass float(value), or a number within a float's range") from None
+        raise StorageError.unstorable(objective) from None
 
 
 def fail(worker: str, error: Mapping[str, Any], now: float) -> Change:
@@ -455,7 +448,7 @@ def recorded(
     """
     return Trial(
         id=trial_id, experiment=experiment, params=dict(params), status=TrialStatus.COMPLETED,
-        objective=stored_objective(objective), results=dict(results), submit_time=now, end_time=now,
+        objective=_stored(objective), results=dict(results), submit_time=now, end_time=now,
         origin=INSERTED, in_budget=in_budget,
     )
 
@@ -491,14 +484,8 @@ def take_back(trial: Trial, lease: Lease, max_attempts: int, now: float) -> Chan
 
 
 def lost_error(attempts: int) -> dict[str, Any]:
-    """The ``error`` of a trial whose reservation was lost for the last allowed time.
-
-    Args:
-        attempts: how many of its reservations were lost.
-
-    Returns:
-        ``{"type": "TrialLost", "reason": "lost", "message": ...}``.
-    """
+    """``{"type": "TrialLost", "reason": "lost", "message": ...}``: the ``error`` of a trial whose
+    reservation was lost ``attempts`` times, the last allowed."""
     return {
         "type": "TrialLost",
         "reason": "lost",
