@@ -38,6 +38,7 @@ the reports by non-dominated sorting (see :mod:`orchard.pruners`).
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import contextvars
 import decimal
@@ -62,6 +63,7 @@ __all__ = [
     "TrialPruned",
     "check_report",
     "declared_objectives",
+    "each_key_once",
     "listed",
     "open_regular",
     "plain",
@@ -379,6 +381,22 @@ def read_at_most(handle: IO[AnyStr], limit: int) -> AnyStr | None:
         return None
     data = handle.read(limit + 1)
     return None if len(data) > limit else data
+
+
+def each_key_once(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """A :func:`json.loads` ``object_pairs_hook`` refusing an object that names a key twice.
+
+    ``json`` keeps the last value silently; in a file a user or a script wrote (a results file,
+    a dump, an insert), the other is a lost value or the wrong objective.
+
+    Raises:
+        ValueError: a key named twice (the message names them).
+    """
+    counts = collections.Counter(name for name, _ in pairs)
+    twice = sorted(name for name, count in counts.items() if count > 1)
+    if twice:
+        raise ValueError(f"an object names {', '.join(map(repr, twice))} twice; keep one")
+    return dict(pairs)
 
 
 def listed(value: Any) -> Any:

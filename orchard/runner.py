@@ -51,7 +51,7 @@ from orchard.isolation import (
 )
 from orchard.naming import folder_in
 from orchard.objective import MAX_RESULT_DEPTH, MAX_RESULTS_BYTES, Outcome, TrialEvaluator, interpret_result
-from orchard.report import RESULTS_ENV, open_regular, read_at_most
+from orchard.report import RESULTS_ENV, each_key_once, open_regular, read_at_most
 from orchard.resources import format_bytes, no_room
 from orchard.storages._uri import redact
 from orchard.strays import RUN_ENV, WORKER_ENV, kill_earlier_attempts
@@ -329,7 +329,7 @@ def _read_results(path: str) -> Outcome:
     if not text.strip():
         return failure("empty", f"the results file {path} is empty")
     try:
-        data = json.loads(text)
+        data = json.loads(text, object_pairs_hook=each_key_once)  # {"objective": 1, "objective": 2}: which?
         outcome = interpret_result(data)
     except RecursionError:  # parsing and reading recurse once a level: [[[[…]]]] a thousand deep
         return failure("unstorable", f"the results file {path} nests lists or dicts more than "

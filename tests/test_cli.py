@@ -61,6 +61,8 @@ if args.mode == "empty":
     write("")
 elif args.mode == "not-json":
     write("objective = 1")
+elif args.mode == "twice":
+    write('{"objective": 0.5, "objective": 0.1}')
 elif args.mode == "nan":
     write('{"objective": NaN}')
 elif args.mode == "not-a-number":
@@ -295,6 +297,14 @@ def test_a_results_file_that_is_no_file_or_too_large_breaks_the_trial_unread(
     (trial,) = trials("e")
     assert trial.status is TrialStatus.BROKEN and trial.error is not None
     assert trial.error["reason"] == reason and said in trial.error["message"], trial.error
+
+
+def test_a_results_file_naming_the_objective_twice_breaks_the_trial_instead_of_keeping_one(workdir: Path) -> None:
+    """`{"objective": 0.5, "objective": 0.1}` was stored as 0.1 without a word (json keeps the last)."""
+    assert hunt("e", "--max-trials", "1", "--max-broken", "1", command=train("--mode=twice")) == 1
+    (trial,) = trials("e")
+    assert trial.status is TrialStatus.BROKEN and trial.error is not None
+    assert "names 'objective' twice; keep one" in trial.error["message"], trial.error
 
 
 def test_a_raised_budget_on_a_stopped_experiment_says_how_to_search_on_once(

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import argparse
 import ast
-import collections
 import datetime
 import os
 import re
@@ -15,6 +14,7 @@ import sys
 from typing import TYPE_CHECKING, Any, NoReturn
 
 from orchard.errors import meant
+from orchard.report import each_key_once
 from orchard.terminal import printable
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -204,21 +204,6 @@ def parse_literal(text: str) -> Any:
         return ast.literal_eval(text)
     except (ValueError, SyntaxError, MemoryError, RecursionError):
         return text
-
-
-def each_key_once(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    """A :func:`json.loads` ``object_pairs_hook`` refusing an object that names a key twice.
-
-    ``json`` keeps the last value silently; in a file a user edited, the other is a lost value.
-
-    Raises:
-        ValueError: a key named twice (the message names them).
-    """
-    counts = collections.Counter(name for name, _ in pairs)
-    twice = sorted(name for name, count in counts.items() if count > 1)
-    if twice:
-        raise ValueError(f"an object names {', '.join(map(repr, twice))} twice; keep one")
-    return dict(pairs)
 
 
 def format_params(params: dict[str, Any] | None) -> str:
