@@ -40,10 +40,11 @@ instant as budgeted ones (or having pushed the experiment past ``M`` before)
 can leave more than ``M`` non-broken trials.
 
 Round trips: two per registration (the draw and the insert), whatever the
-number of racers; the path of step 2 adds two reads (the count, the strays), and two more when fewer
-than ``M`` trials hold a slot (the slots held, and whether the experiment
-still exists: a deleted experiment's counter matches nothing and all its
-slots look free).
+number of racers; the path of step 2 adds one read (one more when documents
+readers skip hold slots), and two more when fewer than ``M`` trials hold a
+slot (the slots held, and whether the experiment still exists and its counter
+is a count: a deleted experiment's counter matches nothing and all its slots
+look free).
 """
 
 from __future__ import annotations
@@ -125,10 +126,12 @@ def insert_holding_slot(db: Any, doc: Mapping[str, Any], budget: int | None | Li
                 return
             _catch_up(db, experiment_id)  # the counter was behind the slots held
             continue
-        if budget is None:  # an unconditional draw matches any existing experiment
+        if budget is None:  # an unconditional draw matches any existing experiment with a sound counter
+            if _reset_if_spoiled(db.experiments, experiment_id, name):
+                continue
             raise _deleted(name)
         free, held, strays = _freed(db.trials, doc, budget, name)
-        if db.experiments.find_one({"_id": experiment_id}, projection={"_id": 1}) is None:
+        if _reset_if_spoiled(db.experiments, experiment_id, name) is None:
             # every slot of a deleted experiment looks free: a worker that knew it would go on
             # registering trials no one can see, up to its whole budget
             raise _deleted(name)
@@ -166,24 +169,34 @@ def _freed(trials: Any, doc: Mapping[str, Any], budget: int,
     """Free slots below ``budget``, shuffled, how many trials hold one, and the slots held by documents
     readers skip (:func:`_strays`), free too; refuses when none is free.
 
-    One read answers both "does the trial exist" and "how many hold a slot"; a second lists the
-    slots held, when fewer than ``budget`` are. A third lists the strays.
+    One read answers "does the trial exist", "how many hold a slot" and "do documents readers likely skip
+    hold some"; a second lists the slots held, when fewer than ``budget`` are; a third lists those
+    documents, only when some hold a slot.
     """
     experiment_id = doc["experiment"]
     holding = {"status": {"$in": _HOLDING}, "in_budget": {"$ne": False}}
-    groups = {row["_id"]: int(row["n"]) for row in trials.aggregate([
-        {"$match": {"experiment": experiment_id, "$or": [{"_id": doc["_id"]}, holding]}},
-        {"$group": {"_id": {"$eq": ["$_id", doc["_id"]]}, "n": {"$sum": 1}}},  # true: the trial itself
-    ])}
-    if groups.get(True):
+    mock = type(trials).__module__.startswith("mongomock")  # knows no $type list: every stray is looked for
+    own = {"$eq": ["$_id", doc["_id"]]}  # true: the trial itself
+    groups = {(row["_id"], True) if mock else (row["_id"]["own"], row["_id"]["likely"]): int(row["n"])
+              for row in trials.aggregate([
+                  {"$match": {"experiment": experiment_id, "$or": [{"_id": doc["_id"]}, holding]}},
+                  {"$group": {"_id": own if mock else {"own": own, "likely": READABLE["$expr"]},
+                              "n": {"$sum": 1}}},
+              ])}
+    if groups.get((True, True)) or groups.get((True, False)):
         raise duplicate_trial(doc, name)
-    strays = _strays(trials, experiment_id, budget)
-    held = groups.get(False, 0) - sum(d.get("status") in _HOLDING and d.get("in_budget") is not False
-                                      for d in strays.values())
+    strays: dict[int, dict[str, Any]] = {}
+    if mock or groups.get((False, False)):  # holders readers likely skip: read them (rare) to be sure
+        strays = _strays(trials, experiment_id, budget)
+    held = groups.get((False, True), 0) + groups.get((False, False), 0) - sum(
+        d.get("status") in _HOLDING and d.get("in_budget") is not False for d in strays.values())
     if held < budget:
         taken = {_number(d["slot"]) for d in trials.find(
             {"slot": _slot_range(experiment_id, 0, budget)}, projection={"slot": 1, "_id": 0}, batch_size=BATCH
         )} - set(strays)
+        if len(taken) >= budget and not strays:  # held by more than hold a unit: a stray without a status?
+            strays = _strays(trials, experiment_id, budget)
+            taken -= set(strays)
         free = [k for k in range(budget) if k not in taken]
         if free:
             random.shuffle(free)  # racers for the last units spread over them
@@ -198,7 +211,7 @@ def _strays(trials: Any, experiment_id: str, budget: int) -> dict[int, dict[str,
     does any worker: its unit of budget is free, else workers seeing fewer trials than ``max_trials`` would
     wait for the last one forever."""
     query: dict[str, Any] = {"slot": _slot_range(experiment_id, 0, budget)}
-    if not type(trials).__module__.startswith("mongomock"):  # mongomock knows no $type list: all are read
+    if not type(trials).__module__.startswith("mongomock"):  # (see _freed)
         query["$expr"] = {"$not": [READABLE["$expr"]]}  # only the likely strays; unreadable() decides
     found = trials.find(query, batch_size=BATCH)
     return {_number(d["slot"]): d for d in found if unreadable(d) is not None}
@@ -239,23 +252,33 @@ def _insert_at(trials: Any, doc: Mapping[str, Any], k: int, name: str, stray: An
 def _draw(experiments: Any, experiment_id: str, budget: int | None, name: str) -> int | None:
     """Take the next slot number from the counter; ``None`` when it has reached ``budget``.
 
-    A counter another program made other than a count (text, null, NaN, negative) is removed first: the
-    server refuses to ``$inc`` it, which failed every registration. It then starts again from 0, and the
-    first slot found held raises it past the highest (:func:`_catch_up`).
+    A counter another program made other than a count (text, null, NaN, negative) matches nothing (the
+    server refuses to ``$inc`` it, which failed every registration): the registration goes on by the free
+    slots, which reads the experiment anyway, and :func:`_reset_if_spoiled` removes it there.
     """
     counter = {**_SANE, "$lt": budget} if budget is not None else _SANE
     query = {"_id": experiment_id, "$or": [{_COUNTER: {"$exists": False}}, {_COUNTER: counter}]}
     drawn = experiments.find_one_and_update(
         query, {"$inc": {_COUNTER: 1}}, projection={_COUNTER: 1}, return_document=ReturnDocument.AFTER
     )
-    if drawn is None and experiments.update_one(
-            {"_id": experiment_id, "$nor": [{_COUNTER: {"$exists": False}}, {_COUNTER: _SANE}]},
-            {"$unset": {_COUNTER: ""}}).modified_count:
-        log.warning("experiment %r: its budget counter %r was not a count (another program's edit?); it was "
-                    "reset, and is rebuilt from the trials' slots", name, _COUNTER)
-        return _draw(experiments, experiment_id, budget, name)
     k = None if drawn is None else int(drawn[_COUNTER]) - 1
     return None if k is None or (budget is not None and k >= budget) else k  # a missing counter matches budget 0
+
+
+def _reset_if_spoiled(experiments: Any, experiment_id: str, name: str) -> bool | None:
+    """Remove the experiment's counter if another program made it other than a count; whether it did
+    (``None``: the experiment is gone). One read, on a registration's path past the counter only."""
+    found = experiments.find_one({"_id": experiment_id}, projection={_COUNTER: 1})
+    if found is None:
+        return None
+    value = found.get(_COUNTER, 0)
+    if type(value) in (int, float) and 0 <= value <= 2**53:  # (NaN fails too)
+        return False
+    experiments.update_one({"_id": experiment_id, "$nor": [{_COUNTER: {"$exists": False}}, {_COUNTER: _SANE}]},
+                           {"$unset": {_COUNTER: ""}})  # (unless a racer did)
+    log.warning("experiment %r: its budget counter %r was not a count (another program's edit?); it was "
+                "reset, and is rebuilt from the trials' slots", name, _COUNTER)
+    return True
 
 
 def _catch_up(db: Any, experiment_id: str) -> None:
