@@ -71,9 +71,9 @@ _VALUED_OPTIONS = {"python": {"-X", "-W", "--check-hash-based-pycs"}, "pypy": {"
                    "node": {"-r", "--require", "--import", "--loader", "--experimental-loader", "-C",
                             "--conditions"},
                    "ruby": {"-I", "-r", "-C"}, "perl": {"-I"}, "Rscript": set()}
-_SCRIPT_SUFFIXES = (".py", ".sh", ".R", ".r", ".jl", ".js", ".pl", ".rb")
 _SUFFIX_INTERPRETERS = {".py": "python", ".sh": "bash", ".R": "Rscript", ".r": "Rscript", ".jl": "julia",
                         ".js": "node", ".pl": "perl", ".rb": "ruby"}
+_SCRIPT_SUFFIXES = tuple(_SUFFIX_INTERPRETERS)
 # what a placeholder looks like ({trial.hash}, {exp.working_dir}): an unknown one is a typo, not text
 _SHOWN_DIMENSION = re.compile(r"^(-{1,2}[^=]+=)?<\w+>$")  # a dimension's token in CommandTemplate.shown()
 _PLACEHOLDER = re.compile(r"\{((?:trial|exp)\.[^{}\s]*)\}")
@@ -399,12 +399,8 @@ def _interpreters_of(path: str) -> list[str]:
     """The interpreter a script names in its ``#!`` line (``#!/usr/bin/env python3``: ``python3``), else the
     one its suffix says (``.sh``: ``bash``), else the usual two: a shell script not executable was told to
     run as 'python x.sh'."""
-    try:
-        with open(path, "rb") as handle:
-            head = handle.read(512)
-    except OSError:
-        head = b""
-    words = head[2:].split(b"\n", 1)[0].split() if head.startswith(b"#!") else []
+    line = _shebang(_head(path) or b"")
+    words = line.split() if line is not None else []
     if words and os.path.basename(words[0]) == b"env":
         words = [word for word in words[1:] if not word.startswith(b"-")]
     if words:
@@ -417,18 +413,16 @@ def _interpreter_problem(path: str, program: str) -> str | None:
     """What keeps a text file from running as a program: no ``#!`` line (a shell runs it as a shell script,
     ``exec`` does not), a ``#!`` line ending in a carriage return, or naming no interpreter here (``exec``
     then says the *script* does not exist). A binary (ELF, Mach-O, a format the kernel was taught) passes."""
-    try:
-        with open(path, "rb") as handle:
-            head = handle.read(512)
-    except OSError:
+    head = _head(path)
+    if head is None:
         return None  # executable but unreadable: exec may still run it
-    if not head.startswith(b"#!"):
+    line = _shebang(head)
+    if line is None:
         if b"\0" in head or not _is_text(head):
             return None
         return (f"has no '#!' line naming its interpreter, so it cannot run as a program (a shell runs "
                 f"it as a shell script, Orchard does not): make its first line e.g. '#!/bin/bash', or "
                 f"start it through its interpreter, e.g. 'bash {program}'")
-    line = head[2:].split(b"\n", 1)[0]
     if line.endswith(b"\r"):
         return ("has Windows line ends: its '#!' line ends with a carriage return, so the interpreter it "
                 f"names is not found; convert it, e.g. 'dos2unix {program}'")
@@ -438,6 +432,20 @@ def _interpreter_problem(path: str, program: str) -> str | None:
                 f"cannot run; fix that line (e.g. '#!/usr/bin/env python3'), or start the script through "
                 f"its interpreter")
     return None
+
+
+def _head(path: str) -> bytes | None:
+    """The first 512 bytes of the file at ``path`` (``None``: it cannot be read)."""
+    try:
+        with open(path, "rb") as handle:
+            return handle.read(512)
+    except OSError:
+        return None
+
+
+def _shebang(head: bytes) -> bytes | None:
+    """What follows ``#!`` on the first line of ``head``, if it starts with one."""
+    return head[2:].split(b"\n", 1)[0] if head.startswith(b"#!") else None
 
 
 def _is_text(head: bytes) -> bool:

@@ -64,6 +64,7 @@ __all__ = [
     "check_report",
     "declared_objectives",
     "each_key_once",
+    "finite_only",
     "listed",
     "open_regular",
     "plain",
@@ -397,6 +398,18 @@ def each_key_once(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     if twice:
         raise ValueError(f"an object names {', '.join(map(repr, twice))} twice; keep one")
     return dict(pairs)
+
+
+def finite_only(value: Any) -> Any:
+    """``value`` with every non-finite float in it, at any depth of dicts, lists and tuples, as ``None``: what
+    standard JSON holds (``json.dumps`` writes ``NaN``, which ``jq``, browsers and most readers refuse)."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {key: finite_only(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [finite_only(item) for item in value]
+    return value
 
 
 def listed(value: Any) -> Any:

@@ -265,12 +265,13 @@ class StopGate:
         started = self._started.pop(trial_id, None)
         seconds = 0.0 if started is None else self._clock() - started
         mark = trial_id if reserved_at is None else f"{trial_id}@{reserved_at!r}"
+        level = self.rules.level(params)
         for attempt in range(_MAX_SWAPS):
             stored = self.storage.experiment(self.experiment_id).config.get(LEDGER_KEY)
             ledger = Ledger.from_dict(stored, self.label)
             if ledger.fired is not None or mark in ledger.recent:
                 return ledger  # fired before (running trials are not folded), or our retried swap landed
-            level = self.rules.level(params)  # warn once: a swap lost to another worker said it twice
+            # a missing cost is said on the first try only: a swap lost to another worker said it twice
             after = ledger.folded(self.rules, trial_id, outcome, seconds, origin, level, mark, warn=attempt == 0)
             if self.storage.swap_experiment(self.experiment_id, LEDGER_KEY, stored, after.to_dict()):
                 if after.fired is not None:

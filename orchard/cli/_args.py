@@ -14,7 +14,7 @@ import sys
 from typing import TYPE_CHECKING, Any, NoReturn
 
 from orchard.errors import meant
-from orchard.report import each_key_once
+from orchard.report import each_key_once, finite_only
 from orchard.terminal import printable
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -221,23 +221,11 @@ def format_value(value: Any) -> str:
 
 
 def strict_json(value: Any, indent: int | None = 2) -> str:
-    """``value`` as standard JSON (``indent=None``: on one line); a non-finite float is ``null``.
-
-    ``json.dumps`` writes ``NaN`` and ``Infinity``, which ``jq`` and most JSON readers refuse.
-    """
+    """``value`` as standard JSON (``indent=None``: on one line); a non-finite float is ``null``
+    (:func:`orchard.report.finite_only`)."""
     import json
-    import math
 
-    def plain(item: Any) -> Any:
-        if isinstance(item, float) and not math.isfinite(item):
-            return None
-        if isinstance(item, dict):
-            return {key: plain(inner) for key, inner in item.items()}
-        if isinstance(item, (list, tuple)):
-            return [plain(inner) for inner in item]
-        return item
-
-    return json.dumps(plain(value), indent=indent, default=str, allow_nan=False)
+    return json.dumps(finite_only(value), indent=indent, default=str, allow_nan=False)
 
 
 def format_age(seconds: float | None) -> str:

@@ -15,11 +15,12 @@ from typing import Any
 
 from orchard.constraints import feasibility
 from orchard.dashboard._views import ExperimentView
+from orchard.experiment_config import applied_max_broken
 from orchard.fidelity import fidelity_param, rung_label
 from orchard.objectives import Shown, dominates
 from orchard.pareto import scored
 from orchard.plotting.curves import sampled
-from orchard.experiment_config import applied_max_broken
+from orchard.report import finite_only
 from orchard.stopping import LEDGER_KEY, Ledger, broken_stop, stop_summary
 from orchard.storages._uri import redact_all
 from orchard.trial import Trial, TrialStatus, first_value
@@ -244,18 +245,7 @@ def to_json(payload: Any) -> str:
     try:
         return json.dumps(payload, allow_nan=False, default=str, separators=(",", ":"))
     except ValueError:  # the rare payload holding a non-finite float: walked once more, only then
-        return json.dumps(_finite_only(payload), allow_nan=False, default=str, separators=(",", ":"))
-
-
-def _finite_only(value: Any) -> Any:
-    """``value`` with every non-finite float in it, at any depth of dicts, lists and tuples, as ``None``."""
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, dict):
-        return {key: _finite_only(item) for key, item in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_finite_only(item) for item in value]
-    return value
+        return json.dumps(finite_only(payload), allow_nan=False, default=str, separators=(",", ":"))
 
 
 class RowCache:

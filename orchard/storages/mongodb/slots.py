@@ -127,9 +127,9 @@ def insert_holding_slot(db: Any, doc: Mapping[str, Any], budget: int | None | Li
             _catch_up(db, experiment_id)  # the counter was behind the slots held
             continue
         if budget is None:  # an unconditional draw matches any existing experiment with a sound counter
-            if _reset_if_spoiled(db.experiments, experiment_id, name):
-                continue
-            raise _deleted(name)
+            if _reset_if_spoiled(db.experiments, experiment_id, name) is None:
+                raise _deleted(name)
+            continue  # its counter was spoiled (now removed), or a racer had just mended it
         free, held, strays = _freed(db.trials, doc, budget, name)
         if _reset_if_spoiled(db.experiments, experiment_id, name) is None:
             # every slot of a deleted experiment looks free: a worker that knew it would go on
