@@ -37,7 +37,7 @@ from orchard.pareto import best_of, front_hypervolume, pareto_front
 from orchard.pruners import check_pruner, normalize_pruner_config
 from orchard.recording import (budget_held, budget_to_give, finished, queue_trial, record_evaluation,
                                warn_if_budget_met)
-from orchard.report import TrialPruned, check_report
+from orchard.report import check_report
 from orchard.resources import assign_devices, parse_gpus, parse_memory
 from orchard.runner import ScriptRunner
 from orchard.space import Space
@@ -364,12 +364,12 @@ class Experiment:
         """
         return suggested(self._client_worker())
 
-    def observe(self, trial: Trial, result: float | Mapping[str, Any] | TrialPruned) -> Trial:
+    def observe(self, trial: Trial, result: float | Mapping[str, Any] | BaseException) -> Trial:
         """Record the result of a trial from :meth:`suggest` (any handle's in this process); a non-number breaks it.
 
         A trial whose last :meth:`report` got a "prune" verdict is recorded ``pruned``
-        whatever ``result`` says; pass a :class:`~orchard.TrialPruned` to prune it on your own
-        decision (after at least one report).
+        whatever ``result`` says; pass a :class:`~orchard.TrialPruned` (or Optuna's) to prune it on your
+        own decision (after at least one report); any other exception breaks it, as if the objective raised it.
 
         Returns:
             The stored trial, ``completed``, ``pruned`` or ``broken``.
@@ -378,7 +378,7 @@ class Experiment:
             ReservationLostError: the reservation was lost (heartbeat stale).
             ExperimentError: ``trial`` is another experiment's (so is refused by ``report`` and ``release``).
         """
-        outcome = Outcome.pruned_by_objective() if isinstance(result, TrialPruned) else interpret_result(result)
+        outcome = Outcome.from_exception(result) if isinstance(result, BaseException) else interpret_result(result)
         return self._client_worker(trial, ending=True).finish(trial, outcome)
 
     def report(self, trial: Trial, value: float | Mapping[str, float], step: int) -> None:

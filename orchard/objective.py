@@ -116,8 +116,7 @@ class Outcome:
         ``TrialPruned`` (an objective ported from Optuna) prunes the trial as Orchard's does: it broke
         the trial with the message "TrialPruned: ", and three of them stopped the experiment.
         """
-        if any(c.__name__ == "TrialPruned" and c.__module__.partition(".")[0] == "optuna"
-               for c in type(err).__mro__):
+        if is_prune_signal(err):
             return cls.pruned_by_objective()
         tail = "".join(traceback.format_exception(type(err), err, err.__traceback__)[-3:])
         try:
@@ -125,6 +124,12 @@ class Outcome:
         except Exception as broken:  # noqa: BLE001 -- the user's __str__ must not cost the trial
             message = f"<str() of the exception raised {type(broken).__name__}>"
         return cls.failure(type(err).__name__, message[:_MESSAGE_LIMIT], traceback=tail[-2000:])
+
+
+def is_prune_signal(err: BaseException) -> bool:
+    """Whether ``err`` asks to prune its trial: Orchard's ``TrialPruned`` or Optuna's (by name, Optuna unimported)."""
+    return isinstance(err, TrialPruned) or any(
+        c.__name__ == "TrialPruned" and c.__module__.partition(".")[0] == "optuna" for c in type(err).__mro__)
 
 
 class TrialEvaluator(abc.ABC):

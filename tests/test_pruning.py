@@ -91,6 +91,22 @@ def test_optunas_trial_pruned_raised_by_a_ported_objective_prunes_the_trial(tmp_
     assert all(t.objective == t.reports[0][1] for t in trials if t.status is TrialStatus.PRUNED)
 
 
+def test_observe_with_optunas_trial_pruned_prunes_the_trial() -> None:
+    """``exp.observe(trial, optuna.TrialPruned())``, as Optuna users tell a pruned trial, broke it with
+    "objective must be a number, got TrialPruned"; another exception passed to observe now breaks the trial
+    with its own type and message."""
+    optuna = pytest.importorskip("optuna")
+    exp = orchard.build_experiment("p-optuna-tell", space=SPACE, max_trials=3, storage="memory://")
+    trial = exp.suggest()
+    exp.report(trial, 0.7, 1)
+    stored = exp.observe(trial, optuna.TrialPruned("hopeless"))
+    assert stored.status is TrialStatus.PRUNED and stored.objective == 0.7
+    other = exp.suggest()
+    broken = exp.observe(other, ValueError("loss went NaN"))
+    assert broken.status is TrialStatus.BROKEN
+    assert (broken.error["type"], broken.error["message"]) == ("ValueError", "loss went NaN")
+
+
 @pytest.mark.parametrize("value, step, words", [
     (math.nan, 1, "finite number"), (math.inf, 1, "finite number"), ("0.3", 1, "finite number"),
     (0.5, -1, "integer step >= 0"), (0.5, 1.5, "integer step >= 0"),
