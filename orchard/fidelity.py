@@ -70,7 +70,8 @@ class Fidelity(Prior):
     def rungs(self) -> tuple[Scalar, ...]:
         """The fidelity of each rung, lowest first: ``low·base^k`` capped at ``high``.
 
-        Integer fidelities are rounded, and a power that rounds to the previous rung
+        Integer fidelities are rounded, float ones to 12 significant digits (``fidelity(0.1, 0.9)``: 0.1,
+        0.3, 0.9, not 0.30000000000000004), and a power that rounds to the previous rung
         (``fidelity(1, 10, base=1.5)``: 1, 2, 2, …) is skipped, so rungs strictly increase.
         """
         return _rungs(self.low, self.high, self.base, self.integral)
@@ -191,8 +192,8 @@ def fidelity_param(config: Mapping[str, Any]) -> str | None:
 
 def rung_label(rung: Any) -> str:
     """A rung's fidelity as shown (status, info, the dashboard, ``plot rungs``): a float to 12 significant
-    digits. ``fidelity(0.1, 0.9)``'s middle rung is ``0.1 * 3``, the float ``0.30000000000000004``, shown
-    as ``0.3`` (the trials hold the float); ``1234567.0`` is ``1234567``, not ``1.23457e+06``."""
+    digits (rungs are rounded so, but trials stored before they were hold ``0.1 * 3``, the float
+    ``0.30000000000000004``); ``1234567.0`` is ``1234567``, not ``1.23457e+06``."""
     return f"{rung:.12g}" if isinstance(rung, float) else str(rung)
 
 
@@ -218,7 +219,7 @@ def _rungs(low: float, high: float, base: float, integral: bool) -> tuple[Scalar
             value = math.inf
         if value >= high * (1 - 1e-9):
             return (*values, high) if not values or values[-1] != high else tuple(values)
-        rung = round(value) if integral else float(value)
+        rung = round(value) if integral else float(f"{value:.12g}")  # 0.1 * 3 is 0.3, not 0.30000000000000004
         if not values or rung != values[-1]:
             values.append(rung)
         k += 1

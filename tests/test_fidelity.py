@@ -53,6 +53,8 @@ def asha(**options: Any) -> Asha:
         ("fidelity(1, 100)", (1, 3, 9, 27, 81, 100)),
         ("fidelity(2, 16, base=2)", (2, 4, 8, 16)),
         ("fidelity(0.5, 4.0, base=2)", (0.5, 1.0, 2.0, 4.0)),
+        ("fidelity(0.1, 0.9, base=3)", (0.1, 0.3, 0.9)),  # not 0.30000000000000004
+        ("fidelity(0.01, 1.0, base=1.1)", tuple(float(f"{0.01 * 1.1**k:.12g}") for k in range(49)) + (1.0,)),
         ("fidelity(1, 10, base=1.5)", (1, 2, 3, 5, 8, 10)),  # 1.5 and 2.25 both round to 2: one rung
         ("fidelity(1, 9, base=9)", (1, 9)),
     ],
@@ -163,6 +165,17 @@ def test_promotes_the_best_of_a_rung_once_it_has_eta_results() -> None:
     assert algo.suggest(three, []) == [{"x": 0.2, "epochs": 3}]
     assert algo.parent_of({"x": 0.2, "epochs": 3}) == {"x": 0.2, "epochs": 1}
     assert algo.parent_of({"x": 0.2, "epochs": 1}) is None
+
+
+def test_a_promotion_stored_before_float_rungs_were_rounded_is_not_made_again() -> None:
+    """Trials stored at the rung 0.30000000000000004 (0.1 * 3, before rungs were rounded to 0.3) are on that
+    rung: the best of the lowest rung, already promoted there, is not promoted to 0.3 a second time."""
+    algo = make_algorithm({"asha": {"sampler": "random", "rule": "promotion"}},
+                          Space.from_config({"x": "uniform(0, 1)", "f": "fidelity(0.1, 0.9, base=3)"}), seed=0)
+    low = [Observation({"x": x, "f": 0.1}, y) for x, y in [(0.1, 5.0), (0.2, 1.0), (0.3, 3.0)]]
+    assert algo.suggest(low, []) == [{"x": 0.2, "f": 0.3}]
+    (params,) = algo.suggest([*low, Observation({"x": 0.2, "f": 0.1 * 3}, 0.5)], [])
+    assert params["f"] == 0.1 and params["x"] not in (0.1, 0.2, 0.3)
 
 
 def test_a_pending_promotion_counts_as_promoted() -> None:
@@ -867,7 +880,7 @@ def test_float_rungs_are_shown_without_float_noise(
                                    algorithm={"asha": {"sampler": "random"}}, max_trials=15, storage=storage,
                                    seed=1)
     exp.workon(lambda x, frac: x / frac, n_workers=1, executor="single", progress=False)
-    assert 0.1 * 3 in {t.params["frac"] for t in exp.fetch_trials()}  # the trials hold the float
+    assert {t.params["frac"] for t in exp.fetch_trials()} == {0.1, 0.3, 0.9}  # stored rounded, not 0.1 * 3
     for command in ("status", "info"):
         assert main([command, "-n", "frac", "--storage", storage]) == 0
         line = next(ln for ln in capsys.readouterr().out.splitlines() if "rungs:" in ln)

@@ -267,8 +267,9 @@ class Asha(BaseAlgorithm):
 
     def rung_index(self, params: Mapping[str, Any]) -> int | None:
         """The index (in :attr:`rungs`) of the rung ``params`` is at, or ``None`` if none."""
-        value = params.get(self.fidelity_name)
-        return next((i for i, rung in enumerate(self.rungs) if rung == value), None)
+        value = params.get(self.fidelity_name)  # a float stored before rungs were rounded: 0.30000000000000004
+        return next((i for i, rung in enumerate(self.rungs) if rung == value or (
+            isinstance(value, float) and math.isclose(float(rung), value, rel_tol=1e-9))), None)
 
     def at_rung(self, params: Mapping[str, Any], rung: int) -> dict[str, Any]:
         """``params`` with the fidelity of rung ``rung``."""
