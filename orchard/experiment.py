@@ -35,8 +35,7 @@ from orchard.objective import Outcome, check_objective, interpret_result
 from orchard.objectives import normalize_objectives
 from orchard.pareto import best_of, front_hypervolume, pareto_front
 from orchard.pruners import check_pruner, normalize_pruner_config
-from orchard.recording import (budget_held, budget_to_give, finished, queue_trial, record_evaluation,
-                               warn_if_budget_met)
+from orchard.recording import budget_held, budget_to_give, finished, queue_trial, record_evaluation, warn_if_budget_met
 from orchard.report import check_report
 from orchard.resources import assign_devices, parse_gpus, parse_memory
 from orchard.runner import ScriptRunner
@@ -324,6 +323,7 @@ class Experiment:
                         self.name, done, err)
         trials = self.fetch_trials()  # one read for the broken check and the stats
         self._raise_if_broken(trials)
+        fleet.say_if_exhausted(self.name, settings.max_trials)  # a space smaller than the budget: said, not silent
         return self.stats_of(trials)
 
     def refresh(self) -> None:

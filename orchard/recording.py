@@ -282,3 +282,19 @@ def finished(storage: BaseStorage, experiment_id: str, settings: WorkerSettings)
     if settings.fixed_budget and settings.max_trials is not None and used >= settings.max_trials:
         return "ran the max_trials of this workon"
     return None
+
+
+def exhausted_note(storage: BaseStorage, experiment_id: str, name: str, max_trials: int | None) -> tuple[int, str]:
+    """The log level and line that say a run ended because the algorithm had no new point to suggest.
+
+    A space of choices or integers, or a grid, smaller than ``max_trials`` ended ``workon`` without a word
+    (``hunt`` with "3 completed" and exit 0), leaving the user to guess why the rest of the budget never ran.
+    A warning when budget is left, else (no ``max_trials``) a note.
+    """
+    counts = storage.count_trials(experiment_id)
+    said = f"experiment {name!r}: the space is exhausted after {sum(counts.values())} distinct points"
+    used = _used(storage, experiment_id, counts)
+    if max_trials is None or used >= max_trials:
+        return logging.INFO, said
+    return logging.WARNING, (f"{said}; {max_trials - used} of the {max_trials} trials of the budget not run (a "
+                             "space of choices, integers or a grid holds fewer points than max_trials)")

@@ -563,3 +563,29 @@ def test_best_trial_on_memory_skips_a_completed_trial_whose_stored_objective_is_
     best = exp.best_trial
     assert best is not None and best.objective == 0.5
     assert exp.stats["best_objective"] == 0.5
+
+
+def _choice(k: int) -> float:
+    return float(k)
+
+
+@pytest.mark.parametrize("n_workers, executor", [(1, "single"), (3, "thread")])
+def test_workon_says_once_that_the_space_is_exhausted_and_how_much_of_the_budget_was_not_run(
+        caplog: pytest.LogCaptureFixture, n_workers: int, executor: str) -> None:
+    """A space of 4 points with max_trials=10 ended workon silently with 4 completed trials."""
+    exp = orchard.build_experiment("tiny", {"k": "randint(0, 4)"}, max_trials=10,
+                                   storage=f"memory://{uuid.uuid4().hex}")
+    with caplog.at_level(logging.INFO):
+        exp.workon(_choice, n_workers=n_workers, executor=executor, progress=False)
+    said = [r for r in caplog.records if "exhausted" in r.getMessage()]
+    assert [r.levelno for r in said] == [logging.WARNING]
+    assert said[0].getMessage() == (
+        "experiment 'tiny': the space is exhausted after 4 distinct points; 6 of the 10 trials of the budget not "
+        "run (a space of choices, integers or a grid holds fewer points than max_trials)")
+
+
+def test_workon_on_a_space_exactly_as_large_as_the_budget_warns_of_nothing(caplog: pytest.LogCaptureFixture) -> None:
+    exp = orchard.build_experiment("fits", {"k": "randint(0, 4)"}, max_trials=4, storage=f"memory://{uuid.uuid4().hex}")
+    with caplog.at_level(logging.WARNING):
+        exp.workon(_choice, executor="single", progress=False)
+    assert len(exp.fetch_trials()) == 4 and not caplog.records

@@ -451,24 +451,5 @@ def _work(experiment: Experiment, template: CommandTemplate, settings: Settings)
     stopping = stop_summary(experiment.storage.experiment(experiment.id).config)
     if stopping is not None and stopping["fired"] is not None:
         print(printable(f"experiment {experiment.name!r}: {stopping['line']}"))
-    elif settings.get("idle_timeout") is None:
-        _say_why_short(experiment, counts)
-    return 0
+    return 0  # a space smaller than max_trials: workon warned (the space is exhausted, how much was not run)
 
-
-def _say_why_short(experiment: Experiment, counts: Mapping[str, int]) -> None:
-    """Say why the workers ended before ``max_trials``: not a rule, not broken trials, so nothing left to suggest.
-
-    A grid or a space of ``choices`` smaller than the budget ended the hunt with "3 completed" and exit 0,
-    leaving the user to guess why the other trials never ran.
-    """
-    from orchard.recording import budget_used
-
-    budget = experiment.max_trials
-    if budget is None or counts["broken"] >= experiment.settings.max_broken:
-        return
-    used = budget_used(experiment.storage, experiment.id)
-    if used < budget:
-        print(f"experiment {experiment.name!r}: {budget - used} of max_trials={budget} not run: the algorithm has "
-              "no new point to suggest (a space of choices, integers or a grid may hold fewer points than "
-              "max_trials)")

@@ -40,13 +40,14 @@ from concurrent.futures.process import BrokenProcessPool
 from types import TracebackType
 from typing import Any
 
-from orchard.errors import ExecutorError, Interrupted, OrchardError, StorageError
+from orchard.errors import ExecutorError, Interrupted, OrchardError, StopReason, StorageError
 from orchard.executors.children import LocalStop
 from orchard.executors.remote import RemoteStop, reported, worker_timeout
 from orchard.executors.task import WorkerTask, run_worker
 from orchard.executors.threads import StopRequest
 from orchard.interruption import STOP_TIMEOUT, deferred, stop_workers
 from orchard.leases import give_back
+from orchard.recording import exhausted_note
 from orchard.resources import token_of
 from orchard.storages.base import BaseStorage
 from orchard.trial import Trial, TrialStatus
@@ -144,6 +145,13 @@ class Fleet:
                 remote.close(loops_ended=all(future.done() for future in self._futures) and not self._unreached)
             if local is not None:
                 local.close()
+
+    def say_if_exhausted(self, name: str, max_trials: int | None) -> None:
+        """Log, once for the run, that a loop stopped because its algorithm had no new point to suggest."""
+        reasons = {future.result().reason for future in self._futures
+                   if future.done() and not future.cancelled() and future.exception() is None}
+        if StopReason.EXHAUSTED in reasons:
+            log.log(*exhausted_note(self.storage, self.experiment_id, name, max_trials))
 
     def _attempts(self) -> dict[str, int] | None:
         """Each trial's attempts now (``None``: the storage cannot tell)."""
