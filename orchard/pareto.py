@@ -12,6 +12,7 @@ feasibility comes from the experiment's ``constraints`` and any reported
 from __future__ import annotations
 
 import itertools
+import logging
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
@@ -21,6 +22,8 @@ from orchard.errors import ConfigurationError, HypervolumeError
 from orchard.objectives import HYPERVOLUME_OBJECTIVES, first_front, hypervolume, minimized, reference_point
 from orchard.report import shown
 from orchard.trial import Trial, TrialStatus, finite_float
+
+log = logging.getLogger(__name__)
 
 __all__ = ["best_of", "front_hypervolume", "infeasible", "pareto_front", "reported", "scored"]
 
@@ -137,9 +140,16 @@ def front_hypervolume(
     else:
         return 0.0, ()
     try:
-        return hypervolume([vector for _, vector, _ in rows], point), point
+        volume = hypervolume([vector for _, vector, _ in rows], point)
     except ValueError as err:  # a volume beyond the largest float: the message says what to do
         raise HypervolumeError(f"{experiment}: {err}") from None
+    if reference is not None and rows and not any(all(v < r for v, r in zip(vector, point, strict=True))
+                                                  for _, vector, _ in rows):
+        given = ", ".join(f"{name}={value:.6g}" for name, value in _reference(reference, objectives).items())
+        log.warning("%s: no feasible completed trial is better than the reference point (%s) in every objective, "
+                    "so the hypervolume is 0.0; give a reference worse than the front in each objective (above it "
+                    "for a 'min' objective, below it for a 'max' one), or leave it out to derive one", experiment, given)
+    return volume, point
 
 
 def _reference(reference: Any, objectives: Mapping[str, str]) -> dict[str, float]:

@@ -108,6 +108,22 @@ def test_a_hypervolume_reference_that_is_not_one_number_per_objective_is_one_cle
         exp.hypervolume(reference=reference)  # type: ignore[arg-type]
 
 
+def test_a_hypervolume_reference_no_trial_beats_warns_naming_the_reference(caplog: pytest.LogCaptureFixture) -> None:
+    """A reference on the wrong side of the front (here: given as if "acc" were minimised) returned 0.0 without
+    a word; the volume is still 0.0, and a warning names the experiment and the reference as given."""
+    exp = orchard.build_experiment("unreached", space={"x": "uniform(0, 1)"}, storage="memory://", max_trials=4,
+                                   objectives={"err": "min", "acc": "max"}, seed=1)
+    exp.workon(lambda x: {"err": x, "acc": x}, executor="single", progress=False)
+    caplog.clear()
+    assert exp.hypervolume(reference=[2.0, 2.0]) == (0.0, (2.0, -2.0))
+    (said,) = [r for r in caplog.records if r.levelno == logging.WARNING]
+    assert said.getMessage().startswith(
+        "experiment 'unreached': no feasible completed trial is better than the reference point (err=2, acc=2) "
+        "in every objective, so the hypervolume is 0.0")
+    caplog.clear()
+    assert exp.hypervolume(reference=[2.0, -1.0])[0] > 0 and not caplog.records  # a reachable one: no warning
+
+
 def test_the_hypervolume_of_four_objectives_is_an_orchard_error_naming_the_experiment() -> None:
     """exp.hypervolume() with 4 objectives raised a plain ValueError naming no experiment nor what to do."""
     exp = orchard.build_experiment("four", space={"x": "uniform(0, 1)"}, storage="memory://", max_trials=3,
