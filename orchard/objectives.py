@@ -1,4 +1,4 @@
-"""Several objectives: declaring them, ranking points by Pareto dominance, hypervolume.
+"""Several objectives: declaring them, ranking points by Pareto dominance (hypervolume: :mod:`orchard.hypervolume`).
 
 Everything here is pure arithmetic on tuples of floats. Objective vectors are
 always in *minimisation form*: an objective declared ``"max"`` is negated by
@@ -14,12 +14,12 @@ from __future__ import annotations
 import bisect
 import dataclasses
 import math
-import sys
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 from orchard.constraints import REPORTED_KEY
 from orchard.errors import ConfigurationError
+from orchard.hypervolume import HYPERVOLUME_OBJECTIVES, hypervolume, reference_point
 from orchard.trial import finite_float
 
 __all__ = [
@@ -46,10 +46,6 @@ DIRECTIONS = ("min", "max")
 DIRECTION_ALIASES = {"minimize": "min", "maximize": "max"}
 #: An objective vector in minimisation form.
 Vector = Sequence[float]
-#: The most objectives :func:`hypervolume` measures (exactly, by slicing).
-HYPERVOLUME_OBJECTIVES = 3
-#: Share of the observed range added beyond the worst value to derive a reference point.
-REFERENCE_MARGIN = 0.1
 #: Rows of the pairwise comparison computed at once by :func:`non_dominated_sort` (bounds its memory).
 _BLOCK = 512
 
@@ -278,129 +274,6 @@ def crowding_distance(points: Sequence[Vector]) -> list[float]:
         for k in range(1, n - 1):
             distance[order[k]] += (points[order[k + 1]][m] - points[order[k - 1]][m]) / (high - low)
     return distance
-
-
-def reference_point(points: Sequence[Vector]) -> tuple[float, ...]:
-    """A reference point derived from ``points``: the worst value of each objective plus 10 % of its range.
-
-    A zero range (one point, or one value) takes a margin of 10 % of the value's
-    magnitude, or 1.0 at zero, so the points always contribute a positive volume.
-    The range of values at both ends of the float range (-1e308 and 1e308) is
-    taken without overflowing, and a reference beyond the largest float is capped
-    at it, so the reference is always finite.
-
-    Raises:
-        ValueError: ``points`` is empty.
-    """
-    if not points:
-        raise ValueError("no points to derive a reference point from")
-    reference = []
-    for column in zip(*points, strict=True):
-        worst, best = max(column), min(column)
-        span = worst - best
-        if math.isinf(span):  # worst - best overflows; half of each does not
-            margin = 2 * REFERENCE_MARGIN * (worst / 2 - best / 2)
-        else:
-            margin = REFERENCE_MARGIN * (span or abs(worst) or 1.0)
-        reference.append(min(worst + margin, sys.float_info.max))
-    return tuple(reference)
-
-
-def hypervolume(points: Sequence[Vector], reference: Vector) -> float:
-    """The exact volume dominated by ``points`` and bounded by ``reference`` (minimisation form).
-
-    Points not strictly better than ``reference`` in every objective add nothing.
-    Exact for one, two and three objectives (three by slicing along the last one).
-    Finite values anywhere in the float range are measured without overflow: when a
-    difference or a product would pass the largest float (points near ±1e308), each
-    objective is scaled by a power of two, which is exact.
-
-    Raises:
-        ValueError: more than three objectives, a point whose length differs from
-            ``reference``'s, a value that is not finite, or a volume beyond the largest
-            float (about 1.8e308).
-    """
-    dims = len(reference)
-    if dims > HYPERVOLUME_OBJECTIVES:
-        raise ValueError(f"exact hypervolume is implemented for up to 3 objectives, got {dims}")
-    if any(len(p) != dims for p in points):
-        raise ValueError("every point must have as many objectives as the reference point")
-    if not all(math.isfinite(x) for x in (*reference, *(x for p in points for x in p))):
-        raise ValueError("a hypervolume needs finite objective values and a finite reference point")
-    inside = [tuple(p) for p in points if all(x < r for x, r in zip(p, reference, strict=True))]
-    if not inside:
-        return 0.0
-    # dominated points add nothing and are skipped as they come (a pairwise sort of 10,000 first took 7 s)
-    volume = _volume(inside, tuple(reference))
-    if math.isfinite(volume):
-        return volume
-    exponents = [math.frexp(max(abs(x) for x in column))[1] for column in zip(reference, *inside, strict=True)]
-    scaled = [tuple(math.ldexp(x, -e) for x, e in zip(p, exponents, strict=True)) for p in inside]
-    within = _volume(scaled, tuple(math.ldexp(r, -e) for r, e in zip(reference, exponents, strict=True)))
-    try:
-        return math.ldexp(within, sum(exponents))
-    except OverflowError:
-        raise ValueError(
-            f"the hypervolume is about 2**{math.frexp(within)[1] + sum(exponents)}, beyond the largest float "
-            "(about 1.8e308): the objectives span too wide a range; give a reference point closer to "
-            "the front, or report the objectives on a smaller scale (a logarithm)") from None
-
-
-def _volume(inside: Sequence[Vector], reference: Vector) -> float:
-    """The volume of ``inside`` (each point strictly better than ``reference``); may overflow to infinity."""
-    if len(reference) == 1:
-        return reference[0] - min(p[0] for p in inside)
-    if len(reference) == 2:
-        return _area(inside, reference[0], reference[1])
-    volume, staircase = 0.0, _Staircase(reference[0], reference[1])
-    ordered = sorted(inside, key=lambda p: p[2])
-    for k, point in enumerate(ordered):
-        staircase.add(point[0], point[1])
-        top = ordered[k + 1][2] if k + 1 < len(ordered) else reference[2]
-        if top > point[2] and staircase.area > 0:  # no 0 · inf: an overflow is rescaled by the caller
-            volume += (top - point[2]) * staircase.area
-    return volume
-
-
-class _Staircase:
-    """The 2-D front of the points added so far (x ascending, y descending) and the area it dominates.
-
-    Each point updates the area by what it adds, so slicing three objectives along the third costs
-    ``n log n`` plus list moves, not a sort of every slice: re-sorting each slice made the hypervolume
-    of a 1,000-point front take 0.3 s and ``orchard plot hypervolume`` of 1,000 trials 99 s.
-    """
-
-    def __init__(self, ref_x: float, ref_y: float) -> None:
-        self.ref_x, self.ref_y = ref_x, ref_y
-        self.xs: list[float] = []
-        self.ys: list[float] = []
-        self.area = 0.0
-
-    def add(self, x: float, y: float) -> None:
-        """Add the point ``(x, y)`` (strictly inside the reference), unless a point already dominates it."""
-        at = bisect.bisect_left(self.xs, x)  # points before ``at`` have a smaller x
-        if (at > 0 and self.ys[at - 1] <= y) or (at < len(self.xs) and self.xs[at] == x and self.ys[at] <= y):
-            return
-        end, height, left = at, self.ys[at - 1] if at > 0 else self.ref_y, x
-        while end < len(self.xs) and self.ys[end] >= y:  # dominated by the new point: its area is re-counted
-            self._strip(self.xs[end] - left, height - y)
-            left, height = self.xs[end], self.ys[end]
-            end += 1
-        self._strip((self.xs[end] if end < len(self.xs) else self.ref_x) - left, height - y)
-        self.xs[at:end], self.ys[at:end] = [x], [y]
-
-    def _strip(self, width: float, height: float) -> None:
-        if width > 0 and height > 0:
-            self.area += width * height
-
-
-def _area(points: Sequence[Vector], ref_x: float, ref_y: float) -> float:
-    area, lowest_y = 0.0, ref_y
-    for x, y in sorted((p[0], p[1]) for p in points):
-        if y < lowest_y:
-            area += (ref_x - x) * (lowest_y - y)
-            lowest_y = y
-    return area
 
 
 @dataclasses.dataclass(frozen=True)
