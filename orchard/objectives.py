@@ -34,6 +34,7 @@ __all__ = [
     "minimized",
     "named_values",
     "non_dominated_sort",
+    "pairwise_fronts",
     "normalize_objectives",
     "reference_point",
     "returned",
@@ -141,9 +142,9 @@ def dominates(a: Vector, b: Vector) -> bool:
 def non_dominated_sort(points: Sequence[Vector], violations: Sequence[float] | None = None) -> list[list[int]]:
     """Split ``points`` into fronts under constrained domination (fast non-dominated sort).
 
-    The pairwise comparisons are made by numpy, a block of rows at a time (a
-    thousand points take milliseconds, not the second that comparing pairs one
-    by one in Python takes).
+    Two or three objectives without constraints are sorted in ``n log n`` / ``n log² n``
+    (:func:`_two_objective_fronts`, :func:`_three_objective_fronts`); otherwise every pair is
+    compared by numpy, a block of rows at a time (:func:`pairwise_fronts`).
 
     Args:
         points: objective vectors in minimisation form.
@@ -153,13 +154,25 @@ def non_dominated_sort(points: Sequence[Vector], violations: Sequence[float] | N
     Returns:
         Fronts of indices into ``points``, best first; each front keeps index order.
     """
-    import numpy as np  # not at the top: `orchard list` needs no numpy (0.15 s)
-
     n = len(points)
     if n == 0:
         return []
     if len(points[0]) == 2 and (violations is None or max(violations) <= 0):
         return _two_objective_fronts([(float(p[0]), float(p[1])) for p in points])
+    if len(points[0]) == 3 and (violations is None or max(violations) <= 0):
+        triples = [(float(p[0]), float(p[1]), float(p[2])) for p in points]
+        if all(math.isfinite(x) for p in triples for x in p):  # NaN has no order to sort by
+            return _three_objective_fronts(triples)
+    return pairwise_fronts(points, violations)
+
+
+def pairwise_fronts(points: Sequence[Vector], violations: Sequence[float] | None = None) -> list[list[int]]:
+    """:func:`non_dominated_sort` by comparing every pair (numpy): any number of objectives, and constraints."""
+    import numpy as np  # not at the top: `orchard list` needs no numpy (0.15 s)
+
+    n = len(points)
+    if n == 0:
+        return []
     values = np.asarray(points, dtype=float).reshape(n, -1)
     violation = np.zeros(n) if violations is None else np.maximum(np.asarray(violations, dtype=float), 0.0)
     feasible = violation <= 0
@@ -201,6 +214,41 @@ def _two_objective_fronts(points: list[tuple[float, float]]) -> list[list[int]]:
                 lowest[placed] = points[i][1]
         front_of[i] = placed
     fronts: list[list[int]] = [[] for _ in lowest]
+    for i, number in enumerate(front_of):
+        fronts[number].append(i)
+    return fronts
+
+
+def _three_objective_fronts(points: list[tuple[float, float, float]]) -> list[list[int]]:
+    """:func:`non_dominated_sort` of feasible points of three objectives, in ``n log² n`` (plus list moves).
+
+    In lexicographic order, whatever dominates a point comes before it; an earlier point dominates it when it
+    is as good on the last two objectives, which each front's staircase on those two answers. A front that
+    dominates the point is preceded by fronts that do too, so the point's front (the first that does not) is
+    found by bisection. Comparing every pair cost 100 MB and seconds for 10,000 points.
+    """
+    stairs: list[tuple[list[float], list[float]]] = []  # per front: the last two objectives, y up and z down
+    front_of = [0] * len(points)
+    previous, placed = None, -1
+    for i in sorted(range(len(points)), key=points.__getitem__):
+        if points[i] != previous:  # an identical point shares its twin's front
+            _, y, z = points[i]
+            low, high = 0, len(stairs)
+            while low < high:
+                middle = (low + high) // 2
+                ys, zs = stairs[middle]
+                at = bisect.bisect_right(ys, y)
+                low, high = (middle + 1, high) if at > 0 and zs[at - 1] <= z else (low, middle)
+            previous, placed = points[i], low
+            if placed == len(stairs):
+                stairs.append(([], []))
+            ys, zs = stairs[placed]
+            start = end = bisect.bisect_left(ys, y)
+            while end < len(ys) and zs[end] >= z:  # now dominated on the last two
+                end += 1
+            ys[start:end], zs[start:end] = [y], [z]
+        front_of[i] = placed
+    fronts: list[list[int]] = [[] for _ in stairs]
     for i, number in enumerate(front_of):
         fronts[number].append(i)
     return fronts
