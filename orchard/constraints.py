@@ -16,7 +16,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from typing import Any
 
 from orchard.errors import ConfigurationError
@@ -31,6 +31,7 @@ __all__ = [
     "parse_constraint",
     "reported_problem",
     "unrecorded",
+    "unusable_hint",
 ]
 
 #: The results key of a reported list of constraint values (each ``<= 0``: satisfied).
@@ -197,6 +198,22 @@ def _unusable(constraint: Constraint, value: Any) -> str:
         return f"the trial did not report metric {constraint.metric!r} named by constraint '{constraint}'"
     return (f"the trial reported metric {constraint.metric!r} as {value!r:.40}, not a finite number, so "
             f"constraint '{constraint}' cannot hold")
+
+
+def unusable_hint(results: Mapping[str, Any], metrics: Collection[str]) -> str:
+    """What to do about constraint ``metrics`` that ``results`` left unusable: absent, or no finite number.
+
+    Said once per metric (see :meth:`orchard.worker.Worker.finish`). A NaN metric was told "return each
+    metric a constraint names", which it had: a diverged run's NaN is a value, and the remedy differs.
+    """
+    absent = [m for m in metrics if results.get(m) is None]
+    hints = [] if not absent else ["constraints read the results the objective returns, not its params: "
+                                   "return each metric a constraint names"]
+    if len(absent) < len(metrics):
+        hints.append("a metric that is no finite number (a diverged run's NaN, a text) keeps the trial "
+                     "infeasible: return a finite number, or break the trial instead: raise, or exit "
+                     "non-zero from a script")
+    return f" ({'; '.join(hints)})"
 
 
 def unrecorded(results: Mapping[str, Any], constraints: Sequence[str] | None) -> list[str]:

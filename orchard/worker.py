@@ -29,7 +29,7 @@ from orchard.algorithms import make_algorithm
 from orchard.algorithms.base import BaseAlgorithm
 from orchard.clock import SYSTEM_CLOCK, Clock
 from orchard.collector import fewer_collections
-from orchard.constraints import feasibility
+from orchard.constraints import feasibility, unusable_hint
 from orchard.errors import (BudgetExhaustedError, DuplicateTrialError, ExecutorError, ExperimentBrokenError,
                             Interrupted, ReservationLostError, StopReason, StorageUnavailableError,
                             WorkerStoppedError)
@@ -455,8 +455,7 @@ class Worker:
                 unreported = set(standing.missing) - self._unreported  # a mistake, not a finding: said once
                 self._unreported |= unreported
                 log.log(logging.WARNING if unreported else logging.INFO, "trial %s is infeasible: %s%s", trial_id,
-                        "; ".join(standing.reasons), " (constraints read the results the objective returns, "
-                        "not its params: return each metric a constraint names)" if unreported else "")
+                        "; ".join(standing.reasons), unusable_hint(outcome.results, unreported) if unreported else "")
         if outcome.pruned is not None and trial_id not in self.judge.reported:
             return Outcome.failure(
                 "TrialPruned", "the objective raised TrialPruned before reporting any value; call "

@@ -169,6 +169,10 @@ def test_a_constraint_metric_reported_as_no_finite_number_is_named_as_such_not_a
     said = [r.getMessage() for r in caplog.records if "is infeasible" in r.getMessage()]
     assert said and f"reported metric 'memory_gb' as {value!r}, not a finite number" in said[0]
     assert "did not report" not in said[0]
+    # its hint said "return each metric a constraint names", which the objective had done
+    assert "return each metric" not in said[0] and said[0].endswith(
+        "(a metric that is no finite number (a diverged run's NaN, a text) keeps the trial infeasible: return a "
+        "finite number, or break the trial instead: raise, or exit non-zero from a script)")
     assert exp.best_trial is None and len(exp.fetch_trials([TrialStatus.COMPLETED])) == 2
 
 
