@@ -31,7 +31,7 @@ from orchard.interruption import interruptible
 from orchard.joining import join_experiment, patiently
 from orchard.monitor import ProgressMonitor
 from orchard.naming import check_experiment_name
-from orchard.objective import Outcome, check_objective, interpret_result
+from orchard.objective import Outcome, check_objective
 from orchard.objectives import normalize_objectives
 from orchard.pareto import best_of, front_hypervolume, pareto_front
 from orchard.pruners import check_pruner, normalize_pruner_config
@@ -364,12 +364,13 @@ class Experiment:
         """
         return suggested(self._client_worker())
 
-    def observe(self, trial: Trial, result: float | Mapping[str, Any] | BaseException) -> Trial:
+    def observe(self, trial: Trial,
+                result: float | Mapping[str, Any] | BaseException | type[BaseException]) -> Trial:
         """Record the result of a trial from :meth:`suggest` (any handle's in this process); a non-number breaks it.
 
         A trial whose last :meth:`report` got a "prune" verdict is recorded ``pruned``
-        whatever ``result`` says; pass a :class:`~orchard.TrialPruned` (or Optuna's) to prune it on your
-        own decision (after at least one report); any other exception breaks it, as if the objective raised it.
+        whatever ``result`` says; pass a :class:`~orchard.TrialPruned` (or Optuna's, or the class) to prune it
+        on your own decision (after a report); any other exception breaks it, as if the objective raised it.
 
         Returns:
             The stored trial, ``completed``, ``pruned`` or ``broken``.
@@ -378,8 +379,7 @@ class Experiment:
             ReservationLostError: the reservation was lost (heartbeat stale).
             ExperimentError: ``trial`` is another experiment's (so is refused by ``report`` and ``release``).
         """
-        outcome = Outcome.from_exception(result) if isinstance(result, BaseException) else interpret_result(result)
-        return self._client_worker(trial, ending=True).finish(trial, outcome)
+        return self._client_worker(trial, ending=True).finish(trial, Outcome.told(result))
 
     def report(self, trial: Trial, value: float | Mapping[str, float], step: int) -> None:
         """Store an intermediate ``value`` at ``step`` on a trial from :meth:`suggest`, and judge it.

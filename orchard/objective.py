@@ -104,6 +104,15 @@ class Outcome:
         return cls(pruned={"pruner": "objective", "reason": "the objective raised TrialPruned", "prune": True})
 
     @classmethod
+    def told(cls, result: Any) -> Outcome:
+        """What ``observe(trial, result)`` records: a number or a mapping as an objective's return; an
+        exception, or its class (``observe(trial, optuna.TrialPruned)``, as ``raise`` takes it), as if the
+        objective raised it."""
+        if isinstance(result, type) and issubclass(result, BaseException):
+            return cls.pruned_by_objective() if is_prune_signal(result) else cls.failure(result.__name__, "")
+        return cls.from_exception(result) if isinstance(result, BaseException) else interpret_result(result)
+
+    @classmethod
     def failure(cls, type_: str, message: str, **details: Any) -> Outcome:
         """An outcome that marks the trial broken with ``type_`` and ``message``."""
         return cls(error={"type": type_, "message": message, **details})
@@ -126,10 +135,12 @@ class Outcome:
         return cls.failure(type(err).__name__, message[:_MESSAGE_LIMIT], traceback=tail[-2000:])
 
 
-def is_prune_signal(err: BaseException) -> bool:
-    """Whether ``err`` asks to prune its trial: Orchard's ``TrialPruned`` or Optuna's (by name, Optuna unimported)."""
-    return isinstance(err, TrialPruned) or any(
-        c.__name__ == "TrialPruned" and c.__module__.partition(".")[0] == "optuna" for c in type(err).__mro__)
+def is_prune_signal(err: BaseException | type[BaseException]) -> bool:
+    """Whether ``err`` (or an exception of that class) asks to prune its trial: Orchard's ``TrialPruned`` or
+    Optuna's (known by name, so Optuna need not be imported)."""
+    kind = err if isinstance(err, type) else type(err)
+    return issubclass(kind, TrialPruned) or any(
+        c.__name__ == "TrialPruned" and c.__module__.partition(".")[0] == "optuna" for c in kind.__mro__)
 
 
 class TrialEvaluator(abc.ABC):

@@ -96,11 +96,15 @@ def test_observe_with_optunas_trial_pruned_prunes_the_trial() -> None:
     "objective must be a number, got TrialPruned"; another exception passed to observe now breaks the trial
     with its own type and message."""
     optuna = pytest.importorskip("optuna")
-    exp = orchard.build_experiment("p-optuna-tell", space=SPACE, max_trials=3, storage="memory://")
+    exp = orchard.build_experiment("p-optuna-tell", space=SPACE, max_trials=5, storage="memory://")
     trial = exp.suggest()
     exp.report(trial, 0.7, 1)
     stored = exp.observe(trial, optuna.TrialPruned("hopeless"))
     assert stored.status is TrialStatus.PRUNED and stored.objective == 0.7
+    for signal in (optuna.TrialPruned, orchard.TrialPruned):  # the class, as `raise optuna.TrialPruned` takes it
+        trial = exp.suggest()
+        exp.report(trial, 0.6, 1)
+        assert exp.observe(trial, signal).status is TrialStatus.PRUNED
     other = exp.suggest()
     broken = exp.observe(other, ValueError("loss went NaN"))
     assert broken.status is TrialStatus.BROKEN
