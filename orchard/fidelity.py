@@ -219,7 +219,8 @@ def _rungs(low: float, high: float, base: float, integral: bool) -> tuple[Scalar
             value = math.inf
         if value >= high * (1 - 1e-9):
             return (*values, high) if not values or values[-1] != high else tuple(values)
-        rung = round(value) if integral else float(f"{value:.12g}")  # 0.1 * 3 is 0.3, not 0.30000000000000004
+        tidy = float(f"{value:.12g}")  # 0.1 * 3 is 0.3, not 0.30000000000000004; low stays as given
+        rung = round(value) if integral else tidy if k and low < tidy else float(value)
         if not values or rung != values[-1]:
             values.append(rung)
         k += 1

@@ -54,6 +54,7 @@ def asha(**options: Any) -> Asha:
         ("fidelity(2, 16, base=2)", (2, 4, 8, 16)),
         ("fidelity(0.5, 4.0, base=2)", (0.5, 1.0, 2.0, 4.0)),
         ("fidelity(0.1, 0.9, base=3)", (0.1, 0.3, 0.9)),  # not 0.30000000000000004
+        ("fidelity(0.1234567890123, 1.0)", (0.1234567890123, 0.370370367037, 1.0)),  # low is kept whole
         ("fidelity(0.01, 1.0, base=1.1)", tuple(float(f"{0.01 * 1.1**k:.12g}") for k in range(49)) + (1.0,)),
         ("fidelity(1, 10, base=1.5)", (1, 2, 3, 5, 8, 10)),  # 1.5 and 2.25 both round to 2: one rung
         ("fidelity(1, 9, base=9)", (1, 9)),
@@ -165,6 +166,16 @@ def test_promotes_the_best_of_a_rung_once_it_has_eta_results() -> None:
     assert algo.suggest(three, []) == [{"x": 0.2, "epochs": 3}]
     assert algo.parent_of({"x": 0.2, "epochs": 3}) == {"x": 0.2, "epochs": 1}
     assert algo.parent_of({"x": 0.2, "epochs": 1}) is None
+
+
+def test_a_float_fidelity_whose_low_has_more_than_12_digits_runs_at_low() -> None:
+    """Rounding every rung to 12 digits made the lowest rung of fidelity(0.1234567890123, 1.0) fall below low,
+    outside the space: asha's first suggestion stopped the worker with an AlgorithmError."""
+    exp = orchard.build_experiment("long-low", space={"x": "uniform(0, 1)", "f": "fidelity(0.1234567890123, 1.0)"},
+                                   algorithm={"asha": {"sampler": "random"}}, max_trials=6, storage="memory://", seed=1)
+    exp.workon(lambda x, f: x / f, executor="single", progress=False)
+    assert {t.status for t in exp.fetch_trials()} == {TrialStatus.COMPLETED}
+    assert min(t.params["f"] for t in exp.fetch_trials()) == 0.1234567890123
 
 
 def test_a_promotion_stored_before_float_rungs_were_rounded_is_not_made_again() -> None:
