@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import inspect
 import logging
+import math
 from collections.abc import Mapping
 from typing import Any
 
@@ -132,13 +133,33 @@ class Suggester:
             parent_id = trial_id(experiment_id, parent) if isinstance(parent, Mapping) else None
         except OrchardError:  # params no trial can have
             parent_id = None
-        if parent_id is not None and parent_id not in history.trials and parent in history.seen:
-            return None  # a warm start's trial promoted: its parent is another experiment's, evidence only
+        if parent_id is not None and parent_id not in history.trials:
+            if parent in history.seen:
+                return None  # a warm start's trial promoted: its parent is another experiment's, evidence only
+            parent_id = self._unrounded(parent, history) or parent_id
         if parent_id is None or parent_id not in history.trials:
             what = "which is no trial of the experiment" if parent_id else "not the params of a trial"
             raise AlgorithmError(f"algorithm {self.name!r} named {shown(parent)} as the parent of point "
                                  f"{shown(dict(params))}, {what}; {_CHECK_IT}")
         return parent_id
+
+    def _unrounded(self, parent: Mapping[str, Any], history: History) -> str | None:
+        """The id of the trial stored at ``parent`` with its fidelity unrounded, if there is one.
+
+        Float rungs were stored as ``low·base^k`` (0.30000000000000004) before they were rounded (0.3): the
+        first promotion from such a rung named a parent no trial had, and stopped the worker.
+        """
+        found = self.space.fidelity
+        value = parent.get(found[0]) if found is not None else None
+        if found is None or not isinstance(value, float):
+            return None
+        name = found[0]
+        for trial in history.trials.values():
+            stored = trial.params.get(name)
+            if isinstance(stored, float) and math.isclose(stored, value, rel_tol=1e-9) and len(trial.params) == len(
+                    parent) and all(trial.params.get(k) == v for k, v in parent.items() if k != name):
+                return trial.id
+        return None
 
     def repeating(self, params: Mapping[str, Any], times: int) -> AlgorithmError:
         """The error for an algorithm that suggested ``times`` points in a row the experiment holds."""

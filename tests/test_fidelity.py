@@ -189,6 +189,26 @@ def test_a_promotion_stored_before_float_rungs_were_rounded_is_not_made_again() 
     assert params["f"] == 0.1 and params["x"] not in (0.1, 0.2, 0.3)
 
 
+def test_an_experiment_resumed_after_float_rungs_were_rounded_promotes_from_its_old_rung() -> None:
+    """Trials stored at 0.30000000000000004 (0.1 * 3) before rungs were rounded: promoting one to 0.9 named the
+    parent {'f': 0.3}, which no trial had, and the AlgorithmError stopped the worker; nothing is promoted twice."""
+    exp = orchard.build_experiment("resumed", space={"x": "uniform(0, 1)", "f": "fidelity(0.1, 0.9, base=3)"},
+                                   algorithm={"asha": {"sampler": "random", "rule": "promotion"}}, max_trials=30,
+                                   storage="memory://", seed=1)
+    for x, f, y in [*((i / 10, 0.1, y) for i, y in enumerate([5, 1, 3, 4, 6, 7, 8, 9, 2], start=1)),
+                    (0.2, 0.1 * 3, 0.5), (0.9, 0.1 * 3, 0.7), (0.3, 0.1 * 3, 0.9)]:
+        trial = exp.storage.register_trial(exp.id, {"x": x, "f": f}, worker="host:1:a")
+        exp.storage.complete_trial(trial.id, "host:1:a", float(y))
+    exp.workon(lambda x, f: x / f, executor="single", progress=False)
+    trials = exp.fetch_trials()
+    assert len(trials) == 30 and {t.status for t in trials} == {TrialStatus.COMPLETED}
+    old = {t.id: t for t in trials if t.params["f"] == 0.1 * 3}
+    promoted = [t for t in trials if t.params["f"] == 0.9 and t.parent in old]
+    assert promoted and all(t.params["x"] == old[t.parent].params["x"] for t in promoted)
+    middle = [t.params["x"] for t in trials if math.isclose(t.params["f"], 0.3)]
+    assert len(middle) == len(set(middle))  # none promoted to 0.3 again
+
+
 def test_a_pending_promotion_counts_as_promoted() -> None:
     algo = asha()
     three = [obs(0.1, 1, 5.0), obs(0.2, 1, 1.0), obs(0.3, 1, 3.0)]
