@@ -1344,17 +1344,6 @@ def test_an_objective_name_that_is_no_utf_8_is_refused_before_anything_is_stored
     assert orchard.get_storage(mongo_db_uri).list_experiments() == []
 
 
-def test_hunt_on_a_space_smaller_than_the_budget_says_once_that_it_is_exhausted(
-        workdir: Path, capsys: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture) -> None:
-    """hunt printed why it ran short, workon said nothing; now both say it once, the same way, in a warning."""
-    command = [sys.executable, "train.py", "--x~choices([0.1, 0.5])", "--y~choices([0.2])"]
-    assert hunt("small", "--max-trials", "5", "--n-workers", "2", "--executor", "thread", command=command) == 0
-    said = [r.getMessage() for r in caplog.records if "exhausted" in r.getMessage()]
-    assert said == ["experiment 'small': the space is exhausted after 2 distinct points; 3 of the 5 trials of the "
-                    "budget not run (a space of choices, integers or a grid holds fewer points than max_trials)"]
-    assert "not run" not in capsys.readouterr().out
-
-
 def test_insert_into_an_experiment_stopped_by_broken_trials_says_how_to_raise_max_broken_here(
         workdir: Path, capsys: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture) -> None:
     """The warning gave the remedy in Python only (orchard.build_experiment('e', max_broken=2))."""
