@@ -19,7 +19,8 @@ from typing import Any
 
 from orchard.constraints import feasibility
 from orchard.errors import ConfigurationError, HypervolumeError
-from orchard.objectives import HYPERVOLUME_OBJECTIVES, first_front, hypervolume, minimized, reference_point
+from orchard.objectives import (HYPERVOLUME_OBJECTIVES, first_front, hypervolume, minimized, reference_point,
+                                returned)
 from orchard.report import shown
 from orchard.trial import Trial, TrialStatus, finite_float
 
@@ -145,7 +146,7 @@ def front_hypervolume(
         raise HypervolumeError(f"{experiment}: {err}") from None
     if reference is not None and rows and not any(all(v < r for v, r in zip(vector, point, strict=True))
                                                   for _, vector, _ in rows):
-        given = ", ".join(f"{name}={value:.6g}" for name, value in _reference(reference, objectives).items())
+        given = ", ".join(f"{name}={value:.6g}" for name, value in zip(objectives, returned(point, objectives)))
         log.warning("%s: no feasible completed trial is better than the reference point (%s) in every objective, "
                     "so the hypervolume is 0.0; give a reference worse than the front in each objective (above it "
                     "for a 'min' objective, below it for a 'max' one), or leave it out to derive one", experiment, given)

@@ -121,6 +121,9 @@ def test_a_hypervolume_reference_no_trial_beats_warns_naming_the_reference(caplo
         "experiment 'unreached': no feasible completed trial is better than the reference point (err=2, acc=2) "
         "in every objective, so the hypervolume is 0.0")
     caplog.clear()
+    assert exp.hypervolume(reference=(v for v in (2.0, 2.0)))[0] == 0.0  # read once, as any reference
+    assert "reference point (err=2, acc=2)" in caplog.text
+    caplog.clear()
     assert exp.hypervolume(reference=[2.0, -1.0])[0] > 0 and not caplog.records  # a reachable one: no warning
 
 
