@@ -207,8 +207,8 @@ def unusable_hint(results: Mapping[str, Any], metrics: Collection[str]) -> str:
     metric a constraint names", which it had: a diverged run's NaN is a value, and the remedy differs.
     """
     absent = [m for m in metrics if results.get(m) is None]
-    hints = [] if not absent else ["constraints read the results the objective returns, not its params: "
-                                   "return each metric a constraint names"]
+    hints = [] if not absent else [("constraints read the results the objective returns, not its params: "
+                                    "return each metric a constraint names")]
     if len(absent) < len(metrics):
         hints.append("a metric that is no finite number (a diverged run's NaN, a text) keeps the trial "
                      "infeasible: return a finite number, or break the trial instead: raise, or exit "

@@ -31,11 +31,12 @@ from orchard.interruption import interruptible
 from orchard.joining import join_experiment, patiently
 from orchard.monitor import ProgressMonitor
 from orchard.naming import check_experiment_name
-from orchard.objective import Outcome, check_objective
+from orchard.objective import Outcome, Told, check_objective
 from orchard.objectives import normalize_objectives
 from orchard.pareto import best_of, front_hypervolume, pareto_front
 from orchard.pruners import check_pruner, normalize_pruner_config
-from orchard.recording import budget_held, budget_to_give, finished, queue_trial, record_evaluation, warn_if_budget_met
+from orchard.recording import (budget_held, budget_to_give, finished, queue_trial, record_evaluation,
+                               warn_if_budget_met)
 from orchard.report import check_report
 from orchard.resources import assign_devices, parse_gpus, parse_memory
 from orchard.runner import ScriptRunner
@@ -323,7 +324,7 @@ class Experiment:
                         self.name, done, err)
         trials = self.fetch_trials()  # one read for the broken check and the stats
         self._raise_if_broken(trials)
-        fleet.say_if_exhausted(self.name, settings.max_trials)  # a space smaller than the budget: said, not silent
+        fleet.say_if_exhausted(self.name, settings.max_trials)  # a space smaller than the budget: said
         return self.stats_of(trials)
 
     def refresh(self) -> None:
@@ -364,8 +365,7 @@ class Experiment:
         """
         return suggested(self._client_worker())
 
-    def observe(self, trial: Trial,
-                result: float | Mapping[str, Any] | BaseException | type[BaseException]) -> Trial:
+    def observe(self, trial: Trial, result: Told) -> Trial:
         """Record the result of a trial from :meth:`suggest` (any handle's in this process); a non-number breaks it.
 
         A trial whose last :meth:`report` got a "prune" verdict is recorded ``pruned``

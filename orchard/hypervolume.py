@@ -78,7 +78,8 @@ def hypervolume(points: Sequence[Vector], reference: Vector) -> float:
     volume = _volume(inside, tuple(reference))
     if math.isfinite(volume):
         return volume
-    exponents = [math.frexp(max(abs(x) for x in column))[1] for column in zip(reference, *inside, strict=True)]
+    exponents = [math.frexp(max(abs(x) for x in column))[1]
+                 for column in zip(reference, *inside, strict=True)]
     scaled = [tuple(math.ldexp(x, -e) for x, e in zip(p, exponents, strict=True)) for p in inside]
     within = _volume(scaled, tuple(math.ldexp(r, -e) for r, e in zip(reference, exponents, strict=True)))
     try:
@@ -162,7 +163,7 @@ class GrowingHypervolume:
 
         self.reference = tuple(float(r) for r in reference)
         if not 1 <= len(self.reference) <= HYPERVOLUME_OBJECTIVES:
-            raise ValueError(f"exact hypervolume is implemented for 1 to 3 objectives, not {len(self.reference)}")
+            raise ValueError(f"exact hypervolume is implemented for 1 to 3 objectives, not {len(reference)}")
         self.volume = 0.0
         self._staircase = _Staircase(*self.reference[:2]) if len(self.reference) == 2 else None
         self._front = np.empty((0, len(self.reference)))  # the points added that no other point dominates
@@ -172,7 +173,7 @@ class GrowingHypervolume:
         """Add ``point`` (minimisation form) and return the volume; a point not strictly inside adds nothing.
 
         Raises:
-            ValueError: a value that is not finite, or a volume beyond the largest float (:func:`hypervolume`).
+            ValueError: a value that is not finite, or a volume beyond the largest float (see hypervolume).
         """
         import numpy as np
 

@@ -28,7 +28,7 @@ import shutil
 import tempfile
 import traceback
 from collections.abc import Callable, Iterable, Mapping
-from typing import Any
+from typing import Any, TypeAlias
 
 from orchard.constraints import reported_problem
 from orchard.current import CurrentTrial, current_trial, evaluating
@@ -48,6 +48,7 @@ __all__ = [
     "CurrentTrial",
     "ObjectiveEvaluator",
     "Outcome",
+    "Told",
     "TrialEvaluator",
     "call_objective",
     "check_objective",
@@ -60,6 +61,8 @@ __all__ = [
 
 #: Characters of an exception's message kept in a broken trial's error (the traceback tail is kept too).
 _MESSAGE_LIMIT = 10_000
+#: What ``observe(trial, result)`` takes (see :meth:`Outcome.told`).
+Told: TypeAlias = "float | Mapping[str, Any] | BaseException | type[BaseException]"
 #: How deep lists and dicts in results may nest: what every storage holds.
 MAX_RESULT_DEPTH = MAX_DEPTH
 #: How large a trial's results may be, as JSON: every worker reads every trial's results, and

@@ -1,4 +1,5 @@
-"""Several objectives: declaring them, ranking points by Pareto dominance (hypervolume: :mod:`orchard.hypervolume`).
+"""Several objectives: declaring them, ranking points by Pareto dominance (their hypervolume is in
+:mod:`orchard.hypervolume`).
 
 Everything here is pure arithmetic on tuples of floats. Objective vectors are
 always in *minimisation form*: an objective declared ``"max"`` is negated by
@@ -34,8 +35,8 @@ __all__ = [
     "minimized",
     "named_values",
     "non_dominated_sort",
-    "pairwise_fronts",
     "normalize_objectives",
+    "pairwise_fronts",
     "reference_point",
     "returned",
     "shown_value",
@@ -167,7 +168,7 @@ def non_dominated_sort(points: Sequence[Vector], violations: Sequence[float] | N
 
 
 def pairwise_fronts(points: Sequence[Vector], violations: Sequence[float] | None = None) -> list[list[int]]:
-    """:func:`non_dominated_sort` by comparing every pair (numpy): any number of objectives, and constraints."""
+    """:func:`non_dominated_sort` comparing every pair (numpy): any number of objectives, constraints too."""
     import numpy as np  # not at the top: `orchard list` needs no numpy (0.15 s)
 
     n = len(points)

@@ -146,10 +146,11 @@ def front_hypervolume(
         raise HypervolumeError(f"{experiment}: {err}") from None
     if reference is not None and rows and not any(all(v < r for v, r in zip(vector, point, strict=True))
                                                   for _, vector, _ in rows):
-        given = ", ".join(f"{name}={value:.6g}" for name, value in zip(objectives, returned(point, objectives)))
-        log.warning("%s: no feasible completed trial is better than the reference point (%s) in every objective, "
-                    "so the hypervolume is 0.0; give a reference worse than the front in each objective (above it "
-                    "for a 'min' objective, below it for a 'max' one), or leave it out to derive one", experiment, given)
+        given = ", ".join(f"{n}={v:.6g}" for n, v in zip(objectives, returned(point, objectives)))
+        log.warning("%s: no feasible completed trial is better than the reference point (%s) in every "
+                    "objective, so the hypervolume is 0.0; give a reference worse than the front in each "
+                    "objective (above it for a 'min' objective, below it for a 'max' one), or leave it out "
+                    "to derive one", experiment, given)
     return volume, point
 
 

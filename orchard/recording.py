@@ -284,7 +284,8 @@ def finished(storage: BaseStorage, experiment_id: str, settings: WorkerSettings)
     return None
 
 
-def exhausted_note(storage: BaseStorage, experiment_id: str, name: str, max_trials: int | None) -> tuple[int, str]:
+def exhausted_note(storage: BaseStorage, experiment_id: str, name: str,
+                   max_trials: int | None) -> tuple[int, str]:
     """The log level and line that say a run ended because the algorithm had no new point to suggest.
 
     A space of choices or integers, or a grid, smaller than ``max_trials`` ended ``workon`` without a word
@@ -296,5 +297,5 @@ def exhausted_note(storage: BaseStorage, experiment_id: str, name: str, max_tria
     used = _used(storage, experiment_id, counts)
     if max_trials is None or used >= max_trials:
         return logging.INFO, said
-    return logging.WARNING, (f"{said}; {max_trials - used} of the {max_trials} trials of the budget not run (a "
-                             "space of choices, integers or a grid holds fewer points than max_trials)")
+    return logging.WARNING, (f"{said}; {max_trials - used} of the {max_trials} trials of the budget not run "
+                             "(a space of choices, integers or a grid holds fewer points than max_trials)")

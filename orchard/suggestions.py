@@ -135,7 +135,7 @@ class Suggester:
             parent_id = None
         if parent_id is not None and parent_id not in history.trials:
             if parent in history.seen:
-                return None  # a warm start's trial promoted: its parent is another experiment's, evidence only
+                return None  # a warm start's trial promoted: its parent is another experiment's (evidence)
             parent_id = self._unrounded(parent, history) or parent_id
         if parent_id is None or parent_id not in history.trials:
             what = "which is no trial of the experiment" if parent_id else "not the params of a trial"
@@ -156,8 +156,9 @@ class Suggester:
         name = found[0]
         for trial in history.trials.values():
             stored = trial.params.get(name)
-            if isinstance(stored, float) and math.isclose(stored, value, rel_tol=1e-9) and len(trial.params) == len(
-                    parent) and all(trial.params.get(k) == v for k, v in parent.items() if k != name):
+            if isinstance(stored, float) and math.isclose(stored, value, rel_tol=1e-9) \
+                    and len(trial.params) == len(parent) \
+                    and all(trial.params.get(k) == v for k, v in parent.items() if k != name):
                 return trial.id
         return None
 

@@ -455,7 +455,8 @@ class Worker:
                 unreported = set(standing.missing) - self._unreported  # a mistake, not a finding: said once
                 self._unreported |= unreported
                 log.log(logging.WARNING if unreported else logging.INFO, "trial %s is infeasible: %s%s", trial_id,
-                        "; ".join(standing.reasons), unusable_hint(outcome.results, unreported) if unreported else "")
+                        "; ".join(standing.reasons),
+                        unusable_hint(outcome.results, unreported) if unreported else "")
         if outcome.pruned is not None and trial_id not in self.judge.reported:
             return Outcome.failure(
                 "TrialPruned", "the objective raised TrialPruned before reporting any value; call "

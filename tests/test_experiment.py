@@ -580,12 +580,14 @@ def test_workon_says_once_that_the_space_is_exhausted_and_how_much_of_the_budget
     said = [r for r in caplog.records if "exhausted" in r.getMessage()]
     assert [r.levelno for r in said] == [logging.WARNING]
     assert said[0].getMessage() == (
-        "experiment 'tiny': the space is exhausted after 4 distinct points; 6 of the 10 trials of the budget not "
-        "run (a space of choices, integers or a grid holds fewer points than max_trials)")
+        "experiment 'tiny': the space is exhausted after 4 distinct points; 6 of the 10 trials of the budget "
+        "not run (a space of choices, integers or a grid holds fewer points than max_trials)")
 
 
-def test_workon_on_a_space_exactly_as_large_as_the_budget_warns_of_nothing(caplog: pytest.LogCaptureFixture) -> None:
-    exp = orchard.build_experiment("fits", {"k": "randint(0, 4)"}, max_trials=4, storage=f"memory://{uuid.uuid4().hex}")
+def test_workon_on_a_space_exactly_as_large_as_the_budget_warns_of_nothing(
+        caplog: pytest.LogCaptureFixture) -> None:
+    exp = orchard.build_experiment("fits", {"k": "randint(0, 4)"}, max_trials=4,
+                                   storage=f"memory://{uuid.uuid4().hex}")
     with caplog.at_level(logging.WARNING):
         exp.workon(_choice, executor="single", progress=False)
     assert len(exp.fetch_trials()) == 4 and not caplog.records

@@ -171,18 +171,19 @@ def test_promotes_the_best_of_a_rung_once_it_has_eta_results() -> None:
 def test_a_float_fidelity_whose_low_has_more_than_12_digits_runs_at_low() -> None:
     """Rounding every rung to 12 digits made the lowest rung of fidelity(0.1234567890123, 1.0) fall below low,
     outside the space: asha's first suggestion stopped the worker with an AlgorithmError."""
-    exp = orchard.build_experiment("long-low", space={"x": "uniform(0, 1)", "f": "fidelity(0.1234567890123, 1.0)"},
-                                   algorithm={"asha": {"sampler": "random"}}, max_trials=6, storage="memory://", seed=1)
+    space = {"x": "uniform(0, 1)", "f": "fidelity(0.1234567890123, 1.0)"}
+    exp = orchard.build_experiment("long-low", space=space, algorithm={"asha": {"sampler": "random"}},
+                                   max_trials=6, storage="memory://", seed=1)
     exp.workon(lambda x, f: x / f, executor="single", progress=False)
     assert {t.status for t in exp.fetch_trials()} == {TrialStatus.COMPLETED}
     assert min(t.params["f"] for t in exp.fetch_trials()) == 0.1234567890123
 
 
 def test_a_promotion_stored_before_float_rungs_were_rounded_is_not_made_again() -> None:
-    """Trials stored at the rung 0.30000000000000004 (0.1 * 3, before rungs were rounded to 0.3) are on that
-    rung: the best of the lowest rung, already promoted there, is not promoted to 0.3 a second time."""
-    algo = make_algorithm({"asha": {"sampler": "random", "rule": "promotion"}},
-                          Space.from_config({"x": "uniform(0, 1)", "f": "fidelity(0.1, 0.9, base=3)"}), seed=0)
+    """Trials stored at the rung 0.30000000000000004 (0.1 * 3, before rungs were rounded to 0.3) are on
+    that rung: the best of the lowest rung, already promoted there, is not promoted to 0.3 a second time."""
+    space = Space.from_config({"x": "uniform(0, 1)", "f": "fidelity(0.1, 0.9, base=3)"})
+    algo = make_algorithm({"asha": {"sampler": "random", "rule": "promotion"}}, space, seed=0)
     low = [Observation({"x": x, "f": 0.1}, y) for x, y in [(0.1, 5.0), (0.2, 1.0), (0.3, 3.0)]]
     assert algo.suggest(low, []) == [{"x": 0.2, "f": 0.3}]
     (params,) = algo.suggest([*low, Observation({"x": 0.2, "f": 0.1 * 3}, 0.5)], [])
@@ -190,11 +191,12 @@ def test_a_promotion_stored_before_float_rungs_were_rounded_is_not_made_again() 
 
 
 def test_an_experiment_resumed_after_float_rungs_were_rounded_promotes_from_its_old_rung() -> None:
-    """Trials stored at 0.30000000000000004 (0.1 * 3) before rungs were rounded: promoting one to 0.9 named the
-    parent {'f': 0.3}, which no trial had, and the AlgorithmError stopped the worker; nothing is promoted twice."""
-    exp = orchard.build_experiment("resumed", space={"x": "uniform(0, 1)", "f": "fidelity(0.1, 0.9, base=3)"},
-                                   algorithm={"asha": {"sampler": "random", "rule": "promotion"}}, max_trials=30,
-                                   storage="memory://", seed=1)
+    """Trials stored at 0.30000000000000004 (0.1 * 3) before rungs were rounded: promoting one to 0.9 named
+    the parent {'f': 0.3}, which no trial had, and the AlgorithmError stopped the worker; nothing is promoted
+    twice."""
+    space = {"x": "uniform(0, 1)", "f": "fidelity(0.1, 0.9, base=3)"}
+    exp = orchard.build_experiment("resumed", space=space, max_trials=30, storage="memory://", seed=1,
+                                   algorithm={"asha": {"sampler": "random", "rule": "promotion"}})
     for x, f, y in [*((i / 10, 0.1, y) for i, y in enumerate([5, 1, 3, 4, 6, 7, 8, 9, 2], start=1)),
                     (0.2, 0.1 * 3, 0.5), (0.9, 0.1 * 3, 0.7), (0.3, 0.1 * 3, 0.9)]:
         trial = exp.storage.register_trial(exp.id, {"x": x, "f": f}, worker="host:1:a")

@@ -375,8 +375,9 @@ def test_a_hunt_that_runs_out_of_points_before_max_trials_says_so(
     out = capsys.readouterr().out
     assert "experiment 'e': 3 completed, 0 broken" in out and "not run" not in out, out
     said = [r.getMessage() for r in caplog.records if "exhausted" in r.getMessage()]
-    assert said == ["experiment 'e': the space is exhausted after 3 distinct points; 7 of the 10 trials of the "
-                    "budget not run (a space of choices, integers or a grid holds fewer points than max_trials)"]
+    assert said == [("experiment 'e': the space is exhausted after 3 distinct points; 7 of the 10 trials of "
+                     "the budget not run (a space of choices, integers or a grid holds fewer points than "
+                     "max_trials)")]
     caplog.clear()
     assert main(["hunt", "-n", "f", "--storage", "orchard.pkl", "--max-trials", "3", *command]) == 0
     assert "not run" not in caplog.text  # the budget was met

@@ -101,8 +101,8 @@ def _sphere_trials(count: int, dims: int, seed: int = 0) -> list[Trial]:
         if dims == 2:
             point = [math.cos(theta), math.sin(theta)]
         results = {f"f{i}": value for i, value in enumerate(point)}
-        made.append(Trial(id=f"{n:032x}", experiment="e", params={"x": float(n)}, status=TrialStatus.COMPLETED,
-                          objective=point[0], results=results, start_time=0.0, end_time=float(n)))
+        made.append(Trial(id=f"{n:032x}", experiment="e", params={"x": float(n)}, objective=point[0],
+                          status=TrialStatus.COMPLETED, results=results, start_time=0.0, end_time=float(n)))
     return made
 
 
@@ -120,21 +120,22 @@ def test_the_hypervolume_curve_of_3000_trials_on_the_front_takes_seconds_not_a_m
 
 @pytest.mark.parametrize("dims", [1, 2, 3])
 def test_the_hypervolume_curve_is_the_volume_of_each_prefix_of_the_trials(dims: int) -> None:
-    """Each point of the curve, updated by what a trial adds, is the volume measured on the trials so far: with
-    dominated points, ties, repeated points and points beyond the reference among them."""
+    """Each point of the curve, updated by what a trial adds, is the volume measured on the trials so far:
+    with dominated points, ties, repeated points and points beyond the reference among them."""
     rng = random.Random(dims)
     for _ in range(30):
         points = [tuple(float(rng.randint(0, 6)) for _ in range(dims)) for _ in range(rng.randint(1, 25))]
         reference = tuple(float(rng.choice([3, 5, 7])) for _ in range(dims))
         growing = GrowingHypervolume(reference)
         for k, point in enumerate(points, start=1):
-            assert growing.add(point) == pytest.approx(hypervolume(points[:k], reference), rel=1e-12, abs=1e-12)
+            measured = hypervolume(points[:k], reference)
+            assert growing.add(point) == pytest.approx(measured, rel=1e-12, abs=1e-12)
     trials = _sphere_trials(60, max(dims, 2), seed=dims)
     objectives = {f"f{i}": "min" for i in range(max(dims, 2))}
     fig = plotting.hypervolume(trials, "e", objectives)
-    exact = reference_point([tuple(t.results.values()) for t in trials])  # the figure's (its title shows 4 digits)
-    assert fig.volumes == pytest.approx(
-        [hypervolume([tuple(t.results.values()) for t in trials[:k]], exact) for k in range(1, 61)], rel=1e-12)
+    vectors = [tuple(t.results.values()) for t in trials]
+    exact = reference_point(vectors)  # the figure's (its title shows 4 digits)
+    assert fig.volumes == pytest.approx([hypervolume(vectors[:k], exact) for k in range(1, 61)], rel=1e-12)
 
 
 def test_hypervolume_counts_only_feasible_trials_in_completion_order() -> None:

@@ -101,10 +101,10 @@ def test_observe_with_optunas_trial_pruned_prunes_the_trial() -> None:
     exp.report(trial, 0.7, 1)
     stored = exp.observe(trial, optuna.TrialPruned("hopeless"))
     assert stored.status is TrialStatus.PRUNED and stored.objective == 0.7
-    for signal in (optuna.TrialPruned, orchard.TrialPruned):  # the class, as `raise optuna.TrialPruned` takes it
+    for told in (optuna.TrialPruned, orchard.TrialPruned):  # the class, as `raise` takes it
         trial = exp.suggest()
         exp.report(trial, 0.6, 1)
-        assert exp.observe(trial, signal).status is TrialStatus.PRUNED
+        assert exp.observe(trial, told).status is TrialStatus.PRUNED
     other = exp.suggest()
     broken = exp.observe(other, ValueError("loss went NaN"))
     assert broken.status is TrialStatus.BROKEN

@@ -108,18 +108,19 @@ def test_a_hypervolume_reference_that_is_not_one_number_per_objective_is_one_cle
         exp.hypervolume(reference=reference)  # type: ignore[arg-type]
 
 
-def test_a_hypervolume_reference_no_trial_beats_warns_naming_the_reference(caplog: pytest.LogCaptureFixture) -> None:
-    """A reference on the wrong side of the front (here: given as if "acc" were minimised) returned 0.0 without
-    a word; the volume is still 0.0, and a warning names the experiment and the reference as given."""
-    exp = orchard.build_experiment("unreached", space={"x": "uniform(0, 1)"}, storage="memory://", max_trials=4,
-                                   objectives={"err": "min", "acc": "max"}, seed=1)
+def test_a_hypervolume_reference_no_trial_beats_warns_naming_the_reference(
+        caplog: pytest.LogCaptureFixture) -> None:
+    """A reference on the wrong side of the front (here: given as if "acc" were minimised) returned 0.0
+    without a word; the volume is still 0.0, and a warning names the experiment and the reference as given."""
+    exp = orchard.build_experiment("unreached", space={"x": "uniform(0, 1)"}, storage="memory://",
+                                   max_trials=4, objectives={"err": "min", "acc": "max"}, seed=1)
     exp.workon(lambda x: {"err": x, "acc": x}, executor="single", progress=False)
     caplog.clear()
     assert exp.hypervolume(reference=[2.0, 2.0]) == (0.0, (2.0, -2.0))
     (said,) = [r for r in caplog.records if r.levelno == logging.WARNING]
     assert said.getMessage().startswith(
-        "experiment 'unreached': no feasible completed trial is better than the reference point (err=2, acc=2) "
-        "in every objective, so the hypervolume is 0.0")
+        "experiment 'unreached': no feasible completed trial is better than the reference point "
+        "(err=2, acc=2) in every objective, so the hypervolume is 0.0")
     caplog.clear()
     assert exp.hypervolume(reference=(v for v in (2.0, 2.0)))[0] == 0.0  # read once, as any reference
     assert "reference point (err=2, acc=2)" in caplog.text
@@ -174,8 +175,8 @@ def test_a_constraint_metric_reported_as_no_finite_number_is_named_as_such_not_a
     assert "did not report" not in said[0]
     # its hint said "return each metric a constraint names", which the objective had done
     assert "return each metric" not in said[0] and said[0].endswith(
-        "(a metric that is no finite number (a diverged run's NaN, a text) keeps the trial infeasible: return a "
-        "finite number, or break the trial instead: raise, or exit non-zero from a script)")
+        "(a metric that is no finite number (a diverged run's NaN, a text) keeps the trial infeasible: "
+        "return a finite number, or break the trial instead: raise, or exit non-zero from a script)")
     assert exp.best_trial is None and len(exp.fetch_trials([TrialStatus.COMPLETED])) == 2
 
 

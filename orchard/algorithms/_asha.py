@@ -267,7 +267,7 @@ class Asha(BaseAlgorithm):
 
     def rung_index(self, params: Mapping[str, Any]) -> int | None:
         """The index (in :attr:`rungs`) of the rung ``params`` is at, or ``None`` if none."""
-        value = params.get(self.fidelity_name)  # a float stored before rungs were rounded: 0.30000000000000004
+        value = params.get(self.fidelity_name)  # or a float stored unrounded, 0.1 * 3 for 0.3
         return next((i for i, rung in enumerate(self.rungs) if rung == value or (
             isinstance(value, float) and math.isclose(float(rung), value, rel_tol=1e-9))), None)
 
