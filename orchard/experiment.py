@@ -33,7 +33,7 @@ from orchard.monitor import ProgressMonitor
 from orchard.naming import check_experiment_name
 from orchard.objective import Outcome, Told, check_objective
 from orchard.objectives import normalize_objectives
-from orchard.pareto import best_of, front_hypervolume, pareto_front
+from orchard.pareto import best_of, front_hypervolume, pareto_front, reported_feasible
 from orchard.pruners import check_pruner, normalize_pruner_config
 from orchard.recording import (budget_held, budget_to_give, finished, queue_trial, record_evaluation,
                                warn_if_budget_met)
@@ -88,8 +88,7 @@ def build_experiment(
             whose heartbeat has not changed for 3 × heartbeat is lost.
         seed: seed of the algorithm, an integer >= 0 (one worker with a seed reproduces its trials).
         working_dir: base folder of per-trial folders (scripts' and ``orchard.current_trial()``'s).
-        max_attempts: reservations of one trial lost to dead or frozen workers after
-            which it is broken (default 3).
+        max_attempts: reservations of a trial lost to dead or frozen workers before it is broken (default 3).
         pruner: stops running trials from the values they report with
             :func:`orchard.report`: ``"median"``, ``"asha"``, ``{"hyperband": {"max_step": 50}}``, …
             (see :mod:`orchard.pruners`; default ``"none"`` when creating).
@@ -444,8 +443,9 @@ class Experiment:
             raise ConfigurationError(
                 f"experiment {self.name!r} has several objectives ({', '.join(objectives)}), so no single "
                 "best trial; use exp.pareto_front() for the trials no other one beats on every objective")
-        if objectives is None and not self.settings.constraints and self.space.fidelity is None:
-            return self.storage.best_trial(self.id)  # the storage's own query: no trial fetched
+        if objectives is None and not self.settings.constraints and self.space.fidelity is None \
+                and reported_feasible(best := self.storage.best_trial(self.id)):  # no trial fetched
+            return best
         return self._best_of(self.fetch_trials([TrialStatus.COMPLETED]))
 
     def _best_of(self, trials: list[Trial]) -> Trial | None:

@@ -507,6 +507,21 @@ def test_reported_constraints_that_are_not_a_list_break_the_trial_with_a_message
     assert len(listed.pareto_front()) >= 1
 
 
+@pytest.mark.parametrize("where", ["pickle", "memory"])
+def test_a_trial_breaking_the_constraints_it_reported_is_never_best_without_declared_constraints(
+        store, where: str) -> None:
+    """With one objective and no constraints declared, best_trial and stats took the lowest objective (the
+    storage's query), so a trial reporting {"constraints": [0.5]} was the best though infeasible, where the
+    Pareto front and the dashboard left it out."""
+    exp = build(store if where == "pickle" else "memory://", max_trials=3)
+    for value, constraints in [(0.4, [-1.0, 0.5]), (0.6, [-1.0]), (0.7, None)]:
+        trial = exp.suggest()
+        exp.observe(trial, {"objective": value, **({"constraints": constraints} if constraints else {})})
+    best = exp.best_trial
+    assert best is not None and best.objective == 0.6
+    assert exp.stats["best_objective"] == 0.6 and [t.id for t in exp.pareto_front()] == [best.id]
+
+
 def test_an_objective_or_a_constraint_on_the_key_constraints_is_refused(store) -> None:
     """Its value was read as the reported constraint list: every trial infeasible, the front empty."""
     with pytest.raises(ConfigurationError, match="clashes with the results key 'constraints'"):
