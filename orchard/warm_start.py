@@ -130,6 +130,9 @@ def _parse_source(item: Any) -> Source:
                 f"warm_start source {redact_all(dict(item))!r}: keys are experiment, storage (a URI) and "
                 f"fill (a mapping of dimension to value){unknown_keys}; e.g. {_EXAMPLE}")
         name, storage = item.get("experiment"), item.get("storage") or None
+        if name is None:
+            raise ConfigurationError(f"warm_start source {redact_all(dict(item))!r} names no experiment; add "
+                                     f"experiment: NAME, e.g. {_EXAMPLE}")
         if storage is not None and not names_storage(storage):  # refused later, as if it were --storage
             raise _not_a_storage(redact_all(dict(item)), storage, "e.g. {experiment: e, storage: runs/o.pkl}")
         fill = {str(k): to_builtin(v) for k, v in fill.items()}
