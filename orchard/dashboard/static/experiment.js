@@ -97,11 +97,16 @@ function renderFront(front) {
   const names = Object.keys(front.objectives);
   const label = (n) => n + " (" + front.objectives[n] + ")";
   const infeasible = front.points.filter((p) => !p[1]).length;
+  // A value beyond ±1e300 (or infinite, sent as null) would stretch an axis until every other point sat on
+  // one spot, and plotly draws the line through it as NaN: such points are left out and named, as elsewhere.
+  const drawable = (p) => [p[3], p[4]].every((v) => v !== null && Math.abs(v) <= DRAWN_LIMIT);
+  const far = front.points.filter((p) => !drawable(p)).map((p) => p[0]).sort((a, b) => a - b);
   setText("front-note", front.trials.length + " feasible trials no other feasible trial dominates" +
     (front.constraints.length ? "; constraints: " + front.constraints.join(", ") + " (" + infeasible + " infeasible)" : "") +
     (names.length > 2 ? "; the scatter shows the first two objectives" : "") +
     (front.points.length < front.scored ? "; " + front.points.length + " of " + front.scored +
-      " completed trials drawn: the front's and the latest" : ""));
+      " completed trials drawn: the front's and the latest" : "") +
+    (far.length ? "; " + farNote(far, "the scatter") : ""));
   document.querySelector("#front thead tr").replaceChildren(
     ...["#", "params", ...names.map(label)].map((h) => el("th", h)));
   document.querySelector("#front tbody").replaceChildren(...front.trials.map((t) => {
@@ -113,7 +118,7 @@ function renderFront(front) {
     return tr;
   }));
   if (typeof Plotly === "undefined") return;
-  const group = (keep) => front.points.filter(keep);
+  const group = (keep) => front.points.filter((p) => drawable(p) && keep(p));
   const trace = (points, name, marker, mode) => ({ x: points.map((p) => p[3]), y: points.map((p) => p[4]), name, marker,
     mode: mode || "markers", text: points.map((p) => "#" + p[0]), hovertemplate: "%{text}: %{x:.4g}, %{y:.4g}<extra></extra>" });
   const members = group((p) => p[2]).sort((a, b) => a[3] - b[3]);
@@ -231,10 +236,15 @@ function completedInOrder() {
   const far = done.filter((t) => Math.abs(t.objective) > DRAWN_LIMIT).sort((a, b) => a.number - b.number);
   const note = document.getElementById("best-note");
   note.hidden = far.length === 0;
-  const named = far.slice(0, 3).map((t) => "#" + t.number).join(", ") + (far.length > 3 ? ", \u2026" : "");
-  note.textContent = far.length ? far.length + " completed trial" + (far.length > 1 ? "s" : "") +
-    " with an objective beyond \u00b11e300 left out of the charts: " + named : "";
+  note.textContent = far.length ? farNote(far.map((t) => t.number), "the charts") : "";
   return done.filter((t) => Math.abs(t.objective) <= DRAWN_LIMIT).sort((a, b) => a.end_time - b.end_time);
+}
+
+// "2 completed trials with an objective beyond ±1e300 left out of WHERE: #3, #5" (at most 3 numbers named).
+function farNote(numbers, where) {
+  const named = numbers.slice(0, 3).map((n) => "#" + n).join(", ") + (numbers.length > 3 ? ", \u2026" : "");
+  return numbers.length + " completed trial" + (numbers.length > 1 ? "s" : "") +
+    " with an objective beyond \u00b11e300 left out of " + where + ": " + named;
 }
 
 // Charts draw at most MAX_POINTS markers, bars or lines: beyond that a browser spends seconds per redraw
