@@ -97,8 +97,7 @@ function renderFront(front) {
   const names = Object.keys(front.objectives);
   const label = (n) => n + " (" + front.objectives[n] + ")";
   const infeasible = front.points.filter((p) => !p[1]).length;
-  // A value beyond ±1e300 (or infinite, sent as null) would stretch an axis until every other point sat on
-  // one spot, and plotly draws the line through it as NaN: such points are left out and named, as elsewhere.
+  // Beyond ±1e300 (or infinite: null) a point squeezes the others onto one spot: left out and named, as elsewhere.
   const drawable = (p) => [p[3], p[4]].every((v) => v !== null && Math.abs(v) <= DRAWN_LIMIT);
   const far = front.points.filter((p) => !drawable(p)).map((p) => p[0]).sort((a, b) => a - b);
   setText("front-note", front.trials.length + " feasible trials no other feasible trial dominates" +
@@ -225,10 +224,6 @@ function renderTable() {
 
 // -- plots ---------------------------------------------------------------------------------------------
 
-// The largest objective drawn (as orchard plot): an axis reaching -1e308 from 0.5 ran off every chart, the
-// best-so-far line with it, and a parallel axis to 1e308 squeezed every other line onto one point.
-const DRAWN_LIMIT = 1e300;
-
 // The completed trials with an objective, in completion order, but those beyond DRAWN_LIMIT (said above
 // the best-so-far chart).
 function completedInOrder() {
@@ -238,13 +233,6 @@ function completedInOrder() {
   note.hidden = far.length === 0;
   note.textContent = far.length ? farNote(far.map((t) => t.number), "the charts") : "";
   return done.filter((t) => Math.abs(t.objective) <= DRAWN_LIMIT).sort((a, b) => a.end_time - b.end_time);
-}
-
-// "2 completed trials with an objective beyond ±1e300 left out of WHERE: #3, #5" (at most 3 numbers named).
-function farNote(numbers, where) {
-  const named = numbers.slice(0, 3).map((n) => "#" + n).join(", ") + (numbers.length > 3 ? ", \u2026" : "");
-  return numbers.length + " completed trial" + (numbers.length > 1 ? "s" : "") +
-    " with an objective beyond \u00b11e300 left out of " + where + ": " + named;
 }
 
 // Charts draw at most MAX_POINTS markers, bars or lines: beyond that a browser spends seconds per redraw
