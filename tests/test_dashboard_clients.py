@@ -94,7 +94,8 @@ def test_silent_slow_and_non_reading_clients_are_dropped_while_others_are_served
             assert len(answer.read()) > 4_000_000  # a client that reads gets the whole bundle
 
 
-def test_many_connections_that_send_nothing_or_half_a_request_do_not_shut_out_other_clients(tmp_path: Path) -> None:
+def test_many_connections_that_send_nothing_or_half_a_request_do_not_shut_out_other_clients(
+        tmp_path: Path) -> None:
     """70 half-open connections (the server serves 64 at once) made every other client get 503 until they
     timed out, and a client reconnecting them kept it so; the ones waiting longest now make room."""
     from orchard.dashboard._server import MAX_CONNECTIONS

@@ -48,8 +48,8 @@ class MemoryStorage(TableStorage):
         """
         name = uri.partition("://")[2].strip("/")
         if "?" in name or "#" in name:
-            raise ConfigurationError(f"storage {uri!r}: memory://NAME takes no options (?...); give memory://NAME "
-                                     "alone")
+            raise ConfigurationError(f"storage {uri!r}: memory://NAME takes no options (?...); give "
+                                     "memory://NAME alone")
         if not name:
             return cls("memory://")
         uri = f"memory://{name}"

@@ -97,7 +97,7 @@ function renderFront(front) {
   const names = Object.keys(front.objectives);
   const label = (n) => n + " (" + front.objectives[n] + ")";
   const infeasible = front.points.filter((p) => !p[1]).length;
-  // Beyond ±1e300 (or infinite: null) a point squeezes the others onto one spot: left out and named, as elsewhere.
+  // Beyond ±1e300 (or infinite: null) a point squeezes the others onto one spot: left out and named.
   const drawable = (p) => [p[3], p[4]].every((v) => v !== null && Math.abs(v) <= DRAWN_LIMIT);
   const far = front.points.filter((p) => !drawable(p)).map((p) => p[0]).sort((a, b) => a - b);
   setText("front-note", front.trials.length + " feasible trials no other feasible trial dominates" +

@@ -484,13 +484,13 @@ def check_experiment(doc: Mapping[str, Any], uri: str) -> None:
 
 
 def readable_experiments(docs: Iterable[dict[str, Any]], uri: str) -> list[dict[str, Any]]:
-    """The documents of ``docs`` holding an experiment this release reads, skipping (and naming once) the others:
-    another program's, and those of a newer release (one must not stop ``orchard list`` of all the others)."""
+    """The documents of ``docs`` holding an experiment this release reads, skipping (and naming once) the
+    others: another program's, and a newer release's (one must not stop ``orchard list`` of the others)."""
     kept = []
     for doc in docs:
         damage = unreadable_experiment(doc)
-        why = newer_release(doc) if damage is None else (
-            f"it is not one Orchard writes ({damage}); written by another program? Delete or fix that document")
+        why = newer_release(doc) if damage is None else (f"it is not one Orchard writes ({damage}); written "
+                                                         "by another program? Delete or fix that document")
         if why is None:
             kept.append(doc)
         elif (uri, repr(doc.get("_id"))) not in _named:

@@ -34,9 +34,9 @@ def newer_release(doc: Mapping[str, Any]) -> str | None:
     stamped = doc.get("format", 1)
     if type(stamped) is not int or stamped <= FORMAT:
         return None
-    return (f"it was written by a newer Orchard release (format {stamped!r}; this release reads formats 1 to "
-            f"{FORMAT}): upgrade Orchard here to the release of the other workers; this release does not read "
-            "or modify the experiment")
+    return (f"it was written by a newer Orchard release (format {stamped!r}; this release reads formats 1 "
+            f"to {FORMAT}): upgrade Orchard here to the release of the other workers; this release does not "
+            "read or modify the experiment")
 
 
 def check_format(doc: Mapping[str, Any], uri: str) -> None:
