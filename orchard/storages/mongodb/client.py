@@ -34,7 +34,7 @@ from pymongo.uri_parser import parse_uri
 
 from orchard.errors import ConfigurationError, StorageCorruptedError, StorageError, StorageUnavailableError
 from orchard.storages._uri import password_of, redact, split_options
-from orchard.storages.mongodb.formats import check_format, format_fault
+from orchard.storages.mongodb.formats import check_format, format_fault, newer_release
 from orchard.storages.pickled.records import RecordError, check_trial, experiment_fault
 from orchard.trial import Trial, TrialStatus
 
@@ -464,10 +464,8 @@ def readable_trials(docs: Iterable[dict[str, Any]], uri: str) -> list[Trial]:
 
 
 def unreadable_experiment(doc: Mapping[str, Any]) -> str | None:
-    """Why ``doc`` is not an experiment Orchard writes (a field missing or of another type), or ``None``.
-
-    The checks are the pickle log's (:func:`orchard.storages.pickled.records.experiment_fault`), and format's.
-    """
+    """Why ``doc`` is not an experiment Orchard writes (a field missing or of another type), or ``None``: the
+    checks of the pickle log (:func:`orchard.storages.pickled.records.experiment_fault`), and of format."""
     return experiment_fault(doc, "_id") or format_fault(doc)
 
 
@@ -486,15 +484,17 @@ def check_experiment(doc: Mapping[str, Any], uri: str) -> None:
 
 
 def readable_experiments(docs: Iterable[dict[str, Any]], uri: str) -> list[dict[str, Any]]:
-    """The documents of ``docs`` that hold an experiment, skipping (and naming once) the others."""
+    """The documents of ``docs`` holding an experiment this release reads, skipping (and naming once) the
+    others: another program's, and a newer release's (one must not stop ``orchard list`` of the others)."""
     kept = []
     for doc in docs:
-        why = unreadable_experiment(doc)
+        damage = unreadable_experiment(doc)
+        why = newer_release(doc) if damage is None else (f"it is not one Orchard writes ({damage}); written "
+                                                         "by another program? Delete or fix that document")
         if why is None:
             kept.append(doc)
         elif (uri, repr(doc.get("_id"))) not in _named:
             _named.add((uri, repr(doc.get("_id"))))
-            log.warning("skipped experiment %r (id %r) in MongoDB at %s: it is not one Orchard writes (%s); "
-                        "written by another program? Delete or fix that document",
-                        doc.get("name"), doc.get("_id"), redact(uri), why)
+            log.warning("skipped experiment %r (id %r) in MongoDB at %s: %s", doc.get("name"), doc.get("_id"),
+                        redact(uri), why)
     return kept
