@@ -283,7 +283,7 @@ def test_a_source_that_does_not_fit_is_refused_naming_the_dims(store: str, space
      "^warm_start source .*'runs/old.json' is neither a storage URI nor a .pkl path; write e.g. {experiment"),
     ([{"experiment": "old", "fill": 3}], ConfigurationError, "fill"),
     # a mapping without 'experiment' said "experiment name None is empty or not text"
-    ([{"storage": "runs/x.pkl", "fill": {}}], ConfigurationError, "runs/x.pkl.*names no experiment; add experiment"),
+    ([{"storage": "runs/x.pkl", "fill": {}}], ConfigurationError, "runs/x.pkl.*names no experiment; e.g."),
     ([{"experiment": "old", "fill": {"x": 1.0}}], ConfigurationError, "'x' is in both spaces"),
     ([{"experiment": "old", "fill": {"q": 1.0}}], ConfigurationError, "fill names 'q', which is not in this space"),
     # as --warm-start '{...}': the second experiment silently won
