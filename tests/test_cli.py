@@ -735,6 +735,39 @@ def test_a_script_named_in_latin_1_is_hunted_on_mongodb(
     assert "b\\xffd.py" in capsys.readouterr().out
 
 
+@pytest.mark.parametrize("backend", ["pickle", "mongodb"])
+def test_hunt_runs_in_a_directory_named_in_latin_1(
+        workdir: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], backend: str,
+        request: pytest.FixtureRequest) -> None:
+    """A directory whose name is no UTF-8 (b"x\\xff") reaches Python as 'x\\udcff', and with it the default
+    working_dir and the cwd a script reports: MongoDB refused the experiment ("unexpected UnicodeEncodeError")
+    and on a pickle file every trial broke (the search for strays of earlier attempts encoded it as UTF-8)."""
+    folder = os.fsdecode(os.fsencode(workdir) + b"/x\xff")
+    os.mkdir(folder)
+    shutil.copy(workdir / "train.py", folder)
+    monkeypatch.chdir(folder)
+    storage = str(request.getfixturevalue("mongo_db_uri")) if backend == "mongodb" else "orchard.pkl"
+    assert main(["hunt", "-n", "e", "--storage", storage, "--max-trials", "2", *train()]) == 0, \
+        capsys.readouterr().err
+    runs = os.path.join(folder, "orchard-runs", "e")
+    assert orchard.get_experiment("e", storage=storage).settings.working_dir == runs
+    done = trials("e", storage)
+    assert [t.status for t in done] == [TrialStatus.COMPLETED] * 2
+    shown = runs if backend == "pickle" else runs.replace("x\udcff", "x\\xff")  # MongoDB holds UTF-8 only
+    assert {t.results["cwd"] for t in done} == {os.path.join(shown, t.id) for t in done}
+    capsys.readouterr()
+    assert main(["hunt", "-n", "e", "--storage", storage, "--max-trials", "3", *train()]) == 0  # joined
+    assert len(trials("e", storage)) == 3
+    assert sorted(os.listdir(runs)) == sorted(t.id for t in trials("e", storage))
+    if backend == "pickle":  # its dump loads into MongoDB (it stopped on the first such trial)
+        mongo = str(request.getfixturevalue("mongo_db_uri"))
+        assert main(["db", "dump", "-o", "dump.json", "--storage", storage]) == 0
+        assert main(["db", "load", "dump.json", "--storage", mongo]) == 0, capsys.readouterr().err
+        assert orchard.get_experiment("e", storage=mongo).settings.working_dir == runs
+        assert {t.results["cwd"] for t in trials("e", mongo)} == {
+            os.path.join(runs.replace("x\udcff", "x\\xff"), t.id) for t in trials("e", mongo)}
+
+
 def test_info_of_an_empty_trial_id_is_refused_not_taken_for_no_trial(
         workdir: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert hunt("e", "--max-trials", "2") == 0
