@@ -1106,6 +1106,34 @@ def test_python_dash_m_orchard_and_version(workdir: Path) -> None:
     assert proc.returncode == 0 and proc.stdout.startswith("orchard ")
 
 
+#: A frame of Orchard's own code (the package, or the launcher the ``orchard`` script imports) in a traceback.
+_ORCHARD_FRAME = re.compile(r'File "[^"]*(/orchard/|_orchard_launch\.py)')
+
+
+@pytest.mark.slow
+def test_ctrl_c_while_the_orchard_command_starts_is_one_line_and_exit_130(workdir: Path) -> None:
+    """Ctrl-C in the first tenth of a second of any ``orchard`` command (Python importing the package, before
+    main could catch it) printed a traceback and exited 1 or -2. What the interpreter prints while it starts
+    itself, before any of Orchard's code runs (its site module), is not Orchard's to change."""
+    script = Path(sys.executable).with_name("orchard")
+    assert script.exists(), f"no orchard script beside {sys.executable}: install the package"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ORCHARD_")}
+    caught = 0
+    for attempt in range(45):
+        proc = subprocess.Popen([str(script), "list", "--storage", "o.pkl"], stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True, env=env, cwd=workdir)
+        time.sleep(0.02 + attempt % 15 * 0.02)  # 0.02 .. 0.3 s
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=60)
+        assert not _ORCHARD_FRAME.search(err), err
+        if "Traceback" in err:  # the interpreter's own start (site, the script's first imports): no Orchard code
+            continue
+        assert (proc.returncode, err.strip()) in (  # -2: killed before the interpreter took Ctrl-C over
+            (130, "orchard: interrupted"), (0, ""), (-signal.SIGINT, "")), (proc.returncode, err)
+        caught += proc.returncode == 130
+    assert caught, "no Ctrl-C landed while the command ran: start it later or sooner"
+
+
 @pytest.mark.parametrize("args", [["--version"], ["--help"], ["status", "--help"],
                                   ["list", "--storage", "o.pkl"], ["list", "--json", "--storage", "o.pkl"],
                                   ["status", "--storage", "o.pkl"],
