@@ -1357,6 +1357,30 @@ def test_db_dump_to_a_reader_that_stops_early_exits_141_quietly(workdir: Path) -
     assert proc.stderr.read() == b""
 
 
+@pytest.mark.parametrize("args", [["list"], ["list", "--json"], ["status"], ["status", "-n", "e", "--json"],
+                                  ["info", "-n", "e"], ["--help"], ["--version"]])
+def test_a_full_standard_output_is_one_line_naming_it_and_a_closed_pipe_ends_quietly(
+        workdir: Path, args: list[str]) -> None:
+    """`orchard info -n e > /dev/full` said 'error: [Errno 28] No space left on device (OSError)', as if the
+    storage's disk were full, and `orchard --help > /dev/full` exited 0 having written nothing."""
+    orchard.build_experiment("e", space={"x": "uniform(0, 1)"}, storage="orchard.pkl").insert({"x": 0.5}, 1.0)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ORCHARD_")}
+    command = [sys.executable, "-m", "orchard.cli", *args]
+    with open("/dev/full", "w") as full:
+        proc = subprocess.run(command, cwd=workdir, env=env, stdout=full, stderr=subprocess.PIPE, text=True,
+                              timeout=60, check=False)
+    assert (proc.returncode, proc.stderr) == (
+        1, "orchard: error: cannot write to standard output: No space left on device\n")
+    read, write = os.pipe()
+    os.close(read)  # `orchard list | head -0`: the reader is gone before the first write
+    try:
+        proc = subprocess.run(command, cwd=workdir, env=env, stdout=write, stderr=subprocess.PIPE, text=True,
+                              timeout=60, check=False)
+    finally:
+        os.close(write)
+    assert (proc.returncode, proc.stderr) == (0 if args[0].startswith("--") else 141, "")
+
+
 def test_help_texts_name_every_storage_source(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["status", "--help"]) == 0
     text = " ".join(capsys.readouterr().out.split())

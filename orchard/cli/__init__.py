@@ -30,6 +30,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from orchard.cli._args import PROG, OneLineParser, UsageError, add_common
+from orchard.cli._output import OutputError, checked_stdout
 from orchard.terminal import PrintableFormatter, printable
 from orchard.errors import Interrupted
 
@@ -83,8 +84,25 @@ def _unavailable(err: ImportError) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line ``argv`` (default ``sys.argv[1:]``) and return its exit code."""
+    with checked_stdout() as output:
+        code = _run(argv)
+        if output.failure is None:  # what is still buffered (--help, a short listing) written now: its failure said
+            code = _run(None, flush=code)
+    if output.failure is None:
+        return code
+    _silence_stdout()  # what is left in its buffer cannot be written either: dropped, not said again at exit
+    if code == 0 and isinstance(output.failure, OutputError):  # argparse ignores its write errors (--help)
+        code = _report(output.failure, debug=False)
+    return code
+
+
+def _run(argv: Sequence[str] | None, flush: int | None = None) -> int:
+    """Run the command line ``argv``, or flush stdout and return ``flush``, a command's exit code."""
     args: argparse.Namespace | None = None
     try:
+        if flush is not None:
+            sys.stdout.flush()
+            return flush
         args = _parse(list(sys.argv[1:] if argv is None else argv))
         _configure_logging(args.debug)
         if getattr(args, "subcommand", None) not in _SIGNALLED:
@@ -148,7 +166,7 @@ def _report(err: BaseException, debug: bool) -> int:
     message = _shortened(printable(" ".join(str(err).split()))) or type(err).__name__
     if isinstance(err, (UsageError, ConfigurationError)):
         code = 2
-    elif isinstance(err, OrchardError):
+    elif isinstance(err, (OrchardError, OutputError)):  # OutputError names standard output itself
         code = 1
     elif isinstance(err, OSError):
         code, message = 1, f"{message} ({type(err).__name__})"
