@@ -570,6 +570,26 @@ def test_status_list_and_info(workdir: Path, capsys: pytest.CaptureFixture[str])
     assert json.loads(capsys.readouterr().out)["space"]["y"] == "uniform(0.0, 1.0)"
 
 
+def test_list_keeps_its_rows_narrow_beside_a_long_name_and_json_keeps_it_whole(
+        workdir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """One experiment named with 300 characters (another program, an older release; 128 today) padded every
+    row of `orchard list` to 300 characters and more."""
+    storage = orchard.get_storage("orchard.pkl")
+    config = orchard.build_experiment("short", space={"x": "uniform(0, 1)"}, storage="orchard.pkl",
+                                      max_trials=5).storage.require_experiment("short").config
+    long_name = "x" * 300
+    storage.create_experiment(long_name, config)
+    storage.create_experiment("tiny", config)
+    assert main(["list", "--storage", "orchard.pkl"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert long_name in lines  # whole, on its own line: it can be copied for -n
+    assert max(len(line) for line in lines if line != long_name) < 120, lines
+    rows = [line for line in lines if "completed" in line]
+    assert len(rows) == 3 and len({line.index("0/5 completed") for line in rows}) == 1  # one column
+    assert main(["list", "--json", "--storage", "orchard.pkl"]) == 0
+    assert long_name in [row["name"] for row in json.loads(capsys.readouterr().out)]
+
+
 def test_status_list_and_info_say_max_broken_stopped_the_experiment(
     workdir: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
