@@ -590,6 +590,25 @@ def test_list_keeps_its_rows_narrow_beside_a_long_name_and_json_keeps_it_whole(
     assert long_name in [row["name"] for row in json.loads(capsys.readouterr().out)]
 
 
+def test_a_name_starting_with_a_dash_is_given_joined_by_equals_and_apart_says_so(
+        workdir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`orchard status -n -exp` said only "argument -n/--name: expected one argument"."""
+    config = orchard.build_experiment("e", space={"x": "uniform(0, 1)"}, storage="orchard.pkl",
+                                      max_trials=5).storage.require_experiment("e").config
+    orchard.get_storage("orchard.pkl").create_experiment("-exp", config)  # another program's, an older release's
+    for given in (["--name=-exp"], ["-n=-exp"]):
+        assert main(["status", *given, "--json", "--storage", "orchard.pkl"]) == 0
+        assert json.loads(capsys.readouterr().out)["name"] == "-exp"
+        assert main(["info", *given, "--storage", "orchard.pkl"]) == 0
+        assert "experiment '-exp'" in capsys.readouterr().out
+    for given in (["-n", "-exp"], ["--name", "-exp"]):
+        assert main(["status", *given, "--json", "--storage", "orchard.pkl"]) == 2
+        assert "a value that starts with '-' is joined to its option by '=': --name=-exp" in error_line(
+            capsys.readouterr().err)
+    assert main(["status", "-n", "--json", "--storage", "orchard.pkl"]) == 2  # a name forgotten: no hint
+    assert "'='" not in error_line(capsys.readouterr().err)
+
+
 def test_status_list_and_info_say_max_broken_stopped_the_experiment(
     workdir: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
