@@ -1420,6 +1420,19 @@ def test_a_full_standard_output_is_one_line_naming_it_and_a_closed_pipe_ends_qui
     assert (proc.returncode, proc.stderr) == (0 if args[0].startswith("--") else 141, "")
 
 
+@pytest.mark.parametrize("encoding", ["utf-8", "ascii"])
+def test_a_strict_standard_output_shows_what_it_cannot_encode_escaped(workdir: Path, encoding: str) -> None:
+    """With PYTHONIOENCODING=utf-8 (errors: strict), a storage path holding b"\\xff" (a folder named in Latin-1)
+    ended `orchard status` in 'unexpected UnicodeEncodeError'."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ORCHARD_")}
+    env["PYTHONIOENCODING"] = encoding
+    path = os.fsdecode(b"r\xff\xe9.pkl")
+    proc = subprocess.run([sys.executable, "-m", "orchard.cli", "status", "--storage", path], cwd=workdir,
+                          env=env, capture_output=True, text=True, timeout=60, check=False)
+    assert (proc.returncode, proc.stderr) == (0, "")
+    assert proc.stdout == "no experiments in r\\udcff\\udce9.pkl (the file does not exist)\n"
+
+
 def test_help_texts_name_every_storage_source(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["status", "--help"]) == 0
     text = " ".join(capsys.readouterr().out.split())

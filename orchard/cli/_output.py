@@ -4,7 +4,8 @@ having written nothing.
 
 :func:`checked_stdout` puts a :class:`CheckedOutput` in place of ``sys.stdout`` while a command runs;
 its write and flush errors (but a closed pipe's, which the command line ends quietly) are raised as
-:class:`OutputError`, which :func:`orchard.cli.main` prints as one line naming standard output.
+:class:`OutputError`, which :func:`orchard.cli.main` prints as one line naming standard output. Text
+the stream cannot encode is written escaped (``\\udcff``), not raised.
 """
 
 from __future__ import annotations
@@ -81,9 +82,16 @@ class CheckedOutput(io.TextIOBase):
 def checked_stdout() -> Iterator[CheckedOutput]:
     """``sys.stdout`` as a :class:`CheckedOutput` for the ``with`` block, then the stream it was."""
     real = sys.stdout
+    strict = getattr(real, "errors", None) == "strict" and hasattr(real, "reconfigure")
+    if strict:  # PYTHONIOENCODING=utf-8 or a non-UTF-8 locale: a path holding b"\xff" or a "…" ended the command
+        with contextlib.suppress(OSError, ValueError):  # in an 'unexpected UnicodeEncodeError': written escaped
+            real.reconfigure(errors="backslashreplace")  # type: ignore[union-attr]
     checked = CheckedOutput(real)
     sys.stdout = cast(TextIO, checked)
     try:
         yield checked
     finally:
         sys.stdout = real
+        if strict:
+            with contextlib.suppress(OSError, ValueError):
+                real.reconfigure(errors="strict")  # type: ignore[union-attr]
