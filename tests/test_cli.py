@@ -595,7 +595,7 @@ def test_a_name_starting_with_a_dash_is_given_joined_by_equals_and_apart_says_so
     """`orchard status -n -exp` said only "argument -n/--name: expected one argument"."""
     config = orchard.build_experiment("e", space={"x": "uniform(0, 1)"}, storage="orchard.pkl",
                                       max_trials=5).storage.require_experiment("e").config
-    orchard.get_storage("orchard.pkl").create_experiment("-exp", config)  # another program's, an older release's
+    orchard.get_storage("orchard.pkl").create_experiment("-exp", config)  # by another program, an old release
     for given in (["--name=-exp"], ["-n=-exp"]):
         assert main(["status", *given, "--json", "--storage", "orchard.pkl"]) == 0
         assert json.loads(capsys.readouterr().out)["name"] == "-exp"
@@ -1165,7 +1165,7 @@ def test_ctrl_c_while_the_orchard_command_starts_is_one_line_and_exit_130(workdi
         proc.send_signal(signal.SIGINT)
         out, err = proc.communicate(timeout=60)
         assert not _ORCHARD_FRAME.search(err), err
-        if "Traceback" in err:  # the interpreter's own start (site, the script's first imports): no Orchard code
+        if "Traceback" in err:  # the interpreter's own start (site, the script's first imports), not Orchard
             continue
         assert (proc.returncode, err.strip()) in (  # -2: killed before the interpreter took Ctrl-C over
             (130, "orchard: interrupted"), (0, ""), (-signal.SIGINT, "")), (proc.returncode, err)
@@ -1422,8 +1422,8 @@ def test_a_full_standard_output_is_one_line_naming_it_and_a_closed_pipe_ends_qui
 
 @pytest.mark.parametrize("encoding", ["utf-8", "ascii"])
 def test_a_strict_standard_output_shows_what_it_cannot_encode_escaped(workdir: Path, encoding: str) -> None:
-    """With PYTHONIOENCODING=utf-8 (errors: strict), a storage path holding b"\\xff" (a folder named in Latin-1)
-    ended `orchard status` in 'unexpected UnicodeEncodeError'."""
+    """With PYTHONIOENCODING=utf-8 (errors: strict), a storage path holding b"\\xff" (a folder named in
+    Latin-1) ended `orchard status` in 'unexpected UnicodeEncodeError'."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("ORCHARD_")}
     env["PYTHONIOENCODING"] = encoding
     path = os.fsdecode(b"r\xff\xe9.pkl")
@@ -1572,6 +1572,21 @@ def test_db_dump_never_writes_over_a_storage_file(workdir: Path, capsys: pytest.
     assert f"(a link to {workdir / 'orchard.pkl'})" in line and line.endswith("e.g. -o dump-dump.json"), line
     (workdir / "dump.json").unlink()
     assert main(["db", "dump", "-n", "e", "-o", "dump.json"]) == 0
+
+
+def test_db_dump_never_replaces_the_lock_file_of_a_storage(workdir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`-o orchard.pkl.lock` (the name a shell completes from orchard.pkl) replaced the lock file the storage's
+    workers take, under them; the next process set the dump aside as orchard.pkl.lock.foreign."""
+    assert hunt("e", "--max-trials", "1") == 0
+    lock = workdir / "orchard.pkl.lock"
+    before = os.stat(lock)
+    assert main(["db", "dump", "-o", "orchard.pkl.lock"]) == 2
+    assert error_line(capsys.readouterr().err) == (
+        "orchard: error: -o orchard.pkl.lock is the lock file of storage orchard.pkl; writing the dump there "
+        "would replace it under the storage's workers: give a new file name, e.g. -o orchard.json")
+    assert os.path.samestat(os.stat(lock), before) and lock.read_bytes() == b""
+    (workdir / "notes.lock").write_text("mine")  # a .lock file of no storage is the user's to write
+    assert main(["db", "dump", "-o", "notes.lock"]) == 0
 
 
 @pytest.mark.timeout(30)

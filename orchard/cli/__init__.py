@@ -86,7 +86,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line ``argv`` (default ``sys.argv[1:]``) and return its exit code."""
     with checked_stdout() as output:
         code = _run(argv)
-        if output.failure is None:  # what is still buffered (--help, a short listing) written now: its failure said
+        if output.failure is None:  # what is still buffered (--help, a short listing) written now, or said
             code = _run(None, flush=code)
     if output.failure is None:
         return code

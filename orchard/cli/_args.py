@@ -83,7 +83,8 @@ class OneLineParser(argparse.ArgumentParser):
         """How to give one of ``options`` its value that starts with '-': argparse takes ``--name -exp`` for
         two options and said only "expected one argument"."""
         for option, value in zip(self._given, self._given[1:]):
-            if option in options and value[:1] == "-" and value.split("=", 1)[0] not in self._option_string_actions:
+            known = value.split("=", 1)[0] in self._option_string_actions
+            if option in options and value[:1] == "-" and not known:
                 return f"; a value that starts with '-' is joined to its option by '=': {options[-1]}={value}"
         return ""
 

@@ -70,7 +70,7 @@ class CheckedOutput(io.TextIOBase):
     def _checked(self) -> Iterator[None]:
         try:
             yield
-        except BrokenPipeError as err:  # the reader left (orchard list | head): the command line stops quietly
+        except BrokenPipeError as err:  # the reader left (orchard list | head): the command stops quietly
             self.failure = err
             raise
         except OSError as err:
@@ -83,8 +83,8 @@ def checked_stdout() -> Iterator[CheckedOutput]:
     """``sys.stdout`` as a :class:`CheckedOutput` for the ``with`` block, then the stream it was."""
     real = sys.stdout
     strict = getattr(real, "errors", None) == "strict" and hasattr(real, "reconfigure")
-    if strict:  # PYTHONIOENCODING=utf-8 or a non-UTF-8 locale: a path holding b"\xff" or a "…" ended the command
-        with contextlib.suppress(OSError, ValueError):  # in an 'unexpected UnicodeEncodeError': written escaped
+    if strict:  # PYTHONIOENCODING=utf-8, an ASCII locale: a path holding b"\xff" or a "…" ended a command in
+        with contextlib.suppress(OSError, ValueError):  # an 'unexpected UnicodeEncodeError': written escaped
             real.reconfigure(errors="backslashreplace")  # type: ignore[union-attr]
     checked = CheckedOutput(real)
     sys.stdout = cast(TextIO, checked)
