@@ -16,10 +16,12 @@ EXIT_INTERRUPTED = 130  # as orchard.cli's
 
 
 def main() -> int:
-    """Import and run :func:`orchard.cli.main`; Ctrl-C during the import exits 130 in one line."""
+    """Import and run :func:`orchard.cli.main`; Ctrl-C during the import (or between the steps that
+    main catches it in) exits 130 in one line."""
     try:
         from orchard.cli import main as run
+
+        return run()
     except KeyboardInterrupt:
         print("orchard: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
-    return run()

@@ -101,7 +101,8 @@ def _run(argv: Sequence[str] | None, flush: int | None = None) -> int:
     args: argparse.Namespace | None = None
     try:
         if flush is not None:
-            sys.stdout.flush()
+            if sys.stdout is not None:  # None: started with >&-
+                sys.stdout.flush()
             return flush
         args = _parse(list(sys.argv[1:] if argv is None else argv))
         _configure_logging(args.debug)

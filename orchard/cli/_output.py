@@ -82,6 +82,9 @@ class CheckedOutput(io.TextIOBase):
 def checked_stdout() -> Iterator[CheckedOutput]:
     """``sys.stdout`` as a :class:`CheckedOutput` for the ``with`` block, then the stream it was."""
     real = sys.stdout
+    if real is None:  # started with >&-: print() writes nothing, as Python's does
+        yield CheckedOutput(cast(TextIO, io.StringIO()))
+        return
     strict = getattr(real, "errors", None) == "strict" and hasattr(real, "reconfigure")
     if strict:  # PYTHONIOENCODING=utf-8, an ASCII locale: a path holding b"\xff" or a "…" ended a command in
         with contextlib.suppress(OSError, ValueError):  # an 'unexpected UnicodeEncodeError': written escaped
