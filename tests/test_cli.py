@@ -1139,6 +1139,25 @@ def test_errors_in_a_real_process_are_one_line(workdir: Path) -> None:
     assert debug.returncode == 1 and "Traceback" in debug.stderr
 
 
+def test_a_command_run_in_a_deleted_directory_says_so(workdir: Path, monkeypatch: pytest.MonkeyPatch,
+                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    """Every command, `list --storage /abs/orchard.pkl` too, said only "[Errno 2] No such file or directory
+    (FileNotFoundError)" in a directory deleted since the shell entered it."""
+    assert hunt("e", "--max-trials", "1") == 0
+    gone = workdir / "gone"
+    gone.mkdir()
+    monkeypatch.chdir(gone)
+    monkeypatch.setenv("PWD", str(gone))
+    gone.rmdir()
+    capsys.readouterr()
+    for command in (["list", "--storage", str(workdir / "orchard.pkl")], ["status"]):
+        assert main(command) == 2
+        assert error_line(capsys.readouterr().err) == (
+            f"orchard: error: the current directory ({gone}, as the shell names it) no longer exists: it was "
+            "deleted or moved away; cd to an existing directory and run the command again")
+    assert main(["--version"]) == 0
+
+
 def test_python_dash_m_orchard_and_version(workdir: Path) -> None:
     proc = subprocess.run([sys.executable, "-m", "orchard", "--version"], capture_output=True, text=True,
                           timeout=60, check=False)
@@ -1574,8 +1593,9 @@ def test_db_dump_never_writes_over_a_storage_file(workdir: Path, capsys: pytest.
     assert main(["db", "dump", "-n", "e", "-o", "dump.json"]) == 0
 
 
-def test_db_dump_never_replaces_the_lock_file_of_a_storage(workdir: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    """`-o orchard.pkl.lock` (the name a shell completes from orchard.pkl) replaced the lock file the storage's
+def test_db_dump_never_replaces_the_lock_file_of_a_storage(
+        workdir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`-o orchard.pkl.lock` (a name a shell completes from orchard.pkl) replaced the lock file the storage's
     workers take, under them; the next process set the dump aside as orchard.pkl.lock.foreign."""
     assert hunt("e", "--max-trials", "1") == 0
     lock = workdir / "orchard.pkl.lock"

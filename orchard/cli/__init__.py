@@ -106,6 +106,7 @@ def _run(argv: Sequence[str] | None, flush: int | None = None) -> int:
             return flush
         args = _parse(list(sys.argv[1:] if argv is None else argv))
         _configure_logging(args.debug)
+        _check_current_directory()
         if getattr(args, "subcommand", None) not in _SIGNALLED:
             return int(args.func(args))
         from orchard.interruption import interruptible
@@ -190,6 +191,22 @@ def _shortened(message: str) -> str:
         return message
     cut = len(message) - _HEAD - _TAIL
     return f"{message[:_HEAD]} …[{cut} characters; --debug shows them]… {message[-_TAIL:]}"
+
+
+def _check_current_directory() -> None:
+    """Refuse to run in a directory deleted since the shell entered it: every command (``list --storage
+    /abs/path`` too) said only "[Errno 2] No such file or directory (FileNotFoundError)"."""
+    import os
+
+    from orchard.errors import ConfigurationError
+
+    try:
+        os.getcwd()
+    except FileNotFoundError:
+        shell = os.environ.get("PWD", "")  # the shell's name for it, unless it is another directory's
+        named = f" ({printable(shell)}, as the shell names it)" if shell and not os.path.exists(shell) else ""
+        raise ConfigurationError(f"the current directory{named} no longer exists: it was deleted or moved "
+                                 "away; cd to an existing directory and run the command again") from None
 
 
 def _silence_stdout() -> None:
