@@ -236,6 +236,17 @@ def test_hunt_joining_with_another_space_is_one_clear_error(
     assert code == 1 and "different configuration" in line and "uniform(0.0, 2.0)" in line
 
 
+def test_hunt_into_a_storage_in_its_own_memory_is_refused_before_any_trial(
+        workdir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`orchard hunt --storage memory:// ...` ran its trials, printed the best, and lost every one at exit."""
+    assert main(["hunt", "-n", "e", "--max-trials", "2", "--storage", "memory://", *train()]) == 2
+    assert error_line(capsys.readouterr().err) == (
+        "orchard: error: memory:// lives in the memory of this command only, so every trial hunt runs would be "
+        "lost when it exits; give a pickle file (e.g. --storage runs/orchard.pkl) or a MongoDB URI; nothing was "
+        "run")
+    assert not (workdir / "orchard-runs").exists()  # no trial folder: no trial ran
+
+
 def test_hunt_reads_settings_from_a_config_file(workdir: Path) -> None:
     (workdir / "exp.yaml").write_text("name: fromfile\nmax_trials: 3\nalgorithm: {random: {}}\nseed: 7\n")
     assert main(["hunt", "--config", "exp.yaml", "--storage", "orchard.pkl", *train()]) == 0
