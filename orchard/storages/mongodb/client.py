@@ -227,8 +227,8 @@ def _detail(err: BaseException, uri: str) -> str:
     return scrub(first_line[:300], uri)
 
 
-def translate(err: PyMongoError | BSONError, uri: str, action: str, answered: bool = False,
-              mongo: Client | None = None) -> StorageError:
+def translate(err: PyMongoError | BSONError | UnicodeEncodeError, uri: str, action: str,
+              answered: bool = False, mongo: Client | None = None) -> StorageError:
     """Return the :mod:`orchard.errors` leaf for a driver error raised while doing ``action``.
 
     ``answered``: the server had answered this storage before; losing it now is an outage
@@ -250,7 +250,7 @@ def translate(err: PyMongoError | BSONError, uri: str, action: str, answered: bo
             "the URI (a mongodb+srv:// host needs a DNS SRV record _mongodb._tcp.HOST) and this machine's "
             "DNS",
             reached=answered)
-    if isinstance(err, BSONError):
+    if isinstance(err, (BSONError, UnicodeEncodeError)):  # the driver's text is UTF-8: no lone surrogate
         return StorageError(f"cannot {action} in MongoDB at {where}: a value is not storable ({detail})")
     if isinstance(err, OperationFailure) and err.code == _UNDEFINED_VARIABLE:  # $$NOW: the change feed's reads
         return StorageError(f"MongoDB at {where} failed to {action}: {detail}; Orchard needs MongoDB 4.2 or later")
@@ -301,7 +301,7 @@ def translated(action: str) -> Callable[[Callable[Concatenate[_S, _P], _R]], Cal
         def wrapper(self: _S, /, *args: _P.args, **kwargs: _P.kwargs) -> _R:
             try:
                 result = method(self, *args, **kwargs)
-            except (PyMongoError, BSONError) as err:
+            except (PyMongoError, BSONError, UnicodeEncodeError) as err:
                 raise translate(err, self.uri, action, self.answered, self._client) from err
             self.answered = True
             return result
