@@ -39,6 +39,7 @@ from typing import TYPE_CHECKING, Any
 
 from orchard.errors import ConfigurationError, SpaceError
 from orchard.storages._uri import redact
+from orchard.terminal import storable_text
 
 if TYPE_CHECKING:  # pragma: no cover
     from orchard.priors import Prior
@@ -184,7 +185,7 @@ class CommandTemplate:
                 tokens += [f"-{slot.text}", f"<{slot.dimension}>"]
             else:
                 tokens.append(f"{slot.dashes}{slot.text}=<{slot.dimension}>")
-        return _storable(shlex.join(tokens))
+        return storable_text(shlex.join(tokens))
 
     def runs_like(self, shown: str) -> bool:
         """Whether the command :meth:`shown` as ``shown`` runs the same program with the same fixed tokens.
@@ -212,16 +213,6 @@ class CommandTemplate:
             else:
                 argv.append(f"{slot.dashes}{slot.text}={_format_value(params[slot.dimension])}")
         return argv
-
-
-def _storable(text: str) -> str:
-    """``text`` with the bytes an argument holds that are no UTF-8 (a file named in Latin-1 reaches Python as
-    ``'\\udcff'``) written as ``\\xff``: MongoDB stores UTF-8 only, and refused the whole command, so every
-    hunt of such a script stopped on an ``unexpected UnicodeEncodeError``."""
-    try:
-        return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
-    except UnicodeEncodeError:  # a lone surrogate no file name holds
-        return text.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 def redacted(command: str) -> str:

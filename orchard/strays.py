@@ -42,7 +42,8 @@ def marked_processes(run: str, name: str = RUN_ENV) -> list[int]:
 def _environments(name: str, value: str) -> list[tuple[int, bytes]]:
     """The pids and environments (NUL-separated, framed by NULs) of the processes with ``name=value``,
     this one left out: Linux's ``/proc``, psutil elsewhere (an unreadable one is ``None`` there)."""
-    entry, found = f"\0{name}={value}\0".encode(), []
+    # encoded as the environment is: a folder whose name is no UTF-8 (b"x\xff") holds lone surrogates
+    entry, found = os.fsencode(f"\0{name}={value}\0"), []
     if not os.path.isdir("/proc/self"):
         import psutil
 
@@ -50,7 +51,7 @@ def _environments(name: str, value: str) -> list[tuple[int, bytes]]:
             variables = process.info["environ"] or {}
             if variables.get(name) == value and process.pid != os.getpid():
                 pairs = "\0".join(f"{key}={text}" for key, text in variables.items())
-                found.append((process.pid, f"\0{pairs}\0".encode()))
+                found.append((process.pid, os.fsencode(f"\0{pairs}\0")))
         return found
     for entry_name in os.listdir("/proc"):
         if entry_name.isdigit() and int(entry_name) != os.getpid():

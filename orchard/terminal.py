@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import logging
 
-__all__ = ["PrintableFormatter", "escape_unconfigured_logs", "is_utf8", "printable"]
+__all__ = ["PrintableFormatter", "escape_unconfigured_logs", "is_utf8", "printable", "storable_text"]
 
 #: Every control character but the line break and the tab, written as ``\xNN`` (C0, DEL, C1), and the
 #: bidirectional controls as ``\uNNNN``: one reorders what the terminal shows after it on its line.
@@ -36,6 +36,16 @@ def is_utf8(text: str) -> bool:
     except UnicodeEncodeError:
         return False
     return True
+
+
+def storable_text(text: str) -> str:
+    """``text`` with the bytes it holds that are no UTF-8 (a file named in Latin-1 reaches Python as
+    ``'\\udcff'``) written as ``\\xff``: MongoDB stores UTF-8 only, and refused the whole command or result
+    holding one, so every hunt of such a script stopped on an ``unexpected UnicodeEncodeError``."""
+    try:
+        return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    except UnicodeEncodeError:  # a lone surrogate no file name holds
+        return text.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 class PrintableFormatter(logging.Formatter):

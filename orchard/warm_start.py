@@ -124,12 +124,12 @@ def _parse_source(item: Any) -> Source:
     if isinstance(item, Mapping):
         unknown = sorted(set(map(str, item)) - _SOURCE_KEYS)
         fill = item.get("fill") or {}
-        if unknown or not isinstance(fill, Mapping) or not isinstance(item.get("storage") or "", str):
-            unknown_keys = f"; unknown: {unknown}" if unknown else ""
+        name, storage = item.get("experiment"), item.get("storage") or None
+        if unknown or not isinstance(fill, Mapping) or not isinstance(storage or "", str) or name is None:
+            unknown_keys = f"; unknown: {unknown}" if unknown else "" if name is not None else "; names no experiment"
             raise ConfigurationError(
                 f"warm_start source {redact_all(dict(item))!r}: keys are experiment, storage (a URI) and "
                 f"fill (a mapping of dimension to value){unknown_keys}; e.g. {_EXAMPLE}")
-        name, storage = item.get("experiment"), item.get("storage") or None
         if storage is not None and not names_storage(storage):  # refused later, as if it were --storage
             raise _not_a_storage(redact_all(dict(item)), storage, "e.g. {experiment: e, storage: runs/o.pkl}")
         fill = {str(k): to_builtin(v) for k, v in fill.items()}

@@ -236,6 +236,17 @@ def test_hunt_joining_with_another_space_is_one_clear_error(
     assert code == 1 and "different configuration" in line and "uniform(0.0, 2.0)" in line
 
 
+def test_hunt_into_a_storage_in_its_own_memory_is_refused_before_any_trial(
+        workdir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`orchard hunt --storage memory:// ...` ran its trials, printed the best, and lost every one at exit."""
+    assert main(["hunt", "-n", "e", "--max-trials", "2", "--storage", "memory://", *train()]) == 2
+    assert error_line(capsys.readouterr().err) == (
+        "orchard: error: memory:// lives in the memory of this command only, so every trial hunt runs would be "
+        "lost when it exits; give a pickle file (e.g. --storage runs/orchard.pkl) or a MongoDB URI; nothing was "
+        "run")
+    assert not (workdir / "orchard-runs").exists()  # no trial folder: no trial ran
+
+
 def test_hunt_reads_settings_from_a_config_file(workdir: Path) -> None:
     (workdir / "exp.yaml").write_text("name: fromfile\nmax_trials: 3\nalgorithm: {random: {}}\nseed: 7\n")
     assert main(["hunt", "--config", "exp.yaml", "--storage", "orchard.pkl", *train()]) == 0
@@ -570,6 +581,45 @@ def test_status_list_and_info(workdir: Path, capsys: pytest.CaptureFixture[str])
     assert json.loads(capsys.readouterr().out)["space"]["y"] == "uniform(0.0, 1.0)"
 
 
+def test_list_keeps_its_rows_narrow_beside_a_long_name_and_json_keeps_it_whole(
+        workdir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """One experiment named with 300 characters (another program, an older release; 128 today) padded every
+    row of `orchard list` to 300 characters and more."""
+    storage = orchard.get_storage("orchard.pkl")
+    config = orchard.build_experiment("short", space={"x": "uniform(0, 1)"}, storage="orchard.pkl",
+                                      max_trials=5).storage.require_experiment("short").config
+    long_name = "x" * 300
+    storage.create_experiment(long_name, config)
+    storage.create_experiment("tiny", config)
+    assert main(["list", "--storage", "orchard.pkl"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert long_name in lines  # whole, on its own line: it can be copied for -n
+    assert max(len(line) for line in lines if line != long_name) < 120, lines
+    rows = [line for line in lines if "completed" in line]
+    assert len(rows) == 3 and len({line.index("0/5 completed") for line in rows}) == 1  # one column
+    assert main(["list", "--json", "--storage", "orchard.pkl"]) == 0
+    assert long_name in [row["name"] for row in json.loads(capsys.readouterr().out)]
+
+
+def test_a_name_starting_with_a_dash_is_given_joined_by_equals_and_apart_says_so(
+        workdir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`orchard status -n -exp` said only "argument -n/--name: expected one argument"."""
+    config = orchard.build_experiment("e", space={"x": "uniform(0, 1)"}, storage="orchard.pkl",
+                                      max_trials=5).storage.require_experiment("e").config
+    orchard.get_storage("orchard.pkl").create_experiment("-exp", config)  # by another program, an old release
+    for given in (["--name=-exp"], ["-n=-exp"]):
+        assert main(["status", *given, "--json", "--storage", "orchard.pkl"]) == 0
+        assert json.loads(capsys.readouterr().out)["name"] == "-exp"
+        assert main(["info", *given, "--storage", "orchard.pkl"]) == 0
+        assert "experiment '-exp'" in capsys.readouterr().out
+    for given in (["-n", "-exp"], ["--name", "-exp"]):
+        assert main(["status", *given, "--json", "--storage", "orchard.pkl"]) == 2
+        assert "a value that starts with '-' is joined to its option by '=': --name=-exp" in error_line(
+            capsys.readouterr().err)
+    assert main(["status", "-n", "--json", "--storage", "orchard.pkl"]) == 2  # a name forgotten: no hint
+    assert "'='" not in error_line(capsys.readouterr().err)
+
+
 def test_status_list_and_info_say_max_broken_stopped_the_experiment(
     workdir: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -733,6 +783,39 @@ def test_a_script_named_in_latin_1_is_hunted_on_mongodb(
     capsys.readouterr()
     assert main(["info", "-n", "e", "--storage", mongo_db_uri]) == 0
     assert "b\\xffd.py" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("backend", ["pickle", "mongodb"])
+def test_hunt_runs_in_a_directory_named_in_latin_1(
+        workdir: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], backend: str,
+        request: pytest.FixtureRequest) -> None:
+    """A directory whose name is no UTF-8 (b"x\\xff") reaches Python as 'x\\udcff', and with it the default
+    working_dir and the cwd a script reports: MongoDB refused the experiment ("unexpected UnicodeEncodeError")
+    and on a pickle file every trial broke (the search for strays of earlier attempts encoded it as UTF-8)."""
+    folder = os.fsdecode(os.fsencode(workdir) + b"/x\xff")
+    os.mkdir(folder)
+    shutil.copy(workdir / "train.py", folder)
+    monkeypatch.chdir(folder)
+    storage = str(request.getfixturevalue("mongo_db_uri")) if backend == "mongodb" else "orchard.pkl"
+    assert main(["hunt", "-n", "e", "--storage", storage, "--max-trials", "2", *train()]) == 0, \
+        capsys.readouterr().err
+    runs = os.path.join(folder, "orchard-runs", "e")
+    assert orchard.get_experiment("e", storage=storage).settings.working_dir == runs
+    done = trials("e", storage)
+    assert [t.status for t in done] == [TrialStatus.COMPLETED] * 2
+    shown = runs if backend == "pickle" else runs.replace("x\udcff", "x\\xff")  # MongoDB holds UTF-8 only
+    assert {t.results["cwd"] for t in done} == {os.path.join(shown, t.id) for t in done}
+    capsys.readouterr()
+    assert main(["hunt", "-n", "e", "--storage", storage, "--max-trials", "3", *train()]) == 0  # joined
+    assert len(trials("e", storage)) == 3
+    assert sorted(os.listdir(runs)) == sorted(t.id for t in trials("e", storage))
+    if backend == "pickle":  # its dump loads into MongoDB (it stopped on the first such trial)
+        mongo = str(request.getfixturevalue("mongo_db_uri"))
+        assert main(["db", "dump", "-o", "dump.json", "--storage", storage]) == 0
+        assert main(["db", "load", "dump.json", "--storage", mongo]) == 0, capsys.readouterr().err
+        assert orchard.get_experiment("e", storage=mongo).settings.working_dir == runs
+        assert {t.results["cwd"] for t in trials("e", mongo)} == {
+            os.path.join(runs.replace("x\udcff", "x\\xff"), t.id) for t in trials("e", mongo)}
 
 
 def test_info_of_an_empty_trial_id_is_refused_not_taken_for_no_trial(
@@ -1067,10 +1150,57 @@ def test_errors_in_a_real_process_are_one_line(workdir: Path) -> None:
     assert debug.returncode == 1 and "Traceback" in debug.stderr
 
 
+def test_a_command_run_in_a_deleted_directory_says_so(workdir: Path, monkeypatch: pytest.MonkeyPatch,
+                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    """Every command, `list --storage /abs/orchard.pkl` too, said only "[Errno 2] No such file or directory
+    (FileNotFoundError)" in a directory deleted since the shell entered it."""
+    assert hunt("e", "--max-trials", "1") == 0
+    gone = workdir / "gone"
+    gone.mkdir()
+    monkeypatch.chdir(gone)
+    monkeypatch.setenv("PWD", str(gone))
+    gone.rmdir()
+    capsys.readouterr()
+    for command in (["list", "--storage", str(workdir / "orchard.pkl")], ["status"]):
+        assert main(command) == 2
+        assert error_line(capsys.readouterr().err) == (
+            f"orchard: error: the current directory ({gone}, as the shell names it) no longer exists: it was "
+            "deleted or moved away; cd to an existing directory and run the command again")
+    assert main(["--version"]) == 0
+
+
 def test_python_dash_m_orchard_and_version(workdir: Path) -> None:
     proc = subprocess.run([sys.executable, "-m", "orchard", "--version"], capture_output=True, text=True,
                           timeout=60, check=False)
     assert proc.returncode == 0 and proc.stdout.startswith("orchard ")
+
+
+#: A frame of Orchard's own code (the package, or the launcher the ``orchard`` script imports) in a traceback.
+_ORCHARD_FRAME = re.compile(r'File "[^"]*(/orchard/|_orchard_launch\.py)')
+
+
+@pytest.mark.slow
+def test_ctrl_c_while_the_orchard_command_starts_is_one_line_and_exit_130(workdir: Path) -> None:
+    """Ctrl-C in the first tenth of a second of any ``orchard`` command (Python importing the package, before
+    main could catch it) printed a traceback and exited 1 or -2. What the interpreter prints while it starts
+    itself, before any of Orchard's code runs (its site module), is not Orchard's to change."""
+    script = Path(sys.executable).with_name("orchard")
+    assert script.exists(), f"no orchard script beside {sys.executable}: install the package"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ORCHARD_")}
+    caught = 0
+    for attempt in range(45):
+        proc = subprocess.Popen([str(script), "list", "--storage", "o.pkl"], stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True, env=env, cwd=workdir)
+        time.sleep(0.02 + attempt % 15 * 0.03)  # 0.02 .. 0.44 s: a loaded machine starts Python later
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=60)
+        assert not _ORCHARD_FRAME.search(err), err
+        if "Traceback" in err:  # the interpreter's own start (site, the script's first imports), not Orchard
+            continue
+        assert (proc.returncode, err.strip()) in (  # -2: killed before the interpreter took Ctrl-C over
+            (130, "orchard: interrupted"), (0, ""), (-signal.SIGINT, "")), (proc.returncode, err)
+        caught += proc.returncode == 130
+    assert caught, "no Ctrl-C landed while the command ran: start it later or sooner"
 
 
 @pytest.mark.parametrize("args", [["--version"], ["--help"], ["status", "--help"],
@@ -1296,6 +1426,43 @@ def test_db_dump_to_a_reader_that_stops_early_exits_141_quietly(workdir: Path) -
     assert proc.stderr.read() == b""
 
 
+@pytest.mark.parametrize("args", [["list"], ["list", "--json"], ["status"], ["status", "-n", "e", "--json"],
+                                  ["info", "-n", "e"], ["--help"], ["--version"]])
+def test_a_full_standard_output_is_one_line_naming_it_and_a_closed_pipe_ends_quietly(
+        workdir: Path, args: list[str]) -> None:
+    """`orchard info -n e > /dev/full` said 'error: [Errno 28] No space left on device (OSError)', as if the
+    storage's disk were full, and `orchard --help > /dev/full` exited 0 having written nothing."""
+    orchard.build_experiment("e", space={"x": "uniform(0, 1)"}, storage="orchard.pkl").insert({"x": 0.5}, 1.0)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ORCHARD_")}
+    command = [sys.executable, "-m", "orchard.cli", *args]
+    with open("/dev/full", "w") as full:
+        proc = subprocess.run(command, cwd=workdir, env=env, stdout=full, stderr=subprocess.PIPE, text=True,
+                              timeout=60, check=False)
+    assert (proc.returncode, proc.stderr) == (
+        1, "orchard: error: cannot write to standard output: No space left on device\n")
+    read, write = os.pipe()
+    os.close(read)  # `orchard list | head -0`: the reader is gone before the first write
+    try:
+        proc = subprocess.run(command, cwd=workdir, env=env, stdout=write, stderr=subprocess.PIPE, text=True,
+                              timeout=60, check=False)
+    finally:
+        os.close(write)
+    assert (proc.returncode, proc.stderr) == (0 if args[0].startswith("--") else 141, "")
+
+
+@pytest.mark.parametrize("encoding", ["utf-8", "ascii"])
+def test_a_strict_standard_output_shows_what_it_cannot_encode_escaped(workdir: Path, encoding: str) -> None:
+    """With PYTHONIOENCODING=utf-8 (errors: strict), a storage path holding b"\\xff" (a folder named in
+    Latin-1) ended `orchard status` in 'unexpected UnicodeEncodeError'."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ORCHARD_")}
+    env["PYTHONIOENCODING"] = encoding
+    path = os.fsdecode(b"r\xff\xe9.pkl")
+    proc = subprocess.run([sys.executable, "-m", "orchard.cli", "status", "--storage", path], cwd=workdir,
+                          env=env, capture_output=True, text=True, timeout=60, check=False)
+    assert (proc.returncode, proc.stderr) == (0, "")
+    assert proc.stdout == "no experiments in r\\udcff\\udce9.pkl (the file does not exist)\n"
+
+
 def test_help_texts_name_every_storage_source(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["status", "--help"]) == 0
     text = " ".join(capsys.readouterr().out.split())
@@ -1435,6 +1602,22 @@ def test_db_dump_never_writes_over_a_storage_file(workdir: Path, capsys: pytest.
     assert f"(a link to {workdir / 'orchard.pkl'})" in line and line.endswith("e.g. -o dump-dump.json"), line
     (workdir / "dump.json").unlink()
     assert main(["db", "dump", "-n", "e", "-o", "dump.json"]) == 0
+
+
+def test_db_dump_never_replaces_the_lock_file_of_a_storage(
+        workdir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`-o orchard.pkl.lock` (a name a shell completes from orchard.pkl) replaced the lock file the storage's
+    workers take, under them; the next process set the dump aside as orchard.pkl.lock.foreign."""
+    assert hunt("e", "--max-trials", "1") == 0
+    lock = workdir / "orchard.pkl.lock"
+    before = os.stat(lock)
+    assert main(["db", "dump", "-o", "orchard.pkl.lock"]) == 2
+    assert error_line(capsys.readouterr().err) == (
+        "orchard: error: -o orchard.pkl.lock is the lock file of storage orchard.pkl; writing the dump there "
+        "would replace it under the storage's workers: give a new file name, e.g. -o orchard.json")
+    assert os.path.samestat(os.stat(lock), before) and lock.read_bytes() == b""
+    (workdir / "notes.lock").write_text("mine")  # a .lock file of no storage is the user's to write
+    assert main(["db", "dump", "-o", "notes.lock"]) == 0
 
 
 @pytest.mark.timeout(30)

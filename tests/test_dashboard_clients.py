@@ -12,6 +12,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -27,7 +28,7 @@ from orchard.storages import get_storage
 
 storage = get_storage(sys.argv[1])
 serve(storage, bind("127.0.0.1", 0), announce=lambda url: print(url, flush=True),
-      request_timeout=1.0, send_timeout=2.0)
+      request_timeout=float(sys.argv[2]), send_timeout=2.0)
 """
 #: A request for plotly.js (4.8 MB): more than the kernel's buffers hold, so an answer to a
 #: client that reads nothing must wait.
@@ -35,9 +36,9 @@ BUNDLE = b"GET /static/plotly.min.js HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
 
 
 @contextlib.contextmanager
-def server(tmp_path: Path) -> Iterator[tuple[str, int]]:
-    proc = subprocess.Popen([sys.executable, "-c", SERVER, str(tmp_path / "o.pkl")], stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
+def server(tmp_path: Path, request_timeout: float = 1.0) -> Iterator[tuple[str, int]]:
+    proc = subprocess.Popen([sys.executable, "-c", SERVER, str(tmp_path / "o.pkl"), str(request_timeout)],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         line = proc.stdout.readline() if proc.stdout else ""
         found = re.search(r"http://127\.0\.0\.1:(\d+)/", line)
@@ -91,3 +92,23 @@ def test_silent_slow_and_non_reading_clients_are_dropped_while_others_are_served
         assert ended and received < 1_000_000  # dropped with what the kernel held, not three bundles of 4.8 MB
         with urllib.request.urlopen(url + "static/plotly.min.js", timeout=10) as answer:
             assert len(answer.read()) > 4_000_000  # a client that reads gets the whole bundle
+
+
+def test_many_connections_that_send_nothing_or_half_a_request_do_not_shut_out_other_clients(
+        tmp_path: Path) -> None:
+    """70 half-open connections (the server serves 64 at once) made every other client get 503 until they
+    timed out, and a client reconnecting them kept it so; the ones waiting longest now make room."""
+    from orchard.dashboard._server import MAX_CONNECTIONS
+
+    with server(tmp_path, request_timeout=60.0) as (url, port), contextlib.ExitStack() as stack:
+        for round_ in range(3):  # the attacker opens its connections again and again
+            for number in range(MAX_CONNECTIONS + 6):
+                half = b"GET /api/experiments HTTP/1.1\r\nHost: 127.0.0.1\r\n" if number % 2 else b""
+                stack.enter_context(connect(port, half))
+            time.sleep(0.3)
+            try:
+                with urllib.request.urlopen(url + "api/experiments", timeout=10) as answer:
+                    status = answer.status
+            except urllib.error.HTTPError as err:
+                status = err.code
+            assert status == 200, f"round {round_}: {status}"  # was 503

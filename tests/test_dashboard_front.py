@@ -72,3 +72,27 @@ def test_the_experiment_page_shows_the_front_live(browser: Any, tmp_path: Path) 
         assert browser.execute_script("return document.getElementById('front-section').hidden") is True
         browser.get("about:blank")
     store.close()
+
+
+def test_the_scatter_leaves_out_and_names_objectives_beyond_1e300(browser: Any, tmp_path: Path) -> None:
+    """An error of -1e308 (and an accuracy of 1e308) stretched the scatter's axes until the other trials
+    sat on one spot, and plotly drew the front's line through NaN (errors in the console)."""
+    from selenium.webdriver.common.by import By
+
+    uri = str(tmp_path / "orchard.pkl")
+    store = get_storage(uri)
+    exp_id = store.create_experiment("huge", {**CONFIG, "constraints": []})
+    for row in [*RESULTS[:3], (0.4, -1e308, 0.5, 1.0), (0.5, 0.5, 1e308, 1.0), (0.6, 1e301, 0.1, 1.0)]:
+        complete(store, exp_id, *row)
+    store.close()
+    with serving(uri, cwd=tmp_path) as served:
+        browser.get("about:blank")
+        browser.get_log("browser")  # what earlier pages logged is theirs
+        browser.get(served.url + "experiments/huge")
+        wait_for(browser, lambda b: b.find_elements(By.CSS_SELECTOR, "#plot-front svg.main-svg"))
+        assert wait_for(browser, lambda b: scatter(b) == {"dominated": 1, "infeasible": 0, "front": 2})
+        said = "3 completed trials with an objective beyond ±1e300 left out of the scatter: #4, #5, #6"
+        assert said in browser.find_element(By.ID, "front-note").text
+        assert len(front_rows(browser)) == 4  # the table still lists every trial of the front
+        assert_offline_and_clean(browser, served.url)
+        browser.get("about:blank")

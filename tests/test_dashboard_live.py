@@ -21,6 +21,7 @@ import sys
 import threading
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -168,6 +169,30 @@ def test_api_serves_counts_follows_changes_and_refuses_writes(storage_uri: str, 
         status, delta = request(served.url + f"api/experiments/dash/trials?since={trials['version']}")
         assert [(t["id"], t["status"]) for t in delta["trials"]] == [(ids["running"], "completed")]
     store.close()
+
+
+#: Names another program may have written into the storage (orchard's own names allow none of them).
+URL_SPECIAL_NAMES = ("runs/2024", "q?x=1", "h#1", "50%41", "a b", "end/", "x/trials")
+
+
+def test_names_holding_url_special_characters_reach_their_own_experiment(tmp_path: Path) -> None:
+    """/api/experiments/runs%2F2024 answered 404: the name was decoded into two segments of the path."""
+    store = get_storage(str(tmp_path / "orchard.pkl"))
+    for number, name in enumerate(URL_SPECIAL_NAMES):
+        exp_id = store.create_experiment(name, {"space": {"x": "uniform(0, 1)"}, "algorithm": "random"})
+        for n in range(number + 1):  # a count of trials to tell the experiments apart by
+            store.register_trial(exp_id, {"x": n / 10})
+    store.close()
+    with serving(str(tmp_path / "orchard.pkl"), cwd=tmp_path) as served:
+        for number, name in enumerate(URL_SPECIAL_NAMES):
+            quoted = urllib.parse.quote(name, safe="")
+            status, detail = request(served.url + "api/experiments/" + quoted)
+            assert (status, detail["name"], detail["counts"]["new"]) == (200, name, number + 1)
+            status, rows = request(served.url + f"api/experiments/{quoted}/trials")
+            assert (status, len(rows["trials"])) == (200, number + 1), name
+            assert request(served.url + "experiments/" + quoted)[0] == 200
+        status, missing = request(served.url + "api/experiments/runs%2F2025")
+        assert status == 404 and "'runs/2025'" in missing["error"]
 
 
 def test_a_pickle_lock_held_by_a_worker_does_not_block_the_dashboard(tmp_path: Path) -> None:
@@ -458,6 +483,21 @@ def test_an_address_with_a_stray_percent_says_there_is_no_such_experiment(browse
     with serving(str(tmp_path / "orchard.pkl"), cwd=tmp_path) as served:
         browser.get(served.url + "experiments/50%off")  # was a URIError: the page stayed blank
         wait_for(browser, lambda b: "no experiment named '50%off'" in b.find_element(By.ID, "problem").text)
+
+
+def test_the_list_links_to_the_page_of_a_name_holding_a_slash(browser: Any, tmp_path: Path) -> None:
+    from selenium.webdriver.common.by import By
+
+    store = get_storage(str(tmp_path / "orchard.pkl"))
+    populate(store, "runs/2024?#%")
+    store.close()
+    with serving(str(tmp_path / "orchard.pkl"), cwd=tmp_path) as served:
+        browser.get(served.url)
+        wait_for(browser, lambda b: b.find_elements(By.CSS_SELECTOR, "#experiments tbody a"))
+        browser.find_element(By.CSS_SELECTOR, "#experiments tbody a").click()
+        wait_for(browser, lambda b: b.find_element(By.ID, "count-completed").text == "3")  # was: not found
+        assert text_of(browser, "#name") == "runs/2024?#%"
+        browser.get("about:blank")
 
 
 def test_counts_change_on_the_page_while_a_hunt_with_two_workers_runs(browser: Any, tmp_path: Path) -> None:

@@ -621,3 +621,21 @@ def test_a_training_that_reports_past_the_cap_goes_on_to_its_result(monkeypatch,
     (trial,) = exp.fetch_trials()
     assert trial.status is TrialStatus.COMPLETED and [step for step, _ in trial.reports] == [1, 2, 3, 4, 5]
     assert caplog.text.count("neither stored nor judged") == 1
+
+
+def test_a_memory_uri_names_one_storage_however_its_slashes_and_scheme_are_written() -> None:
+    """memory://nb and memory://nb/ were two storages: an experiment built through one was missing from the
+    other ("no experiment named ..."). The name is read as mongomock reads its database's."""
+    from orchard.errors import ConfigurationError
+    from orchard.storages import get_storage
+
+    exp = orchard.build_experiment("slashes", space=SPACE, storage="memory://nb", max_trials=3)
+    exp.insert({"x": 0.5}, objective=1.0)
+    for uri in ("memory://nb/", "MEMORY://nb", "memory:///nb//"):
+        same = orchard.get_experiment("slashes", storage=uri)
+        assert [t.params for t in same.fetch_trials()] == [{"x": 0.5}], uri
+        assert get_storage(uri) is get_storage("memory://nb")
+    assert get_storage("memory://nb/").uri == "memory://nb"
+    assert get_storage("memory://") is not get_storage("memory:///")  # no name: always a new one, as before
+    with pytest.raises(ConfigurationError, match="memory://NAME takes no options"):
+        get_storage("memory://nb?fsync=0")

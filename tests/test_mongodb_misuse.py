@@ -9,6 +9,7 @@ refused and names what happened.
 from __future__ import annotations
 
 import datetime
+import json
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -283,4 +284,29 @@ def test_an_experiment_whose_format_is_not_a_number_is_skipped_as_another_progra
     with pytest.raises(StorageCorruptedError, match="not one Orchard writes \\(field 'format' is") as refused:
         store.get_experiment("odd")
     assert "newer" not in str(refused.value)
+    store.close()
+
+
+@pytest.mark.parametrize("command", [["list"], ["status"], ["db", "dump", "-o", "DUMP"]])
+def test_an_experiment_of_a_newer_release_is_skipped_and_named_by_list_status_and_dump(
+        uri: str, command: list[str], tmp_path: Path, capsys: pytest.CaptureFixture[str],
+        caplog: pytest.LogCaptureFixture) -> None:
+    """One experiment stamped `format: 3` (a newer release's) made `orchard list`, `status` and `db dump` of
+    the whole storage fail with 'experiment 'new' … was written by a newer Orchard release'; the others went
+    unseen."""
+    from orchard.cli import main
+
+    store = MongoStorage(uri)
+    newer = store.create_experiment("newer", {"space": {"x": "uniform(0, 1)"}})
+    store.create_experiment("fine", {"space": {"x": "uniform(0, 1)"}})
+    store._db().experiments.update_one({"_id": newer}, {"$set": {"format": 3}})  # a later release's stamp
+    dump = tmp_path / "dump.json"
+    assert main([*[str(dump) if part == "DUMP" else part for part in command], "--storage", uri]) == 0
+    out, said = capsys.readouterr().out, caplog.text  # the warning goes to stderr through logging
+    assert "skipped experiment 'newer'" in said and "newer Orchard release (format 3" in said
+    assert "upgrade" in said
+    if dump.exists():
+        assert [entry["name"] for entry in json.loads(dump.read_text())["experiments"]] == ["fine"]
+    else:
+        assert "fine" in out and "newer" not in out
     store.close()

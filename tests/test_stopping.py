@@ -454,6 +454,14 @@ def test_rules_come_from_flags_the_environment_and_config_files(tmp_path: Path) 
     assert parse_duration("1h30m") == 5400.0 and parse_duration(90) == 90.0
 
 
+@pytest.mark.parametrize("typo", ["1h1h", "30m1h", "1h 2h", "5s10s"])
+def test_a_duration_naming_a_unit_twice_or_out_of_order_is_refused_not_summed(typo: str) -> None:
+    """max_time='1h1h' was taken as 2 h and '30m1h' as 1.5 h: a typo ran for a time nobody wrote."""
+    with pytest.raises(ValueError, match="each unit once, largest first"):
+        parse_duration(typo)
+    assert parse_duration("1d2h30m15s") == 86400 + 7200 + 1800 + 15
+
+
 def test_one_stop_flag_takes_several_comma_separated_rules_as_the_docs_show(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)

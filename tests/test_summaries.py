@@ -267,3 +267,36 @@ def test_a_summary_that_gives_a_param_another_type_than_its_record_is_damage(
         _ = lied.results
     assert main(["db", "check", "--storage", str(path)]) != 0
     assert "summary differs from its record in params" in capsys.readouterr().out
+
+
+def _damaged_inside(path: Path, exp: str, trial_id: str, status: str, **fields: object) -> None:
+    """Append a trial frame whose summary reads but whose record holds a result no reader accepts (an int of
+    100 bits, nested in a list): another program's write, which a reader finds only when it decodes it."""
+    record = {**Trial(id=trial_id, experiment=exp, params={"x": 0.9 if status == "new" else 0.8}).to_record(),
+              "status": status, "results": {"n": [10**30]}, **fields}
+    with path.open("ab") as f:
+        f.write(fileformat.encode_frame([{"op": "trial", "trial": record}]))
+
+
+def test_a_trial_whose_record_is_damaged_inside_is_set_aside_and_frees_its_unit_of_the_budget(
+        path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """A waiting trial (and a reservation of a dead worker) whose record was damaged inside its results held a
+    unit of max_trials=3, and every reservation or take-back of it failed with StorageCorruptedError: every
+    worker stopped, the experiment never finished. Each is now set aside as broken, and the budget is met."""
+    import orchard
+
+    exp = orchard.build_experiment("e", space={"x": "uniform(0, 1)"}, algorithm="random", max_trials=3,
+                                   heartbeat=1, storage=str(path))
+    store = PickledStorage(str(path), fsync=False)
+    exp_id = store.require_experiment("e").id
+    _damaged_inside(path, exp_id, "a" * 32, "new")
+    _damaged_inside(path, exp_id, "b" * 32, "reserved", worker="gone:1:w", heartbeat=1.7e9, start_time=1.7e9,
+                    attempts=1)
+    exp.workon(lambda x: x, n_workers=1, executor="single")  # before: stopped at the first damaged trial
+    counts = {s.value: n for s, n in PickledStorage(str(path)).count_trials(exp_id).items() if n}
+    assert counts == {"completed": 3, "broken": 2}
+    broken = PickledStorage(str(path)).fetch_trials(exp_id, [TrialStatus.BROKEN])
+    assert {t.id for t in broken} == {"a" * 32, "b" * 32}
+    assert all(t.error is not None and t.error["reason"] == "damaged" and "db repair" in t.error["message"]
+               for t in broken)
+    assert "set aside as broken, so that it holds no unit of the budget" in caplog.text

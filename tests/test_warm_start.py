@@ -188,6 +188,21 @@ def test_cli_insert_of_a_file_larger_than_the_budget_left_stores_no_row(
     assert main(["insert", "-n", "e", "--storage", store, "--file", str(rows)]) == 0  # apart from it: all
 
 
+def test_cli_insert_skips_the_blank_rows_a_csv_file_ends_or_is_cut_by(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A trailing blank line (or ",," as a spreadsheet saves an empty row) was 'row 2: params {} do not match the
+    space', and no row of the file was stored."""
+    store = str(tmp_path / "db.pkl")
+    exp = orchard.build_experiment("e", space={"x": "uniform(0, 1)"}, max_trials=3, storage=store)
+    rows = tmp_path / "rows.csv"
+    rows.write_text("x,objective\n0.1,1\n\n , \n0.2,2\n,\n\n")
+    assert main(["insert", "-n", "e", "--storage", store, "--file", str(rows)]) == 0, capsys.readouterr().err
+    assert sorted(t.params["x"] for t in exp.fetch_trials()) == [0.1, 0.2]
+    rows.write_text("x,objective\n0.3,1\n\n0.4\n")  # rows are counted as in a .jsonl file: blank ones not
+    assert main(["insert", "-n", "e", "--storage", store, "--file", str(rows)]) == 2
+    assert "row 2 of" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize(("name", "content", "expected"), [
     # each was recorded with one of the values dropped silently
     ("rows.csv", "x,x,objective\n0.1,0.2,1\n", "rows.csv names column(s) 'x' twice; keep one"),
@@ -267,6 +282,8 @@ def test_a_source_that_does_not_fit_is_refused_naming_the_dims(store: str, space
     ([{"experiment": "old", "storage": "runs/old.json"}], ConfigurationError,
      "^warm_start source .*'runs/old.json' is neither a storage URI nor a .pkl path; write e.g. {experiment"),
     ([{"experiment": "old", "fill": 3}], ConfigurationError, "fill"),
+    # a mapping without 'experiment' said "experiment name None is empty or not text"
+    ([{"storage": "runs/x.pkl", "fill": {}}], ConfigurationError, "runs/x.pkl.*names no experiment; e.g."),
     ([{"experiment": "old", "fill": {"x": 1.0}}], ConfigurationError, "'x' is in both spaces"),
     ([{"experiment": "old", "fill": {"q": 1.0}}], ConfigurationError, "fill names 'q', which is not in this space"),
     # as --warm-start '{...}': the second experiment silently won

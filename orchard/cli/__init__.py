@@ -30,6 +30,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from orchard.cli._args import PROG, OneLineParser, UsageError, add_common
+from orchard.cli._output import OutputError, checked_stdout
 from orchard.terminal import PrintableFormatter, printable
 from orchard.errors import Interrupted
 
@@ -83,10 +84,29 @@ def _unavailable(err: ImportError) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line ``argv`` (default ``sys.argv[1:]``) and return its exit code."""
+    with checked_stdout() as output:
+        code = _run(argv)
+        if output.failure is None:  # what is still buffered (--help, a short listing) written now, or said
+            code = _run(None, flush=code)
+    if output.failure is None:
+        return code
+    _silence_stdout()  # what is left in its buffer cannot be written either: dropped, not said again at exit
+    if code == 0 and isinstance(output.failure, OutputError):  # argparse ignores its write errors (--help)
+        code = _report(output.failure, debug=False)
+    return code
+
+
+def _run(argv: Sequence[str] | None, flush: int | None = None) -> int:
+    """Run the command line ``argv``, or flush stdout and return ``flush``, a command's exit code."""
     args: argparse.Namespace | None = None
     try:
+        if flush is not None:
+            if sys.stdout is not None:  # None: started with >&-
+                sys.stdout.flush()
+            return flush
         args = _parse(list(sys.argv[1:] if argv is None else argv))
         _configure_logging(args.debug)
+        _check_current_directory()
         if getattr(args, "subcommand", None) not in _SIGNALLED:
             return int(args.func(args))
         from orchard.interruption import interruptible
@@ -148,7 +168,7 @@ def _report(err: BaseException, debug: bool) -> int:
     message = _shortened(printable(" ".join(str(err).split()))) or type(err).__name__
     if isinstance(err, (UsageError, ConfigurationError)):
         code = 2
-    elif isinstance(err, OrchardError):
+    elif isinstance(err, (OrchardError, OutputError)):  # OutputError names standard output itself
         code = 1
     elif isinstance(err, OSError):
         code, message = 1, f"{message} ({type(err).__name__})"
@@ -171,6 +191,22 @@ def _shortened(message: str) -> str:
         return message
     cut = len(message) - _HEAD - _TAIL
     return f"{message[:_HEAD]} …[{cut} characters; --debug shows them]… {message[-_TAIL:]}"
+
+
+def _check_current_directory() -> None:
+    """Refuse to run in a directory deleted since the shell entered it: every command (``list --storage
+    /abs/path`` too) said only "[Errno 2] No such file or directory (FileNotFoundError)"."""
+    import os
+
+    from orchard.errors import ConfigurationError
+
+    try:
+        os.getcwd()
+    except FileNotFoundError:
+        shell = os.environ.get("PWD", "")  # the shell's name for it, unless it is another directory's
+        named = f" ({printable(shell)}, as the shell names it)" if shell and not os.path.exists(shell) else ""
+        raise ConfigurationError(f"the current directory{named} no longer exists: it was deleted or moved "
+                                 "away; cd to an existing directory and run the command again") from None
 
 
 def _silence_stdout() -> None:

@@ -72,10 +72,21 @@ class OneLineParser(argparse.ArgumentParser):
                 message = self.unrecognized(unknown)
             elif near:
                 message += f"; did you mean {near!r}?"
+        elif found := re.match(r"argument (\S+): expected one argument$", message):
+            message += self._dash_value_hint(found.group(1).split("/"))
         elif message.startswith("the following arguments are required") and (
                 unknown := self.unknown_options(self._given)):
             message = self.unrecognized(unknown)  # db dump --outptu: not just -o
         raise UsageError(f"{message}; see '{self.prog} --help'")
+
+    def _dash_value_hint(self, options: list[str]) -> str:
+        """How to give one of ``options`` its value that starts with '-': argparse takes ``--name -exp`` for
+        two options and said only "expected one argument"."""
+        for option, value in zip(self._given, self._given[1:]):
+            known = value.split("=", 1)[0] in self._option_string_actions
+            if option in options and value[:1] == "-" and not known:
+                return f"; a value that starts with '-' is joined to its option by '=': {options[-1]}={value}"
+        return ""
 
     def unknown_options(self, tokens: list[str]) -> list[str]:
         """The tokens of ``tokens`` that look like options and are none of this parser's."""

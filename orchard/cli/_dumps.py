@@ -158,13 +158,14 @@ def _check_writable(path: str) -> None:
         raise ConfigurationError(f"-o {path} is a directory; give a file path, e.g. -o {suggestion}")
     from orchard.storages.pickled.fileformat import is_log_file
 
-    if is_log_file(path):  # e.g. `-o runs/orchard.pkl`: the dump would replace a storage and its experiments
-        stem, suffix = os.path.splitext(path)  # dump.json, a link to the storage file, was given as the new name
+    locked = path[:-len(".lock")] if path.endswith(".lock") and is_log_file(path[:-len(".lock")]) else None
+    if locked is not None or is_log_file(path):  # `-o runs/orchard.pkl`: a storage, its experiments replaced
+        stem, suffix = os.path.splitext(locked or path)  # dump.json: a link to the storage file was given
         named = f"{stem}-dump.json" if suffix == ".json" else f"{stem}.json"
-        raise ConfigurationError(
-            f"-o {path} is an Orchard storage file{_linked(path)}; writing the dump there would replace it and "
-            f"every experiment in it: give a new file name, e.g. -o {named}"
-        )
+        what = f"the lock file of storage {locked}" if locked else f"an Orchard storage file{_linked(path)}"
+        lost = "under the storage's workers" if locked else "and every experiment in it"
+        raise ConfigurationError(f"-o {path} is {what}; writing the dump there would replace it {lost}: give "
+                                 f"a new file name, e.g. -o {named}")
     folder = os.path.dirname(path) or "."
     if not os.path.isdir(folder):
         raise ConfigurationError(f"cannot write dump {path}: folder {folder} does not exist; create it first")

@@ -373,17 +373,27 @@ def _unusable(config: dict[str, Any]) -> str | None:
     return None
 
 
+#: The widest name ``list`` pads its column to; a longer one has a line of its own, its counts on the next:
+#: one name of 128 characters (300, stored by another program) padded every row of the listing to it.
+NAME_COLUMN = 40
+
+
 def _print_rows(rows: list[dict[str, Any]]) -> None:
-    width = max(len(r["name"]) for r in rows)
-    for row in rows:
+    names = [printable(row["name"]) for row in rows]  # as shown: an escaped control is 4 characters wide
+    width = max((len(name) for name in names if len(name) <= NAME_COLUMN), default=0)
+    for name, row in zip(names, rows):
         c, budget = row["counts"], row["max_trials"] or "-"
         inserted = f" ({row['inserted_apart']} inserted apart)" if row["inserted_apart"] else ""
-        print(printable(f"{row['name']:<{width}}  {c['completed']}/{budget} completed{inserted}  "
-                        f"{c.get('pruned', 0)} pruned  {c['broken']} broken  "
-                        f"{c['reserved']} running  {c['new'] + c['interrupted']} waiting"
-                        + (f"  stopped by {row['stopped']['rule']}" if row["stopped"] else "")
-                        + (f"  {row['broken_stop']['said']}" if row["broken_stop"] else "")
-                        + (f"  unusable: {row['unusable']}" if row["unusable"] else "")))
+        counts = printable(f"{c['completed']}/{budget} completed{inserted}  "
+                           f"{c.get('pruned', 0)} pruned  {c['broken']} broken  "
+                           f"{c['reserved']} running  {c['new'] + c['interrupted']} waiting"
+                           + (f"  stopped by {row['stopped']['rule']}" if row["stopped"] else "")
+                           + (f"  {row['broken_stop']['said']}" if row["broken_stop"] else "")
+                           + (f"  unusable: {row['unusable']}" if row["unusable"] else ""))
+        if len(name) > NAME_COLUMN:
+            print(name)
+            name = ""
+        print(f"{name:<{width}}  {counts}")
     if any(row["unusable"] for row in rows):
         from orchard.experiment_config import kept_through_a_dump
 

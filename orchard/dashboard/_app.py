@@ -14,6 +14,11 @@ path                                   what
 ``/static/…``                          the pages' scripts and styles, and plotly.js
 =====================================  ==============================================
 
+An experiment's name travels percent-encoded as one segment of the path (``a%2Fb``
+for ``a/b``): routes match the path as sent and the handler decodes the name, so a
+name holding ``/``, ``?``, ``#`` or ``%`` (one a storage written by another program
+may hold) reaches its own experiment.
+
 Every method but ``GET`` (and ``HEAD``) is refused with 405 before routing, so
 nothing served can change the storage. A request naming a host the dashboard
 does not serve (its ``Host`` header) is refused with 400 before routing too: a
@@ -26,6 +31,7 @@ the installed ``plotly`` package.
 from __future__ import annotations
 
 import logging
+import urllib.parse
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
@@ -47,6 +53,7 @@ STATIC = Path(__file__).with_name("static")
 _SAFE_METHODS = ("GET", "HEAD")
 _POLICY = ("default-src 'self'; script-src 'self' 'unsafe-eval'; style-src 'self' 'unsafe-inline'; "
            "img-src 'self' data: blob:; connect-src 'self'; object-src 'none'; base-uri 'none'")
+_NAMED_PREFIXES = ("/experiments/", "/api/experiments/")  # paths holding an experiment's name
 LOCAL_NAMES = ("localhost", "127.0.0.1", "::1")
 PAGE_ROWS, MAX_PAGE_ROWS = 2_000, 20_000  # rows of trials per answer: by default, and at most
 logger = logging.getLogger(__name__)
@@ -99,6 +106,25 @@ class ServedHosts:
         await self.app(scope, receive, send)
 
 
+class EncodedNames:
+    """ASGI middleware routing the experiment paths on the path as sent, its name still percent-encoded.
+
+    The server hands the path decoded, where ``/experiments/a%2Fb`` has become
+    ``/experiments/a/b``, which no route of one name matches.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        raw = scope.get("raw_path") if scope["type"] == "http" else None
+        if raw is not None:
+            sent = raw.decode("latin-1")
+            if sent.startswith(_NAMED_PREFIXES):
+                scope = {**scope, "path": sent}
+        await self.app(scope, receive, send)
+
+
 class ReadOnly:
     """ASGI middleware refusing every HTTP method but GET and HEAD with 405, and adding safety headers."""
 
@@ -135,7 +161,8 @@ def build_app(view: StorageView, allowed_hosts: Iterable[str] = ()) -> ASGIApp:
             whose ``Host`` header names any other host is refused with 400.
 
     Returns:
-        An ASGI application (Starlette, wrapped in :class:`ReadOnly` and :class:`ServedHosts`).
+        An ASGI application (Starlette, wrapped in :class:`EncodedNames`, :class:`ReadOnly` and
+        :class:`ServedHosts`).
 
     Raises:
         ConfigurationError: plotly's bundle cannot be found.
@@ -168,7 +195,7 @@ def build_app(view: StorageView, allowed_hosts: Iterable[str] = ()) -> ASGIApp:
     ]
     app = Starlette(routes=routes, exception_handlers={OrchardError: _storage_failed})
     allowed = frozenset(LOCAL_NAMES) | {host_name(host) for host in allowed_hosts}
-    return ServedHosts(ReadOnly(app), allowed)
+    return ServedHosts(ReadOnly(EncodedNames(app)), allowed)
 
 
 def _page(name: str) -> Callable[[Request], Response]:
@@ -182,7 +209,7 @@ def _page(name: str) -> Callable[[Request], Response]:
 
 def _with_experiment(view: StorageView, request: Request, build: Callable[[ExperimentView], str]) -> Response:
     """Answer with ``build(view of the named experiment)``, a JSON text built while the view holds still."""
-    name = request.path_params["name"]
+    name = urllib.parse.unquote(request.path_params["name"], errors="replace")
     with view.reading():
         found = view.experiment(name)
         if found is None:

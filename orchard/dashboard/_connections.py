@@ -12,6 +12,14 @@ on a page of 20,000 trials: 0.5 GiB). :class:`GuardedProtocol` bounds both:
   :data:`MIN_PROGRESS` bytes of it every ``send_timeout`` seconds (one that reads
   nothing, or a byte now and then, does not).
 
+Connections waiting on their client do not fill the server either: when a new
+connection finds it full (``limit_concurrency`` connections, beyond which uvicorn
+answers 503), the connection that has waited longest for its client's request
+is reset to make room. Seventy clients that connect and send nothing, or half a
+request, thus cost the server nothing but their own connections, instead of a
+503 to everyone else for as long as they reconnect; only answers being computed
+or sent (each bounded by the timeouts above) can fill it.
+
 Either way the connection is reset (``SO_LINGER`` 0, then closed): its answer is
 dropped at once, from the server's memory and from the kernel's send queue (a
 plain close would leave the kernel holding megabytes for a client that reads
@@ -68,6 +76,24 @@ class GuardedProtocol(H11Protocol):
         self._waiting_since = self._progress_at = self.loop.time()
         self._unsent_mark = 0
         self._check_handle = self.loop.call_later(CHECK_PERIOD, self._check)
+        self._make_room()
+
+    def _make_room(self) -> None:
+        """Reset the connections waiting longest for their client's request, while the server is full."""
+        if self.limit_concurrency is None:
+            return
+        open_ = [other for other in self.connections if not other.transport.is_closing()]
+        if len(open_) < self.limit_concurrency:
+            return
+        waiting = sorted((other for other in open_ if other is not self and isinstance(other, GuardedProtocol)
+                          and other._waiting_on_client()), key=lambda other: other._waiting_since)
+        for other in waiting[:len(open_) - self.limit_concurrency + 1]:
+            other._reset()
+
+    def _waiting_on_client(self) -> bool:
+        """Whether this connection waits for its client's next request, with no answer under way."""
+        answering = self.cycle is not None and not self.cycle.response_complete
+        return not answering and self.conn.their_state in _CLIENT_SENDING and not self._unsent()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._check_handle.cancel()

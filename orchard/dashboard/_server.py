@@ -22,7 +22,8 @@ SHUTDOWN_GRACE = 2
 REQUEST_TIMEOUT = 10.0
 #: Seconds in which a client must take 64 KiB of its answer (MIN_PROGRESS), or its connection is reset.
 SEND_TIMEOUT = 30.0
-#: Connections served at once; beyond, new requests get 503. With the two timeouts it bounds the
+#: Connections served at once; beyond, the one waiting longest for its request is dropped, and new
+#: requests get 503 only if every connection is being answered. With the two timeouts it bounds the
 #: memory clients can hold (at most one answer each: a page of trials is a few MiB).
 MAX_CONNECTIONS = 64
 

@@ -17,12 +17,15 @@ from __future__ import annotations
 
 import abc
 import dataclasses
+import logging
 from collections.abc import Mapping
 from typing import Any
 
-from orchard.trial import Trial
+from orchard.errors import StorageError
+from orchard.trial import Trial, TrialStatus
 
-__all__ = ["DECODED", "Decoder", "LazyTrial", "plain"]
+__all__ = ["DECODED", "Decoder", "LazyTrial", "plain", "set_aside"]
+log = logging.getLogger(__name__)
 
 #: The fields a :class:`LazyTrial` decodes on first use; every other field is set when it is made.
 DECODED = ("results", "error", "reports", "verdict")
@@ -122,3 +125,26 @@ def plain(trial: Trial) -> Trial:
     copied = object.__new__(Trial)
     copied.__dict__.update({name: getattr(trial, name) for name in _FIELDS})
     return copied
+
+
+def set_aside(trial: Trial, now: float) -> Trial | None:
+    """The broken trial to store instead of ``trial`` if its record is found damaged when decoded, else None.
+
+    A frame whose summary reads but whose record does not (a value nested in its results that no
+    reader accepts, written by another program) would otherwise keep its trial in the table, holding
+    a unit of the budget, while every reservation or take-back of it fails: no worker could finish the
+    experiment. Broken (reason ``damaged``), it holds none, as a frame skipped whole holds none.
+    """
+    if not isinstance(trial, LazyTrial):
+        return None
+    try:
+        trial.decode()
+    except StorageError as err:
+        log.warning("%s; trial %s is set aside as broken, so that it holds no unit of the budget", err,
+                    trial.id)
+        error = {"type": type(err).__name__, "reason": "damaged", "message": str(err)}
+        return Trial(id=trial.id, experiment=trial.experiment, params=dict(trial.params),
+                     status=TrialStatus.BROKEN, submit_time=trial.submit_time, start_time=trial.start_time,
+                     end_time=now, error=error, attempts=trial.attempts, parent=trial.parent,
+                     origin=trial.origin, in_budget=trial.in_budget)
+    return None

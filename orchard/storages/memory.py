@@ -38,9 +38,21 @@ class MemoryStorage(TableStorage):
 
     @classmethod
     def open(cls, uri: str) -> MemoryStorage:
-        """Return the process-wide storage for ``uri`` (``memory://`` alone is always new)."""
-        if uri.rstrip("/") == "memory:":
-            return cls(uri)
+        """Return the process-wide storage for ``uri`` (``memory://`` alone is always new).
+
+        The name is read as mongomock reads its database's: the scheme in any case, slashes around
+        the name left out, so ``memory://x``, ``memory://x/`` and ``MEMORY://x`` are one storage.
+
+        Raises:
+            ConfigurationError: ``uri`` carries options (``?…``), which no memory storage takes.
+        """
+        name = uri.partition("://")[2].strip("/")
+        if "?" in name or "#" in name:
+            raise ConfigurationError(f"storage {uri!r}: memory://NAME takes no options (?...); give "
+                                     "memory://NAME alone")
+        if not name:
+            return cls("memory://")
+        uri = f"memory://{name}"
         with cls._instances_lock:
             if uri not in cls._instances:
                 cls._instances[uri] = cls(uri)

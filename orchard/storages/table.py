@@ -32,7 +32,8 @@ from orchard.errors import (
 )
 from orchard.space import to_builtin, trial_id
 from orchard.storages.base import ExperimentRecord, finishes, new_experiment_id
-from orchard.trial import Lease, ReportValue, Trial, TrialStatus
+from orchard.storages.lazy import set_aside
+from orchard.trial import Lease, Trial, TrialStatus
 
 __all__ = ["REMEMBERED", "SCALARS", "Record", "TrialTable"]
 
@@ -50,10 +51,7 @@ class _ExperimentTrials:
     def __init__(self) -> None:
         self.trials: dict[str, Trial] = {}
         self.changed: dict[str, int] = {}  # trial id -> seq, last change last (moved by popping and re-inserting)
-        self.waiting: dict[TrialStatus, dict[str, None]] = {
-            TrialStatus.INTERRUPTED: {},
-            TrialStatus.NEW: {},
-        }
+        self.waiting: dict[TrialStatus, dict[str, None]] = {TrialStatus.INTERRUPTED: {}, TrialStatus.NEW: {}}
         self.reserved: dict[str, None] = {}
         self.counts: dict[TrialStatus, int] = {status: 0 for status in TrialStatus}
         self.unbudgeted = 0  # trials that are not broken yet hold no budget (recorded apart from it)
@@ -133,7 +131,8 @@ class TrialTable:
             trial = _copied(trial)
             if self._unseen is not None:
                 self._unseen.add(tid)
-        trial.reports.append((record["step"], _replayed(record["value"])))
+        value = record["value"]  # a tuple of objectives comes back from JSON as a list
+        trial.reports.append((record["step"], tuple(value) if type(value) is list else value))
         trial.heartbeat = record["heartbeat"]
         self._put_trial(trial)
 
@@ -385,11 +384,15 @@ class TrialTable:
         return len(records), records
 
     def reserve_trial(self, experiment_id: str, worker: str, now: float) -> tuple[Trial | None, list[Record]]:
-        table = self._experiment(experiment_id)
+        table, aside = self._experiment(experiment_id), list[Record]()  # waiting trials set aside: damaged
         for status in (TrialStatus.INTERRUPTED, TrialStatus.NEW):
-            if table.waiting[status]:
-                return self._change(next(iter(table.waiting[status])), transitions.reserve(worker, now))
-        return None, []
+            while table.waiting[status]:
+                tid = next(iter(table.waiting[status]))
+                if (broken := set_aside(table.trials[tid], now)) is None:
+                    won, records = self._change(tid, transitions.reserve(worker, now))
+                    return won, aside + records
+                aside += self.apply_all([_trial_record(broken)])
+        return None, aside
 
     def heartbeat_trial(self, trial_id_: str, worker: str, now: float) -> list[Record]:
         return self._change(trial_id_, transitions.heartbeat(worker, now))[1]
@@ -450,6 +453,9 @@ class TrialTable:
             trial = table.trials.get(tid)
             change = None if trial is None else transitions.take_back(trial, lease, max_attempts, now)
             if trial is not None and change is not None and change.holds(trial):
+                if (broken := set_aside(trial, now)) is not None:  # its record is damaged
+                    records += self.apply_all([_trial_record(broken)])
+                    continue
                 fresh, applied = self._change(tid, change)
                 taken.append(fresh)
                 records.extend(applied)
@@ -491,8 +497,3 @@ def _copied(trial: Trial) -> Trial:
     copied.__dict__.update(trial.__dict__)
     copied.reports = list(trial.reports)  # (reading a lazy trial's reports decodes the stored one)
     return copied
-
-
-def _replayed(value: Any) -> ReportValue:
-    """A report's value as read back (JSON turns a tuple of objectives into a list)."""
-    return tuple(value) if type(value) is list else value  # type: ignore[no-any-return]

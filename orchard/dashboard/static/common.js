@@ -92,3 +92,14 @@ function poll(refresh) {
   tick();
   setInterval(tick, POLL_MS);
 }
+
+// The largest objective drawn (as orchard plot): an axis reaching -1e308 from 0.5 ran off every chart, the
+// best-so-far line with it, and a parallel axis to 1e308 squeezed every other line onto one point.
+const DRAWN_LIMIT = 1e300;
+
+// "2 completed trials with an objective beyond ±1e300 left out of WHERE: #3, #5" (at most 3 numbers named).
+function farNote(numbers, where) {
+  const named = numbers.slice(0, 3).map((n) => "#" + n).join(", ") + (numbers.length > 3 ? ", \u2026" : "");
+  return numbers.length + " completed trial" + (numbers.length > 1 ? "s" : "") +
+    " with an objective beyond \u00b11e300 left out of " + where + ": " + named;
+}

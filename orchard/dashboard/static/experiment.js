@@ -97,11 +97,15 @@ function renderFront(front) {
   const names = Object.keys(front.objectives);
   const label = (n) => n + " (" + front.objectives[n] + ")";
   const infeasible = front.points.filter((p) => !p[1]).length;
+  // Beyond ±1e300 (or infinite: null) a point squeezes the others onto one spot: left out and named.
+  const drawable = (p) => [p[3], p[4]].every((v) => v !== null && Math.abs(v) <= DRAWN_LIMIT);
+  const far = front.points.filter((p) => !drawable(p)).map((p) => p[0]).sort((a, b) => a - b);
   setText("front-note", front.trials.length + " feasible trials no other feasible trial dominates" +
     (front.constraints.length ? "; constraints: " + front.constraints.join(", ") + " (" + infeasible + " infeasible)" : "") +
     (names.length > 2 ? "; the scatter shows the first two objectives" : "") +
     (front.points.length < front.scored ? "; " + front.points.length + " of " + front.scored +
-      " completed trials drawn: the front's and the latest" : ""));
+      " completed trials drawn: the front's and the latest" : "") +
+    (far.length ? "; " + farNote(far, "the scatter") : ""));
   document.querySelector("#front thead tr").replaceChildren(
     ...["#", "params", ...names.map(label)].map((h) => el("th", h)));
   document.querySelector("#front tbody").replaceChildren(...front.trials.map((t) => {
@@ -113,7 +117,7 @@ function renderFront(front) {
     return tr;
   }));
   if (typeof Plotly === "undefined") return;
-  const group = (keep) => front.points.filter(keep);
+  const group = (keep) => front.points.filter((p) => drawable(p) && keep(p));
   const trace = (points, name, marker, mode) => ({ x: points.map((p) => p[3]), y: points.map((p) => p[4]), name, marker,
     mode: mode || "markers", text: points.map((p) => "#" + p[0]), hovertemplate: "%{text}: %{x:.4g}, %{y:.4g}<extra></extra>" });
   const members = group((p) => p[2]).sort((a, b) => a[3] - b[3]);
@@ -220,10 +224,6 @@ function renderTable() {
 
 // -- plots ---------------------------------------------------------------------------------------------
 
-// The largest objective drawn (as orchard plot): an axis reaching -1e308 from 0.5 ran off every chart, the
-// best-so-far line with it, and a parallel axis to 1e308 squeezed every other line onto one point.
-const DRAWN_LIMIT = 1e300;
-
 // The completed trials with an objective, in completion order, but those beyond DRAWN_LIMIT (said above
 // the best-so-far chart).
 function completedInOrder() {
@@ -231,9 +231,7 @@ function completedInOrder() {
   const far = done.filter((t) => Math.abs(t.objective) > DRAWN_LIMIT).sort((a, b) => a.number - b.number);
   const note = document.getElementById("best-note");
   note.hidden = far.length === 0;
-  const named = far.slice(0, 3).map((t) => "#" + t.number).join(", ") + (far.length > 3 ? ", \u2026" : "");
-  note.textContent = far.length ? far.length + " completed trial" + (far.length > 1 ? "s" : "") +
-    " with an objective beyond \u00b11e300 left out of the charts: " + named : "";
+  note.textContent = far.length ? farNote(far.map((t) => t.number), "the charts") : "";
   return done.filter((t) => Math.abs(t.objective) <= DRAWN_LIMIT).sort((a, b) => a.end_time - b.end_time);
 }
 

@@ -34,7 +34,7 @@ from pymongo.uri_parser import parse_uri
 
 from orchard.errors import ConfigurationError, StorageCorruptedError, StorageError, StorageUnavailableError
 from orchard.storages._uri import password_of, redact, split_options
-from orchard.storages.mongodb.formats import check_format, format_fault
+from orchard.storages.mongodb.formats import check_format, format_fault, newer_release
 from orchard.storages.pickled.records import RecordError, check_trial, experiment_fault
 from orchard.trial import Trial, TrialStatus
 
@@ -227,8 +227,8 @@ def _detail(err: BaseException, uri: str) -> str:
     return scrub(first_line[:300], uri)
 
 
-def translate(err: PyMongoError | BSONError, uri: str, action: str, answered: bool = False,
-              mongo: Client | None = None) -> StorageError:
+def translate(err: PyMongoError | BSONError | UnicodeEncodeError, uri: str, action: str,
+              answered: bool = False, mongo: Client | None = None) -> StorageError:
     """Return the :mod:`orchard.errors` leaf for a driver error raised while doing ``action``.
 
     ``answered``: the server had answered this storage before; losing it now is an outage
@@ -250,7 +250,7 @@ def translate(err: PyMongoError | BSONError, uri: str, action: str, answered: bo
             "the URI (a mongodb+srv:// host needs a DNS SRV record _mongodb._tcp.HOST) and this machine's "
             "DNS",
             reached=answered)
-    if isinstance(err, BSONError):
+    if isinstance(err, (BSONError, UnicodeEncodeError)):  # the driver's text is UTF-8: no lone surrogate
         return StorageError(f"cannot {action} in MongoDB at {where}: a value is not storable ({detail})")
     if isinstance(err, OperationFailure) and err.code == _UNDEFINED_VARIABLE:  # $$NOW: the change feed's reads
         return StorageError(f"MongoDB at {where} failed to {action}: {detail}; Orchard needs MongoDB 4.2 or later")
@@ -301,7 +301,7 @@ def translated(action: str) -> Callable[[Callable[Concatenate[_S, _P], _R]], Cal
         def wrapper(self: _S, /, *args: _P.args, **kwargs: _P.kwargs) -> _R:
             try:
                 result = method(self, *args, **kwargs)
-            except (PyMongoError, BSONError) as err:
+            except (PyMongoError, BSONError, UnicodeEncodeError) as err:
                 raise translate(err, self.uri, action, self.answered, self._client) from err
             self.answered = True
             return result
@@ -464,10 +464,8 @@ def readable_trials(docs: Iterable[dict[str, Any]], uri: str) -> list[Trial]:
 
 
 def unreadable_experiment(doc: Mapping[str, Any]) -> str | None:
-    """Why ``doc`` is not an experiment Orchard writes (a field missing or of another type), or ``None``.
-
-    The checks are the pickle log's (:func:`orchard.storages.pickled.records.experiment_fault`), and format's.
-    """
+    """Why ``doc`` is not an experiment Orchard writes (a field missing or of another type), or ``None``: the
+    checks of the pickle log (:func:`orchard.storages.pickled.records.experiment_fault`), and of format."""
     return experiment_fault(doc, "_id") or format_fault(doc)
 
 
@@ -486,15 +484,17 @@ def check_experiment(doc: Mapping[str, Any], uri: str) -> None:
 
 
 def readable_experiments(docs: Iterable[dict[str, Any]], uri: str) -> list[dict[str, Any]]:
-    """The documents of ``docs`` that hold an experiment, skipping (and naming once) the others."""
+    """The documents of ``docs`` holding an experiment this release reads, skipping (and naming once) the
+    others: another program's, and a newer release's (one must not stop ``orchard list`` of the others)."""
     kept = []
     for doc in docs:
-        why = unreadable_experiment(doc)
+        damage = unreadable_experiment(doc)
+        why = newer_release(doc) if damage is None else (f"it is not one Orchard writes ({damage}); written "
+                                                         "by another program? Delete or fix that document")
         if why is None:
             kept.append(doc)
         elif (uri, repr(doc.get("_id"))) not in _named:
             _named.add((uri, repr(doc.get("_id"))))
-            log.warning("skipped experiment %r (id %r) in MongoDB at %s: it is not one Orchard writes (%s); "
-                        "written by another program? Delete or fix that document",
-                        doc.get("name"), doc.get("_id"), redact(uri), why)
+            log.warning("skipped experiment %r (id %r) in MongoDB at %s: %s", doc.get("name"), doc.get("_id"),
+                        redact(uri), why)
     return kept

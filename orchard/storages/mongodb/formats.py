@@ -16,7 +16,7 @@ from typing import Any
 from orchard.errors import StorageCorruptedError
 from orchard.storages._uri import redact
 
-__all__ = ["FORMAT", "check_format", "format_fault"]
+__all__ = ["FORMAT", "check_format", "format_fault", "newer_release"]
 
 FORMAT = 2  # the format this release writes and reads (1: no ``format`` field, the releases before it)
 
@@ -28,16 +28,23 @@ def format_fault(doc: Mapping[str, Any]) -> str | None:
     return None if type(stamped) is int else f"field 'format' is {type(stamped).__name__}"
 
 
+def newer_release(doc: Mapping[str, Any]) -> str | None:
+    """Why this release does not read the experiment document ``doc`` (a newer release wrote it, with a
+    ``format`` above :data:`FORMAT`), or ``None``: the text says to upgrade."""
+    stamped = doc.get("format", 1)
+    if type(stamped) is not int or stamped <= FORMAT:
+        return None
+    return (f"it was written by a newer Orchard release (format {stamped!r}; this release reads formats 1 "
+            f"to {FORMAT}): upgrade Orchard here to the release of the other workers; this release does not "
+            "read or modify the experiment")
+
+
 def check_format(doc: Mapping[str, Any], uri: str) -> None:
     """Raise unless this release reads the experiment document ``doc`` (``format`` at most :data:`FORMAT`).
 
     Raises:
         StorageCorruptedError: a newer release wrote it; the message says to upgrade.
     """
-    stamped = doc.get("format", 1)
-    if type(stamped) is int and stamped <= FORMAT:
-        return
-    raise StorageCorruptedError(
-        f"experiment {doc.get('name')!r} in MongoDB at {redact(uri)} was written by a newer Orchard "
-        f"release (format {stamped!r}; this release reads formats 1 to {FORMAT}): upgrade Orchard here to "
-        "the release of the other workers; this release does not read or modify the experiment")
+    why = newer_release(doc)
+    if why is not None:
+        raise StorageCorruptedError(f"experiment {doc.get('name')!r} in MongoDB at {redact(uri)}: {why}")

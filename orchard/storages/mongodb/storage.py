@@ -190,7 +190,7 @@ class MongoStorage(BaseStorage):
     @_translated("create an experiment")
     def create_experiment(self, name: str, config: Mapping[str, Any], created: float | None = None,
                           keep_id: str | None = None) -> str:
-        fresh = {"_id": new_experiment_id(keep_id), "config": to_builtin(dict(config)),
+        fresh = {"_id": new_experiment_id(keep_id), "config": writes.stored_paths(to_builtin(dict(config))),
                  "format": formats.FORMAT, "created": self.now() if created is None else created}
         db = self._db()
         client.ensure_indexes(db, self.uri, "experiments")  # the unique name settles racing creators
@@ -220,7 +220,7 @@ class MongoStorage(BaseStorage):
 
     @_translated("update an experiment")
     def update_experiment(self, experiment_id: str, changes: Mapping[str, Any]) -> ExperimentRecord:
-        fields = writes.config_fields(to_builtin(dict(changes)))
+        fields = writes.config_fields(writes.stored_paths(to_builtin(dict(changes))))
         experiments = self._db().experiments
         if fields:
             doc = experiments.find_one_and_update(
@@ -262,7 +262,7 @@ class MongoStorage(BaseStorage):
     def _record(self, doc: Mapping[str, Any]) -> ExperimentRecord:
         client.check_experiment(doc, self.uri)
         self._names[doc["_id"]] = doc["name"]
-        return ExperimentRecord(doc["_id"], doc["name"], dict(doc.get("config") or {}), doc["created"])
+        return ExperimentRecord(doc["_id"], doc["name"], writes.config_of(doc), doc["created"])
 
     def _experiment_name(self, experiment_id: str, cached: bool = True) -> str:
         """The experiment's name; one read the first time an id is seen, then cached (``cached=False``: read

@@ -10,6 +10,7 @@ storage then reads the trial to say why (:meth:`orchard.trial.Change.refusal`).
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
 from typing import Any
 
@@ -22,10 +23,11 @@ from orchard.storages.base import finishes
 from orchard.storages._uri import redact
 from orchard.storages.mongodb.client import REPORT_COUNT, STAMP, check_experiment, doc_to_trial, unreadable
 from orchard.storages.pickled.records import MAX_DEPTH, plain_fault
+from orchard.terminal import is_utf8, storable_text
 from orchard.trial import Change, Trial, TrialStatus
 
-__all__ = ["config_fields", "expected", "finish_waiting", "refuse_unreadable", "report_refusal", "restorable",
-           "swap_config", "took_effect", "update"]
+__all__ = ["config_fields", "config_of", "expected", "finish_waiting", "refuse_unreadable", "report_refusal",
+           "restorable", "stored_paths", "swap_config", "took_effect", "update"]
 
 _BSON_VALUES = 2**24  # values one document (16 MiB at most) can hold: the walk's bound
 _CALLERS_VALUES = ("results", "error", "verdict")  # the fields a transition writes with the caller's values
@@ -54,7 +56,7 @@ def update(change: Change) -> dict[str, Any]:
         why = plain_fault(change.sets.get(name), _BSON_VALUES)
         if why is not None:
             raise _unstorable(f"{why} in the trial's {name}")
-    fields = {name: value.value if isinstance(value, TrialStatus) else value for name, value in change.sets.items()}
+    fields = _stored_sets(change)
     if "reports" in fields:
         fields[REPORT_COUNT] = len(fields["reports"])
     written: dict[str, Any] = {"$set": fields, "$inc": {**dict(change.adds), "version": 1}, **STAMP}
@@ -66,6 +68,26 @@ def update(change: Change) -> dict[str, Any]:
     return written
 
 
+def _stored_sets(change: Change) -> dict[str, Any]:
+    """The fields ``change`` sets as MongoDB stores them: statuses as text, and the text in the caller's
+    values that is no UTF-8 (lone surrogates: a script reporting ``os.getcwd()`` in a folder named
+    ``b"x\\xff"``) with those bytes written ``\\xff``, as the recorded command is: the driver refused the
+    whole result."""
+    return {name: value.value if isinstance(value, TrialStatus) else
+            _utf8_texts(value) if name in _CALLERS_VALUES else value for name, value in change.sets.items()}
+
+
+def _utf8_texts(value: Any) -> Any:
+    """``value`` (a plain value: :func:`update` checked it) with each text, key or value, made UTF-8."""
+    if isinstance(value, str):
+        return value if is_utf8(value) else storable_text(value)
+    if isinstance(value, list):
+        return [_utf8_texts(item) for item in value]
+    if isinstance(value, dict):
+        return {_utf8_texts(key): _utf8_texts(item) for key, item in value.items()}
+    return value
+
+
 def took_effect(doc: Mapping[str, Any], trial: Trial, change: Change) -> bool:
     """Whether ``doc`` (read as ``trial``) shows ``change`` applied by its owner.
 
@@ -75,7 +97,7 @@ def took_effect(doc: Mapping[str, Any], trial: Trial, change: Change) -> bool:
     was lost; a server that does not recognise the retry (restarted meanwhile) applies it
     again, and it meets its own effect: that is the write's success, not a refusal.
     """
-    stored = {key: value.value if isinstance(value, TrialStatus) else value for key, value in change.sets.items()
+    stored = {key: value for key, value in _stored_sets(change).items()
               if not (change.appends and key == "heartbeat")}  # a report's: the beats since overwrite it
     if change.owner is None or doc.get("worker") != change.owner or any(doc.get(k) != v for k, v in stored.items()):
         return False
@@ -121,6 +143,34 @@ def config_fields(changes: Mapping[str, Any]) -> dict[str, Any]:
         raise ConfigurationError(
             f"experiment option names {bad!r} contain '.' or start with '$'; rename them")
     return {f"config.{key}": value for key, value in changes.items()}
+
+
+#: Config keys holding a folder path, which may be no UTF-8 text (a folder named b"x\xff").
+_PATHS = ("working_dir",)
+
+
+def stored_paths(config: Mapping[str, Any]) -> dict[str, Any]:
+    """``config`` with each folder path that is no UTF-8 text stored as its bytes (BSON binary).
+
+    A folder named in Latin-1 (``b"x\\xff"``) reaches Python as ``'x\\udcff'``; MongoDB stores UTF-8 text
+    only, and every hunt started in such a folder (its default ``working_dir`` under it) stopped on an
+    ``unexpected UnicodeEncodeError``. :func:`config_of` gives the text back.
+    """
+    stored = dict(config)
+    for key in _PATHS:
+        if isinstance(stored.get(key), str) and not is_utf8(stored[key]):
+            stored[key] = os.fsencode(stored[key])
+    return stored
+
+
+def config_of(doc: Mapping[str, Any]) -> dict[str, Any]:
+    """The config of the experiment document ``doc``, each folder path :func:`stored_paths` stored as bytes
+    as its text again."""
+    read = dict(doc.get("config") or {})
+    for key in _PATHS:
+        if isinstance(read.get(key), bytes):
+            read[key] = os.fsdecode(read[key])
+    return read
 
 
 def swap_config(experiments: Any, experiment_id: str, key: str, expected: Any, value: Any, uri: str
@@ -171,13 +221,15 @@ def restorable(docs: list[dict[str, Any]], experiment: str, uri: str) -> list[di
     Raises:
         StorageError: one does not (see :func:`unreadable`); it is named, and nothing is stored.
     """
-    for doc in docs:
+    for doc in docs:  # the callers' values made UTF-8, as :func:`update` writes them
         why = unreadable(doc)
         why = None if why is None else f"it is not one Orchard writes ({why})"
         if why is None:
+            doc.update({name: _utf8_texts(doc[name]) for name in _CALLERS_VALUES if name in doc})
             try:
                 bson.encode(doc)
-            except BSONError as err:  # the driver refused it at its insert: the trials before it were stored
+            except (BSONError, UnicodeEncodeError) as err:  # the driver refused it at its insert: the trials
+                # before it were stored
                 why = f"MongoDB cannot store it ({err})"
         if why is not None:
             raise StorageError(
