@@ -869,3 +869,19 @@ def test_running_workers_go_on_to_a_budget_raised_while_they_run(tmp_path: Path,
 
     exp.workon(objective, n_workers=1, executor="single", progress=False, max_trials=call_cap)
     assert exp.storage.count_trials(exp.id)[TrialStatus.COMPLETED] == (7 if call_cap is None else call_cap)
+
+
+def test_run_records_what_an_evaluator_returns_as_finish_does(storage, exp_id) -> None:
+    """docs/python-api.md drives one evaluator through finish() and run(): a number, a dict, or an Outcome.
+
+    run() took Outcome only, and an evaluator returning a number (as finish() takes it) failed the loop
+    with AttributeError: 'float' object has no attribute 'error'.
+    """
+    returns = iter([0.5, "not a number", {"objective": 0.25, "accuracy": 0.9}, Outcome(objective=0.125)])
+    worker = Worker(storage, exp_id, settings(max_trials=3, max_broken=5), lambda t: next(returns))
+    report = worker.run()
+    assert report.reason == "budget" and report.completed == 3 and report.broken == 1
+    trials = storage.fetch_trials(exp_id)
+    assert sorted(t.objective for t in trials if t.status is TrialStatus.COMPLETED) == [0.125, 0.25, 0.5]
+    assert [t.results.get("accuracy") for t in trials if t.objective == 0.25] == [0.9]
+    assert [t.status for t in trials if t.objective is None] == [TrialStatus.BROKEN]
