@@ -885,3 +885,20 @@ def test_run_records_what_an_evaluator_returns_as_finish_does(storage, exp_id) -
     assert sorted(t.objective for t in trials if t.status is TrialStatus.COMPLETED) == [0.125, 0.25, 0.5]
     assert [t.results.get("accuracy") for t in trials if t.objective == 0.25] == [0.9]
     assert [t.status for t in trials if t.objective is None] == [TrialStatus.BROKEN]
+
+
+def test_a_result_dropped_after_orchard_db_release_names_the_release(storage, exp_id) -> None:
+    """`orchard db release --force` gives a running trial back; its worker's drop message says it may have been that.
+
+    The message named only a stale heartbeat or another worker, and told the user to raise heartbeat.
+    """
+    clock = ManualClock()
+    worker = Worker(storage, exp_id, settings(max_trials=1, heartbeat=0.5), lambda t: Outcome(), clock=clock)
+    trial = worker.next_trial()
+    storage.release_trial(trial.id, None)  # what `orchard db release -n NAME ID --force` does
+    clock.settle(2)
+    clock.advance(1.0)  # the next heartbeat finds the reservation gone
+    clock.settle(2)
+    with pytest.raises(ReservationLostError, match="released by `orchard db release`.*If nobody released it"):
+        worker.finish(trial, Outcome(objective=1.0))
+    worker.pacemaker.close()
