@@ -336,7 +336,8 @@ class ExperimentBrokenError(ExperimentError, WorkerStoppedError):
         last = last_error or {}
         of = "" if last_trial is None else f" (trial {last_trial})"
         return cls(
-            f"experiment {experiment!r} stopped: {broken} trials are broken (max_broken={max_broken}); "
+            f"experiment {experiment!r} stopped: {broken} {'trial is' if broken == 1 else 'trials are'} broken "
+            f"(max_broken={max_broken}); "
             f"last error{of}: {last.get('type')}: {last.get('message')}. "
             "Fix the objective, then raise max_broken or start a new experiment"
         )

@@ -432,7 +432,7 @@ def test_next_trial_raises_a_stop_carrying_its_reason(storage, exp_id) -> None:
     other = storage.create_experiment("b", {"space": SPACE.config()})
     breaker = Worker(storage, other, settings(max_trials=5, max_broken=1), lambda t: Outcome())
     breaker.finish(breaker.next_trial(), Outcome.failure("ValueError", "bad x"))
-    with pytest.raises(ExperimentBrokenError, match="1 trials are broken.*ValueError: bad x") as broken:
+    with pytest.raises(ExperimentBrokenError, match="stopped: 1 trial is broken .max_broken=1.; last error.*ValueError: bad x") as broken:
         breaker.next_trial()
     assert broken.value.reason is StopReason.BROKEN
     busy = storage.create_experiment("c", {"space": SPACE.config()})
