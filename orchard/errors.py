@@ -175,9 +175,9 @@ class ReservationLostError(StorageError):
     def dropped(cls, trial_id: str, worker: str) -> ReservationLostError:
         """A worker's heartbeat found its reservation taken, so the result is not written."""
         return cls(
-            f"worker {worker} lost its reservation of trial {trial_id} during the evaluation "
-            "(its heartbeat was found stale or taken by another worker); the result was dropped. "
-            "Raise heartbeat if the objective starves the worker's heartbeat thread"
+            f"worker {worker} lost its reservation of trial {trial_id} during the evaluation (released by "
+            "`orchard db release`, or found stale by another worker, or taken over); the result was dropped. "
+            "If nobody released it, raise heartbeat: the objective may starve the worker's heartbeat thread"
         )
 
 
@@ -336,7 +336,8 @@ class ExperimentBrokenError(ExperimentError, WorkerStoppedError):
         last = last_error or {}
         of = "" if last_trial is None else f" (trial {last_trial})"
         return cls(
-            f"experiment {experiment!r} stopped: {broken} trials are broken (max_broken={max_broken}); "
+            f"experiment {experiment!r} stopped: {broken} {'trial is' if broken == 1 else 'trials are'} broken "
+            f"(max_broken={max_broken}); "
             f"last error{of}: {last.get('type')}: {last.get('message')}. "
             "Fix the objective, then raise max_broken or start a new experiment"
         )

@@ -63,8 +63,8 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-#: ``evaluate(trial) -> Outcome``; called with a reserved trial.
-Evaluator = Callable[[Trial], Outcome]
+#: ``evaluate(trial)``: an Outcome, or what an objective returns (a number, a dict), as ``finish`` takes.
+Evaluator = Callable[[Trial], Any]
 
 _MAX_DUPLICATE_RETRIES = 20
 _MIN_POLL, _MAX_POLL = 0.02, 1.0
@@ -103,9 +103,9 @@ class Worker:
         storage: the shared storage.
         experiment_id: the experiment to work on.
         settings: budget, heartbeat and algorithm settings.
-        evaluate: called with each reserved trial; returns its :class:`Outcome`. If it has a
-            ``cancel(trial)`` method, that is called (from the heartbeat thread) when the trial's reservation
-            is found lost (it returns False when it cannot stop the evaluation), and the result is dropped.
+        evaluate: called with each reserved trial; returns its :class:`Outcome` or what :meth:`finish` takes.
+            If it has a ``cancel(trial)`` method, that is called (from the heartbeat thread) when the trial's
+            reservation is found lost (it returns False when it cannot stop it), and the result is dropped.
         name: the worker identity written into reservations (default: host:pid:uuid).
         on_outcome: called after each finished trial with ``(trial, outcome)``.
         label: how messages name the experiment (default: its id).
@@ -182,7 +182,7 @@ class Worker:
     def _run_trial(self, trial: Trial) -> None:
         try:  # orchard.report() inside the evaluation comes to the judge; the heartbeat thread and the stop to it
             with self.evaluation.running(trial), judging(self.judge, trial.id), own_process():
-                outcome = self.evaluate(trial)  # a copy it forked that returns leaves: it is no second worker
+                outcome = Outcome.of(self.evaluate(trial))  # a forked copy that returns leaves
         except KeyboardInterrupt as err:
             interruption = self._given_back(trial, Interrupted.of(err))
             if interruption is err:

@@ -432,7 +432,7 @@ def test_next_trial_raises_a_stop_carrying_its_reason(storage, exp_id) -> None:
     other = storage.create_experiment("b", {"space": SPACE.config()})
     breaker = Worker(storage, other, settings(max_trials=5, max_broken=1), lambda t: Outcome())
     breaker.finish(breaker.next_trial(), Outcome.failure("ValueError", "bad x"))
-    with pytest.raises(ExperimentBrokenError, match="1 trials are broken.*ValueError: bad x") as broken:
+    with pytest.raises(ExperimentBrokenError, match="stopped: 1 trial is broken .max_broken=1.; last error.*ValueError: bad x") as broken:
         breaker.next_trial()
     assert broken.value.reason is StopReason.BROKEN
     busy = storage.create_experiment("c", {"space": SPACE.config()})
@@ -869,3 +869,36 @@ def test_running_workers_go_on_to_a_budget_raised_while_they_run(tmp_path: Path,
 
     exp.workon(objective, n_workers=1, executor="single", progress=False, max_trials=call_cap)
     assert exp.storage.count_trials(exp.id)[TrialStatus.COMPLETED] == (7 if call_cap is None else call_cap)
+
+
+def test_run_records_what_an_evaluator_returns_as_finish_does(storage, exp_id) -> None:
+    """docs/python-api.md drives one evaluator through finish() and run(): a number, a dict, or an Outcome.
+
+    run() took Outcome only, and an evaluator returning a number (as finish() takes it) failed the loop
+    with AttributeError: 'float' object has no attribute 'error'.
+    """
+    returns = iter([0.5, "not a number", {"objective": 0.25, "accuracy": 0.9}, Outcome(objective=0.125)])
+    worker = Worker(storage, exp_id, settings(max_trials=3, max_broken=5), lambda t: next(returns))
+    report = worker.run()
+    assert report.reason == "budget" and report.completed == 3 and report.broken == 1
+    trials = storage.fetch_trials(exp_id)
+    assert sorted(t.objective for t in trials if t.status is TrialStatus.COMPLETED) == [0.125, 0.25, 0.5]
+    assert [t.results.get("accuracy") for t in trials if t.objective == 0.25] == [0.9]
+    assert [t.status for t in trials if t.objective is None] == [TrialStatus.BROKEN]
+
+
+def test_a_result_dropped_after_orchard_db_release_names_the_release(storage, exp_id) -> None:
+    """`orchard db release --force` gives a running trial back; its worker's drop message says it may have been that.
+
+    The message named only a stale heartbeat or another worker, and told the user to raise heartbeat.
+    """
+    clock = ManualClock()
+    worker = Worker(storage, exp_id, settings(max_trials=1, heartbeat=0.5), lambda t: Outcome(), clock=clock)
+    trial = worker.next_trial()
+    storage.release_trial(trial.id, None)  # what `orchard db release -n NAME ID --force` does
+    clock.settle(2)
+    clock.advance(1.0)  # the next heartbeat finds the reservation gone
+    clock.settle(2)
+    with pytest.raises(ReservationLostError, match="released by `orchard db release`.*If nobody released it"):
+        worker.finish(trial, Outcome(objective=1.0))
+    worker.pacemaker.close()
