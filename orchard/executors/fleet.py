@@ -116,7 +116,9 @@ class Fleet:
         attempts = self._attempts() if remote is not None else None  # Dask re-runs a loop whose worker died
         local = LocalStop.of(pool)  # loops in pool processes that start after the stop signal was sent
         if local is not None:
-            self.tasks = [dataclasses.replace(task, local_stop=local.path) for task in self.tasks]
+            self.tasks = [dataclasses.replace(task, local_stop=local.path, watch_local_stop=local.watched)
+                          for task in self.tasks]
+            reachable = reachable or local.watched  # an executor of the caller's own (MPI): loops watch it
         try:
             # the standard library's pool forks its processes as tasks are submitted, and an interruption
             # handled in fork's at-fork hooks would be dropped there (an inline pool runs whole loops here)
