@@ -113,3 +113,40 @@ def test_sigterm_to_the_driver_stops_its_loops_on_an_mpi_pool(tmp_path: Path) ->
     assert sorted(t.status.value for t in trials) == ["interrupted", "interrupted"]
     assert all(t.attempts == 0 for t in trials)
     assert not [t for t in trials if t.status is TrialStatus.COMPLETED]
+
+
+MPI_UNSPAWNED = r'''
+import sys
+from mpi4py.futures import MPIPoolExecutor
+import orchard
+
+def objective(x):
+    return x
+
+if __name__ == "__main__":
+    exp = orchard.build_experiment("unspawned", space={"x": "uniform(0, 1)"}, storage=sys.argv[1],
+                                   max_trials=4)
+    exp.workon(objective, n_workers=2, executor=MPIPoolExecutor(max_workers=512), progress=False)
+'''
+
+
+@pytest.mark.timeout(120)
+def test_an_mpi_pool_that_cannot_spawn_its_ranks_is_one_error_not_a_hang(tmp_path: Path) -> None:
+    """An ``MPIPoolExecutor`` started under plain ``python`` spawns its ranks as the first task comes; when
+    MPI refuses (more ranks than slots), mpi4py's thread that spawns them dies and leaves every task
+    pending: ``workon`` waited for ever. It says what happened instead."""
+    _mpiexec()
+    script = tmp_path / "main.py"
+    script.write_text(MPI_UNSPAWNED)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("ORCHARD_", "OMPI_MCA_rmaps"))}
+    try:
+        proc = subprocess.run([sys.executable, str(script), str(tmp_path / "o.pkl")], cwd=tmp_path,
+                              env={**env, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True,
+                              timeout=60, check=False)
+    except subprocess.TimeoutExpired:
+        pytest.fail("workon waited for ever on an MPI pool whose ranks could not be spawned")
+    assert proc.returncode != 0
+    last = proc.stderr.strip().splitlines()[-1]
+    said = "orchard.errors.ExecutorError: executor 'MPIPoolExecutor' could not start its worker processes"
+    assert last.startswith(said), proc.stderr
+    assert orchard.get_experiment("unspawned", storage=str(tmp_path / "o.pkl")).fetch_trials() == []

@@ -46,7 +46,7 @@ from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
 
 from orchard.interruption import interrupt_main
 
-__all__ = ["LocalStop", "stopped_before", "watched_mark"]
+__all__ = ["LocalStop", "stopped_before", "unstartable", "watched_mark"]
 
 #: Seconds between two looks of a watching loop at its stop mark.
 _LOOK = 0.25
@@ -122,3 +122,17 @@ def watched_mark(path: str | None) -> Iterator[threading.Event | None]:
         with lock:
             ended.set()
         watcher.join()
+
+
+def unstartable(pool: Executor) -> bool:
+    """Whether ``pool`` is an ``mpi4py.futures`` pool whose thread that starts its ranks and hands them tasks
+    ended while it is open: MPI refused to spawn them (more ranks than slots), and every task waits for ever.
+
+    mpi4py fails the tasks of a pool it knows is broken; not those of one whose spawn raised in that thread.
+    Private attributes, read with defaults.
+    """
+    if not type(pool).__module__.startswith("mpi4py."):
+        return False
+    thread = getattr(getattr(pool, "_pool", None), "thread", None)
+    open_pool = not getattr(pool, "_shutdown", True)
+    return isinstance(thread, threading.Thread) and not thread.is_alive() and open_pool

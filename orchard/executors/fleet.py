@@ -41,7 +41,7 @@ from types import TracebackType
 from typing import Any
 
 from orchard.errors import ExecutorError, Interrupted, OrchardError, StorageError
-from orchard.executors.children import LocalStop
+from orchard.executors.children import LocalStop, unstartable
 from orchard.executors.remote import RemoteStop, reported, worker_timeout
 from orchard.executors.task import WorkerTask, run_worker
 from orchard.executors.threads import StopRequest
@@ -130,6 +130,9 @@ class Fleet:
             while concurrent.futures.wait(self._futures, _WAKE).not_done:
                 if remote is not None:
                     self._raise_if_workerless(remote)
+                if unstartable(pool) and not all(future.done() for future in self._futures):
+                    reachable = False  # no loop runs, and their futures never end: none is waited for
+                    raise ExecutorError.unstartable(self.tasks[0].label, type(pool).__name__)
             self._raise_if_cancelled(dask=remote is not None)
             if attempts is not None:
                 self._tell_lost(attempts)
