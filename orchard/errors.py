@@ -372,6 +372,14 @@ class ExecutorError(OrchardError):
                    "run workon again to go on")
 
     @classmethod
+    def unstartable(cls, experiment: str | None, pool: str) -> ExecutorError:
+        """The executor of the caller's own ``pool`` (mpi4py's) could not start processes to run loops in."""
+        return cls(f"executor {pool!r} could not start its worker processes, so the worker loops of "
+                   f"experiment {experiment!r} never ran (MPI refused to spawn them: see its message above, "
+                   "such as not enough slots); start the program under `mpiexec -n N python -m mpi4py.futures` "
+                   "with N at least n_workers + 1, or ask the pool for fewer workers (max_workers)")
+
+    @classmethod
     def workerless(cls, experiment: str | None, scheduler: str, timeout: float,
                    resources: Mapping[str, float] | None = None) -> ExecutorError:
         """Every Dask worker (offering ``resources``, if given) left the scheduler, and none joined within

@@ -41,7 +41,7 @@ from types import TracebackType
 from typing import Any
 
 from orchard.errors import ExecutorError, Interrupted, OrchardError, StopReason, StorageError
-from orchard.executors.children import LocalStop
+from orchard.executors.children import LocalStop, unstartable
 from orchard.executors.remote import RemoteStop, reported, worker_timeout
 from orchard.executors.task import WorkerTask, run_worker
 from orchard.executors.threads import StopRequest
@@ -117,7 +117,9 @@ class Fleet:
         attempts = self._attempts() if remote is not None else None  # Dask re-runs a loop whose worker died
         local = LocalStop.of(pool)  # loops in pool processes that start after the stop signal was sent
         if local is not None:
-            self.tasks = [dataclasses.replace(task, local_stop=local.path) for task in self.tasks]
+            self.tasks = [dataclasses.replace(task, local_stop=local.path, watch_local_stop=local.watched)
+                          for task in self.tasks]
+            reachable = reachable or local.watched  # an executor of the caller's own (MPI): loops watch it
         try:
             # the standard library's pool forks its processes as tasks are submitted, and an interruption
             # handled in fork's at-fork hooks would be dropped there (an inline pool runs whole loops here)
@@ -129,6 +131,9 @@ class Fleet:
             while concurrent.futures.wait(self._futures, _WAKE).not_done:
                 if remote is not None:
                     self._raise_if_workerless(remote)
+                if unstartable(pool) and not all(future.done() for future in self._futures):
+                    reachable = False  # no loop runs, and their futures never end: none is waited for
+                    raise ExecutorError.unstartable(self.tasks[0].label, type(pool).__name__)
             self._raise_if_cancelled(dask=remote is not None)
             if attempts is not None:
                 self._tell_lost(attempts)

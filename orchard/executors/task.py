@@ -20,7 +20,7 @@ from concurrent.futures import ProcessPoolExecutor
 from typing import Any
 
 from orchard.errors import ConfigurationError, Interrupted, StorageError
-from orchard.executors.children import stopped_before
+from orchard.executors.children import stopped_before, watched_mark
 from orchard.executors.remote import RemoteStopped, Watch, watched
 from orchard.executors.threads import request_for
 from orchard.interruption import deferred, interruptible
@@ -57,6 +57,8 @@ class WorkerTask:
     #: The file whose existence stops the loop in a pool process of the caller's machine
     #: (:mod:`orchard.executors.children`); ``None`` elsewhere.
     local_stop: str | None = None
+    #: Whether the loop watches ``local_stop`` while it runs: no signal of its caller reaches it (MPI ranks).
+    watch_local_stop: bool = False
     #: Whether the loop closes ``storage`` when it ends: only a copy the task was shipped with
     #: (:meth:`__setstate__`). Threads of the caller share its storage object, which another loop,
     #: the progress monitor or the caller may be using at that moment: a MongoDB client closed
@@ -191,12 +193,14 @@ def run_worker(task: WorkerTask) -> WorkerReport:
     request = request_for(task.token)
     worker: Worker | None = None
     try:
+        watching = task.watch_local_stop and request is None and task.remote_stop is None
+        marked = task.local_stop if watching else None
         with request.running(task.token) if request else watched(task.remote_stop) as stop, interruptible(), \
-                visible_devices(task.devices):
+                visible_devices(task.devices), watched_mark(marked) as told:
             if stopped_before(task.local_stop):  # its handlers are in place: a stop not marked yet will reach it
                 raise Interrupted()  # before any reservation: nothing to give back
-            worker = Worker(task.storage, task.experiment_id, task.settings, evaluate,
-                            name=worker_label(os.environ.get(DEVICES_ENV), task.token), label=task.label, stop=stop)
+            worker = Worker(task.storage, task.experiment_id, task.settings, evaluate, stop=stop or told,
+                            name=worker_label(os.environ.get(DEVICES_ENV), task.token), label=task.label)
             try:
                 return worker.run()
             except KeyboardInterrupt as interruption:
