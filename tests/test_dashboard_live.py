@@ -226,7 +226,7 @@ def test_credentials_in_the_storage_uri_reach_no_page_and_no_log(tmp_path: Path)
 def test_a_host_other_than_loopback_prints_a_warning(tmp_path: Path) -> None:
     with serving(str(tmp_path / "o.pkl"), "--host", "0.0.0.0", cwd=tmp_path) as served:
         assert request(served.url.replace("0.0.0.0", "127.0.0.1") + "api/experiments") == (200, [])
-    assert any("warning: serving on 0.0.0.0" in line for line in served.lines)
+    assert any("orchard: WARNING: serving on 0.0.0.0" in line for line in served.lines)
 
 
 def test_a_request_naming_a_host_not_served_is_refused(tmp_path: Path) -> None:

@@ -198,6 +198,11 @@ def test_cli_insert_skips_the_blank_rows_a_csv_file_ends_or_is_cut_by(
     rows.write_text("x,objective\n0.1,1\n\n , \n0.2,2\n,\n\n")
     assert main(["insert", "-n", "e", "--storage", store, "--file", str(rows)]) == 0, capsys.readouterr().err
     assert sorted(t.params["x"] for t in exp.fetch_trials()) == [0.1, 0.2]
+    assert "recorded 2 evaluated trials in experiment 'e'" in capsys.readouterr().out
+    rows.write_text("x,objective\n0.1,1\n0.5,1\n")  # one new row: said in the singular
+    assert main(["insert", "-n", "e", "--storage", store, "--file", str(rows)]) == 0
+    assert "recorded 1 evaluated trial in experiment 'e' (apart from the budget); 1 row recorded before was " \
+           "skipped" in capsys.readouterr().out
     rows.write_text("x,objective\n0.3,1\n\n0.4\n")  # rows are counted as in a .jsonl file: blank ones not
     assert main(["insert", "-n", "e", "--storage", store, "--file", str(rows)]) == 2
     assert "row 2 of" in capsys.readouterr().err

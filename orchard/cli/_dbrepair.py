@@ -44,7 +44,9 @@ def _describe(health: object) -> list[str]:
     from orchard.storages.pickled.reader import Health
 
     assert isinstance(health, Health)
-    lines = [f"{health.size} bytes, {health.frames} good frames holding {health.records} records"]
+    frames, records = health.frames, health.records
+    lines = [f"{health.size} bytes, {frames} good frame{'' if frames == 1 else 's'} holding {records} "
+             f"record{'' if records == 1 else 's'}"]
     lines += [f"damaged: {damage}" for damage in health.damaged]
     if health.torn_tail:
         lines.append(f"torn tail: the last {health.torn_tail} bytes are an incomplete write "

@@ -57,8 +57,8 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
            help="break a trial after its reservation was lost N times to dead or frozen workers "
                 "(default 3); it can be raised later, never lowered")
     option("--algorithm", metavar="ALGO",
-           help="random (default), grid, bayes, asha, hyperband, an installed plugin's name, or a YAML mapping of a name to options, "
-                "such as '{bayes: {acq_func: EI, n_initial_points: 5}}'")
+           help="random (default), grid, bayes, asha, hyperband, nsga2, optuna, an installed plugin's name, or a "
+                "YAML mapping of a name to options, such as '{bayes: {acq_func: EI, n_initial_points: 5}}'")
     option("--pruner", metavar="PRUNER",
            help="stop trials from the values scripts report each step (see ORCHARD_REPORT_PATH): none "
                 "(default), median, percentile, asha, hyperband, threshold, patience, or a YAML mapping "

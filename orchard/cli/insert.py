@@ -319,8 +319,10 @@ def run(args: argparse.Namespace) -> int:
     budget = "counted in the budget" if args.count_in_budget else "apart from the budget"
     if args.file is not None:
         recorded, skipped = _record_file(experiment, args.file, args.count_in_budget)
-        print(f"recorded {recorded} evaluated trials in experiment {experiment.name!r} ({budget})"
-              + (f"; {skipped} rows recorded before were skipped" if skipped else ""))
+        rows = ("1 row recorded before was skipped" if skipped == 1
+                else f"{skipped} rows recorded before were skipped")
+        print(f"recorded {recorded} evaluated trial{'' if recorded == 1 else 's'} in experiment "
+              f"{experiment.name!r} ({budget})" + (f"; {rows}" if skipped else ""))
         return 0
     from orchard.objectives import Shown
 

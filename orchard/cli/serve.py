@@ -50,7 +50,7 @@ def run(args: argparse.Namespace) -> int:
     storage = open_storage(args)
     sock = bind(args.host, args.port)
     if not is_loopback(args.host):  # said once the address is known to be served
-        print(f"{PROG}: warning: serving on {args.host}: everyone who can reach this address can read every "
+        print(f"{PROG}: WARNING: serving on {args.host}: everyone who can reach this address can read every "
               "experiment in the storage (there is no login); use --host 127.0.0.1 to keep it local",
               file=sys.stderr, flush=True)
 
