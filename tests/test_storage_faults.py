@@ -629,10 +629,12 @@ def test_a_worker_waiting_for_others_last_trials_only_reads(monkeypatch: pytest.
     assert calls == []
 
 
-@pytest.mark.parametrize(("holders", "looks"), [(1, 7), (8, 7), (64, 4)])
+@pytest.mark.parametrize(("holders", "looks", "longest"), [(1, 13, 0.1), (8, 11, 0.125), (16, 7, 0.25), (64, 4, 0.64)])
 def test_a_large_fleet_winding_down_looks_as_often_as_8_workers(
-        monkeypatch: pytest.MonkeyPatch, holders: int, looks: int) -> None:
-    """The first back-off is 20 ms per 8 workers holding trials, then doubles to 1 s: fewer reads in the wind-down."""
+        monkeypatch: pytest.MonkeyPatch, holders: int, looks: int, longest: float) -> None:
+    """The first back-off is 20 ms per 8 workers holding trials, then doubles up to holders / 64 s (0.1 to 1 s):
+    fewer reads in a large fleet's wind-down, and a small fleet's waiters see the last trial end at most that
+    late (doubling to 1 s, 16 workers ending 200 one-second trials waited 0.5 s more than they needed)."""
     from orchard.clock import ManualClock
     from orchard.errors import BudgetExhaustedError
     from orchard.objective import Outcome
@@ -647,11 +649,14 @@ def test_a_large_fleet_winding_down_looks_as_often_as_8_workers(
     real = storage.fetch_changes
     monkeypatch.setattr(storage, "fetch_changes", lambda *a, **k: (reads.append("look"), real(*a, **k))[1])
     settings = WorkerSettings.from_dict({"space": space, "algorithm": "random", "max_trials": holders})
-    worker = Worker(storage, exp, settings, lambda t: Outcome(), clock=ManualClock())
+    clock, sleeps = ManualClock(), list[float]()
+    monkeypatch.setattr(clock, "sleep", lambda seconds, _real=clock.sleep: (sleeps.append(seconds), _real(seconds))[1])
+    worker = Worker(storage, exp, settings, lambda t: Outcome(), clock=clock)
     with pytest.raises(BudgetExhaustedError):
         worker.next_trial(timeout=1.0)  # 1.26 s of back-off from 20 ms, 1.12 s from 160 ms
     worker.pacemaker.close()
     assert len(reads) == looks
+    assert max(sleeps) == pytest.approx(longest)  # 64: 0.16, 0.32, 0.64 within the second (1 s after)
 
 
 def test_a_write_the_driver_retried_after_it_took_effect_is_not_refused() -> None:
