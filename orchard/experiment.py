@@ -155,13 +155,13 @@ def build_experiment(
 
 
 def get_experiment(name: str, storage: str | BaseStorage | None = None) -> Experiment:
-    """Open an existing experiment by name.
+    """Open an existing experiment by name (a storage lost while it is read is waited for, as on joining).
 
     Raises:
         ExperimentNotFoundError: no experiment of that name in the storage.
     """
     store = get_storage(_config.resolve("storage", storage))
-    return Experiment(store, store.require_experiment(name))
+    return Experiment(store, patiently(store, lambda: store.require_experiment(name)))
 
 
 class Experiment:

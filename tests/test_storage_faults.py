@@ -233,6 +233,26 @@ def _restart_after_a_failed_call(server: WireServer, caplog: pytest.LogCaptureFi
 
 
 @pytest.mark.timeout(60)
+def test_opening_an_experiment_while_the_server_restarts_waits_for_it(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """orchard.get_experiment gave up at once on a server that had answered and went away (128 workers joining
+    the test server at once: 3-4 died on its 20 s index creation), where build_experiment waits."""
+    with WireServer(tmp_path, durable=True) as server:
+        uri = with_database(server.uri, "open") + "?serverSelectionTimeoutMS=1000"
+        orchard.build_experiment("open", space={"x": "uniform(0, 1)"}, storage=uri)
+        store = get_storage(uri)
+        store.list_experiments()  # the driver has found the server
+        server.kill()
+        restart = _restart_after_a_failed_call(server, caplog)
+        try:
+            opened = orchard.get_experiment("open", storage=store)
+        finally:
+            restart.join()
+        assert opened.name == "open"
+        store.close()
+
+
+@pytest.mark.timeout(60)
 def test_joining_while_the_server_restarts_waits_for_it(
         tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     """A server the driver had found goes away as a worker joins: the join waits for it (seen in chaos runs).
