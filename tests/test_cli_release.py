@@ -19,6 +19,7 @@ import pytest
 
 import orchard
 from orchard.cli import main
+from orchard.errors import ReservationLostError
 from orchard.experiment import Experiment
 from orchard.storages import get_storage
 from orchard.trial import Trial, TrialStatus
@@ -51,7 +52,10 @@ def live_worker(uri: str, trial: Trial) -> Iterator[threading.Event]:
 
     def beat() -> None:
         while not stop.wait(HEARTBEAT / 4):
-            storage.heartbeat_trial(trial.id, WORKER)
+            try:
+                storage.heartbeat_trial(trial.id, WORKER)
+            except ReservationLostError:  # released under it (--force): a worker's heartbeat stops there
+                return
             beating.set()
 
     thread = threading.Thread(target=beat, daemon=True)
