@@ -17,7 +17,9 @@ from __future__ import annotations
 import contextlib
 import faulthandler
 import os
+import shutil
 import signal
+import subprocess
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -130,3 +132,21 @@ def browser(_chromium: Any) -> Any:
     _chromium.get("about:blank")
     _chromium.get_log("browser")  # what earlier tests' pages logged is theirs
     return _chromium
+
+
+@pytest.fixture
+def mpiexec() -> list[str]:
+    """The ``mpiexec`` command to start MPI ranks with (Open MPI's: as root, more ranks than cores); the test
+    is skipped where MPI or mpi4py is missing, and fails in CI, which installs both (.ci/run)."""
+    found = shutil.which("mpiexec")
+    try:
+        import mpi4py  # noqa: F401
+    except ImportError:
+        found = None
+    if found is None:
+        if os.environ.get("CI"):
+            pytest.fail("CI installs openmpi-bin and mpi4py (.ci/run): mpiexec or mpi4py is missing")
+        pytest.skip("needs an MPI runtime (apt-get install openmpi-bin) and mpi4py")
+    version = subprocess.run([found, "--version"], capture_output=True, text=True, check=False).stdout
+    open_mpi = "Open MPI" in version or "OpenRTE" in version
+    return [found, *(["--allow-run-as-root", "--oversubscribe"] if open_mpi else [])]

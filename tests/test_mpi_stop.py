@@ -7,7 +7,6 @@ the loops are told by the stop mark of :mod:`orchard.executors.children`, which 
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -47,22 +46,6 @@ if __name__ == "__main__":
 '''
 
 
-def _mpiexec() -> list[str]:
-    mpiexec = shutil.which("mpiexec")
-    try:
-        import mpi4py  # noqa: F401
-    except ImportError:
-        mpiexec = None
-    if mpiexec is None:
-        if os.environ.get("CI"):
-            pytest.fail("CI installs openmpi-bin and mpi4py (.ci/run): mpiexec or mpi4py is missing")
-        pytest.skip("needs an MPI runtime (apt-get install openmpi-bin) and mpi4py")
-    version = subprocess.run([mpiexec, "--version"], capture_output=True, text=True, check=False).stdout
-    open_mpi = "Open MPI" in version or "OpenRTE" in version
-    extra = ["--allow-run-as-root", "--oversubscribe"] if open_mpi else []
-    return [mpiexec, *extra]
-
-
 def _driver(mpiexec: psutil.Process, script: Path) -> psutil.Process:
     """Rank 0 of the job: the process running the script's ``__main__`` (the other ranks serve the pool)."""
     for child in mpiexec.children(recursive=True):
@@ -75,12 +58,12 @@ def _driver(mpiexec: psutil.Process, script: Path) -> psutil.Process:
 
 
 @pytest.mark.timeout(150)
-def test_sigterm_to_the_driver_stops_its_loops_on_an_mpi_pool(tmp_path: Path) -> None:
+def test_sigterm_to_the_driver_stops_its_loops_on_an_mpi_pool(tmp_path: Path, mpiexec: list[str]) -> None:
     """``kill`` of the Python process running ``workon`` with an ``MPIPoolExecutor`` (an ``on_result`` that
     raises, a Ctrl-C reaching only it): its loops on the MPI ranks were told nothing, ran the whole budget
     on (3 rounds of 60 s trials), and the driver waited for them at exit. They stop now, at once, and give
     their trials back."""
-    command = _mpiexec()
+    command = mpiexec
     script, running = tmp_path / "main.py", tmp_path / "running"
     script.write_text(MPI_STOPPED)
     running.mkdir()
@@ -131,11 +114,11 @@ if __name__ == "__main__":
 
 
 @pytest.mark.timeout(120)
+@pytest.mark.usefixtures("mpiexec")  # skipped where MPI is missing, as the test above
 def test_an_mpi_pool_that_cannot_spawn_its_ranks_is_one_error_not_a_hang(tmp_path: Path) -> None:
     """An ``MPIPoolExecutor`` started under plain ``python`` spawns its ranks as the first task comes; when
     MPI refuses (more ranks than slots), mpi4py's thread that spawns them dies and leaves every task
     pending: ``workon`` waited for ever. It says what happened instead."""
-    _mpiexec()
     script = tmp_path / "main.py"
     script.write_text(MPI_UNSPAWNED)
     env = {k: v for k, v in os.environ.items() if not k.startswith(("ORCHARD_", "OMPI_MCA_rmaps"))}
