@@ -32,7 +32,7 @@ _EXAMPLES = {"target": "target=0.1", "patience": "patience=20", "max_cost": "max
              "max_time": "max_time=2h", "min_delta": "min_delta=0.001",
              "cost_metric": "cost_metric=gpu_hours"}
 
-_UNITS = {"s": 1.0, "sec": 1.0, "m": 60.0, "min": 60.0, "h": 3600.0, "d": 86400.0}  # also their order
+_UNITS = {"s": 1.0, "sec": 1.0, "m": 60.0, "min": 60.0, "h": 3600.0, "d": 86400.0}
 _PART = re.compile(r"\s*(\d+(?:\.\d*)?|\.\d+)\s*(s|sec|min|m|h|d)\s*", re.IGNORECASE)
 
 
@@ -48,7 +48,8 @@ def parse_duration(value: Any) -> float:
     if isinstance(value, str) and not re.fullmatch(r"\s*[-+]?[\d.eE+-]+\s*", value):
         parts = list(_PART.finditer(value))
         sizes = [_UNITS[p.group(2).lower()] for p in parts]
-        if not parts or "".join(p.group(0) for p in parts) != value or sorted(set(sizes), reverse=True) != sizes:
+        whole = bool(parts) and "".join(p.group(0) for p in parts) == value
+        if not whole or sorted(set(sizes), reverse=True) != sizes:
             raise ValueError(requirement + ", each unit once, largest first")  # "1h1h", "30m1h": a typo
         value = sum(float(p.group(1)) * size for p, size in zip(parts, sizes))
     return _positive(value, requirement)

@@ -143,7 +143,7 @@ def read_rows(path: Path) -> list[dict[str, Any]]:
         raise UsageError(f"the header of {path} names column(s) {', '.join(map(repr, twice))} twice; keep one")
     rows = []
     for number, cells in enumerate(reader, 1):
-        if not any(cell.strip() for cell in cells):  # a blank line, or the ",,," rows spreadsheets leave at the end
+        if not any(cell.strip() for cell in cells):  # a blank line, or a ",,," row a spreadsheet leaves
             continue
         if len(cells) > len(header):
             raise UsageError(f"row {number} of {path} has {len(cells)} cells but the header names {len(header)} "
