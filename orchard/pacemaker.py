@@ -85,13 +85,17 @@ class Pacemaker:
         self._watchdog: threading.Thread | None = None
         self._doubt_lock = threading.Lock()  # holds and resumes happen in the order they were decided
 
-    def watch(self, trial_id: str) -> None:
-        """Start heartbeating ``trial_id``."""
+    def watch(self, trial_id: str, since: float | None = None) -> None:
+        """Start heartbeating ``trial_id``, reserved by a call sent at ``since`` (monotonic; default: now).
+
+        Its lease is no fresher than that call: a process frozen before the answer was read may
+        wake with the lease judged lost meanwhile (:meth:`confirm` asks the storage then).
+        """
         with self._lock:
             self._watched.add(trial_id)
             self._lost.discard(trial_id)
-            self._confirmed[trial_id] = now = self._clock.monotonic()  # just reserved
-            self._due[trial_id] = now + self._every
+            self._confirmed[trial_id] = since = self._clock.monotonic() if since is None else since
+            self._due[trial_id] = since + self._every
             if self._thread is None:
                 self._thread = threading.Thread(target=self._beat, name="orchard-pacemaker", daemon=True)
                 self._thread.start()
@@ -99,6 +103,32 @@ class Pacemaker:
                 self._watchdog = threading.Thread(target=self._watch_doubts, name="orchard-lease-watchdog",
                                                   daemon=True)
                 self._watchdog.start()
+
+    def confirm(self, trial_id: str) -> bool:
+        """Whether the watched ``trial_id`` may be evaluated now: False if it was found taken back.
+
+        A lease confirmed within ``doubt_after`` is taken as ours; an older one (the process froze
+        between asking for the reservation and watching it) is heartbeaten at once. A storage that
+        does not answer leaves it to the watchdog, which holds the evaluation as it starts.
+        """
+        with self._lock:
+            confirmed = self._confirmed.get(trial_id)
+        sent = self._clock.monotonic()
+        if confirmed is None or sent - confirmed <= self._doubt_after:
+            return True
+        try:
+            self._storage.heartbeat_trial(trial_id, self._worker)
+        except ReservationLostError:
+            log.warning("trial %s was taken back while this process was stopped after reserving it: not "
+                        "evaluated here", trial_id)
+            self._mark_lost(trial_id)
+            return False
+        except StorageError as err:
+            self.failed_at = self._clock.monotonic()
+            log.warning("heartbeat of trial %s failed: %s", trial_id, err)
+            return True
+        self._confirm(trial_id, sent)
+        return True
 
     def unwatch(self, trial_id: str) -> bool:
         """Stop heartbeating ``trial_id``; return whether its reservation was found lost."""

@@ -8,7 +8,7 @@ There is no master. :meth:`Worker.run` repeats three public steps::
                         release stale reservations (rate-limited)
                         reserve an interrupted/new trial, or
                           claim budget + register a pending-aware suggestion as our reservation
-                        start heartbeating it
+                        start heartbeating it (asked again if this process froze since it asked)
     evaluate(trial)     while the pacemaker heartbeats (a lost reservation cancels it)
     finish(trial, o)    complete or fail it (a lost reservation's result is dropped/refused)
 
@@ -124,9 +124,7 @@ class Worker:
                  label: str | None = None, clock: Clock = SYSTEM_CLOCK, stop: threading.Event | None = None) -> None:
         self.storage = RetryingStorage(storage, patience=max(settings.storage_patience, settings.stale_after))
         storage = self.storage
-        self.experiment_id = experiment_id
-        self.settings = settings
-        self.evaluate = evaluate
+        self.experiment_id, self.settings, self.evaluate = experiment_id, settings, evaluate
         self.name = name or worker_name()
         self.on_outcome = on_outcome
         self.label = label or experiment_id
@@ -246,7 +244,7 @@ class Worker:
             self.history.refresh()
             self._check_stop()
             self._release_stale()
-            trial = self._acquire()
+            trial, asked = self._acquire() or (None, 0.0)
             if trial is not None and self._broke_off_the_space(trial):
                 continue  # never evaluated; the refreshed view applies max_broken
             if trial is not None and self.stopping is not None and not self.stopping.admit(trial.id):
@@ -255,8 +253,10 @@ class Worker:
             if trial is not None:
                 self._stop_if_asked(trial)
                 self.judge.forget(trial.id)  # its reports start over: a verdict on an earlier attempt is void
-                self.pacemaker.watch(trial.id)
-                return trial
+                self.pacemaker.watch(trial.id, since=asked)  # the lease is no fresher than the asking
+                if self.pacemaker.confirm(trial.id):  # else frozen since it asked, and taken back meanwhile
+                    return trial
+                self.pacemaker.unwatch(trial.id)
             if deadline is not None and self.clock.monotonic() >= deadline:
                 budget = "" if self.settings.max_trials is None else f" of {self.settings.max_trials}"
                 raise BudgetExhaustedError(
@@ -373,19 +373,19 @@ class Worker:
 
     # -- getting a trial -------------------------------------------------------
 
-    def _acquire(self) -> Trial | None:
-        """Reserve a waiting trial, or register a new suggestion as ours; ``None`` if neither.
+    def _acquire(self) -> tuple[Trial, float] | None:
+        """Reserve a waiting trial or register a suggestion as ours, with when (monotonic) it was asked; or None.
 
         Each is tried only when the view just refreshed says it can succeed, so a worker waiting
         for others' last trials (the wind-down) costs one read per look.
         """
         counts, budget = self.history.counts, self.settings.max_trials
-        waiting = counts[TrialStatus.NEW] or counts[TrialStatus.INTERRUPTED]
-        trial = self.storage.reserve_trial(self.experiment_id, self.name) if waiting else None
+        asked = self.clock.monotonic()
+        if counts[TrialStatus.NEW] or counts[TrialStatus.INTERRUPTED]:
+            if (trial := self.storage.reserve_trial(self.experiment_id, self.name)) is not None:
+                return trial, asked
         held = counts[TrialStatus.COMPLETED] + counts[TrialStatus.PRUNED] + counts[TrialStatus.RESERVED]
-        if trial is not None or (budget is not None and held >= budget):  # all held: nothing to register
-            return trial
-        return self._register_suggestion()
+        return None if budget is not None and held >= budget else self._register_suggestion()  # all held
 
     def _broke_off_the_space(self, trial: Trial) -> bool:
         """Break a reserved trial whose params another program stored off the space; whether it did."""
@@ -395,7 +395,7 @@ class Worker:
         self.storage.fail_trial(trial.id, self.name, error)  # frees its unit of the budget
         return True
 
-    def _register_suggestion(self) -> Trial | None:
+    def _register_suggestion(self) -> tuple[Trial, float] | None:
         collided: list[dict[str, Any]] = []
         repeats = 0  # suggestions the view already held: the algorithm ignored them, no racer registered them
         for _ in range(_MAX_DUPLICATE_RETRIES):
@@ -411,10 +411,10 @@ class Worker:
             if slow and self._taken_meanwhile(params):
                 continue  # another worker registered (nearly) this point while we computed it
             try:
-                return self.storage.register_trial(
-                    self.experiment_id, params, worker=self.name, budget=self.settings.max_trials,
-                    parent=self.suggester.parent_id(params, self.history, self.experiment_id),  # a promotion's
-                )
+                parent = self.suggester.parent_id(params, self.history, self.experiment_id)  # a promotion's
+                asked = self.clock.monotonic()
+                return self.storage.register_trial(self.experiment_id, params, worker=self.name,
+                                                   budget=self.settings.max_trials, parent=parent), asked
             except DuplicateTrialError:
                 collided.append(params)  # a racing worker registered it: treat it as pending
             except BudgetExhaustedError:

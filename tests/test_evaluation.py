@@ -443,6 +443,60 @@ def test_a_frozen_hunt_that_lost_its_trial_does_not_finish_the_script_again(
     assert (tmp_path / "finished.log").read_text().splitlines() == [trial.id], "the script's work ran twice"
 
 
+FROZEN_AS_RESERVED = r"""
+import os, signal, sys, time
+import orchard
+from orchard.worker import Worker
+
+folder, storage, freeze = sys.argv[1], sys.argv[2], sys.argv[3] == "freeze"
+acquire = Worker._acquire
+
+def frozen_as_it_lands(self):
+    trial = acquire(self)
+    if freeze and trial is not None and not os.path.exists(os.path.join(folder, "frozen")):
+        open(os.path.join(folder, "frozen"), "w").close()
+        os.kill(os.getpid(), signal.SIGSTOP)  # the node freezes as the reservation's answer arrives
+    return trial
+
+Worker._acquire = frozen_as_it_lands
+
+def work(x):
+    for step in range(8):  # 0.8 s in small steps, less than a heartbeat: the trial is never beaten
+        time.sleep(0.1)
+    with open(os.path.join(folder, "finished.log"), "a") as log:
+        log.write(f"{os.getppid()} {x!r}\n")
+    return x
+
+experiment = orchard.build_experiment("e", space={"x": "uniform(0, 1)"}, storage=storage, max_trials=1,
+                                      heartbeat=1.0)
+experiment.workon(work, n_workers=1, trial_timeout=60, progress=False)
+"""
+
+
+def test_a_worker_frozen_as_its_reservation_landed_does_not_evaluate_the_trial_taken_meanwhile(
+    tmp_path: Path
+) -> None:
+    """The lease's watch began when the reservation's answer was read, not when it was sent: a worker
+    frozen in between (the chaos test's SIGSTOP) woke believing a lease already taken back was fresh,
+    and ran the whole evaluation beside the attempt that had taken the trial over."""
+    storage = f"pickle://{tmp_path / 'orchard.pkl'}"
+    run = [sys.executable, "-c", FROZEN_AS_RESERVED, str(tmp_path), storage]
+    first = subprocess.Popen([*run, "freeze"], env=_env(), text=True, stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE)
+    try:
+        _wait_for(tmp_path / "frozen", first)
+        second = subprocess.run([*run, "no-freeze"], env=_env(), text=True, capture_output=True, timeout=90)
+        assert second.returncode == 0, second.stderr
+    finally:
+        first.send_signal(signal.SIGCONT)
+    _, err = first.communicate(timeout=60)
+    assert first.returncode == 0, err
+    (trial,) = orchard.get_experiment("e", storage=storage).fetch_trials()
+    assert trial.status is TrialStatus.COMPLETED and trial.attempts == 2
+    finished = (tmp_path / "finished.log").read_text().splitlines()
+    assert len(finished) == 1, f"the trial's work ran twice, the second time by the worker that lost it: {finished}"
+
+
 def test_cancelling_a_python_evaluation_kills_its_child_at_once(tmp_path: Path) -> None:
     import threading
 
