@@ -339,15 +339,17 @@ def test_loading_a_dump_again_into_mongodb_costs_a_read_not_a_refused_write_per_
     storage._client.close()
 
 
+@pytest.mark.parametrize("storage", ["memory://", "mongomock://load-here"])
 def test_a_load_into_memory_is_refused_since_nothing_would_outlive_the_command(
-        workdir: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    """`db load --storage memory://` printed "loaded experiment 'e' into memory://: 2 of 2 trials added",
-    and the trials were gone when the command exited."""
+        workdir: Path, capsys: pytest.CaptureFixture[str], storage: str) -> None:
+    """`db load --storage memory://` (or mongomock://, as in-process) printed "loaded experiment 'e' into
+    memory://: 2 of 2 trials added", and the trials were gone when the command exited."""
     dump_of("e", SPACE)
     capsys.readouterr()
-    assert main(["db", "load", "e.json", "--storage", "memory://"]) == 2
+    assert main(["db", "load", "e.json", "--storage", storage]) == 2
     line = error_line(capsys.readouterr().err)
-    assert "memory:// lives in the memory of this command only" in line and "nothing was loaded" in line
+    assert f"{storage} lives in the memory of this command only" in line and "nothing was loaded" in line
+    assert orchard.get_storage(storage).list_experiments() == []
 
 
 @pytest.mark.slow

@@ -33,6 +33,7 @@ __all__ = [
     "open_experiment",
     "open_storage",
     "parse_literal",
+    "refuse_in_process",
     "storage_uri",
     "strict_json",
 ]
@@ -165,6 +166,21 @@ def open_storage(args: argparse.Namespace) -> BaseStorage:
     from orchard.storages import get_storage
 
     return get_storage(storage_uri(args))
+
+
+def refuse_in_process(storage: BaseStorage, lost: str, undone: str) -> None:
+    """Refuse, for a command that stores ``lost``, a storage in this command's memory (``memory://``,
+    ``mongomock://``): the command said it stored them, and they were gone at its exit.
+
+    Raises:
+        ConfigurationError: ``storage`` lives in this process only; the message ends with ``undone``.
+    """
+    from orchard.errors import ConfigurationError
+
+    if storage.process_local:
+        raise ConfigurationError(f"{storage.redacted_uri} lives in the memory of this command only, so {lost} "
+                                 "would be lost when it exits; give a pickle file (e.g. --storage "
+                                 f"runs/orchard.pkl) or a MongoDB URI; {undone}")
 
 
 def storage_uri(args: argparse.Namespace) -> str:

@@ -16,7 +16,15 @@ import sys
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
-from orchard.cli._args import GivenOnce, add_common, add_name, confirm, open_experiment, open_storage
+from orchard.cli._args import (
+    GivenOnce,
+    add_common,
+    add_name,
+    confirm,
+    open_experiment,
+    open_storage,
+    refuse_in_process,
+)
 from orchard.terminal import printable
 from orchard.trial import Trial, TrialStatus
 
@@ -141,14 +149,7 @@ def _run_load(args: argparse.Namespace) -> int:
         check_experiment_name(args.name)
     data = read_dump(args.file, args.name)
     storage = open_storage(args)
-    from orchard.storages import MemoryStorage
-
-    if isinstance(storage, MemoryStorage):  # it said "loaded", and the trials were gone at exit
-        from orchard.errors import ConfigurationError
-
-        raise ConfigurationError(f"{storage.redacted_uri} lives in the memory of this command only, so the "
-                                 "trials loaded would be lost when it exits; give a pickle file or a MongoDB "
-                                 "URI with --storage; nothing was loaded")
+    refuse_in_process(storage, "the trials loaded", "nothing was loaded")  # it said "loaded", then lost them
     with _again_on_outage("the trials loaded so far stay, and the same command adds the rest (those already "
                           "there are skipped)"):
         for name, added, total in load_experiments(storage, data, args.name):

@@ -16,7 +16,7 @@ import re
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
-from orchard.cli._args import GivenOnce, UsageError, add_common, add_name, format_params
+from orchard.cli._args import GivenOnce, UsageError, add_common, add_name, format_params, refuse_in_process
 from orchard.terminal import printable
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -145,9 +145,8 @@ def _check_stop_is_no_command(values: list[str] | None) -> None:
 
 
 def _hunt(args: argparse.Namespace, settings: Settings) -> int:
-    from orchard.errors import ConfigurationError
     from orchard.naming import check_experiment_name
-    from orchard.storages import MemoryStorage, get_storage
+    from orchard.storages import get_storage
 
     _check_stop_is_no_command(args.stop)
     settings.check()  # every bad value is refused before anything is stored
@@ -163,10 +162,8 @@ def _hunt(args: argparse.Namespace, settings: Settings) -> int:
         tokens = tokens[1:]
     template = _template(tokens, settings.get("space"), args.config)
     storage = get_storage(settings.get("storage"))
-    if isinstance(storage, MemoryStorage):  # it printed the best trial, and every trial was gone at exit
-        raise ConfigurationError(f"{storage.redacted_uri} lives in the memory of this command only, so every "
-                                 "trial hunt runs would be lost when it exits; give a pickle file (e.g. --storage "
-                                 "runs/orchard.pkl) or a MongoDB URI; nothing was run")
+    # it printed the best trial, and every trial was gone at exit
+    refuse_in_process(storage, "every trial hunt runs", "nothing was run")
     template = _complete_space(template, storage, name)
     _check_runnable(storage, name)
     _check_capacity(storage, name, settings)

@@ -113,8 +113,8 @@ class BaseStorage(abc.ABC):
     #: clients stamp a write before the storage orders it (MongoDB). A reader of the latter can
     #: see a completion before an earlier-stamped one (:meth:`History.completes_after`).
     stamps_in_order: bool = True
-    #: Whether the data lives in this process's memory (``mongomock://``): a pickled copy reopens the
-    #: same data in this process only, so workers in other processes are refused (they would find none).
+    #: Whether the data lives in this process's memory (``memory://``, ``mongomock://``): nothing of it
+    #: outlives the process, and workers in other processes are refused (they would find none).
     process_local: bool = False
 
     # -- experiments -----------------------------------------------------------

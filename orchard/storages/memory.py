@@ -27,6 +27,7 @@ class MemoryStorage(TableStorage):
     every record returned is a copy. Nothing survives the process.
     """
 
+    process_local = True
     _instances: ClassVar[dict[str, MemoryStorage]] = {}
     _instances_lock: ClassVar[threading.Lock] = threading.Lock()
 
