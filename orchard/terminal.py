@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import logging
 
-__all__ = ["PrintableFormatter", "escape_unconfigured_logs", "is_utf8", "printable", "storable_text"]
+__all__ = ["PrintableFormatter", "escape_unconfigured_logs", "is_utf8", "one_line", "printable", "storable_text"]
 
 #: Every control character but the line break and the tab, written as ``\xNN`` (C0, DEL, C1), and the
 #: bidirectional controls as ``\uNNNN``: one reorders what the terminal shows after it on its line.
@@ -25,6 +25,21 @@ def printable(text: str) -> str:
     Escaping twice changes nothing.
     """
     return text.translate(_CONTROLS)
+
+
+#: :data:`_CONTROLS` and the line breaks and tab that :func:`printable` keeps (Unicode's line and paragraph
+#: separators too, which ``splitlines`` and some terminals break at).
+_ONE_LINE = {**_CONTROLS, 0x09: "\\x09", 0x0A: "\\x0a", 0x2028: "\\u2028", 0x2029: "\\u2029"}
+
+
+def one_line(text: str) -> str:
+    """``text`` as :func:`printable` writes it, its line breaks and tabs escaped too: one stored string (a
+    name another program stored, a worker's, a ``choices`` value) shown in a row or a line of a report.
+
+    A newline in an experiment's name split its row of ``orchard list`` in two, the second looking like
+    another experiment's. Escaping twice changes nothing.
+    """
+    return text.translate(_ONE_LINE)
 
 
 def is_utf8(text: str) -> bool:

@@ -49,6 +49,33 @@ def test_stored_names_reasons_and_bidi_controls_reach_the_terminal_escaped(
 
 
 
+@pytest.mark.parametrize("argv", [["list"], ["status"], ["info", "-n", "e"]])
+def test_a_line_break_in_a_stored_name_or_value_does_not_split_a_row(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], argv: list[str]) -> None:
+    """A newline in an experiment's name (another program's) split its row of `orchard list` in two, the
+    second looking like another experiment's; one in a worker's name or a choices value split status's and
+    info's lines the same way."""
+    from orchard.cli import main
+
+    path = str(tmp_path / "o.pkl")
+    storage = get_storage(path)
+    config = {"space": {"c": "choices(['a\\nb', 'z'])"}, "algorithm": "random", "max_trials": 3}
+    exp_id = storage.create_experiment("e", config)
+    storage.create_experiment("two\nlines", config)
+    worker = "host:1:w\nfake line"
+    done = storage.register_trial(exp_id, {"c": "a\nb"}, worker=worker)
+    storage.complete_trial(done.id, worker, 0.5)
+    storage.register_trial(exp_id, {"c": "z"}, worker=worker)
+    assert main([*argv[:1], "--storage", path, *argv[1:]]) == 0
+    out = capsys.readouterr().out
+    if argv == ["list"]:
+        assert [line.split()[0] for line in out.splitlines()] == ["e", "two\\x0alines"]
+    else:
+        assert "c=a\\x0ab" in out and "host:1:w\\x0afake line" in out
+    assert not [line for line in out.splitlines() if "fake line" in line and "host" not in line]
+    assert not [line for line in out.splitlines() if line.startswith(("b ", "lines", "b\t"))]
+
+
 # -- files Orchard writes -----------------------------------------------------------------
 
 

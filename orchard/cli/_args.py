@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 
 from orchard.errors import meant
 from orchard.report import each_key_once, finite_only
-from orchard.terminal import printable
+from orchard.terminal import one_line
 
 if TYPE_CHECKING:  # pragma: no cover
     from orchard.experiment import Experiment
@@ -237,14 +237,15 @@ def format_params(params: dict[str, Any] | None) -> str:
     """``x=0.31, y=2`` (floats with 6 significant digits)."""
     if not params:
         return "-"
-    return ", ".join(f"{k}={format_value(v)}" for k, v in params.items())
+    return ", ".join(f"{one_line(k)}={format_value(v)}" for k, v in params.items())
 
 
 def format_value(value: Any) -> str:
-    """A compact rendering of one value (floats with 6 significant digits), control characters escaped."""
+    """A compact rendering of one value (floats with 6 significant digits), on one line: control characters,
+    line breaks and tabs escaped."""
     if isinstance(value, float):
         return f"{value:.6g}"
-    return printable(str(value))
+    return one_line(str(value))
 
 
 def strict_json(value: Any, indent: int | None = 2) -> str:

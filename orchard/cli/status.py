@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 from orchard.cli._args import (UsageError, add_common, add_name, format_age, format_params, format_time,
                                format_value, missing_storage_file, open_experiment, open_storage, strict_json)
-from orchard.terminal import printable
+from orchard.terminal import one_line, printable
 
 if TYPE_CHECKING:  # pragma: no cover
     from orchard.experiment import Experiment
@@ -186,7 +186,7 @@ def _front_lines(front: list[dict[str, Any]] | None, indent: str, shown: int = 5
     plural = "" if len(front) == 1 else "s"
     lines = [f"{indent}{len(front)} trial{plural} on the Pareto front (exp.pareto_front())"]
     for entry in front[:shown]:
-        values = ", ".join(f"{printable(k)}={format_value(v)}" for k, v in entry["values"].items())
+        values = ", ".join(f"{one_line(k)}={format_value(v)}" for k, v in entry["values"].items())
         lines.append(f"{indent}  {values} at {format_params(entry['params'])} (trial {entry['id'][:12]})")
     if len(front) > shown:
         lines.append(f"{indent}  ... and {len(front) - shown} more")
@@ -247,7 +247,7 @@ def _status_lines(status: dict[str, Any]) -> list[str]:
         stale = "  LOST (stale heartbeat)" if worker["stale"] else ""
         devices = f"  devices {worker['devices']}" if worker.get("devices") else ""
         bound = "≥ " if worker["heartbeat_age_is_lower_bound"] else ""
-        lines.append(f"    {worker['worker']}  trial {worker['trial'][:12]}  heartbeat unchanged for "
+        lines.append(f"    {one_line(str(worker['worker']))}  trial {worker['trial'][:12]}  heartbeat unchanged for "
                      f"{bound}{format_age(worker['heartbeat_age'])} (stamped {format_time(worker['heartbeat'])} "
                      f"by its clock){devices}{stale}")
     return lines
@@ -379,7 +379,7 @@ NAME_COLUMN = 40
 
 
 def _print_rows(rows: list[dict[str, Any]]) -> None:
-    names = [printable(row["name"]) for row in rows]  # as shown: an escaped control is 4 characters wide
+    names = [one_line(row["name"]) for row in rows]  # as shown: an escaped control is 4 characters wide
     width = max((len(name) for name in names if len(name) <= NAME_COLUMN), default=0)
     for name, row in zip(names, rows):
         c, budget = row["counts"], row["max_trials"] or "-"
@@ -478,7 +478,7 @@ def _info_lines(info: dict[str, Any]) -> list[str]:
     if best is not None:
         lines.append(f"  best:      {_shown_best(best['objective'], info['config'].get('objectives'))} at "
                      f"{format_params(best['params'])} "
-                     f"(trial {best['id'][:12]}, worker {best['worker']})")
+                     f"(trial {best['id'][:12]}, worker {one_line(str(best['worker']))})")
     lines += _front_lines(info["pareto_front"], "  front:     ")
     lines += _infeasible_lines(info["infeasible"], "  infeasible: ")
     stats = info["stats"]
