@@ -1785,6 +1785,29 @@ def test_insert_file_interrupted_midway_says_how_far_it_got_and_the_same_command
     assert main(base) == 1 and "row 2 of" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize(("piped", "stored"), [
+    ("x,objective,epochs\n0.25,1.5,3\n0.5,2,3\n", [(0.25, 1.5), (0.5, 2)]),
+    ('\ufeff{"x": 0.25, "objective": 1.5}\n\n{"x": 0.75, "objective": 0.5}\n', [(0.25, 1.5), (0.75, 0.5)]),
+])
+def test_insert_file_dash_reads_the_rows_from_stdin(
+        workdir: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, piped: str,
+        stored: list[tuple[float, float]]) -> None:
+    """`make_rows | orchard insert -n e --file -` said 'cannot read --file -: No such file or directory'."""
+    exp = orchard.build_experiment("e", space={"x": "uniform(0, 1)"}, storage="orchard.pkl")
+    base = ["insert", "-n", "e", "--storage", "orchard.pkl", "--file", "-"]
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(piped.encode())))
+    assert main(base) == 0
+    assert f"recorded {len(stored)} evaluated trials" in capsys.readouterr().out
+    assert sorted((t.params["x"], t.objective) for t in exp.fetch_trials()) == stored
+    monkeypatch.setattr(sys, "stdin", io.StringIO("x,objective\n0.9,nan\n"))
+    assert main(base) == 2 and "row 1 of stdin" in error_line(capsys.readouterr().err)
+    monkeypatch.setattr(sys, "stdin", io.StringIO(""))
+    assert main(base) == 2
+    assert error_line(capsys.readouterr().err) == ("orchard: error: --file -: nothing came on stdin: did the "
+                                                   "command before the pipe fail?; nothing was stored")
+    assert len(exp.fetch_trials()) == 2
+
+
 @pytest.mark.parametrize("command", [["list"], ["status"], ["info", "-n", "e"],
                                      ["plot", "regret", "-n", "e", "-o", "r.html"]])
 def test_a_pickle_uri_naming_no_file_is_said_by_reading_commands(

@@ -5,7 +5,8 @@ the next free worker evaluates first. With it, or with ``--file``, each row is
 an evaluation made elsewhere, recorded ``completed`` (``origin=inserted``);
 it uses no unit of the budget unless ``--count-in-budget``.
 
-A file is CSV (a header row) or JSON Lines (one object per line, ``.jsonl``):
+A file is CSV (a header row) or JSON Lines (one object per line, ``.jsonl``);
+``--file -`` reads standard input, JSON Lines if it starts with ``{``, else CSV:
 in each row, the columns named like a dimension of the space are the params,
 ``objective`` is the objective and every other column is a result (with
 several objectives, each is a column named after it). Every row is checked
@@ -18,6 +19,7 @@ import argparse
 import csv
 import json
 import math
+import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -59,8 +61,9 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     parser.add_argument("--result", metavar="NAME=VALUE", action="append", default=[],
                         help="an extra metric (repeatable); with several objectives, one per objective")
     parser.add_argument("--file", metavar="ROWS", type=Path,
-                        help="evaluations to record: a CSV file with a header, or JSON Lines (.jsonl); columns "
-                             "named after dimensions are params, 'objective' the objective, others results")
+                        help="evaluations to record: a CSV file with a header, or JSON Lines (.jsonl), - for "
+                             "standard input (JSON Lines if it starts with {, else CSV); columns named after "
+                             "dimensions are params, 'objective' the objective, others results")
     parser.add_argument("--count-in-budget", action="store_true",
                         help="recorded trials use units of max_trials (default: they are extra evidence)")
     add_common(parser)
@@ -107,46 +110,71 @@ def parse_assignments(tokens: list[str], what: str = "dimension") -> dict[str, A
 MAX_FILE_BYTES = 64 << 20
 
 
+def source(path: Path) -> str:
+    """How messages name ``--file``'s rows: the path, or ``stdin`` for ``-``."""
+    return "stdin" if str(path) == "-" else str(path)
+
+
+def _read_text(path: Path) -> str:
+    """The text of ``--file`` (``-``: standard input), read up to :data:`MAX_FILE_BYTES`.
+
+    Bounded: /dev/zero or a data set given by mistake must not fill memory.
+    """
+    try:
+        if str(path) != "-":
+            with path.open("rb") as handle:
+                data: bytes | str | None = read_at_most(handle, MAX_FILE_BYTES)
+        elif sys.stdin is None:  # started with <&-
+            raise UsageError("--file -: standard input is closed; pipe the rows in, or give a file")
+        else:  # the bytes, when there are any: the text layer's encoding may be the locale's, not UTF-8
+            data = read_at_most(getattr(sys.stdin, "buffer", sys.stdin), MAX_FILE_BYTES)
+        if data is None:
+            raise UsageError(f"--file {source(path)} holds more than {MAX_FILE_BYTES >> 20} MiB, more rows than one "
+                             "insert takes (is it the right file?); split it and insert the parts one by one")
+        return data.decode("utf-8-sig") if isinstance(data, bytes) else data.removeprefix("\ufeff")
+    except OSError as err:
+        raise UsageError(f"cannot read --file {source(path)}: {err.strerror or err}") from None
+    except UnicodeDecodeError as err:
+        raise UsageError(f"cannot read --file {source(path)}: it is not UTF-8 text (byte {err.start}); "
+                         "give a CSV or JSON Lines file") from None
+
+
 def read_rows(path: Path) -> list[dict[str, Any]]:
     """The rows of a CSV (with a header) or JSON Lines file, as dicts; CSV cells are read as literals.
 
-    A column named twice, or a CSV row with more cells than the header names, is refused:
-    one of the values would be dropped silently. A UTF-8 byte order mark (Excel) is skipped.
+    ``-`` reads standard input: JSON Lines if its first character (but blanks) is ``{`` (or
+    ``[``, refused as a JSON array), else CSV. A column named twice, or a CSV row with more
+    cells than the header names, is refused: one of the values would be dropped silently.
+    A UTF-8 byte order mark (Excel) is skipped.
 
     Raises:
         UsageError: the file cannot be read as UTF-8 text or holds more than ``MAX_FILE_BYTES``,
             a line is not a JSON object, a name is given twice, or a row has more cells than the header.
     """
-    try:
-        with path.open("rb") as handle:  # bounded: /dev/zero or a data set given by mistake must not fill memory
-            data = read_at_most(handle, MAX_FILE_BYTES)
-        if data is None:
-            raise UsageError(f"--file {path} holds more than {MAX_FILE_BYTES >> 20} MiB, more rows than one insert "
-                             "takes (is it the right file?); split it and insert the parts one by one")
-        text = data.decode("utf-8-sig")
-    except OSError as err:
-        raise UsageError(f"cannot read --file {path}: {err.strerror or err}") from None
-    except UnicodeDecodeError as err:
-        raise UsageError(f"cannot read --file {path}: it is not UTF-8 text (byte {err.start}); "
-                         "give a CSV or JSON Lines file") from None
-    if path.suffix.lower() in (".jsonl", ".ndjson", ".json"):
-        _one_document(text, path)
-        return [_json_row(line, f"line {number} of {path}") for number, line in enumerate(text.splitlines(), 1)
+    text = _read_text(path)
+    if str(path) == "-" and not text.strip():  # "--file - holds no rows" hid the cause
+        raise UsageError("--file -: nothing came on stdin: did the command before the pipe fail?; nothing was "
+                         "stored")
+    shown = source(path)
+    if (text.lstrip()[:1] in ("{", "[") if str(path) == "-"
+            else path.suffix.lower() in (".jsonl", ".ndjson", ".json")):
+        _one_document(text, str(path))
+        return [_json_row(line, f"line {number} of {shown}") for number, line in enumerate(text.splitlines(), 1)
                 if line.strip()]
     reader = csv.reader(text.splitlines())
     header = next(reader, [])
     if len(header) == 1 and (separator := next((c for c in ";\t|" if c in header[0]), None)):
-        raise UsageError(f"the header of {path} is one column, {header[0]!r}: its columns are separated by "
+        raise UsageError(f"the header of {shown} is one column, {header[0]!r}: its columns are separated by "
                          f"{separator!r}, not commas; save it as CSV with commas, or as JSON Lines (.jsonl)")
     twice = sorted({name for name in header if name and header.count(name) > 1})
     if twice:
-        raise UsageError(f"the header of {path} names column(s) {', '.join(map(repr, twice))} twice; keep one")
+        raise UsageError(f"the header of {shown} names column(s) {', '.join(map(repr, twice))} twice; keep one")
     rows = []
     for number, cells in enumerate(reader, 1):
         if not any(cell.strip() for cell in cells):  # a blank line, or a ",,," row a spreadsheet leaves
             continue
         if len(cells) > len(header):
-            raise UsageError(f"row {number} of {path} has {len(cells)} cells but the header names {len(header)} "
+            raise UsageError(f"row {number} of {shown} has {len(cells)} cells but the header names {len(header)} "
                              "columns; quote a value that holds a comma, or name every column")
         rows.append({name: _cell(name, cell) for name, cell in zip(header, cells) if name and cell != ""})
     return rows
@@ -166,7 +194,7 @@ def _cell(column: str, text: str) -> Any:
 _NOT_FINITE = frozenset({"nan", "inf", "infinity"})
 
 
-def _one_document(text: str, path: Path) -> None:
+def _one_document(text: str, path: str) -> None:
     """Refuse a file that is one JSON document, not JSON Lines: a dump said "line 1 of dump.json is not JSON
     (Expecting property name enclosed in double quotes)", an array "line 1 ... is not a JSON object"."""
     try:
@@ -217,13 +245,13 @@ def _record_file(experiment: Experiment, path: Path, count_in_budget: bool) -> t
 
     rows = read_rows(path)
     if not rows:
-        raise UsageError(f"--file {path} holds no rows")
+        raise UsageError(f"--file {source(path)} holds no rows")
     dimensions = set(experiment.space)
     stored = {params_hash(t.params): t for t in experiment.fetch_trials()}
     taken: dict[str, str] = {}
     checked, skipped = [], 0
     for number, row in enumerate(rows, 1):
-        label = f"row {number} of {path}"
+        label = f"row {number} of {source(path)}"
         params, objective, results = _split_row(row, dimensions)
         try:
             point = experiment.space.validate(params)
@@ -270,7 +298,7 @@ def _check_room(experiment: Experiment, path: Path, rows: int) -> None:
     room = max(budget - budget_held(experiment.storage, experiment.id), 0)
     if rows > room:  # the rows before the one refused were stored, and the error said nothing of them
         raise BudgetExhaustedError(
-            f"--file {path} has {rows} rows to record in the budget, but experiment {experiment.name!r} has "
+            f"--file {source(path)} has {rows} rows to record in the budget, but experiment {experiment.name!r} has "
             f"room for {room} (max_trials={budget}); raise max_trials to at least {budget + rows - room}, or "
             "record them apart from the budget (without --count-in-budget); nothing was stored")
 
