@@ -1449,6 +1449,32 @@ def test_a_full_standard_output_is_one_line_naming_it_and_a_closed_pipe_ends_qui
     assert (proc.returncode, proc.stderr) == (0 if args[0].startswith("--") else 141, "")
 
 
+@pytest.mark.parametrize(("args", "said"), [
+    (["insert", "-n", "e", "x=0.25"], "inserted trial "),
+    (["db", "load", "e.json", "-n", "copy"], "loaded experiment 'copy' into "),
+    (["db", "rm", "-n", "e", "--yes"], "deleted experiment 'e' and its 1 trials from "),
+])
+def test_a_change_stored_before_standard_output_failed_is_said_stored(
+        workdir: Path, args: list[str], said: str) -> None:
+    """`orchard insert -n e x=1 > /dev/full` inserted the trial and said only 'cannot write to standard
+    output', as if nothing had been stored: run again, it failed on the trial it had inserted."""
+    exp = orchard.build_experiment("e", space={"x": "uniform(0, 1)"}, storage="orchard.pkl")
+    exp.insert({"x": 0.5}, 1.0)
+    assert main(["db", "dump", "-n", "e", "-o", "e.json"]) == 0
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ORCHARD_")}
+    with open("/dev/full", "w") as full:
+        proc = subprocess.run([sys.executable, "-m", "orchard.cli", *args], cwd=workdir, env=env, stdout=full,
+                              stderr=subprocess.PIPE, text=True, timeout=60, check=False)
+    assert proc.returncode == 1  # what it was to print is lost
+    assert error_line(proc.stderr).startswith(
+        "orchard: error: cannot write to standard output: No space left on device; the change was stored all "
+        f"the same: {said}"), proc.stderr
+    storage = orchard.get_storage("orchard.pkl")
+    stored = {"insert": lambda: len(exp.fetch_trials()) == 2, "load": lambda: storage.get_experiment("copy"),
+              "rm": lambda: storage.get_experiment("e") is None}
+    assert stored[args[0] if args[0] != "db" else args[1]]()
+
+
 @pytest.mark.parametrize("encoding", ["utf-8", "ascii"])
 def test_a_strict_standard_output_shows_what_it_cannot_encode_escaped(workdir: Path, encoding: str) -> None:
     """With PYTHONIOENCODING=utf-8 (errors: strict), a storage path holding b"\\xff" (a folder named in

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 
+from orchard.cli._output import print_stored
 from orchard.errors import ConfigurationError, StorageError
 from orchard.resources import format_bytes
 from orchard.storages.base import BaseStorage
@@ -86,7 +87,7 @@ def run_repair(storage: BaseStorage, args: argparse.Namespace) -> int:
         print(f"{store.path}: nothing to repair")
         return 0
     after = store.check()
-    print(f"{store.path}: rewrote a clean file of {after.records} records ({after.size} bytes); "
+    print_stored(f"{store.path}: rewrote a clean file of {after.records} records ({after.size} bytes); "
           f"the damaged original is kept as {backup}")
     return 0
 

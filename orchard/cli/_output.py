@@ -6,6 +6,11 @@ having written nothing.
 its write and flush errors (but a closed pipe's, which the command line ends quietly) are raised as
 :class:`OutputError`, which :func:`orchard.cli.main` prints as one line naming standard output. Text
 the stream cannot encode is written escaped (``\\udcff``), not raised.
+
+A command that changes the storage calls :func:`print_stored` to say what it stored: should standard output
+then fail (``orchard insert ... > /dev/full``), the error still exits 1 (what the command was to print is
+lost) and says that the change was stored all the same, and what it was, so that no one runs the command
+again to make it: it said only "cannot write to standard output", as if nothing had been done.
 """
 
 from __future__ import annotations
@@ -16,15 +21,21 @@ import sys
 from collections.abc import Iterator
 from typing import Any, TextIO, cast
 
-__all__ = ["CheckedOutput", "OutputError", "checked_stdout"]
+__all__ = ["CheckedOutput", "OutputError", "checked_stdout", "print_stored"]
 
 
 class OutputError(OSError):
     """Standard output could not be written (a full disk behind ``>``, a device error); ``errno`` and
     ``strerror`` are the system's."""
 
+    #: What the command had stored when standard output failed (:func:`print_stored`), if anything.
+    stored: str | None = None
+
     def __str__(self) -> str:
-        return f"cannot write to standard output: {self.strerror or 'write error'}"
+        said = f"cannot write to standard output: {self.strerror or 'write error'}"
+        if self.stored is not None:
+            said += f"; the change was stored all the same: {self.stored}"
+        return said
 
 
 class CheckedOutput(io.TextIOBase):
@@ -34,6 +45,7 @@ class CheckedOutput(io.TextIOBase):
         super().__init__()
         self.stream = stream
         self.failure: OSError | None = None  # a write failed: what its buffer holds cannot be written either
+        self.stored: str | None = None  # what the command has stored so far (print_stored)
 
     def write(self, text: str) -> int:
         with self._checked():
@@ -74,8 +86,10 @@ class CheckedOutput(io.TextIOBase):
             self.failure = err
             raise
         except OSError as err:
-            self.failure = OutputError(err.errno, err.strerror)
-            raise self.failure from err
+            failure = OutputError(err.errno, err.strerror)
+            failure.stored = self.stored
+            self.failure = failure
+            raise failure from err
 
 
 @contextlib.contextmanager
@@ -98,3 +112,15 @@ def checked_stdout() -> Iterator[CheckedOutput]:
         if strict:
             with contextlib.suppress(OSError, ValueError):
                 real.reconfigure(errors="strict")  # type: ignore[union-attr]
+
+
+def print_stored(line: str) -> None:
+    """Print ``line``, which says what the command stored, and remember it for an :class:`OutputError`.
+
+    Said by the error if standard output fails from now on (the line itself may then be lost):
+    several lines are said in order.
+    """
+    out = sys.stdout
+    if isinstance(out, CheckedOutput):
+        out.stored = line if out.stored is None else f"{out.stored}; {line}"
+    print(line)

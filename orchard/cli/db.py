@@ -25,6 +25,7 @@ from orchard.cli._args import (
     open_storage,
     refuse_in_process,
 )
+from orchard.cli._output import print_stored
 from orchard.terminal import printable
 from orchard.trial import Trial, TrialStatus
 
@@ -153,7 +154,7 @@ def _run_load(args: argparse.Namespace) -> int:
     with _again_on_outage("the trials loaded so far stay, and the same command adds the rest (those already "
                           "there are skipped)"):
         for name, added, total in load_experiments(storage, data, args.name):
-            print(f"loaded experiment {name!r} into {storage.redacted_uri}: {added} of {total} trials added"
+            print_stored(f"loaded experiment {name!r} into {storage.redacted_uri}: {added} of {total} trials added"
                   + (f" ({total - added} were already there)" if added < total else ""))
     return 0
 
@@ -207,7 +208,7 @@ def _run_rm(args: argparse.Namespace) -> int:
     total = trials_in_file(storage)
     with _again_on_outage("some of its trials may be deleted already; run the same command again to finish"):
         deleted = storage.delete_experiment(experiment.id)
-    print(f"deleted experiment {experiment.name!r} and its {deleted} trials from {storage.redacted_uri}")
+    print_stored(f"deleted experiment {experiment.name!r} and its {deleted} trials from {storage.redacted_uri}")
     compact_after_rm(storage, deleted, total)
     return 0
 
@@ -225,7 +226,7 @@ def _run_release(args: argparse.Namespace) -> int:
     if args.force:
         released = experiment.storage.release_trial(trial.id, None)
         holder = printable(str(trial.worker))
-        print(f"released trial {released.id} of experiment {experiment.name!r} (was reserved by {holder}, "
+        print_stored(f"released trial {released.id} of experiment {experiment.name!r} (was reserved by {holder}, "
               "whose result, if it is still running, will be refused); it is now interrupted and the next "
               "worker takes it")
         return 0
@@ -235,7 +236,7 @@ def _run_release(args: argparse.Namespace) -> int:
     now = (f"it is now broken: its reservation was lost {released.attempts} times (max_attempts)"
            if released.status is TrialStatus.BROKEN else "it is now interrupted and the next worker takes it")
     holder = printable(str(trial.worker))
-    print(f"released trial {released.id} of experiment {experiment.name!r}: the heartbeat of {holder} "
+    print_stored(f"released trial {released.id} of experiment {experiment.name!r}: the heartbeat of {holder} "
           f"stood unchanged for 3 × heartbeat, so that worker is gone; {now}")
     return 0
 

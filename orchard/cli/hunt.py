@@ -17,6 +17,7 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from orchard.cli._args import GivenOnce, UsageError, add_common, add_name, format_params, refuse_in_process
+from orchard.cli._output import print_stored
 from orchard.terminal import printable
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -448,7 +449,7 @@ def _work(experiment: Experiment, template: CommandTemplate, settings: Settings)
         value = shown.value(stats["best_objective"])
         best = f"; best {shown.name} {value:.6g} at {format_params(stats['best_params'])}"
     pruned = f", {counts['pruned']} pruned" if counts["pruned"] else ""  # they hold budget too
-    print(printable(f"experiment {experiment.name!r}: {counts['completed']} completed{pruned}, "
+    print_stored(printable(f"experiment {experiment.name!r}: {counts['completed']} completed{pruned}, "
                     f"{counts['broken']} broken{best}"))
     stopping = stop_summary(experiment.storage.experiment(experiment.id).config)
     if stopping is not None and stopping["fired"] is not None:

@@ -33,6 +33,7 @@ from orchard.cli._args import (
     open_experiment,
     parse_literal,
 )
+from orchard.cli._output import print_stored
 from orchard.report import read_at_most
 from orchard.terminal import is_utf8
 
@@ -349,7 +350,7 @@ def run(args: argparse.Namespace) -> int:
         recorded, skipped = _record_file(experiment, args.file, args.count_in_budget)
         rows = ("1 row recorded before was skipped" if skipped == 1
                 else f"{skipped} rows recorded before were skipped")
-        print(f"recorded {recorded} evaluated trial{'' if recorded == 1 else 's'} in experiment "
+        print_stored(f"recorded {recorded} evaluated trial{'' if recorded == 1 else 's'} in experiment "
               f"{experiment.name!r} ({budget})" + (f"; {rows}" if skipped else ""))
         return 0
     from orchard.objectives import Shown
@@ -360,10 +361,10 @@ def run(args: argparse.Namespace) -> int:
     _check_objective_flag(experiment, params, results, objective)
     if objective is None and results is None:
         trial = experiment.insert(params)
-        print(f"inserted trial {trial.id} in experiment {experiment.name!r}: {format_params(trial.params)}")
+        print_stored(f"inserted trial {trial.id} in experiment {experiment.name!r}: {format_params(trial.params)}")
         return 0
     trial = experiment.insert(params, objective, results or {}, args.count_in_budget)
     shown = Shown.of(experiment.settings.objectives)  # as given: accuracy 0.97, not its stored -0.97
-    print(f"recorded trial {trial.id} in experiment {experiment.name!r}: {format_params(trial.params)}, "
+    print_stored(f"recorded trial {trial.id} in experiment {experiment.name!r}: {format_params(trial.params)}, "
           f"{shown.name} {shown.value(trial.objective or 0.0):.6g} ({budget})")
     return 0
