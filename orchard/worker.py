@@ -449,7 +449,7 @@ class Worker:
             return Outcome.pruned_by(verdict.to_dict())
         if self.settings.objectives is not None:
             outcome = with_objectives(outcome, self.settings.objectives)
-        if outcome.ok and self.settings.constraints:
+        if outcome.ok:  # a reported "constraints" list counts without any declared (status, the front)
             standing = feasibility(outcome.results, self.settings.constraints)
             if not standing.feasible:  # kept and shown, never on the front
                 unreported = set(standing.missing) - self._unreported  # a mistake, not a finding: said once

@@ -599,3 +599,15 @@ def test_the_learning_curves_draw_the_best_feasible_trial_thick(store) -> None:
     figure = make_figure("curves", exp.fetch_trials(), "exp", exp.space, exp.settings.objectives,
                          exp.settings.constraints)
     assert [curve.values for curve in figure.curves if curve.best] == [[0.2]]
+
+
+def test_a_trial_breaking_only_its_reported_constraints_list_is_logged_infeasible(store, caplog) -> None:
+    """A trial reporting ``{"constraints": [0.5]}`` (Optuna's convention) with no constraint declared was
+    counted infeasible by ``orchard status`` and never best, but its worker logged nothing, as it does for a
+    declared constraint broken."""
+    exp = build(store, max_trials=2, seed=4)
+    with caplog.at_level(logging.INFO, logger="orchard.worker"):
+        exp.workon(lambda x, y: {"objective": x, "constraints": [0.5]}, executor="single", progress=False)
+    said = [r.getMessage() for r in caplog.records if "is infeasible" in r.getMessage()]
+    assert len(said) == 2 and "reported constraints[0]=0.5 > 0" in said[0], said
+    assert exp.best_trial is None
