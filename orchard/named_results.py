@@ -11,6 +11,7 @@ saying that one value came where several are read by name.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import Any
 
 from orchard.objective import Outcome, unstorable
 from orchard.report import shown
@@ -26,11 +27,14 @@ def with_objectives(outcome: Outcome, objectives: Mapping[str, str]) -> Outcome:
     minimized (negated for ``"max"``), becomes the trial's scalar ``objective``. A number
     returned whole (or a mapping's ``"objective"``) is the objective named ``"objective"``, or
     the one declared objective's value when it is not given by name; otherwise a mapping's
-    ``"objective"`` is one more metric. Pruned outcomes and failures of the evaluation itself
+    ``"objective"`` is one more metric. A tuple, list or array returned whole holds the objectives'
+    values in their declared order (Optuna's ``return loss, latency``). Pruned outcomes and
+    failures of the evaluation itself
     are returned unchanged.
 
     Returns:
-        A completed outcome, or a failure naming the objective that is missing or not finite.
+        A completed outcome, or a failure naming the objective that is missing or not finite, or
+        saying that a sequence returned whole has not one value per objective.
     """
     given = outcome.given  # a value returned whole, or a mapping's "objective"
     read = given is not None
@@ -38,6 +42,12 @@ def with_objectives(outcome: Outcome, objectives: Mapping[str, str]) -> Outcome:
                                       and outcome.error.get("reason") != "no-objective"):
         return outcome
     results = dict(outcome.results)
+    whole = outcome.returned is not None and given is not None and isinstance(given[0], list)
+    if whole and not (outcome.ok and len(objectives) == 1):  # np.array([[x]]) for one: its number, read below
+        assert given is not None
+        if len(given[0]) != len(objectives):  # Optuna's `return loss, latency`: the values in declared order
+            return _miscounted(outcome, given[0], objectives)
+        return _read(Outcome(results={**results, **dict(zip(objectives, given[0]))}), objectives)
     # a number returned whole is the objective named "objective" (taken apart from the results), or the
     # one declared objective's value in its own direction, as orchard.report() takes it
     named = ("objective" if "objective" in objectives else next(iter(objectives)) if len(objectives) == 1
@@ -53,6 +63,12 @@ def with_objectives(outcome: Outcome, objectives: Mapping[str, str]) -> Outcome:
             return Outcome.failure("InvalidResult", why, reason="unstorable")
     if read and named is None and not any(name in results for name in objectives):
         return _unread(outcome, objectives)
+    return _read(Outcome(results=results), objectives)
+
+
+def _read(outcome: Outcome, objectives: Mapping[str, str]) -> Outcome:
+    """The completed outcome of ``outcome.results`` holding every objective, or the failure naming one not."""
+    results = outcome.results
     for name in objectives:
         value = results.get(name)
         if finite_number(value) is None:
@@ -75,6 +91,15 @@ def _unread(outcome: Outcome, objectives: Mapping[str, str]) -> Outcome:
         f"return each by name, e.g. return {_example(objectives)}", reason="objective")
     failure.error = {**(outcome.error or {}), **(failure.error or {})}  # a script's stderr stays
     return failure
+
+
+def _miscounted(outcome: Outcome, values: list[Any], objectives: Mapping[str, str]) -> Outcome:
+    """The failure of a sequence returned whole whose length is not the number of ``objectives``."""
+    return Outcome.failure(
+        "InvalidResult",
+        f"the result is {outcome.returned}: {len(values)} value(s) for the {len(objectives)} "
+        f"objectives {', '.join(objectives)}; return one value per objective in that order, or each by name, "
+        f"e.g. return {_example(objectives)}", reason="objective")
 
 
 def _example(objectives: Mapping[str, str]) -> str:

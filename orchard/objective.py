@@ -270,15 +270,17 @@ def interpret_result(value: Any) -> Outcome:
             failure.results = results
             return failure
         value = value["objective"]
-    raw, value = value, to_builtin(plain(value))  # the 0-d array or tensor orchard.report() takes too
+    # Optuna's form: a sequence of the objectives' values in order, so one value for one objective (a 1-value
+    # array already is its number); a 1-value tuple or list was refused, where Optuna and np.array([x]) pass
+    one = value[0] if isinstance(value, (tuple, list)) and len(value) == 1 else value
+    raw, value = value, to_builtin(plain(one))  # the 0-d array or tensor orchard.report() takes too
     if isinstance(value, bool) or not isinstance(value, (int, float)):
-        sequence = isinstance(raw, (tuple, list))  # Optuna's form of several objectives
+        sequence = isinstance(raw, (tuple, list))
         several = sequence and len(raw) > 1 and all(finite_number(v) is not None for v in to_builtin(raw))
         got = f"{type(raw).__name__} {shown(raw if sequence else value)}"
         hint = ("; for several objectives, declare them (build_experiment(..., objectives={'a': 'min', 'b': "
-                "'max'})) and return each by name" if several else "; return the number, not a list of it"
-                if sequence and len(raw) == 1 else "; return the number, not its text"
-                if isinstance(value, str) else "")
+                "'max'})) and return them in that order, or each by name" if several
+                else "; return the number, not its text" if isinstance(value, str) else "")
         outcome = Outcome.failure(
             "InvalidResult", f"objective must be a number, got {got}; return a finite number or a dict with "
             "a numeric 'objective' (a script's results file: {\"objective\": 0.25})" + hint)
@@ -291,7 +293,8 @@ def interpret_result(value: Any) -> Outcome:
     else:
         with contextlib.suppress(RecursionError):  # a list thousands deep: said as returned, not kept
             outcome.given = (to_builtin(listed(original)),)
-        number_or_not = value if isinstance(value, (int, float)) else original  # np.float32(0.5) shown as 0.5
+        alone = isinstance(value, (int, float)) and one is raw
+        number_or_not = value if alone else original  # np.float32(0.5) shown as 0.5
         outcome.returned = f"{type(original).__name__} {shown(number_or_not)}"
     return outcome
 

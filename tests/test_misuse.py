@@ -444,16 +444,40 @@ def test_observing_a_trial_twice_says_so() -> None:
     assert exp.fetch_trials()[0].objective == 0.5
 
 
-@pytest.mark.parametrize("result, returned", [((0.2, 0.8), "tuple (0.2, 0.8)"), (math.nan, "float nan")],
-                         ids=["tuple", "nan"])
-def test_several_objectives_returned_unnamed_are_told_to_be_named(result: object, returned: str) -> None:
+def test_a_nan_returned_unnamed_for_several_objectives_is_told_to_name_them() -> None:
     exp = orchard.build_experiment("unnamed", space=SPACE, objectives={"error": "min", "size": "max"},
                                    max_trials=2, max_broken=1, storage="memory://")
     with pytest.raises(ExperimentBrokenError):
-        exp.workon(lambda x: result, progress=False)  # Optuna's habit: a tuple in the objectives' order
+        exp.workon(lambda x: math.nan, progress=False)
     (trial,) = exp.fetch_trials()
-    assert trial.error["message"] == (f"the result is {returned}, but the experiment has objectives error, size: "
+    assert trial.error["message"] == ("the result is float nan, but the experiment has objectives error, size: "
                                       "return each by name, e.g. return {'error': ..., 'size': ...}")
+
+
+@pytest.mark.parametrize("result", [(0.2, 0.8), [0.2, 0.8], np.array([0.2, 0.8])], ids=["tuple", "list", "array"])
+def test_several_objectives_returned_in_their_declared_order_are_recorded_by_name(result: object) -> None:
+    """Optuna's ``return loss, latency`` broke the trial ("the result is tuple (0.2, 0.8), but the experiment
+    has objectives error, size: return each by name") though the experiment declared both, in that order."""
+    exp = orchard.build_experiment("ordered", space=SPACE, objectives={"error": "min", "size": "max"},
+                                   max_trials=1, max_broken=1, storage="memory://")
+    exp.workon(lambda x: result, progress=False)
+    (trial,) = exp.fetch_trials()
+    assert trial.status is TrialStatus.COMPLETED and trial.results == {"error": 0.2, "size": 0.8}
+    assert trial.objective == 0.2 and [t.id for t in exp.pareto_front()] == [trial.id]
+
+
+@pytest.mark.parametrize(("result", "returned"), [((0.2, 0.8, 3.0), "tuple (0.2, 0.8, 3.0): 3 value(s)"),
+                                                  ([0.2], "list [0.2]: 1 value(s)")])
+def test_several_objectives_returned_in_order_but_not_one_each_are_told_how_many(result: object,
+                                                                                  returned: str) -> None:
+    exp = orchard.build_experiment("miscounted", space=SPACE, objectives={"error": "min", "size": "max"},
+                                   max_trials=2, max_broken=1, storage="memory://")
+    with pytest.raises(ExperimentBrokenError):
+        exp.workon(lambda x: result, progress=False)
+    (trial,) = exp.fetch_trials()
+    assert trial.error["message"] == (f"the result is {returned} for the 2 objectives error, size; return one "
+                                      "value per objective in that order, or each by name, e.g. return "
+                                      "{'error': ..., 'size': ...}")
 
 
 def test_a_tuple_returned_by_a_single_objective_is_shown_and_told_how_to_declare_several() -> None:
@@ -463,7 +487,8 @@ def test_a_tuple_returned_by_a_single_objective_is_shown_and_told_how_to_declare
     (trial,) = exp.fetch_trials()
     assert trial.error["message"].startswith("objective must be a number, got tuple (0.2, 0.8); ")
     assert trial.error["message"].endswith("; for several objectives, declare them (build_experiment(..., "
-                                           "objectives={'a': 'min', 'b': 'max'})) and return each by name")
+                                           "objectives={'a': 'min', 'b': 'max'})) and return them in that "
+                                           "order, or each by name")
 
 
 def test_a_decimal_or_fraction_objective_is_recorded_as_its_float() -> None:
@@ -483,20 +508,29 @@ def test_a_decimal_or_fraction_objective_is_recorded_as_its_float() -> None:
     assert asked.observe(trial, fractions.Fraction(1, 4)).objective == 0.25
 
 
-@pytest.mark.parametrize("result, hint", [
-    ("0.5", "; return the number, not its text"),
-    ([0.1], "; return the number, not a list of it"),
-])
-def test_a_text_or_a_one_value_list_stays_refused_and_the_error_names_the_trial_and_what_to_return(
-        result: Any, hint: str) -> None:
+def test_a_text_stays_refused_and_the_error_names_the_trial_and_what_to_return() -> None:
     exp = orchard.build_experiment("text", space=SPACE, max_trials=2, max_broken=1, storage="memory://")
+    hint = "; return the number, not its text"
     with pytest.raises(ExperimentBrokenError) as info:
-        exp.workon(lambda x: result, progress=False)
+        exp.workon(lambda x: "0.5", progress=False)
     (trial,) = exp.fetch_trials()
     assert trial.status is TrialStatus.BROKEN and trial.error["message"].endswith(hint)
     said = str(info.value)
     assert f"last error (trial {trial.id}): InvalidResult: objective must be a number, got " in said
     assert hint in said and "\n" not in said
+
+
+@pytest.mark.parametrize("objectives", [None, {"accuracy": "max"}], ids=["undeclared", "declared"])
+@pytest.mark.parametrize("result", [[0.25], (0.25,), np.array([0.25]), np.array(0.25)],
+                         ids=["list", "tuple", "array", "0-d"])
+def test_a_one_value_sequence_is_the_one_objective_as_optuna_takes_it(result: object, objectives: object) -> None:
+    """``[0.25]`` broke the trial ("return the number, not a list of it") while ``np.array([0.25])`` was
+    recorded as 0.25; Optuna takes both for one objective (a sequence is the objectives' values in order)."""
+    exp = orchard.build_experiment("one", space=SPACE, objectives=objectives, max_trials=1, max_broken=1,
+                                   storage="memory://")
+    exp.workon(lambda x: result, progress=False)
+    (trial,) = exp.fetch_trials()
+    assert trial.status is TrialStatus.COMPLETED and abs(trial.objective) == 0.25
 
 
 @pytest.mark.parametrize("prior, words", [
