@@ -467,25 +467,29 @@ class Interrupted(KeyboardInterrupt):
                            finished=dict.fromkeys(self.finished), caught=dict.fromkeys(caught))
 
     def __str__(self) -> str:
+        """What became of the running trials, each counted once; led by the releases only if there were any
+        ("0 of 2 running trial(s) released" before "2 finished and recorded" read as a failure)."""
         if self.args:
             return super().__str__()
         running = sum(map(len, (self.released, self.kept, self.pruned, self.finished, self.caught)))
-        caught = ("its objective" if len(self.caught) == 1 else "their objectives") + \
-            " caught KeyboardInterrupt and returned a value"
-        if self.caught and running == len(self.caught):
-            parts = [f"the running trial finished and was recorded ({caught})" if running == 1 else
-                     f"the {running} running trials finished and were recorded ({caught})"]
+        objective = "its objective" if len(self.caught) == 1 else "their objectives"
+        recorded = [(len(ids), why) for ids, why in (
+            (self.caught, f"{objective} caught KeyboardInterrupt and returned a value"),
+            (self.finished, "an evaluation in a worker's own thread cannot be stopped: it runs to its end")) if ids]
+        idle = "no trial was running" if not self.unstopped else "no trial released yet"
+        parts = [f"{len(self.released)} of {running} running trial(s) released (status interrupted)" if running
+                 else idle] if self.released or self.kept or not running else []
+        if recorded and sum(n for n, _ in recorded) == running:  # every one ran to its end
+            whys = "; ".join(why if len(recorded) == 1 else f"{n}: {why}" for n, why in recorded)
+            parts.append(f"the {running} running trials finished and were recorded ({whys})" if running > 1
+                         else f"the running trial finished and was recorded ({whys})")
         else:
-            idle = "no trial was running" if not self.unstopped else "no trial released yet"
-            parts = [f"{len(self.released)} of {running} running trial(s) released (status interrupted)"
-                     if running else idle]
-            if self.caught:
-                parts.append(f"{len(self.caught)} finished and recorded ({caught})")
+            parts += [f"{n} finished and recorded ({why})" for n, why in recorded]
         if self.pruned:
-            parts.append(f"{len(self.pruned)} recorded pruned (its pruner had told it to stop)")
-        if self.finished:
-            parts.append(f"{len(self.finished)} finished and recorded (an evaluation in a worker's own thread "
-                         "cannot be stopped: it runs to its end)")
+            told = "its pruner had told it" if len(self.pruned) == 1 else "their pruners had told them"
+            parts.append(f"{len(self.pruned)} recorded pruned ({told} to stop)")
+        if not parts[0].startswith(("no trial", "the ")) and not self.released and not self.kept:
+            parts[0] = f"of the {running} running trial(s), {parts[0]}"  # none released: what became of them
         if self.kept:
             parts.append(f"could not release {', '.join(self.kept)}: taken back when its lease runs out")
         if self.unstopped:

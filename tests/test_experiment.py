@@ -428,6 +428,31 @@ def test_an_objective_that_catches_ctrl_c_and_returns_is_recorded_and_the_run_st
                                   "KeyboardInterrupt and returned a value)")
 
 
+_THREAD = "an evaluation in a worker's own thread cannot be stopped: it runs to its end"
+_CAUGHT = "caught KeyboardInterrupt and returned a value"
+
+
+@pytest.mark.parametrize(("reports", "said"), [
+    ({"finished": ["a", "b"]}, f"the 2 running trials finished and were recorded ({_THREAD})"),
+    ({"caught": ["a"], "finished": ["b"]},
+     f"the 2 running trials finished and were recorded (1: its objective {_CAUGHT}; 1: {_THREAD})"),
+    ({"pruned": ["a", "b"]}, "of the 2 running trial(s), 2 recorded pruned (their pruners had told them to stop)"),
+    ({"pruned": ["a"], "finished": ["b"]},
+     f"of the 2 running trial(s), 1 finished and recorded ({_THREAD}); 1 recorded pruned (its pruner had told it "
+     "to stop)"),
+    ({"released": ["a"], "finished": ["b"]},
+     f"1 of 2 running trial(s) released (status interrupted); 1 finished and recorded ({_THREAD})"),
+    ({"kept": ["k"]}, "0 of 1 running trial(s) released (status interrupted); could not release k: taken back when "
+                      "its lease runs out"),
+])
+def test_what_an_interruption_says_of_the_running_trials_counts_each_once_and_leads_with_what_happened(
+        reports: dict[str, list[str]], said: str) -> None:
+    """workon(executor="thread") interrupted while two evaluations ran in their threads said "0 of 2 running
+    trial(s) released (status interrupted); 2 finished and recorded": a failure to release, contradicted by the
+    next clause, where both trials had run to their end and been recorded as intended."""
+    assert str(orchard.errors.Interrupted(**reports)) == said
+
+
 def test_objectives_of_several_workers_raising_keyboard_interrupt_count_every_trial_released(store) -> None:
     """workon joins what each stopped worker reports, not only the first one's."""
     import threading

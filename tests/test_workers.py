@@ -467,8 +467,8 @@ def test_ctrl_c_says_that_a_trial_running_in_a_thread_finished_and_was_recorded(
     """Ctrl-C to workon(executor="thread") while a trial runs: the evaluation in the thread runs to its end and
     is recorded; the interruption said "no trial was running"."""
     out, err = _ctrl_c_once_started(tmp_path, THREAD_SCRIPT)
-    assert out.splitlines() == ["0 of 1 running trial(s) released (status interrupted); 1 finished and recorded (an "
-                                "evaluation in a worker's own thread cannot be stopped: it runs to its end)",
+    assert out.splitlines() == ["the running trial finished and was recorded (an evaluation in a worker's own "
+                                "thread cannot be stopped: it runs to its end)",
                                 "completed"], (out, err[-2000:])
     assert "interrupted: waiting for 1 worker loop(s) to stop" in err, err[-2000:]  # it said nothing as it waited
 
