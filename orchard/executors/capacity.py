@@ -15,6 +15,9 @@ tasks      every process and thread is a kernel task: the tasks still free under
            (not enforced for root)
 memory     the memory available now (``psutil``), over what one worker holds of its own
            (:data:`WORKER_MEMORY`)
+interpreter loops running as threads take turns on one interpreter: at most
+           :data:`THREAD_LOOPS` of them, whatever the machine (``n_workers=10_000`` threads
+           were admitted, and spent their time coordinating)
 ========== ===========================================================================
 
 Nor is the ``LocalCluster`` of worker processes that ``executor="dask"`` starts
@@ -39,7 +42,7 @@ from typing import Any
 
 from orchard.errors import ConfigurationError
 
-__all__ = ["LOCAL_CLUSTER", "WORKER_MEMORY", "Machine", "check_capacity", "check_n_workers", "counted_as",
+__all__ = ["LOCAL_CLUSTER", "THREAD_LOOPS", "WORKER_MEMORY", "Machine", "check_capacity", "check_n_workers", "counted_as",
            "workers_to_start"]
 
 log = logging.getLogger(__name__)
@@ -57,6 +60,11 @@ WORKER_MEMORY = {"process": 8 * _MiB, "joblib": 36 * _MiB, "loky": 36 * _MiB, "t
                  # a process of the LocalCluster `executor="dask"` starts without an address: 46.2 MiB (psutil's uss of
                  # each worker of LocalCluster(n_workers=2, processes=True) once it imported orchard.worker)
                  LOCAL_CLUSTER: 46 * _MiB}
+
+#: Worker loops one process runs as threads at most: each folds every other loop's trials into its history
+#: under one interpreter lock; 5 s trials kept it busy 98.8 / 86.9 / 31.5 % at 64 / 256 / 512 loops
+#: (docs/scaling.md, bench/logs/scale/threads-64-512.txt).
+THREAD_LOOPS = 256
 
 
 @dataclasses.dataclass(frozen=True)
@@ -81,6 +89,10 @@ class Machine:
             reason = (f"{self.available_memory / 2**30:.1f} GiB of memory is available and each "
                       f"{executor!r} worker holds about {per_worker / _MiB:g} MiB")
             fits.append((self.available_memory // per_worker, reason))
+        if executor == "thread":
+            fits.append((THREAD_LOOPS, f"loops running as threads take turns on one interpreter, which more "
+                                       f"than {THREAD_LOOPS} keep busy coordinating (use executor='process' for "
+                                       "more)"))
         return min(fits) if fits else (None, "")
 
 
