@@ -311,7 +311,7 @@ class Fleet:
                 TrialStatus.COMPLETED, TrialStatus.BROKEN, TrialStatus.PRUNED, TrialStatus.INTERRUPTED])}
         except StorageError:
             return
-        counted = {*interruption.released, *interruption.pruned, *interruption.caught}  # each counted once
+        counted = {*interruption.released, *interruption.pruned}
         settled = [tid for tid in self._running_at_stop if tid in now and tid not in counted]
         released = [tid for tid in settled if now[tid] is TrialStatus.INTERRUPTED]
         interruption.released += released
