@@ -374,10 +374,10 @@ class Worker:
     # -- getting a trial -------------------------------------------------------
 
     def _acquire(self) -> tuple[Trial, float] | None:
-        """Reserve a waiting trial or register a suggestion as ours, with when (monotonic) it was asked; or None.
+        """Reserve a waiting trial or register a suggestion as ours, with when (monotonic) it was asked.
 
         Each is tried only when the view just refreshed says it can succeed, so a worker waiting
-        for others' last trials (the wind-down) costs one read per look.
+        for others' last trials (the wind-down) costs one read per look. ``None``: neither.
         """
         counts, budget = self.history.counts, self.settings.max_trials
         asked = self.clock.monotonic()

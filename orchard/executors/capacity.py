@@ -42,8 +42,8 @@ from typing import Any
 
 from orchard.errors import ConfigurationError
 
-__all__ = ["LOCAL_CLUSTER", "THREAD_LOOPS", "WORKER_MEMORY", "Machine", "check_capacity", "check_n_workers", "counted_as",
-           "workers_to_start"]
+__all__ = ["LOCAL_CLUSTER", "THREAD_LOOPS", "WORKER_MEMORY", "Machine", "check_capacity", "check_n_workers",
+           "counted_as", "workers_to_start"]
 
 log = logging.getLogger(__name__)
 
