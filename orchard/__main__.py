@@ -1,5 +1,5 @@
 """``python -m orchard``: the ``orchard`` command."""
 
-from orchard.cli import main
+from _orchard_launch import main  # Ctrl-C ends the process as the installed command's does
 
 raise SystemExit(main())

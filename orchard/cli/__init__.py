@@ -14,8 +14,9 @@ module                     commands
 Each module has ``add_parser(subparsers)`` adding its parser(s); a parser's
 ``func`` default is its ``run(args) -> int``. The option tables of
 ``docs/cli.md`` are generated from these parsers by :mod:`orchard.cli._reference`. Failures print one line,
-``orchard: error: …``, and exit 1 (2 for a bad command line or configuration,
-130 on Ctrl-C, 143 on SIGTERM, with what was released); ``--debug`` adds the traceback.
+``orchard: error: …``, and exit 1 (2 for a bad command line or configuration, 130 on Ctrl-C, after
+which the process dies of SIGINT: ``_orchard_launch``, 143 on SIGTERM, with what was released); ``--debug``
+adds the traceback.
 """
 
 from __future__ import annotations
