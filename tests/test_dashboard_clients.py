@@ -11,6 +11,7 @@ import re
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -28,7 +29,7 @@ from orchard.storages import get_storage
 
 storage = get_storage(sys.argv[1])
 serve(storage, bind("127.0.0.1", 0), announce=lambda url: print(url, flush=True),
-      request_timeout=float(sys.argv[2]), send_timeout=2.0)
+      request_timeout=float(sys.argv[2]), send_timeout=2.0, evict_after=float(sys.argv[3]))
 """
 #: A request for plotly.js (4.8 MB): more than the kernel's buffers hold, so an answer to a
 #: client that reads nothing must wait.
@@ -36,8 +37,10 @@ BUNDLE = b"GET /static/plotly.min.js HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
 
 
 @contextlib.contextmanager
-def server(tmp_path: Path, request_timeout: float = 1.0) -> Iterator[tuple[str, int]]:
-    proc = subprocess.Popen([sys.executable, "-c", SERVER, str(tmp_path / "o.pkl"), str(request_timeout)],
+def server(tmp_path: Path, request_timeout: float = 1.0,
+           evict_after: float = 5.0) -> Iterator[tuple[str, int]]:
+    proc = subprocess.Popen([sys.executable, "-c", SERVER, str(tmp_path / "o.pkl"), str(request_timeout),
+                             str(evict_after)],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         line = proc.stdout.readline() if proc.stdout else ""
@@ -112,3 +115,68 @@ def test_many_connections_that_send_nothing_or_half_a_request_do_not_shut_out_ot
             except urllib.error.HTTPError as err:
                 status = err.code
             assert status == 200, f"round {round_}: {status}"  # was 503
+
+
+def status_of(url: str) -> int:
+    try:
+        with urllib.request.urlopen(url, timeout=10) as answer:
+            answer.read()
+            return int(answer.status)
+    except urllib.error.HTTPError as err:
+        return int(err.code)
+
+
+def test_a_header_sent_a_byte_at_a_time_is_dropped_while_it_still_trickles(tmp_path: Path) -> None:
+    with server(tmp_path) as (url, port):
+        sock = connect(port)
+        head = b"GET /api/experiments HTTP/1.1\r\nHost: 127.0.0.1\r\nX-A: " + b"a" * 100
+        started = time.monotonic()
+        with pytest.raises(OSError):  # reset (or broken pipe) while a byte still goes every 0.2 s
+            for byte in head:
+                sock.sendall(bytes([byte]))
+                time.sleep(0.2)
+                assert time.monotonic() - started < 6, "the server kept a head trickling in for 6 s"
+        sock.close()
+        assert status_of(url + "api/experiments") == 200
+
+
+def test_clients_reading_just_fast_enough_do_not_hold_every_connection(tmp_path: Path) -> None:
+    """64 clients reading plotly.js just above the minimum rate (64 KiB per 30 s, 2 KiB/s: 40 minutes
+    for the bundle) held every connection, and everyone else got 503; a newcomer now takes the place
+    of the slowest of them, once they have been answered for evict_after (1 s here) seconds."""
+    from orchard.dashboard._server import MAX_CONNECTIONS
+
+    with server(tmp_path, request_timeout=60.0, evict_after=1.0) as (url, port):
+        readers = [connect(port, BUNDLE) for _ in range(MAX_CONNECTIONS - 1)]  # all the server answers
+        for sock in readers:
+            sock.setblocking(False)
+        ended: set[int] = set()
+        stop = threading.Event()
+
+        def read_slowly() -> None:  # 2 KiB per reader every 30 ms: about 64 KiB/s, above 64 KiB per 2 s
+            while not stop.wait(0.03):
+                for number, sock in enumerate(readers):
+                    if number in ended:
+                        continue
+                    try:
+                        if not sock.recv(2048):
+                            ended.add(number)
+                    except BlockingIOError:
+                        pass
+                    except OSError:
+                        ended.add(number)
+
+        thread = threading.Thread(target=read_slowly, daemon=True)
+        thread.start()
+        try:
+            time.sleep(3)
+            assert not ended, f"{len(ended)} readers above the minimum rate were dropped with room to spare"
+            assert status_of(url + "api/experiments") == 200  # was 503 for as long as they read
+            with urllib.request.urlopen(url + "static/plotly.min.js", timeout=20) as answer:
+                assert len(answer.read()) > 4_000_000  # a client reading at its own pace gets the page
+            assert len(ended) <= 4, "more readers were dropped than the newcomers needed"
+        finally:
+            stop.set()
+            thread.join()
+            for sock in readers:
+                sock.close()

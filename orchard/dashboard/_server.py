@@ -12,7 +12,8 @@ from orchard.errors import ConfigurationError
 from orchard.storages.base import BaseStorage
 
 __all__ = [
-    "MAX_CONNECTIONS", "REQUEST_TIMEOUT", "SEND_TIMEOUT", "SHUTDOWN_GRACE", "bind", "is_loopback", "serve", "url_of",
+    "EVICT_AFTER", "MAX_CONNECTIONS", "REQUEST_TIMEOUT", "SEND_TIMEOUT", "SHUTDOWN_GRACE", "bind",
+    "is_loopback", "serve", "url_of",
 ]
 
 #: Seconds Ctrl-C (or SIGTERM) waits for responses under way before closing their connections:
@@ -22,10 +23,14 @@ SHUTDOWN_GRACE = 2
 REQUEST_TIMEOUT = 10.0
 #: Seconds in which a client must take 64 KiB of its answer (MIN_PROGRESS), or its connection is reset.
 SEND_TIMEOUT = 30.0
-#: Connections served at once; beyond, the one waiting longest for its request is dropped, and new
-#: requests get 503 only if every connection is being answered. With the two timeouts it bounds the
+#: Connections served at once; beyond, the one waiting longest for its request is dropped, or else the
+#: slowest answer waiting on its client for EVICT_AFTER seconds, and new requests get 503 only if
+#: every connection is being computed or taken fast or briefly. With the two timeouts it bounds the
 #: memory clients can hold (at most one answer each: a page of trials is a few MiB).
 MAX_CONNECTIONS = 64
+#: Seconds an answer waits on its client before, the server being full, it may be reset for a newcomer
+#: (the slowest such answer is): a client cannot hold a connection by reading just fast enough.
+EVICT_AFTER = 5.0
 
 
 def is_loopback(host: str) -> bool:
@@ -100,6 +105,7 @@ def serve(
     allowed_hosts: Iterable[str] = (),
     request_timeout: float = REQUEST_TIMEOUT,
     send_timeout: float = SEND_TIMEOUT,
+    evict_after: float = EVICT_AFTER,
 ) -> None:
     """Serve the dashboard of ``storage`` on ``sock`` until interrupted (SIGINT/SIGTERM).
 
@@ -115,6 +121,8 @@ def serve(
             (the ``--host`` listened on and every ``--allowed-host``); any other ``Host`` gets 400.
         request_timeout: seconds a client has to send a request before its connection is dropped.
         send_timeout: seconds an answer may wait on a client that does not read it.
+        evict_after: seconds an answer may wait on its client before, the server being full, the
+            slowest such answer is reset to make room for a new connection.
 
     Raises:
         ConfigurationError: plotly's bundle is missing.
@@ -127,7 +135,8 @@ def serve(
     app = build_app(StorageView(storage, min_interval=min_interval), allowed_hosts)
     config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off", server_header=False,
                             timeout_graceful_shutdown=SHUTDOWN_GRACE, limit_concurrency=MAX_CONNECTIONS,
-                            http=guarded_protocol(request_timeout, send_timeout, SHUTDOWN_GRACE - 0.5))
+                            http=guarded_protocol(request_timeout, send_timeout, SHUTDOWN_GRACE - 0.5,
+                                                          evict_after))
     server = uvicorn.Server(config)
     announce(url_of(sock))
     server.run(sockets=[sock])
