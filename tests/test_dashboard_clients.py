@@ -140,43 +140,85 @@ def test_a_header_sent_a_byte_at_a_time_is_dropped_while_it_still_trickles(tmp_p
         assert status_of(url + "api/experiments") == 200
 
 
+class SlowReaders:
+    """Clients each reading 2 KiB every 30 ms (about 64 KiB/s, above the 64 KiB per 2 s asked) in a thread."""
+
+    def __init__(self, port: int, request: bytes, count: int) -> None:
+        self.readers = [connect(port, request) for _ in range(count)]
+        for sock in self.readers:
+            sock.setblocking(False)
+        self.ended: set[int] = set()
+        self.received = [0] * count
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self.read, daemon=True)
+
+    def read(self) -> None:
+        while not self.stop.wait(0.03):
+            for number, sock in enumerate(self.readers):
+                if number in self.ended:
+                    continue
+                try:
+                    data = sock.recv(2048)
+                    self.received[number] += len(data)
+                    if not data:
+                        self.ended.add(number)
+                except BlockingIOError:
+                    pass
+                except OSError:
+                    self.ended.add(number)
+
+    def __enter__(self) -> SlowReaders:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop.set()
+        self.thread.join()
+        for sock in self.readers:
+            sock.close()
+
+
 def test_clients_reading_just_fast_enough_do_not_hold_every_connection(tmp_path: Path) -> None:
     """64 clients reading plotly.js just above the minimum rate (64 KiB per 30 s, 2 KiB/s: 40 minutes
     for the bundle) held every connection, and everyone else got 503; a newcomer now takes the place
     of the slowest of them, once they have been answered for evict_after (1 s here) seconds."""
     from orchard.dashboard._server import MAX_CONNECTIONS
 
-    with server(tmp_path, request_timeout=60.0, evict_after=1.0) as (url, port):
-        readers = [connect(port, BUNDLE) for _ in range(MAX_CONNECTIONS - 1)]  # all the server answers
-        for sock in readers:
-            sock.setblocking(False)
-        ended: set[int] = set()
-        stop = threading.Event()
+    with server(tmp_path, request_timeout=60.0, evict_after=1.0) as (url, port), \
+            SlowReaders(port, BUNDLE, MAX_CONNECTIONS - 1) as slow:  # all the connections the server answers
+        time.sleep(3)
+        assert not slow.ended, f"{len(slow.ended)} readers above the minimum rate were dropped with room left"
+        assert status_of(url + "api/experiments") == 200  # was 503 for as long as they read
+        with urllib.request.urlopen(url + "static/plotly.min.js", timeout=20) as answer:
+            assert len(answer.read()) > 4_000_000  # a client reading at its own pace gets the page
+        assert len(slow.ended) <= 4, "more readers were dropped than the newcomers needed"
 
-        def read_slowly() -> None:  # 2 KiB per reader every 30 ms: about 64 KiB/s, above 64 KiB per 2 s
-            while not stop.wait(0.03):
-                for number, sock in enumerate(readers):
-                    if number in ended:
-                        continue
-                    try:
-                        if not sock.recv(2048):
-                            ended.add(number)
-                    except BlockingIOError:
-                        pass
-                    except OSError:
-                        ended.add(number)
 
-        thread = threading.Thread(target=read_slowly, daemon=True)
-        thread.start()
-        try:
-            time.sleep(3)
-            assert not ended, f"{len(ended)} readers above the minimum rate were dropped with room to spare"
-            assert status_of(url + "api/experiments") == 200  # was 503 for as long as they read
-            with urllib.request.urlopen(url + "static/plotly.min.js", timeout=20) as answer:
-                assert len(answer.read()) > 4_000_000  # a client reading at its own pace gets the page
-            assert len(ended) <= 4, "more readers were dropped than the newcomers needed"
-        finally:
-            stop.set()
-            thread.join()
-            for sock in readers:
-                sock.close()
+def test_slow_readers_of_pages_of_trials_past_the_keep_alive_do_not_hold_every_connection(
+        tmp_path: Path) -> None:
+    """Answers of the API are written whole; 5 s on, uvicorn closes such a connection gracefully (no new
+    request came), and the answer goes on out. Those closing connections were not seen as candidates
+    to make room for a newcomer, yet counted against the limit: everyone else got 503."""
+    from orchard.dashboard._server import MAX_CONNECTIONS
+    from orchard.storages import get_storage
+    from orchard.trial import Trial, TrialStatus
+
+    storage = get_storage(str(tmp_path / "o.pkl"))
+    exp_id = storage.create_experiment("big", {"space": {"x": "uniform(0, 1)"}, "algorithm": "random"})
+    now = time.time()
+    storage.restore_trials(exp_id, [
+        Trial(id=f"{i:032x}", experiment=exp_id, params={"x": i / 8000}, status=TrialStatus.COMPLETED,
+              objective=float(i), worker="host:1:w", submit_time=now, start_time=now, end_time=now + 1,
+              heartbeat=now + 1, attempts=1, reports=[(step, 1 / (1 + step)) for step in range(30)])
+        for i in range(8000)])
+    page = b"GET /api/experiments/big/trials?limit=8000 HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"  # about 6 MB
+    with server(tmp_path, request_timeout=60.0, evict_after=1.0) as (url, port), \
+            SlowReaders(port, page, MAX_CONNECTIONS - 1) as slow:
+        deadline = time.monotonic() + 60
+        while not all(slow.received):  # each answer has been written whole
+            assert time.monotonic() < deadline, "the server did not answer every reader within 60 s"
+            time.sleep(0.1)
+        time.sleep(6)  # past uvicorn's keep-alive of 5 s: it has closed them, their answers still going out
+        assert not slow.ended, f"{len(slow.ended)} readers above the minimum rate were dropped with room left"
+        assert status_of(url + "api/experiments") == 200  # was 503 until they had read 6 MB each
+        assert len(slow.ended) <= 4, "more readers were dropped than the newcomers needed"

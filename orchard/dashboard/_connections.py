@@ -146,6 +146,7 @@ class GuardedProtocol(H11Protocol):
         super().connection_made(_CountedTransport(transport))
         self._waiting_since = self._progress_at = self._asked_at = self.loop.time()
         self._unsent_mark = self._taken_mark = 0
+        self._dropped = False
         self._check_handle = self.loop.call_later(CHECK_PERIOD, self._check)
         self._make_room()
 
@@ -159,7 +160,7 @@ class GuardedProtocol(H11Protocol):
         or else those whose answers, long waiting on their client, go out slowest."""
         if self.limit_concurrency is None:
             return
-        open_ = [other for other in self.connections if not other.transport.is_closing()]
+        open_ = [other for other in self.connections if not _dropped(other)]
         excess = len(open_) - self.limit_concurrency + 1
         if excess <= 0:
             return
@@ -226,11 +227,24 @@ class GuardedProtocol(H11Protocol):
 
     def _reset(self) -> None:
         """Close the connection at once, with a reset: nothing it had buffered is sent."""
+        self._dropped = True
         sock = self.transport.get_extra_info("socket")
         with contextlib.suppress(OSError):  # already closed: nothing left to drop
             if sock is not None:
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
         self.transport.abort()
+
+
+def _dropped(connection: Any) -> bool:
+    """Whether ``connection`` was reset, and is gone but for its bookkeeping.
+
+    A connection merely closing still counts: uvicorn closes a connection whose
+    client sent no new request within 5 s (keep-alive) gracefully, its answer
+    still going out, and counts it against ``limit_concurrency`` until it is gone.
+    """
+    if isinstance(connection, GuardedProtocol):
+        return connection._dropped
+    return bool(connection.transport.is_closing())
 
 
 def guarded_protocol(request_timeout: float, send_timeout: float, shutdown_abort: float,
