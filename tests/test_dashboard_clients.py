@@ -7,6 +7,7 @@ and 30 s, so that each case is decided within a few seconds.
 from __future__ import annotations
 
 import contextlib
+import gzip
 import re
 import socket
 import subprocess
@@ -222,3 +223,24 @@ def test_slow_readers_of_pages_of_trials_past_the_keep_alive_do_not_hold_every_c
         assert not slow.ended, f"{len(slow.ended)} readers above the minimum rate were dropped with room left"
         assert status_of(url + "api/experiments") == 200  # was 503 until they had read 6 MB each
         assert len(slow.ended) <= 4, "more readers were dropped than the newcomers needed"
+
+
+def test_plotly_goes_gzipped_and_not_again_to_a_client_that_has_it(tmp_path: Path) -> None:
+    """On a slow link plotly.js (4.8 MB) was the page's cost, sent whole on every load: no compression,
+    and a browser revalidating its copy (If-None-Match) got all of it again."""
+    with server(tmp_path) as (url, _):
+        with urllib.request.urlopen(url + "static/plotly.min.js", timeout=20) as answer:
+            plain = answer.read()
+        zipped = urllib.request.Request(url + "static/plotly.min.js", headers={"Accept-Encoding": "gzip, br"})
+        with urllib.request.urlopen(zipped, timeout=20) as answer:
+            assert answer.headers["Content-Encoding"] == "gzip"
+            body, etag = answer.read(), answer.headers["ETag"]
+        assert len(body) < len(plain) / 2 and gzip.decompress(body) == plain
+        again = urllib.request.Request(url + "static/plotly.min.js",
+                                       headers={"Accept-Encoding": "gzip", "If-None-Match": etag})
+        with pytest.raises(urllib.error.HTTPError) as not_modified:
+            urllib.request.urlopen(again, timeout=20)
+        assert not_modified.value.code == 304 and not_modified.value.read() == b""
+        plain_again = urllib.request.Request(url + "static/plotly.min.js", headers={"If-None-Match": etag})
+        with urllib.request.urlopen(plain_again, timeout=20) as answer:  # its copy is the gzipped one
+            assert answer.read() == plain and "Content-Encoding" not in answer.headers
