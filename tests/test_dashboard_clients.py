@@ -1,7 +1,8 @@
 """Clients that try to hold the dashboard: silent, slow to send, never reading (real sockets, real server process).
 
-The server runs with timeouts of 1 s (request) and 2 s (answer) instead of 10 s
-and 30 s, so that each case is decided within a few seconds.
+The server runs with timeouts of 1 s (request) and 2 s (answer; 4 s for slow readers)
+instead of 10 s and 30 s, and makes room for a newcomer after 1 s instead of 5 s,
+so that each case is decided within a few seconds.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from orchard.storages import get_storage
 
 storage = get_storage(sys.argv[1])
 serve(storage, bind("127.0.0.1", 0), announce=lambda url: print(url, flush=True),
-      request_timeout=float(sys.argv[2]), send_timeout=2.0, evict_after=float(sys.argv[3]))
+      request_timeout=float(sys.argv[2]), send_timeout=float(sys.argv[4]), evict_after=float(sys.argv[3]))
 """
 #: A request for plotly.js (4.8 MB): more than the kernel's buffers hold, so an answer to a
 #: client that reads nothing must wait.
@@ -38,10 +39,10 @@ BUNDLE = b"GET /static/plotly.min.js HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
 
 
 @contextlib.contextmanager
-def server(tmp_path: Path, request_timeout: float = 1.0,
-           evict_after: float = 5.0) -> Iterator[tuple[str, int]]:
+def server(tmp_path: Path, request_timeout: float = 1.0, evict_after: float = 5.0,
+           send_timeout: float = 2.0) -> Iterator[tuple[str, int]]:
     proc = subprocess.Popen([sys.executable, "-c", SERVER, str(tmp_path / "o.pkl"), str(request_timeout),
-                             str(evict_after)],
+                             str(evict_after), str(send_timeout)],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         line = proc.stdout.readline() if proc.stdout else ""
@@ -142,7 +143,7 @@ def test_a_header_sent_a_byte_at_a_time_is_dropped_while_it_still_trickles(tmp_p
 
 
 class SlowReaders:
-    """Clients each reading 2 KiB every 30 ms (about 64 KiB/s, above the 64 KiB per 2 s asked) in a thread."""
+    """Clients each reading 2 KiB every 30 ms (64 KiB/s, four times the 64 KiB per 4 s asked), in a thread."""
 
     def __init__(self, port: int, request: bytes, count: int) -> None:
         self.readers = [connect(port, request) for _ in range(count)]
@@ -185,7 +186,7 @@ def test_clients_reading_just_fast_enough_do_not_hold_every_connection(tmp_path:
     of the slowest of them, once they have been answered for evict_after (1 s here) seconds."""
     from orchard.dashboard._server import MAX_CONNECTIONS
 
-    with server(tmp_path, request_timeout=60.0, evict_after=1.0) as (url, port), \
+    with server(tmp_path, request_timeout=60.0, evict_after=1.0, send_timeout=4.0) as (url, port), \
             SlowReaders(port, BUNDLE, MAX_CONNECTIONS - 1) as slow:  # all the connections the server answers
         time.sleep(3)
         assert not slow.ended, f"{len(slow.ended)} readers above the minimum rate were dropped with room left"
@@ -213,7 +214,7 @@ def test_slow_readers_of_pages_of_trials_past_the_keep_alive_do_not_hold_every_c
               heartbeat=now + 1, attempts=1, reports=[(step, 1 / (1 + step)) for step in range(30)])
         for i in range(8000)])
     page = b"GET /api/experiments/big/trials?limit=8000 HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"  # about 6 MB
-    with server(tmp_path, request_timeout=60.0, evict_after=1.0) as (url, port), \
+    with server(tmp_path, request_timeout=60.0, evict_after=1.0, send_timeout=4.0) as (url, port), \
             SlowReaders(port, page, MAX_CONNECTIONS - 1) as slow:
         deadline = time.monotonic() + 60
         while not all(slow.received):  # each answer has been written whole
