@@ -54,9 +54,10 @@ def server(tmp_path: Path, request_timeout: float = 1.0, evict_after: float = 5.
         proc.wait(timeout=30)
 
 
-def connect(port: int, send: bytes = b"") -> socket.socket:
+def connect(port: int, send: bytes = b"", source: str = "127.0.0.1") -> socket.socket:
     sock = socket.socket()
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # a small window: the server must wait on it
+    sock.bind((source, 0))  # another address of the loopback network (127.0.0.2) is another machine
     sock.connect(("127.0.0.1", port))
     sock.sendall(send)
     return sock
@@ -143,10 +144,13 @@ def test_a_header_sent_a_byte_at_a_time_is_dropped_while_it_still_trickles(tmp_p
 
 
 class SlowReaders:
-    """Clients each reading 2 KiB every 30 ms (64 KiB/s, four times the 64 KiB per 4 s asked), in a thread."""
+    """Clients each reading ``chunk`` bytes every 30 ms (2 KiB: 64 KiB/s, four times the 64 KiB per 4 s
+    asked), in a thread."""
 
-    def __init__(self, port: int, request: bytes, count: int) -> None:
-        self.readers = [connect(port, request) for _ in range(count)]
+    def __init__(self, port: int, request: bytes, count: int, source: str = "127.0.0.1",
+                 chunk: int = 2048) -> None:
+        self.readers = [connect(port, request, source) for _ in range(count)]
+        self.chunk = chunk
         for sock in self.readers:
             sock.setblocking(False)
         self.ended: set[int] = set()
@@ -160,7 +164,7 @@ class SlowReaders:
                 if number in self.ended:
                     continue
                 try:
-                    data = sock.recv(2048)
+                    data = sock.recv(self.chunk)
                     self.received[number] += len(data)
                     if not data:
                         self.ended.add(number)
@@ -245,3 +249,21 @@ def test_plotly_goes_gzipped_and_not_again_to_a_client_that_has_it(tmp_path: Pat
         plain_again = urllib.request.Request(url + "static/plotly.min.js", headers={"If-None-Match": etag})
         with urllib.request.urlopen(plain_again, timeout=20) as answer:  # its copy is the gzipped one
             assert answer.read() == plain and "Content-Encoding" not in answer.headers
+
+
+def test_room_is_made_from_the_address_holding_the_most_connections(tmp_path: Path) -> None:
+    """With the server full, a newcomer reset the slowest answer whoever held it: one machine holding 62
+    connections pushed out the one download of another machine on a slower link."""
+    from orchard.dashboard._server import MAX_CONNECTIONS
+
+    with server(tmp_path, request_timeout=60.0, evict_after=1.0, send_timeout=4.0) as (url, port), \
+            SlowReaders(port, BUNDLE, MAX_CONNECTIONS - 2) as many, \
+            SlowReaders(port, BUNDLE, 1, source="127.0.0.2", chunk=1024) as other:  # half their pace
+        time.sleep(3)
+        newcomer = connect(port, b"GET /api/experiments HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+        newcomer.settimeout(10)
+        assert newcomer.recv(12) == b"HTTP/1.1 200"
+        newcomer.close()
+        time.sleep(0.5)
+        assert not other.ended, "the one connection of 127.0.0.2 was reset to make room"  # was: slowest
+        assert 1 <= len(many.ended) <= 2

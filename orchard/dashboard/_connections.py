@@ -25,7 +25,10 @@ free the server: 64 clients each reading plotly.js (4.8 MB) at just over 2 KiB/s
 held every connection for 40 minutes; now a newcomer takes the place of the
 slowest of them, and an attacker has to read faster than the users it would shut
 out. Only answers being computed, or taken faster than every other one, or for
-less than ``evict_after`` seconds, can fill the server.
+less than ``evict_after`` seconds, can fill the server. Either way, the
+connections of an address holding more than a browser opens
+(:data:`BROWSER_CONNECTIONS`) go first, the most holding first: one machine
+opening dozens of connections makes room from its own before anyone else's.
 
 Either way the connection is reset (``SO_LINGER`` 0, then closed): its answer is
 dropped at once, from the server's memory and from the kernel's send queue (a
@@ -39,6 +42,7 @@ traceback on the terminal.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import fcntl
 import socket
@@ -51,12 +55,15 @@ from typing import Any
 import h11
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
-__all__ = ["CHECK_PERIOD", "MIN_PROGRESS", "GuardedProtocol", "guarded_protocol"]
+__all__ = ["BROWSER_CONNECTIONS", "CHECK_PERIOD", "MIN_PROGRESS", "GuardedProtocol", "guarded_protocol"]
 
 #: Seconds between two checks of a connection.
 CHECK_PERIOD = 1.0
 #: Bytes a client must take from its answer in every ``send_timeout`` seconds (about 2 KiB/s at 30 s).
 MIN_PROGRESS = 64 * 1024
+#: Connections a browser opens to one server at most (6 in Chromium and Firefox), and some: an address
+#: holding more (a script, or a proxy before several users) gives room first, the most holding first.
+BROWSER_CONNECTIONS = 8
 #: The ioctl giving the bytes still in a socket's send queue (``SIOCOUTQ``, Linux only).
 _OUTQ: int | None = termios.TIOCOUTQ if sys.platform == "linux" else None
 #: The client is still sending its request (or has not begun it) in these h11 states.
@@ -132,7 +139,8 @@ class GuardedProtocol(H11Protocol):
     :data:`MIN_PROGRESS` for :attr:`send_timeout` seconds; never while the
     server itself is computing an answer. While the server is full, a new
     connection resets the one waiting longest for its request, or else the
-    slowest answer waiting on its client for :attr:`evict_after` seconds. After
+    slowest answer waiting on its client for :attr:`evict_after` seconds; those of
+    an address holding over :data:`BROWSER_CONNECTIONS` first. After
     :meth:`shutdown`, within :attr:`shutdown_abort` seconds.
     """
 
@@ -166,12 +174,21 @@ class GuardedProtocol(H11Protocol):
             return
         now = self.loop.time()
         others = [other for other in open_ if other is not self and isinstance(other, GuardedProtocol)]
+        held = collections.Counter(other._peer() for other in others)
+
+        def excessive(other: GuardedProtocol) -> int:  # connections of its address beyond a browser's
+            return max(held[other._peer()] - BROWSER_CONNECTIONS, 0)
+
         waiting = sorted((other for other in others if other._waiting_on_client()),
-                         key=lambda other: other._waiting_since)
+                         key=lambda other: (-excessive(other), other._waiting_since))
         slow = sorted((other for other in others if other._slow_candidate(now)),
-                      key=lambda other: other._rate(now))
+                      key=lambda other: (-excessive(other), other._rate(now)))
         for other in (waiting + slow)[:excess]:
             other._reset()
+
+    def _peer(self) -> str:
+        """The client's address (its host, without the port)."""
+        return str(self.client[0]) if self.client else ""
 
     def _slow_candidate(self, now: float) -> bool:
         """Whether an answer is going out and has been waiting on its client for :attr:`evict_after` s."""
