@@ -267,3 +267,22 @@ def test_room_is_made_from_the_address_holding_the_most_connections(tmp_path: Pa
         time.sleep(0.5)
         assert not other.ended, "the one connection of 127.0.0.2 was reset to make room"  # was: slowest
         assert 1 <= len(many.ended) <= 2
+
+
+def test_a_flood_of_malformed_requests_does_not_flood_the_terminal(tmp_path: Path) -> None:
+    """uvicorn printed one warning per malformed request: 300 lines for 300 requests, enough to fill a
+    pipe nobody reads, where the server then blocks writing; one per minute shows now, with the count."""
+    proc = subprocess.Popen([sys.executable, "-c", SERVER, str(tmp_path / "o.pkl"), "1.0", "5.0", "2.0"],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        assert proc.stdout is not None
+        port = int(re.search(r":(\d+)/", proc.stdout.readline()).group(1))  # type: ignore[union-attr]
+        for _ in range(300):
+            with connect(port, b"NOT HTTP AT ALL\r\n\r\n") as sock:
+                sock.settimeout(10)
+                assert sock.recv(100).startswith(b"HTTP/1.1 400")
+        assert status_of(f"http://127.0.0.1:{port}/api/experiments") == 200
+    finally:
+        proc.terminate()
+        output = proc.communicate(timeout=30)[0]
+    assert output.count("Invalid HTTP request received") == 1, output[:2000]

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import errno
 import ipaddress
+import logging
+import math
 import socket
+import time
 from collections.abc import Callable, Iterable
 
 from orchard.dashboard._views import StorageView
@@ -13,7 +16,7 @@ from orchard.storages.base import BaseStorage
 
 __all__ = [
     "EVICT_AFTER", "MAX_CONNECTIONS", "REQUEST_TIMEOUT", "SEND_TIMEOUT", "SHUTDOWN_GRACE", "bind",
-    "is_loopback", "serve", "url_of",
+    "REPEAT_PERIOD", "RepeatedWarnings", "is_loopback", "serve", "url_of",
 ]
 
 #: Seconds Ctrl-C (or SIGTERM) waits for responses under way before closing their connections:
@@ -23,6 +26,8 @@ SHUTDOWN_GRACE = 2
 REQUEST_TIMEOUT = 10.0
 #: Seconds in which a client must take 64 KiB of its answer (MIN_PROGRESS), or its connection is reset.
 SEND_TIMEOUT = 30.0
+#: Seconds between two showings of one warning of the server's (a malformed request, a 503).
+REPEAT_PERIOD = 60.0
 #: Connections served at once; beyond, the one waiting longest for its request is dropped, or else the
 #: slowest answer waiting on its client for EVICT_AFTER seconds, and new requests get 503 only if
 #: every connection is being computed or taken fast or briefly. With the two timeouts it bounds the
@@ -31,6 +36,37 @@ MAX_CONNECTIONS = 64
 #: Seconds an answer waits on its client before, the server being full, it may be reset for a newcomer
 #: (the slowest such answer is): a client cannot hold a connection by reading just fast enough.
 EVICT_AFTER = 5.0
+
+
+class RepeatedWarnings(logging.Filter):
+    """Lets a warning through once per ``period`` seconds, saying then how many like it were not shown.
+
+    uvicorn warns once per malformed request ("Invalid HTTP request received.") and
+    per request refused as the server is full: a client sending thousands of them
+    would flood the terminal, or fill a pipe nobody reads until the server blocks
+    writing to it. Errors (an exception in the application) all go through.
+    """
+
+    def __init__(self, period: float = REPEAT_PERIOD, clock: Callable[[], float] = time.monotonic) -> None:
+        super().__init__()
+        self.period, self.clock = period, clock
+        self.shown: dict[str, tuple[float, int]] = {}  # message -> when last shown, how many hidden since
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno != logging.WARNING:
+            return True
+        message, now = record.getMessage(), self.clock()
+        shown_at, hidden = self.shown.get(message, (-math.inf, 0))
+        if now - shown_at < self.period:
+            self.shown[message] = (shown_at, hidden + 1)
+            return False
+        if len(self.shown) >= 1000:  # messages holding a client's text: forget the old ones
+            self.shown.clear()
+        self.shown[message] = (now, 0)
+        if hidden:
+            record.msg = f"{message} (and {hidden} more in {now - shown_at:.0f} s, not shown)"
+            record.args = ()
+        return True
 
 
 def is_loopback(host: str) -> bool:
@@ -136,7 +172,10 @@ def serve(
     config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off", server_header=False,
                             timeout_graceful_shutdown=SHUTDOWN_GRACE, limit_concurrency=MAX_CONNECTIONS,
                             http=guarded_protocol(request_timeout, send_timeout, SHUTDOWN_GRACE - 0.5,
-                                                          evict_after))
+                                                  evict_after))
+    server_log = logging.getLogger("uvicorn.error")  # after Config set the logging up
+    if not any(isinstance(known, RepeatedWarnings) for known in server_log.filters):
+        server_log.addFilter(RepeatedWarnings())
     server = uvicorn.Server(config)
     announce(url_of(sock))
     server.run(sockets=[sock])
