@@ -488,3 +488,25 @@ def test_an_experiment_page_follows_its_experiment_deleted_and_created_again(sto
     clock.now += 1.0
     shown = view.experiment("exp")
     assert shown is not None and shown.record.id == new_id and shown.counts[TrialStatus.COMPLETED] == 1
+
+
+def test_the_servers_repeated_warnings_show_once_a_minute_with_the_count_and_errors_always() -> None:
+    import logging
+
+    from orchard.dashboard._server import RepeatedWarnings
+
+    now = [0.0]
+    quieter = RepeatedWarnings(period=60.0, clock=lambda: now[0])
+
+    def shown(message: str, level: int = logging.WARNING) -> str | None:
+        record = logging.LogRecord("uvicorn.error", level, __file__, 1, message, (), None)
+        return record.getMessage() if quieter.filter(record) else None
+
+    assert shown("Invalid HTTP request received.") == "Invalid HTTP request received."
+    assert [shown("Invalid HTTP request received.") for _ in range(3)] == [None] * 3
+    assert shown("Exceeded concurrency limit.") == "Exceeded concurrency limit."  # another warning
+    assert shown("Exception in ASGI application", logging.ERROR) is not None
+    assert shown("Exception in ASGI application", logging.ERROR) is not None
+    now[0] = 61.0
+    assert shown("Invalid HTTP request received.") == (
+        "Invalid HTTP request received. (and 3 more in 61 s, not shown)")

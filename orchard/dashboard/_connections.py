@@ -17,8 +17,18 @@ connection finds it full (``limit_concurrency`` connections, beyond which uvicor
 answers 503), the connection that has waited longest for its client's request
 is reset to make room. Seventy clients that connect and send nothing, or half a
 request, thus cost the server nothing but their own connections, instead of a
-503 to everyone else for as long as they reconnect; only answers being computed
-or sent (each bounded by the timeouts above) can fill it.
+503 to everyone else for as long as they reconnect. If none waits for a request,
+the answer going out slowest is reset instead, among those that have been
+waiting on their client for at least ``evict_after`` seconds (their rate: bytes
+the client took since its request, per second). A minimum rate alone does not
+free the server: 64 clients each reading plotly.js (4.8 MB) at just over 2 KiB/s
+held every connection for 40 minutes; now a newcomer takes the place of the
+slowest of them, and an attacker has to read faster than the users it would shut
+out. Only answers being computed, or taken faster than every other one, or for
+less than ``evict_after`` seconds, can fill the server. Either way, the
+connections of an address holding more than a browser opens
+(:data:`BROWSER_CONNECTIONS`) go first, the most holding first: one machine
+opening dozens of connections makes room from its own before anyone else's.
 
 Either way the connection is reset (``SO_LINGER`` 0, then closed): its answer is
 dropped at once, from the server's memory and from the kernel's send queue (a
@@ -32,27 +42,91 @@ traceback on the terminal.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import fcntl
 import socket
 import struct
 import sys
 import termios
+from collections.abc import Iterable
 from typing import Any
 
 import h11
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
-__all__ = ["CHECK_PERIOD", "MIN_PROGRESS", "GuardedProtocol", "guarded_protocol"]
+__all__ = ["BROWSER_CONNECTIONS", "CHECK_PERIOD", "MIN_PROGRESS", "GuardedProtocol", "guarded_protocol"]
 
 #: Seconds between two checks of a connection.
 CHECK_PERIOD = 1.0
 #: Bytes a client must take from its answer in every ``send_timeout`` seconds (about 2 KiB/s at 30 s).
 MIN_PROGRESS = 64 * 1024
+#: Connections a browser opens to one server at most (6 in Chromium and Firefox), and some: an address
+#: holding more (a script, or a proxy before several users) gives room first, the most holding first.
+BROWSER_CONNECTIONS = 8
 #: The ioctl giving the bytes still in a socket's send queue (``SIOCOUTQ``, Linux only).
 _OUTQ: int | None = termios.TIOCOUTQ if sys.platform == "linux" else None
 #: The client is still sending its request (or has not begun it) in these h11 states.
 _CLIENT_SENDING = (h11.IDLE, h11.SEND_BODY)
+
+
+class _CountedTransport(asyncio.Transport):
+    """A transport counting the bytes written to it (:attr:`written`), passing everything on to ``inner``."""
+
+    def __init__(self, inner: asyncio.Transport) -> None:
+        super().__init__()
+        self.inner = inner
+        self.written = 0
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        self.written += len(data)
+        self.inner.write(data)
+
+    def writelines(self, list_of_data: Iterable[bytes | bytearray | memoryview]) -> None:
+        for data in list_of_data:
+            self.write(data)
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        return self.inner.get_extra_info(name, default)
+
+    def is_closing(self) -> bool:
+        return self.inner.is_closing()
+
+    def close(self) -> None:
+        self.inner.close()
+
+    def abort(self) -> None:
+        self.inner.abort()
+
+    def is_reading(self) -> bool:
+        return self.inner.is_reading()
+
+    def pause_reading(self) -> None:
+        self.inner.pause_reading()
+
+    def resume_reading(self) -> None:
+        self.inner.resume_reading()
+
+    def set_protocol(self, protocol: asyncio.BaseProtocol) -> None:
+        self.inner.set_protocol(protocol)
+
+    def get_protocol(self) -> asyncio.BaseProtocol:
+        return self.inner.get_protocol()
+
+    def get_write_buffer_size(self) -> int:
+        return self.inner.get_write_buffer_size()
+
+    def get_write_buffer_limits(self) -> tuple[int, int]:
+        return self.inner.get_write_buffer_limits()
+
+    def set_write_buffer_limits(self, high: int | None = None, low: int | None = None) -> None:
+        self.inner.set_write_buffer_limits(high, low)
+
+    def can_write_eof(self) -> bool:
+        return self.inner.can_write_eof()
+
+    def write_eof(self) -> None:
+        self.inner.write_eof()
 
 
 class GuardedProtocol(H11Protocol):
@@ -63,32 +137,71 @@ class GuardedProtocol(H11Protocol):
     connection's opening, or from the moment its previous answer was all
     delivered), or once its answer's unsent bytes have gone down by less than
     :data:`MIN_PROGRESS` for :attr:`send_timeout` seconds; never while the
-    server itself is computing an answer. After :meth:`shutdown`, within
-    :attr:`shutdown_abort` seconds.
+    server itself is computing an answer. While the server is full, a new
+    connection resets the one waiting longest for its request, or else the
+    slowest answer waiting on its client for :attr:`evict_after` seconds; those of
+    an address holding over :data:`BROWSER_CONNECTIONS` first. After
+    :meth:`shutdown`, within :attr:`shutdown_abort` seconds.
     """
 
     request_timeout: float = 10.0
     send_timeout: float = 30.0
+    evict_after: float = 5.0
     shutdown_abort: float = 1.5
+    transport: _CountedTransport
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
-        super().connection_made(transport)
-        self._waiting_since = self._progress_at = self.loop.time()
-        self._unsent_mark = 0
+        super().connection_made(_CountedTransport(transport))
+        self._waiting_since = self._progress_at = self._asked_at = self.loop.time()
+        self._unsent_mark = self._taken_mark = 0
+        self._dropped = False
         self._check_handle = self.loop.call_later(CHECK_PERIOD, self._check)
         self._make_room()
 
+    def data_received(self, data: bytes) -> None:
+        if self._waiting_on_client():  # a request begins: its answer's rate counts from now
+            self._asked_at, self._taken_mark = self.loop.time(), self._taken()
+        super().data_received(data)
+
     def _make_room(self) -> None:
-        """Reset the connections waiting longest for their client's request, while the server is full."""
+        """While the server is full, reset the connections waiting longest for their client's request,
+        or else those whose answers, long waiting on their client, go out slowest."""
         if self.limit_concurrency is None:
             return
-        open_ = [other for other in self.connections if not other.transport.is_closing()]
-        if len(open_) < self.limit_concurrency:
+        open_ = [other for other in self.connections if not _dropped(other)]
+        excess = len(open_) - self.limit_concurrency + 1
+        if excess <= 0:
             return
-        waiting = sorted((other for other in open_ if other is not self and isinstance(other, GuardedProtocol)
-                          and other._waiting_on_client()), key=lambda other: other._waiting_since)
-        for other in waiting[:len(open_) - self.limit_concurrency + 1]:
+        now = self.loop.time()
+        others = [other for other in open_ if other is not self and isinstance(other, GuardedProtocol)]
+        held = collections.Counter(other._peer() for other in others)
+
+        def excessive(other: GuardedProtocol) -> int:  # connections of its address beyond a browser's
+            return max(held[other._peer()] - BROWSER_CONNECTIONS, 0)
+
+        waiting = sorted((other for other in others if other._waiting_on_client()),
+                         key=lambda other: (-excessive(other), other._waiting_since))
+        slow = sorted((other for other in others if other._slow_candidate(now)),
+                      key=lambda other: (-excessive(other), other._rate(now)))
+        for other in (waiting + slow)[:excess]:
             other._reset()
+
+    def _peer(self) -> str:
+        """The client's address (its host, without the port)."""
+        return str(self.client[0]) if self.client else ""
+
+    def _slow_candidate(self, now: float) -> bool:
+        """Whether an answer is going out and has been waiting on its client for :attr:`evict_after` s."""
+        return (not self._waiting_on_client() and now - self._asked_at >= self.evict_after
+                and self._unsent() > 0)
+
+    def _rate(self, now: float) -> float:
+        """Bytes per second the client took since its request began."""
+        return (self._taken() - self._taken_mark) / max(now - self._asked_at, 1e-3)
+
+    def _taken(self) -> int:
+        """Bytes of answers the client took (all written, less those still unsent)."""
+        return self.transport.written - self._unsent()
 
     def _waiting_on_client(self) -> bool:
         """Whether this connection waits for its client's next request, with no answer under way."""
@@ -131,6 +244,7 @@ class GuardedProtocol(H11Protocol):
 
     def _reset(self) -> None:
         """Close the connection at once, with a reset: nothing it had buffered is sent."""
+        self._dropped = True
         sock = self.transport.get_extra_info("socket")
         with contextlib.suppress(OSError):  # already closed: nothing left to drop
             if sock is not None:
@@ -138,9 +252,23 @@ class GuardedProtocol(H11Protocol):
         self.transport.abort()
 
 
-def guarded_protocol(request_timeout: float, send_timeout: float, shutdown_abort: float) -> type[GuardedProtocol]:
+def _dropped(connection: Any) -> bool:
+    """Whether ``connection`` was reset, and is gone but for its bookkeeping.
+
+    A connection merely closing still counts: uvicorn closes a connection whose
+    client sent no new request within 5 s (keep-alive) gracefully, its answer
+    still going out, and counts it against ``limit_concurrency`` until it is gone.
+    """
+    if isinstance(connection, GuardedProtocol):
+        return connection._dropped
+    return bool(connection.transport.is_closing())
+
+
+def guarded_protocol(request_timeout: float, send_timeout: float, shutdown_abort: float,
+                     evict_after: float = 5.0) -> type[GuardedProtocol]:
     """A :class:`GuardedProtocol` class with these timeouts, for ``uvicorn.Config(http=...)``."""
     settings: dict[str, Any] = {
         "request_timeout": request_timeout, "send_timeout": send_timeout, "shutdown_abort": shutdown_abort,
+        "evict_after": evict_after,
     }
     return type("GuardedProtocol", (GuardedProtocol,), settings)

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import errno
 import ipaddress
+import logging
+import math
 import socket
+import time
 from collections.abc import Callable, Iterable
 
 from orchard.dashboard._views import StorageView
@@ -12,7 +15,8 @@ from orchard.errors import ConfigurationError
 from orchard.storages.base import BaseStorage
 
 __all__ = [
-    "MAX_CONNECTIONS", "REQUEST_TIMEOUT", "SEND_TIMEOUT", "SHUTDOWN_GRACE", "bind", "is_loopback", "serve", "url_of",
+    "EVICT_AFTER", "MAX_CONNECTIONS", "REQUEST_TIMEOUT", "SEND_TIMEOUT", "SHUTDOWN_GRACE", "bind",
+    "REPEAT_PERIOD", "RepeatedWarnings", "is_loopback", "serve", "url_of",
 ]
 
 #: Seconds Ctrl-C (or SIGTERM) waits for responses under way before closing their connections:
@@ -22,10 +26,47 @@ SHUTDOWN_GRACE = 2
 REQUEST_TIMEOUT = 10.0
 #: Seconds in which a client must take 64 KiB of its answer (MIN_PROGRESS), or its connection is reset.
 SEND_TIMEOUT = 30.0
-#: Connections served at once; beyond, the one waiting longest for its request is dropped, and new
-#: requests get 503 only if every connection is being answered. With the two timeouts it bounds the
+#: Seconds between two showings of one warning of the server's (a malformed request, a 503).
+REPEAT_PERIOD = 60.0
+#: Connections served at once; beyond, the one waiting longest for its request is dropped, or else the
+#: slowest answer waiting on its client for EVICT_AFTER seconds, and new requests get 503 only if
+#: every connection is being computed or taken fast or briefly. With the two timeouts it bounds the
 #: memory clients can hold (at most one answer each: a page of trials is a few MiB).
 MAX_CONNECTIONS = 64
+#: Seconds an answer waits on its client before, the server being full, it may be reset for a newcomer
+#: (the slowest such answer is): a client cannot hold a connection by reading just fast enough.
+EVICT_AFTER = 5.0
+
+
+class RepeatedWarnings(logging.Filter):
+    """Lets a warning through once per ``period`` seconds, saying then how many like it were not shown.
+
+    uvicorn warns once per malformed request ("Invalid HTTP request received.") and
+    per request refused as the server is full: a client sending thousands of them
+    would flood the terminal, or fill a pipe nobody reads until the server blocks
+    writing to it. Errors (an exception in the application) all go through.
+    """
+
+    def __init__(self, period: float = REPEAT_PERIOD, clock: Callable[[], float] = time.monotonic) -> None:
+        super().__init__()
+        self.period, self.clock = period, clock
+        self.shown: dict[str, tuple[float, int]] = {}  # message -> when last shown, how many hidden since
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno != logging.WARNING:
+            return True
+        message, now = record.getMessage(), self.clock()
+        shown_at, hidden = self.shown.get(message, (-math.inf, 0))
+        if now - shown_at < self.period:
+            self.shown[message] = (shown_at, hidden + 1)
+            return False
+        if len(self.shown) >= 1000:  # messages holding a client's text: forget the old ones
+            self.shown.clear()
+        self.shown[message] = (now, 0)
+        if hidden:
+            record.msg = f"{message} (and {hidden} more in {now - shown_at:.0f} s, not shown)"
+            record.args = ()
+        return True
 
 
 def is_loopback(host: str) -> bool:
@@ -100,6 +141,7 @@ def serve(
     allowed_hosts: Iterable[str] = (),
     request_timeout: float = REQUEST_TIMEOUT,
     send_timeout: float = SEND_TIMEOUT,
+    evict_after: float = EVICT_AFTER,
 ) -> None:
     """Serve the dashboard of ``storage`` on ``sock`` until interrupted (SIGINT/SIGTERM).
 
@@ -115,6 +157,8 @@ def serve(
             (the ``--host`` listened on and every ``--allowed-host``); any other ``Host`` gets 400.
         request_timeout: seconds a client has to send a request before its connection is dropped.
         send_timeout: seconds an answer may wait on a client that does not read it.
+        evict_after: seconds an answer may wait on its client before, the server being full, the
+            slowest such answer is reset to make room for a new connection.
 
     Raises:
         ConfigurationError: plotly's bundle is missing.
@@ -127,7 +171,11 @@ def serve(
     app = build_app(StorageView(storage, min_interval=min_interval), allowed_hosts)
     config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off", server_header=False,
                             timeout_graceful_shutdown=SHUTDOWN_GRACE, limit_concurrency=MAX_CONNECTIONS,
-                            http=guarded_protocol(request_timeout, send_timeout, SHUTDOWN_GRACE - 0.5))
+                            http=guarded_protocol(request_timeout, send_timeout, SHUTDOWN_GRACE - 0.5,
+                                                  evict_after))
+    server_log = logging.getLogger("uvicorn.error")  # after Config set the logging up
+    if not any(isinstance(known, RepeatedWarnings) for known in server_log.filters):
+        server_log.addFilter(RepeatedWarnings())
     server = uvicorn.Server(config)
     announce(url_of(sock))
     server.run(sockets=[sock])
