@@ -629,6 +629,28 @@ def test_regret_best_so_far_skips_a_nan_objective_even_the_first() -> None:
     assert "best 1 after 4 completed" in fig.title
 
 
+def test_parallel_log_axis_of_extreme_bounds_labels_a_readable_number_of_powers_of_ten() -> None:
+    """loguniform(1e-300, 1e300) labelled each of its 601 powers of ten: a black bar of overlapping text."""
+    space = Space.from_config({"lr": "loguniform(1e-300, 1e300)"})
+    trials = [make_trial(n, objective=float(n), lr=10.0 ** (n * 50)) for n in range(-5, 6)]
+    axis = plotting.parallel(trials, "exp", space).axes[0]
+    assert axis.ticktext == ["1e-300", "1e-200", "1e-100", "1", "1e100", "1e200", "1e300"]
+    assert axis.ticks is not None
+    assert min(axis.ticks) <= min(axis.values) and max(axis.values) <= max(axis.ticks)
+
+
+def test_parallel_tick_label_of_a_very_long_choice_is_shortened_keeping_its_ends() -> None:
+    """A choice of 5,000 characters was its axis's tick label in full, drawn across the whole figure."""
+    long = "/data/" + "x" * 5000 + "/train.csv"
+    space = Space.from_config({"path": f"choices(['short', '{long}'])"})
+    trials = [make_trial(1, objective=1.0, path=long), make_trial(2, objective=2.0, path="short")]
+    axis = plotting.parallel(trials, "exp", space).axes[0]
+    assert axis.ticktext is not None and axis.ticktext[0] == "short"
+    shown = axis.ticktext[1]
+    assert len(shown) <= 60 and "\u2026" in shown
+    assert shown.startswith("/data/xx") and shown.endswith("xx/train.csv")
+
+
 def test_parallel_ticks_of_large_values_are_numbers_not_markup() -> None:
     """Plotly's own format for 2e16 is "2×10<sup>16</sup>", which parallel coordinates (plain text) showed
     with its tags; every axis of numbers is given a plain format."""

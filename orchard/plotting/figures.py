@@ -62,6 +62,14 @@ MAX_PARALLEL_PARAMS = 59
 #: a .png 77,000 pixels tall in a minute, and 10,000 would need gigabytes. The title counts every worker.
 MAX_TIMELINE_ROWS = 100
 
+#: Labelled powers of ten of a log axis of parallel coordinates at most: ``loguniform(1e-300, 1e300)``
+#: labelled all 601 of them, one black bar of overlapping text. Beyond, every 2nd, 5th, 10th, ... power.
+MAX_DECADE_TICKS = 11
+
+#: Characters of a category's tick label at most: a choice of 5,000 characters was drawn across the whole
+#: figure. A longer one keeps its start and end (which tell paths apart) around an ellipsis.
+MAX_TICK_TEXT = 60
+
 
 # -- figure records ------------------------------------------------------------------
 
@@ -353,8 +361,7 @@ def _axis(name: str, values: list[Any], prior: Prior | None) -> Axis:
         return _categorical_axis(name, values, categories or [])
     log_range = prior.log_range() if prior is not None else None
     if log_range is not None and all(v > 0 for v in values):
-        low, high = math.floor(math.log10(log_range[0])), math.ceil(math.log10(log_range[1]))
-        ticks = [float(p) for p in range(low, high + 1)]
+        ticks = _decades(math.log10(log_range[0]), math.log10(log_range[1]))
         return Axis(f"{name} (log)", [math.log10(v) for v in values], ticks, [_decade(p) for p in ticks])
     return Axis(name, [float(v) for v in values])
 
@@ -364,7 +371,30 @@ def _categorical_axis(name: str, values: list[Any], choices: list[Any]) -> Axis:
     text = {repr(v): str(v) for v in [*choices, *values]}
     order = [repr(c) for c in choices] + sorted(set(text) - {repr(c) for c in choices})
     index = {key: float(i) for i, key in enumerate(order)}
-    return Axis(name, [index[repr(v)] for v in values], list(index.values()), [text[k] for k in order])
+    ticktext = [_short(text[k]) for k in order]
+    return Axis(name, [index[repr(v)] for v in values], list(index.values()), ticktext)
+
+
+def _short(text: str) -> str:
+    if len(text) <= MAX_TICK_TEXT:
+        return text
+    half = (MAX_TICK_TEXT - 1) // 2
+    return f"{text[:half]}\u2026{text[-(MAX_TICK_TEXT - 1 - half):]}"
+
+
+def _decades(low: float, high: float) -> list[float]:
+    """Powers of ten from ``low`` to ``high`` (log10): each, or both ends and every 2nd, 5th, 10th, ... one.
+
+    The ends are kept, as the axis spans its ticks; a multiple of the step nearer an end than half a
+    step is left out, so that no two labels overlap.
+    """
+    first, last = math.floor(low), math.ceil(high)
+    step = 1
+    while (last - first) / step > MAX_DECADE_TICKS - 1:
+        step = step * 5 // 2 if str(step)[0] == "2" else step * 2  # 1, 2, 5, 10, 20, 50, ...
+    inner = range(-(-first // step) * step, last + 1, step)
+    kept = [p for p in inner if step == 1 or min(p - first, last - p) * 2 >= step]
+    return [float(p) for p in sorted({first, *kept, last})]
 
 
 def _decade(power: float) -> str:
