@@ -491,6 +491,37 @@ def test_an_output_that_cannot_be_a_file_is_one_line_and_keeps_what_is_there(tmp
     assert sorted(p.name for p in tmp_path.rglob("*")) == ["keep", "notes.txt", "old.html"]
 
 
+@pytest.mark.parametrize("existing", [False, True], ids=["new", "replaced"])
+def test_a_plot_on_a_disk_without_room_says_to_free_space_and_keeps_the_old_file(
+        tmp_path: Path, existing: bool) -> None:
+    """On a full disk (here a file size limit, as `ulimit -f`) the .html said 'No space left on device;
+    check that the folder is writable': the folder was writable, the disk full."""
+    pytest.importorskip("plotly")
+    import resource
+    import subprocess
+
+    storage = str(tmp_path / "o.pkl")
+    exp = orchard.build_experiment("e", space={"x": "uniform(0, 1)"}, storage=storage)
+    exp.insert({"x": 0.5}, objective=1.0)
+    out = tmp_path / "r.html"
+    if existing:
+        out.write_text("the plot of yesterday")
+    limit = 1 << 20  # the page with plotly.js is about 5 MB
+
+    def limited() -> None:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+    env = {**os.environ, "PYTHONPATH": str(Path(orchard.__file__).parent.parent)}
+    done = subprocess.run([sys.executable, "-m", "orchard", "plot", "regret", "-n", "e", "--storage", storage,
+                           "-o", str(out)], capture_output=True, text=True, preexec_fn=limited, env=env,
+                          timeout=120)
+    assert done.returncode == 2 and len(done.stderr.splitlines()) == 1, done.stderr
+    assert "File too large; free space on its disk or write it elsewhere" in done.stderr, done.stderr
+    assert ("the file there is unchanged" in done.stderr) is existing
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["o.pkl", "o.pkl.lock"] + ["r.html"] * existing
+    assert not existing or out.read_text() == "the plot of yesterday"
+
+
 def test_a_plot_never_replaces_an_orchard_storage_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """-o st.html with the storage pickle://st.html replaced the storage and its experiments with the plot."""
     from orchard.cli import main
