@@ -17,7 +17,7 @@ from typing import Any
 
 from orchard.plotting._libs import require
 from orchard.plotting.curves import CurvesFigure, curves_plotly
-from orchard.plotting.figures import STATUS_COLORS, ParallelFigure, RegretFigure, TimelineFigure
+from orchard.plotting.figures import STATUS_COLORS, ParallelFigure, RegretFigure, TimelineFigure, note_lines
 from orchard.plotting.fronts import HypervolumeFigure, ParetoFigure, hypervolume_plotly, pareto_plotly
 from orchard.plotting.rungs import RungsFigure, rungs_plotly
 from orchard.trial import TrialStatus
@@ -46,7 +46,8 @@ def plotly_figure(figure: Any) -> Any:
     draw[type(figure)](figure, fig, go)
     fig.update_layout(title={"text": figure.title.replace("\n", "<br>")}, template="plotly_white")
     if figure.note:
-        fig.add_annotation(text=figure.note, x=0.5, y=0.75, xref="paper", yref="paper",
+        note = "<br>".join(note_lines(figure.note))
+        fig.add_annotation(text=note, x=0.5, y=0.75, xref="paper", yref="paper",
                            showarrow=False, font={"size": 18, "color": "gray"})
     return fig
 

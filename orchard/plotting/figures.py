@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import textwrap
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -61,6 +62,9 @@ MAX_PARALLEL_PARAMS = 59
 #: Workers drawn as rows of the timeline at most (those that started last): a row each for 2,000 workers made
 #: a .png 77,000 pixels tall in a minute, and 10,000 would need gigabytes. The title counts every worker.
 MAX_TIMELINE_ROWS = 100
+
+#: Characters of a line of a figure's note (drawn in large type across the middle) at most.
+NOTE_WIDTH = 60
 
 #: Labelled powers of ten of a log axis of parallel coordinates at most: ``loguniform(1e-300, 1e300)``
 #: labelled all 601 of them, one black bar of overlapping text. Beyond, every 2nd, 5th, 10th, ... power.
@@ -337,6 +341,15 @@ def describe(trial: Trial, shown: Shown = Shown(), values: str = "") -> str:
 
 def _fmt(value: Any) -> str:
     return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
+def note_lines(note: str) -> list[str]:
+    """``note`` in lines of at most :data:`NOTE_WIDTH` characters (a word longer stays whole).
+
+    Both backends draw a note as one line otherwise, in large type: the reason a hypervolume cannot be
+    drawn (200 characters) ran off both sides of the .png, and the reader saw its middle only.
+    """
+    return textwrap.wrap(note, NOTE_WIDTH, break_long_words=False, break_on_hyphens=False) or [note]
 
 
 def no_results_note(broken: int, far: str = "") -> str:

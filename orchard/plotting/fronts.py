@@ -193,8 +193,8 @@ def hypervolume(trials: Sequence[Trial], name: str, objectives: Mapping[str, str
         if violation <= 0:
             try:
                 current = growing.add(vector)
-            except ValueError as err:  # a volume beyond the largest float: say so instead of drawing infinity
-                return HypervolumeFigure(title, str(err), [], [], [])
+            except ValueError:  # a volume beyond the largest float: say so instead of drawing infinity
+                return HypervolumeFigure(title, _TOO_LARGE, [], [], [])
         x.append(rank)
         seconds.append((trial.end_time or start) - start)
         volumes.append(current)
@@ -202,6 +202,13 @@ def hypervolume(trials: Sequence[Trial], name: str, objectives: Mapping[str, str
     shown = ", ".join(f"{n}={v:.4g}" for n, v in zip(directions, back, strict=True))
     return HypervolumeFigure(f"{title}: {current:.4g} after {len(rows)} completed trials (reference {shown})",
                              None, x, seconds, volumes)
+
+
+#: The note of a hypervolume beyond the largest float (its error's advice, a reference point closer to the
+#: front, is for exp.hypervolume: the figure derives its own).
+_TOO_LARGE = ("the hypervolume is beyond the largest float (about 1.8e308): the objectives span too wide a "
+              "range; report them on a smaller scale (a logarithm), or measure it with "
+              "exp.hypervolume(reference=...) up to a point closer to the front")
 
 
 # -- drawing ---------------------------------------------------------------------------
