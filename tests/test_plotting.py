@@ -693,6 +693,38 @@ def test_parallel_ticks_of_large_values_are_numbers_not_markup() -> None:
 
 
 @pytest.mark.parametrize("kind", DRAWN_KINDS)
+def test_png_of_an_experiment_of_the_longest_name_keeps_its_title_inside_the_image(
+        kind: str, tmp_path: Path) -> None:
+    """The title of an experiment named with the 128 characters a name may have ran off both sides of the
+    .png: 'aaaa...-bbbb: parallel coordinates of', without its start, its count or what darker means."""
+    from matplotlib.text import Text
+
+    from orchard.plotting._plotly import plotly_figure
+
+    name = "a" * 60 + "-" + "b" * 67
+    outside: list[str] = []
+    real_draw = Text.draw
+
+    def recording_draw(self: Any, renderer: Any) -> None:
+        box, page = self.get_window_extent(renderer), self.figure.bbox
+        if self.get_visible() and self.get_text() and (box.x0 < page.x0 or box.x1 > page.x1):
+            outside.append(self.get_text())
+        real_draw(self, renderer)
+
+    trials = [make_trial(n, objective=float(n), start=n, end=n + 1.0, x=n / 10) for n in range(1, 5)]
+    for trial in trials:
+        trial.reports = [(1, 2.0), (2, 1.0)]
+    fig = plotting.make_figure(kind, trials, name)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(Text, "draw", recording_draw)
+        plotting.save(fig, tmp_path / f"{kind}.png")
+    assert outside == []
+    title = plotly_figure(fig).to_plotly_json()["layout"]["title"]["text"]
+    assert title.replace("<br>", "").startswith(name)
+    assert all(len(line) <= 100 for line in title.split("<br>"))
+
+
+@pytest.mark.parametrize("kind", DRAWN_KINDS)
 def test_png_draws_dollar_signs_in_values_as_text_not_formulas(kind: str, tmp_path: Path) -> None:
     """Matplotlib reads text between two $ as a formula: a choice or a worker named $\\frac{a}$ stopped
     the .png with a ValueError, and "$5-$10" lost its dollars; every text is drawn as written."""

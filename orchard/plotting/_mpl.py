@@ -15,6 +15,7 @@ from orchard.plotting.figures import (
     RegretFigure,
     TimelineFigure,
     note_lines,
+    title_lines,
 )
 from orchard.plotting.fronts import HypervolumeFigure, ParetoFigure, hypervolume_mpl, panel_grid, pareto_mpl
 from orchard.plotting.rungs import RungsFigure, rungs_mpl
@@ -46,7 +47,7 @@ def _write_png(figure: Any, path: Path) -> None:
             RungsFigure: rungs_mpl, CurvesFigure: curves_mpl, ParetoFigure: pareto_mpl,
             HypervolumeFigure: hypervolume_mpl}
     draw[type(figure)](figure, fig, ax)
-    fig.suptitle(figure.title, fontsize=12)
+    fig.suptitle("\n".join(title_lines(figure.title)), fontsize=12)
     if figure.note:
         note = "\n".join(note_lines(figure.note))
         ax.text(0.5, 0.75, note, transform=ax.transAxes, ha="center", va="center",

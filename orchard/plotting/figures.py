@@ -66,6 +66,9 @@ MAX_TIMELINE_ROWS = 100
 #: Characters of a line of a figure's note (drawn in large type across the middle) at most.
 NOTE_WIDTH = 60
 
+#: Characters of a line of a figure's title at most.
+TITLE_WIDTH = 100
+
 #: Labelled powers of ten of a log axis of parallel coordinates at most: ``loguniform(1e-300, 1e300)``
 #: labelled all 601 of them, one black bar of overlapping text. Beyond, every 2nd, 5th, 10th, ... power.
 MAX_DECADE_TICKS = 11
@@ -344,12 +347,25 @@ def _fmt(value: Any) -> str:
 
 
 def note_lines(note: str) -> list[str]:
-    """``note`` in lines of at most :data:`NOTE_WIDTH` characters (a word longer stays whole).
+    """``note`` in lines of at most :data:`NOTE_WIDTH` characters (a longer word is cut).
 
     Both backends draw a note as one line otherwise, in large type: the reason a hypervolume cannot be
     drawn (200 characters) ran off both sides of the .png, and the reader saw its middle only.
     """
-    return textwrap.wrap(note, NOTE_WIDTH, break_long_words=False, break_on_hyphens=False) or [note]
+    return _wrapped(note, NOTE_WIDTH)
+
+
+def title_lines(title: str) -> list[str]:
+    """``title`` in lines of at most :data:`TITLE_WIDTH` characters, its own line breaks kept.
+
+    The title of an experiment of a 128-character name ran off both sides of the .png.
+    """
+    return _wrapped(title, TITLE_WIDTH)
+
+
+def _wrapped(text: str, width: int) -> list[str]:
+    return [wrapped for line in text.split("\n")
+            for wrapped in textwrap.wrap(line, width, break_on_hyphens=False) or [line]]
 
 
 def no_results_note(broken: int, far: str = "") -> str:
