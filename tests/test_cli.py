@@ -936,6 +936,22 @@ def test_db_dump_and_load_round_trip(workdir: Path, capsys: pytest.CaptureFixtur
 
 
 
+def test_db_load_reads_a_dump_saved_with_a_byte_order_mark(
+        workdir: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    """A dump opened and saved again in an editor that writes a BOM (Notepad, PowerShell's Out-File) was
+    refused: 'it is not JSON (Unexpected UTF-8 BOM (decode using utf-8-sig) ...)', an option load has not."""
+    assert hunt("e", "--max-trials", "2") == 0
+    assert main(["db", "dump", "-n", "e", "-o", "dump.json"]) == 0
+    text = (workdir / "dump.json").read_text(encoding="utf-8")
+    (workdir / "bom.json").write_bytes(b"\xef\xbb\xbf" + text.encode())
+    capsys.readouterr()
+    assert main(["db", "load", "bom.json", "--storage", "other.pkl"]) == 0, capsys.readouterr().err
+    assert "2 of 2 trials added" in capsys.readouterr().out
+    monkeypatch.setattr(sys, "stdin", io.StringIO("\ufeff" + text))  # Get-Content dump.json | db load -
+    assert main(["db", "load", "-", "-n", "copy", "--storage", "other.pkl"]) == 0, capsys.readouterr().err
+    assert "2 of 2 trials added" in capsys.readouterr().out
+
+
 def test_db_load_reads_a_dump_from_stdin_as_dump_writes_one_to_stdout(
         workdir: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
     """`orchard db dump -o - | orchard db load -`: load said 'cannot read dump -: No such file'."""

@@ -232,7 +232,9 @@ def _read_bounded(handle: IO[Any], path: str) -> str:
     if data is None:
         raise ConfigurationError(f"dump {path} holds more than {format_bytes(MAX_DUMP_BYTES)}, more than 'orchard db "
                                  "dump' writes of two million trials: is it the right file? nothing was loaded")
-    return data.decode("utf-8") if isinstance(data, bytes) else data
+    # a BOM, as an editor saving the dump again may write (Notepad, PowerShell), is no character of the JSON
+    text = data.decode("utf-8") if isinstance(data, bytes) else data
+    return text.removeprefix("\ufeff")
 
 
 def _check_experiment(entry: Any, where: str, named: bool) -> None:
