@@ -682,6 +682,16 @@ def test_parallel_tick_label_of_a_very_long_choice_is_shortened_keeping_its_ends
     assert shown.startswith("/data/xx") and shown.endswith("xx/train.csv")
 
 
+@pytest.mark.parametrize("kind", ["regret", "parallel", "rungs", "pareto", "hypervolume"])
+def test_the_note_of_an_experiment_whose_every_trial_was_pruned_counts_them(kind: str) -> None:
+    """Forty trials stopped by a pruner, and one broken, gave 'no completed trials yet' alone, as if
+    nothing had run."""
+    trials = [make_trial(n, TrialStatus.PRUNED) for n in range(40)] + [make_trial(40, TrialStatus.BROKEN)]
+    objectives = {"a": "min", "b": "max"} if kind in ("pareto", "hypervolume") else None
+    fig = plotting.make_figure(kind, trials, "exp", objectives=objectives)
+    assert fig.note == "no completed trials yet (40 pruned, 1 broken)"
+
+
 def test_parallel_ticks_of_large_values_are_numbers_not_markup() -> None:
     """Plotly's own format for 2e16 is "2×10<sup>16</sup>", which parallel coordinates (plain text) showed
     with its tags; every axis of numbers is given a plain format."""

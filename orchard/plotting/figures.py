@@ -213,7 +213,7 @@ def regret(trials: Iterable[Trial], name: str, shown: Shown = Shown(),
         title += f" ({found} after {len(x)} completed, {len(broken_x)} broken"
         title += f", {infeasible} infeasible)" if constraints or infeasible else ")"
     title += (far := left_out(t for t in trials if scored(t) and not drawable(t.objective)))
-    note = None if x else no_results_note(len(broken_x), far)
+    note = None if x else no_results_note(trials, far)
     best_label = "best so far" if fidelity is None else f"best so far (at the highest {fidelity} reached)"
     return RegretFigure(title, note, x, objectives, labels, best, broken_x, broken_y, broken_labels,
                         shown.label, best_label)
@@ -249,9 +249,8 @@ def parallel(trials: Iterable[Trial], name: str, space: Space | None = None,
     objectives = [shown.value(float(t.objective)) for t in done]  # type: ignore[arg-type]
     axes = [_axis(n, [t.params[n] for t in done], space.get(n) if space else None) for n in names]
     axes.append(Axis(shown.name, objectives))
-    broken = sum(t.status is TrialStatus.BROKEN for t in all_trials)
     far = left_out(t for t in all_trials if scored(t) and not drawable(t.objective))
-    note = None if done else no_results_note(broken, far)
+    note = None if done else no_results_note(all_trials, far)
     darker = "higher" if shown.higher_is_better else "lower"
     title = f"{name}: parallel coordinates of {len(done)} completed trials (darker = {darker} {shown.name})"
     title += left + (f"; {nan} with a NaN objective not drawn" if nan else "") + far
@@ -368,11 +367,18 @@ def _wrapped(text: str, width: int) -> list[str]:
             for wrapped in textwrap.wrap(line, width, break_on_hyphens=False) or [line]]
 
 
-def no_results_note(broken: int, far: str = "") -> str:
-    """The note of a figure with nothing to draw (``far``: what :func:`left_out` said, if anything)."""
+def no_results_note(trials: Iterable[Trial], far: str = "") -> str:
+    """The note of a figure with nothing to draw (``far``: what :func:`left_out` said, if anything).
+
+    It counts the pruned trials too: "no completed trials yet" alone, over 40 trials a pruner had
+    stopped, read as if nothing had run.
+    """
     if far:
         return "no completed trial can be drawn: see the title"
-    return "no completed trials yet" + (f" ({broken} broken)" if broken else "")
+    statuses = [t.status for t in trials]
+    counts = [f"{n} {status.value}" for status in (TrialStatus.PRUNED, TrialStatus.BROKEN)
+              if (n := statuses.count(status))]
+    return "no completed trials yet" + (f" ({', '.join(counts)})" if counts else "")
 
 
 def _param_names(trials: Iterable[Trial]) -> list[str]:
