@@ -1712,6 +1712,31 @@ def test_db_dump_writes_into_special_files_and_reports_failed_writes(
     assert "cannot write dump stdout: No space left on device" in error_line(capsys.readouterr().err)
 
 
+@pytest.mark.parametrize("existing", [False, True], ids=["new", "replaced"])
+def test_a_dump_on_a_disk_without_room_says_an_earlier_dump_there_is_unchanged(
+        workdir: Path, capsys: pytest.CaptureFixture[str], existing: bool) -> None:
+    """On a full disk (here a file size limit, as `ulimit -f`), `db dump -o dump.json` over last week's
+    dump said 'the dump is incomplete', as if that good file were now damaged: the new dump goes to a
+    temporary file first, so the file there is untouched."""
+    import resource
+
+    assert hunt("e", "--max-trials", "3") == 0
+    if existing:
+        assert main(["db", "dump", "-o", "dump.json", "--storage", "orchard.pkl"]) == 0
+    before = (workdir / "dump.json").read_text() if existing else None
+
+    def limited() -> None:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (1000, 1000))  # a dump of 3 trials takes about 4 KB
+
+    done = cli("db", "dump", "-o", "dump.json", "--storage", "orchard.pkl", cwd=workdir, preexec_fn=limited)
+    assert done.returncode == 2 and len(done.stderr.splitlines()) == 1, done.stderr
+    assert "cannot write dump dump.json: File too large; " in done.stderr
+    said = "dump.json is unchanged" if existing else "no file was written"
+    assert said in done.stderr and "incomplete" not in done.stderr, done.stderr
+    assert sorted(p.name for p in workdir.iterdir() if "dump" in p.name) == ["dump.json"] * existing
+    assert not existing or (workdir / "dump.json").read_text() == before
+
+
 def test_db_load_keeps_the_creation_time(workdir: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert hunt("e", "--max-trials", "1") == 0
     created = orchard.get_storage("orchard.pkl").require_experiment("e").created
@@ -1912,10 +1937,10 @@ def test_sigterm_or_sighup_to_db_dump_leaves_no_temporary_file_and_says_so(
     assert hunt("e", "--max-trials", "2") == 0
     write_into = _dumps._write_into
 
-    def signalled_midway(handle: Any, where: str, data: dict[str, Any]) -> None:
+    def signalled_midway(handle: Any, data: dict[str, Any]) -> None:
         handle.write("{")
         os.kill(os.getpid(), signum)  # handled before kill() returns
-        write_into(handle, where, data)
+        write_into(handle, data)
 
     monkeypatch.setattr(_dumps, "_write_into", signalled_midway)
     capsys.readouterr()

@@ -101,17 +101,24 @@ def write_dump(data: dict[str, Any], path: str) -> None:
             no temporary file is left behind.
     """
     if path == "-":
-        _write_into(sys.stdout, "stdout", data)
+        try:
+            _write_into(sys.stdout, data)
+        except BrokenPipeError:  # `db dump -o - | head`: the reader left (exit 141)
+            raise
+        except OSError as err:
+            raise _unwritable("stdout", err, _INCOMPLETE) from err
         return
     _check_writable(path)
     target = os.path.realpath(path)
     if os.path.exists(target) and not os.path.isfile(target):  # e.g. -o /dev/null run as root: never replace it
         try:
             with open(path, "w", encoding="utf-8") as handle:
-                _write_into(handle, path, data)
+                _write_into(handle, data)
         except OSError as err:
-            raise _unwritable(path, err) from err
+            raise _unwritable(path, err, _INCOMPLETE) from err
         return
+    # "the dump is incomplete" of a file replaced by rename read as if a good earlier dump there were damaged
+    left = f"{path} is unchanged" if os.path.exists(target) else "no file was written"
     # a new name, created exclusively: a name known in advance (the pid) in a shared folder let another
     # user plant a symbolic link there, and the dump was written into the file it named
     tmp = f"{target}.{uuid.uuid4().hex}.tmp"
@@ -119,32 +126,34 @@ def write_dump(data: dict[str, Any], path: str) -> None:
         with open(tmp, "x", encoding="utf-8") as handle:
             with contextlib.suppress(FileNotFoundError):  # a file chmod 600 stays so: it holds every trial
                 shutil.copymode(target, tmp)
-            _write_into(handle, path, data)
+            _write_into(handle, data)
             os.fsync(handle.fileno())
         os.replace(tmp, target)
     except OSError as err:
-        raise _unwritable(path, err) from err
+        raise _unwritable(path, err, left) from err
     finally:
         if os.path.lexists(tmp):
             os.unlink(tmp)
 
 
-def _write_into(handle: TextIO, where: str, data: dict[str, Any]) -> None:
-    """Write and flush the JSON of ``data``: a write error must not pass for a complete dump."""
+def _write_into(handle: TextIO, data: dict[str, Any]) -> None:
+    """Write and flush the JSON of ``data``: a write error (``OSError``) must not pass for a complete dump."""
     try:
         json.dump(data, handle, indent=1)
         handle.write("\n")
         handle.flush()
-    except OSError as err:
+    except OSError:
         if handle is sys.stdout:  # what is left in its buffer cannot be written either: drop it quietly
             sys.stdout = open(os.devnull, "w", encoding="utf-8")  # noqa: SIM115 - lives until exit
-            if isinstance(err, BrokenPipeError):  # `db dump -o - | head`: the reader left (exit 141)
-                raise
-        raise _unwritable(where, err) from err
+        raise
 
 
-def _unwritable(where: str, err: OSError) -> ConfigurationError:
-    return ConfigurationError(f"cannot write dump {where}: {err.strerror or err}; the dump is incomplete: "
+#: What a failed write into stdout or a special file left: the part written before the error.
+_INCOMPLETE = "the dump is incomplete"
+
+
+def _unwritable(where: str, err: OSError, left: str) -> ConfigurationError:
+    return ConfigurationError(f"cannot write dump {where}: {err.strerror or err}; {left}: "
                               "give a writable file path with -o (on a disk with free space)")
 
 
