@@ -670,6 +670,21 @@ def test_parallel_log_axis_of_extreme_bounds_labels_a_readable_number_of_powers_
     assert min(axis.ticks) <= min(axis.values) and max(axis.values) <= max(axis.ticks)
 
 
+def test_parallel_axis_of_many_choices_labels_those_the_trials_took() -> None:
+    """choices of 200 models labelled all 200 on the axis: one black bar of overlapping text, in which the
+    model of a line could not be read."""
+    models = [f"model_{i:03d}" for i in range(200)]
+    space = Space.from_config({"m": f"choices({models!r})"})
+    taken = [make_trial(n, objective=float(n), m=models[n * 40 + 3]) for n in range(5)]
+    axis = plotting.parallel(taken, "exp", space).axes[0]
+    assert axis.ticktext == ["model_003", "model_043", "model_083", "model_123", "model_163"]
+    assert axis.ticks == [3.0, 43.0, 83.0, 123.0, 163.0] and sorted(axis.values) == axis.ticks
+    every = [make_trial(n, objective=float(n), m=model) for n, model in enumerate(models)]
+    axis = plotting.parallel(every, "exp", space).axes[0]
+    assert axis.ticks is not None and len(axis.ticks) == 30
+    assert axis.ticktext is not None and axis.ticktext[0] == "model_000" and axis.ticktext[-1] == "model_199"
+
+
 def test_parallel_tick_label_of_a_very_long_choice_is_shortened_keeping_its_ends() -> None:
     """A choice of 5,000 characters was its axis's tick label in full, drawn across the whole figure."""
     long = "/data/" + "x" * 5000 + "/train.csv"

@@ -73,6 +73,10 @@ TITLE_WIDTH = 100
 #: labelled all 601 of them, one black bar of overlapping text. Beyond, every 2nd, 5th, 10th, ... power.
 MAX_DECADE_TICKS = 11
 
+#: Categories labelled on an axis of parallel coordinates at most: choices of 200 models labelled all 200, one
+#: black bar of overlapping text. Of more, those the trials took (an even sample of them, both ends kept).
+MAX_CATEGORY_TICKS = 30
+
 #: Characters of a category's tick label at most: a choice of 5,000 characters was drawn across the whole
 #: figure. A longer one keeps its start and end (which tell paths apart) around an ellipsis.
 MAX_TICK_TEXT = 60
@@ -406,8 +410,14 @@ def _categorical_axis(name: str, values: list[Any], choices: list[Any]) -> Axis:
     text = {repr(v): str(v) for v in [*choices, *values]}
     order = [repr(c) for c in choices] + sorted(set(text) - {repr(c) for c in choices})
     index = {key: float(i) for i, key in enumerate(order)}
-    ticktext = [_short(text[k]) for k in order]
-    return Axis(name, [index[repr(v)] for v in values], list(index.values()), ticktext)
+    positions = [index[repr(v)] for v in values]
+    labelled = list(range(len(order)))
+    if len(order) > MAX_CATEGORY_TICKS:  # those the trials took, and of more, an even sample with both ends
+        labelled = sorted({int(p) for p in positions}) or labelled
+        if len(labelled) > MAX_CATEGORY_TICKS:
+            last = len(labelled) - 1
+            labelled = [labelled[round(k * last / (MAX_CATEGORY_TICKS - 1))] for k in range(MAX_CATEGORY_TICKS)]
+    return Axis(name, positions, [float(k) for k in labelled], [_short(text[order[k]]) for k in labelled])
 
 
 def _short(text: str) -> str:
