@@ -45,7 +45,7 @@ def trials_frame(trials: Iterable[Trial], params: Iterable[str] = ()) -> Any:
         row.update({f"results.{k}": v for k, v in trial.results.items()})
         rows.append(row)
     columns = dict.fromkeys([*_TRIAL_COLUMNS, *(f"params.{name}" for name in params)])
-    columns.update(dict.fromkeys(key for row in rows for key in row))  # a param no longer in the space, results
+    columns.update(dict.fromkeys(key for row in rows for key in row))  # results (a param not in the space)
     frame = pd.DataFrame(rows, columns=list(columns))
     for column in _TIME_COLUMNS.intersection(frame.columns):
         frame[column] = pd.to_datetime(frame[column], unit="s", utc=True)

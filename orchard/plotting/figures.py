@@ -415,8 +415,8 @@ def _categorical_axis(name: str, values: list[Any], choices: list[Any]) -> Axis:
     if len(order) > MAX_CATEGORY_TICKS:  # those the trials took, and of more, an even sample with both ends
         labelled = sorted({int(p) for p in positions}) or labelled
         if len(labelled) > MAX_CATEGORY_TICKS:
-            last = len(labelled) - 1
-            labelled = [labelled[round(k * last / (MAX_CATEGORY_TICKS - 1))] for k in range(MAX_CATEGORY_TICKS)]
+            last, most = len(labelled) - 1, MAX_CATEGORY_TICKS - 1
+            labelled = [labelled[round(k * last / most)] for k in range(MAX_CATEGORY_TICKS)]
     return Axis(name, positions, [float(k) for k in labelled], [_short(text[order[k]]) for k in labelled])
 
 
