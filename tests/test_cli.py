@@ -1560,6 +1560,27 @@ def test_insert_names_what_is_wrong(workdir: Path, capsys: pytest.CaptureFixture
     assert "is not one of" in error_line(capsys.readouterr().err)
 
 
+def test_insert_refuses_a_number_written_with_a_comma_instead_of_storing_a_list(
+        workdir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A spreadsheet of a locale with a decimal comma wrote an accuracy of 0.93 as "0,93", and insert stored
+    the result as the list [0, 93] without a word (so did --result acc=0,93); x=0,7 said '[0, 7] is a list'."""
+    exp = orchard.build_experiment("e", space={"x": "uniform(0, 1)"}, storage="orchard.pkl")
+    (workdir / "rows.csv").write_text('x,objective,acc\n0.5,1,"0,93"\n0.25,2,0.91\n')
+    assert main(["insert", "-n", "e", "--file", "rows.csv"]) == 2
+    assert error_line(capsys.readouterr().err) == (
+        "orchard: error: row 1 of rows.csv: column 'acc' is '0,93', digits with a comma between them, which "
+        "would be read as a list; write a number with a decimal point and no thousands separator "
+        "(0.93, 1000), or a list as [0, 93]; nothing was stored")
+    for tokens in (["x=0.5", "--objective", "1", "--result", "acc=0,93"], ["x=0,7"], ["x=0.5", "--result",
+                                                                                   "n=1,000"]):
+        assert main(["insert", "-n", "e", *tokens]) == 2
+        assert "digits with a comma between them" in error_line(capsys.readouterr().err)
+    assert exp.fetch_trials() == []
+    assert main(["insert", "-n", "e", "x=0.5", "--objective", "1", "--result", "acc=[0, 93]",
+                 "--result", "n='1,000'"]) == 0
+    assert [t.results for t in exp.fetch_trials()] == [{"acc": [0, 93], "n": "1,000"}]
+
+
 @pytest.mark.parametrize("token", ["note=caf\udce9", "caf\udce9=1"])  # b"caf\xe9": Latin-1 in a UTF-8 shell
 def test_insert_of_a_result_that_is_no_utf_8_is_one_line_on_mongodb(
         workdir: Path, capsys: pytest.CaptureFixture[str], mongo_db_uri: str, token: str) -> None:
