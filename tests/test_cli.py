@@ -1958,10 +1958,10 @@ def test_sigterm_or_sighup_to_db_dump_leaves_no_temporary_file_and_says_so(
     assert hunt("e", "--max-trials", "2") == 0
     write_into = _dumps._write_into
 
-    def signalled_midway(handle: Any, data: dict[str, Any]) -> None:
+    def signalled_midway(handle: Any, *args: Any) -> None:
         handle.write("{")
         os.kill(os.getpid(), signum)  # handled before kill() returns
-        write_into(handle, data)
+        write_into(handle, *args)
 
     monkeypatch.setattr(_dumps, "_write_into", signalled_midway)
     capsys.readouterr()
