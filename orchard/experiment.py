@@ -497,4 +497,4 @@ class Experiment:
 
     def to_pandas(self) -> Any:
         """The trials as a ``pandas.DataFrame``, one row each (see :func:`orchard.dataframe.trials_frame`)."""
-        return trials_frame(self.fetch_trials())
+        return trials_frame(self.fetch_trials(), self.space)

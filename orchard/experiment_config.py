@@ -214,6 +214,23 @@ def _algorithm_setting(value: Any, stored: bool) -> dict[str, dict[str, Any]]:
         return {str(name): dict(options) for name, options in value.items()}
 
 
+def _refuse_a_huge_int(value: Any, where: str) -> None:
+    """Refuse an int no storage holds among options (``{bayes: {n_initial_points: 1e30}}`` read as YAML).
+
+    The algorithm took it, and the storage refused it: "cannot store an int of 77 bits ... convert params,
+    results and configuration values", naming no option, or MongoDB's bare OverflowError.
+    """
+    if isinstance(value, Mapping):
+        for key, item in value.items():
+            _refuse_a_huge_int(item, f"{where}.{key}")
+    elif isinstance(value, (list, tuple)):
+        for at, item in enumerate(value):
+            _refuse_a_huge_int(item, f"{where}[{at}]")
+    elif type(value) is int and not -INT_LIMIT < value < INT_LIMIT:
+        raise ConfigurationError(f"{where} is an int of {value.bit_length()} bits, more than any storage "
+                                 "holds (-2**63 < n < 2**63); give a smaller value")
+
+
 @dataclasses.dataclass(frozen=True)
 class ExperimentConfig:
     """The settings of one experiment, shared by every worker through the storage.
@@ -273,6 +290,9 @@ class ExperimentConfig:
         object.__setattr__(self, "warm_start", normalize_warm_start(self.warm_start))
         for key, rule in EXPERIMENT_RULES.items():
             object.__setattr__(self, key, check_setting(key, getattr(self, key), rule))
+        if not stored:
+            for key in ("algorithm", "pruner"):
+                _refuse_a_huge_int(getattr(self, key), key)
 
     def __repr__(self) -> str:  # a warm-start source's password: not in a log line or a traceback's locals
         values = {field.name: getattr(self, field.name) for field in dataclasses.fields(self)}

@@ -936,6 +936,22 @@ def test_db_dump_and_load_round_trip(workdir: Path, capsys: pytest.CaptureFixtur
 
 
 
+def test_db_load_reads_a_dump_saved_with_a_byte_order_mark(
+        workdir: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    """A dump opened and saved again in an editor that writes a BOM (Notepad, PowerShell's Out-File) was
+    refused: 'it is not JSON (Unexpected UTF-8 BOM (decode using utf-8-sig) ...)', an option load has not."""
+    assert hunt("e", "--max-trials", "2") == 0
+    assert main(["db", "dump", "-n", "e", "-o", "dump.json"]) == 0
+    text = (workdir / "dump.json").read_text(encoding="utf-8")
+    (workdir / "bom.json").write_bytes(b"\xef\xbb\xbf" + text.encode())
+    capsys.readouterr()
+    assert main(["db", "load", "bom.json", "--storage", "other.pkl"]) == 0, capsys.readouterr().err
+    assert "2 of 2 trials added" in capsys.readouterr().out
+    monkeypatch.setattr(sys, "stdin", io.StringIO("\ufeff" + text))  # Get-Content dump.json | db load -
+    assert main(["db", "load", "-", "-n", "copy", "--storage", "other.pkl"]) == 0, capsys.readouterr().err
+    assert "2 of 2 trials added" in capsys.readouterr().out
+
+
 def test_db_load_reads_a_dump_from_stdin_as_dump_writes_one_to_stdout(
         workdir: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
     """`orchard db dump -o - | orchard db load -`: load said 'cannot read dump -: No such file'."""
@@ -1544,6 +1560,27 @@ def test_insert_names_what_is_wrong(workdir: Path, capsys: pytest.CaptureFixture
     assert "is not one of" in error_line(capsys.readouterr().err)
 
 
+def test_insert_refuses_a_number_written_with_a_comma_instead_of_storing_a_list(
+        workdir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A spreadsheet of a locale with a decimal comma wrote an accuracy of 0.93 as "0,93", and insert stored
+    the result as the list [0, 93] without a word (so did --result acc=0,93); x=0,7 said '[0, 7] is a list'."""
+    exp = orchard.build_experiment("e", space={"x": "uniform(0, 1)"}, storage="orchard.pkl")
+    (workdir / "rows.csv").write_text('x,objective,acc\n0.5,1,"0,93"\n0.25,2,0.91\n')
+    assert main(["insert", "-n", "e", "--file", "rows.csv"]) == 2
+    assert error_line(capsys.readouterr().err) == (
+        "orchard: error: row 1 of rows.csv: column 'acc' is '0,93', digits with a comma between them, which "
+        "would be read as a list; write a number with a decimal point and no thousands separator "
+        "(0.93, 1000), or a list as [0, 93]; nothing was stored")
+    for tokens in (["x=0.5", "--objective", "1", "--result", "acc=0,93"], ["x=0,7"], ["x=0.5", "--result",
+                                                                                   "n=1,000"]):
+        assert main(["insert", "-n", "e", *tokens]) == 2
+        assert "digits with a comma between them" in error_line(capsys.readouterr().err)
+    assert exp.fetch_trials() == []
+    assert main(["insert", "-n", "e", "x=0.5", "--objective", "1", "--result", "acc=[0, 93]",
+                 "--result", "n='1,000'"]) == 0
+    assert [t.results for t in exp.fetch_trials()] == [{"acc": [0, 93], "n": "1,000"}]
+
+
 @pytest.mark.parametrize("token", ["note=caf\udce9", "caf\udce9=1"])  # b"caf\xe9": Latin-1 in a UTF-8 shell
 def test_insert_of_a_result_that_is_no_utf_8_is_one_line_on_mongodb(
         workdir: Path, capsys: pytest.CaptureFixture[str], mongo_db_uri: str, token: str) -> None:
@@ -1694,6 +1731,31 @@ def test_db_dump_writes_into_special_files_and_reports_failed_writes(
     with contextlib.suppress(OSError):  # what is left in its buffer cannot be written either
         full.close()
     assert "cannot write dump stdout: No space left on device" in error_line(capsys.readouterr().err)
+
+
+@pytest.mark.parametrize("existing", [False, True], ids=["new", "replaced"])
+def test_a_dump_on_a_disk_without_room_says_an_earlier_dump_there_is_unchanged(
+        workdir: Path, capsys: pytest.CaptureFixture[str], existing: bool) -> None:
+    """On a full disk (here a file size limit, as `ulimit -f`), `db dump -o dump.json` over last week's
+    dump said 'the dump is incomplete', as if that good file were now damaged: the new dump goes to a
+    temporary file first, so the file there is untouched."""
+    import resource
+
+    assert hunt("e", "--max-trials", "3") == 0
+    if existing:
+        assert main(["db", "dump", "-o", "dump.json", "--storage", "orchard.pkl"]) == 0
+    before = (workdir / "dump.json").read_text() if existing else None
+
+    def limited() -> None:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (1000, 1000))  # a dump of 3 trials takes about 4 KB
+
+    done = cli("db", "dump", "-o", "dump.json", "--storage", "orchard.pkl", cwd=workdir, preexec_fn=limited)
+    assert done.returncode == 2 and len(done.stderr.splitlines()) == 1, done.stderr
+    assert "cannot write dump dump.json: File too large; " in done.stderr
+    said = "dump.json is unchanged" if existing else "no file was written"
+    assert said in done.stderr and "incomplete" not in done.stderr, done.stderr
+    assert sorted(p.name for p in workdir.iterdir() if "dump" in p.name) == ["dump.json"] * existing
+    assert not existing or (workdir / "dump.json").read_text() == before
 
 
 def test_db_load_keeps_the_creation_time(workdir: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -1896,10 +1958,10 @@ def test_sigterm_or_sighup_to_db_dump_leaves_no_temporary_file_and_says_so(
     assert hunt("e", "--max-trials", "2") == 0
     write_into = _dumps._write_into
 
-    def signalled_midway(handle: Any, where: str, data: dict[str, Any]) -> None:
+    def signalled_midway(handle: Any, *args: Any) -> None:
         handle.write("{")
         os.kill(os.getpid(), signum)  # handled before kill() returns
-        write_into(handle, where, data)
+        write_into(handle, *args)
 
     monkeypatch.setattr(_dumps, "_write_into", signalled_midway)
     capsys.readouterr()

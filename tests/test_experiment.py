@@ -181,6 +181,16 @@ def test_to_pandas_keeps_every_int_a_float_column_would_round(store) -> None:
     assert str(frame["results.small"].dtype) == "float64"  # small ints stay as pandas makes them
 
 
+def test_to_pandas_of_an_experiment_without_trials_has_the_columns_to_select(store) -> None:
+    """Before its first trial, to_pandas() was a frame without columns: the quickstart's
+    df[["status", "objective", "params.x"]].sort_values("objective") raised KeyError in a notebook."""
+    frame = build(store).to_pandas()
+    assert len(frame) == 0
+    assert {"id", "status", "objective", "end_time", "params.x", "params.y"} <= set(frame.columns)
+    assert frame[["status", "objective", "params.x", "params.y"]].sort_values("objective").empty
+    assert str(frame["end_time"].dt.tz) == "UTC"  # a datetime column, as with trials
+
+
 def _raises_on_second_call(calls: list[str]) -> Callable[[Trial], None]:
     def callback(trial: Trial) -> None:
         calls.append(trial.id)

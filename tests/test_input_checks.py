@@ -41,6 +41,23 @@ def test_unsafe_names_are_refused_before_anything_is_stored(tmp_path: Path, name
     assert storage.list_experiments() == []
 
 
+@pytest.mark.parametrize("where", ["pickle", "mongomock"])
+def test_an_option_of_an_int_no_storage_holds_is_refused_by_name_before_anything_is_stored(
+        tmp_path: Path, where: str) -> None:
+    """--algorithm '{bayes: {n_initial_points: 99999999999999999999999}}' was taken by the algorithm and
+    refused by the storage: 'cannot store an int of 77 bits ... convert params, results and configuration
+    values', naming no option; MongoDB raised its bare OverflowError 'can only handle up to 8-byte ints'."""
+    storage = orchard.get_storage(str(tmp_path / "orchard.pkl") if where == "pickle" else "mongomock://h/db")
+    with pytest.raises(ConfigurationError) as info:
+        orchard.build_experiment("e", space=SPACE, storage=storage,
+                                 algorithm={"bayes": {"n_initial_points": 10**23}})
+    assert str(info.value).startswith("algorithm.bayes.n_initial_points is an int of 77 bits")
+    assert "give a smaller value" in str(info.value) and "\n" not in str(info.value)
+    assert storage.list_experiments() == []
+    largest = {"bayes": {"n_initial_points": 2**63 - 1}}
+    assert orchard.build_experiment("e", space=SPACE, storage=storage, algorithm=largest).name == "e"
+
+
 @pytest.mark.parametrize("name", ["e", "lr-search_2", "bohb.v2", "a+b=c@d", "_x", "x" * MAX_NAME_LENGTH])
 def test_plain_names_are_accepted(name: str) -> None:
     assert check_experiment_name(name) == name

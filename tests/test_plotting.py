@@ -491,6 +491,37 @@ def test_an_output_that_cannot_be_a_file_is_one_line_and_keeps_what_is_there(tmp
     assert sorted(p.name for p in tmp_path.rglob("*")) == ["keep", "notes.txt", "old.html"]
 
 
+@pytest.mark.parametrize("existing", [False, True], ids=["new", "replaced"])
+def test_a_plot_on_a_disk_without_room_says_to_free_space_and_keeps_the_old_file(
+        tmp_path: Path, existing: bool) -> None:
+    """On a full disk (here a file size limit, as `ulimit -f`) the .html said 'No space left on device;
+    check that the folder is writable': the folder was writable, the disk full."""
+    pytest.importorskip("plotly")
+    import resource
+    import subprocess
+
+    storage = str(tmp_path / "o.pkl")
+    exp = orchard.build_experiment("e", space={"x": "uniform(0, 1)"}, storage=storage)
+    exp.insert({"x": 0.5}, objective=1.0)
+    out = tmp_path / "r.html"
+    if existing:
+        out.write_text("the plot of yesterday")
+    limit = 1 << 20  # the page with plotly.js is about 5 MB
+
+    def limited() -> None:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+    env = {**os.environ, "PYTHONPATH": str(Path(orchard.__file__).parent.parent)}
+    done = subprocess.run([sys.executable, "-m", "orchard", "plot", "regret", "-n", "e", "--storage", storage,
+                           "-o", str(out)], capture_output=True, text=True, preexec_fn=limited, env=env,
+                          timeout=120)
+    assert done.returncode == 2 and len(done.stderr.splitlines()) == 1, done.stderr
+    assert "File too large; free space on its disk or write it elsewhere" in done.stderr, done.stderr
+    assert ("the file there is unchanged" in done.stderr) is existing
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["o.pkl", "o.pkl.lock"] + ["r.html"] * existing
+    assert not existing or out.read_text() == "the plot of yesterday"
+
+
 def test_a_plot_never_replaces_an_orchard_storage_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """-o st.html with the storage pickle://st.html replaced the storage and its experiments with the plot."""
     from orchard.cli import main
@@ -629,6 +660,53 @@ def test_regret_best_so_far_skips_a_nan_objective_even_the_first() -> None:
     assert "best 1 after 4 completed" in fig.title
 
 
+def test_parallel_log_axis_of_extreme_bounds_labels_a_readable_number_of_powers_of_ten() -> None:
+    """loguniform(1e-300, 1e300) labelled each of its 601 powers of ten: a black bar of overlapping text."""
+    space = Space.from_config({"lr": "loguniform(1e-300, 1e300)"})
+    trials = [make_trial(n, objective=float(n), lr=10.0 ** (n * 50)) for n in range(-5, 6)]
+    axis = plotting.parallel(trials, "exp", space).axes[0]
+    assert axis.ticktext == ["1e-300", "1e-200", "1e-100", "1", "1e100", "1e200", "1e300"]
+    assert axis.ticks is not None
+    assert min(axis.ticks) <= min(axis.values) and max(axis.values) <= max(axis.ticks)
+
+
+def test_parallel_axis_of_many_choices_labels_those_the_trials_took() -> None:
+    """choices of 200 models labelled all 200 on the axis: one black bar of overlapping text, in which the
+    model of a line could not be read."""
+    models = [f"model_{i:03d}" for i in range(200)]
+    space = Space.from_config({"m": f"choices({models!r})"})
+    taken = [make_trial(n, objective=float(n), m=models[n * 40 + 3]) for n in range(5)]
+    axis = plotting.parallel(taken, "exp", space).axes[0]
+    assert axis.ticktext == ["model_003", "model_043", "model_083", "model_123", "model_163"]
+    assert axis.ticks == [3.0, 43.0, 83.0, 123.0, 163.0] and sorted(axis.values) == axis.ticks
+    every = [make_trial(n, objective=float(n), m=model) for n, model in enumerate(models)]
+    axis = plotting.parallel(every, "exp", space).axes[0]
+    assert axis.ticks is not None and len(axis.ticks) == 30
+    assert axis.ticktext is not None and axis.ticktext[0] == "model_000" and axis.ticktext[-1] == "model_199"
+
+
+def test_parallel_tick_label_of_a_very_long_choice_is_shortened_keeping_its_ends() -> None:
+    """A choice of 5,000 characters was its axis's tick label in full, drawn across the whole figure."""
+    long = "/data/" + "x" * 5000 + "/train.csv"
+    space = Space.from_config({"path": f"choices(['short', '{long}'])"})
+    trials = [make_trial(1, objective=1.0, path=long), make_trial(2, objective=2.0, path="short")]
+    axis = plotting.parallel(trials, "exp", space).axes[0]
+    assert axis.ticktext is not None and axis.ticktext[0] == "short"
+    shown = axis.ticktext[1]
+    assert len(shown) <= 60 and "\u2026" in shown
+    assert shown.startswith("/data/xx") and shown.endswith("xx/train.csv")
+
+
+@pytest.mark.parametrize("kind", ["regret", "parallel", "rungs", "pareto", "hypervolume"])
+def test_the_note_of_an_experiment_whose_every_trial_was_pruned_counts_them(kind: str) -> None:
+    """Forty trials stopped by a pruner, and one broken, gave 'no completed trials yet' alone, as if
+    nothing had run."""
+    trials = [make_trial(n, TrialStatus.PRUNED) for n in range(40)] + [make_trial(40, TrialStatus.BROKEN)]
+    objectives = {"a": "min", "b": "max"} if kind in ("pareto", "hypervolume") else None
+    fig = plotting.make_figure(kind, trials, "exp", objectives=objectives)
+    assert fig.note == "no completed trials yet (40 pruned, 1 broken)"
+
+
 def test_parallel_ticks_of_large_values_are_numbers_not_markup() -> None:
     """Plotly's own format for 2e16 is "2×10<sup>16</sup>", which parallel coordinates (plain text) showed
     with its tags; every axis of numbers is given a plain format."""
@@ -637,6 +715,38 @@ def test_parallel_ticks_of_large_values_are_numbers_not_markup() -> None:
     trials = [make_trial(n, objective=n * 1e16, big=n * 1e17) for n in range(1, 4)]
     dims = plotly_figure(plotting.parallel(trials, "exp")).to_plotly_json()["data"][0]["dimensions"]
     assert [d.get("tickformat") for d in dims] == ["~g", "~g"]
+
+
+@pytest.mark.parametrize("kind", DRAWN_KINDS)
+def test_png_of_an_experiment_of_the_longest_name_keeps_its_title_inside_the_image(
+        kind: str, tmp_path: Path) -> None:
+    """The title of an experiment named with the 128 characters a name may have ran off both sides of the
+    .png: 'aaaa...-bbbb: parallel coordinates of', without its start, its count or what darker means."""
+    from matplotlib.text import Text
+
+    from orchard.plotting._plotly import plotly_figure
+
+    name = "a" * 60 + "-" + "b" * 67
+    outside: list[str] = []
+    real_draw = Text.draw
+
+    def recording_draw(self: Any, renderer: Any) -> None:
+        box, page = self.get_window_extent(renderer), self.figure.bbox
+        if self.get_visible() and self.get_text() and (box.x0 < page.x0 or box.x1 > page.x1):
+            outside.append(self.get_text())
+        real_draw(self, renderer)
+
+    trials = [make_trial(n, objective=float(n), start=n, end=n + 1.0, x=n / 10) for n in range(1, 5)]
+    for trial in trials:
+        trial.reports = [(1, 2.0), (2, 1.0)]
+    fig = plotting.make_figure(kind, trials, name)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(Text, "draw", recording_draw)
+        plotting.save(fig, tmp_path / f"{kind}.png")
+    assert outside == []
+    title = plotly_figure(fig).to_plotly_json()["layout"]["title"]["text"]
+    assert title.replace("<br>", "").startswith(name)
+    assert all(len(line) <= 100 for line in title.split("<br>"))
 
 
 @pytest.mark.parametrize("kind", DRAWN_KINDS)

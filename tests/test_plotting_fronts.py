@@ -153,6 +153,35 @@ def test_hypervolume_beyond_the_float_range_says_why_instead_of_drawing_infinity
     assert fig.volumes == [] and "beyond the largest float" in (fig.note or "")  # was [inf, inf]
 
 
+def test_the_reason_a_hypervolume_is_not_drawn_is_read_whole_and_says_what_to_do(tmp_path: Path) -> None:
+    """The .png drew the 200 characters of the reason on one line in large type: it ran off both sides and
+    the reader saw '...float (about 1.8e308): the objectives span too wide a range; give a reference point
+    closer to the fron', advice that orchard plot takes no option for."""
+    pytest.importorskip("plotly")
+    matplotlib_text = pytest.importorskip("matplotlib.text")
+    from orchard.plotting._plotly import plotly_figure
+
+    edges = [trial(1, 1e300, -1e300, 1.0), trial(2, -1e300, 1e300, 1.0)]
+    fig = plotting.hypervolume(edges, "mo", TWO)
+    assert fig.note is not None and "a logarithm" in fig.note and "give a reference point" not in fig.note
+    outside: list[str] = []
+    real_draw = matplotlib_text.Text.draw
+
+    def recording_draw(self: Any, renderer: Any) -> None:
+        box, page = self.get_window_extent(renderer), self.figure.bbox
+        if self.get_visible() and self.get_text() and (box.x0 < page.x0 or box.x1 > page.x1):
+            outside.append(self.get_text())
+        real_draw(self, renderer)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(matplotlib_text.Text, "draw", recording_draw)
+        plotting.save(fig, tmp_path / "hv.png")
+    assert outside == []
+    (note,) = plotly_figure(fig).to_plotly_json()["layout"]["annotations"]
+    assert all(len(line) <= 60 for line in note["text"].split("<br>"))
+    assert note["text"].replace("<br>", " ") == fig.note
+
+
 @pytest.mark.parametrize("suffix", [".png", ".html"])
 def test_pareto_of_objectives_near_the_largest_float_draws_the_rest_and_names_the_others(
         tmp_path: Path, suffix: str, capsys: pytest.CaptureFixture[str]) -> None:

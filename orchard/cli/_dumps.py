@@ -6,11 +6,10 @@
      "experiments": [{"name": "exp", "id": "9f…", "config": {...}, "created": ...,
                       "trials": [Trial.to_dict(), ...]}]}
 
-An experiment is loaded with its dumped id unless an experiment of the target holds it, so its
-trials keep their ids (they hash the experiment id); else the trial ids are recomputed for the
-target experiment. Trials that were reserved when dumped are loaded as
-``interrupted``, their attempt given back (not counted against ``max_attempts``), as a
-graceful release does: their workers do not exist in the target storage.
+An experiment is loaded with its dumped id unless an experiment of the target holds it, so its trials keep
+their ids (they hash the experiment id); else the trial ids are recomputed for the target experiment. Trials
+that were reserved when dumped are loaded as ``interrupted``, their attempt given back (not counted against
+``max_attempts``), as a graceful release does: their workers do not exist in the target storage.
 """
 
 from __future__ import annotations
@@ -112,6 +111,7 @@ def write_dump(data: dict[str, Any], path: str) -> None:
         except OSError as err:
             raise _unwritable(path, err) from err
         return
+    left = f"{path} is unchanged" if os.path.exists(target) else "no file was written"  # not "incomplete"
     # a new name, created exclusively: a name known in advance (the pid) in a shared folder let another
     # user plant a symbolic link there, and the dump was written into the file it named
     tmp = f"{target}.{uuid.uuid4().hex}.tmp"
@@ -119,17 +119,17 @@ def write_dump(data: dict[str, Any], path: str) -> None:
         with open(tmp, "x", encoding="utf-8") as handle:
             with contextlib.suppress(FileNotFoundError):  # a file chmod 600 stays so: it holds every trial
                 shutil.copymode(target, tmp)
-            _write_into(handle, path, data)
+            _write_into(handle, path, data, left)
             os.fsync(handle.fileno())
         os.replace(tmp, target)
     except OSError as err:
-        raise _unwritable(path, err) from err
+        raise _unwritable(path, err, left) from err
     finally:
         if os.path.lexists(tmp):
             os.unlink(tmp)
 
 
-def _write_into(handle: TextIO, where: str, data: dict[str, Any]) -> None:
+def _write_into(handle: TextIO, where: str, data: Any, left: str = "the dump is incomplete") -> None:
     """Write and flush the JSON of ``data``: a write error must not pass for a complete dump."""
     try:
         json.dump(data, handle, indent=1)
@@ -140,11 +140,11 @@ def _write_into(handle: TextIO, where: str, data: dict[str, Any]) -> None:
             sys.stdout = open(os.devnull, "w", encoding="utf-8")  # noqa: SIM115 - lives until exit
             if isinstance(err, BrokenPipeError):  # `db dump -o - | head`: the reader left (exit 141)
                 raise
-        raise _unwritable(where, err) from err
+        raise _unwritable(where, err, left) from err
 
 
-def _unwritable(where: str, err: OSError) -> ConfigurationError:
-    return ConfigurationError(f"cannot write dump {where}: {err.strerror or err}; the dump is incomplete: "
+def _unwritable(where: str, err: OSError, left: str = "the dump is incomplete") -> ConfigurationError:
+    return ConfigurationError(f"cannot write dump {where}: {err.strerror or err}; {left}: "
                               "give a writable file path with -o (on a disk with free space)")
 
 
@@ -232,7 +232,7 @@ def _read_bounded(handle: IO[Any], path: str) -> str:
     if data is None:
         raise ConfigurationError(f"dump {path} holds more than {format_bytes(MAX_DUMP_BYTES)}, more than 'orchard db "
                                  "dump' writes of two million trials: is it the right file? nothing was loaded")
-    return data.decode("utf-8") if isinstance(data, bytes) else data
+    return (data.decode("utf-8") if isinstance(data, bytes) else data).removeprefix("\ufeff")  # Notepad's BOM
 
 
 def _check_experiment(entry: Any, where: str, named: bool) -> None:

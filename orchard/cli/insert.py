@@ -19,6 +19,7 @@ import argparse
 import csv
 import json
 import math
+import re
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -103,8 +104,22 @@ def parse_assignments(tokens: list[str], what: str = "dimension") -> dict[str, A
         if not text.strip():  # `--result loss=$LOSS` with LOSS unset stored the text '' as the result
             raise UsageError(f"{what} {name!r} has no value ({token!r}: an unset shell variable?); give "
                              f"{name}=VALUE ({name}='\"\"' for an empty text)")
-        params[name] = parse_literal(text.strip())
+        params[name] = _literal(text.strip(), f"{what} {name!r}")
     return params
+
+
+#: Digits with commas between them, which Python reads as a tuple: a decimal comma (0,93) or a thousands
+#: separator (1,000), as a spreadsheet of another locale writes them. Stored, 0,93 became the list [0, 93].
+_COMMA_NUMBER = re.compile(r"[+-]?\d+(?:,\d+)+")
+
+
+def _literal(text: str, what: str) -> Any:
+    """``text`` read as a literal (:func:`parse_literal`); a number written with a comma is refused."""
+    if _COMMA_NUMBER.fullmatch(text):
+        raise UsageError(f"{what} is {text!r}, digits with a comma between them, which would be read as a "
+                         "list; write a number with a decimal point and no thousands separator (0.93, 1000), "
+                         "or a list as [0, 93]; nothing was stored")
+    return parse_literal(text)
 
 
 #: Bytes of rows one ``insert --file`` reads at most (about a million rows of a few params).
@@ -177,16 +192,17 @@ def read_rows(path: Path) -> list[dict[str, Any]]:
         if len(cells) > len(header):
             raise UsageError(f"row {number} of {shown} has {len(cells)} cells but the header names {len(header)} "
                              "columns; quote a value that holds a comma, or name every column")
-        rows.append({name: _cell(name, cell) for name, cell in zip(header, cells) if name and cell != ""})
+        rows.append({name: _cell(name, cell, f"row {number} of {shown}: column {name!r}")
+                     for name, cell in zip(header, cells) if name and cell != ""})
     return rows
 
 
-def _cell(column: str, text: str) -> Any:
+def _cell(column: str, text: str, what: str) -> Any:
     """A CSV cell as a literal; an objective of ``nan`` or ``inf`` (as spreadsheets write them) as that float.
 
     Read as text, it was refused as 'text, not the number', when the number itself is what is wrong.
     """
-    value = parse_literal(text)
+    value = _literal(text, what)
     if column == "objective" and isinstance(value, str) and value.strip().lower().lstrip("+-") in _NOT_FINITE:
         return float(value)
     return value

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import errno
 import os
 import secrets
 import shutil
@@ -212,15 +213,20 @@ def save(figure: Figure, path: str | os.PathLike[str]) -> Path:
         render(figure, tmp)
         os.replace(tmp, out)
     except OSError as err:
-        raise ConfigurationError(
-            f"cannot write plot {str(out)!r}: {err.strerror or err}; check that the folder is writable"
-        ) from err
+        hint = "check that the folder is writable"
+        if err.errno in _NO_ROOM:  # "No space left on device; check that the folder is writable" misled
+            hint = "free space on its disk or write it elsewhere" + ("; the file there is unchanged"
+                                                                    if out.exists() else "")
+        raise ConfigurationError(f"cannot write plot {str(out)!r}: {err.strerror or err}; {hint}") from err
     finally:
         if tmp is not None:
             with contextlib.suppress(OSError):  # the error above is the one to tell
                 tmp.unlink(missing_ok=True)
     return out
 
+
+#: Write errors of a disk without room for the plot: full, over quota, or a file size limit (``ulimit -f``).
+_NO_ROOM = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
 
 #: Output suffix -> the function that draws a figure into such a file.
 FORMATS: dict[str, Callable[[Figure, Path], None]] = {".html": write_html, ".png": write_png}

@@ -8,7 +8,15 @@ from typing import Any
 
 from orchard.plotting._libs import require
 from orchard.plotting.curves import CurvesFigure, curves_mpl
-from orchard.plotting.figures import STATUS_COLORS, Axis, ParallelFigure, RegretFigure, TimelineFigure
+from orchard.plotting.figures import (
+    STATUS_COLORS,
+    Axis,
+    ParallelFigure,
+    RegretFigure,
+    TimelineFigure,
+    note_lines,
+    title_lines,
+)
 from orchard.plotting.fronts import HypervolumeFigure, ParetoFigure, hypervolume_mpl, panel_grid, pareto_mpl
 from orchard.plotting.rungs import RungsFigure, rungs_mpl
 from orchard.trial import TrialStatus
@@ -39,9 +47,10 @@ def _write_png(figure: Any, path: Path) -> None:
             RungsFigure: rungs_mpl, CurvesFigure: curves_mpl, ParetoFigure: pareto_mpl,
             HypervolumeFigure: hypervolume_mpl}
     draw[type(figure)](figure, fig, ax)
-    fig.suptitle(figure.title, fontsize=12)
+    fig.suptitle("\n".join(title_lines(figure.title)), fontsize=12)
     if figure.note:
-        ax.text(0.5, 0.75, figure.note, transform=ax.transAxes, ha="center", va="center",
+        note = "\n".join(note_lines(figure.note))
+        ax.text(0.5, 0.75, note, transform=ax.transAxes, ha="center", va="center",
                 fontsize=16, color="gray")
     fig.savefig(path, format="png", dpi=110)
 

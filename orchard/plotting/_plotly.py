@@ -17,7 +17,14 @@ from typing import Any
 
 from orchard.plotting._libs import require
 from orchard.plotting.curves import CurvesFigure, curves_plotly
-from orchard.plotting.figures import STATUS_COLORS, ParallelFigure, RegretFigure, TimelineFigure
+from orchard.plotting.figures import (
+    STATUS_COLORS,
+    ParallelFigure,
+    RegretFigure,
+    TimelineFigure,
+    note_lines,
+    title_lines,
+)
 from orchard.plotting.fronts import HypervolumeFigure, ParetoFigure, hypervolume_plotly, pareto_plotly
 from orchard.plotting.rungs import RungsFigure, rungs_plotly
 from orchard.trial import TrialStatus
@@ -33,6 +40,9 @@ def write_html(figure: Any, path: Path) -> None:
 def plotly_figure(figure: Any) -> Any:
     """The ``plotly.graph_objects.Figure`` of a figure record, every text in it escaped."""
     go = require("plotly.graph_objects")
+    # wrapped before escaping, so that no line ends inside an entity such as &lt;
+    figure = dataclasses.replace(figure, title="\n".join(title_lines(figure.title)),
+                                 note=figure.note and "\n".join(note_lines(figure.note)))
     if isinstance(figure, ParallelFigure):  # its axes' tick labels are drawn as plain text already
         axes = [dataclasses.replace(axis, label=plain(axis.label)) for axis in figure.axes]
         figure = dataclasses.replace(figure, title=plain(figure.title), note=plain(figure.note),
@@ -46,7 +56,7 @@ def plotly_figure(figure: Any) -> Any:
     draw[type(figure)](figure, fig, go)
     fig.update_layout(title={"text": figure.title.replace("\n", "<br>")}, template="plotly_white")
     if figure.note:
-        fig.add_annotation(text=figure.note, x=0.5, y=0.75, xref="paper", yref="paper",
+        fig.add_annotation(text=figure.note.replace("\n", "<br>"), x=0.5, y=0.75, xref="paper", yref="paper",
                            showarrow=False, font={"size": 18, "color": "gray"})
     return fig
 

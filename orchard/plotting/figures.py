@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import textwrap
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -61,6 +62,24 @@ MAX_PARALLEL_PARAMS = 59
 #: Workers drawn as rows of the timeline at most (those that started last): a row each for 2,000 workers made
 #: a .png 77,000 pixels tall in a minute, and 10,000 would need gigabytes. The title counts every worker.
 MAX_TIMELINE_ROWS = 100
+
+#: Characters of a line of a figure's note (drawn in large type across the middle) at most.
+NOTE_WIDTH = 60
+
+#: Characters of a line of a figure's title at most.
+TITLE_WIDTH = 100
+
+#: Labelled powers of ten of a log axis of parallel coordinates at most: ``loguniform(1e-300, 1e300)``
+#: labelled all 601 of them, one black bar of overlapping text. Beyond, every 2nd, 5th, 10th, ... power.
+MAX_DECADE_TICKS = 11
+
+#: Categories labelled on an axis of parallel coordinates at most: choices of 200 models labelled all 200, one
+#: black bar of overlapping text. Of more, those the trials took (an even sample of them, both ends kept).
+MAX_CATEGORY_TICKS = 30
+
+#: Characters of a category's tick label at most: a choice of 5,000 characters was drawn across the whole
+#: figure. A longer one keeps its start and end (which tell paths apart) around an ellipsis.
+MAX_TICK_TEXT = 60
 
 
 # -- figure records ------------------------------------------------------------------
@@ -198,7 +217,7 @@ def regret(trials: Iterable[Trial], name: str, shown: Shown = Shown(),
         title += f" ({found} after {len(x)} completed, {len(broken_x)} broken"
         title += f", {infeasible} infeasible)" if constraints or infeasible else ")"
     title += (far := left_out(t for t in trials if scored(t) and not drawable(t.objective)))
-    note = None if x else no_results_note(len(broken_x), far)
+    note = None if x else no_results_note(trials, far)
     best_label = "best so far" if fidelity is None else f"best so far (at the highest {fidelity} reached)"
     return RegretFigure(title, note, x, objectives, labels, best, broken_x, broken_y, broken_labels,
                         shown.label, best_label)
@@ -234,9 +253,8 @@ def parallel(trials: Iterable[Trial], name: str, space: Space | None = None,
     objectives = [shown.value(float(t.objective)) for t in done]  # type: ignore[arg-type]
     axes = [_axis(n, [t.params[n] for t in done], space.get(n) if space else None) for n in names]
     axes.append(Axis(shown.name, objectives))
-    broken = sum(t.status is TrialStatus.BROKEN for t in all_trials)
     far = left_out(t for t in all_trials if scored(t) and not drawable(t.objective))
-    note = None if done else no_results_note(broken, far)
+    note = None if done else no_results_note(all_trials, far)
     darker = "higher" if shown.higher_is_better else "lower"
     title = f"{name}: parallel coordinates of {len(done)} completed trials (darker = {darker} {shown.name})"
     title += left + (f"; {nan} with a NaN objective not drawn" if nan else "") + far
@@ -331,11 +349,40 @@ def _fmt(value: Any) -> str:
     return f"{value:.4g}" if isinstance(value, float) else str(value)
 
 
-def no_results_note(broken: int, far: str = "") -> str:
-    """The note of a figure with nothing to draw (``far``: what :func:`left_out` said, if anything)."""
+def note_lines(note: str) -> list[str]:
+    """``note`` in lines of at most :data:`NOTE_WIDTH` characters (a longer word is cut).
+
+    Both backends draw a note as one line otherwise, in large type: the reason a hypervolume cannot be
+    drawn (200 characters) ran off both sides of the .png, and the reader saw its middle only.
+    """
+    return _wrapped(note, NOTE_WIDTH)
+
+
+def title_lines(title: str) -> list[str]:
+    """``title`` in lines of at most :data:`TITLE_WIDTH` characters, its own line breaks kept.
+
+    The title of an experiment of a 128-character name ran off both sides of the .png.
+    """
+    return _wrapped(title, TITLE_WIDTH)
+
+
+def _wrapped(text: str, width: int) -> list[str]:
+    return [wrapped for line in text.split("\n")
+            for wrapped in textwrap.wrap(line, width, break_on_hyphens=False) or [line]]
+
+
+def no_results_note(trials: Iterable[Trial], far: str = "") -> str:
+    """The note of a figure with nothing to draw (``far``: what :func:`left_out` said, if anything).
+
+    It counts the pruned trials too: "no completed trials yet" alone, over 40 trials a pruner had
+    stopped, read as if nothing had run.
+    """
     if far:
         return "no completed trial can be drawn: see the title"
-    return "no completed trials yet" + (f" ({broken} broken)" if broken else "")
+    statuses = [t.status for t in trials]
+    counts = [f"{n} {status.value}" for status in (TrialStatus.PRUNED, TrialStatus.BROKEN)
+              if (n := statuses.count(status))]
+    return "no completed trials yet" + (f" ({', '.join(counts)})" if counts else "")
 
 
 def _param_names(trials: Iterable[Trial]) -> list[str]:
@@ -353,8 +400,7 @@ def _axis(name: str, values: list[Any], prior: Prior | None) -> Axis:
         return _categorical_axis(name, values, categories or [])
     log_range = prior.log_range() if prior is not None else None
     if log_range is not None and all(v > 0 for v in values):
-        low, high = math.floor(math.log10(log_range[0])), math.ceil(math.log10(log_range[1]))
-        ticks = [float(p) for p in range(low, high + 1)]
+        ticks = _decades(math.log10(log_range[0]), math.log10(log_range[1]))
         return Axis(f"{name} (log)", [math.log10(v) for v in values], ticks, [_decade(p) for p in ticks])
     return Axis(name, [float(v) for v in values])
 
@@ -364,7 +410,36 @@ def _categorical_axis(name: str, values: list[Any], choices: list[Any]) -> Axis:
     text = {repr(v): str(v) for v in [*choices, *values]}
     order = [repr(c) for c in choices] + sorted(set(text) - {repr(c) for c in choices})
     index = {key: float(i) for i, key in enumerate(order)}
-    return Axis(name, [index[repr(v)] for v in values], list(index.values()), [text[k] for k in order])
+    positions = [index[repr(v)] for v in values]
+    labelled = list(range(len(order)))
+    if len(order) > MAX_CATEGORY_TICKS:  # those the trials took, and of more, an even sample with both ends
+        labelled = sorted({int(p) for p in positions}) or labelled
+        if len(labelled) > MAX_CATEGORY_TICKS:
+            last, most = len(labelled) - 1, MAX_CATEGORY_TICKS - 1
+            labelled = [labelled[round(k * last / most)] for k in range(MAX_CATEGORY_TICKS)]
+    return Axis(name, positions, [float(k) for k in labelled], [_short(text[order[k]]) for k in labelled])
+
+
+def _short(text: str) -> str:
+    if len(text) <= MAX_TICK_TEXT:
+        return text
+    half = (MAX_TICK_TEXT - 1) // 2
+    return f"{text[:half]}\u2026{text[-(MAX_TICK_TEXT - 1 - half):]}"
+
+
+def _decades(low: float, high: float) -> list[float]:
+    """Powers of ten from ``low`` to ``high`` (log10): each, or both ends and every 2nd, 5th, 10th, ... one.
+
+    The ends are kept, as the axis spans its ticks; a multiple of the step nearer an end than half a
+    step is left out, so that no two labels overlap.
+    """
+    first, last = math.floor(low), math.ceil(high)
+    step = 1
+    while (last - first) / step > MAX_DECADE_TICKS - 1:
+        step = step * 5 // 2 if str(step)[0] == "2" else step * 2  # 1, 2, 5, 10, 20, 50, ...
+    inner = range(-(-first // step) * step, last + 1, step)
+    kept = [p for p in inner if step == 1 or min(p - first, last - p) * 2 >= step]
+    return [float(p) for p in sorted({first, *kept, last})]
 
 
 def _decade(power: float) -> str:

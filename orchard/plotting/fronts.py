@@ -25,7 +25,7 @@ from orchard.hypervolume import HYPERVOLUME_OBJECTIVES, GrowingHypervolume, refe
 from orchard.objectives import first_front, named_values, returned
 from orchard.pareto import scored
 from orchard.plotting.figures import describe, drawable, left_out, no_results_note
-from orchard.trial import Trial, TrialStatus
+from orchard.trial import Trial
 
 __all__ = [
     "MAX_PANEL_OBJECTIVES",
@@ -116,8 +116,7 @@ def pareto(trials: Sequence[Trial], name: str, objectives: Mapping[str, str] | N
     rows = [row for row in every if drawable(*row[1])]
     far = left_out(trial for trial, vector, _ in every if not drawable(*vector))
     if not rows:
-        broken = sum(t.status is TrialStatus.BROKEN for t in trials)
-        return ParetoFigure(f"{name}: Pareto front{far}", no_results_note(broken, far), [])
+        return ParetoFigure(f"{name}: Pareto front{far}", no_results_note(trials, far), [])
     if len(directions) < 2:
         return ParetoFigure(f"{name}: Pareto front", "the experiment has one objective: its front is its best "
                             "trial (see 'orchard plot regret')", [])
@@ -179,8 +178,7 @@ def hypervolume(trials: Sequence[Trial], name: str, objectives: Mapping[str, str
     rows = sorted(scored(trials, directions, constraints), key=lambda r: (r[0].end_time or 0.0, r[0].id))
     feasible = [(t, v) for t, v, violation in rows if violation <= 0]
     if not feasible:
-        broken = sum(t.status is TrialStatus.BROKEN for t in trials)
-        note = no_results_note(broken) if not rows else "no feasible completed trial yet"
+        note = no_results_note(trials) if not rows else "no feasible completed trial yet"
         return HypervolumeFigure(title, note, [], [], [])
     reference = reference_point([v for _, v in feasible])
     start = min((t.start_time for t in trials if t.start_time is not None), default=rows[0][0].end_time or 0.0)
@@ -193,8 +191,8 @@ def hypervolume(trials: Sequence[Trial], name: str, objectives: Mapping[str, str
         if violation <= 0:
             try:
                 current = growing.add(vector)
-            except ValueError as err:  # a volume beyond the largest float: say so instead of drawing infinity
-                return HypervolumeFigure(title, str(err), [], [], [])
+            except ValueError:  # a volume beyond the largest float: say so instead of drawing infinity
+                return HypervolumeFigure(title, _TOO_LARGE, [], [], [])
         x.append(rank)
         seconds.append((trial.end_time or start) - start)
         volumes.append(current)
@@ -202,6 +200,13 @@ def hypervolume(trials: Sequence[Trial], name: str, objectives: Mapping[str, str
     shown = ", ".join(f"{n}={v:.4g}" for n, v in zip(directions, back, strict=True))
     return HypervolumeFigure(f"{title}: {current:.4g} after {len(rows)} completed trials (reference {shown})",
                              None, x, seconds, volumes)
+
+
+#: The note of a hypervolume beyond the largest float (its error's advice, a reference point closer to the
+#: front, is for exp.hypervolume: the figure derives its own).
+_TOO_LARGE = ("the hypervolume is beyond the largest float (about 1.8e308): the objectives span too wide a "
+              "range; report them on a smaller scale (a logarithm), or measure it with "
+              "exp.hypervolume(reference=...) up to a point closer to the front")
 
 
 # -- drawing ---------------------------------------------------------------------------

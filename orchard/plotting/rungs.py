@@ -18,7 +18,7 @@ from orchard.objectives import Shown
 from orchard.plotting._libs import require
 from orchard.plotting.figures import describe, drawable, left_out, no_results_note, scored
 from orchard.space import Space
-from orchard.trial import Trial, TrialStatus
+from orchard.trial import Trial
 
 __all__ = ["RungsFigure", "rungs", "rungs_mpl", "rungs_plotly"]
 
@@ -61,13 +61,12 @@ def rungs(trials: Sequence[Trial], name: str, space: Space | None = None,
     points = {tid: (_budget(t, dimension), shown.value(float(t.objective)))  # type: ignore[arg-type]
               for tid, t in done.items()}
     promotions = [(points[t.parent], points[tid]) for tid, t in done.items() if t.parent in points]
-    broken = sum(t.status is TrialStatus.BROKEN for t in trials)
     label = dimension or "budget"
     title = f"{name}: {shown.name} per {label} ({len(done)} completed, {len(promotions)} promotions)"
     if dimension is None:
         title += "; no fidelity dimension, so every trial ran at full budget"
     return RungsFigure(
-        title + far, None if done else no_results_note(broken, far), label,
+        title + far, None if done else no_results_note(trials, far), label,
         [p[0] for p in points.values()], [p[1] for p in points.values()],
         [describe(t, shown) for t in done.values()], promotions, shown.label,
     )
