@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import collections
 import json
+import shutil
 import subprocess
 import sys
 import time
@@ -216,3 +217,27 @@ def test_a_trial_timeout_stops_a_script_of_a_worker_under_faketime(tmp_path: Pat
                             cwd=ROOT, capture_output=True, text=True, timeout=90, check=False)
     assert "TimeoutError: script ran longer than --trial-timeout=1 s" in result.stderr, result.stderr
     assert time.monotonic() - started < 30
+
+
+# -- a server restarted empty: nothing recreated, the result in hand not lost silently ----------
+
+
+def test_a_server_restarted_empty_under_a_worker_is_named_and_the_result_in_hand_is_shown(
+        tmp_path: Path, spawn: Callable[..., Worker]) -> None:
+    with WireServer(tmp_path, durable=True) as server:
+        uri = with_database(server.uri, "wiped")
+        worker = spawn(uri, "wiped", "waits_for_go", max_trials=3, heartbeat=10.0)
+        wait_for(lambda: (tmp_path / "started").exists() or worker.process.poll() is not None, 60,
+                 "the evaluation to start")
+        [held] = trials_of(uri, "wiped")
+        server.kill()
+        shutil.rmtree(server.home / "data")  # the data directory wiped, as a server reinstalled
+        server.start()  # same port, no data
+        (tmp_path / "go").touch()
+        code = worker.wait(timeout=120)
+        with get_storage(uri) as storage:
+            assert storage.list_experiments() == [], "the experiment was recreated in the empty server"
+    log = worker.log()
+    assert code != 0 and f"trial {held.id} was deleted from" in log, log[-3000:]
+    x = held.params["x"]
+    assert f"objective={x!r}" in log and f"'x': {x!r}" in log, f"no result in hand:\n{log[-3000:]}"
