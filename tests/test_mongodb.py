@@ -155,6 +155,23 @@ def test_unreachable_server_fails_fast_with_a_redacted_message() -> None:
     assert SECRET not in repr(storage)
 
 
+def test_a_server_too_slow_to_answer_a_connection_names_connect_timeout_not_server_selection() -> None:
+    """A server that takes the connection and answers late (here never: a socket listening, nothing
+    accepting) said 'raise serverSelectionTimeoutMS', which only waited longer for the same failure."""
+    import socket
+
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(8)  # the kernel completes each connection; no reply ever comes
+        port = silent.getsockname()[1]
+        uri = f"mongodb://alice:{SECRET}@127.0.0.1:{port}/x?serverSelectionTimeoutMS=1500&connectTimeoutMS=300"
+        with pytest.raises(StorageUnavailableError) as info:
+            get_storage(uri).list_experiments()
+    message = str(info.value)
+    assert SECRET not in message and f"alice:***@127.0.0.1:{port}" in message
+    assert "raise connectTimeoutMS" in message and "0.3 s" in message, message
+
+
 @pytest.mark.parametrize(
     ("error", "leaf", "words"),
     [

@@ -25,6 +25,7 @@ from pymongo.errors import (
     AutoReconnect,
     ConnectionFailure,
     DuplicateKeyError,
+    NetworkTimeout,
     OperationFailure,
     PyMongoError,
     ServerSelectionTimeoutError,
@@ -39,32 +40,11 @@ from orchard.storages.pickled.records import RecordError, check_trial, experimen
 from orchard.trial import Trial, TrialStatus
 
 __all__ = [
-    "BATCH",
-    "DEFAULT_DATABASE",
-    "REPORT_COUNT",
-    "STAMP",
-    "TYPE_MISMATCH",
-    "WAITING",
-    "WAITING_ORDER",
-    "Client",
-    "break_first_waiting",
-    "break_unreadable",
-    "check_experiment",
-    "doc_to_trial",
-    "duplicate_key_field",
-    "ensure_indexes",
-    "insert_stamped",
-    "is_mock",
-    "name_anonymous_mock",
-    "open_client",
-    "readable_experiments",
-    "readable_trials",
-    "translate",
-    "translated",
-    "trial_to_doc",
-    "unreadable",
-    "unreadable_experiment",
-    "version_of",
+    "BATCH", "DEFAULT_DATABASE", "REPORT_COUNT", "STAMP", "TYPE_MISMATCH", "WAITING", "WAITING_ORDER",
+    "Client", "break_first_waiting", "break_unreadable", "check_experiment", "doc_to_trial",
+    "duplicate_key_field", "ensure_indexes", "insert_stamped", "is_mock", "name_anonymous_mock",
+    "open_client", "readable_experiments", "readable_trials", "translate", "translated", "trial_to_doc",
+    "unreadable", "unreadable_experiment", "version_of",
 ]
 
 log = logging.getLogger(__name__)
@@ -275,10 +255,15 @@ def _unreachable(err: ConnectionFailure, uri: str, action: str, reached: bool,
         return StorageUnavailableError(
             f"lost MongoDB at {hosts} while trying to {action}: it had answered and cannot be reached now "
             "(a restart, a failover, the network?); --debug shows the driver's details", reached=True)
+    client = mongo if isinstance(mongo, pymongo.MongoClient) else None
+    tries = client.topology_description.server_descriptions().values() if client is not None else ()
+    connect_ms = options.get("connecttimeoutms", _CLIENT_DEFAULTS["connectTimeoutMS"])  # per try
+    knob = (f"raise connectTimeoutMS (each try gave up after {float(connect_ms) / 1000:g} s: a slow server?)"
+            if any(isinstance(s.error, NetworkTimeout) for s in tries) else "raise serverSelectionTimeoutMS")
     return StorageUnavailableError(
         f"cannot reach MongoDB at {hosts} to {action} (no answer within {float(timeout_ms) / 1000:g} s); "
         "check that mongod is running there and reachable from this host (port, firewall, TLS), "
-        "or raise serverSelectionTimeoutMS in the URI; --debug shows the driver's details"
+        f"or {knob} in the URI; --debug shows the driver's details"
     )
 
 
