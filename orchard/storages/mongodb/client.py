@@ -185,9 +185,23 @@ def ensure_indexes(db: Any, uri: str, collection: str = "trials", again: bool = 
     with _mock_lock:
         if key in _indexed and not again:
             return
-    db[collection].create_indexes(_INDEXES[collection])
+    try:
+        db[collection].create_indexes(_INDEXES[collection])
+    except DuplicateKeyError as err:  # written while the index was dropped, or by another program
+        raise _sharing(db[collection], "name" if collection == "experiments" else "slot", uri) from err
     with _mock_lock:
         _indexed.add(key)
+
+
+def _sharing(documents: Any, field: str, uri: str) -> StorageCorruptedError:  # what a unique index refuses
+    shared = next(documents.aggregate([{"$match": {field: {"$exists": True}}}, {"$group": {
+        "_id": f"${field}", "ids": {"$push": "$_id"}}}, {"$match": {"ids.1": {"$exists": True}}}]), None)
+    value, ids = (shared["_id"], shared["ids"]) if shared else ("?", [])
+    return StorageCorruptedError(
+        f"MongoDB at {redact(uri)}: documents {', '.join(map(repr, ids[:5]))} of collection "
+        f"{documents.name!r} share the {field} {value!r}, so its unique index cannot be built and Orchard "
+        "cannot run there (the index was dropped while Orchard wrote, or another program wrote them): "
+        "keep one, delete the others by hand")
 
 
 # -- errors -------------------------------------------------------------------
