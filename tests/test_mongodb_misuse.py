@@ -53,8 +53,9 @@ def test_a_worker_registers_nothing_in_an_experiment_deleted_under_it(
     assert user._trials.count_documents({}) == 0, "trials were written into the deleted experiment"
 
 
+@pytest.mark.slow
 def test_a_load_cut_by_an_outage_says_so_and_runs_again_to_the_end(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], mongo_db_uri: str
 ) -> None:
     """``orchard db load`` loses the server after 4 trials: the error says what stays and what to do."""
     from pymongo.errors import AutoReconnect
@@ -67,7 +68,7 @@ def test_a_load_cut_by_an_outage_says_so_and_runs_again_to_the_end(
     exp = orchard.build_experiment("e", space={"x": "uniform(0, 1)"}, storage=source)
     for i in range(10):
         exp.insert({"x": i / 10}, objective=float(i))
-    dump, target = str(tmp_path / "dump.json"), "mongomock://outage-load"
+    dump, target = str(tmp_path / "dump.json"), mongo_db_uri  # db load refuses mongomock (in-process)
     assert main(["db", "dump", "--storage", source, "-o", dump]) == 0
     insert = client.insert_stamped  # the trials inserted with their result hold no unit of budget
     inserted: list[str] = []
