@@ -196,8 +196,8 @@ class Worker:
         with deferred():  # SIGTERM, Ctrl-C: the outcome is stored first
             try:
                 self.finish(trial, outcome)
-            except ReservationLostError as err:
-                log.warning("%s", err)
+            except ReservationLostError as err:  # an outcome computed to its end is shown: all that is left
+                log.warning("%s%s", err, f" ({outcome} for params {trial.params})" if outcome.ok else "")
             except StorageUnavailableError:  # failing beyond the storage patience: give the trial back, once
                 log.error("worker %s could not store %s for trial %s; releasing it", self.name, outcome, trial.id)
                 self._release_quietly(trial, self.storage.storage)
