@@ -164,7 +164,8 @@ def test_a_server_too_slow_to_answer_a_connection_names_connect_timeout_not_serv
         silent.bind(("127.0.0.1", 0))
         silent.listen(8)  # the kernel completes each connection; no reply ever comes
         port = silent.getsockname()[1]
-        uri = f"mongodb://alice:{SECRET}@127.0.0.1:{port}/x?serverSelectionTimeoutMS=1500&connectTimeoutMS=300"
+        uri = (f"mongodb://alice:{SECRET}@127.0.0.1:{port}/x"
+               "?serverSelectionTimeoutMS=1500&connectTimeoutMS=300")
         with pytest.raises(StorageUnavailableError) as info:
             get_storage(uri).list_experiments()
     message = str(info.value)
