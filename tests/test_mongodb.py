@@ -12,6 +12,7 @@ import datetime
 import gc
 import multiprocessing
 import pickle
+import re
 import subprocess
 import sys
 import time
@@ -905,3 +906,17 @@ def test_racing_budget_claims_never_exceed_the_budget(wire: MongoStorage) -> Non
     counts = wire.count_trials(exp)
     assert counts[TrialStatus.RESERVED] == budget and counts[TrialStatus.BROKEN] == 3
     assert _slots(wire, exp) == list(range(budget))
+
+
+@pytest.mark.slow
+def test_a_server_refusing_the_login_is_quoted_by_its_message_not_its_whole_reply(wire_uri: str) -> None:
+    """A wrong password said 'refused to list experiments: authentication failed, full error: {'ok':
+    0.0, …, '$clusterTime': {… 'signature': {'hash': b'\\x00…', 'keyI; check the user name…' (the
+    server's whole reply, cut)."""
+    uri = wire_uri.replace("mongodb://", f"mongodb://nobody:{SECRET}@", 1)
+    with pytest.raises(StorageUnavailableError) as refused, get_storage(uri) as storage:
+        storage.list_experiments()
+    said = str(refused.value)
+    expected = r"refused to list experiments: authentication failed\.?; check the user name"
+    assert re.search(expected, said, re.IGNORECASE), said
+    assert "full error" not in said and "$clusterTime" not in said and SECRET not in said

@@ -216,8 +216,9 @@ def scrub(text: str, uri: str) -> str:
     return text
 
 
-def _detail(err: BaseException, uri: str) -> str:
-    first_line = (str(err).strip().splitlines() or [type(err).__name__])[0]
+def _detail(err: BaseException, uri: str) -> str:  # a server's error by its errmsg, not the whole reply
+    reply = err.details if isinstance(err, OperationFailure) and isinstance(err.details, Mapping) else {}
+    first_line = (str(reply.get("errmsg") or err).strip().splitlines() or [type(err).__name__])[0]
     return scrub(first_line[:300], uri)
 
 
