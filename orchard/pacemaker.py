@@ -26,7 +26,7 @@ from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 from orchard.clock import SYSTEM_CLOCK, Clock
-from orchard.errors import ReservationLostError, StorageError
+from orchard.errors import ReservationLostError, StorageError, TrialNotFoundError
 from orchard.leases import give_back
 from orchard.storages.base import BaseStorage
 from orchard.trial import Trial
@@ -47,9 +47,9 @@ class Pacemaker:
     never older than ``every`` plus one storage write. Beats follow each trial's
     own reservation, not the thread's start: workers started together do not all
     write at the same instant, and a trial shorter than ``every`` is never beaten. A trial
-    found no longer reserved by ``worker`` is dropped, handed to ``on_lost`` (from
-    the heartbeat thread) and reported by :meth:`unwatch`. A heartbeat counts from
-    when it was *sent*. A trial none of whose heartbeats sent in the last
+    found no longer reserved by ``worker``, or gone (deleted with its experiment), is dropped,
+    handed to ``on_lost`` (from the heartbeat thread) and reported by :meth:`unwatch`. A heartbeat
+    counts from when it was *sent*. A trial none of whose heartbeats sent in the last
     ``doubt_after`` seconds of this process's monotonic clock has landed (default
     ``2 × every``, one beat before others may judge the lease lost) is handed to
     ``on_doubt(trial_id, True)`` before the next try (it returns False when the
@@ -174,7 +174,7 @@ class Pacemaker:
                 sent = self._clock.monotonic()
                 try:
                     self._storage.heartbeat_trial(trial_id, self._worker)
-                except ReservationLostError:
+                except (ReservationLostError, TrialNotFoundError):  # taken back, or deleted with it
                     self._mark_lost(trial_id)
                 except StorageError as err:  # transient: try again next beat
                     self.failed_at = self._clock.monotonic()

@@ -125,9 +125,7 @@ class Worker:
         self.storage = RetryingStorage(storage, patience=max(settings.storage_patience, settings.stale_after))
         storage = self.storage
         self.experiment_id, self.settings, self.evaluate = experiment_id, settings, evaluate
-        self.name = name or worker_name()
-        self.on_outcome = on_outcome
-        self.label = label or experiment_id
+        self.name, self.on_outcome, self.label = name or worker_name(), on_outcome, label or experiment_id
         prior = prior_trials(settings.space, settings.warm_start, storage, settings.objectives,  # warm start
                              settings.constraints)
         self.history = History(storage, experiment_id, settings.objectives, settings.constraints, prior)
@@ -198,8 +196,8 @@ class Worker:
         with deferred():  # SIGTERM, Ctrl-C: the outcome is stored first
             try:
                 self.finish(trial, outcome)
-            except ReservationLostError as err:
-                log.warning("%s", err)
+            except ReservationLostError as err:  # an outcome computed to its end is shown: all that is left
+                log.warning("%s%s", err, f" ({outcome} for params {trial.params})" if outcome.ok else "")
             except StorageUnavailableError:  # failing beyond the storage patience: give the trial back, once
                 log.error("worker %s could not store %s for trial %s; releasing it", self.name, outcome, trial.id)
                 self._release_quietly(trial, self.storage.storage)
@@ -209,6 +207,8 @@ class Worker:
                 try:  # recorded broken: a dying worker would leave it reserved until its lease ran out
                     self._record(trial, Outcome.failure("StorageError", message, reason="unstorable"))
                 except Exception:  # noqa: BLE001 -- the storage itself is failing: the first error says why
+                    log.error("worker %s could not store %s for trial %s (params %s)", self.name, outcome,
+                              trial.id, trial.params)  # the one place it is left (a database wiped under it)
                     raise err from None
                 log.error("worker %s: %s; trial %s recorded broken", self.name, message, trial.id)
 

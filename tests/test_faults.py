@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import collections
 import json
+import os
+import shutil
 import subprocess
 import sys
 import time
@@ -216,3 +218,59 @@ def test_a_trial_timeout_stops_a_script_of_a_worker_under_faketime(tmp_path: Pat
                             cwd=ROOT, capture_output=True, text=True, timeout=90, check=False)
     assert "TimeoutError: script ran longer than --trial-timeout=1 s" in result.stderr, result.stderr
     assert time.monotonic() - started < 30
+
+
+# -- a server restarted empty: nothing recreated, the result in hand not lost silently ----------
+
+
+@pytest.mark.parametrize("heartbeat", [10.0, 0.5], ids=["its write finds it", "a heartbeat finds it first"])
+def test_a_server_restarted_empty_under_a_worker_is_named_and_the_result_in_hand_is_shown(
+        tmp_path: Path, spawn: Callable[..., Worker], heartbeat: float) -> None:
+    with WireServer(tmp_path, durable=True) as server:
+        uri = with_database(server.uri, "wiped")
+        worker = spawn(uri, "wiped", "waits_for_go", max_trials=3, heartbeat=heartbeat)
+        wait_for(lambda: (tmp_path / "started").exists() or worker.process.poll() is not None, 60,
+                 "the evaluation to start")
+        [held] = trials_of(uri, "wiped")
+        server.kill()
+        shutil.rmtree(server.home / "data")  # the data directory wiped, as a server reinstalled
+        server.start()  # same port, no data
+        if heartbeat < 1:  # the objective (in the worker's own thread) cannot be stopped: it runs to its end
+            wait_for(lambda: "lost its reservation" in worker.log() or worker.process.poll() is not None, 60,
+                     "a heartbeat to find the trial gone")
+        (tmp_path / "go").touch()
+        code = worker.wait(timeout=120)
+        with get_storage(uri) as storage:
+            assert storage.list_experiments() == [], "the experiment was recreated in the empty server"
+    log = worker.log()
+    assert code != 0 and "was deleted" in log, log[-3000:]
+    x = held.params["x"]
+    assert f"objective={x!r}" in log and f"'x': {x!r}" in log, f"no result in hand:\n{log[-3000:]}"
+
+
+def test_a_script_whose_experiment_is_deleted_under_it_is_stopped_not_held_forever(
+        tmp_path: Path, mongo_db_uri: str) -> None:
+    """`orchard db rm` (or a server restarted empty) under `orchard hunt` evaluating a script: each heartbeat
+    failed with 'trial … was deleted', taken for an outage, so the script was paused after two and the
+    worker waited for a storage that would never confirm the reservation, forever."""
+    script = tmp_path / "long.py"
+    script.write_text("import sys, time, orchard\n"
+                      "open(sys.argv[2], 'w').close()\n"
+                      "time.sleep(60)\n"
+                      "orchard.report_objective(float(sys.argv[1].split('=')[1]))\n")
+    started = tmp_path / "started"
+    hunt = subprocess.Popen(
+        [sys.executable, "-m", "orchard", "hunt", "-n", "rm", "--storage", mongo_db_uri, "--max-trials", "2",
+         "--heartbeat", "0.5", sys.executable, str(script), "--x~uniform(0, 1)", str(started)],
+        cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(ROOT)}, start_new_session=True,
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        wait_for(lambda: started.exists() or hunt.poll() is not None, 60, "the script to start")
+        with get_storage(mongo_db_uri) as storage:
+            storage.delete_experiment(storage.require_experiment("rm").id)  # what orchard db rm does
+        out, _ = hunt.communicate(timeout=60)
+    finally:
+        if hunt.poll() is None:
+            os.killpg(hunt.pid, 9)
+            hunt.wait()
+    assert hunt.returncode == 1 and "'rm' was deleted" in out, out[-3000:]

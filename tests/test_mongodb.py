@@ -12,6 +12,7 @@ import datetime
 import gc
 import multiprocessing
 import pickle
+import re
 import subprocess
 import sys
 import time
@@ -153,6 +154,24 @@ def test_unreachable_server_fails_fast_with_a_redacted_message() -> None:
     assert SECRET not in message and "alice:***@127.0.0.1:1" in message
     assert "reach" in message and isinstance(info.value.__cause__, AutoReconnect)
     assert SECRET not in repr(storage)
+
+
+def test_a_server_too_slow_to_answer_a_connection_names_connect_timeout_not_server_selection() -> None:
+    """A server that takes the connection and answers late (here never: a socket listening, nothing
+    accepting) said 'raise serverSelectionTimeoutMS', which only waited longer for the same failure."""
+    import socket
+
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(8)  # the kernel completes each connection; no reply ever comes
+        port = silent.getsockname()[1]
+        uri = (f"mongodb://alice:{SECRET}@127.0.0.1:{port}/x"
+               "?serverSelectionTimeoutMS=1500&connectTimeoutMS=300")
+        with pytest.raises(StorageUnavailableError) as info:
+            get_storage(uri).list_experiments()
+    message = str(info.value)
+    assert SECRET not in message and f"alice:***@127.0.0.1:{port}" in message
+    assert "raise connectTimeoutMS" in message and "0.3 s" in message, message
 
 
 @pytest.mark.parametrize(
@@ -887,3 +906,17 @@ def test_racing_budget_claims_never_exceed_the_budget(wire: MongoStorage) -> Non
     counts = wire.count_trials(exp)
     assert counts[TrialStatus.RESERVED] == budget and counts[TrialStatus.BROKEN] == 3
     assert _slots(wire, exp) == list(range(budget))
+
+
+@pytest.mark.slow
+def test_a_server_refusing_the_login_is_quoted_by_its_message_not_its_whole_reply(wire_uri: str) -> None:
+    """A wrong password said 'refused to list experiments: authentication failed, full error: {'ok':
+    0.0, …, '$clusterTime': {… 'signature': {'hash': b'\\x00…', 'keyI; check the user name…' (the
+    server's whole reply, cut)."""
+    uri = wire_uri.replace("mongodb://", f"mongodb://nobody:{SECRET}@", 1)
+    with pytest.raises(StorageUnavailableError) as refused, get_storage(uri) as storage:
+        storage.list_experiments()
+    said = str(refused.value)
+    expected = r"refused to list experiments: authentication failed\.?; check the user name"
+    assert re.search(expected, said, re.IGNORECASE), said
+    assert "full error" not in said and "$clusterTime" not in said and SECRET not in said

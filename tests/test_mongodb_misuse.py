@@ -53,6 +53,7 @@ def test_a_worker_registers_nothing_in_an_experiment_deleted_under_it(
     assert user._trials.count_documents({}) == 0, "trials were written into the deleted experiment"
 
 
+@pytest.mark.slow
 def test_a_load_cut_by_an_outage_says_so_and_runs_again_to_the_end(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], mongo_db_uri: str
 ) -> None:
@@ -310,3 +311,27 @@ def test_an_experiment_of_a_newer_release_is_skipped_and_named_by_list_status_an
     else:
         assert "fine" in out and "newer" not in out
     store.close()
+
+
+@pytest.mark.parametrize("field", ["name", "slot"])
+def test_two_documents_sharing_a_unique_value_are_named_not_a_failed_index_build(
+        uri: str, field: str) -> None:
+    """Two experiments named alike (or two trials holding one budget slot), written while the unique index
+    was dropped by hand or by another program, made every verb of every new process (creating any
+    experiment, or any call at all) fail with 'failed to create an experiment: Index build failed: …
+    E11000 duplicate key'."""
+    from orchard.errors import StorageCorruptedError
+
+    from orchard.storages.mongodb import client
+
+    other, database = client.open_client(uri)  # another program: no index made
+    collection = other[database]["experiments" if field == "name" else "trials"]
+    collection.insert_many([{"_id": "first", field: "same"}, {"_id": "second", field: "same"}])
+    store = MongoStorage(uri)
+    with pytest.raises(StorageCorruptedError) as refused:
+        store.create_experiment("fresh", {"space": {"x": "uniform(0, 1)"}})
+    said = str(refused.value)
+    assert "'first'" in said and "'second'" in said and f"{field} 'same'" in said and "delete" in said, said
+    store.close()
+    if not client.is_mock(uri):
+        other.close()

@@ -25,6 +25,7 @@ from pymongo.errors import (
     AutoReconnect,
     ConnectionFailure,
     DuplicateKeyError,
+    NetworkTimeout,
     OperationFailure,
     PyMongoError,
     ServerSelectionTimeoutError,
@@ -39,32 +40,11 @@ from orchard.storages.pickled.records import RecordError, check_trial, experimen
 from orchard.trial import Trial, TrialStatus
 
 __all__ = [
-    "BATCH",
-    "DEFAULT_DATABASE",
-    "REPORT_COUNT",
-    "STAMP",
-    "TYPE_MISMATCH",
-    "WAITING",
-    "WAITING_ORDER",
-    "Client",
-    "break_first_waiting",
-    "break_unreadable",
-    "check_experiment",
-    "doc_to_trial",
-    "duplicate_key_field",
-    "ensure_indexes",
-    "insert_stamped",
-    "is_mock",
-    "name_anonymous_mock",
-    "open_client",
-    "readable_experiments",
-    "readable_trials",
-    "translate",
-    "translated",
-    "trial_to_doc",
-    "unreadable",
-    "unreadable_experiment",
-    "version_of",
+    "BATCH", "DEFAULT_DATABASE", "REPORT_COUNT", "STAMP", "TYPE_MISMATCH", "WAITING", "WAITING_ORDER",
+    "Client", "break_first_waiting", "break_unreadable", "check_experiment", "doc_to_trial",
+    "duplicate_key_field", "ensure_indexes", "insert_stamped", "is_mock", "name_anonymous_mock",
+    "open_client", "readable_experiments", "readable_trials", "translate", "translated", "trial_to_doc",
+    "unreadable", "unreadable_experiment", "version_of",
 ]
 
 log = logging.getLogger(__name__)
@@ -205,9 +185,23 @@ def ensure_indexes(db: Any, uri: str, collection: str = "trials", again: bool = 
     with _mock_lock:
         if key in _indexed and not again:
             return
-    db[collection].create_indexes(_INDEXES[collection])
+    try:
+        db[collection].create_indexes(_INDEXES[collection])
+    except DuplicateKeyError as err:  # written while the index was dropped, or by another program
+        raise _sharing(db[collection], "name" if collection == "experiments" else "slot", uri) from err
     with _mock_lock:
         _indexed.add(key)
+
+
+def _sharing(documents: Any, field: str, uri: str) -> StorageCorruptedError:  # what a unique index refuses
+    shared = next(documents.aggregate([{"$match": {field: {"$exists": True}}}, {"$group": {
+        "_id": f"${field}", "ids": {"$push": "$_id"}}}, {"$match": {"ids.1": {"$exists": True}}}]), None)
+    value, ids = (shared["_id"], shared["ids"]) if shared else ("?", [])
+    return StorageCorruptedError(
+        f"MongoDB at {redact(uri)}: documents {', '.join(map(repr, ids[:5]))} of collection "
+        f"{documents.name!r} share the {field} {value!r}, so its unique index cannot be built and Orchard "
+        "cannot run there (the index was dropped while Orchard wrote, or another program wrote them): "
+        "keep one, delete the others by hand")
 
 
 # -- errors -------------------------------------------------------------------
@@ -222,8 +216,9 @@ def scrub(text: str, uri: str) -> str:
     return text
 
 
-def _detail(err: BaseException, uri: str) -> str:
-    first_line = (str(err).strip().splitlines() or [type(err).__name__])[0]
+def _detail(err: BaseException, uri: str) -> str:  # a server's error by its errmsg, not the whole reply
+    reply = err.details if isinstance(err, OperationFailure) and isinstance(err.details, Mapping) else {}
+    first_line = (str(reply.get("errmsg") or err).strip().splitlines() or [type(err).__name__])[0]
     return scrub(first_line[:300], uri)
 
 
@@ -275,10 +270,15 @@ def _unreachable(err: ConnectionFailure, uri: str, action: str, reached: bool,
         return StorageUnavailableError(
             f"lost MongoDB at {hosts} while trying to {action}: it had answered and cannot be reached now "
             "(a restart, a failover, the network?); --debug shows the driver's details", reached=True)
+    client = mongo if isinstance(mongo, pymongo.MongoClient) else None
+    tries = client.topology_description.server_descriptions().values() if client is not None else ()
+    connect_ms = options.get("connecttimeoutms", _CLIENT_DEFAULTS["connectTimeoutMS"])  # per try
+    knob = (f"raise connectTimeoutMS (each try gave up after {float(connect_ms) / 1000:g} s: a slow server?)"
+            if any(isinstance(s.error, NetworkTimeout) for s in tries) else "raise serverSelectionTimeoutMS")
     return StorageUnavailableError(
         f"cannot reach MongoDB at {hosts} to {action} (no answer within {float(timeout_ms) / 1000:g} s); "
         "check that mongod is running there and reachable from this host (port, firewall, TLS), "
-        "or raise serverSelectionTimeoutMS in the URI; --debug shows the driver's details"
+        f"or {knob} in the URI; --debug shows the driver's details"
     )
 
 
