@@ -119,8 +119,8 @@ class Pacemaker:
         try:
             self._storage.heartbeat_trial(trial_id, self._worker)
         except (ReservationLostError, TrialNotFoundError):
-            log.warning("trial %s was taken back (or deleted) while this process was stopped after reserving it: "
-                        "not evaluated here", trial_id)
+            log.warning("trial %s was taken back (or deleted) while this process was stopped after reserving "
+                        "it: not evaluated here", trial_id)
             self._mark_lost(trial_id)
             return False
         except StorageError as err:
