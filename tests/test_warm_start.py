@@ -208,6 +208,28 @@ def test_cli_insert_skips_the_blank_rows_a_csv_file_ends_or_is_cut_by(
     assert "row 2 of" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize(("objectives", "content"), [
+    ({"acc": "max"}, "x,objective\n0.1,0.9\n"),  # stored negated: -0.9
+    ({"acc": "max"}, "x,acc\n0.1,0.9\n"),  # its one objective given by name
+    ({"err": "min", "ms": "min"}, "x,err,ms\n0.1,0.2,3\n"),  # several, in results: no objective in the row
+])
+def test_cli_insert_run_again_skips_rows_recorded_for_declared_objectives(
+        tmp_path: Path, store: str, capsys: pytest.CaptureFixture[str], objectives: dict[str, str],
+        content: str) -> None:
+    """Run again (after a Ctrl-C), a file recorded into an experiment with declared objectives was refused
+    ('already has a trial at x=0.1; nothing was stored'): its rows were compared unconverted."""
+    exp = orchard.build_experiment("e", space={"x": "uniform(0, 1)"}, objectives=objectives, storage=store)
+    rows = tmp_path / "rows.csv"
+    rows.write_text(content)
+    args = ["insert", "-n", "e", "--storage", store, "--file", str(rows)]
+    assert main(args) == 0
+    rows.write_text(content + content.splitlines()[1].replace("0.1", "0.5", 1) + "\n")
+    assert main(args) == 0, capsys.readouterr().err
+    assert "recorded 1 evaluated trial in experiment 'e' (apart from the budget); 1 row recorded before was " \
+           "skipped" in capsys.readouterr().out
+    assert sorted(t.params["x"] for t in exp.fetch_trials()) == [0.1, 0.5]
+
+
 @pytest.mark.parametrize(("name", "content", "expected"), [
     # each was recorded with one of the values dropped silently
     ("rows.csv", "x,x,objective\n0.1,0.2,1\n", "rows.csv names column(s) 'x' twice; keep one"),

@@ -39,6 +39,7 @@ from orchard.terminal import is_utf8
 
 if TYPE_CHECKING:  # pragma: no cover
     from orchard.experiment import Experiment
+    from orchard.objective import Outcome
     from orchard.trial import Trial
 
 __all__ = ["MAX_FILE_BYTES", "add_parser", "parse_assignments", "read_rows", "run"]
@@ -258,10 +259,10 @@ def _record_file(experiment: Experiment, path: Path, count_in_budget: bool) -> t
             point = experiment.space.validate(params)
         except SpaceError as err:
             raise SpaceError(f"{label}: {err}") from None
-        check_evaluation(objective, results, experiment.settings.objectives, label)
+        outcome = check_evaluation(objective, results, experiment.settings.objectives, label)
         digest = params_hash(point)
         there = stored.get(digest)
-        if there is not None and _recorded_as(there, objective, results, count_in_budget):
+        if there is not None and _recorded_as(there, outcome, count_in_budget):
             skipped += 1
             continue
         if there is not None or digest in taken:
@@ -304,11 +305,16 @@ def _check_room(experiment: Experiment, path: Path, rows: int) -> None:
             "record them apart from the budget (without --count-in-budget); nothing was stored")
 
 
-def _recorded_as(trial: Trial, objective: Any, results: dict[str, Any], count_in_budget: bool) -> bool:
-    """Whether ``trial`` is the record an earlier insert made of this row."""
+def _recorded_as(trial: Trial, outcome: Outcome, count_in_budget: bool) -> bool:
+    """Whether ``trial`` is the record an earlier insert made of this row.
+
+    Compared as stored (``outcome``, what the row becomes): the row's own values missed a ``"max"``
+    objective (stored negated) and several objectives (given in results), so a rerun was refused.
+    """
     from orchard.trial import TrialStatus
 
-    same_values = trial.objective == objective and all(trial.results.get(k) == v for k, v in results.items())
+    same_values = trial.objective == outcome.objective and all(
+        trial.results.get(k) == v for k, v in outcome.results.items())
     return (trial.origin == "inserted" and trial.status is TrialStatus.COMPLETED and same_values
             and bool(trial.in_budget) == count_in_budget)
 
