@@ -22,7 +22,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from orchard.errors import ExperimentError, StorageError
+from orchard.errors import ExperimentError, StorageError, shown
 from orchard.experiment_config import ExperimentConfig
 from orchard.objective import Outcome
 from orchard.storages import BaseStorage, ExperimentRecord
@@ -58,7 +58,12 @@ def holder(trial: Trial, storage: BaseStorage, experiment: ExperimentRecord, own
 
     Raises:
         ExperimentError: ``trial`` is not a trial of ``experiment`` (nothing is forgotten).
+        TypeError: ``trial`` is no :class:`Trial` (its id, as Optuna's ``tell`` takes a trial's number).
     """
+    if not isinstance(trial, Trial):  # was "AttributeError: 'str' object has no attribute 'id'"
+        raise TypeError(f"experiment {experiment.name!r}: observe, report, should_prune and release take the Trial "
+                        f"that suggest() returned, not {type(trial).__name__} {shown(trial, 40)}; keep that Trial "
+                        "(it pickles) until its result is observed")
     key = (storage.uri, trial.id)
     if trial.experiment != experiment.id:
         owner = _name_of(trial, storage, _HELD.get(key))

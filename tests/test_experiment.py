@@ -148,6 +148,21 @@ def test_a_trial_of_another_experiment_is_refused_by_each_ask_and_tell_verb_and_
     assert other.observe(theirs, 0.2).objective == 0.2  # still its own experiment's to record
 
 
+def test_a_trials_id_given_to_an_ask_and_tell_verb_is_refused_saying_to_pass_the_trial(store) -> None:
+    """``exp.observe(trial.id, 0.1)`` (Optuna's tell takes a trial's number) raised "AttributeError: 'str' object
+    has no attribute 'id'", naming neither the verb's argument nor what it takes."""
+    exp = build(store, max_trials=3)
+    trial = exp.suggest()
+    wanted = (r"experiment 'exp': observe, report, should_prune and release take the Trial that suggest\(\) "
+              rf"returned, not str '{trial.id}'; keep that Trial")
+    for verb in (lambda: exp.observe(trial.id, 0.1), lambda: exp.report(trial.id, 0.1, step=0),
+                 lambda: exp.should_prune(trial.id), lambda: exp.release(trial.id)):
+        with pytest.raises(TypeError, match=wanted):
+            verb()
+    assert [(t.status, t.reports) for t in exp.fetch_trials()] == [(TrialStatus.RESERVED, [])]
+    assert exp.observe(trial, 0.2).objective == 0.2
+
+
 def test_always_raising_objective_stops_at_max_broken(store) -> None:
     exp = build(store, max_trials=20, max_broken=3)
     with pytest.raises(ExperimentBrokenError) as info:
