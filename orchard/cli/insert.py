@@ -9,8 +9,9 @@ A file is CSV (a header row) or JSON Lines (one object per line, ``.jsonl``);
 ``--file -`` reads standard input, JSON Lines if it starts with ``{``, else CSV:
 in each row, the columns named like a dimension of the space are the params,
 ``objective`` is the objective and every other column is a result (with
-several objectives, each is a column named after it). Every row is checked
-first; one bad row stores nothing and the message names the row and the column.
+several objectives, each is a column named after it); Optuna's
+``trials_dataframe()`` is read as its columns mean (:mod:`orchard.cli._optuna_rows`).
+Every row is checked first; one bad row stores nothing and the message names the row and the column.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from orchard.cli._args import (
     open_experiment,
     parse_literal,
 )
+from orchard.cli._optuna_rows import from_optuna, is_optuna_export
 from orchard.cli._output import print_stored
 from orchard.report import read_at_most
 from orchard.terminal import is_utf8
@@ -234,25 +236,32 @@ def _split_row(row: dict[str, Any], dimensions: set[str]) -> tuple[dict[str, Any
     return params, row.get("objective"), results
 
 
-def _record_file(experiment: Experiment, path: Path, count_in_budget: bool) -> tuple[int, int]:
+def _record_file(experiment: Experiment, path: Path, count_in_budget: bool) -> tuple[int, int, str]:
     """Check every row of ``path``, then record them all; nothing is stored if one is bad.
 
     A row that an earlier insert recorded already (the same params, objective and results, and
-    budget) is skipped, so the same command run again after a Ctrl-C records the rest.
-    Returns how many rows were recorded and how many were skipped.
+    budget) is skipped, so the same command run again after a Ctrl-C records the rest. Optuna's
+    ``trials_dataframe()`` is read as its columns mean (:mod:`orchard.cli._optuna_rows`).
+    Returns how many rows were recorded and how many were skipped, and what else was skipped.
     """
     from orchard.errors import DuplicateTrialError, Interrupted, SpaceError
     from orchard.recording import check_evaluation
     from orchard.space import params_hash
 
-    rows = read_rows(path)
+    rows: list[dict[str, Any] | None] = list(read_rows(path))
     if not rows:
         raise UsageError(f"--file {source(path)} holds no rows")
     dimensions = set(experiment.space)
+    not_complete = ""
+    if is_optuna_export([row for row in rows if row is not None], dimensions):
+        rows, not_complete = from_optuna([row for row in rows if row is not None],
+                                         experiment.settings.objectives, f"--file {source(path)}")
     stored = {params_hash(t.params): t for t in experiment.fetch_trials()}
     taken: dict[str, str] = {}
     checked, skipped = [], 0
     for number, row in enumerate(rows, 1):
+        if row is None:
+            continue
         label = f"row {number} of {source(path)}"
         params, objective, results = _split_row(row, dimensions)
         try:
@@ -282,7 +291,7 @@ def _record_file(experiment: Experiment, path: Path, count_in_budget: bool) -> t
         raise Interrupted(f"at least {done} of the {len(checked)} rows to record were recorded; run the same "
                           "command again to record the rest (rows already recorded are skipped)",
                           terminated=isinstance(err, Interrupted) and err.terminated) from None
-    return done, skipped
+    return done, skipped, not_complete
 
 
 def _check_room(experiment: Experiment, path: Path, rows: int) -> None:
@@ -353,11 +362,12 @@ def run(args: argparse.Namespace) -> int:
     experiment = open_experiment(args)
     budget = "counted in the budget" if args.count_in_budget else "apart from the budget"
     if args.file is not None:
-        recorded, skipped = _record_file(experiment, args.file, args.count_in_budget)
+        recorded, skipped, not_complete = _record_file(experiment, args.file, args.count_in_budget)
         rows = ("1 row recorded before was skipped" if skipped == 1
                 else f"{skipped} rows recorded before were skipped")
         print_stored(f"recorded {recorded} evaluated trial{'' if recorded == 1 else 's'} in experiment "
-              f"{experiment.name!r} ({budget})" + (f"; {rows}" if skipped else ""))
+              f"{experiment.name!r} ({budget})" + (f"; {rows}" if skipped else "")
+              + (f"; {not_complete}" if not_complete else ""))
         return 0
     from orchard.objectives import Shown
 
