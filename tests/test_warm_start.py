@@ -103,6 +103,10 @@ def test_status_and_list_say_how_many_completed_trials_were_inserted_apart(
     assert "of max_trials=2 (1 of the completed inserted apart from the budget)" in capsys.readouterr().out
     assert main(["list", "--storage", store]) == 0
     assert "3/2 completed (1 inserted apart)" in capsys.readouterr().out
+    exp.insert({"x": -3.14, "y": 12.27}, objective=0.3)  # the best now: info said 'worker None'
+    assert main(["info", "-n", "e", "--storage", store]) == 0
+    assert "best:      0.3 at x=-3.14, y=12.27 (trial " in (out := capsys.readouterr().out)
+    assert out.split("best:")[1].splitlines()[0].endswith(", inserted)")
 
 
 @pytest.mark.parametrize(("params", "objective", "results", "culprit"), [
