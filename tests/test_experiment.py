@@ -568,6 +568,38 @@ def test_trials_suggested_and_never_observed_go_back_when_the_script_ends(tmp_pa
     assert "gave back 1 trial(s) suggested and never observed" in done.stderr
 
 
+@pytest.mark.timeout(120)
+def test_a_trial_told_in_a_process_that_did_not_suggest_it_is_refused_saying_where_it_belongs(tmp_path) -> None:
+    """Optuna's tell works from any process on a shared storage; here the trial suggested by a live script and
+    observed in another process was refused with 'its reservation was released (stale heartbeat?) or taken by
+    another worker', though neither had happened."""
+    import pickle
+
+    store = str(tmp_path / "o.pkl")
+    script, told = tmp_path / "ask.py", tmp_path / "trial.pickle"
+    script.write_text(
+        "import orchard, pickle, sys\n"
+        f"exp = orchard.build_experiment('ask', space={{'x': 'uniform(0, 1)'}}, max_trials=5, storage={store!r})\n"
+        f"pickle.dump(exp.suggest(), open({str(told)!r}, 'wb'))\n"
+        "print('suggested', flush=True)\n"
+        "sys.stdin.read()\n")
+    env = {**os.environ, "PYTHONPATH": os.path.dirname(os.path.dirname(os.path.abspath(__file__)))}
+    with subprocess.Popen([sys.executable, str(script)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE, text=True, env=env) as asker:
+        assert asker.stdout is not None and asker.stdout.readline() == "suggested\n"
+        trial = pickle.loads(told.read_bytes())
+        exp = orchard.get_experiment("ask", storage=store)
+        wanted = (rf"trial {trial.id} of experiment 'ask' was reserved by worker {trial.worker}, not suggested in "
+                  "this process; nothing was stored: observe, report on and release a trial in the process that")
+        with pytest.raises(ReservationLostError, match=wanted):
+            exp.observe(trial, 0.5)
+        with pytest.raises(ReservationLostError, match=wanted):
+            exp.report(trial, 0.5, step=1)
+        assert [(t.status, t.reports, t.worker) for t in exp.fetch_trials()] == [
+            (TrialStatus.RESERVED, [], trial.worker)]
+        asker.communicate("", timeout=60)
+
+
 @pytest.mark.parametrize("setting", [{"seed": 4}, {"heartbeat": 5.0}])
 def test_joining_with_another_seed_or_heartbeat_is_refused(setting: dict[str, float]) -> None:
     """The joiner's value was dropped without a word: its workers ran with the stored one."""
