@@ -34,7 +34,7 @@ __all__ = ["holder", "new_client", "suggested"]
 #: (Storage URI, trial id) -> the worker of this process that suggested it, until it is observed or
 #: released. By storage too: a copy loaded with ``db load`` holds the same trial ids.
 _HELD: dict[tuple[str, str], Worker] = {}
-#: The names of this process's ask-and-tell workers: a trial reserved under another name was suggested elsewhere.
+#: The names of this process's ask-and-tell workers: a trial reserved under another came from elsewhere.
 _OURS: set[str] = set()
 
 
@@ -65,21 +65,22 @@ def holder(trial: Trial, storage: BaseStorage, experiment: ExperimentRecord, own
         ReservationLostError: ``trial`` was reserved by a worker of another process (nothing is written).
     """
     if not isinstance(trial, Trial):  # was "AttributeError: 'str' object has no attribute 'id'"
-        raise TypeError(f"experiment {experiment.name!r}: observe, report, should_prune and release take the Trial "
-                        f"that suggest() returned, not {type(trial).__name__} {shown(trial, 40)}; keep that Trial "
-                        "(it pickles) until its result is observed")
+        raise TypeError(f"experiment {experiment.name!r}: observe, report, should_prune and release take the "
+                        f"Trial that suggest() returned, not {type(trial).__name__} {shown(trial, 40)}; keep "
+                        "that Trial (it pickles) until its result is observed")
     key = (storage.uri, trial.id)
     if trial.experiment != experiment.id:
         owner = _name_of(trial, storage, _HELD.get(key))
         raise ExperimentError.foreign_trial(trial.id, experiment.name, owner)
     held = _HELD.pop(key, None) if ending else _HELD.get(key)
     if held is None and trial.worker is not None and trial.worker not in _OURS:
-        # told in a process that did not suggest it (Optuna's tell works from any process on a shared storage):
-        # the storage's refusal said 'released (stale heartbeat?) or taken by another worker'
+        # told in a process that did not suggest it (Optuna's tell works from any process on a shared
+        # storage): the storage's refusal said 'released (stale heartbeat?) or taken by another worker'
         raise ReservationLostError(
-            f"trial {trial.id} of experiment {experiment.name!r} was reserved by worker {trial.worker}, not suggested "
-            "in this process; nothing was stored: observe, report on and release a trial in the process that "
-            "suggested it, which keeps its reservation alive (a trial of a process that ended was given back)")
+            f"trial {trial.id} of experiment {experiment.name!r} was reserved by worker {trial.worker}, not "
+            "suggested in this process; nothing was stored: observe, report on and release a trial in the "
+            "process that suggested it, which keeps its reservation alive (a trial of a process that ended "
+            "was given back)")
     return own() if held is None else held
 
 

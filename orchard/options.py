@@ -39,10 +39,10 @@ class Configurable:
         if unknown:
             valid = ", ".join(sorted(cls.OPTIONS)) or "(none)"
             ours = cls.OPTUNA_NAMES.get(unknown[0])
-            hint = f" (Optuna's {unknown[0]} is {ours} here)" if ours else did_you_mean(unknown[0], cls.OPTIONS)
-            raise ConfigurationError(
-                f"{cls.KIND} {cls.name!r} has no option {', '.join(map(repr, unknown))}{hint}; valid options: {valid}"
-            )
+            hint = (f" (Optuna's {unknown[0]} is {ours} here)" if ours
+                    else did_you_mean(unknown[0], cls.OPTIONS))
+            raise ConfigurationError(f"{cls.KIND} {cls.name!r} has no option {', '.join(map(repr, unknown))}"
+                                     f"{hint}; valid options: {valid}")
         merged = {**cls.OPTIONS, **options}
         cls._check_values(merged)
         return merged

@@ -155,7 +155,8 @@ def parse_prior(name: str, text: str) -> Prior:
         raise fail(f"{cls.NAME} takes {cls.ARITY} positional argument(s), got {len(args)}")
     unknown = set(kwargs) - set(cls.KEYWORDS)
     if unknown:  # a **spread argument has key None, which shows up here as 'None'
-        hint = next((f"; {_OPTUNA_KEYWORDS[k]}" for k in sorted(unknown, key=str) if k in _OPTUNA_KEYWORDS), "")
+        optuna = [k for k in sorted(unknown, key=str) if k in _OPTUNA_KEYWORDS]
+        hint = f"; {_OPTUNA_KEYWORDS[optuna[0]]}" if optuna else ""
         raise fail(f"unexpected keyword argument(s) {sorted(unknown, key=str)}{hint}")
     return cls.parse(fail, args, kwargs)
 

@@ -458,10 +458,10 @@ class Worker:
                         "; ".join(standing.reasons),
                         unusable_hint(outcome.results, unreported) if unreported else "")
         if outcome.pruned is not None and trial_id not in self.judge.reported:
-            return Outcome.failure(  # Optuna's idiom to skip a configuration that cannot run: no value to prune at
+            return Outcome.failure(  # also Optuna's idiom to skip a configuration that cannot run
                 "TrialPruned", "the objective raised TrialPruned before reporting any value; call "
-                "orchard.report(value, step) before pruning, or, to skip a configuration that cannot run, return "
-                "it infeasible: {'objective': 0.0, 'constraints': [1.0]} (never best, and not broken)")
+                "orchard.report(value, step) before pruning, or, to skip a configuration that cannot run, "
+                "return it infeasible: {'objective': 0.0, 'constraints': [1.0]} (never best, and not broken)")
         return outcome
 
     def _record(self, trial: Trial, outcome: Outcome) -> Trial:

@@ -88,7 +88,8 @@ def test_optuna_runs_without_a_warning_about_its_interface(sampler: dict[str, An
 def test_a_deprecated_optuna_option_is_warned_of_once_not_at_every_suggestion(
         monkeypatch: pytest.MonkeyPatch) -> None:
     """TPE's "`prior_weight` has been deprecated in v4.9.0" came back at every suggestion (a worker makes a
-    sampler for each): 2,000 lines for a 1,000-trial run, where Optuna, building its sampler once, says it once."""
+    sampler for each): 2,000 lines for a 1,000-trial run, where Optuna, building its sampler once, says it
+    once."""
     pytest.importorskip("optuna")
     from orchard.algorithms import _optuna_cmaes
 

@@ -149,8 +149,8 @@ def test_a_trial_of_another_experiment_is_refused_by_each_ask_and_tell_verb_and_
 
 
 def test_a_trials_id_given_to_an_ask_and_tell_verb_is_refused_saying_to_pass_the_trial(store) -> None:
-    """``exp.observe(trial.id, 0.1)`` (Optuna's tell takes a trial's number) raised "AttributeError: 'str' object
-    has no attribute 'id'", naming neither the verb's argument nor what it takes."""
+    """``exp.observe(trial.id, 0.1)`` (Optuna's tell takes a trial's number) raised "AttributeError: 'str'
+    object has no attribute 'id'", naming neither the verb's argument nor what it takes."""
     exp = build(store, max_trials=3)
     trial = exp.suggest()
     wanted = (r"experiment 'exp': observe, report, should_prune and release take the Trial that suggest\(\) "
@@ -569,7 +569,8 @@ def test_trials_suggested_and_never_observed_go_back_when_the_script_ends(tmp_pa
 
 
 @pytest.mark.timeout(120)
-def test_a_trial_told_in_a_process_that_did_not_suggest_it_is_refused_saying_where_it_belongs(tmp_path) -> None:
+def test_a_trial_told_in_a_process_that_did_not_suggest_it_is_refused_saying_where_it_belongs(
+        tmp_path) -> None:
     """Optuna's tell works from any process on a shared storage; here the trial suggested by a live script and
     observed in another process was refused with 'its reservation was released (stale heartbeat?) or taken by
     another worker', though neither had happened."""
@@ -579,7 +580,8 @@ def test_a_trial_told_in_a_process_that_did_not_suggest_it_is_refused_saying_whe
     script, told = tmp_path / "ask.py", tmp_path / "trial.pickle"
     script.write_text(
         "import orchard, pickle, sys\n"
-        f"exp = orchard.build_experiment('ask', space={{'x': 'uniform(0, 1)'}}, max_trials=5, storage={store!r})\n"
+        f"exp = orchard.build_experiment('ask', space={{'x': 'uniform(0, 1)'}}, max_trials=5,\n"
+        f"                               storage={store!r})\n"
         f"pickle.dump(exp.suggest(), open({str(told)!r}, 'wb'))\n"
         "print('suggested', flush=True)\n"
         "sys.stdin.read()\n")
@@ -589,8 +591,9 @@ def test_a_trial_told_in_a_process_that_did_not_suggest_it_is_refused_saying_whe
         assert asker.stdout is not None and asker.stdout.readline() == "suggested\n"
         trial = pickle.loads(told.read_bytes())
         exp = orchard.get_experiment("ask", storage=store)
-        wanted = (rf"trial {trial.id} of experiment 'ask' was reserved by worker {trial.worker}, not suggested in "
-                  "this process; nothing was stored: observe, report on and release a trial in the process that")
+        wanted = (rf"trial {trial.id} of experiment 'ask' was reserved by worker {trial.worker}, not "
+                  "suggested in this process; nothing was stored: observe, report on and release a trial in "
+                  "the process that")
         with pytest.raises(ReservationLostError, match=wanted):
             exp.observe(trial, 0.5)
         with pytest.raises(ReservationLostError, match=wanted):

@@ -250,7 +250,8 @@ def test_every_verdict_is_recomputed_from_the_stored_history(name: str) -> None:
         ("SuccessiveHalvingPruner", "(Optuna's SuccessiveHalvingPruner is 'asha')"),
         ({"median": {"warmup": 3}}, "no option 'warmup'"),
         # Optuna's option names were refused with no word of the name they have here
-        ({"median": {"n_startup_trials": 5}}, "'n_startup_trials' (Optuna's n_startup_trials is min_trials here)"),
+        ({"median": {"n_startup_trials": 5}},
+         "'n_startup_trials' (Optuna's n_startup_trials is min_trials here)"),
         ({"percentile": {"n_warmup_steps": 5}}, "(Optuna's n_warmup_steps is warmup_steps here)"),
         ({"asha": {"min_resource": 1}}, "'min_resource' (Optuna's min_resource is min_step here)"),
         ({"hyperband": {"max_resource": 30}}, "'max_resource' (Optuna's max_resource is max_step here)"),

@@ -229,15 +229,16 @@ def test_cli_insert_run_again_skips_rows_recorded_for_declared_objectives(
     assert main(args) == 0
     rows.write_text(content + content.splitlines()[1].replace("0.1", "0.5", 1) + "\n")
     assert main(args) == 0, capsys.readouterr().err
-    assert "recorded 1 evaluated trial in experiment 'e' (apart from the budget); 1 row recorded before was " \
-           "skipped" in capsys.readouterr().out
+    assert "recorded 1 evaluated trial in experiment 'e' (apart from the budget); 1 row recorded before " \
+           "was skipped" in capsys.readouterr().out
     assert sorted(t.params["x"] for t in exp.fetch_trials()) == [0.1, 0.5]
 
 
 def test_cli_insert_reads_optunas_trials_dataframe_as_its_columns_mean(
         tmp_path: Path, store: str, capsys: pytest.CaptureFixture[str]) -> None:
-    """A study exported with Optuna's trials_dataframe().to_csv() was refused ("row 1 of study.csv: params {} do not
-    match the space: missing 'lr', 'layers'"): its params are params_NAME columns, its value 'value'."""
+    """A study exported with Optuna's trials_dataframe().to_csv() was refused ("row 1 of study.csv: params {}
+    do not match the space: missing 'lr', 'layers'"): its params are params_NAME columns, its value
+    'value'."""
     optuna = pytest.importorskip("optuna")
     pytest.importorskip("pandas")
     optuna.logging.set_verbosity(optuna.logging.ERROR)
@@ -249,7 +250,8 @@ def test_cli_insert_reads_optunas_trials_dataframe_as_its_columns_mean(
             raise optuna.TrialPruned()
         return lr, layers
 
-    study = optuna.create_study(directions=["minimize", "maximize"], sampler=optuna.samplers.RandomSampler(seed=0))
+    study = optuna.create_study(directions=["minimize", "maximize"],
+                                sampler=optuna.samplers.RandomSampler(seed=0))
     study.optimize(objective, n_trials=20)
     study.trials_dataframe().to_csv(tmp_path / "study.csv")  # with its index column, as to_csv writes it
     complete = {(t.params["lr"], t.params["layers"]): t.values for t in study.trials if t.values is not None}
@@ -259,8 +261,8 @@ def test_cli_insert_reads_optunas_trials_dataframe_as_its_columns_mean(
                                    objectives={"error": "min", "size": "max"}, storage=store)
     assert main(["insert", "-n", "e", "--storage", store, "--file", str(tmp_path / "study.csv")]) == 0, \
         capsys.readouterr().err
-    assert f"recorded {len(complete)} evaluated trials in experiment 'e' (apart from the budget); rows of Optuna's " \
-           f"export not COMPLETE skipped: {pruned} PRUNED" in capsys.readouterr().out
+    assert f"recorded {len(complete)} evaluated trials in experiment 'e' (apart from the budget); rows of " \
+           f"Optuna's export not COMPLETE skipped: {pruned} PRUNED" in capsys.readouterr().out
     recorded = {(t.params["lr"], t.params["layers"]): t for t in exp.fetch_trials()}
     assert set(recorded) == set(complete)
     for point, trial in recorded.items():
@@ -268,8 +270,8 @@ def test_cli_insert_reads_optunas_trials_dataframe_as_its_columns_mean(
     one = orchard.build_experiment("one", space={"lr": "loguniform(1e-4, 1)", "layers": "randint(1, 6)"},
                                    storage=store)
     assert main(["insert", "-n", "one", "--storage", store, "--file", str(tmp_path / "study.csv")]) == 2
-    assert "study.csv is Optuna's trials_dataframe() of several objectives (values_0, values_1): declare the " \
-           "experiment's objectives" in capsys.readouterr().err and one.fetch_trials() == []
+    assert "study.csv is Optuna's trials_dataframe() of several objectives (values_0, values_1): declare " \
+           "the experiment's objectives" in capsys.readouterr().err and one.fetch_trials() == []
 
 
 @pytest.mark.parametrize(("name", "content", "expected"), [

@@ -47,7 +47,7 @@ _SHOWN: set[tuple[type[Warning], str]] = set()
 
 
 def make_sampler(optuna: Any, name: str, **options: Any) -> Any:
-    """Optuna's sampler ``name``, without its ``ExperimentalWarning``s, and its other warnings once per process.
+    """Optuna's sampler ``name``, without its ``ExperimentalWarning``s; its other warnings once per process.
 
     "QMCSampler is experimental", "Argument consider_pruned_trials is an experimental feature. The
     interface can change": the interface is the adapter's concern, not the user's (who writes

@@ -33,7 +33,7 @@ def is_optuna_export(rows: Sequence[Mapping[str, Any]], dimensions: Collection[s
 
 def from_optuna(rows: Sequence[Mapping[str, Any]], objectives: Mapping[str, str] | None,
                 shown: str) -> tuple[list[dict[str, Any] | None], str]:
-    """Each row as ``insert --file`` reads one (``None`` for a row that is not ``COMPLETE``), and what was skipped.
+    """Each row as ``insert --file`` reads one (``None``: a row not ``COMPLETE``), and what was skipped.
 
     ``value`` is the objective; ``values_I`` (several objectives) is the ``I``-th declared objective,
     ``values_NAME`` the objective ``NAME``; ``user_attrs_NAME`` is the result ``NAME``;
@@ -53,8 +53,9 @@ def from_optuna(rows: Sequence[Mapping[str, Any]], objectives: Mapping[str, str]
             continue
         several = sorted(key for key in row if key.startswith(_VALUES))
         if several and not declared:
-            raise UsageError(f"{shown} is Optuna's trials_dataframe() of several objectives ({', '.join(several)}): "
-                             "declare the experiment's objectives (objectives={'error': 'min', ...}) in that order")
+            raise UsageError(f"{shown} is Optuna's trials_dataframe() of several objectives "
+                             f"({', '.join(several)}): declare the experiment's objectives "
+                             "(objectives={'error': 'min', ...}) in that order")
         converted.append(_converted(row, declared))
     skipped = ", ".join(f"{count} {state}" for state, count in sorted(states.items()))
     return converted, skipped and f"rows of Optuna's export not COMPLETE skipped: {skipped}"
