@@ -274,6 +274,28 @@ def test_cli_insert_reads_optunas_trials_dataframe_as_its_columns_mean(
            "the experiment's objectives" in capsys.readouterr().err and one.fetch_trials() == []
 
 
+def test_cli_insert_reads_an_experiments_to_pandas_export_as_its_columns_mean(
+        tmp_path: Path, store: str, capsys: pytest.CaptureFixture[str]) -> None:
+    """exp.to_pandas().to_csv() of one experiment, inserted into another, was refused ("params {} do not match
+    the space"): its params are params.NAME columns; its objective column is minimized (-acc for acc:max)."""
+    pytest.importorskip("pandas")
+    space = {"x": "uniform(0, 1)", "opt": "choices(['adam', 1, True])"}
+    old = orchard.build_experiment("old", space=space, objectives={"acc": "max"}, max_trials=8, seed=2,
+                                   max_broken=8, storage=store)
+    old.workon(lambda x, opt: {"acc": x, "epochs": 3} if x < 0.7 else float("nan"), progress=False)
+    old.to_pandas().to_csv(tmp_path / "old.csv")
+    broken = len(old.fetch_trials([TrialStatus.BROKEN]))
+    done = old.fetch_trials([TrialStatus.COMPLETED])
+    assert broken and done
+    new = orchard.build_experiment("new", space=space, objectives={"acc": "max"}, storage=store)
+    assert main(["insert", "-n", "new", "--storage", store, "--file", str(tmp_path / "old.csv")]) == 0, \
+        capsys.readouterr().err
+    assert f"recorded {len(done)} evaluated trials in experiment 'new' (apart from the budget); rows of " \
+           f"Orchard's export not completed skipped: {broken} broken" in capsys.readouterr().out
+    assert sorted((t.params["x"], repr(t.params["opt"]), t.objective, t.results) for t in new.fetch_trials()) == \
+        sorted((t.params["x"], repr(t.params["opt"]), t.objective, t.results) for t in done)
+
+
 @pytest.mark.parametrize(("name", "content", "expected"), [
     # each was recorded with one of the values dropped silently
     ("rows.csv", "x,x,objective\n0.1,0.2,1\n", "rows.csv names column(s) 'x' twice; keep one"),

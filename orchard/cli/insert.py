@@ -10,7 +10,8 @@ A file is CSV (a header row) or JSON Lines (one object per line, ``.jsonl``);
 in each row, the columns named like a dimension of the space are the params,
 ``objective`` is the objective and every other column is a result (with
 several objectives, each is a column named after it); Optuna's
-``trials_dataframe()`` is read as its columns mean (:mod:`orchard.cli._optuna_rows`).
+``trials_dataframe()`` and Orchard's ``to_pandas()`` are read as their columns mean
+(:mod:`orchard.cli._exports`).
 Every row is checked first; one bad row stores nothing and the message names the row and the column.
 """
 
@@ -34,7 +35,7 @@ from orchard.cli._args import (
     open_experiment,
     parse_literal,
 )
-from orchard.cli._optuna_rows import from_optuna, is_optuna_export
+from orchard.cli._exports import exported
 from orchard.cli._output import print_stored
 from orchard.report import read_at_most
 from orchard.terminal import is_utf8
@@ -240,8 +241,8 @@ def _record_file(experiment: Experiment, path: Path, count_in_budget: bool) -> t
     """Check every row of ``path``, then record them all; nothing is stored if one is bad.
 
     A row that an earlier insert recorded already (the same params, objective and results, and
-    budget) is skipped, so the same command run again after a Ctrl-C records the rest. Optuna's
-    ``trials_dataframe()`` is read as its columns mean (:mod:`orchard.cli._optuna_rows`).
+    budget) is skipped, so the same command run again after a Ctrl-C records the rest. Optuna's and
+    Orchard's exports are read as their columns mean (:mod:`orchard.cli._exports`).
     Returns how many rows were recorded and how many were skipped, and what else was skipped.
     """
     from orchard.errors import DuplicateTrialError, Interrupted, SpaceError
@@ -253,9 +254,10 @@ def _record_file(experiment: Experiment, path: Path, count_in_budget: bool) -> t
         raise UsageError(f"--file {source(path)} holds no rows")
     dimensions = set(experiment.space)
     not_complete = ""
-    if is_optuna_export([row for row in rows if row is not None], dimensions):
-        rows, not_complete = from_optuna([row for row in rows if row is not None],
-                                         experiment.settings.objectives, f"--file {source(path)}")
+    export = exported([row for row in rows if row is not None], dimensions, experiment.settings.objectives,
+                      f"--file {source(path)}")
+    if export is not None:
+        rows, not_complete = export
     stored = {params_hash(t.params): t for t in experiment.fetch_trials()}
     taken: dict[str, str] = {}
     checked, skipped = [], 0
