@@ -282,8 +282,10 @@ def test_cli_insert_reads_an_experiments_to_pandas_export_as_its_columns_mean(
     space = {"x": "uniform(0, 1)", "opt": "choices(['adam', 1, True])"}
     old = orchard.build_experiment("old", space=space, objectives={"acc": "max"}, max_trials=8, seed=2,
                                    max_broken=8, storage=store)
-    old.workon(lambda x, opt: {"acc": x, "epochs": 3} if x < 0.7 else float("nan"), progress=False)
+    old.workon(lambda x, opt: {"acc": x, **({"epochs": 3} if x < 0.3 else {})} if x < 0.7 else float("nan"),
+               progress=False)
     old.to_pandas().to_csv(tmp_path / "old.csv")
+    old.to_pandas().to_json(tmp_path / "old.jsonl", orient="records", lines=True, date_format="iso")
     broken = len(old.fetch_trials([TrialStatus.BROKEN]))
     done = old.fetch_trials([TrialStatus.COMPLETED])
     assert broken and done
@@ -294,6 +296,13 @@ def test_cli_insert_reads_an_experiments_to_pandas_export_as_its_columns_mean(
            f"Orchard's export not completed skipped: {broken} broken" in capsys.readouterr().out
     assert sorted((t.params["x"], repr(t.params["opt"]), t.objective, t.results) for t in new.fetch_trials()) == \
         sorted((t.params["x"], repr(t.params["opt"]), t.objective, t.results) for t in done)
+    assert {"epochs": 3} in [{k: v for k, v in t.results.items() if k == "epochs"} for t in done]
+    assert len({len(t.results) for t in done}) == 2  # a metric some trials lack: NaN in the frame, null in JSON
+    lines = orchard.build_experiment("lines", space=space, objectives={"acc": "max"}, storage=store)
+    assert main(["insert", "-n", "lines", "--storage", store, "--file", str(tmp_path / "old.jsonl")]) == 0
+    # pandas writes JSON floats to 10 digits: the metrics each trial has are compared, and no None stored
+    assert sorted(sorted(t.results) for t in lines.fetch_trials()) == sorted(sorted(t.results) for t in done)
+    assert all(None not in t.results.values() for t in lines.fetch_trials())
 
 
 @pytest.mark.parametrize(("name", "content", "expected"), [

@@ -67,6 +67,7 @@ def exported(rows: Sequence[Mapping[str, Any]], dimensions: Collection[str],
             skipped[str(row.get(status, "")) or f"no {status}"] += 1
             converted.append(None)
             continue
+        row = {key: value for key, value in row.items() if value is not None}  # JSON's null for pandas' NaN
         out = {key[len(results):]: value for key, value in row.items() if key.startswith(results)}
         out.update({key[len(params):]: value for key, value in row.items() if key.startswith(params)})
         for key, value in row.items():
