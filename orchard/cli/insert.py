@@ -68,7 +68,8 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     parser.add_argument("--file", metavar="ROWS", type=Path,
                         help="evaluations to record: a CSV file with a header, or JSON Lines (.jsonl), - for "
                              "standard input (JSON Lines if it starts with {, else CSV); columns named after "
-                             "dimensions are params, 'objective' the objective, others results")
+                             "dimensions are params, 'objective' the objective, others results; Optuna's "
+                             "trials_dataframe() and Orchard's to_pandas() are read as their columns mean")
     parser.add_argument("--count-in-budget", action="store_true",
                         help="recorded trials use units of max_trials (default: they are extra evidence)")
     add_common(parser)
