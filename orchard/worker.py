@@ -458,10 +458,9 @@ class Worker:
                         "; ".join(standing.reasons),
                         unusable_hint(outcome.results, unreported) if unreported else "")
         if outcome.pruned is not None and trial_id not in self.judge.reported:
-            return Outcome.failure(  # also Optuna's idiom to skip a configuration that cannot run
-                "TrialPruned", "the objective raised TrialPruned before reporting any value; call "
-                "orchard.report(value, step) before pruning, or, to skip a configuration that cannot run, "
-                "return it infeasible: {'objective': 0.0, 'constraints': [1.0]} (never best, and not broken)")
+            return Outcome.failure("TrialPruned", "the objective raised TrialPruned before reporting any "
+                                   "value; report first, or skip a configuration that cannot run (as Optuna "
+                                   "does) by returning {'objective': 0.0, 'constraints': [1.0]} (infeasible)")
         return outcome
 
     def _record(self, trial: Trial, outcome: Outcome) -> Trial:

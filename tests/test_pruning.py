@@ -67,7 +67,7 @@ def test_objective_that_raises_trial_pruned_before_any_report_is_broken(tmp_path
     assert trial.status is TrialStatus.BROKEN
     assert "before reporting any value" in trial.error["message"]
     # Optuna's way to skip a configuration that cannot run; the message says Orchard's, checked next
-    assert "return it infeasible: {'objective': 0.0, 'constraints': [1.0]} (never best" in \
+    assert "by returning {'objective': 0.0, 'constraints': [1.0]} (infeasible)" in \
         trial.error["message"]
 
     def skips(x: float) -> Any:
