@@ -22,7 +22,14 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from orchard.errors import ExperimentError, ReservationLostError, StorageError, shown
+from orchard.errors import (
+    BudgetExhaustedError,
+    ExperimentError,
+    ReservationLostError,
+    StopReason,
+    StorageError,
+    shown,
+)
 from orchard.experiment_config import ExperimentConfig
 from orchard.objective import Outcome
 from orchard.storages import BaseStorage, ExperimentRecord
@@ -48,8 +55,25 @@ def new_client(storage: BaseStorage, experiment_id: str, config: ExperimentConfi
 
 
 def suggested(worker: Worker) -> Trial:
-    """Reserve a trial through ``worker`` without waiting, and remember that ``worker`` holds it."""
-    trial = worker.next_trial(timeout=0)
+    """Reserve a trial through ``worker`` without waiting, and remember that ``worker`` holds it.
+
+    Raises:
+        BudgetExhaustedError: as :meth:`Worker.next_trial`; when nothing is left because this process holds
+            trials it suggested and has not observed (Optuna's batch of asks), the message says so: it told
+            the caller to wait for other workers.
+    """
+    try:
+        trial = worker.next_trial(timeout=0)
+    except BudgetExhaustedError as err:
+        mine = sum(held.experiment_id == worker.experiment_id and uri == worker.storage.uri
+                   for (uri, _), held in _HELD.items())
+        if err.reason is not StopReason.IDLE or not mine:
+            raise
+        budget = "" if worker.settings.max_trials is None else f" of {worker.settings.max_trials}"
+        raise BudgetExhaustedError(
+            f"experiment {worker.label!r} has no trial to run now: the budget{budget} is fully reserved or "
+            f"the space is exhausted, and {mine} of the reserved trials were suggested in this process and "
+            "not observed yet: observe (or release) them, then suggest again", StopReason.IDLE) from None
     _HELD[worker.storage.uri, trial.id] = worker
     return trial
 

@@ -29,6 +29,7 @@ from orchard.errors import (
     ExperimentNotFoundError,
     ReservationLostError,
     SpaceError,
+    StopReason,
 )
 from orchard.trial import Trial, TrialStatus
 from tests import workloads
@@ -161,6 +162,24 @@ def test_a_trials_id_given_to_an_ask_and_tell_verb_is_refused_saying_to_pass_the
             verb()
     assert [(t.status, t.reports) for t in exp.fetch_trials()] == [(TrialStatus.RESERVED, [])]
     assert exp.observe(trial, 0.2).objective == 0.2
+
+
+def test_a_suggest_past_the_trials_this_process_holds_says_to_observe_them_first(store) -> None:
+    """Optuna's batch of asks ported ([exp.suggest() for _ in range(4)] with 2 trials of budget left): the
+    third suggest said 'the budget of 2 is fully reserved ...; raise max_trials or wait for other workers',
+    though no other worker held anything: the trials were this process's own, waiting for its observe."""
+    exp = build(store, max_trials=2)
+    held = [exp.suggest(), exp.suggest()]
+    with pytest.raises(BudgetExhaustedError, match=r"has no trial to run now: the budget of 2 is fully "
+                       r"reserved or the space is exhausted, and 2 of the reserved trials were suggested in "
+                       r"this process and not observed yet: observe \(or release\) them") as info:
+        exp.suggest()
+    assert info.value.reason is StopReason.IDLE
+    for trial in held:
+        exp.observe(trial, 0.5)
+    with pytest.raises(BudgetExhaustedError) as info:
+        exp.suggest()
+    assert info.value.reason is StopReason.BUDGET
 
 
 def test_always_raising_objective_stops_at_max_broken(store) -> None:
