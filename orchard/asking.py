@@ -22,7 +22,14 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from orchard.errors import ExperimentError, StorageError
+from orchard.errors import (
+    BudgetExhaustedError,
+    ExperimentError,
+    ReservationLostError,
+    StopReason,
+    StorageError,
+    shown,
+)
 from orchard.experiment_config import ExperimentConfig
 from orchard.objective import Outcome
 from orchard.storages import BaseStorage, ExperimentRecord
@@ -34,6 +41,8 @@ __all__ = ["holder", "new_client", "suggested"]
 #: (Storage URI, trial id) -> the worker of this process that suggested it, until it is observed or
 #: released. By storage too: a copy loaded with ``db load`` holds the same trial ids.
 _HELD: dict[tuple[str, str], Worker] = {}
+#: The names of this process's ask-and-tell workers: a trial reserved under another came from elsewhere.
+_OURS: set[str] = set()
 
 
 def new_client(storage: BaseStorage, experiment_id: str, config: ExperimentConfig, label: str) -> Worker:
@@ -41,12 +50,30 @@ def new_client(storage: BaseStorage, experiment_id: str, config: ExperimentConfi
     settings = WorkerSettings.for_experiment(config)
     worker = Worker(storage, experiment_id, settings, evaluate=_told_later, label=label)
     worker.pacemaker.release_at_exit()
+    _OURS.add(worker.name)
     return worker
 
 
 def suggested(worker: Worker) -> Trial:
-    """Reserve a trial through ``worker`` without waiting, and remember that ``worker`` holds it."""
-    trial = worker.next_trial(timeout=0)
+    """Reserve a trial through ``worker`` without waiting, and remember that ``worker`` holds it.
+
+    Raises:
+        BudgetExhaustedError: as :meth:`Worker.next_trial`; when nothing is left because this process holds
+            trials it suggested and has not observed (Optuna's batch of asks), the message says so: it told
+            the caller to wait for other workers.
+    """
+    try:
+        trial = worker.next_trial(timeout=0)
+    except BudgetExhaustedError as err:
+        mine = sum(held.experiment_id == worker.experiment_id and uri == worker.storage.uri
+                   for (uri, _), held in _HELD.items())
+        if err.reason is not StopReason.IDLE or not mine:
+            raise
+        budget = "" if worker.settings.max_trials is None else f" of {worker.settings.max_trials}"
+        raise BudgetExhaustedError(
+            f"experiment {worker.label!r} has no trial to run now: the budget{budget} is fully reserved or "
+            f"the space is exhausted, and {mine} of the reserved trials were suggested in this process and "
+            "not observed yet: observe (or release) them, then suggest again", StopReason.IDLE) from None
     _HELD[worker.storage.uri, trial.id] = worker
     return trial
 
@@ -58,12 +85,26 @@ def holder(trial: Trial, storage: BaseStorage, experiment: ExperimentRecord, own
 
     Raises:
         ExperimentError: ``trial`` is not a trial of ``experiment`` (nothing is forgotten).
+        TypeError: ``trial`` is no :class:`Trial` (its id, as Optuna's ``tell`` takes a trial's number).
+        ReservationLostError: ``trial`` was reserved by a worker of another process (nothing is written).
     """
+    if not isinstance(trial, Trial):  # was "AttributeError: 'str' object has no attribute 'id'"
+        raise TypeError(f"experiment {experiment.name!r}: observe, report, should_prune and release take the "
+                        f"Trial that suggest() returned, not {type(trial).__name__} {shown(trial, 40)}; keep "
+                        "that Trial (it pickles) until its result is observed")
     key = (storage.uri, trial.id)
     if trial.experiment != experiment.id:
         owner = _name_of(trial, storage, _HELD.get(key))
         raise ExperimentError.foreign_trial(trial.id, experiment.name, owner)
     held = _HELD.pop(key, None) if ending else _HELD.get(key)
+    if held is None and trial.worker is not None and trial.worker not in _OURS:
+        # told in a process that did not suggest it (Optuna's tell works from any process on a shared
+        # storage): the storage's refusal said 'released (stale heartbeat?) or taken by another worker'
+        raise ReservationLostError(
+            f"trial {trial.id} of experiment {experiment.name!r} was reserved by worker {trial.worker}, not "
+            "suggested in this process; nothing was stored: observe, report on and release a trial in the "
+            "process that suggested it, which keeps its reservation alive (a trial of a process that ended "
+            "was given back)")
     return own() if held is None else held
 
 

@@ -25,6 +25,8 @@ class Configurable:
     name: ClassVar[str] = ""
     #: Every option the plug-in accepts, with its default.
     OPTIONS: ClassVar[dict[str, Any]] = {}
+    #: Optuna's names of options that have another name here, for the message refusing one.
+    OPTUNA_NAMES: ClassVar[dict[str, str]] = {}
 
     @classmethod
     def check_options(cls, options: Mapping[str, Any]) -> dict[str, Any]:
@@ -36,10 +38,11 @@ class Configurable:
         unknown = sorted(set(options) - set(cls.OPTIONS))
         if unknown:
             valid = ", ".join(sorted(cls.OPTIONS)) or "(none)"
-            raise ConfigurationError(
-                f"{cls.KIND} {cls.name!r} has no option {', '.join(map(repr, unknown))}"
-                f"{did_you_mean(unknown[0], cls.OPTIONS)}; valid options: {valid}"
-            )
+            ours = cls.OPTUNA_NAMES.get(unknown[0])
+            hint = (f" (Optuna's {unknown[0]} is {ours} here)" if ours
+                    else did_you_mean(unknown[0], cls.OPTIONS))
+            raise ConfigurationError(f"{cls.KIND} {cls.name!r} has no option {', '.join(map(repr, unknown))}"
+                                     f"{hint}; valid options: {valid}")
         merged = {**cls.OPTIONS, **options}
         cls._check_values(merged)
         return merged

@@ -77,8 +77,9 @@ def is_number(value: Any) -> bool:
 def bounds(fail: Fail, low: Any, high: Any) -> None:
     if not (is_number(low) and is_number(high)):
         raise fail("both arguments must be finite numbers")
-    if low >= high:
-        raise fail(f"low ({low!r}) must be < high ({high!r})")
+    if low >= high:  # Optuna takes low == high as a fixed value
+        fixed = f" (a fixed value: choices([{low!r}]))" if low == high else ""
+        raise fail(f"low ({low!r}) must be < high ({high!r}){fixed}")
     if not math.isfinite(float(high) - float(low)):
         raise fail("high - low must be a finite float (a range below about 1.8e308)")
 

@@ -106,6 +106,14 @@ PRIORS: dict[str, type[Prior]] = {
 }
 
 
+#: Keyword arguments of Optuna's ``suggest_float``/``suggest_int``, with what a prior string writes instead.
+_OPTUNA_KEYWORDS = {
+    "log": "for a log scale write loguniform(low, high) (integers: choices([1, 2, 4, 8]) of the values, or a "
+           "loguniform rounded in the objective)",
+    "step": "for a step write choices([...]) of the values (integers with step 1: randint(low, high + 1))",
+}
+
+
 def parse_prior(name: str, text: str) -> Prior:
     """Parse a prior string such as ``"loguniform(1e-5, 1.0)"`` without ``eval``.
 
@@ -147,7 +155,9 @@ def parse_prior(name: str, text: str) -> Prior:
         raise fail(f"{cls.NAME} takes {cls.ARITY} positional argument(s), got {len(args)}")
     unknown = set(kwargs) - set(cls.KEYWORDS)
     if unknown:  # a **spread argument has key None, which shows up here as 'None'
-        raise fail(f"unexpected keyword argument(s) {sorted(unknown)}")
+        optuna = [k for k in sorted(unknown, key=str) if k in _OPTUNA_KEYWORDS]
+        hint = f"; {_OPTUNA_KEYWORDS[optuna[0]]}" if optuna else ""
+        raise fail(f"unexpected keyword argument(s) {sorted(unknown, key=str)}{hint}")
     return cls.parse(fail, args, kwargs)
 
 

@@ -458,9 +458,9 @@ class Worker:
                         "; ".join(standing.reasons),
                         unusable_hint(outcome.results, unreported) if unreported else "")
         if outcome.pruned is not None and trial_id not in self.judge.reported:
-            return Outcome.failure(
-                "TrialPruned", "the objective raised TrialPruned before reporting any value; call "
-                "orchard.report(value, step) before pruning, or raise another exception to break the trial")
+            return Outcome.failure("TrialPruned", "the objective raised TrialPruned before reporting any "
+                                   "value; report first, or skip a configuration that cannot run (as Optuna "
+                                   "does) by returning {'objective': 0.0, 'constraints': [1.0]} (infeasible)")
         return outcome
 
     def _record(self, trial: Trial, outcome: Outcome) -> Trial:

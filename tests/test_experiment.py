@@ -29,6 +29,7 @@ from orchard.errors import (
     ExperimentNotFoundError,
     ReservationLostError,
     SpaceError,
+    StopReason,
 )
 from orchard.trial import Trial, TrialStatus
 from tests import workloads
@@ -146,6 +147,39 @@ def test_a_trial_of_another_experiment_is_refused_by_each_ask_and_tell_verb_and_
     assert [(t.status, t.reports) for t in stored] == [(TrialStatus.RESERVED, [])]
     assert first.fetch_trials() == []
     assert other.observe(theirs, 0.2).objective == 0.2  # still its own experiment's to record
+
+
+def test_a_trials_id_given_to_an_ask_and_tell_verb_is_refused_saying_to_pass_the_trial(store) -> None:
+    """``exp.observe(trial.id, 0.1)`` (Optuna's tell takes a trial's number) raised "AttributeError: 'str'
+    object has no attribute 'id'", naming neither the verb's argument nor what it takes."""
+    exp = build(store, max_trials=3)
+    trial = exp.suggest()
+    wanted = (r"experiment 'exp': observe, report, should_prune and release take the Trial that suggest\(\) "
+              rf"returned, not str '{trial.id}'; keep that Trial")
+    for verb in (lambda: exp.observe(trial.id, 0.1), lambda: exp.report(trial.id, 0.1, step=0),
+                 lambda: exp.should_prune(trial.id), lambda: exp.release(trial.id)):
+        with pytest.raises(TypeError, match=wanted):
+            verb()
+    assert [(t.status, t.reports) for t in exp.fetch_trials()] == [(TrialStatus.RESERVED, [])]
+    assert exp.observe(trial, 0.2).objective == 0.2
+
+
+def test_a_suggest_past_the_trials_this_process_holds_says_to_observe_them_first(store) -> None:
+    """Optuna's batch of asks ported ([exp.suggest() for _ in range(4)] with 2 trials of budget left): the
+    third suggest said 'the budget of 2 is fully reserved ...; raise max_trials or wait for other workers',
+    though no other worker held anything: the trials were this process's own, waiting for its observe."""
+    exp = build(store, max_trials=2)
+    held = [exp.suggest(), exp.suggest()]
+    with pytest.raises(BudgetExhaustedError, match=r"has no trial to run now: the budget of 2 is fully "
+                       r"reserved or the space is exhausted, and 2 of the reserved trials were suggested in "
+                       r"this process and not observed yet: observe \(or release\) them") as info:
+        exp.suggest()
+    assert info.value.reason is StopReason.IDLE
+    for trial in held:
+        exp.observe(trial, 0.5)
+    with pytest.raises(BudgetExhaustedError) as info:
+        exp.suggest()
+    assert info.value.reason is StopReason.BUDGET
 
 
 def test_always_raising_objective_stops_at_max_broken(store) -> None:
@@ -561,6 +595,41 @@ def test_trials_suggested_and_never_observed_go_back_when_the_script_ends(tmp_pa
     assert sorted(t.status.value for t in trials.values()) == ["completed", "interrupted"]
     assert trials[kept].status is TrialStatus.INTERRUPTED and trials[kept].attempts == 0
     assert "gave back 1 trial(s) suggested and never observed" in done.stderr
+
+
+@pytest.mark.timeout(120)
+def test_a_trial_told_in_a_process_that_did_not_suggest_it_is_refused_saying_where_it_belongs(
+        tmp_path) -> None:
+    """Optuna's tell works from any process on a shared storage; here the trial suggested by a live script and
+    observed in another process was refused with 'its reservation was released (stale heartbeat?) or taken by
+    another worker', though neither had happened."""
+    import pickle
+
+    store = str(tmp_path / "o.pkl")
+    script, told = tmp_path / "ask.py", tmp_path / "trial.pickle"
+    script.write_text(
+        "import orchard, pickle, sys\n"
+        f"exp = orchard.build_experiment('ask', space={{'x': 'uniform(0, 1)'}}, max_trials=5,\n"
+        f"                               storage={store!r})\n"
+        f"pickle.dump(exp.suggest(), open({str(told)!r}, 'wb'))\n"
+        "print('suggested', flush=True)\n"
+        "sys.stdin.read()\n")
+    env = {**os.environ, "PYTHONPATH": os.path.dirname(os.path.dirname(os.path.abspath(__file__)))}
+    with subprocess.Popen([sys.executable, str(script)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE, text=True, env=env) as asker:
+        assert asker.stdout is not None and asker.stdout.readline() == "suggested\n"
+        trial = pickle.loads(told.read_bytes())
+        exp = orchard.get_experiment("ask", storage=store)
+        wanted = (rf"trial {trial.id} of experiment 'ask' was reserved by worker {trial.worker}, not "
+                  "suggested in this process; nothing was stored: observe, report on and release a trial in "
+                  "the process that")
+        with pytest.raises(ReservationLostError, match=wanted):
+            exp.observe(trial, 0.5)
+        with pytest.raises(ReservationLostError, match=wanted):
+            exp.report(trial, 0.5, step=1)
+        assert [(t.status, t.reports, t.worker) for t in exp.fetch_trials()] == [
+            (TrialStatus.RESERVED, [], trial.worker)]
+        asker.communicate("", timeout=60)
 
 
 @pytest.mark.parametrize("setting", [{"seed": 4}, {"heartbeat": 5.0}])

@@ -249,6 +249,14 @@ def test_every_verdict_is_recomputed_from_the_stored_history(name: str) -> None:
         ("MedianPruner", "patience (Optuna's MedianPruner is 'median')"),  # said only 'unknown pruner'
         ("SuccessiveHalvingPruner", "(Optuna's SuccessiveHalvingPruner is 'asha')"),
         ({"median": {"warmup": 3}}, "no option 'warmup'"),
+        # Optuna's option names were refused with no word of the name they have here
+        ({"median": {"n_startup_trials": 5}},
+         "'n_startup_trials' (Optuna's n_startup_trials is min_trials here)"),
+        ({"percentile": {"n_warmup_steps": 5}}, "(Optuna's n_warmup_steps is warmup_steps here)"),
+        ({"asha": {"min_resource": 1}}, "'min_resource' (Optuna's min_resource is min_step here)"),
+        ({"hyperband": {"max_resource": 30}}, "'max_resource' (Optuna's max_resource is max_step here)"),
+        ({"threshold": {"n_warmup_steps": 3}}, "(Optuna's n_warmup_steps is warmup_steps here)"),
+        ({"patience": {"wrapped_pruner": "median"}}, "(Optuna's wrapped_pruner is wrapped here)"),
         ({"percentile": {"percentile": 120}}, "'percentile' must be a finite number in [0.0, 100.0]"),
         # an int beyond a float's range raised a bare OverflowError from math.isfinite
         ({"threshold": {"upper": 10**400}}, "'upper' must be a finite number in [-inf, inf], got an int of 1329 bits"),

@@ -66,6 +66,18 @@ def test_objective_that_raises_trial_pruned_before_any_report_is_broken(tmp_path
     (trial,) = exp.storage.fetch_trials(exp.id)
     assert trial.status is TrialStatus.BROKEN
     assert "before reporting any value" in trial.error["message"]
+    # Optuna's way to skip a configuration that cannot run; the message says Orchard's, checked next
+    assert "by returning {'objective': 0.0, 'constraints': [1.0]} (infeasible)" in \
+        trial.error["message"]
+
+    def skips(x: float) -> Any:
+        return {"objective": 0.0, "constraints": [1.0]} if x > 0.5 else x
+
+    other = orchard.build_experiment("p-skip", space=SPACE, max_trials=12, storage="memory://", max_broken=1,
+                                     seed=3)
+    assert other.workon(skips, progress=False)["counts"]["completed"] == 12
+    assert other.best_trial is not None and other.best_trial.params["x"] <= 0.5 < max(
+        t.params["x"] for t in other.fetch_trials())
 
 
 @pytest.mark.parametrize("timeout", [None, 30.0])

@@ -64,6 +64,11 @@ def test_parse_every_prior(text: str, expected: object) -> None:
         ("choices([2.0, 'b', 2])", "2.0 and 2, which are one point"),
         ("uniform(0, __import__('os').getpid())", "literal"),
         ("uniform(0, 1, log=True)", "unexpected keyword"),
+        # Optuna's suggest_float/suggest_int arguments: refused with no word of what to write instead
+        ("uniform(1e-5, 1, log=True)", "['log']; for a log scale write loguniform(low, high)"),
+        ("randint(1, 1025, log=True)", "(integers: choices([1, 2, 4, 8]) of the values"),
+        ("uniform(0, 1, step=0.1)", "['step']; for a step write choices([...]) of the values"),
+        ("uniform(0.5, 0.5)", "low (0.5) must be < high (0.5) (a fixed value: choices([0.5]))"),
         ("normal(0, 0)", "sigma"),
         ("uniform(0,", "not a valid expression"),
         ("os.system('x')", "expected one of"),

@@ -103,6 +103,10 @@ def test_status_and_list_say_how_many_completed_trials_were_inserted_apart(
     assert "of max_trials=2 (1 of the completed inserted apart from the budget)" in capsys.readouterr().out
     assert main(["list", "--storage", store]) == 0
     assert "3/2 completed (1 inserted apart)" in capsys.readouterr().out
+    exp.insert({"x": -3.14, "y": 12.27}, objective=0.3)  # the best now: info said 'worker None'
+    assert main(["info", "-n", "e", "--storage", store]) == 0
+    assert "best:      0.3 at x=-3.14, y=12.27 (trial " in (out := capsys.readouterr().out)
+    assert out.split("best:")[1].splitlines()[0].endswith(", inserted)")
 
 
 @pytest.mark.parametrize(("params", "objective", "results", "culprit"), [
@@ -206,6 +210,99 @@ def test_cli_insert_skips_the_blank_rows_a_csv_file_ends_or_is_cut_by(
     rows.write_text("x,objective\n0.3,1\n\n0.4\n")  # rows are counted as in a .jsonl file: blank ones not
     assert main(["insert", "-n", "e", "--storage", store, "--file", str(rows)]) == 2
     assert "row 2 of" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(("objectives", "content"), [
+    ({"acc": "max"}, "x,objective\n0.1,0.9\n"),  # stored negated: -0.9
+    ({"acc": "max"}, "x,acc\n0.1,0.9\n"),  # its one objective given by name
+    ({"err": "min", "ms": "min"}, "x,err,ms\n0.1,0.2,3\n"),  # several, in results: no objective in the row
+])
+def test_cli_insert_run_again_skips_rows_recorded_for_declared_objectives(
+        tmp_path: Path, store: str, capsys: pytest.CaptureFixture[str], objectives: dict[str, str],
+        content: str) -> None:
+    """Run again (after a Ctrl-C), a file recorded into an experiment with declared objectives was refused
+    ('already has a trial at x=0.1; nothing was stored'): its rows were compared unconverted."""
+    exp = orchard.build_experiment("e", space={"x": "uniform(0, 1)"}, objectives=objectives, storage=store)
+    rows = tmp_path / "rows.csv"
+    rows.write_text(content)
+    args = ["insert", "-n", "e", "--storage", store, "--file", str(rows)]
+    assert main(args) == 0
+    rows.write_text(content + content.splitlines()[1].replace("0.1", "0.5", 1) + "\n")
+    assert main(args) == 0, capsys.readouterr().err
+    assert "recorded 1 evaluated trial in experiment 'e' (apart from the budget); 1 row recorded before " \
+           "was skipped" in capsys.readouterr().out
+    assert sorted(t.params["x"] for t in exp.fetch_trials()) == [0.1, 0.5]
+
+
+def test_cli_insert_reads_optunas_trials_dataframe_as_its_columns_mean(
+        tmp_path: Path, store: str, capsys: pytest.CaptureFixture[str]) -> None:
+    """A study exported with Optuna's trials_dataframe().to_csv() was refused ("row 1 of study.csv: params {}
+    do not match the space: missing 'lr', 'layers'"): its params are params_NAME columns, its value
+    'value'."""
+    optuna = pytest.importorskip("optuna")
+    pytest.importorskip("pandas")
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
+
+    def objective(trial: Any) -> tuple[float, int]:
+        lr, layers = trial.suggest_float("lr", 1e-4, 1, log=True), trial.suggest_int("layers", 1, 5)
+        trial.set_user_attr("epochs", 10)
+        if layers == 5:
+            raise optuna.TrialPruned()
+        return lr, layers
+
+    study = optuna.create_study(directions=["minimize", "maximize"],
+                                sampler=optuna.samplers.RandomSampler(seed=0))
+    study.optimize(objective, n_trials=20)
+    study.trials_dataframe().to_csv(tmp_path / "study.csv")  # with its index column, as to_csv writes it
+    complete = {(t.params["lr"], t.params["layers"]): t.values for t in study.trials if t.values is not None}
+    pruned = len(study.trials) - len(complete)
+    assert complete and pruned
+    exp = orchard.build_experiment("e", space={"lr": "loguniform(1e-4, 1)", "layers": "randint(1, 6)"},
+                                   objectives={"error": "min", "size": "max"}, storage=store)
+    assert main(["insert", "-n", "e", "--storage", store, "--file", str(tmp_path / "study.csv")]) == 0, \
+        capsys.readouterr().err
+    assert f"recorded {len(complete)} evaluated trials in experiment 'e' (apart from the budget); rows of " \
+           f"Optuna's export not COMPLETE skipped: {pruned} PRUNED" in capsys.readouterr().out
+    recorded = {(t.params["lr"], t.params["layers"]): t for t in exp.fetch_trials()}
+    assert set(recorded) == set(complete)
+    for point, trial in recorded.items():
+        assert trial.results == {"error": complete[point][0], "size": complete[point][1], "epochs": 10}
+    one = orchard.build_experiment("one", space={"lr": "loguniform(1e-4, 1)", "layers": "randint(1, 6)"},
+                                   storage=store)
+    assert main(["insert", "-n", "one", "--storage", store, "--file", str(tmp_path / "study.csv")]) == 2
+    assert "study.csv is Optuna's trials_dataframe() of several objectives (values_0, values_1): declare " \
+           "the experiment's objectives" in capsys.readouterr().err and one.fetch_trials() == []
+
+
+def test_cli_insert_reads_an_experiments_to_pandas_export_as_its_columns_mean(
+        tmp_path: Path, store: str, capsys: pytest.CaptureFixture[str]) -> None:
+    """exp.to_pandas().to_csv() of one experiment, inserted into another, was refused ("params {} do not match
+    the space"): its params are params.NAME columns; its objective column is minimized (-acc for acc:max)."""
+    pytest.importorskip("pandas")
+    space = {"x": "uniform(0, 1)", "opt": "choices(['adam', 1, True])"}
+    old = orchard.build_experiment("old", space=space, objectives={"acc": "max"}, max_trials=8, seed=2,
+                                   max_broken=8, storage=store)
+    old.workon(lambda x, opt: {"acc": x, **({"epochs": 3} if x < 0.3 else {})} if x < 0.7 else float("nan"),
+               progress=False)
+    old.to_pandas().to_csv(tmp_path / "old.csv")
+    old.to_pandas().to_json(tmp_path / "old.jsonl", orient="records", lines=True, date_format="iso")
+    broken = len(old.fetch_trials([TrialStatus.BROKEN]))
+    done = old.fetch_trials([TrialStatus.COMPLETED])
+    assert broken and done
+    new = orchard.build_experiment("new", space=space, objectives={"acc": "max"}, storage=store)
+    assert main(["insert", "-n", "new", "--storage", store, "--file", str(tmp_path / "old.csv")]) == 0, \
+        capsys.readouterr().err
+    assert f"recorded {len(done)} evaluated trials in experiment 'new' (apart from the budget); rows of " \
+           f"Orchard's export not completed skipped: {broken} broken" in capsys.readouterr().out
+    assert sorted((t.params["x"], repr(t.params["opt"]), t.objective, t.results) for t in new.fetch_trials()) == \
+        sorted((t.params["x"], repr(t.params["opt"]), t.objective, t.results) for t in done)
+    assert {"epochs": 3} in [{k: v for k, v in t.results.items() if k == "epochs"} for t in done]
+    assert len({len(t.results) for t in done}) == 2  # a metric some trials lack: NaN in the frame, null in JSON
+    lines = orchard.build_experiment("lines", space=space, objectives={"acc": "max"}, storage=store)
+    assert main(["insert", "-n", "lines", "--storage", store, "--file", str(tmp_path / "old.jsonl")]) == 0
+    # pandas writes JSON floats to 10 digits: the metrics each trial has are compared, and no None stored
+    assert sorted(sorted(t.results) for t in lines.fetch_trials()) == sorted(sorted(t.results) for t in done)
+    assert all(None not in t.results.values() for t in lines.fetch_trials())
 
 
 @pytest.mark.parametrize(("name", "content", "expected"), [

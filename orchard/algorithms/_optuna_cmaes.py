@@ -42,14 +42,29 @@ from orchard.space import params_hash
 __all__ = ["CmaEsState", "completion_key", "completion_order", "make_sampler"]
 
 
+#: Optuna's warnings this process has shown, by category and text (see :func:`make_sampler`).
+_SHOWN: set[tuple[type[Warning], str]] = set()
+
+
 def make_sampler(optuna: Any, name: str, **options: Any) -> Any:
-    """Optuna's sampler ``name``, without its ``ExperimentalWarning``s: "QMCSampler is experimental",
-    "Argument consider_pruned_trials is an experimental feature. The interface can change": the
-    interface is the adapter's concern, not the user's (who writes Orchard's configuration), and the
-    line came back each time a worker made a sampler."""
-    with warnings.catch_warnings():
+    """Optuna's sampler ``name``, without its ``ExperimentalWarning``s; its other warnings once per process.
+
+    "QMCSampler is experimental", "Argument consider_pruned_trials is an experimental feature. The
+    interface can change": the interface is the adapter's concern, not the user's (who writes
+    Orchard's configuration). Any other warning (a deprecated option: "`prior_weight` has been
+    deprecated in v4.9.0") is shown as Optuna shows it, once, where it came back at every
+    suggestion, since a worker makes a sampler for each.
+    """
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        return getattr(optuna.samplers, name)(**options)
+        sampler = getattr(optuna.samplers, name)(**options)
+    for warning in caught:
+        key = (warning.category, str(warning.message))
+        if key not in _SHOWN:
+            _SHOWN.add(key)
+            warnings.warn_explicit(warning.message, warning.category, warning.filename, warning.lineno)
+    return sampler
 
 
 def completion_key(observation: Observation) -> tuple[float, str]:

@@ -9,8 +9,10 @@ A file is CSV (a header row) or JSON Lines (one object per line, ``.jsonl``);
 ``--file -`` reads standard input, JSON Lines if it starts with ``{``, else CSV:
 in each row, the columns named like a dimension of the space are the params,
 ``objective`` is the objective and every other column is a result (with
-several objectives, each is a column named after it). Every row is checked
-first; one bad row stores nothing and the message names the row and the column.
+several objectives, each is a column named after it); Optuna's
+``trials_dataframe()`` and Orchard's ``to_pandas()`` are read as their columns mean
+(:mod:`orchard.cli._exports`).
+Every row is checked first; one bad row stores nothing and the message names the row and the column.
 """
 
 from __future__ import annotations
@@ -34,12 +36,14 @@ from orchard.cli._args import (
     open_experiment,
     parse_literal,
 )
+from orchard.cli._exports import exported
 from orchard.cli._output import print_stored
 from orchard.report import read_at_most
 from orchard.terminal import is_utf8
 
 if TYPE_CHECKING:  # pragma: no cover
     from orchard.experiment import Experiment
+    from orchard.objective import Outcome
     from orchard.trial import Trial
 
 __all__ = ["MAX_FILE_BYTES", "add_parser", "parse_assignments", "read_rows", "run"]
@@ -65,7 +69,8 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     parser.add_argument("--file", metavar="ROWS", type=Path,
                         help="evaluations to record: a CSV file with a header, or JSON Lines (.jsonl), - for "
                              "standard input (JSON Lines if it starts with {, else CSV); columns named after "
-                             "dimensions are params, 'objective' the objective, others results")
+                             "dimensions are params, 'objective' the objective, others results; Optuna's "
+                             "trials_dataframe() and Orchard's to_pandas() are read as their columns mean")
     parser.add_argument("--count-in-budget", action="store_true",
                         help="recorded trials use units of max_trials (default: they are extra evidence)")
     add_common(parser)
@@ -249,35 +254,43 @@ def _split_row(row: dict[str, Any], dimensions: set[str]) -> tuple[dict[str, Any
     return params, row.get("objective"), results
 
 
-def _record_file(experiment: Experiment, path: Path, count_in_budget: bool) -> tuple[int, int]:
+def _record_file(experiment: Experiment, path: Path, count_in_budget: bool) -> tuple[int, int, str]:
     """Check every row of ``path``, then record them all; nothing is stored if one is bad.
 
     A row that an earlier insert recorded already (the same params, objective and results, and
-    budget) is skipped, so the same command run again after a Ctrl-C records the rest.
-    Returns how many rows were recorded and how many were skipped.
+    budget) is skipped, so the same command run again after a Ctrl-C records the rest. Optuna's and
+    Orchard's exports are read as their columns mean (:mod:`orchard.cli._exports`).
+    Returns how many rows were recorded and how many were skipped, and what else was skipped.
     """
     from orchard.errors import DuplicateTrialError, Interrupted, SpaceError
     from orchard.recording import check_evaluation
     from orchard.space import params_hash
 
-    rows = read_rows(path)
+    rows: list[dict[str, Any] | None] = list(read_rows(path))
     if not rows:
         raise UsageError(f"--file {source(path)} holds no rows")
     dimensions = set(experiment.space)
+    not_complete = ""
+    export = exported([row for row in rows if row is not None], dimensions, experiment.settings.objectives,
+                      f"--file {source(path)}")
+    if export is not None:
+        rows, not_complete = export
     stored = {params_hash(t.params): t for t in experiment.fetch_trials()}
     taken: dict[str, str] = {}
     checked, skipped = [], 0
     for number, row in enumerate(rows, 1):
+        if row is None:
+            continue
         label = f"row {number} of {source(path)}"
         params, objective, results = _split_row(row, dimensions)
         try:
             point = experiment.space.validate(params)
         except SpaceError as err:
             raise SpaceError(f"{label}: {err}") from None
-        check_evaluation(objective, results, experiment.settings.objectives, label)
+        outcome = check_evaluation(objective, results, experiment.settings.objectives, label)
         digest = params_hash(point)
         there = stored.get(digest)
-        if there is not None and _recorded_as(there, objective, results, count_in_budget):
+        if there is not None and _recorded_as(there, outcome, count_in_budget):
             skipped += 1
             continue
         if there is not None or digest in taken:
@@ -297,7 +310,7 @@ def _record_file(experiment: Experiment, path: Path, count_in_budget: bool) -> t
         raise Interrupted(f"at least {done} of the {len(checked)} rows to record were recorded; run the same "
                           "command again to record the rest (rows already recorded are skipped)",
                           terminated=isinstance(err, Interrupted) and err.terminated) from None
-    return done, skipped
+    return done, skipped, not_complete
 
 
 def _check_room(experiment: Experiment, path: Path, rows: int) -> None:
@@ -320,11 +333,16 @@ def _check_room(experiment: Experiment, path: Path, rows: int) -> None:
             "record them apart from the budget (without --count-in-budget); nothing was stored")
 
 
-def _recorded_as(trial: Trial, objective: Any, results: dict[str, Any], count_in_budget: bool) -> bool:
-    """Whether ``trial`` is the record an earlier insert made of this row."""
+def _recorded_as(trial: Trial, outcome: Outcome, count_in_budget: bool) -> bool:
+    """Whether ``trial`` is the record an earlier insert made of this row.
+
+    Compared as stored (``outcome``, what the row becomes): the row's own values missed a ``"max"``
+    objective (stored negated) and several objectives (given in results), so a rerun was refused.
+    """
     from orchard.trial import TrialStatus
 
-    same_values = trial.objective == objective and all(trial.results.get(k) == v for k, v in results.items())
+    same_values = trial.objective == outcome.objective and all(
+        trial.results.get(k) == v for k, v in outcome.results.items())
     return (trial.origin == "inserted" and trial.status is TrialStatus.COMPLETED and same_values
             and bool(trial.in_budget) == count_in_budget)
 
@@ -363,11 +381,12 @@ def run(args: argparse.Namespace) -> int:
     experiment = open_experiment(args)
     budget = "counted in the budget" if args.count_in_budget else "apart from the budget"
     if args.file is not None:
-        recorded, skipped = _record_file(experiment, args.file, args.count_in_budget)
+        recorded, skipped, not_complete = _record_file(experiment, args.file, args.count_in_budget)
         rows = ("1 row recorded before was skipped" if skipped == 1
                 else f"{skipped} rows recorded before were skipped")
         print_stored(f"recorded {recorded} evaluated trial{'' if recorded == 1 else 's'} in experiment "
-              f"{experiment.name!r} ({budget})" + (f"; {rows}" if skipped else ""))
+              f"{experiment.name!r} ({budget})" + (f"; {rows}" if skipped else "")
+              + (f"; {not_complete}" if not_complete else ""))
         return 0
     from orchard.objectives import Shown
 

@@ -475,10 +475,10 @@ def _info_lines(info: dict[str, Any]) -> list[str]:
     lines.append("  config:    " + ", ".join(f"{k}={format_value(v)}" for k, v in config))
     lines += _warm_start_line(info.get("warm_start"))
     best = info["best_trial"]
-    if best is not None:
+    if best is not None:  # an evaluation inserted with its result has no worker: it read 'worker None'
+        by = "inserted" if best.get("worker") is None else f"worker {one_line(str(best['worker']))}"
         lines.append(f"  best:      {_shown_best(best['objective'], info['config'].get('objectives'))} at "
-                     f"{format_params(best['params'])} "
-                     f"(trial {best['id'][:12]}, worker {one_line(str(best['worker']))})")
+                     f"{format_params(best['params'])} (trial {best['id'][:12]}, {by})")
     lines += _front_lines(info["pareto_front"], "  front:     ")
     lines += _infeasible_lines(info["infeasible"], "  infeasible: ")
     stats = info["stats"]

@@ -34,6 +34,8 @@ class PercentilePruner(BasePruner):
         "min_trials": 5,
         "interval_steps": 1,
     }
+    OPTUNA_NAMES: ClassVar[dict[str, str]] = {
+        "n_startup_trials": "min_trials", "n_min_trials": "min_trials", "n_warmup_steps": "warmup_steps"}
 
     @classmethod
     def _check_values(cls, options: dict[str, Any]) -> None:

@@ -171,6 +171,7 @@ class AshaPruner(RungPruner):
     SEVERAL_OBJECTIVES: ClassVar[bool] = True
     OPTIONS: ClassVar[dict[str, Any]] = {"min_step": 1, "reduction_factor": 3, "min_early_stopping_rate": 0,
                                          "max_step": None}
+    OPTUNA_NAMES: ClassVar[dict[str, str]] = {"min_resource": "min_step", "max_resource": "max_step"}
 
     @classmethod
     def _check_values(cls, options: dict[str, Any]) -> None:
@@ -219,6 +220,7 @@ class HyperbandPruner(RungPruner):
     name: ClassVar[str] = "hyperband"
     SEVERAL_OBJECTIVES: ClassVar[bool] = True
     OPTIONS: ClassVar[dict[str, Any]] = {"min_step": 1, "reduction_factor": 3, "max_step": None, "brackets": None}
+    OPTUNA_NAMES: ClassVar[dict[str, str]] = {"min_resource": "min_step", "max_resource": "max_step"}
 
     @classmethod
     def _check_values(cls, options: dict[str, Any]) -> None:

@@ -43,6 +43,7 @@ class ThresholdPruner(BasePruner):
 
     name: ClassVar[str] = "threshold"
     OPTIONS: ClassVar[dict[str, Any]] = {"upper": None, "lower": None, "warmup_steps": 0, "interval_steps": 1}
+    OPTUNA_NAMES: ClassVar[dict[str, str]] = {"n_warmup_steps": "warmup_steps"}
 
     @classmethod
     def _check_values(cls, options: dict[str, Any]) -> None:
@@ -92,6 +93,7 @@ class PatiencePruner(BasePruner):
     name: ClassVar[str] = "patience"
     SEVERAL_OBJECTIVES: ClassVar[bool] = True
     OPTIONS: ClassVar[dict[str, Any]] = {"patience": 10, "min_delta": 0.0, "wrapped": None}
+    OPTUNA_NAMES: ClassVar[dict[str, str]] = {"wrapped_pruner": "wrapped"}
 
     #: Builds the wrapped pruner from its configuration (set by the registry, which knows every name).
     build: ClassVar[Callable[[Any], BasePruner] | None] = None
