@@ -276,6 +276,21 @@ def test_a_result_whose_reply_was_lost_is_settled_not_refused(clock: FakeClock) 
     assert (again.status, again.worker) == (TrialStatus.RESERVED, W)
 
 
+def test_a_result_whose_reply_was_lost_is_settled_when_the_check_meets_the_outage_too(clock: FakeClock) -> None:
+    """A result whose reply was lost, retried and refused as already recorded, is checked by reading the
+    trial; that read met the same overloaded server (a socket timeout) and its StorageUnavailableError
+    killed the worker with patience left (bench/mongodb_round_trips.py, 128 workers, 2,048 trials)."""
+    storage, exp = _retrying(clock)
+    trial = storage.register_trial(exp, {"x": 1}, worker=W)
+    written = Outage(storage.storage, applied_before_failing=True)
+    written.wrap("complete_trial")
+    read = Outage(storage.storage)
+    read.wrap("get_trial")
+    written.down, read.down = 1, 2
+    done = storage.complete_trial(trial.id, W, 2.0)
+    assert (done.status, done.objective) == (TrialStatus.COMPLETED, 2.0) and read.down == 0
+
+
 def test_a_report_whose_reply_was_lost_is_stored_once_and_the_trial_goes_on(clock: FakeClock) -> None:
     """The retry of a report the storage had stored met it as a step already reported and was refused
     (InvalidReportError): orchard.report() raised in the objective, which broke a trial its worker still held."""

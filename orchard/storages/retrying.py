@@ -113,10 +113,20 @@ class RetryingStorage(BaseStorage):
         """
         outage: tuple[float, float] | None = None  # (first failed attempt made, its failure seen)
         tries, delay = 0, _FIRST_DELAY
+
+        def once() -> T:
+            try:
+                return call()
+            except (ReservationLostError, DuplicateTrialError, InvalidReportError):  # maybe its own effect
+                settled = settle() if settle is not None and outage is not None else None  # may meet the outage
+                if settled is None:
+                    raise
+                return settled  # type: ignore[return-value]  # the settled verbs return a Trial
+
         while True:
             attempt = self._clock()
             try:
-                result = call()
+                result = once()
             except StorageUnavailableError as err:
                 if not (self._answered or err.reached):
                     raise
@@ -133,11 +143,6 @@ class RetryingStorage(BaseStorage):
                 self._sleep(min(delay * random.uniform(0.5, 1.0), left))
                 delay = min(2 * delay, _MAX_DELAY)
                 continue
-            except (ReservationLostError, DuplicateTrialError, InvalidReportError):  # maybe its own effect
-                settled = settle() if settle is not None and outage is not None else None
-                if settled is None:
-                    raise
-                result = settled  # type: ignore[assignment]  # the settled verbs return a Trial
             self._answered = True
             if outage is not None:
                 self.recovered_at = self._clock()
