@@ -75,7 +75,7 @@ class Pacemaker:
         self._lock = threading.Lock()
         self._watched: set[str] = set()
         self._due: dict[str, float] = {}  # trial id -> when its next beat is due (monotonic)
-        self._lost: set[str] = set()
+        self._lost: dict[str, bool] = {}  # trial id -> whether it was found deleted (not taken back)
         #: When (monotonic) a heartbeat last failed to reach the storage (``None``: never). The
         #: storage was unreachable from here then: other owners' heartbeats may not have landed
         #: either, which the worker's lease observer must not count against them.
@@ -93,7 +93,7 @@ class Pacemaker:
         """
         with self._lock:
             self._watched.add(trial_id)
-            self._lost.discard(trial_id)
+            self._lost.pop(trial_id, None)
             self._confirmed[trial_id] = since = self._clock.monotonic() if since is None else since
             self._due[trial_id] = since + self._every
             if self._thread is None:
@@ -118,10 +118,10 @@ class Pacemaker:
             return True
         try:
             self._storage.heartbeat_trial(trial_id, self._worker)
-        except (ReservationLostError, TrialNotFoundError):
+        except (ReservationLostError, TrialNotFoundError) as err:
             log.warning("trial %s was taken back (or deleted) while this process was stopped after reserving "
                         "it: not evaluated here", trial_id)
-            self._mark_lost(trial_id)
+            self._mark_lost(trial_id, deleted=isinstance(err, TrialNotFoundError))
             return False
         except StorageError as err:
             self.failed_at = self._clock.monotonic()
@@ -137,14 +137,24 @@ class Pacemaker:
             self._due.pop(trial_id, None)
             self._confirmed.pop(trial_id, None)
             self._doubted.discard(trial_id)
-            lost = trial_id in self._lost
-            self._lost.discard(trial_id)
-            return lost
+            return self._lost.pop(trial_id, None) is not None
 
     def is_lost(self, trial_id: str) -> bool:
-        """Whether a heartbeat found ``trial_id`` no longer reserved by this worker."""
+        """Whether a heartbeat found ``trial_id`` no longer reserved by this worker (or deleted)."""
         with self._lock:
             return trial_id in self._lost
+
+    def lost_error(self, trial_id: str, worker: str) -> ReservationLostError | None:
+        """Why ``worker`` may not record ``trial_id``'s result: a heartbeat found it taken or deleted."""
+        with self._lock:
+            deleted = self._lost.get(trial_id)
+        if deleted is None:
+            return None
+        if not deleted:
+            return ReservationLostError.dropped(trial_id, worker)
+        return ReservationLostError(f"trial {trial_id} was deleted while worker {worker} evaluated it (its "
+                                    "experiment removed by `orchard db rm`, or the database emptied); the "
+                                    "result was dropped")
 
     def release_at_exit(self) -> None:
         """Give back the trials still watched when this interpreter exits normally (``interrupted``, not counted).
@@ -174,8 +184,8 @@ class Pacemaker:
                 sent = self._clock.monotonic()
                 try:
                     self._storage.heartbeat_trial(trial_id, self._worker)
-                except (ReservationLostError, TrialNotFoundError):  # taken back, or deleted with it
-                    self._mark_lost(trial_id)
+                except (ReservationLostError, TrialNotFoundError) as err:  # taken back, or deleted with it
+                    self._mark_lost(trial_id, deleted=isinstance(err, TrialNotFoundError))
                 except StorageError as err:  # transient: try again next beat
                     self.failed_at = self._clock.monotonic()
                     log.warning("heartbeat of trial %s failed: %s", trial_id, err)
@@ -241,13 +251,13 @@ class Pacemaker:
             if doubted and self._on_doubt is not None:
                 self._on_doubt(trial_id, False)
 
-    def _mark_lost(self, trial_id: str) -> None:
+    def _mark_lost(self, trial_id: str, deleted: bool = False) -> None:
         with self._lock:
             if trial_id not in self._watched:
                 return  # finished meanwhile
             self._watched.discard(trial_id)
             self._due.pop(trial_id, None)
-            self._lost.add(trial_id)
+            self._lost[trial_id] = deleted
         if self._on_lost is not None:
             self._on_lost(trial_id)
 

@@ -294,8 +294,8 @@ class Worker:
                 or the storage refused the write); the outcome is dropped.
         """
         try:
-            if self.pacemaker.is_lost(trial.id):
-                raise ReservationLostError.dropped(trial.id, self.name)
+            if (lost := self.pacemaker.lost_error(trial.id, self.name)) is not None:
+                raise lost  # found taken back, or deleted, by a heartbeat
             outcome = self._settle(trial.id, Outcome.of(outcome))
             if self.stopping is not None:  # folded before the result is stored: see orchard.stopping
                 self.stopping.fold(trial.id, outcome, params=trial.params, reserved_at=trial.start_time)

@@ -274,3 +274,4 @@ def test_a_script_whose_experiment_is_deleted_under_it_is_stopped_not_held_forev
             os.killpg(hunt.pid, 9)
             hunt.wait()
     assert hunt.returncode == 1 and "'rm' was deleted" in out, out[-3000:]
+    assert "raise heartbeat" not in out and "was deleted while worker" in out, out[-3000:]  # not a lease to blame
