@@ -113,22 +113,13 @@ class Pacemaker:
         """
         with self._lock:
             confirmed = self._confirmed.get(trial_id)
-        sent = self._clock.monotonic()
-        if confirmed is None or sent - confirmed <= self._doubt_after:
+        if confirmed is None or self._clock.monotonic() - confirmed <= self._doubt_after:
             return True
-        try:
-            self._storage.heartbeat_trial(trial_id, self._worker)
-        except (ReservationLostError, TrialNotFoundError) as err:
-            log.warning("trial %s was taken back (or deleted) while this process was stopped after reserving "
-                        "it: not evaluated here", trial_id)
-            self._mark_lost(trial_id, deleted=isinstance(err, TrialNotFoundError))
-            return False
-        except StorageError as err:
-            self.failed_at = self._clock.monotonic()
-            log.warning("heartbeat of trial %s failed: %s", trial_id, err)
+        if self._beat_once(trial_id):
             return True
-        self._confirm(trial_id, sent)
-        return True
+        log.warning("trial %s was taken back (or deleted) while this process was stopped after reserving it: "
+                    "not evaluated here", trial_id)
+        return False
 
     def unwatch(self, trial_id: str) -> bool:
         """Stop heartbeating ``trial_id``; return whether its reservation was found lost."""
@@ -181,19 +172,29 @@ class Pacemaker:
                 for trial_id in due:
                     self._due[trial_id] = now + self._every
             for trial_id in due:
-                sent = self._clock.monotonic()
-                try:
-                    self._storage.heartbeat_trial(trial_id, self._worker)
-                except (ReservationLostError, TrialNotFoundError) as err:  # taken back, or deleted with it
-                    self._mark_lost(trial_id, deleted=isinstance(err, TrialNotFoundError))
-                except StorageError as err:  # transient: try again next beat
-                    self.failed_at = self._clock.monotonic()
-                    log.warning("heartbeat of trial %s failed: %s", trial_id, err)
-                else:
-                    self._confirm(trial_id, sent)
+                self._beat_once(trial_id)
             with self._lock:
                 next_due = min(self._due.values(), default=None)
             pause = self._every if next_due is None else min(self._every, max(0.0, next_due - self._clock.monotonic()))
+
+    def _beat_once(self, trial_id: str) -> bool:
+        """Heartbeat ``trial_id`` once; False if it was found taken back or deleted (handed to ``on_lost``).
+
+        A storage that fails is transient: :attr:`failed_at` is set, the failure logged, and the next
+        beat tries again (True: not known lost).
+        """
+        sent = self._clock.monotonic()
+        try:
+            self._storage.heartbeat_trial(trial_id, self._worker)
+        except (ReservationLostError, TrialNotFoundError) as err:  # taken back, or deleted with it
+            self._mark_lost(trial_id, deleted=isinstance(err, TrialNotFoundError))
+            return False
+        except StorageError as err:
+            self.failed_at = self._clock.monotonic()
+            log.warning("heartbeat of trial %s failed: %s", trial_id, err)
+            return True
+        self._confirm(trial_id, sent)
+        return True
 
     def _watch_doubts(self) -> None:
         while not self._clock.wait(self._stop, min(self._every, self._doubt_after) / 8):
