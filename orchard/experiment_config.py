@@ -30,6 +30,7 @@ from orchard.pruners import normalize_pruner_config
 from orchard.space import Space
 from orchard.stopping import normalize_stop
 from orchard.storages._uri import redact_all
+from orchard.storages.values import int_fits
 from orchard.trial import INT_LIMIT
 from orchard.warm_start import hide_passwords, normalize_warm_start, with_passwords
 
@@ -226,7 +227,7 @@ def _refuse_a_huge_int(value: Any, where: str) -> None:
     elif isinstance(value, (list, tuple)):
         for at, item in enumerate(value):
             _refuse_a_huge_int(item, f"{where}[{at}]")
-    elif type(value) is int and not -INT_LIMIT < value < INT_LIMIT:
+    elif type(value) is int and not int_fits(value):
         raise ConfigurationError(f"{where} is an int of {value.bit_length()} bits, more than any storage "
                                  "holds (-2**63 < n < 2**63); give a smaller value")
 

@@ -47,7 +47,7 @@ def with_objectives(outcome: Outcome, objectives: Mapping[str, str]) -> Outcome:
         assert given is not None
         if len(given[0]) != len(objectives):  # Optuna's `return loss, latency`: the values in declared order
             return _miscounted(outcome, given[0], objectives)
-        return _read(Outcome(results={**results, **dict(zip(objectives, given[0]))}), objectives)
+        return _read({**results, **dict(zip(objectives, given[0]))}, objectives)
     # a number returned whole is the objective named "objective" (taken apart from the results), or the
     # one declared objective's value in its own direction, as orchard.report() takes it
     named = ("objective" if "objective" in objectives else next(iter(objectives)) if len(objectives) == 1
@@ -63,12 +63,11 @@ def with_objectives(outcome: Outcome, objectives: Mapping[str, str]) -> Outcome:
             return Outcome.failure("InvalidResult", why, reason="unstorable")
     if read and named is None and not any(name in results for name in objectives):
         return _unread(outcome, objectives)
-    return _read(Outcome(results=results), objectives)
+    return _read(results, objectives)
 
 
-def _read(outcome: Outcome, objectives: Mapping[str, str]) -> Outcome:
-    """The completed outcome of ``outcome.results`` holding every objective, or the failure naming one not."""
-    results = outcome.results
+def _read(results: dict[str, Any], objectives: Mapping[str, str]) -> Outcome:
+    """The completed outcome of ``results`` holding every objective, or the failure naming one not."""
     for name in objectives:
         value = results.get(name)
         if finite_number(value) is None:

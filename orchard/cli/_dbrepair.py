@@ -88,7 +88,7 @@ def run_repair(storage: BaseStorage, args: argparse.Namespace) -> int:
         return 0
     after = store.check()
     print_stored(f"{store.path}: rewrote a clean file of {after.records} records ({after.size} bytes); "
-          f"the damaged original is kept as {backup}")
+                 f"the damaged original is kept as {backup}")
     return 0
 
 

@@ -155,7 +155,7 @@ def _run_load(args: argparse.Namespace) -> int:
                           "there are skipped)"):
         for name, added, total in load_experiments(storage, data, args.name):
             print_stored(f"loaded experiment {name!r} into {storage.redacted_uri}: {added} of {total} trials added"
-                  + (f" ({total - added} were already there)" if added < total else ""))
+                         + (f" ({total - added} were already there)" if added < total else ""))
     return 0
 
 
@@ -227,8 +227,8 @@ def _run_release(args: argparse.Namespace) -> int:
         released = experiment.storage.release_trial(trial.id, None)
         holder = printable(str(trial.worker))
         print_stored(f"released trial {released.id} of experiment {experiment.name!r} (was reserved by {holder}, "
-              "whose result, if it is still running, will be refused); it is now interrupted and the next "
-              "worker takes it")
+                     "whose result, if it is still running, will be refused); it is now interrupted and the "
+                     "next worker takes it")
         return 0
     from orchard.cli._release import release_if_lost
 
@@ -237,7 +237,7 @@ def _run_release(args: argparse.Namespace) -> int:
            if released.status is TrialStatus.BROKEN else "it is now interrupted and the next worker takes it")
     holder = printable(str(trial.worker))
     print_stored(f"released trial {released.id} of experiment {experiment.name!r}: the heartbeat of {holder} "
-          f"stood unchanged for 3 × heartbeat, so that worker is gone; {now}")
+                 f"stood unchanged for 3 × heartbeat, so that worker is gone; {now}")
     return 0
 
 

@@ -266,13 +266,13 @@ def _record_file(experiment: Experiment, path: Path, count_in_budget: bool) -> t
     from orchard.recording import check_evaluation
     from orchard.space import params_hash
 
-    rows: list[dict[str, Any] | None] = list(read_rows(path))
-    if not rows:
+    read = read_rows(path)
+    if not read:
         raise UsageError(f"--file {source(path)} holds no rows")
     dimensions = set(experiment.space)
+    export = exported(read, dimensions, experiment.settings.objectives, f"--file {source(path)}")
+    rows: list[dict[str, Any] | None] = list(read)  # an export's rows not evaluated are None
     not_complete = ""
-    export = exported([row for row in rows if row is not None], dimensions, experiment.settings.objectives,
-                      f"--file {source(path)}")
     if export is not None:
         rows, not_complete = export
     stored = {params_hash(t.params): t for t in experiment.fetch_trials()}
@@ -385,8 +385,8 @@ def run(args: argparse.Namespace) -> int:
         rows = ("1 row recorded before was skipped" if skipped == 1
                 else f"{skipped} rows recorded before were skipped")
         print_stored(f"recorded {recorded} evaluated trial{'' if recorded == 1 else 's'} in experiment "
-              f"{experiment.name!r} ({budget})" + (f"; {rows}" if skipped else "")
-              + (f"; {not_complete}" if not_complete else ""))
+                     f"{experiment.name!r} ({budget})" + (f"; {rows}" if skipped else "")
+                     + (f"; {not_complete}" if not_complete else ""))
         return 0
     from orchard.objectives import Shown
 
@@ -401,5 +401,5 @@ def run(args: argparse.Namespace) -> int:
     trial = experiment.insert(params, objective, results or {}, args.count_in_budget)
     shown = Shown.of(experiment.settings.objectives)  # as given: accuracy 0.97, not its stored -0.97
     print_stored(f"recorded trial {trial.id} in experiment {experiment.name!r}: {format_params(trial.params)}, "
-          f"{shown.name} {shown.value(trial.objective or 0.0):.6g} ({budget})")
+                 f"{shown.name} {shown.value(trial.objective or 0.0):.6g} ({budget})")
     return 0

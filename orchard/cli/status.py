@@ -186,7 +186,7 @@ def _front_lines(front: list[dict[str, Any]] | None, indent: str, shown: int = 5
     plural = "" if len(front) == 1 else "s"
     lines = [f"{indent}{len(front)} trial{plural} on the Pareto front (exp.pareto_front())"]
     for entry in front[:shown]:
-        values = ", ".join(f"{one_line(k)}={format_value(v)}" for k, v in entry["values"].items())
+        values = format_params(entry["values"])
         lines.append(f"{indent}  {values} at {format_params(entry['params'])} (trial {entry['id'][:12]})")
     if len(front) > shown:
         lines.append(f"{indent}  ... and {len(front) - shown} more")
